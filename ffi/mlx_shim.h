@@ -1,0 +1,183 @@
+// A thin C ABI over MLX's C++ API, loaded by the TypeScript engine through bun:ffi.
+//
+// Conventions (every function follows them, so the TypeScript side can be generic):
+// - Arrays are opaque handles (`mlxs_array*`), each owning one reference to an MLX array.
+//   Free every handle with mlxs_array_free; freeing the last reference frees the buffer,
+//   which is what lets slice_update work in place on a KV cache.
+// - Functions return an int status: 0 on success, non-zero on failure. On failure,
+//   mlxs_last_error() returns a message for the calling thread. No C++ exception ever
+//   crosses this boundary.
+// - Results are written through `out` pointers, which come first in the argument list.
+// - Optional arrays are passed as NULL. Integer lists (shapes, axes) are (pointer, count).
+//   Lists of strings are one buffer of NUL-terminated strings laid end to end.
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define MLXS_API __attribute__((visibility("default")))
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct mlxs_array mlxs_array;
+typedef struct mlxs_bundle mlxs_bundle;
+
+// Dtype codes: the order of mlx::core::Dtype::Val.
+enum {
+  MLXS_BOOL = 0, MLXS_UINT8, MLXS_UINT16, MLXS_UINT32, MLXS_UINT64,
+  MLXS_INT8, MLXS_INT16, MLXS_INT32, MLXS_INT64,
+  MLXS_FLOAT16, MLXS_FLOAT32, MLXS_FLOAT64, MLXS_BFLOAT16, MLXS_COMPLEX64
+};
+
+enum mlxs_unary_op {
+  MLXS_ABS = 0, MLXS_NEGATIVE, MLXS_EXP, MLXS_LOG, MLXS_SQRT, MLXS_RSQRT,
+  MLXS_SIGMOID, MLXS_TANH, MLXS_SIN, MLXS_COS, MLXS_FLOOR, MLXS_CEIL, MLXS_ROUND,
+  MLXS_LOGICAL_NOT, MLXS_STOP_GRADIENT, MLXS_COPY, MLXS_SQUARE, MLXS_ERF, MLXS_LOG1P,
+  MLXS_CONTIGUOUS
+};
+
+enum mlxs_binary_op {
+  MLXS_ADD = 0, MLXS_SUBTRACT, MLXS_MULTIPLY, MLXS_DIVIDE, MLXS_MAXIMUM, MLXS_MINIMUM,
+  MLXS_POWER, MLXS_EQUAL, MLXS_NOT_EQUAL, MLXS_LESS, MLXS_LESS_EQUAL, MLXS_GREATER,
+  MLXS_GREATER_EQUAL, MLXS_LOGICAL_AND, MLXS_LOGICAL_OR, MLXS_REMAINDER,
+  MLXS_FLOOR_DIVIDE, MLXS_MATMUL
+};
+
+enum mlxs_reduce_op {
+  MLXS_SUM = 0, MLXS_MEAN, MLXS_MAX, MLXS_MIN, MLXS_PROD, MLXS_LOGSUMEXP,
+  MLXS_ARGMAX, MLXS_ARGMIN, MLXS_ALL, MLXS_ANY
+};
+
+// ---- errors, version, device ----
+MLXS_API const char* mlxs_last_error(void);
+MLXS_API const char* mlxs_version(void);
+// 0 = cpu, 1 = gpu
+MLXS_API int mlxs_set_default_device(int kind);
+MLXS_API int mlxs_default_device(void);
+MLXS_API int mlxs_gpu_available(void);
+
+// ---- array lifetime and host transfer ----
+MLXS_API void mlxs_array_free(mlxs_array* a);
+MLXS_API int mlxs_array_retain(mlxs_array** out, const mlxs_array* a);
+MLXS_API int mlxs_array_from_data(mlxs_array** out, const void* data, const int32_t* shape, int ndim, int dtype);
+MLXS_API int mlxs_array_from_scalar(mlxs_array** out, double value, int dtype);
+MLXS_API int mlxs_array_ndim(const mlxs_array* a);
+MLXS_API int mlxs_array_shape(const mlxs_array* a, int32_t* shape_out);
+MLXS_API int mlxs_array_dtype(const mlxs_array* a);
+MLXS_API size_t mlxs_array_size(const mlxs_array* a);
+MLXS_API size_t mlxs_array_nbytes(const mlxs_array* a);
+// Evaluates `a` and copies its elements, row-major, into `dst` (which holds `nbytes`).
+MLXS_API int mlxs_array_to_host(const mlxs_array* a, void* dst, size_t nbytes);
+// Evaluates a one-element array and returns it as a double.
+MLXS_API int mlxs_array_item(const mlxs_array* a, double* out);
+
+MLXS_API int mlxs_eval(mlxs_array* const* arrays, int n);
+MLXS_API int mlxs_async_eval(mlxs_array* const* arrays, int n);
+
+// ---- element-wise ----
+MLXS_API int mlxs_unary(mlxs_array** out, int op, const mlxs_array* a);
+MLXS_API int mlxs_binary(mlxs_array** out, int op, const mlxs_array* a, const mlxs_array* b);
+// `a op s` (or `s op a` when scalar_first): a float scalar takes a's dtype when a is
+// floating point, so a float16 tensor times 0.5 stays float16, as in MLX's Python API.
+MLXS_API int mlxs_binary_scalar(mlxs_array** out, int op, const mlxs_array* a, double s, int scalar_first);
+MLXS_API int mlxs_where(mlxs_array** out, const mlxs_array* cond, const mlxs_array* x, const mlxs_array* y);
+MLXS_API int mlxs_astype(mlxs_array** out, const mlxs_array* a, int dtype);
+
+// ---- construction ----
+MLXS_API int mlxs_full(mlxs_array** out, const int32_t* shape, int ndim, double value, int dtype);
+MLXS_API int mlxs_arange(mlxs_array** out, double start, double stop, double step, int dtype);
+
+// ---- reductions and scans ----
+MLXS_API int mlxs_reduce(mlxs_array** out, int op, const mlxs_array* a, const int32_t* axes, int naxes, int keepdims);
+MLXS_API int mlxs_softmax(mlxs_array** out, const mlxs_array* a, const int32_t* axes, int naxes, int precise);
+MLXS_API int mlxs_cumsum(mlxs_array** out, const mlxs_array* a, int axis, int reverse, int inclusive);
+MLXS_API int mlxs_sort(mlxs_array** out, const mlxs_array* a, int axis);
+MLXS_API int mlxs_argsort(mlxs_array** out, const mlxs_array* a, int axis);
+MLXS_API int mlxs_topk(mlxs_array** out, const mlxs_array* a, int k, int axis);
+MLXS_API int mlxs_argpartition(mlxs_array** out, const mlxs_array* a, int kth, int axis);
+
+// ---- shape ----
+MLXS_API int mlxs_reshape(mlxs_array** out, const mlxs_array* a, const int32_t* shape, int ndim);
+MLXS_API int mlxs_transpose(mlxs_array** out, const mlxs_array* a, const int32_t* axes, int naxes);
+MLXS_API int mlxs_expand_dims(mlxs_array** out, const mlxs_array* a, const int32_t* axes, int naxes);
+MLXS_API int mlxs_squeeze(mlxs_array** out, const mlxs_array* a, const int32_t* axes, int naxes);
+MLXS_API int mlxs_broadcast_to(mlxs_array** out, const mlxs_array* a, const int32_t* shape, int ndim);
+MLXS_API int mlxs_concatenate(mlxs_array** out, mlxs_array* const* arrays, int n, int axis);
+MLXS_API int mlxs_stack(mlxs_array** out, mlxs_array* const* arrays, int n, int axis);
+MLXS_API int mlxs_repeat(mlxs_array** out, const mlxs_array* a, int repeats, int axis);
+
+// ---- indexing ----
+MLXS_API int mlxs_slice(mlxs_array** out, const mlxs_array* a, const int32_t* start, const int32_t* stop,
+               const int32_t* strides, int n);
+MLXS_API int mlxs_slice_update(mlxs_array** out, const mlxs_array* src, const mlxs_array* update,
+                      const int32_t* start, const int32_t* stop, const int32_t* strides, int n);
+MLXS_API int mlxs_take(mlxs_array** out, const mlxs_array* a, const mlxs_array* indices, int axis);
+MLXS_API int mlxs_take_along_axis(mlxs_array** out, const mlxs_array* a, const mlxs_array* indices, int axis);
+MLXS_API int mlxs_put_along_axis(mlxs_array** out, const mlxs_array* a, const mlxs_array* indices,
+                        const mlxs_array* values, int axis);
+
+// ---- quantization ----
+// `biases` may be NULL (modes without biases). `mode` is "affine", "mxfp4", ...
+MLXS_API int mlxs_quantized_matmul(mlxs_array** out, const mlxs_array* x, const mlxs_array* w,
+                          const mlxs_array* scales, const mlxs_array* biases, int transpose,
+                          int group_size, int bits, const char* mode);
+MLXS_API int mlxs_quantize(mlxs_array** out_w, mlxs_array** out_scales, mlxs_array** out_biases,
+                  const mlxs_array* w, int group_size, int bits, const char* mode);
+// dtype < 0 keeps the scales' dtype.
+MLXS_API int mlxs_dequantize(mlxs_array** out, const mlxs_array* w, const mlxs_array* scales,
+                    const mlxs_array* biases, int group_size, int bits, const char* mode, int dtype);
+
+// ---- fused kernels (mlx::core::fast) ----
+MLXS_API int mlxs_rms_norm(mlxs_array** out, const mlxs_array* x, const mlxs_array* weight, float eps);
+MLXS_API int mlxs_layer_norm(mlxs_array** out, const mlxs_array* x, const mlxs_array* weight,
+                    const mlxs_array* bias, float eps);
+// `base` is ignored (and may be NaN) when `freqs` is given. `offset_array`, when not NULL,
+// replaces `offset` (one offset per batch row).
+MLXS_API int mlxs_rope(mlxs_array** out, const mlxs_array* x, int dims, int traditional, float base,
+              float scale, int offset, const mlxs_array* offset_array, const mlxs_array* freqs);
+// mask_mode is "" or "causal"; mask may be NULL (boolean or additive).
+MLXS_API int mlxs_sdpa(mlxs_array** out, const mlxs_array* q, const mlxs_array* k, const mlxs_array* v,
+              float scale, const char* mask_mode, const mlxs_array* mask, const mlxs_array* sinks);
+
+// ---- random ----
+MLXS_API int mlxs_random_seed(uint64_t seed);
+MLXS_API int mlxs_random_key(mlxs_array** out, uint64_t seed);
+MLXS_API int mlxs_random_split(mlxs_array** out_a, mlxs_array** out_b, const mlxs_array* key);
+MLXS_API int mlxs_random_categorical(mlxs_array** out, const mlxs_array* logits, int axis, const mlxs_array* key);
+MLXS_API int mlxs_random_uniform(mlxs_array** out, const int32_t* shape, int ndim, int dtype, const mlxs_array* key);
+MLXS_API int mlxs_random_normal(mlxs_array** out, const int32_t* shape, int ndim, int dtype, const mlxs_array* key);
+
+// ---- files ----
+// A bundle is what a file load returns: named arrays plus metadata.
+MLXS_API int mlxs_load_safetensors(mlxs_bundle** out, const char* path);
+MLXS_API int mlxs_load_gguf(mlxs_bundle** out, const char* path);
+MLXS_API void mlxs_bundle_free(mlxs_bundle* b);
+MLXS_API int mlxs_bundle_array_count(const mlxs_bundle* b);
+MLXS_API const char* mlxs_bundle_array_name(const mlxs_bundle* b, int i);
+MLXS_API int mlxs_bundle_array(mlxs_array** out, const mlxs_bundle* b, int i);
+MLXS_API int mlxs_bundle_meta_count(const mlxs_bundle* b);
+MLXS_API const char* mlxs_bundle_meta_name(const mlxs_bundle* b, int i);
+// 0 = empty, 1 = array, 2 = string, 3 = list of strings
+MLXS_API int mlxs_bundle_meta_kind(const mlxs_bundle* b, int i);
+MLXS_API const char* mlxs_bundle_meta_string(const mlxs_bundle* b, int i);
+MLXS_API int mlxs_bundle_meta_array(mlxs_array** out, const mlxs_bundle* b, int i);
+// A string list as NUL-terminated strings laid end to end; *nbytes gets the total length.
+MLXS_API const char* mlxs_bundle_meta_strings(const mlxs_bundle* b, int i, size_t* nbytes);
+// names: n NUL-terminated strings laid end to end; meta_keys/meta_values: nmeta each.
+MLXS_API int mlxs_save_safetensors(const char* path, const char* names, mlxs_array* const* arrays, int n,
+                          const char* meta_keys, const char* meta_values, int nmeta);
+
+// ---- memory ----
+MLXS_API size_t mlxs_active_memory(void);
+MLXS_API size_t mlxs_peak_memory(void);
+MLXS_API size_t mlxs_cache_memory(void);
+MLXS_API void mlxs_reset_peak_memory(void);
+MLXS_API size_t mlxs_set_memory_limit(size_t limit);
+MLXS_API size_t mlxs_set_cache_limit(size_t limit);
+MLXS_API void mlxs_clear_cache(void);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,129 @@
+// Errors, devices, array handles, host transfer, evaluation and memory counters.
+#include <cstdlib>
+#include <cstring>
+
+#include "common.h"
+
+namespace shim {
+
+namespace {
+thread_local std::string last_error;
+constexpr mx::Dtype kDtypes[] = {
+    mx::bool_,   mx::uint8,   mx::uint16,  mx::uint32,   mx::uint64,
+    mx::int8,    mx::int16,   mx::int32,   mx::int64,    mx::float16,
+    mx::float32, mx::float64, mx::bfloat16, mx::complex64};
+}  // namespace
+
+void set_last_error(const char* message) { last_error = message; }
+
+mx::Dtype dtype_of(int code) {
+  if (code < 0 || code >= static_cast<int>(std::size(kDtypes))) {
+    throw std::invalid_argument("unknown dtype code " + std::to_string(code));
+  }
+  return kDtypes[code];
+}
+
+int code_of(mx::Dtype dtype) { return static_cast<int>(dtype.val()); }
+
+}  // namespace shim
+
+using namespace shim;
+
+extern "C" {
+
+const char* mlxs_last_error(void) { return last_error.c_str(); }
+const char* mlxs_version(void) { return mx::version(); }
+
+int mlxs_set_default_device(int kind) {
+  return guard([&] {
+    mx::set_default_device(kind == 1 ? mx::Device::gpu : mx::Device::cpu);
+    return 0;
+  });
+}
+
+int mlxs_default_device(void) { return mx::default_device() == mx::Device::gpu ? 1 : 0; }
+int mlxs_gpu_available(void) { return mx::is_available(mx::Device::gpu) ? 1 : 0; }
+
+void mlxs_array_free(mlxs_array* a) { delete a; }
+
+int mlxs_array_retain(mlxs_array** out, const mlxs_array* a) {
+  return guard([&] { return put(out, ref(a)); });
+}
+
+int mlxs_array_from_data(mlxs_array** out, const void* data, const int32_t* shape, int ndim, int dtype) {
+  return guard([&] {
+    mx::Dtype t = dtype_of(dtype);
+    mx::Shape s = shape_of(shape, ndim);
+    size_t count = 1;
+    for (auto d : s) count *= d;
+    // Copy the host bytes: the caller's memory is not ours to keep. MLX takes over the
+    // copy (without another one where the backend can) and frees it with std::free.
+    size_t nbytes = count * t.size();
+    void* copy = std::malloc(nbytes > 0 ? nbytes : 1);
+    if (copy == nullptr) throw std::bad_alloc();
+    if (nbytes > 0) std::memcpy(copy, data, nbytes);
+    return put(out, mx::array(copy, std::move(s), t, [](void* p) { std::free(p); }));
+  });
+}
+
+int mlxs_array_from_scalar(mlxs_array** out, double value, int dtype) {
+  return guard([&] { return put(out, mx::array(value, dtype_of(dtype))); });
+}
+
+int mlxs_array_ndim(const mlxs_array* a) { return static_cast<int>(a->value.ndim()); }
+
+int mlxs_array_shape(const mlxs_array* a, int32_t* shape_out) {
+  for (size_t i = 0; i < a->value.ndim(); ++i) shape_out[i] = a->value.shape(static_cast<int>(i));
+  return 0;
+}
+
+int mlxs_array_dtype(const mlxs_array* a) { return code_of(a->value.dtype()); }
+size_t mlxs_array_size(const mlxs_array* a) { return a->value.size(); }
+size_t mlxs_array_nbytes(const mlxs_array* a) { return a->value.nbytes(); }
+
+int mlxs_array_to_host(const mlxs_array* a, void* dst, size_t nbytes) {
+  return guard([&] {
+    mx::array c = mx::contiguous(ref(a));
+    c.eval();
+    if (nbytes != c.nbytes()) {
+      throw std::invalid_argument("to_host: destination holds " + std::to_string(nbytes) +
+                                  " bytes, array has " + std::to_string(c.nbytes()));
+    }
+    if (nbytes > 0) std::memcpy(dst, c.data<void>(), nbytes);
+    return 0;
+  });
+}
+
+int mlxs_array_item(const mlxs_array* a, double* out) {
+  return guard([&] {
+    if (a->value.size() != 1) throw std::invalid_argument("item: array has " + std::to_string(a->value.size()) + " elements, expected 1");
+    mx::array c = mx::astype(ref(a), mx::float64, mx::Device::cpu);
+    c.eval();
+    *out = c.item<double>();
+    return 0;
+  });
+}
+
+int mlxs_eval(mlxs_array* const* arrays, int n) {
+  return guard([&] {
+    mx::eval(arrays_of(arrays, n));
+    return 0;
+  });
+}
+
+int mlxs_async_eval(mlxs_array* const* arrays, int n) {
+  return guard([&] {
+    mx::async_eval(arrays_of(arrays, n));
+    return 0;
+  });
+}
+
+size_t mlxs_active_memory(void) { return mx::get_active_memory(); }
+size_t mlxs_peak_memory(void) { return mx::get_peak_memory(); }
+size_t mlxs_cache_memory(void) { return mx::get_cache_memory(); }
+void mlxs_reset_peak_memory(void) { mx::reset_peak_memory(); }
+size_t mlxs_set_memory_limit(size_t limit) { return mx::set_memory_limit(limit); }
+size_t mlxs_set_cache_limit(size_t limit) { return mx::set_cache_limit(limit); }
+void mlxs_clear_cache(void) { mx::clear_cache(); }
+
+}  // extern "C"

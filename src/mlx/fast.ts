@@ -1,0 +1,41 @@
+// MLX's fused kernels (mlx.core.fast): normalisation, rotary embeddings, attention.
+import { cstr, lib, outPtr } from "./ffi";
+import { type MxArray, wrap } from "./array";
+
+export function rmsNorm(x: MxArray, weight: MxArray | undefined, eps: number): MxArray {
+  return wrap(lib.mlxs_rms_norm(outPtr, x.handle, weight?.handle ?? null, eps), "rms_norm");
+}
+
+export function layerNorm(x: MxArray, weight: MxArray | undefined, bias: MxArray | undefined, eps: number): MxArray {
+  return wrap(lib.mlxs_layer_norm(outPtr, x.handle, weight?.handle ?? null, bias?.handle ?? null, eps), "layer_norm");
+}
+
+export interface RopeOptions {
+  dims: number;
+  traditional: boolean;
+  /** Frequency base; ignored when `freqs` is given. */
+  base?: number;
+  scale: number;
+  /** Position of the first row: one number, or an array with one offset per batch row. */
+  offset: number | MxArray;
+  freqs?: MxArray;
+}
+
+export function rope(x: MxArray, o: RopeOptions): MxArray {
+  const offsetArray = typeof o.offset === "number" ? null : o.offset.handle;
+  const offset = typeof o.offset === "number" ? o.offset : 0;
+  return wrap(
+    lib.mlxs_rope(outPtr, x.handle, o.dims, o.traditional ? 1 : 0, o.base ?? Number.NaN, o.scale, offset, offsetArray, o.freqs?.handle ?? null),
+    "rope",
+  );
+}
+
+const causalMode = cstr("causal");
+const noMode = cstr("");
+
+/** softmax(q kᵀ · scale + mask) v with grouped-query heads; mask is "causal", an array, or none. */
+export function scaledDotProductAttention(q: MxArray, k: MxArray, v: MxArray, scale: number, mask?: "causal" | MxArray, sinks?: MxArray): MxArray {
+  const mode = mask === "causal" ? causalMode : noMode;
+  const maskArray = mask && mask !== "causal" ? mask.handle : null;
+  return wrap(lib.mlxs_sdpa(outPtr, q.handle, k.handle, v.handle, scale, mode, maskArray, sinks?.handle ?? null), "scaled_dot_product_attention");
+}

@@ -1,0 +1,89 @@
+// Weight files through MLX's own loaders: safetensors and GGUF (tensors and metadata),
+// and safetensors saving.
+import { toArrayBuffer, type Pointer } from "bun:ffi";
+import { check, cstr, lib, outPtr, packStrings, readOut } from "./ffi";
+import { MxArray } from "./array";
+import { handles } from "./ops";
+
+/** A GGUF metadata value: scalars become numbers/booleans/strings, lists become arrays. */
+export type MetaValue = string | number | boolean | bigint | string[] | number[] | null;
+
+export interface LoadedFile {
+  tensors: Map<string, MxArray>;
+  metadata: Record<string, MetaValue>;
+}
+
+const MetaKind = { Empty: 0, Array: 1, String: 2, Strings: 3 } as const;
+
+function loadBundle(status: number, path: string, what: string): Pointer {
+  if (status !== 0) {
+    check(status, `${what} ${path}`);
+  }
+  return readOut();
+}
+
+function readBundle(bundle: Pointer, withTypedMeta: boolean): LoadedFile {
+  try {
+    const tensors = new Map<string, MxArray>();
+    const count = lib.mlxs_bundle_array_count(bundle);
+    for (let i = 0; i < count; i++) {
+      const name = String(lib.mlxs_bundle_array_name(bundle, i));
+      check(lib.mlxs_bundle_array(outPtr, bundle, i), "bundle array");
+      tensors.set(name, new MxArray(readOut()));
+    }
+    const metadata: Record<string, MetaValue> = {};
+    const metaCount = lib.mlxs_bundle_meta_count(bundle);
+    for (let i = 0; i < metaCount; i++) {
+      const name = String(lib.mlxs_bundle_meta_name(bundle, i));
+      metadata[name] = withTypedMeta ? readMeta(bundle, i) : String(lib.mlxs_bundle_meta_string(bundle, i));
+    }
+    return { tensors, metadata };
+  } finally {
+    lib.mlxs_bundle_free(bundle);
+  }
+}
+
+function readMeta(bundle: Pointer, i: number): MetaValue {
+  switch (lib.mlxs_bundle_meta_kind(bundle, i)) {
+    case MetaKind.String:
+      return String(lib.mlxs_bundle_meta_string(bundle, i));
+    case MetaKind.Strings: {
+      const size = new BigUint64Array(1);
+      const address = lib.mlxs_bundle_meta_strings(bundle, i, size);
+      const n = Number(size[0]);
+      if (!address || n === 0) return [];
+      const text = new TextDecoder().decode(new Uint8Array(toArrayBuffer(address, 0, n)));
+      return text.slice(0, -1).split("\0");
+    }
+    case MetaKind.Array: {
+      check(lib.mlxs_bundle_meta_array(outPtr, bundle, i), "bundle metadata");
+      const a = new MxArray(readOut());
+      try {
+        const values = a.dtypeName === "bool" ? a.toArray().map(Boolean) : a.toArray();
+        return a.ndim === 0 ? (values[0] as number | boolean) : (values as number[]);
+      } finally {
+        a.free();
+      }
+    }
+    default:
+      return null;
+  }
+}
+
+export function loadSafetensors(path: string): LoadedFile {
+  return readBundle(loadBundle(lib.mlxs_load_safetensors(outPtr, cstr(path)), path, "cannot load safetensors"), false);
+}
+
+export function loadGGUF(path: string): LoadedFile {
+  return readBundle(loadBundle(lib.mlxs_load_gguf(outPtr, cstr(path)), path, "cannot load GGUF"), true);
+}
+
+export function saveSafetensors(path: string, tensors: Map<string, MxArray>, metadata: Record<string, string> = {}): void {
+  const names = [...tensors.keys()];
+  const arrays = names.map((n) => tensors.get(n)!);
+  const keys = Object.keys(metadata);
+  check(
+    lib.mlxs_save_safetensors(cstr(path), packStrings(names), handles(arrays), arrays.length, packStrings(keys), packStrings(keys.map((k) => metadata[k]!)), keys.length),
+    `cannot save ${path}`,
+  );
+}
