@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Sets up a fresh checkout, and is quick to re-run: npm dependencies (Bun included), the
+# MLX backend wheel in .mlx/, our C ABI shim built against it, and the dist/mlx executable.
+#   MLX_BACKEND=cpu|metal|cuda  picks the wheel (default: metal on Apple Silicon, else cpu)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+MLX_VERSION=0.32.4
+say() { printf '[setup] %s\n' "$*" >&2; }
+
+# 1. npm dependencies; Bun itself is a pinned dev dependency.
+if [ ! -x node_modules/.bin/bun ] || [ package.json -nt node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  say "installing npm dependencies"
+  npm install --no-audit --no-fund --loglevel=error >&2
+fi
+
+# 2. The MLX backend wheel, project-local. pip caches the download under .cache/.
+os=$(uname -s); arch=$(uname -m)
+backend=${MLX_BACKEND:-}
+if [ -z "$backend" ]; then
+  if [ "$os" = Darwin ] && [ "$arch" = arm64 ]; then backend=metal; else backend=cpu; fi
+fi
+case "$backend" in
+  cpu) wheel=mlx-cpu; deps=--no-deps ;;
+  metal) wheel=mlx-metal; deps=--no-deps ;;
+  cuda) wheel=mlx-cuda-13; deps= ;; # brings the CUDA runtime libraries it links to
+  *) say "unknown MLX_BACKEND '$backend' (cpu, metal or cuda)"; exit 1 ;;
+esac
+stamp=".mlx/.installed-$wheel-$MLX_VERSION"
+if [ ! -f "$stamp" ]; then
+  say "installing $wheel==$MLX_VERSION into .mlx/"
+  rm -rf .mlx/mlx .mlx/*.dist-info .mlx/.installed-*
+  python3 -m pip install --quiet --disable-pip-version-check --cache-dir .cache/pip \
+    --target .mlx --upgrade $deps "$wheel==$MLX_VERSION" >&2
+  touch "$stamp"
+fi
+mlx_root="$root/.mlx/mlx"
+[ -f "$mlx_root/include/mlx/mlx.h" ] || { say "the $wheel wheel has no headers at $mlx_root/include"; exit 1; }
+
+# 3. The shim (ffi/), rebuilt by CMake only when its sources changed.
+generator=()
+command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
+if [ ! -f build/ffi/CMakeCache.txt ]; then
+  cmake -S ffi -B build/ffi "${generator[@]}" -DMLX_ROOT="$mlx_root" -DCMAKE_BUILD_TYPE=Release >&2
+fi
+cmake --build build/ffi --parallel >&2
+lib=libmlx_shim.so; [ "$os" = Darwin ] && lib=libmlx_shim.dylib
+cp -f "build/ffi/$lib" ".mlx/$lib"
+
+# 4. The executable. It finds the shim in ../.mlx/ (or next to itself, or $MLX_SHIM_PATH).
+mkdir -p dist
+node_modules/.bin/bun build --compile src/main.ts --outfile dist/mlx >/dev/null
+say "ready: dist/mlx ($backend backend, MLX $MLX_VERSION)"

@@ -1,0 +1,21 @@
+// Logging for the CLI: everything goes to stderr (stdout carries only answers), and stays
+// quiet unless stderr is a terminal or --verbose was given.
+import { createConsola } from "consola";
+
+export const log = createConsola({
+  stdout: process.stderr,
+  stderr: process.stderr,
+  level: process.stderr.isTTY ? 3 : 1,
+});
+
+export function setVerbose(verbose: boolean): void {
+  if (verbose) log.level = 4;
+}
+
+/** Prints a one-line error (the stack only with --verbose) and exits non-zero. */
+export function fail(error: unknown, verbose = false): never {
+  const message = error instanceof Error ? error.message : String(error);
+  process.stderr.write(`error: ${message.split("\n")[0]}\n`);
+  if (verbose && error instanceof Error && error.stack) process.stderr.write(`${error.stack}\n`);
+  process.exit(1);
+}

@@ -1,0 +1,82 @@
+// `mlx run "prompt"`: one answer, streamed to stdout, composable in shell pipelines.
+import { defineCommand } from "citty";
+import { complete, type CompletionResult } from "../engine/completion";
+import { loadModel } from "../models/load";
+import { makeCaches, freeCaches } from "../models";
+import { resolveModelPath } from "../store/resolve";
+import { fail, log, setVerbose } from "./log";
+import { list, modelArg, positiveInteger, samplingArgs, samplingFrom } from "./options";
+import { promptTokens } from "../engine/prompt";
+import { formatStats } from "./stats";
+
+export default defineCommand({
+  meta: { name: "run", description: "Answer one prompt and exit (piped stdin is added to the prompt)" },
+  args: {
+    prompt: { type: "positional", required: false, description: "The prompt; text piped on stdin is appended to it" },
+    ...modelArg,
+    system: { type: "string", description: "System prompt" },
+    "max-tokens": { type: "string", description: "Most tokens to generate", default: "512" },
+    ...samplingArgs,
+    stop: { type: "string", description: "Stop when the answer contains this text (repeatable)" },
+    raw: { type: "boolean", description: "Send the prompt as it is, without the model's chat template" },
+    verbose: { type: "boolean", alias: "v", description: "Print speed and memory figures to stderr, and stack traces on errors" },
+    json: { type: "boolean", description: "Print one JSON object (text, token ids, finish reason, figures) instead of streaming" },
+  },
+  async run({ args }) {
+    const verbose = Boolean(args.verbose);
+    setVerbose(verbose);
+    try {
+      const sampling = samplingFrom(args);
+      const maxTokens = positiveInteger("max-tokens", args["max-tokens"]);
+      const prompt = await readPrompt(args.prompt);
+      const path = await resolveModelPath(args.model);
+      const started = performance.now();
+      const lm = loadModel(path);
+      for (const note of lm.notes) log.warn(note);
+      log.debug(`loaded ${path} in ${((performance.now() - started) / 1000).toFixed(2)} s`);
+
+      const ids = promptTokens(lm.tokenizer, prompt, { system: args.system, raw: Boolean(args.raw) });
+      const controller = new AbortController();
+      process.once("SIGINT", () => controller.abort());
+      const caches = makeCaches(lm.model);
+      const stream = complete(lm, caches, ids, { sampling, maxTokens, stop: list(args.stop), signal: controller.signal });
+      let step = stream.next();
+      while (!step.done) {
+        if (!args.json) process.stdout.write(step.value);
+        step = stream.next();
+      }
+      const result: CompletionResult = step.value;
+      freeCaches(caches);
+      if (args.json) process.stdout.write(`${JSON.stringify(jsonResult(result))}\n`);
+      else process.stdout.write("\n");
+      if (verbose) process.stderr.write(`${formatStats(result.stats)}\n`);
+      if (result.finishReason === "cancelled") process.exit(130);
+    } catch (error) {
+      fail(error, verbose);
+    }
+  },
+});
+
+async function readPrompt(argument: string | undefined): Promise<string> {
+  const piped = process.stdin.isTTY ? "" : (await Bun.stdin.text()).trim();
+  const prompt = [argument?.trim(), piped].filter(Boolean).join("\n\n");
+  if (!prompt) throw new Error('no prompt: give one as an argument (mlx run "...") or pipe it on stdin');
+  return prompt;
+}
+
+function jsonResult(r: CompletionResult) {
+  return {
+    text: r.text,
+    finish_reason: r.finishReason,
+    prompt_token_ids: r.promptTokenIds,
+    token_ids: r.tokenIds,
+    stats: {
+      prompt_tokens: r.stats.promptTokens,
+      prompt_tokens_per_second: r.stats.promptTokensPerSecond,
+      generated_tokens: r.stats.generatedTokens,
+      generation_tokens_per_second: r.stats.generationTokensPerSecond,
+      time_to_first_token_seconds: r.stats.timeToFirstTokenSeconds,
+      peak_memory_bytes: r.stats.peakMemoryBytes,
+    },
+  };
+}

@@ -1,0 +1,13 @@
+// Human-readable speed and memory figures, as `--verbose` prints them.
+import type { CompletionStats } from "../engine/completion";
+
+const mb = (bytes: number) => `${(bytes / 1024 / 1024).toFixed(1)} MB`;
+
+export function formatStats(s: CompletionStats): string {
+  return [
+    `prompt:     ${s.promptTokens} tokens, ${s.promptTokensPerSecond.toFixed(2)} tokens/s`,
+    `generation: ${s.generatedTokens} tokens, ${s.generationTokensPerSecond.toFixed(2)} tokens/s`,
+    `time to first token: ${s.timeToFirstTokenSeconds.toFixed(3)} s`,
+    `peak memory: ${mb(s.peakMemoryBytes)}`,
+  ].join("\n");
+}

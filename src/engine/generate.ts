@@ -1,0 +1,100 @@
+// The token loop for one sequence, shaped like mlx-lm's generate_step so the outputs match
+// it token for token: the prompt but its last token is prefilled in chunks (only the cache
+// is evaluated), then each step samples from the last position while the next step's graph
+// is already being evaluated (async_eval pipelining).
+import * as mx from "../mlx";
+import type { MxArray } from "../mlx";
+import { cacheState, type DecoderModel, type KVCache } from "../models";
+import { makeSampler, penalizeRepetition, type SamplingParams } from "./sampling";
+
+export interface GeneratedToken {
+  token: number;
+  /** log-probability of the chosen token under the model (before sampling filters). */
+  logprob: number;
+  /** The full log-probability row, when asked for (for top_logprobs). */
+  logprobs?: MxArray;
+}
+
+export interface TokenLoopOptions {
+  sampling: SamplingParams;
+  maxTokens: number;
+  /** Prompt tokens per prefill chunk; bounds peak memory on long prompts. */
+  prefillStepSize?: number;
+  /** Keep each step's logprobs row alive for the caller (who must free it). */
+  keepLogprobs?: boolean;
+  /** Called after each prefill chunk with (done, total). */
+  onPrefill?: (done: number, total: number) => void;
+}
+
+/**
+ * Yields generated tokens for `prompt`, extending `caches` (which may already hold a prefix
+ * of the conversation: pass only the new tokens). Stops after maxTokens; the caller stops
+ * earlier on EOS or a stop string simply by not asking for more.
+ */
+export function* tokenLoop(model: DecoderModel, caches: KVCache[], prompt: number[], o: TokenLoopOptions): Generator<GeneratedToken> {
+  if (prompt.length === 0) throw new Error("empty prompt: nothing to generate from");
+  const sample = makeSampler(o.sampling);
+  const history: number[] = [];
+  const stepSize = o.prefillStepSize ?? 2048;
+
+  let remaining = prompt;
+  let done = 0;
+  o.onPrefill?.(0, prompt.length);
+  while (remaining.length > 1) {
+    const chunk = remaining.slice(0, Math.min(stepSize, remaining.length - 1));
+    mx.scope(() => {
+      model.layers(model.embed(tokens(chunk)), caches);
+      mx.evaluate(...cacheState(caches));
+    });
+    history.push(...chunk);
+    done += chunk.length;
+    o.onPrefill?.(done, prompt.length);
+    remaining = remaining.slice(chunk.length);
+  }
+
+  // One step: the last position's logits → (token, logprobs), both left unevaluated.
+  // Without a repetition penalty the input can be the previous step's unevaluated token,
+  // so the next graph is built while MLX still computes the current one.
+  const penalize = o.sampling.repetitionPenalty !== 1;
+  const step = (input: number[] | MxArray): [MxArray, MxArray] =>
+    mx.scope(() => {
+      const ids = Array.isArray(input) ? tokens(input) : mx.reshape(input, [1, -1]);
+      const hidden = model.layers(model.embed(ids), caches);
+      const last = mx.slice(hidden, [0, hidden.shape[1]! - 1], [1, hidden.shape[1]!]);
+      let logits = mx.reshape(model.head(last), [1, -1]);
+      if (penalize) logits = penalizeRepetition(logits, history.slice(-o.sampling.repetitionContext), o.sampling.repetitionPenalty);
+      const logprobs = mx.subtract(logits, mx.logsumexp(logits, undefined, true));
+      return [sample(logprobs), mx.squeeze(logprobs, 0)] as [MxArray, MxArray];
+    });
+
+  history.push(...remaining);
+  let [y, logprobs] = step(remaining);
+  mx.asyncEvaluate(y, logprobs);
+  try {
+    for (let n = 0; n < o.maxTokens; n++) {
+      let next: [MxArray, MxArray] | undefined;
+      const more = n + 1 < o.maxTokens;
+      if (more && !penalize) next = step(y);
+      const token = y.item();
+      history.push(token);
+      if (more && penalize) next = step([token]);
+      if (next) mx.asyncEvaluate(...next);
+      const chosen = mx.scope(() => mx.slice(logprobs, [token], [token + 1]).item());
+      y.free();
+      if (o.keepLogprobs) yield { token, logprob: chosen, logprobs };
+      else {
+        logprobs.free();
+        yield { token, logprob: chosen };
+      }
+      if (!next) return;
+      [y, logprobs] = next;
+    }
+  } finally {
+    y.free();
+    if (!o.keepLogprobs) logprobs.free();
+  }
+}
+
+function tokens(ids: number[]): MxArray {
+  return mx.array(Int32Array.from(ids), [1, ids.length]);
+}

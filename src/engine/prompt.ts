@@ -1,0 +1,23 @@
+// From the user's text to prompt token ids: through the model's chat template when it has
+// one (as mlx-lm's apply_chat_template does), or as plain text.
+import type { Tokenizer } from "../tokenizer/tokenizer";
+
+export interface ChatMessage {
+  role: "system" | "user" | "assistant" | "tool";
+  content: string;
+}
+
+export function promptTokens(tokenizer: Tokenizer, prompt: string, o: { system?: string; raw?: boolean } = {}): number[] {
+  if (o.raw || !tokenizer.hasChatTemplate) return tokenizer.encode(prompt, { addSpecialTokens: true });
+  const messages: ChatMessage[] = [];
+  if (o.system) messages.push({ role: "system", content: o.system });
+  messages.push({ role: "user", content: prompt });
+  return chatTokens(tokenizer, messages);
+}
+
+/** A conversation rendered with the chat template, ready for the assistant's turn. */
+export function chatTokens(tokenizer: Tokenizer, messages: ChatMessage[]): number[] {
+  const text = tokenizer.applyChatTemplate(messages, { addGenerationPrompt: true });
+  // The template already wrote any BOS token, so none is added here (as transformers does).
+  return tokenizer.encode(text, { addSpecialTokens: false });
+}

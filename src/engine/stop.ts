@@ -1,0 +1,50 @@
+// Stop strings over streamed text: text is released as soon as it cannot be the start of a
+// stop string, and everything from a stop string on is withheld.
+export class StopMatcher {
+  #pending = "";
+  readonly #stops: string[];
+
+  constructor(stops: string[]) {
+    this.#stops = stops.filter((s) => s.length > 0);
+  }
+
+  /** Adds generated text; returns what may be shown now and whether a stop string was hit. */
+  push(text: string): { text: string; stopped: boolean } {
+    this.#pending += text;
+    let cut = -1;
+    for (const stop of this.#stops) {
+      const at = this.#pending.indexOf(stop);
+      if (at >= 0 && (cut < 0 || at < cut)) cut = at;
+    }
+    if (cut >= 0) {
+      const shown = this.#pending.slice(0, cut);
+      this.#pending = "";
+      return { text: shown, stopped: true };
+    }
+    const hold = this.#heldBack();
+    const shown = this.#pending.slice(0, this.#pending.length - hold);
+    this.#pending = this.#pending.slice(this.#pending.length - hold);
+    return { text: shown, stopped: false };
+  }
+
+  /** The rest, once generation ended for another reason. */
+  flush(): string {
+    const rest = this.#pending;
+    this.#pending = "";
+    return rest;
+  }
+
+  // Length of the longest tail of the pending text that some stop string starts with.
+  #heldBack(): number {
+    let longest = 0;
+    for (const stop of this.#stops) {
+      for (let n = Math.min(stop.length - 1, this.#pending.length); n > longest; n--) {
+        if (this.#pending.endsWith(stop.slice(0, n))) {
+          longest = n;
+          break;
+        }
+      }
+    }
+    return longest;
+  }
+}

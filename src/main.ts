@@ -1,0 +1,14 @@
+#!/usr/bin/env bun
+// The `mlx` executable: one subcommand per file in src/cmd/.
+import { defineCommand, runMain } from "citty";
+import pkg from "../package.json" with { type: "json" };
+
+const main = defineCommand({
+  meta: { name: "mlx", version: pkg.version, description: "Run, chat with, serve and benchmark local LLMs on MLX" },
+  subCommands: {
+    run: () => import("./cmd/run").then((m) => m.default),
+    convert: () => import("./cmd/convert").then((m) => m.default),
+  },
+});
+
+runMain(main);

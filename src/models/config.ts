@@ -1,0 +1,115 @@
+// The model arguments every architecture reads from config.json, with mlx-lm's defaults.
+export interface QuantConfig {
+  groupSize: number;
+  bits: number;
+  mode: string;
+}
+
+export interface RopeScaling {
+  type: string;
+  factor: number;
+  lowFreqFactor?: number;
+  highFreqFactor?: number;
+  originalMaxPositionEmbeddings?: number;
+}
+
+export interface ModelConfig {
+  modelType: string;
+  hiddenSize: number;
+  numHiddenLayers: number;
+  intermediateSize: number;
+  numAttentionHeads: number;
+  numKeyValueHeads: number;
+  headDim: number;
+  rmsNormEps: number;
+  vocabSize: number;
+  ropeTheta: number;
+  ropeTraditional: boolean;
+  ropeScaling?: RopeScaling;
+  maxPositionEmbeddings: number;
+  tieWordEmbeddings: boolean;
+  attentionBias: boolean;
+  mlpBias: boolean;
+  eosTokenIds: number[];
+  /** Default quantization, and per-layer overrides by weight prefix (false = not quantized). */
+  quantization?: QuantConfig;
+  quantizationOverrides: Record<string, QuantConfig | false>;
+  /** The config.json as read, for writing it back out. */
+  raw: Record<string, unknown>;
+}
+
+const num = (v: unknown, fallback?: number): number => {
+  if (typeof v === "number" && Number.isFinite(v)) return v;
+  if (fallback !== undefined) return fallback;
+  throw new Error(`expected a number, got ${JSON.stringify(v)}`);
+};
+
+function field(raw: Record<string, unknown>, name: string, fallback?: number): number {
+  try {
+    return num(raw[name], fallback);
+  } catch {
+    throw new Error(`config.json: '${name}' is missing or not a number`);
+  }
+}
+
+function parseRopeScaling(value: unknown): RopeScaling | undefined {
+  if (!value || typeof value !== "object") return undefined;
+  const v = value as Record<string, unknown>;
+  const type = String(v.rope_type ?? v.type ?? "default");
+  if (type === "default") return undefined;
+  return {
+    type,
+    factor: num(v.factor, 1),
+    lowFreqFactor: v.low_freq_factor === undefined ? undefined : num(v.low_freq_factor),
+    highFreqFactor: v.high_freq_factor === undefined ? undefined : num(v.high_freq_factor),
+    originalMaxPositionEmbeddings: v.original_max_position_embeddings === undefined ? undefined : num(v.original_max_position_embeddings),
+  };
+}
+
+function parseQuantization(raw: Record<string, unknown>): Pick<ModelConfig, "quantization" | "quantizationOverrides"> {
+  const q = (raw.quantization ?? raw.quantization_config) as Record<string, unknown> | undefined;
+  const overrides: Record<string, QuantConfig | false> = {};
+  if (!q || typeof q !== "object") return { quantization: undefined, quantizationOverrides: overrides };
+  const base: QuantConfig = { groupSize: num(q.group_size, 64), bits: num(q.bits, 4), mode: String(q.mode ?? "affine") };
+  for (const [key, value] of Object.entries(q)) {
+    if (value === false) overrides[key] = false;
+    else if (value && typeof value === "object") {
+      const o = value as Record<string, unknown>;
+      overrides[key] = { groupSize: num(o.group_size, base.groupSize), bits: num(o.bits, base.bits), mode: String(o.mode ?? base.mode) };
+    }
+  }
+  return { quantization: base, quantizationOverrides: overrides };
+}
+
+function eosIds(value: unknown): number[] {
+  if (typeof value === "number") return [value];
+  if (Array.isArray(value)) return value.filter((v): v is number => typeof v === "number");
+  return [];
+}
+
+export function parseConfig(raw: Record<string, unknown>): ModelConfig {
+  if (typeof raw.model_type !== "string") throw new Error("config.json: 'model_type' is missing");
+  const hiddenSize = field(raw, "hidden_size");
+  const numAttentionHeads = field(raw, "num_attention_heads");
+  return {
+    modelType: raw.model_type,
+    hiddenSize,
+    numHiddenLayers: field(raw, "num_hidden_layers"),
+    intermediateSize: field(raw, "intermediate_size"),
+    numAttentionHeads,
+    numKeyValueHeads: field(raw, "num_key_value_heads", numAttentionHeads),
+    headDim: typeof raw.head_dim === "number" ? raw.head_dim : hiddenSize / numAttentionHeads,
+    rmsNormEps: field(raw, "rms_norm_eps", 1e-6),
+    vocabSize: field(raw, "vocab_size"),
+    ropeTheta: field(raw, "rope_theta", 10000),
+    ropeTraditional: raw.rope_traditional === true,
+    ropeScaling: parseRopeScaling(raw.rope_scaling),
+    maxPositionEmbeddings: field(raw, "max_position_embeddings", 4096),
+    tieWordEmbeddings: raw.tie_word_embeddings !== false,
+    attentionBias: raw.attention_bias === true,
+    mlpBias: raw.mlp_bias === true,
+    eosTokenIds: eosIds(raw.eos_token_id),
+    ...parseQuantization(raw),
+    raw,
+  };
+}

@@ -1,0 +1,172 @@
+// Reading a llama.cpp GGUF file as a model: its tensor names mapped to Hugging Face names,
+// a config.json built from its metadata, and llama's query/key rows put back in HF order.
+import * as mx from "../mlx";
+import type { LoadedFile, MetaValue, MxArray } from "../mlx";
+
+/** GGUF architectures we run, and the model_type each becomes. */
+const architectures: Record<string, string> = { llama: "llama", mistral: "mistral", qwen2: "qwen2", qwen3: "qwen3" };
+
+// llama.cpp file types whose tensors MLX keeps as they are (others get dequantized by MLX).
+const nativeFileTypes: Record<number, string> = { 0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 32: "BF16" };
+
+const blockNames: Record<string, string> = {
+  attn_norm: "input_layernorm",
+  attn_q: "self_attn.q_proj",
+  attn_k: "self_attn.k_proj",
+  attn_v: "self_attn.v_proj",
+  attn_output: "self_attn.o_proj",
+  attn_q_norm: "self_attn.q_norm",
+  attn_k_norm: "self_attn.k_norm",
+  ffn_norm: "post_attention_layernorm",
+  ffn_gate: "mlp.gate_proj",
+  ffn_up: "mlp.up_proj",
+  ffn_down: "mlp.down_proj",
+};
+
+const topNames: Record<string, string> = {
+  token_embd: "model.embed_tokens",
+  output_norm: "model.norm",
+  output: "lm_head",
+  rope_freqs: "rope_freqs",
+};
+
+/** "blk.3.attn_q.scales" → "model.layers.3.self_attn.q_proj.scales"; undefined for tensors we do not use. */
+export function hfTensorName(ggufName: string): string | undefined {
+  const dot = ggufName.lastIndexOf(".");
+  const base = ggufName.slice(0, dot);
+  const suffix = ggufName.slice(dot + 1);
+  const block = /^blk\.(\d+)\.(.+)$/.exec(base);
+  if (block) {
+    const mapped = blockNames[block[2]!];
+    return mapped && `model.layers.${block[1]}.${mapped}.${suffix}`;
+  }
+  const mapped = topNames[base];
+  if (!mapped) return undefined;
+  return base === "rope_freqs" ? mapped : `${mapped}.${suffix}`;
+}
+
+export interface GGUFModel {
+  /** A Hugging Face style config.json. */
+  config: Record<string, unknown>;
+  tensors: Map<string, MxArray>;
+  metadata: Record<string, MetaValue>;
+  /** Set when MLX had to dequantize this file's quantization type at load time. */
+  dequantizedFrom?: string;
+}
+
+const meta = (m: Record<string, MetaValue>, key: string): MetaValue | undefined => m[key];
+
+function metaNumber(m: Record<string, MetaValue>, key: string, fallback?: number): number {
+  const v = meta(m, key);
+  if (typeof v === "number") return v;
+  if (typeof v === "bigint") return Number(v);
+  if (fallback !== undefined) return fallback;
+  throw new Error(`GGUF metadata '${key}' is missing`);
+}
+
+export function ggufModel(file: LoadedFile): GGUFModel {
+  const m = file.metadata;
+  const arch = String(meta(m, "general.architecture") ?? "");
+  const modelType = architectures[arch];
+  if (!modelType) {
+    throw new Error(`unsupported GGUF architecture '${arch}' (supported: ${Object.keys(architectures).join(", ")})`);
+  }
+  const heads = metaNumber(m, `${arch}.attention.head_count`);
+  const kvHeads = metaNumber(m, `${arch}.attention.head_count_kv`, heads);
+  const hidden = metaNumber(m, `${arch}.embedding_length`);
+  const headDim = metaNumber(m, `${arch}.attention.key_length`, hidden / heads);
+  const tokens = meta(m, "tokenizer.ggml.tokens");
+  const eos = [meta(m, "tokenizer.ggml.eos_token_id"), meta(m, "tokenizer.ggml.eot_token_id")].filter((v) => typeof v === "number");
+
+  const tensors = new Map<string, MxArray>();
+  for (const [name, tensor] of file.tensors) {
+    const hf = hfTensorName(name);
+    if (hf) tensors.set(hf, tensor);
+    else tensor.free();
+  }
+  // llama.cpp stores llama's q/k rows interleaved for its rotary layout; undo that so the
+  // weights match the Hugging Face layout that mlx-lm and our model code use.
+  if (arch === "llama" || arch === "mistral") {
+    for (let i = 0; tensors.has(`model.layers.${i}.self_attn.q_proj.weight`); i++) {
+      unpermuteRows(tensors, `model.layers.${i}.self_attn.q_proj`, heads);
+      unpermuteRows(tensors, `model.layers.${i}.self_attn.k_proj`, kvHeads);
+    }
+  }
+  const ropeBase = metaNumber(m, `${arch}.rope.freq_base`, 10000);
+  if (tensors.has("rope_freqs")) tensors.set("rope_freqs", ropeFrequencies(tensors.get("rope_freqs")!, headDim, ropeBase));
+
+  const config: Record<string, unknown> = {
+    architectures: [archClass(modelType)],
+    model_type: modelType,
+    hidden_size: hidden,
+    num_hidden_layers: metaNumber(m, `${arch}.block_count`),
+    intermediate_size: metaNumber(m, `${arch}.feed_forward_length`),
+    num_attention_heads: heads,
+    num_key_value_heads: kvHeads,
+    head_dim: headDim,
+    rms_norm_eps: metaNumber(m, `${arch}.attention.layer_norm_rms_epsilon`, 1e-6),
+    vocab_size: Array.isArray(tokens) ? tokens.length : metaNumber(m, `${arch}.vocab_size`),
+    rope_theta: ropeBase,
+    max_position_embeddings: metaNumber(m, `${arch}.context_length`, 4096),
+    tie_word_embeddings: !tensors.has("lm_head.weight"),
+    bos_token_id: meta(m, "tokenizer.ggml.bos_token_id"),
+    eos_token_id: eos.length === 1 ? eos[0] : eos,
+    ...quantizationOf(tensors),
+  };
+  const fileType = metaNumber(m, "general.file_type", 0);
+  const dequantizedFrom = fileType in nativeFileTypes ? undefined : `file type ${fileType}`;
+  return { config, tensors, metadata: m, dequantizedFrom };
+}
+
+function archClass(modelType: string): string {
+  return { llama: "LlamaForCausalLM", mistral: "MistralForCausalLM", qwen2: "Qwen2ForCausalLM", qwen3: "Qwen3ForCausalLM" }[modelType]!;
+}
+
+/** The inverse of llama.cpp's q/k permutation: row (h, j, i) of the file is row (h, i, j) in HF order. */
+function unpermuteRows(tensors: Map<string, MxArray>, prefix: string, heads: number): void {
+  const weight = tensors.get(`${prefix}.weight`)!;
+  const rows = weight.shape[0]!;
+  const half = rows / heads / 2;
+  const order = new Int32Array(rows);
+  for (let h = 0; h < heads; h++) {
+    for (let i = 0; i < 2; i++) {
+      for (let j = 0; j < half; j++) order[h * 2 * half + i * half + j] = h * 2 * half + j * 2 + i;
+    }
+  }
+  const index = mx.array(order);
+  for (const suffix of ["weight", "scales", "biases", "bias"]) {
+    const t = tensors.get(`${prefix}.${suffix}`);
+    if (!t) continue;
+    tensors.set(`${prefix}.${suffix}`, mx.keep(mx.take(t, index, 0)));
+    t.free();
+  }
+  index.free();
+}
+
+/** llama.cpp stores per-frequency divisors (Llama 3 scaling); MLX's rope wants the periods themselves. */
+function ropeFrequencies(factors: MxArray, dims: number, base: number): MxArray {
+  return mx.keep(mx.scope(() => mx.multiply(mx.power(base, mx.divide(mx.arange(0, dims, 2, mx.Dtype.float32), dims)), mx.astype(factors, mx.Dtype.float32))));
+}
+
+/** Derives mlx-lm's "quantization" section from the packed shapes MLX produced. */
+function quantizationOf(tensors: Map<string, MxArray>): Record<string, unknown> {
+  const perLayer = new Map<string, { group_size: number; bits: number }>();
+  for (const [name, scales] of tensors) {
+    if (!name.endsWith(".scales")) continue;
+    const prefix = name.slice(0, -".scales".length);
+    const packed = tensors.get(`${prefix}.weight`)!.shape.at(-1)!;
+    const groups = scales.shape.at(-1)!;
+    const groupSize = 32; // every GGUF type MLX keeps quantized uses blocks of 32
+    const inputs = groups * groupSize;
+    perLayer.set(prefix, { group_size: groupSize, bits: (packed * 32) / inputs });
+  }
+  if (perLayer.size === 0) return {};
+  const counts = new Map<number, number>();
+  for (const q of perLayer.values()) counts.set(q.bits, (counts.get(q.bits) ?? 0) + 1);
+  const bits = [...counts.entries()].sort((a, b) => b[1] - a[1])[0]![0];
+  const quantization: Record<string, unknown> = { group_size: 32, bits, mode: "affine" };
+  for (const [prefix, q] of perLayer) if (q.bits !== bits) quantization[prefix] = q;
+  return { quantization };
+}
+
+export const ggufFileTypeName = (code: number): string => nativeFileTypes[code] ?? `type ${code}`;

@@ -1,0 +1,30 @@
+// The architectures we run, by config.json model_type. Each file builds a DecoderModel
+// from weights; everything else (loading, caches, generation) is shared.
+import * as llama from "./llama";
+import * as mistral from "./mistral";
+import * as qwen2 from "./qwen2";
+import * as qwen3 from "./qwen3";
+import type { Weights } from "./layers";
+import type { DecoderModel } from "./model";
+
+const architectures: Record<string, (w: Weights) => DecoderModel> = {
+  llama: llama.build,
+  mistral: mistral.build,
+  qwen2: qwen2.build,
+  qwen3: qwen3.build,
+};
+
+export const supportedArchitectures = Object.keys(architectures);
+
+export function buildModel(w: Weights): DecoderModel {
+  const build = architectures[w.config.modelType];
+  if (!build) {
+    throw new Error(`unsupported model_type '${w.config.modelType}' (supported: ${supportedArchitectures.join(", ")})`);
+  }
+  return build(w);
+}
+
+export { forward, makeCaches, freeCaches, cacheState, type DecoderModel } from "./model";
+export { KVCache } from "./cache";
+export { parseConfig, type ModelConfig } from "./config";
+export { Weights } from "./layers";

@@ -1,0 +1,120 @@
+// Loading a model from disk: an MLX-community directory (config.json + safetensors) or a
+// single GGUF file. Both end as the same thing: HF-named weights, a config, a tokenizer.
+import { existsSync, readFileSync, readdirSync, statSync } from "node:fs";
+import { basename, join } from "node:path";
+import * as mx from "../mlx";
+import type { MxArray } from "../mlx";
+import { buildModel, parseConfig, Weights, type DecoderModel, type ModelConfig } from "./index";
+import { ggufModel } from "./gguf";
+import { Tokenizer } from "../tokenizer/tokenizer";
+
+export type ModelFormat = "mlx" | "gguf";
+
+export interface LoadedModel {
+  model: DecoderModel;
+  config: ModelConfig;
+  tokenizer: Tokenizer;
+  weights: Weights;
+  format: ModelFormat;
+  path: string;
+  /** A note for the user about how the file was read (e.g. dequantized at load). */
+  notes: string[];
+  /** Bytes of weights held in memory. */
+  weightBytes: number;
+  free(): void;
+}
+
+export class ModelLoadError extends Error {
+  override name = "ModelLoadError";
+}
+
+export function loadModel(path: string): LoadedModel {
+  if (!existsSync(path)) throw new ModelLoadError(`model not found: ${path}`);
+  return statSync(path).isDirectory() ? loadDirectory(path) : loadGGUFFile(path);
+}
+
+function readJson(path: string): Record<string, unknown> {
+  try {
+    return JSON.parse(readFileSync(path, "utf8"));
+  } catch (error) {
+    throw new ModelLoadError(`cannot read ${path}: ${(error as Error).message}`);
+  }
+}
+
+/** The safetensors files of a directory: those named by the index when there is one. */
+function weightFiles(dir: string): string[] {
+  const indexPath = join(dir, "model.safetensors.index.json");
+  if (existsSync(indexPath)) {
+    const map = readJson(indexPath).weight_map as Record<string, string> | undefined;
+    if (!map) throw new ModelLoadError(`${indexPath} has no weight_map`);
+    return [...new Set(Object.values(map))].sort().map((f) => join(dir, f));
+  }
+  const files = readdirSync(dir).filter((f) => f.endsWith(".safetensors")).sort();
+  if (files.length === 0) throw new ModelLoadError(`no .safetensors files in ${dir}`);
+  return files.map((f) => join(dir, f));
+}
+
+function loadDirectory(dir: string): LoadedModel {
+  const configPath = join(dir, "config.json");
+  if (!existsSync(configPath)) throw new ModelLoadError(`${dir} has no config.json (expected an MLX-community model directory)`);
+  const config = withModelErrors(dir, () => parseConfig(readJson(configPath)));
+  const tensors = new Map<string, MxArray>();
+  for (const file of weightFiles(dir)) {
+    if (!existsSync(file)) throw new ModelLoadError(`missing weight file ${file}`);
+    const loaded = withModelErrors(file, () => mx.loadSafetensors(file));
+    for (const [name, t] of loaded.tensors) tensors.set(name, t);
+  }
+  sanitize(tensors, config);
+  const tokenizer = withModelErrors(dir, () => Tokenizer.fromDirectory(dir));
+  return assemble(tensors, config, tokenizer, "mlx", dir, []);
+}
+
+function loadGGUFFile(file: string): LoadedModel {
+  const loaded = withModelErrors(file, () => mx.loadGGUF(file));
+  const gguf = withModelErrors(file, () => ggufModel(loaded));
+  const config = parseConfig(gguf.config);
+  const tokenizer = withModelErrors(file, () => Tokenizer.fromGGUFMetadata(gguf.metadata as Record<string, unknown>));
+  const notes = gguf.dequantizedFrom ? [`${basename(file)}: MLX dequantized this GGUF's ${gguf.dequantizedFrom} weights at load time (MLX keeps only Q4_0, Q4_1 and Q8_0 quantized)`] : [];
+  return assemble(gguf.tensors, config, tokenizer, "gguf", file, notes);
+}
+
+/** Drops what mlx-lm drops: rotary caches and a tied output layer's duplicate. */
+function sanitize(tensors: Map<string, MxArray>, config: ModelConfig): void {
+  for (const name of [...tensors.keys()]) {
+    if (name.includes("rotary_emb.inv_freq") || (config.tieWordEmbeddings && name.startsWith("lm_head."))) {
+      tensors.get(name)!.free();
+      tensors.delete(name);
+    }
+  }
+}
+
+function assemble(tensors: Map<string, MxArray>, config: ModelConfig, tokenizer: Tokenizer, format: ModelFormat, path: string, notes: string[]): LoadedModel {
+  const weights = new Weights(tensors, config);
+  const model = withModelErrors(path, () => buildModel(weights));
+  // Read every weight now, so a truncated or corrupt file fails here rather than mid-answer.
+  withModelErrors(path, () => mx.evaluate(...tensors.values()));
+  const weightBytes = [...tensors.values()].reduce((n, t) => n + t.nbytes, 0);
+  return {
+    model,
+    config,
+    tokenizer,
+    weights,
+    format,
+    path,
+    notes,
+    weightBytes,
+    free: () => {
+      for (const t of tensors.values()) t.free();
+      tensors.clear();
+    },
+  };
+}
+
+function withModelErrors<T>(path: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (error) {
+    if (error instanceof ModelLoadError) throw error;
+    throw new ModelLoadError(`cannot load ${path}: ${(error as Error).message}`);
+  }
+}

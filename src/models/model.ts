@@ -1,0 +1,60 @@
+// What every architecture provides: a decoder whose forward pass can run on any range of
+// layers (so layers can be split across processes) and on a batch of sequences.
+import * as mx from "../mlx";
+import type { MxArray } from "../mlx";
+import type { ModelConfig } from "./config";
+import { KVCache } from "./cache";
+
+export type Mask = "causal" | MxArray | undefined;
+
+/** One transformer block: h [B, L, D] → h [B, L, D], reading and extending its cache. */
+export type Block = (h: MxArray, mask: Mask, cache: KVCache) => MxArray;
+
+export interface DecoderModel {
+  readonly config: ModelConfig;
+  readonly numLayers: number;
+  /** Token ids [B, L] → hidden states [B, L, D]. */
+  embed(ids: MxArray): MxArray;
+  /** Runs blocks [start, end) with their caches (caches[i] belongs to block i). */
+  layers(h: MxArray, caches: KVCache[], start?: number, end?: number): MxArray;
+  /** Final norm and output projection: hidden states → logits [B, L, vocab]. */
+  head(h: MxArray): MxArray;
+}
+
+export interface DecoderParts {
+  config: ModelConfig;
+  embed: (ids: MxArray) => MxArray;
+  blocks: Block[];
+  head: (h: MxArray) => MxArray;
+}
+
+/** Assembles the parts into a DecoderModel; the causal mask is only needed when L > 1. */
+export function decoder(parts: DecoderParts): DecoderModel {
+  return {
+    config: parts.config,
+    numLayers: parts.blocks.length,
+    embed: parts.embed,
+    head: parts.head,
+    layers(h, caches, start = 0, end = parts.blocks.length) {
+      const mask: Mask = h.shape[1]! > 1 ? "causal" : undefined;
+      for (let i = start; i < end; i++) h = parts.blocks[i]!(h, mask, caches[i]!);
+      return h;
+    },
+  };
+}
+
+/** The whole forward pass: ids [B, L] → logits [B, L, vocab]. */
+export function forward(model: DecoderModel, ids: MxArray, caches: KVCache[]): MxArray {
+  return model.head(model.layers(model.embed(ids), caches));
+}
+
+export function makeCaches(model: DecoderModel): KVCache[] {
+  return Array.from({ length: model.numLayers }, () => new KVCache());
+}
+
+export function freeCaches(caches: KVCache[]): void {
+  for (const c of caches) c.free();
+}
+
+export const cacheState = (caches: KVCache[]): MxArray[] => caches.flatMap((c) => c.state);
+export { mx };

@@ -1,0 +1,78 @@
+// Model aliases from models.toml: the copy shipped inside the executable, overridden by
+// the user's $MLX_HOME/models.toml. A bad file is reported with its path, line and problem.
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { parse, TomlError } from "smol-toml";
+import shipped from "../../models.toml" with { type: "text" };
+import { storeRoot } from "./paths";
+
+export interface ModelAlias {
+  name: string;
+  source: string;
+  description?: string;
+}
+
+export interface AliasTable {
+  defaultModel: string;
+  models: Map<string, ModelAlias>;
+}
+
+function parseTable(text: string, origin: string): { defaultModel?: string; models: ModelAlias[] } {
+  let doc: Record<string, unknown>;
+  try {
+    doc = parse(text) as Record<string, unknown>;
+  } catch (error) {
+    if (error instanceof TomlError) {
+      const reason = error.message.split("\n")[0];
+      throw new Error(`${origin}:${error.line}:${error.column}: ${reason}`);
+    }
+    throw error;
+  }
+  const models: ModelAlias[] = [];
+  const table = doc.models ?? {};
+  if (typeof table !== "object" || Array.isArray(table)) throw new Error(`${origin}: [models] must be a table of aliases`);
+  for (const [name, entry] of Object.entries(table as Record<string, unknown>)) {
+    const e = entry as Record<string, unknown>;
+    if (typeof e !== "object" || typeof e.source !== "string" || e.source.length === 0) {
+      throw new Error(`${origin}: model '${name}' needs a source = "..." string`);
+    }
+    models.push({ name, source: e.source, description: typeof e.description === "string" ? e.description : undefined });
+  }
+  if (doc.default !== undefined && typeof doc.default !== "string") throw new Error(`${origin}: 'default' must be a string`);
+  return { defaultModel: doc.default as string | undefined, models };
+}
+
+export function loadAliases(): AliasTable {
+  const base = parseTable(shipped, "models.toml (built in)");
+  const models = new Map(base.models.map((m) => [m.name, m]));
+  let defaultModel = base.defaultModel ?? "smollm2";
+  const userFile = join(storeRoot(), "models.toml");
+  if (existsSync(userFile)) {
+    const user = parseTable(readFileSync(userFile, "utf8"), userFile);
+    for (const m of user.models) models.set(m.name, m);
+    defaultModel = user.defaultModel ?? defaultModel;
+  }
+  return { defaultModel, models };
+}
+
+/** Aliases that look like what the user typed, closest first (for "did you mean"). */
+export function closeMatches(name: string, candidates: string[], limit = 3): string[] {
+  const scored = candidates.map((c) => ({ c, d: editDistance(name.toLowerCase(), c.toLowerCase()) }));
+  return scored
+    .filter(({ c, d }) => d <= Math.max(2, Math.floor(c.length / 3)) || c.includes(name) || name.includes(c))
+    .sort((a, b) => a.d - b.d)
+    .slice(0, limit)
+    .map(({ c }) => c);
+}
+
+function editDistance(a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i];
+    for (let j = 1; j <= b.length; j++) {
+      current[j] = Math.min(previous[j]! + 1, current[j - 1]! + 1, previous[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    previous = current;
+  }
+  return previous[b.length]!;
+}
