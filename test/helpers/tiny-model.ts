@@ -1,0 +1,96 @@
+// A tiny random-weight model, made by the tests themselves so fast tests need no download.
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import * as mx from "../../src/mlx";
+import type { MxArray } from "../../src/mlx";
+
+export interface TinyOptions {
+  modelType?: "llama" | "mistral" | "qwen2" | "qwen3";
+  quantize?: { groupSize: number; bits: number };
+  tied?: boolean;
+  vocabSize?: number;
+  layers?: number;
+  seed?: number;
+}
+
+export const tinyDims = { hidden: 64, heads: 4, kvHeads: 2, headDim: 16, intermediate: 128 };
+
+export function tinyConfig(o: TinyOptions = {}): Record<string, unknown> {
+  const config: Record<string, unknown> = {
+    model_type: o.modelType ?? "llama",
+    hidden_size: tinyDims.hidden,
+    num_hidden_layers: o.layers ?? 2,
+    intermediate_size: tinyDims.intermediate,
+    num_attention_heads: tinyDims.heads,
+    num_key_value_heads: tinyDims.kvHeads,
+    head_dim: tinyDims.headDim,
+    rms_norm_eps: 1e-5,
+    vocab_size: o.vocabSize ?? 300,
+    rope_theta: 10000,
+    max_position_embeddings: 512,
+    tie_word_embeddings: o.tied ?? true,
+    eos_token_id: 2,
+  };
+  if (o.quantize) config.quantization = { group_size: o.quantize.groupSize, bits: o.quantize.bits, mode: "affine" };
+  return config;
+}
+
+/** Random weights with Hugging Face names (quantized linear layers when asked). */
+export function tinyWeights(o: TinyOptions = {}): Map<string, MxArray> {
+  const { hidden, heads, kvHeads, headDim, intermediate } = tinyDims;
+  const vocab = o.vocabSize ?? 300;
+  let key = mx.keep(mx.random.key(o.seed ?? 0));
+  const normal = (shape: number[], scale = 0.08) => {
+    const [next, sub] = mx.random.split(key);
+    key.free();
+    key = mx.keep(next);
+    const t = mx.keep(mx.scope(() => mx.multiply(mx.random.normal(shape, mx.Dtype.float32, sub), scale)));
+    sub.free();
+    return t;
+  };
+  const w = new Map<string, MxArray>();
+  const addLinear = (name: string, out: number, inp: number, bias = false) => {
+    const weight = normal([out, inp]);
+    if (o.quantize) {
+      const q = mx.quantize(weight, o.quantize);
+      w.set(`${name}.weight`, mx.keep(q.weight));
+      w.set(`${name}.scales`, mx.keep(q.scales));
+      if (q.biases) w.set(`${name}.biases`, mx.keep(q.biases));
+      weight.free();
+    } else w.set(`${name}.weight`, weight);
+    if (bias) w.set(`${name}.bias`, normal([out], 0.02));
+  };
+  const addNorm = (name: string, size: number) => w.set(`${name}.weight`, mx.keep(mx.scope(() => mx.add(normal([size], 0.05), 1))));
+  addLinear("model.embed_tokens", vocab, hidden);
+  const qwen2 = o.modelType === "qwen2";
+  for (let i = 0; i < (o.layers ?? 2); i++) {
+    const p = `model.layers.${i}`;
+    addNorm(`${p}.input_layernorm`, hidden);
+    addNorm(`${p}.post_attention_layernorm`, hidden);
+    addLinear(`${p}.self_attn.q_proj`, heads * headDim, hidden, qwen2);
+    addLinear(`${p}.self_attn.k_proj`, kvHeads * headDim, hidden, qwen2);
+    addLinear(`${p}.self_attn.v_proj`, kvHeads * headDim, hidden, qwen2);
+    addLinear(`${p}.self_attn.o_proj`, hidden, heads * headDim);
+    if (o.modelType === "qwen3") {
+      addNorm(`${p}.self_attn.q_norm`, headDim);
+      addNorm(`${p}.self_attn.k_norm`, headDim);
+    }
+    addLinear(`${p}.mlp.gate_proj`, intermediate, hidden);
+    addLinear(`${p}.mlp.up_proj`, intermediate, hidden);
+    addLinear(`${p}.mlp.down_proj`, hidden, intermediate);
+  }
+  addNorm("model.norm", hidden);
+  if (o.tied === false) addLinear("lm_head", vocab, hidden);
+  key.free();
+  mx.evaluate(...w.values());
+  return w;
+}
+
+/** Writes config.json and model.safetensors for a tiny model into `dir`. */
+export function writeTinyModel(dir: string, o: TinyOptions = {}): void {
+  mkdirSync(dir, { recursive: true });
+  const weights = tinyWeights(o);
+  mx.saveSafetensors(join(dir, "model.safetensors"), weights, { format: "mlx" });
+  writeFileSync(join(dir, "config.json"), JSON.stringify(tinyConfig(o), null, 2));
+  for (const t of weights.values()) t.free();
+}

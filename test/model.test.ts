@@ -1,0 +1,148 @@
+// The model code on tiny random weights: the KV cache must give the same logits as running
+// the whole sequence at once, for every architecture, plain and quantized; and a llama GGUF's
+// permuted q/k rows must come back in Hugging Face order.
+import { describe, expect, test } from "bun:test";
+import * as mx from "../src/mlx";
+import { buildModel, forward, makeCaches, parseConfig, Weights, freeCaches } from "../src/models";
+import { ggufModel, hfTensorName } from "../src/models/gguf";
+import { tinyConfig, tinyDims, tinyWeights, type TinyOptions } from "./helpers/tiny-model";
+
+function tinyModel(o: TinyOptions) {
+  const weights = tinyWeights(o);
+  return buildModel(new Weights(weights, parseConfig(tinyConfig(o))));
+}
+
+const ids = (values: number[]) => mx.array(Int32Array.from(values), [1, values.length]);
+const sequence = [5, 17, 200, 3, 99, 42, 7, 150, 8, 1];
+
+const variants: [string, TinyOptions][] = [
+  ["llama", { modelType: "llama" }],
+  ["llama, 4-bit", { modelType: "llama", quantize: { groupSize: 32, bits: 4 } }],
+  ["llama, 8-bit, untied head", { modelType: "llama", quantize: { groupSize: 32, bits: 8 }, tied: false }],
+  ["mistral", { modelType: "mistral", tied: false }],
+  ["qwen2 (q/k/v bias)", { modelType: "qwen2" }],
+  ["qwen3 (q/k norm)", { modelType: "qwen3" }],
+];
+
+describe("KV cache", () => {
+  for (const [name, options] of variants) {
+    test(`${name}: prefill + one token at a time equals the whole sequence at once`, () => {
+      const model = tinyModel(options);
+      const whole = mx.scope(() => {
+        const caches = makeCaches(model);
+        const out = forward(model, ids(sequence), caches);
+        freeCaches(caches);
+        return out;
+      });
+      const caches = makeCaches(model);
+      const rows: mx.MxArray[] = [];
+      rows.push(mx.scope(() => forward(model, ids(sequence.slice(0, 4)), caches)));
+      for (const t of sequence.slice(4)) rows.push(mx.scope(() => forward(model, ids([t]), caches)));
+      expect(caches[0]!.offset).toBe(sequence.length);
+      const stepwise = mx.scope(() => mx.concatenate(rows, 1));
+      const diff = mx.scope(() => mx.max(mx.abs(mx.subtract(whole, stepwise))).item());
+      expect(diff).toBeLessThan(1e-4);
+      freeCaches(caches);
+    });
+  }
+
+  test("the cache grows in steps of 256 positions and keeps earlier entries", () => {
+    const model = tinyModel({});
+    const caches = makeCaches(model);
+    mx.scope(() => forward(model, ids(Array.from({ length: 250 }, (_, i) => i % 300)), caches));
+    expect(caches[0]!.keys!.shape[2]).toBe(256);
+    const before = mx.scope(() => mx.slice(caches[0]!.keys!, [0, 0, 0], [1, tinyDims.kvHeads, 250]).toArray());
+    mx.scope(() => forward(model, ids(Array.from({ length: 10 }, (_, i) => i)), caches));
+    expect(caches[0]!.keys!.shape[2]).toBe(250 + 256); // trimmed to what is used, then one more step, as mlx-lm does
+    expect(caches[0]!.offset).toBe(260);
+    const after = mx.scope(() => mx.slice(caches[0]!.keys!, [0, 0, 0], [1, tinyDims.kvHeads, 250]).toArray());
+    expect(after).toEqual(before);
+    freeCaches(caches);
+  });
+
+  test("a forward pass can run on a range of layers", () => {
+    const model = tinyModel({ layers: 4 });
+    const caches = makeCaches(model);
+    const split = mx.scope(() => {
+      const h = model.layers(model.embed(ids(sequence)), caches, 0, 2);
+      return model.head(model.layers(h, caches, 2, 4));
+    });
+    const other = makeCaches(model);
+    const whole = mx.scope(() => forward(model, ids(sequence), other));
+    expect(mx.scope(() => mx.max(mx.abs(mx.subtract(split, whole))).item())).toBe(0);
+  });
+});
+
+describe("GGUF layout", () => {
+  test("tensor names map to Hugging Face names", () => {
+    expect(hfTensorName("blk.3.attn_q.scales")).toBe("model.layers.3.self_attn.q_proj.scales");
+    expect(hfTensorName("blk.0.ffn_down.weight")).toBe("model.layers.0.mlp.down_proj.weight");
+    expect(hfTensorName("token_embd.biases")).toBe("model.embed_tokens.biases");
+    expect(hfTensorName("output_norm.weight")).toBe("model.norm.weight");
+    expect(hfTensorName("output.weight")).toBe("lm_head.weight");
+    expect(hfTensorName("blk.0.attn_q_norm.weight")).toBe("model.layers.0.self_attn.q_norm.weight");
+    expect(hfTensorName("something.else")).toBeUndefined();
+  });
+
+  test("llama q/k rows permuted as llama.cpp's converter does come back in HF order, and the model matches", () => {
+    const hf = tinyWeights({ modelType: "llama" });
+    // llama.cpp's permutation: within each head, row (i, j) → (j, i) for i in {0,1}, j < dim/2.
+    const permute = (t: mx.MxArray, heads: number) =>
+      mx.keep(mx.scope(() => {
+        const [rows, cols] = t.shape as [number, number];
+        return mx.reshape(mx.transpose(mx.reshape(t, [heads, 2, rows / heads / 2, cols]), [0, 2, 1, 3]), [rows, cols]);
+      }));
+    const toGGUF: [string, string][] = [
+      ["model.embed_tokens", "token_embd"],
+      ["model.norm", "output_norm"],
+    ];
+    for (let i = 0; i < 2; i++) {
+      const p = `model.layers.${i}`;
+      toGGUF.push([`${p}.input_layernorm`, `blk.${i}.attn_norm`], [`${p}.post_attention_layernorm`, `blk.${i}.ffn_norm`]);
+      toGGUF.push([`${p}.self_attn.q_proj`, `blk.${i}.attn_q`], [`${p}.self_attn.k_proj`, `blk.${i}.attn_k`]);
+      toGGUF.push([`${p}.self_attn.v_proj`, `blk.${i}.attn_v`], [`${p}.self_attn.o_proj`, `blk.${i}.attn_output`]);
+      toGGUF.push([`${p}.mlp.gate_proj`, `blk.${i}.ffn_gate`], [`${p}.mlp.up_proj`, `blk.${i}.ffn_up`], [`${p}.mlp.down_proj`, `blk.${i}.ffn_down`]);
+    }
+    const tensors = new Map<string, mx.MxArray>();
+    for (const [hfName, ggufName] of toGGUF) {
+      let t = hf.get(`${hfName}.weight`)!;
+      if (hfName.endsWith("q_proj")) t = permute(t, tinyDims.heads);
+      else if (hfName.endsWith("k_proj")) t = permute(t, tinyDims.kvHeads);
+      else t = mx.keep(mx.scope(() => mx.copy(t)));
+      tensors.set(`${ggufName}.weight`, t);
+    }
+    const metadata = {
+      "general.architecture": "llama",
+      "llama.attention.head_count": tinyDims.heads,
+      "llama.attention.head_count_kv": tinyDims.kvHeads,
+      "llama.embedding_length": tinyDims.hidden,
+      "llama.block_count": 2,
+      "llama.feed_forward_length": tinyDims.intermediate,
+      "llama.attention.layer_norm_rms_epsilon": 1e-5,
+      "llama.rope.freq_base": 10000,
+      "llama.context_length": 512,
+      "llama.vocab_size": 300,
+      "tokenizer.ggml.eos_token_id": 2,
+      "general.file_type": 0,
+    };
+    const g = ggufModel({ tensors, metadata });
+    expect(g.config.model_type).toBe("llama");
+    expect(g.config.tie_word_embeddings).toBe(true);
+    for (const name of ["model.layers.1.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight"]) {
+      expect(mx.scope(() => mx.max(mx.abs(mx.subtract(g.tensors.get(name)!, hf.get(name)!))).item())).toBe(0);
+    }
+    const fromGGUF = buildModel(new Weights(g.tensors, parseConfig(g.config)));
+    const fromHF = buildModel(new Weights(hf, parseConfig(tinyConfig({}))));
+    const a = mx.scope(() => forward(fromGGUF, ids(sequence), makeCaches(fromGGUF)));
+    const b = mx.scope(() => forward(fromHF, ids(sequence), makeCaches(fromHF)));
+    expect(mx.scope(() => mx.max(mx.abs(mx.subtract(a, b))).item())).toBeLessThan(1e-5);
+  });
+
+  test("an unsupported architecture names the supported ones", () => {
+    expect(() => ggufModel({ tensors: new Map(), metadata: { "general.architecture": "gpt2" } })).toThrow(/unsupported GGUF architecture 'gpt2' \(supported: llama/);
+  });
+
+  test("an unsupported model_type names the supported ones", () => {
+    expect(() => buildModel(new Weights(new Map(), parseConfig({ ...tinyConfig({}), model_type: "falcon" })))).toThrow(/unsupported model_type 'falcon' \(supported: llama, mistral, qwen2, qwen3\)/);
+  });
+});

@@ -1,0 +1,85 @@
+// Sampling filters, seeds and stop strings.
+import { describe, expect, test } from "bun:test";
+import * as mx from "../src/mlx";
+import { defaultSampling, makeSampler, penalizeRepetition, validateSampling, type SamplingParams } from "../src/engine/sampling";
+import { StopMatcher } from "../src/engine/stop";
+
+const logprobsOf = (p: number[]) => mx.log(mx.array(p, [1, p.length]));
+const params = (o: Partial<SamplingParams>): SamplingParams => ({ ...defaultSampling, ...o });
+const draw = (o: Partial<SamplingParams>, p: number[], n: number) =>
+  mx.scope(() => {
+    const sample = makeSampler(params(o));
+    return Array.from({ length: n }, () => mx.scope(() => sample(logprobsOf(p)).item()));
+  });
+
+describe("sampler", () => {
+  test("temperature 0 is argmax", () => {
+    expect(draw({ temperature: 0 }, [0.1, 0.6, 0.3], 3)).toEqual([1, 1, 1]);
+  });
+
+  test("the same seed gives the same draws; another seed gives others", () => {
+    const p = Array.from({ length: 50 }, () => 1 / 50);
+    const a = draw({ temperature: 1, seed: 42 }, p, 20);
+    expect(draw({ temperature: 1, seed: 42 }, p, 20)).toEqual(a);
+    expect(draw({ temperature: 1, seed: 43 }, p, 20)).not.toEqual(a);
+  });
+
+  test("top-k keeps only the k most likely tokens", () => {
+    const picks = new Set(draw({ temperature: 1, topK: 2, seed: 1 }, [0.3, 0.05, 0.4, 0.25], 60));
+    expect([...picks].sort()).toEqual([0, 2]);
+  });
+
+  test("top-p keeps the smallest set reaching p", () => {
+    const picks = new Set(draw({ temperature: 1, topP: 0.65, seed: 1 }, [0.5, 0.3, 0.15, 0.05], 80));
+    expect([...picks].sort()).toEqual([0, 1]);
+  });
+
+  test("min-p drops tokens below min-p × the best", () => {
+    const picks = new Set(draw({ temperature: 1, minP: 0.5, seed: 2 }, [0.45, 0.35, 0.05, 0.15], 80));
+    expect([...picks].sort()).toEqual([0, 1]);
+  });
+
+  test("repetition penalty divides positive and multiplies negative logits of recent tokens", () => {
+    const out = mx.scope(() => penalizeRepetition(mx.array([2, -2, 4], [1, 3]), [0, 1], 2).toArray());
+    expect(out).toEqual([1, -4, 4]);
+  });
+
+  test("invalid values are refused with the parameter named", () => {
+    expect(() => validateSampling(params({ temperature: -1 }))).toThrow(/temperature/);
+    expect(() => validateSampling(params({ topP: 0 }))).toThrow(/top_p/);
+    expect(() => validateSampling(params({ topK: 1.5 }))).toThrow(/top_k/);
+    expect(() => validateSampling(params({ minP: 1 }))).toThrow(/min_p/);
+    expect(() => validateSampling(params({ repetitionPenalty: 0 }))).toThrow(/repetition/);
+  });
+});
+
+describe("stop strings", () => {
+  const feed = (stops: string[], chunks: string[]) => {
+    const m = new StopMatcher(stops);
+    let shown = "";
+    for (const c of chunks) {
+      const r = m.push(c);
+      shown += r.text;
+      if (r.stopped) return { shown, stopped: true };
+    }
+    return { shown: shown + m.flush(), stopped: false };
+  };
+
+  test("text before a stop string is shown; the stop string and what follows are not", () => {
+    expect(feed(["END"], ["hello E", "N", "D and more"])).toEqual({ shown: "hello ", stopped: true });
+  });
+
+  test("a partial match that does not complete is released", () => {
+    expect(feed(["END"], ["hello E", "N", "ough"])).toEqual({ shown: "hello ENough", stopped: false });
+  });
+
+  test("the earliest of several stop strings wins", () => {
+    expect(feed(["world", "lo w"], ["hello world"])).toEqual({ shown: "hel", stopped: true });
+  });
+
+  test("text that cannot start a stop string is released at once", () => {
+    const m = new StopMatcher(["###"]);
+    expect(m.push("abc#").text).toBe("abc");
+    expect(m.push("x").text).toBe("#x");
+  });
+});
