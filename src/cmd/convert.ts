@@ -1,6 +1,8 @@
 // `mlx convert <model.gguf> <dir>`: write an MLX-community directory from a GGUF file.
 import { defineCommand } from "citty";
+import { statSync } from "node:fs";
 import { convertGGUF } from "../models/convert";
+import { isGGUFFile } from "../models/gguf";
 import { resolveModelPath } from "../store/resolve";
 import { fail, log, setVerbose } from "./log";
 
@@ -16,7 +18,7 @@ export default defineCommand({
     setVerbose(Boolean(args.verbose));
     try {
       const path = await resolveModelPath(args.source);
-      if (!path.endsWith(".gguf")) throw new Error(`${path} is not a .gguf file`);
+      if (statSync(path).isDirectory() || !isGGUFFile(path)) throw new Error(`${path} is not a GGUF file`);
       const result = convertGGUF(path, args.output, { force: Boolean(args.force) });
       log.success(`wrote ${result.tensors} tensors (${(result.bytes / 1e6).toFixed(1)} MB) to ${result.dir}`);
       process.stdout.write(`${result.dir}\n`);

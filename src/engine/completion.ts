@@ -4,7 +4,7 @@
 import * as mx from "../mlx";
 import type { LoadedModel } from "../models/load";
 import type { KVCache } from "../models";
-import { StreamingDetokenizer } from "../tokenizer/detokenizer";
+import { createDetokenizer } from "../tokenizer/detokenizer";
 import { tokenLoop } from "./generate";
 import type { SamplingParams } from "./sampling";
 import { StopMatcher } from "./stop";
@@ -63,7 +63,7 @@ export function* complete(lm: LoadedModel, caches: KVCache[], promptIds: number[
   const room = lm.config.maxPositionEmbeddings - cached - promptIds.length;
   const maxTokens = Math.min(o.maxTokens, room);
   const eos = lm.tokenizer.eosTokenIds;
-  const detokenizer = new StreamingDetokenizer(lm.tokenizer);
+  const detokenizer = createDetokenizer(lm.tokenizer);
   const stops = new StopMatcher(o.stop ?? []);
 
   mx.memory.resetPeakMemory();

@@ -1,14 +1,9 @@
 // From the user's text to prompt token ids: through the model's chat template when it has
 // one (as mlx-lm's apply_chat_template does), or as plain text.
-import type { Tokenizer } from "../tokenizer/tokenizer";
-
-export interface ChatMessage {
-  role: "system" | "user" | "assistant" | "tool";
-  content: string;
-}
+import type { ChatMessage, Tokenizer } from "../tokenizer/tokenizer";
 
 export function promptTokens(tokenizer: Tokenizer, prompt: string, o: { system?: string; raw?: boolean } = {}): number[] {
-  if (o.raw || !tokenizer.hasChatTemplate) return tokenizer.encode(prompt, { addSpecialTokens: true });
+  if (o.raw || !tokenizer.chatTemplate) return tokenizer.encode(prompt, { addSpecialTokens: true });
   const messages: ChatMessage[] = [];
   if (o.system) messages.push({ role: "system", content: o.system });
   messages.push({ role: "user", content: prompt });

@@ -1,5 +1,6 @@
 // Reading a llama.cpp GGUF file as a model: its tensor names mapped to Hugging Face names,
 // a config.json built from its metadata, and llama's query/key rows put back in HF order.
+import { closeSync, openSync, readSync } from "node:fs";
 import * as mx from "../mlx";
 import type { LoadedFile, MetaValue, MxArray } from "../mlx";
 
@@ -170,3 +171,14 @@ function quantizationOf(tensors: Map<string, MxArray>): Record<string, unknown> 
 }
 
 export const ggufFileTypeName = (code: number): string => nativeFileTypes[code] ?? `type ${code}`;
+
+/** Whether a file starts with GGUF's magic bytes (store blobs have no extension to go by). */
+export function isGGUFFile(path: string): boolean {
+  const fd = openSync(path, "r");
+  try {
+    const magic = Buffer.alloc(4);
+    return readSync(fd, magic, 0, 4, 0) === 4 && magic.toString("latin1") === "GGUF";
+  } finally {
+    closeSync(fd);
+  }
+}

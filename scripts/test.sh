@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The whole test suite: sets up what is missing (quick when already done), then bun test.
+# Downloads (the MLX wheel, the default model) are cached under .cache/ in the project.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export MLX_HOME="${MLX_HOME:-$PWD/.cache/mlx-home}"
+exec node_modules/.bin/bun test "$@"

@@ -1,0 +1,325 @@
+// Fetches a URL into a file without ever leaving a half-written file at the destination.
+// Bytes land in "<dest>.partial", which survives interruptions so the next attempt (in this
+// process or a later run) resumes with an HTTP Range request; the file is renamed to <dest>
+// only once its size and SHA-256 check out.
+import { mkdir, open, rename, stat, truncate, unlink } from "node:fs/promises";
+import { dirname } from "node:path";
+
+export interface DownloadProgress {
+  /** Bytes on disk so far, including any resumed from an earlier attempt. */
+  received: number;
+  /** Full size when known (from the caller or the server). */
+  total?: number;
+}
+
+export interface DownloadOptions {
+  expectedSha256?: string;
+  expectedSize?: number;
+  headers?: Record<string, string>;
+  onProgress?: (progress: DownloadProgress) => void;
+  signal?: AbortSignal;
+  /** Consecutive attempts allowed to fail without adding a byte before giving up (default 5). */
+  retries?: number;
+  /** First pause between attempts; it doubles on each consecutive failure (default 500 ms). */
+  retryDelayMs?: number;
+  /** A connection that delivers nothing for this long counts as dropped (default 30 s). */
+  stallTimeoutMs?: number;
+}
+
+export interface DownloadResult {
+  path: string;
+  sha256: string;
+  size: number;
+}
+
+/** A failed download; `retryable` marks transient network trouble worth another attempt. */
+export class DownloadError extends Error {
+  constructor(
+    message: string,
+    readonly retryable = false,
+    readonly status?: number,
+  ) {
+    super(message);
+    this.name = "DownloadError";
+  }
+}
+
+const MAX_RETRY_DELAY_MS = 10_000;
+
+export async function downloadToFile(url: string, destPath: string, options: DownloadOptions = {}): Promise<DownloadResult> {
+  const shownUrl = withoutCredentials(url);
+  const retries = options.retries ?? 5;
+  const baseDelay = options.retryDelayMs ?? 500;
+  await mkdir(dirname(destPath), { recursive: true });
+  const partial = new PartialFile(`${destPath}.partial`);
+
+  let failures = 0;
+  for (;;) {
+    options.signal?.throwIfAborted();
+    await partial.syncWithDisk(options.expectedSize);
+    const sizeBefore = partial.size;
+    try {
+      await fetchRemainder(url, shownUrl, partial, options);
+      break;
+    } catch (error) {
+      if (!(error instanceof DownloadError && error.retryable)) throw error;
+      failures = partial.size > sizeBefore ? 1 : failures + 1;
+      if (failures > retries) throw new DownloadError(`${error.message} (gave up after ${retries} ${retries === 1 ? "retry" : "retries"})`, false, error.status);
+      await sleep(Math.min(baseDelay * 2 ** (failures - 1), MAX_RETRY_DELAY_MS), options.signal);
+    }
+  }
+
+  const sha256 = partial.digest();
+  if (options.expectedSize !== undefined && partial.size !== options.expectedSize) {
+    await partial.remove();
+    throw new DownloadError(`size mismatch for ${shownUrl}: expected ${options.expectedSize} bytes, got ${partial.size}`);
+  }
+  if (options.expectedSha256 !== undefined && sha256 !== options.expectedSha256.toLowerCase()) {
+    await partial.remove();
+    throw new DownloadError(`checksum mismatch for ${shownUrl}: expected sha256 ${options.expectedSha256}, got ${sha256}`);
+  }
+  await partial.flushToDisk();
+  await rename(partial.path, destPath);
+  return { path: destPath, sha256, size: partial.size };
+}
+
+/** One HTTP request that appends whatever the partial file still lacks. */
+async function fetchRemainder(url: string, shownUrl: string, partial: PartialFile, options: DownloadOptions): Promise<void> {
+  const offset = partial.size;
+  if (options.expectedSize !== undefined && offset === options.expectedSize) return;
+
+  const headers = new Headers(options.headers);
+  // Ranges count raw bytes; a transparently decompressed body would make offsets meaningless.
+  headers.set("Accept-Encoding", "identity");
+  if (offset > 0) headers.set("Range", `bytes=${offset}-`);
+
+  const stall = new StallTimer(options.stallTimeoutMs ?? 30_000);
+  const signal = options.signal ? AbortSignal.any([options.signal, stall.signal]) : stall.signal;
+  try {
+    let response: Response;
+    try {
+      response = await fetch(url, { headers, signal });
+    } catch (error) {
+      throw asNetworkError(error, shownUrl, options.signal, stall);
+    }
+
+    if (response.status === 416 && offset > 0) {
+      await response.body?.cancel();
+      const total = contentRangeTotal(response.headers.get("content-range"));
+      if (total === offset) return; // the partial file already holds everything
+      await partial.reset(); // the partial is longer than the remote file: it belongs to something else
+      return fetchRemainder(url, shownUrl, partial, options);
+    }
+    if (response.status === 206) {
+      const range = parseContentRange(response.headers.get("content-range"));
+      if (range?.start !== offset) {
+        await response.body?.cancel();
+        await partial.reset();
+        throw new DownloadError(`${shownUrl} answered a resume with the wrong byte range; restarting from zero`, true);
+      }
+    } else if (response.ok && offset > 0) {
+      await partial.reset(); // the server ignored Range and is sending the whole file
+    }
+    if (!response.ok) {
+      await response.body?.cancel();
+      const retryable = response.status === 408 || response.status === 429 || response.status >= 500;
+      throw new DownloadError(`GET ${shownUrl}: HTTP ${response.status} ${response.statusText}`.trim(), retryable, response.status);
+    }
+
+    const total = remoteTotal(response) ?? options.expectedSize;
+    if (total !== undefined && options.expectedSize !== undefined && total !== options.expectedSize) {
+      await response.body?.cancel();
+      throw new DownloadError(`size mismatch for ${shownUrl}: expected ${options.expectedSize} bytes, server has ${total}`);
+    }
+    // Announces where this attempt starts, so progress can tell resumed bytes from new ones.
+    options.onProgress?.({ received: partial.size, total });
+    await copyBody(response, partial, total, shownUrl, options, stall);
+    if (total !== undefined && partial.size < total) {
+      throw new DownloadError(`connection to ${shownUrl} closed early (${partial.size} of ${total} bytes)`, true);
+    }
+  } finally {
+    stall.clear();
+  }
+}
+
+async function copyBody(response: Response, partial: PartialFile, total: number | undefined, shownUrl: string, options: DownloadOptions, stall: StallTimer): Promise<void> {
+  if (!response.body) return;
+  const reader = response.body.getReader();
+  const file = await partial.openForAppend();
+  try {
+    for (;;) {
+      let chunk: Awaited<ReturnType<typeof reader.read>>;
+      try {
+        chunk = await reader.read();
+      } catch (error) {
+        throw asNetworkError(error, shownUrl, options.signal, stall);
+      }
+      if (chunk.done) return;
+      stall.restart();
+      await file.append(chunk.value);
+      options.onProgress?.({ received: partial.size, total });
+    }
+  } finally {
+    // Releases the connection when we stop early (full disk, abort); a no-op once the body is done.
+    await reader.cancel().catch(() => {});
+    await file.close();
+  }
+}
+
+/** The .partial file, with a running SHA-256 of exactly the bytes it holds. */
+class PartialFile {
+  size = 0;
+  private hasher = new Bun.CryptoHasher("sha256");
+
+  constructor(readonly path: string) {}
+
+  /** Makes size and hash match what is on disk (a previous run may have left bytes behind). */
+  async syncWithDisk(expectedSize: number | undefined): Promise<void> {
+    const onDisk = await stat(this.path).then((s) => s.size, () => 0);
+    if (onDisk === this.size) return;
+    if (expectedSize !== undefined && onDisk > expectedSize) return this.reset();
+    this.hasher = new Bun.CryptoHasher("sha256");
+    this.size = 0;
+    for await (const chunk of Bun.file(this.path).stream()) {
+      this.hasher.update(chunk);
+      this.size += chunk.byteLength;
+    }
+  }
+
+  async reset(): Promise<void> {
+    await truncate(this.path, 0).catch(ignoreMissing);
+    this.hasher = new Bun.CryptoHasher("sha256");
+    this.size = 0;
+  }
+
+  async openForAppend(): Promise<{ append(bytes: Uint8Array): Promise<void>; close(): Promise<void> }> {
+    const handle = await open(this.path, "a").catch((error) => {
+      throw fileError(error, this.path);
+    });
+    return {
+      append: async (bytes) => {
+        let written = 0;
+        try {
+          while (written < bytes.byteLength) {
+            const { bytesWritten } = await handle.write(bytes, written);
+            written += bytesWritten;
+          }
+        } catch (error) {
+          // The hash now trails the file; syncWithDisk re-reads it before any resume.
+          throw fileError(error, this.path);
+        }
+        this.hasher.update(bytes);
+        this.size += bytes.byteLength;
+      },
+      close: () => handle.close(),
+    };
+  }
+
+  digest(): string {
+    return this.hasher.copy().digest("hex");
+  }
+
+  /** fsync before rename, so a crash cannot leave a complete-looking name over missing data. */
+  async flushToDisk(): Promise<void> {
+    const handle = await open(this.path, "a");
+    try {
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+  }
+
+  async remove(): Promise<void> {
+    await unlink(this.path).catch(ignoreMissing);
+  }
+}
+
+/** Aborts a request that has gone quiet for too long. */
+class StallTimer {
+  private readonly controller = new AbortController();
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  readonly signal = this.controller.signal;
+
+  constructor(readonly ms: number) {
+    this.restart();
+  }
+
+  get fired(): boolean {
+    return this.signal.aborted;
+  }
+
+  restart(): void {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.controller.abort(), this.ms);
+  }
+
+  clear(): void {
+    clearTimeout(this.timer);
+  }
+}
+
+function asNetworkError(error: unknown, shownUrl: string, callerSignal: AbortSignal | undefined, stall: StallTimer): unknown {
+  if (callerSignal?.aborted) return callerSignal.reason;
+  if (stall.fired) return new DownloadError(`no data from ${shownUrl} for ${stall.ms / 1000} s; connection considered dropped`, true);
+  return new DownloadError(`connection to ${shownUrl} failed: ${describeNetworkError(error)}`, true);
+}
+
+/** Bun's fetch errors run to several sentences of advice; the first one says what happened. */
+export function describeNetworkError(error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  return message.split(/\.(\s|$)/)[0]!;
+}
+
+function fileError(error: unknown, path: string): Error {
+  const code = (error as NodeJS.ErrnoException).code;
+  if (code === "ENOSPC") return new DownloadError(`no space left on device while writing ${path}; free some space and run again to resume`);
+  const reason = error instanceof Error ? error.message : String(error);
+  return new DownloadError(`cannot write ${path}: ${reason}`);
+}
+
+function ignoreMissing(error: NodeJS.ErrnoException): void {
+  if (error.code !== "ENOENT") throw error;
+}
+
+function remoteTotal(response: Response): number | undefined {
+  if (response.status === 206) return contentRangeTotal(response.headers.get("content-range"));
+  const length = response.headers.get("content-length");
+  return length !== null && /^\d+$/.test(length) ? Number(length) : undefined;
+}
+
+function parseContentRange(header: string | null): { start: number; total?: number } | undefined {
+  const match = header?.match(/^bytes (\d+)-\d+\/(\d+|\*)$/);
+  if (!match) return undefined;
+  return { start: Number(match[1]), total: match[2] === "*" ? undefined : Number(match[2]) };
+}
+
+function contentRangeTotal(header: string | null): number | undefined {
+  const match = header?.match(/\/(\d+)$/);
+  return match ? Number(match[1]) : undefined;
+}
+
+/** The URL as it may appear in messages: index URLs often carry a token as user:password. */
+export function withoutCredentials(url: string): string {
+  try {
+    const parsed = new URL(url);
+    parsed.username = "";
+    parsed.password = "";
+    return parsed.href;
+  } catch {
+    return url;
+  }
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal!.reason);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}

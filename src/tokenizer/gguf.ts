@@ -1,0 +1,290 @@
+// Rebuilding Hugging Face tokenizer files from a llama.cpp GGUF's metadata.
+//
+// A GGUF carries no tokenizer.json: it stores the vocabulary, merges, token types and special ids
+// under llama.cpp's key names. We turn those back into a `tokenizer.json` (byte-level BPE) and a
+// `tokenizer_config.json`-style object, so that one tokenizer code path (tokenizer.json) serves
+// both GGUF and safetensors models, and `mlx convert` can write files mlx-lm/transformers load.
+
+/** What `tokenizerFilesFromGGUF` returns. */
+export interface TokenizerFiles {
+  /** A Hugging Face `tokenizer.json`. */
+  tokenizerJson: Record<string, unknown>;
+  /** A `tokenizer_config.json`: special tokens, add_bos_token, chat_template, ... */
+  tokenizerConfig: Record<string, unknown>;
+  /**
+   * Every id that ends generation according to the file (eos, and eot/eom when present), for a
+   * generation_config.json. The tokenizer_config can only name one eos_token.
+   */
+  eosTokenIds: number[];
+}
+
+// llama.cpp token types (llama_token_type in llama.cpp).
+const TOKEN_TYPE_CONTROL = 3;
+const TOKEN_TYPE_USER_DEFINED = 4;
+
+// The pre-tokenizer split patterns, as llama.cpp and the models' own tokenizer.json define them.
+const GPT2_SPLIT = null; // ByteLevel's built-in GPT-2 regex.
+const LLAMA3_SPLIT =
+  "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}" +
+  "| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+const QWEN2_SPLIT =
+  "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}" +
+  "| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+
+interface PreTokenizerSpec {
+  /** A regex split before the byte-level step, or null for ByteLevel's own GPT-2 regex. */
+  split: string | null;
+  /** Split every number into single characters first (SmolLM/StarCoder: "\p{N}" in llama.cpp). */
+  isolateDigits?: boolean;
+  /** Use a word whole when the vocabulary has it, before trying merges (llama.cpp does for llama3). */
+  ignoreMerges?: boolean;
+}
+
+/** tokenizer.ggml.pre → how to split text before BPE. */
+const PRE_TOKENIZERS: Record<string, PreTokenizerSpec> = {
+  default: { split: GPT2_SPLIT },
+  gpt2: { split: GPT2_SPLIT },
+  smollm: { split: GPT2_SPLIT, isolateDigits: true },
+  starcoder: { split: GPT2_SPLIT, isolateDigits: true },
+  "llama-bpe": { split: LLAMA3_SPLIT, ignoreMerges: true },
+  llama3: { split: LLAMA3_SPLIT, ignoreMerges: true },
+  "llama-v3": { split: LLAMA3_SPLIT, ignoreMerges: true },
+  qwen2: { split: QWEN2_SPLIT },
+  "deepseek-r1-qwen": { split: QWEN2_SPLIT },
+};
+
+const SUPPORTED_MODELS = ["gpt2"];
+
+/**
+ * Builds tokenizer.json and tokenizer_config.json contents from GGUF metadata
+ * (`tokenizer.ggml.*` keys; lists as arrays, scalars as numbers/booleans/strings).
+ * Throws for tokenizer models or pre-tokenizers we cannot reproduce faithfully.
+ */
+export function tokenizerFilesFromGGUF(meta: Record<string, unknown>): TokenizerFiles {
+  const model = str(meta, "tokenizer.ggml.model");
+  if (!model || !SUPPORTED_MODELS.includes(model)) {
+    throw new Error(
+      `unsupported GGUF tokenizer model ${JSON.stringify(model ?? null)}; supported: ${SUPPORTED_MODELS.join(", ")}`,
+    );
+  }
+  // llama.cpp treats a missing pre type as "default" too.
+  const pre = str(meta, "tokenizer.ggml.pre") ?? "default";
+  const spec = PRE_TOKENIZERS[pre];
+  if (!spec) {
+    throw new Error(
+      `unsupported GGUF pre-tokenizer ${JSON.stringify(pre)} (tokenizer model "${model}"); ` +
+        `supported: ${Object.keys(PRE_TOKENIZERS).join(", ")}`,
+    );
+  }
+
+  const tokens = list<string>(meta, "tokenizer.ggml.tokens");
+  if (!tokens || tokens.length === 0) throw new Error("GGUF metadata has no tokenizer.ggml.tokens");
+  const merges = list<string>(meta, "tokenizer.ggml.merges");
+  if (!merges) throw new Error("GGUF metadata has no tokenizer.ggml.merges (needed for a BPE tokenizer)");
+  const types = list<number>(meta, "tokenizer.ggml.token_type") ?? [];
+
+  const idOf = (key: string): number | undefined => {
+    const id = num(meta, key);
+    return id !== undefined && id >= 0 && id < tokens.length ? id : undefined;
+  };
+  const tokenAt = (key: string): string | null => {
+    const id = idOf(key);
+    return id === undefined ? null : tokens[id]!;
+  };
+  const bosId = idOf("tokenizer.ggml.bos_token_id");
+  const eosId = idOf("tokenizer.ggml.eos_token_id");
+  const bos = tokenAt("tokenizer.ggml.bos_token_id");
+  const eos = tokenAt("tokenizer.ggml.eos_token_id");
+  const addBos = bool(meta, "tokenizer.ggml.add_bos_token") ?? false;
+  const addEos = bool(meta, "tokenizer.ggml.add_eos_token") ?? false;
+
+  const addedTokens = buildAddedTokens(tokens, types);
+  const tokenizerJson = {
+    version: "1.0",
+    truncation: null,
+    padding: null,
+    added_tokens: addedTokens,
+    normalizer: null,
+    pre_tokenizer: preTokenizer(spec),
+    post_processor: bosEosPostProcessor(
+      addBos && bosId !== undefined ? { token: tokens[bosId]!, id: bosId } : undefined,
+      addEos && eosId !== undefined ? { token: tokens[eosId]!, id: eosId } : undefined,
+    ),
+    decoder: { type: "ByteLevel", add_prefix_space: true, trim_offsets: true, use_regex: true },
+    model: {
+      type: "BPE",
+      dropout: null,
+      unk_token: null,
+      continuing_subword_prefix: null,
+      end_of_word_suffix: null,
+      fuse_unk: false,
+      byte_fallback: false,
+      ignore_merges: spec.ignoreMerges ?? false,
+      vocab: buildVocab(tokens, types),
+      merges: merges.map(splitMerge),
+    },
+  };
+
+  const tokenizerConfig: Record<string, unknown> = {
+    tokenizer_class: "PreTrainedTokenizerFast",
+    bos_token: bos,
+    eos_token: eos,
+    pad_token: tokenAt("tokenizer.ggml.padding_token_id"),
+    unk_token: tokenAt("tokenizer.ggml.unknown_token_id"),
+    add_bos_token: addBos,
+    add_eos_token: addEos,
+    // Byte-level BPE decodes losslessly; the WordPiece-era cleanup would eat spaces before punctuation.
+    clean_up_tokenization_spaces: false,
+    added_tokens_decoder: Object.fromEntries(addedTokens.map(({ id, ...rest }) => [String(id), rest])),
+  };
+  const chatTemplate = str(meta, "tokenizer.chat_template");
+  if (chatTemplate) tokenizerConfig.chat_template = chatTemplate;
+  const arch = str(meta, "general.architecture");
+  const contextLength = arch ? num(meta, `${arch}.context_length`) : undefined;
+  if (contextLength) tokenizerConfig.model_max_length = contextLength;
+
+  const eosTokenIds = ["eos", "eot", "eom"]
+    .map((name) => idOf(`tokenizer.ggml.${name}_token_id`))
+    .filter((id): id is number => id !== undefined);
+  return { tokenizerJson, tokenizerConfig, eosTokenIds: [...new Set(eosTokenIds)] };
+}
+
+interface AddedTokenJson {
+  id: number;
+  content: string;
+  single_word: boolean;
+  lstrip: boolean;
+  rstrip: boolean;
+  normalized: boolean;
+  special: boolean;
+}
+
+/**
+ * Control tokens (<|im_start|>, <|endoftext|>) become special added tokens and user-defined ones
+ * (<think>) plain added tokens: llama.cpp matches both whole in the input text, so they must never
+ * be cut into BPE pieces.
+ */
+function buildAddedTokens(tokens: string[], types: number[]): AddedTokenJson[] {
+  const added: AddedTokenJson[] = [];
+  types.forEach((type, id) => {
+    if (type !== TOKEN_TYPE_CONTROL && type !== TOKEN_TYPE_USER_DEFINED) return;
+    const content = tokens[id];
+    if (!content) return;
+    const special = type === TOKEN_TYPE_CONTROL;
+    added.push({ id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special });
+  });
+  return added;
+}
+
+/**
+ * token → id. Ordinary tokens in a byte-level vocabulary are already spelled in the byte alphabet;
+ * one that is not (a converter slip) is respelled from its UTF-8 bytes, as transformers does.
+ * Added tokens keep their literal text: that is how tokenizer.json lists them too.
+ */
+function buildVocab(tokens: string[], types: number[]): Record<string, number> {
+  // Null prototype: tokens such as "constructor" or "__proto__" must be plain keys.
+  const vocab: Record<string, number> = Object.create(null);
+  tokens.forEach((token, id) => {
+    const literal = types[id] === TOKEN_TYPE_CONTROL || types[id] === TOKEN_TYPE_USER_DEFINED;
+    const spelled = literal || BYTE_LEVEL_SPELLING.test(token) ? token : toByteLevel(token);
+    // Keep the first id if two tokens collide, so ids stay those of the file.
+    if (!(spelled in vocab)) vocab[spelled] = id;
+  });
+  return vocab;
+}
+
+/** "Ġ t" → ["Ġ", "t"]. Byte-level tokens never contain a real space, so the first space is the divider. */
+function splitMerge(merge: string): [string, string] {
+  const space = merge.indexOf(" ", 1);
+  if (space < 0) throw new Error(`malformed GGUF merge ${JSON.stringify(merge)}`);
+  return [merge.slice(0, space), merge.slice(space + 1)];
+}
+
+function preTokenizer(spec: PreTokenizerSpec): Record<string, unknown> {
+  const steps: Record<string, unknown>[] = [];
+  // A regex split rather than the `Digits` pre-tokenizer: Rust's Digits uses Unicode numerics but
+  // tokenizers.js only ASCII \d; "\p{N}" means the same in both and is llama.cpp's own pattern.
+  if (spec.isolateDigits) steps.push(isolatedSplit("\\p{N}"));
+  if (spec.split) steps.push(isolatedSplit(spec.split));
+  steps.push({ type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: spec.split === null });
+  return steps.length === 1 ? steps[0]! : { type: "Sequence", pretokenizers: steps };
+}
+
+function isolatedSplit(regex: string): Record<string, unknown> {
+  return { type: "Split", pattern: { Regex: regex }, behavior: "Isolated", invert: false };
+}
+
+export interface SpecialToken {
+  token: string;
+  id: number;
+}
+
+/**
+ * A post-processor putting BOS/EOS around each sequence ("[BOS] $A [EOS]"), as transformers'
+ * TokenizersBackend builds it from add_bos_token/add_eos_token.
+ */
+export function bosEosPostProcessor(bos?: SpecialToken, eos?: SpecialToken): Record<string, unknown> {
+  const seq = (id: "A" | "B", typeId: number) => ({ Sequence: { id, type_id: typeId } });
+  const special = (t: SpecialToken | undefined, typeId: number) => (t ? [{ SpecialToken: { id: t.token, type_id: typeId } }] : []);
+  const specialTokens: Record<string, unknown> = {};
+  for (const t of [bos, eos]) if (t) specialTokens[t.token] = { id: t.token, ids: [t.id], tokens: [t.token] };
+  return {
+    type: "TemplateProcessing",
+    single: [...special(bos, 0), seq("A", 0), ...special(eos, 0)],
+    pair: [...special(bos, 0), seq("A", 0), ...special(eos, 0), ...special(bos, 1), seq("B", 1), ...special(eos, 1)],
+    special_tokens: specialTokens,
+  };
+}
+
+// GPT-2's byte-level alphabet: each byte gets a printable character, so a token is a plain string.
+
+let byteToCharCache: string[] | undefined;
+
+/** byte → its character in the byte-level alphabet (GPT-2's bytes_to_unicode). */
+export function byteToChar(): string[] {
+  if (byteToCharCache) return byteToCharCache;
+  const table: string[] = new Array(256);
+  let next = 256;
+  for (let b = 0; b < 256; b++) {
+    const printable = (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff);
+    table[b] = String.fromCharCode(printable ? b : next++);
+  }
+  return (byteToCharCache = table);
+}
+
+/** Strings written only in the byte alphabet: printable Latin-1 as itself, the other 68 bytes as U+0100–U+0143. */
+const BYTE_LEVEL_SPELLING = /^[\u0021-\u007e\u00a1-\u00ac\u00ae-\u0143]*$/;
+
+function toByteLevel(text: string): string {
+  const table = byteToChar();
+  return Array.from(new TextEncoder().encode(text), (b) => table[b]).join("");
+}
+
+// Metadata accessors: the engine hands scalars as numbers/booleans/strings and lists as arrays.
+
+function str(meta: Record<string, unknown>, key: string): string | undefined {
+  const v = meta[key];
+  return typeof v === "string" ? v : undefined;
+}
+
+function num(meta: Record<string, unknown>, key: string): number | undefined {
+  const v = meta[key];
+  if (typeof v === "number") return v;
+  if (typeof v === "bigint") return Number(v);
+  return undefined;
+}
+
+function bool(meta: Record<string, unknown>, key: string): boolean | undefined {
+  const v = meta[key];
+  if (typeof v === "boolean") return v;
+  if (typeof v === "number") return v !== 0;
+  return undefined;
+}
+
+function list<T>(meta: Record<string, unknown>, key: string): T[] | undefined {
+  const v = meta[key];
+  if (Array.isArray(v)) return v as T[];
+  // Typed arrays (a reader may hand token types as Int32Array).
+  if (ArrayBuffer.isView(v) && !(v instanceof DataView)) return Array.from(v as unknown as ArrayLike<T>);
+  return undefined;
+}

@@ -1,0 +1,304 @@
+// The tokenizer the engine talks to: Hugging Face tokenizer.json semantics (via
+// @huggingface/tokenizers), chat templates (via @huggingface/jinja), and the special ids
+// generation needs. Loads either a model directory or a GGUF's metadata.
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { Tokenizer as HFTokenizer } from "@huggingface/tokenizers";
+import { Template } from "@huggingface/jinja";
+import { bosEosPostProcessor, byteToChar, tokenizerFilesFromGGUF } from "./gguf";
+
+export interface ChatMessage {
+  role: string;
+  content?: unknown;
+  [key: string]: unknown;
+}
+
+export interface EncodeOptions {
+  /** Add what the tokenizer's post-processor adds (BOS for most llama-3 style models). Default true. */
+  addSpecialTokens?: boolean;
+}
+
+export interface DecodeOptions {
+  /** Drop special tokens (<|im_end|>, BOS, ...) from the text. Default false. */
+  skipSpecialTokens?: boolean;
+}
+
+export interface ChatTemplateOptions {
+  /** End with the assistant's turn header so the model answers. Default true. */
+  addGenerationPrompt?: boolean;
+  /** Tool JSON schemas, handed to the template as `tools`. */
+  tools?: unknown[];
+  /** Further template variables (e.g. enable_thinking). */
+  extra?: Record<string, unknown>;
+}
+
+type Json = Record<string, unknown>;
+
+// The named special tokens transformers hands to chat templates (SPECIAL_TOKENS_ATTRIBUTES).
+const NAMED_SPECIAL_TOKENS = ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"];
+
+export class Tokenizer {
+  /** Every id that ends generation. */
+  readonly eosTokenIds: Set<number>;
+  readonly bosTokenId: number | undefined;
+  /** Number of ids the tokenizer knows (highest id + 1, added tokens included). */
+  readonly vocabSize: number;
+  /** The raw chat template, if the model has one. */
+  readonly chatTemplate: string | undefined;
+  /** The tokenizer_config.json contents. */
+  readonly config: Json;
+  /** True when decoding is byte-level BPE, so `tokenBytes` gives each token's exact bytes. */
+  readonly isByteLevel: boolean;
+
+  private readonly hf: HFTokenizer;
+  private readonly specialIds: Set<number>;
+  private readonly addedIds: Set<number>;
+  private readonly cleanUpSpaces: boolean;
+  private template: Template | undefined;
+  private bytesCache: (Uint8Array | undefined)[] = [];
+
+  /**
+   * @param tokenizerJson parsed tokenizer.json
+   * @param tokenizerConfig parsed tokenizer_config.json ({} if none)
+   * @param extraEosIds eos ids from generation_config.json / config.json / GGUF metadata
+   */
+  constructor(tokenizerJson: Json, tokenizerConfig: Json = {}, extraEosIds: number[] = []) {
+    this.config = tokenizerConfig;
+    this.hf = new HFTokenizer(withConfiguredPostProcessor(tokenizerJson, tokenizerConfig), {
+      ...tokenizerConfig,
+      // We apply cleanup ourselves (see decode); keep the library from doing it on its own default.
+      clean_up_tokenization_spaces: false,
+    });
+
+    const added = (tokenizerJson.added_tokens as { id: number; content: string; special?: boolean }[]) ?? [];
+    this.addedIds = new Set(added.map((t) => t.id));
+    this.specialIds = new Set(added.filter((t) => t.special).map((t) => t.id));
+    for (const token of asList(tokenizerConfig.additional_special_tokens)) {
+      const id = this.tokenToId(tokenString(token));
+      if (id !== undefined) this.specialIds.add(id);
+    }
+
+    this.vocabSize = Math.max(maxModelId(tokenizerJson), ...added.map((t) => t.id)) + 1;
+
+    this.bosTokenId = this.tokenToId(tokenString(tokenizerConfig.bos_token));
+    const eos = this.tokenToId(tokenString(tokenizerConfig.eos_token));
+    this.eosTokenIds = new Set([...(eos === undefined ? [] : [eos]), ...extraEosIds]);
+
+    this.chatTemplate = pickChatTemplate(tokenizerConfig.chat_template);
+    this.isByteLevel = (tokenizerJson.decoder as Json | null)?.type === "ByteLevel";
+    // transformers (v5) never cleans up after BPE: it would delete real spaces before punctuation.
+    const modelType = (tokenizerJson.model as Json | undefined)?.type;
+    this.cleanUpSpaces = tokenizerConfig.clean_up_tokenization_spaces === true && modelType !== "BPE";
+  }
+
+  /** Loads tokenizer.json, tokenizer_config.json, chat_template.jinja and eos ids from a model directory. */
+  static fromDirectory(dir: string): Tokenizer {
+    const tokenizerPath = join(dir, "tokenizer.json");
+    if (!existsSync(tokenizerPath)) throw new Error(`no tokenizer.json in ${dir}`);
+    const tokenizerJson = readJson(tokenizerPath, "tokenizer.json");
+    if (!tokenizerJson) throw new Error(`no tokenizer.json in ${dir}`);
+    const config = readJson(join(dir, "tokenizer_config.json"), "tokenizer_config.json") ?? {};
+
+    // transformers v5 saves the template beside the config, and that file wins.
+    const templatePath = join(dir, "chat_template.jinja");
+    if (existsSync(templatePath)) config.chat_template = readFileSync(templatePath, "utf8");
+
+    const eosIds = [
+      ...idList(readJson(join(dir, "generation_config.json"), "generation_config.json")?.eos_token_id),
+      ...configEosIds(readJson(join(dir, "config.json"), "config.json")),
+    ];
+    try {
+      return new Tokenizer(tokenizerJson, config, eosIds);
+    } catch (e) {
+      throw new Error(`cannot load tokenizer.json in ${dir}: ${(e as Error).message}`);
+    }
+  }
+
+  /** Builds the tokenizer a GGUF describes (see tokenizerFilesFromGGUF for what is supported). */
+  static fromGGUFMetadata(meta: Record<string, unknown>): Tokenizer {
+    const { tokenizerJson, tokenizerConfig, eosTokenIds } = tokenizerFilesFromGGUF(meta);
+    return new Tokenizer(tokenizerJson, tokenizerConfig, eosTokenIds);
+  }
+
+  encode(text: string, { addSpecialTokens = true }: EncodeOptions = {}): number[] {
+    return this.hf.encode(text, { add_special_tokens: addSpecialTokens }).ids;
+  }
+
+  decode(ids: readonly number[], { skipSpecialTokens = false }: DecodeOptions = {}): string {
+    // Like the Rust tokenizers: ids with no token (padding rows of a larger embedding) are dropped.
+    const kept = ids.filter((id) => this.hasId(id) && !(skipSpecialTokens && this.specialIds.has(id)));
+    if (kept.length === 0) return ""; // the library refuses an empty list
+    const text = this.hf.decode(kept, { skip_special_tokens: false, clean_up_tokenization_spaces: false });
+    return this.cleanUpSpaces ? cleanUpTokenization(text) : text;
+  }
+
+  /** Whether `decode` post-processes the whole text (so streaming must re-decode, not concatenate). */
+  get cleansUpSpaces(): boolean {
+    return this.cleanUpSpaces;
+  }
+
+  idToToken(id: number): string | undefined {
+    return this.hf.id_to_token(id);
+  }
+
+  tokenToId(token: string | undefined): number | undefined {
+    return token === undefined ? undefined : this.hf.token_to_id(token);
+  }
+
+  isSpecial(id: number): boolean {
+    return this.specialIds.has(id);
+  }
+
+  /**
+   * The exact bytes a token decodes to, for a byte-level tokenizer (see isByteLevel): its
+   * characters mapped back through the byte alphabet, or an added token's own UTF-8 text.
+   * Concatenating these and decoding as UTF-8 equals `decode`.
+   */
+  tokenBytes(id: number): Uint8Array {
+    if (!this.isByteLevel) throw new Error("tokenBytes needs a byte-level (ByteLevel decoder) tokenizer");
+    let bytes = this.bytesCache[id];
+    if (!bytes) {
+      const token = this.hasId(id) ? this.idToToken(id)! : "";
+      bytes = this.addedIds.has(id) ? utf8.encode(token) : byteLevelBytes(token);
+      this.bytesCache[id] = bytes;
+    }
+    return bytes;
+  }
+
+  /** Renders a conversation with the model's chat template, as transformers' apply_chat_template(tokenize=False). */
+  applyChatTemplate(messages: ChatMessage[], { addGenerationPrompt = true, tools, extra }: ChatTemplateOptions = {}): string {
+    if (!this.chatTemplate) throw new Error("this model has no chat template");
+    this.template ??= new Template(this.chatTemplate);
+    const specialTokens: Record<string, string> = {};
+    for (const name of NAMED_SPECIAL_TOKENS) {
+      const token = tokenString(this.config[name]);
+      if (token !== undefined) specialTokens[name] = token;
+    }
+    return this.template.render({
+      ...specialTokens,
+      // transformers always passes these, as None when absent; templates test `tools is defined`.
+      messages,
+      tools: tools ?? null,
+      documents: null,
+      add_generation_prompt: addGenerationPrompt,
+      ...extra,
+    });
+  }
+
+  private hasId(id: number): boolean {
+    return Number.isInteger(id) && id >= 0 && this.idToToken(id) !== undefined;
+  }
+}
+
+const utf8 = new TextEncoder();
+
+let charToByte: Map<string, number> | undefined;
+
+/** A byte-level token's bytes; a token with a character outside the alphabet is taken as UTF-8, as Rust tokenizers does. */
+function byteLevelBytes(token: string): Uint8Array {
+  charToByte ??= new Map(byteToChar().map((c, b) => [c, b]));
+  const chars = [...token];
+  const bytes = new Uint8Array(chars.length);
+  for (let i = 0; i < chars.length; i++) {
+    const b = charToByte.get(chars[i]!);
+    if (b === undefined) return utf8.encode(token);
+    bytes[i] = b;
+  }
+  return bytes;
+}
+
+/**
+ * transformers v5: when tokenizer_config says add_bos_token/add_eos_token, or tokenizer.json has
+ * no post-processor, the post-processor becomes "[BOS] $A [EOS]" per those flags; otherwise
+ * tokenizer.json's own post-processor decides.
+ */
+function withConfiguredPostProcessor(tokenizerJson: Json, config: Json): Json {
+  const explicit = typeof config.add_bos_token === "boolean" || typeof config.add_eos_token === "boolean";
+  if (!explicit && tokenizerJson.post_processor) return tokenizerJson;
+  const vocabId = (token: string | undefined) => {
+    if (token === undefined) return undefined;
+    const added = (tokenizerJson.added_tokens as { id: number; content: string }[] | undefined)?.find((t) => t.content === token);
+    return added?.id ?? ((tokenizerJson.model as Json)?.vocab as Record<string, number> | undefined)?.[token];
+  };
+  const pick = (flag: unknown, name: string) => {
+    const token = flag === true ? tokenString(config[name]) : undefined;
+    const id = vocabId(token);
+    return token !== undefined && id !== undefined ? { token, id } : undefined;
+  };
+  return {
+    ...tokenizerJson,
+    post_processor: bosEosPostProcessor(pick(config.add_bos_token, "bos_token"), pick(config.add_eos_token, "eos_token")),
+  };
+}
+
+/** The highest id of the model's vocabulary: a token → id map (BPE, WordPiece) or a list (Unigram). */
+function maxModelId(tokenizerJson: Json): number {
+  const vocab = (tokenizerJson.model as Json | undefined)?.vocab;
+  if (Array.isArray(vocab)) return vocab.length - 1;
+  let max = -1;
+  for (const id of Object.values((vocab ?? {}) as Record<string, number>)) if (id > max) max = id;
+  return max;
+}
+
+/** transformers' clean_up_tokenization (WordPiece-era space fixes). */
+function cleanUpTokenization(text: string): string {
+  return text
+    .replaceAll(" .", ".")
+    .replaceAll(" ?", "?")
+    .replaceAll(" !", "!")
+    .replaceAll(" ,", ",")
+    .replaceAll(" ' ", "'")
+    .replaceAll(" n't", "n't")
+    .replaceAll(" 'm", "'m")
+    .replaceAll(" 's", "'s")
+    .replaceAll(" 've", "'ve")
+    .replaceAll(" 're", "'re");
+}
+
+/** Reads a JSON file; undefined when it does not exist, a one-line error when it is corrupt. */
+function readJson(path: string, name: string): Json | undefined {
+  if (!existsSync(path)) return undefined;
+  let value: unknown;
+  try {
+    value = JSON.parse(readFileSync(path, "utf8"));
+  } catch (e) {
+    throw new Error(`${name} is corrupt (${path}): ${(e as Error).message}`);
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new Error(`${name} is corrupt (${path}): not a JSON object`);
+  }
+  return value as Json;
+}
+
+/** A special token in tokenizer_config is a string or an AddedToken object ({content: ...}). */
+function tokenString(value: unknown): string | undefined {
+  if (typeof value === "string") return value;
+  if (value && typeof value === "object" && typeof (value as Json).content === "string") return (value as Json).content as string;
+  return undefined;
+}
+
+/** chat_template is a string, or (older files) a list of {name, template} where "default" is the one to use. */
+function pickChatTemplate(value: unknown): string | undefined {
+  if (typeof value === "string") return value;
+  if (Array.isArray(value)) {
+    const named = value as { name?: string; template?: string }[];
+    return (named.find((t) => t.name === "default") ?? named[0])?.template;
+  }
+  return undefined;
+}
+
+function asList(value: unknown): unknown[] {
+  return Array.isArray(value) ? value : [];
+}
+
+/** An eos_token_id field: an int, a list of ints, or absent. */
+function idList(value: unknown): number[] {
+  if (typeof value === "number") return [value];
+  return asList(value).filter((v): v is number => typeof v === "number");
+}
+
+/** config.json eos ids, including a multimodal model's text_config. */
+function configEosIds(config: Json | undefined): number[] {
+  if (!config) return [];
+  return [...idList(config.eos_token_id), ...idList((config.text_config as Json | undefined)?.eos_token_id)];
+}

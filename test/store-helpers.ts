@@ -1,0 +1,173 @@
+// Test doubles for the store: a loopback HTTP/1.1 server written on raw sockets (so a test
+// can cut a response short or stall it exactly where it wants), and a tiny zip writer.
+import { createServer, type Socket } from "node:net";
+import { crc32, deflateRawSync } from "node:zlib";
+
+export interface RecordedRequest {
+  method: string;
+  path: string;
+  headers: Record<string, string>;
+}
+
+export interface Reply {
+  status: number;
+  headers?: Record<string, string>;
+  body?: Uint8Array | string;
+  /** Send only this many body bytes, then close the connection (Content-Length still says all). */
+  dropAfter?: number;
+  /** Send only this many body bytes, then go silent with the connection left open. */
+  stallAfter?: number;
+}
+
+export interface TestServer {
+  url: string;
+  requests: RecordedRequest[];
+  close(): Promise<void>;
+}
+
+const STATUS_TEXT: Record<number, string> = {
+  200: "OK",
+  206: "Partial Content",
+  404: "Not Found",
+  416: "Range Not Satisfiable",
+  500: "Internal Server Error",
+  503: "Service Unavailable",
+};
+
+export async function startServer(handle: (request: RecordedRequest) => Reply): Promise<TestServer> {
+  const requests: RecordedRequest[] = [];
+  const sockets = new Set<Socket>();
+  const server = createServer((socket) => {
+    sockets.add(socket);
+    socket.on("close", () => sockets.delete(socket));
+    socket.on("error", () => {}); // the client hanging up early is part of the tests
+    let head = "";
+    socket.on("data", (data) => {
+      head += data.toString("latin1");
+      const end = head.indexOf("\r\n\r\n");
+      if (end < 0) return;
+      socket.removeAllListeners("data");
+      const request = parseRequest(head.slice(0, end));
+      requests.push(request);
+      respond(socket, handle(request));
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as { port: number };
+  return {
+    url: `http://127.0.0.1:${port}`,
+    requests,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+function parseRequest(head: string): RecordedRequest {
+  const [requestLine, ...headerLines] = head.split("\r\n");
+  const [method = "", path = ""] = requestLine!.split(" ");
+  const headers: Record<string, string> = {};
+  for (const line of headerLines) {
+    const colon = line.indexOf(":");
+    if (colon > 0) headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
+  }
+  return { method, path, headers };
+}
+
+function respond(socket: Socket, reply: Reply): void {
+  const body = typeof reply.body === "string" ? Buffer.from(reply.body) : Buffer.from(reply.body ?? new Uint8Array());
+  const headers = { "Content-Length": String(body.length), Connection: "close", ...reply.headers };
+  const head = [`HTTP/1.1 ${reply.status} ${STATUS_TEXT[reply.status] ?? "Status"}`, ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`)];
+  socket.write(`${head.join("\r\n")}\r\n\r\n`);
+  if (reply.stallAfter !== undefined) {
+    socket.write(body.subarray(0, reply.stallAfter));
+    return;
+  }
+  if (reply.dropAfter !== undefined) {
+    socket.end(body.subarray(0, reply.dropAfter));
+    return;
+  }
+  socket.end(body);
+}
+
+/** Serves `data` as a static file with Range support (what PyPI's file host does). */
+export function serveBytes(data: Uint8Array, request: RecordedRequest, extra: Partial<Reply> = {}): Reply {
+  const range = request.headers.range?.match(/^bytes=(\d+)-$/);
+  if (!range) return { status: 200, body: data, ...extra };
+  const start = Number(range[1]);
+  if (start >= data.length) return { status: 416, headers: { "Content-Range": `bytes */${data.length}` } };
+  return {
+    status: 206,
+    headers: { "Content-Range": `bytes ${start}-${data.length - 1}/${data.length}` },
+    body: data.subarray(start),
+    ...extra,
+  };
+}
+
+export interface ZipMember {
+  name: string;
+  data: Uint8Array;
+  method: "stored" | "deflate";
+}
+
+/** A minimal zip archive (no zip64, no data descriptors), like the wheels setuptools writes. */
+export function buildZip(members: ZipMember[]): Uint8Array {
+  const locals: Buffer[] = [];
+  const centrals: Buffer[] = [];
+  let offset = 0;
+  for (const member of members) {
+    const name = Buffer.from(member.name);
+    const payload = member.method === "deflate" ? deflateRawSync(member.data) : Buffer.from(member.data);
+    const method = member.method === "deflate" ? 8 : 0;
+    const crc = crc32(member.data);
+
+    const local = Buffer.alloc(30);
+    local.writeUInt32LE(0x04034b50, 0);
+    local.writeUInt16LE(20, 4);
+    local.writeUInt16LE(method, 8);
+    local.writeUInt32LE(crc, 14);
+    local.writeUInt32LE(payload.length, 18);
+    local.writeUInt32LE(member.data.length, 22);
+    local.writeUInt16LE(name.length, 26);
+    locals.push(local, name, payload);
+
+    const central = Buffer.alloc(46);
+    central.writeUInt32LE(0x02014b50, 0);
+    central.writeUInt16LE(20, 4);
+    central.writeUInt16LE(20, 6);
+    central.writeUInt16LE(method, 10);
+    central.writeUInt32LE(crc, 16);
+    central.writeUInt32LE(payload.length, 20);
+    central.writeUInt32LE(member.data.length, 24);
+    central.writeUInt16LE(name.length, 28);
+    central.writeUInt32LE(offset, 42);
+    centrals.push(central, name);
+
+    offset += local.length + name.length + payload.length;
+  }
+  const directory = Buffer.concat(centrals);
+  const end = Buffer.alloc(22);
+  end.writeUInt32LE(0x06054b50, 0);
+  end.writeUInt16LE(members.length, 8);
+  end.writeUInt16LE(members.length, 10);
+  end.writeUInt32LE(directory.length, 12);
+  end.writeUInt32LE(offset, 16);
+  return new Uint8Array(Buffer.concat([...locals, directory, end]));
+}
+
+export function sha256Hex(data: Uint8Array): string {
+  return new Bun.CryptoHasher("sha256").update(data).digest("hex");
+}
+
+/** Deterministic bytes that do not compress to nothing, standing in for model weights. */
+export function fakeWeights(size: number, seed = 1): Uint8Array {
+  const data = new Uint8Array(size);
+  let state = seed;
+  for (let i = 0; i < size; i++) {
+    state = (state * 1103515245 + 12345) >>> 0;
+    data[i] = i % 7 === 0 ? 0 : state >>> 24; // some zeros so deflate has work to do
+  }
+  return data;
+}
