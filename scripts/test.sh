@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export MLX_HOME="${MLX_HOME:-$PWD/.cache/mlx-home}"
-exec node_modules/.bin/bun test "$@"
+# Model-backed tests load real weights on a 2-core CPU: allow them minutes, not seconds.
+exec node_modules/.bin/bun test --timeout 600000 "$@"

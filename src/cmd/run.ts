@@ -43,6 +43,8 @@ export default defineCommand({
       let step = stream.next();
       while (!step.done) {
         if (!args.json) process.stdout.write(step.value);
+        // Generation is synchronous: give the event loop a turn so Ctrl-C can be delivered.
+        await new Promise((resolve) => setImmediate(resolve));
         step = stream.next();
       }
       const result: CompletionResult = step.value;

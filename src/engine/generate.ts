@@ -52,11 +52,12 @@ export function* tokenLoop(model: DecoderModel, caches: KVCache[], prompt: numbe
     remaining = remaining.slice(chunk.length);
   }
 
-  // One step: the last position's logits → (token, logprobs), both left unevaluated.
+  // One step: the last position's logits → (token, its logprob, the logprobs row), all left
+  // unevaluated, so one async evaluation computes them together.
   // Without a repetition penalty the input can be the previous step's unevaluated token,
   // so the next graph is built while MLX still computes the current one.
   const penalize = o.sampling.repetitionPenalty !== 1;
-  const step = (input: number[] | MxArray): [MxArray, MxArray] =>
+  const step = (input: number[] | MxArray): Step =>
     mx.scope(() => {
       const ids = Array.isArray(input) ? tokens(input) : mx.reshape(input, [1, -1]);
       const hidden = model.layers(model.embed(ids), caches);
@@ -64,36 +65,42 @@ export function* tokenLoop(model: DecoderModel, caches: KVCache[], prompt: numbe
       let logits = mx.reshape(model.head(last), [1, -1]);
       if (penalize) logits = penalizeRepetition(logits, history.slice(-o.sampling.repetitionContext), o.sampling.repetitionPenalty);
       const logprobs = mx.subtract(logits, mx.logsumexp(logits, undefined, true));
-      return [sample(logprobs), mx.squeeze(logprobs, 0)] as [MxArray, MxArray];
+      const token = sample(logprobs);
+      const chosen = mx.takeAlongAxis(logprobs, mx.reshape(token, [1, 1]), -1);
+      return [token, chosen, mx.squeeze(logprobs, 0)] as Step;
     });
 
   history.push(...remaining);
-  let [y, logprobs] = step(remaining);
-  mx.asyncEvaluate(y, logprobs);
+  let [y, chosen, logprobs] = step(remaining);
+  mx.asyncEvaluate(y, chosen, logprobs);
   try {
     for (let n = 0; n < o.maxTokens; n++) {
-      let next: [MxArray, MxArray] | undefined;
+      let next: Step | undefined;
       const more = n + 1 < o.maxTokens;
       if (more && !penalize) next = step(y);
       const token = y.item();
+      const logprob = chosen.item();
       history.push(token);
       if (more && penalize) next = step([token]);
       if (next) mx.asyncEvaluate(...next);
-      const chosen = mx.scope(() => mx.slice(logprobs, [token], [token + 1]).item());
       y.free();
-      if (o.keepLogprobs) yield { token, logprob: chosen, logprobs };
+      chosen.free();
+      if (o.keepLogprobs) yield { token, logprob, logprobs };
       else {
         logprobs.free();
-        yield { token, logprob: chosen };
+        yield { token, logprob };
       }
       if (!next) return;
-      [y, logprobs] = next;
+      [y, chosen, logprobs] = next;
     }
   } finally {
     y.free();
+    chosen.free();
     if (!o.keepLogprobs) logprobs.free();
   }
 }
+
+type Step = [token: MxArray, logprob: MxArray, logprobs: MxArray];
 
 function tokens(ids: number[]): MxArray {
   return mx.array(Int32Array.from(ids), [1, ids.length]);

@@ -4,6 +4,7 @@ import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync }
 import { dirname, join, resolve } from "node:path";
 import * as mx from "../mlx";
 import { ggufModel } from "./gguf";
+import { readGGUFHeader } from "./gguf-header";
 import { tokenizerFilesFromGGUF } from "../tokenizer/gguf";
 
 export interface ConvertResult {
@@ -17,6 +18,7 @@ export function convertGGUF(ggufPath: string, outDir: string, { force = false } 
   if (existsSync(target) && readdirSync(target).length > 0 && !force) {
     throw new Error(`${target} exists and is not empty (use --force to replace it)`);
   }
+  readGGUFHeader(ggufPath); // refuses a corrupt file before MLX reads it
   const gguf = ggufModel(mx.loadGGUF(ggufPath));
   try {
     if (gguf.tensors.has("rope_freqs")) {

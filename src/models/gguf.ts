@@ -7,9 +7,6 @@ import type { LoadedFile, MetaValue, MxArray } from "../mlx";
 /** GGUF architectures we run, and the model_type each becomes. */
 const architectures: Record<string, string> = { llama: "llama", mistral: "mistral", qwen2: "qwen2", qwen3: "qwen3" };
 
-// llama.cpp file types whose tensors MLX keeps as they are (others get dequantized by MLX).
-const nativeFileTypes: Record<number, string> = { 0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 32: "BF16" };
-
 const blockNames: Record<string, string> = {
   attn_norm: "input_layernorm",
   attn_q: "self_attn.q_proj",
@@ -51,8 +48,6 @@ export interface GGUFModel {
   config: Record<string, unknown>;
   tensors: Map<string, MxArray>;
   metadata: Record<string, MetaValue>;
-  /** Set when MLX had to dequantize this file's quantization type at load time. */
-  dequantizedFrom?: string;
 }
 
 const meta = (m: Record<string, MetaValue>, key: string): MetaValue | undefined => m[key];
@@ -114,9 +109,7 @@ export function ggufModel(file: LoadedFile): GGUFModel {
     eos_token_id: eos.length === 1 ? eos[0] : eos,
     ...quantizationOf(tensors),
   };
-  const fileType = metaNumber(m, "general.file_type", 0);
-  const dequantizedFrom = fileType in nativeFileTypes ? undefined : `file type ${fileType}`;
-  return { config, tensors, metadata: m, dequantizedFrom };
+  return { config, tensors, metadata: m };
 }
 
 function archClass(modelType: string): string {
@@ -169,8 +162,6 @@ function quantizationOf(tensors: Map<string, MxArray>): Record<string, unknown> 
   for (const [prefix, q] of perLayer) if (q.bits !== bits) quantization[prefix] = q;
   return { quantization };
 }
-
-export const ggufFileTypeName = (code: number): string => nativeFileTypes[code] ?? `type ${code}`;
 
 /** Whether a file starts with GGUF's magic bytes (store blobs have no extension to go by). */
 export function isGGUFFile(path: string): boolean {

@@ -61,44 +61,23 @@ const SUPPORTED_MODELS = ["gpt2"];
  * Throws for tokenizer models or pre-tokenizers we cannot reproduce faithfully.
  */
 export function tokenizerFilesFromGGUF(meta: Record<string, unknown>): TokenizerFiles {
-  const model = str(meta, "tokenizer.ggml.model");
-  if (!model || !SUPPORTED_MODELS.includes(model)) {
-    throw new Error(
-      `unsupported GGUF tokenizer model ${JSON.stringify(model ?? null)}; supported: ${SUPPORTED_MODELS.join(", ")}`,
-    );
-  }
-  // llama.cpp treats a missing pre type as "default" too.
-  const pre = str(meta, "tokenizer.ggml.pre") ?? "default";
-  const spec = PRE_TOKENIZERS[pre];
-  if (!spec) {
-    throw new Error(
-      `unsupported GGUF pre-tokenizer ${JSON.stringify(pre)} (tokenizer model "${model}"); ` +
-        `supported: ${Object.keys(PRE_TOKENIZERS).join(", ")}`,
-    );
-  }
-
+  const spec = supportedPreTokenizer(meta);
   const tokens = list<string>(meta, "tokenizer.ggml.tokens");
   if (!tokens || tokens.length === 0) throw new Error("GGUF metadata has no tokenizer.ggml.tokens");
   const merges = list<string>(meta, "tokenizer.ggml.merges");
   if (!merges) throw new Error("GGUF metadata has no tokenizer.ggml.merges (needed for a BPE tokenizer)");
   const types = list<number>(meta, "tokenizer.ggml.token_type") ?? [];
 
-  const idOf = (key: string): number | undefined => {
-    const id = num(meta, key);
-    return id !== undefined && id >= 0 && id < tokens.length ? id : undefined;
+  const special = (name: string): SpecialToken | undefined => {
+    const id = num(meta, `tokenizer.ggml.${name}_token_id`);
+    return id !== undefined && id >= 0 && id < tokens.length ? { token: tokens[id]!, id } : undefined;
   };
-  const tokenAt = (key: string): string | null => {
-    const id = idOf(key);
-    return id === undefined ? null : tokens[id]!;
-  };
-  const bosId = idOf("tokenizer.ggml.bos_token_id");
-  const eosId = idOf("tokenizer.ggml.eos_token_id");
-  const bos = tokenAt("tokenizer.ggml.bos_token_id");
-  const eos = tokenAt("tokenizer.ggml.eos_token_id");
+  const bos = special("bos");
+  const eos = special("eos");
   const addBos = bool(meta, "tokenizer.ggml.add_bos_token") ?? false;
   const addEos = bool(meta, "tokenizer.ggml.add_eos_token") ?? false;
-
   const addedTokens = buildAddedTokens(tokens, types);
+
   const tokenizerJson = {
     version: "1.0",
     truncation: null,
@@ -106,10 +85,7 @@ export function tokenizerFilesFromGGUF(meta: Record<string, unknown>): Tokenizer
     added_tokens: addedTokens,
     normalizer: null,
     pre_tokenizer: preTokenizer(spec),
-    post_processor: bosEosPostProcessor(
-      addBos && bosId !== undefined ? { token: tokens[bosId]!, id: bosId } : undefined,
-      addEos && eosId !== undefined ? { token: tokens[eosId]!, id: eosId } : undefined,
-    ),
+    post_processor: bosEosPostProcessor(addBos ? bos : undefined, addEos ? eos : undefined),
     decoder: { type: "ByteLevel", add_prefix_space: true, trim_offsets: true, use_regex: true },
     model: {
       type: "BPE",
@@ -126,11 +102,12 @@ export function tokenizerFilesFromGGUF(meta: Record<string, unknown>): Tokenizer
   };
 
   const tokenizerConfig: Record<string, unknown> = {
+    // Not LlamaTokenizer(Fast): transformers would rebuild a SentencePiece pipeline for a llama.
     tokenizer_class: "PreTrainedTokenizerFast",
-    bos_token: bos,
-    eos_token: eos,
-    pad_token: tokenAt("tokenizer.ggml.padding_token_id"),
-    unk_token: tokenAt("tokenizer.ggml.unknown_token_id"),
+    bos_token: bos?.token ?? null,
+    eos_token: eos?.token ?? null,
+    pad_token: special("padding")?.token ?? null,
+    unk_token: special("unknown")?.token ?? null,
     add_bos_token: addBos,
     add_eos_token: addEos,
     // Byte-level BPE decodes losslessly; the WordPiece-era cleanup would eat spaces before punctuation.
@@ -143,10 +120,28 @@ export function tokenizerFilesFromGGUF(meta: Record<string, unknown>): Tokenizer
   const contextLength = arch ? num(meta, `${arch}.context_length`) : undefined;
   if (contextLength) tokenizerConfig.model_max_length = contextLength;
 
-  const eosTokenIds = ["eos", "eot", "eom"]
-    .map((name) => idOf(`tokenizer.ggml.${name}_token_id`))
-    .filter((id): id is number => id !== undefined);
+  const eosTokenIds = ["eos", "eot", "eom"].flatMap((name) => special(name)?.id ?? []);
   return { tokenizerJson, tokenizerConfig, eosTokenIds: [...new Set(eosTokenIds)] };
+}
+
+/** The pre-tokenizer spec for this file, or an error naming what is supported. */
+function supportedPreTokenizer(meta: Record<string, unknown>): PreTokenizerSpec {
+  const model = str(meta, "tokenizer.ggml.model");
+  if (!model || !SUPPORTED_MODELS.includes(model)) {
+    throw new Error(
+      `unsupported GGUF tokenizer model ${JSON.stringify(model ?? null)}; supported: ${SUPPORTED_MODELS.join(", ")}`,
+    );
+  }
+  // llama.cpp treats a missing pre type as "default" too.
+  const pre = str(meta, "tokenizer.ggml.pre") ?? "default";
+  const spec = PRE_TOKENIZERS[pre];
+  if (!spec) {
+    throw new Error(
+      `unsupported GGUF pre-tokenizer ${JSON.stringify(pre)} (tokenizer model "${model}"); ` +
+        `supported: ${Object.keys(PRE_TOKENIZERS).join(", ")}`,
+    );
+  }
+  return spec;
 }
 
 interface AddedTokenJson {

@@ -1,5 +1,7 @@
 // A tiny random-weight model, made by the tests themselves so fast tests need no download.
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { gunzipSync } from "node:zlib";
+import { tokenizerFilesFromGGUF } from "../../src/tokenizer/gguf";
 import { join } from "node:path";
 import * as mx from "../../src/mlx";
 import type { MxArray } from "../../src/mlx";
@@ -86,11 +88,27 @@ export function tinyWeights(o: TinyOptions = {}): Map<string, MxArray> {
   return w;
 }
 
-/** Writes config.json and model.safetensors for a tiny model into `dir`. */
-export function writeTinyModel(dir: string, o: TinyOptions = {}): void {
+/** SmolLM2's real tokenizer (from the committed GGUF metadata fixture), so tiny models speak text. */
+export function smolTokenizerFiles() {
+  const meta = JSON.parse(gunzipSync(readFileSync(join(import.meta.dir, "..", "fixtures", "tokenizer-smollm2-gguf-meta.json.gz"))).toString("utf8"));
+  return tokenizerFilesFromGGUF(meta);
+}
+
+export const smolVocabSize = 49152;
+
+/**
+ * Writes a complete tiny model directory: config.json, model.safetensors and SmolLM2's
+ * tokenizer files (so its vocabulary is SmolLM2's). Random weights: its text is gibberish.
+ */
+export function writeTinyModel(dir: string, o: TinyOptions & { contextLength?: number } = {}): void {
   mkdirSync(dir, { recursive: true });
-  const weights = tinyWeights(o);
+  const options = { ...o, vocabSize: smolVocabSize };
+  const weights = tinyWeights(options);
   mx.saveSafetensors(join(dir, "model.safetensors"), weights, { format: "mlx" });
-  writeFileSync(join(dir, "config.json"), JSON.stringify(tinyConfig(o), null, 2));
+  const config = { ...tinyConfig(options), max_position_embeddings: o.contextLength ?? 512 };
+  writeFileSync(join(dir, "config.json"), JSON.stringify(config, null, 2));
+  const { tokenizerJson, tokenizerConfig } = smolTokenizerFiles();
+  writeFileSync(join(dir, "tokenizer.json"), JSON.stringify(tokenizerJson));
+  writeFileSync(join(dir, "tokenizer_config.json"), JSON.stringify(tokenizerConfig));
   for (const t of weights.values()) t.free();
 }

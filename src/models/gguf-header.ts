@@ -1,0 +1,123 @@
+// A bounds-checked walk over a GGUF file's header and tensor table, done before MLX reads
+// the file: MLX's GGUF reader trusts the file, and a truncated or corrupt one can crash the
+// process. It also tells which tensor types the file holds.
+import { closeSync, fstatSync, openSync, readSync } from "node:fs";
+
+/** ggml tensor types: [name, elements per block, bytes per block]. */
+const tensorTypes: Record<number, [string, number, number]> = {
+  0: ["F32", 1, 4], 1: ["F16", 1, 2], 2: ["Q4_0", 32, 18], 3: ["Q4_1", 32, 20], 6: ["Q5_0", 32, 22], 7: ["Q5_1", 32, 24],
+  8: ["Q8_0", 32, 34], 9: ["Q8_1", 32, 36], 10: ["Q2_K", 256, 84], 11: ["Q3_K", 256, 110], 12: ["Q4_K", 256, 144],
+  13: ["Q5_K", 256, 176], 14: ["Q6_K", 256, 210], 15: ["Q8_K", 256, 292], 24: ["I8", 1, 1], 25: ["I16", 1, 2],
+  26: ["I32", 1, 4], 27: ["I64", 1, 8], 28: ["F64", 1, 8], 30: ["BF16", 1, 2],
+};
+
+/** Types MLX loads as they are (or keeps quantized); every other type it dequantizes. */
+export const nativeTensorTypes = new Set(["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q8_0"]);
+
+// Sizes of GGUF metadata value types (8 = string, 9 = array are variable).
+const scalarSizes: Record<number, number> = { 0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8 };
+
+export interface GGUFHeader {
+  version: number;
+  tensorCount: number;
+  /** Count of tensors per ggml type name. */
+  tensorTypes: Map<string, number>;
+}
+
+class GGUFFormatError extends Error {
+  override name = "GGUFFormatError";
+}
+
+/** Sequential reads from a file descriptor through a 1 MiB window, refusing to read past the end of the file. */
+class Cursor {
+  position = 0;
+  #window = Buffer.alloc(1 << 20);
+  #windowStart = 0;
+  #windowEnd = 0;
+
+  constructor(
+    private readonly fd: number,
+    readonly size: number,
+  ) {}
+
+  bytes(n: number): Buffer {
+    if (n < 0 || this.position + n > this.size) throw new GGUFFormatError(`truncated: needs ${n} bytes at offset ${this.position}, file has ${this.size}`);
+    if (this.position < this.#windowStart || this.position + n > this.#windowEnd) this.#fill(n);
+    const at = this.position - this.#windowStart;
+    this.position += n;
+    return this.#window.subarray(at, at + n);
+  }
+
+  #fill(n: number): void {
+    if (n > this.#window.length) this.#window = Buffer.alloc(n);
+    this.#windowStart = this.position;
+    this.#windowEnd = this.position + readSync(this.fd, this.#window, 0, this.#window.length, this.position);
+  }
+
+  skip(n: number): void {
+    if (n < 0 || this.position + n > this.size) throw new GGUFFormatError(`truncated: a value at offset ${this.position} runs past the end of the file`);
+    this.position += n;
+  }
+
+  u32 = () => this.bytes(4).readUInt32LE(0);
+  u64 = () => Number(this.bytes(8).readBigUInt64LE(0));
+  string = () => this.bytes(this.u64()).toString("utf8");
+}
+
+function skipValue(c: Cursor, type: number, depth = 0): void {
+  if (type in scalarSizes) return c.skip(scalarSizes[type]!);
+  if (type === 8) return c.skip(c.u64());
+  if (type === 9 && depth === 0) {
+    const elementType = c.u32();
+    const count = c.u64();
+    if (elementType in scalarSizes) return c.skip(count * scalarSizes[elementType]!);
+    for (let i = 0; i < count; i++) skipValue(c, elementType, depth + 1);
+    return;
+  }
+  throw new GGUFFormatError(`unknown metadata value type ${type} at offset ${c.position}`);
+}
+
+/** Reads the header, checking that every tensor lies inside the file; throws a clear error otherwise. */
+export function readGGUFHeader(path: string): GGUFHeader {
+  const fd = openSync(path, "r");
+  try {
+    const c = new Cursor(fd, fstatSync(fd).size);
+    if (c.bytes(4).toString("latin1") !== "GGUF") throw new GGUFFormatError("not a GGUF file (bad magic)");
+    const version = c.u32();
+    if (version < 2 || version > 3) throw new GGUFFormatError(`unsupported GGUF version ${version} (supported: 2, 3)`);
+    const tensorCount = c.u64();
+    const kvCount = c.u64();
+    let alignment = 32;
+    for (let i = 0; i < kvCount; i++) {
+      const key = c.string();
+      const type = c.u32();
+      if (key === "general.alignment" && type === 4) alignment = c.u32();
+      else skipValue(c, type);
+    }
+    const tensors: { name: string; offset: number; bytes: number }[] = [];
+    const types = new Map<string, number>();
+    for (let i = 0; i < tensorCount; i++) {
+      const name = c.string();
+      const dims = c.u32();
+      if (dims > 8) throw new GGUFFormatError(`tensor '${name}' has ${dims} dimensions`);
+      let elements = 1;
+      for (let d = 0; d < dims; d++) elements *= c.u64();
+      const typeCode = c.u32();
+      const type = tensorTypes[typeCode];
+      if (!type) throw new GGUFFormatError(`tensor '${name}' has unknown ggml type ${typeCode}`);
+      const [typeName, blockElements, blockBytes] = type;
+      if (elements % blockElements !== 0) throw new GGUFFormatError(`tensor '${name}': ${elements} elements is not a whole number of ${typeName} blocks`);
+      tensors.push({ name, offset: c.u64(), bytes: (elements / blockElements) * blockBytes });
+      types.set(typeName, (types.get(typeName) ?? 0) + 1);
+    }
+    const dataStart = Math.ceil(c.position / alignment) * alignment;
+    for (const t of tensors) {
+      if (dataStart + t.offset + t.bytes > c.size) {
+        throw new GGUFFormatError(`truncated: tensor '${t.name}' ends at byte ${dataStart + t.offset + t.bytes}, file has ${c.size}`);
+      }
+    }
+    return { version, tensorCount, tensorTypes: types };
+  } finally {
+    closeSync(fd);
+  }
+}

@@ -1,0 +1,117 @@
+// `mlx run` as a user drives it: the real CLI in a child process, on a tiny random-weight
+// model directory (SmolLM2's tokenizer), with pipes, flags, bad input and Ctrl-C.
+import { beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, truncateSync, copyFileSync, mkdirSync, writeFileSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { writeTinyModel } from "./helpers/tiny-model";
+
+const root = mkdtempSync(join(tmpdir(), "mlx-cli-"));
+const model = join(root, "tiny");
+const main = join(import.meta.dir, "..", "src", "main.ts");
+const env = { ...process.env, MLX_HOME: join(root, "home"), NO_COLOR: "1" };
+
+async function mlx(args: string[], stdin?: string) {
+  const proc = Bun.spawn([process.execPath, main, ...args], { stdin: stdin === undefined ? "ignore" : new Blob([stdin]), stdout: "pipe", stderr: "pipe", env });
+  const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+  return { stdout, stderr, code };
+}
+
+beforeAll(() => writeTinyModel(model, { contextLength: 256 }));
+
+describe("mlx run", () => {
+  test("--json gives text, token ids, finish reason and figures; --max-tokens bounds the answer", async () => {
+    const r = await mlx(["run", "-m", model, "--max-tokens", "5", "--json", "Hello"]);
+    expect(r.code).toBe(0);
+    const out = JSON.parse(r.stdout);
+    expect(out.token_ids.length).toBeLessThanOrEqual(5);
+    expect(["length", "stop"]).toContain(out.finish_reason);
+    expect(out.prompt_token_ids[0]).toBe(1); // <|im_start|> from the chat template
+    expect(out.stats.peak_memory_bytes).toBeGreaterThan(0);
+    expect(typeof out.text).toBe("string");
+  });
+
+  test("streams only the answer to stdout; greedy runs repeat exactly; a seed makes sampling repeat", async () => {
+    const a = await mlx(["run", "-m", model, "--max-tokens", "8", "Hi there"]);
+    const b = await mlx(["run", "-m", model, "--max-tokens", "8", "Hi there"]);
+    expect(a.code).toBe(0);
+    expect(a.stdout).toBe(b.stdout);
+    const s1 = await mlx(["run", "-m", model, "--max-tokens", "8", "--temp", "1", "--seed", "7", "--json", "Hi"]);
+    const s2 = await mlx(["run", "-m", model, "--max-tokens", "8", "--temp", "1", "--seed", "7", "--json", "Hi"]);
+    expect(JSON.parse(s1.stdout).token_ids).toEqual(JSON.parse(s2.stdout).token_ids);
+  });
+
+  test("piped stdin joins the prompt argument", async () => {
+    const alone = await mlx(["run", "-m", model, "--max-tokens", "1", "--json", "Summarize"]);
+    const piped = await mlx(["run", "-m", model, "--max-tokens", "1", "--json", "Summarize"], "some notes\n");
+    expect(JSON.parse(piped.stdout).prompt_token_ids.length).toBeGreaterThan(JSON.parse(alone.stdout).prompt_token_ids.length);
+    const onlyStdin = await mlx(["run", "-m", model, "--max-tokens", "1", "--json"], "just stdin");
+    expect(onlyStdin.code).toBe(0);
+  });
+
+  test("--verbose prints the figures on stderr, not stdout", async () => {
+    const r = await mlx(["run", "-m", model, "--max-tokens", "3", "--verbose", "Hi"]);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toMatch(/prompt:\s+\d+ tokens, [\d.]+ tokens\/s/);
+    expect(r.stderr).toMatch(/generation: \d+ tokens/);
+    expect(r.stderr).toMatch(/time to first token/);
+    expect(r.stderr).toMatch(/peak memory/);
+    expect(r.stdout).not.toMatch(/tokens\/s/);
+  });
+
+  test("--raw skips the chat template", async () => {
+    const r = await mlx(["run", "-m", model, "--max-tokens", "1", "--raw", "--json", "Hello"]);
+    expect(JSON.parse(r.stdout).prompt_token_ids).not.toContain(1);
+  });
+});
+
+describe("mlx run: bad input is one line and a non-zero exit", () => {
+  const oneLineError = (r: { stderr: string; code: number }, pattern: RegExp) => {
+    expect(r.code).not.toBe(0);
+    const lines = r.stderr.trim().split("\n");
+    expect(lines.at(-1)).toMatch(/^error: /);
+    expect(r.stderr).toMatch(pattern);
+    expect(r.stderr).not.toMatch(/\n\s+at /); // no stack trace without --verbose
+  };
+
+  test("a missing path", async () => oneLineError(await mlx(["run", "-m", join(root, "nope"), "hi"]), /model not found/));
+
+  test("an unknown alias suggests close ones", async () => oneLineError(await mlx(["run", "-m", "smollm", "hi"]), /unknown model 'smollm'.*did you mean 'smollm2'/));
+
+  test("a truncated safetensors file", async () => {
+    const broken = join(root, "broken");
+    mkdirSync(broken, { recursive: true });
+    for (const f of ["config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"]) copyFileSync(join(model, f), join(broken, f));
+    truncateSync(join(broken, "model.safetensors"), Math.floor(statSync(join(broken, "model.safetensors")).size / 2));
+    oneLineError(await mlx(["run", "-m", broken, "hi"]), /cannot load .*model.safetensors/);
+  });
+
+  test("a corrupt GGUF file", async () => {
+    const bad = join(root, "bad.gguf");
+    writeFileSync(bad, Buffer.concat([Buffer.from("GGUF"), Buffer.alloc(64, 7)]));
+    oneLineError(await mlx(["run", "-m", bad, "hi"]), /cannot load .*bad.gguf/);
+  });
+
+  test("a prompt longer than the context", async () => {
+    oneLineError(await mlx(["run", "-m", model, "word ".repeat(400)]), /the prompt is \d+ tokens, but the model's context is 256 tokens/);
+  });
+
+  test("an invalid flag value", async () => {
+    oneLineError(await mlx(["run", "-m", model, "--temp", "hot", "hi"]), /--temp must be a number/);
+    oneLineError(await mlx(["run", "-m", model, "--top-p", "2", "hi"]), /top_p/);
+    oneLineError(await mlx(["run", "-m", model, "--max-tokens", "0", "hi"]), /--max-tokens/);
+  });
+
+  test("no prompt at all", async () => oneLineError(await mlx(["run", "-m", model], ""), /no prompt/));
+});
+
+describe("mlx run: Ctrl-C", () => {
+  test("stops generation cleanly with exit code 130", async () => {
+    const proc = Bun.spawn([process.execPath, main, "run", "-m", model, "--max-tokens", "100000", "--temp", "1", "--seed", "1", "tell me a story"], { stdout: "pipe", stderr: "pipe", env });
+    const reader = proc.stdout.getReader();
+    await reader.read(); // the first piece of the answer
+    proc.kill("SIGINT");
+    const code = await proc.exited;
+    expect(code).toBe(130);
+  });
+});
