@@ -7,6 +7,7 @@ const main = defineCommand({
   meta: { name: "mlx", version: pkg.version, description: "Run, chat with, serve and benchmark local LLMs on MLX" },
   subCommands: {
     run: () => import("./cmd/run").then((m) => m.default),
+    chat: () => import("./cmd/chat").then((m) => m.default),
     convert: () => import("./cmd/convert").then((m) => m.default),
   },
 });

@@ -35,6 +35,8 @@ export interface CompletionResult {
   text: string;
   promptTokenIds: number[];
   tokenIds: number[];
+  /** Every sampled token in order, including the end-of-sequence token that ended the answer. */
+  sampledIds: number[];
   finishReason: FinishReason;
   stats: CompletionStats;
 }
@@ -70,6 +72,7 @@ export function* complete(lm: LoadedModel, caches: KVCache[], promptIds: number[
   const start = performance.now();
   let firstTokenAt = 0;
   const tokenIds: number[] = [];
+  const sampledIds: number[] = [];
   let text = "";
   let finishReason: FinishReason = "length";
 
@@ -85,6 +88,7 @@ export function* complete(lm: LoadedModel, caches: KVCache[], promptIds: number[
       finishReason = "cancelled";
       break;
     }
+    sampledIds.push(token);
     if (eos.has(token)) {
       finishReason = "stop";
       break;
@@ -119,6 +123,7 @@ export function* complete(lm: LoadedModel, caches: KVCache[], promptIds: number[
     text,
     promptTokenIds: promptIds,
     tokenIds,
+    sampledIds,
     finishReason,
     stats: {
       promptTokens: promptIds.length,

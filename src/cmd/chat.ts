@@ -1,0 +1,65 @@
+// `mlx chat`: an interactive conversation that keeps its KV cache between turns.
+import { defineCommand } from "citty";
+import { join } from "node:path";
+import { loadModel } from "../models/load";
+import { resolveModelPath } from "../store/resolve";
+import { storeRoot } from "../store/paths";
+import { fail, log, setVerbose } from "./log";
+import { modelArg, positiveInteger, samplingArgs, samplingFrom } from "./options";
+import { ChatSession } from "./chat/session";
+import { LineInput } from "./chat/input";
+import { runCommand } from "./chat/commands";
+
+export default defineCommand({
+  meta: { name: "chat", description: "Chat with a model in the terminal (/help inside lists the commands)" },
+  args: {
+    ...modelArg,
+    system: { type: "string", description: "System prompt" },
+    "max-tokens": { type: "string", description: "Most tokens per answer", default: "1024" },
+    ...samplingArgs,
+    stats: { type: "boolean", description: "Show tokens/s, time to first token and context use after each answer" },
+    verbose: { type: "boolean", alias: "v", description: "Stack traces on errors" },
+  },
+  async run({ args }) {
+    const verbose = Boolean(args.verbose);
+    setVerbose(verbose);
+    let input: LineInput | undefined;
+    try {
+      const settings = { sampling: samplingFrom(args), maxTokens: positiveInteger("max-tokens", args["max-tokens"]), system: args.system, stats: Boolean(args.stats) };
+      const modelName = args.model ?? "default model";
+      const lm = loadModel(await resolveModelPath(args.model));
+      for (const note of lm.notes) log.warn(note);
+      input = new LineInput(join(storeRoot(), "chat_history"));
+      const say = (text: string) => process.stderr.write(`${text}\n`);
+      const session = new ChatSession(lm, modelName, settings, say);
+      if (input.interactive) say(`chatting with ${args.model ?? "the default model"}; /help for commands, Ctrl-D to leave`);
+
+      for (;;) {
+        const message = await input.read();
+        if (message === null) break;
+        if (message.trim() === "") continue;
+        if (message.startsWith("/")) {
+          if (!(await runCommand(session, message))) break;
+          continue;
+        }
+        const controller = new AbortController();
+        const stop = () => controller.abort();
+        process.on("SIGINT", stop);
+        input.pauseForAnswer();
+        try {
+          await session.answer(message, (chunk) => process.stdout.write(chunk), controller.signal);
+        } catch (error) {
+          say(`error: ${(error as Error).message}`);
+        } finally {
+          process.off("SIGINT", stop);
+          input.resumeAfterAnswer();
+        }
+      }
+      input.close();
+      session.conversation.dispose();
+    } catch (error) {
+      input?.close();
+      fail(error, verbose);
+    }
+  },
+});

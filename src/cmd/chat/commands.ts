@@ -1,0 +1,91 @@
+// The slash commands of `mlx chat`. Each gets the session and its argument text, and
+// returns false when the chat should end.
+import { readFileSync, writeFileSync } from "node:fs";
+import * as p from "@clack/prompts";
+import type { ChatSession } from "./session";
+import { applySetting, describeModel, settingNames } from "./settings";
+import { loadAliases } from "../../store/aliases";
+
+type Handler = (session: ChatSession, args: string) => Promise<boolean | void> | boolean | void;
+
+const help = `commands:
+  /set <name> <value>   change a setting: ${settingNames.join(", ")}
+  /show                 the model (architecture, parameters, quantization, context, template) and settings
+  /clear                forget the conversation
+  /save <file>          save the conversation as JSON
+  /load <file>          load a conversation saved with /save
+  /model [name]         switch model (pick from a list without a name)
+  /stats on|off         show tokens/s, time to first token and context use after each answer
+  /bye                  leave (also Ctrl-D, or Ctrl-C at an empty prompt)
+multi-line input: start and end it with """`;
+
+const commands: Record<string, Handler> = {
+  help: (s) => s.say(help),
+  "?": (s) => s.say(help),
+  bye: () => false,
+  exit: () => false,
+  clear: (s) => {
+    s.conversation.clear();
+    s.say("conversation cleared");
+  },
+  show: (s) => s.say(describeModel(s.conversation.lm, s.settings)),
+  set: (s, args) => {
+    const [name, ...rest] = args.split(/\s+/);
+    if (!name) return s.say(`usage: /set <name> <value> (names: ${settingNames.join(", ")})`);
+    s.say(applySetting(s.settings, name, rest.join(" ")));
+    if (name === "system") s.conversation.system = s.settings.system;
+  },
+  stats: (s, args) => {
+    const value = args.trim();
+    if (value !== "on" && value !== "off") return s.say(`/stats is ${s.settings.stats ? "on" : "off"}; use /stats on or /stats off`);
+    s.settings.stats = value === "on";
+    s.say(`stats ${value}`);
+  },
+  save: (s, args) => {
+    const file = args.trim();
+    if (!file) return s.say("usage: /save <file>");
+    const saved = { model: s.modelName, system: s.settings.system, settings: { ...s.settings.sampling, max_tokens: s.settings.maxTokens }, messages: s.conversation.messages };
+    writeFileSync(file, `${JSON.stringify(saved, null, 2)}\n`);
+    s.say(`saved ${s.conversation.messages.length} messages to ${file}`);
+  },
+  load: (s, args) => {
+    const file = args.trim();
+    if (!file) return s.say("usage: /load <file>");
+    const saved = JSON.parse(readFileSync(file, "utf8"));
+    if (!Array.isArray(saved.messages) || saved.messages.some((m: { role?: unknown; content?: unknown }) => typeof m?.role !== "string" || typeof m?.content !== "string")) {
+      throw new Error(`${file} is not a conversation saved with /save (needs messages: [{role, content}])`);
+    }
+    s.conversation.clear();
+    s.conversation.messages = saved.messages;
+    s.settings.system = typeof saved.system === "string" ? saved.system : undefined;
+    s.conversation.system = s.settings.system;
+    s.say(`loaded ${saved.messages.length} messages from ${file}`);
+  },
+  model: async (s, args) => {
+    let name = args.trim();
+    if (!name) {
+      const aliases = [...loadAliases().models.values()];
+      if (!process.stdin.isTTY) return s.say(`usage: /model <name> (aliases: ${aliases.map((a) => a.name).join(", ")})`);
+      const choice = await p.select({ message: "Switch to which model?", options: aliases.map((a) => ({ value: a.name, label: a.name, hint: a.description })) });
+      if (p.isCancel(choice)) return s.say("kept the current model");
+      name = choice as string;
+    }
+    await s.switchModel(name);
+  },
+};
+
+/** Runs a line that starts with "/"; unknown commands point to /help. */
+export async function runCommand(session: ChatSession, line: string): Promise<boolean> {
+  const [, name = "", args = ""] = /^\/(\S*)\s*([\s\S]*)$/.exec(line.trim()) ?? [];
+  const handler = commands[name.toLowerCase()];
+  if (!handler) {
+    session.say(`unknown command '/${name}'; /help lists the commands`);
+    return true;
+  }
+  try {
+    return (await handler(session, args)) !== false;
+  } catch (error) {
+    session.say(`error: ${(error as Error).message}`);
+    return true;
+  }
+}

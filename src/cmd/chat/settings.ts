@@ -1,0 +1,74 @@
+// What a chat session can change with /set, and how /show describes the model.
+import type { LoadedModel } from "../../models/load";
+import { validateSampling, type SamplingParams } from "../../engine/sampling";
+
+export interface ChatSettings {
+  sampling: SamplingParams;
+  maxTokens: number;
+  system?: string;
+  stats: boolean;
+}
+
+export const settingNames = ["temp", "top_p", "top_k", "min_p", "max_tokens", "seed", "system"] as const;
+
+/** Applies `/set <name> <value>`; returns a confirmation line, or throws with what is wrong. */
+export function applySetting(s: ChatSettings, name: string, value: string): string {
+  if (name === "system") {
+    s.system = value || undefined;
+    return value ? "system prompt set" : "system prompt cleared";
+  }
+  const n = Number(value);
+  if (value.trim() === "" || !Number.isFinite(n)) throw new Error(`/set ${name} needs a number`);
+  const sampling = { ...s.sampling };
+  switch (name) {
+    case "temp": sampling.temperature = n; break;
+    case "top_p": sampling.topP = n; break;
+    case "top_k": sampling.topK = n; break;
+    case "min_p": sampling.minP = n; break;
+    case "seed": sampling.seed = n; break;
+    case "max_tokens":
+      if (!Number.isInteger(n) || n <= 0) throw new Error("max_tokens must be a whole number > 0");
+      s.maxTokens = n;
+      return `max_tokens = ${n}`;
+    default:
+      throw new Error(`unknown setting '${name}' (settings: ${settingNames.join(", ")})`);
+  }
+  validateSampling(sampling);
+  s.sampling = sampling;
+  return `${name} = ${n}`;
+}
+
+/** Parameters of the model, counting quantized weights by the values they stand for. */
+export function parameterCount(lm: LoadedModel): number {
+  let total = 0;
+  for (const [name, t] of lm.weights.tensors) {
+    if (name.endsWith(".scales") || name.endsWith(".biases")) continue;
+    const prefix = name.replace(/\.weight$/, "");
+    const quant = name.endsWith(".weight") ? lm.weights.quantFor(prefix) : undefined;
+    total += quant ? (t.size * 32) / quant.bits : t.size;
+  }
+  return total;
+}
+
+function quantizationOf(lm: LoadedModel): string {
+  const q = lm.config.quantization;
+  if (!q) return "none";
+  const overrides = Object.keys(lm.config.quantizationOverrides).length;
+  return `${q.bits}-bit ${q.mode}, group ${q.groupSize}${overrides ? ` (${overrides} layers differ)` : ""}`;
+}
+
+export function describeModel(lm: LoadedModel, s: ChatSettings): string {
+  const c = lm.config;
+  const params = parameterCount(lm);
+  const template = lm.tokenizer.chatTemplate ?? "(none: prompts are sent as plain text)";
+  return [
+    `model:          ${lm.path} (${lm.format})`,
+    `architecture:   ${c.modelType}, ${c.numHiddenLayers} layers, hidden ${c.hiddenSize}, ${c.numAttentionHeads} heads (${c.numKeyValueHeads} kv)`,
+    `parameters:     ${params >= 1e9 ? `${(params / 1e9).toFixed(2)}B` : `${(params / 1e6).toFixed(1)}M`}`,
+    `quantization:   ${quantizationOf(lm)}`,
+    `context length: ${c.maxPositionEmbeddings}`,
+    `settings:       temp ${s.sampling.temperature}, top_p ${s.sampling.topP}, top_k ${s.sampling.topK}, min_p ${s.sampling.minP}, max_tokens ${s.maxTokens}, seed ${s.sampling.seed ?? "random"}`,
+    `system prompt:  ${s.system ?? "(none)"}`,
+    `chat template:\n${template.length > 600 ? `${template.slice(0, 600)}…` : template}`,
+  ].join("\n");
+}

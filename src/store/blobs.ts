@@ -1,0 +1,70 @@
+// The content-addressed half of the store: <root>/blobs/sha256-<hex>. A blob is only ever
+// created by renaming a complete, hashed file into place, so a name always matches its bytes
+// unless the disk itself corrupts them (which `mlx verify` finds).
+import { copyFile, mkdir, open, rename, stat, unlink } from "node:fs/promises";
+import { dirname } from "node:path";
+import { blobPath, tempPathIn, tmpDir } from "./paths";
+
+export interface BlobRef {
+  sha256: string;
+  size: number;
+}
+
+export async function hashFile(path: string): Promise<BlobRef> {
+  const hasher = new Bun.CryptoHasher("sha256");
+  let size = 0;
+  for await (const chunk of Bun.file(path).stream()) {
+    hasher.update(chunk);
+    size += chunk.byteLength;
+  }
+  return { sha256: hasher.digest("hex"), size };
+}
+
+/** Whether the blob is on disk with the expected size (a cheap check; hashing is verify's job). */
+export async function blobPresent({ sha256, size }: BlobRef): Promise<boolean> {
+  return stat(blobPath(sha256)).then((s) => s.isFile() && s.size === size, () => false);
+}
+
+/**
+ * Stores a file as a blob. `move` hands the file over (it must be on the store's filesystem,
+ * e.g. under tmpDir()); otherwise a copy is made first and hashed, so the blob's name matches
+ * its bytes even if the original changes meanwhile.
+ */
+export async function addBlob(path: string, { move = false } = {}): Promise<BlobRef> {
+  if (!move) {
+    const copy = tempPathIn(tmpDir(), "blob");
+    try {
+      await copyFile(path, copy);
+      return await addBlob(copy, { move: true });
+    } catch (error) {
+      await unlink(copy).catch(() => {});
+      throw error;
+    }
+  }
+  const ref = await hashFile(path);
+  if (await blobPresent(ref)) {
+    await unlink(path);
+    return ref;
+  }
+  const dest = blobPath(ref.sha256);
+  await mkdir(dirname(dest), { recursive: true });
+  await fsync(path);
+  await rename(path, dest);
+  return ref;
+}
+
+export async function removeBlob(sha256: string): Promise<void> {
+  await unlink(blobPath(sha256)).catch((error: NodeJS.ErrnoException) => {
+    if (error.code !== "ENOENT") throw error;
+  });
+}
+
+/** So a crash right after the rename cannot leave a complete-looking blob with missing data. */
+async function fsync(path: string): Promise<void> {
+  const handle = await open(path, "r+");
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}

@@ -1,0 +1,68 @@
+// Which models running processes are using: a marker file per (model, pid) under
+// <root>/in-use/<key>/. Eviction and `mlx rm` leave a model alone while any marker names a
+// live process; markers of dead processes are stale and cleaned up when seen.
+import { mkdirSync, readdirSync, rmdirSync, unlinkSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { isProcessAlive } from "./lock";
+import { inUseDir, modelKey } from "./paths";
+
+const held = new Set<string>();
+let exitHookInstalled = false;
+
+/** Marks `name` as used by this process until it exits (or `releaseModel` is called). */
+export function markInUse(name: string): void {
+  const dir = join(inUseDir(), modelKey(name));
+  const marker = join(dir, String(process.pid));
+  if (held.has(marker)) return;
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(marker, "");
+  held.add(marker);
+  if (!exitHookInstalled) {
+    process.on("exit", releaseAll);
+    exitHookInstalled = true;
+  }
+}
+
+export function releaseModel(name: string): void {
+  const marker = join(inUseDir(), modelKey(name), String(process.pid));
+  if (!held.delete(marker)) return;
+  removeQuietly(marker);
+}
+
+/** The pids of live processes using `name`. */
+export function modelUsers(name: string): number[] {
+  const dir = join(inUseDir(), modelKey(name));
+  let entries: string[];
+  try {
+    entries = readdirSync(dir);
+  } catch {
+    return [];
+  }
+  const live: number[] = [];
+  for (const entry of entries) {
+    const pid = Number(entry);
+    if (Number.isInteger(pid) && pid > 0 && isProcessAlive(pid)) live.push(pid);
+    else removeQuietly(join(dir, entry));
+  }
+  if (live.length === 0) {
+    try {
+      rmdirSync(dir);
+    } catch {
+      // a marker appeared meanwhile
+    }
+  }
+  return live;
+}
+
+function releaseAll(): void {
+  for (const marker of held) removeQuietly(marker);
+  held.clear();
+}
+
+function removeQuietly(path: string): void {
+  try {
+    unlinkSync(path);
+  } catch {
+    // already gone
+  }
+}

@@ -1,0 +1,129 @@
+// Locks shared by every mlx process on the machine. A lock is a file created with O_EXCL
+// (atomic: exactly one creator wins) that holds its owner's pid. A lock whose owner has died
+// is broken, so a crash never wedges the store; waiting is bounded, so a live but stuck
+// owner gives a clear error instead of a hang. Within one process, callers queue up first,
+// because the file alone cannot tell two async tasks of the same pid apart.
+import { mkdirSync, openSync, readFileSync, statSync, unlinkSync, writeSync, closeSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { locksDir } from "./paths";
+
+export interface LockOptions {
+  /** Give up after waiting this long for another process (default 10 s). */
+  timeoutMs?: number;
+  /** Called once when the lock is busy, with the holder's pid (to tell the user why we wait). */
+  onWait?: (holderPid: number | undefined) => void;
+}
+
+export class LockTimeoutError extends Error {
+  override name = "LockTimeoutError";
+}
+
+const POLL_MS = 25;
+const MAX_POLL_MS = 250;
+// A lock file is created empty and gets its pid a moment later; an empty one older than this was abandoned mid-creation.
+const EMPTY_LOCK_GRACE_MS = 2_000;
+
+const queues = new Map<string, Promise<unknown>>();
+
+export function isProcessAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    // EPERM: the process exists but belongs to someone else.
+    return (error as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/** Runs `fn` holding the lock file at `path`; the lock is released however `fn` ends. */
+export function withLock<T>(path: string, fn: () => T | Promise<T>, options: LockOptions = {}): Promise<T> {
+  const previous = queues.get(path) ?? Promise.resolve();
+  const run = previous.catch(() => {}).then(async () => {
+    const release = await acquireFileLock(path, options);
+    try {
+      return await fn();
+    } finally {
+      release();
+    }
+  });
+  queues.set(path, run);
+  void run.finally(() => {
+    if (queues.get(path) === run) queues.delete(path);
+  }).catch(() => {});
+  return run;
+}
+
+/** The lock around every change to manifests, the index and blobs: held for milliseconds. */
+export function withStoreLock<T>(fn: () => T | Promise<T>, options?: LockOptions): Promise<T> {
+  return withLock(join(locksDir(), "store.lock"), fn, options);
+}
+
+async function acquireFileLock(path: string, { timeoutMs = 10_000, onWait }: LockOptions): Promise<() => void> {
+  mkdirSync(dirname(path), { recursive: true });
+  const deadline = Date.now() + timeoutMs;
+  let pause = POLL_MS;
+  let told = false;
+  for (;;) {
+    if (tryCreate(path)) return () => unlinkSync(path);
+    const holder = readHolder(path);
+    if (holder === "gone") continue;
+    if (holder === "dead") {
+      breakStaleLock(path);
+      continue;
+    }
+    if (!told) {
+      onWait?.(holder);
+      told = true;
+    }
+    if (Date.now() >= deadline) {
+      const who = holder === undefined ? "another process" : `process ${holder}`;
+      throw new LockTimeoutError(`${path} is held by ${who}; waited ${(timeoutMs / 1000).toFixed(0)} s (delete the file if no mlx process is running)`);
+    }
+    await Bun.sleep(pause);
+    pause = Math.min(pause * 2, MAX_POLL_MS);
+  }
+}
+
+function tryCreate(path: string): boolean {
+  let fd: number;
+  try {
+    fd = openSync(path, "wx");
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "EEXIST") return false;
+    throw error;
+  }
+  try {
+    writeSync(fd, `${process.pid}\n`);
+  } finally {
+    closeSync(fd);
+  }
+  return true;
+}
+
+/** The holder's pid when it is alive (undefined: not written yet), "dead", or "gone" (released meanwhile). */
+function readHolder(path: string): number | undefined | "dead" | "gone" {
+  let text: string;
+  let ageMs: number;
+  try {
+    text = readFileSync(path, "utf8");
+    ageMs = Date.now() - statSync(path).mtimeMs;
+  } catch {
+    return "gone";
+  }
+  const pid = Number.parseInt(text, 10);
+  if (!Number.isInteger(pid) || pid <= 0) return ageMs > EMPTY_LOCK_GRACE_MS ? "dead" : undefined;
+  return isProcessAlive(pid) ? pid : "dead";
+}
+
+/**
+ * Removes a dead owner's lock. Two processes may find the same stale lock; the check right
+ * before unlinking keeps the window in which one could remove the other's fresh lock tiny.
+ */
+function breakStaleLock(path: string): void {
+  if (readHolder(path) !== "dead") return;
+  try {
+    unlinkSync(path);
+  } catch {
+    // someone else broke it first
+  }
+}

@@ -1,0 +1,115 @@
+// One JSON manifest per model, <root>/manifests/<key>.json: the truth about a stored model.
+// It names the model's files (name inside the model -> blob) and says what the model is; the
+// index (model-index.ts) is only a summary of all manifests and is rebuilt from them.
+import { closeSync, openSync, readFileSync, readSync, renameSync, mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { readGGUFHeader } from "../models/gguf-header";
+import { blobPath, manifestsDir, modelKey, tempPathIn, tmpDir } from "./paths";
+
+export type StoredFormat = "gguf" | "mlx";
+
+export interface ManifestFile {
+  /** File name inside the model (e.g. "model-00001-of-00002.safetensors"). */
+  name: string;
+  sha256: string;
+  size: number;
+}
+
+export interface ModelManifest {
+  schemaVersion: 1;
+  name: string;
+  /** What it was pulled from: a models.toml source (pypi:, hf:, a path) or convert:<sha256>. */
+  source: string;
+  format: StoredFormat;
+  /** config.json's model_type, or a GGUF's general.architecture. */
+  architecture?: string;
+  /** e.g. "4-bit, group 64" (MLX), "Q4_1" (GGUF), "bf16" (unquantized). */
+  quantization?: string;
+  files: ManifestFile[];
+  totalBytes: number;
+  /** The Hugging Face commit the files came from. */
+  revision?: string;
+  /** For a prepared artifact: the hash of its inputs (see derived.ts). */
+  derivedKey?: string;
+  createdAt: string;
+  lastUsedAt: string;
+}
+
+const SCHEMA_VERSION = 1;
+
+export function manifestPath(name: string): string {
+  return join(manifestsDir(), `${modelKey(name)}.json`);
+}
+
+/** The manifest of `name`; undefined when there is none or it is unreadable (a pull rewrites it). */
+export function readManifest(name: string): ModelManifest | undefined {
+  return readManifestFile(manifestPath(name));
+}
+
+export function readManifestFile(path: string): ModelManifest | undefined {
+  try {
+    const m = JSON.parse(readFileSync(path, "utf8")) as ModelManifest;
+    return m.schemaVersion === SCHEMA_VERSION && typeof m.name === "string" && Array.isArray(m.files) ? m : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Atomic replace: a reader sees the old manifest or the new one, never half of one. */
+export function writeManifest(manifest: ModelManifest): void {
+  writeJsonAtomic(manifestPath(manifest.name), manifest);
+}
+
+export function writeJsonAtomic(path: string, value: unknown): void {
+  const tmp = tempPathIn(tmpDir(), "json");
+  writeFileSync(tmp, `${JSON.stringify(value, null, 2)}\n`);
+  mkdirSync(join(path, ".."), { recursive: true });
+  renameSync(tmp, path);
+}
+
+export function newManifest(fields: Omit<ModelManifest, "schemaVersion" | "totalBytes" | "createdAt" | "lastUsedAt">): ModelManifest {
+  const now = new Date().toISOString();
+  const totalBytes = fields.files.reduce((n, f) => n + f.size, 0);
+  return { schemaVersion: SCHEMA_VERSION, ...fields, totalBytes, createdAt: now, lastUsedAt: now };
+}
+
+/** Format, architecture and quantization, read from the blobs of a model's files. */
+export function describeFiles(files: ManifestFile[]): Pick<ModelManifest, "format" | "architecture" | "quantization"> {
+  const config = files.find((f) => f.name === "config.json");
+  if (config) {
+    const c = JSON.parse(readFileSync(blobPath(config.sha256), "utf8")) as Record<string, unknown>;
+    const q = (c.quantization ?? c.quantization_config) as { bits?: number; group_size?: number } | undefined;
+    const quantization = q?.bits ? `${q.bits}-bit${q.group_size ? `, group ${q.group_size}` : ""}` : (c.torch_dtype as string | undefined);
+    return { format: "mlx", architecture: c.model_type as string | undefined, quantization };
+  }
+  const gguf = files.find((f) => f.name.endsWith(".gguf"));
+  if (!gguf) throw new Error(`a model needs a config.json or a .gguf file (got ${files.map((f) => f.name).join(", ")})`);
+  const path = blobPath(gguf.sha256);
+  return { format: "gguf", architecture: ggufArchitecture(path), quantization: dominantQuantType(path) };
+}
+
+/** The most common tensor type that is not a plain float (norms stay F32 in quantized files). */
+function dominantQuantType(path: string): string | undefined {
+  const types = [...readGGUFHeader(path).tensorTypes].sort((a, b) => b[1] - a[1]);
+  return (types.find(([t]) => t !== "F32") ?? types[0])?.[0];
+}
+
+/**
+ * general.architecture. llama.cpp writes it as the first metadata key, so reading only that
+ * key keeps this to one small read instead of a second full GGUF metadata parser.
+ */
+function ggufArchitecture(path: string): string | undefined {
+  const fd = openSync(path, "r");
+  try {
+    const head = Buffer.alloc(4096);
+    const n = readSync(fd, head, 0, head.length, 0);
+    const keyLength = n >= 32 ? Number(head.readBigUInt64LE(24)) : 0;
+    const keyEnd = 32 + keyLength;
+    if (keyEnd + 12 > n || head.toString("utf8", 32, keyEnd) !== "general.architecture" || head.readUInt32LE(keyEnd) !== 8) return undefined;
+    const valueLength = Number(head.readBigUInt64LE(keyEnd + 4));
+    const valueStart = keyEnd + 12;
+    return valueStart + valueLength <= n ? head.toString("utf8", valueStart, valueStart + valueLength) : undefined;
+  } finally {
+    closeSync(fd);
+  }
+}

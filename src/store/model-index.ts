@@ -1,0 +1,73 @@
+// <root>/index.json: a summary of every manifest in one small file, so listing the store and
+// choosing what to evict read one file instead of all manifests. It is a cache: the manifests
+// are the truth, and when the index is missing, damaged or names a different set of models
+// than the manifests directory holds (a crash between the two writes), it is rebuilt from them.
+// Callers hold the store lock.
+import { readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { readManifestFile, writeJsonAtomic, type ModelManifest } from "./manifest";
+import { indexPath, manifestsDir, modelKey } from "./paths";
+
+export type IndexEntry = Omit<ModelManifest, "files" | "schemaVersion"> & {
+  /** sha256 -> size of the model's blobs (sizes, so the store's total needs no stat calls). */
+  blobs: Record<string, number>;
+};
+
+interface IndexFile {
+  version: 1;
+  models: Record<string, IndexEntry>;
+}
+
+export function indexEntry(manifest: ModelManifest): IndexEntry {
+  const { files, schemaVersion: _, ...summary } = manifest;
+  return { ...summary, blobs: Object.fromEntries(files.map((f) => [f.sha256, f.size])) };
+}
+
+/** Every stored model by name. */
+export function loadIndex(): Map<string, IndexEntry> {
+  const keys = manifestKeys();
+  const stored = readIndexFile();
+  if (stored && sameKeys(stored, keys)) return new Map(Object.entries(stored.models));
+  return rebuildIndex(keys);
+}
+
+export function saveIndex(models: Map<string, IndexEntry>): void {
+  const file: IndexFile = { version: 1, models: Object.fromEntries(models) };
+  writeJsonAtomic(indexPath(), file);
+}
+
+function rebuildIndex(keys: string[]): Map<string, IndexEntry> {
+  const models = new Map<string, IndexEntry>();
+  for (const key of keys) {
+    const manifest = readManifestFile(join(manifestsDir(), `${key}.json`));
+    if (manifest) models.set(manifest.name, indexEntry(manifest));
+  }
+  saveIndex(models);
+  return models;
+}
+
+function readIndexFile(): IndexFile | undefined {
+  try {
+    const file = JSON.parse(readFileSync(indexPath(), "utf8")) as IndexFile;
+    return file.version === 1 && typeof file.models === "object" && file.models !== null ? file : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function manifestKeys(): string[] {
+  try {
+    return readdirSync(manifestsDir())
+      .filter((f) => f.endsWith(".json"))
+      .map((f) => f.slice(0, -".json".length));
+  } catch {
+    return [];
+  }
+}
+
+function sameKeys(file: IndexFile, keys: string[]): boolean {
+  const indexed = Object.keys(file.models).map(modelKey);
+  if (indexed.length !== keys.length) return false;
+  const present = new Set(keys);
+  return indexed.every((k) => present.has(k));
+}

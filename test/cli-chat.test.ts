@@ -1,0 +1,106 @@
+// `mlx chat` in a real terminal: the executable runs in a tmux pane (a pseudo-terminal),
+// driven with keystrokes and read back from the screen. Uses a tiny random-weight model.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { existsSync, mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { writeTinyModel } from "./helpers/tiny-model";
+
+const hasTmux = Bun.spawnSync(["which", "tmux"]).exitCode === 0;
+const root = mkdtempSync(join(tmpdir(), "mlx-chat-"));
+const model = join(root, "tiny");
+const home = join(root, "home");
+const session = `mlx-chat-test-${process.pid}`;
+const main = join(import.meta.dir, "..", "src", "main.ts");
+
+const tmux = (...args: string[]) => Bun.spawnSync(["tmux", ...args], { stderr: "pipe" });
+const screen = () => tmux("capture-pane", "-p", "-t", session).stdout.toString();
+const keys = (...k: string[]) => tmux("send-keys", "-t", session, ...k);
+const alive = () => tmux("has-session", "-t", session).exitCode === 0;
+
+/** Waits until the screen matches, or fails after `ms`. */
+async function waitFor(pattern: RegExp, ms = 20_000): Promise<string> {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    const text = screen();
+    if (pattern.test(text)) return text;
+    await Bun.sleep(100);
+  }
+  throw new Error(`screen never matched ${pattern}:\n${screen()}`);
+}
+
+const promptCount = (text: string) => text.split("\n").filter((l) => l.startsWith(">>>")).length;
+
+describe.skipIf(!hasTmux)("mlx chat in a terminal", () => {
+  beforeAll(() => {
+    writeTinyModel(model);
+    const command = `MLX_HOME='${home}' NO_COLOR=1 '${process.execPath}' '${main}' chat -m '${model}' --max-tokens 100000 --temp 1 --seed 3`;
+    tmux("new-session", "-d", "-s", session, "-x", "150", "-y", "50", command);
+  });
+
+  afterAll(() => {
+    if (alive()) tmux("kill-session", "-t", session);
+  });
+
+  test("greets, answers a typed message, and comes back to the prompt", async () => {
+    await waitFor(/chatting with .*\/help/);
+    await waitFor(/^>>>\s*$/m);
+    keys("/set max_tokens 12", "Enter");
+    await waitFor(/max_tokens = 12/);
+    keys("hello there", "Enter");
+    const text = await waitFor(/>>> hello there\n[\s\S]+\n>>>\s*$/m);
+    expect(promptCount(text)).toBe(3);
+  });
+
+  test("slash commands: /help lists commands, an unknown one points to /help, /show describes the model", async () => {
+    keys("/help", "Enter");
+    await waitFor(/\/stats on\|off/);
+    keys("/nonsense", "Enter");
+    await waitFor(/unknown command '\/nonsense'; \/help lists the commands/);
+    keys("/show", "Enter");
+    await waitFor(/architecture:\s+llama, 2 layers/);
+  });
+
+  test("Ctrl-C in the middle of an answer stops it and returns to the prompt", async () => {
+    keys("/set max_tokens 100000", "Enter");
+    await waitFor(/max_tokens = 100000/);
+    keys("/clear", "Enter");
+    await waitFor(/conversation cleared/);
+    keys("tell me everything", "Enter");
+    await Bun.sleep(1500);
+    keys("C-c");
+    await waitFor(/\(stopped\)\n>>>\s*$/m);
+    expect(alive()).toBe(true);
+  });
+
+  test("Up recalls the previous line; Ctrl-D leaves and history is kept on disk", async () => {
+    keys("Up");
+    await waitFor(/>>> tell me everything$/m);
+    keys("C-u");
+    keys("C-d");
+    const deadline = Date.now() + 10_000;
+    while (alive() && Date.now() < deadline) await Bun.sleep(100);
+    expect(alive()).toBe(false);
+    const history = join(home, "chat_history");
+    expect(existsSync(history)).toBe(true);
+    expect(readFileSync(history, "utf8")).toContain('"hello there"');
+  });
+});
+
+describe("mlx chat with piped input", () => {
+  test("answers each line, runs slash commands, and exits at the end of input", async () => {
+    const piped = join(root, "piped");
+    writeTinyModel(piped);
+    const proc = Bun.spawn([process.execPath, main, "chat", "-m", piped, "--max-tokens", "4"], {
+      stdin: new Blob(["hello\n/set temp 0.5\n/bogus\n\"\"\"\ntwo\nlines\n\"\"\"\n"]),
+      stdout: "pipe",
+      stderr: "pipe",
+      env: { ...process.env, MLX_HOME: home },
+    });
+    const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+    expect(code).toBe(0);
+    expect(stderr).toContain("temp = 0.5");
+    expect(stderr).toContain("unknown command '/bogus'");
+    expect(stdout.trim().split("\n").length).toBe(2); // two answers: "hello" and the fenced block
+  });
+});

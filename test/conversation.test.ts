@@ -1,0 +1,74 @@
+// Conversations keep their KV cache between turns, and make room when the context fills.
+import { beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Conversation } from "../src/engine/conversation";
+import { defaultSampling } from "../src/engine/sampling";
+import { chatTokens } from "../src/engine/prompt";
+import { loadModel, type LoadedModel } from "../src/models/load";
+import { writeTinyModel } from "./helpers/tiny-model";
+
+let lm: LoadedModel;
+let small: LoadedModel;
+
+beforeAll(() => {
+  const root = mkdtempSync(join(tmpdir(), "mlx-conv-"));
+  writeTinyModel(join(root, "tiny"), { contextLength: 4096 });
+  writeTinyModel(join(root, "small"), { contextLength: 160 });
+  lm = loadModel(join(root, "tiny"));
+  small = loadModel(join(root, "small"));
+});
+
+function say(c: Conversation, text: string, maxTokens = 6) {
+  const turn = c.turn(text, { sampling: defaultSampling, maxTokens });
+  let step = turn.next();
+  while (!step.done) step = turn.next();
+  return step.value;
+}
+
+describe("Conversation", () => {
+  test("a follow-up turn prefills only what the cache does not hold", () => {
+    const c = new Conversation(lm, "Be brief.");
+    const first = say(c, "Hello");
+    expect(first.info.reusedTokens).toBe(0);
+    const second = say(c, "And then?");
+    const whole = chatTokens(lm.tokenizer, [{ role: "system", content: "Be brief." }, ...c.messages.slice(0, 3)]);
+    expect(second.info.reusedTokens).toBeGreaterThan(first.result.promptTokenIds.length);
+    expect(second.info.reusedTokens + second.info.newTokens).toBe(whole.length);
+    expect(c.messages.map((m) => m.role)).toEqual(["user", "assistant", "user", "assistant"]);
+    c.dispose();
+  });
+
+  test("the answer with the reused cache equals the answer computed from scratch", () => {
+    const c = new Conversation(lm);
+    say(c, "Hello");
+    const reused = say(c, "Tell me more", 8).result.tokenIds;
+    const fresh = new Conversation(lm);
+    fresh.messages = c.messages.slice(0, 2);
+    const scratch = say(fresh, "Tell me more", 8).result.tokenIds;
+    expect(reused).toEqual(scratch);
+    c.dispose();
+    fresh.dispose();
+  });
+
+  test("when the context fills, the oldest turns are dropped and the system prompt stays", () => {
+    const c = new Conversation(small, "Sys");
+    let dropped = 0;
+    for (let i = 0; i < 8; i++) dropped += say(c, `message number ${i} with several words in it`, 8).info.droppedMessages;
+    expect(dropped).toBeGreaterThan(0);
+    expect(c.messages[0]!.role).toBe("user");
+    expect(c.messages.at(-2)!.content).toContain("message number 7");
+    expect(c.contextUsed).toBeLessThan(160);
+    c.dispose();
+  });
+
+  test("clear forgets the conversation and its cache", () => {
+    const c = new Conversation(lm);
+    say(c, "Hello");
+    c.clear();
+    expect(c.messages).toEqual([]);
+    expect(say(c, "Hello").info.reusedTokens).toBe(0);
+    c.dispose();
+  });
+});
