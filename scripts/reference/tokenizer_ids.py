@@ -18,10 +18,20 @@ independent reference: it rebuilds the tokenizer from the GGUF with its own code
 Run (venv with tokenizers, transformers, gguf; torch is not needed):
   .cache/peers/venv/bin/python scripts/reference/tokenizer_ids.py [--gguf PATH]
 
-Check that a directory of tokenizer files our code wrote (for `mlx convert`) loads in
-tokenizers, transformers and mlx-lm and reproduces the expected ids and chat renderings:
-  node_modules/.bin/bun -e 'import {tokenizerFilesFromGGUF} from "./src/tokenizer/gguf"; ...'
-  .cache/peers/venv/bin/python scripts/reference/tokenizer_ids.py --check-dir DIR
+Check that a directory of tokenizer files our code wrote (what `mlx convert` writes beside the
+weights) loads in tokenizers, transformers and mlx-lm and reproduces the expected ids and chats:
+  node_modules/.bin/bun -e '
+    import { gunzipSync } from "node:zlib"; import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+    import { tokenizerFilesFromGGUF } from "./src/tokenizer/gguf";
+    const meta = JSON.parse(gunzipSync(readFileSync("test/fixtures/tokenizer-smollm2-gguf-meta.json.gz")).toString());
+    const { tokenizerJson, tokenizerConfig } = tokenizerFilesFromGGUF(meta);
+    mkdirSync("/tmp/tokdir", { recursive: true });
+    writeFileSync("/tmp/tokdir/tokenizer.json", JSON.stringify(tokenizerJson));
+    writeFileSync("/tmp/tokdir/tokenizer_config.json", JSON.stringify(tokenizerConfig));'
+  .cache/peers/venv/bin/python scripts/reference/tokenizer_ids.py --check-dir /tmp/tokdir
+
+Check the GGUF expectations against llama.cpp itself (any Python with llama-cpp-python):
+  python scripts/reference/tokenizer_ids.py --check-llama-cpp [--gguf PATH]
 """
 
 import argparse
@@ -362,12 +372,34 @@ def check_dir(directory: Path) -> None:
     sys.exit(1 if failures else 0)
 
 
+def check_llama_cpp(gguf_path: Path) -> None:
+    """Holds the committed expectations to llama.cpp's own tokenizer (needs only llama-cpp-python):
+    for a GGUF, the ids our builder must give are llama.cpp's, "ids_gguf" where present."""
+    from llama_cpp import Llama
+
+    llm = Llama(str(gguf_path), vocab_only=True, verbose=False)
+    fixture = json.loads((FIXTURES / "tokenizer-smollm2-ids.json").read_text(encoding="utf-8"))
+    failures = 0
+    for case in fixture["cases"]:
+        text, want = case["text"], case.get("ids_gguf", case["ids"])
+        got = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True) if text else []
+        detokenized = llm.detokenize(want, special=True).decode("utf-8", errors="replace")
+        if got != want or detokenized != case["decoded"]:
+            failures += 1
+            print(f"MISMATCH {text[:40]!r}: {got[:12]} vs {want[:12]}; {detokenized[:40]!r}")
+    print(f"llama.cpp: {len(fixture['cases'])} texts, {failures} mismatches")
+    sys.exit(1 if failures else 0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gguf", type=Path, default=Path(os.environ.get("MLX_TEST_GGUF", DEFAULT_GGUF)))
     parser.add_argument("--check-dir", type=Path, help="verify a tokenizer directory instead of generating fixtures")
+    parser.add_argument("--check-llama-cpp", action="store_true", help="verify the expected ids with llama-cpp-python")
     args = parser.parse_args()
-    if args.check_dir:
+    if args.check_llama_cpp:
+        check_llama_cpp(args.gguf)
+    elif args.check_dir:
         check_dir(args.check_dir)
     else:
         generate(args.gguf)

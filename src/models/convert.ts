@@ -24,8 +24,9 @@ export function convertGGUF(ggufPath: string, outDir: string, { force = false } 
     if (gguf.tensors.has("rope_freqs")) {
       throw new Error("this GGUF stores precomputed rope frequencies (Llama 3 scaling), which config.json cannot express; run it as a .gguf instead");
     }
-    const { tokenizerJson, tokenizerConfig } = tokenizerFilesFromGGUF(gguf.metadata as Record<string, unknown>);
-    const generationConfig = { bos_token_id: gguf.config.bos_token_id, eos_token_id: gguf.config.eos_token_id };
+    const { tokenizerJson, tokenizerConfig, eosTokenIds } = tokenizerFilesFromGGUF(gguf.metadata as Record<string, unknown>);
+    // Every end-of-generation id (eos, eot, eom), so generation stops where the GGUF says.
+    const generationConfig = { bos_token_id: gguf.config.bos_token_id, eos_token_id: eosTokenIds.length === 1 ? eosTokenIds[0] : eosTokenIds };
 
     // Write everything into a sibling folder first and rename it into place, so an
     // interrupted conversion never leaves a directory that looks complete.

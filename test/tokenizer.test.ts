@@ -1,0 +1,322 @@
+// Tokenizer correctness against Hugging Face's Python stack (fixtures from
+// scripts/reference/tokenizer_ids.py): ids, decodes and chat renderings must match exactly.
+import { describe, expect, test } from "bun:test";
+import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeFileSync, existsSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { gunzipSync } from "node:zlib";
+import { Tokenizer } from "../src/tokenizer/tokenizer";
+import { tokenizerFilesFromGGUF } from "../src/tokenizer/gguf";
+
+const FIXTURES = join(import.meta.dir, "fixtures");
+
+interface Case {
+  text: string;
+  ids: number[];
+  /** Present where the model's own pre-tokenizer gives other ids than transformers' GGUF conversion. */
+  ids_gguf?: number[];
+  /** Where another GGUF pre type (llama-bpe, qwen2) splits differently: its ids on this vocabulary. */
+  ids_pre?: Record<string, number[]>;
+  decoded: string;
+  decoded_skip_special: string;
+}
+interface Chat {
+  messages: { role: string; content: string }[];
+  add_generation_prompt: boolean;
+  expected: string;
+}
+interface Fixture {
+  hf_tokenizer_file: string;
+  hf_tokenizer_config: Record<string, unknown>;
+  cases: Case[];
+  chats: Chat[];
+}
+
+const fixture: Fixture = JSON.parse(readFileSync(join(FIXTURES, "tokenizer-smollm2-ids.json"), "utf8"));
+const readGzJson = (name: string) => JSON.parse(gunzipSync(readFileSync(join(FIXTURES, name))).toString("utf8"));
+const hfTokenizerJson = readGzJson(fixture.hf_tokenizer_file);
+const fixtureMeta: Record<string, unknown> = readGzJson("tokenizer-smollm2-gguf-meta.json.gz");
+
+// The GGUF itself when we have it (dev machines), the committed metadata extract otherwise (CI).
+const ggufPath = [process.env.MLX_TEST_GGUF, join(import.meta.dir, "..", ".cache/dev/SmolLM2-135M-Instruct.Q4_1.gguf")].find(
+  (p): p is string => !!p && existsSync(p),
+);
+const ggufMeta = ggufPath ? readGGUFMetadata(ggufPath) : fixtureMeta;
+
+const hfTok = new Tokenizer(hfTokenizerJson, fixture.hf_tokenizer_config);
+const ggufTok = Tokenizer.fromGGUFMetadata(ggufMeta);
+
+// Building a 49k-token tokenizer takes ~0.5 s on a slow machine; tests that build several get room.
+const SLOW = 60_000;
+
+const label = (text: string) => JSON.stringify(text.length > 40 ? `${text.slice(0, 40)}…` : text);
+
+describe("tokenizer.json from transformers' GGUF conversion", () => {
+  for (const c of fixture.cases) {
+    test(`encode ${label(c.text)}`, () => {
+      expect(hfTok.encode(c.text)).toEqual(c.ids);
+    });
+  }
+  test("decode matches Python tokenizers", () => {
+    for (const c of fixture.cases) {
+      expect(hfTok.decode(c.ids)).toBe(c.decoded);
+      expect(hfTok.decode(c.ids, { skipSpecialTokens: true })).toBe(c.decoded_skip_special);
+    }
+  });
+});
+
+describe(`tokenizer built from GGUF metadata (${ggufPath ? "the GGUF file" : "committed fixture"})`, () => {
+  if (ggufPath) {
+    test("committed metadata fixture matches the GGUF file", () => {
+      const fromFile = Object.fromEntries(Object.keys(fixtureMeta).map((k) => [k, ggufMeta[k]]));
+      expect(fromFile).toEqual(fixtureMeta);
+    });
+  }
+  for (const c of fixture.cases) {
+    test(`encode ${label(c.text)}`, () => {
+      expect(ggufTok.encode(c.text)).toEqual(c.ids_gguf ?? c.ids);
+    });
+  }
+  test("decode matches Python tokenizers", () => {
+    for (const c of fixture.cases) {
+      expect(ggufTok.decode(c.ids)).toBe(c.decoded);
+      expect(ggufTok.decode(c.ids, { skipSpecialTokens: true })).toBe(c.decoded_skip_special);
+    }
+  });
+  test("only non-ASCII numerals differ from transformers (it ignores tokenizer.ggml.pre = smollm)", () => {
+    const differing = fixture.cases.filter((c) => c.ids_gguf).map((c) => c.text);
+    for (const text of differing) expect(text).toMatch(/[^\x00-\x7f]/);
+    for (const text of differing) expect(text).toMatch(/(?![0-9])\p{N}/u);
+  });
+  test("vocabulary, merges and added tokens equal transformers' conversion", () => {
+    const ours = tokenizerFilesFromGGUF(ggufMeta).tokenizerJson as any;
+    expect(ours.model.vocab).toEqual(hfTokenizerJson.model.vocab);
+    expect(ours.model.merges).toEqual(hfTokenizerJson.model.merges);
+    const summary = (t: any) => t.added_tokens.map((a: any) => [a.id, a.content, a.special]);
+    expect(summary(ours)).toEqual(summary(hfTokenizerJson));
+  }, SLOW);
+  test("special ids and sizes", () => {
+    expect([...ggufTok.eosTokenIds]).toEqual([2]);
+    expect(ggufTok.bosTokenId).toBe(1);
+    expect(ggufTok.vocabSize).toBe(49152);
+    expect(ggufTok.idToToken(1)).toBe("<|im_start|>");
+    expect(ggufTok.idToToken(28120)).toBe("hello");
+    expect(ggufTok.isSpecial(2)).toBe(true);
+    expect(ggufTok.isSpecial(28120)).toBe(false);
+    expect(ggufTok.config.add_bos_token).toBe(false);
+    expect(ggufTok.config.model_max_length).toBe(8192);
+  });
+});
+
+// Other pre types on the same vocabulary, against Rust tokenizers with transformers' split patterns:
+// holds the JS regex translation and llama3's ignore_merges to the Rust behaviour.
+for (const pre of ["llama-bpe", "qwen2"]) {
+  test(`pre type ${pre} matches Rust tokenizers`, () => {
+    const tok = Tokenizer.fromGGUFMetadata({ ...ggufMeta, "tokenizer.ggml.pre": pre });
+    for (const c of fixture.cases) expect(tok.encode(c.text)).toEqual(c.ids_pre?.[pre] ?? c.ids_gguf ?? c.ids);
+  }, SLOW);
+}
+
+describe("decode round-trips", () => {
+  for (const [name, tok] of [["transformers json", hfTok], ["GGUF-built", ggufTok]] as const) {
+    test(name, () => {
+      for (const c of fixture.cases) expect(tok.decode(tok.encode(c.text))).toBe(c.text);
+    });
+  }
+  test("empty input and unknown ids", () => {
+    expect(ggufTok.encode("")).toEqual([]);
+    expect(ggufTok.decode([])).toBe("");
+    // ids past the vocabulary (padding rows of a bigger embedding) are dropped, as in Rust tokenizers
+    expect(ggufTok.decode([28120, 60000, 905])).toBe(ggufTok.decode([28120, 905]));
+  });
+  test("special tokens are skipped only on request", () => {
+    const ids = ggufTok.encode("<|im_start|>user\nhi<|im_end|>");
+    expect(ids[0]).toBe(1);
+    expect(ggufTok.decode(ids)).toBe("<|im_start|>user\nhi<|im_end|>");
+    expect(ggufTok.decode(ids, { skipSpecialTokens: true })).toBe("user\nhi");
+  });
+});
+
+describe("chat template", () => {
+  for (const [name, tok] of [["transformers json", hfTok], ["GGUF-built", ggufTok]] as const) {
+    for (const chat of fixture.chats) {
+      const roles = chat.messages.map((m) => m.role).join(",");
+      test(`${name}: ${roles} (add_generation_prompt=${chat.add_generation_prompt})`, () => {
+        expect(tok.applyChatTemplate(chat.messages, { addGenerationPrompt: chat.add_generation_prompt })).toBe(chat.expected);
+      });
+    }
+  }
+  test("special tokens, tools and extra variables reach the template", () => {
+    const { tokenizerJson, tokenizerConfig } = tokenizerFilesFromGGUF(ggufMeta);
+    const template =
+      "{{ bos_token }}|{{ eos_token }}|{{ pad_token }}|{{ unk_token }}|" +
+      "{% if tools is not none %}{{ tools | length }} tools{% else %}no tools{% endif %}|" +
+      "{{ enable_thinking }}|{% if add_generation_prompt %}gen{% endif %}";
+    const tok = new Tokenizer(tokenizerJson, { ...tokenizerConfig, chat_template: template });
+    expect(tok.applyChatTemplate([], { extra: { enable_thinking: false } })).toBe(
+      "<|im_start|>|<|im_end|>|<|im_end|>|<|endoftext|>|no tools|false|gen",
+    );
+    expect(tok.applyChatTemplate([], { tools: [{ type: "function" }], addGenerationPrompt: false, extra: { enable_thinking: true } })).toBe(
+      "<|im_start|>|<|im_end|>|<|im_end|>|<|endoftext|>|1 tools|true|",
+    );
+  }, SLOW);
+  test("no template → clear error", () => {
+    const { tokenizerJson, tokenizerConfig } = tokenizerFilesFromGGUF(ggufMeta);
+    const tok = new Tokenizer(tokenizerJson, { ...tokenizerConfig, chat_template: undefined });
+    expect(() => tok.applyChatTemplate([{ role: "user", content: "hi" }])).toThrow("no chat template");
+  }, SLOW);
+});
+
+describe("BOS handling", () => {
+  const withBos = (flag: boolean) => Tokenizer.fromGGUFMetadata({ ...ggufMeta, "tokenizer.ggml.add_bos_token": flag });
+  test("adds BOS only when the metadata says so", () => {
+    expect(withBos(true).encode("Hello")).toEqual([1, ...ggufTok.encode("Hello")]);
+    expect(withBos(true).encode("Hello", { addSpecialTokens: false })).toEqual(ggufTok.encode("Hello"));
+    expect(withBos(false).encode("Hello")[0]).not.toBe(1);
+  }, SLOW);
+  test("tokenizer_config add_bos_token overrides tokenizer.json's post-processor, as in transformers", () => {
+    const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, add_bos_token: true });
+    expect(tok.encode("Hello")).toEqual([1, ...hfTok.encode("Hello")]);
+  }, SLOW);
+});
+
+describe("fromDirectory", () => {
+  const withDir = (files: Record<string, string>, fn: (dir: string) => void) => {
+    const dir = mkdtempSync(join(tmpdir(), "mlx-tok-"));
+    try {
+      for (const [name, content] of Object.entries(files)) writeFileSync(join(dir, name), content);
+      fn(dir);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  };
+  const { tokenizerJson, tokenizerConfig } = tokenizerFilesFromGGUF(ggufMeta);
+
+  test("reads tokenizer.json, tokenizer_config.json and eos ids from generation_config/config", () => {
+    withDir(
+      {
+        "tokenizer.json": JSON.stringify(tokenizerJson),
+        "tokenizer_config.json": JSON.stringify(tokenizerConfig),
+        "generation_config.json": JSON.stringify({ eos_token_id: [2, 0] }),
+        "config.json": JSON.stringify({ eos_token_id: 5 }),
+      },
+      (dir) => {
+        const tok = Tokenizer.fromDirectory(dir);
+        expect([...tok.eosTokenIds].sort((a, b) => a - b)).toEqual([0, 2, 5]);
+        for (const c of fixture.cases) expect(tok.encode(c.text)).toEqual(c.ids_gguf ?? c.ids);
+        expect(tok.applyChatTemplate(fixture.chats[0]!.messages)).toBe(fixture.chats[0]!.expected);
+      },
+    );
+  }, SLOW);
+  test("chat_template.jinja beside the config wins (transformers v5 layout)", () => {
+    withDir(
+      {
+        "tokenizer.json": JSON.stringify(tokenizerJson),
+        "tokenizer_config.json": JSON.stringify(tokenizerConfig),
+        "chat_template.jinja": "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}",
+      },
+      (dir) => {
+        expect(Tokenizer.fromDirectory(dir).applyChatTemplate([{ role: "user", content: "hi" }])).toBe("[user]hi");
+      },
+    );
+  }, SLOW);
+  test("missing tokenizer.json", () => {
+    withDir({}, (dir) => expect(() => Tokenizer.fromDirectory(dir)).toThrow(`no tokenizer.json in ${dir}`));
+  });
+  test("corrupt tokenizer.json", () => {
+    withDir({ "tokenizer.json": '{"model": ' }, (dir) => {
+      expect(() => Tokenizer.fromDirectory(dir)).toThrow(/^tokenizer\.json is corrupt \(.*\): [^\n]+$/);
+    });
+    withDir({ "tokenizer.json": "[1, 2]" }, (dir) => {
+      expect(() => Tokenizer.fromDirectory(dir)).toThrow("tokenizer.json is corrupt");
+    });
+    withDir({ "tokenizer.json": '{"model": {"type": "Nope"}}' }, (dir) => {
+      expect(() => Tokenizer.fromDirectory(dir)).toThrow(`cannot load tokenizer.json in ${dir}`);
+    });
+  });
+});
+
+describe("tokenizerFilesFromGGUF", () => {
+  test("rejects SentencePiece and unknown pre-tokenizers, naming what is supported", () => {
+    expect(() => tokenizerFilesFromGGUF({ ...ggufMeta, "tokenizer.ggml.model": "llama" })).toThrow(
+      'unsupported GGUF tokenizer model "llama"; supported: gpt2',
+    );
+    expect(() => tokenizerFilesFromGGUF({ ...ggufMeta, "tokenizer.ggml.pre": "chatglm-bpe" })).toThrow(
+      /unsupported GGUF pre-tokenizer "chatglm-bpe".*supported: .*smollm.*llama-bpe.*qwen2/,
+    );
+  }, SLOW);
+  test("pre types map to the models' own split rules", () => {
+    const pre = (type: string) => (tokenizerFilesFromGGUF({ ...ggufMeta, "tokenizer.ggml.pre": type }).tokenizerJson as any);
+    expect(pre("gpt2").pre_tokenizer).toEqual({ type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: true });
+    const llama3 = pre("llama-bpe");
+    expect(llama3.model.ignore_merges).toBe(true);
+    expect(llama3.pre_tokenizer.pretokenizers[0].pattern.Regex).toContain("\\p{N}{1,3}");
+    expect(pre("qwen2").pre_tokenizer.pretokenizers[0].pattern.Regex).toContain("|\\p{N}|");
+    // Every supported variant must load and encode.
+    for (const type of ["default", "gpt2", "smollm", "llama-bpe", "llama3", "qwen2"]) {
+      const tok = Tokenizer.fromGGUFMetadata({ ...ggufMeta, "tokenizer.ggml.pre": type });
+      expect(tok.decode(tok.encode("Hello, world 12345 ²"))).toBe("Hello, world 12345 ²");
+    }
+  }, SLOW);
+  test("user-defined tokens become non-special added tokens; eot joins the eos ids", () => {
+    const types = [...(ggufMeta["tokenizer.ggml.token_type"] as number[])];
+    types[28120] = 4; // "hello"
+    const files = tokenizerFilesFromGGUF({ ...ggufMeta, "tokenizer.ggml.token_type": types, "tokenizer.ggml.eot_token_id": 0 });
+    const added = (files.tokenizerJson as any).added_tokens.find((t: any) => t.id === 28120);
+    expect(added).toMatchObject({ content: "hello", special: false });
+    expect(files.eosTokenIds).toEqual([2, 0]);
+  }, SLOW);
+});
+
+/**
+ * Minimal GGUF metadata reader (key/value section only), so this test reads the file with code
+ * independent of the engine's loader. Format: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md
+ */
+function readGGUFMetadata(path: string): Record<string, unknown> {
+  const fd = openSync(path, "r");
+  try {
+    const buf = Buffer.alloc(64 << 20); // metadata sits at the front; 64 MiB covers large vocabularies
+    const len = readSync(fd, buf, 0, buf.length, 0);
+    let pos = 0;
+    const u32 = () => ((pos += 4), buf.readUInt32LE(pos - 4));
+    const u64 = () => ((pos += 8), Number(buf.readBigUInt64LE(pos - 8)));
+    const string = () => {
+      const n = u64();
+      return ((pos += n), buf.toString("utf8", pos - n, pos));
+    };
+    const value = (type: number): unknown => {
+      switch (type) {
+        case 0: return buf.readUInt8(pos++);
+        case 1: return buf.readInt8(pos++);
+        case 2: return ((pos += 2), buf.readUInt16LE(pos - 2));
+        case 3: return ((pos += 2), buf.readInt16LE(pos - 2));
+        case 4: return u32();
+        case 5: return ((pos += 4), buf.readInt32LE(pos - 4));
+        case 6: return ((pos += 4), buf.readFloatLE(pos - 4));
+        case 7: return buf.readUInt8(pos++) !== 0;
+        case 8: return string();
+        case 9: {
+          const itemType = u32();
+          return Array.from({ length: u64() }, () => value(itemType));
+        }
+        case 10: return u64();
+        case 11: return ((pos += 8), Number(buf.readBigInt64LE(pos - 8)));
+        case 12: return ((pos += 8), buf.readDoubleLE(pos - 8));
+        default: throw new Error(`GGUF value type ${type}`);
+      }
+    };
+    if (buf.toString("latin1", 0, 4) !== "GGUF") throw new Error(`${path} is not a GGUF file`);
+    pos = 8; // magic, version
+    u64(); // tensor count
+    const count = u64();
+    const meta: Record<string, unknown> = {};
+    for (let i = 0; i < count; i++) {
+      const key = string();
+      meta[key] = value(u32());
+      if (pos > len) throw new Error(`GGUF metadata of ${path} is larger than the read window`);
+    }
+    return meta;
+  } finally {
+    closeSync(fd);
+  }
+}
