@@ -42,10 +42,12 @@ export function* tokenLoop(model: DecoderModel, caches: KVCache[], prompt: numbe
   o.onPrefill?.(0, prompt.length);
   while (remaining.length > 1) {
     const chunk = remaining.slice(0, Math.min(stepSize, remaining.length - 1));
+    // Build the graph in a scope and evaluate after it: once the scope has dropped our
+    // handles on the intermediates, MLX can free each one as soon as it is consumed.
     mx.scope(() => {
       model.layers(model.embed(tokens(chunk)), caches);
-      mx.evaluate(...cacheState(caches));
     });
+    mx.evaluate(...cacheState(caches));
     history.push(...chunk);
     done += chunk.length;
     o.onPrefill?.(done, prompt.length);
