@@ -12,6 +12,9 @@ const model = join(root, "tiny");
 const home = join(root, "home");
 const session = `mlx-chat-test-${process.pid}`;
 const main = join(import.meta.dir, "..", "src", "main.ts");
+// The compiled executable when setup built it (as users run it), else the same code from source.
+const executable = join(import.meta.dir, "..", "dist", "mlx");
+const mlxCommand = existsSync(executable) ? `'${executable}'` : `'${process.execPath}' '${main}'`;
 
 const tmux = (...args: string[]) => Bun.spawnSync(["tmux", ...args], { stderr: "pipe" });
 const screen = () => tmux("capture-pane", "-p", "-t", session).stdout.toString();
@@ -34,7 +37,7 @@ const promptCount = (text: string) => text.split("\n").filter((l) => l.startsWit
 describe.skipIf(!hasTmux)("mlx chat in a terminal", () => {
   beforeAll(() => {
     writeTinyModel(model);
-    const command = `MLX_HOME='${home}' NO_COLOR=1 '${process.execPath}' '${main}' chat -m '${model}' --max-tokens 100000 --temp 1 --seed 3`;
+    const command = `MLX_HOME='${home}' NO_COLOR=1 ${mlxCommand} chat -m '${model}' --max-tokens 100000 --temp 1 --seed 3 --stats`;
     tmux("new-session", "-d", "-s", session, "-x", "150", "-y", "50", command);
   });
 
@@ -50,6 +53,15 @@ describe.skipIf(!hasTmux)("mlx chat in a terminal", () => {
     keys("hello there", "Enter");
     const text = await waitFor(/>>> hello there\n[\s\S]+\n>>>\s*$/m);
     expect(promptCount(text)).toBe(3);
+  });
+
+  test("a bracketed paste of several lines is one message", async () => {
+    tmux("set-buffer", "-b", session, "pasted one\npasted two");
+    tmux("paste-buffer", "-p", "-b", session, "-t", session);
+    await waitFor(/>>> pasted one↵pasted two/);
+    keys("Enter");
+    const text = await waitFor(/>>> pasted one↵pasted two\n[\s\S]*tokens\/s[^\n]*\n>>>\s*$/m);
+    expect(text).not.toMatch(/>>> pasted two/);
   });
 
   test("slash commands: /help lists commands, an unknown one points to /help, /show describes the model", async () => {
@@ -69,7 +81,7 @@ describe.skipIf(!hasTmux)("mlx chat in a terminal", () => {
     keys("tell me everything", "Enter");
     await Bun.sleep(1500);
     keys("C-c");
-    await waitFor(/\(stopped\)\n>>>\s*$/m);
+    await waitFor(/\(stopped\)\n(.*tokens\/s.*\n)?>>>\s*$/m);
     expect(alive()).toBe(true);
   });
 

@@ -2,11 +2,14 @@
 // multi-line input between """ fences, bracketed paste, and Ctrl-C / Ctrl-D at the prompt.
 // When stdin is not a terminal, it reads plain lines.
 import { createInterface, type Interface } from "node:readline";
+import { Transform, type TransformCallback } from "node:stream";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 
 const pasteStart = "\x1b[200~";
 const pasteEnd = "\x1b[201~";
+// Stands for a newline inside a paste while readline edits it as one line (shown as ↵).
+const pastedNewline = "\u21b5";
 const fence = '"""';
 const historyLimit = 1000;
 
@@ -21,7 +24,7 @@ export class LineInput {
   constructor(private readonly historyFile: string) {
     this.interactive = Boolean(process.stdin.isTTY && process.stdout.isTTY);
     this.#rl = createInterface({
-      input: process.stdin,
+      input: this.interactive ? pasteAwareStdin() : process.stdin,
       output: this.interactive ? process.stdout : undefined,
       terminal: this.interactive,
       history: this.interactive ? loadHistory(historyFile) : [],
@@ -65,22 +68,20 @@ export class LineInput {
   async read(prompt = ">>> ", continuation = "... "): Promise<string | null> {
     const first = await this.#nextLine(prompt);
     if (first === null) return null;
-    if (first.includes(pasteStart)) return this.#collect(first.replace(pasteStart, ""), pasteEnd, continuation, false);
-    if (first.trimStart().startsWith(fence)) return this.#collect(first.trimStart().slice(fence.length), fence, continuation, true);
-    return first.replaceAll(pasteEnd, "");
+    if (first.trimStart().startsWith(fence)) return this.#fenced(first.trimStart().slice(fence.length), continuation);
+    return first.replaceAll(pastedNewline, "\n");
   }
 
-  async #collect(firstLine: string, end: string, continuation: string, trimEnd: boolean): Promise<string | null> {
+  async #fenced(firstLine: string, continuation: string): Promise<string | null> {
     const lines: string[] = [];
     let line: string | null = firstLine;
     while (line !== null) {
-      const at = trimEnd ? line.trimEnd().lastIndexOf(end) : line.indexOf(end);
-      if (at >= 0 && (trimEnd ? line.trimEnd().endsWith(end) : true)) {
-        lines.push(line.slice(0, at));
+      if (line.trimEnd().endsWith(fence)) {
+        lines.push(line.trimEnd().slice(0, -fence.length));
         break;
       }
       lines.push(line);
-      line = await this.#nextLine(this.interactive && !trimEnd ? "" : continuation);
+      line = await this.#nextLine(continuation);
     }
     return lines.join("\n").trim();
   }
@@ -89,12 +90,14 @@ export class LineInput {
   pauseForAnswer(): void {
     if (this.#closed) return;
     this.#rl.pause();
+    process.stdin.pause();
     if (this.interactive) process.stdin.setRawMode(false);
   }
 
   resumeAfterAnswer(): void {
     if (this.#closed) return;
     if (this.interactive) process.stdin.setRawMode(true);
+    process.stdin.resume();
     this.#rl.resume();
   }
 
@@ -104,7 +107,39 @@ export class LineInput {
       saveHistory(this.historyFile, (this.#rl as unknown as { history: string[] }).history ?? []);
     }
     if (!this.#closed) this.#rl.close();
+    // Let go of the terminal so the process can exit.
+    process.stdin.unpipe();
+    process.stdin.pause();
   }
+}
+
+/**
+ * stdin as readline should see it: a bracketed paste (the terminal wraps it in ESC[200~ …
+ * ESC[201~) becomes one line, its newlines replaced by a placeholder, so pasting a block
+ * does not send each of its lines as a message.
+ */
+function pasteAwareStdin(): NodeJS.ReadableStream {
+  let pasting = false;
+  const transform = new Transform({
+    transform(chunk: Buffer, _encoding: string, done: TransformCallback) {
+      let text = chunk.toString("utf8");
+      let out = "";
+      while (text.length > 0) {
+        const marker = pasting ? pasteEnd : pasteStart;
+        const at = text.indexOf(marker);
+        const part = at < 0 ? text : text.slice(0, at);
+        out += pasting ? part.replace(/\r\n|\r|\n/g, pastedNewline) : part;
+        if (at < 0) break;
+        pasting = !pasting;
+        text = text.slice(at + marker.length);
+      }
+      done(null, out);
+    },
+  });
+  // readline drives the terminal through its input: forward what it needs to the real stdin.
+  Object.assign(transform, { isTTY: true, setRawMode: (mode: boolean) => process.stdin.setRawMode(mode) });
+  process.stdin.pipe(transform);
+  return transform;
 }
 
 function loadHistory(file: string): string[] {
