@@ -5,7 +5,7 @@ import * as mx from "../mlx";
 import type { LoadedModel } from "../models/load";
 import type { KVCache } from "../models";
 import { createDetokenizer } from "../tokenizer/detokenizer";
-import { tokenLoop } from "./generate";
+import { tokenLoop, type TokenLoopOptions } from "./generate";
 import type { SamplingParams } from "./sampling";
 import { StopMatcher } from "./stop";
 
@@ -18,6 +18,7 @@ export interface CompletionOptions {
   signal?: AbortSignal;
   prefillStepSize?: number;
   onPrefill?: (done: number, total: number) => void;
+  logitsProcessors?: TokenLoopOptions["logitsProcessors"];
 }
 
 export interface CompletionStats {
@@ -81,6 +82,7 @@ export function* complete(lm: LoadedModel, caches: KVCache[], promptIds: number[
     maxTokens,
     prefillStepSize: o.prefillStepSize,
     onPrefill: o.onPrefill,
+    logitsProcessors: o.logitsProcessors,
   });
   for (const { token } of loop) {
     if (tokenIds.length === 0) firstTokenAt = performance.now();

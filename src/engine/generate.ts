@@ -5,7 +5,7 @@
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import { cacheState, type DecoderModel, type KVCache } from "../models";
-import { makeSampler, penalizeRepetition, type SamplingParams } from "./sampling";
+import { makeSampler, repetitionPenalty, type LogitsProcessor, type SamplingParams } from "./sampling";
 
 export interface GeneratedToken {
   token: number;
@@ -24,6 +24,11 @@ export interface TokenLoopOptions {
   keepLogprobs?: boolean;
   /** Called after each prefill chunk with (done, total). */
   onPrefill?: (done: number, total: number) => void;
+  /**
+   * Adjust each step's logits [1, vocab] given every token so far (prompt and generated),
+   * e.g. a grammar's allowed-token mask. Runs after the repetition penalty, if any.
+   */
+  logitsProcessors?: LogitsProcessor[];
 }
 
 /**
@@ -56,16 +61,18 @@ export function* tokenLoop(model: DecoderModel, caches: KVCache[], prompt: numbe
 
   // One step: the last position's logits → (token, its logprob, the logprobs row), all left
   // unevaluated, so one async evaluation computes them together.
-  // Without a repetition penalty the input can be the previous step's unevaluated token,
-  // so the next graph is built while MLX still computes the current one.
-  const penalize = o.sampling.repetitionPenalty !== 1;
+  // Without logits processors the input can be the previous step's unevaluated token, so the
+  // next graph is built while MLX still computes the current one; processors need the
+  // previous token on the host first.
+  const processors = [...(o.sampling.repetitionPenalty !== 1 ? [repetitionPenalty(o.sampling)] : []), ...(o.logitsProcessors ?? [])];
+  const hostTokens = processors.length > 0;
   const step = (input: number[] | MxArray): Step =>
     mx.scope(() => {
       const ids = Array.isArray(input) ? tokens(input) : mx.reshape(input, [1, -1]);
       const hidden = model.layers(model.embed(ids), caches);
       const last = mx.slice(hidden, [0, hidden.shape[1]! - 1], [1, hidden.shape[1]!]);
       let logits = mx.reshape(model.head(last), [1, -1]);
-      if (penalize) logits = penalizeRepetition(logits, history.slice(-o.sampling.repetitionContext), o.sampling.repetitionPenalty);
+      for (const process of processors) logits = process(history, logits);
       const logprobs = mx.subtract(logits, mx.logsumexp(logits, undefined, true));
       const token = sample(logprobs);
       const chosen = mx.takeAlongAxis(logprobs, mx.reshape(token, [1, 1]), -1);
@@ -79,11 +86,11 @@ export function* tokenLoop(model: DecoderModel, caches: KVCache[], prompt: numbe
     for (let n = 0; n < o.maxTokens; n++) {
       let next: Step | undefined;
       const more = n + 1 < o.maxTokens;
-      if (more && !penalize) next = step(y);
+      if (more && !hostTokens) next = step(y);
       const token = y.item();
       const logprob = chosen.item();
       history.push(token);
-      if (more && penalize) next = step([token]);
+      if (more && hostTokens) next = step([token]);
       if (next) mx.asyncEvaluate(...next);
       y.free();
       chosen.free();

@@ -38,6 +38,14 @@ export function validateSampling(p: SamplingParams): void {
   if (p.seed !== undefined && !Number.isInteger(p.seed)) fail(`seed must be a whole number (got ${p.seed})`);
 }
 
+/** Adjusts logits [1, vocab] given every token so far (prompt and generated), as mlx-lm's logits processors do. */
+export type LogitsProcessor = (history: readonly number[], logits: MxArray) => MxArray;
+
+/** The repetition penalty as a logits processor over the last `repetitionContext` tokens. */
+export function repetitionPenalty(p: SamplingParams): LogitsProcessor {
+  return (history, logits) => penalizeRepetition(logits, history.slice(-p.repetitionContext), p.repetitionPenalty);
+}
+
 /** Applies the repetition penalty in place of the logits of recently seen tokens. */
 export function penalizeRepetition(logits: MxArray, recent: number[], penalty: number): MxArray {
   if (penalty === 1 || recent.length === 0) return logits;
