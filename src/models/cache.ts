@@ -4,12 +4,34 @@
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 
-export class KVCache {
+export type Mask = "causal" | MxArray | undefined;
+
+/** What attention needs from a cache, for one sequence or a batch of them. */
+export interface AttentionCache {
+  /** Positions held so far (for a batch: including left padding). */
+  readonly offset: number;
+  /** The rotary position of the next token: one number, or one per batch row. */
+  readonly ropeOffset: number | MxArray;
+  /** The attention mask for `length` new positions. */
+  attentionMask(length: number): Mask;
+  updateAndFetch(keys: MxArray, values: MxArray): [MxArray, MxArray];
+}
+
+export class KVCache implements AttentionCache {
   keys?: MxArray;
   values?: MxArray;
   offset = 0;
 
   constructor(readonly step = 256) {}
+
+  get ropeOffset(): number {
+    return this.offset;
+  }
+
+  /** A single sequence needs only causal masking, and none for one new token. */
+  attentionMask(length: number): Mask {
+    return length > 1 ? "causal" : undefined;
+  }
 
   /** Appends keys/values [B, H, L, D] and returns the cache's valid part, [B, H, offset + L, D]. */
   updateAndFetch(keys: MxArray, values: MxArray): [MxArray, MxArray] {

@@ -6,7 +6,7 @@ import type { ModelConfig } from "./config";
 import { embedding, linear, rmsNorm, Weights } from "./layers";
 import { decoder, type Block, type DecoderModel, type Mask } from "./model";
 import { initializeRope } from "./rope";
-import type { KVCache } from "./cache";
+import type { AttentionCache } from "./cache";
 
 export interface AttentionOptions {
   /** Qwen3 normalises each head's queries and keys before the rotary embedding. */
@@ -36,13 +36,13 @@ export function attention(w: Weights, prefix: string, c: ModelConfig, options: A
     return mx.transpose(norm ? norm(split) : split, [0, 2, 1, 3]);
   };
 
-  return (x: MxArray, mask: Mask, cache: KVCache): MxArray => {
+  return (x: MxArray, mask: Mask, cache: AttentionCache): MxArray => {
     const [b, l] = x.shape as [number, number];
     let queries = heads(qProj(x), c.numAttentionHeads, qNorm);
     let keys = heads(kProj(x), c.numKeyValueHeads, kNorm);
     let values = heads(vProj(x), c.numKeyValueHeads);
-    queries = rope(queries, cache.offset);
-    keys = rope(keys, cache.offset);
+    queries = rope(queries, cache.ropeOffset);
+    keys = rope(keys, cache.ropeOffset);
     [keys, values] = cache.updateAndFetch(keys, values);
     const out = mx.fast.scaledDotProductAttention(queries, keys, values, scale, mask);
     return oProj(mx.reshape(mx.transpose(out, [0, 2, 1, 3]), [b, l, -1]));

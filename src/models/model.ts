@@ -3,12 +3,12 @@
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { ModelConfig } from "./config";
-import { KVCache } from "./cache";
+import { KVCache, type AttentionCache, type Mask } from "./cache";
 
-export type Mask = "causal" | MxArray | undefined;
+export type { Mask };
 
 /** One transformer block: h [B, L, D] → h [B, L, D], reading and extending its cache. */
-export type Block = (h: MxArray, mask: Mask, cache: KVCache) => MxArray;
+export type Block = (h: MxArray, mask: Mask, cache: AttentionCache) => MxArray;
 
 export interface DecoderModel {
   readonly config: ModelConfig;
@@ -16,7 +16,7 @@ export interface DecoderModel {
   /** Token ids [B, L] → hidden states [B, L, D]. */
   embed(ids: MxArray): MxArray;
   /** Runs blocks [start, end) with their caches (caches[i] belongs to block i). */
-  layers(h: MxArray, caches: KVCache[], start?: number, end?: number): MxArray;
+  layers(h: MxArray, caches: AttentionCache[], start?: number, end?: number): MxArray;
   /** Final norm and output projection: hidden states → logits [B, L, vocab]. */
   head(h: MxArray): MxArray;
 }
@@ -36,7 +36,8 @@ export function decoder(parts: DecoderParts): DecoderModel {
     embed: parts.embed,
     head: parts.head,
     layers(h, caches, start = 0, end = parts.blocks.length) {
-      const mask: Mask = h.shape[1]! > 1 ? "causal" : undefined;
+      // Every layer's cache holds the same positions, so one mask serves them all.
+      const mask = caches[start]!.attentionMask(h.shape[1]!);
       for (let i = start; i < end; i++) h = parts.blocks[i]!(h, mask, caches[i]!);
       return h;
     },
@@ -44,7 +45,7 @@ export function decoder(parts: DecoderParts): DecoderModel {
 }
 
 /** The whole forward pass: ids [B, L] → logits [B, L, vocab]. */
-export function forward(model: DecoderModel, ids: MxArray, caches: KVCache[]): MxArray {
+export function forward(model: DecoderModel, ids: MxArray, caches: AttentionCache[]): MxArray {
   return model.head(model.layers(model.embed(ids), caches));
 }
 
@@ -56,5 +57,5 @@ export function freeCaches(caches: KVCache[]): void {
   for (const c of caches) c.free();
 }
 
-export const cacheState = (caches: KVCache[]): MxArray[] => caches.flatMap((c) => c.state);
+export const cacheState = (caches: { state: MxArray[] }[]): MxArray[] => caches.flatMap((c) => c.state);
 export { mx };

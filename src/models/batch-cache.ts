@@ -1,0 +1,82 @@
+// A key/value cache for a batch of sequences of different lengths, for continuous batching.
+// Rows are left-padded so every sequence's newest position is the same column: one decode
+// step appends one column for all. Each row's rotary positions skip its padding, and the
+// attention mask hides it. Sequences join (extend) and leave (keepRows) between steps.
+import * as mx from "../mlx";
+import type { MxArray } from "../mlx";
+import { KVCache, type Mask } from "./cache";
+
+export class BatchKVCache extends KVCache {
+  /** Padding columns at the left of each row. */
+  leftPadding: number[] = [];
+
+  get batchSize(): number {
+    return this.leftPadding.length;
+  }
+
+  /** Row b's next rotary position: the columns it really holds. */
+  override get ropeOffset(): MxArray {
+    return mx.array(Int32Array.from(this.leftPadding, (pad) => this.offset - pad));
+  }
+
+  /** [B, 1, L, offset + L]: causal, and never a row's padding. */
+  override attentionMask(length: number): Mask {
+    const total = this.offset + length;
+    const keys = mx.arange(0, total);
+    const causal = mx.lessEqual(mx.reshape(keys, [1, 1, 1, total]), mx.reshape(mx.arange(this.offset, total), [1, 1, length, 1]));
+    const padding = mx.reshape(mx.array(Int32Array.from(this.leftPadding)), [-1, 1, 1, 1]);
+    return mx.logicalAnd(causal, mx.greaterEqual(mx.reshape(keys, [1, 1, 1, total]), padding));
+  }
+
+  /** Adds a sequence whose keys/values are in `single` (a one-row cache), as the last row. */
+  extend(single: KVCache): void {
+    const length = single.offset;
+    const width = Math.max(length, this.offset);
+    const [keys, values] = mx.scope(() => {
+      const row = (t: MxArray | undefined, like: MxArray | undefined) => padLeft(t && mx.slice(t, [0, 0, 0], [1, t.shape[1]!, length]), width - length, like ?? t);
+      const rowKeys = row(single.keys, this.keys);
+      const rowValues = row(single.values, this.values);
+      if (!this.keys || !this.values || this.batchSize === 0) return [rowKeys, rowValues];
+      const grow = width - this.offset;
+      const used = (t: MxArray) => padLeft(mx.slice(t, [0, 0, 0], [t.shape[0]!, t.shape[1]!, this.offset]), grow, t);
+      return [mx.concatenate([used(this.keys), rowKeys!], 0), mx.concatenate([used(this.values), rowValues!], 0)];
+    });
+    this.leftPadding = [...this.leftPadding.map((pad) => pad + width - this.offset), width - length];
+    this.offset = width;
+    this.replaceBuffers(keys, values);
+  }
+
+  /** Keeps only the given rows (in that order), then drops padding every row has. */
+  keepRows(rows: number[]): void {
+    if (rows.length === 0) {
+      this.free();
+      this.leftPadding = [];
+      return;
+    }
+    const padding = rows.map((r) => this.leftPadding[r]!);
+    const shared = Math.min(...padding);
+    const [keys, values] = mx.scope(() => {
+      const index = mx.array(Int32Array.from(rows));
+      const pick = (t: MxArray) => mx.slice(mx.take(t, index, 0), [0, 0, shared], [rows.length, t.shape[1]!, this.offset]);
+      return [pick(this.keys!), pick(this.values!)];
+    });
+    this.leftPadding = padding.map((pad) => pad - shared);
+    this.offset -= shared;
+    this.replaceBuffers(keys, values);
+  }
+
+  private replaceBuffers(keys: MxArray | undefined, values: MxArray | undefined): void {
+    this.keys?.free();
+    this.values?.free();
+    this.keys = keys && mx.keep(keys);
+    this.values = values && mx.keep(values);
+  }
+}
+
+/** `count` zero columns in front of t [B, H, T, D] (t may be absent when count covers all). */
+function padLeft(t: MxArray | undefined, count: number, like: MxArray | undefined): MxArray | undefined {
+  if (count === 0 || !like) return t;
+  const [batch, heads, , dim] = (t ?? like).shape as [number, number, number, number];
+  const zeros = mx.zeros([t ? batch : 1, heads, count, dim], like.dtype);
+  return t ? mx.concatenate([zeros, t], 2) : zeros;
+}
