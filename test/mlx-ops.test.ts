@@ -277,3 +277,15 @@ describe("memory counters", () => {
     expect(mx.memory.cacheMemory()).toBe(0);
   });
 });
+
+describe("lifetimes under garbage collection", () => {
+  test("arrays kept twice, and models loaded then freed or dropped, are each freed exactly once", () => {
+    const kept = mx.keep(mx.array([1, 2]));
+    expect(mx.keep(kept)).toBe(kept); // a second keep must not register a second finalizer
+    for (let i = 0; i < 3; i++) mx.keep(mx.keep(mx.array([i])));
+    for (let i = 0; i < 3; i++) Bun.gc(true);
+    expect(values(kept)).toEqual([1, 2]);
+    kept.free();
+    kept.free(); // freeing twice is harmless
+  });
+});

@@ -14,12 +14,23 @@ const scopes: Set<MxArray>[] = [];
 export class MxArray {
   #handle: Pointer | 0;
   #shape?: number[];
+  #guarded = false;
 
   constructor(handle: Pointer) {
     this.#handle = handle;
     const current = scopes[scopes.length - 1];
     if (current) current.add(this);
-    else leaked.register(this, handle, this);
+    else this.guard();
+  }
+
+  /**
+   * Puts the array under the safety net: if it is garbage-collected without free(), its handle
+   * is freed then. At most once per array — two registrations would free the handle twice.
+   */
+  guard(): void {
+    if (this.#guarded || this.#handle === 0) return;
+    leaked.register(this, this.#handle, this);
+    this.#guarded = true;
   }
 
   get handle(): Pointer {
@@ -34,7 +45,8 @@ export class MxArray {
   free(): void {
     if (this.#handle === 0) return;
     lib.mlxs_array_free(this.#handle);
-    leaked.unregister(this);
+    if (this.#guarded) leaked.unregister(this);
+    this.#guarded = false;
     this.#handle = 0;
   }
 
@@ -145,7 +157,7 @@ export function scope<T>(fn: () => T): T {
 export function keep<T extends MxArray | undefined>(a: T): T {
   if (a) {
     for (const s of scopes) s.delete(a);
-    leaked.register(a, a.handle, a);
+    a.guard();
   }
   return a;
 }
@@ -155,7 +167,7 @@ export function keep<T extends MxArray | undefined>(a: T): T {
 function adopt(a: MxArray): void {
   const parent = scopes[scopes.length - 1];
   if (parent) parent.add(a);
-  else leaked.register(a, a.handle, a);
+  else a.guard();
 }
 
 function collectArrays(value: unknown, into: Set<MxArray>, depth: number): void {
