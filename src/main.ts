@@ -9,6 +9,11 @@ const main = defineCommand({
     run: () => import("./cmd/run").then((m) => m.default),
     chat: () => import("./cmd/chat").then((m) => m.default),
     convert: () => import("./cmd/convert").then((m) => m.default),
+    pull: () => import("./cmd/pull").then((m) => m.default),
+    list: () => import("./cmd/list").then((m) => m.default),
+    show: () => import("./cmd/show").then((m) => m.default),
+    rm: () => import("./cmd/rm").then((m) => m.default),
+    verify: () => import("./cmd/verify").then((m) => m.default),
   },
 });
 

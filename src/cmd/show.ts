@@ -1,0 +1,57 @@
+// `mlx show <model>`: a stored model's manifest and what its config says.
+import { defineCommand } from "citty";
+import { readFileSync } from "node:fs";
+import { readManifest, type ModelManifest } from "../store/manifest";
+import { blobPath } from "../store/paths";
+import { formatBytes } from "../store/progress";
+import { modelRequest } from "../store/pull";
+import { loadPath } from "../store/store";
+import { fail } from "./log";
+
+// The config.json fields worth a glance; the whole file is one `cat` away in the model directory.
+const CONFIG_FIELDS = ["model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "vocab_size", "max_position_embeddings", "rope_theta", "tie_word_embeddings", "quantization"];
+
+export default defineCommand({
+  meta: { name: "show", description: "Show a stored model: files, format, quantization, sizes, source, config" },
+  args: {
+    model: { type: "positional", required: true, description: "Alias or stored model name" },
+    json: { type: "boolean", description: "One JSON object: the manifest and a config summary" },
+  },
+  async run({ args }) {
+    try {
+      const { name } = modelRequest(args.model);
+      const manifest = readManifest(name);
+      if (!manifest) throw new Error(`'${name}' is not in the store (mlx pull ${args.model} fetches it; mlx list shows what is there)`);
+      const config = configSummary(manifest);
+      if (args.json) {
+        process.stdout.write(`${JSON.stringify({ manifest, config, path: loadPath(manifest) }, null, 2)}\n`);
+        return;
+      }
+      const lines = [
+        ["name", manifest.name],
+        ["source", manifest.source],
+        ["format", manifest.format],
+        ["architecture", manifest.architecture ?? "-"],
+        ["quantization", manifest.quantization ?? "-"],
+        ["size", formatBytes(manifest.totalBytes)],
+        ...(manifest.revision ? [["revision", manifest.revision]] : []),
+        ["created", manifest.createdAt],
+        ["last used", manifest.lastUsedAt],
+        ["path", loadPath(manifest)],
+        ...Object.entries(config ?? {}).map(([k, v]) => [k, typeof v === "object" ? JSON.stringify(v) : String(v)]),
+        ...manifest.files.map((f) => [`file ${f.name}`, `${formatBytes(f.size)}  sha256:${f.sha256}`]),
+      ];
+      const width = Math.max(...lines.map(([k]) => k!.length));
+      process.stdout.write(lines.map(([k, v]) => `${k!.padEnd(width)}  ${v}`).join("\n") + "\n");
+    } catch (error) {
+      fail(error);
+    }
+  },
+});
+
+function configSummary(manifest: ModelManifest): Record<string, unknown> | undefined {
+  const file = manifest.files.find((f) => f.name === "config.json");
+  if (!file) return undefined;
+  const config = JSON.parse(readFileSync(blobPath(file.sha256), "utf8")) as Record<string, unknown>;
+  return Object.fromEntries(CONFIG_FIELDS.filter((k) => config[k] !== undefined).map((k) => [k, config[k]]));
+}

@@ -1,0 +1,182 @@
+// Stored models as a whole: opening one for use, committing a freshly pulled one, listing,
+// removing, and evicting the least recently used ones when the store outgrows its limit.
+// Every change happens under the store lock, so two mlx processes never interleave them.
+import { existsSync, mkdirSync, readdirSync, readlinkSync, renameSync, rmSync, symlinkSync } from "node:fs";
+import { isAbsolute, join, relative, sep } from "node:path";
+import { blobPresent, removeBlob } from "./blobs";
+import { markInUse, modelUsers } from "./in-use";
+import { withStoreLock } from "./lock";
+import { manifestPath, readManifest, writeManifest, type ModelManifest } from "./manifest";
+import { indexEntry, loadIndex, saveIndex, type IndexEntry } from "./model-index";
+import { modelKey, modelsDir } from "./paths";
+
+export const DEFAULT_MAX_BYTES = 100e9;
+
+/** A stored model whose blobs are missing or truncated; the message says how to repair it. */
+export class StoreDamageError extends Error {
+  override name = "StoreDamageError";
+}
+
+/** $MLX_CACHE_MAX_BYTES: a byte count, or a number with a KB/MB/GB/TB suffix (powers of 1000). */
+export function storeLimitBytes(): number {
+  const raw = process.env.MLX_CACHE_MAX_BYTES?.trim();
+  if (!raw) return DEFAULT_MAX_BYTES;
+  const match = raw.match(/^(\d+(?:\.\d+)?)\s*([KMGT]?)B?$/i);
+  if (!match) throw new Error(`MLX_CACHE_MAX_BYTES must be a size like 50000000000 or 50GB (got '${raw}')`);
+  const scale = { "": 1, K: 1e3, M: 1e6, G: 1e9, T: 1e12 }[match[2]!.toUpperCase() as "" | "K" | "M" | "G" | "T"];
+  return Math.floor(Number(match[1]) * scale);
+}
+
+/** What to hand to loadModel: the materialized directory, or the .gguf inside it. */
+export function loadPath(manifest: Pick<ModelManifest, "name" | "format" | "files">): string {
+  const dir = join(modelsDir(), modelKey(manifest.name));
+  if (manifest.format === "mlx") return dir;
+  return join(dir, manifest.files.find((f) => f.name.endsWith(".gguf"))!.name);
+}
+
+/**
+ * For an error while loading `path`: when it is a stored model, the commands that repair it
+ * (its blobs were verified when stored, so a load failure there means damage on disk).
+ */
+export function repairHint(path: string): string | undefined {
+  const inside = relative(modelsDir(), path);
+  if (inside === "" || inside.startsWith("..") || isAbsolute(inside)) return undefined;
+  const manifest = readManifest(decodeURIComponent(inside.split(sep)[0]!));
+  if (!manifest) return undefined;
+  const again = manifest.derivedKey ? "convert its source again" : `run \`mlx pull ${manifest.name}\``;
+  return `stored model '${manifest.name}' may be damaged: run \`mlx verify\`, then ${again}`;
+}
+
+/**
+ * Opens a stored model for use: marks it in use by this process (so no one evicts it), records
+ * the time, and returns its load path. Undefined when it is not stored, or was stored from a
+ * different source (models.toml changed): the caller pulls it then.
+ */
+export function openStoredModel(name: string, source?: string): Promise<string | undefined> {
+  return withStoreLock(async () => {
+    const manifest = readManifest(name);
+    if (!manifest || (source !== undefined && manifest.source !== source)) return undefined;
+    await assertIntact(manifest);
+    markInUse(name);
+    materialize(manifest);
+    manifest.lastUsedAt = new Date().toISOString();
+    writeManifest(manifest);
+    const index = loadIndex();
+    index.set(name, indexEntry(manifest));
+    saveIndex(index);
+    return loadPath(manifest);
+  });
+}
+
+/**
+ * Records a model whose blobs are all in place, and makes room for it by evicting the least
+ * recently used models (never one in use). Returns its load path and the evicted names.
+ */
+export function commitModel(manifest: ModelManifest): Promise<{ path: string; evicted: string[] }> {
+  return withStoreLock(async () => {
+    // A concurrent eviction may have removed a blob this model shares with the evicted one.
+    await assertIntact(manifest);
+    markInUse(manifest.name);
+    const previous = readManifest(manifest.name);
+    writeManifest(manifest);
+    materialize(manifest);
+    const index = loadIndex();
+    index.set(manifest.name, indexEntry(manifest));
+    if (previous) await removeUnreferencedBlobs(previous.files.map((f) => f.sha256), index);
+    const evicted = await evictToFit(index, manifest.name);
+    saveIndex(index);
+    return { path: loadPath(manifest), evicted };
+  });
+}
+
+export function listModels(): Promise<IndexEntry[]> {
+  return withStoreLock(() => [...loadIndex().values()].sort((a, b) => a.name.localeCompare(b.name)));
+}
+
+/** Removes a model and the blobs no other model uses; refuses while a process is using it. */
+export function removeModel(name: string): Promise<{ freedBytes: number }> {
+  return withStoreLock(async () => {
+    const index = loadIndex();
+    if (!index.has(name)) throw new Error(`no stored model named '${name}' (see mlx list)`);
+    const users = modelUsers(name);
+    if (users.length > 0) throw new Error(`'${name}' is in use by process ${users.join(", ")}; stop it first`);
+    const freedBytes = await deleteModel(index, name);
+    saveIndex(index);
+    return { freedBytes };
+  });
+}
+
+/** Total size of the distinct blobs of these models (a shared file counts once). */
+export function distinctBytes(models: Iterable<IndexEntry>): number {
+  const sizes = new Map<string, number>();
+  for (const m of models) for (const [sha, size] of Object.entries(m.blobs)) sizes.set(sha, size);
+  let total = 0;
+  for (const size of sizes.values()) total += size;
+  return total;
+}
+
+async function evictToFit(index: Map<string, IndexEntry>, keep: string): Promise<string[]> {
+  const limit = storeLimitBytes();
+  const evicted: string[] = [];
+  const oldestFirst = [...index.values()].filter((m) => m.name !== keep).sort((a, b) => a.lastUsedAt.localeCompare(b.lastUsedAt));
+  for (const candidate of oldestFirst) {
+    if (distinctBytes(index.values()) <= limit) break;
+    if (modelUsers(candidate.name).length > 0) continue;
+    await deleteModel(index, candidate.name);
+    evicted.push(candidate.name);
+  }
+  return evicted;
+}
+
+/** Manifest first: once it is gone the model no longer exists, and a crash later only leaves unreferenced files. */
+async function deleteModel(index: Map<string, IndexEntry>, name: string): Promise<number> {
+  const entry = index.get(name)!;
+  const before = distinctBytes(index.values());
+  rmSync(manifestPath(name), { force: true });
+  index.delete(name);
+  rmSync(join(modelsDir(), modelKey(name)), { recursive: true, force: true });
+  await removeUnreferencedBlobs(Object.keys(entry.blobs), index);
+  return before - distinctBytes(index.values());
+}
+
+async function removeUnreferencedBlobs(candidates: string[], index: Map<string, IndexEntry>): Promise<void> {
+  const referenced = new Set([...index.values()].flatMap((m) => Object.keys(m.blobs)));
+  for (const sha of candidates) if (!referenced.has(sha)) await removeBlob(sha);
+}
+
+async function assertIntact(manifest: ModelManifest): Promise<void> {
+  for (const file of manifest.files) {
+    if (!(await blobPresent(file))) {
+      throw new StoreDamageError(
+        `stored model '${manifest.name}' is damaged: its ${file.name} (blob sha256-${file.sha256.slice(0, 12)}…) is missing or truncated; run \`mlx pull ${manifest.name}\` to fetch it again (\`mlx verify\` checks every model)`,
+      );
+    }
+  }
+}
+
+/**
+ * The model as a directory of relative symlinks to its blobs, so loadModel reads it like any
+ * model directory and the store can move with $MLX_HOME. Symlinks rather than hardlinks: a
+ * removed blob must free its space, and a missing one must show as a broken link.
+ */
+function materialize(manifest: ModelManifest): void {
+  const dir = join(modelsDir(), modelKey(manifest.name));
+  const target = (sha256: string) => join("..", "..", "blobs", `sha256-${sha256}`);
+  if (linksMatch(dir, manifest, target)) return;
+  const staging = `${dir}.${process.pid}.tmp`;
+  rmSync(staging, { recursive: true, force: true });
+  mkdirSync(staging, { recursive: true });
+  for (const file of manifest.files) symlinkSync(target(file.sha256), join(staging, file.name));
+  rmSync(dir, { recursive: true, force: true });
+  renameSync(staging, dir);
+}
+
+function linksMatch(dir: string, manifest: ModelManifest, target: (sha256: string) => string): boolean {
+  if (!existsSync(dir)) return false;
+  try {
+    if (readdirSync(dir).length !== manifest.files.length) return false;
+    return manifest.files.every((f) => readlinkSync(join(dir, f.name)) === target(f.sha256));
+  } catch {
+    return false;
+  }
+}

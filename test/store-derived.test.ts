@@ -1,0 +1,62 @@
+// Prepared artifacts: converting the default model's GGUF into the store once, and finding
+// the conversion again by the hash of its inputs. Needs the default model (fetched into the
+// store on first use, like the parity test).
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { lstatSync, mkdtempSync, readdirSync, rmSync, symlinkSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { loadModel, type LoadedModel } from "../src/models/load";
+import { CONVERTER_VERSION, convertedModel } from "../src/store/derived";
+import { readManifest } from "../src/store/manifest";
+import { resolveModelPath } from "../src/store/resolve";
+
+const main = join(import.meta.dir, "..", "src", "main.ts");
+const savedHome = process.env.MLX_HOME;
+let work: string;
+let gguf: string;
+// Kept referenced: a LoadedModel reached by the garbage collector crashes Bun today.
+const loaded: LoadedModel[] = [];
+
+beforeAll(async () => {
+  gguf = await resolveModelPath(undefined);
+  work = mkdtempSync(join(tmpdir(), "mlx-derived-"));
+  process.env.MLX_HOME = join(work, "home");
+});
+
+afterAll(() => {
+  process.env.MLX_HOME = savedHome;
+  rmSync(work, { recursive: true, force: true });
+});
+
+describe("convert into the store", () => {
+  test("the first conversion does the work; the same input again is a lookup, under any name", async () => {
+    const first = await convertedModel(gguf, "smol-mlx");
+    expect(first.converted).toBe(true);
+    expect(lstatSync(join(first.path, "model.safetensors")).isSymbolicLink()).toBe(true);
+    const manifest = readManifest("smol-mlx")!;
+    expect(manifest).toMatchObject({ format: "mlx", architecture: "llama", quantization: "4-bit, group 32" });
+    expect(manifest.source).toMatch(/^convert:sha256-[0-9a-f]{64}$/);
+    expect(manifest.derivedKey).toMatch(/^[0-9a-f]{64}$/);
+    expect(CONVERTER_VERSION).toMatch(/^[0-9a-f]{16}$/);
+
+    const started = performance.now();
+    // The same bytes reached through another path (a symlink outside the store) are recognised by hash.
+    const elsewhere = join(work, "copy.gguf");
+    symlinkSync(gguf, elsewhere);
+    const second = await convertedModel(elsewhere, "other-name");
+    expect(second).toEqual({ path: first.path, name: "smol-mlx", converted: false });
+    expect(performance.now() - started).toBeLessThan(5_000);
+
+    const lm = loadModel(second.path);
+    loaded.push(lm);
+    expect(lm.format).toBe("mlx");
+    expect(readdirSync(join(process.env.MLX_HOME!, "tmp"))).toEqual([]);
+  }, 120_000);
+
+  test("mlx convert <gguf> with no directory prints the stored directory", async () => {
+    const proc = Bun.spawn([process.execPath, main, "convert", gguf], { env: { ...process.env }, stdout: "pipe", stderr: "pipe" });
+    const [stdout, code] = await Promise.all([new Response(proc.stdout).text(), proc.exited]);
+    expect(code).toBe(0);
+    expect(stdout).toBe(`${join(process.env.MLX_HOME!, "models", "smol-mlx")}\n`);
+  }, 120_000);
+});

@@ -1,0 +1,244 @@
+// Pulling models from a Hugging Face hub look-alike on loopback: the listing API, resolve
+// URLs that redirect LFS files to storage (X-Linked-Etag / X-Linked-Size on the redirect),
+// dropped connections, lying checksums, missing repositories, and what the store keeps.
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from "bun:test";
+import { existsSync, lstatSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import * as mx from "../src/mlx";
+import { loadModel, type LoadedModel } from "../src/models/load";
+import { parseHFSpec } from "../src/store/hf";
+import { readManifest } from "../src/store/manifest";
+import { modelRequest, pullModel } from "../src/store/pull";
+import { listModels, openStoredModel } from "../src/store/store";
+import { writeTinyModel } from "./helpers/tiny-model";
+import { serveBytes, sha256Hex, startServer, type RecordedRequest, type Reply, type TestServer } from "./store-helpers";
+
+const TEST_TIMEOUT_MS = 60_000;
+const main = join(import.meta.dir, "..", "src", "main.ts");
+
+interface Repo {
+  sha: string;
+  files: Map<string, Uint8Array>;
+  /** Claim this sha256 for a file in X-Linked-Etag instead of the real one. */
+  lieAbout?: string;
+  /** Cut the first download of this file short. */
+  dropFirst?: string;
+}
+
+const isLfs = (name: string) => name.endsWith(".safetensors");
+
+/**
+ * Serves repositories the way the hub does, LFS files from a separate storage origin (as the
+ * hub redirects to its CDN); `dropped` remembers which files were already cut short.
+ */
+function hub(repos: Map<string, Repo>, storage: () => string) {
+  const dropped = new Set<string>();
+  const stored = new Map<string, Uint8Array>();
+  for (const repo of repos.values()) for (const data of repo.files.values()) stored.set(sha256Hex(data), data);
+  return (request: RecordedRequest): Reply => {
+    const path = decodeURIComponent(request.path);
+    const listing = path.match(/^\/api\/models\/([^/]+\/[^/]+)\/revision\/(.+)$/);
+    if (listing) {
+      const repo = repos.get(listing[1]!);
+      if (!repo) return { status: 404, headers: { "X-Error-Code": "RepoNotFound" }, body: '{"error":"Repository not found"}' };
+      const siblings = [...repo.files.keys(), "README.md", ".gitattributes", "pytorch_model.bin"].map((rfilename) => ({ rfilename }));
+      return { status: 200, headers: { "Content-Type": "application/json" }, body: JSON.stringify({ id: listing[1], sha: repo.sha, siblings }) };
+    }
+    const resolve = path.match(/^\/([^/]+\/[^/]+)\/resolve\/([^/]+)\/(.+)$/);
+    if (resolve) {
+      const repo = repos.get(resolve[1]!);
+      const data = repo?.files.get(resolve[3]!);
+      if (!repo || !data || resolve[2] !== repo.sha) return { status: 404, headers: { "X-Error-Code": "EntryNotFound" } };
+      const sha = sha256Hex(data);
+      if (isLfs(resolve[3]!)) {
+        const claimed = repo.lieAbout === resolve[3] ? "0".repeat(64) : sha;
+        return { status: 302, headers: { Location: `${storage()}/lfs/${sha}`, "X-Linked-Etag": `"${claimed}"`, "X-Linked-Size": String(data.length) } };
+      }
+      const etag = { ETag: `"${sha256Hex(data).slice(0, 40)}"` }; // a git sha1, not a sha256
+      if (request.method === "HEAD") return { status: 200, headers: { ...etag, "Content-Length": String(data.length) } };
+      return { status: 200, headers: etag, body: data };
+    }
+    const lfs = path.match(/^\/lfs\/([0-9a-f]{64})$/);
+    const data = lfs && stored.get(lfs[1]!);
+    if (data) {
+      const repo = [...repos.values()].find((r) => r.dropFirst && sha256Hex(r.files.get(r.dropFirst)!) === lfs![1]);
+      if (repo && !dropped.has(lfs![1]!)) {
+        dropped.add(lfs![1]!);
+        return serveBytes(data, request, { dropAfter: Math.floor(data.length / 3) });
+      }
+      return serveBytes(data, request);
+    }
+    return { status: 404 };
+  };
+}
+
+let work: string;
+let tiny: Map<string, Uint8Array>;
+let sharded: Map<string, Uint8Array>;
+let servers: TestServer[] = [];
+const savedEnv = { ...process.env };
+
+function filesOf(dir: string): Map<string, Uint8Array> {
+  return new Map(readdirSync(dir).map((name) => [name, new Uint8Array(readFileSync(join(dir, name)))]));
+}
+
+beforeAll(() => {
+  work = mkdtempSync(join(tmpdir(), "mlx-hf-"));
+  writeTinyModel(join(work, "tiny"));
+  tiny = filesOf(join(work, "tiny"));
+  // The same model in two shards with an index, as larger hub models come.
+  const shardDir = join(work, "sharded");
+  writeTinyModel(shardDir, { seed: 3 });
+  const { tensors } = mx.loadSafetensors(join(shardDir, "model.safetensors"));
+  const names = [...tensors.keys()].sort();
+  const weightMap: Record<string, string> = {};
+  for (const [part, slice] of [names.slice(0, names.length / 2), names.slice(names.length / 2)].entries()) {
+    const file = `model-0000${part + 1}-of-00002.safetensors`;
+    mx.saveSafetensors(join(shardDir, file), new Map(slice.map((n) => [n, tensors.get(n)!])), { format: "mlx" });
+    for (const n of slice) weightMap[n] = file;
+  }
+  for (const t of tensors.values()) t.free();
+  rmSync(join(shardDir, "model.safetensors"));
+  writeFileSync(join(shardDir, "model.safetensors.index.json"), JSON.stringify({ metadata: {}, weight_map: weightMap }));
+  // A stray consolidated copy that the index does not name: it must not be downloaded.
+  writeFileSync(join(shardDir, "consolidated.safetensors"), "not needed");
+  sharded = filesOf(shardDir);
+});
+
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+beforeEach(() => {
+  process.env.MLX_HOME = mkdtempSync(join(work, "home-"));
+  delete process.env.HF_TOKEN;
+});
+
+afterEach(async () => {
+  await Promise.all(servers.map((s) => s.close()));
+  servers = [];
+  process.env = { ...savedEnv };
+});
+
+/** The hub and its storage (two origins); the requests of both, in order, are on the hub's list. */
+async function startHub(repos: Record<string, Omit<Repo, "sha"> & { sha?: string }>): Promise<TestServer> {
+  const table = new Map(Object.entries(repos).map(([name, r]) => [name, { sha: "a".repeat(40), ...r }]));
+  let storageUrl = "";
+  const handle = hub(table, () => storageUrl);
+  const hubServer = await startServer(handle);
+  const storage = await startServer((request) => {
+    hubServer.requests.push(request);
+    return handle(request);
+  });
+  storageUrl = storage.url;
+  servers = [hubServer, storage];
+  process.env.HF_ENDPOINT = hubServer.url;
+  return hubServer;
+}
+
+const pull = (spec: string) => pullModel(modelRequest(spec), {});
+
+// Loaded models are kept referenced until the process ends: today a LoadedModel that the
+// garbage collector reaches (freed or not) crashes Bun in an MLX finalizer.
+const loaded: LoadedModel[] = [];
+function load(path: string): LoadedModel {
+  const lm = loadModel(path);
+  loaded.push(lm);
+  return lm;
+}
+const paths = (s: TestServer) => s.requests.map((r) => `${r.method} ${decodeURIComponent(r.path)}`);
+
+describe("parseHFSpec", () => {
+  test("repo and revision", () => {
+    expect(parseHFSpec("hf:org/model")).toEqual({ repo: "org/model", revision: "main" });
+    expect(parseHFSpec("hf:org/model@v1.0")).toEqual({ repo: "org/model", revision: "v1.0" });
+    expect(() => parseHFSpec("hf:model")).toThrow("expected hf:<org>/<repo>[@revision]");
+    expect(() => parseHFSpec("hf:org/../x")).toThrow("expected hf:<org>/<repo>[@revision]");
+  });
+});
+
+describe("pull from the hub", () => {
+  test("fetches only the files a model needs, into blobs, as a directory loadModel reads", async () => {
+    const s = await startHub({ "org/tiny": { files: tiny } });
+    process.env.HF_TOKEN = "secret";
+    const pulled = await pull("hf:org/tiny");
+
+    expect(pulled.fromDisk).toBe(false);
+    const fetched = paths(s).filter((p) => p.startsWith("GET /org/") || p.startsWith("GET /lfs/"));
+    expect(fetched.some((p) => p.includes("README") || p.includes(".bin"))).toBe(false);
+    // The token goes to the hub, not to the storage the LFS file is redirected to.
+    expect(s.requests.find((r) => r.path.startsWith("/api/"))!.headers.authorization).toBe("Bearer secret");
+    expect(s.requests.find((r) => r.path.startsWith("/lfs/"))!.headers.authorization).toBeUndefined();
+
+    expect(lstatSync(join(pulled.path, "model.safetensors")).isSymbolicLink()).toBe(true);
+    expect(load(pulled.path).config.numHiddenLayers).toBe(2);
+
+    const manifest = readManifest("org/tiny")!;
+    expect(manifest).toMatchObject({ source: "hf:org/tiny", format: "mlx", architecture: "llama", revision: "a".repeat(40) });
+    expect(manifest.files.map((f) => f.name).sort()).toEqual([...tiny.keys()].sort());
+    expect(manifest.totalBytes).toBe([...tiny.values()].reduce((n, d) => n + d.length, 0));
+    const [listed] = await listModels();
+    expect(listed).toMatchObject({ name: "org/tiny", format: "mlx", totalBytes: manifest.totalBytes });
+  }, TEST_TIMEOUT_MS);
+
+  test("a sharded model: the index's shards and nothing else", async () => {
+    const s = await startHub({ "org/sharded": { files: sharded } });
+    const pulled = await pull("hf:org/sharded");
+    expect(paths(s).some((p) => p.includes("consolidated"))).toBe(false);
+    expect(readdirSync(pulled.path).sort()).toEqual([...sharded.keys()].filter((n) => n !== "consolidated.safetensors").sort());
+    load(pulled.path);
+  }, TEST_TIMEOUT_MS);
+
+  test("a second pull is served from disk; two models share the files they have in common", async () => {
+    const s = await startHub({ "org/tiny": { files: tiny }, "org/sharded": { files: sharded } });
+    await pull("hf:org/tiny");
+    const before = s.requests.length;
+    const again = await pull("hf:org/tiny");
+    expect(again.fromDisk).toBe(true);
+    expect(s.requests.length).toBe(before);
+
+    await pull("hf:org/sharded");
+    const blobs = readdirSync(join(process.env.MLX_HOME!, "blobs"));
+    const distinct = new Set([...tiny.values(), ...[...sharded].filter(([n]) => n !== "consolidated.safetensors").map(([, d]) => d)].map(sha256Hex));
+    expect(blobs.length).toBe(distinct.size); // tokenizer files are stored once
+  }, TEST_TIMEOUT_MS);
+
+  test("a connection dropped mid-file resumes where it stopped", async () => {
+    const s = await startHub({ "org/tiny": { files: tiny, dropFirst: "model.safetensors" } });
+    const pulled = await pull("hf:org/tiny");
+    const lfs = s.requests.filter((r) => r.path.startsWith("/lfs/") && r.method === "GET");
+    expect(lfs).toHaveLength(2);
+    // It resumes from what arrived before the cut (the last bytes sent may be lost with the connection).
+    const resumedAt = Number(lfs[1]!.headers.range?.match(/^bytes=(\d+)-$/)?.[1]);
+    expect(resumedAt).toBeGreaterThan(0);
+    expect(resumedAt).toBeLessThanOrEqual(Math.floor(tiny.get("model.safetensors")!.length / 3));
+    load(pulled.path);
+  }, TEST_TIMEOUT_MS);
+
+  test("a file that does not match its checksum is rejected; nothing complete-looking is left and other models stay intact", async () => {
+    await startHub({ "org/tiny": { files: tiny }, "org/liar": { files: sharded, lieAbout: "model-00001-of-00002.safetensors" } });
+    const good = await pull("hf:org/tiny");
+    await expect(pull("hf:org/liar")).rejects.toThrow(/checksum mismatch .* expected sha256 0{64}/);
+
+    expect(readManifest("org/liar")).toBeUndefined();
+    expect(existsSync(join(process.env.MLX_HOME!, "models", "org%2Fliar"))).toBe(false);
+    expect(readdirSync(join(process.env.MLX_HOME!, "blobs")).some((f) => f.includes("0".repeat(64)) || f.endsWith(".partial"))).toBe(false);
+    expect((await listModels()).map((m) => m.name)).toEqual(["org/tiny"]);
+    expect(await openStoredModel("org/tiny")).toBe(good.path);
+    load(good.path);
+  }, TEST_TIMEOUT_MS);
+
+  test("a missing repository is one clear line from the CLI", async () => {
+    await startHub({});
+    const proc = Bun.spawn([process.execPath, main, "pull", "hf:org/missing"], { env: { ...process.env }, stdout: "pipe", stderr: "pipe" });
+    const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+    expect(code).toBe(1);
+    expect(stderr).toBe(`error: hf:org/missing: repository org/missing not found on ${servers[0]!.url} (a private one needs HF_TOKEN)\n`);
+  }, TEST_TIMEOUT_MS);
+
+  test("a file missing from the revision is named", async () => {
+    const broken = new Map(sharded);
+    broken.delete("model-00002-of-00002.safetensors");
+    await startHub({ "org/broken": { files: broken } });
+    await expect(pull("hf:org/broken")).rejects.toThrow("hf:org/broken: model.safetensors.index.json names files the repository lacks: model-00002-of-00002.safetensors");
+  }, TEST_TIMEOUT_MS);
+});
