@@ -52,6 +52,9 @@ enum mlxs_reduce_op {
 
 // ---- errors, version, device ----
 MLXS_API const char* mlxs_last_error(void);
+// Four result slots in native memory for the caller to pass as `out` pointers and read back:
+// memory a garbage collector never moves.
+MLXS_API void** mlxs_out_slots(void);
 MLXS_API const char* mlxs_version(void);
 // 0 = cpu, 1 = gpu
 MLXS_API int mlxs_set_default_device(int kind);

@@ -48,6 +48,8 @@ export interface BatchOptions {
   maxBatch: number;
   /** Prompt tokens prefilled per engine step (between two decode steps). */
   prefillChunk: number;
+  /** Called when a sequence leaves the queue and its prefill begins. */
+  onStart?: (id: string) => void;
 }
 
 export class BatchGenerator {
@@ -104,6 +106,7 @@ export class BatchGenerator {
       if (this.#waiting.length === 0 || this.#active.length >= this.options.maxBatch) return;
       const sequence = this.#waiting.shift()!;
       this.#prefill = { sequence, caches: makeCaches(this.model), done: 0 };
+      this.options.onStart?.(sequence.id);
     }
     const p = this.#prefill;
     const prompt = p.sequence.request.promptIds;

@@ -14,7 +14,8 @@ const scopes: Set<MxArray>[] = [];
 export class MxArray {
   #handle: Pointer | 0;
   #shape?: number[];
-  #guarded = false;
+  /** Set while the GC safety net covers this array; also the key to take it off again. */
+  #guard?: object;
 
   constructor(handle: Pointer) {
     this.#handle = handle;
@@ -28,9 +29,10 @@ export class MxArray {
    * is freed then. At most once per array — two registrations would free the handle twice.
    */
   guard(): void {
-    if (this.#guarded || this.#handle === 0) return;
-    leaked.register(this, this.#handle, this);
-    this.#guarded = true;
+    if (this.#guard || this.#handle === 0) return;
+    // A separate token object: using the array itself as the token could keep it alive.
+    this.#guard = {};
+    leaked.register(this, this.#handle, this.#guard);
   }
 
   get handle(): Pointer {
@@ -45,8 +47,8 @@ export class MxArray {
   free(): void {
     if (this.#handle === 0) return;
     lib.mlxs_array_free(this.#handle);
-    if (this.#guarded) leaked.unregister(this);
-    this.#guarded = false;
+    if (this.#guard) leaked.unregister(this.#guard);
+    this.#guard = undefined;
     this.#handle = 0;
   }
 

@@ -1,6 +1,6 @@
 // Loads libmlx_shim (our C ABI over MLX, built from ffi/) and declares its symbols for bun:ffi.
 // Every call into MLX goes through `lib`; the rest of src/mlx wraps it in typed functions.
-import { dlopen, FFIType, CString, read, ptr, type Pointer } from "bun:ffi";
+import { dlopen, FFIType, CString, read, type Pointer } from "bun:ffi";
 import { existsSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 
@@ -8,6 +8,7 @@ const { i32, u64, u64_fast, f32, f64, ptr: p, cstring, void: none } = FFIType;
 
 const symbols = {
   mlxs_last_error: { args: [], returns: cstring },
+  mlxs_out_slots: { args: [], returns: p },
   mlxs_version: { args: [], returns: cstring },
   mlxs_set_default_device: { args: [i32], returns: i32 },
   mlxs_default_device: { args: [], returns: i32 },
@@ -142,10 +143,11 @@ export function check(status: number, what: string): void {
   if (status !== 0) throw new MlxError(`${what}: ${lastError()}`);
 }
 
-// One reusable slot for the handles the shim writes back. MLX calls are made from one
-// thread only, so a single scratch area is safe and saves an allocation per op.
-const outSlots = new BigUint64Array(4);
-export const outPtr: Pointer = ptr(outSlots);
+// Reusable slots for the handles the shim writes back. MLX calls are made from one thread
+// only, so one scratch area is safe and saves an allocation per op. It lives in native memory:
+// a small typed array's storage can be moved by the JS engine, and a cached pointer to it
+// would then let native writes corrupt the JS heap.
+export const outPtr = lib.mlxs_out_slots() as Pointer;
 export const outPtr2 = (outPtr + 8) as Pointer;
 export const outPtr3 = (outPtr + 16) as Pointer;
 

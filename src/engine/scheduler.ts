@@ -1,0 +1,235 @@
+// The engine loop for one loaded model, shared by every request: requests are submitted from
+// the HTTP side and come back as async streams of text; the loop runs the BatchGenerator one
+// step at a time, giving the event loop a turn between steps (all MLX calls stay on this
+// thread), applies EOS and stop strings per sequence, and lets the tuner adjust the limits.
+import type { LoadedModel } from "../models/load";
+import { createDetokenizer, type StreamingDetokenizer } from "../tokenizer/detokenizer";
+import { BatchGenerator, type SequenceEvent } from "./batch";
+import type { LogitsProcessor, SamplingParams } from "./sampling";
+import { StopMatcher } from "./stop";
+import type { AdaptiveTuner } from "./tuner";
+import * as mx from "../mlx";
+
+export interface GenerationRequest {
+  promptIds: number[];
+  sampling: SamplingParams;
+  maxTokens: number;
+  stop?: string[];
+  logitsProcessors?: LogitsProcessor[];
+  /** How many alternatives to report per token (0: none). */
+  topLogprobs?: number;
+  signal?: AbortSignal;
+}
+
+export interface TokenLogprob {
+  token: number;
+  logprob: number;
+}
+
+export type GenerationEvent =
+  | { type: "text"; text: string; tokens: TokenLogprob[]; top?: TokenLogprob[][] }
+  | { type: "done"; finishReason: "stop" | "length" | "cancelled"; usage: GenerationUsage };
+
+export interface GenerationUsage {
+  promptTokens: number;
+  completionTokens: number;
+  queueMs: number;
+  timeToFirstTokenMs: number;
+  totalMs: number;
+}
+
+export class QueueFullError extends Error {
+  override name = "QueueFullError";
+}
+
+export interface SchedulerOptions {
+  maxBatch: number;
+  prefillChunk: number;
+  /** Requests allowed to wait for a batch slot before new ones are refused. */
+  maxQueue: number;
+  tuner?: AdaptiveTuner;
+  /** Called with each decode step's duration (an inter-token latency for every running sequence). */
+  onStep?: (ms: number, running: number) => void;
+}
+
+/** A small async queue: the engine pushes, one consumer pulls. */
+class Channel<T> {
+  readonly #items: T[] = [];
+  #wake?: () => void;
+  #closed = false;
+
+  push(item: T): void {
+    this.#items.push(item);
+    this.#wake?.();
+  }
+
+  close(): void {
+    this.#closed = true;
+    this.#wake?.();
+  }
+
+  async *[Symbol.asyncIterator](): AsyncGenerator<T> {
+    for (;;) {
+      while (this.#items.length > 0) yield this.#items.shift()!;
+      if (this.#closed) return;
+      await new Promise<void>((resolve) => (this.#wake = resolve));
+      this.#wake = undefined;
+    }
+  }
+}
+
+interface Running {
+  request: GenerationRequest;
+  channel: Channel<GenerationEvent>;
+  detokenizer: StreamingDetokenizer;
+  stops: StopMatcher;
+  submittedAt: number;
+  startedAt?: number;
+  firstTokenAt?: number;
+  generated: number;
+  finished: boolean;
+}
+
+export class Scheduler {
+  readonly #generator: BatchGenerator;
+  readonly #running = new Map<string, Running>();
+  #nextId = 0;
+  #looping = false;
+
+  constructor(
+    readonly lm: LoadedModel,
+    readonly options: SchedulerOptions,
+  ) {
+    this.#generator = new BatchGenerator(lm.model, {
+      maxBatch: options.maxBatch,
+      prefillChunk: options.prefillChunk,
+      onStart: (id) => {
+        const s = this.#running.get(id);
+        if (s) s.startedAt = performance.now();
+      },
+    });
+  }
+
+  get running(): number {
+    return this.#generator.running;
+  }
+
+  get waiting(): number {
+    return this.#generator.waiting;
+  }
+
+  get limits(): { maxBatch: number; prefillChunk: number } {
+    const { maxBatch, prefillChunk } = this.#generator.options;
+    return { maxBatch, prefillChunk };
+  }
+
+  /** Queues a generation; its events arrive on the returned stream. Throws QueueFullError when full. */
+  submit(request: GenerationRequest): AsyncIterable<GenerationEvent> {
+    if (this.waiting >= this.options.maxQueue) throw new QueueFullError(`the queue is full (${this.options.maxQueue} waiting)`);
+    const id = String(this.#nextId++);
+    const channel = new Channel<GenerationEvent>();
+    const sequence: Running = {
+      request,
+      channel,
+      detokenizer: createDetokenizer(this.lm.tokenizer),
+      stops: new StopMatcher(request.stop ?? []),
+      submittedAt: performance.now(),
+      generated: 0,
+      finished: false,
+    };
+    this.#running.set(id, sequence);
+    this.#generator.add(id, {
+      promptIds: request.promptIds,
+      sampling: request.sampling,
+      maxTokens: request.maxTokens,
+      logitsProcessors: request.logitsProcessors,
+      keepLogprobs: (request.topLogprobs ?? 0) > 0,
+    });
+    request.signal?.addEventListener("abort", () => this.#finish(id, "cancelled"), { once: true });
+    void this.#loop();
+    return channel;
+  }
+
+  async #loop(): Promise<void> {
+    if (this.#looping) return;
+    this.#looping = true;
+    try {
+      while (!this.#generator.idle) {
+        const started = performance.now();
+        const decoding = this.#generator.running;
+        const events = this.#generator.step();
+        const ms = performance.now() - started;
+        if (decoding > 0 && events.length > 0) {
+          this.options.onStep?.(ms, decoding);
+          const changed = this.options.tuner?.observe(ms);
+          if (changed) Object.assign(this.#generator.options, changed);
+        }
+        for (const event of events) this.#deliver(event);
+        // Let HTTP handlers run (new requests, disconnects) between engine steps.
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+    } finally {
+      this.#looping = false;
+    }
+  }
+
+  #deliver(event: SequenceEvent): void {
+    const s = this.#running.get(event.id);
+    if (!s || s.finished) {
+      event.logprobs?.free();
+      return;
+    }
+    s.firstTokenAt ??= performance.now();
+    const top = event.logprobs ? topTokens(event.logprobs, s.request.topLogprobs!) : undefined;
+    event.logprobs?.free();
+    if (this.lm.tokenizer.eosTokenIds.has(event.token)) return this.#finish(event.id, "stop");
+    s.generated++;
+    const { text, stopped } = s.stops.push(s.detokenizer.push(event.token));
+    const tokens = [{ token: event.token, logprob: event.logprob }];
+    if (text || top) s.channel.push({ type: "text", text, tokens, top: top && [top] });
+    if (stopped) return this.#finish(event.id, "stop");
+    if (event.finished) this.#finish(event.id, "length");
+  }
+
+  #finish(id: string, finishReason: "stop" | "length" | "cancelled"): void {
+    const s = this.#running.get(id);
+    if (!s || s.finished) return;
+    s.finished = true;
+    this.#running.delete(id);
+    this.#generator.remove(id);
+    if (finishReason !== "cancelled") {
+      const rest = s.stops.push(s.detokenizer.flush());
+      const tail = rest.stopped ? rest.text : rest.text + s.stops.flush();
+      if (tail) s.channel.push({ type: "text", text: tail, tokens: [] });
+    }
+    const now = performance.now();
+    s.channel.push({
+      type: "done",
+      finishReason,
+      usage: {
+        promptTokens: s.request.promptIds.length,
+        completionTokens: s.generated,
+        queueMs: (s.startedAt ?? now) - s.submittedAt,
+        timeToFirstTokenMs: (s.firstTokenAt ?? now) - s.submittedAt,
+        totalMs: now - s.submittedAt,
+      },
+    });
+    s.channel.close();
+  }
+
+  dispose(): void {
+    for (const id of [...this.#running.keys()]) this.#finish(id, "cancelled");
+    this.#generator.dispose();
+  }
+}
+
+/** The k most likely tokens of a logprobs row, most likely first. */
+function topTokens(logprobs: mx.MxArray, k: number): TokenLogprob[] {
+  return mx.scope(() => {
+    const ids = mx.slice(mx.argsort(mx.negative(logprobs), -1), [0], [k]);
+    const values = mx.take(logprobs, ids, 0);
+    const idList = ids.toArray();
+    const valueList = values.toArray();
+    return idList.map((token, i) => ({ token, logprob: valueList[i]! }));
+  });
+}

@@ -1,0 +1,103 @@
+// The engine loop shared by concurrent requests: each stream gets what it would get alone,
+// with its own stop strings and cancellation, and a full queue refuses new work.
+import { beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { complete } from "../src/engine/completion";
+import { defaultSampling } from "../src/engine/sampling";
+import { QueueFullError, Scheduler, type GenerationEvent, type GenerationRequest } from "../src/engine/scheduler";
+import { loadModel, type LoadedModel } from "../src/models/load";
+import { makeCaches } from "../src/models";
+import { chatTokens } from "../src/engine/prompt";
+import { writeTinyModel } from "./helpers/tiny-model";
+
+let lm: LoadedModel;
+beforeAll(() => {
+  const dir = join(mkdtempSync(join(tmpdir(), "mlx-sched-")), "tiny");
+  writeTinyModel(dir);
+  lm = loadModel(dir);
+});
+
+const prompt = (text: string) => chatTokens(lm.tokenizer, [{ role: "user", content: text }]);
+
+function alone(promptIds: number[], maxTokens: number, stop: string[] = []): { text: string; finish: string } {
+  const run = complete(lm, makeCaches(lm.model), promptIds, { sampling: defaultSampling, maxTokens, stop });
+  let step = run.next();
+  while (!step.done) step = run.next();
+  return { text: step.value.text, finish: step.value.finishReason };
+}
+
+async function collect(stream: AsyncIterable<GenerationEvent>) {
+  let text = "";
+  let done: Extract<GenerationEvent, { type: "done" }> | undefined;
+  const tops: number[] = [];
+  for await (const e of stream) {
+    if (e.type === "text") {
+      text += e.text;
+      if (e.top) tops.push(e.top[0]!.length);
+    } else done = e;
+  }
+  return { text, done: done!, tops };
+}
+
+const request = (text: string, o: Partial<GenerationRequest> = {}): GenerationRequest => ({ promptIds: prompt(text), sampling: defaultSampling, maxTokens: 12, ...o });
+
+describe("Scheduler", () => {
+  test("concurrent requests each get the text they would get alone", async () => {
+    const scheduler = new Scheduler(lm, { maxBatch: 4, prefillChunk: 16, maxQueue: 8 });
+    const texts = ["Hello", "Tell me about the sea and the sky", "Hi", "Count to three"];
+    const results = await Promise.all(texts.map((t) => collect(scheduler.submit(request(t)))));
+    results.forEach((r, i) => {
+      const expected = alone(prompt(texts[i]!), 12);
+      expect(r.text).toBe(expected.text);
+      expect(r.done.finishReason).toBe(expected.finish as "stop" | "length");
+      expect(r.done.usage.promptTokens).toBe(prompt(texts[i]!).length);
+    });
+    scheduler.dispose();
+  });
+
+  test("stop strings end one stream without touching the others", async () => {
+    const scheduler = new Scheduler(lm, { maxBatch: 4, prefillChunk: 64, maxQueue: 8 });
+    const free = alone(prompt("Hello"), 12).text;
+    const stopAt = free.slice(3, 5);
+    const [stopped, other] = await Promise.all([collect(scheduler.submit(request("Hello", { stop: [stopAt] }))), collect(scheduler.submit(request("Hi")))]);
+    expect(stopped.done.finishReason).toBe("stop");
+    expect(stopped.text).toBe(free.slice(0, free.indexOf(stopAt)));
+    expect(other.text).toBe(alone(prompt("Hi"), 12).text);
+    scheduler.dispose();
+  });
+
+  test("an aborted request ends as cancelled and frees its slot", async () => {
+    const scheduler = new Scheduler(lm, { maxBatch: 1, prefillChunk: 64, maxQueue: 8 });
+    const controller = new AbortController();
+    const long = scheduler.submit(request("Hello", { maxTokens: 100000, signal: controller.signal }));
+    const next = scheduler.submit(request("Hi"));
+    setTimeout(() => controller.abort(), 100);
+    const [cancelled, after] = await Promise.all([collect(long), collect(next)]);
+    expect(cancelled.done.finishReason).toBe("cancelled");
+    expect(after.text).toBe(alone(prompt("Hi"), 12).text);
+    expect(scheduler.running + scheduler.waiting).toBe(0);
+    scheduler.dispose();
+  });
+
+  test("a full queue refuses new requests", () => {
+    const scheduler = new Scheduler(lm, { maxBatch: 1, prefillChunk: 64, maxQueue: 2 });
+    const controller = new AbortController();
+    // The first request starts at once (one batch slot); the next two wait; the fourth is refused.
+    for (const text of ["a", "b", "c"]) scheduler.submit(request(text, { maxTokens: 1000, signal: controller.signal }));
+    expect(scheduler.running).toBe(1);
+    expect(scheduler.waiting).toBe(2);
+    expect(() => scheduler.submit(request("d"))).toThrow(QueueFullError);
+    controller.abort();
+    scheduler.dispose();
+  });
+
+  test("top log-probabilities come with each token when asked", async () => {
+    const scheduler = new Scheduler(lm, { maxBatch: 2, prefillChunk: 64, maxQueue: 4 });
+    const r = await collect(scheduler.submit(request("Hello", { topLogprobs: 3, maxTokens: 4 })));
+    expect(r.tops.length).toBeGreaterThan(0);
+    expect(r.tops.every((n) => n === 3)).toBe(true);
+    scheduler.dispose();
+  });
+});
