@@ -1,10 +1,9 @@
 // `mlx chat`: an interactive conversation that keeps its KV cache between turns.
 import { defineCommand } from "citty";
 import { join } from "node:path";
-import { loadModel } from "../models/load";
-import { resolveModelPath } from "../store/resolve";
 import { storeRoot } from "../store/paths";
-import { fail, log, setVerbose } from "./log";
+import { fail, setVerbose } from "./log";
+import { openModel } from "./open-model";
 import { modelArg, positiveInteger, samplingArgs, samplingFrom } from "./options";
 import { ChatSession } from "./chat/session";
 import { LineInput } from "./chat/input";
@@ -27,8 +26,7 @@ export default defineCommand({
     try {
       const settings = { sampling: samplingFrom(args), maxTokens: positiveInteger("max-tokens", args["max-tokens"]), system: args.system, stats: Boolean(args.stats) };
       const modelName = args.model ?? "default model";
-      const lm = loadModel(await resolveModelPath(args.model));
-      for (const note of lm.notes) log.warn(note);
+      const lm = await openModel(args.model);
       input = new LineInput(join(storeRoot(), "chat_history"));
       const say = (text: string) => process.stderr.write(`${text}\n`);
       const session = new ChatSession(lm, modelName, settings, say);

@@ -1,10 +1,9 @@
 // `mlx run "prompt"`: one answer, streamed to stdout, composable in shell pipelines.
 import { defineCommand } from "citty";
 import { complete, type CompletionResult } from "../engine/completion";
-import { loadModel } from "../models/load";
 import { makeCaches, freeCaches } from "../models";
-import { resolveModelPath } from "../store/resolve";
-import { fail, log, setVerbose } from "./log";
+import { fail, setVerbose } from "./log";
+import { openModel } from "./open-model";
 import { list, modelArg, positiveInteger, samplingArgs, samplingFrom } from "./options";
 import { promptTokens } from "../engine/prompt";
 import { formatStats } from "./stats";
@@ -29,11 +28,7 @@ export default defineCommand({
       const sampling = samplingFrom(args);
       const maxTokens = positiveInteger("max-tokens", args["max-tokens"]);
       const prompt = await readPrompt(args.prompt);
-      const path = await resolveModelPath(args.model);
-      const started = performance.now();
-      const lm = loadModel(path);
-      for (const note of lm.notes) log.warn(note);
-      log.debug(`loaded ${path} in ${((performance.now() - started) / 1000).toFixed(2)} s`);
+      const lm = await openModel(args.model);
 
       const ids = promptTokens(lm.tokenizer, prompt, { system: args.system, raw: Boolean(args.raw) });
       const controller = new AbortController();

@@ -1,8 +1,8 @@
 // One chat session: the loaded model, its conversation (KV cache kept between turns), the
 // settings, and how an answer is streamed to the terminal and stopped with Ctrl-C.
 import { Conversation } from "../../engine/conversation";
-import { loadModel, type LoadedModel } from "../../models/load";
-import { resolveModelPath } from "../../store/resolve";
+import type { LoadedModel } from "../../models/load";
+import { openModel } from "../open-model";
 import type { ChatSettings } from "./settings";
 
 export class ChatSession {
@@ -18,8 +18,7 @@ export class ChatSession {
   }
 
   async switchModel(name: string): Promise<void> {
-    const path = await resolveModelPath(name);
-    const next = loadModel(path);
+    const next = await openModel(name);
     const previous = this.conversation.lm;
     this.conversation.useModel(next);
     previous.free();
