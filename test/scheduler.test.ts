@@ -101,3 +101,35 @@ describe("Scheduler", () => {
     scheduler.dispose();
   });
 });
+
+describe("prefix cache across requests", () => {
+  test("a follow-up turn reuses the conversation so far, and answers as it would from scratch", async () => {
+    const { PrefixCache } = await import("../src/engine/prefix-cache");
+    const prefixCache = new PrefixCache(64 * 1024 * 1024);
+    const scheduler = new Scheduler(lm, { maxBatch: 2, prefillChunk: 16, maxQueue: 4, prefixCache });
+    const first = [{ role: "user", content: "Hello there, how are you?" }];
+    const one = await collect(scheduler.submit({ promptIds: chatTokens(lm.tokenizer, first), sampling: defaultSampling, maxTokens: 8 }));
+    expect(one.done.usage.cachedTokens).toBe(0);
+    const followUp = chatTokens(lm.tokenizer, [...first, { role: "assistant", content: one.text }, { role: "user", content: "And then?" }]);
+    const two = await collect(scheduler.submit({ promptIds: followUp, sampling: defaultSampling, maxTokens: 8 }));
+    expect(two.done.usage.cachedTokens).toBeGreaterThan(chatTokens(lm.tokenizer, first).length - 2);
+    expect(two.text).toBe(alone(followUp, 8).text);
+    expect(prefixCache.hits).toBe(1);
+    scheduler.dispose();
+  });
+
+  test("the byte budget evicts the least recently used entries", async () => {
+    const { PrefixCache } = await import("../src/engine/prefix-cache");
+    const probe = new PrefixCache(1e9);
+    const scheduler = new Scheduler(lm, { maxBatch: 1, prefillChunk: 64, maxQueue: 4, prefixCache: probe });
+    await collect(scheduler.submit(request("one", { maxTokens: 2 })));
+    const perEntry = probe.bytes / probe.entries;
+    scheduler.dispose();
+    const small = new PrefixCache(perEntry * 2.5);
+    const limited = new Scheduler(lm, { maxBatch: 1, prefillChunk: 64, maxQueue: 4, prefixCache: small });
+    for (const t of ["alpha", "beta", "gamma", "delta"]) await collect(limited.submit(request(t, { maxTokens: 2 })));
+    expect(small.bytes).toBeLessThanOrEqual(perEntry * 2.5);
+    expect(small.entries).toBeGreaterThan(0);
+    limited.dispose();
+  });
+});

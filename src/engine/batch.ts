@@ -6,6 +6,7 @@ import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import { cacheState, freeCaches, makeCaches, type DecoderModel, type KVCache } from "../models";
 import { BatchKVCache } from "../models/batch-cache";
+import type { PrefixCache } from "./prefix-cache";
 import { makeSampler, repetitionPenalty, type LogitsProcessor, type Sampler, type SamplingParams } from "./sampling";
 
 export interface SequenceRequest {
@@ -48,8 +49,10 @@ export interface BatchOptions {
   maxBatch: number;
   /** Prompt tokens prefilled per engine step (between two decode steps). */
   prefillChunk: number;
-  /** Called when a sequence leaves the queue and its prefill begins. */
-  onStart?: (id: string) => void;
+  /** Called when a sequence leaves the queue and its prefill begins, with the prompt tokens reused. */
+  onStart?: (id: string, cachedTokens: number) => void;
+  /** Keys and values of earlier prompts and conversations, reused across sequences. */
+  prefixCache?: PrefixCache;
 }
 
 export class BatchGenerator {
@@ -105,8 +108,13 @@ export class BatchGenerator {
     if (!this.#prefill) {
       if (this.#waiting.length === 0 || this.#active.length >= this.options.maxBatch) return;
       const sequence = this.#waiting.shift()!;
-      this.#prefill = { sequence, caches: makeCaches(this.model), done: 0 };
-      this.options.onStart?.(sequence.id);
+      const prompt = sequence.request.promptIds;
+      const caches = makeCaches(this.model);
+      // Start from the longest stored prefix; the last prompt token is always computed anew.
+      const match = this.options.prefixCache?.lookup(prompt, prompt.length - 1);
+      if (match) caches.forEach((c, layer) => c.seed(match.keys[layer]!, match.values[layer]!, match.length));
+      this.#prefill = { sequence, caches, done: match?.length ?? 0 };
+      this.options.onStart?.(sequence.id, match?.length ?? 0);
     }
     const p = this.#prefill;
     const prompt = p.sequence.request.promptIds;
@@ -122,6 +130,7 @@ export class BatchGenerator {
       p.done = end;
     }
     if (p.done < prompt.length - 1) return;
+    this.options.prefixCache?.insert(prompt.slice(0, -1), p.caches);
     this.#caches.forEach((batch, layer) => batch.extend(p.caches[layer]!));
     freeCaches(p.caches);
     p.sequence.history = prompt.slice(0, -1);
@@ -169,6 +178,9 @@ export class BatchGenerator {
   }
 
   #dropRows(rows: number[]): void {
+    // What a leaving sequence computed (its prompt and answer) may start a follow-up request.
+    const cache = this.options.prefixCache;
+    if (cache) for (const row of rows) cache.insert(this.#active[row]!.history, this.#caches, row, this.#caches[0]!.leftPadding[row]);
     const keep = this.#active.map((_, i) => i).filter((i) => !rows.includes(i));
     this.#active = keep.map((i) => this.#active[i]!);
     for (const c of this.#caches) c.keepRows(keep);

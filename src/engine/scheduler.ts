@@ -8,6 +8,7 @@ import { BatchGenerator, type SequenceEvent } from "./batch";
 import type { LogitsProcessor, SamplingParams } from "./sampling";
 import { StopMatcher } from "./stop";
 import type { AdaptiveTuner } from "./tuner";
+import type { PrefixCache } from "./prefix-cache";
 import * as mx from "../mlx";
 
 export interface GenerationRequest {
@@ -26,13 +27,20 @@ export interface TokenLogprob {
   logprob: number;
 }
 
+export type FinishReason = "stop" | "length" | "cancelled";
+
 export type GenerationEvent =
+  /** Text that became final, the tokens that produced it, and their alternatives when asked. */
   | { type: "text"; text: string; tokens: TokenLogprob[]; top?: TokenLogprob[][] }
-  | { type: "done"; finishReason: "stop" | "length" | "cancelled"; usage: GenerationUsage };
+  | { type: "done"; finishReason: FinishReason; usage: GenerationUsage; tokenIds: number[] }
+  | { type: "error"; error: Error };
 
 export interface GenerationUsage {
   promptTokens: number;
   completionTokens: number;
+  /** Prompt tokens whose keys and values came from the prefix cache. */
+  cachedTokens: number;
+  /** From submit to the start of prefill. */
   queueMs: number;
   timeToFirstTokenMs: number;
   totalMs: number;
@@ -48,6 +56,7 @@ export interface SchedulerOptions {
   /** Requests allowed to wait for a batch slot before new ones are refused. */
   maxQueue: number;
   tuner?: AdaptiveTuner;
+  prefixCache?: PrefixCache;
   /** Called with each decode step's duration (an inter-token latency for every running sequence). */
   onStep?: (ms: number, running: number) => void;
 }
@@ -85,8 +94,9 @@ interface Running {
   stops: StopMatcher;
   submittedAt: number;
   startedAt?: number;
+  cachedTokens: number;
   firstTokenAt?: number;
-  generated: number;
+  tokenIds: number[];
   finished: boolean;
 }
 
@@ -103,9 +113,12 @@ export class Scheduler {
     this.#generator = new BatchGenerator(lm.model, {
       maxBatch: options.maxBatch,
       prefillChunk: options.prefillChunk,
-      onStart: (id) => {
+      prefixCache: options.prefixCache,
+      onStart: (id, cachedTokens) => {
         const s = this.#running.get(id);
-        if (s) s.startedAt = performance.now();
+        if (!s) return;
+        s.startedAt = performance.now();
+        s.cachedTokens = cachedTokens;
       },
     });
   }
@@ -118,6 +131,15 @@ export class Scheduler {
     return this.#generator.waiting;
   }
 
+  get stats(): { running: number; waiting: number; maxQueue: number } {
+    return { running: this.running, waiting: this.waiting, maxQueue: this.options.maxQueue };
+  }
+
+  /** Whether submit() would be accepted now. */
+  get accepting(): boolean {
+    return this.waiting < this.options.maxQueue;
+  }
+
   get limits(): { maxBatch: number; prefillChunk: number } {
     const { maxBatch, prefillChunk } = this.#generator.options;
     return { maxBatch, prefillChunk };
@@ -125,7 +147,7 @@ export class Scheduler {
 
   /** Queues a generation; its events arrive on the returned stream. Throws QueueFullError when full. */
   submit(request: GenerationRequest): AsyncIterable<GenerationEvent> {
-    if (this.waiting >= this.options.maxQueue) throw new QueueFullError(`the queue is full (${this.options.maxQueue} waiting)`);
+    if (!this.accepting) throw new QueueFullError(`the queue is full (${this.options.maxQueue} waiting)`);
     const id = String(this.#nextId++);
     const channel = new Channel<GenerationEvent>();
     const sequence: Running = {
@@ -134,7 +156,8 @@ export class Scheduler {
       detokenizer: createDetokenizer(this.lm.tokenizer),
       stops: new StopMatcher(request.stop ?? []),
       submittedAt: performance.now(),
-      generated: 0,
+      cachedTokens: 0,
+      tokenIds: [],
       finished: false,
     };
     this.#running.set(id, sequence);
@@ -157,7 +180,14 @@ export class Scheduler {
       while (!this.#generator.idle) {
         const started = performance.now();
         const decoding = this.#generator.running;
-        const events = this.#generator.step();
+        let events: SequenceEvent[];
+        try {
+          events = this.#generator.step();
+        } catch (error) {
+          // A failed step leaves the batch in an unknown state: end every stream with the error.
+          this.#failAll(error as Error);
+          break;
+        }
         const ms = performance.now() - started;
         if (decoding > 0 && events.length > 0) {
           this.options.onStep?.(ms, decoding);
@@ -183,7 +213,7 @@ export class Scheduler {
     const top = event.logprobs ? topTokens(event.logprobs, s.request.topLogprobs!) : undefined;
     event.logprobs?.free();
     if (this.lm.tokenizer.eosTokenIds.has(event.token)) return this.#finish(event.id, "stop");
-    s.generated++;
+    s.tokenIds.push(event.token);
     const { text, stopped } = s.stops.push(s.detokenizer.push(event.token));
     const tokens = [{ token: event.token, logprob: event.logprob }];
     if (text || top) s.channel.push({ type: "text", text, tokens, top: top && [top] });
@@ -208,13 +238,25 @@ export class Scheduler {
       finishReason,
       usage: {
         promptTokens: s.request.promptIds.length,
-        completionTokens: s.generated,
+        completionTokens: s.tokenIds.length,
+        cachedTokens: s.cachedTokens,
         queueMs: (s.startedAt ?? now) - s.submittedAt,
         timeToFirstTokenMs: (s.firstTokenAt ?? now) - s.submittedAt,
         totalMs: now - s.submittedAt,
       },
+      tokenIds: s.tokenIds,
     });
     s.channel.close();
+  }
+
+  #failAll(error: Error): void {
+    for (const [id, s] of this.#running) {
+      s.finished = true;
+      this.#generator.remove(id);
+      s.channel.push({ type: "error", error });
+      s.channel.close();
+    }
+    this.#running.clear();
   }
 
   dispose(): void {

@@ -68,6 +68,14 @@ export class KVCache implements AttentionCache {
     return mx.keep(next);
   }
 
+  /** Starts from stored keys/values [B, H, ≥ length, D] (shared, so never written in place). */
+  seed(keys: MxArray, values: MxArray, length: number): void {
+    this.free();
+    this.keys = mx.keep(mx.retain(keys));
+    this.values = mx.keep(mx.retain(values));
+    this.offset = length;
+  }
+
   /** Forget positions past `length` (e.g. to reuse a shared prefix). */
   trim(length: number): void {
     this.offset = Math.min(this.offset, Math.max(0, length));
