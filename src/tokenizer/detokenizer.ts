@@ -28,16 +28,23 @@ export function createDetokenizer(tokenizer: Tokenizer, options: DetokenizerOpti
  * the concatenated token bytes: O(token length) per token. TextDecoder's stream mode holds back an
  * unfinished sequence, and decodes invalid bytes to U+FFFD exactly as a whole-text decode would.
  */
-export class ByteLevelDetokenizer implements StreamingDetokenizer {
-  private decoder = new TextDecoder("utf-8", { fatal: false, ignoreBOM: true });
-  private readonly skipSpecial: boolean;
+/** What both detokenizers share: the tokenizer, and whether special tokens are dropped. */
+abstract class BaseDetokenizer implements StreamingDetokenizer {
+  protected readonly skipSpecial: boolean;
 
   constructor(
-    private readonly tokenizer: Tokenizer,
+    protected readonly tokenizer: Tokenizer,
     { skipSpecialTokens = false }: DetokenizerOptions = {},
   ) {
     this.skipSpecial = skipSpecialTokens;
   }
+
+  abstract push(id: number): string;
+  abstract flush(): string;
+}
+
+export class ByteLevelDetokenizer extends BaseDetokenizer {
+  private decoder = new TextDecoder("utf-8", { fatal: false, ignoreBOM: true });
 
   push(id: number): string {
     if (this.skipSpecial && this.tokenizer.isSpecial(id)) return "";
@@ -57,19 +64,11 @@ export class ByteLevelDetokenizer implements StreamingDetokenizer {
  * vLLM and TGI do. The window restarts after each emitted chunk, so each step decodes a few tokens,
  * not the whole output. Text ending in U+FFFD is an unfinished character and waits.
  */
-export class IncrementalDetokenizer implements StreamingDetokenizer {
+export class IncrementalDetokenizer extends BaseDetokenizer {
   private ids: number[] = [];
   /** ids[prefixStart..readStart) were already emitted; they give later tokens their context. */
   private prefixStart = 0;
   private readStart = 0;
-  private readonly skipSpecial: boolean;
-
-  constructor(
-    private readonly tokenizer: Tokenizer,
-    { skipSpecialTokens = false }: DetokenizerOptions = {},
-  ) {
-    this.skipSpecial = skipSpecialTokens;
-  }
 
   push(id: number): string {
     if (this.skipSpecial && this.tokenizer.isSpecial(id)) return "";
