@@ -14,6 +14,8 @@ const main = defineCommand({
     show: () => import("./cmd/show").then((m) => m.default),
     rm: () => import("./cmd/rm").then((m) => m.default),
     verify: () => import("./cmd/verify").then((m) => m.default),
+    serve: () => import("./cmd/serve").then((m) => m.default),
+    bench: () => import("./cmd/bench").then((m) => m.default),
   },
 });
 

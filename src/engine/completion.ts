@@ -76,6 +76,9 @@ export function* complete(lm: LoadedModel, caches: KVCache[], promptIds: number[
   const sampledIds: number[] = [];
   let text = "";
   let finishReason: FinishReason = "length";
+  // Text held back (an unfinished character, a possible stop string) is released at the end,
+  // except after a stop string, which withholds everything from itself on.
+  let stoppedByString = false;
 
   const loop = tokenLoop(lm.model, caches, promptIds, {
     sampling: o.sampling,
@@ -103,11 +106,12 @@ export function* complete(lm: LoadedModel, caches: KVCache[], promptIds: number[
     }
     if (stopped) {
       finishReason = "stop";
+      stoppedByString = true;
       break;
     }
   }
   loop.return(undefined);
-  if (finishReason !== "stop") {
+  if (!stoppedByString) {
     const rest = stops.push(detokenizer.flush());
     const tail = rest.stopped ? rest.text : rest.text + stops.flush();
     if (rest.stopped) finishReason = "stop";

@@ -80,12 +80,16 @@ export function* tokenLoop(model: DecoderModel, caches: KVCache[], prompt: numbe
     });
 
   history.push(...remaining);
-  let [y, chosen, logprobs] = step(remaining);
-  mx.asyncEvaluate(y, chosen, logprobs);
+  let current: Step = step(remaining);
+  mx.asyncEvaluate(...current);
+  // The step whose arrays are still ours to free if the caller stops early: the one being
+  // read, or the one built ahead of what the caller has seen.
+  let owned: Step | undefined = current;
   try {
     for (let n = 0; n < o.maxTokens; n++) {
-      let next: Step | undefined;
+      const [y, chosen, logprobs] = current;
       const more = n + 1 < o.maxTokens;
+      let next: Step | undefined;
       if (more && !hostTokens) next = step(y);
       const token = y.item();
       const logprob = chosen.item();
@@ -94,18 +98,15 @@ export function* tokenLoop(model: DecoderModel, caches: KVCache[], prompt: numbe
       if (next) mx.asyncEvaluate(...next);
       y.free();
       chosen.free();
-      if (o.keepLogprobs) yield { token, logprob, logprobs };
-      else {
-        logprobs.free();
-        yield { token, logprob };
-      }
+      // A kept row belongs to the caller once yielded.
+      if (!o.keepLogprobs) logprobs.free();
+      owned = next;
+      yield { token, logprob, logprobs: o.keepLogprobs ? logprobs : undefined };
       if (!next) return;
-      [y, chosen, logprobs] = next;
+      current = next;
     }
   } finally {
-    y.free();
-    chosen.free();
-    if (!o.keepLogprobs) logprobs.free();
+    if (owned) for (const a of owned) a.free();
   }
 }
 

@@ -131,8 +131,16 @@ export class Scheduler {
     return this.#generator.waiting;
   }
 
-  get stats(): { running: number; waiting: number; maxQueue: number } {
-    return { running: this.running, waiting: this.waiting, maxQueue: this.options.maxQueue };
+  get stats() {
+    const { tuner, prefixCache: cache } = this.options;
+    return {
+      running: this.running,
+      waiting: this.waiting,
+      maxQueue: this.options.maxQueue,
+      ...this.limits,
+      tuner: tuner && { targetItlMs: tuner.targetMs, estimatedP99Ms: tuner.estimatedP99Ms, adjustments: tuner.adjustments.length, recent: tuner.adjustments.slice(-10) },
+      prefixCache: cache && { entries: cache.entries, bytes: cache.bytes, hits: cache.hits, misses: cache.misses, hitTokens: cache.hitTokens },
+    };
   }
 
   /** Whether submit() would be accepted now. */
@@ -262,6 +270,7 @@ export class Scheduler {
   dispose(): void {
     for (const id of [...this.#running.keys()]) this.#finish(id, "cancelled");
     this.#generator.dispose();
+    this.options.prefixCache?.clear();
   }
 }
 

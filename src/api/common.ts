@@ -1,0 +1,26 @@
+// What both API families reduce a request to, before the server applies model defaults.
+
+export interface SamplingInput {
+  temperature?: number;
+  topP?: number;
+  topK?: number;
+  minP?: number;
+  repetitionPenalty?: number;
+  /** How many recent tokens the repetition penalty looks at. */
+  repetitionContext?: number;
+  seed?: number;
+  /** OpenAI semantics: subtracted once from the logit of every token already generated. */
+  presencePenalty?: number;
+  /** OpenAI semantics: subtracted per occurrence from the logit of every token already generated. */
+  frequencyPenalty?: number;
+  /** token id → bias added to its logit. */
+  logitBias?: Map<number, number>;
+}
+
+export interface MessageInput {
+  role: string;
+  content: string;
+}
+
+/** The prompt: chat messages (through the model's template), raw text, or token ids. */
+export type PromptInput = { kind: "chat"; messages: MessageInput[] } | { kind: "text"; text: string; template: boolean; system?: string } | { kind: "ids"; ids: number[] };

@@ -1,0 +1,131 @@
+// The Ollama API's request shapes (/api/chat, /api/generate, /api/show) and their validation,
+// keep_alive durations, and the figures its final stream object carries.
+import type { MessageInput, PromptInput, SamplingInput } from "./common";
+import { Fields, ValidationError, unsupported } from "./validate";
+
+export interface OllamaRequest {
+  model: string;
+  /** Undefined: no prompt at all (a load or unload request). */
+  prompt?: PromptInput;
+  stream: boolean;
+  /** Milliseconds; Infinity keeps the model loaded; undefined: the server's default. */
+  keepAlive?: number;
+  /** undefined: until the context is full. */
+  maxTokens?: number;
+  sampling: SamplingInput;
+  stop: string[];
+  /** /api/generate's context: token ids of an earlier exchange to continue. */
+  context?: number[];
+}
+
+/** Ollama's documented defaults, used when a request does not set an option. */
+export const ollamaDefaults = { temperature: 0.8, topP: 0.9, topK: 40, minP: 0, repetitionPenalty: 1.1, repetitionContext: 64 };
+
+const ROLES = new Set(["system", "user", "assistant", "tool"]);
+
+function options(f: Fields): Pick<OllamaRequest, "maxTokens" | "sampling" | "stop"> {
+  const o = f.object("options") ?? new Fields({}, "options");
+  const numPredict = o.integer("num_predict", { min: -2 });
+  const seed = o.integer("seed", { min: -1, max: Number.MAX_SAFE_INTEGER });
+  const repeatLastN = o.integer("repeat_last_n", { min: -1 });
+  if ((o.number("mirostat", { min: 0, max: 2 }) ?? 0) !== 0) throw unsupported("options.mirostat");
+  o.integer("num_ctx", { min: 1 }); // checked, but the context is the model's (it cannot grow here)
+  return {
+    maxTokens: numPredict === undefined || numPredict < 0 ? undefined : numPredict,
+    sampling: {
+      temperature: o.number("temperature", { min: 0 }),
+      topP: o.number("top_p", { above: 0, max: 1 }),
+      topK: o.integer("top_k", { min: 0 }),
+      minP: o.number("min_p", { min: 0, below: 1 }),
+      repetitionPenalty: o.number("repeat_penalty", { above: 0 }),
+      // -1 means the whole context; 0 turns the penalty off.
+      repetitionContext: repeatLastN === -1 ? 1 << 30 : repeatLastN,
+      seed: seed === undefined || seed < 0 ? undefined : seed,
+      presencePenalty: o.number("presence_penalty", { min: -2, max: 2 }),
+      frequencyPenalty: o.number("frequency_penalty", { min: -2, max: 2 }),
+    },
+    stop: o.stop("stop"),
+  };
+}
+
+function common(f: Fields): Omit<OllamaRequest, "prompt" | "context"> {
+  const model = f.string("model", { required: true, nonEmpty: true })!;
+  const format = f.raw("format");
+  if (format !== undefined && format !== null && format !== "") throw unsupported("format", "structured output ('format')");
+  const tools = f.array("tools");
+  if (tools && tools.length > 0) throw unsupported("tools");
+  if (f.raw("think") === true) throw unsupported("think");
+  return { model, stream: f.boolean("stream") ?? true, keepAlive: keepAlive(f), ...options(f) };
+}
+
+export function parseOllamaChat(body: unknown): OllamaRequest {
+  const f = Fields.of(body);
+  const raw = f.array("messages") ?? [];
+  const messages: MessageInput[] = raw.map((item, i) => {
+    const at = `messages.${i}`;
+    if (item === null || typeof item !== "object" || Array.isArray(item)) throw new ValidationError(`'${at}' must be an object`, at);
+    const m = new Fields(item as Record<string, unknown>, at);
+    const role = m.string("role", { required: true })!;
+    if (!ROLES.has(role)) m.fail("role", `must be one of ${[...ROLES].join(", ")}; got '${role}'`);
+    const images = m.array("images");
+    if (images && images.length > 0) throw unsupported(`${at}.images`, "images");
+    if (m.has("tool_calls")) throw unsupported(`${at}.tool_calls`, "tool calls");
+    return { role, content: m.string("content") ?? "" };
+  });
+  const c = common(f);
+  return { ...c, prompt: messages.length > 0 ? { kind: "chat", messages } : undefined };
+}
+
+export function parseOllamaGenerate(body: unknown): OllamaRequest {
+  const f = Fields.of(body);
+  if (f.string("suffix")) throw unsupported("suffix");
+  if (f.string("template")) throw unsupported("template", "a request 'template'");
+  const images = f.array("images");
+  if (images && images.length > 0) throw unsupported("images");
+  const prompt = f.string("prompt") ?? "";
+  const system = f.string("system");
+  const raw = f.boolean("raw") ?? false;
+  const context = f.array("context");
+  context?.forEach((t, i) => {
+    if (!Number.isInteger(t) || (t as number) < 0) throw new ValidationError(`'context.${i}' must be a token id`, `context.${i}`);
+  });
+  const c = common(f);
+  return { ...c, prompt: prompt ? { kind: "text", text: prompt, template: !raw, system } : undefined, context: context as number[] | undefined };
+}
+
+/** /api/show and friends: `model` (or the older `name`). */
+export function parseModelName(body: unknown): string {
+  const f = Fields.of(body);
+  const name = f.string("model") || f.string("name");
+  if (!name) throw new ValidationError("'model' is required", "model");
+  return name;
+}
+
+/**
+ * keep_alive: a number of seconds or a duration string ("5m", "1h30m", "300ms", "10"); 0
+ * unloads at once, a negative value keeps the model loaded. Returns milliseconds (Infinity: keep).
+ */
+export function parseKeepAlive(value: unknown, param = "keep_alive"): number | undefined {
+  if (value === undefined || value === null || value === "") return undefined;
+  if (typeof value === "number" && Number.isFinite(value)) return value < 0 ? Infinity : value * 1000;
+  if (typeof value === "string") {
+    const s = value.trim();
+    if (/^-?\d+(\.\d+)?$/.test(s)) return parseKeepAlive(Number(s), param);
+    const match = /^(-)?((?:\d+(?:\.\d+)?(?:h|m|s|ms|us|µs|ns))+)$/.exec(s);
+    if (match) {
+      if (match[1]) return Infinity;
+      const unit: Record<string, number> = { h: 3_600_000, m: 60_000, s: 1000, ms: 1, us: 1e-3, "µs": 1e-3, ns: 1e-6 };
+      let ms = 0;
+      for (const [, n, u] of match[2]!.matchAll(/(\d+(?:\.\d+)?)(h|ms|m|s|us|µs|ns)/g)) ms += Number(n) * unit[u!]!;
+      return ms;
+    }
+  }
+  throw new ValidationError(`'${param}' must be a number of seconds or a duration such as "5m", got ${JSON.stringify(value)}`, param);
+}
+
+function keepAlive(f: Fields): number | undefined {
+  return parseKeepAlive(f.raw("keep_alive"));
+}
+
+/** Nanoseconds, as Ollama reports durations. */
+export const nanos = (ms: number) => Math.max(0, Math.round(ms * 1e6));

@@ -1,0 +1,157 @@
+// The OpenAI API's request and response shapes (chat completions, completions, models), the
+// validation of requests, and the builders of responses and stream chunks.
+import type { MessageInput, PromptInput, SamplingInput } from "./common";
+import { Fields, ValidationError, unsupported } from "./validate";
+
+export interface OpenAIRequest {
+  model?: string;
+  prompt: PromptInput;
+  stream: boolean;
+  includeUsage: boolean;
+  maxTokens?: number;
+  sampling: SamplingInput;
+  stop: string[];
+  /** Whether to return logprobs, and how many alternatives per token. */
+  logprobs: boolean;
+  topLogprobs: number;
+}
+
+const ROLES = new Set(["system", "developer", "user", "assistant", "tool"]);
+
+/** The fields both endpoints share: sampling, limits, stop, streaming. */
+function commonFields(f: Fields): Omit<OpenAIRequest, "prompt" | "logprobs" | "topLogprobs"> {
+  const n = f.integer("n", { min: 1 });
+  if (n !== undefined && n !== 1) throw unsupported("n", "'n' other than 1");
+  const stream = f.boolean("stream") ?? false;
+  const streamOptions = f.object("stream_options");
+  if (streamOptions && !stream) throw new ValidationError("'stream_options' is only allowed when 'stream' is true", "stream_options");
+  const includeUsage = streamOptions?.boolean("include_usage") ?? false;
+  const maxTokens = f.integer("max_completion_tokens", { min: 1 }) ?? f.integer("max_tokens", { min: 1 });
+  let topK = f.integer("top_k", { min: -1 });
+  if (topK === -1) topK = 0; // vLLM's "disabled"
+  const sampling: SamplingInput = {
+    temperature: f.number("temperature", { min: 0, max: 2 }),
+    topP: f.number("top_p", { above: 0, max: 1 }),
+    topK,
+    minP: f.number("min_p", { min: 0, below: 1 }),
+    repetitionPenalty: f.number("repetition_penalty", { above: 0, max: 10 }),
+    seed: f.integer("seed", { min: 0, max: Number.MAX_SAFE_INTEGER }),
+    presencePenalty: f.number("presence_penalty", { min: -2, max: 2 }),
+    frequencyPenalty: f.number("frequency_penalty", { min: -2, max: 2 }),
+    logitBias: logitBias(f),
+  };
+  const stop = f.stop("stop");
+  const format = f.object("response_format");
+  if (format && format.string("type") !== "text") throw unsupported("response_format", `'response_format' of type '${String(format.raw("type"))}'`);
+  const tools = f.array("tools");
+  if (tools && tools.length > 0) throw unsupported("tools");
+  if (f.has("functions")) throw unsupported("functions");
+  return { model: f.string("model", { nonEmpty: true }), stream, includeUsage, maxTokens, sampling, stop };
+}
+
+function logitBias(f: Fields): Map<number, number> | undefined {
+  const bias = f.object("logit_bias");
+  if (!bias) return undefined;
+  const out = new Map<number, number>();
+  for (const key of Object.keys(bias.body)) {
+    const id = Number(key);
+    if (!Number.isInteger(id) || id < 0) throw new ValidationError(`'logit_bias' keys must be token ids, got '${key}'`, "logit_bias");
+    out.set(id, bias.number(key, { min: -100, max: 100 })!);
+  }
+  return out.size > 0 ? out : undefined;
+}
+
+function messageContent(m: Fields, at: string): string {
+  const content = m.raw("content");
+  if (typeof content === "string") return content;
+  if (content === null || content === undefined) {
+    if (m.raw("role") === "assistant") return "";
+    throw new ValidationError(`'${at}.content' is required`, `${at}.content`);
+  }
+  if (!Array.isArray(content)) throw new ValidationError(`'${at}.content' must be a string or a list of content parts`, `${at}.content`);
+  return content
+    .map((part, i) => {
+      const p = Fields.of(part, `'${at}.content.${i}'`);
+      const type = p.string("type", { required: true });
+      if (type !== "text") throw unsupported(`${at}.content.${i}.type`, `content of type '${type}'`);
+      return new Fields(p.body, `${at}.content.${i}`).string("text", { required: true })!;
+    })
+    .join("");
+}
+
+export function parseChatRequest(body: unknown): OpenAIRequest {
+  const f = Fields.of(body);
+  const raw = f.array("messages", { required: true, nonEmpty: true })!;
+  const messages: MessageInput[] = raw.map((item, i) => {
+    const at = `messages.${i}`;
+    if (item === null || typeof item !== "object" || Array.isArray(item)) throw new ValidationError(`'${at}' must be an object`, at);
+    const m = new Fields(item as Record<string, unknown>, at);
+    const role = m.string("role", { required: true })!;
+    if (!ROLES.has(role)) m.fail("role", `must be one of ${[...ROLES].join(", ")}; got '${role}'`);
+    if (m.has("tool_calls")) throw unsupported(`${at}.tool_calls`, "tool calls");
+    return { role: role === "developer" ? "system" : role, content: messageContent(m, at) };
+  });
+  const common = commonFields(f);
+  const logprobs = f.boolean("logprobs") ?? false;
+  const topLogprobs = f.integer("top_logprobs", { min: 0, max: 20 }) ?? 0;
+  if (topLogprobs > 0 && !logprobs) throw new ValidationError("'top_logprobs' needs 'logprobs' set to true", "top_logprobs");
+  return { ...common, prompt: { kind: "chat", messages }, logprobs, topLogprobs };
+}
+
+export function parseCompletionRequest(body: unknown): OpenAIRequest {
+  const f = Fields.of(body);
+  const common = commonFields(f);
+  if (f.boolean("echo")) throw unsupported("echo");
+  if (f.has("suffix")) throw unsupported("suffix");
+  const bestOf = f.integer("best_of", { min: 1 });
+  if (bestOf !== undefined && bestOf !== 1) throw unsupported("best_of", "'best_of' other than 1");
+  const logprobs = f.integer("logprobs", { min: 0, max: 20 });
+  return { ...common, prompt: completionPrompt(f), logprobs: logprobs !== undefined, topLogprobs: logprobs ?? 0 };
+}
+
+function completionPrompt(f: Fields): PromptInput {
+  let p = f.raw("prompt");
+  if (p === undefined || p === null) throw new ValidationError("'prompt' is required", "prompt");
+  if (Array.isArray(p) && p.length === 1 && (typeof p[0] === "string" || Array.isArray(p[0]))) p = p[0];
+  if (typeof p === "string") {
+    if (p.length === 0) throw new ValidationError("'prompt' must not be empty", "prompt");
+    return { kind: "text", text: p, template: false };
+  }
+  if (Array.isArray(p) && p.length > 0 && p.every((t) => Number.isInteger(t) && (t as number) >= 0)) return { kind: "ids", ids: p as number[] };
+  if (Array.isArray(p) && p.length > 1 && p.every((t) => typeof t === "string" || Array.isArray(t))) throw unsupported("prompt", "a batch of several prompts");
+  throw new ValidationError("'prompt' must be a non-empty string or a list of token ids", "prompt");
+}
+
+// ---- responses ----
+
+export interface Usage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+  prompt_tokens_details: { cached_tokens: number };
+}
+
+export function usage(promptTokens: number, completionTokens: number, cachedTokens: number): Usage {
+  return { prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens, prompt_tokens_details: { cached_tokens: cachedTokens } };
+}
+
+export interface ChatLogprob {
+  token: string;
+  logprob: number;
+  bytes: number[];
+  top_logprobs: { token: string; logprob: number; bytes: number[] }[];
+}
+
+export interface CompletionLogprobs {
+  tokens: string[];
+  token_logprobs: number[];
+  top_logprobs: Record<string, number>[] | null;
+  text_offset: number[];
+}
+
+export const newId = (prefix: string) => `${prefix}-${crypto.randomUUID().replaceAll("-", "").slice(0, 24)}`;
+export const unixSeconds = () => Math.floor(Date.now() / 1000);
+
+export function modelObject(id: string, created: number) {
+  return { id, object: "model" as const, created, owned_by: "mlx" };
+}

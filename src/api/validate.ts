@@ -1,0 +1,126 @@
+// Reading untrusted JSON bodies: each accessor checks one field's type and range and throws a
+// ValidationError naming the field (the server turns it into a 400). No schema library: the
+// checks are few and the messages say exactly what was wrong.
+
+export class ValidationError extends Error {
+  override name = "ValidationError";
+  constructor(
+    message: string,
+    /** The offending field, dotted (e.g. "messages.0.content"). */
+    readonly param: string | null = null,
+    readonly code: string | null = null,
+  ) {
+    super(message);
+  }
+}
+
+/** A request feature we understand but do not implement: a 400 that says so. */
+export const unsupported = (param: string, what = `'${param}'`) => new ValidationError(`${what} is not supported by this server`, param, "unsupported_parameter");
+
+type Json = Record<string, unknown>;
+
+const describe = (v: unknown) => (v === null ? "null" : Array.isArray(v) ? "an array" : typeof v === "string" ? `a string` : typeof v);
+
+interface NumberRule {
+  min?: number;
+  max?: number;
+  /** Lower bound excluded. */
+  above?: number;
+  /** Upper bound excluded. */
+  below?: number;
+  integer?: boolean;
+}
+
+export class Fields {
+  constructor(
+    readonly body: Json,
+    readonly prefix = "",
+  ) {}
+
+  static of(body: unknown, what = "the request body"): Fields {
+    if (body === null || typeof body !== "object" || Array.isArray(body)) throw new ValidationError(`${what} must be a JSON object, got ${describe(body)}`);
+    return new Fields(body as Json);
+  }
+
+  name(field: string): string {
+    return this.prefix ? `${this.prefix}.${field}` : field;
+  }
+
+  has(field: string): boolean {
+    return this.body[field] !== undefined && this.body[field] !== null;
+  }
+
+  raw(field: string): unknown {
+    return this.body[field];
+  }
+
+  fail(field: string, message: string): never {
+    throw new ValidationError(`'${this.name(field)}' ${message}`, this.name(field));
+  }
+
+  string(field: string, o: { required?: boolean; nonEmpty?: boolean } = {}): string | undefined {
+    const v = this.body[field];
+    if (v === undefined || v === null) {
+      if (o.required) this.fail(field, "is required");
+      return undefined;
+    }
+    if (typeof v !== "string") this.fail(field, `must be a string, got ${describe(v)}`);
+    if (o.nonEmpty && v.length === 0) this.fail(field, "must not be empty");
+    return v;
+  }
+
+  boolean(field: string): boolean | undefined {
+    const v = this.body[field];
+    if (v === undefined || v === null) return undefined;
+    if (typeof v !== "boolean") this.fail(field, `must be true or false, got ${describe(v)}`);
+    return v;
+  }
+
+  number(field: string, rule: NumberRule = {}): number | undefined {
+    const v = this.body[field];
+    if (v === undefined || v === null) return undefined;
+    if (typeof v !== "number" || !Number.isFinite(v)) this.fail(field, `must be a number, got ${describe(v)}`);
+    if (rule.integer && !Number.isInteger(v)) this.fail(field, `must be a whole number, got ${v}`);
+    if (rule.min !== undefined && v < rule.min) this.fail(field, `must be >= ${rule.min}, got ${v}`);
+    if (rule.max !== undefined && v > rule.max) this.fail(field, `must be <= ${rule.max}, got ${v}`);
+    if (rule.above !== undefined && v <= rule.above) this.fail(field, `must be > ${rule.above}, got ${v}`);
+    if (rule.below !== undefined && v >= rule.below) this.fail(field, `must be < ${rule.below}, got ${v}`);
+    return v;
+  }
+
+  integer(field: string, rule: Omit<NumberRule, "integer"> = {}): number | undefined {
+    return this.number(field, { ...rule, integer: true });
+  }
+
+  object(field: string): Fields | undefined {
+    const v = this.body[field];
+    if (v === undefined || v === null) return undefined;
+    if (typeof v !== "object" || Array.isArray(v)) this.fail(field, `must be an object, got ${describe(v)}`);
+    return new Fields(v as Json, this.name(field));
+  }
+
+  array(field: string, o: { required?: boolean; nonEmpty?: boolean; max?: number } = {}): unknown[] | undefined {
+    const v = this.body[field];
+    if (v === undefined || v === null) {
+      if (o.required) this.fail(field, "is required");
+      return undefined;
+    }
+    if (!Array.isArray(v)) this.fail(field, `must be an array, got ${describe(v)}`);
+    if (o.nonEmpty && v.length === 0) this.fail(field, "must not be empty");
+    if (o.max !== undefined && v.length > o.max) this.fail(field, `may hold at most ${o.max} items, got ${v.length}`);
+    return v;
+  }
+
+  /** OpenAI's `stop`: a string or a list of strings. */
+  stop(field: string, max = 16): string[] {
+    const v = this.body[field];
+    if (v === undefined || v === null) return [];
+    if (typeof v === "string") return v ? [v] : [];
+    if (!Array.isArray(v)) this.fail(field, `must be a string or a list of strings, got ${describe(v)}`);
+    if (v.length > max) this.fail(field, `may hold at most ${max} strings, got ${v.length}`);
+    v.forEach((s, i) => {
+      if (typeof s !== "string") throw new ValidationError(`'${this.name(field)}.${i}' must be a string, got ${describe(s)}`, `${this.name(field)}.${i}`);
+    });
+    return (v as string[]).filter((s) => s.length > 0);
+  }
+}

@@ -1,0 +1,448 @@
+// Constrained decoding: JSON (any object) or a JSON Schema enforced while sampling, so the
+// answer is valid by construction. xgrammar (compiled to WASM) turns the schema into a grammar
+// over the model's vocabulary; at each step its allowed-token bitmask becomes one boolean
+// array and one mx.where that sets every other logit to -inf. When the JSON is complete only
+// the end-of-sequence tokens stay allowed, so generation ends with finish reason "stop".
+//
+// Use: `const c = await createJsonConstraint(tokenizer, { schema })`, pass `c.processor` in
+// `logitsProcessors`, `c.dispose()` when the sequence is done. Each constraint carries its own
+// matcher, so sequences are constrained independently; compiled grammars are cached per
+// tokenizer and schema.
+import Ajv, { type ErrorObject } from "ajv";
+import type * as XG from "@mlc-ai/web-xgrammar";
+// The library's text, evaluated by us (see loadInstance): one WASM instance per evaluation.
+import xgrammarSource from "@mlc-ai/web-xgrammar/lib/index.js" with { type: "text" };
+import * as mx from "../mlx";
+import type { MxArray } from "../mlx";
+import type { Tokenizer } from "../tokenizer/tokenizer";
+import type { LogitsProcessor } from "./sampling";
+
+/** "json": any JSON object. A schema: JSON matching it (`strict`, default true: no properties or items the schema does not name). */
+export type JsonFormat = "json" | { schema: object; strict?: boolean };
+
+export interface JsonConstraint {
+  /** The logits processor for tokenLoop / complete(); it follows the sequence's history itself. */
+  processor: LogitsProcessor;
+  /** Whether the text generated so far is a complete JSON value of the grammar. */
+  accepted(): boolean;
+  /** Frees the matcher (the constraint must not be used afterwards). Safe to call twice. */
+  dispose(): void;
+}
+
+export class SchemaError extends Error {
+  override name = "SchemaError";
+}
+
+// ---------------------------------------------------------------------------------------------
+// The xgrammar instance. The WASM build aborts on a schema it refuses, and every abort leaks
+// part of its stack: after some dozens the instance is broken. So we evaluate the library
+// ourselves, count aborts, and move to a fresh instance well before that (matchers made on
+// the old one keep working: they never abort).
+
+type Xg = typeof XG;
+
+interface Instance {
+  xg: Xg;
+  /** The instance's linear memory, to read bitmasks without a copy through embind. */
+  memory: WebAssembly.Memory | undefined;
+  /** Set while a call's diagnostics are collected instead of printed. */
+  log: string[] | undefined;
+  aborts: number;
+  /** Whether reading a bitmask straight from memory was checked to agree with the library. */
+  directBitmask: boolean;
+}
+
+const MAX_ABORTS = 4;
+let current: Promise<Instance> | undefined;
+let loading: Promise<unknown> = Promise.resolve();
+
+/** Loads xgrammar's WASM once (later calls return at once). Everything else awaits it too. */
+export async function initGrammar(): Promise<void> {
+  await instance();
+}
+
+function instance(): Promise<Instance> {
+  current ??= loadInstance();
+  return current;
+}
+
+async function loadInstance(): Promise<Instance> {
+  // One load at a time: it briefly patches globals to catch the instance's memory and stderr.
+  const previous = loading;
+  let done!: () => void;
+  loading = new Promise<void>((resolve) => (done = resolve));
+  await previous;
+  const exports = {} as Xg;
+  const inst: Instance = { xg: exports, memory: undefined, log: undefined, aborts: 0, directBitmask: false };
+  const originalError = console.error;
+  const originalInstantiate = WebAssembly.instantiate;
+  try {
+    new Function("exports", "module", "require", "__filename", xgrammarSource as unknown as string)(exports, { exports }, require, "/xgrammar/index.js");
+    // The emscripten module binds console.error when it starts: route it through us.
+    console.error = (...args: unknown[]) => {
+      if (inst.log) inst.log.push(args.map(String).join(" "));
+      else originalError(...args);
+    };
+    (WebAssembly as { instantiate: unknown }).instantiate = async (...args: unknown[]) => {
+      const result = await (originalInstantiate as (...a: unknown[]) => Promise<WebAssembly.WebAssemblyInstantiatedSource>)(...args);
+      const wasm = (result as { instance?: WebAssembly.Instance }).instance ?? (result as unknown as WebAssembly.Instance);
+      inst.memory = Object.values(wasm.exports).find((e): e is WebAssembly.Memory => e instanceof WebAssembly.Memory);
+      return result;
+    };
+    await exports.Testings._jsonSchemaToEBNF('{"type":"integer"}');
+  } finally {
+    console.error = originalError;
+    WebAssembly.instantiate = originalInstantiate;
+    done();
+  }
+  await checkDirectBitmask(inst);
+  return inst;
+}
+
+/** Runs an xgrammar call that may abort, turning an abort into an Error with xgrammar's message. */
+async function guarded<T>(inst: Instance, what: string, call: () => Promise<T> | T): Promise<T> {
+  const log: string[] = [];
+  inst.log = log;
+  try {
+    const result = await call();
+    const warning = log.find((line) => line.includes("[WARNING]"));
+    if (warning) throw new SchemaError(`${what}: ${diagnostic(warning)} (it would not be enforced)`);
+    return result;
+  } catch (error) {
+    if (error instanceof SchemaError) throw error;
+    const fatal = log.find((line) => line.includes("[FATAL]")) ?? log.find((line) => line !== "Aborted()");
+    if (++inst.aborts >= MAX_ABORTS && current) {
+      // Retire this instance; compiled grammars made on it stay usable by their matchers.
+      current = undefined;
+      perTokenizer = new WeakMap();
+    }
+    throw new SchemaError(`${what}: ${fatal ? diagnostic(fatal) : (error as Error).message}`);
+  } finally {
+    inst.log = undefined;
+  }
+}
+
+/** "[FATAL] /path/file.cc:123: Check failed: (...) is false: message" → "message". */
+function diagnostic(line: string): string {
+  return line
+    .replace(/^\[(FATAL|WARNING)\]\s+\S+:\d+:\s*/, "")
+    .replace(/^Check failed: \(.*?\) is false:\s*/, "")
+    .trim();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Schema validation: ajv says whether it is JSON Schema at all, then we refuse what xgrammar
+// would silently not enforce, then xgrammar converts it (and may refuse it).
+
+const ajv = new Ajv({ strict: false, validateFormats: false, allErrors: false });
+
+// Keywords xgrammar parses but does not enforce: accepting them would break "valid by construction".
+const UNENFORCED = ["not", "if", "then", "else", "multipleOf", "uniqueItems", "contains", "minContains", "maxContains", "dependentRequired", "dependentSchemas", "dependencies", "unevaluatedItems"];
+const SUBSCHEMA_MAPS = ["properties", "$defs", "definitions", "patternProperties", "dependentSchemas"];
+const SUBSCHEMA_LISTS = ["anyOf", "oneOf", "allOf", "prefixItems"];
+const SUBSCHEMA_SINGLE = ["items", "additionalProperties", "propertyNames", "additionalItems", "unevaluatedProperties"];
+
+const validated = new Map<string, SchemaError | true>();
+
+/**
+ * Checks that `schema` is a JSON Schema this engine can enforce; throws a SchemaError whose
+ * message names the offending part (a JSON pointer into the schema) otherwise.
+ */
+export async function validateSchema(schema: unknown, { strict = true }: { strict?: boolean } = {}): Promise<void> {
+  if (typeof schema !== "object" || schema === null || Array.isArray(schema)) {
+    throw new SchemaError("invalid schema: a JSON Schema must be a JSON object");
+  }
+  const key = `${strict}:${canonicalJson(schema)}`;
+  const known = validated.get(key);
+  if (known === true) return;
+  if (known) throw known;
+  try {
+    checkWithAjv(schema);
+    walkSchema(schema as Record<string, unknown>, "");
+    const inst = await instance();
+    await guarded(inst, "unsupported schema", () => inst.xg.Testings._jsonSchemaToEBNF(JSON.stringify(schema), false, -1, undefined, strict));
+    validated.set(key, true);
+  } catch (error) {
+    const e = error instanceof SchemaError ? error : new SchemaError(`invalid schema: ${(error as Error).message}`);
+    validated.set(key, e);
+    throw e;
+  }
+}
+
+function checkWithAjv(schema: object): void {
+  const { $schema: _ignored, ...rest } = schema as Record<string, unknown>; // drafts ajv's default build lacks
+  if (!ajv.validateSchema(rest)) throw new SchemaError(`invalid schema: ${ajvMessage(ajv.errors ?? [])}`);
+  try {
+    ajv.compile(rest); // unresolvable $ref, bad regex
+  } catch (error) {
+    throw new SchemaError(`invalid schema: ${(error as Error).message}`);
+  }
+}
+
+function ajvMessage(errors: ErrorObject[]): string {
+  const e = errors[0];
+  if (!e) return "not valid JSON Schema";
+  const where = e.instancePath || "/";
+  const allowed = (e.params as { allowedValues?: unknown[] }).allowedValues;
+  return `${where} ${e.message}${allowed ? ` (${allowed.map((v) => JSON.stringify(v)).join(", ")})` : ""}`;
+}
+
+function walkSchema(node: unknown, path: string): void {
+  if (typeof node !== "object" || node === null || Array.isArray(node)) return;
+  const s = node as Record<string, unknown>;
+  for (const keyword of UNENFORCED) {
+    if (keyword in s) throw new SchemaError(`unsupported schema: ${path}/${keyword} is not supported in constrained decoding`);
+  }
+  if (Array.isArray(s.allOf) && s.allOf.length > 1) throw new SchemaError(`unsupported schema: ${path}/allOf with more than one schema is not supported`);
+  if (typeof s.pattern === "string") checkPattern(s.pattern, `${path}/pattern`);
+  const isNumber = s.type === "number" || (Array.isArray(s.type) && s.type.includes("number"));
+  for (const bound of ["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"]) {
+    const v = s[bound];
+    // xgrammar's range grammar for fractional bounds is wrong (it can emit invalid numbers).
+    if (isNumber && typeof v === "number" && !Number.isInteger(v)) {
+      throw new SchemaError(`unsupported schema: ${path}/${bound} must be a whole number in constrained decoding (got ${v})`);
+    }
+  }
+  for (const name of SUBSCHEMA_MAPS) {
+    const map = s[name];
+    if (map && typeof map === "object") for (const [k, v] of Object.entries(map)) walkSchema(v, `${path}/${name}/${escapePointer(k)}`);
+  }
+  for (const name of SUBSCHEMA_LISTS) {
+    const list = s[name];
+    if (Array.isArray(list)) list.forEach((v, i) => walkSchema(v, `${path}/${name}/${i}`));
+  }
+  for (const name of SUBSCHEMA_SINGLE) walkSchema(s[name], `${path}/${name}`);
+  if (Array.isArray(s.items)) s.items.forEach((v, i) => walkSchema(v, `${path}/items/${i}`));
+}
+
+function checkPattern(pattern: string, where: string): void {
+  if (/\(\?<?[=!]/.test(pattern)) throw new SchemaError(`unsupported schema: ${where} uses a lookaround assertion, which is not supported`);
+  if (/\\[1-9]|\\k</.test(pattern)) throw new SchemaError(`unsupported schema: ${where} uses a backreference, which is not supported`);
+}
+
+const escapePointer = (key: string) => key.replaceAll("~", "~0").replaceAll("/", "~1");
+
+/** JSON with object keys sorted, so equal schemas share one cache entry. */
+export function canonicalJson(value: unknown): string {
+  return JSON.stringify(value, (_key, v) =>
+    v && typeof v === "object" && !Array.isArray(v) ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, (v as Record<string, unknown>)[k]])) : v,
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per tokenizer: xgrammar's view of the vocabulary, its compiler, and compiled grammars.
+
+interface TokenizerGrammars {
+  inst: Instance;
+  info: XG.TokenizerInfo;
+  compiler: XG.GrammarCompiler;
+  vocabSize: number;
+  stopIds: number[];
+  compiled: Map<string, Promise<XG.CompiledGrammar>>;
+}
+
+let perTokenizer = new WeakMap<Tokenizer, Promise<TokenizerGrammars>>();
+
+function grammarsFor(tokenizer: Tokenizer): Promise<TokenizerGrammars> {
+  let entry = perTokenizer.get(tokenizer);
+  if (!entry) {
+    entry = buildTokenizerGrammars(tokenizer);
+    perTokenizer.set(tokenizer, entry);
+    entry.catch(() => perTokenizer.delete(tokenizer));
+  }
+  return entry;
+}
+
+async function buildTokenizerGrammars(tokenizer: Tokenizer): Promise<TokenizerGrammars> {
+  const inst = await instance();
+  const { vocab, vocabType, prependSpace } = describeVocabulary(tokenizer);
+  const stopIds = [...tokenizer.eosTokenIds].filter((id) => id < tokenizer.vocabSize);
+  if (stopIds.length === 0) throw new Error("the model's tokenizer has no end-of-sequence token, so constrained output could not end");
+  const info = await inst.xg.TokenizerInfo.createTokenizerInfo(vocab, vocabType, prependSpace, tokenizer.vocabSize, stopIds);
+  const compiler = await inst.xg.GrammarCompiler.createGrammarCompiler(info);
+  return { inst, info, compiler, vocabSize: tokenizer.vocabSize, stopIds, compiled: new Map() };
+}
+
+/**
+ * The vocabulary as xgrammar wants it: each id's token text in the tokenizer's own encoding
+ * (byte-level "Ġ" forms, or sentencepiece "▁" with <0xXX> byte tokens), special tokens other
+ * than the stop tokens as "" so the grammar never picks them.
+ */
+export function describeVocabulary(tokenizer: Tokenizer): { vocab: string[]; vocabType: "byte_level" | "byte_fallback" | "raw"; prependSpace: boolean } {
+  const vocab = new Array<string>(tokenizer.vocabSize);
+  let byteTokens = 0;
+  for (let id = 0; id < tokenizer.vocabSize; id++) {
+    const token = tokenizer.idToToken(id) ?? "";
+    vocab[id] = tokenizer.isSpecial(id) && !tokenizer.eosTokenIds.has(id) ? "" : token;
+    if (/^<0x[0-9A-Fa-f]{2}>$/.test(token)) byteTokens++;
+  }
+  if (tokenizer.isByteLevel) return { vocab, vocabType: "byte_level", prependSpace: false };
+  if (byteTokens >= 256 || vocab.some((t) => t.includes("\u2581"))) return { vocab, vocabType: "byte_fallback", prependSpace: prependsSpace(tokenizer) };
+  return { vocab, vocabType: "raw", prependSpace: false };
+}
+
+/** Whether a sentencepiece-style tokenizer puts "▁" before the text: seen by encoding a letter. */
+function prependsSpace(tokenizer: Tokenizer): boolean {
+  const [first] = tokenizer.encode("a", { addSpecialTokens: false });
+  return first !== undefined && (tokenizer.idToToken(first) ?? "").startsWith("\u2581");
+}
+
+function compiledGrammar(t: TokenizerGrammars, format: JsonFormat): Promise<XG.CompiledGrammar> {
+  const key = format === "json" ? "json" : `${format.strict ?? true}:${canonicalJson(format.schema)}`;
+  let grammar = t.compiled.get(key);
+  if (!grammar) {
+    // "json" is any object, laid out on one line like a schema's output.
+    const [schema, strict] = format === "json" ? ['{"type":"object"}', false] : [JSON.stringify(format.schema), format.strict ?? true];
+    grammar = guarded(t.inst, "unsupported schema", () => t.compiler.compileJSONSchema(schema, false, -1, undefined, strict));
+    t.compiled.set(key, grammar);
+    grammar.catch(() => t.compiled.delete(key));
+  }
+  return grammar;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The constraint: one matcher per sequence.
+
+/**
+ * A JSON constraint for one sequence on `tokenizer`'s model: "json" for any JSON object, or
+ * `{ schema }` for a JSON Schema (validated first: a SchemaError names what is wrong).
+ */
+export async function createJsonConstraint(tokenizer: Tokenizer, format: JsonFormat): Promise<JsonConstraint> {
+  if (format !== "json") await validateSchema(format.schema, { strict: format.strict });
+  const t = await grammarsFor(tokenizer);
+  const grammar = await compiledGrammar(t, format);
+  const matcher = await t.inst.xg.GrammarMatcher.createGrammarMatcher(grammar, t.stopIds);
+  return new Constraint(t, matcher);
+}
+
+const words = (vocab: number) => Math.ceil(vocab / 32);
+
+class Constraint implements JsonConstraint {
+  private history: readonly number[] | undefined;
+  private seen = 0;
+  private mask: Uint8Array | undefined;
+  private disposed = false;
+  readonly processor: LogitsProcessor;
+
+  constructor(
+    private readonly t: TokenizerGrammars,
+    private readonly matcher: XG.GrammarMatcher,
+  ) {
+    this.processor = (history, logits) => this.process(history, logits);
+  }
+
+  private process(history: readonly number[], logits: MxArray): MxArray {
+    if (this.disposed) throw new Error("this JSON constraint was disposed");
+    if (this.history !== history) {
+      // The first step sees the prompt: the grammar starts after it.
+      this.history = history;
+      this.seen = history.length;
+    }
+    this.catchUp();
+    if (this.matcher.isTerminated()) return logits;
+    const vocab = logits.shape.at(-1)!;
+    const allowed = mx.array(this.unpack(readBitmask(this.t, this.matcher), vocab), [1, vocab], mx.Dtype.bool);
+    return mx.where(allowed, logits, mx.full([], -Infinity, logits.dtype));
+  }
+
+  /** Feeds the matcher the tokens sampled since the last step. */
+  private catchUp(): void {
+    const history = this.history;
+    if (!history) return;
+    for (; this.seen < history.length; this.seen++) {
+      if (this.matcher.isTerminated()) continue;
+      const token = history[this.seen]!;
+      if (!this.matcher.acceptToken(token)) throw new Error(`the JSON grammar rejected token ${token}: it was sampled despite the mask`);
+    }
+  }
+
+  /** The bitmask as one byte per logit: ids past the tokenizer's vocabulary are never allowed. */
+  private unpack(bits: Int32Array, vocab: number): Uint8Array {
+    if (!this.mask || this.mask.length !== vocab) this.mask = new Uint8Array(vocab);
+    const mask = this.mask;
+    const n = Math.min(vocab, this.t.vocabSize);
+    for (let w = 0, base = 0; base < n; w++, base += 32) {
+      const word = bits[w]!;
+      const end = Math.min(base + 32, n);
+      if (word === 0) mask.fill(0, base, end);
+      else if (word === -1) mask.fill(1, base, end);
+      else for (let i = base, b = 0; i < end; i++, b++) mask[i] = (word >>> b) & 1;
+    }
+    if (n < vocab) mask.fill(0, n);
+    return mask;
+  }
+
+  accepted(): boolean {
+    if (this.disposed) return false;
+    this.catchUp();
+    if (this.matcher.isTerminated()) return true;
+    const bits = readBitmask(this.t, this.matcher);
+    return this.t.stopIds.some((id) => ((bits[id >> 5]! >>> (id & 31)) & 1) === 1);
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    this.matcher.dispose();
+  }
+}
+
+// The library only offers the bitmask through a promise (it awaits its own start-up each
+// time), and tokenLoop's processors are synchronous. So we call the matcher's binding
+// directly: it returns a std::vector<int32_t>, whose data we read from the instance's memory
+// (libc++ lays a vector out as begin, end, capacity), or, if that could not be verified at
+// start-up, element by element.
+interface EmbindVector {
+  $$: { ptr: number };
+  size(): number;
+  get(i: number): number;
+  delete(): void;
+}
+
+function readBitmask(t: TokenizerGrammars, matcher: XG.GrammarMatcher): Int32Array {
+  const handle = (matcher as unknown as { handle: { GetNextTokenBitmask(vocab: number): EmbindVector } }).handle;
+  const vector = handle.GetNextTokenBitmask(t.vocabSize);
+  try {
+    return copyVector(t.inst, vector, words(t.vocabSize));
+  } finally {
+    vector.delete();
+  }
+}
+
+function copyVector(inst: Instance, vector: EmbindVector, expected: number): Int32Array {
+  if (inst.directBitmask && inst.memory) {
+    const header = new Uint32Array(inst.memory.buffer, vector.$$.ptr, 2);
+    const begin = header[0]!;
+    const length = (header[1]! - begin) / 4;
+    if (length === expected) return new Int32Array(inst.memory.buffer, begin, length).slice();
+  }
+  const n = vector.size();
+  const out = new Int32Array(n);
+  for (let i = 0; i < n; i++) out[i] = vector.get(i);
+  return out;
+}
+
+/** Checks the direct read against the library's own on a small vocabulary with a known mask. */
+async function checkDirectBitmask(inst: Instance): Promise<void> {
+  if (!inst.memory) return;
+  const vocab = ["{", "}", "a", "[", "]", "x", "0", "1", "\"", " ", ...Array.from({ length: 60 }, (_, i) => `t${i}`), "</s>"];
+  const info = await inst.xg.TokenizerInfo.createTokenizerInfo(vocab, "raw", false, vocab.length, [vocab.length - 1]);
+  const compiler = await inst.xg.GrammarCompiler.createGrammarCompiler(info, false);
+  const grammar = await compiler.compileGrammar('root ::= "[" ("0" | "1")* "]"');
+  const matcher = await inst.xg.GrammarMatcher.createGrammarMatcher(grammar);
+  try {
+    const reference = await matcher.getNextTokenBitmask();
+    inst.directBitmask = true;
+    const vector = (matcher as unknown as { handle: { GetNextTokenBitmask(vocab: number): EmbindVector } }).handle.GetNextTokenBitmask(vocab.length);
+    const direct = copyVector(inst, vector, words(vocab.length));
+    vector.delete();
+    inst.directBitmask = direct.length === reference.length && direct.every((w, i) => w === reference[i]) && reference[0] === 1 << 3;
+  } catch {
+    inst.directBitmask = false;
+  } finally {
+    matcher.dispose();
+    grammar.dispose();
+    compiler.dispose();
+    info.dispose();
+  }
+}

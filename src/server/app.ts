@@ -1,0 +1,193 @@
+// The HTTP server, composed in one place: request accounting, errors, CORS, the API key, the
+// body limit, then the routes of each API family. Data flows one way: routes validate with
+// src/api, hold a model from the registry (models.ts), and submit to its engine (scheduler.ts).
+import { timingSafeEqual, createHash } from "node:crypto";
+import { Hono } from "hono";
+import { bodyLimit } from "hono/body-limit";
+import { cors } from "hono/cors";
+import type { LoadedModel } from "../models/load";
+import type { Engine } from "./engine";
+import { ApiError, errorResponse, notFound, toApiError, unauthorized } from "./errors";
+import { serverMetrics } from "./metrics";
+import { ModelRegistry } from "./models";
+import { ollamaRoutes } from "./routes/ollama";
+import { openaiRoutes } from "./routes/openai";
+import { memory, opsRoutes, queueFigures } from "./routes/ops";
+import { Scheduler } from "../engine/scheduler";
+import { PrefixCache } from "../engine/prefix-cache";
+import { AdaptiveTuner } from "../engine/tuner";
+import type { ServerConfig, ServerState } from "./state";
+
+export interface ServerOptions extends Partial<ServerConfig> {
+  host?: string;
+  /** 0 picks a free port. */
+  port?: number;
+  maxQueue?: number;
+  /** Default keep-alive (ms; Infinity keeps models loaded). */
+  keepAliveMs?: number;
+  maxLoadedModels?: number;
+  /** Sequences decoded together per step (the tuner's starting point when it is on). */
+  maxBatch?: number;
+  /** Prompt tokens prefilled between two decode steps. */
+  prefillChunk?: number;
+  /** Turns the adaptive tuner on, aiming at this P99 inter-token latency. */
+  targetItlMs?: number;
+  /** Budget of the cross-request prefix cache, per model (0 turns it off). */
+  prefixCacheBytes?: number;
+  /** Builds the engine of a loaded model (continuous batching by default). */
+  makeEngine?: (lm: LoadedModel, maxQueue: number) => Engine;
+  logError?: (error: unknown) => void;
+  onLoad?: (name: string, path: string, seconds: number) => void;
+}
+
+/** Routes that are labelled by name in /metrics (anything else is "other"). */
+const KNOWN_ROUTES = new Set(["/v1/chat/completions", "/v1/completions", "/v1/models", "/api/chat", "/api/generate", "/api/tags", "/api/ps", "/api/show", "/api/version", "/health", "/ready", "/stats", "/metrics", "/"]);
+
+export function createState(o: ServerOptions = {}): ServerState {
+  const maxQueue = o.maxQueue ?? 64;
+  const maxBatch = o.maxBatch ?? 8;
+  const prefillChunk = o.prefillChunk ?? 512;
+  const prefixCacheBytes = o.prefixCacheBytes ?? 512 * 1024 * 1024;
+  const makeEngine =
+    o.makeEngine ??
+    ((lm, q) =>
+      new Scheduler(lm, {
+        maxBatch,
+        prefillChunk,
+        maxQueue: q,
+        prefixCache: prefixCacheBytes > 0 ? new PrefixCache(prefixCacheBytes) : undefined,
+        tuner: o.targetItlMs
+          ? new AdaptiveTuner({
+              targetItlMs: o.targetItlMs,
+              initial: { maxBatch, prefillChunk },
+              bounds: { minBatch: 1, maxBatch: Math.max(maxBatch, 32), minChunk: 32, maxChunk: Math.max(prefillChunk, 2048) },
+            })
+          : undefined,
+        // Each decode step is one inter-token interval for every running sequence.
+        onStep: (ms, running) => {
+          for (let i = 0; i < running; i++) state.metrics.itl.observe(ms / 1000);
+        },
+      }));
+  const state: ServerState = {
+    config: {
+      apiKey: o.apiKey || undefined,
+      corsOrigins: o.corsOrigins ?? [],
+      maxBodyBytes: o.maxBodyBytes ?? 4 * 1024 * 1024,
+      requestTimeoutMs: o.requestTimeoutMs ?? 600_000,
+      defaultModel: o.defaultModel,
+      version: o.version ?? "0.0.0",
+    },
+    models: new ModelRegistry({
+      defaultKeepAliveMs: o.keepAliveMs ?? 5 * 60_000,
+      maxLoaded: o.maxLoadedModels ?? 1,
+      makeEngine: (lm) => makeEngine(lm, maxQueue),
+      onLoad: (e) => o.onLoad?.(e.name, e.path, e.loadMs / 1000),
+    }),
+    metrics: undefined!,
+    startedAt: performance.now(),
+    requests: { total: 0, byStatus: {}, byRoute: {} },
+    logError: o.logError ?? ((error) => console.error(error)),
+  };
+  state.metrics = serverMetrics({
+    engines: () => state.models.loaded.map((e) => ({ model: e.name, stats: e.engine.stats })),
+    running: () => queueFigures(state).running,
+    waiting: () => queueFigures(state).waiting,
+    loadedModels: () => state.models.loaded.length,
+    memory: () => (state.models.loaded.length > 0 ? memory() : { active: 0, peak: 0, cache: 0 }),
+  });
+  return state;
+}
+
+const digest = (s: string) => createHash("sha256").update(s).digest();
+
+export function createApp(s: ServerState): Hono {
+  const app = new Hono();
+
+  // 1. Accounting: every request by route and status (streams count when their headers go out).
+  app.use("*", async (c, next) => {
+    await next();
+    const route = KNOWN_ROUTES.has(c.req.path) ? c.req.path : "other";
+    const status = String(c.res.status);
+    s.requests.total++;
+    s.requests.byStatus[status] = (s.requests.byStatus[status] ?? 0) + 1;
+    s.requests.byRoute[route] = (s.requests.byRoute[route] ?? 0) + 1;
+    s.metrics.requests.inc({ route, status });
+  });
+
+  // 2. Errors: one mapping for everything thrown below, and for unknown routes.
+  app.onError((error, c) => errorResponse(c, toApiError(error, s.logError)));
+  app.notFound((c) => errorResponse(c, notFound(`no route ${c.req.method} ${c.req.path}`)));
+
+  // 3. CORS, only for the origins given.
+  if (s.config.corsOrigins.length > 0) {
+    const allowed = s.config.corsOrigins;
+    app.use("*", cors({ origin: (origin) => (allowed.includes("*") ? "*" : allowed.includes(origin) ? origin : null), allowHeaders: ["Authorization", "Content-Type"], maxAge: 600 }));
+  }
+
+  // 4. The API key, on every route but /health, compared in constant time.
+  if (s.config.apiKey) {
+    const expected = digest(s.config.apiKey);
+    app.use("*", async (c, next) => {
+      if (c.req.path === "/health" || c.req.method === "OPTIONS") return next();
+      const header = c.req.header("authorization") ?? "";
+      const match = /^Bearer\s+(.+)$/i.exec(header);
+      if (!match || !timingSafeEqual(digest(match[1]!.trim()), expected)) throw unauthorized();
+      return next();
+    });
+  }
+
+  // 5. The body limit.
+  app.use(
+    "*",
+    bodyLimit({
+      maxSize: s.config.maxBodyBytes,
+      onError: (c) => errorResponse(c, new ApiError(413, `the request body is larger than ${s.config.maxBodyBytes} bytes`, "invalid_request_error", null, "request_too_large")),
+    }),
+  );
+
+  // 6. The routes.
+  app.route("/", opsRoutes(s));
+  app.route("/", openaiRoutes(s));
+  app.route("/", ollamaRoutes(s));
+  return app;
+}
+
+export interface RunningServer {
+  url: string;
+  port: number;
+  state: ServerState;
+  stop(): Promise<void>;
+}
+
+/** Starts listening (127.0.0.1 by default); with `defaultModel`, loads it in the background. */
+export function startServer(o: ServerOptions = {}): RunningServer {
+  const state = createState(o);
+  const app = createApp(state);
+  const server = Bun.serve({
+    hostname: o.host ?? "127.0.0.1",
+    port: o.port ?? 11435,
+    fetch: app.fetch,
+    // Generations can be long and silent (non-streaming, or queued): no idle cut-off; the
+    // per-request timeout bounds them instead.
+    idleTimeout: 0,
+    // Hono's body limit answers oversized bodies with a JSON 413; this only bounds the worst case.
+    maxRequestBodySize: state.config.maxBodyBytes * 2 + 1024 * 1024,
+  });
+  if (o.defaultModel) {
+    // Preloaded and kept (keep-alive -1) unless a request says otherwise.
+    state.models
+      .acquire(o.defaultModel, Infinity)
+      .then((lease) => lease.release())
+      .catch((error) => state.logError(error));
+  }
+  const host = server.hostname?.includes(":") ? `[${server.hostname}]` : server.hostname;
+  return {
+    url: `http://${host}:${server.port}`,
+    port: server.port!,
+    state,
+    stop: async () => {
+      await server.stop(true);
+      state.models.dispose();
+    },
+  };
+}

@@ -1,0 +1,59 @@
+// Every error the server answers, in one place: what status it gets and how it is written.
+// OpenAI-style bodies {"error": {"message", "type", "param", "code"}} everywhere, except the
+// Ollama routes (/api/*), which answer {"error": "message"} as Ollama does: its official client
+// reads `error` as a string (an object would reach the user as "[object Object]").
+import type { Context } from "hono";
+import { ValidationError } from "../api/validate";
+import { ContextLengthError } from "../engine/completion";
+import { ModelLoadError } from "../models/load";
+import { QueueFullError } from "./engine";
+
+export class ApiError extends Error {
+  override name = "ApiError";
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly type: string,
+    readonly param: string | null = null,
+    readonly code: string | null = null,
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+  }
+}
+
+export class ModelNotFoundError extends Error {
+  override name = "ModelNotFoundError";
+}
+
+export class TimeoutError extends Error {
+  override name = "TimeoutError";
+}
+
+export const notFound = (message: string, code = "not_found") => new ApiError(404, message, "invalid_request_error", null, code);
+export const unauthorized = () => new ApiError(401, "invalid or missing API key (send 'Authorization: Bearer <key>')", "authentication_error", null, "invalid_api_key");
+export const badRequest = (message: string, param: string | null = null, code: string | null = null) => new ApiError(400, message, "invalid_request_error", param, code);
+
+/** Maps anything thrown to the answer the client gets; unknown errors become a bare 500. */
+export function toApiError(error: unknown, onInternal?: (error: unknown) => void): ApiError {
+  if (error instanceof ApiError) return error;
+  if (error instanceof ValidationError) return new ApiError(400, error.message, "invalid_request_error", error.param, error.code);
+  if (error instanceof ContextLengthError) return new ApiError(400, error.message, "invalid_request_error", "messages", "context_length_exceeded");
+  if (error instanceof QueueFullError) return new ApiError(429, error.message, "rate_limit_error", null, "queue_full", { "Retry-After": "1" });
+  if (error instanceof ModelNotFoundError) return new ApiError(404, error.message, "invalid_request_error", "model", "model_not_found");
+  if (error instanceof TimeoutError) return new ApiError(504, error.message, "timeout_error", null, "request_timeout");
+  if (error instanceof ModelLoadError) return new ApiError(500, error.message.split("\n")[0]!, "server_error", "model", "model_load_failed");
+  onInternal?.(error);
+  return new ApiError(500, "internal server error", "server_error", null, "internal_error");
+}
+
+export const isOllamaPath = (path: string) => path.startsWith("/api/");
+
+export function errorBody(e: ApiError, ollama: boolean): unknown {
+  return ollama ? { error: e.message } : { error: { message: e.message, type: e.type, param: e.param, code: e.code } };
+}
+
+export function errorResponse(c: Context, e: ApiError): Response {
+  for (const [name, value] of Object.entries(e.headers)) c.header(name, value);
+  return c.json(errorBody(e, isOllamaPath(c.req.path)) as object, e.status as 400);
+}

@@ -1,0 +1,194 @@
+// The loaded-model registry: models are loaded on first request by name (an alias, a stored
+// model or a path, through resolveModelPath), shared by every request naming them, and
+// unloaded after their keep-alive (default 5 minutes) once no request is using them.
+// Each loaded model has its own Engine (the serial loop today).
+import { loadModel, type LoadedModel } from "../models/load";
+import { resolveModelPath } from "../store/resolve";
+import type { Engine } from "./engine";
+import { ModelNotFoundError } from "./errors";
+
+export interface LoadedEntry {
+  /** The name it was first requested by. */
+  name: string;
+  path: string;
+  lm: LoadedModel;
+  engine: Engine;
+  loadedAt: Date;
+  loadMs: number;
+  /** Requests holding it now. */
+  active: number;
+  /** How long it stays loaded once idle (ms; Infinity: until the server stops). */
+  keepAliveMs: number;
+  /** When it will be unloaded (undefined while in use or kept forever). */
+  expiresAt?: Date;
+  lastUsed: number;
+  timer?: ReturnType<typeof setTimeout>;
+}
+
+export interface Lease {
+  entry: LoadedEntry;
+  /** Milliseconds spent loading for this request (0 when it was loaded already). */
+  loadMs: number;
+  /** Ends this request's hold; the model's keep-alive clock starts when none is left. */
+  release(): void;
+}
+
+export interface ModelRegistryOptions {
+  defaultKeepAliveMs: number;
+  /** Idle models beyond this many are unloaded (least recently used first) to make room. */
+  maxLoaded: number;
+  makeEngine: (lm: LoadedModel) => Engine;
+  onLoad?: (entry: LoadedEntry) => void;
+  onUnload?: (entry: LoadedEntry) => void;
+}
+
+export class ModelRegistry {
+  readonly #byPath = new Map<string, LoadedEntry>();
+  readonly #pathOf = new Map<string, string>();
+  readonly #loading = new Map<string, Promise<LoadedEntry>>();
+  #acquiring = 0;
+  #everLoaded = false;
+
+  constructor(readonly options: ModelRegistryOptions) {}
+
+  /** True while the server has not finished loading any model yet but is loading one. */
+  get startingUp(): boolean {
+    return !this.#everLoaded && this.#acquiring > 0;
+  }
+
+  get loaded(): LoadedEntry[] {
+    return [...this.#byPath.values()];
+  }
+
+  /** The loaded model a name refers to, if any (no resolving, no loading). */
+  find(name: string): LoadedEntry | undefined {
+    const path = this.#pathOf.get(name);
+    return path ? this.#byPath.get(path) : [...this.#byPath.values()].find((e) => e.name === name);
+  }
+
+  async resolve(name: string): Promise<string> {
+    const known = this.#pathOf.get(name);
+    if (known && this.#byPath.has(known)) return known;
+    try {
+      const path = await resolveModelPath(name, { onProgress: () => {} });
+      this.#pathOf.set(name, path);
+      return path;
+    } catch (error) {
+      const message = (error as Error).message ?? String(error);
+      if (/unknown model|model not found|not found/i.test(message)) throw new ModelNotFoundError(`model '${name}' not found: ${message}`);
+      throw error;
+    }
+  }
+
+  /** The model named, loaded if need be, held until release(). `keepAliveMs` sets its keep-alive from now on. */
+  async acquire(name: string, keepAliveMs?: number): Promise<Lease> {
+    let entry: LoadedEntry | undefined;
+    let loadMs = 0;
+    this.#acquiring++;
+    try {
+      const path = await this.resolve(name);
+      entry = this.#byPath.get(path);
+      if (!entry) {
+        const started = performance.now();
+        entry = await this.#load(name, path);
+        loadMs = performance.now() - started;
+      }
+    } finally {
+      this.#acquiring--;
+    }
+    const held = entry;
+    if (keepAliveMs !== undefined) held.keepAliveMs = keepAliveMs;
+    held.active++;
+    held.lastUsed = Date.now();
+    this.#cancelExpiry(held);
+    let released = false;
+    return {
+      entry: held,
+      loadMs,
+      release: () => {
+        if (released) return;
+        released = true;
+        held.active--;
+        held.lastUsed = Date.now();
+        if (held.active === 0) this.#scheduleExpiry(held);
+      },
+    };
+  }
+
+  /** Sets a loaded model's keep-alive (0 unloads it now, or as soon as its requests end). */
+  setKeepAlive(entry: LoadedEntry, keepAliveMs: number): void {
+    entry.keepAliveMs = keepAliveMs;
+    if (entry.active === 0) this.#scheduleExpiry(entry);
+  }
+
+  unload(entry: LoadedEntry): void {
+    if (this.#byPath.get(entry.path) !== entry) return;
+    this.#cancelExpiry(entry);
+    this.#byPath.delete(entry.path);
+    entry.engine.dispose();
+    entry.lm.free();
+    this.options.onUnload?.(entry);
+  }
+
+  /** Unloads everything (the server is stopping). */
+  dispose(): void {
+    for (const entry of this.loaded) this.unload(entry);
+  }
+
+  async #load(name: string, path: string): Promise<LoadedEntry> {
+    const pending = this.#loading.get(path);
+    if (pending) return pending;
+    const promise = (async () => {
+      try {
+        // Let the event loop answer /health (503, loading) before the synchronous load.
+        await new Promise((resolve) => setImmediate(resolve));
+        this.#makeRoom();
+        const started = performance.now();
+        const lm = loadModel(path);
+        const entry: LoadedEntry = {
+          name,
+          path,
+          lm,
+          engine: this.options.makeEngine(lm),
+          loadedAt: new Date(),
+          loadMs: performance.now() - started,
+          active: 0,
+          keepAliveMs: this.options.defaultKeepAliveMs,
+          lastUsed: Date.now(),
+        };
+        this.#byPath.set(path, entry);
+        this.#everLoaded = true;
+        this.options.onLoad?.(entry);
+        return entry;
+      } finally {
+        this.#loading.delete(path);
+      }
+    })();
+    this.#loading.set(path, promise);
+    return promise;
+  }
+
+  #makeRoom(): void {
+    const idle = this.loaded.filter((e) => e.active === 0).sort((a, b) => a.lastUsed - b.lastUsed);
+    while (this.#byPath.size >= this.options.maxLoaded && idle.length > 0) this.unload(idle.shift()!);
+  }
+
+  #cancelExpiry(entry: LoadedEntry): void {
+    if (entry.timer) clearTimeout(entry.timer);
+    entry.timer = undefined;
+    entry.expiresAt = undefined;
+  }
+
+  #scheduleExpiry(entry: LoadedEntry): void {
+    this.#cancelExpiry(entry);
+    if (entry.keepAliveMs === Infinity) return;
+    if (entry.keepAliveMs <= 0) return this.unload(entry);
+    // setTimeout holds at most ~24.8 days; longer keep-alives are as good as forever.
+    const ms = Math.min(entry.keepAliveMs, 2 ** 31 - 1);
+    entry.expiresAt = new Date(Date.now() + ms);
+    entry.timer = setTimeout(() => {
+      if (entry.active === 0) this.unload(entry);
+    }, ms);
+    entry.timer.unref?.();
+  }
+}

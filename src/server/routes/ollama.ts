@@ -1,0 +1,242 @@
+// Ollama-compatible routes: /api/chat and /api/generate (NDJSON streams or one object),
+// /api/tags, /api/ps, /api/show, /api/version.
+import { createHash } from "node:crypto";
+import { Hono, type Context } from "hono";
+import { nanos, ollamaDefaults, parseModelName, parseOllamaChat, parseOllamaGenerate, type OllamaRequest } from "../../api/ollama";
+import type { GenerationUsage } from "../engine";
+import { ApiError, TimeoutError, toApiError } from "../errors";
+import { startGeneration } from "../generation";
+import type { LoadedEntry } from "../models";
+import { readJson, type ServerState } from "../state";
+import { storedModels } from "./openai";
+
+type Kind = "chat" | "generate";
+
+export function ollamaRoutes(s: ServerState): Hono {
+  const r = new Hono();
+  r.get("/", (c) => c.text("mlx is running"));
+  r.get("/api/version", (c) => c.json({ version: s.config.version }));
+  r.post("/api/chat", async (c) => generate(s, c, "chat", parseOllamaChat(await readJson(c.req))));
+  r.post("/api/generate", async (c) => generate(s, c, "generate", parseOllamaGenerate(await readJson(c.req))));
+
+  r.get("/api/tags", async (c) => {
+    const models = [];
+    const seen = new Set<string>();
+    for (const m of await storedModels()) {
+      seen.add(m.name);
+      models.push({
+        name: m.name,
+        model: m.name,
+        modified_at: m.lastUsedAt ?? m.createdAt,
+        size: m.totalBytes,
+        digest: digest(Object.keys(m.blobs).sort().join(",")),
+        details: { parent_model: "", format: m.format, family: m.architecture ?? "", families: m.architecture ? [m.architecture] : null, parameter_size: "", quantization_level: m.quantization ?? "" },
+      });
+    }
+    for (const e of s.models.loaded) if (!seen.has(e.name)) models.push({ name: e.name, model: e.name, modified_at: e.loadedAt.toISOString(), size: e.lm.weightBytes, digest: digest(e.path), details: details(e) });
+    return c.json({ models });
+  });
+
+  r.get("/api/ps", (c) =>
+    c.json({
+      models: s.models.loaded.map((e) => ({
+        name: e.name,
+        model: e.name,
+        size: e.lm.weightBytes,
+        digest: digest(e.path),
+        details: details(e),
+        // Ollama writes a far-future time for a model kept forever.
+        expires_at: (e.expiresAt ?? (e.keepAliveMs === Infinity || e.active > 0 ? new Date("2318-01-01T00:00:00Z") : new Date())).toISOString(),
+        size_vram: e.lm.weightBytes,
+        context_length: e.lm.config.maxPositionEmbeddings,
+      })),
+    }),
+  );
+
+  r.post("/api/show", async (c) => {
+    const name = parseModelName(await readJson(c.req));
+    const lease = await s.models.acquire(name);
+    try {
+      const e = lease.entry;
+      const cfg = e.lm.config;
+      const arch = cfg.modelType;
+      return c.json({
+        license: "",
+        modelfile: `FROM ${e.path}\n`,
+        parameters: "",
+        template: e.lm.tokenizer.chatTemplate ?? "",
+        details: details(e),
+        model_info: {
+          "general.architecture": arch,
+          "general.parameter_count": parameterCount(e),
+          [`${arch}.context_length`]: cfg.maxPositionEmbeddings,
+          [`${arch}.embedding_length`]: cfg.hiddenSize,
+          [`${arch}.block_count`]: cfg.numHiddenLayers,
+          [`${arch}.attention.head_count`]: cfg.numAttentionHeads,
+          [`${arch}.attention.head_count_kv`]: cfg.numKeyValueHeads,
+          [`${arch}.vocab_size`]: cfg.vocabSize,
+        },
+        capabilities: e.lm.tokenizer.chatTemplate ? ["completion", "chat"] : ["completion"],
+        modified_at: e.loadedAt.toISOString(),
+      });
+    } finally {
+      lease.release();
+    }
+  });
+
+  // Known Ollama routes this server does not implement: a clear 501 rather than a 404.
+  for (const path of ["/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete", "/api/embed", "/api/embeddings"]) {
+    r.all(path, () => {
+      throw new ApiError(501, `${path} is not implemented by this server (use the mlx CLI: pull, rm, ...)`, "invalid_request_error", null, "not_implemented");
+    });
+  }
+  return r;
+}
+
+const digest = (s: string) => createHash("sha256").update(s).digest("hex");
+
+function details(e: LoadedEntry) {
+  const q = e.lm.config.quantization;
+  return {
+    parent_model: "",
+    format: e.lm.format,
+    family: e.lm.config.modelType,
+    families: [e.lm.config.modelType],
+    parameter_size: formatCount(parameterCount(e)),
+    quantization_level: q ? `${q.bits}-bit` : "",
+  };
+}
+
+function parameterCount(e: LoadedEntry): number {
+  const c = e.lm.config;
+  const attention = c.hiddenSize * c.headDim * (2 * c.numAttentionHeads + 2 * c.numKeyValueHeads);
+  const mlp = 3 * c.hiddenSize * c.intermediateSize;
+  const embed = c.vocabSize * c.hiddenSize * (c.tieWordEmbeddings ? 1 : 2);
+  return c.numHiddenLayers * (attention + mlp) + embed;
+}
+
+function formatCount(n: number): string {
+  if (n >= 1e9) return `${(n / 1e9).toFixed(1)}B`;
+  if (n >= 1e6) return `${Math.round(n / 1e6)}M`;
+  return `${Math.round(n / 1e3)}K`;
+}
+
+async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaRequest): Promise<Response> {
+  const started = performance.now();
+  const createdAt = () => new Date().toISOString();
+  const base = () => ({ model: req.model, created_at: createdAt() });
+  const empty = kind === "chat" ? { message: { role: "assistant", content: "" } } : { response: "" };
+
+  // No prompt: load the model (or with keep_alive 0, unload it), as Ollama does.
+  if (!req.prompt && !req.context?.length) {
+    if (req.keepAlive === 0) {
+      const entry = s.models.find(req.model) ?? s.models.loaded.find((e) => e.path === req.model);
+      if (entry) s.models.setKeepAlive(entry, 0);
+      return c.json({ ...base(), ...empty, done_reason: "unload", done: true });
+    }
+    const lease = await s.models.acquire(req.model, req.keepAlive);
+    lease.release();
+    return c.json({ ...base(), ...empty, done_reason: "load", done: true, total_duration: nanos(performance.now() - started), load_duration: nanos(lease.loadMs) });
+  }
+
+  const gen = await startGeneration(s, {
+    route: c.req.path,
+    model: req.model,
+    keepAliveMs: req.keepAlive,
+    prompt: req.prompt ?? { kind: "ids", ids: [] },
+    prefixIds: req.context,
+    sampling: req.sampling,
+    defaults: ollamaDefaults,
+    maxTokens: req.maxTokens,
+    strictMaxTokens: false,
+    stop: req.stop,
+    topLogprobs: 0,
+    clientSignal: c.req.raw.signal,
+    timeoutMs: s.config.requestTimeoutMs,
+  });
+  const piece = (text: string) => (kind === "chat" ? { message: { role: "assistant", content: text } } : { response: text });
+  const final = (finishReason: string, u: GenerationUsage, tokenIds: number[], text: string) => ({
+    ...base(),
+    ...piece(text),
+    done: true,
+    done_reason: finishReason,
+    ...(kind === "generate" ? { context: [...gen.promptIds, ...tokenIds] } : {}),
+    total_duration: nanos(performance.now() - started),
+    load_duration: nanos(gen.lease.loadMs),
+    prompt_eval_count: u.promptTokens,
+    prompt_eval_duration: nanos(u.timeToFirstTokenMs - u.queueMs),
+    eval_count: u.completionTokens,
+    eval_duration: nanos(u.totalMs - u.timeToFirstTokenMs),
+  });
+
+  if (!req.stream) {
+    let text = "";
+    let outcome = "error";
+    let usage: GenerationUsage | undefined;
+    try {
+      for await (const event of gen.events) {
+        if (event.type === "text") text += event.text;
+        else if (event.type === "error") throw event.error;
+        else {
+          usage = event.usage;
+          if (event.finishReason === "cancelled") {
+            outcome = gen.timedOut() ? "timeout" : "cancelled";
+            if (gen.timedOut()) throw new TimeoutError("the request took longer than the server's request timeout");
+            return new Response(null, { status: 499 });
+          }
+          outcome = event.finishReason;
+          return c.json(final(event.finishReason, event.usage, event.tokenIds, text));
+        }
+      }
+      throw new Error("the engine ended without a result");
+    } finally {
+      gen.finish(outcome, usage);
+    }
+  }
+
+  const encoder = new TextEncoder();
+  const line = (value: unknown) => encoder.encode(`${JSON.stringify(value)}\n`);
+  const body = new ReadableStream<Uint8Array>({
+    async start(controller) {
+      let outcome = "error";
+      let usage: GenerationUsage | undefined;
+      const send = (bytes: Uint8Array) => {
+        try {
+          controller.enqueue(bytes);
+        } catch {
+          gen.abort();
+        }
+      };
+      try {
+        for await (const event of gen.events) {
+          if (event.type === "text") {
+            if (event.text) send(line({ ...base(), ...piece(event.text), done: false }));
+          } else if (event.type === "error") throw event.error;
+          else {
+            usage = event.usage;
+            if (event.finishReason === "cancelled") {
+              outcome = gen.timedOut() ? "timeout" : "cancelled";
+              if (gen.timedOut()) send(line({ error: "the request took longer than the server's request timeout" }));
+              break;
+            }
+            outcome = event.finishReason;
+            send(line(final(event.finishReason, event.usage, event.tokenIds, "")));
+          }
+        }
+      } catch (error) {
+        send(line({ error: toApiError(error, s.logError).message }));
+      } finally {
+        gen.finish(outcome, usage);
+        try {
+          controller.close();
+        } catch {
+          // closed by a cancel
+        }
+      }
+    },
+    cancel() {
+      gen.abort();
+    },
+  });
+  return new Response(body, { headers: { "Content-Type": "application/x-ndjson", "Cache-Control": "no-cache" } });
+}

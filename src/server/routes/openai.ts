@@ -1,0 +1,200 @@
+// OpenAI-compatible routes: /v1/chat/completions, /v1/completions (streamed as server-sent
+// events or whole), /v1/models.
+import { Hono, type Context } from "hono";
+import { modelObject, newId, parseChatRequest, parseCompletionRequest, unixSeconds, usage, type ChatLogprob, type CompletionLogprobs, type OpenAIRequest } from "../../api/openai";
+import { listModels } from "../../store/store";
+import type { GenerationUsage, TokenLogprob } from "../engine";
+import { badRequest, TimeoutError, toApiError, errorBody } from "../errors";
+import { startGeneration, tokenText, type Generation } from "../generation";
+import { readJson, type ServerState } from "../state";
+import type { Tokenizer } from "../../tokenizer/tokenizer";
+
+type Kind = "chat" | "completion";
+
+export function openaiRoutes(s: ServerState): Hono {
+  const r = new Hono();
+
+  r.get("/v1/models", async (c) => {
+    const seen = new Set<string>();
+    const data = [];
+    for (const e of s.models.loaded) {
+      seen.add(e.name);
+      data.push(modelObject(e.name, Math.floor(e.loadedAt.getTime() / 1000)));
+    }
+    if (s.config.defaultModel && !seen.has(s.config.defaultModel)) {
+      seen.add(s.config.defaultModel);
+      data.push(modelObject(s.config.defaultModel, unixSeconds()));
+    }
+    for (const m of await storedModels()) if (!seen.has(m.name)) data.push(modelObject(m.name, Math.floor(Date.parse(m.createdAt) / 1000) || 0));
+    return c.json({ object: "list", data });
+  });
+
+  r.post("/v1/chat/completions", (c) => complete(s, c, "chat"));
+  r.post("/v1/completions", (c) => complete(s, c, "completion"));
+  return r;
+}
+
+export async function storedModels() {
+  try {
+    return await listModels();
+  } catch {
+    return [];
+  }
+}
+
+async function complete(s: ServerState, c: Context, kind: Kind): Promise<Response> {
+  const body = await readJson(c.req);
+  const req = kind === "chat" ? parseChatRequest(body) : parseCompletionRequest(body);
+  const model = req.model ?? s.config.defaultModel;
+  if (!model) throw badRequest("'model' is required", "model");
+  const gen = await startGeneration(s, {
+    route: c.req.path,
+    model,
+    prompt: req.prompt,
+    sampling: req.sampling,
+    // OpenAI's documented defaults: temperature 1, top_p 1.
+    defaults: { temperature: 1, topP: 1 },
+    maxTokens: req.maxTokens,
+    strictMaxTokens: true,
+    stop: req.stop,
+    topLogprobs: req.topLogprobs,
+    clientSignal: c.req.raw.signal,
+    timeoutMs: s.config.requestTimeoutMs,
+  });
+  const meta = { id: newId(kind === "chat" ? "chatcmpl" : "cmpl"), created: unixSeconds(), model };
+  return req.stream ? streamed(s, gen, req, kind, meta) : whole(gen, req, kind, meta);
+}
+
+interface Meta {
+  id: string;
+  created: number;
+  model: string;
+}
+
+function chatLogprobs(tokenizer: Tokenizer, tokens: TokenLogprob[], top: TokenLogprob[][] | undefined): ChatLogprob[] {
+  return tokens.map((t, i) => ({
+    ...tokenText(tokenizer, t.token),
+    logprob: t.logprob,
+    top_logprobs: (top?.[i] ?? []).map((a) => ({ ...tokenText(tokenizer, a.token), logprob: a.logprob })),
+  }));
+}
+
+function completionLogprobs(tokenizer: Tokenizer, tokens: TokenLogprob[], top: TokenLogprob[][] | undefined, offset: number, k: number): CompletionLogprobs {
+  const out: CompletionLogprobs = { tokens: [], token_logprobs: [], top_logprobs: k > 0 ? [] : null, text_offset: [] };
+  tokens.forEach((t, i) => {
+    const text = tokenizer.decode([t.token]);
+    out.tokens.push(text);
+    out.token_logprobs.push(t.logprob);
+    out.text_offset.push(offset);
+    offset += text.length;
+    if (out.top_logprobs) out.top_logprobs.push(Object.fromEntries((top?.[i] ?? []).map((a) => [tokenizer.decode([a.token]), a.logprob])));
+  });
+  return out;
+}
+
+const apiFinishReason = (r: string) => (r === "length" ? "length" : "stop");
+
+async function whole(gen: Generation, req: OpenAIRequest, kind: Kind, meta: Meta): Promise<Response> {
+  const tokenizer = gen.lm.tokenizer;
+  let text = "";
+  const tokens: TokenLogprob[] = [];
+  const top: TokenLogprob[][] = [];
+  let outcome = "error";
+  let done: { finishReason: string; usage: GenerationUsage } | undefined;
+  try {
+    for await (const event of gen.events) {
+      if (event.type === "text") {
+        text += event.text;
+        tokens.push(...event.tokens);
+        if (event.top) top.push(...event.top);
+      } else if (event.type === "error") throw event.error;
+      else done = event;
+    }
+    if (!done) throw new Error("the engine ended without a result");
+    if (done.finishReason === "cancelled") {
+      outcome = gen.timedOut() ? "timeout" : "cancelled";
+      if (gen.timedOut()) throw new TimeoutError("the request took longer than the server's request timeout");
+      return new Response(null, { status: 499 }); // the client is gone
+    }
+    outcome = done.finishReason;
+  } finally {
+    gen.finish(outcome, done?.usage);
+  }
+  const u = usage(done.usage.promptTokens, done.usage.completionTokens, done.usage.cachedTokens);
+  const finish_reason = apiFinishReason(done.finishReason);
+  if (kind === "chat") {
+    const logprobs = req.logprobs ? { content: chatLogprobs(tokenizer, tokens, top.length ? top : undefined) } : null;
+    return Response.json({ ...meta, object: "chat.completion", choices: [{ index: 0, message: { role: "assistant", content: text, refusal: null }, logprobs, finish_reason }], usage: u });
+  }
+  const logprobs = req.logprobs ? completionLogprobs(tokenizer, tokens, top.length ? top : undefined, 0, req.topLogprobs) : null;
+  return Response.json({ ...meta, object: "text_completion", choices: [{ index: 0, text, logprobs, finish_reason }], usage: u });
+}
+
+const encoder = new TextEncoder();
+const sse = (value: unknown) => encoder.encode(`data: ${JSON.stringify(value)}\n\n`);
+
+function streamed(s: ServerState, gen: Generation, req: OpenAIRequest, kind: Kind, meta: Meta): Response {
+  const tokenizer = gen.lm.tokenizer;
+  const object = kind === "chat" ? "chat.completion.chunk" : "text_completion";
+  const extra = req.includeUsage ? { usage: null } : {};
+  const chunk = (choice: Record<string, unknown>) => ({ ...meta, object, choices: [{ index: 0, logprobs: null, finish_reason: null, ...choice }], ...extra });
+  let offset = 0;
+  const body = new ReadableStream<Uint8Array>({
+    async start(controller) {
+      let outcome = "error";
+      let usageFigures: GenerationUsage | undefined;
+      const send = (bytes: Uint8Array) => {
+        try {
+          controller.enqueue(bytes);
+        } catch {
+          gen.abort(); // the stream is closed: the client went away
+        }
+      };
+      try {
+        if (kind === "chat") send(sse(chunk({ delta: { role: "assistant", content: "" } })));
+        for await (const event of gen.events) {
+          if (event.type === "text") {
+            if (!event.text && !(req.logprobs && event.tokens.length > 0)) continue;
+            if (kind === "chat") {
+              const logprobs = req.logprobs ? { content: chatLogprobs(tokenizer, event.tokens, event.top) } : null;
+              send(sse(chunk({ delta: { content: event.text }, logprobs })));
+            } else {
+              const logprobs = req.logprobs ? completionLogprobs(tokenizer, event.tokens, event.top, offset, req.topLogprobs) : null;
+              offset += event.text.length;
+              send(sse(chunk({ text: event.text, logprobs })));
+            }
+          } else if (event.type === "error") throw event.error;
+          else {
+            usageFigures = event.usage;
+            if (event.finishReason === "cancelled") {
+              outcome = gen.timedOut() ? "timeout" : "cancelled";
+              if (gen.timedOut()) send(sse(errorBody(toApiError(new TimeoutError("the request took longer than the server's request timeout")), false)));
+              break;
+            }
+            outcome = event.finishReason;
+            const finish_reason = apiFinishReason(event.finishReason);
+            send(sse(chunk(kind === "chat" ? { delta: {}, finish_reason } : { text: "", finish_reason })));
+            if (req.includeUsage) {
+              const u = event.usage;
+              send(sse({ ...meta, object, choices: [], usage: usage(u.promptTokens, u.completionTokens, u.cachedTokens) }));
+            }
+          }
+        }
+        send(encoder.encode("data: [DONE]\n\n"));
+      } catch (error) {
+        send(sse(errorBody(toApiError(error, s.logError), false)));
+      } finally {
+        gen.finish(outcome, usageFigures);
+        try {
+          controller.close();
+        } catch {
+          // already closed by a cancel
+        }
+      }
+    },
+    cancel() {
+      gen.abort();
+    },
+  });
+  return new Response(body, { headers: { "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no" } });
+}

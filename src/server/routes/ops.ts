@@ -1,0 +1,74 @@
+// Operational routes: /health (liveness; 503 while the first model loads), /ready (would a
+// request be served now), /stats (JSON), /metrics (Prometheus text).
+import { Hono } from "hono";
+import * as mx from "../../mlx";
+import type { ServerState } from "../state";
+
+export function queueFigures(s: ServerState) {
+  let running = 0;
+  let waiting = 0;
+  let maxQueue = 0;
+  for (const e of s.models.loaded) {
+    running += e.engine.stats.running;
+    waiting += e.engine.stats.waiting;
+    maxQueue += e.engine.stats.maxQueue;
+  }
+  return { running, waiting, max_queue: maxQueue };
+}
+
+export function opsRoutes(s: ServerState): Hono {
+  const r = new Hono();
+  r.get("/health", (c) => (s.models.startingUp ? c.json({ status: "loading" }, 503) : c.json({ status: "ok" })));
+
+  r.get("/ready", (c) => {
+    if (s.models.startingUp) return c.json({ ready: false, reason: "loading the first model" }, 503);
+    const busy = s.models.loaded.filter((e) => !e.engine.accepting).map((e) => e.name);
+    if (busy.length > 0) return c.json({ ready: false, reason: `queue full for ${busy.join(", ")}` }, 503);
+    return c.json({ ready: true });
+  });
+
+  r.get("/stats", (c) =>
+    c.json({
+      uptime_seconds: (performance.now() - s.startedAt) / 1000,
+      queue: queueFigures(s),
+      models: s.models.loaded.map((e) => ({
+        name: e.name,
+        path: e.path,
+        active_requests: e.active,
+        running: e.engine.stats.running,
+        waiting: e.engine.stats.waiting,
+        max_queue: e.engine.stats.maxQueue,
+        max_batch: e.engine.stats.maxBatch,
+        prefill_chunk: e.engine.stats.prefillChunk,
+        tuner: e.engine.stats.tuner && {
+          target_itl_ms: e.engine.stats.tuner.targetItlMs,
+          estimated_p99_itl_ms: e.engine.stats.tuner.estimatedP99Ms ?? null,
+          adjustments: e.engine.stats.tuner.adjustments,
+          recent_adjustments: e.engine.stats.tuner.recent.map((a) => ({ at: new Date(a.at).toISOString(), reason: a.reason, from: a.from, to: a.to })),
+        },
+        prefix_cache: e.engine.stats.prefixCache && {
+          entries: e.engine.stats.prefixCache.entries,
+          bytes: e.engine.stats.prefixCache.bytes,
+          hits: e.engine.stats.prefixCache.hits,
+          misses: e.engine.stats.prefixCache.misses,
+          hit_tokens: e.engine.stats.prefixCache.hitTokens,
+        },
+        keep_alive_seconds: e.keepAliveMs === Infinity ? -1 : e.keepAliveMs / 1000,
+        expires_at: e.expiresAt?.toISOString() ?? null,
+        loaded_at: e.loadedAt.toISOString(),
+        load_seconds: e.loadMs / 1000,
+        weight_bytes: e.lm.weightBytes,
+        context_length: e.lm.config.maxPositionEmbeddings,
+      })),
+      requests: { total: s.requests.total, by_status: s.requests.byStatus, by_route: s.requests.byRoute },
+      memory: memory(),
+    }),
+  );
+
+  r.get("/metrics", (c) => c.body(s.metrics.registry.render(), 200, { "Content-Type": "text/plain; version=0.0.4; charset=utf-8" }));
+  return r;
+}
+
+export function memory() {
+  return { active: mx.memory.activeMemory(), peak: mx.memory.peakMemory(), cache: mx.memory.cacheMemory() };
+}

@@ -1,0 +1,43 @@
+// A real `mlx serve` server in this process, on 127.0.0.1 port 0, with a tiny model.
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { startServer, type RunningServer, type ServerOptions } from "../../src/server/app";
+import { writeTinyModel } from "./tiny-model";
+
+/** One tiny model directory per test process (SmolLM2's tokenizer, random weights). */
+let tinyPath: string | undefined;
+export function tinyModel(): string {
+  if (!tinyPath) {
+    const root = mkdtempSync(join(tmpdir(), "mlx-serve-"));
+    process.env.MLX_HOME ??= join(root, "home");
+    tinyPath = join(root, "tiny");
+    writeTinyModel(tinyPath, { contextLength: 256 });
+  }
+  return tinyPath;
+}
+
+export function serve(o: ServerOptions = {}): RunningServer {
+  return startServer({ port: 0, version: "0.1.0-test", logError: () => {}, ...o });
+}
+
+export async function post(url: string, body: unknown, headers: Record<string, string> = {}): Promise<{ status: number; json: any; headers: Headers }> {
+  const r = await fetch(url, { method: "POST", body: typeof body === "string" ? body : JSON.stringify(body), headers: { "Content-Type": "application/json", ...headers } });
+  const text = await r.text();
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = text;
+  }
+  return { status: r.status, json, headers: r.headers };
+}
+
+/** Waits until `check` holds (polling), or fails after `ms`. */
+export async function eventually(check: () => boolean | Promise<boolean>, ms = 5000): Promise<void> {
+  const deadline = performance.now() + ms;
+  while (!(await check())) {
+    if (performance.now() > deadline) throw new Error("condition not reached in time");
+    await Bun.sleep(10);
+  }
+}

@@ -1,0 +1,251 @@
+// `mlx serve` through the official OpenAI client: chat and completions, streamed and whole,
+// stop strings, usage, logprobs, sampling options, auth and unknown models.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import OpenAI from "openai";
+import { complete } from "../src/engine/completion";
+import { chatTokens } from "../src/engine/prompt";
+import { defaultSampling } from "../src/engine/sampling";
+import { makeCaches, freeCaches } from "../src/models";
+import { loadModel } from "../src/models/load";
+import type { RunningServer } from "../src/server/app";
+import { post, serve, tinyModel } from "./helpers/serve";
+
+let server: RunningServer;
+let client: OpenAI;
+let model: string;
+const messages = [{ role: "user" as const, content: "Tell me a story" }];
+
+beforeAll(() => {
+  model = tinyModel();
+  server = serve();
+  client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 20_000 });
+});
+afterAll(() => server.stop());
+
+describe("OpenAI chat completions", () => {
+  test("a whole answer: greedy text equals the engine's, usage and finish_reason", async () => {
+    const r = await client.chat.completions.create({ model, messages, max_tokens: 12, temperature: 0 });
+    expect(r.object).toBe("chat.completion");
+    expect(r.id).toMatch(/^chatcmpl-/);
+    expect(r.model).toBe(model);
+    const choice = r.choices[0]!;
+    expect(choice.message.role).toBe("assistant");
+    expect(["stop", "length"]).toContain(choice.finish_reason);
+    expect(r.usage!.completion_tokens).toBeLessThanOrEqual(12);
+    expect(r.usage!.total_tokens).toBe(r.usage!.prompt_tokens + r.usage!.completion_tokens);
+    expect(r.usage!.prompt_tokens_details!.cached_tokens).toBe(0);
+
+    // The same prompt through the engine directly gives the same text.
+    const lm = loadModel(model);
+    const ids = chatTokens(lm.tokenizer, messages);
+    expect(r.usage!.prompt_tokens).toBe(ids.length);
+    const caches = makeCaches(lm.model);
+    const run = complete(lm, caches, ids, { sampling: defaultSampling, maxTokens: 12 });
+    let step = run.next();
+    while (!step.done) step = run.next();
+    freeCaches(caches);
+    lm.free();
+    expect(choice.message.content).toBe(step.value.text);
+  });
+
+  test("streaming: a role chunk, content deltas, a finish chunk, the usage chunk, [DONE]", async () => {
+    const whole = await client.chat.completions.create({ model, messages, max_tokens: 10, temperature: 0 });
+    const stream = await client.chat.completions.create({ model, messages, max_tokens: 10, temperature: 0, stream: true, stream_options: { include_usage: true } });
+    let text = "";
+    let role: string | undefined;
+    let finish: string | null = null;
+    let usage: OpenAI.CompletionUsage | undefined | null;
+    let chunks = 0;
+    for await (const chunk of stream) {
+      chunks++;
+      expect(chunk.object).toBe("chat.completion.chunk");
+      if (chunk.usage) {
+        expect(chunk.choices).toEqual([]);
+        usage = chunk.usage;
+        continue;
+      }
+      const c = chunk.choices[0]!;
+      role ??= c.delta.role;
+      text += c.delta.content ?? "";
+      if (c.finish_reason) finish = c.finish_reason;
+    }
+    expect(chunks).toBeGreaterThan(2);
+    expect(role).toBe("assistant");
+    expect(text).toBe(whole.choices[0]!.message.content!);
+    expect(finish).toBe(whole.choices[0]!.finish_reason);
+    expect(usage).toEqual(whole.usage!);
+  });
+
+  test("a stop string ends the answer before it (finish_reason stop), streamed or not", async () => {
+    const full = (await client.chat.completions.create({ model, messages, max_tokens: 20, temperature: 0 })).choices[0]!.message.content!;
+    expect(full.length).toBeGreaterThan(10);
+    const stop = full.slice(6, 10);
+    const expected = full.slice(0, full.indexOf(stop));
+    const r = await client.chat.completions.create({ model, messages, max_tokens: 20, temperature: 0, stop: [stop, "never-there"] });
+    expect(r.choices[0]!.message.content).toBe(expected);
+    expect(r.choices[0]!.finish_reason).toBe("stop");
+    const stream = await client.chat.completions.create({ model, messages, max_tokens: 20, temperature: 0, stop, stream: true });
+    let text = "";
+    let finish: string | null = null;
+    for await (const chunk of stream) {
+      text += chunk.choices[0]?.delta.content ?? "";
+      finish = chunk.choices[0]?.finish_reason ?? finish;
+    }
+    expect(text).toBe(expected);
+    expect(finish).toBe("stop");
+  });
+
+  test("logprobs with top_logprobs: one entry per token, alternatives sorted, the greedy choice on top", async () => {
+    const r = await client.chat.completions.create({ model, messages, max_tokens: 6, temperature: 0, logprobs: true, top_logprobs: 3 });
+    const content = r.choices[0]!.logprobs!.content!;
+    expect(content.length).toBe(r.usage!.completion_tokens);
+    for (const entry of content) {
+      expect(entry.logprob).toBeLessThanOrEqual(0);
+      expect(entry.top_logprobs.length).toBe(3);
+      const values = entry.top_logprobs.map((t) => t.logprob);
+      expect([...values].sort((a, b) => b - a)).toEqual(values);
+      expect(entry.top_logprobs[0]!.token).toBe(entry.token); // greedy picks the most likely
+      expect(entry.logprob).toBeCloseTo(entry.top_logprobs[0]!.logprob, 4);
+      expect(Buffer.from(entry.bytes!).toString("utf8")).toBe(entry.token);
+    }
+    expect(content.map((e) => e.token).join("")).toBe(r.choices[0]!.message.content!);
+  });
+
+  test("sampling: a seed repeats, top_k/top_p/min_p/repetition_penalty accepted; penalties change the answer", async () => {
+    const sampled = (seed: number) => client.chat.completions.create({ model, messages, max_tokens: 10, temperature: 1, top_p: 0.9, seed, top_k: 50, min_p: 0.01, repetition_penalty: 1.1 } as never) as Promise<OpenAI.ChatCompletion>;
+    const [a, b] = [await sampled(7), await sampled(7)];
+    expect(a.choices[0]!.message.content).toBe(b.choices[0]!.message.content);
+    const plain = await client.chat.completions.create({ model, messages, max_tokens: 30, temperature: 0 });
+    const penalized = await client.chat.completions.create({ model, messages, max_tokens: 30, temperature: 0, frequency_penalty: 2, presence_penalty: 2 });
+    expect(penalized.usage!.completion_tokens).toBeGreaterThan(0);
+    // A random model repeats itself under greedy decoding; the penalties must discourage that.
+    const repeats = (s: string) => s.split(/\s+/).length - new Set(s.split(/\s+/)).size;
+    expect(penalized.choices[0]!.message.content).not.toBe(plain.choices[0]!.message.content);
+    expect(repeats(penalized.choices[0]!.message.content!)).toBeLessThanOrEqual(repeats(plain.choices[0]!.message.content!));
+    const biased = await client.chat.completions.create({ model, messages, max_tokens: 3, temperature: 0, logit_bias: { "28": 100 } });
+    expect(biased.choices[0]!.message.content).toBe(",,,"); // token 28 is "," in SmolLM2's vocabulary
+  });
+
+  test("max_completion_tokens bounds the answer", async () => {
+    const r = await client.chat.completions.create({ model, messages, max_completion_tokens: 3, temperature: 0 });
+    expect(r.usage!.completion_tokens).toBeLessThanOrEqual(3);
+  });
+});
+
+describe("OpenAI completions and models", () => {
+  test("a text completion, whole and streamed, with logprobs", async () => {
+    const r = await client.completions.create({ model, prompt: "Once upon a time", max_tokens: 8, temperature: 0, logprobs: 2 });
+    expect(r.object).toBe("text_completion");
+    const choice = r.choices[0]!;
+    expect(choice.logprobs!.tokens!.length).toBe(r.usage!.completion_tokens);
+    expect(choice.logprobs!.top_logprobs![0]!).toBeObject();
+    expect(choice.logprobs!.tokens!.join("")).toBe(choice.text);
+    const stream = await client.completions.create({ model, prompt: "Once upon a time", max_tokens: 8, temperature: 0, stream: true, stream_options: { include_usage: true } });
+    let text = "";
+    let usage: OpenAI.CompletionUsage | undefined;
+    for await (const chunk of stream) {
+      text += chunk.choices[0]?.text ?? "";
+      if (chunk.usage) usage = chunk.usage;
+    }
+    expect(text).toBe(choice.text);
+    expect(usage!.completion_tokens).toBe(r.usage!.completion_tokens);
+  });
+
+  test("a prompt of token ids", async () => {
+    const r = await client.completions.create({ model, prompt: [1, 2, 3, 4], max_tokens: 4, temperature: 0 });
+    expect(r.usage!.prompt_tokens).toBe(4);
+  });
+
+  test("/v1/models lists the loaded model", async () => {
+    const list = await client.models.list();
+    expect(list.data.map((m) => m.id)).toContain(model);
+  });
+
+  test("an unknown model is a 404 with code model_not_found", async () => {
+    const error = await client.chat.completions.create({ model: "no-such-model", messages }).catch((e) => e);
+    expect(error).toBeInstanceOf(OpenAI.NotFoundError);
+    expect(error.status).toBe(404);
+    expect(error.code).toBe("model_not_found");
+  });
+
+  test("an unsupported feature is a 400 that names it (n > 1, tools, images)", async () => {
+    const n = await client.chat.completions.create({ model, messages, n: 2 }).catch((e) => e);
+    expect(n).toBeInstanceOf(OpenAI.BadRequestError);
+    expect(n.param).toBe("n");
+    const tools = await client.chat.completions.create({ model, messages, tools: [{ type: "function", function: { name: "f", parameters: {} } }] }).catch((e) => e);
+    expect(tools.status).toBe(400);
+    const image = await post(`${server.url}/v1/chat/completions`, { model, messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: "x" } }] }] });
+    expect(image.status).toBe(400);
+    expect(image.json.error.param).toBe("messages.0.content.0.type");
+  });
+});
+
+describe("API key", () => {
+  let secured: RunningServer;
+  beforeAll(() => {
+    secured = serve({ apiKey: "s3cret" });
+  });
+  afterAll(() => secured.stop());
+
+  test("a wrong or missing key is a 401; the right one works; /health needs none", async () => {
+    const wrong = new OpenAI({ baseURL: `${secured.url}/v1`, apiKey: "wrong", maxRetries: 0 });
+    const error = await wrong.models.list().catch((e) => e);
+    expect(error).toBeInstanceOf(OpenAI.AuthenticationError);
+    expect(error.status).toBe(401);
+    const missing = await fetch(`${secured.url}/api/tags`);
+    expect(missing.status).toBe(401);
+    expect(((await missing.json()) as { error: unknown }).error).toBeString();
+    const metrics = await fetch(`${secured.url}/metrics`);
+    expect(metrics.status).toBe(401);
+    const right = new OpenAI({ baseURL: `${secured.url}/v1`, apiKey: "s3cret", maxRetries: 0 });
+    const r = await right.chat.completions.create({ model, messages, max_tokens: 2 });
+    expect(r.choices.length).toBe(1);
+    expect((await fetch(`${secured.url}/health`)).status).toBe(200);
+  });
+});
+
+describe("continuous batching and the prefix cache, through the API", () => {
+  test("concurrent streams are decoded together and each gets its own answer", async () => {
+    const prompts = ["Tell me a story", "Name a colour", "Count to five", "Say hello"];
+    const greedy = (content: string) => client.chat.completions.create({ model, messages: [{ role: "user", content }], max_tokens: 12, temperature: 0 });
+    const alone: string[] = [];
+    for (const p of prompts) alone.push((await greedy(p)).choices[0]!.message.content ?? "");
+    const together = await Promise.all(prompts.map(greedy));
+    expect(together.map((r) => r.choices[0]!.message.content ?? "")).toEqual(alone);
+    const metrics = await (await fetch(`${server.url}/metrics`)).text();
+    expect(metrics).toMatch(/^mlx_inter_token_latency_seconds_count \d+$/m);
+    expect(metrics).toMatch(/^mlx_batch_limit\{model="[^"]+"\} 8$/m);
+  });
+
+  test("a follow-up turn reports the conversation so far as cached tokens", async () => {
+    const first = [{ role: "user" as const, content: "Describe the moon in one line" }];
+    const one = await client.chat.completions.create({ model, messages: first, max_tokens: 8, temperature: 0 });
+    const followUp = [...first, { role: "assistant" as const, content: one.choices[0]!.message.content ?? "" }, { role: "user" as const, content: "And the sun?" }];
+    const two = await client.chat.completions.create({ model, messages: followUp, max_tokens: 8, temperature: 0 });
+    expect(two.usage!.prompt_tokens_details!.cached_tokens).toBeGreaterThan(one.usage!.prompt_tokens - 2);
+    const stats = await (await fetch(`${server.url}/stats`)).json();
+    expect(stats.models[0].prefix_cache.hits).toBeGreaterThan(0);
+    expect(stats.models[0].max_batch).toBe(8);
+  });
+});
+
+describe("the adaptive tuner, through the server", () => {
+  test("an unreachable latency target makes it shrink the limits, visibly in /stats and /metrics", async () => {
+    const tuned = serve({ defaultModel: model, targetItlMs: 1, maxBatch: 4, prefillChunk: 256 });
+    try {
+      const c = new OpenAI({ baseURL: `${tuned.url}/v1`, apiKey: "unused" });
+      await Promise.all([1, 2, 3].map(() => c.chat.completions.create({ model, messages, max_tokens: 40, temperature: 0 })));
+      const stats = await (await fetch(`${tuned.url}/stats`)).json();
+      const m = stats.models[0];
+      expect(m.tuner.target_itl_ms).toBe(1);
+      expect(m.tuner.adjustments).toBeGreaterThan(0);
+      expect(m.tuner.recent_adjustments[0].reason).toMatch(/> target 1 ms/);
+      expect(m.prefill_chunk).toBeLessThan(256);
+      const metrics = await (await fetch(`${tuned.url}/metrics`)).text();
+      expect(metrics).toMatch(/^mlx_tuner_target_itl_seconds\{model="[^"]+"\} 0.001$/m);
+      expect(metrics).toMatch(/^mlx_tuner_adjustments\{model="[^"]+"\} [1-9]\d*$/m);
+    } finally {
+      await tuned.stop();
+    }
+  });
+});

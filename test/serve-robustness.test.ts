@@ -1,0 +1,333 @@
+// `mlx serve` under bad input and abuse: a battery of malformed requests (each a clear 4xx
+// naming the field), prompts past the context, oversized bodies, a full queue (429), timeouts,
+// 200 rapid connect/disconnects, and the server answering normally after each; plus CORS,
+// /health, /ready, /stats and the /metrics text format.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { createApp, createState, type RunningServer } from "../src/server/app";
+import { eventually, post, serve, tinyModel } from "./helpers/serve";
+
+let server: RunningServer;
+let model: string;
+const chat = (extra: Record<string, unknown> = {}) => ({ model, messages: [{ role: "user", content: "Hi" }], max_tokens: 4, ...extra });
+
+beforeAll(() => {
+  model = tinyModel();
+  server = serve();
+});
+afterAll(() => server.stop());
+
+async function answersNormally(url = server.url) {
+  const ok = await post(`${url}/v1/chat/completions`, chat());
+  expect(ok.status).toBe(200);
+  expect(ok.json.choices[0].message.content).toBeString();
+}
+
+describe("bad input: a clear 4xx naming the field, and the server carries on", () => {
+  const v1 = "/v1/chat/completions";
+  const cases: [string, string, unknown, number, string | null | RegExp][] = [
+    ["malformed JSON", v1, '{"model": "x", "messages": [', 400, /not valid JSON/],
+    ["an empty body", v1, "", 400, /empty/],
+    ["a JSON array body", v1, "[1,2]", 400, /JSON object/],
+    ["missing messages", v1, { messages: undefined }, 400, "messages"],
+    ["empty messages", v1, { messages: [] }, 400, "messages"],
+    ["messages of the wrong type", v1, { messages: "hi" }, 400, "messages"],
+    ["a message that is not an object", v1, { messages: ["hi"] }, 400, "messages.0"],
+    ["a message without a role", v1, { messages: [{ content: "hi" }] }, 400, "messages.0.role"],
+    ["an unknown role", v1, { messages: [{ role: "robot", content: "hi" }] }, 400, "messages.0.role"],
+    ["content of the wrong type", v1, { messages: [{ role: "user", content: 5 }] }, 400, "messages.0.content"],
+    ["a user message without content", v1, { messages: [{ role: "user" }] }, 400, "messages.0.content"],
+    ["negative max_tokens", v1, { max_tokens: -1 }, 400, "max_tokens"],
+    ["zero max_tokens", v1, { max_tokens: 0 }, 400, "max_tokens"],
+    ["fractional max_tokens", v1, { max_tokens: 1.5 }, 400, "max_tokens"],
+    ["max_tokens as a string", v1, { max_tokens: "10" }, 400, "max_tokens"],
+    ["absurd max_tokens", v1, { max_tokens: 1e12 }, 400, "max_tokens"],
+    ["absurd max_completion_tokens", v1, { max_completion_tokens: 100000 }, 400, "max_tokens"],
+    ["temperature as a string", v1, { temperature: "hot" }, 400, "temperature"],
+    ["negative temperature", v1, { temperature: -1 }, 400, "temperature"],
+    ["top_p of 0", v1, { top_p: 0 }, 400, "top_p"],
+    ["top_k fractional", v1, { top_k: 2.5 }, 400, "top_k"],
+    ["min_p of 1", v1, { min_p: 1 }, 400, "min_p"],
+    ["repetition_penalty of 0", v1, { repetition_penalty: 0 }, 400, "repetition_penalty"],
+    ["presence_penalty out of range", v1, { presence_penalty: 3 }, 400, "presence_penalty"],
+    ["a negative seed", v1, { seed: -5 }, 400, "seed"],
+    ["stop as a number", v1, { stop: 5 }, 400, "stop"],
+    ["stop holding a number", v1, { stop: ["a", 1] }, 400, "stop.1"],
+    ["stream as a string", v1, { stream: "yes" }, 400, "stream"],
+    ["stream_options without stream", v1, { stream_options: { include_usage: true } }, 400, "stream_options"],
+    ["top_logprobs without logprobs", v1, { top_logprobs: 2 }, 400, "top_logprobs"],
+    ["too many top_logprobs", v1, { logprobs: true, top_logprobs: 50 }, 400, "top_logprobs"],
+    ["model as a number", v1, { model: 5 }, 400, "model"],
+    ["logit_bias with a bad key", v1, { logit_bias: { abc: 1 } }, 400, "logit_bias"],
+    ["logit_bias outside the vocabulary", v1, { logit_bias: { "99999999": 1 } }, 400, "logit_bias"],
+    ["response_format json_schema", v1, { response_format: { type: "json_schema" } }, 400, "response_format"],
+    ["completions without a prompt", "/v1/completions", { prompt: undefined }, 400, "prompt"],
+    ["completions with an object prompt", "/v1/completions", { prompt: {} }, 400, "prompt"],
+    ["completions with an empty prompt", "/v1/completions", { prompt: "" }, 400, "prompt"],
+    ["completions with a token id outside the vocabulary", "/v1/completions", { prompt: [1, 1e9] }, 400, "prompt"],
+    ["completions with echo", "/v1/completions", { prompt: "x", echo: true }, 400, "echo"],
+    ["an unknown model", v1, { model: "no-such-model" }, 404, "model"],
+    ["an unknown route", "/v1/nothing-here", {}, 404, null],
+  ];
+  for (const [name, path, override, status, expected] of cases) {
+    test(name, async () => {
+      const body = typeof override === "string" ? override : path.startsWith("/v1/completions") ? { model, prompt: "Hi", max_tokens: 2, ...(override as object) } : { ...chat(), ...(override as object) };
+      const r = await post(`${server.url}${path}`, body);
+      expect(r.status).toBe(status);
+      expect(r.json.error).toBeObject();
+      expect(r.json.error.message).toBeString();
+      expect(r.json.error.type).toBeString();
+      expect(r.json.error.message).not.toMatch(/\n\s+at /); // never a stack
+      if (expected instanceof RegExp) expect(r.json.error.message).toMatch(expected);
+      else if (expected) expect(r.json.error.param).toBe(expected);
+    });
+  }
+
+  test("Ollama routes: the same checks, in Ollama's error shape", async () => {
+    const api = (path: string, body: unknown) => post(`${server.url}${path}`, body);
+    for (const [path, body, pattern] of [
+      ["/api/chat", { model, messages: "x" }, /messages/],
+      ["/api/chat", { messages: [] }, /model/],
+      ["/api/chat", { model, messages: [{ role: "user", content: "x" }], options: { num_predict: "x" } }, /num_predict/],
+      ["/api/generate", { model, prompt: "x", options: { temperature: "hot" } }, /temperature/],
+      ["/api/generate", { model, prompt: 5 }, /prompt/],
+      ["/api/generate", { model, prompt: "x", format: "json" }, /format/],
+      ["/api/generate", "{oops", /JSON/],
+      ["/api/show", {}, /model/],
+    ] as const) {
+      const r = await api(path, body);
+      expect(r.status).toBe(400);
+      expect(r.json.error).toMatch(pattern);
+    }
+    expect((await api("/api/pull", { model: "x" })).status).toBe(501);
+  });
+
+  test("afterwards the server answers normally", () => answersNormally());
+});
+
+describe("limits", () => {
+  test("a prompt longer than the context is a 400 (context_length_exceeded), on both APIs", async () => {
+    const long = "hello ".repeat(400);
+    const r = await post(`${server.url}/v1/chat/completions`, chat({ messages: [{ role: "user", content: long }] }));
+    expect(r.status).toBe(400);
+    expect(r.json.error.code).toBe("context_length_exceeded");
+    expect(r.json.error.message).toMatch(/256/);
+    const o = await post(`${server.url}/api/generate`, { model, prompt: long, stream: false });
+    expect(o.status).toBe(400);
+    expect(o.json.error).toMatch(/context/);
+    await answersNormally();
+  });
+
+  test("a request near the context is clamped: finish_reason length", async () => {
+    const r = await post(`${server.url}/v1/completions`, { model, prompt: "hello ".repeat(240), max_tokens: 200, temperature: 0 });
+    expect(r.status).toBe(200);
+    expect(r.json.usage.prompt_tokens + r.json.usage.completion_tokens).toBeLessThanOrEqual(256);
+  });
+
+  test("an oversized body is a 413 in JSON", async () => {
+    const big = JSON.stringify(chat({ messages: [{ role: "user", content: "x".repeat(5 * 1024 * 1024) }] }));
+    const r = await post(`${server.url}/v1/chat/completions`, big);
+    expect(r.status).toBe(413);
+    expect(r.json.error.code).toBe("request_too_large");
+    await answersNormally();
+  });
+
+  test("a full queue is a 429 with Retry-After; /ready says so; it recovers", async () => {
+    const small = serve({ maxQueue: 1, maxBatch: 1 }); // one running, one waiting: the queue is full
+    try {
+      await answersNormally(small.url); // loaded
+      const long = { model, prompt: "Once", max_tokens: 220, temperature: 0 };
+      const controller = new AbortController();
+      const first = fetch(`${small.url}/v1/completions`, { method: "POST", body: JSON.stringify({ ...long, stream: true }), signal: controller.signal });
+      const reader = (await first).body!.getReader();
+      await reader.read(); // the first is generating
+      const second = fetch(`${small.url}/v1/completions`, { method: "POST", body: JSON.stringify(long), signal: controller.signal }).catch(() => undefined);
+      await eventually(() => small.state.models.loaded[0]!.engine.stats.waiting === 1);
+      const ready = await fetch(`${small.url}/ready`);
+      expect(ready.status).toBe(503);
+      const third = await post(`${small.url}/v1/completions`, long);
+      expect(third.status).toBe(429);
+      expect(third.headers.get("retry-after")).toBe("1");
+      expect(third.json.error.code).toBe("queue_full");
+      controller.abort();
+      await second;
+      await eventually(() => small.state.models.loaded[0]!.engine.stats.running + small.state.models.loaded[0]!.engine.stats.waiting === 0);
+      expect((await fetch(`${small.url}/ready`)).status).toBe(200);
+      await answersNormally(small.url);
+    } finally {
+      await small.stop();
+    }
+  });
+
+  test("the per-request timeout: a 504 for a whole answer, an error event in a stream", async () => {
+    const hasty = serve({ requestTimeoutMs: 100 });
+    try {
+      const body = { model, prompt: "Once", max_tokens: 220, temperature: 0, ignore_eos: true };
+      await post(`${hasty.url}/v1/completions`, { model, prompt: "x", max_tokens: 1 }); // load first
+      const r = await post(`${hasty.url}/v1/completions`, body);
+      expect(r.status).toBe(504);
+      expect(r.json.error.code).toBe("request_timeout");
+      const s = await fetch(`${hasty.url}/v1/completions`, { method: "POST", body: JSON.stringify({ ...body, stream: true }) });
+      const text = await s.text();
+      expect(text).toMatch(/request_timeout/);
+    } finally {
+      await hasty.stop();
+    }
+  });
+});
+
+describe("disconnects and the event loop", () => {
+  test("200 rapid connect/disconnects of streaming requests are cancelled at once; the server carries on", async () => {
+    const started = performance.now();
+    const body = (i: number) => JSON.stringify(i % 2 ? { model, prompt: "Once", max_tokens: 200, stream: true } : { model, stream: true, messages: [{ role: "user", content: "Hi" }], options: { num_predict: 200 } });
+    const one = async (i: number) => {
+      const controller = new AbortController();
+      const path = i % 2 ? "/v1/completions" : "/api/chat";
+      try {
+        const r = await fetch(`${server.url}${path}`, { method: "POST", body: body(i), signal: controller.signal });
+        if (i % 3 === 0) await r.body!.getReader().read(); // some leave after the first chunk
+        controller.abort();
+      } catch {
+        // aborted before the answer began
+      }
+    };
+    for (let i = 0; i < 200; i += 10) {
+      await Promise.all(Array.from({ length: 10 }, (_, j) => one(i + j)));
+    }
+    await eventually(() => server.state.models.loaded.every((e) => e.engine.stats.running === 0 && e.engine.stats.waiting === 0 && e.active === 0), 5000);
+    // 200 x 200 tokens would take minutes: they were cancelled, not run to the end.
+    expect(performance.now() - started).toBeLessThan(15_000);
+    const metrics = await (await fetch(`${server.url}/metrics`)).text();
+    expect(metrics).toMatch(/mlx_generations_total\{route="[^"]+",finish_reason="cancelled"\} \d+/);
+    await answersNormally();
+  }, 30_000);
+
+  test("/health answers promptly while a generation runs", async () => {
+    const r = await fetch(`${server.url}/v1/completions`, { method: "POST", body: JSON.stringify({ model, prompt: "Once", max_tokens: 200, stream: true }) });
+    const reader = r.body!.getReader();
+    await reader.read();
+    const times: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      const t = performance.now();
+      expect((await fetch(`${server.url}/health`)).status).toBe(200);
+      times.push(performance.now() - t);
+    }
+    expect(server.state.models.loaded[0]!.engine.stats.running).toBe(1); // still generating
+    expect(Math.max(...times)).toBeLessThan(250);
+    await reader.cancel();
+  });
+});
+
+describe("operations", () => {
+  test("/health is 503 while the first model loads, 200 after", async () => {
+    const state = createState({ version: "t", logError: () => {} });
+    const app = createApp(state);
+    const loading = state.models.acquire(model);
+    const during = await app.fetch(new Request("http://localhost/health"));
+    expect(during.status).toBe(503);
+    expect(await during.json()).toEqual({ status: "loading" });
+    (await loading).release();
+    expect((await app.fetch(new Request("http://localhost/health"))).status).toBe(200);
+    state.models.dispose();
+  });
+
+  test("/stats: queue, loaded models, request counts", async () => {
+    const stats = (await (await fetch(`${server.url}/stats`)).json()) as any;
+    expect(stats.queue).toEqual({ running: 0, waiting: 0, max_queue: 64 });
+    expect(stats.models[0].name).toBe(model);
+    expect(stats.requests.total).toBeGreaterThan(10);
+    expect(stats.requests.by_status["400"]).toBeGreaterThan(10);
+    expect(stats.memory.active).toBeGreaterThan(0);
+  });
+
+  test("CORS only for the origins given", async () => {
+    const plain = await fetch(`${server.url}/v1/models`, { headers: { Origin: "http://evil.example" } });
+    expect(plain.headers.get("access-control-allow-origin")).toBeNull();
+    const open = serve({ corsOrigins: ["http://app.example"], apiKey: "k" });
+    try {
+      const preflight = await fetch(`${open.url}/v1/chat/completions`, { method: "OPTIONS", headers: { Origin: "http://app.example", "Access-Control-Request-Method": "POST" } });
+      expect(preflight.status).toBe(204);
+      expect(preflight.headers.get("access-control-allow-origin")).toBe("http://app.example");
+      const other = await fetch(`${open.url}/v1/models`, { headers: { Origin: "http://evil.example", Authorization: "Bearer k" } });
+      expect(other.headers.get("access-control-allow-origin")).toBeNull();
+    } finally {
+      await open.stop();
+    }
+  });
+
+  test("/metrics is valid Prometheus text with the expected families", async () => {
+    const text = await (await fetch(`${server.url}/metrics`)).text();
+    const families = checkPrometheusText(text);
+    for (const [name, type] of Object.entries({
+      mlx_http_requests_total: "counter",
+      mlx_generations_total: "counter",
+      mlx_prompt_tokens_total: "counter",
+      mlx_generation_tokens_total: "counter",
+      mlx_time_to_first_token_seconds: "histogram",
+      mlx_e2e_request_latency_seconds: "histogram",
+      mlx_queue_wait_seconds: "histogram",
+      mlx_requests_running: "gauge",
+      mlx_requests_waiting: "gauge",
+      mlx_memory_active_bytes: "gauge",
+      mlx_memory_peak_bytes: "gauge",
+    })) {
+      expect(families.get(name)?.type).toBe(type);
+    }
+    expect(families.get("mlx_prompt_tokens_total")!.samples[0]!.value).toBeGreaterThan(0);
+    expect(text).toMatch(/mlx_http_requests_total\{route="\/v1\/chat\/completions",status="400"\} \d+/);
+    expect(text).toMatch(/mlx_generations_total\{route="\/v1\/chat\/completions",finish_reason="(length|stop)"\} \d+/);
+  });
+});
+
+/**
+ * A strict reading of the Prometheus text format (0.0.4): every line a comment or a sample;
+ * HELP and TYPE once per family, before its samples; names and labels well formed; values
+ * numbers; histograms with increasing `le`, cumulative counts, +Inf equal to _count.
+ */
+function checkPrometheusText(text: string) {
+  expect(text.endsWith("\n")).toBe(true);
+  const name = "[a-zA-Z_:][a-zA-Z0-9_:]*";
+  const label = `[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\\\\n]|\\\\[\\\\"n])*"`;
+  const sample = new RegExp(`^(${name})(\\{(?:${label})(?:,${label})*\\})? (-?(?:\\d+(?:\\.\\d+)?(?:e[+-]?\\d+)?|\\+Inf|-Inf|NaN))$`);
+  const families = new Map<string, { type: string; help: boolean; samples: { name: string; labels: string; value: number }[] }>();
+  let current: string | undefined;
+  for (const line of text.slice(0, -1).split("\n")) {
+    let m: RegExpExecArray | null;
+    if ((m = new RegExp(`^# HELP (${name}) .*$`).exec(line))) {
+      expect(families.has(m[1]!)).toBe(false);
+      families.set(m[1]!, { type: "untyped", help: true, samples: [] });
+      current = m[1];
+    } else if ((m = new RegExp(`^# TYPE (${name}) (counter|gauge|histogram|summary|untyped)$`).exec(line))) {
+      expect(m[1]).toBe(current!);
+      expect(families.get(m[1]!)!.samples.length).toBe(0);
+      families.get(m[1]!)!.type = m[2]!;
+    } else {
+      m = sample.exec(line);
+      if (!m) throw new Error(`not a valid exposition line: ${JSON.stringify(line)}`);
+      const family = families.get(current!)!;
+      const base = family.type === "histogram" ? m[1]!.replace(/_(bucket|sum|count)$/, "") : m[1]!;
+      expect(base).toBe(current!);
+      family.samples.push({ name: m[1]!, labels: m[2] ?? "", value: Number(m[3] === "+Inf" ? Infinity : m[3]) });
+    }
+  }
+  for (const [familyName, family] of families) {
+    if (family.type !== "histogram") continue;
+    const series = new Map<string, { le: number; count: number }[]>();
+    const counts = new Map<string, number>();
+    for (const s of family.samples) {
+      const rest = s.labels.replace(/,?le="[^"]*"/, "").replace("{}", "").replace("{,", "{");
+      if (s.name === `${familyName}_bucket`) {
+        const le = /le="([^"]+)"/.exec(s.labels)![1]!;
+        series.set(rest, [...(series.get(rest) ?? []), { le: le === "+Inf" ? Infinity : Number(le), count: s.value }]);
+      } else if (s.name === `${familyName}_count`) counts.set(rest, s.value);
+    }
+    for (const [key, buckets] of series) {
+      for (let i = 1; i < buckets.length; i++) {
+        expect(buckets[i]!.le).toBeGreaterThan(buckets[i - 1]!.le);
+        expect(buckets[i]!.count).toBeGreaterThanOrEqual(buckets[i - 1]!.count);
+      }
+      expect(buckets.at(-1)!.le).toBe(Infinity);
+      expect(buckets.at(-1)!.count).toBe(counts.get(key)!);
+    }
+  }
+  return families;
+}
