@@ -22,4 +22,18 @@ if [ "${WITH_LLAMA_CPP:-1}" = 1 ] && [ ! -f "$peers/.node-ready" ]; then
   (cd "$peers/node" && npm install --no-audit --no-fund --loglevel=error node-llama-cpp@3 >&2)
   touch "$peers/.node-ready"
 fi
+
+
+# llama.cpp must run from node-llama-cpp's prebuilt binaries (no compiler, no download at
+# bench time): fail here, not in the middle of bench/peers.ts, when none fits this machine.
+if [ "${WITH_LLAMA_CPP:-1}" = 1 ]; then
+  # (a script file, not node -e: node-llama-cpp tests its binary in a child process of the script)
+  cat > "$peers/node/check-llama.mjs" <<'JS'
+import { getLlama } from "node-llama-cpp";
+const llama = await getLlama({ gpu: false, build: "never", progressLogs: false });
+console.error(`[peers] llama.cpp ${llama.buildType} binaries load (${llama.cpuMathCores} cores)`);
+await llama.dispose();
+JS
+  (cd "$peers/node" && node check-llama.mjs)
+fi
 say "peers ready in $peers"

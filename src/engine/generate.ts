@@ -90,12 +90,18 @@ export function* tokenLoop(model: DecoderModel, caches: KVCache[], prompt: numbe
       const [y, chosen, logprobs] = current;
       const more = n + 1 < o.maxTokens;
       let next: Step | undefined;
-      if (more && !hostTokens) next = step(y);
+      if (more && !hostTokens) {
+        // Queue the next step before waiting on this one, so MLX never idles between steps.
+        next = step(y);
+        mx.asyncEvaluate(...next);
+      }
       const token = y.item();
       const logprob = chosen.item();
       history.push(token);
-      if (more && hostTokens) next = step([token]);
-      if (next) mx.asyncEvaluate(...next);
+      if (more && hostTokens) {
+        next = step([token]);
+        mx.asyncEvaluate(...next);
+      }
       y.free();
       chosen.free();
       // A kept row belongs to the caller once yielded.

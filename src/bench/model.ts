@@ -1,0 +1,181 @@
+// Model mode of `mlx bench`: on one loaded model, a warm-up, then n repetitions of a
+// prompt-processing test (a synthetic prompt of exactly p tokens, timed to its first token)
+// and a generation test (g tokens after a one-token prompt, end-of-sequence ignored), each
+// on a fresh KV cache with MLX's peak-memory counter reset before it. As llama-bench does.
+import * as mx from "../mlx";
+import { freeCaches, makeCaches } from "../models";
+import type { LoadedModel } from "../models/load";
+import { readGGUFHeader } from "../models/gguf-header";
+import { tokenLoop } from "../engine/generate";
+import { defaultSampling, type SamplingParams } from "../engine/sampling";
+import { summarize, type Summary } from "./stats";
+
+export interface ModelBenchOptions {
+  /** Repetitions of each test. */
+  repetitions: number;
+  /** Prompt tokens of the prompt-processing test (0: skip it). */
+  promptTokens: number;
+  /** Generated tokens of the generation test (0: skip it). */
+  genTokens: number;
+  /** Progress lines (for stderr). */
+  onProgress?: (message: string) => void;
+}
+
+export interface ModelInfo {
+  /** What the user named (-m), or "default". */
+  model: string;
+  path: string;
+  format: string;
+  architecture: string;
+  quantization: string;
+  /** Bytes of weights in memory: what one generated token reads. */
+  sizeBytes: number;
+}
+
+export interface ModelBenchResult extends ModelInfo {
+  repetitions: number;
+  promptTokens: number;
+  genTokens: number;
+  promptTokensPerSecond: Summary;
+  generationTokensPerSecond: Summary;
+  timeToFirstTokenSeconds: Summary;
+  /** Highest MLX peak memory over all tests, and per test kind. */
+  peakMemoryBytes: number;
+  promptPeakMemoryBytes: number;
+  generationPeakMemoryBytes: number;
+  samples: { promptTokensPerSecond: number[]; generationTokensPerSecond: number[]; timeToFirstTokenSeconds: number[] };
+}
+
+const greedy: SamplingParams = { ...defaultSampling, temperature: 0 };
+
+// Plain prose, tokenized once and cycled to the asked length: real text tokens (not random
+// ids) so attention sees an ordinary prompt, and exactly p of them.
+const prose =
+  "The river carried the small boat past fields of barley, old stone bridges and quiet villages where people waved from their gardens. " +
+  "In the evening the wind turned cold, and the boatman told stories about the towns downstream, the markets, the bells and the long winters. ";
+
+export function syntheticPrompt(lm: LoadedModel, tokens: number): number[] {
+  const pool = lm.tokenizer.encode(prose, { addSpecialTokens: false });
+  if (pool.length === 0) throw new Error("the tokenizer produced no tokens for the synthetic prompt");
+  const ids: number[] = [];
+  if (lm.tokenizer.bosTokenId !== undefined && tokens > 1) ids.push(lm.tokenizer.bosTokenId);
+  while (ids.length < tokens) ids.push(pool[ids.length % pool.length]!);
+  return ids.slice(0, tokens);
+}
+
+export function describeModel(lm: LoadedModel, name: string): ModelInfo {
+  return {
+    model: name,
+    path: lm.path,
+    format: lm.format,
+    architecture: lm.config.modelType,
+    quantization: quantizationOf(lm),
+    sizeBytes: lm.weightBytes,
+  };
+}
+
+/** "Q4_1 (4-bit, group 32; embed_tokens 8-bit)", "4-bit, group 64", or the float type. */
+export function quantizationOf(lm: LoadedModel): string {
+  const q = lm.config.quantization;
+  let text = "";
+  if (q) {
+    text = `${q.bits}-bit, group ${q.groupSize}`;
+    const others = Object.entries(lm.config.quantizationOverrides)
+      .filter(([, o]) => o === false || o.bits !== q.bits)
+      .map(([name, o]) => `${name.split(".").at(-1)} ${o === false ? "float" : `${o.bits}-bit`}`);
+    const distinct = [...new Set(others)];
+    if (distinct.length > 0) text += `; ${distinct.slice(0, 3).join(", ")}${distinct.length > 3 ? ", …" : ""}`;
+  } else {
+    // Unquantized: the type most of the weights are stored in.
+    const bytes = new Map<string, number>();
+    for (const t of lm.weights.tensors.values()) bytes.set(t.dtypeName, (bytes.get(t.dtypeName) ?? 0) + t.nbytes);
+    text = [...bytes].sort((a, b) => b[1] - a[1])[0]?.[0] ?? "unquantized";
+  }
+  if (lm.format === "gguf") {
+    try {
+      const types = [...readGGUFHeader(lm.path).tensorTypes].sort((a, b) => b[1] - a[1]);
+      const main = (types.find(([t]) => t !== "F32") ?? types[0])?.[0];
+      if (main) text = `${main} (${text})`;
+    } catch {
+      // The loaded config already says what MLX holds.
+    }
+  }
+  return text;
+}
+
+/** Prefills `prompt` on a fresh cache; seconds to the first generated token. */
+export function promptTest(lm: LoadedModel, prompt: number[]): { seconds: number; peakBytes: number } {
+  const caches = makeCaches(lm.model);
+  mx.memory.resetPeakMemory();
+  const start = performance.now();
+  const loop = tokenLoop(lm.model, caches, prompt, { sampling: greedy, maxTokens: 1 });
+  try {
+    loop.next();
+    const seconds = (performance.now() - start) / 1000;
+    return { seconds, peakBytes: mx.memory.peakMemory() };
+  } finally {
+    loop.return(undefined);
+    freeCaches(caches);
+  }
+}
+
+/** Generates exactly `tokens` tokens after a one-token prompt (EOS does not stop it); seconds for all of them. */
+export function generationTest(lm: LoadedModel, first: number, tokens: number): { seconds: number; tokens: number; peakBytes: number } {
+  const caches = makeCaches(lm.model);
+  mx.memory.resetPeakMemory();
+  const start = performance.now();
+  let n = 0;
+  try {
+    for (const _ of tokenLoop(lm.model, caches, [first], { sampling: greedy, maxTokens: tokens })) n++;
+    return { seconds: (performance.now() - start) / 1000, tokens: n, peakBytes: mx.memory.peakMemory() };
+  } finally {
+    freeCaches(caches);
+  }
+}
+
+export function benchLoadedModel(lm: LoadedModel, name: string, o: ModelBenchOptions): ModelBenchResult {
+  const say = o.onProgress ?? (() => {});
+  const context = lm.config.maxPositionEmbeddings;
+  if (o.promptTokens + 1 > context) throw new Error(`-p ${o.promptTokens} does not fit the model's context of ${context} tokens`);
+  if (o.genTokens + 1 > context) throw new Error(`-g ${o.genTokens} does not fit the model's context of ${context} tokens`);
+  const prompt = o.promptTokens > 0 ? syntheticPrompt(lm, o.promptTokens) : [];
+  const first = syntheticPrompt(lm, 1)[0]!;
+
+  say(`${name}: warm-up`);
+  if (prompt.length > 0) promptTest(lm, prompt.slice(0, Math.min(prompt.length, 32)));
+  if (o.genTokens > 0) generationTest(lm, first, Math.min(o.genTokens, 4));
+
+  const pp: number[] = [];
+  const ttft: number[] = [];
+  const tg: number[] = [];
+  let ppPeak = 0;
+  let tgPeak = 0;
+  for (let i = 1; i <= o.repetitions; i++) {
+    if (prompt.length > 0) {
+      const r = promptTest(lm, prompt);
+      pp.push(prompt.length / r.seconds);
+      ttft.push(r.seconds);
+      ppPeak = Math.max(ppPeak, r.peakBytes);
+      say(`${name}: pp${prompt.length} ${i}/${o.repetitions}: ${(prompt.length / r.seconds).toFixed(2)} tokens/s, first token after ${(r.seconds * 1000).toFixed(0)} ms`);
+    }
+    if (o.genTokens > 0) {
+      const r = generationTest(lm, first, o.genTokens);
+      tg.push(r.tokens / r.seconds);
+      tgPeak = Math.max(tgPeak, r.peakBytes);
+      say(`${name}: tg${o.genTokens} ${i}/${o.repetitions}: ${(r.tokens / r.seconds).toFixed(2)} tokens/s`);
+    }
+  }
+  return {
+    ...describeModel(lm, name),
+    repetitions: o.repetitions,
+    promptTokens: prompt.length,
+    genTokens: o.genTokens,
+    promptTokensPerSecond: summarize(pp),
+    generationTokensPerSecond: summarize(tg),
+    timeToFirstTokenSeconds: summarize(ttft),
+    peakMemoryBytes: Math.max(ppPeak, tgPeak),
+    promptPeakMemoryBytes: ppPeak,
+    generationPeakMemoryBytes: tgPeak,
+    samples: { promptTokensPerSecond: pp, generationTokensPerSecond: tg, timeToFirstTokenSeconds: ttft },
+  };
+}

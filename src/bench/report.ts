@@ -1,0 +1,235 @@
+// What `mlx bench` prints: aligned Markdown tables for people, CSV and JSON for programs.
+import type { ModelBenchResult } from "./model";
+import type { LevelResult, ServerBenchResult } from "./server";
+import { meanSd, type Summary } from "./stats";
+import type { SuiteModelResult, SuitePrompt } from "./suite";
+
+export interface ModelFailure {
+  model: string;
+  error: string;
+}
+
+/** A Markdown table with padded columns (right-aligned where `right[i]`). */
+export function table(header: string[], rows: string[][], right: boolean[] = []): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
+  const line = (cells: string[]) => `| ${cells.map((c, i) => (right[i] ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join(" | ")} |`;
+  const rule = `|${widths.map((w, i) => (right[i] ? `${"-".repeat(w + 1)}:` : "-".repeat(w + 2))).join("|")}|`;
+  return [line(header), rule, ...rows.map(line)].join("\n");
+}
+
+export function formatBytes(bytes: number): string {
+  if (!Number.isFinite(bytes) || bytes <= 0) return "-";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  let v = bytes;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${v.toFixed(v >= 100 || i === 0 ? 0 : 1)} ${units[i]}`;
+}
+
+const ms = (s: Summary, scale = 1000) => meanSd({ mean: s.mean * scale, sd: s.sd * scale }, 0);
+const fixed = (v: number, digits = 2) => (Number.isFinite(v) ? v.toFixed(digits) : "-");
+
+function csvCell(v: unknown): string {
+  const s = v === undefined || v === null || (typeof v === "number" && !Number.isFinite(v)) ? "" : String(v);
+  return /[",\n\r]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+}
+export function csv(header: string[], rows: unknown[][]): string {
+  return [header, ...rows].map((r) => r.map(csvCell).join(",")).join("\n");
+}
+
+/** JSON with non-finite numbers as null. */
+export function json(value: unknown): string {
+  return JSON.stringify(value, (_k, v) => (typeof v === "number" && !Number.isFinite(v) ? null : v), 2);
+}
+
+// ---- model mode ------------------------------------------------------------------------
+
+export function modelTable(results: ModelBenchResult[], failures: ModelFailure[]): string {
+  const any = results[0];
+  const pp = `pp${any?.promptTokens ?? ""} tokens/s`;
+  const tg = `tg${any?.genTokens ?? ""} tokens/s`;
+  const rows = results.map((r) => [
+    r.model,
+    r.format,
+    r.quantization,
+    formatBytes(r.sizeBytes),
+    meanSd(r.promptTokensPerSecond),
+    meanSd(r.generationTokensPerSecond),
+    ms(r.timeToFirstTokenSeconds),
+    formatBytes(r.peakMemoryBytes),
+  ]);
+  for (const f of failures) rows.push([f.model, "-", "-", "-", "failed", "failed", "-", "-"]);
+  const header = ["model", "format", "quantization", "size", pp, tg, "first token (ms)", "peak memory"];
+  const note = any ? `\n\n${any.repetitions} runs each, mean ± standard deviation; pp: a ${any.promptTokens}-token prompt, timed to its first token; tg: ${any.genTokens} generated tokens.` : "";
+  return table(header, rows, [false, false, false, true, true, true, true, true]) + note;
+}
+
+export function modelCsv(results: ModelBenchResult[], failures: ModelFailure[]): string {
+  const header = ["model", "path", "format", "architecture", "quantization", "size_bytes", "repetitions", "prompt_tokens", "gen_tokens", "prompt_tokens_per_second_mean", "prompt_tokens_per_second_sd", "generation_tokens_per_second_mean", "generation_tokens_per_second_sd", "time_to_first_token_ms_mean", "time_to_first_token_ms_sd", "peak_memory_bytes", "error"];
+  const rows: unknown[][] = results.map((r) => [r.model, r.path, r.format, r.architecture, r.quantization, r.sizeBytes, r.repetitions, r.promptTokens, r.genTokens, fixed(r.promptTokensPerSecond.mean, 4), fixed(r.promptTokensPerSecond.sd, 4), fixed(r.generationTokensPerSecond.mean, 4), fixed(r.generationTokensPerSecond.sd, 4), fixed(r.timeToFirstTokenSeconds.mean * 1000, 2), fixed(r.timeToFirstTokenSeconds.sd * 1000, 2), r.peakMemoryBytes, ""]);
+  for (const f of failures) rows.push([f.model, "", "", "", "", "", "", "", "", "", "", "", "", "", "", "", f.error]);
+  return csv(header, rows);
+}
+
+export function modelJson(results: ModelBenchResult[], failures: ModelFailure[]) {
+  return {
+    mode: "model",
+    models: results.map((r) => ({
+      model: r.model,
+      path: r.path,
+      format: r.format,
+      architecture: r.architecture,
+      quantization: r.quantization,
+      size_bytes: r.sizeBytes,
+      repetitions: r.repetitions,
+      prompt_tokens: r.promptTokens,
+      gen_tokens: r.genTokens,
+      prompt_tokens_per_second: { mean: r.promptTokensPerSecond.mean, sd: r.promptTokensPerSecond.sd, samples: r.samples.promptTokensPerSecond },
+      generation_tokens_per_second: { mean: r.generationTokensPerSecond.mean, sd: r.generationTokensPerSecond.sd, samples: r.samples.generationTokensPerSecond },
+      time_to_first_token_seconds: { mean: r.timeToFirstTokenSeconds.mean, sd: r.timeToFirstTokenSeconds.sd, samples: r.samples.timeToFirstTokenSeconds },
+      peak_memory_bytes: r.peakMemoryBytes,
+      prompt_peak_memory_bytes: r.promptPeakMemoryBytes,
+      generation_peak_memory_bytes: r.generationPeakMemoryBytes,
+    })),
+    errors: failures,
+  };
+}
+
+// ---- prompt-suite mode -----------------------------------------------------------------
+
+const clip = (s: string, n: number) => {
+  const one = s.replace(/\s+/g, " ").trim();
+  return one.length > n ? `${one.slice(0, n - 1)}…` : one;
+};
+const expectationOf = (p: SuitePrompt) => [p.regex ? `regex ${p.regex.source}` : "", p.schema ? `schema ${p.schema.source}` : ""].filter(Boolean).join(" + ") || "-";
+
+export function suiteTables(results: SuiteModelResult[], failures: ModelFailure[], prompts: SuitePrompt[]): string {
+  const rows = results.map((r) => [
+    r.model,
+    r.quantization,
+    formatBytes(r.sizeBytes),
+    meanSd(r.promptTokensPerSecond),
+    meanSd(r.generationTokensPerSecond),
+    ms(r.timeToFirstTokenSeconds),
+    formatBytes(r.peakMemoryBytes),
+    r.checked > 0 ? `${r.passed}/${r.checked}` : "-",
+  ]);
+  for (const f of failures) rows.push([f.model, "-", "-", "failed", "failed", "-", "-", "-"]);
+  const models = table(["model", "quantization", "size", "prompt tokens/s", "generation tokens/s", "first token (ms)", "peak memory", "passed"], rows, [false, false, true, true, true, true, true, true]);
+  const perPrompt = table(
+    ["line", "prompt", "expectation", ...results.map((r) => r.model)],
+    prompts.map((p, i) => [String(p.line), clip(p.prompt, 40), clip(expectationOf(p), 40), ...results.map((r) => {
+      const o = r.prompts[i]!;
+      return o.passed === undefined ? "-" : o.passed ? "pass" : "FAIL";
+    })]),
+    [true],
+  );
+  return `${models}\n\nmean ± standard deviation over the ${prompts.length} prompts (greedy, chat template).\n\n${perPrompt}`;
+}
+
+export function suiteCsv(results: SuiteModelResult[], failures: ModelFailure[], prompts: SuitePrompt[]): string {
+  const header = ["model", "line", "prompt", "expectation", "passed", "reasons", "prompt_tokens", "generated_tokens", "prompt_tokens_per_second", "generation_tokens_per_second", "time_to_first_token_ms", "answer", "error"];
+  const rows: unknown[][] = [];
+  for (const r of results) {
+    r.prompts.forEach((o, i) => {
+      const p = prompts[i]!;
+      rows.push([r.model, o.line, p.prompt, expectationOf(p), o.passed === undefined ? "" : o.passed, o.reasons.join("; "), o.promptTokens, o.generatedTokens, fixed(o.promptTokensPerSecond, 4), fixed(o.generationTokensPerSecond, 4), fixed(o.timeToFirstTokenSeconds * 1000, 2), o.text, ""]);
+    });
+  }
+  for (const f of failures) rows.push([f.model, "", "", "", "", "", "", "", "", "", "", "", f.error]);
+  return csv(header, rows);
+}
+
+export function suiteJson(results: SuiteModelResult[], failures: ModelFailure[], prompts: SuitePrompt[]) {
+  return {
+    mode: "prompts",
+    models: results.map((r) => ({
+      model: r.model,
+      path: r.path,
+      format: r.format,
+      architecture: r.architecture,
+      quantization: r.quantization,
+      size_bytes: r.sizeBytes,
+      passed: r.passed,
+      checked: r.checked,
+      prompt_tokens_per_second: { mean: r.promptTokensPerSecond.mean, sd: r.promptTokensPerSecond.sd },
+      generation_tokens_per_second: { mean: r.generationTokensPerSecond.mean, sd: r.generationTokensPerSecond.sd },
+      time_to_first_token_seconds: { mean: r.timeToFirstTokenSeconds.mean, sd: r.timeToFirstTokenSeconds.sd },
+      peak_memory_bytes: r.peakMemoryBytes,
+    })),
+    prompts: prompts.map((p, i) => ({
+      line: p.line,
+      prompt: p.prompt,
+      expect_regex: p.regex?.source,
+      expect_schema: p.schema?.source,
+      results: Object.fromEntries(results.map((r) => {
+        const o = r.prompts[i]!;
+        return [r.model, { passed: o.passed ?? null, reasons: o.reasons, answer: o.text, prompt_tokens: o.promptTokens, generated_tokens: o.generatedTokens, prompt_tokens_per_second: o.promptTokensPerSecond, generation_tokens_per_second: o.generationTokensPerSecond, time_to_first_token_seconds: o.timeToFirstTokenSeconds }];
+      })),
+    })),
+    errors: failures,
+  };
+}
+
+// ---- server mode -----------------------------------------------------------------------
+
+export function serverTable(r: ServerBenchResult): string {
+  const header = ["", ...r.levels.map((l) => `c=${l.concurrency}`)];
+  const row = (name: string, f: (l: LevelResult) => string) => [name, ...r.levels.map(f)];
+  const lat = (name: string, pick: (l: LevelResult) => Summary) => [
+    row(`${name} mean (ms)`, (l) => fixed(pick(l).mean, 1)),
+    row(`${name} median (ms)`, (l) => fixed(pick(l).median, 1)),
+    row(`${name} P99 (ms)`, (l) => fixed(pick(l).p99, 1)),
+  ];
+  const rows = [
+    row("completed requests", (l) => String(l.completed)),
+    row("failed requests", (l) => String(l.failed)),
+    row("duration (s)", (l) => fixed(l.durationSeconds, 2)),
+    row("request throughput (req/s)", (l) => fixed(l.requestsPerSecond, 2)),
+    row("output tokens", (l) => String(l.outputTokens)),
+    row("output tokens/s", (l) => fixed(l.outputTokensPerSecond, 2)),
+    ...lat("time to first token", (l) => l.ttftMs),
+    ...lat("time per output token", (l) => l.tpotMs),
+    ...lat("inter-token latency", (l) => l.itlMs),
+    ...lat("end-to-end latency", (l) => l.e2eMs),
+  ];
+  return `${r.url} · model ${r.model} · up to ${r.maxTokens} tokens per answer · streaming /v1/chat/completions\n\n${table(header, rows, header.map((_, i) => i > 0))}`;
+}
+
+const latencyColumns = ["ttft", "tpot", "itl", "e2e"] as const;
+const pickLatency = (l: LevelResult, k: (typeof latencyColumns)[number]) => ({ ttft: l.ttftMs, tpot: l.tpotMs, itl: l.itlMs, e2e: l.e2eMs })[k];
+
+export function serverCsv(r: ServerBenchResult): string {
+  const header = ["concurrency", "requests", "completed", "failed", "duration_s", "requests_per_second", "output_tokens", "output_tokens_per_second", ...latencyColumns.flatMap((k) => [`${k}_ms_mean`, `${k}_ms_median`, `${k}_ms_p99`])];
+  return csv(header, r.levels.map((l) => [l.concurrency, l.requests, l.completed, l.failed, fixed(l.durationSeconds, 3), fixed(l.requestsPerSecond, 4), l.outputTokens, fixed(l.outputTokensPerSecond, 3), ...latencyColumns.flatMap((k) => {
+    const s = pickLatency(l, k);
+    return [fixed(s.mean, 2), fixed(s.median, 2), fixed(s.p99, 2)];
+  })]));
+}
+
+export function serverJson(r: ServerBenchResult) {
+  return {
+    mode: "server",
+    url: r.url,
+    model: r.model,
+    max_tokens: r.maxTokens,
+    levels: r.levels.map((l) => ({
+      concurrency: l.concurrency,
+      requests: l.requests,
+      completed: l.completed,
+      failed: l.failed,
+      duration_seconds: l.durationSeconds,
+      requests_per_second: l.requestsPerSecond,
+      output_tokens: l.outputTokens,
+      output_tokens_per_second: l.outputTokensPerSecond,
+      ...Object.fromEntries(latencyColumns.map((k) => {
+        const s = pickLatency(l, k);
+        return [`${k}_ms`, { mean: s.mean, median: s.median, p99: s.p99 }];
+      })),
+      errors: l.errors,
+    })),
+  };
+}

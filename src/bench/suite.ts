@@ -1,0 +1,226 @@
+// Prompt-suite mode of `mlx bench`: a file of prompts (plain lines, or JSON lines with
+// {prompt, expect_regex?, expect_schema?}), each answered greedily through the chat
+// template, checked against its expectation, with the speed figures of every answer.
+import { existsSync, readFileSync } from "node:fs";
+import { basename, dirname, resolve } from "node:path";
+import Ajv, { type ValidateFunction } from "ajv";
+import Ajv2020 from "ajv/dist/2020";
+import { complete } from "../engine/completion";
+import { promptTokens } from "../engine/prompt";
+import { defaultSampling } from "../engine/sampling";
+import { freeCaches, makeCaches } from "../models";
+import type { LoadedModel } from "../models/load";
+import { describeModel, type ModelInfo } from "./model";
+import { summarize, type Summary } from "./stats";
+
+export interface Expectation {
+  regex?: { source: string; test: RegExp };
+  schema?: { source: string; validate: ValidateFunction };
+}
+
+export interface SuitePrompt extends Expectation {
+  /** 1-based line in the prompt file. */
+  line: number;
+  prompt: string;
+}
+
+export interface PromptOutcome {
+  line: number;
+  text: string;
+  /** undefined when the prompt has no expectation. */
+  passed: boolean | undefined;
+  reasons: string[];
+  promptTokens: number;
+  generatedTokens: number;
+  promptTokensPerSecond: number;
+  generationTokensPerSecond: number;
+  timeToFirstTokenSeconds: number;
+}
+
+export interface SuiteModelResult extends ModelInfo {
+  prompts: PromptOutcome[];
+  passed: number;
+  /** Prompts that had an expectation. */
+  checked: number;
+  promptTokensPerSecond: Summary;
+  generationTokensPerSecond: Summary;
+  timeToFirstTokenSeconds: Summary;
+  peakMemoryBytes: number;
+}
+
+export class PromptFileError extends Error {
+  override name = "PromptFileError";
+}
+
+/** `/pattern/flags` or a bare pattern. */
+export function compileRegex(source: string, where: string): RegExp {
+  const slashed = /^\/(.*)\/([dgimsuvy]*)$/s.exec(source);
+  try {
+    return slashed ? new RegExp(slashed[1]!, slashed[2]) : new RegExp(source);
+  } catch (error) {
+    throw new PromptFileError(`${where}: invalid regular expression ${JSON.stringify(source)}: ${(error as Error).message}`);
+  }
+}
+
+/** Compiles a JSON schema with ajv (draft 2020-12 when the schema says so, else draft-07). */
+export function compileSchema(schema: unknown, where: string): ValidateFunction {
+  if (typeof schema !== "object" && typeof schema !== "boolean") throw new PromptFileError(`${where}: a JSON schema must be an object (got ${JSON.stringify(schema)})`);
+  const draft2020 = typeof schema === "object" && schema !== null && String((schema as { $schema?: unknown }).$schema ?? "").includes("2020-12");
+  const ajv = draft2020 ? new Ajv2020({ strict: false, allErrors: true }) : new Ajv({ strict: false, allErrors: true });
+  try {
+    return ajv.compile(schema as object);
+  } catch (error) {
+    throw new PromptFileError(`${where}: invalid JSON schema: ${(error as Error).message}`);
+  }
+}
+
+export function readSchemaFile(path: string): { source: string; validate: ValidateFunction } {
+  if (!existsSync(path)) throw new PromptFileError(`schema file not found: ${path}`);
+  let schema: unknown;
+  try {
+    schema = JSON.parse(readFileSync(path, "utf8"));
+  } catch (error) {
+    throw new PromptFileError(`${path}: not valid JSON: ${(error as Error).message}`);
+  }
+  return { source: basename(path), validate: compileSchema(schema, path) };
+}
+
+const knownKeys = new Set(["prompt", "expect_regex", "expect_schema", "id", "name"]);
+
+/**
+ * Reads a prompt file: each non-empty line is a prompt, or, when it starts with `{`, a JSON
+ * object {prompt, expect_regex?, expect_schema?} (a schema inline, or a path relative to the
+ * file). `defaults` (--expect-regex, --expect-schema) applies to the prompts that give no
+ * expectation of their own.
+ */
+export function parsePromptFile(path: string, defaults: Expectation = {}): SuitePrompt[] {
+  if (!existsSync(path)) throw new PromptFileError(`prompt file not found: ${path}`);
+  const lines = readFileSync(path, "utf8").split(/\r?\n/);
+  const prompts: SuitePrompt[] = [];
+  lines.forEach((raw, i) => {
+    const line = i + 1;
+    const where = `${path} line ${line}`;
+    const text = raw.trim();
+    if (!text) return;
+    if (!text.startsWith("{")) {
+      prompts.push({ line, prompt: text, ...defaults });
+      return;
+    }
+    let entry: unknown;
+    try {
+      entry = JSON.parse(text);
+    } catch (error) {
+      throw new PromptFileError(`${where}: not valid JSON: ${(error as Error).message}`);
+    }
+    const e = entry as Record<string, unknown>;
+    if (typeof e.prompt !== "string" || !e.prompt.trim()) throw new PromptFileError(`${where}: "prompt" must be a non-empty string`);
+    const unknown = Object.keys(e).filter((k) => !knownKeys.has(k));
+    if (unknown.length > 0) throw new PromptFileError(`${where}: unknown key ${unknown.map((k) => `"${k}"`).join(", ")} (expected prompt, expect_regex, expect_schema)`);
+    // A prompt with an expectation of its own replaces the defaults; one without takes them.
+    const own = e.expect_regex !== undefined || e.expect_schema !== undefined;
+    const p: SuitePrompt = own ? { line, prompt: e.prompt } : { line, prompt: e.prompt, ...defaults };
+    if (e.expect_regex !== undefined) {
+      if (typeof e.expect_regex !== "string") throw new PromptFileError(`${where}: "expect_regex" must be a string`);
+      p.regex = { source: e.expect_regex, test: compileRegex(e.expect_regex, where) };
+    }
+    if (e.expect_schema !== undefined) {
+      if (typeof e.expect_schema === "string") {
+        p.schema = readSchemaFile(resolve(dirname(path), e.expect_schema));
+      } else {
+        p.schema = { source: "inline schema", validate: compileSchema(e.expect_schema, where) };
+      }
+    }
+    prompts.push(p);
+  });
+  if (prompts.length === 0) throw new PromptFileError(`${path}: no prompts (empty file)`);
+  return prompts;
+}
+
+/** The JSON value in an answer: the whole text, a ```json fence, or the outermost {...} / [...]. */
+export function extractJson(text: string): { value?: unknown; found: boolean } {
+  const candidates = [text.trim()];
+  const fence = /```(?:json)?\s*\n([\s\S]*?)```/.exec(text);
+  if (fence) candidates.push(fence[1]!.trim());
+  for (const [open, close] of [["{", "}"], ["[", "]"]] as const) {
+    const a = text.indexOf(open);
+    const b = text.lastIndexOf(close);
+    if (a >= 0 && b > a) candidates.push(text.slice(a, b + 1));
+  }
+  for (const c of candidates) {
+    try {
+      return { value: JSON.parse(c), found: true };
+    } catch {
+      // try the next candidate
+    }
+  }
+  return { found: false };
+}
+
+export function checkAnswer(text: string, e: Expectation): { passed: boolean | undefined; reasons: string[] } {
+  if (!e.regex && !e.schema) return { passed: undefined, reasons: [] };
+  const reasons: string[] = [];
+  if (e.regex && !e.regex.test.test(text)) reasons.push(`does not match ${e.regex.source}`);
+  if (e.schema) {
+    const json = extractJson(text);
+    if (!json.found) reasons.push("no JSON in the answer");
+    else if (!e.schema.validate(json.value)) {
+      const first = e.schema.validate.errors?.[0];
+      reasons.push(`JSON does not match ${e.schema.source}${first ? `: ${first.instancePath || "/"} ${first.message}` : ""}`);
+    }
+  }
+  return { passed: reasons.length === 0, reasons };
+}
+
+export interface SuiteOptions {
+  maxTokens: number;
+  onProgress?: (message: string) => void;
+}
+
+export function runSuite(lm: LoadedModel, name: string, prompts: SuitePrompt[], o: SuiteOptions): SuiteModelResult {
+  const say = o.onProgress ?? (() => {});
+  const sampling = { ...defaultSampling, temperature: 0 };
+  const answer = (prompt: string, maxTokens: number) => {
+    const caches = makeCaches(lm.model);
+    try {
+      const stream = complete(lm, caches, promptTokens(lm.tokenizer, prompt), { sampling, maxTokens });
+      let step = stream.next();
+      while (!step.done) step = stream.next();
+      return step.value;
+    } finally {
+      freeCaches(caches);
+    }
+  };
+  say(`${name}: warm-up`);
+  answer("Hi", Math.min(o.maxTokens, 2));
+  const outcomes: PromptOutcome[] = [];
+  let peak = 0;
+  prompts.forEach((p, i) => {
+    const r = answer(p.prompt, o.maxTokens);
+    const check = checkAnswer(r.text, p);
+    peak = Math.max(peak, r.stats.peakMemoryBytes);
+    outcomes.push({
+      line: p.line,
+      text: r.text,
+      ...check,
+      promptTokens: r.stats.promptTokens,
+      generatedTokens: r.stats.generatedTokens,
+      promptTokensPerSecond: r.stats.promptTokensPerSecond,
+      generationTokensPerSecond: r.stats.generationTokensPerSecond,
+      timeToFirstTokenSeconds: r.stats.timeToFirstTokenSeconds,
+    });
+    const verdict = check.passed === undefined ? "" : check.passed ? ", passed" : `, failed (${check.reasons.join("; ")})`;
+    say(`${name}: prompt ${i + 1}/${prompts.length}: ${r.stats.generatedTokens} tokens, ${r.stats.generationTokensPerSecond.toFixed(2)} tokens/s${verdict}`);
+  });
+  const checked = outcomes.filter((o) => o.passed !== undefined);
+  return {
+    ...describeModel(lm, name),
+    prompts: outcomes,
+    passed: checked.filter((o) => o.passed).length,
+    checked: checked.length,
+    promptTokensPerSecond: summarize(outcomes.map((o) => o.promptTokensPerSecond)),
+    // An answer of one token has no generation speed (the first token comes from the prefill).
+    generationTokensPerSecond: summarize(outcomes.filter((o) => o.generatedTokens > 1).map((o) => o.generationTokensPerSecond)),
+    timeToFirstTokenSeconds: summarize(outcomes.map((o) => o.timeToFirstTokenSeconds)),
+    peakMemoryBytes: peak,
+  };
+}

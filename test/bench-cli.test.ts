@@ -1,0 +1,205 @@
+// `mlx bench` as a user drives it, on tiny random-weight models: the model mode's table,
+// --json, --csv, -n, several -m with a broken one, the prompt suite with regex and schema
+// expectations, bad prompt and schema files, and --plot.
+import { beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { writeTinyModel } from "./helpers/tiny-model";
+import { checkAnswer, compileRegex, extractJson, parsePromptFile, readSchemaFile } from "../src/bench/suite";
+import { percentile, sd, summarize } from "../src/bench/stats";
+import { wellFormed } from "./bench-svg";
+
+const root = mkdtempSync(join(tmpdir(), "mlx-bench-"));
+const tiny = join(root, "tiny");
+const tinyQ = join(root, "tiny-q4");
+const main = join(import.meta.dir, "..", "src", "main.ts");
+const env = { ...process.env, MLX_HOME: join(root, "home"), NO_COLOR: "1" };
+
+async function mlx(args: string[]) {
+  const proc = Bun.spawn([process.execPath, main, "bench", ...args], { stdin: "ignore", stdout: "pipe", stderr: "pipe", env });
+  const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+  return { stdout, stderr, code };
+}
+const file = (name: string, text: string) => {
+  const path = join(root, name);
+  writeFileSync(path, text);
+  return path;
+};
+const oneLineError = (r: { stderr: string; code: number }, pattern: RegExp) => {
+  expect(r.code).not.toBe(0);
+  expect(r.stderr.trim().split("\n").at(-1)).toMatch(/^error: /);
+  expect(r.stderr).toMatch(pattern);
+  expect(r.stderr).not.toMatch(/\n\s+at /);
+};
+
+beforeAll(() => {
+  writeTinyModel(tiny, { contextLength: 256 });
+  writeTinyModel(tinyQ, { contextLength: 256, quantize: { groupSize: 32, bits: 4 }, seed: 1 });
+});
+
+const fast = ["-p", "16", "-g", "8"];
+
+describe("mlx bench: model mode", () => {
+  test("a table on stdout: tokens/s as mean ± sd, first token, peak memory, size, quantization", async () => {
+    const r = await mlx(["-m", tiny, "-n", "2", ...fast]);
+    expect(r.code).toBe(0);
+    const lines = r.stdout.trim().split("\n");
+    expect(lines[0]).toMatch(/\| model .*\| quantization .*\|\s+size .*pp16 tokens\/s.*tg8 tokens\/s.*first token \(ms\).*peak memory/);
+    expect(lines[2]).toMatch(/^\| tiny\s+\| mlx\s+\| float32\s+\|\s+[\d.]+ MiB \|\s+[\d.]+ ± [\d.]+ \|\s+[\d.]+ ± [\d.]+ \|\s+\d+ ± \d+ \|\s+[\d.]+ MiB \|$/);
+    expect(r.stdout).toMatch(/2 runs each/);
+    expect(r.stderr).not.toMatch(/error/);
+  }, 20_000);
+
+  test("--json: -n samples of each test, exactly -p prompt tokens, peak memory; quantization of a 4-bit model", async () => {
+    const r = await mlx(["-m", tinyQ, "-n", "3", ...fast, "--json"]);
+    expect(r.code).toBe(0);
+    const out = JSON.parse(r.stdout);
+    expect(out.mode).toBe("model");
+    expect(out.errors).toEqual([]);
+    const m = out.models[0];
+    expect(m.model).toBe("tiny-q4");
+    expect(m.quantization).toBe("4-bit, group 32");
+    expect(m.prompt_tokens).toBe(16);
+    expect(m.gen_tokens).toBe(8);
+    expect(m.prompt_tokens_per_second.samples).toHaveLength(3);
+    expect(m.generation_tokens_per_second.samples).toHaveLength(3);
+    expect(m.time_to_first_token_seconds.samples).toHaveLength(3);
+    expect(m.generation_tokens_per_second.mean).toBeGreaterThan(0);
+    expect(m.generation_tokens_per_second.sd).toBeGreaterThanOrEqual(0);
+    expect(m.peak_memory_bytes).toBeGreaterThan(0);
+    expect(m.size_bytes).toBeGreaterThan(0);
+  }, 20_000);
+
+  test("two -m with one broken path: a clear error naming it, the other still reported, non-zero exit; --csv", async () => {
+    const broken = join(root, "no-such-model");
+    const r = await mlx(["-m", broken, "-m", tiny, "-n", "1", ...fast, "--csv"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`error: model '${broken}' failed: model not found`);
+    const rows = r.stdout.trim().split("\n");
+    expect(rows[0]!.split(",")).toContain("generation_tokens_per_second_mean");
+    expect(rows).toHaveLength(3);
+    const header = rows[0]!.split(",");
+    const good = rows.find((row) => row.startsWith("tiny,"))!.split(",");
+    expect(Number(good[header.indexOf("generation_tokens_per_second_mean")])).toBeGreaterThan(0);
+    expect(good[header.indexOf("repetitions")]).toBe("1");
+    expect(rows.find((row) => row.startsWith("no-such-model,"))).toMatch(/model not found/);
+  }, 20_000);
+
+  test("--plot writes a well-formed SVG with one bar and one error bar per model and test", async () => {
+    const svg = join(root, "models.svg");
+    const r = await mlx(["-m", tiny, "-m", tinyQ, "-n", "2", ...fast, "--plot", svg]);
+    expect(r.code).toBe(0);
+    const text = readFileSync(svg, "utf8");
+    expect(text.startsWith("<svg xmlns=\"http://www.w3.org/2000/svg\"")).toBe(true);
+    expect(text.trim().endsWith("</svg>")).toBe(true);
+    expect(text).toContain("Prompt processing (16-token prompt)");
+    expect(text).toContain("Generation (8 tokens)");
+    expect(text.match(/<rect [^>]*rx="2"/g)).toHaveLength(4);
+    expect(wellFormed(text)).toBe(true);
+  }, 20_000);
+
+  test("bad flags are one-line errors", async () => {
+    oneLineError(await mlx(["-m", tiny, "-n", "0"]), /--repetitions must be a whole number/);
+    oneLineError(await mlx(["-m", tiny, "-p", "0", "-g", "0"]), /nothing to measure/);
+    oneLineError(await mlx(["-m", tiny, "-p", "4000", "-g", "1", "-n", "1"]), /does not fit the model's context of 256/);
+  }, 20_000);
+});
+
+describe("mlx bench: prompt suite", () => {
+  test("regex and schema expectations: per-model pass counts and per-prompt verdicts", async () => {
+    const schema = file("answer.schema.json", JSON.stringify({ type: "object", required: ["answer"] }));
+    const prompts = file(
+      "suite.jsonl",
+      [
+        JSON.stringify({ prompt: "Say anything", expect_regex: "[\\s\\S]*" }),
+        JSON.stringify({ prompt: "Say something impossible", expect_regex: "^IMPOSSIBLE-\\d{9}$" }),
+        "",
+        JSON.stringify({ prompt: "Answer in JSON", expect_schema: "answer.schema.json" }),
+        "A plain line prompt",
+      ].join("\n"),
+    );
+    const r = await mlx(["--prompts", prompts, "-m", tiny, "-m", tinyQ, "--max-tokens", "6", "--json"]);
+    expect(r.code).toBe(0);
+    const out = JSON.parse(r.stdout);
+    expect(out.mode).toBe("prompts");
+    expect(out.models.map((m: { model: string }) => m.model)).toEqual(["tiny", "tiny-q4"]);
+    for (const m of out.models) {
+      expect(m.checked).toBe(3); // the plain line has no expectation
+      expect(m.passed).toBe(1); // random weights: only the match-anything regex passes
+      expect(m.prompt_tokens_per_second.mean).toBeGreaterThan(0);
+    }
+    expect(out.prompts.map((p: { line: number }) => p.line)).toEqual([1, 2, 4, 5]);
+    expect(out.prompts[0].results.tiny.passed).toBe(true);
+    expect(out.prompts[1].results["tiny-q4"].passed).toBe(false);
+    expect(out.prompts[1].results.tiny.reasons[0]).toMatch(/does not match/);
+    expect(out.prompts[2].expect_schema).toBe("answer.schema.json");
+    expect(out.prompts[2].results.tiny.passed).toBe(false);
+    expect(out.prompts[3].results.tiny.passed).toBeNull();
+    expect(out.prompts[0].results.tiny.generated_tokens).toBeLessThanOrEqual(6);
+
+    const table = await mlx(["--prompts", prompts, "-m", tiny, "--max-tokens", "4", "--expect-regex", "."]);
+    expect(table.code).toBe(0);
+    expect(table.stdout).toMatch(/\| tiny .*\|\s+2\/4 \|/); // the plain line now has --expect-regex; line 4 keeps only its schema
+    expect(table.stdout).toMatch(/\| line \| prompt\s+\| expectation\s+\| tiny \|/);
+    expect(table.stdout).toMatch(/\|\s+2 \| Say something impossible\s+\| regex \^IMPOSSIBLE-\\d\{9\}\$\s+\| FAIL \|/);
+  }, 20_000);
+
+  test("plain lines with --expect-schema on every prompt, and --csv", async () => {
+    const schema = file("any.schema.json", JSON.stringify({}));
+    const prompts = file("plain.txt", "first prompt\nsecond prompt\n");
+    const r = await mlx(["--prompts", prompts, "--expect-schema", schema, "-m", tiny, "--max-tokens", "3", "--csv"]);
+    expect(r.code).toBe(0);
+    const rows = r.stdout.trim().split("\n");
+    expect(rows[0]).toStartWith("model,line,prompt,expectation,passed");
+    expect(rows[1]).toStartWith("tiny,1,first prompt,schema any.schema.json,");
+    expect(rows).toHaveLength(3);
+  }, 20_000);
+
+  test("a prompt file that does not parse: the file and line are named", async () => {
+    const bad = file("bad.jsonl", `${JSON.stringify({ prompt: "fine" })}\n{"prompt": "broken",\n`);
+    oneLineError(await mlx(["--prompts", bad, "-m", tiny]), new RegExp(`${bad.replace(/[.]/g, "\\.")} line 2: not valid JSON`));
+    const noPrompt = file("noprompt.jsonl", `{"question": "x"}\n`);
+    oneLineError(await mlx(["--prompts", noPrompt, "-m", tiny]), /noprompt\.jsonl line 1: "prompt" must be a non-empty string/);
+    oneLineError(await mlx(["--prompts", join(root, "missing.txt"), "-m", tiny]), /prompt file not found/);
+  }, 20_000);
+
+  test("an invalid schema, or a schema file that is not JSON: a clear error", async () => {
+    const prompts = file("p.txt", "hello\n");
+    const invalid = file("invalid.schema.json", JSON.stringify({ type: "no-such-type" }));
+    oneLineError(await mlx(["--prompts", prompts, "--expect-schema", invalid, "-m", tiny]), /invalid\.schema\.json: invalid JSON schema: .*type/);
+    const notJson = file("notjson.schema.json", "{ type: object");
+    oneLineError(await mlx(["--prompts", prompts, "--expect-schema", notJson, "-m", tiny]), /notjson\.schema\.json: not valid JSON/);
+    oneLineError(await mlx(["--prompts", prompts, "--expect-regex", "(unclosed", "-m", tiny]), /--expect-regex: invalid regular expression/);
+  }, 20_000);
+});
+
+describe("bench library", () => {
+  test("statistics: sample standard deviation, percentiles", () => {
+    expect(sd([2, 4, 4, 4, 5, 5, 7, 9])).toBeCloseTo(2.138, 3);
+    expect(sd([3])).toBe(0);
+    expect(percentile([1, 2, 3, 4], 50)).toBe(2.5);
+    expect(percentile(Array.from({ length: 101 }, (_, i) => i), 99)).toBe(99);
+    expect(summarize([1, Number.NaN, 3]).mean).toBe(2);
+  });
+
+  test("answers: JSON found in fences or prose; regex with /flags/", () => {
+    expect(extractJson('Sure:\n```json\n{"a": 1}\n```').value).toEqual({ a: 1 });
+    expect(extractJson('The answer is {"a": [1, 2]} as asked.').value).toEqual({ a: [1, 2] });
+    expect(extractJson("no json here").found).toBe(false);
+    expect(compileRegex("/paris/i", "x").test("PARIS")).toBe(true);
+    const schema = readSchemaFile(file("city.schema.json", JSON.stringify({ type: "object", properties: { city: { type: "string" } }, required: ["city"] })));
+    expect(checkAnswer('{"city": "Paris"}', { schema }).passed).toBe(true);
+    const wrong = checkAnswer('{"city": 3}', { schema });
+    expect(wrong.passed).toBe(false);
+    expect(wrong.reasons[0]).toMatch(/\/city must be string/);
+    expect(checkAnswer("anything", {}).passed).toBeUndefined();
+  });
+
+  test("prompt files: inline schemas, unknown keys named", () => {
+    const p = parsePromptFile(file("inline.jsonl", `${JSON.stringify({ prompt: "x", expect_schema: { type: "array" } })}\n`));
+    expect(p[0]!.schema!.validate([1])).toBe(true);
+    expect(() => parsePromptFile(file("typo.jsonl", `${JSON.stringify({ prompt: "x", "expect-regex": "a" })}\n`))).toThrow(/typo\.jsonl line 1: unknown key "expect-regex"/);
+    expect(() => parsePromptFile(file("empty.txt", "\n\n"))).toThrow(/no prompts/);
+  });
+});

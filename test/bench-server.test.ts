@@ -1,0 +1,168 @@
+// `mlx bench --url`: server mode against a tiny fake OpenAI-compatible server started here
+// (127.0.0.1, port 0), streaming chat completions as server-sent events. The CLI runs in a
+// child process; the fake server answers from this one.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Server } from "bun";
+import { sseEvents, serverBase, summarizeLevel } from "../src/bench/server";
+import { wellFormed } from "./bench-svg";
+
+const root = mkdtempSync(join(tmpdir(), "mlx-bench-server-"));
+const main = join(import.meta.dir, "..", "src", "main.ts");
+const env = { ...process.env, MLX_HOME: join(root, "home"), NO_COLOR: "1" };
+
+async function mlx(args: string[]) {
+  const proc = Bun.spawn([process.execPath, main, "bench", ...args], { stdin: "ignore", stdout: "pipe", stderr: "pipe", env });
+  const timer = setTimeout(() => proc.kill(), 15_000);
+  const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+  clearTimeout(timer);
+  return { stdout, stderr, code };
+}
+
+const TOKENS = 6;
+let server: Server<undefined>;
+let base: string;
+let inFlight = 0;
+let maxInFlight = 0;
+const seenModels = new Set<string>();
+
+beforeAll(() => {
+  server = Bun.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    async fetch(req) {
+      const url = new URL(req.url);
+      if (url.pathname === "/v1/models") return Response.json({ object: "list", data: [{ id: "fake-model", object: "model" }] });
+      if (url.pathname !== "/v1/chat/completions" || req.method !== "POST") return new Response("not found", { status: 404 });
+      const body = (await req.json()) as { model: string; stream: boolean; max_tokens: number; messages: { content: string }[] };
+      seenModels.add(body.model);
+      if (body.messages[0]!.content.includes("FAIL")) return Response.json({ error: { message: "asked to fail" } }, { status: 500 });
+      const n = Math.min(TOKENS, body.max_tokens);
+      const encoder = new TextEncoder();
+      const chunk = (o: unknown) => encoder.encode(`data: ${JSON.stringify(o)}\n\n`);
+      return new Response(
+        new ReadableStream({
+          async start(controller) {
+            inFlight++;
+            maxInFlight = Math.max(maxInFlight, inFlight);
+            controller.enqueue(chunk({ choices: [{ index: 0, delta: { role: "assistant", content: "" } }] }));
+            for (let i = 0; i < n; i++) {
+              await Bun.sleep(4);
+              controller.enqueue(chunk({ choices: [{ index: 0, delta: { content: ` tok${i}` }, finish_reason: null }] }));
+            }
+            controller.enqueue(chunk({ choices: [{ index: 0, delta: {}, finish_reason: "length" }] }));
+            controller.enqueue(chunk({ choices: [], usage: { prompt_tokens: 5, completion_tokens: n, total_tokens: 5 + n } }));
+            controller.enqueue(encoder.encode("data: [DONE]\n\n"));
+            inFlight--;
+            controller.close();
+          },
+        }),
+        { headers: { "content-type": "text/event-stream" } },
+      );
+    },
+  });
+  base = `http://127.0.0.1:${server.port}`;
+});
+afterAll(() => server.stop(true));
+
+describe("mlx bench --url", () => {
+  test("a table of completed/failed requests, throughput and latency percentiles per concurrency level", async () => {
+    const r = await mlx(["--url", base, "--concurrency", "1,4", "--requests", "8", "--max-tokens", "16"]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain(`${base} · model fake-model`);
+    expect(r.stdout).toMatch(/\|\s+\|\s+c=1 \|\s+c=4 \|/);
+    expect(r.stdout).toMatch(/\| completed requests\s+\|\s+8 \|\s+8 \|/);
+    expect(r.stdout).toMatch(/\| failed requests\s+\|\s+0 \|\s+0 \|/);
+    expect(r.stdout).toMatch(/\| output tokens\s+\|\s+48 \|\s+48 \|/);
+    for (const row of ["duration (s)", "request throughput (req/s)", "output tokens/s", "time to first token P99 (ms)", "time per output token median (ms)", "inter-token latency mean (ms)", "end-to-end latency P99 (ms)"]) {
+      expect(r.stdout).toMatch(new RegExp(`\\| ${row.replace(/[()/]/g, "\\$&")}\\s+\\|\\s+[\\d.]+ \\|\\s+[\\d.]+ \\|`));
+    }
+    expect(maxInFlight).toBeGreaterThanOrEqual(2);
+    expect(maxInFlight).toBeLessThanOrEqual(4);
+    expect(seenModels).toEqual(new Set(["fake-model"])); // the first model /v1/models lists
+  }, 20_000);
+
+  test("--json with failed requests counted; --model is sent; --plot draws throughput and P99 latency lines", async () => {
+    const prompts = join(root, "prompts.txt");
+    writeFileSync(prompts, "hello there\nplease FAIL\n");
+    const svg = join(root, "server.svg");
+    const r = await mlx(["--url", `${base}/v1/`, "--model", "named-model", "--concurrency", "1,2", "--requests", "6", "--prompts", prompts, "--json", "--plot", svg]);
+    expect(r.code).toBe(0);
+    const out = JSON.parse(r.stdout);
+    expect(out.mode).toBe("server");
+    expect(out.model).toBe("named-model");
+    expect(seenModels.has("named-model")).toBe(true);
+    const level = out.levels[1];
+    expect(level).toMatchObject({ concurrency: 2, requests: 6, completed: 3, failed: 3, output_tokens: 3 * TOKENS });
+    expect(level.errors[0]).toMatch(/HTTP 500.*asked to fail/);
+    expect(level.ttft_ms.p99).toBeGreaterThanOrEqual(level.ttft_ms.median);
+    expect(level.tpot_ms.mean).toBeGreaterThan(0);
+    expect(level.itl_ms.median).toBeGreaterThan(0);
+    expect(level.e2e_ms.mean).toBeGreaterThan(level.ttft_ms.mean);
+    expect(level.requests_per_second).toBeGreaterThan(0);
+    const text = readFileSync(svg, "utf8");
+    expect(wellFormed(text)).toBe(true);
+    expect(text).toContain("<polyline");
+    expect(text).toContain("output tokens/s");
+    expect(text).toContain("time to first token P99");
+  }, 20_000);
+
+  test("--csv: one row per concurrency level", async () => {
+    const r = await mlx(["--url", base, "--concurrency", "1,2,3", "--requests", "3", "--csv"]);
+    expect(r.code).toBe(0);
+    const rows = r.stdout.trim().split("\n");
+    expect(rows[0]).toStartWith("concurrency,requests,completed,failed,duration_s,requests_per_second,output_tokens,output_tokens_per_second,ttft_ms_mean");
+    expect(rows.slice(1).map((row) => row.split(",")[0])).toEqual(["1", "2", "3"]);
+  }, 20_000);
+
+  test("an unreachable --url is a clear one-line error", async () => {
+    const closed = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("") });
+    const port = closed.port;
+    closed.stop(true);
+    const r = await mlx(["--url", `http://127.0.0.1:${port}`, "--requests", "1", "--concurrency", "1"]);
+    expect(r.code).not.toBe(0);
+    const lines = r.stderr.trim().split("\n");
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(new RegExp(`^error: cannot reach http://127\\.0\\.0\\.1:${port}: `));
+    const bad = await mlx(["--url", "not a url"]);
+    expect(bad.stderr.trim()).toMatch(/^error: --url must be an http\(s\) URL/);
+  }, 20_000);
+
+  test("a server that refuses the model: the warm-up's error is reported", async () => {
+    const r = await mlx(["--url", `${base}`, "--model", "FAIL", "--concurrency", "1", "--requests", "1"]);
+    expect(r.code).toBe(0); // the model name does not trip the fake server; only prompts do
+    const prompts = join(root, "fail.txt");
+    writeFileSync(prompts, "FAIL now\n");
+    const f = await mlx(["--url", base, "--prompts", prompts, "--concurrency", "1", "--requests", "1"]);
+    expect(f.code).not.toBe(0);
+    expect(f.stderr.trim()).toMatch(/^error: the warm-up request to .*\/v1\/chat\/completions failed: HTTP 500/);
+  }, 20_000);
+});
+
+describe("server-mode pieces", () => {
+  test("SSE events split across chunks, CRLF, multi-line data", async () => {
+    const parts = ["data: {\"a\"", ":1}\r\n\r\ndata: x\ndata: y\n\n: comment\n\nda", "ta: [DONE]\n\n"];
+    const stream = new ReadableStream<Uint8Array>({
+      start(c) {
+        for (const p of parts) c.enqueue(new TextEncoder().encode(p));
+        c.close();
+      },
+    });
+    const events: string[] = [];
+    for await (const e of sseEvents(stream)) events.push(e);
+    expect(events).toEqual(['{"a":1}', "x\ny", "[DONE]"]);
+  });
+
+  test("base URLs and level summaries", () => {
+    expect(serverBase("http://127.0.0.1:8080/v1/")).toBe("http://127.0.0.1:8080");
+    expect(serverBase("http://h:1")).toBe("http://h:1");
+    const level = summarizeLevel(2, [
+      { ok: true, ttftMs: 100, e2eMs: 400, outputTokens: 4, itlMs: [100, 100, 100] },
+      { ok: false, error: "boom", ttftMs: Number.NaN, e2eMs: 5, outputTokens: 0, itlMs: [] },
+    ], 0.5);
+    expect(level).toMatchObject({ completed: 1, failed: 1, outputTokens: 4, outputTokensPerSecond: 8, requestsPerSecond: 2, errors: ["boom"] });
+    expect(level.tpotMs.mean).toBe(100);
+  });
+});
