@@ -1,7 +1,9 @@
 // Arguments shared by the commands that generate text, and their translation into the
 // engine's sampling parameters.
 import type { ArgsDef } from "citty";
+import { readFileSync } from "node:fs";
 import { defaultSampling, validateSampling, type SamplingParams } from "../engine/sampling";
+import { validateSchema, type JsonFormat } from "../engine/grammar";
 
 export const modelArg = {
   model: { type: "string", alias: "m", description: "Model: an alias from models.toml, a model directory, or a .gguf file (default: the models.toml default)" },
@@ -50,4 +52,50 @@ export function positiveInteger(name: string, value: unknown): number {
 export function list(value: unknown): string[] {
   if (value === undefined) return [];
   return (Array.isArray(value) ? value : [value]).map(String);
+}
+
+export const formatArgs = {
+  format: { type: "string", description: "Constrain the answer to JSON: 'json' (any JSON object)" },
+  schema: { type: "string", description: "Constrain the answer to JSON that matches this JSON Schema file" },
+} as const satisfies ArgsDef;
+
+/** A constrained-output choice with how to show it to the user ("json", or the schema file). */
+export interface OutputFormat {
+  format: JsonFormat;
+  label: string;
+}
+
+/** --format json / --schema <file> → the format, checked (the schema file read and validated). */
+export async function formatFrom(args: Record<string, unknown>): Promise<OutputFormat | undefined> {
+  const format = args.format as string | undefined;
+  const schema = args.schema as string | undefined;
+  if (format !== undefined && schema !== undefined) throw new Error("give --format json or --schema <file>, not both");
+  if (schema !== undefined) return readFormat(schema);
+  if (format === undefined) return undefined;
+  if (format !== "json") throw new Error(`--format must be 'json' (got '${format}'); for a JSON Schema use --schema <file>`);
+  return readFormat("json");
+}
+
+/** "json", or a JSON Schema file: read, parsed and validated, with a one-line error naming what is wrong. */
+export async function readFormat(spec: string): Promise<OutputFormat> {
+  if (spec === "json") return { format: "json", label: "json" };
+  let text: string;
+  try {
+    text = readFileSync(spec, "utf8");
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    throw new Error(`cannot read schema file '${spec}': ${code === "ENOENT" ? "no such file" : (error as Error).message}`);
+  }
+  let schema: unknown;
+  try {
+    schema = JSON.parse(text);
+  } catch (error) {
+    throw new Error(`schema file '${spec}' is not valid JSON: ${(error as Error).message}`);
+  }
+  try {
+    await validateSchema(schema);
+  } catch (error) {
+    throw new Error(`schema file '${spec}': ${(error as Error).message}`);
+  }
+  return { format: { schema: schema as object }, label: spec };
 }

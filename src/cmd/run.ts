@@ -4,7 +4,8 @@ import { complete, type CompletionResult } from "../engine/completion";
 import { makeCaches, freeCaches } from "../models";
 import { fail, setVerbose } from "./log";
 import { openModel } from "./open-model";
-import { list, modelArg, positiveInteger, samplingArgs, samplingFrom } from "./options";
+import { formatArgs, formatFrom, list, modelArg, positiveInteger, samplingArgs, samplingFrom } from "./options";
+import { createJsonConstraint } from "../engine/grammar";
 import { promptTokens } from "../engine/prompt";
 import { formatStats } from "./stats";
 
@@ -20,6 +21,7 @@ export default defineCommand({
     raw: { type: "boolean", description: "Send the prompt as it is, without the model's chat template" },
     verbose: { type: "boolean", alias: "v", description: "Print speed and memory figures to stderr, and stack traces on errors" },
     json: { type: "boolean", description: "Print one JSON object (text, token ids, finish reason, figures) instead of streaming" },
+    ...formatArgs,
   },
   async run({ args }) {
     const verbose = Boolean(args.verbose);
@@ -27,14 +29,17 @@ export default defineCommand({
     try {
       const sampling = samplingFrom(args);
       const maxTokens = positiveInteger("max-tokens", args["max-tokens"]);
+      const output = await formatFrom(args); // before loading the model: a bad schema fails fast
       const prompt = await readPrompt(args.prompt);
       const lm = await openModel(args.model);
+      const constraint = output && (await createJsonConstraint(lm.tokenizer, output.format));
 
       const ids = promptTokens(lm.tokenizer, prompt, { system: args.system, raw: Boolean(args.raw) });
       const controller = new AbortController();
       process.once("SIGINT", () => controller.abort());
       const caches = makeCaches(lm.model);
-      const stream = complete(lm, caches, ids, { sampling, maxTokens, stop: list(args.stop), signal: controller.signal });
+      const logitsProcessors = constraint ? [constraint.processor] : undefined;
+      const stream = complete(lm, caches, ids, { sampling, maxTokens, stop: list(args.stop), signal: controller.signal, logitsProcessors });
       let step = stream.next();
       while (!step.done) {
         if (!args.json) process.stdout.write(step.value);
@@ -44,6 +49,7 @@ export default defineCommand({
       }
       const result: CompletionResult = step.value;
       freeCaches(caches);
+      constraint?.dispose();
       if (args.json) process.stdout.write(`${JSON.stringify(jsonResult(result))}\n`);
       else process.stdout.write("\n");
       if (verbose) process.stderr.write(`${formatStats(result.stats)}\n`);

@@ -74,12 +74,15 @@ async function loadInstance(): Promise<Instance> {
   await previous;
   const exports = {} as Xg;
   const inst: Instance = { xg: exports, memory: undefined, log: undefined, aborts: 0, directBitmask: false };
+  const originalLog = console.log;
   const originalError = console.error;
   const originalInstantiate = WebAssembly.instantiate;
   try {
     new Function("exports", "module", "require", "__filename", xgrammarSource as unknown as string)(exports, { exports }, require, "/xgrammar/index.js");
-    // The emscripten module binds console.error when it starts: route it through us.
-    console.error = (...args: unknown[]) => {
+    // The emscripten module binds console.log and console.error when it starts: route both
+    // through us (its warnings go to stdout, which carries the answer): collected during a
+    // guarded call, else sent to stderr.
+    console.log = console.error = (...args: unknown[]) => {
       if (inst.log) inst.log.push(args.map(String).join(" "));
       else originalError(...args);
     };
@@ -91,6 +94,7 @@ async function loadInstance(): Promise<Instance> {
     };
     await exports.Testings._jsonSchemaToEBNF('{"type":"integer"}');
   } finally {
+    console.log = originalLog;
     console.error = originalError;
     WebAssembly.instantiate = originalInstantiate;
     done();
@@ -193,8 +197,14 @@ function walkSchema(node: unknown, path: string): void {
   for (const keyword of UNENFORCED) {
     if (keyword in s) throw new SchemaError(`unsupported schema: ${path}/${keyword} is not supported in constrained decoding`);
   }
+  // xgrammar's email grammar allows backslash escapes that are not valid JSON.
+  if (s.format === "email" || s.format === "idn-email") throw new SchemaError(`unsupported schema: ${path}/format "${s.format}" is not supported in constrained decoding (use a pattern)`);
   if (Array.isArray(s.allOf) && s.allOf.length > 1) throw new SchemaError(`unsupported schema: ${path}/allOf with more than one schema is not supported`);
-  if (typeof s.pattern === "string") checkPattern(s.pattern, `${path}/pattern`);
+  if (typeof s.pattern === "string") {
+    checkPattern(s.pattern, `${path}/pattern`);
+    const also = ["minLength", "maxLength", "format"].find((k) => k in s);
+    if (also) throw new SchemaError(`unsupported schema: ${path}/${also} cannot be combined with a pattern in constrained decoding (put the length in the pattern)`);
+  }
   const isNumber = s.type === "number" || (Array.isArray(s.type) && s.type.includes("number"));
   for (const bound of ["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"]) {
     const v = s[bound];
@@ -216,6 +226,9 @@ function walkSchema(node: unknown, path: string): void {
 }
 
 function checkPattern(pattern: string, where: string): void {
+  if (/"|\\\\|\\[tnrfv0]|\\x[01]|\\u00[01]|\\c/.test(pattern)) {
+    throw new SchemaError(`unsupported schema: ${where} names a quote, a backslash or a control character, which constrained decoding cannot escape`);
+  }
   if (/\(\?<?[=!]/.test(pattern)) throw new SchemaError(`unsupported schema: ${where} uses a lookaround assertion, which is not supported`);
   if (/\\[1-9]|\\k</.test(pattern)) throw new SchemaError(`unsupported schema: ${where} uses a backreference, which is not supported`);
 }
@@ -293,11 +306,57 @@ function compiledGrammar(t: TokenizerGrammars, format: JsonFormat): Promise<XG.C
   if (!grammar) {
     // "json" is any object, laid out on one line like a schema's output.
     const [schema, strict] = format === "json" ? ['{"type":"object"}', false] : [JSON.stringify(format.schema), format.strict ?? true];
-    grammar = guarded(t.inst, "unsupported schema", () => t.compiler.compileJSONSchema(schema, false, -1, undefined, strict));
+    grammar = guarded(t.inst, "unsupported schema", async () => {
+      const ebnf = await t.inst.xg.Testings._jsonSchemaToEBNF(schema, false, -1, undefined, strict);
+      return t.compiler.compileGrammar(jsonSafeStrings(ebnf));
+    });
     t.compiled.set(key, grammar);
     grammar.catch(() => t.compiled.delete(key));
   }
   return grammar;
+}
+
+/**
+ * xgrammar writes the characters a string's `pattern` or length allows as they are, but JSON
+ * text must escape quotes, backslashes and control characters. So in the schema's own rules
+ * (its `basic_*` rules are right already), a class that allows any character (a pattern's
+ * ".") or a negated class leaves those out, and a listed class loses its control characters
+ * (a pattern's "\s"). Patterns that name a quote, a backslash or a control character itself
+ * are refused by validateSchema.
+ */
+export function jsonSafeStrings(ebnf: string): string {
+  return ebnf
+    .split("\n")
+    .map((line) => (line.startsWith("basic_") ? line : jsonSafeLine(line)))
+    .join("\n");
+}
+
+const JSON_UNSAFE = '\\0-\\x1f"\\\\'; // as EBNF class members: \0-\x1f " \\
+
+function jsonSafeLine(line: string): string {
+  let out = "";
+  for (let i = 0; i < line.length; ) {
+    const c = line[i]!;
+    if (c === '"' || c === "[") {
+      const close = c === '"' ? '"' : "]";
+      let j = i + 1;
+      if (c === "[" && line[j] === "^") j++;
+      while (j < line.length && line[j] !== close) j += line[j] === "\\" ? 2 : 1;
+      const part = line.slice(i, j + 1);
+      out += c === "[" ? jsonSafeClass(part) : part;
+      i = j + 1;
+    } else {
+      out += c;
+      i++;
+    }
+  }
+  return out;
+}
+
+function jsonSafeClass(cls: string): string {
+  if (cls === "[\\u0000-\\U0010FFFF]") return `[^${JSON_UNSAFE}]`;
+  if (cls.startsWith("[^")) return `${cls.slice(0, -1)}${JSON_UNSAFE}]`;
+  return cls.replace(/\\[fnrtv0]|\\x[01][0-9a-fA-F]|\\u00[01][0-9a-fA-F]/g, "");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -333,11 +392,10 @@ class Constraint implements JsonConstraint {
 
   private process(history: readonly number[], logits: MxArray): MxArray {
     if (this.disposed) throw new Error("this JSON constraint was disposed");
-    if (this.history !== history) {
-      // The first step sees the prompt: the grammar starts after it.
-      this.history = history;
-      this.seen = history.length;
-    }
+    // The first step sees the prompt: the grammar starts after it. Later steps may pass the
+    // same growing array or a fresh copy; either way the tokens past `seen` are new.
+    if (!this.history) this.seen = history.length;
+    this.history = history;
     this.catchUp();
     if (this.matcher.isTerminated()) return logits;
     const vocab = logits.shape.at(-1)!;

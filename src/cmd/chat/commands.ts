@@ -3,13 +3,14 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import * as p from "@clack/prompts";
 import type { ChatSession } from "./session";
-import { applySetting, describeModel, settingNames } from "./settings";
+import { applyFormat, applySetting, describeModel, settingNames } from "./settings";
 import { loadAliases } from "../../store/aliases";
 
 type Handler = (session: ChatSession, args: string) => Promise<boolean | void> | boolean | void;
 
 const help = `commands:
   /set <name> <value>   change a setting: ${settingNames.join(", ")}
+                        (/set format json|<schema file>|off: answers as JSON, or JSON matching a schema)
   /show                 the model (architecture, parameters, quantization, context, template) and settings
   /clear                forget the conversation
   /save <file>          save the conversation as JSON
@@ -29,9 +30,10 @@ const commands: Record<string, Handler> = {
     s.say("conversation cleared");
   },
   show: (s) => s.say(describeModel(s.conversation.lm, s.settings)),
-  set: (s, args) => {
+  set: async (s, args) => {
     const [name, ...rest] = args.split(/\s+/);
     if (!name) return s.say(`usage: /set <name> <value> (names: ${settingNames.join(", ")})`);
+    if (name === "format") return s.say(await applyFormat(s.settings, rest.join(" ")));
     s.say(applySetting(s.settings, name, rest.join(" ")));
     if (name === "system") s.conversation.system = s.settings.system;
   },

@@ -3,6 +3,7 @@
 import { Conversation } from "../../engine/conversation";
 import type { LoadedModel } from "../../models/load";
 import { openModel } from "../open-model";
+import { createJsonConstraint } from "../../engine/grammar";
 import type { ChatSettings } from "./settings";
 
 export class ChatSession {
@@ -28,18 +29,27 @@ export class ChatSession {
 
   /** Streams the answer to `text` into `write`; Ctrl-C (the signal) stops it and keeps what was said. */
   async answer(text: string, write: (chunk: string) => void, signal: AbortSignal): Promise<void> {
-    const turn = this.conversation.turn(text, { sampling: this.settings.sampling, maxTokens: this.settings.maxTokens, signal });
-    let step = turn.next();
-    while (!step.done) {
-      write(step.value);
-      // Let the event loop run between tokens so a Ctrl-C can arrive.
-      await new Promise((resolve) => setImmediate(resolve));
+    const format = this.settings.format;
+    const constraint = format && (await createJsonConstraint(this.conversation.lm.tokenizer, format.format));
+    let step;
+    try {
+      const logitsProcessors = constraint ? [constraint.processor] : undefined;
+      const turn = this.conversation.turn(text, { sampling: this.settings.sampling, maxTokens: this.settings.maxTokens, signal, logitsProcessors });
       step = turn.next();
+      while (!step.done) {
+        write(step.value);
+        // Let the event loop run between tokens so a Ctrl-C can arrive.
+        await new Promise((resolve) => setImmediate(resolve));
+        step = turn.next();
+      }
+    } finally {
+      constraint?.dispose();
     }
     const { result, info } = step.value;
     write("\n");
     if (info.droppedMessages > 0) this.say(`(context full: dropped the ${info.droppedMessages} oldest messages)`);
     if (result.finishReason === "cancelled") this.say("(stopped)");
+    else if (constraint && result.finishReason === "length") this.say("(max_tokens reached before the JSON was complete)");
     if (this.settings.stats) {
       const s = result.stats;
       const limit = this.conversation.lm.config.maxPositionEmbeddings;

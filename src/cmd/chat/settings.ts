@@ -1,15 +1,30 @@
 // What a chat session can change with /set, and how /show describes the model.
 import type { LoadedModel } from "../../models/load";
 import { validateSampling, type SamplingParams } from "../../engine/sampling";
+import { readFormat, type OutputFormat } from "../options";
 
 export interface ChatSettings {
   sampling: SamplingParams;
   maxTokens: number;
   system?: string;
   stats: boolean;
+  /** Constrained output (JSON, or a JSON Schema) for every answer, until /set format off. */
+  format?: OutputFormat;
 }
 
-export const settingNames = ["temp", "top_p", "top_k", "min_p", "max_tokens", "seed", "system"] as const;
+export const settingNames = ["temp", "top_p", "top_k", "min_p", "max_tokens", "seed", "system", "format"] as const;
+
+/** Applies `/set format json|<schema file>|off`; returns a confirmation line, or throws with what is wrong. */
+export async function applyFormat(s: ChatSettings, value: string): Promise<string> {
+  const spec = value.trim();
+  if (!spec) throw new Error("usage: /set format json|<schema file>|off");
+  if (spec === "off") {
+    s.format = undefined;
+    return "format off: answers are free text";
+  }
+  s.format = await readFormat(spec);
+  return spec === "json" ? "format = json: answers are JSON objects" : `format = ${spec}: answers follow this JSON Schema`;
+}
 
 /** Applies `/set <name> <value>`; returns a confirmation line, or throws with what is wrong. */
 export function applySetting(s: ChatSettings, name: string, value: string): string {
@@ -67,7 +82,7 @@ export function describeModel(lm: LoadedModel, s: ChatSettings): string {
     `parameters:     ${params >= 1e9 ? `${(params / 1e9).toFixed(2)}B` : `${(params / 1e6).toFixed(1)}M`}`,
     `quantization:   ${quantizationOf(lm)}`,
     `context length: ${c.maxPositionEmbeddings}`,
-    `settings:       temp ${s.sampling.temperature}, top_p ${s.sampling.topP}, top_k ${s.sampling.topK}, min_p ${s.sampling.minP}, max_tokens ${s.maxTokens}, seed ${s.sampling.seed ?? "random"}`,
+    `settings:       temp ${s.sampling.temperature}, top_p ${s.sampling.topP}, top_k ${s.sampling.topK}, min_p ${s.sampling.minP}, max_tokens ${s.maxTokens}, seed ${s.sampling.seed ?? "random"}, format ${s.format?.label ?? "off"}`,
     `system prompt:  ${s.system ?? "(none)"}`,
     `chat template:\n${template.length > 600 ? `${template.slice(0, 600)}…` : template}`,
   ].join("\n");

@@ -1,0 +1,345 @@
+// Constrained decoding (JSON and JSON Schema) on a tiny random-weight model with SmolLM2's real
+// tokenizer: with random weights, the grammar mask is the only thing that makes the output
+// valid JSON, so every answer that ends ("stop") must parse and validate.
+import { beforeAll, describe, expect, test } from "bun:test";
+import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
+import { homedir, tmpdir } from "node:os";
+import { join } from "node:path";
+import Ajv from "ajv";
+import * as mx from "../src/mlx";
+import { loadModel, type LoadedModel } from "../src/models/load";
+import { freeCaches, makeCaches } from "../src/models";
+import { complete, type CompletionResult } from "../src/engine/completion";
+import { defaultSampling, type SamplingParams } from "../src/engine/sampling";
+import { promptTokens } from "../src/engine/prompt";
+import { canonicalJson, createJsonConstraint, initGrammar, jsonSafeStrings, SchemaError, validateSchema, type JsonConstraint, type JsonFormat } from "../src/engine/grammar";
+import { writeTinyModel } from "./helpers/tiny-model";
+
+const root = mkdtempSync(join(tmpdir(), "mlx-grammar-"));
+const modelDir = join(root, "tiny");
+let lm: LoadedModel;
+const ajv = new Ajv({ strict: false, validateFormats: false });
+
+beforeAll(async () => {
+  writeTinyModel(modelDir, { contextLength: 1024 });
+  lm = loadModel(modelDir);
+  await initGrammar();
+});
+
+function generate(format: JsonFormat | JsonConstraint, sampling: Partial<SamplingParams>, maxTokens = 200, prompt = "Answer in JSON.") {
+  return (async () => {
+    const given = typeof format === "object" && "processor" in format;
+    const constraint = given ? (format as JsonConstraint) : await createJsonConstraint(lm.tokenizer, format as JsonFormat);
+    const caches = makeCaches(lm.model);
+    try {
+      const stream = complete(lm, caches, promptTokens(lm.tokenizer, prompt), { sampling: { ...defaultSampling, ...sampling }, maxTokens, logitsProcessors: [constraint.processor] });
+      let step = stream.next();
+      while (!step.done) step = stream.next();
+      return { result: step.value as CompletionResult, accepted: constraint.accepted() };
+    } finally {
+      freeCaches(caches);
+      if (!given) constraint.dispose();
+    }
+  })();
+}
+
+// Every string is bounded (maxLength, pattern or enum) so a random model's answer can end.
+const schemas: Record<string, object> = {
+  "nested objects": {
+    type: "object",
+    properties: {
+      user: { type: "object", properties: { id: { type: "integer", minimum: 1, maximum: 999 }, handle: { type: "string", maxLength: 8 } }, required: ["id", "handle"] },
+      meta: { type: "object", properties: { active: { type: "boolean" }, score: { type: "number", minimum: 0, maximum: 10 } }, required: ["active"] },
+    },
+    required: ["user", "meta"],
+  },
+  "arrays with minItems/maxItems": {
+    type: "object",
+    properties: {
+      tags: { type: "array", items: { type: "string", maxLength: 4 }, minItems: 2, maxItems: 4 },
+      points: { type: "array", items: { type: "integer", minimum: -5, maximum: 5 }, minItems: 1, maxItems: 3 },
+    },
+    required: ["tags", "points"],
+  },
+  enums: {
+    type: "object",
+    properties: {
+      color: { enum: ["red", "green", "blue"] },
+      size: { type: "string", enum: ["S", "M", "L", "XL"] },
+      level: { enum: [1, 2, 3, null] },
+    },
+    required: ["color", "size", "level"],
+  },
+  "numbers with minimum/maximum": {
+    type: "object",
+    properties: {
+      age: { type: "integer", minimum: 18, maximum: 65 },
+      temperature: { type: "number", minimum: -20, maximum: 40 },
+      ratio: { type: "number", minimum: 0, maximum: 1 },
+    },
+    required: ["age", "temperature", "ratio"],
+  },
+  "optional and required properties": {
+    type: "object",
+    properties: {
+      name: { type: "string", maxLength: 10 },
+      nickname: { type: "string", maxLength: 6 },
+      age: { type: "integer", minimum: 0, maximum: 120 },
+      email: { type: "string", pattern: "^[a-z]{1,6}@[a-z]{1,6}\\.com$" },
+    },
+    required: ["name", "age"],
+  },
+  "strings with pattern": {
+    type: "object",
+    properties: {
+      zip: { type: "string", pattern: "^[0-9]{5}$" },
+      code: { type: "string", pattern: "^[A-Z]{2}-[0-9]{2,3}$" },
+      slug: { type: "string", pattern: "^[a-z]{1,8}(-[a-z]{1,8}){0,2}$" },
+    },
+    required: ["zip", "code", "slug"],
+  },
+};
+
+describe("JSON Schema outputs are valid by construction (tiny random-weight model)", () => {
+  for (const [name, schema] of Object.entries(schemas)) {
+    test(name, async () => {
+      const validate = ajv.compile(schema);
+      let stopped = 0;
+      const runs: { temperature: number; seed?: number }[] = [{ temperature: 0 }];
+      for (const temperature of [0.7, 1, 1.5]) for (const seed of [1, 2]) runs.push({ temperature, seed });
+      for (const sampling of runs) {
+        const { result, accepted } = await generate({ schema }, sampling);
+        if (result.finishReason !== "stop") continue;
+        stopped++;
+        let value: unknown;
+        try {
+          value = JSON.parse(result.text);
+        } catch {
+          throw new Error(`not JSON (${JSON.stringify(sampling)}): ${result.text}`);
+        }
+        if (!validate(value)) throw new Error(`does not match the schema (${JSON.stringify(sampling)}): ${result.text}: ${ajv.errorsText(validate.errors)}`);
+        expect(accepted).toBe(true);
+      }
+      // Bounded schemas end well within 200 tokens: most runs must have finished.
+      expect(stopped).toBeGreaterThanOrEqual(runs.length - 2);
+    });
+  }
+});
+
+describe("--format json mode and limits", () => {
+  test('"json" gives a parseable JSON object whenever it ends', async () => {
+    let stopped = 0;
+    for (const seed of [1, 2, 3, 4, 5, 6]) {
+      const { result } = await generate("json", { temperature: 1, seed }, 150);
+      if (result.finishReason !== "stop") continue;
+      stopped++;
+      const value = JSON.parse(result.text);
+      expect(typeof value).toBe("object");
+      expect(Array.isArray(value)).toBe(false);
+    }
+    expect(stopped).toBeGreaterThan(0);
+  });
+
+  test("max_tokens too small to close the JSON reports length, and the grammar is not complete", async () => {
+    const { result, accepted } = await generate({ schema: schemas["nested objects"]! }, { temperature: 0 }, 3);
+    expect(result.finishReason).toBe("length");
+    expect(result.tokenIds.length).toBe(3);
+    expect(accepted).toBe(false);
+    expect(() => JSON.parse(result.text)).toThrow();
+  });
+
+  test("the end-of-sequence token is the only choice once the JSON is complete", async () => {
+    const { result } = await generate({ schema: { enum: ["yes", "no"] } }, { temperature: 1, seed: 4 });
+    expect(result.finishReason).toBe("stop");
+    expect(["\"yes\"", "\"no\""]).toContain(result.text);
+    expect(lm.tokenizer.eosTokenIds.has(result.sampledIds.at(-1)!)).toBe(true);
+  });
+
+  test("constraints are independent: two sequences with different schemas, interleaved step by step", async () => {
+    const a = await createJsonConstraint(lm.tokenizer, { schema: schemas.enums! });
+    const b = await createJsonConstraint(lm.tokenizer, { schema: schemas["strings with pattern"]! });
+    const ca = makeCaches(lm.model);
+    const cb = makeCaches(lm.model);
+    const sa = complete(lm, ca, promptTokens(lm.tokenizer, "one"), { sampling: { ...defaultSampling, temperature: 1, seed: 1 }, maxTokens: 200, logitsProcessors: [a.processor] });
+    const sb = complete(lm, cb, promptTokens(lm.tokenizer, "two"), { sampling: { ...defaultSampling, temperature: 1, seed: 2 }, maxTokens: 200, logitsProcessors: [b.processor] });
+    let ra = sa.next();
+    let rb = sb.next();
+    while (!ra.done || !rb.done) {
+      if (!ra.done) ra = sa.next();
+      if (!rb.done) rb = sb.next();
+    }
+    freeCaches(ca);
+    freeCaches(cb);
+    for (const [r, schema] of [[ra.value, schemas.enums!], [rb.value, schemas["strings with pattern"]!]] as const) {
+      expect(r.finishReason).toBe("stop");
+      expect(ajv.validate(schema, JSON.parse(r.text))).toBe(true);
+    }
+    a.dispose();
+    b.dispose();
+  });
+
+  test("inside a string, only what JSON allows unescaped: no quote, backslash or control character from a pattern's '.' or a length", async () => {
+    for (const schema of [{ type: "string", maxLength: 6 }, { type: "string", pattern: "^a.b$" }, { type: "string", pattern: "^[^x]{1,3}$" }, { type: "string", pattern: "^\\s\\d$" }]) {
+      const c = await createJsonConstraint(lm.tokenizer, { schema });
+      const quote = lm.tokenizer.encode('"', { addSpecialTokens: false });
+      const a = schema.pattern?.startsWith("^a") ? lm.tokenizer.encode("a", { addSpecialTokens: false }) : [];
+      const history = [1, 2, 3];
+      mx.scope(() => c.processor(history, mx.zeros([1, lm.tokenizer.vocabSize]))); // the first step: the prompt
+      history.push(...quote, ...a);
+      const masked = mx.scope(() => c.processor(history, mx.zeros([1, lm.tokenizer.vocabSize])).toArray());
+      c.dispose();
+      const allowed = masked.flatMap((v, id) => (v === 0 ? [lm.tokenizer.decode([id])] : []));
+      expect(allowed.length).toBeGreaterThan(0);
+      // A token may close the string (a quote, then what follows it), but never put a raw one inside.
+      for (const text of allowed) expect(text.split('"')[0]).not.toMatch(/[\\\u0000-\u001f]/);
+    }
+  });
+
+  test("jsonSafeStrings leaves xgrammar's own JSON rules and literals alone", () => {
+    const ebnf = ['basic_string_sub ::= ("\\"" | [^\\0-\\x1f\\"\\\\\\r\\n] basic_string_sub)', 'root ::= "[" [\\u0000-\\U0010FFFF] "]" [a-z\\t]'].join("\n");
+    const safe = jsonSafeStrings(ebnf).split("\n");
+    expect(safe[0]).toBe(ebnf.split("\n")[0]);
+    expect(safe[1]).toBe('root ::= "[" [^\\0-\\x1f"\\\\] "]" [a-z]');
+  });
+
+  test("logits wider than the tokenizer's vocabulary: the extra ids are masked", async () => {
+    const c = await createJsonConstraint(lm.tokenizer, { schema: { type: "object", properties: { a: { type: "integer" } }, required: ["a"] } });
+    const vocab = lm.tokenizer.vocabSize + 64;
+    const masked = mx.scope(() => c.processor([1, 2, 3], mx.zeros([1, vocab])).toArray());
+    c.dispose();
+    const allowed = masked.flatMap((v, id) => (v === 0 ? [id] : []));
+    expect(masked.slice(lm.tokenizer.vocabSize).every((v) => v === -Infinity)).toBe(true);
+    expect(allowed.length).toBeGreaterThan(0);
+    // The answer must open the object: every allowed first token starts with "{".
+    for (const id of allowed) expect(lm.tokenizer.decode([id])).toMatch(/^\{/);
+  });
+});
+
+describe("invalid or unsupported schemas are a clear error naming the offending part", () => {
+  const cases: [string, unknown, RegExp][] = [
+    ["a misspelt type", { type: "object", properties: { age: { type: "integr" } } }, /invalid schema: \/properties\/age\/type must be equal to one of the allowed values/],
+    ["a reference to nothing", { type: "object", properties: { a: { $ref: "#/$defs/missing" } } }, /invalid schema: .*#\/\$defs\/missing/],
+    ["a lookbehind pattern", { type: "object", properties: { code: { type: "string", pattern: "(?<=x)y" } } }, /\/properties\/code\/pattern uses a lookaround/],
+    ["a keyword that would not be enforced", { type: "object", properties: { n: { type: "integer", multipleOf: 3 } } }, /\/properties\/n\/multipleOf is not supported/],
+    ["a pattern with a length", { type: "object", properties: { slug: { type: "string", pattern: "^[a-z]+$", maxLength: 9 } } }, /\/properties\/slug\/maxLength cannot be combined with a pattern/],
+    ["a pattern that names a quote", { type: "object", properties: { q: { type: "string", pattern: '^"[a-z]"$' } } }, /\/properties\/q\/pattern names a quote/],
+    ["the email format", { type: "object", properties: { mail: { type: "string", format: "email" } } }, /\/properties\/mail\/format "email" is not supported/],
+    ["a fractional bound on a number", { type: "number", maximum: 1.5 }, /\/maximum must be a whole number/],
+    ["what xgrammar refuses", { type: "object", minProperties: 2, additionalProperties: false }, /unsupported schema: minProperties is greater than the number of properties/],
+    ["not an object", ["type", "string"], /must be a JSON object/],
+  ];
+  for (const [what, schema, message] of cases) {
+    test(what, async () => {
+      const error = await validateSchema(schema).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(error).toBeInstanceOf(SchemaError);
+      expect((error as Error).message).toMatch(message);
+      if (typeof schema === "object" && !Array.isArray(schema)) {
+        await expect(createJsonConstraint(lm.tokenizer, { schema: schema as object })).rejects.toThrow(message);
+      }
+    });
+  }
+
+  test("many refused schemas in a row leave the engine working (xgrammar's instance is renewed)", async () => {
+    for (let n = 1; n <= 40; n++) {
+      await expect(validateSchema({ type: "object", minProperties: n, additionalProperties: false })).rejects.toThrow(/minProperties/);
+      await expect(createJsonConstraint(lm.tokenizer, { schema: { type: "object", maxProperties: 0, minProperties: n + 1, properties: { x: { type: "null" } } } })).rejects.toThrow();
+    }
+    const { result } = await generate({ schema: schemas.enums! }, { temperature: 1, seed: 3 });
+    expect(result.finishReason).toBe("stop");
+    expect(ajv.validate(schemas.enums!, JSON.parse(result.text))).toBe(true);
+  });
+
+  test("equal schemas share a cache key whatever their key order", () => {
+    expect(canonicalJson({ b: 1, a: { d: [1, { f: 1, e: 2 }], c: 2 } })).toBe(canonicalJson({ a: { c: 2, d: [1, { e: 2, f: 1 }] }, b: 1 }));
+  });
+});
+
+// The CLI as users drive it.
+const main = join(import.meta.dir, "..", "src", "main.ts");
+const env = { ...process.env, MLX_HOME: join(root, "home"), NO_COLOR: "1" };
+async function mlx(args: string[], stdin?: string) {
+  const proc = Bun.spawn([process.execPath, main, ...args], { stdin: stdin === undefined ? "ignore" : new Blob([stdin]), stdout: "pipe", stderr: "pipe", env });
+  const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+  return { stdout, stderr, code };
+}
+
+describe("mlx run --schema / --format json, and /set format in mlx chat", () => {
+  const schemaFile = join(root, "person.json");
+  const person = { type: "object", properties: { name: { type: "string", maxLength: 12 }, age: { type: "integer", minimum: 0, maximum: 120 } }, required: ["name", "age"] };
+  beforeAll(() => {
+    writeFileSync(schemaFile, JSON.stringify(person));
+    writeFileSync(join(root, "bad.json"), JSON.stringify({ type: "object", properties: { age: { type: "integr" } } }));
+    writeFileSync(join(root, "broken.json"), "{ not json");
+  });
+
+  test("--schema: the answer on stdout parses and matches the schema", async () => {
+    const r = await mlx(["run", "-m", modelDir, "--schema", schemaFile, "--temp", "1", "--seed", "3", "Give me a person"]);
+    expect(r.code).toBe(0);
+    expect(ajv.validate(person, JSON.parse(r.stdout))).toBe(true);
+    const j = await mlx(["run", "-m", modelDir, "--schema", schemaFile, "--json", "--max-tokens", "4", "Give me a person"]);
+    expect(JSON.parse(j.stdout).finish_reason).toBe("length");
+  });
+
+  test("--format json: parseable JSON", async () => {
+    let stopped = 0;
+    for (const seed of ["1", "2", "3", "4"]) {
+      const r = await mlx(["run", "-m", modelDir, "--format", "json", "--temp", "1", "--seed", seed, "--max-tokens", "100", "--json", "Give me JSON"]);
+      expect(r.code).toBe(0);
+      const out = JSON.parse(r.stdout);
+      if (out.finish_reason !== "stop") continue;
+      stopped++;
+      expect(typeof JSON.parse(out.text)).toBe("object");
+    }
+    expect(stopped).toBeGreaterThan(0);
+  });
+
+  const oneLineError = (r: { stderr: string; code: number }, pattern: RegExp) => {
+    expect(r.code).not.toBe(0);
+    expect(r.stderr.trim().split("\n")).toHaveLength(1);
+    expect(r.stderr).toMatch(/^error: /);
+    expect(r.stderr).toMatch(pattern);
+  };
+  test("a missing schema file", async () => oneLineError(await mlx(["run", "-m", modelDir, "--schema", join(root, "nope.json"), "hi"]), /cannot read schema file '.*nope\.json': no such file/));
+  test("a schema file that is not JSON", async () => oneLineError(await mlx(["run", "-m", modelDir, "--schema", join(root, "broken.json"), "hi"]), /broken\.json' is not valid JSON/));
+  test("an invalid schema names the offending part", async () => oneLineError(await mlx(["run", "-m", modelDir, "--schema", join(root, "bad.json"), "hi"]), /bad\.json': invalid schema: \/properties\/age\/type/));
+  test("--format other than json", async () => oneLineError(await mlx(["run", "-m", modelDir, "--format", "yaml", "hi"]), /--format must be 'json'/));
+
+  test("/set format <file> in chat constrains each answer; /set format off frees it; a bad file is an error line", async () => {
+    const input = [`/set format ${join(root, "bad.json")}`, `/set format ${schemaFile}`, "Give me a person", "/set format off", "/show", ""].join("\n");
+    const r = await mlx(["chat", "-m", modelDir, "--temp", "1", "--seed", "3", "--max-tokens", "200"], input);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toMatch(/error: schema file '.*bad\.json': invalid schema: \/properties\/age\/type/);
+    expect(r.stderr).toMatch(/format = .*person\.json/);
+    expect(r.stderr).toMatch(/format off/);
+    const answer = r.stdout.trim().split("\n")[0]!;
+    expect(ajv.validate(person, JSON.parse(answer))).toBe(true);
+  });
+});
+
+// The real default model, when it is already in the store (never downloaded here).
+const storeHome = process.env.MLX_HOME ?? join(homedir(), ".cache", "mlx");
+const hasDefault = existsSync(join(storeHome, "models", "smollm2"));
+describe.skipIf(!hasDefault)("the default model (SmolLM2-135M) under a schema", () => {
+  test(
+    "answers with JSON that matches the schema",
+    async () => {
+      const { resolveModelPath } = await import("../src/store/resolve");
+      const real = loadModel(await resolveModelPath(undefined));
+      const schema = { type: "object", properties: { name: { type: "string", maxLength: 16 }, age: { type: "integer", minimum: 0, maximum: 120 } }, required: ["name", "age"] };
+      const c = await createJsonConstraint(real.tokenizer, { schema });
+      const caches = makeCaches(real.model);
+      const stream = complete(real, caches, promptTokens(real.tokenizer, "Describe a person named Anna, aged 31, as JSON."), { sampling: defaultSampling, maxTokens: 40, logitsProcessors: [c.processor] });
+      let step = stream.next();
+      while (!step.done) step = stream.next();
+      freeCaches(caches);
+      c.dispose();
+      real.free();
+      expect(step.value.finishReason).toBe("stop");
+      expect(ajv.validate(schema, JSON.parse(step.value.text))).toBe(true);
+    },
+    90_000,
+  );
+});
