@@ -1,4 +1,11 @@
 // What both API families reduce a request to, before the server applies model defaults.
+import type { JsonFormat } from "../engine/grammar";
+
+/** Structured output asked for, and the request field that asked (for error messages). */
+export interface FormatInput {
+  format: JsonFormat;
+  param: string;
+}
 
 export interface SamplingInput {
   temperature?: number;

@@ -1,6 +1,6 @@
 // The Ollama API's request shapes (/api/chat, /api/generate, /api/show) and their validation,
 // keep_alive durations, and the figures its final stream object carries.
-import type { MessageInput, PromptInput, SamplingInput } from "./common";
+import type { FormatInput, MessageInput, PromptInput, SamplingInput } from "./common";
 import { Fields, ValidationError, unsupported } from "./validate";
 
 export interface OllamaRequest {
@@ -16,6 +16,7 @@ export interface OllamaRequest {
   stop: string[];
   /** /api/generate's context: token ids of an earlier exchange to continue. */
   context?: number[];
+  format?: FormatInput;
 }
 
 /** Ollama's documented defaults, used when a request does not set an option. */
@@ -50,12 +51,19 @@ function options(f: Fields): Pick<OllamaRequest, "maxTokens" | "sampling" | "sto
 
 function common(f: Fields): Omit<OllamaRequest, "prompt" | "context"> {
   const model = f.string("model", { required: true, nonEmpty: true })!;
-  const format = f.raw("format");
-  if (format !== undefined && format !== null && format !== "") throw unsupported("format", "structured output ('format')");
+  const format = ollamaFormat(f.raw("format"));
   const tools = f.array("tools");
   if (tools && tools.length > 0) throw unsupported("tools");
   if (f.raw("think") === true) throw unsupported("think");
-  return { model, stream: f.boolean("stream") ?? true, keepAlive: keepAlive(f), ...options(f) };
+  return { model, stream: f.boolean("stream") ?? true, keepAlive: keepAlive(f), format, ...options(f) };
+}
+
+/** format: "json", or a JSON Schema object. */
+function ollamaFormat(value: unknown): FormatInput | undefined {
+  if (value === undefined || value === null || value === "") return undefined;
+  if (value === "json") return { format: "json", param: "format" };
+  if (typeof value === "object" && !Array.isArray(value)) return { format: { schema: value, strict: false }, param: "format" };
+  throw new ValidationError(`'format' must be "json" or a JSON Schema object`, "format");
 }
 
 export function parseOllamaChat(body: unknown): OllamaRequest {

@@ -1,6 +1,6 @@
 // The OpenAI API's request and response shapes (chat completions, completions, models), the
 // validation of requests, and the builders of responses and stream chunks.
-import type { MessageInput, PromptInput, SamplingInput } from "./common";
+import type { FormatInput, MessageInput, PromptInput, SamplingInput } from "./common";
 import { Fields, ValidationError, unsupported } from "./validate";
 
 export interface OpenAIRequest {
@@ -14,6 +14,7 @@ export interface OpenAIRequest {
   /** Whether to return logprobs, and how many alternatives per token. */
   logprobs: boolean;
   topLogprobs: number;
+  format?: FormatInput;
 }
 
 const ROLES = new Set(["system", "developer", "user", "assistant", "tool"]);
@@ -41,12 +42,29 @@ function commonFields(f: Fields): Omit<OpenAIRequest, "prompt" | "logprobs" | "t
     logitBias: logitBias(f),
   };
   const stop = f.stop("stop");
-  const format = f.object("response_format");
-  if (format && format.string("type") !== "text") throw unsupported("response_format", `'response_format' of type '${String(format.raw("type"))}'`);
+  const format = responseFormat(f);
   const tools = f.array("tools");
   if (tools && tools.length > 0) throw unsupported("tools");
   if (f.has("functions")) throw unsupported("functions");
-  return { model: f.string("model", { nonEmpty: true }), stream, includeUsage, maxTokens, sampling, stop };
+  return { model: f.string("model", { nonEmpty: true }), stream, includeUsage, maxTokens, sampling, stop, format };
+}
+
+/** response_format: text (nothing to enforce), json_object, or json_schema {name, schema, strict}. */
+function responseFormat(f: Fields): FormatInput | undefined {
+  const format = f.object("response_format");
+  if (!format) return undefined;
+  const type = format.string("type", { required: true });
+  if (type === "text") return undefined;
+  if (type === "json_object") return { format: "json", param: "response_format" };
+  if (type === "json_schema") {
+    const spec = format.object("json_schema");
+    if (!spec) throw new ValidationError("'response_format.json_schema' is required when type is 'json_schema'", "response_format.json_schema");
+    spec.string("name", { required: true, nonEmpty: true });
+    const schema = spec.object("schema");
+    if (!schema) throw new ValidationError("'response_format.json_schema.schema' must be a JSON Schema object", "response_format.json_schema.schema");
+    return { format: { schema: schema.body, strict: spec.boolean("strict") ?? false }, param: "response_format.json_schema.schema" };
+  }
+  throw new ValidationError(`'response_format.type' must be one of text, json_object, json_schema; got '${type}'`, "response_format.type");
 }
 
 function logitBias(f: Fields): Map<number, number> | undefined {

@@ -3,7 +3,8 @@
 // logits processors, and submit to the model's engine with a signal that fires on client
 // disconnect or the request timeout. Also the per-request figures that feed /metrics.
 import * as mx from "../mlx";
-import type { MessageInput, PromptInput, SamplingInput } from "../api/common";
+import type { FormatInput, MessageInput, PromptInput, SamplingInput } from "../api/common";
+import { createJsonConstraint, SchemaError, type JsonConstraint } from "../engine/grammar";
 import { ValidationError } from "../api/validate";
 import { checkContext } from "../engine/completion";
 import { chatTokens, promptTokens } from "../engine/prompt";
@@ -29,6 +30,8 @@ export interface GenerateInput {
   strictMaxTokens: boolean;
   stop: string[];
   topLogprobs: number;
+  /** Structured output to enforce while sampling. */
+  format?: FormatInput;
   /** Aborts when the client goes away. */
   clientSignal: AbortSignal;
   timeoutMs: number;
@@ -51,6 +54,16 @@ export interface GenerationContext {
   metrics: ServerMetrics;
 }
 
+/** The grammar for a request's format; a schema xgrammar or ajv refuses is the client's 400. */
+async function jsonConstraint(lm: LoadedModel, input: FormatInput): Promise<JsonConstraint> {
+  try {
+    return await createJsonConstraint(lm.tokenizer, input.format);
+  } catch (error) {
+    if (error instanceof SchemaError) throw badRequest(error.message, input.param);
+    throw error;
+  }
+}
+
 export async function startGeneration(ctx: GenerationContext, input: GenerateInput): Promise<Generation> {
   const lease = await ctx.models.acquire(input.model, input.keepAliveMs);
   try {
@@ -67,7 +80,8 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
       throw badRequest(`max_tokens is ${input.maxTokens}, more than the model's context of ${context} tokens`, "max_tokens");
     const maxTokens = Math.min(input.maxTokens ?? room, room);
     const sampling = settleSampling(input.sampling, input.defaults);
-    const processors = logitsProcessors(input.sampling, promptIds.length, vocab);
+    const constraint = input.format && (await jsonConstraint(lm, input.format));
+    const processors = [...(logitsProcessors(input.sampling, promptIds.length, vocab) ?? []), ...(constraint ? [constraint.processor] : [])];
 
     const controller = new AbortController();
     let timedOut = false;
@@ -81,8 +95,9 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
 
     let events: AsyncIterable<GenerationEvent>;
     try {
-      events = lease.entry.engine.submit({ promptIds, sampling, maxTokens, stop: input.stop, topLogprobs: input.topLogprobs, logitsProcessors: processors, signal: controller.signal });
+      events = lease.entry.engine.submit({ promptIds, sampling, maxTokens, stop: input.stop, topLogprobs: input.topLogprobs, logitsProcessors: processors.length > 0 ? processors : undefined, signal: controller.signal });
     } catch (error) {
+      constraint?.dispose();
       clearTimeout(timer);
       input.clientSignal.removeEventListener("abort", onClientAbort);
       throw error;
@@ -98,6 +113,7 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
       finish: (outcome, usage) => {
         if (finished) return;
         finished = true;
+        constraint?.dispose();
         clearTimeout(timer);
         input.clientSignal.removeEventListener("abort", onClientAbort);
         const m = ctx.metrics;

@@ -150,6 +150,7 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
     maxTokens: req.maxTokens,
     strictMaxTokens: false,
     stop: req.stop,
+    format: req.format,
     topLogprobs: 0,
     clientSignal: c.req.raw.signal,
     timeoutMs: s.config.requestTimeoutMs,

@@ -57,6 +57,7 @@ async function complete(s: ServerState, c: Context, kind: Kind): Promise<Respons
     maxTokens: req.maxTokens,
     strictMaxTokens: true,
     stop: req.stop,
+    format: req.format,
     topLogprobs: req.topLogprobs,
     clientSignal: c.req.raw.signal,
     timeoutMs: s.config.requestTimeoutMs,

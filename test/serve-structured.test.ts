@@ -1,0 +1,89 @@
+// Structured output through the server: OpenAI response_format and Ollama format, enforced
+// while sampling, alongside unconstrained requests in the same batch.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import Ajv from "ajv";
+import OpenAI from "openai";
+import { Ollama } from "ollama";
+import type { RunningServer } from "../src/server/app";
+import { serve, tinyModel } from "./helpers/serve";
+
+let server: RunningServer;
+let openai: OpenAI;
+let ollama: Ollama;
+let model: string;
+
+const schema = {
+  type: "object",
+  properties: {
+    name: { type: "string", maxLength: 12 },
+    age: { type: "integer", minimum: 0, maximum: 120 },
+    tags: { type: "array", items: { enum: ["a", "b", "c"] }, minItems: 1, maxItems: 3 },
+  },
+  required: ["name", "age", "tags"],
+  additionalProperties: false,
+};
+const validate = new Ajv().compile(schema);
+
+beforeAll(() => {
+  model = tinyModel();
+  server = serve({ defaultModel: model });
+  openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused" });
+  ollama = new Ollama({ host: server.url });
+});
+
+afterAll(() => server.stop());
+
+describe("structured output through the server", () => {
+  test("OpenAI json_schema: every answer that stops parses and validates, batched with unconstrained requests", async () => {
+    const constrained = [1, 2, 3, 4].map((seed) =>
+      openai.chat.completions.create({
+        model,
+        messages: [{ role: "user", content: "A person, please" }],
+        max_tokens: 200,
+        temperature: 1,
+        seed,
+        response_format: { type: "json_schema", json_schema: { name: "person", schema, strict: true } },
+      }),
+    );
+    const free = [1, 2].map((seed) => openai.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }], max_tokens: 20, temperature: 1, seed }));
+    const results = await Promise.all(constrained);
+    await Promise.all(free);
+    let stopped = 0;
+    for (const r of results) {
+      const choice = r.choices[0]!;
+      if (choice.finish_reason !== "stop") continue;
+      stopped++;
+      const value = JSON.parse(choice.message.content ?? "");
+      expect(validate(value)).toBe(true);
+    }
+    expect(stopped).toBeGreaterThan(0);
+  });
+
+  test("OpenAI json_object gives a JSON object; too few tokens report finish_reason length", async () => {
+    const ok = await openai.chat.completions.create({ model, messages: [{ role: "user", content: "JSON please" }], max_tokens: 200, temperature: 0, response_format: { type: "json_object" } });
+    if (ok.choices[0]!.finish_reason === "stop") expect(typeof JSON.parse(ok.choices[0]!.message.content ?? "")).toBe("object");
+    const short = await openai.chat.completions.create({ model, messages: [{ role: "user", content: "JSON please" }], max_tokens: 2, temperature: 0, response_format: { type: "json_schema", json_schema: { name: "p", schema } } });
+    expect(short.choices[0]!.finish_reason).toBe("length");
+  });
+
+  test("Ollama format: a schema object and \"json\"", async () => {
+    const r = await ollama.chat({ model, messages: [{ role: "user", content: "A person" }], format: schema, options: { temperature: 0, num_predict: 200 } });
+    if (r.done_reason === "stop") expect(validate(JSON.parse(r.message.content))).toBe(true);
+    const j = await ollama.generate({ model, prompt: "JSON", format: "json", options: { temperature: 0, num_predict: 200 } });
+    if (j.done_reason === "stop") expect(typeof JSON.parse(j.response)).toBe("object");
+  });
+
+  test("an invalid schema is a 400 naming the offending part, and the server carries on", async () => {
+    const r = await fetch(`${server.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ model, messages: [{ role: "user", content: "x" }], response_format: { type: "json_schema", json_schema: { name: "x", schema: { type: "object", properties: { n: { type: "number", multipleOf: 2 } } } } } }),
+    });
+    expect(r.status).toBe(400);
+    const body = await r.json();
+    expect(body.error.message).toMatch(/multipleOf/);
+    expect(body.error.param).toMatch(/response_format/);
+    const after = await openai.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }], max_tokens: 3 });
+    expect(after.choices[0]!.message.content).toBeDefined();
+  });
+});
