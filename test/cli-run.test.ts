@@ -5,17 +5,12 @@ import { mkdtempSync, truncateSync, copyFileSync, mkdirSync, writeFileSync, stat
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { writeTinyModel } from "./helpers/tiny-model";
+import { cliRunner, mainScript as main } from "./helpers/cli";
 
 const root = mkdtempSync(join(tmpdir(), "mlx-cli-"));
 const model = join(root, "tiny");
-const main = join(import.meta.dir, "..", "src", "main.ts");
 const env = { ...process.env, MLX_HOME: join(root, "home"), NO_COLOR: "1" };
-
-async function mlx(args: string[], stdin?: string) {
-  const proc = Bun.spawn([process.execPath, main, ...args], { stdin: stdin === undefined ? "ignore" : new Blob([stdin]), stdout: "pipe", stderr: "pipe", env });
-  const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
-  return { stdout, stderr, code };
-}
+const mlx = cliRunner(join(root, "home"));
 
 beforeAll(() => writeTinyModel(model, { contextLength: 256 }));
 

@@ -14,6 +14,7 @@ import { defaultSampling, type SamplingParams } from "../src/engine/sampling";
 import { promptTokens } from "../src/engine/prompt";
 import { canonicalJson, createJsonConstraint, initGrammar, jsonSafeStrings, SchemaError, validateSchema, type JsonConstraint, type JsonFormat } from "../src/engine/grammar";
 import { writeTinyModel } from "./helpers/tiny-model";
+import { cliRunner } from "./helpers/cli";
 
 const root = mkdtempSync(join(tmpdir(), "mlx-grammar-"));
 const modelDir = join(root, "tiny");
@@ -258,13 +259,7 @@ describe("invalid or unsupported schemas are a clear error naming the offending 
 });
 
 // The CLI as users drive it.
-const main = join(import.meta.dir, "..", "src", "main.ts");
-const env = { ...process.env, MLX_HOME: join(root, "home"), NO_COLOR: "1" };
-async function mlx(args: string[], stdin?: string) {
-  const proc = Bun.spawn([process.execPath, main, ...args], { stdin: stdin === undefined ? "ignore" : new Blob([stdin]), stdout: "pipe", stderr: "pipe", env });
-  const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
-  return { stdout, stderr, code };
-}
+const mlx = cliRunner(join(root, "home"));
 
 describe("mlx run --schema / --format json, and /set format in mlx chat", () => {
   const schemaFile = join(root, "person.json");

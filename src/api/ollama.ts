@@ -1,7 +1,7 @@
 // The Ollama API's request shapes (/api/chat, /api/generate, /api/show) and their validation,
 // keep_alive durations, and the figures its final stream object carries.
 import type { FormatInput, MessageInput, PromptInput, SamplingInput } from "./common";
-import { Fields, ValidationError, unsupported } from "./validate";
+import { Fields, ValidationError, messageFields, unsupported } from "./validate";
 
 export interface OllamaRequest {
   model: string;
@@ -70,11 +70,7 @@ export function parseOllamaChat(body: unknown): OllamaRequest {
   const f = Fields.of(body);
   const raw = f.array("messages") ?? [];
   const messages: MessageInput[] = raw.map((item, i) => {
-    const at = `messages.${i}`;
-    if (item === null || typeof item !== "object" || Array.isArray(item)) throw new ValidationError(`'${at}' must be an object`, at);
-    const m = new Fields(item as Record<string, unknown>, at);
-    const role = m.string("role", { required: true })!;
-    if (!ROLES.has(role)) m.fail("role", `must be one of ${[...ROLES].join(", ")}; got '${role}'`);
+    const { m, at, role } = messageFields(item, i, ROLES);
     const images = m.array("images");
     if (images && images.length > 0) throw unsupported(`${at}.images`, "images");
     if (m.has("tool_calls")) throw unsupported(`${at}.tool_calls`, "tool calls");

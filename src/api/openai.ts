@@ -1,7 +1,7 @@
 // The OpenAI API's request and response shapes (chat completions, completions, models), the
 // validation of requests, and the builders of responses and stream chunks.
 import type { FormatInput, MessageInput, PromptInput, SamplingInput } from "./common";
-import { Fields, ValidationError, unsupported } from "./validate";
+import { Fields, ValidationError, messageFields, unsupported } from "./validate";
 
 export interface OpenAIRequest {
   model?: string;
@@ -101,11 +101,7 @@ export function parseChatRequest(body: unknown): OpenAIRequest {
   const f = Fields.of(body);
   const raw = f.array("messages", { required: true, nonEmpty: true })!;
   const messages: MessageInput[] = raw.map((item, i) => {
-    const at = `messages.${i}`;
-    if (item === null || typeof item !== "object" || Array.isArray(item)) throw new ValidationError(`'${at}' must be an object`, at);
-    const m = new Fields(item as Record<string, unknown>, at);
-    const role = m.string("role", { required: true })!;
-    if (!ROLES.has(role)) m.fail("role", `must be one of ${[...ROLES].join(", ")}; got '${role}'`);
+    const { m, at, role } = messageFields(item, i, ROLES);
     if (m.has("tool_calls")) throw unsupported(`${at}.tool_calls`, "tool calls");
     return { role: role === "developer" ? "system" : role, content: messageContent(m, at) };
   });

@@ -124,3 +124,13 @@ export class Fields {
     return (v as string[]).filter((s) => s.length > 0);
   }
 }
+
+/** One chat message's fields, checked to be an object with a known role (messages.<i>). */
+export function messageFields(item: unknown, i: number, roles: Set<string>): { m: Fields; at: string; role: string } {
+  const at = `messages.${i}`;
+  if (item === null || typeof item !== "object" || Array.isArray(item)) throw new ValidationError(`'${at}' must be an object`, at);
+  const m = new Fields(item as Record<string, unknown>, at);
+  const role = m.string("role", { required: true })!;
+  if (!roles.has(role)) m.fail("role", `must be one of ${[...roles].join(", ")}; got '${role}'`);
+  return { m, at, role };
+}
