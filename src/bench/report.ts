@@ -74,16 +74,16 @@ export function modelCsv(results: ModelBenchResult[], failures: ModelFailure[]):
   return csv(header, rows);
 }
 
+/** What identifies a measured model in the JSON reports. */
+function modelSummary(r: { model: string; path: string; format: string; architecture: string; quantization: string; sizeBytes: number }) {
+  return { model: r.model, path: r.path, format: r.format, architecture: r.architecture, quantization: r.quantization, size_bytes: r.sizeBytes };
+}
+
 export function modelJson(results: ModelBenchResult[], failures: ModelFailure[]) {
   return {
     mode: "model",
     models: results.map((r) => ({
-      model: r.model,
-      path: r.path,
-      format: r.format,
-      architecture: r.architecture,
-      quantization: r.quantization,
-      size_bytes: r.sizeBytes,
+      ...modelSummary(r),
       repetitions: r.repetitions,
       prompt_tokens: r.promptTokens,
       gen_tokens: r.genTokens,
@@ -147,12 +147,7 @@ export function suiteJson(results: SuiteModelResult[], failures: ModelFailure[],
   return {
     mode: "prompts",
     models: results.map((r) => ({
-      model: r.model,
-      path: r.path,
-      format: r.format,
-      architecture: r.architecture,
-      quantization: r.quantization,
-      size_bytes: r.sizeBytes,
+      ...modelSummary(r),
       passed: r.passed,
       checked: r.checked,
       prompt_tokens_per_second: { mean: r.promptTokensPerSecond.mean, sd: r.promptTokensPerSecond.sd },
