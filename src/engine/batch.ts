@@ -34,8 +34,19 @@ interface Sequence {
   processors: LogitsProcessor[];
   history: number[];
   generated: number;
-  /** The token to feed at the next decode step. */
+  /** The token to feed at the next decode step (when known on the host). */
   next: number;
+  /** Finished or removed: its rows in a step already built are ignored. */
+  done: boolean;
+}
+
+/** A decode step built and queued for evaluation, not read yet. */
+interface PendingStep {
+  rows: Sequence[];
+  /** [rows] sampled tokens and their log-probabilities, unevaluated until read. */
+  tokens: MxArray;
+  chosen: MxArray;
+  logprobs?: MxArray[];
 }
 
 interface Prefill {
@@ -59,6 +70,7 @@ export class BatchGenerator {
   readonly #waiting: Sequence[] = [];
   #prefill?: Prefill;
   #active: Sequence[] = [];
+  #ahead?: PendingStep;
   readonly #caches: BatchKVCache[];
 
   constructor(
@@ -83,7 +95,7 @@ export class BatchGenerator {
   add(id: string, request: SequenceRequest): void {
     if (request.promptIds.length === 0) throw new Error("empty prompt: nothing to generate from");
     const processors = [...(request.sampling.repetitionPenalty !== 1 ? [repetitionPenalty(request.sampling)] : []), ...(request.logitsProcessors ?? [])];
-    this.#waiting.push({ id, request, sample: makeSampler(request.sampling), processors, history: [], generated: 0, next: -1 });
+    this.#waiting.push({ id, request, sample: makeSampler(request.sampling), processors, history: [], generated: 0, next: -1, done: false });
   }
 
   /** Stops a sequence wherever it is (waiting, prefilling or decoding). */
@@ -96,12 +108,42 @@ export class BatchGenerator {
     }
     const row = this.#active.findIndex((s) => s.id === id);
     if (row >= 0) this.#dropRows([row]);
+    if (this.#active.length === 0) this.#discardAhead();
   }
 
-  /** One engine step: a chunk of a newcomer's prefill, then one decode step for the batch. */
+  /**
+   * One engine step: a chunk of a newcomer's prefill, then one decode step for the batch. Like
+   * mlx-lm, the next step is built from the last step's still-unevaluated tokens and queued
+   * before those are read, so MLX never waits on the host; sequences with logits processors
+   * need their previous token on the host first, and then the step is read at once.
+   */
   step(): SequenceEvent[] {
     this.#prefillChunk();
-    return this.#active.length > 0 ? this.#decode() : [];
+    const events: SequenceEvent[] = [];
+    const pipelined = this.#active.every((s) => s.processors.length === 0);
+    if (!pipelined && this.#ahead) events.push(...this.#read(this.#takeAhead()));
+    if (this.#active.length > 0) {
+      const next = this.#build();
+      mx.asyncEvaluate(next.tokens, next.chosen, ...(next.logprobs ?? []));
+      if (this.#ahead) events.push(...this.#read(this.#takeAhead(), next));
+      this.#ahead = next;
+      if (!pipelined) events.push(...this.#read(this.#takeAhead()));
+    }
+    if (this.#active.length === 0) this.#discardAhead();
+    return events;
+  }
+
+  #takeAhead(): PendingStep {
+    const ahead = this.#ahead!;
+    this.#ahead = undefined;
+    return ahead;
+  }
+
+  #discardAhead(): void {
+    const ahead = this.#ahead;
+    if (!ahead) return;
+    this.#ahead = undefined;
+    for (const t of [ahead.tokens, ahead.chosen, ...(ahead.logprobs ?? [])]) t.free();
   }
 
   #prefillChunk(): void {
@@ -139,45 +181,75 @@ export class BatchGenerator {
     this.#prefill = undefined;
   }
 
-  #decode(): SequenceEvent[] {
-    const batch = this.#active;
-    for (const s of batch) s.history.push(s.next);
-    const rows = mx.scope(() => {
-      const input = mx.array(Int32Array.from(batch, (s) => s.next), [batch.length, 1]);
-      const hidden = this.model.layers(this.model.embed(input), this.#caches);
+  /** Builds one decode step for the active sequences; inputs come from the step ahead where it has them. */
+  #build(): PendingStep {
+    const batch = [...this.#active];
+    const ahead = this.#ahead;
+    const fromAhead = batch.map((s) => (ahead ? ahead.rows.indexOf(s) : -1));
+    // Tokens known on the host are fed now; those still in the step ahead when it is read.
+    batch.forEach((s, b) => {
+      if (fromAhead[b]! < 0) s.history.push(s.next);
+    });
+    const wantLogprobs = batch.some((s) => s.request.keepLogprobs);
+    return mx.scope(() => {
+      const host = mx.array(Uint32Array.from(batch, (s, b) => (fromAhead[b]! < 0 ? s.next : 0)));
+      let input = host;
+      if (ahead && fromAhead.some((i) => i >= 0)) {
+        const previous = ahead.rows.length;
+        const pick = mx.array(Int32Array.from(fromAhead, (i, b) => (i >= 0 ? i : previous + b)));
+        input = mx.take(mx.concatenate([mx.astype(ahead.tokens, mx.Dtype.uint32), host], 0), pick, 0);
+      }
+      const hidden = this.model.layers(this.model.embed(mx.reshape(input, [batch.length, 1])), this.#caches);
       const logits = mx.reshape(this.model.head(hidden), [batch.length, -1]);
-      return batch.map((s, b) => {
+      const rows = batch.map((s, b) => {
         let row = mx.slice(logits, [b, 0], [b + 1, logits.shape[1]!]);
         for (const process of s.processors) row = process(s.history, row);
         const logprobs = mx.subtract(row, mx.logsumexp(row, undefined, true));
         const token = s.sample(logprobs);
-        return { token, chosen: mx.takeAlongAxis(logprobs, mx.reshape(token, [1, 1]), -1), logprobs };
+        return { token, chosen: mx.reshape(mx.takeAlongAxis(logprobs, mx.reshape(token, [1, 1]), -1), [1]), logprobs };
       });
+      return {
+        rows: batch,
+        tokens: mx.concatenate(rows.map((r) => mx.astype(r.token, mx.Dtype.uint32)), 0),
+        chosen: mx.concatenate(rows.map((r) => r.chosen), 0),
+        logprobs: wantLogprobs ? rows.map((r) => mx.squeeze(r.logprobs, 0)) : undefined,
+      };
     });
-    mx.evaluate(...rows.flatMap((r) => [r.token, r.chosen]), ...this.#caches.flatMap((c) => c.state));
+  }
+
+  /** Reads a step's tokens into events; `fedBy` is the step already built on top of it, if any. */
+  #read(step: PendingStep, fedBy?: PendingStep): SequenceEvent[] {
+    const tokens = step.tokens.toArray();
+    const chosen = step.chosen.toArray();
     const events: SequenceEvent[] = [];
-    const finished: number[] = [];
-    batch.forEach((s, b) => {
-      const r = rows[b]!;
-      const token = r.token.item();
-      const event: SequenceEvent = { id: s.id, token, logprob: r.chosen.item() };
-      r.token.free();
-      r.chosen.free();
-      if (s.request.keepLogprobs) event.logprobs = mx.squeeze(r.logprobs, 0);
-      r.logprobs.free();
+    const finished: Sequence[] = [];
+    step.rows.forEach((s, b) => {
+      const row = step.logprobs?.[b];
+      if (s.done) return row?.free();
+      const token = tokens[b]!;
+      const event: SequenceEvent = { id: s.id, token, logprob: chosen[b]! };
+      if (row) {
+        if (s.request.keepLogprobs) event.logprobs = row;
+        else row.free();
+      }
       s.generated++;
       s.next = token;
+      // The step built on top of this one has already put this token in the cache.
+      if (fedBy?.rows.includes(s)) s.history.push(token);
       if (s.generated >= s.request.maxTokens) {
         event.finished = "length";
-        finished.push(b);
+        finished.push(s);
       }
       events.push(event);
     });
-    if (finished.length > 0) this.#dropRows(finished);
+    step.tokens.free();
+    step.chosen.free();
+    if (finished.length > 0) this.#dropRows(finished.map((s) => this.#active.indexOf(s)).filter((i) => i >= 0));
     return events;
   }
 
   #dropRows(rows: number[]): void {
+    for (const row of rows) this.#active[row]!.done = true;
     // What a leaving sequence computed (its prompt and answer) may start a follow-up request.
     const cache = this.options.prefixCache;
     if (cache) for (const row of rows) cache.insert(this.#active[row]!.history, this.#caches, row, this.#caches[0]!.leftPadding[row]);
@@ -187,6 +259,7 @@ export class BatchGenerator {
   }
 
   dispose(): void {
+    this.#discardAhead();
     if (this.#prefill) freeCaches(this.#prefill.caches);
     for (const c of this.#caches) c.free();
   }
