@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { writeTinyModel } from "./helpers/tiny-model";
 import { checkAnswer, compileRegex, extractJson, parsePromptFile, readSchemaFile } from "../src/bench/suite";
 import { percentile, sd, summarize } from "../src/bench/stats";
-import { wellFormed } from "./bench-svg";
+import { wellFormed } from "./helpers/svg";
 
 const root = mkdtempSync(join(tmpdir(), "mlx-bench-"));
 const tiny = join(root, "tiny");

@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Server } from "bun";
 import { sseEvents, serverBase, summarizeLevel } from "../src/bench/server";
-import { wellFormed } from "./bench-svg";
+import { wellFormed } from "./helpers/svg";
 
 const root = mkdtempSync(join(tmpdir(), "mlx-bench-server-"));
 const main = join(import.meta.dir, "..", "src", "main.ts");
