@@ -47,6 +47,11 @@ export function json(value: unknown): string {
 
 // ---- model mode ------------------------------------------------------------------------
 
+/** The speed and memory cells both tables show for a model. */
+function speedCells(r: Pick<ModelBenchResult, "promptTokensPerSecond" | "generationTokensPerSecond" | "timeToFirstTokenSeconds" | "peakMemoryBytes">): string[] {
+  return [meanSd(r.promptTokensPerSecond), meanSd(r.generationTokensPerSecond), ms(r.timeToFirstTokenSeconds), formatBytes(r.peakMemoryBytes)];
+}
+
 export function modelTable(results: ModelBenchResult[], failures: ModelFailure[]): string {
   const any = results[0];
   const pp = `pp${any?.promptTokens ?? ""} tokens/s`;
@@ -56,10 +61,7 @@ export function modelTable(results: ModelBenchResult[], failures: ModelFailure[]
     r.format,
     r.quantization,
     formatBytes(r.sizeBytes),
-    meanSd(r.promptTokensPerSecond),
-    meanSd(r.generationTokensPerSecond),
-    ms(r.timeToFirstTokenSeconds),
-    formatBytes(r.peakMemoryBytes),
+    ...speedCells(r),
   ]);
   for (const f of failures) rows.push([f.model, "-", "-", "-", "failed", "failed", "-", "-"]);
   const header = ["model", "format", "quantization", "size", pp, tg, "first token (ms)", "peak memory"];
@@ -111,10 +113,7 @@ export function suiteTables(results: SuiteModelResult[], failures: ModelFailure[
     r.model,
     r.quantization,
     formatBytes(r.sizeBytes),
-    meanSd(r.promptTokensPerSecond),
-    meanSd(r.generationTokensPerSecond),
-    ms(r.timeToFirstTokenSeconds),
-    formatBytes(r.peakMemoryBytes),
+    ...speedCells(r),
     r.checked > 0 ? `${r.passed}/${r.checked}` : "-",
   ]);
   for (const f of failures) rows.push([f.model, "-", "-", "failed", "failed", "-", "-", "-"]);
