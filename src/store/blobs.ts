@@ -1,9 +1,10 @@
 // The content-addressed half of the store: <root>/blobs/sha256-<hex>. A blob is only ever
 // created by renaming a complete, hashed file into place, so a name always matches its bytes
 // unless the disk itself corrupts them (which `mlx verify` finds).
-import { copyFile, mkdir, open, rename, stat, unlink } from "node:fs/promises";
+import { copyFile, mkdir, rename, stat, unlink } from "node:fs/promises";
 import { dirname } from "node:path";
 import { blobPath, tempPathIn, tmpDir } from "./paths";
+import { syncToDisk } from "./sync";
 
 export interface BlobRef {
   sha256: string;
@@ -48,7 +49,7 @@ export async function addBlob(path: string, { move = false } = {}): Promise<Blob
   }
   const dest = blobPath(ref.sha256);
   await mkdir(dirname(dest), { recursive: true });
-  await fsync(path);
+  await syncToDisk(path);
   await rename(path, dest);
   return ref;
 }
@@ -59,12 +60,3 @@ export async function removeBlob(sha256: string): Promise<void> {
   });
 }
 
-/** So a crash right after the rename cannot leave a complete-looking blob with missing data. */
-async function fsync(path: string): Promise<void> {
-  const handle = await open(path, "r+");
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}

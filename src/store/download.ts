@@ -4,6 +4,7 @@
 // only once its size and SHA-256 check out.
 import { mkdir, open, rename, stat, truncate, unlink } from "node:fs/promises";
 import { dirname } from "node:path";
+import { syncToDisk } from "./sync";
 
 export interface DownloadProgress {
   /** Bytes on disk so far, including any resumed from an earlier attempt. */
@@ -220,13 +221,8 @@ class PartialFile {
   }
 
   /** fsync before rename, so a crash cannot leave a complete-looking name over missing data. */
-  async flushToDisk(): Promise<void> {
-    const handle = await open(this.path, "a");
-    try {
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
+  flushToDisk(): Promise<void> {
+    return syncToDisk(this.path);
   }
 
   async remove(): Promise<void> {

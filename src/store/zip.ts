@@ -8,6 +8,7 @@ import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { crc32, createInflateRaw } from "node:zlib";
 import { tempPathIn, tmpDir as storeTmpDir } from "./paths";
+import { syncToDisk } from "./sync";
 
 export interface ZipEntry {
   name: string;
@@ -88,7 +89,7 @@ export async function extractZipMember(
     if (written.size !== entry.uncompressedSize || written.crc32 !== entry.crc32) {
       throw corrupt(zipPath, `member '${memberName}' does not match its recorded size and CRC-32`);
     }
-    await fsync(tmpPath);
+    await syncToDisk(tmpPath);
     const finalPath = typeof dest === "string" ? dest : dest(written.sha256);
     await mkdir(dirname(finalPath), { recursive: true });
     await rename(tmpPath, finalPath);
@@ -239,14 +240,6 @@ async function readAt(zip: FileHandle, position: number, length: number): Promis
   return buffer.subarray(0, filled);
 }
 
-async function fsync(path: string): Promise<void> {
-  const handle = await open(path, "a");
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
 
 function explainStreamError(error: unknown, zipPath: string, member: string, tmpPath: string): Error {
   if (error instanceof ZipError) return error;
