@@ -12,7 +12,7 @@ import { freeCaches, makeCaches } from "../src/models";
 import { complete, type CompletionResult } from "../src/engine/completion";
 import { defaultSampling, type SamplingParams } from "../src/engine/sampling";
 import { promptTokens } from "../src/engine/prompt";
-import { canonicalJson, createJsonConstraint, initGrammar, jsonSafeStrings, SchemaError, validateSchema, type JsonConstraint, type JsonFormat } from "../src/engine/grammar";
+import { canonicalJson, createJsonConstraint, initGrammar, jsonSafeStrings, SchemaError, validateSchema, type GrammarConstraint, type JsonFormat } from "../src/engine/grammar";
 import { writeTinyModel } from "./helpers/tiny-model";
 import { cliRunner } from "./helpers/cli";
 
@@ -27,10 +27,10 @@ beforeAll(async () => {
   await initGrammar();
 });
 
-function generate(format: JsonFormat | JsonConstraint, sampling: Partial<SamplingParams>, maxTokens = 200, prompt = "Answer in JSON.") {
+function generate(format: JsonFormat | GrammarConstraint, sampling: Partial<SamplingParams>, maxTokens = 200, prompt = "Answer in JSON.") {
   return (async () => {
     const given = typeof format === "object" && "processor" in format;
-    const constraint = given ? (format as JsonConstraint) : await createJsonConstraint(lm.tokenizer, format as JsonFormat);
+    const constraint = given ? (format as GrammarConstraint) : await createJsonConstraint(lm.tokenizer, format as JsonFormat);
     const caches = makeCaches(lm.model);
     try {
       const stream = complete(lm, caches, promptTokens(lm.tokenizer, prompt), { sampling: { ...defaultSampling, ...sampling }, maxTokens, logitsProcessors: [constraint.processor] });

@@ -1,5 +1,8 @@
 // What both API families reduce a request to, before the server applies model defaults.
 import type { JsonFormat } from "../engine/grammar";
+import type { ConversationMessage } from "../engine/tools";
+
+export type { ToolRequest } from "../engine/tools";
 
 /** Structured output asked for, and the request field that asked (for error messages). */
 export interface FormatInput {
@@ -24,10 +27,5 @@ export interface SamplingInput {
   logitBias?: Map<number, number>;
 }
 
-export interface MessageInput {
-  role: string;
-  content: string;
-}
-
 /** The prompt: chat messages (through the model's template), raw text, or token ids. */
-export type PromptInput = { kind: "chat"; messages: MessageInput[] } | { kind: "text"; text: string; template: boolean; system?: string } | { kind: "ids"; ids: number[] };
+export type PromptInput = { kind: "chat"; messages: ConversationMessage[] } | { kind: "text"; text: string; template: boolean; system?: string } | { kind: "ids"; ids: number[] };

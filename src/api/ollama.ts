@@ -1,6 +1,8 @@
 // The Ollama API's request shapes (/api/chat, /api/generate, /api/show) and their validation,
 // keep_alive durations, and the figures its final stream object carries.
-import type { FormatInput, MessageInput, PromptInput, SamplingInput } from "./common";
+import type { ConversationMessage } from "../engine/tools";
+import type { FormatInput, PromptInput, SamplingInput, ToolRequest } from "./common";
+import { parseToolCalls, toolRequest, toolResultName } from "./tools";
 import { Fields, ValidationError, messageFields, unsupported } from "./validate";
 
 export interface OllamaRequest {
@@ -17,6 +19,8 @@ export interface OllamaRequest {
   /** /api/generate's context: token ids of an earlier exchange to continue. */
   context?: number[];
   format?: FormatInput;
+  /** /api/chat's tools (the model decides whether to call them). */
+  tools?: ToolRequest;
 }
 
 /** Ollama's documented defaults, used when a request does not set an option. */
@@ -52,8 +56,6 @@ function options(f: Fields): Pick<OllamaRequest, "maxTokens" | "sampling" | "sto
 function common(f: Fields): Omit<OllamaRequest, "prompt" | "context"> {
   const model = f.string("model", { required: true, nonEmpty: true })!;
   const format = ollamaFormat(f.raw("format"));
-  const tools = f.array("tools");
-  if (tools && tools.length > 0) throw unsupported("tools");
   if (f.raw("think") === true) throw unsupported("think");
   return { model, stream: f.boolean("stream") ?? true, keepAlive: keepAlive(f), format, ...options(f) };
 }
@@ -69,15 +71,21 @@ function ollamaFormat(value: unknown): FormatInput | undefined {
 export function parseOllamaChat(body: unknown): OllamaRequest {
   const f = Fields.of(body);
   const raw = f.array("messages") ?? [];
-  const messages: MessageInput[] = raw.map((item, i) => {
+  const messages: ConversationMessage[] = [];
+  raw.forEach((item, i) => {
     const { m, at, role } = messageFields(item, i, ROLES);
     const images = m.array("images");
     if (images && images.length > 0) throw unsupported(`${at}.images`, "images");
-    if (m.has("tool_calls")) throw unsupported(`${at}.tool_calls`, "tool calls");
-    return { role, content: m.string("content") ?? "" };
+    const message: ConversationMessage = { role, content: m.string("content") ?? "" };
+    if (role === "assistant") message.toolCalls = parseToolCalls(m, "object");
+    if (role === "tool") {
+      message.toolCallId = m.string("tool_call_id");
+      message.toolName = m.string("tool_name") ?? m.string("name") ?? (message.toolCallId && toolResultName(messages, message.toolCallId));
+    }
+    messages.push(message);
   });
   const c = common(f);
-  return { ...c, prompt: messages.length > 0 ? { kind: "chat", messages } : undefined };
+  return { ...c, prompt: messages.length > 0 ? { kind: "chat", messages } : undefined, tools: toolRequest(f, { withChoice: false }) };
 }
 
 export function parseOllamaGenerate(body: unknown): OllamaRequest {
@@ -93,6 +101,7 @@ export function parseOllamaGenerate(body: unknown): OllamaRequest {
   context?.forEach((t, i) => {
     if (!Number.isInteger(t) || (t as number) < 0) throw new ValidationError(`'context.${i}' must be a token id`, `context.${i}`);
   });
+  if (f.has("tools")) throw unsupported("tools", "'tools' on /api/generate (use /api/chat)");
   const c = common(f);
   return { ...c, prompt: prompt ? { kind: "text", text: prompt, template: !raw, system } : undefined, context: context as number[] | undefined };
 }

@@ -1,6 +1,8 @@
 // The OpenAI API's request and response shapes (chat completions, completions, models), the
 // validation of requests, and the builders of responses and stream chunks.
-import type { FormatInput, MessageInput, PromptInput, SamplingInput } from "./common";
+import type { ConversationMessage } from "../engine/tools";
+import type { FormatInput, PromptInput, SamplingInput, ToolRequest } from "./common";
+import { parseToolCalls, toolRequest, toolResultName } from "./tools";
 import { Fields, ValidationError, messageFields, unsupported } from "./validate";
 
 export interface OpenAIRequest {
@@ -15,6 +17,7 @@ export interface OpenAIRequest {
   logprobs: boolean;
   topLogprobs: number;
   format?: FormatInput;
+  tools?: ToolRequest;
 }
 
 const ROLES = new Set(["system", "developer", "user", "assistant", "tool"]);
@@ -43,9 +46,7 @@ function commonFields(f: Fields): Omit<OpenAIRequest, "prompt" | "logprobs" | "t
   };
   const stop = f.stop("stop");
   const format = responseFormat(f);
-  const tools = f.array("tools");
-  if (tools && tools.length > 0) throw unsupported("tools");
-  if (f.has("functions")) throw unsupported("functions");
+  if (f.has("functions")) throw unsupported("functions", "'functions' (use 'tools')");
   return { model: f.string("model", { nonEmpty: true }), stream, includeUsage, maxTokens, sampling, stop, format };
 }
 
@@ -100,21 +101,32 @@ function messageContent(m: Fields, at: string): string {
 export function parseChatRequest(body: unknown): OpenAIRequest {
   const f = Fields.of(body);
   const raw = f.array("messages", { required: true, nonEmpty: true })!;
-  const messages: MessageInput[] = raw.map((item, i) => {
+  const messages: ConversationMessage[] = [];
+  raw.forEach((item, i) => {
     const { m, at, role } = messageFields(item, i, ROLES);
-    if (m.has("tool_calls")) throw unsupported(`${at}.tool_calls`, "tool calls");
-    return { role: role === "developer" ? "system" : role, content: messageContent(m, at) };
+    const message: ConversationMessage = { role: role === "developer" ? "system" : role, content: messageContent(m, at) };
+    if (role === "assistant") message.toolCalls = parseToolCalls(m, "json-text");
+    if (role === "tool") {
+      message.toolCallId = m.string("tool_call_id", { required: true, nonEmpty: true });
+      message.toolName = m.string("name") ?? toolResultName(messages, message.toolCallId!);
+    }
+    messages.push(message);
   });
   const common = commonFields(f);
+  const tools = toolRequest(f, { withChoice: true });
+  if (tools && tools.choice !== "auto" && tools.choice !== "none" && common.format) {
+    throw new ValidationError("'response_format' cannot be combined with a 'tool_choice' that requires a call", "response_format");
+  }
   const logprobs = f.boolean("logprobs") ?? false;
   const topLogprobs = f.integer("top_logprobs", { min: 0, max: 20 }) ?? 0;
   if (topLogprobs > 0 && !logprobs) throw new ValidationError("'top_logprobs' needs 'logprobs' set to true", "top_logprobs");
-  return { ...common, prompt: { kind: "chat", messages }, logprobs, topLogprobs };
+  return { ...common, prompt: { kind: "chat", messages }, logprobs, topLogprobs, tools };
 }
 
 export function parseCompletionRequest(body: unknown): OpenAIRequest {
   const f = Fields.of(body);
   const common = commonFields(f);
+  if (f.has("tools")) throw unsupported("tools", "'tools' on /v1/completions (use /v1/chat/completions)");
   if (f.boolean("echo")) throw unsupported("echo");
   if (f.has("suffix")) throw unsupported("suffix");
   const bestOf = f.integer("best_of", { min: 1 });

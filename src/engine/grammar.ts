@@ -3,11 +3,12 @@
 // over the model's vocabulary; at each step its allowed-token bitmask becomes one boolean
 // array and one mx.where that sets every other logit to -inf. When the JSON is complete only
 // the end-of-sequence tokens stay allowed, so generation ends with finish reason "stop".
+// Other grammars (tool calls, see tools/) go through createGrammarConstraint as EBNF.
 //
 // Use: `const c = await createJsonConstraint(tokenizer, { schema })`, pass `c.processor` in
 // `logitsProcessors`, `c.dispose()` when the sequence is done. Each constraint carries its own
 // matcher, so sequences are constrained independently; compiled grammars are cached per
-// tokenizer and schema.
+// tokenizer and grammar.
 import Ajv, { type ErrorObject } from "ajv";
 import type * as XG from "@mlc-ai/web-xgrammar";
 // The library's text, evaluated by us (see loadInstance): one WASM instance per evaluation.
@@ -20,10 +21,10 @@ import type { LogitsProcessor } from "./sampling";
 /** "json": any JSON object. A schema: JSON matching it (`strict`, default true: no properties or items the schema does not name). */
 export type JsonFormat = "json" | { schema: object; strict?: boolean };
 
-export interface JsonConstraint {
+export interface GrammarConstraint {
   /** The logits processor for tokenLoop / complete(); it follows the sequence's history itself. */
   processor: LogitsProcessor;
-  /** Whether the text generated so far is a complete JSON value of the grammar. */
+  /** Whether the text generated so far is complete under the grammar. */
   accepted(): boolean;
   /** Frees the matcher (the constraint must not be used afterwards). Safe to call twice. */
   dispose(): void;
@@ -161,7 +162,7 @@ export async function validateSchema(schema: unknown, { strict = true }: { stric
   if (known === true) return;
   if (known) throw known;
   try {
-    checkWithAjv(schema);
+    checkJsonSchema(schema);
     walkSchema(schema as Record<string, unknown>, "");
     const inst = await instance();
     await guarded(inst, "unsupported schema", () => inst.xg.Testings._jsonSchemaToEBNF(JSON.stringify(schema), false, -1, undefined, strict));
@@ -173,7 +174,8 @@ export async function validateSchema(schema: unknown, { strict = true }: { stric
   }
 }
 
-function checkWithAjv(schema: object): void {
+/** Throws a SchemaError unless `schema` is JSON Schema at all (whether it can be enforced is validateSchema's question). */
+export function checkJsonSchema(schema: object): void {
   const { $schema: _ignored, ...rest } = schema as Record<string, unknown>; // drafts ajv's default build lacks
   if (!ajv.validateSchema(rest)) throw new SchemaError(`invalid schema: ${ajvMessage(ajv.errors ?? [])}`);
   try {
@@ -300,20 +302,38 @@ function prependsSpace(tokenizer: Tokenizer): boolean {
   return first !== undefined && (tokenizer.idToToken(first) ?? "").startsWith("\u2581");
 }
 
-function compiledGrammar(t: TokenizerGrammars, format: JsonFormat): Promise<XG.CompiledGrammar> {
-  const key = format === "json" ? "json" : `${format.strict ?? true}:${canonicalJson(format.schema)}`;
-  let grammar = t.compiled.get(key);
+/**
+ * A grammar for the constraint to follow: EBNF text (made on demand, then compiled once per
+ * tokenizer and `key`) and the rule it starts from. JSON formats and tool calls both reduce to it.
+ */
+export interface GrammarSource {
+  key: string;
+  ebnf: () => Promise<string>;
+  root?: string;
+}
+
+function compiledGrammar(t: TokenizerGrammars, source: GrammarSource): Promise<XG.CompiledGrammar> {
+  let grammar = t.compiled.get(source.key);
   if (!grammar) {
-    // "json" is any object, laid out on one line like a schema's output.
-    const [schema, strict] = format === "json" ? ['{"type":"object"}', false] : [JSON.stringify(format.schema), format.strict ?? true];
-    grammar = guarded(t.inst, "unsupported schema", async () => {
-      const ebnf = await t.inst.xg.Testings._jsonSchemaToEBNF(schema, false, -1, undefined, strict);
-      return t.compiler.compileGrammar(jsonSafeStrings(ebnf));
-    });
-    t.compiled.set(key, grammar);
-    grammar.catch(() => t.compiled.delete(key));
+    grammar = source.ebnf().then((ebnf) => guarded(t.inst, "unsupported grammar", () => t.compiler.compileGrammar(ebnf, source.root ?? "root")));
+    t.compiled.set(source.key, grammar);
+    grammar.catch(() => t.compiled.delete(source.key));
   }
   return grammar;
+}
+
+/** A JSON Schema as EBNF whose `root` rule is one JSON value matching it, on one line. */
+export async function schemaEbnf(schema: object, strict: boolean): Promise<string> {
+  const inst = await instance();
+  const ebnf = await guarded(inst, "unsupported schema", () => inst.xg.Testings._jsonSchemaToEBNF(JSON.stringify(schema), false, -1, undefined, strict));
+  return jsonSafeStrings(ebnf);
+}
+
+/** The grammar of a JSON format ("json" is any object, laid out on one line like a schema's output). */
+function jsonGrammar(format: JsonFormat): GrammarSource {
+  if (format === "json") return { key: "json", ebnf: () => schemaEbnf({ type: "object" }, false) };
+  const strict = format.strict ?? true;
+  return { key: `${strict}:${canonicalJson(format.schema)}`, ebnf: () => schemaEbnf(format.schema, strict) };
 }
 
 /**
@@ -334,7 +354,15 @@ export function jsonSafeStrings(ebnf: string): string {
 const JSON_UNSAFE = '\\0-\\x1f"\\\\'; // as EBNF class members: \0-\x1f " \\
 
 function jsonSafeLine(line: string): string {
-  let out = "";
+  return ebnfPieces(line)
+    .map(({ text, literal }) => (literal && text.startsWith("[") ? jsonSafeClass(text) : text))
+    .join("");
+}
+
+/** An EBNF line cut into string literals and character classes (`literal`) and the rest. */
+function ebnfPieces(line: string): { text: string; literal: boolean }[] {
+  const pieces: { text: string; literal: boolean }[] = [];
+  let plain = "";
   for (let i = 0; i < line.length; ) {
     const c = line[i]!;
     if (c === '"' || c === "[") {
@@ -342,15 +370,29 @@ function jsonSafeLine(line: string): string {
       let j = i + 1;
       if (c === "[" && line[j] === "^") j++;
       while (j < line.length && line[j] !== close) j += line[j] === "\\" ? 2 : 1;
-      const part = line.slice(i, j + 1);
-      out += c === "[" ? jsonSafeClass(part) : part;
+      if (plain) pieces.push({ text: plain, literal: false });
+      plain = "";
+      pieces.push({ text: line.slice(i, j + 1), literal: true });
       i = j + 1;
     } else {
-      out += c;
+      plain += c;
       i++;
     }
   }
-  return out;
+  if (plain) pieces.push({ text: plain, literal: false });
+  return pieces;
+}
+
+/** EBNF with every rule name prefixed, so several grammars' rules can live in one. */
+export function prefixRules(ebnf: string, prefix: string): string {
+  return ebnf
+    .split("\n")
+    .map((line) =>
+      ebnfPieces(line)
+        .map(({ text, literal }) => (literal ? text : text.replace(/\b[A-Za-z_][A-Za-z0-9_]*\b/g, (name) => prefix + name)))
+        .join(""),
+    )
+    .join("\n");
 }
 
 function jsonSafeClass(cls: string): string {
@@ -366,17 +408,22 @@ function jsonSafeClass(cls: string): string {
  * A JSON constraint for one sequence on `tokenizer`'s model: "json" for any JSON object, or
  * `{ schema }` for a JSON Schema (validated first: a SchemaError names what is wrong).
  */
-export async function createJsonConstraint(tokenizer: Tokenizer, format: JsonFormat): Promise<JsonConstraint> {
+export async function createJsonConstraint(tokenizer: Tokenizer, format: JsonFormat): Promise<GrammarConstraint> {
   if (format !== "json") await validateSchema(format.schema, { strict: format.strict });
+  return createGrammarConstraint(tokenizer, jsonGrammar(format));
+}
+
+/** A constraint for one sequence on `tokenizer`'s model that follows any grammar. */
+export async function createGrammarConstraint(tokenizer: Tokenizer, source: GrammarSource): Promise<GrammarConstraint> {
   const t = await grammarsFor(tokenizer);
-  const grammar = await compiledGrammar(t, format);
+  const grammar = await compiledGrammar(t, source);
   const matcher = await t.inst.xg.GrammarMatcher.createGrammarMatcher(grammar, t.stopIds);
   return new Constraint(t, matcher);
 }
 
 const words = (vocab: number) => Math.ceil(vocab / 32);
 
-class Constraint implements JsonConstraint {
+class Constraint implements GrammarConstraint {
   private history: readonly number[] | undefined;
   private seen = 0;
   private mask: Uint8Array | undefined;
@@ -391,7 +438,7 @@ class Constraint implements JsonConstraint {
   }
 
   private process(history: readonly number[], logits: MxArray): MxArray {
-    if (this.disposed) throw new Error("this JSON constraint was disposed");
+    if (this.disposed) throw new Error("this grammar constraint was disposed");
     // The first step sees the prompt: the grammar starts after it. Later steps may pass the
     // same growing array or a fresh copy; either way the tokens past `seen` are new.
     if (!this.history) this.seen = history.length;
@@ -410,7 +457,7 @@ class Constraint implements JsonConstraint {
     for (; this.seen < history.length; this.seen++) {
       if (this.matcher.isTerminated()) continue;
       const token = history[this.seen]!;
-      if (!this.matcher.acceptToken(token)) throw new Error(`the JSON grammar rejected token ${token}: it was sampled despite the mask`);
+      if (!this.matcher.acceptToken(token)) throw new Error(`the grammar rejected token ${token}: it was sampled despite the mask`);
     }
   }
 

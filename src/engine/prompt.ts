@@ -10,9 +10,9 @@ export function promptTokens(tokenizer: Tokenizer, prompt: string, o: { system?:
   return chatTokens(tokenizer, messages);
 }
 
-/** A conversation rendered with the chat template, ready for the assistant's turn. */
-export function chatTokens(tokenizer: Tokenizer, messages: ChatMessage[]): number[] {
-  const text = tokenizer.applyChatTemplate(messages, { addGenerationPrompt: true });
+/** A conversation rendered with the chat template (with the tools offered, if any), ready for the assistant's turn. */
+export function chatTokens(tokenizer: Tokenizer, messages: ChatMessage[], tools?: unknown[]): number[] {
+  const text = tokenizer.applyChatTemplate(messages, { addGenerationPrompt: true, tools });
   // The template already wrote any BOS token, so none is added here (as transformers does).
   return tokenizer.encode(text, { addSpecialTokens: false });
 }

@@ -3,8 +3,9 @@
 // logits processors, and submit to the model's engine with a signal that fires on client
 // disconnect or the request timeout. Also the per-request figures that feed /metrics.
 import * as mx from "../mlx";
-import type { FormatInput, MessageInput, PromptInput, SamplingInput } from "../api/common";
-import { createJsonConstraint, SchemaError, type JsonConstraint } from "../engine/grammar";
+import type { FormatInput, PromptInput, SamplingInput } from "../api/common";
+import { createJsonConstraint, SchemaError, type GrammarConstraint } from "../engine/grammar";
+import { createToolCallConstraint, offeredTools, requiredFunctions, templateInput, toolTemplate, type ToolCallFormat, type ToolRequest, type ToolSpec } from "../engine/tools";
 import { ValidationError } from "../api/validate";
 import { checkContext } from "../engine/completion";
 import { chatTokens, promptTokens } from "../engine/prompt";
@@ -32,6 +33,8 @@ export interface GenerateInput {
   topLogprobs: number;
   /** Structured output to enforce while sampling. */
   format?: FormatInput;
+  /** Functions the model may (or must) call; chat prompts only. */
+  tools?: ToolRequest;
   /** Aborts when the client goes away. */
   clientSignal: AbortSignal;
   timeoutMs: number;
@@ -41,6 +44,8 @@ export interface Generation {
   lease: Lease;
   lm: LoadedModel;
   promptIds: number[];
+  /** Set when the model was offered tools: how to read its calls out of the answer. */
+  toolFormat?: ToolCallFormat;
   events: AsyncIterable<GenerationEvent>;
   timedOut: () => boolean;
   /** Stops the generation (client gone). */
@@ -54,12 +59,19 @@ export interface GenerationContext {
   metrics: ServerMetrics;
 }
 
-/** The grammar for a request's format; a schema xgrammar or ajv refuses is the client's 400. */
-async function jsonConstraint(lm: LoadedModel, input: FormatInput): Promise<JsonConstraint> {
+/**
+ * The grammar the answer must follow: the request's JSON format, or calls when the request
+ * requires one. A schema xgrammar or ajv refuses is the client's 400.
+ */
+async function grammarConstraint(lm: LoadedModel, input: GenerateInput, toolFormat: ToolCallFormat | undefined): Promise<GrammarConstraint | undefined> {
+  const functions = toolFormat && input.tools && requiredFunctions(input.tools);
+  const param = functions ? "tools" : input.format?.param;
   try {
-    return await createJsonConstraint(lm.tokenizer, input.format);
+    if (functions) return await createToolCallConstraint(lm.tokenizer, toolFormat, functions, input.tools!.parallel);
+    if (input.format) return await createJsonConstraint(lm.tokenizer, input.format.format);
+    return undefined;
   } catch (error) {
-    if (error instanceof SchemaError) throw badRequest(error.message, input.param);
+    if (error instanceof SchemaError) throw badRequest(error.message, param ?? null);
     throw error;
   }
 }
@@ -68,7 +80,9 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
   const lease = await ctx.models.acquire(input.model, input.keepAliveMs);
   try {
     const lm = lease.entry.lm;
-    const promptIds = [...(input.prefixIds ?? []), ...tokenize(lm.tokenizer, input.prompt)];
+    const offered = offeredTools(input.tools);
+    const toolFormat = offered && toolTemplate(lm.tokenizer.chatTemplate).format;
+    const promptIds = [...(input.prefixIds ?? []), ...tokenize(lm.tokenizer, input.prompt, offered)];
     if (promptIds.length === 0) throw badRequest("the prompt is empty", "prompt");
     const vocab = lm.config.vocabSize;
     const badId = promptIds.find((id) => id >= vocab);
@@ -80,7 +94,7 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
       throw badRequest(`max_tokens is ${input.maxTokens}, more than the model's context of ${context} tokens`, "max_tokens");
     const maxTokens = Math.min(input.maxTokens ?? room, room);
     const sampling = settleSampling(input.sampling, input.defaults);
-    const constraint = input.format && (await jsonConstraint(lm, input.format));
+    const constraint = await grammarConstraint(lm, input, toolFormat);
     const processors = [...(logitsProcessors(input.sampling, promptIds.length, vocab) ?? []), ...(constraint ? [constraint.processor] : [])];
 
     const controller = new AbortController();
@@ -107,6 +121,7 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
       lease,
       lm,
       promptIds,
+      toolFormat,
       events,
       timedOut: () => timedOut,
       abort: () => controller.abort(),
@@ -134,7 +149,7 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
   }
 }
 
-function tokenize(tokenizer: Tokenizer, prompt: PromptInput): number[] {
+function tokenize(tokenizer: Tokenizer, prompt: PromptInput, tools: ToolSpec[] | undefined): number[] {
   switch (prompt.kind) {
     case "ids":
       return prompt.ids;
@@ -144,7 +159,10 @@ function tokenize(tokenizer: Tokenizer, prompt: PromptInput): number[] {
       return tokenizer.encode(prompt.template && prompt.system ? `${prompt.system}\n\n${prompt.text}` : prompt.text, { addSpecialTokens: true });
     case "chat":
       if (!tokenizer.chatTemplate) throw badRequest("this model has no chat template: use /v1/completions (or /api/generate with raw) instead", "messages");
-      return withTemplateErrors(() => chatTokens(tokenizer, prompt.messages.map((m: MessageInput) => ({ ...m }))));
+      return withTemplateErrors(() => {
+        const { messages, tools: templateTools } = templateInput(toolTemplate(tokenizer.chatTemplate), prompt.messages, tools);
+        return chatTokens(tokenizer, messages, templateTools);
+      });
   }
 }
 

@@ -98,9 +98,10 @@ export const smolVocabSize = 49152;
 
 /**
  * Writes a complete tiny model directory: config.json, model.safetensors and SmolLM2's
- * tokenizer files (so its vocabulary is SmolLM2's). Random weights: its text is gibberish.
+ * tokenizer files (so its vocabulary is SmolLM2's; `chatTemplate` replaces SmolLM2's). Random
+ * weights: its text is gibberish.
  */
-export function writeTinyModel(dir: string, o: TinyOptions & { contextLength?: number } = {}): void {
+export function writeTinyModel(dir: string, o: TinyOptions & { contextLength?: number; chatTemplate?: string } = {}): void {
   mkdirSync(dir, { recursive: true });
   const options = { ...o, vocabSize: smolVocabSize };
   const weights = tinyWeights(options);
@@ -109,6 +110,6 @@ export function writeTinyModel(dir: string, o: TinyOptions & { contextLength?: n
   writeFileSync(join(dir, "config.json"), JSON.stringify(config, null, 2));
   const { tokenizerJson, tokenizerConfig } = smolTokenizerFiles();
   writeFileSync(join(dir, "tokenizer.json"), JSON.stringify(tokenizerJson));
-  writeFileSync(join(dir, "tokenizer_config.json"), JSON.stringify(tokenizerConfig));
+  writeFileSync(join(dir, "tokenizer_config.json"), JSON.stringify(o.chatTemplate ? { ...tokenizerConfig, chat_template: o.chatTemplate } : tokenizerConfig));
   for (const t of weights.values()) t.free();
 }

@@ -6,6 +6,7 @@ import { nanos, ollamaDefaults, parseModelName, parseOllamaChat, parseOllamaGene
 import type { GenerationUsage } from "../engine";
 import { ApiError, TimeoutError, toApiError } from "../errors";
 import { startGeneration } from "../generation";
+import { ToolCallStream, type ToolCall } from "../../engine/tools";
 import type { LoadedEntry } from "../models";
 import { readJson, type ServerState } from "../state";
 import { storedModels } from "./openai";
@@ -76,7 +77,8 @@ export function ollamaRoutes(s: ServerState): Hono {
           [`${arch}.attention.head_count_kv`]: cfg.numKeyValueHeads,
           [`${arch}.vocab_size`]: cfg.vocabSize,
         },
-        capabilities: e.lm.tokenizer.chatTemplate ? ["completion", "chat"] : ["completion"],
+        // Any chat model takes tools: a template without them gets the functions in its system prompt.
+        capabilities: e.lm.tokenizer.chatTemplate ? ["completion", "chat", "tools"] : ["completion"],
         modified_at: e.loadedAt.toISOString(),
       });
     } finally {
@@ -92,6 +94,9 @@ export function ollamaRoutes(s: ServerState): Hono {
   }
   return r;
 }
+
+/** Calls as Ollama writes them: arguments as an object, no id needed. */
+const ollamaToolCalls = (calls: ToolCall[]) => calls.map((c, index) => ({ id: c.id, function: { index, name: c.name, arguments: c.arguments } }));
 
 const digest = (s: string) => createHash("sha256").update(s).digest("hex");
 
@@ -151,14 +156,16 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
     strictMaxTokens: false,
     stop: req.stop,
     format: req.format,
+    tools: req.tools,
     topLogprobs: 0,
     clientSignal: c.req.raw.signal,
     timeoutMs: s.config.requestTimeoutMs,
   });
-  const piece = (text: string) => (kind === "chat" ? { message: { role: "assistant", content: text } } : { response: text });
-  const final = (finishReason: string, u: GenerationUsage, tokenIds: number[], text: string) => ({
+  const piece = (text: string, calls: ToolCall[] = []) =>
+    kind === "chat" ? { message: { role: "assistant", content: text, ...(calls.length > 0 ? { tool_calls: ollamaToolCalls(calls) } : {}) } } : { response: text };
+  const final = (finishReason: string, u: GenerationUsage, tokenIds: number[], text: string, calls?: ToolCall[]) => ({
     ...base(),
-    ...piece(text),
+    ...piece(text, calls),
     done: true,
     done_reason: finishReason,
     ...(kind === "generate" ? { context: [...gen.promptIds, ...tokenIds] } : {}),
@@ -186,7 +193,8 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
             return new Response(null, { status: 499 });
           }
           outcome = event.finishReason;
-          return c.json(final(event.finishReason, event.usage, event.tokenIds, text));
+          const { content, calls } = gen.toolFormat ? gen.toolFormat.parse(text) : { content: text, calls: [] };
+          return c.json(final(event.finishReason, event.usage, event.tokenIds, content, calls));
         }
       }
       throw new Error("the engine ended without a result");
@@ -197,6 +205,7 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
 
   const encoder = new TextEncoder();
   const line = (value: unknown) => encoder.encode(`${JSON.stringify(value)}\n`);
+  const toolCalls = gen.toolFormat && new ToolCallStream(gen.toolFormat);
   const body = new ReadableStream<Uint8Array>({
     async start(controller) {
       let outcome = "error";
@@ -211,7 +220,8 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
       try {
         for await (const event of gen.events) {
           if (event.type === "text") {
-            if (event.text) send(line({ ...base(), ...piece(event.text), done: false }));
+            const text = toolCalls ? toolCalls.push(event.text) : event.text;
+            if (text) send(line({ ...base(), ...piece(text), done: false }));
           } else if (event.type === "error") throw event.error;
           else {
             usage = event.usage;
@@ -221,6 +231,9 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
               break;
             }
             outcome = event.finishReason;
+            // Ollama sends calls in a message of their own before the final one.
+            const { content, calls } = toolCalls?.end() ?? { content: "", calls: [] };
+            if (content || calls.length > 0) send(line({ ...base(), ...piece(content, calls), done: false }));
             send(line(final(event.finishReason, event.usage, event.tokenIds, "")));
           }
         }

@@ -8,6 +8,7 @@ import { badRequest, TimeoutError, toApiError, errorBody } from "../errors";
 import { startGeneration, tokenText, type Generation } from "../generation";
 import { readJson, type ServerState } from "../state";
 import type { Tokenizer } from "../../tokenizer/tokenizer";
+import { ToolCallStream, type ToolCall } from "../../engine/tools";
 
 type Kind = "chat" | "completion";
 
@@ -58,6 +59,7 @@ async function complete(s: ServerState, c: Context, kind: Kind): Promise<Respons
     strictMaxTokens: true,
     stop: req.stop,
     format: req.format,
+    tools: req.tools,
     topLogprobs: req.topLogprobs,
     clientSignal: c.req.raw.signal,
     timeoutMs: s.config.requestTimeoutMs,
@@ -93,7 +95,11 @@ function completionLogprobs(tokenizer: Tokenizer, tokens: TokenLogprob[], top: T
   return out;
 }
 
-const apiFinishReason = (r: string) => (r === "length" ? "length" : "stop");
+const apiFinishReason = (r: string, calls = 0) => (r === "length" ? "length" : calls > 0 ? "tool_calls" : "stop");
+
+/** Calls as OpenAI writes them: arguments as JSON text; `index` places them in a stream. */
+const openaiToolCalls = (calls: ToolCall[], withIndex: boolean) =>
+  calls.map((c, index) => ({ ...(withIndex ? { index } : {}), id: c.id, type: "function" as const, function: { name: c.name, arguments: JSON.stringify(c.arguments) } }));
 
 async function whole(gen: Generation, req: OpenAIRequest, kind: Kind, meta: Meta): Promise<Response> {
   const tokenizer = gen.lm.tokenizer;
@@ -122,11 +128,14 @@ async function whole(gen: Generation, req: OpenAIRequest, kind: Kind, meta: Meta
     gen.finish(outcome, done?.usage);
   }
   const u = usage(done.usage.promptTokens, done.usage.completionTokens, done.usage.cachedTokens);
-  const finish_reason = apiFinishReason(done.finishReason);
   if (kind === "chat") {
+    const { content, calls } = gen.toolFormat ? gen.toolFormat.parse(text) : { content: text, calls: [] };
+    const finish_reason = apiFinishReason(done.finishReason, calls.length);
     const logprobs = req.logprobs ? { content: chatLogprobs(tokenizer, tokens, top.length ? top : undefined) } : null;
-    return Response.json({ ...meta, object: "chat.completion", choices: [{ index: 0, message: { role: "assistant", content: text, refusal: null }, logprobs, finish_reason }], usage: u });
+    const message = calls.length > 0 ? { role: "assistant", content: content || null, refusal: null, tool_calls: openaiToolCalls(calls, false) } : { role: "assistant", content, refusal: null };
+    return Response.json({ ...meta, object: "chat.completion", choices: [{ index: 0, message, logprobs, finish_reason }], usage: u });
   }
+  const finish_reason = apiFinishReason(done.finishReason);
   const logprobs = req.logprobs ? completionLogprobs(tokenizer, tokens, top.length ? top : undefined, 0, req.topLogprobs) : null;
   return Response.json({ ...meta, object: "text_completion", choices: [{ index: 0, text, logprobs, finish_reason }], usage: u });
 }
@@ -140,6 +149,7 @@ function streamed(s: ServerState, gen: Generation, req: OpenAIRequest, kind: Kin
   const extra = req.includeUsage ? { usage: null } : {};
   const chunk = (choice: Record<string, unknown>) => ({ ...meta, object, choices: [{ index: 0, logprobs: null, finish_reason: null, ...choice }], ...extra });
   let offset = 0;
+  const toolCalls = gen.toolFormat && new ToolCallStream(gen.toolFormat);
   const body = new ReadableStream<Uint8Array>({
     async start(controller) {
       let outcome = "error";
@@ -155,10 +165,11 @@ function streamed(s: ServerState, gen: Generation, req: OpenAIRequest, kind: Kin
         if (kind === "chat") send(sse(chunk({ delta: { role: "assistant", content: "" } })));
         for await (const event of gen.events) {
           if (event.type === "text") {
-            if (!event.text && !(req.logprobs && event.tokens.length > 0)) continue;
+            const text = toolCalls ? toolCalls.push(event.text) : event.text;
+            if (!text && !(req.logprobs && event.tokens.length > 0)) continue;
             if (kind === "chat") {
               const logprobs = req.logprobs ? { content: chatLogprobs(tokenizer, event.tokens, event.top) } : null;
-              send(sse(chunk({ delta: { content: event.text }, logprobs })));
+              send(sse(chunk({ delta: { content: text }, logprobs })));
             } else {
               const logprobs = req.logprobs ? completionLogprobs(tokenizer, event.tokens, event.top, offset, req.topLogprobs) : null;
               offset += event.text.length;
@@ -173,7 +184,10 @@ function streamed(s: ServerState, gen: Generation, req: OpenAIRequest, kind: Kin
               break;
             }
             outcome = event.finishReason;
-            const finish_reason = apiFinishReason(event.finishReason);
+            const { content, calls } = toolCalls?.end() ?? { content: "", calls: [] };
+            if (content) send(sse(chunk({ delta: { content } })));
+            if (calls.length > 0) send(sse(chunk({ delta: { tool_calls: openaiToolCalls(calls, true) } })));
+            const finish_reason = apiFinishReason(event.finishReason, calls.length);
             send(sse(chunk(kind === "chat" ? { delta: {}, finish_reason } : { text: "", finish_reason })));
             if (req.includeUsage) {
               const u = event.usage;

@@ -1,0 +1,99 @@
+// Reading tools from requests, shared by both API families: `tools` (the same shape in OpenAI
+// and Ollama), OpenAI's `tool_choice`, and the tool calls of earlier assistant messages
+// (arguments as JSON text in OpenAI, as an object in Ollama).
+import { checkJsonSchema, SchemaError } from "../engine/grammar";
+import type { ConversationMessage, ToolCall, ToolChoice, ToolRequest, ToolSpec } from "../engine/tools";
+import { Fields, ValidationError } from "./validate";
+
+const FUNCTION_NAME = /^[A-Za-z0-9_-]{1,64}$/;
+const MAX_TOOLS = 128;
+
+function parseTools(f: Fields): ToolSpec[] | undefined {
+  const raw = f.array("tools", { max: MAX_TOOLS });
+  if (!raw || raw.length === 0) return undefined;
+  const names = new Set<string>();
+  return raw.map((item, i) => {
+    const at = `tools.${i}`;
+    const t = Fields.of(item, `'${at}'`);
+    const tool = new Fields(t.body, at);
+    const type = tool.string("type") ?? "function";
+    if (type !== "function") tool.fail("type", `must be 'function', got '${type}'`);
+    const fn = tool.object("function");
+    if (!fn) throw new ValidationError(`'${at}.function' is required`, `${at}.function`);
+    const name = fn.string("name", { required: true })!;
+    if (!FUNCTION_NAME.test(name)) fn.fail("name", "must be 1 to 64 letters, digits, underscores or dashes");
+    if (names.has(name)) fn.fail("name", `repeats the function name '${name}'`);
+    names.add(name);
+    const parameters = fn.object("parameters")?.body ?? {};
+    try {
+      checkJsonSchema(parameters);
+    } catch (error) {
+      if (error instanceof SchemaError) throw new ValidationError(error.message, fn.name("parameters"));
+      throw error;
+    }
+    return { name, description: fn.string("description"), parameters };
+  });
+}
+
+/** The request's tools and, in OpenAI requests (`withChoice`), tool_choice; undefined when it offers none. */
+export function toolRequest(f: Fields, { withChoice }: { withChoice: boolean }): ToolRequest | undefined {
+  const tools = parseTools(f);
+  const choice = withChoice ? parseToolChoice(f, tools) : "auto";
+  if (!tools) return undefined;
+  return { tools, choice, parallel: f.boolean("parallel_tool_calls") ?? true };
+}
+
+/** OpenAI's tool_choice: "none", "auto", "required", or {type: "function", function: {name}}. */
+function parseToolChoice(f: Fields, tools: ToolSpec[] | undefined): ToolChoice {
+  const raw = f.raw("tool_choice");
+  if (raw === undefined || raw === null) return "auto";
+  let choice: ToolChoice;
+  if (typeof raw === "string") {
+    if (raw !== "none" && raw !== "auto" && raw !== "required") f.fail("tool_choice", `must be one of none, auto, required, or a function; got '${raw}'`);
+    choice = raw;
+  } else {
+    const c = f.object("tool_choice")!;
+    const fn = c.object("function");
+    if (!fn) throw new ValidationError("'tool_choice.function' is required", "tool_choice.function");
+    choice = { name: fn.string("name", { required: true })! };
+  }
+  if (choice === "none" || choice === "auto") return choice;
+  if (!tools) throw new ValidationError(`'tool_choice' ${typeof choice === "string" ? `'${choice}'` : "naming a function"} needs 'tools'`, "tool_choice");
+  if (typeof choice === "object" && !tools.some((t) => t.name === choice.name)) {
+    throw new ValidationError(`'tool_choice' names the function '${choice.name}', which is not among the tools`, "tool_choice.function.name");
+  }
+  return choice;
+}
+
+/** An earlier assistant message's calls (a call sent without an id gets one from its place, so the prompt stays the same between requests). */
+export function parseToolCalls(m: Fields, argumentsAs: "json-text" | "object"): ToolCall[] | undefined {
+  const raw = m.array("tool_calls");
+  if (!raw || raw.length === 0) return undefined;
+  return raw.map((item, i) => {
+    const at = m.name(`tool_calls.${i}`);
+    const call = new Fields(Fields.of(item, `'${at}'`).body, at);
+    const fn = call.object("function");
+    if (!fn) throw new ValidationError(`'${at}.function' is required`, `${at}.function`);
+    const name = fn.string("name", { required: true, nonEmpty: true })!;
+    return { id: call.string("id") ?? `call_${at.match(/\d+/g)!.join("_")}`, name, arguments: callArguments(fn, argumentsAs) };
+  });
+}
+
+function callArguments(fn: Fields, argumentsAs: "json-text" | "object"): Record<string, unknown> {
+  if (argumentsAs === "object") return fn.object("arguments")?.body ?? {};
+  const text = fn.string("arguments") ?? "{}";
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    fn.fail("arguments", "must be a JSON object written as a string");
+  }
+  if (!value || typeof value !== "object" || Array.isArray(value)) fn.fail("arguments", "must be a JSON object written as a string");
+  return value as Record<string, unknown>;
+}
+
+/** The function a tool result answers, from the earlier call with that id. */
+export function toolResultName(earlier: ConversationMessage[], callId: string): string | undefined {
+  for (const m of earlier) for (const c of m.toolCalls ?? []) if (c.id === callId) return c.name;
+  return undefined;
+}

@@ -1,0 +1,138 @@
+// How the model families we load write tool calls, behind one interface: where a call starts,
+// how to read calls out of an answer, and the EBNF that allows calls only (used when a call is
+// required).
+//
+// - hermes (Qwen 2/2.5/3, Hermes, and our prompt for templates without tools):
+//     <tool_call>\n{"name": "f", "arguments": {...}}\n</tool_call>
+// - llama3 (Llama 3.1+ JSON calls): {"name": "f", "parameters": {...}}, optionally after <|python_tag|>
+// - mistral: [TOOL_CALLS] [{"name": "f", "arguments": {...}}]
+import type { ToolCall } from "./types";
+
+export interface ParsedAnswer {
+  /** The prose around the calls (the whole answer when it holds none). */
+  content: string;
+  calls: ToolCall[];
+}
+
+export interface ToolCallFormat {
+  name: "hermes" | "llama3" | "mistral";
+  /** Texts that open a call. */
+  markers: string[];
+  /** Whether a call may follow prose (hermes) or only opens the answer (llama3, mistral). */
+  anywhere: boolean;
+  /** The key a call's arguments go under. */
+  argumentsKey: "arguments" | "parameters";
+  /** Splits an answer into prose and calls; a call that does not parse stays prose. */
+  parse(text: string): ParsedAnswer;
+  /** EBNF rules whose rule `tool_calls` is one call (or several, when `parallel`), given a rule `call` for one call object. */
+  callsRule(parallel: boolean): string;
+}
+
+const alphanumeric = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+function randomId(length: number): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(length));
+  return Array.from(bytes, (b) => alphanumeric[b % alphanumeric.length]).join("");
+}
+const openaiCallId = () => `call_${randomId(24)}`;
+// Mistral's templates accept exactly nine alphanumerics.
+const mistralCallId = () => randomId(9);
+
+/** One call read from a parsed JSON value: `{name, arguments}` (or `parameters`; arguments may arrive as JSON text). */
+function readCall(value: unknown, newId: () => string): ToolCall | undefined {
+  if (!value || typeof value !== "object" || Array.isArray(value)) return undefined;
+  const v = value as Record<string, unknown>;
+  if (typeof v.name !== "string" || !v.name) return undefined;
+  let args = v.arguments ?? v.parameters ?? {};
+  if (typeof args === "string") {
+    try {
+      args = JSON.parse(args);
+    } catch {
+      return undefined;
+    }
+  }
+  if (!args || typeof args !== "object" || Array.isArray(args)) return undefined;
+  return { id: newId(), name: v.name, arguments: args as Record<string, unknown> };
+}
+
+/** An answer that is nothing but calls, or, if any value is not a call, nothing but prose. */
+function onlyCalls(text: string, values: unknown, newId: () => string): ParsedAnswer {
+  const list = Array.isArray(values) ? values : values === undefined ? [] : [values];
+  const calls = list.map((v) => readCall(v, newId));
+  if (calls.length === 0 || calls.some((c) => !c)) return { content: text, calls: [] };
+  return { content: "", calls: calls as ToolCall[] };
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+const hermes: ToolCallFormat = {
+  name: "hermes",
+  markers: ["<tool_call>"],
+  anywhere: true,
+  argumentsKey: "arguments",
+  parse(text) {
+    const calls: ToolCall[] = [];
+    // A last call may be cut off before its closing tag (the model stopped right after the JSON).
+    const content = text.replace(/<tool_call>([\s\S]*?)(?:<\/tool_call>|$)/g, (block, inner: string) => {
+      const call = readCall(parseJson(inner.trim()), openaiCallId);
+      if (!call) return block;
+      calls.push(call);
+      return "";
+    });
+    return calls.length > 0 ? { content: content.trim(), calls } : { content: text, calls };
+  },
+  callsRule: (parallel) => `tool_call ::= "<tool_call>\\n" call "\\n</tool_call>"\ntool_calls ::= tool_call${parallel ? ' ("\\n" tool_call)*' : ""}`,
+};
+
+const llama3: ToolCallFormat = {
+  name: "llama3",
+  markers: ["<|python_tag|>", "{"],
+  anywhere: false,
+  argumentsKey: "parameters",
+  parse(text) {
+    const body = text.trim().replace(/^<\|python_tag\|>/, "").trim();
+    // One call, or several separated by ";" (as Llama 3.2 writes parallel calls).
+    const values = body.startsWith("{") ? (parseJson(body) ?? parseJson(`[${body.replace(/}\s*;\s*{/g, "},{")}]`)) : undefined;
+    return onlyCalls(text, values, openaiCallId);
+  },
+  callsRule: (parallel) => `tool_calls ::= call${parallel ? ' ("; " call)*' : ""}`,
+};
+
+const mistral: ToolCallFormat = {
+  name: "mistral",
+  // [TOOL_CALLS] is a special token the grammar cannot emit; a bare list of calls is read too.
+  markers: ["[TOOL_CALLS]", "["],
+  anywhere: false,
+  argumentsKey: "arguments",
+  parse(text) {
+    const body = text.trim().replace(/^\[TOOL_CALLS\]/, "").trim();
+    const value = body.startsWith("[") || body.startsWith("{") ? parseJson(body) : undefined;
+    return onlyCalls(text, value, mistralCallId);
+  },
+  callsRule: (parallel) => `tool_calls ::= "[" call${parallel ? ' (", " call)*' : ""} "]"`,
+};
+
+export const toolCallFormats = { hermes, llama3, mistral };
+
+/** How a chat template handles tools: natively (it renders `tools` itself) in one format, or not at all. */
+export interface ToolTemplate {
+  native: boolean;
+  format: ToolCallFormat;
+}
+
+export function toolTemplate(chatTemplate: string | undefined): ToolTemplate {
+  const t = chatTemplate ?? "";
+  if (/\btools\b/.test(t)) {
+    if (t.includes("<tool_call>")) return { native: true, format: hermes };
+    if (t.includes("[TOOL_CALLS]")) return { native: true, format: mistral };
+    if (t.includes("<|python_tag|>") || t.includes("ipython")) return { native: true, format: llama3 };
+  }
+  // A template without tools (or in a format we do not read): we describe the tools in the
+  // system prompt ourselves and ask for hermes-style calls.
+  return { native: false, format: hermes };
+}

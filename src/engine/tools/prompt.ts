@@ -1,0 +1,75 @@
+// A conversation with tools, as the chat template gets it. A template that renders tools
+// itself gets them (and past calls and results) in transformers' shapes. A template without
+// tool support gets plain messages: the functions described in the system prompt, past calls
+// written as <tool_call> blocks, and results as <tool_response> blocks in a user turn.
+import type { ChatMessage } from "../../tokenizer/tokenizer";
+import type { ToolTemplate } from "./formats";
+import type { ConversationMessage, ToolCall, ToolSpec } from "./types";
+
+export interface TemplateInput {
+  messages: ChatMessage[];
+  /** For the template's `tools` variable (undefined: no tools offered). */
+  tools?: unknown[];
+}
+
+/** `offered`: the functions the model may call on this turn (none when tool_choice is "none"). */
+export function templateInput(template: ToolTemplate, messages: ConversationMessage[], offered: ToolSpec[] | undefined): TemplateInput {
+  const tools = offered && offered.length > 0 ? offered : undefined;
+  if (template.native) {
+    return { messages: messages.map(nativeMessage), tools: tools?.map((t) => ({ type: "function", function: t })) };
+  }
+  const plain = plainMessages(messages);
+  return { messages: tools ? withToolsInSystemPrompt(plain, tools) : plain };
+}
+
+function nativeMessage(m: ConversationMessage): ChatMessage {
+  if (m.toolCalls?.length) {
+    return { role: m.role, content: m.content, tool_calls: m.toolCalls.map((c) => ({ id: c.id, type: "function", function: { name: c.name, arguments: c.arguments } })) };
+  }
+  if (m.role === "tool") return { role: "tool", content: m.content, tool_call_id: m.toolCallId, name: m.toolName };
+  return { role: m.role, content: m.content };
+}
+
+const writeCalls = (calls: ToolCall[]) => calls.map((c) => `<tool_call>\n${JSON.stringify({ name: c.name, arguments: c.arguments })}\n</tool_call>`).join("\n");
+
+/** Calls as text in the assistant's turn, results of consecutive tool messages merged into one user turn. */
+function plainMessages(messages: ConversationMessage[]): ChatMessage[] {
+  const out: ChatMessage[] = [];
+  for (const m of messages) {
+    if (m.role === "tool") {
+      const result = `<tool_response>\n${m.content}\n</tool_response>`;
+      const last = out.at(-1);
+      if (last?.toolResults) last.content = `${last.content}\n${result}`;
+      else out.push({ role: "user", content: result, toolResults: true });
+    } else if (m.toolCalls?.length) {
+      out.push({ role: m.role, content: [m.content, writeCalls(m.toolCalls)].filter(Boolean).join("\n") });
+    } else out.push({ role: m.role, content: m.content });
+  }
+  // The marker only groups results here; the template never sees it.
+  return out.map(({ toolResults: _grouping, ...m }) => m as ChatMessage);
+}
+
+function withToolsInSystemPrompt(messages: ChatMessage[], tools: ToolSpec[]): ChatMessage[] {
+  const block = toolsPrompt(tools);
+  const [first, ...rest] = messages;
+  if (first?.role === "system") return [{ ...first, content: `${first.content}\n\n${block}` }, ...rest];
+  return [{ role: "system", content: block }, ...messages];
+}
+
+function toolsPrompt(tools: ToolSpec[]): string {
+  const signatures = tools.map((t) => JSON.stringify({ type: "function", function: t })).join("\n");
+  return [
+    "# Tools",
+    "",
+    "You can call the functions listed between <tools> and </tools> when they help answer the user:",
+    "<tools>",
+    signatures,
+    "</tools>",
+    "",
+    "To call a function, answer with one JSON object per call, each on its own line between <tool_call> and </tool_call>:",
+    "<tool_call>",
+    '{"name": "<function name>", "arguments": {<arguments as a JSON object>}}',
+    "</tool_call>",
+    "The results come back between <tool_response> and </tool_response>.",
+  ].join("\n");
+}

@@ -1,0 +1,74 @@
+// Streaming an answer that may hold tool calls: prose goes out as it comes, but from the
+// moment a call may be starting the text is held, so a client never sees half a call as
+// prose. At the end the held text is read into calls (or released as prose if it is none).
+import type { ParsedAnswer, ToolCallFormat } from "./formats";
+
+export class ToolCallStream {
+  private held = "";
+  private inCall = false;
+  /** For formats whose calls open the answer: whether the answer is known to be prose. */
+  private prose = false;
+
+  constructor(private readonly format: ToolCallFormat) {}
+
+  /** Takes the next piece of the answer; returns the prose that can be shown now. */
+  push(text: string): string {
+    this.held += text;
+    if (this.inCall) return "";
+    return this.format.anywhere ? this.pushAnywhere() : this.pushAtStart();
+  }
+
+  /** The answer is complete: the prose not yet shown, and the calls. */
+  end(): ParsedAnswer {
+    const rest = this.held;
+    this.held = "";
+    if (!this.inCall) return { content: rest, calls: [] };
+    return this.format.parse(rest);
+  }
+
+  private pushAnywhere(): string {
+    for (const marker of this.format.markers) {
+      const at = this.held.indexOf(marker);
+      if (at >= 0) {
+        this.inCall = true;
+        return this.release(at);
+      }
+    }
+    // Hold back an ending that could grow into a marker.
+    return this.release(this.held.length - this.partialMarkerLength());
+  }
+
+  private pushAtStart(): string {
+    if (this.prose) return this.release(this.held.length);
+    const start = this.held.trimStart();
+    if (!start) return "";
+    if (this.format.markers.some((m) => start.startsWith(m))) {
+      this.inCall = true;
+      return "";
+    }
+    if (this.format.markers.some((m) => m.startsWith(start))) return "";
+    this.prose = true;
+    return this.release(this.held.length);
+  }
+
+  /** The longest ending of the held text that is the start of a marker. */
+  private partialMarkerLength(): number {
+    let longest = 0;
+    for (const marker of this.format.markers) {
+      for (let n = Math.min(marker.length - 1, this.held.length); n > longest; n--) {
+        if (this.held.endsWith(marker.slice(0, n))) {
+          longest = n;
+          break;
+        }
+      }
+    }
+    return longest;
+  }
+
+  /** Returns the first `n` held characters, keeping the rest. */
+  private release(n: number): string {
+    const out = this.held.slice(0, n);
+    this.held = this.held.slice(n);
+    return out;
+  }
+}

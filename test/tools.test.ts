@@ -1,0 +1,238 @@
+// Tool calls in the engine: which format a chat template speaks, reading calls out of answers
+// (whole and streamed), rendering conversations with tools, and the grammar that makes a
+// required call valid: on a tiny random-weight model the mask is the only thing that makes the
+// answer a call, so every answer that ends must parse and its arguments validate.
+import { beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import Ajv from "ajv";
+import { Template } from "@huggingface/jinja";
+import { loadModel, type LoadedModel } from "../src/models/load";
+import { freeCaches, makeCaches } from "../src/models";
+import { complete } from "../src/engine/completion";
+import { defaultSampling } from "../src/engine/sampling";
+import { chatTokens } from "../src/engine/prompt";
+import { initGrammar, prefixRules } from "../src/engine/grammar";
+import { createToolCallConstraint, templateInput, toolCallFormats, toolTemplate, ToolCallStream, type ToolCallFormat, type ToolSpec } from "../src/engine/tools";
+import { smolTokenizerFiles, writeTinyModel } from "./helpers/tiny-model";
+
+const { hermes, llama3, mistral } = toolCallFormats;
+const templates = join(import.meta.dir, "fixtures", "templates");
+const hermesTemplate = readFileSync(join(templates, "hermes-tools.jinja"), "utf8");
+const llama3Template = readFileSync(join(templates, "llama3-tools.jinja"), "utf8");
+const smolTemplate = smolTokenizerFiles().tokenizerConfig.chat_template as string;
+
+const weather: ToolSpec = {
+  name: "get_weather",
+  description: "The weather in a city",
+  parameters: { type: "object", properties: { city: { type: "string", maxLength: 12 }, unit: { enum: ["celsius", "fahrenheit"] } }, required: ["city"], additionalProperties: false },
+};
+const search: ToolSpec = {
+  name: "search",
+  parameters: { type: "object", properties: { query: { type: "string", pattern: "[a-z]{1,8}" }, limit: { type: "integer", minimum: 1, maximum: 20 }, exact: { type: "boolean" } }, required: ["query", "limit"] },
+};
+const noArguments: ToolSpec = { name: "now", parameters: {} };
+
+describe("chat templates and formats", () => {
+  test("a template's format is recognised; one without tools gets ours", () => {
+    expect(toolTemplate(hermesTemplate)).toEqual({ native: true, format: hermes });
+    expect(toolTemplate(llama3Template)).toEqual({ native: true, format: llama3 });
+    expect(toolTemplate("{% if tools %}{{ tools | tojson }}{% endif %}[TOOL_CALLS]")).toEqual({ native: true, format: mistral });
+    expect(toolTemplate(smolTemplate)).toEqual({ native: false, format: hermes });
+    expect(toolTemplate(undefined)).toEqual({ native: false, format: hermes });
+  });
+
+  test("hermes: prose and calls separated; arguments as text or object; a broken block stays prose", () => {
+    const answer = 'Let me look.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n<tool_call>\n{"name": "search", "arguments": "{\\"query\\": \\"x\\"}"}\n</tool_call>';
+    const parsed = hermes.parse(answer);
+    expect(parsed.content).toBe("Let me look.");
+    expect(parsed.calls.map(({ name, arguments: a }) => ({ name, a }))).toEqual([
+      { name: "get_weather", a: { city: "Paris" } },
+      { name: "search", a: { query: "x" } },
+    ]);
+    expect(parsed.calls[0]!.id).toMatch(/^call_[A-Za-z0-9]{24}$/);
+    expect(parsed.calls[0]!.id).not.toBe(parsed.calls[1]!.id);
+    // A call cut off after its JSON still counts; half a JSON does not.
+    expect(hermes.parse('<tool_call>\n{"name": "now", "arguments": {}}').calls.map((c) => c.name)).toEqual(["now"]);
+    const broken = 'Hi <tool_call>\n{"name": "now", "argu';
+    expect(hermes.parse(broken)).toEqual({ content: broken, calls: [] });
+    expect(hermes.parse("<tool_call>[1, 2]</tool_call>").calls).toEqual([]);
+    expect(hermes.parse("  plain answer  ")).toEqual({ content: "  plain answer  ", calls: [] });
+  });
+
+  test("llama3: a JSON call, after <|python_tag|> or not, several joined by ';'; anything else is prose", () => {
+    const one = llama3.parse(' {"name": "get_weather", "parameters": {"city": "Oslo"}}');
+    expect(one.content).toBe("");
+    expect(one.calls.map((c) => [c.name, c.arguments])).toEqual([["get_weather", { city: "Oslo" }]]);
+    expect(llama3.parse('<|python_tag|>{"name": "now", "parameters": {}}').calls.map((c) => c.name)).toEqual(["now"]);
+    expect(llama3.parse('{"name": "now", "parameters": {}}; {"name": "search", "parameters": {"query": "a"}}').calls.map((c) => c.name)).toEqual(["now", "search"]);
+    expect(llama3.parse('{"answer": 42}')).toEqual({ content: '{"answer": 42}', calls: [] });
+    expect(llama3.parse("Oslo is cold.")).toEqual({ content: "Oslo is cold.", calls: [] });
+  });
+
+  test("mistral: a list of calls after [TOOL_CALLS] (or bare), with nine-character ids", () => {
+    const parsed = mistral.parse('[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Rome"}}, {"name": "now", "arguments": {}}]');
+    expect(parsed.calls.map((c) => c.name)).toEqual(["get_weather", "now"]);
+    expect(parsed.calls[0]!.id).toMatch(/^[A-Za-z0-9]{9}$/);
+    expect(mistral.parse('[{"name": "now", "arguments": {}}]').calls).toHaveLength(1);
+    expect(mistral.parse("[1, 2, 3]").calls).toEqual([]);
+  });
+});
+
+describe("streaming an answer that may hold calls", () => {
+  const stream = (format: ToolCallFormat, pieces: string[]) => {
+    const s = new ToolCallStream(format);
+    const shown = pieces.map((p) => s.push(p));
+    return { shown, end: s.end() };
+  };
+
+  test("hermes: prose streams; a marker split across pieces is held; the call comes at the end", () => {
+    const { shown, end } = stream(hermes, ["Sure", ". <tool", '_call>\n{"name": "now", ', '"arguments": {}}\n</tool_call>']);
+    expect(shown).toEqual(["Sure", ". ", "", ""]);
+    expect(end.content).toBe("");
+    expect(end.calls.map((c) => c.name)).toEqual(["now"]);
+  });
+
+  test("hermes: text that only looked like a marker is released", () => {
+    const { shown, end } = stream(hermes, ["a <to", "oth> b <", "tool"]);
+    expect(shown.join("") + end.content).toBe("a <tooth> b <tool");
+    expect(shown).toEqual(["a ", "<tooth> b ", ""]);
+    expect(end.calls).toEqual([]);
+  });
+
+  test("hermes: an unparsable call is shown as prose at the end", () => {
+    const { shown, end } = stream(hermes, ["x <tool_call>", "{oops"]);
+    expect(shown).toEqual(["x ", ""]);
+    expect(end).toEqual({ content: "<tool_call>{oops", calls: [] });
+  });
+
+  test("llama3: an answer opening with '{' is held whole; prose streams at once", () => {
+    const call = stream(llama3, ["  ", '{"name": "now",', ' "parameters": {}}']);
+    expect(call.shown).toEqual(["", "", ""]);
+    expect(call.end.calls.map((c) => c.name)).toEqual(["now"]);
+    const prose = stream(llama3, ["<|py", "thon is fun", " indeed"]);
+    expect(prose.shown).toEqual(["", "<|python is fun", " indeed"]);
+    expect(prose.end).toEqual({ content: "", calls: [] });
+  });
+});
+
+describe("conversations with tools, as the template gets them", () => {
+  const conversation = [
+    { role: "system", content: "Be brief." },
+    { role: "user", content: "Weather in Paris and Rome?" },
+    {
+      role: "assistant",
+      content: "",
+      toolCalls: [
+        { id: "call_1", name: "get_weather", arguments: { city: "Paris" } },
+        { id: "call_2", name: "get_weather", arguments: { city: "Rome" } },
+      ],
+    },
+    { role: "tool", content: "18C", toolCallId: "call_1", toolName: "get_weather" },
+    { role: "tool", content: "24C", toolCallId: "call_2", toolName: "get_weather" },
+  ];
+
+  test("a template without tools: functions in the system prompt, calls as <tool_call>, results merged in one user turn", () => {
+    const { messages, tools } = templateInput(toolTemplate(smolTemplate), conversation, [weather]);
+    expect(tools).toBeUndefined();
+    expect(messages.map((m) => m.role)).toEqual(["system", "user", "assistant", "user"]);
+    expect(messages[0]!.content).toStartWith("Be brief.\n\n# Tools");
+    expect(messages[0]!.content).toContain(JSON.stringify({ type: "function", function: weather }));
+    expect(hermes.parse(messages[2]!.content as string).calls.map((c) => c.arguments)).toEqual([{ city: "Paris" }, { city: "Rome" }]);
+    expect(messages[3]!.content).toBe("<tool_response>\n18C\n</tool_response>\n<tool_response>\n24C\n</tool_response>");
+    expect(Object.keys(messages[3]!)).toEqual(["role", "content"]);
+    // No tools offered (tool_choice "none"): no tools block, the history still renders.
+    expect(templateInput(toolTemplate(smolTemplate), conversation, undefined).messages[0]!.content).toBe("Be brief.");
+  });
+
+  test("a template with tools gets them, and the calls and results, in transformers' shapes", () => {
+    const { messages, tools } = templateInput(toolTemplate(hermesTemplate), conversation, [weather]);
+    expect(tools).toEqual([{ type: "function", function: weather }]);
+    expect(messages[2]).toEqual({ role: "assistant", content: "", tool_calls: [{ id: "call_1", type: "function", function: { name: "get_weather", arguments: { city: "Paris" } } }, { id: "call_2", type: "function", function: { name: "get_weather", arguments: { city: "Rome" } } }] });
+    expect(messages[3]).toEqual({ role: "tool", content: "18C", tool_call_id: "call_1", name: "get_weather" });
+  });
+
+  test("each rendering is one the model can read back: our calls parse out of the rendered text", () => {
+    for (const template of [hermesTemplate, smolTemplate]) {
+      const tt = toolTemplate(template);
+      const input = templateInput(tt, conversation, [weather]);
+      const text: string = new Template(template).render({ messages: input.messages, tools: input.tools ?? null, add_generation_prompt: true });
+      expect(text).toContain("<tool_call>");
+      expect(text).toContain("get_weather");
+      expect(hermes.parse(text.slice(text.indexOf("<tool_call>"))).calls.map((c) => c.arguments)).toEqual([{ city: "Paris" }, { city: "Rome" }]);
+    }
+  });
+});
+
+test("prefixRules renames rules, never what is inside literals or classes", () => {
+  const ebnf = 'root ::= "{" string [a-z_]+ "root" basic_x\nstring ::= "\\"" [^"\\\\] "\\""';
+  expect(prefixRules(ebnf, "f0_")).toBe('f0_root ::= "{" f0_string [a-z_]+ "root" f0_basic_x\nf0_string ::= "\\"" [^"\\\\] "\\""');
+});
+
+describe("a required call is valid by construction", () => {
+  const root = mkdtempSync(join(tmpdir(), "mlx-tools-"));
+  let lm: LoadedModel;
+  const ajv = new Ajv({ strict: false });
+  const schemas = new Map([weather, search, noArguments].map((t) => [t.name, ajv.compile(Object.keys(t.parameters).length ? t.parameters : { type: "object" })]));
+
+  beforeAll(async () => {
+    const dir = join(root, "tiny");
+    writeTinyModel(dir, { contextLength: 1024 });
+    lm = loadModel(dir);
+    await initGrammar();
+  });
+
+  async function answer(format: ToolCallFormat, functions: ToolSpec[], parallel: boolean, seed: number) {
+    const constraint = await createToolCallConstraint(lm.tokenizer, format, functions, parallel);
+    const caches = makeCaches(lm.model);
+    try {
+      const prompt = chatTokens(lm.tokenizer, [{ role: "user", content: "Call a function." }]);
+      const stream = complete(lm, caches, prompt, { sampling: { ...defaultSampling, temperature: 1, seed }, maxTokens: 160, logitsProcessors: [constraint.processor] });
+      let step = stream.next();
+      while (!step.done) step = stream.next();
+      return step.value;
+    } finally {
+      freeCaches(caches);
+      constraint.dispose();
+    }
+  }
+
+  for (const format of [hermes, llama3, mistral]) {
+    test(`${format.name}: every finished answer is calls to offered functions with valid arguments`, async () => {
+      let finished = 0;
+      for (let seed = 1; seed <= 6; seed++) {
+        const r = await answer(format, [weather, search, noArguments], true, seed);
+        if (r.finishReason !== "stop") continue;
+        finished++;
+        const { content, calls } = format.parse(r.text);
+        expect(content).toBe("");
+        expect(calls.length).toBeGreaterThan(0);
+        for (const call of calls) {
+          const validate = schemas.get(call.name);
+          expect(validate).toBeDefined();
+          expect(validate!(call.arguments)).toBe(true);
+        }
+      }
+      expect(finished).toBeGreaterThan(0);
+    }, 120_000);
+  }
+
+  test("a named function, no parallel calls: exactly one call to it", async () => {
+    let finished = 0;
+    for (let seed = 1; seed <= 4; seed++) {
+      const r = await answer(hermes, [search], false, seed);
+      if (r.finishReason !== "stop") continue;
+      finished++;
+      const { calls } = hermes.parse(r.text);
+      expect(calls.map((c) => c.name)).toEqual(["search"]);
+      expect(schemas.get("search")!(calls[0]!.arguments)).toBe(true);
+    }
+    expect(finished).toBeGreaterThan(0);
+  }, 120_000);
+
+  test("a parameter schema constrained decoding cannot enforce is refused, naming the function", async () => {
+    const bad: ToolSpec = { name: "odd", parameters: { type: "object", properties: { n: { type: "integer", multipleOf: 3 } } } };
+    await expect(createToolCallConstraint(lm.tokenizer, hermes, [bad], true)).rejects.toThrow(/function 'odd' parameters: .*multipleOf/);
+  });
+});
