@@ -1,6 +1,7 @@
 // Structured output's cost: generation tokens/s on the same prompts without constraint, with a
-// no-op logits processor (what feeding tokens from the host costs: no async pipelining), and
-// with a JSON Schema (the grammar mask on top), in one process, interleaved. Also the host time
+// no-op logits processor (what feeding tokens from the host costs: no async pipelining), with
+// a JSON Schema (the grammar mask on top), and with tools offered (tool_choice auto: free text
+// in which a call must stay valid), in one process, interleaved. Also the host time
 // of one mask step (xgrammar's bitmask → a boolean array → mx.where), and the schema's
 // first compile. Prints a Markdown table.
 //
@@ -15,7 +16,8 @@ import { freeCaches, makeCaches } from "../src/models";
 import { complete, type CompletionResult } from "../src/engine/completion";
 import { defaultSampling, type LogitsProcessor } from "../src/engine/sampling";
 import { promptTokens } from "../src/engine/prompt";
-import { createJsonConstraint, initGrammar } from "../src/engine/grammar";
+import { createJsonConstraint, initGrammar, type GrammarConstraint } from "../src/engine/grammar";
+import { createToolCallConstraint, toolCallFormats, type ToolSpec } from "../src/engine/tools";
 import { resolveModelPath } from "../src/store/resolve";
 import { writeTinyModel } from "../test/helpers/tiny-model";
 import { median, ratio } from "./lib";
@@ -49,6 +51,10 @@ const schema = {
   },
   required: ["name", "age", "city", "hobbies"],
 };
+const tools: ToolSpec[] = [
+  { name: "lookup_person", parameters: { type: "object", properties: { name: { type: "string" } }, required: ["name"] } },
+  { name: "save_record", parameters: schema },
+];
 const prompts = [
   "Describe a fictional person as JSON with name, age, city and hobbies.",
   "Invent a character for a novel and give their details as JSON.",
@@ -66,10 +72,15 @@ started = performance.now();
 (await createJsonConstraint(lm.tokenizer, { schema })).dispose();
 const cachedCreateMs = performance.now() - started;
 
-type Mode = "none" | "identity" | "schema";
+type Mode = "none" | "identity" | "schema" | "tools";
 const processorMs: number[] = [];
+async function constraintFor(mode: Mode): Promise<GrammarConstraint | undefined> {
+  if (mode === "schema") return createJsonConstraint(lm.tokenizer, { schema });
+  if (mode === "tools") return createToolCallConstraint(lm.tokenizer, toolCallFormats.hermes, tools, { required: false, parallel: true });
+  return undefined;
+}
 async function generate(prompt: string, mode: Mode): Promise<CompletionResult> {
-  const constraint = mode === "schema" ? await createJsonConstraint(lm.tokenizer, { schema }) : undefined;
+  const constraint = await constraintFor(mode);
   const identity: LogitsProcessor = (_history, logits) => logits;
   // The schema's processor, timed: its host work per step (matcher, bitmask, building the graph).
   const timed: LogitsProcessor = (history, logits) => {
@@ -78,7 +89,7 @@ async function generate(prompt: string, mode: Mode): Promise<CompletionResult> {
     processorMs.push(performance.now() - t0);
     return out;
   };
-  const logitsProcessors = mode === "schema" ? [timed] : mode === "identity" ? [identity] : undefined;
+  const logitsProcessors = mode === "schema" ? [timed] : mode === "tools" ? [constraint!.processor] : mode === "identity" ? [identity] : undefined;
   const caches = makeCaches(lm.model);
   try {
     const stream = complete(lm, caches, promptTokens(lm.tokenizer, prompt), { sampling: { ...defaultSampling, temperature: 0 }, maxTokens, logitsProcessors });
@@ -91,14 +102,14 @@ async function generate(prompt: string, mode: Mode): Promise<CompletionResult> {
   }
 }
 
-const tps: Record<Mode, number[]> = { none: [], identity: [], schema: [] };
-const tokens: Record<Mode, number[]> = { none: [], identity: [], schema: [] };
+const tps: Record<Mode, number[]> = { none: [], identity: [], schema: [], tools: [] };
+const tokens: Record<Mode, number[]> = { none: [], identity: [], schema: [], tools: [] };
 let validJson = 0;
 let schemaRuns = 0;
 await generate(prompts[0]!, "schema"); // warm-up
 for (let run = 0; run < runs; run++) {
   for (const prompt of prompts) {
-    const order: Mode[] = run % 2 === 0 ? ["none", "identity", "schema"] : ["schema", "identity", "none"];
+    const order: Mode[] = run % 2 === 0 ? ["none", "identity", "schema", "tools"] : ["tools", "schema", "identity", "none"];
     for (const mode of order) {
       const r = await generate(prompt, mode);
       tps[mode].push(r.stats.generationTokensPerSecond);
@@ -134,10 +145,10 @@ logits.free();
 const fmt = (v: number) => v.toFixed(2);
 console.log(`model: ${lm.path} (${values.model}), vocab ${vocab}; greedy; ${runs} runs × ${prompts.length} prompts; max ${maxTokens} tokens`);
 console.log();
-console.log("| measure | no constraint | no-op processor | JSON Schema | schema / none |");
-console.log("|---|---:|---:|---:|---:|");
-console.log(`| generation tokens/s (median) | ${fmt(median(tps.none))} | ${fmt(median(tps.identity))} | ${fmt(median(tps.schema))} | ${ratio(median(tps.schema), median(tps.none))} |`);
-console.log(`| tokens generated (median) | ${median(tokens.none)} | ${median(tokens.identity)} | ${median(tokens.schema)} | |`);
+console.log("| measure | no constraint | no-op processor | JSON Schema | tools (auto) | schema / none | tools / none |");
+console.log("|---|---:|---:|---:|---:|---:|---:|");
+console.log(`| generation tokens/s (median) | ${fmt(median(tps.none))} | ${fmt(median(tps.identity))} | ${fmt(median(tps.schema))} | ${fmt(median(tps.tools))} | ${ratio(median(tps.schema), median(tps.none))} | ${ratio(median(tps.tools), median(tps.none))} |`);
+console.log(`| tokens generated (median) | ${median(tokens.none)} | ${median(tokens.identity)} | ${median(tokens.schema)} | ${median(tokens.tools)} | | |`);
 console.log();
 console.log(`schema outputs that parse as JSON: ${validJson}/${schemaRuns}`);
 console.log(`host time in the schema's processor per step during generation (matcher advance + bitmask + unpack + graph): median ${median(processorMs).toFixed(3)} ms, mean ${(processorMs.reduce((a, b) => a + b, 0) / processorMs.length).toFixed(3)} ms over ${processorMs.length} steps`);

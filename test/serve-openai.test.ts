@@ -168,12 +168,13 @@ describe("OpenAI completions and models", () => {
     expect(error.code).toBe("model_not_found");
   });
 
-  test("an unsupported feature is a 400 that names it (n > 1, tools, images)", async () => {
+  test("an unsupported feature is a 400 that names it (n > 1, legacy functions, images)", async () => {
     const n = await client.chat.completions.create({ model, messages, n: 2 }).catch((e) => e);
     expect(n).toBeInstanceOf(OpenAI.BadRequestError);
     expect(n.param).toBe("n");
-    const tools = await client.chat.completions.create({ model, messages, tools: [{ type: "function", function: { name: "f", parameters: {} } }] }).catch((e) => e);
-    expect(tools.status).toBe(400);
+    const functions = await post(`${server.url}/v1/chat/completions`, { model, messages, functions: [{ name: "f", parameters: {} }] });
+    expect(functions.status).toBe(400);
+    expect(functions.json.error.message).toMatch(/use 'tools'/);
     const image = await post(`${server.url}/v1/chat/completions`, { model, messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: "x" } }] }] });
     expect(image.status).toBe(400);
     expect(image.json.error.param).toBe("messages.0.content.0.type");

@@ -11,9 +11,10 @@ import { Template } from "@huggingface/jinja";
 import { loadModel, type LoadedModel } from "../src/models/load";
 import { freeCaches, makeCaches } from "../src/models";
 import { complete } from "../src/engine/completion";
-import { defaultSampling } from "../src/engine/sampling";
+import { defaultSampling, type LogitsProcessor } from "../src/engine/sampling";
+import * as mx from "../src/mlx";
 import { chatTokens } from "../src/engine/prompt";
-import { initGrammar, prefixRules } from "../src/engine/grammar";
+import { initGrammar } from "../src/engine/grammar";
 import { createToolCallConstraint, templateInput, toolCallFormats, toolTemplate, ToolCallStream, type ToolCallFormat, type ToolSpec } from "../src/engine/tools";
 import { smolTokenizerFiles, writeTinyModel } from "./helpers/tiny-model";
 
@@ -165,12 +166,7 @@ describe("conversations with tools, as the template gets them", () => {
   });
 });
 
-test("prefixRules renames rules, never what is inside literals or classes", () => {
-  const ebnf = 'root ::= "{" string [a-z_]+ "root" basic_x\nstring ::= "\\"" [^"\\\\] "\\""';
-  expect(prefixRules(ebnf, "f0_")).toBe('f0_root ::= "{" f0_string [a-z_]+ "root" f0_basic_x\nf0_string ::= "\\"" [^"\\\\] "\\""');
-});
-
-describe("a required call is valid by construction", () => {
+describe("calls are valid by construction", () => {
   const root = mkdtempSync(join(tmpdir(), "mlx-tools-"));
   let lm: LoadedModel;
   const ajv = new Ajv({ strict: false });
@@ -184,11 +180,10 @@ describe("a required call is valid by construction", () => {
   });
 
   async function answer(format: ToolCallFormat, functions: ToolSpec[], parallel: boolean, seed: number) {
-    const constraint = await createToolCallConstraint(lm.tokenizer, format, functions, parallel);
+    const constraint = await createToolCallConstraint(lm.tokenizer, format, functions, { required: true, parallel });
     const caches = makeCaches(lm.model);
     try {
-      const prompt = chatTokens(lm.tokenizer, [{ role: "user", content: "Call a function." }]);
-      const stream = complete(lm, caches, prompt, { sampling: { ...defaultSampling, temperature: 1, seed }, maxTokens: 160, logitsProcessors: [constraint.processor] });
+      const stream = complete(lm, caches, chatTokens(lm.tokenizer, [{ role: "user", content: "Call a function." }]), { sampling: { ...defaultSampling, temperature: 1, seed }, maxTokens: 160, logitsProcessors: [constraint.processor] });
       let step = stream.next();
       while (!step.done) step = stream.next();
       return step.value;
@@ -199,7 +194,7 @@ describe("a required call is valid by construction", () => {
   }
 
   for (const format of [hermes, llama3, mistral]) {
-    test(`${format.name}: every finished answer is calls to offered functions with valid arguments`, async () => {
+    test(`${format.name}, required: every finished answer is calls to offered functions with valid arguments`, async () => {
       let finished = 0;
       for (let seed = 1; seed <= 6; seed++) {
         const r = await answer(format, [weather, search, noArguments], true, seed);
@@ -233,6 +228,54 @@ describe("a required call is valid by construction", () => {
 
   test("a parameter schema constrained decoding cannot enforce is refused, naming the function", async () => {
     const bad: ToolSpec = { name: "odd", parameters: { type: "object", properties: { n: { type: "integer", multipleOf: 3 } } } };
-    await expect(createToolCallConstraint(lm.tokenizer, hermes, [bad], true)).rejects.toThrow(/function 'odd' parameters: .*multipleOf/);
+    await expect(createToolCallConstraint(lm.tokenizer, hermes, [bad], { required: true, parallel: true })).rejects.toThrow(/function 'odd' parameters: .*multipleOf/);
   });
+
+  /** A stand-in for a model deciding to call: after `after` tokens of its own, it writes `text`. */
+  function writesAfter(text: string, after: number): LogitsProcessor {
+    const ids = lm.tokenizer.encode(text, { addSpecialTokens: false });
+    let start: number | undefined;
+    return (history, logits) => {
+      start ??= history.length + after;
+      const id = ids[history.length - start];
+      if (id === undefined) return logits;
+      const only = new Uint8Array(logits.shape.at(-1)!);
+      only[id] = 1;
+      return mx.where(mx.array(only, [1, only.length], mx.Dtype.bool), logits, mx.full([], -Infinity, logits.dtype));
+    };
+  }
+
+  async function autoAnswer(seed: number, constrained: boolean) {
+    const constraint = constrained ? await createToolCallConstraint(lm.tokenizer, hermes, [weather, search], { required: false, parallel: false }) : undefined;
+    const caches = makeCaches(lm.model);
+    try {
+      const processors = [writesAfter("<tool_call>", 3), ...(constraint ? [constraint.processor] : [])];
+      const stream = complete(lm, caches, chatTokens(lm.tokenizer, [{ role: "user", content: "Hi" }]), { sampling: { ...defaultSampling, temperature: 1, seed }, maxTokens: 120, logitsProcessors: processors });
+      let step = stream.next();
+      while (!step.done) step = stream.next();
+      return step.value;
+    } finally {
+      freeCaches(caches);
+      constraint?.dispose();
+    }
+  }
+
+  test("auto: free text first, and once the model opens a call it can only write a valid one", async () => {
+    let finished = 0;
+    for (let seed = 1; seed <= 4; seed++) {
+      const r = await autoAnswer(seed, true);
+      expect(r.text).toContain("<tool_call>");
+      expect(r.text.indexOf("<tool_call>")).toBeGreaterThan(0); // its own words came first
+      if (r.finishReason !== "stop") continue;
+      finished++;
+      const { calls } = hermes.parse(r.text);
+      expect(calls).toHaveLength(1);
+      expect(schemas.get(calls[0]!.name)!(calls[0]!.arguments)).toBe(true);
+      // No parallel calls: the answer ends with the call.
+      expect(r.text.trimEnd()).toEndWith("</tool_call>");
+    }
+    expect(finished).toBeGreaterThan(0);
+    // Without the grammar the same random model never completes a call.
+    for (let seed = 1; seed <= 2; seed++) expect(hermes.parse((await autoAnswer(seed, false)).text).calls).toEqual([]);
+  }, 120_000);
 });

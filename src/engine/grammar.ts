@@ -278,17 +278,20 @@ async function buildTokenizerGrammars(tokenizer: Tokenizer): Promise<TokenizerGr
   return { inst, info, compiler, vocabSize: tokenizer.vocabSize, stopIds, compiled: new Map() };
 }
 
+// Special tokens some families write their tool calls with: a grammar must be able to pick them.
+const TOOL_MARKER_TOKENS = new Set(["<tool_call>", "</tool_call>", "<|python_tag|>", "[TOOL_CALLS]"]);
+
 /**
  * The vocabulary as xgrammar wants it: each id's token text in the tokenizer's own encoding
  * (byte-level "Ġ" forms, or sentencepiece "▁" with <0xXX> byte tokens), special tokens other
- * than the stop tokens as "" so the grammar never picks them.
+ * than the stop tokens and tool-call markers as "" so the grammar never picks them.
  */
 export function describeVocabulary(tokenizer: Tokenizer): { vocab: string[]; vocabType: "byte_level" | "byte_fallback" | "raw"; prependSpace: boolean } {
   const vocab = new Array<string>(tokenizer.vocabSize);
   let byteTokens = 0;
   for (let id = 0; id < tokenizer.vocabSize; id++) {
     const token = tokenizer.idToToken(id) ?? "";
-    vocab[id] = tokenizer.isSpecial(id) && !tokenizer.eosTokenIds.has(id) ? "" : token;
+    vocab[id] = tokenizer.isSpecial(id) && !tokenizer.eosTokenIds.has(id) && !TOOL_MARKER_TOKENS.has(token) ? "" : token;
     if (/^<0x[0-9A-Fa-f]{2}>$/.test(token)) byteTokens++;
   }
   if (tokenizer.isByteLevel) return { vocab, vocabType: "byte_level", prependSpace: false };
@@ -303,26 +306,26 @@ function prependsSpace(tokenizer: Tokenizer): boolean {
 }
 
 /**
- * A grammar for the constraint to follow: EBNF text (made on demand, then compiled once per
- * tokenizer and `key`) and the rule it starts from. JSON formats and tool calls both reduce to it.
+ * A grammar for the constraint to follow, made on demand and compiled once per tokenizer and
+ * `key`: EBNF text (its rule `root` first), or an xgrammar structural tag (text with tagged
+ * parts such as tool calls). JSON formats and tool calls both reduce to it.
  */
-export interface GrammarSource {
-  key: string;
-  ebnf: () => Promise<string>;
-  root?: string;
-}
+export type GrammarSource = { key: string } & ({ ebnf: () => Promise<string> } | { structuralTag: () => Promise<XG.StructuralTag> });
 
 function compiledGrammar(t: TokenizerGrammars, source: GrammarSource): Promise<XG.CompiledGrammar> {
   let grammar = t.compiled.get(source.key);
   if (!grammar) {
-    grammar = source.ebnf().then((ebnf) => guarded(t.inst, "unsupported grammar", () => t.compiler.compileGrammar(ebnf, source.root ?? "root")));
+    grammar =
+      "ebnf" in source
+        ? source.ebnf().then((ebnf) => guarded(t.inst, "unsupported grammar", () => t.compiler.compileGrammar(ebnf)))
+        : source.structuralTag().then((tag) => guarded(t.inst, "unsupported grammar", () => t.compiler.compileStructuralTag(tag)));
     t.compiled.set(source.key, grammar);
     grammar.catch(() => t.compiled.delete(source.key));
   }
   return grammar;
 }
 
-/** A JSON Schema as EBNF whose `root` rule is one JSON value matching it, on one line. */
+/** A JSON Schema as EBNF whose rule `root` is one JSON value matching it, on one line. */
 export async function schemaEbnf(schema: object, strict: boolean): Promise<string> {
   const inst = await instance();
   const ebnf = await guarded(inst, "unsupported schema", () => inst.xg.Testings._jsonSchemaToEBNF(JSON.stringify(schema), false, -1, undefined, strict));
@@ -381,18 +384,6 @@ function ebnfPieces(line: string): { text: string; literal: boolean }[] {
   }
   if (plain) pieces.push({ text: plain, literal: false });
   return pieces;
-}
-
-/** EBNF with every rule name prefixed, so several grammars' rules can live in one. */
-export function prefixRules(ebnf: string, prefix: string): string {
-  return ebnf
-    .split("\n")
-    .map((line) =>
-      ebnfPieces(line)
-        .map(({ text, literal }) => (literal ? text : text.replace(/\b[A-Za-z_][A-Za-z0-9_]*\b/g, (name) => prefix + name)))
-        .join(""),
-    )
-    .join("\n");
 }
 
 function jsonSafeClass(cls: string): string {

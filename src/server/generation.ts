@@ -60,19 +60,29 @@ export interface GenerationContext {
 }
 
 /**
- * The grammar the answer must follow: the request's JSON format, or calls when the request
- * requires one. A schema xgrammar or ajv refuses is the client's 400.
+ * The grammar the answer must follow: calls when the request requires one, the request's JSON
+ * format, or free text in which any call the model starts stays valid. A schema xgrammar or
+ * ajv refuses is the client's 400, except for tools the model may ignore: those are then only
+ * parsed, as most servers do.
  */
 async function grammarConstraint(lm: LoadedModel, input: GenerateInput, toolFormat: ToolCallFormat | undefined): Promise<GrammarConstraint | undefined> {
-  const functions = toolFormat && input.tools && requiredFunctions(input.tools);
-  const param = functions ? "tools" : input.format?.param;
+  const tools = toolFormat && input.tools;
+  const required = tools && requiredFunctions(tools);
+  const format = input.format;
+  if (required) return withSchemaErrors("tools", () => createToolCallConstraint(lm.tokenizer, toolFormat, required, { required: true, parallel: tools.parallel }));
+  if (format) return withSchemaErrors(format.param, () => createJsonConstraint(lm.tokenizer, format.format));
+  if (tools) return withSchemaErrors(null, () => createToolCallConstraint(lm.tokenizer, toolFormat, tools.tools, { required: false, parallel: tools.parallel }));
+  return undefined;
+}
+
+/** A SchemaError as the client's 400 on `param`; with no param (tools the model may ignore), as no constraint. */
+async function withSchemaErrors(param: string | null, make: () => Promise<GrammarConstraint>): Promise<GrammarConstraint | undefined> {
   try {
-    if (functions) return await createToolCallConstraint(lm.tokenizer, toolFormat, functions, input.tools!.parallel);
-    if (input.format) return await createJsonConstraint(lm.tokenizer, input.format.format);
-    return undefined;
+    return await make();
   } catch (error) {
-    if (error instanceof SchemaError) throw badRequest(error.message, param ?? null);
-    throw error;
+    if (!(error instanceof SchemaError)) throw error;
+    if (param === null) return undefined;
+    throw badRequest(error.message, param);
   }
 }
 

@@ -1,14 +1,23 @@
-// When a call is required (tool_choice "required" or a named function), the answer is
-// constrained to calls in the model's format whose arguments match the function's parameter
-// schema: each function's schema becomes EBNF (its rules prefixed so several fit in one
-// grammar), wrapped in the call's JSON and the format's tags.
-import { canonicalJson, createGrammarConstraint, prefixRules, schemaEbnf, SchemaError, validateSchema, type GrammarConstraint, type GrammarSource } from "../grammar";
+// Calls that always parse: an xgrammar structural tag lays each offered function's call out as
+// the model family writes it, with its arguments held to the function's parameter schema.
+// When a call is required (tool_choice "required" or a named function) the answer must be
+// calls; otherwise it is free text, and only from the family's trigger on ("<tool_call>", ...)
+// must it continue as a valid call.
+import { canonicalJson, createGrammarConstraint, schemaEbnf, SchemaError, validateSchema, type GrammarConstraint } from "../grammar";
+import type { StructuralTag, StructuralTagFormat, TagFormat } from "@mlc-ai/web-xgrammar";
 import type { Tokenizer } from "../../tokenizer/tokenizer";
 import type { ToolCallFormat } from "./formats";
 import type { ToolSpec } from "./types";
 
-/** The functions a required call may name: the one chosen, or all offered. */
-export async function createToolCallConstraint(tokenizer: Tokenizer, format: ToolCallFormat, functions: ToolSpec[], parallel: boolean): Promise<GrammarConstraint> {
+export interface ToolCallConstraintOptions {
+  /** Whether the answer must be calls (else: free text in which calls stay valid). */
+  required: boolean;
+  /** Whether the answer may hold several calls. */
+  parallel: boolean;
+}
+
+/** A constraint for one answer that may (or must) call `functions`; a parameter schema it cannot enforce is a SchemaError naming the function. */
+export async function createToolCallConstraint(tokenizer: Tokenizer, format: ToolCallFormat, functions: ToolSpec[], o: ToolCallConstraintOptions): Promise<GrammarConstraint> {
   for (const f of functions) {
     try {
       await validateSchema(argumentsSchema(f));
@@ -17,7 +26,10 @@ export async function createToolCallConstraint(tokenizer: Tokenizer, format: Too
       throw error;
     }
   }
-  return createGrammarConstraint(tokenizer, toolCallGrammar(format, functions, parallel));
+  return createGrammarConstraint(tokenizer, {
+    key: `tools:${format.name}:${o.required}:${o.parallel}:${canonicalJson(functions.map((f) => [f.name, argumentsSchema(f)]))}`,
+    structuralTag: async (): Promise<StructuralTag> => ({ type: "structural_tag", format: await callsFormat(format, functions, o) }),
+  });
 }
 
 /** An empty parameter schema still means an arguments object. */
@@ -25,22 +37,15 @@ function argumentsSchema(f: ToolSpec): Record<string, unknown> {
   return Object.keys(f.parameters).length > 0 ? f.parameters : { type: "object", properties: {} };
 }
 
-function toolCallGrammar(format: ToolCallFormat, functions: ToolSpec[], parallel: boolean): GrammarSource {
-  return {
-    key: `tools:${format.name}:${parallel}:${canonicalJson(functions.map((f) => [f.name, argumentsSchema(f)]))}`,
-    root: "tool_calls",
-    ebnf: async () => {
-      const rules: string[] = [];
-      const calls: string[] = [];
-      for (const [i, f] of functions.entries()) {
-        rules.push(prefixRules(await schemaEbnf(argumentsSchema(f), true), `f${i}_`));
-        // Laid out as the models write it: {"name": "f", "arguments": {...}}
-        const head = JSON.stringify(`{"name": ${JSON.stringify(f.name)}, "${format.argumentsKey}": `);
-        rules.push(`call_${i} ::= ${head} f${i}_root "}"`);
-        calls.push(`call_${i}`);
-      }
-      rules.push(`call ::= ${calls.join(" | ")}`, format.callsRule(parallel));
-      return rules.join("\n");
-    },
-  };
+async function callsFormat(format: ToolCallFormat, functions: ToolSpec[], { required, parallel }: ToolCallConstraintOptions): Promise<StructuralTagFormat> {
+  // Each call's arguments as our JSON-safe EBNF for its schema (see schemaEbnf).
+  const calls = await Promise.all(functions.map(async (f): Promise<TagFormat> => ({ type: "tag", ...format.callLayout(f.name), content: { type: "grammar", grammar: await schemaEbnf(argumentsSchema(f), true) } })));
+  const stopAfterFirst = !parallel;
+  if (format.list) {
+    // One tagged list of calls (mistral): required, or opened by the trigger in free text.
+    const list: TagFormat = { type: "tag", ...format.list, content: { type: "tags_with_separator", tags: calls, separator: format.separator, at_least_one: true, stop_after_first: stopAfterFirst } };
+    return required ? list : { type: "triggered_tags", triggers: [format.trigger], tags: [list], stop_after_first: true };
+  }
+  if (required) return { type: "tags_with_separator", tags: calls, separator: format.separator, at_least_one: true, stop_after_first: stopAfterFirst };
+  return { type: "triggered_tags", triggers: [format.trigger], tags: calls, stop_after_first: stopAfterFirst };
 }

@@ -1,6 +1,6 @@
 // How the model families we load write tool calls, behind one interface: where a call starts,
-// how to read calls out of an answer, and the EBNF that allows calls only (used when a call is
-// required).
+// how to read calls out of an answer, and how a call is laid out around its arguments (for the
+// grammar that keeps calls valid).
 //
 // - hermes (Qwen 2/2.5/3, Hermes, and our prompt for templates without tools):
 //     <tool_call>\n{"name": "f", "arguments": {...}}\n</tool_call>
@@ -24,8 +24,14 @@ export interface ToolCallFormat {
   argumentsKey: "arguments" | "parameters";
   /** Splits an answer into prose and calls; a call that does not parse stays prose. */
   parse(text: string): ParsedAnswer;
-  /** EBNF rules whose rule `tool_calls` is one call (or several, when `parallel`), given a rule `call` for one call object. */
-  callsRule(parallel: boolean): string;
+  /** The text around a call's arguments object, as the family writes it. */
+  callLayout(name: string): { begin: string; end: string };
+  /** Between parallel calls. */
+  separator: string;
+  /** Around the whole list of calls, when the family writes one. */
+  list?: { begin: string; end: string };
+  /** The text that opens calls in free text (a prefix of every call's layout, list included). */
+  trigger: string;
 }
 
 const alphanumeric = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
@@ -86,7 +92,9 @@ const hermes: ToolCallFormat = {
     });
     return calls.length > 0 ? { content: content.trim(), calls } : { content: text, calls };
   },
-  callsRule: (parallel) => `tool_call ::= "<tool_call>\\n" call "\\n</tool_call>"\ntool_calls ::= tool_call${parallel ? ' ("\\n" tool_call)*' : ""}`,
+  callLayout: (name) => ({ begin: `<tool_call>\n{"name": ${JSON.stringify(name)}, "arguments": `, end: "}\n</tool_call>" }),
+  separator: "\n",
+  trigger: "<tool_call>",
 };
 
 const llama3: ToolCallFormat = {
@@ -100,12 +108,14 @@ const llama3: ToolCallFormat = {
     const values = body.startsWith("{") ? (parseJson(body) ?? parseJson(`[${body.replace(/}\s*;\s*{/g, "},{")}]`)) : undefined;
     return onlyCalls(text, values, openaiCallId);
   },
-  callsRule: (parallel) => `tool_calls ::= call${parallel ? ' ("; " call)*' : ""}`,
+  callLayout: (name) => ({ begin: `{"name": ${JSON.stringify(name)}, "parameters": `, end: "}" }),
+  separator: "; ",
+  trigger: '{"name": ',
 };
 
 const mistral: ToolCallFormat = {
   name: "mistral",
-  // [TOOL_CALLS] is a special token the grammar cannot emit; a bare list of calls is read too.
+  // A bare list of calls is read too.
   markers: ["[TOOL_CALLS]", "["],
   anywhere: false,
   argumentsKey: "arguments",
@@ -114,7 +124,10 @@ const mistral: ToolCallFormat = {
     const value = body.startsWith("[") || body.startsWith("{") ? parseJson(body) : undefined;
     return onlyCalls(text, value, mistralCallId);
   },
-  callsRule: (parallel) => `tool_calls ::= "[" call${parallel ? ' (", " call)*' : ""} "]"`,
+  callLayout: (name) => ({ begin: `{"name": ${JSON.stringify(name)}, "arguments": `, end: "}" }),
+  separator: ", ",
+  list: { begin: "[TOOL_CALLS] [", end: "]" },
+  trigger: "[TOOL_CALLS]",
 };
 
 export const toolCallFormats = { hermes, llama3, mistral };

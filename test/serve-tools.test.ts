@@ -1,0 +1,218 @@
+// Tool calls through the server with the real clients: OpenAI tools and tool_choice (whole and
+// streamed, batched with plain requests), results fed back, Ollama /api/chat tools, bad tool
+// requests as 400s. Tiny random-weight models: a required call is valid only because the
+// grammar makes it so. Last, the real default model calls a function when it must.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import Ajv from "ajv";
+import OpenAI from "openai";
+import { Ollama } from "ollama";
+import type { RunningServer } from "../src/server/app";
+import { resolveModelPath } from "../src/store/resolve";
+import { post, serve } from "./helpers/serve";
+import { writeTinyModel } from "./helpers/tiny-model";
+
+let server: RunningServer;
+let openai: OpenAI;
+let ollama: Ollama;
+/** SmolLM2's template, which has no tools: the server describes them in the system prompt. */
+let model: string;
+/** A template that writes Llama 3 JSON calls. */
+let llamaModel: string;
+
+const parameters = {
+  type: "object",
+  properties: { city: { type: "string", maxLength: 10 }, days: { type: "integer", minimum: 1, maximum: 7 }, unit: { enum: ["celsius", "fahrenheit"] } },
+  required: ["city", "days"],
+  additionalProperties: false,
+};
+const validArguments = new Ajv().compile(parameters);
+const tools: OpenAI.ChatCompletionTool[] = [
+  { type: "function", function: { name: "forecast", description: "The weather forecast for a city", parameters } },
+  { type: "function", function: { name: "clock", description: "The time now", parameters: { type: "object", properties: {} } } },
+];
+const ask: OpenAI.ChatCompletionMessageParam[] = [{ role: "user", content: "What will the weather be in Oslo?" }];
+
+beforeAll(() => {
+  // Room for the tools' description in the prompt.
+  const root = mkdtempSync(join(tmpdir(), "mlx-serve-tools-"));
+  process.env.MLX_HOME ??= join(root, "home");
+  model = join(root, "smol-template");
+  writeTinyModel(model, { contextLength: 1024 });
+  llamaModel = join(root, "llama3-template");
+  writeTinyModel(llamaModel, { contextLength: 1024, chatTemplate: readFileSync(join(import.meta.dir, "fixtures", "templates", "llama3-tools.jinja"), "utf8") });
+  server = serve({ defaultModel: model });
+  openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused" });
+  ollama = new Ollama({ host: server.url });
+});
+
+afterAll(() => server.stop());
+
+function expectForecastCalls(calls: { function: { name: string; arguments: string } }[] | undefined) {
+  expect(calls?.length).toBeGreaterThan(0);
+  for (const c of calls!) {
+    expect(c.function.name).toBe("forecast");
+    expect(validArguments(JSON.parse(c.function.arguments))).toBe(true);
+  }
+}
+
+describe("OpenAI tools", () => {
+  test("tool_choice naming a function: tool_calls with valid arguments and finish_reason tool_calls, batched with plain requests", async () => {
+    const required = [1, 2, 3].map((seed) =>
+      openai.chat.completions.create({ model, messages: ask, tools, tool_choice: { type: "function", function: { name: "forecast" } }, parallel_tool_calls: false, temperature: 1, seed, max_tokens: 120 }),
+    );
+    const plain = [1, 2].map((seed) => openai.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }], max_tokens: 12, temperature: 1, seed }));
+    const results = await Promise.all(required);
+    for (const p of await Promise.all(plain)) expect(p.choices[0]!.message.tool_calls).toBeUndefined();
+    let called = 0;
+    for (const r of results) {
+      const choice = r.choices[0]!;
+      if (choice.finish_reason === "length") continue;
+      called++;
+      expect(choice.finish_reason).toBe("tool_calls");
+      expect(choice.message.content).toBeNull();
+      expect(choice.message.tool_calls).toHaveLength(1);
+      expect(choice.message.tool_calls![0]!.id).toMatch(/^call_/);
+      expectForecastCalls(choice.message.tool_calls as never);
+    }
+    expect(called).toBeGreaterThan(0);
+  });
+
+  test("tool_choice required, streamed: the calls arrive as tool_calls deltas", async () => {
+    let finished = 0;
+    for (const seed of [4, 5, 6]) {
+      // One call: a random model that may chain calls would run to max_tokens.
+      const stream = await openai.chat.completions.create({ model, messages: ask, tools: tools.slice(0, 1), tool_choice: "required", parallel_tool_calls: false, temperature: 1, seed, max_tokens: 200, stream: true });
+      const calls: { id?: string; function: { name: string; arguments: string } }[] = [];
+      let content = "";
+      let finish: string | null = null;
+      for await (const chunk of stream) {
+        const choice = chunk.choices[0];
+        if (!choice) continue;
+        content += choice.delta.content ?? "";
+        for (const d of choice.delta.tool_calls ?? []) {
+          calls[d.index] ??= { id: d.id, function: { name: "", arguments: "" } };
+          calls[d.index]!.function.name += d.function?.name ?? "";
+          calls[d.index]!.function.arguments += d.function?.arguments ?? "";
+        }
+        finish = choice.finish_reason ?? finish;
+      }
+      if (finish === "length") continue;
+      finished++;
+      expect(finish).toBe("tool_calls");
+      expect(content).toBe("");
+      expectForecastCalls(calls);
+    }
+    expect(finished).toBeGreaterThan(0);
+  });
+
+  test("a call and its result fed back are rendered into the next prompt; tool_choice none offers nothing", async () => {
+    const history: OpenAI.ChatCompletionMessageParam[] = [
+      ...ask,
+      { role: "assistant", content: null, tool_calls: [{ id: "call_abc", type: "function", function: { name: "forecast", arguments: '{"city": "Oslo", "days": 2}' } }] },
+      { role: "tool", tool_call_id: "call_abc", content: "Snow, -3 degrees" },
+    ];
+    const base = await openai.chat.completions.create({ model, messages: ask, max_tokens: 1 });
+    const withResult = await openai.chat.completions.create({ model, messages: history, max_tokens: 1 });
+    const offered = await openai.chat.completions.create({ model, messages: history, tools, max_tokens: 1 });
+    const none = await openai.chat.completions.create({ model, messages: history, tools, tool_choice: "none", max_tokens: 1 });
+    const tokens = (r: OpenAI.ChatCompletion) => r.usage!.prompt_tokens;
+    // The call and the result add tokens; offering the tools adds their description; "none" offers nothing.
+    expect(tokens(withResult)).toBeGreaterThan(tokens(base) + 20);
+    expect(tokens(offered)).toBeGreaterThan(tokens(withResult) + 50);
+    expect(tokens(none)).toBe(tokens(withResult));
+  });
+
+  test("bad tool requests are 400s naming the field, and the server carries on", async () => {
+    const url = `${server.url}/v1/chat/completions`;
+    const messages = [{ role: "user", content: "x" }];
+    const fn = (f: object) => [{ type: "function", function: { name: "f", ...f } }];
+    const cases: [object, RegExp, string][] = [
+      [{ messages, tool_choice: "required" }, /needs 'tools'/, "tool_choice"],
+      [{ messages, tools: fn({}), tool_choice: { type: "function", function: { name: "g" } } }, /'g', which is not among the tools/, "tool_choice.function.name"],
+      [{ messages, tools: fn({}), tool_choice: "sometimes" }, /must be one of none, auto, required/, "tool_choice"],
+      [{ messages, tools: fn({ parameters: { type: "object", properties: { n: { type: 7 } } } }) }, /invalid schema/, "tools.0.function.parameters"],
+      [{ messages, tools: fn({ parameters: { type: "object", properties: { n: { type: "integer", multipleOf: 2 } } } }), tool_choice: "required" }, /function 'f' parameters: .*multipleOf/, "tools"],
+      [{ messages, tools: [{ type: "function", function: { name: "bad name" } }] }, /letters, digits/, "tools.0.function.name"],
+      [{ messages, tools: [...fn({}), ...fn({})] }, /repeats the function name 'f'/, "tools.1.function.name"],
+      [{ messages, tools: fn({}), tool_choice: "required", response_format: { type: "json_object" } }, /cannot be combined/, "response_format"],
+      [{ messages: [{ role: "assistant", content: null, tool_calls: [{ id: "a", type: "function", function: { name: "f", arguments: "{not json" } }] }] }, /JSON object written as a string/, "messages.0.tool_calls.0.function.arguments"],
+      [{ messages: [{ role: "tool", content: "42" }] }, /is required/, "messages.0.tool_call_id"],
+    ];
+    for (const [body, message, param] of cases) {
+      const r = await post(url, { model, ...body });
+      expect(r.status).toBe(400);
+      expect(r.json.error.message).toMatch(message);
+      expect(r.json.error.param).toBe(param);
+    }
+    // Tools the model may ignore: a schema the grammar cannot enforce is only parsed, not refused.
+    const unenforced = await post(url, { model, messages, tools: fn({ parameters: { type: "object", properties: { n: { type: "integer", multipleOf: 2 } } } }), max_tokens: 2 });
+    expect(unenforced.status).toBe(200);
+    const completions = await post(`${server.url}/v1/completions`, { model, prompt: "x", tools: fn({}) });
+    expect(completions.status).toBe(400);
+    const after = await openai.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }], max_tokens: 3 });
+    expect(after.choices[0]!.finish_reason).toBeDefined();
+  });
+});
+
+describe("Ollama tools", () => {
+  // Ollama has no tool_choice; on a template with Llama 3 JSON calls, a `format` schema shaped
+  // like a call makes the random model write one, which must come back as message.tool_calls.
+  const callFormat = { type: "object", properties: { name: { const: "forecast" }, parameters }, required: ["name", "parameters"], additionalProperties: false };
+  const ollamaTools = tools as never;
+
+  test("a call in the answer comes back as message.tool_calls, whole and streamed", async () => {
+    const whole = await ollama.chat({ model: llamaModel, messages: ask, tools: ollamaTools, format: callFormat, options: { temperature: 1, seed: 1, num_predict: 150 } });
+    expect(whole.done_reason).toBe("stop");
+    expect(whole.message.content).toBe("");
+    expect(whole.message.tool_calls).toHaveLength(1);
+    expect(whole.message.tool_calls![0]!.function.name).toBe("forecast");
+    expect(validArguments(whole.message.tool_calls![0]!.function.arguments)).toBe(true);
+    const chunks = await ollama.chat({ model: llamaModel, messages: ask, tools: ollamaTools, format: callFormat, stream: true, options: { temperature: 1, seed: 1, num_predict: 150 } });
+    const calls = [];
+    let content = "";
+    let last;
+    for await (const chunk of chunks) {
+      content += chunk.message.content;
+      calls.push(...(chunk.message.tool_calls ?? []));
+      last = chunk;
+    }
+    expect(last!.done).toBe(true);
+    expect(last!.done_reason).toBe("stop");
+    expect(content).toBe("");
+    expect(calls.map((c) => c.function)).toEqual(whole.message.tool_calls!.map((c) => c.function));
+  });
+
+  test("tools and a conversation with a call and its result are accepted; /api/generate refuses tools", async () => {
+    const r = await ollama.chat({
+      model,
+      messages: [...(ask as never[]), { role: "assistant", content: "", tool_calls: [{ function: { name: "forecast", arguments: { city: "Oslo", days: 1 } } }] }, { role: "tool", content: "Snow", tool_name: "forecast" } as never],
+      tools: ollamaTools,
+      options: { num_predict: 4 },
+    });
+    expect(r.done).toBe(true);
+    expect(r.prompt_eval_count).toBeGreaterThan(100);
+    const generate = await post(`${server.url}/api/generate`, { model, prompt: "x", tools });
+    expect(generate.status).toBe(400);
+    expect(generate.json.error).toMatch(/tools/);
+  });
+});
+
+describe("the default model (SmolLM2-135M)", () => {
+  test(
+    "must call a function: calls forecast for the city in the question, with valid arguments",
+    async () => {
+      const real = await resolveModelPath(undefined);
+      const question: OpenAI.ChatCompletionMessageParam[] = [{ role: "user", content: "What will the weather be in Paris tomorrow?" }];
+      const r = await openai.chat.completions.create({ model: real, messages: question, tools, tool_choice: "required", parallel_tool_calls: false, temperature: 0, max_tokens: 80 });
+      const choice = r.choices[0]!;
+      expect(choice.finish_reason).toBe("tool_calls");
+      expect(choice.message.tool_calls).toHaveLength(1);
+      expectForecastCalls(choice.message.tool_calls as never);
+      expect(JSON.parse(choice.message.tool_calls![0]!.function.arguments).city).toBe("Paris");
+    },
+    300_000,
+  );
+});
