@@ -59,6 +59,13 @@ MLXS_API const char* mlxs_version(void);
 // 0 = cpu, 1 = gpu
 MLXS_API int mlxs_set_default_device(int kind);
 MLXS_API int mlxs_default_device(void);
+
+// Streams on the default device, by index: a new one (its index in *out), the current default
+// (-1 on error), and making one the default for the ops built after. On the CPU each stream
+// runs on its own thread, so independent work on two streams uses two cores.
+MLXS_API int mlxs_new_stream(int* out);
+MLXS_API int mlxs_default_stream(void);
+MLXS_API int mlxs_set_default_stream(int index);
 MLXS_API int mlxs_gpu_available(void);
 
 // ---- array lifetime and host transfer ----

@@ -108,6 +108,22 @@ describe("element-wise", () => {
       expect(values(mx.matmul(a, b))).toEqual([19, 22, 43, 50]);
     });
   });
+
+  test("ops built on a second stream feed ops on the first; the default stream comes back after", () => {
+    run(() => {
+      const main = mx.defaultStream();
+      const side = mx.newStream();
+      expect(side).not.toBe(main);
+      const a = mx.array([1, 2, 3, 4], [2, 2]);
+      const left = mx.onStream(side, () => mx.matmul(a, a));
+      const right = mx.multiply(a, 10);
+      expect(values(mx.concatenate([left, right], -1))).toEqual([7, 10, 10, 20, 15, 22, 30, 40]);
+      expect(mx.onStream(side, () => mx.defaultStream())).toBe(side);
+      expect(() => mx.onStream(side, () => mx.reshape(a, [3]))).toThrow(/reshape/);
+      expect(mx.defaultStream()).toBe(main);
+      expect(values(mx.add(left, 1))).toEqual([8, 11, 16, 23]);
+    });
+  });
 });
 
 describe("reductions and sorting", () => {

@@ -47,6 +47,29 @@ int mlxs_set_default_device(int kind) {
 }
 
 int mlxs_default_device(void) { return mx::default_device() == mx::Device::gpu ? 1 : 0; }
+
+int mlxs_new_stream(int* out) {
+  return guard([&] {
+    *out = mx::new_stream(mx::default_device()).index;
+    return 0;
+  });
+}
+
+int mlxs_default_stream(void) {
+  try {
+    return mx::default_stream(mx::default_device()).index;
+  } catch (const std::exception& e) {
+    set_last_error(e.what());
+    return -1;
+  }
+}
+
+int mlxs_set_default_stream(int index) {
+  return guard([&] {
+    mx::set_default_stream(mx::Stream(index, mx::default_device()));
+    return 0;
+  });
+}
 int mlxs_gpu_available(void) { return mx::is_available(mx::Device::gpu) ? 1 : 0; }
 
 void mlxs_array_free(mlxs_array* a) { delete a; }

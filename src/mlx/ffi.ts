@@ -13,6 +13,9 @@ const symbols = {
   mlxs_set_default_device: { args: [i32], returns: i32 },
   mlxs_default_device: { args: [], returns: i32 },
   mlxs_gpu_available: { args: [], returns: i32 },
+  mlxs_new_stream: { args: [p], returns: i32 },
+  mlxs_default_stream: { args: [], returns: i32 },
+  mlxs_set_default_stream: { args: [i32], returns: i32 },
 
   mlxs_array_free: { args: [p], returns: none },
   mlxs_array_retain: { args: [p, p], returns: i32 },

@@ -3,6 +3,7 @@
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { ModelConfig, QuantConfig } from "./config";
+import { splitRows } from "./parallel";
 
 /** The weights of a model by their Hugging Face names, with a clear error for a missing one. */
 export class Weights {
@@ -40,22 +41,10 @@ export interface Linear {
 }
 
 export function linear(w: Weights, prefix: string): Linear {
-  const weight = w.get(`${prefix}.weight`);
-  const bias = w.optional(`${prefix}.bias`);
-  const quant = w.quantFor(prefix);
-  if (quant) {
-    const scales = w.get(`${prefix}.scales`);
-    const biases = w.optional(`${prefix}.biases`);
-    return (x) => {
-      const y = mx.quantizedMatmul(x, weight, scales, biases, quant, true);
-      return bias ? mx.add(y, bias) : y;
-    };
-  }
-  const weightT = mx.keep(mx.transpose(weight));
-  return (x) => {
-    const y = mx.matmul(x, weightT);
-    return bias ? mx.add(y, bias) : y;
-  };
+  return projection(
+    { weight: w.get(`${prefix}.weight`), scales: w.optional(`${prefix}.scales`), biases: w.optional(`${prefix}.biases`), bias: w.optional(`${prefix}.bias`) },
+    w.quantFor(prefix),
+  );
 }
 
 export interface Embedding {
@@ -68,19 +57,43 @@ export interface Embedding {
 export function embedding(w: Weights, prefix: string): Embedding {
   const weight = w.get(`${prefix}.weight`);
   const quant = w.quantFor(prefix);
-  if (quant) {
-    const scales = w.get(`${prefix}.scales`);
-    const biases = w.optional(`${prefix}.biases`);
-    return {
-      lookup: (ids) => mx.dequantize(mx.take(weight, ids, 0), mx.take(scales, ids, 0), biases && mx.take(biases, ids, 0), quant),
-      asLinear: (x) => mx.quantizedMatmul(x, weight, scales, biases, quant, true),
-    };
-  }
-  const weightT = mx.keep(mx.transpose(weight));
-  return {
-    lookup: (ids) => mx.take(weight, ids, 0),
-    asLinear: (x) => mx.matmul(x, weightT),
-  };
+  const scales = w.optional(`${prefix}.scales`);
+  const biases = w.optional(`${prefix}.biases`);
+  const lookup = quant
+    ? (ids: MxArray) => mx.dequantize(mx.take(weight, ids, 0), mx.take(scales!, ids, 0), biases && mx.take(biases, ids, 0), quant)
+    : (ids: MxArray) => mx.take(weight, ids, 0);
+  return { lookup, asLinear: projection({ weight, scales, biases }, quant) };
+}
+
+interface ProjectionWeights {
+  weight: MxArray;
+  /** A quantized weight's scales and biases. */
+  scales?: MxArray;
+  biases?: MxArray;
+  /** The layer's own bias, added to the output. */
+  bias?: MxArray;
+}
+
+/** x → x·Wᵀ (+ bias), quantized or plain, its output rows split across streams (see splitRows). */
+function projection(t: ProjectionWeights, quant: QuantConfig | undefined): Linear {
+  return splitRows(t.weight.shape[0]!, (start, end) => {
+    const [weight, scales, biases, bias] = [t.weight, t.scales, t.biases, t.bias].map((a) => a && rows(a, start, end));
+    let matmul: Linear;
+    if (quant) matmul = (x) => mx.quantizedMatmul(x, weight!, scales!, biases, quant, true);
+    else {
+      const weightT = mx.keep(mx.transpose(weight!));
+      matmul = (x) => mx.matmul(x, weightT);
+    }
+    return bias ? (x) => mx.add(matmul(x), bias) : matmul;
+  });
+}
+
+/** Rows [start, end) of a weight: a view sharing its buffer, kept for the model's life. */
+function rows(t: MxArray, start: number, end: number): MxArray {
+  if (start === 0 && end === t.shape[0]) return t;
+  const part = mx.keep(mx.slice(t, [start], [end]));
+  mx.evaluate(part);
+  return part;
 }
 
 export function rmsNorm(w: Weights, prefix: string, eps: number): (x: MxArray) => MxArray {
