@@ -30,3 +30,4 @@ kill "${pids[0]}"
 wait_ready http://127.0.0.1:18432/v1/models
 dist/mlx bench --url http://127.0.0.1:18432 -m "$model_dir" --concurrency "$levels" --requests "$requests" --max-tokens "$max_tokens" --json >"$out/mlx-lm.json"
 echo "results in $out/ours.json and $out/mlx-lm.json"
+node_modules/.bin/bun bench/serve-load-table.ts "$out"
