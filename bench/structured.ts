@@ -12,8 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as mx from "../src/mlx";
 import { loadModel, type LoadedModel } from "../src/models/load";
-import { freeCaches, makeCaches } from "../src/models";
-import { complete, type CompletionResult } from "../src/engine/completion";
+import { completeAll, type CompletionResult } from "../src/engine/completion";
 import { defaultSampling, type LogitsProcessor } from "../src/engine/sampling";
 import { promptTokens } from "../src/engine/prompt";
 import { createJsonConstraint, initGrammar, type GrammarConstraint } from "../src/engine/grammar";
@@ -90,14 +89,9 @@ async function generate(prompt: string, mode: Mode): Promise<CompletionResult> {
     return out;
   };
   const logitsProcessors = mode === "schema" ? [timed] : mode === "tools" ? [constraint!.processor] : mode === "identity" ? [identity] : undefined;
-  const caches = makeCaches(lm.model);
   try {
-    const stream = complete(lm, caches, promptTokens(lm.tokenizer, prompt), { sampling: { ...defaultSampling, temperature: 0 }, maxTokens, logitsProcessors });
-    let step = stream.next();
-    while (!step.done) step = stream.next();
-    return step.value;
+    return completeAll(lm, promptTokens(lm.tokenizer, prompt), { sampling: { ...defaultSampling, temperature: 0 }, maxTokens, logitsProcessors });
   } finally {
-    freeCaches(caches);
     constraint?.dispose();
   }
 }

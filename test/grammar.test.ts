@@ -2,14 +2,14 @@
 // tokenizer: with random weights, the grammar mask is the only thing that makes the output
 // valid JSON, so every answer that ends ("stop") must parse and validate.
 import { beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
-import { homedir, tmpdir } from "node:os";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Ajv from "ajv";
 import * as mx from "../src/mlx";
 import { loadModel, type LoadedModel } from "../src/models/load";
 import { freeCaches, makeCaches } from "../src/models";
-import { complete, type CompletionResult } from "../src/engine/completion";
+import { complete, completeAll } from "../src/engine/completion";
 import { defaultSampling, type SamplingParams } from "../src/engine/sampling";
 import { promptTokens } from "../src/engine/prompt";
 import { canonicalJson, createJsonConstraint, initGrammar, jsonSafeStrings, SchemaError, validateSchema, type GrammarConstraint, type JsonFormat } from "../src/engine/grammar";
@@ -31,14 +31,10 @@ function generate(format: JsonFormat | GrammarConstraint, sampling: Partial<Samp
   return (async () => {
     const given = typeof format === "object" && "processor" in format;
     const constraint = given ? (format as GrammarConstraint) : await createJsonConstraint(lm.tokenizer, format as JsonFormat);
-    const caches = makeCaches(lm.model);
     try {
-      const stream = complete(lm, caches, promptTokens(lm.tokenizer, prompt), { sampling: { ...defaultSampling, ...sampling }, maxTokens, logitsProcessors: [constraint.processor] });
-      let step = stream.next();
-      while (!step.done) step = stream.next();
-      return { result: step.value as CompletionResult, accepted: constraint.accepted() };
+      const result = completeAll(lm, promptTokens(lm.tokenizer, prompt), { sampling: { ...defaultSampling, ...sampling }, maxTokens, logitsProcessors: [constraint.processor] });
+      return { result, accepted: constraint.accepted() };
     } finally {
-      freeCaches(caches);
       if (!given) constraint.dispose();
     }
   })();
@@ -314,10 +310,8 @@ describe("mlx run --schema / --format json, and /set format in mlx chat", () => 
   });
 });
 
-// The real default model, when it is already in the store (never downloaded here).
-const storeHome = process.env.MLX_HOME ?? join(homedir(), ".cache", "mlx");
-const hasDefault = existsSync(join(storeHome, "models", "smollm2"));
-describe.skipIf(!hasDefault)("the default model (SmolLM2-135M) under a schema", () => {
+// The real default model (fetched into the store on first use, as the parity tests do).
+describe("the default model (SmolLM2-135M) under a schema", () => {
   test(
     "answers with JSON that matches the schema",
     async () => {
@@ -325,15 +319,11 @@ describe.skipIf(!hasDefault)("the default model (SmolLM2-135M) under a schema", 
       const real = loadModel(await resolveModelPath(undefined));
       const schema = { type: "object", properties: { name: { type: "string", maxLength: 16 }, age: { type: "integer", minimum: 0, maximum: 120 } }, required: ["name", "age"] };
       const c = await createJsonConstraint(real.tokenizer, { schema });
-      const caches = makeCaches(real.model);
-      const stream = complete(real, caches, promptTokens(real.tokenizer, "Describe a person named Anna, aged 31, as JSON."), { sampling: defaultSampling, maxTokens: 40, logitsProcessors: [c.processor] });
-      let step = stream.next();
-      while (!step.done) step = stream.next();
-      freeCaches(caches);
+      const result = completeAll(real, promptTokens(real.tokenizer, "Describe a person named Anna, aged 31, as JSON."), { sampling: defaultSampling, maxTokens: 40, logitsProcessors: [c.processor] });
       c.dispose();
       real.free();
-      expect(step.value.finishReason).toBe("stop");
-      expect(ajv.validate(schema, JSON.parse(step.value.text))).toBe(true);
+      expect(result.finishReason).toBe("stop");
+      expect(ajv.validate(schema, JSON.parse(result.text))).toBe(true);
     },
     90_000,
   );

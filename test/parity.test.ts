@@ -50,7 +50,7 @@ function firstStepLogits(lm: LoadedModel, promptIds: number[], ids: number[]): n
   return values;
 }
 
-const cases = reference.cases as Case[];
+const cases = reference.cases as unknown as Case[];
 let gguf: LoadedModel;
 let directory: LoadedModel;
 

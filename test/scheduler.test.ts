@@ -4,11 +4,10 @@ import { beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { complete } from "../src/engine/completion";
+import { completeAll } from "../src/engine/completion";
 import { defaultSampling } from "../src/engine/sampling";
 import { QueueFullError, Scheduler, type GenerationEvent, type GenerationRequest } from "../src/engine/scheduler";
 import { loadModel, type LoadedModel } from "../src/models/load";
-import { makeCaches } from "../src/models";
 import { chatTokens } from "../src/engine/prompt";
 import { writeTinyModel } from "./helpers/tiny-model";
 
@@ -22,10 +21,8 @@ beforeAll(() => {
 const prompt = (text: string) => chatTokens(lm.tokenizer, [{ role: "user", content: text }]);
 
 function alone(promptIds: number[], maxTokens: number, stop: string[] = []): { text: string; finish: string } {
-  const run = complete(lm, makeCaches(lm.model), promptIds, { sampling: defaultSampling, maxTokens, stop });
-  let step = run.next();
-  while (!step.done) step = run.next();
-  return { text: step.value.text, finish: step.value.finishReason };
+  const result = completeAll(lm, promptIds, { sampling: defaultSampling, maxTokens, stop });
+  return { text: result.text, finish: result.finishReason };
 }
 
 async function collect(stream: AsyncIterable<GenerationEvent>) {
@@ -36,7 +33,8 @@ async function collect(stream: AsyncIterable<GenerationEvent>) {
     if (e.type === "text") {
       text += e.text;
       if (e.top) tops.push(e.top[0]!.length);
-    } else done = e;
+    } else if (e.type === "done") done = e;
+    else throw e.error;
   }
   return { text, done: done!, tops };
 }

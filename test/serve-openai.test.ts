@@ -2,10 +2,9 @@
 // stop strings, usage, logprobs, sampling options, auth and unknown models.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import OpenAI from "openai";
-import { complete } from "../src/engine/completion";
+import { completeAll } from "../src/engine/completion";
 import { chatTokens } from "../src/engine/prompt";
 import { defaultSampling } from "../src/engine/sampling";
-import { makeCaches, freeCaches } from "../src/models";
 import { loadModel } from "../src/models/load";
 import type { RunningServer } from "../src/server/app";
 import { post, serve, tinyModel } from "./helpers/serve";
@@ -39,13 +38,9 @@ describe("OpenAI chat completions", () => {
     const lm = loadModel(model);
     const ids = chatTokens(lm.tokenizer, messages);
     expect(r.usage!.prompt_tokens).toBe(ids.length);
-    const caches = makeCaches(lm.model);
-    const run = complete(lm, caches, ids, { sampling: defaultSampling, maxTokens: 12 });
-    let step = run.next();
-    while (!step.done) step = run.next();
-    freeCaches(caches);
+    const alone = completeAll(lm, ids, { sampling: defaultSampling, maxTokens: 12 });
     lm.free();
-    expect(choice.message.content).toBe(step.value.text);
+    expect(choice.message.content).toBe(alone.text);
   });
 
   test("streaming: a role chunk, content deltas, a finish chunk, the usage chunk, [DONE]", async () => {
@@ -224,7 +219,7 @@ describe("continuous batching and the prefix cache, through the API", () => {
     const followUp = [...first, { role: "assistant" as const, content: one.choices[0]!.message.content ?? "" }, { role: "user" as const, content: "And the sun?" }];
     const two = await client.chat.completions.create({ model, messages: followUp, max_tokens: 8, temperature: 0 });
     expect(two.usage!.prompt_tokens_details!.cached_tokens).toBeGreaterThan(one.usage!.prompt_tokens - 2);
-    const stats = await (await fetch(`${server.url}/stats`)).json();
+    const stats: any = await (await fetch(`${server.url}/stats`)).json();
     expect(stats.models[0].prefix_cache.hits).toBeGreaterThan(0);
     expect(stats.models[0].max_batch).toBe(8);
   });
@@ -236,7 +231,7 @@ describe("the adaptive tuner, through the server", () => {
     try {
       const c = new OpenAI({ baseURL: `${tuned.url}/v1`, apiKey: "unused" });
       await Promise.all([1, 2, 3].map(() => c.chat.completions.create({ model, messages, max_tokens: 40, temperature: 0 })));
-      const stats = await (await fetch(`${tuned.url}/stats`)).json();
+      const stats: any = await (await fetch(`${tuned.url}/stats`)).json();
       const m = stats.models[0];
       expect(m.tuner.target_itl_ms).toBe(1);
       expect(m.tuner.adjustments).toBeGreaterThan(0);

@@ -70,7 +70,7 @@ describe("structured output through the server", () => {
     const r = await ollama.chat({ model, messages: [{ role: "user", content: "A person" }], format: schema, options: { temperature: 0, num_predict: 200 } });
     if (r.done_reason === "stop") expect(validate(JSON.parse(r.message.content))).toBe(true);
     const j = await ollama.generate({ model, prompt: "JSON", format: "json", options: { temperature: 0, num_predict: 200 } });
-    if (j.done_reason === "stop") expect(typeof JSON.parse(j.response)).toBe("object");
+    if (j.done_reason === "stop") expect(typeof JSON.parse(j.response ?? "")).toBe("object");
   });
 
   test("an invalid schema is a 400 naming the offending part, and the server carries on", async () => {
@@ -80,7 +80,7 @@ describe("structured output through the server", () => {
       body: JSON.stringify({ model, messages: [{ role: "user", content: "x" }], response_format: { type: "json_schema", json_schema: { name: "x", schema: { type: "object", properties: { n: { type: "number", multipleOf: 2 } } } } } }),
     });
     expect(r.status).toBe(400);
-    const body = await r.json();
+    const body: any = await r.json();
     expect(body.error.message).toMatch(/multipleOf/);
     expect(body.error.param).toMatch(/response_format/);
     const after = await openai.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }], max_tokens: 3 });

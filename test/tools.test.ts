@@ -9,8 +9,7 @@ import { join } from "node:path";
 import Ajv from "ajv";
 import { Template } from "@huggingface/jinja";
 import { loadModel, type LoadedModel } from "../src/models/load";
-import { freeCaches, makeCaches } from "../src/models";
-import { complete } from "../src/engine/completion";
+import { completeAll } from "../src/engine/completion";
 import { defaultSampling, type LogitsProcessor } from "../src/engine/sampling";
 import * as mx from "../src/mlx";
 import { chatTokens } from "../src/engine/prompt";
@@ -181,14 +180,9 @@ describe("calls are valid by construction", () => {
 
   async function answer(format: ToolCallFormat, functions: ToolSpec[], parallel: boolean, seed: number) {
     const constraint = await createToolCallConstraint(lm.tokenizer, format, functions, { required: true, parallel });
-    const caches = makeCaches(lm.model);
     try {
-      const stream = complete(lm, caches, chatTokens(lm.tokenizer, [{ role: "user", content: "Call a function." }]), { sampling: { ...defaultSampling, temperature: 1, seed }, maxTokens: 160, logitsProcessors: [constraint.processor] });
-      let step = stream.next();
-      while (!step.done) step = stream.next();
-      return step.value;
+      return completeAll(lm, chatTokens(lm.tokenizer, [{ role: "user", content: "Call a function." }]), { sampling: { ...defaultSampling, temperature: 1, seed }, maxTokens: 160, logitsProcessors: [constraint.processor] });
     } finally {
-      freeCaches(caches);
       constraint.dispose();
     }
   }
@@ -247,15 +241,10 @@ describe("calls are valid by construction", () => {
 
   async function autoAnswer(seed: number, constrained: boolean) {
     const constraint = constrained ? await createToolCallConstraint(lm.tokenizer, hermes, [weather, search], { required: false, parallel: false }) : undefined;
-    const caches = makeCaches(lm.model);
     try {
       const processors = [writesAfter("<tool_call>", 3), ...(constraint ? [constraint.processor] : [])];
-      const stream = complete(lm, caches, chatTokens(lm.tokenizer, [{ role: "user", content: "Hi" }]), { sampling: { ...defaultSampling, temperature: 1, seed }, maxTokens: 120, logitsProcessors: processors });
-      let step = stream.next();
-      while (!step.done) step = stream.next();
-      return step.value;
+      return completeAll(lm, chatTokens(lm.tokenizer, [{ role: "user", content: "Hi" }]), { sampling: { ...defaultSampling, temperature: 1, seed }, maxTokens: 120, logitsProcessors: processors });
     } finally {
-      freeCaches(caches);
       constraint?.dispose();
     }
   }

@@ -5,10 +5,9 @@ import { existsSync, readFileSync } from "node:fs";
 import { basename, dirname, resolve } from "node:path";
 import Ajv, { type ValidateFunction } from "ajv";
 import Ajv2020 from "ajv/dist/2020";
-import { complete } from "../engine/completion";
+import { completeAll } from "../engine/completion";
 import { promptTokens } from "../engine/prompt";
 import { defaultSampling } from "../engine/sampling";
-import { freeCaches, makeCaches } from "../models";
 import type { LoadedModel } from "../models/load";
 import { describeModel, type ModelInfo } from "./model";
 import { summarize, type Summary } from "./stats";
@@ -179,17 +178,7 @@ export interface SuiteOptions {
 export function runSuite(lm: LoadedModel, name: string, prompts: SuitePrompt[], o: SuiteOptions): SuiteModelResult {
   const say = o.onProgress ?? (() => {});
   const sampling = { ...defaultSampling, temperature: 0 };
-  const answer = (prompt: string, maxTokens: number) => {
-    const caches = makeCaches(lm.model);
-    try {
-      const stream = complete(lm, caches, promptTokens(lm.tokenizer, prompt), { sampling, maxTokens });
-      let step = stream.next();
-      while (!step.done) step = stream.next();
-      return step.value;
-    } finally {
-      freeCaches(caches);
-    }
-  };
+  const answer = (prompt: string, maxTokens: number) => completeAll(lm, promptTokens(lm.tokenizer, prompt), { sampling, maxTokens });
   say(`${name}: warm-up`);
   answer("Hi", Math.min(o.maxTokens, 2));
   const outcomes: PromptOutcome[] = [];

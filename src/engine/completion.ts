@@ -3,7 +3,7 @@
 // time to first token, peak memory).
 import * as mx from "../mlx";
 import type { LoadedModel } from "../models/load";
-import type { KVCache } from "../models";
+import { freeCaches, makeCaches, type KVCache } from "../models";
 import { createDetokenizer } from "../tokenizer/detokenizer";
 import { tokenLoop, type TokenLoopOptions } from "./generate";
 import type { SamplingParams } from "./sampling";
@@ -142,4 +142,17 @@ export function* complete(lm: LoadedModel, caches: KVCache[], promptIds: number[
       peakMemoryBytes: mx.memory.peakMemory(),
     },
   };
+}
+
+/** A whole completion on fresh caches, when nothing needs the text as it streams. */
+export function completeAll(lm: LoadedModel, promptIds: number[], o: CompletionOptions): CompletionResult {
+  const caches = makeCaches(lm.model);
+  try {
+    const stream = complete(lm, caches, promptIds, o);
+    let step = stream.next();
+    while (!step.done) step = stream.next();
+    return step.value;
+  } finally {
+    freeCaches(caches);
+  }
 }

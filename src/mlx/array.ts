@@ -75,11 +75,11 @@ export class MxArray {
   }
 
   get size(): number {
-    return lib.mlxs_array_size(this.handle);
+    return Number(lib.mlxs_array_size(this.handle));
   }
 
   get nbytes(): number {
-    return lib.mlxs_array_nbytes(this.handle);
+    return Number(lib.mlxs_array_nbytes(this.handle));
   }
 
   /** The value of a one-element array (evaluates it). */

@@ -38,7 +38,7 @@ export class BatchKVCache extends KVCache {
       const rowValues = row(single.values, this.values);
       if (!this.keys || !this.values || this.batchSize === 0) return [rowKeys, rowValues];
       const grow = width - this.offset;
-      const used = (t: MxArray) => padLeft(mx.slice(t, [0, 0, 0], [t.shape[0]!, t.shape[1]!, this.offset]), grow, t);
+      const used = (t: MxArray) => padLeft(mx.slice(t, [0, 0, 0], [t.shape[0]!, t.shape[1]!, this.offset]), grow, t)!;
       return [mx.concatenate([used(this.keys), rowKeys!], 0), mx.concatenate([used(this.values), rowValues!], 0)];
     });
     this.leftPadding = [...this.leftPadding.map((pad) => pad + width - this.offset), width - length];

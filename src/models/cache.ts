@@ -24,7 +24,8 @@ export class KVCache implements AttentionCache {
 
   constructor(readonly step = 256) {}
 
-  get ropeOffset(): number {
+  /** One sequence: a number (a batch of them, in BatchKVCache: one per row). */
+  get ropeOffset(): number | MxArray {
     return this.offset;
   }
 
