@@ -4,7 +4,11 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Ollama } from "ollama";
 import type { RunningServer } from "../src/server/app";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { eventually, post, serve, tinyModel } from "./helpers/serve";
+import { writeTinyModel } from "./helpers/tiny-model";
 
 let server: RunningServer;
 let ollama: Ollama;
@@ -122,3 +126,24 @@ describe("Ollama model management", () => {
     expect(bad.json.error).toMatch(/keep_alive/);
   });
 });
+
+describe("one model at a time (--max-models 1)", () => {
+  test("a request for a second model waits while the first is busy, then it takes the first one's place", async () => {
+    const second = join(mkdtempSync(join(tmpdir(), "mlx-second-")), "tiny");
+    writeTinyModel(second, { contextLength: 256, seed: 7 });
+    const busy = await ollama.chat({ model, messages, stream: true, options: { temperature: 0, num_predict: 150 } });
+    const loadedNow = async () => (await ollama.ps()).models.map((m) => m.model);
+    let most = 0;
+    const watching = setInterval(async () => (most = Math.max(most, (await loadedNow()).length)), 5);
+    let firstDone = 0;
+    const other = ollama.chat({ model: second, messages, stream: false, options: { num_predict: 2 } }).then((r) => ({ r, at: performance.now() }));
+    for await (const chunk of busy) if (chunk.done) firstDone = performance.now();
+    const { r, at } = await other;
+    clearInterval(watching);
+    expect(r.done).toBe(true);
+    expect(at).toBeGreaterThan(firstDone); // it waited for the first model to finish
+    expect(most).toBe(1); // never two models in memory
+    expect(await loadedNow()).toEqual([second]);
+  });
+});
+

@@ -22,7 +22,7 @@ export default defineCommand({
     cors: { type: "string", description: "Allow this browser origin (repeatable; '*' for any)" },
     "keep-alive": { type: "string", description: "How long an idle model stays loaded: 5m, 1h, 30s, 0, -1 (forever)", default: "5m" },
     "max-queue": { type: "string", description: "Requests allowed to wait per model before 429", default: "64" },
-    "max-models": { type: "string", description: "Models held in memory at once", default: "1" },
+    "max-models": { type: "string", description: "Models held in memory at once (a request for another waits while all are busy)", default: "1" },
     "request-timeout": { type: "string", description: "Seconds a request may take, queue included", default: "600" },
     "max-body": { type: "string", description: "Largest request body in bytes", default: String(4 * 1024 * 1024) },
     "max-batch": { type: "string", description: "Sequences decoded together per step", default: "8" },

@@ -35,7 +35,10 @@ export interface Lease {
 
 export interface ModelRegistryOptions {
   defaultKeepAliveMs: number;
-  /** Idle models beyond this many are unloaded (least recently used first) to make room. */
+  /**
+   * Models held at once: to load another, idle ones are unloaded (least recently used first);
+   * while every loaded model is busy, the load waits for one to go idle.
+   */
   maxLoaded: number;
   makeEngine: (lm: LoadedModel) => Engine;
   onLoad?: (entry: LoadedEntry) => void;
@@ -48,6 +51,10 @@ export class ModelRegistry {
   readonly #loading = new Map<string, Promise<LoadedEntry>>();
   #acquiring = 0;
   #everLoaded = false;
+  /** Loads waiting for a busy model to go idle. */
+  #waitingForRoom: (() => void)[] = [];
+  /** Requests on their way to holding a model (by path): that model is not idle either. */
+  readonly #claims = new Map<string, number>();
 
   constructor(readonly options: ModelRegistryOptions) {}
 
@@ -84,9 +91,11 @@ export class ModelRegistry {
   async acquire(name: string, keepAliveMs?: number): Promise<Lease> {
     let entry: LoadedEntry | undefined;
     let loadMs = 0;
+    let path: string | undefined;
     this.#acquiring++;
     try {
-      const path = await this.resolve(name);
+      path = await this.resolve(name);
+      this.#claims.set(path, (this.#claims.get(path) ?? 0) + 1);
       entry = this.#byPath.get(path);
       if (!entry) {
         const started = performance.now();
@@ -95,6 +104,7 @@ export class ModelRegistry {
       }
     } finally {
       this.#acquiring--;
+      if (path !== undefined) this.#unclaim(path);
     }
     const held = entry;
     if (keepAliveMs !== undefined) held.keepAliveMs = keepAliveMs;
@@ -110,7 +120,10 @@ export class ModelRegistry {
         released = true;
         held.active--;
         held.lastUsed = Date.now();
-        if (held.active === 0) this.#scheduleExpiry(held);
+        if (held.active === 0) {
+          for (const wake of this.#waitingForRoom.splice(0)) wake();
+          this.#scheduleExpiry(held);
+        }
       },
     };
   }
@@ -142,7 +155,7 @@ export class ModelRegistry {
       try {
         // Let the event loop answer /health (503, loading) before the synchronous load.
         await new Promise((resolve) => setImmediate(resolve));
-        this.#makeRoom();
+        await this.#makeRoom();
         const started = performance.now();
         const lm = loadModel(path);
         const entry: LoadedEntry = {
@@ -168,9 +181,19 @@ export class ModelRegistry {
     return promise;
   }
 
-  #makeRoom(): void {
-    const idle = this.loaded.filter((e) => e.active === 0).sort((a, b) => a.lastUsed - b.lastUsed);
-    while (this.#byPath.size >= this.options.maxLoaded && idle.length > 0) this.unload(idle.shift()!);
+  #unclaim(path: string): void {
+    const left = (this.#claims.get(path) ?? 1) - 1;
+    if (left > 0) this.#claims.set(path, left);
+    else this.#claims.delete(path);
+  }
+
+  async #makeRoom(): Promise<void> {
+    for (;;) {
+      const idle = this.loaded.filter((e) => e.active === 0 && !this.#claims.has(e.path)).sort((a, b) => a.lastUsed - b.lastUsed);
+      while (this.#byPath.size >= this.options.maxLoaded && idle.length > 0) this.unload(idle.shift()!);
+      if (this.#byPath.size < this.options.maxLoaded) return;
+      await new Promise<void>((resolve) => this.#waitingForRoom.push(resolve));
+    }
   }
 
   #cancelExpiry(entry: LoadedEntry): void {
