@@ -1,7 +1,6 @@
 // Continuous batching: sequences decoded together give what each gives alone, whatever joins
 // or leaves the batch in between.
 import { beforeAll, describe, expect, test } from "bun:test";
-import * as mx from "../src/mlx";
 import { BatchGenerator } from "../src/engine/batch";
 import { tokenLoop } from "../src/engine/generate";
 import { defaultSampling } from "../src/engine/sampling";

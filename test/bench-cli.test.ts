@@ -108,7 +108,7 @@ describe("mlx bench: model mode", () => {
 
 describe("mlx bench: prompt suite", () => {
   test("regex and schema expectations: per-model pass counts and per-prompt verdicts", async () => {
-    const schema = file("answer.schema.json", JSON.stringify({ type: "object", required: ["answer"] }));
+    file("answer.schema.json", JSON.stringify({ type: "object", required: ["answer"] }));
     const prompts = file(
       "suite.jsonl",
       [

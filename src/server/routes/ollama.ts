@@ -4,8 +4,9 @@ import { createHash } from "node:crypto";
 import { Hono, type Context } from "hono";
 import { nanos, ollamaDefaults, parseModelName, parseOllamaChat, parseOllamaGenerate, type OllamaRequest } from "../../api/ollama";
 import type { GenerationUsage } from "../engine";
-import { ApiError, TimeoutError, toApiError } from "../errors";
+import { ApiError, errorBody } from "../errors";
 import { startGeneration } from "../generation";
+import { collectGeneration, generationStream } from "../respond";
 import { ToolCallStream, type ToolCall } from "../../engine/tools";
 import type { LoadedEntry } from "../models";
 import { readJson, type ServerState } from "../state";
@@ -178,79 +179,31 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
   });
 
   if (!req.stream) {
-    let text = "";
-    let outcome = "error";
-    let usage: GenerationUsage | undefined;
-    try {
-      for await (const event of gen.events) {
-        if (event.type === "text") text += event.text;
-        else if (event.type === "error") throw event.error;
-        else {
-          usage = event.usage;
-          if (event.finishReason === "cancelled") {
-            outcome = gen.timedOut() ? "timeout" : "cancelled";
-            if (gen.timedOut()) throw new TimeoutError("the request took longer than the server's request timeout");
-            return new Response(null, { status: 499 });
-          }
-          outcome = event.finishReason;
-          const { content, calls } = gen.toolFormat ? gen.toolFormat.parse(text) : { content: text, calls: [] };
-          return c.json(final(event.finishReason, event.usage, event.tokenIds, content, calls));
-        }
-      }
-      throw new Error("the engine ended without a result");
-    } finally {
-      gen.finish(outcome, usage);
-    }
+    const result = await collectGeneration(gen);
+    if (!result) return new Response(null, { status: 499 }); // the client is gone
+    const { content, calls } = gen.toolFormat ? gen.toolFormat.parse(result.text) : { content: result.text, calls: [] };
+    return c.json(final(result.done.finishReason, result.done.usage, result.done.tokenIds, content, calls));
   }
 
   const encoder = new TextEncoder();
   const line = (value: unknown) => encoder.encode(`${JSON.stringify(value)}\n`);
   const toolCalls = gen.toolFormat && new ToolCallStream(gen.toolFormat);
-  const body = new ReadableStream<Uint8Array>({
-    async start(controller) {
-      let outcome = "error";
-      let usage: GenerationUsage | undefined;
-      const send = (bytes: Uint8Array) => {
-        try {
-          controller.enqueue(bytes);
-        } catch {
-          gen.abort();
-        }
-      };
-      try {
-        for await (const event of gen.events) {
-          if (event.type === "text") {
-            const text = toolCalls ? toolCalls.push(event.text) : event.text;
-            if (text) send(line({ ...base(), ...piece(text), done: false }));
-          } else if (event.type === "error") throw event.error;
-          else {
-            usage = event.usage;
-            if (event.finishReason === "cancelled") {
-              outcome = gen.timedOut() ? "timeout" : "cancelled";
-              if (gen.timedOut()) send(line({ error: "the request took longer than the server's request timeout" }));
-              break;
-            }
-            outcome = event.finishReason;
-            // Ollama sends calls in a message of their own before the final one.
-            const { content, calls } = toolCalls?.end() ?? { content: "", calls: [] };
-            if (content || calls.length > 0) send(line({ ...base(), ...piece(content, calls), done: false }));
-            send(line(final(event.finishReason, event.usage, event.tokenIds, "")));
-          }
-        }
-      } catch (error) {
-        send(line({ error: toApiError(error, s.logError).message }));
-      } finally {
-        gen.finish(outcome, usage);
-        try {
-          controller.close();
-        } catch {
-          // closed by a cancel
-        }
-      }
+  const body = generationStream(
+    gen,
+    {
+      text: (event, send) => {
+        const text = toolCalls ? toolCalls.push(event.text) : event.text;
+        if (text) send(line({ ...base(), ...piece(text), done: false }));
+      },
+      done: (event, send) => {
+        // Ollama sends calls in a message of their own before the final one.
+        const { content, calls } = toolCalls?.end() ?? { content: "", calls: [] };
+        if (content || calls.length > 0) send(line({ ...base(), ...piece(content, calls), done: false }));
+        send(line(final(event.finishReason, event.usage, event.tokenIds, "")));
+      },
+      error: (e) => line(errorBody(e, true)),
     },
-    cancel() {
-      gen.abort();
-    },
-  });
+    s.logError,
+  );
   return new Response(body, { headers: { "Content-Type": "application/x-ndjson", "Cache-Control": "no-cache" } });
 }

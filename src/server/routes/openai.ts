@@ -3,9 +3,10 @@
 import { Hono, type Context } from "hono";
 import { modelObject, newId, parseChatRequest, parseCompletionRequest, unixSeconds, usage, type ChatLogprob, type CompletionLogprobs, type OpenAIRequest } from "../../api/openai";
 import { listModels } from "../../store/store";
-import type { GenerationUsage, TokenLogprob } from "../engine";
-import { badRequest, TimeoutError, toApiError, errorBody } from "../errors";
+import type { TokenLogprob } from "../engine";
+import { badRequest, errorBody } from "../errors";
 import { startGeneration, tokenText, type Generation } from "../generation";
+import { collectGeneration, generationStream } from "../respond";
 import { readJson, type ServerState } from "../state";
 import type { Tokenizer } from "../../tokenizer/tokenizer";
 import { ToolCallStream, type ToolCall } from "../../engine/tools";
@@ -103,30 +104,9 @@ const openaiToolCalls = (calls: ToolCall[], withIndex: boolean) =>
 
 async function whole(gen: Generation, req: OpenAIRequest, kind: Kind, meta: Meta): Promise<Response> {
   const tokenizer = gen.lm.tokenizer;
-  let text = "";
-  const tokens: TokenLogprob[] = [];
-  const top: TokenLogprob[][] = [];
-  let outcome = "error";
-  let done: { finishReason: string; usage: GenerationUsage } | undefined;
-  try {
-    for await (const event of gen.events) {
-      if (event.type === "text") {
-        text += event.text;
-        tokens.push(...event.tokens);
-        if (event.top) top.push(...event.top);
-      } else if (event.type === "error") throw event.error;
-      else done = event;
-    }
-    if (!done) throw new Error("the engine ended without a result");
-    if (done.finishReason === "cancelled") {
-      outcome = gen.timedOut() ? "timeout" : "cancelled";
-      if (gen.timedOut()) throw new TimeoutError("the request took longer than the server's request timeout");
-      return new Response(null, { status: 499 }); // the client is gone
-    }
-    outcome = done.finishReason;
-  } finally {
-    gen.finish(outcome, done?.usage);
-  }
+  const result = await collectGeneration(gen);
+  if (!result) return new Response(null, { status: 499 }); // the client is gone
+  const { text, tokens, top, done } = result;
   const u = usage(done.usage.promptTokens, done.usage.completionTokens, done.usage.cachedTokens);
   if (kind === "chat") {
     const { content, calls } = gen.toolFormat ? gen.toolFormat.parse(text) : { content: text, calls: [] };
@@ -150,66 +130,39 @@ function streamed(s: ServerState, gen: Generation, req: OpenAIRequest, kind: Kin
   const chunk = (choice: Record<string, unknown>) => ({ ...meta, object, choices: [{ index: 0, logprobs: null, finish_reason: null, ...choice }], ...extra });
   let offset = 0;
   const toolCalls = gen.toolFormat && new ToolCallStream(gen.toolFormat);
-  const body = new ReadableStream<Uint8Array>({
-    async start(controller) {
-      let outcome = "error";
-      let usageFigures: GenerationUsage | undefined;
-      const send = (bytes: Uint8Array) => {
-        try {
-          controller.enqueue(bytes);
-        } catch {
-          gen.abort(); // the stream is closed: the client went away
-        }
-      };
-      try {
+  const body = generationStream(
+    gen,
+    {
+      start: (send) => {
         if (kind === "chat") send(sse(chunk({ delta: { role: "assistant", content: "" } })));
-        for await (const event of gen.events) {
-          if (event.type === "text") {
-            const text = toolCalls ? toolCalls.push(event.text) : event.text;
-            if (!text && !(req.logprobs && event.tokens.length > 0)) continue;
-            if (kind === "chat") {
-              const logprobs = req.logprobs ? { content: chatLogprobs(tokenizer, event.tokens, event.top) } : null;
-              send(sse(chunk({ delta: { content: text }, logprobs })));
-            } else {
-              const logprobs = req.logprobs ? completionLogprobs(tokenizer, event.tokens, event.top, offset, req.topLogprobs) : null;
-              offset += event.text.length;
-              send(sse(chunk({ text: event.text, logprobs })));
-            }
-          } else if (event.type === "error") throw event.error;
-          else {
-            usageFigures = event.usage;
-            if (event.finishReason === "cancelled") {
-              outcome = gen.timedOut() ? "timeout" : "cancelled";
-              if (gen.timedOut()) send(sse(errorBody(toApiError(new TimeoutError("the request took longer than the server's request timeout")), false)));
-              break;
-            }
-            outcome = event.finishReason;
-            const { content, calls } = toolCalls?.end() ?? { content: "", calls: [] };
-            if (content) send(sse(chunk({ delta: { content } })));
-            if (calls.length > 0) send(sse(chunk({ delta: { tool_calls: openaiToolCalls(calls, true) } })));
-            const finish_reason = apiFinishReason(event.finishReason, calls.length);
-            send(sse(chunk(kind === "chat" ? { delta: {}, finish_reason } : { text: "", finish_reason })));
-            if (req.includeUsage) {
-              const u = event.usage;
-              send(sse({ ...meta, object, choices: [], usage: usage(u.promptTokens, u.completionTokens, u.cachedTokens) }));
-            }
-          }
+      },
+      text: (event, send) => {
+        const text = toolCalls ? toolCalls.push(event.text) : event.text;
+        if (!text && !(req.logprobs && event.tokens.length > 0)) return;
+        if (kind === "chat") {
+          const logprobs = req.logprobs ? { content: chatLogprobs(tokenizer, event.tokens, event.top) } : null;
+          send(sse(chunk({ delta: { content: text }, logprobs })));
+        } else {
+          const logprobs = req.logprobs ? completionLogprobs(tokenizer, event.tokens, event.top, offset, req.topLogprobs) : null;
+          offset += event.text.length;
+          send(sse(chunk({ text: event.text, logprobs })));
         }
-        send(encoder.encode("data: [DONE]\n\n"));
-      } catch (error) {
-        send(sse(errorBody(toApiError(error, s.logError), false)));
-      } finally {
-        gen.finish(outcome, usageFigures);
-        try {
-          controller.close();
-        } catch {
-          // already closed by a cancel
+      },
+      done: (event, send) => {
+        const { content, calls } = toolCalls?.end() ?? { content: "", calls: [] };
+        if (content) send(sse(chunk({ delta: { content } })));
+        if (calls.length > 0) send(sse(chunk({ delta: { tool_calls: openaiToolCalls(calls, true) } })));
+        const finish_reason = apiFinishReason(event.finishReason, calls.length);
+        send(sse(chunk(kind === "chat" ? { delta: {}, finish_reason } : { text: "", finish_reason })));
+        if (req.includeUsage) {
+          const u = event.usage;
+          send(sse({ ...meta, object, choices: [], usage: usage(u.promptTokens, u.completionTokens, u.cachedTokens) }));
         }
-      }
+      },
+      error: (e) => sse(errorBody(e, false)),
+      end: (send) => send(encoder.encode("data: [DONE]\n\n")),
     },
-    cancel() {
-      gen.abort();
-    },
-  });
+    s.logError,
+  );
   return new Response(body, { headers: { "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no" } });
 }

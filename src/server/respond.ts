@@ -1,0 +1,111 @@
+// Answering with one generation, for both API families: whole (its events collected) or
+// streamed (a body whose writes stop the generation once the client is gone). Both end the
+// same way: a cancelled generation is either past the request timeout (a 504, or a last error
+// message in a stream) or a client that went away (nothing more to say), and the outcome
+// reaches /metrics exactly once.
+import type { GenerationEvent, TokenLogprob } from "./engine";
+import { TimeoutError, toApiError, type ApiError } from "./errors";
+import type { Generation } from "./generation";
+
+type TextEvent = Extract<GenerationEvent, { type: "text" }>;
+type DoneEvent = Extract<GenerationEvent, { type: "done" }>;
+
+const requestTimeout = () => new TimeoutError("the request took longer than the server's request timeout");
+
+export interface Collected {
+  text: string;
+  tokens: TokenLogprob[];
+  /** Alternatives per token, when they were asked for. */
+  top: TokenLogprob[][];
+  done: DoneEvent;
+}
+
+/** The whole generation; undefined when the client went away. Throws a TimeoutError past the request timeout. */
+export async function collectGeneration(gen: Generation): Promise<Collected | undefined> {
+  let text = "";
+  const tokens: TokenLogprob[] = [];
+  const top: TokenLogprob[][] = [];
+  let outcome = "error";
+  let done: DoneEvent | undefined;
+  try {
+    for await (const event of gen.events) {
+      if (event.type === "text") {
+        text += event.text;
+        tokens.push(...event.tokens);
+        if (event.top) top.push(...event.top);
+      } else if (event.type === "error") throw event.error;
+      else done = event;
+    }
+    if (!done) throw new Error("the engine ended without a result");
+    if (done.finishReason === "cancelled") {
+      outcome = gen.timedOut() ? "timeout" : "cancelled";
+      if (gen.timedOut()) throw requestTimeout();
+      return undefined;
+    }
+    outcome = done.finishReason;
+    return { text, tokens, top, done };
+  } finally {
+    gen.finish(outcome, done?.usage);
+  }
+}
+
+export type Send = (bytes: Uint8Array) => void;
+
+/** What one API family writes into a streamed answer. */
+export interface StreamWriter {
+  /** Before any text (e.g. OpenAI's role chunk). */
+  start?(send: Send): void;
+  text(event: TextEvent, send: Send): void;
+  /** The generation finished (it was not cancelled). */
+  done(event: DoneEvent, send: Send): void;
+  /** The last message when the answer fails part way (a timeout included). */
+  error(error: ApiError): Uint8Array;
+  /** After the last event, when nothing failed (e.g. OpenAI's "data: [DONE]"). */
+  end?(send: Send): void;
+}
+
+export function generationStream(gen: Generation, writer: StreamWriter, logError?: (error: unknown) => void): ReadableStream<Uint8Array> {
+  return new ReadableStream<Uint8Array>({
+    async start(controller) {
+      let outcome = "error";
+      let done: DoneEvent | undefined;
+      const send: Send = (bytes) => {
+        try {
+          controller.enqueue(bytes);
+        } catch {
+          gen.abort(); // the stream is closed: the client went away
+        }
+      };
+      try {
+        writer.start?.(send);
+        for await (const event of gen.events) {
+          if (event.type === "text") writer.text(event, send);
+          else if (event.type === "error") throw event.error;
+          else {
+            done = event;
+            if (event.finishReason === "cancelled") {
+              outcome = gen.timedOut() ? "timeout" : "cancelled";
+              if (gen.timedOut()) send(writer.error(toApiError(requestTimeout())));
+              break;
+            }
+            outcome = event.finishReason;
+            writer.done(event, send);
+          }
+        }
+        writer.end?.(send);
+      } catch (error) {
+        send(writer.error(toApiError(error, logError)));
+      } finally {
+        gen.finish(outcome, done?.usage);
+        try {
+          controller.close();
+        } catch {
+          // already closed by a cancel
+        }
+      }
+    },
+    cancel() {
+      gen.abort();
+    },
+  });
+}
