@@ -108,6 +108,28 @@ describe("OpenAI tools", () => {
     expect(finished).toBeGreaterThan(0);
   });
 
+  test("the openai client's runTools loop: our calls run its functions, and its tool messages come back to us", async () => {
+    const received: unknown[] = [];
+    const runner = openai.chat.completions.runTools(
+      {
+        model,
+        messages: ask,
+        tool_choice: "required",
+        parallel_tool_calls: false,
+        temperature: 1,
+        seed: 3,
+        max_tokens: 150,
+        tools: [{ type: "function", function: { name: "forecast", description: "The weather forecast for a city", parameters, parse: JSON.parse, function: (args: unknown) => (received.push(args), "Snow, -3 degrees") } }],
+      },
+      { maxChatCompletions: 2 },
+    );
+    await runner.done();
+    // Two rounds, each a valid call; the second request carried the first call and its result.
+    expect(received).toHaveLength(2);
+    for (const args of received) expect(validArguments(args)).toBe(true);
+    expect(runner.messages.map((m) => m.role)).toEqual(["user", "assistant", "tool", "assistant", "tool"]);
+  });
+
   test("a call and its result fed back are rendered into the next prompt; tool_choice none offers nothing", async () => {
     const history: OpenAI.ChatCompletionMessageParam[] = [
       ...ask,
