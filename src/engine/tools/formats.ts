@@ -20,8 +20,6 @@ export interface ToolCallFormat {
   markers: string[];
   /** Whether a call may follow prose (hermes) or only opens the answer (llama3, mistral). */
   anywhere: boolean;
-  /** The key a call's arguments go under. */
-  argumentsKey: "arguments" | "parameters";
   /** Splits an answer into prose and calls; a call that does not parse stays prose. */
   parse(text: string): ParsedAnswer;
   /** The text around a call's arguments object, as the family writes it. */
@@ -68,6 +66,11 @@ function onlyCalls(text: string, values: unknown, newId: () => string): ParsedAn
   return { content: "", calls: calls as ToolCall[] };
 }
 
+/** A call's JSON object around its arguments: `{"name": "f", "<key>": ` … `}`. */
+function jsonCall(name: string, key: "arguments" | "parameters"): { begin: string; end: string } {
+  return { begin: `{"name": ${JSON.stringify(name)}, "${key}": `, end: "}" };
+}
+
 function parseJson(text: string): unknown {
   try {
     return JSON.parse(text);
@@ -80,7 +83,6 @@ const hermes: ToolCallFormat = {
   name: "hermes",
   markers: ["<tool_call>"],
   anywhere: true,
-  argumentsKey: "arguments",
   parse(text) {
     const calls: ToolCall[] = [];
     // A last call may be cut off before its closing tag (the model stopped right after the JSON).
@@ -92,7 +94,10 @@ const hermes: ToolCallFormat = {
     });
     return calls.length > 0 ? { content: content.trim(), calls } : { content: text, calls };
   },
-  callLayout: (name) => ({ begin: `<tool_call>\n{"name": ${JSON.stringify(name)}, "arguments": `, end: "}\n</tool_call>" }),
+  callLayout: (name) => {
+    const call = jsonCall(name, "arguments");
+    return { begin: `<tool_call>\n${call.begin}`, end: `${call.end}\n</tool_call>` };
+  },
   separator: "\n",
   trigger: "<tool_call>",
 };
@@ -101,14 +106,13 @@ const llama3: ToolCallFormat = {
   name: "llama3",
   markers: ["<|python_tag|>", "{"],
   anywhere: false,
-  argumentsKey: "parameters",
   parse(text) {
     const body = text.trim().replace(/^<\|python_tag\|>/, "").trim();
     // One call, or several separated by ";" (as Llama 3.2 writes parallel calls).
     const values = body.startsWith("{") ? (parseJson(body) ?? parseJson(`[${body.replace(/}\s*;\s*{/g, "},{")}]`)) : undefined;
     return onlyCalls(text, values, openaiCallId);
   },
-  callLayout: (name) => ({ begin: `{"name": ${JSON.stringify(name)}, "parameters": `, end: "}" }),
+  callLayout: (name) => jsonCall(name, "parameters"),
   separator: "; ",
   trigger: '{"name": ',
 };
@@ -118,13 +122,12 @@ const mistral: ToolCallFormat = {
   // A bare list of calls is read too.
   markers: ["[TOOL_CALLS]", "["],
   anywhere: false,
-  argumentsKey: "arguments",
   parse(text) {
     const body = text.trim().replace(/^\[TOOL_CALLS\]/, "").trim();
     const value = body.startsWith("[") || body.startsWith("{") ? parseJson(body) : undefined;
     return onlyCalls(text, value, mistralCallId);
   },
-  callLayout: (name) => ({ begin: `{"name": ${JSON.stringify(name)}, "arguments": `, end: "}" }),
+  callLayout: (name) => jsonCall(name, "arguments"),
   separator: ", ",
   list: { begin: "[TOOL_CALLS] [", end: "]" },
   trigger: "[TOOL_CALLS]",
