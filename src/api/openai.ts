@@ -90,10 +90,10 @@ function messageContent(m: Fields, at: string): string {
   if (!Array.isArray(content)) throw new ValidationError(`'${at}.content' must be a string or a list of content parts`, `${at}.content`);
   return content
     .map((part, i) => {
-      const p = Fields.of(part, `'${at}.content.${i}'`);
+      const p = Fields.item(part, `${at}.content.${i}`);
       const type = p.string("type", { required: true });
       if (type !== "text") throw unsupported(`${at}.content.${i}.type`, `content of type '${type}'`);
-      return new Fields(p.body, `${at}.content.${i}`).string("text", { required: true })!;
+      return p.string("text", { required: true })!;
     })
     .join("");
 }

@@ -14,8 +14,7 @@ function parseTools(f: Fields): ToolSpec[] | undefined {
   const names = new Set<string>();
   return raw.map((item, i) => {
     const at = `tools.${i}`;
-    const t = Fields.of(item, `'${at}'`);
-    const tool = new Fields(t.body, at);
+    const tool = Fields.item(item, at);
     const type = tool.string("type") ?? "function";
     if (type !== "function") tool.fail("type", `must be 'function', got '${type}'`);
     const fn = tool.object("function");
@@ -71,7 +70,7 @@ export function parseToolCalls(m: Fields, argumentsAs: "json-text" | "object"): 
   if (!raw || raw.length === 0) return undefined;
   return raw.map((item, i) => {
     const at = m.name(`tool_calls.${i}`);
-    const call = new Fields(Fields.of(item, `'${at}'`).body, at);
+    const call = Fields.item(item, at);
     const fn = call.object("function");
     if (!fn) throw new ValidationError(`'${at}.function' is required`, `${at}.function`);
     const name = fn.string("name", { required: true, nonEmpty: true })!;

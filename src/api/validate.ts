@@ -42,6 +42,12 @@ export class Fields {
     return new Fields(body as Json);
   }
 
+  /** An item of a list in the request (`at` is its dotted path, e.g. "tools.0"), checked to be an object. */
+  static item(value: unknown, at: string): Fields {
+    if (value === null || typeof value !== "object" || Array.isArray(value)) throw new ValidationError(`'${at}' must be an object, got ${describe(value)}`, at);
+    return new Fields(value as Json, at);
+  }
+
   name(field: string): string {
     return this.prefix ? `${this.prefix}.${field}` : field;
   }
@@ -128,8 +134,7 @@ export class Fields {
 /** One chat message's fields, checked to be an object with a known role (messages.<i>). */
 export function messageFields(item: unknown, i: number, roles: Set<string>): { m: Fields; at: string; role: string } {
   const at = `messages.${i}`;
-  if (item === null || typeof item !== "object" || Array.isArray(item)) throw new ValidationError(`'${at}' must be an object`, at);
-  const m = new Fields(item as Record<string, unknown>, at);
+  const m = Fields.item(item, at);
   const role = m.string("role", { required: true })!;
   if (!roles.has(role)) m.fail("role", `must be one of ${[...roles].join(", ")}; got '${role}'`);
   return { m, at, role };
