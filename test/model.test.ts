@@ -5,7 +5,11 @@ import { describe, expect, test } from "bun:test";
 import * as mx from "../src/mlx";
 import { buildModel, forward, makeCaches, parseConfig, Weights, freeCaches } from "../src/models";
 import { ggufModel, hfTensorName } from "../src/models/gguf";
-import { tinyConfig, tinyDims, tinyWeights, type TinyOptions } from "./helpers/tiny-model";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { loadModel } from "../src/models/load";
+import { tinyConfig, tinyDims, tinyWeights, writeTinyModel, type TinyOptions } from "./helpers/tiny-model";
 
 function tinyModel(o: TinyOptions) {
   const weights = tinyWeights(o);
@@ -71,6 +75,23 @@ describe("KV cache", () => {
     const whole = mx.scope(() => forward(model, ids(sequence), other));
     expect(mx.scope(() => mx.max(mx.abs(mx.subtract(split, whole))).item())).toBe(0);
   });
+});
+
+describe("a loaded model's memory", () => {
+  for (const [name, options] of [["plain", {}], ["4-bit, untied head", { quantize: { groupSize: 32, bits: 4 }, tied: false }]] as [string, TinyOptions][]) {
+    test(`${name}: free() gives back everything the model took, arrays made from the weights included`, () => {
+      const dir = join(mkdtempSync(join(tmpdir(), "mlx-free-")), "tiny");
+      writeTinyModel(dir, options);
+      const before = mx.memory.activeMemory();
+      const lm = loadModel(dir);
+      const caches = makeCaches(lm.model);
+      mx.scope(() => mx.evaluate(forward(lm.model, ids([1, 2, 3]), caches)));
+      freeCaches(caches);
+      expect(mx.memory.activeMemory() - before).toBeGreaterThan(lm.weightBytes * 0.9);
+      lm.free();
+      expect(mx.memory.activeMemory() - before).toBeLessThan(lm.weightBytes * 0.01);
+    });
+  }
 });
 
 describe("GGUF layout", () => {

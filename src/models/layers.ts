@@ -7,10 +7,21 @@ import { splitRows } from "./parallel";
 
 /** The weights of a model by their Hugging Face names, with a clear error for a missing one. */
 export class Weights {
+  /** Arrays made from the weights while building the model (row halves, transposes): freed with them. */
+  readonly derived: MxArray[] = [];
+
   constructor(
     readonly tensors: Map<string, MxArray>,
     readonly config: ModelConfig,
   ) {}
+
+  /** Keeps an array made from the weights for the model's life, evaluated now. */
+  derive(make: () => MxArray): MxArray {
+    const t = mx.keep(mx.scope(make));
+    mx.evaluate(t);
+    this.derived.push(t);
+    return t;
+  }
 
   has(name: string): boolean {
     return this.tensors.has(name);
@@ -42,6 +53,7 @@ export interface Linear {
 
 export function linear(w: Weights, prefix: string): Linear {
   return projection(
+    w,
     { weight: w.get(`${prefix}.weight`), scales: w.optional(`${prefix}.scales`), biases: w.optional(`${prefix}.biases`), bias: w.optional(`${prefix}.bias`) },
     w.quantFor(prefix),
   );
@@ -62,7 +74,7 @@ export function embedding(w: Weights, prefix: string): Embedding {
   const lookup = quant
     ? (ids: MxArray) => mx.dequantize(mx.take(weight, ids, 0), mx.take(scales!, ids, 0), biases && mx.take(biases, ids, 0), quant)
     : (ids: MxArray) => mx.take(weight, ids, 0);
-  return { lookup, asLinear: projection({ weight, scales, biases }, quant) };
+  return { lookup, asLinear: projection(w, { weight, scales, biases }, quant) };
 }
 
 interface ProjectionWeights {
@@ -75,25 +87,19 @@ interface ProjectionWeights {
 }
 
 /** x → x·Wᵀ (+ bias), quantized or plain, its output rows split across streams (see splitRows). */
-function projection(t: ProjectionWeights, quant: QuantConfig | undefined): Linear {
+function projection(w: Weights, t: ProjectionWeights, quant: QuantConfig | undefined): Linear {
+  // Rows [start, end) of a weight: a view sharing its buffer.
+  const rows = (a: MxArray, start: number, end: number) => (start === 0 && end === a.shape[0] ? a : w.derive(() => mx.slice(a, [start], [end])));
   return splitRows(t.weight.shape[0]!, (start, end) => {
     const [weight, scales, biases, bias] = [t.weight, t.scales, t.biases, t.bias].map((a) => a && rows(a, start, end));
     let matmul: Linear;
     if (quant) matmul = (x) => mx.quantizedMatmul(x, weight!, scales!, biases, quant, true);
     else {
-      const weightT = mx.keep(mx.transpose(weight!));
+      const weightT = w.derive(() => mx.transpose(weight!));
       matmul = (x) => mx.matmul(x, weightT);
     }
     return bias ? (x) => mx.add(matmul(x), bias) : matmul;
   });
-}
-
-/** Rows [start, end) of a weight: a view sharing its buffer, kept for the model's life. */
-function rows(t: MxArray, start: number, end: number): MxArray {
-  if (start === 0 && end === t.shape[0]) return t;
-  const part = mx.keep(mx.slice(t, [start], [end]));
-  mx.evaluate(part);
-  return part;
 }
 
 export function rmsNorm(w: Weights, prefix: string, eps: number): (x: MxArray) => MxArray {

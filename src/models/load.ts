@@ -109,8 +109,9 @@ function assemble(tensors: Map<string, MxArray>, config: ModelConfig, tokenizer:
     notes,
     weightBytes,
     free: () => {
-      for (const t of tensors.values()) t.free();
+      for (const t of [...tensors.values(), ...weights.derived]) t.free();
       tensors.clear();
+      weights.derived.length = 0;
     },
   };
 }
