@@ -102,16 +102,24 @@ const hermes: ToolCallFormat = {
   trigger: "<tool_call>",
 };
 
+/**
+ * Reads an answer that, when it calls, is nothing but calls: an optional marker token, then
+ * JSON that `read` turns into call values (anything else is prose).
+ */
+function leadingCalls(marker: string, opens: string[], read: (body: string) => unknown, newId: () => string): (text: string) => ParsedAnswer {
+  return (text) => {
+    const trimmed = text.trim();
+    const body = (trimmed.startsWith(marker) ? trimmed.slice(marker.length) : trimmed).trim();
+    return onlyCalls(text, opens.some((o) => body.startsWith(o)) ? read(body) : undefined, newId);
+  };
+}
+
 const llama3: ToolCallFormat = {
   name: "llama3",
   markers: ["<|python_tag|>", "{"],
   anywhere: false,
-  parse(text) {
-    const body = text.trim().replace(/^<\|python_tag\|>/, "").trim();
-    // One call, or several separated by ";" (as Llama 3.2 writes parallel calls).
-    const values = body.startsWith("{") ? (parseJson(body) ?? parseJson(`[${body.replace(/}\s*;\s*{/g, "},{")}]`)) : undefined;
-    return onlyCalls(text, values, openaiCallId);
-  },
+  // One call, or several separated by ";" (as Llama 3.2 writes parallel calls).
+  parse: leadingCalls("<|python_tag|>", ["{"], (body) => parseJson(body) ?? parseJson(`[${body.replace(/}\s*;\s*{/g, "},{")}]`), openaiCallId),
   callLayout: (name) => jsonCall(name, "parameters"),
   separator: "; ",
   trigger: '{"name": ',
@@ -122,11 +130,7 @@ const mistral: ToolCallFormat = {
   // A bare list of calls is read too.
   markers: ["[TOOL_CALLS]", "["],
   anywhere: false,
-  parse(text) {
-    const body = text.trim().replace(/^\[TOOL_CALLS\]/, "").trim();
-    const value = body.startsWith("[") || body.startsWith("{") ? parseJson(body) : undefined;
-    return onlyCalls(text, value, mistralCallId);
-  },
+  parse: leadingCalls("[TOOL_CALLS]", ["[", "{"], parseJson, mistralCallId),
   callLayout: (name) => jsonCall(name, "arguments"),
   separator: ", ",
   list: { begin: "[TOOL_CALLS] [", end: "]" },
