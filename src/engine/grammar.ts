@@ -357,15 +357,7 @@ export function jsonSafeStrings(ebnf: string): string {
 const JSON_UNSAFE = '\\0-\\x1f"\\\\'; // as EBNF class members: \0-\x1f " \\
 
 function jsonSafeLine(line: string): string {
-  return ebnfPieces(line)
-    .map(({ text, literal }) => (literal && text.startsWith("[") ? jsonSafeClass(text) : text))
-    .join("");
-}
-
-/** An EBNF line cut into string literals and character classes (`literal`) and the rest. */
-function ebnfPieces(line: string): { text: string; literal: boolean }[] {
-  const pieces: { text: string; literal: boolean }[] = [];
-  let plain = "";
+  let out = "";
   for (let i = 0; i < line.length; ) {
     const c = line[i]!;
     if (c === '"' || c === "[") {
@@ -373,17 +365,15 @@ function ebnfPieces(line: string): { text: string; literal: boolean }[] {
       let j = i + 1;
       if (c === "[" && line[j] === "^") j++;
       while (j < line.length && line[j] !== close) j += line[j] === "\\" ? 2 : 1;
-      if (plain) pieces.push({ text: plain, literal: false });
-      plain = "";
-      pieces.push({ text: line.slice(i, j + 1), literal: true });
+      const part = line.slice(i, j + 1);
+      out += c === "[" ? jsonSafeClass(part) : part;
       i = j + 1;
     } else {
-      plain += c;
+      out += c;
       i++;
     }
   }
-  if (plain) pieces.push({ text: plain, literal: false });
-  return pieces;
+  return out;
 }
 
 function jsonSafeClass(cls: string): string {
