@@ -5,7 +5,7 @@
 import * as mx from "../mlx";
 import type { FormatInput, PromptInput, SamplingInput } from "../api/common";
 import { createJsonConstraint, SchemaError, type GrammarConstraint } from "../engine/grammar";
-import { createToolCallConstraint, offeredTools, requiredFunctions, templateInput, toolTemplate, type ToolCallFormat, type ToolRequest, type ToolSpec } from "../engine/tools";
+import { createToolCallConstraint, offeredTools, requiredFunctions, templateInput, toolTemplate, type ToolCallFormat, type ToolRequest, type ToolSpec, type ToolTemplate } from "../engine/tools";
 import { ValidationError } from "../api/validate";
 import { checkContext } from "../engine/completion";
 import { chatTokens, promptTokens } from "../engine/prompt";
@@ -91,8 +91,9 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
   try {
     const lm = lease.entry.lm;
     const offered = offeredTools(input.tools);
-    const toolFormat = offered && toolTemplate(lm.tokenizer.chatTemplate).format;
-    const promptIds = [...(input.prefixIds ?? []), ...tokenize(lm.tokenizer, input.prompt, offered)];
+    const template = toolTemplate(lm.tokenizer.chatTemplate);
+    const toolFormat = offered && template.format;
+    const promptIds = [...(input.prefixIds ?? []), ...tokenize(lm.tokenizer, input.prompt, template, offered)];
     if (promptIds.length === 0) throw badRequest("the prompt is empty", "prompt");
     const vocab = lm.config.vocabSize;
     const badId = promptIds.find((id) => id >= vocab);
@@ -159,7 +160,8 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
   }
 }
 
-function tokenize(tokenizer: Tokenizer, prompt: PromptInput, tools: ToolSpec[] | undefined): number[] {
+/** `template` says how the chat template handles tools; `tools` are those offered on this turn. */
+function tokenize(tokenizer: Tokenizer, prompt: PromptInput, template: ToolTemplate, tools: ToolSpec[] | undefined): number[] {
   switch (prompt.kind) {
     case "ids":
       return prompt.ids;
@@ -170,7 +172,7 @@ function tokenize(tokenizer: Tokenizer, prompt: PromptInput, tools: ToolSpec[] |
     case "chat":
       if (!tokenizer.chatTemplate) throw badRequest("this model has no chat template: use /v1/completions (or /api/generate with raw) instead", "messages");
       return withTemplateErrors(() => {
-        const { messages, tools: templateTools } = templateInput(toolTemplate(tokenizer.chatTemplate), prompt.messages, tools);
+        const { messages, tools: templateTools } = templateInput(template, prompt.messages, tools);
         return chatTokens(tokenizer, messages, templateTools);
       });
   }

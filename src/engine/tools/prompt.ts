@@ -35,18 +35,20 @@ const writeCalls = (calls: ToolCall[]) => calls.map((c) => `<tool_call>\n${JSON.
 /** Calls as text in the assistant's turn, results of consecutive tool messages merged into one user turn. */
 function plainMessages(messages: ConversationMessage[]): ChatMessage[] {
   const out: ChatMessage[] = [];
+  // The user turn that collects the results of the tool messages just seen.
+  let results: ChatMessage | undefined;
   for (const m of messages) {
     if (m.role === "tool") {
       const result = `<tool_response>\n${m.content}\n</tool_response>`;
-      const last = out.at(-1);
-      if (last?.toolResults) last.content = `${last.content}\n${result}`;
-      else out.push({ role: "user", content: result, toolResults: true });
-    } else if (m.toolCalls?.length) {
-      out.push({ role: m.role, content: [m.content, writeCalls(m.toolCalls)].filter(Boolean).join("\n") });
-    } else out.push({ role: m.role, content: m.content });
+      if (results) results.content = `${results.content}\n${result}`;
+      else out.push((results = { role: "user", content: result }));
+      continue;
+    }
+    results = undefined;
+    if (m.toolCalls?.length) out.push({ role: m.role, content: [m.content, writeCalls(m.toolCalls)].filter(Boolean).join("\n") });
+    else out.push({ role: m.role, content: m.content });
   }
-  // The marker only groups results here; the template never sees it.
-  return out.map(({ toolResults: _grouping, ...m }) => m as ChatMessage);
+  return out;
 }
 
 function withToolsInSystemPrompt(messages: ChatMessage[], tools: ToolSpec[]): ChatMessage[] {
