@@ -30,6 +30,8 @@ export function formatBytes(bytes: number): string {
 }
 
 const ms = (s: Summary, scale = 1000) => meanSd({ mean: s.mean * scale, sd: s.sd * scale }, 0);
+/** A summary as the JSON reports write it. */
+const meanAndSd = (s: Summary) => ({ mean: s.mean, sd: s.sd });
 const fixed = (v: number, digits = 2) => (Number.isFinite(v) ? v.toFixed(digits) : "-");
 
 function csvCell(v: unknown): string {
@@ -89,9 +91,9 @@ export function modelJson(results: ModelBenchResult[], failures: ModelFailure[])
       repetitions: r.repetitions,
       prompt_tokens: r.promptTokens,
       gen_tokens: r.genTokens,
-      prompt_tokens_per_second: { mean: r.promptTokensPerSecond.mean, sd: r.promptTokensPerSecond.sd, samples: r.samples.promptTokensPerSecond },
-      generation_tokens_per_second: { mean: r.generationTokensPerSecond.mean, sd: r.generationTokensPerSecond.sd, samples: r.samples.generationTokensPerSecond },
-      time_to_first_token_seconds: { mean: r.timeToFirstTokenSeconds.mean, sd: r.timeToFirstTokenSeconds.sd, samples: r.samples.timeToFirstTokenSeconds },
+      prompt_tokens_per_second: { ...meanAndSd(r.promptTokensPerSecond), samples: r.samples.promptTokensPerSecond },
+      generation_tokens_per_second: { ...meanAndSd(r.generationTokensPerSecond), samples: r.samples.generationTokensPerSecond },
+      time_to_first_token_seconds: { ...meanAndSd(r.timeToFirstTokenSeconds), samples: r.samples.timeToFirstTokenSeconds },
       peak_memory_bytes: r.peakMemoryBytes,
       prompt_peak_memory_bytes: r.promptPeakMemoryBytes,
       generation_peak_memory_bytes: r.generationPeakMemoryBytes,
@@ -149,9 +151,9 @@ export function suiteJson(results: SuiteModelResult[], failures: ModelFailure[],
       ...modelSummary(r),
       passed: r.passed,
       checked: r.checked,
-      prompt_tokens_per_second: { mean: r.promptTokensPerSecond.mean, sd: r.promptTokensPerSecond.sd },
-      generation_tokens_per_second: { mean: r.generationTokensPerSecond.mean, sd: r.generationTokensPerSecond.sd },
-      time_to_first_token_seconds: { mean: r.timeToFirstTokenSeconds.mean, sd: r.timeToFirstTokenSeconds.sd },
+      prompt_tokens_per_second: meanAndSd(r.promptTokensPerSecond),
+      generation_tokens_per_second: meanAndSd(r.generationTokensPerSecond),
+      time_to_first_token_seconds: meanAndSd(r.timeToFirstTokenSeconds),
       peak_memory_bytes: r.peakMemoryBytes,
     })),
     prompts: prompts.map((p, i) => ({
