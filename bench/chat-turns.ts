@@ -15,10 +15,10 @@ const maxTokens = Number(values["answer-tokens"]);
 const lm = loadModel(await resolveModelPath(values.model));
 const options = { sampling: defaultSampling, maxTokens };
 
-function ttft(c: Conversation, text: string) {
+async function ttft(c: Conversation, text: string) {
   const turn = c.turn(text, options);
-  let step = turn.next();
-  while (!step.done) step = turn.next();
+  let step = await turn.next();
+  while (!step.done) step = await turn.next();
   return step.value;
 }
 
@@ -26,11 +26,11 @@ const kept = new Conversation(lm);
 const rows: string[] = [];
 for (let i = 1; i <= turns; i++) {
   const message = `Question ${i}: name one animal that lives in the sea.`;
-  const reused = ttft(kept, message);
+  const reused = await ttft(kept, message);
   // The same conversation up to this turn, prefilled from scratch.
   const fresh = new Conversation(lm);
   fresh.messages = kept.messages.slice(0, -2);
-  const scratch = ttft(fresh, message);
+  const scratch = await ttft(fresh, message);
   fresh.dispose();
   const line = `| ${i} | ${reused.info.newTokens} new + ${reused.info.reusedTokens} cached | ${(reused.result.stats.timeToFirstTokenSeconds * 1000).toFixed(0)} | ${scratch.info.newTokens} | ${(scratch.result.stats.timeToFirstTokenSeconds * 1000).toFixed(0)} |`;
   rows.push(line);

@@ -12,7 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as mx from "../src/mlx";
 import { loadModel, type LoadedModel } from "../src/models/load";
-import { completeAll, type CompletionResult } from "../src/engine/completion";
+import { complete, soloScheduler, type CompletionResult } from "../src/engine/generate";
 import { defaultSampling, type LogitsProcessor } from "../src/engine/sampling";
 import { promptTokens } from "../src/engine/prompt";
 import { createJsonConstraint, initGrammar, type GrammarConstraint } from "../src/engine/grammar";
@@ -61,6 +61,7 @@ const prompts = [
 ];
 
 const lm: LoadedModel = loadModel(await modelPath(values.model!));
+const scheduler = soloScheduler(lm);
 let started = performance.now();
 await initGrammar();
 const initMs = performance.now() - started;
@@ -88,9 +89,9 @@ async function generate(prompt: string, mode: Mode): Promise<CompletionResult> {
     processorMs.push(performance.now() - t0);
     return out;
   };
-  const logitsProcessors = mode === "schema" ? [timed] : mode === "tools" ? [constraint!.processor] : mode === "identity" ? [identity] : undefined;
+  const processors = mode === "schema" ? [timed] : mode === "tools" ? [constraint!.processor] : mode === "identity" ? [identity] : undefined;
   try {
-    return completeAll(lm, promptTokens(lm.tokenizer, prompt), { sampling: { ...defaultSampling, temperature: 0 }, maxTokens, logitsProcessors });
+    return await complete(scheduler, { prompt: { kind: "ids", ids: promptTokens(lm.tokenizer, prompt) }, sampling: { ...defaultSampling, temperature: 0 }, maxTokens, processors });
   } finally {
     constraint?.dispose();
   }

@@ -1,10 +1,9 @@
 // Continuous batching: sequences decoded together give what each gives alone, whatever joins
 // or leaves the batch in between.
 import { beforeAll, describe, expect, test } from "bun:test";
-import { BatchGenerator } from "../src/engine/batch";
-import { tokenLoop } from "../src/engine/generate";
+import { BatchGenerator, generateTokens } from "../src/engine/batch";
 import { defaultSampling } from "../src/engine/sampling";
-import { buildModel, makeCaches, parseConfig, Weights, type DecoderModel } from "../src/models";
+import { buildModel, parseConfig, Weights, type DecoderModel } from "../src/models";
 import { tinyConfig, tinyWeights } from "./helpers/tiny-model";
 
 let model: DecoderModel;
@@ -17,7 +16,7 @@ const prompts = [[5, 17, 200, 3, 99, 42, 7], [12, 4], [150, 8, 1, 77, 23, 9, 100
 
 function alone(prompt: number[], maxTokens: number): number[] {
   const out: number[] = [];
-  for (const { token } of tokenLoop(model, makeCaches(model), prompt, { sampling: defaultSampling, maxTokens })) out.push(token);
+  for (const { token } of generateTokens(model, { promptIds: prompt, sampling: defaultSampling, maxTokens })) out.push(token);
   return out;
 }
 
@@ -75,7 +74,7 @@ describe("BatchGenerator", () => {
   test("a sampled sequence with a seed draws the same tokens batched or alone", () => {
     const sampling = { ...defaultSampling, temperature: 1, seed: 11 };
     const soloTokens: number[] = [];
-    for (const { token } of tokenLoop(model, makeCaches(model), prompts[0]!, { sampling, maxTokens: 8 })) soloTokens.push(token);
+    for (const { token } of generateTokens(model, { promptIds: prompts[0]!, sampling, maxTokens: 8 })) soloTokens.push(token);
     const gen = new BatchGenerator(model);
     gen.add("a", { promptIds: prompts[0]!, sampling, maxTokens: 8 });
     gen.add("b", { promptIds: prompts[2]!, sampling: defaultSampling, maxTokens: 8 });

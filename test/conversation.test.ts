@@ -20,19 +20,19 @@ beforeAll(() => {
   small = loadModel(join(root, "small"));
 });
 
-function say(c: Conversation, text: string, maxTokens = 6) {
+async function say(c: Conversation, text: string, maxTokens = 6) {
   const turn = c.turn(text, { sampling: defaultSampling, maxTokens });
-  let step = turn.next();
-  while (!step.done) step = turn.next();
+  let step = await turn.next();
+  while (!step.done) step = await turn.next();
   return step.value;
 }
 
 describe("Conversation", () => {
-  test("a follow-up turn prefills only what the cache does not hold", () => {
+  test("a follow-up turn prefills only what the cache does not hold", async () => {
     const c = new Conversation(lm, "Be brief.");
-    const first = say(c, "Hello");
+    const first = await say(c, "Hello");
     expect(first.info.reusedTokens).toBe(0);
-    const second = say(c, "And then?");
+    const second = await say(c, "And then?");
     const whole = chatTokens(lm.tokenizer, [{ role: "system", content: "Be brief." }, ...c.messages.slice(0, 3)]);
     expect(second.info.reusedTokens).toBeGreaterThan(first.result.promptTokenIds.length);
     expect(second.info.reusedTokens + second.info.newTokens).toBe(whole.length);
@@ -40,22 +40,22 @@ describe("Conversation", () => {
     c.dispose();
   });
 
-  test("the answer with the reused cache equals the answer computed from scratch", () => {
+  test("the answer with the reused cache equals the answer computed from scratch", async () => {
     const c = new Conversation(lm);
-    say(c, "Hello");
-    const reused = say(c, "Tell me more", 8).result.tokenIds;
+    await say(c, "Hello");
+    const reused = (await say(c, "Tell me more", 8)).result.tokenIds;
     const fresh = new Conversation(lm);
     fresh.messages = c.messages.slice(0, 2);
-    const scratch = say(fresh, "Tell me more", 8).result.tokenIds;
+    const scratch = (await say(fresh, "Tell me more", 8)).result.tokenIds;
     expect(reused).toEqual(scratch);
     c.dispose();
     fresh.dispose();
   });
 
-  test("when the context fills, the oldest turns are dropped and the system prompt stays", () => {
+  test("when the context fills, the oldest turns are dropped and the system prompt stays", async () => {
     const c = new Conversation(small, "Sys");
     let dropped = 0;
-    for (let i = 0; i < 8; i++) dropped += say(c, `message number ${i} with several words in it`, 8).info.droppedMessages;
+    for (let i = 0; i < 8; i++) dropped += (await say(c, `message number ${i} with several words in it`, 8)).info.droppedMessages;
     expect(dropped).toBeGreaterThan(0);
     expect(c.messages[0]!.role).toBe("user");
     expect(c.messages.at(-2)!.content).toContain("message number 7");
@@ -63,12 +63,12 @@ describe("Conversation", () => {
     c.dispose();
   });
 
-  test("clear forgets the conversation and its cache", () => {
+  test("clear forgets the conversation and its cache", async () => {
     const c = new Conversation(lm);
-    say(c, "Hello");
+    await say(c, "Hello");
     c.clear();
     expect(c.messages).toEqual([]);
-    expect(say(c, "Hello").info.reusedTokens).toBe(0);
+    expect((await say(c, "Hello")).info.reusedTokens).toBe(0);
     c.dispose();
   });
 });

@@ -7,7 +7,7 @@ import { beforeAll, describe, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import * as mx from "../src/mlx";
-import { tokenLoop } from "../src/engine/generate";
+import { completeAlone } from "./helpers/generate";
 import { defaultSampling } from "../src/engine/sampling";
 import { chatTokens } from "../src/engine/prompt";
 import { loadModel, type LoadedModel } from "../src/models/load";
@@ -27,15 +27,9 @@ interface Case {
   top_logits: [number, number][];
 }
 
-function greedy(lm: LoadedModel, promptIds: number[], maxTokens: number): number[] {
-  const caches = makeCaches(lm.model);
-  const out: number[] = [];
-  for (const { token } of tokenLoop(lm.model, caches, promptIds, { sampling: defaultSampling, maxTokens })) {
-    if (lm.tokenizer.eosTokenIds.has(token)) break;
-    out.push(token);
-  }
-  freeCaches(caches);
-  return out;
+/** Greedy tokens up to EOS, through the path `mlx run` takes (the scheduler, a batch of one). */
+async function greedy(lm: LoadedModel, promptIds: number[], maxTokens: number): Promise<number[]> {
+  return (await completeAlone(lm, promptIds, { sampling: defaultSampling, maxTokens })).tokenIds;
 }
 
 function firstStepLogits(lm: LoadedModel, promptIds: number[], ids: number[]): number[] {
@@ -82,11 +76,11 @@ describe(`parity with mlx-lm ${reference.mlx_lm} (MLX ${reference.mlx})`, () => 
   }, 300_000);
 
   for (const [i, c] of cases.entries()) {
-    test(`greedy output is identical: ${c.prompt.slice(0, 40)}`, () => {
-      const fromDirectory = greedy(directory, c.prompt_ids, reference.max_tokens);
+    test(`greedy output is identical: ${c.prompt.slice(0, 40)}`, async () => {
+      const fromDirectory = await greedy(directory, c.prompt_ids, reference.max_tokens);
       expect(fromDirectory).toEqual(c.output_ids);
       // The GGUF path must agree with the directory path; checked on every other prompt to keep CI short.
-      if (i % 2 === 0) expect(greedy(gguf, c.prompt_ids, reference.max_tokens)).toEqual(c.output_ids);
+      if (i % 2 === 0) expect(await greedy(gguf, c.prompt_ids, reference.max_tokens)).toEqual(c.output_ids);
     }, 300_000);
   }
 });

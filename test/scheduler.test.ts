@@ -4,9 +4,10 @@ import { beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { completeAll } from "../src/engine/completion";
+import { completeAlone } from "./helpers/generate";
 import { defaultSampling } from "../src/engine/sampling";
-import { QueueFullError, Scheduler, type GenerationEvent, type GenerationRequest } from "../src/engine/scheduler";
+import { QueueFullError } from "../src/errors";
+import { Scheduler, type GenerationEvent, type GenerationRequest } from "../src/engine/scheduler";
 import { loadModel, type LoadedModel } from "../src/models/load";
 import { chatTokens } from "../src/engine/prompt";
 import { writeTinyModel } from "./helpers/tiny-model";
@@ -20,8 +21,8 @@ beforeAll(() => {
 
 const prompt = (text: string) => chatTokens(lm.tokenizer, [{ role: "user", content: text }]);
 
-function alone(promptIds: number[], maxTokens: number, stop: string[] = []): { text: string; finish: string } {
-  const result = completeAll(lm, promptIds, { sampling: defaultSampling, maxTokens, stop });
+async function alone(promptIds: number[], maxTokens: number, stop: string[] = []): Promise<{ text: string; finish: string }> {
+  const result = await completeAlone(lm, promptIds, { sampling: defaultSampling, maxTokens, stop });
   return { text: result.text, finish: result.finishReason };
 }
 
@@ -46,23 +47,23 @@ describe("Scheduler", () => {
     const scheduler = new Scheduler(lm, { maxBatch: 4, prefillChunk: 16, maxQueue: 8 });
     const texts = ["Hello", "Tell me about the sea and the sky", "Hi", "Count to three"];
     const results = await Promise.all(texts.map((t) => collect(scheduler.submit(request(t)))));
-    results.forEach((r, i) => {
-      const expected = alone(prompt(texts[i]!), 12);
+    for (const [i, r] of results.entries()) {
+      const expected = await alone(prompt(texts[i]!), 12);
       expect(r.text).toBe(expected.text);
       expect(r.done.finishReason).toBe(expected.finish as "stop" | "length");
       expect(r.done.usage.promptTokens).toBe(prompt(texts[i]!).length);
-    });
+    }
     scheduler.dispose();
   });
 
   test("stop strings end one stream without touching the others", async () => {
     const scheduler = new Scheduler(lm, { maxBatch: 4, prefillChunk: 64, maxQueue: 8 });
-    const free = alone(prompt("Hello"), 12).text;
+    const free = (await alone(prompt("Hello"), 12)).text;
     const stopAt = free.slice(3, 5);
     const [stopped, other] = await Promise.all([collect(scheduler.submit(request("Hello", { stop: [stopAt] }))), collect(scheduler.submit(request("Hi")))]);
     expect(stopped.done.finishReason).toBe("stop");
     expect(stopped.text).toBe(free.slice(0, free.indexOf(stopAt)));
-    expect(other.text).toBe(alone(prompt("Hi"), 12).text);
+    expect(other.text).toBe((await alone(prompt("Hi"), 12)).text);
     scheduler.dispose();
   });
 
@@ -74,7 +75,7 @@ describe("Scheduler", () => {
     setTimeout(() => controller.abort(), 100);
     const [cancelled, after] = await Promise.all([collect(long), collect(next)]);
     expect(cancelled.done.finishReason).toBe("cancelled");
-    expect(after.text).toBe(alone(prompt("Hi"), 12).text);
+    expect(after.text).toBe((await alone(prompt("Hi"), 12)).text);
     expect(scheduler.running + scheduler.waiting).toBe(0);
     scheduler.dispose();
   });
@@ -111,7 +112,7 @@ describe("prefix cache across requests", () => {
     const followUp = chatTokens(lm.tokenizer, [...first, { role: "assistant", content: one.text }, { role: "user", content: "And then?" }]);
     const two = await collect(scheduler.submit({ promptIds: followUp, sampling: defaultSampling, maxTokens: 8 }));
     expect(two.done.usage.cachedTokens).toBeGreaterThan(chatTokens(lm.tokenizer, first).length - 2);
-    expect(two.text).toBe(alone(followUp, 8).text);
+    expect(two.text).toBe((await alone(followUp, 8)).text);
     expect(prefixCache.hits).toBe(1);
     scheduler.dispose();
   });

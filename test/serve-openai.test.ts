@@ -2,7 +2,7 @@
 // stop strings, usage, logprobs, sampling options, auth and unknown models.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import OpenAI from "openai";
-import { completeAll } from "../src/engine/completion";
+import { completeAlone } from "./helpers/generate";
 import { chatTokens } from "../src/engine/prompt";
 import { defaultSampling } from "../src/engine/sampling";
 import { loadModel } from "../src/models/load";
@@ -38,7 +38,7 @@ describe("OpenAI chat completions", () => {
     const lm = loadModel(model);
     const ids = chatTokens(lm.tokenizer, messages);
     expect(r.usage!.prompt_tokens).toBe(ids.length);
-    const alone = completeAll(lm, ids, { sampling: defaultSampling, maxTokens: 12 });
+    const alone = await completeAlone(lm, ids, { sampling: defaultSampling, maxTokens: 12 });
     lm.free();
     expect(choice.message.content).toBe(alone.text);
   });

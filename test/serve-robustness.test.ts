@@ -144,7 +144,7 @@ describe("limits", () => {
       const reader = (await first).body!.getReader();
       await reader.read(); // the first is generating
       const second = fetch(`${small.url}/v1/completions`, { method: "POST", body: JSON.stringify(long), signal: controller.signal }).catch(() => undefined);
-      await eventually(() => small.state.models.loaded[0]!.engine.stats.waiting === 1);
+      await eventually(() => small.state.models.loaded[0]!.scheduler.stats.waiting === 1);
       const ready = await fetch(`${small.url}/ready`);
       expect(ready.status).toBe(503);
       const third = await post(`${small.url}/v1/completions`, long);
@@ -153,7 +153,7 @@ describe("limits", () => {
       expect(third.json.error.code).toBe("queue_full");
       controller.abort();
       await second;
-      await eventually(() => small.state.models.loaded[0]!.engine.stats.running + small.state.models.loaded[0]!.engine.stats.waiting === 0);
+      await eventually(() => small.state.models.loaded[0]!.scheduler.stats.running + small.state.models.loaded[0]!.scheduler.stats.waiting === 0);
       expect((await fetch(`${small.url}/ready`)).status).toBe(200);
       await answersNormally(small.url);
     } finally {
@@ -196,7 +196,7 @@ describe("disconnects and the event loop", () => {
     for (let i = 0; i < 200; i += 10) {
       await Promise.all(Array.from({ length: 10 }, (_, j) => one(i + j)));
     }
-    await eventually(() => server.state.models.loaded.every((e) => e.engine.stats.running === 0 && e.engine.stats.waiting === 0 && e.active === 0), 5000);
+    await eventually(() => server.state.models.loaded.every((e) => e.scheduler.stats.running === 0 && e.scheduler.stats.waiting === 0 && e.active === 0), 5000);
     // 200 x 200 tokens would take minutes: they were cancelled, not run to the end.
     expect(performance.now() - started).toBeLessThan(15_000);
     const metrics = await (await fetch(`${server.url}/metrics`)).text();
@@ -214,7 +214,7 @@ describe("disconnects and the event loop", () => {
       expect((await fetch(`${server.url}/health`)).status).toBe(200);
       times.push(performance.now() - t);
     }
-    expect(server.state.models.loaded[0]!.engine.stats.running).toBe(1); // still generating
+    expect(server.state.models.loaded[0]!.scheduler.stats.running).toBe(1); // still generating
     expect(Math.max(...times)).toBeLessThan(250);
     await reader.cancel();
   });

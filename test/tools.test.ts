@@ -9,7 +9,7 @@ import { join } from "node:path";
 import Ajv from "ajv";
 import { Template } from "@huggingface/jinja";
 import { loadModel, type LoadedModel } from "../src/models/load";
-import { completeAll } from "../src/engine/completion";
+import { completeAlone } from "./helpers/generate";
 import { defaultSampling, type LogitsProcessor } from "../src/engine/sampling";
 import * as mx from "../src/mlx";
 import { chatTokens } from "../src/engine/prompt";
@@ -181,7 +181,7 @@ describe("calls are valid by construction", () => {
   async function answer(format: ToolCallFormat, functions: ToolSpec[], parallel: boolean, seed: number) {
     const constraint = await createToolCallConstraint(lm.tokenizer, format, functions, { required: true, parallel });
     try {
-      return completeAll(lm, chatTokens(lm.tokenizer, [{ role: "user", content: "Call a function." }]), { sampling: { ...defaultSampling, temperature: 1, seed }, maxTokens: 160, logitsProcessors: [constraint.processor] });
+      return await completeAlone(lm, chatTokens(lm.tokenizer, [{ role: "user", content: "Call a function." }]), { sampling: { ...defaultSampling, temperature: 1, seed }, maxTokens: 160, processors: [constraint.processor] });
     } finally {
       constraint.dispose();
     }
@@ -243,7 +243,7 @@ describe("calls are valid by construction", () => {
     const constraint = constrained ? await createToolCallConstraint(lm.tokenizer, hermes, [weather, search], { required: false, parallel: false }) : undefined;
     try {
       const processors = [writesAfter("<tool_call>", 3), ...(constraint ? [constraint.processor] : [])];
-      return completeAll(lm, chatTokens(lm.tokenizer, [{ role: "user", content: "Hi" }]), { sampling: { ...defaultSampling, temperature: 1, seed }, maxTokens: 120, logitsProcessors: processors });
+      return await completeAlone(lm, chatTokens(lm.tokenizer, [{ role: "user", content: "Hi" }]), { sampling: { ...defaultSampling, temperature: 1, seed }, maxTokens: 120, processors });
     } finally {
       constraint?.dispose();
     }

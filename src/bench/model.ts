@@ -2,11 +2,10 @@
 // prompt-processing test (a synthetic prompt of exactly p tokens, timed to its first token)
 // and a generation test (g tokens after a one-token prompt, end-of-sequence ignored), each
 // on a fresh KV cache with MLX's peak-memory counter reset before it. As llama-bench does.
-import * as mx from "../mlx";
-import { freeCaches, makeCaches } from "../models";
 import type { LoadedModel } from "../models/load";
 import { readGGUFHeader } from "../models/gguf-header";
-import { tokenLoop } from "../engine/generate";
+import { generateTokens } from "../engine/batch";
+import { memoryFigures, resetPeakMemory } from "../engine/device";
 import { defaultSampling, type SamplingParams } from "../engine/sampling";
 import { summarize, type Summary } from "./stats";
 
@@ -105,32 +104,19 @@ export function quantizationOf(lm: LoadedModel): string {
 
 /** Prefills `prompt` on a fresh cache; seconds to the first generated token. */
 export function promptTest(lm: LoadedModel, prompt: number[]): { seconds: number; peakBytes: number } {
-  const caches = makeCaches(lm.model);
-  mx.memory.resetPeakMemory();
+  resetPeakMemory();
   const start = performance.now();
-  const loop = tokenLoop(lm.model, caches, prompt, { sampling: greedy, maxTokens: 1 });
-  try {
-    loop.next();
-    const seconds = (performance.now() - start) / 1000;
-    return { seconds, peakBytes: mx.memory.peakMemory() };
-  } finally {
-    loop.return(undefined);
-    freeCaches(caches);
-  }
+  for (const _ of generateTokens(lm.model, { promptIds: prompt, sampling: greedy, maxTokens: 1 }));
+  return { seconds: (performance.now() - start) / 1000, peakBytes: memoryFigures().peak };
 }
 
 /** Generates exactly `tokens` tokens after a one-token prompt (EOS does not stop it); seconds for all of them. */
 export function generationTest(lm: LoadedModel, first: number, tokens: number): { seconds: number; tokens: number; peakBytes: number } {
-  const caches = makeCaches(lm.model);
-  mx.memory.resetPeakMemory();
+  resetPeakMemory();
   const start = performance.now();
   let n = 0;
-  try {
-    for (const _ of tokenLoop(lm.model, caches, [first], { sampling: greedy, maxTokens: tokens })) n++;
-    return { seconds: (performance.now() - start) / 1000, tokens: n, peakBytes: mx.memory.peakMemory() };
-  } finally {
-    freeCaches(caches);
-  }
+  for (const _ of generateTokens(lm.model, { promptIds: [first], sampling: greedy, maxTokens: tokens })) n++;
+  return { seconds: (performance.now() - start) / 1000, tokens: n, peakBytes: memoryFigures().peak };
 }
 
 export function benchLoadedModel(lm: LoadedModel, name: string, o: ModelBenchOptions): ModelBenchResult {

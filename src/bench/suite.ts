@@ -5,8 +5,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { basename, dirname, resolve } from "node:path";
 import Ajv, { type ValidateFunction } from "ajv";
 import Ajv2020 from "ajv/dist/2020";
-import { completeAll } from "../engine/completion";
-import { promptTokens } from "../engine/prompt";
+import { complete, soloScheduler } from "../engine/generate";
 import { defaultSampling } from "../engine/sampling";
 import type { LoadedModel } from "../models/load";
 import { describeModel, type ModelInfo } from "./model";
@@ -175,31 +174,36 @@ export interface SuiteOptions {
   onProgress?: (message: string) => void;
 }
 
-export function runSuite(lm: LoadedModel, name: string, prompts: SuitePrompt[], o: SuiteOptions): SuiteModelResult {
+export async function runSuite(lm: LoadedModel, name: string, prompts: SuitePrompt[], o: SuiteOptions): Promise<SuiteModelResult> {
   const say = o.onProgress ?? (() => {});
   const sampling = { ...defaultSampling, temperature: 0 };
-  const answer = (prompt: string, maxTokens: number) => completeAll(lm, promptTokens(lm.tokenizer, prompt), { sampling, maxTokens });
-  say(`${name}: warm-up`);
-  answer("Hi", Math.min(o.maxTokens, 2));
+  const scheduler = soloScheduler(lm);
+  const answer = (prompt: string, maxTokens: number) => complete(scheduler, { prompt: { kind: "text", text: prompt, template: true }, sampling, maxTokens });
   const outcomes: PromptOutcome[] = [];
   let peak = 0;
-  prompts.forEach((p, i) => {
-    const r = answer(p.prompt, o.maxTokens);
-    const check = checkAnswer(r.text, p);
-    peak = Math.max(peak, r.stats.peakMemoryBytes);
-    outcomes.push({
-      line: p.line,
-      text: r.text,
-      ...check,
-      promptTokens: r.stats.promptTokens,
-      generatedTokens: r.stats.generatedTokens,
-      promptTokensPerSecond: r.stats.promptTokensPerSecond,
-      generationTokensPerSecond: r.stats.generationTokensPerSecond,
-      timeToFirstTokenSeconds: r.stats.timeToFirstTokenSeconds,
-    });
-    const verdict = check.passed === undefined ? "" : check.passed ? ", passed" : `, failed (${check.reasons.join("; ")})`;
-    say(`${name}: prompt ${i + 1}/${prompts.length}: ${r.stats.generatedTokens} tokens, ${r.stats.generationTokensPerSecond.toFixed(2)} tokens/s${verdict}`);
-  });
+  try {
+    say(`${name}: warm-up`);
+    await answer("Hi", Math.min(o.maxTokens, 2));
+    for (const [i, p] of prompts.entries()) {
+      const r = await answer(p.prompt, o.maxTokens);
+      const check = checkAnswer(r.text, p);
+      peak = Math.max(peak, r.stats.peakMemoryBytes);
+      outcomes.push({
+        line: p.line,
+        text: r.text,
+        ...check,
+        promptTokens: r.stats.promptTokens,
+        generatedTokens: r.stats.generatedTokens,
+        promptTokensPerSecond: r.stats.promptTokensPerSecond,
+        generationTokensPerSecond: r.stats.generationTokensPerSecond,
+        timeToFirstTokenSeconds: r.stats.timeToFirstTokenSeconds,
+      });
+      const verdict = check.passed === undefined ? "" : check.passed ? ", passed" : `, failed (${check.reasons.join("; ")})`;
+      say(`${name}: prompt ${i + 1}/${prompts.length}: ${r.stats.generatedTokens} tokens, ${r.stats.generationTokensPerSecond.toFixed(2)} tokens/s${verdict}`);
+    }
+  } finally {
+    scheduler.dispose();
+  }
   const checked = outcomes.filter((o) => o.passed !== undefined);
   return {
     ...describeModel(lm, name),

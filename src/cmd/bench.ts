@@ -4,7 +4,7 @@
 import { defineCommand } from "citty";
 import { writeFileSync } from "node:fs";
 import { basename } from "node:path";
-import * as mx from "../mlx";
+import { clearMemoryCache } from "../engine/device";
 import { loadModel, type LoadedModel } from "../models/load";
 import { loadAliases } from "../store/aliases";
 import { resolveModelPath } from "../store/resolve";
@@ -84,7 +84,7 @@ function modelSpecs(args: Args): { spec: string | undefined; name: string }[] {
  * Loads and benchmarks each model in turn (one in memory at a time). A model that fails is
  * reported on stderr right away, and the others still run.
  */
-async function eachModel<T>(args: Args, bench: (lm: LoadedModel, name: string) => T): Promise<{ results: T[]; failures: ModelFailure[] }> {
+async function eachModel<T>(args: Args, bench: (lm: LoadedModel, name: string) => T | Promise<T>): Promise<{ results: T[]; failures: ModelFailure[] }> {
   const results: T[] = [];
   const failures: ModelFailure[] = [];
   for (const { spec, name } of modelSpecs(args)) {
@@ -93,7 +93,7 @@ async function eachModel<T>(args: Args, bench: (lm: LoadedModel, name: string) =
       progress(`${name}: loading`);
       lm = loadModel(await resolveModelPath(spec));
       for (const note of lm.notes) log.warn(note);
-      results.push(bench(lm, name));
+      results.push(await bench(lm, name));
     } catch (error) {
       const message = (error instanceof Error ? error.message : String(error)).split("\n")[0]!;
       failures.push({ model: name, error: message });
@@ -101,7 +101,7 @@ async function eachModel<T>(args: Args, bench: (lm: LoadedModel, name: string) =
       if (args.verbose && error instanceof Error && error.stack) process.stderr.write(`${error.stack}\n`);
     } finally {
       lm?.free();
-      mx.memory.clearCache();
+      clearMemoryCache();
     }
   }
   return { results, failures };

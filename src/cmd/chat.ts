@@ -1,4 +1,5 @@
 // `mlx chat`: an interactive conversation that keeps its KV cache between turns.
+import { errorLine } from "./errors";
 import { defineCommand } from "citty";
 import { join } from "node:path";
 import { storeRoot } from "../store/paths";
@@ -47,7 +48,7 @@ export default defineCommand({
         try {
           await session.answer(message, (chunk) => process.stdout.write(chunk), controller.signal);
         } catch (error) {
-          say(`error: ${(error as Error).message}`);
+          say(`error: ${errorLine(error)}`);
         } finally {
           process.off("SIGINT", stop);
           input.resumeAfterAnswer();

@@ -1,6 +1,7 @@
 // Logging for the CLI: everything goes to stderr (stdout carries only answers), and stays
 // quiet unless stderr is a terminal or --verbose was given.
 import { createConsola } from "consola";
+import { errorLine } from "./errors";
 
 export const log = createConsola({
   stdout: process.stderr,
@@ -14,8 +15,7 @@ export function setVerbose(verbose: boolean): void {
 
 /** Prints a one-line error (the stack only with --verbose) and exits non-zero. */
 export function fail(error: unknown, verbose = false): never {
-  const message = error instanceof Error ? error.message : String(error);
-  process.stderr.write(`error: ${message.split("\n")[0]}\n`);
+  process.stderr.write(`error: ${errorLine(error)}\n`);
   if (verbose && error instanceof Error && error.stack) process.stderr.write(`${error.stack}\n`);
   process.exit(1);
 }

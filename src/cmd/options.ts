@@ -34,11 +34,7 @@ export function samplingFrom(args: Record<string, unknown>): SamplingParams {
     repetitionPenalty: number("repeat-penalty", args["repeat-penalty"] as string),
     seed: args.seed === undefined ? undefined : number("seed", args.seed as string),
   };
-  try {
-    validateSampling(s);
-  } catch (error) {
-    throw new Error(`invalid sampling option: ${(error as Error).message}`);
-  }
+  validateSampling(s);
   return s;
 }
 

@@ -1,12 +1,9 @@
 // `mlx run "prompt"`: one answer, streamed to stdout, composable in shell pipelines.
 import { defineCommand } from "citty";
-import { complete, type CompletionResult } from "../engine/completion";
-import { makeCaches, freeCaches } from "../models";
+import { soloScheduler, streamCompletion, type CompletionResult } from "../engine/generate";
 import { fail, setVerbose } from "./log";
 import { openModel } from "./open-model";
 import { formatArgs, formatFrom, list, modelArg, positiveInteger, samplingArgs, samplingFrom } from "./options";
-import { createJsonConstraint } from "../engine/grammar";
-import { promptTokens } from "../engine/prompt";
 import { formatStats } from "./stats";
 
 export default defineCommand({
@@ -30,26 +27,27 @@ export default defineCommand({
       const sampling = samplingFrom(args);
       const maxTokens = positiveInteger("max-tokens", args["max-tokens"]);
       const output = await formatFrom(args); // before loading the model: a bad schema fails fast
-      const prompt = await readPrompt(args.prompt);
+      const text = await readPrompt(args.prompt);
       const lm = await openModel(args.model);
-      const constraint = output && (await createJsonConstraint(lm.tokenizer, output.format));
-
-      const ids = promptTokens(lm.tokenizer, prompt, { system: args.system, raw: Boolean(args.raw) });
       const controller = new AbortController();
       process.once("SIGINT", () => controller.abort());
-      const caches = makeCaches(lm.model);
-      const logitsProcessors = constraint ? [constraint.processor] : undefined;
-      const stream = complete(lm, caches, ids, { sampling, maxTokens, stop: list(args.stop), signal: controller.signal, logitsProcessors });
-      let step = stream.next();
+      // A batch of one through the scheduler that serves `mlx serve`.
+      const scheduler = soloScheduler(lm);
+      const stream = streamCompletion(scheduler, {
+        prompt: { kind: "text", text, template: !args.raw, system: args.system },
+        sampling,
+        maxTokens,
+        stop: list(args.stop),
+        format: output && { format: output.format, param: "--schema" },
+        signal: controller.signal,
+      });
+      let step = await stream.next();
       while (!step.done) {
         if (!args.json) process.stdout.write(step.value);
-        // Generation is synchronous: give the event loop a turn so Ctrl-C can be delivered.
-        await new Promise((resolve) => setImmediate(resolve));
-        step = stream.next();
+        step = await stream.next();
       }
       const result: CompletionResult = step.value;
-      freeCaches(caches);
-      constraint?.dispose();
+      scheduler.dispose();
       if (args.json) process.stdout.write(`${JSON.stringify(jsonResult(result))}\n`);
       else process.stdout.write("\n");
       if (verbose) process.stderr.write(`${formatStats(result.stats)}\n`);

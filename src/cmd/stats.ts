@@ -1,5 +1,5 @@
 // Human-readable speed and memory figures, as `--verbose` prints them.
-import type { CompletionStats } from "../engine/completion";
+import type { CompletionStats } from "../engine/generate";
 
 const mb = (bytes: number) => `${(bytes / 1024 / 1024).toFixed(1)} MB`;
 

@@ -7,13 +7,14 @@ import type { MxArray } from "../mlx";
 import { cacheState, freeCaches, makeCaches, type DecoderModel, type KVCache } from "../models";
 import { BatchKVCache } from "../models/batch-cache";
 import type { PrefixCache } from "./prefix-cache";
-import { makeSampler, repetitionPenalty, type LogitsProcessor, type Sampler, type SamplingParams } from "./sampling";
+import { makeSampler, type LogitsProcessor, type Sampler, type SamplingParams } from "./sampling";
 
 export interface SequenceRequest {
   promptIds: number[];
   sampling: SamplingParams;
   maxTokens: number;
-  logitsProcessors?: LogitsProcessor[];
+  /** Applied in order to each step's logits (see logitsProcessors() in sampling.ts). */
+  processors?: LogitsProcessor[];
   /** Also return each step's log-probability row (the caller frees it). */
   keepLogprobs?: boolean;
 }
@@ -94,8 +95,7 @@ export class BatchGenerator {
 
   add(id: string, request: SequenceRequest): void {
     if (request.promptIds.length === 0) throw new Error("empty prompt: nothing to generate from");
-    const processors = [...(request.sampling.repetitionPenalty !== 1 ? [repetitionPenalty(request.sampling)] : []), ...(request.logitsProcessors ?? [])];
-    this.#waiting.push({ id, request, sample: makeSampler(request.sampling), processors, history: [], generated: 0, next: -1, done: false });
+    this.#waiting.push({ id, request, sample: makeSampler(request.sampling), processors: request.processors ?? [], history: [], generated: 0, next: -1, done: false });
   }
 
   /** Stops a sequence wherever it is (waiting, prefilling or decoding). */
@@ -262,5 +262,19 @@ export class BatchGenerator {
     this.#discardAhead();
     if (this.#prefill) freeCaches(this.#prefill.caches);
     for (const c of this.#caches) c.free();
+  }
+}
+
+/**
+ * One sequence through a BatchGenerator of its own, token by token, for exactly `maxTokens`
+ * tokens (EOS does not stop it): for benchmarks and tests of the token loop itself.
+ */
+export function* generateTokens(model: DecoderModel, request: SequenceRequest): Generator<SequenceEvent> {
+  const generator = new BatchGenerator(model, { maxBatch: 1, prefillChunk: 2048 });
+  try {
+    generator.add("0", request);
+    while (!generator.idle) yield* generator.step();
+  } finally {
+    generator.dispose();
   }
 }

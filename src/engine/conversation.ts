@@ -1,11 +1,24 @@
-// A chat that keeps its KV cache between turns: each turn renders the whole conversation
-// with the chat template, finds how much of it the cache already holds, and prefills only
-// the rest. When the context fills up, the oldest turns go (the system prompt stays).
+// A chat that keeps its KV cache between turns: each turn renders the whole conversation with
+// the chat template and goes through the scheduler like any request; the scheduler's prefix
+// cache (one entry: the latest turn) holds the keys and values of what was said, so only what
+// a new rendering changed is prefilled. When the context fills up, the oldest turns go (the
+// system prompt stays).
 import type { LoadedModel } from "../models/load";
-import { freeCaches, makeCaches, type KVCache } from "../models";
 import type { ChatMessage } from "../tokenizer/tokenizer";
+import { soloScheduler, streamCompletion, type CompletionResult } from "./generate";
+import { PrefixCache } from "./prefix-cache";
 import { chatTokens } from "./prompt";
-import { complete, type CompletionOptions, type CompletionResult } from "./completion";
+import type { FormatInput } from "./request";
+import type { SamplingParams } from "./sampling";
+import type { Scheduler } from "./scheduler";
+
+export interface TurnOptions {
+  sampling: SamplingParams;
+  maxTokens: number;
+  /** JSON the answer must be. */
+  format?: FormatInput;
+  signal?: AbortSignal;
+}
 
 export interface TurnInfo {
   /** Prompt tokens the cache already held (not prefilled again). */
@@ -18,20 +31,23 @@ export interface TurnInfo {
 
 export class Conversation {
   messages: ChatMessage[] = [];
-  #caches: KVCache[];
-  /** The token ids whose keys and values the cache holds, in order. */
-  #cached: number[] = [];
+  #scheduler: Scheduler;
+  #contextUsed = 0;
 
   constructor(
     public lm: LoadedModel,
     public system?: string,
   ) {
-    this.#caches = makeCaches(lm.model);
+    this.#scheduler = Conversation.#schedulerFor(lm);
+  }
+
+  static #schedulerFor(lm: LoadedModel): Scheduler {
+    return soloScheduler(lm, new PrefixCache(Number.MAX_SAFE_INTEGER, 1));
   }
 
   /** Tokens of context in use (as of the last turn). */
   get contextUsed(): number {
-    return this.#cached.length;
+    return this.#contextUsed;
   }
 
   clear(): void {
@@ -41,20 +57,18 @@ export class Conversation {
 
   /** Switches to another model; the conversation's text is kept, its cache is not. */
   useModel(lm: LoadedModel): void {
-    freeCaches(this.#caches);
     this.lm = lm;
-    this.#caches = makeCaches(lm.model);
-    this.#cached = [];
+    this.#reset();
   }
 
   dispose(): void {
-    freeCaches(this.#caches);
+    this.#scheduler.dispose();
   }
 
   #reset(): void {
-    freeCaches(this.#caches);
-    this.#caches = makeCaches(this.lm.model);
-    this.#cached = [];
+    this.#scheduler.dispose();
+    this.#scheduler = Conversation.#schedulerFor(this.lm);
+    this.#contextUsed = 0;
   }
 
   #render(): number[] {
@@ -62,34 +76,22 @@ export class Conversation {
     return chatTokens(this.lm.tokenizer, [...system, ...this.messages]);
   }
 
-  /**
-   * Answers `userText`, streaming text deltas; returns the completion and how the prompt was
-   * assembled. The cache keeps everything but what a new rendering of the conversation changed.
-   */
-  *turn(userText: string, o: CompletionOptions): Generator<string, { result: CompletionResult; info: TurnInfo }> {
+  /** Answers `userText`, streaming text deltas; returns the completion and how the prompt was assembled. */
+  async *turn(userText: string, o: TurnOptions): AsyncGenerator<string, { result: CompletionResult; info: TurnInfo }> {
     this.messages.push({ role: "user", content: userText });
-    const droppedMessages = this.#fitContext(o.maxTokens);
-    const prompt = this.#render();
-    let reuse = commonPrefix(this.#cached, prompt);
-    // At least one token must be new, since the next token is predicted from the last one.
-    if (reuse === prompt.length) reuse -= 1;
-    if (reuse < this.#cached.length) {
-      for (const c of this.#caches) c.trim(reuse);
-    }
-    const fresh = prompt.slice(reuse);
     let result: CompletionResult;
+    let droppedMessages: number;
     try {
-      result = yield* complete(this.lm, this.#caches, fresh, o);
+      droppedMessages = this.#fitContext(o.maxTokens);
+      result = yield* streamCompletion(this.#scheduler, { prompt: { kind: "ids", ids: this.#render() }, sampling: o.sampling, maxTokens: o.maxTokens, format: o.format, signal: o.signal });
     } catch (error) {
       this.messages.pop();
-      this.#reset();
       throw error;
     }
-    // The cache now holds the prompt and every sampled token that was fed back in.
-    const offset = this.#caches[0]?.offset ?? 0;
-    this.#cached = [...prompt, ...result.sampledIds].slice(0, offset);
+    this.#contextUsed = result.stats.promptTokens + result.tokenIds.length;
     this.messages.push({ role: "assistant", content: result.text });
-    return { result, info: { reusedTokens: reuse, newTokens: fresh.length, droppedMessages } };
+    const reusedTokens = result.stats.cachedTokens;
+    return { result, info: { reusedTokens, newTokens: result.stats.promptTokens - reusedTokens, droppedMessages } };
   }
 
   /** Drops the oldest exchanges until the prompt plus room for an answer fits the context. */
@@ -108,11 +110,4 @@ export class Conversation {
     }
     return dropped;
   }
-}
-
-function commonPrefix(a: number[], b: number[]): number {
-  const n = Math.min(a.length, b.length);
-  let i = 0;
-  while (i < n && a[i] === b[i]) i++;
-  return i;
 }

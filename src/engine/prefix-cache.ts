@@ -35,7 +35,11 @@ export class PrefixCache {
   misses = 0;
   hitTokens = 0;
 
-  constructor(readonly maxBytes: number) {}
+  constructor(
+    readonly maxBytes: number,
+    /** Most entries kept (a conversation needs only its latest). */
+    readonly maxEntries = Infinity,
+  ) {}
 
   get bytes(): number {
     return this.#entries.reduce((n, e) => n + e.bytes, 0);
@@ -109,9 +113,9 @@ export class PrefixCache {
 
   #evict(): void {
     let total = this.bytes;
-    if (total <= this.maxBytes) return;
+    if (total <= this.maxBytes && this.#entries.length <= this.maxEntries) return;
     this.#entries.sort((a, b) => a.lastUsed - b.lastUsed);
-    while (total > this.maxBytes && this.#entries.length > 0) {
+    while ((total > this.maxBytes || this.#entries.length > this.maxEntries) && this.#entries.length > 0) {
       const victim = this.#entries.shift()!;
       total -= victim.bytes;
       for (const t of [...victim.keys, ...victim.values]) t.free();

@@ -1,8 +1,10 @@
-// Turning logits into the next token: the filters of mlx-lm's sampler (top-k, top-p,
-// min-p), temperature, and a repetition penalty over the recent context. All on MLX arrays,
-// so sampling adds no round trip to the host.
+// Turning logits into the next token: every logits processor (repetition penalty, logit_bias,
+// presence and frequency penalties, a grammar's mask), then the filters of mlx-lm's sampler
+// (top-k, top-p, min-p) and temperature. All on MLX arrays, so sampling adds no round trip to
+// the host.
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
+import { InvalidParameterError } from "../errors";
 
 export interface SamplingParams {
   /** 0 means greedy (argmax). */
@@ -14,6 +16,12 @@ export interface SamplingParams {
   /** How many recent tokens the repetition penalty looks at. */
   repetitionContext: number;
   seed?: number;
+  /** OpenAI semantics: subtracted once from the logit of every token already generated. */
+  presencePenalty?: number;
+  /** OpenAI semantics: subtracted per occurrence from the logit of every token already generated. */
+  frequencyPenalty?: number;
+  /** token id → bias added to its logit. */
+  logitBias?: Map<number, number>;
 }
 
 export const defaultSampling: SamplingParams = {
@@ -25,25 +33,58 @@ export const defaultSampling: SamplingParams = {
   repetitionContext: 20,
 };
 
-/** Checks a user's sampling values, naming the first bad one. */
-export function validateSampling(p: SamplingParams): void {
-  const fail = (what: string) => {
-    throw new RangeError(what);
+/** Checks a user's sampling values against a model's vocabulary, naming the first bad one. */
+export function validateSampling(p: SamplingParams, vocab = Infinity): void {
+  const fail = (what: string, param: string) => {
+    throw new InvalidParameterError(what, param);
   };
-  if (!(p.temperature >= 0) || !Number.isFinite(p.temperature)) fail(`temperature must be >= 0 (got ${p.temperature})`);
-  if (!(p.topP > 0 && p.topP <= 1)) fail(`top_p must be in (0, 1] (got ${p.topP})`);
-  if (!Number.isInteger(p.topK) || p.topK < 0) fail(`top_k must be a whole number >= 0 (got ${p.topK})`);
-  if (!(p.minP >= 0 && p.minP < 1)) fail(`min_p must be in [0, 1) (got ${p.minP})`);
-  if (!(p.repetitionPenalty > 0) || !Number.isFinite(p.repetitionPenalty)) fail(`repetition penalty must be > 0 (got ${p.repetitionPenalty})`);
-  if (p.seed !== undefined && !Number.isInteger(p.seed)) fail(`seed must be a whole number (got ${p.seed})`);
+  if (!(p.temperature >= 0) || !Number.isFinite(p.temperature)) fail(`temperature must be >= 0 (got ${p.temperature})`, "temperature");
+  if (!(p.topP > 0 && p.topP <= 1)) fail(`top_p must be in (0, 1] (got ${p.topP})`, "top_p");
+  if (!Number.isInteger(p.topK) || p.topK < 0) fail(`top_k must be a whole number >= 0 (got ${p.topK})`, "top_k");
+  if (!(p.minP >= 0 && p.minP < 1)) fail(`min_p must be in [0, 1) (got ${p.minP})`, "min_p");
+  if (!(p.repetitionPenalty > 0) || !Number.isFinite(p.repetitionPenalty)) fail(`repetition penalty must be > 0 (got ${p.repetitionPenalty})`, "repetition_penalty");
+  if (p.seed !== undefined && !Number.isInteger(p.seed)) fail(`seed must be a whole number (got ${p.seed})`, "seed");
+  for (const id of p.logitBias?.keys() ?? []) {
+    if (!(id >= 0 && id < vocab)) fail(`logit_bias names a token id outside the vocabulary (${vocab})`, "logit_bias");
+  }
 }
 
 /** Adjusts logits [1, vocab] given every token so far (prompt and generated), as mlx-lm's logits processors do. */
 export type LogitsProcessor = (history: readonly number[], logits: MxArray) => MxArray;
 
-/** The repetition penalty as a logits processor over the last `repetitionContext` tokens. */
-export function repetitionPenalty(p: SamplingParams): LogitsProcessor {
-  return (history, logits) => penalizeRepetition(logits, history.slice(-p.repetitionContext), p.repetitionPenalty);
+/**
+ * Every processor a sequence's sampling asks for, in order: repetition penalty, logit_bias,
+ * presence/frequency penalties (over the `promptLength` tokens' continuation), then `extra`
+ * (a grammar's mask, last, so nothing re-allows a token it forbids).
+ */
+export function logitsProcessors(p: SamplingParams, promptLength: number, extra: LogitsProcessor[] = []): LogitsProcessor[] {
+  const processors: LogitsProcessor[] = [];
+  if (p.repetitionPenalty !== 1) processors.push((history, logits) => penalizeRepetition(logits, history.slice(-p.repetitionContext), p.repetitionPenalty));
+  if (p.logitBias && p.logitBias.size > 0) {
+    const ids = Int32Array.from(p.logitBias.keys());
+    const bias = Float32Array.from(p.logitBias.values());
+    processors.push((_history, logits) => addAt(logits, ids, bias));
+  }
+  const presence = p.presencePenalty ?? 0;
+  const frequency = p.frequencyPenalty ?? 0;
+  if (presence !== 0 || frequency !== 0) {
+    processors.push((history, logits) => {
+      if (history.length <= promptLength) return logits;
+      const counts = new Map<number, number>();
+      for (let i = promptLength; i < history.length; i++) counts.set(history[i]!, (counts.get(history[i]!) ?? 0) + 1);
+      const penalty = Float32Array.from(counts.values(), (n) => -(presence + frequency * n));
+      return addAt(logits, Int32Array.from(counts.keys()), penalty);
+    });
+  }
+  return [...processors, ...extra];
+}
+
+/** logits [1, vocab] with `values` added at the positions `ids`. */
+function addAt(logits: MxArray, ids: Int32Array, values: Float32Array): MxArray {
+  const index = mx.array(ids, [1, ids.length]);
+  const at = mx.takeAlongAxis(logits, index, -1);
+  const adjusted = mx.astype(mx.add(at, mx.array(values, [1, values.length])), logits.dtype);
+  return mx.putAlongAxis(logits, index, adjusted, -1);
 }
 
 /** Applies the repetition penalty in place of the logits of recently seen tokens. */

@@ -6,8 +6,9 @@ import type { LoadedModel } from "../models/load";
 import { createDetokenizer, type StreamingDetokenizer } from "../tokenizer/detokenizer";
 import { BatchGenerator, type SequenceEvent } from "./batch";
 import type { LogitsProcessor, SamplingParams } from "./sampling";
+import { QueueFullError } from "../errors";
 import { StopMatcher } from "./stop";
-import type { AdaptiveTuner } from "./tuner";
+import type { AdaptiveTuner, TunerAdjustment } from "./tuner";
 import type { PrefixCache } from "./prefix-cache";
 import * as mx from "../mlx";
 
@@ -16,7 +17,8 @@ export interface GenerationRequest {
   sampling: SamplingParams;
   maxTokens: number;
   stop?: string[];
-  logitsProcessors?: LogitsProcessor[];
+  /** Applied in order to each step's logits (see logitsProcessors() in sampling.ts). */
+  processors?: LogitsProcessor[];
   /** How many alternatives to report per token (0: none). */
   topLogprobs?: number;
   signal?: AbortSignal;
@@ -27,6 +29,7 @@ export interface TokenLogprob {
   logprob: number;
 }
 
+/** Why an answer ended: EOS or a stop string, max_tokens (or the context), or a cancel. */
 export type FinishReason = "stop" | "length" | "cancelled";
 
 export type GenerationEvent =
@@ -46,8 +49,15 @@ export interface GenerationUsage {
   totalMs: number;
 }
 
-export class QueueFullError extends Error {
-  override name = "QueueFullError";
+export interface SchedulerStats {
+  running: number;
+  waiting: number;
+  maxQueue: number;
+  /** Current decode batch limit and prefill chunk (the tuner may move them). */
+  maxBatch: number;
+  prefillChunk: number;
+  tuner?: { targetItlMs: number; estimatedP99Ms?: number; adjustments: number; recent: TunerAdjustment[] };
+  prefixCache?: { entries: number; bytes: number; hits: number; misses: number; hitTokens: number };
 }
 
 export interface SchedulerOptions {
@@ -131,7 +141,7 @@ export class Scheduler {
     return this.#generator.waiting;
   }
 
-  get stats() {
+  get stats(): SchedulerStats {
     const { tuner, prefixCache: cache } = this.options;
     return {
       running: this.running,
@@ -173,7 +183,7 @@ export class Scheduler {
       promptIds: request.promptIds,
       sampling: request.sampling,
       maxTokens: request.maxTokens,
-      logitsProcessors: request.logitsProcessors,
+      processors: request.processors,
       keepLogprobs: (request.topLogprobs ?? 0) > 0,
     });
     request.signal?.addEventListener("abort", () => this.#finish(id, "cancelled"), { once: true });
@@ -229,7 +239,7 @@ export class Scheduler {
     if (event.finished) this.#finish(event.id, "length");
   }
 
-  #finish(id: string, finishReason: "stop" | "length" | "cancelled"): void {
+  #finish(id: string, finishReason: FinishReason): void {
     const s = this.#running.get(id);
     if (!s || s.finished) return;
     s.finished = true;

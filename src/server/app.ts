@@ -1,19 +1,20 @@
 // The HTTP server, composed in one place: request accounting, errors, CORS, the API key, the
 // body limit, then the routes of each API family. Data flows one way: routes validate with
-// src/api, hold a model from the registry (models.ts), and submit to its engine (scheduler.ts).
+// src/api, hold a model from the registry (models.ts), and submit to its scheduler
+// (src/engine/scheduler.ts) through server/generation.ts.
 import { timingSafeEqual, createHash } from "node:crypto";
 import { Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { cors } from "hono/cors";
-import type { LoadedModel } from "../models/load";
-import type { Engine } from "./engine";
 import { ApiError, errorResponse, notFound, toApiError, unauthorized } from "./errors";
 import { serverMetrics } from "./metrics";
 import { ModelRegistry } from "./models";
 import { ollamaRoutes } from "./routes/ollama";
 import { openaiRoutes } from "./routes/openai";
-import { memory, opsRoutes, queueFigures } from "./routes/ops";
+import { opsRoutes, queueFigures } from "./routes/ops";
+import { memoryFigures } from "../engine/device";
 import { Scheduler } from "../engine/scheduler";
+import type { LoadedModel } from "../models/load";
 import { PrefixCache } from "../engine/prefix-cache";
 import { AdaptiveTuner } from "../engine/tuner";
 import type { ServerConfig, ServerState } from "./state";
@@ -34,8 +35,6 @@ export interface ServerOptions extends Partial<ServerConfig> {
   targetItlMs?: number;
   /** Budget of the cross-request prefix cache, per model (0 turns it off). */
   prefixCacheBytes?: number;
-  /** Builds the engine of a loaded model (continuous batching by default). */
-  makeEngine?: (lm: LoadedModel, maxQueue: number) => Engine;
   logError?: (error: unknown) => void;
   onLoad?: (name: string, path: string, seconds: number) => void;
 }
@@ -48,13 +47,12 @@ export function createState(o: ServerOptions = {}): ServerState {
   const maxBatch = o.maxBatch ?? 8;
   const prefillChunk = o.prefillChunk ?? 512;
   const prefixCacheBytes = o.prefixCacheBytes ?? 512 * 1024 * 1024;
-  const makeEngine =
-    o.makeEngine ??
-    ((lm, q) =>
-      new Scheduler(lm, {
+  // Each loaded model gets its own continuous-batching scheduler.
+  const makeScheduler = (lm: LoadedModel) =>
+    new Scheduler(lm, {
         maxBatch,
         prefillChunk,
-        maxQueue: q,
+        maxQueue,
         prefixCache: prefixCacheBytes > 0 ? new PrefixCache(prefixCacheBytes) : undefined,
         tuner: o.targetItlMs
           ? new AdaptiveTuner({
@@ -67,7 +65,7 @@ export function createState(o: ServerOptions = {}): ServerState {
         onStep: (ms, running) => {
           for (let i = 0; i < running; i++) state.metrics.itl.observe(ms / 1000);
         },
-      }));
+      });
   const state: ServerState = {
     config: {
       apiKey: o.apiKey || undefined,
@@ -80,7 +78,7 @@ export function createState(o: ServerOptions = {}): ServerState {
     models: new ModelRegistry({
       defaultKeepAliveMs: o.keepAliveMs ?? 5 * 60_000,
       maxLoaded: o.maxLoadedModels ?? 1,
-      makeEngine: (lm) => makeEngine(lm, maxQueue),
+      makeScheduler,
       onLoad: (e) => o.onLoad?.(e.name, e.path, e.loadMs / 1000),
     }),
     metrics: undefined!,
@@ -89,11 +87,11 @@ export function createState(o: ServerOptions = {}): ServerState {
     logError: o.logError ?? ((error) => console.error(error)),
   };
   state.metrics = serverMetrics({
-    engines: () => state.models.loaded.map((e) => ({ model: e.name, stats: e.engine.stats })),
+    schedulers: () => state.models.loaded.map((e) => ({ model: e.name, stats: e.scheduler.stats })),
     running: () => queueFigures(state).running,
     waiting: () => queueFigures(state).waiting,
     loadedModels: () => state.models.loaded.length,
-    memory: () => (state.models.loaded.length > 0 ? memory() : { active: 0, peak: 0, cache: 0 }),
+    memory: () => (state.models.loaded.length > 0 ? memoryFigures() : { active: 0, peak: 0, cache: 0 }),
   });
   return state;
 }

@@ -4,9 +4,9 @@
 // reads `error` as a string (an object would reach the user as "[object Object]").
 import type { Context } from "hono";
 import { ValidationError } from "../api/validate";
-import { ContextLengthError } from "../engine/completion";
+import { SchemaError } from "../engine/grammar";
+import { ContextLengthError, InvalidParameterError, ModelNotFoundError, ModelPullError, QueueFullError, UnsupportedError } from "../errors";
 import { ModelLoadError } from "../models/load";
-import { QueueFullError } from "./engine";
 
 export class ApiError extends Error {
   override name = "ApiError";
@@ -22,13 +22,11 @@ export class ApiError extends Error {
   }
 }
 
-export class ModelNotFoundError extends Error {
-  override name = "ModelNotFoundError";
-}
-
 export class TimeoutError extends Error {
   override name = "TimeoutError";
 }
+
+export const requestTimeout = () => new TimeoutError("the request took longer than the server's request timeout");
 
 export const notFound = (message: string, code = "not_found") => new ApiError(404, message, "invalid_request_error", null, code);
 export const unauthorized = () => new ApiError(401, "invalid or missing API key (send 'Authorization: Bearer <key>')", "authentication_error", null, "invalid_api_key");
@@ -38,9 +36,13 @@ export const badRequest = (message: string, param: string | null = null, code: s
 export function toApiError(error: unknown, onInternal?: (error: unknown) => void): ApiError {
   if (error instanceof ApiError) return error;
   if (error instanceof ValidationError) return new ApiError(400, error.message, "invalid_request_error", error.param, error.code);
+  if (error instanceof InvalidParameterError) return new ApiError(400, error.message, "invalid_request_error", error.param);
+  if (error instanceof UnsupportedError) return new ApiError(400, error.message, "invalid_request_error", error.param, "unsupported");
+  if (error instanceof SchemaError) return new ApiError(400, error.message, "invalid_request_error", null, "invalid_schema");
   if (error instanceof ContextLengthError) return new ApiError(400, error.message, "invalid_request_error", "messages", "context_length_exceeded");
   if (error instanceof QueueFullError) return new ApiError(429, error.message, "rate_limit_error", null, "queue_full", { "Retry-After": "1" });
   if (error instanceof ModelNotFoundError) return new ApiError(404, error.message, "invalid_request_error", "model", "model_not_found");
+  if (error instanceof ModelPullError) return new ApiError(502, error.message, "server_error", "model", "model_pull_failed");
   if (error instanceof TimeoutError) return new ApiError(504, error.message, "timeout_error", null, "request_timeout");
   if (error instanceof ModelLoadError) return new ApiError(500, error.message.split("\n")[0]!, "server_error", "model", "model_load_failed");
   onInternal?.(error);

@@ -1,4 +1,5 @@
-import type { EngineStats } from "./engine";
+import type { MemoryFigures } from "../engine/device";
+import type { SchedulerStats } from "../engine/scheduler";
 
 // A small Prometheus registry: counters, gauges (set or read at scrape time) and histograms,
 // written in the text exposition format (version 0.0.4).
@@ -108,7 +109,7 @@ export class Registry {
 const latencyBuckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
 
 /** The server's metrics. Gauges read live state through the callbacks given. */
-export function serverMetrics(live: { engines: () => { model: string; stats: EngineStats }[]; running: () => number; waiting: () => number; loadedModels: () => number; memory: () => { active: number; peak: number; cache: number } }) {
+export function serverMetrics(live: { schedulers: () => { model: string; stats: SchedulerStats }[]; running: () => number; waiting: () => number; loadedModels: () => number; memory: () => MemoryFigures }) {
   const registry = new Registry();
   return {
     registry,
@@ -139,8 +140,8 @@ export function serverMetrics(live: { engines: () => { model: string; stats: Eng
 }
 
 /** One gauge row per loaded model that has the figure. */
-function perModel(live: { engines: () => { model: string; stats: EngineStats }[] }, pick: (s: EngineStats) => number | undefined) {
-  return live.engines().flatMap(({ model, stats }) => {
+function perModel(live: { schedulers: () => { model: string; stats: SchedulerStats }[] }, pick: (s: SchedulerStats) => number | undefined) {
+  return live.schedulers().flatMap(({ model, stats }) => {
     const value = pick(stats);
     return value === undefined ? [] : [{ labels: { model }, value }];
   });

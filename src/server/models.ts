@@ -1,18 +1,17 @@
 // The loaded-model registry: models are loaded on first request by name (an alias, a stored
 // model or a path, through resolveModelPath), shared by every request naming them, and
 // unloaded after their keep-alive (default 5 minutes) once no request is using them.
-// Each loaded model has its own Engine (the serial loop today).
+// Each loaded model has its own scheduler (continuous batching, src/engine/scheduler.ts).
 import { loadModel, type LoadedModel } from "../models/load";
 import { resolveModelPath } from "../store/resolve";
-import type { Engine } from "./engine";
-import { ModelNotFoundError } from "./errors";
+import type { Scheduler } from "../engine/scheduler";
 
 export interface LoadedEntry {
   /** The name it was first requested by. */
   name: string;
   path: string;
   lm: LoadedModel;
-  engine: Engine;
+  scheduler: Scheduler;
   loadedAt: Date;
   loadMs: number;
   /** Requests holding it now. */
@@ -40,7 +39,7 @@ export interface ModelRegistryOptions {
    * while every loaded model is busy, the load waits for one to go idle.
    */
   maxLoaded: number;
-  makeEngine: (lm: LoadedModel) => Engine;
+  makeScheduler: (lm: LoadedModel) => Scheduler;
   onLoad?: (entry: LoadedEntry) => void;
   onUnload?: (entry: LoadedEntry) => void;
 }
@@ -76,15 +75,9 @@ export class ModelRegistry {
   async resolve(name: string): Promise<string> {
     const known = this.#pathOf.get(name);
     if (known && this.#byPath.has(known)) return known;
-    try {
-      const path = await resolveModelPath(name, { onProgress: () => {} });
-      this.#pathOf.set(name, path);
-      return path;
-    } catch (error) {
-      const message = (error as Error).message ?? String(error);
-      if (/unknown model|model not found|not found/i.test(message)) throw new ModelNotFoundError(`model '${name}' not found: ${message}`);
-      throw error;
-    }
+    const path = await resolveModelPath(name, { onProgress: () => {} });
+    this.#pathOf.set(name, path);
+    return path;
   }
 
   /** The model named, loaded if need be, held until release(). `keepAliveMs` sets its keep-alive from now on. */
@@ -138,7 +131,7 @@ export class ModelRegistry {
     if (this.#byPath.get(entry.path) !== entry) return;
     this.#cancelExpiry(entry);
     this.#byPath.delete(entry.path);
-    entry.engine.dispose();
+    entry.scheduler.dispose();
     entry.lm.free();
     this.options.onUnload?.(entry);
   }
@@ -162,7 +155,7 @@ export class ModelRegistry {
           name,
           path,
           lm,
-          engine: this.options.makeEngine(lm),
+          scheduler: this.options.makeScheduler(lm),
           loadedAt: new Date(),
           loadMs: performance.now() - started,
           active: 0,

@@ -3,14 +3,12 @@
 // same way: a cancelled generation is either past the request timeout (a 504, or a last error
 // message in a stream) or a client that went away (nothing more to say), and the outcome
 // reaches /metrics exactly once.
-import type { GenerationEvent, TokenLogprob } from "./engine";
-import { TimeoutError, toApiError, type ApiError } from "./errors";
+import type { GenerationEvent, TokenLogprob } from "../engine/scheduler";
+import { requestTimeout, toApiError, type ApiError } from "./errors";
 import type { Generation } from "./generation";
 
 type TextEvent = Extract<GenerationEvent, { type: "text" }>;
 type DoneEvent = Extract<GenerationEvent, { type: "done" }>;
-
-const requestTimeout = () => new TimeoutError("the request took longer than the server's request timeout");
 
 export interface Collected {
   text: string;

@@ -8,6 +8,7 @@ import type { DownloadProgress } from "./download";
 import { createProgressReporter } from "./progress";
 import { isRemoteSource, modelRequest, pullModel } from "./pull";
 import { listModels, openStoredModel } from "./store";
+import { ModelNotFoundError, ModelPullError } from "../errors";
 
 export interface ResolveOptions {
   /** Progress of a first-use download; by default a bar on stderr. */
@@ -26,6 +27,8 @@ export async function resolveModelPath(spec: string | undefined, options: Resolv
     try {
       const pulled = await pullModel(modelRequest(name), { onProgress: options.onProgress ?? reporter!.update });
       return pulled.path;
+    } catch (error) {
+      throw new ModelPullError(`model '${name}' is not in the store yet, and pulling it failed: ${(error as Error).message}`, { cause: error });
     } finally {
       reporter?.finish();
     }
@@ -34,9 +37,9 @@ export async function resolveModelPath(spec: string | undefined, options: Resolv
   if (existsSync(source)) return resolve(source);
   const stored = alias ? undefined : await openStoredModel(name);
   if (stored) return stored;
-  if (alias || looksLikePath(source)) throw new Error(`model not found: ${source}`);
+  if (alias || looksLikePath(source)) throw new ModelNotFoundError(`model not found: ${source}`);
   const known = [...new Set([...aliases.models.keys(), ...(await listModels()).map((m) => m.name)])];
   const suggestions = closeMatches(name, known);
   const hint = suggestions.length > 0 ? `did you mean ${suggestions.map((s) => `'${s}'`).join(" or ")}?` : `known models: ${known.join(", ")}`;
-  throw new Error(`unknown model '${name}' (not an alias, a stored model, a source or an existing path); ${hint}`);
+  throw new ModelNotFoundError(`unknown model '${name}' (not an alias, a stored model, a source or an existing path); ${hint}`, suggestions);
 }

@@ -1,5 +1,6 @@
 // The slash commands of `mlx chat`. Each gets the session and its argument text, and
 // returns false when the chat should end.
+import { errorLine } from "../errors";
 import { readFileSync, writeFileSync } from "node:fs";
 import * as p from "@clack/prompts";
 import type { ChatSession } from "./session";
@@ -87,7 +88,7 @@ export async function runCommand(session: ChatSession, line: string): Promise<bo
   try {
     return (await handler(session, args)) !== false;
   } catch (error) {
-    session.say(`error: ${(error as Error).message}`);
+    session.say(`error: ${errorLine(error)}`);
     return true;
   }
 }

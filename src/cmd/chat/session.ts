@@ -3,7 +3,6 @@
 import { Conversation } from "../../engine/conversation";
 import type { LoadedModel } from "../../models/load";
 import { openModel } from "../open-model";
-import { createJsonConstraint } from "../../engine/grammar";
 import type { ChatSettings } from "./settings";
 
 export class ChatSession {
@@ -30,26 +29,17 @@ export class ChatSession {
   /** Streams the answer to `text` into `write`; Ctrl-C (the signal) stops it and keeps what was said. */
   async answer(text: string, write: (chunk: string) => void, signal: AbortSignal): Promise<void> {
     const format = this.settings.format;
-    const constraint = format && (await createJsonConstraint(this.conversation.lm.tokenizer, format.format));
-    let step;
-    try {
-      const logitsProcessors = constraint ? [constraint.processor] : undefined;
-      const turn = this.conversation.turn(text, { sampling: this.settings.sampling, maxTokens: this.settings.maxTokens, signal, logitsProcessors });
-      step = turn.next();
-      while (!step.done) {
-        write(step.value);
-        // Let the event loop run between tokens so a Ctrl-C can arrive.
-        await new Promise((resolve) => setImmediate(resolve));
-        step = turn.next();
-      }
-    } finally {
-      constraint?.dispose();
+    const turn = this.conversation.turn(text, { sampling: this.settings.sampling, maxTokens: this.settings.maxTokens, signal, format: format && { format: format.format, param: "format" } });
+    let step = await turn.next();
+    while (!step.done) {
+      write(step.value);
+      step = await turn.next();
     }
     const { result, info } = step.value;
     write("\n");
     if (info.droppedMessages > 0) this.say(`(context full: dropped the ${info.droppedMessages} oldest messages)`);
     if (result.finishReason === "cancelled") this.say("(stopped)");
-    else if (constraint && result.finishReason === "length") this.say("(max_tokens reached before the JSON was complete)");
+    else if (format && result.finishReason === "length") this.say("(max_tokens reached before the JSON was complete)");
     if (this.settings.stats) {
       const s = result.stats;
       const limit = this.conversation.lm.config.maxPositionEmbeddings;

@@ -3,7 +3,7 @@
 import { createHash } from "node:crypto";
 import { Hono, type Context } from "hono";
 import { nanos, ollamaDefaults, parseModelName, parseOllamaChat, parseOllamaGenerate, type OllamaRequest } from "../../api/ollama";
-import type { GenerationUsage } from "../engine";
+import type { GenerationUsage } from "../../engine/scheduler";
 import { ApiError, errorBody } from "../errors";
 import { startGeneration } from "../generation";
 import { collectGeneration, generationStream } from "../respond";

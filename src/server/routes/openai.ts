@@ -3,7 +3,7 @@
 import { Hono, type Context } from "hono";
 import { modelObject, newId, parseChatRequest, parseCompletionRequest, unixSeconds, usage, type ChatLogprob, type CompletionLogprobs, type OpenAIRequest } from "../../api/openai";
 import { listModels } from "../../store/store";
-import type { TokenLogprob } from "../engine";
+import type { TokenLogprob } from "../../engine/scheduler";
 import { badRequest, errorBody } from "../errors";
 import { startGeneration, tokenText, type Generation } from "../generation";
 import { collectGeneration, generationStream } from "../respond";

@@ -1,7 +1,7 @@
 // Operational routes: /health (liveness; 503 while the first model loads), /ready (would a
 // request be served now), /stats (JSON), /metrics (Prometheus text).
 import { Hono } from "hono";
-import * as mx from "../../mlx";
+import { memoryFigures } from "../../engine/device";
 import type { ServerState } from "../state";
 
 export function queueFigures(s: ServerState) {
@@ -9,9 +9,9 @@ export function queueFigures(s: ServerState) {
   let waiting = 0;
   let maxQueue = 0;
   for (const e of s.models.loaded) {
-    running += e.engine.stats.running;
-    waiting += e.engine.stats.waiting;
-    maxQueue += e.engine.stats.maxQueue;
+    running += e.scheduler.stats.running;
+    waiting += e.scheduler.stats.waiting;
+    maxQueue += e.scheduler.stats.maxQueue;
   }
   return { running, waiting, max_queue: maxQueue };
 }
@@ -22,7 +22,7 @@ export function opsRoutes(s: ServerState): Hono {
 
   r.get("/ready", (c) => {
     if (s.models.startingUp) return c.json({ ready: false, reason: "loading the first model" }, 503);
-    const busy = s.models.loaded.filter((e) => !e.engine.accepting).map((e) => e.name);
+    const busy = s.models.loaded.filter((e) => !e.scheduler.accepting).map((e) => e.name);
     if (busy.length > 0) return c.json({ ready: false, reason: `queue full for ${busy.join(", ")}` }, 503);
     return c.json({ ready: true });
   });
@@ -35,23 +35,23 @@ export function opsRoutes(s: ServerState): Hono {
         name: e.name,
         path: e.path,
         active_requests: e.active,
-        running: e.engine.stats.running,
-        waiting: e.engine.stats.waiting,
-        max_queue: e.engine.stats.maxQueue,
-        max_batch: e.engine.stats.maxBatch,
-        prefill_chunk: e.engine.stats.prefillChunk,
-        tuner: e.engine.stats.tuner && {
-          target_itl_ms: e.engine.stats.tuner.targetItlMs,
-          estimated_p99_itl_ms: e.engine.stats.tuner.estimatedP99Ms ?? null,
-          adjustments: e.engine.stats.tuner.adjustments,
-          recent_adjustments: e.engine.stats.tuner.recent.map((a) => ({ at: new Date(a.at).toISOString(), reason: a.reason, from: a.from, to: a.to })),
+        running: e.scheduler.stats.running,
+        waiting: e.scheduler.stats.waiting,
+        max_queue: e.scheduler.stats.maxQueue,
+        max_batch: e.scheduler.stats.maxBatch,
+        prefill_chunk: e.scheduler.stats.prefillChunk,
+        tuner: e.scheduler.stats.tuner && {
+          target_itl_ms: e.scheduler.stats.tuner.targetItlMs,
+          estimated_p99_itl_ms: e.scheduler.stats.tuner.estimatedP99Ms ?? null,
+          adjustments: e.scheduler.stats.tuner.adjustments,
+          recent_adjustments: e.scheduler.stats.tuner.recent.map((a) => ({ at: new Date(a.at).toISOString(), reason: a.reason, from: a.from, to: a.to })),
         },
-        prefix_cache: e.engine.stats.prefixCache && {
-          entries: e.engine.stats.prefixCache.entries,
-          bytes: e.engine.stats.prefixCache.bytes,
-          hits: e.engine.stats.prefixCache.hits,
-          misses: e.engine.stats.prefixCache.misses,
-          hit_tokens: e.engine.stats.prefixCache.hitTokens,
+        prefix_cache: e.scheduler.stats.prefixCache && {
+          entries: e.scheduler.stats.prefixCache.entries,
+          bytes: e.scheduler.stats.prefixCache.bytes,
+          hits: e.scheduler.stats.prefixCache.hits,
+          misses: e.scheduler.stats.prefixCache.misses,
+          hit_tokens: e.scheduler.stats.prefixCache.hitTokens,
         },
         keep_alive_seconds: e.keepAliveMs === Infinity ? -1 : e.keepAliveMs / 1000,
         expires_at: e.expiresAt?.toISOString() ?? null,
@@ -61,14 +61,10 @@ export function opsRoutes(s: ServerState): Hono {
         context_length: e.lm.config.maxPositionEmbeddings,
       })),
       requests: { total: s.requests.total, by_status: s.requests.byStatus, by_route: s.requests.byRoute },
-      memory: memory(),
+      memory: memoryFigures(),
     }),
   );
 
   r.get("/metrics", (c) => c.body(s.metrics.registry.render(), 200, { "Content-Type": "text/plain; version=0.0.4; charset=utf-8" }));
   return r;
-}
-
-export function memory() {
-  return { active: mx.memory.activeMemory(), peak: mx.memory.peakMemory(), cache: mx.memory.cacheMemory() };
 }

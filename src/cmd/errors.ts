@@ -1,0 +1,17 @@
+// Every error a command ends with, as the one line the user sees: the typed errors that cross
+// layers get the line (and hint) that suits a terminal; anything else its message's first line.
+import { SchemaError } from "../engine/grammar";
+import { ContextLengthError, InvalidParameterError, ModelNotFoundError, ModelPullError, QueueFullError, UnsupportedError } from "../errors";
+import { ModelLoadError } from "../models/load";
+
+export function errorLine(error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  const first = message.split("\n")[0]!;
+  if (error instanceof InvalidParameterError) return `invalid option: ${first}`;
+  if (error instanceof ContextLengthError) return `${first}; shorten the prompt or use a model with a longer context`;
+  if (error instanceof ModelNotFoundError) return `${first} (mlx list shows the stored models)`;
+  if (error instanceof ModelPullError || error instanceof ModelLoadError) return first;
+  if (error instanceof SchemaError || error instanceof UnsupportedError) return first;
+  if (error instanceof QueueFullError) return `${first}; try again in a moment`;
+  return first;
+}

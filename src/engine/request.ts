@@ -1,0 +1,142 @@
+// From what a caller asks for to a request the scheduler runs, for every front end (the HTTP
+// APIs, `mlx run`, `mlx chat`, the library): the prompt turned into token ids (chat template,
+// tools), checked against the vocabulary and the context, max_tokens settled, the grammar the
+// answer must follow and every logits processor.
+import { ContextLengthError, InvalidParameterError, UnsupportedError } from "../errors";
+import type { LoadedModel } from "../models/load";
+import type { Tokenizer } from "../tokenizer/tokenizer";
+import { createJsonConstraint, SchemaError, type GrammarConstraint, type JsonFormat } from "./grammar";
+import { chatTokens, promptTokens } from "./prompt";
+import { logitsProcessors, validateSampling, type LogitsProcessor, type SamplingParams } from "./sampling";
+import type { GenerationRequest } from "./scheduler";
+import { createToolCallConstraint, offeredTools, requiredFunctions, templateInput, toolTemplate, type ConversationMessage, type ToolCallFormat, type ToolRequest, type ToolSpec, type ToolTemplate } from "./tools";
+
+/** The prompt: chat messages (through the model's template), text (templated or raw), or token ids. */
+export type PromptInput = { kind: "chat"; messages: ConversationMessage[] } | { kind: "text"; text: string; template: boolean; system?: string } | { kind: "ids"; ids: number[] };
+
+/** Structured output asked for, and the request field that asked (named in its errors). */
+export interface FormatInput {
+  format: JsonFormat;
+  param: string;
+}
+
+export interface GenerationSpec {
+  prompt: PromptInput;
+  /** Ids put before the prompt (Ollama's /api/generate context). */
+  prefixIds?: number[];
+  sampling: SamplingParams;
+  /** Most tokens to generate; clamped to the room the context leaves (default: all of it). */
+  maxTokens?: number;
+  /** Make a max_tokens beyond the model's context an error instead of clamping it (OpenAI). */
+  strictMaxTokens?: boolean;
+  stop?: string[];
+  /** Alternatives reported per token (0: none). */
+  topLogprobs?: number;
+  /** JSON the answer must be. */
+  format?: FormatInput;
+  /** Functions the model may (or must) call; chat prompts only. */
+  tools?: ToolRequest;
+  /** The caller's own logits processors (e.g. a grammar it made), after the sampling's own. */
+  processors?: LogitsProcessor[];
+  signal?: AbortSignal;
+}
+
+export interface PreparedGeneration {
+  request: GenerationRequest;
+  promptIds: number[];
+  /** Set when the model was offered tools: how to read its calls out of the answer. */
+  toolFormat?: ToolCallFormat;
+  /** The grammar the answer follows, if any (to tell whether it completed). */
+  constraint?: GrammarConstraint;
+  /** Frees what the request holds (its grammar matcher); call once its generation has ended. */
+  dispose(): void;
+}
+
+export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): Promise<PreparedGeneration> {
+  const vocab = lm.config.vocabSize;
+  validateSampling(spec.sampling, vocab);
+  const offered = offeredTools(spec.tools);
+  const template = toolTemplate(lm.tokenizer.chatTemplate);
+  const toolFormat = offered && template.format;
+  const promptIds = [...(spec.prefixIds ?? []), ...tokenize(lm.tokenizer, spec.prompt, template, offered)];
+  if (promptIds.length === 0) throw new InvalidParameterError("the prompt is empty", "prompt");
+  const badId = promptIds.find((id) => !(id >= 0 && id < vocab));
+  if (badId !== undefined) throw new InvalidParameterError(`token id ${badId} is outside the model's vocabulary (${vocab})`, "prompt");
+  checkContext(lm, promptIds.length);
+  const context = lm.config.maxPositionEmbeddings;
+  if (spec.strictMaxTokens && spec.maxTokens !== undefined && spec.maxTokens > context)
+    throw new InvalidParameterError(`max_tokens is ${spec.maxTokens}, more than the model's context of ${context} tokens`, "max_tokens");
+  const room = context - promptIds.length;
+  const maxTokens = Math.min(spec.maxTokens ?? room, room);
+  const constraint = await grammarConstraint(lm, spec, toolFormat);
+  const processors = logitsProcessors(spec.sampling, promptIds.length, [...(spec.processors ?? []), ...(constraint ? [constraint.processor] : [])]);
+  return {
+    request: { promptIds, sampling: spec.sampling, maxTokens, stop: spec.stop, topLogprobs: spec.topLogprobs, processors, signal: spec.signal },
+    promptIds,
+    toolFormat,
+    constraint,
+    dispose: () => constraint?.dispose(),
+  };
+}
+
+/** Throws when `promptTokens` new tokens do not fit after `cached` ones, with room for one generated token. */
+export function checkContext(lm: LoadedModel, promptTokens: number, cached = 0): void {
+  const limit = lm.config.maxPositionEmbeddings;
+  if (cached + promptTokens >= limit) {
+    throw new ContextLengthError(`the prompt is ${promptTokens + cached} tokens, but the model's context is ${limit} tokens (leave room for at least one generated token)`);
+  }
+}
+
+/** `template` says how the chat template handles tools; `tools` are those offered on this turn. */
+function tokenize(tokenizer: Tokenizer, prompt: PromptInput, template: ToolTemplate, tools: ToolSpec[] | undefined): number[] {
+  switch (prompt.kind) {
+    case "ids":
+      return prompt.ids;
+    case "text":
+      if (prompt.template && tokenizer.chatTemplate) return withTemplateErrors(() => promptTokens(tokenizer, prompt.text, { system: prompt.system }));
+      // Raw text (a raw request ignores the system prompt, as Ollama does).
+      return tokenizer.encode(prompt.template && prompt.system ? `${prompt.system}\n\n${prompt.text}` : prompt.text, { addSpecialTokens: true });
+    case "chat":
+      if (!tokenizer.chatTemplate) throw new UnsupportedError("this model has no chat template: use /v1/completions (or /api/generate with raw) instead", "messages");
+      return withTemplateErrors(() => {
+        const { messages, tools: templateTools } = templateInput(template, prompt.messages, tools);
+        return chatTokens(tokenizer, messages, templateTools);
+      });
+  }
+}
+
+function withTemplateErrors<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (error) {
+    // A template's raise_exception (e.g. roles that must alternate) is the request's fault.
+    throw new InvalidParameterError(`the model's chat template rejected the messages: ${(error as Error).message}`, "messages");
+  }
+}
+
+/**
+ * The grammar the answer must follow: calls when the request requires one, the request's JSON
+ * format, or free text in which any call the model starts stays valid. A schema xgrammar or
+ * ajv refuses is the caller's error, except for tools the model may ignore: those are then
+ * only parsed, as most servers do.
+ */
+async function grammarConstraint(lm: LoadedModel, spec: GenerationSpec, toolFormat: ToolCallFormat | undefined): Promise<GrammarConstraint | undefined> {
+  const tools = toolFormat && spec.tools;
+  const required = tools && requiredFunctions(tools);
+  const format = spec.format;
+  if (required) return withSchemaErrors("tools", () => createToolCallConstraint(lm.tokenizer, toolFormat, required, { required: true, parallel: tools.parallel }));
+  if (format) return withSchemaErrors(format.param, () => createJsonConstraint(lm.tokenizer, format.format));
+  if (tools) return withSchemaErrors(null, () => createToolCallConstraint(lm.tokenizer, toolFormat, tools.tools, { required: false, parallel: tools.parallel }));
+  return undefined;
+}
+
+/** A SchemaError as an invalid `param`; with no param (tools the model may ignore), as no constraint. */
+async function withSchemaErrors(param: string | null, make: () => Promise<GrammarConstraint>): Promise<GrammarConstraint | undefined> {
+  try {
+    return await make();
+  } catch (error) {
+    if (!(error instanceof SchemaError)) throw error;
+    if (param === null) return undefined;
+    throw new InvalidParameterError(error.message, param);
+  }
+}

@@ -1,0 +1,53 @@
+// The errors that cross layers (store → engine → CLI or HTTP), typed so that each front end
+// maps them in one place: src/cmd/errors.ts to a one-line message, src/server/errors.ts to a
+// status and an error body. Nothing reads an error's message to decide what it is.
+// (SchemaError, from engine/grammar.ts, and ModelLoadError, from models/load.ts, are two more.)
+
+/** A model name that is no alias, stored model, source or path. */
+export class ModelNotFoundError extends Error {
+  override name = "ModelNotFoundError";
+  constructor(
+    message: string,
+    /** Names that look close to the one asked for. */
+    readonly suggestions: string[] = [],
+  ) {
+    super(message);
+  }
+}
+
+/** A model known by its source (an alias) but not in the store yet, whose pull failed. */
+export class ModelPullError extends Error {
+  override name = "ModelPullError";
+}
+
+/** The prompt, and room for at least one generated token, do not fit the model's context. */
+export class ContextLengthError extends Error {
+  override name = "ContextLengthError";
+}
+
+/** A request value out of range or not understood; `param` names it (API spelling). */
+export class InvalidParameterError extends Error {
+  override name = "InvalidParameterError";
+  constructor(
+    message: string,
+    readonly param: string | null = null,
+  ) {
+    super(message);
+  }
+}
+
+/** Something the request asks for that this model cannot do (e.g. chat without a chat template). */
+export class UnsupportedError extends Error {
+  override name = "UnsupportedError";
+  constructor(
+    message: string,
+    readonly param: string | null = null,
+  ) {
+    super(message);
+  }
+}
+
+/** Too many generations already wait for this model. */
+export class QueueFullError extends Error {
+  override name = "QueueFullError";
+}
