@@ -1,9 +1,10 @@
 // Ours against mlx_lm.generate on the same converted model, in one run, interleaved:
 // generation tokens/s, prompt tokens/s (a ~512-token prompt), and wall time from process
-// start to the first answer byte of a one-shot run. Prints a Markdown table.
+// start to the first answer byte of a one-shot run. Prints a Markdown table. With
+// --baseline, the peer is another build of ours (e.g. the code before a change) instead.
 //
 //   bash bench/setup-peers.sh && bash scripts/setup.sh
-//   node_modules/.bin/bun bench/engine.ts [--runs 3] [--gen 128] [--prompt-tokens 512] [--model DIR]
+//   node_modules/.bin/bun bench/engine.ts [--runs 3] [--gen 128] [--prompt-tokens 512] [--model DIR] [--baseline path/to/mlx]
 import { parseArgs } from "node:util";
 import { existsSync } from "node:fs";
 import { median, ratio, spawnTimed, type Timed } from "./lib";
@@ -14,13 +15,16 @@ const { values } = parseArgs({
     gen: { type: "string", default: "128" },
     "prompt-tokens": { type: "string", default: "512" },
     model: { type: "string", default: ".cache/bench/smollm2-mlx" },
+    baseline: { type: "string" },
   },
 });
 const runs = Number(values.runs);
 const genTokens = Number(values.gen);
 const model = values.model!;
 const python = ".cache/peers/venv/bin/python";
-if (!existsSync(python)) throw new Error("run bash bench/setup-peers.sh first");
+const baseline = values.baseline;
+if (!baseline && !existsSync(python)) throw new Error("run bash bench/setup-peers.sh first");
+const peerName = baseline ? "baseline" : "mlx-lm";
 if (!existsSync(`${model}/config.json`)) {
   console.error(`converting the default model into ${model}`);
   const c = Bun.spawnSync(["dist/mlx", "convert", "smollm2", model, "--force"], { stderr: "inherit" });
@@ -34,8 +38,8 @@ const shortPrompt = "Write a long story about a lighthouse keeper and a storm.";
 
 interface Figures { genTps: number; promptTps: number; promptTokens: number; startToFirstMs: number; peakMB: number }
 
-function ours(prompt: string, maxTokens: number): Promise<Timed> {
-  return spawnTimed(["dist/mlx", "run", "-m", model, "--max-tokens", String(maxTokens), "--verbose", prompt], "");
+function ours(prompt: string, maxTokens: number, binary = "dist/mlx"): Promise<Timed> {
+  return spawnTimed([binary, "run", "-m", model, "--max-tokens", String(maxTokens), "--verbose", prompt], "");
 }
 function mlxLm(prompt: string, maxTokens: number): Promise<Timed> {
   return spawnTimed([python, "-m", "mlx_lm", "generate", "--model", model, "--max-tokens", String(maxTokens), "--temp", "0", "--prompt", prompt], "==========\n");
@@ -67,12 +71,12 @@ for (let i = 0; i < runs; i++) {
   // Alternate which system goes first, so neither always runs on a warmer machine.
   const order = i % 2 === 0 ? (["ours", "mlx-lm"] as const) : (["mlx-lm", "ours"] as const);
   for (const system of order) {
-    const run = async (p: string, n: number) => (system === "ours" ? parseOurs(await ours(p, n)) : parseMlxLm(await mlxLm(p, n)));
+    const run = async (p: string, n: number) => (system === "ours" ? parseOurs(await ours(p, n)) : baseline ? parseOurs(await ours(p, n, baseline)) : parseMlxLm(await mlxLm(p, n)));
     const gen = await run(shortPrompt, genTokens);
     const prompt = await run(longPrompt, 1);
     results[system].gen.push(gen);
     results[system].prompt.push(prompt);
-    console.error(`run ${i + 1}/${runs} ${system}: gen ${gen.genTps.toFixed(2)} tok/s, prompt ${prompt.promptTps.toFixed(2)} tok/s (${prompt.promptTokens} tokens), start→first ${gen.startToFirstMs.toFixed(0)} ms`);
+    console.error(`run ${i + 1}/${runs} ${system === "ours" ? "ours" : peerName}: gen ${gen.genTps.toFixed(2)} tok/s, prompt ${prompt.promptTps.toFixed(2)} tok/s (${prompt.promptTokens} tokens), start→first ${gen.startToFirstMs.toFixed(0)} ms`);
   }
 }
 
@@ -83,6 +87,6 @@ const rows: [string, number, number, string][] = [
   ["process start → first answer byte (ms)", med("ours", "gen", "startToFirstMs"), med("mlx-lm", "gen", "startToFirstMs"), "lower is better"],
   ["peak memory (MB)", med("ours", "gen", "peakMB"), med("mlx-lm", "gen", "peakMB"), "lower is better"],
 ];
-console.log(`| measure (median of ${runs}) | ours | mlx-lm | ours / mlx-lm | |`);
+console.log(`| measure (median of ${runs}) | ours | ${peerName} | ours / ${peerName} | |`);
 console.log("|---|---:|---:|---:|---|");
 for (const [name, a, b, note] of rows) console.log(`| ${name} | ${a.toFixed(2)} | ${b.toFixed(2)} | ${ratio(a, b)} | ${note} |`);

@@ -1,27 +1,35 @@
-// The table of bench/serve-load.sh: both servers' levels side by side (Markdown), and the ratios
-// the serve issue asks about. Reads the JSON that `mlx bench --url … --json` wrote.
-//   node_modules/.bin/bun bench/serve-load-table.ts [.cache/bench/serve-load]
-import { readFileSync } from "node:fs";
+// The table of bench/serve-load.sh: both servers' levels side by side (Markdown), medians over
+// the rounds, and the ratios. Reads the JSON that `mlx bench --url … --json` wrote
+// (<system>-<round>.json).
+//   node_modules/.bin/bun bench/serve-load-table.ts [.cache/bench/serve-load] [mlx-lm|baseline]
+import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
+import { median } from "./lib";
 
 interface Stat { mean: number; median: number; p99: number }
 interface Level { concurrency: number; completed: number; failed: number; requests_per_second: number; output_tokens_per_second: number; ttft_ms: Stat; tpot_ms: Stat; e2e_ms: Stat }
 
 const dir = process.argv[2] ?? ".cache/bench/serve-load";
-const read = (name: string): Level[] => JSON.parse(readFileSync(join(dir, `${name}.json`), "utf8")).levels;
-const systems = { ours: read("ours"), "mlx_lm.server": read("mlx-lm") };
-const ms = (s: Stat) => `${s.mean.toFixed(0)} / ${s.median.toFixed(0)} / ${s.p99.toFixed(0)}`;
+const peer = process.argv[3] ?? "mlx-lm";
+const rounds = (system: string): Level[][] =>
+  readdirSync(dir)
+    .filter((f) => f.startsWith(`${system}-`) && f.endsWith(".json"))
+    .map((f) => JSON.parse(readFileSync(join(dir, f), "utf8")).levels);
+const systems: Record<string, Level[][]> = { ours: rounds("ours"), [peer]: rounds(peer) };
+const med = (runs: Level[][], i: number, pick: (l: Level) => number) => median(runs.map((levels) => pick(levels[i]!)));
 
-console.log("| clients | system | completed / failed | req/s | output tokens/s | TTFT mean / median / P99 (ms) | TPOT mean / median / P99 (ms) | end-to-end mean / median / P99 (ms) |");
-console.log("|---:|---|---:|---:|---:|---:|---:|---:|");
-for (const [i, level] of systems.ours.entries()) {
-  for (const [name, levels] of Object.entries(systems)) {
-    const l = levels[i] ?? level;
-    console.log(`| ${l.concurrency} | ${name} | ${l.completed} / ${l.failed} | ${l.requests_per_second.toFixed(3)} | ${l.output_tokens_per_second.toFixed(2)} | ${ms(l.ttft_ms)} | ${ms(l.tpot_ms)} | ${ms(l.e2e_ms)} |`);
+console.log(`| clients | system | rounds | completed / failed (all rounds) | req/s | output tokens/s | TTFT median (ms) | TPOT median (ms) | end-to-end median (ms) |`);
+console.log("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+const first = systems.ours[0]!;
+for (const [i, level] of first.entries()) {
+  for (const [name, runs] of Object.entries(systems)) {
+    const sum = (pick: (l: Level) => number) => runs.reduce((n, levels) => n + pick(levels[i]!), 0);
+    const row = [level.concurrency, name, runs.length, `${sum((l) => l.completed)} / ${sum((l) => l.failed)}`, med(runs, i, (l) => l.requests_per_second).toFixed(3), med(runs, i, (l) => l.output_tokens_per_second).toFixed(2), med(runs, i, (l) => l.ttft_ms.median).toFixed(0), med(runs, i, (l) => l.tpot_ms.median).toFixed(0), med(runs, i, (l) => l.e2e_ms.median).toFixed(0)];
+    console.log(`| ${row.join(" | ")} |`);
   }
 }
-const at = (levels: Level[], c: number) => levels.find((l) => l.concurrency === c)?.output_tokens_per_second ?? NaN;
-const x = (a: number, b: number) => `${(a / b).toFixed(2)}×`;
-const { ours, "mlx_lm.server": peer } = systems;
 console.log();
-console.log(`ours at 8 clients / ours at 1: ${x(at(ours, 8), at(ours, 1))}; mlx_lm.server at 8 / at 1: ${x(at(peer, 8), at(peer, 1))}; ours / mlx_lm.server at 8 clients: ${x(at(ours, 8), at(peer, 8))}; at 16: ${x(at(ours, 16), at(peer, 16))}`);
+for (const [i, level] of first.entries()) {
+  const ratio = med(systems.ours, i, (l) => l.output_tokens_per_second) / med(systems[peer]!, i, (l) => l.output_tokens_per_second);
+  console.log(`${level.concurrency} clients: ours / ${peer} output tokens/s ${ratio.toFixed(3)}×`);
+}

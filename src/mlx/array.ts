@@ -4,8 +4,7 @@
 // (and what it hands to `keep`). Arrays outside any scope (model weights, cache buffers)
 // are freed explicitly with `free()`, with a FinalizationRegistry only as a safety net.
 // Freeing promptly matters: MLX updates a buffer in place only when nothing else holds it.
-import type { Pointer } from "bun:ffi";
-import { check, lib, outPtr, readOut } from "./ffi";
+import { check, lib, outPtr, readOut, type Pointer } from "./ffi";
 import { Dtype, dtypeName, itemSize, type DtypeCode, type DtypeName } from "./dtype";
 
 const leaked = new FinalizationRegistry<Pointer>((handle) => lib.mlxs_array_free(handle));

@@ -1,7 +1,6 @@
 // Weight files through MLX's own loaders: safetensors and GGUF (tensors and metadata),
 // and safetensors saving.
-import { toArrayBuffer, type Pointer } from "bun:ffi";
-import { check, cstr, lib, outPtr, packStrings, readOut } from "./ffi";
+import { binding, check, cstr, lib, outPtr, packStrings, readOut, type Pointer } from "./ffi";
 import { MxArray } from "./array";
 import { handles } from "./ops";
 
@@ -52,7 +51,7 @@ function readMeta(bundle: Pointer, i: number): MetaValue {
       const address = lib.mlxs_bundle_meta_strings(bundle, i, size);
       const n = Number(size[0]);
       if (!address || n === 0) return [];
-      const text = new TextDecoder().decode(new Uint8Array(toArrayBuffer(address, 0, n)));
+      const text = new TextDecoder().decode(binding.readBytes(address, n));
       return text.slice(0, -1).split("\0");
     }
     case MetaKind.Array: {
