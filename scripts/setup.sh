@@ -48,6 +48,10 @@ lib=libmlx_shim.so; [ "$os" = Darwin ] && lib=libmlx_shim.dylib
 cp -f "build/ffi/$lib" ".mlx/$lib"
 
 # 4. The executable. It finds the shim in ../.mlx/ (or next to itself, or $MLX_SHIM_PATH).
+#    ffi-rs (the library's FFI on Node) stays out of it: Bun uses bun:ffi.
 mkdir -p dist
-node_modules/.bin/bun build --compile src/main.ts --outfile dist/mlx >/dev/null
-say "ready: dist/mlx ($backend backend, MLX $MLX_VERSION)"
+node_modules/.bin/bun build --compile src/main.ts --outfile dist/mlx --external ffi-rs >/dev/null
+# 5. The library for Node (package.json "exports"): one JavaScript file that node imports as it
+#    is; Bun imports the TypeScript source.
+node_modules/.bin/bun build --target node src/index.ts --outfile dist/node/index.js --external ffi-rs >/dev/null
+say "ready: dist/mlx and dist/node/index.js ($backend backend, MLX $MLX_VERSION)"

@@ -186,7 +186,9 @@ export class Scheduler {
       processors: request.processors,
       keepLogprobs: (request.topLogprobs ?? 0) > 0,
     });
-    request.signal?.addEventListener("abort", () => this.#finish(id, "cancelled"), { once: true });
+    // A signal that fired before the request got here fires no event: it ends at once.
+    if (request.signal?.aborted) this.#finish(id, "cancelled");
+    else request.signal?.addEventListener("abort", () => this.#finish(id, "cancelled"), { once: true });
     void this.#loop();
     return channel;
   }
