@@ -46,7 +46,7 @@ describe("mlx bench: model mode", () => {
     expect(r.code).toBe(0);
     const lines = r.stdout.trim().split("\n");
     expect(lines[0]).toMatch(/\| model .*\| quantization .*\|\s+size .*pp16 tokens\/s.*tg8 tokens\/s.*first token \(ms\).*peak memory/);
-    expect(lines[2]).toMatch(/^\| tiny\s+\| mlx\s+\| float32\s+\|\s+[\d.]+ MiB \|\s+[\d.]+ ± [\d.]+ \|\s+[\d.]+ ± [\d.]+ \|\s+\d+ ± \d+ \|\s+[\d.]+ MiB \|$/);
+    expect(lines[2]).toMatch(/^\| tiny\s+\| mlx\s+\| float32\s+\|\s+[\d.]+ [KMG]?B \|\s+[\d.]+ ± [\d.]+ \|\s+[\d.]+ ± [\d.]+ \|\s+\d+ ± \d+ \|\s+[\d.]+ [KMG]?B \|$/);
     expect(r.stdout).toMatch(/2 runs each/);
     expect(r.stderr).not.toMatch(/error/);
   }, 20_000);

@@ -302,22 +302,3 @@ describe("mlx run --schema / --format json, and /set format in mlx chat", () => 
     expect(ajv.validate(person, JSON.parse(answer))).toBe(true);
   });
 });
-
-// The real default model (fetched into the store on first use, as the parity tests do).
-describe("the default model (SmolLM2-135M) under a schema", () => {
-  test(
-    "answers with JSON that matches the schema",
-    async () => {
-      const { resolveModelPath } = await import("../src/store/resolve");
-      const real = loadModel(await resolveModelPath(undefined));
-      const schema = { type: "object", properties: { name: { type: "string", maxLength: 16 }, age: { type: "integer", minimum: 0, maximum: 120 } }, required: ["name", "age"] };
-      const c = await createJsonConstraint(real.tokenizer, { schema });
-      const result = await completeAlone(real, promptTokens(real.tokenizer, "Describe a person named Anna, aged 31, as JSON."), { sampling: defaultSampling, maxTokens: 40, processors: [c.processor] });
-      c.dispose();
-      real.free();
-      expect(result.finishReason).toBe("stop");
-      expect(ajv.validate(schema, JSON.parse(result.text))).toBe(true);
-    },
-    90_000,
-  );
-});

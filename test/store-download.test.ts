@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { downloadToFile, type DownloadProgress } from "../src/store/download";
 import { createProgressReporter } from "../src/store/progress";
-import { fakeWeights, serveBytes, sha256Hex, startServer, type TestServer } from "./store-helpers";
+import { fakeWeights, serveBytes, sha256Hex, startServer, type TestServer } from "./helpers/store";
 
 const TEST_TIMEOUT_MS = 15_000;
 const data = fakeWeights(1_500_000);

@@ -12,7 +12,7 @@ import { readManifest } from "../src/store/manifest";
 import { modelRequest, pullModel } from "../src/store/pull";
 import { listModels, openStoredModel } from "../src/store/store";
 import { writeTinyModel } from "./helpers/tiny-model";
-import { serveBytes, sha256Hex, startServer, type RecordedRequest, type Reply, type TestServer } from "./store-helpers";
+import { serveBytes, sha256Hex, startServer, type RecordedRequest, type Reply, type TestServer } from "./helpers/store";
 
 const TEST_TIMEOUT_MS = 60_000;
 const main = join(import.meta.dir, "..", "src", "main.ts");

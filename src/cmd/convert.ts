@@ -1,5 +1,6 @@
 // `mlx convert <model.gguf> [dir]`: write an MLX-community directory from a GGUF file; without
 // a directory, into the store, where a second conversion of the same file is a lookup.
+import { formatBytes } from "../format";
 import { defineCommand } from "citty";
 import { statSync } from "node:fs";
 import { basename } from "node:path";
@@ -33,7 +34,7 @@ export default defineCommand({
         return;
       }
       const result = convertGGUF(path, args.output, { force: Boolean(args.force) });
-      log.success(`wrote ${result.tensors} tensors (${(result.bytes / 1e6).toFixed(1)} MB) to ${result.dir}`);
+      log.success(`wrote ${result.tensors} tensors (${formatBytes(result.bytes)}) to ${result.dir}`);
       process.stdout.write(`${result.dir}\n`);
     } catch (error) {
       const hint = gguf && repairHint(gguf);

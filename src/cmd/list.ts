@@ -1,6 +1,6 @@
 // `mlx list`: the stored models, from the store's index.
 import { defineCommand } from "citty";
-import { formatBytes } from "../store/progress";
+import { formatBytes } from "../format";
 import { listModels } from "../store/store";
 import { fail } from "./log";
 

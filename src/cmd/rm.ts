@@ -2,7 +2,7 @@
 import { confirm, isCancel } from "@clack/prompts";
 import { defineCommand } from "citty";
 import { readManifest } from "../store/manifest";
-import { formatBytes } from "../store/progress";
+import { formatBytes } from "../format";
 import { modelRequest } from "../store/pull";
 import { removeModel } from "../store/store";
 import { fail, log } from "./log";

@@ -3,7 +3,7 @@ import { defineCommand } from "citty";
 import { readFileSync } from "node:fs";
 import { readManifest, type ModelManifest } from "../store/manifest";
 import { blobPath } from "../store/paths";
-import { formatBytes } from "../store/progress";
+import { formatBytes } from "../format";
 import { modelRequest } from "../store/pull";
 import { loadPath } from "../store/store";
 import { fail } from "./log";

@@ -1,13 +1,13 @@
 // Human-readable speed and memory figures, as `--verbose` prints them.
+import { formatBytes } from "../format";
 import type { CompletionStats } from "../engine/generate";
 
-const mb = (bytes: number) => `${(bytes / 1024 / 1024).toFixed(1)} MB`;
 
 export function formatStats(s: CompletionStats): string {
   return [
     `prompt:     ${s.promptTokens} tokens, ${s.promptTokensPerSecond.toFixed(2)} tokens/s`,
     `generation: ${s.generatedTokens} tokens, ${s.generationTokensPerSecond.toFixed(2)} tokens/s`,
     `time to first token: ${s.timeToFirstTokenSeconds.toFixed(3)} s`,
-    `peak memory: ${mb(s.peakMemoryBytes)}`,
+    `peak memory: ${formatBytes(s.peakMemoryBytes)}`,
   ].join("\n");
 }

@@ -1,6 +1,6 @@
 // `mlx verify`: re-hash the store's blobs, remove corrupt ones, name the models to pull again.
 import { defineCommand } from "citty";
-import { formatBytes } from "../store/progress";
+import { formatBytes } from "../format";
 import { verifyStore } from "../store/verify";
 import { fail, log, setVerbose } from "./log";
 

@@ -1,6 +1,7 @@
 // Transfer progress on stderr (stdout carries only answers). On a terminal: one bar line
 // redrawn in place with bytes, speed and ETA. Elsewhere (logs, CI, pipes): nothing while it
 // runs and a single summary line at the end, so logs stay readable.
+import { formatBytes } from "../format";
 import type { DownloadProgress } from "./download";
 
 export interface ProgressReporter {
@@ -77,17 +78,6 @@ export function createProgressReporter(label: string, stream: ProgressStream = p
 function renderBar(fraction: number, width: number): string {
   const filled = Math.round(Math.min(1, Math.max(0, fraction)) * width);
   return "#".repeat(filled) + "-".repeat(width - filled);
-}
-
-export function formatBytes(bytes: number): string {
-  const units = ["B", "KB", "MB", "GB", "TB"];
-  let value = bytes;
-  let unit = 0;
-  while (value >= 1000 && unit < units.length - 1) {
-    value /= 1000;
-    unit++;
-  }
-  return unit === 0 ? `${Math.round(value)} B` : `${value.toFixed(1)} ${units[unit]}`;
 }
 
 function formatDuration(seconds: number): string {

@@ -1,0 +1,14 @@
+// How sizes are shown everywhere (the store, `mlx list`/`show`, bench reports, run and chat
+// figures): decimal units (1 MB = 1,000,000 bytes), as download sizes and Ollama show them.
+const units = ["B", "KB", "MB", "GB", "TB"];
+
+export function formatBytes(bytes: number): string {
+  if (!Number.isFinite(bytes) || bytes < 0) return "-";
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1000 && unit < units.length - 1) {
+    value /= 1000;
+    unit++;
+  }
+  return unit === 0 ? `${Math.round(value)} B` : `${value.toFixed(1)} ${units[unit]}`;
+}

@@ -1,0 +1,71 @@
+// The real default model (SmolLM2-135M, fetched into the store on first use, as the parity
+// tests do) under a constraint: JSON that matches a schema, and a required function call
+// through the server.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import Ajv from "ajv";
+import OpenAI from "openai";
+import { createJsonConstraint } from "../src/engine/grammar";
+import { promptTokens } from "../src/engine/prompt";
+import { defaultSampling } from "../src/engine/sampling";
+import { loadModel } from "../src/models/load";
+import type { RunningServer } from "../src/server/app";
+import { resolveModelPath } from "../src/store/resolve";
+import { completeAlone } from "./helpers/generate";
+import { serve } from "./helpers/serve";
+
+const ajv = new Ajv({ strict: false, validateFormats: false });
+let path: string;
+let server: RunningServer;
+
+beforeAll(async () => {
+  path = await resolveModelPath(undefined);
+  server = serve();
+});
+afterAll(() => server.stop());
+
+describe("the default model", () => {
+  test(
+    "under a schema, answers with JSON that matches it",
+    async () => {
+      const lm = loadModel(path);
+      const schema = { type: "object", properties: { name: { type: "string", maxLength: 16 }, age: { type: "integer", minimum: 0, maximum: 120 } }, required: ["name", "age"] };
+      const c = await createJsonConstraint(lm.tokenizer, { schema });
+      const result = await completeAlone(lm, promptTokens(lm.tokenizer, "Describe a person named Anna, aged 31, as JSON."), { sampling: defaultSampling, maxTokens: 40, processors: [c.processor] });
+      c.dispose();
+      lm.free();
+      expect(result.finishReason).toBe("stop");
+      expect(ajv.validate(schema, JSON.parse(result.text))).toBe(true);
+    },
+    90_000,
+  );
+
+  test(
+    "made to call a function, calls forecast for the city in the question, with valid arguments",
+    async () => {
+      const parameters = {
+        type: "object",
+        properties: { city: { type: "string", maxLength: 10 }, days: { type: "integer", minimum: 1, maximum: 7 }, unit: { enum: ["celsius", "fahrenheit"] } },
+        required: ["city", "days"],
+        additionalProperties: false,
+      };
+      const tools: OpenAI.ChatCompletionTool[] = [
+        { type: "function", function: { name: "forecast", description: "The weather forecast for a city", parameters } },
+        { type: "function", function: { name: "clock", description: "The time now", parameters: { type: "object", properties: {} } } },
+      ];
+      const openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused" });
+      const question: OpenAI.ChatCompletionMessageParam[] = [{ role: "user", content: "What will the weather be in Paris tomorrow?" }];
+      const r = await openai.chat.completions.create({ model: path, messages: question, tools, tool_choice: "required", parallel_tool_calls: false, temperature: 0, max_tokens: 80 });
+      const choice = r.choices[0]!;
+      expect(choice.finish_reason).toBe("tool_calls");
+      expect(choice.message.tool_calls).toHaveLength(1);
+      const call = choice.message.tool_calls![0]!;
+      expect(call.type).toBe("function");
+      if (call.type !== "function") return;
+      expect(call.function.name).toBe("forecast");
+      const args = JSON.parse(call.function.arguments);
+      expect(ajv.validate(parameters, args)).toBe(true);
+      expect(args.city).toBe("Paris");
+    },
+    300_000,
+  );
+});
