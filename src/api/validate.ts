@@ -14,6 +14,17 @@ export class ValidationError extends Error {
   }
 }
 
+/** A request body as JSON (any value: the parsers check its shape). */
+export async function readJson(req: { text(): Promise<string> }): Promise<unknown> {
+  const text = await req.text();
+  if (!text.trim()) throw new ValidationError("the request body is empty (expected JSON)");
+  try {
+    return JSON.parse(text);
+  } catch (error) {
+    throw new ValidationError(`the request body is not valid JSON: ${(error as Error).message}`);
+  }
+}
+
 /** A request feature we understand but do not implement: a 400 that says so. */
 export const unsupported = (param: string, what = `'${param}'`) => new ValidationError(`${what} is not supported by this server`, param, "unsupported_parameter");
 

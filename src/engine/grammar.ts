@@ -22,7 +22,7 @@ import type { LogitsProcessor } from "./sampling";
 export type JsonFormat = "json" | { schema: object; strict?: boolean };
 
 export interface GrammarConstraint {
-  /** The logits processor for tokenLoop / complete(); it follows the sequence's history itself. */
+  /** The logits processor for a request (GenerationSpec.processors); it follows the sequence's history itself. */
   processor: LogitsProcessor;
   /** Whether the text generated so far is complete under the grammar. */
   accepted(): boolean;
@@ -474,7 +474,7 @@ class Constraint implements GrammarConstraint {
 }
 
 // The library only offers the bitmask through a promise (it awaits its own start-up each
-// time), and tokenLoop's processors are synchronous. So we call the matcher's binding
+// time), and the token loop's processors are synchronous. So we call the matcher's binding
 // directly: it returns a std::vector<int32_t>, whose data we read from the instance's memory
 // (libc++ lays a vector out as begin, end, capacity), or, if that could not be verified at
 // start-up, element by element.

@@ -1,6 +1,6 @@
 // The HTTP server, composed in one place: request accounting, errors, CORS, the API key, the
 // body limit, then the routes of each API family. Data flows one way: routes validate with
-// src/api, hold a model from the registry (models.ts), and submit to its scheduler
+// src/api, hold a model from the registry (model-registry.ts), and submit to its scheduler
 // (src/engine/scheduler.ts) through server/generation.ts.
 import { timingSafeEqual, createHash } from "node:crypto";
 import { Hono } from "hono";
@@ -8,7 +8,7 @@ import { bodyLimit } from "hono/body-limit";
 import { cors } from "hono/cors";
 import { ApiError, errorResponse, notFound, toApiError, unauthorized } from "./errors";
 import { serverMetrics } from "./metrics";
-import { ModelRegistry } from "./models";
+import { ModelRegistry } from "./model-registry";
 import { ollamaRoutes } from "./routes/ollama";
 import { openaiRoutes } from "./routes/openai";
 import { opsRoutes, queueFigures } from "./routes/ops";

@@ -11,7 +11,7 @@ import type { ToolCallFormat, ToolRequest } from "../engine/tools";
 import type { Tokenizer } from "../tokenizer/tokenizer";
 import type { LoadedModel } from "../models/load";
 import { requestTimeout } from "./errors";
-import type { Lease, ModelRegistry } from "./models";
+import type { Lease, ModelRegistry } from "./model-registry";
 import type { ServerMetrics } from "./metrics";
 
 export interface GenerateInput {

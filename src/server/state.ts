@@ -1,6 +1,6 @@
 // What every route shares: the configuration, the model registry and the metrics.
 import type { ServerMetrics } from "./metrics";
-import type { ModelRegistry } from "./models";
+import type { ModelRegistry } from "./model-registry";
 
 export interface ServerConfig {
   /** Every route but /health needs `Authorization: Bearer <apiKey>` when set. */
@@ -22,15 +22,4 @@ export interface ServerState {
   requests: { total: number; byStatus: Record<string, number>; byRoute: Record<string, number> };
   /** Logs an unexpected error (the client sees a bare 500). */
   logError: (error: unknown) => void;
-}
-
-export async function readJson(req: { text(): Promise<string> }): Promise<unknown> {
-  const { ValidationError } = await import("../api/validate");
-  const text = await req.text();
-  if (!text.trim()) throw new ValidationError("the request body is empty (expected JSON)");
-  try {
-    return JSON.parse(text);
-  } catch (error) {
-    throw new ValidationError(`the request body is not valid JSON: ${(error as Error).message}`);
-  }
 }

@@ -8,9 +8,9 @@ import { ApiError, errorBody } from "../errors";
 import { startGeneration } from "../generation";
 import { collectGeneration, generationStream } from "../respond";
 import { ToolCallStream, type ToolCall } from "../../engine/tools";
-import type { LoadedEntry } from "../models";
-import { readJson, type ServerState } from "../state";
-import { storedModels } from "./openai";
+import type { LoadedEntry } from "../model-registry";
+import { readJson } from "../../api/validate";
+import type { ServerState } from "../state";
 
 type Kind = "chat" | "generate";
 
@@ -24,7 +24,7 @@ export function ollamaRoutes(s: ServerState): Hono {
   r.get("/api/tags", async (c) => {
     const models = [];
     const seen = new Set<string>();
-    for (const m of await storedModels()) {
+    for (const m of await s.models.stored()) {
       seen.add(m.name);
       models.push({
         name: m.name,

@@ -2,12 +2,12 @@
 // events or whole), /v1/models.
 import { Hono, type Context } from "hono";
 import { modelObject, newId, parseChatRequest, parseCompletionRequest, unixSeconds, usage, type ChatLogprob, type CompletionLogprobs, type OpenAIRequest } from "../../api/openai";
-import { listModels } from "../../store/store";
 import type { TokenLogprob } from "../../engine/scheduler";
 import { badRequest, errorBody } from "../errors";
 import { startGeneration, tokenText, type Generation } from "../generation";
 import { collectGeneration, generationStream } from "../respond";
-import { readJson, type ServerState } from "../state";
+import { readJson } from "../../api/validate";
+import type { ServerState } from "../state";
 import type { Tokenizer } from "../../tokenizer/tokenizer";
 import { ToolCallStream, type ToolCall } from "../../engine/tools";
 
@@ -27,21 +27,13 @@ export function openaiRoutes(s: ServerState): Hono {
       seen.add(s.config.defaultModel);
       data.push(modelObject(s.config.defaultModel, unixSeconds()));
     }
-    for (const m of await storedModels()) if (!seen.has(m.name)) data.push(modelObject(m.name, Math.floor(Date.parse(m.createdAt) / 1000) || 0));
+    for (const m of await s.models.stored()) if (!seen.has(m.name)) data.push(modelObject(m.name, Math.floor(Date.parse(m.createdAt) / 1000) || 0));
     return c.json({ object: "list", data });
   });
 
   r.post("/v1/chat/completions", (c) => complete(s, c, "chat"));
   r.post("/v1/completions", (c) => complete(s, c, "completion"));
   return r;
-}
-
-export async function storedModels() {
-  try {
-    return await listModels();
-  } catch {
-    return [];
-  }
 }
 
 async function complete(s: ServerState, c: Context, kind: Kind): Promise<Response> {

@@ -4,6 +4,8 @@
 // Each loaded model has its own scheduler (continuous batching, src/engine/scheduler.ts).
 import { loadModel, type LoadedModel } from "../models/load";
 import { resolveModelPath } from "../store/resolve";
+import { listModels } from "../store/store";
+import type { IndexEntry } from "../store/model-index";
 import type { Scheduler } from "../engine/scheduler";
 
 export interface LoadedEntry {
@@ -70,6 +72,15 @@ export class ModelRegistry {
   find(name: string): LoadedEntry | undefined {
     const path = this.#pathOf.get(name);
     return path ? this.#byPath.get(path) : [...this.#byPath.values()].find((e) => e.name === name);
+  }
+
+  /** The models the store holds, loaded or not (none when the store cannot be read). */
+  async stored(): Promise<IndexEntry[]> {
+    try {
+      return await listModels();
+    } catch {
+      return [];
+    }
   }
 
   async resolve(name: string): Promise<string> {
