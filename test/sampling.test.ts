@@ -39,6 +39,14 @@ describe("sampler", () => {
     expect([...picks].sort()).toEqual([0, 1]);
   });
 
+  test("top-k with top-p keeps a token even when the k most likely hold less than 1 - p", () => {
+    // 1,000 near-equal tokens: the two best hold ~0.2% of the mass, far below 1 - 0.9.
+    const p = Array.from({ length: 1000 }, (_, i) => (i === 5 || i === 7 ? 2 : 1));
+    const total = p.reduce((a, b) => a + b, 0);
+    const picks = new Set(draw({ temperature: 1, topK: 2, topP: 0.9, seed: 3 }, p.map((x) => x / total), 40));
+    expect([...picks].sort()).toEqual([5, 7]);
+  });
+
   test("repetition penalty divides positive and multiplies negative logits of recent tokens", () => {
     const out = mx.scope(() => penalizeRepetition(mx.array([2, -2, 4], [1, 3]), [0, 1], 2).toArray());
     expect(out).toEqual([1, -4, 4]);

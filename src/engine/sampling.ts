@@ -130,10 +130,12 @@ export function makeSampler(p: SamplingParams): Sampler {
   if (p.temperature === 0) return (logprobs) => mx.argmax(logprobs, -1);
   let key = p.seed === undefined ? undefined : mx.keep(mx.random.key(p.seed));
   return (logprobs) => {
+    // mlx-lm's order: top-p first, on the whole distribution. After top-k the kept mass may be
+    // below 1 - top_p, and top-p would then drop every token.
     let filtered = logprobs;
-    if (p.topK > 0) filtered = topK(filtered, p.topK);
     if (p.topP > 0 && p.topP < 1) filtered = topP(filtered, p.topP);
     if (p.minP > 0) filtered = minP(filtered, p.minP);
+    if (p.topK > 0) filtered = topK(filtered, p.topK);
     let stepKey: MxArray | undefined;
     if (key) {
       const [next, sub] = mx.random.split(key);
