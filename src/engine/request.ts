@@ -62,8 +62,10 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   if (promptIds.length === 0) throw new InvalidParameterError("the prompt is empty", "prompt");
   const badId = promptIds.find((id) => !(id >= 0 && id < vocab));
   if (badId !== undefined) throw new InvalidParameterError(`token id ${badId} is outside the model's vocabulary (${vocab})`, "prompt");
-  checkContext(lm, promptIds.length);
   const context = lm.config.maxPositionEmbeddings;
+  if (promptIds.length >= context) {
+    throw new ContextLengthError(`the prompt is ${promptIds.length} tokens, but the model's context is ${context} tokens (leave room for at least one generated token)`);
+  }
   if (spec.strictMaxTokens && spec.maxTokens !== undefined && spec.maxTokens > context)
     throw new InvalidParameterError(`max_tokens is ${spec.maxTokens}, more than the model's context of ${context} tokens`, "max_tokens");
   const room = context - promptIds.length;
@@ -77,14 +79,6 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
     constraint,
     dispose: () => constraint?.dispose(),
   };
-}
-
-/** Throws when `promptTokens` new tokens do not fit after `cached` ones, with room for one generated token. */
-export function checkContext(lm: LoadedModel, promptTokens: number, cached = 0): void {
-  const limit = lm.config.maxPositionEmbeddings;
-  if (cached + promptTokens >= limit) {
-    throw new ContextLengthError(`the prompt is ${promptTokens + cached} tokens, but the model's context is ${limit} tokens (leave room for at least one generated token)`);
-  }
 }
 
 /** `template` says how the chat template handles tools; `tools` are those offered on this turn. */
