@@ -14,13 +14,23 @@ export class BatchKVCache extends KVCache {
     return this.leftPadding.length;
   }
 
-  /** Row b's next rotary position: the columns it really holds. */
-  override get ropeOffset(): MxArray {
+  /** Whether some row is padded; if none is, every row is at the same position, like one sequence. */
+  get padded(): boolean {
+    return this.leftPadding.some((pad) => pad > 0);
+  }
+
+  /** Row b's next rotary position: the columns it really holds (one number when no row is padded). */
+  override get ropeOffset(): number | MxArray {
+    if (!this.padded) return this.offset;
     return mx.array(Int32Array.from(this.leftPadding, (pad) => this.offset - pad));
   }
 
-  /** [B, 1, L, offset + L]: causal, and never a row's padding. */
+  /**
+   * [B, 1, L, offset + L]: causal, and never a row's padding. Without padding, a single
+   * sequence's mask (none for one new token): a batch of one decodes as `KVCache` does.
+   */
   override attentionMask(length: number): Mask {
+    if (!this.padded) return super.attentionMask(length);
     const total = this.offset + length;
     const keys = mx.arange(0, total);
     const causal = mx.lessEqual(mx.reshape(keys, [1, 1, 1, total]), mx.reshape(mx.arange(this.offset, total), [1, 1, length, 1]));
