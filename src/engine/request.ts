@@ -81,6 +81,11 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   };
 }
 
+/** How many tokens a prompt is (with the tools it offers), as a generation would see it. */
+export function countPromptTokens(lm: LoadedModel, prompt: PromptInput, tools?: ToolRequest): number {
+  return tokenize(lm.tokenizer, prompt, toolTemplate(lm.tokenizer.chatTemplate), offeredTools(tools)).length;
+}
+
 /** `template` says how the chat template handles tools; `tools` are those offered on this turn. */
 function tokenize(tokenizer: Tokenizer, prompt: PromptInput, template: ToolTemplate, tools: ToolSpec[] | undefined): number[] {
   switch (prompt.kind) {

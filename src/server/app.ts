@@ -9,6 +9,7 @@ import { cors } from "hono/cors";
 import { ApiError, errorResponse, notFound, toApiError, unauthorized } from "./errors";
 import { serverMetrics } from "./metrics";
 import { ModelRegistry } from "./model-registry";
+import { anthropicRoutes } from "./routes/anthropic";
 import { ollamaRoutes } from "./routes/ollama";
 import { openaiRoutes } from "./routes/openai";
 import { opsRoutes, queueFigures } from "./routes/ops";
@@ -40,7 +41,7 @@ export interface ServerOptions extends Partial<ServerConfig> {
 }
 
 /** Routes that are labelled by name in /metrics (anything else is "other"). */
-const KNOWN_ROUTES = new Set(["/v1/chat/completions", "/v1/completions", "/v1/models", "/api/chat", "/api/generate", "/api/tags", "/api/ps", "/api/show", "/api/version", "/health", "/ready", "/stats", "/metrics", "/"]);
+const KNOWN_ROUTES = new Set(["/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/messages/count_tokens", "/v1/models", "/api/chat", "/api/generate", "/api/tags", "/api/ps", "/api/show", "/api/version", "/health", "/ready", "/stats", "/metrics", "/"]);
 
 export function createState(o: ServerOptions = {}): ServerState {
   const maxQueue = o.maxQueue ?? 64;
@@ -119,7 +120,7 @@ export function createApp(s: ServerState): Hono {
   // 3. CORS, only for the origins given.
   if (s.config.corsOrigins.length > 0) {
     const allowed = s.config.corsOrigins;
-    app.use("*", cors({ origin: (origin) => (allowed.includes("*") ? "*" : allowed.includes(origin) ? origin : null), allowHeaders: ["Authorization", "Content-Type"], maxAge: 600 }));
+    app.use("*", cors({ origin: (origin) => (allowed.includes("*") ? "*" : allowed.includes(origin) ? origin : null), allowHeaders: ["Authorization", "Content-Type", "x-api-key", "anthropic-version", "anthropic-beta"], maxAge: 600 }));
   }
 
   // 4. The API key, on every route but /health, compared in constant time.
@@ -127,9 +128,10 @@ export function createApp(s: ServerState): Hono {
     const expected = digest(s.config.apiKey);
     app.use("*", async (c, next) => {
       if (c.req.path === "/health" || c.req.method === "OPTIONS") return next();
-      const header = c.req.header("authorization") ?? "";
-      const match = /^Bearer\s+(.+)$/i.exec(header);
-      if (!match || !timingSafeEqual(digest(match[1]!.trim()), expected)) throw unauthorized();
+      // Bearer (OpenAI, Ollama) or x-api-key (Anthropic's clients).
+      const bearer = /^Bearer\s+(.+)$/i.exec(c.req.header("authorization") ?? "")?.[1];
+      const key = (bearer ?? c.req.header("x-api-key"))?.trim();
+      if (!key || !timingSafeEqual(digest(key), expected)) throw unauthorized();
       return next();
     });
   }
@@ -147,6 +149,7 @@ export function createApp(s: ServerState): Hono {
   app.route("/", opsRoutes(s));
   app.route("/", openaiRoutes(s));
   app.route("/", ollamaRoutes(s));
+  app.route("/", anthropicRoutes(s));
   return app;
 }
 

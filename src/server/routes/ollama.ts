@@ -201,7 +201,7 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
         if (content || calls.length > 0) send(line({ ...base(), ...piece(content, calls), done: false }));
         send(line(final(event.finishReason, event.usage, event.tokenIds, "")));
       },
-      error: (e) => line(errorBody(e, true)),
+      error: (e) => line(errorBody(e, "ollama")),
     },
     s.logError,
   );

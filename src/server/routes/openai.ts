@@ -151,7 +151,7 @@ function streamed(s: ServerState, gen: Generation, req: OpenAIRequest, kind: Kin
           send(sse({ ...meta, object, choices: [], usage: usage(u.promptTokens, u.completionTokens, u.cachedTokens) }));
         }
       },
-      error: (e) => sse(errorBody(e, false)),
+      error: (e) => sse(errorBody(e, "openai")),
       end: (send) => send(encoder.encode("data: [DONE]\n\n")),
     },
     s.logError,
