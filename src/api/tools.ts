@@ -83,7 +83,8 @@ export function parseToolCalls(m: Fields, argumentsAs: "json-text" | "object"): 
   });
 }
 
-function callArguments(fn: Fields, argumentsAs: "json-text" | "object"): Record<string, unknown> {
+/** A call's `arguments`: an object (Ollama) or JSON text (OpenAI). */
+export function callArguments(fn: Fields, argumentsAs: "json-text" | "object"): Record<string, unknown> {
   if (argumentsAs === "object") return fn.object("arguments")?.body ?? {};
   const text = fn.string("arguments") ?? "{}";
   let value: unknown;

@@ -11,6 +11,7 @@ import { serverMetrics } from "./metrics";
 import { ModelRegistry } from "./model-registry";
 import { anthropicRoutes } from "./routes/anthropic";
 import { ollamaRoutes } from "./routes/ollama";
+import { responsesRoutes } from "./routes/responses";
 import { openaiRoutes } from "./routes/openai";
 import { opsRoutes, queueFigures } from "./routes/ops";
 import { memoryFigures } from "../engine/device";
@@ -41,7 +42,7 @@ export interface ServerOptions extends Partial<ServerConfig> {
 }
 
 /** Routes that are labelled by name in /metrics (anything else is "other"). */
-const KNOWN_ROUTES = new Set(["/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/messages/count_tokens", "/v1/models", "/api/chat", "/api/generate", "/api/tags", "/api/ps", "/api/show", "/api/version", "/health", "/ready", "/stats", "/metrics", "/"]);
+const KNOWN_ROUTES = new Set(["/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/messages/count_tokens", "/v1/responses", "/v1/models", "/api/chat", "/api/generate", "/api/tags", "/api/ps", "/api/show", "/api/version", "/health", "/ready", "/stats", "/metrics", "/"]);
 
 export function createState(o: ServerOptions = {}): ServerState {
   const maxQueue = o.maxQueue ?? 64;
@@ -150,6 +151,7 @@ export function createApp(s: ServerState): Hono {
   app.route("/", openaiRoutes(s));
   app.route("/", ollamaRoutes(s));
   app.route("/", anthropicRoutes(s));
+  app.route("/", responsesRoutes(s));
   return app;
 }
 

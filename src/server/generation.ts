@@ -10,9 +10,10 @@ import type { GenerationEvent, GenerationUsage } from "../engine/scheduler";
 import type { ToolCallFormat, ToolRequest } from "../engine/tools";
 import type { Tokenizer } from "../tokenizer/tokenizer";
 import type { LoadedModel } from "../models/load";
-import { requestTimeout } from "./errors";
+import { badRequest, requestTimeout } from "./errors";
 import type { Lease, ModelRegistry } from "./model-registry";
 import type { ServerMetrics } from "./metrics";
+import type { ServerConfig } from "./state";
 
 export interface GenerateInput {
   route: string;
@@ -26,8 +27,9 @@ export interface GenerateInput {
   maxTokens?: number;
   /** Whether a max_tokens beyond the context is an error (OpenAI) or clamped (Ollama). */
   strictMaxTokens: boolean;
-  stop: string[];
-  topLogprobs: number;
+  stop?: string[];
+  /** Alternatives reported per token (default 0). */
+  topLogprobs?: number;
   /** Structured output to enforce while sampling. */
   format?: FormatInput;
   /** Functions the model may (or must) call; chat prompts only. */
@@ -54,6 +56,18 @@ export interface Generation {
 export interface GenerationContext {
   models: ModelRegistry;
   metrics: ServerMetrics;
+}
+
+/** The model a request names, else the server's default; a 400 when there is neither. */
+export function requestedModel(config: ServerConfig, name: string | undefined): string {
+  const model = name ?? config.defaultModel;
+  if (!model) throw badRequest("'model' is required", "model");
+  return model;
+}
+
+/** What a generation takes from its HTTP request: the route, the client's disconnect, the server's timeout. */
+export function httpRequestBounds(config: ServerConfig, req: { path: string; raw: Request }): Pick<GenerateInput, "route" | "clientSignal" | "timeoutMs"> {
+  return { route: req.path, clientSignal: req.raw.signal, timeoutMs: config.requestTimeoutMs };
 }
 
 export async function startGeneration(ctx: GenerationContext, input: GenerateInput): Promise<Generation> {
@@ -89,7 +103,7 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
       maxTokens: input.maxTokens,
       strictMaxTokens: input.strictMaxTokens,
       stop: input.stop,
-      topLogprobs: input.topLogprobs,
+      topLogprobs: input.topLogprobs ?? 0,
       format: input.format,
       tools: input.tools,
       signal: controller.signal,

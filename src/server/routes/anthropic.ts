@@ -5,9 +5,9 @@ import { anthropicUsage, messageId, parseCountTokensRequest, parseMessagesReques
 import { readJson } from "../../api/validate";
 import { countPromptTokens } from "../../engine/request";
 import { ToolCallStream } from "../../engine/tools";
-import { badRequest, errorBody } from "../errors";
-import { startGeneration, type Generation } from "../generation";
-import { collectGeneration, generationStream, type Send } from "../respond";
+import { errorBody } from "../errors";
+import { httpRequestBounds, requestedModel, startGeneration, type Generation } from "../generation";
+import { collectGeneration, eventStreamHeaders, generationStream, namedEvent, type Send } from "../respond";
 import type { ServerState } from "../state";
 
 export function anthropicRoutes(s: ServerState): Hono {
@@ -15,7 +15,7 @@ export function anthropicRoutes(s: ServerState): Hono {
   r.post("/v1/messages", (c) => messages(s, c));
   r.post("/v1/messages/count_tokens", async (c) => {
     const req = parseCountTokensRequest(await readJson(c.req));
-    const lease = await s.models.acquire(modelName(s, req.model));
+    const lease = await s.models.acquire(requestedModel(s.config, req.model));
     try {
       return c.json({ input_tokens: countPromptTokens(lease.entry.lm, req.prompt, req.tools) });
     } finally {
@@ -25,17 +25,11 @@ export function anthropicRoutes(s: ServerState): Hono {
   return r;
 }
 
-function modelName(s: ServerState, requested: string | undefined): string {
-  const model = requested ?? s.config.defaultModel;
-  if (!model) throw badRequest("'model' is required", "model");
-  return model;
-}
-
 async function messages(s: ServerState, c: Context): Promise<Response> {
   const req = parseMessagesRequest(await readJson(c.req));
-  const model = modelName(s, req.model);
+  const model = requestedModel(s.config, req.model);
   const gen = await startGeneration(s, {
-    route: c.req.path,
+    ...httpRequestBounds(s.config, c.req),
     model,
     prompt: req.prompt,
     sampling: req.sampling,
@@ -45,9 +39,6 @@ async function messages(s: ServerState, c: Context): Promise<Response> {
     strictMaxTokens: true,
     stop: req.stop,
     tools: req.tools,
-    topLogprobs: 0,
-    clientSignal: c.req.raw.signal,
-    timeoutMs: s.config.requestTimeoutMs,
   });
   const meta = { id: messageId(), type: "message" as const, role: "assistant" as const, model };
   return req.stream ? streamed(s, gen, meta) : whole(gen, meta);
@@ -76,9 +67,6 @@ async function whole(gen: Generation, meta: Meta): Promise<Response> {
   });
 }
 
-const encoder = new TextEncoder();
-const event = (data: { type: string; [field: string]: unknown }) => encoder.encode(`event: ${data.type}\ndata: ${JSON.stringify(data)}\n\n`);
-
 /**
  * Anthropic's sequence: message_start, ping, then each content block (start, deltas, stop) —
  * text as it comes, each tool call once it is complete, its input as one input_json_delta —
@@ -91,16 +79,16 @@ function streamed(s: ServerState, gen: Generation, meta: Meta): Response {
   const openText = (send: Send) => {
     if (textOpen) return;
     textOpen = true;
-    send(event({ type: "content_block_start", index, content_block: { type: "text", text: "" } }));
+    send(namedEvent({ type: "content_block_start", index, content_block: { type: "text", text: "" } }));
   };
   const closeBlock = (send: Send) => {
-    send(event({ type: "content_block_stop", index }));
+    send(namedEvent({ type: "content_block_stop", index }));
     index++;
   };
   const sendText = (text: string, send: Send) => {
     if (!text) return;
     openText(send);
-    send(event({ type: "content_block_delta", index, delta: { type: "text_delta", text } }));
+    send(namedEvent({ type: "content_block_delta", index, delta: { type: "text_delta", text } }));
   };
   const body = generationStream(
     gen,
@@ -108,8 +96,8 @@ function streamed(s: ServerState, gen: Generation, meta: Meta): Response {
       start: (send) => {
         // Cached tokens are known once prefill is done: message_delta carries the final usage.
         const usage = anthropicUsage(gen.promptIds.length, 0, 0);
-        send(event({ type: "message_start", message: { ...meta, content: [], stop_reason: null, stop_sequence: null, usage } }));
-        send(event({ type: "ping" }));
+        send(namedEvent({ type: "message_start", message: { ...meta, content: [], stop_reason: null, stop_sequence: null, usage } }));
+        send(namedEvent({ type: "ping" }));
       },
       text: (e, send) => sendText(toolCalls ? toolCalls.push(e.text) : e.text, send),
       done: (e, send) => {
@@ -120,18 +108,18 @@ function streamed(s: ServerState, gen: Generation, meta: Meta): Response {
           closeBlock(send);
         }
         for (const call of calls) {
-          send(event({ type: "content_block_start", index, content_block: { ...toolUseBlock(call), input: {} } }));
-          send(event({ type: "content_block_delta", index, delta: { type: "input_json_delta", partial_json: JSON.stringify(call.arguments) } }));
+          send(namedEvent({ type: "content_block_start", index, content_block: { ...toolUseBlock(call), input: {} } }));
+          send(namedEvent({ type: "content_block_delta", index, delta: { type: "input_json_delta", partial_json: JSON.stringify(call.arguments) } }));
           closeBlock(send);
         }
         const u = e.usage;
         const delta = { stop_reason: stopReason(e.finishReason, calls.length, e.stopSequence), stop_sequence: calls.length === 0 ? (e.stopSequence ?? null) : null };
-        send(event({ type: "message_delta", delta, usage: anthropicUsage(u.promptTokens, u.completionTokens, u.cachedTokens) }));
-        send(event({ type: "message_stop" }));
+        send(namedEvent({ type: "message_delta", delta, usage: anthropicUsage(u.promptTokens, u.completionTokens, u.cachedTokens) }));
+        send(namedEvent({ type: "message_stop" }));
       },
-      error: (e) => event(errorBody(e, "anthropic") as { type: string }),
+      error: (e) => namedEvent(errorBody(e, "anthropic") as { type: string }),
     },
     s.logError,
   );
-  return new Response(body, { headers: { "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no" } });
+  return new Response(body, { headers: eventStreamHeaders });
 }

@@ -5,7 +5,7 @@ import { Hono, type Context } from "hono";
 import { nanos, ollamaDefaults, parseModelName, parseOllamaChat, parseOllamaGenerate, type OllamaRequest } from "../../api/ollama";
 import type { GenerationUsage } from "../../engine/scheduler";
 import { ApiError, errorBody } from "../errors";
-import { startGeneration } from "../generation";
+import { httpRequestBounds, startGeneration } from "../generation";
 import { collectGeneration, generationStream } from "../respond";
 import { ToolCallStream, type ToolCall } from "../../engine/tools";
 import type { LoadedEntry } from "../model-registry";
@@ -146,7 +146,7 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
   }
 
   const gen = await startGeneration(s, {
-    route: c.req.path,
+    ...httpRequestBounds(s.config, c.req),
     model: req.model,
     keepAliveMs: req.keepAlive,
     prompt: req.prompt ?? { kind: "ids", ids: [] },
@@ -158,9 +158,6 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
     stop: req.stop,
     format: req.format,
     tools: req.tools,
-    topLogprobs: 0,
-    clientSignal: c.req.raw.signal,
-    timeoutMs: s.config.requestTimeoutMs,
   });
   const piece = (text: string, calls: ToolCall[] = []) =>
     kind === "chat" ? { message: { role: "assistant", content: text, ...(calls.length > 0 ? { tool_calls: ollamaToolCalls(calls) } : {}) } } : { response: text };

@@ -3,9 +3,9 @@
 import { Hono, type Context } from "hono";
 import { modelObject, newId, parseChatRequest, parseCompletionRequest, unixSeconds, usage, type ChatLogprob, type CompletionLogprobs, type OpenAIRequest } from "../../api/openai";
 import type { TokenLogprob } from "../../engine/scheduler";
-import { badRequest, errorBody } from "../errors";
-import { startGeneration, tokenText, type Generation } from "../generation";
-import { collectGeneration, generationStream } from "../respond";
+import { errorBody } from "../errors";
+import { httpRequestBounds, requestedModel, startGeneration, tokenText, type Generation } from "../generation";
+import { collectGeneration, eventStreamHeaders, generationStream } from "../respond";
 import { readJson } from "../../api/validate";
 import type { ServerState } from "../state";
 import type { Tokenizer } from "../../tokenizer/tokenizer";
@@ -39,10 +39,9 @@ export function openaiRoutes(s: ServerState): Hono {
 async function complete(s: ServerState, c: Context, kind: Kind): Promise<Response> {
   const body = await readJson(c.req);
   const req = kind === "chat" ? parseChatRequest(body) : parseCompletionRequest(body);
-  const model = req.model ?? s.config.defaultModel;
-  if (!model) throw badRequest("'model' is required", "model");
+  const model = requestedModel(s.config, req.model);
   const gen = await startGeneration(s, {
-    route: c.req.path,
+    ...httpRequestBounds(s.config, c.req),
     model,
     prompt: req.prompt,
     sampling: req.sampling,
@@ -54,8 +53,6 @@ async function complete(s: ServerState, c: Context, kind: Kind): Promise<Respons
     format: req.format,
     tools: req.tools,
     topLogprobs: req.topLogprobs,
-    clientSignal: c.req.raw.signal,
-    timeoutMs: s.config.requestTimeoutMs,
   });
   const meta = { id: newId(kind === "chat" ? "chatcmpl" : "cmpl"), created: unixSeconds(), model };
   return req.stream ? streamed(s, gen, req, kind, meta) : whole(gen, req, kind, meta);
@@ -156,5 +153,5 @@ function streamed(s: ServerState, gen: Generation, req: OpenAIRequest, kind: Kin
     },
     s.logError,
   );
-  return new Response(body, { headers: { "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no" } });
+  return new Response(body, { headers: eventStreamHeaders });
 }
