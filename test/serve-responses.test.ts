@@ -1,6 +1,7 @@
-// The OpenAI Responses API (stateless) with the official `openai` client against a real server
-// on loopback: responses.create and responses.stream for text, function tools (a round-trip
-// with function_call_output), text.format json_schema, and what we refuse as 400s naming it.
+// The OpenAI Responses API with the official `openai` client against a real server on loopback:
+// responses.create and responses.stream for text, function tools (a round-trip with
+// function_call_output), text.format json_schema, previous_response_id over stored responses,
+// and what we refuse as 400s naming it; the store's bound and time to live.
 // Tiny random-weight model: a call or a JSON answer is valid only because the grammar makes it so.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync } from "node:fs";
@@ -9,6 +10,7 @@ import { join } from "node:path";
 import Ajv from "ajv";
 import OpenAI from "openai";
 import type { RunningServer } from "../src/server/app";
+import { ResponseStore } from "../src/server/response-store";
 import { post, serve } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
 
@@ -117,11 +119,10 @@ describe("responses.stream", () => {
 });
 
 describe("errors", () => {
-  test("what a stateless server cannot do is a 400 naming the field; bad input too", async () => {
+  test("fields we do not implement are a 400 naming them; bad input too", async () => {
     const url = `${server.url}/v1/responses`;
     const cases: [unknown, RegExp, string][] = [
-      [{ previous_response_id: "resp_1" }, /'previous_response_id' is not supported/, "previous_response_id"],
-      [{ store: true }, /'store: true'/, "store"],
+      [{ background: true }, /'background' is not supported/, "background"],
       [{ reasoning: { effort: "low" } }, /'reasoning' is not supported/, "reasoning"],
       [{ input: [{ type: "image_generation_call" }] }, /input items of type 'image_generation_call'/, "input.0.type"],
       [{ tools: [{ type: "web_search" }] }, /tools of type 'web_search'/, "tools.0.type"],
@@ -134,8 +135,49 @@ describe("errors", () => {
       expect(r.json.error.message).toMatch(message);
       expect(r.json.error.param).toBe(param);
     }
-    const e = await openai.responses.create({ model, input: "Hi", previous_response_id: "resp_x" }).catch((error) => error);
+    const e = await openai.responses.create({ model, input: "Hi", include: ["reasoning.encrypted_content"] }).catch((error) => error);
     expect(e).toBeInstanceOf(OpenAI.BadRequestError);
     expect((await openai.responses.create({ model, input: "Hi", max_output_tokens: 1 })).usage!.output_tokens).toBe(1);
+  });
+});
+
+describe("previous_response_id", () => {
+  test("a stored response is continued (its conversation, not its instructions); unknown or unstored ids are a 404", async () => {
+    const first = await openai.responses.create({ model, instructions: "Be brief.", input: "My name is Ada.", max_output_tokens: 4, temperature: 0 });
+    expect(first).toMatchObject({ store: true });
+    const next = await openai.responses.create({ model, previous_response_id: first.id, input: "What is my name?", max_output_tokens: 4, temperature: 0 });
+    expect(next.previous_response_id).toBe(first.id);
+    // The same conversation sent whole gives the same prompt and the same greedy answer.
+    const whole = await openai.responses.create({
+      model,
+      input: [{ role: "user", content: "My name is Ada." }, { role: "assistant", content: first.output_text }, { role: "user", content: "What is my name?" }],
+      max_output_tokens: 4,
+      temperature: 0,
+    });
+    expect(next.usage!.input_tokens).toBe(whole.usage!.input_tokens);
+    expect(next.output_text).toBe(whole.output_text);
+    // A streamed response is stored too, and a chain goes on.
+    const stream = openai.responses.stream({ model, previous_response_id: next.id, input: "And again?", max_output_tokens: 2 });
+    const third = await stream.finalResponse();
+    const fourth = await openai.responses.create({ model, previous_response_id: third.id, input: "Thanks", max_output_tokens: 1 });
+    expect(fourth.usage!.input_tokens).toBeGreaterThan(next.usage!.input_tokens + 8);
+
+    const unstored = await openai.responses.create({ model, input: "Hi", store: false, max_output_tokens: 1 });
+    for (const id of ["resp_unknown", unstored.id]) {
+      const r = await post(`${server.url}/v1/responses`, { model, previous_response_id: id, input: "Hi" });
+      expect(r.status).toBe(404);
+      expect(r.json.error.param).toBe("previous_response_id");
+      expect(r.json.error.message).toContain(`no stored response '${id}'`);
+    }
+  });
+
+  test("the store keeps at most its bound, each entry for its time to live", async () => {
+    const store = new ResponseStore(2, 50);
+    for (const id of ["a", "b", "c"]) store.set(id, [{ role: "user", content: id }]);
+    expect(store.get("a")).toBeUndefined();
+    expect(store.get("c")).toEqual([{ role: "user", content: "c" }]);
+    await Bun.sleep(60);
+    expect(store.get("b")).toBeUndefined();
+    expect(store.get("c")).toBeUndefined();
   });
 });

@@ -1,16 +1,19 @@
-// The OpenAI Responses API (/v1/responses), stateless: the request's input items and
-// instructions reduced to a conversation, its function tools and text format; and the builders
-// of output items and usage. Nothing is stored, so `previous_response_id` and `store: true` are
-// refused rather than ignored.
+// The OpenAI Responses API (/v1/responses): the request's input items reduced to conversation
+// messages (the instructions apart: they are not carried on to a follow-up response), its
+// function tools and text format; and the builders of output items and usage.
 import type { ConversationMessage, ToolCall, ToolChoice, ToolRequest, ToolSpec } from "../engine/tools";
-import type { FormatInput, PromptInput, SamplingInput } from "./common";
+import type { FormatInput, SamplingInput } from "./common";
 import { MAX_TOOLS, callArguments, toolResultName, toolSpec } from "./tools";
 import { Fields, ValidationError, unsupported } from "./validate";
 
 export interface ResponsesRequest {
   model?: string;
-  prompt: Extract<PromptInput, { kind: "chat" }>;
+  /** The input items as messages, without the instructions. */
+  input: ConversationMessage[];
   instructions: string | null;
+  /** Whether to keep the conversation so a later request can continue it. */
+  store: boolean;
+  previousResponseId?: string;
   stream: boolean;
   maxTokens?: number;
   sampling: SamplingInput;
@@ -18,16 +21,14 @@ export interface ResponsesRequest {
   tools?: ToolRequest;
 }
 
-const KNOWN = new Set(["model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls", "text", "max_output_tokens", "temperature", "top_p", "stream", "store", "metadata", "user"]);
+const KNOWN = new Set(["model", "input", "instructions", "previous_response_id", "tools", "tool_choice", "parallel_tool_calls", "text", "max_output_tokens", "temperature", "top_p", "stream", "store", "metadata", "user"]);
 const ROLES = new Set(["user", "assistant", "system", "developer"]);
 
 export function parseResponsesRequest(body: unknown): ResponsesRequest {
   const f = Fields.of(body);
   for (const key of Object.keys(f.body)) if (!KNOWN.has(key) && f.body[key] !== undefined && f.body[key] !== null) throw unsupported(key);
-  if (f.boolean("store")) throw unsupported("store", "'store: true' (responses are not kept: send the whole conversation as 'input')");
   f.object("metadata");
-  const instructions = f.string("instructions") ?? null;
-  const messages: ConversationMessage[] = instructions ? [{ role: "system", content: instructions }] : [];
+  const messages: ConversationMessage[] = [];
   const input = f.raw("input");
   if (typeof input === "string") {
     if (!input) f.fail("input", "must not be empty");
@@ -37,8 +38,11 @@ export function parseResponsesRequest(body: unknown): ResponsesRequest {
   }
   return {
     model: f.string("model", { nonEmpty: true }),
-    prompt: { kind: "chat", messages },
-    instructions,
+    input: messages,
+    instructions: f.string("instructions") ?? null,
+    // OpenAI's default is to store; a client that says nothing gets a response it can continue.
+    store: f.boolean("store") ?? true,
+    previousResponseId: f.string("previous_response_id", { nonEmpty: true }),
     stream: f.boolean("stream") ?? false,
     maxTokens: f.integer("max_output_tokens", { min: 1 }),
     sampling: { temperature: f.number("temperature", { min: 0, max: 2 }), topP: f.number("top_p", { above: 0, max: 1 }) },

@@ -1,30 +1,45 @@
 // The OpenAI Responses API: /v1/responses, whole or streamed as its typed events (each with a
 // sequence number): the response created, each output item added (a message whose text comes as
 // output_text deltas, or a function call whose arguments come as one delta), then completed.
+// A stored response's conversation can be continued with `previous_response_id`.
 import { Hono, type Context } from "hono";
 import { functionCallItem, messageItem, outputText, parseResponsesRequest, responseId, responsesUsage, type ResponsesRequest } from "../../api/responses";
 import { readJson } from "../../api/validate";
 import type { GenerationUsage } from "../../engine/scheduler";
-import { ToolCallStream, type ToolCall } from "../../engine/tools";
-import { errorBody } from "../errors";
+import { ToolCallStream, type ConversationMessage, type ToolCall } from "../../engine/tools";
+import { ApiError, errorBody } from "../errors";
+import { ResponseStore } from "../response-store";
 import { httpRequestBounds, requestedModel, startGeneration, type Generation } from "../generation";
 import { collectGeneration, eventStreamHeaders, generationStream, namedEvent, type Send } from "../respond";
 import type { ServerState } from "../state";
 import { unixSeconds } from "../../api/openai";
 
+/** Stored conversations: how many, and for how long. */
+const STORED_RESPONSES = 1000;
+const STORED_FOR_MS = 60 * 60_000;
+
+/** Keeps the conversation a response ended (when its request asked to store it). */
+type Keep = (content: string, calls: ToolCall[]) => void;
+
 export function responsesRoutes(s: ServerState): Hono {
   const r = new Hono();
-  r.post("/v1/responses", (c) => respond(s, c));
+  const stored = new ResponseStore(STORED_RESPONSES, STORED_FOR_MS);
+  r.post("/v1/responses", (c) => respond(s, c, stored));
   return r;
 }
 
-async function respond(s: ServerState, c: Context): Promise<Response> {
+async function respond(s: ServerState, c: Context, stored: ResponseStore): Promise<Response> {
   const req = parseResponsesRequest(await readJson(c.req));
   const model = requestedModel(s.config, req.model);
+  const previous = req.previousResponseId;
+  const history = previous === undefined ? [] : stored.get(previous);
+  if (!history) throw new ApiError(404, `no stored response '${previous}' (unknown, expired, or created with store: false)`, "invalid_request_error", "previous_response_id", "response_not_found");
+  const conversation = [...history, ...req.input];
+  const messages: ConversationMessage[] = req.instructions ? [{ role: "system", content: req.instructions }, ...conversation] : conversation;
   const gen = await startGeneration(s, {
     ...httpRequestBounds(s.config, c.req),
     model,
-    prompt: req.prompt,
+    prompt: { kind: "chat", messages },
     sampling: req.sampling,
     defaults: { temperature: 1, topP: 1 },
     maxTokens: req.maxTokens,
@@ -33,7 +48,10 @@ async function respond(s: ServerState, c: Context): Promise<Response> {
     tools: req.tools,
   });
   const base = responseBase(req, model);
-  return req.stream ? streamed(s, gen, base) : whole(gen, base);
+  const keep: Keep = (content, calls) => {
+    if (req.store) stored.set(base.id, [...conversation, { role: "assistant", content, ...(calls.length > 0 ? { toolCalls: calls } : {}) }]);
+  };
+  return req.stream ? streamed(s, gen, base, keep) : whole(gen, base, keep);
 }
 
 type Base = ReturnType<typeof responseBase>;
@@ -46,6 +64,8 @@ function responseBase(req: ResponsesRequest, model: string) {
     created_at: unixSeconds(),
     model,
     instructions: req.instructions,
+    previous_response_id: req.previousResponseId ?? null,
+    store: req.store,
     error: null,
     metadata: {},
     parallel_tool_calls: req.tools?.parallel ?? true,
@@ -73,14 +93,15 @@ function outputItems(content: string, calls: ToolCall[], messageId: string) {
   return [...(content || calls.length === 0 ? [messageItem(messageId, content, "completed")] : []), ...calls.map((call) => functionCallItem(call, "completed"))];
 }
 
-async function whole(gen: Generation, base: Base): Promise<Response> {
+async function whole(gen: Generation, base: Base, keep: Keep): Promise<Response> {
   const result = await collectGeneration(gen);
   if (!result) return new Response(null, { status: 499 }); // the client is gone
   const { content, calls } = gen.toolFormat ? gen.toolFormat.parse(result.text) : { content: result.text, calls: [] };
+  keep(content, calls);
   return Response.json(finished(base, outputItems(content, calls, responseId("msg")), result.done.finishReason, result.done.usage));
 }
 
-function streamed(s: ServerState, gen: Generation, base: Base): Response {
+function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep): Response {
   const toolCalls = gen.toolFormat && new ToolCallStream(gen.toolFormat);
   const messageId = responseId("msg");
   let sequence = 0;
@@ -126,6 +147,7 @@ function streamed(s: ServerState, gen: Generation, base: Base): Response {
           emit(send, { type: "response.output_item.done", output_index, item });
           output.push(item);
         }
+        keep(text, calls);
         const response = finished(base, output.length > 0 ? output : outputItems("", [], messageId), e.finishReason, e.usage);
         emit(send, { type: e.finishReason === "length" ? "response.incomplete" : "response.completed", response });
       },
