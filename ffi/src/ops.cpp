@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "common.h"
+#include "kernels/attention.h"
 
 using namespace shim;
 
@@ -270,9 +271,9 @@ int mlxs_rope(mlxs_array** out, const mlxs_array* x, int dims, int traditional, 
 int mlxs_sdpa(mlxs_array** out, const mlxs_array* q, const mlxs_array* k, const mlxs_array* v,
               float scale, const char* mask_mode, const mlxs_array* mask, const mlxs_array* sinks) {
   return guard([&] {
-    return put(out, mx::fast::scaled_dot_product_attention(ref(q), ref(k), ref(v), scale,
-                                                           mask_mode ? mask_mode : "", opt(mask),
-                                                           opt(sinks)));
+    return put(out, kernels::scaled_dot_product_attention(ref(q), ref(k), ref(v), scale,
+                                                          mask_mode ? mask_mode : "", opt(mask),
+                                                          opt(sinks)));
   });
 }
 
