@@ -2,7 +2,7 @@
 // in place through their strides (the KV cache hands over views of a larger buffer), so a
 // decode step copies nothing; the work is split over our pool by key/value head, query rows
 // and, when that leaves threads idle (decode), by ranges of keys merged afterwards.
-#include "attention.h"
+#include "kernels.h"
 
 #include <algorithm>
 #include <cmath>
@@ -10,7 +10,6 @@
 #include <vector>
 
 #include "attention_kernel.h"
-#include "enabled.h"
 #include "isa.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/primitives.h"
@@ -19,7 +18,6 @@
 namespace kernels {
 namespace {
 
-namespace mx = mlx::core;
 
 AttendTile tile_for(Isa isa) {
   switch (isa) {

@@ -1,6 +1,5 @@
 #include "thread_pool.h"
 
-#include <atomic>
 #include <condition_variable>
 #include <cstdlib>
 #include <mutex>
@@ -30,6 +29,9 @@ int threads_from_environment() {
 // Set on every thread while it runs a task, so a nested parallel_for runs inline.
 thread_local bool in_task = false;
 
+// A job is claimed task by task under the pool's mutex, and the caller returns as soon as every
+// task is done: a worker the OS has not scheduled yet (the machine is busy) finds the job
+// finished when it wakes and goes back to sleep, rather than holding up the caller.
 class Pool {
  public:
   explicit Pool(int threads) : size_(threads) {
@@ -49,15 +51,16 @@ class Pool {
       std::lock_guard<std::mutex> lock(mutex_);
       fn_ = &fn;
       n_tasks_ = n_tasks;
-      next_.store(0, std::memory_order_relaxed);
-      busy_workers_ = static_cast<int>(workers_.size());
+      next_ = 0;
+      done_tasks_ = 0;
       ++generation_;
     }
     wake_.notify_all();
-    take_tasks(0);
+    take_tasks(0, generation_);
     std::unique_lock<std::mutex> lock(mutex_);
-    done_.wait(lock, [this] { return busy_workers_ == 0; });
+    done_.wait(lock, [this] { return done_tasks_ == n_tasks_; });
     fn_ = nullptr;
+    n_tasks_ = next_ = done_tasks_ = 0;
   }
 
  private:
@@ -68,9 +71,18 @@ class Pool {
     in_task = outer;
   }
 
-  void take_tasks(int thread) {
+  // Runs tasks of job `generation` until none is left to claim.
+  void take_tasks(int thread, unsigned long generation) {
     in_task = true;
-    for (int t = next_.fetch_add(1); t < n_tasks_; t = next_.fetch_add(1)) (*fn_)(t, thread);
+    std::unique_lock<std::mutex> lock(mutex_);
+    while (generation_ == generation && next_ < n_tasks_) {
+      const int task = next_++;
+      const auto* fn = fn_;
+      lock.unlock();
+      (*fn)(task, thread);
+      lock.lock();
+      if (++done_tasks_ == n_tasks_) done_.notify_one();
+    }
     in_task = false;
   }
 
@@ -82,22 +94,20 @@ class Pool {
         wake_.wait(lock, [&] { return generation_ != seen; });
         seen = generation_;
       }
-      take_tasks(thread);
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (--busy_workers_ == 0) done_.notify_one();
+      take_tasks(thread, seen);
     }
   }
 
   const int size_;
   std::vector<std::thread> workers_;
   std::mutex job_mutex_;  // one job at a time
-  std::mutex mutex_;      // guards the job's fields and the counters below
+  std::mutex mutex_;      // guards the job's fields below
   std::condition_variable wake_;
   std::condition_variable done_;
   const std::function<void(int, int)>* fn_ = nullptr;
   int n_tasks_ = 0;
-  std::atomic<int> next_{0};
-  int busy_workers_ = 0;
+  int next_ = 0;
+  int done_tasks_ = 0;
   unsigned long generation_ = 0;
 };
 

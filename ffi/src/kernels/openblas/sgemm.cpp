@@ -13,7 +13,7 @@
 #include <mutex>
 
 #include "cblas.h"  // scipy-openblas32's header: scipy_cblas_sgemm, scipy_openblas_set_num_threads
-#include "../enabled.h"
+#include "../kernels.h"
 #include "../thread_pool.h"
 
 namespace {
