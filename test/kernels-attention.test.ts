@@ -33,8 +33,9 @@ function inputs(c: Case) {
   return { q, k, v, mask, scale: c.dim ** -0.5 };
 }
 
-function compare(c: Case, tolerance = 2e-5) {
-  mx.scope(() => {
+/** Our kernel against MLX's op on the same inputs; returns the relative error. */
+function compare(c: Case, tolerance = 2e-5): number {
+  return mx.scope(() => {
     const { q, k, v, mask, scale } = inputs(c);
     const ours = mx.fast.scaledDotProductAttention(q, k, v, scale, mask);
     // MLX's reference in fp32 (its half-precision CPU path rounds intermediate results).
@@ -42,7 +43,9 @@ function compare(c: Case, tolerance = 2e-5) {
     const reference = withMlxKernels(() => mx.fast.scaledDotProductAttention(f32(q), f32(k), f32(v), scale, mask));
     expect(ours.shape).toEqual(reference.shape);
     expect(ours.dtype).toBe(q.dtype);
-    expect(relativeError(ours, reference)).toBeLessThan(tolerance);
+    const error = relativeError(ours, reference);
+    expect(error).toBeLessThan(tolerance);
+    return error;
   });
 }
 
@@ -50,7 +53,9 @@ describe("attention kernel", () => {
   mx.random.seed(7);
 
   test("decode: one query row over caches of 1 to 2,000 keys, grouped-query heads", () => {
-    for (const keys of [1, 7, 64, 300, 2000]) compare({ qHeads: 9, kvHeads: 3, queries: 1, keys, dim: 64 });
+    for (const keys of [1, 7, 64, 300]) compare({ qHeads: 9, kvHeads: 3, queries: 1, keys, dim: 64 });
+    // Computed by our kernel, not MLX's op: the rounding differs somewhere in 2,000 keys.
+    expect(compare({ qHeads: 9, kvHeads: 3, queries: 1, keys: 2000, dim: 64 })).toBeGreaterThan(0);
     compare({ qHeads: 4, kvHeads: 4, queries: 1, keys: 513, dim: 128 });
   });
 
