@@ -252,7 +252,7 @@ int mlxs_dequantize(mlxs_array** out, const mlxs_array* w, const mlxs_array* sca
 }
 
 int mlxs_rms_norm(mlxs_array** out, const mlxs_array* x, const mlxs_array* weight, float eps) {
-  return guard([&] { return put(out, mx::fast::rms_norm(ref(x), opt(weight), eps)); });
+  return guard([&] { return put(out, kernels::rms_norm(ref(x), opt(weight), eps)); });
 }
 
 int mlxs_layer_norm(mlxs_array** out, const mlxs_array* x, const mlxs_array* weight,
@@ -266,9 +266,9 @@ int mlxs_rope(mlxs_array** out, const mlxs_array* x, int dims, int traditional, 
     std::optional<float> b;
     if (freqs == nullptr) b = base;
     if (offset_array != nullptr) {
-      return put(out, mx::fast::rope(ref(x), dims, traditional != 0, b, scale, ref(offset_array), opt(freqs)));
+      return put(out, kernels::rope(ref(x), dims, traditional != 0, b, scale, ref(offset_array), opt(freqs)));
     }
-    return put(out, mx::fast::rope(ref(x), dims, traditional != 0, b, scale, offset, opt(freqs)));
+    return put(out, kernels::rope(ref(x), dims, traditional != 0, b, scale, offset, opt(freqs)));
   });
 }
 

@@ -5,6 +5,7 @@
 
 #include <optional>
 #include <string>
+#include <variant>
 
 #include "mlx/mlx.h"
 
@@ -33,5 +34,13 @@ mx::array quantized_matmul(const mx::array& x, const mx::array& w, const mx::arr
 mx::array scaled_dot_product_attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale,
                                        const std::string& mask_mode, const std::optional<mx::array>& mask,
                                        const std::optional<mx::array>& sinks);
+
+// mx::fast::rms_norm as one primitive (MLX's CPU backend evaluates it as a chain of ops).
+mx::array rms_norm(const mx::array& x, const std::optional<mx::array>& weight, float eps);
+
+// mx::fast::rope as one primitive, for [B, H, L, D] inputs; the offset is one number or one per
+// batch row.
+mx::array rope(const mx::array& x, int dims, bool traditional, std::optional<float> base, float scale,
+               const std::variant<int, mx::array>& offset, const std::optional<mx::array>& freqs);
 
 }  // namespace kernels
