@@ -281,6 +281,10 @@ int mlxs_sdpa(mlxs_array** out, const mlxs_array* q, const mlxs_array* k, const 
   });
 }
 
+int mlxs_silu_mul(mlxs_array** out, const mlxs_array* gate, const mlxs_array* up) {
+  return guard([&] { return put(out, kernels::silu_mul(ref(gate), ref(up))); });
+}
+
 int mlxs_random_seed(uint64_t seed) {
   return guard([&] {
     mx::random::seed(seed);

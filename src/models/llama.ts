@@ -53,7 +53,7 @@ export function mlp(w: Weights, prefix: string) {
   const gate = linear(w, `${prefix}.gate_proj`);
   const up = linear(w, `${prefix}.up_proj`);
   const down = linear(w, `${prefix}.down_proj`);
-  return (x: MxArray) => down(mx.multiply(mx.silu(gate(x)), up(x)));
+  return (x: MxArray) => down(mx.fast.siluMul(gate(x), up(x)));
 }
 
 export function block(w: Weights, prefix: string, c: ModelConfig, options: AttentionOptions = {}): Block {

@@ -43,4 +43,7 @@ mx::array rms_norm(const mx::array& x, const std::optional<mx::array>& weight, f
 mx::array rope(const mx::array& x, int dims, bool traditional, std::optional<float> base, float scale,
                const std::variant<int, mx::array>& offset, const std::optional<mx::array>& freqs);
 
+// silu(gate) * up as one primitive; MLX's ops (sigmoid, two multiplies) where it does not apply.
+mx::array silu_mul(const mx::array& gate, const mx::array& up);
+
 }  // namespace kernels

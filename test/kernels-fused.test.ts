@@ -1,5 +1,5 @@
-// Our RMSNorm and RoPE primitives (ffi/src/kernels/rms_norm.cpp, rope.cpp) against MLX's
-// mx.fast ops on the same inputs: odd sizes, strided inputs, every RoPE variant the models use.
+// Our RMSNorm, RoPE and SiLU·mul primitives (ffi/src/kernels/) against MLX's
+// ops on the same inputs: odd sizes, strided inputs, every RoPE variant the models use.
 import { describe, expect, test } from "bun:test";
 import * as mx from "../src/mlx";
 import { relativeError, withMlxKernels } from "./helpers/kernels";
@@ -83,5 +83,25 @@ describe("RoPE kernel", () => {
   test("bfloat16 input: rotated in fp32, returned in bfloat16", () => {
     const x = heads(1, 6, 4, 64, mx.Dtype.bfloat16);
     compare(() => mx.fast.rope(x(), { dims: 64, traditional: false, base: 10000, scale: 1, offset: 3 }), 2e-2);
+  });
+});
+
+describe("SiLU·mul kernel", () => {
+  mx.random.seed(8);
+
+  test("silu(gate) * up for one row and many, odd widths, bfloat16", () => {
+    for (const shape of [[1, 1, 1536], [1, 17, 1000], [3, 7]]) {
+      const [gate, up] = [normal(shape), normal(shape)];
+      compare(() => mx.fast.siluMul(gate, up), 1e-6);
+    }
+    const [gate, up] = [normal([2, 5, 256], mx.Dtype.bfloat16), normal([2, 5, 256], mx.Dtype.bfloat16)];
+    compare(() => mx.fast.siluMul(gate, up), 2e-2);
+  });
+
+  test("MLX's ops where ours do not apply: mixed dtypes, broadcasting", () => {
+    const gate = normal([4, 8]);
+    mx.scope(() => {
+      expect(mx.fast.siluMul(gate, normal([8], mx.Dtype.bfloat16)).shape).toEqual([4, 8]);
+    });
   });
 });
