@@ -3,11 +3,10 @@
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { ModelConfig, QuantConfig } from "./config";
-import { splitRows } from "./parallel";
 
 /** The weights of a model by their Hugging Face names, with a clear error for a missing one. */
 export class Weights {
-  /** Arrays made from the weights while building the model (row halves, transposes): freed with them. */
+  /** Arrays made from the weights while building the model (transposes): freed with them. */
   readonly derived: MxArray[] = [];
 
   constructor(
@@ -86,20 +85,16 @@ interface ProjectionWeights {
   bias?: MxArray;
 }
 
-/** x → x·Wᵀ (+ bias), quantized or plain, its output rows split across streams (see splitRows). */
+/** x → x·Wᵀ (+ bias), quantized or plain. On the CPU our kernels spread each product over the cores. */
 function projection(w: Weights, t: ProjectionWeights, quant: QuantConfig | undefined): Linear {
-  // Rows [start, end) of a weight: a view sharing its buffer.
-  const rows = (a: MxArray, start: number, end: number) => (start === 0 && end === a.shape[0] ? a : w.derive(() => mx.slice(a, [start], [end])));
-  return splitRows(t.weight.shape[0]!, (start, end) => {
-    const [weight, scales, biases, bias] = [t.weight, t.scales, t.biases, t.bias].map((a) => a && rows(a, start, end));
-    let matmul: Linear;
-    if (quant) matmul = (x) => mx.quantizedMatmul(x, weight!, scales!, biases, quant, true);
-    else {
-      const weightT = w.derive(() => mx.transpose(weight!));
-      matmul = (x) => mx.matmul(x, weightT);
-    }
-    return bias ? (x) => mx.add(matmul(x), bias) : matmul;
-  });
+  const { weight, scales, biases, bias } = t;
+  let matmul: Linear;
+  if (quant) matmul = (x) => mx.quantizedMatmul(x, weight, scales!, biases, quant, true);
+  else {
+    const weightT = w.derive(() => mx.transpose(weight));
+    matmul = (x) => mx.matmul(x, weightT);
+  }
+  return bias ? (x) => mx.add(matmul(x), bias) : matmul;
 }
 
 export function rmsNorm(w: Weights, prefix: string, eps: number): (x: MxArray) => MxArray {

@@ -15,13 +15,14 @@ struct QmmProblem {
   const void* scales;      // [N, K/group], of scale_type
   const void* biases;      // [N, K/group], of scale_type
   ScaleType scale_type;
+  const float* x_group_sums;  // [M, K/group] sums of x over each group (for M <= kDirectMaxRows)
   float* y;                // [M, N] outputs, fp32
   int M, N, K, bits, group;
 };
 
 // Above this many rows, a kernel dequantizes a panel of weight rows once into fp32 scratch and
 // multiplies every row of x against it; at or below, it dequantizes in registers per row tile.
-constexpr int kDirectMaxRows = 4;
+constexpr int kDirectMaxRows = 8;
 // The most weight rows a panel holds (the widest instruction set's), so the floats of scratch a
 // thread needs: kPanelMaxColumns · K. Column blocks given to tile functions are multiples of it.
 constexpr int kPanelMaxColumns = 32;

@@ -31,24 +31,35 @@ inline auto unpack(const uint8_t* row, int k) {
   else return Vec::q8(row + k);
 }
 
-// y[m0 .. m0+MR, n] for n in [n0, n1): weights dequantized in registers, each read once per tile.
+// y[0 .. MR, n] for n in [n0, n1), weights unpacked in registers and read once for all rows.
+// Per group it sums x·q and applies the scale once; the biases' share is bias · Σx over the group
+// (p.x_group_sums), so a weight costs one multiply-add per row.
 template <int Bits, ScaleType S, int MR>
-void direct_rows(const QmmProblem& p, int m0, int n0, int n1) {
+void direct_rows(const QmmProblem& p, int n0, int n1) {
   const int K = p.K, groups = K / p.group, row_bytes = K * Bits / 8;
-  const float* x = p.x + static_cast<long>(m0) * K;
   for (int n = n0; n < n1; ++n) {
     const uint8_t* row = p.w + static_cast<long>(n) * row_bytes;
     typename Vec::T acc[MR];
-    for (int r = 0; r < MR; ++r) acc[r] = Vec::zero();
+    float bias_share[MR];
+    for (int r = 0; r < MR; ++r) {
+      acc[r] = Vec::zero();
+      bias_share[r] = 0.0f;
+    }
     for (int g = 0; g < groups; ++g) {
-      const auto s = Vec::set1(scale_at<S>(p.scales, n * groups + g));
-      const auto b = Vec::set1(scale_at<S>(p.biases, n * groups + g));
+      typename Vec::T dot[MR];
+      for (int r = 0; r < MR; ++r) dot[r] = Vec::zero();
       for (int k = g * p.group, end = k + p.group; k < end; k += L) {
-        const auto wf = Vec::fma(unpack<Bits>(row, k), s, b);
-        for (int r = 0; r < MR; ++r) acc[r] = Vec::fma(wf, Vec::load(x + r * K + k), acc[r]);
+        const auto q = unpack<Bits>(row, k);
+        for (int r = 0; r < MR; ++r) dot[r] = Vec::fma(q, Vec::load(p.x + r * K + k), dot[r]);
+      }
+      const auto s = Vec::set1(scale_at<S>(p.scales, n * groups + g));
+      const float b = scale_at<S>(p.biases, n * groups + g);
+      for (int r = 0; r < MR; ++r) {
+        acc[r] = Vec::fma(dot[r], s, acc[r]);
+        bias_share[r] += b * p.x_group_sums[r * groups + g];
       }
     }
-    for (int r = 0; r < MR; ++r) p.y[static_cast<long>(m0 + r) * p.N + n] = Vec::sum(acc[r]);
+    for (int r = 0; r < MR; ++r) p.y[static_cast<long>(r) * p.N + n] = Vec::sum(acc[r]) + bias_share[r];
   }
 }
 
@@ -116,10 +127,14 @@ template <int Bits, ScaleType S>
 void tile(const QmmProblem& p, int n0, int n1, float* scratch) {
   if (p.M <= kDirectMaxRows) {
     switch (p.M) {
-      case 1: direct_rows<Bits, S, 1>(p, 0, n0, n1); break;
-      case 2: direct_rows<Bits, S, 2>(p, 0, n0, n1); break;
-      case 3: direct_rows<Bits, S, 3>(p, 0, n0, n1); break;
-      default: direct_rows<Bits, S, 4>(p, 0, n0, n1); break;
+      case 1: direct_rows<Bits, S, 1>(p, n0, n1); break;
+      case 2: direct_rows<Bits, S, 2>(p, n0, n1); break;
+      case 3: direct_rows<Bits, S, 3>(p, n0, n1); break;
+      case 4: direct_rows<Bits, S, 4>(p, n0, n1); break;
+      case 5: direct_rows<Bits, S, 5>(p, n0, n1); break;
+      case 6: direct_rows<Bits, S, 6>(p, n0, n1); break;
+      case 7: direct_rows<Bits, S, 7>(p, n0, n1); break;
+      default: direct_rows<Bits, S, 8>(p, n0, n1); break;
     }
     return;
   }
