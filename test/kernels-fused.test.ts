@@ -98,6 +98,13 @@ describe("SiLU·mul kernel", () => {
     compare(() => mx.fast.siluMul(gate, up), 2e-2);
   });
 
+  test("gate and up as the two halves of one fused projection's output (strided views)", () => {
+    const fused = normal([2, 3, 2 * 1536]);
+    const half = (start: number) => mx.slice(fused, [0, 0, start], [2, 3, start + 1536]);
+    compare(() => mx.fast.siluMul(half(0), half(1536)), 1e-6);
+    compare(() => mx.fast.siluMul(mx.transpose(half(1536), [1, 0, 2]), mx.transpose(half(0), [1, 0, 2])), 1e-6);
+  });
+
   test("MLX's ops where ours do not apply: mixed dtypes, broadcasting", () => {
     const gate = normal([4, 8]);
     mx.scope(() => {

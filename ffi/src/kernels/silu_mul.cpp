@@ -1,5 +1,6 @@
 // silu(gate) * up, the SwiGLU activation, as one primitive: MLX runs it as three ops (sigmoid
-// and two multiplies), each a graph node and a pass over the intermediate activations.
+// and two multiplies), each a graph node and a pass over the intermediate activations. The
+// inputs are read in place through their strides (e.g. two halves of a fused projection).
 #include <cmath>
 #include <memory>
 #include <vector>
@@ -12,16 +13,36 @@
 namespace kernels {
 namespace {
 
-// Elements per task: enough work to be worth waking a thread.
-constexpr size_t kPerTask = 1 << 15;
+// Rows per task: enough work to be worth waking a thread.
+constexpr int kRowsPerTask = 16;
+
+// Where row r (over all dimensions but the last) starts in a, in elements: gate and up are
+// often column slices of one fused projection, so rows are read through the strides.
+int64_t row_start(const mx::array& a, int64_t r) {
+  int64_t at = 0;
+  for (int d = static_cast<int>(a.ndim()) - 2; d >= 0; --d) {
+    at += (r % a.shape(d)) * a.strides()[d];
+    r /= a.shape(d);
+  }
+  return at;
+}
 
 template <typename T>
-void activate(const T* gate, const T* up, T* out, size_t n) {
-  parallel_for(static_cast<int>((n + kPerTask - 1) / kPerTask), [&](int task, int) {
-    const size_t end = std::min(n, (task + 1) * kPerTask);
-    for (size_t i = task * kPerTask; i < end; ++i) {
-      const float g = static_cast<float>(gate[i]);
-      out[i] = static_cast<T>(g / (1.0f + std::exp(-g)) * static_cast<float>(up[i]));
+void activate(const mx::array& gate, const mx::array& up, mx::array& out) {
+  const int width = out.shape(-1);
+  const int rows = static_cast<int>(out.size() / width);
+  const int64_t gate_step = gate.strides().back(), up_step = up.strides().back();
+  const T *g = gate.data<T>(), *u = up.data<T>();
+  T* o = out.data<T>();
+  parallel_for((rows + kRowsPerTask - 1) / kRowsPerTask, [&](int task, int) {
+    for (int r = task * kRowsPerTask; r < std::min(rows, (task + 1) * kRowsPerTask); ++r) {
+      const T* gr = g + row_start(gate, r);
+      const T* ur = u + row_start(up, r);
+      T* orow = o + size_t(r) * width;
+      for (int i = 0; i < width; ++i) {
+        const float x = static_cast<float>(gr[i * gate_step]);
+        orow[i] = static_cast<T>(x / (1.0f + std::exp(-x)) * static_cast<float>(ur[i * up_step]));
+      }
     }
   });
 }
@@ -36,9 +57,9 @@ class SiluMul : public mx::UnaryPrimitive {
     for (const auto& in : inputs) encoder.set_input_array(in);
     encoder.set_output_array(out);
     encoder.dispatch([gate = inputs[0], up = inputs[1], out = out]() mutable {
-      if (out.dtype() == mx::float16) activate(gate.data<mx::float16_t>(), up.data<mx::float16_t>(), out.data<mx::float16_t>(), out.size());
-      else if (out.dtype() == mx::bfloat16) activate(gate.data<mx::bfloat16_t>(), up.data<mx::bfloat16_t>(), out.data<mx::bfloat16_t>(), out.size());
-      else activate(gate.data<float>(), up.data<float>(), out.data<float>(), out.size());
+      if (out.dtype() == mx::float16) activate<mx::float16_t>(gate, up, out);
+      else if (out.dtype() == mx::bfloat16) activate<mx::bfloat16_t>(gate, up, out);
+      else activate<float>(gate, up, out);
     });
   }
 
@@ -61,7 +82,7 @@ mx::array silu_mul(const mx::array& gate, const mx::array& up) {
   const bool supported = (t == mx::float32 || t == mx::float16 || t == mx::bfloat16) && up.dtype() == t &&
                          up.shape() == gate.shape() && gate.size() > 0;
   if (!enabled_on(stream) || !supported) return mx::multiply(mx::multiply(gate, mx::sigmoid(gate)), up);
-  return mx::array(gate.shape(), t, std::make_shared<SiluMul>(stream), {mx::contiguous(gate), mx::contiguous(up)});
+  return mx::array(gate.shape(), t, std::make_shared<SiluMul>(stream), {gate, up});
 }
 
 }  // namespace kernels
