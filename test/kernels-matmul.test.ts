@@ -1,6 +1,7 @@
 // MLX's float32 matmul answered by OpenBLAS through our cblas_sgemm (ffi/src/kernels/openblas/),
 // split over our pool: against a float64 product and against MLX's bundled BLAS, for one row,
-// odd sizes, transposed operands, batches, and products big enough to be split.
+// odd sizes, transposed operands, batches, and products big enough to be split. Half-precision
+// weights: converted block by block and multiplied in fp32.
 import { describe, expect, test } from "bun:test";
 import * as mx from "../src/mlx";
 import { relativeError, withMlxKernels } from "./helpers/kernels";
@@ -46,5 +47,41 @@ describe("float32 matmul through OpenBLAS", () => {
   test("batched and broadcast products", () => {
     check(normal([4, 3, 17, 64]), normal([4, 3, 64, 129]));
     check(normal([2, 9, 5, 64]), normal([64, 40]));
+  });
+});
+
+describe("bfloat16 and float16 weights", () => {
+  mx.random.seed(12);
+
+  test("x · Wᵀ for a transposed half-precision weight: closer to the exact product than MLX's own kernel", () => {
+    for (const dtype of [mx.Dtype.bfloat16, mx.Dtype.float16]) {
+      for (const rows of [1, 3, 17, 130]) {
+        mx.scope(() => {
+          const x = mx.astype(mx.random.normal([1, rows, 576]), dtype);
+          const weightT = mx.transpose(mx.astype(mx.random.normal([1000, 576]), dtype));
+          mx.evaluate(x, weightT);
+          const ours = mx.matmul(x, weightT);
+          const theirs = withMlxKernels(() => mx.matmul(x, weightT));
+          const exact = mx.astype(mx.matmul(f64(x), f64(weightT)), dtype);
+          expect(ours.shape).toEqual([1, rows, 1000]);
+          expect(ours.dtype).toBe(dtype);
+          const error = relativeError(ours, exact);
+          expect(error).toBeLessThan(dtype === mx.Dtype.bfloat16 ? 1e-2 : 2e-3);
+          // MLX's bfloat16 kernel sums in bfloat16 over several rows; elsewhere it matches fp32 sums.
+          if (dtype === mx.Dtype.bfloat16 && rows >= 17) expect(error).toBeLessThan(relativeError(theirs, exact));
+          else expect(error).toBeLessThanOrEqual(relativeError(theirs, exact));
+        });
+      }
+    }
+  });
+
+  test("float32 activations with a bfloat16 weight give float32, as MLX's type promotion does", () => {
+    mx.scope(() => {
+      const x = mx.random.normal([5, 64]);
+      const w = mx.astype(mx.random.normal([64, 33]), mx.Dtype.bfloat16);
+      const ours = mx.matmul(x, w);
+      expect(ours.dtype).toBe(mx.Dtype.float32);
+      expect(relativeError(ours, f32(mx.matmul(f64(x), f64(w))))).toBeLessThan(1e-5);
+    });
   });
 });

@@ -54,7 +54,7 @@ mx::array binary(int op, const mx::array& a, const mx::array& b) {
     case MLXS_LOGICAL_OR: return mx::logical_or(a, b);
     case MLXS_REMAINDER: return mx::remainder(a, b);
     case MLXS_FLOOR_DIVIDE: return mx::floor_divide(a, b);
-    case MLXS_MATMUL: return mx::matmul(a, b);
+    case MLXS_MATMUL: return kernels::matmul(a, b);
   }
   throw std::invalid_argument("unknown binary op " + std::to_string(op));
 }

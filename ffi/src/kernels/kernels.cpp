@@ -26,6 +26,10 @@ bool enabled() { return on.load(); }
 
 bool enabled_on(const mx::Stream& stream) { return enabled() && stream.device == mx::Device::cpu; }
 
+#if !defined(KERNELS_HAVE_OPENBLAS)
+mx::array matmul(const mx::array& a, const mx::array& b) { return mx::matmul(a, b); }
+#endif
+
 const char* describe() {
   static const std::string text = std::string(isa_name(best_isa())) + ", " + std::to_string(thread_count()) + " threads";
   return text.c_str();

@@ -46,4 +46,8 @@ mx::array rope(const mx::array& x, int dims, bool traditional, std::optional<flo
 // silu(gate) * up as one primitive; MLX's ops (sigmoid, two multiplies) where it does not apply.
 mx::array silu_mul(const mx::array& gate, const mx::array& up);
 
+// mx::matmul; with bfloat16/float16 operands on the CPU, converted to fp32 block by block and
+// multiplied by OpenBLAS (openblas/half_matmul.cpp) when it is built in.
+mx::array matmul(const mx::array& a, const mx::array& b);
+
 }  // namespace kernels
