@@ -12,9 +12,9 @@
 #include <algorithm>
 #include <mutex>
 
-#include "cblas.h"  // scipy-openblas32's header: scipy_cblas_sgemm, scipy_openblas_set_num_threads
 #include "../kernels.h"
 #include "../thread_pool.h"
+#include "openblas.h"
 
 namespace {
 
@@ -37,6 +37,24 @@ constexpr double kMinSplitWork = 1 << 18;
 
 }  // namespace
 
+namespace kernels {
+
+// A single row (a decode step) goes to sgemv: sgemm would pack all of B first, a copy as large
+// as the product's whole work.
+void openblas_sgemm(CBLAS_TRANSPOSE trans_a, CBLAS_TRANSPOSE trans_b, blasint m, blasint n, blasint k, float alpha,
+                    const float* a, blasint lda, const float* b, blasint ldb, float beta, float* c, blasint ldc) {
+  if (m == 1) {
+    // c[n] = op(B)ᵀ-wise: with B [k, n] (no transpose) c = Bᵀ a; with B stored [n, k], c = B a.
+    const blasint a_step = trans_a == CblasNoTrans ? 1 : lda;
+    if (trans_b == CblasNoTrans) scipy_cblas_sgemv(CblasRowMajor, CblasTrans, k, n, alpha, b, ldb, a, a_step, beta, c, 1);
+    else scipy_cblas_sgemv(CblasRowMajor, CblasNoTrans, n, k, alpha, b, ldb, a, a_step, beta, c, 1);
+    return;
+  }
+  scipy_cblas_sgemm(CblasRowMajor, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+}  // namespace kernels
+
 extern "C" __attribute__((visibility("default"))) void cblas_sgemm(
     CBLAS_ORDER order, CBLAS_TRANSPOSE trans_a, CBLAS_TRANSPOSE trans_b, blasint m, blasint n,
     blasint k, float alpha, const float* a, blasint lda, const float* b, blasint ldb, float beta,
@@ -47,8 +65,12 @@ extern "C" __attribute__((visibility("default"))) void cblas_sgemm(
   openblas_single_threaded();
   const int threads = kernels::thread_count();
   const double work = double(m) * n * k;
-  if (order != CblasRowMajor || threads == 1 || work < kMinSplitWork) {
+  if (order != CblasRowMajor) {
     scipy_cblas_sgemm(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
+  if (threads == 1 || work < kMinSplitWork) {
+    kernels::openblas_sgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     return;
   }
   // Split C (row-major, m x n) into blocks of whole rows or whole columns, whichever dimension
@@ -62,12 +84,11 @@ extern "C" __attribute__((visibility("default"))) void cblas_sgemm(
     const blasint count = std::min(step, extent - start);
     if (by_rows) {
       const float* a_part = trans_a == CblasNoTrans ? a + size_t(start) * lda : a + start;
-      scipy_cblas_sgemm(order, trans_a, trans_b, count, n, k, alpha, a_part, lda, b, ldb, beta,
-                        c + size_t(start) * ldc, ldc);
+      kernels::openblas_sgemm(trans_a, trans_b, count, n, k, alpha, a_part, lda, b, ldb, beta,
+                              c + size_t(start) * ldc, ldc);
     } else {
       const float* b_part = trans_b == CblasNoTrans ? b + start : b + size_t(start) * ldb;
-      scipy_cblas_sgemm(order, trans_a, trans_b, m, count, k, alpha, a, lda, b_part, ldb, beta,
-                        c + start, ldc);
+      kernels::openblas_sgemm(trans_a, trans_b, m, count, k, alpha, a, lda, b_part, ldb, beta, c + start, ldc);
     }
   });
 }
