@@ -55,7 +55,8 @@ if [ ! -f build/ffi/CMakeCache.txt ]; then
 fi
 cmake --build build/ffi --parallel >&2
 lib=libmlx_shim.so; [ "$os" = Darwin ] && lib=libmlx_shim.dylib
-cp -f "build/ffi/$lib" ".mlx/$lib"
+# Replaced by a rename, so a running mlx keeps the copy it has mapped.
+cp -f "build/ffi/$lib" ".mlx/$lib.new" && mv -f ".mlx/$lib.new" ".mlx/$lib"
 
 # 4. The executable. It finds the shim in ../.mlx/ (or next to itself, or $MLX_SHIM_PATH).
 mkdir -p dist
