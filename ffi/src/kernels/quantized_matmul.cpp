@@ -157,7 +157,8 @@ bool enabled = enabled_from_environment();
 }  // namespace
 
 const char* describe() {
-  static const std::string text = std::string(isa_name(best_isa())) + ", " + std::to_string(thread_count()) + " threads";
+  static const std::string text = std::string(isa_name(best_isa())) + ", " + std::to_string(thread_count()) +
+                                 (thread_count() == 1 ? " thread" : " threads");
   return text.c_str();
 }
 
