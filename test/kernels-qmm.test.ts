@@ -46,6 +46,17 @@ describe("quantized matmul kernel", () => {
     expect(mx.cpuKernels()).toMatch(/^(portable|avx2|avx512|neon), \d+ threads?$/);
   });
 
+  test("MLX_KERNELS, MLX_CPU_THREADS and MLX_CPU_ISA set it up at start", () => {
+    const probe = (env: Record<string, string>) => {
+      const script = `import * as mx from "./src/mlx"; console.log(mx.useCpuKernels(true), mx.cpuKernels());`;
+      const child = Bun.spawnSync([process.execPath, "-e", script], { env: { ...process.env, ...env }, stderr: "pipe" });
+      expect(child.exitCode).toBe(0);
+      return child.stdout.toString().trim();
+    };
+    expect(probe({ MLX_KERNELS: "mlx", MLX_CPU_THREADS: "3", MLX_CPU_ISA: "portable" })).toBe("false portable, 3 threads");
+    expect(probe({ MLX_CPU_THREADS: "1" })).toMatch(/^true \w+, 1 thread$/);
+  });
+
   for (const layout of layouts) {
     test(`fp32 activations, ${layout.bits}-bit, group ${layout.groupSize}: equal to MLX's op for odd shapes and M = 1, 3, 17, 512`, () => {
       mx.scope(() => {

@@ -22,6 +22,22 @@ export class Weights {
     return t;
   }
 
+  /**
+   * The row-wise concatenation of the weights `names`, kept under `as` in their place: the
+   * parts are freed and leave the map, so the weights are held once.
+   */
+  fuse(names: string[], as: string): MxArray {
+    const parts = names.map((n) => this.get(n));
+    const fused = mx.keep(mx.scope(() => mx.concatenate(parts, 0)));
+    mx.evaluate(fused);
+    for (const [i, name] of names.entries()) {
+      this.tensors.delete(name);
+      parts[i]!.free();
+    }
+    this.tensors.set(as, fused);
+    return fused;
+  }
+
   has(name: string): boolean {
     return this.tensors.has(name);
   }
@@ -56,6 +72,38 @@ export function linear(w: Weights, prefix: string): Linear {
     { weight: w.get(`${prefix}.weight`), scales: w.optional(`${prefix}.scales`), biases: w.optional(`${prefix}.biases`), bias: w.optional(`${prefix}.bias`) },
     w.quantFor(prefix),
   );
+}
+
+/**
+ * Projections of the same input (queries/keys/values, gate/up) as one product: their weights
+ * are concatenated by rows at load, so a forward pass runs one matmul (one pass over the
+ * cores, one op) instead of several; the outputs are split back as views of its last axis.
+ * Each output row is computed exactly as before. Layers that differ in their quantization or
+ * bias stay separate.
+ */
+export function fusedLinear(w: Weights, prefixes: string[]): (x: MxArray) => MxArray[] {
+  const quants = prefixes.map((p) => w.quantFor(p));
+  const suffixes = ["weight", "scales", "biases", "bias"];
+  const parts = suffixes.map((suffix) => prefixes.map((p) => w.optional(`${p}.${suffix}`)));
+  const same = <T>(values: T[], key: (v: T) => unknown) => values.every((v) => key(v) === key(values[0]!));
+  const fusable =
+    same(quants, (q) => (q ? `${q.bits}/${q.groupSize}/${q.mode ?? "affine"}` : "none")) &&
+    parts.every((tensors) => same(tensors, (t) => (t ? `${t.dtype}/${t.shape.slice(1).join(",")}` : "none")));
+  if (!fusable) {
+    const separate = prefixes.map((p) => linear(w, p));
+    return (x) => separate.map((f) => f(x));
+  }
+  const [weight, scales, biases, bias] = suffixes.map((suffix, i) =>
+    parts[i]![0] ? w.fuse(prefixes.map((p) => `${p}.${suffix}`), `${prefixes.join("+")}.${suffix}`) : undefined,
+  );
+  let end = 0;
+  const bounds = parts[0]!.map((t) => [end, (end += t!.shape[0]!)] as const);
+  const project = projection(w, { weight: weight!, scales, biases, bias }, quants[0]);
+  return (x) => {
+    const y = project(x);
+    const lead = y.shape.slice(0, -1);
+    return bounds.map(([start, stop]) => mx.slice(y, [...lead.map(() => 0), start], [...lead, stop]));
+  };
 }
 
 export interface Embedding {

@@ -31,7 +31,8 @@ mx::array matmul(const mx::array& a, const mx::array& b) { return mx::matmul(a, 
 #endif
 
 const char* describe() {
-  static const std::string text = std::string(isa_name(best_isa())) + ", " + std::to_string(thread_count()) + " threads";
+  static const std::string text = std::string(isa_name(best_isa())) + ", " + std::to_string(thread_count()) +
+                                 (thread_count() == 1 ? " thread" : " threads");
   return text.c_str();
 }
 

@@ -27,7 +27,7 @@ inline float scale_at(const void* base, int i) {
 
 template <int Bits>
 inline auto unpack(const uint8_t* row, int k) {
-  if constexpr (Bits == 4) return Vec::q4(row + k / 2);
+  if constexpr (Bits == 4) return Vec::q4(row + (static_cast<unsigned>(k) >> 1));
   else return Vec::q8(row + k);
 }
 
