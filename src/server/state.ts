@@ -3,7 +3,7 @@ import type { ServerMetrics } from "./metrics";
 import type { ModelRegistry } from "./model-registry";
 
 export interface ServerConfig {
-  /** Every route but /health needs `Authorization: Bearer <apiKey>` when set. */
+  /** Every route but /health needs `Authorization: Bearer <apiKey>` (or `x-api-key`) when set. */
   apiKey?: string;
   /** Origins allowed by CORS (none: no CORS headers at all). */
   corsOrigins: string[];
