@@ -13,6 +13,8 @@ import { ModelRegistry } from "./models";
 import { ollamaRoutes } from "./routes/ollama";
 import { openaiRoutes } from "./routes/openai";
 import { memory, opsRoutes, queueFigures } from "./routes/ops";
+import { isPublicPage, webRoutes } from "./routes/web";
+import { InFlight } from "./inflight";
 import { Scheduler } from "../engine/scheduler";
 import { PrefixCache } from "../engine/prefix-cache";
 import { AdaptiveTuner } from "../engine/tuner";
@@ -41,7 +43,7 @@ export interface ServerOptions extends Partial<ServerConfig> {
 }
 
 /** Routes that are labelled by name in /metrics (anything else is "other"). */
-const KNOWN_ROUTES = new Set(["/v1/chat/completions", "/v1/completions", "/v1/models", "/api/chat", "/api/generate", "/api/tags", "/api/ps", "/api/show", "/api/version", "/health", "/ready", "/stats", "/metrics", "/"]);
+const KNOWN_ROUTES = new Set(["/v1/chat/completions", "/v1/completions", "/v1/models", "/api/chat", "/api/generate", "/api/tags", "/api/ps", "/api/show", "/api/version", "/health", "/ready", "/stats", "/metrics", "/", "/dashboard", "/dashboard/events"]);
 
 export function createState(o: ServerOptions = {}): ServerState {
   const maxQueue = o.maxQueue ?? 64;
@@ -84,6 +86,7 @@ export function createState(o: ServerOptions = {}): ServerState {
       onLoad: (e) => o.onLoad?.(e.name, e.path, e.loadMs / 1000),
     }),
     metrics: undefined!,
+    inflight: new InFlight(),
     startedAt: performance.now(),
     requests: { total: 0, byStatus: {}, byRoute: {} },
     logError: o.logError ?? ((error) => console.error(error)),
@@ -124,11 +127,11 @@ export function createApp(s: ServerState): Hono {
     app.use("*", cors({ origin: (origin) => (allowed.includes("*") ? "*" : allowed.includes(origin) ? origin : null), allowHeaders: ["Authorization", "Content-Type"], maxAge: 600 }));
   }
 
-  // 4. The API key, on every route but /health, compared in constant time.
+  // 4. The API key, on every route but /health and the browser pages, compared in constant time.
   if (s.config.apiKey) {
     const expected = digest(s.config.apiKey);
     app.use("*", async (c, next) => {
-      if (c.req.path === "/health" || c.req.method === "OPTIONS") return next();
+      if (c.req.path === "/health" || c.req.method === "OPTIONS" || isPublicPage(c.req.path)) return next();
       const header = c.req.header("authorization") ?? "";
       const match = /^Bearer\s+(.+)$/i.exec(header);
       if (!match || !timingSafeEqual(digest(match[1]!.trim()), expected)) throw unauthorized();
@@ -145,7 +148,8 @@ export function createApp(s: ServerState): Hono {
     }),
   );
 
-  // 6. The routes.
+  // 6. The routes (the web pages first: a browser's GET / is the chat, anyone else's is Ollama's).
+  app.route("/", webRoutes(s));
   app.route("/", opsRoutes(s));
   app.route("/", openaiRoutes(s));
   app.route("/", ollamaRoutes(s));

@@ -16,6 +16,7 @@ import type { GenerationEvent, GenerationUsage } from "./engine";
 import { badRequest } from "./errors";
 import type { Lease, ModelRegistry } from "./models";
 import type { ServerMetrics } from "./metrics";
+import type { InFlight } from "./inflight";
 
 export interface GenerateInput {
   route: string;
@@ -57,6 +58,7 @@ export interface Generation {
 export interface GenerationContext {
   models: ModelRegistry;
   metrics: ServerMetrics;
+  inflight: InFlight;
 }
 
 /**
@@ -127,13 +129,14 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
       input.clientSignal.removeEventListener("abort", onClientAbort);
       throw error;
     }
+    const tracked = ctx.inflight.track(input.model, promptIds.length, events);
     let finished = false;
     return {
       lease,
       lm,
       promptIds,
       toolFormat,
-      events,
+      events: tracked.events,
       timedOut: () => timedOut,
       abort: () => controller.abort(),
       finish: (outcome, usage) => {
@@ -142,6 +145,7 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
         constraint?.dispose();
         clearTimeout(timer);
         input.clientSignal.removeEventListener("abort", onClientAbort);
+        ctx.inflight.end(tracked.flight);
         const m = ctx.metrics;
         m.finished.inc({ route: input.route, finish_reason: outcome });
         if (usage) {

@@ -27,46 +27,49 @@ export function opsRoutes(s: ServerState): Hono {
     return c.json({ ready: true });
   });
 
-  r.get("/stats", (c) =>
-    c.json({
-      uptime_seconds: (performance.now() - s.startedAt) / 1000,
-      queue: queueFigures(s),
-      models: s.models.loaded.map((e) => ({
-        name: e.name,
-        path: e.path,
-        active_requests: e.active,
-        running: e.engine.stats.running,
-        waiting: e.engine.stats.waiting,
-        max_queue: e.engine.stats.maxQueue,
-        max_batch: e.engine.stats.maxBatch,
-        prefill_chunk: e.engine.stats.prefillChunk,
-        tuner: e.engine.stats.tuner && {
-          target_itl_ms: e.engine.stats.tuner.targetItlMs,
-          estimated_p99_itl_ms: e.engine.stats.tuner.estimatedP99Ms ?? null,
-          adjustments: e.engine.stats.tuner.adjustments,
-          recent_adjustments: e.engine.stats.tuner.recent.map((a) => ({ at: new Date(a.at).toISOString(), reason: a.reason, from: a.from, to: a.to })),
-        },
-        prefix_cache: e.engine.stats.prefixCache && {
-          entries: e.engine.stats.prefixCache.entries,
-          bytes: e.engine.stats.prefixCache.bytes,
-          hits: e.engine.stats.prefixCache.hits,
-          misses: e.engine.stats.prefixCache.misses,
-          hit_tokens: e.engine.stats.prefixCache.hitTokens,
-        },
-        keep_alive_seconds: e.keepAliveMs === Infinity ? -1 : e.keepAliveMs / 1000,
-        expires_at: e.expiresAt?.toISOString() ?? null,
-        loaded_at: e.loadedAt.toISOString(),
-        load_seconds: e.loadMs / 1000,
-        weight_bytes: e.lm.weightBytes,
-        context_length: e.lm.config.maxPositionEmbeddings,
-      })),
-      requests: { total: s.requests.total, by_status: s.requests.byStatus, by_route: s.requests.byRoute },
-      memory: memory(),
-    }),
-  );
+  r.get("/stats", (c) => c.json(stats(s)));
 
   r.get("/metrics", (c) => c.body(s.metrics.registry.render(), 200, { "Content-Type": "text/plain; version=0.0.4; charset=utf-8" }));
   return r;
+}
+
+/** The figures of /stats (also sent once a second to the dashboard). */
+export function stats(s: ServerState) {
+  return {
+    uptime_seconds: (performance.now() - s.startedAt) / 1000,
+    queue: queueFigures(s),
+    models: s.models.loaded.map((e) => ({
+      name: e.name,
+      path: e.path,
+      active_requests: e.active,
+      running: e.engine.stats.running,
+      waiting: e.engine.stats.waiting,
+      max_queue: e.engine.stats.maxQueue,
+      max_batch: e.engine.stats.maxBatch,
+      prefill_chunk: e.engine.stats.prefillChunk,
+      tuner: e.engine.stats.tuner && {
+        target_itl_ms: e.engine.stats.tuner.targetItlMs,
+        estimated_p99_itl_ms: e.engine.stats.tuner.estimatedP99Ms ?? null,
+        adjustments: e.engine.stats.tuner.adjustments,
+        recent_adjustments: e.engine.stats.tuner.recent.map((a) => ({ at: new Date(a.at).toISOString(), reason: a.reason, from: a.from, to: a.to })),
+      },
+      prefix_cache: e.engine.stats.prefixCache && {
+        entries: e.engine.stats.prefixCache.entries,
+        bytes: e.engine.stats.prefixCache.bytes,
+        hits: e.engine.stats.prefixCache.hits,
+        misses: e.engine.stats.prefixCache.misses,
+        hit_tokens: e.engine.stats.prefixCache.hitTokens,
+      },
+      keep_alive_seconds: e.keepAliveMs === Infinity ? -1 : e.keepAliveMs / 1000,
+      expires_at: e.expiresAt?.toISOString() ?? null,
+      loaded_at: e.loadedAt.toISOString(),
+      load_seconds: e.loadMs / 1000,
+      weight_bytes: e.lm.weightBytes,
+      context_length: e.lm.config.maxPositionEmbeddings,
+    })),
+    requests: { total: s.requests.total, by_status: s.requests.byStatus, by_route: s.requests.byRoute },
+    memory: memory(),
+  };
 }
 
 export function memory() {
