@@ -1,6 +1,10 @@
 // Headless Chromium (Debian's package, installed by scripts/setup.sh when run as root), driven
 // by playwright-core: no browser download. Tests skip when no Chromium is on the PATH.
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { chromium, type Browser, type Page } from "playwright-core";
+import { writeTinyModel } from "./tiny-model";
 
 export const chromiumPath = Bun.which("chromium") ?? Bun.which("chromium-browser") ?? Bun.which("google-chrome");
 
@@ -21,4 +25,16 @@ export async function openPage(browser: Browser, url: string, o: { colorScheme?:
   page.on("pageerror", (e) => errors.push(e.message));
   await page.goto(url);
   return { page, errors };
+}
+
+let longPath: string | undefined;
+/** A tiny model with a long context, so that an answer runs for seconds (long enough to watch or stop). */
+export function longTinyModel(): string {
+  if (!longPath) {
+    const root = mkdtempSync(join(tmpdir(), "mlx-web-"));
+    process.env.MLX_HOME ??= join(root, "home");
+    longPath = join(root, "tiny-long");
+    writeTinyModel(longPath, { contextLength: 4096 });
+  }
+  return longPath;
 }
