@@ -10,7 +10,7 @@ import { chromiumPath, launchBrowser, longTinyModel, openPage } from "./helpers/
 import { eventually, serve } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
 
-const stats = async (server: RunningServer) => (await fetch(`${server.url}/stats`)).json();
+const stats = async (server: RunningServer): Promise<any> => (await fetch(`${server.url}/stats`)).json();
 const cancelled = async (server: RunningServer) => Number(/mlx_generations_total\{route="\/v1\/chat\/completions",finish_reason="cancelled"\} (\d+)/.exec(await (await fetch(`${server.url}/metrics`)).text())?.[1] ?? 0);
 
 /** Opens the settings and sets the answer length (an empty string: up to the context). */
@@ -48,7 +48,7 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     await send(page, "Hello there");
     // Streaming: text shows while the answer is still being written, and grows until it ends.
     const streaming = page.locator(".message.assistant.streaming .markdown");
-    await page.waitForFunction(() => (document.querySelector(".message.assistant.streaming .markdown")?.textContent ?? "").length > 0);
+    await page.waitForFunction(`document.querySelector(".message.assistant.streaming .markdown")?.textContent.length > 0`);
     const early = ((await streaming.textContent()) ?? "").length;
     await page.waitForSelector(".message.assistant .figures");
     const done = (await page.locator(".message.assistant .markdown").textContent())!;
@@ -65,7 +65,7 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     const before = await cancelled(server);
     await setMaxTokens(page, "");
     await send(page, "Tell me a long story");
-    await page.waitForFunction(() => (document.querySelectorAll(".message.assistant")[1]?.querySelector(".markdown")?.textContent ?? "").length > 0);
+    await page.waitForFunction(`document.querySelectorAll(".message.assistant")[1]?.querySelector(".markdown")?.textContent.length > 0`);
     expect((await stats(server)).queue.running).toBe(1);
     await page.keyboard.press("Escape");
     await page.waitForSelector(".message.assistant:nth-of-type(4) .figures");
@@ -107,7 +107,7 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     expect(await page.locator(".message.user .body").textContent()).toBe("<b>bold?</b>");
     await page.click(".message.assistant .markdown a").catch(() => {});
     await Bun.sleep(200);
-    expect(await page.evaluate(() => (window as unknown as { pwned?: number }).pwned)).toBeUndefined();
+    expect(await page.evaluate("window.pwned")).toBeUndefined();
     expect(await page.locator("#conversations li.current .open").textContent()).toBe("Hostile");
     expect(errors).toEqual([]);
   }, 60_000);
@@ -178,7 +178,7 @@ describe.skipIf(!chromiumPath)("in Chromium, with --api-key", () => {
     await page.waitForSelector("body[data-ready]");
     expect(await page.locator("#key-dialog[open]").count()).toBe(0);
     await page.goto(`${server.url}/dashboard`);
-    await page.waitForFunction(() => document.querySelector("#running")?.textContent === "0");
+    await page.waitForFunction(`document.querySelector("#running")?.textContent === "0"`);
     expect(urls.length).toBeGreaterThan(0);
     for (const url of urls) expect(url).not.toContain(key);
     // The 401s before the key was given are the only errors.

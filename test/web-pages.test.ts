@@ -60,7 +60,7 @@ describe("the pages", () => {
   test("an unknown asset is a JSON 404", async () => {
     const r = await fetch(`${server.url}/web/nope.js`);
     expect(r.status).toBe(404);
-    expect((await r.json()).error).toBeDefined();
+    expect(((await r.json()) as any).error).toBeDefined();
   });
 
   test("GET / from a client that does not ask for HTML still answers as Ollama does", async () => {
@@ -116,7 +116,7 @@ describe("the dashboard feed", () => {
     await next();
     const third = await next();
     expect(performance.now() - started).toBeGreaterThan(1500); // one a second, not as fast as it can
-    const stats = await (await fetch(`${server.url}/stats`)).json();
+    const stats: any = await (await fetch(`${server.url}/stats`)).json();
     expect(Object.keys(third.stats).sort()).toEqual(Object.keys(stats).sort());
     expect(third.stats.queue.running).toBe(3);
     expect(stats.queue.running).toBe(3);
