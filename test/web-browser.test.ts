@@ -112,6 +112,85 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     expect(errors).toEqual([]);
   }, 60_000);
 
+  test("conversations are renamed, exported as JSON and deleted; reasoning is folded; regenerate and edit the last question", async () => {
+    const { page, errors } = await openPage(browser, `${server.url}/`);
+    await page.waitForSelector("body[data-ready]");
+    const imported = { title: "Thinking", model: longTinyModel(), messages: [{ role: "user", content: "Why?" }, { role: "assistant", content: "<think>Because of reasons.</think>The answer is **42**." }] };
+    await page.setInputFiles("#import-file", { name: "thinking.json", mimeType: "application/json", buffer: Buffer.from(JSON.stringify(imported)) });
+    await page.waitForSelector("#conversations li.current");
+    // Reasoning: folded, apart from the answer.
+    const reasoning = page.locator(".message.assistant details.reasoning");
+    expect(await reasoning.evaluate((d) => (d as unknown as { open: boolean }).open)).toBe(false);
+    expect(await reasoning.locator("div").textContent()).toBe("Because of reasons.");
+    expect((await page.locator(".message.assistant .markdown").textContent())!.trim()).toBe("The answer is 42.");
+    expect(await page.locator(".message.assistant .markdown strong").textContent()).toBe("42");
+
+    page.once("dialog", (d) => d.accept("Renamed"));
+    await page.click("#conversations li.current .rename");
+    await page.waitForFunction(`document.querySelector("#conversations li.current .open")?.textContent === "Renamed"`);
+    const download = page.waitForEvent("download");
+    await page.click("#conversations li.current .export");
+    const exported = JSON.parse(await Bun.file((await (await download).path())!).text());
+    expect(exported.title).toBe("Renamed");
+    expect(exported.messages).toEqual(imported.messages);
+
+    await setMaxTokens(page, "5");
+    await page.click(".message.assistant .regenerate");
+    await page.waitForSelector(".message.assistant .figures");
+    expect(await page.locator(".message").count()).toBe(2);
+    expect(await page.locator(".message.assistant .figures").textContent()).toMatch(/^5 tokens/);
+    expect(await page.locator(".message.assistant details.reasoning").count()).toBe(0);
+
+    await page.click(".message.user .edit");
+    expect(await page.locator("#input").inputValue()).toBe("Why?");
+    expect(await page.locator(".message").count()).toBe(0);
+
+    page.once("dialog", (d) => d.accept());
+    await page.click("#conversations li.current .delete");
+    await page.waitForFunction(`![...document.querySelectorAll("#conversations .open")].some((b) => b.textContent === "Renamed")`);
+    await page.reload();
+    await page.waitForSelector("body[data-ready]");
+    expect(await page.locator("#conversations .open").allTextContents()).not.toContain("Renamed");
+    expect(errors).toEqual([]);
+  }, 60_000);
+
+  test("structured output: the answer follows the JSON Schema pasted in the settings", async () => {
+    const { page, errors } = await openPage(browser, `${server.url}/`);
+    await page.waitForSelector("body[data-ready]");
+    await page.click("#new-chat");
+    await setMaxTokens(page, "60");
+    await page.fill("#temperature", "0");
+    await page.check("#structured");
+    const schema = { type: "object", properties: { color: { enum: ["red", "green", "blue"] } }, required: ["color"], additionalProperties: false };
+    await page.fill("#schema", JSON.stringify(schema));
+    const request = page.waitForRequest((r) => r.url().endsWith("/v1/chat/completions"));
+    await send(page, "Pick a color");
+    expect((await request).postDataJSON().response_format).toEqual({ type: "json_schema", json_schema: { name: "answer", schema } });
+    await page.waitForSelector(".message.assistant .figures");
+    const answer = JSON.parse((await page.locator(".message.assistant .markdown").textContent())!);
+    expect(["red", "green", "blue"]).toContain(answer.color);
+    expect(Object.keys(answer)).toEqual(["color"]);
+    // A schema that is not JSON is said so, without a request.
+    await page.fill("#schema", "{not json");
+    await send(page, "Again");
+    await page.waitForFunction(`document.querySelectorAll(".message.assistant")[1]?.querySelector(".figures")?.textContent.startsWith("the JSON Schema is not valid JSON")`);
+    expect(errors).toEqual([]);
+  }, 60_000);
+
+  test("at phone width the conversation list is a drawer", async () => {
+    const { page, errors } = await openPage(browser, `${server.url}/`, { width: 390, height: 800 });
+    await page.waitForSelector("body[data-ready]");
+    const sidebar = async () => (await page.locator("#sidebar").boundingBox())!;
+    expect((await sidebar()).x + (await sidebar()).width).toBeLessThanOrEqual(1);
+    await page.click("#toggle-sidebar");
+    await eventually(async () => (await sidebar()).x >= 0, 2000);
+    await page.click("#new-chat");
+    await eventually(async () => (await sidebar()).x + (await sidebar()).width <= 1, 2000);
+    const input = (await page.locator("#input").boundingBox())!;
+    expect(input.x + input.width).toBeLessThanOrEqual(390);
+    expect(errors).toEqual([]);
+  }, 30_000);
+
   test("the dashboard follows load from the openai client: series advance, running matches /stats", async () => {
     const { page, errors } = await openPage(browser, `${server.url}/dashboard`);
     const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "none", maxRetries: 0 });

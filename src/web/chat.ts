@@ -127,8 +127,14 @@ ui.importFile.addEventListener("change", async () => {
     return;
   }
   await saveConversation(current);
+  selectModel(current.model);
   await showConversation();
 });
+
+/** Picks a conversation's model in the picker, when the server has it. */
+function selectModel(name: string): void {
+  if (name && [...ui.model.options].some((o) => o.value === name)) ui.model.value = name;
+}
 
 async function openConversation(id: string): Promise<void> {
   stop();
@@ -136,7 +142,7 @@ async function openConversation(id: string): Promise<void> {
   if (!c) return;
   current = c;
   localStorage.setItem("mlx.conversation", id);
-  if (c.model && [...ui.model.options].some((o) => o.value === c.model)) ui.model.value = c.model;
+  selectModel(c.model);
   document.body.classList.remove("sidebar-open");
   await showConversation();
 }
@@ -145,6 +151,7 @@ function newConversation(): void {
   stop();
   current = blankConversation();
   localStorage.removeItem("mlx.conversation");
+  document.body.classList.remove("sidebar-open");
   void showConversation();
   ui.input.focus();
 }

@@ -54,6 +54,7 @@ class Chart {
         axes: [axis, { ...axis, size: 50 }],
         scales: { y: { range: (_u, _min, max) => [0, Math.max((max ?? 0) * 1.1, 1)] } },
         cursor: { drag: { x: false, y: false } },
+        legend: { live: false },
       },
       this.#data as uPlot.AlignedData,
       this.element,
@@ -89,10 +90,11 @@ const charts = {
 class ModelPanel {
   readonly element = document.createElement("div");
   readonly batch: Chart;
-  readonly tuner: Chart;
+  /** Only when the tuner is on (--target-itl-ms). */
+  readonly tuner?: Chart;
   readonly chunk: Chart;
   readonly cache: Chart;
-  constructor(name: string) {
+  constructor(name: string, tuned: boolean) {
     this.element.className = "model-panel";
     const heading = document.createElement("h2");
     heading.textContent = name;
@@ -101,12 +103,12 @@ class ModelPanel {
     this.element.append(heading, grid);
     $("#per-model").append(this.element);
     this.batch = new Chart(grid, "Decode batch", ["batch size", "batch limit"], "sequences");
-    this.tuner = new Chart(grid, "Tuner", ["target ITL", "estimated P99 ITL"], "ms");
+    if (tuned) this.tuner = new Chart(grid, "Tuner", ["target ITL", "estimated P99 ITL"], "ms");
     this.chunk = new Chart(grid, "Prefill chunk", ["chunk limit"], "tokens");
     this.cache = new Chart(grid, "Prefix cache hit rate", ["hit rate"], "%");
   }
   remove(): void {
-    for (const chart of [this.batch, this.tuner, this.chunk, this.cache]) chart.remove();
+    for (const chart of [this.batch, this.tuner, this.chunk, this.cache]) chart?.remove();
     this.element.remove();
   }
 }
@@ -131,9 +133,9 @@ function show(frame: Frame): void {
 
   for (const m of stats.models) {
     let panel = panels.get(m.name);
-    if (!panel) panels.set(m.name, (panel = new ModelPanel(m.name)));
+    if (!panel) panels.set(m.name, (panel = new ModelPanel(m.name, m.tuner !== undefined)));
     panel.batch.push(t, [m.running, m.max_batch]);
-    panel.tuner.push(t, [m.tuner?.target_itl_ms, m.tuner?.estimated_p99_itl_ms]);
+    panel.tuner?.push(t, [m.tuner?.target_itl_ms, m.tuner?.estimated_p99_itl_ms]);
     panel.chunk.push(t, [m.prefill_chunk]);
     const lookups = m.prefix_cache ? m.prefix_cache.hits + m.prefix_cache.misses : 0;
     panel.cache.push(t, [lookups > 0 ? (100 * m.prefix_cache!.hits) / lookups : null]);

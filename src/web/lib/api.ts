@@ -6,11 +6,33 @@ import { EventSourceParserStream } from "eventsource-parser/stream";
 const KEY = "mlx.apiKey";
 let asking: Promise<void> | undefined;
 
-/** Asks for the API key in the page's key dialog; concurrent callers share one question. */
+/** The dialog that asks for the key (made on first use: most servers have no key). */
+function keyDialog(): HTMLDialogElement {
+  let dialog = document.querySelector<HTMLDialogElement>("#key-dialog");
+  if (dialog) return dialog;
+  dialog = document.createElement("dialog");
+  dialog.id = "key-dialog";
+  const form = document.createElement("form");
+  form.method = "dialog";
+  const why = document.createElement("p");
+  why.textContent = "This server needs an API key. It is kept in this browser and sent only in request headers.";
+  const wrong = document.createElement("p");
+  wrong.className = "key-wrong";
+  wrong.textContent = "That key was refused.";
+  const input = Object.assign(document.createElement("input"), { type: "password", autocomplete: "off", placeholder: "API key", required: true });
+  input.setAttribute("aria-label", "API key");
+  const save = Object.assign(document.createElement("button"), { type: "submit", textContent: "Save" });
+  form.append(why, wrong, input, save);
+  dialog.append(form);
+  document.body.append(dialog);
+  return dialog;
+}
+
+/** Asks for the API key; concurrent callers share one question. */
 function askForKey(wrong: boolean): Promise<void> {
   asking ??= new Promise<void>((resolve) => {
-    const dialog = document.querySelector<HTMLDialogElement>("#key-dialog")!;
-    const input = dialog.querySelector<HTMLInputElement>("input")!;
+    const dialog = keyDialog();
+    const input = dialog.querySelector("input")!;
     dialog.querySelector<HTMLElement>(".key-wrong")!.hidden = !wrong;
     input.value = "";
     dialog.addEventListener(
