@@ -143,7 +143,7 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
 
     await page.click(".message.user .edit");
     expect(await page.locator("#input").inputValue()).toBe("Why?");
-    expect(await page.locator(".message").count()).toBe(0);
+    await eventually(async () => (await page.locator(".message").count()) === 0);
 
     page.once("dialog", (d) => d.accept());
     await page.click("#conversations li.current .delete");
@@ -183,9 +183,9 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     const sidebar = async () => (await page.locator("#sidebar").boundingBox())!;
     expect((await sidebar()).x + (await sidebar()).width).toBeLessThanOrEqual(1);
     await page.click("#toggle-sidebar");
-    await eventually(async () => (await sidebar()).x >= 0, 2000);
+    await eventually(async () => (await sidebar()).x >= 0);
     await page.click("#new-chat");
-    await eventually(async () => (await sidebar()).x + (await sidebar()).width <= 1, 2000);
+    await eventually(async () => (await sidebar()).x + (await sidebar()).width <= 1);
     const input = (await page.locator("#input").boundingBox())!;
     expect(input.x + input.width).toBeLessThanOrEqual(390);
     expect(errors).toEqual([]);

@@ -23,16 +23,17 @@ export class InFlight {
   track(model: string, promptTokens: number, events: AsyncIterable<GenerationEvent>): { flight: Flight; events: AsyncIterable<GenerationEvent> } {
     const flight: Flight = { id: this.#nextId++, model, startedAt: performance.now(), promptTokens, tokens: 0 };
     this.#flights.set(flight.id, flight);
-    const counted = async function* (this: InFlight) {
-      for await (const event of events) {
-        if (event.type === "text") {
-          flight.tokens += event.tokens.length;
-          this.generatedTokens += event.tokens.length;
-        }
-        yield event;
+    return { flight, events: this.#counted(flight, events) };
+  }
+
+  async *#counted(flight: Flight, events: AsyncIterable<GenerationEvent>): AsyncGenerator<GenerationEvent> {
+    for await (const event of events) {
+      if (event.type === "text") {
+        flight.tokens += event.tokens.length;
+        this.generatedTokens += event.tokens.length;
       }
-    }.call(this);
-    return { flight, events: counted };
+      yield event;
+    }
   }
 
   end(flight: Flight): void {

@@ -13,7 +13,7 @@ import type { ServerState } from "../state";
 
 const js = "text/javascript; charset=utf-8";
 const css = "text/css; charset=utf-8";
-export const webAssets: Record<string, { body: string; type: string }> = {
+const webAssets: Record<string, { body: string; type: string }> = {
   "chat.js": { body: bundle("chat.ts"), type: js },
   "chat.css": { body: bundle("chat.css"), type: css },
   "dashboard.js": { body: bundle("dashboard.ts"), type: js },
@@ -21,7 +21,7 @@ export const webAssets: Record<string, { body: string; type: string }> = {
 };
 const chatPage = source("chat.html");
 const dashboardPage = source("dashboard.html");
-export const webPages: Record<string, string> = { "/": chatPage, "/dashboard": dashboardPage };
+const webPages: Record<string, string> = { "/": chatPage, "/dashboard": dashboardPage };
 
 /**
  * Scripts and styles from this server only (none inline), connections only to it, images only
@@ -33,7 +33,7 @@ const pageHeaders = secureHeaders({
 });
 
 /** Paths served without the API key. */
-export const isPublicPage = (path: string) => path in webPages || path.startsWith("/web/");
+export const isPublicPage = (path: string) => Object.hasOwn(webPages, path) || path.startsWith("/web/");
 
 /** How often the dashboard feed sends a frame. */
 const FEED_INTERVAL_MS = 1000;
