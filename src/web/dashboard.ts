@@ -32,10 +32,16 @@ const palette = ["#2563eb", "#f97316", "#16a34a", "#dc2626", "#9333ea"];
 const css = (name: string) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
 
 /** One chart: a time axis and a few series, fed one point per frame. */
+const darkScheme = matchMedia("(prefers-color-scheme: dark)");
+
 class Chart {
   readonly element = document.createElement("div");
+  readonly #series: string[];
   readonly #data: (number | null)[][];
-  readonly #plot: uPlot;
+  #plot?: uPlot;
+  readonly #resize = new ResizeObserver(() => this.#plot?.setSize(this.#size()));
+  /** Axis colours come from the page's scheme: a change of scheme draws the chart anew. */
+  readonly #redraw = () => this.#draw();
 
   constructor(parent: HTMLElement, title: string, series: string[], unit: string) {
     this.element.className = "chart";
@@ -44,14 +50,25 @@ class Chart {
     heading.textContent = `${title} (${unit})`;
     this.element.append(heading);
     parent.append(this.element);
+    this.#series = series;
     this.#data = [[], ...series.map(() => [])];
+    this.#draw();
+    this.#resize.observe(this.element);
+    darkScheme.addEventListener("change", this.#redraw);
+  }
+
+  #size(): { width: number; height: number } {
+    return { width: this.element.clientWidth - 8, height: 160 };
+  }
+
+  #draw(): void {
+    this.#plot?.destroy();
     const axis = { stroke: css("--muted"), grid: { stroke: css("--line"), width: 1 }, ticks: { stroke: css("--line"), width: 1 } };
     this.#plot = new uPlot(
       {
-        width: this.element.clientWidth - 8,
-        height: 160,
-        series: [{}, ...series.map((label, i) => ({ label, stroke: palette[i % palette.length], width: 1.5, points: { show: false } }))],
-        axes: [axis, { ...axis, size: 50 }],
+        ...this.#size(),
+        series: [{}, ...this.#series.map((label, i) => ({ label, stroke: palette[i % palette.length], width: 1.5, points: { show: false } }))],
+        axes: [axis, { ...axis, size: 60 }],
         scales: { y: { range: (_u, _min, max) => [0, Math.max((max ?? 0) * 1.1, 1)] } },
         cursor: { drag: { x: false, y: false } },
         legend: { live: false },
@@ -59,19 +76,20 @@ class Chart {
       this.#data as uPlot.AlignedData,
       this.element,
     );
-    new ResizeObserver(() => this.#plot.setSize({ width: this.element.clientWidth - 8, height: 160 })).observe(this.element);
   }
 
   push(time: number, values: (number | null | undefined)[]): void {
     this.#data[0]!.push(time);
     values.forEach((v, i) => this.#data[i + 1]!.push(v ?? null));
     if (this.#data[0]!.length > KEEP) for (const column of this.#data) column.shift();
-    this.#plot.setData(this.#data as uPlot.AlignedData);
+    this.#plot!.setData(this.#data as uPlot.AlignedData);
     this.element.dataset.points = String(this.#data[0]!.length);
   }
 
   remove(): void {
-    this.#plot.destroy();
+    darkScheme.removeEventListener("change", this.#redraw);
+    this.#resize.disconnect();
+    this.#plot!.destroy();
     this.element.remove();
   }
 }
