@@ -48,8 +48,8 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     await send(page, "Hello there");
     // Streaming: text shows while the answer is still being written, and grows until it ends.
     const streaming = page.locator(".message.assistant.streaming .markdown");
-    await page.waitForFunction(`document.querySelector(".message.assistant.streaming .markdown")?.textContent.length > 0`);
-    const early = ((await streaming.textContent()) ?? "").length;
+    await streaming.filter({ hasText: /\S/ }).waitFor();
+    const early = ((await page.locator(".message.assistant .markdown").textContent()) ?? "").length;
     await page.waitForSelector(".message.assistant .figures");
     const done = (await page.locator(".message.assistant .markdown").textContent())!;
     expect(done.length).toBeGreaterThan(early);
@@ -65,7 +65,7 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     const before = await cancelled(server);
     await setMaxTokens(page, "");
     await send(page, "Tell me a long story");
-    await page.waitForFunction(`document.querySelectorAll(".message.assistant")[1]?.querySelector(".markdown")?.textContent.length > 0`);
+    await page.locator(".message.assistant").nth(1).locator(".markdown").filter({ hasText: /\S/ }).waitFor();
     expect((await stats(server)).queue.running).toBe(1);
     await page.keyboard.press("Escape");
     await page.waitForSelector(".message.assistant:nth-of-type(4) .figures");
@@ -127,7 +127,7 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
 
     page.once("dialog", (d) => d.accept("Renamed"));
     await page.click("#conversations li.current .rename");
-    await page.waitForFunction(`document.querySelector("#conversations li.current .open")?.textContent === "Renamed"`);
+    await page.locator("#conversations li.current .open", { hasText: "Renamed" }).waitFor();
     const download = page.waitForEvent("download");
     await page.click("#conversations li.current .export");
     const exported = JSON.parse(await Bun.file((await (await download).path())!).text());
@@ -147,7 +147,7 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
 
     page.once("dialog", (d) => d.accept());
     await page.click("#conversations li.current .delete");
-    await page.waitForFunction(`![...document.querySelectorAll("#conversations .open")].some((b) => b.textContent === "Renamed")`);
+    await page.locator("#conversations .open", { hasText: "Renamed" }).waitFor({ state: "detached" });
     await page.reload();
     await page.waitForSelector("body[data-ready]");
     expect(await page.locator("#conversations .open").allTextContents()).not.toContain("Renamed");
@@ -173,7 +173,7 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     // A schema that is not JSON is said so, without a request.
     await page.fill("#schema", "{not json");
     await send(page, "Again");
-    await page.waitForFunction(`document.querySelectorAll(".message.assistant")[1]?.querySelector(".figures")?.textContent.startsWith("the JSON Schema is not valid JSON")`);
+    await page.locator(".message.assistant").nth(1).locator(".figures", { hasText: /^the JSON Schema is not valid JSON/ }).waitFor();
     expect(errors).toEqual([]);
   }, 60_000);
 
@@ -257,7 +257,7 @@ describe.skipIf(!chromiumPath)("in Chromium, with --api-key", () => {
     await page.waitForSelector("body[data-ready]");
     expect(await page.locator("#key-dialog[open]").count()).toBe(0);
     await page.goto(`${server.url}/dashboard`);
-    await page.waitForFunction(`document.querySelector("#running")?.textContent === "0"`);
+    await page.locator("#running", { hasText: /^0$/ }).waitFor();
     expect(urls.length).toBeGreaterThan(0);
     for (const url of urls) expect(url).not.toContain(key);
     // The 401s before the key was given are the only errors.
