@@ -41,14 +41,15 @@ export function budgetSteering(tokenizer: Tokenizer, maxTokens: number, make: ()
   return steering;
 }
 
-/** max_tokens below the shortest valid answer. */
+/** max_tokens below the shortest valid answer; `option` names the setting as the user wrote it. */
 export class BudgetError extends Error {
   override name = "BudgetError";
   constructor(
     readonly maxTokens: number,
     readonly minimum: number,
+    option = "max_tokens",
   ) {
-    super(`max_tokens ${maxTokens} is below the ${minimum} tokens the shortest valid answer needs`);
+    super(`${option} ${maxTokens} is too small for this format: the shortest valid answer takes ${minimum} tokens`);
   }
 }
 
