@@ -305,7 +305,11 @@ export class JsonProgress {
   /** Whether the innermost open value is a free-text string: text without a quote or a backslash leaves the completion as it is. */
   inFreeString(): boolean {
     const top = this.stack.at(-1);
-    return top?.t === "string" && !top.key && top.escape === undefined;
+    if (top?.t !== "string" || top.escape !== undefined) return false;
+    if (!top.key) return true;
+    // A key is free text only where the object names no properties (any key will do).
+    const object = this.stack.at(-2);
+    return object?.t === "object" && Object.keys(properties(object.s)).length === 0;
   }
 
   /** Feeds text; returns how many characters of it belonged to the value (all of them unless it ended). */

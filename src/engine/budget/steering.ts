@@ -83,6 +83,10 @@ export function vocabularyText(tokenizer: Tokenizer): VocabularyText {
   return v;
 }
 
+// Tokens followed through the schema per step, at most: past that, a token that would need it
+// is left out (the answer stays valid; only the model's choice narrows further).
+const MAX_SIMULATED = 4096;
+
 const utf8Length = (text: string) => Buffer.byteLength(text, "utf8");
 
 interface Plan {
@@ -151,9 +155,10 @@ export class BudgetSteering {
     if (!mask[first]) return;
     const free = this.progress.inFreeString();
     let narrowed = false;
+    let simulated = 0;
     for (let id = 0; id < mask.length; id++) {
       if (!mask[id] || id === first) continue;
-      if (free && this.vocab.plain[id] ? plan.tokens.length <= left : this.fitsAfter(id, plan, left)) continue;
+      if (free && this.vocab.plain[id] ? plan.tokens.length <= left : safe(this.vocab.openers[id]!) || (simulated++ < MAX_SIMULATED && this.fitsAfter(id, plan, left))) continue;
       mask[id] = 0;
       narrowed = true;
     }
