@@ -53,13 +53,19 @@ export class BudgetError extends Error {
   }
 }
 
-/** Each token's text, and the JSON openers ({ [ " , : and escapes) it holds. */
+/**
+ * Each token's text, and the JSON openers ({ [ " , : and escapes) it holds: all of them (what
+ * it can open outside a string), and those from its first quote or backslash on (what it can
+ * open from inside a string: before that its text is the string's).
+ */
 export interface VocabularyText {
   texts: string[];
   /** 1 where a token's text has no quote or backslash (it stays inside a JSON string). */
   plain: Uint8Array;
   openers: Uint8Array;
+  openersAfterQuote: Uint8Array;
   mostOpeners: number;
+  mostOpenersAfterQuote: number;
 }
 
 const vocabularies = new WeakMap<Tokenizer, VocabularyText>();
@@ -71,13 +77,17 @@ export function vocabularyText(tokenizer: Tokenizer): VocabularyText {
     const texts = new Array<string>(tokenizer.vocabSize);
     const plain = new Uint8Array(tokenizer.vocabSize);
     const openers = new Uint8Array(tokenizer.vocabSize);
+    const openersAfterQuote = new Uint8Array(tokenizer.vocabSize);
+    const count = (text: string) => Math.min(255, text.match(/[{["\\,:]/g)?.length ?? 0);
     for (let id = 0; id < tokenizer.vocabSize; id++) {
       const text = tokenizer.isByteLevel ? utf8.decode(tokenizer.tokenBytes(id)) : tokenizer.decode([id]);
       texts[id] = text;
-      if (!/["\\]/.test(text)) plain[id] = 1;
-      openers[id] = Math.min(255, text.match(/[{["\\,:]/g)?.length ?? 0);
+      const quote = text.search(/["\\]/);
+      if (quote < 0) plain[id] = 1;
+      else openersAfterQuote[id] = count(text.slice(quote + 1));
+      openers[id] = count(text);
     }
-    v = { texts, plain, openers, mostOpeners: Math.max(...openers) };
+    v = { texts, plain, openers, openersAfterQuote, mostOpeners: Math.max(...openers), mostOpenersAfterQuote: Math.max(...openersAfterQuote) };
     vocabularies.set(tokenizer, v);
   }
   return v;
@@ -141,24 +151,26 @@ export class BudgetSteering {
     }
     if (completion === "") return;
     // No token allowed now can add more than its openers can open (+5: a literal's or a
-    // number's start, an escape): far from the budget, nothing to narrow.
+    // number's start, an escape); inside a string only those past a quote open anything.
+    // Far from the budget, nothing to narrow.
     const left = remaining - 1;
     const bytes = utf8Length(completion);
     const safe = (openers: number) => bytes + openers * this.perOpener + 5 <= left;
-    if (safe(this.vocab.mostOpeners)) return;
+    const free = this.progress.inFreeString();
+    const openers = free ? this.vocab.openersAfterQuote : this.vocab.openers;
+    if (safe(free ? this.vocab.mostOpenersAfterQuote : this.vocab.mostOpeners)) return;
     let most = 0;
-    for (let id = 0; id < mask.length; id++) if (mask[id] && this.vocab.openers[id]! > most) most = this.vocab.openers[id]!;
+    for (let id = 0; id < mask.length; id++) if (mask[id] && openers[id]! > most) most = openers[id]!;
     if (safe(most)) return;
     const plan = this.planFor(completion);
     const first = plan.tokens[0]!;
     // The reading disagrees with the grammar: better the grammar's choice than a wrong one.
     if (!mask[first]) return;
-    const free = this.progress.inFreeString();
     let narrowed = false;
     let simulated = 0;
     for (let id = 0; id < mask.length; id++) {
       if (!mask[id] || id === first) continue;
-      if (free && this.vocab.plain[id] ? plan.tokens.length <= left : safe(this.vocab.openers[id]!) || (simulated++ < MAX_SIMULATED && this.fitsAfter(id, plan, left))) continue;
+      if (free && this.vocab.plain[id] ? plan.tokens.length <= left : safe(openers[id]!) || (simulated++ < MAX_SIMULATED && this.fitsAfter(id, plan, left))) continue;
       mask[id] = 0;
       narrowed = true;
     }
