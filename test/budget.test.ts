@@ -254,6 +254,15 @@ describe("through mlx run and the server", () => {
     expect(tooSmall.stderr).toMatch(/^error: --max-tokens 3 is too small for this format: the shortest valid answer takes \d+ tokens/);
   }, 120_000);
 
+  test("mlx chat with /set format: a valid answer at a small max_tokens, and a note that it was closed early", async () => {
+    const input = [`/set format ${schemaFile}`, "/set max_tokens 25", "Fill this in.", "/set max_tokens 3", "Again.", ""].join("\n");
+    const r = await mlx(["chat", "-m", modelDir, "--temp", "1", "--seed", "3"], input);
+    expect(r.code).toBe(0);
+    expect(ajv.validate(schema, JSON.parse(r.stdout.trim().split("\n")[0]!))).toBe(true);
+    expect(r.stderr).toMatch(/max_tokens ran out: the JSON was closed early/);
+    expect(r.stderr).toMatch(/error: max_tokens 3 is too small for this format: the shortest valid answer takes \d+ tokens/);
+  }, 120_000);
+
   describe("mlx serve, batched", () => {
     let server: RunningServer;
     let openai: OpenAI;
@@ -335,17 +344,16 @@ describe("the default model (SmolLM2-135M): answers cut by max_tokens still pars
     required: ["title", "summary", "severity", "affected_systems", "timeline", "root_cause", "actions"],
   };
   test(
-    "the incident schema at 60, 100 and 200 tokens (its minimum is 58), several seeds",
+    "the incident schema at 60, 100 and 200 tokens (its minimum is 58), a seed each",
     async () => {
       const { resolveModelPath } = await import("../src/store/resolve");
       const real = loadModel(await resolveModelPath(undefined));
       const validate = ajv.compile(incident);
       const prompt = promptTokens(real.tokenizer, "Fill this in for a fictional example.");
       try {
-        for (const [maxTokens, seed] of [[60, 1], [60, 2], [100, 3], [200, 1], [200, 2]] as const) {
+        for (const [maxTokens, seed] of [[60, 1], [100, 2], [200, 3]] as const) {
           const constraint = await createJsonConstraint(real.tokenizer, { schema: incident }, { maxTokens });
           const result = completeAll(real, prompt, { sampling: { ...defaultSampling, temperature: 0.8, seed }, maxTokens, logitsProcessors: [constraint.processor] });
-          console.log(maxTokens, seed, result.finishReason, constraint.closedEarly(), result.stats.generationTokensPerSecond.toFixed(1), result.text);
           const closedEarly = constraint.closedEarly();
           constraint.dispose();
           const where = `max_tokens ${maxTokens}, seed ${seed}, ${result.finishReason}: ${result.text}`;
