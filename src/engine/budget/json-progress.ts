@@ -316,7 +316,12 @@ export class JsonProgress {
   feed(text: string): number {
     for (let i = 0; i < text.length; i++) {
       if (this.done || this.lost) return i;
-      this.char(text[i]!);
+      try {
+        this.char(text[i]!);
+      } catch (error) {
+        if (!(error instanceof UnsteerableSchemaError)) throw error;
+        this.lost = true;
+      }
     }
     return text.length;
   }
