@@ -112,6 +112,7 @@ for (let run = 0; run < runs; run++) {
     for (const mode of order) {
       const r = await generate(prompt, mode);
       tps[mode].push(r.stats.generationTokensPerSecond);
+      process.stderr.write(`${mode}: ${r.stats.generatedTokens} tokens, ${r.stats.generationTokensPerSecond.toFixed(2)} tok/s${r.closedEarly ? ", closed early" : ""}\n`);
       tokens[mode].push(r.stats.generatedTokens);
       if (r.closedEarly) closedEarly++;
       if (mode === "schema" || mode === "budget") {
