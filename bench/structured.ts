@@ -7,7 +7,7 @@
 // of one mask step (xgrammar's bitmask → a boolean array → mx.where), and the schema's
 // first compile. Prints a Markdown table.
 //
-//   node_modules/.bin/bun bench/structured.ts [--model tiny|default|DIR] [--runs 3] [--max-tokens 64]
+//   node_modules/.bin/bun bench/structured.ts [--model tiny|default|DIR] [--runs 3] [--max-tokens 64] [--modes schema,budget]
 import { parseArgs } from "node:util";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -28,6 +28,8 @@ const { values } = parseArgs({
     model: { type: "string", default: "tiny" },
     runs: { type: "string", default: "3" },
     "max-tokens": { type: "string", default: "64" },
+    /** Which modes to run (comma-separated), e.g. schema,budget on a slow model. */
+    modes: { type: "string", default: "none,identity,schema,budget,tools" },
   },
 });
 const runs = Number(values.runs);
@@ -108,7 +110,9 @@ let schemaRuns = 0;
 await generate(prompts[0]!, "schema"); // warm-up
 for (let run = 0; run < runs; run++) {
   for (const prompt of prompts) {
-    const order: Mode[] = run % 2 === 0 ? ["none", "identity", "schema", "budget", "tools"] : ["tools", "budget", "schema", "identity", "none"];
+    const all: Mode[] = ["none", "identity", "schema", "budget", "tools"];
+    const chosen = all.filter((m) => values.modes!.split(",").includes(m));
+    const order = run % 2 === 0 ? chosen : [...chosen].reverse();
     for (const mode of order) {
       const r = await generate(prompt, mode);
       tps[mode].push(r.stats.generationTokensPerSecond);
