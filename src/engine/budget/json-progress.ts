@@ -157,19 +157,22 @@ export class SchemaShapes {
 
   /**
    * The most one opening character ({ [ " , :) can add to a completion, in bytes: the largest
-   * smallest value of any part of the schema, with the longest key and separators.
+   * smallest value of any part of the schema below the root (the root opens only once, at
+   * the start), with the longest key and separators.
    */
   largestOpening(root: unknown): number {
     let value = 0;
     let key = 2;
     const seen = new Set<Schema>();
-    const visit = (node: unknown): void => {
+    const visit = (node: unknown, opened: boolean): void => {
       let s: Schema;
       try {
         s = this.resolve(node);
-        if (seen.has(s)) return;
-        seen.add(s);
-        value = Math.max(value, Buffer.byteLength(this.minText(s)));
+        if (opened) {
+          if (seen.has(s)) return;
+          seen.add(s);
+          value = Math.max(value, Buffer.byteLength(this.minText(s)));
+        }
       } catch (error) {
         if (error instanceof UnsteerableSchemaError) return;
         throw error;
@@ -177,14 +180,21 @@ export class SchemaShapes {
       for (const b of this.branches(s)) {
         for (const [k, v] of Object.entries(properties(b))) {
           key = Math.max(key, Buffer.byteLength(JSON.stringify(k)));
-          visit(v);
+          visit(v, true);
         }
         for (const part of [b.additionalProperties, b.items, b.additionalItems, ...((b.prefixItems as unknown[]) ?? []), ...(Array.isArray(b.items) ? b.items : [])]) {
-          if (part && typeof part === "object" && !Array.isArray(part)) visit(part);
+          if (part && typeof part === "object" && !Array.isArray(part)) visit(part, true);
         }
       }
     };
-    visit(root);
+    // A root with alternatives opens again where the model picks a larger one than the smallest.
+    let alternatives = 1;
+    try {
+      alternatives = this.branches(root).length;
+    } catch (error) {
+      if (!(error instanceof UnsteerableSchemaError)) throw error;
+    }
+    visit(root, alternatives > 1);
     return value + key + 6;
   }
 
