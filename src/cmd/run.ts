@@ -6,6 +6,7 @@ import { fail, setVerbose } from "./log";
 import { openModel } from "./open-model";
 import { formatArgs, formatFrom, list, modelArg, positiveInteger, samplingArgs, samplingFrom } from "./options";
 import { createJsonConstraint } from "../engine/grammar";
+import { BudgetError } from "../engine/budget/steering";
 import { promptTokens } from "../engine/prompt";
 import { formatStats } from "./stats";
 
@@ -32,9 +33,11 @@ export default defineCommand({
       const output = await formatFrom(args); // before loading the model: a bad schema fails fast
       const prompt = await readPrompt(args.prompt);
       const lm = await openModel(args.model);
-      const constraint = output && (await createJsonConstraint(lm.tokenizer, output.format));
-
       const ids = promptTokens(lm.tokenizer, prompt, { system: args.system, raw: Boolean(args.raw) });
+      // The budget the answer really has: the context may leave less than --max-tokens.
+      const budget = Math.min(maxTokens, lm.config.maxPositionEmbeddings - ids.length);
+      const constraint = output && (await cliBudget(() => createJsonConstraint(lm.tokenizer, output.format, { maxTokens: budget })));
+
       const controller = new AbortController();
       process.once("SIGINT", () => controller.abort());
       const caches = makeCaches(lm.model);
@@ -50,8 +53,10 @@ export default defineCommand({
       const result: CompletionResult = step.value;
       freeCaches(caches);
       constraint?.dispose();
-      if (args.json) process.stdout.write(`${JSON.stringify(jsonResult(result))}\n`);
+      const closedEarly = constraint?.closedEarly() ?? false;
+      if (args.json) process.stdout.write(`${JSON.stringify(jsonResult(result, closedEarly))}\n`);
       else process.stdout.write("\n");
+      if (closedEarly && !args.json) process.stderr.write(`note: --max-tokens ran out, so the JSON was closed early (it is valid but cut short)\n`);
       if (verbose) process.stderr.write(`${formatStats(result.stats)}\n`);
       if (result.finishReason === "cancelled") process.exit(130);
     } catch (error) {
@@ -67,10 +72,21 @@ async function readPrompt(argument: string | undefined): Promise<string> {
   return prompt;
 }
 
-function jsonResult(r: CompletionResult) {
+/** A BudgetError in the words of the command line. */
+async function cliBudget<T>(make: () => Promise<T>): Promise<T> {
+  try {
+    return await make();
+  } catch (error) {
+    if (error instanceof BudgetError) throw new BudgetError(error.maxTokens, error.minimum, "--max-tokens");
+    throw error;
+  }
+}
+
+function jsonResult(r: CompletionResult, closedEarly: boolean) {
   return {
     text: r.text,
     finish_reason: r.finishReason,
+    closed_early: closedEarly,
     prompt_token_ids: r.promptTokenIds,
     token_ids: r.tokenIds,
     stats: {

@@ -164,6 +164,9 @@ export interface RunningServer {
 }
 
 /** Starts listening (127.0.0.1 by default); with `defaultModel`, loads it in the background. */
+/** The most a request may send before the connection is cut (what is over maxBodyBytes is discarded, not kept). */
+const UPLOAD_CAP = 1024 * 1024 * 1024;
+
 export function startServer(o: ServerOptions = {}): RunningServer {
   const state = createState(o);
   const app = createApp(state);
@@ -174,8 +177,11 @@ export function startServer(o: ServerOptions = {}): RunningServer {
     // Generations can be long and silent (non-streaming, or queued): no idle cut-off; the
     // per-request timeout bounds them instead.
     idleTimeout: 0,
-    // Hono's body limit answers oversized bodies with a JSON 413; this only bounds the worst case.
-    maxRequestBodySize: state.config.maxBodyBytes * 2 + 1024 * 1024,
+    // Hono's body limit answers an oversized body with our JSON 413 as soon as it knows (from
+    // Content-Length, or counting a chunked body), and Bun discards the rest of the upload
+    // without buffering it, so a client still sending reads the answer. Bun's own cap must sit
+    // far above ours: past it, Bun cuts the request with an empty 413.
+    maxRequestBodySize: Math.max(UPLOAD_CAP, state.config.maxBodyBytes * 2),
   });
   if (o.defaultModel) {
     // Preloaded and kept (keep-alive -1) unless a request says otherwise.

@@ -5,6 +5,7 @@
 import * as mx from "../mlx";
 import type { FormatInput, PromptInput, SamplingInput } from "../api/common";
 import { createJsonConstraint, SchemaError, type GrammarConstraint } from "../engine/grammar";
+import { BudgetError } from "../engine/budget/steering";
 import { createToolCallConstraint, offeredTools, requiredFunctions, templateInput, toolTemplate, type ToolCallFormat, type ToolRequest, type ToolSpec, type ToolTemplate } from "../engine/tools";
 import { ValidationError } from "../api/validate";
 import { checkContext } from "../engine/completion";
@@ -51,6 +52,8 @@ export interface Generation {
   timedOut: () => boolean;
   /** Stops the generation (client gone). */
   abort: () => void;
+  /** Whether the token budget closed a structured answer early (to keep it valid). */
+  closedEarly: () => boolean;
   /** Records the outcome in /metrics and releases the model; call exactly once. */
   finish: (outcome: string, usage?: GenerationUsage) => void;
 }
@@ -63,17 +66,18 @@ export interface GenerationContext {
 
 /**
  * The grammar the answer must follow: calls when the request requires one, the request's JSON
- * format, or free text in which any call the model starts stays valid. A schema xgrammar or
- * ajv refuses is the client's 400, except for tools the model may ignore: those are then only
- * parsed, as most servers do.
+ * format, or free text in which any call the model starts stays valid; each steered to a valid
+ * end within `maxTokens`. A schema xgrammar or ajv refuses is the client's 400, except for
+ * tools the model may ignore: those are then only parsed, as most servers do. A `maxTokens`
+ * too small for any valid answer is a 400 on max_tokens naming the minimum.
  */
-async function grammarConstraint(lm: LoadedModel, input: GenerateInput, toolFormat: ToolCallFormat | undefined): Promise<GrammarConstraint | undefined> {
+async function grammarConstraint(lm: LoadedModel, input: GenerateInput, toolFormat: ToolCallFormat | undefined, maxTokens: number): Promise<GrammarConstraint | undefined> {
   const tools = toolFormat && input.tools;
   const required = tools && requiredFunctions(tools);
   const format = input.format;
-  if (required) return withSchemaErrors("tools", () => createToolCallConstraint(lm.tokenizer, toolFormat, required, { required: true, parallel: tools.parallel }));
-  if (format) return withSchemaErrors(format.param, () => createJsonConstraint(lm.tokenizer, format.format));
-  if (tools) return withSchemaErrors(null, () => createToolCallConstraint(lm.tokenizer, toolFormat, tools.tools, { required: false, parallel: tools.parallel }));
+  if (required) return withSchemaErrors("tools", () => createToolCallConstraint(lm.tokenizer, toolFormat, required, { required: true, parallel: tools.parallel, maxTokens }));
+  if (format) return withSchemaErrors(format.param, () => createJsonConstraint(lm.tokenizer, format.format, { maxTokens }));
+  if (tools) return withSchemaErrors(null, () => createToolCallConstraint(lm.tokenizer, toolFormat, tools.tools, { required: false, parallel: tools.parallel, maxTokens }));
   return undefined;
 }
 
@@ -82,6 +86,7 @@ async function withSchemaErrors(param: string | null, make: () => Promise<Gramma
   try {
     return await make();
   } catch (error) {
+    if (error instanceof BudgetError) throw badRequest(error.message, "max_tokens");
     if (!(error instanceof SchemaError)) throw error;
     if (param === null) return undefined;
     throw badRequest(error.message, param);
@@ -107,7 +112,7 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
       throw badRequest(`max_tokens is ${input.maxTokens}, more than the model's context of ${context} tokens`, "max_tokens");
     const maxTokens = Math.min(input.maxTokens ?? room, room);
     const sampling = settleSampling(input.sampling, input.defaults);
-    const constraint = await grammarConstraint(lm, input, toolFormat);
+    const constraint = await grammarConstraint(lm, input, toolFormat, maxTokens);
     const processors = [...(logitsProcessors(input.sampling, promptIds.length, vocab) ?? []), ...(constraint ? [constraint.processor] : [])];
 
     const controller = new AbortController();
@@ -139,6 +144,7 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
       events: tracked.events,
       timedOut: () => timedOut,
       abort: () => controller.abort(),
+      closedEarly: () => constraint?.closedEarly() ?? false,
       finish: (outcome, usage) => {
         if (finished) return;
         finished = true;

@@ -30,11 +30,12 @@ export class ChatSession {
   /** Streams the answer to `text` into `write`; Ctrl-C (the signal) stops it and keeps what was said. */
   async answer(text: string, write: (chunk: string) => void, signal: AbortSignal): Promise<void> {
     const format = this.settings.format;
-    const constraint = format && (await createJsonConstraint(this.conversation.lm.tokenizer, format.format));
+    const maxTokens = this.settings.maxTokens;
+    const constraint = format && (await createJsonConstraint(this.conversation.lm.tokenizer, format.format, { maxTokens }));
     let step;
     try {
       const logitsProcessors = constraint ? [constraint.processor] : undefined;
-      const turn = this.conversation.turn(text, { sampling: this.settings.sampling, maxTokens: this.settings.maxTokens, signal, logitsProcessors });
+      const turn = this.conversation.turn(text, { sampling: this.settings.sampling, maxTokens, signal, logitsProcessors });
       step = turn.next();
       while (!step.done) {
         write(step.value);
@@ -49,6 +50,7 @@ export class ChatSession {
     write("\n");
     if (info.droppedMessages > 0) this.say(`(context full: dropped the ${info.droppedMessages} oldest messages)`);
     if (result.finishReason === "cancelled") this.say("(stopped)");
+    else if (constraint?.closedEarly()) this.say("(max_tokens ran out: the JSON was closed early, valid but cut short)");
     else if (constraint && result.finishReason === "length") this.say("(max_tokens reached before the JSON was complete)");
     if (this.settings.stats) {
       const s = result.stats;
