@@ -3,7 +3,8 @@
 // permuted q/k rows must come back in Hugging Face order.
 import { describe, expect, test } from "bun:test";
 import * as mx from "../src/mlx";
-import { buildModel, forward, makeCaches, parseConfig, Weights, freeCaches } from "../src/models";
+import { buildModel, forward, makeCaches, parseConfig, Weights, freeCaches, type KVCache } from "../src/models";
+import { SlidingKVCache } from "../src/models/sliding-cache";
 import { ggufModel, hfTensorName } from "../src/models/gguf";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -26,6 +27,8 @@ const variants: [string, TinyOptions][] = [
   ["mistral", { modelType: "mistral", tied: false }],
   ["qwen2 (q/k/v bias)", { modelType: "qwen2" }],
   ["qwen3 (q/k norm)", { modelType: "qwen3" }],
+  ["gemma3 (sliding window of 6, a global layer every 2)", { modelType: "gemma3_text", layers: 4 }],
+  ["gemma3, 4-bit", { modelType: "gemma3_text", layers: 4, quantize: { groupSize: 32, bits: 4 } }],
 ];
 
 describe("KV cache", () => {
@@ -74,6 +77,53 @@ describe("KV cache", () => {
     const other = makeCaches(model);
     const whole = mx.scope(() => forward(model, ids(sequence), other));
     expect(mx.scope(() => mx.max(mx.abs(mx.subtract(split, whole))).item())).toBe(0);
+  });
+});
+
+describe("sliding-window layers (gemma3, window 6)", () => {
+  const options: TinyOptions = { modelType: "gemma3_text", layers: 4 };
+  const tokens = Array.from({ length: 40 }, (_, i) => (i * 37 + 11) % 300);
+  // Prefill 5 tokens, then one at a time: the logits of every position.
+  const run = (model: ReturnType<typeof tinyModel>, caches: KVCache[]) => {
+    const rows = [mx.scope(() => forward(model, ids(tokens.slice(0, 5)), caches))];
+    for (const t of tokens.slice(5)) rows.push(mx.scope(() => forward(model, ids([t]), caches)));
+    return mx.scope(() => mx.concatenate(rows, 1));
+  };
+
+  test("a cache that keeps only the window (compacted every 4 tokens) gives the logits of full caches", () => {
+    const model = tinyModel(options);
+    const full = run(model, makeCaches(model, { windowed: false }));
+    const windowed = model.makeCaches!().map((c) => (c instanceof SlidingKVCache ? new SlidingKVCache(c.window, 4) : c));
+    const sliding = run(model, windowed);
+    expect(mx.scope(() => mx.max(mx.abs(mx.subtract(full, sliding))).item())).toBeLessThan(1e-4);
+    const local = windowed[0] as SlidingKVCache;
+    expect(local.offset).toBe(40);
+    expect(local.keys!.shape[2]).toBeLessThanOrEqual(6 - 1 + 4);
+    expect(local.held).toBeLessThanOrEqual(6 - 1 + 4);
+    expect(windowed[1]!.keys!.shape[2]).toBeGreaterThanOrEqual(40); // the global layer keeps everything
+    freeCaches(windowed);
+  });
+
+  test("the window matters: a model without it answers differently past 6 tokens", () => {
+    const model = tinyModel(options);
+    const wide = tinyModel({ ...options, window: 64 });
+    const a = run(model, makeCaches(model));
+    const b = run(wide, makeCaches(wide));
+    const diff = (from: number, to: number) => mx.scope(() => mx.max(mx.abs(mx.subtract(mx.slice(a, [0, from, 0], [1, to, 300]), mx.slice(b, [0, from, 0], [1, to, 300])))).item());
+    expect(diff(0, 6)).toBeLessThan(1e-5);
+    expect(diff(6, 40)).toBeGreaterThan(1e-3);
+  });
+
+  test("taking back tokens works while the window before them is held, and says so otherwise", () => {
+    const cache = new SlidingKVCache(6, 4);
+    const kv = () => mx.keep(mx.zeros([1, 2, 1, 16]));
+    for (let i = 0; i < 20; i++) mx.scope(() => cache.updateAndFetch(kv(), kv()));
+    expect(cache.canTrim(18)).toBe(true);
+    expect(cache.canTrim(10)).toBe(false);
+    expect(() => cache.trim(10)).toThrow(/cannot go back to position 10/);
+    cache.trim(18);
+    expect(cache.offset).toBe(18);
+    cache.free();
   });
 });
 
@@ -164,6 +214,6 @@ describe("GGUF layout", () => {
   });
 
   test("an unsupported model_type names the supported ones", () => {
-    expect(() => buildModel(new Weights(new Map(), parseConfig({ ...tinyConfig({}), model_type: "falcon" })))).toThrow(/unsupported model_type 'falcon' \(supported: llama, mistral, qwen2, qwen3\)/);
+    expect(() => buildModel(new Weights(new Map(), parseConfig({ ...tinyConfig({}), model_type: "falcon" })))).toThrow(/unsupported model_type 'falcon' \(supported: gemma3_text, llama, mistral, qwen2, qwen3\)/);
   });
 });

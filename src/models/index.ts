@@ -1,5 +1,6 @@
 // The architectures we run, by config.json model_type. Each file builds a DecoderModel
 // from weights; everything else (loading, caches, generation) is shared.
+import * as gemma3 from "./gemma3";
 import * as llama from "./llama";
 import * as mistral from "./mistral";
 import * as qwen2 from "./qwen2";
@@ -8,6 +9,7 @@ import type { Weights } from "./layers";
 import type { DecoderModel } from "./model";
 
 const architectures: Record<string, (w: Weights) => DecoderModel> = {
+  gemma3_text: gemma3.build,
   llama: llama.build,
   mistral: mistral.build,
   qwen2: qwen2.build,

@@ -4,6 +4,7 @@ import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { ModelConfig } from "./config";
 import { embedding, linear, rmsNorm, Weights } from "./layers";
+import type { RopeScaling } from "./config";
 import { decoder, type Block, type DecoderModel, type Mask } from "./model";
 import { initializeRope } from "./rope";
 import type { AttentionCache } from "./cache";
@@ -11,6 +12,12 @@ import type { AttentionCache } from "./cache";
 export interface AttentionOptions {
   /** Qwen3 normalises each head's queries and keys before the rotary embedding. */
   qkNorm?: boolean;
+  /** Makes the norm layers (Gemma's scales by 1 + weight). */
+  norm?: typeof rmsNorm;
+  /** The softmax scale, when it is not 1/√head_dim. */
+  scale?: number;
+  /** The rotary base and scaling, when a layer's are not the config's (Gemma's local layers). */
+  rope?: { base: number; scaling?: RopeScaling };
 }
 
 export function attention(w: Weights, prefix: string, c: ModelConfig, options: AttentionOptions = {}) {
@@ -18,16 +25,17 @@ export function attention(w: Weights, prefix: string, c: ModelConfig, options: A
   const kProj = linear(w, `${prefix}.k_proj`);
   const vProj = linear(w, `${prefix}.v_proj`);
   const oProj = linear(w, `${prefix}.o_proj`);
-  const qNorm = options.qkNorm ? rmsNorm(w, `${prefix}.q_norm`, c.rmsNormEps) : undefined;
-  const kNorm = options.qkNorm ? rmsNorm(w, `${prefix}.k_norm`, c.rmsNormEps) : undefined;
+  const norm = options.norm ?? rmsNorm;
+  const qNorm = options.qkNorm ? norm(w, `${prefix}.q_norm`, c.rmsNormEps) : undefined;
+  const kNorm = options.qkNorm ? norm(w, `${prefix}.k_norm`, c.rmsNormEps) : undefined;
   const rope = initializeRope({
     dims: c.headDim,
-    base: c.ropeTheta,
+    base: options.rope?.base ?? c.ropeTheta,
     traditional: c.ropeTraditional,
-    scaling: c.ropeScaling,
+    scaling: options.rope ? options.rope.scaling : c.ropeScaling,
     freqs: w.optional("rope_freqs"),
   });
-  const scale = c.headDim ** -0.5;
+  const scale = options.scale ?? c.headDim ** -0.5;
 
   // [B, L, heads * dim] → [B, heads, L, dim], normalising per head first where asked.
   const heads = (x: MxArray, n: number, norm?: (x: MxArray) => MxArray) => {
@@ -49,11 +57,12 @@ export function attention(w: Weights, prefix: string, c: ModelConfig, options: A
   };
 }
 
-export function mlp(w: Weights, prefix: string) {
+/** down(act(gate(x)) · up(x)): SwiGLU with SiLU, GeGLU with GELU. */
+export function mlp(w: Weights, prefix: string, activation: (x: MxArray) => MxArray = mx.silu) {
   const gate = linear(w, `${prefix}.gate_proj`);
   const up = linear(w, `${prefix}.up_proj`);
   const down = linear(w, `${prefix}.down_proj`);
-  return (x: MxArray) => down(mx.multiply(mx.silu(gate(x)), up(x)));
+  return (x: MxArray) => down(mx.multiply(activation(gate(x)), up(x)));
 }
 
 export function block(w: Weights, prefix: string, c: ModelConfig, options: AttentionOptions = {}): Block {

@@ -7,12 +7,14 @@ import * as mx from "../../src/mlx";
 import type { MxArray } from "../../src/mlx";
 
 export interface TinyOptions {
-  modelType?: "llama" | "mistral" | "qwen2" | "qwen3";
+  modelType?: "llama" | "mistral" | "qwen2" | "qwen3" | "gemma3_text";
   quantize?: { groupSize: number; bits: number };
   tied?: boolean;
   vocabSize?: number;
   layers?: number;
   seed?: number;
+  /** gemma3's sliding window (default 6). */
+  window?: number;
 }
 
 export const tinyDims = { hidden: 64, heads: 4, kvHeads: 2, headDim: 16, intermediate: 128 };
@@ -33,6 +35,10 @@ export function tinyConfig(o: TinyOptions = {}): Record<string, unknown> {
     tie_word_embeddings: o.tied ?? true,
     eos_token_id: 2,
   };
+  if (o.modelType === "gemma3_text") {
+    // A window shorter than the test sequences, and a global layer among local ones.
+    Object.assign(config, { sliding_window: o.window ?? 6, sliding_window_pattern: 2, query_pre_attn_scalar: 16, rope_theta: 1_000_000, rope_local_base_freq: 10_000, rms_norm_eps: 1e-6 });
+  }
   if (o.quantize) config.quantization = { group_size: o.quantize.groupSize, bits: o.quantize.bits, mode: "affine" };
   return config;
 }
@@ -73,7 +79,11 @@ export function tinyWeights(o: TinyOptions = {}): Map<string, MxArray> {
     addLinear(`${p}.self_attn.k_proj`, kvHeads * headDim, hidden, qwen2);
     addLinear(`${p}.self_attn.v_proj`, kvHeads * headDim, hidden, qwen2);
     addLinear(`${p}.self_attn.o_proj`, hidden, heads * headDim);
-    if (o.modelType === "qwen3") {
+    if (o.modelType === "gemma3_text") {
+      addNorm(`${p}.pre_feedforward_layernorm`, hidden);
+      addNorm(`${p}.post_feedforward_layernorm`, hidden);
+    }
+    if (o.modelType === "qwen3" || o.modelType === "gemma3_text") {
       addNorm(`${p}.self_attn.q_norm`, headDim);
       addNorm(`${p}.self_attn.k_norm`, headDim);
     }
