@@ -6,13 +6,10 @@
 import { beforeAll, describe, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import * as mx from "../src/mlx";
-import { tokenLoop } from "../src/engine/generate";
-import { defaultSampling } from "../src/engine/sampling";
 import { chatTokens } from "../src/engine/prompt";
 import { loadModel, type LoadedModel } from "../src/models/load";
 import { convertGGUF } from "../src/models/convert";
-import { makeCaches, freeCaches } from "../src/models";
+import { firstStepLogits, greedy } from "./helpers/parity";
 import { resolveModelPath } from "../src/store/resolve";
 import { storeRoot } from "../src/store/paths";
 import reference from "./fixtures/parity-smollm2-mlx-lm.json";
@@ -25,29 +22,6 @@ interface Case {
   prompt_ids: number[];
   output_ids: number[];
   top_logits: [number, number][];
-}
-
-function greedy(lm: LoadedModel, promptIds: number[], maxTokens: number): number[] {
-  const caches = makeCaches(lm.model);
-  const out: number[] = [];
-  for (const { token } of tokenLoop(lm.model, caches, promptIds, { sampling: defaultSampling, maxTokens })) {
-    if (lm.tokenizer.eosTokenIds.has(token)) break;
-    out.push(token);
-  }
-  freeCaches(caches);
-  return out;
-}
-
-function firstStepLogits(lm: LoadedModel, promptIds: number[], ids: number[]): number[] {
-  const caches = makeCaches(lm.model);
-  const values = mx.scope(() => {
-    const input = mx.array(Int32Array.from(promptIds), [1, promptIds.length]);
-    const hidden = lm.model.layers(lm.model.embed(input), caches);
-    const last = mx.reshape(lm.model.head(mx.slice(hidden, [0, promptIds.length - 1], [1, promptIds.length])), [-1]);
-    return mx.take(last, mx.array(Int32Array.from(ids)), 0).toArray();
-  });
-  freeCaches(caches);
-  return values;
 }
 
 const cases = reference.cases as unknown as Case[];
