@@ -29,6 +29,10 @@ const variants: [string, TinyOptions][] = [
   ["qwen3 (q/k norm)", { modelType: "qwen3" }],
   ["gemma3 (sliding window of 6, a global layer every 2)", { modelType: "gemma3_text", layers: 4 }],
   ["gemma3, 4-bit", { modelType: "gemma3_text", layers: 4, quantize: { groupSize: 32, bits: 4 } }],
+  ["qwen3_moe (experts one matrix each)", { modelType: "qwen3_moe", layers: 3 }],
+  ["qwen3_moe, 4-bit (experts stacked)", { modelType: "qwen3_moe", layers: 3, quantize: { groupSize: 32, bits: 4 } }],
+  ["mixtral", { modelType: "mixtral", tied: false }],
+  ["mixtral, 4-bit", { modelType: "mixtral", tied: false, quantize: { groupSize: 32, bits: 4 } }],
 ];
 
 describe("KV cache", () => {
@@ -214,6 +218,6 @@ describe("GGUF layout", () => {
   });
 
   test("an unsupported model_type names the supported ones", () => {
-    expect(() => buildModel(new Weights(new Map(), parseConfig({ ...tinyConfig({}), model_type: "falcon" })))).toThrow(/unsupported model_type 'falcon' \(supported: gemma3_text, llama, mistral, qwen2, qwen3\)/);
+    expect(() => buildModel(new Weights(new Map(), parseConfig({ ...tinyConfig({}), model_type: "falcon" })))).toThrow(/unsupported model_type 'falcon' \(supported: gemma3_text, llama, mistral, mixtral, qwen2, qwen3, qwen3_moe\)/);
   });
 });

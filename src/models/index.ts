@@ -3,8 +3,10 @@
 import * as gemma3 from "./gemma3";
 import * as llama from "./llama";
 import * as mistral from "./mistral";
+import * as mixtral from "./mixtral";
 import * as qwen2 from "./qwen2";
 import * as qwen3 from "./qwen3";
+import * as qwen3Moe from "./qwen3_moe";
 import type { Weights } from "./layers";
 import type { DecoderModel } from "./model";
 
@@ -12,8 +14,10 @@ const architectures: Record<string, (w: Weights) => DecoderModel> = {
   gemma3_text: gemma3.build,
   llama: llama.build,
   mistral: mistral.build,
+  mixtral: mixtral.build,
   qwen2: qwen2.build,
   qwen3: qwen3.build,
+  qwen3_moe: qwen3Moe.build,
 };
 
 export const supportedArchitectures = Object.keys(architectures);

@@ -65,23 +65,26 @@ export function mlp(w: Weights, prefix: string, activation: (x: MxArray) => MxAr
   return (x: MxArray) => down(mx.multiply(activation(gate(x)), up(x)));
 }
 
-export function block(w: Weights, prefix: string, c: ModelConfig, options: AttentionOptions = {}): Block {
+export type FeedForward = (x: MxArray) => MxArray;
+
+/** A pre-norm block; the feed-forward layer is the SwiGLU MLP unless given (a mixture of experts). */
+export function block(w: Weights, prefix: string, c: ModelConfig, options: AttentionOptions = {}, feedForward: FeedForward = mlp(w, `${prefix}.mlp`)): Block {
   const inputNorm = rmsNorm(w, `${prefix}.input_layernorm`, c.rmsNormEps);
   const postNorm = rmsNorm(w, `${prefix}.post_attention_layernorm`, c.rmsNormEps);
   const selfAttn = attention(w, `${prefix}.self_attn`, c, options);
-  const feedForward = mlp(w, `${prefix}.mlp`);
   return (x, mask, cache) => {
     const h = mx.add(x, selfAttn(inputNorm(x), mask, cache));
     return mx.add(h, feedForward(postNorm(h)));
   };
 }
 
-export function buildDecoder(w: Weights, options: AttentionOptions = {}): DecoderModel {
+/** `feedForward(layer, prefix)` makes a layer's feed-forward part where it is not the SwiGLU MLP. */
+export function buildDecoder(w: Weights, options: AttentionOptions = {}, feedForward?: (layer: number, prefix: string) => FeedForward | undefined): DecoderModel {
   const c = w.config;
   const embed = embedding(w, "model.embed_tokens");
   const norm = rmsNorm(w, "model.norm", c.rmsNormEps);
   const lmHead = c.tieWordEmbeddings || !w.has("lm_head.weight") ? embed.asLinear : linear(w, "lm_head");
-  const blocks = Array.from({ length: c.numHiddenLayers }, (_, i) => block(w, `model.layers.${i}`, c, options));
+  const blocks = Array.from({ length: c.numHiddenLayers }, (_, i) => block(w, `model.layers.${i}`, c, options, feedForward?.(i, `model.layers.${i}`)));
   return decoder({ config: c, embed: embed.lookup, blocks, head: (h) => lmHead(norm(h)) });
 }
 

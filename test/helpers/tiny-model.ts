@@ -7,7 +7,7 @@ import * as mx from "../../src/mlx";
 import type { MxArray } from "../../src/mlx";
 
 export interface TinyOptions {
-  modelType?: "llama" | "mistral" | "qwen2" | "qwen3" | "gemma3_text";
+  modelType?: "llama" | "mistral" | "qwen2" | "qwen3" | "gemma3_text" | "qwen3_moe" | "mixtral";
   quantize?: { groupSize: number; bits: number };
   tied?: boolean;
   vocabSize?: number;
@@ -18,6 +18,7 @@ export interface TinyOptions {
 }
 
 export const tinyDims = { hidden: 64, heads: 4, kvHeads: 2, headDim: 16, intermediate: 128 };
+export const tinyMoE = { experts: 4, intermediate: 32 };
 
 export function tinyConfig(o: TinyOptions = {}): Record<string, unknown> {
   const config: Record<string, unknown> = {
@@ -39,6 +40,11 @@ export function tinyConfig(o: TinyOptions = {}): Record<string, unknown> {
     // A window shorter than the test sequences, and a global layer among local ones.
     Object.assign(config, { sliding_window: o.window ?? 6, sliding_window_pattern: 2, query_pre_attn_scalar: 16, rope_theta: 1_000_000, rope_local_base_freq: 10_000, rms_norm_eps: 1e-6 });
   }
+  if (o.modelType === "qwen3_moe") {
+    // Layer 0 dense, the others four experts, two per token.
+    Object.assign(config, { num_experts: tinyMoE.experts, num_experts_per_tok: 2, decoder_sparse_step: 1, mlp_only_layers: [0], moe_intermediate_size: tinyMoE.intermediate, norm_topk_prob: true });
+  }
+  if (o.modelType === "mixtral") Object.assign(config, { num_local_experts: tinyMoE.experts, num_experts_per_tok: 2, rope_theta: 1_000_000 });
   if (o.quantize) config.quantization = { group_size: o.quantize.groupSize, bits: o.quantize.bits, mode: "affine" };
   return config;
 }
@@ -57,8 +63,8 @@ export function tinyWeights(o: TinyOptions = {}): Map<string, MxArray> {
     return t;
   };
   const w = new Map<string, MxArray>();
-  const addLinear = (name: string, out: number, inp: number, bias = false) => {
-    const weight = normal([out, inp]);
+  const addLinear = (name: string, out: number, inp: number, bias = false, stack?: number) => {
+    const weight = normal(stack ? [stack, out, inp] : [out, inp]);
     if (o.quantize) {
       const q = mx.quantize(weight, o.quantize);
       w.set(`${name}.weight`, mx.keep(q.weight));
@@ -83,13 +89,30 @@ export function tinyWeights(o: TinyOptions = {}): Map<string, MxArray> {
       addNorm(`${p}.pre_feedforward_layernorm`, hidden);
       addNorm(`${p}.post_feedforward_layernorm`, hidden);
     }
-    if (o.modelType === "qwen3" || o.modelType === "gemma3_text") {
+    if (o.modelType === "qwen3" || o.modelType === "qwen3_moe" || o.modelType === "gemma3_text") {
       addNorm(`${p}.self_attn.q_norm`, headDim);
       addNorm(`${p}.self_attn.k_norm`, headDim);
     }
-    addLinear(`${p}.mlp.gate_proj`, intermediate, hidden);
-    addLinear(`${p}.mlp.up_proj`, intermediate, hidden);
-    addLinear(`${p}.mlp.down_proj`, hidden, intermediate);
+    const moe = o.modelType === "mixtral" ? "block_sparse_moe" : o.modelType === "qwen3_moe" && i > 0 ? "mlp" : undefined;
+    if (moe) {
+      addLinear(`${p}.${moe}.gate`, tinyMoE.experts, hidden);
+      // Mixtral's experts are intermediate_size wide, Qwen3-MoE's moe_intermediate_size.
+      const expertHidden = o.modelType === "mixtral" ? intermediate : tinyMoE.intermediate;
+      const projections: [string, string, number, number][] = [
+        ["gate_proj", "w1", expertHidden, hidden],
+        ["up_proj", "w3", expertHidden, hidden],
+        ["down_proj", "w2", hidden, expertHidden],
+      ];
+      for (const [proj, mixtralName, out, inp] of projections) {
+        // Quantized: stacked per layer, as mlx-lm saves them; plain: one matrix per expert, as Hugging Face checkpoints have them.
+        if (o.quantize) addLinear(`${p}.${moe}.switch_mlp.${proj}`, out, inp, false, tinyMoE.experts);
+        else for (let e = 0; e < tinyMoE.experts; e++) addLinear(`${p}.${moe}.experts.${e}.${o.modelType === "mixtral" ? mixtralName : proj}`, out, inp);
+      }
+    } else {
+      addLinear(`${p}.mlp.gate_proj`, intermediate, hidden);
+      addLinear(`${p}.mlp.up_proj`, intermediate, hidden);
+      addLinear(`${p}.mlp.down_proj`, hidden, intermediate);
+    }
   }
   addNorm("model.norm", hidden);
   if (o.tied === false) addLinear("lm_head", vocab, hidden);
