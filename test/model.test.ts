@@ -33,6 +33,7 @@ const variants: [string, TinyOptions][] = [
   ["qwen3_moe, 4-bit (experts stacked)", { modelType: "qwen3_moe", layers: 3, quantize: { groupSize: 32, bits: 4 } }],
   ["mixtral", { modelType: "mixtral", tied: false }],
   ["mixtral, 4-bit", { modelType: "mixtral", tied: false, quantize: { groupSize: 32, bits: 4 } }],
+  ["phi3 (fused projections, LongRoPE)", { modelType: "phi3", tied: false }],
 ];
 
 describe("KV cache", () => {
@@ -218,6 +219,6 @@ describe("GGUF layout", () => {
   });
 
   test("an unsupported model_type names the supported ones", () => {
-    expect(() => buildModel(new Weights(new Map(), parseConfig({ ...tinyConfig({}), model_type: "falcon" })))).toThrow(/unsupported model_type 'falcon' \(supported: gemma3_text, llama, mistral, mixtral, qwen2, qwen3, qwen3_moe\)/);
+    expect(() => buildModel(new Weights(new Map(), parseConfig({ ...tinyConfig({}), model_type: "falcon" })))).toThrow(/unsupported model_type 'falcon' \(supported: gemma3_text, llama, mistral, mixtral, phi3, qwen2, qwen3, qwen3_moe\)/);
   });
 });

@@ -4,6 +4,7 @@ import * as gemma3 from "./gemma3";
 import * as llama from "./llama";
 import * as mistral from "./mistral";
 import * as mixtral from "./mixtral";
+import * as phi3 from "./phi3";
 import * as qwen2 from "./qwen2";
 import * as qwen3 from "./qwen3";
 import * as qwen3Moe from "./qwen3_moe";
@@ -15,6 +16,7 @@ const architectures: Record<string, (w: Weights) => DecoderModel> = {
   llama: llama.build,
   mistral: mistral.build,
   mixtral: mixtral.build,
+  phi3: phi3.build,
   qwen2: qwen2.build,
   qwen3: qwen3.build,
   qwen3_moe: qwen3Moe.build,

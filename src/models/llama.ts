@@ -3,7 +3,7 @@
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { ModelConfig } from "./config";
-import { embedding, linear, rmsNorm, Weights } from "./layers";
+import { embedding, linear, rmsNorm, Weights, type Linear } from "./layers";
 import type { RopeScaling } from "./config";
 import { decoder, type Block, type DecoderModel, type Mask } from "./model";
 import { initializeRope } from "./rope";
@@ -18,12 +18,12 @@ export interface AttentionOptions {
   scale?: number;
   /** The rotary base and scaling, when a layer's are not the config's (Gemma's local layers). */
   rope?: { base: number; scaling?: RopeScaling };
+  /** Phi-3 computes queries, keys and values in one projection, qkv_proj. */
+  fusedQkv?: boolean;
 }
 
 export function attention(w: Weights, prefix: string, c: ModelConfig, options: AttentionOptions = {}) {
-  const qProj = linear(w, `${prefix}.q_proj`);
-  const kProj = linear(w, `${prefix}.k_proj`);
-  const vProj = linear(w, `${prefix}.v_proj`);
+  const project = options.fusedQkv ? fusedQkv(w, `${prefix}.qkv_proj`, c) : separateQkv(w, prefix);
   const oProj = linear(w, `${prefix}.o_proj`);
   const norm = options.norm ?? rmsNorm;
   const qNorm = options.qkNorm ? norm(w, `${prefix}.q_norm`, c.rmsNormEps) : undefined;
@@ -34,6 +34,7 @@ export function attention(w: Weights, prefix: string, c: ModelConfig, options: A
     traditional: c.ropeTraditional,
     scaling: options.rope ? options.rope.scaling : c.ropeScaling,
     freqs: w.optional("rope_freqs"),
+    maxPositionEmbeddings: c.maxPositionEmbeddings,
   });
   const scale = options.scale ?? c.headDim ** -0.5;
 
@@ -46,14 +47,46 @@ export function attention(w: Weights, prefix: string, c: ModelConfig, options: A
 
   return (x: MxArray, mask: Mask, cache: AttentionCache): MxArray => {
     const [b, l] = x.shape as [number, number];
-    let queries = heads(qProj(x), c.numAttentionHeads, qNorm);
-    let keys = heads(kProj(x), c.numKeyValueHeads, kNorm);
-    let values = heads(vProj(x), c.numKeyValueHeads);
+    const [q, k, v] = project(x);
+    let queries = heads(q, c.numAttentionHeads, qNorm);
+    let keys = heads(k, c.numKeyValueHeads, kNorm);
+    let values = heads(v, c.numKeyValueHeads);
     queries = rope(queries, cache.ropeOffset);
     keys = rope(keys, cache.ropeOffset);
     [keys, values] = cache.updateAndFetch(keys, values);
     const out = mx.fast.scaledDotProductAttention(queries, keys, values, scale, mask);
     return oProj(mx.reshape(mx.transpose(out, [0, 2, 1, 3]), [b, l, -1]));
+  };
+}
+
+type Qkv = (x: MxArray) => [MxArray, MxArray, MxArray];
+
+function separateQkv(w: Weights, prefix: string): Qkv {
+  const [q, k, v] = ["q_proj", "k_proj", "v_proj"].map((name) => linear(w, `${prefix}.${name}`)) as [Linear, Linear, Linear];
+  return (x) => [q(x), k(x), v(x)];
+}
+
+/** One projection whose outputs are the queries, then the keys, then the values. */
+function fusedQkv(w: Weights, prefix: string, c: ModelConfig): Qkv {
+  const qkv = linear(w, prefix);
+  const queries = c.numAttentionHeads * c.headDim;
+  const keys = c.numKeyValueHeads * c.headDim;
+  return (x) => {
+    const all = qkv(x);
+    const [b, l, n] = all.shape as [number, number, number];
+    const part = (start: number, end: number) => mx.slice(all, [0, 0, start], [b, l, end]);
+    return [part(0, queries), part(queries, queries + keys), part(queries + keys, n)];
+  };
+}
+
+/** Phi-3's MLP: gate and up in one projection, gate_up_proj (the gate's outputs first). */
+export function fusedMlp(w: Weights, prefix: string) {
+  const gateUp = linear(w, `${prefix}.gate_up_proj`);
+  const down = linear(w, `${prefix}.down_proj`);
+  return (x: MxArray) => {
+    const h = gateUp(x);
+    const [b, l, n] = h.shape as [number, number, number];
+    return down(mx.multiply(mx.silu(mx.slice(h, [0, 0, 0], [b, l, n / 2])), mx.slice(h, [0, 0, n / 2], [b, l, n])));
   };
 }
 

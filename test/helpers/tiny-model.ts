@@ -7,7 +7,7 @@ import * as mx from "../../src/mlx";
 import type { MxArray } from "../../src/mlx";
 
 export interface TinyOptions {
-  modelType?: "llama" | "mistral" | "qwen2" | "qwen3" | "gemma3_text" | "qwen3_moe" | "mixtral";
+  modelType?: "llama" | "mistral" | "qwen2" | "qwen3" | "gemma3_text" | "qwen3_moe" | "mixtral" | "phi3";
   quantize?: { groupSize: number; bits: number };
   tied?: boolean;
   vocabSize?: number;
@@ -45,6 +45,11 @@ export function tinyConfig(o: TinyOptions = {}): Record<string, unknown> {
     Object.assign(config, { num_experts: tinyMoE.experts, num_experts_per_tok: 2, decoder_sparse_step: 1, mlp_only_layers: [0], moe_intermediate_size: tinyMoE.intermediate, norm_topk_prob: true });
   }
   if (o.modelType === "mixtral") Object.assign(config, { num_local_experts: tinyMoE.experts, num_experts_per_tok: 2, rope_theta: 1_000_000 });
+  if (o.modelType === "phi3") {
+    // LongRoPE with a context 4× the original one, so its scale is not 1.
+    const factors = Array.from({ length: tinyDims.headDim / 2 }, (_, i) => 1 + i * 0.5);
+    Object.assign(config, { original_max_position_embeddings: 128, rope_scaling: { type: "longrope", long_factor: factors, short_factor: factors.map(() => 1) } });
+  }
   if (o.quantize) config.quantization = { group_size: o.quantize.groupSize, bits: o.quantize.bits, mode: "affine" };
   return config;
 }
@@ -81,9 +86,12 @@ export function tinyWeights(o: TinyOptions = {}): Map<string, MxArray> {
     const p = `model.layers.${i}`;
     addNorm(`${p}.input_layernorm`, hidden);
     addNorm(`${p}.post_attention_layernorm`, hidden);
-    addLinear(`${p}.self_attn.q_proj`, heads * headDim, hidden, qwen2);
-    addLinear(`${p}.self_attn.k_proj`, kvHeads * headDim, hidden, qwen2);
-    addLinear(`${p}.self_attn.v_proj`, kvHeads * headDim, hidden, qwen2);
+    if (o.modelType === "phi3") addLinear(`${p}.self_attn.qkv_proj`, (heads + 2 * kvHeads) * headDim, hidden);
+    else {
+      addLinear(`${p}.self_attn.q_proj`, heads * headDim, hidden, qwen2);
+      addLinear(`${p}.self_attn.k_proj`, kvHeads * headDim, hidden, qwen2);
+      addLinear(`${p}.self_attn.v_proj`, kvHeads * headDim, hidden, qwen2);
+    }
     addLinear(`${p}.self_attn.o_proj`, hidden, heads * headDim);
     if (o.modelType === "gemma3_text") {
       addNorm(`${p}.pre_feedforward_layernorm`, hidden);
@@ -108,6 +116,9 @@ export function tinyWeights(o: TinyOptions = {}): Map<string, MxArray> {
         if (o.quantize) addLinear(`${p}.${moe}.switch_mlp.${proj}`, out, inp, false, tinyMoE.experts);
         else for (let e = 0; e < tinyMoE.experts; e++) addLinear(`${p}.${moe}.experts.${e}.${o.modelType === "mixtral" ? mixtralName : proj}`, out, inp);
       }
+    } else if (o.modelType === "phi3") {
+      addLinear(`${p}.mlp.gate_up_proj`, 2 * intermediate, hidden);
+      addLinear(`${p}.mlp.down_proj`, hidden, intermediate);
     } else {
       addLinear(`${p}.mlp.gate_proj`, intermediate, hidden);
       addLinear(`${p}.mlp.up_proj`, intermediate, hidden);
