@@ -10,7 +10,7 @@ import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadModel } from "../src/models/load";
-import { tinyConfig, tinyDims, tinyWeights, writeTinyModel, type TinyOptions } from "./helpers/tiny-model";
+import { tinyConfig, tinyDims, tinyMoE, tinyWeights, writeTinyModel, type TinyOptions } from "./helpers/tiny-model";
 
 function tinyModel(o: TinyOptions) {
   const weights = tinyWeights(o);
@@ -158,6 +158,46 @@ describe("GGUF layout", () => {
     expect(hfTensorName("output.weight")).toBe("lm_head.weight");
     expect(hfTensorName("blk.0.attn_q_norm.weight")).toBe("model.layers.0.self_attn.q_norm.weight");
     expect(hfTensorName("something.else")).toBeUndefined();
+  });
+
+  test("a qwen3moe GGUF: router and stacked experts by llama.cpp's names, dense layers found, the same model", () => {
+    const o: TinyOptions = { modelType: "qwen3_moe", layers: 3, quantize: { groupSize: 32, bits: 4 } };
+    const hf = tinyWeights(o);
+    const toGGUF: Record<string, string> = {
+      input_layernorm: "attn_norm", post_attention_layernorm: "ffn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+      "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+      "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down", "mlp.gate": "ffn_gate_inp",
+      "mlp.switch_mlp.gate_proj": "ffn_gate_exps", "mlp.switch_mlp.up_proj": "ffn_up_exps", "mlp.switch_mlp.down_proj": "ffn_down_exps",
+    };
+    const tensors = new Map<string, mx.MxArray>();
+    for (const [name, t] of hf) {
+      const layer = /^model\.layers\.(\d+)\.(.+)\.(weight|scales|biases)$/.exec(name);
+      const ggufName = layer ? `blk.${layer[1]}.${toGGUF[layer[2]!]}.${layer[3]}` : name.replace("model.embed_tokens", "token_embd").replace("model.norm", "output_norm");
+      expect(hfTensorName(ggufName, "qwen3moe")).toBe(name);
+      tensors.set(ggufName, mx.keep(mx.scope(() => mx.copy(t))));
+    }
+    const metadata = {
+      "general.architecture": "qwen3moe",
+      "qwen3moe.attention.head_count": tinyDims.heads,
+      "qwen3moe.attention.head_count_kv": tinyDims.kvHeads,
+      "qwen3moe.attention.key_length": tinyDims.headDim,
+      "qwen3moe.embedding_length": tinyDims.hidden,
+      "qwen3moe.block_count": 3,
+      "qwen3moe.feed_forward_length": tinyDims.intermediate,
+      "qwen3moe.expert_count": tinyMoE.experts,
+      "qwen3moe.expert_used_count": 2,
+      "qwen3moe.expert_feed_forward_length": tinyMoE.intermediate,
+      "qwen3moe.attention.layer_norm_rms_epsilon": 1e-5,
+      "qwen3moe.rope.freq_base": 10000,
+      "qwen3moe.context_length": 512,
+      "qwen3moe.vocab_size": 300,
+    };
+    const g = ggufModel({ tensors, metadata });
+    expect(g.config).toMatchObject({ model_type: "qwen3_moe", num_experts: 4, num_experts_per_tok: 2, mlp_only_layers: [0], quantization: { group_size: 32, bits: 4 } });
+    const fromGGUF = buildModel(new Weights(g.tensors, parseConfig(g.config)));
+    const reference = tinyModel(o);
+    const logits = (m: ReturnType<typeof tinyModel>) => mx.scope(() => forward(m, ids(sequence), makeCaches(m)).toArray());
+    expect(logits(fromGGUF)).toEqual(logits(reference));
   });
 
   test("llama q/k rows permuted as llama.cpp's converter does come back in HF order, and the model matches", () => {

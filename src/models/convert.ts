@@ -77,7 +77,8 @@ function requantize(gguf: GGUFModel, header: GGUFHeader, q: { bits: number; grou
   const arch = String(gguf.metadata["general.architecture"]);
   const groupSizes = new Map<string, number>();
   for (const info of header.tensors) {
-    if (nativeTensorTypes.has(info.type) || info.dims.length !== 2) continue;
+    // Matrices, and the experts' stacks of them.
+    if (nativeTensorTypes.has(info.type) || info.dims.length < 2 || info.dims.length > 3) continue;
     const name = hfTensorName(info.name, arch);
     const weight = name && gguf.tensors.get(name);
     if (!name || !weight || !name.endsWith(".weight")) continue;

@@ -5,7 +5,7 @@ import * as mx from "../mlx";
 import type { LoadedFile, MetaValue, MxArray } from "../mlx";
 
 /** GGUF architectures we run, and the model_type each becomes. */
-const architectures: Record<string, string> = { llama: "llama", mistral: "mistral", qwen2: "qwen2", qwen3: "qwen3", gemma3: "gemma3_text" };
+const architectures: Record<string, string> = { llama: "llama", mistral: "mistral", qwen2: "qwen2", qwen3: "qwen3", qwen3moe: "qwen3_moe", gemma3: "gemma3_text" };
 
 const blockNames: Record<string, string> = {
   attn_norm: "input_layernorm",
@@ -19,6 +19,11 @@ const blockNames: Record<string, string> = {
   ffn_gate: "mlp.gate_proj",
   ffn_up: "mlp.up_proj",
   ffn_down: "mlp.down_proj",
+  // Mixture of experts: the router, and each projection's experts stacked in one tensor.
+  ffn_gate_inp: "mlp.gate",
+  ffn_gate_exps: "mlp.switch_mlp.gate_proj",
+  ffn_up_exps: "mlp.switch_mlp.up_proj",
+  ffn_down_exps: "mlp.switch_mlp.down_proj",
 };
 
 /** Where an architecture names a block tensor differently (Gemma 3 has four norms per block). */
@@ -72,7 +77,9 @@ function metaNumber(m: Record<string, MetaValue>, key: string, fallback?: number
 export function ggufModel(file: LoadedFile): GGUFModel {
   const m = file.metadata;
   const arch = String(meta(m, "general.architecture") ?? "");
-  const modelType = architectures[arch];
+  // Mixtral is a llama with experts to llama.cpp.
+  const experts = metaNumber(m, `${arch}.expert_count`, 0);
+  const modelType = arch === "llama" && experts > 0 ? "mixtral" : architectures[arch];
   if (!modelType) {
     throw new Error(`unsupported GGUF architecture '${arch}' (supported: ${Object.keys(architectures).join(", ")})`);
   }
@@ -105,6 +112,14 @@ export function ggufModel(file: LoadedFile): GGUFModel {
       t.free();
     }
   }
+  if (modelType === "mixtral") {
+    for (const [name, t] of [...tensors]) {
+      const moe = name.replace(/\.mlp\.(gate|switch_mlp)\./, ".block_sparse_moe.$1.");
+      if (moe === name) continue;
+      tensors.delete(name);
+      tensors.set(moe, t);
+    }
+  }
   const ropeBase = metaNumber(m, `${arch}.rope.freq_base`, 10000);
   if (tensors.has("rope_freqs")) tensors.set("rope_freqs", ropeFrequencies(tensors.get("rope_freqs")!, headDim, ropeBase));
 
@@ -126,12 +141,36 @@ export function ggufModel(file: LoadedFile): GGUFModel {
     eos_token_id: eos.length === 1 ? eos[0] : eos,
     ...quantizationOf(tensors),
     ...(arch === "gemma3" ? gemma3Config(m, headDim) : {}),
+    ...(experts > 0 ? expertsConfig(m, arch, modelType, experts, tensors) : {}),
   };
   return { config, tensors, metadata: m };
 }
 
 function archClass(modelType: string): string {
-  return { llama: "LlamaForCausalLM", mistral: "MistralForCausalLM", qwen2: "Qwen2ForCausalLM", qwen3: "Qwen3ForCausalLM", gemma3_text: "Gemma3ForCausalLM" }[modelType]!;
+  return {
+    llama: "LlamaForCausalLM",
+    mistral: "MistralForCausalLM",
+    mixtral: "MixtralForCausalLM",
+    qwen2: "Qwen2ForCausalLM",
+    qwen3: "Qwen3ForCausalLM",
+    qwen3_moe: "Qwen3MoeForCausalLM",
+    gemma3_text: "Gemma3ForCausalLM",
+  }[modelType]!;
+}
+
+/** The config keys of a mixture of experts; layers without a router keep a dense MLP. */
+function expertsConfig(m: Record<string, MetaValue>, arch: string, modelType: string, experts: number, tensors: Map<string, MxArray>): Record<string, unknown> {
+  const perToken = metaNumber(m, `${arch}.expert_used_count`);
+  if (modelType === "mixtral") return { num_local_experts: experts, num_experts_per_tok: perToken };
+  const layers = metaNumber(m, `${arch}.block_count`);
+  return {
+    num_experts: experts,
+    num_experts_per_tok: perToken,
+    moe_intermediate_size: metaNumber(m, `${arch}.expert_feed_forward_length`),
+    decoder_sparse_step: 1,
+    mlp_only_layers: Array.from({ length: layers }, (_, i) => i).filter((i) => !tensors.has(`model.layers.${i}.mlp.gate.weight`)),
+    norm_topk_prob: true,
+  };
 }
 
 /** Gemma 3's own config keys; llama.cpp fixes the layer pattern (a global layer every 6) and the local rope base. */
