@@ -1,13 +1,13 @@
 // Reading a GGUF's tensors, including types MLX's reader gets wrong or refuses: it fails on the
 // whole file for Q5_0 and Q5_1, and reads Q4_K with wrong values (off by up to half the weights'
-// range; Q6_K and Q8_0 it reads right). MLX reads a copy of the file without those tensors; we
+// range; Q2_K, Q6_K and Q8_0 it reads right). Q5_K it refuses too. MLX reads a copy of the file without those tensors; we
 // dequantize them to float16 ourselves, as llama.cpp's dequantize_row_* do.
 import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as mx from "../mlx";
 import type { LoadedFile, MxArray } from "../mlx";
-import type { GGUFHeader, GGUFTensorInfo } from "./gguf-header";
+import { nativeTensorTypes, type GGUFHeader, type GGUFTensorInfo } from "./gguf-header";
 
 /** ggml block of `blockElements` → floats, for the types we read ourselves. */
 const dequantizers: Record<string, { blockBytes: number; blockElements: number; decode: (b: DataView, p: number, out: Float32Array, at: number) => void }> = {
@@ -16,25 +16,28 @@ const dequantizers: Record<string, { blockBytes: number; blockElements: number; 
   // d, m: f16, then as Q5_0; x = d · q + m.
   Q5_1: { blockBytes: 24, blockElements: 32, decode: (b, p, out, at) => fiveBit(b, p + 4, out, at, b.getFloat16(p, true), b.getFloat16(p + 2, true)) },
   // d, dmin: f16; 12 bytes of 6-bit scales and mins for 8 groups of 32; 128 bytes of nibbles.
-  Q4_K: { blockBytes: 144, blockElements: 256, decode: fourBitK },
+  Q4_K: { blockBytes: 144, blockElements: 256, decode: (b, p, out, at) => kQuant(b, p, out, at, p + 16) },
+  // As Q4_K, with a fifth bit per value in 32 bytes of qh before the nibbles.
+  Q5_K: { blockBytes: 176, blockElements: 256, decode: (b, p, out, at) => kQuant(b, p, out, at, p + 48, p + 16) },
 };
 
-function fourBitK(b: DataView, p: number, out: Float32Array, at: number): void {
+/** Q4_K / Q5_K: 8 groups of 32 values, each with a 6-bit scale and min, times d and dmin. */
+function kQuant(b: DataView, p: number, out: Float32Array, at: number, nibbles: number, highBits?: number): void {
   const d = b.getFloat16(p, true);
   const dmin = b.getFloat16(p + 2, true);
-  const scales = p + 4;
-  const byte = (i: number) => b.getUint8(scales + i);
+  const byte = (i: number) => b.getUint8(p + 4 + i);
   // get_scale_min_k4: the first four groups' values sit in the low 6 bits, the others are split.
   const scaleMin = (j: number): [number, number] =>
     j < 4 ? [byte(j) & 63, byte(j + 4) & 63] : [(byte(j + 4) & 0xf) | ((byte(j - 4) >> 6) << 4), (byte(j + 4) >> 4) | ((byte(j) >> 6) << 4)];
-  let q = p + 16;
-  for (let group = 0; group < 8; group += 2, q += 32) {
+  for (let group = 0; group < 8; group += 2) {
     const [s1, m1] = scaleMin(group);
     const [s2, m2] = scaleMin(group + 1);
+    const q = nibbles + group * 16;
     for (let l = 0; l < 32; l++) {
       const v = b.getUint8(q + l);
-      out[at + group * 32 + l] = d * s1 * (v & 0xf) - dmin * m1;
-      out[at + group * 32 + 32 + l] = d * s2 * (v >> 4) - dmin * m2;
+      const h = highBits === undefined ? 0 : b.getUint8(highBits + l);
+      out[at + group * 32 + l] = d * s1 * ((v & 0xf) + ((h >> group) & 1) * 16) - dmin * m1;
+      out[at + group * 32 + 32 + l] = d * s2 * ((v >> 4) + ((h >> (group + 1)) & 1) * 16) - dmin * m2;
     }
   }
 }
@@ -51,10 +54,14 @@ function fiveBit(b: DataView, p: number, out: Float32Array, at: number, scale: n
   }
 }
 
-export const ownDequantizedTypes = new Set(Object.keys(dequantizers));
+/** Types MLX reads right (Q2_K and Q6_K it dequantizes, checked against llama.cpp's gguf-py). */
+const mlxReads = new Set([...nativeTensorTypes, "Q2_K", "Q6_K"]);
+export const readableTensorTypes = [...mlxReads, ...Object.keys(dequantizers)];
 
-/** The file's tensors and metadata, as mx.loadGGUF gives them, whatever their types. */
+/** The file's tensors and metadata, as mx.loadGGUF gives them, whatever their (readable) types. */
 export function loadGGUFTensors(path: string, header: GGUFHeader): LoadedFile {
+  const unreadable = header.tensors.find((t) => !mlxReads.has(t.type) && !(t.type in dequantizers));
+  if (unreadable) throw new Error(`tensor '${unreadable.name}' is ${unreadable.type}, a type we cannot read (readable: ${readableTensorTypes.join(", ")})`);
   const ours = header.tensors.filter((t) => t.type in dequantizers);
   if (ours.length === 0) return mx.loadGGUF(path);
   const dir = mkdtempSync(join(tmpdir(), "mlx-gguf-"));
