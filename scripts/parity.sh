@@ -20,5 +20,7 @@ gemma3_dir=.cache/parity/gemma3-mlx
 dist/mlx convert gemma3 "$gemma3_dir" --force
 "$python" scripts/reference/mlx_lm_greedy.py "$gemma3_dir" test/fixtures/parity-prompts.json test/fixtures/parity-gemma3-mlx-lm.json --raw --max-tokens 48 --limit 3
 bash scripts/parity-tiny.sh
-node_modules/.bin/bun test --timeout 600000 test/tokenizer.test.ts test/parity.test.ts test/parity-gemma3.test.ts test/parity-architectures.test.ts
+# GGUF quantization types as llama.cpp's gguf-py dequantizes them.
+"$python" scripts/reference/gguf_quants.py test/fixtures
+node_modules/.bin/bun test --timeout 600000 test/tokenizer.test.ts test/parity.test.ts test/parity-gemma3.test.ts test/parity-architectures.test.ts test/gguf-tensors.test.ts
 git diff --stat -- test/fixtures || true
