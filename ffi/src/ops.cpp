@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "common.h"
+#include "kernels/kernels.h"
 
 using namespace shim;
 
@@ -220,10 +221,14 @@ int mlxs_quantized_matmul(mlxs_array** out, const mlxs_array* x, const mlxs_arra
                           const mlxs_array* scales, const mlxs_array* biases, int transpose,
                           int group_size, int bits, const char* mode) {
   return guard([&] {
-    return put(out, mx::quantized_matmul(ref(x), ref(w), ref(scales), opt(biases), transpose != 0,
-                                         group_size, bits, mode_or_affine(mode)));
+    return put(out, kernels::quantized_matmul(ref(x), ref(w), ref(scales), opt(biases), transpose != 0,
+                                              group_size, bits, mode_or_affine(mode)));
   });
 }
+
+int mlxs_use_cpu_kernels(int on) { return kernels::set_enabled(on != 0) ? 1 : 0; }
+
+const char* mlxs_cpu_kernels_describe(void) { return kernels::describe(); }
 
 int mlxs_quantize(mlxs_array** out_w, mlxs_array** out_scales, mlxs_array** out_biases,
                   const mlxs_array* w, int group_size, int bits, const char* mode) {

@@ -3,7 +3,7 @@
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { ModelConfig } from "./config";
-import { embedding, linear, rmsNorm, Weights, type Linear } from "./layers";
+import { embedding, fusedLinear, linear, rmsNorm, Weights } from "./layers";
 import type { RopeScaling } from "./config";
 import { decoder, type Block, type DecoderModel, type Mask } from "./model";
 import { initializeRope } from "./rope";
@@ -61,9 +61,10 @@ export function attention(w: Weights, prefix: string, c: ModelConfig, options: A
 
 type Qkv = (x: MxArray) => [MxArray, MxArray, MxArray];
 
+/** q_proj, k_proj and v_proj, run as one product where their weights allow (see fusedLinear). */
 function separateQkv(w: Weights, prefix: string): Qkv {
-  const [q, k, v] = ["q_proj", "k_proj", "v_proj"].map((name) => linear(w, `${prefix}.${name}`)) as [Linear, Linear, Linear];
-  return (x) => [q(x), k(x), v(x)];
+  const qkv = fusedLinear(w, ["q_proj", "k_proj", "v_proj"].map((p) => `${prefix}.${p}`));
+  return (x) => qkv(x) as [MxArray, MxArray, MxArray];
 }
 
 /** One projection whose outputs are the queries, then the keys, then the values. */
@@ -92,10 +93,12 @@ export function fusedMlp(w: Weights, prefix: string) {
 
 /** down(act(gate(x)) · up(x)): SwiGLU with SiLU, GeGLU with GELU. */
 export function mlp(w: Weights, prefix: string, activation: (x: MxArray) => MxArray = mx.silu) {
-  const gate = linear(w, `${prefix}.gate_proj`);
-  const up = linear(w, `${prefix}.up_proj`);
+  const gateUp = fusedLinear(w, [`${prefix}.gate_proj`, `${prefix}.up_proj`]);
   const down = linear(w, `${prefix}.down_proj`);
-  return (x: MxArray) => down(mx.multiply(activation(gate(x)), up(x)));
+  return (x: MxArray) => {
+    const [gate, up] = gateUp(x) as [MxArray, MxArray];
+    return down(mx.multiply(activation(gate), up));
+  };
 }
 
 export type FeedForward = (x: MxArray) => MxArray;

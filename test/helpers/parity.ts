@@ -29,3 +29,13 @@ export function firstStepLogits(lm: LoadedModel, promptIds: number[], ids: numbe
   freeCaches(caches);
   return values;
 }
+
+/** Runs fn with our CPU kernels on or off (MLX's own ops: exactly mlx-lm's numbers), restoring the setting after. */
+export function withKernels<T>(ours: boolean, fn: () => T): T {
+  const previous = mx.useCpuKernels(ours);
+  try {
+    return fn();
+  } finally {
+    mx.useCpuKernels(previous);
+  }
+}
