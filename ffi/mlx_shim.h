@@ -155,6 +155,8 @@ MLXS_API int mlxs_rope(mlxs_array** out, const mlxs_array* x, int dims, int trad
 // mask_mode is "" or "causal"; mask may be NULL (boolean or additive).
 MLXS_API int mlxs_sdpa(mlxs_array** out, const mlxs_array* q, const mlxs_array* k, const mlxs_array* v,
               float scale, const char* mask_mode, const mlxs_array* mask, const mlxs_array* sinks);
+// silu(gate) * up, the SwiGLU feed-forward's activation: one op on our CPU kernels.
+MLXS_API int mlxs_silu_mul(mlxs_array** out, const mlxs_array* gate, const mlxs_array* up);
 
 // ---- random ----
 MLXS_API int mlxs_random_seed(uint64_t seed);

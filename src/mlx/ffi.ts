@@ -72,6 +72,7 @@ const symbols = {
   mlxs_layer_norm: { args: [p, p, p, p, f32], returns: i32 },
   mlxs_rope: { args: [p, p, i32, i32, f32, f32, i32, p, p], returns: i32 },
   mlxs_sdpa: { args: [p, p, p, p, f32, cstring, p, p], returns: i32 },
+  mlxs_silu_mul: { args: [p, p, p], returns: i32 },
 
   mlxs_random_seed: { args: [u64], returns: i32 },
   mlxs_random_key: { args: [p, u64], returns: i32 },

@@ -91,13 +91,13 @@ export function fusedMlp(w: Weights, prefix: string) {
   };
 }
 
-/** down(act(gate(x)) · up(x)): SwiGLU with SiLU, GeGLU with GELU. */
-export function mlp(w: Weights, prefix: string, activation: (x: MxArray) => MxArray = mx.silu) {
+/** down(act(gate(x)) · up(x)): SwiGLU (SiLU, fused with the product) unless another activation is given (GeGLU's GELU). */
+export function mlp(w: Weights, prefix: string, activation?: (x: MxArray) => MxArray) {
   const gateUp = fusedLinear(w, [`${prefix}.gate_proj`, `${prefix}.up_proj`]);
   const down = linear(w, `${prefix}.down_proj`);
   return (x: MxArray) => {
     const [gate, up] = gateUp(x) as [MxArray, MxArray];
-    return down(mx.multiply(activation(gate), up));
+    return down(activation ? mx.multiply(activation(gate), up) : mx.fast.siluMul(gate, up));
   };
 }
 

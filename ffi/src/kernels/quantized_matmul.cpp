@@ -147,26 +147,7 @@ bool supported(const mx::array& x, const mx::array& w, const mx::array& scales, 
          scales.shape(0) == N && scales.shape(1) == K / group && x.size() > 0;
 }
 
-bool enabled_from_environment() {
-  const char* choice = std::getenv("MLX_KERNELS");
-  return choice == nullptr || std::string(choice) != "mlx";
-}
-
-bool enabled = enabled_from_environment();
-
 }  // namespace
-
-const char* describe() {
-  static const std::string text = std::string(isa_name(best_isa())) + ", " + std::to_string(thread_count()) +
-                                 (thread_count() == 1 ? " thread" : " threads");
-  return text.c_str();
-}
-
-bool set_enabled(bool on) {
-  bool previous = enabled;
-  enabled = on;
-  return previous;
-}
 
 mx::array quantized_matmul(const mx::array& x, const mx::array& w, const mx::array& scales,
                            const std::optional<mx::array>& biases, bool transpose, int group, int bits,
@@ -175,7 +156,7 @@ mx::array quantized_matmul(const mx::array& x, const mx::array& w, const mx::arr
   // it costs one graph node.
   mx::array reference = mx::quantized_matmul(x, w, scales, biases, transpose, group, bits, mode);
   mx::Stream stream = mx::default_stream(mx::default_device());
-  if (!enabled || stream.device != mx::Device::cpu || !supported(x, w, scales, biases, transpose, group, bits, mode)) {
+  if (!enabled_on(stream) || !supported(x, w, scales, biases, transpose, group, bits, mode)) {
     return reference;
   }
   return mx::array(reference.shape(), reference.dtype(), std::make_shared<QuantizedMatmul>(stream, group, bits),
