@@ -7,13 +7,10 @@
 import { beforeAll, describe, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import * as mx from "../src/mlx";
-import { tokenLoop } from "../src/engine/generate";
-import { defaultSampling } from "../src/engine/sampling";
 import { chatTokens } from "../src/engine/prompt";
 import { loadModel, type LoadedModel } from "../src/models/load";
 import { convertGGUF } from "../src/models/convert";
-import { makeCaches, freeCaches } from "../src/models";
+import { firstStepLogits, greedy, withKernels } from "./helpers/parity";
 import { resolveModelPath } from "../src/store/resolve";
 import { storeRoot } from "../src/store/paths";
 import reference from "./fixtures/parity-smollm2-mlx-lm.json";
@@ -28,17 +25,6 @@ interface Case {
   top_logits: [number, number][];
 }
 
-function greedy(lm: LoadedModel, promptIds: number[], maxTokens: number): number[] {
-  const caches = makeCaches(lm.model);
-  const out: number[] = [];
-  for (const { token } of tokenLoop(lm.model, caches, promptIds, { sampling: defaultSampling, maxTokens })) {
-    if (lm.tokenizer.eosTokenIds.has(token)) break;
-    out.push(token);
-  }
-  freeCaches(caches);
-  return out;
-}
-
 function expectLogitsWithin(tolerance: number): void {
   for (const c of cases.slice(0, 2)) {
     const ids = c.top_logits.map(([id]) => id);
@@ -47,18 +33,6 @@ function expectLogitsWithin(tolerance: number): void {
       ours.forEach((v, i) => expect(Math.abs(v - c.top_logits[i]![1])).toBeLessThanOrEqual(tolerance));
     }
   }
-}
-
-function firstStepLogits(lm: LoadedModel, promptIds: number[], ids: number[]): number[] {
-  const caches = makeCaches(lm.model);
-  const values = mx.scope(() => {
-    const input = mx.array(Int32Array.from(promptIds), [1, promptIds.length]);
-    const hidden = lm.model.layers(lm.model.embed(input), caches);
-    const last = mx.reshape(lm.model.head(mx.slice(hidden, [0, promptIds.length - 1], [1, promptIds.length])), [-1]);
-    return mx.take(last, mx.array(Int32Array.from(ids)), 0).toArray();
-  });
-  freeCaches(caches);
-  return values;
 }
 
 /** The same check with our CPU kernels, which accumulate in another order. */
@@ -75,16 +49,6 @@ beforeAll(async () => {
   gguf = loadModel(ggufPath);
   directory = loadModel(dir);
 }, 600_000);
-
-/** Runs fn with our CPU kernels on or off (MLX's own ops), restoring the setting after. */
-function withKernels<T>(ours: boolean, fn: () => T): T {
-  const previous = mx.useCpuKernels(ours);
-  try {
-    return fn();
-  } finally {
-    mx.useCpuKernels(previous);
-  }
-}
 
 describe(`parity with mlx-lm ${reference.mlx_lm} (MLX ${reference.mlx})`, () => {
   test("chat prompts tokenize to mlx-lm's ids, from the directory and from the GGUF", () => {

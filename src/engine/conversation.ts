@@ -74,7 +74,12 @@ export class Conversation {
     // At least one token must be new, since the next token is predicted from the last one.
     if (reuse === prompt.length) reuse -= 1;
     if (reuse < this.#cached.length) {
-      for (const c of this.#caches) c.trim(reuse);
+      // A sliding-window layer may no longer hold what the new tokens would attend to: start over.
+      if (this.#caches.every((c) => c.canTrim(reuse))) for (const c of this.#caches) c.trim(reuse);
+      else {
+        this.#reset();
+        reuse = 0;
+      }
     }
     const fresh = prompt.slice(reuse);
     let result: CompletionResult;

@@ -102,6 +102,8 @@ const symbols = {
   mlxs_set_memory_limit: { args: [u64], returns: u64_fast },
   mlxs_set_cache_limit: { args: [u64], returns: u64_fast },
   mlxs_clear_cache: { args: [], returns: none },
+  mlxs_gather_mm: { args: [p, p, p, p, p, i32], returns: i32 },
+  mlxs_gather_qmm: { args: [p, p, p, p, p, p, p, i32, i32, i32, cstring, i32], returns: i32 },
 } as const;
 
 const libraryName = process.platform === "darwin" ? "libmlx_shim.dylib" : "libmlx_shim.so";
