@@ -62,7 +62,7 @@ export default defineCommand({
         onLoad: (name, path, seconds) => log.info(`loaded ${name} (${path}) in ${seconds.toFixed(2)} s`),
       });
       // Always said, even when stderr is not a terminal: scripts read the bound port from it.
-      process.stderr.write(`mlx serve listening on ${server.url}\n`);
+      process.stderr.write(`mlx serve listening on ${server.url} (chat: ${server.url}/, dashboard: ${server.url}/dashboard)\n`);
       const stop = () => {
         void server.stop().finally(() => process.exit(0));
       };

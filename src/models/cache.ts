@@ -82,6 +82,11 @@ export class KVCache implements AttentionCache {
     this.offset = Math.min(this.offset, Math.max(0, length));
   }
 
+  /** Whether trim(length) leaves what the next position attends to (a sliding window may not). */
+  canTrim(_length: number): boolean {
+    return true;
+  }
+
   get state(): MxArray[] {
     return this.keys && this.values ? [this.keys, this.values] : [];
   }

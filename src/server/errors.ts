@@ -6,6 +6,7 @@
 // with Anthropic's error type for the status.
 import type { Context } from "hono";
 import { ValidationError } from "../api/validate";
+import { BudgetError } from "../engine/budget/steering";
 import { SchemaError } from "../engine/grammar";
 import { ContextLengthError, InvalidParameterError, ModelNotFoundError, ModelPullError, QueueFullError, UnsupportedError } from "../errors";
 import { ModelLoadError } from "../models/load";
@@ -42,6 +43,7 @@ export function toApiError(error: unknown, onInternal?: (error: unknown) => void
   if (error instanceof InvalidParameterError) return new ApiError(400, error.message, "invalid_request_error", error.param);
   if (error instanceof UnsupportedError) return new ApiError(400, error.message, "invalid_request_error", error.param, "unsupported");
   if (error instanceof SchemaError) return new ApiError(400, error.message, "invalid_request_error", null, "invalid_schema");
+  if (error instanceof BudgetError) return new ApiError(400, error.message, "invalid_request_error", "max_tokens");
   if (error instanceof ContextLengthError) return new ApiError(400, error.message, "invalid_request_error", "messages", "context_length_exceeded");
   if (error instanceof QueueFullError) return new ApiError(429, error.message, "rate_limit_error", null, "queue_full", { "Retry-After": "1" });
   if (error instanceof ModelNotFoundError) return new ApiError(404, error.message, "invalid_request_error", "model", "model_not_found");

@@ -14,6 +14,7 @@ import { badRequest, requestTimeout } from "./errors";
 import type { Lease, ModelRegistry } from "./model-registry";
 import type { ServerMetrics } from "./metrics";
 import type { ServerConfig } from "./state";
+import type { Flight, InFlight } from "./inflight";
 
 export interface GenerateInput {
   route: string;
@@ -49,6 +50,8 @@ export interface Generation {
   timedOut: () => boolean;
   /** Stops the generation (client gone). */
   abort: () => void;
+  /** Whether the token budget closed a structured answer early (to keep it valid). */
+  closedEarly: () => boolean;
   /** Records the outcome in /metrics and releases the model; call exactly once. */
   finish: (outcome: string, usage?: GenerationUsage) => void;
 }
@@ -56,6 +59,7 @@ export interface Generation {
 export interface GenerationContext {
   models: ModelRegistry;
   metrics: ServerMetrics;
+  inflight: InFlight;
 }
 
 /** The model a request names, else the server's default; a 400 when there is neither. */
@@ -83,11 +87,13 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
   if (input.clientSignal.aborted) controller.abort();
   let lease: Lease | undefined;
   let prepared: PreparedGeneration | undefined;
+  let flight: Flight | undefined;
   let finished = false;
   const finish = (outcome: string, usage?: GenerationUsage) => {
     if (finished) return;
     finished = true;
     prepared?.dispose();
+    if (flight) ctx.inflight.end(flight);
     clearTimeout(timer);
     input.clientSignal.removeEventListener("abort", onClientAbort);
     recordOutcome(ctx.metrics, input.route, outcome, usage);
@@ -108,15 +114,18 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
       tools: input.tools,
       signal: controller.signal,
     });
-    const events = lease.entry.scheduler.submit(prepared.request);
+    const tracked = ctx.inflight.track(input.model, prepared.promptIds.length, lease.entry.scheduler.submit(prepared.request));
+    flight = tracked.flight;
+    const constraint = prepared.constraint;
     return {
       lease,
       lm,
       promptIds: prepared.promptIds,
       toolFormat: prepared.toolFormat,
-      events,
+      events: tracked.events,
       timedOut: () => timedOut,
       abort: () => controller.abort(),
+      closedEarly: () => constraint?.closedEarly() ?? false,
       finish,
     };
   } catch (error) {

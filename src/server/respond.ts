@@ -114,3 +114,12 @@ export function generationStream(gen: Generation, writer: StreamWriter, logError
     },
   });
 }
+
+/**
+ * How a response says the token budget closed a structured answer early to keep it valid
+ * (finish reason "length" all the same): a `closed_early: true` field where the finish reason
+ * is, and on whole (non-streamed) responses this header too.
+ */
+export const CLOSED_EARLY_HEADER = "X-Mlx-Closed-Early";
+export const closedEarly = (gen: Generation) => (gen.closedEarly() ? { closed_early: true } : {});
+export const closedEarlyHeaders = (gen: Generation): Record<string, string> => (gen.closedEarly() ? { [CLOSED_EARLY_HEADER]: "true" } : {});

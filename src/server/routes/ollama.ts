@@ -6,7 +6,7 @@ import { nanos, ollamaDefaults, parseModelName, parseOllamaChat, parseOllamaGene
 import type { GenerationUsage } from "../../engine/scheduler";
 import { ApiError, errorBody } from "../errors";
 import { httpRequestBounds, startGeneration } from "../generation";
-import { collectGeneration, generationStream } from "../respond";
+import { closedEarly, closedEarlyHeaders, collectGeneration, generationStream } from "../respond";
 import { ToolCallStream, type ToolCall } from "../../engine/tools";
 import type { LoadedEntry } from "../model-registry";
 import { readJson } from "../../api/validate";
@@ -166,6 +166,7 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
     ...piece(text, calls),
     done: true,
     done_reason: finishReason,
+    ...closedEarly(gen),
     ...(kind === "generate" ? { context: [...gen.promptIds, ...tokenIds] } : {}),
     total_duration: nanos(performance.now() - started),
     load_duration: nanos(gen.lease.loadMs),
@@ -179,7 +180,7 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
     const result = await collectGeneration(gen);
     if (!result) return new Response(null, { status: 499 }); // the client is gone
     const { content, calls } = gen.toolFormat ? gen.toolFormat.parse(result.text) : { content: result.text, calls: [] };
-    return c.json(final(result.done.finishReason, result.done.usage, result.done.tokenIds, content, calls));
+    return c.json(final(result.done.finishReason, result.done.usage, result.done.tokenIds, content, calls), 200, closedEarlyHeaders(gen));
   }
 
   const encoder = new TextEncoder();

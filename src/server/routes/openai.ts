@@ -5,7 +5,7 @@ import { modelObject, newId, parseChatRequest, parseCompletionRequest, unixSecon
 import type { TokenLogprob } from "../../engine/scheduler";
 import { errorBody } from "../errors";
 import { httpRequestBounds, requestedModel, startGeneration, tokenText, type Generation } from "../generation";
-import { collectGeneration, eventStreamHeaders, generationStream } from "../respond";
+import { closedEarly, closedEarlyHeaders, collectGeneration, eventStreamHeaders, generationStream } from "../respond";
 import { readJson } from "../../api/validate";
 import type { ServerState } from "../state";
 import type { Tokenizer } from "../../tokenizer/tokenizer";
@@ -102,11 +102,11 @@ async function whole(gen: Generation, req: OpenAIRequest, kind: Kind, meta: Meta
     const finish_reason = apiFinishReason(done.finishReason, calls.length);
     const logprobs = req.logprobs ? { content: chatLogprobs(tokenizer, tokens, top.length ? top : undefined) } : null;
     const message = calls.length > 0 ? { role: "assistant", content: content || null, refusal: null, tool_calls: openaiToolCalls(calls, false) } : { role: "assistant", content, refusal: null };
-    return Response.json({ ...meta, object: "chat.completion", choices: [{ index: 0, message, logprobs, finish_reason }], usage: u });
+    return Response.json({ ...meta, object: "chat.completion", choices: [{ index: 0, message, logprobs, finish_reason, ...closedEarly(gen) }], usage: u }, { headers: closedEarlyHeaders(gen) });
   }
   const finish_reason = apiFinishReason(done.finishReason);
   const logprobs = req.logprobs ? completionLogprobs(tokenizer, tokens, top.length ? top : undefined, 0, req.topLogprobs) : null;
-  return Response.json({ ...meta, object: "text_completion", choices: [{ index: 0, text, logprobs, finish_reason }], usage: u });
+  return Response.json({ ...meta, object: "text_completion", choices: [{ index: 0, text, logprobs, finish_reason, ...closedEarly(gen) }], usage: u }, { headers: closedEarlyHeaders(gen) });
 }
 
 const encoder = new TextEncoder();
@@ -142,7 +142,7 @@ function streamed(s: ServerState, gen: Generation, req: OpenAIRequest, kind: Kin
         if (content) send(sse(chunk({ delta: { content } })));
         if (calls.length > 0) send(sse(chunk({ delta: { tool_calls: openaiToolCalls(calls, true) } })));
         const finish_reason = apiFinishReason(event.finishReason, calls.length);
-        send(sse(chunk(kind === "chat" ? { delta: {}, finish_reason } : { text: "", finish_reason })));
+        send(sse(chunk(kind === "chat" ? { delta: {}, finish_reason, ...closedEarly(gen) } : { text: "", finish_reason, ...closedEarly(gen) })));
         if (req.includeUsage) {
           const u = event.usage;
           send(sse({ ...meta, object, choices: [], usage: usage(u.promptTokens, u.completionTokens, u.cachedTokens) }));
