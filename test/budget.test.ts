@@ -140,7 +140,7 @@ function generate(format: JsonFormat, maxTokens: number, seed: number) {
     const constraint = await createJsonConstraint(lm.tokenizer, format, { maxTokens });
     try {
       const result = await completeAlone(lm, promptTokens(lm.tokenizer, "Fill this in for a fictional example."), { sampling: { ...defaultSampling, temperature: 1, seed }, maxTokens, processors: [constraint.processor] });
-      return { result, closedEarly: constraint.closedEarly(), accepted: constraint.accepted() };
+      return { result, closedEarly: constraint.closedEarly(), accepted: constraint.accepted(result.tokenIds) };
     } finally {
       constraint.dispose();
     }

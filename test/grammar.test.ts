@@ -34,7 +34,7 @@ function generate(format: JsonFormat | GrammarConstraint, sampling: Partial<Samp
     const constraint = given ? (format as GrammarConstraint) : await createJsonConstraint(lm.tokenizer, format as JsonFormat);
     try {
       const result = await completeAlone(lm, promptTokens(lm.tokenizer, prompt), { sampling: { ...defaultSampling, ...sampling }, maxTokens, processors: [constraint.processor] });
-      return { result, accepted: constraint.accepted() };
+      return { result, accepted: constraint.accepted(result.tokenIds) };
     } finally {
       if (!given) constraint.dispose();
     }

@@ -28,8 +28,12 @@ export type JsonFormat = "json" | { schema: object; strict?: boolean };
 export interface GrammarConstraint {
   /** The logits processor for a request (GenerationSpec.processors); it follows the sequence's history itself. */
   processor: LogitsProcessor;
-  /** Whether the text generated so far is complete under the grammar. */
-  accepted(): boolean;
+  /**
+   * Whether `answer` (the generated tokens, without the end-of-sequence token) is complete under
+   * the grammar. The processor never sees an answer's last token (no step follows it), so the
+   * caller hands over the whole answer.
+   */
+  accepted(answer: readonly number[]): boolean;
   /** Whether the token budget narrowed the grammar's choices (the answer was closed early to stay valid). */
   closedEarly(): boolean;
   /** Frees the matcher (the constraint must not be used afterwards). Safe to call twice. */
@@ -484,9 +488,15 @@ class Constraint implements GrammarConstraint {
     return mask;
   }
 
-  accepted(): boolean {
+  accepted(answer: readonly number[]): boolean {
     if (this.disposed) return false;
     this.catchUp();
+    // The matcher is finished with the answer: feed it the tokens the processor did not see.
+    for (const token of answer.slice(this.seen - this.start)) {
+      if (this.matcher.isTerminated()) break;
+      if (!this.matcher.acceptToken(token)) return false;
+      this.seen++;
+    }
     if (this.matcher.isTerminated()) return true;
     const bits = readBitmask(this.t, this.matcher);
     return this.t.stopIds.some((id) => ((bits[id >> 5]! >>> (id & 31)) & 1) === 1);
