@@ -54,12 +54,12 @@ describe("KV cache", () => {
     const model = tinyModel({});
     const caches = makeCaches(model);
     mx.scope(() => forward(model, ids(Array.from({ length: 250 }, (_, i) => i % 300)), caches));
-    expect(caches[0]!.keys!.shape[2]).toBe(256);
-    const before = mx.scope(() => mx.slice(caches[0]!.keys!, [0, 0, 0], [1, tinyDims.kvHeads, 250]).toArray());
+    expect(caches[0]!.keys![0]!.shape[2]).toBe(256);
+    const before = mx.scope(() => mx.slice(caches[0]!.keys![0]!, [0, 0, 0], [1, tinyDims.kvHeads, 250]).toArray());
     mx.scope(() => forward(model, ids(Array.from({ length: 10 }, (_, i) => i)), caches));
-    expect(caches[0]!.keys!.shape[2]).toBe(250 + 256); // trimmed to what is used, then one more step, as mlx-lm does
+    expect(caches[0]!.keys![0]!.shape[2]).toBe(250 + 256); // trimmed to what is used, then one more step, as mlx-lm does
     expect(caches[0]!.offset).toBe(260);
-    const after = mx.scope(() => mx.slice(caches[0]!.keys!, [0, 0, 0], [1, tinyDims.kvHeads, 250]).toArray());
+    const after = mx.scope(() => mx.slice(caches[0]!.keys![0]!, [0, 0, 0], [1, tinyDims.kvHeads, 250]).toArray());
     expect(after).toEqual(before);
     freeCaches(caches);
   });

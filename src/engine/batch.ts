@@ -6,6 +6,7 @@ import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import { cacheState, freeCaches, makeCaches, type DecoderModel, type KVCache } from "../models";
 import { BatchKVCache } from "../models/batch-cache";
+import type { KvQuantization } from "../models/cache";
 import type { PrefixCache } from "./prefix-cache";
 import { makeSampler, type LogitsProcessor, type Sampler, type SamplingParams } from "./sampling";
 
@@ -65,6 +66,8 @@ export interface BatchOptions {
   onStart?: (id: string, cachedTokens: number) => void;
   /** Keys and values of earlier prompts and conversations, reused across sequences. */
   prefixCache?: PrefixCache;
+  /** Keys and values stored quantized (--kv-bits); float when absent. */
+  kvQuantization?: KvQuantization;
 }
 
 export class BatchGenerator {
@@ -78,7 +81,7 @@ export class BatchGenerator {
     readonly model: DecoderModel,
     public options: BatchOptions = { maxBatch: 8, prefillChunk: 512 },
   ) {
-    this.#caches = Array.from({ length: model.numLayers }, () => new BatchKVCache());
+    this.#caches = Array.from({ length: model.numLayers }, () => new BatchKVCache(options.kvQuantization));
   }
 
   get running(): number {
@@ -151,7 +154,7 @@ export class BatchGenerator {
       if (this.#waiting.length === 0 || this.#active.length >= this.options.maxBatch) return;
       const sequence = this.#waiting.shift()!;
       const prompt = sequence.request.promptIds;
-      const caches = makeCaches(this.model);
+      const caches = makeCaches(this.model, this.options.kvQuantization);
       // Start from the longest stored prefix; the last prompt token is always computed anew.
       const match = this.options.prefixCache?.lookup(prompt, prompt.length - 1);
       if (match) caches.forEach((c, layer) => c.seed(match.keys[layer]!, match.values[layer]!, match.length));
@@ -269,8 +272,8 @@ export class BatchGenerator {
  * One sequence through a BatchGenerator of its own, token by token, for exactly `maxTokens`
  * tokens (EOS does not stop it): for benchmarks and tests of the token loop itself.
  */
-export function* generateTokens(model: DecoderModel, request: SequenceRequest): Generator<SequenceEvent> {
-  const generator = new BatchGenerator(model, { maxBatch: 1, prefillChunk: 2048 });
+export function* generateTokens(model: DecoderModel, request: SequenceRequest, kvQuantization?: KvQuantization): Generator<SequenceEvent> {
+  const generator = new BatchGenerator(model, { maxBatch: 1, prefillChunk: 2048, kvQuantization });
   try {
     generator.add("0", request);
     while (!generator.idle) yield* generator.step();

@@ -3,7 +3,7 @@
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { ModelConfig } from "./config";
-import { KVCache, type AttentionCache, type Mask } from "./cache";
+import { KVCache, type AttentionCache, type KvQuantization, type Mask } from "./cache";
 
 export type { Mask };
 
@@ -49,8 +49,8 @@ export function forward(model: DecoderModel, ids: MxArray, caches: AttentionCach
   return model.head(model.layers(model.embed(ids), caches));
 }
 
-export function makeCaches(model: DecoderModel): KVCache[] {
-  return Array.from({ length: model.numLayers }, () => new KVCache());
+export function makeCaches(model: DecoderModel, quantization?: KvQuantization): KVCache[] {
+  return Array.from({ length: model.numLayers }, () => new KVCache(quantization));
 }
 
 export function freeCaches(caches: KVCache[]): void {
