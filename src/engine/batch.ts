@@ -81,6 +81,10 @@ export class BatchGenerator {
     readonly model: DecoderModel,
     public options: BatchOptions = { maxBatch: 8, prefillChunk: 512 },
   ) {
+    const kv = options.kvQuantization;
+    if (kv && model.config.headDim % kv.groupSize !== 0) {
+      throw new Error(`a ${kv.bits}-bit KV cache needs the head size (${model.config.headDim}) to be a multiple of its group size (${kv.groupSize}); try --kv-group-size 32`);
+    }
     this.#caches = Array.from({ length: model.numLayers }, () => new BatchKVCache(options.kvQuantization));
   }
 
