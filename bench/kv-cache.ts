@@ -1,42 +1,84 @@
-// Is decoding at a long context dominated by KV-cache copies? Decode speed after a short
-// and after a ~2,000-token context, and MLX's active memory across decode steps: with
-// in-place cache updates it stays flat (no per-token copy of the cache).
+// Does decoding slow down as the context grows? Decode speed after a short and after a
+// ~2,000-token context, in interleaved bursts (short, long, short, long, ...) so that a busy
+// machine slows both alike, reported as medians; with --compare also with MLX's own kernels
+// (ours off) in the same bursts. MLX's active memory across the decode steps stays flat when
+// the cache is updated in place (no per-token copy of the cache).
 //
-//   node_modules/.bin/bun bench/kv-cache.ts [--context 2000] [--steps 32] [-m MODEL]
+//   node_modules/.bin/bun bench/kv-cache.ts [--context 2000] [--steps 16] [--rounds 5] [--compare] [-m MODEL]
 import { parseArgs } from "node:util";
+import * as mx from "../src/mlx";
 import { generateTokens } from "../src/engine/batch";
-import { memoryFigures } from "../src/engine/device";
 import { defaultSampling } from "../src/engine/sampling";
 import { loadModel } from "../src/models/load";
 import { resolveModelPath } from "../src/store/resolve";
+import { median, ratio } from "./lib";
 
-const { values } = parseArgs({ options: { context: { type: "string", default: "2000" }, steps: { type: "string", default: "32" }, model: { type: "string", short: "m" } } });
+const { values } = parseArgs({
+  options: {
+    context: { type: "string", default: "2000" },
+    steps: { type: "string", default: "16" },
+    rounds: { type: "string", default: "5" },
+    compare: { type: "boolean", default: false },
+    model: { type: "string", short: "m" },
+  },
+});
 const steps = Number(values.steps);
+const rounds = Number(values.rounds);
 const lm = loadModel(await resolveModelPath(values.model));
 const text = "The quick brown fox jumps over the lazy dog while the river runs to the sea. ";
 
-function measure(contextTokens: number) {
+/** A sequence prefilled to `contextTokens`, decoding on demand in bursts. */
+function sequence(contextTokens: number) {
   const prompt = lm.tokenizer.encode(text.repeat(Math.ceil(contextTokens / 15)), { addSpecialTokens: false }).slice(0, contextTokens);
-  const before = memoryFigures().active;
-  const active: number[] = [];
-  let started = 0;
-  let n = 0;
-  for (const _ of generateTokens(lm.model, { promptIds: prompt, sampling: defaultSampling, maxTokens: steps + 1 })) {
-    if (n === 0) started = performance.now(); // time decode steps only, after the prefill
-    active.push(memoryFigures().active);
-    n++;
-  }
-  const seconds = (performance.now() - started) / 1000;
-  // What the sequence holds after its prefill: its KV cache, mostly.
-  const cacheBytes = active[0]! - before;
-  return { context: prompt.length, tokensPerSecond: steps / seconds, activeGrowth: active.at(-1)! - active[1]!, cacheBytes };
+  const held = mx.memory.activeMemory();
+  const tokens = generateTokens(lm.model, { promptIds: prompt, sampling: defaultSampling, maxTokens: rounds * 2 * (steps + 1) + 1 });
+  tokens.next(); // the prefill and the first token
+  // What the sequence holds once prefilled: its KV cache, mostly.
+  const cacheBytes = mx.memory.activeMemory() - held;
+  const speeds: number[] = [];
+  const growth: number[] = [];
+  return {
+    context: prompt.length,
+    speeds,
+    growth,
+    cacheBytes,
+    end: () => tokens.return(undefined),
+    /** `steps` decode steps, timed from the burst's first token (which may wait on the other sequence's queued step). */
+    burst() {
+      tokens.next();
+      const started = performance.now();
+      const before = mx.memory.activeMemory();
+      for (let n = 0; n < steps; n++) tokens.next();
+      speeds.push(steps / ((performance.now() - started) / 1000));
+      growth.push(mx.memory.activeMemory() - before);
+    },
+  };
 }
 
-const short = measure(32);
-const long = measure(Number(values.context));
-console.log("| context (tokens) | decode tokens/s | active memory change over the decode steps | active memory held after the prefill (KV cache) |");
-console.log("|---:|---:|---:|---:|");
-for (const r of [short, long]) {
-  console.log(`| ${r.context} | ${r.tokensPerSecond.toFixed(2)} | ${(r.activeGrowth / 1e6).toFixed(2)} MB over ${steps} steps | ${(r.cacheBytes / 1e6).toFixed(1)} MB |`);
+const configurations = values.compare ? [true, false] : [true];
+const short = sequence(32);
+const long = sequence(Number(values.context));
+const results = new Map(configurations.map((ours) => [ours, { short: [] as number[], long: [] as number[] }]));
+for (let round = 0; round < rounds; round++) {
+  for (const ours of configurations) {
+    mx.useCpuKernels(ours);
+    for (const [s, into] of [[short, results.get(ours)!.short], [long, results.get(ours)!.long]] as const) {
+      const before = s.speeds.length;
+      s.burst();
+      into.push(...s.speeds.slice(before));
+    }
+  }
 }
-console.log(`\ndecode at ${long.context} tokens runs at ${((long.tokensPerSecond / short.tokensPerSecond) * 100).toFixed(0)}% of the speed at ${short.context} tokens.`);
+mx.useCpuKernels(true);
+
+console.log(`${rounds} interleaved bursts of ${steps} decode steps; medians (tokens/s).\n`);
+console.log("| kernels | context 32 | context " + long.context + " | long / short | active memory change per burst (long) | KV cache (long) |");
+console.log("|---|---:|---:|---:|---:|---:|");
+const cacheMB = (long.cacheBytes / 1e6).toFixed(1);
+for (const ours of configurations) {
+  const r = results.get(ours)!;
+  const a = median(r.short), b = median(r.long);
+  console.log(`| ${ours ? `ours (${mx.cpuKernels()})` : "MLX's"} | ${a.toFixed(2)} | ${b.toFixed(2)} | ${ratio(b, a)} | ${(median(long.growth) / 1e6).toFixed(2)} MB | ${cacheMB} MB |`);
+}
+short.end();
+long.end();

@@ -135,6 +135,11 @@ MLXS_API int mlxs_quantized_matmul(mlxs_array** out, const mlxs_array* x, const 
                           int group_size, int bits, const char* mode);
 MLXS_API int mlxs_quantize(mlxs_array** out_w, mlxs_array** out_scales, mlxs_array** out_biases,
                   const mlxs_array* w, int group_size, int bits, const char* mode);
+// Our CPU kernels (ffi/src/kernels/) for the ops built from now on: on (1) or off (0, MLX's
+// own ops); returns the previous setting. They start on unless MLX_KERNELS=mlx.
+MLXS_API int mlxs_use_cpu_kernels(int on);
+// The instruction set and thread count our CPU kernels run with, e.g. "avx2, 2 threads".
+MLXS_API const char* mlxs_cpu_kernels_describe(void);
 // dtype < 0 keeps the scales' dtype.
 MLXS_API int mlxs_dequantize(mlxs_array** out, const mlxs_array* w, const mlxs_array* scales,
                     const mlxs_array* biases, int group_size, int bits, const char* mode, int dtype);
@@ -150,6 +155,8 @@ MLXS_API int mlxs_rope(mlxs_array** out, const mlxs_array* x, int dims, int trad
 // mask_mode is "" or "causal"; mask may be NULL (boolean or additive).
 MLXS_API int mlxs_sdpa(mlxs_array** out, const mlxs_array* q, const mlxs_array* k, const mlxs_array* v,
               float scale, const char* mask_mode, const mlxs_array* mask, const mlxs_array* sinks);
+// silu(gate) * up, the SwiGLU feed-forward's activation: one op on our CPU kernels.
+MLXS_API int mlxs_silu_mul(mlxs_array** out, const mlxs_array* gate, const mlxs_array* up);
 
 // ---- random ----
 MLXS_API int mlxs_random_seed(uint64_t seed);

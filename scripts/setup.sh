@@ -34,6 +34,16 @@ if [ ! -f "$stamp" ]; then
     --target .mlx --upgrade $deps "$wheel==$MLX_VERSION" >&2
   touch "$stamp"
 fi
+# On the CPU backend, OpenBLAS for MLX's float32 matmuls (see ffi/src/kernels/openblas/sgemm.cpp); its
+# symbols carry a scipy_ prefix, so it never clashes with the BLAS the MLX wheel bundles.
+OPENBLAS_VERSION=0.3.34.481.3
+if [ "$backend" = cpu ] && [ ! -f ".mlx/.installed-scipy-openblas32-$OPENBLAS_VERSION" ]; then
+  say "installing scipy-openblas32==$OPENBLAS_VERSION into .mlx/"
+  rm -rf .mlx/scipy_openblas32 .mlx/scipy_openblas32-*.dist-info .mlx/.installed-scipy-openblas32-*
+  python3 -m pip install --quiet --disable-pip-version-check --cache-dir .cache/pip \
+    --target .mlx --no-deps "scipy-openblas32==$OPENBLAS_VERSION" >&2
+  touch ".mlx/.installed-scipy-openblas32-$OPENBLAS_VERSION"
+fi
 mlx_root="$root/.mlx/mlx"
 [ -f "$mlx_root/include/mlx/mlx.h" ] || { say "the $wheel wheel has no headers at $mlx_root/include"; exit 1; }
 
@@ -45,12 +55,13 @@ if [ ! -f build/ffi/CMakeCache.txt ]; then
 fi
 cmake --build build/ffi --parallel >&2
 lib=libmlx_shim.so; [ "$os" = Darwin ] && lib=libmlx_shim.dylib
-cp -f "build/ffi/$lib" ".mlx/$lib"
+# Replaced by a rename, so a running mlx keeps the copy it has mapped.
+cp -f "build/ffi/$lib" ".mlx/$lib.new" && mv -f ".mlx/$lib.new" ".mlx/$lib"
 
 # 4. The executable. It finds the shim in ../.mlx/ (or next to itself, or $MLX_SHIM_PATH).
 #    ffi-rs (the library's FFI on Node) stays out of it: Bun uses bun:ffi.
 mkdir -p dist
-node_modules/.bin/bun build --compile src/main.ts --outfile dist/mlx --external ffi-rs >/dev/null
+node_modules/.bin/bun build --compile src/main.ts --outfile dist/mlx.new --external ffi-rs >/dev/null && mv -f dist/mlx.new dist/mlx
 # 5. The library for Node (package.json "exports"): one JavaScript file that node imports as it
 #    is; Bun imports the TypeScript source.
 node_modules/.bin/bun build --target node src/index.ts --outfile dist/node/index.js --external ffi-rs >/dev/null

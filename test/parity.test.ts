@@ -1,6 +1,7 @@
 // Our outputs against mlx-lm's, on the default model (SmolLM2-135M-Instruct): the same chat
 // prompt tokens, the same first-step logits within a tolerance, and token-for-token identical
-// greedy output — from the converted MLX directory and from the GGUF itself.
+// greedy output — from the converted MLX directory and from the GGUF itself. Run both ways: with
+// MLX's own kernels (exactly mlx-lm's numbers) and with ours (ffi/src/kernels/, close to them).
 // The expected values were recorded with mlx-lm (scripts/reference/mlx_lm_greedy.py; re-run
 // both with scripts/parity.sh). Needs the default model: fetched into the store on first use.
 import { beforeAll, describe, expect, test } from "bun:test";
@@ -32,6 +33,16 @@ async function greedy(lm: LoadedModel, promptIds: number[], maxTokens: number): 
   return (await completeAlone(lm, promptIds, { sampling: defaultSampling, maxTokens })).tokenIds;
 }
 
+function expectLogitsWithin(tolerance: number): void {
+  for (const c of cases.slice(0, 2)) {
+    const ids = c.top_logits.map(([id]) => id);
+    for (const lm of [directory, gguf]) {
+      const ours = firstStepLogits(lm, c.prompt_ids, ids);
+      ours.forEach((v, i) => expect(Math.abs(v - c.top_logits[i]![1])).toBeLessThanOrEqual(tolerance));
+    }
+  }
+}
+
 function firstStepLogits(lm: LoadedModel, promptIds: number[], ids: number[]): number[] {
   const caches = makeCaches(lm.model);
   const values = mx.scope(() => {
@@ -43,6 +54,9 @@ function firstStepLogits(lm: LoadedModel, promptIds: number[], ids: number[]): n
   freeCaches(caches);
   return values;
 }
+
+/** The same check with our CPU kernels, which accumulate in another order. */
+const OUR_LOGIT_TOLERANCE = 1e-2;
 
 const cases = reference.cases as unknown as Case[];
 let gguf: LoadedModel;
@@ -56,6 +70,16 @@ beforeAll(async () => {
   directory = loadModel(dir);
 }, 600_000);
 
+/** Runs fn with our CPU kernels on or off (MLX's own ops), restoring the setting after. */
+async function withKernels<T>(ours: boolean, fn: () => T | Promise<T>): Promise<T> {
+  const previous = mx.useCpuKernels(ours);
+  try {
+    return await fn();
+  } finally {
+    mx.useCpuKernels(previous);
+  }
+}
+
 describe(`parity with mlx-lm ${reference.mlx_lm} (MLX ${reference.mlx})`, () => {
   test("chat prompts tokenize to mlx-lm's ids, from the directory and from the GGUF", () => {
     for (const c of cases) {
@@ -65,22 +89,40 @@ describe(`parity with mlx-lm ${reference.mlx_lm} (MLX ${reference.mlx})`, () => 
     }
   }, 60_000);
 
-  test(`first-step logits agree within ${LOGIT_TOLERANCE}`, () => {
-    for (const c of cases.slice(0, 2)) {
-      const ids = c.top_logits.map(([id]) => id);
-      for (const lm of [directory, gguf]) {
-        const ours = firstStepLogits(lm, c.prompt_ids, ids);
-        ours.forEach((v, i) => expect(Math.abs(v - c.top_logits[i]![1])).toBeLessThanOrEqual(LOGIT_TOLERANCE));
-      }
-    }
-  }, 300_000);
-
-  for (const [i, c] of cases.entries()) {
-    test(`greedy output is identical: ${c.prompt.slice(0, 40)}`, async () => {
-      const fromDirectory = await greedy(directory, c.prompt_ids, reference.max_tokens);
-      expect(fromDirectory).toEqual(c.output_ids);
-      // The GGUF path must agree with the directory path; checked on every other prompt to keep CI short.
-      if (i % 2 === 0) expect(await greedy(gguf, c.prompt_ids, reference.max_tokens)).toEqual(c.output_ids);
+  describe("with MLX's own kernels (MLX_KERNELS=mlx): exactly mlx-lm's numbers", () => {
+    test(`first-step logits agree within ${LOGIT_TOLERANCE}`, async () => {
+      await withKernels(false, () => expectLogitsWithin(LOGIT_TOLERANCE));
     }, 300_000);
-  }
+
+    for (const [i, c] of cases.entries()) {
+      test(`greedy output is identical: ${c.prompt.slice(0, 40)}`, async () => {
+        await withKernels(false, async () => {
+          const fromDirectory = await greedy(directory, c.prompt_ids, reference.max_tokens);
+          expect(fromDirectory).toEqual(c.output_ids);
+          // The GGUF path must agree with the directory path; checked on every other prompt to keep CI short.
+          if (i % 2 === 0) expect(await greedy(gguf, c.prompt_ids, reference.max_tokens)).toEqual(c.output_ids);
+        });
+      }, 300_000);
+    }
+  });
+
+  // Our kernels sum in another order (fp32 throughout), so an argmax that is a near tie may
+  // tip: the same greedy output on at least 9 prompts in 10, logits within OUR_LOGIT_TOLERANCE.
+  describe("with our CPU kernels", () => {
+    test(`first-step logits agree within ${OUR_LOGIT_TOLERANCE}`, async () => {
+      await withKernels(true, () => expectLogitsWithin(OUR_LOGIT_TOLERANCE));
+    }, 300_000);
+
+    test("greedy output is identical on at least 9 prompts in 10", async () => {
+      await withKernels(true, async () => {
+        const differing: typeof cases = [];
+        for (const [i, c] of cases.entries()) {
+          const lm = i % 2 === 0 ? directory : gguf;
+          if (JSON.stringify(await greedy(lm, c.prompt_ids, reference.max_tokens)) !== JSON.stringify(c.output_ids)) differing.push(c);
+        }
+        if (differing.length > 0) console.error(`greedy output differs on: ${differing.map((c) => c.prompt.slice(0, 30)).join(" | ")}`);
+        expect(cases.length - differing.length).toBeGreaterThanOrEqual(Math.ceil(cases.length * 0.9));
+      });
+    }, 600_000);
+  });
 });

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "common.h"
+#include "kernels/kernels.h"
 
 using namespace shim;
 
@@ -53,7 +54,7 @@ mx::array binary(int op, const mx::array& a, const mx::array& b) {
     case MLXS_LOGICAL_OR: return mx::logical_or(a, b);
     case MLXS_REMAINDER: return mx::remainder(a, b);
     case MLXS_FLOOR_DIVIDE: return mx::floor_divide(a, b);
-    case MLXS_MATMUL: return mx::matmul(a, b);
+    case MLXS_MATMUL: return kernels::matmul(a, b);
   }
   throw std::invalid_argument("unknown binary op " + std::to_string(op));
 }
@@ -220,10 +221,14 @@ int mlxs_quantized_matmul(mlxs_array** out, const mlxs_array* x, const mlxs_arra
                           const mlxs_array* scales, const mlxs_array* biases, int transpose,
                           int group_size, int bits, const char* mode) {
   return guard([&] {
-    return put(out, mx::quantized_matmul(ref(x), ref(w), ref(scales), opt(biases), transpose != 0,
-                                         group_size, bits, mode_or_affine(mode)));
+    return put(out, kernels::quantized_matmul(ref(x), ref(w), ref(scales), opt(biases), transpose != 0,
+                                              group_size, bits, mode_or_affine(mode)));
   });
 }
+
+int mlxs_use_cpu_kernels(int on) { return kernels::set_enabled(on != 0) ? 1 : 0; }
+
+const char* mlxs_cpu_kernels_describe(void) { return kernels::describe(); }
 
 int mlxs_quantize(mlxs_array** out_w, mlxs_array** out_scales, mlxs_array** out_biases,
                   const mlxs_array* w, int group_size, int bits, const char* mode) {
@@ -247,7 +252,7 @@ int mlxs_dequantize(mlxs_array** out, const mlxs_array* w, const mlxs_array* sca
 }
 
 int mlxs_rms_norm(mlxs_array** out, const mlxs_array* x, const mlxs_array* weight, float eps) {
-  return guard([&] { return put(out, mx::fast::rms_norm(ref(x), opt(weight), eps)); });
+  return guard([&] { return put(out, kernels::rms_norm(ref(x), opt(weight), eps)); });
 }
 
 int mlxs_layer_norm(mlxs_array** out, const mlxs_array* x, const mlxs_array* weight,
@@ -261,19 +266,23 @@ int mlxs_rope(mlxs_array** out, const mlxs_array* x, int dims, int traditional, 
     std::optional<float> b;
     if (freqs == nullptr) b = base;
     if (offset_array != nullptr) {
-      return put(out, mx::fast::rope(ref(x), dims, traditional != 0, b, scale, ref(offset_array), opt(freqs)));
+      return put(out, kernels::rope(ref(x), dims, traditional != 0, b, scale, ref(offset_array), opt(freqs)));
     }
-    return put(out, mx::fast::rope(ref(x), dims, traditional != 0, b, scale, offset, opt(freqs)));
+    return put(out, kernels::rope(ref(x), dims, traditional != 0, b, scale, offset, opt(freqs)));
   });
 }
 
 int mlxs_sdpa(mlxs_array** out, const mlxs_array* q, const mlxs_array* k, const mlxs_array* v,
               float scale, const char* mask_mode, const mlxs_array* mask, const mlxs_array* sinks) {
   return guard([&] {
-    return put(out, mx::fast::scaled_dot_product_attention(ref(q), ref(k), ref(v), scale,
-                                                           mask_mode ? mask_mode : "", opt(mask),
-                                                           opt(sinks)));
+    return put(out, kernels::scaled_dot_product_attention(ref(q), ref(k), ref(v), scale,
+                                                          mask_mode ? mask_mode : "", opt(mask),
+                                                          opt(sinks)));
   });
+}
+
+int mlxs_silu_mul(mlxs_array** out, const mlxs_array* gate, const mlxs_array* up) {
+  return guard([&] { return put(out, kernels::silu_mul(ref(gate), ref(up))); });
 }
 
 int mlxs_random_seed(uint64_t seed) {

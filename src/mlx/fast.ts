@@ -30,6 +30,11 @@ export function rope(x: MxArray, o: RopeOptions): MxArray {
   );
 }
 
+/** silu(gate) * up, SwiGLU's activation: one fused op on our CPU kernels, MLX's ops elsewhere. */
+export function siluMul(gate: MxArray, up: MxArray): MxArray {
+  return wrap(lib.mlxs_silu_mul(outPtr, gate.handle, up.handle), "silu_mul");
+}
+
 const causalMode = cstr("causal");
 const noMode = cstr("");
 

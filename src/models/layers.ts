@@ -3,11 +3,10 @@
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { ModelConfig, QuantConfig } from "./config";
-import { splitRows } from "./parallel";
 
 /** The weights of a model by their Hugging Face names, with a clear error for a missing one. */
 export class Weights {
-  /** Arrays made from the weights while building the model (row halves, transposes): freed with them. */
+  /** Arrays made from the weights while building the model (transposes): freed with them. */
   readonly derived: MxArray[] = [];
 
   constructor(
@@ -21,6 +20,22 @@ export class Weights {
     mx.evaluate(t);
     this.derived.push(t);
     return t;
+  }
+
+  /**
+   * The row-wise concatenation of the weights `names`, kept under `as` in their place: the
+   * parts are freed and leave the map, so the weights are held once.
+   */
+  fuse(names: string[], as: string): MxArray {
+    const parts = names.map((n) => this.get(n));
+    const fused = mx.keep(mx.scope(() => mx.concatenate(parts, 0)));
+    mx.evaluate(fused);
+    for (const [i, name] of names.entries()) {
+      this.tensors.delete(name);
+      parts[i]!.free();
+    }
+    this.tensors.set(as, fused);
+    return fused;
   }
 
   has(name: string): boolean {
@@ -59,6 +74,38 @@ export function linear(w: Weights, prefix: string): Linear {
   );
 }
 
+/**
+ * Projections of the same input (queries/keys/values, gate/up) as one product: their weights
+ * are concatenated by rows at load, so a forward pass runs one matmul (one pass over the
+ * cores, one op) instead of several; the outputs are split back as views of its last axis.
+ * Each output row is computed exactly as before. Layers that differ in their quantization or
+ * bias stay separate.
+ */
+export function fusedLinear(w: Weights, prefixes: string[]): (x: MxArray) => MxArray[] {
+  const quants = prefixes.map((p) => w.quantFor(p));
+  const suffixes = ["weight", "scales", "biases", "bias"];
+  const parts = suffixes.map((suffix) => prefixes.map((p) => w.optional(`${p}.${suffix}`)));
+  const same = <T>(values: T[], key: (v: T) => unknown) => values.every((v) => key(v) === key(values[0]!));
+  const fusable =
+    same(quants, (q) => (q ? `${q.bits}/${q.groupSize}/${q.mode ?? "affine"}` : "none")) &&
+    parts.every((tensors) => same(tensors, (t) => (t ? `${t.dtype}/${t.shape.slice(1).join(",")}` : "none")));
+  if (!fusable) {
+    const separate = prefixes.map((p) => linear(w, p));
+    return (x) => separate.map((f) => f(x));
+  }
+  const [weight, scales, biases, bias] = suffixes.map((suffix, i) =>
+    parts[i]![0] ? w.fuse(prefixes.map((p) => `${p}.${suffix}`), `${prefixes.join("+")}.${suffix}`) : undefined,
+  );
+  let end = 0;
+  const bounds = parts[0]!.map((t) => [end, (end += t!.shape[0]!)] as const);
+  const project = projection(w, { weight: weight!, scales, biases, bias }, quants[0]);
+  return (x) => {
+    const y = project(x);
+    const lead = y.shape.slice(0, -1);
+    return bounds.map(([start, stop]) => mx.slice(y, [...lead.map(() => 0), start], [...lead, stop]));
+  };
+}
+
 export interface Embedding {
   /** Token ids [B, L] → vectors [B, L, D]. */
   lookup(ids: MxArray): MxArray;
@@ -86,20 +133,16 @@ interface ProjectionWeights {
   bias?: MxArray;
 }
 
-/** x → x·Wᵀ (+ bias), quantized or plain, its output rows split across streams (see splitRows). */
+/** x → x·Wᵀ (+ bias), quantized or plain. On the CPU our kernels spread each product over the cores. */
 function projection(w: Weights, t: ProjectionWeights, quant: QuantConfig | undefined): Linear {
-  // Rows [start, end) of a weight: a view sharing its buffer.
-  const rows = (a: MxArray, start: number, end: number) => (start === 0 && end === a.shape[0] ? a : w.derive(() => mx.slice(a, [start], [end])));
-  return splitRows(t.weight.shape[0]!, (start, end) => {
-    const [weight, scales, biases, bias] = [t.weight, t.scales, t.biases, t.bias].map((a) => a && rows(a, start, end));
-    let matmul: Linear;
-    if (quant) matmul = (x) => mx.quantizedMatmul(x, weight!, scales!, biases, quant, true);
-    else {
-      const weightT = w.derive(() => mx.transpose(weight!));
-      matmul = (x) => mx.matmul(x, weightT);
-    }
-    return bias ? (x) => mx.add(matmul(x), bias) : matmul;
-  });
+  const { weight, scales, biases, bias } = t;
+  let matmul: Linear;
+  if (quant) matmul = (x) => mx.quantizedMatmul(x, weight, scales!, biases, quant, true);
+  else {
+    const weightT = w.derive(() => mx.transpose(weight));
+    matmul = (x) => mx.matmul(x, weightT);
+  }
+  return bias ? (x) => mx.add(matmul(x), bias) : matmul;
 }
 
 export function rmsNorm(w: Weights, prefix: string, eps: number): (x: MxArray) => MxArray {

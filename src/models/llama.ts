@@ -3,7 +3,7 @@
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { ModelConfig } from "./config";
-import { embedding, linear, rmsNorm, Weights } from "./layers";
+import { embedding, fusedLinear, linear, rmsNorm, Weights } from "./layers";
 import { decoder, type Block, type DecoderModel, type Mask } from "./model";
 import { initializeRope } from "./rope";
 import type { AttentionCache } from "./cache";
@@ -14,9 +14,7 @@ export interface AttentionOptions {
 }
 
 export function attention(w: Weights, prefix: string, c: ModelConfig, options: AttentionOptions = {}) {
-  const qProj = linear(w, `${prefix}.q_proj`);
-  const kProj = linear(w, `${prefix}.k_proj`);
-  const vProj = linear(w, `${prefix}.v_proj`);
+  const qkvProj = fusedLinear(w, ["q_proj", "k_proj", "v_proj"].map((p) => `${prefix}.${p}`));
   const oProj = linear(w, `${prefix}.o_proj`);
   const qNorm = options.qkNorm ? rmsNorm(w, `${prefix}.q_norm`, c.rmsNormEps) : undefined;
   const kNorm = options.qkNorm ? rmsNorm(w, `${prefix}.k_norm`, c.rmsNormEps) : undefined;
@@ -38,9 +36,10 @@ export function attention(w: Weights, prefix: string, c: ModelConfig, options: A
 
   return (x: MxArray, mask: Mask, cache: AttentionCache): MxArray => {
     const [b, l] = x.shape as [number, number];
-    let queries = heads(qProj(x), c.numAttentionHeads, qNorm);
-    let keys = heads(kProj(x), c.numKeyValueHeads, kNorm);
-    let values = heads(vProj(x), c.numKeyValueHeads);
+    const [q, k, v] = qkvProj(x) as [MxArray, MxArray, MxArray];
+    let queries = heads(q, c.numAttentionHeads, qNorm);
+    let keys = heads(k, c.numKeyValueHeads, kNorm);
+    let values = heads(v, c.numKeyValueHeads);
     queries = rope(queries, cache.ropeOffset);
     keys = rope(keys, cache.ropeOffset);
     const out = cache.attention(queries, keys, values, scale, mask);
@@ -49,10 +48,12 @@ export function attention(w: Weights, prefix: string, c: ModelConfig, options: A
 }
 
 export function mlp(w: Weights, prefix: string) {
-  const gate = linear(w, `${prefix}.gate_proj`);
-  const up = linear(w, `${prefix}.up_proj`);
+  const gateUp = fusedLinear(w, [`${prefix}.gate_proj`, `${prefix}.up_proj`]);
   const down = linear(w, `${prefix}.down_proj`);
-  return (x: MxArray) => down(mx.multiply(mx.silu(gate(x)), up(x)));
+  return (x: MxArray) => {
+    const [gate, up] = gateUp(x) as [MxArray, MxArray];
+    return down(mx.fast.siluMul(gate, up));
+  };
 }
 
 export function block(w: Weights, prefix: string, c: ModelConfig, options: AttentionOptions = {}): Block {

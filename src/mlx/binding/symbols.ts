@@ -76,6 +76,8 @@ export const symbols = {
   mlxs_put_along_axis: { args: [p, p, p, p, i32], returns: i32 },
 
   mlxs_quantized_matmul: { args: [p, p, p, p, p, i32, i32, i32, cstring], returns: i32 },
+  mlxs_use_cpu_kernels: { args: [i32], returns: i32 },
+  mlxs_cpu_kernels_describe: { args: [], returns: cstring },
   mlxs_quantize: { args: [p, p, p, p, i32, i32, cstring], returns: i32 },
   mlxs_dequantize: { args: [p, p, p, p, i32, i32, cstring, i32], returns: i32 },
 
@@ -83,6 +85,7 @@ export const symbols = {
   mlxs_layer_norm: { args: [p, p, p, p, f32], returns: i32 },
   mlxs_rope: { args: [p, p, i32, i32, f32, f32, i32, p, p], returns: i32 },
   mlxs_sdpa: { args: [p, p, p, p, f32, cstring, p, p], returns: i32 },
+  mlxs_silu_mul: { args: [p, p, p], returns: i32 },
 
   mlxs_random_seed: { args: [u64], returns: i32 },
   mlxs_random_key: { args: [p, u64], returns: i32 },

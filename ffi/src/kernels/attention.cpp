@@ -1,0 +1,204 @@
+// The Attention primitive: MLX's graph node for our attention kernel. Keys and values are read
+// in place through their strides (the KV cache hands over views of a larger buffer), so a
+// decode step copies nothing; the work is split over our pool by key/value head, query rows
+// and, when that leaves threads idle (decode), by ranges of keys merged afterwards.
+#include "kernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <vector>
+
+#include "attention_kernel.h"
+#include "isa.h"
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/primitives.h"
+#include "thread_pool.h"
+
+namespace kernels {
+namespace {
+
+
+AttendTile tile_for(Isa isa) {
+  switch (isa) {
+#if defined(KERNELS_HAVE_AVX512)
+    case Isa::avx512: return attend_tile_avx512;
+#endif
+#if defined(KERNELS_HAVE_AVX2)
+    case Isa::avx2: return attend_tile_avx2;
+#endif
+#if defined(KERNELS_HAVE_NEON)
+    case Isa::neon: return attend_tile_neon;
+#endif
+    default: return attend_tile_portable;
+  }
+}
+
+bool float_type(mx::Dtype t) { return t == mx::float32 || t == mx::float16 || t == mx::bfloat16; }
+
+Element element_of(mx::Dtype t) {
+  if (t == mx::float16) return Element::f16;
+  if (t == mx::bfloat16) return Element::bf16;
+  return Element::f32;
+}
+
+StridedView view_of(const mx::array& a) {
+  StridedView v{a.data<void>(), element_of(a.dtype()), {}};
+  for (int i = 0; i < 4; ++i) v.stride[i] = a.strides()[i];
+  return v;
+}
+
+// Query rows per tile: about 32 rows of scores (all heads of the group) share each key chunk.
+constexpr int kRowsPerTile = 32;
+// A range of keys worth a task of its own when splitting one row's keys (decode).
+constexpr int kMinKeysPerSplit = 256;
+
+void run(const AttentionProblem& p) {
+  const AttendTile attend = tile_for(best_isa());
+  const int group = p.q_heads / p.kv_heads;
+  const int positions = std::max(1, kRowsPerTile / group);
+  const int row_tiles = (p.q_len + positions - 1) / positions;
+  const int tiles = p.batch * p.kv_heads * row_tiles;
+  // Few tiles (decode: one query row per head) leave threads idle: split the keys too.
+  const int wanted = 4 * thread_count();
+  int splits = 1;
+  if (tiles < wanted) splits = std::clamp((wanted + tiles - 1) / tiles, 1, std::max(1, p.kv_len / kMinKeysPerSplit));
+  const int keys_per_split = (p.kv_len + splits - 1) / splits;
+  auto tile_at = [&](int index) {
+    const int row_tile = index % row_tiles, head = (index / row_tiles) % p.kv_heads, b = index / (row_tiles * p.kv_heads);
+    return AttentionTile{b, head, row_tile * positions, std::min(p.q_len, (row_tile + 1) * positions), 0, p.kv_len};
+  };
+  if (splits == 1) {
+    parallel_for(tiles, [&](int index, int) { attend(p, tile_at(index), nullptr); });
+    return;
+  }
+
+  // Split keys: each part leaves its softmax state; merging rescales them to the common max.
+  const int rows = group * positions;
+  const size_t part_size = size_t(rows) * partial_stride(p);
+  thread_local std::vector<float> partials;  // the stream thread's: pass its address to the tasks
+  partials.resize(size_t(tiles) * splits * part_size);
+  float* const partial_base = partials.data();
+  parallel_for(tiles * splits, [&](int task, int) {
+    AttentionTile t = tile_at(task / splits);
+    t.key_begin = (task % splits) * keys_per_split;
+    t.key_end = std::min(p.kv_len, t.key_begin + keys_per_split);
+    attend(p, t, partial_base + size_t(task) * part_size);
+  });
+  parallel_for(tiles, [&](int index, int) {
+    const AttentionTile t = tile_at(index);
+    const int tile_positions = t.row_end - t.row_begin;
+    for (int r = 0; r < group * tile_positions; ++r) {
+      const float* first = partial_base + size_t(index) * splits * part_size + size_t(r) * partial_stride(p);
+      float top = -INFINITY;
+      for (int s = 0; s < splits; ++s) top = std::max(top, first[s * part_size]);
+      const int head = t.kv_head * group + r / tile_positions, i = t.row_begin + r % tile_positions;
+      float* out = p.out + ((size_t(t.b) * p.q_heads + head) * p.q_len + i) * p.value_dim;
+      std::fill(out, out + p.value_dim, 0.0f);
+      if (top == -INFINITY) continue;  // every key hidden
+      float sum = 0;
+      for (int s = 0; s < splits; ++s) {
+        const float* state = first + s * part_size;
+        if (state[0] == -INFINITY) continue;
+        const float weight = std::exp(state[0] - top);
+        sum += state[1] * weight;
+        for (int d = 0; d < p.value_dim; ++d) out[d] += state[2 + d] * weight;
+      }
+      for (int d = 0; d < p.value_dim; ++d) out[d] /= sum;
+    }
+  });
+}
+
+class Attention : public mx::UnaryPrimitive {
+ public:
+  Attention(mx::Stream stream, float scale, bool causal, bool has_mask)
+      : mx::UnaryPrimitive(stream), scale_(scale), causal_(causal), has_mask_(has_mask) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    for (const auto& in : inputs) encoder.set_input_array(in);
+    encoder.set_output_array(out);
+    // The arrays are captured by value: their buffers stay alive until the stream runs this.
+    encoder.dispatch([inputs = inputs, out = out, scale = scale_, causal = causal_, has_mask = has_mask_]() mutable {
+      const mx::array &q = inputs[0], &k = inputs[1], &v = inputs[2];
+      AttentionProblem p{};
+      p.batch = q.shape(0);
+      p.q_heads = q.shape(1);
+      p.q_len = q.shape(2);
+      p.dim = q.shape(3);
+      p.kv_heads = k.shape(1);
+      p.kv_len = k.shape(2);
+      p.value_dim = v.shape(3);
+      p.scale = scale;
+      p.causal = causal;
+      p.q = q.data<float>();
+      p.keys = view_of(k);
+      p.values = view_of(v);
+      p.has_mask = has_mask;
+      if (has_mask) {
+        p.mask = view_of(inputs[3]);
+        p.bool_mask = inputs[3].dtype() == mx::bool_;
+      }
+      p.out = out.data<float>();
+      run(p);
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("[kernels::Attention] CPU only: built for CPU streams");
+  }
+
+  const char* name() const override { return "kernels::Attention"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    const auto& o = static_cast<const Attention&>(other);
+    return scale_ == o.scale_ && causal_ == o.causal_ && has_mask_ == o.has_mask_;
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    mx::Shape shape = inputs[0].shape();
+    shape.back() = inputs[2].shape(3);
+    return {shape};
+  }
+
+ private:
+  float scale_;
+  bool causal_;
+  bool has_mask_;
+};
+
+bool supported(const mx::array& q, const mx::array& k, const mx::array& v, const std::string& mask_mode,
+               const std::optional<mx::array>& mask, const std::optional<mx::array>& sinks) {
+  if (sinks || q.ndim() != 4 || k.ndim() != 4 || v.ndim() != 4) return false;
+  if (!float_type(q.dtype()) || !float_type(k.dtype()) || !float_type(v.dtype())) return false;
+  if (mask_mode != "" && mask_mode != "causal" && mask_mode != "array") return false;
+  if (mask && (mask_mode == "causal" || mask->ndim() > 4 || !(mask->dtype() == mx::bool_ || float_type(mask->dtype())))) {
+    return false;
+  }
+  const int B = q.shape(0), Hq = q.shape(1), D = q.shape(3), Hkv = k.shape(1), Lk = k.shape(2);
+  return B > 0 && Hkv > 0 && Hq % Hkv == 0 && Lk > 0 && q.shape(2) > 0 && k.shape(0) == B && v.shape(0) == B &&
+         v.shape(1) == Hkv && v.shape(2) == Lk && k.shape(3) == D && (mask_mode != "causal" || q.shape(2) <= Lk);
+}
+
+}  // namespace
+
+mx::array scaled_dot_product_attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale,
+                                       const std::string& mask_mode, const std::optional<mx::array>& mask,
+                                       const std::optional<mx::array>& sinks) {
+  mx::Stream stream = mx::default_stream(mx::default_device());
+  if (!enabled_on(stream) || !supported(q, k, v, mask_mode, mask, sinks)) {
+    return mx::fast::scaled_dot_product_attention(q, k, v, scale, mask_mode, mask, sinks);
+  }
+  const int B = q.shape(0), Hq = q.shape(1), Lq = q.shape(2), Lk = k.shape(2);
+  std::vector<mx::array> inputs = {mx::contiguous(mx::astype(q, mx::float32)), k, v};
+  if (mask) {
+    const mx::array m = mx::broadcast_to(*mask, {B, Hq, Lq, Lk});
+    inputs.push_back(m.dtype() == mx::bool_ ? m : mx::astype(m, mx::float32));
+  }
+  mx::array out({B, Hq, Lq, v.shape(3)}, mx::float32,
+                std::make_shared<Attention>(stream, scale, mask_mode == "causal", mask.has_value()), std::move(inputs));
+  return q.dtype() == mx::float32 ? out : mx::astype(out, q.dtype());
+}
+
+}  // namespace kernels

@@ -1,0 +1,53 @@
+// Our CPU kernels as MLX ops: each one builds a graph node of our own primitive when the default
+// stream is on the CPU and the layout is one we cover, and MLX's own op otherwise (a GPU, other
+// layouts, or our kernels turned off with MLX_KERNELS=mlx).
+#pragma once
+
+#include <optional>
+#include <string>
+#include <variant>
+
+#include "mlx/mlx.h"
+
+namespace kernels {
+
+namespace mx = mlx::core;
+
+// Turns our kernels on or off for the ops built from now on (and for MLX's float32 matmuls run
+// from now on, see openblas/sgemm.cpp); returns the previous setting. Starts on unless
+// MLX_KERNELS=mlx.
+bool set_enabled(bool on);
+bool enabled();
+
+// Our kernels are on and the stream runs on the CPU: build our primitive rather than MLX's op.
+bool enabled_on(const mx::Stream& stream);
+
+// The instruction set and thread count the kernels run with, e.g. "avx2, 2 threads".
+const char* describe();
+
+// mx::quantized_matmul, on our kernel where it applies.
+mx::array quantized_matmul(const mx::array& x, const mx::array& w, const mx::array& scales,
+                           const std::optional<mx::array>& biases, bool transpose, int group, int bits,
+                           const std::string& mode);
+
+// mx::fast::scaled_dot_product_attention, on our kernel where it applies (no sinks; float inputs).
+mx::array scaled_dot_product_attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale,
+                                       const std::string& mask_mode, const std::optional<mx::array>& mask,
+                                       const std::optional<mx::array>& sinks);
+
+// mx::fast::rms_norm as one primitive (MLX's CPU backend evaluates it as a chain of ops).
+mx::array rms_norm(const mx::array& x, const std::optional<mx::array>& weight, float eps);
+
+// mx::fast::rope as one primitive, for [B, H, L, D] inputs; the offset is one number or one per
+// batch row.
+mx::array rope(const mx::array& x, int dims, bool traditional, std::optional<float> base, float scale,
+               const std::variant<int, mx::array>& offset, const std::optional<mx::array>& freqs);
+
+// silu(gate) * up as one primitive; MLX's ops (sigmoid, two multiplies) where it does not apply.
+mx::array silu_mul(const mx::array& gate, const mx::array& up);
+
+// mx::matmul; with bfloat16/float16 operands on the CPU, converted to fp32 block by block and
+// multiplied by OpenBLAS (openblas/half_matmul.cpp) when it is built in.
+mx::array matmul(const mx::array& a, const mx::array& b);
+
+}  // namespace kernels

@@ -1,0 +1,101 @@
+// Matmuls with bfloat16/float16 operands (unquantized half-precision weights): MLX's CPU kernel
+// for them ran at ~1 GFLOP/s here (bench/cpu-ops.ts).
+// Here each task converts its block of the weight's columns to fp32 while they are in cache and
+// multiplies with OpenBLAS (fp32 accumulation); the activations are converted once.
+#include <algorithm>
+#include <memory>
+#include <vector>
+
+#include "../kernels.h"
+#include "../thread_pool.h"
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/primitives.h"
+#include "openblas.h"
+
+namespace kernels {
+namespace {
+
+// Output columns per task: a converted block of 64 x K fp32 stays in L2 for typical K.
+constexpr int kColumnsPerTask = 64;
+
+bool half_type(mx::Dtype t) { return t == mx::float16 || t == mx::bfloat16; }
+bool float_type(mx::Dtype t) { return t == mx::float32 || half_type(t); }
+
+float element(const mx::array& a, int64_t at) {
+  if (a.dtype() == mx::float16) return static_cast<float>(a.data<mx::float16_t>()[at]);
+  if (a.dtype() == mx::bfloat16) return static_cast<float>(a.data<mx::bfloat16_t>()[at]);
+  return a.data<float>()[at];
+}
+
+// out [M, N] = a [M, K] · b [K, N]; b is read through its strides (a transposed weight is a view).
+void multiply(const mx::array& a, const mx::array& b, mx::array& out) {
+  const int M = a.shape(0), K = a.shape(1), N = b.shape(1);
+  std::vector<float> a32(size_t(M) * K);
+  for (size_t i = 0; i < a32.size(); ++i) a32[i] = element(a, int64_t(i));
+  const bool direct = out.dtype() == mx::float32;
+  std::vector<float> c32(direct ? 0 : size_t(M) * N);
+  float* c = direct ? out.data<float>() : c32.data();
+  const int64_t row_stride = b.strides()[0], column_stride = b.strides()[1];
+  parallel_for((N + kColumnsPerTask - 1) / kColumnsPerTask, [&](int task, int) {
+    const int n0 = task * kColumnsPerTask, count = std::min(kColumnsPerTask, N - n0);
+    thread_local std::vector<float> block;
+    block.resize(size_t(count) * K);
+    // Column n of b as row n - n0 of the block: [count, K], used transposed by the product.
+    auto convert = [&](auto* values) {
+      for (int n = 0; n < count; ++n) {
+        const auto* column = values + int64_t(n0 + n) * column_stride;
+        for (int k = 0; k < K; ++k) block[size_t(n) * K + k] = static_cast<float>(column[k * row_stride]);
+      }
+    };
+    if (b.dtype() == mx::float16) convert(b.data<mx::float16_t>());
+    else if (b.dtype() == mx::bfloat16) convert(b.data<mx::bfloat16_t>());
+    else convert(b.data<float>());
+    openblas_sgemm(CblasNoTrans, CblasTrans, M, count, K, 1.0f, a32.data(), K, block.data(), K, 0.0f, c + n0, N);
+  });
+  if (out.dtype() == mx::float16) std::copy(c32.begin(), c32.end(), out.data<mx::float16_t>());
+  else if (out.dtype() == mx::bfloat16) std::copy(c32.begin(), c32.end(), out.data<mx::bfloat16_t>());
+}
+
+class HalfMatmul : public mx::UnaryPrimitive {
+ public:
+  explicit HalfMatmul(mx::Stream stream) : mx::UnaryPrimitive(stream) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    for (const auto& in : inputs) encoder.set_input_array(in);
+    encoder.set_output_array(out);
+    encoder.dispatch([a = inputs[0], b = inputs[1], out = out]() mutable { multiply(a, b, out); });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("[kernels::HalfMatmul] CPU only: built for CPU streams");
+  }
+
+  const char* name() const override { return "kernels::HalfMatmul"; }
+
+  bool is_equivalent(const mx::Primitive&) const override { return true; }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    return {{inputs[0].shape(0), inputs[1].shape(1)}};
+  }
+};
+
+}  // namespace
+
+mx::array matmul(const mx::array& a, const mx::array& b) {
+  mx::Stream stream = mx::default_stream(mx::default_device());
+  const bool supported = a.ndim() >= 2 && b.ndim() == 2 && (half_type(a.dtype()) || half_type(b.dtype())) &&
+                         float_type(a.dtype()) && float_type(b.dtype()) && a.shape(-1) == b.shape(0) && a.size() > 0 &&
+                         b.size() > 0;
+  if (!enabled_on(stream) || !supported) return mx::matmul(a, b);
+  // Leading dimensions of a fold into rows: [..., M, K] → [rows, K].
+  mx::Shape shape = a.shape();
+  shape.back() = b.shape(1);
+  const mx::array rows = mx::reshape(mx::contiguous(a), {static_cast<int>(a.size() / a.shape(-1)), a.shape(-1)});
+  const mx::array out({rows.shape(0), b.shape(1)}, mx::promote_types(a.dtype(), b.dtype()),
+                      std::make_shared<HalfMatmul>(stream), {rows, b});
+  return mx::reshape(out, shape);
+}
+
+}  // namespace kernels

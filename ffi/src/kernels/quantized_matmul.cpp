@@ -1,0 +1,166 @@
+// The QuantizedMatmul primitive on the CPU: MLX's graph node for our kernels. Built like any
+// MLX op (lazy, evaluated on its stream's thread in order); the work is spread over our pool.
+#include "kernels.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <memory>
+#include <vector>
+
+#include "isa.h"
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/primitives.h"
+#include "quantized_matmul.h"
+#include "thread_pool.h"
+
+namespace kernels {
+namespace {
+
+QmmTile tile_for(Isa isa) {
+  switch (isa) {
+#if defined(KERNELS_HAVE_AVX512)
+    case Isa::avx512: return qmm_tile_avx512;
+#endif
+#if defined(KERNELS_HAVE_AVX2)
+    case Isa::avx2: return qmm_tile_avx2;
+#endif
+#if defined(KERNELS_HAVE_NEON)
+    case Isa::neon: return qmm_tile_neon;
+#endif
+    default: return qmm_tile_portable;
+  }
+}
+
+ScaleType scale_type_of(mx::Dtype t) {
+  if (t == mx::float16) return ScaleType::f16;
+  if (t == mx::bfloat16) return ScaleType::bf16;
+  return ScaleType::f32;
+}
+
+template <typename T>
+void to_float(const T* in, float* out, size_t n) {
+  for (size_t i = 0; i < n; ++i) out[i] = static_cast<float>(in[i]);
+}
+
+template <typename T>
+void from_float(const float* in, T* out, size_t n) {
+  for (size_t i = 0; i < n; ++i) out[i] = static_cast<T>(in[i]);
+}
+
+// Outputs per task: enough tasks to balance the threads, few enough that waking them pays.
+int columns_per_task(int M, int N, int K, int threads) {
+  const int align = M <= kDirectMaxRows ? 8 : kPanelMaxColumns;
+  if (threads == 1 || static_cast<long>(M) * N * K < (1L << 16)) return N;
+  int per_task = (N + threads * 4 - 1) / (threads * 4);
+  per_task = (per_task + align - 1) / align * align;
+  return std::max(per_task, align);
+}
+
+void run(const mx::array& x, const mx::array& w, const mx::array& scales, const mx::array& biases,
+         mx::array& out, int group, int bits) {
+  const int K = x.shape(-1);
+  const int M = static_cast<int>(x.size() / K);
+  const int N = out.shape(-1);
+  // Buffers of the stream's own thread, kept between calls: no allocation per token.
+  thread_local std::vector<float> x_f32, y_f32, x_group_sums, scratch;
+
+  const float* xp;
+  if (x.dtype() == mx::float32) {
+    xp = x.data<float>();
+  } else {
+    x_f32.resize(x.size());
+    if (x.dtype() == mx::float16) to_float(x.data<mx::float16_t>(), x_f32.data(), x.size());
+    else to_float(x.data<mx::bfloat16_t>(), x_f32.data(), x.size());
+    xp = x_f32.data();
+  }
+  float* yp = out.dtype() == mx::float32 ? out.data<float>() : (y_f32.resize(out.size()), y_f32.data());
+
+  const int threads = thread_count();
+  if (M > kDirectMaxRows) {
+    scratch.resize(static_cast<size_t>(threads) * kPanelMaxColumns * K);
+  } else {
+    x_group_sums.assign(static_cast<size_t>(M) * (K / group), 0.0f);
+    for (int i = 0; i < M * K; ++i) x_group_sums[i / group] += xp[i];
+  }
+  const QmmProblem p{xp, w.data<uint8_t>(), scales.data<void>(), biases.data<void>(), scale_type_of(scales.dtype()),
+                     x_group_sums.data(), yp, M, N, K, bits, group};
+  const QmmTile tile = tile_for(best_isa());
+  const int per_task = columns_per_task(M, N, K, threads);
+  float* scratch_base = scratch.data();
+  parallel_for((N + per_task - 1) / per_task, [&](int task, int thread) {
+    const int n0 = task * per_task;
+    tile(p, n0, std::min(N, n0 + per_task), scratch_base + static_cast<size_t>(thread) * kPanelMaxColumns * K);
+  });
+
+  if (out.dtype() == mx::float16) from_float(yp, out.data<mx::float16_t>(), out.size());
+  else if (out.dtype() == mx::bfloat16) from_float(yp, out.data<mx::bfloat16_t>(), out.size());
+}
+
+class QuantizedMatmul : public mx::UnaryPrimitive {
+ public:
+  QuantizedMatmul(mx::Stream stream, int group, int bits) : mx::UnaryPrimitive(stream), group_(group), bits_(bits) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    for (const auto& in : inputs) encoder.set_input_array(in);
+    encoder.set_output_array(out);
+    // The inputs' buffers stay alive until the stream has run this task; the arrays are
+    // captured by value so that their shapes and pointers are read on the stream's thread.
+    encoder.dispatch([x = inputs[0], w = inputs[1], scales = inputs[2], biases = inputs[3], out = out,
+                      group = group_, bits = bits_]() mutable { run(x, w, scales, biases, out, group, bits); });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("[kernels::QuantizedMatmul] CPU only: built for CPU streams");
+  }
+
+  const char* name() const override { return "kernels::QuantizedMatmul"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    const auto& o = static_cast<const QuantizedMatmul&>(other);
+    return group_ == o.group_ && bits_ == o.bits_;
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    mx::Shape shape = inputs[0].shape();
+    shape.back() = inputs[1].shape(0);
+    return {shape};
+  }
+
+ private:
+  int group_;
+  int bits_;
+};
+
+bool float_type(mx::Dtype t) { return t == mx::float32 || t == mx::float16 || t == mx::bfloat16; }
+
+// The layouts our kernel covers; anything else goes to MLX's own op.
+bool supported(const mx::array& x, const mx::array& w, const mx::array& scales, const std::optional<mx::array>& biases,
+               bool transpose, int group, int bits, const std::string& mode) {
+  if (mode != "affine" || !transpose || !biases || (bits != 4 && bits != 8)) return false;
+  if (group != 32 && group != 64 && group != 128) return false;
+  if (!float_type(x.dtype()) || !float_type(scales.dtype()) || biases->dtype() != scales.dtype()) return false;
+  if (w.dtype() != mx::uint32 || w.ndim() != 2 || scales.ndim() != 2 || x.ndim() < 1) return false;
+  const int K = x.shape(-1), N = w.shape(0);
+  return K % group == 0 && w.shape(1) * 32 == K * bits && scales.shape() == biases->shape() &&
+         scales.shape(0) == N && scales.shape(1) == K / group && x.size() > 0;
+}
+
+}  // namespace
+
+mx::array quantized_matmul(const mx::array& x, const mx::array& w, const mx::array& scales,
+                           const std::optional<mx::array>& biases, bool transpose, int group, int bits,
+                           const std::string& mode) {
+  // MLX's op checks the arguments and gives the output's shape and type; left unevaluated,
+  // it costs one graph node.
+  mx::array reference = mx::quantized_matmul(x, w, scales, biases, transpose, group, bits, mode);
+  mx::Stream stream = mx::default_stream(mx::default_device());
+  if (!enabled_on(stream) || !supported(x, w, scales, biases, transpose, group, bits, mode)) {
+    return reference;
+  }
+  return mx::array(reference.shape(), reference.dtype(), std::make_shared<QuantizedMatmul>(stream, group, bits),
+                   {mx::contiguous(x), mx::contiguous(w), mx::contiguous(scales), mx::contiguous(*biases)});
+}
+
+}  // namespace kernels

@@ -1,0 +1,173 @@
+// The quantized matmul kernel, written once over a SIMD vector type `Vec` that the including
+// translation unit defines (simd/<isa>.h) and compiled once per instruction set. Everything here
+// has internal linkage, so code built with one set's flags never leaks into another's callers.
+//
+// Vec provides: T, its register type; kLanes; zero(), set1(f), load(const float*), store(float*, v), fma(a, b, c) = a·b + c,
+// sum(v); q4(bytes) and q8(bytes): the next kLanes packed weights as floats; half(uint16_t) → float.
+#pragma once
+
+#include "quantized_matmul.h"
+
+namespace kernels {
+namespace {
+
+constexpr int L = Vec::kLanes;
+
+template <ScaleType S>
+inline float scale_at(const void* base, int i) {
+  if constexpr (S == ScaleType::f32) return static_cast<const float*>(base)[i];
+  if constexpr (S == ScaleType::f16) return Vec::half(static_cast<const uint16_t*>(base)[i]);
+  if constexpr (S == ScaleType::bf16) {
+    uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(base)[i]) << 16;
+    float f;
+    __builtin_memcpy(&f, &bits, sizeof(f));
+    return f;
+  }
+}
+
+template <int Bits>
+inline auto unpack(const uint8_t* row, int k) {
+  if constexpr (Bits == 4) return Vec::q4(row + (static_cast<unsigned>(k) >> 1));
+  else return Vec::q8(row + k);
+}
+
+// y[0 .. MR, n] for n in [n0, n1), weights unpacked in registers and read once for all rows.
+// Per group it sums x·q and applies the scale once; the biases' share is bias · Σx over the group
+// (p.x_group_sums), so a weight costs one multiply-add per row.
+template <int Bits, ScaleType S, int MR>
+void direct_rows(const QmmProblem& p, int n0, int n1) {
+  const int K = p.K, groups = K / p.group, row_bytes = K * Bits / 8;
+  for (int n = n0; n < n1; ++n) {
+    const uint8_t* row = p.w + static_cast<long>(n) * row_bytes;
+    typename Vec::T acc[MR];
+    float bias_share[MR];
+    for (int r = 0; r < MR; ++r) {
+      acc[r] = Vec::zero();
+      bias_share[r] = 0.0f;
+    }
+    for (int g = 0; g < groups; ++g) {
+      typename Vec::T dot[MR];
+      for (int r = 0; r < MR; ++r) dot[r] = Vec::zero();
+      for (int k = g * p.group, end = k + p.group; k < end; k += L) {
+        const auto q = unpack<Bits>(row, k);
+        for (int r = 0; r < MR; ++r) dot[r] = Vec::fma(q, Vec::load(p.x + r * K + k), dot[r]);
+      }
+      const auto s = Vec::set1(scale_at<S>(p.scales, n * groups + g));
+      const float b = scale_at<S>(p.biases, n * groups + g);
+      for (int r = 0; r < MR; ++r) {
+        acc[r] = Vec::fma(dot[r], s, acc[r]);
+        bias_share[r] += b * p.x_group_sums[r * groups + g];
+      }
+    }
+    for (int r = 0; r < MR; ++r) p.y[static_cast<long>(r) * p.N + n] = Vec::sum(acc[r]) + bias_share[r];
+  }
+}
+
+// The weight rows of one panel: kNR of them side by side, dequantized to fp32 and interleaved
+// by k (panel[k · kNR + j] = w[n0 + j, k]), so that one vector load reads kNR/L outputs' weights.
+constexpr int kNR = 2 * L;
+constexpr int kMR = 6;
+static_assert(kNR <= kPanelMaxColumns, "the scratch a thread gets holds one panel");
+
+template <int Bits, ScaleType S>
+void pack_panel(const QmmProblem& p, int n0, int columns, float* panel) {
+  const int K = p.K, groups = K / p.group, row_bytes = K * Bits / 8;
+  alignas(64) float chunk[L];
+  for (int j = 0; j < columns; ++j) {
+    const int n = n0 + j;
+    const uint8_t* row = p.w + static_cast<long>(n) * row_bytes;
+    for (int g = 0; g < groups; ++g) {
+      const auto s = Vec::set1(scale_at<S>(p.scales, n * groups + g));
+      const auto b = Vec::set1(scale_at<S>(p.biases, n * groups + g));
+      for (int k = g * p.group, end = k + p.group; k < end; k += L) {
+        Vec::store(chunk, Vec::fma(unpack<Bits>(row, k), s, b));
+        for (int i = 0; i < L; ++i) panel[(k + i) * kNR + j] = chunk[i];
+      }
+    }
+  }
+  for (int j = columns; j < kNR; ++j)
+    for (int k = 0; k < K; ++k) panel[k * kNR + j] = 0.0f;
+}
+
+// y[MR rows, kNR columns] = x[MR rows] · panel, over K: outer products of broadcast activations
+// and weight vectors, no horizontal sums.
+template <int MR>
+void micro(const float* x, int K, const float* panel, float* y, int ldy) {
+  typename Vec::T acc[MR][2];
+  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = Vec::zero();
+  for (int k = 0; k < K; ++k, panel += kNR) {
+    const auto w0 = Vec::load(panel), w1 = Vec::load(panel + L);
+    for (int r = 0; r < MR; ++r) {
+      const auto xv = Vec::set1(x[r * K + k]);
+      acc[r][0] = Vec::fma(xv, w0, acc[r][0]);
+      acc[r][1] = Vec::fma(xv, w1, acc[r][1]);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    Vec::store(y + r * ldy, acc[r][0]);
+    Vec::store(y + r * ldy + L, acc[r][1]);
+  }
+}
+
+template <int MR>
+void micro_into(const QmmProblem& p, int m, int n0, int columns, const float* panel) {
+  const float* x = p.x + static_cast<long>(m) * p.K;
+  float* y = p.y + static_cast<long>(m) * p.N + n0;
+  if (columns == kNR) {
+    micro<MR>(x, p.K, panel, y, p.N);
+    return;
+  }
+  alignas(64) float tile[MR * kNR];
+  micro<MR>(x, p.K, panel, tile, kNR);
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < columns; ++j) y[static_cast<long>(r) * p.N + j] = tile[r * kNR + j];
+}
+
+template <int Bits, ScaleType S>
+void tile(const QmmProblem& p, int n0, int n1, float* scratch) {
+  if (p.M <= kDirectMaxRows) {
+    switch (p.M) {
+      case 1: direct_rows<Bits, S, 1>(p, n0, n1); break;
+      case 2: direct_rows<Bits, S, 2>(p, n0, n1); break;
+      case 3: direct_rows<Bits, S, 3>(p, n0, n1); break;
+      case 4: direct_rows<Bits, S, 4>(p, n0, n1); break;
+      case 5: direct_rows<Bits, S, 5>(p, n0, n1); break;
+      case 6: direct_rows<Bits, S, 6>(p, n0, n1); break;
+      case 7: direct_rows<Bits, S, 7>(p, n0, n1); break;
+      default: direct_rows<Bits, S, 8>(p, n0, n1); break;
+    }
+    return;
+  }
+  // Each panel of weight rows is dequantized once, then read by every row of x.
+  for (int nb = n0; nb < n1; nb += kNR) {
+    const int columns = n1 - nb < kNR ? n1 - nb : kNR;
+    pack_panel<Bits, S>(p, nb, columns, scratch);
+    int m = 0;
+    for (; m + kMR <= p.M; m += kMR) micro_into<kMR>(p, m, nb, columns, scratch);
+    switch (p.M - m) {
+      case 1: micro_into<1>(p, m, nb, columns, scratch); break;
+      case 2: micro_into<2>(p, m, nb, columns, scratch); break;
+      case 3: micro_into<3>(p, m, nb, columns, scratch); break;
+      case 4: micro_into<4>(p, m, nb, columns, scratch); break;
+      case 5: micro_into<5>(p, m, nb, columns, scratch); break;
+      default: break;
+    }
+  }
+}
+
+template <int Bits>
+void tile_for_scales(const QmmProblem& p, int n0, int n1, float* scratch) {
+  switch (p.scale_type) {
+    case ScaleType::f32: tile<Bits, ScaleType::f32>(p, n0, n1, scratch); break;
+    case ScaleType::f16: tile<Bits, ScaleType::f16>(p, n0, n1, scratch); break;
+    case ScaleType::bf16: tile<Bits, ScaleType::bf16>(p, n0, n1, scratch); break;
+  }
+}
+
+inline void qmm_tile(const QmmProblem& p, int n0, int n1, float* scratch) {
+  if (p.bits == 4) tile_for_scales<4>(p, n0, n1, scratch);
+  else tile_for_scales<8>(p, n0, n1, scratch);
+}
+
+}  // namespace
+}  // namespace kernels

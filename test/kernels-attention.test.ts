@@ -1,0 +1,93 @@
+// Our attention kernel (ffi/src/kernels/attention*) against MLX's scaled_dot_product_attention:
+// decode over a long cache, causal prefill, chunked prefill at an offset, grouped-query heads,
+// the batch path's masks, keys/values read in place from a larger cache, half-precision inputs.
+import { describe, expect, test } from "bun:test";
+import * as mx from "../src/mlx";
+import { relativeError, withMlxKernels } from "./helpers/kernels";
+
+interface Case {
+  batch?: number;
+  qHeads: number;
+  kvHeads: number;
+  queries: number;
+  keys: number;
+  dim: number;
+  mask?: "causal" | "bool" | "additive";
+  dtype?: mx.DtypeCode;
+}
+
+// Keys and values as the KV cache hands them over: the used part of a larger buffer.
+function inputs(c: Case) {
+  const b = c.batch ?? 1;
+  const dtype = c.dtype ?? mx.Dtype.float32;
+  const normal = (shape: number[]) => mx.astype(mx.random.normal(shape), dtype);
+  const capacity = c.keys + 37;
+  const q = normal([b, c.qHeads, c.queries, c.dim]);
+  const k = mx.slice(normal([b, c.kvHeads, capacity, c.dim]), [0, 0, 0, 0], [b, c.kvHeads, c.keys, c.dim]);
+  const v = mx.slice(normal([b, c.kvHeads, capacity, c.dim]), [0, 0, 0, 0], [b, c.kvHeads, c.keys, c.dim]);
+  let mask: "causal" | mx.MxArray | undefined;
+  if (c.mask === "causal") mask = "causal";
+  else if (c.mask === "bool") mask = mx.greater(mx.random.normal([b, 1, c.queries, c.keys]), mx.scalar(-1));
+  else if (c.mask === "additive") mask = mx.multiply(mx.random.uniform([b, 1, c.queries, c.keys]), mx.scalar(-4));
+  mx.evaluate(q, k, v, ...(mask && mask !== "causal" ? [mask] : []));
+  return { q, k, v, mask, scale: c.dim ** -0.5 };
+}
+
+/** Our kernel against MLX's op on the same inputs; returns the relative error. */
+function compare(c: Case, tolerance = 2e-5): number {
+  return mx.scope(() => {
+    const { q, k, v, mask, scale } = inputs(c);
+    const ours = mx.fast.scaledDotProductAttention(q, k, v, scale, mask);
+    // MLX's reference in fp32 (its half-precision CPU path rounds intermediate results).
+    const f32 = (x: mx.MxArray) => mx.astype(x, mx.Dtype.float32);
+    const reference = withMlxKernels(() => mx.fast.scaledDotProductAttention(f32(q), f32(k), f32(v), scale, mask));
+    expect(ours.shape).toEqual(reference.shape);
+    expect(ours.dtype).toBe(q.dtype);
+    const error = relativeError(ours, reference);
+    expect(error).toBeLessThan(tolerance);
+    return error;
+  });
+}
+
+describe("attention kernel", () => {
+  mx.random.seed(7);
+
+  test("decode: one query row over caches of 1 to 2,000 keys, grouped-query heads", () => {
+    for (const keys of [1, 7, 64, 300]) compare({ qHeads: 9, kvHeads: 3, queries: 1, keys, dim: 64 });
+    // Computed by our kernel, not MLX's op: the rounding differs somewhere in 2,000 keys.
+    expect(compare({ qHeads: 9, kvHeads: 3, queries: 1, keys: 2000, dim: 64 })).toBeGreaterThan(0);
+    compare({ qHeads: 4, kvHeads: 4, queries: 1, keys: 513, dim: 128 });
+  });
+
+  test("prefill: causal over the whole prompt, odd lengths and head sizes", () => {
+    for (const n of [3, 17, 130]) compare({ qHeads: 9, kvHeads: 3, queries: n, keys: n, dim: 64, mask: "causal" });
+    compare({ qHeads: 6, kvHeads: 2, queries: 33, keys: 33, dim: 10, mask: "causal" });
+    compare({ qHeads: 2, kvHeads: 1, queries: 5, keys: 5, dim: 100, mask: "causal" });
+  });
+
+  test("chunked prefill: causal queries at an offset into the cache", () => {
+    compare({ qHeads: 9, kvHeads: 3, queries: 17, keys: 300, dim: 64, mask: "causal" });
+    compare({ qHeads: 8, kvHeads: 2, queries: 64, keys: 600, dim: 48, mask: "causal" });
+  });
+
+  test("the batch path: several rows with a boolean padding mask, or an additive mask", () => {
+    compare({ batch: 3, qHeads: 9, kvHeads: 3, queries: 1, keys: 75, dim: 64, mask: "bool" });
+    compare({ batch: 2, qHeads: 4, kvHeads: 2, queries: 12, keys: 40, dim: 32, mask: "bool" });
+    compare({ batch: 2, qHeads: 4, kvHeads: 1, queries: 3, keys: 500, dim: 64, mask: "additive" });
+  });
+
+  test("bfloat16 and float16 inputs: fp32 inside, the output in the input's type", () => {
+    compare({ qHeads: 9, kvHeads: 3, queries: 1, keys: 700, dim: 64, dtype: mx.Dtype.bfloat16 }, 1e-2);
+    compare({ qHeads: 9, kvHeads: 3, queries: 20, keys: 20, dim: 64, mask: "causal", dtype: mx.Dtype.float16 }, 2e-3);
+  });
+
+  test("a lazy graph node like MLX's: the same result on a second stream", () => {
+    mx.scope(() => {
+      const { q, k, v, scale } = inputs({ qHeads: 9, kvHeads: 3, queries: 1, keys: 400, dim: 64 });
+      const here = mx.fast.scaledDotProductAttention(q, k, v, scale);
+      const side = mx.onStream(mx.newStream(), () => mx.fast.scaledDotProductAttention(q, k, v, scale));
+      mx.evaluate(here, side);
+      expect(relativeError(side, here)).toBe(0);
+    });
+  });
+});

@@ -1,0 +1,114 @@
+// Our RMSNorm, RoPE and SiLU·mul primitives (ffi/src/kernels/) against MLX's
+// ops on the same inputs: odd sizes, strided inputs, every RoPE variant the models use.
+import { describe, expect, test } from "bun:test";
+import * as mx from "../src/mlx";
+import { relativeError, withMlxKernels } from "./helpers/kernels";
+
+/** Ours and MLX's on the same inputs, within `tolerance`; returns the relative error. */
+function compare(op: () => mx.MxArray, tolerance: number): number {
+  return mx.scope(() => {
+    const ours = op();
+    const reference = withMlxKernels(op);
+    expect(ours.shape).toEqual(reference.shape);
+    expect(ours.dtype).toBe(reference.dtype);
+    const error = relativeError(ours, reference);
+    expect(error).toBeLessThan(tolerance);
+    return error;
+  });
+}
+
+const normal = (shape: number[], dtype: mx.DtypeCode = mx.Dtype.float32) => mx.keep(mx.astype(mx.random.normal(shape), dtype));
+
+describe("RMSNorm kernel", () => {
+  mx.random.seed(5);
+
+  test("rows of odd widths, with and without a weight, one row and many", () => {
+    for (const [rows, dim] of [[1, 576], [17, 100], [300, 64], [3, 7]] as const) {
+      const x = normal([rows, dim]);
+      const w = normal([dim]);
+      compare(() => mx.fast.rmsNorm(x, w, 1e-5), 1e-6);
+      compare(() => mx.fast.rmsNorm(x, undefined, 1e-6), 1e-6);
+    }
+  });
+
+  test("a transposed (strided) input and 3-D batches", () => {
+    const x = normal([64, 5, 9]);
+    const w = normal([64]);
+    compare(() => mx.fast.rmsNorm(mx.transpose(x, [1, 2, 0]), w, 1e-5), 1e-6);
+  });
+
+  test("bfloat16 activations with a bfloat16 or float32 weight keep MLX's output type", () => {
+    const x = normal([4, 3, 576], mx.Dtype.bfloat16);
+    const [halfWeight, weight] = [normal([576], mx.Dtype.bfloat16), normal([576])];
+    compare(() => mx.fast.rmsNorm(x, halfWeight, 1e-5), 1e-2);
+    compare(() => mx.fast.rmsNorm(x, weight, 1e-5), 1e-2);
+  });
+});
+
+describe("RoPE kernel", () => {
+  mx.random.seed(6);
+  // [B, L, H, D] seen as [B, H, L, D], as the attention layers hand it over.
+  const heads = (b: number, l: number, h: number, d: number, dtype?: mx.DtypeCode) => {
+    const x = normal([b, l, h, d], dtype);
+    return () => mx.transpose(x, [0, 2, 1, 3]);
+  };
+
+  test("rotate-half and traditional layouts, decode and prefill positions", () => {
+    for (const traditional of [false, true]) {
+      for (const [l, offset] of [[1, 0], [1, 1999], [17, 0], [130, 300]] as const) {
+        const x = heads(1, l, 9, 64);
+        // Angles near 2,000 radians: one ulp of the angle moves sin/cos by ~1e-4.
+        compare(() => mx.fast.rope(x(), { dims: 64, traditional, base: 10000, scale: 1, offset }), 1e-4);
+      }
+    }
+  });
+
+  test("partial rotation (dims < head size), a linear scale, odd head counts", () => {
+    const x = heads(2, 5, 3, 80);
+    compare(() => mx.fast.rope(x(), { dims: 32, traditional: false, base: 500000, scale: 0.25, offset: 7 }), 2e-5);
+  });
+
+  test("precomputed frequencies, as llama3 scaling and GGUF rope_freqs give them", () => {
+    const x = heads(1, 9, 4, 64);
+    const freqs = mx.keep(mx.power(10000, mx.divide(mx.arange(0, 64, 2, mx.Dtype.float32), 64)));
+    compare(() => mx.fast.rope(x(), { dims: 64, traditional: false, scale: 1, offset: 40, freqs }), 2e-5);
+  });
+
+  test("one offset per batch row (continuous batching)", () => {
+    const x = heads(3, 2, 9, 64);
+    const offset = mx.keep(mx.array(Int32Array.from([0, 37, 512])));
+    compare(() => mx.fast.rope(x(), { dims: 64, traditional: false, base: 10000, scale: 1, offset }), 2e-5);
+  });
+
+  test("bfloat16 input: rotated in fp32, returned in bfloat16", () => {
+    const x = heads(1, 6, 4, 64, mx.Dtype.bfloat16);
+    compare(() => mx.fast.rope(x(), { dims: 64, traditional: false, base: 10000, scale: 1, offset: 3 }), 2e-2);
+  });
+});
+
+describe("SiLU·mul kernel", () => {
+  mx.random.seed(8);
+
+  test("silu(gate) * up for one row and many, odd widths, bfloat16", () => {
+    for (const shape of [[1, 1, 1536], [1, 17, 1000], [3, 7]]) {
+      const [gate, up] = [normal(shape), normal(shape)];
+      compare(() => mx.fast.siluMul(gate, up), 1e-6);
+    }
+    const [gate, up] = [normal([2, 5, 256], mx.Dtype.bfloat16), normal([2, 5, 256], mx.Dtype.bfloat16)];
+    compare(() => mx.fast.siluMul(gate, up), 2e-2);
+  });
+
+  test("gate and up as the two halves of one fused projection's output (strided views)", () => {
+    const fused = normal([2, 3, 2 * 1536]);
+    const half = (start: number) => mx.slice(fused, [0, 0, start], [2, 3, start + 1536]);
+    compare(() => mx.fast.siluMul(half(0), half(1536)), 1e-6);
+    compare(() => mx.fast.siluMul(mx.transpose(half(1536), [1, 0, 2]), mx.transpose(half(0), [1, 0, 2])), 1e-6);
+  });
+
+  test("MLX's ops where ours do not apply: mixed dtypes, broadcasting", () => {
+    const gate = normal([4, 8]);
+    mx.scope(() => {
+      expect(mx.fast.siluMul(gate, normal([8], mx.Dtype.bfloat16)).shape).toEqual([4, 8]);
+    });
+  });
+});

@@ -1,0 +1,164 @@
+// Our quantized matmul kernel (ffi/src/kernels/) against MLX's own op on random inputs: every
+// layout our models load (affine 4 and 8 bits, groups of 32/64/128, fp32/bf16/f16 activations),
+// odd shapes, batched rows, two streams at once, async evaluation and the memory counters.
+import { afterEach, describe, expect, test } from "bun:test";
+import * as mx from "../src/mlx";
+
+interface Layout {
+  bits: number;
+  groupSize: number;
+}
+
+const layouts: Layout[] = [4, 8].flatMap((bits) => [32, 64, 128].map((groupSize) => ({ bits, groupSize })));
+
+afterEach(() => {
+  mx.useCpuKernels(true);
+});
+
+/** A random weight [n, k] quantized in `layout`, its scales and biases in `scaleType`. */
+function quantizedWeight(n: number, k: number, layout: Layout, scaleType: mx.DtypeCode, seed: number) {
+  const w = mx.random.normal([n, k], mx.Dtype.float32, mx.random.key(seed));
+  const q = mx.quantize(w, layout);
+  return { weight: q.weight, scales: mx.astype(q.scales, scaleType), biases: mx.astype(q.biases!, scaleType) };
+}
+
+/** x · Wᵀ through MLX's op (our kernels off) or ours, evaluated. */
+function product(x: mx.MxArray, w: ReturnType<typeof quantizedWeight>, layout: Layout, ours: boolean): mx.MxArray {
+  const previous = mx.useCpuKernels(ours);
+  try {
+    const y = mx.quantizedMatmul(x, w.weight, w.scales, w.biases, layout, true);
+    mx.evaluate(y);
+    return y;
+  } finally {
+    mx.useCpuKernels(previous);
+  }
+}
+
+/** Largest difference between a and b relative to the largest magnitude of b. */
+function relativeError(a: mx.MxArray, b: mx.MxArray): number {
+  const diff = mx.max(mx.abs(mx.subtract(mx.astype(a, mx.Dtype.float32), mx.astype(b, mx.Dtype.float32)))).item();
+  const scale = mx.max(mx.abs(mx.astype(b, mx.Dtype.float32))).item();
+  return diff / Math.max(scale, 1e-6);
+}
+
+describe("quantized matmul kernel", () => {
+  test("reports the instruction set and threads it runs with", () => {
+    expect(mx.cpuKernels()).toMatch(/^(portable|avx2|avx512|neon), \d+ threads?$/);
+  });
+
+  test("MLX_KERNELS, MLX_CPU_THREADS and MLX_CPU_ISA set it up at start", () => {
+    const probe = (env: Record<string, string>) => {
+      const script = `import * as mx from "./src/mlx"; console.log(mx.useCpuKernels(true), mx.cpuKernels());`;
+      const child = Bun.spawnSync([process.execPath, "-e", script], { env: { ...process.env, ...env }, stderr: "pipe" });
+      expect(child.exitCode).toBe(0);
+      return child.stdout.toString().trim();
+    };
+    expect(probe({ MLX_KERNELS: "mlx", MLX_CPU_THREADS: "3", MLX_CPU_ISA: "portable" })).toBe("false portable, 3 threads");
+    expect(probe({ MLX_CPU_THREADS: "1" })).toMatch(/^true \w+, 1 thread$/);
+  });
+
+  for (const layout of layouts) {
+    test(`fp32 activations, ${layout.bits}-bit, group ${layout.groupSize}: equal to MLX's op for odd shapes and M = 1, 3, 17, 512`, () => {
+      mx.scope(() => {
+        // K: 1, 3 and 5 groups; N: not a multiple of any block (or of 8).
+        const shapes: [number, number, number][] = [
+          [1, 13, layout.groupSize],
+          [3, 100, 3 * layout.groupSize],
+          [17, 37, 5 * layout.groupSize],
+          [512, 70, 3 * layout.groupSize],
+          [1, 1000, 3 * layout.groupSize],
+        ];
+        for (const [i, [m, n, k]] of shapes.entries()) {
+          const w = quantizedWeight(n, k, layout, mx.Dtype.float16, 10 + i);
+          const x = mx.random.normal([m, k], mx.Dtype.float32, mx.random.key(100 + i));
+          const ours = product(x, w, layout, true);
+          const theirs = product(x, w, layout, false);
+          expect(ours.shape).toEqual([m, n]);
+          expect(ours.dtypeName).toBe(theirs.dtypeName);
+          expect(relativeError(ours, theirs)).toBeLessThan(1e-5);
+        }
+      });
+    });
+  }
+
+  for (const [name, dtype, tolerance] of [
+    ["bf16", mx.Dtype.bfloat16, 1e-2],
+    ["f16", mx.Dtype.float16, 2e-3],
+  ] as const) {
+    test(`${name} activations and scales: fp32 accumulation, within ${name} rounding of an fp32 product`, () => {
+      mx.scope(() => {
+        for (const layout of [layouts[0]!, layouts[4]!]) {
+          for (const m of [1, 3, 17]) {
+            const w = quantizedWeight(70, 2 * layout.groupSize, layout, dtype, m);
+            const x = mx.random.normal([m, 2 * layout.groupSize], dtype, mx.random.key(m + 1));
+            const ours = product(x, w, layout, true);
+            const exact = product(mx.astype(x, mx.Dtype.float32), { ...w, scales: mx.astype(w.scales, mx.Dtype.float32), biases: mx.astype(w.biases, mx.Dtype.float32) }, layout, false);
+            const theirs = product(x, w, layout, false);
+            expect(ours.dtypeName).toBe(theirs.dtypeName);
+            expect(relativeError(ours, exact)).toBeLessThan(tolerance);
+          }
+        }
+      });
+    });
+  }
+
+  test("batched activations [B, L, K] and sliced (row-offset) weights", () => {
+    mx.scope(() => {
+      const layout = layouts[0]!;
+      const w = quantizedWeight(96, 128, layout, mx.Dtype.float16, 7);
+      const rows = { weight: mx.slice(w.weight, [32], [96]), scales: mx.slice(w.scales, [32], [96]), biases: mx.slice(w.biases, [32], [96]) };
+      const x = mx.random.normal([2, 5, 128], mx.Dtype.float32, mx.random.key(8));
+      const ours = product(x, rows, layout, true);
+      expect(ours.shape).toEqual([2, 5, 64]);
+      expect(relativeError(ours, product(x, rows, layout, false))).toBeLessThan(1e-5);
+    });
+  });
+
+  test("layouts it does not cover (weights not transposed) are MLX's op", () => {
+    mx.scope(() => {
+      const layout = layouts[0]!;
+      const w = mx.quantize(mx.random.normal([64, 96], mx.Dtype.float32, mx.random.key(3)), layout);
+      const x = mx.random.normal([2, 64], mx.Dtype.float32, mx.random.key(4));
+      const ours = mx.quantizedMatmul(x, w.weight, w.scales, w.biases, layout, false);
+      mx.useCpuKernels(false);
+      const theirs = mx.quantizedMatmul(x, w.weight, w.scales, w.biases, layout, false);
+      expect(ours.toArray()).toEqual(theirs.toArray());
+    });
+  });
+
+  test("two streams at once, evaluated asynchronously, agree with one stream", () => {
+    mx.scope(() => {
+      const layout = layouts[1]!;
+      const w = quantizedWeight(300, 256, layout, mx.Dtype.float16, 11);
+      const x = mx.random.normal([17, 256], mx.Dtype.float32, mx.random.key(12));
+      const first = mx.slice(x, [0], [1]);
+      const expected = product(x, w, layout, true).toArray();
+      const expectedFirst = product(first, w, layout, true).toArray();
+      const side = mx.newStream();
+      for (let round = 0; round < 5; round++) {
+        const a = mx.onStream(side, () => mx.quantizedMatmul(x, w.weight, w.scales, w.biases, layout, true));
+        const b = mx.quantizedMatmul(x, w.weight, w.scales, w.biases, layout, true);
+        const c = mx.onStream(side, () => mx.quantizedMatmul(first, w.weight, w.scales, w.biases, layout, true));
+        mx.asyncEvaluate(a, b, c);
+        expect(a.toArray()).toEqual(expected);
+        expect(b.toArray()).toEqual(expected);
+        expect(c.toArray()).toEqual(expectedFirst);
+      }
+    });
+  });
+
+  test("its outputs are counted in MLX's memory and released when freed", () => {
+    const layout = layouts[0]!;
+    const w = quantizedWeight(4096, 256, layout, mx.Dtype.float16, 21);
+    const x = mx.random.normal([64, 256], mx.Dtype.float32, mx.random.key(22));
+    mx.evaluate(w.weight, w.scales, w.biases, x);
+    const before = mx.memory.activeMemory();
+    const y = mx.quantizedMatmul(x, w.weight, w.scales, w.biases, layout, true);
+    mx.evaluate(y);
+    const outputBytes = 64 * 4096 * 4;
+    expect(mx.memory.activeMemory() - before).toBeGreaterThanOrEqual(outputBytes);
+    y.free();
+    expect(mx.memory.activeMemory() - before).toBeLessThan(outputBytes);
+    for (const a of [w.weight, w.scales, w.biases, x]) a.free();
+  });
+});
