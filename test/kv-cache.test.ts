@@ -9,7 +9,12 @@ import * as mx from "../src/mlx";
 import { buildModel, forward, makeCaches, freeCaches, parseConfig, Weights, type DecoderModel } from "../src/models";
 import type { KvQuantization } from "../src/models/cache";
 import { quantizedAttention } from "../src/models/quantized-attention";
-import { tinyConfig, tinyDims, tinyWeights } from "./helpers/tiny-model";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { ServerOptions } from "../src/server/app";
+import { post, serve } from "./helpers/serve";
+import { tinyConfig, tinyDims, tinyWeights, writeTinyModel } from "./helpers/tiny-model";
 
 const headDim = 64;
 let model: DecoderModel;
@@ -143,4 +148,32 @@ describe("the quantized KV cache", () => {
     expect(out.long).toEqual(greedy(prompts[2]!, 10, late));
     expect(out.short).toHaveLength(5);
   });
+});
+
+describe("serve with a quantized KV cache", () => {
+  test("concurrent requests batch to the answers each gets alone; the prefix cache holds quantized bytes", async () => {
+    const dir = join(mkdtempSync(join(tmpdir(), "mlx-kv-")), "tiny-wide");
+    writeTinyModel(dir, { contextLength: 256, headDim, seed: 5 });
+    const prompts = ["Tell me a story", "Hi", "What is two plus two?"];
+    const ask = (url: string, content: string) => post(`${url}/v1/chat/completions`, { model: dir, messages: [{ role: "user", content }], max_tokens: 6, temperature: 0 });
+    const prefixBytes = async (o: ServerOptions) => {
+      const server = serve({ ...o, maxBatch: 4 });
+      try {
+        const alone = [];
+        for (const p of prompts) alone.push((await ask(server.url, p)).json.choices[0].message.content);
+        const together = await Promise.all(prompts.map((p) => ask(server.url, p)));
+        expect(together.map((r) => r.json.choices[0].message.content)).toEqual(alone);
+        const stats = (await (await fetch(`${server.url}/stats`)).json()) as { models: { prefix_cache: { bytes: number } }[] };
+        return stats.models[0]!.prefix_cache.bytes;
+      } finally {
+        await server.stop();
+      }
+    };
+    const quantized = await prefixBytes({ kvQuantization: eightBit });
+    const float = await prefixBytes({});
+    // float32 keys/values: 4 bytes a value; 8-bit: 1 byte plus a float32 scale and bias per 64,
+    // so 0.28 of the bytes (the answers, and so the stored lengths, may differ a little).
+    expect(quantized / float).toBeGreaterThan(0.2);
+    expect(quantized / float).toBeLessThan(0.4);
+  }, 60_000);
 });
