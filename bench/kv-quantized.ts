@@ -37,7 +37,7 @@ const kinds: { name: string; kv?: KvQuantization }[] = [{ name: "float" }, { nam
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 function cacheWithContext(kv: KvQuantization | undefined, context: number) {
-  const caches = makeCaches(model, kv);
+  const caches = makeCaches(model, { quantization: kv });
   mx.scope(() => forward(model, mx.array(Int32Array.from([1]), [1, 1]), caches)); // one real token sets shapes and dtype
   const [batch, heads] = caches[0]!.keys![0]!.shape as number[];
   const dim = model.config.headDim;
@@ -116,7 +116,7 @@ for (const question of questions) {
   const sequence = [...prompt, ...answer.slice(0, -1)];
   // Logits at the positions that predict the answer's tokens.
   const logitsWith = (kv?: KvQuantization) => {
-    const caches = makeCaches(model, kv);
+    const caches = makeCaches(model, { quantization: kv });
     const out = mx.keep(mx.scope(() => mx.slice(forward(model, mx.array(Int32Array.from(sequence), [1, sequence.length]), caches), [0, prompt.length - 1, 0], [1, sequence.length, model.config.vocabSize])));
     freeCaches(caches);
     return out;

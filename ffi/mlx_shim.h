@@ -195,6 +195,13 @@ MLXS_API size_t mlxs_set_memory_limit(size_t limit);
 MLXS_API size_t mlxs_set_cache_limit(size_t limit);
 MLXS_API void mlxs_clear_cache(void);
 
+// ---- mixture of experts ----
+MLXS_API int mlxs_gather_mm(mlxs_array** out, const mlxs_array* a, const mlxs_array* b, const mlxs_array* lhs_indices,
+                            const mlxs_array* rhs_indices, int sorted_indices);
+MLXS_API int mlxs_gather_qmm(mlxs_array** out, const mlxs_array* x, const mlxs_array* w, const mlxs_array* scales,
+                             const mlxs_array* biases, const mlxs_array* lhs_indices, const mlxs_array* rhs_indices,
+                             int transpose, int group_size, int bits, const char* mode, int sorted_indices);
+
 #ifdef __cplusplus
 }
 #endif

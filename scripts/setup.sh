@@ -14,6 +14,13 @@ if [ ! -x node_modules/.bin/bun ] || [ package.json -nt node_modules/.package-lo
   npm install --no-audit --no-fund --loglevel=error >&2
 fi
 
+# The browser tests drive Debian's Chromium (no browser download): installed where missing when
+# we may (root with apt-get, as on a fresh CI machine); elsewhere those tests skip.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  say "installing chromium (for the browser tests)"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >&2 || say "could not install chromium: the browser tests will skip"
+fi
+
 # 2. The MLX backend wheel, project-local. pip caches the download under .cache/.
 os=$(uname -s); arch=$(uname -m)
 backend=${MLX_BACKEND:-}

@@ -4,7 +4,7 @@ import { beforeAll, describe, expect, test } from "bun:test";
 import { BatchGenerator, generateTokens } from "../src/engine/batch";
 import { defaultSampling } from "../src/engine/sampling";
 import { buildModel, parseConfig, Weights, type DecoderModel } from "../src/models";
-import { tinyConfig, tinyWeights } from "./helpers/tiny-model";
+import { tinyConfig, tinyWeights, type TinyOptions } from "./helpers/tiny-model";
 
 let model: DecoderModel;
 beforeAll(() => {
@@ -14,14 +14,14 @@ beforeAll(() => {
 
 const prompts = [[5, 17, 200, 3, 99, 42, 7], [12, 4], [150, 8, 1, 77, 23, 9, 100, 101, 102, 103, 104, 2], [33]];
 
-function alone(prompt: number[], maxTokens: number): number[] {
+function alone(prompt: number[], maxTokens: number, m = model): number[] {
   const out: number[] = [];
-  for (const { token } of generateTokens(model, { promptIds: prompt, sampling: defaultSampling, maxTokens })) out.push(token);
+  for (const { token } of generateTokens(m, { promptIds: prompt, sampling: defaultSampling, maxTokens })) out.push(token);
   return out;
 }
 
-function batched(requests: { prompt: number[]; maxTokens: number; joinAt: number }[], options = { maxBatch: 8, prefillChunk: 3 }): number[][] {
-  const gen = new BatchGenerator(model, options);
+function batched(requests: { prompt: number[]; maxTokens: number; joinAt: number }[], options = { maxBatch: 8, prefillChunk: 3 }, m = model): number[][] {
+  const gen = new BatchGenerator(m, options);
   const out = requests.map(() => [] as number[]);
   let stepCount = 0;
   const added = new Set<number>();
@@ -39,6 +39,28 @@ function batched(requests: { prompt: number[]; maxTokens: number; joinAt: number
   gen.dispose();
   return out;
 }
+
+describe("BatchGenerator on other architectures", () => {
+  const plan = [
+    { prompt: prompts[0]!, maxTokens: 14, joinAt: 0 },
+    { prompt: prompts[1]!, maxTokens: 12, joinAt: 2 },
+    { prompt: prompts[2]!, maxTokens: 9, joinAt: 3 },
+    { prompt: prompts[3]!, maxTokens: 12, joinAt: 0 },
+  ];
+  const others: [string, TinyOptions][] = [
+    // Each row routed to its own experts.
+    ["qwen3_moe, 4-bit", { modelType: "qwen3_moe", layers: 3, quantize: { groupSize: 32, bits: 4 } }],
+    // Full caches in the batch, the window of 6 applied by the mask; alone, the cache keeps only the window.
+    ["gemma3", { modelType: "gemma3_text", layers: 4 }],
+  ];
+  for (const [name, o] of others) {
+    test(`${name}: sequences joining and leaving, decoded together, equal each decoded alone`, () => {
+      const m = buildModel(new Weights(tinyWeights(o), parseConfig(tinyConfig(o))));
+      const expected = plan.map((r) => alone(r.prompt, r.maxTokens, m));
+      expect(batched(plan, { maxBatch: 8, prefillChunk: 3 }, m)).toEqual(expected);
+    });
+  }
+});
 
 describe("BatchGenerator", () => {
   test("sequences of different lengths decoded together equal each decoded alone", () => {

@@ -11,9 +11,12 @@ import { writeTinyModel } from "./helpers/tiny-model";
 
 let lm: LoadedModel;
 let small: LoadedModel;
+let gemma: LoadedModel;
 
 beforeAll(() => {
   const root = mkdtempSync(join(tmpdir(), "mlx-conv-"));
+  writeTinyModel(join(root, "gemma"), { modelType: "gemma3_text", layers: 4, contextLength: 4096 });
+  gemma = loadModel(join(root, "gemma"));
   writeTinyModel(join(root, "tiny"), { contextLength: 4096 });
   writeTinyModel(join(root, "small"), { contextLength: 160 });
   lm = loadModel(join(root, "tiny"));
@@ -62,6 +65,22 @@ describe("Conversation", () => {
     expect(c.contextUsed).toBeLessThan(160);
     c.dispose();
   });
+
+  test("gemma3: turns reuse the cache, and a changed system prompt answers as a fresh conversation does", async () => {
+    const c = new Conversation(gemma);
+    const long = (n: number) => Array.from({ length: n }, (_, i) => `word${i % 50}`).join(" ");
+    await say(c, long(150), 4);
+    const second = await say(c, "And then?", 4);
+    expect(second.info.reusedTokens).toBeGreaterThan(100);
+    await say(c, long(200), 4); // longer than the sliding window of the local layers
+    c.system = "Be brief.";
+    const fourth = await say(c, "Tell me more", 8);
+    const fresh = new Conversation(gemma, "Be brief.");
+    fresh.messages = c.messages.slice(0, 6);
+    expect(fourth.result.tokenIds).toEqual((await say(fresh, "Tell me more", 8)).result.tokenIds);
+    c.dispose();
+    fresh.dispose();
+  }, 60_000);
 
   test("clear forgets the conversation and its cache", async () => {
     const c = new Conversation(lm);

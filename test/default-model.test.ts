@@ -84,7 +84,7 @@ describe("the default model with a quantized KV cache", () => {
       const answer = (prompt: number[], kv?: KvQuantization) => [...generateTokens(lm.model, { promptIds: prompt, sampling: defaultSampling, maxTokens: 12 }, kv)].map((e) => e.token);
       for (const prompt of prompts) expect(answer(prompt, { bits: 8, groupSize: 64 })).toEqual(answer(prompt));
       const logits = (kv?: KvQuantization) => {
-        const caches = makeCaches(lm.model, kv);
+        const caches = makeCaches(lm.model, { quantization: kv });
         const out = mx.keep(mx.scope(() => forward(lm.model, mx.array(Int32Array.from(prompts[0]!), [1, prompts[0]!.length]), caches)));
         freeCaches(caches);
         return out;

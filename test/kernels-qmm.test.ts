@@ -58,12 +58,15 @@ describe("quantized matmul kernel", () => {
   });
 
   for (const layout of layouts) {
-    test(`fp32 activations, ${layout.bits}-bit, group ${layout.groupSize}: equal to MLX's op for odd shapes and M = 1, 3, 17, 512`, () => {
+    test(`fp32 activations, ${layout.bits}-bit, group ${layout.groupSize}: equal to MLX's op for odd shapes and M = 1, 2, 3, 4, 17, 512`, () => {
       mx.scope(() => {
-        // K: 1, 3 and 5 groups; N: not a multiple of any block (or of 8).
+        // K: 1, 3 and 5 groups; N: not a multiple of any block (or of 8), nor of the 2 or 4 columns
+        // that small-M products compute side by side.
         const shapes: [number, number, number][] = [
           [1, 13, layout.groupSize],
-          [3, 100, 3 * layout.groupSize],
+          [2, 15, 3 * layout.groupSize],
+          [3, 101, 3 * layout.groupSize],
+          [4, 23, 5 * layout.groupSize],
           [17, 37, 5 * layout.groupSize],
           [512, 70, 3 * layout.groupSize],
           [1, 1000, 3 * layout.groupSize],

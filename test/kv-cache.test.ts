@@ -67,7 +67,7 @@ describe("the quantized KV cache", () => {
   test("8-bit: greedy output identical to the float cache's; 4-bit: logits stay close", () => {
     for (const prompt of prompts) expect(greedy(prompt, 24, eightBit)).toEqual(greedy(prompt, 24));
     const logits = (kv?: KvQuantization) => {
-      const caches = makeCaches(model, kv);
+      const caches = makeCaches(model, { quantization: kv });
       const sequence = Array.from({ length: 40 }, (_, i) => (i * 37) % 300);
       const out = mx.keep(mx.scope(() => forward(model, mx.array(Int32Array.from(sequence), [1, 40]), caches)));
       freeCaches(caches);
@@ -93,7 +93,7 @@ describe("the quantized KV cache", () => {
 
   test("bytes per token: 8-bit and 4-bit cost what their packing says", () => {
     const bytesPerToken = (kv?: KvQuantization) => {
-      const caches = makeCaches(model, kv);
+      const caches = makeCaches(model, { quantization: kv });
       mx.scope(() => forward(model, mx.array(Int32Array.from({ length: 256 }, (_, i) => i % 300), [1, 256]), caches));
       const bytes = caches.reduce((n, c) => n + c.nbytes, 0) / 256;
       freeCaches(caches);
@@ -130,7 +130,7 @@ describe("the quantized KV cache", () => {
 
   test("--kv-quant-start: float until that many positions, then quantized, in one sequence and in a batch", () => {
     const late: KvQuantization = { ...eightBit, start: 10 };
-    const caches = makeCaches(model, late);
+    const caches = makeCaches(model, { quantization: late });
     mx.scope(() => forward(model, mx.array(Int32Array.from([1, 2, 3, 4, 5, 6, 7, 8]), [1, 8]), caches));
     expect(caches[0]!.quantized).toBe(false);
     mx.scope(() => forward(model, mx.array(Int32Array.from([9, 10, 11]), [1, 3]), caches));

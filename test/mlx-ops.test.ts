@@ -305,3 +305,39 @@ describe("lifetimes under garbage collection", () => {
     kept.free(); // freeing twice is harmless
   });
 });
+
+describe("mixture of experts", () => {
+  // Three experts [3, 8 outputs, 64 inputs]; rows [4, 1, 64] each routed to the experts in `pick`.
+  const experts = () => mx.random.normal([3, 8, 64], mx.Dtype.float32, mx.random.key(5));
+  const rows = () => mx.random.normal([4, 1, 1, 64], mx.Dtype.float32, mx.random.key(6));
+  const pick = () => mx.array(Int32Array.from([2, 0, 0, 1, 1, 2, 2, 2]), [4, 2]);
+  /** Row r times expert e, one plain matmul at a time. */
+  const oneByOne = (x: mx.MxArray, w: mx.MxArray) =>
+    mx.stack(
+      [2, 0, 0, 1, 1, 2, 2, 2].map((e, i) => mx.matmul(mx.reshape(mx.slice(x, [Math.floor(i / 2), 0, 0, 0], [Math.floor(i / 2) + 1, 1, 1, 64]), [1, 64]), mx.transpose(mx.reshape(mx.slice(w, [e, 0, 0], [e + 1, 8, 64]), [8, 64])))),
+    );
+
+  test("gather_mm multiplies each row by the experts it picks", () => {
+    run(() => {
+      const w = experts();
+      const x = rows();
+      const out = mx.gatherMm(x, mx.transpose(w, [0, 2, 1]), { rhsIndices: pick() });
+      expect(out.shape).toEqual([4, 2, 1, 8]);
+      const expected = oneByOne(x, w);
+      expect(mx.max(mx.abs(mx.subtract(mx.reshape(out, [-1]), mx.reshape(expected, [-1])))).item()).toBeLessThan(1e-4);
+    });
+  });
+
+  test("gather_qmm equals gather_mm with the dequantized experts", () => {
+    run(() => {
+      const q = { groupSize: 32, bits: 4 };
+      const { weight, scales, biases } = mx.quantize(experts(), q);
+      expect(weight.shape).toEqual([3, 8, 8]);
+      const x = rows();
+      const out = mx.gatherQmm(x, weight, scales, biases, q, { rhsIndices: pick() });
+      expect(out.shape).toEqual([4, 2, 1, 8]);
+      const expected = oneByOne(x, mx.dequantize(weight, scales, biases, q));
+      expect(mx.max(mx.abs(mx.subtract(mx.reshape(out, [-1]), mx.reshape(expected, [-1])))).item()).toBeLessThan(1e-3);
+    });
+  });
+});

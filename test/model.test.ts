@@ -3,13 +3,14 @@
 // permuted q/k rows must come back in Hugging Face order.
 import { describe, expect, test } from "bun:test";
 import * as mx from "../src/mlx";
-import { buildModel, forward, makeCaches, parseConfig, Weights, freeCaches } from "../src/models";
+import { buildModel, forward, makeCaches, parseConfig, Weights, freeCaches, type KVCache } from "../src/models";
+import { SlidingKVCache } from "../src/models/sliding-cache";
 import { ggufModel, hfTensorName } from "../src/models/gguf";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadModel } from "../src/models/load";
-import { tinyConfig, tinyDims, tinyWeights, writeTinyModel, type TinyOptions } from "./helpers/tiny-model";
+import { tinyConfig, tinyDims, tinyMoE, tinyWeights, writeTinyModel, type TinyOptions } from "./helpers/tiny-model";
 
 function tinyModel(o: TinyOptions) {
   const weights = tinyWeights(o);
@@ -26,6 +27,13 @@ const variants: [string, TinyOptions][] = [
   ["mistral", { modelType: "mistral", tied: false }],
   ["qwen2 (q/k/v bias)", { modelType: "qwen2" }],
   ["qwen3 (q/k norm)", { modelType: "qwen3" }],
+  ["gemma3 (sliding window of 6, a global layer every 2)", { modelType: "gemma3_text", layers: 4 }],
+  ["gemma3, 4-bit", { modelType: "gemma3_text", layers: 4, quantize: { groupSize: 32, bits: 4 } }],
+  ["qwen3_moe (experts one matrix each)", { modelType: "qwen3_moe", layers: 3 }],
+  ["qwen3_moe, 4-bit (experts stacked)", { modelType: "qwen3_moe", layers: 3, quantize: { groupSize: 32, bits: 4 } }],
+  ["mixtral", { modelType: "mixtral", tied: false }],
+  ["mixtral, 4-bit", { modelType: "mixtral", tied: false, quantize: { groupSize: 32, bits: 4 } }],
+  ["phi3 (fused projections, LongRoPE)", { modelType: "phi3", tied: false }],
 ];
 
 describe("KV cache", () => {
@@ -77,6 +85,53 @@ describe("KV cache", () => {
   });
 });
 
+describe("sliding-window layers (gemma3, window 6)", () => {
+  const options: TinyOptions = { modelType: "gemma3_text", layers: 4 };
+  const tokens = Array.from({ length: 40 }, (_, i) => (i * 37 + 11) % 300);
+  // Prefill 5 tokens, then one at a time: the logits of every position.
+  const run = (model: ReturnType<typeof tinyModel>, caches: KVCache[]) => {
+    const rows = [mx.scope(() => forward(model, ids(tokens.slice(0, 5)), caches))];
+    for (const t of tokens.slice(5)) rows.push(mx.scope(() => forward(model, ids([t]), caches)));
+    return mx.scope(() => mx.concatenate(rows, 1));
+  };
+
+  test("a cache that keeps only the window (compacted every 4 tokens) gives the logits of full caches", () => {
+    const model = tinyModel(options);
+    const full = run(model, makeCaches(model, { windowed: false }));
+    const windowed = model.makeCaches!().map((c) => (c instanceof SlidingKVCache ? new SlidingKVCache(c.window, 4) : c));
+    const sliding = run(model, windowed);
+    expect(mx.scope(() => mx.max(mx.abs(mx.subtract(full, sliding))).item())).toBeLessThan(1e-4);
+    const local = windowed[0] as SlidingKVCache;
+    expect(local.offset).toBe(40);
+    expect(local.keys![0]!.shape[2]).toBeLessThanOrEqual(6 - 1 + 4);
+    expect(local.held).toBeLessThanOrEqual(6 - 1 + 4);
+    expect(windowed[1]!.keys![0]!.shape[2]).toBeGreaterThanOrEqual(40); // the global layer keeps everything
+    freeCaches(windowed);
+  });
+
+  test("the window matters: a model without it answers differently past 6 tokens", () => {
+    const model = tinyModel(options);
+    const wide = tinyModel({ ...options, window: 64 });
+    const a = run(model, makeCaches(model));
+    const b = run(wide, makeCaches(wide));
+    const diff = (from: number, to: number) => mx.scope(() => mx.max(mx.abs(mx.subtract(mx.slice(a, [0, from, 0], [1, to, 300]), mx.slice(b, [0, from, 0], [1, to, 300])))).item());
+    expect(diff(0, 6)).toBeLessThan(1e-5);
+    expect(diff(6, 40)).toBeGreaterThan(1e-3);
+  });
+
+  test("taking back tokens works while the window before them is held, and says so otherwise", () => {
+    const cache = new SlidingKVCache(6, 4);
+    const kv = () => mx.keep(mx.zeros([1, 2, 1, 16]));
+    for (let i = 0; i < 20; i++) mx.scope(() => cache.updateAndFetch(kv(), kv()));
+    expect(cache.canTrim(18)).toBe(true);
+    expect(cache.canTrim(10)).toBe(false);
+    expect(() => cache.trim(10)).toThrow(/cannot go back to position 10/);
+    cache.trim(18);
+    expect(cache.offset).toBe(18);
+    cache.free();
+  });
+});
+
 describe("a loaded model's memory", () => {
   for (const [name, options] of [["plain", {}], ["4-bit, untied head", { quantize: { groupSize: 32, bits: 4 }, tied: false }]] as [string, TinyOptions][]) {
     test(`${name}: free() gives back everything the model took, arrays made from the weights included`, () => {
@@ -103,6 +158,46 @@ describe("GGUF layout", () => {
     expect(hfTensorName("output.weight")).toBe("lm_head.weight");
     expect(hfTensorName("blk.0.attn_q_norm.weight")).toBe("model.layers.0.self_attn.q_norm.weight");
     expect(hfTensorName("something.else")).toBeUndefined();
+  });
+
+  test("a qwen3moe GGUF: router and stacked experts by llama.cpp's names, dense layers found, the same model", () => {
+    const o: TinyOptions = { modelType: "qwen3_moe", layers: 3, quantize: { groupSize: 32, bits: 4 } };
+    const hf = tinyWeights(o);
+    const toGGUF: Record<string, string> = {
+      input_layernorm: "attn_norm", post_attention_layernorm: "ffn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+      "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+      "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down", "mlp.gate": "ffn_gate_inp",
+      "mlp.switch_mlp.gate_proj": "ffn_gate_exps", "mlp.switch_mlp.up_proj": "ffn_up_exps", "mlp.switch_mlp.down_proj": "ffn_down_exps",
+    };
+    const tensors = new Map<string, mx.MxArray>();
+    for (const [name, t] of hf) {
+      const layer = /^model\.layers\.(\d+)\.(.+)\.(weight|scales|biases)$/.exec(name);
+      const ggufName = layer ? `blk.${layer[1]}.${toGGUF[layer[2]!]}.${layer[3]}` : name.replace("model.embed_tokens", "token_embd").replace("model.norm", "output_norm");
+      expect(hfTensorName(ggufName, "qwen3moe")).toBe(name);
+      tensors.set(ggufName, mx.keep(mx.scope(() => mx.copy(t))));
+    }
+    const metadata = {
+      "general.architecture": "qwen3moe",
+      "qwen3moe.attention.head_count": tinyDims.heads,
+      "qwen3moe.attention.head_count_kv": tinyDims.kvHeads,
+      "qwen3moe.attention.key_length": tinyDims.headDim,
+      "qwen3moe.embedding_length": tinyDims.hidden,
+      "qwen3moe.block_count": 3,
+      "qwen3moe.feed_forward_length": tinyDims.intermediate,
+      "qwen3moe.expert_count": tinyMoE.experts,
+      "qwen3moe.expert_used_count": 2,
+      "qwen3moe.expert_feed_forward_length": tinyMoE.intermediate,
+      "qwen3moe.attention.layer_norm_rms_epsilon": 1e-5,
+      "qwen3moe.rope.freq_base": 10000,
+      "qwen3moe.context_length": 512,
+      "qwen3moe.vocab_size": 300,
+    };
+    const g = ggufModel({ tensors, metadata });
+    expect(g.config).toMatchObject({ model_type: "qwen3_moe", num_experts: 4, num_experts_per_tok: 2, mlp_only_layers: [0], quantization: { group_size: 32, bits: 4 } });
+    const fromGGUF = buildModel(new Weights(g.tensors, parseConfig(g.config)));
+    const reference = tinyModel(o);
+    const logits = (m: ReturnType<typeof tinyModel>) => mx.scope(() => forward(m, ids(sequence), makeCaches(m)).toArray());
+    expect(logits(fromGGUF)).toEqual(logits(reference));
   });
 
   test("llama q/k rows permuted as llama.cpp's converter does come back in HF order, and the model matches", () => {
@@ -164,6 +259,6 @@ describe("GGUF layout", () => {
   });
 
   test("an unsupported model_type names the supported ones", () => {
-    expect(() => buildModel(new Weights(new Map(), parseConfig({ ...tinyConfig({}), model_type: "falcon" })))).toThrow(/unsupported model_type 'falcon' \(supported: llama, mistral, qwen2, qwen3\)/);
+    expect(() => buildModel(new Weights(new Map(), parseConfig({ ...tinyConfig({}), model_type: "falcon" })))).toThrow(/unsupported model_type 'falcon' \(supported: gemma3_text, llama, mistral, mixtral, phi3, qwen2, qwen3, qwen3_moe\)/);
   });
 });

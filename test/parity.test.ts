@@ -7,13 +7,10 @@
 import { beforeAll, describe, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import * as mx from "../src/mlx";
-import { completeAlone } from "./helpers/generate";
-import { defaultSampling } from "../src/engine/sampling";
 import { chatTokens } from "../src/engine/prompt";
 import { loadModel, type LoadedModel } from "../src/models/load";
 import { convertGGUF } from "../src/models/convert";
-import { makeCaches, freeCaches } from "../src/models";
+import { firstStepLogits, greedy, withKernels } from "./helpers/parity";
 import { resolveModelPath } from "../src/store/resolve";
 import { storeRoot } from "../src/store/paths";
 import reference from "./fixtures/parity-smollm2-mlx-lm.json";
@@ -28,11 +25,6 @@ interface Case {
   top_logits: [number, number][];
 }
 
-/** Greedy tokens up to EOS, through the path `mlx run` takes (the scheduler, a batch of one). */
-async function greedy(lm: LoadedModel, promptIds: number[], maxTokens: number): Promise<number[]> {
-  return (await completeAlone(lm, promptIds, { sampling: defaultSampling, maxTokens })).tokenIds;
-}
-
 function expectLogitsWithin(tolerance: number): void {
   for (const c of cases.slice(0, 2)) {
     const ids = c.top_logits.map(([id]) => id);
@@ -41,18 +33,6 @@ function expectLogitsWithin(tolerance: number): void {
       ours.forEach((v, i) => expect(Math.abs(v - c.top_logits[i]![1])).toBeLessThanOrEqual(tolerance));
     }
   }
-}
-
-function firstStepLogits(lm: LoadedModel, promptIds: number[], ids: number[]): number[] {
-  const caches = makeCaches(lm.model);
-  const values = mx.scope(() => {
-    const input = mx.array(Int32Array.from(promptIds), [1, promptIds.length]);
-    const hidden = lm.model.layers(lm.model.embed(input), caches);
-    const last = mx.reshape(lm.model.head(mx.slice(hidden, [0, promptIds.length - 1], [1, promptIds.length])), [-1]);
-    return mx.take(last, mx.array(Int32Array.from(ids)), 0).toArray();
-  });
-  freeCaches(caches);
-  return values;
 }
 
 /** The same check with our CPU kernels, which accumulate in another order. */
@@ -69,16 +49,6 @@ beforeAll(async () => {
   gguf = loadModel(ggufPath);
   directory = loadModel(dir);
 }, 600_000);
-
-/** Runs fn with our CPU kernels on or off (MLX's own ops), restoring the setting after. */
-async function withKernels<T>(ours: boolean, fn: () => T | Promise<T>): Promise<T> {
-  const previous = mx.useCpuKernels(ours);
-  try {
-    return await fn();
-  } finally {
-    mx.useCpuKernels(previous);
-  }
-}
 
 describe(`parity with mlx-lm ${reference.mlx_lm} (MLX ${reference.mlx})`, () => {
   test("chat prompts tokenize to mlx-lm's ids, from the directory and from the GGUF", () => {

@@ -3,6 +3,7 @@
 // 200 rapid connect/disconnects, and the server answering normally after each; plus CORS,
 // /health, /ready, /stats and the /metrics text format.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import OpenAI from "openai";
 import { createApp, createState, type RunningServer } from "../src/server/app";
 import { eventually, post, serve, tinyModel } from "./helpers/serve";
 
@@ -67,6 +68,11 @@ describe("bad input: a clear 4xx naming the field, and the server carries on", (
     ["completions with an empty prompt", "/v1/completions", { prompt: "" }, 400, "prompt"],
     ["completions with a token id outside the vocabulary", "/v1/completions", { prompt: [1, 1e9] }, 400, "prompt"],
     ["completions with echo", "/v1/completions", { prompt: "x", echo: true }, 400, "echo"],
+    ["audio output", v1, { audio: { voice: "alloy", format: "wav" } }, 400, "audio"],
+    ["modalities beyond text", v1, { modalities: ["text", "audio"] }, 400, "modalities"],
+    ["a predicted output", v1, { prediction: { type: "content", content: "x" } }, 400, "prediction"],
+    ["web search", v1, { web_search_options: {} }, 400, "web_search_options"],
+    ["reasoning_effort", v1, { reasoning_effort: "low" }, 400, "reasoning_effort"],
     ["an unknown model", v1, { model: "no-such-model" }, 404, "model"],
     ["an unknown route", "/v1/nothing-here", {}, 404, null],
   ];
@@ -133,6 +139,32 @@ describe("limits", () => {
     expect(r.json.error.code).toBe("request_too_large");
     await answersNormally();
   });
+
+  test("a 50 MB body: the same JSON 413, read by fetch (sized or streamed) and by the openai client", async () => {
+    const content = "x".repeat(50 * 1024 * 1024);
+    const expected = { message: "the request body is larger than 4194304 bytes", type: "invalid_request_error", param: null, code: "request_too_large" };
+    const sized = await post(`${server.url}/v1/chat/completions`, JSON.stringify(chat({ messages: [{ role: "user", content }] })));
+    expect(sized.status).toBe(413);
+    expect(sized.json).toEqual({ error: expected });
+    // No Content-Length: the limit is found while counting the chunks.
+    const piece = new TextEncoder().encode("x".repeat(1024 * 1024));
+    let sent = 0;
+    const body = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        if (sent++ < 50) controller.enqueue(piece);
+        else controller.close();
+      },
+    });
+    const streamed = await fetch(`${server.url}/v1/chat/completions`, { method: "POST", body, headers: { "Content-Type": "application/json" } });
+    expect(streamed.status).toBe(413);
+    expect(await streamed.json()).toEqual({ error: expected });
+    const openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0 });
+    const error = await openai.chat.completions.create({ model, messages: [{ role: "user", content }] }).catch((e) => e);
+    expect(error).toBeInstanceOf(OpenAI.APIError);
+    expect(error.status).toBe(413);
+    expect(error.error).toEqual(expected);
+    await answersNormally();
+  }, 60_000);
 
   test("a full queue is a 429 with Retry-After; /ready says so; it recovers", async () => {
     const small = serve({ maxQueue: 1, maxBatch: 1 }); // one running, one waiting: the queue is full

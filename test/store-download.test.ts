@@ -186,7 +186,7 @@ describe("createProgressReporter", () => {
     let clock = 0;
     const { writes, stream } = fakeStream(false);
     const reporter = createProgressReporter("pulling smollm2", stream, () => clock);
-    reporter.update({ received: 4_000_000, total: 20_000_000 }); // resumed: these bytes do not count towards the speed
+    reporter.update({ received: 4_000_000, total: 20_000_000, resumedAt: 4_000_000 }); // resumed: these bytes do not count towards the speed
     clock = 1000;
     reporter.update({ received: 10_000_000, total: 20_000_000 });
     clock = 2000;
@@ -194,6 +194,30 @@ describe("createProgressReporter", () => {
     expect(writes).toEqual([]);
     reporter.finish();
     expect(writes).toEqual(["pulling smollm2: 16.0 MB in 2.0 s (8.0 MB/s), resumed at 4.0 MB\n"]);
+  });
+
+  test("several files: each resume named where it happened, and only the bytes that came over the network count", () => {
+    let clock = 0;
+    const { writes, stream } = fakeStream(false);
+    const reporter = createProgressReporter("pulling org/m", stream, () => clock);
+    reporter.update({ received: 0, total: 100_000_000, file: "config.json" });
+    clock = 500;
+    reporter.update({ received: 585, total: 100_000_000, file: "config.json" });
+    // The weights were 37 MB in when an earlier pull was killed.
+    reporter.update({ received: 37_000_585, total: 100_000_000, resumedAt: 37_000_000, file: "model.safetensors" });
+    clock = 2000;
+    reporter.update({ received: 100_000_000, total: 100_000_000, file: "model.safetensors" });
+    reporter.finish();
+    expect(writes).toEqual(["pulling org/m: 63.0 MB in 2.0 s (31.5 MB/s), resumed model.safetensors at 37.0 MB\n"]);
+  });
+
+  test("on a terminal, the resumes follow the final bar", () => {
+    const { writes, stream } = fakeStream(true);
+    const reporter = createProgressReporter("pulling org/m", stream, () => 0);
+    reporter.update({ received: 5_000_000, total: 10_000_000, resumedAt: 5_000_000, file: "model.safetensors" });
+    reporter.update({ received: 10_000_000, total: 10_000_000, file: "model.safetensors" });
+    reporter.finish();
+    expect(writes.slice(-2)).toEqual(["\n", "pulling org/m: resumed model.safetensors at 5.0 MB\n"]);
   });
 
   test("stays silent when nothing was transferred", () => {

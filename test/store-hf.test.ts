@@ -10,6 +10,8 @@ import { loadModel, type LoadedModel } from "../src/models/load";
 import { parseHFSpec } from "../src/store/hf";
 import { readManifest } from "../src/store/manifest";
 import { modelRequest, pullModel } from "../src/store/pull";
+import { formatBytes } from "../src/format";
+import { createProgressReporter } from "../src/store/progress";
 import { listModels, openStoredModel } from "../src/store/store";
 import { writeTinyModel } from "./helpers/tiny-model";
 import { serveBytes, sha256Hex, startServer, type RecordedRequest, type Reply, type TestServer } from "./helpers/store";
@@ -212,6 +214,37 @@ describe("pull from the hub", () => {
     expect(resumedAt).toBeGreaterThan(0);
     expect(resumedAt).toBeLessThanOrEqual(Math.floor(tiny.get("model.safetensors")!.length / 3));
     load(pulled.path);
+  }, TEST_TIMEOUT_MS);
+
+  test("a pull killed mid-file: the next one resumes it and says where, naming the file", async () => {
+    const s = await startHub({ "org/tiny": { files: tiny } });
+    const weights = tiny.get("model.safetensors")!.length;
+    const killed = new AbortController();
+    await expect(
+      pullModel(modelRequest("hf:org/tiny"), {
+        signal: killed.signal,
+        onProgress: (p) => {
+          if (p.file === "model.safetensors" && p.received - (p.total! - weights) > weights / 3) killed.abort(new Error("killed"));
+        },
+      }),
+    ).rejects.toThrow("killed");
+    const before = s.requests.length;
+    const lines: string[] = [];
+    const reporter = createProgressReporter("pulling org/tiny", { write: (text: string) => lines.push(text), isTTY: false });
+    const pulled = await pullModel(modelRequest("hf:org/tiny"), { onProgress: reporter.update });
+    reporter.finish();
+    load(pulled.path);
+    const lfs = s.requests.filter((r) => r.path.startsWith("/lfs/") && r.method === "GET");
+    const resumedAt = Number(lfs.at(-1)!.headers.range?.match(/^bytes=(\d+)-$/)?.[1]);
+    expect(resumedAt).toBeGreaterThan(weights / 3);
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toEndWith(`, resumed model.safetensors at ${formatBytes(resumedAt)}\n`);
+    // Only what came over the network counts as transferred: the rest of the weights, and the
+    // small git-stored files (fetched again: their ETag is no sha256 to find them by).
+    const gitFiles = s.requests.slice(before).filter((r) => r.method === "GET" && r.path.includes("/resolve/"));
+    const expected = weights - resumedAt + gitFiles.reduce((n, r) => n + tiny.get(decodeURIComponent(r.path.split("/").at(-1)!))!.length, 0);
+    const sent = Number(lines[0]!.match(/^pulling org\/tiny: ([\d.]+) MB/)?.[1]) * 1e6;
+    expect(Math.abs(sent - expected)).toBeLessThan(100_000);
   }, TEST_TIMEOUT_MS);
 
   test("a file that does not match its checksum is rejected; nothing complete-looking is left and other models stay intact", async () => {

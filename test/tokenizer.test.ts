@@ -237,14 +237,42 @@ describe("fromDirectory", () => {
 });
 
 describe("tokenizerFilesFromGGUF", () => {
-  test("rejects SentencePiece and unknown pre-tokenizers, naming what is supported", () => {
-    expect(() => tokenizerFilesFromGGUF({ ...ggufMeta, "tokenizer.ggml.model": "llama" })).toThrow(
-      'unsupported GGUF tokenizer model "llama"; supported: gpt2',
+  test("rejects unknown tokenizer models and pre-tokenizers, naming what is supported", () => {
+    expect(() => tokenizerFilesFromGGUF({ ...ggufMeta, "tokenizer.ggml.model": "bert" })).toThrow(
+      'unsupported GGUF tokenizer model "bert"; supported: gpt2, llama',
     );
+    expect(() => tokenizerFilesFromGGUF({ ...ggufMeta, "tokenizer.ggml.model": "llama" })).toThrow("no tokenizer.ggml.scores");
     expect(() => tokenizerFilesFromGGUF({ ...ggufMeta, "tokenizer.ggml.pre": "chatglm-bpe" })).toThrow(
       /unsupported GGUF pre-tokenizer "chatglm-bpe".*supported: .*smollm.*llama-bpe.*qwen2/,
     );
   }, SLOW);
+  test("a SentencePiece vocabulary (Gemma's kind): merges rebuilt from the scores, spaces as ▁, bytes for unknown characters", () => {
+    // Control tokens, byte tokens for "\n" and "!", then pieces whose score says which merge comes first.
+    const tokens = ["<pad>", "<eos>", "<bos>", "<unk>", "<0x0A>", "<0x21>", "▁", "a", "b", "c", "ab", "bc", "▁a", "▁ab", "abc"];
+    const types = [3, 3, 3, 2, 6, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1];
+    const scores = [0, 0, 0, 0, 0, 0, -1, -2, -2, -2, -3, -9, -4, -5, -6];
+    const meta = {
+      "general.architecture": "gemma3",
+      "tokenizer.ggml.model": "llama",
+      "tokenizer.ggml.tokens": tokens,
+      "tokenizer.ggml.token_type": types,
+      "tokenizer.ggml.scores": scores,
+      "tokenizer.ggml.bos_token_id": 2,
+      "tokenizer.ggml.eos_token_id": 1,
+      "tokenizer.ggml.unknown_token_id": 3,
+      "tokenizer.ggml.add_bos_token": true,
+      "tokenizer.ggml.add_space_prefix": false,
+    };
+    const files = tokenizerFilesFromGGUF(meta);
+    // "ab" (score -3) outranks "bc" (-9): "abc" is reached through ab + c.
+    const merges = (files.tokenizerJson.model as { merges: string[][] }).merges;
+    expect(merges.findIndex(([l, r]) => l === "a" && r === "b")).toBeLessThan(merges.findIndex(([l, r]) => l === "b" && r === "c"));
+    const tok = Tokenizer.fromGGUFMetadata(meta);
+    expect(tok.encode("abc ab")).toEqual([2, 14, 13]);
+    expect(tok.encode("c\n!")).toEqual([2, 9, 4, 5]);
+    expect(tok.decode(tok.encode("abc ab\n!"), { skipSpecialTokens: true })).toBe("abc ab\n!");
+  }, SLOW);
+
   test("pre types map to the models' own split rules", () => {
     const pre = (type: string) => (tokenizerFilesFromGGUF({ ...ggufMeta, "tokenizer.ggml.pre": type }).tokenizerJson as any);
     expect(pre("gpt2").pre_tokenizer).toEqual({ type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: true });

@@ -316,4 +316,23 @@ int mlxs_random_normal(mlxs_array** out, const int32_t* shape, int ndim, int dty
   return guard([&] { return put(out, mx::random::normal(shape_of(shape, ndim), dtype_of(dtype), opt(key))); });
 }
 
+// Mixture-of-experts matmuls: x's rows times the matrices of w selected per row by rhs_indices
+// (experts stacked on w's first axis); lhs_indices may be null.
+int mlxs_gather_mm(mlxs_array** out, const mlxs_array* a, const mlxs_array* b, const mlxs_array* lhs_indices,
+                   const mlxs_array* rhs_indices, int sorted_indices) {
+  return guard([&] {
+    return put(out, mx::gather_mm(ref(a), ref(b), opt(lhs_indices), opt(rhs_indices), sorted_indices != 0));
+  });
+}
+
+int mlxs_gather_qmm(mlxs_array** out, const mlxs_array* x, const mlxs_array* w, const mlxs_array* scales,
+                    const mlxs_array* biases, const mlxs_array* lhs_indices, const mlxs_array* rhs_indices,
+                    int transpose, int group_size, int bits, const char* mode, int sorted_indices) {
+  return guard([&] {
+    return put(out, mx::gather_qmm(ref(x), ref(w), ref(scales), opt(biases), opt(lhs_indices), opt(rhs_indices),
+                                   transpose != 0, group_size, bits, mode_or_affine(mode), std::nullopt,
+                                   sorted_indices != 0));
+  });
+}
+
 }  // extern "C"

@@ -18,13 +18,18 @@ parser.add_argument("model")
 parser.add_argument("prompts")
 parser.add_argument("out")
 parser.add_argument("--max-tokens", type=int, default=64)
+parser.add_argument("--raw", action="store_true", help="the prompt text as it is (BOS added), not through the chat template")
+parser.add_argument("--limit", type=int, help="only the first N prompts")
 args = parser.parse_args()
 
 model, tokenizer = load(args.model)
-prompts = json.load(open(args.prompts))
+prompts = json.load(open(args.prompts))[: args.limit]
 cases = []
 for prompt in prompts:
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+    if args.raw:
+        ids = tokenizer.encode(prompt)
+    else:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
     # The logits of the step that produces the first token, as generate_step computes them.
     cache = make_prompt_cache(model)
     model(mx.array(ids[:-1])[None], cache=cache)
@@ -44,4 +49,4 @@ for prompt in prompts:
     })
     print(f"{len(out):3d} tokens  {prompt[:50]!r}", flush=True)
 
-json.dump({"mlx_lm": mlx_lm.__version__, "mlx": mx.__version__, "max_tokens": args.max_tokens, "cases": cases}, open(args.out, "w"), indent=1)
+json.dump({"mlx_lm": mlx_lm.__version__, "mlx": mx.__version__, "max_tokens": args.max_tokens, "raw": args.raw, "cases": cases}, open(args.out, "w"), indent=1)

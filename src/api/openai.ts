@@ -47,6 +47,10 @@ function commonFields(f: Fields): Omit<OpenAIRequest, "prompt" | "logprobs" | "t
   const stop = f.stop("stop");
   const format = responseFormat(f);
   if (f.has("functions")) throw unsupported("functions", "'functions' (use 'tools')");
+  // Features of OpenAI's API this server does not have: a 400 naming them, never ignored.
+  for (const field of ["audio", "prediction", "web_search_options", "reasoning_effort"]) if (f.has(field)) throw unsupported(field);
+  const modalities = f.array("modalities");
+  if (modalities?.some((m) => m !== "text")) throw unsupported("modalities", "output 'modalities' other than text");
   return { model: f.string("model", { nonEmpty: true }), stream, includeUsage, maxTokens, sampling, stop, format };
 }
 

@@ -6,7 +6,7 @@ import type { ConversationMessage, ToolCall, ToolChoice, ToolRequest, ToolSpec }
 import { Fields, ValidationError } from "./validate";
 
 const FUNCTION_NAME = /^[A-Za-z0-9_-]{1,64}$/;
-const MAX_TOOLS = 128;
+export const MAX_TOOLS = 128;
 
 function parseTools(f: Fields): ToolSpec[] | undefined {
   const raw = f.array("tools", { max: MAX_TOOLS });
@@ -19,19 +19,24 @@ function parseTools(f: Fields): ToolSpec[] | undefined {
     if (type !== "function") tool.fail("type", `must be 'function', got '${type}'`);
     const fn = tool.object("function");
     if (!fn) throw new ValidationError(`'${at}.function' is required`, `${at}.function`);
-    const name = fn.string("name", { required: true })!;
-    if (!FUNCTION_NAME.test(name)) fn.fail("name", "must be 1 to 64 letters, digits, underscores or dashes");
-    if (names.has(name)) fn.fail("name", `repeats the function name '${name}'`);
-    names.add(name);
-    const parameters = fn.object("parameters")?.body ?? {};
-    try {
-      checkJsonSchema(parameters);
-    } catch (error) {
-      if (error instanceof SchemaError) throw new ValidationError(error.message, fn.name("parameters"));
-      throw error;
-    }
-    return { name, description: fn.string("description"), parameters };
+    return toolSpec(fn, "parameters", names);
   });
+}
+
+/** One function offered: its name (unique among `names`), description and argument schema (in `schemaField`). */
+export function toolSpec(fn: Fields, schemaField: string, names: Set<string>): ToolSpec {
+  const name = fn.string("name", { required: true })!;
+  if (!FUNCTION_NAME.test(name)) fn.fail("name", "must be 1 to 64 letters, digits, underscores or dashes");
+  if (names.has(name)) fn.fail("name", `repeats the function name '${name}'`);
+  names.add(name);
+  const parameters = fn.object(schemaField)?.body ?? {};
+  try {
+    checkJsonSchema(parameters);
+  } catch (error) {
+    if (error instanceof SchemaError) throw new ValidationError(error.message, fn.name(schemaField));
+    throw error;
+  }
+  return { name, description: fn.string("description"), parameters };
 }
 
 /** The request's tools and, in OpenAI requests (`withChoice`), tool_choice; undefined when it offers none. */
@@ -78,7 +83,8 @@ export function parseToolCalls(m: Fields, argumentsAs: "json-text" | "object"): 
   });
 }
 
-function callArguments(fn: Fields, argumentsAs: "json-text" | "object"): Record<string, unknown> {
+/** A call's `arguments`: an object (Ollama) or JSON text (OpenAI). */
+export function callArguments(fn: Fields, argumentsAs: "json-text" | "object"): Record<string, unknown> {
   if (argumentsAs === "object") return fn.object("arguments")?.body ?? {};
   const text = fn.string("arguments") ?? "{}";
   let value: unknown;

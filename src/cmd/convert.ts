@@ -17,6 +17,8 @@ export default defineCommand({
     source: { type: "positional", required: true, description: "A .gguf file, or an alias whose source is one" },
     output: { type: "positional", required: false, description: "Directory to write (default: into the store, as <source>-mlx)" },
     force: { type: "boolean", description: "Replace the output directory if it is not empty" },
+    bits: { type: "string", description: "Re-quantize tensors MLX dequantizes at load (K-quants, Q5_0, ...) to this many bits (default 4; 0 keeps them 16-bit)" },
+    "group-size": { type: "string", description: "Group size of that quantization (default 64)" },
     verbose: { type: "boolean", alias: "v", description: "Stack traces on errors" },
   },
   async run({ args }) {
@@ -33,7 +35,10 @@ export default defineCommand({
         process.stdout.write(`${stored.path}\n`);
         return;
       }
-      const result = convertGGUF(path, args.output, { force: Boolean(args.force) });
+      // convertGGUF names the values it accepts.
+      const bits = args.bits === undefined ? undefined : Number(args.bits);
+      const groupSize = args["group-size"] === undefined ? undefined : Number(args["group-size"]);
+      const result = convertGGUF(path, args.output, { force: Boolean(args.force), bits, groupSize });
       log.success(`wrote ${result.tensors} tensors (${formatBytes(result.bytes)}) to ${result.dir}`);
       process.stdout.write(`${result.dir}\n`);
     } catch (error) {

@@ -4,6 +4,7 @@ import { soloScheduler, streamCompletion, type CompletionResult } from "../engin
 import { fail, setVerbose } from "./log";
 import { openModel } from "./open-model";
 import { formatArgs, formatFrom, kvCacheArgs, kvQuantizationFrom, list, modelArg, positiveInteger, samplingArgs, samplingFrom } from "./options";
+import { BudgetError } from "../engine/budget/steering";
 import { formatStats } from "./stats";
 
 export default defineCommand({
@@ -42,7 +43,7 @@ export default defineCommand({
         format: output && { format: output.format, param: "--schema" },
         signal: controller.signal,
       });
-      let step = await stream.next();
+      let step = await cliBudget(() => stream.next()); // the first step prepares the request
       while (!step.done) {
         if (!args.json) process.stdout.write(step.value);
         step = await stream.next();
@@ -51,6 +52,7 @@ export default defineCommand({
       scheduler.dispose();
       if (args.json) process.stdout.write(`${JSON.stringify(jsonResult(result))}\n`);
       else process.stdout.write("\n");
+      if (result.closedEarly && !args.json) process.stderr.write(`note: --max-tokens ran out, so the JSON was closed early (it is valid but cut short)\n`);
       if (verbose) process.stderr.write(`${formatStats(result.stats)}\n`);
       if (result.finishReason === "cancelled") process.exit(130);
     } catch (error) {
@@ -66,10 +68,21 @@ async function readPrompt(argument: string | undefined): Promise<string> {
   return prompt;
 }
 
+/** A BudgetError in the words of the command line. */
+async function cliBudget<T>(make: () => Promise<T>): Promise<T> {
+  try {
+    return await make();
+  } catch (error) {
+    if (error instanceof BudgetError) throw new BudgetError(error.maxTokens, error.minimum, "--max-tokens");
+    throw error;
+  }
+}
+
 function jsonResult(r: CompletionResult) {
   return {
     text: r.text,
     finish_reason: r.finishReason,
+    closed_early: r.closedEarly,
     prompt_token_ids: r.promptTokenIds,
     token_ids: r.tokenIds,
     stats: {

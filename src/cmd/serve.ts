@@ -19,7 +19,7 @@ export default defineCommand({
     model: { type: "string", alias: "m", description: "Load this model at start, keep it loaded, and use it when a request names none" },
     host: { type: "string", description: "Address to bind (0.0.0.0 exposes the server to the network)", default: "127.0.0.1" },
     port: { type: "string", alias: "p", description: "Port (0: any free port)", default: "11435" },
-    "api-key": { type: "string", description: "Require 'Authorization: Bearer <key>' on every route but /health (default: $MLX_API_KEY)" },
+    "api-key": { type: "string", description: "Require 'Authorization: Bearer <key>' (or 'x-api-key: <key>') on every route but /health (default: $MLX_API_KEY)" },
     cors: { type: "string", description: "Allow this browser origin (repeatable; '*' for any)" },
     "keep-alive": { type: "string", description: "How long an idle model stays loaded: 5m, 1h, 30s, 0, -1 (forever)", default: "5m" },
     "max-queue": { type: "string", description: "Requests allowed to wait per model before 429", default: "64" },
@@ -64,7 +64,7 @@ export default defineCommand({
         onLoad: (name, path, seconds) => log.info(`loaded ${name} (${path}) in ${seconds.toFixed(2)} s`),
       });
       // Always said, even when stderr is not a terminal: scripts read the bound port from it.
-      process.stderr.write(`mlx serve listening on ${server.url}\n`);
+      process.stderr.write(`mlx serve listening on ${server.url} (chat: ${server.url}/, dashboard: ${server.url}/dashboard)\n`);
       const stop = () => {
         void server.stop().finally(() => process.exit(0));
       };

@@ -158,7 +158,8 @@ export class BatchGenerator {
       if (this.#waiting.length === 0 || this.#active.length >= this.options.maxBatch) return;
       const sequence = this.#waiting.shift()!;
       const prompt = sequence.request.promptIds;
-      const caches = makeCaches(this.model, this.options.kvQuantization);
+      // Full caches: the batch and the prefix cache copy every position out of them.
+      const caches = makeCaches(this.model, { windowed: false, quantization: this.options.kvQuantization });
       // Start from the longest stored prefix; the last prompt token is always computed anew.
       const match = this.options.prefixCache?.lookup(prompt, prompt.length - 1);
       if (match) caches.forEach((c, layer) => c.seed(match.keys[layer]!, match.values[layer]!, match.length));

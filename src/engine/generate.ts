@@ -27,6 +27,8 @@ export interface CompletionResult {
   /** The answer's tokens (without the end-of-sequence token that ended it). */
   tokenIds: number[];
   finishReason: FinishReason;
+  /** The budget ran out and the grammar closed the answer early (valid, but cut short). */
+  closedEarly: boolean;
   stats: CompletionStats;
 }
 
@@ -53,7 +55,8 @@ export async function* streamCompletion(scheduler: Scheduler, spec: GenerationSp
         yield event.text;
         continue;
       }
-      return { text, promptTokenIds: prepared.promptIds, tokenIds: event.tokenIds, finishReason: event.finishReason, stats: completionStats(event.usage) };
+      const closedEarly = prepared.constraint?.closedEarly() ?? false;
+      return { text, promptTokenIds: prepared.promptIds, tokenIds: event.tokenIds, finishReason: event.finishReason, closedEarly, stats: completionStats(event.usage) };
     }
     throw new Error("the scheduler ended a generation without a result");
   } finally {

@@ -5,10 +5,12 @@
 // the end-of-sequence tokens stay allowed, so generation ends with finish reason "stop".
 // Other grammars (tool calls, see tools/) go through createGrammarConstraint as EBNF.
 //
-// Use: `const c = await createJsonConstraint(tokenizer, { schema })`, pass `c.processor` in
-// `logitsProcessors`, `c.dispose()` when the sequence is done. Each constraint carries its own
-// matcher, so sequences are constrained independently; compiled grammars are cached per
-// tokenizer and grammar.
+// Use: `const c = await createJsonConstraint(tokenizer, { schema }, { maxTokens })`, pass
+// `c.processor` in `logitsProcessors`, `c.dispose()` when the sequence is done. Each constraint
+// carries its own matcher, so sequences are constrained independently; compiled grammars are
+// cached per tokenizer and grammar. Given the sequence's max_tokens, the constraint also
+// steers to the shortest valid completion as the budget runs out (see budget/), so an answer
+// cut by the budget still parses.
 import Ajv, { type ErrorObject } from "ajv";
 import type * as XG from "@mlc-ai/web-xgrammar";
 // The library's text, evaluated by us (see loadInstance): one WASM instance per evaluation.
@@ -17,6 +19,8 @@ import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { Tokenizer } from "../tokenizer/tokenizer";
 import type { LogitsProcessor } from "./sampling";
+import { JsonProgress, SchemaShapes } from "./budget/json-progress";
+import { budgetSteering, type BudgetSteering } from "./budget/steering";
 
 /** "json": any JSON object. A schema: JSON matching it (`strict`, default true: no properties or items the schema does not name). */
 export type JsonFormat = "json" | { schema: object; strict?: boolean };
@@ -26,6 +30,8 @@ export interface GrammarConstraint {
   processor: LogitsProcessor;
   /** Whether the text generated so far is complete under the grammar. */
   accepted(): boolean;
+  /** Whether the token budget narrowed the grammar's choices (the answer was closed early to stay valid). */
+  closedEarly(): boolean;
   /** Frees the matcher (the constraint must not be used afterwards). Safe to call twice. */
   dispose(): void;
 }
@@ -385,21 +391,35 @@ function jsonSafeClass(cls: string): string {
 // ---------------------------------------------------------------------------------------------
 // The constraint: one matcher per sequence.
 
+export interface BudgetOptions {
+  /** The sequence's max_tokens: steer to a valid end within it (a BudgetError if it is too small for any). */
+  maxTokens?: number;
+}
+
 /**
  * A JSON constraint for one sequence on `tokenizer`'s model: "json" for any JSON object, or
  * `{ schema }` for a JSON Schema (validated first: a SchemaError names what is wrong).
  */
-export async function createJsonConstraint(tokenizer: Tokenizer, format: JsonFormat): Promise<GrammarConstraint> {
+export async function createJsonConstraint(tokenizer: Tokenizer, format: JsonFormat, budget: BudgetOptions = {}): Promise<GrammarConstraint> {
   if (format !== "json") await validateSchema(format.schema, { strict: format.strict });
-  return createGrammarConstraint(tokenizer, jsonGrammar(format));
+  const schema = format === "json" ? { type: "object" } : format.schema;
+  const strict = format === "json" ? false : (format.strict ?? true);
+  const steering =
+    budget.maxTokens === undefined
+      ? undefined
+      : budgetSteering(tokenizer, budget.maxTokens, () => {
+          const shapes = new SchemaShapes(schema as Record<string, unknown>, strict);
+          return { progress: new JsonProgress(shapes, schema), opening: shapes.largestOpening(schema) };
+        });
+  return createGrammarConstraint(tokenizer, jsonGrammar(format), steering);
 }
 
-/** A constraint for one sequence on `tokenizer`'s model that follows any grammar. */
-export async function createGrammarConstraint(tokenizer: Tokenizer, source: GrammarSource): Promise<GrammarConstraint> {
+/** A constraint for one sequence on `tokenizer`'s model that follows any grammar (and the budget, given `steering`). */
+export async function createGrammarConstraint(tokenizer: Tokenizer, source: GrammarSource, steering?: BudgetSteering): Promise<GrammarConstraint> {
   const t = await grammarsFor(tokenizer);
   const grammar = await compiledGrammar(t, source);
   const matcher = await t.inst.xg.GrammarMatcher.createGrammarMatcher(grammar, t.stopIds);
-  return new Constraint(t, matcher);
+  return new Constraint(t, matcher, steering);
 }
 
 const words = (vocab: number) => Math.ceil(vocab / 32);
@@ -407,6 +427,8 @@ const words = (vocab: number) => Math.ceil(vocab / 32);
 class Constraint implements GrammarConstraint {
   private history: readonly number[] | undefined;
   private seen = 0;
+  /** Where the generated tokens start in the history (after the prompt). */
+  private start = 0;
   private mask: Uint8Array | undefined;
   private disposed = false;
   readonly processor: LogitsProcessor;
@@ -414,6 +436,7 @@ class Constraint implements GrammarConstraint {
   constructor(
     private readonly t: TokenizerGrammars,
     private readonly matcher: XG.GrammarMatcher,
+    private readonly steering: BudgetSteering | undefined,
   ) {
     this.processor = (history, logits) => this.process(history, logits);
   }
@@ -422,12 +445,14 @@ class Constraint implements GrammarConstraint {
     if (this.disposed) throw new Error("this grammar constraint was disposed");
     // The first step sees the prompt: the grammar starts after it. Later steps may pass the
     // same growing array or a fresh copy; either way the tokens past `seen` are new.
-    if (!this.history) this.seen = history.length;
+    if (!this.history) this.seen = this.start = history.length;
     this.history = history;
     this.catchUp();
     if (this.matcher.isTerminated()) return logits;
     const vocab = logits.shape.at(-1)!;
-    const allowed = mx.array(this.unpack(readBitmask(this.t, this.matcher), vocab), [1, vocab], mx.Dtype.bool);
+    const mask = this.unpack(readBitmask(this.t, this.matcher), vocab);
+    this.steering?.narrow(mask, this.seen - this.start);
+    const allowed = mx.array(mask, [1, vocab], mx.Dtype.bool);
     return mx.where(allowed, logits, mx.full([], -Infinity, logits.dtype));
   }
 
@@ -439,6 +464,7 @@ class Constraint implements GrammarConstraint {
       if (this.matcher.isTerminated()) continue;
       const token = history[this.seen]!;
       if (!this.matcher.acceptToken(token)) throw new Error(`the grammar rejected token ${token}: it was sampled despite the mask`);
+      if (!this.t.stopIds.includes(token)) this.steering?.observe(token);
     }
   }
 
@@ -464,6 +490,10 @@ class Constraint implements GrammarConstraint {
     if (this.matcher.isTerminated()) return true;
     const bits = readBitmask(this.t, this.matcher);
     return this.t.stopIds.some((id) => ((bits[id >> 5]! >>> (id & 31)) & 1) === 1);
+  }
+
+  closedEarly(): boolean {
+    return this.steering?.closedEarly ?? false;
   }
 
   dispose(): void {

@@ -70,7 +70,7 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
     throw new InvalidParameterError(`max_tokens is ${spec.maxTokens}, more than the model's context of ${context} tokens`, "max_tokens");
   const room = context - promptIds.length;
   const maxTokens = Math.min(spec.maxTokens ?? room, room);
-  const constraint = await grammarConstraint(lm, spec, toolFormat);
+  const constraint = await grammarConstraint(lm, spec, toolFormat, maxTokens);
   const processors = logitsProcessors(spec.sampling, promptIds.length, [...(spec.processors ?? []), ...(constraint ? [constraint.processor] : [])]);
   return {
     request: { promptIds, sampling: spec.sampling, maxTokens, stop: spec.stop, topLogprobs: spec.topLogprobs, processors, signal: spec.signal },
@@ -79,6 +79,11 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
     constraint,
     dispose: () => constraint?.dispose(),
   };
+}
+
+/** How many tokens a prompt is (with the tools it offers), as a generation would see it. */
+export function countPromptTokens(lm: LoadedModel, prompt: PromptInput, tools?: ToolRequest): number {
+  return tokenize(lm.tokenizer, prompt, toolTemplate(lm.tokenizer.chatTemplate), offeredTools(tools)).length;
 }
 
 /** `template` says how the chat template handles tools; `tools` are those offered on this turn. */
@@ -110,17 +115,18 @@ function withTemplateErrors<T>(fn: () => T): T {
 
 /**
  * The grammar the answer must follow: calls when the request requires one, the request's JSON
- * format, or free text in which any call the model starts stays valid. A schema xgrammar or
- * ajv refuses is the caller's error, except for tools the model may ignore: those are then
- * only parsed, as most servers do.
+ * format, or free text in which any call the model starts stays valid; each steered to a valid
+ * end within `maxTokens`. A schema xgrammar or ajv refuses is the caller's error, except for
+ * tools the model may ignore: those are then only parsed, as most servers do. A `maxTokens`
+ * too small for any valid answer is a BudgetError naming the minimum.
  */
-async function grammarConstraint(lm: LoadedModel, spec: GenerationSpec, toolFormat: ToolCallFormat | undefined): Promise<GrammarConstraint | undefined> {
+async function grammarConstraint(lm: LoadedModel, spec: GenerationSpec, toolFormat: ToolCallFormat | undefined, maxTokens: number): Promise<GrammarConstraint | undefined> {
   const tools = toolFormat && spec.tools;
   const required = tools && requiredFunctions(tools);
   const format = spec.format;
-  if (required) return withSchemaErrors("tools", () => createToolCallConstraint(lm.tokenizer, toolFormat, required, { required: true, parallel: tools.parallel }));
-  if (format) return withSchemaErrors(format.param, () => createJsonConstraint(lm.tokenizer, format.format));
-  if (tools) return withSchemaErrors(null, () => createToolCallConstraint(lm.tokenizer, toolFormat, tools.tools, { required: false, parallel: tools.parallel }));
+  if (required) return withSchemaErrors("tools", () => createToolCallConstraint(lm.tokenizer, toolFormat, required, { required: true, parallel: tools.parallel, maxTokens }));
+  if (format) return withSchemaErrors(format.param, () => createJsonConstraint(lm.tokenizer, format.format, { maxTokens }));
+  if (tools) return withSchemaErrors(null, () => createToolCallConstraint(lm.tokenizer, toolFormat, tools.tools, { required: false, parallel: tools.parallel, maxTokens }));
   return undefined;
 }
 

@@ -35,7 +35,8 @@ export type FinishReason = "stop" | "length" | "cancelled";
 export type GenerationEvent =
   /** Text that became final, the tokens that produced it, and their alternatives when asked. */
   | { type: "text"; text: string; tokens: TokenLogprob[]; top?: TokenLogprob[][] }
-  | { type: "done"; finishReason: FinishReason; usage: GenerationUsage; tokenIds: number[] }
+  /** `stopSequence`: the stop string that ended the answer (Anthropic reports which). */
+  | { type: "done"; finishReason: FinishReason; usage: GenerationUsage; tokenIds: number[]; stopSequence?: string }
   | { type: "error"; error: Error };
 
 export interface GenerationUsage {
@@ -266,6 +267,7 @@ export class Scheduler {
         totalMs: now - s.submittedAt,
       },
       tokenIds: s.tokenIds,
+      stopSequence: s.stops.matched,
     });
     s.channel.close();
   }

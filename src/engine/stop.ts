@@ -3,6 +3,8 @@
 export class StopMatcher {
   #pending = "";
   readonly #stops: string[];
+  /** The stop string that ended the text, once one did. */
+  matched: string | undefined;
 
   constructor(stops: string[]) {
     this.#stops = stops.filter((s) => s.length > 0);
@@ -14,7 +16,10 @@ export class StopMatcher {
     let cut = -1;
     for (const stop of this.#stops) {
       const at = this.#pending.indexOf(stop);
-      if (at >= 0 && (cut < 0 || at < cut)) cut = at;
+      if (at >= 0 && (cut < 0 || at < cut)) {
+        cut = at;
+        this.matched = stop;
+      }
     }
     if (cut >= 0) {
       const shown = this.#pending.slice(0, cut);

@@ -292,3 +292,27 @@ export function evaluate(...arrays: MxArray[]): void {
 export function asyncEvaluate(...arrays: MxArray[]): void {
   check(lib.mlxs_async_eval(handles(arrays), arrays.length), "async_eval");
 }
+
+// ---- mixture of experts ----
+
+export interface GatherOptions {
+  /** Which matrix of `a`'s batch each product takes its left side from (default: in order). */
+  lhsIndices?: MxArray;
+  /** Which matrix of the stacked right side (an expert) each product uses. */
+  rhsIndices?: MxArray;
+  /** The indices are sorted, so MLX may group the rows of one expert. */
+  sortedIndices?: boolean;
+}
+
+/** Batched matmuls with the right-hand matrix picked per product from a stack (experts). */
+export function gatherMm(a: MxArray, b: MxArray, o: GatherOptions = {}): MxArray {
+  return wrap(lib.mlxs_gather_mm(outPtr, a.handle, b.handle, o.lhsIndices?.handle ?? null, o.rhsIndices?.handle ?? null, o.sortedIndices ? 1 : 0), "gather_mm");
+}
+
+/** gatherMm with a quantized stack of matrices: x · w[rhsIndices]ᵀ (transpose = true). */
+export function gatherQmm(x: MxArray, w: MxArray, scales: MxArray, biases: MxArray | undefined, q: QuantSpec, o: GatherOptions = {}, transpose = true): MxArray {
+  return wrap(
+    lib.mlxs_gather_qmm(outPtr, x.handle, w.handle, scales.handle, biases?.handle ?? null, o.lhsIndices?.handle ?? null, o.rhsIndices?.handle ?? null, transpose ? 1 : 0, q.groupSize, q.bits, cstr(q.mode ?? "affine"), o.sortedIndices ? 1 : 0),
+    "gather_qmm",
+  );
+}

@@ -63,6 +63,8 @@ export class KVCache implements AttentionCache {
   }
 
   attention(queries: MxArray, keys: MxArray, values: MxArray, scale: number, mask: Mask): MxArray {
+    // Float caches go through updateAndFetch, which a subclass (the sliding window) may narrow.
+    if (!this.quantization) return mx.fast.scaledDotProductAttention(queries, ...this.updateAndFetch(keys, values), scale, mask);
     const [k, v] = this.update(keys, values);
     if (k.length === 1) return mx.fast.scaledDotProductAttention(queries, k[0]!, v[0]!, scale, mask);
     return quantizedAttention(queries, k, v, scale, mask, this.quantization!);
@@ -145,6 +147,11 @@ export class KVCache implements AttentionCache {
   /** Forget positions past `length` (e.g. to reuse a shared prefix). */
   trim(length: number): void {
     this.offset = Math.min(this.offset, Math.max(0, length));
+  }
+
+  /** Whether trim(length) leaves what the next position attends to (a sliding window may not). */
+  canTrim(_length: number): boolean {
+    return true;
   }
 
   get state(): MxArray[] {

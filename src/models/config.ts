@@ -11,6 +11,8 @@ export interface RopeScaling {
   lowFreqFactor?: number;
   highFreqFactor?: number;
   originalMaxPositionEmbeddings?: number;
+  /** LongRoPE / SuScaled (Phi-3): per-frequency factors for long contexts. */
+  longFactor?: number[];
 }
 
 export interface ModelConfig {
@@ -52,9 +54,10 @@ function field(raw: Record<string, unknown>, name: string, fallback?: number): n
   }
 }
 
-function parseRopeScaling(value: unknown): RopeScaling | undefined {
+/** `originalContext`: Phi-3 gives original_max_position_embeddings beside rope_scaling, not in it. */
+function parseRopeScaling(value: unknown, originalContext?: unknown): RopeScaling | undefined {
   if (!value || typeof value !== "object") return undefined;
-  const v = value as Record<string, unknown>;
+  const v: Record<string, unknown> = { original_max_position_embeddings: originalContext, ...(value as Record<string, unknown>) };
   const type = String(v.rope_type ?? v.type ?? "default");
   if (type === "default") return undefined;
   return {
@@ -63,6 +66,7 @@ function parseRopeScaling(value: unknown): RopeScaling | undefined {
     lowFreqFactor: v.low_freq_factor === undefined ? undefined : num(v.low_freq_factor),
     highFreqFactor: v.high_freq_factor === undefined ? undefined : num(v.high_freq_factor),
     originalMaxPositionEmbeddings: v.original_max_position_embeddings === undefined ? undefined : num(v.original_max_position_embeddings),
+    longFactor: Array.isArray(v.long_factor) ? v.long_factor.map((f) => num(f)) : undefined,
   };
 }
 
@@ -103,7 +107,7 @@ export function parseConfig(raw: Record<string, unknown>): ModelConfig {
     vocabSize: field(raw, "vocab_size"),
     ropeTheta: field(raw, "rope_theta", 10000),
     ropeTraditional: raw.rope_traditional === true,
-    ropeScaling: parseRopeScaling(raw.rope_scaling),
+    ropeScaling: parseRopeScaling(raw.rope_scaling, raw.original_max_position_embeddings),
     maxPositionEmbeddings: field(raw, "max_position_embeddings", 4096),
     tieWordEmbeddings: raw.tie_word_embeddings !== false,
     attentionBias: raw.attention_bias === true,

@@ -3,8 +3,9 @@
 import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import * as mx from "../mlx";
-import { ggufModel } from "./gguf";
-import { readGGUFHeader } from "./gguf-header";
+import { ggufModel, hfTensorName, quantizationOf, type GGUFModel } from "./gguf";
+import { nativeTensorTypes, readGGUFHeader, type GGUFHeader } from "./gguf-header";
+import { loadGGUFTensors } from "./gguf-tensors";
 import { tokenizerFilesFromGGUF } from "../tokenizer/gguf";
 
 export interface ConvertResult {
@@ -13,14 +14,27 @@ export interface ConvertResult {
   bytes: number;
 }
 
-export function convertGGUF(ggufPath: string, outDir: string, { force = false } = {}): ConvertResult {
+export interface ConvertOptions {
+  force?: boolean;
+  /**
+   * Tensors MLX dequantized at load (K-quants, Q5_0, ...) are quantized again, to MLX's affine
+   * `bits` (default 4; 0 keeps them 16-bit) in groups of `groupSize` (default 64, as mlx-lm).
+   */
+  bits?: number;
+  groupSize?: number;
+}
+
+export function convertGGUF(ggufPath: string, outDir: string, { force = false, bits = 4, groupSize = 64 }: ConvertOptions = {}): ConvertResult {
   const target = resolve(outDir);
   if (existsSync(target) && readdirSync(target).length > 0 && !force) {
     throw new Error(`${target} exists and is not empty (use --force to replace it)`);
   }
-  readGGUFHeader(ggufPath); // refuses a corrupt file before MLX reads it
-  const gguf = ggufModel(mx.loadGGUF(ggufPath));
+  if (bits !== 0 && ![2, 3, 4, 5, 6, 8].includes(bits)) throw new Error(`bits must be 2, 3, 4, 5, 6 or 8 (or 0 to keep 16-bit weights), got ${bits}`);
+  if (![32, 64, 128].includes(groupSize)) throw new Error(`group size must be 32, 64 or 128, got ${groupSize}`);
+  const header = readGGUFHeader(ggufPath); // refuses a corrupt file before MLX reads it
+  const gguf = ggufModel(loadGGUFTensors(ggufPath, header));
   try {
+    if (bits > 0) requantize(gguf, header, { bits, groupSize });
     if (gguf.tensors.has("rope_freqs")) {
       throw new Error("this GGUF stores precomputed rope frequencies (Llama 3 scaling), which config.json cannot express; run it as a .gguf instead");
     }
@@ -52,4 +66,33 @@ export function convertGGUF(ggufPath: string, outDir: string, { force = false } 
   } finally {
     for (const t of gguf.tensors.values()) t.free();
   }
+}
+
+/**
+ * Quantizes the matrices MLX had to dequantize (their GGUF type is one it cannot keep), so the
+ * directory is about as small as the GGUF and runs on quantized matmuls. Layers the GGUF kept
+ * quantized (Q8_0, Q4_0, Q4_1) stay as they are.
+ */
+function requantize(gguf: GGUFModel, header: GGUFHeader, q: { bits: number; groupSize: number }): void {
+  const arch = String(gguf.metadata["general.architecture"]);
+  const groupSizes = new Map<string, number>();
+  for (const info of header.tensors) {
+    // Matrices, and the experts' stacks of them.
+    if (nativeTensorTypes.has(info.type) || info.dims.length < 2 || info.dims.length > 3) continue;
+    const name = hfTensorName(info.name, arch);
+    const weight = name && gguf.tensors.get(name);
+    if (!name || !weight || !name.endsWith(".weight")) continue;
+    const inputs = weight.shape.at(-1)!;
+    const groupSize = inputs % q.groupSize === 0 ? q.groupSize : inputs % 32 === 0 ? 32 : undefined;
+    if (!groupSize) continue; // no group size fits: the layer stays 16-bit
+    const prefix = name.slice(0, -".weight".length);
+    const quantized = mx.quantize(weight, { groupSize, bits: q.bits, mode: "affine" });
+    mx.evaluate(quantized.weight, quantized.scales, quantized.biases!);
+    gguf.tensors.set(name, mx.keep(quantized.weight));
+    gguf.tensors.set(`${prefix}.scales`, mx.keep(quantized.scales));
+    gguf.tensors.set(`${prefix}.biases`, mx.keep(quantized.biases!));
+    weight.free();
+    groupSizes.set(prefix, groupSize);
+  }
+  if (groupSizes.size > 0) Object.assign(gguf.config, quantizationOf(gguf.tensors, groupSizes));
 }

@@ -17,11 +17,28 @@ export const nativeTensorTypes = new Set(["F32", "F16", "BF16", "Q4_0", "Q4_1", 
 // Sizes of GGUF metadata value types (8 = string, 9 = array are variable).
 const scalarSizes: Record<number, number> = { 0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8 };
 
+export interface GGUFTensorInfo {
+  name: string;
+  /** ggml's order: the innermost dimension first. */
+  dims: number[];
+  type: string;
+  typeCode: number;
+  /** Offset of its data from the start of the data section. */
+  offset: number;
+  bytes: number;
+}
+
 export interface GGUFHeader {
   version: number;
   tensorCount: number;
   /** Count of tensors per ggml type name. */
   tensorTypes: Map<string, number>;
+  tensors: GGUFTensorInfo[];
+  alignment: number;
+  /** Where the tensor table starts (the header and metadata come before it). */
+  tensorTableStart: number;
+  /** Where the tensors' data starts. */
+  dataStart: number;
 }
 
 class GGUFFormatError extends Error {
@@ -94,20 +111,21 @@ export function readGGUFHeader(path: string): GGUFHeader {
       if (key === "general.alignment" && type === 4) alignment = c.u32();
       else skipValue(c, type);
     }
-    const tensors: { name: string; offset: number; bytes: number }[] = [];
+    const tensorTableStart = c.position;
+    const tensors: GGUFTensorInfo[] = [];
     const types = new Map<string, number>();
     for (let i = 0; i < tensorCount; i++) {
       const name = c.string();
-      const dims = c.u32();
-      if (dims > 8) throw new GGUFFormatError(`tensor '${name}' has ${dims} dimensions`);
-      let elements = 1;
-      for (let d = 0; d < dims; d++) elements *= c.u64();
+      const rank = c.u32();
+      if (rank > 8) throw new GGUFFormatError(`tensor '${name}' has ${rank} dimensions`);
+      const dims = Array.from({ length: rank }, () => c.u64());
+      const elements = dims.reduce((a, b) => a * b, 1);
       const typeCode = c.u32();
       const type = tensorTypes[typeCode];
       if (!type) throw new GGUFFormatError(`tensor '${name}' has unknown ggml type ${typeCode}`);
       const [typeName, blockElements, blockBytes] = type;
       if (elements % blockElements !== 0) throw new GGUFFormatError(`tensor '${name}': ${elements} elements is not a whole number of ${typeName} blocks`);
-      tensors.push({ name, offset: c.u64(), bytes: (elements / blockElements) * blockBytes });
+      tensors.push({ name, dims, type: typeName, typeCode, offset: c.u64(), bytes: (elements / blockElements) * blockBytes });
       types.set(typeName, (types.get(typeName) ?? 0) + 1);
     }
     const dataStart = Math.ceil(c.position / alignment) * alignment;
@@ -116,7 +134,7 @@ export function readGGUFHeader(path: string): GGUFHeader {
         throw new GGUFFormatError(`truncated: tensor '${t.name}' ends at byte ${dataStart + t.offset + t.bytes}, file has ${c.size}`);
       }
     }
-    return { version, tensorCount, tensorTypes: types };
+    return { version, tensorCount, tensorTypes: types, tensors, alignment, tensorTableStart, dataStart };
   } finally {
     closeSync(fd);
   }

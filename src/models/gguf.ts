@@ -5,7 +5,7 @@ import * as mx from "../mlx";
 import type { LoadedFile, MetaValue, MxArray } from "../mlx";
 
 /** GGUF architectures we run, and the model_type each becomes. */
-const architectures: Record<string, string> = { llama: "llama", mistral: "mistral", qwen2: "qwen2", qwen3: "qwen3" };
+const architectures: Record<string, string> = { llama: "llama", mistral: "mistral", qwen2: "qwen2", qwen3: "qwen3", qwen3moe: "qwen3_moe", gemma3: "gemma3_text" };
 
 const blockNames: Record<string, string> = {
   attn_norm: "input_layernorm",
@@ -19,6 +19,20 @@ const blockNames: Record<string, string> = {
   ffn_gate: "mlp.gate_proj",
   ffn_up: "mlp.up_proj",
   ffn_down: "mlp.down_proj",
+  // Mixture of experts: the router, and each projection's experts stacked in one tensor.
+  ffn_gate_inp: "mlp.gate",
+  ffn_gate_exps: "mlp.switch_mlp.gate_proj",
+  ffn_up_exps: "mlp.switch_mlp.up_proj",
+  ffn_down_exps: "mlp.switch_mlp.down_proj",
+};
+
+/** Where an architecture names a block tensor differently (Gemma 3 has four norms per block). */
+const archBlockNames: Record<string, Record<string, string>> = {
+  gemma3: {
+    post_attention_norm: "post_attention_layernorm",
+    ffn_norm: "pre_feedforward_layernorm",
+    post_ffw_norm: "post_feedforward_layernorm",
+  },
 };
 
 const topNames: Record<string, string> = {
@@ -29,13 +43,13 @@ const topNames: Record<string, string> = {
 };
 
 /** "blk.3.attn_q.scales" → "model.layers.3.self_attn.q_proj.scales"; undefined for tensors we do not use. */
-export function hfTensorName(ggufName: string): string | undefined {
+export function hfTensorName(ggufName: string, arch = "llama"): string | undefined {
   const dot = ggufName.lastIndexOf(".");
   const base = ggufName.slice(0, dot);
   const suffix = ggufName.slice(dot + 1);
   const block = /^blk\.(\d+)\.(.+)$/.exec(base);
   if (block) {
-    const mapped = blockNames[block[2]!];
+    const mapped = archBlockNames[arch]?.[block[2]!] ?? blockNames[block[2]!];
     return mapped && `model.layers.${block[1]}.${mapped}.${suffix}`;
   }
   const mapped = topNames[base];
@@ -63,7 +77,9 @@ function metaNumber(m: Record<string, MetaValue>, key: string, fallback?: number
 export function ggufModel(file: LoadedFile): GGUFModel {
   const m = file.metadata;
   const arch = String(meta(m, "general.architecture") ?? "");
-  const modelType = architectures[arch];
+  // Mixtral is a llama with experts to llama.cpp.
+  const experts = metaNumber(m, `${arch}.expert_count`, 0);
+  const modelType = arch === "llama" && experts > 0 ? "mixtral" : architectures[arch];
   if (!modelType) {
     throw new Error(`unsupported GGUF architecture '${arch}' (supported: ${Object.keys(architectures).join(", ")})`);
   }
@@ -76,7 +92,7 @@ export function ggufModel(file: LoadedFile): GGUFModel {
 
   const tensors = new Map<string, MxArray>();
   for (const [name, tensor] of file.tensors) {
-    const hf = hfTensorName(name);
+    const hf = hfTensorName(name, arch);
     if (hf) tensors.set(hf, tensor);
     else tensor.free();
   }
@@ -86,6 +102,22 @@ export function ggufModel(file: LoadedFile): GGUFModel {
     for (let i = 0; tensors.has(`model.layers.${i}.self_attn.q_proj.weight`); i++) {
       unpermuteRows(tensors, `model.layers.${i}.self_attn.q_proj`, heads);
       unpermuteRows(tensors, `model.layers.${i}.self_attn.k_proj`, kvHeads);
+    }
+  }
+  // llama.cpp stores Gemma's norm weights as 1 + weight (its RMS norm multiplies by the weight alone).
+  if (arch === "gemma3") {
+    for (const [name, t] of tensors) {
+      if (!name.endsWith("norm.weight")) continue;
+      tensors.set(name, mx.keep(mx.scope(() => mx.subtract(t, 1))));
+      t.free();
+    }
+  }
+  if (modelType === "mixtral") {
+    for (const [name, t] of [...tensors]) {
+      const moe = name.replace(/\.mlp\.(gate|switch_mlp)\./, ".block_sparse_moe.$1.");
+      if (moe === name) continue;
+      tensors.delete(name);
+      tensors.set(moe, t);
     }
   }
   const ropeBase = metaNumber(m, `${arch}.rope.freq_base`, 10000);
@@ -108,12 +140,49 @@ export function ggufModel(file: LoadedFile): GGUFModel {
     bos_token_id: meta(m, "tokenizer.ggml.bos_token_id"),
     eos_token_id: eos.length === 1 ? eos[0] : eos,
     ...quantizationOf(tensors),
+    ...(arch === "gemma3" ? gemma3Config(m, headDim) : {}),
+    ...(experts > 0 ? expertsConfig(m, arch, modelType, experts, tensors) : {}),
   };
   return { config, tensors, metadata: m };
 }
 
 function archClass(modelType: string): string {
-  return { llama: "LlamaForCausalLM", mistral: "MistralForCausalLM", qwen2: "Qwen2ForCausalLM", qwen3: "Qwen3ForCausalLM" }[modelType]!;
+  return {
+    llama: "LlamaForCausalLM",
+    mistral: "MistralForCausalLM",
+    mixtral: "MixtralForCausalLM",
+    qwen2: "Qwen2ForCausalLM",
+    qwen3: "Qwen3ForCausalLM",
+    qwen3_moe: "Qwen3MoeForCausalLM",
+    gemma3_text: "Gemma3ForCausalLM",
+  }[modelType]!;
+}
+
+/** The config keys of a mixture of experts; layers without a router keep a dense MLP. */
+function expertsConfig(m: Record<string, MetaValue>, arch: string, modelType: string, experts: number, tensors: Map<string, MxArray>): Record<string, unknown> {
+  const perToken = metaNumber(m, `${arch}.expert_used_count`);
+  if (modelType === "mixtral") return { num_local_experts: experts, num_experts_per_tok: perToken };
+  const layers = metaNumber(m, `${arch}.block_count`);
+  return {
+    num_experts: experts,
+    num_experts_per_tok: perToken,
+    moe_intermediate_size: metaNumber(m, `${arch}.expert_feed_forward_length`),
+    decoder_sparse_step: 1,
+    mlp_only_layers: Array.from({ length: layers }, (_, i) => i).filter((i) => !tensors.has(`model.layers.${i}.mlp.gate.weight`)),
+    norm_topk_prob: true,
+  };
+}
+
+/** Gemma 3's own config keys; llama.cpp fixes the layer pattern (a global layer every 6) and the local rope base. */
+function gemma3Config(m: Record<string, MetaValue>, headDim: number): Record<string, unknown> {
+  const scaling = meta(m, "gemma3.rope.scaling.type");
+  return {
+    sliding_window: metaNumber(m, "gemma3.attention.sliding_window", 512),
+    sliding_window_pattern: 6,
+    query_pre_attn_scalar: headDim,
+    rope_local_base_freq: 10_000,
+    ...(typeof scaling === "string" && scaling !== "none" ? { rope_scaling: { rope_type: scaling, factor: metaNumber(m, "gemma3.rope.scaling.factor", 1) } } : {}),
+  };
 }
 
 /** The inverse of llama.cpp's q/k permutation: row (h, j, i) of the file is row (h, i, j) in HF order. */
@@ -142,24 +211,28 @@ function ropeFrequencies(factors: MxArray, dims: number, base: number): MxArray 
   return mx.keep(mx.scope(() => mx.multiply(mx.power(base, mx.divide(mx.arange(0, dims, 2, mx.Dtype.float32), dims)), mx.astype(factors, mx.Dtype.float32))));
 }
 
-/** Derives mlx-lm's "quantization" section from the packed shapes MLX produced. */
-function quantizationOf(tensors: Map<string, MxArray>): Record<string, unknown> {
+/**
+ * Derives mlx-lm's "quantization" section from the packed shapes: the most common bits as the
+ * default, the other layers by name. Every GGUF type MLX keeps quantized uses groups of 32;
+ * `groupSizes` names layers quantized otherwise (re-quantized by `mlx convert`).
+ */
+export function quantizationOf(tensors: Map<string, MxArray>, groupSizes = new Map<string, number>()): Record<string, unknown> {
   const perLayer = new Map<string, { group_size: number; bits: number }>();
   for (const [name, scales] of tensors) {
     if (!name.endsWith(".scales")) continue;
     const prefix = name.slice(0, -".scales".length);
     const packed = tensors.get(`${prefix}.weight`)!.shape.at(-1)!;
     const groups = scales.shape.at(-1)!;
-    const groupSize = 32; // every GGUF type MLX keeps quantized uses blocks of 32
+    const groupSize = groupSizes.get(prefix) ?? 32;
     const inputs = groups * groupSize;
     perLayer.set(prefix, { group_size: groupSize, bits: (packed * 32) / inputs });
   }
   if (perLayer.size === 0) return {};
-  const counts = new Map<number, number>();
-  for (const q of perLayer.values()) counts.set(q.bits, (counts.get(q.bits) ?? 0) + 1);
-  const bits = [...counts.entries()].sort((a, b) => b[1] - a[1])[0]![0];
-  const quantization: Record<string, unknown> = { group_size: 32, bits, mode: "affine" };
-  for (const [prefix, q] of perLayer) if (q.bits !== bits) quantization[prefix] = q;
+  const counts = new Map<string, number>();
+  for (const q of perLayer.values()) counts.set(JSON.stringify(q), (counts.get(JSON.stringify(q)) ?? 0) + 1);
+  const common = JSON.parse([...counts.entries()].sort((a, b) => b[1] - a[1])[0]![0]) as { group_size: number; bits: number };
+  const quantization: Record<string, unknown> = { ...common, mode: "affine" };
+  for (const [prefix, q] of perLayer) if (q.bits !== common.bits || q.group_size !== common.group_size) quantization[prefix] = q;
   return { quantization };
 }
 

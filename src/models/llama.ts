@@ -4,6 +4,7 @@ import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { ModelConfig } from "./config";
 import { embedding, fusedLinear, linear, rmsNorm, Weights } from "./layers";
+import type { RopeScaling } from "./config";
 import { decoder, type Block, type DecoderModel, type Mask } from "./model";
 import { initializeRope } from "./rope";
 import type { AttentionCache } from "./cache";
@@ -11,21 +12,31 @@ import type { AttentionCache } from "./cache";
 export interface AttentionOptions {
   /** Qwen3 normalises each head's queries and keys before the rotary embedding. */
   qkNorm?: boolean;
+  /** Makes the norm layers (Gemma's scales by 1 + weight). */
+  norm?: typeof rmsNorm;
+  /** The softmax scale, when it is not 1/√head_dim. */
+  scale?: number;
+  /** The rotary base and scaling, when a layer's are not the config's (Gemma's local layers). */
+  rope?: { base: number; scaling?: RopeScaling };
+  /** Phi-3 computes queries, keys and values in one projection, qkv_proj. */
+  fusedQkv?: boolean;
 }
 
 export function attention(w: Weights, prefix: string, c: ModelConfig, options: AttentionOptions = {}) {
-  const qkvProj = fusedLinear(w, ["q_proj", "k_proj", "v_proj"].map((p) => `${prefix}.${p}`));
+  const project = options.fusedQkv ? fusedQkv(w, `${prefix}.qkv_proj`, c) : separateQkv(w, prefix);
   const oProj = linear(w, `${prefix}.o_proj`);
-  const qNorm = options.qkNorm ? rmsNorm(w, `${prefix}.q_norm`, c.rmsNormEps) : undefined;
-  const kNorm = options.qkNorm ? rmsNorm(w, `${prefix}.k_norm`, c.rmsNormEps) : undefined;
+  const norm = options.norm ?? rmsNorm;
+  const qNorm = options.qkNorm ? norm(w, `${prefix}.q_norm`, c.rmsNormEps) : undefined;
+  const kNorm = options.qkNorm ? norm(w, `${prefix}.k_norm`, c.rmsNormEps) : undefined;
   const rope = initializeRope({
     dims: c.headDim,
-    base: c.ropeTheta,
+    base: options.rope?.base ?? c.ropeTheta,
     traditional: c.ropeTraditional,
-    scaling: c.ropeScaling,
+    scaling: options.rope ? options.rope.scaling : c.ropeScaling,
     freqs: w.optional("rope_freqs"),
+    maxPositionEmbeddings: c.maxPositionEmbeddings,
   });
-  const scale = c.headDim ** -0.5;
+  const scale = options.scale ?? c.headDim ** -0.5;
 
   // [B, L, heads * dim] → [B, heads, L, dim], normalising per head first where asked.
   const heads = (x: MxArray, n: number, norm?: (x: MxArray) => MxArray) => {
@@ -36,7 +47,7 @@ export function attention(w: Weights, prefix: string, c: ModelConfig, options: A
 
   return (x: MxArray, mask: Mask, cache: AttentionCache): MxArray => {
     const [b, l] = x.shape as [number, number];
-    const [q, k, v] = qkvProj(x) as [MxArray, MxArray, MxArray];
+    const [q, k, v] = project(x);
     let queries = heads(q, c.numAttentionHeads, qNorm);
     let keys = heads(k, c.numKeyValueHeads, kNorm);
     let values = heads(v, c.numKeyValueHeads);
@@ -47,32 +58,68 @@ export function attention(w: Weights, prefix: string, c: ModelConfig, options: A
   };
 }
 
-export function mlp(w: Weights, prefix: string) {
+type Qkv = (x: MxArray) => [MxArray, MxArray, MxArray];
+
+/** q_proj, k_proj and v_proj, run as one product where their weights allow (see fusedLinear). */
+function separateQkv(w: Weights, prefix: string): Qkv {
+  const qkv = fusedLinear(w, ["q_proj", "k_proj", "v_proj"].map((p) => `${prefix}.${p}`));
+  return (x) => qkv(x) as [MxArray, MxArray, MxArray];
+}
+
+/** One projection whose outputs are the queries, then the keys, then the values. */
+function fusedQkv(w: Weights, prefix: string, c: ModelConfig): Qkv {
+  const qkv = linear(w, prefix);
+  const queries = c.numAttentionHeads * c.headDim;
+  const keys = c.numKeyValueHeads * c.headDim;
+  return (x) => {
+    const all = qkv(x);
+    const [b, l, n] = all.shape as [number, number, number];
+    const part = (start: number, end: number) => mx.slice(all, [0, 0, start], [b, l, end]);
+    return [part(0, queries), part(queries, queries + keys), part(queries + keys, n)];
+  };
+}
+
+/** Phi-3's MLP: gate and up in one projection, gate_up_proj (the gate's outputs first). */
+export function fusedMlp(w: Weights, prefix: string) {
+  const gateUp = linear(w, `${prefix}.gate_up_proj`);
+  const down = linear(w, `${prefix}.down_proj`);
+  return (x: MxArray) => {
+    const h = gateUp(x);
+    const [b, l, n] = h.shape as [number, number, number];
+    return down(mx.multiply(mx.silu(mx.slice(h, [0, 0, 0], [b, l, n / 2])), mx.slice(h, [0, 0, n / 2], [b, l, n])));
+  };
+}
+
+/** down(act(gate(x)) · up(x)): SwiGLU (SiLU, fused with the product) unless another activation is given (GeGLU's GELU). */
+export function mlp(w: Weights, prefix: string, activation?: (x: MxArray) => MxArray) {
   const gateUp = fusedLinear(w, [`${prefix}.gate_proj`, `${prefix}.up_proj`]);
   const down = linear(w, `${prefix}.down_proj`);
   return (x: MxArray) => {
     const [gate, up] = gateUp(x) as [MxArray, MxArray];
-    return down(mx.fast.siluMul(gate, up));
+    return down(activation ? mx.multiply(activation(gate), up) : mx.fast.siluMul(gate, up));
   };
 }
 
-export function block(w: Weights, prefix: string, c: ModelConfig, options: AttentionOptions = {}): Block {
+export type FeedForward = (x: MxArray) => MxArray;
+
+/** A pre-norm block; the feed-forward layer is the SwiGLU MLP unless given (a mixture of experts). */
+export function block(w: Weights, prefix: string, c: ModelConfig, options: AttentionOptions = {}, feedForward: FeedForward = mlp(w, `${prefix}.mlp`)): Block {
   const inputNorm = rmsNorm(w, `${prefix}.input_layernorm`, c.rmsNormEps);
   const postNorm = rmsNorm(w, `${prefix}.post_attention_layernorm`, c.rmsNormEps);
   const selfAttn = attention(w, `${prefix}.self_attn`, c, options);
-  const feedForward = mlp(w, `${prefix}.mlp`);
   return (x, mask, cache) => {
     const h = mx.add(x, selfAttn(inputNorm(x), mask, cache));
     return mx.add(h, feedForward(postNorm(h)));
   };
 }
 
-export function buildDecoder(w: Weights, options: AttentionOptions = {}): DecoderModel {
+/** `feedForward(layer, prefix)` makes a layer's feed-forward part where it is not the SwiGLU MLP. */
+export function buildDecoder(w: Weights, options: AttentionOptions = {}, feedForward?: (layer: number, prefix: string) => FeedForward | undefined): DecoderModel {
   const c = w.config;
   const embed = embedding(w, "model.embed_tokens");
   const norm = rmsNorm(w, "model.norm", c.rmsNormEps);
   const lmHead = c.tieWordEmbeddings || !w.has("lm_head.weight") ? embed.asLinear : linear(w, "lm_head");
-  const blocks = Array.from({ length: c.numHiddenLayers }, (_, i) => block(w, `model.layers.${i}`, c, options));
+  const blocks = Array.from({ length: c.numHiddenLayers }, (_, i) => block(w, `model.layers.${i}`, c, options, feedForward?.(i, `model.layers.${i}`)));
   return decoder({ config: c, embed: embed.lookup, blocks, head: (h) => lmHead(norm(h)) });
 }
 

@@ -8,6 +8,7 @@ import type { MxArray } from "../mlx";
 import { buildModel, parseConfig, Weights, type DecoderModel, type ModelConfig } from "./index";
 import { ggufModel, isGGUFFile } from "./gguf";
 import { nativeTensorTypes, readGGUFHeader } from "./gguf-header";
+import { loadGGUFTensors } from "./gguf-tensors";
 import { Tokenizer } from "../tokenizer/tokenizer";
 
 export type ModelFormat = "mlx" | "gguf";
@@ -77,12 +78,12 @@ function loadDirectory(dir: string): LoadedModel {
 
 function loadGGUFFile(file: string): LoadedModel {
   const header = withModelErrors(file, () => readGGUFHeader(file));
-  const loaded = withModelErrors(file, () => mx.loadGGUF(file));
+  const loaded = withModelErrors(file, () => loadGGUFTensors(file, header));
   const gguf = withModelErrors(file, () => ggufModel(loaded));
   const config = parseConfig(gguf.config);
   const tokenizer = withModelErrors(file, () => Tokenizer.fromGGUFMetadata(gguf.metadata as Record<string, unknown>));
   const dequantized = [...header.tensorTypes.keys()].filter((t) => !nativeTensorTypes.has(t));
-  const notes = dequantized.length > 0 ? [`${basename(file)}: MLX dequantized its ${dequantized.join(", ")} tensors to 16-bit at load time (it keeps only Q4_0, Q4_1 and Q8_0 quantized), so they take more memory`] : [];
+  const notes = dequantized.length > 0 ? [`${basename(file)}: its ${dequantized.join(", ")} tensors were dequantized to 16-bit at load time (MLX keeps only Q4_0, Q4_1 and Q8_0 quantized), so they take more memory; \`mlx convert\` re-quantizes them to 4-bit`] : [];
   return assemble(gguf.tensors, config, tokenizer, "gguf", file, notes);
 }
 

@@ -4,6 +4,7 @@ import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { ModelConfig } from "./config";
 import { KVCache, type AttentionCache, type KvQuantization, type Mask } from "./cache";
+import { SlidingKVCache } from "./sliding-cache";
 
 export type { Mask };
 
@@ -19,6 +20,8 @@ export interface DecoderModel {
   layers(h: MxArray, caches: AttentionCache[], start?: number, end?: number): MxArray;
   /** Final norm and output projection: hidden states → logits [B, L, vocab]. */
   head(h: MxArray): MxArray;
+  /** One cache per layer, where some layers need their own kind (sliding-window ones). */
+  makeCaches?(): KVCache[];
 }
 
 export interface DecoderParts {
@@ -26,6 +29,7 @@ export interface DecoderParts {
   embed: (ids: MxArray) => MxArray;
   blocks: Block[];
   head: (h: MxArray) => MxArray;
+  makeCaches?: () => KVCache[];
 }
 
 /** Assembles the parts into a DecoderModel; the causal mask is only needed when L > 1. */
@@ -35,10 +39,16 @@ export function decoder(parts: DecoderParts): DecoderModel {
     numLayers: parts.blocks.length,
     embed: parts.embed,
     head: parts.head,
+    makeCaches: parts.makeCaches,
     layers(h, caches, start = 0, end = parts.blocks.length) {
-      // Every layer's cache holds the same positions, so one mask serves them all.
-      const mask = caches[start]!.attentionMask(h.shape[1]!);
-      for (let i = start; i < end; i++) h = parts.blocks[i]!(h, mask, caches[i]!);
+      // Caches of one kind hold the same positions, so one mask serves all their layers.
+      const masks = new Map<string, Mask>();
+      for (let i = start; i < end; i++) {
+        const cache = caches[i]!;
+        const kind = cache instanceof SlidingKVCache ? `window ${cache.window}` : "full";
+        if (!masks.has(kind)) masks.set(kind, cache.attentionMask(h.shape[1]!));
+        h = parts.blocks[i]!(h, masks.get(kind), cache);
+      }
       return h;
     },
   };
@@ -49,7 +59,13 @@ export function forward(model: DecoderModel, ids: MxArray, caches: AttentionCach
   return model.head(model.layers(model.embed(ids), caches));
 }
 
-export function makeCaches(model: DecoderModel, quantization?: KvQuantization): KVCache[] {
+/**
+ * A cache per layer. `windowed: false` gives every layer a full cache (sliding-window layers then
+ * mask what is out of their window), for what copies positions out of a cache (batching, the
+ * prefix cache); so does a quantization (the sliding-window cache stores float).
+ */
+export function makeCaches(model: DecoderModel, { windowed = true, quantization }: { windowed?: boolean; quantization?: KvQuantization } = {}): KVCache[] {
+  if (windowed && !quantization && model.makeCaches) return model.makeCaches();
   return Array.from({ length: model.numLayers }, () => new KVCache(quantization));
 }
 

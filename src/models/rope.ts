@@ -12,6 +12,8 @@ export interface RopeParams {
   scaling?: RopeScaling;
   /** Precomputed frequencies (e.g. a GGUF's rope_freqs), used as they are. */
   freqs?: MxArray;
+  /** The model's context length (LongRoPE scales by how far it exceeds the original one). */
+  maxPositionEmbeddings?: number;
 }
 
 export function initializeRope(p: RopeParams): Rope {
@@ -22,7 +24,29 @@ export function initializeRope(p: RopeParams): Rope {
     return (x, offset) => mx.fast.rope(x, { dims: p.dims, traditional: p.traditional, base: p.base, scale, offset });
   }
   if (type === "llama3") return withFreqs(p.dims, p.traditional, llama3Freqs(p.dims, p.base, p.scaling!));
-  throw new Error(`unsupported rope scaling '${type}' (supported: default, linear, llama3)`);
+  if (type === "longrope" || type === "su") return suScaled(p);
+  throw new Error(`unsupported rope scaling '${type}' (supported: default, linear, llama3, longrope)`);
+}
+
+/**
+ * Phi-3's LongRoPE as mlx-lm's SuScaledRoPE: the long factors stretch the frequencies, and the
+ * rotated part is scaled by √(1 + ln(context / original) / ln(original)) when the context grew.
+ */
+function suScaled(p: RopeParams): Rope {
+  const s = p.scaling!;
+  if (!s.longFactor || s.longFactor.length !== p.dims / 2) throw new Error(`rope_scaling '${s.type}' needs long_factor with ${p.dims / 2} values`);
+  const original = s.originalMaxPositionEmbeddings ?? 4096;
+  const factor = (p.maxPositionEmbeddings ?? 131072) / original;
+  const scale = factor <= 1 ? 1 : Math.sqrt(1 + Math.log(factor) / Math.log(original));
+  const freqs = mx.keep(
+    mx.scope(() => {
+      const out = mx.multiply(mx.array(Float32Array.from(s.longFactor!)), mx.power(p.base, mx.divide(mx.arange(0, p.dims, 2, mx.Dtype.float32), p.dims)));
+      mx.evaluate(out);
+      return out;
+    }),
+  );
+  const rope = withFreqs(p.dims, false, freqs);
+  return (x, offset) => rope(scale === 1 ? x : mx.multiply(x, scale), offset);
 }
 
 function withFreqs(dims: number, traditional: boolean, freqs: MxArray): Rope {

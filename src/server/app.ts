@@ -10,9 +10,13 @@ import { cors } from "hono/cors";
 import { ApiError, errorResponse, notFound, toApiError, unauthorized } from "./errors";
 import { serverMetrics } from "./metrics";
 import { ModelRegistry } from "./model-registry";
+import { anthropicRoutes } from "./routes/anthropic";
 import { ollamaRoutes } from "./routes/ollama";
+import { responsesRoutes } from "./routes/responses";
 import { openaiRoutes } from "./routes/openai";
 import { opsRoutes, queueFigures } from "./routes/ops";
+import { isPublicPage, webRoutes } from "./routes/web";
+import { InFlight } from "./inflight";
 import { memoryFigures } from "../engine/device";
 import { Scheduler } from "../engine/scheduler";
 import type { LoadedModel } from "../models/load";
@@ -43,7 +47,7 @@ export interface ServerOptions extends Partial<ServerConfig> {
 }
 
 /** Routes that are labelled by name in /metrics (anything else is "other"). */
-const KNOWN_ROUTES = new Set(["/v1/chat/completions", "/v1/completions", "/v1/models", "/api/chat", "/api/generate", "/api/tags", "/api/ps", "/api/show", "/api/version", "/health", "/ready", "/stats", "/metrics", "/"]);
+const KNOWN_ROUTES = new Set(["/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/messages/count_tokens", "/v1/responses", "/v1/models", "/api/chat", "/api/generate", "/api/tags", "/api/ps", "/api/show", "/api/version", "/health", "/ready", "/stats", "/metrics", "/", "/dashboard", "/dashboard/events"]);
 
 export function createState(o: ServerOptions = {}): ServerState {
   const maxQueue = o.maxQueue ?? 64;
@@ -86,6 +90,7 @@ export function createState(o: ServerOptions = {}): ServerState {
       onLoad: (e) => o.onLoad?.(e.name, e.path, e.loadMs / 1000),
     }),
     metrics: undefined!,
+    inflight: new InFlight(),
     startedAt: performance.now(),
     requests: { total: 0, byStatus: {}, byRoute: {} },
     logError: o.logError ?? ((error) => console.error(error)),
@@ -123,17 +128,18 @@ export function createApp(s: ServerState): Hono {
   // 3. CORS, only for the origins given.
   if (s.config.corsOrigins.length > 0) {
     const allowed = s.config.corsOrigins;
-    app.use("*", cors({ origin: (origin) => (allowed.includes("*") ? "*" : allowed.includes(origin) ? origin : null), allowHeaders: ["Authorization", "Content-Type"], maxAge: 600 }));
+    app.use("*", cors({ origin: (origin) => (allowed.includes("*") ? "*" : allowed.includes(origin) ? origin : null), allowHeaders: ["Authorization", "Content-Type", "x-api-key", "anthropic-version", "anthropic-beta"], maxAge: 600 }));
   }
 
-  // 4. The API key, on every route but /health, compared in constant time.
+  // 4. The API key, on every route but /health and the browser pages, compared in constant time.
   if (s.config.apiKey) {
     const expected = digest(s.config.apiKey);
     app.use("*", async (c, next) => {
-      if (c.req.path === "/health" || c.req.method === "OPTIONS") return next();
-      const header = c.req.header("authorization") ?? "";
-      const match = /^Bearer\s+(.+)$/i.exec(header);
-      if (!match || !timingSafeEqual(digest(match[1]!.trim()), expected)) throw unauthorized();
+      if (c.req.path === "/health" || c.req.method === "OPTIONS" || isPublicPage(c.req.path)) return next();
+      // Bearer (OpenAI, Ollama) or x-api-key (Anthropic's clients).
+      const bearer = /^Bearer\s+(.+)$/i.exec(c.req.header("authorization") ?? "")?.[1];
+      const key = (bearer ?? c.req.header("x-api-key"))?.trim();
+      if (!key || !timingSafeEqual(digest(key), expected)) throw unauthorized();
       return next();
     });
   }
@@ -147,10 +153,13 @@ export function createApp(s: ServerState): Hono {
     }),
   );
 
-  // 6. The routes.
+  // 6. The routes (the web pages first: a browser's GET / is the chat, anyone else's is Ollama's).
+  app.route("/", webRoutes(s));
   app.route("/", opsRoutes(s));
   app.route("/", openaiRoutes(s));
   app.route("/", ollamaRoutes(s));
+  app.route("/", anthropicRoutes(s));
+  app.route("/", responsesRoutes(s));
   return app;
 }
 
@@ -162,6 +171,9 @@ export interface RunningServer {
 }
 
 /** Starts listening (127.0.0.1 by default); with `defaultModel`, loads it in the background. */
+/** The most a request may send before the connection is cut (what is over maxBodyBytes is discarded, not kept). */
+const UPLOAD_CAP = 1024 * 1024 * 1024;
+
 export function startServer(o: ServerOptions = {}): RunningServer {
   const state = createState(o);
   const app = createApp(state);
@@ -172,8 +184,11 @@ export function startServer(o: ServerOptions = {}): RunningServer {
     // Generations can be long and silent (non-streaming, or queued): no idle cut-off; the
     // per-request timeout bounds them instead.
     idleTimeout: 0,
-    // Hono's body limit answers oversized bodies with a JSON 413; this only bounds the worst case.
-    maxRequestBodySize: state.config.maxBodyBytes * 2 + 1024 * 1024,
+    // Hono's body limit answers an oversized body with our JSON 413 as soon as it knows (from
+    // Content-Length, or counting a chunked body), and Bun discards the rest of the upload
+    // without buffering it, so a client still sending reads the answer. Bun's own cap must sit
+    // far above ours: past it, Bun cuts the request with an empty 413.
+    maxRequestBodySize: Math.max(UPLOAD_CAP, state.config.maxBodyBytes * 2),
   });
   if (o.defaultModel) {
     // Preloaded and kept (keep-alive -1) unless a request says otherwise.

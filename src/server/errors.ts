@@ -1,12 +1,16 @@
 // Every error the server answers, in one place: what status it gets and how it is written.
 // OpenAI-style bodies {"error": {"message", "type", "param", "code"}} everywhere, except the
 // Ollama routes (/api/*), which answer {"error": "message"} as Ollama does: its official client
-// reads `error` as a string (an object would reach the user as "[object Object]").
+// reads `error` as a string (an object would reach the user as "[object Object]"), and the
+// Anthropic routes (/v1/messages*), which answer {"type": "error", "error": {"type", "message"}}
+// with Anthropic's error type for the status.
 import type { Context } from "hono";
 import { ValidationError } from "../api/validate";
+import { BudgetError } from "../engine/budget/steering";
 import { SchemaError } from "../engine/grammar";
 import { ContextLengthError, InvalidParameterError, ModelNotFoundError, ModelPullError, QueueFullError, UnsupportedError } from "../errors";
 import { ModelLoadError } from "../models/load";
+import { anthropicErrorType } from "../api/anthropic";
 
 export class ApiError extends Error {
   override name = "ApiError";
@@ -29,7 +33,7 @@ export class TimeoutError extends Error {
 export const requestTimeout = () => new TimeoutError("the request took longer than the server's request timeout");
 
 export const notFound = (message: string, code = "not_found") => new ApiError(404, message, "invalid_request_error", null, code);
-export const unauthorized = () => new ApiError(401, "invalid or missing API key (send 'Authorization: Bearer <key>')", "authentication_error", null, "invalid_api_key");
+export const unauthorized = () => new ApiError(401, "invalid or missing API key (send 'Authorization: Bearer <key>' or 'x-api-key: <key>')", "authentication_error", null, "invalid_api_key");
 export const badRequest = (message: string, param: string | null = null, code: string | null = null) => new ApiError(400, message, "invalid_request_error", param, code);
 
 /** Maps anything thrown to the answer the client gets; unknown errors become a bare 500. */
@@ -39,6 +43,7 @@ export function toApiError(error: unknown, onInternal?: (error: unknown) => void
   if (error instanceof InvalidParameterError) return new ApiError(400, error.message, "invalid_request_error", error.param);
   if (error instanceof UnsupportedError) return new ApiError(400, error.message, "invalid_request_error", error.param, "unsupported");
   if (error instanceof SchemaError) return new ApiError(400, error.message, "invalid_request_error", null, "invalid_schema");
+  if (error instanceof BudgetError) return new ApiError(400, error.message, "invalid_request_error", "max_tokens");
   if (error instanceof ContextLengthError) return new ApiError(400, error.message, "invalid_request_error", "messages", "context_length_exceeded");
   if (error instanceof QueueFullError) return new ApiError(429, error.message, "rate_limit_error", null, "queue_full", { "Retry-After": "1" });
   if (error instanceof ModelNotFoundError) return new ApiError(404, error.message, "invalid_request_error", "model", "model_not_found");
@@ -49,13 +54,18 @@ export function toApiError(error: unknown, onInternal?: (error: unknown) => void
   return new ApiError(500, "internal server error", "server_error", null, "internal_error");
 }
 
-export const isOllamaPath = (path: string) => path.startsWith("/api/");
+/** The API family whose error shape a path answers with. */
+export type ApiFamily = "openai" | "ollama" | "anthropic";
 
-export function errorBody(e: ApiError, ollama: boolean): unknown {
-  return ollama ? { error: e.message } : { error: { message: e.message, type: e.type, param: e.param, code: e.code } };
+export const apiFamily = (path: string): ApiFamily => (path.startsWith("/api/") ? "ollama" : path === "/v1/messages" || path.startsWith("/v1/messages/") ? "anthropic" : "openai");
+
+export function errorBody(e: ApiError, family: ApiFamily): unknown {
+  if (family === "ollama") return { error: e.message };
+  if (family === "anthropic") return { type: "error", error: { type: anthropicErrorType(e.status), message: e.message } };
+  return { error: { message: e.message, type: e.type, param: e.param, code: e.code } };
 }
 
 export function errorResponse(c: Context, e: ApiError): Response {
   for (const [name, value] of Object.entries(e.headers)) c.header(name, value);
-  return c.json(errorBody(e, isOllamaPath(c.req.path)) as object, e.status as 400);
+  return c.json(errorBody(e, apiFamily(c.req.path)) as object, e.status as 400);
 }

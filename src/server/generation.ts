@@ -10,9 +10,11 @@ import type { GenerationEvent, GenerationUsage } from "../engine/scheduler";
 import type { ToolCallFormat, ToolRequest } from "../engine/tools";
 import type { Tokenizer } from "../tokenizer/tokenizer";
 import type { LoadedModel } from "../models/load";
-import { requestTimeout } from "./errors";
+import { badRequest, requestTimeout } from "./errors";
 import type { Lease, ModelRegistry } from "./model-registry";
 import type { ServerMetrics } from "./metrics";
+import type { ServerConfig } from "./state";
+import type { Flight, InFlight } from "./inflight";
 
 export interface GenerateInput {
   route: string;
@@ -26,8 +28,9 @@ export interface GenerateInput {
   maxTokens?: number;
   /** Whether a max_tokens beyond the context is an error (OpenAI) or clamped (Ollama). */
   strictMaxTokens: boolean;
-  stop: string[];
-  topLogprobs: number;
+  stop?: string[];
+  /** Alternatives reported per token (default 0). */
+  topLogprobs?: number;
   /** Structured output to enforce while sampling. */
   format?: FormatInput;
   /** Functions the model may (or must) call; chat prompts only. */
@@ -47,6 +50,8 @@ export interface Generation {
   timedOut: () => boolean;
   /** Stops the generation (client gone). */
   abort: () => void;
+  /** Whether the token budget closed a structured answer early (to keep it valid). */
+  closedEarly: () => boolean;
   /** Records the outcome in /metrics and releases the model; call exactly once. */
   finish: (outcome: string, usage?: GenerationUsage) => void;
 }
@@ -54,6 +59,19 @@ export interface Generation {
 export interface GenerationContext {
   models: ModelRegistry;
   metrics: ServerMetrics;
+  inflight: InFlight;
+}
+
+/** The model a request names, else the server's default; a 400 when there is neither. */
+export function requestedModel(config: ServerConfig, name: string | undefined): string {
+  const model = name ?? config.defaultModel;
+  if (!model) throw badRequest("'model' is required", "model");
+  return model;
+}
+
+/** What a generation takes from its HTTP request: the route, the client's disconnect, the server's timeout. */
+export function httpRequestBounds(config: ServerConfig, req: { path: string; raw: Request }): Pick<GenerateInput, "route" | "clientSignal" | "timeoutMs"> {
+  return { route: req.path, clientSignal: req.raw.signal, timeoutMs: config.requestTimeoutMs };
 }
 
 export async function startGeneration(ctx: GenerationContext, input: GenerateInput): Promise<Generation> {
@@ -69,11 +87,13 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
   if (input.clientSignal.aborted) controller.abort();
   let lease: Lease | undefined;
   let prepared: PreparedGeneration | undefined;
+  let flight: Flight | undefined;
   let finished = false;
   const finish = (outcome: string, usage?: GenerationUsage) => {
     if (finished) return;
     finished = true;
     prepared?.dispose();
+    if (flight) ctx.inflight.end(flight);
     clearTimeout(timer);
     input.clientSignal.removeEventListener("abort", onClientAbort);
     recordOutcome(ctx.metrics, input.route, outcome, usage);
@@ -89,20 +109,23 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
       maxTokens: input.maxTokens,
       strictMaxTokens: input.strictMaxTokens,
       stop: input.stop,
-      topLogprobs: input.topLogprobs,
+      topLogprobs: input.topLogprobs ?? 0,
       format: input.format,
       tools: input.tools,
       signal: controller.signal,
     });
-    const events = lease.entry.scheduler.submit(prepared.request);
+    const tracked = ctx.inflight.track(input.model, prepared.promptIds.length, lease.entry.scheduler.submit(prepared.request));
+    flight = tracked.flight;
+    const constraint = prepared.constraint;
     return {
       lease,
       lm,
       promptIds: prepared.promptIds,
       toolFormat: prepared.toolFormat,
-      events,
+      events: tracked.events,
       timedOut: () => timedOut,
       abort: () => controller.abort(),
+      closedEarly: () => constraint?.closedEarly() ?? false,
       finish,
     };
   } catch (error) {

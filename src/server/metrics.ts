@@ -83,6 +83,16 @@ export class Histogram extends Base {
     s.sum += value;
     s.count++;
   }
+  /** Cumulative counts per bucket (and in all) over every label set, for windowed quantiles. */
+  totals(): { counts: number[]; count: number } {
+    const counts = this.buckets.map(() => 0);
+    let count = 0;
+    for (const s of this.#series.values()) {
+      s.counts.forEach((n, i) => (counts[i]! += n));
+      count += s.count;
+    }
+    return { counts, count };
+  }
   render(): string[] {
     const lines = this.header();
     for (const s of this.#series.values()) {

@@ -49,6 +49,13 @@ export async function collectGeneration(gen: Generation): Promise<Collected | un
 
 export type Send = (bytes: Uint8Array) => void;
 
+const encoder = new TextEncoder();
+
+/** A server-sent event named by its data's `type` (as Anthropic's and OpenAI Responses' streams are). */
+export const namedEvent = (data: { type: string; [field: string]: unknown }) => encoder.encode(`event: ${data.type}\ndata: ${JSON.stringify(data)}\n\n`);
+
+export const eventStreamHeaders = { "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no" };
+
 /** What one API family writes into a streamed answer. */
 export interface StreamWriter {
   /** Before any text (e.g. OpenAI's role chunk). */
@@ -107,3 +114,12 @@ export function generationStream(gen: Generation, writer: StreamWriter, logError
     },
   });
 }
+
+/**
+ * How a response says the token budget closed a structured answer early to keep it valid
+ * (finish reason "length" all the same): a `closed_early: true` field where the finish reason
+ * is, and on whole (non-streamed) responses this header too.
+ */
+export const CLOSED_EARLY_HEADER = "X-Mlx-Closed-Early";
+export const closedEarly = (gen: Generation) => (gen.closedEarly() ? { closed_early: true } : {});
+export const closedEarlyHeaders = (gen: Generation): Record<string, string> => (gen.closedEarly() ? { [CLOSED_EARLY_HEADER]: "true" } : {});

@@ -1,9 +1,10 @@
 // What every route shares: the configuration, the model registry and the metrics.
 import type { ServerMetrics } from "./metrics";
 import type { ModelRegistry } from "./model-registry";
+import type { InFlight } from "./inflight";
 
 export interface ServerConfig {
-  /** Every route but /health needs `Authorization: Bearer <apiKey>` when set. */
+  /** Every route but /health needs `Authorization: Bearer <apiKey>` (or `x-api-key`) when set. */
   apiKey?: string;
   /** Origins allowed by CORS (none: no CORS headers at all). */
   corsOrigins: string[];
@@ -18,6 +19,8 @@ export interface ServerState {
   config: ServerConfig;
   models: ModelRegistry;
   metrics: ServerMetrics;
+  /** The generations running or queued now (the dashboard's table). */
+  inflight: InFlight;
   startedAt: number;
   requests: { total: number; byStatus: Record<string, number>; byRoute: Record<string, number> };
   /** Logs an unexpected error (the client sees a bare 500). */

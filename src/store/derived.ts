@@ -18,7 +18,7 @@ const CONVERT_LOCK_TIMEOUT_MS = 3600_000;
  * The converter's version is the hash of its own source: any change to how a GGUF is turned
  * into a directory makes earlier conversions stale, with no constant to remember to bump.
  */
-export const CONVERTER_VERSION = sourceHash("models/convert.ts", "models/gguf.ts", "tokenizer/gguf.ts");
+export const CONVERTER_VERSION = sourceHash("models/convert.ts", "models/gguf.ts", "models/gguf-tensors.ts", "tokenizer/gguf.ts");
 
 export interface ConvertedModel {
   /** The MLX directory (materialized from the store). */

@@ -11,6 +11,12 @@ export interface DownloadProgress {
   received: number;
   /** Full size when known (from the caller or the server). */
   total?: number;
+  /** Set on the update that starts an attempt on a partial file: the bytes of it already on disk, where it resumes. */
+  resumedAt?: number;
+  /** The file the update is about, where a progress spans several. */
+  file?: string;
+  /** The bytes this update adds were on disk already (a whole file kept from before), not transferred. */
+  onDisk?: boolean;
 }
 
 export interface DownloadOptions {
@@ -133,7 +139,7 @@ async function fetchRemainder(url: string, shownUrl: string, partial: PartialFil
       throw new DownloadError(`size mismatch for ${shownUrl}: expected ${options.expectedSize} bytes, server has ${total}`);
     }
     // Announces where this attempt starts, so progress can tell resumed bytes from new ones.
-    options.onProgress?.({ received: partial.size, total });
+    options.onProgress?.({ received: partial.size, total, ...(partial.size > 0 ? { resumedAt: partial.size } : {}) });
     await copyBody(response, partial, total, shownUrl, options, stall);
     if (total !== undefined && partial.size < total) {
       throw new DownloadError(`connection to ${shownUrl} closed early (${partial.size} of ${total} bytes)`, true);

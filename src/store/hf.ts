@@ -78,11 +78,17 @@ export async function pullHFRepo(spec: string, options: HFPullOptions = {}): Pro
   const total = remote.every((f) => f.size !== undefined) ? remote.reduce((n, f) => n + f.size!, 0) : undefined;
   let done = 0;
   for (const file of remote) {
-    const onProgress = options.onProgress && ((p: DownloadProgress) => options.onProgress!({ received: done + p.received, total }));
+    let fetched = false;
+    const onProgress =
+      options.onProgress &&
+      ((p: DownloadProgress) => {
+        fetched = true;
+        options.onProgress!({ ...p, received: done + p.received, total, file: file.name });
+      });
     const blob = await fetchFile(file, commit, { ...options, onProgress });
     stored.set(file.name, blob);
     done += blob.size;
-    options.onProgress?.({ received: done, total });
+    options.onProgress?.({ received: done, total, ...(fetched ? {} : { onDisk: true }) });
   }
   return { files: [...stored.values()], revision: commit };
 }

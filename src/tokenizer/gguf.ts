@@ -19,6 +19,7 @@ export interface TokenizerFiles {
 }
 
 // llama.cpp token types (llama_token_type in llama.cpp).
+const TOKEN_TYPE_NORMAL = 1;
 const TOKEN_TYPE_CONTROL = 3;
 const TOKEN_TYPE_USER_DEFINED = 4;
 
@@ -53,7 +54,7 @@ const PRE_TOKENIZERS: Record<string, PreTokenizerSpec> = {
   "deepseek-r1-qwen": { split: QWEN2_SPLIT },
 };
 
-const SUPPORTED_MODELS = ["gpt2"];
+const SUPPORTED_MODELS = ["gpt2", "llama"];
 
 /**
  * Builds tokenizer.json and tokenizer_config.json contents from GGUF metadata
@@ -61,12 +62,11 @@ const SUPPORTED_MODELS = ["gpt2"];
  * Throws for tokenizer models or pre-tokenizers we cannot reproduce faithfully.
  */
 export function tokenizerFilesFromGGUF(meta: Record<string, unknown>): TokenizerFiles {
-  const spec = supportedPreTokenizer(meta);
   const tokens = list<string>(meta, "tokenizer.ggml.tokens");
   if (!tokens || tokens.length === 0) throw new Error("GGUF metadata has no tokenizer.ggml.tokens");
-  const merges = list<string>(meta, "tokenizer.ggml.merges");
-  if (!merges) throw new Error("GGUF metadata has no tokenizer.ggml.merges (needed for a BPE tokenizer)");
   const types = list<number>(meta, "tokenizer.ggml.token_type") ?? [];
+  const sentencePiece = str(meta, "tokenizer.ggml.model") === "llama";
+  const model = sentencePiece ? sentencePieceModel(meta, tokens, types) : byteLevelModel(meta, tokens, types);
 
   const special = (name: string): SpecialToken | undefined => {
     const id = num(meta, `tokenizer.ggml.${name}_token_id`);
@@ -83,22 +83,11 @@ export function tokenizerFilesFromGGUF(meta: Record<string, unknown>): Tokenizer
     truncation: null,
     padding: null,
     added_tokens: addedTokens,
-    normalizer: null,
-    pre_tokenizer: preTokenizer(spec),
+    normalizer: model.normalizer,
+    pre_tokenizer: model.preTokenizer,
     post_processor: bosEosPostProcessor(addBos ? bos : undefined, addEos ? eos : undefined),
-    decoder: { type: "ByteLevel", add_prefix_space: true, trim_offsets: true, use_regex: true },
-    model: {
-      type: "BPE",
-      dropout: null,
-      unk_token: null,
-      continuing_subword_prefix: null,
-      end_of_word_suffix: null,
-      fuse_unk: false,
-      byte_fallback: false,
-      ignore_merges: spec.ignoreMerges ?? false,
-      vocab: buildVocab(tokens, types),
-      merges: merges.map(splitMerge),
-    },
+    decoder: model.decoder,
+    model: model.model,
   };
 
   const tokenizerConfig: Record<string, unknown> = {
@@ -122,6 +111,94 @@ export function tokenizerFilesFromGGUF(meta: Record<string, unknown>): Tokenizer
 
   const eosTokenIds = ["eos", "eot", "eom"].flatMap((name) => special(name)?.id ?? []);
   return { tokenizerJson, tokenizerConfig, eosTokenIds: [...new Set(eosTokenIds)] };
+}
+
+interface ModelParts {
+  normalizer: unknown;
+  preTokenizer: unknown;
+  decoder: unknown;
+  model: Record<string, unknown>;
+}
+
+/** GPT-2 style byte-level BPE: the file's merges, a pre-tokenizer split by its `pre` type. */
+function byteLevelModel(meta: Record<string, unknown>, tokens: string[], types: number[]): ModelParts {
+  const spec = supportedPreTokenizer(meta);
+  const merges = list<string>(meta, "tokenizer.ggml.merges");
+  if (!merges) throw new Error("GGUF metadata has no tokenizer.ggml.merges (needed for a BPE tokenizer)");
+  return {
+    normalizer: null,
+    preTokenizer: preTokenizer(spec),
+    decoder: { type: "ByteLevel", add_prefix_space: true, trim_offsets: true, use_regex: true },
+    model: {
+      type: "BPE",
+      dropout: null,
+      unk_token: null,
+      continuing_subword_prefix: null,
+      end_of_word_suffix: null,
+      fuse_unk: false,
+      byte_fallback: false,
+      ignore_merges: spec.ignoreMerges ?? false,
+      vocab: buildVocab(tokens, types),
+      merges: merges.map(splitMerge),
+    },
+  };
+}
+
+/**
+ * SentencePiece BPE (llama.cpp's "llama" model: Gemma, Llama 2, Mistral v0.1): spaces become
+ * "▁", pieces merge by score, unknown characters fall back to <0xXX> byte tokens. The file has
+ * scores instead of merges; the merges are rebuilt from them as transformers does for a
+ * SentencePiece model (every split of a piece into two pieces, the highest-scoring piece first).
+ */
+function sentencePieceModel(meta: Record<string, unknown>, tokens: string[], types: number[]): ModelParts {
+  const scores = list<number>(meta, "tokenizer.ggml.scores");
+  if (!scores || scores.length !== tokens.length) throw new Error("GGUF metadata has no tokenizer.ggml.scores for its SentencePiece vocabulary");
+  const vocab: Record<string, number> = Object.create(null);
+  tokens.forEach((token, id) => {
+    if (!(token in vocab)) vocab[token] = id;
+  });
+  const candidates: { left: string; right: string; score: number }[] = [];
+  tokens.forEach((piece, id) => {
+    if (types[id] !== undefined && types[id] !== TOKEN_TYPE_NORMAL && types[id] !== TOKEN_TYPE_USER_DEFINED) return;
+    const local: { left: string; right: string; score: number }[] = [];
+    const chars = Array.from(piece);
+    for (let i = 1; i < chars.length; i++) {
+      const left = chars.slice(0, i).join("");
+      const right = chars.slice(i).join("");
+      if (left in vocab && right in vocab) local.push({ left, right, score: scores[id]! });
+    }
+    local.sort((a, b) => vocab[a.left]! - vocab[b.left]! || vocab[a.right]! - vocab[b.right]!);
+    candidates.push(...local);
+  });
+  candidates.sort((a, b) => b.score - a.score || b.left.length - a.left.length || b.right.length - a.right.length);
+  const addSpacePrefix = bool(meta, "tokenizer.ggml.add_space_prefix") ?? true;
+  const replaceSpaces = { type: "Replace", pattern: { String: " " }, content: "▁" };
+  const unknown = num(meta, "tokenizer.ggml.unknown_token_id");
+  return {
+    normalizer: addSpacePrefix ? { type: "Sequence", normalizers: [{ type: "Prepend", prepend: "▁" }, replaceSpaces] } : replaceSpaces,
+    preTokenizer: null,
+    decoder: {
+      type: "Sequence",
+      decoders: [
+        { type: "Replace", pattern: { String: "▁" }, content: " " },
+        { type: "ByteFallback" },
+        { type: "Fuse" },
+        ...(addSpacePrefix ? [{ type: "Strip", content: " ", start: 1, stop: 0 }] : []),
+      ],
+    },
+    model: {
+      type: "BPE",
+      dropout: null,
+      unk_token: unknown !== undefined ? (tokens[unknown] ?? null) : null,
+      continuing_subword_prefix: null,
+      end_of_word_suffix: null,
+      fuse_unk: true,
+      byte_fallback: true,
+      ignore_merges: false,
+      vocab,
+      merges: candidates.map((m) => [m.left, m.right]),
+    },
+  };
 }
 
 /** The pre-tokenizer spec for this file, or an error naming what is supported. */

@@ -7,7 +7,7 @@ import * as mx from "../../src/mlx";
 import type { MxArray } from "../../src/mlx";
 
 export interface TinyOptions {
-  modelType?: "llama" | "mistral" | "qwen2" | "qwen3";
+  modelType?: "llama" | "mistral" | "qwen2" | "qwen3" | "gemma3_text" | "qwen3_moe" | "mixtral" | "phi3";
   quantize?: { groupSize: number; bits: number };
   tied?: boolean;
   vocabSize?: number;
@@ -15,9 +15,12 @@ export interface TinyOptions {
   seed?: number;
   /** Per-head width (16 unless set; a quantized KV cache needs a multiple of its group size). */
   headDim?: number;
+  /** gemma3's sliding window (default 6). */
+  window?: number;
 }
 
 export const tinyDims = { hidden: 64, heads: 4, kvHeads: 2, headDim: 16, intermediate: 128 };
+export const tinyMoE = { experts: 4, intermediate: 32 };
 
 export function tinyConfig(o: TinyOptions = {}): Record<string, unknown> {
   const config: Record<string, unknown> = {
@@ -35,6 +38,20 @@ export function tinyConfig(o: TinyOptions = {}): Record<string, unknown> {
     tie_word_embeddings: o.tied ?? true,
     eos_token_id: 2,
   };
+  if (o.modelType === "gemma3_text") {
+    // A window shorter than the test sequences, and a global layer among local ones.
+    Object.assign(config, { sliding_window: o.window ?? 6, sliding_window_pattern: 2, query_pre_attn_scalar: 16, rope_theta: 1_000_000, rope_local_base_freq: 10_000, rms_norm_eps: 1e-6 });
+  }
+  if (o.modelType === "qwen3_moe") {
+    // Layer 0 dense, the others four experts, two per token.
+    Object.assign(config, { num_experts: tinyMoE.experts, num_experts_per_tok: 2, decoder_sparse_step: 1, mlp_only_layers: [0], moe_intermediate_size: tinyMoE.intermediate, norm_topk_prob: true });
+  }
+  if (o.modelType === "mixtral") Object.assign(config, { num_local_experts: tinyMoE.experts, num_experts_per_tok: 2, rope_theta: 1_000_000 });
+  if (o.modelType === "phi3") {
+    // LongRoPE with a context 4× the original one, so its scale is not 1.
+    const factors = Array.from({ length: tinyDims.headDim / 2 }, (_, i) => 1 + i * 0.5);
+    Object.assign(config, { original_max_position_embeddings: 128, rope_scaling: { type: "longrope", long_factor: factors, short_factor: factors.map(() => 1) } });
+  }
   if (o.quantize) config.quantization = { group_size: o.quantize.groupSize, bits: o.quantize.bits, mode: "affine" };
   return config;
 }
@@ -54,8 +71,8 @@ export function tinyWeights(o: TinyOptions = {}): Map<string, MxArray> {
     return t;
   };
   const w = new Map<string, MxArray>();
-  const addLinear = (name: string, out: number, inp: number, bias = false) => {
-    const weight = normal([out, inp]);
+  const addLinear = (name: string, out: number, inp: number, bias = false, stack?: number) => {
+    const weight = normal(stack ? [stack, out, inp] : [out, inp]);
     if (o.quantize) {
       const q = mx.quantize(weight, o.quantize);
       w.set(`${name}.weight`, mx.keep(q.weight));
@@ -72,17 +89,44 @@ export function tinyWeights(o: TinyOptions = {}): Map<string, MxArray> {
     const p = `model.layers.${i}`;
     addNorm(`${p}.input_layernorm`, hidden);
     addNorm(`${p}.post_attention_layernorm`, hidden);
-    addLinear(`${p}.self_attn.q_proj`, heads * headDim, hidden, qwen2);
-    addLinear(`${p}.self_attn.k_proj`, kvHeads * headDim, hidden, qwen2);
-    addLinear(`${p}.self_attn.v_proj`, kvHeads * headDim, hidden, qwen2);
+    if (o.modelType === "phi3") addLinear(`${p}.self_attn.qkv_proj`, (heads + 2 * kvHeads) * headDim, hidden);
+    else {
+      addLinear(`${p}.self_attn.q_proj`, heads * headDim, hidden, qwen2);
+      addLinear(`${p}.self_attn.k_proj`, kvHeads * headDim, hidden, qwen2);
+      addLinear(`${p}.self_attn.v_proj`, kvHeads * headDim, hidden, qwen2);
+    }
     addLinear(`${p}.self_attn.o_proj`, hidden, heads * headDim);
-    if (o.modelType === "qwen3") {
+    if (o.modelType === "gemma3_text") {
+      addNorm(`${p}.pre_feedforward_layernorm`, hidden);
+      addNorm(`${p}.post_feedforward_layernorm`, hidden);
+    }
+    if (o.modelType === "qwen3" || o.modelType === "qwen3_moe" || o.modelType === "gemma3_text") {
       addNorm(`${p}.self_attn.q_norm`, headDim);
       addNorm(`${p}.self_attn.k_norm`, headDim);
     }
-    addLinear(`${p}.mlp.gate_proj`, intermediate, hidden);
-    addLinear(`${p}.mlp.up_proj`, intermediate, hidden);
-    addLinear(`${p}.mlp.down_proj`, hidden, intermediate);
+    const moe = o.modelType === "mixtral" ? "block_sparse_moe" : o.modelType === "qwen3_moe" && i > 0 ? "mlp" : undefined;
+    if (moe) {
+      addLinear(`${p}.${moe}.gate`, tinyMoE.experts, hidden);
+      // Mixtral's experts are intermediate_size wide, Qwen3-MoE's moe_intermediate_size.
+      const expertHidden = o.modelType === "mixtral" ? intermediate : tinyMoE.intermediate;
+      const projections: [string, string, number, number][] = [
+        ["gate_proj", "w1", expertHidden, hidden],
+        ["up_proj", "w3", expertHidden, hidden],
+        ["down_proj", "w2", hidden, expertHidden],
+      ];
+      for (const [proj, mixtralName, out, inp] of projections) {
+        // Quantized: stacked per layer, as mlx-lm saves them; plain: one matrix per expert, as Hugging Face checkpoints have them.
+        if (o.quantize) addLinear(`${p}.${moe}.switch_mlp.${proj}`, out, inp, false, tinyMoE.experts);
+        else for (let e = 0; e < tinyMoE.experts; e++) addLinear(`${p}.${moe}.experts.${e}.${o.modelType === "mixtral" ? mixtralName : proj}`, out, inp);
+      }
+    } else if (o.modelType === "phi3") {
+      addLinear(`${p}.mlp.gate_up_proj`, 2 * intermediate, hidden);
+      addLinear(`${p}.mlp.down_proj`, hidden, intermediate);
+    } else {
+      addLinear(`${p}.mlp.gate_proj`, intermediate, hidden);
+      addLinear(`${p}.mlp.up_proj`, intermediate, hidden);
+      addLinear(`${p}.mlp.down_proj`, hidden, intermediate);
+    }
   }
   addNorm("model.norm", hidden);
   if (o.tied === false) addLinear("lm_head", vocab, hidden);

@@ -39,6 +39,7 @@ export class ChatSession {
     write("\n");
     if (info.droppedMessages > 0) this.say(`(context full: dropped the ${info.droppedMessages} oldest messages)`);
     if (result.finishReason === "cancelled") this.say("(stopped)");
+    else if (result.closedEarly) this.say("(max_tokens ran out: the JSON was closed early, valid but cut short)");
     else if (format && result.finishReason === "length") this.say("(max_tokens reached before the JSON was complete)");
     if (this.settings.stats) {
       const s = result.stats;

@@ -3,13 +3,16 @@
 // When a call is required (tool_choice "required" or a named function) the answer must be
 // calls; otherwise it is free text, and only from the family's trigger on ("<tool_call>", ...)
 // must it continue as a valid call.
-import { canonicalJson, createGrammarConstraint, schemaEbnf, SchemaError, validateSchema, type GrammarConstraint } from "../grammar";
+import { canonicalJson, createGrammarConstraint, schemaEbnf, SchemaError, validateSchema, type BudgetOptions, type GrammarConstraint } from "../grammar";
+import { CallsProgress } from "../budget/calls-progress";
+import { SchemaShapes } from "../budget/json-progress";
+import { budgetSteering } from "../budget/steering";
 import type { StructuralTag, StructuralTagFormat, TagFormat } from "@mlc-ai/web-xgrammar";
 import type { Tokenizer } from "../../tokenizer/tokenizer";
 import type { ToolCallFormat } from "./formats";
 import type { ToolSpec } from "./types";
 
-export interface ToolCallConstraintOptions {
+export interface ToolCallConstraintOptions extends BudgetOptions {
   /** Whether the answer must be calls (else: free text in which calls stay valid). */
   required: boolean;
   /** Whether the answer may hold several calls. */
@@ -26,10 +29,24 @@ export async function createToolCallConstraint(tokenizer: Tokenizer, format: Too
       throw error;
     }
   }
-  return createGrammarConstraint(tokenizer, {
+  const steering = o.maxTokens === undefined ? undefined : budgetSteering(tokenizer, o.maxTokens, () => callsProgress(format, functions, o.required));
+  const source = {
     key: `tools:${format.name}:${o.required}:${o.parallel}:${canonicalJson(functions.map((f) => [f.name, argumentsSchema(f)]))}`,
     structuralTag: async (): Promise<StructuralTag> => ({ type: "structural_tag", format: await callsFormat(format, functions, o) }),
+  };
+  return createGrammarConstraint(tokenizer, source, steering);
+}
+
+/** The calls' layout as the budget steering reads it (see callsFormat for the grammar itself). */
+function callsProgress(format: ToolCallFormat, functions: ToolSpec[], required: boolean) {
+  const calls = functions.map((f) => {
+    const schema = argumentsSchema(f);
+    return { ...format.callLayout(f.name), schema, shapes: new SchemaShapes(schema, true) };
   });
+  const wrapper = (format.list?.begin.length ?? 0) + (format.list?.end.length ?? 0);
+  // Opening a call (the trigger in free text, or a separator) owes a whole smallest call.
+  const opening = Math.max(...calls.map((c) => Math.max(c.shapes.largestOpening(c.schema), c.begin.length + c.shapes.minText(c.schema).length + c.end.length + wrapper)));
+  return { progress: new CallsProgress({ calls, separator: format.separator, list: format.list, trigger: required ? undefined : format.trigger }), opening };
 }
 
 /** An empty parameter schema still means an arguments object. */

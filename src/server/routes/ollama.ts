@@ -5,8 +5,8 @@ import { Hono, type Context } from "hono";
 import { nanos, ollamaDefaults, parseModelName, parseOllamaChat, parseOllamaGenerate, type OllamaRequest } from "../../api/ollama";
 import type { GenerationUsage } from "../../engine/scheduler";
 import { ApiError, errorBody } from "../errors";
-import { startGeneration } from "../generation";
-import { collectGeneration, generationStream } from "../respond";
+import { httpRequestBounds, startGeneration } from "../generation";
+import { closedEarly, closedEarlyHeaders, collectGeneration, generationStream } from "../respond";
 import { ToolCallStream, type ToolCall } from "../../engine/tools";
 import type { LoadedEntry } from "../model-registry";
 import { readJson } from "../../api/validate";
@@ -146,7 +146,7 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
   }
 
   const gen = await startGeneration(s, {
-    route: c.req.path,
+    ...httpRequestBounds(s.config, c.req),
     model: req.model,
     keepAliveMs: req.keepAlive,
     prompt: req.prompt ?? { kind: "ids", ids: [] },
@@ -158,9 +158,6 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
     stop: req.stop,
     format: req.format,
     tools: req.tools,
-    topLogprobs: 0,
-    clientSignal: c.req.raw.signal,
-    timeoutMs: s.config.requestTimeoutMs,
   });
   const piece = (text: string, calls: ToolCall[] = []) =>
     kind === "chat" ? { message: { role: "assistant", content: text, ...(calls.length > 0 ? { tool_calls: ollamaToolCalls(calls) } : {}) } } : { response: text };
@@ -169,6 +166,7 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
     ...piece(text, calls),
     done: true,
     done_reason: finishReason,
+    ...closedEarly(gen),
     ...(kind === "generate" ? { context: [...gen.promptIds, ...tokenIds] } : {}),
     total_duration: nanos(performance.now() - started),
     load_duration: nanos(gen.lease.loadMs),
@@ -182,7 +180,7 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
     const result = await collectGeneration(gen);
     if (!result) return new Response(null, { status: 499 }); // the client is gone
     const { content, calls } = gen.toolFormat ? gen.toolFormat.parse(result.text) : { content: result.text, calls: [] };
-    return c.json(final(result.done.finishReason, result.done.usage, result.done.tokenIds, content, calls));
+    return c.json(final(result.done.finishReason, result.done.usage, result.done.tokenIds, content, calls), 200, closedEarlyHeaders(gen));
   }
 
   const encoder = new TextEncoder();
@@ -201,7 +199,7 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
         if (content || calls.length > 0) send(line({ ...base(), ...piece(content, calls), done: false }));
         send(line(final(event.finishReason, event.usage, event.tokenIds, "")));
       },
-      error: (e) => line(errorBody(e, true)),
+      error: (e) => line(errorBody(e, "ollama")),
     },
     s.logError,
   );

@@ -3,9 +3,9 @@
 import { Hono, type Context } from "hono";
 import { modelObject, newId, parseChatRequest, parseCompletionRequest, unixSeconds, usage, type ChatLogprob, type CompletionLogprobs, type OpenAIRequest } from "../../api/openai";
 import type { TokenLogprob } from "../../engine/scheduler";
-import { badRequest, errorBody } from "../errors";
-import { startGeneration, tokenText, type Generation } from "../generation";
-import { collectGeneration, generationStream } from "../respond";
+import { errorBody } from "../errors";
+import { httpRequestBounds, requestedModel, startGeneration, tokenText, type Generation } from "../generation";
+import { closedEarly, closedEarlyHeaders, collectGeneration, eventStreamHeaders, generationStream } from "../respond";
 import { readJson } from "../../api/validate";
 import type { ServerState } from "../state";
 import type { Tokenizer } from "../../tokenizer/tokenizer";
@@ -39,10 +39,9 @@ export function openaiRoutes(s: ServerState): Hono {
 async function complete(s: ServerState, c: Context, kind: Kind): Promise<Response> {
   const body = await readJson(c.req);
   const req = kind === "chat" ? parseChatRequest(body) : parseCompletionRequest(body);
-  const model = req.model ?? s.config.defaultModel;
-  if (!model) throw badRequest("'model' is required", "model");
+  const model = requestedModel(s.config, req.model);
   const gen = await startGeneration(s, {
-    route: c.req.path,
+    ...httpRequestBounds(s.config, c.req),
     model,
     prompt: req.prompt,
     sampling: req.sampling,
@@ -54,8 +53,6 @@ async function complete(s: ServerState, c: Context, kind: Kind): Promise<Respons
     format: req.format,
     tools: req.tools,
     topLogprobs: req.topLogprobs,
-    clientSignal: c.req.raw.signal,
-    timeoutMs: s.config.requestTimeoutMs,
   });
   const meta = { id: newId(kind === "chat" ? "chatcmpl" : "cmpl"), created: unixSeconds(), model };
   return req.stream ? streamed(s, gen, req, kind, meta) : whole(gen, req, kind, meta);
@@ -105,11 +102,11 @@ async function whole(gen: Generation, req: OpenAIRequest, kind: Kind, meta: Meta
     const finish_reason = apiFinishReason(done.finishReason, calls.length);
     const logprobs = req.logprobs ? { content: chatLogprobs(tokenizer, tokens, top.length ? top : undefined) } : null;
     const message = calls.length > 0 ? { role: "assistant", content: content || null, refusal: null, tool_calls: openaiToolCalls(calls, false) } : { role: "assistant", content, refusal: null };
-    return Response.json({ ...meta, object: "chat.completion", choices: [{ index: 0, message, logprobs, finish_reason }], usage: u });
+    return Response.json({ ...meta, object: "chat.completion", choices: [{ index: 0, message, logprobs, finish_reason, ...closedEarly(gen) }], usage: u }, { headers: closedEarlyHeaders(gen) });
   }
   const finish_reason = apiFinishReason(done.finishReason);
   const logprobs = req.logprobs ? completionLogprobs(tokenizer, tokens, top.length ? top : undefined, 0, req.topLogprobs) : null;
-  return Response.json({ ...meta, object: "text_completion", choices: [{ index: 0, text, logprobs, finish_reason }], usage: u });
+  return Response.json({ ...meta, object: "text_completion", choices: [{ index: 0, text, logprobs, finish_reason, ...closedEarly(gen) }], usage: u }, { headers: closedEarlyHeaders(gen) });
 }
 
 const encoder = new TextEncoder();
@@ -145,16 +142,16 @@ function streamed(s: ServerState, gen: Generation, req: OpenAIRequest, kind: Kin
         if (content) send(sse(chunk({ delta: { content } })));
         if (calls.length > 0) send(sse(chunk({ delta: { tool_calls: openaiToolCalls(calls, true) } })));
         const finish_reason = apiFinishReason(event.finishReason, calls.length);
-        send(sse(chunk(kind === "chat" ? { delta: {}, finish_reason } : { text: "", finish_reason })));
+        send(sse(chunk(kind === "chat" ? { delta: {}, finish_reason, ...closedEarly(gen) } : { text: "", finish_reason, ...closedEarly(gen) })));
         if (req.includeUsage) {
           const u = event.usage;
           send(sse({ ...meta, object, choices: [], usage: usage(u.promptTokens, u.completionTokens, u.cachedTokens) }));
         }
       },
-      error: (e) => sse(errorBody(e, false)),
+      error: (e) => sse(errorBody(e, "openai")),
       end: (send) => send(encoder.encode("data: [DONE]\n\n")),
     },
     s.logError,
   );
-  return new Response(body, { headers: { "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no" } });
+  return new Response(body, { headers: eventStreamHeaders });
 }

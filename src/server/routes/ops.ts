@@ -27,44 +27,48 @@ export function opsRoutes(s: ServerState): Hono {
     return c.json({ ready: true });
   });
 
-  r.get("/stats", (c) =>
-    c.json({
-      uptime_seconds: (performance.now() - s.startedAt) / 1000,
-      queue: queueFigures(s),
-      models: s.models.loaded.map((e) => ({
-        name: e.name,
-        path: e.path,
-        active_requests: e.active,
-        running: e.scheduler.stats.running,
-        waiting: e.scheduler.stats.waiting,
-        max_queue: e.scheduler.stats.maxQueue,
-        max_batch: e.scheduler.stats.maxBatch,
-        prefill_chunk: e.scheduler.stats.prefillChunk,
-        tuner: e.scheduler.stats.tuner && {
-          target_itl_ms: e.scheduler.stats.tuner.targetItlMs,
-          estimated_p99_itl_ms: e.scheduler.stats.tuner.estimatedP99Ms ?? null,
-          adjustments: e.scheduler.stats.tuner.adjustments,
-          recent_adjustments: e.scheduler.stats.tuner.recent.map((a) => ({ at: new Date(a.at).toISOString(), reason: a.reason, from: a.from, to: a.to })),
-        },
-        prefix_cache: e.scheduler.stats.prefixCache && {
-          entries: e.scheduler.stats.prefixCache.entries,
-          bytes: e.scheduler.stats.prefixCache.bytes,
-          hits: e.scheduler.stats.prefixCache.hits,
-          misses: e.scheduler.stats.prefixCache.misses,
-          hit_tokens: e.scheduler.stats.prefixCache.hitTokens,
-        },
-        keep_alive_seconds: e.keepAliveMs === Infinity ? -1 : e.keepAliveMs / 1000,
-        expires_at: e.expiresAt?.toISOString() ?? null,
-        loaded_at: e.loadedAt.toISOString(),
-        load_seconds: e.loadMs / 1000,
-        weight_bytes: e.lm.weightBytes,
-        context_length: e.lm.config.maxPositionEmbeddings,
-      })),
-      requests: { total: s.requests.total, by_status: s.requests.byStatus, by_route: s.requests.byRoute },
-      memory: memoryFigures(),
-    }),
-  );
+  r.get("/stats", (c) => c.json(stats(s)));
 
   r.get("/metrics", (c) => c.body(s.metrics.registry.render(), 200, { "Content-Type": "text/plain; version=0.0.4; charset=utf-8" }));
   return r;
 }
+
+/** The figures of /stats (also sent once a second to the dashboard). */
+export function stats(s: ServerState) {
+  return {
+    uptime_seconds: (performance.now() - s.startedAt) / 1000,
+    queue: queueFigures(s),
+    models: s.models.loaded.map((e) => ({
+      name: e.name,
+      path: e.path,
+      active_requests: e.active,
+      running: e.scheduler.stats.running,
+      waiting: e.scheduler.stats.waiting,
+      max_queue: e.scheduler.stats.maxQueue,
+      max_batch: e.scheduler.stats.maxBatch,
+      prefill_chunk: e.scheduler.stats.prefillChunk,
+      tuner: e.scheduler.stats.tuner && {
+        target_itl_ms: e.scheduler.stats.tuner.targetItlMs,
+        estimated_p99_itl_ms: e.scheduler.stats.tuner.estimatedP99Ms ?? null,
+        adjustments: e.scheduler.stats.tuner.adjustments,
+        recent_adjustments: e.scheduler.stats.tuner.recent.map((a) => ({ at: new Date(a.at).toISOString(), reason: a.reason, from: a.from, to: a.to })),
+      },
+      prefix_cache: e.scheduler.stats.prefixCache && {
+        entries: e.scheduler.stats.prefixCache.entries,
+        bytes: e.scheduler.stats.prefixCache.bytes,
+        hits: e.scheduler.stats.prefixCache.hits,
+        misses: e.scheduler.stats.prefixCache.misses,
+        hit_tokens: e.scheduler.stats.prefixCache.hitTokens,
+      },
+      keep_alive_seconds: e.keepAliveMs === Infinity ? -1 : e.keepAliveMs / 1000,
+      expires_at: e.expiresAt?.toISOString() ?? null,
+      loaded_at: e.loadedAt.toISOString(),
+      load_seconds: e.loadMs / 1000,
+      weight_bytes: e.lm.weightBytes,
+      context_length: e.lm.config.maxPositionEmbeddings,
+    })),
+    requests: { total: s.requests.total, by_status: s.requests.byStatus, by_route: s.requests.byRoute },
+    memory: memoryFigures(),
+  };
+}
+

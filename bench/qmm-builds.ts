@@ -1,0 +1,65 @@
+// Our quantized matmul kernel in two builds of the shim, A against B: child processes alternate
+// between the builds (MLX_SHIM_PATH) round by round, each timing the decode-sized products
+// (M = 1 and 4) of the default model; prints the medians over all rounds and B's speed-up.
+//
+//   node_modules/.bin/bun bench/qmm-builds.ts --a old/libmlx_shim.so --b build/ffi/libmlx_shim.so [--rounds 6] [--runs 100]
+import { parseArgs } from "node:util";
+import * as mx from "../src/mlx";
+import { median, ratio } from "./lib";
+
+const { values } = parseArgs({
+  options: {
+    a: { type: "string" },
+    b: { type: "string" },
+    rounds: { type: "string", default: "6" },
+    runs: { type: "string", default: "100" },
+    child: { type: "boolean", default: false },
+  },
+});
+
+// [M, N, K, bits, group]: SmolLM2-135M's projections (4-bit g32, q/k/v and gate/up fused) and
+// its tied output layer (8-bit g32).
+const cases: [number, number, number, number, number][] = [
+  [1, 960, 576, 4, 32],
+  [1, 3072, 576, 4, 32],
+  [1, 576, 1536, 4, 32],
+  [1, 49152, 576, 8, 32],
+  [4, 3072, 576, 4, 32],
+];
+const label = ([m, n, k, bits, g]: (typeof cases)[number]) => `${m} × (${n}, ${k}) ${bits}-bit g${g}`;
+
+if (values.child) {
+  const medians = cases.map(([m, n, k, bits, groupSize]) =>
+    mx.scope(() => {
+      const q = mx.quantize(mx.random.normal([n, k], mx.Dtype.float32, mx.random.key(1)), { bits, groupSize });
+      const x = mx.random.normal([m, k], mx.Dtype.float32, mx.random.key(2));
+      mx.evaluate(q.weight, q.scales, q.biases!, x);
+      const times: number[] = [];
+      for (let r = 0; r <= Number(values.runs); r++) {
+        const started = performance.now();
+        mx.scope(() => mx.evaluate(mx.quantizedMatmul(x, q.weight, q.scales, q.biases!, { bits, groupSize })));
+        if (r > 0) times.push(performance.now() - started);
+      }
+      return median(times);
+    }),
+  );
+  console.log(JSON.stringify(medians));
+} else {
+  if (!values.a || !values.b) throw new Error("--a and --b: the two builds' libmlx_shim paths");
+  const samples = { a: cases.map((): number[] => []), b: cases.map((): number[] => []) };
+  for (let round = 0; round < Number(values.rounds); round++) {
+    for (const build of ["a", "b"] as const) {
+      const child = Bun.spawnSync([process.execPath, import.meta.path, "--child", "--runs", values.runs!], {
+        env: { ...process.env, MLX_SHIM_PATH: values[build] },
+        stderr: "inherit",
+      });
+      if (child.exitCode !== 0) throw new Error(`bench child for build ${build} failed`);
+      (JSON.parse(child.stdout.toString()) as number[]).forEach((ms, i) => samples[build][i]!.push(ms));
+    }
+  }
+  console.log("| product | A (ms) | B (ms) | B's speed-up |\n|---|---:|---:|---:|");
+  cases.forEach((c, i) => {
+    const a = median(samples.a[i]!), b = median(samples.b[i]!);
+    console.log(`| ${label(c)} | ${a.toFixed(3)} | ${b.toFixed(3)} | ${ratio(a, b)} |`);
+  });
+}

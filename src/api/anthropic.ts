@@ -1,0 +1,187 @@
+// The Anthropic Messages API's request and response shapes (/v1/messages and
+// /v1/messages/count_tokens): the validation of requests, reduced to the same conversation,
+// sampling and tools as the other API families, and the builders of messages and usage.
+import type { ConversationMessage, ToolCall, ToolChoice, ToolRequest, ToolSpec } from "../engine/tools";
+import type { PromptInput, SamplingInput } from "./common";
+import { MAX_TOOLS, toolResultName, toolSpec } from "./tools";
+import { Fields, ValidationError, messageFields, unsupported } from "./validate";
+
+export interface AnthropicRequest {
+  model?: string;
+  prompt: Extract<PromptInput, { kind: "chat" }>;
+  stream: boolean;
+  maxTokens: number;
+  sampling: SamplingInput;
+  stop: string[];
+  tools?: ToolRequest;
+}
+
+/** What count_tokens reads: the prompt and the tools it offers. */
+export type CountTokensRequest = Pick<AnthropicRequest, "model" | "prompt" | "tools">;
+
+const ROLES = new Set(["user", "assistant"]);
+const PROMPT_FIELDS = ["model", "messages", "system", "tools", "tool_choice"];
+const MESSAGES_FIELDS = new Set([...PROMPT_FIELDS, "max_tokens", "stop_sequences", "stream", "temperature", "top_p", "top_k", "metadata", "cache_control"]);
+
+/**
+ * Fields Anthropic defines that this server does not implement are a 400 naming them, never
+ * ignored (a client asking for extended thinking or server tools must know it got none).
+ * `thinking` disabled asks for nothing and passes; so does `cache_control` (a hint our prefix
+ * cache, which needs none, satisfies).
+ */
+function rejectUnknownFields(f: Fields, known: Set<string>): void {
+  for (const key of Object.keys(f.body)) {
+    if (known.has(key) || f.body[key] === undefined) continue;
+    if (key === "thinking" && f.object("thinking")?.string("type") === "disabled") continue;
+    throw unsupported(key);
+  }
+}
+
+export function parseMessagesRequest(body: unknown): AnthropicRequest {
+  const f = Fields.of(body);
+  rejectUnknownFields(f, MESSAGES_FIELDS);
+  const maxTokens = f.integer("max_tokens", { min: 1 }) ?? f.fail("max_tokens", "is required");
+  f.object("metadata")?.string("user_id"); // checked, then unused: it only tags the request for Anthropic
+  return {
+    ...promptFields(f),
+    stream: f.boolean("stream") ?? false,
+    maxTokens,
+    sampling: { temperature: f.number("temperature", { min: 0, max: 1 }), topP: f.number("top_p", { above: 0, max: 1 }), topK: f.integer("top_k", { min: 0 }) },
+    stop: stopSequences(f),
+  };
+}
+
+export function parseCountTokensRequest(body: unknown): CountTokensRequest {
+  const f = Fields.of(body);
+  rejectUnknownFields(f, new Set(PROMPT_FIELDS));
+  return promptFields(f);
+}
+
+function promptFields(f: Fields): CountTokensRequest {
+  const system = systemPrompt(f);
+  const raw = f.array("messages", { required: true, nonEmpty: true })!;
+  const messages: ConversationMessage[] = system ? [{ role: "system", content: system }] : [];
+  raw.forEach((item, i) => messages.push(...conversationMessages(item, i, messages)));
+  return { model: f.string("model", { nonEmpty: true }), prompt: { kind: "chat", messages }, tools: toolRequest(f) };
+}
+
+/** `system`: a string, or text blocks (their `cache_control` is a hint our prefix cache needs no help with). */
+function systemPrompt(f: Fields): string | undefined {
+  const raw = f.raw("system");
+  if (raw === undefined || raw === null || typeof raw === "string") return (raw as string | undefined) || undefined;
+  if (!Array.isArray(raw)) f.fail("system", "must be a string or a list of text blocks");
+  return raw.map((block, i) => textBlock(Fields.item(block, `system.${i}`))).join("\n") || undefined;
+}
+
+function textBlock(b: Fields): string {
+  const type = b.string("type", { required: true });
+  if (type !== "text") throw unsupported(b.name("type"), `a block of type '${type}' here`);
+  return b.string("text", { required: true })!;
+}
+
+/**
+ * One Anthropic message as conversation messages: an assistant turn's text and tool_use blocks
+ * become one message with its calls; a user turn's tool_result blocks become tool messages (in
+ * their order), and its text one user message.
+ */
+function conversationMessages(item: unknown, i: number, earlier: ConversationMessage[]): ConversationMessage[] {
+  const { m, at, role } = messageFields(item, i, ROLES);
+  const content = m.raw("content");
+  if (typeof content === "string") return [{ role, content }];
+  const blocks = m.array("content", { required: true })!;
+  const out: ConversationMessage[] = [];
+  let text = "";
+  const calls: ToolCall[] = [];
+  blocks.forEach((raw, j) => {
+    const b = Fields.item(raw, `${at}.content.${j}`);
+    const type = b.string("type", { required: true })!;
+    if (type === "text") text += b.string("text", { required: true })!;
+    else if (type === "tool_use" && role === "assistant") {
+      calls.push({ id: b.string("id", { required: true, nonEmpty: true })!, name: b.string("name", { required: true, nonEmpty: true })!, arguments: b.object("input")?.body ?? {} });
+    } else if (type === "tool_result" && role === "user") {
+      const id = b.string("tool_use_id", { required: true, nonEmpty: true })!;
+      const result = toolResultText(b);
+      out.push({ role: "tool", content: b.boolean("is_error") ? `Error: ${result}` : result, toolCallId: id, toolName: toolResultName([...earlier, ...out], id) });
+    } else if (type === "tool_use" || type === "tool_result") {
+      b.fail("type", `'${type}' blocks belong in ${type === "tool_use" ? "assistant" : "user"} messages`);
+    } else throw unsupported(b.name("type"), `content of type '${type}'`);
+  });
+  if (role === "assistant") out.push({ role, content: text, ...(calls.length > 0 ? { toolCalls: calls } : {}) });
+  else if (text || out.length === 0) out.push({ role, content: text });
+  return out;
+}
+
+function toolResultText(b: Fields): string {
+  const content = b.raw("content");
+  if (content === undefined || content === null) return "";
+  if (typeof content === "string") return content;
+  if (!Array.isArray(content)) b.fail("content", "must be a string or a list of text blocks");
+  return content.map((block, k) => textBlock(Fields.item(block, b.name(`content.${k}`)))).join("\n");
+}
+
+function stopSequences(f: Fields): string[] {
+  const raw = f.array("stop_sequences", { max: 16 });
+  if (!raw) return [];
+  raw.forEach((s, i) => {
+    if (typeof s !== "string" || s.length === 0) f.fail(`stop_sequences.${i}`, "must be a non-empty string");
+  });
+  return raw as string[];
+}
+
+/** `tools` ({name, description, input_schema}) and `tool_choice` ({type: auto | any | tool | none, name, disable_parallel_tool_use}). */
+function toolRequest(f: Fields): ToolRequest | undefined {
+  const raw = f.array("tools", { max: MAX_TOOLS });
+  const names = new Set<string>();
+  const tools: ToolSpec[] = (raw ?? []).map((item, i) => {
+    const tool = Fields.item(item, `tools.${i}`);
+    const type = tool.string("type") ?? "custom";
+    if (type !== "custom") throw unsupported(tool.name("type"), `the tool type '${type}' (only custom tools with an input_schema)`);
+    if (!tool.has("input_schema")) tool.fail("input_schema", "is required");
+    return toolSpec(tool, "input_schema", names);
+  });
+  const c = f.object("tool_choice");
+  const type = c?.string("type", { required: true }) ?? "auto";
+  let choice: ToolChoice;
+  if (type === "auto" || type === "none") choice = type;
+  else if (type === "any") choice = "required";
+  else if (type === "tool") choice = { name: c!.string("name", { required: true, nonEmpty: true })! };
+  else throw new ValidationError(`'tool_choice.type' must be one of auto, any, tool, none; got '${type}'`, "tool_choice.type");
+  if (typeof choice === "object" && !names.has(choice.name)) c!.fail("name", `names the tool '${choice.name}', which is not among the tools`);
+  if (choice === "required" && tools.length === 0) f.fail("tool_choice", "'any' needs 'tools'");
+  if (tools.length === 0) return undefined;
+  return { tools, choice, parallel: !(c?.boolean("disable_parallel_tool_use") ?? false) };
+}
+
+// ---- responses ----
+
+export type StopReason = "end_turn" | "max_tokens" | "stop_sequence" | "tool_use";
+
+export function stopReason(finish: string, calls: number, stopSequence: string | undefined): StopReason {
+  if (calls > 0) return "tool_use";
+  if (finish === "length") return "max_tokens";
+  return stopSequence !== undefined ? "stop_sequence" : "end_turn";
+}
+
+export interface AnthropicUsage {
+  input_tokens: number;
+  output_tokens: number;
+  cache_creation_input_tokens: number;
+  cache_read_input_tokens: number;
+}
+
+/** Anthropic counts cached prompt tokens apart: input_tokens are those prefilled now. */
+export function anthropicUsage(promptTokens: number, outputTokens: number, cachedTokens: number): AnthropicUsage {
+  return { input_tokens: promptTokens - cachedTokens, output_tokens: outputTokens, cache_creation_input_tokens: 0, cache_read_input_tokens: cachedTokens };
+}
+
+export type ContentBlock = { type: "text"; text: string } | { type: "tool_use"; id: string; name: string; input: Record<string, unknown> };
+
+export const toolUseBlock = (call: ToolCall): ContentBlock => ({ type: "tool_use", id: call.id, name: call.name, input: call.arguments });
+
+export const messageId = () => `msg_${crypto.randomUUID().replaceAll("-", "").slice(0, 24)}`;
+
+/** The error types Anthropic's clients know, by status. */
+export function anthropicErrorType(status: number): string {
+  const types: Record<number, string> = { 400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 504: "timeout_error", 529: "overloaded_error" };
+  return types[status] ?? (status >= 500 ? "api_error" : "invalid_request_error");
+}

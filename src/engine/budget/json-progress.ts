@@ -1,0 +1,534 @@
+// Where a JSON value generated so far stands in its schema, and the shortest text that completes
+// it validly: close the open string, finish the number or literal, add the required properties
+// still missing (each with the smallest value its schema allows), the items `minItems` still
+// asks for, and close every open array and object. It follows the text character by character
+// (a stack of open values), in the layout xgrammar's schema grammars use: no whitespace but
+// ", " and ": " between members, properties in the schema's order.
+//
+// The completion is a plan, not a guarantee: the grammar constraint still checks every token
+// of it against xgrammar's matcher, so a schema this reading gets wrong costs the steering,
+// never validity.
+
+type Schema = Record<string, unknown>;
+
+/** A schema the shortest-completion reading does not cover (so the budget cannot be steered). */
+export class UnsteerableSchemaError extends Error {
+  override name = "UnsteerableSchemaError";
+}
+
+/** The compact layout of a JSON value as xgrammar writes constants: ", " and ": " separators. */
+export function layout(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(layout).join(", ")}]`;
+  if (value && typeof value === "object") return `{${Object.entries(value).map(([k, v]) => `${JSON.stringify(k)}: ${layout(v)}`).join(", ")}}`;
+  return JSON.stringify(value);
+}
+
+const ANY: Schema = {};
+type Kind = "object" | "array" | "string" | "number" | "integer" | "boolean" | "null";
+const KINDS: Kind[] = ["object", "array", "string", "number", "integer", "boolean", "null"];
+
+/**
+ * A schema's structure as the completion needs it: references resolved, unions expanded,
+ * the shortest valid value of each part (memoized).
+ */
+export class SchemaShapes {
+  private readonly shortest = new Map<Schema, string>();
+  private readonly visiting = new Set<Schema>();
+  private readonly resolved = new Map<object, Schema>();
+
+  constructor(
+    private readonly root: Schema,
+    readonly strict: boolean,
+  ) {}
+
+  /** Follows `$ref` (local pointers) and a one-schema `allOf`, merged with the sibling keywords. */
+  resolve(node: unknown): Schema {
+    if (node === true || node === undefined) return ANY;
+    if (node === false || typeof node !== "object" || node === null) throw new UnsteerableSchemaError("a false schema has no valid value");
+    const known = this.resolved.get(node);
+    if (known) return known;
+    const s = this.follow(node as Schema);
+    this.resolved.set(node, s);
+    return s;
+  }
+
+  private follow(s: Schema): Schema {
+    for (let depth = 0; depth < 32; depth++) {
+      if (typeof s.$ref === "string") {
+        const { $ref, ...rest } = s;
+        s = { ...rest, ...this.pointer($ref) };
+      } else if (Array.isArray(s.allOf) && s.allOf.length === 1) {
+        const { allOf, ...rest } = s;
+        s = { ...rest, ...(allOf[0] as Schema) };
+      } else return s;
+    }
+    throw new UnsteerableSchemaError("$ref chain too deep");
+  }
+
+  private pointer(ref: string): Schema {
+    if (!ref.startsWith("#")) throw new UnsteerableSchemaError(`$ref ${ref} is not local`);
+    let at: unknown = this.root;
+    for (const part of ref.slice(1).split("/").filter(Boolean)) {
+      at = (at as Record<string, unknown> | undefined)?.[decodeURIComponent(part).replaceAll("~1", "/").replaceAll("~0", "~")];
+    }
+    if (!at || typeof at !== "object") throw new UnsteerableSchemaError(`$ref ${ref} does not resolve`);
+    return at as Schema;
+  }
+
+  /** The alternatives a value may take: one schema per union branch and per listed type. */
+  branches(node: unknown): Schema[] {
+    const s = this.resolve(node);
+    const union = (s.anyOf ?? s.oneOf) as unknown[] | undefined;
+    if (Array.isArray(union)) {
+      const { anyOf: _a, oneOf: _o, ...rest } = s;
+      return union.flatMap((b) => this.branches({ ...rest, ...this.resolve(b) }));
+    }
+    if (Array.isArray(s.type)) return (s.type as string[]).map((type) => ({ ...s, type }));
+    return [s];
+  }
+
+  /** The literal texts a branch allows, when it is an enum or a const. */
+  literals(s: Schema): string[] | undefined {
+    if ("const" in s) return [layout(s.const)];
+    if (Array.isArray(s.enum)) return s.enum.map(layout);
+    return undefined;
+  }
+
+  kind(s: Schema): Kind | "any" {
+    if (typeof s.type === "string" && KINDS.includes(s.type as Kind)) return s.type as Kind;
+    if (s.properties || s.required || s.additionalProperties !== undefined) return "object";
+    if (s.items !== undefined || s.prefixItems || s.minItems !== undefined) return "array";
+    return "any";
+  }
+
+  /** The shortest text of a valid value. */
+  minText(node: unknown): string {
+    const s = this.resolve(node);
+    const known = this.shortest.get(s);
+    if (known !== undefined) return known;
+    // A schema that needs itself (a recursive $ref with required recursion) has no finite value
+    // along that branch: another branch, if any, gives the answer.
+    if (this.visiting.has(s)) throw new UnsteerableSchemaError("a recursive schema with no finite value");
+    this.visiting.add(s);
+    try {
+      let best: string | undefined;
+      for (const branch of this.branches(s)) {
+        let text: string;
+        try {
+          text = this.branchMinText(branch);
+        } catch (error) {
+          if (error instanceof UnsteerableSchemaError) continue;
+          throw error;
+        }
+        if (best === undefined || text.length < best.length) best = text;
+      }
+      if (best === undefined) throw new UnsteerableSchemaError("no branch of the schema has a value the steering can write");
+      this.shortest.set(s, best);
+      return best;
+    } finally {
+      this.visiting.delete(s);
+    }
+  }
+
+  private branchMinText(s: Schema): string {
+    const literals = this.literals(s);
+    if (literals) return shortestOf(literals);
+    switch (this.kind(s)) {
+      case "object":
+        return `{${this.requiredMembers(s, []).join(", ")}}`;
+      case "array": {
+        const items: string[] = [];
+        for (let i = 0; i < minItems(s); i++) items.push(this.minText(this.itemSchema(s, i)));
+        return `[${items.join(", ")}]`;
+      }
+      case "string":
+        return `"${stringPadding(s, 0)}"`;
+      case "integer":
+      case "number":
+        return numberCompletion(s, "");
+      case "boolean":
+        return "true";
+      case "null":
+        return "null";
+      case "any":
+        return "0";
+    }
+  }
+
+  /**
+   * The most one opening character ({ [ " , :) can add to a completion, in bytes: the largest
+   * smallest value of any part of the schema below the root (the root opens only once, at
+   * the start), with the longest key and separators.
+   */
+  largestOpening(root: unknown): number {
+    let value = 0;
+    let key = 2;
+    const seen = new Set<Schema>();
+    const visit = (node: unknown, opened: boolean): void => {
+      let s: Schema;
+      try {
+        s = this.resolve(node);
+        if (opened) {
+          if (seen.has(s)) return;
+          seen.add(s);
+          value = Math.max(value, Buffer.byteLength(this.minText(s)));
+        }
+      } catch (error) {
+        if (error instanceof UnsteerableSchemaError) return;
+        throw error;
+      }
+      for (const b of this.branches(s)) {
+        for (const [k, v] of Object.entries(properties(b))) {
+          key = Math.max(key, Buffer.byteLength(JSON.stringify(k)));
+          visit(v, true);
+        }
+        for (const part of [b.additionalProperties, b.items, b.additionalItems, ...((b.prefixItems as unknown[]) ?? []), ...(Array.isArray(b.items) ? b.items : [])]) {
+          if (part && typeof part === "object" && !Array.isArray(part)) visit(part, true);
+        }
+      }
+    };
+    // A root with alternatives opens again where the model picks a larger one than the smallest.
+    let alternatives = 1;
+    try {
+      alternatives = this.branches(root).length;
+    } catch (error) {
+      if (!(error instanceof UnsteerableSchemaError)) throw error;
+    }
+    visit(root, alternatives > 1);
+    return value + key + 6;
+  }
+
+  /** Each required property not in `seen`, as `"key": value`, in the schema's order. */
+  requiredMembers(s: Schema, seen: readonly string[]): string[] {
+    return this.requiredKeys(s)
+      .filter((k) => !seen.includes(k))
+      .map((k) => this.member(s, k));
+  }
+
+  member(s: Schema, key: string): string {
+    return `${JSON.stringify(key)}: ${this.minText(this.propertySchema(s, key))}`;
+  }
+
+  requiredKeys(s: Schema): string[] {
+    const required = Array.isArray(s.required) ? (s.required as string[]) : [];
+    const order = Object.keys(properties(s));
+    return [...order.filter((k) => required.includes(k)), ...required.filter((k) => !order.includes(k))];
+  }
+
+  propertySchema(s: Schema, key: string): unknown {
+    const props = properties(s);
+    if (key in props) return props[key];
+    return this.additional(s) ?? ANY;
+  }
+
+  /** The schema of properties the object does not name, or undefined when there may be none. */
+  additional(s: Schema): unknown {
+    const extra = s.additionalProperties;
+    if (extra === false) return undefined;
+    if (extra !== undefined && extra !== true) return extra;
+    return this.strict && Object.keys(properties(s)).length > 0 ? undefined : ANY;
+  }
+
+  itemSchema(s: Schema, i: number): unknown {
+    const prefix = (s.prefixItems ?? (Array.isArray(s.items) ? s.items : undefined)) as unknown[] | undefined;
+    if (prefix && i < prefix.length) return prefix[i];
+    if (Array.isArray(s.items)) return s.additionalItems ?? ANY;
+    return s.items ?? ANY;
+  }
+}
+
+const properties = (s: Schema) => (s.properties ?? {}) as Record<string, unknown>;
+const minItems = (s: Schema) => (typeof s.minItems === "number" ? s.minItems : 0);
+const shortestOf = (texts: string[]) => texts.reduce((a, b) => (b.length < a.length ? b : a));
+
+function stringPadding(s: Schema, length: number): string {
+  if (typeof s.pattern === "string" || typeof s.format === "string") throw new UnsteerableSchemaError("a string with a pattern or format");
+  const min = typeof s.minLength === "number" ? s.minLength : 0;
+  return "a".repeat(Math.max(0, min - length));
+}
+
+/** The digits that finish `typed` (a number's start) as the shortest number in the schema's range. */
+function numberCompletion(s: Schema, typed: string): string {
+  let head = typed;
+  if (head === "" || head === "-" || /[.eE+-]$/.test(head)) head += head === "-" ? "1" : "0";
+  const inRange = (text: string) => {
+    const v = Number(text);
+    if (s.type === "integer" && !Number.isInteger(v)) return false;
+    if (typeof s.minimum === "number" && v < s.minimum) return false;
+    if (typeof s.maximum === "number" && v > s.maximum) return false;
+    if (typeof s.exclusiveMinimum === "number" && v <= s.exclusiveMinimum) return false;
+    if (typeof s.exclusiveMaximum === "number" && v >= s.exclusiveMaximum) return false;
+    return true;
+  };
+  if (typed === "") {
+    // A fresh number: 0 if allowed, else the bound closest to it.
+    for (const v of [0, s.minimum, s.maximum, (s.exclusiveMinimum as number) + 1, (s.exclusiveMaximum as number) - 1]) {
+      if (typeof v === "number" && Number.isFinite(v) && inRange(String(v))) return String(v);
+    }
+    throw new UnsteerableSchemaError("a number range with no whole number");
+  }
+  // The fewest digits (then the smallest) that bring what was typed into the range.
+  let heads = [head];
+  for (let extra = 0; extra <= 3; extra++) {
+    const fits = heads.filter(inRange);
+    if (fits.length > 0) return fits[0]!.slice(typed.length);
+    heads = heads.flatMap((h) => [..."0123456789"].map((d) => h + d));
+  }
+  throw new UnsteerableSchemaError("a number that cannot be finished in its range");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The open values.
+
+type Frame =
+  | { t: "value"; schema: unknown }
+  | { t: "object"; s: Schema; seen: string[]; state: "open" | "key" | "colon" | "value" | "after"; key: string }
+  | { t: "array"; s: Schema; count: number; state: "open" | "item" | "after" }
+  | { t: "string"; s: Schema; key: boolean; text: string; length: number; escape: string | undefined }
+  | { t: "number"; s: Schema; text: string }
+  | { t: "literal"; texts: string[]; text: string };
+
+/** The progress of one JSON value through `shapes`' schema. */
+export class JsonProgress {
+  private stack: Frame[];
+  /** A ", " or ": " whose space is still to come. */
+  private space = false;
+  /** The value is complete (what follows is not part of it). */
+  done = false;
+  /** The text did not follow the schema as read here: the completion is unknown. */
+  lost = false;
+
+  constructor(
+    private readonly shapes: SchemaShapes,
+    schema: unknown,
+  ) {
+    this.stack = [{ t: "value", schema }];
+  }
+
+  clone(): JsonProgress {
+    const copy = Object.create(JsonProgress.prototype) as JsonProgress;
+    Object.assign(copy, this);
+    copy.stack = this.stack.map((f) => ("seen" in f ? { ...f, seen: [...f.seen] } : { ...f }));
+    return copy;
+  }
+
+  /** Whether the innermost open value is a free-text string: text without a quote or a backslash leaves the completion as it is. */
+  inFreeString(): boolean {
+    const top = this.stack.at(-1);
+    if (top?.t !== "string" || top.escape !== undefined) return false;
+    if (!top.key) return true;
+    // A key is free text only where the object names no properties (any key will do).
+    const object = this.stack.at(-2);
+    return object?.t === "object" && Object.keys(properties(object.s)).length === 0;
+  }
+
+  /** Feeds text; returns how many characters of it belonged to the value (all of them unless it ended). */
+  feed(text: string): number {
+    for (let i = 0; i < text.length; i++) {
+      if (this.done || this.lost) return i;
+      try {
+        this.char(text[i]!);
+      } catch (error) {
+        if (!(error instanceof UnsteerableSchemaError)) throw error;
+        this.lost = true;
+      }
+    }
+    return text.length;
+  }
+
+  private char(c: string): void {
+    const top = this.stack.at(-1)!;
+    if (top.t === "string") return this.stringChar(top, c);
+    if (top.t === "number") {
+      if (/[0-9.eE+-]/.test(c)) {
+        top.text += c;
+        return;
+      }
+      this.close();
+      return this.char(c);
+    }
+    if (top.t === "literal") {
+      const text = top.text + c;
+      const next = top.texts.filter((t) => t.startsWith(text));
+      if (next.length > 0) {
+        top.text = text;
+        top.texts = next;
+        return;
+      }
+      if (!top.texts.includes(top.text)) return void (this.lost = true);
+      this.close();
+      return this.char(c);
+    }
+    if (c === " " || c === "\n" || c === "\t" || c === "\r") {
+      this.space = false;
+      return;
+    }
+    this.space = false;
+    if (top.t === "value") return this.startValue(top.schema, c);
+    if (top.t === "object") {
+      if (c === "}" && top.state !== "key" && top.state !== "colon") return this.close();
+      if (c === "," && top.state === "after") {
+        top.state = "key";
+        this.space = true;
+        return;
+      }
+      if (c === ":" && top.state === "colon") {
+        top.state = "value";
+        this.stack.push({ t: "value", schema: this.shapes.propertySchema(top.s, top.key) });
+        this.space = true;
+        return;
+      }
+      if (c === '"' && (top.state === "open" || top.state === "key")) {
+        this.stack.push({ t: "string", s: ANY, key: true, text: "", length: 0, escape: undefined });
+        return;
+      }
+      return void (this.lost = true);
+    }
+    if (top.t === "array") {
+      if (c === "]" && top.state !== "item") return this.close();
+      if (c === "," && top.state === "after") {
+        top.state = "item";
+        this.space = true;
+        return;
+      }
+      if (top.state === "after") return void (this.lost = true);
+      this.stack.push({ t: "value", schema: this.shapes.itemSchema(top.s, top.count) });
+      return this.char(c);
+    }
+  }
+
+  private startValue(schema: unknown, c: string): void {
+    const branches = this.shapes.branches(schema);
+    // A literal (enum, const, true/false/null) is followed as text among its allowed spellings.
+    const texts = branches.flatMap((b) => this.shapes.literals(b) ?? literalTexts(this.shapes.kind(b), c)).filter((t) => t.startsWith(c));
+    const kind = c === "{" ? "object" : c === "[" ? "array" : c === '"' ? "string" : /[-0-9]/.test(c) ? "number" : undefined;
+    const open = kind && branches.find((b) => !this.shapes.literals(b) && matchesKind(this.shapes.kind(b), kind));
+    this.stack.pop();
+    if (open) {
+      if (kind === "object") this.stack.push({ t: "object", s: open, seen: [], state: "open", key: "" });
+      else if (kind === "array") this.stack.push({ t: "array", s: open, count: 0, state: "open" });
+      else if (kind === "string") this.stack.push({ t: "string", s: open, key: false, text: "", length: 0, escape: undefined });
+      else this.stack.push({ t: "number", s: open, text: c });
+      return;
+    }
+    if (texts.length > 0) {
+      this.stack.push({ t: "literal", texts, text: c });
+      return;
+    }
+    this.lost = true;
+  }
+
+  private stringChar(top: Extract<Frame, { t: "string" }>, c: string): void {
+    if (top.escape !== undefined) {
+      top.escape += c;
+      if (top.escape[0] === "u" && top.escape.length < 5) return;
+      top.escape = undefined;
+      top.length++;
+      return;
+    }
+    if (c === "\\") {
+      top.escape = "";
+      return;
+    }
+    if (c === '"') return this.close();
+    top.length++;
+    if (top.key) top.text += c;
+  }
+
+  /** The innermost value is complete: hand it to its container. */
+  private close(): void {
+    const closed = this.stack.pop()!;
+    const parent = this.stack.at(-1);
+    if (!parent) {
+      this.done = true;
+      return;
+    }
+    if (parent.t === "object") {
+      if (closed.t === "string" && closed.key) {
+        parent.key = closed.text;
+        parent.state = "colon";
+      } else {
+        parent.seen.push(parent.key);
+        parent.state = "after";
+      }
+    } else if (parent.t === "array") {
+      parent.count++;
+      parent.state = "after";
+    }
+  }
+
+  /** The shortest text that makes the value complete ("" once it is); throws if unknown. */
+  completion(): string {
+    if (this.lost) throw new UnsteerableSchemaError("the text left the schema as read here");
+    if (this.done) return "";
+    let out = this.space ? " " : "";
+    for (let i = this.stack.length - 1; i >= 0; i--) out += this.rest(this.stack[i]!, this.stack[i + 1]);
+    return out;
+  }
+
+  /** What frame `f` still needs after `inner`, the value open inside it if any (whose completion comes first). */
+  private rest(f: Frame, inner: Frame | undefined): string {
+    const shapes = this.shapes;
+    switch (f.t) {
+      case "value":
+        return shapes.minText(f.schema);
+      case "literal":
+        return shortestOf(f.texts).slice(f.text.length);
+      case "number":
+        return numberCompletion(f.s, f.text);
+      case "string": {
+        const escape = f.escape === undefined ? "" : f.escape === "" ? "n" : f.escape.startsWith("u") ? "0".repeat(5 - f.escape.length) : "";
+        if (f.key) return escape; // the object completes the key (see below)
+        return `${escape}${stringPadding(f.s, f.length + (f.escape === undefined ? 0 : 1))}"`;
+      }
+      case "array": {
+        const count = f.count + (inner ? 1 : 0);
+        const items: string[] = [];
+        for (let i = count; i < minItems(f.s); i++) items.push(shapes.minText(shapes.itemSchema(f.s, i)));
+        if (f.state === "item" && !inner) return `${[shapes.minText(shapes.itemSchema(f.s, count)), ...items.slice(1)].join(", ")}]`;
+        const lead = count === 0 ? "" : ", ";
+        return items.length > 0 ? `${lead}${items.join(", ")}]` : "]";
+      }
+      case "object": {
+        if (inner?.t === "string" && inner.key) return this.cheapestMember(f, f.seen, inner.text);
+        const seen = inner ? [...f.seen, f.key] : f.seen;
+        if (f.state === "colon") return `: ${shapes.minText(shapes.propertySchema(f.s, f.key))}${this.membersAfter(f.s, [...seen, f.key], true)}`;
+        if (f.state === "key" && !inner) return `"${this.cheapestMember(f, seen, "")}`;
+        return this.membersAfter(f.s, seen, seen.length > 0);
+      }
+    }
+  }
+
+  /** The required members not in `seen`, then "}" (after a ", " when members came before). */
+  private membersAfter(s: Schema, seen: string[], lead: boolean): string {
+    const members = this.shapes.requiredMembers(s, seen);
+    if (members.length === 0) return "}";
+    return `${lead ? ", " : ""}${members.join(", ")}}`;
+  }
+
+  /** Inside a key (after its opening quote): the cheapest property it can name, the rest, and "}". */
+  private cheapestMember(f: Extract<Frame, { t: "object" }>, seen: string[], typed: string): string {
+    const shapes = this.shapes;
+    const names = Object.keys(properties(f.s));
+    const last = Math.max(-1, ...seen.map((k) => names.indexOf(k)));
+    // In strict mode the grammar writes properties in the schema's order: none may skip a
+    // required one.
+    const required = shapes.requiredKeys(f.s);
+    const firstMissing = names.findIndex((k, i) => i > last && required.includes(k) && !seen.includes(k));
+    const next = names.filter((k, i) => !seen.includes(k) && (!shapes.strict || (i > last && (firstMissing < 0 || i <= firstMissing))) && k.startsWith(typed));
+    const candidates = next.map((k) => `${JSON.stringify(k).slice(1 + typed.length)}: ${shapes.minText(shapes.propertySchema(f.s, k))}${this.membersAfter(f.s, [...seen, k], true)}`);
+    if (shapes.additional(f.s) !== undefined) candidates.push(`": ${shapes.minText(shapes.additional(f.s))}${this.membersAfter(f.s, seen, true)}`);
+    if (candidates.length === 0) throw new UnsteerableSchemaError("no property may come next");
+    return shortestOf(candidates);
+  }
+}
+
+function matchesKind(kind: Kind | "any", opened: "object" | "array" | "string" | "number"): boolean {
+  return kind === "any" || kind === opened || (opened === "number" && kind === "integer");
+}
+
+/** true/false/null as literal texts for the kinds that write them. */
+function literalTexts(kind: Kind | "any", c: string): string[] {
+  const texts = kind === "boolean" ? ["true", "false"] : kind === "null" ? ["null"] : kind === "any" ? ["true", "false", "null"] : [];
+  return texts.filter((t) => t[0] === c);
+}

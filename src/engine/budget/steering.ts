@@ -1,0 +1,228 @@
+// Budget-aware steering for a grammar constraint: when the tokens left (max_tokens minus those
+// generated) come close to what the shortest valid completion needs, the grammar's allowed
+// tokens are narrowed to those after which a valid completion still fits, down to forcing
+// the shortest completion itself, so an answer cut by max_tokens still parses and validates.
+//
+// The distance to acceptance is the shortest completion of the value so far (a Progress reads
+// it from the schema's structure) in the model's tokens. Far from the budget one step costs a
+// few string operations. Narrowing starts only when one allowed token could put a valid end
+// out of reach: a token can add to the shortest completion at most what the openers it holds
+// ({ [ " , :) can open, e.g. "[{" in a list of objects with required fields.
+import type { Tokenizer } from "../../tokenizer/tokenizer";
+import { UnsteerableSchemaError } from "./json-progress";
+
+/** Where the text so far stands, and the shortest text that completes it ("" when complete). */
+export interface Progress {
+  feed(text: string): void;
+  /** Throws an UnsteerableSchemaError when the reading cannot tell. */
+  completion(): string;
+  clone(): Progress;
+  /** Whether text without a quote or backslash would leave the completion as it is. */
+  inFreeString(): boolean;
+}
+
+/**
+ * Steering for one sequence, or undefined when `progress` cannot read the grammar's shape (a
+ * string pattern, say): the grammar alone then decides. Throws a BudgetError when `maxTokens`
+ * cannot hold the shortest valid answer.
+ */
+export function budgetSteering(tokenizer: Tokenizer, maxTokens: number, make: () => { progress: Progress; opening: number }): BudgetSteering | undefined {
+  let steering: BudgetSteering;
+  let minimum: number;
+  try {
+    const { progress, opening } = make();
+    steering = new BudgetSteering(tokenizer, vocabularyText(tokenizer), progress, maxTokens, opening);
+    minimum = steering.minimum();
+  } catch (error) {
+    if (error instanceof UnsteerableSchemaError) return undefined;
+    throw error;
+  }
+  if (maxTokens < minimum) throw new BudgetError(maxTokens, minimum);
+  return steering;
+}
+
+/** max_tokens below the shortest valid answer; `option` names the setting as the user wrote it. */
+export class BudgetError extends Error {
+  override name = "BudgetError";
+  constructor(
+    readonly maxTokens: number,
+    readonly minimum: number,
+    option = "max_tokens",
+  ) {
+    super(`${option} ${maxTokens} is too small for this format: the shortest valid answer takes ${minimum} tokens`);
+  }
+}
+
+/**
+ * Each token's text, and the JSON openers ({ [ " , : and escapes) it holds: all of them (what
+ * it can open outside a string), and those from its first quote or backslash on (what it can
+ * open from inside a string: before that its text is the string's).
+ */
+export interface VocabularyText {
+  texts: string[];
+  /** 1 where a token's text has no quote or backslash (it stays inside a JSON string). */
+  plain: Uint8Array;
+  openers: Uint8Array;
+  openersAfterQuote: Uint8Array;
+  mostOpeners: number;
+  mostOpenersAfterQuote: number;
+}
+
+const vocabularies = new WeakMap<Tokenizer, VocabularyText>();
+
+export function vocabularyText(tokenizer: Tokenizer): VocabularyText {
+  let v = vocabularies.get(tokenizer);
+  if (!v) {
+    const utf8 = new TextDecoder();
+    const texts = new Array<string>(tokenizer.vocabSize);
+    const plain = new Uint8Array(tokenizer.vocabSize);
+    const openers = new Uint8Array(tokenizer.vocabSize);
+    const openersAfterQuote = new Uint8Array(tokenizer.vocabSize);
+    const count = (text: string) => Math.min(255, text.match(/[{["\\,:]/g)?.length ?? 0);
+    for (let id = 0; id < tokenizer.vocabSize; id++) {
+      const text = tokenizer.isByteLevel ? utf8.decode(tokenizer.tokenBytes(id)) : tokenizer.decode([id]);
+      texts[id] = text;
+      const quote = text.search(/["\\]/);
+      if (quote < 0) plain[id] = 1;
+      else openersAfterQuote[id] = count(text.slice(quote + 1));
+      openers[id] = count(text);
+    }
+    v = { texts, plain, openers, openersAfterQuote, mostOpeners: Math.max(...openers), mostOpenersAfterQuote: Math.max(...openersAfterQuote) };
+    vocabularies.set(tokenizer, v);
+  }
+  return v;
+}
+
+// Tokens followed through the schema per step, at most: past that, a token that would need it
+// is left out (the answer stays valid; only the model's choice narrows further).
+const MAX_SIMULATED = 4096;
+
+const utf8Length = (text: string) => Buffer.byteLength(text, "utf8");
+
+interface Plan {
+  text: string;
+  tokens: number[];
+  /** Where each token starts in `text` (and its length last), when the tokens' texts spell it exactly. */
+  starts: number[] | undefined;
+}
+
+export class BudgetSteering {
+  /** Whether the budget narrowed the grammar's choices at least once. */
+  closedEarly = false;
+  private plan: Plan | undefined;
+  private last: number | undefined;
+  /** The most one opener can add to the shortest completion, in bytes (separators and a literal's start included). */
+  private readonly perOpener: number;
+
+  /**
+   * `opening`: the most one opener character can add to the shortest completion, in bytes
+   * (the largest smallest-value of any part of the schema, with its key and separators).
+   */
+  constructor(
+    private readonly tokenizer: Tokenizer,
+    private readonly vocab: VocabularyText,
+    private readonly progress: Progress,
+    private readonly maxTokens: number,
+    opening: number,
+  ) {
+    this.perOpener = opening + 11;
+  }
+
+  /** Tokens the shortest valid answer takes from the start (checked against max_tokens up front). */
+  minimum(): number {
+    return this.planFor(this.progress.completion()).tokens.length;
+  }
+
+  /** Follows a sampled token. */
+  observe(token: number): void {
+    this.progress.feed(this.vocab.texts[token] ?? "");
+    this.last = token;
+  }
+
+  /** Narrows `mask` (1 = allowed by the grammar) so that a valid completion fits what is left after this step. */
+  narrow(mask: Uint8Array, generated: number): void {
+    const remaining = this.maxTokens - generated;
+    let completion: string;
+    try {
+      completion = this.progress.completion();
+    } catch (error) {
+      if (error instanceof UnsteerableSchemaError) return; // nothing to steer by: the grammar alone decides
+      throw error;
+    }
+    if (completion === "") return;
+    // No token allowed now can add more than its openers can open (+5: a literal's or a
+    // number's start, an escape); inside a string only those past a quote open anything.
+    // Far from the budget, nothing to narrow.
+    const left = remaining - 1;
+    const bytes = utf8Length(completion);
+    const safe = (openers: number) => bytes + openers * this.perOpener + 5 <= left;
+    const free = this.progress.inFreeString();
+    const openers = free ? this.vocab.openersAfterQuote : this.vocab.openers;
+    if (safe(free ? this.vocab.mostOpenersAfterQuote : this.vocab.mostOpeners)) return;
+    let most = 0;
+    for (let id = 0; id < mask.length; id++) if (mask[id] && openers[id]! > most) most = openers[id]!;
+    if (safe(most)) return;
+    const plan = this.planFor(completion);
+    const first = plan.tokens[0]!;
+    // The reading disagrees with the grammar: better the grammar's choice than a wrong one.
+    if (!mask[first]) return;
+    let narrowed = false;
+    let simulated = 0;
+    for (let id = 0; id < mask.length; id++) {
+      if (!mask[id] || id === first) continue;
+      if (free && this.vocab.plain[id] ? plan.tokens.length <= left : safe(openers[id]!) || (simulated++ < MAX_SIMULATED && this.fitsAfter(id, plan, left))) continue;
+      mask[id] = 0;
+      narrowed = true;
+    }
+    if (narrowed) this.closedEarly = true;
+  }
+
+  /** Whether after token `id` a valid completion surely fits `left` tokens. */
+  private fitsAfter(id: number, plan: Plan, left: number): boolean {
+    const text = this.vocab.texts[id];
+    if (!text) return false;
+    const next = this.progress.clone();
+    next.feed(text);
+    try {
+      return tokensAtMost(next.completion(), plan) <= left;
+    } catch (error) {
+      if (error instanceof UnsteerableSchemaError) return false;
+      throw error;
+    }
+  }
+
+  /**
+   * The completion in tokens: the tokenizer's own encoding, or what is left of the previous
+   * plan when the last token was its first (whichever is shorter), so following a plan never
+   * needs more tokens than it promised.
+   */
+  private planFor(text: string): Plan {
+    if (this.plan?.text === text) return this.plan;
+    let tokens = this.tokenizer.encode(text, { addSpecialTokens: false });
+    const previous = this.plan;
+    const taken = this.last !== undefined ? this.vocab.texts[this.last] : undefined;
+    if (previous && taken !== undefined && previous.tokens[0] === this.last && previous.text.slice(taken.length) === text && previous.tokens.length - 1 < tokens.length) {
+      tokens = previous.tokens.slice(1);
+    }
+    const starts = [0];
+    for (const token of tokens) starts.push(starts.at(-1)! + (this.vocab.texts[token]?.length ?? 0));
+    this.plan = { text, tokens, starts: tokens.map((t) => this.vocab.texts[t]).join("") === text ? starts : undefined };
+    return this.plan;
+  }
+}
+
+/**
+ * At most how many tokens `text` (a completion) takes: any spelling in tokens will do, so the
+ * longest tail it shares with `plan` in whole plan tokens, and at most one token per byte of
+ * the rest.
+ */
+function tokensAtMost(text: string, plan: Plan): number {
+  const starts = plan.starts;
+  if (starts) {
+    for (let i = 0; i < starts.length; i++) {
+      const tail = plan.text.length - starts[i]!;
+      if (tail <= text.length && text.endsWith(plan.text.slice(starts[i]))) return utf8Length(text.slice(0, text.length - tail)) + plan.tokens.length - i;
+    }
+  }
+  return utf8Length(text);
+}

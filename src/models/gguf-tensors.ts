@@ -1,0 +1,131 @@
+// Reading a GGUF's tensors, including types MLX's reader gets wrong or refuses: it fails on the
+// whole file for Q5_0 and Q5_1, and reads Q4_K with wrong values (off by up to half the weights'
+// range; Q2_K, Q6_K and Q8_0 it reads right). Q5_K it refuses too. MLX reads a copy of the file without those tensors; we
+// dequantize them to float16 ourselves, as llama.cpp's dequantize_row_* do.
+import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import * as mx from "../mlx";
+import type { LoadedFile, MxArray } from "../mlx";
+import { nativeTensorTypes, type GGUFHeader, type GGUFTensorInfo } from "./gguf-header";
+
+/** ggml block of `blockElements` → floats, for the types we read ourselves. */
+const dequantizers: Record<string, { blockBytes: number; blockElements: number; decode: (b: DataView, p: number, out: Float32Array, at: number) => void }> = {
+  // d: f16, qh: 32 high bits, qs: 16 bytes of low nibbles; x = d · (q − 16).
+  Q5_0: { blockBytes: 22, blockElements: 32, decode: (b, p, out, at) => fiveBit(b, p + 2, out, at, b.getFloat16(p, true), -16 * b.getFloat16(p, true)) },
+  // d, m: f16, then as Q5_0; x = d · q + m.
+  Q5_1: { blockBytes: 24, blockElements: 32, decode: (b, p, out, at) => fiveBit(b, p + 4, out, at, b.getFloat16(p, true), b.getFloat16(p + 2, true)) },
+  // d, dmin: f16; 12 bytes of 6-bit scales and mins for 8 groups of 32; 128 bytes of nibbles.
+  Q4_K: { blockBytes: 144, blockElements: 256, decode: (b, p, out, at) => kQuant(b, p, out, at, p + 16) },
+  // As Q4_K, with a fifth bit per value in 32 bytes of qh before the nibbles.
+  Q5_K: { blockBytes: 176, blockElements: 256, decode: (b, p, out, at) => kQuant(b, p, out, at, p + 48, p + 16) },
+};
+
+/** Q4_K / Q5_K: 8 groups of 32 values, each with a 6-bit scale and min, times d and dmin. */
+function kQuant(b: DataView, p: number, out: Float32Array, at: number, nibbles: number, highBits?: number): void {
+  const d = b.getFloat16(p, true);
+  const dmin = b.getFloat16(p + 2, true);
+  const byte = (i: number) => b.getUint8(p + 4 + i);
+  // get_scale_min_k4: the first four groups' values sit in the low 6 bits, the others are split.
+  const scaleMin = (j: number): [number, number] =>
+    j < 4 ? [byte(j) & 63, byte(j + 4) & 63] : [(byte(j + 4) & 0xf) | ((byte(j - 4) >> 6) << 4), (byte(j + 4) >> 4) | ((byte(j) >> 6) << 4)];
+  for (let group = 0; group < 8; group += 2) {
+    const [s1, m1] = scaleMin(group);
+    const [s2, m2] = scaleMin(group + 1);
+    const q = nibbles + group * 16;
+    for (let l = 0; l < 32; l++) {
+      const v = b.getUint8(q + l);
+      const h = highBits === undefined ? 0 : b.getUint8(highBits + l);
+      out[at + group * 32 + l] = d * s1 * ((v & 0xf) + ((h >> group) & 1) * 16) - dmin * m1;
+      out[at + group * 32 + 32 + l] = d * s2 * ((v >> 4) + ((h >> (group + 1)) & 1) * 16) - dmin * m2;
+    }
+  }
+}
+
+/** The 5-bit quants at `p` (32 high bits, then 16 bytes of low nibbles) → q · scale + bias. */
+function fiveBit(b: DataView, p: number, out: Float32Array, at: number, scale: number, bias: number): void {
+  const qh = b.getUint32(p, true);
+  for (let j = 0; j < 16; j++) {
+    const q = b.getUint8(p + 4 + j);
+    const low = (q & 0x0f) | (((qh >>> j) << 4) & 0x10);
+    const high = (q >> 4) | ((qh >>> (j + 12)) & 0x10);
+    out[at + j] = low * scale + bias;
+    out[at + j + 16] = high * scale + bias;
+  }
+}
+
+/** Types MLX reads right (Q2_K and Q6_K it dequantizes, checked against llama.cpp's gguf-py). */
+const mlxReads = new Set([...nativeTensorTypes, "Q2_K", "Q6_K"]);
+export const readableTensorTypes = [...mlxReads, ...Object.keys(dequantizers)];
+
+/** The file's tensors and metadata, as mx.loadGGUF gives them, whatever their (readable) types. */
+export function loadGGUFTensors(path: string, header: GGUFHeader): LoadedFile {
+  const unreadable = header.tensors.find((t) => !mlxReads.has(t.type) && !(t.type in dequantizers));
+  if (unreadable) throw new Error(`tensor '${unreadable.name}' is ${unreadable.type}, a type we cannot read (readable: ${readableTensorTypes.join(", ")})`);
+  const ours = header.tensors.filter((t) => t.type in dequantizers);
+  if (ours.length === 0) return mx.loadGGUF(path);
+  const dir = mkdtempSync(join(tmpdir(), "mlx-gguf-"));
+  let loaded: LoadedFile;
+  try {
+    const copy = join(dir, "rest.gguf");
+    writeWithout(path, header, new Set(ours.map((t) => t.name)), copy);
+    loaded = mx.loadGGUF(copy);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  const fd = openSync(path, "r");
+  try {
+    for (const t of ours) loaded.tensors.set(t.name, dequantize(fd, header.dataStart, t));
+  } finally {
+    closeSync(fd);
+  }
+  return loaded;
+}
+
+function dequantize(fd: number, dataStart: number, t: GGUFTensorInfo): MxArray {
+  const { blockBytes, blockElements, decode } = dequantizers[t.type]!;
+  const raw = Buffer.alloc(t.bytes);
+  readSync(fd, raw, 0, t.bytes, dataStart + t.offset);
+  const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+  const out = new Float32Array((t.bytes / blockBytes) * blockElements);
+  for (let block = 0; block * blockBytes < t.bytes; block++) decode(view, block * blockBytes, out, block * blockElements);
+  return mx.keep(mx.scope(() => mx.astype(mx.array(out, [...t.dims].reverse()), mx.Dtype.float16)));
+}
+
+/** A GGUF with the same metadata and data section whose tensor table leaves out `skip`. */
+function writeWithout(path: string, header: GGUFHeader, skip: Set<string>, target: string): void {
+  const source = openSync(path, "r");
+  const out = openSync(target, "w");
+  try {
+    const prefix = Buffer.alloc(header.tensorTableStart);
+    readSync(source, prefix, 0, prefix.length, 0);
+    const kept = header.tensors.filter((t) => !skip.has(t.name));
+    prefix.writeBigUInt64LE(BigInt(kept.length), 8); // after the magic and the version
+    const table: Buffer[] = [];
+    for (const t of kept) {
+      const name = Buffer.from(t.name, "utf8");
+      const entry = Buffer.alloc(8 + name.length + 4 + 8 * t.dims.length + 4 + 8);
+      let at = entry.writeBigUInt64LE(BigInt(name.length), 0);
+      at += name.copy(entry, at);
+      at = entry.writeUInt32LE(t.dims.length, at);
+      for (const d of t.dims) at = entry.writeBigUInt64LE(BigInt(d), at);
+      at = entry.writeUInt32LE(t.typeCode, at);
+      entry.writeBigUInt64LE(BigInt(t.offset), at);
+      table.push(entry);
+    }
+    const head = Buffer.concat([prefix, ...table]);
+    const padded = Math.ceil(head.length / header.alignment) * header.alignment;
+    writeSync(out, Buffer.concat([head, Buffer.alloc(padded - head.length)]));
+    // The data section as it is: the kept tensors' offsets stay valid.
+    const chunk = Buffer.alloc(8 << 20);
+    for (let position = header.dataStart; ; ) {
+      const n = readSync(source, chunk, 0, chunk.length, position);
+      if (n === 0) break;
+      writeSync(out, chunk, 0, n);
+      position += n;
+    }
+  } finally {
+    closeSync(source);
+    closeSync(out);
+  }
+}

@@ -1,0 +1,125 @@
+// Anthropic-compatible routes: /v1/messages (whole, or streamed as Anthropic's named server-sent
+// events) and /v1/messages/count_tokens.
+import { Hono, type Context } from "hono";
+import { anthropicUsage, messageId, parseCountTokensRequest, parseMessagesRequest, stopReason, toolUseBlock, type ContentBlock } from "../../api/anthropic";
+import { readJson } from "../../api/validate";
+import { countPromptTokens } from "../../engine/request";
+import { ToolCallStream } from "../../engine/tools";
+import { errorBody } from "../errors";
+import { httpRequestBounds, requestedModel, startGeneration, type Generation } from "../generation";
+import { collectGeneration, eventStreamHeaders, generationStream, namedEvent, type Send } from "../respond";
+import type { ServerState } from "../state";
+
+export function anthropicRoutes(s: ServerState): Hono {
+  const r = new Hono();
+  r.post("/v1/messages", (c) => messages(s, c));
+  r.post("/v1/messages/count_tokens", async (c) => {
+    const req = parseCountTokensRequest(await readJson(c.req));
+    const lease = await s.models.acquire(requestedModel(s.config, req.model));
+    try {
+      return c.json({ input_tokens: countPromptTokens(lease.entry.lm, req.prompt, req.tools) });
+    } finally {
+      lease.release();
+    }
+  });
+  return r;
+}
+
+async function messages(s: ServerState, c: Context): Promise<Response> {
+  const req = parseMessagesRequest(await readJson(c.req));
+  const model = requestedModel(s.config, req.model);
+  const gen = await startGeneration(s, {
+    ...httpRequestBounds(s.config, c.req),
+    model,
+    prompt: req.prompt,
+    sampling: req.sampling,
+    // Anthropic's documented defaults: temperature 1, no top-p or top-k cut.
+    defaults: { temperature: 1, topP: 1, topK: 0 },
+    maxTokens: req.maxTokens,
+    strictMaxTokens: true,
+    stop: req.stop,
+    tools: req.tools,
+  });
+  const meta = { id: messageId(), type: "message" as const, role: "assistant" as const, model };
+  return req.stream ? streamed(s, gen, meta) : whole(gen, meta);
+}
+
+interface Meta {
+  id: string;
+  type: "message";
+  role: "assistant";
+  model: string;
+}
+
+async function whole(gen: Generation, meta: Meta): Promise<Response> {
+  const result = await collectGeneration(gen);
+  if (!result) return new Response(null, { status: 499 }); // the client is gone
+  const { text, done } = result;
+  const { content, calls } = gen.toolFormat ? gen.toolFormat.parse(text) : { content: text, calls: [] };
+  const blocks: ContentBlock[] = [...(content || calls.length === 0 ? [{ type: "text" as const, text: content }] : []), ...calls.map(toolUseBlock)];
+  const u = done.usage;
+  return Response.json({
+    ...meta,
+    content: blocks,
+    stop_reason: stopReason(done.finishReason, calls.length, done.stopSequence),
+    stop_sequence: calls.length === 0 ? (done.stopSequence ?? null) : null,
+    usage: anthropicUsage(u.promptTokens, u.completionTokens, u.cachedTokens),
+  });
+}
+
+/**
+ * Anthropic's sequence: message_start, ping, then each content block (start, deltas, stop) —
+ * text as it comes, each tool call once it is complete, its input as one input_json_delta —
+ * then message_delta (stop reason, final usage) and message_stop.
+ */
+function streamed(s: ServerState, gen: Generation, meta: Meta): Response {
+  const toolCalls = gen.toolFormat && new ToolCallStream(gen.toolFormat);
+  let index = 0;
+  let textOpen = false;
+  const openText = (send: Send) => {
+    if (textOpen) return;
+    textOpen = true;
+    send(namedEvent({ type: "content_block_start", index, content_block: { type: "text", text: "" } }));
+  };
+  const closeBlock = (send: Send) => {
+    send(namedEvent({ type: "content_block_stop", index }));
+    index++;
+  };
+  const sendText = (text: string, send: Send) => {
+    if (!text) return;
+    openText(send);
+    send(namedEvent({ type: "content_block_delta", index, delta: { type: "text_delta", text } }));
+  };
+  const body = generationStream(
+    gen,
+    {
+      start: (send) => {
+        // Cached tokens are known once prefill is done: message_delta carries the final usage.
+        const usage = anthropicUsage(gen.promptIds.length, 0, 0);
+        send(namedEvent({ type: "message_start", message: { ...meta, content: [], stop_reason: null, stop_sequence: null, usage } }));
+        send(namedEvent({ type: "ping" }));
+      },
+      text: (e, send) => sendText(toolCalls ? toolCalls.push(e.text) : e.text, send),
+      done: (e, send) => {
+        const { content, calls } = toolCalls?.end() ?? { content: "", calls: [] };
+        sendText(content, send);
+        if (textOpen || calls.length === 0) {
+          openText(send);
+          closeBlock(send);
+        }
+        for (const call of calls) {
+          send(namedEvent({ type: "content_block_start", index, content_block: { ...toolUseBlock(call), input: {} } }));
+          send(namedEvent({ type: "content_block_delta", index, delta: { type: "input_json_delta", partial_json: JSON.stringify(call.arguments) } }));
+          closeBlock(send);
+        }
+        const u = e.usage;
+        const delta = { stop_reason: stopReason(e.finishReason, calls.length, e.stopSequence), stop_sequence: calls.length === 0 ? (e.stopSequence ?? null) : null };
+        send(namedEvent({ type: "message_delta", delta, usage: anthropicUsage(u.promptTokens, u.completionTokens, u.cachedTokens) }));
+        send(namedEvent({ type: "message_stop" }));
+      },
+      error: (e) => namedEvent(errorBody(e, "anthropic") as { type: string }),
+    },
+    s.logError,
+  );
+  return new Response(body, { headers: eventStreamHeaders });
+}

@@ -1,0 +1,162 @@
+// The OpenAI Responses API: /v1/responses, whole or streamed as its typed events (each with a
+// sequence number): the response created, each output item added (a message whose text comes as
+// output_text deltas, or a function call whose arguments come as one delta), then completed.
+// A stored response's conversation can be continued with `previous_response_id`.
+import { Hono, type Context } from "hono";
+import { functionCallItem, messageItem, outputText, parseResponsesRequest, responseId, responsesUsage, type ResponsesRequest } from "../../api/responses";
+import { readJson } from "../../api/validate";
+import type { GenerationUsage } from "../../engine/scheduler";
+import { ToolCallStream, type ConversationMessage, type ToolCall } from "../../engine/tools";
+import { ApiError, errorBody } from "../errors";
+import { ResponseStore } from "../response-store";
+import { httpRequestBounds, requestedModel, startGeneration, type Generation } from "../generation";
+import { collectGeneration, eventStreamHeaders, generationStream, namedEvent, type Send } from "../respond";
+import type { ServerState } from "../state";
+import { unixSeconds } from "../../api/openai";
+
+/** Stored conversations: how many, and for how long. */
+const STORED_RESPONSES = 1000;
+const STORED_FOR_MS = 60 * 60_000;
+
+/** Keeps the conversation a response ended (when its request asked to store it). */
+type Keep = (content: string, calls: ToolCall[]) => void;
+
+export function responsesRoutes(s: ServerState): Hono {
+  const r = new Hono();
+  const stored = new ResponseStore(STORED_RESPONSES, STORED_FOR_MS);
+  r.post("/v1/responses", (c) => respond(s, c, stored));
+  return r;
+}
+
+async function respond(s: ServerState, c: Context, stored: ResponseStore): Promise<Response> {
+  const req = parseResponsesRequest(await readJson(c.req));
+  const model = requestedModel(s.config, req.model);
+  const previous = req.previousResponseId;
+  const history = previous === undefined ? [] : stored.get(previous);
+  if (!history) throw new ApiError(404, `no stored response '${previous}' (unknown, expired, or created with store: false)`, "invalid_request_error", "previous_response_id", "response_not_found");
+  const conversation = [...history, ...req.input];
+  const messages: ConversationMessage[] = req.instructions ? [{ role: "system", content: req.instructions }, ...conversation] : conversation;
+  const gen = await startGeneration(s, {
+    ...httpRequestBounds(s.config, c.req),
+    model,
+    prompt: { kind: "chat", messages },
+    sampling: req.sampling,
+    defaults: { temperature: 1, topP: 1 },
+    maxTokens: req.maxTokens,
+    strictMaxTokens: true,
+    format: req.format,
+    tools: req.tools,
+  });
+  const base = responseBase(req, model);
+  const keep: Keep = (content, calls) => {
+    if (req.store) stored.set(base.id, [...conversation, { role: "assistant", content, ...(calls.length > 0 ? { toolCalls: calls } : {}) }]);
+  };
+  return req.stream ? streamed(s, gen, base, keep) : whole(gen, base, keep);
+}
+
+type Base = ReturnType<typeof responseBase>;
+
+/** The fields every response object repeats from its request. */
+function responseBase(req: ResponsesRequest, model: string) {
+  return {
+    id: responseId("resp"),
+    object: "response" as const,
+    created_at: unixSeconds(),
+    model,
+    instructions: req.instructions,
+    previous_response_id: req.previousResponseId ?? null,
+    store: req.store,
+    error: null,
+    metadata: {},
+    parallel_tool_calls: req.tools?.parallel ?? true,
+    temperature: req.sampling.temperature ?? 1,
+    top_p: req.sampling.topP ?? 1,
+    tool_choice: req.tools ? (typeof req.tools.choice === "object" ? { type: "function", name: req.tools.choice.name } : req.tools.choice) : "auto",
+    tools: (req.tools?.tools ?? []).map((t) => ({ type: "function", name: t.name, description: t.description ?? null, parameters: t.parameters, strict: false })),
+    text: { format: req.format ? (req.format.format === "json" ? { type: "json_object" } : { type: "json_schema", name: "output", schema: req.format.format.schema, strict: req.format.format.strict }) : { type: "text" } },
+    max_output_tokens: req.maxTokens ?? null,
+  };
+}
+
+function finished(base: Base, output: unknown[], finishReason: string, u: GenerationUsage) {
+  const incomplete = finishReason === "length";
+  return {
+    ...base,
+    status: incomplete ? ("incomplete" as const) : ("completed" as const),
+    incomplete_details: incomplete ? { reason: "max_output_tokens" } : null,
+    output,
+    usage: responsesUsage(u.promptTokens, u.completionTokens, u.cachedTokens),
+  };
+}
+
+function outputItems(content: string, calls: ToolCall[], messageId: string) {
+  return [...(content || calls.length === 0 ? [messageItem(messageId, content, "completed")] : []), ...calls.map((call) => functionCallItem(call, "completed"))];
+}
+
+async function whole(gen: Generation, base: Base, keep: Keep): Promise<Response> {
+  const result = await collectGeneration(gen);
+  if (!result) return new Response(null, { status: 499 }); // the client is gone
+  const { content, calls } = gen.toolFormat ? gen.toolFormat.parse(result.text) : { content: result.text, calls: [] };
+  keep(content, calls);
+  return Response.json(finished(base, outputItems(content, calls, responseId("msg")), result.done.finishReason, result.done.usage));
+}
+
+function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep): Response {
+  const toolCalls = gen.toolFormat && new ToolCallStream(gen.toolFormat);
+  const messageId = responseId("msg");
+  let sequence = 0;
+  let text = "";
+  let messageOpen = false;
+  const emit = (send: Send, data: { type: string; [field: string]: unknown }) => send(namedEvent({ ...data, sequence_number: sequence++ }));
+  const part = { item_id: messageId, output_index: 0, content_index: 0 };
+  const sendText = (delta: string, send: Send) => {
+    if (!delta) return;
+    if (!messageOpen) {
+      messageOpen = true;
+      emit(send, { type: "response.output_item.added", output_index: 0, item: messageItem(messageId, "", "in_progress") });
+      emit(send, { type: "response.content_part.added", ...part, part: outputText("") });
+    }
+    text += delta;
+    emit(send, { type: "response.output_text.delta", ...part, delta, logprobs: [] });
+  };
+  const body = generationStream(
+    gen,
+    {
+      start: (send) => {
+        const response = { ...base, status: "in_progress", incomplete_details: null, output: [], usage: null };
+        emit(send, { type: "response.created", response });
+        emit(send, { type: "response.in_progress", response });
+      },
+      text: (e, send) => sendText(toolCalls ? toolCalls.push(e.text) : e.text, send),
+      done: (e, send) => {
+        const { content, calls } = toolCalls?.end() ?? { content: "", calls: [] };
+        sendText(content, send);
+        const output: unknown[] = [];
+        if (messageOpen) {
+          emit(send, { type: "response.output_text.done", ...part, text, logprobs: [] });
+          emit(send, { type: "response.content_part.done", ...part, part: outputText(text) });
+          output.push(messageItem(messageId, text, "completed"));
+          emit(send, { type: "response.output_item.done", output_index: 0, item: output[0] });
+        }
+        for (const call of calls) {
+          const output_index = output.length;
+          const item = functionCallItem(call, "completed");
+          emit(send, { type: "response.output_item.added", output_index, item: functionCallItem(call, "in_progress", "") });
+          emit(send, { type: "response.function_call_arguments.delta", item_id: item.id, output_index, delta: item.arguments });
+          emit(send, { type: "response.function_call_arguments.done", item_id: item.id, output_index, name: item.name, arguments: item.arguments });
+          emit(send, { type: "response.output_item.done", output_index, item });
+          output.push(item);
+        }
+        keep(text, calls);
+        const response = finished(base, output.length > 0 ? output : outputItems("", [], messageId), e.finishReason, e.usage);
+        emit(send, { type: e.finishReason === "length" ? "response.incomplete" : "response.completed", response });
+      },
+      error: (e) => {
+        const { error } = errorBody(e, "openai") as { error: { message: string; code: string | null } };
+        return namedEvent({ type: "error", code: error.code, message: error.message, param: e.param, sequence_number: sequence++ });
+      },
+    },
+    s.logError,
+  );
+  return new Response(body, { headers: eventStreamHeaders });
+}

@@ -1,0 +1,380 @@
+// The chat page: conversations in IndexedDB, answers streamed from /v1/chat/completions.
+import { api, errorMessage, events } from "./lib/api";
+import { renderMarkdown, splitReasoning } from "./lib/markdown";
+import { deleteConversation, getConversation, listConversations, parseConversation, saveConversation, type AnswerStats, type Conversation, type Message } from "./lib/store";
+
+const $ = <T extends HTMLElement = HTMLElement>(selector: string) => document.querySelector<T>(selector)!;
+const ui = {
+  sidebar: $("#sidebar"),
+  list: $<HTMLUListElement>("#conversations"),
+  model: $<HTMLSelectElement>("#model"),
+  settings: $("#settings"),
+  toggleSettings: $<HTMLButtonElement>("#toggle-settings"),
+  system: $<HTMLTextAreaElement>("#system"),
+  temperature: $<HTMLInputElement>("#temperature"),
+  topP: $<HTMLInputElement>("#top-p"),
+  maxTokens: $<HTMLInputElement>("#max-tokens"),
+  structured: $<HTMLInputElement>("#structured"),
+  schema: $<HTMLTextAreaElement>("#schema"),
+  messages: $("#messages"),
+  composer: $<HTMLFormElement>("#composer"),
+  input: $<HTMLTextAreaElement>("#input"),
+  send: $<HTMLButtonElement>("#send"),
+  stop: $<HTMLButtonElement>("#stop"),
+  importFile: $<HTMLInputElement>("#import-file"),
+};
+
+// Settings live in localStorage, the same for every conversation.
+const settingFields = { system: ui.system, temperature: ui.temperature, topP: ui.topP, maxTokens: ui.maxTokens, schema: ui.schema } as const;
+for (const [name, field] of Object.entries(settingFields)) {
+  field.value = localStorage.getItem(`mlx.${name}`) ?? "";
+  field.addEventListener("change", () => localStorage.setItem(`mlx.${name}`, field.value));
+}
+ui.structured.checked = localStorage.getItem("mlx.structured") === "1";
+ui.schema.hidden = !ui.structured.checked;
+ui.structured.addEventListener("change", () => {
+  localStorage.setItem("mlx.structured", ui.structured.checked ? "1" : "0");
+  ui.schema.hidden = !ui.structured.checked;
+});
+ui.toggleSettings.addEventListener("click", () => {
+  ui.settings.hidden = !ui.settings.hidden;
+  ui.toggleSettings.setAttribute("aria-expanded", String(!ui.settings.hidden));
+});
+$("#toggle-sidebar").addEventListener("click", () => document.body.classList.toggle("sidebar-open"));
+
+let current: Conversation = blankConversation();
+/** The answer being generated, if any. */
+let running: AbortController | undefined;
+
+function blankConversation(): Conversation {
+  return { id: crypto.randomUUID(), title: "New chat", model: ui.model.value, messages: [], updatedAt: Date.now() };
+}
+
+// ---- models ----
+
+async function loadModels(): Promise<void> {
+  const [models, loaded] = await Promise.all([api("/v1/models").then((r) => r.json()), api("/api/ps").then((r) => r.json())]);
+  const loadedNames = new Set<string>((loaded.models ?? []).map((m: { name: string }) => m.name));
+  const wanted = current.model || localStorage.getItem("mlx.model") || "";
+  ui.model.replaceChildren(
+    ...models.data.map((m: { id: string }) => {
+      const option = new Option(loadedNames.has(m.id) ? `${m.id} (loaded)` : m.id, m.id);
+      option.selected = m.id === wanted;
+      return option;
+    }),
+  );
+}
+ui.model.addEventListener("change", () => {
+  localStorage.setItem("mlx.model", ui.model.value);
+  current.model = ui.model.value;
+});
+
+// ---- the conversation list ----
+
+async function showList(): Promise<void> {
+  const conversations = await listConversations();
+  ui.list.replaceChildren(
+    ...conversations.map((c) => {
+      const item = document.createElement("li");
+      item.classList.toggle("current", c.id === current.id);
+      const open = button(c.title, "open", () => openConversation(c.id));
+      const rename = button("✎", "rename", async () => {
+        const title = prompt("Rename the conversation", c.title)?.trim();
+        if (title) await saveConversation({ ...c, title }).then(() => (c.id === current.id ? (current.title = title) : undefined));
+        await showList();
+      });
+      const download = button("⤓", "export", () => exportConversation(c));
+      const remove = button("✕", "delete", async () => {
+        if (!confirm(`Delete "${c.title}"?`)) return;
+        await deleteConversation(c.id);
+        if (c.id === current.id) newConversation();
+        await showList();
+      });
+      item.append(open, rename, download, remove);
+      return item;
+    }),
+  );
+}
+
+function button(text: string, label: string, onClick: () => unknown): HTMLButtonElement {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.textContent = text;
+  b.className = label;
+  if (text !== label) b.setAttribute("aria-label", label);
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+function exportConversation(c: Conversation): void {
+  const url = URL.createObjectURL(new Blob([JSON.stringify(c, null, 2)], { type: "application/json" }));
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = `${c.title.replace(/[^\w.-]+/g, "_") || "conversation"}.json`;
+  a.click();
+  URL.revokeObjectURL(url);
+}
+
+$("#import").addEventListener("click", () => ui.importFile.click());
+ui.importFile.addEventListener("change", async () => {
+  const file = ui.importFile.files?.[0];
+  ui.importFile.value = "";
+  if (!file) return;
+  try {
+    current = parseConversation(JSON.parse(await file.text()));
+  } catch (error) {
+    alert(`Cannot import ${file.name}: ${(error as Error).message}`);
+    return;
+  }
+  await saveConversation(current);
+  selectModel(current.model);
+  await showConversation();
+});
+
+/** Picks a conversation's model in the picker, when the server has it. */
+function selectModel(name: string): void {
+  if (name && [...ui.model.options].some((o) => o.value === name)) ui.model.value = name;
+}
+
+async function openConversation(id: string): Promise<void> {
+  stop();
+  const c = await getConversation(id);
+  if (!c) return;
+  current = c;
+  localStorage.setItem("mlx.conversation", id);
+  selectModel(c.model);
+  document.body.classList.remove("sidebar-open");
+  await showConversation();
+}
+
+function newConversation(): void {
+  stop();
+  current = blankConversation();
+  localStorage.removeItem("mlx.conversation");
+  document.body.classList.remove("sidebar-open");
+  void showConversation();
+  ui.input.focus();
+}
+$("#new-chat").addEventListener("click", newConversation);
+
+// ---- messages ----
+
+async function showConversation(): Promise<void> {
+  ui.messages.replaceChildren(...current.messages.map((m, i) => messageView(m, i)));
+  ui.messages.scrollTop = ui.messages.scrollHeight;
+  await showList();
+}
+
+function messageView(m: Message, index: number): HTMLElement {
+  const view = document.createElement("article");
+  view.className = `message ${m.role}`;
+  const body = document.createElement("div");
+  body.className = "body";
+  view.append(body);
+  fillMessage(view, m);
+  const last = index >= current.messages.length - 2;
+  if (last && !running) {
+    const actions = document.createElement("div");
+    actions.className = "actions";
+    if (m.role === "assistant" && index === current.messages.length - 1) actions.append(button("Regenerate", "regenerate", regenerate));
+    if (m.role === "user" && current.messages.slice(index + 1).every((n) => n.role === "assistant")) actions.append(button("Edit", "edit", editLast));
+    if (actions.childElementCount) view.append(actions);
+  }
+  return view;
+}
+
+/** (Re)draws a message's text, reasoning, figures and note. */
+function fillMessage(view: HTMLElement, m: Message): void {
+  const body = view.querySelector<HTMLElement>(".body")!;
+  if (m.role === "user") {
+    body.textContent = m.content;
+  } else {
+    const { reasoning, content } = splitReasoning(m.content);
+    body.replaceChildren();
+    if (reasoning !== null) {
+      const details = document.createElement("details");
+      details.className = "reasoning";
+      const summary = document.createElement("summary");
+      summary.textContent = content ? "Reasoning" : "Reasoning…";
+      const text = document.createElement("div");
+      text.textContent = reasoning;
+      details.append(summary, text);
+      body.append(details);
+    }
+    const markdown = document.createElement("div");
+    markdown.className = "markdown";
+    renderMarkdown(markdown, content);
+    body.append(markdown);
+  }
+  view.querySelector(".figures")?.remove();
+  const figures = [m.stats && statsText(m.stats), m.note].filter(Boolean).join(" · ");
+  if (figures) {
+    const line = document.createElement("div");
+    line.className = "figures";
+    line.textContent = figures;
+    body.after(line);
+  }
+}
+
+function statsText(s: AnswerStats): string {
+  const parts = [`${s.completionTokens} tokens`];
+  if (s.tokensPerSecond !== null) parts.push(`${s.tokensPerSecond.toFixed(1)} tok/s`);
+  if (s.timeToFirstTokenMs !== null) parts.push(`first token ${Math.round(s.timeToFirstTokenMs)} ms`);
+  parts.push(`${s.cachedTokens} cached`);
+  return parts.join(" · ");
+}
+
+// ---- sending ----
+
+function requestBody(): Record<string, unknown> {
+  const number = (field: HTMLInputElement) => (field.value.trim() === "" ? undefined : Number(field.value));
+  const messages: { role: string; content: string }[] = current.messages.filter((m) => m.content || m.role === "user").map((m) => ({ role: m.role, content: m.content }));
+  if (ui.system.value.trim()) messages.unshift({ role: "system", content: ui.system.value.trim() });
+  const body: Record<string, unknown> = {
+    model: ui.model.value,
+    messages,
+    stream: true,
+    stream_options: { include_usage: true },
+    temperature: number(ui.temperature),
+    top_p: number(ui.topP),
+    max_tokens: number(ui.maxTokens),
+  };
+  if (ui.structured.checked) {
+    let schema: unknown;
+    try {
+      schema = JSON.parse(ui.schema.value);
+    } catch (error) {
+      throw new Error(`the JSON Schema is not valid JSON: ${(error as Error).message}`);
+    }
+    body.response_format = { type: "json_schema", json_schema: { name: "answer", schema } };
+  }
+  return body;
+}
+
+async function answer(): Promise<void> {
+  const reply: Message = { role: "assistant", content: "" };
+  let body: Record<string, unknown>;
+  try {
+    body = requestBody();
+  } catch (error) {
+    reply.note = (error as Error).message;
+    current.messages.push(reply);
+    await persist();
+    return;
+  }
+  current.messages.push(reply);
+  current.model = ui.model.value;
+  running = new AbortController();
+  setRunning(true);
+  await showConversation();
+  const view = ui.messages.lastElementChild as HTMLElement;
+  view.classList.add("streaming");
+  const started = performance.now();
+  let firstTokenAt: number | undefined;
+  let redraw = 0;
+  try {
+    const response = await api("/v1/chat/completions", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body), signal: running.signal });
+    if (!response.ok) throw new Error(await errorMessage(response));
+    for await (const data of events(response)) {
+      if (data === "[DONE]") break;
+      const chunk = JSON.parse(data);
+      if (chunk.error) throw new Error(chunk.error.message ?? String(chunk.error));
+      const delta: string = chunk.choices?.[0]?.delta?.content ?? "";
+      if (delta) {
+        firstTokenAt ??= performance.now();
+        reply.content += delta;
+        // Markdown is re-rendered at most once a frame, however fast tokens come.
+        redraw ||= requestAnimationFrame(() => {
+          redraw = 0;
+          fillMessage(view, reply);
+          ui.messages.scrollTop = ui.messages.scrollHeight;
+        });
+      }
+      if (chunk.usage) {
+        const seconds = firstTokenAt === undefined ? 0 : (performance.now() - firstTokenAt) / 1000;
+        const tokens = chunk.usage.completion_tokens;
+        reply.stats = {
+          completionTokens: tokens,
+          // The first token's time is the TTFT; the rate is over the tokens after it.
+          tokensPerSecond: seconds > 0 && tokens > 1 ? (tokens - 1) / seconds : null,
+          timeToFirstTokenMs: firstTokenAt === undefined ? null : firstTokenAt - started,
+          cachedTokens: chunk.usage.prompt_tokens_details?.cached_tokens ?? 0,
+        };
+      }
+    }
+  } catch (error) {
+    reply.note = running?.signal.aborted ? "stopped" : `error: ${(error as Error).message}`;
+  } finally {
+    cancelAnimationFrame(redraw);
+    running = undefined;
+    setRunning(false);
+    await persist();
+  }
+}
+
+async function persist(): Promise<void> {
+  current.updatedAt = Date.now();
+  if (current.title === "New chat") current.title = current.messages.find((m) => m.role === "user")?.content.slice(0, 48) || "New chat";
+  await saveConversation(current);
+  localStorage.setItem("mlx.conversation", current.id);
+  await showConversation();
+}
+
+function setRunning(on: boolean): void {
+  ui.send.hidden = on;
+  ui.stop.hidden = !on;
+  document.body.classList.toggle("running", on);
+}
+
+function stop(): void {
+  running?.abort();
+}
+
+async function sendInput(): Promise<void> {
+  const text = ui.input.value.trim();
+  if (!text || running) return;
+  ui.input.value = "";
+  current.messages.push({ role: "user", content: text });
+  await answer();
+}
+
+async function regenerate(): Promise<void> {
+  if (running || current.messages.at(-1)?.role !== "assistant") return;
+  current.messages.pop();
+  await answer();
+}
+
+/** Takes the last question back into the composer (dropping its answer) to be changed and sent. */
+async function editLast(): Promise<void> {
+  if (running) return;
+  while (current.messages.at(-1)?.role === "assistant") current.messages.pop();
+  const question = current.messages.pop();
+  if (!question) return;
+  ui.input.value = question.content;
+  ui.input.focus();
+  await persist();
+}
+
+ui.composer.addEventListener("submit", (event) => {
+  event.preventDefault();
+  void sendInput();
+});
+ui.input.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    void sendInput();
+  }
+});
+document.addEventListener("keydown", (event) => {
+  if (event.key === "Escape" && running) stop();
+});
+ui.stop.addEventListener("click", stop);
+
+// ---- start ----
+
+await loadModels().catch((error) => (ui.messages.textContent = `Cannot list the models: ${error.message}`));
+const last = localStorage.getItem("mlx.conversation");
+if (last && (await getConversation(last))) await openConversation(last);
+else await showConversation();
+ui.input.focus();
+document.body.dataset.ready = "1";

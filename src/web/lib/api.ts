@@ -1,0 +1,83 @@
+// Talking to the server from a page: the API key (asked for once, kept in this browser, sent
+// only in the Authorization header, never in a URL) and server-sent events read from a fetch
+// response (EventSource cannot send headers).
+import { EventSourceParserStream } from "eventsource-parser/stream";
+
+const KEY = "mlx.apiKey";
+let asking: Promise<void> | undefined;
+
+/** The dialog that asks for the key (made on first use: most servers have no key). */
+function keyDialog(): HTMLDialogElement {
+  let dialog = document.querySelector<HTMLDialogElement>("#key-dialog");
+  if (dialog) return dialog;
+  dialog = document.createElement("dialog");
+  dialog.id = "key-dialog";
+  const form = document.createElement("form");
+  form.method = "dialog";
+  const why = document.createElement("p");
+  why.textContent = "This server needs an API key. It is kept in this browser and sent only in request headers.";
+  const wrong = document.createElement("p");
+  wrong.className = "key-wrong";
+  wrong.textContent = "That key was refused.";
+  const input = Object.assign(document.createElement("input"), { type: "password", autocomplete: "off", placeholder: "API key", required: true });
+  input.setAttribute("aria-label", "API key");
+  const save = Object.assign(document.createElement("button"), { type: "submit", textContent: "Save" });
+  form.append(why, wrong, input, save);
+  dialog.append(form);
+  document.body.append(dialog);
+  return dialog;
+}
+
+/** Asks for the API key; concurrent callers share one question. */
+function askForKey(wrong: boolean): Promise<void> {
+  asking ??= new Promise<void>((resolve) => {
+    const dialog = keyDialog();
+    const input = dialog.querySelector("input")!;
+    dialog.querySelector<HTMLElement>(".key-wrong")!.hidden = !wrong;
+    input.value = "";
+    dialog.addEventListener(
+      "close",
+      () => {
+        if (input.value.trim()) localStorage.setItem(KEY, input.value.trim());
+        asking = undefined;
+        resolve();
+      },
+      { once: true },
+    );
+    dialog.showModal();
+  });
+  return asking;
+}
+
+/** fetch() with the API key; a 401 asks for the key and tries again. */
+export async function api(path: string, init: RequestInit = {}): Promise<Response> {
+  for (;;) {
+    const key = localStorage.getItem(KEY);
+    const headers = new Headers(init.headers);
+    if (key) headers.set("Authorization", `Bearer ${key}`);
+    const response = await fetch(path, { ...init, headers });
+    if (response.status !== 401) return response;
+    await askForKey(key !== null);
+  }
+}
+
+/** The message of an API error response. */
+export async function errorMessage(response: Response): Promise<string> {
+  const text = await response.text();
+  try {
+    const body = JSON.parse(text);
+    return body.error?.message ?? body.error ?? text;
+  } catch {
+    return text || `${response.status} ${response.statusText}`;
+  }
+}
+
+/** Each `data:` payload of a server-sent-events response, until it ends. */
+export async function* events(response: Response): AsyncGenerator<string> {
+  const reader = response.body!.pipeThrough(new TextDecoderStream()).pipeThrough(new EventSourceParserStream()).getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) return;
+    yield value.data;
+  }
+}

@@ -1,0 +1,57 @@
+// Conversations kept in this browser (IndexedDB, through idb).
+import { openDB } from "idb";
+
+export interface AnswerStats {
+  completionTokens: number;
+  tokensPerSecond: number | null;
+  timeToFirstTokenMs: number | null;
+  cachedTokens: number;
+}
+
+export interface Message {
+  role: "user" | "assistant";
+  content: string;
+  stats?: AnswerStats;
+  /** Why the answer ended early (stopped, or an error message). */
+  note?: string;
+}
+
+export interface Conversation {
+  id: string;
+  title: string;
+  model: string;
+  messages: Message[];
+  updatedAt: number;
+}
+
+const db = openDB("mlx-chat", 1, {
+  upgrade(d) {
+    d.createObjectStore("conversations", { keyPath: "id" });
+  },
+});
+
+export async function listConversations(): Promise<Conversation[]> {
+  const all: Conversation[] = await (await db).getAll("conversations");
+  return all.sort((a, b) => b.updatedAt - a.updatedAt);
+}
+
+export const getConversation = async (id: string): Promise<Conversation | undefined> => (await db).get("conversations", id);
+
+export async function saveConversation(c: Conversation): Promise<void> {
+  await (await db).put("conversations", c);
+}
+
+export async function deleteConversation(id: string): Promise<void> {
+  await (await db).delete("conversations", id);
+}
+
+/** A conversation read from an exported file, or an error saying what is wrong with it. */
+export function parseConversation(value: unknown): Conversation {
+  const c = value as Partial<Conversation>;
+  if (!c || typeof c !== "object" || !Array.isArray(c.messages)) throw new Error("not an exported conversation (no messages)");
+  const messages = c.messages.map((m, i) => {
+    if (!m || (m.role !== "user" && m.role !== "assistant") || typeof m.content !== "string") throw new Error(`message ${i + 1} needs a role (user or assistant) and text content`);
+    return { role: m.role, content: m.content, ...(m.stats ? { stats: m.stats } : {}), ...(m.note ? { note: String(m.note) } : {}) };
+  });
+  return { id: crypto.randomUUID(), title: String(c.title ?? "Imported"), model: String(c.model ?? ""), messages, updatedAt: Date.now() };
+}

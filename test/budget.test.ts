@@ -1,0 +1,375 @@
+// Structured output that parses even when max_tokens runs out: the grammar constraint, told the
+// sequence's budget, steers to the shortest valid completion before it is too late. On a tiny
+// random-weight model (the grammar and the steering are all that make its answers valid) and
+// through every path: the engine, `mlx run`, the server batched with other requests, tool calls.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import Ajv from "ajv";
+import OpenAI from "openai";
+import { Ollama } from "ollama";
+import { loadModel, type LoadedModel } from "../src/models/load";
+import { completeAlone } from "./helpers/generate";
+import { defaultSampling } from "../src/engine/sampling";
+import { promptTokens } from "../src/engine/prompt";
+import { createJsonConstraint, initGrammar, type JsonFormat } from "../src/engine/grammar";
+import { BudgetError } from "../src/engine/budget/steering";
+import { JsonProgress, layout, SchemaShapes } from "../src/engine/budget/json-progress";
+import { CallsProgress } from "../src/engine/budget/calls-progress";
+import { createToolCallConstraint, toolCallFormats } from "../src/engine/tools";
+import type { RunningServer } from "../src/server/app";
+import { writeTinyModel } from "./helpers/tiny-model";
+import { cliRunner } from "./helpers/cli";
+import { post, serve } from "./helpers/serve";
+
+const root = mkdtempSync(join(tmpdir(), "mlx-budget-"));
+const modelDir = join(root, "tiny");
+const ajv = new Ajv({ strict: false, validateFormats: false });
+let lm: LoadedModel;
+
+beforeAll(async () => {
+  writeTinyModel(modelDir, { contextLength: 1024 });
+  lm = loadModel(modelDir);
+  await initGrammar();
+});
+
+// Long free-text strings (no maxLength): a random model never closes them by itself, so every
+// answer here ends because the budget did.
+const schemas: Record<string, { schema: Record<string, unknown>; sample: unknown }> = {
+  "long free-text fields": {
+    schema: { type: "object", properties: { title: { type: "string" }, summary: { type: "string" }, details: { type: "string" } }, required: ["title", "summary", "details"] },
+    sample: { title: "Fire", summary: 'A "small" fire\nin the lab', details: "none" },
+  },
+  "nested objects, required fields deep in the structure": {
+    schema: {
+      type: "object",
+      properties: {
+        incident: {
+          type: "object",
+          properties: {
+            where: { type: "object", properties: { site: { type: "string" }, floor: { type: "integer", minimum: 1, maximum: 40 } }, required: ["site", "floor"] },
+            note: { type: "string" },
+            when: { type: "object", properties: { day: { type: "integer", minimum: 1, maximum: 31 }, shift: { enum: ["day", "night"] } }, required: ["day", "shift"] },
+          },
+          required: ["where", "when"],
+        },
+        open: { type: "boolean" },
+      },
+      required: ["incident", "open"],
+    },
+    sample: { incident: { where: { site: "Dock 4", floor: 12 }, note: "smoke", when: { day: 3, shift: "night" } }, open: false },
+  },
+  "arrays with minItems, of objects with required fields": {
+    schema: {
+      type: "object",
+      properties: {
+        tags: { type: "array", items: { type: "string", minLength: 2 }, minItems: 2 },
+        people: { type: "array", minItems: 2, items: { type: "object", properties: { name: { type: "string" }, role: { type: "string" }, age: { type: ["integer", "null"] } }, required: ["name", "role"] } },
+        scores: { type: "array", items: { type: "number" }, minItems: 1, maxItems: 4 },
+      },
+      required: ["tags", "people", "scores"],
+    },
+    sample: { tags: ["urgent", "lab", "x1"], people: [{ name: "Ann", role: "lead", age: 41 }, { name: "Bo", role: "aide", age: null }], scores: [1.5, -2e3, 0] },
+  },
+  "enums and consts": {
+    schema: {
+      type: "object",
+      properties: { severity: { enum: ["low", "medium", "high", "critical"] }, code: { enum: [100, 2, null, "n/a"] }, kind: { const: "incident" }, owner: { type: "string" } },
+      required: ["severity", "code", "kind", "owner"],
+    },
+    sample: { severity: "critical", code: 100, kind: "incident", owner: "Dee" },
+  },
+  "$defs and anyOf": {
+    schema: {
+      $defs: { person: { type: "object", properties: { name: { type: "string" }, email: { type: "string" } }, required: ["name"] } },
+      type: "object",
+      properties: { reporter: { $ref: "#/$defs/person" }, witness: { anyOf: [{ $ref: "#/$defs/person" }, { type: "null" }] }, text: { type: "string" } },
+      required: ["reporter", "witness", "text"],
+    },
+    sample: { reporter: { name: "Al", email: "al at x" }, witness: null, text: "seen" },
+  },
+};
+
+describe("the shortest completion of every prefix parses and validates", () => {
+  for (const [name, { schema, sample }] of Object.entries(schemas)) {
+    test(name, () => {
+      const validate = ajv.compile(schema);
+      expect(validate(sample)).toBe(true);
+      const text = layout(sample);
+      const shapes = new SchemaShapes(schema as Record<string, unknown>, true);
+      for (let i = 0; i <= text.length; i++) {
+        const progress = new JsonProgress(shapes, schema);
+        progress.feed(text.slice(0, i));
+        const whole = text.slice(0, i) + progress.completion();
+        let value: unknown;
+        try {
+          value = JSON.parse(whole);
+        } catch {
+          throw new Error(`not JSON after ${JSON.stringify(text.slice(0, i))}: ${whole}`);
+        }
+        if (!validate(value)) throw new Error(`invalid after ${JSON.stringify(text.slice(0, i))}: ${whole}: ${ajv.errorsText(validate.errors)}`);
+      }
+    });
+  }
+
+  test("a tool call (hermes layout), from every prefix", () => {
+    const format = toolCallFormats.hermes;
+    const parameters = schemas["nested objects, required fields deep in the structure"]!.schema;
+    const calls = [
+      { ...format.callLayout("report"), schema: parameters, shapes: new SchemaShapes(parameters as Record<string, unknown>, true) },
+      { ...format.callLayout("ping"), schema: { type: "object", properties: {} }, shapes: new SchemaShapes({ type: "object", properties: {} }, true) },
+    ];
+    const call = format.callLayout("report");
+    const text = `${call.begin}${layout(schemas["nested objects, required fields deep in the structure"]!.sample)}${call.end}`;
+    const validate = ajv.compile(parameters);
+    for (let i = 0; i <= text.length; i++) {
+      const progress = new CallsProgress({ calls, separator: format.separator });
+      progress.feed(text.slice(0, i));
+      const parsed = format.parse(text.slice(0, i) + progress.completion());
+      expect(parsed.calls).toHaveLength(1);
+      const [c] = parsed.calls;
+      if (c!.name === "report") expect(validate(c!.arguments)).toBe(true);
+      else expect(c!.arguments).toEqual({});
+    }
+  });
+});
+
+function generate(format: JsonFormat, maxTokens: number, seed: number) {
+  return (async () => {
+    const constraint = await createJsonConstraint(lm.tokenizer, format, { maxTokens });
+    try {
+      const result = await completeAlone(lm, promptTokens(lm.tokenizer, "Fill this in for a fictional example."), { sampling: { ...defaultSampling, temperature: 1, seed }, maxTokens, processors: [constraint.processor] });
+      return { result, closedEarly: constraint.closedEarly(), accepted: constraint.accepted() };
+    } finally {
+      constraint.dispose();
+    }
+  })();
+}
+
+async function minimumFor(format: JsonFormat): Promise<number> {
+  try {
+    (await createJsonConstraint(lm.tokenizer, format, { maxTokens: 1 })).dispose();
+    return 1;
+  } catch (error) {
+    if (error instanceof BudgetError) return error.minimum;
+    throw error;
+  }
+}
+
+describe("schemas × small budgets × seeds on the tiny model: every answer parses and validates", () => {
+  for (const [name, { schema }] of Object.entries(schemas)) {
+    test(
+      name,
+      async () => {
+        const validate = ajv.compile(schema);
+        const minimum = await minimumFor({ schema });
+        for (const maxTokens of [minimum, minimum + 3, minimum + 12, 90]) {
+          for (const seed of [1, 2, 3]) {
+            const { result, closedEarly, accepted } = await generate({ schema }, maxTokens, seed);
+            const where = `max_tokens ${maxTokens}, seed ${seed}, ${result.finishReason}: ${result.text}`;
+            let value: unknown;
+            try {
+              value = JSON.parse(result.text);
+            } catch {
+              throw new Error(`not JSON (${where})`);
+            }
+            if (!validate(value)) throw new Error(`does not validate (${where}): ${ajv.errorsText(validate.errors)}`);
+            expect(accepted).toBe(true);
+            expect(result.tokenIds.length).toBeLessThanOrEqual(maxTokens);
+            if (result.finishReason === "length") expect(closedEarly).toBe(true);
+          }
+        }
+      },
+      120_000,
+    );
+  }
+
+  test('"json" (any object) closes its open strings, arrays and objects', async () => {
+    for (const maxTokens of [2, 9, 40]) {
+      for (const seed of [1, 2, 3]) {
+        const { result } = await generate("json", maxTokens, seed);
+        const value = JSON.parse(result.text);
+        expect(typeof value).toBe("object");
+      }
+    }
+  }, 120_000);
+
+  test("below the minimum for any valid value: a BudgetError naming the minimum", async () => {
+    const { schema } = schemas["nested objects, required fields deep in the structure"]!;
+    const minimum = await minimumFor({ schema });
+    expect(minimum).toBeGreaterThan(10);
+    const error = await createJsonConstraint(lm.tokenizer, { schema }, { maxTokens: 3 }).catch((e) => e);
+    expect(error).toBeInstanceOf(BudgetError);
+    expect(error.message).toBe(`max_tokens 3 is too small for this format: the shortest valid answer takes ${minimum} tokens`);
+    // At the minimum there is no room for any text in the strings.
+    for (const seed of [1, 2]) {
+      const { result } = await generate({ schema }, minimum, seed);
+      const value = JSON.parse(result.text);
+      expect(ajv.validate(schema, value)).toBe(true);
+      expect(value.incident.where.site).toBe("");
+    }
+  }, 60_000);
+
+  test("a required tool call closes within the budget, its arguments valid", async () => {
+    const parameters = schemas["arrays with minItems, of objects with required fields"]!.schema;
+    const validate = ajv.compile(parameters);
+    const functions = [{ name: "file_report", description: "", parameters: parameters as Record<string, unknown> }];
+    for (const name of ["hermes", "llama3", "mistral"] as const) {
+      const format = toolCallFormats[name];
+      const small = await createToolCallConstraint(lm.tokenizer, format, functions, { required: true, parallel: false, maxTokens: 5 }).catch((e) => e);
+      expect(small).toBeInstanceOf(BudgetError);
+      for (const extra of [0, 6, 30]) {
+        const maxTokens = (small as BudgetError).minimum + extra;
+        const constraint = await createToolCallConstraint(lm.tokenizer, format, functions, { required: true, parallel: true, maxTokens });
+        const result = await completeAlone(lm, promptTokens(lm.tokenizer, "File a report."), { sampling: { ...defaultSampling, temperature: 1, seed: extra }, maxTokens, processors: [constraint.processor] });
+        constraint.dispose();
+        const { calls } = format.parse(result.text);
+        expect(calls.length).toBeGreaterThan(0);
+        for (const call of calls) if (!validate(call.arguments)) throw new Error(`${name}, max_tokens ${maxTokens}: ${result.text}`);
+      }
+    }
+  }, 120_000);
+});
+
+describe("through mlx run and the server", () => {
+  const mlx = cliRunner(join(root, "home"));
+  const { schema } = schemas["long free-text fields"]!;
+  const schemaFile = join(root, "incident.json");
+  beforeAll(() => writeFileSync(schemaFile, JSON.stringify(schema)));
+
+  test("mlx run --schema: valid JSON at a small budget, closed_early in --json; below the minimum a one-line error naming it", async () => {
+    const r = await mlx(["run", "-m", modelDir, "--schema", schemaFile, "--temp", "0.8", "--seed", "1", "--max-tokens", "30", "--json", "Fill this in for a fictional example."]);
+    expect(r.code).toBe(0);
+    const out = JSON.parse(r.stdout);
+    expect(out.finish_reason).toBe("length");
+    expect(out.closed_early).toBe(true);
+    expect(ajv.validate(schema, JSON.parse(out.text))).toBe(true);
+    const plain = await mlx(["run", "-m", modelDir, "--schema", schemaFile, "--temp", "0.8", "--seed", "2", "--max-tokens", "30", "Fill this in."]);
+    expect(ajv.validate(schema, JSON.parse(plain.stdout))).toBe(true);
+    expect(plain.stderr).toMatch(/closed early/);
+    const tooSmall = await mlx(["run", "-m", modelDir, "--schema", schemaFile, "--max-tokens", "3", "hi"]);
+    expect(tooSmall.code).not.toBe(0);
+    expect(tooSmall.stderr.trim().split("\n")).toHaveLength(1);
+    expect(tooSmall.stderr).toMatch(/^error: --max-tokens 3 is too small for this format: the shortest valid answer takes \d+ tokens/);
+  }, 120_000);
+
+  test("mlx chat with /set format: a valid answer at a small max_tokens, and a note that it was closed early", async () => {
+    const input = [`/set format ${schemaFile}`, "/set max_tokens 25", "Fill this in.", "/set max_tokens 3", "Again.", ""].join("\n");
+    const r = await mlx(["chat", "-m", modelDir, "--temp", "1", "--seed", "3"], input);
+    expect(r.code).toBe(0);
+    expect(ajv.validate(schema, JSON.parse(r.stdout.trim().split("\n")[0]!))).toBe(true);
+    expect(r.stderr).toMatch(/max_tokens ran out: the JSON was closed early/);
+    expect(r.stderr).toMatch(/error: max_tokens 3 is too small for this format: the shortest valid answer takes \d+ tokens/);
+  }, 120_000);
+
+  describe("mlx serve, batched", () => {
+    let server: RunningServer;
+    let openai: OpenAI;
+    beforeAll(() => {
+      server = serve({ defaultModel: modelDir });
+      openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused" });
+    });
+    afterAll(() => server.stop());
+    const responseFormat = { type: "json_schema" as const, json_schema: { name: "incident", schema, strict: true } };
+    const messages = [{ role: "user" as const, content: "Fill this in for a fictional example." }];
+
+    test("OpenAI: concurrent requests with different small budgets all parse and validate; closed_early in the choice and a header", async () => {
+      const budgets = [20, 25, 33, 48, 64];
+      const requests = budgets.map((max_tokens, seed) => openai.chat.completions.create({ model: modelDir, messages, max_tokens, temperature: 1, seed, response_format: responseFormat }).withResponse());
+      const free = openai.chat.completions.create({ model: modelDir, messages, max_tokens: 40, temperature: 1, seed: 9 });
+      const results = await Promise.all(requests);
+      await free;
+      for (const { data, response } of results) {
+        const choice = data.choices[0]! as typeof data.choices[0] & { closed_early?: boolean };
+        expect(choice.finish_reason).toBe("length");
+        expect(choice.closed_early).toBe(true);
+        expect(response.headers.get("x-mlx-closed-early")).toBe("true");
+        expect(ajv.validate(schema, JSON.parse(choice.message.content!))).toBe(true);
+      }
+    }, 120_000);
+
+    test("OpenAI streamed: the final chunk carries closed_early", async () => {
+      const stream = await openai.chat.completions.create({ model: modelDir, messages, max_tokens: 25, temperature: 1, seed: 4, response_format: responseFormat, stream: true });
+      let text = "";
+      let last: Record<string, unknown> | undefined;
+      for await (const chunk of stream) {
+        text += chunk.choices[0]?.delta.content ?? "";
+        if (chunk.choices[0]?.finish_reason) last = chunk.choices[0] as unknown as Record<string, unknown>;
+      }
+      expect(last?.finish_reason).toBe("length");
+      expect(last?.closed_early).toBe(true);
+      expect(ajv.validate(schema, JSON.parse(text))).toBe(true);
+    }, 120_000);
+
+    test("Ollama format: valid at a small num_predict, closed_early in the final object", async () => {
+      const ollama = new Ollama({ host: server.url });
+      const r = (await ollama.chat({ model: modelDir, messages, format: schema, options: { num_predict: 28, temperature: 1, seed: 5 } })) as unknown as { message: { content: string }; done_reason: string; closed_early?: boolean };
+      expect(r.done_reason).toBe("length");
+      expect(r.closed_early).toBe(true);
+      expect(ajv.validate(schema, JSON.parse(r.message.content))).toBe(true);
+    }, 120_000);
+
+    test("max_tokens below the minimum: 400 on max_tokens naming it; tool_choice required too", async () => {
+      const r = await post(`${server.url}/v1/chat/completions`, { model: modelDir, messages, max_tokens: 3, response_format: responseFormat });
+      expect(r.status).toBe(400);
+      expect(r.json.error.param).toBe("max_tokens");
+      expect(r.json.error.message).toMatch(/^max_tokens 3 is too small for this format: the shortest valid answer takes \d+ tokens$/);
+      const tools = [{ type: "function", function: { name: "file_report", parameters: schema } }];
+      const t = await post(`${server.url}/v1/chat/completions`, { model: modelDir, messages, max_tokens: 4, tools, tool_choice: "required" });
+      expect(t.status).toBe(400);
+      expect(t.json.error.param).toBe("max_tokens");
+      const ok = await openai.chat.completions.create({ model: modelDir, messages, max_tokens: 40, temperature: 1, seed: 2, tools: tools as OpenAI.ChatCompletionTool[], tool_choice: "required" });
+      const calls = ok.choices[0]!.message.tool_calls ?? [];
+      expect(calls.length).toBeGreaterThan(0);
+      for (const call of calls) expect(ajv.validate(schema, JSON.parse((call as { function: { arguments: string } }).function.arguments))).toBe(true);
+    }, 120_000);
+  });
+});
+
+// The issue's case on the real default model (fetched into the store on first use, as the
+// parity tests do): a schema of several free-text fields and arrays, sampled at 0.8.
+describe("the default model (SmolLM2-135M): answers cut by max_tokens still parse and validate", () => {
+  const incident = {
+    type: "object",
+    properties: {
+      title: { type: "string" },
+      summary: { type: "string" },
+      severity: { enum: ["low", "medium", "high", "critical"] },
+      affected_systems: { type: "array", items: { type: "string" }, minItems: 1 },
+      timeline: { type: "array", minItems: 2, items: { type: "object", properties: { time: { type: "string" }, event: { type: "string" } }, required: ["time", "event"] } },
+      root_cause: { type: "string" },
+      actions: { type: "array", items: { type: "string" } },
+    },
+    required: ["title", "summary", "severity", "affected_systems", "timeline", "root_cause", "actions"],
+  };
+  test(
+    "the incident schema at 60, 100 and 200 tokens (its minimum is 58), a seed each",
+    async () => {
+      const { resolveModelPath } = await import("../src/store/resolve");
+      const real = loadModel(await resolveModelPath(undefined));
+      const validate = ajv.compile(incident);
+      const prompt = promptTokens(real.tokenizer, "Fill this in for a fictional example.");
+      try {
+        for (const [maxTokens, seed] of [[60, 1], [100, 2], [200, 3]] as const) {
+          const constraint = await createJsonConstraint(real.tokenizer, { schema: incident }, { maxTokens });
+          const result = await completeAlone(real, prompt, { sampling: { ...defaultSampling, temperature: 0.8, seed }, maxTokens, processors: [constraint.processor] });
+          const closedEarly = constraint.closedEarly();
+          constraint.dispose();
+          const where = `max_tokens ${maxTokens}, seed ${seed}, ${result.finishReason}: ${result.text}`;
+          let value: unknown;
+          try {
+            value = JSON.parse(result.text);
+          } catch {
+            throw new Error(`not JSON (${where})`);
+          }
+          if (!validate(value)) throw new Error(`does not validate (${where}): ${ajv.errorsText(validate.errors)}`);
+          if (result.finishReason === "length") expect(closedEarly).toBe(true);
+        }
+      } finally {
+        real.free();
+      }
+    },
+    600_000,
+  );
+});

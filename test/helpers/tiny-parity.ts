@@ -1,0 +1,23 @@
+// The tiny random-weight models checked against mlx-lm (test/parity-architectures.test.ts), one
+// per architecture and quantization; scripts/reference/write-tiny-models.ts writes the same
+// directories for mlx-lm to record its outputs from.
+import type { TinyOptions } from "./tiny-model";
+
+export const tinyParityModels: Record<string, TinyOptions> = {
+  "gemma3_text": { modelType: "gemma3_text", layers: 4, seed: 3 },
+  "gemma3_text-4bit": { modelType: "gemma3_text", layers: 4, seed: 3, quantize: { groupSize: 32, bits: 4 } },
+  "qwen3_moe": { modelType: "qwen3_moe", layers: 3, seed: 4 },
+  "qwen3_moe-4bit": { modelType: "qwen3_moe", layers: 3, seed: 4, quantize: { groupSize: 32, bits: 4 } },
+  "mixtral": { modelType: "mixtral", layers: 2, seed: 5, tied: false },
+  "mixtral-4bit": { modelType: "mixtral", layers: 2, seed: 5, tied: false, quantize: { groupSize: 32, bits: 4 } },
+  "phi3": { modelType: "phi3", layers: 2, seed: 6, tied: false },
+  "phi3-4bit": { modelType: "phi3", layers: 2, seed: 6, tied: false, quantize: { groupSize: 32, bits: 4 } },
+};
+
+/**
+ * Prompt token ids (SmolLM2's vocabulary, which every tiny model uses): 40 of them, longer than
+ * gemma3's window and enough for the experts' prefill to take the sorted path (≥ 64 picks).
+ */
+export const tinyParityPrompt = Array.from({ length: 40 }, (_, i) => (i * 7919 + 11) % 49152);
+
+export const tinyParityTokens = 32;

@@ -1,0 +1,240 @@
+// The Anthropic Messages API with Anthropic's official client against a real server on
+// loopback: create, stream (the event sequence), stop reasons, a tool round-trip (whole and
+// streamed), count_tokens, errors in Anthropic's shape, x-api-key, and the prefix cache across
+// system prompts that differ only in a volatile last line. Tiny random-weight model: a required
+// call is valid only because the grammar makes it so.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import Anthropic from "@anthropic-ai/sdk";
+import Ajv from "ajv";
+import type { RunningServer } from "../src/server/app";
+import { post, serve } from "./helpers/serve";
+import { writeTinyModel } from "./helpers/tiny-model";
+
+let server: RunningServer;
+let client: Anthropic;
+let model: string;
+
+const input_schema = {
+  type: "object" as const,
+  properties: { city: { type: "string", maxLength: 10 }, days: { type: "integer", minimum: 1, maximum: 7 } },
+  required: ["city", "days"],
+  additionalProperties: false,
+};
+const validInput = new Ajv().compile(input_schema);
+const tools: Anthropic.Tool[] = [
+  { name: "forecast", description: "The weather forecast for a city", input_schema },
+  { name: "clock", description: "The time now", input_schema: { type: "object", properties: {} } },
+];
+const ask: Anthropic.MessageParam[] = [{ role: "user", content: "What will the weather be in Oslo?" }];
+
+beforeAll(() => {
+  const root = mkdtempSync(join(tmpdir(), "mlx-serve-anthropic-"));
+  process.env.MLX_HOME ??= join(root, "home");
+  model = join(root, "tiny");
+  writeTinyModel(model, { contextLength: 1024 });
+  server = serve({ defaultModel: model });
+  client = new Anthropic({ baseURL: server.url, apiKey: "unused", maxRetries: 0 });
+});
+
+afterAll(() => server.stop());
+
+/** Sampling fields the server reads, which this SDK's types no longer list. */
+const sampling = (fields: { temperature?: number; top_k?: number }): object => fields;
+
+const textOf = (m: Anthropic.Message) => m.content.map((b) => (b.type === "text" ? b.text : "")).join("");
+
+describe("messages.create", () => {
+  test("a message with text, a stop reason and usage", async () => {
+    const m = await client.messages.create({ model, max_tokens: 8, system: "Be brief.", messages: [{ role: "user", content: "Hi" }], ...sampling({ temperature: 0 }), metadata: { user_id: "u1" } });
+    expect(m.id).toMatch(/^msg_/);
+    expect(m.type).toBe("message");
+    expect(m.role).toBe("assistant");
+    expect(m.model).toBe(model);
+    expect(m.content[0]!.type).toBe("text");
+    expect(["end_turn", "max_tokens"]).toContain(m.stop_reason!);
+    expect(m.usage.output_tokens).toBeGreaterThan(0);
+    expect(m.usage.output_tokens).toBeLessThanOrEqual(8);
+    expect(m.usage.input_tokens + m.usage.cache_read_input_tokens!).toBeGreaterThan(5);
+  });
+
+  test("max_tokens and stop_sequences end the answer with their stop reasons", async () => {
+    const messages: Anthropic.MessageParam[] = [{ role: "user", content: [{ type: "text", text: "Count" }] }];
+    // Random weights rarely pick EOS: with greedy decoding the answer runs to max_tokens.
+    const long = await client.messages.create({ model, max_tokens: 12, messages, ...sampling({ temperature: 0 }) });
+    expect(long.stop_reason).toBe("max_tokens");
+    expect(long.stop_sequence).toBeNull();
+    expect(long.usage.output_tokens).toBe(12);
+    const text = textOf(long);
+    const stop = text.slice(Math.floor(text.length / 2)).trim().slice(0, 2);
+    expect(stop.length).toBeGreaterThan(0);
+    const stopped = await client.messages.create({ model, max_tokens: 12, messages, ...sampling({ temperature: 0 }), stop_sequences: ["never-generated-zzz", stop] });
+    expect(stopped.stop_reason).toBe("stop_sequence");
+    expect(stopped.stop_sequence).toBe(stop);
+    expect(text.startsWith(textOf(stopped))).toBe(true);
+    expect(textOf(stopped)).not.toContain(stop);
+  });
+});
+
+describe("messages.stream", () => {
+  test("Anthropic's event sequence, and the same text as the deltas", async () => {
+    const events: string[] = [];
+    let deltas = "";
+    const stream = client.messages.stream({ model, max_tokens: 10, messages: [{ role: "user", content: "Hi" }], ...sampling({ temperature: 0 }) });
+    stream.on("streamEvent", (e) => {
+      events.push(e.type);
+      if (e.type === "content_block_delta" && e.delta.type === "text_delta") deltas += e.delta.text;
+    });
+    const m = await stream.finalMessage();
+    expect(events[0]).toBe("message_start");
+    expect(events[1]).toBe("content_block_start");
+    expect(events.slice(-3)).toEqual(["content_block_stop", "message_delta", "message_stop"]);
+    expect(events.filter((e) => e === "content_block_delta").length).toBeGreaterThan(0);
+    expect(textOf(m)).toBe(deltas);
+    expect(m.stop_reason).toBe("max_tokens");
+    expect(m.usage.output_tokens).toBe(10);
+    const whole = await client.messages.create({ model, max_tokens: 10, messages: [{ role: "user", content: "Hi" }], ...sampling({ temperature: 0 }) });
+    expect(textOf(whole)).toBe(deltas);
+  });
+
+  test("the raw stream holds message_start, ping, and named SSE events", async () => {
+    const r = await fetch(`${server.url}/v1/messages`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ model, max_tokens: 3, stream: true, messages: [{ role: "user", content: "Hi" }] }) });
+    expect(r.headers.get("content-type")).toContain("text/event-stream");
+    const names = [...(await r.text()).matchAll(/^event: (\w+)$/gm)].map((m) => m[1]);
+    expect(names.slice(0, 3)).toEqual(["message_start", "ping", "content_block_start"]);
+    expect(names.at(-1)).toBe("message_stop");
+  });
+});
+
+describe("tools", () => {
+  test("a round-trip: tool_choice 'tool' gives a tool_use block with valid input, its tool_result is answered", async () => {
+    let call: Anthropic.ToolUseBlock | undefined;
+    for (const seed of [1, 2, 3]) {
+      const m = await client.messages.create({ model, max_tokens: 120, messages: ask, tools, tool_choice: { type: "tool", name: "forecast", disable_parallel_tool_use: true }, ...sampling({ temperature: 1, top_k: 50 + seed }) });
+      if (m.stop_reason === "max_tokens") continue;
+      expect(m.stop_reason).toBe("tool_use");
+      expect(m.stop_sequence).toBeNull();
+      const uses = m.content.filter((b) => b.type === "tool_use");
+      expect(uses).toHaveLength(1);
+      call = uses[0] as Anthropic.ToolUseBlock;
+      expect(call.name).toBe("forecast");
+      expect(validInput(call.input)).toBe(true);
+      break;
+    }
+    expect(call).toBeDefined();
+    const history: Anthropic.MessageParam[] = [
+      ...ask,
+      { role: "assistant", content: [{ type: "tool_use", id: call!.id, name: call!.name, input: call!.input }] },
+      { role: "user", content: [{ type: "tool_result", tool_use_id: call!.id, content: "Snow, -3 degrees" }, { type: "text", text: "Thanks" }] },
+    ];
+    const answer = await client.messages.create({ model, max_tokens: 4, messages: history, tools, tool_choice: { type: "none" } });
+    expect(answer.content[0]!.type).toBe("text");
+    // The call and its result are in the prompt; offering no tools ("none") adds no description.
+    const counted = await client.messages.countTokens({ model, messages: history, tools, tool_choice: { type: "none" } });
+    const bare = await client.messages.countTokens({ model, messages: ask });
+    expect(answer.usage.input_tokens + answer.usage.cache_read_input_tokens!).toBe(counted.input_tokens);
+    expect(counted.input_tokens).toBeGreaterThan(bare.input_tokens + 20);
+  }, 60_000);
+
+  test("streamed: tool input arrives as input_json_delta, and tool_choice 'any' calls some tool", async () => {
+    let kinds: string[] = [];
+    let partial = "";
+    let final: Anthropic.Message | undefined;
+    for (const seed of [1, 2, 3]) {
+      kinds = [];
+      partial = "";
+      const stream = client.messages.stream({ model, max_tokens: 120, messages: ask, tools, tool_choice: { type: "any", disable_parallel_tool_use: true }, ...sampling({ temperature: 1, top_k: 50 + seed }) });
+      stream.on("streamEvent", (e) => {
+        kinds.push(e.type === "content_block_delta" ? e.delta.type : e.type);
+        if (e.type === "content_block_delta" && e.delta.type === "input_json_delta") partial += e.delta.partial_json;
+      });
+      final = await stream.finalMessage();
+      if (final.stop_reason === "tool_use") break;
+    }
+    expect(final!.stop_reason).toBe("tool_use");
+    const uses = final!.content.filter((b): b is Anthropic.ToolUseBlock => b.type === "tool_use");
+    expect(uses).toHaveLength(1);
+    expect(kinds).toContain("input_json_delta");
+    expect(JSON.parse(partial)).toEqual(uses[0]!.input);
+    expect(["forecast", "clock"]).toContain(uses[0]!.name);
+  }, 60_000);
+});
+
+describe("count_tokens", () => {
+  test("counts what a generation prefills, system and tools included", async () => {
+    const messages: Anthropic.MessageParam[] = [{ role: "user", content: "Hello there" }];
+    const plain = await client.messages.countTokens({ model, messages });
+    const short = await client.messages.countTokens({ model, messages, system: "Be brief." });
+    const blocks = await client.messages.countTokens({ model, messages, system: [{ type: "text", text: "Be brief." }, { type: "text", text: "Cite the files you read, one per line." }] });
+    const withTools = await client.messages.countTokens({ model, messages, tools });
+    expect(plain.input_tokens).toBeGreaterThan(2);
+    expect(blocks.input_tokens).toBeGreaterThan(short.input_tokens + 5);
+    expect(withTools.input_tokens).toBeGreaterThan(plain.input_tokens + 30);
+    const m = await client.messages.create({ model, max_tokens: 1, messages });
+    expect(m.usage.input_tokens + m.usage.cache_read_input_tokens!).toBe(plain.input_tokens);
+  });
+});
+
+describe("errors", () => {
+  test("bad requests are 400s in Anthropic's shape, naming the field; the server keeps serving", async () => {
+    const bad = await client.messages.create({ model, messages: ask } as never).catch((e) => e);
+    expect(bad).toBeInstanceOf(Anthropic.BadRequestError);
+    expect(bad.status).toBe(400);
+    expect(bad.error.type).toBe("error");
+    expect(bad.error.error.type).toBe("invalid_request_error");
+    expect(bad.error.error.message).toContain("'max_tokens' is required");
+    const url = `${server.url}/v1/messages`;
+    const cases: [unknown, RegExp][] = [
+      [{ thinking: { type: "enabled", budget_tokens: 1024 } }, /'thinking' is not supported/],
+      [{ service_tier: "auto" }, /'service_tier' is not supported/],
+      [{ messages: [{ role: "system", content: "x" }] }, /messages\.0\.role/],
+      [{ messages: [{ role: "user", content: [{ type: "image", source: {} }] }] }, /content of type 'image' is not supported/],
+      [{ messages: [{ role: "assistant", content: [{ type: "tool_result", tool_use_id: "a" }] }] }, /belong in user messages/],
+      [{ temperature: 1.5 }, /'temperature' must be <= 1/],
+      [{ tools: [{ name: "web", type: "web_search_20250305" }] }, /tool type 'web_search_20250305'/],
+      [{ tools, tool_choice: { type: "tool", name: "nope" } }, /'nope', which is not among the tools/],
+      [{ tool_choice: { type: "any" } }, /'any' needs 'tools'/],
+    ];
+    for (const [change, message] of cases) {
+      const r = await post(url, { model, max_tokens: 4, messages: ask, ...(change as object) });
+      expect(r.status).toBe(400);
+      expect(r.json.type).toBe("error");
+      expect(r.json.error.type).toBe("invalid_request_error");
+      expect(r.json.error.message).toMatch(message);
+    }
+    const missing = await client.messages.create({ model: "no-such-model", max_tokens: 4, messages: ask }).catch((e) => e);
+    expect(missing).toBeInstanceOf(Anthropic.NotFoundError);
+    expect(missing.error.error.type).toBe("not_found_error");
+    const ok = await client.messages.create({ model, max_tokens: 1, messages: ask });
+    expect(ok.usage.output_tokens).toBe(1);
+  });
+
+  test("x-api-key is the API key; a wrong one is a 401 authentication_error", async () => {
+    const guarded = serve({ defaultModel: model, apiKey: "sk-test" });
+    try {
+      const good = new Anthropic({ baseURL: guarded.url, apiKey: "sk-test", maxRetries: 0 });
+      expect((await good.messages.countTokens({ model, messages: ask })).input_tokens).toBeGreaterThan(0);
+      const wrong = await new Anthropic({ baseURL: guarded.url, apiKey: "sk-wrong", maxRetries: 0 }).messages.countTokens({ model, messages: ask }).catch((e) => e);
+      expect(wrong).toBeInstanceOf(Anthropic.AuthenticationError);
+      expect(wrong.error.error.type).toBe("authentication_error");
+    } finally {
+      await guarded.stop();
+    }
+  });
+});
+
+describe("prefix cache", () => {
+  test("a long shared system prompt whose last line is volatile (a date) is read from the cache", async () => {
+    const rules = Array.from({ length: 40 }, (_, i) => `Rule ${i + 1}: answer in plain words and cite the file you read.`).join("\n");
+    const system = (date: string) => `${rules}\nToday's date: ${date}`;
+    const first = await client.messages.create({ model, max_tokens: 2, system: system("2026-12-01"), messages: ask });
+    const second = await client.messages.create({ model, max_tokens: 2, system: system("2026-12-02"), messages: ask });
+    const shared = (await client.messages.countTokens({ model, messages: [{ role: "user", content: "x" }], system: rules })).input_tokens;
+    expect(first.usage.cache_read_input_tokens).toBeLessThan(shared / 2);
+    // Everything before the date line comes from the cache; only the rest is prefilled.
+    expect(second.usage.cache_read_input_tokens!).toBeGreaterThan(shared - 10);
+    expect(second.usage.input_tokens).toBeLessThan(40);
+  });
+});

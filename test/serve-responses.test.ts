@@ -1,0 +1,183 @@
+// The OpenAI Responses API with the official `openai` client against a real server on loopback:
+// responses.create and responses.stream for text, function tools (a round-trip with
+// function_call_output), text.format json_schema, previous_response_id over stored responses,
+// and what we refuse as 400s naming it; the store's bound and time to live.
+// Tiny random-weight model: a call or a JSON answer is valid only because the grammar makes it so.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import Ajv from "ajv";
+import OpenAI from "openai";
+import type { RunningServer } from "../src/server/app";
+import { ResponseStore } from "../src/server/response-store";
+import { post, serve } from "./helpers/serve";
+import { writeTinyModel } from "./helpers/tiny-model";
+
+let server: RunningServer;
+let openai: OpenAI;
+let model: string;
+
+const parameters = {
+  type: "object",
+  properties: { city: { type: "string", maxLength: 10 }, days: { type: "integer", minimum: 1, maximum: 7 } },
+  required: ["city", "days"],
+  additionalProperties: false,
+};
+const validArguments = new Ajv().compile(parameters);
+const tools: OpenAI.Responses.FunctionTool[] = [{ type: "function", name: "forecast", description: "The weather forecast for a city", parameters, strict: false }];
+
+beforeAll(() => {
+  const root = mkdtempSync(join(tmpdir(), "mlx-serve-responses-"));
+  process.env.MLX_HOME ??= join(root, "home");
+  model = join(root, "tiny");
+  writeTinyModel(model, { contextLength: 1024 });
+  server = serve({ defaultModel: model });
+  openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0 });
+});
+
+afterAll(() => server.stop());
+
+describe("responses.create", () => {
+  test("text from a string input and instructions; max_output_tokens makes it incomplete", async () => {
+    const r = await openai.responses.create({ model, instructions: "Be brief.", input: "Hi", max_output_tokens: 6, temperature: 0 });
+    expect(r.id).toMatch(/^resp_/);
+    expect(r.object).toBe("response");
+    expect(r.status).toBe("incomplete");
+    expect(r.incomplete_details?.reason).toBe("max_output_tokens");
+    expect(r.output[0]!.type).toBe("message");
+    expect(r.output_text.length).toBeGreaterThan(0);
+    expect(r.usage!.output_tokens).toBe(6);
+    expect(r.usage!.total_tokens).toBe(r.usage!.input_tokens + 6);
+    // The same conversation as items gives the same greedy answer.
+    const items = await openai.responses.create({ model, input: [{ role: "system", content: "Be brief." }, { role: "user", content: [{ type: "input_text", text: "Hi" }] }], max_output_tokens: 6, temperature: 0 });
+    expect(items.output_text).toBe(r.output_text);
+  });
+
+  test("text.format json_schema: the answer is JSON that validates", async () => {
+    const schema = { type: "object", properties: { ok: { type: "boolean" }, n: { type: "integer", minimum: 0, maximum: 9 } }, required: ["ok", "n"], additionalProperties: false };
+    const r = await openai.responses.create({ model, input: "Answer in JSON", text: { format: { type: "json_schema", name: "answer", schema, strict: true } }, max_output_tokens: 60 });
+    expect(r.status).toBe("completed");
+    expect(new Ajv().compile(schema)(JSON.parse(r.output_text))).toBe(true);
+  });
+
+  test("a function tool round-trip: a function_call with valid arguments, its output answered", async () => {
+    let call: OpenAI.Responses.ResponseFunctionToolCall | undefined;
+    for (let attempt = 0; attempt < 3 && !call; attempt++) {
+      const r = await openai.responses.create({ model, input: "Weather in Oslo?", tools, tool_choice: { type: "function", name: "forecast" }, parallel_tool_calls: false, max_output_tokens: 120 });
+      if (r.status === "incomplete") continue;
+      expect(r.output).toHaveLength(1);
+      call = r.output[0] as OpenAI.Responses.ResponseFunctionToolCall;
+      expect(call.type).toBe("function_call");
+      expect(call.name).toBe("forecast");
+      expect(validArguments(JSON.parse(call.arguments))).toBe(true);
+    }
+    expect(call).toBeDefined();
+    const input: OpenAI.Responses.ResponseInput = [
+      { role: "user", content: "Weather in Oslo?" },
+      { type: "function_call", call_id: call!.call_id, name: call!.name, arguments: call!.arguments },
+      { type: "function_call_output", call_id: call!.call_id, output: "Snow, -3 degrees" },
+    ];
+    const answer = await openai.responses.create({ model, input, tools, tool_choice: "none", max_output_tokens: 3 });
+    expect(answer.output[0]!.type).toBe("message");
+    const bare = await openai.responses.create({ model, input: "Weather in Oslo?", max_output_tokens: 1 });
+    expect(answer.usage!.input_tokens).toBeGreaterThan(bare.usage!.input_tokens + 15);
+  }, 60_000);
+});
+
+describe("responses.stream", () => {
+  test("text: created, output item, output_text deltas, then the final response with the same text", async () => {
+    const types: string[] = [];
+    let deltas = "";
+    const stream = openai.responses.stream({ model, input: "Hi", max_output_tokens: 8, temperature: 0 });
+    stream.on("event", (e) => types.push(e.type));
+    stream.on("response.output_text.delta", (e) => (deltas += e.delta));
+    const final = await stream.finalResponse();
+    expect(types.slice(0, 4)).toEqual(["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"]);
+    expect(types).toContain("response.output_text.done");
+    expect(types.at(-1)).toBe("response.incomplete");
+    expect(final.output_text).toBe(deltas);
+    const whole = await openai.responses.create({ model, input: "Hi", max_output_tokens: 8, temperature: 0 });
+    expect(whole.output_text).toBe(deltas);
+  });
+
+  test("a required call streams as function_call_arguments deltas", async () => {
+    let final: OpenAI.Responses.Response | undefined;
+    let deltas = "";
+    for (let attempt = 0; attempt < 3; attempt++) {
+      deltas = "";
+      const stream = openai.responses.stream({ model, input: "Weather in Oslo?", tools, tool_choice: "required", parallel_tool_calls: false, max_output_tokens: 120 });
+      stream.on("response.function_call_arguments.delta", (e) => (deltas += e.delta));
+      final = await stream.finalResponse();
+      if (final.status === "completed") break;
+    }
+    expect(final!.status).toBe("completed");
+    const call = final!.output.find((o) => o.type === "function_call") as OpenAI.Responses.ResponseFunctionToolCall;
+    expect(call.arguments).toBe(deltas);
+    expect(validArguments(JSON.parse(deltas))).toBe(true);
+  }, 60_000);
+});
+
+describe("errors", () => {
+  test("fields we do not implement are a 400 naming them; bad input too", async () => {
+    const url = `${server.url}/v1/responses`;
+    const cases: [unknown, RegExp, string][] = [
+      [{ background: true }, /'background' is not supported/, "background"],
+      [{ reasoning: { effort: "low" } }, /'reasoning' is not supported/, "reasoning"],
+      [{ input: [{ type: "image_generation_call" }] }, /input items of type 'image_generation_call'/, "input.0.type"],
+      [{ tools: [{ type: "web_search" }] }, /tools of type 'web_search'/, "tools.0.type"],
+      [{ input: [{ type: "function_call", call_id: "c", name: "f", arguments: "{" }] }, /JSON object/, "input.0.arguments"],
+      [{ text: { format: { type: "json_schema", name: "x" } } }, /JSON Schema/, "text.format.schema"],
+    ];
+    for (const [change, message, param] of cases) {
+      const r = await post(url, { model, input: "Hi", max_output_tokens: 2, ...(change as object) });
+      expect(r.status).toBe(400);
+      expect(r.json.error.message).toMatch(message);
+      expect(r.json.error.param).toBe(param);
+    }
+    const e = await openai.responses.create({ model, input: "Hi", include: ["reasoning.encrypted_content"] }).catch((error) => error);
+    expect(e).toBeInstanceOf(OpenAI.BadRequestError);
+    expect((await openai.responses.create({ model, input: "Hi", max_output_tokens: 1 })).usage!.output_tokens).toBe(1);
+  });
+});
+
+describe("previous_response_id", () => {
+  test("a stored response is continued (its conversation, not its instructions); unknown or unstored ids are a 404", async () => {
+    const first = await openai.responses.create({ model, instructions: "Be brief.", input: "My name is Ada.", max_output_tokens: 4, temperature: 0 });
+    expect(first).toMatchObject({ store: true });
+    const next = await openai.responses.create({ model, previous_response_id: first.id, input: "What is my name?", max_output_tokens: 4, temperature: 0 });
+    expect(next.previous_response_id).toBe(first.id);
+    // The same conversation sent whole gives the same prompt and the same greedy answer.
+    const whole = await openai.responses.create({
+      model,
+      input: [{ role: "user", content: "My name is Ada." }, { role: "assistant", content: first.output_text }, { role: "user", content: "What is my name?" }],
+      max_output_tokens: 4,
+      temperature: 0,
+    });
+    expect(next.usage!.input_tokens).toBe(whole.usage!.input_tokens);
+    expect(next.output_text).toBe(whole.output_text);
+    // A streamed response is stored too, and a chain goes on.
+    const stream = openai.responses.stream({ model, previous_response_id: next.id, input: "And again?", max_output_tokens: 2 });
+    const third = await stream.finalResponse();
+    const fourth = await openai.responses.create({ model, previous_response_id: third.id, input: "Thanks", max_output_tokens: 1 });
+    expect(fourth.usage!.input_tokens).toBeGreaterThan(next.usage!.input_tokens + 8);
+
+    const unstored = await openai.responses.create({ model, input: "Hi", store: false, max_output_tokens: 1 });
+    for (const id of ["resp_unknown", unstored.id]) {
+      const r = await post(`${server.url}/v1/responses`, { model, previous_response_id: id, input: "Hi" });
+      expect(r.status).toBe(404);
+      expect(r.json.error.param).toBe("previous_response_id");
+      expect(r.json.error.message).toContain(`no stored response '${id}'`);
+    }
+  });
+
+  test("the store keeps at most its bound, each entry for its time to live", async () => {
+    const store = new ResponseStore(2, 50);
+    for (const id of ["a", "b", "c"]) store.set(id, [{ role: "user", content: id }]);
+    expect(store.get("a")).toBeUndefined();
+    expect(store.get("c")).toEqual([{ role: "user", content: "c" }]);
+    await Bun.sleep(60);
+    expect(store.get("b")).toBeUndefined();
+    expect(store.get("c")).toBeUndefined();
+  });
+});
