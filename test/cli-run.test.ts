@@ -54,6 +54,20 @@ describe("mlx run", () => {
     expect(r.stdout).not.toMatch(/tokens\/s/);
   });
 
+  // Agreement with the float cache is tested in kv-cache.test.ts and on the default model (this
+  // random model's logits are near ties over SmolLM2's 49k tokens).
+  test("--kv-bits, --kv-group-size and --kv-quant-start answer, and greedy answers repeat", async () => {
+    const wide = join(root, "tiny-wide");
+    writeTinyModel(wide, { contextLength: 256, headDim: 64, seed: 5 });
+    const answer = async (...flags: string[]) => {
+      const r = await mlx(["run", "-m", wide, "--max-tokens", "12", "--json", ...flags, "Tell me a story"]);
+      expect(r.code).toBe(0);
+      return JSON.parse(r.stdout).token_ids;
+    };
+    expect(await answer("--kv-bits", "8")).toEqual(await answer("--kv-bits", "8"));
+    expect(await answer("--kv-bits", "4", "--kv-group-size", "32", "--kv-quant-start", "4")).toHaveLength(12);
+  });
+
   test("--raw skips the chat template", async () => {
     const r = await mlx(["run", "-m", model, "--max-tokens", "1", "--raw", "--json", "Hello"]);
     expect(JSON.parse(r.stdout).prompt_token_ids).not.toContain(1);
@@ -95,6 +109,10 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
     oneLineError(await mlx(["run", "-m", model, "--temp", "hot", "hi"]), /--temp must be a number/);
     oneLineError(await mlx(["run", "-m", model, "--top-p", "2", "hi"]), /top_p/);
     oneLineError(await mlx(["run", "-m", model, "--max-tokens", "0", "hi"]), /--max-tokens/);
+    oneLineError(await mlx(["run", "-m", model, "--kv-bits", "3", "hi"]), /--kv-bits must be 4 or 8/);
+    oneLineError(await mlx(["run", "-m", model, "--kv-bits", "8", "--kv-group-size", "16", "hi"]), /--kv-group-size must be 32, 64 or 128/);
+    // The tiny model's heads are 16 wide: no group of 64 fits.
+    oneLineError(await mlx(["run", "-m", model, "--kv-bits", "8", "hi"]), /head size \(16\) to be a multiple of its group size \(64\)/);
   });
 
   test("no prompt at all", async () => oneLineError(await mlx(["run", "-m", model], ""), /no prompt/));

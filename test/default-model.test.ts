@@ -7,6 +7,10 @@ import OpenAI from "openai";
 import { createJsonConstraint } from "../src/engine/grammar";
 import { promptTokens } from "../src/engine/prompt";
 import { defaultSampling } from "../src/engine/sampling";
+import { generateTokens } from "../src/engine/batch";
+import * as mx from "../src/mlx";
+import { forward, freeCaches, makeCaches } from "../src/models";
+import type { KvQuantization } from "../src/models/cache";
 import { loadModel } from "../src/models/load";
 import type { RunningServer } from "../src/server/app";
 import { resolveModelPath } from "../src/store/resolve";
@@ -67,5 +71,31 @@ describe("the default model", () => {
       expect(args.city).toBe("Paris");
     },
     300_000,
+  );
+});
+
+describe("the default model with a quantized KV cache", () => {
+  test(
+    "8-bit keeps the float cache's greedy answers; 4-bit's logits differ more than 8-bit's",
+    () => {
+      const lm = loadModel(path);
+      // Two prompts, few tokens: this test runs in CI on a slow shared machine (bench/kv-cache.ts measures 10 × 64).
+      const prompts = ["Write a short poem about the sea.", "List three colors."].map((p) => promptTokens(lm.tokenizer, p));
+      const answer = (prompt: number[], kv?: KvQuantization) => [...generateTokens(lm.model, { promptIds: prompt, sampling: defaultSampling, maxTokens: 12 }, kv)].map((e) => e.token);
+      for (const prompt of prompts) expect(answer(prompt, { bits: 8, groupSize: 64 })).toEqual(answer(prompt));
+      const logits = (kv?: KvQuantization) => {
+        const caches = makeCaches(lm.model, { quantization: kv });
+        const out = mx.keep(mx.scope(() => forward(lm.model, mx.array(Int32Array.from(prompts[0]!), [1, prompts[0]!.length]), caches)));
+        freeCaches(caches);
+        return out;
+      };
+      const [float, eight, four] = [logits(), logits({ bits: 8, groupSize: 64 }), logits({ bits: 4, groupSize: 64 })];
+      const meanDiff = (a: mx.MxArray) => mx.scope(() => mx.mean(mx.abs(mx.subtract(a, float))).item());
+      expect(meanDiff(eight)).toBeGreaterThan(0);
+      expect(meanDiff(four)).toBeGreaterThan(meanDiff(eight));
+      for (const t of [float, eight, four]) t.free();
+      lm.free();
+    },
+    180_000,
   );
 });

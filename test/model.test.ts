@@ -62,12 +62,12 @@ describe("KV cache", () => {
     const model = tinyModel({});
     const caches = makeCaches(model);
     mx.scope(() => forward(model, ids(Array.from({ length: 250 }, (_, i) => i % 300)), caches));
-    expect(caches[0]!.keys!.shape[2]).toBe(256);
-    const before = mx.scope(() => mx.slice(caches[0]!.keys!, [0, 0, 0], [1, tinyDims.kvHeads, 250]).toArray());
+    expect(caches[0]!.keys![0]!.shape[2]).toBe(256);
+    const before = mx.scope(() => mx.slice(caches[0]!.keys![0]!, [0, 0, 0], [1, tinyDims.kvHeads, 250]).toArray());
     mx.scope(() => forward(model, ids(Array.from({ length: 10 }, (_, i) => i)), caches));
-    expect(caches[0]!.keys!.shape[2]).toBe(250 + 256); // trimmed to what is used, then one more step, as mlx-lm does
+    expect(caches[0]!.keys![0]!.shape[2]).toBe(250 + 256); // trimmed to what is used, then one more step, as mlx-lm does
     expect(caches[0]!.offset).toBe(260);
-    const after = mx.scope(() => mx.slice(caches[0]!.keys!, [0, 0, 0], [1, tinyDims.kvHeads, 250]).toArray());
+    const after = mx.scope(() => mx.slice(caches[0]!.keys![0]!, [0, 0, 0], [1, tinyDims.kvHeads, 250]).toArray());
     expect(after).toEqual(before);
     freeCaches(caches);
   });
@@ -103,9 +103,9 @@ describe("sliding-window layers (gemma3, window 6)", () => {
     expect(mx.scope(() => mx.max(mx.abs(mx.subtract(full, sliding))).item())).toBeLessThan(1e-4);
     const local = windowed[0] as SlidingKVCache;
     expect(local.offset).toBe(40);
-    expect(local.keys!.shape[2]).toBeLessThanOrEqual(6 - 1 + 4);
+    expect(local.keys![0]!.shape[2]).toBeLessThanOrEqual(6 - 1 + 4);
     expect(local.held).toBeLessThanOrEqual(6 - 1 + 4);
-    expect(windowed[1]!.keys!.shape[2]).toBeGreaterThanOrEqual(40); // the global layer keeps everything
+    expect(windowed[1]!.keys![0]!.shape[2]).toBeGreaterThanOrEqual(40); // the global layer keeps everything
     freeCaches(windowed);
   });
 

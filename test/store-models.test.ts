@@ -5,7 +5,7 @@ import { afterEach, beforeEach, describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { loadAliases } from "../src/store/aliases";
+import { aliasKvQuantization, loadAliases } from "../src/store/aliases";
 import { markInUse, releaseModel } from "../src/store/in-use";
 import { LockTimeoutError, withStoreLock } from "../src/store/lock";
 import { readManifest } from "../src/store/manifest";
@@ -298,5 +298,16 @@ describe("commands and bad input", () => {
     expect(() => loadAliases()).toThrow(new RegExp(`^${file.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}:4:\\d+: `));
     writeFileSync(file, `[models.tiny]\ndescription = "no source"\n`);
     expect(() => loadAliases()).toThrow(`${file}: model 'tiny' needs a source = "..." string`);
+    writeFileSync(file, `[models.tiny]\nsource = "hf:org/tiny"\nkv_bits = 3\n`);
+    expect(() => loadAliases()).toThrow(`${file}: model 'tiny': kv_bits must be 4 or 8`);
+  });
+
+  test("an alias's kv_bits asks for a quantized KV cache (group size 64)", () => {
+    mkdirSync(process.env.MLX_HOME!, { recursive: true });
+    writeFileSync(join(process.env.MLX_HOME!, "models.toml"), `default = "tiny"\n[models.tiny]\nsource = "hf:org/tiny"\nkv_bits = 4\n[models.plain]\nsource = "hf:org/plain"\n`);
+    expect(aliasKvQuantization(undefined)).toEqual({ bits: 4, groupSize: 64 });
+    expect(aliasKvQuantization("tiny")).toEqual({ bits: 4, groupSize: 64 });
+    expect(aliasKvQuantization("plain")).toBeUndefined();
+    expect(aliasKvQuantization("/some/dir")).toBeUndefined();
   });
 });

@@ -14,11 +14,12 @@ import { json, modelCsv, modelJson, modelTable, serverCsv, serverJson, serverTab
 import { benchServer, type ServerBenchResult } from "../bench/server";
 import { compileRegex, parsePromptFile, readSchemaFile, runSuite, type Expectation, type SuiteModelResult, type SuitePrompt } from "../bench/suite";
 import { fail, log, setVerbose } from "./log";
-import { list, positiveInteger } from "./options";
+import { kvCacheArgs, kvQuantizationFrom, list, positiveInteger } from "./options";
 
 export default defineCommand({
   meta: { name: "bench", description: "Benchmark models (tokens/s, first token, memory), a prompt suite, or an OpenAI-compatible server" },
   args: {
+    ...kvCacheArgs,
     model: { type: "string", alias: "m", description: "Model to benchmark (repeatable: -m a -m b); in server mode, the model name sent to the server" },
     repetitions: { type: "string", alias: "n", description: "Runs of each test per model", default: "5" },
     "prompt-tokens": { type: "string", alias: "p", description: "Tokens of the synthetic prompt of the prompt-processing test (0: skip it)", default: "512" },
@@ -92,6 +93,7 @@ async function eachModel<T>(args: Args, bench: (lm: LoadedModel, name: string) =
     try {
       progress(`${name}: loading`);
       lm = loadModel(await resolveModelPath(spec));
+      lm.kvQuantization = kvQuantizationFrom(args, spec);
       for (const note of lm.notes) log.warn(note);
       results.push(await bench(lm, name));
     } catch (error) {

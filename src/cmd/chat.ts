@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { storeRoot } from "../store/paths";
 import { fail, setVerbose } from "./log";
 import { openModel } from "./open-model";
-import { modelArg, positiveInteger, samplingArgs, samplingFrom } from "./options";
+import { kvCacheArgs, kvQuantizationFrom, modelArg, positiveInteger, samplingArgs, samplingFrom } from "./options";
 import { ChatSession } from "./chat/session";
 import { LineInput } from "./chat/input";
 import { runCommand } from "./chat/commands";
@@ -17,6 +17,7 @@ export default defineCommand({
     system: { type: "string", description: "System prompt" },
     "max-tokens": { type: "string", description: "Most tokens per answer", default: "1024" },
     ...samplingArgs,
+    ...kvCacheArgs,
     stats: { type: "boolean", description: "Show tokens/s, time to first token and context use after each answer" },
     verbose: { type: "boolean", alias: "v", description: "Stack traces on errors" },
   },
@@ -27,7 +28,7 @@ export default defineCommand({
     try {
       const settings = { sampling: samplingFrom(args), maxTokens: positiveInteger("max-tokens", args["max-tokens"]), system: args.system, stats: Boolean(args.stats) };
       const modelName = args.model ?? "default model";
-      const lm = await openModel(args.model);
+      const lm = await openModel(args.model, kvQuantizationFrom(args, args.model));
       input = new LineInput(join(storeRoot(), "chat_history"));
       const say = (text: string) => process.stderr.write(`${text}\n`);
       const session = new ChatSession(lm, modelName, settings, say);

@@ -3,9 +3,10 @@
 import { loadModel, type LoadedModel } from "../models/load";
 import { resolveModelPath } from "../store/resolve";
 import { repairHint } from "../store/store";
+import { aliasKvQuantization } from "../store/aliases";
 import { log } from "./log";
 
-export async function openModel(spec: string | undefined): Promise<LoadedModel> {
+export async function openModel(spec: string | undefined, kvQuantization = aliasKvQuantization(spec)): Promise<LoadedModel> {
   const path = await resolveModelPath(spec);
   const started = performance.now();
   let lm: LoadedModel;
@@ -16,6 +17,7 @@ export async function openModel(spec: string | undefined): Promise<LoadedModel> 
     if (!hint) throw error;
     throw new Error(`${(error as Error).message}; ${hint}`);
   }
+  lm.kvQuantization = kvQuantization;
   for (const note of lm.notes) log.warn(note);
   log.debug(`loaded ${path} in ${((performance.now() - started) / 1000).toFixed(2)} s`);
   return lm;

@@ -4,6 +4,8 @@ import type { ArgsDef } from "citty";
 import { readFileSync } from "node:fs";
 import { defaultSampling, validateSampling, type SamplingParams } from "../engine/sampling";
 import { validateSchema, type JsonFormat } from "../engine/grammar";
+import type { KvQuantization } from "../models/cache";
+import { aliasKvQuantization } from "../store/aliases";
 
 export const modelArg = {
   model: { type: "string", alias: "m", description: "Model: an alias from models.toml, a model directory, or a .gguf file (default: the models.toml default)" },
@@ -42,6 +44,24 @@ export function positiveInteger(name: string, value: unknown): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n <= 0) throw new Error(`--${name} must be a whole number > 0 (got '${value}')`);
   return n;
+}
+
+export const kvCacheArgs = {
+  "kv-bits": { type: "string", description: "Store the KV cache quantized: 8 or 4 bits (default: float, or the model's kv_bits in models.toml)" },
+  "kv-group-size": { type: "string", description: "Values per quantization scale in the KV cache: 32, 64 or 128", default: "64" },
+  "kv-quant-start": { type: "string", description: "Keep this many positions in float before quantizing the KV cache", default: "0" },
+} as const satisfies ArgsDef;
+
+/** --kv-bits/--kv-group-size/--kv-quant-start, or else models.toml's kv_bits for `spec`. */
+export function kvQuantizationFrom(args: Record<string, unknown>, spec: string | undefined): KvQuantization | undefined {
+  if (args["kv-bits"] === undefined) return aliasKvQuantization(spec);
+  const bits = Number(args["kv-bits"]);
+  if (bits !== 4 && bits !== 8) throw new Error(`--kv-bits must be 4 or 8 (got '${args["kv-bits"]}')`);
+  const groupSize = Number(args["kv-group-size"] ?? 64);
+  if (![32, 64, 128].includes(groupSize)) throw new Error(`--kv-group-size must be 32, 64 or 128 (got '${args["kv-group-size"]}')`);
+  const start = Number(args["kv-quant-start"] ?? 0);
+  if (!Number.isInteger(start) || start < 0) throw new Error(`--kv-quant-start must be a whole number ≥ 0 (got '${args["kv-quant-start"]}')`);
+  return { bits, groupSize, start };
 }
 
 /** citty gives a repeated string flag as an array, a single one as a string. */

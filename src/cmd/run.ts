@@ -3,7 +3,7 @@ import { defineCommand } from "citty";
 import { soloScheduler, streamCompletion, type CompletionResult } from "../engine/generate";
 import { fail, setVerbose } from "./log";
 import { openModel } from "./open-model";
-import { formatArgs, formatFrom, list, modelArg, positiveInteger, samplingArgs, samplingFrom } from "./options";
+import { formatArgs, formatFrom, kvCacheArgs, kvQuantizationFrom, list, modelArg, positiveInteger, samplingArgs, samplingFrom } from "./options";
 import { BudgetError } from "../engine/budget/steering";
 import { formatStats } from "./stats";
 
@@ -15,6 +15,7 @@ export default defineCommand({
     system: { type: "string", description: "System prompt" },
     "max-tokens": { type: "string", description: "Most tokens to generate", default: "512" },
     ...samplingArgs,
+    ...kvCacheArgs,
     stop: { type: "string", description: "Stop when the answer contains this text (repeatable)" },
     raw: { type: "boolean", description: "Send the prompt as it is, without the model's chat template" },
     verbose: { type: "boolean", alias: "v", description: "Print speed and memory figures to stderr, and stack traces on errors" },
@@ -29,7 +30,7 @@ export default defineCommand({
       const maxTokens = positiveInteger("max-tokens", args["max-tokens"]);
       const output = await formatFrom(args); // before loading the model: a bad schema fails fast
       const text = await readPrompt(args.prompt);
-      const lm = await openModel(args.model);
+      const lm = await openModel(args.model, kvQuantizationFrom(args, args.model));
       const controller = new AbortController();
       process.once("SIGINT", () => controller.abort());
       // A batch of one through the scheduler that serves `mlx serve`.

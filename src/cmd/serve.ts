@@ -4,7 +4,7 @@ import pkg from "../../package.json" with { type: "json" };
 import { parseKeepAlive } from "../api/ollama";
 import { startServer } from "../server/app";
 import { fail, log, setVerbose } from "./log";
-import { list, positiveInteger } from "./options";
+import { kvCacheArgs, kvQuantizationFrom, list, positiveInteger } from "./options";
 
 function nonNegative(name: string, value: unknown): number {
   const n = Number(value);
@@ -15,6 +15,7 @@ function nonNegative(name: string, value: unknown): number {
 export default defineCommand({
   meta: { name: "serve", description: "Serve an OpenAI- and Ollama-compatible API (127.0.0.1 by default)" },
   args: {
+    ...kvCacheArgs,
     model: { type: "string", alias: "m", description: "Load this model at start, keep it loaded, and use it when a request names none" },
     host: { type: "string", description: "Address to bind (0.0.0.0 exposes the server to the network)", default: "127.0.0.1" },
     port: { type: "string", alias: "p", description: "Port (0: any free port)", default: "11435" },
@@ -53,6 +54,7 @@ export default defineCommand({
         prefillChunk: positiveInteger("prefill-chunk", args["prefill-chunk"]),
         targetItlMs: args["target-itl-ms"] === undefined ? undefined : positiveInteger("target-itl-ms", args["target-itl-ms"]),
         prefixCacheBytes: nonNegative("prefix-cache-mb", args["prefix-cache-mb"]) * 1024 * 1024,
+        kvQuantization: args["kv-bits"] === undefined ? undefined : kvQuantizationFrom(args, undefined),
         version: pkg.version,
         logError: (error) => {
           const e = error as Error;

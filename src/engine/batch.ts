@@ -6,6 +6,7 @@ import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import { cacheState, freeCaches, makeCaches, type DecoderModel, type KVCache } from "../models";
 import { BatchKVCache } from "../models/batch-cache";
+import type { KvQuantization } from "../models/cache";
 import type { PrefixCache } from "./prefix-cache";
 import { makeSampler, type LogitsProcessor, type Sampler, type SamplingParams } from "./sampling";
 
@@ -65,6 +66,8 @@ export interface BatchOptions {
   onStart?: (id: string, cachedTokens: number) => void;
   /** Keys and values of earlier prompts and conversations, reused across sequences. */
   prefixCache?: PrefixCache;
+  /** Keys and values stored quantized (--kv-bits); float when absent. */
+  kvQuantization?: KvQuantization;
 }
 
 export class BatchGenerator {
@@ -78,7 +81,11 @@ export class BatchGenerator {
     readonly model: DecoderModel,
     public options: BatchOptions = { maxBatch: 8, prefillChunk: 512 },
   ) {
-    this.#caches = Array.from({ length: model.numLayers }, () => new BatchKVCache());
+    const kv = options.kvQuantization;
+    if (kv && model.config.headDim % kv.groupSize !== 0) {
+      throw new Error(`a ${kv.bits}-bit KV cache needs the head size (${model.config.headDim}) to be a multiple of its group size (${kv.groupSize}); try --kv-group-size 32`);
+    }
+    this.#caches = Array.from({ length: model.numLayers }, () => new BatchKVCache(options.kvQuantization));
   }
 
   get running(): number {
@@ -152,7 +159,7 @@ export class BatchGenerator {
       const sequence = this.#waiting.shift()!;
       const prompt = sequence.request.promptIds;
       // Full caches: the batch and the prefix cache copy every position out of them.
-      const caches = makeCaches(this.model, { windowed: false });
+      const caches = makeCaches(this.model, { windowed: false, quantization: this.options.kvQuantization });
       // Start from the longest stored prefix; the last prompt token is always computed anew.
       const match = this.options.prefixCache?.lookup(prompt, prompt.length - 1);
       if (match) caches.forEach((c, layer) => c.seed(match.keys[layer]!, match.values[layer]!, match.length));
@@ -270,8 +277,8 @@ export class BatchGenerator {
  * One sequence through a BatchGenerator of its own, token by token, for exactly `maxTokens`
  * tokens (EOS does not stop it): for benchmarks and tests of the token loop itself.
  */
-export function* generateTokens(model: DecoderModel, request: SequenceRequest): Generator<SequenceEvent> {
-  const generator = new BatchGenerator(model, { maxBatch: 1, prefillChunk: 2048 });
+export function* generateTokens(model: DecoderModel, request: SequenceRequest, kvQuantization?: KvQuantization): Generator<SequenceEvent> {
+  const generator = new BatchGenerator(model, { maxBatch: 1, prefillChunk: 2048, kvQuantization });
   try {
     generator.add("0", request);
     while (!generator.idle) yield* generator.step();

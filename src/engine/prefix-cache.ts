@@ -3,14 +3,14 @@
 // stored prefix instead of prefilling it again. Entries are found through a token trie, kept
 // within a byte budget, and evicted least recently used first.
 import * as mx from "../mlx";
-import type { MxArray } from "../mlx";
 import type { KVCache } from "../models";
+import type { Stored } from "../models/cache";
 
 interface Entry {
   tokens: number[];
-  /** Per layer, [1, heads, tokens.length, dim]. */
-  keys: MxArray[];
-  values: MxArray[];
+  /** Per layer, [1, heads, tokens.length, ·], stored as the cache stores them (maybe quantized). */
+  keys: Stored[];
+  values: Stored[];
   bytes: number;
   lastUsed: number;
 }
@@ -23,8 +23,8 @@ interface TrieNode {
 
 export interface PrefixMatch {
   length: number;
-  keys: MxArray[];
-  values: MxArray[];
+  keys: Stored[];
+  values: Stored[];
 }
 
 export class PrefixCache {
@@ -75,13 +75,14 @@ export class PrefixCache {
   insert(tokens: number[], caches: KVCache[], row = 0, skip = 0): void {
     if (tokens.length === 0 || this.#covered(tokens)) return;
     const n = tokens.length;
-    const snapshot = (t: MxArray) => mx.keep(mx.scope(() => mx.contiguous(mx.slice(t, [row, 0, skip], [row + 1, t.shape[1]!, skip + n]))));
+    const snapshot = (stored: Stored) => stored.map((t) => mx.keep(mx.scope(() => mx.contiguous(mx.slice(t, [row, 0, skip], [row + 1, t.shape[1]!, skip + n])))));
     const keys = caches.map((c) => snapshot(c.keys!));
     const values = caches.map((c) => snapshot(c.values!));
-    mx.evaluate(...keys, ...values);
-    const bytes = [...keys, ...values].reduce((sum, t) => sum + t.nbytes, 0);
+    const arrays = [...keys, ...values].flat();
+    mx.evaluate(...arrays);
+    const bytes = arrays.reduce((sum, t) => sum + t.nbytes, 0);
     if (bytes > this.maxBytes) {
-      for (const t of [...keys, ...values]) t.free();
+      for (const t of arrays) t.free();
       return;
     }
     const entry: Entry = { tokens: [...tokens], keys, values, bytes, lastUsed: ++this.#clock };
@@ -118,7 +119,7 @@ export class PrefixCache {
     while ((total > this.maxBytes || this.#entries.length > this.maxEntries) && this.#entries.length > 0) {
       const victim = this.#entries.shift()!;
       total -= victim.bytes;
-      for (const t of [...victim.keys, ...victim.values]) t.free();
+      for (const t of [...victim.keys, ...victim.values].flat()) t.free();
     }
     // Rebuild the trie from what is left (entries are few; a rebuild keeps it simple and exact).
     this.#root = { children: new Map() };
@@ -126,7 +127,7 @@ export class PrefixCache {
   }
 
   clear(): void {
-    for (const e of this.#entries) for (const t of [...e.keys, ...e.values]) t.free();
+    for (const e of this.#entries) for (const t of [...e.keys, ...e.values].flat()) t.free();
     this.#entries = [];
     this.#root = { children: new Map() };
   }

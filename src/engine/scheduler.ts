@@ -125,6 +125,7 @@ export class Scheduler {
       maxBatch: options.maxBatch,
       prefillChunk: options.prefillChunk,
       prefixCache: options.prefixCache,
+      kvQuantization: lm.kvQuantization,
       onStart: (id, cachedTokens) => {
         const s = this.#running.get(id);
         if (!s) return;

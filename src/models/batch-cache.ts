@@ -4,7 +4,7 @@
 // attention mask hides it. Sequences join (extend) and leave (keepRows) between steps.
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
-import { KVCache, type Mask } from "./cache";
+import { KVCache, type Mask, type Stored } from "./cache";
 
 export class BatchKVCache extends KVCache {
   /** Padding columns at the left of each row. */
@@ -40,16 +40,21 @@ export class BatchKVCache extends KVCache {
 
   /** Adds a sequence whose keys/values are in `single` (a one-row cache), as the last row. */
   extend(single: KVCache): void {
+    // Past the quantization start, one side may still be float: both are stored alike first.
+    if (single.quantized) this.quantizeHeld();
+    else if (this.quantized) single.quantizeHeld();
     const length = single.offset;
     const width = Math.max(length, this.offset);
     const [keys, values] = mx.scope(() => {
-      const row = (t: MxArray | undefined, like: MxArray | undefined) => padLeft(t && mx.slice(t, [0, 0, 0], [1, t.shape[1]!, length]), width - length, like ?? t);
+      const row = (t: Stored | undefined, like: Stored | undefined) =>
+        (t ?? like)?.map((_, i) => padLeft(t && mx.slice(t[i]!, [0, 0, 0], [1, t[i]!.shape[1]!, length]), width - length, like?.[i] ?? t![i]!)!);
       const rowKeys = row(single.keys, this.keys);
       const rowValues = row(single.values, this.values);
       if (!this.keys || !this.values || this.batchSize === 0) return [rowKeys, rowValues];
       const grow = width - this.offset;
       const used = (t: MxArray) => padLeft(mx.slice(t, [0, 0, 0], [t.shape[0]!, t.shape[1]!, this.offset]), grow, t)!;
-      return [mx.concatenate([used(this.keys), rowKeys!], 0), mx.concatenate([used(this.values), rowValues!], 0)];
+      const stack = (held: Stored, added: Stored) => held.map((t, i) => mx.concatenate([used(t), added[i]!], 0));
+      return [stack(this.keys, rowKeys!), stack(this.values, rowValues!)];
     });
     this.leftPadding = [...this.leftPadding.map((pad) => pad + width - this.offset), width - length];
     this.offset = width;
@@ -68,22 +73,21 @@ export class BatchKVCache extends KVCache {
     const [keys, values] = mx.scope(() => {
       const index = mx.array(Int32Array.from(rows));
       const pick = (t: MxArray) => mx.slice(mx.take(t, index, 0), [0, 0, shared], [rows.length, t.shape[1]!, this.offset]);
-      return [pick(this.keys!), pick(this.values!)];
+      return [this.keys!.map(pick), this.values!.map(pick)];
     });
     this.leftPadding = padding.map((pad) => pad - shared);
     this.offset -= shared;
     this.replaceBuffers(keys, values);
   }
 
-  private replaceBuffers(keys: MxArray | undefined, values: MxArray | undefined): void {
-    this.keys?.free();
-    this.values?.free();
-    this.keys = keys && mx.keep(keys);
-    this.values = values && mx.keep(values);
+  private replaceBuffers(keys: Stored | undefined, values: Stored | undefined): void {
+    this.free(false);
+    this.keys = keys?.map(mx.keep);
+    this.values = values?.map(mx.keep);
   }
 }
 
-/** `count` zero columns in front of t [B, H, T, D] (t may be absent when count covers all). */
+/** `count` zero columns in front of t [B, H, T, ·] (t may be absent when count covers all). */
 function padLeft(t: MxArray | undefined, count: number, like: MxArray | undefined): MxArray | undefined {
   if (count === 0 || !like) return t;
   const [batch, heads, , dim] = (t ?? like).shape as [number, number, number, number];

@@ -1,10 +1,28 @@
 // The per-layer key/value cache. It grows in steps of `step` positions and is written in
 // place with slice_update: the cache holds the only reference to each buffer, so MLX
-// reuses it instead of copying the whole cache every token.
+// reuses it instead of copying the whole cache every token. With a quantization, keys and
+// values are stored as MLX quantizes weights (packed integers, per-group scales and biases)
+// and attention runs on them with quantized matmuls, as mlx-lm's quantized KV cache does.
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
+import { quantizedAttention } from "./quantized-attention";
 
 export type Mask = "causal" | MxArray | undefined;
+
+/** MLX affine quantization of the cache: `bits` per value, one scale and bias per `groupSize` values. */
+export interface KvQuantization {
+  bits: number;
+  groupSize: number;
+  /** Positions kept in float before quantizing starts (mlx-lm's quantized_kv_start). */
+  start?: number;
+}
+
+/**
+ * Keys or values [B, H, T, ·] as stored: one float array, or three quantized parts (packed,
+ * scales, biases). Every part has positions on axis 2, so slicing, padding and picking rows
+ * act on each part alike.
+ */
+export type Stored = MxArray[];
 
 /** What attention needs from a cache, for one sequence or a batch of them. */
 export interface AttentionCache {
@@ -14,15 +32,21 @@ export interface AttentionCache {
   readonly ropeOffset: number | MxArray;
   /** The attention mask for `length` new positions. */
   attentionMask(length: number): Mask;
+  /** Appends keys/values [B, H, L, D] and attends `queries` to everything held: [B, heads, L, D]. */
+  attention(queries: MxArray, keys: MxArray, values: MxArray, scale: number, mask: Mask): MxArray;
+  /** Appends keys/values and returns all of them in float (dequantized when stored quantized). */
   updateAndFetch(keys: MxArray, values: MxArray): [MxArray, MxArray];
 }
 
 export class KVCache implements AttentionCache {
-  keys?: MxArray;
-  values?: MxArray;
+  keys?: Stored;
+  values?: Stored;
   offset = 0;
 
-  constructor(readonly step = 256) {}
+  constructor(
+    readonly quantization?: KvQuantization,
+    readonly step = 256,
+  ) {}
 
   /** One sequence: a number (a batch of them, in BatchKVCache: one per row). */
   get ropeOffset(): number | MxArray {
@@ -34,33 +58,76 @@ export class KVCache implements AttentionCache {
     return length > 1 ? "causal" : undefined;
   }
 
-  /** Appends keys/values [B, H, L, D] and returns the cache's valid part, [B, H, offset + L, D]. */
-  updateAndFetch(keys: MxArray, values: MxArray): [MxArray, MxArray] {
-    const previous = this.offset;
-    const [batch, heads, length, keyDim] = keys.shape as [number, number, number, number];
-    if (!this.keys || !this.values || previous + length > this.keys.shape[2]!) {
-      this.grow(batch, heads, length, keyDim, values.shape[3]!, keys.dtype);
-    }
-    this.offset += length;
-    const start = [0, 0, previous];
-    const stop = [batch, heads, this.offset];
-    this.keys = this.replace(this.keys!, mx.sliceUpdate(this.keys!, keys, start, stop));
-    this.values = this.replace(this.values!, mx.sliceUpdate(this.values!, values, start, stop));
-    return [mx.slice(this.keys, [0, 0, 0], stop), mx.slice(this.values, [0, 0, 0], stop)];
+  get quantized(): boolean {
+    return this.keys?.length === 3;
   }
 
-  private grow(batch: number, heads: number, length: number, keyDim: number, valueDim: number, dtype: mx.DtypeCode): void {
+  attention(queries: MxArray, keys: MxArray, values: MxArray, scale: number, mask: Mask): MxArray {
+    // Float caches go through updateAndFetch, which a subclass (the sliding window) may narrow.
+    if (!this.quantization) return mx.fast.scaledDotProductAttention(queries, ...this.updateAndFetch(keys, values), scale, mask);
+    const [k, v] = this.update(keys, values);
+    if (k.length === 1) return mx.fast.scaledDotProductAttention(queries, k[0]!, v[0]!, scale, mask);
+    return quantizedAttention(queries, k, v, scale, mask, this.quantization!);
+  }
+
+  updateAndFetch(keys: MxArray, values: MxArray): [MxArray, MxArray] {
+    const [k, v] = this.update(keys, values);
+    return [this.toFloat(k, keys.dtype), this.toFloat(v, values.dtype)];
+  }
+
+  /** Appends keys/values [B, H, L, D] and returns the cache's valid part, [B, H, offset + L, ·]. */
+  update(keys: MxArray, values: MxArray): [Stored, Stored] {
+    const previous = this.offset;
+    const length = keys.shape[2]!;
+    const quantize = this.quantization !== undefined && previous + length > (this.quantization.start ?? 0);
+    if (quantize && this.keys && !this.quantized) this.quantizeHeld();
+    const newKeys = quantize ? this.encode(keys) : [keys];
+    const newValues = quantize ? this.encode(values) : [values];
+    if (!this.keys || !this.values || previous + length > this.keys[0]!.shape[2]!) this.grow(newKeys, newValues, length);
+    this.offset += length;
+    const [batch, heads] = keys.shape as [number, number];
+    const start = [0, 0, previous];
+    const stop = [batch, heads, this.offset];
+    const write = (held: Stored, added: Stored) => held.map((t, i) => this.replace(t, mx.sliceUpdate(t, added[i]!, start, stop)));
+    this.keys = write(this.keys!, newKeys);
+    this.values = write(this.values!, newValues);
+    const valid = (held: Stored) => held.map((t) => mx.slice(t, [0, 0, 0], stop));
+    return [valid(this.keys), valid(this.values)];
+  }
+
+  /** x [B, H, L, D] → its quantized parts. */
+  encode(x: MxArray): Stored {
+    const { weight, scales, biases } = mx.quantize(x, this.quantization!);
+    return [weight, scales, biases!];
+  }
+
+  private toFloat(t: Stored, dtype: mx.DtypeCode): MxArray {
+    return t.length === 1 ? t[0]! : mx.dequantize(t[0]!, t[1]!, t[2], this.quantization!, dtype);
+  }
+
+  /** Turns the float positions held so far into quantized ones (when `start` positions are reached). */
+  quantizeHeld(): void {
+    if (!this.keys || !this.values || this.quantized) return;
+    const [batch, heads] = this.keys[0]!.shape as [number, number];
+    const used = (t: Stored) => mx.slice(t[0]!, [0, 0, 0], [batch, heads, this.offset]);
+    const [keys, values] = mx.scope(() => [this.encode(used(this.keys!)), this.encode(used(this.values!))]);
+    this.free(false);
+    this.keys = keys.map(mx.keep);
+    this.values = values.map(mx.keep);
+  }
+
+  private grow(likeKeys: Stored, likeValues: Stored, length: number): void {
     const steps = Math.ceil(length / this.step) * this.step;
-    const newKeys = mx.zeros([batch, heads, steps, keyDim], dtype);
-    const newValues = mx.zeros([batch, heads, steps, valueDim], dtype);
-    if (this.keys && this.values) {
-      const used = [batch, heads, this.offset];
-      this.keys = this.replace(this.keys, mx.concatenate([mx.slice(this.keys, [0, 0, 0], used), newKeys], 2));
-      this.values = this.replace(this.values, mx.concatenate([mx.slice(this.values, [0, 0, 0], used), newValues], 2));
-    } else {
-      this.keys = mx.keep(newKeys);
-      this.values = mx.keep(newValues);
-    }
+    const extend = (held: Stored | undefined, like: Stored) =>
+      like.map((part, i) => {
+        const [batch, heads, , width] = part.shape as [number, number, number, number];
+        const fresh = mx.zeros([batch, heads, steps, width], part.dtype);
+        if (!held) return mx.keep(fresh);
+        const used = mx.slice(held[i]!, [0, 0, 0], [batch, heads, this.offset]);
+        return this.replace(held[i]!, mx.concatenate([used, fresh], 2));
+      });
+    this.keys = extend(this.keys, likeKeys);
+    this.values = extend(this.values, likeValues);
   }
 
   // Drop our reference to the old buffer at once, so the next update can happen in place.
@@ -69,11 +136,11 @@ export class KVCache implements AttentionCache {
     return mx.keep(next);
   }
 
-  /** Starts from stored keys/values [B, H, ≥ length, D] (shared, so never written in place). */
-  seed(keys: MxArray, values: MxArray, length: number): void {
+  /** Starts from stored keys/values [B, H, ≥ length, ·] (shared, so never written in place). */
+  seed(keys: Stored, values: Stored, length: number): void {
     this.free();
-    this.keys = mx.keep(mx.retain(keys));
-    this.values = mx.keep(mx.retain(values));
+    this.keys = keys.map((t) => mx.keep(mx.retain(t)));
+    this.values = values.map((t) => mx.keep(mx.retain(t)));
     this.offset = length;
   }
 
@@ -88,17 +155,17 @@ export class KVCache implements AttentionCache {
   }
 
   get state(): MxArray[] {
-    return this.keys && this.values ? [this.keys, this.values] : [];
+    return [...(this.keys ?? []), ...(this.values ?? [])];
   }
 
   get nbytes(): number {
-    return (this.keys?.nbytes ?? 0) + (this.values?.nbytes ?? 0);
+    return this.state.reduce((sum, t) => sum + t.nbytes, 0);
   }
 
-  free(): void {
-    this.keys?.free();
-    this.values?.free();
+  /** Releases the buffers; `forget` also resets the position count. */
+  free(forget = true): void {
+    for (const t of this.state) t.free();
     this.keys = this.values = undefined;
-    this.offset = 0;
+    if (forget) this.offset = 0;
   }
 }

@@ -53,8 +53,7 @@ export function attention(w: Weights, prefix: string, c: ModelConfig, options: A
     let values = heads(v, c.numKeyValueHeads);
     queries = rope(queries, cache.ropeOffset);
     keys = rope(keys, cache.ropeOffset);
-    [keys, values] = cache.updateAndFetch(keys, values);
-    const out = mx.fast.scaledDotProductAttention(queries, keys, values, scale, mask);
+    const out = cache.attention(queries, keys, values, scale, mask);
     return oProj(mx.reshape(mx.transpose(out, [0, 2, 1, 3]), [b, l, -1]));
   };
 }

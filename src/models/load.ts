@@ -1,5 +1,6 @@
 // Loading a model from disk: an MLX-community directory (config.json + safetensors) or a
 // single GGUF file. Both end as the same thing: HF-named weights, a config, a tokenizer.
+import type { KvQuantization } from "./cache";
 import { existsSync, readFileSync, readdirSync, statSync } from "node:fs";
 import { basename, join } from "node:path";
 import * as mx from "../mlx";
@@ -23,6 +24,8 @@ export interface LoadedModel {
   notes: string[];
   /** Bytes of weights held in memory. */
   weightBytes: number;
+  /** How its KV cache stores keys and values (--kv-bits, or the alias's kv_bits); float when absent. */
+  kvQuantization?: KvQuantization;
   free(): void;
 }
 

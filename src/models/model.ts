@@ -3,7 +3,7 @@
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { ModelConfig } from "./config";
-import { KVCache, type AttentionCache, type Mask } from "./cache";
+import { KVCache, type AttentionCache, type KvQuantization, type Mask } from "./cache";
 import { SlidingKVCache } from "./sliding-cache";
 
 export type { Mask };
@@ -62,11 +62,11 @@ export function forward(model: DecoderModel, ids: MxArray, caches: AttentionCach
 /**
  * A cache per layer. `windowed: false` gives every layer a full cache (sliding-window layers then
  * mask what is out of their window), for what copies positions out of a cache (batching, the
- * prefix cache).
+ * prefix cache); so does a quantization (the sliding-window cache stores float).
  */
-export function makeCaches(model: DecoderModel, { windowed = true } = {}): KVCache[] {
-  if (windowed && model.makeCaches) return model.makeCaches();
-  return Array.from({ length: model.numLayers }, () => new KVCache());
+export function makeCaches(model: DecoderModel, { windowed = true, quantization }: { windowed?: boolean; quantization?: KvQuantization } = {}): KVCache[] {
+  if (windowed && !quantization && model.makeCaches) return model.makeCaches();
+  return Array.from({ length: model.numLayers }, () => new KVCache(quantization));
 }
 
 export function freeCaches(caches: KVCache[]): void {

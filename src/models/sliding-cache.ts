@@ -17,7 +17,7 @@ export class SlidingKVCache extends KVCache {
     readonly window: number,
     step = 256,
   ) {
-    super(step);
+    super(undefined, step);
   }
 
   get held(): number {
@@ -27,7 +27,7 @@ export class SlidingKVCache extends KVCache {
   /** Appends keys/values [B, H, L, D]; returns the last `window - 1` held positions and the new ones. */
   override updateAndFetch(keys: MxArray, values: MxArray): [MxArray, MxArray] {
     const length = keys.shape[2]!;
-    if (this.keys && this.held + length > this.keys.shape[2]!) this.#compact();
+    if (this.keys && this.held + length > this.keys[0]!.shape[2]!) this.#compact();
     this.#context = Math.min(this.held, this.window - 1);
     const start = this.held - this.#context;
     // KVCache's offset counts buffer columns; ours counts positions. Lend it the columns.
@@ -55,12 +55,11 @@ export class SlidingKVCache extends KVCache {
   #compact(): void {
     const keep = Math.min(this.held, this.window - 1);
     const from = this.held - keep;
-    const [batch, heads] = this.keys!.shape as [number, number];
-    const shrink = (t: MxArray) => mx.contiguous(mx.slice(t, [0, 0, from], [batch, heads, this.held]));
-    const keys = mx.keep(mx.scope(() => shrink(this.keys!)));
-    const values = mx.keep(mx.scope(() => shrink(this.values!)));
-    this.keys!.free();
-    this.values!.free();
+    const [batch, heads] = this.keys![0]!.shape as [number, number];
+    const shrink = (stored: MxArray[]) => stored.map((t) => mx.keep(mx.scope(() => mx.contiguous(mx.slice(t, [0, 0, from], [batch, heads, this.held])))));
+    const keys = shrink(this.keys!);
+    const values = shrink(this.values!);
+    this.free(false);
     this.keys = keys;
     this.values = values;
     this.dropped += from;
@@ -84,9 +83,9 @@ export class SlidingKVCache extends KVCache {
     throw new Error("a sliding-window cache cannot start from stored keys and values");
   }
 
-  override free(): void {
-    super.free();
-    this.dropped = 0;
+  override free(forget = true): void {
+    super.free(forget);
+    if (forget) this.dropped = 0;
   }
 }
 

@@ -2,6 +2,7 @@
 // body limit, then the routes of each API family. Data flows one way: routes validate with
 // src/api, hold a model from the registry (model-registry.ts), and submit to its scheduler
 // (src/engine/scheduler.ts) through server/generation.ts.
+import type { KvQuantization } from "../models/cache";
 import { timingSafeEqual, createHash } from "node:crypto";
 import { Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
@@ -39,6 +40,8 @@ export interface ServerOptions extends Partial<ServerConfig> {
   targetItlMs?: number;
   /** Budget of the cross-request prefix cache, per model (0 turns it off). */
   prefixCacheBytes?: number;
+  /** KV cache quantization for every model (--kv-bits); else each alias's kv_bits. */
+  kvQuantization?: KvQuantization;
   logError?: (error: unknown) => void;
   onLoad?: (name: string, path: string, seconds: number) => void;
 }
@@ -83,6 +86,7 @@ export function createState(o: ServerOptions = {}): ServerState {
       defaultKeepAliveMs: o.keepAliveMs ?? 5 * 60_000,
       maxLoaded: o.maxLoadedModels ?? 1,
       makeScheduler,
+      kvQuantization: o.kvQuantization,
       onLoad: (e) => o.onLoad?.(e.name, e.path, e.loadMs / 1000),
     }),
     metrics: undefined!,

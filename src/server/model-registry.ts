@@ -4,6 +4,8 @@
 // Each loaded model has its own scheduler (continuous batching, src/engine/scheduler.ts).
 import { loadModel, type LoadedModel } from "../models/load";
 import { resolveModelPath } from "../store/resolve";
+import { aliasKvQuantization } from "../store/aliases";
+import type { KvQuantization } from "../models/cache";
 import { listModels } from "../store/store";
 import type { IndexEntry } from "../store/model-index";
 import type { Scheduler } from "../engine/scheduler";
@@ -42,6 +44,8 @@ export interface ModelRegistryOptions {
    */
   maxLoaded: number;
   makeScheduler: (lm: LoadedModel) => Scheduler;
+  /** Every model's KV cache quantization (serve --kv-bits); else each alias's kv_bits. */
+  kvQuantization?: KvQuantization;
   onLoad?: (entry: LoadedEntry) => void;
   onUnload?: (entry: LoadedEntry) => void;
 }
@@ -162,6 +166,7 @@ export class ModelRegistry {
         await this.#makeRoom();
         const started = performance.now();
         const lm = loadModel(path);
+        lm.kvQuantization = this.options.kvQuantization ?? aliasKvQuantization(name);
         const entry: LoadedEntry = {
           name,
           path,

@@ -4,12 +4,15 @@ import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { parse, TomlError } from "smol-toml";
 import shipped from "../../models.toml" with { type: "text" };
+import type { KvQuantization } from "../models/cache";
 import { storeRoot } from "./paths";
 
 export interface ModelAlias {
   name: string;
   source: string;
   description?: string;
+  /** Bits per cached key/value (kv_bits: 4 or 8): the model's KV cache stored quantized. */
+  kvBits?: number;
 }
 
 export interface AliasTable {
@@ -36,7 +39,8 @@ function parseTable(text: string, origin: string): { defaultModel?: string; mode
     if (typeof e !== "object" || typeof e.source !== "string" || e.source.length === 0) {
       throw new Error(`${origin}: model '${name}' needs a source = "..." string`);
     }
-    models.push({ name, source: e.source, description: typeof e.description === "string" ? e.description : undefined });
+    if (e.kv_bits !== undefined && e.kv_bits !== 4 && e.kv_bits !== 8) throw new Error(`${origin}: model '${name}': kv_bits must be 4 or 8`);
+    models.push({ name, source: e.source, description: typeof e.description === "string" ? e.description : undefined, kvBits: e.kv_bits as number | undefined });
   }
   if (doc.default !== undefined && typeof doc.default !== "string") throw new Error(`${origin}: 'default' must be a string`);
   return { defaultModel: doc.default as string | undefined, models };
@@ -53,6 +57,13 @@ export function loadAliases(): AliasTable {
     defaultModel = user.defaultModel ?? defaultModel;
   }
   return { defaultModel, models };
+}
+
+/** The KV cache quantization models.toml asks for the model named `spec` (default: the default model). */
+export function aliasKvQuantization(spec: string | undefined): KvQuantization | undefined {
+  const table = loadAliases();
+  const bits = table.models.get(spec ?? table.defaultModel)?.kvBits;
+  return bits === undefined ? undefined : { bits, groupSize: 64 };
 }
 
 /** Aliases that look like what the user typed, closest first (for "did you mean"). */

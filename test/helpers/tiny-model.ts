@@ -13,6 +13,8 @@ export interface TinyOptions {
   vocabSize?: number;
   layers?: number;
   seed?: number;
+  /** Per-head width (16 unless set; a quantized KV cache needs a multiple of its group size). */
+  headDim?: number;
   /** gemma3's sliding window (default 6). */
   window?: number;
 }
@@ -28,7 +30,7 @@ export function tinyConfig(o: TinyOptions = {}): Record<string, unknown> {
     intermediate_size: tinyDims.intermediate,
     num_attention_heads: tinyDims.heads,
     num_key_value_heads: tinyDims.kvHeads,
-    head_dim: tinyDims.headDim,
+    head_dim: o.headDim ?? tinyDims.headDim,
     rms_norm_eps: 1e-5,
     vocab_size: o.vocabSize ?? 300,
     rope_theta: 10000,
@@ -56,7 +58,8 @@ export function tinyConfig(o: TinyOptions = {}): Record<string, unknown> {
 
 /** Random weights with Hugging Face names (quantized linear layers when asked). */
 export function tinyWeights(o: TinyOptions = {}): Map<string, MxArray> {
-  const { hidden, heads, kvHeads, headDim, intermediate } = tinyDims;
+  const { hidden, heads, kvHeads, intermediate } = tinyDims;
+  const headDim = o.headDim ?? tinyDims.headDim;
   const vocab = o.vocabSize ?? 300;
   let key = mx.keep(mx.random.key(o.seed ?? 0));
   const normal = (shape: number[], scale = 0.08) => {

@@ -1,0 +1,179 @@
+// The quantized KV cache (--kv-bits): attention on quantized keys and values matches float
+// attention on the same (dequantized) numbers, greedy output agrees with the float cache, the
+// batched path and the prefix cache keep it quantized, and it costs the bytes it should.
+import { beforeAll, describe, expect, test } from "bun:test";
+import { BatchGenerator, generateTokens } from "../src/engine/batch";
+import { PrefixCache } from "../src/engine/prefix-cache";
+import { defaultSampling } from "../src/engine/sampling";
+import * as mx from "../src/mlx";
+import { buildModel, forward, makeCaches, freeCaches, parseConfig, Weights, type DecoderModel } from "../src/models";
+import type { KvQuantization } from "../src/models/cache";
+import { quantizedAttention } from "../src/models/quantized-attention";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { ServerOptions } from "../src/server/app";
+import { post, serve } from "./helpers/serve";
+import { tinyConfig, tinyDims, tinyWeights, writeTinyModel } from "./helpers/tiny-model";
+
+const headDim = 64;
+let model: DecoderModel;
+beforeAll(() => {
+  const o = { headDim, seed: 3 };
+  model = buildModel(new Weights(tinyWeights(o), parseConfig(tinyConfig(o))));
+});
+
+const eightBit: KvQuantization = { bits: 8, groupSize: 64 };
+const fourBit: KvQuantization = { bits: 4, groupSize: 32 };
+const prompts = [[5, 17, 200, 3, 99, 42, 7], [12, 4], [150, 8, 1, 77, 23, 9, 100, 101, 102, 103, 104, 2], [33]];
+
+function greedy(prompt: number[], maxTokens: number, kv?: KvQuantization): number[] {
+  return [...generateTokens(model, { promptIds: prompt, sampling: defaultSampling, maxTokens }, kv)].map((e) => e.token);
+}
+
+const maxDiff = (a: mx.MxArray, b: mx.MxArray) => mx.scope(() => mx.max(mx.abs(mx.subtract(a, b))).item());
+
+describe("quantized attention", () => {
+  for (const q of [eightBit, fourBit]) {
+    test(`${q.bits}-bit: equals float attention on the dequantized keys and values (causal, array mask, grouped heads)`, () => {
+      mx.scope(() => {
+        const key = mx.random.key(1);
+        const [k1, k2, k3] = [mx.random.split(key)[0], mx.random.split(key)[1], mx.random.split(mx.random.split(key)[0])[1]];
+        const queries = mx.random.normal([2, 4, 5, headDim], mx.Dtype.float32, k1);
+        const keys = mx.random.normal([2, 2, 9, headDim], mx.Dtype.float32, k2);
+        const values = mx.random.normal([2, 2, 9, headDim], mx.Dtype.float32, k3);
+        const pack = (t: mx.MxArray) => {
+          const { weight, scales, biases } = mx.quantize(t, q);
+          return [weight, scales, biases!];
+        };
+        const qk = pack(keys);
+        const qv = pack(values);
+        const floatKeys = mx.dequantize(qk[0]!, qk[1]!, qk[2], q);
+        const floatValues = mx.dequantize(qv[0]!, qv[1]!, qv[2], q);
+        const scale = headDim ** -0.5;
+        const causal = quantizedAttention(queries, qk, qv, scale, "causal", q);
+        expect(maxDiff(causal, mx.fast.scaledDotProductAttention(queries, floatKeys, floatValues, scale, "causal"))).toBeLessThan(1e-4);
+        // A padding mask as BatchKVCache makes: row 1 hides its first 3 columns.
+        const columns = mx.reshape(mx.arange(0, 9), [1, 1, 1, 9]);
+        const mask = mx.greaterEqual(columns, mx.reshape(mx.array(Int32Array.from([0, 3])), [2, 1, 1, 1]));
+        const masked = quantizedAttention(queries, qk, qv, scale, mask, q);
+        expect(maxDiff(masked, mx.fast.scaledDotProductAttention(queries, floatKeys, floatValues, scale, mask))).toBeLessThan(1e-4);
+      });
+    });
+  }
+});
+
+describe("the quantized KV cache", () => {
+  test("8-bit: greedy output identical to the float cache's; 4-bit: logits stay close", () => {
+    for (const prompt of prompts) expect(greedy(prompt, 24, eightBit)).toEqual(greedy(prompt, 24));
+    const logits = (kv?: KvQuantization) => {
+      const caches = makeCaches(model, { quantization: kv });
+      const sequence = Array.from({ length: 40 }, (_, i) => (i * 37) % 300);
+      const out = mx.keep(mx.scope(() => forward(model, mx.array(Int32Array.from(sequence), [1, 40]), caches)));
+      freeCaches(caches);
+      return out;
+    };
+    const [float, eight, four] = [logits(), logits(eightBit), logits(fourBit)];
+    const meanDiff = (a: mx.MxArray) => mx.scope(() => mx.mean(mx.abs(mx.subtract(a, float))).item());
+    const meanSize = mx.scope(() => mx.mean(mx.abs(float)).item());
+    expect(meanDiff(four)).toBeGreaterThan(meanDiff(eight)); // fewer bits, larger error: it really is quantized
+    expect(meanDiff(eight)).toBeLessThan(0.01 * meanSize);
+    expect(meanDiff(four)).toBeLessThan(0.1 * meanSize);
+    for (const t of [float, eight, four]) t.free();
+  });
+
+  test("batched: sequences joining and leaving give what each gives alone", () => {
+    const gen = new BatchGenerator(model, { maxBatch: 8, prefillChunk: 3, kvQuantization: fourBit });
+    const out = prompts.map(() => [] as number[]);
+    prompts.forEach((prompt, i) => gen.add(String(i), { promptIds: prompt, sampling: defaultSampling, maxTokens: 6 + 3 * i }));
+    for (let step = 0; !gen.idle && step < 200; step++) for (const e of gen.step()) out[Number(e.id)]!.push(e.token);
+    gen.dispose();
+    prompts.forEach((prompt, i) => expect(out[i]).toEqual(greedy(prompt, 6 + 3 * i, fourBit)));
+  });
+
+  test("bytes per token: 8-bit and 4-bit cost what their packing says", () => {
+    const bytesPerToken = (kv?: KvQuantization) => {
+      const caches = makeCaches(model, { quantization: kv });
+      mx.scope(() => forward(model, mx.array(Int32Array.from({ length: 256 }, (_, i) => i % 300), [1, 256]), caches));
+      const bytes = caches.reduce((n, c) => n + c.nbytes, 0) / 256;
+      freeCaches(caches);
+      return bytes;
+    };
+    const perLayer = 2 * tinyDims.kvHeads * model.numLayers; // keys and values, each head, each layer
+    const float32 = 4;
+    expect(bytesPerToken()).toBe(perLayer * headDim * float32);
+    // Packed values plus one float32 scale and bias per group.
+    expect(bytesPerToken(eightBit)).toBe(perLayer * (headDim + (2 * float32 * headDim) / 64));
+    expect(bytesPerToken(fourBit)).toBe(perLayer * (headDim / 2 + (2 * float32 * headDim) / 32));
+    expect(bytesPerToken(fourBit)).toBeLessThan(bytesPerToken(eightBit));
+  });
+
+  test("the prefix cache stores quantized keys and values, and a hit gives the same answer", () => {
+    const prefixCache = new PrefixCache(1 << 30);
+    const run = () => {
+      const gen = new BatchGenerator(model, { maxBatch: 2, prefillChunk: 4, kvQuantization: eightBit, prefixCache });
+      gen.add("a", { promptIds: prompts[2]!, sampling: defaultSampling, maxTokens: 8 });
+      const tokens: number[] = [];
+      while (!gen.idle) for (const e of gen.step()) tokens.push(e.token);
+      gen.dispose();
+      return tokens;
+    };
+    const first = run();
+    const match = prefixCache.lookup(prompts[2]!, prompts[2]!.length - 1)!;
+    expect(match.length).toBe(prompts[2]!.length - 1);
+    expect(match.keys[0]!.length).toBe(3); // packed, scales, biases
+    expect(match.keys[0]![0]!.dtype).toBe(mx.Dtype.uint32);
+    expect(run()).toEqual(first);
+    expect(prefixCache.hits).toBe(2);
+    prefixCache.clear();
+  });
+
+  test("--kv-quant-start: float until that many positions, then quantized, in one sequence and in a batch", () => {
+    const late: KvQuantization = { ...eightBit, start: 10 };
+    const caches = makeCaches(model, { quantization: late });
+    mx.scope(() => forward(model, mx.array(Int32Array.from([1, 2, 3, 4, 5, 6, 7, 8]), [1, 8]), caches));
+    expect(caches[0]!.quantized).toBe(false);
+    mx.scope(() => forward(model, mx.array(Int32Array.from([9, 10, 11]), [1, 3]), caches));
+    expect(caches[0]!.quantized).toBe(true);
+    expect(caches[0]!.offset).toBe(11);
+    freeCaches(caches);
+    // A short prompt (float) joins a batch that has already passed the start (quantized).
+    const gen = new BatchGenerator(model, { maxBatch: 4, prefillChunk: 64, kvQuantization: late });
+    const out: Record<string, number[]> = { long: [], short: [] };
+    gen.add("long", { promptIds: prompts[2]!, sampling: defaultSampling, maxTokens: 10 });
+    for (const e of gen.step()) out[e.id]!.push(e.token);
+    gen.add("short", { promptIds: prompts[1]!, sampling: defaultSampling, maxTokens: 5 });
+    while (!gen.idle) for (const e of gen.step()) out[e.id]!.push(e.token);
+    gen.dispose();
+    expect(out.long).toEqual(greedy(prompts[2]!, 10, late));
+    expect(out.short).toHaveLength(5);
+  });
+});
+
+describe("serve with a quantized KV cache", () => {
+  test("concurrent requests batch to the answers each gets alone; the prefix cache holds quantized bytes", async () => {
+    const dir = join(mkdtempSync(join(tmpdir(), "mlx-kv-")), "tiny-wide");
+    writeTinyModel(dir, { contextLength: 256, headDim, seed: 5 });
+    const prompts = ["Tell me a story", "Hi", "What is two plus two?"];
+    const ask = (url: string, content: string) => post(`${url}/v1/chat/completions`, { model: dir, messages: [{ role: "user", content }], max_tokens: 6, temperature: 0 });
+    const prefixBytes = async (o: ServerOptions) => {
+      const server = serve({ ...o, maxBatch: 4 });
+      try {
+        const alone = [];
+        for (const p of prompts) alone.push((await ask(server.url, p)).json.choices[0].message.content);
+        const together = await Promise.all(prompts.map((p) => ask(server.url, p)));
+        expect(together.map((r) => r.json.choices[0].message.content)).toEqual(alone);
+        const stats = (await (await fetch(`${server.url}/stats`)).json()) as { models: { prefix_cache: { bytes: number } }[] };
+        return stats.models[0]!.prefix_cache.bytes;
+      } finally {
+        await server.stop();
+      }
+    };
+    const quantized = await prefixBytes({ kvQuantization: eightBit });
+    const float = await prefixBytes({});
+    // float32 keys/values: 4 bytes a value; 8-bit: 1 byte plus a float32 scale and bias per 64,
+    // so 0.28 of the bytes (the answers, and so the stored lengths, may differ a little).
+    expect(quantized / float).toBeGreaterThan(0.2);
+    expect(quantized / float).toBeLessThan(0.4);
+  }, 60_000);
+});
