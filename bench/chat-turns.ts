@@ -9,7 +9,13 @@ import { defaultSampling } from "../src/engine/sampling";
 import { loadModel } from "../src/models/load";
 import { resolveModelPath } from "../src/store/resolve";
 
-const { values } = parseArgs({ options: { turns: { type: "string", default: "10" }, "answer-tokens": { type: "string", default: "16" }, model: { type: "string", short: "m" } } });
+const { values } = parseArgs({
+  options: {
+    turns: { type: "string", default: "10" },
+    "answer-tokens": { type: "string", default: "16" },
+    model: { type: "string", short: "m" },
+  },
+});
 const turns = Number(values.turns);
 const maxTokens = Number(values["answer-tokens"]);
 const lm = loadModel(await resolveModelPath(values.model));
@@ -36,6 +42,8 @@ for (let i = 1; i <= turns; i++) {
   rows.push(line);
   console.error(line);
 }
-console.log("| turn | prompt tokens (kept cache) | time to first token, kept cache (ms) | prompt tokens (from scratch) | time to first token, from scratch (ms) |");
+console.log(
+  "| turn | prompt tokens (kept cache) | time to first token, kept cache (ms) | prompt tokens (from scratch) | time to first token, from scratch (ms) |",
+);
 console.log("|---:|---|---:|---:|---:|");
 for (const r of rows) console.log(r);

@@ -19,23 +19,35 @@ const keep = (a: mx.MxArray) => {
   mx.evaluate(a);
   return mx.keep(a);
 };
-const normal = (shape: number[], dtype: mx.DtypeCode = mx.Dtype.float32) => keep(mx.astype(mx.random.normal(shape), dtype));
+const normal = (shape: number[], dtype: mx.DtypeCode = mx.Dtype.float32) =>
+  keep(mx.astype(mx.random.normal(shape), dtype));
 // Keys/values as the KV cache holds them: the used part of a larger buffer, [1, 3 heads, T, 64].
-const cache = (used: number) => keep(mx.slice(mx.random.normal([1, 3, used + 256, 64]), [0, 0, 0, 0], [1, 3, used, 64]));
+const cache = (used: number) =>
+  keep(mx.slice(mx.random.normal([1, 3, used + 256, 64]), [0, 0, 0, 0], [1, 3, used, 64]));
 
 mx.random.seed(1);
 const [k2000, v2000, k512, v512] = [cache(2000), cache(2000), cache(512), cache(512)];
 const [q1, q512] = [normal([1, 9, 1, 64]), normal([1, 9, 512, 64])];
 const [x1, x512, weight] = [normal([1, 1, 576]), normal([1, 512, 576]), normal([576])];
-const [wT, wHalfT] = [keep(mx.transpose(normal([1536, 576]))), keep(mx.transpose(normal([1536, 576], mx.Dtype.bfloat16)))];
+const [wT, wHalfT] = [
+  keep(mx.transpose(normal([1536, 576]))),
+  keep(mx.transpose(normal([1536, 576], mx.Dtype.bfloat16))),
+];
 const [xHalf1, xHalf512] = [normal([1, 1, 576], mx.Dtype.bfloat16), normal([1, 512, 576], mx.Dtype.bfloat16)];
 const [gate, up] = [normal([1, 512, 1536]), normal([1, 512, 1536])];
 const heads512 = keep(mx.transpose(normal([1, 512, 9, 64]), [0, 2, 1, 3]));
-const rope = (x: mx.MxArray, offset: number) => mx.fast.rope(x, { dims: 64, traditional: false, base: 100000, scale: 1, offset });
+const rope = (x: mx.MxArray, offset: number) =>
+  mx.fast.rope(x, { dims: 64, traditional: false, base: 100000, scale: 1, offset });
 
 const cases: Case[] = [
-  { name: "attention, decode: 1 query over 2,000 cached keys (9 q / 3 kv heads)", op: () => mx.fast.scaledDotProductAttention(q1, k2000, v2000, 0.125) },
-  { name: "attention, prefill: 512 queries, causal", op: () => mx.fast.scaledDotProductAttention(q512, k512, v512, 0.125, "causal") },
+  {
+    name: "attention, decode: 1 query over 2,000 cached keys (9 q / 3 kv heads)",
+    op: () => mx.fast.scaledDotProductAttention(q1, k2000, v2000, 0.125),
+  },
+  {
+    name: "attention, prefill: 512 queries, causal",
+    op: () => mx.fast.scaledDotProductAttention(q512, k512, v512, 0.125, "causal"),
+  },
   { name: "matmul fp32, 512 × 576 · 576 × 1536", op: () => mx.matmul(x512, wT) },
   { name: "matmul fp32, 1 × 576 · 576 × 1536", op: () => mx.matmul(x1, wT) },
   { name: "matmul bf16 weight, 512 × 576 · 576 × 1536", op: () => mx.matmul(xHalf512, wHalfT) },

@@ -6,7 +6,14 @@ import { generateTokens } from "../src/engine/batch";
 import { defaultSampling } from "../src/engine/sampling";
 const lm = loadModel(".cache/bench/smollm2-mlx");
 for (let r = 0; r < 2; r++) {
-  let n = 0, t0 = 0;
-  for (const _ of generateTokens(lm.model, { promptIds: [1, 2, 3, 4, 5, 6, 7, 8], sampling: defaultSampling, maxTokens: 65 })) { if (n++ === 0) t0 = performance.now(); }
+  let n = 0,
+    t0 = 0;
+  for (const _ of generateTokens(lm.model, {
+    promptIds: [1, 2, 3, 4, 5, 6, 7, 8],
+    sampling: defaultSampling,
+    maxTokens: 65,
+  })) {
+    if (n++ === 0) t0 = performance.now();
+  }
   console.log("ours decode tok/s", (64 / ((performance.now() - t0) / 1000)).toFixed(2));
 }

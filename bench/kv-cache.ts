@@ -29,9 +29,15 @@ const text = "The quick brown fox jumps over the lazy dog while the river runs t
 
 /** A sequence prefilled to `contextTokens`, decoding on demand in bursts. */
 function sequence(contextTokens: number) {
-  const prompt = lm.tokenizer.encode(text.repeat(Math.ceil(contextTokens / 15)), { addSpecialTokens: false }).slice(0, contextTokens);
+  const prompt = lm.tokenizer
+    .encode(text.repeat(Math.ceil(contextTokens / 15)), { addSpecialTokens: false })
+    .slice(0, contextTokens);
   const held = mx.memory.activeMemory();
-  const tokens = generateTokens(lm.model, { promptIds: prompt, sampling: defaultSampling, maxTokens: rounds * 2 * (steps + 1) + 1 });
+  const tokens = generateTokens(lm.model, {
+    promptIds: prompt,
+    sampling: defaultSampling,
+    maxTokens: rounds * 2 * (steps + 1) + 1,
+  });
   tokens.next(); // the prefill and the first token
   // What the sequence holds once prefilled: its KV cache, mostly.
   const cacheBytes = mx.memory.activeMemory() - held;
@@ -62,7 +68,10 @@ const results = new Map(configurations.map((ours) => [ours, { short: [] as numbe
 for (let round = 0; round < rounds; round++) {
   for (const ours of configurations) {
     mx.useCpuKernels(ours);
-    for (const [s, into] of [[short, results.get(ours)!.short], [long, results.get(ours)!.long]] as const) {
+    for (const [s, into] of [
+      [short, results.get(ours)!.short],
+      [long, results.get(ours)!.long],
+    ] as const) {
       const before = s.speeds.length;
       s.burst();
       into.push(...s.speeds.slice(before));
@@ -72,13 +81,20 @@ for (let round = 0; round < rounds; round++) {
 mx.useCpuKernels(true);
 
 console.log(`${rounds} interleaved bursts of ${steps} decode steps; medians (tokens/s).\n`);
-console.log("| kernels | context 32 | context " + long.context + " | long / short | active memory change per burst (long) | KV cache (long) |");
+console.log(
+  "| kernels | context 32 | context " +
+    long.context +
+    " | long / short | active memory change per burst (long) | KV cache (long) |",
+);
 console.log("|---|---:|---:|---:|---:|---:|");
 const cacheMB = (long.cacheBytes / 1e6).toFixed(1);
 for (const ours of configurations) {
   const r = results.get(ours)!;
-  const a = median(r.short), b = median(r.long);
-  console.log(`| ${ours ? `ours (${mx.cpuKernels()})` : "MLX's"} | ${a.toFixed(2)} | ${b.toFixed(2)} | ${ratio(b, a)} | ${(median(long.growth) / 1e6).toFixed(2)} MB | ${cacheMB} MB |`);
+  const a = median(r.short),
+    b = median(r.long);
+  console.log(
+    `| ${ours ? `ours (${mx.cpuKernels()})` : "MLX's"} | ${a.toFixed(2)} | ${b.toFixed(2)} | ${ratio(b, a)} | ${(median(long.growth) / 1e6).toFixed(2)} MB | ${cacheMB} MB |`,
+  );
 }
 short.end();
 long.end();

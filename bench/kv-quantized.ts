@@ -33,7 +33,11 @@ const { values } = parseArgs({
 });
 const lm = loadModel(await resolveModelPath(values.model));
 const model = lm.model;
-const kinds: { name: string; kv?: KvQuantization }[] = [{ name: "float" }, { name: "8-bit", kv: { bits: 8, groupSize: 64 } }, { name: "4-bit", kv: { bits: 4, groupSize: 64 } }];
+const kinds: { name: string; kv?: KvQuantization }[] = [
+  { name: "float" },
+  { name: "8-bit", kv: { bits: 8, groupSize: 64 } },
+  { name: "4-bit", kv: { bits: 4, groupSize: 64 } },
+];
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 function cacheWithContext(kv: KvQuantization | undefined, context: number) {
@@ -59,7 +63,14 @@ function decodeSpeed(kv: KvQuantization | undefined, context: number, steps: num
   const caches = cacheWithContext(kv, context);
   let token = mx.keep(mx.array(Int32Array.from([42]), [1, 1]));
   const step = () => {
-    const next = mx.keep(mx.scope(() => mx.reshape(mx.argmax(mx.slice(forward(model, token, caches), [0, 0, 0], [1, 1, model.config.vocabSize]), -1), [1, 1])));
+    const next = mx.keep(
+      mx.scope(() =>
+        mx.reshape(
+          mx.argmax(mx.slice(forward(model, token, caches), [0, 0, 0], [1, 1, model.config.vocabSize]), -1),
+          [1, 1],
+        ),
+      ),
+    );
     mx.evaluate(next);
     token.free();
     token = next;
@@ -112,12 +123,22 @@ const answerTokens = Number(values.tokens);
 const quality = kinds.slice(1).map(() => ({ identical: 0, agreeingTokens: 0, logitDiffs: [] as number[] }));
 for (const question of questions) {
   const prompt = promptTokens(lm.tokenizer, question);
-  const answer = [...generateTokens(model, { promptIds: prompt, sampling: defaultSampling, maxTokens: answerTokens })].map((e) => e.token);
+  const answer = [
+    ...generateTokens(model, { promptIds: prompt, sampling: defaultSampling, maxTokens: answerTokens }),
+  ].map((e) => e.token);
   const sequence = [...prompt, ...answer.slice(0, -1)];
   // Logits at the positions that predict the answer's tokens.
   const logitsWith = (kv?: KvQuantization) => {
     const caches = makeCaches(model, { quantization: kv });
-    const out = mx.keep(mx.scope(() => mx.slice(forward(model, mx.array(Int32Array.from(sequence), [1, sequence.length]), caches), [0, prompt.length - 1, 0], [1, sequence.length, model.config.vocabSize])));
+    const out = mx.keep(
+      mx.scope(() =>
+        mx.slice(
+          forward(model, mx.array(Int32Array.from(sequence), [1, sequence.length]), caches),
+          [0, prompt.length - 1, 0],
+          [1, sequence.length, model.config.vocabSize],
+        ),
+      ),
+    );
     freeCaches(caches);
     return out;
   };
@@ -129,19 +150,31 @@ for (const question of questions) {
     const firstDifference = tokens.findIndex((t, j) => t !== referenceTokens[j]);
     quality[i]!.identical += firstDifference < 0 ? 1 : 0;
     quality[i]!.agreeingTokens += firstDifference < 0 ? tokens.length : firstDifference;
-    quality[i]!.logitDiffs.push(mx.scope(() => mx.mean(mx.abs(mx.subtract(mx.astype(logits, mx.Dtype.float32), mx.astype(reference, mx.Dtype.float32)))).item()));
+    quality[i]!.logitDiffs.push(
+      mx.scope(() =>
+        mx
+          .mean(mx.abs(mx.subtract(mx.astype(logits, mx.Dtype.float32), mx.astype(reference, mx.Dtype.float32))))
+          .item(),
+      ),
+    );
     logits.free();
   });
   reference.free();
   process.stderr.write(`quality: ${question}\n`);
 }
 
-console.log(`| cache | KV bytes per token | ${contexts.map((c) => `decode tokens/s at ${c}`).join(" | ")} | greedy answers identical to float | tokens before the first difference (of ${questions.length * answerTokens}) | mean abs logit difference |`);
+console.log(
+  `| cache | KV bytes per token | ${contexts.map((c) => `decode tokens/s at ${c}`).join(" | ")} | greedy answers identical to float | tokens before the first difference (of ${questions.length * answerTokens}) | mean abs logit difference |`,
+);
 console.log(`|---|---:|${contexts.map(() => "---:").join("|")}|---:|---:|---:|`);
 kinds.forEach(({ name }, i) => {
   const speed = contexts.map((c) => median(speeds.get(`${name}@${c}`)!).toFixed(2)).join(" | ");
   const q = quality[i - 1];
-  const qualityCells = q ? `${q.identical} of ${questions.length} | ${q.agreeingTokens} | ${(q.logitDiffs.reduce((a, b) => a + b, 0) / q.logitDiffs.length).toFixed(4)}` : "(reference) | | ";
+  const qualityCells = q
+    ? `${q.identical} of ${questions.length} | ${q.agreeingTokens} | ${(q.logitDiffs.reduce((a, b) => a + b, 0) / q.logitDiffs.length).toFixed(4)}`
+    : "(reference) | | ";
   console.log(`| ${name} | ${bytes[i]!.toFixed(0)} | ${speed} | ${qualityCells} |`);
 });
-console.log(`\nruns: ${values.runs}, ${steps} decode steps each; every run's figures: ${JSON.stringify(Object.fromEntries(speeds))}`);
+console.log(
+  `\nruns: ${values.runs}, ${steps} decode steps each; every run's figures: ${JSON.stringify(Object.fromEntries(speeds))}`,
+);

@@ -181,7 +181,13 @@ interface ProcessRun {
 
 async function spawnRun(cmd: string[], marker = "", cwd = root): Promise<ProcessRun> {
   const started = performance.now();
-  const proc = Bun.spawn(cmd, { cwd, stdout: "pipe", stderr: "pipe", stdin: "ignore", env: { ...process.env, NO_COLOR: "1" } });
+  const proc = Bun.spawn(cmd, {
+    cwd,
+    stdout: "pipe",
+    stderr: "pipe",
+    stdin: "ignore",
+    env: { ...process.env, NO_COLOR: "1" },
+  });
   const stderr = new Response(proc.stderr).text();
   const decoder = new TextDecoder();
   let stdout = "";
@@ -195,10 +201,19 @@ async function spawnRun(cmd: string[], marker = "", cwd = root): Promise<Process
   }
   const code = await proc.exited;
   const err = await stderr;
-  if (code !== 0) throw new Error(`${cmd.slice(0, 3).join(" ")} exited with ${code}: ${err.trim().split("\n").slice(-3).join(" | ")}`);
+  if (code !== 0)
+    throw new Error(
+      `${cmd.slice(0, 3).join(" ")} exited with ${code}: ${err.trim().split("\n").slice(-3).join(" | ")}`,
+    );
   const usage = proc.resourceUsage();
   const wallUs = (performance.now() - started) * 1000;
-  return { stdout, stderr: err, firstByteMs, maxRssBytes: usage?.maxRSS ?? Number.NaN, coresBusy: usage ? Number(usage.cpuTime.total) / wallUs : Number.NaN };
+  return {
+    stdout,
+    stderr: err,
+    firstByteMs,
+    maxRssBytes: usage?.maxRSS ?? Number.NaN,
+    coresBusy: usage ? Number(usage.cpuTime.total) / wallUs : Number.NaN,
+  };
 }
 
 type System = "ours" | "mlx-lm" | "llama.cpp";
@@ -218,20 +233,69 @@ interface Figures {
 
 async function speed(system: System): Promise<Omit<Figures, "oneShotMs" | "oneShotRssBytes">> {
   if (system === "ours") {
-    const r = await spawnRun([bun, "src/main.ts", "bench", "-m", gguf, "-n", "1", "-p", String(P), "-g", String(G), "--json"]);
+    const r = await spawnRun([
+      bun,
+      "src/main.ts",
+      "bench",
+      "-m",
+      gguf,
+      "-n",
+      "1",
+      "-p",
+      String(P),
+      "-g",
+      String(G),
+      "--json",
+    ]);
     const m = JSON.parse(r.stdout).models[0];
     if (m.prompt_tokens !== P) throw new Error(`ours prefilled ${m.prompt_tokens} tokens, not ${P}`);
-    return { ppTps: m.prompt_tokens_per_second.mean, ttftMs: m.time_to_first_token_seconds.mean * 1000, tgTps: m.generation_tokens_per_second.mean, tgTokens: G, mlxPeakBytes: m.peak_memory_bytes, speedRssBytes: r.maxRssBytes, coresBusy: r.coresBusy };
+    return {
+      ppTps: m.prompt_tokens_per_second.mean,
+      ttftMs: m.time_to_first_token_seconds.mean * 1000,
+      tgTps: m.generation_tokens_per_second.mean,
+      tgTokens: G,
+      mlxPeakBytes: m.peak_memory_bytes,
+      speedRssBytes: r.maxRssBytes,
+      coresBusy: r.coresBusy,
+    };
   }
-  const r = system === "mlx-lm" ? await spawnRun([python, mlxLmSpeed, converted, idsFile]) : await spawnRun(["node", llamaSpeed, gguf, idsFile, String(threads)], "", nodeDir);
+  const r =
+    system === "mlx-lm"
+      ? await spawnRun([python, mlxLmSpeed, converted, idsFile])
+      : await spawnRun(["node", llamaSpeed, gguf, idsFile, String(threads)], "", nodeDir);
   const j = JSON.parse(r.stdout.trim().split("\n").at(-1)!);
-  return { ppTps: j.pp_tps, ttftMs: j.ttft_s * 1000, tgTps: j.tg_tps, tgTokens: j.tg_tokens, mlxPeakBytes: j.mlx_peak_bytes ?? Number.NaN, speedRssBytes: r.maxRssBytes, coresBusy: r.coresBusy };
+  return {
+    ppTps: j.pp_tps,
+    ttftMs: j.ttft_s * 1000,
+    tgTps: j.tg_tps,
+    tgTokens: j.tg_tokens,
+    mlxPeakBytes: j.mlx_peak_bytes ?? Number.NaN,
+    speedRssBytes: r.maxRssBytes,
+    coresBusy: r.coresBusy,
+  };
 }
 
 async function oneShot(system: System): Promise<ProcessRun> {
   const n = String(oneShotTokens);
   if (system === "ours") return spawnRun([dist, "run", "--max-tokens", n, shortPrompt]);
-  if (system === "mlx-lm") return spawnRun([python, "-m", "mlx_lm", "generate", "--model", converted, "--max-tokens", n, "--temp", "0", "--prompt", shortPrompt], "==========\n");
+  if (system === "mlx-lm")
+    return spawnRun(
+      [
+        python,
+        "-m",
+        "mlx_lm",
+        "generate",
+        "--model",
+        converted,
+        "--max-tokens",
+        n,
+        "--temp",
+        "0",
+        "--prompt",
+        shortPrompt,
+      ],
+      "==========\n",
+    );
   return spawnRun(["node", llamaOneShot, gguf, shortPrompt, n, String(threads)], "", nodeDir);
 }
 
@@ -280,8 +344,12 @@ function bandwidthGBs(threadCount: number): number {
 // ---- the run ------------------------------------------------------------------------------
 
 const started = performance.now();
-say(`default model: ${gguf} (${(ggufBytes / 1e6).toFixed(1)} MB GGUF; ${(weightBytes / 1e6).toFixed(1)} MB of weights in MLX); mlx-lm on ${converted}`);
-say(`${runs} rounds; speed: pp${P}, tg${G}; one-shot: ${oneShotTokens} tokens of a short chat prompt; llama.cpp threads: ${threads}`);
+say(
+  `default model: ${gguf} (${(ggufBytes / 1e6).toFixed(1)} MB GGUF; ${(weightBytes / 1e6).toFixed(1)} MB of weights in MLX); mlx-lm on ${converted}`,
+);
+say(
+  `${runs} rounds; speed: pp${P}, tg${G}; one-shot: ${oneShotTokens} tokens of a short chat prompt; llama.cpp threads: ${threads}`,
+);
 const results: Record<System, Figures[]> = { ours: [], "mlx-lm": [], "llama.cpp": [] };
 for (let round = 0; round < runs; round++) {
   // Rotate the order, so no system always runs first (or right after another's load).
@@ -291,7 +359,9 @@ for (let round = 0; round < runs; round++) {
     const o = await oneShot(system);
     const f: Figures = { ...s, oneShotMs: o.firstByteMs, oneShotRssBytes: o.maxRssBytes };
     results[system].push(f);
-    say(`round ${round + 1}/${runs} ${system}: pp${P} ${f.ppTps.toFixed(2)} tok/s (first token ${f.ttftMs.toFixed(0)} ms), tg${G} ${f.tgTps.toFixed(2)} tok/s, start→first byte ${f.oneShotMs.toFixed(0)} ms, RSS ${(f.speedRssBytes / 1e6).toFixed(0)} MB [${((performance.now() - started) / 1000).toFixed(0)} s]`);
+    say(
+      `round ${round + 1}/${runs} ${system}: pp${P} ${f.ppTps.toFixed(2)} tok/s (first token ${f.ttftMs.toFixed(0)} ms), tg${G} ${f.tgTps.toFixed(2)} tok/s, start→first byte ${f.oneShotMs.toFixed(0)} ms, RSS ${(f.speedRssBytes / 1e6).toFixed(0)} MB [${((performance.now() - started) / 1000).toFixed(0)} s]`,
+    );
   }
 }
 say("measuring memory read bandwidth");
@@ -314,18 +384,45 @@ out.push(`| measure (median of ${runs}) | ours | mlx-lm | llama.cpp | ours / mlx
 out.push("|---|---:|---:|---:|---:|---:|---|");
 for (const [name, get, digits, note] of rows) {
   const [a, b, c] = systems.map(get) as [number, number, number];
-  out.push(`| ${name} | ${fmt(a, digits)} | ${fmt(b, digits)} | ${fmt(c, digits)} | ${ratio(a, b)} | ${ratio(a, c)} | ${note} |`);
+  out.push(
+    `| ${name} | ${fmt(a, digits)} | ${fmt(b, digits)} | ${fmt(c, digits)} | ${ratio(a, b)} | ${ratio(a, c)} | ${note} |`,
+  );
 }
 const bwBest = Math.max(bw1, bwAll);
 const bound = (bwBest * 1e9) / weightBytes;
 out.push("");
-out.push(`Memory read bandwidth (1 GiB buffer, best of 10 passes): ${bw1.toFixed(2)} GB/s on 1 thread, ${bwAll.toFixed(2)} GB/s on ${cores} threads.`);
-out.push(`Bytes read per generated token = the weights: ${(weightBytes / 1e6).toFixed(1)} MB (GGUF file ${(ggufBytes / 1e6).toFixed(1)} MB), so the bandwidth bound is ${bwBest.toFixed(1)} GB/s ÷ ${(weightBytes / 1e6).toFixed(1)} MB = ${bound.toFixed(0)} tokens/s.`);
+out.push(
+  `Memory read bandwidth (1 GiB buffer, best of 10 passes): ${bw1.toFixed(2)} GB/s on 1 thread, ${bwAll.toFixed(2)} GB/s on ${cores} threads.`,
+);
+out.push(
+  `Bytes read per generated token = the weights: ${(weightBytes / 1e6).toFixed(1)} MB (GGUF file ${(ggufBytes / 1e6).toFixed(1)} MB), so the bandwidth bound is ${bwBest.toFixed(1)} GB/s ÷ ${(weightBytes / 1e6).toFixed(1)} MB = ${bound.toFixed(0)} tokens/s.`,
+);
 out.push("");
 out.push("| generation tokens/s as a fraction of the bandwidth bound | ours | mlx-lm | llama.cpp |");
 out.push("|---|---:|---:|---:|");
-out.push(`| bound ${bound.toFixed(0)} tokens/s | ${systems.map((s) => `${((med(s, "tgTps") / bound) * 100).toFixed(1)}%`).join(" | ")} |`);
+out.push(
+  `| bound ${bound.toFixed(0)} tokens/s | ${systems.map((s) => `${((med(s, "tgTps") / bound) * 100).toFixed(1)}%`).join(" | ")} |`,
+);
 out.push("");
 out.push(`Total time: ${((performance.now() - started) / 1000).toFixed(0)} s.`);
-writeFileSync(join(root, ".cache/bench/peers.json"), JSON.stringify({ runs, P, G, gguf, converted, weightBytes, ggufBytes, threads, cores, bandwidthGBs: { one: bw1, all: bwAll }, results }, null, 2));
+writeFileSync(
+  join(root, ".cache/bench/peers.json"),
+  JSON.stringify(
+    {
+      runs,
+      P,
+      G,
+      gguf,
+      converted,
+      weightBytes,
+      ggufBytes,
+      threads,
+      cores,
+      bandwidthGBs: { one: bw1, all: bwAll },
+      results,
+    },
+    null,
+    2,
+  ),
+);
 console.log(out.join("\n"));

@@ -59,7 +59,8 @@ if (values.child) {
   }
   console.log("| product | A (ms) | B (ms) | B's speed-up |\n|---|---:|---:|---:|");
   cases.forEach((c, i) => {
-    const a = median(samples.a[i]!), b = median(samples.b[i]!);
+    const a = median(samples.a[i]!),
+      b = median(samples.b[i]!);
     console.log(`| ${label(c)} | ${a.toFixed(3)} | ${b.toFixed(3)} | ${ratio(a, b)} |`);
   });
 }

@@ -29,7 +29,11 @@ const cases: [number, number, number, number, number][] = [
   [512, 1536, 576, 4, 32],
 ];
 
-interface Row { shape: string; ours: number; mlx: number }
+interface Row {
+  shape: string;
+  ours: number;
+  mlx: number;
+}
 
 function time(fn: () => mx.MxArray): number {
   const started = performance.now();
@@ -89,12 +93,27 @@ if (values.threads) {
       results.get(t)!.push(JSON.parse(child.stdout.toString()));
     }
   }
-  console.log(`| M × (N, K) | ${counts.map((t) => `ours, ${t} thread${t > 1 ? "s" : ""}`).join(" | ")} | ${counts.slice(1).map((t) => `${t} vs ${counts[0]}`).join(" | ")} |`);
-  console.log(`|---|${counts.map(() => "---:").join("|")}|${counts.slice(1).map(() => "---:").join("|")}|`);
+  console.log(
+    `| M × (N, K) | ${counts.map((t) => `ours, ${t} thread${t > 1 ? "s" : ""}`).join(" | ")} | ${counts
+      .slice(1)
+      .map((t) => `${t} vs ${counts[0]}`)
+      .join(" | ")} |`,
+  );
+  console.log(
+    `|---|${counts.map(() => "---:").join("|")}|${counts
+      .slice(1)
+      .map(() => "---:")
+      .join("|")}|`,
+  );
   cases.forEach((_, i) => {
     const ms = counts.map((t) => median(results.get(t)!.map((rows) => rows[i]!.ours)));
     const shape = results.get(counts[0]!)![0]![i]!.shape;
-    console.log(`| ${shape} | ${ms.map((v) => `${v.toFixed(3)} ms`).join(" | ")} | ${ms.slice(1).map((v) => ratio(ms[0]!, v)).join(" | ")} |`);
+    console.log(
+      `| ${shape} | ${ms.map((v) => `${v.toFixed(3)} ms`).join(" | ")} | ${ms
+        .slice(1)
+        .map((v) => ratio(ms[0]!, v))
+        .join(" | ")} |`,
+    );
   });
 } else {
   const rows = measure();
@@ -103,6 +122,9 @@ if (values.threads) {
     console.log(`kernels: ${mx.cpuKernels()}; median of ${runs}`);
     console.log("| M × (N, K) | MLX | ours | speed-up | ours GFLOP/s |");
     console.log("|---|---:|---:|---:|---:|");
-    for (const r of rows) console.log(`| ${r.shape} | ${r.mlx.toFixed(3)} ms | ${r.ours.toFixed(3)} ms | ${ratio(r.mlx, r.ours)} | ${gflops(r.shape, r.ours)} |`);
+    for (const r of rows)
+      console.log(
+        `| ${r.shape} | ${r.mlx.toFixed(3)} ms | ${r.ours.toFixed(3)} ms | ${ratio(r.mlx, r.ours)} | ${gflops(r.shape, r.ours)} |`,
+      );
   }
 }

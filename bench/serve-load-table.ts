@@ -6,8 +6,21 @@ import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { median } from "./lib";
 
-interface Stat { mean: number; median: number; p99: number }
-interface Level { concurrency: number; completed: number; failed: number; requests_per_second: number; output_tokens_per_second: number; ttft_ms: Stat; tpot_ms: Stat; e2e_ms: Stat }
+interface Stat {
+  mean: number;
+  median: number;
+  p99: number;
+}
+interface Level {
+  concurrency: number;
+  completed: number;
+  failed: number;
+  requests_per_second: number;
+  output_tokens_per_second: number;
+  ttft_ms: Stat;
+  tpot_ms: Stat;
+  e2e_ms: Stat;
+}
 
 const dir = process.argv[2] ?? ".cache/bench/serve-load";
 const peer = process.argv[3] ?? "mlx-lm";
@@ -18,18 +31,31 @@ const rounds = (system: string): Level[][] =>
 const systems: Record<string, Level[][]> = { ours: rounds("ours"), [peer]: rounds(peer) };
 const med = (runs: Level[][], i: number, pick: (l: Level) => number) => median(runs.map((levels) => pick(levels[i]!)));
 
-console.log(`| clients | system | rounds | completed / failed (all rounds) | req/s | output tokens/s | TTFT median (ms) | TPOT median (ms) | end-to-end median (ms) |`);
+console.log(
+  `| clients | system | rounds | completed / failed (all rounds) | req/s | output tokens/s | TTFT median (ms) | TPOT median (ms) | end-to-end median (ms) |`,
+);
 console.log("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
 const first = systems.ours[0]!;
 for (const [i, level] of first.entries()) {
   for (const [name, runs] of Object.entries(systems)) {
     const sum = (pick: (l: Level) => number) => runs.reduce((n, levels) => n + pick(levels[i]!), 0);
-    const row = [level.concurrency, name, runs.length, `${sum((l) => l.completed)} / ${sum((l) => l.failed)}`, med(runs, i, (l) => l.requests_per_second).toFixed(3), med(runs, i, (l) => l.output_tokens_per_second).toFixed(2), med(runs, i, (l) => l.ttft_ms.median).toFixed(0), med(runs, i, (l) => l.tpot_ms.median).toFixed(0), med(runs, i, (l) => l.e2e_ms.median).toFixed(0)];
+    const row = [
+      level.concurrency,
+      name,
+      runs.length,
+      `${sum((l) => l.completed)} / ${sum((l) => l.failed)}`,
+      med(runs, i, (l) => l.requests_per_second).toFixed(3),
+      med(runs, i, (l) => l.output_tokens_per_second).toFixed(2),
+      med(runs, i, (l) => l.ttft_ms.median).toFixed(0),
+      med(runs, i, (l) => l.tpot_ms.median).toFixed(0),
+      med(runs, i, (l) => l.e2e_ms.median).toFixed(0),
+    ];
     console.log(`| ${row.join(" | ")} |`);
   }
 }
 console.log();
 for (const [i, level] of first.entries()) {
-  const ratio = med(systems.ours, i, (l) => l.output_tokens_per_second) / med(systems[peer]!, i, (l) => l.output_tokens_per_second);
+  const ratio =
+    med(systems.ours, i, (l) => l.output_tokens_per_second) / med(systems[peer]!, i, (l) => l.output_tokens_per_second);
   console.log(`${level.concurrency} clients: ours / ${peer} output tokens/s ${ratio.toFixed(3)}×`);
 }

@@ -35,7 +35,11 @@ cpSync(join(source, "blobs"), join(scratch, "blobs"), { recursive: true });
 cpSync(join(source, "refs", "pypi"), join(scratch, "refs", "pypi"), { recursive: true });
 
 async function measure(what: string): Promise<{ prepareMs: number; loadMs: number }> {
-  const proc = Bun.spawn([process.execPath, import.meta.path, "--child", what], { env: { ...process.env, MLX_HOME: scratch }, stdout: "pipe", stderr: "inherit" });
+  const proc = Bun.spawn([process.execPath, import.meta.path, "--child", what], {
+    env: { ...process.env, MLX_HOME: scratch },
+    stdout: "pipe",
+    stderr: "inherit",
+  });
   const [out, code] = await Promise.all([new Response(proc.stdout).text(), proc.exited]);
   if (code !== 0) throw new Error(`child for ${what} exited with ${code}`);
   return JSON.parse(out);
@@ -49,7 +53,9 @@ try {
     for (let i = 0; i < runs; i++) later.push(await measure(what));
     const prepare = median(later.map((r) => r.prepareMs));
     const load = median(later.map((r) => r.loadMs));
-    console.log(`| ${what} | first | ${fmt(first.prepareMs)} | ${fmt(first.loadMs)} | ${fmt(first.prepareMs + first.loadMs)} |`);
+    console.log(
+      `| ${what} | first | ${fmt(first.prepareMs)} | ${fmt(first.loadMs)} | ${fmt(first.prepareMs + first.loadMs)} |`,
+    );
     console.log(`| ${what} | later (median of ${runs}) | ${fmt(prepare)} | ${fmt(load)} | ${fmt(prepare + load)} |`);
   }
 } finally {

@@ -55,7 +55,10 @@ const schema = {
   required: ["name", "age", "city", "hobbies"],
 };
 const tools: ToolSpec[] = [
-  { name: "lookup_person", parameters: { type: "object", properties: { name: { type: "string" } }, required: ["name"] } },
+  {
+    name: "lookup_person",
+    parameters: { type: "object", properties: { name: { type: "string" } }, required: ["name"] },
+  },
   { name: "save_record", parameters: schema },
 ];
 const prompts = [
@@ -81,7 +84,8 @@ const processorMs: number[] = [];
 async function constraintFor(mode: Mode): Promise<GrammarConstraint | undefined> {
   if (mode === "schema") return createJsonConstraint(lm.tokenizer, { schema });
   if (mode === "budget") return createJsonConstraint(lm.tokenizer, { schema }, { maxTokens });
-  if (mode === "tools") return createToolCallConstraint(lm.tokenizer, toolCallFormats.hermes, tools, { required: false, parallel: true });
+  if (mode === "tools")
+    return createToolCallConstraint(lm.tokenizer, toolCallFormats.hermes, tools, { required: false, parallel: true });
   return undefined;
 }
 async function generate(prompt: string, mode: Mode): Promise<CompletionResult & { closedEarly: boolean }> {
@@ -94,9 +98,21 @@ async function generate(prompt: string, mode: Mode): Promise<CompletionResult & 
     processorMs.push(performance.now() - t0);
     return out;
   };
-  const processors = mode === "schema" ? [timed] : mode === "tools" || mode === "budget" ? [constraint!.processor] : mode === "identity" ? [identity] : undefined;
+  const processors =
+    mode === "schema"
+      ? [timed]
+      : mode === "tools" || mode === "budget"
+        ? [constraint!.processor]
+        : mode === "identity"
+          ? [identity]
+          : undefined;
   try {
-    const result = await complete(scheduler, { prompt: { kind: "ids", ids: promptTokens(lm.tokenizer, prompt) }, sampling: { ...defaultSampling, temperature: 0 }, maxTokens, processors });
+    const result = await complete(scheduler, {
+      prompt: { kind: "ids", ids: promptTokens(lm.tokenizer, prompt) },
+      sampling: { ...defaultSampling, temperature: 0 },
+      maxTokens,
+      processors,
+    });
     return { ...result, closedEarly: constraint?.closedEarly() ?? false };
   } finally {
     constraint?.dispose();
@@ -117,7 +133,9 @@ for (let run = 0; run < runs; run++) {
     for (const mode of order) {
       const r = await generate(prompt, mode);
       tps[mode].push(r.stats.generationTokensPerSecond);
-      process.stderr.write(`${mode}: ${r.stats.generatedTokens} tokens, ${r.stats.generationTokensPerSecond.toFixed(2)} tok/s${r.closedEarly ? ", closed early" : ""}\n`);
+      process.stderr.write(
+        `${mode}: ${r.stats.generatedTokens} tokens, ${r.stats.generationTokensPerSecond.toFixed(2)} tok/s${r.closedEarly ? ", closed early" : ""}\n`,
+      );
       tokens[mode].push(r.stats.generatedTokens);
       if (r.closedEarly) closedEarly++;
       if (mode === "schema" || mode === "budget") {
@@ -149,16 +167,30 @@ constraint.dispose();
 logits.free();
 
 const fmt = (v: number) => v.toFixed(2);
-console.log(`model: ${lm.path} (${values.model}), vocab ${vocab}; greedy; ${runs} runs × ${prompts.length} prompts; max ${maxTokens} tokens`);
+console.log(
+  `model: ${lm.path} (${values.model}), vocab ${vocab}; greedy; ${runs} runs × ${prompts.length} prompts; max ${maxTokens} tokens`,
+);
 console.log();
-console.log("| measure | no constraint | no-op processor | JSON Schema | schema + budget | tools (auto) | schema / none | budget / schema | tools / none |");
+console.log(
+  "| measure | no constraint | no-op processor | JSON Schema | schema + budget | tools (auto) | schema / none | budget / schema | tools / none |",
+);
 console.log("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
 console.log(
   `| generation tokens/s (median) | ${fmt(median(tps.none))} | ${fmt(median(tps.identity))} | ${fmt(median(tps.schema))} | ${fmt(median(tps.budget))} | ${fmt(median(tps.tools))} | ${ratio(median(tps.schema), median(tps.none))} | ${ratio(median(tps.budget), median(tps.schema))} | ${ratio(median(tps.tools), median(tps.none))} |`,
 );
-console.log(`| tokens generated (median) | ${median(tokens.none)} | ${median(tokens.identity)} | ${median(tokens.schema)} | ${median(tokens.budget)} | ${median(tokens.tools)} | | | |`);
+console.log(
+  `| tokens generated (median) | ${median(tokens.none)} | ${median(tokens.identity)} | ${median(tokens.schema)} | ${median(tokens.budget)} | ${median(tokens.tools)} | | | |`,
+);
 console.log();
-console.log(`schema outputs that parse as JSON: ${validJson}/${schemaRuns}; budget runs the steering narrowed (closed early): ${closedEarly}/${tps.budget.length}`);
-console.log(`host time in the schema's processor per step during generation (matcher advance + bitmask + unpack + graph): median ${median(processorMs).toFixed(3)} ms, mean ${(processorMs.reduce((a, b) => a + b, 0) / processorMs.length).toFixed(3)} ms over ${processorMs.length} steps`);
-console.log(`host time of one mask step at the start state (bitmask + unpack + where, evaluated): ${maskMs.toFixed(3)} ms`);
-console.log(`xgrammar start: ${initMs.toFixed(0)} ms; first constraint (vocabulary + schema compile): ${firstCompileMs.toFixed(0)} ms; cached: ${cachedCreateMs.toFixed(2)} ms`);
+console.log(
+  `schema outputs that parse as JSON: ${validJson}/${schemaRuns}; budget runs the steering narrowed (closed early): ${closedEarly}/${tps.budget.length}`,
+);
+console.log(
+  `host time in the schema's processor per step during generation (matcher advance + bitmask + unpack + graph): median ${median(processorMs).toFixed(3)} ms, mean ${(processorMs.reduce((a, b) => a + b, 0) / processorMs.length).toFixed(3)} ms over ${processorMs.length} steps`,
+);
+console.log(
+  `host time of one mask step at the start state (bitmask + unpack + where, evaluated): ${maskMs.toFixed(3)} ms`,
+);
+console.log(
+  `xgrammar start: ${initMs.toFixed(0)} ms; first constraint (vocabulary + schema compile): ${firstCompileMs.toFixed(0)} ms; cached: ${cachedCreateMs.toFixed(2)} ms`,
+);

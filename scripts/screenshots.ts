@@ -38,7 +38,12 @@ try {
     fetch(`${server.url}/v1/chat/completions`, {
       method: "POST",
       signal: load.signal,
-      body: JSON.stringify({ model, stream: true, max_tokens: 400, messages: [{ role: "user", content: `Tell me story number ${i + 1} about a lighthouse.` }] }),
+      body: JSON.stringify({
+        model,
+        stream: true,
+        max_tokens: 400,
+        messages: [{ role: "user", content: `Tell me story number ${i + 1} about a lighthouse.` }],
+      }),
     })
       .then((r) => r.text())
       .catch(() => {}),

@@ -22,7 +22,14 @@ import { resolveModelPath } from "./store/resolve";
 export type { CompletionResult as Completion, CompletionStats } from "./engine/generate";
 export type { FinishReason } from "./engine/scheduler";
 export type { JsonFormat } from "./engine/grammar";
-export { ContextLengthError, InvalidParameterError, ModelNotFoundError, ModelPullError, QueueFullError, UnsupportedError } from "./errors";
+export {
+  ContextLengthError,
+  InvalidParameterError,
+  ModelNotFoundError,
+  ModelPullError,
+  QueueFullError,
+  UnsupportedError,
+} from "./errors";
 export { SchemaError } from "./engine/grammar";
 export { ModelLoadError } from "./models/load";
 
@@ -137,7 +144,10 @@ export class Chat {
   }
 
   /** Answers `text` as it is written; the generator's return value is the whole result. */
-  async *stream(text: string, options: Omit<GenerateOptions, "system" | "raw"> = {}): AsyncGenerator<string, CompletionResult> {
+  async *stream(
+    text: string,
+    options: Omit<GenerateOptions, "system" | "raw"> = {},
+  ): AsyncGenerator<string, CompletionResult> {
     const turn = this.conversation.turn(text, {
       sampling: sampling(options),
       maxTokens: options.maxTokens ?? this.conversation.lm.config.maxPositionEmbeddings,
@@ -171,6 +181,16 @@ function sampling(o: GenerateOptions): SamplingParams {
 }
 
 function spec(prompt: Prompt, o: GenerateOptions): GenerationSpec {
-  const input: PromptInput = typeof prompt === "string" ? { kind: "text", text: prompt, template: !o.raw, system: o.system } : { kind: "chat", messages: prompt };
-  return { prompt: input, sampling: sampling(o), maxTokens: o.maxTokens, stop: o.stop, format: o.format && { format: o.format, param: "format" }, signal: o.signal };
+  const input: PromptInput =
+    typeof prompt === "string"
+      ? { kind: "text", text: prompt, template: !o.raw, system: o.system }
+      : { kind: "chat", messages: prompt };
+  return {
+    prompt: input,
+    sampling: sampling(o),
+    maxTokens: o.maxTokens,
+    stop: o.stop,
+    format: o.format && { format: o.format, param: "format" },
+    signal: o.signal,
+  };
 }

@@ -16,11 +16,16 @@ const prompts = [[5, 17, 200, 3, 99, 42, 7], [12, 4], [150, 8, 1, 77, 23, 9, 100
 
 function alone(prompt: number[], maxTokens: number, m = model): number[] {
   const out: number[] = [];
-  for (const { token } of generateTokens(m, { promptIds: prompt, sampling: defaultSampling, maxTokens })) out.push(token);
+  for (const { token } of generateTokens(m, { promptIds: prompt, sampling: defaultSampling, maxTokens }))
+    out.push(token);
   return out;
 }
 
-function batched(requests: { prompt: number[]; maxTokens: number; joinAt: number }[], options = { maxBatch: 8, prefillChunk: 3 }, m = model): number[][] {
+function batched(
+  requests: { prompt: number[]; maxTokens: number; joinAt: number }[],
+  options = { maxBatch: 8, prefillChunk: 3 },
+  m = model,
+): number[][] {
   const gen = new BatchGenerator(m, options);
   const out = requests.map(() => [] as number[]);
   let stepCount = 0;
@@ -96,7 +101,8 @@ describe("BatchGenerator", () => {
   test("a sampled sequence with a seed draws the same tokens batched or alone", () => {
     const sampling = { ...defaultSampling, temperature: 1, seed: 11 };
     const soloTokens: number[] = [];
-    for (const { token } of generateTokens(model, { promptIds: prompts[0]!, sampling, maxTokens: 8 })) soloTokens.push(token);
+    for (const { token } of generateTokens(model, { promptIds: prompts[0]!, sampling, maxTokens: 8 }))
+      soloTokens.push(token);
     const gen = new BatchGenerator(model);
     gen.add("a", { promptIds: prompts[0]!, sampling, maxTokens: 8 });
     gen.add("b", { promptIds: prompts[2]!, sampling: defaultSampling, maxTokens: 8 });

@@ -17,8 +17,17 @@ const main = join(import.meta.dir, "..", "src", "main.ts");
 const env = { ...process.env, MLX_HOME: join(root, "home"), NO_COLOR: "1" };
 
 async function mlx(args: string[]) {
-  const proc = Bun.spawn([process.execPath, main, "bench", ...args], { stdin: "ignore", stdout: "pipe", stderr: "pipe", env });
-  const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+  const proc = Bun.spawn([process.execPath, main, "bench", ...args], {
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
+    env,
+  });
+  const [stdout, stderr, code] = await Promise.all([
+    new Response(proc.stdout).text(),
+    new Response(proc.stderr).text(),
+    proc.exited,
+  ]);
   return { stdout, stderr, code };
 }
 const file = (name: string, text: string) => {
@@ -45,8 +54,12 @@ describe("mlx bench: model mode", () => {
     const r = await mlx(["-m", tiny, "-n", "2", ...fast]);
     expect(r.code).toBe(0);
     const lines = r.stdout.trim().split("\n");
-    expect(lines[0]).toMatch(/\| model .*\| quantization .*\|\s+size .*pp16 tokens\/s.*tg8 tokens\/s.*first token \(ms\).*peak memory/);
-    expect(lines[2]).toMatch(/^\| tiny\s+\| mlx\s+\| float32\s+\|\s+[\d.]+ [KMG]?B \|\s+[\d.]+ ± [\d.]+ \|\s+[\d.]+ ± [\d.]+ \|\s+\d+ ± \d+ \|\s+[\d.]+ [KMG]?B \|$/);
+    expect(lines[0]).toMatch(
+      /\| model .*\| quantization .*\|\s+size .*pp16 tokens\/s.*tg8 tokens\/s.*first token \(ms\).*peak memory/,
+    );
+    expect(lines[2]).toMatch(
+      /^\| tiny\s+\| mlx\s+\| float32\s+\|\s+[\d.]+ [KMG]?B \|\s+[\d.]+ ± [\d.]+ \|\s+[\d.]+ ± [\d.]+ \|\s+\d+ ± \d+ \|\s+[\d.]+ [KMG]?B \|$/,
+    );
     expect(r.stdout).toMatch(/2 runs each/);
     expect(r.stderr).not.toMatch(/error/);
   }, 20_000);
@@ -91,7 +104,7 @@ describe("mlx bench: model mode", () => {
     const r = await mlx(["-m", tiny, "-m", tinyQ, "-n", "2", ...fast, "--plot", svg]);
     expect(r.code).toBe(0);
     const text = readFileSync(svg, "utf8");
-    expect(text.startsWith("<svg xmlns=\"http://www.w3.org/2000/svg\"")).toBe(true);
+    expect(text.startsWith('<svg xmlns="http://www.w3.org/2000/svg"')).toBe(true);
     expect(text.trim().endsWith("</svg>")).toBe(true);
     expect(text).toContain("Prompt processing (16-token prompt)");
     expect(text).toContain("Generation (8 tokens)");
@@ -102,7 +115,10 @@ describe("mlx bench: model mode", () => {
   test("bad flags are one-line errors", async () => {
     oneLineError(await mlx(["-m", tiny, "-n", "0"]), /--repetitions must be a whole number/);
     oneLineError(await mlx(["-m", tiny, "-p", "0", "-g", "0"]), /nothing to measure/);
-    oneLineError(await mlx(["-m", tiny, "-p", "4000", "-g", "1", "-n", "1"]), /does not fit the model's context of 256/);
+    oneLineError(
+      await mlx(["-m", tiny, "-p", "4000", "-g", "1", "-n", "1"]),
+      /does not fit the model's context of 256/,
+    );
   }, 20_000);
 });
 
@@ -158,19 +174,34 @@ describe("mlx bench: prompt suite", () => {
 
   test("a prompt file that does not parse: the file and line are named", async () => {
     const bad = file("bad.jsonl", `${JSON.stringify({ prompt: "fine" })}\n{"prompt": "broken",\n`);
-    oneLineError(await mlx(["--prompts", bad, "-m", tiny]), new RegExp(`${bad.replace(/[.]/g, "\\.")} line 2: not valid JSON`));
+    oneLineError(
+      await mlx(["--prompts", bad, "-m", tiny]),
+      new RegExp(`${bad.replace(/[.]/g, "\\.")} line 2: not valid JSON`),
+    );
     const noPrompt = file("noprompt.jsonl", `{"question": "x"}\n`);
-    oneLineError(await mlx(["--prompts", noPrompt, "-m", tiny]), /noprompt\.jsonl line 1: "prompt" must be a non-empty string/);
+    oneLineError(
+      await mlx(["--prompts", noPrompt, "-m", tiny]),
+      /noprompt\.jsonl line 1: "prompt" must be a non-empty string/,
+    );
     oneLineError(await mlx(["--prompts", join(root, "missing.txt"), "-m", tiny]), /prompt file not found/);
   }, 20_000);
 
   test("an invalid schema, or a schema file that is not JSON: a clear error", async () => {
     const prompts = file("p.txt", "hello\n");
     const invalid = file("invalid.schema.json", JSON.stringify({ type: "no-such-type" }));
-    oneLineError(await mlx(["--prompts", prompts, "--expect-schema", invalid, "-m", tiny]), /invalid\.schema\.json: invalid JSON schema: .*type/);
+    oneLineError(
+      await mlx(["--prompts", prompts, "--expect-schema", invalid, "-m", tiny]),
+      /invalid\.schema\.json: invalid JSON schema: .*type/,
+    );
     const notJson = file("notjson.schema.json", "{ type: object");
-    oneLineError(await mlx(["--prompts", prompts, "--expect-schema", notJson, "-m", tiny]), /notjson\.schema\.json: not valid JSON/);
-    oneLineError(await mlx(["--prompts", prompts, "--expect-regex", "(unclosed", "-m", tiny]), /--expect-regex: invalid regular expression/);
+    oneLineError(
+      await mlx(["--prompts", prompts, "--expect-schema", notJson, "-m", tiny]),
+      /notjson\.schema\.json: not valid JSON/,
+    );
+    oneLineError(
+      await mlx(["--prompts", prompts, "--expect-regex", "(unclosed", "-m", tiny]),
+      /--expect-regex: invalid regular expression/,
+    );
   }, 20_000);
 });
 
@@ -179,7 +210,12 @@ describe("bench library", () => {
     expect(sd([2, 4, 4, 4, 5, 5, 7, 9])).toBeCloseTo(2.138, 3);
     expect(sd([3])).toBe(0);
     expect(percentile([1, 2, 3, 4], 50)).toBe(2.5);
-    expect(percentile(Array.from({ length: 101 }, (_, i) => i), 99)).toBe(99);
+    expect(
+      percentile(
+        Array.from({ length: 101 }, (_, i) => i),
+        99,
+      ),
+    ).toBe(99);
     expect(summarize([1, Number.NaN, 3]).mean).toBe(2);
   });
 
@@ -188,7 +224,12 @@ describe("bench library", () => {
     expect(extractJson('The answer is {"a": [1, 2]} as asked.').value).toEqual({ a: [1, 2] });
     expect(extractJson("no json here").found).toBe(false);
     expect(compileRegex("/paris/i", "x").test("PARIS")).toBe(true);
-    const schema = readSchemaFile(file("city.schema.json", JSON.stringify({ type: "object", properties: { city: { type: "string" } }, required: ["city"] })));
+    const schema = readSchemaFile(
+      file(
+        "city.schema.json",
+        JSON.stringify({ type: "object", properties: { city: { type: "string" } }, required: ["city"] }),
+      ),
+    );
     expect(checkAnswer('{"city": "Paris"}', { schema }).passed).toBe(true);
     const wrong = checkAnswer('{"city": 3}', { schema });
     expect(wrong.passed).toBe(false);
@@ -197,9 +238,13 @@ describe("bench library", () => {
   });
 
   test("prompt files: inline schemas, unknown keys named", () => {
-    const p = parsePromptFile(file("inline.jsonl", `${JSON.stringify({ prompt: "x", expect_schema: { type: "array" } })}\n`));
+    const p = parsePromptFile(
+      file("inline.jsonl", `${JSON.stringify({ prompt: "x", expect_schema: { type: "array" } })}\n`),
+    );
     expect(p[0]!.schema!.validate([1])).toBe(true);
-    expect(() => parsePromptFile(file("typo.jsonl", `${JSON.stringify({ prompt: "x", "expect-regex": "a" })}\n`))).toThrow(/typo\.jsonl line 1: unknown key "expect-regex"/);
+    expect(() =>
+      parsePromptFile(file("typo.jsonl", `${JSON.stringify({ prompt: "x", "expect-regex": "a" })}\n`)),
+    ).toThrow(/typo\.jsonl line 1: unknown key "expect-regex"/);
     expect(() => parsePromptFile(file("empty.txt", "\n\n"))).toThrow(/no prompts/);
   });
 });

@@ -14,9 +14,18 @@ const main = join(import.meta.dir, "..", "src", "main.ts");
 const env = { ...process.env, MLX_HOME: join(root, "home"), NO_COLOR: "1" };
 
 async function mlx(args: string[]) {
-  const proc = Bun.spawn([process.execPath, main, "bench", ...args], { stdin: "ignore", stdout: "pipe", stderr: "pipe", env });
+  const proc = Bun.spawn([process.execPath, main, "bench", ...args], {
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
+    env,
+  });
   const timer = setTimeout(() => proc.kill(), 15_000);
-  const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+  const [stdout, stderr, code] = await Promise.all([
+    new Response(proc.stdout).text(),
+    new Response(proc.stderr).text(),
+    proc.exited,
+  ]);
   clearTimeout(timer);
   return { stdout, stderr, code };
 }
@@ -34,11 +43,19 @@ beforeAll(() => {
     port: 0,
     async fetch(req) {
       const url = new URL(req.url);
-      if (url.pathname === "/v1/models") return Response.json({ object: "list", data: [{ id: "fake-model", object: "model" }] });
-      if (url.pathname !== "/v1/chat/completions" || req.method !== "POST") return new Response("not found", { status: 404 });
-      const body = (await req.json()) as { model: string; stream: boolean; max_tokens: number; messages: { content: string }[] };
+      if (url.pathname === "/v1/models")
+        return Response.json({ object: "list", data: [{ id: "fake-model", object: "model" }] });
+      if (url.pathname !== "/v1/chat/completions" || req.method !== "POST")
+        return new Response("not found", { status: 404 });
+      const body = (await req.json()) as {
+        model: string;
+        stream: boolean;
+        max_tokens: number;
+        messages: { content: string }[];
+      };
       seenModels.add(body.model);
-      if (body.messages[0]!.content.includes("FAIL")) return Response.json({ error: { message: "asked to fail" } }, { status: 500 });
+      if (body.messages[0]!.content.includes("FAIL"))
+        return Response.json({ error: { message: "asked to fail" } }, { status: 500 });
       const n = Math.min(TOKENS, body.max_tokens);
       const encoder = new TextEncoder();
       const chunk = (o: unknown) => encoder.encode(`data: ${JSON.stringify(o)}\n\n`);
@@ -50,10 +67,14 @@ beforeAll(() => {
             controller.enqueue(chunk({ choices: [{ index: 0, delta: { role: "assistant", content: "" } }] }));
             for (let i = 0; i < n; i++) {
               await Bun.sleep(4);
-              controller.enqueue(chunk({ choices: [{ index: 0, delta: { content: ` tok${i}` }, finish_reason: null }] }));
+              controller.enqueue(
+                chunk({ choices: [{ index: 0, delta: { content: ` tok${i}` }, finish_reason: null }] }),
+              );
             }
             controller.enqueue(chunk({ choices: [{ index: 0, delta: {}, finish_reason: "length" }] }));
-            controller.enqueue(chunk({ choices: [], usage: { prompt_tokens: 5, completion_tokens: n, total_tokens: 5 + n } }));
+            controller.enqueue(
+              chunk({ choices: [], usage: { prompt_tokens: 5, completion_tokens: n, total_tokens: 5 + n } }),
+            );
             controller.enqueue(encoder.encode("data: [DONE]\n\n"));
             inFlight--;
             controller.close();
@@ -76,7 +97,15 @@ describe("mlx bench --url", () => {
     expect(r.stdout).toMatch(/\| completed requests\s+\|\s+8 \|\s+8 \|/);
     expect(r.stdout).toMatch(/\| failed requests\s+\|\s+0 \|\s+0 \|/);
     expect(r.stdout).toMatch(/\| output tokens\s+\|\s+48 \|\s+48 \|/);
-    for (const row of ["duration (s)", "request throughput (req/s)", "output tokens/s", "time to first token P99 (ms)", "time per output token median (ms)", "inter-token latency mean (ms)", "end-to-end latency P99 (ms)"]) {
+    for (const row of [
+      "duration (s)",
+      "request throughput (req/s)",
+      "output tokens/s",
+      "time to first token P99 (ms)",
+      "time per output token median (ms)",
+      "inter-token latency mean (ms)",
+      "end-to-end latency P99 (ms)",
+    ]) {
       expect(r.stdout).toMatch(new RegExp(`\\| ${row.replace(/[()/]/g, "\\$&")}\\s+\\|\\s+[\\d.]+ \\|\\s+[\\d.]+ \\|`));
     }
     expect(maxInFlight).toBeGreaterThanOrEqual(2);
@@ -88,7 +117,21 @@ describe("mlx bench --url", () => {
     const prompts = join(root, "prompts.txt");
     writeFileSync(prompts, "hello there\nplease FAIL\n");
     const svg = join(root, "server.svg");
-    const r = await mlx(["--url", `${base}/v1/`, "--model", "named-model", "--concurrency", "1,2", "--requests", "6", "--prompts", prompts, "--json", "--plot", svg]);
+    const r = await mlx([
+      "--url",
+      `${base}/v1/`,
+      "--model",
+      "named-model",
+      "--concurrency",
+      "1,2",
+      "--requests",
+      "6",
+      "--prompts",
+      prompts,
+      "--json",
+      "--plot",
+      svg,
+    ]);
     expect(r.code).toBe(0);
     const out = JSON.parse(r.stdout);
     expect(out.mode).toBe("server");
@@ -113,7 +156,9 @@ describe("mlx bench --url", () => {
     const r = await mlx(["--url", base, "--concurrency", "1,2,3", "--requests", "3", "--csv"]);
     expect(r.code).toBe(0);
     const rows = r.stdout.trim().split("\n");
-    expect(rows[0]).toStartWith("concurrency,requests,completed,failed,duration_s,requests_per_second,output_tokens,output_tokens_per_second,ttft_ms_mean");
+    expect(rows[0]).toStartWith(
+      "concurrency,requests,completed,failed,duration_s,requests_per_second,output_tokens,output_tokens_per_second,ttft_ms_mean",
+    );
     expect(rows.slice(1).map((row) => row.split(",")[0])).toEqual(["1", "2", "3"]);
   }, 20_000);
 
@@ -143,7 +188,7 @@ describe("mlx bench --url", () => {
 
 describe("server-mode pieces", () => {
   test("SSE events split across chunks, CRLF, multi-line data", async () => {
-    const parts = ["data: {\"a\"", ":1}\r\n\r\ndata: x\ndata: y\n\n: comment\n\nda", "ta: [DONE]\n\n"];
+    const parts = ['data: {"a"', ":1}\r\n\r\ndata: x\ndata: y\n\n: comment\n\nda", "ta: [DONE]\n\n"];
     const stream = new ReadableStream<Uint8Array>({
       start(c) {
         for (const p of parts) c.enqueue(new TextEncoder().encode(p));
@@ -158,11 +203,22 @@ describe("server-mode pieces", () => {
   test("base URLs and level summaries", () => {
     expect(serverBase("http://127.0.0.1:8080/v1/")).toBe("http://127.0.0.1:8080");
     expect(serverBase("http://h:1")).toBe("http://h:1");
-    const level = summarizeLevel(2, [
-      { ok: true, ttftMs: 100, e2eMs: 400, outputTokens: 4, itlMs: [100, 100, 100] },
-      { ok: false, error: "boom", ttftMs: Number.NaN, e2eMs: 5, outputTokens: 0, itlMs: [] },
-    ], 0.5);
-    expect(level).toMatchObject({ completed: 1, failed: 1, outputTokens: 4, outputTokensPerSecond: 8, requestsPerSecond: 2, errors: ["boom"] });
+    const level = summarizeLevel(
+      2,
+      [
+        { ok: true, ttftMs: 100, e2eMs: 400, outputTokens: 4, itlMs: [100, 100, 100] },
+        { ok: false, error: "boom", ttftMs: Number.NaN, e2eMs: 5, outputTokens: 0, itlMs: [] },
+      ],
+      0.5,
+    );
+    expect(level).toMatchObject({
+      completed: 1,
+      failed: 1,
+      outputTokens: 4,
+      outputTokensPerSecond: 8,
+      requestsPerSecond: 2,
+      errors: ["boom"],
+    });
     expect(level.tpotMs.mean).toBe(100);
   });
 });

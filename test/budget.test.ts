@@ -38,7 +38,11 @@ beforeAll(async () => {
 // answer here ends because the budget did.
 const schemas: Record<string, { schema: Record<string, unknown>; sample: unknown }> = {
   "long free-text fields": {
-    schema: { type: "object", properties: { title: { type: "string" }, summary: { type: "string" }, details: { type: "string" } }, required: ["title", "summary", "details"] },
+    schema: {
+      type: "object",
+      properties: { title: { type: "string" }, summary: { type: "string" }, details: { type: "string" } },
+      required: ["title", "summary", "details"],
+    },
     sample: { title: "Fire", summary: 'A "small" fire\nin the lab', details: "none" },
   },
   "nested objects, required fields deep in the structure": {
@@ -48,9 +52,17 @@ const schemas: Record<string, { schema: Record<string, unknown>; sample: unknown
         incident: {
           type: "object",
           properties: {
-            where: { type: "object", properties: { site: { type: "string" }, floor: { type: "integer", minimum: 1, maximum: 40 } }, required: ["site", "floor"] },
+            where: {
+              type: "object",
+              properties: { site: { type: "string" }, floor: { type: "integer", minimum: 1, maximum: 40 } },
+              required: ["site", "floor"],
+            },
             note: { type: "string" },
-            when: { type: "object", properties: { day: { type: "integer", minimum: 1, maximum: 31 }, shift: { enum: ["day", "night"] } }, required: ["day", "shift"] },
+            when: {
+              type: "object",
+              properties: { day: { type: "integer", minimum: 1, maximum: 31 }, shift: { enum: ["day", "night"] } },
+              required: ["day", "shift"],
+            },
           },
           required: ["where", "when"],
         },
@@ -58,33 +70,66 @@ const schemas: Record<string, { schema: Record<string, unknown>; sample: unknown
       },
       required: ["incident", "open"],
     },
-    sample: { incident: { where: { site: "Dock 4", floor: 12 }, note: "smoke", when: { day: 3, shift: "night" } }, open: false },
+    sample: {
+      incident: { where: { site: "Dock 4", floor: 12 }, note: "smoke", when: { day: 3, shift: "night" } },
+      open: false,
+    },
   },
   "arrays with minItems, of objects with required fields": {
     schema: {
       type: "object",
       properties: {
         tags: { type: "array", items: { type: "string", minLength: 2 }, minItems: 2 },
-        people: { type: "array", minItems: 2, items: { type: "object", properties: { name: { type: "string" }, role: { type: "string" }, age: { type: ["integer", "null"] } }, required: ["name", "role"] } },
+        people: {
+          type: "array",
+          minItems: 2,
+          items: {
+            type: "object",
+            properties: { name: { type: "string" }, role: { type: "string" }, age: { type: ["integer", "null"] } },
+            required: ["name", "role"],
+          },
+        },
         scores: { type: "array", items: { type: "number" }, minItems: 1, maxItems: 4 },
       },
       required: ["tags", "people", "scores"],
     },
-    sample: { tags: ["urgent", "lab", "x1"], people: [{ name: "Ann", role: "lead", age: 41 }, { name: "Bo", role: "aide", age: null }], scores: [1.5, -2e3, 0] },
+    sample: {
+      tags: ["urgent", "lab", "x1"],
+      people: [
+        { name: "Ann", role: "lead", age: 41 },
+        { name: "Bo", role: "aide", age: null },
+      ],
+      scores: [1.5, -2e3, 0],
+    },
   },
   "enums and consts": {
     schema: {
       type: "object",
-      properties: { severity: { enum: ["low", "medium", "high", "critical"] }, code: { enum: [100, 2, null, "n/a"] }, kind: { const: "incident" }, owner: { type: "string" } },
+      properties: {
+        severity: { enum: ["low", "medium", "high", "critical"] },
+        code: { enum: [100, 2, null, "n/a"] },
+        kind: { const: "incident" },
+        owner: { type: "string" },
+      },
       required: ["severity", "code", "kind", "owner"],
     },
     sample: { severity: "critical", code: 100, kind: "incident", owner: "Dee" },
   },
   "$defs and anyOf": {
     schema: {
-      $defs: { person: { type: "object", properties: { name: { type: "string" }, email: { type: "string" } }, required: ["name"] } },
+      $defs: {
+        person: {
+          type: "object",
+          properties: { name: { type: "string" }, email: { type: "string" } },
+          required: ["name"],
+        },
+      },
       type: "object",
-      properties: { reporter: { $ref: "#/$defs/person" }, witness: { anyOf: [{ $ref: "#/$defs/person" }, { type: "null" }] }, text: { type: "string" } },
+      properties: {
+        reporter: { $ref: "#/$defs/person" },
+        witness: { anyOf: [{ $ref: "#/$defs/person" }, { type: "null" }] },
+        text: { type: "string" },
+      },
       required: ["reporter", "witness", "text"],
     },
     sample: { reporter: { name: "Al", email: "al at x" }, witness: null, text: "seen" },
@@ -108,7 +153,10 @@ describe("the shortest completion of every prefix parses and validates", () => {
         } catch {
           throw new Error(`not JSON after ${JSON.stringify(text.slice(0, i))}: ${whole}`);
         }
-        if (!validate(value)) throw new Error(`invalid after ${JSON.stringify(text.slice(0, i))}: ${whole}: ${ajv.errorsText(validate.errors)}`);
+        if (!validate(value))
+          throw new Error(
+            `invalid after ${JSON.stringify(text.slice(0, i))}: ${whole}: ${ajv.errorsText(validate.errors)}`,
+          );
       }
     });
   }
@@ -117,8 +165,16 @@ describe("the shortest completion of every prefix parses and validates", () => {
     const format = toolCallFormats.hermes;
     const parameters = schemas["nested objects, required fields deep in the structure"]!.schema;
     const calls = [
-      { ...format.callLayout("report"), schema: parameters, shapes: new SchemaShapes(parameters as Record<string, unknown>, true) },
-      { ...format.callLayout("ping"), schema: { type: "object", properties: {} }, shapes: new SchemaShapes({ type: "object", properties: {} }, true) },
+      {
+        ...format.callLayout("report"),
+        schema: parameters,
+        shapes: new SchemaShapes(parameters as Record<string, unknown>, true),
+      },
+      {
+        ...format.callLayout("ping"),
+        schema: { type: "object", properties: {} },
+        shapes: new SchemaShapes({ type: "object", properties: {} }, true),
+      },
     ];
     const call = format.callLayout("report");
     const text = `${call.begin}${layout(schemas["nested objects, required fields deep in the structure"]!.sample)}${call.end}`;
@@ -139,7 +195,11 @@ function generate(format: JsonFormat, maxTokens: number, seed: number) {
   return (async () => {
     const constraint = await createJsonConstraint(lm.tokenizer, format, { maxTokens });
     try {
-      const result = await completeAlone(lm, promptTokens(lm.tokenizer, "Fill this in for a fictional example."), { sampling: { ...defaultSampling, temperature: 1, seed }, maxTokens, processors: [constraint.processor] });
+      const result = await completeAlone(lm, promptTokens(lm.tokenizer, "Fill this in for a fictional example."), {
+        sampling: { ...defaultSampling, temperature: 1, seed },
+        maxTokens,
+        processors: [constraint.processor],
+      });
       return { result, closedEarly: constraint.closedEarly(), accepted: constraint.accepted(result.tokenIds) };
     } finally {
       constraint.dispose();
@@ -159,30 +219,26 @@ async function minimumFor(format: JsonFormat): Promise<number> {
 
 describe("schemas × small budgets × seeds on the tiny model: every answer parses and validates", () => {
   for (const [name, { schema }] of Object.entries(schemas)) {
-    test(
-      name,
-      async () => {
-        const validate = ajv.compile(schema);
-        const minimum = await minimumFor({ schema });
-        for (const maxTokens of [minimum, minimum + 3, minimum + 12, 90]) {
-          for (const seed of [1, 2, 3]) {
-            const { result, closedEarly, accepted } = await generate({ schema }, maxTokens, seed);
-            const where = `max_tokens ${maxTokens}, seed ${seed}, ${result.finishReason}: ${result.text}`;
-            let value: unknown;
-            try {
-              value = JSON.parse(result.text);
-            } catch {
-              throw new Error(`not JSON (${where})`);
-            }
-            if (!validate(value)) throw new Error(`does not validate (${where}): ${ajv.errorsText(validate.errors)}`);
-            expect(accepted).toBe(true);
-            expect(result.tokenIds.length).toBeLessThanOrEqual(maxTokens);
-            if (result.finishReason === "length") expect(closedEarly).toBe(true);
+    test(name, async () => {
+      const validate = ajv.compile(schema);
+      const minimum = await minimumFor({ schema });
+      for (const maxTokens of [minimum, minimum + 3, minimum + 12, 90]) {
+        for (const seed of [1, 2, 3]) {
+          const { result, closedEarly, accepted } = await generate({ schema }, maxTokens, seed);
+          const where = `max_tokens ${maxTokens}, seed ${seed}, ${result.finishReason}: ${result.text}`;
+          let value: unknown;
+          try {
+            value = JSON.parse(result.text);
+          } catch {
+            throw new Error(`not JSON (${where})`);
           }
+          if (!validate(value)) throw new Error(`does not validate (${where}): ${ajv.errorsText(validate.errors)}`);
+          expect(accepted).toBe(true);
+          expect(result.tokenIds.length).toBeLessThanOrEqual(maxTokens);
+          if (result.finishReason === "length") expect(closedEarly).toBe(true);
         }
-      },
-      120_000,
-    );
+      }
+    }, 120_000);
   }
 
   test('"json" (any object) closes its open strings, arrays and objects', async () => {
@@ -201,7 +257,9 @@ describe("schemas × small budgets × seeds on the tiny model: every answer pars
     expect(minimum).toBeGreaterThan(10);
     const error = await createJsonConstraint(lm.tokenizer, { schema }, { maxTokens: 3 }).catch((e) => e);
     expect(error).toBeInstanceOf(BudgetError);
-    expect(error.message).toBe(`max_tokens 3 is too small for this format: the shortest valid answer takes ${minimum} tokens`);
+    expect(error.message).toBe(
+      `max_tokens 3 is too small for this format: the shortest valid answer takes ${minimum} tokens`,
+    );
     // At the minimum there is no room for any text in the strings.
     for (const seed of [1, 2]) {
       const { result } = await generate({ schema }, minimum, seed);
@@ -217,16 +275,29 @@ describe("schemas × small budgets × seeds on the tiny model: every answer pars
     const functions = [{ name: "file_report", description: "", parameters: parameters as Record<string, unknown> }];
     for (const name of ["hermes", "llama3", "mistral"] as const) {
       const format = toolCallFormats[name];
-      const small = await createToolCallConstraint(lm.tokenizer, format, functions, { required: true, parallel: false, maxTokens: 5 }).catch((e) => e);
+      const small = await createToolCallConstraint(lm.tokenizer, format, functions, {
+        required: true,
+        parallel: false,
+        maxTokens: 5,
+      }).catch((e) => e);
       expect(small).toBeInstanceOf(BudgetError);
       for (const extra of [0, 6, 30]) {
         const maxTokens = (small as BudgetError).minimum + extra;
-        const constraint = await createToolCallConstraint(lm.tokenizer, format, functions, { required: true, parallel: true, maxTokens });
-        const result = await completeAlone(lm, promptTokens(lm.tokenizer, "File a report."), { sampling: { ...defaultSampling, temperature: 1, seed: extra }, maxTokens, processors: [constraint.processor] });
+        const constraint = await createToolCallConstraint(lm.tokenizer, format, functions, {
+          required: true,
+          parallel: true,
+          maxTokens,
+        });
+        const result = await completeAlone(lm, promptTokens(lm.tokenizer, "File a report."), {
+          sampling: { ...defaultSampling, temperature: 1, seed: extra },
+          maxTokens,
+          processors: [constraint.processor],
+        });
         constraint.dispose();
         const { calls } = format.parse(result.text);
         expect(calls.length).toBeGreaterThan(0);
-        for (const call of calls) if (!validate(call.arguments)) throw new Error(`${name}, max_tokens ${maxTokens}: ${result.text}`);
+        for (const call of calls)
+          if (!validate(call.arguments)) throw new Error(`${name}, max_tokens ${maxTokens}: ${result.text}`);
       }
     }
   }, 120_000);
@@ -239,28 +310,66 @@ describe("through mlx run and the server", () => {
   beforeAll(() => writeFileSync(schemaFile, JSON.stringify(schema)));
 
   test("mlx run --schema: valid JSON at a small budget, closed_early in --json; below the minimum a one-line error naming it", async () => {
-    const r = await mlx(["run", "-m", modelDir, "--schema", schemaFile, "--temp", "0.8", "--seed", "1", "--max-tokens", "30", "--json", "Fill this in for a fictional example."]);
+    const r = await mlx([
+      "run",
+      "-m",
+      modelDir,
+      "--schema",
+      schemaFile,
+      "--temp",
+      "0.8",
+      "--seed",
+      "1",
+      "--max-tokens",
+      "30",
+      "--json",
+      "Fill this in for a fictional example.",
+    ]);
     expect(r.code).toBe(0);
     const out = JSON.parse(r.stdout);
     expect(out.finish_reason).toBe("length");
     expect(out.closed_early).toBe(true);
     expect(ajv.validate(schema, JSON.parse(out.text))).toBe(true);
-    const plain = await mlx(["run", "-m", modelDir, "--schema", schemaFile, "--temp", "0.8", "--seed", "2", "--max-tokens", "30", "Fill this in."]);
+    const plain = await mlx([
+      "run",
+      "-m",
+      modelDir,
+      "--schema",
+      schemaFile,
+      "--temp",
+      "0.8",
+      "--seed",
+      "2",
+      "--max-tokens",
+      "30",
+      "Fill this in.",
+    ]);
     expect(ajv.validate(schema, JSON.parse(plain.stdout))).toBe(true);
     expect(plain.stderr).toMatch(/closed early/);
     const tooSmall = await mlx(["run", "-m", modelDir, "--schema", schemaFile, "--max-tokens", "3", "hi"]);
     expect(tooSmall.code).not.toBe(0);
     expect(tooSmall.stderr.trim().split("\n")).toHaveLength(1);
-    expect(tooSmall.stderr).toMatch(/^error: --max-tokens 3 is too small for this format: the shortest valid answer takes \d+ tokens/);
+    expect(tooSmall.stderr).toMatch(
+      /^error: --max-tokens 3 is too small for this format: the shortest valid answer takes \d+ tokens/,
+    );
   }, 120_000);
 
   test("mlx chat with /set format: a valid answer at a small max_tokens, and a note that it was closed early", async () => {
-    const input = [`/set format ${schemaFile}`, "/set max_tokens 25", "Fill this in.", "/set max_tokens 3", "Again.", ""].join("\n");
+    const input = [
+      `/set format ${schemaFile}`,
+      "/set max_tokens 25",
+      "Fill this in.",
+      "/set max_tokens 3",
+      "Again.",
+      "",
+    ].join("\n");
     const r = await mlx(["chat", "-m", modelDir, "--temp", "1", "--seed", "3"], input);
     expect(r.code).toBe(0);
     expect(ajv.validate(schema, JSON.parse(r.stdout.trim().split("\n")[0]!))).toBe(true);
     expect(r.stderr).toMatch(/max_tokens ran out: the JSON was closed early/);
-    expect(r.stderr).toMatch(/error: max_tokens 3 is too small for this format: the shortest valid answer takes \d+ tokens/);
+    expect(r.stderr).toMatch(
+      /error: max_tokens 3 is too small for this format: the shortest valid answer takes \d+ tokens/,
+    );
   }, 120_000);
 
   describe("mlx serve, batched", () => {
@@ -276,12 +385,22 @@ describe("through mlx run and the server", () => {
 
     test("OpenAI: concurrent requests with different small budgets all parse and validate; closed_early in the choice and a header", async () => {
       const budgets = [20, 25, 33, 48, 64];
-      const requests = budgets.map((max_tokens, seed) => openai.chat.completions.create({ model: modelDir, messages, max_tokens, temperature: 1, seed, response_format: responseFormat }).withResponse());
-      const free = openai.chat.completions.create({ model: modelDir, messages, max_tokens: 40, temperature: 1, seed: 9 });
+      const requests = budgets.map((max_tokens, seed) =>
+        openai.chat.completions
+          .create({ model: modelDir, messages, max_tokens, temperature: 1, seed, response_format: responseFormat })
+          .withResponse(),
+      );
+      const free = openai.chat.completions.create({
+        model: modelDir,
+        messages,
+        max_tokens: 40,
+        temperature: 1,
+        seed: 9,
+      });
       const results = await Promise.all(requests);
       await free;
       for (const { data, response } of results) {
-        const choice = data.choices[0]! as typeof data.choices[0] & { closed_early?: boolean };
+        const choice = data.choices[0]! as (typeof data.choices)[0] & { closed_early?: boolean };
         expect(choice.finish_reason).toBe("length");
         expect(choice.closed_early).toBe(true);
         expect(response.headers.get("x-mlx-closed-early")).toBe("true");
@@ -290,7 +409,15 @@ describe("through mlx run and the server", () => {
     }, 120_000);
 
     test("OpenAI streamed: the final chunk carries closed_early", async () => {
-      const stream = await openai.chat.completions.create({ model: modelDir, messages, max_tokens: 25, temperature: 1, seed: 4, response_format: responseFormat, stream: true });
+      const stream = await openai.chat.completions.create({
+        model: modelDir,
+        messages,
+        max_tokens: 25,
+        temperature: 1,
+        seed: 4,
+        response_format: responseFormat,
+        stream: true,
+      });
       let text = "";
       let last: Record<string, unknown> | undefined;
       for await (const chunk of stream) {
@@ -304,25 +431,54 @@ describe("through mlx run and the server", () => {
 
     test("Ollama format: valid at a small num_predict, closed_early in the final object", async () => {
       const ollama = new Ollama({ host: server.url });
-      const r = (await ollama.chat({ model: modelDir, messages, format: schema, options: { num_predict: 28, temperature: 1, seed: 5 } })) as unknown as { message: { content: string }; done_reason: string; closed_early?: boolean };
+      const r = (await ollama.chat({
+        model: modelDir,
+        messages,
+        format: schema,
+        options: { num_predict: 28, temperature: 1, seed: 5 },
+      })) as unknown as { message: { content: string }; done_reason: string; closed_early?: boolean };
       expect(r.done_reason).toBe("length");
       expect(r.closed_early).toBe(true);
       expect(ajv.validate(schema, JSON.parse(r.message.content))).toBe(true);
     }, 120_000);
 
     test("max_tokens below the minimum: 400 on max_tokens naming it; tool_choice required too", async () => {
-      const r = await post(`${server.url}/v1/chat/completions`, { model: modelDir, messages, max_tokens: 3, response_format: responseFormat });
+      const r = await post(`${server.url}/v1/chat/completions`, {
+        model: modelDir,
+        messages,
+        max_tokens: 3,
+        response_format: responseFormat,
+      });
       expect(r.status).toBe(400);
       expect(r.json.error.param).toBe("max_tokens");
-      expect(r.json.error.message).toMatch(/^max_tokens 3 is too small for this format: the shortest valid answer takes \d+ tokens$/);
+      expect(r.json.error.message).toMatch(
+        /^max_tokens 3 is too small for this format: the shortest valid answer takes \d+ tokens$/,
+      );
       const tools = [{ type: "function", function: { name: "file_report", parameters: schema } }];
-      const t = await post(`${server.url}/v1/chat/completions`, { model: modelDir, messages, max_tokens: 4, tools, tool_choice: "required" });
+      const t = await post(`${server.url}/v1/chat/completions`, {
+        model: modelDir,
+        messages,
+        max_tokens: 4,
+        tools,
+        tool_choice: "required",
+      });
       expect(t.status).toBe(400);
       expect(t.json.error.param).toBe("max_tokens");
-      const ok = await openai.chat.completions.create({ model: modelDir, messages, max_tokens: 40, temperature: 1, seed: 2, tools: tools as OpenAI.ChatCompletionTool[], tool_choice: "required" });
+      const ok = await openai.chat.completions.create({
+        model: modelDir,
+        messages,
+        max_tokens: 40,
+        temperature: 1,
+        seed: 2,
+        tools: tools as OpenAI.ChatCompletionTool[],
+        tool_choice: "required",
+      });
       const calls = ok.choices[0]!.message.tool_calls ?? [];
       expect(calls.length).toBeGreaterThan(0);
-      for (const call of calls) expect(ajv.validate(schema, JSON.parse((call as { function: { arguments: string } }).function.arguments))).toBe(true);
+      for (const call of calls)
+        expect(ajv.validate(schema, JSON.parse((call as { function: { arguments: string } }).function.arguments))).toBe(
+          true,
+        );
     }, 120_000);
   });
 });
@@ -337,39 +493,51 @@ describe("the default model (SmolLM2-135M): answers cut by max_tokens still pars
       summary: { type: "string" },
       severity: { enum: ["low", "medium", "high", "critical"] },
       affected_systems: { type: "array", items: { type: "string" }, minItems: 1 },
-      timeline: { type: "array", minItems: 2, items: { type: "object", properties: { time: { type: "string" }, event: { type: "string" } }, required: ["time", "event"] } },
+      timeline: {
+        type: "array",
+        minItems: 2,
+        items: {
+          type: "object",
+          properties: { time: { type: "string" }, event: { type: "string" } },
+          required: ["time", "event"],
+        },
+      },
       root_cause: { type: "string" },
       actions: { type: "array", items: { type: "string" } },
     },
     required: ["title", "summary", "severity", "affected_systems", "timeline", "root_cause", "actions"],
   };
-  test(
-    "the incident schema at 60, 100 and 200 tokens (its minimum is 58), a seed each",
-    async () => {
-      const { resolveModelPath } = await import("../src/store/resolve");
-      const real = loadModel(await resolveModelPath(undefined));
-      const validate = ajv.compile(incident);
-      const prompt = promptTokens(real.tokenizer, "Fill this in for a fictional example.");
-      try {
-        for (const [maxTokens, seed] of [[60, 1], [100, 2], [200, 3]] as const) {
-          const constraint = await createJsonConstraint(real.tokenizer, { schema: incident }, { maxTokens });
-          const result = await completeAlone(real, prompt, { sampling: { ...defaultSampling, temperature: 0.8, seed }, maxTokens, processors: [constraint.processor] });
-          const closedEarly = constraint.closedEarly();
-          constraint.dispose();
-          const where = `max_tokens ${maxTokens}, seed ${seed}, ${result.finishReason}: ${result.text}`;
-          let value: unknown;
-          try {
-            value = JSON.parse(result.text);
-          } catch {
-            throw new Error(`not JSON (${where})`);
-          }
-          if (!validate(value)) throw new Error(`does not validate (${where}): ${ajv.errorsText(validate.errors)}`);
-          if (result.finishReason === "length") expect(closedEarly).toBe(true);
+  test("the incident schema at 60, 100 and 200 tokens (its minimum is 58), a seed each", async () => {
+    const { resolveModelPath } = await import("../src/store/resolve");
+    const real = loadModel(await resolveModelPath(undefined));
+    const validate = ajv.compile(incident);
+    const prompt = promptTokens(real.tokenizer, "Fill this in for a fictional example.");
+    try {
+      for (const [maxTokens, seed] of [
+        [60, 1],
+        [100, 2],
+        [200, 3],
+      ] as const) {
+        const constraint = await createJsonConstraint(real.tokenizer, { schema: incident }, { maxTokens });
+        const result = await completeAlone(real, prompt, {
+          sampling: { ...defaultSampling, temperature: 0.8, seed },
+          maxTokens,
+          processors: [constraint.processor],
+        });
+        const closedEarly = constraint.closedEarly();
+        constraint.dispose();
+        const where = `max_tokens ${maxTokens}, seed ${seed}, ${result.finishReason}: ${result.text}`;
+        let value: unknown;
+        try {
+          value = JSON.parse(result.text);
+        } catch {
+          throw new Error(`not JSON (${where})`);
         }
-      } finally {
-        real.free();
+        if (!validate(value)) throw new Error(`does not validate (${where}): ${ajv.errorsText(validate.errors)}`);
+        if (result.finishReason === "length") expect(closedEarly).toBe(true);
       }
-    },
-    600_000,
-  );
+    } finally {
+      real.free();
+    }
+  }, 600_000);
 });

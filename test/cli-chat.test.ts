@@ -104,12 +104,16 @@ describe("mlx chat with piped input", () => {
     const piped = join(root, "piped");
     writeTinyModel(piped);
     const proc = Bun.spawn([process.execPath, main, "chat", "-m", piped, "--max-tokens", "4"], {
-      stdin: new Blob(["hello\n/set temp 0.5\n/bogus\n\"\"\"\ntwo\nlines\n\"\"\"\n"]),
+      stdin: new Blob(['hello\n/set temp 0.5\n/bogus\n"""\ntwo\nlines\n"""\n']),
       stdout: "pipe",
       stderr: "pipe",
       env: { ...process.env, MLX_HOME: home },
     });
-    const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+    const [stdout, stderr, code] = await Promise.all([
+      new Response(proc.stdout).text(),
+      new Response(proc.stderr).text(),
+      proc.exited,
+    ]);
     expect(code).toBe(0);
     expect(stderr).toContain("temp = 0.5");
     expect(stderr).toContain("unknown command '/bogus'");

@@ -39,7 +39,9 @@ describe("mlx run", () => {
   test("piped stdin joins the prompt argument", async () => {
     const alone = await mlx(["run", "-m", model, "--max-tokens", "1", "--json", "Summarize"]);
     const piped = await mlx(["run", "-m", model, "--max-tokens", "1", "--json", "Summarize"], "some notes\n");
-    expect(JSON.parse(piped.stdout).prompt_token_ids.length).toBeGreaterThan(JSON.parse(alone.stdout).prompt_token_ids.length);
+    expect(JSON.parse(piped.stdout).prompt_token_ids.length).toBeGreaterThan(
+      JSON.parse(alone.stdout).prompt_token_ids.length,
+    );
     const onlyStdin = await mlx(["run", "-m", model, "--max-tokens", "1", "--json"], "just stdin");
     expect(onlyStdin.code).toBe(0);
   });
@@ -83,14 +85,17 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
     expect(r.stderr).not.toMatch(/\n\s+at /); // no stack trace without --verbose
   };
 
-  test("a missing path", async () => oneLineError(await mlx(["run", "-m", join(root, "nope"), "hi"]), /model not found/));
+  test("a missing path", async () =>
+    oneLineError(await mlx(["run", "-m", join(root, "nope"), "hi"]), /model not found/));
 
-  test("an unknown alias suggests close ones", async () => oneLineError(await mlx(["run", "-m", "smollm", "hi"]), /unknown model 'smollm'.*did you mean 'smollm2'/));
+  test("an unknown alias suggests close ones", async () =>
+    oneLineError(await mlx(["run", "-m", "smollm", "hi"]), /unknown model 'smollm'.*did you mean 'smollm2'/));
 
   test("a truncated safetensors file", async () => {
     const broken = join(root, "broken");
     mkdirSync(broken, { recursive: true });
-    for (const f of ["config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"]) copyFileSync(join(model, f), join(broken, f));
+    for (const f of ["config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"])
+      copyFileSync(join(model, f), join(broken, f));
     truncateSync(join(broken, "model.safetensors"), Math.floor(statSync(join(broken, "model.safetensors")).size / 2));
     oneLineError(await mlx(["run", "-m", broken, "hi"]), /cannot load .*model.safetensors/);
   });
@@ -102,7 +107,10 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
   });
 
   test("a prompt longer than the context", async () => {
-    oneLineError(await mlx(["run", "-m", model, "word ".repeat(400)]), /the prompt is \d+ tokens, but the model's context is 256 tokens/);
+    oneLineError(
+      await mlx(["run", "-m", model, "word ".repeat(400)]),
+      /the prompt is \d+ tokens, but the model's context is 256 tokens/,
+    );
   });
 
   test("an invalid flag value", async () => {
@@ -110,9 +118,15 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
     oneLineError(await mlx(["run", "-m", model, "--top-p", "2", "hi"]), /top_p/);
     oneLineError(await mlx(["run", "-m", model, "--max-tokens", "0", "hi"]), /--max-tokens/);
     oneLineError(await mlx(["run", "-m", model, "--kv-bits", "3", "hi"]), /--kv-bits must be 4 or 8/);
-    oneLineError(await mlx(["run", "-m", model, "--kv-bits", "8", "--kv-group-size", "16", "hi"]), /--kv-group-size must be 32, 64 or 128/);
+    oneLineError(
+      await mlx(["run", "-m", model, "--kv-bits", "8", "--kv-group-size", "16", "hi"]),
+      /--kv-group-size must be 32, 64 or 128/,
+    );
     // The tiny model's heads are 16 wide: no group of 64 fits.
-    oneLineError(await mlx(["run", "-m", model, "--kv-bits", "8", "hi"]), /head size \(16\) to be a multiple of its group size \(64\)/);
+    oneLineError(
+      await mlx(["run", "-m", model, "--kv-bits", "8", "hi"]),
+      /head size \(16\) to be a multiple of its group size \(64\)/,
+    );
   });
 
   test("no prompt at all", async () => oneLineError(await mlx(["run", "-m", model], ""), /no prompt/));
@@ -120,7 +134,23 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
 
 describe("mlx run: Ctrl-C", () => {
   test("stops generation cleanly with exit code 130", async () => {
-    const proc = Bun.spawn([process.execPath, main, "run", "-m", model, "--max-tokens", "100000", "--temp", "1", "--seed", "1", "tell me a story"], { stdout: "pipe", stderr: "pipe", env });
+    const proc = Bun.spawn(
+      [
+        process.execPath,
+        main,
+        "run",
+        "-m",
+        model,
+        "--max-tokens",
+        "100000",
+        "--temp",
+        "1",
+        "--seed",
+        "1",
+        "tell me a story",
+      ],
+      { stdout: "pipe", stderr: "pipe", env },
+    );
     const reader = proc.stdout.getReader();
     await reader.read(); // the first piece of the answer
     proc.kill("SIGINT");

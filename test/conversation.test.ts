@@ -58,7 +58,8 @@ describe("Conversation", () => {
   test("when the context fills, the oldest turns are dropped and the system prompt stays", async () => {
     const c = new Conversation(small, "Sys");
     let dropped = 0;
-    for (let i = 0; i < 8; i++) dropped += (await say(c, `message number ${i} with several words in it`, 8)).info.droppedMessages;
+    for (let i = 0; i < 8; i++)
+      dropped += (await say(c, `message number ${i} with several words in it`, 8)).info.droppedMessages;
     expect(dropped).toBeGreaterThan(0);
     expect(c.messages[0]!.role).toBe("user");
     expect(c.messages.at(-2)!.content).toContain("message number 7");

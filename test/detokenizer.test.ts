@@ -4,14 +4,21 @@ import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { gunzipSync } from "node:zlib";
-import { ByteLevelDetokenizer, IncrementalDetokenizer, createDetokenizer, type StreamingDetokenizer } from "../src/tokenizer/detokenizer";
+import {
+  ByteLevelDetokenizer,
+  IncrementalDetokenizer,
+  createDetokenizer,
+  type StreamingDetokenizer,
+} from "../src/tokenizer/detokenizer";
 import { Tokenizer } from "../src/tokenizer/tokenizer";
 
 const FIXTURES = join(import.meta.dir, "fixtures");
 const fixture: { cases: { text: string; ids: number[] }[] } = JSON.parse(
   readFileSync(join(FIXTURES, "tokenizer-smollm2-ids.json"), "utf8"),
 );
-const meta = JSON.parse(gunzipSync(readFileSync(join(FIXTURES, "tokenizer-smollm2-gguf-meta.json.gz"))).toString("utf8"));
+const meta = JSON.parse(
+  gunzipSync(readFileSync(join(FIXTURES, "tokenizer-smollm2-gguf-meta.json.gz"))).toString("utf8"),
+);
 const tok = Tokenizer.fromGGUFMetadata(meta);
 
 function stream(detok: StreamingDetokenizer, ids: number[]): string[] {
@@ -118,13 +125,35 @@ function sentencePieceTokenizer(): Tokenizer {
   for (let b = 0; b < 256; b++) pieces.push(`<0x${b.toString(16).toUpperCase().padStart(2, "0")}>`);
   pieces.push("▁", ..."Hdelorwkx", "▁H", "▁w", "He", "ll", "▁He", "▁Hell", "▁Hello", "or", "▁wor", "▁worl", "▁world");
   const vocab = Object.fromEntries(pieces.map((p, i) => [p, i]));
-  const merges = [["▁", "H"], ["▁", "w"], ["l", "l"], ["▁H", "e"], ["o", "r"], ["▁He", "ll"], ["▁Hell", "o"], ["▁w", "or"], ["▁wor", "l"], ["▁worl", "d"]];
+  const merges = [
+    ["▁", "H"],
+    ["▁", "w"],
+    ["l", "l"],
+    ["▁H", "e"],
+    ["o", "r"],
+    ["▁He", "ll"],
+    ["▁Hell", "o"],
+    ["▁w", "or"],
+    ["▁wor", "l"],
+    ["▁worl", "d"],
+  ];
   const json = {
     version: "1.0",
-    added_tokens: [0, 1, 2].map((id) => ({ id, content: pieces[id], single_word: false, lstrip: false, rstrip: false, normalized: false, special: true })),
+    added_tokens: [0, 1, 2].map((id) => ({
+      id,
+      content: pieces[id],
+      single_word: false,
+      lstrip: false,
+      rstrip: false,
+      normalized: false,
+      special: true,
+    })),
     normalizer: {
       type: "Sequence",
-      normalizers: [{ type: "Prepend", prepend: "▁" }, { type: "Replace", pattern: { String: " " }, content: "▁" }],
+      normalizers: [
+        { type: "Prepend", prepend: "▁" },
+        { type: "Replace", pattern: { String: " " }, content: "▁" },
+      ],
     },
     pre_tokenizer: null,
     post_processor: null,
@@ -137,7 +166,16 @@ function sentencePieceTokenizer(): Tokenizer {
         { type: "Strip", content: " ", start: 1, stop: 0 },
       ],
     },
-    model: { type: "BPE", dropout: null, unk_token: "<unk>", fuse_unk: true, byte_fallback: true, ignore_merges: false, vocab, merges },
+    model: {
+      type: "BPE",
+      dropout: null,
+      unk_token: "<unk>",
+      fuse_unk: true,
+      byte_fallback: true,
+      ignore_merges: false,
+      vocab,
+      merges,
+    },
   };
   return new Tokenizer(json, { bos_token: "<s>", eos_token: "</s>", add_bos_token: false });
 }

@@ -3,13 +3,25 @@
 import { describe, expect, test } from "bun:test";
 import { errorLine } from "../src/cmd/errors";
 import { SchemaError } from "../src/engine/grammar";
-import { ContextLengthError, InvalidParameterError, ModelNotFoundError, ModelPullError, QueueFullError, UnsupportedError } from "../src/errors";
+import {
+  ContextLengthError,
+  InvalidParameterError,
+  ModelNotFoundError,
+  ModelPullError,
+  QueueFullError,
+  UnsupportedError,
+} from "../src/errors";
 import { ModelLoadError } from "../src/models/load";
 import { toApiError } from "../src/server/errors";
 
 const cases: [Error, number, string | null, RegExp][] = [
   [new ModelNotFoundError("unknown model 'x'"), 404, "model_not_found", /^unknown model 'x' \(mlx list/],
-  [new ModelPullError("model 'x' is not in the store yet, and pulling it failed: offline"), 502, "model_pull_failed", /not in the store yet/],
+  [
+    new ModelPullError("model 'x' is not in the store yet, and pulling it failed: offline"),
+    502,
+    "model_pull_failed",
+    /not in the store yet/,
+  ],
   [new ContextLengthError("the prompt is 300 tokens"), 400, "context_length_exceeded", /; shorten the prompt/],
   [new InvalidParameterError("top_p must be in (0, 1]", "top_p"), 400, null, /^invalid option: top_p/],
   [new UnsupportedError("this model has no chat template", "messages"), 400, "unsupported", /no chat template/],

@@ -12,7 +12,8 @@ function declarations(text: string): Map<string, { result: string; args: string[
   const found = new Map<string, { result: string; args: string[] }>();
   const source = text.replace(/\/\/.*$/gm, "");
   for (const m of source.matchAll(/MLXS_API\s+([^;(]*?)\s*\b(mlxs_\w+)\s*\(([^)]*)\)\s*;/g)) {
-    const args = m[3]!.trim() === "void" || m[3]!.trim() === "" ? [] : m[3]!.split(",").map((a) => a.replace(/\s+/g, " ").trim());
+    const args =
+      m[3]!.trim() === "void" || m[3]!.trim() === "" ? [] : m[3]!.split(",").map((a) => a.replace(/\s+/g, " ").trim());
     found.set(m[2]!, { result: m[1]!.replace(/\s+/g, " ").trim(), args });
   }
   return found;

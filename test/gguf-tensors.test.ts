@@ -28,6 +28,8 @@ describe("GGUF tensor types", () => {
 
   test("a type nothing here reads is named, with those that are", () => {
     const q3 = fixture("gguf-q3k.gguf");
-    expect(() => loadGGUFTensors(q3, readGGUFHeader(q3))).toThrow("tensor 'Q3_K' is Q3_K, a type we cannot read (readable: F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q2_K, Q6_K, Q5_0, Q5_1, Q4_K, Q5_K)");
+    expect(() => loadGGUFTensors(q3, readGGUFHeader(q3))).toThrow(
+      "tensor 'Q3_K' is Q3_K, a type we cannot read (readable: F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q2_K, Q6_K, Q5_0, Q5_1, Q4_K, Q5_K)",
+    );
   });
 });

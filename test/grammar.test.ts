@@ -13,7 +13,16 @@ import { Scheduler } from "../src/engine/scheduler";
 import { completeAlone } from "./helpers/generate";
 import { defaultSampling, type SamplingParams } from "../src/engine/sampling";
 import { promptTokens } from "../src/engine/prompt";
-import { canonicalJson, createJsonConstraint, initGrammar, jsonSafeStrings, SchemaError, validateSchema, type GrammarConstraint, type JsonFormat } from "../src/engine/grammar";
+import {
+  canonicalJson,
+  createJsonConstraint,
+  initGrammar,
+  jsonSafeStrings,
+  SchemaError,
+  validateSchema,
+  type GrammarConstraint,
+  type JsonFormat,
+} from "../src/engine/grammar";
 import { writeTinyModel } from "./helpers/tiny-model";
 import { cliRunner } from "./helpers/cli";
 
@@ -28,12 +37,23 @@ beforeAll(async () => {
   await initGrammar();
 });
 
-function generate(format: JsonFormat | GrammarConstraint, sampling: Partial<SamplingParams>, maxTokens = 200, prompt = "Answer in JSON.") {
+function generate(
+  format: JsonFormat | GrammarConstraint,
+  sampling: Partial<SamplingParams>,
+  maxTokens = 200,
+  prompt = "Answer in JSON.",
+) {
   return (async () => {
     const given = typeof format === "object" && "processor" in format;
-    const constraint = given ? (format as GrammarConstraint) : await createJsonConstraint(lm.tokenizer, format as JsonFormat);
+    const constraint = given
+      ? (format as GrammarConstraint)
+      : await createJsonConstraint(lm.tokenizer, format as JsonFormat);
     try {
-      const result = await completeAlone(lm, promptTokens(lm.tokenizer, prompt), { sampling: { ...defaultSampling, ...sampling }, maxTokens, processors: [constraint.processor] });
+      const result = await completeAlone(lm, promptTokens(lm.tokenizer, prompt), {
+        sampling: { ...defaultSampling, ...sampling },
+        maxTokens,
+        processors: [constraint.processor],
+      });
       return { result, accepted: constraint.accepted(result.tokenIds) };
     } finally {
       if (!given) constraint.dispose();
@@ -46,8 +66,16 @@ const schemas: Record<string, object> = {
   "nested objects": {
     type: "object",
     properties: {
-      user: { type: "object", properties: { id: { type: "integer", minimum: 1, maximum: 999 }, handle: { type: "string", maxLength: 8 } }, required: ["id", "handle"] },
-      meta: { type: "object", properties: { active: { type: "boolean" }, score: { type: "number", minimum: 0, maximum: 10 } }, required: ["active"] },
+      user: {
+        type: "object",
+        properties: { id: { type: "integer", minimum: 1, maximum: 999 }, handle: { type: "string", maxLength: 8 } },
+        required: ["id", "handle"],
+      },
+      meta: {
+        type: "object",
+        properties: { active: { type: "boolean" }, score: { type: "number", minimum: 0, maximum: 10 } },
+        required: ["active"],
+      },
     },
     required: ["user", "meta"],
   },
@@ -115,7 +143,10 @@ describe("JSON Schema outputs are valid by construction (tiny random-weight mode
         } catch {
           throw new Error(`not JSON (${JSON.stringify(sampling)}): ${result.text}`);
         }
-        if (!validate(value)) throw new Error(`does not match the schema (${JSON.stringify(sampling)}): ${result.text}: ${ajv.errorsText(validate.errors)}`);
+        if (!validate(value))
+          throw new Error(
+            `does not match the schema (${JSON.stringify(sampling)}): ${result.text}: ${ajv.errorsText(validate.errors)}`,
+          );
         expect(accepted).toBe(true);
       }
       // Bounded schemas end well within 200 tokens: most runs must have finished.
@@ -149,7 +180,7 @@ describe("--format json mode and limits", () => {
   test("the end-of-sequence token is the only choice once the JSON is complete", async () => {
     const { result } = await generate({ schema: { enum: ["yes", "no"] } }, { temperature: 1, seed: 4 });
     expect(result.finishReason).toBe("stop");
-    expect(["\"yes\"", "\"no\""]).toContain(result.text);
+    expect(['"yes"', '"no"']).toContain(result.text);
   });
 
   test("constraints are independent: two sequences with different schemas, decoded in one batch", async () => {
@@ -157,10 +188,18 @@ describe("--format json mode and limits", () => {
     const b = await createJsonConstraint(lm.tokenizer, { schema: schemas["strings with pattern"]! });
     const scheduler = new Scheduler(lm, { maxBatch: 2, prefillChunk: 64, maxQueue: 2 });
     const ask = (text: string, seed: number, processor: GrammarConstraint["processor"]) =>
-      complete(scheduler, { prompt: { kind: "ids", ids: promptTokens(lm.tokenizer, text) }, sampling: { ...defaultSampling, temperature: 1, seed }, maxTokens: 200, processors: [processor] });
+      complete(scheduler, {
+        prompt: { kind: "ids", ids: promptTokens(lm.tokenizer, text) },
+        sampling: { ...defaultSampling, temperature: 1, seed },
+        maxTokens: 200,
+        processors: [processor],
+      });
     const [ra, rb] = await Promise.all([ask("one", 1, a.processor), ask("two", 2, b.processor)]);
     scheduler.dispose();
-    for (const [r, schema] of [[ra, schemas.enums!], [rb, schemas["strings with pattern"]!]] as const) {
+    for (const [r, schema] of [
+      [ra, schemas.enums!],
+      [rb, schemas["strings with pattern"]!],
+    ] as const) {
       expect(r.finishReason).toBe("stop");
       expect(ajv.validate(schema, JSON.parse(r.text))).toBe(true);
     }
@@ -169,7 +208,12 @@ describe("--format json mode and limits", () => {
   });
 
   test("inside a string, only what JSON allows unescaped: no quote, backslash or control character from a pattern's '.' or a length", async () => {
-    for (const schema of [{ type: "string", maxLength: 6 }, { type: "string", pattern: "^a.b$" }, { type: "string", pattern: "^[^x]{1,3}$" }, { type: "string", pattern: "^\\s\\d$" }]) {
+    for (const schema of [
+      { type: "string", maxLength: 6 },
+      { type: "string", pattern: "^a.b$" },
+      { type: "string", pattern: "^[^x]{1,3}$" },
+      { type: "string", pattern: "^\\s\\d$" },
+    ]) {
       const c = await createJsonConstraint(lm.tokenizer, { schema });
       const quote = lm.tokenizer.encode('"', { addSpecialTokens: false });
       const a = schema.pattern?.startsWith("^a") ? lm.tokenizer.encode("a", { addSpecialTokens: false }) : [];
@@ -186,14 +230,19 @@ describe("--format json mode and limits", () => {
   });
 
   test("jsonSafeStrings leaves xgrammar's own JSON rules and literals alone", () => {
-    const ebnf = ['basic_string_sub ::= ("\\"" | [^\\0-\\x1f\\"\\\\\\r\\n] basic_string_sub)', 'root ::= "[" [\\u0000-\\U0010FFFF] "]" [a-z\\t]'].join("\n");
+    const ebnf = [
+      'basic_string_sub ::= ("\\"" | [^\\0-\\x1f\\"\\\\\\r\\n] basic_string_sub)',
+      'root ::= "[" [\\u0000-\\U0010FFFF] "]" [a-z\\t]',
+    ].join("\n");
     const safe = jsonSafeStrings(ebnf).split("\n");
     expect(safe[0]).toBe(ebnf.split("\n")[0]);
     expect(safe[1]).toBe('root ::= "[" [^\\0-\\x1f"\\\\] "]" [a-z]');
   });
 
   test("logits wider than the tokenizer's vocabulary: the extra ids are masked", async () => {
-    const c = await createJsonConstraint(lm.tokenizer, { schema: { type: "object", properties: { a: { type: "integer" } }, required: ["a"] } });
+    const c = await createJsonConstraint(lm.tokenizer, {
+      schema: { type: "object", properties: { a: { type: "integer" } }, required: ["a"] },
+    });
     const vocab = lm.tokenizer.vocabSize + 64;
     const masked = mx.scope(() => c.processor([1, 2, 3], mx.zeros([1, vocab])).toArray());
     c.dispose();
@@ -207,15 +256,47 @@ describe("--format json mode and limits", () => {
 
 describe("invalid or unsupported schemas are a clear error naming the offending part", () => {
   const cases: [string, unknown, RegExp][] = [
-    ["a misspelt type", { type: "object", properties: { age: { type: "integr" } } }, /invalid schema: \/properties\/age\/type must be equal to one of the allowed values/],
-    ["a reference to nothing", { type: "object", properties: { a: { $ref: "#/$defs/missing" } } }, /invalid schema: .*#\/\$defs\/missing/],
-    ["a lookbehind pattern", { type: "object", properties: { code: { type: "string", pattern: "(?<=x)y" } } }, /\/properties\/code\/pattern uses a lookaround/],
-    ["a keyword that would not be enforced", { type: "object", properties: { n: { type: "integer", multipleOf: 3 } } }, /\/properties\/n\/multipleOf is not supported/],
-    ["a pattern with a length", { type: "object", properties: { slug: { type: "string", pattern: "^[a-z]+$", maxLength: 9 } } }, /\/properties\/slug\/maxLength cannot be combined with a pattern/],
-    ["a pattern that names a quote", { type: "object", properties: { q: { type: "string", pattern: '^"[a-z]"$' } } }, /\/properties\/q\/pattern names a quote/],
-    ["the email format", { type: "object", properties: { mail: { type: "string", format: "email" } } }, /\/properties\/mail\/format "email" is not supported/],
+    [
+      "a misspelt type",
+      { type: "object", properties: { age: { type: "integr" } } },
+      /invalid schema: \/properties\/age\/type must be equal to one of the allowed values/,
+    ],
+    [
+      "a reference to nothing",
+      { type: "object", properties: { a: { $ref: "#/$defs/missing" } } },
+      /invalid schema: .*#\/\$defs\/missing/,
+    ],
+    [
+      "a lookbehind pattern",
+      { type: "object", properties: { code: { type: "string", pattern: "(?<=x)y" } } },
+      /\/properties\/code\/pattern uses a lookaround/,
+    ],
+    [
+      "a keyword that would not be enforced",
+      { type: "object", properties: { n: { type: "integer", multipleOf: 3 } } },
+      /\/properties\/n\/multipleOf is not supported/,
+    ],
+    [
+      "a pattern with a length",
+      { type: "object", properties: { slug: { type: "string", pattern: "^[a-z]+$", maxLength: 9 } } },
+      /\/properties\/slug\/maxLength cannot be combined with a pattern/,
+    ],
+    [
+      "a pattern that names a quote",
+      { type: "object", properties: { q: { type: "string", pattern: '^"[a-z]"$' } } },
+      /\/properties\/q\/pattern names a quote/,
+    ],
+    [
+      "the email format",
+      { type: "object", properties: { mail: { type: "string", format: "email" } } },
+      /\/properties\/mail\/format "email" is not supported/,
+    ],
     ["a fractional bound on a number", { type: "number", maximum: 1.5 }, /\/maximum must be a whole number/],
-    ["what xgrammar refuses", { type: "object", minProperties: 2, additionalProperties: false }, /unsupported schema: minProperties is greater than the number of properties/],
+    [
+      "what xgrammar refuses",
+      { type: "object", minProperties: 2, additionalProperties: false },
+      /unsupported schema: minProperties is greater than the number of properties/,
+    ],
     ["not an object", ["type", "string"], /must be a JSON object/],
   ];
   for (const [what, schema, message] of cases) {
@@ -234,8 +315,14 @@ describe("invalid or unsupported schemas are a clear error naming the offending 
 
   test("many refused schemas in a row leave the engine working (xgrammar's instance is renewed)", async () => {
     for (let n = 1; n <= 40; n++) {
-      await expect(validateSchema({ type: "object", minProperties: n, additionalProperties: false })).rejects.toThrow(/minProperties/);
-      await expect(createJsonConstraint(lm.tokenizer, { schema: { type: "object", maxProperties: 0, minProperties: n + 1, properties: { x: { type: "null" } } } })).rejects.toThrow();
+      await expect(validateSchema({ type: "object", minProperties: n, additionalProperties: false })).rejects.toThrow(
+        /minProperties/,
+      );
+      await expect(
+        createJsonConstraint(lm.tokenizer, {
+          schema: { type: "object", maxProperties: 0, minProperties: n + 1, properties: { x: { type: "null" } } },
+        }),
+      ).rejects.toThrow();
     }
     const { result } = await generate({ schema: schemas.enums! }, { temperature: 1, seed: 3 });
     expect(result.finishReason).toBe("stop");
@@ -243,7 +330,9 @@ describe("invalid or unsupported schemas are a clear error naming the offending 
   });
 
   test("equal schemas share a cache key whatever their key order", () => {
-    expect(canonicalJson({ b: 1, a: { d: [1, { f: 1, e: 2 }], c: 2 } })).toBe(canonicalJson({ a: { c: 2, d: [1, { e: 2, f: 1 }] }, b: 1 }));
+    expect(canonicalJson({ b: 1, a: { d: [1, { f: 1, e: 2 }], c: 2 } })).toBe(
+      canonicalJson({ a: { c: 2, d: [1, { e: 2, f: 1 }] }, b: 1 }),
+    );
   });
 });
 
@@ -252,7 +341,11 @@ const mlx = cliRunner(join(root, "home"));
 
 describe("mlx run --schema / --format json, and /set format in mlx chat", () => {
   const schemaFile = join(root, "person.json");
-  const person = { type: "object", properties: { name: { type: "string", maxLength: 12 }, age: { type: "integer", minimum: 0, maximum: 120 } }, required: ["name", "age"] };
+  const person = {
+    type: "object",
+    properties: { name: { type: "string", maxLength: 12 }, age: { type: "integer", minimum: 0, maximum: 120 } },
+    required: ["name", "age"],
+  };
   beforeAll(() => {
     writeFileSync(schemaFile, JSON.stringify(person));
     writeFileSync(join(root, "bad.json"), JSON.stringify({ type: "object", properties: { age: { type: "integr" } } }));
@@ -260,19 +353,56 @@ describe("mlx run --schema / --format json, and /set format in mlx chat", () => 
   });
 
   test("--schema: the answer on stdout parses and matches the schema", async () => {
-    const r = await mlx(["run", "-m", modelDir, "--schema", schemaFile, "--temp", "1", "--seed", "3", "Give me a person"]);
+    const r = await mlx([
+      "run",
+      "-m",
+      modelDir,
+      "--schema",
+      schemaFile,
+      "--temp",
+      "1",
+      "--seed",
+      "3",
+      "Give me a person",
+    ]);
     expect(r.code).toBe(0);
     expect(ajv.validate(person, JSON.parse(r.stdout))).toBe(true);
     // Too few tokens for any valid answer: refused up front (test/budget.test.ts has the rest).
-    const j = await mlx(["run", "-m", modelDir, "--schema", schemaFile, "--json", "--max-tokens", "4", "Give me a person"]);
+    const j = await mlx([
+      "run",
+      "-m",
+      modelDir,
+      "--schema",
+      schemaFile,
+      "--json",
+      "--max-tokens",
+      "4",
+      "Give me a person",
+    ]);
     expect(j.code).toBe(1);
-    expect(j.stderr).toMatch(/^error: --max-tokens 4 is too small for this format: the shortest valid answer takes \d+ tokens\n$/);
+    expect(j.stderr).toMatch(
+      /^error: --max-tokens 4 is too small for this format: the shortest valid answer takes \d+ tokens\n$/,
+    );
   });
 
   test("--format json: parseable JSON", async () => {
     let stopped = 0;
     for (const seed of ["1", "2", "3", "4"]) {
-      const r = await mlx(["run", "-m", modelDir, "--format", "json", "--temp", "1", "--seed", seed, "--max-tokens", "100", "--json", "Give me JSON"]);
+      const r = await mlx([
+        "run",
+        "-m",
+        modelDir,
+        "--format",
+        "json",
+        "--temp",
+        "1",
+        "--seed",
+        seed,
+        "--max-tokens",
+        "100",
+        "--json",
+        "Give me JSON",
+      ]);
       expect(r.code).toBe(0);
       const out = JSON.parse(r.stdout);
       if (out.finish_reason !== "stop") continue;
@@ -288,13 +418,33 @@ describe("mlx run --schema / --format json, and /set format in mlx chat", () => 
     expect(r.stderr).toMatch(/^error: /);
     expect(r.stderr).toMatch(pattern);
   };
-  test("a missing schema file", async () => oneLineError(await mlx(["run", "-m", modelDir, "--schema", join(root, "nope.json"), "hi"]), /cannot read schema file '.*nope\.json': no such file/));
-  test("a schema file that is not JSON", async () => oneLineError(await mlx(["run", "-m", modelDir, "--schema", join(root, "broken.json"), "hi"]), /broken\.json' is not valid JSON/));
-  test("an invalid schema names the offending part", async () => oneLineError(await mlx(["run", "-m", modelDir, "--schema", join(root, "bad.json"), "hi"]), /bad\.json': invalid schema: \/properties\/age\/type/));
-  test("--format other than json", async () => oneLineError(await mlx(["run", "-m", modelDir, "--format", "yaml", "hi"]), /--format must be 'json'/));
+  test("a missing schema file", async () =>
+    oneLineError(
+      await mlx(["run", "-m", modelDir, "--schema", join(root, "nope.json"), "hi"]),
+      /cannot read schema file '.*nope\.json': no such file/,
+    ));
+  test("a schema file that is not JSON", async () =>
+    oneLineError(
+      await mlx(["run", "-m", modelDir, "--schema", join(root, "broken.json"), "hi"]),
+      /broken\.json' is not valid JSON/,
+    ));
+  test("an invalid schema names the offending part", async () =>
+    oneLineError(
+      await mlx(["run", "-m", modelDir, "--schema", join(root, "bad.json"), "hi"]),
+      /bad\.json': invalid schema: \/properties\/age\/type/,
+    ));
+  test("--format other than json", async () =>
+    oneLineError(await mlx(["run", "-m", modelDir, "--format", "yaml", "hi"]), /--format must be 'json'/));
 
   test("/set format <file> in chat constrains each answer; /set format off frees it; a bad file is an error line", async () => {
-    const input = [`/set format ${join(root, "bad.json")}`, `/set format ${schemaFile}`, "Give me a person", "/set format off", "/show", ""].join("\n");
+    const input = [
+      `/set format ${join(root, "bad.json")}`,
+      `/set format ${schemaFile}`,
+      "Give me a person",
+      "/set format off",
+      "/show",
+      "",
+    ].join("\n");
     const r = await mlx(["chat", "-m", modelDir, "--temp", "1", "--seed", "3", "--max-tokens", "200"], input);
     expect(r.code).toBe(0);
     expect(r.stderr).toMatch(/error: schema file '.*bad\.json': invalid schema: \/properties\/age\/type/);

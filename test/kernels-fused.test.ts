@@ -17,13 +17,19 @@ function compare(op: () => mx.MxArray, tolerance: number): number {
   });
 }
 
-const normal = (shape: number[], dtype: mx.DtypeCode = mx.Dtype.float32) => mx.keep(mx.astype(mx.random.normal(shape), dtype));
+const normal = (shape: number[], dtype: mx.DtypeCode = mx.Dtype.float32) =>
+  mx.keep(mx.astype(mx.random.normal(shape), dtype));
 
 describe("RMSNorm kernel", () => {
   mx.random.seed(5);
 
   test("rows of odd widths, with and without a weight, one row and many", () => {
-    for (const [rows, dim] of [[1, 576], [17, 100], [300, 64], [3, 7]] as const) {
+    for (const [rows, dim] of [
+      [1, 576],
+      [17, 100],
+      [300, 64],
+      [3, 7],
+    ] as const) {
       const x = normal([rows, dim]);
       const w = normal([dim]);
       compare(() => mx.fast.rmsNorm(x, w, 1e-5), 1e-6);
@@ -55,7 +61,12 @@ describe("RoPE kernel", () => {
 
   test("rotate-half and traditional layouts, decode and prefill positions", () => {
     for (const traditional of [false, true]) {
-      for (const [l, offset] of [[1, 0], [1, 1999], [17, 0], [130, 300]] as const) {
+      for (const [l, offset] of [
+        [1, 0],
+        [1, 1999],
+        [17, 0],
+        [130, 300],
+      ] as const) {
         const x = heads(1, l, 9, 64);
         // Angles near 2,000 radians: one ulp of the angle moves sin/cos by ~1e-4.
         compare(() => mx.fast.rope(x(), { dims: 64, traditional, base: 10000, scale: 1, offset }), 1e-4);
@@ -90,7 +101,11 @@ describe("SiLU·mul kernel", () => {
   mx.random.seed(8);
 
   test("silu(gate) * up for one row and many, odd widths, bfloat16", () => {
-    for (const shape of [[1, 1, 1536], [1, 17, 1000], [3, 7]]) {
+    for (const shape of [
+      [1, 1, 1536],
+      [1, 17, 1000],
+      [3, 7],
+    ]) {
       const [gate, up] = [normal(shape), normal(shape)];
       compare(() => mx.fast.siluMul(gate, up), 1e-6);
     }

@@ -49,11 +49,16 @@ describe("quantized matmul kernel", () => {
   test("MLX_KERNELS, MLX_CPU_THREADS and MLX_CPU_ISA set it up at start", () => {
     const probe = (env: Record<string, string>) => {
       const script = `import * as mx from "./src/mlx"; console.log(mx.useCpuKernels(true), mx.cpuKernels());`;
-      const child = Bun.spawnSync([process.execPath, "-e", script], { env: { ...process.env, ...env }, stderr: "pipe" });
+      const child = Bun.spawnSync([process.execPath, "-e", script], {
+        env: { ...process.env, ...env },
+        stderr: "pipe",
+      });
       expect(child.exitCode).toBe(0);
       return child.stdout.toString().trim();
     };
-    expect(probe({ MLX_KERNELS: "mlx", MLX_CPU_THREADS: "3", MLX_CPU_ISA: "portable" })).toBe("false portable, 3 threads");
+    expect(probe({ MLX_KERNELS: "mlx", MLX_CPU_THREADS: "3", MLX_CPU_ISA: "portable" })).toBe(
+      "false portable, 3 threads",
+    );
     expect(probe({ MLX_CPU_THREADS: "1" })).toMatch(/^true \w+, 1 thread$/);
   });
 
@@ -95,7 +100,12 @@ describe("quantized matmul kernel", () => {
             const w = quantizedWeight(70, 2 * layout.groupSize, layout, dtype, m);
             const x = mx.random.normal([m, 2 * layout.groupSize], dtype, mx.random.key(m + 1));
             const ours = product(x, w, layout, true);
-            const exact = product(mx.astype(x, mx.Dtype.float32), { ...w, scales: mx.astype(w.scales, mx.Dtype.float32), biases: mx.astype(w.biases, mx.Dtype.float32) }, layout, false);
+            const exact = product(
+              mx.astype(x, mx.Dtype.float32),
+              { ...w, scales: mx.astype(w.scales, mx.Dtype.float32), biases: mx.astype(w.biases, mx.Dtype.float32) },
+              layout,
+              false,
+            );
             const theirs = product(x, w, layout, false);
             expect(ours.dtypeName).toBe(theirs.dtypeName);
             expect(relativeError(ours, exact)).toBeLessThan(tolerance);
@@ -109,7 +119,11 @@ describe("quantized matmul kernel", () => {
     mx.scope(() => {
       const layout = layouts[0]!;
       const w = quantizedWeight(96, 128, layout, mx.Dtype.float16, 7);
-      const rows = { weight: mx.slice(w.weight, [32], [96]), scales: mx.slice(w.scales, [32], [96]), biases: mx.slice(w.biases, [32], [96]) };
+      const rows = {
+        weight: mx.slice(w.weight, [32], [96]),
+        scales: mx.slice(w.scales, [32], [96]),
+        biases: mx.slice(w.biases, [32], [96]),
+      };
       const x = mx.random.normal([2, 5, 128], mx.Dtype.float32, mx.random.key(8));
       const ours = product(x, rows, layout, true);
       expect(ours.shape).toEqual([2, 5, 64]);

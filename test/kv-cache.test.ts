@@ -28,7 +28,9 @@ const fourBit: KvQuantization = { bits: 4, groupSize: 32 };
 const prompts = [[5, 17, 200, 3, 99, 42, 7], [12, 4], [150, 8, 1, 77, 23, 9, 100, 101, 102, 103, 104, 2], [33]];
 
 function greedy(prompt: number[], maxTokens: number, kv?: KvQuantization): number[] {
-  return [...generateTokens(model, { promptIds: prompt, sampling: defaultSampling, maxTokens }, kv)].map((e) => e.token);
+  return [...generateTokens(model, { promptIds: prompt, sampling: defaultSampling, maxTokens }, kv)].map(
+    (e) => e.token,
+  );
 }
 
 const maxDiff = (a: mx.MxArray, b: mx.MxArray) => mx.scope(() => mx.max(mx.abs(mx.subtract(a, b))).item());
@@ -38,7 +40,11 @@ describe("quantized attention", () => {
     test(`${q.bits}-bit: equals float attention on the dequantized keys and values (causal, array mask, grouped heads)`, () => {
       mx.scope(() => {
         const key = mx.random.key(1);
-        const [k1, k2, k3] = [mx.random.split(key)[0], mx.random.split(key)[1], mx.random.split(mx.random.split(key)[0])[1]];
+        const [k1, k2, k3] = [
+          mx.random.split(key)[0],
+          mx.random.split(key)[1],
+          mx.random.split(mx.random.split(key)[0])[1],
+        ];
         const queries = mx.random.normal([2, 4, 5, headDim], mx.Dtype.float32, k1);
         const keys = mx.random.normal([2, 2, 9, headDim], mx.Dtype.float32, k2);
         const values = mx.random.normal([2, 2, 9, headDim], mx.Dtype.float32, k3);
@@ -52,12 +58,16 @@ describe("quantized attention", () => {
         const floatValues = mx.dequantize(qv[0]!, qv[1]!, qv[2], q);
         const scale = headDim ** -0.5;
         const causal = quantizedAttention(queries, qk, qv, scale, "causal", q);
-        expect(maxDiff(causal, mx.fast.scaledDotProductAttention(queries, floatKeys, floatValues, scale, "causal"))).toBeLessThan(1e-4);
+        expect(
+          maxDiff(causal, mx.fast.scaledDotProductAttention(queries, floatKeys, floatValues, scale, "causal")),
+        ).toBeLessThan(1e-4);
         // A padding mask as BatchKVCache makes: row 1 hides its first 3 columns.
         const columns = mx.reshape(mx.arange(0, 9), [1, 1, 1, 9]);
         const mask = mx.greaterEqual(columns, mx.reshape(mx.array(Int32Array.from([0, 3])), [2, 1, 1, 1]));
         const masked = quantizedAttention(queries, qk, qv, scale, mask, q);
-        expect(maxDiff(masked, mx.fast.scaledDotProductAttention(queries, floatKeys, floatValues, scale, mask))).toBeLessThan(1e-4);
+        expect(
+          maxDiff(masked, mx.fast.scaledDotProductAttention(queries, floatKeys, floatValues, scale, mask)),
+        ).toBeLessThan(1e-4);
       });
     });
   }
@@ -85,7 +95,9 @@ describe("the quantized KV cache", () => {
   test("batched: sequences joining and leaving give what each gives alone", () => {
     const gen = new BatchGenerator(model, { maxBatch: 8, prefillChunk: 3, kvQuantization: fourBit });
     const out = prompts.map(() => [] as number[]);
-    prompts.forEach((prompt, i) => gen.add(String(i), { promptIds: prompt, sampling: defaultSampling, maxTokens: 6 + 3 * i }));
+    prompts.forEach((prompt, i) =>
+      gen.add(String(i), { promptIds: prompt, sampling: defaultSampling, maxTokens: 6 + 3 * i }),
+    );
     for (let step = 0; !gen.idle && step < 200; step++) for (const e of gen.step()) out[Number(e.id)]!.push(e.token);
     gen.dispose();
     prompts.forEach((prompt, i) => expect(out[i]).toEqual(greedy(prompt, 6 + 3 * i, fourBit)));
@@ -94,7 +106,16 @@ describe("the quantized KV cache", () => {
   test("bytes per token: 8-bit and 4-bit cost what their packing says", () => {
     const bytesPerToken = (kv?: KvQuantization) => {
       const caches = makeCaches(model, { quantization: kv });
-      mx.scope(() => forward(model, mx.array(Int32Array.from({ length: 256 }, (_, i) => i % 300), [1, 256]), caches));
+      mx.scope(() =>
+        forward(
+          model,
+          mx.array(
+            Int32Array.from({ length: 256 }, (_, i) => i % 300),
+            [1, 256],
+          ),
+          caches,
+        ),
+      );
       const bytes = caches.reduce((n, c) => n + c.nbytes, 0) / 256;
       freeCaches(caches);
       return bytes;
@@ -155,7 +176,13 @@ describe("serve with a quantized KV cache", () => {
     const dir = join(mkdtempSync(join(tmpdir(), "mlx-kv-")), "tiny-wide");
     writeTinyModel(dir, { contextLength: 256, headDim, seed: 5 });
     const prompts = ["Tell me a story", "Hi", "What is two plus two?"];
-    const ask = (url: string, content: string) => post(`${url}/v1/chat/completions`, { model: dir, messages: [{ role: "user", content }], max_tokens: 6, temperature: 0 });
+    const ask = (url: string, content: string) =>
+      post(`${url}/v1/chat/completions`, {
+        model: dir,
+        messages: [{ role: "user", content }],
+        max_tokens: 6,
+        temperature: 0,
+      });
     const prefixBytes = async (o: ServerOptions) => {
       const server = serve({ ...o, maxBatch: 4 });
       try {
@@ -163,7 +190,9 @@ describe("serve with a quantized KV cache", () => {
         for (const p of prompts) alone.push((await ask(server.url, p)).json.choices[0].message.content);
         const together = await Promise.all(prompts.map((p) => ask(server.url, p)));
         expect(together.map((r) => r.json.choices[0].message.content)).toEqual(alone);
-        const stats = (await (await fetch(`${server.url}/stats`)).json()) as { models: { prefix_cache: { bytes: number } }[] };
+        const stats = (await (await fetch(`${server.url}/stats`)).json()) as {
+          models: { prefix_cache: { bytes: number } }[];
+        };
         return stats.models[0]!.prefix_cache.bytes;
       } finally {
         await server.stop();

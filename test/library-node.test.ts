@@ -13,27 +13,32 @@ const prompt = "Name three colours.";
 const maxTokens = 12;
 
 async function library(runtime: string): Promise<{ runtime: string; tokenIds: number[]; text: string }> {
-  const proc = Bun.spawn([runtime, script, prompt, String(maxTokens)], { cwd: root, env: { ...process.env, MLX_HOME: home }, stdout: "pipe", stderr: "pipe" });
-  const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+  const proc = Bun.spawn([runtime, script, prompt, String(maxTokens)], {
+    cwd: root,
+    env: { ...process.env, MLX_HOME: home },
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const [stdout, stderr, code] = await Promise.all([
+    new Response(proc.stdout).text(),
+    new Response(proc.stderr).text(),
+    proc.exited,
+  ]);
   if (code !== 0) throw new Error(`${runtime} exited with ${code}: ${stderr.trim()}`);
   return JSON.parse(stdout);
 }
 
 describe("the library", () => {
-  test(
-    "on Node and on Bun, the default model's greedy tokens are those of mlx run",
-    async () => {
-      const run = await cliRunner(home)(["run", "--json", "--max-tokens", String(maxTokens), prompt]);
-      expect(run.code).toBe(0);
-      const expected = JSON.parse(run.stdout).token_ids as number[];
-      expect(expected.length).toBeGreaterThan(0);
-      const onNode = await library("node");
-      expect(onNode.runtime).toBe("node");
-      expect(onNode.tokenIds).toEqual(expected);
-      const onBun = await library(process.execPath);
-      expect(onBun.runtime).toBe("bun");
-      expect(onBun.tokenIds).toEqual(expected);
-    },
-    300_000,
-  );
+  test("on Node and on Bun, the default model's greedy tokens are those of mlx run", async () => {
+    const run = await cliRunner(home)(["run", "--json", "--max-tokens", String(maxTokens), prompt]);
+    expect(run.code).toBe(0);
+    const expected = JSON.parse(run.stdout).token_ids as number[];
+    expect(expected.length).toBeGreaterThan(0);
+    const onNode = await library("node");
+    expect(onNode.runtime).toBe("node");
+    expect(onNode.tokenIds).toEqual(expected);
+    const onBun = await library(process.execPath);
+    expect(onBun.runtime).toBe("bun");
+    expect(onBun.tokenIds).toEqual(expected);
+  }, 300_000);
 });

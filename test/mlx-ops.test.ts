@@ -143,7 +143,10 @@ describe("reductions and sorting", () => {
   test("softmax, cumsum, sort, argsort, topk, argpartition", () => {
     run(() => {
       const x = mx.array([3, 1, 2]);
-      close(values(mx.softmax(x)), [Math.E ** 3, Math.E, Math.E ** 2].map((v, _, all) => v / (Math.E ** 3 + Math.E + Math.E ** 2)));
+      close(
+        values(mx.softmax(x)),
+        [Math.E ** 3, Math.E, Math.E ** 2].map((v, _, all) => v / (Math.E ** 3 + Math.E + Math.E ** 2)),
+      );
       expect(values(mx.cumsum(x, 0))).toEqual([3, 4, 6]);
       expect(values(mx.sort(x))).toEqual([1, 2, 3]);
       expect(values(mx.argsort(x))).toEqual([1, 2, 0]);
@@ -314,7 +317,12 @@ describe("mixture of experts", () => {
   /** Row r times expert e, one plain matmul at a time. */
   const oneByOne = (x: mx.MxArray, w: mx.MxArray) =>
     mx.stack(
-      [2, 0, 0, 1, 1, 2, 2, 2].map((e, i) => mx.matmul(mx.reshape(mx.slice(x, [Math.floor(i / 2), 0, 0, 0], [Math.floor(i / 2) + 1, 1, 1, 64]), [1, 64]), mx.transpose(mx.reshape(mx.slice(w, [e, 0, 0], [e + 1, 8, 64]), [8, 64])))),
+      [2, 0, 0, 1, 1, 2, 2, 2].map((e, i) =>
+        mx.matmul(
+          mx.reshape(mx.slice(x, [Math.floor(i / 2), 0, 0, 0], [Math.floor(i / 2) + 1, 1, 1, 64]), [1, 64]),
+          mx.transpose(mx.reshape(mx.slice(w, [e, 0, 0], [e + 1, 8, 64]), [8, 64])),
+        ),
+      ),
     );
 
   test("gather_mm multiplies each row by the experts it picks", () => {

@@ -98,7 +98,9 @@ describe("sliding-window layers (gemma3, window 6)", () => {
   test("a cache that keeps only the window (compacted every 4 tokens) gives the logits of full caches", () => {
     const model = tinyModel(options);
     const full = run(model, makeCaches(model, { windowed: false }));
-    const windowed = model.makeCaches!().map((c) => (c instanceof SlidingKVCache ? new SlidingKVCache(c.window, 4) : c));
+    const windowed = model.makeCaches!().map((c) =>
+      c instanceof SlidingKVCache ? new SlidingKVCache(c.window, 4) : c,
+    );
     const sliding = run(model, windowed);
     expect(mx.scope(() => mx.max(mx.abs(mx.subtract(full, sliding))).item())).toBeLessThan(1e-4);
     const local = windowed[0] as SlidingKVCache;
@@ -114,7 +116,12 @@ describe("sliding-window layers (gemma3, window 6)", () => {
     const wide = tinyModel({ ...options, window: 64 });
     const a = run(model, makeCaches(model));
     const b = run(wide, makeCaches(wide));
-    const diff = (from: number, to: number) => mx.scope(() => mx.max(mx.abs(mx.subtract(mx.slice(a, [0, from, 0], [1, to, 300]), mx.slice(b, [0, from, 0], [1, to, 300])))).item());
+    const diff = (from: number, to: number) =>
+      mx.scope(() =>
+        mx
+          .max(mx.abs(mx.subtract(mx.slice(a, [0, from, 0], [1, to, 300]), mx.slice(b, [0, from, 0], [1, to, 300]))))
+          .item(),
+      );
     expect(diff(0, 6)).toBeLessThan(1e-5);
     expect(diff(6, 40)).toBeGreaterThan(1e-3);
   });
@@ -133,7 +140,10 @@ describe("sliding-window layers (gemma3, window 6)", () => {
 });
 
 describe("a loaded model's memory", () => {
-  for (const [name, options] of [["plain", {}], ["4-bit, untied head", { quantize: { groupSize: 32, bits: 4 }, tied: false }]] as [string, TinyOptions][]) {
+  for (const [name, options] of [
+    ["plain", {}],
+    ["4-bit, untied head", { quantize: { groupSize: 32, bits: 4 }, tied: false }],
+  ] as [string, TinyOptions][]) {
     test(`${name}: free() gives back everything the model took, arrays made from the weights included`, () => {
       const dir = join(mkdtempSync(join(tmpdir(), "mlx-free-")), "tiny");
       writeTinyModel(dir, options);
@@ -164,15 +174,28 @@ describe("GGUF layout", () => {
     const o: TinyOptions = { modelType: "qwen3_moe", layers: 3, quantize: { groupSize: 32, bits: 4 } };
     const hf = tinyWeights(o);
     const toGGUF: Record<string, string> = {
-      input_layernorm: "attn_norm", post_attention_layernorm: "ffn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-      "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
-      "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down", "mlp.gate": "ffn_gate_inp",
-      "mlp.switch_mlp.gate_proj": "ffn_gate_exps", "mlp.switch_mlp.up_proj": "ffn_up_exps", "mlp.switch_mlp.down_proj": "ffn_down_exps",
+      input_layernorm: "attn_norm",
+      post_attention_layernorm: "ffn_norm",
+      "self_attn.q_proj": "attn_q",
+      "self_attn.k_proj": "attn_k",
+      "self_attn.v_proj": "attn_v",
+      "self_attn.o_proj": "attn_output",
+      "self_attn.q_norm": "attn_q_norm",
+      "self_attn.k_norm": "attn_k_norm",
+      "mlp.gate_proj": "ffn_gate",
+      "mlp.up_proj": "ffn_up",
+      "mlp.down_proj": "ffn_down",
+      "mlp.gate": "ffn_gate_inp",
+      "mlp.switch_mlp.gate_proj": "ffn_gate_exps",
+      "mlp.switch_mlp.up_proj": "ffn_up_exps",
+      "mlp.switch_mlp.down_proj": "ffn_down_exps",
     };
     const tensors = new Map<string, mx.MxArray>();
     for (const [name, t] of hf) {
       const layer = /^model\.layers\.(\d+)\.(.+)\.(weight|scales|biases)$/.exec(name);
-      const ggufName = layer ? `blk.${layer[1]}.${toGGUF[layer[2]!]}.${layer[3]}` : name.replace("model.embed_tokens", "token_embd").replace("model.norm", "output_norm");
+      const ggufName = layer
+        ? `blk.${layer[1]}.${toGGUF[layer[2]!]}.${layer[3]}`
+        : name.replace("model.embed_tokens", "token_embd").replace("model.norm", "output_norm");
       expect(hfTensorName(ggufName, "qwen3moe")).toBe(name);
       tensors.set(ggufName, mx.keep(mx.scope(() => mx.copy(t))));
     }
@@ -193,10 +216,17 @@ describe("GGUF layout", () => {
       "qwen3moe.vocab_size": 300,
     };
     const g = ggufModel({ tensors, metadata });
-    expect(g.config).toMatchObject({ model_type: "qwen3_moe", num_experts: 4, num_experts_per_tok: 2, mlp_only_layers: [0], quantization: { group_size: 32, bits: 4 } });
+    expect(g.config).toMatchObject({
+      model_type: "qwen3_moe",
+      num_experts: 4,
+      num_experts_per_tok: 2,
+      mlp_only_layers: [0],
+      quantization: { group_size: 32, bits: 4 },
+    });
     const fromGGUF = buildModel(new Weights(g.tensors, parseConfig(g.config)));
     const reference = tinyModel(o);
-    const logits = (m: ReturnType<typeof tinyModel>) => mx.scope(() => forward(m, ids(sequence), makeCaches(m)).toArray());
+    const logits = (m: ReturnType<typeof tinyModel>) =>
+      mx.scope(() => forward(m, ids(sequence), makeCaches(m)).toArray());
     expect(logits(fromGGUF)).toEqual(logits(reference));
   });
 
@@ -204,20 +234,32 @@ describe("GGUF layout", () => {
     const hf = tinyWeights({ modelType: "llama" });
     // llama.cpp's permutation: within each head, row (i, j) → (j, i) for i in {0,1}, j < dim/2.
     const permute = (t: mx.MxArray, heads: number) =>
-      mx.keep(mx.scope(() => {
-        const [rows, cols] = t.shape as [number, number];
-        return mx.reshape(mx.transpose(mx.reshape(t, [heads, 2, rows / heads / 2, cols]), [0, 2, 1, 3]), [rows, cols]);
-      }));
+      mx.keep(
+        mx.scope(() => {
+          const [rows, cols] = t.shape as [number, number];
+          return mx.reshape(mx.transpose(mx.reshape(t, [heads, 2, rows / heads / 2, cols]), [0, 2, 1, 3]), [
+            rows,
+            cols,
+          ]);
+        }),
+      );
     const toGGUF: [string, string][] = [
       ["model.embed_tokens", "token_embd"],
       ["model.norm", "output_norm"],
     ];
     for (let i = 0; i < 2; i++) {
       const p = `model.layers.${i}`;
-      toGGUF.push([`${p}.input_layernorm`, `blk.${i}.attn_norm`], [`${p}.post_attention_layernorm`, `blk.${i}.ffn_norm`]);
+      toGGUF.push(
+        [`${p}.input_layernorm`, `blk.${i}.attn_norm`],
+        [`${p}.post_attention_layernorm`, `blk.${i}.ffn_norm`],
+      );
       toGGUF.push([`${p}.self_attn.q_proj`, `blk.${i}.attn_q`], [`${p}.self_attn.k_proj`, `blk.${i}.attn_k`]);
       toGGUF.push([`${p}.self_attn.v_proj`, `blk.${i}.attn_v`], [`${p}.self_attn.o_proj`, `blk.${i}.attn_output`]);
-      toGGUF.push([`${p}.mlp.gate_proj`, `blk.${i}.ffn_gate`], [`${p}.mlp.up_proj`, `blk.${i}.ffn_up`], [`${p}.mlp.down_proj`, `blk.${i}.ffn_down`]);
+      toGGUF.push(
+        [`${p}.mlp.gate_proj`, `blk.${i}.ffn_gate`],
+        [`${p}.mlp.up_proj`, `blk.${i}.ffn_up`],
+        [`${p}.mlp.down_proj`, `blk.${i}.ffn_down`],
+      );
     }
     const tensors = new Map<string, mx.MxArray>();
     for (const [hfName, ggufName] of toGGUF) {
@@ -255,10 +297,14 @@ describe("GGUF layout", () => {
   });
 
   test("an unsupported architecture names the supported ones", () => {
-    expect(() => ggufModel({ tensors: new Map(), metadata: { "general.architecture": "gpt2" } })).toThrow(/unsupported GGUF architecture 'gpt2' \(supported: llama/);
+    expect(() => ggufModel({ tensors: new Map(), metadata: { "general.architecture": "gpt2" } })).toThrow(
+      /unsupported GGUF architecture 'gpt2' \(supported: llama/,
+    );
   });
 
   test("an unsupported model_type names the supported ones", () => {
-    expect(() => buildModel(new Weights(new Map(), parseConfig({ ...tinyConfig({}), model_type: "falcon" })))).toThrow(/unsupported model_type 'falcon' \(supported: gemma3_text, llama, mistral, mixtral, phi3, qwen2, qwen3, qwen3_moe\)/);
+    expect(() => buildModel(new Weights(new Map(), parseConfig({ ...tinyConfig({}), model_type: "falcon" })))).toThrow(
+      /unsupported model_type 'falcon' \(supported: gemma3_text, llama, mistral, mixtral, phi3, qwen2, qwen3, qwen3_moe\)/,
+    );
   });
 });

@@ -28,13 +28,21 @@ describe(`tiny models against mlx-lm ${reference.mlx_lm} (MLX ${reference.mlx})`
       writeTinyModel(path, options);
       // The recording is of these very weights (same seed, same MLX): otherwise re-record.
       const sha256 = new Bun.CryptoHasher("sha256").update(readFileSync(join(path, "model.safetensors"))).digest("hex");
-      expect(sha256, "the tiny model differs from the recorded one; run scripts/parity-tiny.sh").toBe(expected.weights_sha256);
+      expect(sha256, "the tiny model differs from the recorded one; run scripts/parity-tiny.sh").toBe(
+        expected.weights_sha256,
+      );
       const lm = loadModel(path);
       try {
         // MLX's own kernels: exactly mlx-lm's numbers (ours sum in another order; see parity.test.ts).
         withKernels(false, () => {
-          const logits = firstStepLogits(lm, tinyParityPrompt, expected.top_logits.map(([id]) => id!));
-          logits.forEach((v, i) => expect(Math.abs(v - expected.top_logits[i]![1]!)).toBeLessThanOrEqual(LOGIT_TOLERANCE));
+          const logits = firstStepLogits(
+            lm,
+            tinyParityPrompt,
+            expected.top_logits.map(([id]) => id!),
+          );
+          logits.forEach((v, i) =>
+            expect(Math.abs(v - expected.top_logits[i]![1]!)).toBeLessThanOrEqual(LOGIT_TOLERANCE),
+          );
           // EOS is not special here (as in mlx-lm's generate_step): random weights may well produce it.
           expect(greedy(lm, tinyParityPrompt, tinyParityTokens, { untilEos: false })).toEqual(expected.output_ids);
         });

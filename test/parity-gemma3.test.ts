@@ -33,7 +33,11 @@ describe(`gemma3 270M against mlx-lm ${reference.mlx_lm} (MLX ${reference.mlx})`
       expect(lm.tokenizer.encode(c.prompt)).toEqual(c.prompt_ids);
       // MLX's own kernels: exactly mlx-lm's numbers (ours sum in another order; see parity.test.ts).
       withKernels(false, () => {
-        const logits = firstStepLogits(lm, c.prompt_ids, c.top_logits.map(([id]) => id!));
+        const logits = firstStepLogits(
+          lm,
+          c.prompt_ids,
+          c.top_logits.map(([id]) => id!),
+        );
         logits.forEach((v, i) => expect(Math.abs(v - c.top_logits[i]![1]!)).toBeLessThanOrEqual(LOGIT_TOLERANCE));
         expect(greedy(lm, c.prompt_ids, reference.max_tokens)).toEqual(c.output_ids);
       });

@@ -88,9 +88,11 @@ describe(`parity with mlx-lm ${reference.mlx_lm} (MLX ${reference.mlx})`, () => 
         const differing: typeof cases = [];
         for (const [i, c] of cases.entries()) {
           const lm = i % 2 === 0 ? directory : gguf;
-          if (JSON.stringify(await greedy(lm, c.prompt_ids, reference.max_tokens)) !== JSON.stringify(c.output_ids)) differing.push(c);
+          if (JSON.stringify(await greedy(lm, c.prompt_ids, reference.max_tokens)) !== JSON.stringify(c.output_ids))
+            differing.push(c);
         }
-        if (differing.length > 0) console.error(`greedy output differs on: ${differing.map((c) => c.prompt.slice(0, 30)).join(" | ")}`);
+        if (differing.length > 0)
+          console.error(`greedy output differs on: ${differing.map((c) => c.prompt.slice(0, 30)).join(" | ")}`);
         expect(cases.length - differing.length).toBeGreaterThanOrEqual(Math.ceil(cases.length * 0.9));
       });
     }, 600_000);

@@ -1,7 +1,13 @@
 // Sampling filters, seeds and stop strings.
 import { describe, expect, test } from "bun:test";
 import * as mx from "../src/mlx";
-import { defaultSampling, makeSampler, penalizeRepetition, validateSampling, type SamplingParams } from "../src/engine/sampling";
+import {
+  defaultSampling,
+  makeSampler,
+  penalizeRepetition,
+  validateSampling,
+  type SamplingParams,
+} from "../src/engine/sampling";
 import { StopMatcher } from "../src/engine/stop";
 
 const logprobsOf = (p: number[]) => mx.log(mx.array(p, [1, p.length]));
@@ -43,7 +49,13 @@ describe("sampler", () => {
     // 1,000 near-equal tokens: the two best hold ~0.2% of the mass, far below 1 - 0.9.
     const p = Array.from({ length: 1000 }, (_, i) => (i === 5 || i === 7 ? 2 : 1));
     const total = p.reduce((a, b) => a + b, 0);
-    const picks = new Set(draw({ temperature: 1, topK: 2, topP: 0.9, seed: 3 }, p.map((x) => x / total), 40));
+    const picks = new Set(
+      draw(
+        { temperature: 1, topK: 2, topP: 0.9, seed: 3 },
+        p.map((x) => x / total),
+        40,
+      ),
+    );
     expect([...picks].sort()).toEqual([5, 7]);
   });
 

@@ -21,7 +21,11 @@ beforeAll(() => {
 
 const prompt = (text: string) => chatTokens(lm.tokenizer, [{ role: "user", content: text }]);
 
-async function alone(promptIds: number[], maxTokens: number, stop: string[] = []): Promise<{ text: string; finish: string }> {
+async function alone(
+  promptIds: number[],
+  maxTokens: number,
+  stop: string[] = [],
+): Promise<{ text: string; finish: string }> {
   const result = await completeAlone(lm, promptIds, { sampling: defaultSampling, maxTokens, stop });
   return { text: result.text, finish: result.finishReason };
 }
@@ -40,7 +44,12 @@ async function collect(stream: AsyncIterable<GenerationEvent>) {
   return { text, done: done!, tops };
 }
 
-const request = (text: string, o: Partial<GenerationRequest> = {}): GenerationRequest => ({ promptIds: prompt(text), sampling: defaultSampling, maxTokens: 12, ...o });
+const request = (text: string, o: Partial<GenerationRequest> = {}): GenerationRequest => ({
+  promptIds: prompt(text),
+  sampling: defaultSampling,
+  maxTokens: 12,
+  ...o,
+});
 
 describe("Scheduler", () => {
   test("concurrent requests each get the text they would get alone", async () => {
@@ -60,7 +69,10 @@ describe("Scheduler", () => {
     const scheduler = new Scheduler(lm, { maxBatch: 4, prefillChunk: 64, maxQueue: 8 });
     const free = (await alone(prompt("Hello"), 12)).text;
     const stopAt = free.slice(3, 5);
-    const [stopped, other] = await Promise.all([collect(scheduler.submit(request("Hello", { stop: [stopAt] }))), collect(scheduler.submit(request("Hi")))]);
+    const [stopped, other] = await Promise.all([
+      collect(scheduler.submit(request("Hello", { stop: [stopAt] }))),
+      collect(scheduler.submit(request("Hi"))),
+    ]);
     expect(stopped.done.finishReason).toBe("stop");
     expect(stopped.text).toBe(free.slice(0, free.indexOf(stopAt)));
     expect(other.text).toBe((await alone(prompt("Hi"), 12)).text);
@@ -107,9 +119,15 @@ describe("prefix cache across requests", () => {
     const prefixCache = new PrefixCache(64 * 1024 * 1024);
     const scheduler = new Scheduler(lm, { maxBatch: 2, prefillChunk: 16, maxQueue: 4, prefixCache });
     const first = [{ role: "user", content: "Hello there, how are you?" }];
-    const one = await collect(scheduler.submit({ promptIds: chatTokens(lm.tokenizer, first), sampling: defaultSampling, maxTokens: 8 }));
+    const one = await collect(
+      scheduler.submit({ promptIds: chatTokens(lm.tokenizer, first), sampling: defaultSampling, maxTokens: 8 }),
+    );
     expect(one.done.usage.cachedTokens).toBe(0);
-    const followUp = chatTokens(lm.tokenizer, [...first, { role: "assistant", content: one.text }, { role: "user", content: "And then?" }]);
+    const followUp = chatTokens(lm.tokenizer, [
+      ...first,
+      { role: "assistant", content: one.text },
+      { role: "user", content: "And then?" },
+    ]);
     const two = await collect(scheduler.submit({ promptIds: followUp, sampling: defaultSampling, maxTokens: 8 }));
     expect(two.done.usage.cachedTokens).toBeGreaterThan(chatTokens(lm.tokenizer, first).length - 2);
     expect(two.text).toBe((await alone(followUp, 8)).text);

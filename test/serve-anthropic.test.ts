@@ -48,7 +48,14 @@ const textOf = (m: Anthropic.Message) => m.content.map((b) => (b.type === "text"
 
 describe("messages.create", () => {
   test("a message with text, a stop reason and usage", async () => {
-    const m = await client.messages.create({ model, max_tokens: 8, system: "Be brief.", messages: [{ role: "user", content: "Hi" }], ...sampling({ temperature: 0 }), metadata: { user_id: "u1" } });
+    const m = await client.messages.create({
+      model,
+      max_tokens: 8,
+      system: "Be brief.",
+      messages: [{ role: "user", content: "Hi" }],
+      ...sampling({ temperature: 0 }),
+      metadata: { user_id: "u1" },
+    });
     expect(m.id).toMatch(/^msg_/);
     expect(m.type).toBe("message");
     expect(m.role).toBe("assistant");
@@ -68,9 +75,18 @@ describe("messages.create", () => {
     expect(long.stop_sequence).toBeNull();
     expect(long.usage.output_tokens).toBe(12);
     const text = textOf(long);
-    const stop = text.slice(Math.floor(text.length / 2)).trim().slice(0, 2);
+    const stop = text
+      .slice(Math.floor(text.length / 2))
+      .trim()
+      .slice(0, 2);
     expect(stop.length).toBeGreaterThan(0);
-    const stopped = await client.messages.create({ model, max_tokens: 12, messages, ...sampling({ temperature: 0 }), stop_sequences: ["never-generated-zzz", stop] });
+    const stopped = await client.messages.create({
+      model,
+      max_tokens: 12,
+      messages,
+      ...sampling({ temperature: 0 }),
+      stop_sequences: ["never-generated-zzz", stop],
+    });
     expect(stopped.stop_reason).toBe("stop_sequence");
     expect(stopped.stop_sequence).toBe(stop);
     expect(text.startsWith(textOf(stopped))).toBe(true);
@@ -82,7 +98,12 @@ describe("messages.stream", () => {
   test("Anthropic's event sequence, and the same text as the deltas", async () => {
     const events: string[] = [];
     let deltas = "";
-    const stream = client.messages.stream({ model, max_tokens: 10, messages: [{ role: "user", content: "Hi" }], ...sampling({ temperature: 0 }) });
+    const stream = client.messages.stream({
+      model,
+      max_tokens: 10,
+      messages: [{ role: "user", content: "Hi" }],
+      ...sampling({ temperature: 0 }),
+    });
     stream.on("streamEvent", (e) => {
       events.push(e.type);
       if (e.type === "content_block_delta" && e.delta.type === "text_delta") deltas += e.delta.text;
@@ -95,12 +116,21 @@ describe("messages.stream", () => {
     expect(textOf(m)).toBe(deltas);
     expect(m.stop_reason).toBe("max_tokens");
     expect(m.usage.output_tokens).toBe(10);
-    const whole = await client.messages.create({ model, max_tokens: 10, messages: [{ role: "user", content: "Hi" }], ...sampling({ temperature: 0 }) });
+    const whole = await client.messages.create({
+      model,
+      max_tokens: 10,
+      messages: [{ role: "user", content: "Hi" }],
+      ...sampling({ temperature: 0 }),
+    });
     expect(textOf(whole)).toBe(deltas);
   });
 
   test("the raw stream holds message_start, ping, and named SSE events", async () => {
-    const r = await fetch(`${server.url}/v1/messages`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ model, max_tokens: 3, stream: true, messages: [{ role: "user", content: "Hi" }] }) });
+    const r = await fetch(`${server.url}/v1/messages`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ model, max_tokens: 3, stream: true, messages: [{ role: "user", content: "Hi" }] }),
+    });
     expect(r.headers.get("content-type")).toContain("text/event-stream");
     const names = [...(await r.text()).matchAll(/^event: (\w+)$/gm)].map((m) => m[1]);
     expect(names.slice(0, 3)).toEqual(["message_start", "ping", "content_block_start"]);
@@ -112,7 +142,14 @@ describe("tools", () => {
   test("a round-trip: tool_choice 'tool' gives a tool_use block with valid input, its tool_result is answered", async () => {
     let call: Anthropic.ToolUseBlock | undefined;
     for (const seed of [1, 2, 3]) {
-      const m = await client.messages.create({ model, max_tokens: 120, messages: ask, tools, tool_choice: { type: "tool", name: "forecast", disable_parallel_tool_use: true }, ...sampling({ temperature: 1, top_k: 50 + seed }) });
+      const m = await client.messages.create({
+        model,
+        max_tokens: 120,
+        messages: ask,
+        tools,
+        tool_choice: { type: "tool", name: "forecast", disable_parallel_tool_use: true },
+        ...sampling({ temperature: 1, top_k: 50 + seed }),
+      });
       if (m.stop_reason === "max_tokens") continue;
       expect(m.stop_reason).toBe("tool_use");
       expect(m.stop_sequence).toBeNull();
@@ -127,12 +164,29 @@ describe("tools", () => {
     const history: Anthropic.MessageParam[] = [
       ...ask,
       { role: "assistant", content: [{ type: "tool_use", id: call!.id, name: call!.name, input: call!.input }] },
-      { role: "user", content: [{ type: "tool_result", tool_use_id: call!.id, content: "Snow, -3 degrees" }, { type: "text", text: "Thanks" }] },
+      {
+        role: "user",
+        content: [
+          { type: "tool_result", tool_use_id: call!.id, content: "Snow, -3 degrees" },
+          { type: "text", text: "Thanks" },
+        ],
+      },
     ];
-    const answer = await client.messages.create({ model, max_tokens: 4, messages: history, tools, tool_choice: { type: "none" } });
+    const answer = await client.messages.create({
+      model,
+      max_tokens: 4,
+      messages: history,
+      tools,
+      tool_choice: { type: "none" },
+    });
     expect(answer.content[0]!.type).toBe("text");
     // The call and its result are in the prompt; offering no tools ("none") adds no description.
-    const counted = await client.messages.countTokens({ model, messages: history, tools, tool_choice: { type: "none" } });
+    const counted = await client.messages.countTokens({
+      model,
+      messages: history,
+      tools,
+      tool_choice: { type: "none" },
+    });
     const bare = await client.messages.countTokens({ model, messages: ask });
     expect(answer.usage.input_tokens + answer.usage.cache_read_input_tokens!).toBe(counted.input_tokens);
     expect(counted.input_tokens).toBeGreaterThan(bare.input_tokens + 20);
@@ -145,7 +199,14 @@ describe("tools", () => {
     for (const seed of [1, 2, 3]) {
       kinds = [];
       partial = "";
-      const stream = client.messages.stream({ model, max_tokens: 120, messages: ask, tools, tool_choice: { type: "any", disable_parallel_tool_use: true }, ...sampling({ temperature: 1, top_k: 50 + seed }) });
+      const stream = client.messages.stream({
+        model,
+        max_tokens: 120,
+        messages: ask,
+        tools,
+        tool_choice: { type: "any", disable_parallel_tool_use: true },
+        ...sampling({ temperature: 1, top_k: 50 + seed }),
+      });
       stream.on("streamEvent", (e) => {
         kinds.push(e.type === "content_block_delta" ? e.delta.type : e.type);
         if (e.type === "content_block_delta" && e.delta.type === "input_json_delta") partial += e.delta.partial_json;
@@ -167,7 +228,14 @@ describe("count_tokens", () => {
     const messages: Anthropic.MessageParam[] = [{ role: "user", content: "Hello there" }];
     const plain = await client.messages.countTokens({ model, messages });
     const short = await client.messages.countTokens({ model, messages, system: "Be brief." });
-    const blocks = await client.messages.countTokens({ model, messages, system: [{ type: "text", text: "Be brief." }, { type: "text", text: "Cite the files you read, one per line." }] });
+    const blocks = await client.messages.countTokens({
+      model,
+      messages,
+      system: [
+        { type: "text", text: "Be brief." },
+        { type: "text", text: "Cite the files you read, one per line." },
+      ],
+    });
     const withTools = await client.messages.countTokens({ model, messages, tools });
     expect(plain.input_tokens).toBeGreaterThan(2);
     expect(blocks.input_tokens).toBeGreaterThan(short.input_tokens + 5);
@@ -190,8 +258,14 @@ describe("errors", () => {
       [{ thinking: { type: "enabled", budget_tokens: 1024 } }, /'thinking' is not supported/],
       [{ service_tier: "auto" }, /'service_tier' is not supported/],
       [{ messages: [{ role: "system", content: "x" }] }, /messages\.0\.role/],
-      [{ messages: [{ role: "user", content: [{ type: "image", source: {} }] }] }, /content of type 'image' is not supported/],
-      [{ messages: [{ role: "assistant", content: [{ type: "tool_result", tool_use_id: "a" }] }] }, /belong in user messages/],
+      [
+        { messages: [{ role: "user", content: [{ type: "image", source: {} }] }] },
+        /content of type 'image' is not supported/,
+      ],
+      [
+        { messages: [{ role: "assistant", content: [{ type: "tool_result", tool_use_id: "a" }] }] },
+        /belong in user messages/,
+      ],
       [{ temperature: 1.5 }, /'temperature' must be <= 1/],
       [{ tools: [{ name: "web", type: "web_search_20250305" }] }, /tool type 'web_search_20250305'/],
       [{ tools, tool_choice: { type: "tool", name: "nope" } }, /'nope', which is not among the tools/],
@@ -204,7 +278,9 @@ describe("errors", () => {
       expect(r.json.error.type).toBe("invalid_request_error");
       expect(r.json.error.message).toMatch(message);
     }
-    const missing = await client.messages.create({ model: "no-such-model", max_tokens: 4, messages: ask }).catch((e) => e);
+    const missing = await client.messages
+      .create({ model: "no-such-model", max_tokens: 4, messages: ask })
+      .catch((e) => e);
     expect(missing).toBeInstanceOf(Anthropic.NotFoundError);
     expect(missing.error.error.type).toBe("not_found_error");
     const ok = await client.messages.create({ model, max_tokens: 1, messages: ask });
@@ -216,7 +292,9 @@ describe("errors", () => {
     try {
       const good = new Anthropic({ baseURL: guarded.url, apiKey: "sk-test", maxRetries: 0 });
       expect((await good.messages.countTokens({ model, messages: ask })).input_tokens).toBeGreaterThan(0);
-      const wrong = await new Anthropic({ baseURL: guarded.url, apiKey: "sk-wrong", maxRetries: 0 }).messages.countTokens({ model, messages: ask }).catch((e) => e);
+      const wrong = await new Anthropic({ baseURL: guarded.url, apiKey: "sk-wrong", maxRetries: 0 }).messages
+        .countTokens({ model, messages: ask })
+        .catch((e) => e);
       expect(wrong).toBeInstanceOf(Anthropic.AuthenticationError);
       expect(wrong.error.error.type).toBe("authentication_error");
     } finally {
@@ -227,11 +305,16 @@ describe("errors", () => {
 
 describe("prefix cache", () => {
   test("a long shared system prompt whose last line is volatile (a date) is read from the cache", async () => {
-    const rules = Array.from({ length: 40 }, (_, i) => `Rule ${i + 1}: answer in plain words and cite the file you read.`).join("\n");
+    const rules = Array.from(
+      { length: 40 },
+      (_, i) => `Rule ${i + 1}: answer in plain words and cite the file you read.`,
+    ).join("\n");
     const system = (date: string) => `${rules}\nToday's date: ${date}`;
     const first = await client.messages.create({ model, max_tokens: 2, system: system("2026-12-01"), messages: ask });
     const second = await client.messages.create({ model, max_tokens: 2, system: system("2026-12-02"), messages: ask });
-    const shared = (await client.messages.countTokens({ model, messages: [{ role: "user", content: "x" }], system: rules })).input_tokens;
+    const shared = (
+      await client.messages.countTokens({ model, messages: [{ role: "user", content: "x" }], system: rules })
+    ).input_tokens;
     expect(first.usage.cache_read_input_tokens).toBeLessThan(shared / 2);
     // Everything before the date line comes from the cache; only the rest is prefilled.
     expect(second.usage.cache_read_input_tokens!).toBeGreaterThan(shared - 10);

@@ -8,7 +8,11 @@ const main = join(import.meta.dir, "..", "src", "main.ts");
 
 test("serves on 127.0.0.1, prints the URL, uses -m by default, stops on SIGTERM", async () => {
   const model = tinyModel();
-  const proc = Bun.spawn([process.execPath, main, "serve", "--port", "0", "-m", model], { stdout: "pipe", stderr: "pipe", env: { ...process.env, NO_COLOR: "1" } });
+  const proc = Bun.spawn([process.execPath, main, "serve", "--port", "0", "-m", model], {
+    stdout: "pipe",
+    stderr: "pipe",
+    env: { ...process.env, NO_COLOR: "1" },
+  });
   try {
     const reader = proc.stderr.getReader();
     let err = "";
@@ -21,7 +25,10 @@ test("serves on 127.0.0.1, prints the URL, uses -m by default, stops on SIGTERM"
     expect(url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
     const deadline = performance.now() + 10_000;
     while ((await fetch(`${url}/health`)).status !== 200 && performance.now() < deadline) await Bun.sleep(20);
-    const r = await fetch(`${url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ messages: [{ role: "user", content: "Hi" }], max_tokens: 3 }) });
+    const r = await fetch(`${url}/v1/chat/completions`, {
+      method: "POST",
+      body: JSON.stringify({ messages: [{ role: "user", content: "Hi" }], max_tokens: 3 }),
+    });
     expect(r.status).toBe(200);
     expect(((await r.json()) as { model: string }).model).toBe(model);
     proc.kill("SIGTERM");

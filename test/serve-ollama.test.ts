@@ -23,7 +23,14 @@ beforeAll(() => {
 });
 afterAll(() => server.stop());
 
-const expectFigures = (r: { total_duration: number; load_duration: number; prompt_eval_count: number; prompt_eval_duration: number; eval_count: number; eval_duration: number }) => {
+const expectFigures = (r: {
+  total_duration: number;
+  load_duration: number;
+  prompt_eval_count: number;
+  prompt_eval_duration: number;
+  eval_count: number;
+  eval_duration: number;
+}) => {
   expect(r.total_duration).toBeGreaterThan(1000); // nanoseconds: a request takes over a microsecond
   expect(Number.isInteger(r.total_duration)).toBe(true);
   expect(Number.isInteger(r.load_duration)).toBe(true);
@@ -65,23 +72,54 @@ describe("Ollama chat and generate", () => {
     expectFigures(r);
     const raw = await ollama.generate({ model, prompt: "Hello", raw: true, stream: false, options: greedy });
     expect(raw.prompt_eval_count).toBeLessThan(r.prompt_eval_count);
-    const system = await ollama.generate({ model, prompt: "Hello", system: "Be brief.", stream: false, options: greedy });
+    const system = await ollama.generate({
+      model,
+      prompt: "Hello",
+      system: "Be brief.",
+      stream: false,
+      options: greedy,
+    });
     expect(system.prompt_eval_count).not.toBe(r.prompt_eval_count); // it replaces the template's default system prompt
     expect(r.response!.length).toBeGreaterThan(8);
     const response = r.response ?? "";
     const stop = response.slice(4, 7);
-    const stopped = await ollama.generate({ model, prompt: "Hello", stream: false, options: { ...greedy, num_predict: 16, stop: [stop] } });
+    const stopped = await ollama.generate({
+      model,
+      prompt: "Hello",
+      stream: false,
+      options: { ...greedy, num_predict: 16, stop: [stop] },
+    });
     expect(stopped.response).toBe(response.slice(0, response.indexOf(stop)));
     expect(stopped.done_reason).toBe("stop");
-    const continued = await ollama.generate({ model, prompt: "More", context: r.context, stream: false, options: greedy });
+    const continued = await ollama.generate({
+      model,
+      prompt: "More",
+      context: r.context,
+      stream: false,
+      options: greedy,
+    });
     expect(continued.prompt_eval_count).toBeGreaterThan(r.context!.length);
     let streamed = "";
-    for await (const part of await ollama.generate({ model, prompt: "Hello", stream: true, options: { ...greedy, num_predict: 16 } })) streamed += part.response ?? "";
+    for await (const part of await ollama.generate({
+      model,
+      prompt: "Hello",
+      stream: true,
+      options: { ...greedy, num_predict: 16 },
+    }))
+      streamed += part.response ?? "";
     expect(streamed).toBe(response);
   });
 
   test("sampling options: a seed repeats", async () => {
-    const options = { temperature: 0.9, top_k: 30, top_p: 0.8, min_p: 0.02, repeat_penalty: 1.2, seed: 3, num_predict: 8 };
+    const options = {
+      temperature: 0.9,
+      top_k: 30,
+      top_p: 0.8,
+      min_p: 0.02,
+      repeat_penalty: 1.2,
+      seed: 3,
+      num_predict: 8,
+    };
     const a = await ollama.generate({ model, prompt: "Hi", stream: false, options });
     const b = await ollama.generate({ model, prompt: "Hi", stream: false, options });
     expect(a.response).toBe(b.response);
@@ -137,7 +175,9 @@ describe("one model at a time (--max-models 1)", () => {
     let most = 0;
     const watching = setInterval(async () => (most = Math.max(most, (await loadedNow()).length)), 5);
     let firstDone = 0;
-    const other = ollama.chat({ model: second, messages, stream: false, options: { num_predict: 2 } }).then((r) => ({ r, at: performance.now() }));
+    const other = ollama
+      .chat({ model: second, messages, stream: false, options: { num_predict: 2 } })
+      .then((r) => ({ r, at: performance.now() }));
     for await (const chunk of busy) if (chunk.done) firstDone = performance.now();
     const { r, at } = await other;
     clearInterval(watching);
@@ -147,4 +187,3 @@ describe("one model at a time (--max-models 1)", () => {
     expect(await loadedNow()).toEqual([second]);
   });
 });
-

@@ -45,7 +45,14 @@ describe("OpenAI chat completions", () => {
 
   test("streaming: a role chunk, content deltas, a finish chunk, the usage chunk, [DONE]", async () => {
     const whole = await client.chat.completions.create({ model, messages, max_tokens: 10, temperature: 0 });
-    const stream = await client.chat.completions.create({ model, messages, max_tokens: 10, temperature: 0, stream: true, stream_options: { include_usage: true } });
+    const stream = await client.chat.completions.create({
+      model,
+      messages,
+      max_tokens: 10,
+      temperature: 0,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
     let text = "";
     let role: string | undefined;
     let finish: string | null = null;
@@ -72,14 +79,28 @@ describe("OpenAI chat completions", () => {
   });
 
   test("a stop string ends the answer before it (finish_reason stop), streamed or not", async () => {
-    const full = (await client.chat.completions.create({ model, messages, max_tokens: 20, temperature: 0 })).choices[0]!.message.content!;
+    const full = (await client.chat.completions.create({ model, messages, max_tokens: 20, temperature: 0 })).choices[0]!
+      .message.content!;
     expect(full.length).toBeGreaterThan(10);
     const stop = full.slice(6, 10);
     const expected = full.slice(0, full.indexOf(stop));
-    const r = await client.chat.completions.create({ model, messages, max_tokens: 20, temperature: 0, stop: [stop, "never-there"] });
+    const r = await client.chat.completions.create({
+      model,
+      messages,
+      max_tokens: 20,
+      temperature: 0,
+      stop: [stop, "never-there"],
+    });
     expect(r.choices[0]!.message.content).toBe(expected);
     expect(r.choices[0]!.finish_reason).toBe("stop");
-    const stream = await client.chat.completions.create({ model, messages, max_tokens: 20, temperature: 0, stop, stream: true });
+    const stream = await client.chat.completions.create({
+      model,
+      messages,
+      max_tokens: 20,
+      temperature: 0,
+      stop,
+      stream: true,
+    });
     let text = "";
     let finish: string | null = null;
     for await (const chunk of stream) {
@@ -91,7 +112,14 @@ describe("OpenAI chat completions", () => {
   });
 
   test("logprobs with top_logprobs: one entry per token, alternatives sorted, the greedy choice on top", async () => {
-    const r = await client.chat.completions.create({ model, messages, max_tokens: 6, temperature: 0, logprobs: true, top_logprobs: 3 });
+    const r = await client.chat.completions.create({
+      model,
+      messages,
+      max_tokens: 6,
+      temperature: 0,
+      logprobs: true,
+      top_logprobs: 3,
+    });
     const content = r.choices[0]!.logprobs!.content!;
     expect(content.length).toBe(r.usage!.completion_tokens);
     for (const entry of content) {
@@ -107,17 +135,43 @@ describe("OpenAI chat completions", () => {
   });
 
   test("sampling: a seed repeats, top_k/top_p/min_p/repetition_penalty accepted; penalties change the answer", async () => {
-    const sampled = (seed: number) => client.chat.completions.create({ model, messages, max_tokens: 10, temperature: 1, top_p: 0.9, seed, top_k: 50, min_p: 0.01, repetition_penalty: 1.1 } as never) as Promise<OpenAI.ChatCompletion>;
+    const sampled = (seed: number) =>
+      client.chat.completions.create({
+        model,
+        messages,
+        max_tokens: 10,
+        temperature: 1,
+        top_p: 0.9,
+        seed,
+        top_k: 50,
+        min_p: 0.01,
+        repetition_penalty: 1.1,
+      } as never) as Promise<OpenAI.ChatCompletion>;
     const [a, b] = [await sampled(7), await sampled(7)];
     expect(a.choices[0]!.message.content).toBe(b.choices[0]!.message.content);
     const plain = await client.chat.completions.create({ model, messages, max_tokens: 30, temperature: 0 });
-    const penalized = await client.chat.completions.create({ model, messages, max_tokens: 30, temperature: 0, frequency_penalty: 2, presence_penalty: 2 });
+    const penalized = await client.chat.completions.create({
+      model,
+      messages,
+      max_tokens: 30,
+      temperature: 0,
+      frequency_penalty: 2,
+      presence_penalty: 2,
+    });
     expect(penalized.usage!.completion_tokens).toBeGreaterThan(0);
     // A random model repeats itself under greedy decoding; the penalties must discourage that.
     const repeats = (s: string) => s.split(/\s+/).length - new Set(s.split(/\s+/)).size;
     expect(penalized.choices[0]!.message.content).not.toBe(plain.choices[0]!.message.content);
-    expect(repeats(penalized.choices[0]!.message.content!)).toBeLessThanOrEqual(repeats(plain.choices[0]!.message.content!));
-    const biased = await client.chat.completions.create({ model, messages, max_tokens: 3, temperature: 0, logit_bias: { "28": 100 } });
+    expect(repeats(penalized.choices[0]!.message.content!)).toBeLessThanOrEqual(
+      repeats(plain.choices[0]!.message.content!),
+    );
+    const biased = await client.chat.completions.create({
+      model,
+      messages,
+      max_tokens: 3,
+      temperature: 0,
+      logit_bias: { "28": 100 },
+    });
     expect(biased.choices[0]!.message.content).toBe(",,,"); // token 28 is "," in SmolLM2's vocabulary
   });
 
@@ -129,13 +183,26 @@ describe("OpenAI chat completions", () => {
 
 describe("OpenAI completions and models", () => {
   test("a text completion, whole and streamed, with logprobs", async () => {
-    const r = await client.completions.create({ model, prompt: "Once upon a time", max_tokens: 8, temperature: 0, logprobs: 2 });
+    const r = await client.completions.create({
+      model,
+      prompt: "Once upon a time",
+      max_tokens: 8,
+      temperature: 0,
+      logprobs: 2,
+    });
     expect(r.object).toBe("text_completion");
     const choice = r.choices[0]!;
     expect(choice.logprobs!.tokens!.length).toBe(r.usage!.completion_tokens);
     expect(choice.logprobs!.top_logprobs![0]!).toBeObject();
     expect(choice.logprobs!.tokens!.join("")).toBe(choice.text);
-    const stream = await client.completions.create({ model, prompt: "Once upon a time", max_tokens: 8, temperature: 0, stream: true, stream_options: { include_usage: true } });
+    const stream = await client.completions.create({
+      model,
+      prompt: "Once upon a time",
+      max_tokens: 8,
+      temperature: 0,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
     let text = "";
     let usage: OpenAI.CompletionUsage | undefined;
     for await (const chunk of stream) {
@@ -167,10 +234,17 @@ describe("OpenAI completions and models", () => {
     const n = await client.chat.completions.create({ model, messages, n: 2 }).catch((e) => e);
     expect(n).toBeInstanceOf(OpenAI.BadRequestError);
     expect(n.param).toBe("n");
-    const functions = await post(`${server.url}/v1/chat/completions`, { model, messages, functions: [{ name: "f", parameters: {} }] });
+    const functions = await post(`${server.url}/v1/chat/completions`, {
+      model,
+      messages,
+      functions: [{ name: "f", parameters: {} }],
+    });
     expect(functions.status).toBe(400);
     expect(functions.json.error.message).toMatch(/use 'tools'/);
-    const image = await post(`${server.url}/v1/chat/completions`, { model, messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: "x" } }] }] });
+    const image = await post(`${server.url}/v1/chat/completions`, {
+      model,
+      messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: "x" } }] }],
+    });
     expect(image.status).toBe(400);
     expect(image.json.error.param).toBe("messages.0.content.0.type");
   });
@@ -203,7 +277,8 @@ describe("API key", () => {
 describe("continuous batching and the prefix cache, through the API", () => {
   test("concurrent streams are decoded together and each gets its own answer", async () => {
     const prompts = ["Tell me a story", "Name a colour", "Count to five", "Say hello"];
-    const greedy = (content: string) => client.chat.completions.create({ model, messages: [{ role: "user", content }], max_tokens: 12, temperature: 0 });
+    const greedy = (content: string) =>
+      client.chat.completions.create({ model, messages: [{ role: "user", content }], max_tokens: 12, temperature: 0 });
     const alone: string[] = [];
     for (const p of prompts) alone.push((await greedy(p)).choices[0]!.message.content ?? "");
     const together = await Promise.all(prompts.map(greedy));
@@ -216,7 +291,11 @@ describe("continuous batching and the prefix cache, through the API", () => {
   test("a follow-up turn reports the conversation so far as cached tokens", async () => {
     const first = [{ role: "user" as const, content: "Describe the moon in one line" }];
     const one = await client.chat.completions.create({ model, messages: first, max_tokens: 8, temperature: 0 });
-    const followUp = [...first, { role: "assistant" as const, content: one.choices[0]!.message.content ?? "" }, { role: "user" as const, content: "And the sun?" }];
+    const followUp = [
+      ...first,
+      { role: "assistant" as const, content: one.choices[0]!.message.content ?? "" },
+      { role: "user" as const, content: "And the sun?" },
+    ];
     const two = await client.chat.completions.create({ model, messages: followUp, max_tokens: 8, temperature: 0 });
     expect(two.usage!.prompt_tokens_details!.cached_tokens).toBeGreaterThan(one.usage!.prompt_tokens - 2);
     const stats: any = await (await fetch(`${server.url}/stats`)).json();
@@ -230,7 +309,9 @@ describe("the adaptive tuner, through the server", () => {
     const tuned = serve({ defaultModel: model, targetItlMs: 1, maxBatch: 4, prefillChunk: 256 });
     try {
       const c = new OpenAI({ baseURL: `${tuned.url}/v1`, apiKey: "unused" });
-      await Promise.all([1, 2, 3].map(() => c.chat.completions.create({ model, messages, max_tokens: 40, temperature: 0 })));
+      await Promise.all(
+        [1, 2, 3].map(() => c.chat.completions.create({ model, messages, max_tokens: 40, temperature: 0 })),
+      );
       const stats: any = await (await fetch(`${tuned.url}/stats`)).json();
       const m = stats.models[0];
       expect(m.tuner.target_itl_ms).toBe(1);

@@ -25,7 +25,9 @@ const parameters = {
   additionalProperties: false,
 };
 const validArguments = new Ajv().compile(parameters);
-const tools: OpenAI.Responses.FunctionTool[] = [{ type: "function", name: "forecast", description: "The weather forecast for a city", parameters, strict: false }];
+const tools: OpenAI.Responses.FunctionTool[] = [
+  { type: "function", name: "forecast", description: "The weather forecast for a city", parameters, strict: false },
+];
 
 beforeAll(() => {
   const root = mkdtempSync(join(tmpdir(), "mlx-serve-responses-"));
@@ -40,7 +42,13 @@ afterAll(() => server.stop());
 
 describe("responses.create", () => {
   test("text from a string input and instructions; max_output_tokens makes it incomplete", async () => {
-    const r = await openai.responses.create({ model, instructions: "Be brief.", input: "Hi", max_output_tokens: 6, temperature: 0 });
+    const r = await openai.responses.create({
+      model,
+      instructions: "Be brief.",
+      input: "Hi",
+      max_output_tokens: 6,
+      temperature: 0,
+    });
     expect(r.id).toMatch(/^resp_/);
     expect(r.object).toBe("response");
     expect(r.status).toBe("incomplete");
@@ -50,13 +58,31 @@ describe("responses.create", () => {
     expect(r.usage!.output_tokens).toBe(6);
     expect(r.usage!.total_tokens).toBe(r.usage!.input_tokens + 6);
     // The same conversation as items gives the same greedy answer.
-    const items = await openai.responses.create({ model, input: [{ role: "system", content: "Be brief." }, { role: "user", content: [{ type: "input_text", text: "Hi" }] }], max_output_tokens: 6, temperature: 0 });
+    const items = await openai.responses.create({
+      model,
+      input: [
+        { role: "system", content: "Be brief." },
+        { role: "user", content: [{ type: "input_text", text: "Hi" }] },
+      ],
+      max_output_tokens: 6,
+      temperature: 0,
+    });
     expect(items.output_text).toBe(r.output_text);
   });
 
   test("text.format json_schema: the answer is JSON that validates", async () => {
-    const schema = { type: "object", properties: { ok: { type: "boolean" }, n: { type: "integer", minimum: 0, maximum: 9 } }, required: ["ok", "n"], additionalProperties: false };
-    const r = await openai.responses.create({ model, input: "Answer in JSON", text: { format: { type: "json_schema", name: "answer", schema, strict: true } }, max_output_tokens: 60 });
+    const schema = {
+      type: "object",
+      properties: { ok: { type: "boolean" }, n: { type: "integer", minimum: 0, maximum: 9 } },
+      required: ["ok", "n"],
+      additionalProperties: false,
+    };
+    const r = await openai.responses.create({
+      model,
+      input: "Answer in JSON",
+      text: { format: { type: "json_schema", name: "answer", schema, strict: true } },
+      max_output_tokens: 60,
+    });
     expect(r.status).toBe("completed");
     expect(new Ajv().compile(schema)(JSON.parse(r.output_text))).toBe(true);
   });
@@ -64,7 +90,14 @@ describe("responses.create", () => {
   test("a function tool round-trip: a function_call with valid arguments, its output answered", async () => {
     let call: OpenAI.Responses.ResponseFunctionToolCall | undefined;
     for (let attempt = 0; attempt < 3 && !call; attempt++) {
-      const r = await openai.responses.create({ model, input: "Weather in Oslo?", tools, tool_choice: { type: "function", name: "forecast" }, parallel_tool_calls: false, max_output_tokens: 120 });
+      const r = await openai.responses.create({
+        model,
+        input: "Weather in Oslo?",
+        tools,
+        tool_choice: { type: "function", name: "forecast" },
+        parallel_tool_calls: false,
+        max_output_tokens: 120,
+      });
       if (r.status === "incomplete") continue;
       expect(r.output).toHaveLength(1);
       call = r.output[0] as OpenAI.Responses.ResponseFunctionToolCall;
@@ -93,7 +126,12 @@ describe("responses.stream", () => {
     stream.on("event", (e) => types.push(e.type));
     stream.on("response.output_text.delta", (e) => (deltas += e.delta));
     const final = await stream.finalResponse();
-    expect(types.slice(0, 4)).toEqual(["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"]);
+    expect(types.slice(0, 4)).toEqual([
+      "response.created",
+      "response.in_progress",
+      "response.output_item.added",
+      "response.content_part.added",
+    ]);
     expect(types).toContain("response.output_text.done");
     expect(types.at(-1)).toBe("response.incomplete");
     expect(final.output_text).toBe(deltas);
@@ -106,7 +144,14 @@ describe("responses.stream", () => {
     let deltas = "";
     for (let attempt = 0; attempt < 3; attempt++) {
       deltas = "";
-      const stream = openai.responses.stream({ model, input: "Weather in Oslo?", tools, tool_choice: "required", parallel_tool_calls: false, max_output_tokens: 120 });
+      const stream = openai.responses.stream({
+        model,
+        input: "Weather in Oslo?",
+        tools,
+        tool_choice: "required",
+        parallel_tool_calls: false,
+        max_output_tokens: 120,
+      });
       stream.on("response.function_call_arguments.delta", (e) => (deltas += e.delta));
       final = await stream.finalResponse();
       if (final.status === "completed") break;
@@ -126,7 +171,11 @@ describe("errors", () => {
       [{ reasoning: { effort: "low" } }, /'reasoning' is not supported/, "reasoning"],
       [{ input: [{ type: "image_generation_call" }] }, /input items of type 'image_generation_call'/, "input.0.type"],
       [{ tools: [{ type: "web_search" }] }, /tools of type 'web_search'/, "tools.0.type"],
-      [{ input: [{ type: "function_call", call_id: "c", name: "f", arguments: "{" }] }, /JSON object/, "input.0.arguments"],
+      [
+        { input: [{ type: "function_call", call_id: "c", name: "f", arguments: "{" }] },
+        /JSON object/,
+        "input.0.arguments",
+      ],
       [{ text: { format: { type: "json_schema", name: "x" } } }, /JSON Schema/, "text.format.schema"],
     ];
     for (const [change, message, param] of cases) {
@@ -135,7 +184,9 @@ describe("errors", () => {
       expect(r.json.error.message).toMatch(message);
       expect(r.json.error.param).toBe(param);
     }
-    const e = await openai.responses.create({ model, input: "Hi", include: ["reasoning.encrypted_content"] }).catch((error) => error);
+    const e = await openai.responses
+      .create({ model, input: "Hi", include: ["reasoning.encrypted_content"] })
+      .catch((error) => error);
     expect(e).toBeInstanceOf(OpenAI.BadRequestError);
     expect((await openai.responses.create({ model, input: "Hi", max_output_tokens: 1 })).usage!.output_tokens).toBe(1);
   });
@@ -143,23 +194,49 @@ describe("errors", () => {
 
 describe("previous_response_id", () => {
   test("a stored response is continued (its conversation, not its instructions); unknown or unstored ids are a 404", async () => {
-    const first = await openai.responses.create({ model, instructions: "Be brief.", input: "My name is Ada.", max_output_tokens: 4, temperature: 0 });
+    const first = await openai.responses.create({
+      model,
+      instructions: "Be brief.",
+      input: "My name is Ada.",
+      max_output_tokens: 4,
+      temperature: 0,
+    });
     expect(first).toMatchObject({ store: true });
-    const next = await openai.responses.create({ model, previous_response_id: first.id, input: "What is my name?", max_output_tokens: 4, temperature: 0 });
+    const next = await openai.responses.create({
+      model,
+      previous_response_id: first.id,
+      input: "What is my name?",
+      max_output_tokens: 4,
+      temperature: 0,
+    });
     expect(next.previous_response_id).toBe(first.id);
     // The same conversation sent whole gives the same prompt and the same greedy answer.
     const whole = await openai.responses.create({
       model,
-      input: [{ role: "user", content: "My name is Ada." }, { role: "assistant", content: first.output_text }, { role: "user", content: "What is my name?" }],
+      input: [
+        { role: "user", content: "My name is Ada." },
+        { role: "assistant", content: first.output_text },
+        { role: "user", content: "What is my name?" },
+      ],
       max_output_tokens: 4,
       temperature: 0,
     });
     expect(next.usage!.input_tokens).toBe(whole.usage!.input_tokens);
     expect(next.output_text).toBe(whole.output_text);
     // A streamed response is stored too, and a chain goes on.
-    const stream = openai.responses.stream({ model, previous_response_id: next.id, input: "And again?", max_output_tokens: 2 });
+    const stream = openai.responses.stream({
+      model,
+      previous_response_id: next.id,
+      input: "And again?",
+      max_output_tokens: 2,
+    });
     const third = await stream.finalResponse();
-    const fourth = await openai.responses.create({ model, previous_response_id: third.id, input: "Thanks", max_output_tokens: 1 });
+    const fourth = await openai.responses.create({
+      model,
+      previous_response_id: third.id,
+      input: "Thanks",
+      max_output_tokens: 1,
+    });
     expect(fourth.usage!.input_tokens).toBeGreaterThan(next.usage!.input_tokens + 8);
 
     const unstored = await openai.responses.create({ model, input: "Hi", store: false, max_output_tokens: 1 });

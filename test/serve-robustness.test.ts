@@ -9,7 +9,12 @@ import { eventually, post, serve, tinyModel } from "./helpers/serve";
 
 let server: RunningServer;
 let model: string;
-const chat = (extra: Record<string, unknown> = {}) => ({ model, messages: [{ role: "user", content: "Hi" }], max_tokens: 4, ...extra });
+const chat = (extra: Record<string, unknown> = {}) => ({
+  model,
+  messages: [{ role: "user", content: "Hi" }],
+  max_tokens: 4,
+  ...extra,
+});
 
 beforeAll(() => {
   model = tinyModel();
@@ -60,9 +65,26 @@ describe("bad input: a clear 4xx naming the field, and the server carries on", (
     ["model as a number", v1, { model: 5 }, 400, "model"],
     ["logit_bias with a bad key", v1, { logit_bias: { abc: 1 } }, 400, "logit_bias"],
     ["logit_bias outside the vocabulary", v1, { logit_bias: { "99999999": 1 } }, 400, "logit_bias"],
-    ["response_format json_schema without a schema", v1, { response_format: { type: "json_schema" } }, 400, "response_format.json_schema"],
+    [
+      "response_format json_schema without a schema",
+      v1,
+      { response_format: { type: "json_schema" } },
+      400,
+      "response_format.json_schema",
+    ],
     ["response_format of an unknown type", v1, { response_format: { type: "yaml" } }, 400, "response_format.type"],
-    ["response_format with an invalid schema", v1, { response_format: { type: "json_schema", json_schema: { name: "x", schema: { type: "object", properties: { a: { type: "strnig" } } } } } }, 400, "response_format.json_schema.schema"],
+    [
+      "response_format with an invalid schema",
+      v1,
+      {
+        response_format: {
+          type: "json_schema",
+          json_schema: { name: "x", schema: { type: "object", properties: { a: { type: "strnig" } } } },
+        },
+      },
+      400,
+      "response_format.json_schema.schema",
+    ],
     ["completions without a prompt", "/v1/completions", { prompt: undefined }, 400, "prompt"],
     ["completions with an object prompt", "/v1/completions", { prompt: {} }, 400, "prompt"],
     ["completions with an empty prompt", "/v1/completions", { prompt: "" }, 400, "prompt"],
@@ -78,7 +100,12 @@ describe("bad input: a clear 4xx naming the field, and the server carries on", (
   ];
   for (const [name, path, override, status, expected] of cases) {
     test(name, async () => {
-      const body = typeof override === "string" ? override : path.startsWith("/v1/completions") ? { model, prompt: "Hi", max_tokens: 2, ...(override as object) } : { ...chat(), ...(override as object) };
+      const body =
+        typeof override === "string"
+          ? override
+          : path.startsWith("/v1/completions")
+            ? { model, prompt: "Hi", max_tokens: 2, ...(override as object) }
+            : { ...chat(), ...(override as object) };
       const r = await post(`${server.url}${path}`, body);
       expect(r.status).toBe(status);
       expect(r.json.error).toBeObject();
@@ -95,11 +122,19 @@ describe("bad input: a clear 4xx naming the field, and the server carries on", (
     for (const [path, body, pattern] of [
       ["/api/chat", { model, messages: "x" }, /messages/],
       ["/api/chat", { messages: [] }, /model/],
-      ["/api/chat", { model, messages: [{ role: "user", content: "x" }], options: { num_predict: "x" } }, /num_predict/],
+      [
+        "/api/chat",
+        { model, messages: [{ role: "user", content: "x" }], options: { num_predict: "x" } },
+        /num_predict/,
+      ],
       ["/api/generate", { model, prompt: "x", options: { temperature: "hot" } }, /temperature/],
       ["/api/generate", { model, prompt: 5 }, /prompt/],
       ["/api/generate", { model, prompt: "x", format: 5 }, /format/],
-      ["/api/generate", { model, prompt: "x", format: { type: "object", properties: { n: { type: "number", multipleOf: 3 } } } }, /multipleOf/],
+      [
+        "/api/generate",
+        { model, prompt: "x", format: { type: "object", properties: { n: { type: "number", multipleOf: 3 } } } },
+        /multipleOf/,
+      ],
       ["/api/generate", "{oops", /JSON/],
       ["/api/show", {}, /model/],
     ] as const) {
@@ -127,7 +162,12 @@ describe("limits", () => {
   });
 
   test("a request near the context is clamped: finish_reason length", async () => {
-    const r = await post(`${server.url}/v1/completions`, { model, prompt: "hello ".repeat(240), max_tokens: 200, temperature: 0 });
+    const r = await post(`${server.url}/v1/completions`, {
+      model,
+      prompt: "hello ".repeat(240),
+      max_tokens: 200,
+      temperature: 0,
+    });
     expect(r.status).toBe(200);
     expect(r.json.usage.prompt_tokens + r.json.usage.completion_tokens).toBeLessThanOrEqual(256);
   });
@@ -142,8 +182,16 @@ describe("limits", () => {
 
   test("a 50 MB body: the same JSON 413, read by fetch (sized or streamed) and by the openai client", async () => {
     const content = "x".repeat(50 * 1024 * 1024);
-    const expected = { message: "the request body is larger than 4194304 bytes", type: "invalid_request_error", param: null, code: "request_too_large" };
-    const sized = await post(`${server.url}/v1/chat/completions`, JSON.stringify(chat({ messages: [{ role: "user", content }] })));
+    const expected = {
+      message: "the request body is larger than 4194304 bytes",
+      type: "invalid_request_error",
+      param: null,
+      code: "request_too_large",
+    };
+    const sized = await post(
+      `${server.url}/v1/chat/completions`,
+      JSON.stringify(chat({ messages: [{ role: "user", content }] })),
+    );
     expect(sized.status).toBe(413);
     expect(sized.json).toEqual({ error: expected });
     // No Content-Length: the limit is found while counting the chunks.
@@ -155,11 +203,17 @@ describe("limits", () => {
         else controller.close();
       },
     });
-    const streamed = await fetch(`${server.url}/v1/chat/completions`, { method: "POST", body, headers: { "Content-Type": "application/json" } });
+    const streamed = await fetch(`${server.url}/v1/chat/completions`, {
+      method: "POST",
+      body,
+      headers: { "Content-Type": "application/json" },
+    });
     expect(streamed.status).toBe(413);
     expect(await streamed.json()).toEqual({ error: expected });
     const openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0 });
-    const error = await openai.chat.completions.create({ model, messages: [{ role: "user", content }] }).catch((e) => e);
+    const error = await openai.chat.completions
+      .create({ model, messages: [{ role: "user", content }] })
+      .catch((e) => e);
     expect(error).toBeInstanceOf(OpenAI.APIError);
     expect(error.status).toBe(413);
     expect(error.error).toEqual(expected);
@@ -172,10 +226,18 @@ describe("limits", () => {
       await answersNormally(small.url); // loaded
       const long = { model, prompt: "Once", max_tokens: 220, temperature: 0 };
       const controller = new AbortController();
-      const first = fetch(`${small.url}/v1/completions`, { method: "POST", body: JSON.stringify({ ...long, stream: true }), signal: controller.signal });
+      const first = fetch(`${small.url}/v1/completions`, {
+        method: "POST",
+        body: JSON.stringify({ ...long, stream: true }),
+        signal: controller.signal,
+      });
       const reader = (await first).body!.getReader();
       await reader.read(); // the first is generating
-      const second = fetch(`${small.url}/v1/completions`, { method: "POST", body: JSON.stringify(long), signal: controller.signal }).catch(() => undefined);
+      const second = fetch(`${small.url}/v1/completions`, {
+        method: "POST",
+        body: JSON.stringify(long),
+        signal: controller.signal,
+      }).catch(() => undefined);
       await eventually(() => small.state.models.loaded[0]!.scheduler.stats.waiting === 1);
       const ready = await fetch(`${small.url}/ready`);
       expect(ready.status).toBe(503);
@@ -185,7 +247,12 @@ describe("limits", () => {
       expect(third.json.error.code).toBe("queue_full");
       controller.abort();
       await second;
-      await eventually(() => small.state.models.loaded[0]!.scheduler.stats.running + small.state.models.loaded[0]!.scheduler.stats.waiting === 0);
+      await eventually(
+        () =>
+          small.state.models.loaded[0]!.scheduler.stats.running +
+            small.state.models.loaded[0]!.scheduler.stats.waiting ===
+          0,
+      );
       expect((await fetch(`${small.url}/ready`)).status).toBe(200);
       await answersNormally(small.url);
     } finally {
@@ -201,7 +268,10 @@ describe("limits", () => {
       const r = await post(`${hasty.url}/v1/completions`, body);
       expect(r.status).toBe(504);
       expect(r.json.error.code).toBe("request_timeout");
-      const s = await fetch(`${hasty.url}/v1/completions`, { method: "POST", body: JSON.stringify({ ...body, stream: true }) });
+      const s = await fetch(`${hasty.url}/v1/completions`, {
+        method: "POST",
+        body: JSON.stringify({ ...body, stream: true }),
+      });
       const text = await s.text();
       expect(text).toMatch(/request_timeout/);
     } finally {
@@ -213,7 +283,12 @@ describe("limits", () => {
 describe("disconnects and the event loop", () => {
   test("200 rapid connect/disconnects of streaming requests are cancelled at once; the server carries on", async () => {
     const started = performance.now();
-    const body = (i: number) => JSON.stringify(i % 2 ? { model, prompt: "Once", max_tokens: 200, stream: true } : { model, stream: true, messages: [{ role: "user", content: "Hi" }], options: { num_predict: 200 } });
+    const body = (i: number) =>
+      JSON.stringify(
+        i % 2
+          ? { model, prompt: "Once", max_tokens: 200, stream: true }
+          : { model, stream: true, messages: [{ role: "user", content: "Hi" }], options: { num_predict: 200 } },
+      );
     const one = async (i: number) => {
       const controller = new AbortController();
       const path = i % 2 ? "/v1/completions" : "/api/chat";
@@ -228,7 +303,13 @@ describe("disconnects and the event loop", () => {
     for (let i = 0; i < 200; i += 10) {
       await Promise.all(Array.from({ length: 10 }, (_, j) => one(i + j)));
     }
-    await eventually(() => server.state.models.loaded.every((e) => e.scheduler.stats.running === 0 && e.scheduler.stats.waiting === 0 && e.active === 0), 5000);
+    await eventually(
+      () =>
+        server.state.models.loaded.every(
+          (e) => e.scheduler.stats.running === 0 && e.scheduler.stats.waiting === 0 && e.active === 0,
+        ),
+      5000,
+    );
     // 200 x 200 tokens would take minutes: they were cancelled, not run to the end.
     expect(performance.now() - started).toBeLessThan(15_000);
     const metrics = await (await fetch(`${server.url}/metrics`)).text();
@@ -237,7 +318,10 @@ describe("disconnects and the event loop", () => {
   }, 30_000);
 
   test("/health answers promptly while a generation runs", async () => {
-    const r = await fetch(`${server.url}/v1/completions`, { method: "POST", body: JSON.stringify({ model, prompt: "Once", max_tokens: 200, stream: true }) });
+    const r = await fetch(`${server.url}/v1/completions`, {
+      method: "POST",
+      body: JSON.stringify({ model, prompt: "Once", max_tokens: 200, stream: true }),
+    });
     const reader = r.body!.getReader();
     await reader.read();
     const times: number[] = [];
@@ -279,10 +363,15 @@ describe("operations", () => {
     expect(plain.headers.get("access-control-allow-origin")).toBeNull();
     const open = serve({ corsOrigins: ["http://app.example"], apiKey: "k" });
     try {
-      const preflight = await fetch(`${open.url}/v1/chat/completions`, { method: "OPTIONS", headers: { Origin: "http://app.example", "Access-Control-Request-Method": "POST" } });
+      const preflight = await fetch(`${open.url}/v1/chat/completions`, {
+        method: "OPTIONS",
+        headers: { Origin: "http://app.example", "Access-Control-Request-Method": "POST" },
+      });
       expect(preflight.status).toBe(204);
       expect(preflight.headers.get("access-control-allow-origin")).toBe("http://app.example");
-      const other = await fetch(`${open.url}/v1/models`, { headers: { Origin: "http://evil.example", Authorization: "Bearer k" } });
+      const other = await fetch(`${open.url}/v1/models`, {
+        headers: { Origin: "http://evil.example", Authorization: "Bearer k" },
+      });
       expect(other.headers.get("access-control-allow-origin")).toBeNull();
     } finally {
       await open.stop();
@@ -322,8 +411,13 @@ function checkPrometheusText(text: string) {
   expect(text.endsWith("\n")).toBe(true);
   const name = "[a-zA-Z_:][a-zA-Z0-9_:]*";
   const label = `[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\\\\n]|\\\\[\\\\"n])*"`;
-  const sample = new RegExp(`^(${name})(\\{(?:${label})(?:,${label})*\\})? (-?(?:\\d+(?:\\.\\d+)?(?:e[+-]?\\d+)?|\\+Inf|-Inf|NaN))$`);
-  const families = new Map<string, { type: string; help: boolean; samples: { name: string; labels: string; value: number }[] }>();
+  const sample = new RegExp(
+    `^(${name})(\\{(?:${label})(?:,${label})*\\})? (-?(?:\\d+(?:\\.\\d+)?(?:e[+-]?\\d+)?|\\+Inf|-Inf|NaN))$`,
+  );
+  const families = new Map<
+    string,
+    { type: string; help: boolean; samples: { name: string; labels: string; value: number }[] }
+  >();
   let current: string | undefined;
   for (const line of text.slice(0, -1).split("\n")) {
     let m: RegExpExecArray | null;
@@ -349,7 +443,10 @@ function checkPrometheusText(text: string) {
     const series = new Map<string, { le: number; count: number }[]>();
     const counts = new Map<string, number>();
     for (const s of family.samples) {
-      const rest = s.labels.replace(/,?le="[^"]*"/, "").replace("{}", "").replace("{,", "{");
+      const rest = s.labels
+        .replace(/,?le="[^"]*"/, "")
+        .replace("{}", "")
+        .replace("{,", "{");
       if (s.name === `${familyName}_bucket`) {
         const le = /le="([^"]+)"/.exec(s.labels)![1]!;
         series.set(rest, [...(series.get(rest) ?? []), { le: le === "+Inf" ? Infinity : Number(le), count: s.value }]);

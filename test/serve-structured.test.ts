@@ -45,7 +45,15 @@ describe("structured output through the server", () => {
         response_format: { type: "json_schema", json_schema: { name: "person", schema, strict: true } },
       }),
     );
-    const free = [1, 2].map((seed) => openai.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }], max_tokens: 20, temperature: 1, seed }));
+    const free = [1, 2].map((seed) =>
+      openai.chat.completions.create({
+        model,
+        messages: [{ role: "user", content: "Hi" }],
+        max_tokens: 20,
+        temperature: 1,
+        seed,
+      }),
+    );
     const results = await Promise.all(constrained);
     await Promise.all(free);
     let stopped = 0;
@@ -60,23 +68,56 @@ describe("structured output through the server", () => {
   });
 
   test("OpenAI json_object gives a JSON object, even in 2 tokens; a schema's answer cannot fit in 2: a 400 on max_tokens", async () => {
-    const ok = await openai.chat.completions.create({ model, messages: [{ role: "user", content: "JSON please" }], max_tokens: 200, temperature: 0, response_format: { type: "json_object" } });
+    const ok = await openai.chat.completions.create({
+      model,
+      messages: [{ role: "user", content: "JSON please" }],
+      max_tokens: 200,
+      temperature: 0,
+      response_format: { type: "json_object" },
+    });
     expect(typeof JSON.parse(ok.choices[0]!.message.content ?? "")).toBe("object");
-    const tiny = await openai.chat.completions.create({ model, messages: [{ role: "user", content: "JSON please" }], max_tokens: 2, temperature: 0, response_format: { type: "json_object" } });
+    const tiny = await openai.chat.completions.create({
+      model,
+      messages: [{ role: "user", content: "JSON please" }],
+      max_tokens: 2,
+      temperature: 0,
+      response_format: { type: "json_object" },
+    });
     expect(typeof JSON.parse(tiny.choices[0]!.message.content ?? "")).toBe("object");
-    const short = await openai.chat.completions.create({ model, messages: [{ role: "user", content: "JSON please" }], max_tokens: 2, temperature: 0, response_format: { type: "json_schema", json_schema: { name: "p", schema } } }).catch((e) => e);
+    const short = await openai.chat.completions
+      .create({
+        model,
+        messages: [{ role: "user", content: "JSON please" }],
+        max_tokens: 2,
+        temperature: 0,
+        response_format: { type: "json_schema", json_schema: { name: "p", schema } },
+      })
+      .catch((e) => e);
     expect(short).toBeInstanceOf(OpenAI.BadRequestError);
     expect(short.param).toBe("max_tokens");
   });
 
-  test("Ollama format: a schema object and \"json\"", async () => {
+  test('Ollama format: a schema object and "json"', async () => {
     // Random weights: an answer may run out of tokens, but some stop, and every one that stops is valid.
     const seeds = [1, 2, 3, 4];
-    const chats = await Promise.all(seeds.map((seed) => ollama.chat({ model, messages: [{ role: "user", content: "A person" }], format: schema, options: { temperature: 1, seed, num_predict: 200 } })));
+    const chats = await Promise.all(
+      seeds.map((seed) =>
+        ollama.chat({
+          model,
+          messages: [{ role: "user", content: "A person" }],
+          format: schema,
+          options: { temperature: 1, seed, num_predict: 200 },
+        }),
+      ),
+    );
     const people = chats.filter((r) => r.done_reason === "stop");
     expect(people.length).toBeGreaterThan(0);
     for (const r of people) expect(validate(JSON.parse(r.message.content))).toBe(true);
-    const generated = await Promise.all(seeds.map((seed) => ollama.generate({ model, prompt: "JSON", format: "json", options: { temperature: 1, seed, num_predict: 200 } })));
+    const generated = await Promise.all(
+      seeds.map((seed) =>
+        ollama.generate({ model, prompt: "JSON", format: "json", options: { temperature: 1, seed, num_predict: 200 } }),
+      ),
+    );
     const objects = generated.filter((j) => j.done_reason === "stop");
     expect(objects.length).toBeGreaterThan(0);
     for (const j of objects) expect(typeof JSON.parse(j.response ?? "")).toBe("object");
@@ -86,13 +127,24 @@ describe("structured output through the server", () => {
     const r = await fetch(`${server.url}/v1/chat/completions`, {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ model, messages: [{ role: "user", content: "x" }], response_format: { type: "json_schema", json_schema: { name: "x", schema: { type: "object", properties: { n: { type: "number", multipleOf: 2 } } } } } }),
+      body: JSON.stringify({
+        model,
+        messages: [{ role: "user", content: "x" }],
+        response_format: {
+          type: "json_schema",
+          json_schema: { name: "x", schema: { type: "object", properties: { n: { type: "number", multipleOf: 2 } } } },
+        },
+      }),
     });
     expect(r.status).toBe(400);
     const body: any = await r.json();
     expect(body.error.message).toMatch(/multipleOf/);
     expect(body.error.param).toMatch(/response_format/);
-    const after = await openai.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }], max_tokens: 3 });
+    const after = await openai.chat.completions.create({
+      model,
+      messages: [{ role: "user", content: "Hi" }],
+      max_tokens: 3,
+    });
     expect(after.choices[0]!.finish_reason).toBe("length");
     expect(after.usage!.completion_tokens).toBe(3);
   });

@@ -23,14 +23,21 @@ let llamaModel: string;
 
 const parameters = {
   type: "object",
-  properties: { city: { type: "string", maxLength: 10 }, days: { type: "integer", minimum: 1, maximum: 7 }, unit: { enum: ["celsius", "fahrenheit"] } },
+  properties: {
+    city: { type: "string", maxLength: 10 },
+    days: { type: "integer", minimum: 1, maximum: 7 },
+    unit: { enum: ["celsius", "fahrenheit"] },
+  },
   required: ["city", "days"],
   additionalProperties: false,
 };
 const validArguments = new Ajv().compile(parameters);
 const tools: OpenAI.ChatCompletionTool[] = [
   { type: "function", function: { name: "forecast", description: "The weather forecast for a city", parameters } },
-  { type: "function", function: { name: "clock", description: "The time now", parameters: { type: "object", properties: {} } } },
+  {
+    type: "function",
+    function: { name: "clock", description: "The time now", parameters: { type: "object", properties: {} } },
+  },
 ];
 const ask: OpenAI.ChatCompletionMessageParam[] = [{ role: "user", content: "What will the weather be in Oslo?" }];
 
@@ -41,7 +48,10 @@ beforeAll(() => {
   model = join(root, "smol-template");
   writeTinyModel(model, { contextLength: 1024 });
   llamaModel = join(root, "llama3-template");
-  writeTinyModel(llamaModel, { contextLength: 1024, chatTemplate: readFileSync(join(import.meta.dir, "fixtures", "templates", "llama3-tools.jinja"), "utf8") });
+  writeTinyModel(llamaModel, {
+    contextLength: 1024,
+    chatTemplate: readFileSync(join(import.meta.dir, "fixtures", "templates", "llama3-tools.jinja"), "utf8"),
+  });
   server = serve({ defaultModel: model });
   openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused" });
   ollama = new Ollama({ host: server.url });
@@ -60,9 +70,26 @@ function expectForecastCalls(calls: { function: { name: string; arguments: strin
 describe("OpenAI tools", () => {
   test("tool_choice naming a function: tool_calls with valid arguments and finish_reason tool_calls, batched with plain requests", async () => {
     const required = [1, 2, 3].map((seed) =>
-      openai.chat.completions.create({ model, messages: ask, tools, tool_choice: { type: "function", function: { name: "forecast" } }, parallel_tool_calls: false, temperature: 1, seed, max_tokens: 120 }),
+      openai.chat.completions.create({
+        model,
+        messages: ask,
+        tools,
+        tool_choice: { type: "function", function: { name: "forecast" } },
+        parallel_tool_calls: false,
+        temperature: 1,
+        seed,
+        max_tokens: 120,
+      }),
     );
-    const plain = [1, 2].map((seed) => openai.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }], max_tokens: 12, temperature: 1, seed }));
+    const plain = [1, 2].map((seed) =>
+      openai.chat.completions.create({
+        model,
+        messages: [{ role: "user", content: "Hi" }],
+        max_tokens: 12,
+        temperature: 1,
+        seed,
+      }),
+    );
     const results = await Promise.all(required);
     for (const p of await Promise.all(plain)) expect(p.choices[0]!.message.tool_calls).toBeUndefined();
     let called = 0;
@@ -83,7 +110,17 @@ describe("OpenAI tools", () => {
     let finished = 0;
     for (const seed of [4, 5, 6]) {
       // One call: a random model that may chain calls would run to max_tokens.
-      const stream = await openai.chat.completions.create({ model, messages: ask, tools: tools.slice(0, 1), tool_choice: "required", parallel_tool_calls: false, temperature: 1, seed, max_tokens: 200, stream: true });
+      const stream = await openai.chat.completions.create({
+        model,
+        messages: ask,
+        tools: tools.slice(0, 1),
+        tool_choice: "required",
+        parallel_tool_calls: false,
+        temperature: 1,
+        seed,
+        max_tokens: 200,
+        stream: true,
+      });
       const calls: { id?: string; function: { name: string; arguments: string } }[] = [];
       let content = "";
       let finish: string | null = null;
@@ -118,7 +155,18 @@ describe("OpenAI tools", () => {
         temperature: 1,
         seed: 3,
         max_tokens: 150,
-        tools: [{ type: "function", function: { name: "forecast", description: "The weather forecast for a city", parameters, parse: JSON.parse, function: (args: unknown) => (received.push(args), "Snow, -3 degrees") } }],
+        tools: [
+          {
+            type: "function",
+            function: {
+              name: "forecast",
+              description: "The weather forecast for a city",
+              parameters,
+              parse: JSON.parse,
+              function: (args: unknown) => (received.push(args), "Snow, -3 degrees"),
+            },
+          },
+        ],
       },
       { maxChatCompletions: 2 },
     );
@@ -132,13 +180,29 @@ describe("OpenAI tools", () => {
   test("a call and its result fed back are rendered into the next prompt; tool_choice none offers nothing", async () => {
     const history: OpenAI.ChatCompletionMessageParam[] = [
       ...ask,
-      { role: "assistant", content: null, tool_calls: [{ id: "call_abc", type: "function", function: { name: "forecast", arguments: '{"city": "Oslo", "days": 2}' } }] },
+      {
+        role: "assistant",
+        content: null,
+        tool_calls: [
+          {
+            id: "call_abc",
+            type: "function",
+            function: { name: "forecast", arguments: '{"city": "Oslo", "days": 2}' },
+          },
+        ],
+      },
       { role: "tool", tool_call_id: "call_abc", content: "Snow, -3 degrees" },
     ];
     const base = await openai.chat.completions.create({ model, messages: ask, max_tokens: 1 });
     const withResult = await openai.chat.completions.create({ model, messages: history, max_tokens: 1 });
     const offered = await openai.chat.completions.create({ model, messages: history, tools, max_tokens: 1 });
-    const none = await openai.chat.completions.create({ model, messages: history, tools, tool_choice: "none", max_tokens: 1 });
+    const none = await openai.chat.completions.create({
+      model,
+      messages: history,
+      tools,
+      tool_choice: "none",
+      max_tokens: 1,
+    });
     const tokens = (r: OpenAI.ChatCompletion) => r.usage!.prompt_tokens;
     // The call and the result add tokens; offering the tools adds their description; "none" offers nothing.
     expect(tokens(withResult)).toBeGreaterThan(tokens(base) + 20);
@@ -152,14 +216,50 @@ describe("OpenAI tools", () => {
     const fn = (f: object) => [{ type: "function", function: { name: "f", ...f } }];
     const cases: [object, RegExp, string][] = [
       [{ messages, tool_choice: "required" }, /needs 'tools'/, "tool_choice"],
-      [{ messages, tools: fn({}), tool_choice: { type: "function", function: { name: "g" } } }, /'g', which is not among the tools/, "tool_choice.function.name"],
+      [
+        { messages, tools: fn({}), tool_choice: { type: "function", function: { name: "g" } } },
+        /'g', which is not among the tools/,
+        "tool_choice.function.name",
+      ],
       [{ messages, tools: fn({}), tool_choice: "sometimes" }, /must be one of none, auto, required/, "tool_choice"],
-      [{ messages, tools: fn({ parameters: { type: "object", properties: { n: { type: 7 } } } }) }, /invalid schema/, "tools.0.function.parameters"],
-      [{ messages, tools: fn({ parameters: { type: "object", properties: { n: { type: "integer", multipleOf: 2 } } } }), tool_choice: "required" }, /function 'f' parameters: .*multipleOf/, "tools"],
-      [{ messages, tools: [{ type: "function", function: { name: "bad name" } }] }, /letters, digits/, "tools.0.function.name"],
+      [
+        { messages, tools: fn({ parameters: { type: "object", properties: { n: { type: 7 } } } }) },
+        /invalid schema/,
+        "tools.0.function.parameters",
+      ],
+      [
+        {
+          messages,
+          tools: fn({ parameters: { type: "object", properties: { n: { type: "integer", multipleOf: 2 } } } }),
+          tool_choice: "required",
+        },
+        /function 'f' parameters: .*multipleOf/,
+        "tools",
+      ],
+      [
+        { messages, tools: [{ type: "function", function: { name: "bad name" } }] },
+        /letters, digits/,
+        "tools.0.function.name",
+      ],
       [{ messages, tools: [...fn({}), ...fn({})] }, /repeats the function name 'f'/, "tools.1.function.name"],
-      [{ messages, tools: fn({}), tool_choice: "required", response_format: { type: "json_object" } }, /cannot be combined/, "response_format"],
-      [{ messages: [{ role: "assistant", content: null, tool_calls: [{ id: "a", type: "function", function: { name: "f", arguments: "{not json" } }] }] }, /JSON object written as a string/, "messages.0.tool_calls.0.function.arguments"],
+      [
+        { messages, tools: fn({}), tool_choice: "required", response_format: { type: "json_object" } },
+        /cannot be combined/,
+        "response_format",
+      ],
+      [
+        {
+          messages: [
+            {
+              role: "assistant",
+              content: null,
+              tool_calls: [{ id: "a", type: "function", function: { name: "f", arguments: "{not json" } }],
+            },
+          ],
+        },
+        /JSON object written as a string/,
+        "messages.0.tool_calls.0.function.arguments",
+      ],
       [{ messages: [{ role: "tool", content: "42" }] }, /is required/, "messages.0.tool_call_id"],
     ];
     for (const [body, message, param] of cases) {
@@ -169,11 +269,20 @@ describe("OpenAI tools", () => {
       expect(r.json.error.param).toBe(param);
     }
     // Tools the model may ignore: a schema the grammar cannot enforce is only parsed, not refused.
-    const unenforced = await post(url, { model, messages, tools: fn({ parameters: { type: "object", properties: { n: { type: "integer", multipleOf: 2 } } } }), max_tokens: 2 });
+    const unenforced = await post(url, {
+      model,
+      messages,
+      tools: fn({ parameters: { type: "object", properties: { n: { type: "integer", multipleOf: 2 } } } }),
+      max_tokens: 2,
+    });
     expect(unenforced.status).toBe(200);
     const completions = await post(`${server.url}/v1/completions`, { model, prompt: "x", tools: fn({}) });
     expect(completions.status).toBe(400);
-    const after = await openai.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }], max_tokens: 3 });
+    const after = await openai.chat.completions.create({
+      model,
+      messages: [{ role: "user", content: "Hi" }],
+      max_tokens: 3,
+    });
     expect(after.choices[0]!.finish_reason).toBe("length");
     expect(after.usage!.completion_tokens).toBe(3);
   });
@@ -182,18 +291,36 @@ describe("OpenAI tools", () => {
 describe("Ollama tools", () => {
   // Ollama has no tool_choice; on a template with Llama 3 JSON calls, a `format` schema shaped
   // like a call makes the random model write one, which must come back as message.tool_calls.
-  const callFormat = { type: "object", properties: { name: { const: "forecast" }, parameters }, required: ["name", "parameters"], additionalProperties: false };
+  const callFormat = {
+    type: "object",
+    properties: { name: { const: "forecast" }, parameters },
+    required: ["name", "parameters"],
+    additionalProperties: false,
+  };
   const ollamaTools = tools as never;
   const question = [{ role: "user", content: "What will the weather be in Oslo?" }];
 
   test("a call in the answer comes back as message.tool_calls, whole and streamed", async () => {
-    const whole = await ollama.chat({ model: llamaModel, messages: question, tools: ollamaTools, format: callFormat, options: { temperature: 1, seed: 1, num_predict: 150 } });
+    const whole = await ollama.chat({
+      model: llamaModel,
+      messages: question,
+      tools: ollamaTools,
+      format: callFormat,
+      options: { temperature: 1, seed: 1, num_predict: 150 },
+    });
     expect(whole.done_reason).toBe("stop");
     expect(whole.message.content).toBe("");
     expect(whole.message.tool_calls).toHaveLength(1);
     expect(whole.message.tool_calls![0]!.function.name).toBe("forecast");
     expect(validArguments(whole.message.tool_calls![0]!.function.arguments)).toBe(true);
-    const chunks = await ollama.chat({ model: llamaModel, messages: question, tools: ollamaTools, format: callFormat, stream: true, options: { temperature: 1, seed: 1, num_predict: 150 } });
+    const chunks = await ollama.chat({
+      model: llamaModel,
+      messages: question,
+      tools: ollamaTools,
+      format: callFormat,
+      stream: true,
+      options: { temperature: 1, seed: 1, num_predict: 150 },
+    });
     const calls = [];
     let content = "";
     let last;
@@ -211,7 +338,15 @@ describe("Ollama tools", () => {
   test("tools and a conversation with a call and its result are accepted; /api/generate refuses tools", async () => {
     const r = await ollama.chat({
       model,
-      messages: [...question, { role: "assistant", content: "", tool_calls: [{ function: { name: "forecast", arguments: { city: "Oslo", days: 1 } } }] }, { role: "tool", content: "Snow", tool_name: "forecast" } as never],
+      messages: [
+        ...question,
+        {
+          role: "assistant",
+          content: "",
+          tool_calls: [{ function: { name: "forecast", arguments: { city: "Oslo", days: 1 } } }],
+        },
+        { role: "tool", content: "Snow", tool_name: "forecast" } as never,
+      ],
       tools: ollamaTools,
       options: { num_predict: 4 },
     });

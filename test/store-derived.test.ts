@@ -54,7 +54,11 @@ describe("convert into the store", () => {
   }, 120_000);
 
   test("mlx convert <gguf> with no directory prints the stored directory", async () => {
-    const proc = Bun.spawn([process.execPath, main, "convert", gguf], { env: { ...process.env }, stdout: "pipe", stderr: "pipe" });
+    const proc = Bun.spawn([process.execPath, main, "convert", gguf], {
+      env: { ...process.env },
+      stdout: "pipe",
+      stderr: "pipe",
+    });
     const [stdout, code] = await Promise.all([new Response(proc.stdout).text(), proc.exited]);
     expect(code).toBe(0);
     expect(stdout).toBe(`${join(process.env.MLX_HOME!, "models", "smol-mlx")}\n`);

@@ -33,131 +33,204 @@ function expectNoFiles(): void {
 }
 
 describe("downloadToFile", () => {
-  test("downloads, verifies and reports progress", async () => {
-    server = await startServer((request) => serveBytes(data, request));
-    const seen: DownloadProgress[] = [];
-    const result = await downloadToFile(`${server.url}/file`, dest(), { expectedSha256: digest, expectedSize: data.length, onProgress: (p) => seen.push(p) });
+  test(
+    "downloads, verifies and reports progress",
+    async () => {
+      server = await startServer((request) => serveBytes(data, request));
+      const seen: DownloadProgress[] = [];
+      const result = await downloadToFile(`${server.url}/file`, dest(), {
+        expectedSha256: digest,
+        expectedSize: data.length,
+        onProgress: (p) => seen.push(p),
+      });
 
-    expect(result).toEqual({ path: dest(), sha256: digest, size: data.length });
-    expect(readFileSync(dest()).equals(data)).toBe(true);
-    expect(existsSync(`${dest()}.partial`)).toBe(false);
-    expect(seen.at(-1)).toEqual({ received: data.length, total: data.length });
-    expect(server.requests[0]!.headers.range).toBeUndefined();
-  }, TEST_TIMEOUT_MS);
+      expect(result).toEqual({ path: dest(), sha256: digest, size: data.length });
+      expect(readFileSync(dest()).equals(data)).toBe(true);
+      expect(existsSync(`${dest()}.partial`)).toBe(false);
+      expect(seen.at(-1)).toEqual({ received: data.length, total: data.length });
+      expect(server.requests[0]!.headers.range).toBeUndefined();
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("resumes with Range after the connection drops mid-file", async () => {
-    server = await startServer((request) => serveBytes(data, request, request.headers.range ? {} : { dropAfter: 600_000 }));
-    const result = await downloadToFile(`${server.url}/file`, dest(), { expectedSha256: digest, ...fast });
+  test(
+    "resumes with Range after the connection drops mid-file",
+    async () => {
+      server = await startServer((request) =>
+        serveBytes(data, request, request.headers.range ? {} : { dropAfter: 600_000 }),
+      );
+      const result = await downloadToFile(`${server.url}/file`, dest(), { expectedSha256: digest, ...fast });
 
-    expect(result.sha256).toBe(digest);
-    expect(readFileSync(dest()).equals(data)).toBe(true);
-    expect(server.requests).toHaveLength(2);
-    const resumedAt = Number(server.requests[1]!.headers.range?.match(/^bytes=(\d+)-$/)?.[1]);
-    expect(resumedAt).toBeGreaterThan(0);
-    expect(resumedAt).toBeLessThanOrEqual(600_000);
-  }, TEST_TIMEOUT_MS);
+      expect(result.sha256).toBe(digest);
+      expect(readFileSync(dest()).equals(data)).toBe(true);
+      expect(server.requests).toHaveLength(2);
+      const resumedAt = Number(server.requests[1]!.headers.range?.match(/^bytes=(\d+)-$/)?.[1]);
+      expect(resumedAt).toBeGreaterThan(0);
+      expect(resumedAt).toBeLessThanOrEqual(600_000);
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("resumes a .partial left by an earlier run, hashing the bytes already on disk", async () => {
-    writeFileSync(`${dest()}.partial`, data.subarray(0, 700_000));
-    server = await startServer((request) => serveBytes(data, request));
-    const result = await downloadToFile(`${server.url}/file`, dest(), { expectedSha256: digest, expectedSize: data.length });
+  test(
+    "resumes a .partial left by an earlier run, hashing the bytes already on disk",
+    async () => {
+      writeFileSync(`${dest()}.partial`, data.subarray(0, 700_000));
+      server = await startServer((request) => serveBytes(data, request));
+      const result = await downloadToFile(`${server.url}/file`, dest(), {
+        expectedSha256: digest,
+        expectedSize: data.length,
+      });
 
-    expect(result.sha256).toBe(digest);
-    expect(server.requests.map((r) => r.headers.range)).toEqual(["bytes=700000-"]);
-    expect(readFileSync(dest()).equals(data)).toBe(true);
-  }, TEST_TIMEOUT_MS);
+      expect(result.sha256).toBe(digest);
+      expect(server.requests.map((r) => r.headers.range)).toEqual(["bytes=700000-"]);
+      expect(readFileSync(dest()).equals(data)).toBe(true);
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("restarts from zero when the server ignores Range", async () => {
-    writeFileSync(`${dest()}.partial`, data.subarray(0, 700_000));
-    server = await startServer(() => ({ status: 200, body: data }));
-    const result = await downloadToFile(`${server.url}/file`, dest(), { expectedSha256: digest });
+  test(
+    "restarts from zero when the server ignores Range",
+    async () => {
+      writeFileSync(`${dest()}.partial`, data.subarray(0, 700_000));
+      server = await startServer(() => ({ status: 200, body: data }));
+      const result = await downloadToFile(`${server.url}/file`, dest(), { expectedSha256: digest });
 
-    expect(server.requests[0]!.headers.range).toBe("bytes=700000-");
-    expect(result.size).toBe(data.length);
-    expect(readFileSync(dest()).equals(data)).toBe(true);
-  }, TEST_TIMEOUT_MS);
+      expect(server.requests[0]!.headers.range).toBe("bytes=700000-");
+      expect(result.size).toBe(data.length);
+      expect(readFileSync(dest()).equals(data)).toBe(true);
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("a 416 for a .partial that already holds the whole file completes it", async () => {
-    writeFileSync(`${dest()}.partial`, data);
-    server = await startServer((request) => serveBytes(data, request));
-    const result = await downloadToFile(`${server.url}/file`, dest(), { expectedSha256: digest });
+  test(
+    "a 416 for a .partial that already holds the whole file completes it",
+    async () => {
+      writeFileSync(`${dest()}.partial`, data);
+      server = await startServer((request) => serveBytes(data, request));
+      const result = await downloadToFile(`${server.url}/file`, dest(), { expectedSha256: digest });
 
-    expect(server.requests.map((r) => r.headers.range)).toEqual([`bytes=${data.length}-`]);
-    expect(result.sha256).toBe(digest);
-  }, TEST_TIMEOUT_MS);
+      expect(server.requests.map((r) => r.headers.range)).toEqual([`bytes=${data.length}-`]);
+      expect(result.sha256).toBe(digest);
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("a .partial longer than the remote file is discarded", async () => {
-    writeFileSync(`${dest()}.partial`, fakeWeights(data.length + 10, 9));
-    server = await startServer((request) => serveBytes(data, request));
-    const result = await downloadToFile(`${server.url}/file`, dest(), { expectedSha256: digest });
+  test(
+    "a .partial longer than the remote file is discarded",
+    async () => {
+      writeFileSync(`${dest()}.partial`, fakeWeights(data.length + 10, 9));
+      server = await startServer((request) => serveBytes(data, request));
+      const result = await downloadToFile(`${server.url}/file`, dest(), { expectedSha256: digest });
 
-    expect(server.requests.map((r) => r.headers.range ?? "none")).toEqual([`bytes=${data.length + 10}-`, "none"]);
-    expect(result.sha256).toBe(digest);
-  }, TEST_TIMEOUT_MS);
+      expect(server.requests.map((r) => r.headers.range ?? "none")).toEqual([`bytes=${data.length + 10}-`, "none"]);
+      expect(result.sha256).toBe(digest);
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("a wrong checksum fails clearly and leaves nothing behind", async () => {
-    server = await startServer((request) => serveBytes(data, request));
-    const wrong = "0".repeat(64);
-    const error = await downloadToFile(`${server.url}/file`, dest(), { expectedSha256: wrong }).catch((e) => e);
+  test(
+    "a wrong checksum fails clearly and leaves nothing behind",
+    async () => {
+      server = await startServer((request) => serveBytes(data, request));
+      const wrong = "0".repeat(64);
+      const error = await downloadToFile(`${server.url}/file`, dest(), { expectedSha256: wrong }).catch((e) => e);
 
-    expect(error.message).toBe(`checksum mismatch for ${server.url}/file: expected sha256 ${wrong}, got ${digest}`);
-    expectNoFiles();
-  }, TEST_TIMEOUT_MS);
+      expect(error.message).toBe(`checksum mismatch for ${server.url}/file: expected sha256 ${wrong}, got ${digest}`);
+      expectNoFiles();
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("a 404 names the URL and status, without retrying", async () => {
-    server = await startServer(() => ({ status: 404, body: "not here" }));
-    const error = await downloadToFile(`${server.url}/missing.whl`, dest(), fast).catch((e) => e);
+  test(
+    "a 404 names the URL and status, without retrying",
+    async () => {
+      server = await startServer(() => ({ status: 404, body: "not here" }));
+      const error = await downloadToFile(`${server.url}/missing.whl`, dest(), fast).catch((e) => e);
 
-    expect(error.message).toBe(`GET ${server.url}/missing.whl: HTTP 404 Not Found`);
-    expect(server.requests).toHaveLength(1);
-    expectNoFiles();
-  }, TEST_TIMEOUT_MS);
+      expect(error.message).toBe(`GET ${server.url}/missing.whl: HTTP 404 Not Found`);
+      expect(server.requests).toHaveLength(1);
+      expectNoFiles();
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("server errors are retried", async () => {
-    server = await startServer((request) => (server!.requests.length < 3 ? { status: 503 } : serveBytes(data, request)));
-    const result = await downloadToFile(`${server.url}/file`, dest(), { expectedSha256: digest, ...fast });
+  test(
+    "server errors are retried",
+    async () => {
+      server = await startServer((request) =>
+        server!.requests.length < 3 ? { status: 503 } : serveBytes(data, request),
+      );
+      const result = await downloadToFile(`${server.url}/file`, dest(), { expectedSha256: digest, ...fast });
 
-    expect(result.sha256).toBe(digest);
-    expect(server.requests).toHaveLength(3);
-  }, TEST_TIMEOUT_MS);
+      expect(result.sha256).toBe(digest);
+      expect(server.requests).toHaveLength(3);
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("gives up after the allowed retries when no byte gets through", async () => {
-    server = await startServer(() => ({ status: 200, body: data, dropAfter: 0 }));
-    const error = await downloadToFile(`${server.url}/file`, dest(), { ...fast, retries: 2 }).catch((e) => e);
+  test(
+    "gives up after the allowed retries when no byte gets through",
+    async () => {
+      server = await startServer(() => ({ status: 200, body: data, dropAfter: 0 }));
+      const error = await downloadToFile(`${server.url}/file`, dest(), { ...fast, retries: 2 }).catch((e) => e);
 
-    expect(error.message).toContain(`${server.url}/file`);
-    expect(error.message).toContain("gave up after 2 retries");
-    expect(server.requests).toHaveLength(3);
-    expect(existsSync(dest())).toBe(false);
-  }, TEST_TIMEOUT_MS);
+      expect(error.message).toContain(`${server.url}/file`);
+      expect(error.message).toContain("gave up after 2 retries");
+      expect(server.requests).toHaveLength(3);
+      expect(existsSync(dest())).toBe(false);
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("a stalled connection is dropped and resumed", async () => {
-    server = await startServer((request) => serveBytes(data, request, request.headers.range ? {} : { stallAfter: 500_000 }));
-    const result = await downloadToFile(`${server.url}/file`, dest(), { expectedSha256: digest, retryDelayMs: 5, stallTimeoutMs: 300 });
+  test(
+    "a stalled connection is dropped and resumed",
+    async () => {
+      server = await startServer((request) =>
+        serveBytes(data, request, request.headers.range ? {} : { stallAfter: 500_000 }),
+      );
+      const result = await downloadToFile(`${server.url}/file`, dest(), {
+        expectedSha256: digest,
+        retryDelayMs: 5,
+        stallTimeoutMs: 300,
+      });
 
-    expect(result.sha256).toBe(digest);
-    expect(server.requests[1]!.headers.range).toMatch(/^bytes=\d+-$/);
-  }, TEST_TIMEOUT_MS);
+      expect(result.sha256).toBe(digest);
+      expect(server.requests[1]!.headers.range).toMatch(/^bytes=\d+-$/);
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test.skipIf(!existsSync("/dev/full"))("a full disk is reported clearly and leaves nothing that looks complete", async () => {
-    symlinkSync("/dev/full", `${dest()}.partial`); // every write to it fails with ENOSPC
-    server = await startServer((request) => serveBytes(data, request));
-    const error = await downloadToFile(`${server.url}/file`, dest(), { expectedSha256: digest, ...fast }).catch((e) => e);
+  test.skipIf(!existsSync("/dev/full"))(
+    "a full disk is reported clearly and leaves nothing that looks complete",
+    async () => {
+      symlinkSync("/dev/full", `${dest()}.partial`); // every write to it fails with ENOSPC
+      server = await startServer((request) => serveBytes(data, request));
+      const error = await downloadToFile(`${server.url}/file`, dest(), { expectedSha256: digest, ...fast }).catch(
+        (e) => e,
+      );
 
-    expect(error.message).toContain("no space left on device");
-    expect(existsSync(dest())).toBe(false);
-    expect(server.requests).toHaveLength(1);
-  }, TEST_TIMEOUT_MS);
+      expect(error.message).toContain("no space left on device");
+      expect(existsSync(dest())).toBe(false);
+      expect(server.requests).toHaveLength(1);
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("an abort stops the transfer", async () => {
-    server = await startServer((request) => serveBytes(data, request, { stallAfter: 1000 }));
-    const controller = new AbortController();
-    setTimeout(() => controller.abort(new Error("cancelled by test")), 100);
-    const error = await downloadToFile(`${server.url}/file`, dest(), { signal: controller.signal, ...fast }).catch((e) => e);
+  test(
+    "an abort stops the transfer",
+    async () => {
+      server = await startServer((request) => serveBytes(data, request, { stallAfter: 1000 }));
+      const controller = new AbortController();
+      setTimeout(() => controller.abort(new Error("cancelled by test")), 100);
+      const error = await downloadToFile(`${server.url}/file`, dest(), { signal: controller.signal, ...fast }).catch(
+        (e) => e,
+      );
 
-    expect(error.message).toBe("cancelled by test");
-    expect(existsSync(dest())).toBe(false);
-  }, TEST_TIMEOUT_MS);
+      expect(error.message).toBe("cancelled by test");
+      expect(existsSync(dest())).toBe(false);
+    },
+    TEST_TIMEOUT_MS,
+  );
 });
 
 describe("createProgressReporter", () => {

@@ -43,22 +43,38 @@ function hub(repos: Map<string, Repo>, storage: () => string) {
     const listing = path.match(/^\/api\/models\/([^/]+\/[^/]+)\/revision\/(.+)$/);
     if (listing) {
       const repo = repos.get(listing[1]!);
-      if (!repo) return { status: 404, headers: { "X-Error-Code": "RepoNotFound" }, body: '{"error":"Repository not found"}' };
-      const siblings = [...repo.files.keys(), "README.md", ".gitattributes", "pytorch_model.bin"].map((rfilename) => ({ rfilename }));
-      return { status: 200, headers: { "Content-Type": "application/json" }, body: JSON.stringify({ id: listing[1], sha: repo.sha, siblings }) };
+      if (!repo)
+        return { status: 404, headers: { "X-Error-Code": "RepoNotFound" }, body: '{"error":"Repository not found"}' };
+      const siblings = [...repo.files.keys(), "README.md", ".gitattributes", "pytorch_model.bin"].map((rfilename) => ({
+        rfilename,
+      }));
+      return {
+        status: 200,
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ id: listing[1], sha: repo.sha, siblings }),
+      };
     }
     const resolve = path.match(/^\/([^/]+\/[^/]+)\/resolve\/([^/]+)\/(.+)$/);
     if (resolve) {
       const repo = repos.get(resolve[1]!);
       const data = repo?.files.get(resolve[3]!);
-      if (!repo || !data || resolve[2] !== repo.sha) return { status: 404, headers: { "X-Error-Code": "EntryNotFound" } };
+      if (!repo || !data || resolve[2] !== repo.sha)
+        return { status: 404, headers: { "X-Error-Code": "EntryNotFound" } };
       const sha = sha256Hex(data);
       if (isLfs(resolve[3]!)) {
         const claimed = repo.lieAbout === resolve[3] ? "0".repeat(64) : sha;
-        return { status: 302, headers: { Location: `${storage()}/lfs/${sha}`, "X-Linked-Etag": `"${claimed}"`, "X-Linked-Size": String(data.length) } };
+        return {
+          status: 302,
+          headers: {
+            Location: `${storage()}/lfs/${sha}`,
+            "X-Linked-Etag": `"${claimed}"`,
+            "X-Linked-Size": String(data.length),
+          },
+        };
       }
       const etag = { ETag: `"${sha256Hex(data).slice(0, 40)}"` }; // a git sha1, not a sha256
-      if (request.method === "HEAD") return { status: 200, headers: { ...etag, "Content-Length": String(data.length) } };
+      if (request.method === "HEAD")
+        return { status: 200, headers: { ...etag, "Content-Length": String(data.length) } };
       return { status: 200, headers: etag, body: data };
     }
     const lfs = path.match(/^\/lfs\/([0-9a-f]{64})$/);
@@ -102,7 +118,10 @@ beforeAll(() => {
   }
   for (const t of tensors.values()) t.free();
   rmSync(join(shardDir, "model.safetensors"));
-  writeFileSync(join(shardDir, "model.safetensors.index.json"), JSON.stringify({ metadata: {}, weight_map: weightMap }));
+  writeFileSync(
+    join(shardDir, "model.safetensors.index.json"),
+    JSON.stringify({ metadata: {}, weight_map: weightMap }),
+  );
   // A stray consolidated copy that the index does not name: it must not be downloaded.
   writeFileSync(join(shardDir, "consolidated.safetensors"), "not needed");
   sharded = filesOf(shardDir);
@@ -159,119 +178,184 @@ describe("parseHFSpec", () => {
 });
 
 describe("pull from the hub", () => {
-  test("fetches only the files a model needs, into blobs, as a directory loadModel reads", async () => {
-    const s = await startHub({ "org/tiny": { files: tiny } });
-    process.env.HF_TOKEN = "secret";
-    const pulled = await pull("hf:org/tiny");
+  test(
+    "fetches only the files a model needs, into blobs, as a directory loadModel reads",
+    async () => {
+      const s = await startHub({ "org/tiny": { files: tiny } });
+      process.env.HF_TOKEN = "secret";
+      const pulled = await pull("hf:org/tiny");
 
-    expect(pulled.fromDisk).toBe(false);
-    const fetched = paths(s).filter((p) => p.startsWith("GET /org/") || p.startsWith("GET /lfs/"));
-    expect(fetched.some((p) => p.includes("README") || p.includes(".bin"))).toBe(false);
-    // The token goes to the hub, not to the storage the LFS file is redirected to.
-    expect(s.requests.find((r) => r.path.startsWith("/api/"))!.headers.authorization).toBe("Bearer secret");
-    expect(s.requests.find((r) => r.path.startsWith("/lfs/"))!.headers.authorization).toBeUndefined();
+      expect(pulled.fromDisk).toBe(false);
+      const fetched = paths(s).filter((p) => p.startsWith("GET /org/") || p.startsWith("GET /lfs/"));
+      expect(fetched.some((p) => p.includes("README") || p.includes(".bin"))).toBe(false);
+      // The token goes to the hub, not to the storage the LFS file is redirected to.
+      expect(s.requests.find((r) => r.path.startsWith("/api/"))!.headers.authorization).toBe("Bearer secret");
+      expect(s.requests.find((r) => r.path.startsWith("/lfs/"))!.headers.authorization).toBeUndefined();
 
-    expect(lstatSync(join(pulled.path, "model.safetensors")).isSymbolicLink()).toBe(true);
-    expect(load(pulled.path).config.numHiddenLayers).toBe(2);
+      expect(lstatSync(join(pulled.path, "model.safetensors")).isSymbolicLink()).toBe(true);
+      expect(load(pulled.path).config.numHiddenLayers).toBe(2);
 
-    const manifest = readManifest("org/tiny")!;
-    expect(manifest).toMatchObject({ source: "hf:org/tiny", format: "mlx", architecture: "llama", revision: "a".repeat(40) });
-    expect(manifest.files.map((f) => f.name).sort()).toEqual([...tiny.keys()].sort());
-    expect(manifest.totalBytes).toBe([...tiny.values()].reduce((n, d) => n + d.length, 0));
-    const [listed] = await listModels();
-    expect(listed).toMatchObject({ name: "org/tiny", format: "mlx", totalBytes: manifest.totalBytes });
-  }, TEST_TIMEOUT_MS);
+      const manifest = readManifest("org/tiny")!;
+      expect(manifest).toMatchObject({
+        source: "hf:org/tiny",
+        format: "mlx",
+        architecture: "llama",
+        revision: "a".repeat(40),
+      });
+      expect(manifest.files.map((f) => f.name).sort()).toEqual([...tiny.keys()].sort());
+      expect(manifest.totalBytes).toBe([...tiny.values()].reduce((n, d) => n + d.length, 0));
+      const [listed] = await listModels();
+      expect(listed).toMatchObject({ name: "org/tiny", format: "mlx", totalBytes: manifest.totalBytes });
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("a sharded model: the index's shards and nothing else", async () => {
-    const s = await startHub({ "org/sharded": { files: sharded } });
-    const pulled = await pull("hf:org/sharded");
-    expect(paths(s).some((p) => p.includes("consolidated"))).toBe(false);
-    expect(readdirSync(pulled.path).sort()).toEqual([...sharded.keys()].filter((n) => n !== "consolidated.safetensors").sort());
-    load(pulled.path);
-  }, TEST_TIMEOUT_MS);
+  test(
+    "a sharded model: the index's shards and nothing else",
+    async () => {
+      const s = await startHub({ "org/sharded": { files: sharded } });
+      const pulled = await pull("hf:org/sharded");
+      expect(paths(s).some((p) => p.includes("consolidated"))).toBe(false);
+      expect(readdirSync(pulled.path).sort()).toEqual(
+        [...sharded.keys()].filter((n) => n !== "consolidated.safetensors").sort(),
+      );
+      load(pulled.path);
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("a second pull is served from disk; two models share the files they have in common", async () => {
-    const s = await startHub({ "org/tiny": { files: tiny }, "org/sharded": { files: sharded } });
-    await pull("hf:org/tiny");
-    const before = s.requests.length;
-    const again = await pull("hf:org/tiny");
-    expect(again.fromDisk).toBe(true);
-    expect(s.requests.length).toBe(before);
+  test(
+    "a second pull is served from disk; two models share the files they have in common",
+    async () => {
+      const s = await startHub({ "org/tiny": { files: tiny }, "org/sharded": { files: sharded } });
+      await pull("hf:org/tiny");
+      const before = s.requests.length;
+      const again = await pull("hf:org/tiny");
+      expect(again.fromDisk).toBe(true);
+      expect(s.requests.length).toBe(before);
 
-    await pull("hf:org/sharded");
-    const blobs = readdirSync(join(process.env.MLX_HOME!, "blobs"));
-    const distinct = new Set([...tiny.values(), ...[...sharded].filter(([n]) => n !== "consolidated.safetensors").map(([, d]) => d)].map(sha256Hex));
-    expect(blobs.length).toBe(distinct.size); // tokenizer files are stored once
-  }, TEST_TIMEOUT_MS);
+      await pull("hf:org/sharded");
+      const blobs = readdirSync(join(process.env.MLX_HOME!, "blobs"));
+      const distinct = new Set(
+        [...tiny.values(), ...[...sharded].filter(([n]) => n !== "consolidated.safetensors").map(([, d]) => d)].map(
+          sha256Hex,
+        ),
+      );
+      expect(blobs.length).toBe(distinct.size); // tokenizer files are stored once
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("a connection dropped mid-file resumes where it stopped", async () => {
-    const s = await startHub({ "org/tiny": { files: tiny, dropFirst: "model.safetensors" } });
-    const pulled = await pull("hf:org/tiny");
-    const lfs = s.requests.filter((r) => r.path.startsWith("/lfs/") && r.method === "GET");
-    expect(lfs).toHaveLength(2);
-    // It resumes from what arrived before the cut (the last bytes sent may be lost with the connection).
-    const resumedAt = Number(lfs[1]!.headers.range?.match(/^bytes=(\d+)-$/)?.[1]);
-    expect(resumedAt).toBeGreaterThan(0);
-    expect(resumedAt).toBeLessThanOrEqual(Math.floor(tiny.get("model.safetensors")!.length / 3));
-    load(pulled.path);
-  }, TEST_TIMEOUT_MS);
+  test(
+    "a connection dropped mid-file resumes where it stopped",
+    async () => {
+      const s = await startHub({ "org/tiny": { files: tiny, dropFirst: "model.safetensors" } });
+      const pulled = await pull("hf:org/tiny");
+      const lfs = s.requests.filter((r) => r.path.startsWith("/lfs/") && r.method === "GET");
+      expect(lfs).toHaveLength(2);
+      // It resumes from what arrived before the cut (the last bytes sent may be lost with the connection).
+      const resumedAt = Number(lfs[1]!.headers.range?.match(/^bytes=(\d+)-$/)?.[1]);
+      expect(resumedAt).toBeGreaterThan(0);
+      expect(resumedAt).toBeLessThanOrEqual(Math.floor(tiny.get("model.safetensors")!.length / 3));
+      load(pulled.path);
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("a pull killed mid-file: the next one resumes it and says where, naming the file", async () => {
-    const s = await startHub({ "org/tiny": { files: tiny } });
-    const weights = tiny.get("model.safetensors")!.length;
-    const killed = new AbortController();
-    await expect(
-      pullModel(modelRequest("hf:org/tiny"), {
-        signal: killed.signal,
-        onProgress: (p) => {
-          if (p.file === "model.safetensors" && p.received - (p.total! - weights) > weights / 3) killed.abort(new Error("killed"));
-        },
-      }),
-    ).rejects.toThrow("killed");
-    const before = s.requests.length;
-    const lines: string[] = [];
-    const reporter = createProgressReporter("pulling org/tiny", { write: (text: string) => lines.push(text), isTTY: false });
-    const pulled = await pullModel(modelRequest("hf:org/tiny"), { onProgress: reporter.update });
-    reporter.finish();
-    load(pulled.path);
-    const lfs = s.requests.filter((r) => r.path.startsWith("/lfs/") && r.method === "GET");
-    const resumedAt = Number(lfs.at(-1)!.headers.range?.match(/^bytes=(\d+)-$/)?.[1]);
-    expect(resumedAt).toBeGreaterThan(weights / 3);
-    expect(lines).toHaveLength(1);
-    expect(lines[0]).toEndWith(`, resumed model.safetensors at ${formatBytes(resumedAt)}\n`);
-    // Only what came over the network counts as transferred: the rest of the weights, and the
-    // small git-stored files (fetched again: their ETag is no sha256 to find them by).
-    const gitFiles = s.requests.slice(before).filter((r) => r.method === "GET" && r.path.includes("/resolve/"));
-    const expected = weights - resumedAt + gitFiles.reduce((n, r) => n + tiny.get(decodeURIComponent(r.path.split("/").at(-1)!))!.length, 0);
-    const sent = Number(lines[0]!.match(/^pulling org\/tiny: ([\d.]+) MB/)?.[1]) * 1e6;
-    expect(Math.abs(sent - expected)).toBeLessThan(100_000);
-  }, TEST_TIMEOUT_MS);
+  test(
+    "a pull killed mid-file: the next one resumes it and says where, naming the file",
+    async () => {
+      const s = await startHub({ "org/tiny": { files: tiny } });
+      const weights = tiny.get("model.safetensors")!.length;
+      const killed = new AbortController();
+      await expect(
+        pullModel(modelRequest("hf:org/tiny"), {
+          signal: killed.signal,
+          onProgress: (p) => {
+            if (p.file === "model.safetensors" && p.received - (p.total! - weights) > weights / 3)
+              killed.abort(new Error("killed"));
+          },
+        }),
+      ).rejects.toThrow("killed");
+      const before = s.requests.length;
+      const lines: string[] = [];
+      const reporter = createProgressReporter("pulling org/tiny", {
+        write: (text: string) => lines.push(text),
+        isTTY: false,
+      });
+      const pulled = await pullModel(modelRequest("hf:org/tiny"), { onProgress: reporter.update });
+      reporter.finish();
+      load(pulled.path);
+      const lfs = s.requests.filter((r) => r.path.startsWith("/lfs/") && r.method === "GET");
+      const resumedAt = Number(lfs.at(-1)!.headers.range?.match(/^bytes=(\d+)-$/)?.[1]);
+      expect(resumedAt).toBeGreaterThan(weights / 3);
+      expect(lines).toHaveLength(1);
+      expect(lines[0]).toEndWith(`, resumed model.safetensors at ${formatBytes(resumedAt)}\n`);
+      // Only what came over the network counts as transferred: the rest of the weights, and the
+      // small git-stored files (fetched again: their ETag is no sha256 to find them by).
+      const gitFiles = s.requests.slice(before).filter((r) => r.method === "GET" && r.path.includes("/resolve/"));
+      const expected =
+        weights -
+        resumedAt +
+        gitFiles.reduce((n, r) => n + tiny.get(decodeURIComponent(r.path.split("/").at(-1)!))!.length, 0);
+      const sent = Number(lines[0]!.match(/^pulling org\/tiny: ([\d.]+) MB/)?.[1]) * 1e6;
+      expect(Math.abs(sent - expected)).toBeLessThan(100_000);
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("a file that does not match its checksum is rejected; nothing complete-looking is left and other models stay intact", async () => {
-    await startHub({ "org/tiny": { files: tiny }, "org/liar": { files: sharded, lieAbout: "model-00001-of-00002.safetensors" } });
-    const good = await pull("hf:org/tiny");
-    await expect(pull("hf:org/liar")).rejects.toThrow(/checksum mismatch .* expected sha256 0{64}/);
+  test(
+    "a file that does not match its checksum is rejected; nothing complete-looking is left and other models stay intact",
+    async () => {
+      await startHub({
+        "org/tiny": { files: tiny },
+        "org/liar": { files: sharded, lieAbout: "model-00001-of-00002.safetensors" },
+      });
+      const good = await pull("hf:org/tiny");
+      await expect(pull("hf:org/liar")).rejects.toThrow(/checksum mismatch .* expected sha256 0{64}/);
 
-    expect(readManifest("org/liar")).toBeUndefined();
-    expect(existsSync(join(process.env.MLX_HOME!, "models", "org%2Fliar"))).toBe(false);
-    expect(readdirSync(join(process.env.MLX_HOME!, "blobs")).some((f) => f.includes("0".repeat(64)) || f.endsWith(".partial"))).toBe(false);
-    expect((await listModels()).map((m) => m.name)).toEqual(["org/tiny"]);
-    expect(await openStoredModel("org/tiny")).toBe(good.path);
-    load(good.path);
-  }, TEST_TIMEOUT_MS);
+      expect(readManifest("org/liar")).toBeUndefined();
+      expect(existsSync(join(process.env.MLX_HOME!, "models", "org%2Fliar"))).toBe(false);
+      expect(
+        readdirSync(join(process.env.MLX_HOME!, "blobs")).some(
+          (f) => f.includes("0".repeat(64)) || f.endsWith(".partial"),
+        ),
+      ).toBe(false);
+      expect((await listModels()).map((m) => m.name)).toEqual(["org/tiny"]);
+      expect(await openStoredModel("org/tiny")).toBe(good.path);
+      load(good.path);
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("a missing repository is one clear line from the CLI", async () => {
-    await startHub({});
-    const proc = Bun.spawn([process.execPath, main, "pull", "hf:org/missing"], { env: { ...process.env }, stdout: "pipe", stderr: "pipe" });
-    const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
-    expect(code).toBe(1);
-    expect(stderr).toBe(`error: hf:org/missing: repository org/missing not found on ${servers[0]!.url} (a private one needs HF_TOKEN)\n`);
-  }, TEST_TIMEOUT_MS);
+  test(
+    "a missing repository is one clear line from the CLI",
+    async () => {
+      await startHub({});
+      const proc = Bun.spawn([process.execPath, main, "pull", "hf:org/missing"], {
+        env: { ...process.env },
+        stdout: "pipe",
+        stderr: "pipe",
+      });
+      const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+      expect(code).toBe(1);
+      expect(stderr).toBe(
+        `error: hf:org/missing: repository org/missing not found on ${servers[0]!.url} (a private one needs HF_TOKEN)\n`,
+      );
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("a file missing from the revision is named", async () => {
-    const broken = new Map(sharded);
-    broken.delete("model-00002-of-00002.safetensors");
-    await startHub({ "org/broken": { files: broken } });
-    await expect(pull("hf:org/broken")).rejects.toThrow("hf:org/broken: model.safetensors.index.json names files the repository lacks: model-00002-of-00002.safetensors");
-  }, TEST_TIMEOUT_MS);
+  test(
+    "a file missing from the revision is named",
+    async () => {
+      const broken = new Map(sharded);
+      broken.delete("model-00002-of-00002.safetensors");
+      await startHub({ "org/broken": { files: broken } });
+      await expect(pull("hf:org/broken")).rejects.toThrow(
+        "hf:org/broken: model.safetensors.index.json names files the repository lacks: model-00002-of-00002.safetensors",
+      );
+    },
+    TEST_TIMEOUT_MS,
+  );
 });

@@ -39,7 +39,10 @@ function fakeModel(name: string, weightBytes = 10_000): string {
   const seed = [...name].reduce((n, c) => (n * 31 + c.charCodeAt(0)) >>> 0, 7);
   const dir = join(work, "src", name);
   mkdirSync(dir, { recursive: true });
-  writeFileSync(join(dir, "config.json"), JSON.stringify({ model_type: "llama", quantization: { group_size: 64, bits: 4 } }));
+  writeFileSync(
+    join(dir, "config.json"),
+    JSON.stringify({ model_type: "llama", quantization: { group_size: 64, bits: 4 } }),
+  );
   writeFileSync(join(dir, "model.safetensors"), fakeWeights(weightBytes, seed));
   writeFileSync(join(dir, "tokenizer.json"), SHARED_TOKENIZER);
   writeFileSync(join(dir, "README.md"), "not part of the model");
@@ -62,153 +65,220 @@ async function deadPid(): Promise<number> {
 }
 
 function cli(args: string[], env: Record<string, string | undefined> = {}) {
-  return Bun.spawn([process.execPath, main, ...args], { env: { ...process.env, ...env }, stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+  return Bun.spawn([process.execPath, main, ...args], {
+    env: { ...process.env, ...env },
+    stdout: "pipe",
+    stderr: "pipe",
+    stdin: "ignore",
+  });
 }
 
 async function cliResult(args: string[]) {
   const proc = cli(args);
-  const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+  const [stdout, stderr, code] = await Promise.all([
+    new Response(proc.stdout).text(),
+    new Response(proc.stderr).text(),
+    proc.exited,
+  ]);
   return { stdout, stderr, code };
 }
 
 describe("storing models", () => {
-  test("a local directory is imported: needed files only, as blobs, with a manifest and an index entry", async () => {
-    const pulled = await pull(fakeModel("alpha"));
-    expect(readdirSync(pulled.path).sort()).toEqual(["config.json", "model.safetensors", "tokenizer.json"]);
-    const manifest = readManifest("alpha")!;
-    expect(manifest).toMatchObject({ name: "alpha", format: "mlx", architecture: "llama", quantization: "4-bit, group 64" });
-    const weights = manifest.files.find((f) => f.name === "model.safetensors")!;
-    expect(readFileSync(blobPath(weights.sha256)).equals(readFileSync(join(work, "src", "alpha", "model.safetensors")))).toBe(true);
-    expect(JSON.parse(readFileSync(indexPath(), "utf8")).models.alpha.totalBytes).toBe(manifest.totalBytes);
-  }, TEST_TIMEOUT_MS);
+  test(
+    "a local directory is imported: needed files only, as blobs, with a manifest and an index entry",
+    async () => {
+      const pulled = await pull(fakeModel("alpha"));
+      expect(readdirSync(pulled.path).sort()).toEqual(["config.json", "model.safetensors", "tokenizer.json"]);
+      const manifest = readManifest("alpha")!;
+      expect(manifest).toMatchObject({
+        name: "alpha",
+        format: "mlx",
+        architecture: "llama",
+        quantization: "4-bit, group 64",
+      });
+      const weights = manifest.files.find((f) => f.name === "model.safetensors")!;
+      expect(
+        readFileSync(blobPath(weights.sha256)).equals(readFileSync(join(work, "src", "alpha", "model.safetensors"))),
+      ).toBe(true);
+      expect(JSON.parse(readFileSync(indexPath(), "utf8")).models.alpha.totalBytes).toBe(manifest.totalBytes);
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("a file two models share is stored once", async () => {
-    await pull(fakeModel("alpha"));
-    await pull(fakeModel("beta"));
-    expect(blobCount()).toBe(4); // one config (the same bytes), two weights, one tokenizer
-  }, TEST_TIMEOUT_MS);
+  test(
+    "a file two models share is stored once",
+    async () => {
+      await pull(fakeModel("alpha"));
+      await pull(fakeModel("beta"));
+      expect(blobCount()).toBe(4); // one config (the same bytes), two weights, one tokenizer
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("the index is rebuilt from the manifests when it is missing, damaged or stale", async () => {
-    await pull(fakeModel("alpha"));
-    await pull(fakeModel("beta"));
-    rmSync(indexPath());
-    expect(await names()).toEqual(["alpha", "beta"]);
-    writeFileSync(indexPath(), "{ half a fi");
-    expect(await names()).toEqual(["alpha", "beta"]);
-    // A crash between writing a manifest and the index: the index names one model less.
-    const index = JSON.parse(readFileSync(indexPath(), "utf8"));
-    delete index.models.beta;
-    writeFileSync(indexPath(), JSON.stringify(index));
-    expect(await names()).toEqual(["alpha", "beta"]);
-  }, TEST_TIMEOUT_MS);
+  test(
+    "the index is rebuilt from the manifests when it is missing, damaged or stale",
+    async () => {
+      await pull(fakeModel("alpha"));
+      await pull(fakeModel("beta"));
+      rmSync(indexPath());
+      expect(await names()).toEqual(["alpha", "beta"]);
+      writeFileSync(indexPath(), "{ half a fi");
+      expect(await names()).toEqual(["alpha", "beta"]);
+      // A crash between writing a manifest and the index: the index names one model less.
+      const index = JSON.parse(readFileSync(indexPath(), "utf8"));
+      delete index.models.beta;
+      writeFileSync(indexPath(), JSON.stringify(index));
+      expect(await names()).toEqual(["alpha", "beta"]);
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("opening a model records when it was last used", async () => {
-    await pull(fakeModel("alpha"));
-    const before = readManifest("alpha")!.lastUsedAt;
-    await Bun.sleep(5);
-    await resolveModelPath("alpha");
-    const after = readManifest("alpha")!.lastUsedAt;
-    expect(after > before).toBe(true);
-    expect((await listModels())[0]!.lastUsedAt).toBe(after);
-  }, TEST_TIMEOUT_MS);
+  test(
+    "opening a model records when it was last used",
+    async () => {
+      await pull(fakeModel("alpha"));
+      const before = readManifest("alpha")!.lastUsedAt;
+      await Bun.sleep(5);
+      await resolveModelPath("alpha");
+      const after = readManifest("alpha")!.lastUsedAt;
+      expect(after > before).toBe(true);
+      expect((await listModels())[0]!.lastUsedAt).toBe(after);
+    },
+    TEST_TIMEOUT_MS,
+  );
 });
 
 describe("eviction", () => {
-  test("least recently used first, never a model in use, shared files kept", async () => {
-    await pull(fakeModel("alpha"));
-    await pull(fakeModel("beta"));
-    await pull(fakeModel("gamma"));
-    for (const name of ["alpha", "beta", "gamma"]) releaseModel(name);
-    await Bun.sleep(5);
-    await openStoredModel("alpha"); // alpha is now the most recently used
-    releaseModel("alpha");
-    const holder = liveProcess();
-    try {
-      // gamma is older than alpha but used by another process: alpha goes before it.
-      mkdirSync(join(inUseDir(), modelKey("gamma")), { recursive: true });
-      writeFileSync(join(inUseDir(), modelKey("gamma"), String(holder.pid)), "");
-      const each = readManifest("alpha")!.totalBytes;
-      process.env.MLX_CACHE_MAX_BYTES = String(2 * each); // room for two models, not four
-      const pulled = await pull(fakeModel("delta"));
+  test(
+    "least recently used first, never a model in use, shared files kept",
+    async () => {
+      await pull(fakeModel("alpha"));
+      await pull(fakeModel("beta"));
+      await pull(fakeModel("gamma"));
+      for (const name of ["alpha", "beta", "gamma"]) releaseModel(name);
+      await Bun.sleep(5);
+      await openStoredModel("alpha"); // alpha is now the most recently used
+      releaseModel("alpha");
+      const holder = liveProcess();
+      try {
+        // gamma is older than alpha but used by another process: alpha goes before it.
+        mkdirSync(join(inUseDir(), modelKey("gamma")), { recursive: true });
+        writeFileSync(join(inUseDir(), modelKey("gamma"), String(holder.pid)), "");
+        const each = readManifest("alpha")!.totalBytes;
+        process.env.MLX_CACHE_MAX_BYTES = String(2 * each); // room for two models, not four
+        const pulled = await pull(fakeModel("delta"));
 
-      expect(pulled.evicted).toEqual(["beta", "alpha"]);
-      expect(await names()).toEqual(["delta", "gamma"]);
-      const tokenizer = readManifest("delta")!.files.find((f) => f.name === "tokenizer.json")!;
-      expect(existsSync(blobPath(tokenizer.sha256))).toBe(true);
-      expect(existsSync(join(process.env.MLX_HOME!, "models", "beta"))).toBe(false);
-    } finally {
-      holder.kill();
-    }
-  }, TEST_TIMEOUT_MS);
+        expect(pulled.evicted).toEqual(["beta", "alpha"]);
+        expect(await names()).toEqual(["delta", "gamma"]);
+        const tokenizer = readManifest("delta")!.files.find((f) => f.name === "tokenizer.json")!;
+        expect(existsSync(blobPath(tokenizer.sha256))).toBe(true);
+        expect(existsSync(join(process.env.MLX_HOME!, "models", "beta"))).toBe(false);
+      } finally {
+        holder.kill();
+      }
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("MLX_CACHE_MAX_BYTES accepts units and rejects nonsense", async () => {
-    process.env.MLX_CACHE_MAX_BYTES = "lots";
-    await expect(pull(fakeModel("alpha"))).rejects.toThrow("MLX_CACHE_MAX_BYTES must be a size like 50000000000 or 50GB (got 'lots')");
-    process.env.MLX_CACHE_MAX_BYTES = "1GB";
-    expect((await pull(fakeModel("alpha"))).evicted).toEqual([]);
-  }, TEST_TIMEOUT_MS);
+  test(
+    "MLX_CACHE_MAX_BYTES accepts units and rejects nonsense",
+    async () => {
+      process.env.MLX_CACHE_MAX_BYTES = "lots";
+      await expect(pull(fakeModel("alpha"))).rejects.toThrow(
+        "MLX_CACHE_MAX_BYTES must be a size like 50000000000 or 50GB (got 'lots')",
+      );
+      process.env.MLX_CACHE_MAX_BYTES = "1GB";
+      expect((await pull(fakeModel("alpha"))).evicted).toEqual([]);
+    },
+    TEST_TIMEOUT_MS,
+  );
 });
 
 describe("removing", () => {
-  test("refuses a model in use, then removes it and only the blobs no one else uses", async () => {
-    await pull(fakeModel("alpha"));
-    await pull(fakeModel("beta"));
-    releaseModel("beta");
-    markInUse("alpha");
-    await expect(removeModel("alpha")).rejects.toThrow(`'alpha' is in use by process ${process.pid}; stop it first`);
-    releaseModel("alpha");
-    const { freedBytes } = await removeModel("alpha");
-    expect(freedBytes).toBe(10_000); // its own weights; config and tokenizer are beta's too
-    expect(await names()).toEqual(["beta"]);
-    expect(blobCount()).toBe(3);
-  }, TEST_TIMEOUT_MS);
+  test(
+    "refuses a model in use, then removes it and only the blobs no one else uses",
+    async () => {
+      await pull(fakeModel("alpha"));
+      await pull(fakeModel("beta"));
+      releaseModel("beta");
+      markInUse("alpha");
+      await expect(removeModel("alpha")).rejects.toThrow(`'alpha' is in use by process ${process.pid}; stop it first`);
+      releaseModel("alpha");
+      const { freedBytes } = await removeModel("alpha");
+      expect(freedBytes).toBe(10_000); // its own weights; config and tokenizer are beta's too
+      expect(await names()).toEqual(["beta"]);
+      expect(blobCount()).toBe(3);
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("mlx rm -y from the CLI; an unknown name is one line", async () => {
-    await pull(fakeModel("alpha"));
-    releaseModel("alpha");
-    expect((await cliResult(["rm", "-y", "alpha"])).code).toBe(0);
-    expect(await names()).toEqual([]);
-    const missing = await cliResult(["rm", "-y", "alpha"]);
-    expect(missing).toMatchObject({ code: 1, stderr: "error: no stored model named 'alpha' (see mlx list)\n" });
-  }, TEST_TIMEOUT_MS);
+  test(
+    "mlx rm -y from the CLI; an unknown name is one line",
+    async () => {
+      await pull(fakeModel("alpha"));
+      releaseModel("alpha");
+      expect((await cliResult(["rm", "-y", "alpha"])).code).toBe(0);
+      expect(await names()).toEqual([]);
+      const missing = await cliResult(["rm", "-y", "alpha"]);
+      expect(missing).toMatchObject({ code: 1, stderr: "error: no stored model named 'alpha' (see mlx list)\n" });
+    },
+    TEST_TIMEOUT_MS,
+  );
 });
 
 describe("damage", () => {
-  test("verify finds a corrupt blob, removes it and names the model; loading says how to repair; pull repairs", async () => {
-    await pull(fakeModel("alpha"));
-    await pull(fakeModel("beta"));
-    const weights = readManifest("alpha")!.files.find((f) => f.name === "model.safetensors")!;
-    const bytes = readFileSync(blobPath(weights.sha256));
-    bytes[100] ^= 0xff;
-    writeFileSync(blobPath(weights.sha256), bytes);
+  test(
+    "verify finds a corrupt blob, removes it and names the model; loading says how to repair; pull repairs",
+    async () => {
+      await pull(fakeModel("alpha"));
+      await pull(fakeModel("beta"));
+      const weights = readManifest("alpha")!.files.find((f) => f.name === "model.safetensors")!;
+      const bytes = readFileSync(blobPath(weights.sha256));
+      bytes[100] ^= 0xff;
+      writeFileSync(blobPath(weights.sha256), bytes);
 
-    const report = await verifyStore();
-    expect(report).toMatchObject({ corrupt: [weights.sha256], missing: [], damagedModels: ["alpha"], checkedBlobs: 4 });
-    expect(existsSync(blobPath(weights.sha256))).toBe(false);
+      const report = await verifyStore();
+      expect(report).toMatchObject({
+        corrupt: [weights.sha256],
+        missing: [],
+        damagedModels: ["alpha"],
+        checkedBlobs: 4,
+      });
+      expect(existsSync(blobPath(weights.sha256))).toBe(false);
 
-    const damaged = resolveModelPath("alpha");
-    await expect(damaged).rejects.toBeInstanceOf(StoreDamageError);
-    await expect(resolveModelPath("alpha")).rejects.toThrow(/model\.safetensors .* is missing or truncated; run `mlx pull alpha` to fetch it again \(`mlx verify` checks every model\)/);
+      const damaged = resolveModelPath("alpha");
+      await expect(damaged).rejects.toBeInstanceOf(StoreDamageError);
+      await expect(resolveModelPath("alpha")).rejects.toThrow(
+        /model\.safetensors .* is missing or truncated; run `mlx pull alpha` to fetch it again \(`mlx verify` checks every model\)/,
+      );
 
-    // What a command says when loading a stored model fails.
-    expect(repairHint(join(process.env.MLX_HOME!, "models", "alpha", "model.safetensors"))).toBe("stored model 'alpha' may be damaged: run `mlx verify`, then run `mlx pull alpha`");
-    expect(repairHint(join(work, "src", "alpha"))).toBeUndefined();
+      // What a command says when loading a stored model fails.
+      expect(repairHint(join(process.env.MLX_HOME!, "models", "alpha", "model.safetensors"))).toBe(
+        "stored model 'alpha' may be damaged: run `mlx verify`, then run `mlx pull alpha`",
+      );
+      expect(repairHint(join(work, "src", "alpha"))).toBeUndefined();
 
-    const repaired = await pull("alpha");
-    expect(repaired.fromDisk).toBe(false);
-    expect(sha256Hex(readFileSync(blobPath(weights.sha256)))).toBe(weights.sha256);
-    expect((await verifyStore()).damagedModels).toEqual([]);
-  }, TEST_TIMEOUT_MS);
+      const repaired = await pull("alpha");
+      expect(repaired.fromDisk).toBe(false);
+      expect(sha256Hex(readFileSync(blobPath(weights.sha256)))).toBe(weights.sha256);
+      expect((await verifyStore()).damagedModels).toEqual([]);
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("mlx verify exits non-zero and prints the command to run", async () => {
-    await pull(fakeModel("alpha"));
-    const weights = readManifest("alpha")!.files.find((f) => f.name === "model.safetensors")!;
-    writeFileSync(blobPath(weights.sha256), "short");
-    const r = await cliResult(["verify"]);
-    expect(r.code).toBe(1);
-    expect(r.stdout).toContain("needs a new pull: mlx pull alpha");
-    expect(r.stderr).toContain(`corrupt: sha256-${weights.sha256} (removed)`);
-  }, TEST_TIMEOUT_MS);
+  test(
+    "mlx verify exits non-zero and prints the command to run",
+    async () => {
+      await pull(fakeModel("alpha"));
+      const weights = readManifest("alpha")!.files.find((f) => f.name === "model.safetensors")!;
+      writeFileSync(blobPath(weights.sha256), "short");
+      const r = await cliResult(["verify"]);
+      expect(r.code).toBe(1);
+      expect(r.stdout).toContain("needs a new pull: mlx pull alpha");
+      expect(r.stderr).toContain(`corrupt: sha256-${weights.sha256} (removed)`);
+    },
+    TEST_TIMEOUT_MS,
+  );
 });
 
 describe("locks", () => {
@@ -229,17 +299,21 @@ describe("locks", () => {
       let told: number | undefined;
       const attempt = withStoreLock(() => "never", { timeoutMs: 300, onWait: (pid) => (told = pid) });
       await expect(attempt).rejects.toBeInstanceOf(LockTimeoutError);
-      await expect(withStoreLock(() => "never", { timeoutMs: 100 })).rejects.toThrow(`store.lock is held by process ${holder.pid}`);
+      await expect(withStoreLock(() => "never", { timeoutMs: 100 })).rejects.toThrow(
+        `store.lock is held by process ${holder.pid}`,
+      );
       expect(told).toBe(holder.pid);
     } finally {
       holder.kill();
     }
   });
 
-  test("two processes incrementing a counter under the store lock lose no update", async () => {
-    const counter = join(work, "counter");
-    writeFileSync(counter, "0");
-    const script = `
+  test(
+    "two processes incrementing a counter under the store lock lose no update",
+    async () => {
+      const counter = join(work, "counter");
+      writeFileSync(counter, "0");
+      const script = `
       const { withStoreLock } = await import(${JSON.stringify(join(import.meta.dir, "..", "src", "store", "lock.ts"))});
       const fs = require("node:fs");
       for (let i = 0; i < 40; i++) {
@@ -249,47 +323,80 @@ describe("locks", () => {
           fs.writeFileSync(${JSON.stringify(counter)}, String(n + 1));
         });
       }`;
-    const children = [0, 1].map(() => Bun.spawn([process.execPath, "-e", script], { env: { ...process.env }, stderr: "pipe" }));
-    const codes = await Promise.all(children.map((c) => c.exited));
-    expect(codes).toEqual([0, 0]);
-    expect(readFileSync(counter, "utf8")).toBe("80");
-  }, TEST_TIMEOUT_MS);
+      const children = [0, 1].map(() =>
+        Bun.spawn([process.execPath, "-e", script], { env: { ...process.env }, stderr: "pipe" }),
+      );
+      const codes = await Promise.all(children.map((c) => c.exited));
+      expect(codes).toEqual([0, 0]);
+      expect(readFileSync(counter, "utf8")).toBe("80");
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("two mlx processes pulling into one store at once end with every model stored once", async () => {
-    const sources = ["m0", "m1", "m2", "m3", "m4"].map((n) => fakeModel(n, 200_000));
-    const pullAll = (order: string[]) => Bun.spawn([process.execPath, "-e", `
+  test(
+    "two mlx processes pulling into one store at once end with every model stored once",
+    async () => {
+      const sources = ["m0", "m1", "m2", "m3", "m4"].map((n) => fakeModel(n, 200_000));
+      const pullAll = (order: string[]) =>
+        Bun.spawn(
+          [
+            process.execPath,
+            "-e",
+            `
       const { pullModel, modelRequest } = await import(${JSON.stringify(join(import.meta.dir, "..", "src", "store", "pull.ts"))});
-      for (const source of ${JSON.stringify(order)}) await pullModel(modelRequest(source));`], { env: { ...process.env }, stderr: "pipe" });
-    const children = [pullAll(sources), pullAll([...sources].reverse())];
-    const results = await Promise.all(children.map(async (c) => ({ code: await c.exited, stderr: await new Response(c.stderr).text() })));
-    expect(results).toEqual([{ code: 0, stderr: "" }, { code: 0, stderr: "" }]);
+      for (const source of ${JSON.stringify(order)}) await pullModel(modelRequest(source));`,
+          ],
+          { env: { ...process.env }, stderr: "pipe" },
+        );
+      const children = [pullAll(sources), pullAll([...sources].reverse())];
+      const results = await Promise.all(
+        children.map(async (c) => ({ code: await c.exited, stderr: await new Response(c.stderr).text() })),
+      );
+      expect(results).toEqual([
+        { code: 0, stderr: "" },
+        { code: 0, stderr: "" },
+      ]);
 
-    const index = JSON.parse(readFileSync(indexPath(), "utf8"));
-    expect(Object.keys(index.models).sort()).toEqual(["m0", "m1", "m2", "m3", "m4"]);
-    expect(blobCount()).toBe(5 + 2); // five weights, one config, one tokenizer
-    expect(readdirSync(locksDir()).filter((f) => f.endsWith(".lock"))).toEqual([]);
-    expect(readdirSync(join(process.env.MLX_HOME!, "tmp"))).toEqual([]);
-  }, TEST_TIMEOUT_MS);
+      const index = JSON.parse(readFileSync(indexPath(), "utf8"));
+      expect(Object.keys(index.models).sort()).toEqual(["m0", "m1", "m2", "m3", "m4"]);
+      expect(blobCount()).toBe(5 + 2); // five weights, one config, one tokenizer
+      expect(readdirSync(locksDir()).filter((f) => f.endsWith(".lock"))).toEqual([]);
+      expect(readdirSync(join(process.env.MLX_HOME!, "tmp"))).toEqual([]);
+    },
+    TEST_TIMEOUT_MS,
+  );
 });
 
 describe("commands and bad input", () => {
-  test("mlx list --json and mlx show --json", async () => {
-    await pull(fakeModel("alpha"));
-    const list = await cliResult(["list", "--json"]);
-    expect(JSON.parse(list.stdout)).toEqual([expect.objectContaining({ name: "alpha", format: "mlx", quantization: "4-bit, group 64" })]);
-    const table = await cliResult(["list"]);
-    expect(table.stdout).toMatch(/^NAME\s+FORMAT\s+QUANTIZATION\s+SIZE\s+LAST USED\nalpha\s+mlx\s+4-bit, group 64\s+10\.\d KB\s+just now\n$/);
-    const show = await cliResult(["show", "alpha", "--json"]);
-    const shown = JSON.parse(show.stdout);
-    expect(shown.manifest.files).toHaveLength(3);
-    expect(shown.config).toEqual({ model_type: "llama", quantization: { group_size: 64, bits: 4 } });
-  }, TEST_TIMEOUT_MS);
+  test(
+    "mlx list --json and mlx show --json",
+    async () => {
+      await pull(fakeModel("alpha"));
+      const list = await cliResult(["list", "--json"]);
+      expect(JSON.parse(list.stdout)).toEqual([
+        expect.objectContaining({ name: "alpha", format: "mlx", quantization: "4-bit, group 64" }),
+      ]);
+      const table = await cliResult(["list"]);
+      expect(table.stdout).toMatch(
+        /^NAME\s+FORMAT\s+QUANTIZATION\s+SIZE\s+LAST USED\nalpha\s+mlx\s+4-bit, group 64\s+10\.\d KB\s+just now\n$/,
+      );
+      const show = await cliResult(["show", "alpha", "--json"]);
+      const shown = JSON.parse(show.stdout);
+      expect(shown.manifest.files).toHaveLength(3);
+      expect(shown.config).toEqual({ model_type: "llama", quantization: { group_size: 64, bits: 4 } });
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("an unknown model name suggests close aliases and stored models", async () => {
-    await pull(fakeModel("alpha"));
-    await expect(resolveModelPath("smolm2")).rejects.toThrow("did you mean 'smollm2'?");
-    await expect(resolveModelPath("alpah")).rejects.toThrow("did you mean 'alpha'?");
-  }, TEST_TIMEOUT_MS);
+  test(
+    "an unknown model name suggests close aliases and stored models",
+    async () => {
+      await pull(fakeModel("alpha"));
+      await expect(resolveModelPath("smolm2")).rejects.toThrow("did you mean 'smollm2'?");
+      await expect(resolveModelPath("alpah")).rejects.toThrow("did you mean 'alpha'?");
+    },
+    TEST_TIMEOUT_MS,
+  );
 
   test("a malformed models.toml names the file, line and problem", () => {
     mkdirSync(process.env.MLX_HOME!, { recursive: true });
@@ -304,7 +411,10 @@ describe("commands and bad input", () => {
 
   test("an alias's kv_bits asks for a quantized KV cache (group size 64)", () => {
     mkdirSync(process.env.MLX_HOME!, { recursive: true });
-    writeFileSync(join(process.env.MLX_HOME!, "models.toml"), `default = "tiny"\n[models.tiny]\nsource = "hf:org/tiny"\nkv_bits = 4\n[models.plain]\nsource = "hf:org/plain"\n`);
+    writeFileSync(
+      join(process.env.MLX_HOME!, "models.toml"),
+      `default = "tiny"\n[models.tiny]\nsource = "hf:org/tiny"\nkv_bits = 4\n[models.plain]\nsource = "hf:org/plain"\n`,
+    );
     expect(aliasKvQuantization(undefined)).toEqual({ bits: 4, groupSize: 64 });
     expect(aliasKvQuantization("tiny")).toEqual({ bits: 4, groupSize: 64 });
     expect(aliasKvQuantization("plain")).toBeUndefined();

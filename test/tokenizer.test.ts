@@ -38,9 +38,10 @@ const hfTokenizerJson = readGzJson(fixture.hf_tokenizer_file);
 const fixtureMeta: Record<string, unknown> = readGzJson("tokenizer-smollm2-gguf-meta.json.gz");
 
 // The GGUF itself when we have it (dev machines), the committed metadata extract otherwise (CI).
-const ggufPath = [process.env.MLX_TEST_GGUF, join(import.meta.dir, "..", ".cache/dev/SmolLM2-135M-Instruct.Q4_1.gguf")].find(
-  (p): p is string => !!p && existsSync(p),
-);
+const ggufPath = [
+  process.env.MLX_TEST_GGUF,
+  join(import.meta.dir, "..", ".cache/dev/SmolLM2-135M-Instruct.Q4_1.gguf"),
+].find((p): p is string => !!p && existsSync(p));
 const ggufMeta = ggufPath ? readGGUFMetadata(ggufPath) : fixtureMeta;
 
 const hfTok = new Tokenizer(hfTokenizerJson, fixture.hf_tokenizer_config);
@@ -88,13 +89,17 @@ describe(`tokenizer built from GGUF metadata (${ggufPath ? "the GGUF file" : "co
     for (const text of differing) expect(text).toMatch(/[^\x00-\x7f]/);
     for (const text of differing) expect(text).toMatch(/(?![0-9])\p{N}/u);
   });
-  test("vocabulary, merges and added tokens equal transformers' conversion", () => {
-    const ours = tokenizerFilesFromGGUF(ggufMeta).tokenizerJson as any;
-    expect(ours.model.vocab).toEqual(hfTokenizerJson.model.vocab);
-    expect(ours.model.merges).toEqual(hfTokenizerJson.model.merges);
-    const summary = (t: any) => t.added_tokens.map((a: any) => [a.id, a.content, a.special]);
-    expect(summary(ours)).toEqual(summary(hfTokenizerJson));
-  }, SLOW);
+  test(
+    "vocabulary, merges and added tokens equal transformers' conversion",
+    () => {
+      const ours = tokenizerFilesFromGGUF(ggufMeta).tokenizerJson as any;
+      expect(ours.model.vocab).toEqual(hfTokenizerJson.model.vocab);
+      expect(ours.model.merges).toEqual(hfTokenizerJson.model.merges);
+      const summary = (t: any) => t.added_tokens.map((a: any) => [a.id, a.content, a.special]);
+      expect(summary(ours)).toEqual(summary(hfTokenizerJson));
+    },
+    SLOW,
+  );
   test("special ids and sizes", () => {
     expect([...ggufTok.eosTokenIds]).toEqual([2]);
     expect(ggufTok.bosTokenId).toBe(1);
@@ -111,14 +116,21 @@ describe(`tokenizer built from GGUF metadata (${ggufPath ? "the GGUF file" : "co
 // Other pre types on the same vocabulary, against Rust tokenizers with transformers' split patterns:
 // holds the JS regex translation and llama3's ignore_merges to the Rust behaviour.
 for (const pre of ["llama-bpe", "qwen2"]) {
-  test(`pre type ${pre} matches Rust tokenizers`, () => {
-    const tok = Tokenizer.fromGGUFMetadata({ ...ggufMeta, "tokenizer.ggml.pre": pre });
-    for (const c of fixture.cases) expect(tok.encode(c.text)).toEqual(c.ids_pre?.[pre] ?? c.ids_gguf ?? c.ids);
-  }, SLOW);
+  test(
+    `pre type ${pre} matches Rust tokenizers`,
+    () => {
+      const tok = Tokenizer.fromGGUFMetadata({ ...ggufMeta, "tokenizer.ggml.pre": pre });
+      for (const c of fixture.cases) expect(tok.encode(c.text)).toEqual(c.ids_pre?.[pre] ?? c.ids_gguf ?? c.ids);
+    },
+    SLOW,
+  );
 }
 
 describe("decode round-trips", () => {
-  for (const [name, tok] of [["transformers json", hfTok], ["GGUF-built", ggufTok]] as const) {
+  for (const [name, tok] of [
+    ["transformers json", hfTok],
+    ["GGUF-built", ggufTok],
+  ] as const) {
     test(name, () => {
       for (const c of fixture.cases) expect(tok.decode(tok.encode(c.text))).toBe(c.text);
     });
@@ -138,46 +150,71 @@ describe("decode round-trips", () => {
 });
 
 describe("chat template", () => {
-  for (const [name, tok] of [["transformers json", hfTok], ["GGUF-built", ggufTok]] as const) {
+  for (const [name, tok] of [
+    ["transformers json", hfTok],
+    ["GGUF-built", ggufTok],
+  ] as const) {
     for (const chat of fixture.chats) {
       const roles = chat.messages.map((m) => m.role).join(",");
       test(`${name}: ${roles} (add_generation_prompt=${chat.add_generation_prompt})`, () => {
-        expect(tok.applyChatTemplate(chat.messages, { addGenerationPrompt: chat.add_generation_prompt })).toBe(chat.expected);
+        expect(tok.applyChatTemplate(chat.messages, { addGenerationPrompt: chat.add_generation_prompt })).toBe(
+          chat.expected,
+        );
       });
     }
   }
-  test("special tokens, tools and extra variables reach the template", () => {
-    const { tokenizerJson, tokenizerConfig } = tokenizerFilesFromGGUF(ggufMeta);
-    const template =
-      "{{ bos_token }}|{{ eos_token }}|{{ pad_token }}|{{ unk_token }}|" +
-      "{% if tools is not none %}{{ tools | length }} tools{% else %}no tools{% endif %}|" +
-      "{{ enable_thinking }}|{% if add_generation_prompt %}gen{% endif %}";
-    const tok = new Tokenizer(tokenizerJson, { ...tokenizerConfig, chat_template: template });
-    expect(tok.applyChatTemplate([], { extra: { enable_thinking: false } })).toBe(
-      "<|im_start|>|<|im_end|>|<|im_end|>|<|endoftext|>|no tools|false|gen",
-    );
-    expect(tok.applyChatTemplate([], { tools: [{ type: "function" }], addGenerationPrompt: false, extra: { enable_thinking: true } })).toBe(
-      "<|im_start|>|<|im_end|>|<|im_end|>|<|endoftext|>|1 tools|true|",
-    );
-  }, SLOW);
-  test("no template → clear error", () => {
-    const { tokenizerJson, tokenizerConfig } = tokenizerFilesFromGGUF(ggufMeta);
-    const tok = new Tokenizer(tokenizerJson, { ...tokenizerConfig, chat_template: undefined });
-    expect(() => tok.applyChatTemplate([{ role: "user", content: "hi" }])).toThrow("no chat template");
-  }, SLOW);
+  test(
+    "special tokens, tools and extra variables reach the template",
+    () => {
+      const { tokenizerJson, tokenizerConfig } = tokenizerFilesFromGGUF(ggufMeta);
+      const template =
+        "{{ bos_token }}|{{ eos_token }}|{{ pad_token }}|{{ unk_token }}|" +
+        "{% if tools is not none %}{{ tools | length }} tools{% else %}no tools{% endif %}|" +
+        "{{ enable_thinking }}|{% if add_generation_prompt %}gen{% endif %}";
+      const tok = new Tokenizer(tokenizerJson, { ...tokenizerConfig, chat_template: template });
+      expect(tok.applyChatTemplate([], { extra: { enable_thinking: false } })).toBe(
+        "<|im_start|>|<|im_end|>|<|im_end|>|<|endoftext|>|no tools|false|gen",
+      );
+      expect(
+        tok.applyChatTemplate([], {
+          tools: [{ type: "function" }],
+          addGenerationPrompt: false,
+          extra: { enable_thinking: true },
+        }),
+      ).toBe("<|im_start|>|<|im_end|>|<|im_end|>|<|endoftext|>|1 tools|true|");
+    },
+    SLOW,
+  );
+  test(
+    "no template → clear error",
+    () => {
+      const { tokenizerJson, tokenizerConfig } = tokenizerFilesFromGGUF(ggufMeta);
+      const tok = new Tokenizer(tokenizerJson, { ...tokenizerConfig, chat_template: undefined });
+      expect(() => tok.applyChatTemplate([{ role: "user", content: "hi" }])).toThrow("no chat template");
+    },
+    SLOW,
+  );
 });
 
 describe("BOS handling", () => {
   const withBos = (flag: boolean) => Tokenizer.fromGGUFMetadata({ ...ggufMeta, "tokenizer.ggml.add_bos_token": flag });
-  test("adds BOS only when the metadata says so", () => {
-    expect(withBos(true).encode("Hello")).toEqual([1, ...ggufTok.encode("Hello")]);
-    expect(withBos(true).encode("Hello", { addSpecialTokens: false })).toEqual(ggufTok.encode("Hello"));
-    expect(withBos(false).encode("Hello")[0]).not.toBe(1);
-  }, SLOW);
-  test("tokenizer_config add_bos_token overrides tokenizer.json's post-processor, as in transformers", () => {
-    const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, add_bos_token: true });
-    expect(tok.encode("Hello")).toEqual([1, ...hfTok.encode("Hello")]);
-  }, SLOW);
+  test(
+    "adds BOS only when the metadata says so",
+    () => {
+      expect(withBos(true).encode("Hello")).toEqual([1, ...ggufTok.encode("Hello")]);
+      expect(withBos(true).encode("Hello", { addSpecialTokens: false })).toEqual(ggufTok.encode("Hello"));
+      expect(withBos(false).encode("Hello")[0]).not.toBe(1);
+    },
+    SLOW,
+  );
+  test(
+    "tokenizer_config add_bos_token overrides tokenizer.json's post-processor, as in transformers",
+    () => {
+      const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, add_bos_token: true });
+      expect(tok.encode("Hello")).toEqual([1, ...hfTok.encode("Hello")]);
+    },
+    SLOW,
+  );
 });
 
 describe("fromDirectory", () => {
@@ -192,34 +229,42 @@ describe("fromDirectory", () => {
   };
   const { tokenizerJson, tokenizerConfig } = tokenizerFilesFromGGUF(ggufMeta);
 
-  test("reads tokenizer.json, tokenizer_config.json and eos ids from generation_config/config", () => {
-    withDir(
-      {
-        "tokenizer.json": JSON.stringify(tokenizerJson),
-        "tokenizer_config.json": JSON.stringify(tokenizerConfig),
-        "generation_config.json": JSON.stringify({ eos_token_id: [2, 0] }),
-        "config.json": JSON.stringify({ eos_token_id: 5 }),
-      },
-      (dir) => {
-        const tok = Tokenizer.fromDirectory(dir);
-        expect([...tok.eosTokenIds].sort((a, b) => a - b)).toEqual([0, 2, 5]);
-        for (const c of fixture.cases) expect(tok.encode(c.text)).toEqual(c.ids_gguf ?? c.ids);
-        expect(tok.applyChatTemplate(fixture.chats[0]!.messages)).toBe(fixture.chats[0]!.expected);
-      },
-    );
-  }, SLOW);
-  test("chat_template.jinja beside the config wins (transformers v5 layout)", () => {
-    withDir(
-      {
-        "tokenizer.json": JSON.stringify(tokenizerJson),
-        "tokenizer_config.json": JSON.stringify(tokenizerConfig),
-        "chat_template.jinja": "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}",
-      },
-      (dir) => {
-        expect(Tokenizer.fromDirectory(dir).applyChatTemplate([{ role: "user", content: "hi" }])).toBe("[user]hi");
-      },
-    );
-  }, SLOW);
+  test(
+    "reads tokenizer.json, tokenizer_config.json and eos ids from generation_config/config",
+    () => {
+      withDir(
+        {
+          "tokenizer.json": JSON.stringify(tokenizerJson),
+          "tokenizer_config.json": JSON.stringify(tokenizerConfig),
+          "generation_config.json": JSON.stringify({ eos_token_id: [2, 0] }),
+          "config.json": JSON.stringify({ eos_token_id: 5 }),
+        },
+        (dir) => {
+          const tok = Tokenizer.fromDirectory(dir);
+          expect([...tok.eosTokenIds].sort((a, b) => a - b)).toEqual([0, 2, 5]);
+          for (const c of fixture.cases) expect(tok.encode(c.text)).toEqual(c.ids_gguf ?? c.ids);
+          expect(tok.applyChatTemplate(fixture.chats[0]!.messages)).toBe(fixture.chats[0]!.expected);
+        },
+      );
+    },
+    SLOW,
+  );
+  test(
+    "chat_template.jinja beside the config wins (transformers v5 layout)",
+    () => {
+      withDir(
+        {
+          "tokenizer.json": JSON.stringify(tokenizerJson),
+          "tokenizer_config.json": JSON.stringify(tokenizerConfig),
+          "chat_template.jinja": "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}",
+        },
+        (dir) => {
+          expect(Tokenizer.fromDirectory(dir).applyChatTemplate([{ role: "user", content: "hi" }])).toBe("[user]hi");
+        },
+      );
+    },
+    SLOW,
+  );
   test("missing tokenizer.json", () => {
     withDir({}, (dir) => expect(() => Tokenizer.fromDirectory(dir)).toThrow(`no tokenizer.json in ${dir}`));
   });
@@ -237,63 +282,109 @@ describe("fromDirectory", () => {
 });
 
 describe("tokenizerFilesFromGGUF", () => {
-  test("rejects unknown tokenizer models and pre-tokenizers, naming what is supported", () => {
-    expect(() => tokenizerFilesFromGGUF({ ...ggufMeta, "tokenizer.ggml.model": "bert" })).toThrow(
-      'unsupported GGUF tokenizer model "bert"; supported: gpt2, llama',
-    );
-    expect(() => tokenizerFilesFromGGUF({ ...ggufMeta, "tokenizer.ggml.model": "llama" })).toThrow("no tokenizer.ggml.scores");
-    expect(() => tokenizerFilesFromGGUF({ ...ggufMeta, "tokenizer.ggml.pre": "chatglm-bpe" })).toThrow(
-      /unsupported GGUF pre-tokenizer "chatglm-bpe".*supported: .*smollm.*llama-bpe.*qwen2/,
-    );
-  }, SLOW);
-  test("a SentencePiece vocabulary (Gemma's kind): merges rebuilt from the scores, spaces as ▁, bytes for unknown characters", () => {
-    // Control tokens, byte tokens for "\n" and "!", then pieces whose score says which merge comes first.
-    const tokens = ["<pad>", "<eos>", "<bos>", "<unk>", "<0x0A>", "<0x21>", "▁", "a", "b", "c", "ab", "bc", "▁a", "▁ab", "abc"];
-    const types = [3, 3, 3, 2, 6, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1];
-    const scores = [0, 0, 0, 0, 0, 0, -1, -2, -2, -2, -3, -9, -4, -5, -6];
-    const meta = {
-      "general.architecture": "gemma3",
-      "tokenizer.ggml.model": "llama",
-      "tokenizer.ggml.tokens": tokens,
-      "tokenizer.ggml.token_type": types,
-      "tokenizer.ggml.scores": scores,
-      "tokenizer.ggml.bos_token_id": 2,
-      "tokenizer.ggml.eos_token_id": 1,
-      "tokenizer.ggml.unknown_token_id": 3,
-      "tokenizer.ggml.add_bos_token": true,
-      "tokenizer.ggml.add_space_prefix": false,
-    };
-    const files = tokenizerFilesFromGGUF(meta);
-    // "ab" (score -3) outranks "bc" (-9): "abc" is reached through ab + c.
-    const merges = (files.tokenizerJson.model as { merges: string[][] }).merges;
-    expect(merges.findIndex(([l, r]) => l === "a" && r === "b")).toBeLessThan(merges.findIndex(([l, r]) => l === "b" && r === "c"));
-    const tok = Tokenizer.fromGGUFMetadata(meta);
-    expect(tok.encode("abc ab")).toEqual([2, 14, 13]);
-    expect(tok.encode("c\n!")).toEqual([2, 9, 4, 5]);
-    expect(tok.decode(tok.encode("abc ab\n!"), { skipSpecialTokens: true })).toBe("abc ab\n!");
-  }, SLOW);
+  test(
+    "rejects unknown tokenizer models and pre-tokenizers, naming what is supported",
+    () => {
+      expect(() => tokenizerFilesFromGGUF({ ...ggufMeta, "tokenizer.ggml.model": "bert" })).toThrow(
+        'unsupported GGUF tokenizer model "bert"; supported: gpt2, llama',
+      );
+      expect(() => tokenizerFilesFromGGUF({ ...ggufMeta, "tokenizer.ggml.model": "llama" })).toThrow(
+        "no tokenizer.ggml.scores",
+      );
+      expect(() => tokenizerFilesFromGGUF({ ...ggufMeta, "tokenizer.ggml.pre": "chatglm-bpe" })).toThrow(
+        /unsupported GGUF pre-tokenizer "chatglm-bpe".*supported: .*smollm.*llama-bpe.*qwen2/,
+      );
+    },
+    SLOW,
+  );
+  test(
+    "a SentencePiece vocabulary (Gemma's kind): merges rebuilt from the scores, spaces as ▁, bytes for unknown characters",
+    () => {
+      // Control tokens, byte tokens for "\n" and "!", then pieces whose score says which merge comes first.
+      const tokens = [
+        "<pad>",
+        "<eos>",
+        "<bos>",
+        "<unk>",
+        "<0x0A>",
+        "<0x21>",
+        "▁",
+        "a",
+        "b",
+        "c",
+        "ab",
+        "bc",
+        "▁a",
+        "▁ab",
+        "abc",
+      ];
+      const types = [3, 3, 3, 2, 6, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1];
+      const scores = [0, 0, 0, 0, 0, 0, -1, -2, -2, -2, -3, -9, -4, -5, -6];
+      const meta = {
+        "general.architecture": "gemma3",
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": types,
+        "tokenizer.ggml.scores": scores,
+        "tokenizer.ggml.bos_token_id": 2,
+        "tokenizer.ggml.eos_token_id": 1,
+        "tokenizer.ggml.unknown_token_id": 3,
+        "tokenizer.ggml.add_bos_token": true,
+        "tokenizer.ggml.add_space_prefix": false,
+      };
+      const files = tokenizerFilesFromGGUF(meta);
+      // "ab" (score -3) outranks "bc" (-9): "abc" is reached through ab + c.
+      const merges = (files.tokenizerJson.model as { merges: string[][] }).merges;
+      expect(merges.findIndex(([l, r]) => l === "a" && r === "b")).toBeLessThan(
+        merges.findIndex(([l, r]) => l === "b" && r === "c"),
+      );
+      const tok = Tokenizer.fromGGUFMetadata(meta);
+      expect(tok.encode("abc ab")).toEqual([2, 14, 13]);
+      expect(tok.encode("c\n!")).toEqual([2, 9, 4, 5]);
+      expect(tok.decode(tok.encode("abc ab\n!"), { skipSpecialTokens: true })).toBe("abc ab\n!");
+    },
+    SLOW,
+  );
 
-  test("pre types map to the models' own split rules", () => {
-    const pre = (type: string) => (tokenizerFilesFromGGUF({ ...ggufMeta, "tokenizer.ggml.pre": type }).tokenizerJson as any);
-    expect(pre("gpt2").pre_tokenizer).toEqual({ type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: true });
-    const llama3 = pre("llama-bpe");
-    expect(llama3.model.ignore_merges).toBe(true);
-    expect(llama3.pre_tokenizer.pretokenizers[0].pattern.Regex).toContain("\\p{N}{1,3}");
-    expect(pre("qwen2").pre_tokenizer.pretokenizers[0].pattern.Regex).toContain("|\\p{N}|");
-    // Every supported variant must load and encode.
-    for (const type of ["default", "gpt2", "smollm", "llama-bpe", "llama3", "qwen2"]) {
-      const tok = Tokenizer.fromGGUFMetadata({ ...ggufMeta, "tokenizer.ggml.pre": type });
-      expect(tok.decode(tok.encode("Hello, world 12345 ²"))).toBe("Hello, world 12345 ²");
-    }
-  }, SLOW);
-  test("user-defined tokens become non-special added tokens; eot joins the eos ids", () => {
-    const types = [...(ggufMeta["tokenizer.ggml.token_type"] as number[])];
-    types[28120] = 4; // "hello"
-    const files = tokenizerFilesFromGGUF({ ...ggufMeta, "tokenizer.ggml.token_type": types, "tokenizer.ggml.eot_token_id": 0 });
-    const added = (files.tokenizerJson as any).added_tokens.find((t: any) => t.id === 28120);
-    expect(added).toMatchObject({ content: "hello", special: false });
-    expect(files.eosTokenIds).toEqual([2, 0]);
-  }, SLOW);
+  test(
+    "pre types map to the models' own split rules",
+    () => {
+      const pre = (type: string) =>
+        tokenizerFilesFromGGUF({ ...ggufMeta, "tokenizer.ggml.pre": type }).tokenizerJson as any;
+      expect(pre("gpt2").pre_tokenizer).toEqual({
+        type: "ByteLevel",
+        add_prefix_space: false,
+        trim_offsets: true,
+        use_regex: true,
+      });
+      const llama3 = pre("llama-bpe");
+      expect(llama3.model.ignore_merges).toBe(true);
+      expect(llama3.pre_tokenizer.pretokenizers[0].pattern.Regex).toContain("\\p{N}{1,3}");
+      expect(pre("qwen2").pre_tokenizer.pretokenizers[0].pattern.Regex).toContain("|\\p{N}|");
+      // Every supported variant must load and encode.
+      for (const type of ["default", "gpt2", "smollm", "llama-bpe", "llama3", "qwen2"]) {
+        const tok = Tokenizer.fromGGUFMetadata({ ...ggufMeta, "tokenizer.ggml.pre": type });
+        expect(tok.decode(tok.encode("Hello, world 12345 ²"))).toBe("Hello, world 12345 ²");
+      }
+    },
+    SLOW,
+  );
+  test(
+    "user-defined tokens become non-special added tokens; eot joins the eos ids",
+    () => {
+      const types = [...(ggufMeta["tokenizer.ggml.token_type"] as number[])];
+      types[28120] = 4; // "hello"
+      const files = tokenizerFilesFromGGUF({
+        ...ggufMeta,
+        "tokenizer.ggml.token_type": types,
+        "tokenizer.ggml.eot_token_id": 0,
+      });
+      const added = (files.tokenizerJson as any).added_tokens.find((t: any) => t.id === 28120);
+      expect(added).toMatchObject({ content: "hello", special: false });
+      expect(files.eosTokenIds).toEqual([2, 0]);
+    },
+    SLOW,
+  );
 });
 
 /**
@@ -314,23 +405,36 @@ function readGGUFMetadata(path: string): Record<string, unknown> {
     };
     const value = (type: number): unknown => {
       switch (type) {
-        case 0: return buf.readUInt8(pos++);
-        case 1: return buf.readInt8(pos++);
-        case 2: return ((pos += 2), buf.readUInt16LE(pos - 2));
-        case 3: return ((pos += 2), buf.readInt16LE(pos - 2));
-        case 4: return u32();
-        case 5: return ((pos += 4), buf.readInt32LE(pos - 4));
-        case 6: return ((pos += 4), buf.readFloatLE(pos - 4));
-        case 7: return buf.readUInt8(pos++) !== 0;
-        case 8: return string();
+        case 0:
+          return buf.readUInt8(pos++);
+        case 1:
+          return buf.readInt8(pos++);
+        case 2:
+          return ((pos += 2), buf.readUInt16LE(pos - 2));
+        case 3:
+          return ((pos += 2), buf.readInt16LE(pos - 2));
+        case 4:
+          return u32();
+        case 5:
+          return ((pos += 4), buf.readInt32LE(pos - 4));
+        case 6:
+          return ((pos += 4), buf.readFloatLE(pos - 4));
+        case 7:
+          return buf.readUInt8(pos++) !== 0;
+        case 8:
+          return string();
         case 9: {
           const itemType = u32();
           return Array.from({ length: u64() }, () => value(itemType));
         }
-        case 10: return u64();
-        case 11: return ((pos += 8), Number(buf.readBigInt64LE(pos - 8)));
-        case 12: return ((pos += 8), buf.readDoubleLE(pos - 8));
-        default: throw new Error(`GGUF value type ${type}`);
+        case 10:
+          return u64();
+        case 11:
+          return ((pos += 8), Number(buf.readBigInt64LE(pos - 8)));
+        case 12:
+          return ((pos += 8), buf.readDoubleLE(pos - 8));
+        default:
+          throw new Error(`GGUF value type ${type}`);
       }
     };
     if (buf.toString("latin1", 0, 4) !== "GGUF") throw new Error(`${path} is not a GGUF file`);

@@ -14,7 +14,15 @@ import { defaultSampling, type LogitsProcessor } from "../src/engine/sampling";
 import * as mx from "../src/mlx";
 import { chatTokens } from "../src/engine/prompt";
 import { initGrammar } from "../src/engine/grammar";
-import { createToolCallConstraint, templateInput, toolCallFormats, toolTemplate, ToolCallStream, type ToolCallFormat, type ToolSpec } from "../src/engine/tools";
+import {
+  createToolCallConstraint,
+  templateInput,
+  toolCallFormats,
+  toolTemplate,
+  ToolCallStream,
+  type ToolCallFormat,
+  type ToolSpec,
+} from "../src/engine/tools";
 import { smolTokenizerFiles, writeTinyModel } from "./helpers/tiny-model";
 
 const { hermes, llama3, mistral } = toolCallFormats;
@@ -26,11 +34,24 @@ const smolTemplate = smolTokenizerFiles().tokenizerConfig.chat_template as strin
 const weather: ToolSpec = {
   name: "get_weather",
   description: "The weather in a city",
-  parameters: { type: "object", properties: { city: { type: "string", maxLength: 12 }, unit: { enum: ["celsius", "fahrenheit"] } }, required: ["city"], additionalProperties: false },
+  parameters: {
+    type: "object",
+    properties: { city: { type: "string", maxLength: 12 }, unit: { enum: ["celsius", "fahrenheit"] } },
+    required: ["city"],
+    additionalProperties: false,
+  },
 };
 const search: ToolSpec = {
   name: "search",
-  parameters: { type: "object", properties: { query: { type: "string", pattern: "[a-z]{1,8}" }, limit: { type: "integer", minimum: 1, maximum: 20 }, exact: { type: "boolean" } }, required: ["query", "limit"] },
+  parameters: {
+    type: "object",
+    properties: {
+      query: { type: "string", pattern: "[a-z]{1,8}" },
+      limit: { type: "integer", minimum: 1, maximum: 20 },
+      exact: { type: "boolean" },
+    },
+    required: ["query", "limit"],
+  },
 };
 const noArguments: ToolSpec = { name: "now", parameters: {} };
 
@@ -38,13 +59,17 @@ describe("chat templates and formats", () => {
   test("a template's format is recognised; one without tools gets ours", () => {
     expect(toolTemplate(hermesTemplate)).toEqual({ native: true, format: hermes });
     expect(toolTemplate(llama3Template)).toEqual({ native: true, format: llama3 });
-    expect(toolTemplate("{% if tools %}{{ tools | tojson }}{% endif %}[TOOL_CALLS]")).toEqual({ native: true, format: mistral });
+    expect(toolTemplate("{% if tools %}{{ tools | tojson }}{% endif %}[TOOL_CALLS]")).toEqual({
+      native: true,
+      format: mistral,
+    });
     expect(toolTemplate(smolTemplate)).toEqual({ native: false, format: hermes });
     expect(toolTemplate(undefined)).toEqual({ native: false, format: hermes });
   });
 
   test("hermes: prose and calls separated; arguments as text or object; a broken block stays prose", () => {
-    const answer = 'Let me look.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n<tool_call>\n{"name": "search", "arguments": "{\\"query\\": \\"x\\"}"}\n</tool_call>';
+    const answer =
+      'Let me look.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n<tool_call>\n{"name": "search", "arguments": "{\\"query\\": \\"x\\"}"}\n</tool_call>';
     const parsed = hermes.parse(answer);
     expect(parsed.content).toBe("Let me look.");
     expect(parsed.calls.map(({ name, arguments: a }) => ({ name, a }))).toEqual([
@@ -66,13 +91,19 @@ describe("chat templates and formats", () => {
     expect(one.content).toBe("");
     expect(one.calls.map((c) => [c.name, c.arguments])).toEqual([["get_weather", { city: "Oslo" }]]);
     expect(llama3.parse('<|python_tag|>{"name": "now", "parameters": {}}').calls.map((c) => c.name)).toEqual(["now"]);
-    expect(llama3.parse('{"name": "now", "parameters": {}}; {"name": "search", "parameters": {"query": "a"}}').calls.map((c) => c.name)).toEqual(["now", "search"]);
+    expect(
+      llama3
+        .parse('{"name": "now", "parameters": {}}; {"name": "search", "parameters": {"query": "a"}}')
+        .calls.map((c) => c.name),
+    ).toEqual(["now", "search"]);
     expect(llama3.parse('{"answer": 42}')).toEqual({ content: '{"answer": 42}', calls: [] });
     expect(llama3.parse("Oslo is cold.")).toEqual({ content: "Oslo is cold.", calls: [] });
   });
 
   test("mistral: a list of calls after [TOOL_CALLS] (or bare), with nine-character ids", () => {
-    const parsed = mistral.parse('[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Rome"}}, {"name": "now", "arguments": {}}]');
+    const parsed = mistral.parse(
+      '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Rome"}}, {"name": "now", "arguments": {}}]',
+    );
     expect(parsed.calls.map((c) => c.name)).toEqual(["get_weather", "now"]);
     expect(parsed.calls[0]!.id).toMatch(/^[A-Za-z0-9]{9}$/);
     expect(mistral.parse('[{"name": "now", "arguments": {}}]').calls).toHaveLength(1);
@@ -88,7 +119,12 @@ describe("streaming an answer that may hold calls", () => {
   };
 
   test("hermes: prose streams; a marker split across pieces is held; the call comes at the end", () => {
-    const { shown, end } = stream(hermes, ["Sure", ". <tool", '_call>\n{"name": "now", ', '"arguments": {}}\n</tool_call>']);
+    const { shown, end } = stream(hermes, [
+      "Sure",
+      ". <tool",
+      '_call>\n{"name": "now", ',
+      '"arguments": {}}\n</tool_call>',
+    ]);
     expect(shown).toEqual(["Sure", ". ", "", ""]);
     expect(end.content).toBe("");
     expect(end.calls.map((c) => c.name)).toEqual(["now"]);
@@ -139,7 +175,10 @@ describe("conversations with tools, as the template gets them", () => {
     expect(messages.map((m) => m.role)).toEqual(["system", "user", "assistant", "user"]);
     expect(messages[0]!.content).toStartWith("Be brief.\n\n# Tools");
     expect(messages[0]!.content).toContain(JSON.stringify({ type: "function", function: weather }));
-    expect(hermes.parse(messages[2]!.content as string).calls.map((c) => c.arguments)).toEqual([{ city: "Paris" }, { city: "Rome" }]);
+    expect(hermes.parse(messages[2]!.content as string).calls.map((c) => c.arguments)).toEqual([
+      { city: "Paris" },
+      { city: "Rome" },
+    ]);
     expect(messages[3]!.content).toBe("<tool_response>\n18C\n</tool_response>\n<tool_response>\n24C\n</tool_response>");
     expect(Object.keys(messages[3]!)).toEqual(["role", "content"]);
     // No tools offered (tool_choice "none"): no tools block, the history still renders.
@@ -149,7 +188,14 @@ describe("conversations with tools, as the template gets them", () => {
   test("a template with tools gets them, and the calls and results, in transformers' shapes", () => {
     const { messages, tools } = templateInput(toolTemplate(hermesTemplate), conversation, [weather]);
     expect(tools).toEqual([{ type: "function", function: weather }]);
-    expect(messages[2]).toEqual({ role: "assistant", content: "", tool_calls: [{ id: "call_1", type: "function", function: { name: "get_weather", arguments: { city: "Paris" } } }, { id: "call_2", type: "function", function: { name: "get_weather", arguments: { city: "Rome" } } }] });
+    expect(messages[2]).toEqual({
+      role: "assistant",
+      content: "",
+      tool_calls: [
+        { id: "call_1", type: "function", function: { name: "get_weather", arguments: { city: "Paris" } } },
+        { id: "call_2", type: "function", function: { name: "get_weather", arguments: { city: "Rome" } } },
+      ],
+    });
     expect(messages[3]).toEqual({ role: "tool", content: "18C", tool_call_id: "call_1", name: "get_weather" });
   });
 
@@ -157,10 +203,17 @@ describe("conversations with tools, as the template gets them", () => {
     for (const template of [hermesTemplate, smolTemplate]) {
       const tt = toolTemplate(template);
       const input = templateInput(tt, conversation, [weather]);
-      const text: string = new Template(template).render({ messages: input.messages, tools: input.tools ?? null, add_generation_prompt: true });
+      const text: string = new Template(template).render({
+        messages: input.messages,
+        tools: input.tools ?? null,
+        add_generation_prompt: true,
+      });
       expect(text).toContain("<tool_call>");
       expect(text).toContain("get_weather");
-      expect(hermes.parse(text.slice(text.indexOf("<tool_call>"))).calls.map((c) => c.arguments)).toEqual([{ city: "Paris" }, { city: "Rome" }]);
+      expect(hermes.parse(text.slice(text.indexOf("<tool_call>"))).calls.map((c) => c.arguments)).toEqual([
+        { city: "Paris" },
+        { city: "Rome" },
+      ]);
     }
   });
 });
@@ -169,7 +222,12 @@ describe("calls are valid by construction", () => {
   const root = mkdtempSync(join(tmpdir(), "mlx-tools-"));
   let lm: LoadedModel;
   const ajv = new Ajv({ strict: false });
-  const schemas = new Map([weather, search, noArguments].map((t) => [t.name, ajv.compile(Object.keys(t.parameters).length ? t.parameters : { type: "object" })]));
+  const schemas = new Map(
+    [weather, search, noArguments].map((t) => [
+      t.name,
+      ajv.compile(Object.keys(t.parameters).length ? t.parameters : { type: "object" }),
+    ]),
+  );
 
   beforeAll(async () => {
     const dir = join(root, "tiny");
@@ -181,7 +239,11 @@ describe("calls are valid by construction", () => {
   async function answer(format: ToolCallFormat, functions: ToolSpec[], parallel: boolean, seed: number) {
     const constraint = await createToolCallConstraint(lm.tokenizer, format, functions, { required: true, parallel });
     try {
-      return await completeAlone(lm, chatTokens(lm.tokenizer, [{ role: "user", content: "Call a function." }]), { sampling: { ...defaultSampling, temperature: 1, seed }, maxTokens: 160, processors: [constraint.processor] });
+      return await completeAlone(lm, chatTokens(lm.tokenizer, [{ role: "user", content: "Call a function." }]), {
+        sampling: { ...defaultSampling, temperature: 1, seed },
+        maxTokens: 160,
+        processors: [constraint.processor],
+      });
     } finally {
       constraint.dispose();
     }
@@ -221,8 +283,13 @@ describe("calls are valid by construction", () => {
   }, 120_000);
 
   test("a parameter schema constrained decoding cannot enforce is refused, naming the function", async () => {
-    const bad: ToolSpec = { name: "odd", parameters: { type: "object", properties: { n: { type: "integer", multipleOf: 3 } } } };
-    await expect(createToolCallConstraint(lm.tokenizer, hermes, [bad], { required: true, parallel: true })).rejects.toThrow(/function 'odd' parameters: .*multipleOf/);
+    const bad: ToolSpec = {
+      name: "odd",
+      parameters: { type: "object", properties: { n: { type: "integer", multipleOf: 3 } } },
+    };
+    await expect(
+      createToolCallConstraint(lm.tokenizer, hermes, [bad], { required: true, parallel: true }),
+    ).rejects.toThrow(/function 'odd' parameters: .*multipleOf/);
   });
 
   /** A stand-in for a model deciding to call: after `after` tokens of its own, it writes `text`. */
@@ -240,10 +307,16 @@ describe("calls are valid by construction", () => {
   }
 
   async function autoAnswer(seed: number, constrained: boolean) {
-    const constraint = constrained ? await createToolCallConstraint(lm.tokenizer, hermes, [weather, search], { required: false, parallel: false }) : undefined;
+    const constraint = constrained
+      ? await createToolCallConstraint(lm.tokenizer, hermes, [weather, search], { required: false, parallel: false })
+      : undefined;
     try {
       const processors = [writesAfter("<tool_call>", 3), ...(constraint ? [constraint.processor] : [])];
-      return await completeAlone(lm, chatTokens(lm.tokenizer, [{ role: "user", content: "Hi" }]), { sampling: { ...defaultSampling, temperature: 1, seed }, maxTokens: 120, processors });
+      return await completeAlone(lm, chatTokens(lm.tokenizer, [{ role: "user", content: "Hi" }]), {
+        sampling: { ...defaultSampling, temperature: 1, seed },
+        maxTokens: 120,
+        processors,
+      });
     } finally {
       constraint?.dispose();
     }

@@ -11,7 +11,12 @@ import { eventually, serve } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
 
 const stats = async (server: RunningServer): Promise<any> => (await fetch(`${server.url}/stats`)).json();
-const cancelled = async (server: RunningServer) => Number(/mlx_generations_total\{route="\/v1\/chat\/completions",finish_reason="cancelled"\} (\d+)/.exec(await (await fetch(`${server.url}/metrics`)).text())?.[1] ?? 0);
+const cancelled = async (server: RunningServer) =>
+  Number(
+    /mlx_generations_total\{route="\/v1\/chat\/completions",finish_reason="cancelled"\} (\d+)/.exec(
+      await (await fetch(`${server.url}/metrics`)).text(),
+    )?.[1] ?? 0,
+  );
 
 /** Opens the settings and sets the answer length (an empty string: up to the context). */
 async function setMaxTokens(page: Page, value: string): Promise<void> {
@@ -53,7 +58,9 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     await page.waitForSelector(".message.assistant .figures");
     const done = (await page.locator(".message.assistant .markdown").textContent())!;
     expect(done.length).toBeGreaterThan(early);
-    expect(await page.locator(".message.assistant .figures").textContent()).toMatch(/^150 tokens · [\d.]+ tok\/s · first token \d+ ms · \d+ cached$/);
+    expect(await page.locator(".message.assistant .figures").textContent()).toMatch(
+      /^150 tokens · [\d.]+ tok\/s · first token \d+ ms · \d+ cached$/,
+    );
 
     await page.reload();
     await page.waitForSelector("body[data-ready]");
@@ -77,11 +84,20 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
 
   test("switching models sends the next question to the model picked", async () => {
     // Load the second model so that the picker lists it.
-    expect((await fetch(`${server.url}/v1/completions`, { method: "POST", body: JSON.stringify({ model: other, prompt: "Hi", max_tokens: 1 }) })).status).toBe(200);
+    expect(
+      (
+        await fetch(`${server.url}/v1/completions`, {
+          method: "POST",
+          body: JSON.stringify({ model: other, prompt: "Hi", max_tokens: 1 }),
+        })
+      ).status,
+    ).toBe(200);
     const { page, errors } = await openPage(browser, `${server.url}/`);
     await page.waitForSelector("body[data-ready]");
     await page.click("#new-chat");
-    expect(await page.locator("#model option").allTextContents()).toEqual(expect.arrayContaining([`${other} (loaded)`, `${longTinyModel()} (loaded)`]));
+    expect(await page.locator("#model option").allTextContents()).toEqual(
+      expect.arrayContaining([`${other} (loaded)`, `${longTinyModel()} (loaded)`]),
+    );
     await page.selectOption("#model", other);
     await setMaxTokens(page, "5");
     const request = page.waitForRequest((r) => r.url().endsWith("/v1/chat/completions"));
@@ -95,9 +111,21 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
   test("HTML in an answer shows as text and runs nothing", async () => {
     const { page, errors } = await openPage(browser, `${server.url}/`);
     await page.waitForSelector("body[data-ready]");
-    const answer = 'Look: <script>window.pwned = 1</script> <img src="x" onerror="window.pwned = 2"> [click](javascript:window.pwned=3)\n\n<svg onload="window.pwned = 4"></svg>\n\n```js\nalert(1)\n```';
-    const conversation = { title: "Hostile", model: "", messages: [{ role: "user", content: "<b>bold?</b>" }, { role: "assistant", content: answer }] };
-    await page.setInputFiles("#import-file", { name: "hostile.json", mimeType: "application/json", buffer: Buffer.from(JSON.stringify(conversation)) });
+    const answer =
+      'Look: <script>window.pwned = 1</script> <img src="x" onerror="window.pwned = 2"> [click](javascript:window.pwned=3)\n\n<svg onload="window.pwned = 4"></svg>\n\n```js\nalert(1)\n```';
+    const conversation = {
+      title: "Hostile",
+      model: "",
+      messages: [
+        { role: "user", content: "<b>bold?</b>" },
+        { role: "assistant", content: answer },
+      ],
+    };
+    await page.setInputFiles("#import-file", {
+      name: "hostile.json",
+      mimeType: "application/json",
+      buffer: Buffer.from(JSON.stringify(conversation)),
+    });
     await page.waitForSelector(".message.assistant .markdown pre");
     const markdown = page.locator(".message.assistant .markdown");
     expect(await markdown.textContent()).toContain("<script>window.pwned = 1</script>");
@@ -115,8 +143,19 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
   test("conversations are renamed, exported as JSON and deleted; reasoning is folded; regenerate and edit the last question", async () => {
     const { page, errors } = await openPage(browser, `${server.url}/`);
     await page.waitForSelector("body[data-ready]");
-    const imported = { title: "Thinking", model: longTinyModel(), messages: [{ role: "user", content: "Why?" }, { role: "assistant", content: "<think>Because of reasons.</think>The answer is **42**." }] };
-    await page.setInputFiles("#import-file", { name: "thinking.json", mimeType: "application/json", buffer: Buffer.from(JSON.stringify(imported)) });
+    const imported = {
+      title: "Thinking",
+      model: longTinyModel(),
+      messages: [
+        { role: "user", content: "Why?" },
+        { role: "assistant", content: "<think>Because of reasons.</think>The answer is **42**." },
+      ],
+    };
+    await page.setInputFiles("#import-file", {
+      name: "thinking.json",
+      mimeType: "application/json",
+      buffer: Buffer.from(JSON.stringify(imported)),
+    });
     await page.waitForSelector("#conversations li.current");
     // Reasoning: folded, apart from the answer.
     const reasoning = page.locator(".message.assistant details.reasoning");
@@ -161,11 +200,19 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     await setMaxTokens(page, "60");
     await page.fill("#temperature", "0");
     await page.check("#structured");
-    const schema = { type: "object", properties: { color: { enum: ["red", "green", "blue"] } }, required: ["color"], additionalProperties: false };
+    const schema = {
+      type: "object",
+      properties: { color: { enum: ["red", "green", "blue"] } },
+      required: ["color"],
+      additionalProperties: false,
+    };
     await page.fill("#schema", JSON.stringify(schema));
     const request = page.waitForRequest((r) => r.url().endsWith("/v1/chat/completions"));
     await send(page, "Pick a color");
-    expect((await request).postDataJSON().response_format).toEqual({ type: "json_schema", json_schema: { name: "answer", schema } });
+    expect((await request).postDataJSON().response_format).toEqual({
+      type: "json_schema",
+      json_schema: { name: "answer", schema },
+    });
     await page.waitForSelector(".message.assistant .figures");
     const answer = JSON.parse((await page.locator(".message.assistant .markdown").textContent())!);
     expect(["red", "green", "blue"]).toContain(answer.color);
@@ -173,7 +220,11 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     // A schema that is not JSON is said so, without a request.
     await page.fill("#schema", "{not json");
     await send(page, "Again");
-    await page.locator(".message.assistant").nth(1).locator(".figures", { hasText: /^the JSON Schema is not valid JSON/ }).waitFor();
+    await page
+      .locator(".message.assistant")
+      .nth(1)
+      .locator(".figures", { hasText: /^the JSON Schema is not valid JSON/ })
+      .waitFor();
     expect(errors).toEqual([]);
   }, 60_000);
 
@@ -196,7 +247,10 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "none", maxRetries: 0 });
     const controller = new AbortController();
     const load = Array.from({ length: 16 }, async () => {
-      const stream = await client.chat.completions.create({ model: longTinyModel(), messages: [{ role: "user", content: "Count to a thousand" }], stream: true }, { signal: controller.signal });
+      const stream = await client.chat.completions.create(
+        { model: longTinyModel(), messages: [{ role: "user", content: "Count to a thousand" }], stream: true },
+        { signal: controller.signal },
+      );
       try {
         for await (const _ of stream);
       } catch {
@@ -215,7 +269,13 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
       expect(Number(await page.locator("#tokens-per-second").textContent())).toBeGreaterThan(0);
       // One panel per loaded model (both of this server's).
       expect(await page.locator(".model-panel h2").allTextContents()).toContain(longTinyModel());
-      expect(await page.locator(".model-panel .chart[data-title='Decode batch']").first().getAttribute("data-points").then(Number)).toBeGreaterThan(0);
+      expect(
+        await page
+          .locator(".model-panel .chart[data-title='Decode batch']")
+          .first()
+          .getAttribute("data-points")
+          .then(Number),
+      ).toBeGreaterThan(0);
       expect(await page.locator("#models tbody tr td:first-child").allTextContents()).toContain(longTinyModel());
     } finally {
       controller.abort();

@@ -69,7 +69,8 @@ describe("the pages", () => {
   });
 
   test("with --api-key: the pages and assets need no key, the feed and the API do", async () => {
-    for (const path of ["/", "/dashboard", "/web/chat.js", "/web/dashboard.css"]) expect((await fetch(`${locked.url}${path}`, { headers: html })).status).toBe(200);
+    for (const path of ["/", "/dashboard", "/web/chat.js", "/web/dashboard.css"])
+      expect((await fetch(`${locked.url}${path}`, { headers: html })).status).toBe(200);
     expect((await fetch(`${locked.url}/dashboard/events`)).status).toBe(401);
     expect((await fetch(`${locked.url}/v1/models`)).status).toBe(401);
     const r = await fetch(`${locked.url}/dashboard/events`, { headers: { Authorization: `Bearer ${key}` } });
@@ -91,7 +92,10 @@ async function* frames(url: string): AsyncGenerator<any> {
       buffer += value;
       let end: number;
       while ((end = buffer.indexOf("\n\n")) !== -1) {
-        const data = buffer.slice(0, end).split("\n").find((l) => l.startsWith("data:"));
+        const data = buffer
+          .slice(0, end)
+          .split("\n")
+          .find((l) => l.startsWith("data:"));
         buffer = buffer.slice(end + 2);
         if (data) yield JSON.parse(data.slice(5));
       }
@@ -104,7 +108,12 @@ async function* frames(url: string): AsyncGenerator<any> {
 describe("the dashboard feed", () => {
   test("once a second: the figures of /stats, the requests in flight and their tokens, latency percentiles", async () => {
     await eventually(async () => (await fetch(`${server.url}/health`)).status === 200, 30_000);
-    const streams = Array.from({ length: 3 }, () => fetch(`${server.url}/v1/completions`, { method: "POST", body: JSON.stringify({ prompt: "Once upon a time", stream: true }) }));
+    const streams = Array.from({ length: 3 }, () =>
+      fetch(`${server.url}/v1/completions`, {
+        method: "POST",
+        body: JSON.stringify({ prompt: "Once upon a time", stream: true }),
+      }),
+    );
     const responses = await Promise.all(streams);
     for (const r of responses) expect(r.status).toBe(200);
     const readers = responses.map((r) => r.body!.getReader());

@@ -21,7 +21,17 @@ export type CountTokensRequest = Pick<AnthropicRequest, "model" | "prompt" | "to
 
 const ROLES = new Set(["user", "assistant"]);
 const PROMPT_FIELDS = ["model", "messages", "system", "tools", "tool_choice"];
-const MESSAGES_FIELDS = new Set([...PROMPT_FIELDS, "max_tokens", "stop_sequences", "stream", "temperature", "top_p", "top_k", "metadata", "cache_control"]);
+const MESSAGES_FIELDS = new Set([
+  ...PROMPT_FIELDS,
+  "max_tokens",
+  "stop_sequences",
+  "stream",
+  "temperature",
+  "top_p",
+  "top_k",
+  "metadata",
+  "cache_control",
+]);
 
 /**
  * Fields Anthropic defines that this server does not implement are a 400 naming them, never
@@ -46,7 +56,11 @@ export function parseMessagesRequest(body: unknown): AnthropicRequest {
     ...promptFields(f),
     stream: f.boolean("stream") ?? false,
     maxTokens,
-    sampling: { temperature: f.number("temperature", { min: 0, max: 1 }), topP: f.number("top_p", { above: 0, max: 1 }), topK: f.integer("top_k", { min: 0 }) },
+    sampling: {
+      temperature: f.number("temperature", { min: 0, max: 1 }),
+      topP: f.number("top_p", { above: 0, max: 1 }),
+      topK: f.integer("top_k", { min: 0 }),
+    },
     stop: stopSequences(f),
   };
 }
@@ -97,11 +111,20 @@ function conversationMessages(item: unknown, i: number, earlier: ConversationMes
     const type = b.string("type", { required: true })!;
     if (type === "text") text += b.string("text", { required: true })!;
     else if (type === "tool_use" && role === "assistant") {
-      calls.push({ id: b.string("id", { required: true, nonEmpty: true })!, name: b.string("name", { required: true, nonEmpty: true })!, arguments: b.object("input")?.body ?? {} });
+      calls.push({
+        id: b.string("id", { required: true, nonEmpty: true })!,
+        name: b.string("name", { required: true, nonEmpty: true })!,
+        arguments: b.object("input")?.body ?? {},
+      });
     } else if (type === "tool_result" && role === "user") {
       const id = b.string("tool_use_id", { required: true, nonEmpty: true })!;
       const result = toolResultText(b);
-      out.push({ role: "tool", content: b.boolean("is_error") ? `Error: ${result}` : result, toolCallId: id, toolName: toolResultName([...earlier, ...out], id) });
+      out.push({
+        role: "tool",
+        content: b.boolean("is_error") ? `Error: ${result}` : result,
+        toolCallId: id,
+        toolName: toolResultName([...earlier, ...out], id),
+      });
     } else if (type === "tool_use" || type === "tool_result") {
       b.fail("type", `'${type}' blocks belong in ${type === "tool_use" ? "assistant" : "user"} messages`);
     } else throw unsupported(b.name("type"), `content of type '${type}'`);
@@ -135,7 +158,8 @@ function toolRequest(f: Fields): ToolRequest | undefined {
   const tools: ToolSpec[] = (raw ?? []).map((item, i) => {
     const tool = Fields.item(item, `tools.${i}`);
     const type = tool.string("type") ?? "custom";
-    if (type !== "custom") throw unsupported(tool.name("type"), `the tool type '${type}' (only custom tools with an input_schema)`);
+    if (type !== "custom")
+      throw unsupported(tool.name("type"), `the tool type '${type}' (only custom tools with an input_schema)`);
     if (!tool.has("input_schema")) tool.fail("input_schema", "is required");
     return toolSpec(tool, "input_schema", names);
   });
@@ -145,8 +169,13 @@ function toolRequest(f: Fields): ToolRequest | undefined {
   if (type === "auto" || type === "none") choice = type;
   else if (type === "any") choice = "required";
   else if (type === "tool") choice = { name: c!.string("name", { required: true, nonEmpty: true })! };
-  else throw new ValidationError(`'tool_choice.type' must be one of auto, any, tool, none; got '${type}'`, "tool_choice.type");
-  if (typeof choice === "object" && !names.has(choice.name)) c!.fail("name", `names the tool '${choice.name}', which is not among the tools`);
+  else
+    throw new ValidationError(
+      `'tool_choice.type' must be one of auto, any, tool, none; got '${type}'`,
+      "tool_choice.type",
+    );
+  if (typeof choice === "object" && !names.has(choice.name))
+    c!.fail("name", `names the tool '${choice.name}', which is not among the tools`);
   if (choice === "required" && tools.length === 0) f.fail("tool_choice", "'any' needs 'tools'");
   if (tools.length === 0) return undefined;
   return { tools, choice, parallel: !(c?.boolean("disable_parallel_tool_use") ?? false) };
@@ -171,17 +200,38 @@ export interface AnthropicUsage {
 
 /** Anthropic counts cached prompt tokens apart: input_tokens are those prefilled now. */
 export function anthropicUsage(promptTokens: number, outputTokens: number, cachedTokens: number): AnthropicUsage {
-  return { input_tokens: promptTokens - cachedTokens, output_tokens: outputTokens, cache_creation_input_tokens: 0, cache_read_input_tokens: cachedTokens };
+  return {
+    input_tokens: promptTokens - cachedTokens,
+    output_tokens: outputTokens,
+    cache_creation_input_tokens: 0,
+    cache_read_input_tokens: cachedTokens,
+  };
 }
 
-export type ContentBlock = { type: "text"; text: string } | { type: "tool_use"; id: string; name: string; input: Record<string, unknown> };
+export type ContentBlock =
+  | { type: "text"; text: string }
+  | { type: "tool_use"; id: string; name: string; input: Record<string, unknown> };
 
-export const toolUseBlock = (call: ToolCall): ContentBlock => ({ type: "tool_use", id: call.id, name: call.name, input: call.arguments });
+export const toolUseBlock = (call: ToolCall): ContentBlock => ({
+  type: "tool_use",
+  id: call.id,
+  name: call.name,
+  input: call.arguments,
+});
 
 export const messageId = () => `msg_${crypto.randomUUID().replaceAll("-", "").slice(0, 24)}`;
 
 /** The error types Anthropic's clients know, by status. */
 export function anthropicErrorType(status: number): string {
-  const types: Record<number, string> = { 400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 504: "timeout_error", 529: "overloaded_error" };
+  const types: Record<number, string> = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+  };
   return types[status] ?? (status >= 500 ? "api_error" : "invalid_request_error");
 }

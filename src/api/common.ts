@@ -7,4 +7,3 @@ export type { ToolRequest } from "../engine/tools";
 
 /** Sampling values a request sets (the rest come from the model's defaults, then ours). */
 export type SamplingInput = Partial<SamplingParams>;
-

@@ -24,7 +24,14 @@ export interface OllamaRequest {
 }
 
 /** Ollama's documented defaults, used when a request does not set an option. */
-export const ollamaDefaults = { temperature: 0.8, topP: 0.9, topK: 40, minP: 0, repetitionPenalty: 1.1, repetitionContext: 64 };
+export const ollamaDefaults = {
+  temperature: 0.8,
+  topP: 0.9,
+  topK: 40,
+  minP: 0,
+  repetitionPenalty: 1.1,
+  repetitionContext: 64,
+};
 
 const ROLES = new Set(["system", "user", "assistant", "tool"]);
 
@@ -64,7 +71,8 @@ function common(f: Fields): Omit<OllamaRequest, "prompt" | "context"> {
 function ollamaFormat(value: unknown): FormatInput | undefined {
   if (value === undefined || value === null || value === "") return undefined;
   if (value === "json") return { format: "json", param: "format" };
-  if (typeof value === "object" && !Array.isArray(value)) return { format: { schema: value, strict: false }, param: "format" };
+  if (typeof value === "object" && !Array.isArray(value))
+    return { format: { schema: value, strict: false }, param: "format" };
   throw new ValidationError(`'format' must be "json" or a JSON Schema object`, "format");
 }
 
@@ -80,12 +88,19 @@ export function parseOllamaChat(body: unknown): OllamaRequest {
     if (role === "assistant") message.toolCalls = parseToolCalls(m, "object");
     if (role === "tool") {
       message.toolCallId = m.string("tool_call_id");
-      message.toolName = m.string("tool_name") ?? m.string("name") ?? (message.toolCallId && toolResultName(messages, message.toolCallId));
+      message.toolName =
+        m.string("tool_name") ??
+        m.string("name") ??
+        (message.toolCallId && toolResultName(messages, message.toolCallId));
     }
     messages.push(message);
   });
   const c = common(f);
-  return { ...c, prompt: messages.length > 0 ? { kind: "chat", messages } : undefined, tools: toolRequest(f, { withChoice: false }) };
+  return {
+    ...c,
+    prompt: messages.length > 0 ? { kind: "chat", messages } : undefined,
+    tools: toolRequest(f, { withChoice: false }),
+  };
 }
 
 export function parseOllamaGenerate(body: unknown): OllamaRequest {
@@ -99,11 +114,16 @@ export function parseOllamaGenerate(body: unknown): OllamaRequest {
   const raw = f.boolean("raw") ?? false;
   const context = f.array("context");
   context?.forEach((t, i) => {
-    if (!Number.isInteger(t) || (t as number) < 0) throw new ValidationError(`'context.${i}' must be a token id`, `context.${i}`);
+    if (!Number.isInteger(t) || (t as number) < 0)
+      throw new ValidationError(`'context.${i}' must be a token id`, `context.${i}`);
   });
   if (f.has("tools")) throw unsupported("tools", "'tools' on /api/generate (use /api/chat)");
   const c = common(f);
-  return { ...c, prompt: prompt ? { kind: "text", text: prompt, template: !raw, system } : undefined, context: context as number[] | undefined };
+  return {
+    ...c,
+    prompt: prompt ? { kind: "text", text: prompt, template: !raw, system } : undefined,
+    context: context as number[] | undefined,
+  };
 }
 
 /** /api/show and friends: `model` (or the older `name`). */
@@ -127,13 +147,16 @@ export function parseKeepAlive(value: unknown, param = "keep_alive"): number | u
     const match = /^(-)?((?:\d+(?:\.\d+)?(?:h|m|s|ms|us|µs|ns))+)$/.exec(s);
     if (match) {
       if (match[1]) return Infinity;
-      const unit: Record<string, number> = { h: 3_600_000, m: 60_000, s: 1000, ms: 1, us: 1e-3, "µs": 1e-3, ns: 1e-6 };
+      const unit: Record<string, number> = { h: 3_600_000, m: 60_000, s: 1000, ms: 1, us: 1e-3, µs: 1e-3, ns: 1e-6 };
       let ms = 0;
       for (const [, n, u] of match[2]!.matchAll(/(\d+(?:\.\d+)?)(h|ms|m|s|us|µs|ns)/g)) ms += Number(n) * unit[u!]!;
       return ms;
     }
   }
-  throw new ValidationError(`'${param}' must be a number of seconds or a duration such as "5m", got ${JSON.stringify(value)}`, param);
+  throw new ValidationError(
+    `'${param}' must be a number of seconds or a duration such as "5m", got ${JSON.stringify(value)}`,
+    param,
+  );
 }
 
 function keepAlive(f: Fields): number | undefined {

@@ -28,7 +28,8 @@ function commonFields(f: Fields): Omit<OpenAIRequest, "prompt" | "logprobs" | "t
   if (n !== undefined && n !== 1) throw unsupported("n", "'n' other than 1");
   const stream = f.boolean("stream") ?? false;
   const streamOptions = f.object("stream_options");
-  if (streamOptions && !stream) throw new ValidationError("'stream_options' is only allowed when 'stream' is true", "stream_options");
+  if (streamOptions && !stream)
+    throw new ValidationError("'stream_options' is only allowed when 'stream' is true", "stream_options");
   const includeUsage = streamOptions?.boolean("include_usage") ?? false;
   const maxTokens = f.integer("max_completion_tokens", { min: 1 }) ?? f.integer("max_tokens", { min: 1 });
   let topK = f.integer("top_k", { min: -1 });
@@ -48,7 +49,8 @@ function commonFields(f: Fields): Omit<OpenAIRequest, "prompt" | "logprobs" | "t
   const format = responseFormat(f);
   if (f.has("functions")) throw unsupported("functions", "'functions' (use 'tools')");
   // Features of OpenAI's API this server does not have: a 400 naming them, never ignored.
-  for (const field of ["audio", "prediction", "web_search_options", "reasoning_effort"]) if (f.has(field)) throw unsupported(field);
+  for (const field of ["audio", "prediction", "web_search_options", "reasoning_effort"])
+    if (f.has(field)) throw unsupported(field);
   const modalities = f.array("modalities");
   if (modalities?.some((m) => m !== "text")) throw unsupported("modalities", "output 'modalities' other than text");
   return { model: f.string("model", { nonEmpty: true }), stream, includeUsage, maxTokens, sampling, stop, format };
@@ -63,13 +65,27 @@ function responseFormat(f: Fields): FormatInput | undefined {
   if (type === "json_object") return { format: "json", param: "response_format" };
   if (type === "json_schema") {
     const spec = format.object("json_schema");
-    if (!spec) throw new ValidationError("'response_format.json_schema' is required when type is 'json_schema'", "response_format.json_schema");
+    if (!spec)
+      throw new ValidationError(
+        "'response_format.json_schema' is required when type is 'json_schema'",
+        "response_format.json_schema",
+      );
     spec.string("name", { required: true, nonEmpty: true });
     const schema = spec.object("schema");
-    if (!schema) throw new ValidationError("'response_format.json_schema.schema' must be a JSON Schema object", "response_format.json_schema.schema");
-    return { format: { schema: schema.body, strict: spec.boolean("strict") ?? false }, param: "response_format.json_schema.schema" };
+    if (!schema)
+      throw new ValidationError(
+        "'response_format.json_schema.schema' must be a JSON Schema object",
+        "response_format.json_schema.schema",
+      );
+    return {
+      format: { schema: schema.body, strict: spec.boolean("strict") ?? false },
+      param: "response_format.json_schema.schema",
+    };
   }
-  throw new ValidationError(`'response_format.type' must be one of text, json_object, json_schema; got '${type}'`, "response_format.type");
+  throw new ValidationError(
+    `'response_format.type' must be one of text, json_object, json_schema; got '${type}'`,
+    "response_format.type",
+  );
 }
 
 function logitBias(f: Fields): Map<number, number> | undefined {
@@ -78,7 +94,8 @@ function logitBias(f: Fields): Map<number, number> | undefined {
   const out = new Map<number, number>();
   for (const key of Object.keys(bias.body)) {
     const id = Number(key);
-    if (!Number.isInteger(id) || id < 0) throw new ValidationError(`'logit_bias' keys must be token ids, got '${key}'`, "logit_bias");
+    if (!Number.isInteger(id) || id < 0)
+      throw new ValidationError(`'logit_bias' keys must be token ids, got '${key}'`, "logit_bias");
     out.set(id, bias.number(key, { min: -100, max: 100 })!);
   }
   return out.size > 0 ? out : undefined;
@@ -91,7 +108,8 @@ function messageContent(m: Fields, at: string): string {
     if (m.raw("role") === "assistant") return "";
     throw new ValidationError(`'${at}.content' is required`, `${at}.content`);
   }
-  if (!Array.isArray(content)) throw new ValidationError(`'${at}.content' must be a string or a list of content parts`, `${at}.content`);
+  if (!Array.isArray(content))
+    throw new ValidationError(`'${at}.content' must be a string or a list of content parts`, `${at}.content`);
   return content
     .map((part, i) => {
       const p = Fields.item(part, `${at}.content.${i}`);
@@ -108,7 +126,10 @@ export function parseChatRequest(body: unknown): OpenAIRequest {
   const messages: ConversationMessage[] = [];
   raw.forEach((item, i) => {
     const { m, at, role } = messageFields(item, i, ROLES);
-    const message: ConversationMessage = { role: role === "developer" ? "system" : role, content: messageContent(m, at) };
+    const message: ConversationMessage = {
+      role: role === "developer" ? "system" : role,
+      content: messageContent(m, at),
+    };
     if (role === "assistant") message.toolCalls = parseToolCalls(m, "json-text");
     if (role === "tool") {
       message.toolCallId = m.string("tool_call_id", { required: true, nonEmpty: true });
@@ -119,11 +140,15 @@ export function parseChatRequest(body: unknown): OpenAIRequest {
   const common = commonFields(f);
   const tools = toolRequest(f, { withChoice: true });
   if (tools && tools.choice !== "auto" && tools.choice !== "none" && common.format) {
-    throw new ValidationError("'response_format' cannot be combined with a 'tool_choice' that requires a call", "response_format");
+    throw new ValidationError(
+      "'response_format' cannot be combined with a 'tool_choice' that requires a call",
+      "response_format",
+    );
   }
   const logprobs = f.boolean("logprobs") ?? false;
   const topLogprobs = f.integer("top_logprobs", { min: 0, max: 20 }) ?? 0;
-  if (topLogprobs > 0 && !logprobs) throw new ValidationError("'top_logprobs' needs 'logprobs' set to true", "top_logprobs");
+  if (topLogprobs > 0 && !logprobs)
+    throw new ValidationError("'top_logprobs' needs 'logprobs' set to true", "top_logprobs");
   return { ...common, prompt: { kind: "chat", messages }, logprobs, topLogprobs, tools };
 }
 
@@ -147,8 +172,10 @@ function completionPrompt(f: Fields): PromptInput {
     if (p.length === 0) throw new ValidationError("'prompt' must not be empty", "prompt");
     return { kind: "text", text: p, template: false };
   }
-  if (Array.isArray(p) && p.length > 0 && p.every((t) => Number.isInteger(t) && (t as number) >= 0)) return { kind: "ids", ids: p as number[] };
-  if (Array.isArray(p) && p.length > 1 && p.every((t) => typeof t === "string" || Array.isArray(t))) throw unsupported("prompt", "a batch of several prompts");
+  if (Array.isArray(p) && p.length > 0 && p.every((t) => Number.isInteger(t) && (t as number) >= 0))
+    return { kind: "ids", ids: p as number[] };
+  if (Array.isArray(p) && p.length > 1 && p.every((t) => typeof t === "string" || Array.isArray(t)))
+    throw unsupported("prompt", "a batch of several prompts");
   throw new ValidationError("'prompt' must be a non-empty string or a list of token ids", "prompt");
 }
 
@@ -162,7 +189,12 @@ export interface Usage {
 }
 
 export function usage(promptTokens: number, completionTokens: number, cachedTokens: number): Usage {
-  return { prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens, prompt_tokens_details: { cached_tokens: cachedTokens } };
+  return {
+    prompt_tokens: promptTokens,
+    completion_tokens: completionTokens,
+    total_tokens: promptTokens + completionTokens,
+    prompt_tokens_details: { cached_tokens: cachedTokens },
+  };
 }
 
 export interface ChatLogprob {

@@ -21,12 +21,29 @@ export interface ResponsesRequest {
   tools?: ToolRequest;
 }
 
-const KNOWN = new Set(["model", "input", "instructions", "previous_response_id", "tools", "tool_choice", "parallel_tool_calls", "text", "max_output_tokens", "temperature", "top_p", "stream", "store", "metadata", "user"]);
+const KNOWN = new Set([
+  "model",
+  "input",
+  "instructions",
+  "previous_response_id",
+  "tools",
+  "tool_choice",
+  "parallel_tool_calls",
+  "text",
+  "max_output_tokens",
+  "temperature",
+  "top_p",
+  "stream",
+  "store",
+  "metadata",
+  "user",
+]);
 const ROLES = new Set(["user", "assistant", "system", "developer"]);
 
 export function parseResponsesRequest(body: unknown): ResponsesRequest {
   const f = Fields.of(body);
-  for (const key of Object.keys(f.body)) if (!KNOWN.has(key) && f.body[key] !== undefined && f.body[key] !== null) throw unsupported(key);
+  for (const key of Object.keys(f.body))
+    if (!KNOWN.has(key) && f.body[key] !== undefined && f.body[key] !== null) throw unsupported(key);
   f.object("metadata");
   const messages: ConversationMessage[] = [];
   const input = f.raw("input");
@@ -34,7 +51,9 @@ export function parseResponsesRequest(body: unknown): ResponsesRequest {
     if (!input) f.fail("input", "must not be empty");
     messages.push({ role: "user", content: input });
   } else {
-    f.array("input", { required: true, nonEmpty: true })!.forEach((item, i) => inputItem(Fields.item(item, `input.${i}`), messages));
+    f.array("input", { required: true, nonEmpty: true })!.forEach((item, i) =>
+      inputItem(Fields.item(item, `input.${i}`), messages),
+    );
   }
   return {
     model: f.string("model", { nonEmpty: true }),
@@ -45,7 +64,10 @@ export function parseResponsesRequest(body: unknown): ResponsesRequest {
     previousResponseId: f.string("previous_response_id", { nonEmpty: true }),
     stream: f.boolean("stream") ?? false,
     maxTokens: f.integer("max_output_tokens", { min: 1 }),
-    sampling: { temperature: f.number("temperature", { min: 0, max: 2 }), topP: f.number("top_p", { above: 0, max: 1 }) },
+    sampling: {
+      temperature: f.number("temperature", { min: 0, max: 2 }),
+      topP: f.number("top_p", { above: 0, max: 1 }),
+    },
     format: textFormat(f),
     tools: toolRequest(f),
   };
@@ -59,14 +81,23 @@ function inputItem(item: Fields, messages: ConversationMessage[]): void {
     if (!ROLES.has(role)) item.fail("role", `must be one of ${[...ROLES].join(", ")}; got '${role}'`);
     messages.push({ role: role === "developer" ? "system" : role, content: messageText(item) });
   } else if (type === "function_call") {
-    const call: ToolCall = { id: item.string("call_id", { required: true, nonEmpty: true })!, name: item.string("name", { required: true, nonEmpty: true })!, arguments: callArguments(item, "json-text") };
+    const call: ToolCall = {
+      id: item.string("call_id", { required: true, nonEmpty: true })!,
+      name: item.string("name", { required: true, nonEmpty: true })!,
+      arguments: callArguments(item, "json-text"),
+    };
     // Calls in a row are one assistant turn.
     const last = messages.at(-1);
     if (last?.role === "assistant" && last.toolCalls) last.toolCalls.push(call);
     else messages.push({ role: "assistant", content: "", toolCalls: [call] });
   } else if (type === "function_call_output") {
     const id = item.string("call_id", { required: true, nonEmpty: true })!;
-    messages.push({ role: "tool", content: item.string("output", { required: true })!, toolCallId: id, toolName: toolResultName(messages, id) });
+    messages.push({
+      role: "tool",
+      content: item.string("output", { required: true })!,
+      toolCallId: id,
+      toolName: toolResultName(messages, id),
+    });
   } else throw unsupported(item.name("type"), `input items of type '${type}'`);
 }
 
@@ -78,7 +109,8 @@ function messageText(item: Fields): string {
     .map((raw, j) => {
       const part = Fields.item(raw, item.name(`content.${j}`));
       const type = part.string("type", { required: true })!;
-      if (type !== "input_text" && type !== "output_text") throw unsupported(part.name("type"), `content of type '${type}'`);
+      if (type !== "input_text" && type !== "output_text")
+        throw unsupported(part.name("type"), `content of type '${type}'`);
       return part.string("text", { required: true })!;
     })
     .join("");
@@ -109,15 +141,18 @@ function toolRequest(f: Fields): ToolRequest | undefined {
   const raw = f.raw("tool_choice");
   let choice: ToolChoice = "auto";
   if (typeof raw === "string") {
-    if (raw !== "auto" && raw !== "none" && raw !== "required") f.fail("tool_choice", `must be one of auto, none, required, or a function; got '${raw}'`);
+    if (raw !== "auto" && raw !== "none" && raw !== "required")
+      f.fail("tool_choice", `must be one of auto, none, required, or a function; got '${raw}'`);
     choice = raw;
   } else if (raw !== undefined && raw !== null) {
     const c = f.object("tool_choice")!;
-    if (c.string("type", { required: true }) !== "function") throw unsupported("tool_choice.type", "a tool_choice other than a function");
+    if (c.string("type", { required: true }) !== "function")
+      throw unsupported("tool_choice.type", "a tool_choice other than a function");
     choice = { name: c.string("name", { required: true, nonEmpty: true })! };
     if (!names.has(choice.name)) c.fail("name", `names the function '${choice.name}', which is not among the tools`);
   }
-  if (choice === "required" && tools.length === 0) throw new ValidationError("'tool_choice' 'required' needs 'tools'", "tool_choice");
+  if (choice === "required" && tools.length === 0)
+    throw new ValidationError("'tool_choice' 'required' needs 'tools'", "tool_choice");
   if (tools.length === 0) return undefined;
   return { tools, choice, parallel: f.boolean("parallel_tool_calls") ?? true };
 }
@@ -146,7 +181,11 @@ export const messageItem = (id: string, text: string, status: "in_progress" | "c
 
 export const outputText = (text: string) => ({ type: "output_text" as const, text, annotations: [], logprobs: [] });
 
-export const functionCallItem = (call: ToolCall, status: "in_progress" | "completed", args = JSON.stringify(call.arguments)) => ({
+export const functionCallItem = (
+  call: ToolCall,
+  status: "in_progress" | "completed",
+  args = JSON.stringify(call.arguments),
+) => ({
   type: "function_call" as const,
   id: `fc_${call.id}`,
   call_id: call.id,

@@ -53,7 +53,8 @@ function parseToolChoice(f: Fields, tools: ToolSpec[] | undefined): ToolChoice {
   if (raw === undefined || raw === null) return "auto";
   let choice: ToolChoice;
   if (typeof raw === "string") {
-    if (raw !== "none" && raw !== "auto" && raw !== "required") f.fail("tool_choice", `must be one of none, auto, required, or a function; got '${raw}'`);
+    if (raw !== "none" && raw !== "auto" && raw !== "required")
+      f.fail("tool_choice", `must be one of none, auto, required, or a function; got '${raw}'`);
     choice = raw;
   } else {
     const c = f.object("tool_choice")!;
@@ -62,9 +63,16 @@ function parseToolChoice(f: Fields, tools: ToolSpec[] | undefined): ToolChoice {
     choice = { name: fn.string("name", { required: true })! };
   }
   if (choice === "none" || choice === "auto") return choice;
-  if (!tools) throw new ValidationError(`'tool_choice' ${typeof choice === "string" ? `'${choice}'` : "naming a function"} needs 'tools'`, "tool_choice");
+  if (!tools)
+    throw new ValidationError(
+      `'tool_choice' ${typeof choice === "string" ? `'${choice}'` : "naming a function"} needs 'tools'`,
+      "tool_choice",
+    );
   if (typeof choice === "object" && !tools.some((t) => t.name === choice.name)) {
-    throw new ValidationError(`'tool_choice' names the function '${choice.name}', which is not among the tools`, "tool_choice.function.name");
+    throw new ValidationError(
+      `'tool_choice' names the function '${choice.name}', which is not among the tools`,
+      "tool_choice.function.name",
+    );
   }
   return choice;
 }
@@ -79,7 +87,11 @@ export function parseToolCalls(m: Fields, argumentsAs: "json-text" | "object"): 
     const fn = call.object("function");
     if (!fn) throw new ValidationError(`'${at}.function' is required`, `${at}.function`);
     const name = fn.string("name", { required: true, nonEmpty: true })!;
-    return { id: call.string("id") ?? `call_${at.match(/\d+/g)!.join("_")}`, name, arguments: callArguments(fn, argumentsAs) };
+    return {
+      id: call.string("id") ?? `call_${at.match(/\d+/g)!.join("_")}`,
+      name,
+      arguments: callArguments(fn, argumentsAs),
+    };
   });
 }
 
@@ -93,7 +105,8 @@ export function callArguments(fn: Fields, argumentsAs: "json-text" | "object"): 
   } catch {
     fn.fail("arguments", "must be a JSON object written as a string");
   }
-  if (!value || typeof value !== "object" || Array.isArray(value)) fn.fail("arguments", "must be a JSON object written as a string");
+  if (!value || typeof value !== "object" || Array.isArray(value))
+    fn.fail("arguments", "must be a JSON object written as a string");
   return value as Record<string, unknown>;
 }
 

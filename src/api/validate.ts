@@ -26,11 +26,13 @@ export async function readJson(req: { text(): Promise<string> }): Promise<unknow
 }
 
 /** A request feature we understand but do not implement: a 400 that says so. */
-export const unsupported = (param: string, what = `'${param}'`) => new ValidationError(`${what} is not supported by this server`, param, "unsupported_parameter");
+export const unsupported = (param: string, what = `'${param}'`) =>
+  new ValidationError(`${what} is not supported by this server`, param, "unsupported_parameter");
 
 type Json = Record<string, unknown>;
 
-const describe = (v: unknown) => (v === null ? "null" : Array.isArray(v) ? "an array" : typeof v === "string" ? `a string` : typeof v);
+const describe = (v: unknown) =>
+  v === null ? "null" : Array.isArray(v) ? "an array" : typeof v === "string" ? `a string` : typeof v;
 
 interface NumberRule {
   min?: number;
@@ -49,13 +51,15 @@ export class Fields {
   ) {}
 
   static of(body: unknown, what = "the request body"): Fields {
-    if (body === null || typeof body !== "object" || Array.isArray(body)) throw new ValidationError(`${what} must be a JSON object, got ${describe(body)}`);
+    if (body === null || typeof body !== "object" || Array.isArray(body))
+      throw new ValidationError(`${what} must be a JSON object, got ${describe(body)}`);
     return new Fields(body as Json);
   }
 
   /** An item of a list in the request (`at` is its dotted path, e.g. "tools.0"), checked to be an object. */
   static item(value: unknown, at: string): Fields {
-    if (value === null || typeof value !== "object" || Array.isArray(value)) throw new ValidationError(`'${at}' must be an object, got ${describe(value)}`, at);
+    if (value === null || typeof value !== "object" || Array.isArray(value))
+      throw new ValidationError(`'${at}' must be an object, got ${describe(value)}`, at);
     return new Fields(value as Json, at);
   }
 
@@ -136,7 +140,11 @@ export class Fields {
     if (!Array.isArray(v)) this.fail(field, `must be a string or a list of strings, got ${describe(v)}`);
     if (v.length > max) this.fail(field, `may hold at most ${max} strings, got ${v.length}`);
     v.forEach((s, i) => {
-      if (typeof s !== "string") throw new ValidationError(`'${this.name(field)}.${i}' must be a string, got ${describe(s)}`, `${this.name(field)}.${i}`);
+      if (typeof s !== "string")
+        throw new ValidationError(
+          `'${this.name(field)}.${i}' must be a string, got ${describe(s)}`,
+          `${this.name(field)}.${i}`,
+        );
     });
     return (v as string[]).filter((s) => s.length > 0);
   }

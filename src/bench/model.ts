@@ -111,7 +111,11 @@ export function promptTest(lm: LoadedModel, prompt: number[]): { seconds: number
 }
 
 /** Generates exactly `tokens` tokens after a one-token prompt (EOS does not stop it); seconds for all of them. */
-export function generationTest(lm: LoadedModel, first: number, tokens: number): { seconds: number; tokens: number; peakBytes: number } {
+export function generationTest(
+  lm: LoadedModel,
+  first: number,
+  tokens: number,
+): { seconds: number; tokens: number; peakBytes: number } {
   resetPeakMemory();
   const start = performance.now();
   let n = 0;
@@ -122,8 +126,10 @@ export function generationTest(lm: LoadedModel, first: number, tokens: number): 
 export function benchLoadedModel(lm: LoadedModel, name: string, o: ModelBenchOptions): ModelBenchResult {
   const say = o.onProgress ?? (() => {});
   const context = lm.config.maxPositionEmbeddings;
-  if (o.promptTokens + 1 > context) throw new Error(`-p ${o.promptTokens} does not fit the model's context of ${context} tokens`);
-  if (o.genTokens + 1 > context) throw new Error(`-g ${o.genTokens} does not fit the model's context of ${context} tokens`);
+  if (o.promptTokens + 1 > context)
+    throw new Error(`-p ${o.promptTokens} does not fit the model's context of ${context} tokens`);
+  if (o.genTokens + 1 > context)
+    throw new Error(`-g ${o.genTokens} does not fit the model's context of ${context} tokens`);
   const prompt = o.promptTokens > 0 ? syntheticPrompt(lm, o.promptTokens) : [];
   const first = syntheticPrompt(lm, 1)[0]!;
 
@@ -142,7 +148,9 @@ export function benchLoadedModel(lm: LoadedModel, name: string, o: ModelBenchOpt
       pp.push(prompt.length / r.seconds);
       ttft.push(r.seconds);
       ppPeak = Math.max(ppPeak, r.peakBytes);
-      say(`${name}: pp${prompt.length} ${i}/${o.repetitions}: ${(prompt.length / r.seconds).toFixed(2)} tokens/s, first token after ${(r.seconds * 1000).toFixed(0)} ms`);
+      say(
+        `${name}: pp${prompt.length} ${i}/${o.repetitions}: ${(prompt.length / r.seconds).toFixed(2)} tokens/s, first token after ${(r.seconds * 1000).toFixed(0)} ms`,
+      );
     }
     if (o.genTokens > 0) {
       const r = generationTest(lm, first, o.genTokens);

@@ -13,11 +13,11 @@ export interface ModelFailure {
 /** A Markdown table with padded columns (right-aligned where `right[i]`). */
 export function table(header: string[], rows: string[][], right: boolean[] = []): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
-  const line = (cells: string[]) => `| ${cells.map((c, i) => (right[i] ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join(" | ")} |`;
+  const line = (cells: string[]) =>
+    `| ${cells.map((c, i) => (right[i] ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join(" | ")} |`;
   const rule = `|${widths.map((w, i) => (right[i] ? `${"-".repeat(w + 1)}:` : "-".repeat(w + 2))).join("|")}|`;
   return [line(header), rule, ...rows.map(line)].join("\n");
 }
-
 
 const ms = (s: Summary, scale = 1000) => meanSd({ mean: s.mean * scale, sd: s.sd * scale }, 0);
 /** A summary as the JSON reports write it. */
@@ -40,37 +40,93 @@ export function json(value: unknown): string {
 // ---- model mode ------------------------------------------------------------------------
 
 /** The speed and memory cells both tables show for a model. */
-function speedCells(r: Pick<ModelBenchResult, "promptTokensPerSecond" | "generationTokensPerSecond" | "timeToFirstTokenSeconds" | "peakMemoryBytes">): string[] {
-  return [meanSd(r.promptTokensPerSecond), meanSd(r.generationTokensPerSecond), ms(r.timeToFirstTokenSeconds), formatBytes(r.peakMemoryBytes)];
+function speedCells(
+  r: Pick<
+    ModelBenchResult,
+    "promptTokensPerSecond" | "generationTokensPerSecond" | "timeToFirstTokenSeconds" | "peakMemoryBytes"
+  >,
+): string[] {
+  return [
+    meanSd(r.promptTokensPerSecond),
+    meanSd(r.generationTokensPerSecond),
+    ms(r.timeToFirstTokenSeconds),
+    formatBytes(r.peakMemoryBytes),
+  ];
 }
 
 export function modelTable(results: ModelBenchResult[], failures: ModelFailure[]): string {
   const any = results[0];
   const pp = `pp${any?.promptTokens ?? ""} tokens/s`;
   const tg = `tg${any?.genTokens ?? ""} tokens/s`;
-  const rows = results.map((r) => [
-    r.model,
-    r.format,
-    r.quantization,
-    formatBytes(r.sizeBytes),
-    ...speedCells(r),
-  ]);
+  const rows = results.map((r) => [r.model, r.format, r.quantization, formatBytes(r.sizeBytes), ...speedCells(r)]);
   for (const f of failures) rows.push([f.model, "-", "-", "-", "failed", "failed", "-", "-"]);
   const header = ["model", "format", "quantization", "size", pp, tg, "first token (ms)", "peak memory"];
-  const note = any ? `\n\n${any.repetitions} runs each, mean ± standard deviation; pp: a ${any.promptTokens}-token prompt, timed to its first token; tg: ${any.genTokens} generated tokens.` : "";
+  const note = any
+    ? `\n\n${any.repetitions} runs each, mean ± standard deviation; pp: a ${any.promptTokens}-token prompt, timed to its first token; tg: ${any.genTokens} generated tokens.`
+    : "";
   return table(header, rows, [false, false, false, true, true, true, true, true]) + note;
 }
 
 export function modelCsv(results: ModelBenchResult[], failures: ModelFailure[]): string {
-  const header = ["model", "path", "format", "architecture", "quantization", "size_bytes", "repetitions", "prompt_tokens", "gen_tokens", "prompt_tokens_per_second_mean", "prompt_tokens_per_second_sd", "generation_tokens_per_second_mean", "generation_tokens_per_second_sd", "time_to_first_token_ms_mean", "time_to_first_token_ms_sd", "peak_memory_bytes", "error"];
-  const rows: unknown[][] = results.map((r) => [r.model, r.path, r.format, r.architecture, r.quantization, r.sizeBytes, r.repetitions, r.promptTokens, r.genTokens, fixed(r.promptTokensPerSecond.mean, 4), fixed(r.promptTokensPerSecond.sd, 4), fixed(r.generationTokensPerSecond.mean, 4), fixed(r.generationTokensPerSecond.sd, 4), fixed(r.timeToFirstTokenSeconds.mean * 1000, 2), fixed(r.timeToFirstTokenSeconds.sd * 1000, 2), r.peakMemoryBytes, ""]);
+  const header = [
+    "model",
+    "path",
+    "format",
+    "architecture",
+    "quantization",
+    "size_bytes",
+    "repetitions",
+    "prompt_tokens",
+    "gen_tokens",
+    "prompt_tokens_per_second_mean",
+    "prompt_tokens_per_second_sd",
+    "generation_tokens_per_second_mean",
+    "generation_tokens_per_second_sd",
+    "time_to_first_token_ms_mean",
+    "time_to_first_token_ms_sd",
+    "peak_memory_bytes",
+    "error",
+  ];
+  const rows: unknown[][] = results.map((r) => [
+    r.model,
+    r.path,
+    r.format,
+    r.architecture,
+    r.quantization,
+    r.sizeBytes,
+    r.repetitions,
+    r.promptTokens,
+    r.genTokens,
+    fixed(r.promptTokensPerSecond.mean, 4),
+    fixed(r.promptTokensPerSecond.sd, 4),
+    fixed(r.generationTokensPerSecond.mean, 4),
+    fixed(r.generationTokensPerSecond.sd, 4),
+    fixed(r.timeToFirstTokenSeconds.mean * 1000, 2),
+    fixed(r.timeToFirstTokenSeconds.sd * 1000, 2),
+    r.peakMemoryBytes,
+    "",
+  ]);
   for (const f of failures) rows.push([f.model, "", "", "", "", "", "", "", "", "", "", "", "", "", "", "", f.error]);
   return csv(header, rows);
 }
 
 /** What identifies a measured model in the JSON reports. */
-function modelSummary(r: { model: string; path: string; format: string; architecture: string; quantization: string; sizeBytes: number }) {
-  return { model: r.model, path: r.path, format: r.format, architecture: r.architecture, quantization: r.quantization, size_bytes: r.sizeBytes };
+function modelSummary(r: {
+  model: string;
+  path: string;
+  format: string;
+  architecture: string;
+  quantization: string;
+  sizeBytes: number;
+}) {
+  return {
+    model: r.model,
+    path: r.path,
+    format: r.format,
+    architecture: r.architecture,
+    quantization: r.quantization,
+    size_bytes: r.sizeBytes,
+  };
 }
 
 export function modelJson(results: ModelBenchResult[], failures: ModelFailure[]) {
@@ -82,8 +138,14 @@ export function modelJson(results: ModelBenchResult[], failures: ModelFailure[])
       prompt_tokens: r.promptTokens,
       gen_tokens: r.genTokens,
       prompt_tokens_per_second: { ...meanAndSd(r.promptTokensPerSecond), samples: r.samples.promptTokensPerSecond },
-      generation_tokens_per_second: { ...meanAndSd(r.generationTokensPerSecond), samples: r.samples.generationTokensPerSecond },
-      time_to_first_token_seconds: { ...meanAndSd(r.timeToFirstTokenSeconds), samples: r.samples.timeToFirstTokenSeconds },
+      generation_tokens_per_second: {
+        ...meanAndSd(r.generationTokensPerSecond),
+        samples: r.samples.generationTokensPerSecond,
+      },
+      time_to_first_token_seconds: {
+        ...meanAndSd(r.timeToFirstTokenSeconds),
+        samples: r.samples.timeToFirstTokenSeconds,
+      },
       peak_memory_bytes: r.peakMemoryBytes,
       prompt_peak_memory_bytes: r.promptPeakMemoryBytes,
       generation_peak_memory_bytes: r.generationPeakMemoryBytes,
@@ -98,7 +160,9 @@ const clip = (s: string, n: number) => {
   const one = s.replace(/\s+/g, " ").trim();
   return one.length > n ? `${one.slice(0, n - 1)}…` : one;
 };
-const expectationOf = (p: SuitePrompt) => [p.regex ? `regex ${p.regex.source}` : "", p.schema ? `schema ${p.schema.source}` : ""].filter(Boolean).join(" + ") || "-";
+const expectationOf = (p: SuitePrompt) =>
+  [p.regex ? `regex ${p.regex.source}` : "", p.schema ? `schema ${p.schema.source}` : ""].filter(Boolean).join(" + ") ||
+  "-";
 
 export function suiteTables(results: SuiteModelResult[], failures: ModelFailure[], prompts: SuitePrompt[]): string {
   const rows = results.map((r) => [
@@ -109,25 +173,71 @@ export function suiteTables(results: SuiteModelResult[], failures: ModelFailure[
     r.checked > 0 ? `${r.passed}/${r.checked}` : "-",
   ]);
   for (const f of failures) rows.push([f.model, "-", "-", "failed", "failed", "-", "-", "-"]);
-  const models = table(["model", "quantization", "size", "prompt tokens/s", "generation tokens/s", "first token (ms)", "peak memory", "passed"], rows, [false, false, true, true, true, true, true, true]);
+  const models = table(
+    [
+      "model",
+      "quantization",
+      "size",
+      "prompt tokens/s",
+      "generation tokens/s",
+      "first token (ms)",
+      "peak memory",
+      "passed",
+    ],
+    rows,
+    [false, false, true, true, true, true, true, true],
+  );
   const perPrompt = table(
     ["line", "prompt", "expectation", ...results.map((r) => r.model)],
-    prompts.map((p, i) => [String(p.line), clip(p.prompt, 40), clip(expectationOf(p), 40), ...results.map((r) => {
-      const o = r.prompts[i]!;
-      return o.passed === undefined ? "-" : o.passed ? "pass" : "FAIL";
-    })]),
+    prompts.map((p, i) => [
+      String(p.line),
+      clip(p.prompt, 40),
+      clip(expectationOf(p), 40),
+      ...results.map((r) => {
+        const o = r.prompts[i]!;
+        return o.passed === undefined ? "-" : o.passed ? "pass" : "FAIL";
+      }),
+    ]),
     [true],
   );
   return `${models}\n\nmean ± standard deviation over the ${prompts.length} prompts (greedy, chat template).\n\n${perPrompt}`;
 }
 
 export function suiteCsv(results: SuiteModelResult[], failures: ModelFailure[], prompts: SuitePrompt[]): string {
-  const header = ["model", "line", "prompt", "expectation", "passed", "reasons", "prompt_tokens", "generated_tokens", "prompt_tokens_per_second", "generation_tokens_per_second", "time_to_first_token_ms", "answer", "error"];
+  const header = [
+    "model",
+    "line",
+    "prompt",
+    "expectation",
+    "passed",
+    "reasons",
+    "prompt_tokens",
+    "generated_tokens",
+    "prompt_tokens_per_second",
+    "generation_tokens_per_second",
+    "time_to_first_token_ms",
+    "answer",
+    "error",
+  ];
   const rows: unknown[][] = [];
   for (const r of results) {
     r.prompts.forEach((o, i) => {
       const p = prompts[i]!;
-      rows.push([r.model, o.line, p.prompt, expectationOf(p), o.passed === undefined ? "" : o.passed, o.reasons.join("; "), o.promptTokens, o.generatedTokens, fixed(o.promptTokensPerSecond, 4), fixed(o.generationTokensPerSecond, 4), fixed(o.timeToFirstTokenSeconds * 1000, 2), o.text, ""]);
+      rows.push([
+        r.model,
+        o.line,
+        p.prompt,
+        expectationOf(p),
+        o.passed === undefined ? "" : o.passed,
+        o.reasons.join("; "),
+        o.promptTokens,
+        o.generatedTokens,
+        fixed(o.promptTokensPerSecond, 4),
+        fixed(o.generationTokensPerSecond, 4),
+        fixed(o.timeToFirstTokenSeconds * 1000, 2),
+        o.text,
+        "",
+      ]);
     });
   }
   for (const f of failures) rows.push([f.model, "", "", "", "", "", "", "", "", "", "", "", f.error]);
@@ -151,10 +261,24 @@ export function suiteJson(results: SuiteModelResult[], failures: ModelFailure[],
       prompt: p.prompt,
       expect_regex: p.regex?.source,
       expect_schema: p.schema?.source,
-      results: Object.fromEntries(results.map((r) => {
-        const o = r.prompts[i]!;
-        return [r.model, { passed: o.passed ?? null, reasons: o.reasons, answer: o.text, prompt_tokens: o.promptTokens, generated_tokens: o.generatedTokens, prompt_tokens_per_second: o.promptTokensPerSecond, generation_tokens_per_second: o.generationTokensPerSecond, time_to_first_token_seconds: o.timeToFirstTokenSeconds }];
-      })),
+      results: Object.fromEntries(
+        results.map((r) => {
+          const o = r.prompts[i]!;
+          return [
+            r.model,
+            {
+              passed: o.passed ?? null,
+              reasons: o.reasons,
+              answer: o.text,
+              prompt_tokens: o.promptTokens,
+              generated_tokens: o.generatedTokens,
+              prompt_tokens_per_second: o.promptTokensPerSecond,
+              generation_tokens_per_second: o.generationTokensPerSecond,
+              time_to_first_token_seconds: o.timeToFirstTokenSeconds,
+            },
+          ];
+        }),
+      ),
     })),
     errors: failures,
   };
@@ -182,18 +306,46 @@ export function serverTable(r: ServerBenchResult): string {
     ...lat("inter-token latency", (l) => l.itlMs),
     ...lat("end-to-end latency", (l) => l.e2eMs),
   ];
-  return `${r.url} · model ${r.model} · up to ${r.maxTokens} tokens per answer · streaming /v1/chat/completions\n\n${table(header, rows, header.map((_, i) => i > 0))}`;
+  return `${r.url} · model ${r.model} · up to ${r.maxTokens} tokens per answer · streaming /v1/chat/completions\n\n${table(
+    header,
+    rows,
+    header.map((_, i) => i > 0),
+  )}`;
 }
 
 const latencyColumns = ["ttft", "tpot", "itl", "e2e"] as const;
-const pickLatency = (l: LevelResult, k: (typeof latencyColumns)[number]) => ({ ttft: l.ttftMs, tpot: l.tpotMs, itl: l.itlMs, e2e: l.e2eMs })[k];
+const pickLatency = (l: LevelResult, k: (typeof latencyColumns)[number]) =>
+  ({ ttft: l.ttftMs, tpot: l.tpotMs, itl: l.itlMs, e2e: l.e2eMs })[k];
 
 export function serverCsv(r: ServerBenchResult): string {
-  const header = ["concurrency", "requests", "completed", "failed", "duration_s", "requests_per_second", "output_tokens", "output_tokens_per_second", ...latencyColumns.flatMap((k) => [`${k}_ms_mean`, `${k}_ms_median`, `${k}_ms_p99`])];
-  return csv(header, r.levels.map((l) => [l.concurrency, l.requests, l.completed, l.failed, fixed(l.durationSeconds, 3), fixed(l.requestsPerSecond, 4), l.outputTokens, fixed(l.outputTokensPerSecond, 3), ...latencyColumns.flatMap((k) => {
-    const s = pickLatency(l, k);
-    return [fixed(s.mean, 2), fixed(s.median, 2), fixed(s.p99, 2)];
-  })]));
+  const header = [
+    "concurrency",
+    "requests",
+    "completed",
+    "failed",
+    "duration_s",
+    "requests_per_second",
+    "output_tokens",
+    "output_tokens_per_second",
+    ...latencyColumns.flatMap((k) => [`${k}_ms_mean`, `${k}_ms_median`, `${k}_ms_p99`]),
+  ];
+  return csv(
+    header,
+    r.levels.map((l) => [
+      l.concurrency,
+      l.requests,
+      l.completed,
+      l.failed,
+      fixed(l.durationSeconds, 3),
+      fixed(l.requestsPerSecond, 4),
+      l.outputTokens,
+      fixed(l.outputTokensPerSecond, 3),
+      ...latencyColumns.flatMap((k) => {
+        const s = pickLatency(l, k);
+        return [fixed(s.mean, 2), fixed(s.median, 2), fixed(s.p99, 2)];
+      }),
+    ]),
+  );
 }
 
 export function serverJson(r: ServerBenchResult) {
@@ -211,10 +363,12 @@ export function serverJson(r: ServerBenchResult) {
       requests_per_second: l.requestsPerSecond,
       output_tokens: l.outputTokens,
       output_tokens_per_second: l.outputTokensPerSecond,
-      ...Object.fromEntries(latencyColumns.map((k) => {
-        const s = pickLatency(l, k);
-        return [`${k}_ms`, { mean: s.mean, median: s.median, p99: s.p99 }];
-      })),
+      ...Object.fromEntries(
+        latencyColumns.map((k) => {
+          const s = pickLatency(l, k);
+          return [`${k}_ms`, { mean: s.mean, median: s.median, p99: s.p99 }];
+        }),
+      ),
       errors: l.errors,
     })),
   };

@@ -61,7 +61,8 @@ export function serverBase(url: string): string {
   } catch {
     throw new Error(`--url must be an http(s) URL like http://127.0.0.1:8080 (got '${url}')`);
   }
-  if (parsed.protocol !== "http:" && parsed.protocol !== "https:") throw new Error(`--url must be an http(s) URL (got '${url}')`);
+  if (parsed.protocol !== "http:" && parsed.protocol !== "https:")
+    throw new Error(`--url must be an http(s) URL (got '${url}')`);
   return parsed.href.replace(/\/+$/, "").replace(/\/v1$/, "");
 }
 
@@ -124,11 +125,24 @@ export async function* sseEvents(body: ReadableStream<Uint8Array>): AsyncGenerat
 }
 
 /** One streamed chat completion, timed chunk by chunk. */
-export async function timedRequest(base: string, model: string, prompt: string, maxTokens: number, timeoutSeconds: number): Promise<RequestRecord> {
+export async function timedRequest(
+  base: string,
+  model: string,
+  prompt: string,
+  maxTokens: number,
+  timeoutSeconds: number,
+): Promise<RequestRecord> {
   const start = performance.now();
   const chunkTimes: number[] = [];
   let usageTokens: number | undefined;
-  const failed = (error: string): RequestRecord => ({ ok: false, error, ttftMs: Number.NaN, e2eMs: performance.now() - start, outputTokens: 0, itlMs: [] });
+  const failed = (error: string): RequestRecord => ({
+    ok: false,
+    error,
+    ttftMs: Number.NaN,
+    e2eMs: performance.now() - start,
+    outputTokens: 0,
+    itlMs: [],
+  });
   try {
     const response = await fetch(`${base}/v1/chat/completions`, {
       method: "POST",
@@ -149,7 +163,11 @@ export async function timedRequest(base: string, model: string, prompt: string, 
     }
     for await (const data of sseEvents(response.body)) {
       if (data.trim() === "[DONE]") break;
-      let event: { error?: unknown; usage?: { completion_tokens?: number }; choices?: { delta?: { content?: string; reasoning_content?: string }; text?: string }[] };
+      let event: {
+        error?: unknown;
+        usage?: { completion_tokens?: number };
+        choices?: { delta?: { content?: string; reasoning_content?: string }; text?: string }[];
+      };
       try {
         event = JSON.parse(data);
       } catch {
@@ -167,7 +185,13 @@ export async function timedRequest(base: string, model: string, prompt: string, 
   const end = performance.now();
   if (chunkTimes.length === 0) return failed("the stream ended without any content");
   const itl = chunkTimes.slice(1).map((t, i) => t - chunkTimes[i]!);
-  return { ok: true, ttftMs: chunkTimes[0]! - start, e2eMs: end - start, outputTokens: usageTokens ?? chunkTimes.length, itlMs: itl };
+  return {
+    ok: true,
+    ttftMs: chunkTimes[0]! - start,
+    e2eMs: end - start,
+    outputTokens: usageTokens ?? chunkTimes.length,
+    itlMs: itl,
+  };
 }
 
 export function summarizeLevel(concurrency: number, records: RequestRecord[], durationSeconds: number): LevelResult {
@@ -214,7 +238,9 @@ export async function benchServer(o: ServerBenchOptions): Promise<ServerBenchRes
     await Promise.all(Array.from({ length: Math.min(concurrency, o.requests) }, worker));
     const level = summarizeLevel(concurrency, records, (performance.now() - started) / 1000);
     levels.push(level);
-    say(`concurrency ${concurrency}: ${level.completed}/${level.requests} completed in ${level.durationSeconds.toFixed(2)} s, ${level.outputTokensPerSecond.toFixed(1)} output tokens/s${level.errors.length ? `; errors: ${level.errors.join("; ")}` : ""}`);
+    say(
+      `concurrency ${concurrency}: ${level.completed}/${level.requests} completed in ${level.durationSeconds.toFixed(2)} s, ${level.outputTokensPerSecond.toFixed(1)} output tokens/s${level.errors.length ? `; errors: ${level.errors.join("; ")}` : ""}`,
+    );
   }
   return { url: base, model, maxTokens: o.maxTokens, levels };
 }

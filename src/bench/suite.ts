@@ -56,14 +56,20 @@ export function compileRegex(source: string, where: string): RegExp {
   try {
     return slashed ? new RegExp(slashed[1]!, slashed[2]) : new RegExp(source);
   } catch (error) {
-    throw new PromptFileError(`${where}: invalid regular expression ${JSON.stringify(source)}: ${(error as Error).message}`);
+    throw new PromptFileError(
+      `${where}: invalid regular expression ${JSON.stringify(source)}: ${(error as Error).message}`,
+    );
   }
 }
 
 /** Compiles a JSON schema with ajv (draft 2020-12 when the schema says so, else draft-07). */
 export function compileSchema(schema: unknown, where: string): ValidateFunction {
-  if (typeof schema !== "object" && typeof schema !== "boolean") throw new PromptFileError(`${where}: a JSON schema must be an object (got ${JSON.stringify(schema)})`);
-  const draft2020 = typeof schema === "object" && schema !== null && String((schema as { $schema?: unknown }).$schema ?? "").includes("2020-12");
+  if (typeof schema !== "object" && typeof schema !== "boolean")
+    throw new PromptFileError(`${where}: a JSON schema must be an object (got ${JSON.stringify(schema)})`);
+  const draft2020 =
+    typeof schema === "object" &&
+    schema !== null &&
+    String((schema as { $schema?: unknown }).$schema ?? "").includes("2020-12");
   const ajv = draft2020 ? new Ajv2020({ strict: false, allErrors: true }) : new Ajv({ strict: false, allErrors: true });
   try {
     return ajv.compile(schema as object);
@@ -111,9 +117,13 @@ export function parsePromptFile(path: string, defaults: Expectation = {}): Suite
       throw new PromptFileError(`${where}: not valid JSON: ${(error as Error).message}`);
     }
     const e = entry as Record<string, unknown>;
-    if (typeof e.prompt !== "string" || !e.prompt.trim()) throw new PromptFileError(`${where}: "prompt" must be a non-empty string`);
+    if (typeof e.prompt !== "string" || !e.prompt.trim())
+      throw new PromptFileError(`${where}: "prompt" must be a non-empty string`);
     const unknown = Object.keys(e).filter((k) => !knownKeys.has(k));
-    if (unknown.length > 0) throw new PromptFileError(`${where}: unknown key ${unknown.map((k) => `"${k}"`).join(", ")} (expected prompt, expect_regex, expect_schema)`);
+    if (unknown.length > 0)
+      throw new PromptFileError(
+        `${where}: unknown key ${unknown.map((k) => `"${k}"`).join(", ")} (expected prompt, expect_regex, expect_schema)`,
+      );
     // A prompt with an expectation of its own replaces the defaults; one without takes them.
     const own = e.expect_regex !== undefined || e.expect_schema !== undefined;
     const p: SuitePrompt = own ? { line, prompt: e.prompt } : { line, prompt: e.prompt, ...defaults };
@@ -139,7 +149,10 @@ export function extractJson(text: string): { value?: unknown; found: boolean } {
   const candidates = [text.trim()];
   const fence = /```(?:json)?\s*\n([\s\S]*?)```/.exec(text);
   if (fence) candidates.push(fence[1]!.trim());
-  for (const [open, close] of [["{", "}"], ["[", "]"]] as const) {
+  for (const [open, close] of [
+    ["{", "}"],
+    ["[", "]"],
+  ] as const) {
     const a = text.indexOf(open);
     const b = text.lastIndexOf(close);
     if (a >= 0 && b > a) candidates.push(text.slice(a, b + 1));
@@ -163,7 +176,9 @@ export function checkAnswer(text: string, e: Expectation): { passed: boolean | u
     if (!json.found) reasons.push("no JSON in the answer");
     else if (!e.schema.validate(json.value)) {
       const first = e.schema.validate.errors?.[0];
-      reasons.push(`JSON does not match ${e.schema.source}${first ? `: ${first.instancePath || "/"} ${first.message}` : ""}`);
+      reasons.push(
+        `JSON does not match ${e.schema.source}${first ? `: ${first.instancePath || "/"} ${first.message}` : ""}`,
+      );
     }
   }
   return { passed: reasons.length === 0, reasons };
@@ -174,11 +189,17 @@ export interface SuiteOptions {
   onProgress?: (message: string) => void;
 }
 
-export async function runSuite(lm: LoadedModel, name: string, prompts: SuitePrompt[], o: SuiteOptions): Promise<SuiteModelResult> {
+export async function runSuite(
+  lm: LoadedModel,
+  name: string,
+  prompts: SuitePrompt[],
+  o: SuiteOptions,
+): Promise<SuiteModelResult> {
   const say = o.onProgress ?? (() => {});
   const sampling = { ...defaultSampling, temperature: 0 };
   const scheduler = soloScheduler(lm);
-  const answer = (prompt: string, maxTokens: number) => complete(scheduler, { prompt: { kind: "text", text: prompt, template: true }, sampling, maxTokens });
+  const answer = (prompt: string, maxTokens: number) =>
+    complete(scheduler, { prompt: { kind: "text", text: prompt, template: true }, sampling, maxTokens });
   const outcomes: PromptOutcome[] = [];
   let peak = 0;
   try {
@@ -198,8 +219,11 @@ export async function runSuite(lm: LoadedModel, name: string, prompts: SuiteProm
         generationTokensPerSecond: r.stats.generationTokensPerSecond,
         timeToFirstTokenSeconds: r.stats.timeToFirstTokenSeconds,
       });
-      const verdict = check.passed === undefined ? "" : check.passed ? ", passed" : `, failed (${check.reasons.join("; ")})`;
-      say(`${name}: prompt ${i + 1}/${prompts.length}: ${r.stats.generatedTokens} tokens, ${r.stats.generationTokensPerSecond.toFixed(2)} tokens/s${verdict}`);
+      const verdict =
+        check.passed === undefined ? "" : check.passed ? ", passed" : `, failed (${check.reasons.join("; ")})`;
+      say(
+        `${name}: prompt ${i + 1}/${prompts.length}: ${r.stats.generatedTokens} tokens, ${r.stats.generationTokensPerSecond.toFixed(2)} tokens/s${verdict}`,
+      );
     }
   } finally {
     scheduler.dispose();
@@ -212,7 +236,9 @@ export async function runSuite(lm: LoadedModel, name: string, prompts: SuiteProm
     checked: checked.length,
     promptTokensPerSecond: summarize(outcomes.map((o) => o.promptTokensPerSecond)),
     // An answer of one token has no generation speed (the first token comes from the prefill).
-    generationTokensPerSecond: summarize(outcomes.filter((o) => o.generatedTokens > 1).map((o) => o.generationTokensPerSecond)),
+    generationTokensPerSecond: summarize(
+      outcomes.filter((o) => o.generatedTokens > 1).map((o) => o.generationTokensPerSecond),
+    ),
     timeToFirstTokenSeconds: summarize(outcomes.map((o) => o.timeToFirstTokenSeconds)),
     peakMemoryBytes: peak,
   };

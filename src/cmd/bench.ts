@@ -10,32 +10,90 @@ import { loadAliases } from "../store/aliases";
 import { resolveModelPath } from "../store/resolve";
 import { benchLoadedModel, type ModelBenchResult } from "../bench/model";
 import { barChart, lineChart } from "../bench/plot";
-import { json, modelCsv, modelJson, modelTable, serverCsv, serverJson, serverTable, suiteCsv, suiteJson, suiteTables, type ModelFailure } from "../bench/report";
+import {
+  json,
+  modelCsv,
+  modelJson,
+  modelTable,
+  serverCsv,
+  serverJson,
+  serverTable,
+  suiteCsv,
+  suiteJson,
+  suiteTables,
+  type ModelFailure,
+} from "../bench/report";
 import { benchServer, type ServerBenchResult } from "../bench/server";
-import { compileRegex, parsePromptFile, readSchemaFile, runSuite, type Expectation, type SuiteModelResult, type SuitePrompt } from "../bench/suite";
+import {
+  compileRegex,
+  parsePromptFile,
+  readSchemaFile,
+  runSuite,
+  type Expectation,
+  type SuiteModelResult,
+  type SuitePrompt,
+} from "../bench/suite";
 import { fail, log, setVerbose } from "./log";
 import { kvCacheArgs, kvQuantizationFrom, list, positiveInteger } from "./options";
 
 export default defineCommand({
-  meta: { name: "bench", description: "Benchmark models (tokens/s, first token, memory), a prompt suite, or an OpenAI-compatible server" },
+  meta: {
+    name: "bench",
+    description: "Benchmark models (tokens/s, first token, memory), a prompt suite, or an OpenAI-compatible server",
+  },
   args: {
     ...kvCacheArgs,
-    model: { type: "string", alias: "m", description: "Model to benchmark (repeatable: -m a -m b); in server mode, the model name sent to the server" },
+    model: {
+      type: "string",
+      alias: "m",
+      description: "Model to benchmark (repeatable: -m a -m b); in server mode, the model name sent to the server",
+    },
     repetitions: { type: "string", alias: "n", description: "Runs of each test per model", default: "5" },
-    "prompt-tokens": { type: "string", alias: "p", description: "Tokens of the synthetic prompt of the prompt-processing test (0: skip it)", default: "512" },
-    "gen-tokens": { type: "string", alias: "g", description: "Tokens of the generation test, end-of-sequence ignored (0: skip it)", default: "128" },
-    prompts: { type: "string", description: "Prompt suite: a file of prompts, plain lines or JSON lines {prompt, expect_regex?, expect_schema?}" },
-    "expect-regex": { type: "string", description: "Prompt suite: answers must match this regular expression (unless a prompt gives its own)" },
-    "expect-schema": { type: "string", description: "Prompt suite: answers must be JSON valid against this JSON-schema file (unless a prompt gives its own)" },
+    "prompt-tokens": {
+      type: "string",
+      alias: "p",
+      description: "Tokens of the synthetic prompt of the prompt-processing test (0: skip it)",
+      default: "512",
+    },
+    "gen-tokens": {
+      type: "string",
+      alias: "g",
+      description: "Tokens of the generation test, end-of-sequence ignored (0: skip it)",
+      default: "128",
+    },
+    prompts: {
+      type: "string",
+      description: "Prompt suite: a file of prompts, plain lines or JSON lines {prompt, expect_regex?, expect_schema?}",
+    },
+    "expect-regex": {
+      type: "string",
+      description: "Prompt suite: answers must match this regular expression (unless a prompt gives its own)",
+    },
+    "expect-schema": {
+      type: "string",
+      description:
+        "Prompt suite: answers must be JSON valid against this JSON-schema file (unless a prompt gives its own)",
+    },
     "max-tokens": { type: "string", description: "Most tokens per answer (prompt suite: 256; server mode: 128)" },
-    url: { type: "string", description: "Server mode: base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8080" },
-    concurrency: { type: "string", description: "Server mode: concurrency levels, comma-separated", default: "1,2,4,8,16" },
+    url: {
+      type: "string",
+      description: "Server mode: base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8080",
+    },
+    concurrency: {
+      type: "string",
+      description: "Server mode: concurrency levels, comma-separated",
+      default: "1,2,4,8,16",
+    },
     requests: { type: "string", description: "Server mode: requests per concurrency level", default: "32" },
     timeout: { type: "string", description: "Server mode: seconds one request may take", default: "600" },
     json: { type: "boolean", description: "Print one JSON object instead of a table" },
     csv: { type: "boolean", description: "Print CSV instead of a table" },
     plot: { type: "string", description: "Also write an SVG chart to this file" },
-    verbose: { type: "boolean", alias: "v", description: "Show progress even when stderr is not a terminal, and stack traces on errors" },
+    verbose: {
+      type: "boolean",
+      alias: "v",
+      description: "Show progress even when stderr is not a terminal, and stack traces on errors",
+    },
   },
   async run({ args }) {
     const verbose = Boolean(args.verbose);
@@ -73,7 +131,12 @@ function modelSpecs(args: Args): { spec: string | undefined; name: string }[] {
   const specs = given.length > 0 ? given : [undefined];
   const seen = new Map<string, number>();
   return specs.map((spec) => {
-    let name = spec === undefined ? loadAliases().defaultModel : /[\\/]/.test(spec) ? basename(spec.replace(/[\\/]+$/, "")) || spec : spec;
+    let name =
+      spec === undefined
+        ? loadAliases().defaultModel
+        : /[\\/]/.test(spec)
+          ? basename(spec.replace(/[\\/]+$/, "")) || spec
+          : spec;
     const count = (seen.get(name) ?? 0) + 1;
     seen.set(name, count);
     if (count > 1) name = `${name} #${count}`;
@@ -85,7 +148,10 @@ function modelSpecs(args: Args): { spec: string | undefined; name: string }[] {
  * Loads and benchmarks each model in turn (one in memory at a time). A model that fails is
  * reported on stderr right away, and the others still run.
  */
-async function eachModel<T>(args: Args, bench: (lm: LoadedModel, name: string) => T | Promise<T>): Promise<{ results: T[]; failures: ModelFailure[] }> {
+async function eachModel<T>(
+  args: Args,
+  bench: (lm: LoadedModel, name: string) => T | Promise<T>,
+): Promise<{ results: T[]; failures: ModelFailure[] }> {
   const results: T[] = [];
   const failures: ModelFailure[] = [];
   for (const { spec, name } of modelSpecs(args)) {
@@ -128,8 +194,16 @@ async function modelMode(args: Args, output: Output, plot: string | undefined): 
   const promptTokens = nonNegativeInteger("prompt-tokens", args["prompt-tokens"]);
   const genTokens = nonNegativeInteger("gen-tokens", args["gen-tokens"]);
   if (promptTokens === 0 && genTokens === 0) throw new Error("-p and -g are both 0: nothing to measure");
-  const { results, failures } = await eachModel(args, (lm, name) => benchLoadedModel(lm, name, { repetitions, promptTokens, genTokens, onProgress: progress }));
-  if (results.length > 0 || failures.length > 0) emit(output, () => modelJson(results, failures), () => modelCsv(results, failures), () => modelTable(results, failures));
+  const { results, failures } = await eachModel(args, (lm, name) =>
+    benchLoadedModel(lm, name, { repetitions, promptTokens, genTokens, onProgress: progress }),
+  );
+  if (results.length > 0 || failures.length > 0)
+    emit(
+      output,
+      () => modelJson(results, failures),
+      () => modelCsv(results, failures),
+      () => modelTable(results, failures),
+    );
   if (plot && results.length > 0) writePlot(plot, modelPlot(results));
   return failures.length > 0;
 }
@@ -137,9 +211,31 @@ async function modelMode(args: Args, output: Output, plot: string | undefined): 
 function modelPlot(results: ModelBenchResult[]): string {
   const r0 = results[0]!;
   const panels = [];
-  if (r0.promptTokens > 0) panels.push({ title: `Prompt processing (${r0.promptTokens}-token prompt)`, yLabel: "tokens/s", bars: results.map((r) => ({ label: r.model, mean: r.promptTokensPerSecond.mean, sd: r.promptTokensPerSecond.sd })) });
-  if (r0.genTokens > 0) panels.push({ title: `Generation (${r0.genTokens} tokens)`, yLabel: "tokens/s", bars: results.map((r) => ({ label: r.model, mean: r.generationTokensPerSecond.mean, sd: r.generationTokensPerSecond.sd })) });
-  return barChart("mlx bench: tokens per second", `mean ± standard deviation of ${r0.repetitions} runs · higher is better · ${new Date().toISOString().slice(0, 10)}`, panels);
+  if (r0.promptTokens > 0)
+    panels.push({
+      title: `Prompt processing (${r0.promptTokens}-token prompt)`,
+      yLabel: "tokens/s",
+      bars: results.map((r) => ({
+        label: r.model,
+        mean: r.promptTokensPerSecond.mean,
+        sd: r.promptTokensPerSecond.sd,
+      })),
+    });
+  if (r0.genTokens > 0)
+    panels.push({
+      title: `Generation (${r0.genTokens} tokens)`,
+      yLabel: "tokens/s",
+      bars: results.map((r) => ({
+        label: r.model,
+        mean: r.generationTokensPerSecond.mean,
+        sd: r.generationTokensPerSecond.sd,
+      })),
+    });
+  return barChart(
+    "mlx bench: tokens per second",
+    `mean ± standard deviation of ${r0.repetitions} runs · higher is better · ${new Date().toISOString().slice(0, 10)}`,
+    panels,
+  );
 }
 
 async function suiteMode(args: Args, output: Output, plot: string | undefined): Promise<boolean> {
@@ -151,18 +247,46 @@ async function suiteMode(args: Args, output: Output, plot: string | undefined): 
   }
   if (args["expect-schema"] !== undefined) defaults.schema = readSchemaFile(String(args["expect-schema"]));
   const prompts = parsePromptFile(String(args.prompts), defaults);
-  const { results, failures } = await eachModel(args, (lm, name) => runSuite(lm, name, prompts, { maxTokens, onProgress: progress }));
-  if (results.length > 0 || failures.length > 0) emit(output, () => suiteJson(results, failures, prompts), () => suiteCsv(results, failures, prompts), () => suiteTables(results, failures, prompts));
+  const { results, failures } = await eachModel(args, (lm, name) =>
+    runSuite(lm, name, prompts, { maxTokens, onProgress: progress }),
+  );
+  if (results.length > 0 || failures.length > 0)
+    emit(
+      output,
+      () => suiteJson(results, failures, prompts),
+      () => suiteCsv(results, failures, prompts),
+      () => suiteTables(results, failures, prompts),
+    );
   if (plot && results.length > 0) writePlot(plot, suitePlot(results, prompts));
   return failures.length > 0;
 }
 
 function suitePlot(results: SuiteModelResult[], prompts: SuitePrompt[]): string {
   const label = (r: SuiteModelResult) => (r.checked > 0 ? `${r.model} (${r.passed}/${r.checked} pass)` : r.model);
-  return barChart("mlx bench: prompt suite", `${prompts.length} prompts, greedy · mean ± standard deviation over the prompts · higher is better`, [
-    { title: "Prompt processing", yLabel: "tokens/s", bars: results.map((r) => ({ label: label(r), mean: r.promptTokensPerSecond.mean, sd: r.promptTokensPerSecond.sd })) },
-    { title: "Generation", yLabel: "tokens/s", bars: results.map((r) => ({ label: label(r), mean: r.generationTokensPerSecond.mean, sd: r.generationTokensPerSecond.sd })) },
-  ]);
+  return barChart(
+    "mlx bench: prompt suite",
+    `${prompts.length} prompts, greedy · mean ± standard deviation over the prompts · higher is better`,
+    [
+      {
+        title: "Prompt processing",
+        yLabel: "tokens/s",
+        bars: results.map((r) => ({
+          label: label(r),
+          mean: r.promptTokensPerSecond.mean,
+          sd: r.promptTokensPerSecond.sd,
+        })),
+      },
+      {
+        title: "Generation",
+        yLabel: "tokens/s",
+        bars: results.map((r) => ({
+          label: label(r),
+          mean: r.generationTokensPerSecond.mean,
+          sd: r.generationTokensPerSecond.sd,
+        })),
+      },
+    ],
+  );
 }
 
 async function serverMode(args: Args, output: Output, plot: string | undefined): Promise<boolean> {
@@ -177,12 +301,30 @@ async function serverMode(args: Args, output: Output, plot: string | undefined):
   const requests = positiveInteger("requests", args.requests);
   const maxTokens = positiveInteger("max-tokens", args["max-tokens"] ?? "128");
   const timeoutSeconds = positiveInteger("timeout", args.timeout);
-  const prompts = args.prompts === undefined ? defaultServerPrompts : parsePromptFile(String(args.prompts)).map((p) => p.prompt);
-  const result = await benchServer({ url: String(args.url), concurrency, requests, model: models[0], maxTokens, prompts, timeoutSeconds, onProgress: progress });
-  emit(output, () => serverJson(result), () => serverCsv(result), () => serverTable(result));
+  const prompts =
+    args.prompts === undefined ? defaultServerPrompts : parsePromptFile(String(args.prompts)).map((p) => p.prompt);
+  const result = await benchServer({
+    url: String(args.url),
+    concurrency,
+    requests,
+    model: models[0],
+    maxTokens,
+    prompts,
+    timeoutSeconds,
+    onProgress: progress,
+  });
+  emit(
+    output,
+    () => serverJson(result),
+    () => serverCsv(result),
+    () => serverTable(result),
+  );
   if (plot) writePlot(plot, serverPlot(result));
   const allFailed = result.levels.some((l) => l.completed === 0);
-  if (allFailed) process.stderr.write(`error: every request failed at some concurrency level (${result.levels.find((l) => l.completed === 0)!.errors[0] ?? "unknown error"})\n`);
+  if (allFailed)
+    process.stderr.write(
+      `error: every request failed at some concurrency level (${result.levels.find((l) => l.completed === 0)!.errors[0] ?? "unknown error"})\n`,
+    );
   return allFailed;
 }
 
@@ -196,9 +338,33 @@ const defaultServerPrompts = [
 function serverPlot(r: ServerBenchResult): string {
   const xs = r.levels.map((l) => l.concurrency);
   const pick = (f: (l: ServerBenchResult["levels"][number]) => number) => r.levels.map(f);
-  return lineChart(`mlx bench: ${r.url}`, `model ${r.model} · up to ${r.maxTokens} tokens per answer · streaming chat completions`, "concurrent requests", xs, [
-    { title: "Throughput (higher is better)", yLabel: "output tokens/s", series: [{ name: "output tokens/s", values: pick((l) => l.outputTokensPerSecond) }] },
-    { title: "P99 latency (lower is better)", yLabel: "ms", series: [{ name: "end-to-end latency P99", values: pick((l) => l.e2eMs.p99) }, { name: "time to first token P99", values: pick((l) => l.ttftMs.p99) }] },
-    { title: "P99 per-token latency (lower is better)", yLabel: "ms", series: [{ name: "time per output token P99", values: pick((l) => l.tpotMs.p99) }, { name: "inter-token latency P99", values: pick((l) => l.itlMs.p99) }] },
-  ]);
+  return lineChart(
+    `mlx bench: ${r.url}`,
+    `model ${r.model} · up to ${r.maxTokens} tokens per answer · streaming chat completions`,
+    "concurrent requests",
+    xs,
+    [
+      {
+        title: "Throughput (higher is better)",
+        yLabel: "output tokens/s",
+        series: [{ name: "output tokens/s", values: pick((l) => l.outputTokensPerSecond) }],
+      },
+      {
+        title: "P99 latency (lower is better)",
+        yLabel: "ms",
+        series: [
+          { name: "end-to-end latency P99", values: pick((l) => l.e2eMs.p99) },
+          { name: "time to first token P99", values: pick((l) => l.ttftMs.p99) },
+        ],
+      },
+      {
+        title: "P99 per-token latency (lower is better)",
+        yLabel: "ms",
+        series: [
+          { name: "time per output token P99", values: pick((l) => l.tpotMs.p99) },
+          { name: "inter-token latency P99", values: pick((l) => l.itlMs.p99) },
+        ],
+      },
+    ],
+  );
 }

@@ -26,13 +26,19 @@ export default defineCommand({
     setVerbose(verbose);
     let input: LineInput | undefined;
     try {
-      const settings = { sampling: samplingFrom(args), maxTokens: positiveInteger("max-tokens", args["max-tokens"]), system: args.system, stats: Boolean(args.stats) };
+      const settings = {
+        sampling: samplingFrom(args),
+        maxTokens: positiveInteger("max-tokens", args["max-tokens"]),
+        system: args.system,
+        stats: Boolean(args.stats),
+      };
       const modelName = args.model ?? "default model";
       const lm = await openModel(args.model, kvQuantizationFrom(args, args.model));
       input = new LineInput(join(storeRoot(), "chat_history"));
       const say = (text: string) => process.stderr.write(`${text}\n`);
       const session = new ChatSession(lm, modelName, settings, say);
-      if (input.interactive) say(`chatting with ${args.model ?? "the default model"}; /help for commands, Ctrl-D to leave`);
+      if (input.interactive)
+        say(`chatting with ${args.model ?? "the default model"}; /help for commands, Ctrl-D to leave`);
 
       for (;;) {
         const message = await input.read();

@@ -15,9 +15,17 @@ export default defineCommand({
   meta: { name: "convert", description: "Convert a GGUF model into an MLX-community directory (loadable by mlx-lm)" },
   args: {
     source: { type: "positional", required: true, description: "A .gguf file, or an alias whose source is one" },
-    output: { type: "positional", required: false, description: "Directory to write (default: into the store, as <source>-mlx)" },
+    output: {
+      type: "positional",
+      required: false,
+      description: "Directory to write (default: into the store, as <source>-mlx)",
+    },
     force: { type: "boolean", description: "Replace the output directory if it is not empty" },
-    bits: { type: "string", description: "Re-quantize tensors MLX dequantizes at load (K-quants, Q5_0, ...) to this many bits (default 4; 0 keeps them 16-bit)" },
+    bits: {
+      type: "string",
+      description:
+        "Re-quantize tensors MLX dequantizes at load (K-quants, Q5_0, ...) to this many bits (default 4; 0 keeps them 16-bit)",
+    },
     "group-size": { type: "string", description: "Group size of that quantization (default 64)" },
     verbose: { type: "boolean", alias: "v", description: "Stack traces on errors" },
   },
@@ -31,7 +39,11 @@ export default defineCommand({
       if (!args.output) {
         const name = `${basename(args.source).replace(/\.gguf$/, "")}-mlx`;
         const stored = await convertedModel(path, name);
-        log.success(stored.converted ? `converted into the store as ${stored.name}` : `${stored.name}: already converted (same file, same converter)`);
+        log.success(
+          stored.converted
+            ? `converted into the store as ${stored.name}`
+            : `${stored.name}: already converted (same file, same converter)`,
+        );
         process.stdout.write(`${stored.path}\n`);
         return;
       }

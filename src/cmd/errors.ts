@@ -1,7 +1,14 @@
 // Every error a command ends with, as the one line the user sees: the typed errors that cross
 // layers get the line (and hint) that suits a terminal; anything else its message's first line.
 import { SchemaError } from "../engine/grammar";
-import { ContextLengthError, InvalidParameterError, ModelNotFoundError, ModelPullError, QueueFullError, UnsupportedError } from "../errors";
+import {
+  ContextLengthError,
+  InvalidParameterError,
+  ModelNotFoundError,
+  ModelPullError,
+  QueueFullError,
+  UnsupportedError,
+} from "../errors";
 import { ModelLoadError } from "../models/load";
 
 export function errorLine(error: unknown): string {

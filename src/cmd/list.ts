@@ -7,7 +7,10 @@ import { fail } from "./log";
 export default defineCommand({
   meta: { name: "list", description: "List the models in the store" },
   args: {
-    json: { type: "boolean", description: "One JSON array: name, format, architecture, quantization, size, times, source" },
+    json: {
+      type: "boolean",
+      description: "One JSON array: name, format, architecture, quantization, size, times, source",
+    },
   },
   async run({ args }) {
     try {
@@ -17,7 +20,13 @@ export default defineCommand({
         process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
         return;
       }
-      const rows = models.map((m) => [m.name, m.format, m.quantization ?? "-", formatBytes(m.totalBytes), timeAgo(m.lastUsedAt)]);
+      const rows = models.map((m) => [
+        m.name,
+        m.format,
+        m.quantization ?? "-",
+        formatBytes(m.totalBytes),
+        timeAgo(m.lastUsedAt),
+      ]);
       process.stdout.write(table(["NAME", "FORMAT", "QUANTIZATION", "SIZE", "LAST USED"], rows));
     } catch (error) {
       fail(error);
@@ -27,13 +36,23 @@ export default defineCommand({
 
 function table(header: string[], rows: string[][]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  return [header, ...rows].map((r) => r.map((cell, i) => cell.padEnd(widths[i]!)).join("  ").trimEnd()).join("\n") + "\n";
+  return (
+    [header, ...rows]
+      .map((r) =>
+        r
+          .map((cell, i) => cell.padEnd(widths[i]!))
+          .join("  ")
+          .trimEnd(),
+      )
+      .join("\n") + "\n"
+  );
 }
 
 function timeAgo(iso: string): string {
   const seconds = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
   if (seconds < 60) return "just now";
-  const [amount, unit] = seconds < 3600 ? [seconds / 60, "minute"] : seconds < 86400 ? [seconds / 3600, "hour"] : [seconds / 86400, "day"];
+  const [amount, unit] =
+    seconds < 3600 ? [seconds / 60, "minute"] : seconds < 86400 ? [seconds / 3600, "hour"] : [seconds / 86400, "day"];
   const n = Math.floor(amount);
   return `${n} ${unit}${n === 1 ? "" : "s"} ago`;
 }

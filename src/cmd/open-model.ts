@@ -6,7 +6,10 @@ import { repairHint } from "../store/store";
 import { aliasKvQuantization } from "../store/aliases";
 import { log } from "./log";
 
-export async function openModel(spec: string | undefined, kvQuantization = aliasKvQuantization(spec)): Promise<LoadedModel> {
+export async function openModel(
+  spec: string | undefined,
+  kvQuantization = aliasKvQuantization(spec),
+): Promise<LoadedModel> {
   const path = await resolveModelPath(spec);
   const started = performance.now();
   let lm: LoadedModel;

@@ -8,21 +8,35 @@ import type { KvQuantization } from "../models/cache";
 import { aliasKvQuantization } from "../store/aliases";
 
 export const modelArg = {
-  model: { type: "string", alias: "m", description: "Model: an alias from models.toml, a model directory, or a .gguf file (default: the models.toml default)" },
+  model: {
+    type: "string",
+    alias: "m",
+    description:
+      "Model: an alias from models.toml, a model directory, or a .gguf file (default: the models.toml default)",
+  },
 } as const satisfies ArgsDef;
 
 export const samplingArgs = {
   temp: { type: "string", description: "Sampling temperature; 0 is greedy", default: "0" },
-  "top-p": { type: "string", description: "Nucleus sampling: keep the smallest set of tokens whose probability reaches p", default: "1" },
+  "top-p": {
+    type: "string",
+    description: "Nucleus sampling: keep the smallest set of tokens whose probability reaches p",
+    default: "1",
+  },
   "top-k": { type: "string", description: "Keep only the k most likely tokens (0: off)", default: "0" },
-  "min-p": { type: "string", description: "Drop tokens less likely than min-p times the most likely one (0: off)", default: "0" },
+  "min-p": {
+    type: "string",
+    description: "Drop tokens less likely than min-p times the most likely one (0: off)",
+    default: "0",
+  },
   "repeat-penalty": { type: "string", description: "Penalty for tokens seen in the last 20 (1: off)", default: "1" },
   seed: { type: "string", description: "Random seed, for reproducible sampling" },
 } as const satisfies ArgsDef;
 
 function number(name: string, value: string | undefined): number {
   const n = Number(value);
-  if (value === undefined || value.trim() === "" || !Number.isFinite(n)) throw new Error(`--${name} must be a number (got '${value}')`);
+  if (value === undefined || value.trim() === "" || !Number.isFinite(n))
+    throw new Error(`--${name} must be a number (got '${value}')`);
   return n;
 }
 
@@ -47,20 +61,36 @@ export function positiveInteger(name: string, value: unknown): number {
 }
 
 export const kvCacheArgs = {
-  "kv-bits": { type: "string", description: "Store the KV cache quantized: 8 or 4 bits (default: float, or the model's kv_bits in models.toml)" },
-  "kv-group-size": { type: "string", description: "Values per quantization scale in the KV cache: 32, 64 or 128", default: "64" },
-  "kv-quant-start": { type: "string", description: "Keep this many positions in float before quantizing the KV cache", default: "0" },
+  "kv-bits": {
+    type: "string",
+    description: "Store the KV cache quantized: 8 or 4 bits (default: float, or the model's kv_bits in models.toml)",
+  },
+  "kv-group-size": {
+    type: "string",
+    description: "Values per quantization scale in the KV cache: 32, 64 or 128",
+    default: "64",
+  },
+  "kv-quant-start": {
+    type: "string",
+    description: "Keep this many positions in float before quantizing the KV cache",
+    default: "0",
+  },
 } as const satisfies ArgsDef;
 
 /** --kv-bits/--kv-group-size/--kv-quant-start, or else models.toml's kv_bits for `spec`. */
-export function kvQuantizationFrom(args: Record<string, unknown>, spec: string | undefined): KvQuantization | undefined {
+export function kvQuantizationFrom(
+  args: Record<string, unknown>,
+  spec: string | undefined,
+): KvQuantization | undefined {
   if (args["kv-bits"] === undefined) return aliasKvQuantization(spec);
   const bits = Number(args["kv-bits"]);
   if (bits !== 4 && bits !== 8) throw new Error(`--kv-bits must be 4 or 8 (got '${args["kv-bits"]}')`);
   const groupSize = Number(args["kv-group-size"] ?? 64);
-  if (![32, 64, 128].includes(groupSize)) throw new Error(`--kv-group-size must be 32, 64 or 128 (got '${args["kv-group-size"]}')`);
+  if (![32, 64, 128].includes(groupSize))
+    throw new Error(`--kv-group-size must be 32, 64 or 128 (got '${args["kv-group-size"]}')`);
   const start = Number(args["kv-quant-start"] ?? 0);
-  if (!Number.isInteger(start) || start < 0) throw new Error(`--kv-quant-start must be a whole number ≥ 0 (got '${args["kv-quant-start"]}')`);
+  if (!Number.isInteger(start) || start < 0)
+    throw new Error(`--kv-quant-start must be a whole number ≥ 0 (got '${args["kv-quant-start"]}')`);
   return { bits, groupSize, start };
 }
 
@@ -88,7 +118,8 @@ export async function formatFrom(args: Record<string, unknown>): Promise<OutputF
   if (format !== undefined && schema !== undefined) throw new Error("give --format json or --schema <file>, not both");
   if (schema !== undefined) return readFormat(schema);
   if (format === undefined) return undefined;
-  if (format !== "json") throw new Error(`--format must be 'json' (got '${format}'); for a JSON Schema use --schema <file>`);
+  if (format !== "json")
+    throw new Error(`--format must be 'json' (got '${format}'); for a JSON Schema use --schema <file>`);
   return readFormat("json");
 }
 
@@ -100,7 +131,9 @@ export async function readFormat(spec: string): Promise<OutputFormat> {
     text = readFileSync(spec, "utf8");
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
-    throw new Error(`cannot read schema file '${spec}': ${code === "ENOENT" ? "no such file" : (error as Error).message}`);
+    throw new Error(
+      `cannot read schema file '${spec}': ${code === "ENOENT" ? "no such file" : (error as Error).message}`,
+    );
   }
   let schema: unknown;
   try {

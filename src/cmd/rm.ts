@@ -20,7 +20,10 @@ export default defineCommand({
       if (!manifest) throw new Error(`no stored model named '${name}' (see mlx list)`);
       // Only a person at a terminal can answer; scripts pass -y.
       if (!args.yes && process.stdin.isTTY) {
-        const answer = await confirm({ message: `Remove ${name} (${formatBytes(manifest.totalBytes)})?`, initialValue: false });
+        const answer = await confirm({
+          message: `Remove ${name} (${formatBytes(manifest.totalBytes)})?`,
+          initialValue: false,
+        });
         if (isCancel(answer) || !answer) {
           log.info("nothing removed");
           return;

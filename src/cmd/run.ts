@@ -3,7 +3,17 @@ import { defineCommand } from "citty";
 import { soloScheduler, streamCompletion, type CompletionResult } from "../engine/generate";
 import { fail, setVerbose } from "./log";
 import { openModel } from "./open-model";
-import { formatArgs, formatFrom, kvCacheArgs, kvQuantizationFrom, list, modelArg, positiveInteger, samplingArgs, samplingFrom } from "./options";
+import {
+  formatArgs,
+  formatFrom,
+  kvCacheArgs,
+  kvQuantizationFrom,
+  list,
+  modelArg,
+  positiveInteger,
+  samplingArgs,
+  samplingFrom,
+} from "./options";
 import { BudgetError } from "../engine/budget/steering";
 import { formatStats } from "./stats";
 
@@ -18,8 +28,15 @@ export default defineCommand({
     ...kvCacheArgs,
     stop: { type: "string", description: "Stop when the answer contains this text (repeatable)" },
     raw: { type: "boolean", description: "Send the prompt as it is, without the model's chat template" },
-    verbose: { type: "boolean", alias: "v", description: "Print speed and memory figures to stderr, and stack traces on errors" },
-    json: { type: "boolean", description: "Print one JSON object (text, token ids, finish reason, figures) instead of streaming" },
+    verbose: {
+      type: "boolean",
+      alias: "v",
+      description: "Print speed and memory figures to stderr, and stack traces on errors",
+    },
+    json: {
+      type: "boolean",
+      description: "Print one JSON object (text, token ids, finish reason, figures) instead of streaming",
+    },
     ...formatArgs,
   },
   async run({ args }) {
@@ -52,7 +69,8 @@ export default defineCommand({
       scheduler.dispose();
       if (args.json) process.stdout.write(`${JSON.stringify(jsonResult(result))}\n`);
       else process.stdout.write("\n");
-      if (result.closedEarly && !args.json) process.stderr.write(`note: --max-tokens ran out, so the JSON was closed early (it is valid but cut short)\n`);
+      if (result.closedEarly && !args.json)
+        process.stderr.write(`note: --max-tokens ran out, so the JSON was closed early (it is valid but cut short)\n`);
       if (verbose) process.stderr.write(`${formatStats(result.stats)}\n`);
       if (result.finishReason === "cancelled") process.exit(130);
     } catch (error) {

@@ -16,20 +16,51 @@ export default defineCommand({
   meta: { name: "serve", description: "Serve an OpenAI- and Ollama-compatible API (127.0.0.1 by default)" },
   args: {
     ...kvCacheArgs,
-    model: { type: "string", alias: "m", description: "Load this model at start, keep it loaded, and use it when a request names none" },
-    host: { type: "string", description: "Address to bind (0.0.0.0 exposes the server to the network)", default: "127.0.0.1" },
+    model: {
+      type: "string",
+      alias: "m",
+      description: "Load this model at start, keep it loaded, and use it when a request names none",
+    },
+    host: {
+      type: "string",
+      description: "Address to bind (0.0.0.0 exposes the server to the network)",
+      default: "127.0.0.1",
+    },
     port: { type: "string", alias: "p", description: "Port (0: any free port)", default: "11435" },
-    "api-key": { type: "string", description: "Require 'Authorization: Bearer <key>' (or 'x-api-key: <key>') on every route but /health (default: $MLX_API_KEY)" },
+    "api-key": {
+      type: "string",
+      description:
+        "Require 'Authorization: Bearer <key>' (or 'x-api-key: <key>') on every route but /health (default: $MLX_API_KEY)",
+    },
     cors: { type: "string", description: "Allow this browser origin (repeatable; '*' for any)" },
-    "keep-alive": { type: "string", description: "How long an idle model stays loaded: 5m, 1h, 30s, 0, -1 (forever)", default: "5m" },
+    "keep-alive": {
+      type: "string",
+      description: "How long an idle model stays loaded: 5m, 1h, 30s, 0, -1 (forever)",
+      default: "5m",
+    },
     "max-queue": { type: "string", description: "Requests allowed to wait per model before 429", default: "64" },
-    "max-models": { type: "string", description: "Models held in memory at once (a request for another waits while all are busy)", default: "1" },
+    "max-models": {
+      type: "string",
+      description: "Models held in memory at once (a request for another waits while all are busy)",
+      default: "1",
+    },
     "request-timeout": { type: "string", description: "Seconds a request may take, queue included", default: "600" },
     "max-body": { type: "string", description: "Largest request body in bytes", default: String(4 * 1024 * 1024) },
     "max-batch": { type: "string", description: "Sequences decoded together per step", default: "8" },
-    "prefill-chunk": { type: "string", description: "Prompt tokens prefilled between two decode steps, so running streams keep flowing", default: "512" },
-    "target-itl-ms": { type: "string", description: "Turn on the adaptive tuner: aim at this P99 inter-token latency (ms)" },
-    "prefix-cache-mb": { type: "string", description: "Memory for reusing prompt prefixes across requests, per model (0: off)", default: "512" },
+    "prefill-chunk": {
+      type: "string",
+      description: "Prompt tokens prefilled between two decode steps, so running streams keep flowing",
+      default: "512",
+    },
+    "target-itl-ms": {
+      type: "string",
+      description: "Turn on the adaptive tuner: aim at this P99 inter-token latency (ms)",
+    },
+    "prefix-cache-mb": {
+      type: "string",
+      description: "Memory for reusing prompt prefixes across requests, per model (0: off)",
+      default: "512",
+    },
     verbose: { type: "boolean", alias: "v", description: "Log more, with stack traces" },
   },
   async run({ args }) {
@@ -37,7 +68,8 @@ export default defineCommand({
     setVerbose(verbose);
     try {
       const port = Number(args.port);
-      if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`--port must be 0-65535 (got '${args.port}')`);
+      if (!Number.isInteger(port) || port < 0 || port > 65535)
+        throw new Error(`--port must be 0-65535 (got '${args.port}')`);
       const keepAliveMs = parseKeepAlive(args["keep-alive"], "--keep-alive") ?? 5 * 60_000;
       const server = startServer({
         host: args.host,
@@ -52,7 +84,8 @@ export default defineCommand({
         maxBodyBytes: positiveInteger("max-body", args["max-body"]),
         maxBatch: positiveInteger("max-batch", args["max-batch"]),
         prefillChunk: positiveInteger("prefill-chunk", args["prefill-chunk"]),
-        targetItlMs: args["target-itl-ms"] === undefined ? undefined : positiveInteger("target-itl-ms", args["target-itl-ms"]),
+        targetItlMs:
+          args["target-itl-ms"] === undefined ? undefined : positiveInteger("target-itl-ms", args["target-itl-ms"]),
         prefixCacheBytes: nonNegative("prefix-cache-mb", args["prefix-cache-mb"]) * 1024 * 1024,
         kvQuantization: args["kv-bits"] === undefined ? undefined : kvQuantizationFrom(args, undefined),
         version: pkg.version,
@@ -64,7 +97,9 @@ export default defineCommand({
         onLoad: (name, path, seconds) => log.info(`loaded ${name} (${path}) in ${seconds.toFixed(2)} s`),
       });
       // Always said, even when stderr is not a terminal: scripts read the bound port from it.
-      process.stderr.write(`mlx serve listening on ${server.url} (chat: ${server.url}/, dashboard: ${server.url}/dashboard)\n`);
+      process.stderr.write(
+        `mlx serve listening on ${server.url} (chat: ${server.url}/, dashboard: ${server.url}/dashboard)\n`,
+      );
       const stop = () => {
         void server.stop().finally(() => process.exit(0));
       };

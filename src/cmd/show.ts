@@ -9,7 +9,18 @@ import { loadPath } from "../store/store";
 import { fail } from "./log";
 
 // The config.json fields worth a glance; the whole file is one `cat` away in the model directory.
-const CONFIG_FIELDS = ["model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "vocab_size", "max_position_embeddings", "rope_theta", "tie_word_embeddings", "quantization"];
+const CONFIG_FIELDS = [
+  "model_type",
+  "hidden_size",
+  "num_hidden_layers",
+  "num_attention_heads",
+  "num_key_value_heads",
+  "vocab_size",
+  "max_position_embeddings",
+  "rope_theta",
+  "tie_word_embeddings",
+  "quantization",
+];
 
 export default defineCommand({
   meta: { name: "show", description: "Show a stored model: files, format, quantization, sizes, source, config" },
@@ -21,7 +32,10 @@ export default defineCommand({
     try {
       const { name } = modelRequest(args.model);
       const manifest = readManifest(name);
-      if (!manifest) throw new Error(`'${name}' is not in the store (mlx pull ${args.model} fetches it; mlx list shows what is there)`);
+      if (!manifest)
+        throw new Error(
+          `'${name}' is not in the store (mlx pull ${args.model} fetches it; mlx list shows what is there)`,
+        );
       const config = configSummary(manifest);
       if (args.json) {
         process.stdout.write(`${JSON.stringify({ manifest, config, path: loadPath(manifest) }, null, 2)}\n`);

@@ -2,7 +2,6 @@
 import { formatBytes } from "../format";
 import type { CompletionStats } from "../engine/generate";
 
-
 export function formatStats(s: CompletionStats): string {
   return [
     `prompt:     ${s.promptTokens} tokens, ${s.promptTokensPerSecond.toFixed(2)} tokens/s`,

@@ -5,14 +5,19 @@ import { verifyStore } from "../store/verify";
 import { fail, log, setVerbose } from "./log";
 
 export default defineCommand({
-  meta: { name: "verify", description: "Re-hash every stored file; remove corrupt ones and say which models to pull again" },
+  meta: {
+    name: "verify",
+    description: "Re-hash every stored file; remove corrupt ones and say which models to pull again",
+  },
   args: {
     verbose: { type: "boolean", alias: "v", description: "Name each file as it is checked" },
   },
   async run({ args }) {
     setVerbose(Boolean(args.verbose));
     try {
-      const report = await verifyStore((sha, i, count) => log.debug(`checking ${i + 1}/${count} sha256-${sha.slice(0, 12)}`));
+      const report = await verifyStore((sha, i, count) =>
+        log.debug(`checking ${i + 1}/${count} sha256-${sha.slice(0, 12)}`),
+      );
       for (const sha of report.corrupt) process.stderr.write(`corrupt: sha256-${sha} (removed)\n`);
       for (const sha of report.missing) process.stderr.write(`missing: sha256-${sha}\n`);
       process.stdout.write(`checked ${report.checkedBlobs} files (${formatBytes(report.checkedBytes)})\n`);

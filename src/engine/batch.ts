@@ -83,7 +83,9 @@ export class BatchGenerator {
   ) {
     const kv = options.kvQuantization;
     if (kv && model.config.headDim % kv.groupSize !== 0) {
-      throw new Error(`a ${kv.bits}-bit KV cache needs the head size (${model.config.headDim}) to be a multiple of its group size (${kv.groupSize}); try --kv-group-size 32`);
+      throw new Error(
+        `a ${kv.bits}-bit KV cache needs the head size (${model.config.headDim}) to be a multiple of its group size (${kv.groupSize}); try --kv-group-size 32`,
+      );
     }
     this.#caches = Array.from({ length: model.numLayers }, () => new BatchKVCache(options.kvQuantization));
   }
@@ -102,7 +104,16 @@ export class BatchGenerator {
 
   add(id: string, request: SequenceRequest): void {
     if (request.promptIds.length === 0) throw new Error("empty prompt: nothing to generate from");
-    this.#waiting.push({ id, request, sample: makeSampler(request.sampling), processors: request.processors ?? [], history: [], generated: 0, next: -1, done: false });
+    this.#waiting.push({
+      id,
+      request,
+      sample: makeSampler(request.sampling),
+      processors: request.processors ?? [],
+      history: [],
+      generated: 0,
+      next: -1,
+      done: false,
+    });
   }
 
   /** Stops a sequence wherever it is (waiting, prefilling or decoding). */
@@ -218,8 +229,14 @@ export class BatchGenerator {
       });
       return {
         rows: batch,
-        tokens: mx.concatenate(rows.map((r) => mx.astype(r.token, mx.Dtype.uint32)), 0),
-        chosen: mx.concatenate(rows.map((r) => r.chosen), 0),
+        tokens: mx.concatenate(
+          rows.map((r) => mx.astype(r.token, mx.Dtype.uint32)),
+          0,
+        ),
+        chosen: mx.concatenate(
+          rows.map((r) => r.chosen),
+          0,
+        ),
         logprobs: wantLogprobs ? rows.map((r) => mx.squeeze(r.logprobs, 0)) : undefined,
       };
     });
@@ -260,7 +277,9 @@ export class BatchGenerator {
     for (const row of rows) this.#active[row]!.done = true;
     // What a leaving sequence computed (its prompt and answer) may start a follow-up request.
     const cache = this.options.prefixCache;
-    if (cache) for (const row of rows) cache.insert(this.#active[row]!.history, this.#caches, row, this.#caches[0]!.leftPadding[row]);
+    if (cache)
+      for (const row of rows)
+        cache.insert(this.#active[row]!.history, this.#caches, row, this.#caches[0]!.leftPadding[row]);
     const keep = this.#active.map((_, i) => i).filter((i) => !rows.includes(i));
     this.#active = keep.map((i) => this.#active[i]!);
     for (const c of this.#caches) c.keepRows(keep);
@@ -277,7 +296,11 @@ export class BatchGenerator {
  * One sequence through a BatchGenerator of its own, token by token, for exactly `maxTokens`
  * tokens (EOS does not stop it): for benchmarks and tests of the token loop itself.
  */
-export function* generateTokens(model: DecoderModel, request: SequenceRequest, kvQuantization?: KvQuantization): Generator<SequenceEvent> {
+export function* generateTokens(
+  model: DecoderModel,
+  request: SequenceRequest,
+  kvQuantization?: KvQuantization,
+): Generator<SequenceEvent> {
   const generator = new BatchGenerator(model, { maxBatch: 1, prefillChunk: 2048, kvQuantization });
   try {
     generator.add("0", request);

@@ -83,7 +83,13 @@ export class Conversation {
     let droppedMessages: number;
     try {
       droppedMessages = this.#fitContext(o.maxTokens);
-      result = yield* streamCompletion(this.#scheduler, { prompt: { kind: "ids", ids: this.#render() }, sampling: o.sampling, maxTokens: o.maxTokens, format: o.format, signal: o.signal });
+      result = yield* streamCompletion(this.#scheduler, {
+        prompt: { kind: "ids", ids: this.#render() },
+        sampling: o.sampling,
+        maxTokens: o.maxTokens,
+        format: o.format,
+        signal: o.signal,
+      });
     } catch (error) {
       this.messages.pop();
       throw error;

@@ -42,7 +42,10 @@ export function soloScheduler(lm: LoadedModel, prefixCache?: PrefixCache): Sched
 }
 
 /** Streams the answer to `spec` as text deltas; returns the whole result when done. */
-export async function* streamCompletion(scheduler: Scheduler, spec: GenerationSpec): AsyncGenerator<string, CompletionResult> {
+export async function* streamCompletion(
+  scheduler: Scheduler,
+  spec: GenerationSpec,
+): AsyncGenerator<string, CompletionResult> {
   const prepared = await prepareGeneration(scheduler.lm, spec);
   resetPeakMemory();
   let text = "";
@@ -56,7 +59,14 @@ export async function* streamCompletion(scheduler: Scheduler, spec: GenerationSp
         continue;
       }
       const closedEarly = prepared.constraint?.closedEarly() ?? false;
-      return { text, promptTokenIds: prepared.promptIds, tokenIds: event.tokenIds, finishReason: event.finishReason, closedEarly, stats: completionStats(event.usage) };
+      return {
+        text,
+        promptTokenIds: prepared.promptIds,
+        tokenIds: event.tokenIds,
+        finishReason: event.finishReason,
+        closedEarly,
+        stats: completionStats(event.usage),
+      };
     }
     throw new Error("the scheduler ended a generation without a result");
   } finally {

@@ -89,7 +89,12 @@ async function loadInstance(): Promise<Instance> {
   const originalError = console.error;
   const originalInstantiate = WebAssembly.instantiate;
   try {
-    new Function("exports", "module", "require", "__filename", xgrammarSource as unknown as string)(exports, { exports }, require, "/xgrammar/index.js");
+    new Function("exports", "module", "require", "__filename", xgrammarSource as unknown as string)(
+      exports,
+      { exports },
+      require,
+      "/xgrammar/index.js",
+    );
     // The emscripten module binds console.log and console.error when it starts: route both
     // through us (its warnings go to stdout, which carries the answer): collected during a
     // guarded call, else sent to stderr.
@@ -98,8 +103,11 @@ async function loadInstance(): Promise<Instance> {
       else originalError(...args);
     };
     (WebAssembly as { instantiate: unknown }).instantiate = async (...args: unknown[]) => {
-      const result = await (originalInstantiate as (...a: unknown[]) => Promise<WebAssembly.WebAssemblyInstantiatedSource>)(...args);
-      const wasm = (result as { instance?: WebAssembly.Instance }).instance ?? (result as unknown as WebAssembly.Instance);
+      const result = await (
+        originalInstantiate as (...a: unknown[]) => Promise<WebAssembly.WebAssemblyInstantiatedSource>
+      )(...args);
+      const wasm =
+        (result as { instance?: WebAssembly.Instance }).instance ?? (result as unknown as WebAssembly.Instance);
       inst.memory = Object.values(wasm.exports).find((e): e is WebAssembly.Memory => e instanceof WebAssembly.Memory);
       return result;
     };
@@ -152,7 +160,21 @@ function diagnostic(line: string): string {
 const ajv = new Ajv({ strict: false, validateFormats: false, allErrors: false });
 
 // Keywords xgrammar parses but does not enforce: accepting them would break "valid by construction".
-const UNENFORCED = ["not", "if", "then", "else", "multipleOf", "uniqueItems", "contains", "minContains", "maxContains", "dependentRequired", "dependentSchemas", "dependencies", "unevaluatedItems"];
+const UNENFORCED = [
+  "not",
+  "if",
+  "then",
+  "else",
+  "multipleOf",
+  "uniqueItems",
+  "contains",
+  "minContains",
+  "maxContains",
+  "dependentRequired",
+  "dependentSchemas",
+  "dependencies",
+  "unevaluatedItems",
+];
 const SUBSCHEMA_MAPS = ["properties", "$defs", "definitions", "patternProperties", "dependentSchemas"];
 const SUBSCHEMA_LISTS = ["anyOf", "oneOf", "allOf", "prefixItems"];
 const SUBSCHEMA_SINGLE = ["items", "additionalProperties", "propertyNames", "additionalItems", "unevaluatedProperties"];
@@ -175,7 +197,9 @@ export async function validateSchema(schema: unknown, { strict = true }: { stric
     checkJsonSchema(schema);
     walkSchema(schema as Record<string, unknown>, "");
     const inst = await instance();
-    await guarded(inst, "unsupported schema", () => inst.xg.Testings._jsonSchemaToEBNF(JSON.stringify(schema), false, -1, undefined, strict));
+    await guarded(inst, "unsupported schema", () =>
+      inst.xg.Testings._jsonSchemaToEBNF(JSON.stringify(schema), false, -1, undefined, strict),
+    );
     validated.set(key, true);
   } catch (error) {
     const e = error instanceof SchemaError ? error : new SchemaError(`invalid schema: ${(error as Error).message}`);
@@ -207,27 +231,38 @@ function walkSchema(node: unknown, path: string): void {
   if (typeof node !== "object" || node === null || Array.isArray(node)) return;
   const s = node as Record<string, unknown>;
   for (const keyword of UNENFORCED) {
-    if (keyword in s) throw new SchemaError(`unsupported schema: ${path}/${keyword} is not supported in constrained decoding`);
+    if (keyword in s)
+      throw new SchemaError(`unsupported schema: ${path}/${keyword} is not supported in constrained decoding`);
   }
   // xgrammar's email grammar allows backslash escapes that are not valid JSON.
-  if (s.format === "email" || s.format === "idn-email") throw new SchemaError(`unsupported schema: ${path}/format "${s.format}" is not supported in constrained decoding (use a pattern)`);
-  if (Array.isArray(s.allOf) && s.allOf.length > 1) throw new SchemaError(`unsupported schema: ${path}/allOf with more than one schema is not supported`);
+  if (s.format === "email" || s.format === "idn-email")
+    throw new SchemaError(
+      `unsupported schema: ${path}/format "${s.format}" is not supported in constrained decoding (use a pattern)`,
+    );
+  if (Array.isArray(s.allOf) && s.allOf.length > 1)
+    throw new SchemaError(`unsupported schema: ${path}/allOf with more than one schema is not supported`);
   if (typeof s.pattern === "string") {
     checkPattern(s.pattern, `${path}/pattern`);
     const also = ["minLength", "maxLength", "format"].find((k) => k in s);
-    if (also) throw new SchemaError(`unsupported schema: ${path}/${also} cannot be combined with a pattern in constrained decoding (put the length in the pattern)`);
+    if (also)
+      throw new SchemaError(
+        `unsupported schema: ${path}/${also} cannot be combined with a pattern in constrained decoding (put the length in the pattern)`,
+      );
   }
   const isNumber = s.type === "number" || (Array.isArray(s.type) && s.type.includes("number"));
   for (const bound of ["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"]) {
     const v = s[bound];
     // xgrammar's range grammar for fractional bounds is wrong (it can emit invalid numbers).
     if (isNumber && typeof v === "number" && !Number.isInteger(v)) {
-      throw new SchemaError(`unsupported schema: ${path}/${bound} must be a whole number in constrained decoding (got ${v})`);
+      throw new SchemaError(
+        `unsupported schema: ${path}/${bound} must be a whole number in constrained decoding (got ${v})`,
+      );
     }
   }
   for (const name of SUBSCHEMA_MAPS) {
     const map = s[name];
-    if (map && typeof map === "object") for (const [k, v] of Object.entries(map)) walkSchema(v, `${path}/${name}/${escapePointer(k)}`);
+    if (map && typeof map === "object")
+      for (const [k, v] of Object.entries(map)) walkSchema(v, `${path}/${name}/${escapePointer(k)}`);
   }
   for (const name of SUBSCHEMA_LISTS) {
     const list = s[name];
@@ -239,10 +274,14 @@ function walkSchema(node: unknown, path: string): void {
 
 function checkPattern(pattern: string, where: string): void {
   if (/"|\\\\|\\[tnrfv0]|\\x[01]|\\u00[01]|\\c/.test(pattern)) {
-    throw new SchemaError(`unsupported schema: ${where} names a quote, a backslash or a control character, which constrained decoding cannot escape`);
+    throw new SchemaError(
+      `unsupported schema: ${where} names a quote, a backslash or a control character, which constrained decoding cannot escape`,
+    );
   }
-  if (/\(\?<?[=!]/.test(pattern)) throw new SchemaError(`unsupported schema: ${where} uses a lookaround assertion, which is not supported`);
-  if (/\\[1-9]|\\k</.test(pattern)) throw new SchemaError(`unsupported schema: ${where} uses a backreference, which is not supported`);
+  if (/\(\?<?[=!]/.test(pattern))
+    throw new SchemaError(`unsupported schema: ${where} uses a lookaround assertion, which is not supported`);
+  if (/\\[1-9]|\\k</.test(pattern))
+    throw new SchemaError(`unsupported schema: ${where} uses a backreference, which is not supported`);
 }
 
 const escapePointer = (key: string) => key.replaceAll("~", "~0").replaceAll("/", "~1");
@@ -250,7 +289,13 @@ const escapePointer = (key: string) => key.replaceAll("~", "~0").replaceAll("/",
 /** JSON with object keys sorted, so equal schemas share one cache entry. */
 export function canonicalJson(value: unknown): string {
   return JSON.stringify(value, (_key, v) =>
-    v && typeof v === "object" && !Array.isArray(v) ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, (v as Record<string, unknown>)[k]])) : v,
+    v && typeof v === "object" && !Array.isArray(v)
+      ? Object.fromEntries(
+          Object.keys(v)
+            .sort()
+            .map((k) => [k, (v as Record<string, unknown>)[k]]),
+        )
+      : v,
   );
 }
 
@@ -282,8 +327,15 @@ async function buildTokenizerGrammars(tokenizer: Tokenizer): Promise<TokenizerGr
   const inst = await instance();
   const { vocab, vocabType, prependSpace } = describeVocabulary(tokenizer);
   const stopIds = [...tokenizer.eosTokenIds].filter((id) => id < tokenizer.vocabSize);
-  if (stopIds.length === 0) throw new Error("the model's tokenizer has no end-of-sequence token, so constrained output could not end");
-  const info = await inst.xg.TokenizerInfo.createTokenizerInfo(vocab, vocabType, prependSpace, tokenizer.vocabSize, stopIds);
+  if (stopIds.length === 0)
+    throw new Error("the model's tokenizer has no end-of-sequence token, so constrained output could not end");
+  const info = await inst.xg.TokenizerInfo.createTokenizerInfo(
+    vocab,
+    vocabType,
+    prependSpace,
+    tokenizer.vocabSize,
+    stopIds,
+  );
   const compiler = await inst.xg.GrammarCompiler.createGrammarCompiler(info);
   return { inst, info, compiler, vocabSize: tokenizer.vocabSize, stopIds, compiled: new Map() };
 }
@@ -296,16 +348,22 @@ const TOOL_MARKER_TOKENS = new Set(["<tool_call>", "</tool_call>", "<|python_tag
  * (byte-level "Ġ" forms, or sentencepiece "▁" with <0xXX> byte tokens), special tokens other
  * than the stop tokens and tool-call markers as "" so the grammar never picks them.
  */
-export function describeVocabulary(tokenizer: Tokenizer): { vocab: string[]; vocabType: "byte_level" | "byte_fallback" | "raw"; prependSpace: boolean } {
+export function describeVocabulary(tokenizer: Tokenizer): {
+  vocab: string[];
+  vocabType: "byte_level" | "byte_fallback" | "raw";
+  prependSpace: boolean;
+} {
   const vocab = new Array<string>(tokenizer.vocabSize);
   let byteTokens = 0;
   for (let id = 0; id < tokenizer.vocabSize; id++) {
     const token = tokenizer.idToToken(id) ?? "";
-    vocab[id] = tokenizer.isSpecial(id) && !tokenizer.eosTokenIds.has(id) && !TOOL_MARKER_TOKENS.has(token) ? "" : token;
+    vocab[id] =
+      tokenizer.isSpecial(id) && !tokenizer.eosTokenIds.has(id) && !TOOL_MARKER_TOKENS.has(token) ? "" : token;
     if (/^<0x[0-9A-Fa-f]{2}>$/.test(token)) byteTokens++;
   }
   if (tokenizer.isByteLevel) return { vocab, vocabType: "byte_level", prependSpace: false };
-  if (byteTokens >= 256 || vocab.some((t) => t.includes("\u2581"))) return { vocab, vocabType: "byte_fallback", prependSpace: prependsSpace(tokenizer) };
+  if (byteTokens >= 256 || vocab.some((t) => t.includes("\u2581")))
+    return { vocab, vocabType: "byte_fallback", prependSpace: prependsSpace(tokenizer) };
   return { vocab, vocabType: "raw", prependSpace: false };
 }
 
@@ -320,7 +378,10 @@ function prependsSpace(tokenizer: Tokenizer): boolean {
  * `key`: EBNF text (its rule `root` first), or an xgrammar structural tag (text with tagged
  * parts such as tool calls). JSON formats and tool calls both reduce to it.
  */
-export type GrammarSource = { key: string } & ({ ebnf: () => Promise<string> } | { structuralTag: () => Promise<XG.StructuralTag> });
+export type GrammarSource = { key: string } & (
+  | { ebnf: () => Promise<string> }
+  | { structuralTag: () => Promise<XG.StructuralTag> }
+);
 
 function compiledGrammar(t: TokenizerGrammars, source: GrammarSource): Promise<XG.CompiledGrammar> {
   let grammar = t.compiled.get(source.key);
@@ -328,7 +389,9 @@ function compiledGrammar(t: TokenizerGrammars, source: GrammarSource): Promise<X
     grammar =
       "ebnf" in source
         ? source.ebnf().then((ebnf) => guarded(t.inst, "unsupported grammar", () => t.compiler.compileGrammar(ebnf)))
-        : source.structuralTag().then((tag) => guarded(t.inst, "unsupported grammar", () => t.compiler.compileStructuralTag(tag)));
+        : source
+            .structuralTag()
+            .then((tag) => guarded(t.inst, "unsupported grammar", () => t.compiler.compileStructuralTag(tag)));
     t.compiled.set(source.key, grammar);
     grammar.catch(() => t.compiled.delete(source.key));
   }
@@ -338,7 +401,9 @@ function compiledGrammar(t: TokenizerGrammars, source: GrammarSource): Promise<X
 /** A JSON Schema as EBNF whose rule `root` is one JSON value matching it, on one line. */
 export async function schemaEbnf(schema: object, strict: boolean): Promise<string> {
   const inst = await instance();
-  const ebnf = await guarded(inst, "unsupported schema", () => inst.xg.Testings._jsonSchemaToEBNF(JSON.stringify(schema), false, -1, undefined, strict));
+  const ebnf = await guarded(inst, "unsupported schema", () =>
+    inst.xg.Testings._jsonSchemaToEBNF(JSON.stringify(schema), false, -1, undefined, strict),
+  );
   return jsonSafeStrings(ebnf);
 }
 
@@ -404,7 +469,11 @@ export interface BudgetOptions {
  * A JSON constraint for one sequence on `tokenizer`'s model: "json" for any JSON object, or
  * `{ schema }` for a JSON Schema (validated first: a SchemaError names what is wrong).
  */
-export async function createJsonConstraint(tokenizer: Tokenizer, format: JsonFormat, budget: BudgetOptions = {}): Promise<GrammarConstraint> {
+export async function createJsonConstraint(
+  tokenizer: Tokenizer,
+  format: JsonFormat,
+  budget: BudgetOptions = {},
+): Promise<GrammarConstraint> {
   if (format !== "json") await validateSchema(format.schema, { strict: format.strict });
   const schema = format === "json" ? { type: "object" } : format.schema;
   const strict = format === "json" ? false : (format.strict ?? true);
@@ -419,7 +488,11 @@ export async function createJsonConstraint(tokenizer: Tokenizer, format: JsonFor
 }
 
 /** A constraint for one sequence on `tokenizer`'s model that follows any grammar (and the budget, given `steering`). */
-export async function createGrammarConstraint(tokenizer: Tokenizer, source: GrammarSource, steering?: BudgetSteering): Promise<GrammarConstraint> {
+export async function createGrammarConstraint(
+  tokenizer: Tokenizer,
+  source: GrammarSource,
+  steering?: BudgetSteering,
+): Promise<GrammarConstraint> {
   const t = await grammarsFor(tokenizer);
   const grammar = await compiledGrammar(t, source);
   const matcher = await t.inst.xg.GrammarMatcher.createGrammarMatcher(grammar, t.stopIds);
@@ -467,7 +540,8 @@ class Constraint implements GrammarConstraint {
     for (; this.seen < history.length; this.seen++) {
       if (this.matcher.isTerminated()) continue;
       const token = history[this.seen]!;
-      if (!this.matcher.acceptToken(token)) throw new Error(`the grammar rejected token ${token}: it was sampled despite the mask`);
+      if (!this.matcher.acceptToken(token))
+        throw new Error(`the grammar rejected token ${token}: it was sampled despite the mask`);
       if (!this.t.stopIds.includes(token)) this.steering?.observe(token);
     }
   }
@@ -551,7 +625,20 @@ function copyVector(inst: Instance, vector: EmbindVector, expected: number): Int
 /** Checks the direct read against the library's own on a small vocabulary with a known mask. */
 async function checkDirectBitmask(inst: Instance): Promise<void> {
   if (!inst.memory) return;
-  const vocab = ["{", "}", "a", "[", "]", "x", "0", "1", "\"", " ", ...Array.from({ length: 60 }, (_, i) => `t${i}`), "</s>"];
+  const vocab = [
+    "{",
+    "}",
+    "a",
+    "[",
+    "]",
+    "x",
+    "0",
+    "1",
+    '"',
+    " ",
+    ...Array.from({ length: 60 }, (_, i) => `t${i}`),
+    "</s>",
+  ];
   const info = await inst.xg.TokenizerInfo.createTokenizerInfo(vocab, "raw", false, vocab.length, [vocab.length - 1]);
   const compiler = await inst.xg.GrammarCompiler.createGrammarCompiler(info, false);
   const grammar = await compiler.compileGrammar('root ::= "[" ("0" | "1")* "]"');
@@ -559,10 +646,13 @@ async function checkDirectBitmask(inst: Instance): Promise<void> {
   try {
     const reference = await matcher.getNextTokenBitmask();
     inst.directBitmask = true;
-    const vector = (matcher as unknown as { handle: { GetNextTokenBitmask(vocab: number): EmbindVector } }).handle.GetNextTokenBitmask(vocab.length);
+    const vector = (
+      matcher as unknown as { handle: { GetNextTokenBitmask(vocab: number): EmbindVector } }
+    ).handle.GetNextTokenBitmask(vocab.length);
     const direct = copyVector(inst, vector, words(vocab.length));
     vector.delete();
-    inst.directBitmask = direct.length === reference.length && direct.every((w, i) => w === reference[i]) && reference[0] === 1 << 3;
+    inst.directBitmask =
+      direct.length === reference.length && direct.every((w, i) => w === reference[i]) && reference[0] === 1 << 3;
   } catch {
     inst.directBitmask = false;
   } finally {

@@ -75,7 +75,10 @@ export class PrefixCache {
   insert(tokens: number[], caches: KVCache[], row = 0, skip = 0): void {
     if (tokens.length === 0 || this.#covered(tokens)) return;
     const n = tokens.length;
-    const snapshot = (stored: Stored) => stored.map((t) => mx.keep(mx.scope(() => mx.contiguous(mx.slice(t, [row, 0, skip], [row + 1, t.shape[1]!, skip + n])))));
+    const snapshot = (stored: Stored) =>
+      stored.map((t) =>
+        mx.keep(mx.scope(() => mx.contiguous(mx.slice(t, [row, 0, skip], [row + 1, t.shape[1]!, skip + n])))),
+      );
     const keys = caches.map((c) => snapshot(c.keys!));
     const values = caches.map((c) => snapshot(c.values!));
     const arrays = [...keys, ...values].flat();

@@ -2,7 +2,11 @@
 // one (as mlx-lm's apply_chat_template does), or as plain text.
 import type { ChatMessage, Tokenizer } from "../tokenizer/tokenizer";
 
-export function promptTokens(tokenizer: Tokenizer, prompt: string, o: { system?: string; raw?: boolean } = {}): number[] {
+export function promptTokens(
+  tokenizer: Tokenizer,
+  prompt: string,
+  o: { system?: string; raw?: boolean } = {},
+): number[] {
   if (o.raw || !tokenizer.chatTemplate) return tokenizer.encode(prompt, { addSpecialTokens: true });
   const messages: ChatMessage[] = [];
   if (o.system) messages.push({ role: "system", content: o.system });

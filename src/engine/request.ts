@@ -9,10 +9,24 @@ import { createJsonConstraint, SchemaError, type GrammarConstraint, type JsonFor
 import { chatTokens, promptTokens } from "./prompt";
 import { logitsProcessors, validateSampling, type LogitsProcessor, type SamplingParams } from "./sampling";
 import type { GenerationRequest } from "./scheduler";
-import { createToolCallConstraint, offeredTools, requiredFunctions, templateInput, toolTemplate, type ConversationMessage, type ToolCallFormat, type ToolRequest, type ToolSpec, type ToolTemplate } from "./tools";
+import {
+  createToolCallConstraint,
+  offeredTools,
+  requiredFunctions,
+  templateInput,
+  toolTemplate,
+  type ConversationMessage,
+  type ToolCallFormat,
+  type ToolRequest,
+  type ToolSpec,
+  type ToolTemplate,
+} from "./tools";
 
 /** The prompt: chat messages (through the model's template), text (templated or raw), or token ids. */
-export type PromptInput = { kind: "chat"; messages: ConversationMessage[] } | { kind: "text"; text: string; template: boolean; system?: string } | { kind: "ids"; ids: number[] };
+export type PromptInput =
+  | { kind: "chat"; messages: ConversationMessage[] }
+  | { kind: "text"; text: string; template: boolean; system?: string }
+  | { kind: "ids"; ids: number[] };
 
 /** Structured output asked for, and the request field that asked (named in its errors). */
 export interface FormatInput {
@@ -61,19 +75,36 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   const promptIds = [...(spec.prefixIds ?? []), ...tokenize(lm.tokenizer, spec.prompt, template, offered)];
   if (promptIds.length === 0) throw new InvalidParameterError("the prompt is empty", "prompt");
   const badId = promptIds.find((id) => !(id >= 0 && id < vocab));
-  if (badId !== undefined) throw new InvalidParameterError(`token id ${badId} is outside the model's vocabulary (${vocab})`, "prompt");
+  if (badId !== undefined)
+    throw new InvalidParameterError(`token id ${badId} is outside the model's vocabulary (${vocab})`, "prompt");
   const context = lm.config.maxPositionEmbeddings;
   if (promptIds.length >= context) {
-    throw new ContextLengthError(`the prompt is ${promptIds.length} tokens, but the model's context is ${context} tokens (leave room for at least one generated token)`);
+    throw new ContextLengthError(
+      `the prompt is ${promptIds.length} tokens, but the model's context is ${context} tokens (leave room for at least one generated token)`,
+    );
   }
   if (spec.strictMaxTokens && spec.maxTokens !== undefined && spec.maxTokens > context)
-    throw new InvalidParameterError(`max_tokens is ${spec.maxTokens}, more than the model's context of ${context} tokens`, "max_tokens");
+    throw new InvalidParameterError(
+      `max_tokens is ${spec.maxTokens}, more than the model's context of ${context} tokens`,
+      "max_tokens",
+    );
   const room = context - promptIds.length;
   const maxTokens = Math.min(spec.maxTokens ?? room, room);
   const constraint = await grammarConstraint(lm, spec, toolFormat, maxTokens);
-  const processors = logitsProcessors(spec.sampling, promptIds.length, [...(spec.processors ?? []), ...(constraint ? [constraint.processor] : [])]);
+  const processors = logitsProcessors(spec.sampling, promptIds.length, [
+    ...(spec.processors ?? []),
+    ...(constraint ? [constraint.processor] : []),
+  ]);
   return {
-    request: { promptIds, sampling: spec.sampling, maxTokens, stop: spec.stop, topLogprobs: spec.topLogprobs, processors, signal: spec.signal },
+    request: {
+      promptIds,
+      sampling: spec.sampling,
+      maxTokens,
+      stop: spec.stop,
+      topLogprobs: spec.topLogprobs,
+      processors,
+      signal: spec.signal,
+    },
     promptIds,
     toolFormat,
     constraint,
@@ -87,16 +118,28 @@ export function countPromptTokens(lm: LoadedModel, prompt: PromptInput, tools?: 
 }
 
 /** `template` says how the chat template handles tools; `tools` are those offered on this turn. */
-function tokenize(tokenizer: Tokenizer, prompt: PromptInput, template: ToolTemplate, tools: ToolSpec[] | undefined): number[] {
+function tokenize(
+  tokenizer: Tokenizer,
+  prompt: PromptInput,
+  template: ToolTemplate,
+  tools: ToolSpec[] | undefined,
+): number[] {
   switch (prompt.kind) {
     case "ids":
       return prompt.ids;
     case "text":
-      if (prompt.template && tokenizer.chatTemplate) return withTemplateErrors(() => promptTokens(tokenizer, prompt.text, { system: prompt.system }));
+      if (prompt.template && tokenizer.chatTemplate)
+        return withTemplateErrors(() => promptTokens(tokenizer, prompt.text, { system: prompt.system }));
       // Raw text (a raw request ignores the system prompt, as Ollama does).
-      return tokenizer.encode(prompt.template && prompt.system ? `${prompt.system}\n\n${prompt.text}` : prompt.text, { addSpecialTokens: true });
+      return tokenizer.encode(prompt.template && prompt.system ? `${prompt.system}\n\n${prompt.text}` : prompt.text, {
+        addSpecialTokens: true,
+      });
     case "chat":
-      if (!tokenizer.chatTemplate) throw new UnsupportedError("this model has no chat template: use /v1/completions (or /api/generate with raw) instead", "messages");
+      if (!tokenizer.chatTemplate)
+        throw new UnsupportedError(
+          "this model has no chat template: use /v1/completions (or /api/generate with raw) instead",
+          "messages",
+        );
       return withTemplateErrors(() => {
         const { messages, tools: templateTools } = templateInput(template, prompt.messages, tools);
         return chatTokens(tokenizer, messages, templateTools);
@@ -109,7 +152,10 @@ function withTemplateErrors<T>(fn: () => T): T {
     return fn();
   } catch (error) {
     // A template's raise_exception (e.g. roles that must alternate) is the request's fault.
-    throw new InvalidParameterError(`the model's chat template rejected the messages: ${(error as Error).message}`, "messages");
+    throw new InvalidParameterError(
+      `the model's chat template rejected the messages: ${(error as Error).message}`,
+      "messages",
+    );
   }
 }
 
@@ -120,18 +166,41 @@ function withTemplateErrors<T>(fn: () => T): T {
  * tools the model may ignore: those are then only parsed, as most servers do. A `maxTokens`
  * too small for any valid answer is a BudgetError naming the minimum.
  */
-async function grammarConstraint(lm: LoadedModel, spec: GenerationSpec, toolFormat: ToolCallFormat | undefined, maxTokens: number): Promise<GrammarConstraint | undefined> {
+async function grammarConstraint(
+  lm: LoadedModel,
+  spec: GenerationSpec,
+  toolFormat: ToolCallFormat | undefined,
+  maxTokens: number,
+): Promise<GrammarConstraint | undefined> {
   const tools = toolFormat && spec.tools;
   const required = tools && requiredFunctions(tools);
   const format = spec.format;
-  if (required) return withSchemaErrors("tools", () => createToolCallConstraint(lm.tokenizer, toolFormat, required, { required: true, parallel: tools.parallel, maxTokens }));
-  if (format) return withSchemaErrors(format.param, () => createJsonConstraint(lm.tokenizer, format.format, { maxTokens }));
-  if (tools) return withSchemaErrors(null, () => createToolCallConstraint(lm.tokenizer, toolFormat, tools.tools, { required: false, parallel: tools.parallel, maxTokens }));
+  if (required)
+    return withSchemaErrors("tools", () =>
+      createToolCallConstraint(lm.tokenizer, toolFormat, required, {
+        required: true,
+        parallel: tools.parallel,
+        maxTokens,
+      }),
+    );
+  if (format)
+    return withSchemaErrors(format.param, () => createJsonConstraint(lm.tokenizer, format.format, { maxTokens }));
+  if (tools)
+    return withSchemaErrors(null, () =>
+      createToolCallConstraint(lm.tokenizer, toolFormat, tools.tools, {
+        required: false,
+        parallel: tools.parallel,
+        maxTokens,
+      }),
+    );
   return undefined;
 }
 
 /** A SchemaError as an invalid `param`; with no param (tools the model may ignore), as no constraint. */
-async function withSchemaErrors(param: string | null, make: () => Promise<GrammarConstraint>): Promise<GrammarConstraint | undefined> {
+async function withSchemaErrors(
+  param: string | null,
+  make: () => Promise<GrammarConstraint>,
+): Promise<GrammarConstraint | undefined> {
   try {
     return await make();
   } catch (error) {

@@ -38,11 +38,13 @@ export function validateSampling(p: SamplingParams, vocab = Infinity): void {
   const fail = (what: string, param: string) => {
     throw new InvalidParameterError(what, param);
   };
-  if (!(p.temperature >= 0) || !Number.isFinite(p.temperature)) fail(`temperature must be >= 0 (got ${p.temperature})`, "temperature");
+  if (!(p.temperature >= 0) || !Number.isFinite(p.temperature))
+    fail(`temperature must be >= 0 (got ${p.temperature})`, "temperature");
   if (!(p.topP > 0 && p.topP <= 1)) fail(`top_p must be in (0, 1] (got ${p.topP})`, "top_p");
   if (!Number.isInteger(p.topK) || p.topK < 0) fail(`top_k must be a whole number >= 0 (got ${p.topK})`, "top_k");
   if (!(p.minP >= 0 && p.minP < 1)) fail(`min_p must be in [0, 1) (got ${p.minP})`, "min_p");
-  if (!(p.repetitionPenalty > 0) || !Number.isFinite(p.repetitionPenalty)) fail(`repetition penalty must be > 0 (got ${p.repetitionPenalty})`, "repetition_penalty");
+  if (!(p.repetitionPenalty > 0) || !Number.isFinite(p.repetitionPenalty))
+    fail(`repetition penalty must be > 0 (got ${p.repetitionPenalty})`, "repetition_penalty");
   if (p.seed !== undefined && !Number.isInteger(p.seed)) fail(`seed must be a whole number (got ${p.seed})`, "seed");
   for (const id of p.logitBias?.keys() ?? []) {
     if (!(id >= 0 && id < vocab)) fail(`logit_bias names a token id outside the vocabulary (${vocab})`, "logit_bias");
@@ -57,9 +59,16 @@ export type LogitsProcessor = (history: readonly number[], logits: MxArray) => M
  * presence/frequency penalties (over the `promptLength` tokens' continuation), then `extra`
  * (a grammar's mask, last, so nothing re-allows a token it forbids).
  */
-export function logitsProcessors(p: SamplingParams, promptLength: number, extra: LogitsProcessor[] = []): LogitsProcessor[] {
+export function logitsProcessors(
+  p: SamplingParams,
+  promptLength: number,
+  extra: LogitsProcessor[] = [],
+): LogitsProcessor[] {
   const processors: LogitsProcessor[] = [];
-  if (p.repetitionPenalty !== 1) processors.push((history, logits) => penalizeRepetition(logits, history.slice(-p.repetitionContext), p.repetitionPenalty));
+  if (p.repetitionPenalty !== 1)
+    processors.push((history, logits) =>
+      penalizeRepetition(logits, history.slice(-p.repetitionContext), p.repetitionPenalty),
+    );
   if (p.logitBias && p.logitBias.size > 0) {
     const ids = Int32Array.from(p.logitBias.keys());
     const bias = Float32Array.from(p.logitBias.values());

@@ -150,8 +150,19 @@ export class Scheduler {
       waiting: this.waiting,
       maxQueue: this.options.maxQueue,
       ...this.limits,
-      tuner: tuner && { targetItlMs: tuner.targetMs, estimatedP99Ms: tuner.estimatedP99Ms, adjustments: tuner.adjustments.length, recent: tuner.adjustments.slice(-10) },
-      prefixCache: cache && { entries: cache.entries, bytes: cache.bytes, hits: cache.hits, misses: cache.misses, hitTokens: cache.hitTokens },
+      tuner: tuner && {
+        targetItlMs: tuner.targetMs,
+        estimatedP99Ms: tuner.estimatedP99Ms,
+        adjustments: tuner.adjustments.length,
+        recent: tuner.adjustments.slice(-10),
+      },
+      prefixCache: cache && {
+        entries: cache.entries,
+        bytes: cache.bytes,
+        hits: cache.hits,
+        misses: cache.misses,
+        hitTokens: cache.hitTokens,
+      },
     };
   }
 

@@ -74,7 +74,8 @@ export class AdaptiveTuner {
     let reason: string;
     if (p99 > this.targetMs) {
       // Over target: halve the prefill chunk first (it stalls every stream), then shed a sequence.
-      if (this.limits.prefillChunk > bounds.minChunk) this.limits.prefillChunk = Math.max(bounds.minChunk, Math.floor(this.limits.prefillChunk / 2));
+      if (this.limits.prefillChunk > bounds.minChunk)
+        this.limits.prefillChunk = Math.max(bounds.minChunk, Math.floor(this.limits.prefillChunk / 2));
       else this.limits.maxBatch = Math.max(bounds.minBatch, this.limits.maxBatch - 1);
       reason = `p99 ${p99.toFixed(1)} ms > target ${this.targetMs} ms`;
     } else if (p99 < 0.7 * this.targetMs) {

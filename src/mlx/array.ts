@@ -96,7 +96,17 @@ export class MxArray {
   }
 
   /** Elements as a typed array; 16-bit floats are widened to float32 first. */
-  toTyped(): Float32Array | Float64Array | Int32Array | Uint32Array | Int8Array | Uint8Array | Int16Array | Uint16Array | BigInt64Array | BigUint64Array {
+  toTyped():
+    | Float32Array
+    | Float64Array
+    | Int32Array
+    | Uint32Array
+    | Int8Array
+    | Uint8Array
+    | Int16Array
+    | Uint16Array
+    | BigInt64Array
+    | BigUint64Array {
     const name = this.dtypeName;
     if (name === "float16" || name === "bfloat16") {
       return scope(() => astypeRaw(this, Dtype.float32).toTyped()) as Float32Array;
@@ -104,17 +114,29 @@ export class MxArray {
     const b = this.bytes();
     const buf = b.buffer;
     switch (name) {
-      case "float32": return new Float32Array(buf);
-      case "float64": return new Float64Array(buf);
-      case "int32": return new Int32Array(buf);
-      case "uint32": return new Uint32Array(buf);
-      case "int16": return new Int16Array(buf);
-      case "uint16": return new Uint16Array(buf);
-      case "int8": return new Int8Array(buf);
-      case "uint8": case "bool": return new Uint8Array(buf);
-      case "int64": return new BigInt64Array(buf);
-      case "uint64": return new BigUint64Array(buf);
-      default: throw new Error(`cannot read ${name} arrays on the host`);
+      case "float32":
+        return new Float32Array(buf);
+      case "float64":
+        return new Float64Array(buf);
+      case "int32":
+        return new Int32Array(buf);
+      case "uint32":
+        return new Uint32Array(buf);
+      case "int16":
+        return new Int16Array(buf);
+      case "uint16":
+        return new Uint16Array(buf);
+      case "int8":
+        return new Int8Array(buf);
+      case "uint8":
+      case "bool":
+        return new Uint8Array(buf);
+      case "int64":
+        return new BigInt64Array(buf);
+      case "uint64":
+        return new BigUint64Array(buf);
+      default:
+        throw new Error(`cannot read ${name} arrays on the host`);
     }
   }
 

@@ -25,7 +25,17 @@ export function rope(x: MxArray, o: RopeOptions): MxArray {
   const offsetArray = typeof o.offset === "number" ? null : o.offset.handle;
   const offset = typeof o.offset === "number" ? o.offset : 0;
   return wrap(
-    lib.mlxs_rope(outPtr, x.handle, o.dims, o.traditional ? 1 : 0, o.base ?? Number.NaN, o.scale, offset, offsetArray, o.freqs?.handle ?? null),
+    lib.mlxs_rope(
+      outPtr,
+      x.handle,
+      o.dims,
+      o.traditional ? 1 : 0,
+      o.base ?? Number.NaN,
+      o.scale,
+      offset,
+      offsetArray,
+      o.freqs?.handle ?? null,
+    ),
     "rope",
   );
 }
@@ -39,8 +49,18 @@ const causalMode = cstr("causal");
 const noMode = cstr("");
 
 /** softmax(q kᵀ · scale + mask) v with grouped-query heads; mask is "causal", an array, or none. */
-export function scaledDotProductAttention(q: MxArray, k: MxArray, v: MxArray, scale: number, mask?: "causal" | MxArray, sinks?: MxArray): MxArray {
+export function scaledDotProductAttention(
+  q: MxArray,
+  k: MxArray,
+  v: MxArray,
+  scale: number,
+  mask?: "causal" | MxArray,
+  sinks?: MxArray,
+): MxArray {
   const mode = mask === "causal" ? causalMode : noMode;
   const maskArray = mask && mask !== "causal" ? mask.handle : null;
-  return wrap(lib.mlxs_sdpa(outPtr, q.handle, k.handle, v.handle, scale, mode, maskArray, sinks?.handle ?? null), "scaled_dot_product_attention");
+  return wrap(
+    lib.mlxs_sdpa(outPtr, q.handle, k.handle, v.handle, scale, mode, maskArray, sinks?.handle ?? null),
+    "scaled_dot_product_attention",
+  );
 }

@@ -77,12 +77,24 @@ export function loadGGUF(path: string): LoadedFile {
   return readBundle(loadBundle(lib.mlxs_load_gguf(outPtr, cstr(path)), path, "cannot load GGUF"), true);
 }
 
-export function saveSafetensors(path: string, tensors: Map<string, MxArray>, metadata: Record<string, string> = {}): void {
+export function saveSafetensors(
+  path: string,
+  tensors: Map<string, MxArray>,
+  metadata: Record<string, string> = {},
+): void {
   const names = [...tensors.keys()];
   const arrays = names.map((n) => tensors.get(n)!);
   const keys = Object.keys(metadata);
   check(
-    lib.mlxs_save_safetensors(cstr(path), packStrings(names), handles(arrays), arrays.length, packStrings(keys), packStrings(keys.map((k) => metadata[k]!)), keys.length),
+    lib.mlxs_save_safetensors(
+      cstr(path),
+      packStrings(names),
+      handles(arrays),
+      arrays.length,
+      packStrings(keys),
+      packStrings(keys.map((k) => metadata[k]!)),
+      keys.length,
+    ),
     `cannot save ${path}`,
   );
 }

@@ -4,9 +4,60 @@ import { check, cstr, lib, outPtr, outPtr2, outPtr3, readOut } from "./ffi";
 import { MxArray, wrap } from "./array";
 import { Dtype, itemSize, type DtypeCode, dtypeName } from "./dtype";
 
-const enum Unary { Abs, Negative, Exp, Log, Sqrt, Rsqrt, Sigmoid, Tanh, Sin, Cos, Floor, Ceil, Round, LogicalNot, StopGradient, Copy, Square, Erf, Log1p, Contiguous }
-const enum Binary { Add, Subtract, Multiply, Divide, Maximum, Minimum, Power, Equal, NotEqual, Less, LessEqual, Greater, GreaterEqual, LogicalAnd, LogicalOr, Remainder, FloorDivide, Matmul }
-const enum Reduce { Sum, Mean, Max, Min, Prod, LogSumExp, ArgMax, ArgMin, All, Any }
+const enum Unary {
+  Abs,
+  Negative,
+  Exp,
+  Log,
+  Sqrt,
+  Rsqrt,
+  Sigmoid,
+  Tanh,
+  Sin,
+  Cos,
+  Floor,
+  Ceil,
+  Round,
+  LogicalNot,
+  StopGradient,
+  Copy,
+  Square,
+  Erf,
+  Log1p,
+  Contiguous,
+}
+const enum Binary {
+  Add,
+  Subtract,
+  Multiply,
+  Divide,
+  Maximum,
+  Minimum,
+  Power,
+  Equal,
+  NotEqual,
+  Less,
+  LessEqual,
+  Greater,
+  GreaterEqual,
+  LogicalAnd,
+  LogicalOr,
+  Remainder,
+  FloorDivide,
+  Matmul,
+}
+const enum Reduce {
+  Sum,
+  Mean,
+  Max,
+  Min,
+  Prod,
+  LogSumExp,
+  ArgMax,
+  ArgMin,
+  All,
+  Any,
+}
 
 export type Operand = MxArray | number;
 type Axes = number | number[] | undefined;
@@ -36,7 +87,18 @@ function reduce(op: Reduce, a: MxArray, axes: Axes, keepdims: boolean, what: str
 
 // ---- construction ----
 
-type HostData = Float32Array | Float64Array | Int32Array | Uint32Array | Int8Array | Uint8Array | Int16Array | Uint16Array | BigInt64Array | BigUint64Array | number[];
+type HostData =
+  | Float32Array
+  | Float64Array
+  | Int32Array
+  | Uint32Array
+  | Int8Array
+  | Uint8Array
+  | Int16Array
+  | Uint16Array
+  | BigInt64Array
+  | BigUint64Array
+  | number[];
 
 /** An array from host data (copied). Plain number lists become float32 unless a dtype is given. */
 export function array(data: HostData, shape?: number[], dtype?: DtypeCode): MxArray {
@@ -51,18 +113,29 @@ export function array(data: HostData, shape?: number[], dtype?: DtypeCode): MxAr
   const dims = shape ?? [(typed as ArrayLike<unknown>).length];
   const expected = dims.reduce((x, y) => x * y, 1) * itemSize[dtypeName(code)];
   const view = typed as Exclude<HostData, number[]>;
-  if (view.byteLength !== expected) throw new Error(`array: ${view.byteLength} bytes of data for shape [${dims}] of ${dtypeName(code)}`);
-  return wrap(lib.mlxs_array_from_data(outPtr, view.byteLength > 0 ? view : new Uint8Array(1), i32(dims), dims.length, code), "array");
+  if (view.byteLength !== expected)
+    throw new Error(`array: ${view.byteLength} bytes of data for shape [${dims}] of ${dtypeName(code)}`);
+  return wrap(
+    lib.mlxs_array_from_data(outPtr, view.byteLength > 0 ? view : new Uint8Array(1), i32(dims), dims.length, code),
+    "array",
+  );
 }
 
 function hostArrayFor(code: DtypeCode, values: number[]): Exclude<HostData, number[]> {
   switch (code) {
-    case Dtype.float32: return Float32Array.from(values);
-    case Dtype.int32: return Int32Array.from(values);
-    case Dtype.uint32: return Uint32Array.from(values);
-    case Dtype.int64: return BigInt64Array.from(values, BigInt);
-    case Dtype.uint8: case Dtype.bool: return Uint8Array.from(values);
-    default: return Float32Array.from(values);
+    case Dtype.float32:
+      return Float32Array.from(values);
+    case Dtype.int32:
+      return Int32Array.from(values);
+    case Dtype.uint32:
+      return Uint32Array.from(values);
+    case Dtype.int64:
+      return BigInt64Array.from(values, BigInt);
+    case Dtype.uint8:
+    case Dtype.bool:
+      return Uint8Array.from(values);
+    default:
+      return Float32Array.from(values);
   }
 }
 
@@ -157,7 +230,8 @@ export const mean = (a: MxArray, axes?: Axes, keepdims = false) => reduce(Reduce
 export const max = (a: MxArray, axes?: Axes, keepdims = false) => reduce(Reduce.Max, a, axes, keepdims, "max");
 export const min = (a: MxArray, axes?: Axes, keepdims = false) => reduce(Reduce.Min, a, axes, keepdims, "min");
 export const prod = (a: MxArray, axes?: Axes, keepdims = false) => reduce(Reduce.Prod, a, axes, keepdims, "prod");
-export const logsumexp = (a: MxArray, axes?: Axes, keepdims = false) => reduce(Reduce.LogSumExp, a, axes, keepdims, "logsumexp");
+export const logsumexp = (a: MxArray, axes?: Axes, keepdims = false) =>
+  reduce(Reduce.LogSumExp, a, axes, keepdims, "logsumexp");
 export const all = (a: MxArray, axes?: Axes, keepdims = false) => reduce(Reduce.All, a, axes, keepdims, "all");
 export const any = (a: MxArray, axes?: Axes, keepdims = false) => reduce(Reduce.Any, a, axes, keepdims, "any");
 export const argmax = (a: MxArray, axis = -1, keepdims = false) => reduce(Reduce.ArgMax, a, axis, keepdims, "argmax");
@@ -175,7 +249,8 @@ export function cumsum(a: MxArray, axis: number, { reverse = false, inclusive = 
 export const sort = (a: MxArray, axis = -1) => wrap(lib.mlxs_sort(outPtr, a.handle, axis), "sort");
 export const argsort = (a: MxArray, axis = -1) => wrap(lib.mlxs_argsort(outPtr, a.handle, axis), "argsort");
 export const topk = (a: MxArray, k: number, axis = -1) => wrap(lib.mlxs_topk(outPtr, a.handle, k, axis), "topk");
-export const argpartition = (a: MxArray, kth: number, axis = -1) => wrap(lib.mlxs_argpartition(outPtr, a.handle, kth, axis), "argpartition");
+export const argpartition = (a: MxArray, kth: number, axis = -1) =>
+  wrap(lib.mlxs_argpartition(outPtr, a.handle, kth, axis), "argpartition");
 
 // ---- shape ----
 
@@ -223,12 +298,23 @@ export function slice(a: MxArray, start: number[], stop: number[], strides?: num
 }
 
 /** A copy of src with src[start:stop] = update; in place when nothing else holds src. */
-export function sliceUpdate(src: MxArray, update: MxArray, start: number[], stop: number[], strides?: number[]): MxArray {
+export function sliceUpdate(
+  src: MxArray,
+  update: MxArray,
+  start: number[],
+  stop: number[],
+  strides?: number[],
+): MxArray {
   const [lo, hi, st] = fullBounds(src.shape, start, stop, strides);
   return wrap(lib.mlxs_slice_update(outPtr, src.handle, update.handle, lo, hi, st, lo.length), "slice_update");
 }
 
-function fullBounds(shape: number[], start: number[], stop: number[], strides?: number[]): [Int32Array, Int32Array, Int32Array] {
+function fullBounds(
+  shape: number[],
+  start: number[],
+  stop: number[],
+  strides?: number[],
+): [Int32Array, Int32Array, Int32Array] {
   const n = shape.length;
   const lo = new Int32Array(n);
   const hi = Int32Array.from(shape);
@@ -259,15 +345,35 @@ export interface QuantSpec {
   mode?: string;
 }
 
-export function quantizedMatmul(x: MxArray, w: MxArray, scales: MxArray, biases: MxArray | undefined, q: QuantSpec, transpose = true): MxArray {
+export function quantizedMatmul(
+  x: MxArray,
+  w: MxArray,
+  scales: MxArray,
+  biases: MxArray | undefined,
+  q: QuantSpec,
+  transpose = true,
+): MxArray {
   return wrap(
-    lib.mlxs_quantized_matmul(outPtr, x.handle, w.handle, scales.handle, biases?.handle ?? null, transpose ? 1 : 0, q.groupSize, q.bits, cstr(q.mode ?? "affine")),
+    lib.mlxs_quantized_matmul(
+      outPtr,
+      x.handle,
+      w.handle,
+      scales.handle,
+      biases?.handle ?? null,
+      transpose ? 1 : 0,
+      q.groupSize,
+      q.bits,
+      cstr(q.mode ?? "affine"),
+    ),
     "quantized_matmul",
   );
 }
 
 export function quantize(w: MxArray, q: QuantSpec): { weight: MxArray; scales: MxArray; biases?: MxArray } {
-  check(lib.mlxs_quantize(outPtr, outPtr2, outPtr3, w.handle, q.groupSize, q.bits, cstr(q.mode ?? "affine")), "quantize");
+  check(
+    lib.mlxs_quantize(outPtr, outPtr2, outPtr3, w.handle, q.groupSize, q.bits, cstr(q.mode ?? "affine")),
+    "quantize",
+  );
   const biasesHandle = readOut(2);
   return {
     weight: new MxArray(readOut(0)),
@@ -276,9 +382,24 @@ export function quantize(w: MxArray, q: QuantSpec): { weight: MxArray; scales: M
   };
 }
 
-export function dequantize(w: MxArray, scales: MxArray, biases: MxArray | undefined, q: QuantSpec, dtype?: DtypeCode): MxArray {
+export function dequantize(
+  w: MxArray,
+  scales: MxArray,
+  biases: MxArray | undefined,
+  q: QuantSpec,
+  dtype?: DtypeCode,
+): MxArray {
   return wrap(
-    lib.mlxs_dequantize(outPtr, w.handle, scales.handle, biases?.handle ?? null, q.groupSize, q.bits, cstr(q.mode ?? "affine"), dtype ?? -1),
+    lib.mlxs_dequantize(
+      outPtr,
+      w.handle,
+      scales.handle,
+      biases?.handle ?? null,
+      q.groupSize,
+      q.bits,
+      cstr(q.mode ?? "affine"),
+      dtype ?? -1,
+    ),
     "dequantize",
   );
 }
@@ -306,13 +427,44 @@ export interface GatherOptions {
 
 /** Batched matmuls with the right-hand matrix picked per product from a stack (experts). */
 export function gatherMm(a: MxArray, b: MxArray, o: GatherOptions = {}): MxArray {
-  return wrap(lib.mlxs_gather_mm(outPtr, a.handle, b.handle, o.lhsIndices?.handle ?? null, o.rhsIndices?.handle ?? null, o.sortedIndices ? 1 : 0), "gather_mm");
+  return wrap(
+    lib.mlxs_gather_mm(
+      outPtr,
+      a.handle,
+      b.handle,
+      o.lhsIndices?.handle ?? null,
+      o.rhsIndices?.handle ?? null,
+      o.sortedIndices ? 1 : 0,
+    ),
+    "gather_mm",
+  );
 }
 
 /** gatherMm with a quantized stack of matrices: x · w[rhsIndices]ᵀ (transpose = true). */
-export function gatherQmm(x: MxArray, w: MxArray, scales: MxArray, biases: MxArray | undefined, q: QuantSpec, o: GatherOptions = {}, transpose = true): MxArray {
+export function gatherQmm(
+  x: MxArray,
+  w: MxArray,
+  scales: MxArray,
+  biases: MxArray | undefined,
+  q: QuantSpec,
+  o: GatherOptions = {},
+  transpose = true,
+): MxArray {
   return wrap(
-    lib.mlxs_gather_qmm(outPtr, x.handle, w.handle, scales.handle, biases?.handle ?? null, o.lhsIndices?.handle ?? null, o.rhsIndices?.handle ?? null, transpose ? 1 : 0, q.groupSize, q.bits, cstr(q.mode ?? "affine"), o.sortedIndices ? 1 : 0),
+    lib.mlxs_gather_qmm(
+      outPtr,
+      x.handle,
+      w.handle,
+      scales.handle,
+      biases?.handle ?? null,
+      o.lhsIndices?.handle ?? null,
+      o.rhsIndices?.handle ?? null,
+      transpose ? 1 : 0,
+      q.groupSize,
+      q.bits,
+      cstr(q.mode ?? "affine"),
+      o.sortedIndices ? 1 : 0,
+    ),
     "gather_qmm",
   );
 }

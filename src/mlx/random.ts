@@ -22,9 +22,15 @@ export function categorical(logits: MxArray, axis = -1, k?: MxArray): MxArray {
 }
 
 export function uniform(shape: number[], dtype: DtypeCode = Dtype.float32, k?: MxArray): MxArray {
-  return wrap(lib.mlxs_random_uniform(outPtr, Int32Array.from(shape), shape.length, dtype, k?.handle ?? null), "random.uniform");
+  return wrap(
+    lib.mlxs_random_uniform(outPtr, Int32Array.from(shape), shape.length, dtype, k?.handle ?? null),
+    "random.uniform",
+  );
 }
 
 export function normal(shape: number[], dtype: DtypeCode = Dtype.float32, k?: MxArray): MxArray {
-  return wrap(lib.mlxs_random_normal(outPtr, Int32Array.from(shape), shape.length, dtype, k?.handle ?? null), "random.normal");
+  return wrap(
+    lib.mlxs_random_normal(outPtr, Int32Array.from(shape), shape.length, dtype, k?.handle ?? null),
+    "random.normal",
+  );
 }

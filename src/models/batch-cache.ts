@@ -33,7 +33,10 @@ export class BatchKVCache extends KVCache {
     if (!this.padded) return super.attentionMask(length);
     const total = this.offset + length;
     const keys = mx.arange(0, total);
-    const causal = mx.lessEqual(mx.reshape(keys, [1, 1, 1, total]), mx.reshape(mx.arange(this.offset, total), [1, 1, length, 1]));
+    const causal = mx.lessEqual(
+      mx.reshape(keys, [1, 1, 1, total]),
+      mx.reshape(mx.arange(this.offset, total), [1, 1, length, 1]),
+    );
     const padding = mx.reshape(mx.array(Int32Array.from(this.leftPadding)), [-1, 1, 1, 1]);
     return mx.logicalAnd(causal, mx.greaterEqual(mx.reshape(keys, [1, 1, 1, total]), padding));
   }
@@ -47,7 +50,14 @@ export class BatchKVCache extends KVCache {
     const width = Math.max(length, this.offset);
     const [keys, values] = mx.scope(() => {
       const row = (t: Stored | undefined, like: Stored | undefined) =>
-        (t ?? like)?.map((_, i) => padLeft(t && mx.slice(t[i]!, [0, 0, 0], [1, t[i]!.shape[1]!, length]), width - length, like?.[i] ?? t![i]!)!);
+        (t ?? like)?.map(
+          (_, i) =>
+            padLeft(
+              t && mx.slice(t[i]!, [0, 0, 0], [1, t[i]!.shape[1]!, length]),
+              width - length,
+              like?.[i] ?? t![i]!,
+            )!,
+        );
       const rowKeys = row(single.keys, this.keys);
       const rowValues = row(single.values, this.values);
       if (!this.keys || !this.values || this.batchSize === 0) return [rowKeys, rowValues];
@@ -72,7 +82,8 @@ export class BatchKVCache extends KVCache {
     const shared = Math.min(...padding);
     const [keys, values] = mx.scope(() => {
       const index = mx.array(Int32Array.from(rows));
-      const pick = (t: MxArray) => mx.slice(mx.take(t, index, 0), [0, 0, shared], [rows.length, t.shape[1]!, this.offset]);
+      const pick = (t: MxArray) =>
+        mx.slice(mx.take(t, index, 0), [0, 0, shared], [rows.length, t.shape[1]!, this.offset]);
       return [this.keys!.map(pick), this.values!.map(pick)];
     });
     this.leftPadding = padding.map((pad) => pad - shared);

@@ -64,7 +64,8 @@ export class KVCache implements AttentionCache {
 
   attention(queries: MxArray, keys: MxArray, values: MxArray, scale: number, mask: Mask): MxArray {
     // Float caches go through updateAndFetch, which a subclass (the sliding window) may narrow.
-    if (!this.quantization) return mx.fast.scaledDotProductAttention(queries, ...this.updateAndFetch(keys, values), scale, mask);
+    if (!this.quantization)
+      return mx.fast.scaledDotProductAttention(queries, ...this.updateAndFetch(keys, values), scale, mask);
     const [k, v] = this.update(keys, values);
     if (k.length === 1) return mx.fast.scaledDotProductAttention(queries, k[0]!, v[0]!, scale, mask);
     return quantizedAttention(queries, k, v, scale, mask, this.quantization!);
@@ -83,12 +84,14 @@ export class KVCache implements AttentionCache {
     if (quantize && this.keys && !this.quantized) this.quantizeHeld();
     const newKeys = quantize ? this.encode(keys) : [keys];
     const newValues = quantize ? this.encode(values) : [values];
-    if (!this.keys || !this.values || previous + length > this.keys[0]!.shape[2]!) this.grow(newKeys, newValues, length);
+    if (!this.keys || !this.values || previous + length > this.keys[0]!.shape[2]!)
+      this.grow(newKeys, newValues, length);
     this.offset += length;
     const [batch, heads] = keys.shape as [number, number];
     const start = [0, 0, previous];
     const stop = [batch, heads, this.offset];
-    const write = (held: Stored, added: Stored) => held.map((t, i) => this.replace(t, mx.sliceUpdate(t, added[i]!, start, stop)));
+    const write = (held: Stored, added: Stored) =>
+      held.map((t, i) => this.replace(t, mx.sliceUpdate(t, added[i]!, start, stop)));
     this.keys = write(this.keys!, newKeys);
     this.values = write(this.values!, newValues);
     const valid = (held: Stored) => held.map((t) => mx.slice(t, [0, 0, 0], stop));

@@ -57,7 +57,10 @@ function field(raw: Record<string, unknown>, name: string, fallback?: number): n
 /** `originalContext`: Phi-3 gives original_max_position_embeddings beside rope_scaling, not in it. */
 function parseRopeScaling(value: unknown, originalContext?: unknown): RopeScaling | undefined {
   if (!value || typeof value !== "object") return undefined;
-  const v: Record<string, unknown> = { original_max_position_embeddings: originalContext, ...(value as Record<string, unknown>) };
+  const v: Record<string, unknown> = {
+    original_max_position_embeddings: originalContext,
+    ...(value as Record<string, unknown>),
+  };
   const type = String(v.rope_type ?? v.type ?? "default");
   if (type === "default") return undefined;
   return {
@@ -65,7 +68,8 @@ function parseRopeScaling(value: unknown, originalContext?: unknown): RopeScalin
     factor: num(v.factor, 1),
     lowFreqFactor: v.low_freq_factor === undefined ? undefined : num(v.low_freq_factor),
     highFreqFactor: v.high_freq_factor === undefined ? undefined : num(v.high_freq_factor),
-    originalMaxPositionEmbeddings: v.original_max_position_embeddings === undefined ? undefined : num(v.original_max_position_embeddings),
+    originalMaxPositionEmbeddings:
+      v.original_max_position_embeddings === undefined ? undefined : num(v.original_max_position_embeddings),
     longFactor: Array.isArray(v.long_factor) ? v.long_factor.map((f) => num(f)) : undefined,
   };
 }
@@ -74,12 +78,20 @@ function parseQuantization(raw: Record<string, unknown>): Pick<ModelConfig, "qua
   const q = (raw.quantization ?? raw.quantization_config) as Record<string, unknown> | undefined;
   const overrides: Record<string, QuantConfig | false> = {};
   if (!q || typeof q !== "object") return { quantization: undefined, quantizationOverrides: overrides };
-  const base: QuantConfig = { groupSize: num(q.group_size, 64), bits: num(q.bits, 4), mode: String(q.mode ?? "affine") };
+  const base: QuantConfig = {
+    groupSize: num(q.group_size, 64),
+    bits: num(q.bits, 4),
+    mode: String(q.mode ?? "affine"),
+  };
   for (const [key, value] of Object.entries(q)) {
     if (value === false) overrides[key] = false;
     else if (value && typeof value === "object") {
       const o = value as Record<string, unknown>;
-      overrides[key] = { groupSize: num(o.group_size, base.groupSize), bits: num(o.bits, base.bits), mode: String(o.mode ?? base.mode) };
+      overrides[key] = {
+        groupSize: num(o.group_size, base.groupSize),
+        bits: num(o.bits, base.bits),
+        mode: String(o.mode ?? base.mode),
+      };
     }
   }
   return { quantization: base, quantizationOverrides: overrides };

@@ -24,23 +24,35 @@ export interface ConvertOptions {
   groupSize?: number;
 }
 
-export function convertGGUF(ggufPath: string, outDir: string, { force = false, bits = 4, groupSize = 64 }: ConvertOptions = {}): ConvertResult {
+export function convertGGUF(
+  ggufPath: string,
+  outDir: string,
+  { force = false, bits = 4, groupSize = 64 }: ConvertOptions = {},
+): ConvertResult {
   const target = resolve(outDir);
   if (existsSync(target) && readdirSync(target).length > 0 && !force) {
     throw new Error(`${target} exists and is not empty (use --force to replace it)`);
   }
-  if (bits !== 0 && ![2, 3, 4, 5, 6, 8].includes(bits)) throw new Error(`bits must be 2, 3, 4, 5, 6 or 8 (or 0 to keep 16-bit weights), got ${bits}`);
+  if (bits !== 0 && ![2, 3, 4, 5, 6, 8].includes(bits))
+    throw new Error(`bits must be 2, 3, 4, 5, 6 or 8 (or 0 to keep 16-bit weights), got ${bits}`);
   if (![32, 64, 128].includes(groupSize)) throw new Error(`group size must be 32, 64 or 128, got ${groupSize}`);
   const header = readGGUFHeader(ggufPath); // refuses a corrupt file before MLX reads it
   const gguf = ggufModel(loadGGUFTensors(ggufPath, header));
   try {
     if (bits > 0) requantize(gguf, header, { bits, groupSize });
     if (gguf.tensors.has("rope_freqs")) {
-      throw new Error("this GGUF stores precomputed rope frequencies (Llama 3 scaling), which config.json cannot express; run it as a .gguf instead");
+      throw new Error(
+        "this GGUF stores precomputed rope frequencies (Llama 3 scaling), which config.json cannot express; run it as a .gguf instead",
+      );
     }
-    const { tokenizerJson, tokenizerConfig, eosTokenIds } = tokenizerFilesFromGGUF(gguf.metadata as Record<string, unknown>);
+    const { tokenizerJson, tokenizerConfig, eosTokenIds } = tokenizerFilesFromGGUF(
+      gguf.metadata as Record<string, unknown>,
+    );
     // Every end-of-generation id (eos, eot, eom), so generation stops where the GGUF says.
-    const generationConfig = { bos_token_id: gguf.config.bos_token_id, eos_token_id: eosTokenIds.length === 1 ? eosTokenIds[0] : eosTokenIds };
+    const generationConfig = {
+      bos_token_id: gguf.config.bos_token_id,
+      eos_token_id: eosTokenIds.length === 1 ? eosTokenIds[0] : eosTokenIds,
+    };
 
     // Write everything into a sibling folder first and rename it into place, so an
     // interrupted conversion never leaves a directory that looks complete.
@@ -50,7 +62,8 @@ export function convertGGUF(ggufPath: string, outDir: string, { force = false, b
     mkdirSync(staging);
     try {
       mx.saveSafetensors(join(staging, "model.safetensors"), gguf.tensors, { format: "mlx" });
-      const json = (name: string, value: unknown) => writeFileSync(join(staging, name), `${JSON.stringify(value, null, 2)}\n`);
+      const json = (name: string, value: unknown) =>
+        writeFileSync(join(staging, name), `${JSON.stringify(value, null, 2)}\n`);
       json("config.json", gguf.config);
       json("tokenizer.json", tokenizerJson);
       json("tokenizer_config.json", tokenizerConfig);

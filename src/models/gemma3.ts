@@ -20,7 +20,10 @@ export function gemmaNorm(w: Weights, prefix: string, eps: number): (x: MxArray)
 
 /** GELU's tanh approximation, as mlx.nn.gelu_approx. */
 export const geluApprox = (x: MxArray) =>
-  mx.multiply(mx.multiply(x, 0.5), mx.add(1, mx.tanh(mx.multiply(Math.sqrt(2 / Math.PI), mx.add(x, mx.multiply(0.044715, mx.power(x, 3)))))));
+  mx.multiply(
+    mx.multiply(x, 0.5),
+    mx.add(1, mx.tanh(mx.multiply(Math.sqrt(2 / Math.PI), mx.add(x, mx.multiply(0.044715, mx.power(x, 3)))))),
+  );
 
 /** x + y, kept within float16's range when the model runs in float16 (Gemma's activations can overflow it). */
 function clipResidual(x: MxArray, y: MxArray): MxArray {
@@ -68,15 +71,33 @@ export function build(w: Weights): DecoderModel {
   const block = (i: number): Block => {
     const p = `model.layers.${i}`;
     const sliding = isSliding(i);
-    const rope: { base: number; scaling?: RopeScaling } = sliding ? { base: o.ropeLocalBase } : { base: c.ropeTheta, scaling: c.ropeScaling };
-    const selfAttn = attention(w, `${p}.self_attn`, c, { qkNorm: true, norm: gemmaNorm, scale: o.queryPreAttnScalar ** -0.5, rope });
+    const rope: { base: number; scaling?: RopeScaling } = sliding
+      ? { base: o.ropeLocalBase }
+      : { base: c.ropeTheta, scaling: c.ropeScaling };
+    const selfAttn = attention(w, `${p}.self_attn`, c, {
+      qkNorm: true,
+      norm: gemmaNorm,
+      scale: o.queryPreAttnScalar ** -0.5,
+      rope,
+    });
     const feedForward = mlp(w, `${p}.mlp`, geluApprox);
-    const [inputNorm, postAttnNorm, preFfnNorm, postFfnNorm] = ["input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm"].map((n) =>
-      gemmaNorm(w, `${p}.${n}`, c.rmsNormEps),
-    ) as [(x: MxArray) => MxArray, (x: MxArray) => MxArray, (x: MxArray) => MxArray, (x: MxArray) => MxArray];
+    const [inputNorm, postAttnNorm, preFfnNorm, postFfnNorm] = [
+      "input_layernorm",
+      "post_attention_layernorm",
+      "pre_feedforward_layernorm",
+      "post_feedforward_layernorm",
+    ].map((n) => gemmaNorm(w, `${p}.${n}`, c.rmsNormEps)) as [
+      (x: MxArray) => MxArray,
+      (x: MxArray) => MxArray,
+      (x: MxArray) => MxArray,
+      (x: MxArray) => MxArray,
+    ];
     return (x, mask, cache) => {
       // A full cache (a batch's) on a local layer: the window is the mask's job.
-      const m = sliding && !(cache instanceof SlidingKVCache) ? restrictToWindow(mask, cache, x.shape[1]!, o.slidingWindow) : mask;
+      const m =
+        sliding && !(cache instanceof SlidingKVCache)
+          ? restrictToWindow(mask, cache, x.shape[1]!, o.slidingWindow)
+          : mask;
       const h = clipResidual(x, postAttnNorm(selfAttn(inputNorm(x), m, cache)));
       return clipResidual(h, postFfnNorm(feedForward(preFfnNorm(h))));
     };
@@ -94,7 +115,10 @@ export function build(w: Weights): DecoderModel {
       const logits = lmHead(norm(h));
       return softcap ? mx.multiply(mx.tanh(mx.divide(logits, softcap)), softcap) : logits;
     },
-    makeCaches: () => Array.from({ length: c.numHiddenLayers }, (_, i) => (isSliding(i) ? new SlidingKVCache(o.slidingWindow) : new KVCache())),
+    makeCaches: () =>
+      Array.from({ length: c.numHiddenLayers }, (_, i) =>
+        isSliding(i) ? new SlidingKVCache(o.slidingWindow) : new KVCache(),
+      ),
   });
 }
 

@@ -5,10 +5,26 @@ import { closeSync, fstatSync, openSync, readSync } from "node:fs";
 
 /** ggml tensor types: [name, elements per block, bytes per block]. */
 const tensorTypes: Record<number, [string, number, number]> = {
-  0: ["F32", 1, 4], 1: ["F16", 1, 2], 2: ["Q4_0", 32, 18], 3: ["Q4_1", 32, 20], 6: ["Q5_0", 32, 22], 7: ["Q5_1", 32, 24],
-  8: ["Q8_0", 32, 34], 9: ["Q8_1", 32, 36], 10: ["Q2_K", 256, 84], 11: ["Q3_K", 256, 110], 12: ["Q4_K", 256, 144],
-  13: ["Q5_K", 256, 176], 14: ["Q6_K", 256, 210], 15: ["Q8_K", 256, 292], 24: ["I8", 1, 1], 25: ["I16", 1, 2],
-  26: ["I32", 1, 4], 27: ["I64", 1, 8], 28: ["F64", 1, 8], 30: ["BF16", 1, 2],
+  0: ["F32", 1, 4],
+  1: ["F16", 1, 2],
+  2: ["Q4_0", 32, 18],
+  3: ["Q4_1", 32, 20],
+  6: ["Q5_0", 32, 22],
+  7: ["Q5_1", 32, 24],
+  8: ["Q8_0", 32, 34],
+  9: ["Q8_1", 32, 36],
+  10: ["Q2_K", 256, 84],
+  11: ["Q3_K", 256, 110],
+  12: ["Q4_K", 256, 144],
+  13: ["Q5_K", 256, 176],
+  14: ["Q6_K", 256, 210],
+  15: ["Q8_K", 256, 292],
+  24: ["I8", 1, 1],
+  25: ["I16", 1, 2],
+  26: ["I32", 1, 4],
+  27: ["I64", 1, 8],
+  28: ["F64", 1, 8],
+  30: ["BF16", 1, 2],
 };
 
 /** Types MLX loads as they are (or keeps quantized); every other type it dequantizes. */
@@ -58,7 +74,8 @@ class Cursor {
   ) {}
 
   bytes(n: number): Buffer {
-    if (n < 0 || this.position + n > this.size) throw new GGUFFormatError(`truncated: needs ${n} bytes at offset ${this.position}, file has ${this.size}`);
+    if (n < 0 || this.position + n > this.size)
+      throw new GGUFFormatError(`truncated: needs ${n} bytes at offset ${this.position}, file has ${this.size}`);
     if (this.position < this.#windowStart || this.position + n > this.#windowEnd) this.#fill(n);
     const at = this.position - this.#windowStart;
     this.position += n;
@@ -72,7 +89,8 @@ class Cursor {
   }
 
   skip(n: number): void {
-    if (n < 0 || this.position + n > this.size) throw new GGUFFormatError(`truncated: a value at offset ${this.position} runs past the end of the file`);
+    if (n < 0 || this.position + n > this.size)
+      throw new GGUFFormatError(`truncated: a value at offset ${this.position} runs past the end of the file`);
     this.position += n;
   }
 
@@ -124,14 +142,24 @@ export function readGGUFHeader(path: string): GGUFHeader {
       const type = tensorTypes[typeCode];
       if (!type) throw new GGUFFormatError(`tensor '${name}' has unknown ggml type ${typeCode}`);
       const [typeName, blockElements, blockBytes] = type;
-      if (elements % blockElements !== 0) throw new GGUFFormatError(`tensor '${name}': ${elements} elements is not a whole number of ${typeName} blocks`);
-      tensors.push({ name, dims, type: typeName, typeCode, offset: c.u64(), bytes: (elements / blockElements) * blockBytes });
+      if (elements % blockElements !== 0)
+        throw new GGUFFormatError(`tensor '${name}': ${elements} elements is not a whole number of ${typeName} blocks`);
+      tensors.push({
+        name,
+        dims,
+        type: typeName,
+        typeCode,
+        offset: c.u64(),
+        bytes: (elements / blockElements) * blockBytes,
+      });
       types.set(typeName, (types.get(typeName) ?? 0) + 1);
     }
     const dataStart = Math.ceil(c.position / alignment) * alignment;
     for (const t of tensors) {
       if (dataStart + t.offset + t.bytes > c.size) {
-        throw new GGUFFormatError(`truncated: tensor '${t.name}' ends at byte ${dataStart + t.offset + t.bytes}, file has ${c.size}`);
+        throw new GGUFFormatError(
+          `truncated: tensor '${t.name}' ends at byte ${dataStart + t.offset + t.bytes}, file has ${c.size}`,
+        );
       }
     }
     return { version, tensorCount, tensorTypes: types, tensors, alignment, tensorTableStart, dataStart };

@@ -10,11 +10,22 @@ import type { LoadedFile, MxArray } from "../mlx";
 import { nativeTensorTypes, type GGUFHeader, type GGUFTensorInfo } from "./gguf-header";
 
 /** ggml block of `blockElements` → floats, for the types we read ourselves. */
-const dequantizers: Record<string, { blockBytes: number; blockElements: number; decode: (b: DataView, p: number, out: Float32Array, at: number) => void }> = {
+const dequantizers: Record<
+  string,
+  { blockBytes: number; blockElements: number; decode: (b: DataView, p: number, out: Float32Array, at: number) => void }
+> = {
   // d: f16, qh: 32 high bits, qs: 16 bytes of low nibbles; x = d · (q − 16).
-  Q5_0: { blockBytes: 22, blockElements: 32, decode: (b, p, out, at) => fiveBit(b, p + 2, out, at, b.getFloat16(p, true), -16 * b.getFloat16(p, true)) },
+  Q5_0: {
+    blockBytes: 22,
+    blockElements: 32,
+    decode: (b, p, out, at) => fiveBit(b, p + 2, out, at, b.getFloat16(p, true), -16 * b.getFloat16(p, true)),
+  },
   // d, m: f16, then as Q5_0; x = d · q + m.
-  Q5_1: { blockBytes: 24, blockElements: 32, decode: (b, p, out, at) => fiveBit(b, p + 4, out, at, b.getFloat16(p, true), b.getFloat16(p + 2, true)) },
+  Q5_1: {
+    blockBytes: 24,
+    blockElements: 32,
+    decode: (b, p, out, at) => fiveBit(b, p + 4, out, at, b.getFloat16(p, true), b.getFloat16(p + 2, true)),
+  },
   // d, dmin: f16; 12 bytes of 6-bit scales and mins for 8 groups of 32; 128 bytes of nibbles.
   Q4_K: { blockBytes: 144, blockElements: 256, decode: (b, p, out, at) => kQuant(b, p, out, at, p + 16) },
   // As Q4_K, with a fifth bit per value in 32 bytes of qh before the nibbles.
@@ -28,7 +39,9 @@ function kQuant(b: DataView, p: number, out: Float32Array, at: number, nibbles: 
   const byte = (i: number) => b.getUint8(p + 4 + i);
   // get_scale_min_k4: the first four groups' values sit in the low 6 bits, the others are split.
   const scaleMin = (j: number): [number, number] =>
-    j < 4 ? [byte(j) & 63, byte(j + 4) & 63] : [(byte(j + 4) & 0xf) | ((byte(j - 4) >> 6) << 4), (byte(j + 4) >> 4) | ((byte(j) >> 6) << 4)];
+    j < 4
+      ? [byte(j) & 63, byte(j + 4) & 63]
+      : [(byte(j + 4) & 0xf) | ((byte(j - 4) >> 6) << 4), (byte(j + 4) >> 4) | ((byte(j) >> 6) << 4)];
   for (let group = 0; group < 8; group += 2) {
     const [s1, m1] = scaleMin(group);
     const [s2, m2] = scaleMin(group + 1);
@@ -61,7 +74,10 @@ export const readableTensorTypes = [...mlxReads, ...Object.keys(dequantizers)];
 /** The file's tensors and metadata, as mx.loadGGUF gives them, whatever their (readable) types. */
 export function loadGGUFTensors(path: string, header: GGUFHeader): LoadedFile {
   const unreadable = header.tensors.find((t) => !mlxReads.has(t.type) && !(t.type in dequantizers));
-  if (unreadable) throw new Error(`tensor '${unreadable.name}' is ${unreadable.type}, a type we cannot read (readable: ${readableTensorTypes.join(", ")})`);
+  if (unreadable)
+    throw new Error(
+      `tensor '${unreadable.name}' is ${unreadable.type}, a type we cannot read (readable: ${readableTensorTypes.join(", ")})`,
+    );
   const ours = header.tensors.filter((t) => t.type in dequantizers);
   if (ours.length === 0) return mx.loadGGUF(path);
   const dir = mkdtempSync(join(tmpdir(), "mlx-gguf-"));
@@ -88,7 +104,8 @@ function dequantize(fd: number, dataStart: number, t: GGUFTensorInfo): MxArray {
   readSync(fd, raw, 0, t.bytes, dataStart + t.offset);
   const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
   const out = new Float32Array((t.bytes / blockBytes) * blockElements);
-  for (let block = 0; block * blockBytes < t.bytes; block++) decode(view, block * blockBytes, out, block * blockElements);
+  for (let block = 0; block * blockBytes < t.bytes; block++)
+    decode(view, block * blockBytes, out, block * blockElements);
   return mx.keep(mx.scope(() => mx.astype(mx.array(out, [...t.dims].reverse()), mx.Dtype.float16)));
 }
 

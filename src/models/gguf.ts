@@ -5,7 +5,14 @@ import * as mx from "../mlx";
 import type { LoadedFile, MetaValue, MxArray } from "../mlx";
 
 /** GGUF architectures we run, and the model_type each becomes. */
-const architectures: Record<string, string> = { llama: "llama", mistral: "mistral", qwen2: "qwen2", qwen3: "qwen3", qwen3moe: "qwen3_moe", gemma3: "gemma3_text" };
+const architectures: Record<string, string> = {
+  llama: "llama",
+  mistral: "mistral",
+  qwen2: "qwen2",
+  qwen3: "qwen3",
+  qwen3moe: "qwen3_moe",
+  gemma3: "gemma3_text",
+};
 
 const blockNames: Record<string, string> = {
   attn_norm: "input_layernorm",
@@ -88,7 +95,9 @@ export function ggufModel(file: LoadedFile): GGUFModel {
   const hidden = metaNumber(m, `${arch}.embedding_length`);
   const headDim = metaNumber(m, `${arch}.attention.key_length`, hidden / heads);
   const tokens = meta(m, "tokenizer.ggml.tokens");
-  const eos = [meta(m, "tokenizer.ggml.eos_token_id"), meta(m, "tokenizer.ggml.eot_token_id")].filter((v) => typeof v === "number");
+  const eos = [meta(m, "tokenizer.ggml.eos_token_id"), meta(m, "tokenizer.ggml.eot_token_id")].filter(
+    (v) => typeof v === "number",
+  );
 
   const tensors = new Map<string, MxArray>();
   for (const [name, tensor] of file.tensors) {
@@ -121,7 +130,8 @@ export function ggufModel(file: LoadedFile): GGUFModel {
     }
   }
   const ropeBase = metaNumber(m, `${arch}.rope.freq_base`, 10000);
-  if (tensors.has("rope_freqs")) tensors.set("rope_freqs", ropeFrequencies(tensors.get("rope_freqs")!, headDim, ropeBase));
+  if (tensors.has("rope_freqs"))
+    tensors.set("rope_freqs", ropeFrequencies(tensors.get("rope_freqs")!, headDim, ropeBase));
 
   const config: Record<string, unknown> = {
     architectures: [archClass(modelType)],
@@ -159,7 +169,13 @@ function archClass(modelType: string): string {
 }
 
 /** The config keys of a mixture of experts; layers without a router keep a dense MLP. */
-function expertsConfig(m: Record<string, MetaValue>, arch: string, modelType: string, experts: number, tensors: Map<string, MxArray>): Record<string, unknown> {
+function expertsConfig(
+  m: Record<string, MetaValue>,
+  arch: string,
+  modelType: string,
+  experts: number,
+  tensors: Map<string, MxArray>,
+): Record<string, unknown> {
   const perToken = metaNumber(m, `${arch}.expert_used_count`);
   if (modelType === "mixtral") return { num_local_experts: experts, num_experts_per_tok: perToken };
   const layers = metaNumber(m, `${arch}.block_count`);
@@ -168,7 +184,9 @@ function expertsConfig(m: Record<string, MetaValue>, arch: string, modelType: st
     num_experts_per_tok: perToken,
     moe_intermediate_size: metaNumber(m, `${arch}.expert_feed_forward_length`),
     decoder_sparse_step: 1,
-    mlp_only_layers: Array.from({ length: layers }, (_, i) => i).filter((i) => !tensors.has(`model.layers.${i}.mlp.gate.weight`)),
+    mlp_only_layers: Array.from({ length: layers }, (_, i) => i).filter(
+      (i) => !tensors.has(`model.layers.${i}.mlp.gate.weight`),
+    ),
     norm_topk_prob: true,
   };
 }
@@ -181,7 +199,9 @@ function gemma3Config(m: Record<string, MetaValue>, headDim: number): Record<str
     sliding_window_pattern: 6,
     query_pre_attn_scalar: headDim,
     rope_local_base_freq: 10_000,
-    ...(typeof scaling === "string" && scaling !== "none" ? { rope_scaling: { rope_type: scaling, factor: metaNumber(m, "gemma3.rope.scaling.factor", 1) } } : {}),
+    ...(typeof scaling === "string" && scaling !== "none"
+      ? { rope_scaling: { rope_type: scaling, factor: metaNumber(m, "gemma3.rope.scaling.factor", 1) } }
+      : {}),
   };
 }
 
@@ -208,7 +228,14 @@ function unpermuteRows(tensors: Map<string, MxArray>, prefix: string, heads: num
 
 /** llama.cpp stores per-frequency divisors (Llama 3 scaling); MLX's rope wants the periods themselves. */
 function ropeFrequencies(factors: MxArray, dims: number, base: number): MxArray {
-  return mx.keep(mx.scope(() => mx.multiply(mx.power(base, mx.divide(mx.arange(0, dims, 2, mx.Dtype.float32), dims)), mx.astype(factors, mx.Dtype.float32))));
+  return mx.keep(
+    mx.scope(() =>
+      mx.multiply(
+        mx.power(base, mx.divide(mx.arange(0, dims, 2, mx.Dtype.float32), dims)),
+        mx.astype(factors, mx.Dtype.float32),
+      ),
+    ),
+  );
 }
 
 /**
@@ -216,7 +243,10 @@ function ropeFrequencies(factors: MxArray, dims: number, base: number): MxArray 
  * default, the other layers by name. Every GGUF type MLX keeps quantized uses groups of 32;
  * `groupSizes` names layers quantized otherwise (re-quantized by `mlx convert`).
  */
-export function quantizationOf(tensors: Map<string, MxArray>, groupSizes = new Map<string, number>()): Record<string, unknown> {
+export function quantizationOf(
+  tensors: Map<string, MxArray>,
+  groupSizes = new Map<string, number>(),
+): Record<string, unknown> {
   const perLayer = new Map<string, { group_size: number; bits: number }>();
   for (const [name, scales] of tensors) {
     if (!name.endsWith(".scales")) continue;
@@ -230,9 +260,13 @@ export function quantizationOf(tensors: Map<string, MxArray>, groupSizes = new M
   if (perLayer.size === 0) return {};
   const counts = new Map<string, number>();
   for (const q of perLayer.values()) counts.set(JSON.stringify(q), (counts.get(JSON.stringify(q)) ?? 0) + 1);
-  const common = JSON.parse([...counts.entries()].sort((a, b) => b[1] - a[1])[0]![0]) as { group_size: number; bits: number };
+  const common = JSON.parse([...counts.entries()].sort((a, b) => b[1] - a[1])[0]![0]) as {
+    group_size: number;
+    bits: number;
+  };
   const quantization: Record<string, unknown> = { ...common, mode: "affine" };
-  for (const [prefix, q] of perLayer) if (q.bits !== common.bits || q.group_size !== common.group_size) quantization[prefix] = q;
+  for (const [prefix, q] of perLayer)
+    if (q.bits !== common.bits || q.group_size !== common.group_size) quantization[prefix] = q;
   return { quantization };
 }
 

@@ -69,7 +69,12 @@ export interface Linear {
 export function linear(w: Weights, prefix: string): Linear {
   return projection(
     w,
-    { weight: w.get(`${prefix}.weight`), scales: w.optional(`${prefix}.scales`), biases: w.optional(`${prefix}.biases`), bias: w.optional(`${prefix}.bias`) },
+    {
+      weight: w.get(`${prefix}.weight`),
+      scales: w.optional(`${prefix}.scales`),
+      biases: w.optional(`${prefix}.biases`),
+      bias: w.optional(`${prefix}.bias`),
+    },
     w.quantFor(prefix),
   );
 }
@@ -94,7 +99,12 @@ export function fusedLinear(w: Weights, prefixes: string[]): (x: MxArray) => MxA
     return (x) => separate.map((f) => f(x));
   }
   const [weight, scales, biases, bias] = suffixes.map((suffix, i) =>
-    parts[i]![0] ? w.fuse(prefixes.map((p) => `${p}.${suffix}`), `${prefixes.join("+")}.${suffix}`) : undefined,
+    parts[i]![0]
+      ? w.fuse(
+          prefixes.map((p) => `${p}.${suffix}`),
+          `${prefixes.join("+")}.${suffix}`,
+        )
+      : undefined,
   );
   let end = 0;
   const bounds = parts[0]!.map((t) => [end, (end += t!.shape[0]!)] as const);
@@ -119,7 +129,8 @@ export function embedding(w: Weights, prefix: string): Embedding {
   const scales = w.optional(`${prefix}.scales`);
   const biases = w.optional(`${prefix}.biases`);
   const lookup = quant
-    ? (ids: MxArray) => mx.dequantize(mx.take(weight, ids, 0), mx.take(scales!, ids, 0), biases && mx.take(biases, ids, 0), quant)
+    ? (ids: MxArray) =>
+        mx.dequantize(mx.take(weight, ids, 0), mx.take(scales!, ids, 0), biases && mx.take(biases, ids, 0), quant)
     : (ids: MxArray) => mx.take(weight, ids, 0);
   return { lookup, asLinear: projection(w, { weight, scales, biases }, quant) };
 }

@@ -62,7 +62,10 @@ type Qkv = (x: MxArray) => [MxArray, MxArray, MxArray];
 
 /** q_proj, k_proj and v_proj, run as one product where their weights allow (see fusedLinear). */
 function separateQkv(w: Weights, prefix: string): Qkv {
-  const qkv = fusedLinear(w, ["q_proj", "k_proj", "v_proj"].map((p) => `${prefix}.${p}`));
+  const qkv = fusedLinear(
+    w,
+    ["q_proj", "k_proj", "v_proj"].map((p) => `${prefix}.${p}`),
+  );
   return (x) => qkv(x) as [MxArray, MxArray, MxArray];
 }
 
@@ -103,7 +106,13 @@ export function mlp(w: Weights, prefix: string, activation?: (x: MxArray) => MxA
 export type FeedForward = (x: MxArray) => MxArray;
 
 /** A pre-norm block; the feed-forward layer is the SwiGLU MLP unless given (a mixture of experts). */
-export function block(w: Weights, prefix: string, c: ModelConfig, options: AttentionOptions = {}, feedForward: FeedForward = mlp(w, `${prefix}.mlp`)): Block {
+export function block(
+  w: Weights,
+  prefix: string,
+  c: ModelConfig,
+  options: AttentionOptions = {},
+  feedForward: FeedForward = mlp(w, `${prefix}.mlp`),
+): Block {
   const inputNorm = rmsNorm(w, `${prefix}.input_layernorm`, c.rmsNormEps);
   const postNorm = rmsNorm(w, `${prefix}.post_attention_layernorm`, c.rmsNormEps);
   const selfAttn = attention(w, `${prefix}.self_attn`, c, options);
@@ -114,12 +123,18 @@ export function block(w: Weights, prefix: string, c: ModelConfig, options: Atten
 }
 
 /** `feedForward(layer, prefix)` makes a layer's feed-forward part where it is not the SwiGLU MLP. */
-export function buildDecoder(w: Weights, options: AttentionOptions = {}, feedForward?: (layer: number, prefix: string) => FeedForward | undefined): DecoderModel {
+export function buildDecoder(
+  w: Weights,
+  options: AttentionOptions = {},
+  feedForward?: (layer: number, prefix: string) => FeedForward | undefined,
+): DecoderModel {
   const c = w.config;
   const embed = embedding(w, "model.embed_tokens");
   const norm = rmsNorm(w, "model.norm", c.rmsNormEps);
   const lmHead = c.tieWordEmbeddings || !w.has("lm_head.weight") ? embed.asLinear : linear(w, "lm_head");
-  const blocks = Array.from({ length: c.numHiddenLayers }, (_, i) => block(w, `model.layers.${i}`, c, options, feedForward?.(i, `model.layers.${i}`)));
+  const blocks = Array.from({ length: c.numHiddenLayers }, (_, i) =>
+    block(w, `model.layers.${i}`, c, options, feedForward?.(i, `model.layers.${i}`)),
+  );
   return decoder({ config: c, embed: embed.lookup, blocks, head: (h) => lmHead(norm(h)) });
 }
 

@@ -56,14 +56,17 @@ function weightFiles(dir: string): string[] {
     if (!map) throw new ModelLoadError(`${indexPath} has no weight_map`);
     return [...new Set(Object.values(map))].sort().map((f) => join(dir, f));
   }
-  const files = readdirSync(dir).filter((f) => f.endsWith(".safetensors")).sort();
+  const files = readdirSync(dir)
+    .filter((f) => f.endsWith(".safetensors"))
+    .sort();
   if (files.length === 0) throw new ModelLoadError(`no .safetensors files in ${dir}`);
   return files.map((f) => join(dir, f));
 }
 
 function loadDirectory(dir: string): LoadedModel {
   const configPath = join(dir, "config.json");
-  if (!existsSync(configPath)) throw new ModelLoadError(`${dir} has no config.json (expected an MLX-community model directory)`);
+  if (!existsSync(configPath))
+    throw new ModelLoadError(`${dir} has no config.json (expected an MLX-community model directory)`);
   const config = withModelErrors(dir, () => parseConfig(readJson(configPath)));
   const tensors = new Map<string, MxArray>();
   for (const file of weightFiles(dir)) {
@@ -83,7 +86,12 @@ function loadGGUFFile(file: string): LoadedModel {
   const config = parseConfig(gguf.config);
   const tokenizer = withModelErrors(file, () => Tokenizer.fromGGUFMetadata(gguf.metadata as Record<string, unknown>));
   const dequantized = [...header.tensorTypes.keys()].filter((t) => !nativeTensorTypes.has(t));
-  const notes = dequantized.length > 0 ? [`${basename(file)}: its ${dequantized.join(", ")} tensors were dequantized to 16-bit at load time (MLX keeps only Q4_0, Q4_1 and Q8_0 quantized), so they take more memory; \`mlx convert\` re-quantizes them to 4-bit`] : [];
+  const notes =
+    dequantized.length > 0
+      ? [
+          `${basename(file)}: its ${dequantized.join(", ")} tensors were dequantized to 16-bit at load time (MLX keeps only Q4_0, Q4_1 and Q8_0 quantized), so they take more memory; \`mlx convert\` re-quantizes them to 4-bit`,
+        ]
+      : [];
   return assemble(gguf.tensors, config, tokenizer, "gguf", file, notes);
 }
 
@@ -97,7 +105,14 @@ function sanitize(tensors: Map<string, MxArray>, config: ModelConfig): void {
   }
 }
 
-function assemble(tensors: Map<string, MxArray>, config: ModelConfig, tokenizer: Tokenizer, format: ModelFormat, path: string, notes: string[]): LoadedModel {
+function assemble(
+  tensors: Map<string, MxArray>,
+  config: ModelConfig,
+  tokenizer: Tokenizer,
+  format: ModelFormat,
+  path: string,
+  notes: string[],
+): LoadedModel {
   const weights = new Weights(tensors, config);
   const model = withModelErrors(path, () => buildModel(weights));
   // Read every weight now, so a truncated or corrupt file fails here rather than mid-answer.

@@ -64,7 +64,10 @@ export function forward(model: DecoderModel, ids: MxArray, caches: AttentionCach
  * mask what is out of their window), for what copies positions out of a cache (batching, the
  * prefix cache); so does a quantization (the sliding-window cache stores float).
  */
-export function makeCaches(model: DecoderModel, { windowed = true, quantization }: { windowed?: boolean; quantization?: KvQuantization } = {}): KVCache[] {
+export function makeCaches(
+  model: DecoderModel,
+  { windowed = true, quantization }: { windowed?: boolean; quantization?: KvQuantization } = {},
+): KVCache[] {
   if (windowed && !quantization && model.makeCaches) return model.makeCaches();
   return Array.from({ length: model.numLayers }, () => new KVCache(quantization));
 }

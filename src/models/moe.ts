@@ -39,9 +39,11 @@ function switchLinear(w: Weights, prefix: string): SwitchLinear {
   if (quant) {
     const scales = w.get(`${prefix}.scales`);
     const biases = w.optional(`${prefix}.biases`);
-    return (x, experts, sorted) => mx.gatherQmm(x, weight, scales, biases, quant, { rhsIndices: experts, sortedIndices: sorted });
+    return (x, experts, sorted) =>
+      mx.gatherQmm(x, weight, scales, biases, quant, { rhsIndices: experts, sortedIndices: sorted });
   }
-  return (x, experts, sorted) => mx.gatherMm(x, mx.transpose(weight, [0, 2, 1]), { rhsIndices: experts, sortedIndices: sorted });
+  return (x, experts, sorted) =>
+    mx.gatherMm(x, mx.transpose(weight, [0, 2, 1]), { rhsIndices: experts, sortedIndices: sorted });
 }
 
 /** x [B, L, D] through the experts `experts` [B, L, k] picks: [B, L, k, D]. */

@@ -7,7 +7,14 @@ import type { MxArray } from "../mlx";
 import type { KvQuantization, Mask, Stored } from "./cache";
 
 /** softmax(q kᵀ · scale + mask) v for queries [B, heads, L, D] and quantized keys/values [B, kvHeads, T, ·]. */
-export function quantizedAttention(queries: MxArray, keys: Stored, values: Stored, scale: number, mask: Mask, q: KvQuantization): MxArray {
+export function quantizedAttention(
+  queries: MxArray,
+  keys: Stored,
+  values: Stored,
+  scale: number,
+  mask: Mask,
+  q: KvQuantization,
+): MxArray {
   const [batch, heads, length, dim] = queries.shape as [number, number, number, number];
   const kvHeads = keys[0]!.shape[1]!;
   const repeats = heads / kvHeads;

@@ -34,13 +34,17 @@ export function initializeRope(p: RopeParams): Rope {
  */
 function suScaled(p: RopeParams): Rope {
   const s = p.scaling!;
-  if (!s.longFactor || s.longFactor.length !== p.dims / 2) throw new Error(`rope_scaling '${s.type}' needs long_factor with ${p.dims / 2} values`);
+  if (!s.longFactor || s.longFactor.length !== p.dims / 2)
+    throw new Error(`rope_scaling '${s.type}' needs long_factor with ${p.dims / 2} values`);
   const original = s.originalMaxPositionEmbeddings ?? 4096;
   const factor = (p.maxPositionEmbeddings ?? 131072) / original;
   const scale = factor <= 1 ? 1 : Math.sqrt(1 + Math.log(factor) / Math.log(original));
   const freqs = mx.keep(
     mx.scope(() => {
-      const out = mx.multiply(mx.array(Float32Array.from(s.longFactor!)), mx.power(p.base, mx.divide(mx.arange(0, p.dims, 2, mx.Dtype.float32), p.dims)));
+      const out = mx.multiply(
+        mx.array(Float32Array.from(s.longFactor!)),
+        mx.power(p.base, mx.divide(mx.arange(0, p.dims, 2, mx.Dtype.float32), p.dims)),
+      );
       mx.evaluate(out);
       return out;
     }),

@@ -56,7 +56,8 @@ export class SlidingKVCache extends KVCache {
     const keep = Math.min(this.held, this.window - 1);
     const from = this.held - keep;
     const [batch, heads] = this.keys![0]!.shape as [number, number];
-    const shrink = (stored: MxArray[]) => stored.map((t) => mx.keep(mx.scope(() => mx.contiguous(mx.slice(t, [0, 0, from], [batch, heads, this.held])))));
+    const shrink = (stored: MxArray[]) =>
+      stored.map((t) => mx.keep(mx.scope(() => mx.contiguous(mx.slice(t, [0, 0, from], [batch, heads, this.held])))));
     const keys = shrink(this.keys!);
     const values = shrink(this.values!);
     this.free(false);
@@ -69,7 +70,9 @@ export class SlidingKVCache extends KVCache {
   override trim(length: number): void {
     const target = Math.min(this.offset, Math.max(0, length));
     if (target - this.dropped < Math.min(target, this.window - 1)) {
-      throw new Error(`a sliding-window cache cannot go back to position ${target}: it no longer holds the ${this.window - 1} positions before it`);
+      throw new Error(
+        `a sliding-window cache cannot go back to position ${target}: it no longer holds the ${this.window - 1} positions before it`,
+      );
     }
     this.offset = target;
   }

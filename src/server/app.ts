@@ -47,7 +47,27 @@ export interface ServerOptions extends Partial<ServerConfig> {
 }
 
 /** Routes that are labelled by name in /metrics (anything else is "other"). */
-const KNOWN_ROUTES = new Set(["/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/messages/count_tokens", "/v1/responses", "/v1/models", "/api/chat", "/api/generate", "/api/tags", "/api/ps", "/api/show", "/api/version", "/health", "/ready", "/stats", "/metrics", "/", "/dashboard", "/dashboard/events"]);
+const KNOWN_ROUTES = new Set([
+  "/v1/chat/completions",
+  "/v1/completions",
+  "/v1/messages",
+  "/v1/messages/count_tokens",
+  "/v1/responses",
+  "/v1/models",
+  "/api/chat",
+  "/api/generate",
+  "/api/tags",
+  "/api/ps",
+  "/api/show",
+  "/api/version",
+  "/health",
+  "/ready",
+  "/stats",
+  "/metrics",
+  "/",
+  "/dashboard",
+  "/dashboard/events",
+]);
 
 export function createState(o: ServerOptions = {}): ServerState {
   const maxQueue = o.maxQueue ?? 64;
@@ -57,22 +77,27 @@ export function createState(o: ServerOptions = {}): ServerState {
   // Each loaded model gets its own continuous-batching scheduler.
   const makeScheduler = (lm: LoadedModel) =>
     new Scheduler(lm, {
-        maxBatch,
-        prefillChunk,
-        maxQueue,
-        prefixCache: prefixCacheBytes > 0 ? new PrefixCache(prefixCacheBytes) : undefined,
-        tuner: o.targetItlMs
-          ? new AdaptiveTuner({
-              targetItlMs: o.targetItlMs,
-              initial: { maxBatch, prefillChunk },
-              bounds: { minBatch: 1, maxBatch: Math.max(maxBatch, 32), minChunk: 32, maxChunk: Math.max(prefillChunk, 2048) },
-            })
-          : undefined,
-        // Each decode step is one inter-token interval for every running sequence.
-        onStep: (ms, running) => {
-          for (let i = 0; i < running; i++) state.metrics.itl.observe(ms / 1000);
-        },
-      });
+      maxBatch,
+      prefillChunk,
+      maxQueue,
+      prefixCache: prefixCacheBytes > 0 ? new PrefixCache(prefixCacheBytes) : undefined,
+      tuner: o.targetItlMs
+        ? new AdaptiveTuner({
+            targetItlMs: o.targetItlMs,
+            initial: { maxBatch, prefillChunk },
+            bounds: {
+              minBatch: 1,
+              maxBatch: Math.max(maxBatch, 32),
+              minChunk: 32,
+              maxChunk: Math.max(prefillChunk, 2048),
+            },
+          })
+        : undefined,
+      // Each decode step is one inter-token interval for every running sequence.
+      onStep: (ms, running) => {
+        for (let i = 0; i < running; i++) state.metrics.itl.observe(ms / 1000);
+      },
+    });
   const state: ServerState = {
     config: {
       apiKey: o.apiKey || undefined,
@@ -128,7 +153,14 @@ export function createApp(s: ServerState): Hono {
   // 3. CORS, only for the origins given.
   if (s.config.corsOrigins.length > 0) {
     const allowed = s.config.corsOrigins;
-    app.use("*", cors({ origin: (origin) => (allowed.includes("*") ? "*" : allowed.includes(origin) ? origin : null), allowHeaders: ["Authorization", "Content-Type", "x-api-key", "anthropic-version", "anthropic-beta"], maxAge: 600 }));
+    app.use(
+      "*",
+      cors({
+        origin: (origin) => (allowed.includes("*") ? "*" : allowed.includes(origin) ? origin : null),
+        allowHeaders: ["Authorization", "Content-Type", "x-api-key", "anthropic-version", "anthropic-beta"],
+        maxAge: 600,
+      }),
+    );
   }
 
   // 4. The API key, on every route but /health and the browser pages, compared in constant time.
@@ -149,7 +181,17 @@ export function createApp(s: ServerState): Hono {
     "*",
     bodyLimit({
       maxSize: s.config.maxBodyBytes,
-      onError: (c) => errorResponse(c, new ApiError(413, `the request body is larger than ${s.config.maxBodyBytes} bytes`, "invalid_request_error", null, "request_too_large")),
+      onError: (c) =>
+        errorResponse(
+          c,
+          new ApiError(
+            413,
+            `the request body is larger than ${s.config.maxBodyBytes} bytes`,
+            "invalid_request_error",
+            null,
+            "request_too_large",
+          ),
+        ),
     }),
   );
 

@@ -8,7 +8,14 @@ import type { Context } from "hono";
 import { ValidationError } from "../api/validate";
 import { BudgetError } from "../engine/budget/steering";
 import { SchemaError } from "../engine/grammar";
-import { ContextLengthError, InvalidParameterError, ModelNotFoundError, ModelPullError, QueueFullError, UnsupportedError } from "../errors";
+import {
+  ContextLengthError,
+  InvalidParameterError,
+  ModelNotFoundError,
+  ModelPullError,
+  QueueFullError,
+  UnsupportedError,
+} from "../errors";
 import { ModelLoadError } from "../models/load";
 import { anthropicErrorType } from "../api/anthropic";
 
@@ -32,24 +39,42 @@ export class TimeoutError extends Error {
 
 export const requestTimeout = () => new TimeoutError("the request took longer than the server's request timeout");
 
-export const notFound = (message: string, code = "not_found") => new ApiError(404, message, "invalid_request_error", null, code);
-export const unauthorized = () => new ApiError(401, "invalid or missing API key (send 'Authorization: Bearer <key>' or 'x-api-key: <key>')", "authentication_error", null, "invalid_api_key");
-export const badRequest = (message: string, param: string | null = null, code: string | null = null) => new ApiError(400, message, "invalid_request_error", param, code);
+export const notFound = (message: string, code = "not_found") =>
+  new ApiError(404, message, "invalid_request_error", null, code);
+export const unauthorized = () =>
+  new ApiError(
+    401,
+    "invalid or missing API key (send 'Authorization: Bearer <key>' or 'x-api-key: <key>')",
+    "authentication_error",
+    null,
+    "invalid_api_key",
+  );
+export const badRequest = (message: string, param: string | null = null, code: string | null = null) =>
+  new ApiError(400, message, "invalid_request_error", param, code);
 
 /** Maps anything thrown to the answer the client gets; unknown errors become a bare 500. */
 export function toApiError(error: unknown, onInternal?: (error: unknown) => void): ApiError {
   if (error instanceof ApiError) return error;
-  if (error instanceof ValidationError) return new ApiError(400, error.message, "invalid_request_error", error.param, error.code);
-  if (error instanceof InvalidParameterError) return new ApiError(400, error.message, "invalid_request_error", error.param);
-  if (error instanceof UnsupportedError) return new ApiError(400, error.message, "invalid_request_error", error.param, "unsupported");
-  if (error instanceof SchemaError) return new ApiError(400, error.message, "invalid_request_error", null, "invalid_schema");
+  if (error instanceof ValidationError)
+    return new ApiError(400, error.message, "invalid_request_error", error.param, error.code);
+  if (error instanceof InvalidParameterError)
+    return new ApiError(400, error.message, "invalid_request_error", error.param);
+  if (error instanceof UnsupportedError)
+    return new ApiError(400, error.message, "invalid_request_error", error.param, "unsupported");
+  if (error instanceof SchemaError)
+    return new ApiError(400, error.message, "invalid_request_error", null, "invalid_schema");
   if (error instanceof BudgetError) return new ApiError(400, error.message, "invalid_request_error", "max_tokens");
-  if (error instanceof ContextLengthError) return new ApiError(400, error.message, "invalid_request_error", "messages", "context_length_exceeded");
-  if (error instanceof QueueFullError) return new ApiError(429, error.message, "rate_limit_error", null, "queue_full", { "Retry-After": "1" });
-  if (error instanceof ModelNotFoundError) return new ApiError(404, error.message, "invalid_request_error", "model", "model_not_found");
-  if (error instanceof ModelPullError) return new ApiError(502, error.message, "server_error", "model", "model_pull_failed");
+  if (error instanceof ContextLengthError)
+    return new ApiError(400, error.message, "invalid_request_error", "messages", "context_length_exceeded");
+  if (error instanceof QueueFullError)
+    return new ApiError(429, error.message, "rate_limit_error", null, "queue_full", { "Retry-After": "1" });
+  if (error instanceof ModelNotFoundError)
+    return new ApiError(404, error.message, "invalid_request_error", "model", "model_not_found");
+  if (error instanceof ModelPullError)
+    return new ApiError(502, error.message, "server_error", "model", "model_pull_failed");
   if (error instanceof TimeoutError) return new ApiError(504, error.message, "timeout_error", null, "request_timeout");
-  if (error instanceof ModelLoadError) return new ApiError(500, error.message.split("\n")[0]!, "server_error", "model", "model_load_failed");
+  if (error instanceof ModelLoadError)
+    return new ApiError(500, error.message.split("\n")[0]!, "server_error", "model", "model_load_failed");
   onInternal?.(error);
   return new ApiError(500, "internal server error", "server_error", null, "internal_error");
 }
@@ -57,11 +82,17 @@ export function toApiError(error: unknown, onInternal?: (error: unknown) => void
 /** The API family whose error shape a path answers with. */
 export type ApiFamily = "openai" | "ollama" | "anthropic";
 
-export const apiFamily = (path: string): ApiFamily => (path.startsWith("/api/") ? "ollama" : path === "/v1/messages" || path.startsWith("/v1/messages/") ? "anthropic" : "openai");
+export const apiFamily = (path: string): ApiFamily =>
+  path.startsWith("/api/")
+    ? "ollama"
+    : path === "/v1/messages" || path.startsWith("/v1/messages/")
+      ? "anthropic"
+      : "openai";
 
 export function errorBody(e: ApiError, family: ApiFamily): unknown {
   if (family === "ollama") return { error: e.message };
-  if (family === "anthropic") return { type: "error", error: { type: anthropicErrorType(e.status), message: e.message } };
+  if (family === "anthropic")
+    return { type: "error", error: { type: anthropicErrorType(e.status), message: e.message } };
   return { error: { message: e.message, type: e.type, param: e.param, code: e.code } };
 }
 

@@ -70,7 +70,10 @@ export function requestedModel(config: ServerConfig, name: string | undefined): 
 }
 
 /** What a generation takes from its HTTP request: the route, the client's disconnect, the server's timeout. */
-export function httpRequestBounds(config: ServerConfig, req: { path: string; raw: Request }): Pick<GenerateInput, "route" | "clientSignal" | "timeoutMs"> {
+export function httpRequestBounds(
+  config: ServerConfig,
+  req: { path: string; raw: Request },
+): Pick<GenerateInput, "route" | "clientSignal" | "timeoutMs"> {
   return { route: req.path, clientSignal: req.raw.signal, timeoutMs: config.requestTimeoutMs };
 }
 
@@ -114,7 +117,11 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
       tools: input.tools,
       signal: controller.signal,
     });
-    const tracked = ctx.inflight.track(input.model, prepared.promptIds.length, lease.entry.scheduler.submit(prepared.request));
+    const tracked = ctx.inflight.track(
+      input.model,
+      prepared.promptIds.length,
+      lease.entry.scheduler.submit(prepared.request),
+    );
     flight = tracked.flight;
     const constraint = prepared.constraint;
     return {
@@ -144,12 +151,18 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
  */
 function untilAborted(acquiring: Promise<Lease>, signal: AbortSignal): Promise<Lease> {
   if (signal.aborted) {
-    void acquiring.then((lease) => lease.release(), () => {});
+    void acquiring.then(
+      (lease) => lease.release(),
+      () => {},
+    );
     return Promise.reject(new Error("the request was aborted while waiting for its model"));
   }
   return new Promise<Lease>((resolve, reject) => {
     const onAbort = () => {
-      void acquiring.then((lease) => lease.release(), () => {});
+      void acquiring.then(
+        (lease) => lease.release(),
+        () => {},
+      );
       reject(new Error("the request was aborted while waiting for its model"));
     };
     signal.addEventListener("abort", onAbort, { once: true });
@@ -184,10 +197,13 @@ function settleSampling(input: SamplingInput, defaults: Partial<SamplingParams>)
   return params;
 }
 
-const withoutUndefined = <T extends object>(o: T): Partial<T> => Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+const withoutUndefined = <T extends object>(o: T): Partial<T> =>
+  Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
 
 /** A token as OpenAI's logprobs show it: its text and its bytes. */
 export function tokenText(tokenizer: Tokenizer, id: number): { token: string; bytes: number[] } {
-  const bytes = tokenizer.isByteLevel ? [...tokenizer.tokenBytes(id)] : [...new TextEncoder().encode(tokenizer.decode([id]))];
+  const bytes = tokenizer.isByteLevel
+    ? [...tokenizer.tokenBytes(id)]
+    : [...new TextEncoder().encode(tokenizer.decode([id]))];
   return { token: tokenizer.decode([id]), bytes };
 }

@@ -20,7 +20,11 @@ export class InFlight {
   generatedTokens = 0;
 
   /** Registers a generation and counts the tokens of `events` as they are read. */
-  track(model: string, promptTokens: number, events: AsyncIterable<GenerationEvent>): { flight: Flight; events: AsyncIterable<GenerationEvent> } {
+  track(
+    model: string,
+    promptTokens: number,
+    events: AsyncIterable<GenerationEvent>,
+  ): { flight: Flight; events: AsyncIterable<GenerationEvent> } {
     const flight: Flight = { id: this.#nextId++, model, startedAt: performance.now(), promptTokens, tokens: 0 };
     this.#flights.set(flight.id, flight);
     return { flight, events: this.#counted(flight, events) };

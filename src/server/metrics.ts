@@ -11,7 +11,8 @@ const formatLabels = (labels: Labels) => {
   const entries = Object.entries(labels);
   return entries.length === 0 ? "" : `{${entries.map(([k, v]) => `${k}="${escapeLabel(v)}"`).join(",")}}`;
 };
-const formatValue = (v: number) => (Number.isNaN(v) ? "NaN" : v === Infinity ? "+Inf" : v === -Infinity ? "-Inf" : String(v));
+const formatValue = (v: number) =>
+  Number.isNaN(v) ? "NaN" : v === Infinity ? "+Inf" : v === -Infinity ? "-Inf" : String(v);
 const key = (labels: Labels) => JSON.stringify(Object.entries(labels).sort());
 
 interface Metric {
@@ -25,7 +26,10 @@ abstract class Base implements Metric {
     readonly type: "counter" | "gauge" | "histogram",
   ) {}
   header(): string[] {
-    return [`# HELP ${this.name} ${this.help.replaceAll("\\", "\\\\").replaceAll("\n", "\\n")}`, `# TYPE ${this.name} ${this.type}`];
+    return [
+      `# HELP ${this.name} ${this.help.replaceAll("\\", "\\\\").replaceAll("\n", "\\n")}`,
+      `# TYPE ${this.name} ${this.type}`,
+    ];
   }
   abstract render(): string[];
 }
@@ -45,7 +49,10 @@ export class Counter extends Base {
     return this.#values.get(key(labels))?.value ?? 0;
   }
   render(): string[] {
-    return [...this.header(), ...[...this.#values.values()].map((e) => `${this.name}${formatLabels(e.labels)} ${formatValue(e.value)}`)];
+    return [
+      ...this.header(),
+      ...[...this.#values.values()].map((e) => `${this.name}${formatLabels(e.labels)} ${formatValue(e.value)}`),
+    ];
   }
 }
 
@@ -96,7 +103,9 @@ export class Histogram extends Base {
   render(): string[] {
     const lines = this.header();
     for (const s of this.#series.values()) {
-      this.buckets.forEach((le, i) => lines.push(`${this.name}_bucket${formatLabels({ ...s.labels, le: formatValue(le) })} ${s.counts[i]}`));
+      this.buckets.forEach((le, i) =>
+        lines.push(`${this.name}_bucket${formatLabels({ ...s.labels, le: formatValue(le) })} ${s.counts[i]}`),
+      );
       lines.push(`${this.name}_bucket${formatLabels({ ...s.labels, le: "+Inf" })} ${s.count}`);
       lines.push(`${this.name}_sum${formatLabels(s.labels)} ${formatValue(s.sum)}`);
       lines.push(`${this.name}_count${formatLabels(s.labels)} ${s.count}`);
@@ -119,38 +128,110 @@ export class Registry {
 const latencyBuckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
 
 /** The server's metrics. Gauges read live state through the callbacks given. */
-export function serverMetrics(live: { schedulers: () => { model: string; stats: SchedulerStats }[]; running: () => number; waiting: () => number; loadedModels: () => number; memory: () => MemoryFigures }) {
+export function serverMetrics(live: {
+  schedulers: () => { model: string; stats: SchedulerStats }[];
+  running: () => number;
+  waiting: () => number;
+  loadedModels: () => number;
+  memory: () => MemoryFigures;
+}) {
   const registry = new Registry();
   return {
     registry,
     requests: registry.add(new Counter("mlx_http_requests_total", "HTTP requests by route and status code")),
-    finished: registry.add(new Counter("mlx_generations_total", "Generations by route and finish reason (stop, length, cancelled, timeout, error)")),
+    finished: registry.add(
+      new Counter(
+        "mlx_generations_total",
+        "Generations by route and finish reason (stop, length, cancelled, timeout, error)",
+      ),
+    ),
     promptTokens: registry.add(new Counter("mlx_prompt_tokens_total", "Prompt tokens processed")),
     generatedTokens: registry.add(new Counter("mlx_generation_tokens_total", "Tokens generated")),
-    ttft: registry.add(new Histogram("mlx_time_to_first_token_seconds", "Time from submission to the first generated token", latencyBuckets)),
-    e2e: registry.add(new Histogram("mlx_e2e_request_latency_seconds", "Time from submission to the end of the generation", latencyBuckets)),
-    queueWait: registry.add(new Histogram("mlx_queue_wait_seconds", "Time a request waited in the queue before its prefill", latencyBuckets)),
+    ttft: registry.add(
+      new Histogram(
+        "mlx_time_to_first_token_seconds",
+        "Time from submission to the first generated token",
+        latencyBuckets,
+      ),
+    ),
+    e2e: registry.add(
+      new Histogram(
+        "mlx_e2e_request_latency_seconds",
+        "Time from submission to the end of the generation",
+        latencyBuckets,
+      ),
+    ),
+    queueWait: registry.add(
+      new Histogram("mlx_queue_wait_seconds", "Time a request waited in the queue before its prefill", latencyBuckets),
+    ),
     running: registry.add(new Gauge("mlx_requests_running", "Requests generating now", live.running)),
     waiting: registry.add(new Gauge("mlx_requests_waiting", "Requests waiting in the queue", live.waiting)),
     models: registry.add(new Gauge("mlx_models_loaded", "Models held in memory", live.loadedModels)),
     activeMemory: registry.add(new Gauge("mlx_memory_active_bytes", "MLX active memory", () => live.memory().active)),
-    peakMemory: registry.add(new Gauge("mlx_memory_peak_bytes", "MLX peak memory since the server started", () => live.memory().peak)),
-    cacheMemory: registry.add(new Gauge("mlx_memory_cache_bytes", "MLX buffer cache memory", () => live.memory().cache)),
-    itl: registry.add(new Histogram("mlx_inter_token_latency_seconds", "Time between two tokens of a running sequence (one decode step)", latencyBuckets)),
-    batchSize: registry.add(new Gauge("mlx_batch_size", "Sequences decoding together, per model", () => perModel(live, (s) => s.running))),
-    batchLimit: registry.add(new Gauge("mlx_batch_limit", "Most sequences per decode step, per model (set by the tuner when on)", () => perModel(live, (s) => s.maxBatch))),
-    prefillChunk: registry.add(new Gauge("mlx_prefill_chunk_tokens", "Prompt tokens prefilled between decode steps, per model", () => perModel(live, (s) => s.prefillChunk))),
-    tunerTarget: registry.add(new Gauge("mlx_tuner_target_itl_seconds", "The tuner's target P99 inter-token latency", () => perModel(live, (s) => s.tuner && s.tuner.targetItlMs / 1000))),
-    tunerP99: registry.add(new Gauge("mlx_tuner_estimated_p99_itl_seconds", "The tuner's smoothed P99 inter-token latency", () => perModel(live, (s) => s.tuner?.estimatedP99Ms && s.tuner.estimatedP99Ms / 1000))),
-    tunerAdjustments: registry.add(new Gauge("mlx_tuner_adjustments", "Adjustments the tuner made (last 100 kept in /stats)", () => perModel(live, (s) => s.tuner?.adjustments))),
-    prefixHits: registry.add(new Gauge("mlx_prefix_cache_hits", "Requests that started from a cached prefix, per model", () => perModel(live, (s) => s.prefixCache?.hits))),
-    prefixHitTokens: registry.add(new Gauge("mlx_prefix_cache_hit_tokens", "Prompt tokens served from the prefix cache, per model", () => perModel(live, (s) => s.prefixCache?.hitTokens))),
-    prefixBytes: registry.add(new Gauge("mlx_prefix_cache_bytes", "Bytes held by the prefix cache, per model", () => perModel(live, (s) => s.prefixCache?.bytes))),
+    peakMemory: registry.add(
+      new Gauge("mlx_memory_peak_bytes", "MLX peak memory since the server started", () => live.memory().peak),
+    ),
+    cacheMemory: registry.add(
+      new Gauge("mlx_memory_cache_bytes", "MLX buffer cache memory", () => live.memory().cache),
+    ),
+    itl: registry.add(
+      new Histogram(
+        "mlx_inter_token_latency_seconds",
+        "Time between two tokens of a running sequence (one decode step)",
+        latencyBuckets,
+      ),
+    ),
+    batchSize: registry.add(
+      new Gauge("mlx_batch_size", "Sequences decoding together, per model", () => perModel(live, (s) => s.running)),
+    ),
+    batchLimit: registry.add(
+      new Gauge("mlx_batch_limit", "Most sequences per decode step, per model (set by the tuner when on)", () =>
+        perModel(live, (s) => s.maxBatch),
+      ),
+    ),
+    prefillChunk: registry.add(
+      new Gauge("mlx_prefill_chunk_tokens", "Prompt tokens prefilled between decode steps, per model", () =>
+        perModel(live, (s) => s.prefillChunk),
+      ),
+    ),
+    tunerTarget: registry.add(
+      new Gauge("mlx_tuner_target_itl_seconds", "The tuner's target P99 inter-token latency", () =>
+        perModel(live, (s) => s.tuner && s.tuner.targetItlMs / 1000),
+      ),
+    ),
+    tunerP99: registry.add(
+      new Gauge("mlx_tuner_estimated_p99_itl_seconds", "The tuner's smoothed P99 inter-token latency", () =>
+        perModel(live, (s) => s.tuner?.estimatedP99Ms && s.tuner.estimatedP99Ms / 1000),
+      ),
+    ),
+    tunerAdjustments: registry.add(
+      new Gauge("mlx_tuner_adjustments", "Adjustments the tuner made (last 100 kept in /stats)", () =>
+        perModel(live, (s) => s.tuner?.adjustments),
+      ),
+    ),
+    prefixHits: registry.add(
+      new Gauge("mlx_prefix_cache_hits", "Requests that started from a cached prefix, per model", () =>
+        perModel(live, (s) => s.prefixCache?.hits),
+      ),
+    ),
+    prefixHitTokens: registry.add(
+      new Gauge("mlx_prefix_cache_hit_tokens", "Prompt tokens served from the prefix cache, per model", () =>
+        perModel(live, (s) => s.prefixCache?.hitTokens),
+      ),
+    ),
+    prefixBytes: registry.add(
+      new Gauge("mlx_prefix_cache_bytes", "Bytes held by the prefix cache, per model", () =>
+        perModel(live, (s) => s.prefixCache?.bytes),
+      ),
+    ),
   };
 }
 
 /** One gauge row per loaded model that has the figure. */
-function perModel(live: { schedulers: () => { model: string; stats: SchedulerStats }[] }, pick: (s: SchedulerStats) => number | undefined) {
+function perModel(
+  live: { schedulers: () => { model: string; stats: SchedulerStats }[] },
+  pick: (s: SchedulerStats) => number | undefined,
+) {
   return live.schedulers().flatMap(({ model, stats }) => {
     const value = pick(stats);
     return value === undefined ? [] : [{ labels: { model }, value }];

@@ -198,7 +198,9 @@ export class ModelRegistry {
 
   async #makeRoom(): Promise<void> {
     for (;;) {
-      const idle = this.loaded.filter((e) => e.active === 0 && !this.#claims.has(e.path)).sort((a, b) => a.lastUsed - b.lastUsed);
+      const idle = this.loaded
+        .filter((e) => e.active === 0 && !this.#claims.has(e.path))
+        .sort((a, b) => a.lastUsed - b.lastUsed);
       while (this.#byPath.size >= this.options.maxLoaded && idle.length > 0) this.unload(idle.shift()!);
       if (this.#byPath.size < this.options.maxLoaded) return;
       await new Promise<void>((resolve) => this.#waitingForRoom.push(resolve));

@@ -52,9 +52,14 @@ export type Send = (bytes: Uint8Array) => void;
 const encoder = new TextEncoder();
 
 /** A server-sent event named by its data's `type` (as Anthropic's and OpenAI Responses' streams are). */
-export const namedEvent = (data: { type: string; [field: string]: unknown }) => encoder.encode(`event: ${data.type}\ndata: ${JSON.stringify(data)}\n\n`);
+export const namedEvent = (data: { type: string; [field: string]: unknown }) =>
+  encoder.encode(`event: ${data.type}\ndata: ${JSON.stringify(data)}\n\n`);
 
-export const eventStreamHeaders = { "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no" };
+export const eventStreamHeaders = {
+  "Content-Type": "text/event-stream",
+  "Cache-Control": "no-cache",
+  "X-Accel-Buffering": "no",
+};
 
 /** What one API family writes into a streamed answer. */
 export interface StreamWriter {
@@ -69,7 +74,11 @@ export interface StreamWriter {
   end?(send: Send): void;
 }
 
-export function generationStream(gen: Generation, writer: StreamWriter, logError?: (error: unknown) => void): ReadableStream<Uint8Array> {
+export function generationStream(
+  gen: Generation,
+  writer: StreamWriter,
+  logError?: (error: unknown) => void,
+): ReadableStream<Uint8Array> {
   return new ReadableStream<Uint8Array>({
     async start(controller) {
       let outcome = "error";
@@ -122,4 +131,5 @@ export function generationStream(gen: Generation, writer: StreamWriter, logError
  */
 export const CLOSED_EARLY_HEADER = "X-Mlx-Closed-Early";
 export const closedEarly = (gen: Generation) => (gen.closedEarly() ? { closed_early: true } : {});
-export const closedEarlyHeaders = (gen: Generation): Record<string, string> => (gen.closedEarly() ? { [CLOSED_EARLY_HEADER]: "true" } : {});
+export const closedEarlyHeaders = (gen: Generation): Record<string, string> =>
+  gen.closedEarly() ? { [CLOSED_EARLY_HEADER]: "true" } : {};

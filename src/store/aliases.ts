@@ -33,16 +33,24 @@ function parseTable(text: string, origin: string): { defaultModel?: string; mode
   }
   const models: ModelAlias[] = [];
   const table = doc.models ?? {};
-  if (typeof table !== "object" || Array.isArray(table)) throw new Error(`${origin}: [models] must be a table of aliases`);
+  if (typeof table !== "object" || Array.isArray(table))
+    throw new Error(`${origin}: [models] must be a table of aliases`);
   for (const [name, entry] of Object.entries(table as Record<string, unknown>)) {
     const e = entry as Record<string, unknown>;
     if (typeof e !== "object" || typeof e.source !== "string" || e.source.length === 0) {
       throw new Error(`${origin}: model '${name}' needs a source = "..." string`);
     }
-    if (e.kv_bits !== undefined && e.kv_bits !== 4 && e.kv_bits !== 8) throw new Error(`${origin}: model '${name}': kv_bits must be 4 or 8`);
-    models.push({ name, source: e.source, description: typeof e.description === "string" ? e.description : undefined, kvBits: e.kv_bits as number | undefined });
+    if (e.kv_bits !== undefined && e.kv_bits !== 4 && e.kv_bits !== 8)
+      throw new Error(`${origin}: model '${name}': kv_bits must be 4 or 8`);
+    models.push({
+      name,
+      source: e.source,
+      description: typeof e.description === "string" ? e.description : undefined,
+      kvBits: e.kv_bits as number | undefined,
+    });
   }
-  if (doc.default !== undefined && typeof doc.default !== "string") throw new Error(`${origin}: 'default' must be a string`);
+  if (doc.default !== undefined && typeof doc.default !== "string")
+    throw new Error(`${origin}: 'default' must be a string`);
   return { defaultModel: doc.default as string | undefined, models };
 }
 

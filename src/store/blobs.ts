@@ -23,7 +23,10 @@ export async function hashFile(path: string): Promise<BlobRef> {
 
 /** Whether the blob is on disk with the expected size (a cheap check; hashing is verify's job). */
 export async function blobPresent({ sha256, size }: BlobRef): Promise<boolean> {
-  return stat(blobPath(sha256)).then((s) => s.isFile() && s.size === size, () => false);
+  return stat(blobPath(sha256)).then(
+    (s) => s.isFile() && s.size === size,
+    () => false,
+  );
 }
 
 /**
@@ -59,4 +62,3 @@ export async function removeBlob(sha256: string): Promise<void> {
     if (error.code !== "ENOENT") throw error;
   });
 }
-

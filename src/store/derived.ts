@@ -18,7 +18,12 @@ const CONVERT_LOCK_TIMEOUT_MS = 3600_000;
  * The converter's version is the hash of its own source: any change to how a GGUF is turned
  * into a directory makes earlier conversions stale, with no constant to remember to bump.
  */
-export const CONVERTER_VERSION = sourceHash("models/convert.ts", "models/gguf.ts", "models/gguf-tensors.ts", "tokenizer/gguf.ts");
+export const CONVERTER_VERSION = sourceHash(
+  "models/convert.ts",
+  "models/gguf.ts",
+  "models/gguf-tensors.ts",
+  "tokenizer/gguf.ts",
+);
 
 export interface ConvertedModel {
   /** The MLX directory (materialized from the store). */
@@ -39,22 +44,33 @@ export async function convertedModel(ggufPath: string, name: string): Promise<Co
   const earlier = await openEarlier(refPath, key);
   if (earlier) return earlier;
   // Another process converting the same input: wait for it and use its result.
-  return withLock(join(locksDir(), `convert-${key}.lock`), async () => {
-    const meanwhile = await openEarlier(refPath, key);
-    if (meanwhile) return meanwhile;
-    const staging = tempPathIn(tmpDir(), "convert");
-    try {
-      convertGGUF(ggufPath, staging);
-      const files = [];
-      for (const file of readdirSync(staging).sort()) files.push({ name: file, ...(await addBlob(join(staging, file), { move: true })) });
-      const manifest = newManifest({ name, source: `convert:sha256-${inputSha256}`, ...describeFiles(files), files, derivedKey: key });
-      const { path } = await commitModel(manifest);
-      writeJsonAtomic(refPath, { name, input: inputSha256, converter: CONVERTER_VERSION });
-      return { path, name, converted: true };
-    } finally {
-      rmSync(staging, { recursive: true, force: true });
-    }
-  }, { timeoutMs: CONVERT_LOCK_TIMEOUT_MS });
+  return withLock(
+    join(locksDir(), `convert-${key}.lock`),
+    async () => {
+      const meanwhile = await openEarlier(refPath, key);
+      if (meanwhile) return meanwhile;
+      const staging = tempPathIn(tmpDir(), "convert");
+      try {
+        convertGGUF(ggufPath, staging);
+        const files = [];
+        for (const file of readdirSync(staging).sort())
+          files.push({ name: file, ...(await addBlob(join(staging, file), { move: true })) });
+        const manifest = newManifest({
+          name,
+          source: `convert:sha256-${inputSha256}`,
+          ...describeFiles(files),
+          files,
+          derivedKey: key,
+        });
+        const { path } = await commitModel(manifest);
+        writeJsonAtomic(refPath, { name, input: inputSha256, converter: CONVERTER_VERSION });
+        return { path, name, converted: true };
+      } finally {
+        rmSync(staging, { recursive: true, force: true });
+      }
+    },
+    { timeoutMs: CONVERT_LOCK_TIMEOUT_MS },
+  );
 }
 
 /** The stored result of an earlier conversion; undefined when there is none or it was damaged or replaced. */

@@ -53,7 +53,11 @@ export class DownloadError extends Error {
 
 const MAX_RETRY_DELAY_MS = 10_000;
 
-export async function downloadToFile(url: string, destPath: string, options: DownloadOptions = {}): Promise<DownloadResult> {
+export async function downloadToFile(
+  url: string,
+  destPath: string,
+  options: DownloadOptions = {},
+): Promise<DownloadResult> {
   const shownUrl = withoutCredentials(url);
   const retries = options.retries ?? 5;
   const baseDelay = options.retryDelayMs ?? 500;
@@ -71,7 +75,12 @@ export async function downloadToFile(url: string, destPath: string, options: Dow
     } catch (error) {
       if (!(error instanceof DownloadError && error.retryable)) throw error;
       failures = partial.size > sizeBefore ? 1 : failures + 1;
-      if (failures > retries) throw new DownloadError(`${error.message} (gave up after ${retries} ${retries === 1 ? "retry" : "retries"})`, false, error.status);
+      if (failures > retries)
+        throw new DownloadError(
+          `${error.message} (gave up after ${retries} ${retries === 1 ? "retry" : "retries"})`,
+          false,
+          error.status,
+        );
       await sleep(Math.min(baseDelay * 2 ** (failures - 1), MAX_RETRY_DELAY_MS), options.signal);
     }
   }
@@ -79,11 +88,15 @@ export async function downloadToFile(url: string, destPath: string, options: Dow
   const sha256 = partial.digest();
   if (options.expectedSize !== undefined && partial.size !== options.expectedSize) {
     await partial.remove();
-    throw new DownloadError(`size mismatch for ${shownUrl}: expected ${options.expectedSize} bytes, got ${partial.size}`);
+    throw new DownloadError(
+      `size mismatch for ${shownUrl}: expected ${options.expectedSize} bytes, got ${partial.size}`,
+    );
   }
   if (options.expectedSha256 !== undefined && sha256 !== options.expectedSha256.toLowerCase()) {
     await partial.remove();
-    throw new DownloadError(`checksum mismatch for ${shownUrl}: expected sha256 ${options.expectedSha256}, got ${sha256}`);
+    throw new DownloadError(
+      `checksum mismatch for ${shownUrl}: expected sha256 ${options.expectedSha256}, got ${sha256}`,
+    );
   }
   await partial.flushToDisk();
   await rename(partial.path, destPath);
@@ -91,7 +104,12 @@ export async function downloadToFile(url: string, destPath: string, options: Dow
 }
 
 /** One HTTP request that appends whatever the partial file still lacks. */
-async function fetchRemainder(url: string, shownUrl: string, partial: PartialFile, options: DownloadOptions): Promise<void> {
+async function fetchRemainder(
+  url: string,
+  shownUrl: string,
+  partial: PartialFile,
+  options: DownloadOptions,
+): Promise<void> {
   const offset = partial.size;
   if (options.expectedSize !== undefined && offset === options.expectedSize) return;
 
@@ -130,13 +148,19 @@ async function fetchRemainder(url: string, shownUrl: string, partial: PartialFil
     if (!response.ok) {
       await response.body?.cancel();
       const retryable = response.status === 408 || response.status === 429 || response.status >= 500;
-      throw new DownloadError(`GET ${shownUrl}: HTTP ${response.status} ${response.statusText}`.trim(), retryable, response.status);
+      throw new DownloadError(
+        `GET ${shownUrl}: HTTP ${response.status} ${response.statusText}`.trim(),
+        retryable,
+        response.status,
+      );
     }
 
     const total = remoteTotal(response) ?? options.expectedSize;
     if (total !== undefined && options.expectedSize !== undefined && total !== options.expectedSize) {
       await response.body?.cancel();
-      throw new DownloadError(`size mismatch for ${shownUrl}: expected ${options.expectedSize} bytes, server has ${total}`);
+      throw new DownloadError(
+        `size mismatch for ${shownUrl}: expected ${options.expectedSize} bytes, server has ${total}`,
+      );
     }
     // Announces where this attempt starts, so progress can tell resumed bytes from new ones.
     options.onProgress?.({ received: partial.size, total, ...(partial.size > 0 ? { resumedAt: partial.size } : {}) });
@@ -149,7 +173,14 @@ async function fetchRemainder(url: string, shownUrl: string, partial: PartialFil
   }
 }
 
-async function copyBody(response: Response, partial: PartialFile, total: number | undefined, shownUrl: string, options: DownloadOptions, stall: StallTimer): Promise<void> {
+async function copyBody(
+  response: Response,
+  partial: PartialFile,
+  total: number | undefined,
+  shownUrl: string,
+  options: DownloadOptions,
+  stall: StallTimer,
+): Promise<void> {
   if (!response.body) return;
   const reader = response.body.getReader();
   const file = await partial.openForAppend();
@@ -182,7 +213,10 @@ class PartialFile {
 
   /** Makes size and hash match what is on disk (a previous run may have left bytes behind). */
   async syncWithDisk(expectedSize: number | undefined): Promise<void> {
-    const onDisk = await stat(this.path).then((s) => s.size, () => 0);
+    const onDisk = await stat(this.path).then(
+      (s) => s.size,
+      () => 0,
+    );
     if (onDisk === this.size) return;
     if (expectedSize !== undefined && onDisk > expectedSize) return this.reset();
     this.hasher = new Bun.CryptoHasher("sha256");
@@ -260,9 +294,15 @@ class StallTimer {
   }
 }
 
-function asNetworkError(error: unknown, shownUrl: string, callerSignal: AbortSignal | undefined, stall: StallTimer): unknown {
+function asNetworkError(
+  error: unknown,
+  shownUrl: string,
+  callerSignal: AbortSignal | undefined,
+  stall: StallTimer,
+): unknown {
   if (callerSignal?.aborted) return callerSignal.reason;
-  if (stall.fired) return new DownloadError(`no data from ${shownUrl} for ${stall.ms / 1000} s; connection considered dropped`, true);
+  if (stall.fired)
+    return new DownloadError(`no data from ${shownUrl} for ${stall.ms / 1000} s; connection considered dropped`, true);
   return new DownloadError(`connection to ${shownUrl} failed: ${describeNetworkError(error)}`, true);
 }
 
@@ -274,7 +314,8 @@ export function describeNetworkError(error: unknown): string {
 
 function fileError(error: unknown, path: string): Error {
   const code = (error as NodeJS.ErrnoException).code;
-  if (code === "ENOSPC") return new DownloadError(`no space left on device while writing ${path}; free some space and run again to resume`);
+  if (code === "ENOSPC")
+    return new DownloadError(`no space left on device while writing ${path}; free some space and run again to resume`);
   const reason = error instanceof Error ? error.message : String(error);
   return new DownloadError(`cannot write ${path}: ${reason}`);
 }

@@ -51,16 +51,27 @@ function hubHeaders(): Record<string, string> {
 }
 
 /** Downloads what the model needs into blobs; returns its files and the commit they came from. */
-export async function pullHFRepo(spec: string, options: HFPullOptions = {}): Promise<{ files: ManifestFile[]; revision: string }> {
+export async function pullHFRepo(
+  spec: string,
+  options: HFPullOptions = {},
+): Promise<{ files: ManifestFile[]; revision: string }> {
   const { repo, revision } = parseHFSpec(spec);
   const endpoint = hfEndpoint();
   const listing = await fetchListing(spec, repo, revision, endpoint, options.signal);
   const commit = listing.sha ?? revision;
   const available = listing.siblings.map((s) => s.rfilename);
   if (!available.includes("config.json")) {
-    throw new Error(`${spec} has no config.json: mlx pulls MLX or transformers model repositories (files: ${available.slice(0, 6).join(", ") || "none"})`);
+    throw new Error(
+      `${spec} has no config.json: mlx pulls MLX or transformers model repositories (files: ${available.slice(0, 6).join(", ") || "none"})`,
+    );
   }
-  const locate = (name: string) => locateFile(spec, `${endpoint}/${repo}/resolve/${encodeURIComponent(commit)}/${encodeURIComponent(name)}`, name, options.signal);
+  const locate = (name: string) =>
+    locateFile(
+      spec,
+      `${endpoint}/${repo}/resolve/${encodeURIComponent(commit)}/${encodeURIComponent(name)}`,
+      name,
+      options.signal,
+    );
 
   const stored = new Map<string, ManifestFile>();
   let indexed: string[] | undefined;
@@ -72,7 +83,8 @@ export async function pullHFRepo(spec: string, options: HFPullOptions = {}): Pro
   const wanted = neededFiles(available, indexed).filter((name) => !stored.has(name));
   if (!wanted.some((name) => name.endsWith(".safetensors"))) throw new Error(`${spec} has no .safetensors weights`);
   const missing = wanted.filter((name) => !available.includes(name));
-  if (missing.length > 0) throw new Error(`${spec}: ${WEIGHT_INDEX} names files the repository lacks: ${missing.join(", ")}`);
+  if (missing.length > 0)
+    throw new Error(`${spec}: ${WEIGHT_INDEX} names files the repository lacks: ${missing.join(", ")}`);
 
   const remote = await Promise.all(wanted.map(locate));
   const total = remote.every((f) => f.size !== undefined) ? remote.reduce((n, f) => n + f.size!, 0) : undefined;
@@ -98,14 +110,22 @@ async function fetchListing(spec: string, repo: string, revision: string, endpoi
   const timeout = AbortSignal.timeout(LISTING_TIMEOUT_MS);
   let response: Response;
   try {
-    response = await fetch(url, { headers: hubHeaders(), signal: signal ? AbortSignal.any([signal, timeout]) : timeout });
+    response = await fetch(url, {
+      headers: hubHeaders(),
+      signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
+    });
   } catch (error) {
     if (signal?.aborted) throw signal.reason;
-    throw new Error(`cannot reach the Hugging Face hub at ${endpoint}: ${timeout.aborted ? "timed out" : describeNetworkError(error)}`);
+    throw new Error(
+      `cannot reach the Hugging Face hub at ${endpoint}: ${timeout.aborted ? "timed out" : describeNetworkError(error)}`,
+    );
   }
   if (!response.ok) throw hubError(response, spec, url);
-  const body = (await response.json().catch(() => undefined)) as { sha?: string; siblings?: { rfilename?: string }[] } | undefined;
-  if (!body || !Array.isArray(body.siblings)) throw new Error(`${url} did not answer with a repository listing (JSON with siblings)`);
+  const body = (await response.json().catch(() => undefined)) as
+    | { sha?: string; siblings?: { rfilename?: string }[] }
+    | undefined;
+  if (!body || !Array.isArray(body.siblings))
+    throw new Error(`${url} did not answer with a repository listing (JSON with siblings)`);
   const siblings = body.siblings.filter((s): s is { rfilename: string } => typeof s.rfilename === "string");
   return { sha: typeof body.sha === "string" ? body.sha : undefined, siblings };
 }
@@ -122,7 +142,8 @@ async function locateFile(spec: string, url: string, name: string, signal?: Abor
   const redirected = response.status >= 300 && response.status < 400 && response.headers.has("location");
   if (!redirected && !response.ok) throw hubError(response, spec, url);
   const sha256 = etagSha256(response.headers.get("x-linked-etag") ?? response.headers.get("etag"));
-  const sizeHeader = response.headers.get("x-linked-size") ?? (redirected ? null : response.headers.get("content-length"));
+  const sizeHeader =
+    response.headers.get("x-linked-size") ?? (redirected ? null : response.headers.get("content-length"));
   return {
     name,
     url: redirected ? new URL(response.headers.get("location")!, url).href : url,
@@ -142,12 +163,22 @@ async function fetchFile(file: RemoteFile, commit: string, options: HFPullOption
   }
   // Credentials go to the hub only, never to the storage it redirects to (its URLs are signed).
   const headers = new URL(file.url).origin === new URL(hfEndpoint()).origin ? hubHeaders() : {};
-  const download = { expectedSha256: file.sha256, expectedSize: file.size, headers, onProgress: options.onProgress, signal: options.signal };
+  const download = {
+    expectedSha256: file.sha256,
+    expectedSize: file.size,
+    headers,
+    onProgress: options.onProgress,
+    signal: options.signal,
+  };
   if (file.sha256) {
     const result = await downloadToFile(file.url, blobPath(file.sha256), download);
     return { name: file.name, sha256: result.sha256, size: result.size };
   }
-  const staging = join(downloadsDir(), "hf", `${commit}-${new Bun.CryptoHasher("sha256").update(file.url).digest("hex").slice(0, 16)}`);
+  const staging = join(
+    downloadsDir(),
+    "hf",
+    `${commit}-${new Bun.CryptoHasher("sha256").update(file.url).digest("hex").slice(0, 16)}`,
+  );
   await downloadToFile(file.url, staging, download);
   return { name: file.name, ...(await addBlob(staging, { move: true })) };
 }
@@ -166,7 +197,8 @@ function hubError(response: Response, spec: string, url: string): Error {
   const file = decodeURIComponent(url.split("/resolve/")[1]?.split("/").slice(1).join("/") ?? "");
   if (code === "GatedRepo") return new Error(`${spec}: ${repo} is gated; accept its terms on the hub and set HF_TOKEN`);
   if (code === "RevisionNotFound") return new Error(`${spec}: revision '${revision}' not found in ${repo}`);
-  if (code === "EntryNotFound" || (file && response.status === 404)) return new Error(`${spec}: ${file} not found in ${repo}@${revision}`);
+  if (code === "EntryNotFound" || (file && response.status === 404))
+    return new Error(`${spec}: ${file} not found in ${repo}@${revision}`);
   if (code === "RepoNotFound" || response.status === 401 || response.status === 404) {
     return new Error(`${spec}: repository ${repo} not found on ${hfEndpoint()} (a private one needs HF_TOKEN)`);
   }

@@ -38,18 +38,22 @@ export function isProcessAlive(pid: number): boolean {
 /** Runs `fn` holding the lock file at `path`; the lock is released however `fn` ends. */
 export function withLock<T>(path: string, fn: () => T | Promise<T>, options: LockOptions = {}): Promise<T> {
   const previous = queues.get(path) ?? Promise.resolve();
-  const run = previous.catch(() => {}).then(async () => {
-    const release = await acquireFileLock(path, options);
-    try {
-      return await fn();
-    } finally {
-      release();
-    }
-  });
+  const run = previous
+    .catch(() => {})
+    .then(async () => {
+      const release = await acquireFileLock(path, options);
+      try {
+        return await fn();
+      } finally {
+        release();
+      }
+    });
   queues.set(path, run);
-  void run.finally(() => {
-    if (queues.get(path) === run) queues.delete(path);
-  }).catch(() => {});
+  void run
+    .finally(() => {
+      if (queues.get(path) === run) queues.delete(path);
+    })
+    .catch(() => {});
   return run;
 }
 
@@ -77,7 +81,9 @@ async function acquireFileLock(path: string, { timeoutMs = 10_000, onWait }: Loc
     }
     if (Date.now() >= deadline) {
       const who = holder === undefined ? "another process" : `process ${holder}`;
-      throw new LockTimeoutError(`${path} is held by ${who}; waited ${(timeoutMs / 1000).toFixed(0)} s (delete the file if no mlx process is running)`);
+      throw new LockTimeoutError(
+        `${path} is held by ${who}; waited ${(timeoutMs / 1000).toFixed(0)} s (delete the file if no mlx process is running)`,
+      );
     }
     await Bun.sleep(pause);
     pause = Math.min(pause * 2, MAX_POLL_MS);

@@ -67,7 +67,9 @@ export function writeJsonAtomic(path: string, value: unknown): void {
   renameSync(tmp, path);
 }
 
-export function newManifest(fields: Omit<ModelManifest, "schemaVersion" | "totalBytes" | "createdAt" | "lastUsedAt">): ModelManifest {
+export function newManifest(
+  fields: Omit<ModelManifest, "schemaVersion" | "totalBytes" | "createdAt" | "lastUsedAt">,
+): ModelManifest {
   const now = new Date().toISOString();
   const totalBytes = fields.files.reduce((n, f) => n + f.size, 0);
   return { schemaVersion: SCHEMA_VERSION, ...fields, totalBytes, createdAt: now, lastUsedAt: now };
@@ -79,11 +81,14 @@ export function describeFiles(files: ManifestFile[]): Pick<ModelManifest, "forma
   if (config) {
     const c = JSON.parse(readFileSync(blobPath(config.sha256), "utf8")) as Record<string, unknown>;
     const q = (c.quantization ?? c.quantization_config) as { bits?: number; group_size?: number } | undefined;
-    const quantization = q?.bits ? `${q.bits}-bit${q.group_size ? `, group ${q.group_size}` : ""}` : (c.torch_dtype as string | undefined);
+    const quantization = q?.bits
+      ? `${q.bits}-bit${q.group_size ? `, group ${q.group_size}` : ""}`
+      : (c.torch_dtype as string | undefined);
     return { format: "mlx", architecture: c.model_type as string | undefined, quantization };
   }
   const gguf = files.find((f) => f.name.endsWith(".gguf"));
-  if (!gguf) throw new Error(`a model needs a config.json or a .gguf file (got ${files.map((f) => f.name).join(", ")})`);
+  if (!gguf)
+    throw new Error(`a model needs a config.json or a .gguf file (got ${files.map((f) => f.name).join(", ")})`);
   const path = blobPath(gguf.sha256);
   return { format: "gguf", architecture: ggufArchitecture(path), quantization: dominantQuantType(path) };
 }
@@ -105,7 +110,12 @@ function ggufArchitecture(path: string): string | undefined {
     const n = readSync(fd, head, 0, head.length, 0);
     const keyLength = n >= 32 ? Number(head.readBigUInt64LE(24)) : 0;
     const keyEnd = 32 + keyLength;
-    if (keyEnd + 12 > n || head.toString("utf8", 32, keyEnd) !== "general.architecture" || head.readUInt32LE(keyEnd) !== 8) return undefined;
+    if (
+      keyEnd + 12 > n ||
+      head.toString("utf8", 32, keyEnd) !== "general.architecture" ||
+      head.readUInt32LE(keyEnd) !== 8
+    )
+      return undefined;
     const valueLength = Number(head.readBigUInt64LE(keyEnd + 4));
     const valueStart = keyEnd + 12;
     return valueStart + valueLength <= n ? head.toString("utf8", valueStart, valueStart + valueLength) : undefined;

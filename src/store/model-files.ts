@@ -36,6 +36,7 @@ export function indexedWeightFiles(indexJson: string, origin: string): string[] 
   if (typeof map !== "object" || map === null) throw new Error(`${origin}: ${WEIGHT_INDEX} has no weight_map`);
   const files = [...new Set(Object.values(map as Record<string, unknown>))];
   const bad = files.find((f) => typeof f !== "string" || f.includes("/") || f.includes("\\") || f.startsWith("."));
-  if (bad !== undefined) throw new Error(`${origin}: ${WEIGHT_INDEX} names '${String(bad)}', which is not a file beside it`);
+  if (bad !== undefined)
+    throw new Error(`${origin}: ${WEIGHT_INDEX} names '${String(bad)}', which is not a file beside it`);
   return files as string[];
 }

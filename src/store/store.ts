@@ -82,7 +82,11 @@ export function commitModel(manifest: ModelManifest): Promise<{ path: string; ev
     materialize(manifest);
     const index = loadIndex();
     index.set(manifest.name, indexEntry(manifest));
-    if (previous) await removeUnreferencedBlobs(previous.files.map((f) => f.sha256), index);
+    if (previous)
+      await removeUnreferencedBlobs(
+        previous.files.map((f) => f.sha256),
+        index,
+      );
     const evicted = await evictToFit(index, manifest.name);
     saveIndex(index);
     return { path: loadPath(manifest), evicted };
@@ -118,7 +122,9 @@ export function distinctBytes(models: Iterable<IndexEntry>): number {
 async function evictToFit(index: Map<string, IndexEntry>, keep: string): Promise<string[]> {
   const limit = storeLimitBytes();
   const evicted: string[] = [];
-  const oldestFirst = [...index.values()].filter((m) => m.name !== keep).sort((a, b) => a.lastUsedAt.localeCompare(b.lastUsedAt));
+  const oldestFirst = [...index.values()]
+    .filter((m) => m.name !== keep)
+    .sort((a, b) => a.lastUsedAt.localeCompare(b.lastUsedAt));
   for (const candidate of oldestFirst) {
     if (distinctBytes(index.values()) <= limit) break;
     if (modelUsers(candidate.name).length > 0) continue;

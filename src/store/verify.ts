@@ -18,7 +18,9 @@ export interface VerifyReport {
   damagedModels: string[];
 }
 
-export async function verifyStore(onBlob?: (sha256: string, index: number, count: number) => void): Promise<VerifyReport> {
+export async function verifyStore(
+  onBlob?: (sha256: string, index: number, count: number) => void,
+): Promise<VerifyReport> {
   // Hashing can take minutes: do it outside the lock, from a snapshot of the index.
   const models = await withStoreLock(() => loadIndex());
   const users = new Map<string, string[]>();
@@ -33,7 +35,10 @@ export async function verifyStore(onBlob?: (sha256: string, index: number, count
   let position = 0;
   for (const [sha256, size] of sizes) {
     onBlob?.(sha256, position++, sizes.size);
-    const onDisk = await stat(blobPath(sha256)).then((s) => s.size, () => undefined);
+    const onDisk = await stat(blobPath(sha256)).then(
+      (s) => s.size,
+      () => undefined,
+    );
     if (onDisk === undefined) {
       report.missing.push(sha256);
       continue;

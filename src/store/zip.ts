@@ -75,7 +75,9 @@ export async function extractZipMember(
     entry = found;
     if (entry.flags & FLAG_ENCRYPTED) throw new ZipError(`${zipPath}: member '${memberName}' is encrypted`);
     if (entry.method !== STORED && entry.method !== DEFLATED) {
-      throw new ZipError(`${zipPath}: member '${memberName}' uses compression method ${entry.method}; only stored and deflate are supported`);
+      throw new ZipError(
+        `${zipPath}: member '${memberName}' uses compression method ${entry.method}; only stored and deflate are supported`,
+      );
     }
     dataStart = await memberDataOffset(zip, zipPath, entry);
   } finally {
@@ -112,19 +114,30 @@ export async function listZipMembers(zipPath: string): Promise<string[]> {
   }
 }
 
-async function streamMember(zipPath: string, entry: ZipEntry, dataStart: number, tmpPath: string): Promise<{ sha256: string; crc32: number; size: number }> {
+async function streamMember(
+  zipPath: string,
+  entry: ZipEntry,
+  dataStart: number,
+  tmpPath: string,
+): Promise<{ sha256: string; crc32: number; size: number }> {
   const hasher = new Bun.CryptoHasher("sha256");
   let crc = 0;
   let size = 0;
-  const source = entry.compressedSize === 0
-    ? Readable.from([])
-    : createReadStream(zipPath, { start: dataStart, end: dataStart + entry.compressedSize - 1, highWaterMark: CHUNK });
+  const source =
+    entry.compressedSize === 0
+      ? Readable.from([])
+      : createReadStream(zipPath, {
+          start: dataStart,
+          end: dataStart + entry.compressedSize - 1,
+          highWaterMark: CHUNK,
+        });
   const decode = entry.method === DEFLATED ? [createInflateRaw({ chunkSize: CHUNK })] : [];
   const measure = async function* (chunks: AsyncIterable<Buffer>) {
     for await (const chunk of chunks) {
       size += chunk.byteLength;
       // A lying or corrupt header must not be able to fill the disk.
-      if (size > entry.uncompressedSize) throw corrupt(zipPath, `member '${entry.name}' inflates past its recorded size`);
+      if (size > entry.uncompressedSize)
+        throw corrupt(zipPath, `member '${entry.name}' inflates past its recorded size`);
       hasher.update(chunk);
       crc = crc32(chunk, crc);
       yield chunk;
@@ -152,7 +165,8 @@ async function readCentralDirectory(zip: FileHandle, zipPath: string): Promise<Z
   if (entryCount === 0xffff || directorySize === 0xffffffff || directoryOffset === 0xffffffff) {
     ({ entryCount, directorySize, directoryOffset } = await readZip64End(zip, zipPath, tailStart + eocd, fileSize));
   }
-  if (directoryOffset + directorySize > fileSize) throw corrupt(zipPath, "central directory lies past the end of the file");
+  if (directoryOffset + directorySize > fileSize)
+    throw corrupt(zipPath, "central directory lies past the end of the file");
 
   const directory = await readAt(zip, directoryOffset, directorySize);
   const entries: ZipEntry[] = [];
@@ -166,7 +180,8 @@ async function readCentralDirectory(zip: FileHandle, zipPath: string): Promise<Z
     const commentLength = directory.readUInt16LE(at + 32);
     const nameStart = at + CENTRAL_HEADER_SIZE;
     const extraStart = nameStart + nameLength;
-    if (extraStart + extraLength + commentLength > directory.length) throw corrupt(zipPath, `central directory entry ${i} is truncated`);
+    if (extraStart + extraLength + commentLength > directory.length)
+      throw corrupt(zipPath, `central directory entry ${i} is truncated`);
     const entry: ZipEntry = {
       name: directory.toString("utf8", nameStart, extraStart),
       flags: directory.readUInt16LE(at + 8),
@@ -186,7 +201,8 @@ async function readCentralDirectory(zip: FileHandle, zipPath: string): Promise<Z
 /** The last EOCD signature whose comment length reaches exactly to the end of the file. */
 function findEndOfCentralDirectory(tail: Buffer): number {
   for (let at = tail.length - EOCD_SIZE; at >= 0; at--) {
-    if (tail.readUInt32LE(at) === EOCD_SIGNATURE && at + EOCD_SIZE + tail.readUInt16LE(at + 20) === tail.length) return at;
+    if (tail.readUInt32LE(at) === EOCD_SIGNATURE && at + EOCD_SIZE + tail.readUInt16LE(at + 20) === tail.length)
+      return at;
   }
   return -1;
 }
@@ -237,7 +253,8 @@ async function memberDataOffset(zip: FileHandle, zipPath: string, entry: ZipEntr
   }
   const dataStart = entry.localHeaderOffset + LOCAL_HEADER_SIZE + header.readUInt16LE(26) + header.readUInt16LE(28);
   const { size } = await zip.stat();
-  if (dataStart + entry.compressedSize > size) throw corrupt(zipPath, `member '${entry.name}' runs past the end of the file`);
+  if (dataStart + entry.compressedSize > size)
+    throw corrupt(zipPath, `member '${entry.name}' runs past the end of the file`);
   return dataStart;
 }
 
@@ -252,12 +269,12 @@ async function readAt(zip: FileHandle, position: number, length: number): Promis
   return buffer.subarray(0, filled);
 }
 
-
 function explainStreamError(error: unknown, zipPath: string, member: string, tmpPath: string): Error {
   if (error instanceof ZipError) return error;
   const code = (error as NodeJS.ErrnoException).code ?? "";
   if (code === "ENOSPC") return new ZipError(`no space left on device while extracting '${member}' to ${tmpPath}`);
-  if (code.startsWith("Z_") || code.startsWith("ERR_ZLIB")) return corrupt(zipPath, `member '${member}' does not inflate (${(error as Error).message})`);
+  if (code.startsWith("Z_") || code.startsWith("ERR_ZLIB"))
+    return corrupt(zipPath, `member '${member}' does not inflate (${(error as Error).message})`);
   return error instanceof Error ? error : new Error(String(error));
 }
 

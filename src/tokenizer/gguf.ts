@@ -152,7 +152,8 @@ function byteLevelModel(meta: Record<string, unknown>, tokens: string[], types: 
  */
 function sentencePieceModel(meta: Record<string, unknown>, tokens: string[], types: number[]): ModelParts {
   const scores = list<number>(meta, "tokenizer.ggml.scores");
-  if (!scores || scores.length !== tokens.length) throw new Error("GGUF metadata has no tokenizer.ggml.scores for its SentencePiece vocabulary");
+  if (!scores || scores.length !== tokens.length)
+    throw new Error("GGUF metadata has no tokenizer.ggml.scores for its SentencePiece vocabulary");
   const vocab: Record<string, number> = Object.create(null);
   tokens.forEach((token, id) => {
     if (!(token in vocab)) vocab[token] = id;
@@ -175,7 +176,9 @@ function sentencePieceModel(meta: Record<string, unknown>, tokens: string[], typ
   const replaceSpaces = { type: "Replace", pattern: { String: " " }, content: "▁" };
   const unknown = num(meta, "tokenizer.ggml.unknown_token_id");
   return {
-    normalizer: addSpacePrefix ? { type: "Sequence", normalizers: [{ type: "Prepend", prepend: "▁" }, replaceSpaces] } : replaceSpaces,
+    normalizer: addSpacePrefix
+      ? { type: "Sequence", normalizers: [{ type: "Prepend", prepend: "▁" }, replaceSpaces] }
+      : replaceSpaces,
     preTokenizer: null,
     decoder: {
       type: "Sequence",
@@ -297,7 +300,8 @@ export interface SpecialToken {
  */
 export function bosEosPostProcessor(bos?: SpecialToken, eos?: SpecialToken): Record<string, unknown> {
   const seq = (id: "A" | "B", typeId: number) => ({ Sequence: { id, type_id: typeId } });
-  const special = (t: SpecialToken | undefined, typeId: number) => (t ? [{ SpecialToken: { id: t.token, type_id: typeId } }] : []);
+  const special = (t: SpecialToken | undefined, typeId: number) =>
+    t ? [{ SpecialToken: { id: t.token, type_id: typeId } }] : [];
   const specialTokens: Record<string, unknown> = {};
   for (const t of [bos, eos]) if (t) specialTokens[t.token] = { id: t.token, ids: [t.id], tokens: [t.token] };
   return {

@@ -1,4 +1,10 @@
-export { Tokenizer, type ChatMessage, type ChatTemplateOptions, type DecodeOptions, type EncodeOptions } from "./tokenizer";
+export {
+  Tokenizer,
+  type ChatMessage,
+  type ChatTemplateOptions,
+  type DecodeOptions,
+  type EncodeOptions,
+} from "./tokenizer";
 export { tokenizerFilesFromGGUF, type TokenizerFiles } from "./gguf";
 export {
   createDetokenizer,

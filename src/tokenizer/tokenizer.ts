@@ -35,7 +35,15 @@ export interface ChatTemplateOptions {
 type Json = Record<string, unknown>;
 
 // The named special tokens transformers hands to chat templates (SPECIAL_TOKENS_ATTRIBUTES).
-const NAMED_SPECIAL_TOKENS = ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"];
+const NAMED_SPECIAL_TOKENS = [
+  "bos_token",
+  "eos_token",
+  "unk_token",
+  "sep_token",
+  "pad_token",
+  "cls_token",
+  "mask_token",
+];
 
 export class Tokenizer {
   /** Every id that ends generation. */
@@ -164,7 +172,10 @@ export class Tokenizer {
   }
 
   /** Renders a conversation with the model's chat template, as transformers' apply_chat_template(tokenize=False). */
-  applyChatTemplate(messages: ChatMessage[], { addGenerationPrompt = true, tools, extra }: ChatTemplateOptions = {}): string {
+  applyChatTemplate(
+    messages: ChatMessage[],
+    { addGenerationPrompt = true, tools, extra }: ChatTemplateOptions = {},
+  ): string {
     if (!this.chatTemplate) throw new Error("this model has no chat template");
     this.template ??= new Template(this.chatTemplate);
     const specialTokens: Record<string, string> = {};
@@ -215,7 +226,9 @@ function withConfiguredPostProcessor(tokenizerJson: Json, config: Json): Json {
   if (!explicit && tokenizerJson.post_processor) return tokenizerJson;
   const vocabId = (token: string | undefined) => {
     if (token === undefined) return undefined;
-    const added = (tokenizerJson.added_tokens as { id: number; content: string }[] | undefined)?.find((t) => t.content === token);
+    const added = (tokenizerJson.added_tokens as { id: number; content: string }[] | undefined)?.find(
+      (t) => t.content === token,
+    );
     return added?.id ?? ((tokenizerJson.model as Json)?.vocab as Record<string, number> | undefined)?.[token];
   };
   const pick = (flag: unknown, name: string) => {
@@ -225,7 +238,10 @@ function withConfiguredPostProcessor(tokenizerJson: Json, config: Json): Json {
   };
   return {
     ...tokenizerJson,
-    post_processor: bosEosPostProcessor(pick(config.add_bos_token, "bos_token"), pick(config.add_eos_token, "eos_token")),
+    post_processor: bosEosPostProcessor(
+      pick(config.add_bos_token, "bos_token"),
+      pick(config.add_eos_token, "eos_token"),
+    ),
   };
 }
 
@@ -271,7 +287,8 @@ function readJson(path: string, name: string): Json | undefined {
 /** A special token in tokenizer_config is a string or an AddedToken object ({content: ...}). */
 function tokenString(value: unknown): string | undefined {
   if (typeof value === "string") return value;
-  if (value && typeof value === "object" && typeof (value as Json).content === "string") return (value as Json).content as string;
+  if (value && typeof value === "object" && typeof (value as Json).content === "string")
+    return (value as Json).content as string;
   return undefined;
 }
 

@@ -1,7 +1,16 @@
 // The chat page: conversations in IndexedDB, answers streamed from /v1/chat/completions.
 import { api, errorMessage, events } from "./lib/api";
 import { renderMarkdown, splitReasoning } from "./lib/markdown";
-import { deleteConversation, getConversation, listConversations, parseConversation, saveConversation, type AnswerStats, type Conversation, type Message } from "./lib/store";
+import {
+  deleteConversation,
+  getConversation,
+  listConversations,
+  parseConversation,
+  saveConversation,
+  type AnswerStats,
+  type Conversation,
+  type Message,
+} from "./lib/store";
 
 const $ = <T extends HTMLElement = HTMLElement>(selector: string) => document.querySelector<T>(selector)!;
 const ui = {
@@ -25,7 +34,13 @@ const ui = {
 };
 
 // Settings live in localStorage, the same for every conversation.
-const settingFields = { system: ui.system, temperature: ui.temperature, topP: ui.topP, maxTokens: ui.maxTokens, schema: ui.schema } as const;
+const settingFields = {
+  system: ui.system,
+  temperature: ui.temperature,
+  topP: ui.topP,
+  maxTokens: ui.maxTokens,
+  schema: ui.schema,
+} as const;
 for (const [name, field] of Object.entries(settingFields)) {
   field.value = localStorage.getItem(`mlx.${name}`) ?? "";
   field.addEventListener("change", () => localStorage.setItem(`mlx.${name}`, field.value));
@@ -53,7 +68,10 @@ function blankConversation(): Conversation {
 // ---- models ----
 
 async function loadModels(): Promise<void> {
-  const [models, loaded] = await Promise.all([api("/v1/models").then((r) => r.json()), api("/api/ps").then((r) => r.json())]);
+  const [models, loaded] = await Promise.all([
+    api("/v1/models").then((r) => r.json()),
+    api("/api/ps").then((r) => r.json()),
+  ]);
   const loadedNames = new Set<string>((loaded.models ?? []).map((m: { name: string }) => m.name));
   const wanted = current.model || localStorage.getItem("mlx.model") || "";
   ui.model.replaceChildren(
@@ -80,7 +98,10 @@ async function showList(): Promise<void> {
       const open = button(c.title, "open", () => openConversation(c.id));
       const rename = button("✎", "rename", async () => {
         const title = prompt("Rename the conversation", c.title)?.trim();
-        if (title) await saveConversation({ ...c, title }).then(() => (c.id === current.id ? (current.title = title) : undefined));
+        if (title)
+          await saveConversation({ ...c, title }).then(() =>
+            c.id === current.id ? (current.title = title) : undefined,
+          );
         await showList();
       });
       const download = button("⤓", "export", () => exportConversation(c));
@@ -176,8 +197,10 @@ function messageView(m: Message, index: number): HTMLElement {
   if (last && !running) {
     const actions = document.createElement("div");
     actions.className = "actions";
-    if (m.role === "assistant" && index === current.messages.length - 1) actions.append(button("Regenerate", "regenerate", regenerate));
-    if (m.role === "user" && current.messages.slice(index + 1).every((n) => n.role === "assistant")) actions.append(button("Edit", "edit", editLast));
+    if (m.role === "assistant" && index === current.messages.length - 1)
+      actions.append(button("Regenerate", "regenerate", regenerate));
+    if (m.role === "user" && current.messages.slice(index + 1).every((n) => n.role === "assistant"))
+      actions.append(button("Edit", "edit", editLast));
     if (actions.childElementCount) view.append(actions);
   }
   return view;
@@ -228,7 +251,9 @@ function statsText(s: AnswerStats): string {
 
 function requestBody(): Record<string, unknown> {
   const number = (field: HTMLInputElement) => (field.value.trim() === "" ? undefined : Number(field.value));
-  const messages: { role: string; content: string }[] = current.messages.filter((m) => m.content || m.role === "user").map((m) => ({ role: m.role, content: m.content }));
+  const messages: { role: string; content: string }[] = current.messages
+    .filter((m) => m.content || m.role === "user")
+    .map((m) => ({ role: m.role, content: m.content }));
   if (ui.system.value.trim()) messages.unshift({ role: "system", content: ui.system.value.trim() });
   const body: Record<string, unknown> = {
     model: ui.model.value,
@@ -273,7 +298,12 @@ async function answer(): Promise<void> {
   let firstTokenAt: number | undefined;
   let redraw = 0;
   try {
-    const response = await api("/v1/chat/completions", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body), signal: running.signal });
+    const response = await api("/v1/chat/completions", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+      signal: running.signal,
+    });
     if (!response.ok) throw new Error(await errorMessage(response));
     for await (const data of events(response)) {
       if (data === "[DONE]") break;
@@ -314,7 +344,8 @@ async function answer(): Promise<void> {
 
 async function persist(): Promise<void> {
   current.updatedAt = Date.now();
-  if (current.title === "New chat") current.title = current.messages.find((m) => m.role === "user")?.content.slice(0, 48) || "New chat";
+  if (current.title === "New chat")
+    current.title = current.messages.find((m) => m.role === "user")?.content.slice(0, 48) || "New chat";
   await saveConversation(current);
   localStorage.setItem("mlx.conversation", current.id);
   await showConversation();

@@ -19,7 +19,12 @@ interface ModelStats {
 type Percentiles = { p50: number; p90: number; p99: number } | null;
 interface Frame {
   time: number;
-  stats: { uptime_seconds: number; queue: { running: number; waiting: number }; models: ModelStats[]; memory: { active: number; peak: number } };
+  stats: {
+    uptime_seconds: number;
+    queue: { running: number; waiting: number };
+    models: ModelStats[];
+    memory: { active: number; peak: number };
+  };
   generated_tokens: number;
   ttft_seconds: Percentiles;
   itl_seconds: Percentiles;
@@ -63,11 +68,23 @@ class Chart {
 
   #draw(): void {
     this.#plot?.destroy();
-    const axis = { stroke: css("--muted"), grid: { stroke: css("--line"), width: 1 }, ticks: { stroke: css("--line"), width: 1 } };
+    const axis = {
+      stroke: css("--muted"),
+      grid: { stroke: css("--line"), width: 1 },
+      ticks: { stroke: css("--line"), width: 1 },
+    };
     this.#plot = new uPlot(
       {
         ...this.#size(),
-        series: [{}, ...this.#series.map((label, i) => ({ label, stroke: palette[i % palette.length], width: 1.5, points: { show: false } }))],
+        series: [
+          {},
+          ...this.#series.map((label, i) => ({
+            label,
+            stroke: palette[i % palette.length],
+            width: 1.5,
+            points: { show: false },
+          })),
+        ],
         axes: [axis, { ...axis, size: 60 }],
         scales: { y: { range: (_u, _min, max) => [0, Math.max((max ?? 0) * 1.1, 1)] } },
         cursor: { drag: { x: false, y: false } },
@@ -134,13 +151,17 @@ const panels = new Map<string, ModelPanel>();
 
 const ms = (p: Percentiles, k: "p50" | "p90" | "p99") => (p ? p[k] * 1000 : null);
 const mb = (bytes: number) => bytes / 1024 / 1024;
-const formatBytes = (bytes: number) => (bytes >= 1024 ** 3 ? `${(bytes / 1024 ** 3).toFixed(2)} GB` : `${mb(bytes).toFixed(1)} MB`);
+const formatBytes = (bytes: number) =>
+  bytes >= 1024 ** 3 ? `${(bytes / 1024 ** 3).toFixed(2)} GB` : `${mb(bytes).toFixed(1)} MB`;
 
 let previous: Frame | undefined;
 
 function show(frame: Frame): void {
   const { stats } = frame;
-  const rate = previous && frame.time > previous.time ? (frame.generated_tokens - previous.generated_tokens) / (frame.time - previous.time) : null;
+  const rate =
+    previous && frame.time > previous.time
+      ? (frame.generated_tokens - previous.generated_tokens) / (frame.time - previous.time)
+      : null;
   previous = frame;
   const t = frame.time;
   charts.tokens.push(t, [rate]);
@@ -179,7 +200,13 @@ function show(frame: Frame): void {
   );
   fillTable(
     "#models",
-    stats.models.map((m) => [m.name, formatBytes(m.weight_bytes), String(m.context_length), String(m.active_requests), unloadsIn(m)]),
+    stats.models.map((m) => [
+      m.name,
+      formatBytes(m.weight_bytes),
+      String(m.context_length),
+      String(m.active_requests),
+      unloadsIn(m),
+    ]),
     "none loaded",
   );
 }

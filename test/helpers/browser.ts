@@ -14,8 +14,15 @@ export function launchBrowser(): Promise<Browser> {
 }
 
 /** A page that records its console errors (CSP violations among them) and uncaught exceptions. */
-export async function openPage(browser: Browser, url: string, o: { colorScheme?: "light" | "dark"; width?: number; height?: number } = {}): Promise<{ page: Page; errors: string[] }> {
-  const context = await browser.newContext({ colorScheme: o.colorScheme ?? "light", viewport: { width: o.width ?? 1200, height: o.height ?? 800 } });
+export async function openPage(
+  browser: Browser,
+  url: string,
+  o: { colorScheme?: "light" | "dark"; width?: number; height?: number } = {},
+): Promise<{ page: Page; errors: string[] }> {
+  const context = await browser.newContext({
+    colorScheme: o.colorScheme ?? "light",
+    viewport: { width: o.width ?? 1200, height: o.height ?? 800 },
+  });
   const page = await context.newPage();
   page.setDefaultTimeout(20_000);
   const errors: string[] = [];

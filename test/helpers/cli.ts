@@ -7,8 +7,17 @@ const main = join(import.meta.dir, "..", "..", "src", "main.ts");
 export function cliRunner(home: string) {
   const env = { ...process.env, MLX_HOME: home, NO_COLOR: "1" };
   return async (args: string[], stdin?: string) => {
-    const proc = Bun.spawn([process.execPath, main, ...args], { stdin: stdin === undefined ? "ignore" : new Blob([stdin]), stdout: "pipe", stderr: "pipe", env });
-    const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+    const proc = Bun.spawn([process.execPath, main, ...args], {
+      stdin: stdin === undefined ? "ignore" : new Blob([stdin]),
+      stdout: "pipe",
+      stderr: "pipe",
+      env,
+    });
+    const [stdout, stderr, code] = await Promise.all([
+      new Response(proc.stdout).text(),
+      new Response(proc.stderr).text(),
+      proc.exited,
+    ]);
     return { stdout, stderr, code };
   };
 }

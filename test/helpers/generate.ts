@@ -3,7 +3,11 @@ import { complete, soloScheduler, type CompletionResult } from "../../src/engine
 import type { GenerationSpec } from "../../src/engine/request";
 import type { LoadedModel } from "../../src/models/load";
 
-export async function completeAlone(lm: LoadedModel, promptIds: number[], o: Omit<GenerationSpec, "prompt">): Promise<CompletionResult> {
+export async function completeAlone(
+  lm: LoadedModel,
+  promptIds: number[],
+  o: Omit<GenerationSpec, "prompt">,
+): Promise<CompletionResult> {
   const scheduler = soloScheduler(lm);
   try {
     return await complete(scheduler, { prompt: { kind: "ids", ids: promptIds }, ...o });

@@ -79,7 +79,10 @@ function parseRequest(head: string): RecordedRequest {
 function respond(socket: Socket, reply: Reply): void {
   const body = typeof reply.body === "string" ? Buffer.from(reply.body) : Buffer.from(reply.body ?? new Uint8Array());
   const headers = { "Content-Length": String(body.length), Connection: "close", ...reply.headers };
-  const head = [`HTTP/1.1 ${reply.status} ${STATUS_TEXT[reply.status] ?? "Status"}`, ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`)];
+  const head = [
+    `HTTP/1.1 ${reply.status} ${STATUS_TEXT[reply.status] ?? "Status"}`,
+    ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`),
+  ];
   socket.write(`${head.join("\r\n")}\r\n\r\n`);
   if (reply.stallAfter !== undefined) {
     socket.write(body.subarray(0, reply.stallAfter));

@@ -40,17 +40,35 @@ export function tinyConfig(o: TinyOptions = {}): Record<string, unknown> {
   };
   if (o.modelType === "gemma3_text") {
     // A window shorter than the test sequences, and a global layer among local ones.
-    Object.assign(config, { sliding_window: o.window ?? 6, sliding_window_pattern: 2, query_pre_attn_scalar: 16, rope_theta: 1_000_000, rope_local_base_freq: 10_000, rms_norm_eps: 1e-6 });
+    Object.assign(config, {
+      sliding_window: o.window ?? 6,
+      sliding_window_pattern: 2,
+      query_pre_attn_scalar: 16,
+      rope_theta: 1_000_000,
+      rope_local_base_freq: 10_000,
+      rms_norm_eps: 1e-6,
+    });
   }
   if (o.modelType === "qwen3_moe") {
     // Layer 0 dense, the others four experts, two per token.
-    Object.assign(config, { num_experts: tinyMoE.experts, num_experts_per_tok: 2, decoder_sparse_step: 1, mlp_only_layers: [0], moe_intermediate_size: tinyMoE.intermediate, norm_topk_prob: true });
+    Object.assign(config, {
+      num_experts: tinyMoE.experts,
+      num_experts_per_tok: 2,
+      decoder_sparse_step: 1,
+      mlp_only_layers: [0],
+      moe_intermediate_size: tinyMoE.intermediate,
+      norm_topk_prob: true,
+    });
   }
-  if (o.modelType === "mixtral") Object.assign(config, { num_local_experts: tinyMoE.experts, num_experts_per_tok: 2, rope_theta: 1_000_000 });
+  if (o.modelType === "mixtral")
+    Object.assign(config, { num_local_experts: tinyMoE.experts, num_experts_per_tok: 2, rope_theta: 1_000_000 });
   if (o.modelType === "phi3") {
     // LongRoPE with a context 4× the original one, so its scale is not 1.
     const factors = Array.from({ length: tinyDims.headDim / 2 }, (_, i) => 1 + i * 0.5);
-    Object.assign(config, { original_max_position_embeddings: 128, rope_scaling: { type: "longrope", long_factor: factors, short_factor: factors.map(() => 1) } });
+    Object.assign(config, {
+      original_max_position_embeddings: 128,
+      rope_scaling: { type: "longrope", long_factor: factors, short_factor: factors.map(() => 1) },
+    });
   }
   if (o.quantize) config.quantization = { group_size: o.quantize.groupSize, bits: o.quantize.bits, mode: "affine" };
   return config;
@@ -82,7 +100,8 @@ export function tinyWeights(o: TinyOptions = {}): Map<string, MxArray> {
     } else w.set(`${name}.weight`, weight);
     if (bias) w.set(`${name}.bias`, normal([out], 0.02));
   };
-  const addNorm = (name: string, size: number) => w.set(`${name}.weight`, mx.keep(mx.scope(() => mx.add(normal([size], 0.05), 1))));
+  const addNorm = (name: string, size: number) =>
+    w.set(`${name}.weight`, mx.keep(mx.scope(() => mx.add(normal([size], 0.05), 1))));
   addLinear("model.embed_tokens", vocab, hidden);
   const qwen2 = o.modelType === "qwen2";
   for (let i = 0; i < (o.layers ?? 2); i++) {
@@ -104,7 +123,8 @@ export function tinyWeights(o: TinyOptions = {}): Map<string, MxArray> {
       addNorm(`${p}.self_attn.q_norm`, headDim);
       addNorm(`${p}.self_attn.k_norm`, headDim);
     }
-    const moe = o.modelType === "mixtral" ? "block_sparse_moe" : o.modelType === "qwen3_moe" && i > 0 ? "mlp" : undefined;
+    const moe =
+      o.modelType === "mixtral" ? "block_sparse_moe" : o.modelType === "qwen3_moe" && i > 0 ? "mlp" : undefined;
     if (moe) {
       addLinear(`${p}.${moe}.gate`, tinyMoE.experts, hidden);
       // Mixtral's experts are intermediate_size wide, Qwen3-MoE's moe_intermediate_size.
@@ -117,7 +137,9 @@ export function tinyWeights(o: TinyOptions = {}): Map<string, MxArray> {
       for (const [proj, mixtralName, out, inp] of projections) {
         // Quantized: stacked per layer, as mlx-lm saves them; plain: one matrix per expert, as Hugging Face checkpoints have them.
         if (o.quantize) addLinear(`${p}.${moe}.switch_mlp.${proj}`, out, inp, false, tinyMoE.experts);
-        else for (let e = 0; e < tinyMoE.experts; e++) addLinear(`${p}.${moe}.experts.${e}.${o.modelType === "mixtral" ? mixtralName : proj}`, out, inp);
+        else
+          for (let e = 0; e < tinyMoE.experts; e++)
+            addLinear(`${p}.${moe}.experts.${e}.${o.modelType === "mixtral" ? mixtralName : proj}`, out, inp);
       }
     } else if (o.modelType === "phi3") {
       addLinear(`${p}.mlp.gate_up_proj`, 2 * intermediate, hidden);
@@ -137,7 +159,11 @@ export function tinyWeights(o: TinyOptions = {}): Map<string, MxArray> {
 
 /** SmolLM2's real tokenizer (from the committed GGUF metadata fixture), so tiny models speak text. */
 export function smolTokenizerFiles() {
-  const meta = JSON.parse(gunzipSync(readFileSync(join(import.meta.dir, "..", "fixtures", "tokenizer-smollm2-gguf-meta.json.gz"))).toString("utf8"));
+  const meta = JSON.parse(
+    gunzipSync(readFileSync(join(import.meta.dir, "..", "fixtures", "tokenizer-smollm2-gguf-meta.json.gz"))).toString(
+      "utf8",
+    ),
+  );
   return tokenizerFilesFromGGUF(meta);
 }
 
@@ -148,7 +174,10 @@ export const smolVocabSize = 49152;
  * tokenizer files (so its vocabulary is SmolLM2's; `chatTemplate` replaces SmolLM2's). Random
  * weights: its text is gibberish.
  */
-export function writeTinyModel(dir: string, o: TinyOptions & { contextLength?: number; chatTemplate?: string } = {}): void {
+export function writeTinyModel(
+  dir: string,
+  o: TinyOptions & { contextLength?: number; chatTemplate?: string } = {},
+): void {
   mkdirSync(dir, { recursive: true });
   const options = { ...o, vocabSize: smolVocabSize };
   const weights = tinyWeights(options);
@@ -157,6 +186,9 @@ export function writeTinyModel(dir: string, o: TinyOptions & { contextLength?: n
   writeFileSync(join(dir, "config.json"), JSON.stringify(config, null, 2));
   const { tokenizerJson, tokenizerConfig } = smolTokenizerFiles();
   writeFileSync(join(dir, "tokenizer.json"), JSON.stringify(tokenizerJson));
-  writeFileSync(join(dir, "tokenizer_config.json"), JSON.stringify(o.chatTemplate ? { ...tokenizerConfig, chat_template: o.chatTemplate } : tokenizerConfig));
+  writeFileSync(
+    join(dir, "tokenizer_config.json"),
+    JSON.stringify(o.chatTemplate ? { ...tokenizerConfig, chat_template: o.chatTemplate } : tokenizerConfig),
+  );
   for (const t of weights.values()) t.free();
 }

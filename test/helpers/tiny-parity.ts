@@ -4,13 +4,13 @@
 import type { TinyOptions } from "./tiny-model";
 
 export const tinyParityModels: Record<string, TinyOptions> = {
-  "gemma3_text": { modelType: "gemma3_text", layers: 4, seed: 3 },
+  gemma3_text: { modelType: "gemma3_text", layers: 4, seed: 3 },
   "gemma3_text-4bit": { modelType: "gemma3_text", layers: 4, seed: 3, quantize: { groupSize: 32, bits: 4 } },
-  "qwen3_moe": { modelType: "qwen3_moe", layers: 3, seed: 4 },
+  qwen3_moe: { modelType: "qwen3_moe", layers: 3, seed: 4 },
   "qwen3_moe-4bit": { modelType: "qwen3_moe", layers: 3, seed: 4, quantize: { groupSize: 32, bits: 4 } },
-  "mixtral": { modelType: "mixtral", layers: 2, seed: 5, tied: false },
+  mixtral: { modelType: "mixtral", layers: 2, seed: 5, tied: false },
   "mixtral-4bit": { modelType: "mixtral", layers: 2, seed: 5, tied: false, quantize: { groupSize: 32, bits: 4 } },
-  "phi3": { modelType: "phi3", layers: 2, seed: 6, tied: false },
+  phi3: { modelType: "phi3", layers: 2, seed: 6, tied: false },
   "phi3-4bit": { modelType: "phi3", layers: 2, seed: 6, tied: false, quantize: { groupSize: 32, bits: 4 } },
 };
 

@@ -40,14 +40,20 @@ const commands: Record<string, Handler> = {
   },
   stats: (s, args) => {
     const value = args.trim();
-    if (value !== "on" && value !== "off") return s.say(`/stats is ${s.settings.stats ? "on" : "off"}; use /stats on or /stats off`);
+    if (value !== "on" && value !== "off")
+      return s.say(`/stats is ${s.settings.stats ? "on" : "off"}; use /stats on or /stats off`);
     s.settings.stats = value === "on";
     s.say(`stats ${value}`);
   },
   save: (s, args) => {
     const file = args.trim();
     if (!file) return s.say("usage: /save <file>");
-    const saved = { model: s.modelName, system: s.settings.system, settings: { ...s.settings.sampling, max_tokens: s.settings.maxTokens }, messages: s.conversation.messages };
+    const saved = {
+      model: s.modelName,
+      system: s.settings.system,
+      settings: { ...s.settings.sampling, max_tokens: s.settings.maxTokens },
+      messages: s.conversation.messages,
+    };
     writeFileSync(file, `${JSON.stringify(saved, null, 2)}\n`);
     s.say(`saved ${s.conversation.messages.length} messages to ${file}`);
   },
@@ -55,7 +61,12 @@ const commands: Record<string, Handler> = {
     const file = args.trim();
     if (!file) return s.say("usage: /load <file>");
     const saved = JSON.parse(readFileSync(file, "utf8"));
-    if (!Array.isArray(saved.messages) || saved.messages.some((m: { role?: unknown; content?: unknown }) => typeof m?.role !== "string" || typeof m?.content !== "string")) {
+    if (
+      !Array.isArray(saved.messages) ||
+      saved.messages.some(
+        (m: { role?: unknown; content?: unknown }) => typeof m?.role !== "string" || typeof m?.content !== "string",
+      )
+    ) {
       throw new Error(`${file} is not a conversation saved with /save (needs messages: [{role, content}])`);
     }
     s.conversation.clear();
@@ -68,8 +79,12 @@ const commands: Record<string, Handler> = {
     let name = args.trim();
     if (!name) {
       const aliases = [...loadAliases().models.values()];
-      if (!process.stdin.isTTY) return s.say(`usage: /model <name> (aliases: ${aliases.map((a) => a.name).join(", ")})`);
-      const choice = await p.select({ message: "Switch to which model?", options: aliases.map((a) => ({ value: a.name, label: a.name, hint: a.description })) });
+      if (!process.stdin.isTTY)
+        return s.say(`usage: /model <name> (aliases: ${aliases.map((a) => a.name).join(", ")})`);
+      const choice = await p.select({
+        message: "Switch to which model?",
+        options: aliases.map((a) => ({ value: a.name, label: a.name, hint: a.description })),
+      });
       if (p.isCancel(choice)) return s.say("kept the current model");
       name = choice as string;
     }

@@ -161,7 +161,10 @@ function loadHistory(file: string): string[] {
 function saveHistory(file: string, newestFirst: string[]): void {
   try {
     mkdirSync(dirname(file), { recursive: true });
-    const lines = newestFirst.slice(0, historyLimit).reverse().map((entry) => JSON.stringify(entry));
+    const lines = newestFirst
+      .slice(0, historyLimit)
+      .reverse()
+      .map((entry) => JSON.stringify(entry));
     writeFileSync(file, lines.length ? `${lines.join("\n")}\n` : "");
   } catch {
     // History is a convenience: a read-only or full disk must not break leaving the chat.

@@ -29,7 +29,12 @@ export class ChatSession {
   /** Streams the answer to `text` into `write`; Ctrl-C (the signal) stops it and keeps what was said. */
   async answer(text: string, write: (chunk: string) => void, signal: AbortSignal): Promise<void> {
     const format = this.settings.format;
-    const turn = this.conversation.turn(text, { sampling: this.settings.sampling, maxTokens: this.settings.maxTokens, signal, format: format && { format: format.format, param: "format" } });
+    const turn = this.conversation.turn(text, {
+      sampling: this.settings.sampling,
+      maxTokens: this.settings.maxTokens,
+      signal,
+      format: format && { format: format.format, param: "format" },
+    });
     let step = await turn.next();
     while (!step.done) {
       write(step.value);

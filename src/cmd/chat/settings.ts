@@ -23,7 +23,9 @@ export async function applyFormat(s: ChatSettings, value: string): Promise<strin
     return "format off: answers are free text";
   }
   s.format = await readFormat(spec);
-  return spec === "json" ? "format = json: answers are JSON objects" : `format = ${spec}: answers follow this JSON Schema`;
+  return spec === "json"
+    ? "format = json: answers are JSON objects"
+    : `format = ${spec}: answers follow this JSON Schema`;
 }
 
 /** Applies `/set <name> <value>`; returns a confirmation line, or throws with what is wrong. */
@@ -36,11 +38,21 @@ export function applySetting(s: ChatSettings, name: string, value: string): stri
   if (value.trim() === "" || !Number.isFinite(n)) throw new Error(`/set ${name} needs a number`);
   const sampling = { ...s.sampling };
   switch (name) {
-    case "temp": sampling.temperature = n; break;
-    case "top_p": sampling.topP = n; break;
-    case "top_k": sampling.topK = n; break;
-    case "min_p": sampling.minP = n; break;
-    case "seed": sampling.seed = n; break;
+    case "temp":
+      sampling.temperature = n;
+      break;
+    case "top_p":
+      sampling.topP = n;
+      break;
+    case "top_k":
+      sampling.topK = n;
+      break;
+    case "min_p":
+      sampling.minP = n;
+      break;
+    case "seed":
+      sampling.seed = n;
+      break;
     case "max_tokens":
       if (!Number.isInteger(n) || n <= 0) throw new Error("max_tokens must be a whole number > 0");
       s.maxTokens = n;

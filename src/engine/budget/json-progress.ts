@@ -19,7 +19,10 @@ export class UnsteerableSchemaError extends Error {
 /** The compact layout of a JSON value as xgrammar writes constants: ", " and ": " separators. */
 export function layout(value: unknown): string {
   if (Array.isArray(value)) return `[${value.map(layout).join(", ")}]`;
-  if (value && typeof value === "object") return `{${Object.entries(value).map(([k, v]) => `${JSON.stringify(k)}: ${layout(v)}`).join(", ")}}`;
+  if (value && typeof value === "object")
+    return `{${Object.entries(value)
+      .map(([k, v]) => `${JSON.stringify(k)}: ${layout(v)}`)
+      .join(", ")}}`;
   return JSON.stringify(value);
 }
 
@@ -44,7 +47,8 @@ export class SchemaShapes {
   /** Follows `$ref` (local pointers) and a one-schema `allOf`, merged with the sibling keywords. */
   resolve(node: unknown): Schema {
     if (node === true || node === undefined) return ANY;
-    if (node === false || typeof node !== "object" || node === null) throw new UnsteerableSchemaError("a false schema has no valid value");
+    if (node === false || typeof node !== "object" || node === null)
+      throw new UnsteerableSchemaError("a false schema has no valid value");
     const known = this.resolved.get(node);
     if (known) return known;
     const s = this.follow(node as Schema);
@@ -69,7 +73,9 @@ export class SchemaShapes {
     if (!ref.startsWith("#")) throw new UnsteerableSchemaError(`$ref ${ref} is not local`);
     let at: unknown = this.root;
     for (const part of ref.slice(1).split("/").filter(Boolean)) {
-      at = (at as Record<string, unknown> | undefined)?.[decodeURIComponent(part).replaceAll("~1", "/").replaceAll("~0", "~")];
+      at = (at as Record<string, unknown> | undefined)?.[
+        decodeURIComponent(part).replaceAll("~1", "/").replaceAll("~0", "~")
+      ];
     }
     if (!at || typeof at !== "object") throw new UnsteerableSchemaError(`$ref ${ref} does not resolve`);
     return at as Schema;
@@ -122,7 +128,8 @@ export class SchemaShapes {
         }
         if (best === undefined || text.length < best.length) best = text;
       }
-      if (best === undefined) throw new UnsteerableSchemaError("no branch of the schema has a value the steering can write");
+      if (best === undefined)
+        throw new UnsteerableSchemaError("no branch of the schema has a value the steering can write");
       this.shortest.set(s, best);
       return best;
     } finally {
@@ -182,7 +189,13 @@ export class SchemaShapes {
           key = Math.max(key, Buffer.byteLength(JSON.stringify(k)));
           visit(v, true);
         }
-        for (const part of [b.additionalProperties, b.items, b.additionalItems, ...((b.prefixItems as unknown[]) ?? []), ...(Array.isArray(b.items) ? b.items : [])]) {
+        for (const part of [
+          b.additionalProperties,
+          b.items,
+          b.additionalItems,
+          ...((b.prefixItems as unknown[]) ?? []),
+          ...(Array.isArray(b.items) ? b.items : []),
+        ]) {
           if (part && typeof part === "object" && !Array.isArray(part)) visit(part, true);
         }
       }
@@ -242,7 +255,8 @@ const minItems = (s: Schema) => (typeof s.minItems === "number" ? s.minItems : 0
 const shortestOf = (texts: string[]) => texts.reduce((a, b) => (b.length < a.length ? b : a));
 
 function stringPadding(s: Schema, length: number): string {
-  if (typeof s.pattern === "string" || typeof s.format === "string") throw new UnsteerableSchemaError("a string with a pattern or format");
+  if (typeof s.pattern === "string" || typeof s.format === "string")
+    throw new UnsteerableSchemaError("a string with a pattern or format");
   const min = typeof s.minLength === "number" ? s.minLength : 0;
   return "a".repeat(Math.max(0, min - length));
 }
@@ -400,14 +414,18 @@ export class JsonProgress {
   private startValue(schema: unknown, c: string): void {
     const branches = this.shapes.branches(schema);
     // A literal (enum, const, true/false/null) is followed as text among its allowed spellings.
-    const texts = branches.flatMap((b) => this.shapes.literals(b) ?? literalTexts(this.shapes.kind(b), c)).filter((t) => t.startsWith(c));
-    const kind = c === "{" ? "object" : c === "[" ? "array" : c === '"' ? "string" : /[-0-9]/.test(c) ? "number" : undefined;
+    const texts = branches
+      .flatMap((b) => this.shapes.literals(b) ?? literalTexts(this.shapes.kind(b), c))
+      .filter((t) => t.startsWith(c));
+    const kind =
+      c === "{" ? "object" : c === "[" ? "array" : c === '"' ? "string" : /[-0-9]/.test(c) ? "number" : undefined;
     const open = kind && branches.find((b) => !this.shapes.literals(b) && matchesKind(this.shapes.kind(b), kind));
     this.stack.pop();
     if (open) {
       if (kind === "object") this.stack.push({ t: "object", s: open, seen: [], state: "open", key: "" });
       else if (kind === "array") this.stack.push({ t: "array", s: open, count: 0, state: "open" });
-      else if (kind === "string") this.stack.push({ t: "string", s: open, key: false, text: "", length: 0, escape: undefined });
+      else if (kind === "string")
+        this.stack.push({ t: "string", s: open, key: false, text: "", length: 0, escape: undefined });
       else this.stack.push({ t: "number", s: open, text: c });
       return;
     }
@@ -477,7 +495,14 @@ export class JsonProgress {
       case "number":
         return numberCompletion(f.s, f.text);
       case "string": {
-        const escape = f.escape === undefined ? "" : f.escape === "" ? "n" : f.escape.startsWith("u") ? "0".repeat(5 - f.escape.length) : "";
+        const escape =
+          f.escape === undefined
+            ? ""
+            : f.escape === ""
+              ? "n"
+              : f.escape.startsWith("u")
+                ? "0".repeat(5 - f.escape.length)
+                : "";
         if (f.key) return escape; // the object completes the key (see below)
         return `${escape}${stringPadding(f.s, f.length + (f.escape === undefined ? 0 : 1))}"`;
       }
@@ -485,14 +510,16 @@ export class JsonProgress {
         const count = f.count + (inner ? 1 : 0);
         const items: string[] = [];
         for (let i = count; i < minItems(f.s); i++) items.push(shapes.minText(shapes.itemSchema(f.s, i)));
-        if (f.state === "item" && !inner) return `${[shapes.minText(shapes.itemSchema(f.s, count)), ...items.slice(1)].join(", ")}]`;
+        if (f.state === "item" && !inner)
+          return `${[shapes.minText(shapes.itemSchema(f.s, count)), ...items.slice(1)].join(", ")}]`;
         const lead = count === 0 ? "" : ", ";
         return items.length > 0 ? `${lead}${items.join(", ")}]` : "]";
       }
       case "object": {
         if (inner?.t === "string" && inner.key) return this.cheapestMember(f, f.seen, inner.text);
         const seen = inner ? [...f.seen, f.key] : f.seen;
-        if (f.state === "colon") return `: ${shapes.minText(shapes.propertySchema(f.s, f.key))}${this.membersAfter(f.s, [...seen, f.key], true)}`;
+        if (f.state === "colon")
+          return `: ${shapes.minText(shapes.propertySchema(f.s, f.key))}${this.membersAfter(f.s, [...seen, f.key], true)}`;
         if (f.state === "key" && !inner) return `"${this.cheapestMember(f, seen, "")}`;
         return this.membersAfter(f.s, seen, seen.length > 0);
       }
@@ -515,9 +542,18 @@ export class JsonProgress {
     // required one.
     const required = shapes.requiredKeys(f.s);
     const firstMissing = names.findIndex((k, i) => i > last && required.includes(k) && !seen.includes(k));
-    const next = names.filter((k, i) => !seen.includes(k) && (!shapes.strict || (i > last && (firstMissing < 0 || i <= firstMissing))) && k.startsWith(typed));
-    const candidates = next.map((k) => `${JSON.stringify(k).slice(1 + typed.length)}: ${shapes.minText(shapes.propertySchema(f.s, k))}${this.membersAfter(f.s, [...seen, k], true)}`);
-    if (shapes.additional(f.s) !== undefined) candidates.push(`": ${shapes.minText(shapes.additional(f.s))}${this.membersAfter(f.s, seen, true)}`);
+    const next = names.filter(
+      (k, i) =>
+        !seen.includes(k) &&
+        (!shapes.strict || (i > last && (firstMissing < 0 || i <= firstMissing))) &&
+        k.startsWith(typed),
+    );
+    const candidates = next.map(
+      (k) =>
+        `${JSON.stringify(k).slice(1 + typed.length)}: ${shapes.minText(shapes.propertySchema(f.s, k))}${this.membersAfter(f.s, [...seen, k], true)}`,
+    );
+    if (shapes.additional(f.s) !== undefined)
+      candidates.push(`": ${shapes.minText(shapes.additional(f.s))}${this.membersAfter(f.s, seen, true)}`);
     if (candidates.length === 0) throw new UnsteerableSchemaError("no property may come next");
     return shortestOf(candidates);
   }
@@ -529,6 +565,13 @@ function matchesKind(kind: Kind | "any", opened: "object" | "array" | "string" |
 
 /** true/false/null as literal texts for the kinds that write them. */
 function literalTexts(kind: Kind | "any", c: string): string[] {
-  const texts = kind === "boolean" ? ["true", "false"] : kind === "null" ? ["null"] : kind === "any" ? ["true", "false", "null"] : [];
+  const texts =
+    kind === "boolean"
+      ? ["true", "false"]
+      : kind === "null"
+        ? ["null"]
+        : kind === "any"
+          ? ["true", "false", "null"]
+          : [];
   return texts.filter((t) => t[0] === c);
 }

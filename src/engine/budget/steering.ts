@@ -26,7 +26,11 @@ export interface Progress {
  * string pattern, say): the grammar alone then decides. Throws a BudgetError when `maxTokens`
  * cannot hold the shortest valid answer.
  */
-export function budgetSteering(tokenizer: Tokenizer, maxTokens: number, make: () => { progress: Progress; opening: number }): BudgetSteering | undefined {
+export function budgetSteering(
+  tokenizer: Tokenizer,
+  maxTokens: number,
+  make: () => { progress: Progress; opening: number },
+): BudgetSteering | undefined {
   let steering: BudgetSteering;
   let minimum: number;
   try {
@@ -87,7 +91,14 @@ export function vocabularyText(tokenizer: Tokenizer): VocabularyText {
       else openersAfterQuote[id] = count(text.slice(quote + 1));
       openers[id] = count(text);
     }
-    v = { texts, plain, openers, openersAfterQuote, mostOpeners: Math.max(...openers), mostOpenersAfterQuote: Math.max(...openersAfterQuote) };
+    v = {
+      texts,
+      plain,
+      openers,
+      openersAfterQuote,
+      mostOpeners: Math.max(...openers),
+      mostOpenersAfterQuote: Math.max(...openersAfterQuote),
+    };
     vocabularies.set(tokenizer, v);
   }
   return v;
@@ -170,7 +181,12 @@ export class BudgetSteering {
     let simulated = 0;
     for (let id = 0; id < mask.length; id++) {
       if (!mask[id] || id === first) continue;
-      if (free && this.vocab.plain[id] ? plan.tokens.length <= left : safe(openers[id]!) || (simulated++ < MAX_SIMULATED && this.fitsAfter(id, plan, left))) continue;
+      if (
+        free && this.vocab.plain[id]
+          ? plan.tokens.length <= left
+          : safe(openers[id]!) || (simulated++ < MAX_SIMULATED && this.fitsAfter(id, plan, left))
+      )
+        continue;
       mask[id] = 0;
       narrowed = true;
     }
@@ -201,7 +217,13 @@ export class BudgetSteering {
     let tokens = this.tokenizer.encode(text, { addSpecialTokens: false });
     const previous = this.plan;
     const taken = this.last !== undefined ? this.vocab.texts[this.last] : undefined;
-    if (previous && taken !== undefined && previous.tokens[0] === this.last && previous.text.slice(taken.length) === text && previous.tokens.length - 1 < tokens.length) {
+    if (
+      previous &&
+      taken !== undefined &&
+      previous.tokens[0] === this.last &&
+      previous.text.slice(taken.length) === text &&
+      previous.tokens.length - 1 < tokens.length
+    ) {
       tokens = previous.tokens.slice(1);
     }
     const starts = [0];
@@ -221,7 +243,8 @@ function tokensAtMost(text: string, plan: Plan): number {
   if (starts) {
     for (let i = 0; i < starts.length; i++) {
       const tail = plan.text.length - starts[i]!;
-      if (tail <= text.length && text.endsWith(plan.text.slice(starts[i]))) return utf8Length(text.slice(0, text.length - tail)) + plan.tokens.length - i;
+      if (tail <= text.length && text.endsWith(plan.text.slice(starts[i])))
+        return utf8Length(text.slice(0, text.length - tail)) + plan.tokens.length - i;
     }
   }
   return utf8Length(text);

@@ -3,7 +3,15 @@
 // When a call is required (tool_choice "required" or a named function) the answer must be
 // calls; otherwise it is free text, and only from the family's trigger on ("<tool_call>", ...)
 // must it continue as a valid call.
-import { canonicalJson, createGrammarConstraint, schemaEbnf, SchemaError, validateSchema, type BudgetOptions, type GrammarConstraint } from "../grammar";
+import {
+  canonicalJson,
+  createGrammarConstraint,
+  schemaEbnf,
+  SchemaError,
+  validateSchema,
+  type BudgetOptions,
+  type GrammarConstraint,
+} from "../grammar";
 import { CallsProgress } from "../budget/calls-progress";
 import { SchemaShapes } from "../budget/json-progress";
 import { budgetSteering } from "../budget/steering";
@@ -20,7 +28,12 @@ export interface ToolCallConstraintOptions extends BudgetOptions {
 }
 
 /** A constraint for one answer that may (or must) call `functions`; a parameter schema it cannot enforce is a SchemaError naming the function. */
-export async function createToolCallConstraint(tokenizer: Tokenizer, format: ToolCallFormat, functions: ToolSpec[], o: ToolCallConstraintOptions): Promise<GrammarConstraint> {
+export async function createToolCallConstraint(
+  tokenizer: Tokenizer,
+  format: ToolCallFormat,
+  functions: ToolSpec[],
+  o: ToolCallConstraintOptions,
+): Promise<GrammarConstraint> {
   for (const f of functions) {
     try {
       await validateSchema(argumentsSchema(f));
@@ -29,10 +42,16 @@ export async function createToolCallConstraint(tokenizer: Tokenizer, format: Too
       throw error;
     }
   }
-  const steering = o.maxTokens === undefined ? undefined : budgetSteering(tokenizer, o.maxTokens, () => callsProgress(format, functions, o.required));
+  const steering =
+    o.maxTokens === undefined
+      ? undefined
+      : budgetSteering(tokenizer, o.maxTokens, () => callsProgress(format, functions, o.required));
   const source = {
     key: `tools:${format.name}:${o.required}:${o.parallel}:${canonicalJson(functions.map((f) => [f.name, argumentsSchema(f)]))}`,
-    structuralTag: async (): Promise<StructuralTag> => ({ type: "structural_tag", format: await callsFormat(format, functions, o) }),
+    structuralTag: async (): Promise<StructuralTag> => ({
+      type: "structural_tag",
+      format: await callsFormat(format, functions, o),
+    }),
   };
   return createGrammarConstraint(tokenizer, source, steering);
 }
@@ -45,8 +64,23 @@ function callsProgress(format: ToolCallFormat, functions: ToolSpec[], required: 
   });
   const wrapper = (format.list?.begin.length ?? 0) + (format.list?.end.length ?? 0);
   // Opening a call (the trigger in free text, or a separator) owes a whole smallest call.
-  const opening = Math.max(...calls.map((c) => Math.max(c.shapes.largestOpening(c.schema), c.begin.length + c.shapes.minText(c.schema).length + c.end.length + wrapper)));
-  return { progress: new CallsProgress({ calls, separator: format.separator, list: format.list, trigger: required ? undefined : format.trigger }), opening };
+  const opening = Math.max(
+    ...calls.map((c) =>
+      Math.max(
+        c.shapes.largestOpening(c.schema),
+        c.begin.length + c.shapes.minText(c.schema).length + c.end.length + wrapper,
+      ),
+    ),
+  );
+  return {
+    progress: new CallsProgress({
+      calls,
+      separator: format.separator,
+      list: format.list,
+      trigger: required ? undefined : format.trigger,
+    }),
+    opening,
+  };
 }
 
 /** An empty parameter schema still means an arguments object. */
@@ -54,15 +88,46 @@ function argumentsSchema(f: ToolSpec): Record<string, unknown> {
   return Object.keys(f.parameters).length > 0 ? f.parameters : { type: "object", properties: {} };
 }
 
-async function callsFormat(format: ToolCallFormat, functions: ToolSpec[], { required, parallel }: ToolCallConstraintOptions): Promise<StructuralTagFormat> {
+async function callsFormat(
+  format: ToolCallFormat,
+  functions: ToolSpec[],
+  { required, parallel }: ToolCallConstraintOptions,
+): Promise<StructuralTagFormat> {
   // Each call's arguments as our JSON-safe EBNF for its schema (see schemaEbnf).
-  const calls = await Promise.all(functions.map(async (f): Promise<TagFormat> => ({ type: "tag", ...format.callLayout(f.name), content: { type: "grammar", grammar: await schemaEbnf(argumentsSchema(f), true) } })));
+  const calls = await Promise.all(
+    functions.map(
+      async (f): Promise<TagFormat> => ({
+        type: "tag",
+        ...format.callLayout(f.name),
+        content: { type: "grammar", grammar: await schemaEbnf(argumentsSchema(f), true) },
+      }),
+    ),
+  );
   const stopAfterFirst = !parallel;
   if (format.list) {
     // One tagged list of calls (mistral): required, or opened by the trigger in free text.
-    const list: TagFormat = { type: "tag", ...format.list, content: { type: "tags_with_separator", tags: calls, separator: format.separator, at_least_one: true, stop_after_first: stopAfterFirst } };
-    return required ? list : { type: "triggered_tags", triggers: [format.trigger], tags: [list], stop_after_first: true };
+    const list: TagFormat = {
+      type: "tag",
+      ...format.list,
+      content: {
+        type: "tags_with_separator",
+        tags: calls,
+        separator: format.separator,
+        at_least_one: true,
+        stop_after_first: stopAfterFirst,
+      },
+    };
+    return required
+      ? list
+      : { type: "triggered_tags", triggers: [format.trigger], tags: [list], stop_after_first: true };
   }
-  if (required) return { type: "tags_with_separator", tags: calls, separator: format.separator, at_least_one: true, stop_after_first: stopAfterFirst };
+  if (required)
+    return {
+      type: "tags_with_separator",
+      tags: calls,
+      separator: format.separator,
+      at_least_one: true,
+      stop_after_first: stopAfterFirst,
+    };
   return { type: "triggered_tags", triggers: [format.trigger], tags: calls, stop_after_first: stopAfterFirst };
 }

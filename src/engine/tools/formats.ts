@@ -106,7 +106,12 @@ const hermes: ToolCallFormat = {
  * Reads an answer that, when it calls, is nothing but calls: an optional marker token, then
  * JSON that `read` turns into call values (anything else is prose).
  */
-function leadingCalls(marker: string, opens: string[], read: (body: string) => unknown, newId: () => string): (text: string) => ParsedAnswer {
+function leadingCalls(
+  marker: string,
+  opens: string[],
+  read: (body: string) => unknown,
+  newId: () => string,
+): (text: string) => ParsedAnswer {
   return (text) => {
     const trimmed = text.trim();
     const body = (trimmed.startsWith(marker) ? trimmed.slice(marker.length) : trimmed).trim();
@@ -119,7 +124,12 @@ const llama3: ToolCallFormat = {
   markers: ["<|python_tag|>", "{"],
   anywhere: false,
   // One call, or several separated by ";" (as Llama 3.2 writes parallel calls).
-  parse: leadingCalls("<|python_tag|>", ["{"], (body) => parseJson(body) ?? parseJson(`[${body.replace(/}\s*;\s*{/g, "},{")}]`), openaiCallId),
+  parse: leadingCalls(
+    "<|python_tag|>",
+    ["{"],
+    (body) => parseJson(body) ?? parseJson(`[${body.replace(/}\s*;\s*{/g, "},{")}]`),
+    openaiCallId,
+  ),
   callLayout: (name) => jsonCall(name, "parameters"),
   separator: "; ",
   trigger: '{"name": ',

@@ -13,7 +13,11 @@ export interface TemplateInput {
 }
 
 /** `offered`: the functions the model may call on this turn (none when tool_choice is "none"). */
-export function templateInput(template: ToolTemplate, messages: ConversationMessage[], offered: ToolSpec[] | undefined): TemplateInput {
+export function templateInput(
+  template: ToolTemplate,
+  messages: ConversationMessage[],
+  offered: ToolSpec[] | undefined,
+): TemplateInput {
   const tools = offered && offered.length > 0 ? offered : undefined;
   if (template.native) {
     return { messages: messages.map(nativeMessage), tools: tools?.map((t) => ({ type: "function", function: t })) };
@@ -24,13 +28,22 @@ export function templateInput(template: ToolTemplate, messages: ConversationMess
 
 function nativeMessage(m: ConversationMessage): ChatMessage {
   if (m.toolCalls?.length) {
-    return { role: m.role, content: m.content, tool_calls: m.toolCalls.map((c) => ({ id: c.id, type: "function", function: { name: c.name, arguments: c.arguments } })) };
+    return {
+      role: m.role,
+      content: m.content,
+      tool_calls: m.toolCalls.map((c) => ({
+        id: c.id,
+        type: "function",
+        function: { name: c.name, arguments: c.arguments },
+      })),
+    };
   }
   if (m.role === "tool") return { role: "tool", content: m.content, tool_call_id: m.toolCallId, name: m.toolName };
   return { role: m.role, content: m.content };
 }
 
-const writeCalls = (calls: ToolCall[]) => calls.map((c) => `<tool_call>\n${JSON.stringify({ name: c.name, arguments: c.arguments })}\n</tool_call>`).join("\n");
+const writeCalls = (calls: ToolCall[]) =>
+  calls.map((c) => `<tool_call>\n${JSON.stringify({ name: c.name, arguments: c.arguments })}\n</tool_call>`).join("\n");
 
 /** Calls as text in the assistant's turn, results of consecutive tool messages merged into one user turn. */
 function plainMessages(messages: ConversationMessage[]): ChatMessage[] {
@@ -45,7 +58,8 @@ function plainMessages(messages: ConversationMessage[]): ChatMessage[] {
       continue;
     }
     results = undefined;
-    if (m.toolCalls?.length) out.push({ role: m.role, content: [m.content, writeCalls(m.toolCalls)].filter(Boolean).join("\n") });
+    if (m.toolCalls?.length)
+      out.push({ role: m.role, content: [m.content, writeCalls(m.toolCalls)].filter(Boolean).join("\n") });
     else out.push({ role: m.role, content: m.content });
   }
   return out;

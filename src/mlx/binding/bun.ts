@@ -14,11 +14,21 @@ export async function bind(path: string): Promise<Binding> {
     cstring: FFIType.cstring,
     void: FFIType.void,
   };
-  const table = Object.fromEntries(Object.entries(symbols).map(([name, s]) => [name, { args: s.args.map((k) => (k === "u64" ? FFIType.u64 : types[k])), returns: types[s.returns] }]));
+  const table = Object.fromEntries(
+    Object.entries(symbols).map(([name, s]) => [
+      name,
+      { args: s.args.map((k) => (k === "u64" ? FFIType.u64 : types[k])), returns: types[s.returns] },
+    ]),
+  );
   const { symbols: fns } = dlopen(path, table);
   // A returned C string comes as a CString object; the binding promises a plain string.
   const lib = Object.fromEntries(
-    Object.entries(fns).map(([name, fn]) => [name, symbols[name as keyof typeof symbols].returns === "cstring" ? (...args: unknown[]) => String((fn as (...a: unknown[]) => unknown)(...args)) : fn]),
+    Object.entries(fns).map(([name, fn]) => [
+      name,
+      symbols[name as keyof typeof symbols].returns === "cstring"
+        ? (...args: unknown[]) => String((fn as (...a: unknown[]) => unknown)(...args))
+        : fn,
+    ]),
   ) as unknown as Shim;
   return {
     runtime: "bun",

@@ -42,7 +42,8 @@ export async function bind(path: string): Promise<Binding> {
   return {
     runtime: "node",
     lib,
-    readPointer: (address, offset) => Number(createExternalBuffer(external(ffi, address + offset), 8).readBigUInt64LE(0)),
+    readPointer: (address, offset) =>
+      Number(createExternalBuffer(external(ffi, address + offset), 8).readBigUInt64LE(0)),
     readBytes: (address, length) => new Uint8Array(createExternalBuffer(external(ffi, address), length)),
   };
 }
@@ -60,13 +61,17 @@ function argument({ DataType }: FfiRs, kind: Kind, value: unknown): [DataTypes, 
     default:
       if (value === null || value === undefined) return [DataType.BigInt, 0n];
       if (typeof value === "number") return [DataType.BigInt, BigInt(value)];
-      if (ArrayBuffer.isView(value)) return [DataType.U8Array, Buffer.from(value.buffer, value.byteOffset, value.byteLength)];
+      if (ArrayBuffer.isView(value))
+        return [DataType.U8Array, Buffer.from(value.buffer, value.byteOffset, value.byteLength)];
       throw new TypeError(`cannot pass ${typeof value} as a pointer`);
   }
 }
 
 /** An External for a numeric address (what createExternalBuffer needs). */
-function external({ createPointer, DataType, freePointer, PointerType, unwrapPointer }: FfiRs, address: number): JsExternal {
+function external(
+  { createPointer, DataType, freePointer, PointerType, unwrapPointer }: FfiRs,
+  address: number,
+): JsExternal {
   const cell = createPointer({ paramsType: [DataType.BigInt], paramsValue: [BigInt(address)] });
   const [target] = unwrapPointer(cell);
   freePointer({ paramsType: [DataType.BigInt], paramsValue: cell, pointerType: PointerType.RsPointer });

@@ -125,12 +125,28 @@ export type SymbolName = keyof typeof symbols;
 export type Pointer = number;
 
 type Memory = ArrayBufferView;
-type In<K extends Kind> = K extends "ptr" ? Pointer | Memory | null : K extends "u64" ? bigint | number : K extends "cstring" ? Memory : number;
-type Out<K extends Kind> = K extends "ptr" ? Pointer | null : K extends "u64" ? number | bigint : K extends "cstring" ? string : K extends "void" ? void : number;
+type In<K extends Kind> = K extends "ptr"
+  ? Pointer | Memory | null
+  : K extends "u64"
+    ? bigint | number
+    : K extends "cstring"
+      ? Memory
+      : number;
+type Out<K extends Kind> = K extends "ptr"
+  ? Pointer | null
+  : K extends "u64"
+    ? number | bigint
+    : K extends "cstring"
+      ? string
+      : K extends "void"
+        ? void
+        : number;
 type Args<A extends readonly Kind[]> = { [I in keyof A]: In<A[I]> };
 
 /** The shim's functions, typed from the table. */
-export type Shim = { [N in SymbolName]: (...args: Args<(typeof symbols)[N]["args"]>) => Out<(typeof symbols)[N]["returns"]> };
+export type Shim = {
+  [N in SymbolName]: (...args: Args<(typeof symbols)[N]["args"]>) => Out<(typeof symbols)[N]["returns"]>;
+};
 
 /** What each runtime provides: the functions, and reads of native memory at an address. */
 export interface Binding {

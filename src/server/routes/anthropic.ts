@@ -1,7 +1,15 @@
 // Anthropic-compatible routes: /v1/messages (whole, or streamed as Anthropic's named server-sent
 // events) and /v1/messages/count_tokens.
 import { Hono, type Context } from "hono";
-import { anthropicUsage, messageId, parseCountTokensRequest, parseMessagesRequest, stopReason, toolUseBlock, type ContentBlock } from "../../api/anthropic";
+import {
+  anthropicUsage,
+  messageId,
+  parseCountTokensRequest,
+  parseMessagesRequest,
+  stopReason,
+  toolUseBlock,
+  type ContentBlock,
+} from "../../api/anthropic";
 import { readJson } from "../../api/validate";
 import { countPromptTokens } from "../../engine/request";
 import { ToolCallStream } from "../../engine/tools";
@@ -56,7 +64,10 @@ async function whole(gen: Generation, meta: Meta): Promise<Response> {
   if (!result) return new Response(null, { status: 499 }); // the client is gone
   const { text, done } = result;
   const { content, calls } = gen.toolFormat ? gen.toolFormat.parse(text) : { content: text, calls: [] };
-  const blocks: ContentBlock[] = [...(content || calls.length === 0 ? [{ type: "text" as const, text: content }] : []), ...calls.map(toolUseBlock)];
+  const blocks: ContentBlock[] = [
+    ...(content || calls.length === 0 ? [{ type: "text" as const, text: content }] : []),
+    ...calls.map(toolUseBlock),
+  ];
   const u = done.usage;
   return Response.json({
     ...meta,
@@ -96,7 +107,12 @@ function streamed(s: ServerState, gen: Generation, meta: Meta): Response {
       start: (send) => {
         // Cached tokens are known once prefill is done: message_delta carries the final usage.
         const usage = anthropicUsage(gen.promptIds.length, 0, 0);
-        send(namedEvent({ type: "message_start", message: { ...meta, content: [], stop_reason: null, stop_sequence: null, usage } }));
+        send(
+          namedEvent({
+            type: "message_start",
+            message: { ...meta, content: [], stop_reason: null, stop_sequence: null, usage },
+          }),
+        );
         send(namedEvent({ type: "ping" }));
       },
       text: (e, send) => sendText(toolCalls ? toolCalls.push(e.text) : e.text, send),
@@ -109,12 +125,27 @@ function streamed(s: ServerState, gen: Generation, meta: Meta): Response {
         }
         for (const call of calls) {
           send(namedEvent({ type: "content_block_start", index, content_block: { ...toolUseBlock(call), input: {} } }));
-          send(namedEvent({ type: "content_block_delta", index, delta: { type: "input_json_delta", partial_json: JSON.stringify(call.arguments) } }));
+          send(
+            namedEvent({
+              type: "content_block_delta",
+              index,
+              delta: { type: "input_json_delta", partial_json: JSON.stringify(call.arguments) },
+            }),
+          );
           closeBlock(send);
         }
         const u = e.usage;
-        const delta = { stop_reason: stopReason(e.finishReason, calls.length, e.stopSequence), stop_sequence: calls.length === 0 ? (e.stopSequence ?? null) : null };
-        send(namedEvent({ type: "message_delta", delta, usage: anthropicUsage(u.promptTokens, u.completionTokens, u.cachedTokens) }));
+        const delta = {
+          stop_reason: stopReason(e.finishReason, calls.length, e.stopSequence),
+          stop_sequence: calls.length === 0 ? (e.stopSequence ?? null) : null,
+        };
+        send(
+          namedEvent({
+            type: "message_delta",
+            delta,
+            usage: anthropicUsage(u.promptTokens, u.completionTokens, u.cachedTokens),
+          }),
+        );
         send(namedEvent({ type: "message_stop" }));
       },
       error: (e) => namedEvent(errorBody(e, "anthropic") as { type: string }),

@@ -2,7 +2,14 @@
 // /api/tags, /api/ps, /api/show, /api/version.
 import { createHash } from "node:crypto";
 import { Hono, type Context } from "hono";
-import { nanos, ollamaDefaults, parseModelName, parseOllamaChat, parseOllamaGenerate, type OllamaRequest } from "../../api/ollama";
+import {
+  nanos,
+  ollamaDefaults,
+  parseModelName,
+  parseOllamaChat,
+  parseOllamaGenerate,
+  type OllamaRequest,
+} from "../../api/ollama";
 import type { GenerationUsage } from "../../engine/scheduler";
 import { ApiError, errorBody } from "../errors";
 import { httpRequestBounds, startGeneration } from "../generation";
@@ -32,10 +39,26 @@ export function ollamaRoutes(s: ServerState): Hono {
         modified_at: m.lastUsedAt ?? m.createdAt,
         size: m.totalBytes,
         digest: digest(Object.keys(m.blobs).sort().join(",")),
-        details: { parent_model: "", format: m.format, family: m.architecture ?? "", families: m.architecture ? [m.architecture] : null, parameter_size: "", quantization_level: m.quantization ?? "" },
+        details: {
+          parent_model: "",
+          format: m.format,
+          family: m.architecture ?? "",
+          families: m.architecture ? [m.architecture] : null,
+          parameter_size: "",
+          quantization_level: m.quantization ?? "",
+        },
       });
     }
-    for (const e of s.models.loaded) if (!seen.has(e.name)) models.push({ name: e.name, model: e.name, modified_at: e.loadedAt.toISOString(), size: e.lm.weightBytes, digest: digest(e.path), details: details(e) });
+    for (const e of s.models.loaded)
+      if (!seen.has(e.name))
+        models.push({
+          name: e.name,
+          model: e.name,
+          modified_at: e.loadedAt.toISOString(),
+          size: e.lm.weightBytes,
+          digest: digest(e.path),
+          details: details(e),
+        });
     return c.json({ models });
   });
 
@@ -48,7 +71,9 @@ export function ollamaRoutes(s: ServerState): Hono {
         digest: digest(e.path),
         details: details(e),
         // Ollama writes a far-future time for a model kept forever.
-        expires_at: (e.expiresAt ?? (e.keepAliveMs === Infinity || e.active > 0 ? new Date("2318-01-01T00:00:00Z") : new Date())).toISOString(),
+        expires_at: (
+          e.expiresAt ?? (e.keepAliveMs === Infinity || e.active > 0 ? new Date("2318-01-01T00:00:00Z") : new Date())
+        ).toISOString(),
         size_vram: e.lm.weightBytes,
         context_length: e.lm.config.maxPositionEmbeddings,
       })),
@@ -88,16 +113,31 @@ export function ollamaRoutes(s: ServerState): Hono {
   });
 
   // Known Ollama routes this server does not implement: a clear 501 rather than a 404.
-  for (const path of ["/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete", "/api/embed", "/api/embeddings"]) {
+  for (const path of [
+    "/api/pull",
+    "/api/push",
+    "/api/create",
+    "/api/copy",
+    "/api/delete",
+    "/api/embed",
+    "/api/embeddings",
+  ]) {
     r.all(path, () => {
-      throw new ApiError(501, `${path} is not implemented by this server (use the mlx CLI: pull, rm, ...)`, "invalid_request_error", null, "not_implemented");
+      throw new ApiError(
+        501,
+        `${path} is not implemented by this server (use the mlx CLI: pull, rm, ...)`,
+        "invalid_request_error",
+        null,
+        "not_implemented",
+      );
     });
   }
   return r;
 }
 
 /** Calls as Ollama writes them: arguments as an object, no id needed. */
-const ollamaToolCalls = (calls: ToolCall[]) => calls.map((c, index) => ({ id: c.id, function: { index, name: c.name, arguments: c.arguments } }));
+const ollamaToolCalls = (calls: ToolCall[]) =>
+  calls.map((c, index) => ({ id: c.id, function: { index, name: c.name, arguments: c.arguments } }));
 
 const digest = (s: string) => createHash("sha256").update(s).digest("hex");
 
@@ -142,7 +182,14 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
     }
     const lease = await s.models.acquire(req.model, req.keepAlive);
     lease.release();
-    return c.json({ ...base(), ...empty, done_reason: "load", done: true, total_duration: nanos(performance.now() - started), load_duration: nanos(lease.loadMs) });
+    return c.json({
+      ...base(),
+      ...empty,
+      done_reason: "load",
+      done: true,
+      total_duration: nanos(performance.now() - started),
+      load_duration: nanos(lease.loadMs),
+    });
   }
 
   const gen = await startGeneration(s, {
@@ -160,7 +207,15 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
     tools: req.tools,
   });
   const piece = (text: string, calls: ToolCall[] = []) =>
-    kind === "chat" ? { message: { role: "assistant", content: text, ...(calls.length > 0 ? { tool_calls: ollamaToolCalls(calls) } : {}) } } : { response: text };
+    kind === "chat"
+      ? {
+          message: {
+            role: "assistant",
+            content: text,
+            ...(calls.length > 0 ? { tool_calls: ollamaToolCalls(calls) } : {}),
+          },
+        }
+      : { response: text };
   const final = (finishReason: string, u: GenerationUsage, tokenIds: number[], text: string, calls?: ToolCall[]) => ({
     ...base(),
     ...piece(text, calls),
@@ -180,7 +235,11 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
     const result = await collectGeneration(gen);
     if (!result) return new Response(null, { status: 499 }); // the client is gone
     const { content, calls } = gen.toolFormat ? gen.toolFormat.parse(result.text) : { content: result.text, calls: [] };
-    return c.json(final(result.done.finishReason, result.done.usage, result.done.tokenIds, content, calls), 200, closedEarlyHeaders(gen));
+    return c.json(
+      final(result.done.finishReason, result.done.usage, result.done.tokenIds, content, calls),
+      200,
+      closedEarlyHeaders(gen),
+    );
   }
 
   const encoder = new TextEncoder();

@@ -1,7 +1,17 @@
 // OpenAI-compatible routes: /v1/chat/completions, /v1/completions (streamed as server-sent
 // events or whole), /v1/models.
 import { Hono, type Context } from "hono";
-import { modelObject, newId, parseChatRequest, parseCompletionRequest, unixSeconds, usage, type ChatLogprob, type CompletionLogprobs, type OpenAIRequest } from "../../api/openai";
+import {
+  modelObject,
+  newId,
+  parseChatRequest,
+  parseCompletionRequest,
+  unixSeconds,
+  usage,
+  type ChatLogprob,
+  type CompletionLogprobs,
+  type OpenAIRequest,
+} from "../../api/openai";
 import type { TokenLogprob } from "../../engine/scheduler";
 import { errorBody } from "../errors";
 import { httpRequestBounds, requestedModel, startGeneration, tokenText, type Generation } from "../generation";
@@ -27,7 +37,8 @@ export function openaiRoutes(s: ServerState): Hono {
       seen.add(s.config.defaultModel);
       data.push(modelObject(s.config.defaultModel, unixSeconds()));
     }
-    for (const m of await s.models.stored()) if (!seen.has(m.name)) data.push(modelObject(m.name, Math.floor(Date.parse(m.createdAt) / 1000) || 0));
+    for (const m of await s.models.stored())
+      if (!seen.has(m.name)) data.push(modelObject(m.name, Math.floor(Date.parse(m.createdAt) / 1000) || 0));
     return c.json({ object: "list", data });
   });
 
@@ -72,7 +83,13 @@ function chatLogprobs(tokenizer: Tokenizer, tokens: TokenLogprob[], top: TokenLo
   }));
 }
 
-function completionLogprobs(tokenizer: Tokenizer, tokens: TokenLogprob[], top: TokenLogprob[][] | undefined, offset: number, k: number): CompletionLogprobs {
+function completionLogprobs(
+  tokenizer: Tokenizer,
+  tokens: TokenLogprob[],
+  top: TokenLogprob[][] | undefined,
+  offset: number,
+  k: number,
+): CompletionLogprobs {
   const out: CompletionLogprobs = { tokens: [], token_logprobs: [], top_logprobs: k > 0 ? [] : null, text_offset: [] };
   tokens.forEach((t, i) => {
     const text = tokenizer.decode([t.token]);
@@ -80,7 +97,8 @@ function completionLogprobs(tokenizer: Tokenizer, tokens: TokenLogprob[], top: T
     out.token_logprobs.push(t.logprob);
     out.text_offset.push(offset);
     offset += text.length;
-    if (out.top_logprobs) out.top_logprobs.push(Object.fromEntries((top?.[i] ?? []).map((a) => [tokenizer.decode([a.token]), a.logprob])));
+    if (out.top_logprobs)
+      out.top_logprobs.push(Object.fromEntries((top?.[i] ?? []).map((a) => [tokenizer.decode([a.token]), a.logprob])));
   });
   return out;
 }
@@ -89,7 +107,12 @@ const apiFinishReason = (r: string, calls = 0) => (r === "length" ? "length" : c
 
 /** Calls as OpenAI writes them: arguments as JSON text; `index` places them in a stream. */
 const openaiToolCalls = (calls: ToolCall[], withIndex: boolean) =>
-  calls.map((c, index) => ({ ...(withIndex ? { index } : {}), id: c.id, type: "function" as const, function: { name: c.name, arguments: JSON.stringify(c.arguments) } }));
+  calls.map((c, index) => ({
+    ...(withIndex ? { index } : {}),
+    id: c.id,
+    type: "function" as const,
+    function: { name: c.name, arguments: JSON.stringify(c.arguments) },
+  }));
 
 async function whole(gen: Generation, req: OpenAIRequest, kind: Kind, meta: Meta): Promise<Response> {
   const tokenizer = gen.lm.tokenizer;
@@ -101,12 +124,33 @@ async function whole(gen: Generation, req: OpenAIRequest, kind: Kind, meta: Meta
     const { content, calls } = gen.toolFormat ? gen.toolFormat.parse(text) : { content: text, calls: [] };
     const finish_reason = apiFinishReason(done.finishReason, calls.length);
     const logprobs = req.logprobs ? { content: chatLogprobs(tokenizer, tokens, top.length ? top : undefined) } : null;
-    const message = calls.length > 0 ? { role: "assistant", content: content || null, refusal: null, tool_calls: openaiToolCalls(calls, false) } : { role: "assistant", content, refusal: null };
-    return Response.json({ ...meta, object: "chat.completion", choices: [{ index: 0, message, logprobs, finish_reason, ...closedEarly(gen) }], usage: u }, { headers: closedEarlyHeaders(gen) });
+    const message =
+      calls.length > 0
+        ? { role: "assistant", content: content || null, refusal: null, tool_calls: openaiToolCalls(calls, false) }
+        : { role: "assistant", content, refusal: null };
+    return Response.json(
+      {
+        ...meta,
+        object: "chat.completion",
+        choices: [{ index: 0, message, logprobs, finish_reason, ...closedEarly(gen) }],
+        usage: u,
+      },
+      { headers: closedEarlyHeaders(gen) },
+    );
   }
   const finish_reason = apiFinishReason(done.finishReason);
-  const logprobs = req.logprobs ? completionLogprobs(tokenizer, tokens, top.length ? top : undefined, 0, req.topLogprobs) : null;
-  return Response.json({ ...meta, object: "text_completion", choices: [{ index: 0, text, logprobs, finish_reason, ...closedEarly(gen) }], usage: u }, { headers: closedEarlyHeaders(gen) });
+  const logprobs = req.logprobs
+    ? completionLogprobs(tokenizer, tokens, top.length ? top : undefined, 0, req.topLogprobs)
+    : null;
+  return Response.json(
+    {
+      ...meta,
+      object: "text_completion",
+      choices: [{ index: 0, text, logprobs, finish_reason, ...closedEarly(gen) }],
+      usage: u,
+    },
+    { headers: closedEarlyHeaders(gen) },
+  );
 }
 
 const encoder = new TextEncoder();
@@ -116,7 +160,12 @@ function streamed(s: ServerState, gen: Generation, req: OpenAIRequest, kind: Kin
   const tokenizer = gen.lm.tokenizer;
   const object = kind === "chat" ? "chat.completion.chunk" : "text_completion";
   const extra = req.includeUsage ? { usage: null } : {};
-  const chunk = (choice: Record<string, unknown>) => ({ ...meta, object, choices: [{ index: 0, logprobs: null, finish_reason: null, ...choice }], ...extra });
+  const chunk = (choice: Record<string, unknown>) => ({
+    ...meta,
+    object,
+    choices: [{ index: 0, logprobs: null, finish_reason: null, ...choice }],
+    ...extra,
+  });
   let offset = 0;
   const toolCalls = gen.toolFormat && new ToolCallStream(gen.toolFormat);
   const body = generationStream(
@@ -132,7 +181,9 @@ function streamed(s: ServerState, gen: Generation, req: OpenAIRequest, kind: Kin
           const logprobs = req.logprobs ? { content: chatLogprobs(tokenizer, event.tokens, event.top) } : null;
           send(sse(chunk({ delta: { content: text }, logprobs })));
         } else {
-          const logprobs = req.logprobs ? completionLogprobs(tokenizer, event.tokens, event.top, offset, req.topLogprobs) : null;
+          const logprobs = req.logprobs
+            ? completionLogprobs(tokenizer, event.tokens, event.top, offset, req.topLogprobs)
+            : null;
           offset += event.text.length;
           send(sse(chunk({ text: event.text, logprobs })));
         }
@@ -142,7 +193,15 @@ function streamed(s: ServerState, gen: Generation, req: OpenAIRequest, kind: Kin
         if (content) send(sse(chunk({ delta: { content } })));
         if (calls.length > 0) send(sse(chunk({ delta: { tool_calls: openaiToolCalls(calls, true) } })));
         const finish_reason = apiFinishReason(event.finishReason, calls.length);
-        send(sse(chunk(kind === "chat" ? { delta: {}, finish_reason, ...closedEarly(gen) } : { text: "", finish_reason, ...closedEarly(gen) })));
+        send(
+          sse(
+            chunk(
+              kind === "chat"
+                ? { delta: {}, finish_reason, ...closedEarly(gen) }
+                : { text: "", finish_reason, ...closedEarly(gen) },
+            ),
+          ),
+        );
         if (req.includeUsage) {
           const u = event.usage;
           send(sse({ ...meta, object, choices: [], usage: usage(u.promptTokens, u.completionTokens, u.cachedTokens) }));

@@ -29,7 +29,9 @@ export function opsRoutes(s: ServerState): Hono {
 
   r.get("/stats", (c) => c.json(stats(s)));
 
-  r.get("/metrics", (c) => c.body(s.metrics.registry.render(), 200, { "Content-Type": "text/plain; version=0.0.4; charset=utf-8" }));
+  r.get("/metrics", (c) =>
+    c.body(s.metrics.registry.render(), 200, { "Content-Type": "text/plain; version=0.0.4; charset=utf-8" }),
+  );
   return r;
 }
 
@@ -51,7 +53,12 @@ export function stats(s: ServerState) {
         target_itl_ms: e.scheduler.stats.tuner.targetItlMs,
         estimated_p99_itl_ms: e.scheduler.stats.tuner.estimatedP99Ms ?? null,
         adjustments: e.scheduler.stats.tuner.adjustments,
-        recent_adjustments: e.scheduler.stats.tuner.recent.map((a) => ({ at: new Date(a.at).toISOString(), reason: a.reason, from: a.from, to: a.to })),
+        recent_adjustments: e.scheduler.stats.tuner.recent.map((a) => ({
+          at: new Date(a.at).toISOString(),
+          reason: a.reason,
+          from: a.from,
+          to: a.to,
+        })),
       },
       prefix_cache: e.scheduler.stats.prefixCache && {
         entries: e.scheduler.stats.prefixCache.entries,
@@ -71,4 +78,3 @@ export function stats(s: ServerState) {
     memory: memoryFigures(),
   };
 }
-

@@ -3,7 +3,15 @@
 // output_text deltas, or a function call whose arguments come as one delta), then completed.
 // A stored response's conversation can be continued with `previous_response_id`.
 import { Hono, type Context } from "hono";
-import { functionCallItem, messageItem, outputText, parseResponsesRequest, responseId, responsesUsage, type ResponsesRequest } from "../../api/responses";
+import {
+  functionCallItem,
+  messageItem,
+  outputText,
+  parseResponsesRequest,
+  responseId,
+  responsesUsage,
+  type ResponsesRequest,
+} from "../../api/responses";
 import { readJson } from "../../api/validate";
 import type { GenerationUsage } from "../../engine/scheduler";
 import { ToolCallStream, type ConversationMessage, type ToolCall } from "../../engine/tools";
@@ -33,9 +41,18 @@ async function respond(s: ServerState, c: Context, stored: ResponseStore): Promi
   const model = requestedModel(s.config, req.model);
   const previous = req.previousResponseId;
   const history = previous === undefined ? [] : stored.get(previous);
-  if (!history) throw new ApiError(404, `no stored response '${previous}' (unknown, expired, or created with store: false)`, "invalid_request_error", "previous_response_id", "response_not_found");
+  if (!history)
+    throw new ApiError(
+      404,
+      `no stored response '${previous}' (unknown, expired, or created with store: false)`,
+      "invalid_request_error",
+      "previous_response_id",
+      "response_not_found",
+    );
   const conversation = [...history, ...req.input];
-  const messages: ConversationMessage[] = req.instructions ? [{ role: "system", content: req.instructions }, ...conversation] : conversation;
+  const messages: ConversationMessage[] = req.instructions
+    ? [{ role: "system", content: req.instructions }, ...conversation]
+    : conversation;
   const gen = await startGeneration(s, {
     ...httpRequestBounds(s.config, c.req),
     model,
@@ -49,7 +66,11 @@ async function respond(s: ServerState, c: Context, stored: ResponseStore): Promi
   });
   const base = responseBase(req, model);
   const keep: Keep = (content, calls) => {
-    if (req.store) stored.set(base.id, [...conversation, { role: "assistant", content, ...(calls.length > 0 ? { toolCalls: calls } : {}) }]);
+    if (req.store)
+      stored.set(base.id, [
+        ...conversation,
+        { role: "assistant", content, ...(calls.length > 0 ? { toolCalls: calls } : {}) },
+      ]);
   };
   return req.stream ? streamed(s, gen, base, keep) : whole(gen, base, keep);
 }
@@ -71,9 +92,25 @@ function responseBase(req: ResponsesRequest, model: string) {
     parallel_tool_calls: req.tools?.parallel ?? true,
     temperature: req.sampling.temperature ?? 1,
     top_p: req.sampling.topP ?? 1,
-    tool_choice: req.tools ? (typeof req.tools.choice === "object" ? { type: "function", name: req.tools.choice.name } : req.tools.choice) : "auto",
-    tools: (req.tools?.tools ?? []).map((t) => ({ type: "function", name: t.name, description: t.description ?? null, parameters: t.parameters, strict: false })),
-    text: { format: req.format ? (req.format.format === "json" ? { type: "json_object" } : { type: "json_schema", name: "output", schema: req.format.format.schema, strict: req.format.format.strict }) : { type: "text" } },
+    tool_choice: req.tools
+      ? typeof req.tools.choice === "object"
+        ? { type: "function", name: req.tools.choice.name }
+        : req.tools.choice
+      : "auto",
+    tools: (req.tools?.tools ?? []).map((t) => ({
+      type: "function",
+      name: t.name,
+      description: t.description ?? null,
+      parameters: t.parameters,
+      strict: false,
+    })),
+    text: {
+      format: req.format
+        ? req.format.format === "json"
+          ? { type: "json_object" }
+          : { type: "json_schema", name: "output", schema: req.format.format.schema, strict: req.format.format.strict }
+        : { type: "text" },
+    },
     max_output_tokens: req.maxTokens ?? null,
   };
 }
@@ -90,7 +127,10 @@ function finished(base: Base, output: unknown[], finishReason: string, u: Genera
 }
 
 function outputItems(content: string, calls: ToolCall[], messageId: string) {
-  return [...(content || calls.length === 0 ? [messageItem(messageId, content, "completed")] : []), ...calls.map((call) => functionCallItem(call, "completed"))];
+  return [
+    ...(content || calls.length === 0 ? [messageItem(messageId, content, "completed")] : []),
+    ...calls.map((call) => functionCallItem(call, "completed")),
+  ];
 }
 
 async function whole(gen: Generation, base: Base, keep: Keep): Promise<Response> {
@@ -98,7 +138,9 @@ async function whole(gen: Generation, base: Base, keep: Keep): Promise<Response>
   if (!result) return new Response(null, { status: 499 }); // the client is gone
   const { content, calls } = gen.toolFormat ? gen.toolFormat.parse(result.text) : { content: result.text, calls: [] };
   keep(content, calls);
-  return Response.json(finished(base, outputItems(content, calls, responseId("msg")), result.done.finishReason, result.done.usage));
+  return Response.json(
+    finished(base, outputItems(content, calls, responseId("msg")), result.done.finishReason, result.done.usage),
+  );
 }
 
 function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep): Response {
@@ -107,13 +149,18 @@ function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep): Resp
   let sequence = 0;
   let text = "";
   let messageOpen = false;
-  const emit = (send: Send, data: { type: string; [field: string]: unknown }) => send(namedEvent({ ...data, sequence_number: sequence++ }));
+  const emit = (send: Send, data: { type: string; [field: string]: unknown }) =>
+    send(namedEvent({ ...data, sequence_number: sequence++ }));
   const part = { item_id: messageId, output_index: 0, content_index: 0 };
   const sendText = (delta: string, send: Send) => {
     if (!delta) return;
     if (!messageOpen) {
       messageOpen = true;
-      emit(send, { type: "response.output_item.added", output_index: 0, item: messageItem(messageId, "", "in_progress") });
+      emit(send, {
+        type: "response.output_item.added",
+        output_index: 0,
+        item: messageItem(messageId, "", "in_progress"),
+      });
       emit(send, { type: "response.content_part.added", ...part, part: outputText("") });
     }
     text += delta;
@@ -141,19 +188,45 @@ function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep): Resp
         for (const call of calls) {
           const output_index = output.length;
           const item = functionCallItem(call, "completed");
-          emit(send, { type: "response.output_item.added", output_index, item: functionCallItem(call, "in_progress", "") });
-          emit(send, { type: "response.function_call_arguments.delta", item_id: item.id, output_index, delta: item.arguments });
-          emit(send, { type: "response.function_call_arguments.done", item_id: item.id, output_index, name: item.name, arguments: item.arguments });
+          emit(send, {
+            type: "response.output_item.added",
+            output_index,
+            item: functionCallItem(call, "in_progress", ""),
+          });
+          emit(send, {
+            type: "response.function_call_arguments.delta",
+            item_id: item.id,
+            output_index,
+            delta: item.arguments,
+          });
+          emit(send, {
+            type: "response.function_call_arguments.done",
+            item_id: item.id,
+            output_index,
+            name: item.name,
+            arguments: item.arguments,
+          });
           emit(send, { type: "response.output_item.done", output_index, item });
           output.push(item);
         }
         keep(text, calls);
-        const response = finished(base, output.length > 0 ? output : outputItems("", [], messageId), e.finishReason, e.usage);
+        const response = finished(
+          base,
+          output.length > 0 ? output : outputItems("", [], messageId),
+          e.finishReason,
+          e.usage,
+        );
         emit(send, { type: e.finishReason === "length" ? "response.incomplete" : "response.completed", response });
       },
       error: (e) => {
         const { error } = errorBody(e, "openai") as { error: { message: string; code: string | null } };
-        return namedEvent({ type: "error", code: error.code, message: error.message, param: e.param, sequence_number: sequence++ });
+        return namedEvent({
+          type: "error",
+          code: error.code,
+          message: error.message,
+          param: e.param,
+          sequence_number: sequence++,
+        });
       },
     },
     s.logError,

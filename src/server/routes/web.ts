@@ -28,7 +28,16 @@ const webPages: Record<string, string> = { "/": chatPage, "/dashboard": dashboar
  * from it or data: URLs (so a model's Markdown cannot make the browser fetch elsewhere).
  */
 const pageHeaders = secureHeaders({
-  contentSecurityPolicy: { defaultSrc: ["'none'"], scriptSrc: ["'self'"], styleSrc: ["'self'"], imgSrc: ["'self'", "data:"], connectSrc: ["'self'"], baseUri: ["'none'"], formAction: ["'none'"], frameAncestors: ["'none'"] },
+  contentSecurityPolicy: {
+    defaultSrc: ["'none'"],
+    scriptSrc: ["'self'"],
+    styleSrc: ["'self'"],
+    imgSrc: ["'self'", "data:"],
+    connectSrc: ["'self'"],
+    baseUri: ["'none'"],
+    formAction: ["'none'"],
+    frameAncestors: ["'none'"],
+  },
   referrerPolicy: "no-referrer",
 });
 

@@ -9,7 +9,10 @@ import { fileURLToPath } from "node:url";
 /** `entry` (a .ts or .css file, relative to src/web/) bundled for the browser, as text. */
 export function bundle(entry: string): string {
   const path = fileURLToPath(new URL(`../../web/${entry}`, import.meta.url));
-  const run = Bun.spawnSync([process.execPath, "build", path, "--minify", "--target=browser"], { env: { ...process.env, BUN_BE_BUN: "1" }, stderr: "pipe" });
+  const run = Bun.spawnSync([process.execPath, "build", path, "--minify", "--target=browser"], {
+    env: { ...process.env, BUN_BE_BUN: "1" },
+    stderr: "pipe",
+  });
   if (run.exitCode !== 0) throw new Error(`bundling src/web/${entry} failed:\n${run.stderr.toString()}`);
   return run.stdout.toString();
 }

@@ -14,7 +14,12 @@ export type Percentiles = { p50: number; p90: number; p99: number } | null;
  * The q-quantile of the observations between two cumulative snapshots of a histogram, linearly
  * interpolated inside its bucket (as Prometheus' histogram_quantile does); null with none.
  */
-export function windowQuantile(buckets: number[], from: { counts: number[]; count: number }, to: { counts: number[]; count: number }, q: number): number | null {
+export function windowQuantile(
+  buckets: number[],
+  from: { counts: number[]; count: number },
+  to: { counts: number[]; count: number },
+  q: number,
+): number | null {
   const total = to.count - from.count;
   if (total <= 0) return null;
   const rank = q * total;
@@ -51,7 +56,13 @@ export function dashboardFeed(s: ServerState): () => unknown {
       generated_tokens: s.inflight.generatedTokens,
       ttft_seconds: percentiles(s.metrics.ttft),
       itl_seconds: percentiles(s.metrics.itl),
-      in_flight: s.inflight.list.map((f) => ({ id: f.id, model: f.model, age_seconds: (now - f.startedAt) / 1000, prompt_tokens: f.promptTokens, tokens: f.tokens })),
+      in_flight: s.inflight.list.map((f) => ({
+        id: f.id,
+        model: f.model,
+        age_seconds: (now - f.startedAt) / 1000,
+        prompt_tokens: f.promptTokens,
+        tokens: f.tokens,
+      })),
     };
   };
 }

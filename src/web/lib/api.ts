@@ -19,7 +19,12 @@ function keyDialog(): HTMLDialogElement {
   const wrong = document.createElement("p");
   wrong.className = "key-wrong";
   wrong.textContent = "That key was refused.";
-  const input = Object.assign(document.createElement("input"), { type: "password", autocomplete: "off", placeholder: "API key", required: true });
+  const input = Object.assign(document.createElement("input"), {
+    type: "password",
+    autocomplete: "off",
+    placeholder: "API key",
+    required: true,
+  });
   input.setAttribute("aria-label", "API key");
   const save = Object.assign(document.createElement("button"), { type: "submit", textContent: "Save" });
   form.append(why, wrong, input, save);
@@ -74,7 +79,10 @@ export async function errorMessage(response: Response): Promise<string> {
 
 /** Each `data:` payload of a server-sent-events response, until it ends. */
 export async function* events(response: Response): AsyncGenerator<string> {
-  const reader = response.body!.pipeThrough(new TextDecoderStream()).pipeThrough(new EventSourceParserStream()).getReader();
+  const reader = response
+    .body!.pipeThrough(new TextDecoderStream())
+    .pipeThrough(new EventSourceParserStream())
+    .getReader();
   for (;;) {
     const { done, value } = await reader.read();
     if (done) return;

@@ -35,7 +35,8 @@ export async function listConversations(): Promise<Conversation[]> {
   return all.sort((a, b) => b.updatedAt - a.updatedAt);
 }
 
-export const getConversation = async (id: string): Promise<Conversation | undefined> => (await db).get("conversations", id);
+export const getConversation = async (id: string): Promise<Conversation | undefined> =>
+  (await db).get("conversations", id);
 
 export async function saveConversation(c: Conversation): Promise<void> {
   await (await db).put("conversations", c);
@@ -48,10 +49,23 @@ export async function deleteConversation(id: string): Promise<void> {
 /** A conversation read from an exported file, or an error saying what is wrong with it. */
 export function parseConversation(value: unknown): Conversation {
   const c = value as Partial<Conversation>;
-  if (!c || typeof c !== "object" || !Array.isArray(c.messages)) throw new Error("not an exported conversation (no messages)");
+  if (!c || typeof c !== "object" || !Array.isArray(c.messages))
+    throw new Error("not an exported conversation (no messages)");
   const messages = c.messages.map((m, i) => {
-    if (!m || (m.role !== "user" && m.role !== "assistant") || typeof m.content !== "string") throw new Error(`message ${i + 1} needs a role (user or assistant) and text content`);
-    return { role: m.role, content: m.content, ...(m.stats ? { stats: m.stats } : {}), ...(m.note ? { note: String(m.note) } : {}) };
+    if (!m || (m.role !== "user" && m.role !== "assistant") || typeof m.content !== "string")
+      throw new Error(`message ${i + 1} needs a role (user or assistant) and text content`);
+    return {
+      role: m.role,
+      content: m.content,
+      ...(m.stats ? { stats: m.stats } : {}),
+      ...(m.note ? { note: String(m.note) } : {}),
+    };
   });
-  return { id: crypto.randomUUID(), title: String(c.title ?? "Imported"), model: String(c.model ?? ""), messages, updatedAt: Date.now() };
+  return {
+    id: crypto.randomUUID(),
+    title: String(c.title ?? "Imported"),
+    model: String(c.model ?? ""),
+    messages,
+    updatedAt: Date.now(),
+  };
 }
