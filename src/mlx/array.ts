@@ -10,6 +10,19 @@ import { Dtype, dtypeName, itemSize, type DtypeCode, type DtypeName } from "./dt
 const leaked = new FinalizationRegistry<Pointer>((handle) => lib.mlxs_array_free(handle));
 const scopes: Set<MxArray>[] = [];
 
+/** The typed arrays that hold an array's elements on the host. */
+export type HostTypedArray =
+  | Float32Array
+  | Float64Array
+  | Int32Array
+  | Uint32Array
+  | Int8Array
+  | Uint8Array
+  | Int16Array
+  | Uint16Array
+  | BigInt64Array
+  | BigUint64Array;
+
 export class MxArray {
   #handle: Pointer | 0;
   #shape?: number[];
@@ -96,17 +109,7 @@ export class MxArray {
   }
 
   /** Elements as a typed array; 16-bit floats are widened to float32 first. */
-  toTyped():
-    | Float32Array
-    | Float64Array
-    | Int32Array
-    | Uint32Array
-    | Int8Array
-    | Uint8Array
-    | Int16Array
-    | Uint16Array
-    | BigInt64Array
-    | BigUint64Array {
+  toTyped(): HostTypedArray {
     const name = this.dtypeName;
     if (name === "float16" || name === "bfloat16") {
       return scope(() => astypeRaw(this, Dtype.float32).toTyped()) as Float32Array;

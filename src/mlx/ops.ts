@@ -1,7 +1,7 @@
 // Typed wrappers over the shim's array operations. Names and semantics follow MLX's
 // Python API (mlx.core), so model code reads like its mlx-lm counterpart.
 import { check, cstr, lib, outPtr, outPtr2, outPtr3, readOut } from "./ffi";
-import { MxArray, wrap } from "./array";
+import { type HostTypedArray, MxArray, wrap } from "./array";
 import { Dtype, itemSize, type DtypeCode, dtypeName } from "./dtype";
 
 const enum Unary {
@@ -87,18 +87,7 @@ function reduce(op: Reduce, a: MxArray, axes: Axes, keepdims: boolean, what: str
 
 // ---- construction ----
 
-type HostData =
-  | Float32Array
-  | Float64Array
-  | Int32Array
-  | Uint32Array
-  | Int8Array
-  | Uint8Array
-  | Int16Array
-  | Uint16Array
-  | BigInt64Array
-  | BigUint64Array
-  | number[];
+type HostData = HostTypedArray | number[];
 
 /** An array from host data (copied). Plain number lists become float32 unless a dtype is given. */
 export function array(data: HostData, shape?: number[], dtype?: DtypeCode): MxArray {
@@ -112,7 +101,7 @@ export function array(data: HostData, shape?: number[], dtype?: DtypeCode): MxAr
   }
   const dims = shape ?? [(typed as ArrayLike<unknown>).length];
   const expected = dims.reduce((x, y) => x * y, 1) * itemSize[dtypeName(code)];
-  const view = typed as Exclude<HostData, number[]>;
+  const view = typed as HostTypedArray;
   if (view.byteLength !== expected)
     throw new Error(`array: ${view.byteLength} bytes of data for shape [${dims}] of ${dtypeName(code)}`);
   return wrap(
@@ -121,7 +110,7 @@ export function array(data: HostData, shape?: number[], dtype?: DtypeCode): MxAr
   );
 }
 
-function hostArrayFor(code: DtypeCode, values: number[]): Exclude<HostData, number[]> {
+function hostArrayFor(code: DtypeCode, values: number[]): HostTypedArray {
   switch (code) {
     case Dtype.float32:
       return Float32Array.from(values);
@@ -139,7 +128,7 @@ function hostArrayFor(code: DtypeCode, values: number[]): Exclude<HostData, numb
   }
 }
 
-function dtypeOfTyped(data: Exclude<HostData, number[]>): DtypeCode {
+function dtypeOfTyped(data: HostTypedArray): DtypeCode {
   if (data instanceof Float32Array) return Dtype.float32;
   if (data instanceof Float64Array) return Dtype.float64;
   if (data instanceof Int32Array) return Dtype.int32;
