@@ -9,27 +9,13 @@ import { writeTinyModel } from "./helpers/tiny-model";
 import { checkAnswer, compileRegex, extractJson, parsePromptFile, readSchemaFile } from "../src/bench/suite";
 import { percentile, sd, summarize } from "../src/bench/stats";
 import { wellFormed } from "./helpers/svg";
+import { cliRunner } from "./helpers/cli";
 
 const root = mkdtempSync(join(tmpdir(), "mlx-bench-"));
 const tiny = join(root, "tiny");
 const tinyQ = join(root, "tiny-q4");
-const main = join(import.meta.dir, "..", "src", "main.ts");
-const env = { ...process.env, MLX_HOME: join(root, "home"), NO_COLOR: "1" };
-
-async function mlx(args: string[]) {
-  const proc = Bun.spawn([process.execPath, main, "bench", ...args], {
-    stdin: "ignore",
-    stdout: "pipe",
-    stderr: "pipe",
-    env,
-  });
-  const [stdout, stderr, code] = await Promise.all([
-    new Response(proc.stdout).text(),
-    new Response(proc.stderr).text(),
-    proc.exited,
-  ]);
-  return { stdout, stderr, code };
-}
+const run = cliRunner(join(root, "home"));
+const mlx = (args: string[]) => run(["bench", ...args]);
 const file = (name: string, text: string) => {
   const path = join(root, name);
   writeFileSync(path, text);

@@ -16,6 +16,7 @@ import type { RunningServer } from "../src/server/app";
 import { resolveModelPath } from "../src/store/resolve";
 import { completeAlone } from "./helpers/generate";
 import { serve } from "./helpers/serve";
+import { forecastParameters, forecastTools } from "./helpers/forecast-tools";
 
 const ajv = new Ajv({ strict: false, validateFormats: false });
 let path: string;
@@ -48,23 +49,8 @@ describe("the default model", () => {
   }, 90_000);
 
   test("made to call a function, calls forecast for the city in the question, with valid arguments", async () => {
-    const parameters = {
-      type: "object",
-      properties: {
-        city: { type: "string", maxLength: 10 },
-        days: { type: "integer", minimum: 1, maximum: 7 },
-        unit: { enum: ["celsius", "fahrenheit"] },
-      },
-      required: ["city", "days"],
-      additionalProperties: false,
-    };
-    const tools: OpenAI.ChatCompletionTool[] = [
-      { type: "function", function: { name: "forecast", description: "The weather forecast for a city", parameters } },
-      {
-        type: "function",
-        function: { name: "clock", description: "The time now", parameters: { type: "object", properties: {} } },
-      },
-    ];
+    const parameters = forecastParameters;
+    const tools = forecastTools;
     const openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused" });
     const question: OpenAI.ChatCompletionMessageParam[] = [
       { role: "user", content: "What will the weather be in Paris tomorrow?" },

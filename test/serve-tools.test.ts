@@ -12,6 +12,7 @@ import { Ollama } from "ollama";
 import type { RunningServer } from "../src/server/app";
 import { post, serve } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
+import { forecastParameters, forecastTools } from "./helpers/forecast-tools";
 
 let server: RunningServer;
 let openai: OpenAI;
@@ -21,24 +22,9 @@ let model: string;
 /** A template that writes Llama 3 JSON calls. */
 let llamaModel: string;
 
-const parameters = {
-  type: "object",
-  properties: {
-    city: { type: "string", maxLength: 10 },
-    days: { type: "integer", minimum: 1, maximum: 7 },
-    unit: { enum: ["celsius", "fahrenheit"] },
-  },
-  required: ["city", "days"],
-  additionalProperties: false,
-};
+const parameters = forecastParameters;
 const validArguments = new Ajv().compile(parameters);
-const tools: OpenAI.ChatCompletionTool[] = [
-  { type: "function", function: { name: "forecast", description: "The weather forecast for a city", parameters } },
-  {
-    type: "function",
-    function: { name: "clock", description: "The time now", parameters: { type: "object", properties: {} } },
-  },
-];
+const tools = forecastTools;
 const ask: OpenAI.ChatCompletionMessageParam[] = [{ role: "user", content: "What will the weather be in Oslo?" }];
 
 beforeAll(() => {
