@@ -1,7 +1,8 @@
 // The errors that cross layers (store → engine → CLI or HTTP), typed so that each front end
 // maps them in one place: src/cmd/errors.ts to a one-line message, src/server/errors.ts to a
 // status and an error body. Nothing reads an error's message to decide what it is.
-// (SchemaError, from engine/grammar.ts, and ModelLoadError, from models/load.ts, are two more.)
+// (SchemaError, from engine/grammar.ts, BudgetError, from engine/budget/steering.ts, and
+// ModelLoadError, from models/load.ts, are three more.)
 
 /** A model name that is no alias, stored model, source or path. */
 export class ModelNotFoundError extends Error {
