@@ -172,6 +172,32 @@ describe("limits", () => {
     expect(r.json.usage.prompt_tokens + r.json.usage.completion_tokens).toBeLessThanOrEqual(256);
   });
 
+  test("a model whose pull fails is a 502 naming it (both APIs), and the server carries on", async () => {
+    // A real hub endpoint that is up but cannot serve the repository.
+    const hub = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response("hub down", { status: 503 }) });
+    const endpoint = process.env.HF_ENDPOINT;
+    process.env.HF_ENDPOINT = `http://127.0.0.1:${hub.port}`;
+    try {
+      const spec = "hf:nobody/unreachable-model";
+      const r = await post(`${server.url}/v1/chat/completions`, chat({ model: spec }));
+      expect(r.status).toBe(502);
+      expect(r.json.error.code).toBe("model_pull_failed");
+      expect(r.json.error.message).toContain("nobody/unreachable-model");
+      const o = await post(`${server.url}/api/chat`, {
+        model: spec,
+        messages: [{ role: "user", content: "Hi" }],
+        stream: false,
+      });
+      expect(o.status).toBe(502);
+      expect(o.json.error).toContain("pulling it failed");
+    } finally {
+      if (endpoint === undefined) delete process.env.HF_ENDPOINT;
+      else process.env.HF_ENDPOINT = endpoint;
+      hub.stop(true);
+    }
+    await answersNormally();
+  });
+
   test("an oversized body is a 413 in JSON", async () => {
     const big = JSON.stringify(chat({ messages: [{ role: "user", content: "x".repeat(5 * 1024 * 1024) }] }));
     const r = await post(`${server.url}/v1/chat/completions`, big);
