@@ -34,6 +34,12 @@ const variants: [string, TinyOptions][] = [
   ["mixtral", { modelType: "mixtral", tied: false }],
   ["mixtral, 4-bit", { modelType: "mixtral", tied: false, quantize: { groupSize: 32, bits: 4 } }],
   ["phi3 (fused projections, LongRoPE)", { modelType: "phi3", tied: false }],
+  ["gpt_oss (sinks, window of 6 every other layer, YaRN, biased experts)", { modelType: "gpt_oss", layers: 4, tied: false }],
+  ["gpt_oss, 4-bit", { modelType: "gpt_oss", layers: 4, tied: false, quantize: { groupSize: 32, bits: 4 } }],
+  [
+    "gpt_oss, MX FP4 experts",
+    { modelType: "gpt_oss", layers: 4, tied: false, quantize: { groupSize: 32, bits: 4, mode: "mxfp4" } },
+  ],
 ];
 
 describe("KV cache", () => {
@@ -304,7 +310,7 @@ describe("GGUF layout", () => {
 
   test("an unsupported model_type names the supported ones", () => {
     expect(() => buildModel(new Weights(new Map(), parseConfig({ ...tinyConfig({}), model_type: "falcon" })))).toThrow(
-      /unsupported model_type 'falcon' \(supported: gemma3_text, llama, mistral, mixtral, phi3, qwen2, qwen3, qwen3_moe\)/,
+      /unsupported model_type 'falcon' \(supported: gemma3_text, gpt_oss, llama, mistral, mixtral, phi3, qwen2, qwen3, qwen3_moe\)/,
     );
   });
 });
