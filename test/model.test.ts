@@ -34,7 +34,10 @@ const variants: [string, TinyOptions][] = [
   ["mixtral", { modelType: "mixtral", tied: false }],
   ["mixtral, 4-bit", { modelType: "mixtral", tied: false, quantize: { groupSize: 32, bits: 4 } }],
   ["phi3 (fused projections, LongRoPE)", { modelType: "phi3", tied: false }],
-  ["gpt_oss (sinks, window of 6 every other layer, YaRN, biased experts)", { modelType: "gpt_oss", layers: 4, tied: false }],
+  [
+    "gpt_oss (sinks, window of 6 every other layer, YaRN, biased experts)",
+    { modelType: "gpt_oss", layers: 4, tied: false },
+  ],
   ["gpt_oss, 4-bit", { modelType: "gpt_oss", layers: 4, tied: false, quantize: { groupSize: 32, bits: 4 } }],
   [
     "gpt_oss, MX FP4 experts",

@@ -346,6 +346,58 @@ describe("tokenizerFilesFromGGUF", () => {
     SLOW,
   );
 
+  test("a gemma3 GGUF without a chat template gets Gemma's turns, and <end_of_turn> ends generation (also as a directory)", () => {
+    const tokens = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "▁", "a", "b"];
+    const meta = {
+      "general.architecture": "gemma3",
+      "tokenizer.ggml.model": "llama",
+      "tokenizer.ggml.tokens": tokens,
+      "tokenizer.ggml.token_type": [3, 3, 3, 2, 3, 3, 1, 1, 1],
+      "tokenizer.ggml.scores": [0, 0, 0, 0, 0, 0, -1, -2, -2],
+      "tokenizer.ggml.bos_token_id": 2,
+      "tokenizer.ggml.eos_token_id": 1,
+      "tokenizer.ggml.unknown_token_id": 3,
+      "tokenizer.ggml.add_bos_token": true,
+      "tokenizer.ggml.add_space_prefix": false,
+    };
+    const messages = [
+      { role: "system", content: "b" },
+      { role: "user", content: " a " },
+      { role: "assistant", content: "b" },
+      { role: "user", content: "ab" },
+    ];
+    // As google/gemma-3-*-it's template renders it (transformers).
+    const expected =
+      "<bos><start_of_turn>user\nb\n\na<end_of_turn>\n<start_of_turn>model\nb<end_of_turn>\n" +
+      "<start_of_turn>user\nab<end_of_turn>\n<start_of_turn>model\n";
+    const fromGGUF = Tokenizer.fromGGUFMetadata(meta);
+    expect(fromGGUF.applyChatTemplate(messages)).toBe(expected);
+    expect(fromGGUF.encode(expected, { addSpecialTokens: false }).filter((id) => id === 4 || id === 5)).toEqual([
+      4, 5, 4, 5, 4, 5, 4,
+    ]);
+    expect([...fromGGUF.eosTokenIds].sort()).toEqual([1, 5]);
+    // A GGUF's own template wins; other architectures get none.
+    expect(
+      tokenizerFilesFromGGUF({ ...meta, "tokenizer.chat_template": "{{ 1 }}" }).tokenizerConfig.chat_template,
+    ).toBe("{{ 1 }}");
+    expect(tokenizerFilesFromGGUF({ ...meta, "general.architecture": "llama" }).tokenizerConfig.chat_template).toBe(
+      undefined,
+    );
+    // A model directory without one (config.json's model_type says gemma3_text).
+    const { tokenizerJson, tokenizerConfig } = tokenizerFilesFromGGUF({ ...meta, "general.architecture": "llama" });
+    const dir = mkdtempSync(join(tmpdir(), "mlx-tok-"));
+    try {
+      writeFileSync(join(dir, "tokenizer.json"), JSON.stringify(tokenizerJson));
+      writeFileSync(join(dir, "tokenizer_config.json"), JSON.stringify(tokenizerConfig));
+      writeFileSync(join(dir, "config.json"), JSON.stringify({ model_type: "gemma3_text", eos_token_id: 1 }));
+      const fromDir = Tokenizer.fromDirectory(dir);
+      expect(fromDir.applyChatTemplate(messages)).toBe(expected);
+      expect([...fromDir.eosTokenIds].sort()).toEqual([1, 5]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test(
     "pre types map to the models' own split rules",
     () => {

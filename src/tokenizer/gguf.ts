@@ -4,6 +4,7 @@
 // under llama.cpp's key names. We turn those back into a `tokenizer.json` (byte-level BPE) and a
 // `tokenizer_config.json`-style object, so that one tokenizer code path (tokenizer.json) serves
 // both GGUF and safetensors models, and `mlx convert` can write files mlx-lm/transformers load.
+import { defaultChatTemplate } from "./default-templates";
 
 /** What `tokenizerFilesFromGGUF` returns. */
 export interface TokenizerFiles {
@@ -103,13 +104,22 @@ export function tokenizerFilesFromGGUF(meta: Record<string, unknown>): Tokenizer
     clean_up_tokenization_spaces: false,
     added_tokens_decoder: Object.fromEntries(addedTokens.map(({ id, ...rest }) => [String(id), rest])),
   };
-  const chatTemplate = str(meta, "tokenizer.chat_template");
-  if (chatTemplate) tokenizerConfig.chat_template = chatTemplate;
   const arch = str(meta, "general.architecture");
+  const chatTemplate = str(meta, "tokenizer.chat_template");
+  const eosTokenIds = ["eos", "eot", "eom"].flatMap((name) => special(name)?.id ?? []);
+  if (chatTemplate) tokenizerConfig.chat_template = chatTemplate;
+  else {
+    // None in the file: the family's own turn format, whose end-of-turn token then ends generation.
+    const fallback = defaultChatTemplate(arch);
+    const endOfTurn = fallback ? tokens.indexOf(fallback.endOfTurn) : -1;
+    if (fallback && endOfTurn >= 0) {
+      tokenizerConfig.chat_template = fallback.template;
+      eosTokenIds.push(endOfTurn);
+    }
+  }
   const contextLength = arch ? num(meta, `${arch}.context_length`) : undefined;
   if (contextLength) tokenizerConfig.model_max_length = contextLength;
 
-  const eosTokenIds = ["eos", "eot", "eom"].flatMap((name) => special(name)?.id ?? []);
   return { tokenizerJson, tokenizerConfig, eosTokenIds: [...new Set(eosTokenIds)] };
 }
 

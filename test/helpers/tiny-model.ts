@@ -98,7 +98,12 @@ export function tinyConfig(o: TinyOptions = {}): Record<string, unknown> {
     if (o.quantize?.mode === "mxfp4") {
       config.quantization_config = {
         quant_method: "mxfp4",
-        modules_to_not_convert: ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"],
+        modules_to_not_convert: [
+          "model.layers.*.self_attn",
+          "model.layers.*.mlp.router",
+          "model.embed_tokens",
+          "lm_head",
+        ],
       };
       return config;
     }
@@ -152,7 +157,10 @@ export function tinyWeights(o: TinyOptions = {}): Map<string, MxArray> {
     const weight = normal([tinyMoE.experts, out, inp]);
     const q = mx.quantize(weight, { groupSize: 32, bits: 4, mode: "mxfp4" });
     weight.free();
-    w.set(`${name}_blocks`, mx.keep(mx.reshape(mx.view(q.weight, mx.Dtype.uint8), [tinyMoE.experts, out, inp / 32, 16])));
+    w.set(
+      `${name}_blocks`,
+      mx.keep(mx.reshape(mx.view(q.weight, mx.Dtype.uint8), [tinyMoE.experts, out, inp / 32, 16])),
+    );
     w.set(`${name}_scales`, mx.keep(q.scales));
     w.set(`${name}_bias`, normal([tinyMoE.experts, out], 0.02));
   };
