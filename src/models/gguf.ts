@@ -241,13 +241,14 @@ function ropeFrequencies(factors: MxArray, dims: number, base: number): MxArray 
 /**
  * Derives mlx-lm's "quantization" section from the packed shapes: the most common bits as the
  * default, the other layers by name. Every GGUF type MLX keeps quantized uses groups of 32;
- * `groupSizes` names layers quantized otherwise (re-quantized by `mlx convert`).
+ * `groupSizes` names layers quantized otherwise (re-quantized by `mlx convert`). Scales of one
+ * byte each are MX FP4's (mode mxfp4), float ones affine.
  */
 export function quantizationOf(
   tensors: Map<string, MxArray>,
   groupSizes = new Map<string, number>(),
 ): Record<string, unknown> {
-  const perLayer = new Map<string, { group_size: number; bits: number }>();
+  const perLayer = new Map<string, { group_size: number; bits: number; mode: string }>();
   for (const [name, scales] of tensors) {
     if (!name.endsWith(".scales")) continue;
     const prefix = name.slice(0, -".scales".length);
@@ -255,18 +256,15 @@ export function quantizationOf(
     const groups = scales.shape.at(-1)!;
     const groupSize = groupSizes.get(prefix) ?? 32;
     const inputs = groups * groupSize;
-    perLayer.set(prefix, { group_size: groupSize, bits: (packed * 32) / inputs });
+    const mode = scales.dtype === mx.Dtype.uint8 ? "mxfp4" : "affine";
+    perLayer.set(prefix, { group_size: groupSize, bits: (packed * 32) / inputs, mode });
   }
   if (perLayer.size === 0) return {};
   const counts = new Map<string, number>();
   for (const q of perLayer.values()) counts.set(JSON.stringify(q), (counts.get(JSON.stringify(q)) ?? 0) + 1);
-  const common = JSON.parse([...counts.entries()].sort((a, b) => b[1] - a[1])[0]![0]) as {
-    group_size: number;
-    bits: number;
-  };
-  const quantization: Record<string, unknown> = { ...common, mode: "affine" };
-  for (const [prefix, q] of perLayer)
-    if (q.bits !== common.bits || q.group_size !== common.group_size) quantization[prefix] = q;
+  const [commonKey] = [...counts.entries()].sort((a, b) => b[1] - a[1])[0]!;
+  const quantization: Record<string, unknown> = JSON.parse(commonKey);
+  for (const [prefix, q] of perLayer) if (JSON.stringify(q) !== commonKey) quantization[prefix] = q;
   return { quantization };
 }
 
