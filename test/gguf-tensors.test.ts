@@ -30,7 +30,12 @@ describe("GGUF tensor types", () => {
 
   test("MXFP4 stays quantized as MLX's mxfp4 (uint32 words, a scale byte per 32), with llama.cpp's values", () => {
     const [weight, scales] = [loaded.tensors.get("MXFP4")!, loaded.tensors.get("MXFP4.scales")!];
-    expect([weight.dtypeName, weight.shape, scales.dtypeName, scales.shape]).toEqual(["uint32", [1, 32], "uint8", [1, 8]]);
+    expect([weight.dtypeName, weight.shape, scales.dtypeName, scales.shape]).toEqual([
+      "uint32",
+      [1, 32],
+      "uint8",
+      [1, 8],
+    ]);
     const values = floats(mx.dequantize(weight, scales, undefined, { groupSize: 32, bits: 4, mode: "mxfp4" }));
     expect(values.length).toBe(256);
     values.forEach((v, i) => expect(Math.abs(v - expected.values.MXFP4[i]!)).toBeLessThanOrEqual(1e-6)); // the fixture's 6 decimals

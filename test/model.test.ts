@@ -239,6 +239,80 @@ describe("GGUF layout", () => {
     expect(logits(fromGGUF)).toEqual(logits(reference));
   });
 
+  test("a gpt-oss GGUF: llama.cpp's names (sinks, router, biased experts in MXFP4), its config keys, the same model", () => {
+    const o: TinyOptions = { modelType: "gpt_oss", layers: 4, tied: false };
+    const hf = tinyWeights(o);
+    // The experts as llama.cpp's MXFP4 tensors come out of our reader: MLX's mxfp4 words and scale bytes.
+    for (let i = 0; i < 4; i++)
+      for (const proj of ["gate_proj", "up_proj", "down_proj"]) {
+        const name = `model.layers.${i}.mlp.experts.${proj}`;
+        const q = mx.quantize(hf.get(`${name}.weight`)!, { groupSize: 32, bits: 4, mode: "mxfp4" });
+        hf.get(`${name}.weight`)!.free();
+        hf.set(`${name}.weight`, mx.keep(q.weight));
+        hf.set(`${name}.scales`, mx.keep(q.scales));
+      }
+    const toGGUF: [RegExp, string][] = [
+      [/^model\.embed_tokens\./, "token_embd."],
+      [/^model\.norm\./, "output_norm."],
+      [/^lm_head\./, "output."],
+      [/^model\.layers\.(\d+)\.input_layernorm\./, "blk.$1.attn_norm."],
+      [/^model\.layers\.(\d+)\.post_attention_layernorm\./, "blk.$1.post_attention_norm."],
+      [/^model\.layers\.(\d+)\.self_attn\.sinks$/, "blk.$1.attn_sinks.weight"],
+      [/^model\.layers\.(\d+)\.self_attn\.q_proj\./, "blk.$1.attn_q."],
+      [/^model\.layers\.(\d+)\.self_attn\.k_proj\./, "blk.$1.attn_k."],
+      [/^model\.layers\.(\d+)\.self_attn\.v_proj\./, "blk.$1.attn_v."],
+      [/^model\.layers\.(\d+)\.self_attn\.o_proj\./, "blk.$1.attn_output."],
+      [/^model\.layers\.(\d+)\.mlp\.router\./, "blk.$1.ffn_gate_inp."],
+      [/^model\.layers\.(\d+)\.mlp\.experts\.gate_proj\./, "blk.$1.ffn_gate_exps."],
+      [/^model\.layers\.(\d+)\.mlp\.experts\.up_proj\./, "blk.$1.ffn_up_exps."],
+      [/^model\.layers\.(\d+)\.mlp\.experts\.down_proj\./, "blk.$1.ffn_down_exps."],
+    ];
+    const tensors = new Map<string, mx.MxArray>();
+    for (const [name, t] of hf) {
+      const rule = toGGUF.find(([pattern]) => pattern.test(name));
+      expect(rule, name).toBeDefined();
+      const ggufName = name.replace(rule![0], rule![1]);
+      expect(hfTensorName(ggufName, "gpt-oss")).toBe(name);
+      tensors.set(ggufName, mx.keep(mx.scope(() => mx.copy(t))));
+    }
+    const metadata = {
+      "general.architecture": "gpt-oss",
+      "gpt-oss.attention.head_count": tinyDims.heads,
+      "gpt-oss.attention.head_count_kv": tinyDims.kvHeads,
+      "gpt-oss.attention.key_length": tinyDims.headDim,
+      "gpt-oss.embedding_length": tinyDims.hidden,
+      "gpt-oss.block_count": 4,
+      "gpt-oss.feed_forward_length": tinyMoE.intermediate,
+      "gpt-oss.expert_feed_forward_length": tinyMoE.intermediate,
+      "gpt-oss.expert_count": tinyMoE.experts,
+      "gpt-oss.expert_used_count": 2,
+      "gpt-oss.attention.sliding_window": 6,
+      "gpt-oss.attention.layer_norm_rms_epsilon": 1e-5,
+      "gpt-oss.rope.freq_base": 150000,
+      "gpt-oss.rope.scaling.type": "yarn",
+      "gpt-oss.rope.scaling.factor": 32,
+      "gpt-oss.rope.scaling.original_context_length": 4096,
+      "gpt-oss.context_length": 512,
+      "gpt-oss.vocab_size": 300,
+      "tokenizer.ggml.eos_token_id": 2,
+    };
+    const g = ggufModel({ tensors, metadata });
+    expect(g.config).toMatchObject({
+      model_type: "gpt_oss",
+      num_local_experts: tinyMoE.experts,
+      intermediate_size: tinyMoE.intermediate,
+      layer_types: ["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+      quantization: { group_size: 32, bits: 4, mode: "mxfp4" },
+      tie_word_embeddings: false,
+    });
+    const fromGGUF = buildModel(new Weights(g.tensors, parseConfig(g.config)));
+    const config = { ...tinyConfig(o), quantization: { group_size: 32, bits: 4, mode: "mxfp4" } };
+    const reference = buildModel(new Weights(hf, parseConfig(config)));
+    const logits = (m: ReturnType<typeof tinyModel>) =>
+      mx.scope(() => forward(m, ids(sequence), makeCaches(m)).toArray());
+    expect(logits(fromGGUF)).toEqual(logits(reference));
+  });
+
   test("llama q/k rows permuted as llama.cpp's converter does come back in HF order, and the model matches", () => {
     const hf = tinyWeights({ modelType: "llama" });
     // llama.cpp's permutation: within each head, row (i, j) → (j, i) for i in {0,1}, j < dim/2.
