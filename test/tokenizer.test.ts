@@ -414,7 +414,8 @@ describe("tokenizerFilesFromGGUF", () => {
       expect(llama3.pre_tokenizer.pretokenizers[0].pattern.Regex).toContain("\\p{N}{1,3}");
       expect(pre("qwen2").pre_tokenizer.pretokenizers[0].pattern.Regex).toContain("|\\p{N}|");
       // Every supported variant must load and encode.
-      for (const type of ["default", "gpt2", "smollm", "llama-bpe", "llama3", "qwen2"]) {
+      expect(pre("gpt-4o").pre_tokenizer.pretokenizers[0].pattern.Regex).toContain("[\\r\\n/]*");
+      for (const type of ["default", "gpt2", "smollm", "llama-bpe", "llama3", "qwen2", "gpt-4o"]) {
         const tok = Tokenizer.fromGGUFMetadata({ ...ggufMeta, "tokenizer.ggml.pre": type });
         expect(tok.decode(tok.encode("Hello, world 12345 ²"))).toBe("Hello, world 12345 ²");
       }

@@ -32,6 +32,11 @@ const LLAMA3_SPLIT =
 const QWEN2_SPLIT =
   "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}" +
   "| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+// o200k (GPT-4o, gpt-oss): words split before an upper-case run, contractions kept on the word.
+const GPT4O_SPLIT =
+  "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?" +
+  "|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?" +
+  "|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
 interface PreTokenizerSpec {
   /** A regex split before the byte-level step, or null for ByteLevel's own GPT-2 regex. */
@@ -53,6 +58,7 @@ const PRE_TOKENIZERS: Record<string, PreTokenizerSpec> = {
   "llama-v3": { split: LLAMA3_SPLIT, ignoreMerges: true },
   qwen2: { split: QWEN2_SPLIT },
   "deepseek-r1-qwen": { split: QWEN2_SPLIT },
+  "gpt-4o": { split: GPT4O_SPLIT },
 };
 
 const SUPPORTED_MODELS = ["gpt2", "llama"];
