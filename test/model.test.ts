@@ -6,6 +6,7 @@ import * as mx from "../src/mlx";
 import { buildModel, forward, makeCaches, parseConfig, Weights, freeCaches, type KVCache } from "../src/models";
 import { SlidingKVCache } from "../src/models/sliding-cache";
 import { ggufModel, hfTensorName } from "../src/models/gguf";
+import type { MetaValue } from "../src/mlx";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -168,6 +169,25 @@ describe("a loaded model's memory", () => {
   }
 });
 
+/** The GGUF metadata of a tiny mixture-of-experts model of llama.cpp's architecture `arch`, plus its own `keys`. */
+function tinyMoEMetadata(arch: string, layers: number, keys: Record<string, MetaValue>): Record<string, MetaValue> {
+  const common = {
+    "attention.head_count": tinyDims.heads,
+    "attention.head_count_kv": tinyDims.kvHeads,
+    "attention.key_length": tinyDims.headDim,
+    "attention.layer_norm_rms_epsilon": 1e-5,
+    embedding_length: tinyDims.hidden,
+    block_count: layers,
+    expert_count: tinyMoE.experts,
+    expert_used_count: 2,
+    expert_feed_forward_length: tinyMoE.intermediate,
+    context_length: 512,
+    vocab_size: 300,
+  };
+  const prefixed = Object.entries({ ...common, ...keys }).map(([key, value]) => [`${arch}.${key}`, value]);
+  return { "general.architecture": arch, ...Object.fromEntries(prefixed) };
+}
+
 describe("GGUF layout", () => {
   test("tensor names map to Hugging Face names", () => {
     expect(hfTensorName("blk.3.attn_q.scales")).toBe("model.layers.3.self_attn.q_proj.scales");
@@ -208,22 +228,10 @@ describe("GGUF layout", () => {
       expect(hfTensorName(ggufName, "qwen3moe")).toBe(name);
       tensors.set(ggufName, mx.keep(mx.scope(() => mx.copy(t))));
     }
-    const metadata = {
-      "general.architecture": "qwen3moe",
-      "qwen3moe.attention.head_count": tinyDims.heads,
-      "qwen3moe.attention.head_count_kv": tinyDims.kvHeads,
-      "qwen3moe.attention.key_length": tinyDims.headDim,
-      "qwen3moe.embedding_length": tinyDims.hidden,
-      "qwen3moe.block_count": 3,
-      "qwen3moe.feed_forward_length": tinyDims.intermediate,
-      "qwen3moe.expert_count": tinyMoE.experts,
-      "qwen3moe.expert_used_count": 2,
-      "qwen3moe.expert_feed_forward_length": tinyMoE.intermediate,
-      "qwen3moe.attention.layer_norm_rms_epsilon": 1e-5,
-      "qwen3moe.rope.freq_base": 10000,
-      "qwen3moe.context_length": 512,
-      "qwen3moe.vocab_size": 300,
-    };
+    const metadata = tinyMoEMetadata("qwen3moe", 3, {
+      feed_forward_length: tinyDims.intermediate,
+      "rope.freq_base": 10000,
+    });
     const g = ggufModel({ tensors, metadata });
     expect(g.config).toMatchObject({
       model_type: "qwen3_moe",
@@ -275,27 +283,14 @@ describe("GGUF layout", () => {
       expect(hfTensorName(ggufName, "gpt-oss")).toBe(name);
       tensors.set(ggufName, mx.keep(mx.scope(() => mx.copy(t))));
     }
-    const metadata = {
-      "general.architecture": "gpt-oss",
-      "gpt-oss.attention.head_count": tinyDims.heads,
-      "gpt-oss.attention.head_count_kv": tinyDims.kvHeads,
-      "gpt-oss.attention.key_length": tinyDims.headDim,
-      "gpt-oss.embedding_length": tinyDims.hidden,
-      "gpt-oss.block_count": 4,
-      "gpt-oss.feed_forward_length": tinyMoE.intermediate,
-      "gpt-oss.expert_feed_forward_length": tinyMoE.intermediate,
-      "gpt-oss.expert_count": tinyMoE.experts,
-      "gpt-oss.expert_used_count": 2,
-      "gpt-oss.attention.sliding_window": 6,
-      "gpt-oss.attention.layer_norm_rms_epsilon": 1e-5,
-      "gpt-oss.rope.freq_base": 150000,
-      "gpt-oss.rope.scaling.type": "yarn",
-      "gpt-oss.rope.scaling.factor": 32,
-      "gpt-oss.rope.scaling.original_context_length": 4096,
-      "gpt-oss.context_length": 512,
-      "gpt-oss.vocab_size": 300,
-      "tokenizer.ggml.eos_token_id": 2,
-    };
+    const metadata = tinyMoEMetadata("gpt-oss", 4, {
+      feed_forward_length: tinyMoE.intermediate,
+      "attention.sliding_window": 6,
+      "rope.freq_base": 150000,
+      "rope.scaling.type": "yarn",
+      "rope.scaling.factor": 32,
+      "rope.scaling.original_context_length": 4096,
+    });
     const g = ggufModel({ tensors, metadata });
     expect(g.config).toMatchObject({
       model_type: "gpt_oss",
