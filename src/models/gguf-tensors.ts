@@ -1,6 +1,7 @@
 // Reading a GGUF's tensors, including types MLX's reader gets wrong or refuses: it fails on the
 // whole file for Q5_0 and Q5_1, and reads Q4_K with wrong values (off by up to half the weights'
-// range; Q2_K, Q6_K and Q8_0 it reads right). Q3_K, Q5_K, IQ4_NL, IQ4_XS and MXFP4 it refuses too.
+// range; Q2_K, Q6_K and Q8_0 it reads right). Q3_K, Q5_K, IQ4_NL and IQ4_XS it refuses too, and
+// a file with MXFP4 tensors it reads as empty.
 // MLX reads a copy of the file without those tensors; we dequantize them to float16 ourselves, as
 // llama.cpp's dequantize_row_* do, except MXFP4, which is MLX's mxfp4 in another byte order and
 // stays quantized.
