@@ -346,10 +346,12 @@ describe("tokenizerFilesFromGGUF", () => {
     SLOW,
   );
 
-  test("a gemma3 GGUF without a chat template gets Gemma's turns, and <end_of_turn> ends generation (also as a directory)", () => {
+  test("an instruction-tuned gemma3 GGUF without a chat template gets Gemma's turns, and <end_of_turn> ends generation", () => {
     const tokens = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "▁", "a", "b"];
     const meta = {
       "general.architecture": "gemma3",
+      "general.name": "Gemma 3 270m It",
+      "general.finetune": "it",
       "tokenizer.ggml.model": "llama",
       "tokenizer.ggml.tokens": tokens,
       "tokenizer.ggml.token_type": [3, 3, 3, 2, 3, 3, 1, 1, 1],
@@ -376,26 +378,13 @@ describe("tokenizerFilesFromGGUF", () => {
       4, 5, 4, 5, 4, 5, 4,
     ]);
     expect([...fromGGUF.eosTokenIds].sort()).toEqual([1, 5]);
-    // A GGUF's own template wins; other architectures get none.
-    expect(
-      tokenizerFilesFromGGUF({ ...meta, "tokenizer.chat_template": "{{ 1 }}" }).tokenizerConfig.chat_template,
-    ).toBe("{{ 1 }}");
-    expect(tokenizerFilesFromGGUF({ ...meta, "general.architecture": "llama" }).tokenizerConfig.chat_template).toBe(
-      undefined,
-    );
-    // A model directory without one (config.json's model_type says gemma3_text).
-    const { tokenizerJson, tokenizerConfig } = tokenizerFilesFromGGUF({ ...meta, "general.architecture": "llama" });
-    const dir = mkdtempSync(join(tmpdir(), "mlx-tok-"));
-    try {
-      writeFileSync(join(dir, "tokenizer.json"), JSON.stringify(tokenizerJson));
-      writeFileSync(join(dir, "tokenizer_config.json"), JSON.stringify(tokenizerConfig));
-      writeFileSync(join(dir, "config.json"), JSON.stringify({ model_type: "gemma3_text", eos_token_id: 1 }));
-      const fromDir = Tokenizer.fromDirectory(dir);
-      expect(fromDir.applyChatTemplate(messages)).toBe(expected);
-      expect([...fromDir.eosTokenIds].sort()).toEqual([1, 5]);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+    // A GGUF's own template wins; other architectures, and base models (the `gemma3` alias's "Gemma 3 270m"), get none.
+    const template = (m: Record<string, unknown>) => tokenizerFilesFromGGUF(m).tokenizerConfig.chat_template;
+    expect(template({ ...meta, "tokenizer.chat_template": "{{ 1 }}" })).toBe("{{ 1 }}");
+    expect(template({ ...meta, "general.architecture": "llama" })).toBeUndefined();
+    const base = { ...meta, "general.name": "Gemma 3 270m", "general.finetune": undefined };
+    expect(template(base)).toBeUndefined();
+    expect(tokenizerFilesFromGGUF(base).eosTokenIds).toEqual([1]);
   });
 
   test(

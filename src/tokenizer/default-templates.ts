@@ -1,6 +1,6 @@
-// Chat templates for models whose files carry none (a GGUF converted without one, such as the
-// `gemma3` alias): the family's own turn format, as its instruction-tuned releases define it,
-// and the token that ends a turn (it must stop generation like EOS).
+// Chat templates for instruction-tuned GGUFs that carry none: the family's own turn format, as
+// its instruction-tuned releases define it, and the token that ends a turn (it must stop
+// generation like EOS).
 
 export interface DefaultTemplate {
   template: string;
@@ -56,13 +56,8 @@ const gemma: DefaultTemplate = {
 {%- endif -%}`,
 };
 
-/** By GGUF architecture and by config.json model_type. */
-const byArchitecture: Record<string, DefaultTemplate> = {
-  gemma: gemma,
-  gemma2: gemma,
-  gemma3: gemma,
-  gemma3_text: gemma,
-};
+/** By GGUF architecture. */
+const byArchitecture: Record<string, DefaultTemplate> = { gemma: gemma, gemma2: gemma, gemma3: gemma };
 
 /** The template for a model of `architecture` that has none of its own, if we know its family's. */
 export function defaultChatTemplate(architecture: string | undefined): DefaultTemplate | undefined {

@@ -114,8 +114,9 @@ export function tokenizerFilesFromGGUF(meta: Record<string, unknown>): Tokenizer
   const chatTemplate = str(meta, "tokenizer.chat_template");
   const eosTokenIds = ["eos", "eot", "eom"].flatMap((name) => special(name)?.id ?? []);
   if (chatTemplate) tokenizerConfig.chat_template = chatTemplate;
-  else {
+  else if (instructionTuned(meta)) {
     // None in the file: the family's own turn format, whose end-of-turn token then ends generation.
+    // (Not for a base model, such as the `gemma3` alias: turns it was never taught make it ramble.)
     const fallback = defaultChatTemplate(arch);
     const endOfTurn = fallback ? tokens.indexOf(fallback.endOfTurn) : -1;
     if (fallback && endOfTurn >= 0) {
@@ -127,6 +128,12 @@ export function tokenizerFilesFromGGUF(meta: Record<string, unknown>): Tokenizer
   if (contextLength) tokenizerConfig.model_max_length = contextLength;
 
   return { tokenizerJson, tokenizerConfig, eosTokenIds: [...new Set(eosTokenIds)] };
+}
+
+/** Whether the file says its model was tuned to follow instructions (llama.cpp's general.finetune: "it", "instruct", "chat"). */
+function instructionTuned(meta: Record<string, unknown>): boolean {
+  const labels = [str(meta, "general.finetune"), str(meta, "general.name")].filter(Boolean).join(" ");
+  return /\b(it|instruct|chat)\b/i.test(labels);
 }
 
 interface ModelParts {

@@ -5,7 +5,6 @@ import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Tokenizer as HFTokenizer } from "@huggingface/tokenizers";
 import { Template } from "@huggingface/jinja";
-import { defaultChatTemplate } from "./default-templates";
 import { bosEosPostProcessor, byteToChar, tokenizerFilesFromGGUF } from "./gguf";
 
 export interface ChatMessage {
@@ -110,26 +109,15 @@ export class Tokenizer {
     const templatePath = join(dir, "chat_template.jinja");
     if (existsSync(templatePath)) config.chat_template = readFileSync(templatePath, "utf8");
 
-    const modelConfig = readJson(join(dir, "config.json"), "config.json");
     const eosIds = [
       ...idList(readJson(join(dir, "generation_config.json"), "generation_config.json")?.eos_token_id),
-      ...configEosIds(modelConfig),
+      ...configEosIds(readJson(join(dir, "config.json"), "config.json")),
     ];
-    // None in the files: the family's own turn format (see default-templates.ts).
-    const fallback = config.chat_template ? undefined : defaultChatTemplate(modelConfig?.model_type as string);
-    let tokenizer: Tokenizer;
     try {
-      tokenizer = new Tokenizer(
-        tokenizerJson,
-        fallback ? { ...config, chat_template: fallback.template } : config,
-        eosIds,
-      );
+      return new Tokenizer(tokenizerJson, config, eosIds);
     } catch (e) {
       throw new Error(`cannot load tokenizer.json in ${dir}: ${(e as Error).message}`);
     }
-    const endOfTurn = fallback && tokenizer.tokenToId(fallback.endOfTurn);
-    if (endOfTurn !== undefined) tokenizer.eosTokenIds.add(endOfTurn);
-    return tokenizer;
   }
 
   /** Builds the tokenizer a GGUF describes (see tokenizerFilesFromGGUF for what is supported). */
