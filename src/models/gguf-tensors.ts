@@ -195,9 +195,12 @@ function mxfp4(fd: number, dataStart: number, t: GGUFTensorInfo): { weight: MxAr
   const scales = new Uint8Array(blocks);
   for (let block = 0; block < blocks; block++) {
     const p = block * 17;
+    const q = p + 1;
+    const out = block * 16;
     scales[block] = raw[p]!;
-    const code = (i: number) => (i < 16 ? raw[p + 1 + i]! & 0xf : raw[p + 1 + i - 16]! >> 4);
-    for (let k = 0; k < 16; k++) codes[block * 16 + k] = code(2 * k) | (code(2 * k + 1) << 4);
+    // Byte k holds codes 2k and 2k + 1: low nibbles of bytes 2k, 2k + 1 (k < 8), else their high ones (of 2k − 16, 2k − 15).
+    for (let k = 0; k < 8; k++) codes[out + k] = (raw[q + 2 * k]! & 0xf) | ((raw[q + 2 * k + 1]! & 0xf) << 4);
+    for (let k = 0; k < 8; k++) codes[out + 8 + k] = (raw[q + 2 * k]! >> 4) | (raw[q + 2 * k + 1]! & 0xf0);
   }
   const shape = [...t.dims].reverse();
   const inputs = shape.pop()!;
