@@ -94,6 +94,8 @@ MLXS_API int mlxs_binary(mlxs_array** out, int op, const mlxs_array* a, const ml
 MLXS_API int mlxs_binary_scalar(mlxs_array** out, int op, const mlxs_array* a, double s, int scalar_first);
 MLXS_API int mlxs_where(mlxs_array** out, const mlxs_array* cond, const mlxs_array* x, const mlxs_array* y);
 MLXS_API int mlxs_astype(mlxs_array** out, const mlxs_array* a, int dtype);
+// The same bytes read as another dtype (the last axis scales by the ratio of the item sizes).
+MLXS_API int mlxs_view(mlxs_array** out, const mlxs_array* a, int dtype);
 
 // ---- construction ----
 MLXS_API int mlxs_full(mlxs_array** out, const int32_t* shape, int ndim, double value, int dtype);

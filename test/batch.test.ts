@@ -57,6 +57,11 @@ describe("BatchGenerator on other architectures", () => {
     ["qwen3_moe, 4-bit", { modelType: "qwen3_moe", layers: 3, quantize: { groupSize: 32, bits: 4 } }],
     // Full caches in the batch, the window of 6 applied by the mask; alone, the cache keeps only the window.
     ["gemma3", { modelType: "gemma3_text", layers: 4 }],
+    // Both: each row to its own experts, and the window of its sliding layers by the mask.
+    [
+      "gpt_oss, MX FP4 experts",
+      { modelType: "gpt_oss", layers: 4, quantize: { groupSize: 32, bits: 4, mode: "mxfp4" } },
+    ],
   ];
   for (const [name, o] of others) {
     test(`${name}: sequences joining and leaving, decoded together, equal each decoded alone`, () => {

@@ -1,6 +1,7 @@
 // Reading GGUF tensor types, against the values llama.cpp's gguf-py dequantizes them to
 // (fixtures written by scripts/reference/gguf_quants.py): those MLX reads, those we read
-// ourselves (it misreads Q4_K and refuses Q5_0, Q5_1, Q5_K), and a clear error for the rest.
+// ourselves (it misreads Q4_K and refuses Q3_K, Q5_0, Q5_1, Q5_K, IQ4_NL, IQ4_XS), MXFP4 kept as
+// MLX's mxfp4, and a clear error for the rest.
 import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import * as mx from "../src/mlx";
@@ -18,6 +19,7 @@ describe("GGUF tensor types", () => {
   const loaded = loadGGUFTensors(path, readGGUFHeader(path));
 
   for (const [type, values] of Object.entries(expected.values)) {
+    if (type === "MXFP4") continue;
     test(`${type} reads as llama.cpp dequantizes it (to float16)`, () => {
       const t = loaded.tensors.get(type)!;
       expect(t.shape).toEqual([1, 256]);
@@ -26,10 +28,23 @@ describe("GGUF tensor types", () => {
     });
   }
 
+  test("MXFP4 stays quantized as MLX's mxfp4 (uint32 words, a scale byte per 32), with llama.cpp's values", () => {
+    const [weight, scales] = [loaded.tensors.get("MXFP4")!, loaded.tensors.get("MXFP4.scales")!];
+    expect([weight.dtypeName, weight.shape, scales.dtypeName, scales.shape]).toEqual([
+      "uint32",
+      [1, 32],
+      "uint8",
+      [1, 8],
+    ]);
+    const values = floats(mx.dequantize(weight, scales, undefined, { groupSize: 32, bits: 4, mode: "mxfp4" }));
+    expect(values.length).toBe(256);
+    values.forEach((v, i) => expect(Math.abs(v - expected.values.MXFP4[i]!)).toBeLessThanOrEqual(1e-6)); // the fixture's 6 decimals
+  });
+
   test("a type nothing here reads is named, with those that are", () => {
-    const q3 = fixture("gguf-q3k.gguf");
-    expect(() => loadGGUFTensors(q3, readGGUFHeader(q3))).toThrow(
-      "tensor 'Q3_K' is Q3_K, a type we cannot read (readable: F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q2_K, Q6_K, Q5_0, Q5_1, Q4_K, Q5_K)",
+    const unreadable = fixture("gguf-unreadable.gguf");
+    expect(() => loadGGUFTensors(unreadable, readGGUFHeader(unreadable))).toThrow(
+      "tensor 'IQ2_XXS' is IQ2_XXS, a type we cannot read (readable: F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q2_K, Q6_K, Q5_0, Q5_1, Q4_K, Q5_K, Q3_K, IQ4_NL, IQ4_XS, MXFP4)",
     );
   });
 });

@@ -68,6 +68,12 @@ describe("quantized attention", () => {
         expect(
           maxDiff(masked, mx.fast.scaledDotProductAttention(queries, floatKeys, floatValues, scale, mask)),
         ).toBeLessThan(1e-4);
+        // gpt-oss's attention sinks: one logit per query head in the softmax, as MLX's attention takes them.
+        const sinks = mx.array(Float32Array.from([2, -1, 0.5, 3]));
+        const sunk = quantizedAttention(queries, qk, qv, scale, mask, q, sinks);
+        const reference = mx.fast.scaledDotProductAttention(queries, floatKeys, floatValues, scale, mask, sinks);
+        expect(maxDiff(sunk, reference)).toBeLessThan(1e-4);
+        expect(maxDiff(sunk, masked)).toBeGreaterThan(1e-2);
       });
     });
   }
@@ -90,6 +96,16 @@ describe("the quantized KV cache", () => {
     expect(meanDiff(eight)).toBeLessThan(0.01 * meanSize);
     expect(meanDiff(four)).toBeLessThan(0.1 * meanSize);
     for (const t of [float, eight, four]) t.free();
+  });
+
+  test("gpt-oss (attention sinks, sliding layers on full quantized caches): 8-bit greedy equals the float cache's", () => {
+    const o = { modelType: "gpt_oss", layers: 4, tied: false, headDim: 32, seed: 4 } as const;
+    const gptOss = buildModel(new Weights(tinyWeights(o), parseConfig(tinyConfig(o))));
+    const run = (kv?: KvQuantization) =>
+      [...generateTokens(gptOss, { promptIds: prompts[2]!, sampling: defaultSampling, maxTokens: 16 }, kv)].map(
+        (e) => e.token,
+      );
+    expect(run({ bits: 8, groupSize: 32 })).toEqual(run());
   });
 
   test("batched: sequences joining and leaving give what each gives alone", () => {

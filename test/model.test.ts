@@ -6,6 +6,7 @@ import * as mx from "../src/mlx";
 import { buildModel, forward, makeCaches, parseConfig, Weights, freeCaches, type KVCache } from "../src/models";
 import { SlidingKVCache } from "../src/models/sliding-cache";
 import { ggufModel, hfTensorName } from "../src/models/gguf";
+import type { MetaValue } from "../src/mlx";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -34,6 +35,15 @@ const variants: [string, TinyOptions][] = [
   ["mixtral", { modelType: "mixtral", tied: false }],
   ["mixtral, 4-bit", { modelType: "mixtral", tied: false, quantize: { groupSize: 32, bits: 4 } }],
   ["phi3 (fused projections, LongRoPE)", { modelType: "phi3", tied: false }],
+  [
+    "gpt_oss (sinks, window of 6 every other layer, YaRN, biased experts)",
+    { modelType: "gpt_oss", layers: 4, tied: false },
+  ],
+  ["gpt_oss, 4-bit", { modelType: "gpt_oss", layers: 4, tied: false, quantize: { groupSize: 32, bits: 4 } }],
+  [
+    "gpt_oss, MX FP4 experts",
+    { modelType: "gpt_oss", layers: 4, tied: false, quantize: { groupSize: 32, bits: 4, mode: "mxfp4" } },
+  ],
 ];
 
 describe("KV cache", () => {
@@ -159,6 +169,25 @@ describe("a loaded model's memory", () => {
   }
 });
 
+/** The GGUF metadata of a tiny mixture-of-experts model of llama.cpp's architecture `arch`, plus its own `keys`. */
+function tinyMoEMetadata(arch: string, layers: number, keys: Record<string, MetaValue>): Record<string, MetaValue> {
+  const common = {
+    "attention.head_count": tinyDims.heads,
+    "attention.head_count_kv": tinyDims.kvHeads,
+    "attention.key_length": tinyDims.headDim,
+    "attention.layer_norm_rms_epsilon": 1e-5,
+    embedding_length: tinyDims.hidden,
+    block_count: layers,
+    expert_count: tinyMoE.experts,
+    expert_used_count: 2,
+    expert_feed_forward_length: tinyMoE.intermediate,
+    context_length: 512,
+    vocab_size: 300,
+  };
+  const prefixed = Object.entries({ ...common, ...keys }).map(([key, value]) => [`${arch}.${key}`, value]);
+  return { "general.architecture": arch, ...Object.fromEntries(prefixed) };
+}
+
 describe("GGUF layout", () => {
   test("tensor names map to Hugging Face names", () => {
     expect(hfTensorName("blk.3.attn_q.scales")).toBe("model.layers.3.self_attn.q_proj.scales");
@@ -199,22 +228,10 @@ describe("GGUF layout", () => {
       expect(hfTensorName(ggufName, "qwen3moe")).toBe(name);
       tensors.set(ggufName, mx.keep(mx.scope(() => mx.copy(t))));
     }
-    const metadata = {
-      "general.architecture": "qwen3moe",
-      "qwen3moe.attention.head_count": tinyDims.heads,
-      "qwen3moe.attention.head_count_kv": tinyDims.kvHeads,
-      "qwen3moe.attention.key_length": tinyDims.headDim,
-      "qwen3moe.embedding_length": tinyDims.hidden,
-      "qwen3moe.block_count": 3,
-      "qwen3moe.feed_forward_length": tinyDims.intermediate,
-      "qwen3moe.expert_count": tinyMoE.experts,
-      "qwen3moe.expert_used_count": 2,
-      "qwen3moe.expert_feed_forward_length": tinyMoE.intermediate,
-      "qwen3moe.attention.layer_norm_rms_epsilon": 1e-5,
-      "qwen3moe.rope.freq_base": 10000,
-      "qwen3moe.context_length": 512,
-      "qwen3moe.vocab_size": 300,
-    };
+    const metadata = tinyMoEMetadata("qwen3moe", 3, {
+      feed_forward_length: tinyDims.intermediate,
+      "rope.freq_base": 10000,
+    });
     const g = ggufModel({ tensors, metadata });
     expect(g.config).toMatchObject({
       model_type: "qwen3_moe",
@@ -225,6 +242,67 @@ describe("GGUF layout", () => {
     });
     const fromGGUF = buildModel(new Weights(g.tensors, parseConfig(g.config)));
     const reference = tinyModel(o);
+    const logits = (m: ReturnType<typeof tinyModel>) =>
+      mx.scope(() => forward(m, ids(sequence), makeCaches(m)).toArray());
+    expect(logits(fromGGUF)).toEqual(logits(reference));
+  });
+
+  test("a gpt-oss GGUF: llama.cpp's names (sinks, router, biased experts in MXFP4), its config keys, the same model", () => {
+    const o: TinyOptions = { modelType: "gpt_oss", layers: 4, tied: false };
+    const hf = tinyWeights(o);
+    // The experts as llama.cpp's MXFP4 tensors come out of our reader: MLX's mxfp4 words and scale bytes.
+    for (let i = 0; i < 4; i++)
+      for (const proj of ["gate_proj", "up_proj", "down_proj"]) {
+        const name = `model.layers.${i}.mlp.experts.${proj}`;
+        const q = mx.quantize(hf.get(`${name}.weight`)!, { groupSize: 32, bits: 4, mode: "mxfp4" });
+        hf.get(`${name}.weight`)!.free();
+        hf.set(`${name}.weight`, mx.keep(q.weight));
+        hf.set(`${name}.scales`, mx.keep(q.scales));
+      }
+    const toGGUF: [RegExp, string][] = [
+      [/^model\.embed_tokens\./, "token_embd."],
+      [/^model\.norm\./, "output_norm."],
+      [/^lm_head\./, "output."],
+      [/^model\.layers\.(\d+)\.input_layernorm\./, "blk.$1.attn_norm."],
+      [/^model\.layers\.(\d+)\.post_attention_layernorm\./, "blk.$1.post_attention_norm."],
+      [/^model\.layers\.(\d+)\.self_attn\.sinks$/, "blk.$1.attn_sinks.weight"],
+      [/^model\.layers\.(\d+)\.self_attn\.q_proj\./, "blk.$1.attn_q."],
+      [/^model\.layers\.(\d+)\.self_attn\.k_proj\./, "blk.$1.attn_k."],
+      [/^model\.layers\.(\d+)\.self_attn\.v_proj\./, "blk.$1.attn_v."],
+      [/^model\.layers\.(\d+)\.self_attn\.o_proj\./, "blk.$1.attn_output."],
+      [/^model\.layers\.(\d+)\.mlp\.router\./, "blk.$1.ffn_gate_inp."],
+      [/^model\.layers\.(\d+)\.mlp\.experts\.gate_proj\./, "blk.$1.ffn_gate_exps."],
+      [/^model\.layers\.(\d+)\.mlp\.experts\.up_proj\./, "blk.$1.ffn_up_exps."],
+      [/^model\.layers\.(\d+)\.mlp\.experts\.down_proj\./, "blk.$1.ffn_down_exps."],
+    ];
+    const tensors = new Map<string, mx.MxArray>();
+    for (const [name, t] of hf) {
+      const rule = toGGUF.find(([pattern]) => pattern.test(name));
+      expect(rule, name).toBeDefined();
+      const ggufName = name.replace(rule![0], rule![1]);
+      expect(hfTensorName(ggufName, "gpt-oss")).toBe(name);
+      tensors.set(ggufName, mx.keep(mx.scope(() => mx.copy(t))));
+    }
+    const metadata = tinyMoEMetadata("gpt-oss", 4, {
+      feed_forward_length: tinyMoE.intermediate,
+      "attention.sliding_window": 6,
+      "rope.freq_base": 150000,
+      "rope.scaling.type": "yarn",
+      "rope.scaling.factor": 32,
+      "rope.scaling.original_context_length": 4096,
+    });
+    const g = ggufModel({ tensors, metadata });
+    expect(g.config).toMatchObject({
+      model_type: "gpt_oss",
+      num_local_experts: tinyMoE.experts,
+      intermediate_size: tinyMoE.intermediate,
+      layer_types: ["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+      quantization: { group_size: 32, bits: 4, mode: "mxfp4" },
+      tie_word_embeddings: false,
+    });
+    const fromGGUF = buildModel(new Weights(g.tensors, parseConfig(g.config)));
+    const config = { ...tinyConfig(o), quantization: { group_size: 32, bits: 4, mode: "mxfp4" } };
+    const reference = buildModel(new Weights(hf, parseConfig(config)));
     const logits = (m: ReturnType<typeof tinyModel>) =>
       mx.scope(() => forward(m, ids(sequence), makeCaches(m)).toArray());
     expect(logits(fromGGUF)).toEqual(logits(reference));
@@ -304,7 +382,7 @@ describe("GGUF layout", () => {
 
   test("an unsupported model_type names the supported ones", () => {
     expect(() => buildModel(new Weights(new Map(), parseConfig({ ...tinyConfig({}), model_type: "falcon" })))).toThrow(
-      /unsupported model_type 'falcon' \(supported: gemma3_text, llama, mistral, mixtral, phi3, qwen2, qwen3, qwen3_moe\)/,
+      /unsupported model_type 'falcon' \(supported: gemma3_text, gpt_oss, llama, mistral, mixtral, phi3, qwen2, qwen3, qwen3_moe\)/,
     );
   });
 });

@@ -346,6 +346,47 @@ describe("tokenizerFilesFromGGUF", () => {
     SLOW,
   );
 
+  test("an instruction-tuned gemma3 GGUF without a chat template gets Gemma's turns, and <end_of_turn> ends generation", () => {
+    const tokens = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "▁", "a", "b"];
+    const meta = {
+      "general.architecture": "gemma3",
+      "general.name": "Gemma 3 270m It",
+      "general.finetune": "it",
+      "tokenizer.ggml.model": "llama",
+      "tokenizer.ggml.tokens": tokens,
+      "tokenizer.ggml.token_type": [3, 3, 3, 2, 3, 3, 1, 1, 1],
+      "tokenizer.ggml.scores": [0, 0, 0, 0, 0, 0, -1, -2, -2],
+      "tokenizer.ggml.bos_token_id": 2,
+      "tokenizer.ggml.eos_token_id": 1,
+      "tokenizer.ggml.unknown_token_id": 3,
+      "tokenizer.ggml.add_bos_token": true,
+      "tokenizer.ggml.add_space_prefix": false,
+    };
+    const messages = [
+      { role: "system", content: "b" },
+      { role: "user", content: " a " },
+      { role: "assistant", content: "b" },
+      { role: "user", content: "ab" },
+    ];
+    // As google/gemma-3-*-it's template renders it (transformers).
+    const expected =
+      "<bos><start_of_turn>user\nb\n\na<end_of_turn>\n<start_of_turn>model\nb<end_of_turn>\n" +
+      "<start_of_turn>user\nab<end_of_turn>\n<start_of_turn>model\n";
+    const fromGGUF = Tokenizer.fromGGUFMetadata(meta);
+    expect(fromGGUF.applyChatTemplate(messages)).toBe(expected);
+    expect(fromGGUF.encode(expected, { addSpecialTokens: false }).filter((id) => id === 4 || id === 5)).toEqual([
+      4, 5, 4, 5, 4, 5, 4,
+    ]);
+    expect([...fromGGUF.eosTokenIds].sort()).toEqual([1, 5]);
+    // A GGUF's own template wins; other architectures, and base models (the `gemma3` alias's "Gemma 3 270m"), get none.
+    const template = (m: Record<string, unknown>) => tokenizerFilesFromGGUF(m).tokenizerConfig.chat_template;
+    expect(template({ ...meta, "tokenizer.chat_template": "{{ 1 }}" })).toBe("{{ 1 }}");
+    expect(template({ ...meta, "general.architecture": "llama" })).toBeUndefined();
+    const base = { ...meta, "general.name": "Gemma 3 270m", "general.finetune": undefined };
+    expect(template(base)).toBeUndefined();
+    expect(tokenizerFilesFromGGUF(base).eosTokenIds).toEqual([1]);
+  });
+
   test(
     "pre types map to the models' own split rules",
     () => {
@@ -362,7 +403,8 @@ describe("tokenizerFilesFromGGUF", () => {
       expect(llama3.pre_tokenizer.pretokenizers[0].pattern.Regex).toContain("\\p{N}{1,3}");
       expect(pre("qwen2").pre_tokenizer.pretokenizers[0].pattern.Regex).toContain("|\\p{N}|");
       // Every supported variant must load and encode.
-      for (const type of ["default", "gpt2", "smollm", "llama-bpe", "llama3", "qwen2"]) {
+      expect(pre("gpt-4o").pre_tokenizer.pretokenizers[0].pattern.Regex).toContain("[\\r\\n/]*");
+      for (const type of ["default", "gpt2", "smollm", "llama-bpe", "llama3", "qwen2", "gpt-4o"]) {
         const tok = Tokenizer.fromGGUFMetadata({ ...ggufMeta, "tokenizer.ggml.pre": type });
         expect(tok.decode(tok.encode("Hello, world 12345 ²"))).toBe("Hello, world 12345 ²");
       }

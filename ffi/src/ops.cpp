@@ -96,6 +96,10 @@ int mlxs_astype(mlxs_array** out, const mlxs_array* a, int dtype) {
   return guard([&] { return put(out, mx::astype(ref(a), dtype_of(dtype))); });
 }
 
+int mlxs_view(mlxs_array** out, const mlxs_array* a, int dtype) {
+  return guard([&] { return put(out, mx::view(ref(a), dtype_of(dtype))); });
+}
+
 int mlxs_full(mlxs_array** out, const int32_t* shape, int ndim, double value, int dtype) {
   return guard([&] {
     mx::Dtype t = dtype_of(dtype);

@@ -212,6 +212,11 @@ export function astype(a: MxArray, dtype: DtypeCode): MxArray {
   return wrap(lib.mlxs_astype(outPtr, a.handle, dtype), "astype");
 }
 
+/** The same bytes as another dtype, as mlx.core.view (uint8 [..., 4n] → uint32 [..., n]). */
+export function view(a: MxArray, dtype: DtypeCode): MxArray {
+  return wrap(lib.mlxs_view(outPtr, a.handle, dtype), "view");
+}
+
 // ---- reductions ----
 
 export const sum = (a: MxArray, axes?: Axes, keepdims = false) => reduce(Reduce.Sum, a, axes, keepdims, "sum");

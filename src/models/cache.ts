@@ -32,8 +32,11 @@ export interface AttentionCache {
   readonly ropeOffset: number | MxArray;
   /** The attention mask for `length` new positions. */
   attentionMask(length: number): Mask;
-  /** Appends keys/values [B, H, L, D] and attends `queries` to everything held: [B, heads, L, D]. */
-  attention(queries: MxArray, keys: MxArray, values: MxArray, scale: number, mask: Mask): MxArray;
+  /**
+   * Appends keys/values [B, H, L, D] and attends `queries` to everything held: [B, heads, L, D].
+   * `sinks` [heads]: a learned logit per head that joins the softmax without a value (gpt-oss).
+   */
+  attention(queries: MxArray, keys: MxArray, values: MxArray, scale: number, mask: Mask, sinks?: MxArray): MxArray;
   /** Appends keys/values and returns all of them in float (dequantized when stored quantized). */
   updateAndFetch(keys: MxArray, values: MxArray): [MxArray, MxArray];
 }
@@ -62,13 +65,13 @@ export class KVCache implements AttentionCache {
     return this.keys?.length === 3;
   }
 
-  attention(queries: MxArray, keys: MxArray, values: MxArray, scale: number, mask: Mask): MxArray {
+  attention(queries: MxArray, keys: MxArray, values: MxArray, scale: number, mask: Mask, sinks?: MxArray): MxArray {
     // Float caches go through updateAndFetch, which a subclass (the sliding window) may narrow.
     if (!this.quantization)
-      return mx.fast.scaledDotProductAttention(queries, ...this.updateAndFetch(keys, values), scale, mask);
+      return mx.fast.scaledDotProductAttention(queries, ...this.updateAndFetch(keys, values), scale, mask, sinks);
     const [k, v] = this.update(keys, values);
-    if (k.length === 1) return mx.fast.scaledDotProductAttention(queries, k[0]!, v[0]!, scale, mask);
-    return quantizedAttention(queries, k, v, scale, mask, this.quantization!);
+    if (k.length === 1) return mx.fast.scaledDotProductAttention(queries, k[0]!, v[0]!, scale, mask, sinks);
+    return quantizedAttention(queries, k, v, scale, mask, this.quantization!, sinks);
   }
 
   updateAndFetch(keys: MxArray, values: MxArray): [MxArray, MxArray] {

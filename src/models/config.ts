@@ -13,6 +13,11 @@ export interface RopeScaling {
   originalMaxPositionEmbeddings?: number;
   /** LongRoPE / SuScaled (Phi-3): per-frequency factors for long contexts. */
   longFactor?: number[];
+  /** YaRN (gpt-oss): the rotations bounding the blend between extrapolated and interpolated frequencies, and its attention scale. */
+  betaFast?: number;
+  betaSlow?: number;
+  mscale?: number;
+  mscaleAllDim?: number;
 }
 
 export interface ModelConfig {
@@ -71,6 +76,10 @@ function parseRopeScaling(value: unknown, originalContext?: unknown): RopeScalin
     originalMaxPositionEmbeddings:
       v.original_max_position_embeddings === undefined ? undefined : num(v.original_max_position_embeddings),
     longFactor: Array.isArray(v.long_factor) ? v.long_factor.map((f) => num(f)) : undefined,
+    betaFast: v.beta_fast === undefined ? undefined : num(v.beta_fast),
+    betaSlow: v.beta_slow === undefined ? undefined : num(v.beta_slow),
+    mscale: v.mscale === undefined ? undefined : num(v.mscale),
+    mscaleAllDim: v.mscale_all_dim === undefined ? undefined : num(v.mscale_all_dim),
   };
 }
 
@@ -78,6 +87,9 @@ function parseQuantization(raw: Record<string, unknown>): Pick<ModelConfig, "qua
   const q = (raw.quantization ?? raw.quantization_config) as Record<string, unknown> | undefined;
   const overrides: Record<string, QuantConfig | false> = {};
   if (!q || typeof q !== "object") return { quantization: undefined, quantizationOverrides: overrides };
+  // A Hugging Face checkpoint in MX FP4 (gpt-oss as OpenAI ships it): the layers with scales are MLX's mxfp4.
+  if (q.quant_method === "mxfp4")
+    return { quantization: { groupSize: 32, bits: 4, mode: "mxfp4" }, quantizationOverrides: overrides };
   const base: QuantConfig = {
     groupSize: num(q.group_size, 64),
     bits: num(q.bits, 4),

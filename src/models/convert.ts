@@ -4,8 +4,8 @@ import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync }
 import { dirname, join, resolve } from "node:path";
 import * as mx from "../mlx";
 import { ggufModel, hfTensorName, quantizationOf, type GGUFModel } from "./gguf";
-import { nativeTensorTypes, readGGUFHeader, type GGUFHeader } from "./gguf-header";
-import { loadGGUFTensors } from "./gguf-tensors";
+import { readGGUFHeader, type GGUFHeader } from "./gguf-header";
+import { keptQuantizedTypes, loadGGUFTensors } from "./gguf-tensors";
 import { tokenizerFilesFromGGUF } from "../tokenizer/gguf";
 
 export interface ConvertResult {
@@ -84,14 +84,14 @@ export function convertGGUF(
 /**
  * Quantizes the matrices MLX had to dequantize (their GGUF type is one it cannot keep), so the
  * directory is about as small as the GGUF and runs on quantized matmuls. Layers the GGUF kept
- * quantized (Q8_0, Q4_0, Q4_1) stay as they are.
+ * quantized (Q8_0, Q4_0, Q4_1, MXFP4) stay as they are.
  */
 function requantize(gguf: GGUFModel, header: GGUFHeader, q: { bits: number; groupSize: number }): void {
   const arch = String(gguf.metadata["general.architecture"]);
   const groupSizes = new Map<string, number>();
   for (const info of header.tensors) {
     // Matrices, and the experts' stacks of them.
-    if (nativeTensorTypes.has(info.type) || info.dims.length < 2 || info.dims.length > 3) continue;
+    if (keptQuantizedTypes.has(info.type) || info.dims.length < 2 || info.dims.length > 3) continue;
     const name = hfTensorName(info.name, arch);
     const weight = name && gguf.tensors.get(name);
     if (!name || !weight || !name.endsWith(".weight")) continue;

@@ -5,12 +5,11 @@
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { RopeScaling } from "./config";
-import type { AttentionCache } from "./cache";
 import { KVCache } from "./cache";
 import { embedding, linear, Weights } from "./layers";
 import { attention, mlp } from "./llama";
-import { decoder, type Block, type DecoderModel, type Mask } from "./model";
-import { SlidingKVCache, windowMask } from "./sliding-cache";
+import { decoder, type Block, type DecoderModel } from "./model";
+import { SlidingKVCache, slidingLayerMask } from "./sliding-cache";
 
 /** Gemma's RMS norm multiplies by (1 + weight): the weights are stored as offsets from 1. */
 export function gemmaNorm(w: Weights, prefix: string, eps: number): (x: MxArray) => MxArray {
@@ -93,11 +92,7 @@ export function build(w: Weights): DecoderModel {
       (x: MxArray) => MxArray,
     ];
     return (x, mask, cache) => {
-      // A full cache (a batch's) on a local layer: the window is the mask's job.
-      const m =
-        sliding && !(cache instanceof SlidingKVCache)
-          ? restrictToWindow(mask, cache, x.shape[1]!, o.slidingWindow)
-          : mask;
+      const m = sliding ? slidingLayerMask(mask, cache, x.shape[1]!, o.slidingWindow) : mask;
       const h = clipResidual(x, postAttnNorm(selfAttn(inputNorm(x), m, cache)));
       return clipResidual(h, postFfnNorm(feedForward(preFfnNorm(h))));
     };
@@ -120,11 +115,4 @@ export function build(w: Weights): DecoderModel {
         isSliding(i) ? new SlidingKVCache(o.slidingWindow) : new KVCache(),
       ),
   });
-}
-
-/** A full cache's mask for `length` new positions, narrowed to the last `window` positions for each. */
-function restrictToWindow(mask: Mask, cache: AttentionCache, length: number, window: number): Mask {
-  if (cache.offset + length <= window) return mask;
-  const inWindow = windowMask(length, cache.offset, window);
-  return mask === undefined || mask === "causal" ? inWindow : mx.logicalAnd(mask, inWindow);
 }

@@ -1,7 +1,10 @@
 // Reading a GGUF's tensors, including types MLX's reader gets wrong or refuses: it fails on the
 // whole file for Q5_0 and Q5_1, and reads Q4_K with wrong values (off by up to half the weights'
-// range; Q2_K, Q6_K and Q8_0 it reads right). Q5_K it refuses too. MLX reads a copy of the file without those tensors; we
-// dequantize them to float16 ourselves, as llama.cpp's dequantize_row_* do.
+// range; Q2_K, Q6_K and Q8_0 it reads right). Q3_K, Q5_K, IQ4_NL and IQ4_XS it refuses too, and
+// a file with MXFP4 tensors it reads as empty.
+// MLX reads a copy of the file without those tensors; we dequantize them to float16 ourselves, as
+// llama.cpp's dequantize_row_* do, except MXFP4, which is MLX's mxfp4 in another byte order and
+// stays quantized.
 import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -30,7 +33,68 @@ const dequantizers: Record<
   Q4_K: { blockBytes: 144, blockElements: 256, decode: (b, p, out, at) => kQuant(b, p, out, at, p + 16) },
   // As Q4_K, with a fifth bit per value in 32 bytes of qh before the nibbles.
   Q5_K: { blockBytes: 176, blockElements: 256, decode: (b, p, out, at) => kQuant(b, p, out, at, p + 48, p + 16) },
+  Q3_K: { blockBytes: 110, blockElements: 256, decode: q3K },
+  // d: f16, then 16 bytes of nibbles indexing the non-linear IQ4 values.
+  IQ4_NL: {
+    blockBytes: 18,
+    blockElements: 32,
+    decode: (b, p, out, at) => iq4Group(b, p + 2, out, at, b.getFloat16(p, true)),
+  },
+  IQ4_XS: { blockBytes: 136, blockElements: 256, decode: iq4XS },
 };
+
+/**
+ * Q3_K: 32 bytes of high bits (hmask), 64 bytes of 2-bit lows, 12 bytes packing 16 6-bit
+ * scales, d: f16. x = d · (scale − 32) · (low − (high bit ? 0 : 4)), 16 values per scale.
+ */
+function q3K(b: DataView, p: number, out: Float32Array, at: number): void {
+  const hmask = p;
+  const qs = p + 32;
+  const scaleByte = (i: number) => b.getUint8(p + 96 + i);
+  const d = b.getFloat16(p + 108, true);
+  // Scale j: low 4 bits from byte j (its high nibble for j ≥ 8), high 2 bits from byte 8 + j % 4.
+  const scale = (j: number) =>
+    ((j < 8 ? scaleByte(j) & 0xf : scaleByte(j - 8) >> 4) | (((scaleByte(8 + (j % 4)) >> (2 * (j >> 2))) & 3) << 4)) -
+    32;
+  let j = 0;
+  for (let half = 0; half < 2; half++) {
+    for (let shift = 0; shift < 8; shift += 2) {
+      const bit = 1 << (half * 4 + shift / 2);
+      for (const offset of [0, 16]) {
+        const dl = d * scale(j);
+        for (let l = 0; l < 16; l++) {
+          const low = (b.getUint8(qs + half * 32 + offset + l) >> shift) & 3;
+          const high = b.getUint8(hmask + offset + l) & bit ? 0 : 4;
+          out[at + j * 16 + l] = dl * (low - high);
+        }
+        j++;
+      }
+    }
+  }
+}
+
+/** The IQ4 codebook: a 4-bit index → a signed 8-bit level. */
+const iq4Values = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+
+/** 32 values from 16 bytes of nibbles at `p` (low nibbles first, then high ones), times `scale`. */
+function iq4Group(b: DataView, p: number, out: Float32Array, at: number, scale: number): void {
+  for (let j = 0; j < 16; j++) {
+    const q = b.getUint8(p + j);
+    out[at + j] = scale * iq4Values[q & 0xf]!;
+    out[at + j + 16] = scale * iq4Values[q >> 4]!;
+  }
+}
+
+/** IQ4_XS: d: f16, 8 groups of 32 with 6-bit scales (2 high bits in a u16, 4 low ones in 4 bytes), 128 bytes of nibbles. */
+function iq4XS(b: DataView, p: number, out: Float32Array, at: number): void {
+  const d = b.getFloat16(p, true);
+  const high = b.getUint16(p + 2, true);
+  for (let group = 0; group < 8; group++) {
+    const low = (b.getUint8(p + 4 + (group >> 1)) >> (4 * (group & 1))) & 0xf;
+    const scale = (low | (((high >> (2 * group)) & 3) << 4)) - 32;
+    iq4Group(b, p + 8 + group * 16, out, at + group * 32, d * scale);
+  }
+}
 
 /** Q4_K / Q5_K: 8 groups of 32 values, each with a 6-bit scale and min, times d and dmin. */
 function kQuant(b: DataView, p: number, out: Float32Array, at: number, nibbles: number, highBits?: number): void {
@@ -69,16 +133,18 @@ function fiveBit(b: DataView, p: number, out: Float32Array, at: number, scale: n
 
 /** Types MLX reads right (Q2_K and Q6_K it dequantizes, checked against llama.cpp's gguf-py). */
 const mlxReads = new Set([...nativeTensorTypes, "Q2_K", "Q6_K"]);
-export const readableTensorTypes = [...mlxReads, ...Object.keys(dequantizers)];
+export const readableTensorTypes = [...mlxReads, ...Object.keys(dequantizers), "MXFP4"];
+/** Types whose tensors come quantized (weight, scales and maybe biases), not as floats. */
+export const keptQuantizedTypes = new Set([...nativeTensorTypes, "MXFP4"]);
 
 /** The file's tensors and metadata, as mx.loadGGUF gives them, whatever their (readable) types. */
 export function loadGGUFTensors(path: string, header: GGUFHeader): LoadedFile {
-  const unreadable = header.tensors.find((t) => !mlxReads.has(t.type) && !(t.type in dequantizers));
+  const unreadable = header.tensors.find((t) => !readableTensorTypes.includes(t.type));
   if (unreadable)
     throw new Error(
       `tensor '${unreadable.name}' is ${unreadable.type}, a type we cannot read (readable: ${readableTensorTypes.join(", ")})`,
     );
-  const ours = header.tensors.filter((t) => t.type in dequantizers);
+  const ours = header.tensors.filter((t) => !mlxReads.has(t.type));
   if (ours.length === 0) return mx.loadGGUF(path);
   const dir = mkdtempSync(join(tmpdir(), "mlx-gguf-"));
   let loaded: LoadedFile;
@@ -91,7 +157,14 @@ export function loadGGUFTensors(path: string, header: GGUFHeader): LoadedFile {
   }
   const fd = openSync(path, "r");
   try {
-    for (const t of ours) loaded.tensors.set(t.name, dequantize(fd, header.dataStart, t));
+    for (const t of ours) {
+      if (t.type !== "MXFP4") loaded.tensors.set(t.name, dequantize(fd, header.dataStart, t));
+      else {
+        const { weight, scales } = mxfp4(fd, header.dataStart, t);
+        loaded.tensors.set(t.name, weight);
+        loaded.tensors.set(`${t.name.replace(/\.weight$/, "")}.scales`, scales);
+      }
+    }
   } finally {
     closeSync(fd);
   }
@@ -107,6 +180,34 @@ function dequantize(fd: number, dataStart: number, t: GGUFTensorInfo): MxArray {
   for (let block = 0; block * blockBytes < t.bytes; block++)
     decode(view, block * blockBytes, out, block * blockElements);
   return mx.keep(mx.scope(() => mx.astype(mx.array(out, [...t.dims].reverse()), mx.Dtype.float16)));
+}
+
+/**
+ * An MXFP4 tensor as MLX's mxfp4 (groups of 32 4-bit E2M1 codes, one E8M0 scale byte each):
+ * ggml's block is the scale byte and 16 bytes holding codes 0-15 in the low nibbles and 16-31 in
+ * the high ones; MLX packs the codes in order, two per byte (low nibble first), as uint32 words.
+ */
+function mxfp4(fd: number, dataStart: number, t: GGUFTensorInfo): { weight: MxArray; scales: MxArray } {
+  const raw = Buffer.alloc(t.bytes);
+  readSync(fd, raw, 0, t.bytes, dataStart + t.offset);
+  const blocks = t.bytes / 17;
+  const codes = new Uint8Array(blocks * 16);
+  const scales = new Uint8Array(blocks);
+  for (let block = 0; block < blocks; block++) {
+    const p = block * 17;
+    const q = p + 1;
+    const out = block * 16;
+    scales[block] = raw[p]!;
+    // Byte k holds codes 2k and 2k + 1: low nibbles of bytes 2k, 2k + 1 (k < 8), else their high ones (of 2k − 16, 2k − 15).
+    for (let k = 0; k < 8; k++) codes[out + k] = (raw[q + 2 * k]! & 0xf) | ((raw[q + 2 * k + 1]! & 0xf) << 4);
+    for (let k = 0; k < 8; k++) codes[out + 8 + k] = (raw[q + 2 * k]! >> 4) | (raw[q + 2 * k + 1]! & 0xf0);
+  }
+  const shape = [...t.dims].reverse();
+  const inputs = shape.pop()!;
+  return {
+    weight: mx.keep(mx.scope(() => mx.view(mx.array(codes, [...shape, inputs / 2]), mx.Dtype.uint32))),
+    scales: mx.keep(mx.array(scales, [...shape, inputs / 32])),
+  };
 }
 
 /** A GGUF with the same metadata and data section whose tensor table leaves out `skip`. */

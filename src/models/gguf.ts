@@ -12,6 +12,7 @@ const architectures: Record<string, string> = {
   qwen3: "qwen3",
   qwen3moe: "qwen3_moe",
   gemma3: "gemma3_text",
+  "gpt-oss": "gpt_oss",
 };
 
 const blockNames: Record<string, string> = {
@@ -40,7 +41,18 @@ const archBlockNames: Record<string, Record<string, string>> = {
     ffn_norm: "pre_feedforward_layernorm",
     post_ffw_norm: "post_feedforward_layernorm",
   },
+  "gpt-oss": {
+    post_attention_norm: "post_attention_layernorm",
+    attn_sinks: "self_attn.sinks",
+    ffn_gate_inp: "mlp.router",
+    ffn_gate_exps: "mlp.experts.gate_proj",
+    ffn_up_exps: "mlp.experts.up_proj",
+    ffn_down_exps: "mlp.experts.down_proj",
+  },
 };
+
+/** Tensors that are one array in Hugging Face's layout, named without a ".weight". */
+const bareNames = new Set(["rope_freqs", "self_attn.sinks"]);
 
 const topNames: Record<string, string> = {
   token_embd: "model.embed_tokens",
@@ -57,11 +69,14 @@ export function hfTensorName(ggufName: string, arch = "llama"): string | undefin
   const block = /^blk\.(\d+)\.(.+)$/.exec(base);
   if (block) {
     const mapped = archBlockNames[arch]?.[block[2]!] ?? blockNames[block[2]!];
-    return mapped && `model.layers.${block[1]}.${mapped}.${suffix}`;
+    if (!mapped) return undefined;
+    return bareNames.has(mapped)
+      ? `model.layers.${block[1]}.${mapped}`
+      : `model.layers.${block[1]}.${mapped}.${suffix}`;
   }
   const mapped = topNames[base];
   if (!mapped) return undefined;
-  return base === "rope_freqs" ? mapped : `${mapped}.${suffix}`;
+  return bareNames.has(mapped) ? mapped : `${mapped}.${suffix}`;
 }
 
 export interface GGUFModel {
@@ -152,6 +167,7 @@ export function ggufModel(file: LoadedFile): GGUFModel {
     ...quantizationOf(tensors),
     ...(arch === "gemma3" ? gemma3Config(m, headDim) : {}),
     ...(experts > 0 ? expertsConfig(m, arch, modelType, experts, tensors) : {}),
+    ...(arch === "gpt-oss" ? gptOssConfig(m) : {}),
   };
   return { config, tensors, metadata: m };
 }
@@ -165,6 +181,7 @@ function archClass(modelType: string): string {
     qwen3: "Qwen3ForCausalLM",
     qwen3_moe: "Qwen3MoeForCausalLM",
     gemma3_text: "Gemma3ForCausalLM",
+    gpt_oss: "GptOssForCausalLM",
   }[modelType]!;
 }
 
@@ -178,6 +195,12 @@ function expertsConfig(
 ): Record<string, unknown> {
   const perToken = metaNumber(m, `${arch}.expert_used_count`);
   if (modelType === "mixtral") return { num_local_experts: experts, num_experts_per_tok: perToken };
+  if (modelType === "gpt_oss")
+    return {
+      num_local_experts: experts,
+      num_experts_per_tok: perToken,
+      intermediate_size: metaNumber(m, `${arch}.expert_feed_forward_length`),
+    };
   const layers = metaNumber(m, `${arch}.block_count`);
   return {
     num_experts: experts,
@@ -201,6 +224,27 @@ function gemma3Config(m: Record<string, MetaValue>, headDim: number): Record<str
     rope_local_base_freq: 10_000,
     ...(typeof scaling === "string" && scaling !== "none"
       ? { rope_scaling: { rope_type: scaling, factor: metaNumber(m, "gemma3.rope.scaling.factor", 1) } }
+      : {}),
+  };
+}
+
+/** gpt-oss's own config keys; llama.cpp fixes the layer pattern (sliding first, then every other layer). */
+function gptOssConfig(m: Record<string, MetaValue>): Record<string, unknown> {
+  const layers = metaNumber(m, "gpt-oss.block_count");
+  const scaling = meta(m, "gpt-oss.rope.scaling.type");
+  return {
+    sliding_window: metaNumber(m, "gpt-oss.attention.sliding_window", 128),
+    layer_types: Array.from({ length: layers }, (_, i) => (i % 2 === 0 ? "sliding_attention" : "full_attention")),
+    ...(scaling === "yarn"
+      ? {
+          rope_scaling: {
+            rope_type: "yarn",
+            factor: metaNumber(m, "gpt-oss.rope.scaling.factor", 1),
+            original_max_position_embeddings: metaNumber(m, "gpt-oss.rope.scaling.original_context_length", 4096),
+            beta_fast: 32,
+            beta_slow: 1,
+          },
+        }
       : {}),
   };
 }
@@ -241,13 +285,14 @@ function ropeFrequencies(factors: MxArray, dims: number, base: number): MxArray 
 /**
  * Derives mlx-lm's "quantization" section from the packed shapes: the most common bits as the
  * default, the other layers by name. Every GGUF type MLX keeps quantized uses groups of 32;
- * `groupSizes` names layers quantized otherwise (re-quantized by `mlx convert`).
+ * `groupSizes` names layers quantized otherwise (re-quantized by `mlx convert`). Scales of one
+ * byte each are MX FP4's (mode mxfp4), float ones affine.
  */
 export function quantizationOf(
   tensors: Map<string, MxArray>,
   groupSizes = new Map<string, number>(),
 ): Record<string, unknown> {
-  const perLayer = new Map<string, { group_size: number; bits: number }>();
+  const perLayer = new Map<string, { group_size: number; bits: number; mode: string }>();
   for (const [name, scales] of tensors) {
     if (!name.endsWith(".scales")) continue;
     const prefix = name.slice(0, -".scales".length);
@@ -255,18 +300,15 @@ export function quantizationOf(
     const groups = scales.shape.at(-1)!;
     const groupSize = groupSizes.get(prefix) ?? 32;
     const inputs = groups * groupSize;
-    perLayer.set(prefix, { group_size: groupSize, bits: (packed * 32) / inputs });
+    const mode = scales.dtype === mx.Dtype.uint8 ? "mxfp4" : "affine";
+    perLayer.set(prefix, { group_size: groupSize, bits: (packed * 32) / inputs, mode });
   }
   if (perLayer.size === 0) return {};
   const counts = new Map<string, number>();
   for (const q of perLayer.values()) counts.set(JSON.stringify(q), (counts.get(JSON.stringify(q)) ?? 0) + 1);
-  const common = JSON.parse([...counts.entries()].sort((a, b) => b[1] - a[1])[0]![0]) as {
-    group_size: number;
-    bits: number;
-  };
-  const quantization: Record<string, unknown> = { ...common, mode: "affine" };
-  for (const [prefix, q] of perLayer)
-    if (q.bits !== common.bits || q.group_size !== common.group_size) quantization[prefix] = q;
+  const [commonKey] = [...counts.entries()].sort((a, b) => b[1] - a[1])[0]!;
+  const quantization: Record<string, unknown> = JSON.parse(commonKey);
+  for (const [prefix, q] of perLayer) if (JSON.stringify(q) !== commonKey) quantization[prefix] = q;
   return { quantization };
 }
 

@@ -1,6 +1,7 @@
 // The architectures we run, by config.json model_type. Each file builds a DecoderModel
 // from weights; everything else (loading, caches, generation) is shared.
 import * as gemma3 from "./gemma3";
+import * as gptOss from "./gpt_oss";
 import * as llama from "./llama";
 import * as mistral from "./mistral";
 import * as mixtral from "./mixtral";
@@ -13,6 +14,7 @@ import type { DecoderModel } from "./model";
 
 const architectures: Record<string, (w: Weights) => DecoderModel> = {
   gemma3_text: gemma3.build,
+  gpt_oss: gptOss.build,
   llama: llama.build,
   mistral: mistral.build,
   mixtral: mixtral.build,

@@ -7,7 +7,8 @@ import { embedding, fusedLinear, linear, rmsNorm, Weights } from "./layers";
 import type { RopeScaling } from "./config";
 import { decoder, type Block, type DecoderModel, type Mask } from "./model";
 import { initializeRope } from "./rope";
-import type { AttentionCache } from "./cache";
+import { KVCache, type AttentionCache } from "./cache";
+import { SlidingKVCache, slidingLayerMask } from "./sliding-cache";
 
 export interface AttentionOptions {
   /** Qwen3 normalises each head's queries and keys before the rotary embedding. */
@@ -20,6 +21,8 @@ export interface AttentionOptions {
   rope?: { base: number; scaling?: RopeScaling };
   /** Phi-3 computes queries, keys and values in one projection, qkv_proj. */
   fusedQkv?: boolean;
+  /** gpt-oss: a learned logit per head (`${prefix}.sinks`) that joins each softmax without a value. */
+  sinks?: boolean;
 }
 
 export function attention(w: Weights, prefix: string, c: ModelConfig, options: AttentionOptions = {}) {
@@ -37,6 +40,7 @@ export function attention(w: Weights, prefix: string, c: ModelConfig, options: A
     maxPositionEmbeddings: c.maxPositionEmbeddings,
   });
   const scale = options.scale ?? c.headDim ** -0.5;
+  const sinks = options.sinks ? w.get(`${prefix}.sinks`) : undefined;
 
   // [B, L, heads * dim] → [B, heads, L, dim], normalising per head first where asked.
   const heads = (x: MxArray, n: number, norm?: (x: MxArray) => MxArray) => {
@@ -53,7 +57,7 @@ export function attention(w: Weights, prefix: string, c: ModelConfig, options: A
     let values = heads(v, c.numKeyValueHeads);
     queries = rope(queries, cache.ropeOffset);
     keys = rope(keys, cache.ropeOffset);
-    const out = cache.attention(queries, keys, values, scale, mask);
+    const out = cache.attention(queries, keys, values, scale, mask, sinks);
     return oProj(mx.reshape(mx.transpose(out, [0, 2, 1, 3]), [b, l, -1]));
   };
 }
@@ -122,20 +126,30 @@ export function block(
   };
 }
 
-/** `feedForward(layer, prefix)` makes a layer's feed-forward part where it is not the SwiGLU MLP. */
+/**
+ * `feedForward(layer, prefix)` makes a layer's feed-forward part where it is not the SwiGLU MLP;
+ * `slidingWindow(layer)` is the window of a layer that attends to its last positions only.
+ */
 export function buildDecoder(
   w: Weights,
   options: AttentionOptions = {},
   feedForward?: (layer: number, prefix: string) => FeedForward | undefined,
+  slidingWindow?: (layer: number) => number | undefined,
 ): DecoderModel {
   const c = w.config;
   const embed = embedding(w, "model.embed_tokens");
   const norm = rmsNorm(w, "model.norm", c.rmsNormEps);
   const lmHead = c.tieWordEmbeddings || !w.has("lm_head.weight") ? embed.asLinear : linear(w, "lm_head");
-  const blocks = Array.from({ length: c.numHiddenLayers }, (_, i) =>
-    block(w, `model.layers.${i}`, c, options, feedForward?.(i, `model.layers.${i}`)),
-  );
-  return decoder({ config: c, embed: embed.lookup, blocks, head: (h) => lmHead(norm(h)) });
+  const windows = Array.from({ length: c.numHiddenLayers }, (_, i) => slidingWindow?.(i));
+  const blocks = windows.map((window, i): Block => {
+    const full = block(w, `model.layers.${i}`, c, options, feedForward?.(i, `model.layers.${i}`));
+    if (window === undefined) return full;
+    return (x, mask, cache) => full(x, slidingLayerMask(mask, cache, x.shape[1]!, window), cache);
+  });
+  const makeCaches = slidingWindow
+    ? () => windows.map((window) => (window === undefined ? new KVCache() : new SlidingKVCache(window)))
+    : undefined;
+  return decoder({ config: c, embed: embed.lookup, blocks, head: (h) => lmHead(norm(h)), makeCaches });
 }
 
 export const build = (w: Weights): DecoderModel => buildDecoder(w);

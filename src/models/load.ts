@@ -7,8 +7,8 @@ import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import { buildModel, parseConfig, Weights, type DecoderModel, type ModelConfig } from "./index";
 import { ggufModel, isGGUFFile } from "./gguf";
-import { nativeTensorTypes, readGGUFHeader } from "./gguf-header";
-import { loadGGUFTensors } from "./gguf-tensors";
+import { readGGUFHeader } from "./gguf-header";
+import { keptQuantizedTypes, loadGGUFTensors } from "./gguf-tensors";
 import { Tokenizer } from "../tokenizer/tokenizer";
 
 export type ModelFormat = "mlx" | "gguf";
@@ -85,11 +85,11 @@ function loadGGUFFile(file: string): LoadedModel {
   const gguf = withModelErrors(file, () => ggufModel(loaded));
   const config = parseConfig(gguf.config);
   const tokenizer = withModelErrors(file, () => Tokenizer.fromGGUFMetadata(gguf.metadata as Record<string, unknown>));
-  const dequantized = [...header.tensorTypes.keys()].filter((t) => !nativeTensorTypes.has(t));
+  const dequantized = [...header.tensorTypes.keys()].filter((t) => !keptQuantizedTypes.has(t));
   const notes =
     dequantized.length > 0
       ? [
-          `${basename(file)}: its ${dequantized.join(", ")} tensors were dequantized to 16-bit at load time (MLX keeps only Q4_0, Q4_1 and Q8_0 quantized), so they take more memory; \`mlx convert\` re-quantizes them to 4-bit`,
+          `${basename(file)}: its ${dequantized.join(", ")} tensors were dequantized to 16-bit at load time (only Q4_0, Q4_1, Q8_0 and MXFP4 stay quantized), so they take more memory; \`mlx convert\` re-quantizes them to 4-bit`,
         ]
       : [];
   return assemble(gguf.tensors, config, tokenizer, "gguf", file, notes);

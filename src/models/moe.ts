@@ -33,21 +33,35 @@ export function stackExperts(w: Weights, stacked: string, count: number, perExpe
   if (override !== undefined) w.config.quantizationOverrides[stacked] = override;
 }
 
+/** The experts' matrices at `prefix`, with their per-expert output bias [experts, out] where they have one (gpt-oss). */
 function switchLinear(w: Weights, prefix: string): SwitchLinear {
   const weight = w.get(`${prefix}.weight`);
   const quant = w.quantFor(prefix);
+  let product: SwitchLinear;
   if (quant) {
     const scales = w.get(`${prefix}.scales`);
     const biases = w.optional(`${prefix}.biases`);
-    return (x, experts, sorted) =>
+    product = (x, experts, sorted) =>
       mx.gatherQmm(x, weight, scales, biases, quant, { rhsIndices: experts, sortedIndices: sorted });
-  }
-  return (x, experts, sorted) =>
-    mx.gatherMm(x, mx.transpose(weight, [0, 2, 1]), { rhsIndices: experts, sortedIndices: sorted });
+  } else
+    product = (x, experts, sorted) =>
+      mx.gatherMm(x, mx.transpose(weight, [0, 2, 1]), { rhsIndices: experts, sortedIndices: sorted });
+  const bias = w.optional(`${prefix}.bias`);
+  if (!bias) return product;
+  return (x, experts, sorted) => mx.add(product(x, experts, sorted), mx.expandDims(mx.take(bias, experts, 0), -2));
 }
 
+/** The gated activation of the experts' gate and up projections. */
+export type GatedActivation = (gate: MxArray, up: MxArray) => MxArray;
+
+const swiGLU: GatedActivation = (gate, up) => mx.multiply(mx.silu(gate), up);
+
 /** x [B, L, D] through the experts `experts` [B, L, k] picks: [B, L, k, D]. */
-export function switchGLU(w: Weights, prefix: string): (x: MxArray, experts: MxArray) => MxArray {
+export function switchGLU(
+  w: Weights,
+  prefix: string,
+  activation: GatedActivation = swiGLU,
+): (x: MxArray, experts: MxArray) => MxArray {
   const gate = switchLinear(w, `${prefix}.gate_proj`);
   const up = switchLinear(w, `${prefix}.up_proj`);
   const down = switchLinear(w, `${prefix}.down_proj`);
@@ -66,7 +80,7 @@ export function switchGLU(w: Weights, prefix: string): (x: MxArray, experts: MxA
       h = mx.take(mx.reshape(h, [-1, 1, dims]), mx.floorDivide(order, k), 0);
       picks = mx.take(flat, order, 0);
     }
-    let out = down(mx.multiply(mx.silu(gate(h, picks, sort)), up(h, picks, sort)), picks, sort);
+    let out = down(activation(gate(h, picks, sort), up(h, picks, sort)), picks, sort);
     if (inverse) out = mx.reshape(mx.take(out, inverse, 0), [batch, length, k, 1, -1]);
     return mx.squeeze(out, -2);
   };
@@ -78,12 +92,17 @@ export interface RouterOptions {
   /** Qwen3-MoE: softmax over all experts, then the top k (renormalised when `normTopK`). Mixtral: top k of the logits, then softmax over them. */
   softmaxFirst: boolean;
   normTopK?: boolean;
+  /** The router's and the experts' names under the layer's prefix ("gate" and "switch_mlp" unless given; gpt-oss: "router", "experts"). */
+  names?: { router: string; experts: string };
+  /** The experts' activation (SwiGLU unless given). */
+  activation?: GatedActivation;
 }
 
-/** A sparse MoE layer at `prefix`: router `${prefix}.gate`, experts `${prefix}.switch_mlp`. */
+/** A sparse MoE layer at `prefix`: a router (`${prefix}.gate`), and experts (`${prefix}.switch_mlp`). */
 export function sparseMoE(w: Weights, prefix: string, o: RouterOptions): FeedForward {
-  const router = linear(w, `${prefix}.gate`);
-  const experts = switchGLU(w, `${prefix}.switch_mlp`);
+  const names = o.names ?? { router: "gate", experts: "switch_mlp" };
+  const router = linear(w, `${prefix}.${names.router}`);
+  const experts = switchGLU(w, `${prefix}.${names.experts}`, o.activation);
   const { topK: k } = o;
   return (x) => {
     const [batch, length] = x.shape as [number, number];

@@ -6,7 +6,10 @@ import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { KvQuantization, Mask, Stored } from "./cache";
 
-/** softmax(q kᵀ · scale + mask) v for queries [B, heads, L, D] and quantized keys/values [B, kvHeads, T, ·]. */
+/**
+ * softmax(q kᵀ · scale + mask) v for queries [B, heads, L, D] and quantized keys/values [B, kvHeads, T, ·];
+ * with `sinks` [heads], each head's sink logit joins its softmax as a column without a value.
+ */
 export function quantizedAttention(
   queries: MxArray,
   keys: Stored,
@@ -14,6 +17,7 @@ export function quantizedAttention(
   scale: number,
   mask: Mask,
   q: KvQuantization,
+  sinks?: MxArray,
 ): MxArray {
   const [batch, heads, length, dim] = queries.shape as [number, number, number, number];
   const kvHeads = keys[0]!.shape[1]!;
@@ -33,7 +37,16 @@ export function quantizedAttention(
     if (repeats > 1 && mask !== "causal") allowed = mx.expandDims(allowed, -3);
     scores = mx.where(allowed, scores, mx.scalar(-Infinity, scores.dtype));
   }
-  const out = mx.quantizedMatmul(mx.softmax(scores, -1, true), v[0]!, v[1]!, v[2], q, false);
+  let weights: MxArray;
+  if (sinks) {
+    // The sink as a first column (scores' shape with one column), dropped after the softmax.
+    const perHead = mx.reshape(mx.astype(sinks, scores.dtype), repeats > 1 ? [kvHeads, repeats, 1, 1] : [heads, 1, 1]);
+    const column = mx.broadcastTo(perHead, [...scores.shape.slice(0, -1), 1]);
+    const all = mx.softmax(mx.concatenate([column, scores], -1), -1, true);
+    const shape = all.shape;
+    weights = mx.slice(all, [...shape.slice(0, -1).map(() => 0), 1], shape);
+  } else weights = mx.softmax(scores, -1, true);
+  const out = mx.quantizedMatmul(weights, v[0]!, v[1]!, v[2], q, false);
   return repeats > 1 ? mx.reshape(out, [batch, heads, length, dim]) : out;
 }
 

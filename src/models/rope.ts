@@ -1,4 +1,4 @@
-// Rotary position embeddings and their scaling variants (default, linear, llama3).
+// Rotary position embeddings and their scaling variants (default, linear, llama3, longrope, yarn).
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { RopeScaling } from "./config";
@@ -25,7 +25,44 @@ export function initializeRope(p: RopeParams): Rope {
   }
   if (type === "llama3") return withFreqs(p.dims, p.traditional, llama3Freqs(p.dims, p.base, p.scaling!));
   if (type === "longrope" || type === "su") return suScaled(p);
-  throw new Error(`unsupported rope scaling '${type}' (supported: default, linear, llama3, longrope)`);
+  if (type === "yarn") return yarn(p);
+  throw new Error(`unsupported rope scaling '${type}' (supported: default, linear, llama3, longrope, yarn)`);
+}
+
+/**
+ * YaRN as mlx-lm's YarnRoPE: frequencies that turn fewer than `beta_slow` times over the original
+ * context are interpolated (divided by `factor`), those turning more than `beta_fast` times kept,
+ * a linear ramp between; the rotated part is scaled by 0.1·mscale·ln(factor) + 1 (over the same with mscale_all_dim).
+ */
+function yarn(p: RopeParams): Rope {
+  const s = p.scaling!;
+  const { dims, base } = p;
+  const factor = s.factor;
+  const original = s.originalMaxPositionEmbeddings ?? 4096;
+  const correctionDim = (rotations: number) =>
+    (dims * Math.log(original / (rotations * 2 * Math.PI))) / (2 * Math.log(base));
+  const low = Math.max(Math.floor(correctionDim(s.betaFast ?? 32)), 0);
+  let high = Math.min(Math.ceil(correctionDim(s.betaSlow ?? 1)), dims - 1);
+  if (high === low) high += 0.001;
+  const attentionScale = (m: number) => (factor <= 1 ? 1 : 0.1 * m * Math.log(factor) + 1);
+  const mscale = attentionScale(s.mscale ?? 1) / attentionScale(s.mscaleAllDim ?? 0);
+  const freqs = mx.keep(
+    mx.scope(() => {
+      const extrapolated = mx.power(base, mx.divide(mx.arange(0, dims, 2, mx.Dtype.float32), dims));
+      const interpolated = mx.multiply(extrapolated, factor);
+      // 0 up to `low` (keep the frequency), 1 from `high` (interpolate it).
+      const index = mx.arange(0, dims / 2, 1, mx.Dtype.float32);
+      const ramp = mx.minimum(mx.maximum(mx.divide(mx.subtract(index, low), high - low), 0), 1);
+      const out = mx.divide(
+        mx.multiply(interpolated, extrapolated),
+        mx.add(mx.multiply(interpolated, mx.subtract(1, ramp)), mx.multiply(extrapolated, ramp)),
+      );
+      mx.evaluate(out);
+      return out;
+    }),
+  );
+  const rope = withFreqs(dims, p.traditional, freqs);
+  return (x, offset) => rope(mscale === 1 ? x : mx.multiply(x, mscale), offset);
 }
 
 /**

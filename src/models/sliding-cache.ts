@@ -5,7 +5,7 @@
 // in KVCache (rotary offsets need them); `dropped` of them are no longer held.
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
-import { KVCache, type Mask } from "./cache";
+import { KVCache, type AttentionCache, type Mask } from "./cache";
 
 export class SlidingKVCache extends KVCache {
   /** Positions no longer held, from the start of the sequence. */
@@ -98,4 +98,14 @@ export function windowMask(length: number, context: number, window: number): MxA
   const queries = mx.reshape(mx.arange(context, total), [length, 1]);
   const keys = mx.reshape(mx.arange(0, total), [1, total]);
   return mx.logicalAnd(mx.greaterEqual(queries, keys), mx.less(queries, mx.add(keys, window)));
+}
+
+/**
+ * The mask of a sliding-window layer for `length` new positions: its own cache's as it is; a
+ * full cache's (a batch's, a quantized one's) narrowed to the last `window` positions for each.
+ */
+export function slidingLayerMask(mask: Mask, cache: AttentionCache, length: number, window: number): Mask {
+  if (cache instanceof SlidingKVCache || cache.offset + length <= window) return mask;
+  const inWindow = windowMask(length, cache.offset, window);
+  return mask === undefined || mask === "causal" ? inWindow : mx.logicalAnd(mask, inWindow);
 }

@@ -4,6 +4,7 @@
 // under llama.cpp's key names. We turn those back into a `tokenizer.json` (byte-level BPE) and a
 // `tokenizer_config.json`-style object, so that one tokenizer code path (tokenizer.json) serves
 // both GGUF and safetensors models, and `mlx convert` can write files mlx-lm/transformers load.
+import { defaultChatTemplate } from "./default-templates";
 
 /** What `tokenizerFilesFromGGUF` returns. */
 export interface TokenizerFiles {
@@ -31,6 +32,11 @@ const LLAMA3_SPLIT =
 const QWEN2_SPLIT =
   "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}" +
   "| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+// o200k (GPT-4o, gpt-oss): words split before an upper-case run, contractions kept on the word.
+const GPT4O_SPLIT =
+  "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?" +
+  "|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?" +
+  "|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
 interface PreTokenizerSpec {
   /** A regex split before the byte-level step, or null for ByteLevel's own GPT-2 regex. */
@@ -52,6 +58,7 @@ const PRE_TOKENIZERS: Record<string, PreTokenizerSpec> = {
   "llama-v3": { split: LLAMA3_SPLIT, ignoreMerges: true },
   qwen2: { split: QWEN2_SPLIT },
   "deepseek-r1-qwen": { split: QWEN2_SPLIT },
+  "gpt-4o": { split: GPT4O_SPLIT },
 };
 
 const SUPPORTED_MODELS = ["gpt2", "llama"];
@@ -103,14 +110,30 @@ export function tokenizerFilesFromGGUF(meta: Record<string, unknown>): Tokenizer
     clean_up_tokenization_spaces: false,
     added_tokens_decoder: Object.fromEntries(addedTokens.map(({ id, ...rest }) => [String(id), rest])),
   };
-  const chatTemplate = str(meta, "tokenizer.chat_template");
-  if (chatTemplate) tokenizerConfig.chat_template = chatTemplate;
   const arch = str(meta, "general.architecture");
+  const chatTemplate = str(meta, "tokenizer.chat_template");
+  const eosTokenIds = ["eos", "eot", "eom"].flatMap((name) => special(name)?.id ?? []);
+  if (chatTemplate) tokenizerConfig.chat_template = chatTemplate;
+  else if (instructionTuned(meta)) {
+    // None in the file: the family's own turn format, whose end-of-turn token then ends generation.
+    // (Not for a base model, such as the `gemma3` alias: turns it was never taught make it ramble.)
+    const fallback = defaultChatTemplate(arch);
+    const endOfTurn = fallback ? tokens.indexOf(fallback.endOfTurn) : -1;
+    if (fallback && endOfTurn >= 0) {
+      tokenizerConfig.chat_template = fallback.template;
+      eosTokenIds.push(endOfTurn);
+    }
+  }
   const contextLength = arch ? num(meta, `${arch}.context_length`) : undefined;
   if (contextLength) tokenizerConfig.model_max_length = contextLength;
 
-  const eosTokenIds = ["eos", "eot", "eom"].flatMap((name) => special(name)?.id ?? []);
   return { tokenizerJson, tokenizerConfig, eosTokenIds: [...new Set(eosTokenIds)] };
+}
+
+/** Whether the file says its model was tuned to follow instructions (llama.cpp's general.finetune: "it", "instruct", "chat"). */
+function instructionTuned(meta: Record<string, unknown>): boolean {
+  const labels = [str(meta, "general.finetune"), str(meta, "general.name")].filter(Boolean).join(" ");
+  return /\b(it|instruct|chat)\b/i.test(labels);
 }
 
 interface ModelParts {

@@ -7,8 +7,12 @@ import * as mx from "../../src/mlx";
 import type { MxArray } from "../../src/mlx";
 
 export interface TinyOptions {
-  modelType?: "llama" | "mistral" | "qwen2" | "qwen3" | "gemma3_text" | "qwen3_moe" | "mixtral" | "phi3";
-  quantize?: { groupSize: number; bits: number };
+  modelType?: "llama" | "mistral" | "qwen2" | "qwen3" | "gemma3_text" | "qwen3_moe" | "mixtral" | "phi3" | "gpt_oss";
+  /**
+   * MLX's affine quantization of every linear layer, or (gpt-oss) `mxfp4`: its experts in MX FP4
+   * blocks and the rest plain, as OpenAI ships gpt-oss.
+   */
+  quantize?: { groupSize: number; bits: number; mode?: "affine" | "mxfp4" };
   tied?: boolean;
   vocabSize?: number;
   layers?: number;
@@ -70,7 +74,47 @@ export function tinyConfig(o: TinyOptions = {}): Record<string, unknown> {
       rope_scaling: { type: "longrope", long_factor: factors, short_factor: factors.map(() => 1) },
     });
   }
-  if (o.quantize) config.quantization = { group_size: o.quantize.groupSize, bits: o.quantize.bits, mode: "affine" };
+  if (o.modelType === "gpt_oss") {
+    // gpt-oss-20b's keys (but swiglu_limit, whose 7.0 JSON.stringify writes as 7, which transformers' config
+    // refuses; 7 is its default); layers alternate sliding (window shorter than the test sequences) and full.
+    const layers = o.layers ?? 2;
+    Object.assign(config, {
+      num_local_experts: tinyMoE.experts,
+      num_experts_per_tok: 2,
+      intermediate_size: tinyMoE.intermediate,
+      sliding_window: o.window ?? 6,
+      layer_types: Array.from({ length: layers }, (_, i) => (i % 2 ? "full_attention" : "sliding_attention")),
+      attention_bias: true,
+      rope_theta: 150000,
+      rope_scaling: {
+        rope_type: "yarn",
+        factor: 32.0,
+        beta_fast: 32.0,
+        beta_slow: 1.0,
+        original_max_position_embeddings: 4096,
+        truncate: false,
+      },
+    });
+    if (o.quantize?.mode === "mxfp4") {
+      config.quantization_config = {
+        quant_method: "mxfp4",
+        modules_to_not_convert: [
+          "model.layers.*.self_attn",
+          "model.layers.*.mlp.router",
+          "model.embed_tokens",
+          "lm_head",
+        ],
+      };
+      return config;
+    }
+  }
+  if (o.quantize) {
+    config.quantization = { group_size: o.quantize.groupSize, bits: o.quantize.bits, mode: "affine" };
+    // As mlx-lm quantizes gpt-oss: its routers in 8 bits.
+    if (o.modelType === "gpt_oss")
+      for (let i = 0; i < (o.layers ?? 2); i++)
+        (config.quantization as Record<string, unknown>)[`model.layers.${i}.mlp.router`] = { group_size: 64, bits: 8 };
+  }
   return config;
 }
 
@@ -89,32 +133,54 @@ export function tinyWeights(o: TinyOptions = {}): Map<string, MxArray> {
     return t;
   };
   const w = new Map<string, MxArray>();
-  const addLinear = (name: string, out: number, inp: number, bias = false, stack?: number) => {
+  const affine = o.quantize?.mode === "mxfp4" ? undefined : o.quantize;
+  const addLinear = (
+    name: string,
+    out: number,
+    inp: number,
+    bias = false,
+    stack?: number,
+    quantize = affine as { groupSize: number; bits: number } | undefined,
+  ) => {
     const weight = normal(stack ? [stack, out, inp] : [out, inp]);
-    if (o.quantize) {
-      const q = mx.quantize(weight, o.quantize);
+    if (quantize) {
+      const q = mx.quantize(weight, quantize);
       w.set(`${name}.weight`, mx.keep(q.weight));
       w.set(`${name}.scales`, mx.keep(q.scales));
       if (q.biases) w.set(`${name}.biases`, mx.keep(q.biases));
       weight.free();
     } else w.set(`${name}.weight`, weight);
-    if (bias) w.set(`${name}.bias`, normal([out], 0.02));
+    if (bias) w.set(`${name}.bias`, normal(stack ? [stack, out] : [out], 0.02));
+  };
+  /** Experts' matrices in MX FP4 as OpenAI ships them: `_blocks` of bytes [experts, out, in / 32, 16] and `_scales`. */
+  const addFp4Experts = (name: string, out: number, inp: number) => {
+    const weight = normal([tinyMoE.experts, out, inp]);
+    const q = mx.quantize(weight, { groupSize: 32, bits: 4, mode: "mxfp4" });
+    weight.free();
+    w.set(
+      `${name}_blocks`,
+      mx.keep(mx.reshape(mx.view(q.weight, mx.Dtype.uint8), [tinyMoE.experts, out, inp / 32, 16])),
+    );
+    w.set(`${name}_scales`, mx.keep(q.scales));
+    w.set(`${name}_bias`, normal([tinyMoE.experts, out], 0.02));
   };
   const addNorm = (name: string, size: number) =>
     w.set(`${name}.weight`, mx.keep(mx.scope(() => mx.add(normal([size], 0.05), 1))));
   addLinear("model.embed_tokens", vocab, hidden);
   const qwen2 = o.modelType === "qwen2";
+  const gptOss = o.modelType === "gpt_oss";
   for (let i = 0; i < (o.layers ?? 2); i++) {
     const p = `model.layers.${i}`;
     addNorm(`${p}.input_layernorm`, hidden);
     addNorm(`${p}.post_attention_layernorm`, hidden);
     if (o.modelType === "phi3") addLinear(`${p}.self_attn.qkv_proj`, (heads + 2 * kvHeads) * headDim, hidden);
     else {
-      addLinear(`${p}.self_attn.q_proj`, heads * headDim, hidden, qwen2);
-      addLinear(`${p}.self_attn.k_proj`, kvHeads * headDim, hidden, qwen2);
-      addLinear(`${p}.self_attn.v_proj`, kvHeads * headDim, hidden, qwen2);
+      addLinear(`${p}.self_attn.q_proj`, heads * headDim, hidden, qwen2 || gptOss);
+      addLinear(`${p}.self_attn.k_proj`, kvHeads * headDim, hidden, qwen2 || gptOss);
+      addLinear(`${p}.self_attn.v_proj`, kvHeads * headDim, hidden, qwen2 || gptOss);
     }
-    addLinear(`${p}.self_attn.o_proj`, hidden, heads * headDim);
+    addLinear(`${p}.self_attn.o_proj`, hidden, heads * headDim, gptOss);
+    if (gptOss) w.set(`${p}.self_attn.sinks`, normal([heads], 1));
     if (o.modelType === "gemma3_text") {
       addNorm(`${p}.pre_feedforward_layernorm`, hidden);
       addNorm(`${p}.post_feedforward_layernorm`, hidden);
@@ -125,7 +191,20 @@ export function tinyWeights(o: TinyOptions = {}): Map<string, MxArray> {
     }
     const moe =
       o.modelType === "mixtral" ? "block_sparse_moe" : o.modelType === "qwen3_moe" && i > 0 ? "mlp" : undefined;
-    if (moe) {
+    if (gptOss) {
+      const router = affine && { groupSize: 64, bits: 8 };
+      addLinear(`${p}.mlp.router`, tinyMoE.experts, hidden, true, undefined, router);
+      if (o.quantize?.mode === "mxfp4") {
+        // gate_up_proj: the gate's and the up projection's rows interleaved.
+        addFp4Experts(`${p}.mlp.experts.gate_up_proj`, 2 * tinyMoE.intermediate, hidden);
+        addFp4Experts(`${p}.mlp.experts.down_proj`, hidden, tinyMoE.intermediate);
+      } else {
+        // As mlx-lm saves them (its sanitize splits gate_up_proj).
+        addLinear(`${p}.mlp.experts.gate_proj`, tinyMoE.intermediate, hidden, true, tinyMoE.experts);
+        addLinear(`${p}.mlp.experts.up_proj`, tinyMoE.intermediate, hidden, true, tinyMoE.experts);
+        addLinear(`${p}.mlp.experts.down_proj`, hidden, tinyMoE.intermediate, true, tinyMoE.experts);
+      }
+    } else if (moe) {
       addLinear(`${p}.${moe}.gate`, tinyMoE.experts, hidden);
       // Mixtral's experts are intermediate_size wide, Qwen3-MoE's moe_intermediate_size.
       const expertHidden = o.modelType === "mixtral" ? intermediate : tinyMoE.intermediate;

@@ -10,6 +10,15 @@ export const tinyParityModels: Record<string, TinyOptions> = {
   "qwen3_moe-4bit": { modelType: "qwen3_moe", layers: 3, seed: 4, quantize: { groupSize: 32, bits: 4 } },
   mixtral: { modelType: "mixtral", layers: 2, seed: 5, tied: false },
   "mixtral-4bit": { modelType: "mixtral", layers: 2, seed: 5, tied: false, quantize: { groupSize: 32, bits: 4 } },
+  gpt_oss: { modelType: "gpt_oss", layers: 4, seed: 7, tied: false },
+  "gpt_oss-4bit": { modelType: "gpt_oss", layers: 4, seed: 7, tied: false, quantize: { groupSize: 32, bits: 4 } },
+  "gpt_oss-mxfp4": {
+    modelType: "gpt_oss",
+    layers: 4,
+    seed: 7,
+    tied: false,
+    quantize: { groupSize: 32, bits: 4, mode: "mxfp4" },
+  },
   phi3: { modelType: "phi3", layers: 2, seed: 6, tied: false },
   "phi3-4bit": { modelType: "phi3", layers: 2, seed: 6, tied: false, quantize: { groupSize: 32, bits: 4 } },
 };

@@ -49,6 +49,7 @@ export const symbols = {
   mlxs_binary_scalar: { args: [p, i32, p, f64, i32], returns: i32 },
   mlxs_where: { args: [p, p, p, p], returns: i32 },
   mlxs_astype: { args: [p, p, i32], returns: i32 },
+  mlxs_view: { args: [p, p, i32], returns: i32 },
   mlxs_full: { args: [p, p, i32, f64, i32], returns: i32 },
   mlxs_arange: { args: [p, f64, f64, f64, i32], returns: i32 },
 
