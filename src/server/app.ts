@@ -23,6 +23,7 @@ import type { LoadedModel } from "../models/load";
 import { PrefixCache } from "../engine/prefix-cache";
 import { AdaptiveTuner } from "../engine/tuner";
 import type { ServerConfig, ServerState } from "./state";
+import { activeProviders } from "../providers";
 
 export interface ServerOptions extends Partial<ServerConfig> {
   host?: string;
@@ -126,6 +127,7 @@ export function createState(o: ServerOptions = {}): ServerState {
     waiting: () => queueFigures(state).waiting,
     loadedModels: () => state.models.loaded.length,
     memory: () => (state.models.loaded.length > 0 ? memoryFigures() : { active: 0, peak: 0, cache: 0 }),
+    providers: activeProviders,
   });
   return state;
 }
