@@ -6,13 +6,15 @@ import type { RemoteModelConfig } from "./config";
 import { Provider, RemoteModel } from "./model";
 
 export { Provider, RemoteModel, type StreamOptions } from "./model";
+export { remoteSampling, streamRemoteCompletion } from "./completion";
 export type { RemoteEvent, RemoteRequest, RemoteUsage } from "./types";
 
 const providers = new Map<string, { provider: Provider; owner: string; config: RemoteModelConfig }>();
 
-/** The remote model an alias names; undefined when the name is not a remote alias. */
-export function remoteModel(name: string): RemoteModel | undefined {
-  const config = loadAliases().remotes.get(name);
+/** The remote model an alias names (none: the default model); undefined when it is not a remote alias. */
+export function remoteModel(name: string | undefined): RemoteModel | undefined {
+  const aliases = loadAliases();
+  const config = aliases.remotes.get(name ?? aliases.defaultModel);
   return config && new RemoteModel(config, providerFor(config));
 }
 
