@@ -61,6 +61,16 @@ async function startRemote(): Promise<void> {
 let limitedHits: number[] = [];
 /** Requests the server that answers off the schema has seen. */
 let offSchemaHits = 0;
+/** The gated server's requests wait for this; and the client port each came from. */
+let gate = Promise.withResolvers<void>();
+const gatedPorts: number[] = [];
+
+/** A whole OpenAI chat stream with one piece of text. */
+function chatStream(text: string): string {
+  const chunk = (choice: object) =>
+    `data: ${JSON.stringify({ id: "x", object: "chat.completion.chunk", choices: [{ index: 0, ...choice }] })}\n\n`;
+  return `${chunk({ delta: { content: text } })}${chunk({ delta: {}, finish_reason: "stop" })}data: [DONE]\n\n`;
+}
 
 beforeAll(async () => {
   writeTinyModel(tiny, { contextLength: 1024 });
@@ -81,13 +91,32 @@ beforeAll(async () => {
     port: 0,
     fetch() {
       offSchemaHits++;
-      const chunk = (choice: object) =>
-        `data: ${JSON.stringify({ id: "x", object: "chat.completion.chunk", choices: [{ index: 0, ...choice }] })}\n\n`;
-      const body = `${chunk({ delta: { content: '{"age": "old"}' } })}${chunk({ delta: {}, finish_reason: "stop" })}data: [DONE]\n\n`;
-      return new Response(body, { headers: { "Content-Type": "text/event-stream" } });
+      return new Response(chatStream('{"age": "old"}'), { headers: { "Content-Type": "text/event-stream" } });
     },
   });
-  helpers.push(limited, offSchema);
+  const gated = Bun.serve({
+    port: 0,
+    async fetch(req, server) {
+      gatedPorts.push(server.requestIP(req)!.port);
+      await gate.promise;
+      return new Response(chatStream("done"), { headers: { "Content-Type": "text/event-stream" } });
+    },
+  });
+  // Headers and a comment at once, then nothing.
+  const silent = Bun.serve({
+    port: 0,
+    idleTimeout: 0,
+    fetch: () =>
+      new Response(
+        new ReadableStream({
+          start(controller) {
+            controller.enqueue(new TextEncoder().encode(": hello\n\n"));
+          },
+        }),
+        { headers: { "Content-Type": "text/event-stream" } },
+      ),
+  });
+  helpers.push(limited, offSchema, gated, silent);
   unreachable = freePort();
 
   process.env.MLX_HOME = home;
@@ -121,6 +150,20 @@ retry_base = 0.05
 provider = "openai"
 base_url = "http://127.0.0.1:${offSchema.port}/v1"
 model = "anything"
+
+[models.gated]
+provider = "openai"
+base_url = "http://127.0.0.1:${gated.port}/v1"
+model = "anything"
+max_connections = 1
+max_queue = 1
+
+[models.silent]
+provider = "openai"
+base_url = "http://127.0.0.1:${silent.port}/v1"
+model = "anything"
+read_timeout = 0.3
+max_retries = 0
 
 [models.down]
 provider = "openai"
@@ -342,6 +385,40 @@ describe("failures", () => {
     const m = await metrics();
     expect(metric(m, "mlx_provider_retries_total", `provider="[^"]+",model="limited",reason="429"`)).toBe(1);
     expect(metric(m, "mlx_provider_requests_total", `provider="[^"]+",model="limited",outcome="ok"`)).toBe(1);
+  });
+
+  test("the pool: one connection in use, one request queued, the next refused; connections are kept alive", async () => {
+    gate = Promise.withResolvers<void>();
+    gatedPorts.length = 0;
+    const ask = () =>
+      post(`${proxy.url}/v1/chat/completions`, { model: "gated", messages: [{ role: "user", content: "Hi" }] });
+    const first = ask();
+    const second = ask();
+    await eventually(async () => /mlx_provider_queue_waiting\{[^}]+\} 1$/m.test(await metrics()));
+    const m = await metrics();
+    expect(m).toMatch(/^mlx_provider_connections_in_use\{provider="[^"]+"\} 1$/m);
+    const refused = await ask();
+    expect(refused.status).toBe(429);
+    expect(refused.json.error.message).toContain("all 1 connections are busy and 1 requests already wait");
+    expect(refused.headers.get("retry-after")).toBe("1");
+    gate.resolve();
+    for (const r of await Promise.all([first, second])) {
+      expect(r.status).toBe(200);
+      expect(r.json.choices[0].message.content).toBe("done");
+    }
+    // The second request went out over the connection the first one had used.
+    expect(gatedPorts.length).toBe(2);
+    expect(gatedPorts[1]).toBe(gatedPorts[0]!);
+  });
+
+  test("a provider silent past its read timeout is a 504", async () => {
+    const r = await post(`${proxy.url}/api/chat`, {
+      model: "silent",
+      messages: [{ role: "user", content: "Hi" }],
+      stream: false,
+    });
+    expect(r.status).toBe(504);
+    expect(r.json.error).toContain("sent nothing for 0.3 s");
   });
 
   test("a remote error is a 502 in the client's shape, with the provider's message", async () => {
