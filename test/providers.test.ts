@@ -503,7 +503,7 @@ test("/metrics counts per provider and model", async () => {
   expect(m).toMatch(/^mlx_provider_queue_waiting\{provider="[^"]+"\} 0$/m);
 });
 
-test("mlx run and mlx bench take a remote alias", async () => {
+test("mlx run, chat and bench take a remote alias", async () => {
   const run = cliRunner(home);
   const answer = await run(["run", "-m", "ro", "--max-tokens", "5", "--json", "Hi"]);
   expect(answer.stderr).toBe("");
@@ -511,6 +511,16 @@ test("mlx run and mlx bench take a remote alias", async () => {
   const result = JSON.parse(answer.stdout);
   expect(result.text.length).toBeGreaterThan(0);
   expect(result.stats.generated_tokens).toBe(5);
+  const chat = await run(["chat", "-m", "ro", "--max-tokens", "4", "--stats"], "Hi\nAnd then?\n/show\n");
+  expect(chat.code).toBe(0);
+  expect(chat.stdout.trim().split("\n").length).toBe(2);
+  expect(chat.stderr).toContain("(remote, openai provider at http://127.0.0.1:");
+  // The second turn sent the whole conversation: more prompt tokens than the first.
+  const prompts = [...chat.stderr.matchAll(/prompt (\d+) new \+ (\d+) cached/g)].map(
+    (m) => Number(m[1]) + Number(m[2]),
+  );
+  expect(prompts.length).toBe(2);
+  expect(prompts[1]!).toBeGreaterThan(prompts[0]!);
   const bench = await run(["bench", "-m", "ro", "-p", "32", "-g", "8", "-n", "1", "--json"]);
   expect(bench.code).toBe(0);
   const [row] = JSON.parse(bench.stdout).models;

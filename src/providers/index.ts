@@ -7,6 +7,7 @@ import { Provider, RemoteModel } from "./model";
 
 export { Provider, RemoteModel, type StreamOptions } from "./model";
 export { remoteSampling, streamRemoteCompletion } from "./completion";
+export { RemoteConversation } from "./conversation";
 export type { RemoteEvent, RemoteRequest, RemoteUsage } from "./types";
 
 const providers = new Map<string, { provider: Provider; owner: string; config: RemoteModelConfig }>();
