@@ -13,6 +13,7 @@ import OpenAI from "openai";
 import Ajv from "ajv";
 import type { Subprocess } from "bun";
 import type { RunningServer } from "../src/server/app";
+import { loadAliases } from "../src/store/aliases";
 import { cliRunner, mainScript } from "./helpers/cli";
 import { eventually, post, serve } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
@@ -527,3 +528,56 @@ test("mlx run, chat and bench take a remote alias", async () => {
   expect(row.format).toBe("remote");
   expect(row.prompt_tokens).toBeGreaterThan(16);
 }, 60_000);
+
+test("/v1/models lists the remote aliases", async () => {
+  const ids = (await openai.models.list()).data.map((m) => m.id);
+  expect(ids).toEqual(expect.arrayContaining(["ro", "ra", "rslow"]));
+});
+
+describe("models.toml", () => {
+  /** loadAliases' error for a user models.toml holding `entry` as model 'x'. */
+  function aliasError(entry: string): string {
+    const dir = mkdtempSync(join(tmpdir(), "mlx-providers-toml-"));
+    writeFileSync(join(dir, "models.toml"), `[models.x]\n${entry}\n`);
+    process.env.MLX_HOME = dir;
+    try {
+      loadAliases();
+      return "no error";
+    } catch (error) {
+      return (error as Error).message;
+    } finally {
+      process.env.MLX_HOME = home;
+    }
+  }
+
+  test("a remote entry with a mistake is refused with the file, the alias and the problem", () => {
+    expect(aliasError('provider = "cohere"\nmodel = "m"')).toContain(
+      `model 'x': provider must be "openai" or "anthropic"`,
+    );
+    expect(aliasError('provider = "openai"')).toContain(
+      `model 'x': a remote model needs model = "<the provider's model name>"`,
+    );
+    expect(aliasError('provider = "openai"\nmodel = "m"\nbase_url = "ftp://h"')).toContain(
+      "base_url must be an http(s) URL",
+    );
+    expect(aliasError('provider = "openai"\nmodel = "m"\nmax_connections = 0')).toContain(
+      "max_connections must be at least 1",
+    );
+    expect(aliasError('provider = "openai"\nmodel = "m"\nread_timeout = -1')).toContain(
+      "read_timeout must be a number of seconds >= 0",
+    );
+    expect(aliasError('provider = "openai"\nmodel = "m"\nsource = "x"')).toContain(
+      "unknown key 'source' for a remote model",
+    );
+    expect(aliasError('provider = "anthropic"\nmodel = "m"\nconnect_timeout = 2.5')).toBe("no error");
+  });
+
+  test("a remote alias has no weights: pulling or loading it says so", async () => {
+    const r = await post(`${proxy.url}/v1/messages/count_tokens`, {
+      model: "ro",
+      messages: [{ role: "user", content: "Hi" }],
+    });
+    expect(r.status).toBe(400);
+    expect(r.json.error.message).toContain("model 'ro' is served by a remote openai provider");
+  });
+});

@@ -19,6 +19,11 @@ export function remoteModel(name: string | undefined): RemoteModel | undefined {
   return config && new RemoteModel(config, providerFor(config));
 }
 
+/** The aliases served by remote providers. */
+export function remoteModelNames(): string[] {
+  return [...loadAliases().remotes.keys()];
+}
+
 /** The providers used so far (for /metrics). */
 export function activeProviders(): Provider[] {
   return [...providers.values()].map((p) => p.provider);

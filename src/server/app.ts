@@ -23,7 +23,7 @@ import type { LoadedModel } from "../models/load";
 import { PrefixCache } from "../engine/prefix-cache";
 import { AdaptiveTuner } from "../engine/tuner";
 import type { ServerConfig, ServerState } from "./state";
-import { activeProviders } from "../providers";
+import { activeProviders, remoteModel } from "../providers";
 
 export interface ServerOptions extends Partial<ServerConfig> {
   host?: string;
@@ -234,8 +234,8 @@ export function startServer(o: ServerOptions = {}): RunningServer {
     // far above ours: past it, Bun cuts the request with an empty 413.
     maxRequestBodySize: Math.max(UPLOAD_CAP, state.config.maxBodyBytes * 2),
   });
-  if (o.defaultModel) {
-    // Preloaded and kept (keep-alive -1) unless a request says otherwise.
+  if (o.defaultModel && !remoteModel(o.defaultModel)) {
+    // Preloaded and kept (keep-alive -1) unless a request says otherwise (a remote model has nothing to load).
     state.models
       .acquire(o.defaultModel, Infinity)
       .then((lease) => lease.release())

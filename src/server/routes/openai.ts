@@ -20,6 +20,7 @@ import { readJson } from "../../api/validate";
 import type { ServerState } from "../state";
 import type { Tokenizer } from "../../tokenizer/tokenizer";
 import { ToolCallStream, type ToolCall } from "../../engine/tools";
+import { remoteModelNames } from "../../providers";
 
 type Kind = "chat" | "completion";
 
@@ -39,6 +40,7 @@ export function openaiRoutes(s: ServerState): Hono {
     }
     for (const m of await s.models.stored())
       if (!seen.has(m.name)) data.push(modelObject(m.name, Math.floor(Date.parse(m.createdAt) / 1000) || 0));
+    for (const name of remoteModelNames()) if (!seen.has(name)) data.push(modelObject(name, 0));
     return c.json({ object: "list", data });
   });
 
