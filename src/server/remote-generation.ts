@@ -48,7 +48,6 @@ export async function startRemoteGeneration(
   input.clientSignal.addEventListener("abort", onClientAbort, { once: true });
   if (input.clientSignal.aborted) controller.abort();
   const started = performance.now();
-  let firstAt: number | undefined;
   let providerOutcome = "cancelled";
   const remoteEvents = remote.stream(
     {
@@ -74,10 +73,9 @@ export async function startRemoteGeneration(
   } catch (error) {
     providerOutcome = outcomeOf(error, timedOut);
     finishedRemote();
-    recordOutcome(m, input.route, timedOut ? "timeout" : "error", undefined);
     throw timedOut ? requestTimeout() : error;
   }
-  firstAt = performance.now();
+  const firstAt = performance.now();
   m.providerFirstByte.observe((firstAt - started) / 1000, labels);
 
   async function* events(): AsyncGenerator<GenerationEvent> {
@@ -104,7 +102,7 @@ export async function startRemoteGeneration(
             finishReason: event.finishReason,
             stopSequence: event.stopSequence,
             tokenIds: [],
-            usage: { ...event.usage, queueMs: 0, timeToFirstTokenMs: firstAt! - started, totalMs: ms() },
+            usage: { ...event.usage, queueMs: 0, timeToFirstTokenMs: firstAt - started, totalMs: ms() },
           };
         }
         next = await remoteEvents.next();
