@@ -23,6 +23,8 @@ const rounds = Number(values.rounds);
 const maxTokens = Number(values["max-tokens"]);
 const main = join(import.meta.dir, "..", "src", "main.ts");
 
+const signed = (x: number) => `${x >= 0 ? "+" : "−"}${Math.abs(x).toFixed(1)}`;
+
 function freePort(): number {
   const probe = Bun.serve({ port: 0, fetch: () => new Response() });
   const port = probe.port!;
@@ -110,7 +112,7 @@ try {
   console.log(`| direct to the remote | ${first("direct").toFixed(1)} | ${speed("direct").toFixed(1)} |`);
   console.log(`| through the proxy | ${first("proxied").toFixed(1)} | ${speed("proxied").toFixed(1)} |`);
   console.log(
-    `| proxy / direct | ${ratio(first("proxied"), first("direct"))} (+${(first("proxied") - first("direct")).toFixed(1)} ms) | ${ratio(speed("proxied"), speed("direct"))} |`,
+    `| proxy / direct | ${ratio(first("proxied"), first("direct"))} (${signed(first("proxied") - first("direct"))} ms) | ${ratio(speed("proxied"), speed("direct"))} |`,
   );
 } finally {
   proxy.stop();
