@@ -13,6 +13,7 @@ import OpenAI from "openai";
 import Ajv from "ajv";
 import type { Subprocess } from "bun";
 import type { RunningServer } from "../src/server/app";
+import { retryAfterMs } from "../src/providers/model";
 import { loadAliases } from "../src/store/aliases";
 import { cliRunner, mainScript } from "./helpers/cli";
 import { eventually, post, serve } from "./helpers/serve";
@@ -580,4 +581,13 @@ describe("models.toml", () => {
     expect(r.status).toBe(400);
     expect(r.json.error.message).toContain("model 'ro' is served by a remote openai provider");
   });
+});
+
+test("Retry-After is read as seconds or as an HTTP date", () => {
+  const now = Date.parse("Tue, 01 Dec 2026 10:00:00 GMT");
+  expect(retryAfterMs("2", now)).toBe(2000);
+  expect(retryAfterMs("Tue, 01 Dec 2026 10:00:03 GMT", now)).toBe(3000);
+  expect(retryAfterMs("Tue, 01 Dec 2026 09:00:00 GMT", now)).toBe(0);
+  expect(retryAfterMs("soon", now)).toBeUndefined();
+  expect(retryAfterMs(null, now)).toBeUndefined();
 });
