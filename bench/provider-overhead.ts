@@ -32,12 +32,16 @@ function freePort(): number {
   return port;
 }
 
-async function startServe(args: string[], home: string): Promise<{ url: string; stop: () => void }> {
+const logs = mkdtempSync(join(tmpdir(), "mlx-provider-bench-logs-"));
+
+/** An `mlx serve` child on a free port, its stderr in a log file (printed if the run fails). */
+async function startServe(name: string, args: string[], home: string): Promise<{ url: string; stop: () => void }> {
   const port = freePort();
+  const log = join(logs, `${name}.log`);
   const proc = Bun.spawn([process.execPath, main, "serve", "--port", String(port), ...args], {
     env: { ...process.env, MLX_HOME: home },
     stdout: "ignore",
-    stderr: "ignore",
+    stderr: Bun.file(log),
   });
   const url = `http://127.0.0.1:${port}`;
   for (const started = performance.now(); performance.now() - started < 120_000; await Bun.sleep(100)) {
@@ -48,7 +52,7 @@ async function startServe(args: string[], home: string): Promise<{ url: string; 
     }
   }
   proc.kill();
-  throw new Error(`mlx serve on port ${port} did not become healthy`);
+  throw new Error(`mlx serve on port ${port} did not become healthy (see ${log})`);
 }
 
 /** One streamed chat answer: ms to the first content, and tokens/s after it (the usage's count). */
@@ -82,13 +86,14 @@ async function streamed(url: string, model: string): Promise<{ firstMs: number; 
   return { firstMs: firstAt - started, tokensPerSecond: (tokens - 1) / ((end - firstAt) / 1000) };
 }
 
-const remote = await startServe(["-m", values.model!, "--keep-alive", "-1"], process.env.MLX_HOME ?? "");
+const remote = await startServe("remote", ["-m", values.model!, "--keep-alive", "-1"], process.env.MLX_HOME ?? "");
 const proxyHome = mkdtempSync(join(tmpdir(), "mlx-provider-bench-"));
 writeFileSync(
   join(proxyHome, "models.toml"),
   `[models.remote]\nprovider = "openai"\nbase_url = "${remote.url}/v1"\nmodel = "${values.model}"\n`,
 );
-const proxy = await startServe([], proxyHome);
+const proxy = await startServe("proxy", [], proxyHome);
+console.error(`remote ${remote.url}, proxy ${proxy.url}; logs in ${logs}`);
 try {
   const paths = { direct: () => streamed(remote.url, values.model!), proxied: () => streamed(proxy.url, "remote") };
   await paths.direct(); // warm-up: the model's first use, the prefix cache
