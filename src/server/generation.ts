@@ -1,8 +1,9 @@
 // From a validated API request to a running generation, for both API families: hold the model
 // (the request's timeout already running), settle sampling defaults, prepare the request in the
 // engine (prompt ids, context, grammar, logits processors) and submit it to the model's
-// scheduler with a signal that fires on client disconnect or the request timeout. Also the
-// per-request figures that feed /metrics.
+// scheduler with a signal that fires on client disconnect or the request timeout (a model that
+// is a remote alias goes to its provider instead: remote-generation.ts). Also the per-request
+// figures that feed /metrics.
 import type { SamplingInput } from "../api/common";
 import { prepareGeneration, type FormatInput, type PreparedGeneration, type PromptInput } from "../engine/request";
 import { defaultSampling, type SamplingParams } from "../engine/sampling";
