@@ -530,6 +530,13 @@ test("mlx run, chat and bench take a remote alias", async () => {
   expect(row.prompt_tokens).toBeGreaterThan(16);
 }, 60_000);
 
+const hasPromtool = Bun.spawnSync(["which", "promtool"]).exitCode === 0;
+test.skipIf(!hasPromtool)("promtool accepts /metrics with the providers' series", async () => {
+  const check = Bun.spawnSync(["promtool", "check", "metrics"], { stdin: new Blob([await metrics()]), stderr: "pipe" });
+  expect(check.stderr.toString()).toBe("");
+  expect(check.exitCode).toBe(0);
+});
+
 test("/v1/models lists the remote aliases", async () => {
   const ids = (await openai.models.list()).data.map((m) => m.id);
   expect(ids).toEqual(expect.arrayContaining(["ro", "ra", "rslow"]));
