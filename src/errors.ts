@@ -52,3 +52,20 @@ export class UnsupportedError extends Error {
 export class QueueFullError extends Error {
   override name = "QueueFullError";
 }
+
+/**
+ * A remote provider (models.toml `provider = ...`) did not give an answer: unreachable, an
+ * error status, a broken or silent stream, its circuit open, its queue full, or an answer that
+ * does not match the requested JSON Schema. The message names the provider and carries its own.
+ */
+export class ProviderError extends Error {
+  override name = "ProviderError";
+  constructor(
+    message: string,
+    readonly kind: "unavailable" | "timeout" | "circuit_open" | "queue_full" | "invalid_answer",
+    /** Seconds after which trying again makes sense (circuit open, queue full). */
+    readonly retryAfterS?: number,
+  ) {
+    super(message);
+  }
+}

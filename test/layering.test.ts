@@ -13,7 +13,7 @@ function sources(dir: string): string[] {
 }
 
 describe("layering", () => {
-  for (const folder of ["server", "cmd", "api", "bench"]) {
+  for (const folder of ["server", "cmd", "api", "bench", "providers"]) {
     test(`src/${folder} imports nothing from src/mlx`, () => {
       const offenders = sources(join(src, folder)).filter((file) =>
         /from\s+"(\.\.\/)+mlx(\/[^"]*)?"/.test(readFileSync(file, "utf8")),

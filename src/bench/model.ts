@@ -49,7 +49,7 @@ const greedy: SamplingParams = { ...defaultSampling, temperature: 0 };
 
 // Plain prose, tokenized once and cycled to the asked length: real text tokens (not random
 // ids) so attention sees an ordinary prompt, and exactly p of them.
-const prose =
+export const prose =
   "The river carried the small boat past fields of barley, old stone bridges and quiet villages where people waved from their gardens. " +
   "In the evening the wind turned cold, and the boatman told stories about the towns downstream, the markets, the bells and the long winters. ";
 

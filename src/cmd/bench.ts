@@ -9,6 +9,8 @@ import { loadModel, type LoadedModel } from "../models/load";
 import { loadAliases } from "../store/aliases";
 import { resolveModelPath } from "../store/resolve";
 import { benchLoadedModel, type ModelBenchResult } from "../bench/model";
+import { benchRemoteModel } from "../bench/remote";
+import { remoteModel, type RemoteModel } from "../providers";
 import { barChart, lineChart } from "../bench/plot";
 import {
   json,
@@ -151,12 +153,19 @@ function modelSpecs(args: Args): { spec: string | undefined; name: string }[] {
 async function eachModel<T>(
   args: Args,
   bench: (lm: LoadedModel, name: string) => T | Promise<T>,
+  benchRemote?: (remote: RemoteModel, name: string) => Promise<T>,
 ): Promise<{ results: T[]; failures: ModelFailure[] }> {
   const results: T[] = [];
   const failures: ModelFailure[] = [];
   for (const { spec, name } of modelSpecs(args)) {
     let lm: LoadedModel | undefined;
     try {
+      const remote = remoteModel(spec);
+      if (remote) {
+        if (!benchRemote) throw new Error("it is a remote model: this mode measures local models only");
+        results.push(await benchRemote(remote, name));
+        continue;
+      }
       progress(`${name}: loading`);
       lm = loadModel(await resolveModelPath(spec));
       lm.kvQuantization = kvQuantizationFrom(args, spec);
@@ -194,8 +203,11 @@ async function modelMode(args: Args, output: Output, plot: string | undefined): 
   const promptTokens = nonNegativeInteger("prompt-tokens", args["prompt-tokens"]);
   const genTokens = nonNegativeInteger("gen-tokens", args["gen-tokens"]);
   if (promptTokens === 0 && genTokens === 0) throw new Error("-p and -g are both 0: nothing to measure");
-  const { results, failures } = await eachModel(args, (lm, name) =>
-    benchLoadedModel(lm, name, { repetitions, promptTokens, genTokens, onProgress: progress }),
+  const options = { repetitions, promptTokens, genTokens, onProgress: progress };
+  const { results, failures } = await eachModel(
+    args,
+    (lm, name) => benchLoadedModel(lm, name, options),
+    (remote, name) => benchRemoteModel(remote, name, options),
   );
   if (results.length > 0 || failures.length > 0)
     emit(

@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { storeRoot } from "../store/paths";
 import { fail, setVerbose } from "./log";
 import { openModel } from "./open-model";
+import { remoteModel } from "../providers";
 import { kvCacheArgs, kvQuantizationFrom, modelArg, positiveInteger, samplingArgs, samplingFrom } from "./options";
 import { ChatSession } from "./chat/session";
 import { LineInput } from "./chat/input";
@@ -33,10 +34,10 @@ export default defineCommand({
         stats: Boolean(args.stats),
       };
       const modelName = args.model ?? "default model";
-      const lm = await openModel(args.model, kvQuantizationFrom(args, args.model));
+      const model = remoteModel(args.model) ?? (await openModel(args.model, kvQuantizationFrom(args, args.model)));
       input = new LineInput(join(storeRoot(), "chat_history"));
       const say = (text: string) => process.stderr.write(`${text}\n`);
-      const session = new ChatSession(lm, modelName, settings, say);
+      const session = new ChatSession(model, modelName, settings, say);
       if (input.interactive)
         say(`chatting with ${args.model ?? "the default model"}; /help for commands, Ctrl-D to leave`);
 

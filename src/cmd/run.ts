@@ -16,6 +16,7 @@ import {
 } from "./options";
 import { BudgetError } from "../engine/budget/steering";
 import { formatStats } from "./stats";
+import { remoteModel, remoteSampling, streamRemoteCompletion } from "../providers";
 
 export default defineCommand({
   meta: { name: "run", description: "Answer one prompt and exit (piped stdin is added to the prompt)" },
@@ -47,26 +48,29 @@ export default defineCommand({
       const maxTokens = positiveInteger("max-tokens", args["max-tokens"]);
       const output = await formatFrom(args); // before loading the model: a bad schema fails fast
       const text = await readPrompt(args.prompt);
-      const lm = await openModel(args.model, kvQuantizationFrom(args, args.model));
       const controller = new AbortController();
       process.once("SIGINT", () => controller.abort());
-      // A batch of one through the scheduler that serves `mlx serve`.
-      const scheduler = soloScheduler(lm);
-      const stream = streamCompletion(scheduler, {
-        prompt: { kind: "text", text, template: !args.raw, system: args.system },
-        sampling,
+      const spec = {
+        prompt: { kind: "text", text, template: !args.raw, system: args.system } as const,
         maxTokens,
         stop: list(args.stop),
         format: output && { format: output.format, param: "--schema" },
-        signal: controller.signal,
-      });
+      };
+      const remote = remoteModel(args.model);
+      // The remote provider, or a batch of one through the scheduler that serves `mlx serve`.
+      const scheduler = remote
+        ? undefined
+        : soloScheduler(await openModel(args.model, kvQuantizationFrom(args, args.model)));
+      const stream = remote
+        ? streamRemoteCompletion(remote, { ...spec, sampling: remoteSampling(sampling) }, controller.signal)
+        : streamCompletion(scheduler!, { ...spec, sampling, signal: controller.signal });
       let step = await cliBudget(() => stream.next()); // the first step prepares the request
       while (!step.done) {
         if (!args.json) process.stdout.write(step.value);
         step = await stream.next();
       }
       const result: CompletionResult = step.value;
-      scheduler.dispose();
+      scheduler?.dispose();
       if (args.json) process.stdout.write(`${JSON.stringify(jsonResult(result))}\n`);
       else process.stdout.write("\n");
       if (result.closedEarly && !args.json)

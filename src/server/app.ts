@@ -23,6 +23,7 @@ import type { LoadedModel } from "../models/load";
 import { PrefixCache } from "../engine/prefix-cache";
 import { AdaptiveTuner } from "../engine/tuner";
 import type { ServerConfig, ServerState } from "./state";
+import { activeProviders, remoteModel } from "../providers";
 
 export interface ServerOptions extends Partial<ServerConfig> {
   host?: string;
@@ -126,6 +127,7 @@ export function createState(o: ServerOptions = {}): ServerState {
     waiting: () => queueFigures(state).waiting,
     loadedModels: () => state.models.loaded.length,
     memory: () => (state.models.loaded.length > 0 ? memoryFigures() : { active: 0, peak: 0, cache: 0 }),
+    providers: activeProviders,
   });
   return state;
 }
@@ -232,8 +234,8 @@ export function startServer(o: ServerOptions = {}): RunningServer {
     // far above ours: past it, Bun cuts the request with an empty 413.
     maxRequestBodySize: Math.max(UPLOAD_CAP, state.config.maxBodyBytes * 2),
   });
-  if (o.defaultModel) {
-    // Preloaded and kept (keep-alive -1) unless a request says otherwise.
+  if (o.defaultModel && !remoteModel(o.defaultModel)) {
+    // Preloaded and kept (keep-alive -1) unless a request says otherwise (a remote model has nothing to load).
     state.models
       .acquire(o.defaultModel, Infinity)
       .then((lease) => lease.release())

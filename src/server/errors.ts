@@ -13,6 +13,7 @@ import {
   InvalidParameterError,
   ModelNotFoundError,
   ModelPullError,
+  ProviderError,
   QueueFullError,
   UnsupportedError,
 } from "../errors";
@@ -72,11 +73,33 @@ export function toApiError(error: unknown, onInternal?: (error: unknown) => void
     return new ApiError(404, error.message, "invalid_request_error", "model", "model_not_found");
   if (error instanceof ModelPullError)
     return new ApiError(502, error.message, "server_error", "model", "model_pull_failed");
+  if (error instanceof ProviderError) return providerError(error);
   if (error instanceof TimeoutError) return new ApiError(504, error.message, "timeout_error", null, "request_timeout");
   if (error instanceof ModelLoadError)
     return new ApiError(500, error.message.split("\n")[0]!, "server_error", "model", "model_load_failed");
   onInternal?.(error);
   return new ApiError(500, "internal server error", "server_error", null, "internal_error");
+}
+
+/**
+ * A remote provider's failure: 502 with its message (an invalid answer too), 504 when it timed
+ * out, 503 while its circuit is open and 429 while its queue is full (both with Retry-After).
+ */
+function providerError(e: ProviderError): ApiError {
+  const retryAfter: Record<string, string> =
+    e.retryAfterS !== undefined ? { "Retry-After": String(e.retryAfterS) } : {};
+  switch (e.kind) {
+    case "timeout":
+      return new ApiError(504, e.message, "timeout_error", null, "provider_timeout");
+    case "circuit_open":
+      return new ApiError(503, e.message, "server_error", null, "provider_circuit_open", retryAfter);
+    case "queue_full":
+      return new ApiError(429, e.message, "rate_limit_error", null, "provider_queue_full", retryAfter);
+    case "invalid_answer":
+      return new ApiError(502, e.message, "server_error", null, "provider_invalid_answer");
+    case "unavailable":
+      return new ApiError(502, e.message, "server_error", null, "provider_error");
+  }
 }
 
 /** The API family whose error shape a path answers with. */

@@ -1,17 +1,19 @@
 // From a validated API request to a running generation, for both API families: hold the model
 // (the request's timeout already running), settle sampling defaults, prepare the request in the
 // engine (prompt ids, context, grammar, logits processors) and submit it to the model's
-// scheduler with a signal that fires on client disconnect or the request timeout. Also the
-// per-request figures that feed /metrics.
+// scheduler with a signal that fires on client disconnect or the request timeout (a model that
+// is a remote alias goes to its provider instead: remote-generation.ts). Also the per-request
+// figures that feed /metrics.
 import type { SamplingInput } from "../api/common";
 import { prepareGeneration, type FormatInput, type PreparedGeneration, type PromptInput } from "../engine/request";
 import { defaultSampling, type SamplingParams } from "../engine/sampling";
 import type { GenerationEvent, GenerationUsage } from "../engine/scheduler";
-import type { ToolCallFormat, ToolRequest } from "../engine/tools";
+import type { ToolCallParser, ToolRequest } from "../engine/tools";
 import type { Tokenizer } from "../tokenizer/tokenizer";
-import type { LoadedModel } from "../models/load";
+import { remoteModel } from "../providers";
 import { badRequest, requestTimeout } from "./errors";
 import type { Lease, ModelRegistry } from "./model-registry";
+import { startRemoteGeneration } from "./remote-generation";
 import type { ServerMetrics } from "./metrics";
 import type { ServerConfig } from "./state";
 import type { Flight, InFlight } from "./inflight";
@@ -29,6 +31,8 @@ export interface GenerateInput {
   /** Whether a max_tokens beyond the context is an error (OpenAI) or clamped (Ollama). */
   strictMaxTokens: boolean;
   stop?: string[];
+  /** Whether the answer's tokens' logprobs are asked for. */
+  logprobs?: boolean;
   /** Alternatives reported per token (default 0). */
   topLogprobs?: number;
   /** Structured output to enforce while sampling. */
@@ -41,11 +45,14 @@ export interface GenerateInput {
 }
 
 export interface Generation {
-  lease: Lease;
-  lm: LoadedModel;
+  /** Milliseconds spent loading the model for this request. */
+  loadMs: number;
+  /** The model's tokenizer (none for a remote model: it has no logprobs either). */
+  tokenizer?: Tokenizer;
+  /** The prompt's token ids (none for a remote model). */
   promptIds: number[];
   /** Set when the model was offered tools: how to read its calls out of the answer. */
-  toolFormat?: ToolCallFormat;
+  toolFormat?: ToolCallParser;
   events: AsyncIterable<GenerationEvent>;
   timedOut: () => boolean;
   /** Stops the generation (client gone). */
@@ -78,6 +85,8 @@ export function httpRequestBounds(
 }
 
 export async function startGeneration(ctx: GenerationContext, input: GenerateInput): Promise<Generation> {
+  const remote = remoteModel(input.model);
+  if (remote) return startRemoteGeneration(ctx, remote, input);
   // The request's clock starts now: waiting for a model to load (or for room to load it) counts.
   const controller = new AbortController();
   let timedOut = false;
@@ -125,8 +134,8 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
     flight = tracked.flight;
     const constraint = prepared.constraint;
     return {
-      lease,
-      lm,
+      loadMs: lease.loadMs,
+      tokenizer: lm.tokenizer,
       promptIds: prepared.promptIds,
       toolFormat: prepared.toolFormat,
       events: tracked.events,
@@ -180,7 +189,12 @@ function untilAborted(acquiring: Promise<Lease>, signal: AbortSignal): Promise<L
   });
 }
 
-function recordOutcome(m: ServerMetrics, route: string, outcome: string, usage: GenerationUsage | undefined): void {
+export function recordOutcome(
+  m: ServerMetrics,
+  route: string,
+  outcome: string,
+  usage: GenerationUsage | undefined,
+): void {
   m.finished.inc({ route, finish_reason: outcome });
   if (!usage) return;
   m.promptTokens.inc({}, usage.promptTokens);

@@ -1,5 +1,6 @@
 import type { MemoryFigures } from "../engine/device";
 import type { SchedulerStats } from "../engine/scheduler";
+import type { Provider } from "../providers";
 
 // A small Prometheus registry: counters, gauges (set or read at scrape time) and histograms,
 // written in the text exposition format (version 0.0.4).
@@ -134,6 +135,7 @@ export function serverMetrics(live: {
   waiting: () => number;
   loadedModels: () => number;
   memory: () => MemoryFigures;
+  providers: () => Provider[];
 }) {
   const registry = new Registry();
   return {
@@ -224,8 +226,62 @@ export function serverMetrics(live: {
         perModel(live, (s) => s.prefixCache?.bytes),
       ),
     ),
+    // Remote providers (models.toml `provider = ...`): per provider (its base URL) and model.
+    providerRequests: registry.add(
+      new Counter(
+        "mlx_provider_requests_total",
+        "Requests to remote providers by provider, model and outcome (ok, cancelled, timeout, unavailable, circuit_open, queue_full, invalid_answer, unsupported, error)",
+      ),
+    ),
+    providerRetries: registry.add(
+      new Counter(
+        "mlx_provider_retries_total",
+        "Retries of remote requests by provider, model and reason (an HTTP status, connection, timeout, stream, invalid_answer)",
+      ),
+    ),
+    providerFirstByte: registry.add(
+      new Histogram(
+        "mlx_provider_time_to_first_byte_seconds",
+        "Time from a request to the first event of its remote answer, retries included",
+        latencyBuckets,
+      ),
+    ),
+    providerDuration: registry.add(
+      new Histogram(
+        "mlx_provider_request_duration_seconds",
+        "Time from a request to the end of its remote answer",
+        latencyBuckets,
+      ),
+    ),
+    providerInUse: registry.add(
+      new Gauge("mlx_provider_connections_in_use", "Connections of a remote provider's pool in use", () =>
+        live.providers().map((p) => ({ labels: { provider: p.label }, value: p.pool.inUse })),
+      ),
+    ),
+    providerMax: registry.add(
+      new Gauge("mlx_provider_connections_max", "Most connections of a remote provider's pool", () =>
+        live.providers().map((p) => ({ labels: { provider: p.label }, value: p.pool.max })),
+      ),
+    ),
+    providerWaiting: registry.add(
+      new Gauge("mlx_provider_queue_waiting", "Requests waiting for a connection to a remote provider", () =>
+        live.providers().map((p) => ({ labels: { provider: p.label }, value: p.pool.waiting })),
+      ),
+    ),
+    providerCircuit: registry.add(
+      new Gauge("mlx_provider_circuit_state", "A remote provider's circuit: 1 for its current state", () =>
+        live.providers().flatMap((p) =>
+          CIRCUIT_STATES.map((state) => ({
+            labels: { provider: p.label, state },
+            value: p.circuit.state === state ? 1 : 0,
+          })),
+        ),
+      ),
+    ),
   };
 }
+
+const CIRCUIT_STATES = ["closed", "half_open", "open"] as const;
 
 /** One gauge row per loaded model that has the figure. */
 function perModel(

@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { parse, TomlError } from "smol-toml";
 import shipped from "../../models.toml" with { type: "text" };
 import type { KvQuantization } from "../models/cache";
+import { parseRemoteModel, type RemoteModelConfig } from "../providers/config";
 import { storeRoot } from "./paths";
 
 export interface ModelAlias {
@@ -18,9 +19,14 @@ export interface ModelAlias {
 export interface AliasTable {
   defaultModel: string;
   models: Map<string, ModelAlias>;
+  /** Aliases served by a remote provider (`provider = "openai"|"anthropic"`) instead of weights. */
+  remotes: Map<string, RemoteModelConfig>;
 }
 
-function parseTable(text: string, origin: string): { defaultModel?: string; models: ModelAlias[] } {
+function parseTable(
+  text: string,
+  origin: string,
+): { defaultModel?: string; models: ModelAlias[]; remotes: RemoteModelConfig[] } {
   let doc: Record<string, unknown>;
   try {
     doc = parse(text) as Record<string, unknown>;
@@ -32,11 +38,16 @@ function parseTable(text: string, origin: string): { defaultModel?: string; mode
     throw error;
   }
   const models: ModelAlias[] = [];
+  const remotes: RemoteModelConfig[] = [];
   const table = doc.models ?? {};
   if (typeof table !== "object" || Array.isArray(table))
     throw new Error(`${origin}: [models] must be a table of aliases`);
   for (const [name, entry] of Object.entries(table as Record<string, unknown>)) {
     const e = entry as Record<string, unknown>;
+    if (typeof e === "object" && e !== null && e.provider !== undefined) {
+      remotes.push(parseRemoteModel(name, e, origin));
+      continue;
+    }
     if (typeof e !== "object" || typeof e.source !== "string" || e.source.length === 0) {
       throw new Error(`${origin}: model '${name}' needs a source = "..." string`);
     }
@@ -51,20 +62,29 @@ function parseTable(text: string, origin: string): { defaultModel?: string; mode
   }
   if (doc.default !== undefined && typeof doc.default !== "string")
     throw new Error(`${origin}: 'default' must be a string`);
-  return { defaultModel: doc.default as string | undefined, models };
+  return { defaultModel: doc.default as string | undefined, models, remotes };
 }
 
 export function loadAliases(): AliasTable {
   const base = parseTable(shipped, "models.toml (built in)");
   const models = new Map(base.models.map((m) => [m.name, m]));
+  const remotes = new Map(base.remotes.map((m) => [m.name, m]));
   let defaultModel = base.defaultModel ?? "smollm2";
   const userFile = join(storeRoot(), "models.toml");
   if (existsSync(userFile)) {
     const user = parseTable(readFileSync(userFile, "utf8"), userFile);
-    for (const m of user.models) models.set(m.name, m);
+    // A user's entry replaces the shipped one of that name, whichever kind either is.
+    for (const m of user.models) {
+      models.set(m.name, m);
+      remotes.delete(m.name);
+    }
+    for (const m of user.remotes) {
+      remotes.set(m.name, m);
+      models.delete(m.name);
+    }
     defaultModel = user.defaultModel ?? defaultModel;
   }
-  return { defaultModel, models };
+  return { defaultModel, models, remotes };
 }
 
 /** The KV cache quantization models.toml asks for the model named `spec` (default: the default model). */

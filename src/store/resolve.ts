@@ -8,7 +8,7 @@ import type { DownloadProgress } from "./download";
 import { createProgressReporter } from "./progress";
 import { isRemoteSource, modelRequest, pullModel } from "./pull";
 import { listModels, openStoredModel } from "./store";
-import { ModelNotFoundError, ModelPullError } from "../errors";
+import { ModelNotFoundError, ModelPullError, UnsupportedError } from "../errors";
 
 export interface ResolveOptions {
   /** Progress of a first-use download; by default a bar on stderr. */
@@ -20,6 +20,12 @@ const looksLikePath = (s: string) => s.includes("/") || s.startsWith(".") || s.e
 export async function resolveModelPath(spec: string | undefined, options: ResolveOptions = {}): Promise<string> {
   const aliases = loadAliases();
   const name = spec ?? aliases.defaultModel;
+  const remote = aliases.remotes.get(name);
+  if (remote)
+    throw new UnsupportedError(
+      `model '${name}' is served by a remote ${remote.kind} provider (${remote.baseUrl}): it has no weights to load or pull`,
+      "model",
+    );
   const alias = aliases.models.get(name);
   const source = alias?.source ?? name;
   if (isRemoteSource(source)) {

@@ -4,7 +4,8 @@ import { errorLine } from "../errors";
 import { readFileSync, writeFileSync } from "node:fs";
 import * as p from "@clack/prompts";
 import type { ChatSession } from "./session";
-import { applyFormat, applySetting, describeModel, settingNames } from "./settings";
+import { applyFormat, applySetting, describeModel, describeRemoteModel, settingNames } from "./settings";
+import { Conversation } from "../../engine/conversation";
 import { loadAliases } from "../../store/aliases";
 
 type Handler = (session: ChatSession, args: string) => Promise<boolean | void> | boolean | void;
@@ -30,7 +31,10 @@ const commands: Record<string, Handler> = {
     s.conversation.clear();
     s.say("conversation cleared");
   },
-  show: (s) => s.say(describeModel(s.conversation.lm, s.settings)),
+  show: (s) => {
+    const c = s.conversation;
+    s.say(c instanceof Conversation ? describeModel(c.lm, s.settings) : describeRemoteModel(c.remote, s.settings));
+  },
   set: async (s, args) => {
     const [name, ...rest] = args.split(/\s+/);
     if (!name) return s.say(`usage: /set <name> <value> (names: ${settingNames.join(", ")})`);
@@ -78,7 +82,11 @@ const commands: Record<string, Handler> = {
   model: async (s, args) => {
     let name = args.trim();
     if (!name) {
-      const aliases = [...loadAliases().models.values()];
+      const table = loadAliases();
+      const aliases = [
+        ...table.models.values(),
+        ...[...table.remotes.values()].map((r) => ({ name: r.name, description: `remote ${r.kind}: ${r.model}` })),
+      ];
       if (!process.stdin.isTTY)
         return s.say(`usage: /model <name> (aliases: ${aliases.map((a) => a.name).join(", ")})`);
       const choice = await p.select({

@@ -1,29 +1,46 @@
-// One chat session: the loaded model, its conversation (KV cache kept between turns), the
-// settings, and how an answer is streamed to the terminal and stopped with Ctrl-C.
+// One chat session: the model (loaded, or remote), its conversation (a local one keeps its KV
+// cache between turns), the settings, and how an answer is streamed to the terminal and
+// stopped with Ctrl-C.
 import { Conversation } from "../../engine/conversation";
 import type { LoadedModel } from "../../models/load";
+import { RemoteConversation, RemoteModel, remoteModel } from "../../providers";
 import { openModel } from "../open-model";
 import type { ChatSettings } from "./settings";
 
 export class ChatSession {
-  conversation: Conversation;
+  conversation: Conversation | RemoteConversation;
 
   constructor(
-    lm: LoadedModel,
+    model: LoadedModel | RemoteModel,
     public modelName: string,
     readonly settings: ChatSettings,
     readonly say: (text: string) => void,
   ) {
-    this.conversation = new Conversation(lm, settings.system);
+    this.conversation = conversationWith(model, settings.system);
   }
 
+  /** Switches to another model; the conversation's text is kept. */
   async switchModel(name: string): Promise<void> {
-    const next = await openModel(name);
-    const previous = this.conversation.lm;
-    this.conversation.useModel(next);
-    previous.free();
+    const current = this.conversation;
+    const model = remoteModel(name) ?? (await openModel(name));
+    if (current instanceof Conversation && !(model instanceof RemoteModel)) {
+      const previous = current.lm;
+      current.useModel(model);
+      previous.free();
+    } else {
+      const next = conversationWith(model, this.settings.system);
+      next.messages = current.messages;
+      this.close();
+      this.conversation = next;
+    }
     this.modelName = name;
     this.say(`now chatting with ${name}`);
+  }
+
+  /** Frees the model (a local one) and the conversation's cache. */
+  close(): void {
+    this.conversation.dispose();
+    if (this.conversation instanceof Conversation) this.conversation.lm.free();
   }
 
   /** Streams the answer to `text` into `write`; Ctrl-C (the signal) stops it and keeps what was said. */
@@ -48,10 +65,15 @@ export class ChatSession {
     else if (format && result.finishReason === "length") this.say("(max_tokens reached before the JSON was complete)");
     if (this.settings.stats) {
       const s = result.stats;
-      const limit = this.conversation.lm.config.maxPositionEmbeddings;
+      const c = this.conversation;
+      const limit = c instanceof Conversation ? `/${c.lm.config.maxPositionEmbeddings}` : "";
       this.say(
-        `${s.generationTokensPerSecond.toFixed(1)} tokens/s · first token ${s.timeToFirstTokenSeconds.toFixed(2)} s · prompt ${info.newTokens} new + ${info.reusedTokens} cached tokens · context ${this.conversation.contextUsed}/${limit}`,
+        `${s.generationTokensPerSecond.toFixed(1)} tokens/s · first token ${s.timeToFirstTokenSeconds.toFixed(2)} s · prompt ${info.newTokens} new + ${info.reusedTokens} cached tokens · context ${c.contextUsed}${limit}`,
       );
     }
   }
+}
+
+function conversationWith(model: LoadedModel | RemoteModel, system: string | undefined) {
+  return model instanceof RemoteModel ? new RemoteConversation(model, system) : new Conversation(model, system);
 }

@@ -1,5 +1,6 @@
 // What a chat session can change with /set, and how /show describes the model.
 import type { LoadedModel } from "../../models/load";
+import type { RemoteModel } from "../../providers";
 import { validateSampling, type SamplingParams } from "../../engine/sampling";
 import { readFormat, type OutputFormat } from "../options";
 
@@ -94,8 +95,19 @@ export function describeModel(lm: LoadedModel, s: ChatSettings): string {
     `parameters:     ${params >= 1e9 ? `${(params / 1e9).toFixed(2)}B` : `${(params / 1e6).toFixed(1)}M`}`,
     `quantization:   ${quantizationOf(lm)}`,
     `context length: ${c.maxPositionEmbeddings}`,
-    `settings:       temp ${s.sampling.temperature}, top_p ${s.sampling.topP}, top_k ${s.sampling.topK}, min_p ${s.sampling.minP}, max_tokens ${s.maxTokens}, seed ${s.sampling.seed ?? "random"}, format ${s.format?.label ?? "off"}`,
-    `system prompt:  ${s.system ?? "(none)"}`,
+    ...describeSettings(s),
     `chat template:\n${template.length > 600 ? `${template.slice(0, 600)}…` : template}`,
   ].join("\n");
 }
+
+export function describeRemoteModel(remote: RemoteModel, s: ChatSettings): string {
+  return [
+    `model:          ${remote.config.model} (remote, ${remote.config.kind} provider at ${remote.config.baseUrl})`,
+    ...describeSettings(s),
+  ].join("\n");
+}
+
+const describeSettings = (s: ChatSettings) => [
+  `settings:       temp ${s.sampling.temperature}, top_p ${s.sampling.topP}, top_k ${s.sampling.topK}, min_p ${s.sampling.minP}, max_tokens ${s.maxTokens}, seed ${s.sampling.seed ?? "random"}, format ${s.format?.label ?? "off"}`,
+  `system prompt:  ${s.system ?? "(none)"}`,
+];

@@ -14,6 +14,9 @@ export interface ParsedAnswer {
   calls: ToolCall[];
 }
 
+/** What reading calls out of an answer takes (a remote model's calls need no more). */
+export type ToolCallParser = Pick<ToolCallFormat, "markers" | "anywhere" | "parse">;
+
 export interface ToolCallFormat {
   name: "hermes" | "llama3" | "mistral";
   /** Texts that open a call. */

@@ -4,7 +4,14 @@
 import type { ToolRequest, ToolSpec } from "./types";
 
 export { createToolCallConstraint } from "./constraint";
-export { toolCallFormats, toolTemplate, type ParsedAnswer, type ToolCallFormat, type ToolTemplate } from "./formats";
+export {
+  toolCallFormats,
+  toolTemplate,
+  type ParsedAnswer,
+  type ToolCallFormat,
+  type ToolCallParser,
+  type ToolTemplate,
+} from "./formats";
 export { templateInput } from "./prompt";
 export { ToolCallStream } from "./stream";
 export type { ConversationMessage, ToolCall, ToolChoice, ToolRequest, ToolSpec } from "./types";

@@ -1,7 +1,7 @@
 // Streaming an answer that may hold tool calls: prose goes out as it comes, but from the
 // moment a call may be starting the text is held, so a client never sees half a call as
 // prose. At the end the held text is read into calls (or released as prose if it is none).
-import type { ParsedAnswer, ToolCallFormat } from "./formats";
+import type { ParsedAnswer, ToolCallParser } from "./formats";
 
 export class ToolCallStream {
   private held = "";
@@ -9,7 +9,7 @@ export class ToolCallStream {
   /** For formats whose calls open the answer: whether the answer is known to be prose. */
   private prose = false;
 
-  constructor(private readonly format: ToolCallFormat) {}
+  constructor(private readonly format: ToolCallParser) {}
 
   /** Takes the next piece of the answer; returns the prose that can be shown now. */
   push(text: string): string {

@@ -224,7 +224,7 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
     ...closedEarly(gen),
     ...(kind === "generate" ? { context: [...gen.promptIds, ...tokenIds] } : {}),
     total_duration: nanos(performance.now() - started),
-    load_duration: nanos(gen.lease.loadMs),
+    load_duration: nanos(gen.loadMs),
     prompt_eval_count: u.promptTokens,
     prompt_eval_duration: nanos(u.timeToFirstTokenMs - u.queueMs),
     eval_count: u.completionTokens,

@@ -20,6 +20,7 @@ import { readJson } from "../../api/validate";
 import type { ServerState } from "../state";
 import type { Tokenizer } from "../../tokenizer/tokenizer";
 import { ToolCallStream, type ToolCall } from "../../engine/tools";
+import { remoteModelNames } from "../../providers";
 
 type Kind = "chat" | "completion";
 
@@ -39,6 +40,7 @@ export function openaiRoutes(s: ServerState): Hono {
     }
     for (const m of await s.models.stored())
       if (!seen.has(m.name)) data.push(modelObject(m.name, Math.floor(Date.parse(m.createdAt) / 1000) || 0));
+    for (const name of remoteModelNames()) if (!seen.has(name)) data.push(modelObject(name, 0));
     return c.json({ object: "list", data });
   });
 
@@ -63,6 +65,7 @@ async function complete(s: ServerState, c: Context, kind: Kind): Promise<Respons
     stop: req.stop,
     format: req.format,
     tools: req.tools,
+    logprobs: req.logprobs,
     topLogprobs: req.topLogprobs,
   });
   const meta = { id: newId(kind === "chat" ? "chatcmpl" : "cmpl"), created: unixSeconds(), model };
@@ -115,7 +118,8 @@ const openaiToolCalls = (calls: ToolCall[], withIndex: boolean) =>
   }));
 
 async function whole(gen: Generation, req: OpenAIRequest, kind: Kind, meta: Meta): Promise<Response> {
-  const tokenizer = gen.lm.tokenizer;
+  // A generation has a tokenizer whenever logprobs were asked for (a remote model refuses them).
+  const tokenizer = gen.tokenizer!;
   const result = await collectGeneration(gen);
   if (!result) return new Response(null, { status: 499 }); // the client is gone
   const { text, tokens, top, done } = result;
@@ -157,7 +161,7 @@ const encoder = new TextEncoder();
 const sse = (value: unknown) => encoder.encode(`data: ${JSON.stringify(value)}\n\n`);
 
 function streamed(s: ServerState, gen: Generation, req: OpenAIRequest, kind: Kind, meta: Meta): Response {
-  const tokenizer = gen.lm.tokenizer;
+  const tokenizer = gen.tokenizer!; // see whole()
   const object = kind === "chat" ? "chat.completion.chunk" : "text_completion";
   const extra = req.includeUsage ? { usage: null } : {};
   const chunk = (choice: Record<string, unknown>) => ({

@@ -1,0 +1,71 @@
+// Model mode of `mlx bench` on a remote model (models.toml `provider = ...`): the same two
+// tests, seen from here through the provider's API. Its tokenizer is not ours, so the prompt
+// is prose of about p tokens (the provider's usage says how many it counted, and that count
+// is reported), and the generation test asks for g tokens greedily, counted by the provider's
+// usage (an end-of-sequence may stop it earlier: no API lets us ignore it).
+import { streamRemoteCompletion, type RemoteModel } from "../providers";
+import { prose, type ModelBenchOptions, type ModelBenchResult } from "./model";
+import { summarize } from "./stats";
+
+async function answer(remote: RemoteModel, text: string, maxTokens: number) {
+  const stream = streamRemoteCompletion(remote, {
+    prompt: { kind: "text", text, template: true },
+    sampling: { temperature: 0 },
+    maxTokens,
+  });
+  let step = await stream.next();
+  while (!step.done) step = await stream.next();
+  return step.value.stats;
+}
+
+export async function benchRemoteModel(
+  remote: RemoteModel,
+  name: string,
+  o: ModelBenchOptions,
+): Promise<ModelBenchResult> {
+  const say = o.onProgress ?? (() => {});
+  // The local test's prose, at about four characters per token.
+  const prompt = prose.repeat(Math.ceil((o.promptTokens * 4) / prose.length)).slice(0, o.promptTokens * 4);
+  say(`${name}: warm-up`);
+  await answer(remote, "Say hello.", 4);
+  const pp: number[] = [];
+  const ttft: number[] = [];
+  const tg: number[] = [];
+  let promptTokens = 0;
+  let generated = 0;
+  for (let i = 1; i <= o.repetitions; i++) {
+    if (o.promptTokens > 0) {
+      const s = await answer(remote, prompt, 1);
+      promptTokens = s.promptTokens;
+      pp.push(s.promptTokens / s.timeToFirstTokenSeconds);
+      ttft.push(s.timeToFirstTokenSeconds);
+      say(
+        `${name}: pp${s.promptTokens} ${i}/${o.repetitions}: ${pp.at(-1)!.toFixed(2)} tokens/s, first token after ${(s.timeToFirstTokenSeconds * 1000).toFixed(0)} ms`,
+      );
+    }
+    if (o.genTokens > 0) {
+      const s = await answer(remote, "Tell a long story about a river.", o.genTokens);
+      generated = s.generatedTokens;
+      tg.push(s.generationTokensPerSecond);
+      say(`${name}: tg${s.generatedTokens} ${i}/${o.repetitions}: ${s.generationTokensPerSecond.toFixed(2)} tokens/s`);
+    }
+  }
+  return {
+    model: name,
+    path: `${remote.config.baseUrl} (${remote.config.model})`,
+    format: "remote",
+    architecture: remote.config.kind,
+    quantization: "-",
+    sizeBytes: 0,
+    repetitions: o.repetitions,
+    promptTokens,
+    genTokens: generated,
+    promptTokensPerSecond: summarize(pp),
+    generationTokensPerSecond: summarize(tg),
+    timeToFirstTokenSeconds: summarize(ttft),
+    peakMemoryBytes: 0,
+    promptPeakMemoryBytes: 0,
+    generationPeakMemoryBytes: 0,
+    samples: { promptTokensPerSecond: pp, generationTokensPerSecond: tg, timeToFirstTokenSeconds: ttft },
+  };
+}

@@ -1,0 +1,197 @@
+// Anthropic's Messages API (or any server that speaks it) as a provider, always streamed.
+// It has no raw completions and no JSON Schema parameter: a requested schema is put in the
+// system prompt, and the answer is validated like every remote answer (see model.ts).
+import type { EventSourceMessage } from "eventsource-parser/stream";
+import { UnsupportedError } from "../errors";
+import type { ConversationMessage, ToolCall, ToolRequest } from "../engine/tools";
+import type { FormatInput, SamplingInput } from "../api/common";
+import {
+  callArguments,
+  errorBodyMessage,
+  parseData,
+  StreamFailure,
+  type ProviderAdapter,
+  type RemoteEvent,
+  type RemoteUsage,
+} from "./types";
+
+/** The API version our requests are written for (the header every Anthropic request carries). */
+const ANTHROPIC_VERSION = "2023-06-01";
+
+type Block = Record<string, unknown>;
+
+export const anthropicAdapter: ProviderAdapter = {
+  request(config, req) {
+    const prompt = req.prompt;
+    if (prompt.kind !== "chat" && !(prompt.kind === "text" && prompt.template))
+      throw new UnsupportedError(
+        `model '${config.name}' is an Anthropic provider, which takes chat messages only (no raw prompt or token ids)`,
+        "prompt",
+      );
+    const conversation: ConversationMessage[] =
+      prompt.kind === "chat"
+        ? prompt.messages
+        : [
+            ...(prompt.system ? [{ role: "system", content: prompt.system }] : []),
+            { role: "user", content: prompt.text },
+          ];
+    const system = [
+      ...conversation.filter((m) => m.role === "system" || m.role === "developer").map((m) => m.content),
+      ...(req.format ? [formatInstruction(req.format)] : []),
+    ].join("\n\n");
+    return {
+      path: "/v1/messages",
+      body: {
+        model: config.model,
+        stream: true,
+        max_tokens: req.maxTokens ?? config.defaultMaxTokens,
+        ...(system ? { system } : {}),
+        messages: messages(conversation),
+        ...sampling(config.name, req.sampling),
+        ...(req.stop?.length ? { stop_sequences: req.stop } : {}),
+        ...(req.tools?.tools.length ? tools(req.tools) : {}),
+      },
+    };
+  },
+
+  headers: (apiKey) => ({
+    "content-type": "application/json",
+    accept: "text/event-stream",
+    "anthropic-version": ANTHROPIC_VERSION,
+    ...(apiKey ? { "x-api-key": apiKey } : {}),
+  }),
+
+  async *events(stream: AsyncIterable<EventSourceMessage>): AsyncGenerator<RemoteEvent> {
+    const calls: { id: string; name: string; json: string }[] = [];
+    const blockKinds = new Map<number, "text" | "tool">();
+    let usage: RemoteUsage = { promptTokens: 0, completionTokens: 0, cachedTokens: 0 };
+    let stopReason: string | undefined;
+    let stopSequence: string | undefined;
+    let stopped = false;
+    for await (const message of stream) {
+      const event = parseData(message.data);
+      switch (event.type) {
+        case "message_start": {
+          const u = (event.message as { usage?: AnthropicUsage } | undefined)?.usage;
+          if (u) usage = readUsage(u, usage);
+          break;
+        }
+        case "content_block_start": {
+          const block = event.content_block as { type: string; id?: string; name?: string };
+          if (block.type === "tool_use") {
+            blockKinds.set(event.index as number, "tool");
+            calls.push({ id: block.id ?? `toolu_${crypto.randomUUID()}`, name: block.name ?? "", json: "" });
+          } else blockKinds.set(event.index as number, "text");
+          break;
+        }
+        case "content_block_delta": {
+          const delta = event.delta as { type: string; text?: string; partial_json?: string };
+          if (delta.type === "text_delta" && delta.text) yield { type: "text", text: delta.text };
+          else if (delta.type === "input_json_delta" && blockKinds.get(event.index as number) === "tool")
+            calls[calls.length - 1]!.json += delta.partial_json ?? "";
+          break;
+        }
+        case "message_delta": {
+          const delta = event.delta as { stop_reason?: string; stop_sequence?: string | null };
+          stopReason = delta.stop_reason ?? stopReason;
+          stopSequence = delta.stop_sequence ?? undefined;
+          if (event.usage) usage = readUsage(event.usage as AnthropicUsage, usage);
+          break;
+        }
+        case "message_stop":
+          stopped = true;
+          break;
+        case "error":
+          throw new StreamFailure(errorBodyMessage(message.data));
+      }
+      if (stopped) break;
+    }
+    if (!stopped) throw new StreamFailure("the stream ended before the answer did");
+    yield {
+      type: "done",
+      finishReason: stopReason === "max_tokens" ? "length" : "stop",
+      calls: calls.map((c): ToolCall => ({ id: c.id, name: c.name, arguments: callArguments(c.json) })),
+      stopSequence,
+      usage,
+    };
+  },
+
+  errorMessage: errorBodyMessage,
+};
+
+interface AnthropicUsage {
+  input_tokens?: number;
+  output_tokens?: number;
+  cache_read_input_tokens?: number | null;
+}
+
+/** Anthropic counts cached prompt tokens apart from input_tokens; we report them as part of the prompt. */
+const readUsage = (u: AnthropicUsage, before: RemoteUsage): RemoteUsage => {
+  const cached = u.cache_read_input_tokens ?? before.cachedTokens;
+  return {
+    promptTokens: u.input_tokens !== undefined ? u.input_tokens + cached : before.promptTokens,
+    completionTokens: u.output_tokens ?? before.completionTokens,
+    cachedTokens: cached,
+  };
+};
+
+/** Anthropic's sampling: temperature, top_p and top_k; anything else set is a 400 naming it. */
+function sampling(name: string, s: SamplingInput): Record<string, unknown> {
+  const unsupported: [keyof SamplingInput, string][] = [
+    ["minP", "min_p"],
+    ["repetitionPenalty", "repetition_penalty"],
+    ["presencePenalty", "presence_penalty"],
+    ["frequencyPenalty", "frequency_penalty"],
+    ["seed", "seed"],
+    ["logitBias", "logit_bias"],
+  ];
+  for (const [field, param] of unsupported)
+    if (s[field] !== undefined)
+      throw new UnsupportedError(`'${param}' is not supported by model '${name}' (an Anthropic provider)`, param);
+  return { temperature: s.temperature, top_p: s.topP, top_k: s.topK || undefined };
+}
+
+/**
+ * Our conversation as Anthropic's alternating turns: system messages go to `system`, a tool
+ * message becomes a tool_result block in a user turn, and consecutive turns of one role are
+ * merged (parallel calls' results must share one user turn).
+ */
+function messages(conversation: ConversationMessage[]): { role: string; content: Block[] }[] {
+  const turns: { role: string; content: Block[] }[] = [];
+  for (const m of conversation) {
+    if (m.role === "system" || m.role === "developer") continue;
+    const role = m.role === "assistant" ? "assistant" : "user";
+    const blocks: Block[] =
+      m.role === "tool"
+        ? [{ type: "tool_result", tool_use_id: m.toolCallId, content: m.content }]
+        : [
+            ...(m.content ? [{ type: "text", text: m.content }] : []),
+            ...(m.toolCalls ?? []).map((c) => ({ type: "tool_use", id: c.id, name: c.name, input: c.arguments })),
+          ];
+    const last = turns.at(-1);
+    if (last?.role === role) last.content.push(...blocks);
+    else turns.push({ role, content: blocks });
+  }
+  return turns;
+}
+
+function tools(t: ToolRequest): Record<string, unknown> {
+  const choice =
+    t.choice === "auto"
+      ? { type: "auto" }
+      : t.choice === "none"
+        ? { type: "none" }
+        : t.choice === "required"
+          ? { type: "any" }
+          : { type: "tool", name: t.choice.name };
+  return {
+    tools: t.tools.map((tool) => ({ name: tool.name, description: tool.description, input_schema: tool.parameters })),
+    tool_choice: t.choice !== "none" && !t.parallel ? { ...choice, disable_parallel_tool_use: true } : choice,
+  };
+}
+
+function formatInstruction(f: FormatInput): string {
+  return f.format === "json"
+    ? "Answer with one JSON object and nothing else."
+    : `Answer with JSON only, nothing else, matching this JSON Schema:\n${JSON.stringify(f.format.schema)}`;
+}

@@ -1,0 +1,77 @@
+// A remote answer for the command line (run, chat, bench), with the contract of the engine's
+// streamCompletion: text deltas as they arrive, then the whole result with its figures, so a
+// command treats a remote model as it treats a local one.
+import type { CompletionResult } from "../engine/generate";
+import { defaultSampling, type SamplingParams } from "../engine/sampling";
+import type { SamplingInput } from "../api/common";
+import type { RemoteModel } from "./model";
+import type { RemoteRequest } from "./types";
+
+export async function* streamRemoteCompletion(
+  remote: RemoteModel,
+  req: RemoteRequest,
+  signal?: AbortSignal,
+): AsyncGenerator<string, CompletionResult> {
+  const started = performance.now();
+  let firstAt: number | undefined;
+  let text = "";
+  const result = (
+    finishReason: CompletionResult["finishReason"],
+    usage = { promptTokens: 0, completionTokens: 0, cachedTokens: 0 },
+  ) => {
+    const end = performance.now();
+    const ttft = ((firstAt ?? end) - started) / 1000;
+    const generationSeconds = (end - (firstAt ?? end)) / 1000;
+    return {
+      text,
+      promptTokenIds: [],
+      tokenIds: [],
+      finishReason,
+      closedEarly: false,
+      stats: {
+        promptTokens: usage.promptTokens,
+        cachedTokens: usage.cachedTokens,
+        // The provider's prefill and network time are one figure seen from here: the wait for the first text.
+        promptSeconds: ttft,
+        promptTokensPerSecond: ttft > 0 ? (usage.promptTokens - usage.cachedTokens) / ttft : 0,
+        generatedTokens: usage.completionTokens,
+        generationSeconds,
+        // As the engine counts: the first token comes with the prefill.
+        generationTokensPerSecond:
+          generationSeconds > 0 ? Math.max(0, usage.completionTokens - 1) / generationSeconds : 0,
+        timeToFirstTokenSeconds: ttft,
+        peakMemoryBytes: 0,
+      },
+    };
+  };
+  try {
+    for await (const event of remote.stream(req, { signal })) {
+      if (event.type === "text") {
+        firstAt ??= performance.now();
+        text += event.text;
+        yield event.text;
+      } else return result(event.finishReason, event.usage);
+    }
+  } catch (error) {
+    if (signal?.aborted) return result("cancelled");
+    throw error;
+  }
+  throw new Error("the remote answer ended without a result");
+}
+
+/**
+ * A command's sampling as a remote request carries it: the values that change nothing (top_p
+ * 1, top_k 0, ...) are left to the provider, the temperature is kept (the CLI is greedy by
+ * default, as mlx-lm is, and says so to the provider too).
+ */
+export function remoteSampling(s: SamplingParams): SamplingInput {
+  const changed = (key: keyof SamplingParams) => (s[key] !== defaultSampling[key] ? s[key] : undefined);
+  return {
+    temperature: s.temperature,
+    topP: changed("topP") as number | undefined,
+    topK: changed("topK") as number | undefined,
+    minP: changed("minP") as number | undefined,
+    repetitionPenalty: changed("repetitionPenalty") as number | undefined,
+    seed: s.seed,
+  };
+}

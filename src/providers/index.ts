@@ -1,0 +1,45 @@
+// Remote models by alias, and their providers, shared by everything in this process (the
+// server's routes, run, chat, bench). A provider is its base URL: the models on it share one
+// connection pool, one circuit and one set of metrics, so they must agree on its limits.
+import { loadAliases } from "../store/aliases";
+import type { RemoteModelConfig } from "./config";
+import { Provider, RemoteModel } from "./model";
+
+export { Provider, RemoteModel, type StreamOptions } from "./model";
+export { remoteSampling, streamRemoteCompletion } from "./completion";
+export { RemoteConversation } from "./conversation";
+export type { RemoteEvent, RemoteRequest, RemoteUsage } from "./types";
+
+const providers = new Map<string, { provider: Provider; owner: string; config: RemoteModelConfig }>();
+
+/** The remote model an alias names (none: the default model); undefined when it is not a remote alias. */
+export function remoteModel(name: string | undefined): RemoteModel | undefined {
+  const aliases = loadAliases();
+  const config = aliases.remotes.get(name ?? aliases.defaultModel);
+  return config && new RemoteModel(config, providerFor(config));
+}
+
+/** The aliases served by remote providers. */
+export function remoteModelNames(): string[] {
+  return [...loadAliases().remotes.keys()];
+}
+
+/** The providers used so far (for /metrics). */
+export function activeProviders(): Provider[] {
+  return [...providers.values()].map((p) => p.provider);
+}
+
+function providerFor(config: RemoteModelConfig): Provider {
+  const known = providers.get(config.baseUrl);
+  const same = (a: RemoteModelConfig) =>
+    a.kind === config.kind && JSON.stringify(a.limits) === JSON.stringify(config.limits);
+  if (known && same(known.config)) return known.provider;
+  // Another model on this URL set other limits; its owner changing them (models.toml edited) replaces it.
+  if (known && known.owner !== config.name)
+    throw new Error(
+      `models '${known.owner}' and '${config.name}' use the same provider (${config.baseUrl}) with different provider or limits in models.toml: make them agree`,
+    );
+  const provider = new Provider(config.baseUrl, config.limits, config.kind);
+  providers.set(config.baseUrl, { provider, owner: config.name, config });
+  return provider;
+}

@@ -1,0 +1,288 @@
+// A remote model and the provider behind it. The provider holds what its models share: the
+// connection pool, the circuit, the timeouts and retry policy. A request goes out streamed;
+// connection errors, timeouts, 429 and 5xx are retried with backoff (Retry-After honoured) as
+// long as nothing of the answer has been handed on; a failure after that ends the stream
+// with an error. Answers to a JSON format are validated against it (ajv), retried once.
+import Ajv, { type ValidateFunction } from "ajv";
+import { EventSourceParserStream, type EventSourceMessage } from "eventsource-parser/stream";
+import { ProviderError } from "../errors";
+import { checkJsonSchema } from "../engine/grammar";
+import { anthropicAdapter } from "./anthropic";
+import { Circuit } from "./circuit";
+import type { ProviderLimits, RemoteModelConfig } from "./config";
+import { openaiAdapter } from "./openai";
+import { ConnectionPool } from "./pool";
+import { StreamFailure, type ProviderAdapter, type RemoteEvent, type RemoteRequest } from "./types";
+
+export class Provider {
+  readonly pool: ConnectionPool;
+  readonly circuit: Circuit;
+  readonly adapter: ProviderAdapter;
+
+  constructor(
+    /** How /metrics and errors name it: its kind and base URL. */
+    readonly label: string,
+    readonly limits: ProviderLimits,
+    kind: RemoteModelConfig["kind"],
+  ) {
+    this.pool = new ConnectionPool(limits.maxConnections, limits.maxQueue, label);
+    this.circuit = new Circuit(limits.circuitFailures, limits.circuitCooldownMs, label);
+    this.adapter = kind === "openai" ? openaiAdapter : anthropicAdapter;
+  }
+}
+
+export interface StreamOptions {
+  signal?: AbortSignal;
+  /** Called before each retry, with why (an HTTP status, "connection", "timeout", "invalid_answer"). */
+  onRetry?: (reason: string) => void;
+}
+
+/** Why an attempt failed, and whether another may follow. */
+interface Failure {
+  error: ProviderError;
+  retryable: boolean;
+  /** Whether it says the provider is unwell (a 4xx answer, 429 included, does not). */
+  unhealthy: boolean;
+  /** The wait the provider asked for (Retry-After), ms. */
+  retryAfterMs?: number;
+  reason: string;
+}
+
+export class RemoteModel {
+  constructor(
+    readonly config: RemoteModelConfig,
+    readonly provider: Provider,
+  ) {}
+
+  /** The answer as it arrives; with a JSON format, whole once it validates. Throws ProviderError. */
+  async *stream(req: RemoteRequest, options: StreamOptions = {}): AsyncGenerator<RemoteEvent> {
+    if (!req.format) return yield* this.#attempts(req, options);
+    const validate = answerValidator(req.format.format);
+    for (let tries = 1; ; tries++) {
+      const events: RemoteEvent[] = [];
+      for await (const event of this.#attempts(req, options)) events.push(event);
+      const done = events.at(-1);
+      const text = events.flatMap((e) => (e.type === "text" ? [e.text] : [])).join("");
+      const problem = done?.type === "done" && done.calls.length > 0 ? undefined : validate(text);
+      if (!problem) return yield* events;
+      if (tries === 2)
+        throw new ProviderError(
+          `model '${this.config.name}' (${this.provider.label}) answered JSON that does not match ${req.format.param}, twice: ${problem}`,
+          "invalid_answer",
+        );
+      options.onRetry?.("invalid_answer");
+    }
+  }
+
+  /** One request, retried while nothing has been handed on. */
+  async *#attempts(req: RemoteRequest, options: StreamOptions): AsyncGenerator<RemoteEvent> {
+    const { adapter, pool, circuit, limits, label } = this.provider;
+    const { path, body } = adapter.request(this.config, req);
+    const url = `${this.config.baseUrl}${path}`;
+    const key = this.config.apiKeyEnv ? process.env[this.config.apiKeyEnv] : undefined;
+    if (this.config.apiKeyEnv && !key)
+      throw new ProviderError(
+        `model '${this.config.name}': the environment variable ${this.config.apiKeyEnv} (its API key) is not set`,
+        "unavailable",
+      );
+    const init = { method: "POST", headers: adapter.headers(key), body: JSON.stringify(body) };
+    for (let attempt = 0; ; attempt++) {
+      circuit.admit();
+      const release = await pool.acquire(options.signal);
+      const connection = new AbortController();
+      const onClientAbort = () => connection.abort(options.signal?.reason);
+      options.signal?.addEventListener("abort", onClientAbort, { once: true });
+      let handedOn = false;
+      let verdict = false;
+      try {
+        const response = await this.#connect(url, init, connection);
+        if (!response.ok) throw await statusFailure(response, adapter);
+        const messages = serverSentEvents(response.body!, limits.readTimeoutMs, label);
+        for await (const event of adapter.events(messages)) {
+          handedOn = true;
+          yield event;
+        }
+        verdict = true;
+        circuit.succeeded();
+        return;
+      } catch (error) {
+        if (options.signal?.aborted) throw error; // the client went away: no verdict on the provider
+        const failure = classify(error, label);
+        verdict = true;
+        if (failure.unhealthy) circuit.failed(failure.reason);
+        else circuit.succeeded();
+        const waitMs = failure.retryAfterMs ?? backoffMs(limits, attempt);
+        if (handedOn || !failure.retryable || attempt >= limits.maxRetries || waitMs > limits.retryMaxMs)
+          throw failure.error;
+        options.onRetry?.(failure.reason);
+        release();
+        await sleep(waitMs, options.signal);
+      } finally {
+        if (!verdict) circuit.abandoned();
+        options.signal?.removeEventListener("abort", onClientAbort);
+        connection.abort(); // stops the provider's generation when we stop reading early
+        release();
+      }
+    }
+  }
+
+  /** The response once its headers are in, within the connect timeout. */
+  async #connect(url: string, init: RequestInit, connection: AbortController): Promise<Response> {
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      connection.abort();
+    }, this.provider.limits.connectTimeoutMs);
+    try {
+      return await fetch(url, { ...init, signal: connection.signal });
+    } catch (error) {
+      if (timedOut)
+        throw new ProviderError(
+          `provider ${this.provider.label} did not answer within ${this.provider.limits.connectTimeoutMs / 1000} s`,
+          "timeout",
+        );
+      throw error;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}
+
+/** An error status from the provider (its message, and the wait it asked for). */
+class StatusFailure extends Error {
+  override name = "StatusFailure";
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly retryAfterMs: number | undefined,
+  ) {
+    super(message);
+  }
+}
+
+async function statusFailure(response: Response, adapter: ProviderAdapter): Promise<StatusFailure> {
+  const message = adapter.errorMessage(await response.text());
+  return new StatusFailure(response.status, message, retryAfterMs(response.headers.get("retry-after")));
+}
+
+function classify(error: unknown, label: string): Failure {
+  if (error instanceof StatusFailure)
+    return {
+      error: new ProviderError(`provider ${label} answered ${error.status}: ${error.message}`, "unavailable"),
+      retryable: error.status === 429 || error.status >= 500,
+      unhealthy: error.status >= 500,
+      retryAfterMs: error.retryAfterMs,
+      reason: String(error.status),
+    };
+  if (error instanceof ProviderError)
+    return { error, retryable: error.kind === "timeout", unhealthy: true, reason: error.kind };
+  if (error instanceof StreamFailure)
+    return {
+      error: new ProviderError(`provider ${label}: ${error.message}`, "unavailable"),
+      retryable: true,
+      unhealthy: true,
+      reason: "stream",
+    };
+  // fetch's own failures: refused, reset, DNS, TLS.
+  const message = (error as Error).message ?? String(error);
+  return {
+    error: new ProviderError(`provider ${label} cannot be reached: ${message}`, "unavailable"),
+    retryable: true,
+    unhealthy: true,
+    reason: "connection",
+  };
+}
+
+/** Retry-After as seconds or an HTTP date, in ms (undefined when absent or unreadable). */
+export function retryAfterMs(header: string | null, now = Date.now()): number | undefined {
+  if (!header) return undefined;
+  const seconds = Number(header);
+  if (Number.isFinite(seconds) && seconds >= 0) return seconds * 1000;
+  const at = Date.parse(header);
+  return Number.isNaN(at) ? undefined : Math.max(0, at - now);
+}
+
+/** Exponential backoff with full jitter in its upper half, capped. */
+const backoffMs = (limits: ProviderLimits, attempt: number) =>
+  Math.min(limits.retryMaxMs, limits.retryBaseMs * 2 ** attempt) * (0.5 + Math.random() / 2);
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal?.reason);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+/** The body's server-sent events; a silence longer than `readTimeoutMs` is a timeout. */
+async function* serverSentEvents(
+  body: ReadableStream<Uint8Array>,
+  readTimeoutMs: number,
+  label: string,
+): AsyncGenerator<EventSourceMessage> {
+  const reader = body
+    .pipeThrough(new TextDecoderStream() as unknown as TransformStream<Uint8Array, string>)
+    .pipeThrough(new EventSourceParserStream())
+    .getReader();
+  try {
+    for (;;) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const silence = new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () => reject(new ProviderError(`provider ${label} sent nothing for ${readTimeoutMs / 1000} s`, "timeout")),
+          readTimeoutMs,
+        );
+      });
+      try {
+        const { done, value } = await Promise.race([reader.read(), silence]);
+        if (done) return;
+        yield value;
+      } finally {
+        clearTimeout(timer);
+      }
+    }
+  } finally {
+    reader.cancel().catch(() => {});
+  }
+}
+
+const ajv = new Ajv({ strict: false, validateFormats: false, allErrors: false });
+const compiled = new Map<string, ValidateFunction>();
+
+/** A check of an answer against the format asked for: undefined when it passes, else what failed and where. */
+function answerValidator(format: "json" | { schema: object }): (text: string) => string | undefined {
+  const validate =
+    format === "json"
+      ? undefined
+      : (() => {
+          const key = JSON.stringify(format.schema);
+          let fn = compiled.get(key);
+          if (!fn) {
+            checkJsonSchema(format.schema); // a schema that is not JSON Schema is the client's error (a SchemaError)
+            const { $schema: _ignored, ...schema } = format.schema as Record<string, unknown>;
+            compiled.set(key, (fn = ajv.compile(schema)));
+          }
+          return fn;
+        })();
+  return (text) => {
+    let value: unknown;
+    try {
+      value = JSON.parse(text);
+    } catch {
+      return `the answer is not JSON: ${JSON.stringify(text.slice(0, 80))}`;
+    }
+    if (!validate)
+      return value && typeof value === "object" && !Array.isArray(value)
+        ? undefined
+        : "the answer is not a JSON object";
+    if (validate(value)) return undefined;
+    const e = validate.errors?.[0];
+    return e ? `${e.instancePath || "/"} ${e.message} (schema ${e.schemaPath})` : "it does not match";
+  };
+}

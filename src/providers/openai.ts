@@ -1,0 +1,172 @@
+// Any OpenAI-compatible server as a provider: chat prompts go to /chat/completions, raw text
+// to /completions, always streamed (with usage in the last chunk), so text reaches our client
+// as the provider sends it.
+import type { EventSourceMessage } from "eventsource-parser/stream";
+import { UnsupportedError } from "../errors";
+import type { ConversationMessage, ToolCall, ToolRequest } from "../engine/tools";
+import type { FormatInput, SamplingInput } from "../api/common";
+import {
+  callArguments,
+  errorBodyMessage,
+  parseData,
+  StreamFailure,
+  type ProviderAdapter,
+  type RemoteEvent,
+  type RemoteUsage,
+} from "./types";
+
+export const openaiAdapter: ProviderAdapter = {
+  request(config, req) {
+    const common = {
+      model: config.model,
+      stream: true,
+      stream_options: { include_usage: true },
+      max_tokens: req.maxTokens,
+      ...sampling(req.sampling),
+      ...(req.stop?.length ? { stop: req.stop } : {}),
+    };
+    const prompt = req.prompt;
+    if (prompt.kind === "ids")
+      throw new UnsupportedError(
+        `model '${config.name}' is remote: a prompt of token ids cannot be sent to it`,
+        "prompt",
+      );
+    if (prompt.kind === "text" && !prompt.template)
+      return { path: "/completions", body: { ...common, prompt: prompt.text } };
+    const messages =
+      prompt.kind === "chat"
+        ? prompt.messages.map(chatMessage)
+        : [
+            ...(prompt.system ? [{ role: "system", content: prompt.system }] : []),
+            { role: "user", content: prompt.text },
+          ];
+    return {
+      path: "/chat/completions",
+      body: {
+        ...common,
+        messages,
+        ...(req.format ? { response_format: responseFormat(req.format) } : {}),
+        ...(req.tools?.tools.length ? tools(req.tools) : {}),
+      },
+    };
+  },
+
+  headers: (apiKey) => ({
+    "content-type": "application/json",
+    accept: "text/event-stream",
+    ...(apiKey ? { authorization: `Bearer ${apiKey}` } : {}),
+  }),
+
+  async *events(stream: AsyncIterable<EventSourceMessage>): AsyncGenerator<RemoteEvent> {
+    // Calls arrive in pieces keyed by their index: the first piece has the id and name.
+    const calls: { id: string; name: string; args: string }[] = [];
+    let finishReason: string | undefined;
+    let usage: RemoteUsage = { promptTokens: 0, completionTokens: 0, cachedTokens: 0 };
+    for await (const message of stream) {
+      if (message.data === "[DONE]") break;
+      const chunk = parseData(message.data);
+      if (chunk.error) throw new StreamFailure(errorBodyMessage(message.data));
+      if (chunk.usage) usage = readUsage(chunk.usage as OpenAIUsage);
+      const choice = (chunk.choices as OpenAIChoice[] | undefined)?.[0];
+      if (!choice) continue;
+      const text = choice.delta?.content ?? choice.text;
+      if (text) yield { type: "text", text };
+      for (const piece of choice.delta?.tool_calls ?? []) {
+        const call = (calls[piece.index ?? 0] ??= { id: "", name: "", args: "" });
+        if (piece.id) call.id = piece.id;
+        if (piece.function?.name) call.name += piece.function.name;
+        if (piece.function?.arguments) call.args += piece.function.arguments;
+      }
+      if (choice.finish_reason) finishReason = choice.finish_reason;
+    }
+    if (!finishReason) throw new StreamFailure("the stream ended before the answer did");
+    yield {
+      type: "done",
+      finishReason: finishReason === "length" ? "length" : "stop",
+      calls: calls.map(
+        (c): ToolCall => ({
+          id: c.id || `call_${crypto.randomUUID()}`,
+          name: c.name,
+          arguments: callArguments(c.args),
+        }),
+      ),
+      usage,
+    };
+  },
+
+  errorMessage: errorBodyMessage,
+};
+
+interface OpenAIChoice {
+  delta?: {
+    content?: string | null;
+    tool_calls?: { index?: number; id?: string; function?: { name?: string; arguments?: string } }[];
+  };
+  text?: string;
+  finish_reason?: string | null;
+}
+
+interface OpenAIUsage {
+  prompt_tokens?: number;
+  completion_tokens?: number;
+  prompt_tokens_details?: { cached_tokens?: number } | null;
+}
+
+const readUsage = (u: OpenAIUsage): RemoteUsage => ({
+  promptTokens: u.prompt_tokens ?? 0,
+  completionTokens: u.completion_tokens ?? 0,
+  cachedTokens: u.prompt_tokens_details?.cached_tokens ?? 0,
+});
+
+/**
+ * The sampling values the client set, by their OpenAI names. top_k, min_p and
+ * repetition_penalty are not OpenAI's own, but vLLM, llama.cpp, mlx-lm and we accept them;
+ * OpenAI itself answers a 400 naming them, which the client then sees.
+ */
+function sampling(s: SamplingInput): Record<string, unknown> {
+  return {
+    temperature: s.temperature,
+    top_p: s.topP,
+    top_k: s.topK,
+    min_p: s.minP,
+    repetition_penalty: s.repetitionPenalty,
+    presence_penalty: s.presencePenalty,
+    frequency_penalty: s.frequencyPenalty,
+    seed: s.seed,
+    logit_bias: s.logitBias && Object.fromEntries(s.logitBias),
+  };
+}
+
+function chatMessage(m: ConversationMessage): Record<string, unknown> {
+  if (m.role === "tool") return { role: "tool", tool_call_id: m.toolCallId, content: m.content };
+  if (m.role === "assistant" && m.toolCalls?.length)
+    return {
+      role: "assistant",
+      content: m.content || null,
+      tool_calls: m.toolCalls.map((c) => ({
+        id: c.id,
+        type: "function",
+        function: { name: c.name, arguments: JSON.stringify(c.arguments) },
+      })),
+    };
+  return { role: m.role, content: m.content };
+}
+
+function responseFormat(f: FormatInput): Record<string, unknown> {
+  if (f.format === "json") return { type: "json_object" };
+  return {
+    type: "json_schema",
+    json_schema: { name: "answer", schema: f.format.schema, strict: f.format.strict ?? true },
+  };
+}
+
+function tools(t: ToolRequest): Record<string, unknown> {
+  return {
+    tools: t.tools.map((tool) => ({
+      type: "function",
+      function: { name: tool.name, description: tool.description, parameters: tool.parameters },
+    })),
+    tool_choice: typeof t.choice === "object" ? { type: "function", function: { name: t.choice.name } } : t.choice,
+    ...(t.choice === "none" ? {} : { parallel_tool_calls: t.parallel }),
+  };
+}

@@ -1,0 +1,86 @@
+// The one representation every API family is translated to and from for a remote model: a
+// request (what the HTTP routes and the CLI already reduce every request to) and a stream of
+// events (text as it arrives, then how it ended). Each provider kind translates only between
+// this and its own wire format, so any client API reaches any provider.
+import type { EventSourceMessage } from "eventsource-parser/stream";
+import type { FormatInput, PromptInput, SamplingInput } from "../api/common";
+import type { ToolCall, ToolRequest } from "../engine/tools";
+import type { RemoteModelConfig } from "./config";
+
+export interface RemoteRequest {
+  prompt: PromptInput;
+  /** Only the values the client set: the provider applies its own defaults to the rest. */
+  sampling: SamplingInput;
+  maxTokens?: number;
+  stop?: string[];
+  format?: FormatInput;
+  tools?: ToolRequest;
+}
+
+export interface RemoteUsage {
+  promptTokens: number;
+  completionTokens: number;
+  /** Prompt tokens the provider served from its own cache. */
+  cachedTokens: number;
+}
+
+export type RemoteEvent =
+  | { type: "text"; text: string }
+  | {
+      type: "done";
+      finishReason: "stop" | "length";
+      calls: ToolCall[];
+      /** The stop sequence that ended the answer, when the provider says which. */
+      stopSequence?: string;
+      usage: RemoteUsage;
+    };
+
+/** What one provider kind knows: its request, its stream and its error bodies. */
+export interface ProviderAdapter {
+  /** The path under base_url and the JSON body of a streamed request; throws UnsupportedError for what it cannot carry. */
+  request(config: RemoteModelConfig, req: RemoteRequest): { path: string; body: Record<string, unknown> };
+  headers(apiKey: string | undefined): Record<string, string>;
+  /** The provider's server-sent events as ours; throws when the stream fails or ends before the answer. */
+  events(stream: AsyncIterable<EventSourceMessage>): AsyncGenerator<RemoteEvent>;
+  /** The provider's message in an error body (the body itself when it is not the provider's JSON). */
+  errorMessage(body: string): string;
+}
+
+/** A stream that broke off or said it failed, in the provider's words. */
+export class StreamFailure extends Error {
+  override name = "StreamFailure";
+}
+
+/** Parses JSON from a provider's stream; a line that is not JSON is a broken stream. */
+export function parseData(data: string): Record<string, unknown> {
+  try {
+    return JSON.parse(data) as Record<string, unknown>;
+  } catch {
+    throw new StreamFailure(`the stream sent something that is not JSON: ${data.slice(0, 120)}`);
+  }
+}
+
+/** Arguments a provider streamed as JSON text, as an object (a value that is not an object is wrapped). */
+export function callArguments(json: string): Record<string, unknown> {
+  if (json.trim() === "") return {};
+  try {
+    const value = JSON.parse(json);
+    return value && typeof value === "object" && !Array.isArray(value) ? value : { value };
+  } catch {
+    throw new StreamFailure(`a tool call's arguments are not JSON: ${json.slice(0, 120)}`);
+  }
+}
+
+/** The `message` of an `{"error": {"message"}}` or `{"error": "message"}` body, else the body. */
+export function errorBodyMessage(body: string): string {
+  try {
+    const parsed = JSON.parse(body) as { error?: { message?: unknown } | string; message?: unknown };
+    const error = parsed.error;
+    if (typeof error === "string") return error;
+    if (error && typeof error.message === "string") return error.message;
+    if (typeof parsed.message === "string") return parsed.message;
+  } catch {
+    // not JSON: the text itself
+  }
+  return body.trim().slice(0, 500) || "(empty body)";
+}

@@ -1,0 +1,147 @@
+// A generation served by a remote provider, in the shape every route already answers with:
+// the provider's events become the engine's (text as it arrives; calls, usage and timings at
+// the end), so each API family's route serves any provider unchanged. The first event is
+// awaited here, so a provider that fails before answering (unreachable, circuit open, queue
+// full, an error status after the retries) is an HTTP error status, not a broken stream.
+import { ProviderError, UnsupportedError } from "../errors";
+import type { GenerationEvent } from "../engine/scheduler";
+import type { ToolCall, ToolCallParser } from "../engine/tools";
+import { offeredTools } from "../engine/tools";
+import type { RemoteEvent, RemoteModel } from "../providers";
+import { requestTimeout } from "./errors";
+import { recordOutcome, type GenerateInput, type Generation, type GenerationContext } from "./generation";
+
+/**
+ * A remote answer's calls travel to the route as one last piece of text behind this marker (a
+ * private-use character no provider writes), and this parser reads them back, ids included.
+ */
+const CALLS_MARKER = "\u{F8FF}calls:";
+const remoteCalls: ToolCallParser = {
+  markers: [CALLS_MARKER],
+  anywhere: true,
+  parse(text) {
+    const at = text.indexOf(CALLS_MARKER);
+    if (at < 0) return { content: text, calls: [] };
+    return { content: text.slice(0, at), calls: JSON.parse(text.slice(at + CALLS_MARKER.length)) as ToolCall[] };
+  },
+};
+
+export async function startRemoteGeneration(
+  ctx: GenerationContext,
+  remote: RemoteModel,
+  input: GenerateInput,
+): Promise<Generation> {
+  const name = input.model;
+  if (input.prefixIds?.length)
+    throw new UnsupportedError(`model '${name}' is remote: a context of token ids cannot be sent to it`, "context");
+  if (input.logprobs || input.topLogprobs)
+    throw new UnsupportedError(`model '${name}' is remote: logprobs are not available from it`, "logprobs");
+  const labels = { provider: remote.provider.label, model: name };
+  const m = ctx.metrics;
+  const controller = new AbortController();
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    controller.abort();
+  }, input.timeoutMs);
+  const onClientAbort = () => controller.abort();
+  input.clientSignal.addEventListener("abort", onClientAbort, { once: true });
+  if (input.clientSignal.aborted) controller.abort();
+  const started = performance.now();
+  let providerOutcome = "cancelled";
+  const remoteEvents = remote.stream(
+    {
+      prompt: input.prompt,
+      sampling: input.sampling,
+      maxTokens: input.maxTokens,
+      stop: input.stop,
+      format: input.format,
+      tools: input.tools,
+    },
+    { signal: controller.signal, onRetry: (reason) => m.providerRetries.inc({ ...labels, reason }) },
+  );
+  let finished = false;
+  const finishedRemote = () => {
+    clearTimeout(timer);
+    input.clientSignal.removeEventListener("abort", onClientAbort);
+    m.providerRequests.inc({ ...labels, outcome: providerOutcome });
+    m.providerDuration.observe((performance.now() - started) / 1000, labels);
+  };
+  let first: IteratorResult<RemoteEvent>;
+  try {
+    first = await remoteEvents.next();
+  } catch (error) {
+    providerOutcome = outcomeOf(error, timedOut);
+    finishedRemote();
+    throw timedOut ? requestTimeout() : error;
+  }
+  const firstAt = performance.now();
+  m.providerFirstByte.observe((firstAt - started) / 1000, labels);
+
+  async function* events(): AsyncGenerator<GenerationEvent> {
+    let next = first;
+    let completionTokens = 0;
+    const ms = () => performance.now() - started;
+    const cancelled = (): GenerationEvent => ({
+      type: "done",
+      finishReason: "cancelled",
+      usage: { promptTokens: 0, completionTokens, cachedTokens: 0, queueMs: 0, timeToFirstTokenMs: 0, totalMs: ms() },
+      tokenIds: [],
+    });
+    try {
+      while (!next.done) {
+        const event = next.value;
+        if (event.type === "text") yield { type: "text", text: event.text, tokens: [] };
+        else {
+          providerOutcome = "ok";
+          if (event.calls.length > 0)
+            yield { type: "text", text: CALLS_MARKER + JSON.stringify(event.calls), tokens: [] };
+          completionTokens = event.usage.completionTokens;
+          yield {
+            type: "done",
+            finishReason: event.finishReason,
+            stopSequence: event.stopSequence,
+            tokenIds: [],
+            usage: { ...event.usage, queueMs: 0, timeToFirstTokenMs: firstAt - started, totalMs: ms() },
+          };
+        }
+        next = await remoteEvents.next();
+      }
+    } catch (error) {
+      if (controller.signal.aborted) {
+        providerOutcome = timedOut ? "timeout" : "cancelled";
+        yield cancelled();
+      } else {
+        providerOutcome = outcomeOf(error, false);
+        yield { type: "error", error: error as Error };
+      }
+    }
+  }
+
+  const tracked = ctx.inflight.track(name, 0, events());
+  return {
+    loadMs: 0,
+    promptIds: [],
+    toolFormat: offeredTools(input.tools) && remoteCalls,
+    events: tracked.events,
+    timedOut: () => timedOut,
+    abort: () => controller.abort(),
+    closedEarly: () => false,
+    finish: (outcome, usage) => {
+      if (finished) return;
+      finished = true;
+      ctx.inflight.end(tracked.flight);
+      // A route that stops reading early (client gone) ends the provider's request too.
+      void remoteEvents.return(undefined);
+      finishedRemote();
+      recordOutcome(m, input.route, outcome, usage);
+    },
+  };
+}
+
+/** The provider outcome /metrics counts for an error: the ProviderError's kind, a request it refused, else "error". */
+function outcomeOf(error: unknown, timedOut: boolean): string {
+  if (timedOut) return "timeout";
+  if (error instanceof ProviderError) return error.kind;
+  return error instanceof UnsupportedError ? "unsupported" : "error";
+}

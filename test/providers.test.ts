@@ -1,0 +1,600 @@
+// Remote providers against real servers on loopback, no mocks: a second `mlx serve` (a child
+// process) is the provider, reached as an OpenAI-compatible one (/v1) and through its own
+// Anthropic endpoint (/v1/messages); the official clients talk to the proxy in the other
+// family. Small real HTTP servers in the test answer 429 with Retry-After, or JSON off the
+// schema. The remote is killed mid-stream and restarted; an unreachable provider opens its
+// circuit.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import Anthropic from "@anthropic-ai/sdk";
+import OpenAI from "openai";
+import Ajv from "ajv";
+import type { Subprocess } from "bun";
+import type { RunningServer } from "../src/server/app";
+import { retryAfterMs } from "../src/providers/model";
+import { loadAliases } from "../src/store/aliases";
+import { cliRunner, mainScript } from "./helpers/cli";
+import { eventually, post, serve } from "./helpers/serve";
+import { writeTinyModel } from "./helpers/tiny-model";
+
+const repo = join(import.meta.dir, "..");
+/** The store with the default model (SmolLM2), which the remote serves for the slow stream. */
+const modelHome = process.env.MLX_HOME ?? join(repo, ".cache", "mlx-home");
+const savedHome = process.env.MLX_HOME;
+const root = mkdtempSync(join(tmpdir(), "mlx-providers-"));
+/** The proxy's store: only its models.toml matters. */
+const home = join(root, "home");
+const tiny = join(root, "tiny");
+
+let remotePort: number;
+/** A port nothing listens on: the provider that opens its circuit. */
+let unreachable: number;
+let remote: Subprocess | undefined;
+let proxy: RunningServer;
+let openai: OpenAI;
+let anthropic: Anthropic;
+const helpers: ReturnType<typeof Bun.serve>[] = [];
+
+/** A port the OS says is free now (the remote is restarted on it). */
+function freePort(): number {
+  const probe = Bun.serve({ port: 0, fetch: () => new Response() });
+  const port = probe.port!;
+  probe.stop(true);
+  return port;
+}
+
+async function startRemote(): Promise<void> {
+  remote = Bun.spawn(
+    [process.execPath, mainScript, "serve", "--port", String(remotePort), "--max-models", "2", "--keep-alive", "-1"],
+    { env: { ...process.env, MLX_HOME: modelHome, NO_COLOR: "1" }, stdout: "ignore", stderr: "ignore" },
+  );
+  await eventually(async () => {
+    try {
+      return (await fetch(`http://127.0.0.1:${remotePort}/health`)).ok;
+    } catch {
+      return false;
+    }
+  }, 60_000);
+}
+
+/** The request the 429 server counts, then answers by forwarding it to the real remote. */
+let limitedHits: number[] = [];
+/** Requests the server that answers off the schema has seen. */
+let offSchemaHits = 0;
+/** The gated server's requests wait for this; and the client port each came from. */
+let gate = Promise.withResolvers<void>();
+const gatedPorts: number[] = [];
+
+/** A whole OpenAI chat stream with one piece of text. */
+function chatStream(text: string): string {
+  const chunk = (choice: object) =>
+    `data: ${JSON.stringify({ id: "x", object: "chat.completion.chunk", choices: [{ index: 0, ...choice }] })}\n\n`;
+  return `${chunk({ delta: { content: text } })}${chunk({ delta: {}, finish_reason: "stop" })}data: [DONE]\n\n`;
+}
+
+beforeAll(async () => {
+  writeTinyModel(tiny, { contextLength: 1024 });
+  remotePort = freePort();
+  await startRemote();
+  const base = `http://127.0.0.1:${remotePort}`;
+
+  const limited = Bun.serve({
+    port: 0,
+    async fetch(req) {
+      limitedHits.push(performance.now());
+      if (limitedHits.length === 1)
+        return Response.json({ error: { message: "slow down" } }, { status: 429, headers: { "Retry-After": "1" } });
+      return fetch(`${base}/v1/chat/completions`, { method: "POST", headers: req.headers, body: await req.text() });
+    },
+  });
+  const offSchema = Bun.serve({
+    port: 0,
+    fetch() {
+      offSchemaHits++;
+      return new Response(chatStream('{"age": "old"}'), { headers: { "Content-Type": "text/event-stream" } });
+    },
+  });
+  const gated = Bun.serve({
+    port: 0,
+    async fetch(req, server) {
+      gatedPorts.push(server.requestIP(req)!.port);
+      await gate.promise;
+      return new Response(chatStream("done"), { headers: { "Content-Type": "text/event-stream" } });
+    },
+  });
+  // Headers and a comment at once, then nothing.
+  const silent = Bun.serve({
+    port: 0,
+    idleTimeout: 0,
+    fetch: () =>
+      new Response(
+        new ReadableStream({
+          start(controller) {
+            controller.enqueue(new TextEncoder().encode(": hello\n\n"));
+          },
+        }),
+        { headers: { "Content-Type": "text/event-stream" } },
+      ),
+  });
+  helpers.push(limited, offSchema, gated, silent);
+  unreachable = freePort();
+
+  process.env.MLX_HOME = home;
+  const { mkdirSync } = await import("node:fs");
+  mkdirSync(home, { recursive: true });
+  writeFileSync(
+    join(home, "models.toml"),
+    `
+[models.ro]
+provider = "openai"
+base_url = "${base}/v1"
+model = "${tiny}"
+
+[models.rslow]
+provider = "openai"
+base_url = "${base}/v1"
+model = "smollm2"
+
+[models.ra]
+provider = "anthropic"
+base_url = "${base}"
+model = "${tiny}"
+
+[models.limited]
+provider = "openai"
+base_url = "http://127.0.0.1:${limited.port}/v1"
+model = "${tiny}"
+retry_base = 0.05
+
+[models.offschema]
+provider = "openai"
+base_url = "http://127.0.0.1:${offSchema.port}/v1"
+model = "anything"
+
+[models.gated]
+provider = "openai"
+base_url = "http://127.0.0.1:${gated.port}/v1"
+model = "anything"
+max_connections = 1
+max_queue = 1
+
+[models.silent]
+provider = "openai"
+base_url = "http://127.0.0.1:${silent.port}/v1"
+model = "anything"
+read_timeout = 0.3
+max_retries = 0
+
+[models.down]
+provider = "openai"
+base_url = "http://127.0.0.1:${unreachable}/v1"
+model = "anything"
+max_retries = 0
+circuit_failures = 2
+circuit_cooldown = 1
+`,
+  );
+  proxy = serve();
+  openai = new OpenAI({ baseURL: `${proxy.url}/v1`, apiKey: "unused", maxRetries: 0 });
+  anthropic = new Anthropic({ baseURL: proxy.url, apiKey: "unused", maxRetries: 0 });
+}, 120_000);
+
+afterAll(async () => {
+  await proxy?.stop();
+  remote?.kill();
+  for (const h of helpers) h.stop(true);
+  if (savedHome === undefined) delete process.env.MLX_HOME;
+  else process.env.MLX_HOME = savedHome;
+});
+
+const metrics = async () => (await fetch(`${proxy.url}/metrics`)).text();
+const metric = (text: string, name: string, labels: string) =>
+  Number(new RegExp(`^${name}\\{${labels}\\} (\\S+)$`, "m").exec(text)?.[1] ?? Number.NaN);
+
+const forecastSchema = {
+  type: "object" as const,
+  properties: { city: { type: "string", maxLength: 10 }, days: { type: "integer", minimum: 1, maximum: 7 } },
+  required: ["city", "days"],
+  additionalProperties: false,
+};
+const validForecast = new Ajv().compile(forecastSchema);
+
+describe("every API family reaches either provider kind", () => {
+  test("the openai client, chat and streamed, through an Anthropic provider", async () => {
+    const whole = await openai.chat.completions.create({
+      model: "ra",
+      messages: [{ role: "user", content: "Hi" }],
+      max_tokens: 6,
+    });
+    expect(whole.model).toBe("ra");
+    expect(whole.choices[0]!.message.content!.length).toBeGreaterThan(0);
+    expect(whole.choices[0]!.finish_reason).toBe("length");
+    expect(whole.usage!.completion_tokens).toBe(6);
+    const stream = await openai.chat.completions.create({
+      model: "ra",
+      messages: [{ role: "user", content: "Hi" }],
+      max_tokens: 6,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    let text = "";
+    let usage: OpenAI.CompletionUsage | undefined | null;
+    for await (const chunk of stream) {
+      text += chunk.choices[0]?.delta.content ?? "";
+      usage = chunk.usage ?? usage;
+    }
+    expect(text.length).toBeGreaterThan(0);
+    expect(usage!.completion_tokens).toBe(6);
+  });
+
+  test("the anthropic client, create and stream, through an OpenAI-compatible provider", async () => {
+    const m = await anthropic.messages.create({
+      model: "ro",
+      max_tokens: 6,
+      messages: [{ role: "user", content: "Hi" }],
+    });
+    expect(m.stop_reason).toBe("max_tokens");
+    expect(m.content[0]!.type).toBe("text");
+    expect(m.usage.output_tokens).toBe(6);
+    const events: string[] = [];
+    const stream = anthropic.messages.stream({
+      model: "ro",
+      max_tokens: 6,
+      messages: [{ role: "user", content: "Hi" }],
+    });
+    for await (const event of stream) events.push(event.type);
+    const final = await stream.finalMessage();
+    expect(events[0]).toBe("message_start");
+    expect(events).toContain("content_block_delta");
+    expect(events.at(-1)).toBe("message_stop");
+    expect(final.usage.output_tokens).toBe(6);
+  });
+
+  test("a tool round-trip: an Anthropic client's forced tool call, made by the OpenAI-compatible remote", async () => {
+    const tools: Anthropic.Tool[] = [
+      { name: "forecast", description: "The weather forecast", input_schema: forecastSchema },
+    ];
+    const ask: Anthropic.MessageParam[] = [{ role: "user", content: "Weather in Oslo?" }];
+    const call = await anthropic.messages.create({
+      model: "ro",
+      max_tokens: 60,
+      messages: ask,
+      tools,
+      tool_choice: { type: "tool", name: "forecast", disable_parallel_tool_use: true },
+    });
+    expect(call.stop_reason).toBe("tool_use");
+    const use = call.content.find((b) => b.type === "tool_use") as Anthropic.ToolUseBlock;
+    expect(use.name).toBe("forecast");
+    expect(validForecast(use.input)).toBe(true);
+    const answer = await anthropic.messages.create({
+      model: "ro",
+      max_tokens: 6,
+      tools,
+      messages: [
+        ...ask,
+        { role: "assistant", content: call.content },
+        { role: "user", content: [{ type: "tool_result", tool_use_id: use.id, content: "Sunny, 21 C" }] },
+      ],
+    });
+    expect(answer.content.some((b) => b.type === "text")).toBe(true);
+  });
+
+  test("an OpenAI client's required tool call, made by the Anthropic remote", async () => {
+    const r = await openai.chat.completions.create({
+      model: "ra",
+      max_tokens: 60,
+      messages: [{ role: "user", content: "Weather in Oslo?" }],
+      tools: [{ type: "function", function: { name: "forecast", parameters: forecastSchema } }],
+      tool_choice: "required",
+      parallel_tool_calls: false,
+    });
+    expect(r.choices[0]!.finish_reason).toBe("tool_calls");
+    const call = r.choices[0]!.message.tool_calls![0]! as OpenAI.ChatCompletionMessageFunctionToolCall;
+    expect(call.function.name).toBe("forecast");
+    expect(validForecast(JSON.parse(call.function.arguments))).toBe(true);
+  });
+
+  test("Ollama chat and generate, and the Responses API", async () => {
+    const chat = await post(`${proxy.url}/api/chat`, {
+      model: "ra",
+      messages: [{ role: "user", content: "Hi" }],
+      stream: false,
+      options: { num_predict: 5 },
+    });
+    expect(chat.status).toBe(200);
+    expect(chat.json.done_reason).toBe("length");
+    expect(chat.json.eval_count).toBe(5);
+    const generate = await post(`${proxy.url}/api/generate`, {
+      model: "ro",
+      prompt: "Hi",
+      stream: false,
+      options: { num_predict: 5 },
+    });
+    expect(generate.status).toBe(200);
+    expect(generate.json.response.length).toBeGreaterThan(0);
+    const response = await openai.responses.create({ model: "ra", input: "Hi", max_output_tokens: 5 });
+    expect(response.status).toBe("incomplete");
+    expect(response.output_text.length).toBeGreaterThan(0);
+  });
+
+  test("a raw completion goes to the OpenAI-compatible remote's /completions; an Anthropic one refuses it", async () => {
+    const r = await openai.completions.create({ model: "ro", prompt: "Once upon", max_tokens: 5 });
+    expect(r.choices[0]!.text.length).toBeGreaterThan(0);
+    const refused = await post(`${proxy.url}/v1/completions`, { model: "ra", prompt: "Once upon", max_tokens: 5 });
+    expect(refused.status).toBe(400);
+    expect(refused.json.error.message).toContain("chat messages only");
+    const logprobs = await post(`${proxy.url}/v1/chat/completions`, {
+      model: "ro",
+      messages: [{ role: "user", content: "Hi" }],
+      logprobs: true,
+    });
+    expect(logprobs.status).toBe(400);
+    expect(logprobs.json.error.param).toBe("logprobs");
+  });
+});
+
+describe("structured output", () => {
+  test("the schema is passed to an OpenAI-compatible remote, which enforces it", async () => {
+    const r = await openai.chat.completions.create({
+      model: "ro",
+      max_tokens: 60,
+      messages: [{ role: "user", content: "A forecast" }],
+      response_format: { type: "json_schema", json_schema: { name: "f", schema: forecastSchema, strict: true } },
+    });
+    expect(validForecast(JSON.parse(r.choices[0]!.message.content!))).toBe(true);
+  });
+
+  test("an answer off the schema is retried once, then a 502 names where it failed", async () => {
+    offSchemaHits = 0;
+    const schema = { type: "object", properties: { age: { type: "integer" } }, required: ["age"] };
+    const r = await post(`${proxy.url}/v1/chat/completions`, {
+      model: "offschema",
+      messages: [{ role: "user", content: "How old?" }],
+      response_format: { type: "json_schema", json_schema: { name: "a", schema } },
+    });
+    expect(r.status).toBe(502);
+    expect(r.json.error.message).toContain(
+      "does not match response_format.json_schema.schema, twice: /age must be integer",
+    );
+    expect(r.json.error.message).toContain("#/properties/age/type");
+    expect(offSchemaHits).toBe(2);
+    // An Anthropic provider takes the schema in its system prompt; random weights do not follow it.
+    const anthropicFormat = await post(`${proxy.url}/api/chat`, {
+      model: "ra",
+      messages: [{ role: "user", content: "How old?" }],
+      format: schema,
+      stream: false,
+      options: { num_predict: 8 },
+    });
+    expect(anthropicFormat.status).toBe(502);
+    expect(anthropicFormat.json.error).toMatch(/does not match format, twice: (the answer is not JSON|\/)/);
+  });
+});
+
+describe("failures", () => {
+  test("a 429 with Retry-After is retried after the wait it asks for", async () => {
+    limitedHits = [];
+    const r = await openai.chat.completions.create({
+      model: "limited",
+      messages: [{ role: "user", content: "Hi" }],
+      max_tokens: 4,
+    });
+    expect(r.choices[0]!.message.content!.length).toBeGreaterThan(0);
+    expect(limitedHits.length).toBe(2);
+    expect(limitedHits[1]! - limitedHits[0]!).toBeGreaterThanOrEqual(950);
+    const m = await metrics();
+    expect(metric(m, "mlx_provider_retries_total", `provider="[^"]+",model="limited",reason="429"`)).toBe(1);
+    expect(metric(m, "mlx_provider_requests_total", `provider="[^"]+",model="limited",outcome="ok"`)).toBe(1);
+  });
+
+  test("the pool: one connection in use, one request queued, the next refused; connections are kept alive", async () => {
+    gate = Promise.withResolvers<void>();
+    gatedPorts.length = 0;
+    const ask = () =>
+      post(`${proxy.url}/v1/chat/completions`, { model: "gated", messages: [{ role: "user", content: "Hi" }] });
+    const first = ask();
+    const second = ask();
+    await eventually(async () => /mlx_provider_queue_waiting\{[^}]+\} 1$/m.test(await metrics()));
+    const m = await metrics();
+    expect(m).toMatch(/^mlx_provider_connections_in_use\{provider="[^"]+"\} 1$/m);
+    const refused = await ask();
+    expect(refused.status).toBe(429);
+    expect(refused.json.error.message).toContain("all 1 connections are busy and 1 requests already wait");
+    expect(refused.headers.get("retry-after")).toBe("1");
+    gate.resolve();
+    for (const r of await Promise.all([first, second])) {
+      expect(r.status).toBe(200);
+      expect(r.json.choices[0].message.content).toBe("done");
+    }
+    // The second request went out over the connection the first one had used.
+    expect(gatedPorts.length).toBe(2);
+    expect(gatedPorts[1]).toBe(gatedPorts[0]!);
+  });
+
+  test("a provider silent past its read timeout is a 504", async () => {
+    const r = await post(`${proxy.url}/api/chat`, {
+      model: "silent",
+      messages: [{ role: "user", content: "Hi" }],
+      stream: false,
+    });
+    expect(r.status).toBe(504);
+    expect(r.json.error).toContain("sent nothing for 0.3 s");
+  });
+
+  test("a remote error is a 502 in the client's shape, with the provider's message", async () => {
+    // The remote's own model has a context of 1024 tokens: more is its 400.
+    const error = await anthropic.messages
+      .create({ model: "ro", max_tokens: 5000, messages: [{ role: "user", content: "Hi" }] })
+      .catch((e) => e);
+    expect(error).toBeInstanceOf(Anthropic.APIError);
+    expect(error.status).toBe(502);
+    expect(error.message).toContain("answered 400");
+    expect(error.message).toContain("max_tokens is 5000");
+  });
+
+  test("an unreachable provider opens its circuit, which says so, then half-opens after its cool-down", async () => {
+    const ask = () =>
+      post(`${proxy.url}/v1/messages`, { model: "down", max_tokens: 4, messages: [{ role: "user", content: "Hi" }] });
+    for (let i = 0; i < 2; i++) {
+      const r = await ask();
+      expect(r.status).toBe(502);
+      expect(r.json.type).toBe("error");
+      expect(r.json.error.message).toContain("cannot be reached");
+    }
+    const open = await ask();
+    expect(open.status).toBe(503);
+    expect(open.json.error.message).toContain("circuit is open after 2 consecutive failures");
+    expect(open.headers.get("retry-after")).toBe("1");
+    const down = `provider="http://127.0.0.1:${unreachable}/v1"`;
+    expect(metric(await metrics(), "mlx_provider_circuit_state", `${down},state="open"`)).toBe(1);
+    await Bun.sleep(1100);
+    // Half-open: one request may try (and fails again, reopening it).
+    expect((await ask()).status).toBe(502);
+    expect((await ask()).status).toBe(503);
+  });
+
+  test("the remote killed mid-stream: the client gets a clean error, and the pool recovers once it is back", async () => {
+    const stream = await openai.chat.completions.create({
+      model: "rslow",
+      messages: [{ role: "user", content: "Tell me a long story about a river." }],
+      max_tokens: 400,
+      temperature: 0,
+      stream: true,
+    });
+    let text = "";
+    const error = await (async () => {
+      try {
+        for await (const chunk of stream) {
+          text += chunk.choices[0]?.delta.content ?? "";
+          if (text.length > 0 && remote && !remote.killed) remote.kill("SIGKILL");
+        }
+      } catch (e) {
+        return e;
+      }
+    })();
+    expect(text.length).toBeGreaterThan(0);
+    expect(error).toBeInstanceOf(OpenAI.APIError);
+    expect((error as Error).message).toMatch(/provider http:\/\/127\.0\.0\.1:\d+\/v1/);
+    await eventually(
+      async () => metric(await metrics(), "mlx_provider_connections_in_use", `provider="[^"]+/v1"`) === 0,
+    );
+    // While it is down: a 502 at once (not a hang).
+    const down = await post(`${proxy.url}/v1/chat/completions`, {
+      model: "ro",
+      messages: [{ role: "user", content: "Hi" }],
+    });
+    expect(down.status).toBe(502);
+    await startRemote();
+    const again = await openai.chat.completions.create({
+      model: "ro",
+      messages: [{ role: "user", content: "Hi" }],
+      max_tokens: 4,
+    });
+    expect(again.choices[0]!.message.content!.length).toBeGreaterThan(0);
+  }, 120_000);
+});
+
+test("/metrics counts per provider and model", async () => {
+  const m = await metrics();
+  expect(metric(m, "mlx_provider_requests_total", `provider="[^"]+/v1",model="ro",outcome="ok"`)).toBeGreaterThan(0);
+  expect(m).toMatch(/^mlx_provider_time_to_first_byte_seconds_count\{provider="[^"]+",model="ra"\} \d+$/m);
+  expect(m).toMatch(/^mlx_provider_request_duration_seconds_bucket\{provider="[^"]+",model="ro",le="\+Inf"\} \d+$/m);
+  expect(m).toMatch(/^mlx_provider_connections_max\{provider="[^"]+\/v1"\} 8$/m);
+  expect(m).toMatch(/^mlx_provider_queue_waiting\{provider="[^"]+"\} 0$/m);
+});
+
+test("mlx run, chat and bench take a remote alias", async () => {
+  const run = cliRunner(home);
+  const answer = await run(["run", "-m", "ro", "--max-tokens", "5", "--json", "Hi"]);
+  expect(answer.stderr).toBe("");
+  expect(answer.code).toBe(0);
+  const result = JSON.parse(answer.stdout);
+  expect(result.text.length).toBeGreaterThan(0);
+  expect(result.stats.generated_tokens).toBe(5);
+  const chat = await run(["chat", "-m", "ro", "--max-tokens", "4", "--stats"], "Hi\nAnd then?\n/show\n");
+  expect(chat.code).toBe(0);
+  expect(chat.stdout.trim().split("\n").length).toBe(2);
+  expect(chat.stderr).toContain("(remote, openai provider at http://127.0.0.1:");
+  // The second turn sent the whole conversation: more prompt tokens than the first.
+  const prompts = [...chat.stderr.matchAll(/prompt (\d+) new \+ (\d+) cached/g)].map(
+    (m) => Number(m[1]) + Number(m[2]),
+  );
+  expect(prompts.length).toBe(2);
+  expect(prompts[1]!).toBeGreaterThan(prompts[0]!);
+  const bench = await run(["bench", "-m", "ro", "-p", "32", "-g", "8", "-n", "1", "--json"]);
+  expect(bench.code).toBe(0);
+  const [row] = JSON.parse(bench.stdout).models;
+  expect(row.format).toBe("remote");
+  expect(row.prompt_tokens).toBeGreaterThan(16);
+}, 60_000);
+
+const hasPromtool = Bun.spawnSync(["which", "promtool"]).exitCode === 0;
+test.skipIf(!hasPromtool)("promtool accepts /metrics with the providers' series", async () => {
+  const check = Bun.spawnSync(["promtool", "check", "metrics"], { stdin: new Blob([await metrics()]), stderr: "pipe" });
+  expect(check.stderr.toString()).toBe("");
+  expect(check.exitCode).toBe(0);
+});
+
+test("/v1/models lists the remote aliases", async () => {
+  const ids = (await openai.models.list()).data.map((m) => m.id);
+  expect(ids).toEqual(expect.arrayContaining(["ro", "ra", "rslow"]));
+});
+
+describe("models.toml", () => {
+  /** loadAliases' error for a user models.toml holding `entry` as model 'x'. */
+  function aliasError(entry: string): string {
+    const dir = mkdtempSync(join(tmpdir(), "mlx-providers-toml-"));
+    writeFileSync(join(dir, "models.toml"), `[models.x]\n${entry}\n`);
+    process.env.MLX_HOME = dir;
+    try {
+      loadAliases();
+      return "no error";
+    } catch (error) {
+      return (error as Error).message;
+    } finally {
+      process.env.MLX_HOME = home;
+    }
+  }
+
+  test("a remote entry with a mistake is refused with the file, the alias and the problem", () => {
+    expect(aliasError('provider = "cohere"\nmodel = "m"')).toContain(
+      `model 'x': provider must be "openai" or "anthropic"`,
+    );
+    expect(aliasError('provider = "openai"')).toContain(
+      `model 'x': a remote model needs model = "<the provider's model name>"`,
+    );
+    expect(aliasError('provider = "openai"\nmodel = "m"\nbase_url = "ftp://h"')).toContain(
+      "base_url must be an http(s) URL",
+    );
+    expect(aliasError('provider = "openai"\nmodel = "m"\nmax_connections = 0')).toContain(
+      "max_connections must be at least 1",
+    );
+    expect(aliasError('provider = "openai"\nmodel = "m"\nread_timeout = -1')).toContain(
+      "read_timeout must be a number of seconds >= 0",
+    );
+    expect(aliasError('provider = "openai"\nmodel = "m"\nsource = "x"')).toContain(
+      "unknown key 'source' for a remote model",
+    );
+    expect(aliasError('provider = "anthropic"\nmodel = "m"\nconnect_timeout = 2.5')).toBe("no error");
+  });
+
+  test("a remote alias has no weights: pulling or loading it says so", async () => {
+    const r = await post(`${proxy.url}/v1/messages/count_tokens`, {
+      model: "ro",
+      messages: [{ role: "user", content: "Hi" }],
+    });
+    expect(r.status).toBe(400);
+    expect(r.json.error.message).toContain("model 'ro' is served by a remote openai provider");
+  });
+});
+
+test("Retry-After is read as seconds or as an HTTP date", () => {
+  const now = Date.parse("Tue, 01 Dec 2026 10:00:00 GMT");
+  expect(retryAfterMs("2", now)).toBe(2000);
+  expect(retryAfterMs("Tue, 01 Dec 2026 10:00:03 GMT", now)).toBe(3000);
+  expect(retryAfterMs("Tue, 01 Dec 2026 09:00:00 GMT", now)).toBe(0);
+  expect(retryAfterMs("soon", now)).toBeUndefined();
+  expect(retryAfterMs(null, now)).toBeUndefined();
+});
