@@ -62,7 +62,7 @@ void run(const mx::array& x, const mx::array& w, const mx::array& scales, const 
   const int M = static_cast<int>(x.size() / K);
   const int N = out.shape(-1);
   // Buffers of the stream's own thread, kept between calls: no allocation per token.
-  thread_local std::vector<float> x_f32, y_f32, x_group_sums, scratch;
+  thread_local std::vector<float> x_f32, y_f32, x_group_sums, x_split, scratch;
 
   const float* xp;
   if (x.dtype() == mx::float32) {
@@ -81,9 +81,14 @@ void run(const mx::array& x, const mx::array& w, const mx::array& scales, const 
   } else {
     x_group_sums.assign(static_cast<size_t>(M) * (K / group), 0.0f);
     for (int i = 0; i < M * K; ++i) x_group_sums[i / group] += xp[i];
+    if (bits == 4) {
+      // Each block of 32 in its nibbles' order: even elements, then odd ones (see direct_rows).
+      x_split.resize(static_cast<size_t>(M) * K);
+      for (int i = 0; i < M * K; ++i) x_split[(i & ~31) + (i & 1) * 16 + (i & 31) / 2] = xp[i];
+    }
   }
   const QmmProblem p{xp, w.data<uint8_t>(), scales.data<void>(), biases.data<void>(), scale_type_of(scales.dtype()),
-                     x_group_sums.data(), yp, M, N, K, bits, group};
+                     x_group_sums.data(), x_split.data(), yp, M, N, K, bits, group};
   const QmmTile tile = tile_for(best_isa());
   const int per_task = columns_per_task(M, N, K, threads);
   float* scratch_base = scratch.data();

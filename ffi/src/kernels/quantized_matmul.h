@@ -16,6 +16,8 @@ struct QmmProblem {
   const void* biases;      // [N, K/group], of scale_type
   ScaleType scale_type;
   const float* x_group_sums;  // [M, K/group] sums of x over each group (for M <= kDirectMaxRows)
+  const float* x_split;       // [M, K] x with each block of 32 as its even then its odd elements
+                              // (4 bits, M <= kDirectMaxRows): the order of a block's nibbles
   float* y;                // [M, N] outputs, fp32
   int M, N, K, bits, group;
 };
