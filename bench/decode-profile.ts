@@ -93,14 +93,17 @@ const D = c.hiddenSize;
 const x1 = (k: number) => mx.keep(mx.random.normal([1, 1, k], mx.Dtype.float32, mx.random.key(k)));
 const xD = x1(D);
 const xI = x1(c.intermediateSize);
-const qmm = (prefix: string, x: MxArray, spec = q) => () => {
+const qmm = (prefix: string, x: MxArray, spec = q) => {
   const t = quant(prefix);
   return mx.quantizedMatmul(x, t.weight, t.scales, t.biases, spec, true);
 };
-const repeat = (n: number, op: () => MxArray) => () => Array.from({ length: n }, op);
+const repeat = (n: number, op: (i: number) => MxArray) => () => Array.from({ length: n }, (_, i) => op(i));
 const l0 = "model.layers.0";
-const qkvName = [...w.keys()].find((k) => k.startsWith(`${l0}.self_attn.`) && k.includes("+") && k.endsWith(".weight"));
-const gateUpName = [...w.keys()].find((k) => k.startsWith(`${l0}.mlp.`) && k.includes("+") && k.endsWith(".weight"));
+// Each layer's own weights, as a step reads them (not one layer's, which would stay in the cache).
+const fused = (i: number, part: string) =>
+  [...w.keys()]
+    .find((k) => k.startsWith(`model.layers.${i}.${part}.`) && k.includes("+") && k.endsWith(".weight"))!
+    .replace(/\.weight$/, "");
 const kvHeads = c.numKeyValueHeads;
 const hd = c.headDim;
 const queries = mx.keep(mx.random.normal([1, c.numAttentionHeads, 1, hd], mx.Dtype.float32, mx.random.key(3)));
@@ -112,11 +115,11 @@ const logitsRow = x1(c.vocabSize);
 const tiny = mx.keep(mx.scalar(1));
 
 const ops: [string, number, () => MxArray[]][] = [
-  ["q/k/v projection (4-bit)", layers, repeat(layers, qmm(qkvName!.replace(/\.weight$/, ""), xD))],
-  ["o projection (4-bit)", layers, repeat(layers, qmm(`${l0}.self_attn.o_proj`, xD))],
-  ["gate/up projection (4-bit)", layers, repeat(layers, qmm(gateUpName!.replace(/\.weight$/, ""), xD))],
-  ["down projection (4-bit)", layers, repeat(layers, qmm(`${l0}.mlp.down_proj`, xI))],
-  ["output layer (8-bit, tied embedding)", 1, repeat(1, qmm("model.embed_tokens", xD, headQuant))],
+  ["q/k/v projection (4-bit)", layers, repeat(layers, (i) => qmm(fused(i, "self_attn"), xD))],
+  ["o projection (4-bit)", layers, repeat(layers, (i) => qmm(`model.layers.${i}.self_attn.o_proj`, xD))],
+  ["gate/up projection (4-bit)", layers, repeat(layers, (i) => qmm(fused(i, "mlp"), xD))],
+  ["down projection (4-bit)", layers, repeat(layers, (i) => qmm(`model.layers.${i}.mlp.down_proj`, xI))],
+  ["output layer (8-bit, tied embedding)", 1, repeat(1, () => qmm("model.embed_tokens", xD, headQuant))],
   [
     `attention over ${context} keys`,
     layers,

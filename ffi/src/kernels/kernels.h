@@ -22,7 +22,8 @@ bool enabled();
 // Our kernels are on and the stream runs on the CPU: build our primitive rather than MLX's op.
 bool enabled_on(const mx::Stream& stream);
 
-// The instruction set and thread count the kernels run with, e.g. "avx2, 2 threads".
+// The instruction set and thread count the kernels run with, e.g. "avx2, 2 threads" (and
+// ", int8 activations" when MLX_CPU_INT8=1 took effect).
 const char* describe();
 
 // mx::quantized_matmul, on our kernel where it applies.
