@@ -34,6 +34,7 @@ struct Vec {
     return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
   }
   static float half(uint16_t h) { return _cvtsh_ss(h); }
+  static T halves(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
 };
 
 }  // namespace

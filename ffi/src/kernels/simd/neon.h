@@ -46,6 +46,9 @@ struct Vec {
     __builtin_memcpy(&f, &h, sizeof(f));
     return static_cast<float>(f);
   }
+  static T halves(const uint16_t* p) {
+    return {vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))), vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p + 4)))};
+  }
 };
 
 }  // namespace

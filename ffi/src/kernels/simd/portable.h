@@ -76,6 +76,11 @@ struct Vec {
     __builtin_memcpy(&f, &bits, sizeof(f));
     return f;
   }
+  static T halves(const uint16_t* p) {
+    T r;
+    for (int i = 0; i < 8; ++i) r.v[i] = half(p[i]);
+    return r;
+  }
 };
 
 }  // namespace
