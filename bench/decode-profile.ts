@@ -126,14 +126,24 @@ const ops: [string, number, () => MxArray[]][] = [
     repeat(layers, () => mx.fast.scaledDotProductAttention(queries, keys, vals, hd ** -0.5)),
   ],
   ["RMSNorm", 2 * layers + 1, repeat(2 * layers + 1, () => mx.fast.rmsNorm(xD, normWeight, 1e-5))],
-  ["SiLU·mul", layers, repeat(layers, () => mx.fast.siluMul(mx.slice(gate, [0, 0, 0], [1, 1, c.intermediateSize]), xI))],
-  ["logsumexp + argmax (sampler)", 1, repeat(1, () => mx.argmax(mx.subtract(logitsRow, mx.logsumexp(logitsRow, undefined, true)), -1))],
+  [
+    "SiLU·mul",
+    layers,
+    repeat(layers, () => mx.fast.siluMul(mx.slice(gate, [0, 0, 0], [1, 1, c.intermediateSize]), xI)),
+  ],
+  [
+    "logsumexp + argmax (sampler)",
+    1,
+    repeat(1, () => mx.argmax(mx.subtract(logitsRow, mx.logsumexp(logitsRow, undefined, true)), -1)),
+  ],
   ["a trivial op (scalar add), per node", 100, repeat(100, () => mx.add(tiny, tiny))],
 ];
 
 const step = stepMs();
 const build = buildMs();
-console.log(`\nwhole step (engine token loop, pipelined): ${step.toFixed(2)} ms/token (${(1000 / step).toFixed(1)} tokens/s)`);
+console.log(
+  `\nwhole step (engine token loop, pipelined): ${step.toFixed(2)} ms/token (${(1000 / step).toFixed(1)} tokens/s)`,
+);
 console.log(`graph build in TypeScript alone: ${build.toFixed(2)} ms/token (overlaps evaluation when pipelined)\n`);
 console.log("| op | per step | ms per step | share of the step |");
 console.log("|---|---:|---:|---:|");
@@ -142,7 +152,11 @@ for (const [name, count, make] of ops) {
   const ms = medianEval(make);
   const perStep = name.startsWith("a trivial") ? ms / count : ms;
   if (!name.startsWith("a trivial")) sum += ms;
-  console.log(`| ${name} | ${name.startsWith("a trivial") ? 1 : count} | ${perStep.toFixed(3)} | ${((100 * perStep) / step).toFixed(1)}% |`);
+  console.log(
+    `| ${name} | ${name.startsWith("a trivial") ? 1 : count} | ${perStep.toFixed(3)} | ${((100 * perStep) / step).toFixed(1)}% |`,
+  );
 }
 console.log(`| sum of the ops above | | ${sum.toFixed(2)} | ${((100 * sum) / step).toFixed(1)}% |`);
-console.log(`| the rest (graph nodes, copies, cache updates, wake-ups) | | ${(step - sum).toFixed(2)} | ${((100 * (step - sum)) / step).toFixed(1)}% |`);
+console.log(
+  `| the rest (graph nodes, copies, cache updates, wake-ups) | | ${(step - sum).toFixed(2)} | ${((100 * (step - sum)) / step).toFixed(1)}% |`,
+);
