@@ -406,7 +406,7 @@ out.push("");
 out.push("| generation tokens/s as a fraction of the bandwidth bound | ours | mlx-lm | llama.cpp |");
 out.push("|---|---:|---:|---:|");
 out.push(
-  `| bound ${bound.toFixed(0)} tokens/s | ${systems.map((s) => `${((med(s, "tgTps") / bound) * 100).toFixed(1)}%`).join(" | ")} |`,
+  `| bound ${bound.toFixed(0)} tokens/s | ${systems.map((s) => (Number.isFinite(med(s, "tgTps")) ? `${((med(s, "tgTps") / bound) * 100).toFixed(1)}%` : "n/a")).join(" | ")} |`,
 );
 out.push("");
 out.push(`Total time: ${((performance.now() - started) / 1000).toFixed(0)} s.`);
