@@ -127,3 +127,43 @@ describe("SiLU·mul kernel", () => {
     });
   });
 });
+
+describe("logsumexp kernel", () => {
+  mx.random.seed(9);
+
+  test("the sampler's row (every axis of [1, vocab]), rows of odd widths, rows longer than one part", () => {
+    const [logits, rows, long, tall, half] = [
+      normal([1, 49152]),
+      normal([5, 1000]),
+      normal([2, 3, 20001]),
+      normal([300, 4]),
+      normal([3, 5000], mx.Dtype.bfloat16),
+    ];
+    compare(() => mx.logsumexp(mx.multiply(logits, 10), undefined, true), 1e-6);
+    compare(() => mx.logsumexp(rows, -1), 1e-6);
+    compare(() => mx.logsumexp(long, -1, true), 1e-6);
+    compare(() => mx.logsumexp(mx.transpose(tall), -1), 1e-6);
+    compare(() => mx.logsumexp(half, -1), 1e-2);
+  });
+
+  test("masked entries (-inf), a fully masked row, and reductions over other axes (MLX's op)", () => {
+    mx.scope(() => {
+      const x = normal([2, 9000]);
+      const column = mx.reshape(mx.arange(0, 9000), [1, 9000]);
+      const row = mx.reshape(mx.arange(0, 2), [2, 1]);
+      const masked = mx.where(
+        mx.logicalOr(mx.equal(row, 1), mx.greaterEqual(column, 100)),
+        mx.scalar(Number.NEGATIVE_INFINITY),
+        x,
+      );
+      const ours = mx.logsumexp(masked, -1).toArray();
+      const reference = withMlxKernels(() => mx.logsumexp(masked, -1)).toArray();
+      expect(Math.abs(ours[0]! - reference[0]!)).toBeLessThan(1e-5);
+      expect(ours[1]).toBe(Number.NEGATIVE_INFINITY);
+      expect(reference[1]).toBe(Number.NEGATIVE_INFINITY);
+    });
+    const small = normal([6, 7]);
+    compare(() => mx.logsumexp(small, 0), 1e-6);
+    compare(() => mx.logsumexp(small, [0, 1]), 1e-6);
+  });
+});

@@ -115,6 +115,59 @@ describe("quantized matmul kernel", () => {
     });
   }
 
+  // MLX_CPU_INT8=1 is read once per process: the checks run in a child. The error bound is the
+  // activations' rounding alone (the int8 sums are exact): each x_k moves by at most half its
+  // block's step (max |x| / 127 over its 32 elements), so |y - exact| <= Σ_k |w_k| · step_k / 2,
+  // plus 1e-5 of Σ_k |w_k x_k| for the fp32 sums' order.
+  test("MLX_CPU_INT8=1: 4-bit decode rows within the int8 activations' rounding bound; the rest exact", () => {
+    const script = `
+      import * as mx from "./src/mlx";
+      const results = [];
+      for (const groupSize of [32, 64, 128]) {
+        for (const [m, n, k, bits] of [[1, 13, 128, 4], [2, 37, 384, 4], [3, 101, 256, 4], [5, 9, 640, 4], [8, 50, 1536, 4],
+                                       [1, 1000, 768, 4], [17, 30, 256, 4], [1, 40, 256, 8], [1, 20, 96, 4]]) {
+          if (k % groupSize !== 0) continue;
+          mx.scope(() => {
+            const q = mx.quantize(mx.random.normal([n, k], mx.Dtype.float32, mx.random.key(n)), { bits, groupSize });
+            const scales = mx.astype(q.scales, mx.Dtype.float16), biases = mx.astype(q.biases, mx.Dtype.float16);
+            const x = mx.random.normal([m, k], mx.Dtype.float32, mx.random.key(k + m));
+            const ours = mx.quantizedMatmul(x, q.weight, scales, biases, { bits, groupSize });
+            const w = mx.abs(mx.transpose(mx.dequantize(q.weight, scales, biases, { bits, groupSize }, mx.Dtype.float32)));
+            mx.useCpuKernels(false);
+            const exact = mx.quantizedMatmul(x, q.weight, scales, biases, { bits, groupSize });
+            const blocks = mx.reshape(mx.abs(x), [m, k / 32, 32]);
+            const halfStep = mx.broadcastTo(mx.divide(mx.max(blocks, -1, true), 254), [m, k / 32, 32]);
+            const bound = mx.add(mx.matmul(mx.reshape(halfStep, [m, k]), w), mx.multiply(mx.matmul(mx.abs(x), w), 1e-5));
+            const error = mx.abs(mx.subtract(ours, exact));
+            const excess = mx.max(mx.subtract(error, bound)).item();
+            const relative = mx.max(error).item() / mx.max(mx.abs(exact)).item();
+            mx.useCpuKernels(true);
+            results.push({ m, n, k, bits, groupSize, excess, relative });
+          });
+        }
+      }
+      console.log(JSON.stringify({ kernels: mx.cpuKernels(), results }));`;
+    const child = Bun.spawnSync([process.execPath, "-e", script], {
+      env: { ...process.env, MLX_CPU_INT8: "1" },
+      stderr: "pipe",
+    });
+    expect(child.stderr.toString()).toBe("");
+    const { kernels, results } = JSON.parse(child.stdout.toString()) as {
+      kernels: string;
+      results: { m: number; k: number; bits: number; excess: number; relative: number }[];
+    };
+    expect(results.length).toBe(25);
+    // Only where the CPU has VNNI; elsewhere the switch does nothing and every product is exact.
+    const int8 = kernels.endsWith(", int8 activations");
+    for (const r of results) {
+      expect(r.excess).toBeLessThanOrEqual(0);
+      const used = int8 && r.bits === 4 && r.m <= 8 && r.k % 64 === 0;
+      // The rounding shows (so the int8 path ran) where it applies, and nowhere else.
+      if (used) expect(r.relative).toBeGreaterThan(1e-4);
+      else expect(r.relative).toBeLessThan(1e-5);
+    }
+  });
+
   test("batched activations [B, L, K] and sliced (row-offset) weights", () => {
     mx.scope(() => {
       const layout = layouts[0]!;

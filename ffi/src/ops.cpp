@@ -125,7 +125,7 @@ int mlxs_reduce(mlxs_array** out, int op, const mlxs_array* a, const int32_t* ax
       case MLXS_MAX: return put(out, mx::max(x, ax, keep));
       case MLXS_MIN: return put(out, mx::min(x, ax, keep));
       case MLXS_PROD: return put(out, mx::prod(x, ax, keep));
-      case MLXS_LOGSUMEXP: return put(out, mx::logsumexp(x, ax, keep));
+      case MLXS_LOGSUMEXP: return put(out, kernels::logsumexp(x, ax, keep));
       case MLXS_ARGMAX: return put(out, mx::argmax(x, ax[0], keep));
       case MLXS_ARGMIN: return put(out, mx::argmin(x, ax[0], keep));
       case MLXS_ALL: return put(out, mx::all(x, ax, keep));

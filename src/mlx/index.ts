@@ -17,7 +17,7 @@ export const gpuAvailable = (): boolean => lib.mlxs_gpu_available() === 1;
  * for comparison); returns the previous setting. They start on unless MLX_KERNELS=mlx.
  */
 export const useCpuKernels = (on: boolean): boolean => lib.mlxs_use_cpu_kernels(on ? 1 : 0) === 1;
-/** The instruction set and thread count our CPU kernels run with, e.g. "avx2, 2 threads". */
+/** The instruction set and thread count our CPU kernels run with, e.g. "avx2, 2 threads" (", int8 activations" with MLX_CPU_INT8=1). */
 export const cpuKernels = (): string => String(lib.mlxs_cpu_kernels_describe());
 export function setDefaultDevice(kind: "cpu" | "gpu"): void {
   if (lib.mlxs_set_default_device(kind === "gpu" ? 1 : 0) !== 0) throw new Error(`cannot use the ${kind}`);

@@ -47,6 +47,15 @@ Isa best_isa() {
   return isa;
 }
 
+bool has_avx512_vnni() {
+#if defined(__x86_64__) || defined(_M_X64)
+  static const bool vnni = best_isa() == Isa::avx512 && __builtin_cpu_supports("avx512vnni");
+  return vnni;
+#else
+  return false;
+#endif
+}
+
 const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::portable: return "portable";

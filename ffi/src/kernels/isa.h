@@ -15,4 +15,7 @@ Isa best_isa();
 
 const char* isa_name(Isa isa);
 
+// AVX-512 is the instruction set in use and the CPU has its 8-bit dot products (VNNI).
+bool has_avx512_vnni();
+
 }  // namespace kernels

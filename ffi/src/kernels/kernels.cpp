@@ -7,6 +7,7 @@
 #include <string>
 
 #include "isa.h"
+#include "quantized_matmul.h"
 #include "thread_pool.h"
 
 namespace kernels {
@@ -32,7 +33,8 @@ mx::array matmul(const mx::array& a, const mx::array& b) { return mx::matmul(a, 
 
 const char* describe() {
   static const std::string text = std::string(isa_name(best_isa())) + ", " + std::to_string(thread_count()) +
-                                 (thread_count() == 1 ? " thread" : " threads");
+                                 (thread_count() == 1 ? " thread" : " threads") +
+                                 (int8_decode() ? ", int8 activations" : "");
   return text.c_str();
 }
 

@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 #include <variant>
+#include <vector>
 
 #include "mlx/mlx.h"
 
@@ -22,7 +23,8 @@ bool enabled();
 // Our kernels are on and the stream runs on the CPU: build our primitive rather than MLX's op.
 bool enabled_on(const mx::Stream& stream);
 
-// The instruction set and thread count the kernels run with, e.g. "avx2, 2 threads".
+// The instruction set and thread count the kernels run with, e.g. "avx2, 2 threads" (and
+// ", int8 activations" when MLX_CPU_INT8=1 took effect).
 const char* describe();
 
 // mx::quantized_matmul, on our kernel where it applies.
@@ -42,6 +44,10 @@ mx::array rms_norm(const mx::array& x, const std::optional<mx::array>& weight, f
 // batch row.
 mx::array rope(const mx::array& x, int dims, bool traditional, std::optional<float> base, float scale,
                const std::variant<int, mx::array>& offset, const std::optional<mx::array>& freqs);
+
+// mx::logsumexp, as one primitive split over the pool where it reduces the last axis alone (the
+// sampler's logits rows).
+mx::array logsumexp(const mx::array& x, const std::vector<int>& axes, bool keepdims);
 
 // silu(gate) * up as one primitive; MLX's ops (sigmoid, two multiplies) where it does not apply.
 mx::array silu_mul(const mx::array& gate, const mx::array& up);

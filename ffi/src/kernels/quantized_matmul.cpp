@@ -3,7 +3,9 @@
 #include "kernels.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -47,6 +49,8 @@ void from_float(const float* in, T* out, size_t n) {
   for (size_t i = 0; i < n; ++i) out[i] = static_cast<T>(in[i]);
 }
 
+bool int8_activations(int M, int K, int bits) { return int8_decode() && bits == 4 && M <= kDirectMaxRows && K % kInt8Chunk == 0; }
+
 // Outputs per task: enough tasks to balance the threads, few enough that waking them pays.
 int columns_per_task(int M, int N, int K, int threads) {
   const int align = M <= kDirectMaxRows ? 8 : kPanelMaxColumns;
@@ -62,7 +66,8 @@ void run(const mx::array& x, const mx::array& w, const mx::array& scales, const 
   const int M = static_cast<int>(x.size() / K);
   const int N = out.shape(-1);
   // Buffers of the stream's own thread, kept between calls: no allocation per token.
-  thread_local std::vector<float> x_f32, y_f32, x_group_sums, scratch;
+  thread_local std::vector<float> x_f32, y_f32, x_group_sums, x_split, x_int8_steps, x_block_sums, scratch;
+  thread_local std::vector<int8_t> x_int8;
 
   const float* xp;
   if (x.dtype() == mx::float32) {
@@ -76,15 +81,38 @@ void run(const mx::array& x, const mx::array& w, const mx::array& scales, const 
   float* yp = out.dtype() == mx::float32 ? out.data<float>() : (y_f32.resize(out.size()), y_f32.data());
 
   const int threads = thread_count();
+  const bool int8 = int8_activations(M, K, bits);
+  if (int8) {
+    x_int8.resize(static_cast<size_t>(M) * K);
+    x_int8_steps.resize(static_cast<size_t>(M) * K / 4);
+    x_block_sums.resize(static_cast<size_t>(M) * K / 32);
+    quantize_rows_int8(xp, M, K, x_int8.data(), x_int8_steps.data(), x_block_sums.data());
+  }
   if (M > kDirectMaxRows) {
     scratch.resize(static_cast<size_t>(threads) * kPanelMaxColumns * K);
   } else {
     x_group_sums.assign(static_cast<size_t>(M) * (K / group), 0.0f);
-    for (int i = 0; i < M * K; ++i) x_group_sums[i / group] += xp[i];
+    // The int8 kernel's bias term sums the quantized activations, so that its error is the
+    // weights times the activations' rounding (Σ w·(x̂ - x)) rather than the scaled codes' times it.
+    if (int8) {
+      for (int b = 0; b < M * K / 32; ++b) x_group_sums[b * 32 / group] += x_block_sums[b];
+    } else {
+      for (int i = 0; i < M * K; ++i) x_group_sums[i / group] += xp[i];
+    }
+    if (bits == 4 && !int8) {
+      // Each block of 32 in its nibbles' order: even elements, then odd ones (see direct_rows).
+      x_split.resize(static_cast<size_t>(M) * K);
+      for (int i = 0; i < M * K; ++i) x_split[(i & ~31) + (i & 1) * 16 + (i & 31) / 2] = xp[i];
+    }
   }
   const QmmProblem p{xp, w.data<uint8_t>(), scales.data<void>(), biases.data<void>(), scale_type_of(scales.dtype()),
-                     x_group_sums.data(), yp, M, N, K, bits, group};
+                     x_group_sums.data(), x_split.data(), int8 ? x_int8.data() : nullptr, x_int8_steps.data(),
+                     yp, M, N, K, bits, group};
+#if defined(KERNELS_HAVE_VNNI)
+  const QmmTile tile = int8 ? qmm_tile_int8_vnni : tile_for(best_isa());
+#else
   const QmmTile tile = tile_for(best_isa());
+#endif
   const int per_task = columns_per_task(M, N, K, threads);
   float* scratch_base = scratch.data();
   parallel_for((N + per_task - 1) / per_task, [&](int task, int thread) {
@@ -148,6 +176,49 @@ bool supported(const mx::array& x, const mx::array& w, const mx::array& scales, 
 }
 
 }  // namespace
+
+// Off by default: it changes outputs by the activations' rounding (see quantized_matmul_vnni.cpp),
+// and greedy answers of the default model then differ from MLX's op (bench/RESULTS.md).
+bool int8_decode() {
+#if defined(KERNELS_HAVE_VNNI)
+  static const bool on = [] {
+    const char* env = std::getenv("MLX_CPU_INT8");
+    return env != nullptr && std::strcmp(env, "1") == 0 && has_avx512_vnni();
+  }();
+  return on;
+#else
+  return false;
+#endif
+}
+
+void quantize_rows_int8(const float* x, int M, int K, int8_t* x_int8, float* steps, float* block_sums) {
+  for (int r = 0; r < M; ++r) {
+    for (int chunk = 0; chunk < K / kInt8Chunk; ++chunk) {
+      const long at = static_cast<long>(r) * K + chunk * kInt8Chunk;
+      const float* in = x + at;
+      int8_t* out = x_int8 + at;
+      float block_step[2];
+      for (int b = 0; b < 2; ++b) {
+        float largest = 0.0f;
+        for (int i = 0; i < 32; ++i) largest = std::max(largest, std::fabs(in[32 * b + i]));
+        block_step[b] = largest / 127.0f;
+      }
+      for (int i = 0; i < kInt8Chunk; ++i) {
+        const int block = i / 32;
+        const float inverse = block_step[block] > 0.0f ? 1.0f / block_step[block] : 0.0f;
+        // Element i of the chunk goes where its weight's nibble lands (quantized_matmul.h).
+        out[(i & 1) * 32 + block * 16 + (i & 31) / 2] = static_cast<int8_t>(std::nearbyint(in[i] * inverse));
+      }
+      for (int b = 0; b < 2; ++b) {
+        int sum = 0;
+        for (int i = 0; i < 32; ++i) sum += out[(i & 1) * 32 + b * 16 + i / 2];
+        block_sums[at / 32 + b] = block_step[b] * static_cast<float>(sum);
+      }
+      // Each int32 lane (4 bytes) holds elements of one block.
+      for (int lane = 0; lane < kInt8Chunk / 4; ++lane) steps[at / 4 + lane] = block_step[(lane / 4) % 2];
+    }
+  }
+}
 
 mx::array quantized_matmul(const mx::array& x, const mx::array& w, const mx::array& scales,
                            const std::optional<mx::array>& biases, bool transpose, int group, int bits,

@@ -16,6 +16,10 @@ struct QmmProblem {
   const void* biases;      // [N, K/group], of scale_type
   ScaleType scale_type;
   const float* x_group_sums;  // [M, K/group] sums of x over each group (for M <= kDirectMaxRows)
+  const float* x_split;       // [M, K] x with each block of 32 as its even then its odd elements
+                              // (4 bits, M <= kDirectMaxRows): the order of a block's nibbles
+  const int8_t* x_int8;       // [M, K] x quantized to int8 for the int8 kernel (see kInt8Chunk), or null
+  const float* x_int8_steps;  // [M, K/4] the float step of each int32 lane of x_int8's chunks
   float* y;                // [M, N] outputs, fp32
   int M, N, K, bits, group;
 };
@@ -27,6 +31,22 @@ constexpr int kDirectMaxRows = 8;
 // thread needs: kPanelMaxColumns · K. Column blocks given to tile functions are multiples of it.
 constexpr int kPanelMaxColumns = 32;
 
+// The int8-activation kernel (4-bit decode rows on AVX-512 VNNI) takes x in chunks of 64: two
+// blocks of 32 elements, each quantized to int8 with its own float step (max |x| / 127), ordered
+// like the weights' nibbles once split: the first block's even elements, the second's, the
+// first's odd ones, the second's. Each 4 bytes form one int32 lane of the product, so every lane
+// has one step.
+constexpr int kInt8Chunk = 64;
+
+// MLX_CPU_INT8=1 and the CPU has AVX-512 VNNI: 4-bit decode rows (K a multiple of kInt8Chunk)
+// run the int8-activation kernel. 8-bit layers (the default model's tied output layer) stay
+// exact: their error goes straight into the logits, and int8 did not make them faster.
+bool int8_decode();
+
+// x [M, K] (K a multiple of kInt8Chunk) into x_int8 and x_int8_steps in the order above, and the
+// sum of each block of 32 as quantized into block_sums [M, K/32].
+void quantize_rows_int8(const float* x, int M, int K, int8_t* x_int8, float* steps, float* block_sums);
+
 // Outputs y[:, n_begin:n_end] of a product. `scratch` holds kPanelMaxColumns · K floats.
 using QmmTile = void (*)(const QmmProblem& p, int n_begin, int n_end, float* scratch);
 
@@ -34,5 +54,7 @@ void qmm_tile_portable(const QmmProblem& p, int n_begin, int n_end, float* scrat
 void qmm_tile_avx2(const QmmProblem& p, int n_begin, int n_end, float* scratch);
 void qmm_tile_avx512(const QmmProblem& p, int n_begin, int n_end, float* scratch);
 void qmm_tile_neon(const QmmProblem& p, int n_begin, int n_end, float* scratch);
+// M <= kDirectMaxRows only, with x_int8 set.
+void qmm_tile_int8_vnni(const QmmProblem& p, int n_begin, int n_end, float* scratch);
 
 }  // namespace kernels

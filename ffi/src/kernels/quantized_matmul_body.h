@@ -3,7 +3,8 @@
 // has internal linkage, so code built with one set's flags never leaks into another's callers.
 //
 // Vec provides: T, its register type; kLanes; zero(), set1(f), load(const float*), store(float*, v), fma(a, b, c) = a·b + c,
-// sum(v); q4(bytes) and q8(bytes): the next kLanes packed weights as floats; half(uint16_t) → float.
+// sum(v); q4(bytes) and q8(bytes): the next kLanes packed weights as floats; q4_split(bytes, lo, hi): the low and
+// the high nibbles of the next kLanes bytes as floats; half(uint16_t) → float; halves(const uint16_t*): kLanes of them.
 #pragma once
 
 #include "quantized_matmul.h"
@@ -25,6 +26,27 @@ inline float scale_at(const void* base, int i) {
   }
 }
 
+// Scales (or biases) [from, from + n) as floats: vector conversions rather than one per group.
+template <ScaleType S>
+inline void scales_to_float(const void* base, int from, int n, float* out) {
+  int i = 0;
+  if constexpr (S == ScaleType::f16)
+    for (; i + L <= n; i += L) Vec::store(out + i, Vec::halves(static_cast<const uint16_t*>(base) + from + i));
+  for (; i < n; ++i) out[i] = scale_at<S>(base, from + i);
+}
+
+inline float dot(const float* a, const float* b, int n) {
+  auto acc = Vec::zero();
+  int i = 0;
+  for (; i + L <= n; i += L) acc = Vec::fma(Vec::load(a + i), Vec::load(b + i), acc);
+  float sum = Vec::sum(acc);
+  for (; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+// Groups whose scales and biases direct_rows converts at once (its stack buffers).
+constexpr int kGroupBlock = 64;
+
 template <int Bits>
 inline auto unpack(const uint8_t* row, int k) {
   if constexpr (Bits == 4) return Vec::q4(row + (static_cast<unsigned>(k) >> 1));
@@ -33,9 +55,12 @@ inline auto unpack(const uint8_t* row, int k) {
 
 // y[0 .. MR, n .. n + NC) for n in [n0, n1), weights unpacked in registers and read once for all
 // rows. Per group it sums x·q and applies the scale once; the biases' share is bias · Σx over the
-// group (p.x_group_sums), so a weight costs one multiply-add per row. NC output columns go side by
+// group (p.x_group_sums), one dot product per row and column, so a weight costs one multiply-add
+// per row. Scales and biases are converted to floats kGroupBlock groups at a time. NC output columns go side by
 // side so that MR · NC independent multiply-add chains hide the FMA latency: with one row and one
 // column the loop waits on its own accumulator (measured: NC = 4 at M = 1 is ~1.5× faster).
+// 4-bit weights are split into their low nibbles (even k) and high ones (odd k), multiplied with
+// x in the same order (p.x_split), which spares the shuffle that puts nibbles back in k order.
 template <int Bits, ScaleType S, int MR, int NC>
 void direct_rows(const QmmProblem& p, int n0, int n1) {
   const int K = p.K, groups = K / p.group, row_bytes = K * Bits / 8;
@@ -49,26 +74,46 @@ void direct_rows(const QmmProblem& p, int n0, int n1) {
         acc[r][c] = Vec::zero();
         bias_share[r][c] = 0.0f;
       }
-    for (int g = 0; g < groups; ++g) {
-      typename Vec::T dot[MR][NC];
-      for (int r = 0; r < MR; ++r)
-        for (int c = 0; c < NC; ++c) dot[r][c] = Vec::zero();
-      for (int k = g * p.group, end = k + p.group; k < end; k += L) {
-        typename Vec::T q[NC];
-        for (int c = 0; c < NC; ++c) q[c] = unpack<Bits>(rows[c], k);
-        for (int r = 0; r < MR; ++r) {
-          const auto xv = Vec::load(p.x + r * K + k);
-          for (int c = 0; c < NC; ++c) dot[r][c] = Vec::fma(q[c], xv, dot[r][c]);
-        }
-      }
+    for (int g0 = 0; g0 < groups; g0 += kGroupBlock) {
+      const int block = groups - g0 < kGroupBlock ? groups - g0 : kGroupBlock;
+      alignas(64) float scales[NC][kGroupBlock];
+      alignas(64) float biases[NC][kGroupBlock];
       for (int c = 0; c < NC; ++c) {
-        const auto s = Vec::set1(scale_at<S>(p.scales, (n + c) * groups + g));
-        const float b = scale_at<S>(p.biases, (n + c) * groups + g);
-        for (int r = 0; r < MR; ++r) {
-          acc[r][c] = Vec::fma(dot[r][c], s, acc[r][c]);
-          bias_share[r][c] += b * p.x_group_sums[r * groups + g];
+        scales_to_float<S>(p.scales, (n + c) * groups + g0, block, scales[c]);
+        scales_to_float<S>(p.biases, (n + c) * groups + g0, block, biases[c]);
+      }
+      for (int g = g0; g < g0 + block; ++g) {
+        typename Vec::T dot[MR][NC];
+        for (int r = 0; r < MR; ++r)
+          for (int c = 0; c < NC; ++c) dot[r][c] = Vec::zero();
+        if constexpr (Bits == 4) {
+          for (int k = g * p.group, end = k + p.group; k < end; k += 2 * L) {
+            typename Vec::T lo[NC], hi[NC];
+            for (int c = 0; c < NC; ++c) Vec::q4_split(rows[c] + k / 2, lo[c], hi[c]);
+            // The even elements of k's block of 32 from (k mod 32) / 2, the odd ones 16 further.
+            const int at = (k & ~31) + (k & 31) / 2;
+            for (int r = 0; r < MR; ++r) {
+              const auto even = Vec::load(p.x_split + r * K + at), odd = Vec::load(p.x_split + r * K + at + 16);
+              for (int c = 0; c < NC; ++c) dot[r][c] = Vec::fma(hi[c], odd, Vec::fma(lo[c], even, dot[r][c]));
+            }
+          }
+        } else {
+          for (int k = g * p.group, end = k + p.group; k < end; k += L) {
+            typename Vec::T q[NC];
+            for (int c = 0; c < NC; ++c) q[c] = unpack<Bits>(rows[c], k);
+            for (int r = 0; r < MR; ++r) {
+              const auto xv = Vec::load(p.x + r * K + k);
+              for (int c = 0; c < NC; ++c) dot[r][c] = Vec::fma(q[c], xv, dot[r][c]);
+            }
+          }
+        }
+        for (int c = 0; c < NC; ++c) {
+          const auto scale = Vec::set1(scales[c][g - g0]);
+          for (int r = 0; r < MR; ++r) acc[r][c] = Vec::fma(dot[r][c], scale, acc[r][c]);
         }
       }
+      for (int r = 0; r < MR; ++r)
+        for (int c = 0; c < NC; ++c) bias_share[r][c] += dot(biases[c], p.x_group_sums + r * groups + g0, block);
     }
     for (int r = 0; r < MR; ++r)
       for (int c = 0; c < NC; ++c) p.y[static_cast<long>(r) * p.N + n + c] = Vec::sum(acc[r][c]) + bias_share[r][c];

@@ -30,6 +30,13 @@ struct Vec {
     const int32x4_t lo_shifts = {0, -4, -8, -12}, hi_shifts = {-16, -20, -24, -28};
     return {vcvtq_f32_u32(vandq_u32(vshlq_u32(w, lo_shifts), mask)), vcvtq_f32_u32(vandq_u32(vshlq_u32(w, hi_shifts), mask))};
   }
+  // The low and the high nibbles of 8 bytes.
+  static void q4_split(const uint8_t* p, T& lo, T& hi) {
+    const uint8x8_t bytes = vld1_u8(p);
+    const uint16x8_t l = vmovl_u8(vand_u8(bytes, vdup_n_u8(0xF))), h = vmovl_u8(vshr_n_u8(bytes, 4));
+    lo = {vcvtq_f32_u32(vmovl_u16(vget_low_u16(l))), vcvtq_f32_u32(vmovl_u16(vget_high_u16(l)))};
+    hi = {vcvtq_f32_u32(vmovl_u16(vget_low_u16(h))), vcvtq_f32_u32(vmovl_u16(vget_high_u16(h)))};
+  }
   static T q8(const uint8_t* p) {
     const uint16x8_t h = vmovl_u8(vld1_u8(p));
     return {vcvtq_f32_u32(vmovl_u16(vget_low_u16(h))), vcvtq_f32_u32(vmovl_u16(vget_high_u16(h)))};
@@ -38,6 +45,9 @@ struct Vec {
     __fp16 f;
     __builtin_memcpy(&f, &h, sizeof(f));
     return static_cast<float>(f);
+  }
+  static T halves(const uint16_t* p) {
+    return {vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))), vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p + 4)))};
   }
 };
 

@@ -42,6 +42,13 @@ struct Vec {
     }
     return r;
   }
+  // The low and the high nibbles of 8 bytes.
+  static void q4_split(const uint8_t* p, T& lo, T& hi) {
+    for (int i = 0; i < 8; ++i) {
+      lo.v[i] = static_cast<float>(p[i] & 0xF);
+      hi.v[i] = static_cast<float>(p[i] >> 4);
+    }
+  }
   static T q8(const uint8_t* p) {
     T r;
     for (int i = 0; i < 8; ++i) r.v[i] = static_cast<float>(p[i]);
@@ -68,6 +75,11 @@ struct Vec {
     float f;
     __builtin_memcpy(&f, &bits, sizeof(f));
     return f;
+  }
+  static T halves(const uint16_t* p) {
+    T r;
+    for (int i = 0; i < 8; ++i) r.v[i] = half(p[i]);
+    return r;
   }
 };
 
