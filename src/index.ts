@@ -10,7 +10,7 @@
 //   await chat.send("Hi!"); await chat.send("And then?"); // the second turn reuses the first's cache
 //   model.close();
 import { Conversation } from "./engine/conversation";
-import { complete, streamCompletion, type CompletionResult } from "./engine/generate";
+import { complete, streamCompletion, type CompletionPiece, type CompletionResult } from "./engine/generate";
 import type { JsonFormat } from "./engine/grammar";
 import type { GenerationSpec, PromptInput } from "./engine/request";
 import { defaultSampling, type SamplingParams } from "./engine/sampling";
@@ -102,9 +102,12 @@ export class Model {
     return complete(this.#scheduler, spec(prompt, options));
   }
 
-  /** The answer to `prompt` as it is written (text pieces); the generator's return value is the whole result. */
+  /**
+   * The answer to `prompt` as it is written (text pieces, a thinking model's reasoning left
+   * out); the generator's return value is the whole result, reasoning included.
+   */
   stream(prompt: Prompt, options: GenerateOptions = {}): AsyncGenerator<string, CompletionResult> {
-    return streamCompletion(this.#scheduler, spec(prompt, options));
+    return answerText(streamCompletion(this.#scheduler, spec(prompt, options)));
   }
 
   /** A conversation whose turns reuse the keys and values of the turns before. */
@@ -143,7 +146,7 @@ export class Chat {
     }
   }
 
-  /** Answers `text` as it is written; the generator's return value is the whole result. */
+  /** Answers `text` as it is written (reasoning left out); the generator's return value is the whole result. */
   async *stream(
     text: string,
     options: Omit<GenerateOptions, "system" | "raw"> = {},
@@ -154,7 +157,7 @@ export class Chat {
       format: options.format && { format: options.format, param: "format" },
       signal: options.signal,
     });
-    return (yield* turn).result;
+    return (yield* answerText(turn)).result;
   }
 
   /** Forgets the conversation. */
@@ -193,4 +196,12 @@ function spec(prompt: Prompt, o: GenerateOptions): GenerationSpec {
     format: o.format && { format: o.format, param: "format" },
     signal: o.signal,
   };
+}
+
+/** The answer's text pieces (a thinking model's reasoning left out: the result holds it). */
+async function* answerText<R>(pieces: AsyncGenerator<CompletionPiece, R>): AsyncGenerator<string, R> {
+  for (let step = await pieces.next(); ; step = await pieces.next()) {
+    if (step.done) return step.value;
+    if (step.value.text) yield step.value.text;
+  }
 }

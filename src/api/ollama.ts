@@ -1,7 +1,7 @@
 // The Ollama API's request shapes (/api/chat, /api/generate, /api/show) and their validation,
 // keep_alive durations, and the figures its final stream object carries.
 import type { ConversationMessage } from "../engine/tools";
-import type { FormatInput, PromptInput, SamplingInput, ToolRequest } from "./common";
+import type { FormatInput, PromptInput, SamplingInput, ThinkingRequest, ToolRequest } from "./common";
 import { parseToolCalls, toolRequest, toolResultName } from "./tools";
 import { Fields, ValidationError, messageFields, unsupported } from "./validate";
 
@@ -21,6 +21,7 @@ export interface OllamaRequest {
   format?: FormatInput;
   /** /api/chat's tools (the model decides whether to call them). */
   tools?: ToolRequest;
+  thinking?: ThinkingRequest;
 }
 
 /** Ollama's documented defaults, used when a request does not set an option. */
@@ -63,8 +64,16 @@ function options(f: Fields): Pick<OllamaRequest, "maxTokens" | "sampling" | "sto
 function common(f: Fields): Omit<OllamaRequest, "prompt" | "context"> {
   const model = f.string("model", { required: true, nonEmpty: true })!;
   const format = ollamaFormat(f.raw("format"));
-  if (f.raw("think") === true) throw unsupported("think");
-  return { model, stream: f.boolean("stream") ?? true, keepAlive: keepAlive(f), format, ...options(f) };
+  return { model, stream: f.boolean("stream") ?? true, keepAlive: keepAlive(f), format, thinking: think(f), ...options(f) };
+}
+
+/** `think`: true or false, or an effort ("low", "medium", "high"), which here means true. */
+function think(f: Fields): ThinkingRequest | undefined {
+  const value = f.raw("think");
+  if (value === undefined || value === null) return undefined;
+  if (typeof value === "boolean") return { enabled: value };
+  if (value === "low" || value === "medium" || value === "high") return { enabled: true };
+  throw new ValidationError(`'think' must be true, false, "low", "medium" or "high"`, "think");
 }
 
 /** format: "json", or a JSON Schema object. */

@@ -1,12 +1,14 @@
 // The OpenAI API's request and response shapes (chat completions, completions, models), the
 // validation of requests, and the builders of responses and stream chunks.
 import type { ConversationMessage } from "../engine/tools";
-import type { FormatInput, PromptInput, SamplingInput, ToolRequest } from "./common";
+import type { FormatInput, PromptInput, SamplingInput, ThinkingRequest, ToolRequest } from "./common";
 import { parseToolCalls, toolRequest, toolResultName } from "./tools";
 import { Fields, ValidationError, messageFields, unsupported } from "./validate";
 
 export interface OpenAIRequest {
   model?: string;
+  /** How many choices to generate for the prompt. */
+  n: number;
   prompt: PromptInput;
   stream: boolean;
   includeUsage: boolean;
@@ -18,14 +20,17 @@ export interface OpenAIRequest {
   topLogprobs: number;
   format?: FormatInput;
   tools?: ToolRequest;
+  thinking?: ThinkingRequest;
 }
 
 const ROLES = new Set(["system", "developer", "user", "assistant", "tool"]);
 
+/** Most choices one request may ask for (each is a sequence in the model's batch). */
+export const MAX_CHOICES = 16;
+
 /** The fields both endpoints share: sampling, limits, stop, streaming. */
 function commonFields(f: Fields): Omit<OpenAIRequest, "prompt" | "logprobs" | "topLogprobs"> {
-  const n = f.integer("n", { min: 1 });
-  if (n !== undefined && n !== 1) throw unsupported("n", "'n' other than 1");
+  const n = f.integer("n", { min: 1, max: MAX_CHOICES }) ?? 1;
   const stream = f.boolean("stream") ?? false;
   const streamOptions = f.object("stream_options");
   if (streamOptions && !stream)
@@ -49,11 +54,11 @@ function commonFields(f: Fields): Omit<OpenAIRequest, "prompt" | "logprobs" | "t
   const format = responseFormat(f);
   if (f.has("functions")) throw unsupported("functions", "'functions' (use 'tools')");
   // Features of OpenAI's API this server does not have: a 400 naming them, never ignored.
-  for (const field of ["audio", "prediction", "web_search_options", "reasoning_effort"])
+  for (const field of ["audio", "prediction", "web_search_options"])
     if (f.has(field)) throw unsupported(field);
   const modalities = f.array("modalities");
   if (modalities?.some((m) => m !== "text")) throw unsupported("modalities", "output 'modalities' other than text");
-  return { model: f.string("model", { nonEmpty: true }), stream, includeUsage, maxTokens, sampling, stop, format };
+  return { model: f.string("model", { nonEmpty: true }), n, stream, includeUsage, maxTokens, sampling, stop, format };
 }
 
 /** response_format: text (nothing to enforce), json_object, or json_schema {name, schema, strict}. */
@@ -149,7 +154,25 @@ export function parseChatRequest(body: unknown): OpenAIRequest {
   const topLogprobs = f.integer("top_logprobs", { min: 0, max: 20 }) ?? 0;
   if (topLogprobs > 0 && !logprobs)
     throw new ValidationError("'top_logprobs' needs 'logprobs' set to true", "top_logprobs");
-  return { ...common, prompt: { kind: "chat", messages }, logprobs, topLogprobs, tools };
+  return { ...common, prompt: { kind: "chat", messages }, logprobs, topLogprobs, tools, thinking: thinkingParams(f) };
+}
+
+/**
+ * Thinking on a chat request: `reasoning_effort` ("none" switches it off, any other effort on),
+ * vLLM's `chat_template_kwargs: {enable_thinking}`, and `thinking_budget` (most reasoning tokens).
+ */
+function thinkingParams(f: Fields): ThinkingRequest | undefined {
+  const effort = f.string("reasoning_effort");
+  if (effort !== undefined && !["none", "minimal", "low", "medium", "high"].includes(effort))
+    f.fail("reasoning_effort", `must be one of none, minimal, low, medium, high; got '${effort}'`);
+  const kwargs = f.object("chat_template_kwargs");
+  for (const key of Object.keys(kwargs?.body ?? {}))
+    if (key !== "enable_thinking") throw unsupported(kwargs!.name(key), `the chat template variable '${key}'`);
+  const enabled = kwargs?.boolean("enable_thinking") ?? (effort === undefined ? undefined : effort !== "none");
+  const budget = f.integer("thinking_budget", { min: 0 });
+  if (enabled === false && budget !== undefined)
+    f.fail("thinking_budget", "cannot be combined with thinking switched off");
+  return enabled === undefined && budget === undefined ? undefined : { enabled, budget };
 }
 
 export function parseCompletionRequest(body: unknown): OpenAIRequest {
@@ -157,6 +180,8 @@ export function parseCompletionRequest(body: unknown): OpenAIRequest {
   const common = commonFields(f);
   if (f.has("tools")) throw unsupported("tools", "'tools' on /v1/completions (use /v1/chat/completions)");
   if (f.boolean("echo")) throw unsupported("echo");
+  for (const field of ["reasoning_effort", "chat_template_kwargs", "thinking_budget"])
+    if (f.has(field)) throw unsupported(field, `'${field}' on /v1/completions (use /v1/chat/completions)`);
   if (f.has("suffix")) throw unsupported("suffix");
   const bestOf = f.integer("best_of", { min: 1 });
   if (bestOf !== undefined && bestOf !== 1) throw unsupported("best_of", "'best_of' other than 1");
@@ -186,14 +211,16 @@ export interface Usage {
   completion_tokens: number;
   total_tokens: number;
   prompt_tokens_details: { cached_tokens: number };
+  completion_tokens_details: { reasoning_tokens: number };
 }
 
-export function usage(promptTokens: number, completionTokens: number, cachedTokens: number): Usage {
+export function usage(promptTokens: number, completionTokens: number, cachedTokens: number, reasoningTokens = 0): Usage {
   return {
     prompt_tokens: promptTokens,
     completion_tokens: completionTokens,
     total_tokens: promptTokens + completionTokens,
     prompt_tokens_details: { cached_tokens: cachedTokens },
+    completion_tokens_details: { reasoning_tokens: reasoningTokens },
   };
 }
 

@@ -8,6 +8,7 @@ import { prepareGeneration, type FormatInput, type PreparedGeneration, type Prom
 import { defaultSampling, type SamplingParams } from "../engine/sampling";
 import type { GenerationEvent, GenerationUsage } from "../engine/scheduler";
 import type { ToolCallFormat, ToolRequest } from "../engine/tools";
+import type { ThinkingRequest } from "../engine/reasoning";
 import type { Tokenizer } from "../tokenizer/tokenizer";
 import type { LoadedModel } from "../models/load";
 import { badRequest, requestTimeout } from "./errors";
@@ -35,6 +36,8 @@ export interface GenerateInput {
   format?: FormatInput;
   /** Functions the model may (or must) call; chat prompts only. */
   tools?: ToolRequest;
+  /** Thinking on or off, and its budget, for models that think. */
+  thinking?: ThinkingRequest;
   /** Aborts when the client goes away. */
   clientSignal: AbortSignal;
   timeoutMs: number;
@@ -115,6 +118,7 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
       topLogprobs: input.topLogprobs ?? 0,
       format: input.format,
       tools: input.tools,
+      thinking: input.thinking,
       signal: controller.signal,
     });
     const tracked = ctx.inflight.track(

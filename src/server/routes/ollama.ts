@@ -205,20 +205,31 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
     stop: req.stop,
     format: req.format,
     tools: req.tools,
+    thinking: req.thinking,
   });
-  const piece = (text: string, calls: ToolCall[] = []) =>
-    kind === "chat"
+  const piece = (text: string, calls: ToolCall[] = [], reasoning = "") => {
+    const thinking = reasoning ? { thinking: reasoning } : {};
+    return kind === "chat"
       ? {
           message: {
             role: "assistant",
             content: text,
+            ...thinking,
             ...(calls.length > 0 ? { tool_calls: ollamaToolCalls(calls) } : {}),
           },
         }
-      : { response: text };
-  const final = (finishReason: string, u: GenerationUsage, tokenIds: number[], text: string, calls?: ToolCall[]) => ({
+      : { response: text, ...thinking };
+  };
+  const final = (
+    finishReason: string,
+    u: GenerationUsage,
+    tokenIds: number[],
+    text: string,
+    calls?: ToolCall[],
+    reasoning?: string,
+  ) => ({
     ...base(),
-    ...piece(text, calls),
+    ...piece(text, calls, reasoning),
     done: true,
     done_reason: finishReason,
     ...closedEarly(gen),
@@ -236,7 +247,7 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
     if (!result) return new Response(null, { status: 499 }); // the client is gone
     const { content, calls } = gen.toolFormat ? gen.toolFormat.parse(result.text) : { content: result.text, calls: [] };
     return c.json(
-      final(result.done.finishReason, result.done.usage, result.done.tokenIds, content, calls),
+      final(result.done.finishReason, result.done.usage, result.done.tokenIds, content, calls, result.reasoning),
       200,
       closedEarlyHeaders(gen),
     );
@@ -250,7 +261,7 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
     {
       text: (event, send) => {
         const text = toolCalls ? toolCalls.push(event.text) : event.text;
-        if (text) send(line({ ...base(), ...piece(text), done: false }));
+        if (text || event.reasoning) send(line({ ...base(), ...piece(text, [], event.reasoning), done: false }));
       },
       done: (event, send) => {
         // Ollama sends calls in a message of their own before the final one.
