@@ -64,7 +64,14 @@ function options(f: Fields): Pick<OllamaRequest, "maxTokens" | "sampling" | "sto
 function common(f: Fields): Omit<OllamaRequest, "prompt" | "context"> {
   const model = f.string("model", { required: true, nonEmpty: true })!;
   const format = ollamaFormat(f.raw("format"));
-  return { model, stream: f.boolean("stream") ?? true, keepAlive: keepAlive(f), format, thinking: think(f), ...options(f) };
+  return {
+    model,
+    stream: f.boolean("stream") ?? true,
+    keepAlive: keepAlive(f),
+    format,
+    thinking: think(f),
+    ...options(f),
+  };
 }
 
 /** `think`: true or false, or an effort ("low", "medium", "high"), which here means true. */

@@ -54,8 +54,7 @@ function commonFields(f: Fields): Omit<OpenAIRequest, "prompt" | "logprobs" | "t
   const format = responseFormat(f);
   if (f.has("functions")) throw unsupported("functions", "'functions' (use 'tools')");
   // Features of OpenAI's API this server does not have: a 400 naming them, never ignored.
-  for (const field of ["audio", "prediction", "web_search_options"])
-    if (f.has(field)) throw unsupported(field);
+  for (const field of ["audio", "prediction", "web_search_options"]) if (f.has(field)) throw unsupported(field);
   const modalities = f.array("modalities");
   if (modalities?.some((m) => m !== "text")) throw unsupported("modalities", "output 'modalities' other than text");
   return { model: f.string("model", { nonEmpty: true }), n, stream, includeUsage, maxTokens, sampling, stop, format };
@@ -214,7 +213,12 @@ export interface Usage {
   completion_tokens_details: { reasoning_tokens: number };
 }
 
-export function usage(promptTokens: number, completionTokens: number, cachedTokens: number, reasoningTokens = 0): Usage {
+export function usage(
+  promptTokens: number,
+  completionTokens: number,
+  cachedTokens: number,
+  reasoningTokens = 0,
+): Usage {
   return {
     prompt_tokens: promptTokens,
     completion_tokens: completionTokens,

@@ -314,7 +314,9 @@ async function answer(): Promise<void> {
       const answer: string = chunk.choices?.[0]?.delta?.content ?? "";
       const thinking = reply.content.startsWith("<think>") && !reply.content.includes("</think>");
       const delta =
-        (reasoning ? (reply.content ? "" : "<think>") + reasoning : "") + (answer && thinking ? "</think>" : "") + answer;
+        (reasoning ? (reply.content ? "" : "<think>") + reasoning : "") +
+        (answer && thinking ? "</think>" : "") +
+        answer;
       if (delta) {
         firstTokenAt ??= performance.now();
         reply.content += delta;

@@ -101,7 +101,8 @@ function streamed(s: ServerState, gen: Generation, meta: Meta): Response {
     if (open === kind) return;
     if (open) closeBlock(send);
     open = kind;
-    const content_block = kind === "text" ? { type: "text", text: "" } : { type: "thinking", thinking: "", signature: "" };
+    const content_block =
+      kind === "text" ? { type: "text", text: "" } : { type: "thinking", thinking: "", signature: "" };
     send(namedEvent({ type: "content_block_start", index, content_block }));
   };
   const sendText = (text: string, send: Send) => {

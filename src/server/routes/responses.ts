@@ -9,6 +9,7 @@ import {
   outputText,
   parseResponsesRequest,
   reasoningItem,
+  reasoningText,
   responseId,
   responsesUsage,
   type ResponsesRequest,
@@ -170,6 +171,7 @@ function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep): Resp
     if (!reasoningOpen) return;
     reasoningOpen = false;
     emit(send, { type: "response.reasoning_text.done", ...reasoningPart, text: reasoning });
+    emit(send, { type: "response.content_part.done", ...reasoningPart, part: reasoningText(reasoning) });
     output.push(reasoningItem(reasoningId, reasoning, "completed"));
     emit(send, { type: "response.output_item.done", output_index: 0, item: output[0] });
   };
@@ -182,6 +184,7 @@ function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep): Resp
         output_index: 0,
         item: reasoningItem(reasoningId, "", "in_progress"),
       });
+      emit(send, { type: "response.content_part.added", ...reasoningPart, part: reasoningText("") });
     }
     reasoning += delta;
     emit(send, { type: "response.reasoning_text.delta", ...reasoningPart, delta });
