@@ -135,7 +135,7 @@ export function buildDecoder(
   const blocks = Array.from({ length: c.numHiddenLayers }, (_, i) =>
     block(w, `model.layers.${i}`, c, options, feedForward?.(i, `model.layers.${i}`)),
   );
-  return decoder({ config: c, embed: embed.lookup, blocks, head: (h) => lmHead(norm(h)) });
+  return decoder({ config: c, embed: embed.lookup, blocks, head: (h) => lmHead(norm(h)), finalNorm: norm });
 }
 
 export const build = (w: Weights): DecoderModel => buildDecoder(w);

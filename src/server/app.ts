@@ -13,6 +13,7 @@ import { ModelRegistry } from "./model-registry";
 import { anthropicRoutes } from "./routes/anthropic";
 import { ollamaRoutes } from "./routes/ollama";
 import { responsesRoutes } from "./routes/responses";
+import { embeddingsRoutes } from "./routes/embeddings";
 import { openaiRoutes } from "./routes/openai";
 import { opsRoutes, queueFigures } from "./routes/ops";
 import { isPublicPage, webRoutes } from "./routes/web";
@@ -60,6 +61,9 @@ const KNOWN_ROUTES = new Set([
   "/api/ps",
   "/api/show",
   "/api/version",
+  "/v1/embeddings",
+  "/api/embed",
+  "/api/embeddings",
   "/health",
   "/ready",
   "/stats",
@@ -202,6 +206,7 @@ export function createApp(s: ServerState): Hono {
   app.route("/", ollamaRoutes(s));
   app.route("/", anthropicRoutes(s));
   app.route("/", responsesRoutes(s));
+  app.route("/", embeddingsRoutes(s));
   return app;
 }
 

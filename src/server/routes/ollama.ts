@@ -113,15 +113,7 @@ export function ollamaRoutes(s: ServerState): Hono {
   });
 
   // Known Ollama routes this server does not implement: a clear 501 rather than a 404.
-  for (const path of [
-    "/api/pull",
-    "/api/push",
-    "/api/create",
-    "/api/copy",
-    "/api/delete",
-    "/api/embed",
-    "/api/embeddings",
-  ]) {
+  for (const path of ["/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete"]) {
     r.all(path, () => {
       throw new ApiError(
         501,
