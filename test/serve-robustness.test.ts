@@ -142,7 +142,7 @@ describe("bad input: a clear 4xx naming the field, and the server carries on", (
       expect(r.status).toBe(400);
       expect(r.json.error).toMatch(pattern);
     }
-    expect((await api("/api/pull", { model: "x" })).status).toBe(501);
+    expect((await api("/api/push", { model: "x" })).status).toBe(501);
   });
 
   test("afterwards the server answers normally", () => answersNormally());

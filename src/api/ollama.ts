@@ -181,3 +181,21 @@ function keepAlive(f: Fields): number | undefined {
 
 /** Nanoseconds, as Ollama reports durations. */
 export const nanos = (ms: number) => Math.max(0, Math.round(ms * 1e6));
+
+/** /api/pull: `model` (or `name`) and `stream` (default true); `insecure` is accepted (we check every file's hash anyway). */
+export function parseOllamaPull(body: unknown): { model: string; stream: boolean } {
+  const f = Fields.of(body);
+  for (const key of Object.keys(f.body))
+    if (!["model", "name", "stream", "insecure"].includes(key) && f.has(key)) throw unsupported(key);
+  f.boolean("insecure");
+  return { model: parseModelName(body), stream: f.boolean("stream") ?? true };
+}
+
+/** /api/copy: `source` and `destination`, both model names. */
+export function parseOllamaCopy(body: unknown): { source: string; destination: string } {
+  const f = Fields.of(body);
+  return {
+    source: f.string("source", { required: true, nonEmpty: true })!,
+    destination: f.string("destination", { required: true, nonEmpty: true })!,
+  };
+}

@@ -127,6 +127,15 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   };
 }
 
+/** A conversation (with the tools it offers) as the text the chat template makes of it for a generation. */
+export function renderChat(lm: LoadedModel, messages: ConversationMessage[], tools?: ToolRequest): string {
+  if (!lm.tokenizer.chatTemplate) throw new UnsupportedError("this model has no chat template", "messages");
+  const input = templateInput(toolTemplate(lm.tokenizer.chatTemplate), messages, offeredTools(tools));
+  return withTemplateErrors(() =>
+    lm.tokenizer.applyChatTemplate(input.messages, { addGenerationPrompt: true, tools: input.tools }),
+  );
+}
+
 /** How many tokens a prompt is (with the tools it offers), as a generation would see it. */
 export function countPromptTokens(lm: LoadedModel, prompt: PromptInput, tools?: ToolRequest): number {
   return tokenize(lm.tokenizer, prompt, toolTemplate(lm.tokenizer.chatTemplate), offeredTools(tools)).length;

@@ -113,11 +113,11 @@ export function ollamaRoutes(s: ServerState): Hono {
   });
 
   // Known Ollama routes this server does not implement: a clear 501 rather than a 404.
-  for (const path of ["/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete"]) {
+  for (const path of ["/api/push", "/api/create"]) {
     r.all(path, () => {
       throw new ApiError(
         501,
-        `${path} is not implemented by this server (use the mlx CLI: pull, rm, ...)`,
+        `${path} is not implemented by this server (use the mlx CLI: pull, convert, ...)`,
         "invalid_request_error",
         null,
         "not_implemented",
