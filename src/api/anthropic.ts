@@ -22,6 +22,9 @@ export type CountTokensRequest = Pick<AnthropicRequest, "model" | "prompt" | "to
 
 const ROLES = new Set(["user", "assistant"]);
 const PROMPT_FIELDS = ["model", "messages", "system", "tools", "tool_choice"];
+// Fields Anthropic defines that this server does not implement are a 400 naming them (a client
+// asking for server tools must know it got none). `cache_control` passes: a hint our prefix
+// cache, which needs none, satisfies.
 const MESSAGES_FIELDS = new Set([
   ...PROMPT_FIELDS,
   "max_tokens",
@@ -35,34 +38,22 @@ const MESSAGES_FIELDS = new Set([
   "thinking",
 ]);
 
-/**
- * Fields Anthropic defines that this server does not implement are a 400 naming them, never
- * ignored (a client asking for server tools must know it got none). `cache_control` passes: a
- * hint our prefix cache, which needs none, satisfies.
- */
-function rejectUnknownFields(f: Fields, known: Set<string>): void {
-  for (const key of Object.keys(f.body)) {
-    if (known.has(key) || f.body[key] === undefined) continue;
-    throw unsupported(key);
-  }
-}
-
 /** `thinking`: {type: "enabled", budget_tokens} or {type: "disabled"}; absent, the model's default. */
 function thinkingParam(f: Fields, maxTokens: number): ThinkingRequest | undefined {
   const t = f.object("thinking");
   if (!t) return undefined;
   const type = t.string("type", { required: true });
-  if (type === "disabled") return { enabled: false };
+  if (type === "disabled") return { enabled: false, param: "thinking" };
   if (type !== "enabled") t.fail("type", `must be 'enabled' or 'disabled'; got '${type}'`);
   // Anthropic asks for at least 1,024; small local models think in fewer, so any positive budget goes.
   const budget = t.integer("budget_tokens", { min: 1 }) ?? t.fail("budget_tokens", "is required");
   if (budget >= maxTokens) t.fail("budget_tokens", `must be less than max_tokens (${maxTokens})`);
-  return { enabled: true, budget };
+  return { enabled: true, budget, param: "thinking" };
 }
 
 export function parseMessagesRequest(body: unknown): AnthropicRequest {
   const f = Fields.of(body);
-  rejectUnknownFields(f, MESSAGES_FIELDS);
+  f.onlyKnown(MESSAGES_FIELDS);
   const maxTokens = f.integer("max_tokens", { min: 1 }) ?? f.fail("max_tokens", "is required");
   f.object("metadata")?.string("user_id"); // checked, then unused: it only tags the request for Anthropic
   return {
@@ -81,7 +72,7 @@ export function parseMessagesRequest(body: unknown): AnthropicRequest {
 
 export function parseCountTokensRequest(body: unknown): CountTokensRequest {
   const f = Fields.of(body);
-  rejectUnknownFields(f, new Set(PROMPT_FIELDS));
+  f.onlyKnown(PROMPT_FIELDS);
   return promptFields(f);
 }
 

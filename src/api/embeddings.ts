@@ -3,7 +3,7 @@
 // of a vector.
 import type { EmbedInput } from "../engine/embed";
 import { parseKeepAlive } from "./ollama";
-import { Fields, ValidationError, unsupported } from "./validate";
+import { Fields, ValidationError } from "./validate";
 
 export interface EmbeddingsRequest {
   model?: string;
@@ -18,10 +18,6 @@ export interface EmbeddingsRequest {
 
 /** Most inputs in one request (OpenAI's limit). */
 export const MAX_INPUTS = 2048;
-
-function rejectUnknown(f: Fields, known: string[]): void {
-  for (const key of Object.keys(f.body)) if (!known.includes(key) && f.has(key)) throw unsupported(key);
-}
 
 /** `input`: a string, a list of strings, a list of token ids, or a list of such lists. */
 function inputs(f: Fields, field: string): EmbedInput[] {
@@ -47,7 +43,7 @@ function tokenIds(list: unknown[], at: string): number[] {
 
 export function parseOpenAIEmbeddings(body: unknown): EmbeddingsRequest {
   const f = Fields.of(body);
-  rejectUnknown(f, ["model", "input", "dimensions", "encoding_format", "user"]);
+  f.onlyKnown(["model", "input", "dimensions", "encoding_format", "user"]);
   const format = f.string("encoding_format") ?? "float";
   if (format !== "float" && format !== "base64")
     f.fail("encoding_format", `must be 'float' or 'base64'; got '${format}'`);
@@ -64,10 +60,10 @@ export function parseOpenAIEmbeddings(body: unknown): EmbeddingsRequest {
 /** /api/embed: `input` (a string or strings), `truncate`, `dimensions`, `keep_alive`; /api/embeddings: `prompt`. */
 export function parseOllamaEmbed(body: unknown, legacy: boolean): EmbeddingsRequest & { model: string } {
   const f = Fields.of(body);
-  rejectUnknown(f, ["model", legacy ? "prompt" : "input", "truncate", "dimensions", "keep_alive", "options"]);
+  f.onlyKnown(["model", legacy ? "prompt" : "input", "truncate", "dimensions", "keep_alive", "options"]);
   // Options change sampling, which an embedding has none of; a model's context cannot grow here.
   const options = f.object("options");
-  if (options) rejectUnknown(options, ["num_ctx"]);
+  options?.onlyKnown(["num_ctx"]);
   options?.integer("num_ctx", { min: 1 });
   const input = legacy ? [f.string("prompt", { required: true }) ?? ""] : inputs(f, "input");
   return {

@@ -9,6 +9,8 @@ export interface OpenAIRequest {
   model?: string;
   /** How many choices to generate for the prompt. */
   n: number;
+  /** vLLM's ignore_eos: generate up to max_tokens whatever the model says. */
+  ignoreEos: boolean;
   prompt: PromptInput;
   stream: boolean;
   includeUsage: boolean;
@@ -28,9 +30,75 @@ const ROLES = new Set(["system", "developer", "user", "assistant", "tool"]);
 /** Most choices one request may ask for (each is a sequence in the model's batch). */
 export const MAX_CHOICES = 16;
 
+// Every field each endpoint reads; any other is a 400 naming it. Those refused with their own
+// message below (audio, functions, ...) are listed so that message is the one given.
+const COMMON_FIELDS = [
+  "model",
+  "n",
+  "stream",
+  "stream_options",
+  "max_tokens",
+  "max_completion_tokens",
+  "temperature",
+  "top_p",
+  "top_k",
+  "min_p",
+  "repetition_penalty",
+  "seed",
+  "presence_penalty",
+  "frequency_penalty",
+  "logit_bias",
+  "stop",
+  "response_format",
+  "user",
+  "safety_identifier",
+  "service_tier",
+  "functions",
+  "audio",
+  "prediction",
+  "web_search_options",
+  "modalities",
+  "store",
+  "ignore_eos",
+];
+const CHAT_FIELDS = [
+  ...COMMON_FIELDS,
+  "messages",
+  "tools",
+  "tool_choice",
+  "parallel_tool_calls",
+  "logprobs",
+  "top_logprobs",
+  "reasoning_effort",
+  "chat_template_kwargs",
+  "thinking_budget",
+  "metadata",
+  "prompt_cache_key",
+];
+const COMPLETION_FIELDS = [
+  ...COMMON_FIELDS,
+  "prompt",
+  "tools",
+  "echo",
+  "suffix",
+  "best_of",
+  "logprobs",
+  "reasoning_effort",
+  "chat_template_kwargs",
+  "thinking_budget",
+];
+
 /** The fields both endpoints share: sampling, limits, stop, streaming. */
 function commonFields(f: Fields): Omit<OpenAIRequest, "prompt" | "logprobs" | "topLogprobs"> {
   const n = f.integer("n", { min: 1, max: MAX_CHOICES }) ?? 1;
+  // Identifiers and hints that ask for nothing we would do differently.
+  f.string("user");
+  f.string("safety_identifier");
+  f.string("prompt_cache_key"); // our prefix cache needs no key
+  const tier = f.string("service_tier");
+  if (tier !== undefined && tier !== "auto" && tier !== "default")
+    throw unsupported("service_tier", `'service_tier' '${tier}'`);
+  if (f.boolean("store")) throw unsupported("store", "'store' true (stored chat completions)");
   const stream = f.boolean("stream") ?? false;
   const streamOptions = f.object("stream_options");
   if (streamOptions && !stream)
@@ -57,7 +125,18 @@ function commonFields(f: Fields): Omit<OpenAIRequest, "prompt" | "logprobs" | "t
   for (const field of ["audio", "prediction", "web_search_options"]) if (f.has(field)) throw unsupported(field);
   const modalities = f.array("modalities");
   if (modalities?.some((m) => m !== "text")) throw unsupported("modalities", "output 'modalities' other than text");
-  return { model: f.string("model", { nonEmpty: true }), n, stream, includeUsage, maxTokens, sampling, stop, format };
+  const ignoreEos = f.boolean("ignore_eos") ?? false;
+  return {
+    model: f.string("model", { nonEmpty: true }),
+    n,
+    ignoreEos,
+    stream,
+    includeUsage,
+    maxTokens,
+    sampling,
+    stop,
+    format,
+  };
 }
 
 /** response_format: text (nothing to enforce), json_object, or json_schema {name, schema, strict}. */
@@ -126,6 +205,8 @@ function messageContent(m: Fields, at: string): string {
 
 export function parseChatRequest(body: unknown): OpenAIRequest {
   const f = Fields.of(body);
+  f.onlyKnown(CHAT_FIELDS);
+  f.object("metadata");
   const raw = f.array("messages", { required: true, nonEmpty: true })!;
   const messages: ConversationMessage[] = [];
   raw.forEach((item, i) => {
@@ -171,11 +252,13 @@ function thinkingParams(f: Fields): ThinkingRequest | undefined {
   const budget = f.integer("thinking_budget", { min: 0 });
   if (enabled === false && budget !== undefined)
     f.fail("thinking_budget", "cannot be combined with thinking switched off");
-  return enabled === undefined && budget === undefined ? undefined : { enabled, budget };
+  const param = kwargs?.has("enable_thinking") ? "chat_template_kwargs.enable_thinking" : "reasoning_effort";
+  return enabled === undefined && budget === undefined ? undefined : { enabled, budget, param };
 }
 
 export function parseCompletionRequest(body: unknown): OpenAIRequest {
   const f = Fields.of(body);
+  f.onlyKnown(COMPLETION_FIELDS);
   const common = commonFields(f);
   if (f.has("tools")) throw unsupported("tools", "'tools' on /v1/completions (use /v1/chat/completions)");
   if (f.boolean("echo")) throw unsupported("echo");

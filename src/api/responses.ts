@@ -44,8 +44,7 @@ const ROLES = new Set(["user", "assistant", "system", "developer"]);
 
 export function parseResponsesRequest(body: unknown): ResponsesRequest {
   const f = Fields.of(body);
-  for (const key of Object.keys(f.body))
-    if (!KNOWN.has(key) && f.body[key] !== undefined && f.body[key] !== null) throw unsupported(key);
+  f.onlyKnown(KNOWN);
   f.object("metadata");
   const messages: ConversationMessage[] = [];
   const input = f.raw("input");
@@ -80,13 +79,12 @@ export function parseResponsesRequest(body: unknown): ResponsesRequest {
 function reasoningParam(f: Fields): ThinkingRequest | undefined {
   const r = f.object("reasoning");
   if (!r) return undefined;
-  for (const key of Object.keys(r.body))
-    if (key !== "effort" && r.has(key)) throw unsupported(r.name(key), `'${r.name(key)}' (reasoning comes whole)`);
+  r.onlyKnown(["effort"]); // no summaries: the reasoning comes whole
   const effort = r.string("effort");
   if (effort === undefined) return undefined;
   if (!["none", "minimal", "low", "medium", "high"].includes(effort))
     r.fail("effort", `must be one of none, minimal, low, medium, high; got '${effort}'`);
-  return { enabled: effort !== "none" };
+  return { enabled: effort !== "none", param: "reasoning.effort" };
 }
 
 /** One input item: a message, a function call the model made, or a call's output. */

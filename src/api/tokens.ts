@@ -5,10 +5,6 @@ import type { PromptInput } from "./common";
 import { parseChatRequest } from "./openai";
 import { Fields, ValidationError, unsupported } from "./validate";
 
-function rejectUnknown(f: Fields, known: string[]): void {
-  for (const key of Object.keys(f.body)) if (!known.includes(key) && f.has(key)) throw unsupported(key);
-}
-
 export function parseTokenize(body: unknown): {
   model?: string;
   content: string;
@@ -16,7 +12,7 @@ export function parseTokenize(body: unknown): {
   withPieces: boolean;
 } {
   const f = Fields.of(body);
-  rejectUnknown(f, ["model", "content", "add_special", "with_pieces", "parse_special"]);
+  f.onlyKnown(["model", "content", "add_special", "with_pieces", "parse_special"]);
   // Special tokens written in the text are always read as such (the tokenizer's added tokens).
   if (f.boolean("parse_special") === false) throw unsupported("parse_special", "'parse_special' false");
   return {
@@ -29,7 +25,7 @@ export function parseTokenize(body: unknown): {
 
 export function parseDetokenize(body: unknown): { model?: string; tokens: number[] } {
   const f = Fields.of(body);
-  rejectUnknown(f, ["model", "tokens"]);
+  f.onlyKnown(["model", "tokens"]);
   const tokens = f.array("tokens", { required: true })!;
   tokens.forEach((t, i) => {
     if (!Number.isInteger(t) || (t as number) < 0)
@@ -45,7 +41,7 @@ export function parseApplyTemplate(body: unknown): {
   tools: ReturnType<typeof parseChatRequest>["tools"];
 } {
   const f = Fields.of(body);
-  rejectUnknown(f, ["model", "messages", "tools", "tool_choice"]);
+  f.onlyKnown(["model", "messages", "tools", "tool_choice"]);
   const req = parseChatRequest(body);
   const { messages } = req.prompt as Extract<PromptInput, { kind: "chat" }>;
   return { model: req.model, messages, tools: req.tools };

@@ -17,6 +17,8 @@ export interface ThinkingRequest {
   enabled?: boolean;
   /** Most reasoning tokens before the model is made to close its reasoning. */
   budget?: number;
+  /** The request field that asked (named in errors). */
+  param?: string;
 }
 
 /** How a chat template handles thinking: whether it knows the tags, and whether `enable_thinking` switches it. */

@@ -53,6 +53,8 @@ export interface GenerationSpec {
   tools?: ToolRequest;
   /** Thinking on or off and its token budget, for models that think. */
   thinking?: ThinkingRequest;
+  /** Generate past end-of-sequence tokens, up to maxTokens. */
+  ignoreEos?: boolean;
   /** The caller's own logits processors (e.g. a grammar it made), after the sampling's own. */
   processors?: LogitsProcessor[];
   signal?: AbortSignal;
@@ -118,6 +120,7 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
       topLogprobs: spec.topLogprobs,
       processors,
       reasoning: thinking && { startsInside },
+      ignoreEos: spec.ignoreEos,
       signal: spec.signal,
     },
     promptIds,
@@ -154,7 +157,10 @@ function settleThinking(
   const { thinks, switchable } = thinkingTemplate(tokenizer.chatTemplate);
   const asked = spec.thinking ?? {};
   if (asked.enabled && !thinks)
-    throw new UnsupportedError("this model does not think (its chat template has no <think> section)", "think");
+    throw new UnsupportedError(
+      "this model does not think (its chat template has no <think> section)",
+      asked.param ?? "thinking",
+    );
   const templated = spec.prompt.kind === "chat" || (spec.prompt.kind === "text" && spec.prompt.template);
   if (!thinks || !templated) return undefined;
   const enabled = spec.format ? false : asked.enabled;

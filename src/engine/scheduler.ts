@@ -22,6 +22,8 @@ export interface GenerationRequest {
   processors?: LogitsProcessor[];
   /** How many alternatives to report per token (0: none). */
   topLogprobs?: number;
+  /** Generate past end-of-sequence tokens, up to maxTokens (vLLM's ignore_eos, for benchmarks). */
+  ignoreEos?: boolean;
   /** Set for a model that thinks: its text is split into reasoning and answer. */
   reasoning?: { startsInside: boolean };
   signal?: AbortSignal;
@@ -257,7 +259,7 @@ export class Scheduler {
     s.firstTokenAt ??= performance.now();
     const top = event.logprobs ? topTokens(event.logprobs, s.request.topLogprobs!) : undefined;
     event.logprobs?.free();
-    if (this.lm.tokenizer.eosTokenIds.has(event.token)) return this.#finish(event.id, "stop");
+    if (!s.request.ignoreEos && this.lm.tokenizer.eosTokenIds.has(event.token)) return this.#finish(event.id, "stop");
     s.tokenIds.push(event.token);
     if (s.reasoning?.inside) s.reasoningTokens++;
     const { text, stopped } = s.stops.push(s.detokenizer.push(event.token));

@@ -38,6 +38,8 @@ export interface GenerateInput {
   tools?: ToolRequest;
   /** Thinking on or off, and its budget, for models that think. */
   thinking?: ThinkingRequest;
+  /** Generate past end-of-sequence tokens (vLLM's ignore_eos). */
+  ignoreEos?: boolean;
   /** Aborts when the client goes away. */
   clientSignal: AbortSignal;
   timeoutMs: number;
@@ -119,6 +121,7 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
       format: input.format,
       tools: input.tools,
       thinking: input.thinking,
+      ignoreEos: input.ignoreEos,
       signal: controller.signal,
     });
     const tracked = ctx.inflight.track(

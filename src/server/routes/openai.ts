@@ -70,6 +70,7 @@ async function complete(s: ServerState, c: Context, kind: Kind): Promise<Respons
     format: req.format,
     tools: req.tools,
     thinking: req.thinking,
+    ignoreEos: req.ignoreEos,
     topLogprobs: req.topLogprobs,
   };
   // n choices are n sequences of the model's batch; a seed gives each its own (seed, seed + 1, ...).
