@@ -129,6 +129,8 @@ describe("OpenAI chat", () => {
 describe("the other API families", () => {
   test("Ollama: think true gives message.thinking, think false none", async () => {
     const ollama = new Ollama({ host: server.url });
+    expect((await ollama.show({ model })).capabilities).toContain("thinking");
+    expect((await ollama.show({ model: plainModel })).capabilities).not.toContain("thinking");
     const on = await ollama.chat({
       model,
       messages: hi,

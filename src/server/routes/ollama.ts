@@ -15,6 +15,7 @@ import { ApiError, errorBody } from "../errors";
 import { httpRequestBounds, startGeneration } from "../generation";
 import { closedEarly, closedEarlyHeaders, collectGeneration, generationStream } from "../respond";
 import { ToolCallStream, type ToolCall } from "../../engine/tools";
+import { thinkingTemplate } from "../../engine/reasoning";
 import type { LoadedEntry } from "../model-registry";
 import { readJson } from "../../api/validate";
 import type { ServerState } from "../state";
@@ -104,7 +105,13 @@ export function ollamaRoutes(s: ServerState): Hono {
           [`${arch}.vocab_size`]: cfg.vocabSize,
         },
         // Any chat model takes tools: a template without them gets the functions in its system prompt.
-        capabilities: e.lm.tokenizer.chatTemplate ? ["completion", "chat", "tools"] : ["completion"],
+        // Any model embeds (its pooled final hidden states).
+        capabilities: [
+          "completion",
+          "embedding",
+          ...(e.lm.tokenizer.chatTemplate ? ["chat", "tools"] : []),
+          ...(thinkingTemplate(e.lm.tokenizer.chatTemplate).thinks ? ["thinking"] : []),
+        ],
         modified_at: e.loadedAt.toISOString(),
       });
     } finally {
