@@ -10,6 +10,7 @@
 //   await chat.send("Hi!"); await chat.send("And then?"); // the second turn reuses the first's cache
 //   model.close();
 import { Conversation } from "./engine/conversation";
+import { embed } from "./engine/embed";
 import { complete, streamCompletion, type CompletionPiece, type CompletionResult } from "./engine/generate";
 import type { JsonFormat } from "./engine/grammar";
 import type { GenerationSpec, PromptInput } from "./engine/request";
@@ -58,6 +59,10 @@ export interface GenerateOptions {
   system?: string;
   /** Send a text prompt as it is, without the model's chat template. */
   raw?: boolean;
+  /** For a model that thinks: reason first (true) or answer at once (false); default: the model's own. */
+  think?: boolean;
+  /** Most reasoning tokens before the model must answer. */
+  thinkingBudget?: number;
   signal?: AbortSignal;
 }
 
@@ -110,6 +115,11 @@ export class Model {
     return answerText(streamCompletion(this.#scheduler, spec(prompt, options)));
   }
 
+  /** Normalised embeddings of `texts` (pooled final hidden states; see README), optionally cut to `dimensions`. */
+  async embed(texts: string[], options: { dimensions?: number } = {}): Promise<number[][]> {
+    return (await embed(this.lm, texts, options)).vectors;
+  }
+
   /** A conversation whose turns reuse the keys and values of the turns before. */
   chat(options: { system?: string } = {}): Chat {
     const chat = new Chat(new Conversation(this.lm, options.system), () => this.#chats.delete(chat));
@@ -155,6 +165,7 @@ export class Chat {
       sampling: sampling(options),
       maxTokens: options.maxTokens ?? this.conversation.lm.config.maxPositionEmbeddings,
       format: options.format && { format: options.format, param: "format" },
+      thinking: { enabled: options.think, budget: options.thinkingBudget, param: "think" },
       signal: options.signal,
     });
     return (yield* answerText(turn)).result;
@@ -194,6 +205,7 @@ function spec(prompt: Prompt, o: GenerateOptions): GenerationSpec {
     maxTokens: o.maxTokens,
     stop: o.stop,
     format: o.format && { format: o.format, param: "format" },
+    thinking: { enabled: o.think, budget: o.thinkingBudget, param: "think" },
     signal: o.signal,
   };
 }
