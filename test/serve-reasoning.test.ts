@@ -180,6 +180,11 @@ describe("the other API families", () => {
     );
     const disabled = await client.messages.create({ ...params, thinking: { type: "disabled" } });
     expect(disabled.content.map((b) => b.type)).toEqual(["text"]);
+    // count_tokens renders the prompt as that request does: the template's empty reasoning included.
+    const counted = await client.messages.countTokens({ model, messages: hi, thinking: { type: "disabled" } });
+    expect(counted.input_tokens).toBe(disabled.usage.input_tokens + (disabled.usage.cache_read_input_tokens ?? 0));
+    const countedOn = await client.messages.countTokens({ model, messages: hi });
+    expect(countedOn.input_tokens).toBeLessThan(counted.input_tokens);
   });
 
   test("Responses: a reasoning item first; effort none switches it off", async () => {

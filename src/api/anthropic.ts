@@ -17,8 +17,8 @@ export interface AnthropicRequest {
   thinking?: ThinkingRequest;
 }
 
-/** What count_tokens reads: the prompt and the tools it offers. */
-export type CountTokensRequest = Pick<AnthropicRequest, "model" | "prompt" | "tools">;
+/** What count_tokens reads: the prompt, the tools it offers, and thinking (a template may render it). */
+export type CountTokensRequest = Pick<AnthropicRequest, "model" | "prompt" | "tools" | "thinking">;
 
 const ROLES = new Set(["user", "assistant"]);
 const PROMPT_FIELDS = ["model", "messages", "system", "tools", "tool_choice"];
@@ -39,7 +39,7 @@ const MESSAGES_FIELDS = new Set([
 ]);
 
 /** `thinking`: {type: "enabled", budget_tokens} or {type: "disabled"}; absent, the model's default. */
-function thinkingParam(f: Fields, maxTokens: number): ThinkingRequest | undefined {
+function thinkingParam(f: Fields, maxTokens = Infinity): ThinkingRequest | undefined {
   const t = f.object("thinking");
   if (!t) return undefined;
   const type = t.string("type", { required: true });
@@ -72,8 +72,8 @@ export function parseMessagesRequest(body: unknown): AnthropicRequest {
 
 export function parseCountTokensRequest(body: unknown): CountTokensRequest {
   const f = Fields.of(body);
-  f.onlyKnown(PROMPT_FIELDS);
-  return promptFields(f);
+  f.onlyKnown([...PROMPT_FIELDS, "thinking"]);
+  return { ...promptFields(f), thinking: thinkingParam(f) };
 }
 
 function promptFields(f: Fields): CountTokensRequest {

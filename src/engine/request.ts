@@ -77,7 +77,7 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   const offered = offeredTools(spec.tools);
   const template = toolTemplate(lm.tokenizer.chatTemplate);
   const toolFormat = offered && template.format;
-  const thinking = settleThinking(lm.tokenizer, spec);
+  const thinking = settleThinking(lm.tokenizer, spec.prompt, spec.thinking, spec.format !== undefined);
   const promptIds = [
     ...(spec.prefixIds ?? []),
     ...tokenize(lm.tokenizer, spec.prompt, template, offered, thinking?.templateVars),
@@ -139,9 +139,15 @@ export function renderChat(lm: LoadedModel, messages: ConversationMessage[], too
   );
 }
 
-/** How many tokens a prompt is (with the tools it offers), as a generation would see it. */
-export function countPromptTokens(lm: LoadedModel, prompt: PromptInput, tools?: ToolRequest): number {
-  return tokenize(lm.tokenizer, prompt, toolTemplate(lm.tokenizer.chatTemplate), offeredTools(tools)).length;
+/** How many tokens a prompt is (with the tools it offers, and thinking as asked), as a generation would see it. */
+export function countPromptTokens(
+  lm: LoadedModel,
+  prompt: PromptInput,
+  tools?: ToolRequest,
+  thinking?: ThinkingRequest,
+): number {
+  const vars = settleThinking(lm.tokenizer, prompt, thinking, false)?.templateVars;
+  return tokenize(lm.tokenizer, prompt, toolTemplate(lm.tokenizer.chatTemplate), offeredTools(tools), vars).length;
 }
 
 /**
@@ -152,18 +158,20 @@ export function countPromptTokens(lm: LoadedModel, prompt: PromptInput, tools?: 
  */
 function settleThinking(
   tokenizer: Tokenizer,
-  spec: GenerationSpec,
+  prompt: PromptInput,
+  thinking: ThinkingRequest | undefined,
+  jsonOutput: boolean,
 ): { templateVars?: Record<string, unknown>; budget?: number } | undefined {
   const { thinks, switchable } = thinkingTemplate(tokenizer.chatTemplate);
-  const asked = spec.thinking ?? {};
+  const asked = thinking ?? {};
   if (asked.enabled && !thinks)
     throw new UnsupportedError(
       "this model does not think (its chat template has no <think> section)",
       asked.param ?? "thinking",
     );
-  const templated = spec.prompt.kind === "chat" || (spec.prompt.kind === "text" && spec.prompt.template);
+  const templated = prompt.kind === "chat" || (prompt.kind === "text" && prompt.template);
   if (!thinks || !templated) return undefined;
-  const enabled = spec.format ? false : asked.enabled;
+  const enabled = jsonOutput ? false : asked.enabled;
   if (enabled === undefined) return { budget: asked.budget };
   if (switchable) return { templateVars: { enable_thinking: enabled }, budget: enabled ? asked.budget : undefined };
   return { budget: enabled ? asked.budget : 0 };

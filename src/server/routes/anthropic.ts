@@ -25,7 +25,7 @@ export function anthropicRoutes(s: ServerState): Hono {
     const req = parseCountTokensRequest(await readJson(c.req));
     const lease = await s.models.acquire(requestedModel(s.config, req.model));
     try {
-      return c.json({ input_tokens: countPromptTokens(lease.entry.lm, req.prompt, req.tools) });
+      return c.json({ input_tokens: countPromptTokens(lease.entry.lm, req.prompt, req.tools, req.thinking) });
     } finally {
       lease.release();
     }
