@@ -149,9 +149,9 @@ async function whole(gens: Generation[], req: OpenAIRequest, kind: Kind, meta: M
   const choices = results.map((result, index) => {
     const gen = gens[index]!;
     const { text, reasoning, tokens, top, done } = result!;
-    const top_ = top.length ? top : undefined;
+    const alternatives = top.length ? top : undefined;
     if (kind === "completion") {
-      const logprobs = req.logprobs ? completionLogprobs(tokenizer, tokens, top_, 0, req.topLogprobs) : null;
+      const logprobs = req.logprobs ? completionLogprobs(tokenizer, tokens, alternatives, 0, req.topLogprobs) : null;
       return { index, text, logprobs, finish_reason: apiFinishReason(done.finishReason), ...closedEarly(gen) };
     }
     const { content, calls } = gen.toolFormat ? gen.toolFormat.parse(text) : { content: text, calls: [] };
@@ -162,7 +162,7 @@ async function whole(gens: Generation[], req: OpenAIRequest, kind: Kind, meta: M
       refusal: null,
       ...(calls.length > 0 ? { tool_calls: openaiToolCalls(calls, false) } : {}),
     };
-    const logprobs = req.logprobs ? { content: chatLogprobs(tokenizer, tokens, top_) } : null;
+    const logprobs = req.logprobs ? { content: chatLogprobs(tokenizer, tokens, alternatives) } : null;
     const finish_reason = apiFinishReason(done.finishReason, calls.length);
     return { index, message, logprobs, finish_reason, ...closedEarly(gen) };
   });
