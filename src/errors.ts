@@ -16,6 +16,11 @@ export class ModelNotFoundError extends Error {
   }
 }
 
+/** A stored model that a running process (or request) is using, so it cannot be removed now. */
+export class ModelInUseError extends Error {
+  override name = "ModelInUseError";
+}
+
 /** A model known by its source (an alias) but not in the store yet, whose pull failed. */
 export class ModelPullError extends Error {
   override name = "ModelPullError";

@@ -10,7 +10,8 @@
 //   await chat.send("Hi!"); await chat.send("And then?"); // the second turn reuses the first's cache
 //   model.close();
 import { Conversation } from "./engine/conversation";
-import { complete, streamCompletion, type CompletionResult } from "./engine/generate";
+import { embed } from "./engine/embed";
+import { complete, streamCompletion, type CompletionPiece, type CompletionResult } from "./engine/generate";
 import type { JsonFormat } from "./engine/grammar";
 import type { GenerationSpec, PromptInput } from "./engine/request";
 import { defaultSampling, type SamplingParams } from "./engine/sampling";
@@ -58,6 +59,10 @@ export interface GenerateOptions {
   system?: string;
   /** Send a text prompt as it is, without the model's chat template. */
   raw?: boolean;
+  /** For a model that thinks: reason first (true) or answer at once (false); default: the model's own. */
+  think?: boolean;
+  /** Most reasoning tokens before the model must answer. */
+  thinkingBudget?: number;
   signal?: AbortSignal;
 }
 
@@ -102,9 +107,17 @@ export class Model {
     return complete(this.#scheduler, spec(prompt, options));
   }
 
-  /** The answer to `prompt` as it is written (text pieces); the generator's return value is the whole result. */
+  /**
+   * The answer to `prompt` as it is written (text pieces, a thinking model's reasoning left
+   * out); the generator's return value is the whole result, reasoning included.
+   */
   stream(prompt: Prompt, options: GenerateOptions = {}): AsyncGenerator<string, CompletionResult> {
-    return streamCompletion(this.#scheduler, spec(prompt, options));
+    return answerText(streamCompletion(this.#scheduler, spec(prompt, options)));
+  }
+
+  /** Normalised embeddings of `texts` (pooled final hidden states; see README), optionally cut to `dimensions`. */
+  async embed(texts: string[], options: { dimensions?: number } = {}): Promise<number[][]> {
+    return (await embed(this.lm, texts, options)).vectors;
   }
 
   /** A conversation whose turns reuse the keys and values of the turns before. */
@@ -143,7 +156,7 @@ export class Chat {
     }
   }
 
-  /** Answers `text` as it is written; the generator's return value is the whole result. */
+  /** Answers `text` as it is written (reasoning left out); the generator's return value is the whole result. */
   async *stream(
     text: string,
     options: Omit<GenerateOptions, "system" | "raw"> = {},
@@ -152,9 +165,10 @@ export class Chat {
       sampling: sampling(options),
       maxTokens: options.maxTokens ?? this.conversation.lm.config.maxPositionEmbeddings,
       format: options.format && { format: options.format, param: "format" },
+      thinking: { enabled: options.think, budget: options.thinkingBudget, param: "think" },
       signal: options.signal,
     });
-    return (yield* turn).result;
+    return (yield* answerText(turn)).result;
   }
 
   /** Forgets the conversation. */
@@ -191,6 +205,15 @@ function spec(prompt: Prompt, o: GenerateOptions): GenerationSpec {
     maxTokens: o.maxTokens,
     stop: o.stop,
     format: o.format && { format: o.format, param: "format" },
+    thinking: { enabled: o.think, budget: o.thinkingBudget, param: "think" },
     signal: o.signal,
   };
+}
+
+/** The answer's text pieces (a thinking model's reasoning left out: the result holds it). */
+async function* answerText<R>(pieces: AsyncGenerator<CompletionPiece, R>): AsyncGenerator<string, R> {
+  for (let step = await pieces.next(); ; step = await pieces.next()) {
+    if (step.done) return step.value;
+    if (step.value.text) yield step.value.text;
+  }
 }

@@ -36,7 +36,8 @@ const promptCount = (text: string) => text.split("\n").filter((l) => l.startsWit
 
 describe.skipIf(!hasTmux)("mlx chat in a terminal", () => {
   beforeAll(() => {
-    writeTinyModel(model);
+    // A context long enough that an answer cannot fill it before the Ctrl-C test stops it.
+    writeTinyModel(model, { contextLength: 8192 });
     const command = `MLX_HOME='${home}' NO_COLOR=1 ${mlxCommand} chat -m '${model}' --max-tokens 100000 --temp 1 --seed 3 --stats`;
     tmux("new-session", "-d", "-s", session, "-x", "150", "-y", "50", command);
   });

@@ -255,7 +255,8 @@ describe("errors", () => {
     expect(bad.error.error.message).toContain("'max_tokens' is required");
     const url = `${server.url}/v1/messages`;
     const cases: [unknown, RegExp][] = [
-      [{ thinking: { type: "enabled", budget_tokens: 1024 } }, /'thinking' is not supported/],
+      [{ thinking: { type: "enabled", budget_tokens: 1024 } }, /'thinking.budget_tokens' must be less than max_tokens/],
+      [{ thinking: { type: "enabled", budget_tokens: 2 } }, /this model does not think/],
       [{ service_tier: "auto" }, /'service_tier' is not supported/],
       [{ messages: [{ role: "system", content: "x" }] }, /messages\.0\.role/],
       [

@@ -230,10 +230,21 @@ describe("OpenAI completions and models", () => {
     expect(error.code).toBe("model_not_found");
   });
 
-  test("an unsupported feature is a 400 that names it (n > 1, legacy functions, images)", async () => {
-    const n = await client.chat.completions.create({ model, messages, n: 2 }).catch((e) => e);
+  test("an unsupported feature is a 400 that names it (n over 16, unknown fields, legacy functions, images)", async () => {
+    const n = await client.chat.completions.create({ model, messages, n: 17 }).catch((e) => e);
     expect(n).toBeInstanceOf(OpenAI.BadRequestError);
     expect(n.param).toBe("n");
+    for (const [path, body, param] of [
+      ["chat/completions", { messages, verbosity: "low" }, "verbosity"],
+      ["chat/completions", { messages, store: true }, "store"],
+      ["chat/completions", { messages, service_tier: "flex" }, "service_tier"],
+      ["completions", { prompt: "x", metadata: {} }, "metadata"],
+      ["completions", { prompt: "x", thinking_budget: 3 }, "thinking_budget"],
+    ] as const) {
+      const r = await post(`${server.url}/v1/${path}`, { model, ...body });
+      expect(r.status).toBe(400);
+      expect(r.json.error.param).toBe(param);
+    }
     const functions = await post(`${server.url}/v1/chat/completions`, {
       model,
       messages,
@@ -247,6 +258,50 @@ describe("OpenAI completions and models", () => {
     });
     expect(image.status).toBe(400);
     expect(image.json.error.param).toBe("messages.0.content.0.type");
+  });
+});
+
+describe("n choices", () => {
+  test("n > 1: the choices decode together, each with its own seed; usage counts the prompt once", async () => {
+    const body = { model, messages, max_tokens: 8, temperature: 1, seed: 7 };
+    const r = await client.chat.completions.create({ ...body, n: 3 });
+    expect(r.choices.map((c) => c.index)).toEqual([0, 1, 2]);
+    const texts = r.choices.map((c) => c.message.content);
+    expect(new Set(texts).size).toBeGreaterThan(1);
+    const single = await client.chat.completions.create(body);
+    expect(texts[0]).toBe(single.choices[0]!.message.content);
+    expect(r.usage!.prompt_tokens).toBe(single.usage!.prompt_tokens);
+    expect(r.usage!.completion_tokens).toBe(24);
+    // Streamed: each choice's chunks name its index, and add up to the same texts.
+    const streamed = ["", "", ""];
+    let usage: OpenAI.CompletionUsage | undefined;
+    const stream = await client.chat.completions.create({
+      ...body,
+      n: 3,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    for await (const chunk of stream) {
+      for (const c of chunk.choices) streamed[c.index] += c.delta.content ?? "";
+      usage = chunk.usage ?? usage;
+    }
+    expect(streamed).toEqual(texts as string[]);
+    expect(usage!.completion_tokens).toBe(24);
+  });
+
+  test("ignore_eos (vLLM's) generates up to max_tokens past the end-of-sequence token", async () => {
+    const body = { model, prompt: "Once", max_tokens: 5, logit_bias: { "2": 100 } };
+    const ends = await post(`${server.url}/v1/completions`, body);
+    expect(ends.json.usage.completion_tokens).toBe(0);
+    const goes = await post(`${server.url}/v1/completions`, { ...body, ignore_eos: true });
+    expect(goes.json.usage.completion_tokens).toBe(5);
+    expect(goes.json.choices[0].finish_reason).toBe("length");
+  });
+
+  test("completions: n choices; greedy ones are the same answer", async () => {
+    const r = await client.completions.create({ model, prompt: "Once upon", max_tokens: 6, temperature: 0, n: 2 });
+    expect(r.choices.length).toBe(2);
+    expect(r.choices[0]!.text).toBe(r.choices[1]!.text);
   });
 });
 

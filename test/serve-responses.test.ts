@@ -168,7 +168,8 @@ describe("errors", () => {
     const url = `${server.url}/v1/responses`;
     const cases: [unknown, RegExp, string][] = [
       [{ background: true }, /'background' is not supported/, "background"],
-      [{ reasoning: { effort: "low" } }, /'reasoning' is not supported/, "reasoning"],
+      [{ reasoning: { effort: "low", summary: "auto" } }, /'reasoning.summary' .*not supported/, "reasoning.summary"],
+      [{ reasoning: { effort: "low" } }, /does not think/, "reasoning.effort"],
       [{ input: [{ type: "image_generation_call" }] }, /input items of type 'image_generation_call'/, "input.0.type"],
       [{ tools: [{ type: "web_search" }] }, /tools of type 'web_search'/, "tools.0.type"],
       [

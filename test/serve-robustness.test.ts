@@ -129,6 +129,8 @@ describe("bad input: a clear 4xx naming the field, and the server carries on", (
       ],
       ["/api/generate", { model, prompt: "x", options: { temperature: "hot" } }, /temperature/],
       ["/api/generate", { model, prompt: 5 }, /prompt/],
+      ["/api/chat", { model, messages: [], logprobs: true }, /'logprobs' is not supported/],
+      ["/api/generate", { model, prompt: "x", options: { typical_p: 0.5 } }, /'options.typical_p' is not supported/],
       ["/api/generate", { model, prompt: "x", format: 5 }, /format/],
       [
         "/api/generate",
@@ -142,7 +144,7 @@ describe("bad input: a clear 4xx naming the field, and the server carries on", (
       expect(r.status).toBe(400);
       expect(r.json.error).toMatch(pattern);
     }
-    expect((await api("/api/pull", { model: "x" })).status).toBe(501);
+    expect((await api("/api/push", { model: "x" })).status).toBe(501);
   });
 
   test("afterwards the server answers normally", () => answersNormally());

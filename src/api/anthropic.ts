@@ -2,7 +2,7 @@
 // /v1/messages/count_tokens): the validation of requests, reduced to the same conversation,
 // sampling and tools as the other API families, and the builders of messages and usage.
 import type { ConversationMessage, ToolCall, ToolChoice, ToolRequest, ToolSpec } from "../engine/tools";
-import type { PromptInput, SamplingInput } from "./common";
+import type { PromptInput, SamplingInput, ThinkingRequest } from "./common";
 import { MAX_TOOLS, toolResultName, toolSpec } from "./tools";
 import { Fields, ValidationError, messageFields, unsupported } from "./validate";
 
@@ -14,13 +14,17 @@ export interface AnthropicRequest {
   sampling: SamplingInput;
   stop: string[];
   tools?: ToolRequest;
+  thinking?: ThinkingRequest;
 }
 
-/** What count_tokens reads: the prompt and the tools it offers. */
-export type CountTokensRequest = Pick<AnthropicRequest, "model" | "prompt" | "tools">;
+/** What count_tokens reads: the prompt, the tools it offers, and thinking (a template may render it). */
+export type CountTokensRequest = Pick<AnthropicRequest, "model" | "prompt" | "tools" | "thinking">;
 
 const ROLES = new Set(["user", "assistant"]);
 const PROMPT_FIELDS = ["model", "messages", "system", "tools", "tool_choice"];
+// Fields Anthropic defines that this server does not implement are a 400 naming them (a client
+// asking for server tools must know it got none). `cache_control` passes: a hint our prefix
+// cache, which needs none, satisfies.
 const MESSAGES_FIELDS = new Set([
   ...PROMPT_FIELDS,
   "max_tokens",
@@ -31,25 +35,25 @@ const MESSAGES_FIELDS = new Set([
   "top_k",
   "metadata",
   "cache_control",
+  "thinking",
 ]);
 
-/**
- * Fields Anthropic defines that this server does not implement are a 400 naming them, never
- * ignored (a client asking for extended thinking or server tools must know it got none).
- * `thinking` disabled asks for nothing and passes; so does `cache_control` (a hint our prefix
- * cache, which needs none, satisfies).
- */
-function rejectUnknownFields(f: Fields, known: Set<string>): void {
-  for (const key of Object.keys(f.body)) {
-    if (known.has(key) || f.body[key] === undefined) continue;
-    if (key === "thinking" && f.object("thinking")?.string("type") === "disabled") continue;
-    throw unsupported(key);
-  }
+/** `thinking`: {type: "enabled", budget_tokens} or {type: "disabled"}; absent, the model's default. */
+function thinkingParam(f: Fields, maxTokens = Infinity): ThinkingRequest | undefined {
+  const t = f.object("thinking");
+  if (!t) return undefined;
+  const type = t.string("type", { required: true });
+  if (type === "disabled") return { enabled: false, param: "thinking" };
+  if (type !== "enabled") t.fail("type", `must be 'enabled' or 'disabled'; got '${type}'`);
+  // Anthropic asks for at least 1,024; small local models think in fewer, so any positive budget goes.
+  const budget = t.integer("budget_tokens", { min: 1 }) ?? t.fail("budget_tokens", "is required");
+  if (budget >= maxTokens) t.fail("budget_tokens", `must be less than max_tokens (${maxTokens})`);
+  return { enabled: true, budget, param: "thinking" };
 }
 
 export function parseMessagesRequest(body: unknown): AnthropicRequest {
   const f = Fields.of(body);
-  rejectUnknownFields(f, MESSAGES_FIELDS);
+  f.onlyKnown(MESSAGES_FIELDS);
   const maxTokens = f.integer("max_tokens", { min: 1 }) ?? f.fail("max_tokens", "is required");
   f.object("metadata")?.string("user_id"); // checked, then unused: it only tags the request for Anthropic
   return {
@@ -62,13 +66,14 @@ export function parseMessagesRequest(body: unknown): AnthropicRequest {
       topK: f.integer("top_k", { min: 0 }),
     },
     stop: stopSequences(f),
+    thinking: thinkingParam(f, maxTokens),
   };
 }
 
 export function parseCountTokensRequest(body: unknown): CountTokensRequest {
   const f = Fields.of(body);
-  rejectUnknownFields(f, new Set(PROMPT_FIELDS));
-  return promptFields(f);
+  f.onlyKnown([...PROMPT_FIELDS, "thinking"]);
+  return { ...promptFields(f), thinking: thinkingParam(f) };
 }
 
 function promptFields(f: Fields): CountTokensRequest {
@@ -110,6 +115,8 @@ function conversationMessages(item: unknown, i: number, earlier: ConversationMes
     const b = Fields.item(raw, `${at}.content.${j}`);
     const type = b.string("type", { required: true })!;
     if (type === "text") text += b.string("text", { required: true })!;
+    // Earlier turns' reasoning is not part of the prompt (thinking templates drop it too).
+    else if ((type === "thinking" || type === "redacted_thinking") && role === "assistant") return;
     else if (type === "tool_use" && role === "assistant") {
       calls.push({
         id: b.string("id", { required: true, nonEmpty: true })!,
@@ -209,6 +216,7 @@ export function anthropicUsage(promptTokens: number, outputTokens: number, cache
 }
 
 export type ContentBlock =
+  | { type: "thinking"; thinking: string; signature: string }
   | { type: "text"; text: string }
   | { type: "tool_use"; id: string; name: string; input: Record<string, unknown> };
 

@@ -7,3 +7,5 @@ export type { ToolRequest } from "../engine/tools";
 
 /** Sampling values a request sets (the rest come from the model's defaults, then ours). */
 export type SamplingInput = Partial<SamplingParams>;
+
+export type { ThinkingRequest } from "../engine/reasoning";

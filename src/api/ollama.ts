@@ -1,7 +1,7 @@
 // The Ollama API's request shapes (/api/chat, /api/generate, /api/show) and their validation,
 // keep_alive durations, and the figures its final stream object carries.
 import type { ConversationMessage } from "../engine/tools";
-import type { FormatInput, PromptInput, SamplingInput, ToolRequest } from "./common";
+import type { FormatInput, PromptInput, SamplingInput, ThinkingRequest, ToolRequest } from "./common";
 import { parseToolCalls, toolRequest, toolResultName } from "./tools";
 import { Fields, ValidationError, messageFields, unsupported } from "./validate";
 
@@ -21,6 +21,7 @@ export interface OllamaRequest {
   format?: FormatInput;
   /** /api/chat's tools (the model decides whether to call them). */
   tools?: ToolRequest;
+  thinking?: ThinkingRequest;
 }
 
 /** Ollama's documented defaults, used when a request does not set an option. */
@@ -35,8 +36,53 @@ export const ollamaDefaults = {
 
 const ROLES = new Set(["system", "user", "assistant", "tool"]);
 
+// The fields each endpoint reads; any other is a 400 naming it. Those refused with their own
+// message (images, suffix, template, tools on /api/generate) are listed so it is the one given.
+const COMMON_FIELDS = ["model", "format", "options", "stream", "keep_alive", "think"];
+const CHAT_FIELDS = [...COMMON_FIELDS, "messages", "tools"];
+const GENERATE_FIELDS = [
+  ...COMMON_FIELDS,
+  "prompt",
+  "suffix",
+  "images",
+  "system",
+  "template",
+  "raw",
+  "context",
+  "tools",
+];
+/**
+ * Ollama's options: those that shape the answer, and the runtime hints that cannot change it
+ * here (memory mapping, threads, GPU layers: MLX decides; num_ctx: the context is the model's).
+ * Options that would change sampling in ways we do not implement (typical_p, tfs_z, ...) are 400s.
+ */
+const OPTIONS = [
+  "num_predict",
+  "seed",
+  "repeat_last_n",
+  "mirostat",
+  "temperature",
+  "top_p",
+  "top_k",
+  "min_p",
+  "repeat_penalty",
+  "presence_penalty",
+  "frequency_penalty",
+  "stop",
+  "num_ctx",
+  "num_batch",
+  "num_gpu",
+  "main_gpu",
+  "use_mmap",
+  "num_thread",
+  "numa",
+  "low_vram",
+  "num_keep",
+];
+
 function options(f: Fields): Pick<OllamaRequest, "maxTokens" | "sampling" | "stop"> {
   const o = f.object("options") ?? new Fields({}, "options");
+  o.onlyKnown(OPTIONS);
   const numPredict = o.integer("num_predict", { min: -2 });
   const seed = o.integer("seed", { min: -1, max: Number.MAX_SAFE_INTEGER });
   const repeatLastN = o.integer("repeat_last_n", { min: -1 });
@@ -63,8 +109,23 @@ function options(f: Fields): Pick<OllamaRequest, "maxTokens" | "sampling" | "sto
 function common(f: Fields): Omit<OllamaRequest, "prompt" | "context"> {
   const model = f.string("model", { required: true, nonEmpty: true })!;
   const format = ollamaFormat(f.raw("format"));
-  if (f.raw("think") === true) throw unsupported("think");
-  return { model, stream: f.boolean("stream") ?? true, keepAlive: keepAlive(f), format, ...options(f) };
+  return {
+    model,
+    stream: f.boolean("stream") ?? true,
+    keepAlive: keepAlive(f),
+    format,
+    thinking: think(f),
+    ...options(f),
+  };
+}
+
+/** `think`: true or false, or an effort ("low", "medium", "high"), which here means true. */
+function think(f: Fields): ThinkingRequest | undefined {
+  const value = f.raw("think");
+  if (value === undefined || value === null) return undefined;
+  if (typeof value === "boolean") return { enabled: value, param: "think" };
+  if (value === "low" || value === "medium" || value === "high") return { enabled: true, param: "think" };
+  throw new ValidationError(`'think' must be true, false, "low", "medium" or "high"`, "think");
 }
 
 /** format: "json", or a JSON Schema object. */
@@ -78,6 +139,7 @@ function ollamaFormat(value: unknown): FormatInput | undefined {
 
 export function parseOllamaChat(body: unknown): OllamaRequest {
   const f = Fields.of(body);
+  f.onlyKnown(CHAT_FIELDS);
   const raw = f.array("messages") ?? [];
   const messages: ConversationMessage[] = [];
   raw.forEach((item, i) => {
@@ -105,6 +167,7 @@ export function parseOllamaChat(body: unknown): OllamaRequest {
 
 export function parseOllamaGenerate(body: unknown): OllamaRequest {
   const f = Fields.of(body);
+  f.onlyKnown(GENERATE_FIELDS);
   if (f.string("suffix")) throw unsupported("suffix");
   if (f.string("template")) throw unsupported("template", "a request 'template'");
   const images = f.array("images");
@@ -165,3 +228,20 @@ function keepAlive(f: Fields): number | undefined {
 
 /** Nanoseconds, as Ollama reports durations. */
 export const nanos = (ms: number) => Math.max(0, Math.round(ms * 1e6));
+
+/** /api/pull: `model` (or `name`) and `stream` (default true); `insecure` is accepted (we check every file's hash anyway). */
+export function parseOllamaPull(body: unknown): { model: string; stream: boolean } {
+  const f = Fields.of(body);
+  f.onlyKnown(["model", "name", "stream", "insecure"]);
+  f.boolean("insecure");
+  return { model: parseModelName(body), stream: f.boolean("stream") ?? true };
+}
+
+/** /api/copy: `source` and `destination`, both model names. */
+export function parseOllamaCopy(body: unknown): { source: string; destination: string } {
+  const f = Fields.of(body);
+  return {
+    source: f.string("source", { required: true, nonEmpty: true })!,
+    destination: f.string("destination", { required: true, nonEmpty: true })!,
+  };
+}

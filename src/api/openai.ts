@@ -1,12 +1,16 @@
 // The OpenAI API's request and response shapes (chat completions, completions, models), the
 // validation of requests, and the builders of responses and stream chunks.
 import type { ConversationMessage } from "../engine/tools";
-import type { FormatInput, PromptInput, SamplingInput, ToolRequest } from "./common";
+import type { FormatInput, PromptInput, SamplingInput, ThinkingRequest, ToolRequest } from "./common";
 import { parseToolCalls, toolRequest, toolResultName } from "./tools";
 import { Fields, ValidationError, messageFields, unsupported } from "./validate";
 
 export interface OpenAIRequest {
   model?: string;
+  /** How many choices to generate for the prompt. */
+  n: number;
+  /** vLLM's ignore_eos: generate up to max_tokens whatever the model says. */
+  ignoreEos: boolean;
   prompt: PromptInput;
   stream: boolean;
   includeUsage: boolean;
@@ -18,14 +22,83 @@ export interface OpenAIRequest {
   topLogprobs: number;
   format?: FormatInput;
   tools?: ToolRequest;
+  thinking?: ThinkingRequest;
 }
 
 const ROLES = new Set(["system", "developer", "user", "assistant", "tool"]);
 
+/** Most choices one request may ask for (each is a sequence in the model's batch). */
+export const MAX_CHOICES = 16;
+
+// Every field each endpoint reads; any other is a 400 naming it. Those refused with their own
+// message below (audio, functions, ...) are listed so that message is the one given.
+const COMMON_FIELDS = [
+  "model",
+  "n",
+  "stream",
+  "stream_options",
+  "max_tokens",
+  "max_completion_tokens",
+  "temperature",
+  "top_p",
+  "top_k",
+  "min_p",
+  "repetition_penalty",
+  "seed",
+  "presence_penalty",
+  "frequency_penalty",
+  "logit_bias",
+  "stop",
+  "response_format",
+  "user",
+  "safety_identifier",
+  "service_tier",
+  "functions",
+  "audio",
+  "prediction",
+  "web_search_options",
+  "modalities",
+  "store",
+  "ignore_eos",
+];
+const CHAT_FIELDS = [
+  ...COMMON_FIELDS,
+  "messages",
+  "tools",
+  "tool_choice",
+  "parallel_tool_calls",
+  "logprobs",
+  "top_logprobs",
+  "reasoning_effort",
+  "chat_template_kwargs",
+  "thinking_budget",
+  "metadata",
+  "prompt_cache_key",
+];
+const COMPLETION_FIELDS = [
+  ...COMMON_FIELDS,
+  "prompt",
+  "tools",
+  "echo",
+  "suffix",
+  "best_of",
+  "logprobs",
+  "reasoning_effort",
+  "chat_template_kwargs",
+  "thinking_budget",
+];
+
 /** The fields both endpoints share: sampling, limits, stop, streaming. */
 function commonFields(f: Fields): Omit<OpenAIRequest, "prompt" | "logprobs" | "topLogprobs"> {
-  const n = f.integer("n", { min: 1 });
-  if (n !== undefined && n !== 1) throw unsupported("n", "'n' other than 1");
+  const n = f.integer("n", { min: 1, max: MAX_CHOICES }) ?? 1;
+  // Identifiers and hints that ask for nothing we would do differently.
+  f.string("user");
+  f.string("safety_identifier");
+  f.string("prompt_cache_key"); // our prefix cache needs no key
+  const tier = f.string("service_tier");
+  if (tier !== undefined && tier !== "auto" && tier !== "default")
+    throw unsupported("service_tier", `'service_tier' '${tier}'`);
+  if (f.boolean("store")) throw unsupported("store", "'store' true (stored chat completions)");
   const stream = f.boolean("stream") ?? false;
   const streamOptions = f.object("stream_options");
   if (streamOptions && !stream)
@@ -49,11 +122,21 @@ function commonFields(f: Fields): Omit<OpenAIRequest, "prompt" | "logprobs" | "t
   const format = responseFormat(f);
   if (f.has("functions")) throw unsupported("functions", "'functions' (use 'tools')");
   // Features of OpenAI's API this server does not have: a 400 naming them, never ignored.
-  for (const field of ["audio", "prediction", "web_search_options", "reasoning_effort"])
-    if (f.has(field)) throw unsupported(field);
+  for (const field of ["audio", "prediction", "web_search_options"]) if (f.has(field)) throw unsupported(field);
   const modalities = f.array("modalities");
   if (modalities?.some((m) => m !== "text")) throw unsupported("modalities", "output 'modalities' other than text");
-  return { model: f.string("model", { nonEmpty: true }), stream, includeUsage, maxTokens, sampling, stop, format };
+  const ignoreEos = f.boolean("ignore_eos") ?? false;
+  return {
+    model: f.string("model", { nonEmpty: true }),
+    n,
+    ignoreEos,
+    stream,
+    includeUsage,
+    maxTokens,
+    sampling,
+    stop,
+    format,
+  };
 }
 
 /** response_format: text (nothing to enforce), json_object, or json_schema {name, schema, strict}. */
@@ -122,6 +205,8 @@ function messageContent(m: Fields, at: string): string {
 
 export function parseChatRequest(body: unknown): OpenAIRequest {
   const f = Fields.of(body);
+  f.onlyKnown(CHAT_FIELDS);
+  f.object("metadata");
   const raw = f.array("messages", { required: true, nonEmpty: true })!;
   const messages: ConversationMessage[] = [];
   raw.forEach((item, i) => {
@@ -149,14 +234,36 @@ export function parseChatRequest(body: unknown): OpenAIRequest {
   const topLogprobs = f.integer("top_logprobs", { min: 0, max: 20 }) ?? 0;
   if (topLogprobs > 0 && !logprobs)
     throw new ValidationError("'top_logprobs' needs 'logprobs' set to true", "top_logprobs");
-  return { ...common, prompt: { kind: "chat", messages }, logprobs, topLogprobs, tools };
+  return { ...common, prompt: { kind: "chat", messages }, logprobs, topLogprobs, tools, thinking: thinkingParams(f) };
+}
+
+/**
+ * Thinking on a chat request: `reasoning_effort` ("none" switches it off, any other effort on),
+ * vLLM's `chat_template_kwargs: {enable_thinking}`, and `thinking_budget` (most reasoning tokens).
+ */
+function thinkingParams(f: Fields): ThinkingRequest | undefined {
+  const effort = f.string("reasoning_effort");
+  if (effort !== undefined && !["none", "minimal", "low", "medium", "high"].includes(effort))
+    f.fail("reasoning_effort", `must be one of none, minimal, low, medium, high; got '${effort}'`);
+  const kwargs = f.object("chat_template_kwargs");
+  for (const key of Object.keys(kwargs?.body ?? {}))
+    if (key !== "enable_thinking") throw unsupported(kwargs!.name(key), `the chat template variable '${key}'`);
+  const enabled = kwargs?.boolean("enable_thinking") ?? (effort === undefined ? undefined : effort !== "none");
+  const budget = f.integer("thinking_budget", { min: 0 });
+  if (enabled === false && budget !== undefined)
+    f.fail("thinking_budget", "cannot be combined with thinking switched off");
+  const param = kwargs?.has("enable_thinking") ? "chat_template_kwargs.enable_thinking" : "reasoning_effort";
+  return enabled === undefined && budget === undefined ? undefined : { enabled, budget, param };
 }
 
 export function parseCompletionRequest(body: unknown): OpenAIRequest {
   const f = Fields.of(body);
+  f.onlyKnown(COMPLETION_FIELDS);
   const common = commonFields(f);
   if (f.has("tools")) throw unsupported("tools", "'tools' on /v1/completions (use /v1/chat/completions)");
   if (f.boolean("echo")) throw unsupported("echo");
+  for (const field of ["reasoning_effort", "chat_template_kwargs", "thinking_budget"])
+    if (f.has(field)) throw unsupported(field, `'${field}' on /v1/completions (use /v1/chat/completions)`);
   if (f.has("suffix")) throw unsupported("suffix");
   const bestOf = f.integer("best_of", { min: 1 });
   if (bestOf !== undefined && bestOf !== 1) throw unsupported("best_of", "'best_of' other than 1");
@@ -186,14 +293,21 @@ export interface Usage {
   completion_tokens: number;
   total_tokens: number;
   prompt_tokens_details: { cached_tokens: number };
+  completion_tokens_details: { reasoning_tokens: number };
 }
 
-export function usage(promptTokens: number, completionTokens: number, cachedTokens: number): Usage {
+export function usage(
+  promptTokens: number,
+  completionTokens: number,
+  cachedTokens: number,
+  reasoningTokens = 0,
+): Usage {
   return {
     prompt_tokens: promptTokens,
     completion_tokens: completionTokens,
     total_tokens: promptTokens + completionTokens,
     prompt_tokens_details: { cached_tokens: cachedTokens },
+    completion_tokens_details: { reasoning_tokens: reasoningTokens },
   };
 }
 

@@ -2,7 +2,7 @@
 // messages (the instructions apart: they are not carried on to a follow-up response), its
 // function tools and text format; and the builders of output items and usage.
 import type { ConversationMessage, ToolCall, ToolChoice, ToolRequest, ToolSpec } from "../engine/tools";
-import type { FormatInput, SamplingInput } from "./common";
+import type { FormatInput, SamplingInput, ThinkingRequest } from "./common";
 import { MAX_TOOLS, callArguments, toolResultName, toolSpec } from "./tools";
 import { Fields, ValidationError, unsupported } from "./validate";
 
@@ -19,6 +19,7 @@ export interface ResponsesRequest {
   sampling: SamplingInput;
   format?: FormatInput;
   tools?: ToolRequest;
+  thinking?: ThinkingRequest;
 }
 
 const KNOWN = new Set([
@@ -37,13 +38,13 @@ const KNOWN = new Set([
   "store",
   "metadata",
   "user",
+  "reasoning",
 ]);
 const ROLES = new Set(["user", "assistant", "system", "developer"]);
 
 export function parseResponsesRequest(body: unknown): ResponsesRequest {
   const f = Fields.of(body);
-  for (const key of Object.keys(f.body))
-    if (!KNOWN.has(key) && f.body[key] !== undefined && f.body[key] !== null) throw unsupported(key);
+  f.onlyKnown(KNOWN);
   f.object("metadata");
   const messages: ConversationMessage[] = [];
   const input = f.raw("input");
@@ -70,7 +71,20 @@ export function parseResponsesRequest(body: unknown): ResponsesRequest {
     },
     format: textFormat(f),
     tools: toolRequest(f),
+    thinking: reasoningParam(f),
   };
+}
+
+/** `reasoning`: {effort} ("none" switches thinking off, any other effort on); summaries we cannot write. */
+function reasoningParam(f: Fields): ThinkingRequest | undefined {
+  const r = f.object("reasoning");
+  if (!r) return undefined;
+  r.onlyKnown(["effort"]); // no summaries: the reasoning comes whole
+  const effort = r.string("effort");
+  if (effort === undefined) return undefined;
+  if (!["none", "minimal", "low", "medium", "high"].includes(effort))
+    r.fail("effort", `must be one of none, minimal, low, medium, high; got '${effort}'`);
+  return { enabled: effort !== "none", param: "reasoning.effort" };
 }
 
 /** One input item: a message, a function call the model made, or a call's output. */
@@ -98,6 +112,8 @@ function inputItem(item: Fields, messages: ConversationMessage[]): void {
       toolCallId: id,
       toolName: toolResultName(messages, id),
     });
+  } else if (type === "reasoning") {
+    // Earlier reasoning is not part of the prompt (thinking templates drop it too).
   } else throw unsupported(item.name("type"), `input items of type '${type}'`);
 }
 
@@ -161,12 +177,12 @@ function toolRequest(f: Fields): ToolRequest | undefined {
 
 export const responseId = (prefix: string) => `${prefix}_${crypto.randomUUID().replaceAll("-", "")}`;
 
-export function responsesUsage(promptTokens: number, outputTokens: number, cachedTokens: number) {
+export function responsesUsage(promptTokens: number, outputTokens: number, cachedTokens: number, reasoningTokens = 0) {
   return {
     input_tokens: promptTokens,
     input_tokens_details: { cached_tokens: cachedTokens },
     output_tokens: outputTokens,
-    output_tokens_details: { reasoning_tokens: 0 },
+    output_tokens_details: { reasoning_tokens: reasoningTokens },
     total_tokens: promptTokens + outputTokens,
   };
 }
@@ -178,6 +194,17 @@ export const messageItem = (id: string, text: string, status: "in_progress" | "c
   role: "assistant" as const,
   content: status === "completed" ? [outputText(text)] : [],
 });
+
+/** A thinking model's reasoning: whole, as reasoning_text (no summary). */
+export const reasoningItem = (id: string, text: string, status: "in_progress" | "completed") => ({
+  type: "reasoning" as const,
+  id,
+  status,
+  summary: [],
+  content: status === "completed" ? [reasoningText(text)] : [],
+});
+
+export const reasoningText = (text: string) => ({ type: "reasoning_text" as const, text });
 
 export const outputText = (text: string) => ({ type: "output_text" as const, text, annotations: [], logprobs: [] });
 

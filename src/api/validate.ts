@@ -67,6 +67,15 @@ export class Fields {
     return this.prefix ? `${this.prefix}.${field}` : field;
   }
 
+  /**
+   * Refuses fields outside `known`: a feature this server does not implement is a 400 naming
+   * it, never silently ignored (null counts as absent).
+   */
+  onlyKnown(known: Iterable<string>): void {
+    const allowed = new Set(known);
+    for (const key of Object.keys(this.body)) if (!allowed.has(key) && this.has(key)) throw unsupported(this.name(key));
+  }
+
   has(field: string): boolean {
     return this.body[field] !== undefined && this.body[field] !== null;
   }

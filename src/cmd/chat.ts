@@ -8,6 +8,7 @@ import { openModel } from "./open-model";
 import { remoteModel } from "../providers";
 import { kvCacheArgs, kvQuantizationFrom, modelArg, positiveInteger, samplingArgs, samplingFrom } from "./options";
 import { ChatSession } from "./chat/session";
+import { thinkingArgs, thinkingFrom } from "./thinking";
 import { LineInput } from "./chat/input";
 import { runCommand } from "./chat/commands";
 
@@ -19,6 +20,7 @@ export default defineCommand({
     "max-tokens": { type: "string", description: "Most tokens per answer", default: "1024" },
     ...samplingArgs,
     ...kvCacheArgs,
+    ...thinkingArgs,
     stats: { type: "boolean", description: "Show tokens/s, time to first token and context use after each answer" },
     verbose: { type: "boolean", alias: "v", description: "Stack traces on errors" },
   },
@@ -32,6 +34,8 @@ export default defineCommand({
         maxTokens: positiveInteger("max-tokens", args["max-tokens"]),
         system: args.system,
         stats: Boolean(args.stats),
+        thinking: thinkingFrom(args),
+        hideThinking: Boolean(args["hide-thinking"]),
       };
       const modelName = args.model ?? "default model";
       const model = remoteModel(args.model) ?? (await openModel(args.model, kvQuantizationFrom(args, args.model)));

@@ -17,6 +17,7 @@ import {
 import { BudgetError } from "../engine/budget/steering";
 import { formatStats } from "./stats";
 import { remoteModel, remoteSampling, streamRemoteCompletion } from "../providers";
+import { pieceWriter, thinkingArgs, thinkingFrom } from "./thinking";
 
 export default defineCommand({
   meta: { name: "run", description: "Answer one prompt and exit (piped stdin is added to the prompt)" },
@@ -39,6 +40,7 @@ export default defineCommand({
       description: "Print one JSON object (text, token ids, finish reason, figures) instead of streaming",
     },
     ...formatArgs,
+    ...thinkingArgs,
   },
   async run({ args }) {
     const verbose = Boolean(args.verbose);
@@ -63,15 +65,16 @@ export default defineCommand({
         : soloScheduler(await openModel(args.model, kvQuantizationFrom(args, args.model)));
       const stream = remote
         ? streamRemoteCompletion(remote, { ...spec, sampling: remoteSampling(sampling) }, controller.signal)
-        : streamCompletion(scheduler!, { ...spec, sampling, signal: controller.signal });
+        : streamCompletion(scheduler!, { ...spec, sampling, thinking: thinkingFrom(args), signal: controller.signal });
+      const show = pieceWriter({ hide: Boolean(args["hide-thinking"]), terminal: Boolean(process.stdout.isTTY) });
       let step = await cliBudget(() => stream.next()); // the first step prepares the request
       while (!step.done) {
-        if (!args.json) process.stdout.write(step.value);
+        if (!args.json) process.stdout.write(show(step.value));
         step = await stream.next();
       }
       const result: CompletionResult = step.value;
       scheduler?.dispose();
-      if (args.json) process.stdout.write(`${JSON.stringify(jsonResult(result))}\n`);
+      if (args.json) process.stdout.write(`${JSON.stringify(jsonResult(result, Boolean(args["hide-thinking"])))}\n`);
       else process.stdout.write("\n");
       if (result.closedEarly && !args.json)
         process.stderr.write(`note: --max-tokens ran out, so the JSON was closed early (it is valid but cut short)\n`);
@@ -100,9 +103,10 @@ async function cliBudget<T>(make: () => Promise<T>): Promise<T> {
   }
 }
 
-function jsonResult(r: CompletionResult) {
+function jsonResult(r: CompletionResult, hideThinking: boolean) {
   return {
     text: r.text,
+    ...(r.reasoning && !hideThinking ? { reasoning: r.reasoning } : {}),
     finish_reason: r.finishReason,
     closed_early: r.closedEarly,
     prompt_token_ids: r.promptTokenIds,

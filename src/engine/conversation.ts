@@ -5,10 +5,12 @@
 // system prompt stays).
 import type { LoadedModel } from "../models/load";
 import type { ChatMessage } from "../tokenizer/tokenizer";
-import { soloScheduler, streamCompletion, type CompletionResult } from "./generate";
+import { soloScheduler, streamCompletion, type CompletionPiece, type CompletionResult } from "./generate";
 import { PrefixCache } from "./prefix-cache";
 import { chatTokens } from "./prompt";
 import type { FormatInput } from "./request";
+import type { ThinkingRequest } from "./reasoning";
+import type { ConversationMessage } from "./tools";
 import type { SamplingParams } from "./sampling";
 import type { Scheduler } from "./scheduler";
 
@@ -17,6 +19,8 @@ export interface TurnOptions {
   maxTokens: number;
   /** JSON the answer must be. */
   format?: FormatInput;
+  /** Thinking on or off, and its budget, for models that think. */
+  thinking?: ThinkingRequest;
   signal?: AbortSignal;
 }
 
@@ -71,23 +75,34 @@ export class Conversation {
     this.#contextUsed = 0;
   }
 
-  #render(): number[] {
+  #withSystem(): ChatMessage[] {
     const system: ChatMessage[] = this.system ? [{ role: "system", content: this.system }] : [];
-    return chatTokens(this.lm.tokenizer, [...system, ...this.messages]);
+    return [...system, ...this.messages];
   }
 
-  /** Answers `userText`, streaming text deltas; returns the completion and how the prompt was assembled. */
-  async *turn(userText: string, o: TurnOptions): AsyncGenerator<string, { result: CompletionResult; info: TurnInfo }> {
+  #render(): number[] {
+    return chatTokens(this.lm.tokenizer, this.#withSystem());
+  }
+
+  /**
+   * Answers `userText`, streaming pieces; returns the completion and how the prompt was
+   * assembled. Only the answer is kept in the conversation (a thinking model's reasoning is not).
+   */
+  async *turn(
+    userText: string,
+    o: TurnOptions,
+  ): AsyncGenerator<CompletionPiece, { result: CompletionResult; info: TurnInfo }> {
     this.messages.push({ role: "user", content: userText });
     let result: CompletionResult;
     let droppedMessages: number;
     try {
       droppedMessages = this.#fitContext(o.maxTokens);
       result = yield* streamCompletion(this.#scheduler, {
-        prompt: { kind: "ids", ids: this.#render() },
+        prompt: { kind: "chat", messages: this.#withSystem() as ConversationMessage[] },
         sampling: o.sampling,
         maxTokens: o.maxTokens,
         format: o.format,
+        thinking: o.thinking,
         signal: o.signal,
       });
     } catch (error) {

@@ -22,7 +22,10 @@ export interface CompletionStats {
 }
 
 export interface CompletionResult {
+  /** The answer (without a thinking model's reasoning). */
   text: string;
+  /** A thinking model's reasoning ("" when none). */
+  reasoning: string;
   promptTokenIds: number[];
   /** The answer's tokens (without the end-of-sequence token that ended it). */
   tokenIds: number[];
@@ -41,26 +44,35 @@ export function soloScheduler(lm: LoadedModel, prefixCache?: PrefixCache): Sched
   return new Scheduler(lm, { maxBatch: 1, prefillChunk: 2048, maxQueue: 1, prefixCache });
 }
 
-/** Streams the answer to `spec` as text deltas; returns the whole result when done. */
+/** A piece of the answer as it streams: answer text, and a thinking model's reasoning apart. */
+export interface CompletionPiece {
+  text: string;
+  reasoning?: string;
+}
+
+/** Streams the answer to `spec` as pieces; returns the whole result when done. */
 export async function* streamCompletion(
   scheduler: Scheduler,
   spec: GenerationSpec,
-): AsyncGenerator<string, CompletionResult> {
+): AsyncGenerator<CompletionPiece, CompletionResult> {
   const prepared = await prepareGeneration(scheduler.lm, spec);
   resetPeakMemory();
   let text = "";
+  let reasoning = "";
   try {
     for await (const event of scheduler.submit(prepared.request)) {
       if (event.type === "error") throw event.error;
       if (event.type === "text") {
-        if (!event.text) continue;
+        if (!event.text && !event.reasoning) continue;
         text += event.text;
-        yield event.text;
+        reasoning += event.reasoning ?? "";
+        yield { text: event.text, reasoning: event.reasoning };
         continue;
       }
       const closedEarly = prepared.constraint?.closedEarly() ?? false;
       return {
         text,
+        reasoning,
         promptTokenIds: prepared.promptIds,
         tokenIds: event.tokenIds,
         finishReason: event.finishReason,

@@ -8,6 +8,7 @@ import type { Tokenizer } from "../tokenizer/tokenizer";
 import { createJsonConstraint, SchemaError, type GrammarConstraint, type JsonFormat } from "./grammar";
 import { chatTokens, promptTokens } from "./prompt";
 import { logitsProcessors, validateSampling, type LogitsProcessor, type SamplingParams } from "./sampling";
+import { opensThinking, thinkingBudget, thinkingTemplate, type ThinkingRequest } from "./reasoning";
 import type { GenerationRequest } from "./scheduler";
 import {
   createToolCallConstraint,
@@ -50,6 +51,10 @@ export interface GenerationSpec {
   format?: FormatInput;
   /** Functions the model may (or must) call; chat prompts only. */
   tools?: ToolRequest;
+  /** Thinking on or off and its token budget, for models that think. */
+  thinking?: ThinkingRequest;
+  /** Generate past end-of-sequence tokens, up to maxTokens. */
+  ignoreEos?: boolean;
   /** The caller's own logits processors (e.g. a grammar it made), after the sampling's own. */
   processors?: LogitsProcessor[];
   signal?: AbortSignal;
@@ -72,7 +77,11 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   const offered = offeredTools(spec.tools);
   const template = toolTemplate(lm.tokenizer.chatTemplate);
   const toolFormat = offered && template.format;
-  const promptIds = [...(spec.prefixIds ?? []), ...tokenize(lm.tokenizer, spec.prompt, template, offered)];
+  const thinking = settleThinking(lm.tokenizer, spec.prompt, spec.thinking, spec.format !== undefined);
+  const promptIds = [
+    ...(spec.prefixIds ?? []),
+    ...tokenize(lm.tokenizer, spec.prompt, template, offered, thinking?.templateVars),
+  ];
   if (promptIds.length === 0) throw new InvalidParameterError("the prompt is empty", "prompt");
   const badId = promptIds.find((id) => !(id >= 0 && id < vocab));
   if (badId !== undefined)
@@ -91,8 +100,15 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   const room = context - promptIds.length;
   const maxTokens = Math.min(spec.maxTokens ?? room, room);
   const constraint = await grammarConstraint(lm, spec, toolFormat, maxTokens);
+  // Where the template starts the reasoning itself, the answer begins inside it.
+  const startsInside = thinking !== undefined && opensThinking(lm.tokenizer.decode(promptIds.slice(-16)));
+  const budget =
+    thinking?.budget !== undefined
+      ? [thinkingBudget(lm.tokenizer, promptIds.length, thinking.budget, startsInside)]
+      : [];
   const processors = logitsProcessors(spec.sampling, promptIds.length, [
     ...(spec.processors ?? []),
+    ...budget,
     ...(constraint ? [constraint.processor] : []),
   ]);
   return {
@@ -103,6 +119,8 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
       stop: spec.stop,
       topLogprobs: spec.topLogprobs,
       processors,
+      reasoning: thinking && { startsInside },
+      ignoreEos: spec.ignoreEos,
       signal: spec.signal,
     },
     promptIds,
@@ -112,9 +130,51 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   };
 }
 
-/** How many tokens a prompt is (with the tools it offers), as a generation would see it. */
-export function countPromptTokens(lm: LoadedModel, prompt: PromptInput, tools?: ToolRequest): number {
-  return tokenize(lm.tokenizer, prompt, toolTemplate(lm.tokenizer.chatTemplate), offeredTools(tools)).length;
+/** A conversation (with the tools it offers) as the text the chat template makes of it for a generation. */
+export function renderChat(lm: LoadedModel, messages: ConversationMessage[], tools?: ToolRequest): string {
+  if (!lm.tokenizer.chatTemplate) throw new UnsupportedError("this model has no chat template", "messages");
+  const input = templateInput(toolTemplate(lm.tokenizer.chatTemplate), messages, offeredTools(tools));
+  return withTemplateErrors(() =>
+    lm.tokenizer.applyChatTemplate(input.messages, { addGenerationPrompt: true, tools: input.tools }),
+  );
+}
+
+/** How many tokens a prompt is (with the tools it offers, and thinking as asked), as a generation would see it. */
+export function countPromptTokens(
+  lm: LoadedModel,
+  prompt: PromptInput,
+  tools?: ToolRequest,
+  thinking?: ThinkingRequest,
+): number {
+  const vars = settleThinking(lm.tokenizer, prompt, thinking, false)?.templateVars;
+  return tokenize(lm.tokenizer, prompt, toolTemplate(lm.tokenizer.chatTemplate), offeredTools(tools), vars).length;
+}
+
+/**
+ * How a templated prompt thinks: the template variables that switch thinking, and the budget
+ * (a template that cannot switch it off gets a budget of 0). Undefined when the answer is not
+ * split: a model whose template has no <think>, raw text or ids, or JSON output (the grammar
+ * leaves no room for reasoning, so thinking is switched off where the template allows).
+ */
+function settleThinking(
+  tokenizer: Tokenizer,
+  prompt: PromptInput,
+  thinking: ThinkingRequest | undefined,
+  jsonOutput: boolean,
+): { templateVars?: Record<string, unknown>; budget?: number } | undefined {
+  const { thinks, switchable } = thinkingTemplate(tokenizer.chatTemplate);
+  const asked = thinking ?? {};
+  if (asked.enabled && !thinks)
+    throw new UnsupportedError(
+      "this model does not think (its chat template has no <think> section)",
+      asked.param ?? "thinking",
+    );
+  const templated = prompt.kind === "chat" || (prompt.kind === "text" && prompt.template);
+  if (!thinks || !templated) return undefined;
+  const enabled = jsonOutput ? false : asked.enabled;
+  if (enabled === undefined) return { budget: asked.budget };
+  if (switchable) return { templateVars: { enable_thinking: enabled }, budget: enabled ? asked.budget : undefined };
+  return { budget: enabled ? asked.budget : 0 };
 }
 
 /** `template` says how the chat template handles tools; `tools` are those offered on this turn. */
@@ -123,13 +183,16 @@ function tokenize(
   prompt: PromptInput,
   template: ToolTemplate,
   tools: ToolSpec[] | undefined,
+  templateVars?: Record<string, unknown>,
 ): number[] {
   switch (prompt.kind) {
     case "ids":
       return prompt.ids;
     case "text":
       if (prompt.template && tokenizer.chatTemplate)
-        return withTemplateErrors(() => promptTokens(tokenizer, prompt.text, { system: prompt.system }));
+        return withTemplateErrors(() =>
+          promptTokens(tokenizer, prompt.text, { system: prompt.system, extra: templateVars }),
+        );
       // Raw text (a raw request ignores the system prompt, as Ollama does).
       return tokenizer.encode(prompt.template && prompt.system ? `${prompt.system}\n\n${prompt.text}` : prompt.text, {
         addSpecialTokens: true,
@@ -142,7 +205,7 @@ function tokenize(
         );
       return withTemplateErrors(() => {
         const { messages, tools: templateTools } = templateInput(template, prompt.messages, tools);
-        return chatTokens(tokenizer, messages, templateTools);
+        return chatTokens(tokenizer, messages, templateTools, templateVars);
       });
   }
 }

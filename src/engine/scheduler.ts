@@ -8,6 +8,7 @@ import { BatchGenerator, type SequenceEvent } from "./batch";
 import type { LogitsProcessor, SamplingParams } from "./sampling";
 import { QueueFullError } from "../errors";
 import { StopMatcher } from "./stop";
+import { ReasoningSplitter } from "./reasoning";
 import type { AdaptiveTuner, TunerAdjustment } from "./tuner";
 import type { PrefixCache } from "./prefix-cache";
 import * as mx from "../mlx";
@@ -21,6 +22,10 @@ export interface GenerationRequest {
   processors?: LogitsProcessor[];
   /** How many alternatives to report per token (0: none). */
   topLogprobs?: number;
+  /** Generate past end-of-sequence tokens, up to maxTokens (vLLM's ignore_eos, for benchmarks). */
+  ignoreEos?: boolean;
+  /** Set for a model that thinks: its text is split into reasoning and answer. */
+  reasoning?: { startsInside: boolean };
   signal?: AbortSignal;
 }
 
@@ -33,8 +38,11 @@ export interface TokenLogprob {
 export type FinishReason = "stop" | "length" | "cancelled";
 
 export type GenerationEvent =
-  /** Text that became final, the tokens that produced it, and their alternatives when asked. */
-  | { type: "text"; text: string; tokens: TokenLogprob[]; top?: TokenLogprob[][] }
+  /**
+   * Text that became final, the tokens that produced it, and their alternatives when asked;
+   * a thinking model's reasoning comes apart from its answer (`text`).
+   */
+  | { type: "text"; text: string; reasoning?: string; tokens: TokenLogprob[]; top?: TokenLogprob[][] }
   /** `stopSequence`: the stop string that ended the answer (Anthropic reports which). */
   | { type: "done"; finishReason: FinishReason; usage: GenerationUsage; tokenIds: number[]; stopSequence?: string }
   | { type: "error"; error: Error };
@@ -42,6 +50,8 @@ export type GenerationEvent =
 export interface GenerationUsage {
   promptTokens: number;
   completionTokens: number;
+  /** Of the completion tokens, those generated inside the reasoning. */
+  reasoningTokens: number;
   /** Prompt tokens whose keys and values came from the prefix cache. */
   cachedTokens: number;
   /** From submit to the start of prefill. */
@@ -103,6 +113,8 @@ interface Running {
   channel: Channel<GenerationEvent>;
   detokenizer: StreamingDetokenizer;
   stops: StopMatcher;
+  reasoning?: ReasoningSplitter;
+  reasoningTokens: number;
   submittedAt: number;
   startedAt?: number;
   cachedTokens: number;
@@ -186,6 +198,8 @@ export class Scheduler {
       channel,
       detokenizer: createDetokenizer(this.lm.tokenizer),
       stops: new StopMatcher(request.stop ?? []),
+      reasoning: request.reasoning && new ReasoningSplitter(request.reasoning.startsInside),
+      reasoningTokens: 0,
       submittedAt: performance.now(),
       cachedTokens: 0,
       tokenIds: [],
@@ -245,13 +259,22 @@ export class Scheduler {
     s.firstTokenAt ??= performance.now();
     const top = event.logprobs ? topTokens(event.logprobs, s.request.topLogprobs!) : undefined;
     event.logprobs?.free();
-    if (this.lm.tokenizer.eosTokenIds.has(event.token)) return this.#finish(event.id, "stop");
+    if (!s.request.ignoreEos && this.lm.tokenizer.eosTokenIds.has(event.token)) return this.#finish(event.id, "stop");
     s.tokenIds.push(event.token);
+    if (s.reasoning?.inside) s.reasoningTokens++;
     const { text, stopped } = s.stops.push(s.detokenizer.push(event.token));
     const tokens = [{ token: event.token, logprob: event.logprob }];
-    if (text || top) s.channel.push({ type: "text", text, tokens, top: top && [top] });
+    this.#send(s, text, tokens, top && [top]);
     if (stopped) return this.#finish(event.id, "stop");
     if (event.finished) this.#finish(event.id, "length");
+  }
+
+  /** Final text (split when the model thinks) with its tokens; nothing when there is neither. */
+  #send(s: Running, text: string, tokens: TokenLogprob[], top?: TokenLogprob[][]): void {
+    const split = s.reasoning && text ? s.reasoning.push(text) : { text, reasoning: "" };
+    if (!split.text && !split.reasoning && !top) return;
+    const reasoning = split.reasoning ? { reasoning: split.reasoning } : {};
+    s.channel.push({ type: "text", text: split.text, ...reasoning, tokens, top });
   }
 
   #finish(id: string, finishReason: FinishReason): void {
@@ -263,7 +286,9 @@ export class Scheduler {
     if (finishReason !== "cancelled") {
       const rest = s.stops.push(s.detokenizer.flush());
       const tail = rest.stopped ? rest.text : rest.text + s.stops.flush();
-      if (tail) s.channel.push({ type: "text", text: tail, tokens: [] });
+      this.#send(s, tail, []);
+      const held = s.reasoning?.flush();
+      if (held?.text || held?.reasoning) s.channel.push({ type: "text", ...held, tokens: [] });
     }
     const now = performance.now();
     s.channel.push({
@@ -272,6 +297,7 @@ export class Scheduler {
       usage: {
         promptTokens: s.request.promptIds.length,
         completionTokens: s.tokenIds.length,
+        reasoningTokens: s.reasoningTokens,
         cachedTokens: s.cachedTokens,
         queueMs: (s.startedAt ?? now) - s.submittedAt,
         timeToFirstTokenMs: (s.firstTokenAt ?? now) - s.submittedAt,

@@ -110,6 +110,7 @@ export function build(w: Weights): DecoderModel {
       const logits = lmHead(norm(h));
       return softcap ? mx.multiply(mx.tanh(mx.divide(logits, softcap)), softcap) : logits;
     },
+    finalNorm: norm,
     makeCaches: () =>
       Array.from({ length: c.numHiddenLayers }, (_, i) =>
         isSliding(i) ? new SlidingKVCache(o.slidingWindow) : new KVCache(),

@@ -149,7 +149,7 @@ export function buildDecoder(
   const makeCaches = slidingWindow
     ? () => windows.map((window) => (window === undefined ? new KVCache() : new SlidingKVCache(window)))
     : undefined;
-  return decoder({ config: c, embed: embed.lookup, blocks, head: (h) => lmHead(norm(h)), makeCaches });
+  return decoder({ config: c, embed: embed.lookup, blocks, head: (h) => lmHead(norm(h)), finalNorm: norm, makeCaches });
 }
 
 export const build = (w: Weights): DecoderModel => buildDecoder(w);

@@ -20,6 +20,8 @@ export interface DecoderModel {
   layers(h: MxArray, caches: AttentionCache[], start?: number, end?: number): MxArray;
   /** Final norm and output projection: hidden states → logits [B, L, vocab]. */
   head(h: MxArray): MxArray;
+  /** The final norm alone: the hidden states embeddings are pooled from. */
+  finalNorm(h: MxArray): MxArray;
   /** One cache per layer, where some layers need their own kind (sliding-window ones). */
   makeCaches?(): KVCache[];
 }
@@ -29,6 +31,7 @@ export interface DecoderParts {
   embed: (ids: MxArray) => MxArray;
   blocks: Block[];
   head: (h: MxArray) => MxArray;
+  finalNorm: (h: MxArray) => MxArray;
   makeCaches?: () => KVCache[];
 }
 
@@ -39,6 +42,7 @@ export function decoder(parts: DecoderParts): DecoderModel {
     numLayers: parts.blocks.length,
     embed: parts.embed,
     head: parts.head,
+    finalNorm: parts.finalNorm,
     makeCaches: parts.makeCaches,
     layers(h, caches, start = 0, end = parts.blocks.length) {
       // Caches of one kind hold the same positions, so one mask serves all their layers.
@@ -57,6 +61,11 @@ export function decoder(parts: DecoderParts): DecoderModel {
 /** The whole forward pass: ids [B, L] → logits [B, L, vocab]. */
 export function forward(model: DecoderModel, ids: MxArray, caches: AttentionCache[]): MxArray {
   return model.head(model.layers(model.embed(ids), caches));
+}
+
+/** The final hidden states, after the final norm: ids [B, L] → [B, L, D] (what embeddings pool). */
+export function hiddenStates(model: DecoderModel, ids: MxArray, caches: AttentionCache[]): MxArray {
+  return model.finalNorm(model.layers(model.embed(ids), caches));
 }
 
 /**

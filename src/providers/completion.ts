@@ -1,7 +1,7 @@
 // A remote answer for the command line (run, chat, bench), with the contract of the engine's
 // streamCompletion: text deltas as they arrive, then the whole result with its figures, so a
 // command treats a remote model as it treats a local one.
-import type { CompletionResult } from "../engine/generate";
+import type { CompletionPiece, CompletionResult } from "../engine/generate";
 import { defaultSampling, type SamplingParams } from "../engine/sampling";
 import type { SamplingInput } from "../api/common";
 import type { RemoteModel } from "./model";
@@ -11,7 +11,7 @@ export async function* streamRemoteCompletion(
   remote: RemoteModel,
   req: RemoteRequest,
   signal?: AbortSignal,
-): AsyncGenerator<string, CompletionResult> {
+): AsyncGenerator<CompletionPiece, CompletionResult> {
   const started = performance.now();
   let firstAt: number | undefined;
   let text = "";
@@ -24,6 +24,7 @@ export async function* streamRemoteCompletion(
     const generationSeconds = (end - (firstAt ?? end)) / 1000;
     return {
       text,
+      reasoning: "", // a provider's reasoning is not passed through
       promptTokenIds: [],
       tokenIds: [],
       finishReason,
@@ -49,7 +50,7 @@ export async function* streamRemoteCompletion(
       if (event.type === "text") {
         firstAt ??= performance.now();
         text += event.text;
-        yield event.text;
+        yield { text: event.text };
       } else return result(event.finishReason, event.usage);
     }
   } catch (error) {

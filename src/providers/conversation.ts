@@ -1,7 +1,7 @@
 // `mlx chat` with a remote model: the conversation's messages are sent whole each turn (the
 // provider keeps no state between requests; its own prompt cache, if any, reports cached
 // tokens), with the same turn contract as the engine's Conversation.
-import type { CompletionResult } from "../engine/generate";
+import type { CompletionPiece, CompletionResult } from "../engine/generate";
 import type { TurnInfo, TurnOptions } from "../engine/conversation";
 import type { ChatMessage } from "../tokenizer/tokenizer";
 import { remoteSampling, streamRemoteCompletion } from "./completion";
@@ -29,7 +29,10 @@ export class RemoteConversation {
   /** Nothing to free: the provider holds the model (as Conversation.dispose is to a local one). */
   dispose(): void {}
 
-  async *turn(userText: string, o: TurnOptions): AsyncGenerator<string, { result: CompletionResult; info: TurnInfo }> {
+  async *turn(
+    userText: string,
+    o: TurnOptions,
+  ): AsyncGenerator<CompletionPiece, { result: CompletionResult; info: TurnInfo }> {
     this.messages.push({ role: "user", content: userText });
     const system: ChatMessage[] = this.system ? [{ role: "system", content: this.system }] : [];
     let result: CompletionResult;

@@ -13,6 +13,9 @@ import { ModelRegistry } from "./model-registry";
 import { anthropicRoutes } from "./routes/anthropic";
 import { ollamaRoutes } from "./routes/ollama";
 import { responsesRoutes } from "./routes/responses";
+import { embeddingsRoutes } from "./routes/embeddings";
+import { ollamaModelRoutes } from "./routes/ollama-models";
+import { tokenRoutes } from "./routes/tokens";
 import { openaiRoutes } from "./routes/openai";
 import { opsRoutes, queueFigures } from "./routes/ops";
 import { isPublicPage, webRoutes } from "./routes/web";
@@ -61,6 +64,15 @@ const KNOWN_ROUTES = new Set([
   "/api/ps",
   "/api/show",
   "/api/version",
+  "/v1/embeddings",
+  "/api/embed",
+  "/api/embeddings",
+  "/api/pull",
+  "/api/delete",
+  "/api/copy",
+  "/tokenize",
+  "/detokenize",
+  "/apply-template",
   "/health",
   "/ready",
   "/stats",
@@ -204,6 +216,9 @@ export function createApp(s: ServerState): Hono {
   app.route("/", ollamaRoutes(s));
   app.route("/", anthropicRoutes(s));
   app.route("/", responsesRoutes(s));
+  app.route("/", embeddingsRoutes(s));
+  app.route("/", ollamaModelRoutes(s));
+  app.route("/", tokenRoutes(s));
   return app;
 }
 

@@ -12,6 +12,7 @@ import {
   ContextLengthError,
   InvalidParameterError,
   ModelNotFoundError,
+  ModelInUseError,
   ModelPullError,
   ProviderError,
   QueueFullError,
@@ -71,6 +72,8 @@ export function toApiError(error: unknown, onInternal?: (error: unknown) => void
     return new ApiError(429, error.message, "rate_limit_error", null, "queue_full", { "Retry-After": "1" });
   if (error instanceof ModelNotFoundError)
     return new ApiError(404, error.message, "invalid_request_error", "model", "model_not_found");
+  if (error instanceof ModelInUseError)
+    return new ApiError(409, error.message, "invalid_request_error", "model", "model_in_use");
   if (error instanceof ModelPullError)
     return new ApiError(502, error.message, "server_error", "model", "model_pull_failed");
   if (error instanceof ProviderError) return providerError(error);

@@ -9,6 +9,7 @@ import { prepareGeneration, type FormatInput, type PreparedGeneration, type Prom
 import { defaultSampling, type SamplingParams } from "../engine/sampling";
 import type { GenerationEvent, GenerationUsage } from "../engine/scheduler";
 import type { ToolCallParser, ToolRequest } from "../engine/tools";
+import type { ThinkingRequest } from "../engine/reasoning";
 import type { Tokenizer } from "../tokenizer/tokenizer";
 import { remoteModel } from "../providers";
 import { badRequest, requestTimeout } from "./errors";
@@ -39,6 +40,10 @@ export interface GenerateInput {
   format?: FormatInput;
   /** Functions the model may (or must) call; chat prompts only. */
   tools?: ToolRequest;
+  /** Thinking on or off, and its budget, for models that think. */
+  thinking?: ThinkingRequest;
+  /** Generate past end-of-sequence tokens (vLLM's ignore_eos). */
+  ignoreEos?: boolean;
   /** Aborts when the client goes away. */
   clientSignal: AbortSignal;
   timeoutMs: number;
@@ -124,6 +129,8 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
       topLogprobs: input.topLogprobs ?? 0,
       format: input.format,
       tools: input.tools,
+      thinking: input.thinking,
+      ignoreEos: input.ignoreEos,
       signal: controller.signal,
     });
     const tracked = ctx.inflight.track(

@@ -85,7 +85,15 @@ export async function startRemoteGeneration(
     const cancelled = (): GenerationEvent => ({
       type: "done",
       finishReason: "cancelled",
-      usage: { promptTokens: 0, completionTokens, cachedTokens: 0, queueMs: 0, timeToFirstTokenMs: 0, totalMs: ms() },
+      usage: {
+        promptTokens: 0,
+        completionTokens,
+        cachedTokens: 0,
+        reasoningTokens: 0,
+        queueMs: 0,
+        timeToFirstTokenMs: 0,
+        totalMs: ms(),
+      },
       tokenIds: [],
     });
     try {
@@ -102,7 +110,13 @@ export async function startRemoteGeneration(
             finishReason: event.finishReason,
             stopSequence: event.stopSequence,
             tokenIds: [],
-            usage: { ...event.usage, queueMs: 0, timeToFirstTokenMs: firstAt - started, totalMs: ms() },
+            usage: {
+              ...event.usage,
+              reasoningTokens: 0,
+              queueMs: 0,
+              timeToFirstTokenMs: firstAt - started,
+              totalMs: ms(),
+            },
           };
         }
         next = await remoteEvents.next();

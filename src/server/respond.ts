@@ -12,6 +12,8 @@ type DoneEvent = Extract<GenerationEvent, { type: "done" }>;
 
 export interface Collected {
   text: string;
+  /** A thinking model's reasoning, apart from its answer ("" when none). */
+  reasoning: string;
   tokens: TokenLogprob[];
   /** Alternatives per token, when they were asked for. */
   top: TokenLogprob[][];
@@ -21,6 +23,7 @@ export interface Collected {
 /** The whole generation; undefined when the client went away. Throws a TimeoutError past the request timeout. */
 export async function collectGeneration(gen: Generation): Promise<Collected | undefined> {
   let text = "";
+  let reasoning = "";
   const tokens: TokenLogprob[] = [];
   const top: TokenLogprob[][] = [];
   let outcome = "error";
@@ -29,6 +32,7 @@ export async function collectGeneration(gen: Generation): Promise<Collected | un
     for await (const event of gen.events) {
       if (event.type === "text") {
         text += event.text;
+        reasoning += event.reasoning ?? "";
         tokens.push(...event.tokens);
         if (event.top) top.push(...event.top);
       } else if (event.type === "error") throw event.error;
@@ -41,7 +45,7 @@ export async function collectGeneration(gen: Generation): Promise<Collected | un
       return undefined;
     }
     outcome = done.finishReason;
-    return { text, tokens, top, done };
+    return { text, reasoning, tokens, top, done };
   } finally {
     gen.finish(outcome, done?.usage);
   }
@@ -131,5 +135,5 @@ export function generationStream(
  */
 export const CLOSED_EARLY_HEADER = "X-Mlx-Closed-Early";
 export const closedEarly = (gen: Generation) => (gen.closedEarly() ? { closed_early: true } : {});
-export const closedEarlyHeaders = (gen: Generation): Record<string, string> =>
-  gen.closedEarly() ? { [CLOSED_EARLY_HEADER]: "true" } : {};
+export const closedEarlyHeaders = (gen: Generation | Generation[]): Record<string, string> =>
+  [gen].flat().some((g) => g.closedEarly()) ? { [CLOSED_EARLY_HEADER]: "true" } : {};

@@ -6,7 +6,8 @@ import { isAbsolute, join, relative, sep } from "node:path";
 import { blobPresent, removeBlob } from "./blobs";
 import { markInUse, modelUsers } from "./in-use";
 import { withStoreLock } from "./lock";
-import { manifestPath, readManifest, writeManifest, type ModelManifest } from "./manifest";
+import { manifestPath, newManifest, readManifest, writeManifest, type ModelManifest } from "./manifest";
+import { ModelInUseError, ModelNotFoundError } from "../errors";
 import { indexEntry, loadIndex, saveIndex, type IndexEntry } from "./model-index";
 import { modelKey, modelsDir } from "./paths";
 
@@ -101,12 +102,37 @@ export function listModels(): Promise<IndexEntry[]> {
 export function removeModel(name: string): Promise<{ freedBytes: number }> {
   return withStoreLock(async () => {
     const index = loadIndex();
-    if (!index.has(name)) throw new Error(`no stored model named '${name}' (see mlx list)`);
+    if (!index.has(name)) throw new ModelNotFoundError(`no stored model named '${name}'`);
     const users = modelUsers(name);
-    if (users.length > 0) throw new Error(`'${name}' is in use by process ${users.join(", ")}; stop it first`);
+    if (users.length > 0)
+      throw new ModelInUseError(`'${name}' is in use by process ${users.join(", ")}; stop it first`);
     const freedBytes = await deleteModel(index, name);
     saveIndex(index);
     return { freedBytes };
+  });
+}
+
+/**
+ * Stores `source`'s files under a second name too (its blobs shared, so it costs no space);
+ * a model already named `destination` is replaced.
+ */
+export function copyModel(source: string, destination: string): Promise<void> {
+  return withStoreLock(async () => {
+    const manifest = readManifest(source);
+    if (!manifest) throw new ModelNotFoundError(`no stored model named '${source}'`);
+    await assertIntact(manifest);
+    const previous = readManifest(destination);
+    const copy = newManifest({ ...manifest, name: destination });
+    writeManifest(copy);
+    materialize(copy);
+    const index = loadIndex();
+    index.set(destination, indexEntry(copy));
+    if (previous)
+      await removeUnreferencedBlobs(
+        previous.files.map((f) => f.sha256),
+        index,
+      );
+    saveIndex(index);
   });
 }
 

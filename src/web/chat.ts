@@ -309,7 +309,14 @@ async function answer(): Promise<void> {
       if (data === "[DONE]") break;
       const chunk = JSON.parse(data);
       if (chunk.error) throw new Error(chunk.error.message ?? String(chunk.error));
-      const delta: string = chunk.choices?.[0]?.delta?.content ?? "";
+      // The server sends reasoning apart; the message keeps it in <think> tags, as splitReasoning reads them.
+      const reasoning: string = chunk.choices?.[0]?.delta?.reasoning_content ?? "";
+      const answer: string = chunk.choices?.[0]?.delta?.content ?? "";
+      const thinking = reply.content.startsWith("<think>") && !reply.content.includes("</think>");
+      const delta =
+        (reasoning ? (reply.content ? "" : "<think>") + reasoning : "") +
+        (answer && thinking ? "</think>" : "") +
+        answer;
       if (delta) {
         firstTokenAt ??= performance.now();
         reply.content += delta;

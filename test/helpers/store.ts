@@ -174,3 +174,91 @@ export function fakeWeights(size: number, seed = 1): Uint8Array {
   }
   return data;
 }
+
+export interface Repo {
+  sha: string;
+  files: Map<string, Uint8Array>;
+  /** Claim this sha256 for a file in X-Linked-Etag instead of the real one. */
+  lieAbout?: string;
+  /** Cut the first download of this file short. */
+  dropFirst?: string;
+}
+
+const isLfs = (name: string) => name.endsWith(".safetensors");
+
+/**
+ * Serves repositories the way the hub does, LFS files from a separate storage origin (as the
+ * hub redirects to its CDN); `dropped` remembers which files were already cut short.
+ */
+function hub(repos: Map<string, Repo>, storage: () => string) {
+  const dropped = new Set<string>();
+  const stored = new Map<string, Uint8Array>();
+  for (const repo of repos.values()) for (const data of repo.files.values()) stored.set(sha256Hex(data), data);
+  return (request: RecordedRequest): Reply => {
+    const path = decodeURIComponent(request.path);
+    const listing = path.match(/^\/api\/models\/([^/]+\/[^/]+)\/revision\/(.+)$/);
+    if (listing) {
+      const repo = repos.get(listing[1]!);
+      if (!repo)
+        return { status: 404, headers: { "X-Error-Code": "RepoNotFound" }, body: '{"error":"Repository not found"}' };
+      const siblings = [...repo.files.keys(), "README.md", ".gitattributes", "pytorch_model.bin"].map((rfilename) => ({
+        rfilename,
+      }));
+      return {
+        status: 200,
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ id: listing[1], sha: repo.sha, siblings }),
+      };
+    }
+    const resolve = path.match(/^\/([^/]+\/[^/]+)\/resolve\/([^/]+)\/(.+)$/);
+    if (resolve) {
+      const repo = repos.get(resolve[1]!);
+      const data = repo?.files.get(resolve[3]!);
+      if (!repo || !data || resolve[2] !== repo.sha)
+        return { status: 404, headers: { "X-Error-Code": "EntryNotFound" } };
+      const sha = sha256Hex(data);
+      if (isLfs(resolve[3]!)) {
+        const claimed = repo.lieAbout === resolve[3] ? "0".repeat(64) : sha;
+        return {
+          status: 302,
+          headers: {
+            Location: `${storage()}/lfs/${sha}`,
+            "X-Linked-Etag": `"${claimed}"`,
+            "X-Linked-Size": String(data.length),
+          },
+        };
+      }
+      const etag = { ETag: `"${sha256Hex(data).slice(0, 40)}"` }; // a git sha1, not a sha256
+      if (request.method === "HEAD")
+        return { status: 200, headers: { ...etag, "Content-Length": String(data.length) } };
+      return { status: 200, headers: etag, body: data };
+    }
+    const lfs = path.match(/^\/lfs\/([0-9a-f]{64})$/);
+    const data = lfs && stored.get(lfs[1]!);
+    if (data) {
+      const repo = [...repos.values()].find((r) => r.dropFirst && sha256Hex(r.files.get(r.dropFirst)!) === lfs![1]);
+      if (repo && !dropped.has(lfs![1]!)) {
+        dropped.add(lfs![1]!);
+        return serveBytes(data, request, { dropAfter: Math.floor(data.length / 3) });
+      }
+      return serveBytes(data, request);
+    }
+    return { status: 404 };
+  };
+}
+
+/** A Hugging Face hub serving `repos` on loopback, LFS files from a second origin (its storage). */
+export async function startHfHub(
+  repos: Record<string, Omit<Repo, "sha"> & { sha?: string }>,
+): Promise<{ hub: TestServer; storage: TestServer }> {
+  const table = new Map(Object.entries(repos).map(([name, r]) => [name, { sha: "a".repeat(40), ...r }]));
+  let storageUrl = "";
+  const handle = hub(table, () => storageUrl);
+  const hubServer = await startServer(handle);
+  const storage = await startServer((request) => {
+    hubServer.requests.push(request);
+    return handle(request);
+  });
+  storageUrl = storage.url;
+  return { hub: hubServer, storage };
+}

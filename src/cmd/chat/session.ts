@@ -6,6 +6,7 @@ import type { LoadedModel } from "../../models/load";
 import { RemoteConversation, RemoteModel, remoteModel } from "../../providers";
 import { openModel } from "../open-model";
 import type { ChatSettings } from "./settings";
+import { pieceWriter } from "../thinking";
 
 export class ChatSession {
   conversation: Conversation | RemoteConversation;
@@ -51,10 +52,12 @@ export class ChatSession {
       maxTokens: this.settings.maxTokens,
       signal,
       format: format && { format: format.format, param: "format" },
+      thinking: this.settings.thinking,
     });
+    const show = pieceWriter({ hide: this.settings.hideThinking ?? false, terminal: Boolean(process.stdout.isTTY) });
     let step = await turn.next();
     while (!step.done) {
-      write(step.value);
+      write(show(step.value));
       step = await turn.next();
     }
     const { result, info } = step.value;

@@ -3,6 +3,7 @@ import type { LoadedModel } from "../../models/load";
 import type { RemoteModel } from "../../providers";
 import { validateSampling, type SamplingParams } from "../../engine/sampling";
 import { readFormat, type OutputFormat } from "../options";
+import type { ThinkingRequest } from "../../engine/reasoning";
 
 export interface ChatSettings {
   sampling: SamplingParams;
@@ -11,6 +12,10 @@ export interface ChatSettings {
   stats: boolean;
   /** Constrained output (JSON, or a JSON Schema) for every answer, until /set format off. */
   format?: OutputFormat;
+  /** Thinking on or off, and its budget, for models that think. */
+  thinking?: ThinkingRequest;
+  /** Leave a thinking model's reasoning unshown. */
+  hideThinking?: boolean;
 }
 
 export const settingNames = ["temp", "top_p", "top_k", "min_p", "max_tokens", "seed", "system", "format"] as const;

@@ -25,7 +25,7 @@ export function anthropicRoutes(s: ServerState): Hono {
     const req = parseCountTokensRequest(await readJson(c.req));
     const lease = await s.models.acquire(requestedModel(s.config, req.model));
     try {
-      return c.json({ input_tokens: countPromptTokens(lease.entry.lm, req.prompt, req.tools) });
+      return c.json({ input_tokens: countPromptTokens(lease.entry.lm, req.prompt, req.tools, req.thinking) });
     } finally {
       lease.release();
     }
@@ -47,6 +47,7 @@ async function messages(s: ServerState, c: Context): Promise<Response> {
     strictMaxTokens: true,
     stop: req.stop,
     tools: req.tools,
+    thinking: req.thinking,
   });
   const meta = { id: messageId(), type: "message" as const, role: "assistant" as const, model };
   return req.stream ? streamed(s, gen, meta) : whole(gen, meta);
@@ -62,9 +63,11 @@ interface Meta {
 async function whole(gen: Generation, meta: Meta): Promise<Response> {
   const result = await collectGeneration(gen);
   if (!result) return new Response(null, { status: 499 }); // the client is gone
-  const { text, done } = result;
+  const { text, reasoning, done } = result;
   const { content, calls } = gen.toolFormat ? gen.toolFormat.parse(text) : { content: text, calls: [] };
   const blocks: ContentBlock[] = [
+    // No signature: a local model's reasoning has nothing to verify.
+    ...(reasoning ? [{ type: "thinking" as const, thinking: reasoning, signature: "" }] : []),
     ...(content || calls.length === 0 ? [{ type: "text" as const, text: content }] : []),
     ...calls.map(toolUseBlock),
   ];
@@ -80,26 +83,37 @@ async function whole(gen: Generation, meta: Meta): Promise<Response> {
 
 /**
  * Anthropic's sequence: message_start, ping, then each content block (start, deltas, stop) —
- * text as it comes, each tool call once it is complete, its input as one input_json_delta —
- * then message_delta (stop reason, final usage) and message_stop.
+ * reasoning as a thinking block, text as it comes, each tool call once it is complete, its input
+ * as one input_json_delta — then message_delta (stop reason, final usage) and message_stop.
  */
 function streamed(s: ServerState, gen: Generation, meta: Meta): Response {
   const toolCalls = gen.toolFormat && new ToolCallStream(gen.toolFormat);
   let index = 0;
-  let textOpen = false;
-  const openText = (send: Send) => {
-    if (textOpen) return;
-    textOpen = true;
-    send(namedEvent({ type: "content_block_start", index, content_block: { type: "text", text: "" } }));
-  };
+  let open: "thinking" | "text" | undefined;
   const closeBlock = (send: Send) => {
+    if (open === "thinking")
+      send(namedEvent({ type: "content_block_delta", index, delta: { type: "signature_delta", signature: "" } }));
     send(namedEvent({ type: "content_block_stop", index }));
+    open = undefined;
     index++;
+  };
+  const openBlock = (kind: "thinking" | "text", send: Send) => {
+    if (open === kind) return;
+    if (open) closeBlock(send);
+    open = kind;
+    const content_block =
+      kind === "text" ? { type: "text", text: "" } : { type: "thinking", thinking: "", signature: "" };
+    send(namedEvent({ type: "content_block_start", index, content_block }));
   };
   const sendText = (text: string, send: Send) => {
     if (!text) return;
-    openText(send);
+    openBlock("text", send);
     send(namedEvent({ type: "content_block_delta", index, delta: { type: "text_delta", text } }));
+  };
+  const sendThinking = (thinking: string | undefined, send: Send) => {
+    if (!thinking) return;
+    openBlock("thinking", send);
+    send(namedEvent({ type: "content_block_delta", index, delta: { type: "thinking_delta", thinking } }));
   };
   const body = generationStream(
     gen,
@@ -115,14 +129,15 @@ function streamed(s: ServerState, gen: Generation, meta: Meta): Response {
         );
         send(namedEvent({ type: "ping" }));
       },
-      text: (e, send) => sendText(toolCalls ? toolCalls.push(e.text) : e.text, send),
+      text: (e, send) => {
+        sendThinking(e.reasoning, send);
+        sendText(toolCalls ? toolCalls.push(e.text) : e.text, send);
+      },
       done: (e, send) => {
         const { content, calls } = toolCalls?.end() ?? { content: "", calls: [] };
         sendText(content, send);
-        if (textOpen || calls.length === 0) {
-          openText(send);
-          closeBlock(send);
-        }
+        if (open === "text" || calls.length === 0) openBlock("text", send);
+        if (open) closeBlock(send);
         for (const call of calls) {
           send(namedEvent({ type: "content_block_start", index, content_block: { ...toolUseBlock(call), input: {} } }));
           send(

@@ -15,6 +15,7 @@ import { ApiError, errorBody } from "../errors";
 import { httpRequestBounds, startGeneration } from "../generation";
 import { closedEarly, closedEarlyHeaders, collectGeneration, generationStream } from "../respond";
 import { ToolCallStream, type ToolCall } from "../../engine/tools";
+import { thinkingTemplate } from "../../engine/reasoning";
 import type { LoadedEntry } from "../model-registry";
 import { readJson } from "../../api/validate";
 import type { ServerState } from "../state";
@@ -104,7 +105,13 @@ export function ollamaRoutes(s: ServerState): Hono {
           [`${arch}.vocab_size`]: cfg.vocabSize,
         },
         // Any chat model takes tools: a template without them gets the functions in its system prompt.
-        capabilities: e.lm.tokenizer.chatTemplate ? ["completion", "chat", "tools"] : ["completion"],
+        // Any model embeds (its pooled final hidden states).
+        capabilities: [
+          "completion",
+          "embedding",
+          ...(e.lm.tokenizer.chatTemplate ? ["chat", "tools"] : []),
+          ...(thinkingTemplate(e.lm.tokenizer.chatTemplate).thinks ? ["thinking"] : []),
+        ],
         modified_at: e.loadedAt.toISOString(),
       });
     } finally {
@@ -113,19 +120,11 @@ export function ollamaRoutes(s: ServerState): Hono {
   });
 
   // Known Ollama routes this server does not implement: a clear 501 rather than a 404.
-  for (const path of [
-    "/api/pull",
-    "/api/push",
-    "/api/create",
-    "/api/copy",
-    "/api/delete",
-    "/api/embed",
-    "/api/embeddings",
-  ]) {
+  for (const path of ["/api/push", "/api/create"]) {
     r.all(path, () => {
       throw new ApiError(
         501,
-        `${path} is not implemented by this server (use the mlx CLI: pull, rm, ...)`,
+        `${path} is not implemented by this server (use the mlx CLI: pull, convert, ...)`,
         "invalid_request_error",
         null,
         "not_implemented",
@@ -205,20 +204,31 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
     stop: req.stop,
     format: req.format,
     tools: req.tools,
+    thinking: req.thinking,
   });
-  const piece = (text: string, calls: ToolCall[] = []) =>
-    kind === "chat"
+  const piece = (text: string, calls: ToolCall[] = [], reasoning = "") => {
+    const thinking = reasoning ? { thinking: reasoning } : {};
+    return kind === "chat"
       ? {
           message: {
             role: "assistant",
             content: text,
+            ...thinking,
             ...(calls.length > 0 ? { tool_calls: ollamaToolCalls(calls) } : {}),
           },
         }
-      : { response: text };
-  const final = (finishReason: string, u: GenerationUsage, tokenIds: number[], text: string, calls?: ToolCall[]) => ({
+      : { response: text, ...thinking };
+  };
+  const final = (
+    finishReason: string,
+    u: GenerationUsage,
+    tokenIds: number[],
+    text: string,
+    calls?: ToolCall[],
+    reasoning?: string,
+  ) => ({
     ...base(),
-    ...piece(text, calls),
+    ...piece(text, calls, reasoning),
     done: true,
     done_reason: finishReason,
     ...closedEarly(gen),
@@ -236,7 +246,7 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
     if (!result) return new Response(null, { status: 499 }); // the client is gone
     const { content, calls } = gen.toolFormat ? gen.toolFormat.parse(result.text) : { content: result.text, calls: [] };
     return c.json(
-      final(result.done.finishReason, result.done.usage, result.done.tokenIds, content, calls),
+      final(result.done.finishReason, result.done.usage, result.done.tokenIds, content, calls, result.reasoning),
       200,
       closedEarlyHeaders(gen),
     );
@@ -250,7 +260,7 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
     {
       text: (event, send) => {
         const text = toolCalls ? toolCalls.push(event.text) : event.text;
-        if (text) send(line({ ...base(), ...piece(text), done: false }));
+        if (text || event.reasoning) send(line({ ...base(), ...piece(text, [], event.reasoning), done: false }));
       },
       done: (event, send) => {
         // Ollama sends calls in a message of their own before the final one.

@@ -12,10 +12,17 @@ import {
   type CompletionLogprobs,
   type OpenAIRequest,
 } from "../../api/openai";
-import type { TokenLogprob } from "../../engine/scheduler";
+import type { GenerationUsage, TokenLogprob } from "../../engine/scheduler";
 import { errorBody } from "../errors";
 import { httpRequestBounds, requestedModel, startGeneration, tokenText, type Generation } from "../generation";
-import { closedEarly, closedEarlyHeaders, collectGeneration, eventStreamHeaders, generationStream } from "../respond";
+import {
+  closedEarly,
+  closedEarlyHeaders,
+  collectGeneration,
+  eventStreamHeaders,
+  generationStream,
+  type Send,
+} from "../respond";
 import { readJson } from "../../api/validate";
 import type { ServerState } from "../state";
 import type { Tokenizer } from "../../tokenizer/tokenizer";
@@ -53,11 +60,10 @@ async function complete(s: ServerState, c: Context, kind: Kind): Promise<Respons
   const body = await readJson(c.req);
   const req = kind === "chat" ? parseChatRequest(body) : parseCompletionRequest(body);
   const model = requestedModel(s.config, req.model);
-  const gen = await startGeneration(s, {
+  const input = {
     ...httpRequestBounds(s.config, c.req),
     model,
     prompt: req.prompt,
-    sampling: req.sampling,
     // OpenAI's documented defaults: temperature 1, top_p 1.
     defaults: { temperature: 1, topP: 1 },
     maxTokens: req.maxTokens,
@@ -66,10 +72,32 @@ async function complete(s: ServerState, c: Context, kind: Kind): Promise<Respons
     format: req.format,
     tools: req.tools,
     logprobs: req.logprobs,
+    thinking: req.thinking,
+    ignoreEos: req.ignoreEos,
     topLogprobs: req.topLogprobs,
-  });
+  };
+  // n choices are n sequences of the model's batch; a seed gives each its own (seed, seed + 1, ...).
+  const seed = req.sampling.seed;
+  const gens = await startChoices(req.n, (i) =>
+    startGeneration(s, { ...input, sampling: { ...req.sampling, seed: seed === undefined ? undefined : seed + i } }),
+  );
   const meta = { id: newId(kind === "chat" ? "chatcmpl" : "cmpl"), created: unixSeconds(), model };
-  return req.stream ? streamed(s, gen, req, kind, meta) : whole(gen, req, kind, meta);
+  return req.stream ? streamed(s, gens, req, kind, meta) : whole(gens, req, kind, meta);
+}
+
+/** Starts `n` generations; if one cannot start, those already started are stopped. */
+async function startChoices(n: number, start: (i: number) => Promise<Generation>): Promise<Generation[]> {
+  const gens: Generation[] = [];
+  try {
+    for (let i = 0; i < n; i++) gens.push(await start(i));
+    return gens;
+  } catch (error) {
+    for (const gen of gens) {
+      gen.abort();
+      gen.finish("cancelled");
+    }
+    throw error;
+  }
 }
 
 interface Meta {
@@ -117,68 +145,130 @@ const openaiToolCalls = (calls: ToolCall[], withIndex: boolean) =>
     function: { name: c.name, arguments: JSON.stringify(c.arguments) },
   }));
 
-async function whole(gen: Generation, req: OpenAIRequest, kind: Kind, meta: Meta): Promise<Response> {
+async function whole(gens: Generation[], req: OpenAIRequest, kind: Kind, meta: Meta): Promise<Response> {
   // A generation has a tokenizer whenever logprobs were asked for (a remote model refuses them).
-  const tokenizer = gen.tokenizer!;
-  const result = await collectGeneration(gen);
-  if (!result) return new Response(null, { status: 499 }); // the client is gone
-  const { text, tokens, top, done } = result;
-  const u = usage(done.usage.promptTokens, done.usage.completionTokens, done.usage.cachedTokens);
-  if (kind === "chat") {
+  const tokenizer = gens[0]!.tokenizer!;
+  const results = await Promise.all(gens.map(collectGeneration));
+  if (results.some((r) => !r)) return new Response(null, { status: 499 }); // the client is gone
+  const choices = results.map((result, index) => {
+    const gen = gens[index]!;
+    const { text, reasoning, tokens, top, done } = result!;
+    const alternatives = top.length ? top : undefined;
+    if (kind === "completion") {
+      const logprobs = req.logprobs ? completionLogprobs(tokenizer, tokens, alternatives, 0, req.topLogprobs) : null;
+      return { index, text, logprobs, finish_reason: apiFinishReason(done.finishReason), ...closedEarly(gen) };
+    }
     const { content, calls } = gen.toolFormat ? gen.toolFormat.parse(text) : { content: text, calls: [] };
+    const message = {
+      role: "assistant",
+      content: calls.length > 0 ? content || null : content,
+      ...(reasoning ? { reasoning_content: reasoning } : {}),
+      refusal: null,
+      ...(calls.length > 0 ? { tool_calls: openaiToolCalls(calls, false) } : {}),
+    };
+    const logprobs = req.logprobs ? { content: chatLogprobs(tokenizer, tokens, alternatives) } : null;
     const finish_reason = apiFinishReason(done.finishReason, calls.length);
-    const logprobs = req.logprobs ? { content: chatLogprobs(tokenizer, tokens, top.length ? top : undefined) } : null;
-    const message =
-      calls.length > 0
-        ? { role: "assistant", content: content || null, refusal: null, tool_calls: openaiToolCalls(calls, false) }
-        : { role: "assistant", content, refusal: null };
-    return Response.json(
-      {
-        ...meta,
-        object: "chat.completion",
-        choices: [{ index: 0, message, logprobs, finish_reason, ...closedEarly(gen) }],
-        usage: u,
-      },
-      { headers: closedEarlyHeaders(gen) },
-    );
-  }
-  const finish_reason = apiFinishReason(done.finishReason);
-  const logprobs = req.logprobs
-    ? completionLogprobs(tokenizer, tokens, top.length ? top : undefined, 0, req.topLogprobs)
-    : null;
+    return { index, message, logprobs, finish_reason, ...closedEarly(gen) };
+  });
+  const usages = results.map((r) => r!.done.usage);
   return Response.json(
     {
       ...meta,
-      object: "text_completion",
-      choices: [{ index: 0, text, logprobs, finish_reason, ...closedEarly(gen) }],
-      usage: u,
+      object: kind === "chat" ? "chat.completion" : "text_completion",
+      choices,
+      usage: totalUsage(usages),
     },
-    { headers: closedEarlyHeaders(gen) },
+    { headers: closedEarlyHeaders(gens) },
+  );
+}
+
+/** One usage for all choices: the prompt counted once, the completions together. */
+function totalUsage(usages: GenerationUsage[]) {
+  const sum = (pick: (u: GenerationUsage) => number) => usages.reduce((total, u) => total + pick(u), 0);
+  const first = usages[0]!;
+  return usage(
+    first.promptTokens,
+    sum((u) => u.completionTokens),
+    first.cachedTokens,
+    sum((u) => u.reasoningTokens),
   );
 }
 
 const encoder = new TextEncoder();
 const sse = (value: unknown) => encoder.encode(`data: ${JSON.stringify(value)}\n\n`);
 
-function streamed(s: ServerState, gen: Generation, req: OpenAIRequest, kind: Kind, meta: Meta): Response {
+/**
+ * Each choice streams as it comes, its chunks naming its index; the usage (when asked) and
+ * "data: [DONE]" follow once every choice has ended.
+ */
+function streamed(s: ServerState, gens: Generation[], req: OpenAIRequest, kind: Kind, meta: Meta): Response {
+  const object = kind === "chat" ? "chat.completion.chunk" : "text_completion";
+  const usages: GenerationUsage[] = [];
+  const choices = gens.map((gen, index) =>
+    choiceStream(s, gen, index, req, kind, meta, (u) => {
+      usages[index] = u;
+    }),
+  );
+  const body = mergeStreams(choices, (send) => {
+    if (req.includeUsage && usages.length === gens.length && usages.every(Boolean))
+      send(sse({ ...meta, object, choices: [], usage: totalUsage(usages) }));
+    send(encoder.encode("data: [DONE]\n\n"));
+  });
+  return new Response(body, { headers: eventStreamHeaders });
+}
+
+/** The chunks of several streams as they come, then `end`'s; cancelling it cancels them all. */
+function mergeStreams(streams: ReadableStream<Uint8Array>[], end: (send: Send) => void): ReadableStream<Uint8Array> {
+  const readers = streams.map((stream) => stream.getReader());
+  return new ReadableStream<Uint8Array>({
+    async start(controller) {
+      const send: Send = (bytes) => controller.enqueue(bytes);
+      try {
+        await Promise.all(
+          readers.map(async (reader) => {
+            for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) send(chunk.value);
+          }),
+        );
+        end(send);
+        controller.close();
+      } catch {
+        // cancelled: the client went away
+      }
+    },
+    async cancel() {
+      await Promise.all(readers.map((reader) => reader.cancel()));
+    },
+  });
+}
+
+function choiceStream(
+  s: ServerState,
+  gen: Generation,
+  index: number,
+  req: OpenAIRequest,
+  kind: Kind,
+  meta: Meta,
+  onUsage: (u: GenerationUsage) => void,
+): ReadableStream<Uint8Array> {
   const tokenizer = gen.tokenizer!; // see whole()
   const object = kind === "chat" ? "chat.completion.chunk" : "text_completion";
   const extra = req.includeUsage ? { usage: null } : {};
   const chunk = (choice: Record<string, unknown>) => ({
     ...meta,
     object,
-    choices: [{ index: 0, logprobs: null, finish_reason: null, ...choice }],
+    choices: [{ index, logprobs: null, finish_reason: null, ...choice }],
     ...extra,
   });
   let offset = 0;
   const toolCalls = gen.toolFormat && new ToolCallStream(gen.toolFormat);
-  const body = generationStream(
+  return generationStream(
     gen,
     {
       start: (send) => {
         if (kind === "chat") send(sse(chunk({ delta: { role: "assistant", content: "" } })));
       },
       text: (event, send) => {
+        if (event.reasoning) send(sse(chunk({ delta: { reasoning_content: event.reasoning } })));
         const text = toolCalls ? toolCalls.push(event.text) : event.text;
         if (!text && !(req.logprobs && event.tokens.length > 0)) return;
         if (kind === "chat") {
@@ -206,15 +296,10 @@ function streamed(s: ServerState, gen: Generation, req: OpenAIRequest, kind: Kin
             ),
           ),
         );
-        if (req.includeUsage) {
-          const u = event.usage;
-          send(sse({ ...meta, object, choices: [], usage: usage(u.promptTokens, u.completionTokens, u.cachedTokens) }));
-        }
+        onUsage(event.usage);
       },
       error: (e) => sse(errorBody(e, "openai")),
-      end: (send) => send(encoder.encode("data: [DONE]\n\n")),
     },
     s.logError,
   );
-  return new Response(body, { headers: eventStreamHeaders });
 }

@@ -8,6 +8,8 @@ import {
   messageItem,
   outputText,
   parseResponsesRequest,
+  reasoningItem,
+  reasoningText,
   responseId,
   responsesUsage,
   type ResponsesRequest,
@@ -63,6 +65,7 @@ async function respond(s: ServerState, c: Context, stored: ResponseStore): Promi
     strictMaxTokens: true,
     format: req.format,
     tools: req.tools,
+    thinking: req.thinking,
   });
   const base = responseBase(req, model);
   const keep: Keep = (content, calls) => {
@@ -122,12 +125,13 @@ function finished(base: Base, output: unknown[], finishReason: string, u: Genera
     status: incomplete ? ("incomplete" as const) : ("completed" as const),
     incomplete_details: incomplete ? { reason: "max_output_tokens" } : null,
     output,
-    usage: responsesUsage(u.promptTokens, u.completionTokens, u.cachedTokens),
+    usage: responsesUsage(u.promptTokens, u.completionTokens, u.cachedTokens, u.reasoningTokens),
   };
 }
 
-function outputItems(content: string, calls: ToolCall[], messageId: string) {
+function outputItems(content: string, calls: ToolCall[], messageId: string, reasoning = "") {
   return [
+    ...(reasoning ? [reasoningItem(responseId("rs"), reasoning, "completed")] : []),
     ...(content || calls.length === 0 ? [messageItem(messageId, content, "completed")] : []),
     ...calls.map((call) => functionCallItem(call, "completed")),
   ];
@@ -139,26 +143,61 @@ async function whole(gen: Generation, base: Base, keep: Keep): Promise<Response>
   const { content, calls } = gen.toolFormat ? gen.toolFormat.parse(result.text) : { content: result.text, calls: [] };
   keep(content, calls);
   return Response.json(
-    finished(base, outputItems(content, calls, responseId("msg")), result.done.finishReason, result.done.usage),
+    finished(
+      base,
+      outputItems(content, calls, responseId("msg"), result.reasoning),
+      result.done.finishReason,
+      result.done.usage,
+    ),
   );
 }
 
 function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep): Response {
   const toolCalls = gen.toolFormat && new ToolCallStream(gen.toolFormat);
   const messageId = responseId("msg");
+  const reasoningId = responseId("rs");
   let sequence = 0;
   let text = "";
+  let reasoning = "";
   let messageOpen = false;
+  let reasoningOpen = false;
+  const output: unknown[] = [];
   const emit = (send: Send, data: { type: string; [field: string]: unknown }) =>
     send(namedEvent({ ...data, sequence_number: sequence++ }));
-  const part = { item_id: messageId, output_index: 0, content_index: 0 };
-  const sendText = (delta: string, send: Send) => {
+  let part = { item_id: messageId, output_index: 0, content_index: 0 };
+  const reasoningPart = { item_id: reasoningId, output_index: 0, content_index: 0 };
+  // The reasoning comes first and is done once the answer (or a call) begins.
+  const closeReasoning = (send: Send) => {
+    if (!reasoningOpen) return;
+    reasoningOpen = false;
+    emit(send, { type: "response.reasoning_text.done", ...reasoningPart, text: reasoning });
+    emit(send, { type: "response.content_part.done", ...reasoningPart, part: reasoningText(reasoning) });
+    output.push(reasoningItem(reasoningId, reasoning, "completed"));
+    emit(send, { type: "response.output_item.done", output_index: 0, item: output[0] });
+  };
+  const sendReasoning = (delta: string | undefined, send: Send) => {
     if (!delta) return;
-    if (!messageOpen) {
-      messageOpen = true;
+    if (!reasoningOpen) {
+      reasoningOpen = true;
       emit(send, {
         type: "response.output_item.added",
         output_index: 0,
+        item: reasoningItem(reasoningId, "", "in_progress"),
+      });
+      emit(send, { type: "response.content_part.added", ...reasoningPart, part: reasoningText("") });
+    }
+    reasoning += delta;
+    emit(send, { type: "response.reasoning_text.delta", ...reasoningPart, delta });
+  };
+  const sendText = (delta: string, send: Send) => {
+    if (!delta) return;
+    if (!messageOpen) {
+      closeReasoning(send);
+      messageOpen = true;
+      part = { ...part, output_index: output.length };
+      emit(send, {
+        type: "response.output_item.added",
+        output_index: part.output_index,
         item: messageItem(messageId, "", "in_progress"),
       });
       emit(send, { type: "response.content_part.added", ...part, part: outputText("") });
@@ -174,16 +213,19 @@ function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep): Resp
         emit(send, { type: "response.created", response });
         emit(send, { type: "response.in_progress", response });
       },
-      text: (e, send) => sendText(toolCalls ? toolCalls.push(e.text) : e.text, send),
+      text: (e, send) => {
+        sendReasoning(e.reasoning, send);
+        sendText(toolCalls ? toolCalls.push(e.text) : e.text, send);
+      },
       done: (e, send) => {
         const { content, calls } = toolCalls?.end() ?? { content: "", calls: [] };
         sendText(content, send);
-        const output: unknown[] = [];
+        closeReasoning(send);
         if (messageOpen) {
           emit(send, { type: "response.output_text.done", ...part, text, logprobs: [] });
           emit(send, { type: "response.content_part.done", ...part, part: outputText(text) });
           output.push(messageItem(messageId, text, "completed"));
-          emit(send, { type: "response.output_item.done", output_index: 0, item: output[0] });
+          emit(send, { type: "response.output_item.done", output_index: part.output_index, item: output.at(-1) });
         }
         for (const call of calls) {
           const output_index = output.length;
@@ -212,7 +254,7 @@ function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep): Resp
         keep(text, calls);
         const response = finished(
           base,
-          output.length > 0 ? output : outputItems("", [], messageId),
+          messageOpen || calls.length > 0 ? output : [...output, ...outputItems("", [], messageId)],
           e.finishReason,
           e.usage,
         );

@@ -1,0 +1,46 @@
+// How `mlx run` and `mlx chat` show a thinking model's reasoning: before the answer, dimmed on a
+// terminal and set apart from the answer by a blank line; `--hide-thinking` drops it.
+import type { ArgsDef } from "citty";
+import type { CompletionPiece } from "../engine/generate";
+import type { ThinkingRequest } from "../engine/reasoning";
+import { positiveInteger } from "./options";
+
+export const thinkingArgs = {
+  think: {
+    type: "boolean",
+    description: "Let a model that thinks reason first (--no-think: answer at once; default: the model's own)",
+  },
+  "thinking-budget": { type: "string", description: "Most reasoning tokens before the model must answer" },
+  "hide-thinking": { type: "boolean", description: "Do not show a thinking model's reasoning" },
+} as const satisfies ArgsDef;
+
+/** --think / --no-think and --thinking-budget as the engine's request. */
+export function thinkingFrom(args: Record<string, unknown>): ThinkingRequest | undefined {
+  const enabled = args.think as boolean | undefined;
+  const budgetArg = args["thinking-budget"];
+  const budget = budgetArg === undefined ? undefined : positiveInteger("thinking-budget", budgetArg);
+  if (enabled === false && budget !== undefined) throw new Error("--thinking-budget cannot go with --no-think");
+  return enabled === undefined && budget === undefined ? undefined : { enabled, budget };
+}
+
+const DIM = "\x1b[2m";
+const UNDIM = "\x1b[22m";
+
+/** Turns streamed pieces into what to write: reasoning (unless hidden; dimmed on a terminal), then the answer. */
+export function pieceWriter(o: { hide: boolean; terminal: boolean }): (piece: CompletionPiece) => string {
+  let inReasoning = false;
+  return (piece) => {
+    let out = "";
+    if (piece.reasoning && !o.hide) {
+      if (!inReasoning) out += o.terminal ? DIM : "";
+      inReasoning = true;
+      out += piece.reasoning;
+    }
+    if (piece.text) {
+      if (inReasoning) out += `${o.terminal ? UNDIM : ""}\n\n`;
+      inReasoning = false;
+      out += piece.text;
+    }
+    return out;
+  };
+}

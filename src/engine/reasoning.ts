@@ -1,0 +1,155 @@
+// Models that think (Qwen3, QwQ, DeepSeek-R1 distills) write their reasoning between <think>
+// and </think> before the answer. The engine splits the two once, for every front end: the
+// scheduler passes each sequence's text through a ReasoningSplitter, so API routes and the CLI
+// get reasoning and answer apart. A thinking budget is a logits processor that, once the
+// reasoning has used its tokens, makes the model write the closing tag (as Qwen's and vLLM's
+// thinking budgets do), so the answer always comes.
+import * as mx from "../mlx";
+import type { Tokenizer } from "../tokenizer/tokenizer";
+import type { LogitsProcessor } from "./sampling";
+
+export const THINK_OPEN = "<think>";
+export const THINK_CLOSE = "</think>";
+
+/** What a request asks of a thinking model (undefined fields: the model's own default). */
+export interface ThinkingRequest {
+  /** Think or not; where the template cannot switch thinking off, `false` is a budget of 0. */
+  enabled?: boolean;
+  /** Most reasoning tokens before the model is made to close its reasoning. */
+  budget?: number;
+  /** The request field that asked (named in errors). */
+  param?: string;
+}
+
+/** How a chat template handles thinking: whether it knows the tags, and whether `enable_thinking` switches it. */
+export function thinkingTemplate(chatTemplate: string | undefined): { thinks: boolean; switchable: boolean } {
+  const t = chatTemplate ?? "";
+  return { thinks: t.includes(THINK_OPEN) || t.includes(THINK_CLOSE), switchable: t.includes("enable_thinking") };
+}
+
+/** Whether a rendered prompt ends inside an open <think> (templates that start the reasoning themselves). */
+export function opensThinking(promptTail: string): boolean {
+  return promptTail.lastIndexOf(THINK_OPEN) > promptTail.lastIndexOf(THINK_CLOSE);
+}
+
+export interface SplitText {
+  text: string;
+  reasoning: string;
+}
+
+/** The length of the longest end of `s` that begins `tag` (text to hold back until it is known). */
+function partialTag(s: string, tag: string): number {
+  for (let n = Math.min(tag.length - 1, s.length); n > 0; n--) if (tag.startsWith(s.slice(-n))) return n;
+  return 0;
+}
+
+/**
+ * Streamed text → reasoning and answer. Reasoning is what comes between <think> and </think>,
+ * where <think> is either the answer's first words or already in the prompt (`startsInside`);
+ * a tag split across pieces is held back until it is whole. Whitespace around the tags is
+ * dropped, as Ollama and vLLM do.
+ */
+export class ReasoningSplitter {
+  #inside: boolean;
+  /** Until the answer has begun, a <think> may still open the reasoning. */
+  #answerStarted = false;
+  #pending = "";
+  /** Reasoning shown so far (its leading whitespace is dropped). */
+  #reasoningStarted = false;
+
+  constructor(startsInside: boolean) {
+    this.#inside = startsInside;
+  }
+
+  /** Whether the text so far ends inside the reasoning. */
+  get inside(): boolean {
+    return this.#inside;
+  }
+
+  push(piece: string): SplitText {
+    let buffer = this.#pending + piece;
+    this.#pending = "";
+    const out: SplitText = { text: "", reasoning: "" };
+    while (buffer) {
+      if (this.#inside) {
+        const close = buffer.indexOf(THINK_CLOSE);
+        const end = close >= 0 ? close : buffer.length - partialTag(buffer, THINK_CLOSE);
+        out.reasoning += this.#reasoning(buffer.slice(0, end));
+        if (close < 0) {
+          this.#pending = buffer.slice(end);
+          break;
+        }
+        this.#inside = false;
+        buffer = buffer.slice(close + THINK_CLOSE.length);
+        continue;
+      }
+      if (!this.#answerStarted) {
+        const start = buffer.trimStart();
+        if (!start) break; // whitespace before the answer (or before a <think>) is dropped
+        if (start.startsWith(THINK_OPEN)) {
+          this.#inside = true;
+          buffer = start.slice(THINK_OPEN.length);
+          continue;
+        }
+        if (THINK_OPEN.startsWith(start)) {
+          this.#pending = start;
+          break;
+        }
+        this.#answerStarted = true;
+        buffer = start;
+      }
+      out.text += buffer;
+      break;
+    }
+    return out;
+  }
+
+  /** What was held back, at the end of the text. */
+  flush(): SplitText {
+    const rest = this.#pending;
+    this.#pending = "";
+    if (this.#inside) return { text: "", reasoning: this.#reasoning(rest) };
+    return { text: this.#answerStarted ? rest : rest.trimStart(), reasoning: "" };
+  }
+
+  #reasoning(text: string): string {
+    if (this.#reasoningStarted) return text;
+    const trimmed = text.trimStart();
+    if (trimmed) this.#reasoningStarted = true;
+    return trimmed;
+  }
+}
+
+/**
+ * A logits processor that lets the reasoning run `budget` tokens, then forces the tokens of
+ * "</think>" one by one. It follows the generated text itself (the ids of the tags differ by
+ * vocabulary): the reasoning starts at the prompt's end (`startsInside`) or after a generated
+ * <think>, and once a </think> is written the processor has nothing more to do.
+ */
+export function thinkingBudget(
+  tokenizer: Tokenizer,
+  promptLength: number,
+  budget: number,
+  startsInside: boolean,
+): LogitsProcessor {
+  const close = tokenizer.encode(`${THINK_CLOSE}\n\n`, { addSpecialTokens: false });
+  let seen = promptLength;
+  let tail = "";
+  let openedAt: number | undefined = startsInside ? promptLength : undefined;
+  let closed = false;
+  return (history, logits) => {
+    for (; seen < history.length && !closed; seen++) {
+      tail = (tail + tokenizer.decode([history[seen]!])).slice(-2 * THINK_CLOSE.length);
+      if (openedAt === undefined && tail.includes(THINK_OPEN)) {
+        openedAt = seen + 1;
+        tail = "";
+      } else if (openedAt !== undefined && tail.includes(THINK_CLOSE)) closed = true;
+    }
+    if (closed || openedAt === undefined) return logits;
+    const forced = history.length - openedAt - budget;
+    if (forced < 0 || forced >= close.length) return logits;
+    const index = mx.array(Int32Array.of(close[forced]!), [1, 1]);
+    const only = mx.full(logits.shape, -Infinity, logits.dtype);
+    return mx.putAlongAxis(only, index, mx.takeAlongAxis(logits, index, -1), -1);
+  };
+}

@@ -1,0 +1,41 @@
+// How a model's hidden states become one embedding: a sentence-transformers directory says so
+// in modules.json and its Pooling module's config.json (e.g. 1_Pooling/config.json); any other
+// model is pooled on its last token, as decoder embedding models (Qwen3-Embedding, e5-mistral) are.
+import { existsSync, readFileSync, statSync } from "node:fs";
+import { join } from "node:path";
+import { ModelLoadError } from "./load";
+
+export type Pooling = "last" | "mean" | "cls" | "max";
+
+const POOLING_MODES: [string, Pooling][] = [
+  ["pooling_mode_lasttoken", "last"],
+  ["pooling_mode_mean_tokens", "mean"],
+  ["pooling_mode_cls_token", "cls"],
+  ["pooling_mode_max_tokens", "max"],
+];
+
+/** The pooling of the model at `path` (a directory or a GGUF file). */
+export function modelPooling(path: string): Pooling {
+  const modulesPath = join(path, "modules.json");
+  if (!statSync(path).isDirectory() || !existsSync(modulesPath)) return "last";
+  const modules = readJsonFile(modulesPath);
+  const pooling = Array.isArray(modules)
+    ? modules.find((m) => typeof m?.type === "string" && m.type.endsWith("models.Pooling"))
+    : undefined;
+  if (!pooling) return "last";
+  const config = readJsonFile(join(path, String(pooling.path ?? ""), "config.json"));
+  const modes = POOLING_MODES.filter(([key]) => config?.[key] === true).map(([, mode]) => mode);
+  if (modes.length !== 1)
+    throw new ModelLoadError(
+      `${path}: the sentence-transformers pooling must set exactly one of ${POOLING_MODES.map(([k]) => k).join(", ")}`,
+    );
+  return modes[0]!;
+}
+
+function readJsonFile(path: string): any {
+  try {
+    return JSON.parse(readFileSync(path, "utf8"));
+  } catch (error) {
+    throw new ModelLoadError(`cannot read ${path}: ${(error as Error).message}`);
+  }
+}

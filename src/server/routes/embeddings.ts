@@ -1,0 +1,63 @@
+// Embeddings: OpenAI's POST /v1/embeddings, Ollama's POST /api/embed and the older
+// POST /api/embeddings. The model is held for the request; the vectors come from the engine.
+import { Hono } from "hono";
+import { base64Vector, parseOllamaEmbed, parseOpenAIEmbeddings, type EmbeddingsRequest } from "../../api/embeddings";
+import { nanos } from "../../api/ollama";
+import { readJson } from "../../api/validate";
+import { embed, type Embeddings } from "../../engine/embed";
+import { requestedModel } from "../generation";
+import type { ServerState } from "../state";
+
+export function embeddingsRoutes(s: ServerState): Hono {
+  const r = new Hono();
+
+  r.post("/v1/embeddings", async (c) => {
+    const req = parseOpenAIEmbeddings(await readJson(c.req));
+    const model = requestedModel(s.config, req.model);
+    const { result } = await embedWith(s, model, req);
+    return c.json({
+      object: "list",
+      data: result.vectors.map((v, index) => ({
+        object: "embedding",
+        index,
+        embedding: req.base64 ? base64Vector(v) : v,
+      })),
+      model,
+      usage: { prompt_tokens: result.promptTokens, total_tokens: result.promptTokens },
+    });
+  });
+
+  r.post("/api/embed", async (c) => {
+    const started = performance.now();
+    const req = parseOllamaEmbed(await readJson(c.req), false);
+    const { result, loadMs } = await embedWith(s, req.model, req);
+    return c.json({
+      model: req.model,
+      embeddings: result.vectors,
+      total_duration: nanos(performance.now() - started),
+      load_duration: nanos(loadMs),
+      prompt_eval_count: result.promptTokens,
+    });
+  });
+
+  r.post("/api/embeddings", async (c) => {
+    const req = parseOllamaEmbed(await readJson(c.req), true);
+    const { result } = await embedWith(s, req.model, req);
+    return c.json({ embedding: result.vectors[0] });
+  });
+  return r;
+}
+
+async function embedWith(
+  s: ServerState,
+  model: string,
+  req: EmbeddingsRequest,
+): Promise<{ result: Embeddings; loadMs: number }> {
+  const lease = await s.models.acquire(model, req.keepAlive);
+  try {
+    const result = await embed(lease.entry.lm, req.inputs, { dimensions: req.dimensions, truncate: req.truncate });
+    return { result, loadMs: lease.loadMs };
+  } finally {
+    lease.release();
+  }
+}

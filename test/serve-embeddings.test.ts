@@ -1,0 +1,153 @@
+// Embeddings through the official clients against a real server on loopback (`openai`
+// embeddings.create, `ollama` embed and the older embeddings), `mlx embed` on the command line,
+// the pooling a sentence-transformers config names, and on the real default model: similar
+// sentences closer than unrelated ones.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { cpSync, mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Ollama } from "ollama";
+import OpenAI from "openai";
+import type { RunningServer } from "../src/server/app";
+import { resolveModelPath } from "../src/store/resolve";
+import { cliRunner } from "./helpers/cli";
+import { post, serve } from "./helpers/serve";
+import { tinyDims, writeTinyModel } from "./helpers/tiny-model";
+
+let server: RunningServer;
+let openai: OpenAI;
+let model: string;
+let meanModel: string;
+let home: string;
+
+const norm = (v: number[]) => Math.hypot(...v);
+const dot = (a: number[], b: number[]) => a.reduce((sum, x, i) => sum + x * b[i]!, 0);
+
+beforeAll(() => {
+  const root = mkdtempSync(join(tmpdir(), "mlx-embeddings-"));
+  home = join(root, "home");
+  process.env.MLX_HOME ??= home;
+  model = join(root, "tiny");
+  writeTinyModel(model, { contextLength: 64 });
+  // The same weights as a sentence-transformers model that mean-pools.
+  meanModel = join(root, "tiny-mean");
+  cpSync(model, meanModel, { recursive: true });
+  writeFileSync(
+    join(meanModel, "modules.json"),
+    JSON.stringify([
+      { idx: 0, name: "0", path: "", type: "sentence_transformers.models.Transformer" },
+      { idx: 1, name: "1", path: "1_Pooling", type: "sentence_transformers.models.Pooling" },
+      { idx: 2, name: "2", path: "2_Normalize", type: "sentence_transformers.models.Normalize" },
+    ]),
+  );
+  mkdirSync(join(meanModel, "1_Pooling"));
+  writeFileSync(
+    join(meanModel, "1_Pooling", "config.json"),
+    JSON.stringify({ word_embedding_dimension: tinyDims.hidden, pooling_mode_mean_tokens: true }),
+  );
+  server = serve({ defaultModel: model, maxLoadedModels: 3 });
+  openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0 });
+});
+
+afterAll(() => server.stop());
+
+describe("OpenAI /v1/embeddings", () => {
+  test("a batch: one normalised vector per input, in order; base64 (the client's default) equals float", async () => {
+    const input = ["Hello there", "Goodbye", "Hello there"];
+    const r = await openai.embeddings.create({ model, input });
+    expect(r.data.map((d) => d.index)).toEqual([0, 1, 2]);
+    for (const d of r.data) {
+      expect(d.embedding.length).toBe(tinyDims.hidden);
+      expect(norm(d.embedding)).toBeCloseTo(1, 5);
+    }
+    expect(r.data[2]!.embedding).toEqual(r.data[0]!.embedding);
+    expect(r.usage.prompt_tokens).toBeGreaterThan(3);
+    const float = await post(`${server.url}/v1/embeddings`, { model, input, encoding_format: "float" });
+    float.json.data.forEach((d: { embedding: number[] }, i: number) => {
+      d.embedding.forEach((x, j) => expect(x).toBeCloseTo(r.data[i]!.embedding[j]!, 6));
+    });
+  });
+
+  test("dimensions keeps the first values, normalised again", async () => {
+    const full = (await openai.embeddings.create({ model, input: "Hello there", encoding_format: "float" })).data[0]!;
+    const cut = (await openai.embeddings.create({ model, input: "Hello there", dimensions: 16 })).data[0]!;
+    expect(cut.embedding.length).toBe(16);
+    const prefix = full.embedding.slice(0, 16);
+    cut.embedding.forEach((x, i) => expect(x).toBeCloseTo(prefix[i]! / norm(prefix), 5));
+  });
+
+  test("bad requests are 400s naming the field", async () => {
+    const cases: [unknown, string][] = [
+      [{ model, input: [] }, "input"],
+      [{ model, input: "" }, "input.0"],
+      [{ model, input: "hi", dimensions: 65 }, "dimensions"],
+      [{ model, input: "hi", encoding_format: "int8" }, "encoding_format"],
+      [{ model, input: "hi", truncate_prompt_tokens: 8 }, "truncate_prompt_tokens"],
+      [{ model, input: [[1, 2], [-1]] }, "input.1.0"],
+    ];
+    for (const [body, param] of cases) {
+      const r = await post(`${server.url}/v1/embeddings`, body);
+      expect(r.status).toBe(400);
+      expect(r.json.error.param).toBe(param);
+    }
+    const long = await post(`${server.url}/v1/embeddings`, { model, input: "word ".repeat(200) });
+    expect(long.status).toBe(400);
+    expect(long.json.error.message).toContain("context");
+  });
+});
+
+describe("Ollama /api/embed and /api/embeddings", () => {
+  test("embed a batch (the same vectors as OpenAI's route); truncate by default; the older route", async () => {
+    const ollama = new Ollama({ host: server.url });
+    const r = await ollama.embed({ model, input: ["Hello there", "Goodbye"] });
+    expect(r.embeddings.length).toBe(2);
+    const openaiVectors = (await openai.embeddings.create({ model, input: ["Hello there", "Goodbye"] })).data;
+    r.embeddings.forEach((v, i) => v.forEach((x, j) => expect(x).toBeCloseTo(openaiVectors[i]!.embedding[j]!, 6)));
+    expect(r.prompt_eval_count).toBeGreaterThan(2);
+    const long = await ollama.embed({ model, input: "word ".repeat(200) });
+    expect(long.embeddings[0]!.length).toBe(tinyDims.hidden);
+    await expect(ollama.embed({ model, input: "word ".repeat(200), truncate: false })).rejects.toThrow("context");
+    const legacy = await ollama.embeddings({ model, prompt: "Hello there" });
+    legacy.embedding.forEach((x, j) => expect(x).toBeCloseTo(r.embeddings[0]![j]!, 6));
+  });
+
+  test("a sentence-transformers config's pooling: mean differs from last-token except on one token", async () => {
+    const ollama = new Ollama({ host: server.url });
+    const [last, mean] = await Promise.all(
+      [model, meanModel].map((m) => ollama.embed({ model: m, input: ["Hello there, friend", "a"] })),
+    );
+    expect(dot(last!.embeddings[0]!, mean!.embeddings[0]!)).toBeLessThan(0.999);
+    mean!.embeddings[1]!.forEach((x, j) => expect(x).toBeCloseTo(last!.embeddings[1]![j]!, 5));
+  });
+});
+
+describe("mlx embed", () => {
+  test("one JSON array per input line, the server's vectors; an empty line is an error", async () => {
+    const run = cliRunner(home);
+    const out = await run(["embed", "-m", model, "--dimensions", "8"], "Hello there\nGoodbye\n");
+    expect(out.code).toBe(0);
+    const lines = out.stdout
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as number[]);
+    const served = (await openai.embeddings.create({ model, input: ["Hello there", "Goodbye"], dimensions: 8 })).data;
+    expect(lines.length).toBe(2);
+    lines.forEach((v, i) => v.forEach((x, j) => expect(x).toBeCloseTo(served[i]!.embedding[j]!, 5)));
+    const bad = await run(["embed", "-m", model], "Hello\n\n");
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toContain("line 2 is empty");
+  });
+});
+
+describe("the default model", () => {
+  test("similar sentences are closer than unrelated ones", async () => {
+    const path = await resolveModelPath(undefined);
+    const r = await openai.embeddings.create({
+      model: path,
+      input: ["The cat sits on the mat.", "A cat is sitting on a mat.", "Stock markets fell sharply today."],
+    });
+    const [cat, cat2, stocks] = r.data.map((d) => d.embedding);
+    expect(dot(cat!, cat2!)).toBeGreaterThan(dot(cat!, stocks!) + 0.05);
+    expect(dot(cat!, cat2!)).toBeGreaterThan(dot(cat2!, stocks!) + 0.05);
+  });
+});

@@ -1,0 +1,115 @@
+// Model management over HTTP with the `ollama` client against a real server: pull (streamed
+// progress and stream: false) from a Hugging Face hub served on loopback, copy, delete (a
+// loaded idle model is unloaded first); and llama.cpp's /tokenize, /detokenize, /apply-template.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Ollama } from "ollama";
+import type { RunningServer } from "../src/server/app";
+import { readManifest } from "../src/store/manifest";
+import { post, serve } from "./helpers/serve";
+import { startHfHub, type TestServer } from "./helpers/store";
+import { writeTinyModel } from "./helpers/tiny-model";
+
+let server: RunningServer;
+let ollama: Ollama;
+let hub: { hub: TestServer; storage: TestServer };
+let local: string;
+
+beforeAll(async () => {
+  const root = mkdtempSync(join(tmpdir(), "mlx-serve-models-"));
+  process.env.MLX_HOME = join(root, "home");
+  local = join(root, "tiny");
+  writeTinyModel(local);
+  const files = new Map(readdirSync(local).map((name) => [name, new Uint8Array(readFileSync(join(local, name)))]));
+  hub = await startHfHub({ "org/tiny": { files } });
+  process.env.HF_ENDPOINT = hub.hub.url;
+  server = serve({ defaultModel: local });
+  ollama = new Ollama({ host: server.url });
+});
+
+afterAll(async () => {
+  await server.stop();
+  await Promise.all([hub.hub.close(), hub.storage.close()]);
+});
+
+describe("Ollama model management", () => {
+  test("pull streams progress up to success; a second pull finds it stored; stream: false", async () => {
+    const statuses: string[] = [];
+    let completed = 0;
+    let total = 0;
+    for await (const p of await ollama.pull({ model: "hf:org/tiny", stream: true })) {
+      statuses.push(p.status);
+      if (p.total) ({ completed, total } = p);
+    }
+    expect(statuses[0]).toBe("pulling manifest");
+    expect(statuses).toContain("pulling org/tiny");
+    expect(statuses.slice(-3)).toEqual(["verifying sha256 digest", "writing manifest", "success"]);
+    expect(completed).toBe(total);
+    expect(total).toBe(readManifest("org/tiny")!.totalBytes);
+    const downloads = hub.hub.requests.length;
+    expect((await ollama.pull({ model: "org/tiny", stream: false })).status).toBe("success");
+    expect(hub.hub.requests.length).toBe(downloads);
+    const tags = await ollama.list();
+    expect(tags.models.map((m) => m.name)).toContain("org/tiny");
+  });
+
+  test("pull errors: a path on the server's disk is refused; a repo the hub lacks fails in the stream", async () => {
+    await expect(ollama.pull({ model: local, stream: false })).rejects.toThrow("cannot pull");
+    const statuses: string[] = [];
+    const pulling = async () => {
+      for await (const p of await ollama.pull({ model: "hf:org/missing", stream: true })) statuses.push(p.status);
+    };
+    await expect(pulling()).rejects.toThrow("pulling 'org/missing' failed");
+    expect(statuses).toEqual(["pulling manifest"]);
+  });
+
+  test("copy shares the files; delete unloads an idle model first; unknown names are 404s", async () => {
+    await ollama.copy({ source: "org/tiny", destination: "tiny-copy" });
+    expect(readManifest("tiny-copy")!.files).toEqual(readManifest("org/tiny")!.files);
+    // Loaded (and so in use by this process) until delete unloads it.
+    const answer = await ollama.generate({ model: "tiny-copy", prompt: "Hi", options: { num_predict: 2 } });
+    expect(answer.done).toBe(true);
+    expect(server.state.models.find("tiny-copy")).toBeDefined();
+    await ollama.delete({ model: "tiny-copy" });
+    expect(server.state.models.find("tiny-copy")).toBeUndefined();
+    expect(readManifest("tiny-copy")).toBeUndefined();
+    expect(readManifest("org/tiny")).toBeDefined();
+    await expect(ollama.delete({ model: "tiny-copy" })).rejects.toMatchObject({ status_code: 404 });
+    await expect(ollama.copy({ source: "nothing", destination: "x" })).rejects.toMatchObject({ status_code: 404 });
+  });
+});
+
+describe("llama.cpp utilities", () => {
+  test("tokenize (with pieces), detokenize back, apply-template as a generation renders it", async () => {
+    const ids = (await post(`${server.url}/tokenize`, { content: "Hello world" })).json.tokens as number[];
+    expect(ids.length).toBeGreaterThan(1);
+    const pieces = (await post(`${server.url}/tokenize`, { content: "Hello world", with_pieces: true })).json.tokens;
+    expect(pieces.map((p: { id: number }) => p.id)).toEqual(ids);
+    expect(pieces.map((p: { piece: string }) => p.piece).join("")).toBe("Hello world");
+    expect((await post(`${server.url}/detokenize`, { tokens: ids })).json.content).toBe("Hello world");
+    const messages = [{ role: "user", content: "Hi" }];
+    const { prompt } = (await post(`${server.url}/apply-template`, { messages })).json;
+    expect(prompt).toContain("<|im_start|>user\nHi<|im_end|>");
+    // The prompt it shows is the one a chat completion reads.
+    const promptIds = (await post(`${server.url}/tokenize`, { content: prompt })).json.tokens;
+    const chat = await post(`${server.url}/v1/chat/completions`, { messages, max_tokens: 1 });
+    expect(chat.json.usage.prompt_tokens).toBe(promptIds.length);
+  });
+
+  test("bad requests are 400s naming the field", async () => {
+    const cases: [string, unknown, string][] = [
+      ["/tokenize", {}, "content"],
+      ["/tokenize", { content: "x", parse_special: false }, "parse_special"],
+      ["/detokenize", { tokens: [1, -2] }, "tokens.1"],
+      ["/detokenize", { tokens: [1, 10_000_000] }, "tokens.1"],
+      ["/apply-template", { messages: [{ role: "user", content: "x" }], temperature: 1 }, "temperature"],
+    ];
+    for (const [path, body, param] of cases) {
+      const r = await post(`${server.url}${path}`, body);
+      expect(r.status).toBe(400);
+      expect(r.json.error.param).toBe(param);
+    }
+  });
+});

@@ -1,0 +1,227 @@
+// Reasoning split from the answer, once in the engine, for every API family and the CLI. The
+// splitter on its own over awkwardly cut pieces; then a tiny random-weight qwen3 whose chat
+// template opens <think> itself (and closes it at once with enable_thinking false), so its
+// reasoning is deterministic: greedy gibberish inside the tags until the thinking budget
+// forces </think>, then the answer. Official clients against a real server on loopback.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import Anthropic from "@anthropic-ai/sdk";
+import { Ollama } from "ollama";
+import OpenAI from "openai";
+import { ReasoningSplitter } from "../src/engine/reasoning";
+import type { RunningServer } from "../src/server/app";
+import { cliRunner } from "./helpers/cli";
+import { post, serve } from "./helpers/serve";
+import { writeTinyModel } from "./helpers/tiny-model";
+
+/** Qwen3-style: `enable_thinking` false writes an empty reasoning; otherwise the prompt opens <think>. */
+const thinkingTemplate =
+  "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endfor %}" +
+  "{%- if add_generation_prompt %}<|im_start|>assistant\n" +
+  "{%- if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{%- else %}<think>\n{%- endif %}{%- endif %}";
+
+function split(pieces: string[], startsInside: boolean) {
+  const s = new ReasoningSplitter(startsInside);
+  const out = { text: "", reasoning: "" };
+  for (const piece of [...pieces.map((p) => s.push(p)), s.flush()]) {
+    out.text += piece.text;
+    out.reasoning += piece.reasoning;
+  }
+  return out;
+}
+
+describe("ReasoningSplitter", () => {
+  test("tags cut across pieces, whitespace around them dropped", () => {
+    expect(split(["<th", "ink>\nI should", " say hi.\n</thi", "nk>\n\nHello", "!"], false)).toEqual({
+      reasoning: "I should say hi.\n",
+      text: "Hello!",
+    });
+  });
+  test("reasoning the prompt opened; no tags at all; a <think> later in the answer is text", () => {
+    expect(split(["first ", "this</think>", "then that"], true)).toEqual({
+      reasoning: "first this",
+      text: "then that",
+    });
+    expect(split(["just ", "an answer"], false)).toEqual({ reasoning: "", text: "just an answer" });
+    expect(split(["a <think> b"], false)).toEqual({ reasoning: "", text: "a <think> b" });
+  });
+  test("an unclosed reasoning is all reasoning; a held-back partial tag comes out at the end", () => {
+    expect(split(["<think>still going </thi"], false)).toEqual({ reasoning: "still going </thi", text: "" });
+    expect(split(["<thi"], false)).toEqual({ reasoning: "", text: "<thi" });
+  });
+});
+
+let server: RunningServer;
+let model: string;
+let plainModel: string;
+let home: string;
+let openai: OpenAI;
+const hi = [{ role: "user" as const, content: "Hi" }];
+
+beforeAll(() => {
+  const root = mkdtempSync(join(tmpdir(), "mlx-reasoning-"));
+  home = join(root, "home");
+  process.env.MLX_HOME ??= home;
+  model = join(root, "thinker");
+  writeTinyModel(model, { modelType: "qwen3", contextLength: 512, chatTemplate: thinkingTemplate });
+  plainModel = join(root, "plain");
+  writeTinyModel(plainModel, { contextLength: 512 });
+  server = serve({ defaultModel: model, maxLoadedModels: 2 });
+  openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0 });
+});
+
+afterAll(() => server.stop());
+
+describe("OpenAI chat", () => {
+  test("reasoning_content apart from content; the budget closes the reasoning; the stream says the same", async () => {
+    const body = { model, messages: hi, max_tokens: 24, temperature: 0, thinking_budget: 4 };
+    const r = await post(`${server.url}/v1/chat/completions`, body);
+    expect(r.status).toBe(200);
+    const message = r.json.choices[0].message;
+    expect(message.reasoning_content.length).toBeGreaterThan(0);
+    expect(message.content.length).toBeGreaterThan(0);
+    for (const text of [message.content, message.reasoning_content]) expect(text).not.toContain("think>");
+    const reasoningTokens = r.json.usage.completion_tokens_details.reasoning_tokens;
+    expect(reasoningTokens).toBeGreaterThanOrEqual(4);
+    expect(reasoningTokens).toBeLessThan(r.json.usage.completion_tokens);
+
+    let reasoning = "";
+    let content = "";
+    const stream = await openai.chat.completions.create({ ...body, stream: true } as never);
+    for await (const chunk of stream as unknown as AsyncIterable<OpenAI.ChatCompletionChunk>) {
+      const delta = chunk.choices[0]?.delta as { content?: string; reasoning_content?: string } | undefined;
+      reasoning += delta?.reasoning_content ?? "";
+      content += delta?.content ?? "";
+    }
+    expect({ reasoning, content }).toEqual({ reasoning: message.reasoning_content, content: message.content });
+  });
+
+  test("thinking off through the template (reasoning_effort none, chat_template_kwargs)", async () => {
+    for (const off of [{ reasoning_effort: "none" }, { chat_template_kwargs: { enable_thinking: false } }]) {
+      const r = await post(`${server.url}/v1/chat/completions`, { model, messages: hi, max_tokens: 8, ...off });
+      expect(r.status).toBe(200);
+      expect(r.json.choices[0].message.reasoning_content).toBeUndefined();
+      expect(r.json.choices[0].message.content.length).toBeGreaterThan(0);
+      expect(r.json.usage.completion_tokens_details.reasoning_tokens).toBe(0);
+    }
+  });
+
+  test("asking a model without <think> in its template to think is a 400; unknown template variables too", async () => {
+    const r = await post(`${server.url}/v1/chat/completions`, {
+      model: plainModel,
+      messages: hi,
+      reasoning_effort: "high",
+    });
+    expect(r.status).toBe(400);
+    expect(r.json.error.message).toContain("does not think");
+    const bad = await post(`${server.url}/v1/chat/completions`, {
+      model,
+      messages: hi,
+      chat_template_kwargs: { add_vision_id: true },
+    });
+    expect(bad.status).toBe(400);
+    expect(bad.json.error.param).toBe("chat_template_kwargs.add_vision_id");
+  });
+});
+
+describe("the other API families", () => {
+  test("Ollama: think true gives message.thinking, think false none", async () => {
+    const ollama = new Ollama({ host: server.url });
+    expect((await ollama.show({ model })).capabilities).toContain("thinking");
+    expect((await ollama.show({ model: plainModel })).capabilities).not.toContain("thinking");
+    const on = await ollama.chat({
+      model,
+      messages: hi,
+      think: true,
+      stream: false,
+      options: { num_predict: 6, temperature: 0 },
+    });
+    expect(on.message.thinking!.length).toBeGreaterThan(0);
+    expect(on.message.content).toBe("");
+    const off = await ollama.chat({
+      model,
+      messages: hi,
+      think: false,
+      stream: false,
+      options: { num_predict: 6, temperature: 0 },
+    });
+    expect(off.message.thinking).toBeUndefined();
+    expect(off.message.content.length).toBeGreaterThan(0);
+    let thinking = "";
+    for await (const part of await ollama.generate({
+      model,
+      prompt: "Hi",
+      think: true,
+      stream: true,
+      options: { num_predict: 6, temperature: 0 },
+    }))
+      thinking += part.thinking ?? "";
+    expect(thinking).toBe(on.message.thinking!);
+  });
+
+  test("Anthropic: a thinking block before the text, whole and streamed", async () => {
+    const client = new Anthropic({ baseURL: server.url, apiKey: "unused", maxRetries: 0 });
+    const params = {
+      model,
+      max_tokens: 24,
+      temperature: 0,
+      messages: hi,
+      thinking: { type: "enabled" as const, budget_tokens: 4 },
+    };
+    const whole = await client.messages.create(params);
+    expect(whole.content.map((b) => b.type)).toEqual(["thinking", "text"]);
+    const thinking = (whole.content[0] as Anthropic.ThinkingBlock).thinking;
+    expect(thinking.length).toBeGreaterThan(0);
+    const streamed = await client.messages.stream(params).finalMessage();
+    expect(streamed.content.map((b) => (b.type === "text" ? b.text : b.type === "thinking" ? b.thinking : ""))).toEqual(
+      whole.content.map((b) => (b.type === "text" ? b.text : b.type === "thinking" ? b.thinking : "")),
+    );
+    const disabled = await client.messages.create({ ...params, thinking: { type: "disabled" } });
+    expect(disabled.content.map((b) => b.type)).toEqual(["text"]);
+    // count_tokens renders the prompt as that request does: the template's empty reasoning included.
+    const counted = await client.messages.countTokens({ model, messages: hi, thinking: { type: "disabled" } });
+    expect(counted.input_tokens).toBe(disabled.usage.input_tokens + (disabled.usage.cache_read_input_tokens ?? 0));
+    const countedOn = await client.messages.countTokens({ model, messages: hi });
+    expect(countedOn.input_tokens).toBeLessThan(counted.input_tokens);
+  });
+
+  test("Responses: a reasoning item first; effort none switches it off", async () => {
+    const r = await openai.responses.create({ model, input: "Hi", max_output_tokens: 6, temperature: 0 });
+    expect(r.output[0]!.type).toBe("reasoning");
+    const item = r.output[0] as OpenAI.Responses.ResponseReasoningItem;
+    expect(item.content![0]!.text.length).toBeGreaterThan(0);
+    expect(r.usage!.output_tokens_details.reasoning_tokens).toBe(6);
+    let streamed = "";
+    const stream = openai.responses.stream({ model, input: "Hi", max_output_tokens: 6, temperature: 0 });
+    for await (const event of stream) if (event.type === "response.reasoning_text.delta") streamed += event.delta;
+    expect(streamed).toBe(item.content![0]!.text);
+    const off = await openai.responses.create({
+      model,
+      input: "Hi",
+      max_output_tokens: 6,
+      reasoning: { effort: "none" },
+    });
+    expect(off.output.map((o) => o.type)).toEqual(["message"]);
+  });
+});
+
+describe("mlx run", () => {
+  test("--json puts the reasoning in its own field; --hide-thinking drops it; --no-think answers at once", async () => {
+    const run = cliRunner(home);
+    const args = ["run", "-m", model, "--max-tokens", "20", "--thinking-budget", "4", "Hi"];
+    const json = await run([...args, "--json"]);
+    expect(json.code).toBe(0);
+    const result = JSON.parse(json.stdout);
+    expect(result.reasoning.length).toBeGreaterThan(0);
+    expect(result.text.length).toBeGreaterThan(0);
+    // Not a terminal: no dimming, the reasoning and a blank line before the answer.
+    const shown = await run(args);
+    expect(shown.stdout).toBe(`${result.reasoning}\n\n${result.text}\n`);
+    const hidden = await run([...args, "--hide-thinking"]);
+    expect(hidden.stdout).toBe(`${result.text}\n`);
+    const noThink = await run(["run", "-m", model, "--max-tokens", "6", "--no-think", "--json", "Hi"]);
+    expect(JSON.parse(noThink.stdout).reasoning).toBeUndefined();
+  });
+});
