@@ -5,7 +5,16 @@ import { join } from "node:path";
 import { storeRoot } from "../store/paths";
 import { fail, setVerbose } from "./log";
 import { openModel } from "./open-model";
-import { kvCacheArgs, kvQuantizationFrom, modelArg, positiveInteger, samplingArgs, samplingFrom } from "./options";
+import {
+  adapterArg,
+  adapterFrom,
+  kvCacheArgs,
+  kvQuantizationFrom,
+  modelArg,
+  positiveInteger,
+  samplingArgs,
+  samplingFrom,
+} from "./options";
 import { ChatSession } from "./chat/session";
 import { LineInput } from "./chat/input";
 import { runCommand } from "./chat/commands";
@@ -14,6 +23,7 @@ export default defineCommand({
   meta: { name: "chat", description: "Chat with a model in the terminal (/help inside lists the commands)" },
   args: {
     ...modelArg,
+    ...adapterArg,
     system: { type: "string", description: "System prompt" },
     "max-tokens": { type: "string", description: "Most tokens per answer", default: "1024" },
     ...samplingArgs,
@@ -33,7 +43,10 @@ export default defineCommand({
         stats: Boolean(args.stats),
       };
       const modelName = args.model ?? "default model";
-      const lm = await openModel(args.model, kvQuantizationFrom(args, args.model));
+      const lm = await openModel(args.model, {
+        kvQuantization: kvQuantizationFrom(args, args.model),
+        adapter: adapterFrom(args, args.model),
+      });
       input = new LineInput(join(storeRoot(), "chat_history"));
       const say = (text: string) => process.stderr.write(`${text}\n`);
       const session = new ChatSession(lm, modelName, settings, say);

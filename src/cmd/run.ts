@@ -4,6 +4,8 @@ import { soloScheduler, streamCompletion, type CompletionResult } from "../engin
 import { fail, setVerbose } from "./log";
 import { openModel } from "./open-model";
 import {
+  adapterArg,
+  adapterFrom,
   formatArgs,
   formatFrom,
   kvCacheArgs,
@@ -22,6 +24,7 @@ export default defineCommand({
   args: {
     prompt: { type: "positional", required: false, description: "The prompt; text piped on stdin is appended to it" },
     ...modelArg,
+    ...adapterArg,
     system: { type: "string", description: "System prompt" },
     "max-tokens": { type: "string", description: "Most tokens to generate", default: "512" },
     ...samplingArgs,
@@ -47,7 +50,10 @@ export default defineCommand({
       const maxTokens = positiveInteger("max-tokens", args["max-tokens"]);
       const output = await formatFrom(args); // before loading the model: a bad schema fails fast
       const text = await readPrompt(args.prompt);
-      const lm = await openModel(args.model, kvQuantizationFrom(args, args.model));
+      const lm = await openModel(args.model, {
+        kvQuantization: kvQuantizationFrom(args, args.model),
+        adapter: adapterFrom(args, args.model),
+      });
       const controller = new AbortController();
       process.once("SIGINT", () => controller.abort());
       // A batch of one through the scheduler that serves `mlx serve`.

@@ -11,6 +11,7 @@ import { StopMatcher } from "./stop";
 import type { AdaptiveTuner, TunerAdjustment } from "./tuner";
 import type { PrefixCache } from "./prefix-cache";
 import * as mx from "../mlx";
+import type { Adapter } from "../models/lora";
 
 export interface GenerationRequest {
   promptIds: number[];
@@ -22,6 +23,8 @@ export interface GenerationRequest {
   /** How many alternatives to report per token (0: none). */
   topLogprobs?: number;
   signal?: AbortSignal;
+  /** A LoRA/DoRA adapter of this model for this request alone (default: the model's own, if any). */
+  adapter?: Adapter;
 }
 
 export interface TokenLogprob {
@@ -198,6 +201,7 @@ export class Scheduler {
       maxTokens: request.maxTokens,
       processors: request.processors,
       keepLogprobs: (request.topLogprobs ?? 0) > 0,
+      adapter: request.adapter ?? this.lm.adapter,
     });
     // A signal that fired before the request got here fires no event: it ends at once.
     if (request.signal?.aborted) this.#finish(id, "cancelled");
