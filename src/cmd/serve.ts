@@ -3,7 +3,8 @@ import { defineCommand } from "citty";
 import pkg from "../../package.json" with { type: "json" };
 import { parseKeepAlive } from "../api/ollama";
 import { startServer } from "../server/app";
-import { basename, resolve } from "node:path";
+import { existsSync } from "node:fs";
+import { basename, join, resolve } from "node:path";
 import { fail, log, setVerbose } from "./log";
 import { kvCacheArgs, kvQuantizationFrom, list, positiveInteger } from "./options";
 
@@ -24,6 +25,8 @@ function servedAdapters(
     const dir = resolve(eq > 0 ? spec.slice(eq + 1) : spec);
     const name = eq > 0 ? spec.slice(0, eq) : basename(dir);
     if (!name || served.has(name)) throw new Error(`--adapter '${spec}': the name '${name}' is empty or given twice`);
+    if (!existsSync(join(dir, "adapter_config.json")))
+      throw new Error(`--adapter '${spec}': ${dir} has no adapter_config.json (expected an mlx-lm adapter directory)`);
     served.set(name, { base, dir });
   }
   return served;

@@ -84,6 +84,11 @@ export class ModelRegistry {
     return [...this.#byPath.values()];
   }
 
+  /** The names serve --adapter added (a base plus an adapter each). */
+  get adapterNames(): string[] {
+    return [...(this.options.adapters?.keys() ?? [])];
+  }
+
   /** The loaded model a name refers to, if any (no resolving, no loading). */
   find(name: string): LoadedEntry | undefined {
     const path = this.#pathOf.get(name);
