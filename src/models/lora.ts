@@ -15,7 +15,7 @@ import { AdapterError } from "../errors";
 export interface AdaptableLayer {
   inputs: number;
   outputs: number;
-  /** The weight [out, in] in floating point (dequantized when stored quantized); the caller frees it. */
+  /** The weight [out, in] in floating point (dequantized when stored quantized); call it inside mx.scope. */
   dense(): MxArray;
 }
 
