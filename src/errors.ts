@@ -53,6 +53,11 @@ export class UnsupportedError extends Error {
   }
 }
 
+/** An adapter directory that is missing, malformed, or does not fit the model it is applied to. */
+export class AdapterError extends Error {
+  override name = "AdapterError";
+}
+
 /** Too many generations already wait for this model. */
 export class QueueFullError extends Error {
   override name = "QueueFullError";

@@ -9,6 +9,7 @@ const main = defineCommand({
     run: () => import("./cmd/run").then((m) => m.default),
     chat: () => import("./cmd/chat").then((m) => m.default),
     convert: () => import("./cmd/convert").then((m) => m.default),
+    fuse: () => import("./cmd/fuse").then((m) => m.default),
     pull: () => import("./cmd/pull").then((m) => m.default),
     list: () => import("./cmd/list").then((m) => m.default),
     show: () => import("./cmd/show").then((m) => m.default),

@@ -5,9 +5,8 @@ import { defineCommand } from "citty";
 import { writeFileSync } from "node:fs";
 import { basename } from "node:path";
 import { clearMemoryCache } from "../engine/device";
-import { loadModel, type LoadedModel } from "../models/load";
+import type { LoadedModel } from "../models/load";
 import { loadAliases } from "../store/aliases";
-import { resolveModelPath } from "../store/resolve";
 import { benchLoadedModel, type ModelBenchResult } from "../bench/model";
 import { benchRemoteModel } from "../bench/remote";
 import { remoteModel, type RemoteModel } from "../providers";
@@ -36,7 +35,8 @@ import {
   type SuitePrompt,
 } from "../bench/suite";
 import { fail, log, setVerbose } from "./log";
-import { kvCacheArgs, kvQuantizationFrom, list, positiveInteger } from "./options";
+import { adapterArg, adapterFrom, kvCacheArgs, kvQuantizationFrom, list, positiveInteger } from "./options";
+import { openModel } from "./open-model";
 
 export default defineCommand({
   meta: {
@@ -45,6 +45,7 @@ export default defineCommand({
   },
   args: {
     ...kvCacheArgs,
+    ...adapterArg,
     model: {
       type: "string",
       alias: "m",
@@ -167,9 +168,7 @@ async function eachModel<T>(
         continue;
       }
       progress(`${name}: loading`);
-      lm = loadModel(await resolveModelPath(spec));
-      lm.kvQuantization = kvQuantizationFrom(args, spec);
-      for (const note of lm.notes) log.warn(note);
+      lm = await openModel(spec, { kvQuantization: kvQuantizationFrom(args, spec), adapter: adapterFrom(args, spec) });
       results.push(await bench(lm, name));
     } catch (error) {
       const message = (error instanceof Error ? error.message : String(error)).split("\n")[0]!;

@@ -6,7 +6,16 @@ import { storeRoot } from "../store/paths";
 import { fail, setVerbose } from "./log";
 import { openModel } from "./open-model";
 import { remoteModel } from "../providers";
-import { kvCacheArgs, kvQuantizationFrom, modelArg, positiveInteger, samplingArgs, samplingFrom } from "./options";
+import {
+  adapterArg,
+  adapterFrom,
+  kvCacheArgs,
+  kvQuantizationFrom,
+  modelArg,
+  positiveInteger,
+  samplingArgs,
+  samplingFrom,
+} from "./options";
 import { ChatSession } from "./chat/session";
 import { thinkingArgs, thinkingFrom } from "./thinking";
 import { LineInput } from "./chat/input";
@@ -16,6 +25,7 @@ export default defineCommand({
   meta: { name: "chat", description: "Chat with a model in the terminal (/help inside lists the commands)" },
   args: {
     ...modelArg,
+    ...adapterArg,
     system: { type: "string", description: "System prompt" },
     "max-tokens": { type: "string", description: "Most tokens per answer", default: "1024" },
     ...samplingArgs,
@@ -38,7 +48,12 @@ export default defineCommand({
         hideThinking: Boolean(args["hide-thinking"]),
       };
       const modelName = args.model ?? "default model";
-      const model = remoteModel(args.model) ?? (await openModel(args.model, kvQuantizationFrom(args, args.model)));
+      const model =
+        remoteModel(args.model) ??
+        (await openModel(args.model, {
+          kvQuantization: kvQuantizationFrom(args, args.model),
+          adapter: adapterFrom(args, args.model),
+        }));
       input = new LineInput(join(storeRoot(), "chat_history"));
       const say = (text: string) => process.stderr.write(`${text}\n`);
       const session = new ChatSession(model, modelName, settings, say);

@@ -2,6 +2,7 @@
 // layers get the line (and hint) that suits a terminal; anything else its message's first line.
 import { SchemaError } from "../engine/grammar";
 import {
+  AdapterError,
   ContextLengthError,
   InvalidParameterError,
   ModelNotFoundError,
@@ -17,7 +18,7 @@ export function errorLine(error: unknown): string {
   if (error instanceof InvalidParameterError) return `invalid option: ${first}`;
   if (error instanceof ContextLengthError) return `${first}; shorten the prompt or use a model with a longer context`;
   if (error instanceof ModelNotFoundError) return `${first} (mlx list shows the stored models)`;
-  if (error instanceof ModelPullError || error instanceof ModelLoadError) return first;
+  if (error instanceof ModelPullError || error instanceof ModelLoadError || error instanceof AdapterError) return first;
   if (error instanceof SchemaError || error instanceof UnsupportedError) return first;
   if (error instanceof QueueFullError) return `${first}; try again in a moment`;
   return first;

@@ -3,12 +3,21 @@
 import { loadModel, type LoadedModel } from "../models/load";
 import { resolveModelPath } from "../store/resolve";
 import { repairHint } from "../store/store";
-import { aliasKvQuantization } from "../store/aliases";
+import { aliasAdapter, aliasKvQuantization } from "../store/aliases";
+import { loadAdapter } from "../models/lora";
+import type { KvQuantization } from "../models/cache";
 import { log } from "./log";
+
+export interface OpenOptions {
+  /** Default: the alias's kv_bits. */
+  kvQuantization?: KvQuantization;
+  /** A LoRA/DoRA adapter directory applied to every generation (default: the alias's adapter). */
+  adapter?: string;
+}
 
 export async function openModel(
   spec: string | undefined,
-  kvQuantization = aliasKvQuantization(spec),
+  { kvQuantization = aliasKvQuantization(spec), adapter = aliasAdapter(spec) }: OpenOptions = {},
 ): Promise<LoadedModel> {
   const path = await resolveModelPath(spec);
   const started = performance.now();
@@ -21,6 +30,15 @@ export async function openModel(
     throw new Error(`${(error as Error).message}; ${hint}`);
   }
   lm.kvQuantization = kvQuantization;
+  if (adapter) {
+    try {
+      lm.adapter = loadAdapter(adapter, lm.weights.lora);
+    } catch (error) {
+      lm.free();
+      throw error;
+    }
+    log.debug(`adapter ${adapter}: ${lm.adapter.layers.size} layers (${lm.adapter.kind})`);
+  }
   for (const note of lm.notes) log.warn(note);
   log.debug(`loaded ${path} in ${((performance.now() - started) / 1000).toFixed(2)} s`);
   return lm;

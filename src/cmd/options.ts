@@ -5,7 +5,7 @@ import { readFileSync } from "node:fs";
 import { defaultSampling, validateSampling, type SamplingParams } from "../engine/sampling";
 import { validateSchema, type JsonFormat } from "../engine/grammar";
 import type { KvQuantization } from "../models/cache";
-import { aliasKvQuantization } from "../store/aliases";
+import { aliasAdapter, aliasKvQuantization } from "../store/aliases";
 
 export const modelArg = {
   model: {
@@ -15,6 +15,25 @@ export const modelArg = {
       "Model: an alias from models.toml, a model directory, or a .gguf file (default: the models.toml default)",
   },
 } as const satisfies ArgsDef;
+
+export const adapterArg = {
+  adapter: {
+    type: "string",
+    description: "A LoRA/DoRA adapter directory (mlx-lm's adapter_config.json + adapters.safetensors) to apply",
+  },
+} as const satisfies ArgsDef;
+
+/** --adapter, or else the adapter models.toml gives the model `spec`; not both. */
+export function adapterFrom(args: Record<string, unknown>, spec: string | undefined): string | undefined {
+  const flag = args.adapter as string | undefined;
+  const alias = aliasAdapter(spec);
+  if (flag !== undefined && alias !== undefined)
+    throw new Error(
+      `model '${spec}' already has an adapter in models.toml (${alias}); give its base model with --adapter`,
+    );
+  if (flag !== undefined && !flag.trim()) throw new Error("--adapter needs a directory");
+  return flag ?? alias;
+}
 
 export const samplingArgs = {
   temp: { type: "string", description: "Sampling temperature; 0 is greedy", default: "0" },

@@ -4,6 +4,8 @@ import { soloScheduler, streamCompletion, type CompletionResult } from "../engin
 import { fail, setVerbose } from "./log";
 import { openModel } from "./open-model";
 import {
+  adapterArg,
+  adapterFrom,
   formatArgs,
   formatFrom,
   kvCacheArgs,
@@ -24,6 +26,7 @@ export default defineCommand({
   args: {
     prompt: { type: "positional", required: false, description: "The prompt; text piped on stdin is appended to it" },
     ...modelArg,
+    ...adapterArg,
     system: { type: "string", description: "System prompt" },
     "max-tokens": { type: "string", description: "Most tokens to generate", default: "512" },
     ...samplingArgs,
@@ -62,7 +65,12 @@ export default defineCommand({
       // The remote provider, or a batch of one through the scheduler that serves `mlx serve`.
       const scheduler = remote
         ? undefined
-        : soloScheduler(await openModel(args.model, kvQuantizationFrom(args, args.model)));
+        : soloScheduler(
+            await openModel(args.model, {
+              kvQuantization: kvQuantizationFrom(args, args.model),
+              adapter: adapterFrom(args, args.model),
+            }),
+          );
       const stream = remote
         ? streamRemoteCompletion(remote, { ...spec, sampling: remoteSampling(sampling) }, controller.signal)
         : streamCompletion(scheduler!, { ...spec, sampling, thinking: thinkingFrom(args), signal: controller.signal });

@@ -3,6 +3,8 @@ import { defineCommand } from "citty";
 import pkg from "../../package.json" with { type: "json" };
 import { parseKeepAlive } from "../api/ollama";
 import { startServer } from "../server/app";
+import { existsSync } from "node:fs";
+import { basename, join, resolve } from "node:path";
 import { fail, log, setVerbose } from "./log";
 import { kvCacheArgs, kvQuantizationFrom, list, positiveInteger } from "./options";
 
@@ -10,6 +12,24 @@ function nonNegative(name: string, value: unknown): number {
   const n = Number(value);
   if (!Number.isFinite(n) || n < 0) throw new Error(`--${name} must be a number >= 0 (got '${value}')`);
   return n;
+}
+
+/** --adapter NAME=DIR (or DIR, named after its directory): model names for the default model plus an adapter. */
+function servedAdapters(
+  specs: string[],
+  base: string | undefined,
+): Map<string, { base: string | undefined; dir: string }> {
+  const served = new Map<string, { base: string | undefined; dir: string }>();
+  for (const spec of specs) {
+    const eq = spec.indexOf("=");
+    const dir = resolve(eq > 0 ? spec.slice(eq + 1) : spec);
+    const name = eq > 0 ? spec.slice(0, eq) : basename(dir);
+    if (!name || served.has(name)) throw new Error(`--adapter '${spec}': the name '${name}' is empty or given twice`);
+    if (!existsSync(join(dir, "adapter_config.json")))
+      throw new Error(`--adapter '${spec}': ${dir} has no adapter_config.json (expected an mlx-lm adapter directory)`);
+    served.set(name, { base, dir });
+  }
+  return served;
 }
 
 export default defineCommand({
@@ -20,6 +40,11 @@ export default defineCommand({
       type: "string",
       alias: "m",
       description: "Load this model at start, keep it loaded, and use it when a request names none",
+    },
+    adapter: {
+      type: "string",
+      description:
+        "Also serve the default model plus this LoRA/DoRA adapter, as NAME=DIR or DIR (named after the directory); repeatable",
     },
     host: {
       type: "string",
@@ -88,6 +113,7 @@ export default defineCommand({
           args["target-itl-ms"] === undefined ? undefined : positiveInteger("target-itl-ms", args["target-itl-ms"]),
         prefixCacheBytes: nonNegative("prefix-cache-mb", args["prefix-cache-mb"]) * 1024 * 1024,
         kvQuantization: args["kv-bits"] === undefined ? undefined : kvQuantizationFrom(args, undefined),
+        adapters: servedAdapters(list(args.adapter), args.model),
         version: pkg.version,
         logError: (error) => {
           const e = error as Error;

@@ -7,6 +7,7 @@ import type { MxArray } from "../mlx";
 import { cacheState, freeCaches, makeCaches, type DecoderModel, type KVCache } from "../models";
 import { BatchKVCache } from "../models/batch-cache";
 import type { KvQuantization } from "../models/cache";
+import type { Adapter } from "../models/lora";
 import type { PrefixCache } from "./prefix-cache";
 import { makeSampler, type LogitsProcessor, type Sampler, type SamplingParams } from "./sampling";
 
@@ -18,6 +19,8 @@ export interface SequenceRequest {
   processors?: LogitsProcessor[];
   /** Also return each step's log-probability row (the caller frees it). */
   keepLogprobs?: boolean;
+  /** A LoRA/DoRA adapter of this model, applied to this sequence alone (others in the batch may use another, or none). */
+  adapter?: Adapter;
 }
 
 export interface SequenceEvent {
@@ -172,7 +175,7 @@ export class BatchGenerator {
       // Full caches: the batch and the prefix cache copy every position out of them.
       const caches = makeCaches(this.model, { windowed: false, quantization: this.options.kvQuantization });
       // Start from the longest stored prefix; the last prompt token is always computed anew.
-      const match = this.options.prefixCache?.lookup(prompt, prompt.length - 1);
+      const match = this.options.prefixCache?.lookup(prompt, prompt.length - 1, namespace(sequence));
       if (match) caches.forEach((c, layer) => c.seed(match.keys[layer]!, match.values[layer]!, match.length));
       this.#prefill = { sequence, caches, done: match?.length ?? 0 };
       this.options.onStart?.(sequence.id, match?.length ?? 0);
@@ -184,14 +187,16 @@ export class BatchGenerator {
     const end = Math.min(prompt.length - 1, p.done + this.options.prefillChunk);
     if (end > p.done) {
       const chunk = prompt.slice(p.done, end);
-      mx.scope(() => {
-        this.model.layers(this.model.embed(mx.array(Int32Array.from(chunk), [1, chunk.length])), p.caches);
-      });
+      mx.scope(() =>
+        adapted([p.sequence], () =>
+          this.model.layers(this.model.embed(mx.array(Int32Array.from(chunk), [1, chunk.length])), p.caches),
+        ),
+      );
       mx.evaluate(...cacheState(p.caches));
       p.done = end;
     }
     if (p.done < prompt.length - 1) return;
-    this.options.prefixCache?.insert(prompt.slice(0, -1), p.caches);
+    this.options.prefixCache?.insert(prompt.slice(0, -1), p.caches, 0, 0, namespace(p.sequence));
     this.#caches.forEach((batch, layer) => batch.extend(p.caches[layer]!));
     freeCaches(p.caches);
     p.sequence.history = prompt.slice(0, -1);
@@ -218,8 +223,10 @@ export class BatchGenerator {
         const pick = mx.array(Int32Array.from(fromAhead, (i, b) => (i >= 0 ? i : previous + b)));
         input = mx.take(mx.concatenate([mx.astype(ahead.tokens, mx.Dtype.uint32), host], 0), pick, 0);
       }
-      const hidden = this.model.layers(this.model.embed(mx.reshape(input, [batch.length, 1])), this.#caches);
-      const logits = mx.reshape(this.model.head(hidden), [batch.length, -1]);
+      const logits = adapted(batch, () => {
+        const hidden = this.model.layers(this.model.embed(mx.reshape(input, [batch.length, 1])), this.#caches);
+        return mx.reshape(this.model.head(hidden), [batch.length, -1]);
+      });
       const rows = batch.map((s, b) => {
         let row = mx.slice(logits, [b, 0], [b + 1, logits.shape[1]!]);
         for (const process of s.processors) row = process(s.history, row);
@@ -278,8 +285,10 @@ export class BatchGenerator {
     // What a leaving sequence computed (its prompt and answer) may start a follow-up request.
     const cache = this.options.prefixCache;
     if (cache)
-      for (const row of rows)
-        cache.insert(this.#active[row]!.history, this.#caches, row, this.#caches[0]!.leftPadding[row]);
+      for (const row of rows) {
+        const s = this.#active[row]!;
+        cache.insert(s.history, this.#caches, row, this.#caches[0]!.leftPadding[row], namespace(s));
+      }
     const keep = this.#active.map((_, i) => i).filter((i) => !rows.includes(i));
     this.#active = keep.map((i) => this.#active[i]!);
     for (const c of this.#caches) c.keepRows(keep);
@@ -291,6 +300,20 @@ export class BatchGenerator {
     for (const c of this.#caches) c.free();
   }
 }
+
+/** Runs a forward pass over `rows` with each row's adapter applied to it alone. */
+function adapted<T>(rows: Sequence[], forward: () => T): T {
+  const lora = rows.find((s) => s.request.adapter)?.request.adapter!.base;
+  return lora
+    ? lora.run(
+        rows.map((s) => s.request.adapter),
+        forward,
+      )
+    : forward();
+}
+
+/** Where a sequence's keys and values go in the prefix cache: the base model's, or its adapter's. */
+const namespace = (s: Sequence): number => s.request.adapter?.id ?? 0;
 
 /**
  * One sequence through a BatchGenerator of its own, token by token, for exactly `maxTokens`

@@ -7,6 +7,8 @@ import type { KVCache } from "../models";
 import type { Stored } from "../models/cache";
 
 interface Entry {
+  /** Whose keys and values these are: 0 for the base model, else an adapter's id. */
+  namespace: number;
   tokens: number[];
   /** Per layer, [1, heads, tokens.length, ·], stored as the cache stores them (maybe quantized). */
   keys: Stored[];
@@ -29,7 +31,8 @@ export interface PrefixMatch {
 
 export class PrefixCache {
   #entries: Entry[] = [];
-  #root: TrieNode = { children: new Map() };
+  /** A trie per namespace: an adapter's keys and values differ from the base model's. */
+  #roots = new Map<number, TrieNode>();
   #clock = 0;
   hits = 0;
   misses = 0;
@@ -49,9 +52,9 @@ export class PrefixCache {
     return this.#entries.length;
   }
 
-  /** The longest stored prefix of `prompt`, at most `limit` tokens long. */
-  lookup(prompt: number[], limit: number): PrefixMatch | undefined {
-    let node = this.#root;
+  /** The longest stored prefix of `prompt`, at most `limit` tokens long, computed in `namespace` (0: the base model, else an adapter's id). */
+  lookup(prompt: number[], limit: number, namespace = 0): PrefixMatch | undefined {
+    let node = this.#root(namespace);
     let depth = 0;
     let best: Entry | undefined;
     while (depth < limit) {
@@ -72,8 +75,8 @@ export class PrefixCache {
   }
 
   /** Stores the first `tokens.length` positions of `caches[l]` rows `row` (after `skip` padding columns). */
-  insert(tokens: number[], caches: KVCache[], row = 0, skip = 0): void {
-    if (tokens.length === 0 || this.#covered(tokens)) return;
+  insert(tokens: number[], caches: KVCache[], row = 0, skip = 0, namespace = 0): void {
+    if (tokens.length === 0 || this.#covered(tokens, namespace)) return;
     const n = tokens.length;
     const snapshot = (stored: Stored) =>
       stored.map((t) =>
@@ -88,15 +91,15 @@ export class PrefixCache {
       for (const t of arrays) t.free();
       return;
     }
-    const entry: Entry = { tokens: [...tokens], keys, values, bytes, lastUsed: ++this.#clock };
+    const entry: Entry = { namespace, tokens: [...tokens], keys, values, bytes, lastUsed: ++this.#clock };
     this.#entries.push(entry);
     this.#index(entry);
     this.#evict();
   }
 
   // An entry already holding these tokens (or a longer run starting with them) makes a new one useless.
-  #covered(tokens: number[]): boolean {
-    let node = this.#root;
+  #covered(tokens: number[], namespace: number): boolean {
+    let node = this.#root(namespace);
     for (const t of tokens) {
       const next = node.children.get(t);
       if (!next) return false;
@@ -105,8 +108,14 @@ export class PrefixCache {
     return node.entry !== undefined;
   }
 
+  #root(namespace: number): TrieNode {
+    let root = this.#roots.get(namespace);
+    if (!root) this.#roots.set(namespace, (root = { children: new Map() }));
+    return root;
+  }
+
   #index(entry: Entry): void {
-    let node = this.#root;
+    let node = this.#root(entry.namespace);
     for (const t of entry.tokens) {
       let next = node.children.get(t);
       if (!next) node.children.set(t, (next = { children: new Map() }));
@@ -125,13 +134,13 @@ export class PrefixCache {
       for (const t of [...victim.keys, ...victim.values].flat()) t.free();
     }
     // Rebuild the trie from what is left (entries are few; a rebuild keeps it simple and exact).
-    this.#root = { children: new Map() };
+    this.#roots.clear();
     for (const e of [...this.#entries].sort((a, b) => a.lastUsed - b.lastUsed)) this.#index(e);
   }
 
   clear(): void {
     for (const e of this.#entries) for (const t of [...e.keys, ...e.values].flat()) t.free();
     this.#entries = [];
-    this.#root = { children: new Map() };
+    this.#roots.clear();
   }
 }

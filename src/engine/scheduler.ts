@@ -12,6 +12,7 @@ import { ReasoningSplitter } from "./reasoning";
 import type { AdaptiveTuner, TunerAdjustment } from "./tuner";
 import type { PrefixCache } from "./prefix-cache";
 import * as mx from "../mlx";
+import type { Adapter } from "../models/lora";
 
 export interface GenerationRequest {
   promptIds: number[];
@@ -27,6 +28,8 @@ export interface GenerationRequest {
   /** Set for a model that thinks: its text is split into reasoning and answer. */
   reasoning?: { startsInside: boolean };
   signal?: AbortSignal;
+  /** A LoRA/DoRA adapter of this model for this request alone (default: the model's own, if any). */
+  adapter?: Adapter;
 }
 
 export interface TokenLogprob {
@@ -212,6 +215,7 @@ export class Scheduler {
       maxTokens: request.maxTokens,
       processors: request.processors,
       keepLogprobs: (request.topLogprobs ?? 0) > 0,
+      adapter: request.adapter ?? this.lm.adapter,
     });
     // A signal that fired before the request got here fires no event: it ends at once.
     if (request.signal?.aborted) this.#finish(id, "cancelled");

@@ -3,11 +3,14 @@
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { ModelConfig, QuantConfig } from "./config";
+import { LoraLayers, type AdaptableLayer } from "./lora";
 
 /** The weights of a model by their Hugging Face names, with a clear error for a missing one. */
 export class Weights {
   /** Arrays made from the weights while building the model (transposes): freed with them. */
   readonly derived: MxArray[] = [];
+  /** The linear layers adapters may adapt (registered as the model is built). */
+  readonly lora = new LoraLayers();
 
   constructor(
     readonly tensors: Map<string, MxArray>,
@@ -67,16 +70,14 @@ export interface Linear {
 }
 
 export function linear(w: Weights, prefix: string): Linear {
-  return projection(
-    w,
-    {
-      weight: w.get(`${prefix}.weight`),
-      scales: w.optional(`${prefix}.scales`),
-      biases: w.optional(`${prefix}.biases`),
-      bias: w.optional(`${prefix}.bias`),
-    },
-    w.quantFor(prefix),
-  );
+  const t = {
+    weight: w.get(`${prefix}.weight`),
+    scales: w.optional(`${prefix}.scales`),
+    biases: w.optional(`${prefix}.biases`),
+  };
+  const quant = w.quantFor(prefix);
+  w.lora.register(prefix, adaptable(t, quant));
+  return withBias(w.lora.wrap(prefix, projection(w, t, quant)), w.optional(`${prefix}.bias`));
 }
 
 /**
@@ -108,11 +109,21 @@ export function fusedLinear(w: Weights, prefixes: string[]): (x: MxArray) => MxA
   );
   let end = 0;
   const bounds = parts[0]!.map((t) => [end, (end += t!.shape[0]!)] as const);
-  const project = projection(w, { weight: weight!, scales, biases, bias }, quants[0]);
+  const project = projection(w, { weight: weight!, scales, biases }, quants[0]);
+  // Each part is adapted on its own (an adapter names q_proj, not the fused product).
+  const outputs = prefixes.map((prefix, i) => {
+    const [start, stop] = bounds[i]!;
+    const rows = (t: MxArray) => mx.slice(t, [start, 0], [stop, t.shape[1]!]);
+    w.lora.register(prefix, adaptable({ weight: weight!, scales, biases }, quants[0], { outputs: stop - start, rows }));
+    return { prefix, start, stop, bias: bias && w.derive(() => mx.slice(bias, [start], [stop])) };
+  });
   return (x) => {
     const y = project(x);
     const lead = y.shape.slice(0, -1);
-    return bounds.map(([start, stop]) => mx.slice(y, [...lead.map(() => 0), start], [...lead, stop]));
+    return outputs.map(({ prefix, start, stop, bias }) => {
+      const part = w.lora.apply(prefix, x, mx.slice(y, [...lead.map(() => 0), start], [...lead, stop]));
+      return bias ? mx.add(part, bias) : part;
+    });
   };
 }
 
@@ -140,20 +151,35 @@ interface ProjectionWeights {
   /** A quantized weight's scales and biases. */
   scales?: MxArray;
   biases?: MxArray;
-  /** The layer's own bias, added to the output. */
-  bias?: MxArray;
 }
 
-/** x → x·Wᵀ (+ bias), quantized or plain. On the CPU our kernels spread each product over the cores. */
+/** x → x·Wᵀ, quantized or plain. On the CPU our kernels spread each product over the cores. */
 function projection(w: Weights, t: ProjectionWeights, quant: QuantConfig | undefined): Linear {
-  const { weight, scales, biases, bias } = t;
-  let matmul: Linear;
-  if (quant) matmul = (x) => mx.quantizedMatmul(x, weight, scales!, biases, quant, true);
-  else {
-    const weightT = w.derive(() => mx.transpose(weight));
-    matmul = (x) => mx.matmul(x, weightT);
-  }
-  return bias ? (x) => mx.add(matmul(x), bias) : matmul;
+  const { weight, scales, biases } = t;
+  if (quant) return (x) => mx.quantizedMatmul(x, weight, scales!, biases, quant, true);
+  const weightT = w.derive(() => mx.transpose(weight));
+  return (x) => mx.matmul(x, weightT);
+}
+
+/** The layer's own bias, added to the output (after an adapter's update, which DoRA scales). */
+function withBias(project: Linear, bias: MxArray | undefined): Linear {
+  return bias ? (x) => mx.add(project(x), bias) : project;
+}
+
+/** A projection as adapters see it; a part of a fused weight is its `outputs` rows that `rows` picks. */
+function adaptable(
+  t: ProjectionWeights,
+  quant: QuantConfig | undefined,
+  part: { outputs: number; rows: (t: MxArray) => MxArray } = { outputs: t.weight.shape[0]!, rows: (t) => t },
+): AdaptableLayer {
+  const packed = t.weight.shape[1]!;
+  const { rows } = part;
+  return {
+    outputs: part.outputs,
+    inputs: quant ? (packed * 32) / quant.bits : packed,
+    dense: () =>
+      quant ? mx.dequantize(rows(t.weight), rows(t.scales!), t.biases && rows(t.biases), quant) : rows(t.weight),
+  };
 }
 
 export function rmsNorm(w: Weights, prefix: string, eps: number): (x: MxArray) => MxArray {

@@ -10,6 +10,7 @@ import { ggufModel, isGGUFFile } from "./gguf";
 import { readGGUFHeader } from "./gguf-header";
 import { keptQuantizedTypes, loadGGUFTensors } from "./gguf-tensors";
 import { Tokenizer } from "../tokenizer/tokenizer";
+import type { Adapter } from "./lora";
 
 export type ModelFormat = "mlx" | "gguf";
 
@@ -26,6 +27,8 @@ export interface LoadedModel {
   weightBytes: number;
   /** How its KV cache stores keys and values (--kv-bits, or the alias's kv_bits); float when absent. */
   kvQuantization?: KvQuantization;
+  /** The adapter every generation uses unless a request names its own (`--adapter`, or the alias's adapter). */
+  adapter?: Adapter;
   free(): void;
 }
 
@@ -64,6 +67,14 @@ function weightFiles(dir: string): string[] {
 }
 
 function loadDirectory(dir: string): LoadedModel {
+  const { config, tensors } = readDirectoryTensors(dir);
+  sanitize(tensors, config);
+  const tokenizer = withModelErrors(dir, () => Tokenizer.fromDirectory(dir));
+  return assemble(tensors, config, tokenizer, "mlx", dir, []);
+}
+
+/** An MLX directory's config and weights, as its files hold them. */
+export function readDirectoryTensors(dir: string): { config: ModelConfig; tensors: Map<string, MxArray> } {
   const configPath = join(dir, "config.json");
   if (!existsSync(configPath))
     throw new ModelLoadError(`${dir} has no config.json (expected an MLX-community model directory)`);
@@ -74,9 +85,7 @@ function loadDirectory(dir: string): LoadedModel {
     const loaded = withModelErrors(file, () => mx.loadSafetensors(file));
     for (const [name, t] of loaded.tensors) tensors.set(name, t);
   }
-  sanitize(tensors, config);
-  const tokenizer = withModelErrors(dir, () => Tokenizer.fromDirectory(dir));
-  return assemble(tensors, config, tokenizer, "mlx", dir, []);
+  return { config, tensors };
 }
 
 function loadGGUFFile(file: string): LoadedModel {
@@ -118,7 +127,7 @@ function assemble(
   // Read every weight now, so a truncated or corrupt file fails here rather than mid-answer.
   withModelErrors(path, () => mx.evaluate(...tensors.values()));
   const weightBytes = [...tensors.values()].reduce((n, t) => n + t.nbytes, 0);
-  return {
+  const lm: LoadedModel = {
     model,
     config,
     tokenizer,
@@ -128,11 +137,14 @@ function assemble(
     notes,
     weightBytes,
     free: () => {
+      lm.adapter?.free();
+      lm.adapter = undefined;
       for (const t of [...tensors.values(), ...weights.derived]) t.free();
       tensors.clear();
       weights.derived.length = 0;
     },
   };
+  return lm;
 }
 
 function withModelErrors<T>(path: string, fn: () => T): T {

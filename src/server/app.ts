@@ -46,6 +46,8 @@ export interface ServerOptions extends Partial<ServerConfig> {
   prefixCacheBytes?: number;
   /** KV cache quantization for every model (--kv-bits); else each alias's kv_bits. */
   kvQuantization?: KvQuantization;
+  /** Extra model names, each a base model (undefined: the default) plus an adapter directory (serve --adapter). */
+  adapters?: Map<string, { base: string | undefined; dir: string }>;
   logError?: (error: unknown) => void;
   onLoad?: (name: string, path: string, seconds: number) => void;
 }
@@ -125,6 +127,7 @@ export function createState(o: ServerOptions = {}): ServerState {
       maxLoaded: o.maxLoadedModels ?? 1,
       makeScheduler,
       kvQuantization: o.kvQuantization,
+      adapters: o.adapters,
       onLoad: (e) => o.onLoad?.(e.name, e.path, e.loadMs / 1000),
     }),
     metrics: undefined!,

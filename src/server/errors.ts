@@ -9,6 +9,7 @@ import { ValidationError } from "../api/validate";
 import { BudgetError } from "../engine/budget/steering";
 import { SchemaError } from "../engine/grammar";
 import {
+  AdapterError,
   ContextLengthError,
   InvalidParameterError,
   ModelNotFoundError,
@@ -78,6 +79,8 @@ export function toApiError(error: unknown, onInternal?: (error: unknown) => void
     return new ApiError(502, error.message, "server_error", "model", "model_pull_failed");
   if (error instanceof ProviderError) return providerError(error);
   if (error instanceof TimeoutError) return new ApiError(504, error.message, "timeout_error", null, "request_timeout");
+  if (error instanceof AdapterError)
+    return new ApiError(500, error.message.split("\n")[0]!, "server_error", "model", "adapter_load_failed");
   if (error instanceof ModelLoadError)
     return new ApiError(500, error.message.split("\n")[0]!, "server_error", "model", "model_load_failed");
   onInternal?.(error);

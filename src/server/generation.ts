@@ -136,7 +136,7 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
     const tracked = ctx.inflight.track(
       input.model,
       prepared.promptIds.length,
-      lease.entry.scheduler.submit(prepared.request),
+      lease.entry.scheduler.submit({ ...prepared.request, adapter: lease.adapter }),
     );
     flight = tracked.flight;
     const constraint = prepared.constraint;

@@ -2,9 +2,13 @@
 // model or a path, through resolveModelPath), shared by every request naming them, and
 // unloaded after their keep-alive (default 5 minutes) once no request is using them.
 // Each loaded model has its own scheduler (continuous batching, src/engine/scheduler.ts).
+// A name may stand for a base model plus a LoRA/DoRA adapter (models.toml's `adapter`, or
+// serve --adapter): it shares the base's entry (one copy of the weights, one scheduler, so
+// requests for the base and its adapters batch together); the adapter is loaded once per base.
 import { loadModel, type LoadedModel } from "../models/load";
 import { resolveModelPath } from "../store/resolve";
-import { aliasKvQuantization } from "../store/aliases";
+import { aliasAdapter, aliasKvQuantization } from "../store/aliases";
+import { loadAdapter, type Adapter } from "../models/lora";
 import type { KvQuantization } from "../models/cache";
 import { listModels } from "../store/store";
 import type { IndexEntry } from "../store/model-index";
@@ -26,10 +30,14 @@ export interface LoadedEntry {
   expiresAt?: Date;
   lastUsed: number;
   timer?: ReturnType<typeof setTimeout>;
+  /** Adapters of this model loaded so far, by directory. */
+  adapters: Map<string, Adapter>;
 }
 
 export interface Lease {
   entry: LoadedEntry;
+  /** The adapter the name asked for stands for, applied to this request's generation. */
+  adapter?: Adapter;
   /** Milliseconds spent loading for this request (0 when it was loaded already). */
   loadMs: number;
   /** Ends this request's hold; the model's keep-alive clock starts when none is left. */
@@ -48,6 +56,8 @@ export interface ModelRegistryOptions {
   kvQuantization?: KvQuantization;
   onLoad?: (entry: LoadedEntry) => void;
   onUnload?: (entry: LoadedEntry) => void;
+  /** Extra model names (serve --adapter): a base model (undefined: the default) plus an adapter directory. */
+  adapters?: Map<string, { base: string | undefined; dir: string }>;
 }
 
 export class ModelRegistry {
@@ -60,6 +70,8 @@ export class ModelRegistry {
   #waitingForRoom: (() => void)[] = [];
   /** Requests on their way to holding a model (by path): that model is not idle either. */
   readonly #claims = new Map<string, number>();
+  /** The adapter directory each name stands for (undefined: none), read once. */
+  readonly #adapterDirs = new Map<string, string | undefined>();
 
   constructor(readonly options: ModelRegistryOptions) {}
 
@@ -70,6 +82,11 @@ export class ModelRegistry {
 
   get loaded(): LoadedEntry[] {
     return [...this.#byPath.values()];
+  }
+
+  /** The names serve --adapter added (a base plus an adapter each). */
+  get adapterNames(): string[] {
+    return [...(this.options.adapters?.keys() ?? [])];
   }
 
   /** The loaded model a name refers to, if any (no resolving, no loading). */
@@ -90,7 +107,8 @@ export class ModelRegistry {
   async resolve(name: string): Promise<string> {
     const known = this.#pathOf.get(name);
     if (known && this.#byPath.has(known)) return known;
-    const path = await resolveModelPath(name, { onProgress: () => {} });
+    const served = this.options.adapters?.get(name);
+    const path = await resolveModelPath(served ? served.base : name, { onProgress: () => {} });
     this.#pathOf.set(name, path);
     return path;
   }
@@ -115,6 +133,7 @@ export class ModelRegistry {
       if (path !== undefined) this.#unclaim(path);
     }
     const held = entry;
+    const adapter = this.#adapter(held, name);
     if (keepAliveMs !== undefined) held.keepAliveMs = keepAliveMs;
     held.active++;
     held.lastUsed = Date.now();
@@ -122,6 +141,7 @@ export class ModelRegistry {
     let released = false;
     return {
       entry: held,
+      adapter,
       loadMs,
       release: () => {
         if (released) return;
@@ -147,6 +167,8 @@ export class ModelRegistry {
     this.#cancelExpiry(entry);
     this.#byPath.delete(entry.path);
     entry.scheduler.dispose();
+    for (const adapter of entry.adapters.values()) adapter.free();
+    entry.adapters.clear();
     entry.lm.free();
     this.options.onUnload?.(entry);
   }
@@ -177,6 +199,7 @@ export class ModelRegistry {
           active: 0,
           keepAliveMs: this.options.defaultKeepAliveMs,
           lastUsed: Date.now(),
+          adapters: new Map(),
         };
         this.#byPath.set(path, entry);
         this.#everLoaded = true;
@@ -188,6 +211,17 @@ export class ModelRegistry {
     })();
     this.#loading.set(path, promise);
     return promise;
+  }
+
+  /** The adapter `name` stands for on `entry`'s model, loaded on first use; undefined for a plain model. */
+  #adapter(entry: LoadedEntry, name: string): Adapter | undefined {
+    if (!this.#adapterDirs.has(name))
+      this.#adapterDirs.set(name, this.options.adapters?.get(name)?.dir ?? aliasAdapter(name));
+    const dir = this.#adapterDirs.get(name);
+    if (!dir) return undefined;
+    let adapter = entry.adapters.get(dir);
+    if (!adapter) entry.adapters.set(dir, (adapter = loadAdapter(dir, entry.lm.weights.lora)));
+    return adapter;
   }
 
   #unclaim(path: string): void {

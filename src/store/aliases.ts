@@ -1,7 +1,7 @@
 // Model aliases from models.toml: the copy shipped inside the executable, overridden by
 // the user's $MLX_HOME/models.toml. A bad file is reported with its path, line and problem.
 import { existsSync, readFileSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { parse, TomlError } from "smol-toml";
 import shipped from "../../models.toml" with { type: "text" };
 import type { KvQuantization } from "../models/cache";
@@ -14,6 +14,8 @@ export interface ModelAlias {
   description?: string;
   /** Bits per cached key/value (kv_bits: 4 or 8): the model's KV cache stored quantized. */
   kvBits?: number;
+  /** A LoRA/DoRA adapter directory applied to the source model (an absolute path). */
+  adapter?: string;
 }
 
 export interface AliasTable {
@@ -23,9 +25,11 @@ export interface AliasTable {
   remotes: Map<string, RemoteModelConfig>;
 }
 
+/** `relativeTo`: the directory relative adapter paths start from (the file's own). */
 function parseTable(
   text: string,
   origin: string,
+  relativeTo: string,
 ): { defaultModel?: string; models: ModelAlias[]; remotes: RemoteModelConfig[] } {
   let doc: Record<string, unknown>;
   try {
@@ -53,11 +57,14 @@ function parseTable(
     }
     if (e.kv_bits !== undefined && e.kv_bits !== 4 && e.kv_bits !== 8)
       throw new Error(`${origin}: model '${name}': kv_bits must be 4 or 8`);
+    if (e.adapter !== undefined && (typeof e.adapter !== "string" || e.adapter.length === 0))
+      throw new Error(`${origin}: model '${name}': adapter must be a directory path`);
     models.push({
       name,
       source: e.source,
       description: typeof e.description === "string" ? e.description : undefined,
       kvBits: e.kv_bits as number | undefined,
+      adapter: e.adapter === undefined ? undefined : resolve(relativeTo, e.adapter as string),
     });
   }
   if (doc.default !== undefined && typeof doc.default !== "string")
@@ -66,13 +73,13 @@ function parseTable(
 }
 
 export function loadAliases(): AliasTable {
-  const base = parseTable(shipped, "models.toml (built in)");
+  const base = parseTable(shipped, "models.toml (built in)", process.cwd());
   const models = new Map(base.models.map((m) => [m.name, m]));
   const remotes = new Map(base.remotes.map((m) => [m.name, m]));
   let defaultModel = base.defaultModel ?? "smollm2";
   const userFile = join(storeRoot(), "models.toml");
   if (existsSync(userFile)) {
-    const user = parseTable(readFileSync(userFile, "utf8"), userFile);
+    const user = parseTable(readFileSync(userFile, "utf8"), userFile, dirname(userFile));
     // A user's entry replaces the shipped one of that name, whichever kind either is.
     for (const m of user.models) {
       models.set(m.name, m);
@@ -92,6 +99,12 @@ export function aliasKvQuantization(spec: string | undefined): KvQuantization | 
   const table = loadAliases();
   const bits = table.models.get(spec ?? table.defaultModel)?.kvBits;
   return bits === undefined ? undefined : { bits, groupSize: 64 };
+}
+
+/** The adapter models.toml applies to the model named `spec` (default: the default model), if any. */
+export function aliasAdapter(spec: string | undefined): string | undefined {
+  const table = loadAliases();
+  return table.models.get(spec ?? table.defaultModel)?.adapter;
 }
 
 /** Aliases that look like what the user typed, closest first (for "did you mean"). */

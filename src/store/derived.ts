@@ -1,9 +1,10 @@
-// Prepared artifacts: work done once to make a model ready (today: GGUF -> MLX directory) is
-// stored as a model of its own, found again by the hash of its inputs (the input file's
-// sha256 and the converter's version), so doing it a second time costs a lookup.
-import { existsSync, readFileSync, readdirSync, realpathSync, rmSync } from "node:fs";
+// Prepared artifacts: work done once to make a model ready (GGUF -> MLX directory, an adapter
+// fused into its base) is stored as a model of its own, found again by the hash of its inputs
+// (the input files' sha256 and the code's version), so doing it a second time costs a lookup.
+import { existsSync, readFileSync, readdirSync, realpathSync, rmSync, statSync } from "node:fs";
 import { basename, join } from "node:path";
 import { convertGGUF } from "../models/convert";
+import { fuseAdapter } from "../models/fuse";
 import { sourceHash } from "./source-hash" with { type: "macro" };
 import { addBlob, hashFile } from "./blobs";
 import { describeFiles, newManifest, readManifest, writeJsonAtomic } from "./manifest";
@@ -25,6 +26,16 @@ export const CONVERTER_VERSION = sourceHash(
   "tokenizer/gguf.ts",
 );
 
+/** The same for fusing an adapter into its base (which may be converted first). */
+export const FUSER_VERSION = sourceHash(
+  "models/fuse.ts",
+  "models/lora.ts",
+  "models/convert.ts",
+  "models/gguf.ts",
+  "models/gguf-tensors.ts",
+  "tokenizer/gguf.ts",
+);
+
 export interface ConvertedModel {
   /** The MLX directory (materialized from the store). */
   path: string;
@@ -39,11 +50,33 @@ export interface ConvertedModel {
  */
 export async function convertedModel(ggufPath: string, name: string): Promise<ConvertedModel> {
   const inputSha256 = await fileSha256(ggufPath);
-  const key = new Bun.CryptoHasher("sha256").update(`${inputSha256}\n${CONVERTER_VERSION}`).digest("hex");
+  const key = sha256(`${inputSha256}\n${CONVERTER_VERSION}`);
+  return derivedModel(name, key, `convert:sha256-${inputSha256}`, (staging) => convertGGUF(ggufPath, staging));
+}
+
+/**
+ * The MLX directory of `base` (a directory or a GGUF) with the adapter in `adapterDir` fused in,
+ * stored under `name`; fusing only when the same base and adapter were not fused before.
+ */
+export async function fusedModel(base: string, adapterDir: string, name: string): Promise<ConvertedModel> {
+  const inputs = [await treeSha256(base), await treeSha256(adapterDir)];
+  const key = sha256(`fuse\n${inputs.join("\n")}\n${FUSER_VERSION}`);
+  return derivedModel(name, key, `fuse:sha256-${key}`, (staging) => fuseAdapter(base, adapterDir, staging));
+}
+
+const sha256 = (text: string) => new Bun.CryptoHasher("sha256").update(text).digest("hex");
+
+/** Runs `produce` into a staging directory and stores what it wrote as `name`, unless stored before under `key`. */
+async function derivedModel(
+  name: string,
+  key: string,
+  source: string,
+  produce: (staging: string) => void,
+): Promise<ConvertedModel> {
   const refPath = join(refsDir(), "derived", `${key}.json`);
   const earlier = await openEarlier(refPath, key);
   if (earlier) return earlier;
-  // Another process converting the same input: wait for it and use its result.
+  // Another process deriving the same model: wait for it and use its result.
   return withLock(
     join(locksDir(), `convert-${key}.lock`),
     async () => {
@@ -51,19 +84,13 @@ export async function convertedModel(ggufPath: string, name: string): Promise<Co
       if (meanwhile) return meanwhile;
       const staging = tempPathIn(tmpDir(), "convert");
       try {
-        convertGGUF(ggufPath, staging);
+        produce(staging);
         const files = [];
         for (const file of readdirSync(staging).sort())
           files.push({ name: file, ...(await addBlob(join(staging, file), { move: true })) });
-        const manifest = newManifest({
-          name,
-          source: `convert:sha256-${inputSha256}`,
-          ...describeFiles(files),
-          files,
-          derivedKey: key,
-        });
+        const manifest = newManifest({ name, source, ...describeFiles(files), files, derivedKey: key });
         const { path } = await commitModel(manifest);
-        writeJsonAtomic(refPath, { name, input: inputSha256, converter: CONVERTER_VERSION });
+        writeJsonAtomic(refPath, { name, source });
         return { path, name, converted: true };
       } finally {
         rmSync(staging, { recursive: true, force: true });
@@ -89,6 +116,15 @@ async function openEarlier(refPath: string, key: string): Promise<ConvertedModel
     if (error instanceof StoreDamageError) return undefined;
     throw error;
   }
+}
+
+/** A file's sha256, or a directory's: of its files' names and hashes. */
+async function treeSha256(path: string): Promise<string> {
+  if (!statSync(path).isDirectory()) return fileSha256(path);
+  const lines = [];
+  for (const name of readdirSync(path).sort())
+    if (statSync(join(path, name)).isFile()) lines.push(`${name} ${await fileSha256(join(path, name))}`);
+  return sha256(lines.join("\n"));
 }
 
 /** A blob's name is its hash; only a file from elsewhere needs reading. */

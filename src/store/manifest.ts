@@ -18,7 +18,7 @@ export interface ManifestFile {
 export interface ModelManifest {
   schemaVersion: 1;
   name: string;
-  /** What it was pulled from: a models.toml source (pypi:, hf:, a path) or convert:<sha256>. */
+  /** What it was pulled from: a models.toml source (pypi:, hf:, a path), or convert:/fuse:<sha256> for one made here. */
   source: string;
   format: StoredFormat;
   /** config.json's model_type, or a GGUF's general.architecture. */

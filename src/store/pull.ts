@@ -47,7 +47,8 @@ export function modelRequest(what: string): ModelRequest {
   const alias = loadAliases().models.get(what);
   if (alias) return { name: alias.name, source: isRemoteSource(alias.source) ? alias.source : resolve(alias.source) };
   const stored = readManifest(what);
-  if (stored && !stored.source.startsWith("convert:")) return { name: what, source: stored.source };
+  // A converted or fused model is made here, not pulled.
+  if (stored && !/^(convert|fuse):/.test(stored.source)) return { name: what, source: stored.source };
   if (what.startsWith("hf:")) return { name: what.slice("hf:".length), source: what };
   if (isRemoteSource(what)) return { name: what, source: what };
   return { name: basename(what).replace(/\.gguf$/, ""), source: resolve(what) };

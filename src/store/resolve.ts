@@ -28,6 +28,8 @@ export async function resolveModelPath(spec: string | undefined, options: Resolv
     );
   const alias = aliases.models.get(name);
   const source = alias?.source ?? name;
+  // An alias may name another one as its source (a base model plus an adapter).
+  if (alias && source !== name && aliases.models.has(source)) return resolveModelPath(source, options);
   if (isRemoteSource(source)) {
     const reporter = options.onProgress ? undefined : createProgressReporter(`pulling ${name}`);
     try {

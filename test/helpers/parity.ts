@@ -8,7 +8,8 @@ import { makeCaches, freeCaches } from "../../src/models";
 /** Greedy ids after the prompt, until EOS (not included; unless `untilEos` is false) or `maxTokens`. */
 export function greedy(lm: LoadedModel, promptIds: number[], maxTokens: number, { untilEos = true } = {}): number[] {
   const out: number[] = [];
-  for (const { token } of generateTokens(lm.model, { promptIds, sampling: defaultSampling, maxTokens })) {
+  const request = { promptIds, sampling: defaultSampling, maxTokens, adapter: lm.adapter };
+  for (const { token } of generateTokens(lm.model, request)) {
     if (untilEos && lm.tokenizer.eosTokenIds.has(token)) break;
     out.push(token);
   }

@@ -45,6 +45,11 @@ export function openaiRoutes(s: ServerState): Hono {
       seen.add(s.config.defaultModel);
       data.push(modelObject(s.config.defaultModel, unixSeconds()));
     }
+    for (const name of s.models.adapterNames)
+      if (!seen.has(name)) {
+        seen.add(name);
+        data.push(modelObject(name, unixSeconds()));
+      }
     for (const m of await s.models.stored())
       if (!seen.has(m.name)) data.push(modelObject(m.name, Math.floor(Date.parse(m.createdAt) / 1000) || 0));
     for (const name of remoteModelNames()) if (!seen.has(name)) data.push(modelObject(name, 0));

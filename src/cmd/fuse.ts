@@ -1,0 +1,38 @@
+// `mlx fuse <model> --adapter DIR [name]`: the model with a LoRA/DoRA adapter merged into its
+// weights (re-quantized as the base was), stored as a model of its own that runs without the
+// adapter; a second fuse of the same base and adapter is a lookup.
+import { defineCommand } from "citty";
+import { basename, resolve } from "node:path";
+import { fusedModel } from "../store/derived";
+import { resolveModelPath } from "../store/resolve";
+import { fail, log, setVerbose } from "./log";
+import { adapterFrom } from "./options";
+
+export default defineCommand({
+  meta: { name: "fuse", description: "Merge a LoRA/DoRA adapter into its base model, stored as a new model" },
+  args: {
+    model: { type: "positional", required: true, description: "The base model: an alias, a stored model or a path" },
+    name: {
+      type: "positional",
+      required: false,
+      description: "Name of the fused model in the store (default: <model>-<adapter directory>)",
+    },
+    adapter: { type: "string", description: "The adapter directory (adapter_config.json + adapters.safetensors)" },
+    verbose: { type: "boolean", alias: "v", description: "Stack traces on errors" },
+  },
+  async run({ args }) {
+    setVerbose(Boolean(args.verbose));
+    try {
+      const adapter = adapterFrom(args, args.model);
+      if (!adapter) throw new Error("give the adapter to fuse with --adapter DIR");
+      const base = await resolveModelPath(args.model);
+      const name = args.name ?? `${basename(args.model).replace(/\.gguf$/, "")}-${basename(resolve(adapter))}`;
+      if (!/^[\w.-]+$/.test(name)) throw new Error(`'${name}' is not a model name (letters, digits, '.', '_', '-')`);
+      const stored = await fusedModel(base, resolve(adapter), name);
+      log.success(stored.converted ? `fused into the store as ${stored.name}` : `${stored.name}: already fused`);
+      process.stdout.write(`${stored.path}\n`);
+    } catch (error) {
+      fail(error, Boolean(args.verbose));
+    }
+  },
+});

@@ -1,0 +1,341 @@
+// LoRA and DoRA adapters as mlx-lm trains them (`mlx_lm.lora`): a directory with
+// adapter_config.json and adapters.safetensors, whose tensors `<layer>.lora_a` [in, r],
+// `<layer>.lora_b` [r, out] (and DoRA's magnitude `<layer>.m` [out]) adapt the model's linear
+// layers. The base weights are never changed: each adapted layer adds the low-rank product
+// y + scale·(x·A)·B (mlx-lm's LoRALinear), scaled per output by m/‖W + scale·Bᵀ·Aᵀ‖ for DoRA.
+// Many adapters can serve one base at once: a forward pass names each batch row's adapter, and
+// the rows' products run as one gathered matmul over the adapters' stacked matrices.
+import { existsSync, readFileSync, statSync } from "node:fs";
+import { join } from "node:path";
+import * as mx from "../mlx";
+import type { MxArray } from "../mlx";
+import { AdapterError } from "../errors";
+
+/** A linear layer adapters may adapt: its shape, and its weight as a dense matrix (for DoRA and fusing). */
+export interface AdaptableLayer {
+  inputs: number;
+  outputs: number;
+  /** The weight [out, in] in floating point (dequantized when stored quantized); call it inside mx.scope. */
+  dense(): MxArray;
+}
+
+/** One layer's low-rank update. */
+export interface LowRank {
+  a: MxArray;
+  b: MxArray;
+  /** DoRA: m/‖W + scale·Bᵀ·Aᵀ‖ per output (float32), fixed at inference. */
+  magnitude?: MxArray;
+}
+
+export type AdapterKind = "lora" | "dora";
+
+let nextAdapterId = 1;
+
+export class Adapter {
+  readonly id = nextAdapterId++;
+
+  constructor(
+    readonly path: string,
+    readonly kind: AdapterKind,
+    readonly scale: number,
+    readonly layers: Map<string, LowRank>,
+    /** The base model's layers it was loaded for. */
+    readonly base: LoraLayers,
+  ) {}
+
+  /** Bytes its matrices take (what one more adapter costs next to the shared base). */
+  get bytes(): number {
+    let n = 0;
+    for (const l of this.layers.values()) n += l.a.nbytes + l.b.nbytes + (l.magnitude?.nbytes ?? 0);
+    return n;
+  }
+
+  free(): void {
+    this.base.forget(this);
+    for (const l of this.layers.values()) for (const t of [l.a, l.b, l.magnitude]) t?.free();
+    this.layers.clear();
+  }
+}
+
+/** Per-combination stacks of the adapters' matrices for one layer, slot 0 being "no adapter". */
+interface Stack {
+  a: MxArray; // [n + 1, in, r]
+  b: MxArray; // [n + 1, r, out]
+  scales: MxArray; // [n + 1]
+  magnitudes?: MxArray; // [n + 1, out]
+}
+
+type Selection =
+  | { kind: "one"; adapter: Adapter }
+  | { kind: "rows"; adapters: Adapter[]; slots: MxArray; key: string; rows: number };
+
+/** Combinations of adapters whose stacks are kept (a server sees few distinct ones at a time). */
+const KEPT_COMBINATIONS = 8;
+
+/** The adaptable linear layers of one loaded model, and which adapters the running forward pass uses. */
+export class LoraLayers {
+  readonly #layers = new Map<string, AdaptableLayer>();
+  #selection?: Selection;
+  /** Stacks by combination (the adapters' ids in slot order), then by layer; oldest first. */
+  readonly #stacks = new Map<string, Map<string, Stack>>();
+
+  register(prefix: string, layer: AdaptableLayer): void {
+    this.#layers.set(prefix, layer);
+  }
+
+  layer(prefix: string): AdaptableLayer | undefined {
+    return this.#layers.get(prefix);
+  }
+
+  get prefixes(): string[] {
+    return [...this.#layers.keys()];
+  }
+
+  /**
+   * Runs `forward` (one forward pass over a batch) with row b adapted by `rows[b]`, or by
+   * nothing where that is undefined. A batch of one adapter runs its products directly.
+   */
+  run<T>(rows: (Adapter | undefined)[], forward: () => T): T {
+    const distinct = [...new Set(rows.filter((a) => a !== undefined))];
+    if (distinct.length === 0) return forward();
+    for (const a of distinct) if (a.base !== this) throw new AdapterError(`${a.path} was loaded for another model`);
+    if (distinct.length === 1 && rows.every((a) => a === distinct[0]))
+      this.#selection = { kind: "one", adapter: distinct[0]! };
+    else {
+      const slots = mx.array(Int32Array.from(rows, (a) => (a ? distinct.indexOf(a) + 1 : 0)));
+      this.#selection = {
+        kind: "rows",
+        adapters: distinct,
+        slots,
+        key: distinct.map((a) => a.id).join(","),
+        rows: rows.length,
+      };
+    }
+    try {
+      return forward();
+    } finally {
+      if (this.#selection?.kind === "rows") this.#selection.slots.free();
+      this.#selection = undefined;
+    }
+  }
+
+  /** `project`, with the selected adapters' update of layer `prefix` added. */
+  wrap(prefix: string, project: (x: MxArray) => MxArray): (x: MxArray) => MxArray {
+    return (x) => this.apply(prefix, x, project(x));
+  }
+
+  /** y (the base layer's output for x, without its bias) plus the selected adapters' update. */
+  apply(prefix: string, x: MxArray, y: MxArray): MxArray {
+    const selection = this.#selection;
+    if (!selection) return y;
+    if (selection.kind === "one") {
+      const { adapter } = selection;
+      const layer = adapter.layers.get(prefix);
+      if (!layer) return y;
+      // As mlx-lm's LoRALinear: the product in the adapter's precision, cast back to x's.
+      const z = mx.multiply(mx.matmul(mx.matmul(x, layer.a), layer.b), adapter.scale);
+      const out = mx.add(y, mx.astype(z, y.dtype));
+      return layer.magnitude ? mx.multiply(mx.astype(layer.magnitude, y.dtype), out) : out;
+    }
+    const stack = this.#stack(selection, prefix);
+    if (!stack) return y;
+    // Each row's products through its own adapter's matrices (slot 0: zeros, so y is unchanged).
+    const { slots, rows } = selection;
+    const h = mx.gatherMm(mx.astype(x, stack.a.dtype), stack.a, { rhsIndices: slots });
+    const z = mx.gatherMm(h, stack.b, { rhsIndices: slots });
+    const scaled = mx.multiply(z, mx.reshape(mx.take(stack.scales, slots, 0), [rows, 1, 1]));
+    const out = mx.add(y, mx.astype(scaled, y.dtype));
+    if (!stack.magnitudes) return out;
+    const magnitudes = mx.reshape(mx.take(stack.magnitudes, slots, 0), [rows, 1, -1]);
+    return mx.multiply(mx.astype(magnitudes, y.dtype), out);
+  }
+
+  /** Drops what was kept for combinations with `adapter` (it is being unloaded). */
+  forget(adapter: Adapter): void {
+    for (const [key, stacks] of this.#stacks) {
+      if (!key.split(",").includes(String(adapter.id))) continue;
+      freeStacks(stacks);
+      this.#stacks.delete(key);
+    }
+  }
+
+  #stack(selection: Selection & { kind: "rows" }, prefix: string): Stack | undefined {
+    let stacks = this.#stacks.get(selection.key);
+    if (stacks) {
+      // Most recently used last.
+      this.#stacks.delete(selection.key);
+      this.#stacks.set(selection.key, stacks);
+    } else {
+      if (this.#stacks.size >= KEPT_COMBINATIONS) {
+        const [oldest, old] = this.#stacks.entries().next().value!;
+        freeStacks(old);
+        this.#stacks.delete(oldest);
+      }
+      stacks = new Map();
+      this.#stacks.set(selection.key, stacks);
+    }
+    if (stacks.has(prefix)) return stacks.get(prefix);
+    const stack = buildStack(selection.adapters, prefix, this.#layers.get(prefix)!);
+    if (stack) stacks.set(prefix, stack);
+    return stack;
+  }
+}
+
+function freeStacks(stacks: Map<string, Stack>): void {
+  for (const s of stacks.values()) for (const t of [s.a, s.b, s.scales, s.magnitudes]) t?.free();
+}
+
+/**
+ * The matrices of `adapters` for one layer stacked behind a zero slot, their ranks padded with
+ * zeros to the largest (zero rows and columns add nothing), in the widest of their dtypes.
+ */
+function buildStack(adapters: Adapter[], prefix: string, layer: AdaptableLayer): Stack | undefined {
+  const parts = adapters.map((a) => a.layers.get(prefix));
+  if (parts.every((p) => p === undefined)) return undefined;
+  const rank = Math.max(...parts.map((p) => p?.a.shape[1] ?? 0));
+  const dtype = parts.some((p) => p && p.a.dtype === mx.Dtype.float32)
+    ? mx.Dtype.float32
+    : parts.find(Boolean)!.a.dtype;
+  const { inputs, outputs } = layer;
+  const stack = mx.scope(() => {
+    const padded = (m: MxArray | undefined, rows: number, cols: number, rankAxis: 0 | 1) => {
+      if (!m) return mx.zeros([rows, cols], dtype);
+      const missing = rank - m.shape[rankAxis]!;
+      const cast = mx.astype(m, dtype);
+      if (missing === 0) return cast;
+      const fill = mx.zeros(rankAxis === 1 ? [rows, missing] : [missing, cols], dtype);
+      return mx.concatenate([cast, fill], rankAxis);
+    };
+    const a = mx.stack([mx.zeros([inputs, rank], dtype), ...parts.map((p) => padded(p?.a, inputs, rank, 1))]);
+    const b = mx.stack([mx.zeros([rank, outputs], dtype), ...parts.map((p) => padded(p?.b, rank, outputs, 0))]);
+    const scales = mx.array([0, ...adapters.map((a) => a.scale)], [adapters.length + 1], mx.Dtype.float32);
+    const ones = mx.ones([outputs], mx.Dtype.float32);
+    const magnitudes = parts.some((p) => p?.magnitude)
+      ? mx.stack([ones, ...parts.map((p) => p?.magnitude ?? ones)])
+      : undefined;
+    const kept = [a, b, scales, magnitudes].filter((t) => t !== undefined);
+    mx.evaluate(...kept);
+    for (const t of kept) mx.keep(t);
+    return { a, b, scales, magnitudes };
+  });
+  return stack;
+}
+
+function readConfig(dir: string): { kind: AdapterKind; scale: number } {
+  const file = join(dir, "adapter_config.json");
+  if (!existsSync(file))
+    throw new AdapterError(`${dir} has no adapter_config.json (expected an mlx-lm adapter directory)`);
+  let config: Record<string, unknown>;
+  try {
+    config = JSON.parse(readFileSync(file, "utf8"));
+  } catch (error) {
+    throw new AdapterError(`cannot read ${file}: ${(error as Error).message}`);
+  }
+  const type = config.fine_tune_type ?? "lora";
+  if (type === "full")
+    throw new AdapterError(`${dir} is a full fine-tune (fine_tune_type "full"), not an adapter: load it as a model`);
+  if (type !== "lora" && type !== "dora")
+    throw new AdapterError(`${file}: fine_tune_type must be "lora" or "dora" (got ${JSON.stringify(type)})`);
+  const parameters = (config.lora_parameters ?? {}) as Record<string, unknown>;
+  const scale = parameters.scale;
+  if (typeof scale !== "number" || !Number.isFinite(scale)) {
+    const hint = "alpha" in parameters ? " (mlx-lm names it 'scale', not 'alpha')" : "";
+    throw new AdapterError(`${file}: lora_parameters.scale must be a number${hint}`);
+  }
+  return { kind: type, scale };
+}
+
+/**
+ * Loads the adapter in `dir` for the model whose adaptable layers are `base`: every tensor must
+ * name one of its linear layers with the right shape, or the load fails naming it.
+ */
+export function loadAdapter(dir: string, base: LoraLayers): Adapter {
+  if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new AdapterError(`adapter directory not found: ${dir}`);
+  const { kind, scale } = readConfig(dir);
+  const file = join(dir, "adapters.safetensors");
+  if (!existsSync(file)) throw new AdapterError(`${dir} has no adapters.safetensors`);
+  let tensors: Map<string, MxArray>;
+  try {
+    tensors = mx.loadSafetensors(file).tensors;
+  } catch (error) {
+    throw new AdapterError(`cannot read ${file}: ${(error as Error).message}`);
+  }
+  const layers = new Map<string, Partial<Record<"lora_a" | "lora_b" | "m", MxArray>>>();
+  try {
+    for (const [name, t] of tensors) {
+      const dot = name.lastIndexOf(".");
+      const prefix = name.slice(0, dot);
+      const leaf = name.slice(dot + 1);
+      if (leaf !== "lora_a" && leaf !== "lora_b" && !(leaf === "m" && kind === "dora"))
+        throw new AdapterError(`${file}: '${name}' is not a ${kind === "dora" ? "DoRA" : "LoRA"} tensor`);
+      if (!base.layer(prefix))
+        throw new AdapterError(`${file}: '${name}' names no linear layer this model can adapt ('${prefix}')`);
+      const entry = layers.get(prefix) ?? {};
+      entry[leaf] = t;
+      layers.set(prefix, entry);
+    }
+    if (layers.size === 0) throw new AdapterError(`${file} holds no adapter tensors`);
+    const lowRanks = new Map<string, LowRank>();
+    for (const [prefix, parts] of layers) {
+      const layer = base.layer(prefix)!;
+      const { lora_a: a, lora_b: b, m } = parts;
+      if (!a || !b) throw new AdapterError(`${file}: '${prefix}' needs both lora_a and lora_b`);
+      const rank = a.shape[1];
+      const expected = `lora_a [${layer.inputs}, r], lora_b [r, ${layer.outputs}]`;
+      if (
+        a.ndim !== 2 ||
+        b.ndim !== 2 ||
+        a.shape[0] !== layer.inputs ||
+        b.shape[0] !== rank ||
+        b.shape[1] !== layer.outputs
+      )
+        throw new AdapterError(
+          `${file}: '${prefix}' has lora_a [${a.shape}] and lora_b [${b.shape}], but this model needs ${expected}`,
+        );
+      if (m && (m.ndim !== 1 || m.shape[0] !== layer.outputs))
+        throw new AdapterError(
+          `${file}: '${prefix}.m' has shape [${m.shape}], but this model needs [${layer.outputs}]`,
+        );
+      const magnitude = kind === "dora" ? doraMagnitude(layer, a, b, scale, m) : undefined;
+      m?.free();
+      mx.evaluate(a, b);
+      lowRanks.set(prefix, { a, b, magnitude });
+    }
+    return new Adapter(dir, kind, scale, lowRanks, base);
+  } catch (error) {
+    for (const t of tensors.values()) t.free();
+    throw error;
+  }
+}
+
+/**
+ * DoRA's per-output factor m/‖W + scale·Bᵀ·Aᵀ‖ (mlx-lm's DoRALinear), constant once trained.
+ * Without a trained m, m is the base weight's own row norms (mlx-lm's starting value).
+ */
+function doraMagnitude(layer: AdaptableLayer, a: MxArray, b: MxArray, scale: number, m?: MxArray): MxArray {
+  const factor = mx.scope(() => {
+    const w = layer.dense();
+    const norm = (t: MxArray) => mx.sqrt(mx.sum(mx.square(t), 1));
+    const adapted = mx.add(w, mx.matmul(mx.multiply(mx.transpose(b), scale), mx.transpose(a)));
+    const magnitude = m ?? norm(mx.astype(w, mx.Dtype.float32));
+    return mx.keep(mx.astype(mx.divide(magnitude, norm(adapted)), mx.Dtype.float32));
+  });
+  mx.evaluate(factor);
+  return factor;
+}
+
+/**
+ * The layer's weight with the adapter merged in (mlx-lm's fuse): W + scale·Bᵀ·Aᵀ in W's dtype,
+ * scaled per output row by DoRA's factor. The caller frees the result.
+ */
+export function fusedWeight(layer: AdaptableLayer, adapter: Adapter, update: LowRank): MxArray {
+  return mx.scope(() => {
+    const w = layer.dense();
+    const delta = mx.matmul(mx.multiply(mx.transpose(update.b), adapter.scale), mx.transpose(update.a));
+    const merged = mx.add(w, mx.astype(delta, w.dtype));
+    const fused = update.magnitude
+      ? mx.multiply(mx.astype(mx.reshape(update.magnitude, [-1, 1]), w.dtype), merged)
+      : merged;
+    return mx.keep(fused);
+  });
+}

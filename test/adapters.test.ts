@@ -1,0 +1,123 @@
+// Adapters as users reach them: `mlx run --adapter`, a models.toml alias of a base plus an
+// adapter, clear errors for a bad adapter, and `mlx serve` answering the base and two adapters
+// of one loaded model at once, each request exactly as it is answered alone.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import OpenAI from "openai";
+import type { RunningServer } from "../src/server/app";
+import { cliRunner } from "./helpers/cli";
+import { lastLayers, writeRandomAdapter } from "./helpers/random-adapter";
+import { serve, tinyModel } from "./helpers/serve";
+import { tinyDims } from "./helpers/tiny-model";
+
+const { hidden, heads, kvHeads, headDim, intermediate } = tinyDims;
+const projections: Record<string, [number, number]> = {
+  "self_attn.q_proj": [hidden, heads * headDim],
+  "self_attn.v_proj": [hidden, kvHeads * headDim],
+  "mlp.down_proj": [intermediate, hidden],
+};
+const root = mkdtempSync(join(tmpdir(), "mlx-adapters-"));
+const home = join(root, "home");
+const adapterA = join(root, "adapter-a");
+const adapterB = join(root, "adapter-b");
+let model: string;
+
+beforeAll(() => {
+  model = tinyModel();
+  writeRandomAdapter(adapterA, { layers: lastLayers(2, 2, projections), seed: 1, strength: 0.5 });
+  writeRandomAdapter(adapterB, {
+    layers: lastLayers(2, 1, projections),
+    seed: 2,
+    kind: "dora",
+    rank: 8,
+    strength: 0.5,
+  });
+  mkdirSync(home, { recursive: true });
+  writeFileSync(
+    join(home, "models.toml"),
+    `[models.tiny]\nsource = "${model}"\n\n[models.tiny-tuned]\nsource = "tiny"\nadapter = "${adapterA}"\n`,
+  );
+});
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+describe("mlx run with adapters", () => {
+  const mlx = cliRunner(home);
+  const ids = async (args: string[]) => {
+    const r = await mlx(["run", "--raw", "--max-tokens", "12", "--json", ...args, "Once upon a time"]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    return JSON.parse(r.stdout).token_ids as number[];
+  };
+
+  test("--adapter changes the answer; the alias of base + adapter gives the same as --adapter", async () => {
+    const base = await ids(["-m", "tiny"]);
+    const adapted = await ids(["-m", "tiny", "--adapter", adapterA]);
+    expect(adapted).not.toEqual(base);
+    expect(await ids(["-m", "tiny-tuned"])).toEqual(adapted);
+  }, 60_000);
+
+  test("mlx fuse stores the merged model, which answers as the base with the adapter", async () => {
+    const fused = await mlx(["fuse", "tiny", "--adapter", adapterA, "tiny-fused"]);
+    expect(fused.code).toBe(0);
+    expect(fused.stdout.trim()).toBe(join(home, "models", "tiny-fused"));
+    expect(await ids(["-m", "tiny-fused"])).toEqual(await ids(["-m", "tiny", "--adapter", adapterA]));
+    // The alias knows its adapter; the same inputs again are a lookup.
+    const again = await mlx(["fuse", "tiny-tuned", "tiny-fused"]);
+    expect(again.code).toBe(0);
+    expect(again.stdout).toBe(fused.stdout);
+  }, 60_000);
+
+  test("a bad adapter is one line and a non-zero exit", async () => {
+    const missing = await mlx(["run", "-m", "tiny", "--adapter", join(root, "nope"), "hi"]);
+    expect(missing.code).not.toBe(0);
+    expect(missing.stderr.trim()).toBe(`error: adapter directory not found: ${join(root, "nope")}`);
+    // An adapter for other shapes: the layer and both shapes are named.
+    const wrong = join(root, "wrong");
+    writeRandomAdapter(wrong, { layers: { "model.layers.0.self_attn.q_proj": [32, 64] } });
+    const r = await mlx(["run", "-m", "tiny", "--adapter", wrong, "hi"]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain("'model.layers.0.self_attn.q_proj' has lora_a [32,4]");
+    expect(r.stderr.trim().split("\n")).toHaveLength(1);
+    const both = await mlx(["run", "-m", "tiny-tuned", "--adapter", adapterB, "hi"]);
+    expect(both.stderr).toContain("already has an adapter");
+  }, 60_000);
+});
+
+describe("mlx serve with adapters", () => {
+  let server: RunningServer;
+  let client: OpenAI;
+  beforeAll(() => {
+    server = serve({
+      defaultModel: model,
+      adapters: new Map([
+        ["tuned-a", { base: model, dir: adapterA }],
+        ["tuned-b", { base: model, dir: adapterB }],
+      ]),
+    });
+    client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
+  });
+  afterAll(() => server.stop());
+
+  const ask = async (name: string, prompt: string) => {
+    const r = await client.completions.create({ model: name, prompt, max_tokens: 16, temperature: 0 });
+    return r.choices[0]!.text;
+  };
+
+  test("base and two adapters at once: each answer is its solo answer, one copy of the base", async () => {
+    const names = [model, "tuned-a", "tuned-b"];
+    const prompts = ["Once upon a time", "The weather today", "Once upon a time"];
+    const alone = [];
+    for (const name of names) for (const p of prompts) alone.push(await ask(name, p));
+    // The adapters answer differently from the base and from each other.
+    expect(new Set([alone[0], alone[3], alone[6]]).size).toBe(3);
+    // Every name and prompt at once: rows of the base and of both adapters decode in one batch.
+    const together = await Promise.all(names.flatMap((name) => prompts.map((p) => ask(name, p))));
+    expect(together).toEqual(alone);
+    expect(server.state.models.loaded).toHaveLength(1);
+    const listed = await client.models.list();
+    expect(listed.data.map((m) => m.id)).toEqual(expect.arrayContaining(["tuned-a", "tuned-b"]));
+    expect([...server.state.models.loaded[0]!.adapters.keys()].sort()).toEqual([adapterA, adapterB].sort());
+  }, 120_000);
+});
