@@ -26,6 +26,8 @@ export interface LoadedModel {
   weightBytes: number;
   /** How its KV cache stores keys and values (--kv-bits, or the alias's kv_bits); float when absent. */
   kvQuantization?: KvQuantization;
+  /** Speculative decoding: a draft model of the same vocabulary, or prompt lookup when none. */
+  speculation?: { draft?: LoadedModel; numDraft: number };
   free(): void;
 }
 

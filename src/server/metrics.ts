@@ -1,5 +1,6 @@
 import type { MemoryFigures } from "../engine/device";
 import type { SchedulerStats } from "../engine/scheduler";
+import { acceptanceRate } from "../engine/speculative";
 
 // A small Prometheus registry: counters, gauges (set or read at scrape time) and histograms,
 // written in the text exposition format (version 0.0.4).
@@ -222,6 +223,21 @@ export function serverMetrics(live: {
     prefixBytes: registry.add(
       new Gauge("mlx_prefix_cache_bytes", "Bytes held by the prefix cache, per model", () =>
         perModel(live, (s) => s.prefixCache?.bytes),
+      ),
+    ),
+    draftedTokens: registry.add(
+      new Gauge("mlx_speculative_drafted_tokens", "Tokens drafted by speculative decoding, per model", () =>
+        perModel(live, (s) => s.speculation?.drafted),
+      ),
+    ),
+    acceptedTokens: registry.add(
+      new Gauge("mlx_speculative_accepted_tokens", "Drafted tokens the model kept, per model", () =>
+        perModel(live, (s) => s.speculation?.accepted),
+      ),
+    ),
+    acceptanceRate: registry.add(
+      new Gauge("mlx_speculative_acceptance_rate", "Accepted over drafted tokens, per model", () =>
+        perModel(live, (s) => s.speculation && acceptanceRate(s.speculation)),
       ),
     ),
   };
