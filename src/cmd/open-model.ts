@@ -1,6 +1,7 @@
 // Opening the model a command was asked for: resolve the name (pulling on first use), load
 // it, pass on its notes, and point a failed load of a stored model at the repair commands.
-import { loadModel, type LoadedModel } from "../models/load";
+import { loadModel, type LoadedModel, type SpeculationChoice } from "../models/load";
+import { attachSpeculation } from "../engine/speculative";
 import { resolveModelPath } from "../store/resolve";
 import { repairHint } from "../store/store";
 import { aliasKvQuantization } from "../store/aliases";
@@ -9,6 +10,7 @@ import { log } from "./log";
 export async function openModel(
   spec: string | undefined,
   kvQuantization = aliasKvQuantization(spec),
+  speculation?: SpeculationChoice,
 ): Promise<LoadedModel> {
   const path = await resolveModelPath(spec);
   const started = performance.now();
@@ -22,6 +24,12 @@ export async function openModel(
   }
   lm.kvQuantization = kvQuantization;
   for (const note of lm.notes) log.warn(note);
+  try {
+    await attachSpeculation(lm, speculation, (name) => openModel(name, undefined));
+  } catch (error) {
+    lm.free();
+    throw error;
+  }
   log.debug(`loaded ${path} in ${((performance.now() - started) / 1000).toFixed(2)} s`);
   return lm;
 }

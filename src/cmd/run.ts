@@ -13,6 +13,8 @@ import {
   positiveInteger,
   samplingArgs,
   samplingFrom,
+  speculationArgs,
+  speculationFrom,
 } from "./options";
 import { BudgetError } from "../engine/budget/steering";
 import { formatStats } from "./stats";
@@ -26,6 +28,7 @@ export default defineCommand({
     "max-tokens": { type: "string", description: "Most tokens to generate", default: "512" },
     ...samplingArgs,
     ...kvCacheArgs,
+    ...speculationArgs,
     stop: { type: "string", description: "Stop when the answer contains this text (repeatable)" },
     raw: { type: "boolean", description: "Send the prompt as it is, without the model's chat template" },
     verbose: {
@@ -47,7 +50,7 @@ export default defineCommand({
       const maxTokens = positiveInteger("max-tokens", args["max-tokens"]);
       const output = await formatFrom(args); // before loading the model: a bad schema fails fast
       const text = await readPrompt(args.prompt);
-      const lm = await openModel(args.model, kvQuantizationFrom(args, args.model));
+      const lm = await openModel(args.model, kvQuantizationFrom(args, args.model), speculationFrom(args, args.model));
       const controller = new AbortController();
       process.once("SIGINT", () => controller.abort());
       // A batch of one through the scheduler that serves `mlx serve`.

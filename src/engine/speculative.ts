@@ -10,6 +10,8 @@
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import { freeCaches, makeCaches, type DecoderModel, type KVCache } from "../models";
+import type { LoadedModel, SpeculationChoice } from "../models/load";
+import { UnsupportedError } from "../errors";
 import { samplingLogits, type LogitsProcessor, type RandomKeys, type Sampler, type SamplingParams } from "./sampling";
 
 export interface SpeculationOptions {
@@ -28,6 +30,50 @@ export interface SpeculationOptions {
  * decoding"): prompt lookup on the rewrite prompt gained at 1 and 2 sequences and lost at 4.
  */
 export const speculationMaxBatch = 2;
+
+/**
+ * Turns speculation on for `lm` as chosen: a draft model (opened with `open`, freed with `lm`)
+ * must share the target's vocabulary, token for token, or its drafts would mean other words.
+ */
+export async function attachSpeculation(
+  lm: LoadedModel,
+  choice: SpeculationChoice | undefined,
+  open: (name: string) => Promise<LoadedModel>,
+): Promise<void> {
+  if (!choice) return;
+  if (!choice.draftModel) {
+    lm.speculation = { numDraft: choice.numDraft };
+    return;
+  }
+  const draft = await open(choice.draftModel);
+  const mismatch = vocabularyMismatch(lm, draft);
+  if (mismatch) {
+    draft.free();
+    throw new UnsupportedError(
+      `the draft model '${choice.draftModel}' cannot draft for this model: ${mismatch}`,
+      "draft_model",
+    );
+  }
+  lm.speculation = { draft, numDraft: choice.numDraft };
+  const free = lm.free;
+  lm.free = () => {
+    draft.free();
+    free();
+  };
+}
+
+/** Why two models' vocabularies differ (size, logits width, or a token), or undefined when they agree. */
+function vocabularyMismatch(target: LoadedModel, draft: LoadedModel): string | undefined {
+  const [t, d] = [target.tokenizer, draft.tokenizer];
+  if (t.vocabSize !== d.vocabSize) return `its vocabulary has ${d.vocabSize} tokens, the model's ${t.vocabSize}`;
+  if (target.config.vocabSize !== draft.config.vocabSize)
+    return `it scores ${draft.config.vocabSize} tokens per step, the model ${target.config.vocabSize}`;
+  for (let id = 0; id < t.vocabSize; id++) {
+    if (t.idToToken(id) !== d.idToToken(id))
+      return `token ${id} is '${d.idToToken(id)}' in it but '${t.idToToken(id)}' in the model`;
+  }
+  return undefined;
+}
 
 /** Accepted over drafted tokens (0 before any draft). */
 export function acceptanceRate(c: { drafted: number; accepted: number }): number {

@@ -31,6 +31,13 @@ export interface LoadedModel {
   free(): void;
 }
 
+/** Speculative decoding as asked for (--draft-model/--prompt-lookup, or models.toml), before loading. */
+export interface SpeculationChoice {
+  /** The draft model's name (alias, stored model or path); prompt lookup when absent. */
+  draftModel?: string;
+  numDraft: number;
+}
+
 export class ModelLoadError extends Error {
   override name = "ModelLoadError";
 }

@@ -3,6 +3,7 @@
 // src/api, hold a model from the registry (model-registry.ts), and submit to its scheduler
 // (src/engine/scheduler.ts) through server/generation.ts.
 import type { KvQuantization } from "../models/cache";
+import type { SpeculationChoice } from "../models/load";
 import { timingSafeEqual, createHash } from "node:crypto";
 import { Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
@@ -42,6 +43,8 @@ export interface ServerOptions extends Partial<ServerConfig> {
   prefixCacheBytes?: number;
   /** KV cache quantization for every model (--kv-bits); else each alias's kv_bits. */
   kvQuantization?: KvQuantization;
+  /** Speculative decoding for every model (--draft-model, --prompt-lookup); else each alias's. */
+  speculation?: SpeculationChoice;
   logError?: (error: unknown) => void;
   onLoad?: (name: string, path: string, seconds: number) => void;
 }
@@ -112,6 +115,7 @@ export function createState(o: ServerOptions = {}): ServerState {
       maxLoaded: o.maxLoadedModels ?? 1,
       makeScheduler,
       kvQuantization: o.kvQuantization,
+      speculation: o.speculation,
       onLoad: (e) => o.onLoad?.(e.name, e.path, e.loadMs / 1000),
     }),
     metrics: undefined!,

@@ -2,9 +2,10 @@
 // model or a path, through resolveModelPath), shared by every request naming them, and
 // unloaded after their keep-alive (default 5 minutes) once no request is using them.
 // Each loaded model has its own scheduler (continuous batching, src/engine/scheduler.ts).
-import { loadModel, type LoadedModel } from "../models/load";
+import { loadModel, type LoadedModel, type SpeculationChoice } from "../models/load";
 import { resolveModelPath } from "../store/resolve";
-import { aliasKvQuantization } from "../store/aliases";
+import { aliasKvQuantization, aliasSpeculation } from "../store/aliases";
+import { attachSpeculation } from "../engine/speculative";
 import type { KvQuantization } from "../models/cache";
 import { listModels } from "../store/store";
 import type { IndexEntry } from "../store/model-index";
@@ -46,6 +47,8 @@ export interface ModelRegistryOptions {
   makeScheduler: (lm: LoadedModel) => Scheduler;
   /** Every model's KV cache quantization (serve --kv-bits); else each alias's kv_bits. */
   kvQuantization?: KvQuantization;
+  /** Every model's speculative decoding (serve --draft-model/--prompt-lookup); else each alias's. */
+  speculation?: SpeculationChoice;
   onLoad?: (entry: LoadedEntry) => void;
   onUnload?: (entry: LoadedEntry) => void;
 }
@@ -167,6 +170,14 @@ export class ModelRegistry {
         const started = performance.now();
         const lm = loadModel(path);
         lm.kvQuantization = this.options.kvQuantization ?? aliasKvQuantization(name);
+        try {
+          await attachSpeculation(lm, this.options.speculation ?? aliasSpeculation(name), async (draft) =>
+            loadModel(await resolveModelPath(draft, { onProgress: () => {} })),
+          );
+        } catch (error) {
+          lm.free();
+          throw error;
+        }
         const entry: LoadedEntry = {
           name,
           path,

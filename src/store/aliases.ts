@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { parse, TomlError } from "smol-toml";
 import shipped from "../../models.toml" with { type: "text" };
 import type { KvQuantization } from "../models/cache";
+import type { SpeculationChoice } from "../models/load";
 import { storeRoot } from "./paths";
 
 export interface ModelAlias {
@@ -13,7 +14,12 @@ export interface ModelAlias {
   description?: string;
   /** Bits per cached key/value (kv_bits: 4 or 8): the model's KV cache stored quantized. */
   kvBits?: number;
+  /** Speculative decoding (draft_model = "...", or prompt_lookup = true; num_draft = N). */
+  speculation?: SpeculationChoice;
 }
+
+/** Tokens drafted per speculative step unless told otherwise (mlx-lm's default). */
+export const defaultNumDraft = 3;
 
 export interface AliasTable {
   defaultModel: string;
@@ -47,6 +53,7 @@ function parseTable(text: string, origin: string): { defaultModel?: string; mode
       source: e.source,
       description: typeof e.description === "string" ? e.description : undefined,
       kvBits: e.kv_bits as number | undefined,
+      speculation: aliasSpeculationEntry(e, `${origin}: model '${name}'`),
     });
   }
   if (doc.default !== undefined && typeof doc.default !== "string")
@@ -65,6 +72,25 @@ export function loadAliases(): AliasTable {
     defaultModel = user.defaultModel ?? defaultModel;
   }
   return { defaultModel, models };
+}
+
+function aliasSpeculationEntry(e: Record<string, unknown>, where: string): SpeculationChoice | undefined {
+  const { draft_model: draftModel, prompt_lookup: promptLookup, num_draft: numDraft } = e;
+  if (draftModel !== undefined && (typeof draftModel !== "string" || draftModel === ""))
+    throw new Error(`${where}: draft_model must be a model name`);
+  if (promptLookup !== undefined && typeof promptLookup !== "boolean")
+    throw new Error(`${where}: prompt_lookup must be true or false`);
+  if (draftModel && promptLookup) throw new Error(`${where}: give draft_model or prompt_lookup, not both`);
+  if (numDraft !== undefined && !(Number.isInteger(numDraft) && (numDraft as number) > 0))
+    throw new Error(`${where}: num_draft must be a whole number > 0`);
+  if (!draftModel && !promptLookup) return undefined;
+  return { draftModel: draftModel as string | undefined, numDraft: (numDraft as number) ?? defaultNumDraft };
+}
+
+/** The speculative decoding models.toml asks for the model named `spec` (default: the default model). */
+export function aliasSpeculation(spec: string | undefined): SpeculationChoice | undefined {
+  const table = loadAliases();
+  return table.models.get(spec ?? table.defaultModel)?.speculation;
 }
 
 /** The KV cache quantization models.toml asks for the model named `spec` (default: the default model). */
