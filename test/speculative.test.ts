@@ -246,7 +246,7 @@ describe("requests", () => {
     }
   });
 
-  test("mlx run: a draft model of another vocabulary, or both methods, is a one-line error", async () => {
+  test("mlx run and chat: a draft model of another vocabulary, or both methods, is a one-line error; counts shown", async () => {
     const mlx = cliRunner(join(root, "home"));
     const odd = join(root, "odd");
     writeTinyModel(odd);
@@ -266,6 +266,12 @@ describe("requests", () => {
     const ok = await mlx(["run", "-m", model, "--draft-model", model, "--max-tokens", "8", "--verbose", "Hi"]);
     expect(ok.code).toBe(0);
     expect(ok.stderr).toMatch(/speculation: \d+ of \d+ drafted tokens accepted/);
+    const chat = await mlx(
+      ["chat", "-m", model, "--prompt-lookup", "--max-tokens", "24", "--stats"],
+      "one two one two one two\n",
+    );
+    expect(chat.code).toBe(0);
+    expect(chat.stderr).toMatch(/\d+\/\d+ drafted tokens accepted/);
   });
 });
 

@@ -50,7 +50,7 @@ export class ChatSession {
       const s = result.stats;
       const limit = this.conversation.lm.config.maxPositionEmbeddings;
       this.say(
-        `${s.generationTokensPerSecond.toFixed(1)} tokens/s · first token ${s.timeToFirstTokenSeconds.toFixed(2)} s · prompt ${info.newTokens} new + ${info.reusedTokens} cached tokens · context ${this.conversation.contextUsed}/${limit}`,
+        `${s.generationTokensPerSecond.toFixed(1)} tokens/s · first token ${s.timeToFirstTokenSeconds.toFixed(2)} s · prompt ${info.newTokens} new + ${info.reusedTokens} cached tokens · context ${this.conversation.contextUsed}/${limit}${s.draftedTokens > 0 ? ` · ${s.acceptedTokens}/${s.draftedTokens} drafted tokens accepted` : ""}`,
       );
     }
   }
