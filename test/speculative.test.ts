@@ -2,7 +2,7 @@
 // keep its distribution (the speculative sampling rule), processors are respected, a grammar
 // turns speculation off, and a batch of sequences takes back each one's rejected drafts.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import OpenAI from "openai";
@@ -273,6 +273,24 @@ describe("requests", () => {
     expect(chat.code).toBe(0);
     expect(chat.stderr).toMatch(/\d+\/\d+ drafted tokens accepted/);
   });
+});
+
+test("models.toml: prompt_lookup or draft_model with num_draft on an alias; both is an error", async () => {
+  const home = join(root, "alias-home");
+  const mlx = cliRunner(home);
+  const model = join(root, "tiny");
+  const write = (entry: string) => {
+    mkdirSync(home, { recursive: true });
+    writeFileSync(join(home, "models.toml"), `[models.spec]\nsource = "${model}"\n${entry}\n`);
+  };
+  write("prompt_lookup = true\nnum_draft = 5");
+  const looked = await mlx(["run", "-m", "spec", "--max-tokens", "24", "--verbose", "one two one two one two"]);
+  expect(looked.code).toBe(0);
+  expect(looked.stderr).toMatch(/speculation: \d+ of \d+ drafted tokens accepted/);
+  write(`prompt_lookup = true\ndraft_model = "${model}"`);
+  const both = await mlx(["run", "-m", "spec", "Hi"]);
+  expect(both.code).not.toBe(0);
+  expect(both.stderr).toContain("model 'spec': give draft_model or prompt_lookup, not both");
 });
 
 describe("the default model", () => {
