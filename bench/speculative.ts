@@ -60,7 +60,7 @@ for (let round = 0; round < rounds; round++) {
   }
 }
 target.speculation = undefined;
-console.log("| prompt | method | decode tok/s | vs none | drafted/step accepted |");
+console.log("| prompt | method | decode tok/s | vs none | accepted of drafted per answer |");
 console.log("|---|---|---|---|---|");
 for (const name of Object.keys(prompts)) {
   const base = median(figures.get(`${name}|none`)!.speed);
