@@ -56,7 +56,18 @@ interface Sequence extends SpeculatingSequence {
   next: number;
   /** Finished or removed: its rows in a step already built are ignored. */
   done: boolean;
+  /** Steps left before it drafts again, and the drafting rounds in a row that gained nothing. */
+  pause: number;
+  misses: number;
 }
+
+/**
+ * A sequence whose draft gained nothing (no lookup match, or every token rejected) skips 1, 3,
+ * 7 ... steps (up to this many) before drafting again: a speculative step reads the last token on
+ * the host first, so it cannot run ahead of the device as a plain step does, and free text that
+ * never repeats itself would pay for that on every step.
+ */
+const maxSpeculationPause = 16;
 
 /** A decode step built and queued for evaluation, not read yet. */
 interface PendingStep {
@@ -142,6 +153,8 @@ export class BatchGenerator {
       generated: 0,
       next: -1,
       done: false,
+      pause: 0,
+      misses: 0,
     });
   }
 
@@ -167,6 +180,7 @@ export class BatchGenerator {
   step(): SequenceEvent[] {
     this.#prefillChunk();
     const events: SequenceEvent[] = [];
+    for (const s of this.#active) s.pause = Math.max(0, s.pause - 1);
     if (this.#speculating) {
       // Drafting needs every sequence's last token on the host.
       if (this.#ahead) events.push(...this.#read(this.#takeAhead()));
@@ -196,7 +210,7 @@ export class BatchGenerator {
       o !== undefined &&
       this.#active.length > 0 &&
       this.#active.length <= o.maxBatch &&
-      this.#active.some((s) => s.request.speculate !== false)
+      this.#active.some((s) => s.request.speculate !== false && s.pause === 0)
     );
   }
 
@@ -204,9 +218,16 @@ export class BatchGenerator {
   #draft(s: Sequence): Draft {
     const o = this.options.speculation!;
     const count = Math.min(o.numDraft, s.request.maxTokens - s.generated - 1);
-    if (s.request.speculate === false || count <= 0) return { tokens: [] };
+    if (s.request.speculate === false || s.pause > 0 || count <= 0) return { tokens: [] };
     if (o.draftModel) return modelDraft(o.draftModel, s, count, this.options.prefillChunk);
-    return { tokens: lookupDraft([...s.history, s.next], count) };
+    const tokens = lookupDraft([...s.history, s.next], count);
+    if (tokens.length === 0) this.#missed(s);
+    return { tokens };
+  }
+
+  #missed(s: Sequence): void {
+    s.misses++;
+    s.pause = Math.min(maxSpeculationPause, 2 ** s.misses);
   }
 
   /**
@@ -246,6 +267,8 @@ export class BatchGenerator {
       s.next = v.tokens.at(-1)!;
       if (drafted > 0) {
         rollbackDraft(s, before, drafted, v.accepted);
+        if (v.accepted === 0) this.#missed(s);
+        else s.misses = 0;
         this.speculationCounts.steps++;
         this.speculationCounts.drafted += drafted;
         this.speculationCounts.accepted += v.accepted;
