@@ -3,7 +3,7 @@
 // prompts where drafts should be right (rewrite a given text, repeat code with an edit) and
 // where they should not (free writing); then, for the back-off threshold, the batch's total
 // tokens/s with and without prompt lookup at 1-4 sequences. Runs interleaved; medians.
-// Usage: bun bench/speculative.ts [rounds=3] [max tokens=128]
+// Usage: bun bench/speculative.ts [rounds=3] [max tokens=128] [batch: only the batch part]
 // (needs .cache/smollm2-2layer: `mlx convert smollm2 .cache/smollm2-mlx`, then
 // `bun bench/truncated-draft.ts .cache/smollm2-mlx .cache/smollm2-2layer 2`)
 import { BatchGenerator } from "../src/engine/batch";
@@ -17,6 +17,7 @@ import { median, ratio } from "./lib";
 
 const rounds = Number(process.argv[2] ?? 3);
 const maxTokens = Number(process.argv[3] ?? 128);
+const batchOnly = process.argv[4] === "batch";
 const target = loadModel(await resolveModelPath(undefined));
 const truncated = loadModel(".cache/smollm2-2layer");
 
@@ -38,7 +39,7 @@ const methods: [string, LoadedModel["speculation"]][] = [
 
 console.log(`## one sequence: decode tokens/s (median of ${rounds}), acceptance; ${maxTokens} tokens, greedy`);
 const figures = new Map<string, { speed: number[]; drafted: number; accepted: number }>();
-for (let round = 0; round < rounds; round++) {
+for (let round = 0; round < (batchOnly ? 0 : rounds); round++) {
   for (const [name, prompt] of Object.entries(prompts)) {
     const promptIds = promptTokens(target.tokenizer, prompt, {});
     for (const [method, speculation] of methods) {
@@ -62,7 +63,7 @@ for (let round = 0; round < rounds; round++) {
 target.speculation = undefined;
 console.log("| prompt | method | decode tok/s | vs none | accepted of drafted per answer |");
 console.log("|---|---|---|---|---|");
-for (const name of Object.keys(prompts)) {
+for (const name of batchOnly ? [] : Object.keys(prompts)) {
   const base = median(figures.get(`${name}|none`)!.speed);
   for (const [method] of methods) {
     const f = figures.get(`${name}|${method}`)!;

@@ -6,10 +6,9 @@ import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import OpenAI from "openai";
-import { generateTokens, type SequenceEvent } from "../src/engine/batch";
+import { BatchGenerator, generateTokens, type SequenceEvent } from "../src/engine/batch";
 import { complete, soloScheduler } from "../src/engine/generate";
 import { defaultSampling, makeSampler, randomKeys, samplingLogits, type SamplingParams } from "../src/engine/sampling";
-import { Scheduler, type GenerationEvent } from "../src/engine/scheduler";
 import { lookupDraft, verify, type SpeculatingSequence, type SpeculationOptions } from "../src/engine/speculative";
 import * as mx from "../src/mlx";
 import { loadModel, type LoadedModel } from "../src/models/load";
@@ -86,37 +85,29 @@ describe("greedy speculation gives the model's own tokens", () => {
     }
   });
 
-  test("in a batch, each sequence takes back its own rejected drafts", async () => {
+  test("in a batch, each sequence takes back its own rejected drafts", () => {
+    // Speculating at every batch size (the scheduler stops above speculationMaxBatch).
     const prompts = [prompt, [3, 4, 5, 3, 4, 6, 3, 4], [10, 11, 12, 13]];
-    const request = (promptIds: number[]) => ({ promptIds, sampling: defaultSampling, maxTokens: 24 });
-    const run = async (speculation: LoadedModel["speculation"]) => {
-      tiny.speculation = speculation;
-      const scheduler = new Scheduler(tiny, { maxBatch: 3, prefillChunk: 64, maxQueue: 8 });
+    const run = (speculation?: SpeculationOptions) => {
+      const generator = new BatchGenerator(tiny.model, { maxBatch: 3, prefillChunk: 64, speculation });
+      const answers = prompts.map((): number[] => []);
       try {
-        const results = await Promise.all(prompts.map((p) => collect(scheduler.submit(request(p)))));
-        return { tokenIds: results.map((r) => r.tokenIds), stats: scheduler.stats };
+        prompts.forEach((p, i) => generator.add(String(i), { promptIds: p, sampling: defaultSampling, maxTokens: 24 }));
+        while (!generator.idle) for (const e of generator.step()) answers[Number(e.id)]!.push(e.token);
+        return { answers, counts: generator.speculationCounts };
       } finally {
-        scheduler.dispose();
-        tiny.speculation = undefined;
+        generator.dispose();
       }
     };
-    const alone = await run(undefined);
-    const lookup = await run({ numDraft: 4 });
-    const drafting = await run({ numDraft: 3, draft: otherTiny });
-    expect(lookup.tokenIds).toEqual(alone.tokenIds);
-    expect(drafting.tokenIds).toEqual(alone.tokenIds);
-    expect(lookup.stats.speculation).toMatchObject({ method: "prompt-lookup", numDraft: 4 });
-    expect(drafting.stats.speculation!.drafted).toBeGreaterThan(0);
+    const alone = run();
+    const lookup = run({ numDraft: 4, maxBatch: 3 });
+    const drafting = run({ numDraft: 3, maxBatch: 3, draftModel: otherTiny.model });
+    expect(lookup.answers).toEqual(alone.answers);
+    expect(drafting.answers).toEqual(alone.answers);
+    expect(lookup.counts.drafted).toBeGreaterThan(0);
+    expect(drafting.counts.drafted).toBeGreaterThan(0);
   });
 });
-
-async function collect(stream: AsyncIterable<GenerationEvent>) {
-  for await (const e of stream) {
-    if (e.type === "error") throw e.error;
-    if (e.type === "done") return e;
-  }
-  throw new Error("no done event");
-}
 
 describe("sampled speculation keeps the model's distribution", () => {
   test("the acceptance rule: first tokens drawn as p, with a draft q far from p", () => {
@@ -236,7 +227,7 @@ describe("requests", () => {
     try {
       expect(await ask(speculating.url)).toBe(await ask(plain.url));
       const stats = (await (await fetch(`${speculating.url}/stats`)).json()) as { models: { speculation: unknown }[] };
-      expect(stats.models[0].speculation).toMatchObject({ method: "prompt-lookup", num_draft: 4, max_batch: 2 });
+      expect(stats.models[0].speculation).toMatchObject({ method: "prompt-lookup", num_draft: 4, max_batch: 1 });
       const metrics = await (await fetch(`${speculating.url}/metrics`)).text();
       expect(metrics).toContain("mlx_speculative_drafted_tokens{");
       expect(metrics).toContain("mlx_speculative_acceptance_rate{");

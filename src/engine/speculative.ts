@@ -27,10 +27,11 @@ export interface SpeculationOptions {
  * The batch size up to which speculation pays on the CPU backend: past it the batched decode
  * step already keeps the cores busy, and verifying K+1 positions per sequence costs more than
  * the accepted tokens save. Measured with bench/speculative.ts (bench/RESULTS.md, "Speculative
- * decoding"): prompt lookup on the rewrite prompt, 92% of drafts accepted, made the batch's
- * total tokens/s 1.41× at 1 sequence and 1.09× at 2, but 0.92× at 3 and 0.84× at 4.
+ * decoding"): prompt lookup on the rewrite prompt, over 90% of drafts accepted, made the
+ * batch's total tokens/s 1.4-1.9× at 1 sequence, but 0.64-1.09× at 2 (three runs) and below
+ * 1× at 3 and 4.
  */
-export const speculationMaxBatch = 2;
+export const speculationMaxBatch = 1;
 
 /**
  * Turns speculation on for `lm` as chosen: a draft model (opened with `open`, freed with `lm`)
