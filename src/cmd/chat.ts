@@ -15,6 +15,8 @@ import {
   positiveInteger,
   samplingArgs,
   samplingFrom,
+  speculationArgs,
+  speculationFrom,
 } from "./options";
 import { ChatSession } from "./chat/session";
 import { thinkingArgs, thinkingFrom } from "./thinking";
@@ -31,6 +33,7 @@ export default defineCommand({
     ...samplingArgs,
     ...kvCacheArgs,
     ...thinkingArgs,
+    ...speculationArgs,
     stats: { type: "boolean", description: "Show tokens/s, time to first token and context use after each answer" },
     verbose: { type: "boolean", alias: "v", description: "Stack traces on errors" },
   },
@@ -53,6 +56,7 @@ export default defineCommand({
         (await openModel(args.model, {
           kvQuantization: kvQuantizationFrom(args, args.model),
           adapter: adapterFrom(args, args.model),
+          speculation: speculationFrom(args, args.model),
         }));
       input = new LineInput(join(storeRoot(), "chat_history"));
       const say = (text: string) => process.stderr.write(`${text}\n`);

@@ -1,6 +1,7 @@
 // Opening the model a command was asked for: resolve the name (pulling on first use), load
 // it, pass on its notes, and point a failed load of a stored model at the repair commands.
-import { loadModel, type LoadedModel } from "../models/load";
+import { loadModel, type LoadedModel, type SpeculationChoice } from "../models/load";
+import { attachSpeculation } from "../engine/speculative";
 import { resolveModelPath } from "../store/resolve";
 import { repairHint } from "../store/store";
 import { aliasAdapter, aliasKvQuantization } from "../store/aliases";
@@ -13,11 +14,13 @@ export interface OpenOptions {
   kvQuantization?: KvQuantization;
   /** A LoRA/DoRA adapter directory applied to every generation (default: the alias's adapter). */
   adapter?: string;
+  /** Speculative decoding: a draft model or prompt lookup (default: none). */
+  speculation?: SpeculationChoice;
 }
 
 export async function openModel(
   spec: string | undefined,
-  { kvQuantization = aliasKvQuantization(spec), adapter = aliasAdapter(spec) }: OpenOptions = {},
+  { kvQuantization = aliasKvQuantization(spec), adapter = aliasAdapter(spec), speculation }: OpenOptions = {},
 ): Promise<LoadedModel> {
   const path = await resolveModelPath(spec);
   const started = performance.now();
@@ -40,6 +43,12 @@ export async function openModel(
     log.debug(`adapter ${adapter}: ${lm.adapter.layers.size} layers (${lm.adapter.kind})`);
   }
   for (const note of lm.notes) log.warn(note);
+  try {
+    await attachSpeculation(lm, speculation, (name) => openModel(name));
+  } catch (error) {
+    lm.free();
+    throw error;
+  }
   log.debug(`loaded ${path} in ${((performance.now() - started) / 1000).toFixed(2)} s`);
   return lm;
 }

@@ -5,7 +5,8 @@ import { readFileSync } from "node:fs";
 import { defaultSampling, validateSampling, type SamplingParams } from "../engine/sampling";
 import { validateSchema, type JsonFormat } from "../engine/grammar";
 import type { KvQuantization } from "../models/cache";
-import { aliasAdapter, aliasKvQuantization } from "../store/aliases";
+import { aliasAdapter, aliasKvQuantization, aliasSpeculation, defaultNumDraft } from "../store/aliases";
+import type { SpeculationChoice } from "../models/load";
 
 export const modelArg = {
   model: {
@@ -111,6 +112,34 @@ export function kvQuantizationFrom(
   if (!Number.isInteger(start) || start < 0)
     throw new Error(`--kv-quant-start must be a whole number ≥ 0 (got '${args["kv-quant-start"]}')`);
   return { bits, groupSize, start };
+}
+
+export const speculationArgs = {
+  "draft-model": {
+    type: "string",
+    description: "Speculative decoding: a smaller model of the same vocabulary drafts, the model verifies",
+  },
+  "prompt-lookup": {
+    type: "boolean",
+    description: "Speculative decoding with drafts looked up in the prompt and answer (edits, summaries, code)",
+  },
+  "num-draft": { type: "string", description: `Tokens drafted per step (default ${defaultNumDraft})` },
+} as const satisfies ArgsDef;
+
+/** --draft-model/--prompt-lookup/--num-draft, or else models.toml's for `spec`. */
+export function speculationFrom(
+  args: Record<string, unknown>,
+  spec: string | undefined,
+): SpeculationChoice | undefined {
+  const draftModel = args["draft-model"] as string | undefined;
+  const lookup = Boolean(args["prompt-lookup"]);
+  if (draftModel !== undefined && lookup) throw new Error("give --draft-model or --prompt-lookup, not both");
+  const numDraft = args["num-draft"] === undefined ? undefined : positiveInteger("num-draft", args["num-draft"]);
+  if (draftModel === undefined && !lookup) {
+    if (numDraft !== undefined) throw new Error("--num-draft needs --draft-model or --prompt-lookup");
+    return aliasSpeculation(spec);
+  }
+  return { draftModel, numDraft: numDraft ?? defaultNumDraft };
 }
 
 /** citty gives a repeated string flag as an array, a single one as a string. */

@@ -15,6 +15,8 @@ import {
   positiveInteger,
   samplingArgs,
   samplingFrom,
+  speculationArgs,
+  speculationFrom,
 } from "./options";
 import { BudgetError } from "../engine/budget/steering";
 import { formatStats } from "./stats";
@@ -31,6 +33,7 @@ export default defineCommand({
     "max-tokens": { type: "string", description: "Most tokens to generate", default: "512" },
     ...samplingArgs,
     ...kvCacheArgs,
+    ...speculationArgs,
     stop: { type: "string", description: "Stop when the answer contains this text (repeatable)" },
     raw: { type: "boolean", description: "Send the prompt as it is, without the model's chat template" },
     verbose: {
@@ -69,6 +72,7 @@ export default defineCommand({
             await openModel(args.model, {
               kvQuantization: kvQuantizationFrom(args, args.model),
               adapter: adapterFrom(args, args.model),
+              speculation: speculationFrom(args, args.model),
             }),
           );
       const stream = remote

@@ -6,7 +6,7 @@ import { startServer } from "../server/app";
 import { existsSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
 import { fail, log, setVerbose } from "./log";
-import { kvCacheArgs, kvQuantizationFrom, list, positiveInteger } from "./options";
+import { kvCacheArgs, kvQuantizationFrom, list, positiveInteger, speculationArgs, speculationFrom } from "./options";
 
 function nonNegative(name: string, value: unknown): number {
   const n = Number(value);
@@ -36,6 +36,7 @@ export default defineCommand({
   meta: { name: "serve", description: "Serve an OpenAI- and Ollama-compatible API (127.0.0.1 by default)" },
   args: {
     ...kvCacheArgs,
+    ...speculationArgs,
     model: {
       type: "string",
       alias: "m",
@@ -114,6 +115,8 @@ export default defineCommand({
         prefixCacheBytes: nonNegative("prefix-cache-mb", args["prefix-cache-mb"]) * 1024 * 1024,
         kvQuantization: args["kv-bits"] === undefined ? undefined : kvQuantizationFrom(args, undefined),
         adapters: servedAdapters(list(args.adapter), args.model),
+        speculation:
+          args["draft-model"] === undefined && !args["prompt-lookup"] ? undefined : speculationFrom(args, undefined),
         version: pkg.version,
         logError: (error) => {
           const e = error as Error;

@@ -9,7 +9,17 @@ import { BatchKVCache } from "../models/batch-cache";
 import type { KvQuantization } from "../models/cache";
 import type { Adapter } from "../models/lora";
 import type { PrefixCache } from "./prefix-cache";
-import { makeSampler, type LogitsProcessor, type Sampler, type SamplingParams } from "./sampling";
+import { makeSampler, randomKeys, type LogitsProcessor, type SamplingParams } from "./sampling";
+import {
+  freeDraft,
+  lookupDraft,
+  modelDraft,
+  rollbackDraft,
+  verify,
+  type Draft,
+  type SpeculatingSequence,
+  type SpeculationOptions,
+} from "./speculative";
 
 export interface SequenceRequest {
   promptIds: number[];
@@ -21,6 +31,12 @@ export interface SequenceRequest {
   keepLogprobs?: boolean;
   /** A LoRA/DoRA adapter of this model, applied to this sequence alone (others in the batch may use another, or none). */
   adapter?: Adapter;
+  /**
+   * Whether speculative decoding (when the generator has it) may draft for this sequence; off
+   * where a logits processor keeps state between steps (a grammar), which only ever sees the
+   * tokens actually chosen.
+   */
+  speculate?: boolean;
 }
 
 export interface SequenceEvent {
@@ -30,20 +46,31 @@ export interface SequenceEvent {
   logprobs?: MxArray;
   /** Set on the sequence's last token when it reached maxTokens. */
   finished?: "length";
+  /** On the first token of a speculative step: tokens drafted, and how many of them the target kept. */
+  drafted?: number;
+  accepted?: number;
 }
 
-interface Sequence {
+interface Sequence extends SpeculatingSequence {
   id: string;
   request: SequenceRequest;
-  sample: Sampler;
-  processors: LogitsProcessor[];
-  history: number[];
   generated: number;
   /** The token to feed at the next decode step (when known on the host). */
   next: number;
   /** Finished or removed: its rows in a step already built are ignored. */
   done: boolean;
+  /** Steps left before it drafts again, and the drafting rounds in a row that gained nothing. */
+  pause: number;
+  misses: number;
 }
+
+/**
+ * A sequence whose draft gained nothing (no lookup match, or every token rejected) skips 1, 3,
+ * 7 ... steps (up to this many) before drafting again: a speculative step reads the last token on
+ * the host first, so it cannot run ahead of the device as a plain step does, and free text that
+ * never repeats itself would pay for that on every step.
+ */
+const maxSpeculationPause = 16;
 
 /** A decode step built and queued for evaluation, not read yet. */
 interface PendingStep {
@@ -71,6 +98,15 @@ export interface BatchOptions {
   prefixCache?: PrefixCache;
   /** Keys and values stored quantized (--kv-bits); float when absent. */
   kvQuantization?: KvQuantization;
+  /** Speculative decoding: drafted tokens verified in one forward pass (--draft-model, --prompt-lookup). */
+  speculation?: SpeculationOptions;
+}
+
+/** Draft tokens proposed and accepted since the generator started. */
+export interface SpeculationCounts {
+  steps: number;
+  drafted: number;
+  accepted: number;
 }
 
 export class BatchGenerator {
@@ -79,6 +115,7 @@ export class BatchGenerator {
   #active: Sequence[] = [];
   #ahead?: PendingStep;
   readonly #caches: BatchKVCache[];
+  readonly speculationCounts: SpeculationCounts = { steps: 0, drafted: 0, accepted: 0 };
 
   constructor(
     readonly model: DecoderModel,
@@ -107,15 +144,20 @@ export class BatchGenerator {
 
   add(id: string, request: SequenceRequest): void {
     if (request.promptIds.length === 0) throw new Error("empty prompt: nothing to generate from");
+    const keys = randomKeys(request.sampling.seed);
     this.#waiting.push({
       id,
       request,
-      sample: makeSampler(request.sampling),
+      sampling: request.sampling,
+      keys,
+      sample: makeSampler(request.sampling, keys),
       processors: request.processors ?? [],
       history: [],
       generated: 0,
       next: -1,
       done: false,
+      pause: 0,
+      misses: 0,
     });
   }
 
@@ -141,6 +183,16 @@ export class BatchGenerator {
   step(): SequenceEvent[] {
     this.#prefillChunk();
     const events: SequenceEvent[] = [];
+    for (const s of this.#active) s.pause = Math.max(0, s.pause - 1);
+    if (this.#speculating) {
+      // Drafting needs every sequence's last token on the host.
+      if (this.#ahead) events.push(...this.#read(this.#takeAhead()));
+      const drafts = this.#active.map((s) => this.#draft(s));
+      if (drafts.some((d) => d.tokens.length > 0)) {
+        events.push(...this.#speculate(drafts));
+        return events;
+      }
+    }
     const pipelined = this.#active.every((s) => s.processors.length === 0);
     if (!pipelined && this.#ahead) events.push(...this.#read(this.#takeAhead()));
     if (this.#active.length > 0) {
@@ -151,6 +203,95 @@ export class BatchGenerator {
       if (!pipelined) events.push(...this.#read(this.#takeAhead()));
     }
     if (this.#active.length === 0) this.#discardAhead();
+    return events;
+  }
+
+  /** Speculation is on, some sequence takes it, and the batch is small enough for it to pay. */
+  get #speculating(): boolean {
+    const o = this.options.speculation;
+    return (
+      o !== undefined &&
+      this.#active.length > 0 &&
+      this.#active.length <= o.maxBatch &&
+      this.#active.some((s) => s.request.speculate !== false && s.pause === 0)
+    );
+  }
+
+  /** Up to numDraft tokens for a sequence, never more than its answer has room for after the target's own. */
+  #draft(s: Sequence): Draft {
+    const o = this.options.speculation!;
+    const count = Math.min(o.numDraft, s.request.maxTokens - s.generated - 1);
+    if (s.request.speculate === false || s.pause > 0 || count <= 0) return { tokens: [] };
+    if (o.draftModel) return modelDraft(o.draftModel, s, count, this.options.prefillChunk);
+    const tokens = lookupDraft([...s.history, s.next], count);
+    if (tokens.length === 0) this.#missed(s);
+    return { tokens };
+  }
+
+  #missed(s: Sequence): void {
+    s.misses++;
+    s.pause = Math.min(maxSpeculationPause, 2 ** s.misses);
+  }
+
+  /**
+   * One speculative step: every sequence's next token and its draft (padded to the longest)
+   * through the target in one forward pass, each verified on its own; the caches then take
+   * back each sequence's rejected positions.
+   */
+  #speculate(drafts: Draft[]): SequenceEvent[] {
+    const batch = [...this.#active];
+    const width = Math.max(...drafts.map((d) => d.tokens.length)) + 1;
+    const input = new Int32Array(batch.length * width);
+    batch.forEach((s, b) => input.set([s.next, ...drafts[b]!.tokens], b * width));
+    const logits = mx.scope(() =>
+      adapted(batch, () =>
+        this.model.head(this.model.layers(this.model.embed(mx.array(input, [batch.length, width])), this.#caches)),
+      ),
+    );
+    const vocab = logits.shape[2]!;
+    const verified = batch.map((s, b) =>
+      mx.scope(() =>
+        verify(
+          s,
+          mx.reshape(mx.slice(logits, [b, 0, 0], [b + 1, width, vocab]), [width, vocab]),
+          drafts[b]!,
+          Boolean(s.request.keepLogprobs),
+        ),
+      ),
+    );
+    logits.free();
+    for (const d of drafts) d.probabilities?.free();
+    for (const c of this.#caches) c.rollback(verified.map((v) => width - 1 - v.accepted));
+    const events: SequenceEvent[] = [];
+    const finished: Sequence[] = [];
+    batch.forEach((s, b) => {
+      const v = verified[b]!;
+      const drafted = drafts[b]!.tokens.length;
+      const before = s.history.length;
+      s.history.push(s.next, ...v.tokens.slice(0, v.accepted));
+      s.next = v.tokens.at(-1)!;
+      if (drafted > 0) {
+        rollbackDraft(s, before, drafted, v.accepted);
+        if (v.accepted === 0) this.#missed(s);
+        else s.misses = 0;
+        this.speculationCounts.steps++;
+        this.speculationCounts.drafted += drafted;
+        this.speculationCounts.accepted += v.accepted;
+      }
+      v.tokens.forEach((token, i) => {
+        const row = v.rows?.[i];
+        if (s.generated >= s.request.maxTokens) return row?.free();
+        const event: SequenceEvent = { id: s.id, token, logprob: v.logprobs[i]!, logprobs: row };
+        if (i === 0 && drafted > 0) Object.assign(event, { drafted, accepted: v.accepted });
+        s.generated++;
+        if (s.generated >= s.request.maxTokens) {
+          event.finished = "length";
+          finished.push(s);
+        }
+        events.push(event);
+      });
+    });
+    if (finished.length > 0) this.#dropRows(finished.map((s) => this.#active.indexOf(s)));
     return events;
   }
 
@@ -281,7 +422,10 @@ export class BatchGenerator {
   }
 
   #dropRows(rows: number[]): void {
-    for (const row of rows) this.#active[row]!.done = true;
+    for (const row of rows) {
+      this.#active[row]!.done = true;
+      freeDraft(this.#active[row]!);
+    }
     // What a leaving sequence computed (its prompt and answer) may start a follow-up request.
     const cache = this.options.prefixCache;
     if (cache)
@@ -296,6 +440,7 @@ export class BatchGenerator {
 
   dispose(): void {
     this.#discardAhead();
+    for (const s of this.#active) freeDraft(s);
     if (this.#prefill) freeCaches(this.#prefill.caches);
     for (const c of this.#caches) c.free();
   }
@@ -323,8 +468,9 @@ export function* generateTokens(
   model: DecoderModel,
   request: SequenceRequest,
   kvQuantization?: KvQuantization,
+  speculation?: SpeculationOptions,
 ): Generator<SequenceEvent> {
-  const generator = new BatchGenerator(model, { maxBatch: 1, prefillChunk: 2048, kvQuantization });
+  const generator = new BatchGenerator(model, { maxBatch: 1, prefillChunk: 2048, kvQuantization, speculation });
   try {
     generator.add("0", request);
     while (!generator.idle) yield* generator.step();

@@ -19,6 +19,9 @@ export interface CompletionStats {
   generationTokensPerSecond: number;
   timeToFirstTokenSeconds: number;
   peakMemoryBytes: number;
+  /** Speculative decoding: tokens drafted, and how many the model kept. */
+  draftedTokens: number;
+  acceptedTokens: number;
 }
 
 export interface CompletionResult {
@@ -111,5 +114,7 @@ function completionStats(u: GenerationUsage): CompletionStats {
     generationTokensPerSecond: generationSeconds > 0 ? decoded / generationSeconds : 0,
     timeToFirstTokenSeconds: u.timeToFirstTokenMs / 1000,
     peakMemoryBytes: memoryFigures().peak,
+    draftedTokens: u.draftedTokens,
+    acceptedTokens: u.acceptedTokens,
   };
 }

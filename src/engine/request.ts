@@ -121,6 +121,9 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
       processors,
       reasoning: thinking && { startsInside },
       ignoreEos: spec.ignoreEos,
+      // A grammar (or a caller's processor) keeps state from step to step and must see only
+      // tokens that were chosen, never drafts: such a request decodes without speculation.
+      speculate: !constraint && !spec.processors?.length,
       signal: spec.signal,
     },
     promptIds,

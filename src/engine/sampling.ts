@@ -135,23 +135,35 @@ function minP(logprobs: MxArray, p: number): MxArray {
 /** A sampler: logprobs [B, vocab] → token ids [B]. */
 export type Sampler = (logprobs: MxArray) => MxArray;
 
-export function makeSampler(p: SamplingParams): Sampler {
-  if (p.temperature === 0) return (logprobs) => mx.argmax(logprobs, -1);
-  let key = p.seed === undefined ? undefined : mx.keep(mx.random.key(p.seed));
-  return (logprobs) => {
-    // mlx-lm's order: top-p first, on the whole distribution. After top-k the kept mass may be
-    // below 1 - top_p, and top-p would then drop every token.
-    let filtered = logprobs;
-    if (p.topP > 0 && p.topP < 1) filtered = topP(filtered, p.topP);
-    if (p.minP > 0) filtered = minP(filtered, p.minP);
-    if (p.topK > 0) filtered = topK(filtered, p.topK);
-    let stepKey: MxArray | undefined;
-    if (key) {
-      const [next, sub] = mx.random.split(key);
-      key.free();
-      key = mx.keep(next);
-      stepKey = sub;
-    }
-    return mx.random.categorical(mx.multiply(filtered, 1 / p.temperature), -1, stepKey);
+/** A stream of random keys from a seed (a fresh key per call), or no keys (MLX's global state). */
+export type RandomKeys = () => MxArray | undefined;
+
+export function randomKeys(seed: number | undefined): RandomKeys {
+  if (seed === undefined) return () => undefined;
+  let key = mx.keep(mx.random.key(seed));
+  return () => {
+    const [next, sub] = mx.random.split(key);
+    key.free();
+    key = mx.keep(next);
+    return sub;
   };
+}
+
+/**
+ * The logits a sampler with temperature draws from: logprobs [B, vocab] through top-p, min-p
+ * and top-k, divided by the temperature (speculative decoding compares these distributions).
+ */
+export function samplingLogits(p: SamplingParams, logprobs: MxArray): MxArray {
+  // mlx-lm's order: top-p first, on the whole distribution. After top-k the kept mass may be
+  // below 1 - top_p, and top-p would then drop every token.
+  let filtered = logprobs;
+  if (p.topP > 0 && p.topP < 1) filtered = topP(filtered, p.topP);
+  if (p.minP > 0) filtered = minP(filtered, p.minP);
+  if (p.topK > 0) filtered = topK(filtered, p.topK);
+  return mx.multiply(filtered, 1 / p.temperature);
+}
+
+export function makeSampler(p: SamplingParams, keys: RandomKeys = randomKeys(p.seed)): Sampler {
+  if (p.temperature === 0) return (logprobs) => mx.argmax(logprobs, -1);
+  return (logprobs) => mx.random.categorical(samplingLogits(p, logprobs), -1, keys());
 }

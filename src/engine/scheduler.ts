@@ -9,6 +9,7 @@ import type { LogitsProcessor, SamplingParams } from "./sampling";
 import { QueueFullError } from "../errors";
 import { StopMatcher } from "./stop";
 import { ReasoningSplitter } from "./reasoning";
+import { speculationMaxBatch } from "./speculative";
 import type { AdaptiveTuner, TunerAdjustment } from "./tuner";
 import type { PrefixCache } from "./prefix-cache";
 import * as mx from "../mlx";
@@ -27,6 +28,8 @@ export interface GenerationRequest {
   ignoreEos?: boolean;
   /** Set for a model that thinks: its text is split into reasoning and answer. */
   reasoning?: { startsInside: boolean };
+  /** Whether speculative decoding may draft for it (see SequenceRequest.speculate). */
+  speculate?: boolean;
   signal?: AbortSignal;
   /** A LoRA/DoRA adapter of this model for this request alone (default: the model's own, if any). */
   adapter?: Adapter;
@@ -61,6 +64,9 @@ export interface GenerationUsage {
   queueMs: number;
   timeToFirstTokenMs: number;
   totalMs: number;
+  /** Speculative decoding: tokens drafted for this answer, and how many the model kept. */
+  draftedTokens: number;
+  acceptedTokens: number;
 }
 
 export interface SchedulerStats {
@@ -72,6 +78,18 @@ export interface SchedulerStats {
   prefillChunk: number;
   tuner?: { targetItlMs: number; estimatedP99Ms?: number; adjustments: number; recent: TunerAdjustment[] };
   prefixCache?: { entries: number; bytes: number; hits: number; misses: number; hitTokens: number };
+  speculation?: SpeculationStats;
+}
+
+export interface SpeculationStats {
+  method: "draft-model" | "prompt-lookup";
+  numDraft: number;
+  /** Speculation backs off above this many running sequences. */
+  maxBatch: number;
+  /** Speculative steps taken, tokens drafted, and those the model kept. */
+  steps: number;
+  drafted: number;
+  accepted: number;
 }
 
 export interface SchedulerOptions {
@@ -123,6 +141,8 @@ interface Running {
   cachedTokens: number;
   firstTokenAt?: number;
   tokenIds: number[];
+  drafted: number;
+  accepted: number;
   finished: boolean;
 }
 
@@ -141,6 +161,11 @@ export class Scheduler {
       prefillChunk: options.prefillChunk,
       prefixCache: options.prefixCache,
       kvQuantization: lm.kvQuantization,
+      speculation: lm.speculation && {
+        draftModel: lm.speculation.draft?.model,
+        numDraft: lm.speculation.numDraft,
+        maxBatch: speculationMaxBatch,
+      },
       onStart: (id, cachedTokens) => {
         const s = this.#running.get(id);
         if (!s) return;
@@ -178,6 +203,18 @@ export class Scheduler {
         misses: cache.misses,
         hitTokens: cache.hitTokens,
       },
+      speculation: this.#speculationStats,
+    };
+  }
+
+  get #speculationStats(): SpeculationStats | undefined {
+    const o = this.#generator.options.speculation;
+    if (!o) return undefined;
+    return {
+      method: o.draftModel ? "draft-model" : "prompt-lookup",
+      numDraft: o.numDraft,
+      maxBatch: o.maxBatch,
+      ...this.#generator.speculationCounts,
     };
   }
 
@@ -206,6 +243,8 @@ export class Scheduler {
       submittedAt: performance.now(),
       cachedTokens: 0,
       tokenIds: [],
+      drafted: 0,
+      accepted: 0,
       finished: false,
     };
     this.#running.set(id, sequence);
@@ -216,6 +255,7 @@ export class Scheduler {
       processors: request.processors,
       keepLogprobs: (request.topLogprobs ?? 0) > 0,
       adapter: request.adapter ?? this.lm.adapter,
+      speculate: request.speculate,
     });
     // A signal that fired before the request got here fires no event: it ends at once.
     if (request.signal?.aborted) this.#finish(id, "cancelled");
@@ -261,6 +301,8 @@ export class Scheduler {
       return;
     }
     s.firstTokenAt ??= performance.now();
+    s.drafted += event.drafted ?? 0;
+    s.accepted += event.accepted ?? 0;
     const top = event.logprobs ? topTokens(event.logprobs, s.request.topLogprobs!) : undefined;
     event.logprobs?.free();
     if (!s.request.ignoreEos && this.lm.tokenizer.eosTokenIds.has(event.token)) return this.#finish(event.id, "stop");
@@ -306,6 +348,8 @@ export class Scheduler {
         queueMs: (s.startedAt ?? now) - s.submittedAt,
         timeToFirstTokenMs: (s.firstTokenAt ?? now) - s.submittedAt,
         totalMs: now - s.submittedAt,
+        draftedTokens: s.drafted,
+        acceptedTokens: s.accepted,
       },
       tokenIds: s.tokenIds,
       stopSequence: s.stops.matched,

@@ -91,6 +91,28 @@ export class BatchKVCache extends KVCache {
     this.replaceBuffers(keys, values);
   }
 
+  /**
+   * Takes back the last `counts[b]` positions of each row b (a speculative step's rejected
+   * draft tokens). Rows that take back more than the fewest are moved right, the freed columns
+   * becoming their padding, so every row's newest position stays the last column.
+   */
+  rollback(counts: number[]): void {
+    const fewest = Math.min(...counts);
+    this.offset -= fewest;
+    const extra = counts.map((count) => count - fewest);
+    if (!this.keys || !this.values || extra.every((e) => e === 0)) return;
+    const [keys, values] = mx.scope(() => {
+      const shift = (t: MxArray) =>
+        mx.concatenate(
+          extra.map((e, b) => padLeft(mx.slice(t, [b, 0, 0], [b + 1, t.shape[1]!, this.offset - e]), e, t)!),
+          0,
+        );
+      return [this.keys!.map(shift), this.values!.map(shift)];
+    });
+    this.leftPadding = this.leftPadding.map((pad, b) => pad + extra[b]!);
+    this.replaceBuffers(keys, values);
+  }
+
   private replaceBuffers(keys: Stored | undefined, values: Stored | undefined): void {
     this.free(false);
     this.keys = keys?.map(mx.keep);

@@ -83,7 +83,9 @@ export class KVCache implements AttentionCache {
   update(keys: MxArray, values: MxArray): [Stored, Stored] {
     const previous = this.offset;
     const length = keys.shape[2]!;
-    const quantize = this.quantization !== undefined && previous + length > (this.quantization.start ?? 0);
+    // Once quantized, always: a cache taken back below the start (a rejected draft) stays so.
+    const quantize =
+      this.quantization !== undefined && (this.quantized || previous + length > (this.quantization.start ?? 0));
     if (quantize && this.keys && !this.quantized) this.quantizeHeld();
     const newKeys = quantize ? this.encode(keys) : [keys];
     const newValues = quantize ? this.encode(values) : [values];
@@ -150,7 +152,10 @@ export class KVCache implements AttentionCache {
     this.offset = length;
   }
 
-  /** Forget positions past `length` (e.g. to reuse a shared prefix). */
+  /**
+   * Forget positions past `length` (to reuse a shared prefix, or take back rejected draft
+   * tokens): the next update writes over them in place, float or quantized alike.
+   */
   trim(length: number): void {
     this.offset = Math.min(this.offset, Math.max(0, length));
   }

@@ -29,7 +29,16 @@ export interface LoadedModel {
   kvQuantization?: KvQuantization;
   /** The adapter every generation uses unless a request names its own (`--adapter`, or the alias's adapter). */
   adapter?: Adapter;
+  /** Speculative decoding: a draft model of the same vocabulary, or prompt lookup when none. */
+  speculation?: { draft?: LoadedModel; numDraft: number };
   free(): void;
+}
+
+/** Speculative decoding as asked for (--draft-model/--prompt-lookup, or models.toml), before loading. */
+export interface SpeculationChoice {
+  /** The draft model's name (alias, stored model or path); prompt lookup when absent. */
+  draftModel?: string;
+  numDraft: number;
 }
 
 export class ModelLoadError extends Error {

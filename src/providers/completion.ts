@@ -42,6 +42,8 @@ export async function* streamRemoteCompletion(
           generationSeconds > 0 ? Math.max(0, usage.completionTokens - 1) / generationSeconds : 0,
         timeToFirstTokenSeconds: ttft,
         peakMemoryBytes: 0,
+        draftedTokens: 0,
+        acceptedTokens: 0,
       },
     };
   };

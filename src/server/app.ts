@@ -3,6 +3,7 @@
 // src/api, hold a model from the registry (model-registry.ts), and submit to its scheduler
 // (src/engine/scheduler.ts) through server/generation.ts.
 import type { KvQuantization } from "../models/cache";
+import type { SpeculationChoice } from "../models/load";
 import { timingSafeEqual, createHash } from "node:crypto";
 import { Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
@@ -48,6 +49,8 @@ export interface ServerOptions extends Partial<ServerConfig> {
   kvQuantization?: KvQuantization;
   /** Extra model names, each a base model (undefined: the default) plus an adapter directory (serve --adapter). */
   adapters?: Map<string, { base: string | undefined; dir: string }>;
+  /** Speculative decoding for every model (--draft-model, --prompt-lookup); else each alias's. */
+  speculation?: SpeculationChoice;
   logError?: (error: unknown) => void;
   onLoad?: (name: string, path: string, seconds: number) => void;
 }
@@ -128,6 +131,7 @@ export function createState(o: ServerOptions = {}): ServerState {
       makeScheduler,
       kvQuantization: o.kvQuantization,
       adapters: o.adapters,
+      speculation: o.speculation,
       onLoad: (e) => o.onLoad?.(e.name, e.path, e.loadMs / 1000),
     }),
     metrics: undefined!,

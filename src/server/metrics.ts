@@ -1,6 +1,7 @@
 import type { MemoryFigures } from "../engine/device";
 import type { SchedulerStats } from "../engine/scheduler";
 import type { Provider } from "../providers";
+import { acceptanceRate } from "../engine/speculative";
 
 // A small Prometheus registry: counters, gauges (set or read at scrape time) and histograms,
 // written in the text exposition format (version 0.0.4).
@@ -276,6 +277,21 @@ export function serverMetrics(live: {
             value: p.circuit.state === state ? 1 : 0,
           })),
         ),
+      ),
+    ),
+    draftedTokens: registry.add(
+      new Gauge("mlx_speculative_drafted_tokens", "Tokens drafted by speculative decoding, per model", () =>
+        perModel(live, (s) => s.speculation?.drafted),
+      ),
+    ),
+    acceptedTokens: registry.add(
+      new Gauge("mlx_speculative_accepted_tokens", "Drafted tokens the model kept, per model", () =>
+        perModel(live, (s) => s.speculation?.accepted),
+      ),
+    ),
+    acceptanceRate: registry.add(
+      new Gauge("mlx_speculative_acceptance_rate", "Accepted over drafted tokens, per model", () =>
+        perModel(live, (s) => s.speculation && acceptanceRate(s.speculation)),
       ),
     ),
   };

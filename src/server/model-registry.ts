@@ -5,10 +5,11 @@
 // A name may stand for a base model plus a LoRA/DoRA adapter (models.toml's `adapter`, or
 // serve --adapter): it shares the base's entry (one copy of the weights, one scheduler, so
 // requests for the base and its adapters batch together); the adapter is loaded once per base.
-import { loadModel, type LoadedModel } from "../models/load";
+import { loadModel, type LoadedModel, type SpeculationChoice } from "../models/load";
 import { resolveModelPath } from "../store/resolve";
-import { aliasAdapter, aliasKvQuantization } from "../store/aliases";
+import { aliasAdapter, aliasKvQuantization, aliasSpeculation } from "../store/aliases";
 import { loadAdapter, type Adapter } from "../models/lora";
+import { attachSpeculation } from "../engine/speculative";
 import type { KvQuantization } from "../models/cache";
 import { listModels } from "../store/store";
 import type { IndexEntry } from "../store/model-index";
@@ -54,6 +55,8 @@ export interface ModelRegistryOptions {
   makeScheduler: (lm: LoadedModel) => Scheduler;
   /** Every model's KV cache quantization (serve --kv-bits); else each alias's kv_bits. */
   kvQuantization?: KvQuantization;
+  /** Every model's speculative decoding (serve --draft-model/--prompt-lookup); else each alias's. */
+  speculation?: SpeculationChoice;
   onLoad?: (entry: LoadedEntry) => void;
   onUnload?: (entry: LoadedEntry) => void;
   /** Extra model names (serve --adapter): a base model (undefined: the default) plus an adapter directory. */
@@ -189,6 +192,14 @@ export class ModelRegistry {
         const started = performance.now();
         const lm = loadModel(path);
         lm.kvQuantization = this.options.kvQuantization ?? aliasKvQuantization(name);
+        try {
+          await attachSpeculation(lm, this.options.speculation ?? aliasSpeculation(name), async (draft) =>
+            loadModel(await resolveModelPath(draft, { onProgress: () => {} })),
+          );
+        } catch (error) {
+          lm.free();
+          throw error;
+        }
         const entry: LoadedEntry = {
           name,
           path,

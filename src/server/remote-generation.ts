@@ -90,6 +90,8 @@ export async function startRemoteGeneration(
         completionTokens,
         cachedTokens: 0,
         reasoningTokens: 0,
+        draftedTokens: 0,
+        acceptedTokens: 0,
         queueMs: 0,
         timeToFirstTokenMs: 0,
         totalMs: ms(),
@@ -113,6 +115,8 @@ export async function startRemoteGeneration(
             usage: {
               ...event.usage,
               reasoningTokens: 0,
+              draftedTokens: 0,
+              acceptedTokens: 0,
               queueMs: 0,
               timeToFirstTokenMs: firstAt - started,
               totalMs: ms(),

@@ -6,6 +6,7 @@ import { parse, TomlError } from "smol-toml";
 import shipped from "../../models.toml" with { type: "text" };
 import type { KvQuantization } from "../models/cache";
 import { parseRemoteModel, type RemoteModelConfig } from "../providers/config";
+import type { SpeculationChoice } from "../models/load";
 import { storeRoot } from "./paths";
 
 export interface ModelAlias {
@@ -16,7 +17,12 @@ export interface ModelAlias {
   kvBits?: number;
   /** A LoRA/DoRA adapter directory applied to the source model (an absolute path). */
   adapter?: string;
+  /** Speculative decoding (draft_model = "...", or prompt_lookup = true; num_draft = N). */
+  speculation?: SpeculationChoice;
 }
+
+/** Tokens drafted per speculative step unless told otherwise (mlx-lm's default). */
+export const defaultNumDraft = 3;
 
 export interface AliasTable {
   defaultModel: string;
@@ -65,6 +71,7 @@ function parseTable(
       description: typeof e.description === "string" ? e.description : undefined,
       kvBits: e.kv_bits as number | undefined,
       adapter: e.adapter === undefined ? undefined : resolve(relativeTo, e.adapter as string),
+      speculation: aliasSpeculationEntry(e, `${origin}: model '${name}'`),
     });
   }
   if (doc.default !== undefined && typeof doc.default !== "string")
@@ -92,6 +99,25 @@ export function loadAliases(): AliasTable {
     defaultModel = user.defaultModel ?? defaultModel;
   }
   return { defaultModel, models, remotes };
+}
+
+function aliasSpeculationEntry(e: Record<string, unknown>, where: string): SpeculationChoice | undefined {
+  const { draft_model: draftModel, prompt_lookup: promptLookup, num_draft: numDraft } = e;
+  if (draftModel !== undefined && (typeof draftModel !== "string" || draftModel === ""))
+    throw new Error(`${where}: draft_model must be a model name`);
+  if (promptLookup !== undefined && typeof promptLookup !== "boolean")
+    throw new Error(`${where}: prompt_lookup must be true or false`);
+  if (draftModel && promptLookup) throw new Error(`${where}: give draft_model or prompt_lookup, not both`);
+  if (numDraft !== undefined && !(Number.isInteger(numDraft) && (numDraft as number) > 0))
+    throw new Error(`${where}: num_draft must be a whole number > 0`);
+  if (!draftModel && !promptLookup) return undefined;
+  return { draftModel: draftModel as string | undefined, numDraft: (numDraft as number) ?? defaultNumDraft };
+}
+
+/** The speculative decoding models.toml asks for the model named `spec` (default: the default model). */
+export function aliasSpeculation(spec: string | undefined): SpeculationChoice | undefined {
+  const table = loadAliases();
+  return table.models.get(spec ?? table.defaultModel)?.speculation;
 }
 
 /** The KV cache quantization models.toml asks for the model named `spec` (default: the default model). */

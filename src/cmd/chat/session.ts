@@ -71,7 +71,7 @@ export class ChatSession {
       const c = this.conversation;
       const limit = c instanceof Conversation ? `/${c.lm.config.maxPositionEmbeddings}` : "";
       this.say(
-        `${s.generationTokensPerSecond.toFixed(1)} tokens/s · first token ${s.timeToFirstTokenSeconds.toFixed(2)} s · prompt ${info.newTokens} new + ${info.reusedTokens} cached tokens · context ${c.contextUsed}${limit}`,
+        `${s.generationTokensPerSecond.toFixed(1)} tokens/s · first token ${s.timeToFirstTokenSeconds.toFixed(2)} s · prompt ${info.newTokens} new + ${info.reusedTokens} cached tokens · context ${c.contextUsed}${limit}${s.draftedTokens > 0 ? ` · ${s.acceptedTokens}/${s.draftedTokens} drafted tokens accepted` : ""}`,
       );
     }
   }

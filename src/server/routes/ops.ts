@@ -2,6 +2,7 @@
 // request be served now), /stats (JSON), /metrics (Prometheus text).
 import { Hono } from "hono";
 import { memoryFigures } from "../../engine/device";
+import { acceptanceRate } from "../../engine/speculative";
 import type { ServerState } from "../state";
 
 export function queueFigures(s: ServerState) {
@@ -66,6 +67,15 @@ export function stats(s: ServerState) {
         hits: e.scheduler.stats.prefixCache.hits,
         misses: e.scheduler.stats.prefixCache.misses,
         hit_tokens: e.scheduler.stats.prefixCache.hitTokens,
+      },
+      speculation: e.scheduler.stats.speculation && {
+        method: e.scheduler.stats.speculation.method,
+        num_draft: e.scheduler.stats.speculation.numDraft,
+        max_batch: e.scheduler.stats.speculation.maxBatch,
+        steps: e.scheduler.stats.speculation.steps,
+        drafted_tokens: e.scheduler.stats.speculation.drafted,
+        accepted_tokens: e.scheduler.stats.speculation.accepted,
+        acceptance_rate: acceptanceRate(e.scheduler.stats.speculation),
       },
       keep_alive_seconds: e.keepAliveMs === Infinity ? -1 : e.keepAliveMs / 1000,
       expires_at: e.expiresAt?.toISOString() ?? null,

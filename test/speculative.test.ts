@@ -1,0 +1,306 @@
+// Speculative decoding: greedy answers are the tokens the model gives alone, sampled answers
+// keep its distribution (the speculative sampling rule), processors are respected, a grammar
+// turns speculation off, and a batch of sequences takes back each one's rejected drafts.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import OpenAI from "openai";
+import { BatchGenerator, generateTokens, type SequenceEvent } from "../src/engine/batch";
+import { complete, soloScheduler } from "../src/engine/generate";
+import { defaultSampling, makeSampler, randomKeys, samplingLogits, type SamplingParams } from "../src/engine/sampling";
+import { lookupDraft, verify, type SpeculatingSequence, type SpeculationOptions } from "../src/engine/speculative";
+import * as mx from "../src/mlx";
+import { loadModel, type LoadedModel } from "../src/models/load";
+import { forward, makeCaches } from "../src/models";
+import { resolveModelPath } from "../src/store/resolve";
+import { cliRunner } from "./helpers/cli";
+import { serve, tinyModel } from "./helpers/serve";
+import { writeTinyModel } from "./helpers/tiny-model";
+
+const root = mkdtempSync(join(tmpdir(), "mlx-spec-"));
+let tiny: LoadedModel;
+let otherTiny: LoadedModel;
+beforeAll(() => {
+  writeTinyModel(join(root, "tiny"));
+  writeTinyModel(join(root, "other"), { seed: 7 });
+  writeTinyModel(join(root, "wide"), { headDim: 32 });
+  tiny = loadModel(join(root, "tiny"));
+  otherTiny = loadModel(join(root, "other"));
+});
+afterAll(() => {
+  tiny.free();
+  otherTiny.free();
+});
+
+// Repeats, so prompt lookup finds drafts in it (random weights also repeat themselves).
+const prompt = [1, 5, 9, 12, 5, 9, 33, 44, 5, 9, 12, 7, 8, 5, 9];
+
+function tokens(lm: LoadedModel, sampling: SamplingParams, maxTokens: number, speculation?: SpeculationOptions) {
+  return [...generateTokens(lm.model, { promptIds: prompt, sampling, maxTokens }, lm.kvQuantization, speculation)];
+}
+const ids = (events: SequenceEvent[]) => events.map((e) => e.token);
+const drafted = (events: SequenceEvent[]) => events.reduce((n, e) => n + (e.drafted ?? 0), 0);
+
+describe("prompt lookup", () => {
+  test("drafts what followed the latest earlier occurrence of the last tokens", () => {
+    expect(lookupDraft([1, 2, 3, 4, 5, 9, 9, 1, 2, 3, 7, 1, 2, 3], 3)).toEqual([7, 1, 2]);
+    expect(lookupDraft([1, 2, 3, 4, 5, 9, 9, 2, 3], 4)).toEqual([4, 5, 9, 9]);
+    expect(lookupDraft([1, 2, 3, 4], 3)).toEqual([]);
+  });
+});
+
+describe("greedy speculation gives the model's own tokens", () => {
+  const lookup = { numDraft: 4, maxBatch: 2 };
+  test("prompt lookup and a draft model (itself, another), with penalties and logit_bias", () => {
+    const cases: [SamplingParams, SpeculationOptions[]][] = [
+      [defaultSampling, [lookup, { numDraft: 3, maxBatch: 2, draftModel: tiny.model }]],
+      [
+        { ...defaultSampling, repetitionPenalty: 1.3, presencePenalty: 0.5, logitBias: new Map([[9, 2]]) },
+        [lookup, { numDraft: 2, maxBatch: 2, draftModel: otherTiny.model }],
+      ],
+    ];
+    for (const [sampling, speculations] of cases) {
+      const alone = tokens(tiny, sampling, 40);
+      for (const speculation of speculations) {
+        const events = tokens(tiny, sampling, 40, speculation);
+        expect(ids(events)).toEqual(ids(alone));
+        expect(drafted(events)).toBeGreaterThan(0);
+        // The log-probabilities reported are the model's own too.
+        events.forEach((e, i) => expect(e.logprob).toBeCloseTo(alone[i]!.logprob, 3));
+      }
+    }
+  });
+
+  test("a quantized KV cache takes back rejected drafts in place", () => {
+    const quantized = loadModel(join(root, "wide"));
+    quantized.kvQuantization = { bits: 8, groupSize: 32 };
+    try {
+      const alone = tokens(quantized, defaultSampling, 40);
+      const events = tokens(quantized, defaultSampling, 40, lookup);
+      expect(drafted(events)).toBeGreaterThan(0);
+      expect(ids(events)).toEqual(ids(alone));
+    } finally {
+      quantized.free();
+    }
+  });
+
+  test("in a batch, each sequence takes back its own rejected drafts", () => {
+    // Speculating at every batch size (the scheduler stops above speculationMaxBatch).
+    const prompts = [prompt, [3, 4, 5, 3, 4, 6, 3, 4], [10, 11, 12, 13]];
+    const run = (speculation?: SpeculationOptions) => {
+      const generator = new BatchGenerator(tiny.model, { maxBatch: 3, prefillChunk: 64, speculation });
+      const answers = prompts.map((): number[] => []);
+      try {
+        prompts.forEach((p, i) => generator.add(String(i), { promptIds: p, sampling: defaultSampling, maxTokens: 24 }));
+        while (!generator.idle) for (const e of generator.step()) answers[Number(e.id)]!.push(e.token);
+        return { answers, counts: generator.speculationCounts };
+      } finally {
+        generator.dispose();
+      }
+    };
+    const alone = run();
+    const lookup = run({ numDraft: 4, maxBatch: 3 });
+    const drafting = run({ numDraft: 3, maxBatch: 3, draftModel: otherTiny.model });
+    expect(lookup.answers).toEqual(alone.answers);
+    expect(drafting.answers).toEqual(alone.answers);
+    expect(lookup.counts.drafted).toBeGreaterThan(0);
+    expect(drafting.counts.drafted).toBeGreaterThan(0);
+  });
+});
+
+describe("sampled speculation keeps the model's distribution", () => {
+  test("the acceptance rule: first tokens drawn as p, with a draft q far from p", () => {
+    // A vocabulary of 5; p from the logits, q the draft's (far from p): the first emitted token is p-distributed.
+    const logits = [2, 1, 0.5, 0, -1];
+    const p = softmax(logits);
+    const q = [0.05, 0.05, 0.1, 0.2, 0.6];
+    const sampling = { ...defaultSampling, temperature: 1, seed: 3 };
+    const keys = randomKeys(11);
+    const s: SpeculatingSequence = {
+      history: [],
+      next: 0,
+      sampling,
+      processors: [],
+      sample: makeSampler(sampling, keys),
+      keys,
+    };
+    const draws = 3000;
+    const counts = [0, 0, 0, 0, 0];
+    const draftSample = makeSampler(sampling, randomKeys(5));
+    const rows = mx.array(Float32Array.from([...logits, ...logits]), [2, 5]);
+    const qLog = mx.array(Float32Array.from(q.map(Math.log)), [1, 5]);
+    for (let i = 0; i < draws; i++) {
+      const token = mx.scope(() => draftSample(qLog).item());
+      const probabilities = mx.array(Float32Array.from(q), [1, 5]);
+      const v = verify(s, rows, { tokens: [token], probabilities }, false);
+      probabilities.free();
+      counts[v.tokens[0]!]!++;
+    }
+    const frequencies = counts.map((n) => n / draws);
+    // Three standard deviations of a frequency over 3,000 draws is under 0.03.
+    frequencies.forEach((f, i) => expect(Math.abs(f - p[i]!)).toBeLessThan(0.03));
+  });
+
+  test("on a tiny model, the first two tokens sampled with speculation follow the model's own distribution", () => {
+    // Top-k keeps the answers few (3 × 3), so their exact probabilities are few forward passes.
+    const sampling = { ...defaultSampling, temperature: 0.8, topK: 3 };
+    const exact = new Map<string, number>();
+    const next = (context: number[]) =>
+      mx.scope(() => {
+        const logits = forward(
+          tiny.model,
+          mx.array(Int32Array.from(context), [1, context.length]),
+          makeCaches(tiny.model),
+        );
+        const last = mx.slice(logits, [0, context.length - 1, 0], [1, context.length, logits.shape[2]!]);
+        const row = mx.reshape(last, [1, -1]);
+        const probabilities = mx.softmax(samplingLogits(sampling, mx.subtract(row, mx.logsumexp(row, -1, true))));
+        return [...probabilities.toTyped()].flatMap((p, token) => (Number(p) > 0 ? [[token, Number(p)] as const] : []));
+      });
+    for (const [first, p1] of next(prompt))
+      for (const [second, p2] of next([...prompt, first])) exact.set(`${first},${second}`, p1 * p2);
+    const draws = 400;
+    for (const speculation of [
+      { numDraft: 3, maxBatch: 2 },
+      { numDraft: 2, maxBatch: 2, draftModel: otherTiny.model },
+    ]) {
+      const counts = new Map<string, number>();
+      let draftedTokens = 0;
+      for (let i = 0; i < draws; i++) {
+        const events = tokens(tiny, { ...sampling, seed: i }, 2, speculation);
+        draftedTokens += drafted(events);
+        const key = ids(events).join(",");
+        counts.set(key, (counts.get(key) ?? 0) + 1);
+      }
+      expect(draftedTokens).toBeGreaterThan(0);
+      for (const key of counts.keys()) expect(exact.has(key)).toBe(true);
+      for (const [key, p] of exact) {
+        // Four standard deviations of a frequency over `draws` draws.
+        const tolerance = 4 * Math.sqrt((p * (1 - p)) / draws) + 0.005;
+        expect(Math.abs((counts.get(key) ?? 0) / draws - p)).toBeLessThan(tolerance);
+      }
+    }
+  });
+});
+
+function softmax(xs: number[]): number[] {
+  const m = Math.max(...xs);
+  const e = xs.map((x) => Math.exp(x - m));
+  const sum = e.reduce((a, b) => a + b, 0);
+  return e.map((x) => x / sum);
+}
+
+describe("requests", () => {
+  test("a grammar turns speculation off: the same JSON, nothing drafted", async () => {
+    const spec = {
+      prompt: { kind: "ids" as const, ids: prompt },
+      sampling: defaultSampling,
+      maxTokens: 30,
+      format: { format: "json" as const, param: "format" },
+    };
+    const plain = await complete(soloScheduler(tiny), spec);
+    tiny.speculation = { numDraft: 4 };
+    try {
+      const speculating = await complete(soloScheduler(tiny), spec);
+      expect(speculating.tokenIds).toEqual(plain.tokenIds);
+      expect(speculating.stats.draftedTokens).toBe(0);
+    } finally {
+      tiny.speculation = undefined;
+    }
+  });
+
+  test("serve --prompt-lookup: answers as without, counts in /stats and /metrics", async () => {
+    const model = tinyModel();
+    const ask = async (url: string) => {
+      const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: "none" });
+      const r = await client.completions.create({
+        model,
+        prompt: "one two three one two three one two",
+        max_tokens: 20,
+        temperature: 0,
+      });
+      return r.choices[0]!.text;
+    };
+    const plain = serve();
+    const speculating = serve({ speculation: { numDraft: 4 } });
+    try {
+      expect(await ask(speculating.url)).toBe(await ask(plain.url));
+      const stats = (await (await fetch(`${speculating.url}/stats`)).json()) as { models: { speculation: unknown }[] };
+      expect(stats.models[0].speculation).toMatchObject({ method: "prompt-lookup", num_draft: 4, max_batch: 1 });
+      const metrics = await (await fetch(`${speculating.url}/metrics`)).text();
+      expect(metrics).toContain("mlx_speculative_drafted_tokens{");
+      expect(metrics).toContain("mlx_speculative_acceptance_rate{");
+    } finally {
+      await plain.stop();
+      await speculating.stop();
+    }
+  });
+
+  test("mlx run and chat: a draft model of another vocabulary, or both methods, is a one-line error; counts shown", async () => {
+    const mlx = cliRunner(join(root, "home"));
+    const odd = join(root, "odd");
+    writeTinyModel(odd);
+    const file = join(odd, "tokenizer.json");
+    const tokenizer = JSON.parse(readFileSync(file, "utf8"));
+    const [word, id] = Object.entries(tokenizer.model.vocab as Record<string, number>).find(([, i]) => i === 300)!;
+    delete tokenizer.model.vocab[word];
+    tokenizer.model.vocab[`${word}_renamed`] = id;
+    writeFileSync(file, JSON.stringify(tokenizer));
+    const model = join(root, "tiny");
+    const mismatch = await mlx(["run", "-m", model, "--draft-model", odd, "--max-tokens", "3", "Hi"]);
+    expect(mismatch.code).not.toBe(0);
+    expect(mismatch.stderr.trim().split("\n")).toHaveLength(1);
+    expect(mismatch.stderr).toContain(`cannot draft for this model: token ${id} is`);
+    const both = await mlx(["run", "-m", model, "--draft-model", model, "--prompt-lookup", "Hi"]);
+    expect(both.stderr.trim()).toBe("error: give --draft-model or --prompt-lookup, not both");
+    const ok = await mlx(["run", "-m", model, "--draft-model", model, "--max-tokens", "8", "--verbose", "Hi"]);
+    expect(ok.code).toBe(0);
+    expect(ok.stderr).toMatch(/speculation: \d+ of \d+ drafted tokens accepted/);
+    const chat = await mlx(
+      ["chat", "-m", model, "--prompt-lookup", "--max-tokens", "24", "--stats"],
+      "one two one two one two\n",
+    );
+    expect(chat.code).toBe(0);
+    expect(chat.stderr).toMatch(/\d+\/\d+ drafted tokens accepted/);
+  });
+});
+
+test("models.toml: prompt_lookup or draft_model with num_draft on an alias; both is an error", async () => {
+  const home = join(root, "alias-home");
+  const mlx = cliRunner(home);
+  const model = join(root, "tiny");
+  const write = (entry: string) => {
+    mkdirSync(home, { recursive: true });
+    writeFileSync(join(home, "models.toml"), `[models.spec]\nsource = "${model}"\n${entry}\n`);
+  };
+  write("prompt_lookup = true\nnum_draft = 5");
+  const looked = await mlx(["run", "-m", "spec", "--max-tokens", "24", "--verbose", "one two one two one two"]);
+  expect(looked.code).toBe(0);
+  expect(looked.stderr).toMatch(/speculation: \d+ of \d+ drafted tokens accepted/);
+  write(`prompt_lookup = true\ndraft_model = "${model}"`);
+  const both = await mlx(["run", "-m", "spec", "Hi"]);
+  expect(both.code).not.toBe(0);
+  expect(both.stderr).toContain("model 'spec': give draft_model or prompt_lookup, not both");
+});
+
+describe("the default model", () => {
+  test("greedy answers are the same with prompt lookup and with itself as its draft", async () => {
+    const lm = loadModel(await resolveModelPath(undefined));
+    try {
+      const code = "function add(a, b) {\n  // adds two numbers\n  return a + b;\n}\nconsole.log(add(1, 2));\n";
+      const promptIds = lm.tokenizer.encode(`Repeat this code, renaming add to sum:\n\n${code}`, {
+        addSpecialTokens: true,
+      });
+      const run = (speculation?: SpeculationOptions) =>
+        [
+          ...generateTokens(lm.model, { promptIds, sampling: defaultSampling, maxTokens: 48 }, undefined, speculation),
+        ].map((e) => e.token);
+      const alone = run();
+      expect(run({ numDraft: 4, maxBatch: 2 })).toEqual(alone);
+      expect(run({ numDraft: 3, maxBatch: 2, draftModel: lm.model })).toEqual(alone);
+    } finally {
+      lm.free();
+    }
+  });
+});
