@@ -34,7 +34,7 @@ import {
   type SuitePrompt,
 } from "../bench/suite";
 import { fail, log, setVerbose } from "./log";
-import { kvCacheArgs, kvQuantizationFrom, list, positiveInteger } from "./options";
+import { kvCacheArgs, kvQuantizationFrom, list, maxKvSizeFrom, positiveInteger } from "./options";
 
 export default defineCommand({
   meta: {
@@ -160,6 +160,7 @@ async function eachModel<T>(
       progress(`${name}: loading`);
       lm = loadModel(await resolveModelPath(spec));
       lm.kvQuantization = kvQuantizationFrom(args, spec);
+      lm.maxKvSize = maxKvSizeFrom(args, spec);
       for (const note of lm.notes) log.warn(note);
       results.push(await bench(lm, name));
     } catch (error) {

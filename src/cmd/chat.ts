@@ -5,7 +5,15 @@ import { join } from "node:path";
 import { storeRoot } from "../store/paths";
 import { fail, setVerbose } from "./log";
 import { openModel } from "./open-model";
-import { kvCacheArgs, kvQuantizationFrom, modelArg, positiveInteger, samplingArgs, samplingFrom } from "./options";
+import {
+  kvCacheArgs,
+  kvQuantizationFrom,
+  maxKvSizeFrom,
+  modelArg,
+  positiveInteger,
+  samplingArgs,
+  samplingFrom,
+} from "./options";
 import { ChatSession } from "./chat/session";
 import { LineInput } from "./chat/input";
 import { runCommand } from "./chat/commands";
@@ -33,7 +41,7 @@ export default defineCommand({
         stats: Boolean(args.stats),
       };
       const modelName = args.model ?? "default model";
-      const lm = await openModel(args.model, kvQuantizationFrom(args, args.model));
+      const lm = await openModel(args.model, kvQuantizationFrom(args, args.model), maxKvSizeFrom(args, args.model));
       input = new LineInput(join(storeRoot(), "chat_history"));
       const say = (text: string) => process.stderr.write(`${text}\n`);
       const session = new ChatSession(lm, modelName, settings, say);

@@ -3,12 +3,13 @@
 import { loadModel, type LoadedModel } from "../models/load";
 import { resolveModelPath } from "../store/resolve";
 import { repairHint } from "../store/store";
-import { aliasKvQuantization } from "../store/aliases";
+import { aliasKvQuantization, aliasMaxKvSize } from "../store/aliases";
 import { log } from "./log";
 
 export async function openModel(
   spec: string | undefined,
   kvQuantization = aliasKvQuantization(spec),
+  maxKvSize = aliasMaxKvSize(spec),
 ): Promise<LoadedModel> {
   const path = await resolveModelPath(spec);
   const started = performance.now();
@@ -21,6 +22,7 @@ export async function openModel(
     throw new Error(`${(error as Error).message}; ${hint}`);
   }
   lm.kvQuantization = kvQuantization;
+  lm.maxKvSize = maxKvSize;
   for (const note of lm.notes) log.warn(note);
   log.debug(`loaded ${path} in ${((performance.now() - started) / 1000).toFixed(2)} s`);
   return lm;

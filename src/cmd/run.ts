@@ -8,6 +8,7 @@ import {
   formatFrom,
   kvCacheArgs,
   kvQuantizationFrom,
+  maxKvSizeFrom,
   list,
   modelArg,
   positiveInteger,
@@ -47,7 +48,7 @@ export default defineCommand({
       const maxTokens = positiveInteger("max-tokens", args["max-tokens"]);
       const output = await formatFrom(args); // before loading the model: a bad schema fails fast
       const text = await readPrompt(args.prompt);
-      const lm = await openModel(args.model, kvQuantizationFrom(args, args.model));
+      const lm = await openModel(args.model, kvQuantizationFrom(args, args.model), maxKvSizeFrom(args, args.model));
       const controller = new AbortController();
       process.once("SIGINT", () => controller.abort());
       // A batch of one through the scheduler that serves `mlx serve`.

@@ -4,7 +4,7 @@ import pkg from "../../package.json" with { type: "json" };
 import { parseKeepAlive } from "../api/ollama";
 import { startServer } from "../server/app";
 import { fail, log, setVerbose } from "./log";
-import { kvCacheArgs, kvQuantizationFrom, list, positiveInteger } from "./options";
+import { kvCacheArgs, kvQuantizationFrom, list, maxKvSizeFrom, positiveInteger } from "./options";
 
 function nonNegative(name: string, value: unknown): number {
   const n = Number(value);
@@ -88,6 +88,7 @@ export default defineCommand({
           args["target-itl-ms"] === undefined ? undefined : positiveInteger("target-itl-ms", args["target-itl-ms"]),
         prefixCacheBytes: nonNegative("prefix-cache-mb", args["prefix-cache-mb"]) * 1024 * 1024,
         kvQuantization: args["kv-bits"] === undefined ? undefined : kvQuantizationFrom(args, undefined),
+        maxKvSize: args["max-kv-size"] === undefined ? undefined : maxKvSizeFrom(args, undefined),
         version: pkg.version,
         logError: (error) => {
           const e = error as Error;

@@ -7,6 +7,7 @@ import type { MxArray } from "../mlx";
 import { cacheState, freeCaches, makeCaches, type DecoderModel, type KVCache } from "../models";
 import { BatchKVCache } from "../models/batch-cache";
 import type { KvQuantization } from "../models/cache";
+import { DEFAULT_KV_KEEP, RotatingKVCache } from "../models/rotating-cache";
 import type { PrefixCache } from "./prefix-cache";
 import { makeSampler, type LogitsProcessor, type Sampler, type SamplingParams } from "./sampling";
 
@@ -68,6 +69,8 @@ export interface BatchOptions {
   prefixCache?: PrefixCache;
   /** Keys and values stored quantized (--kv-bits); float when absent. */
   kvQuantization?: KvQuantization;
+  /** Each sequence's cache holds at most this many positions (--max-kv-size): its first and its latest. */
+  maxKvSize?: number;
 }
 
 export class BatchGenerator {
@@ -87,7 +90,12 @@ export class BatchGenerator {
         `a ${kv.bits}-bit KV cache needs the head size (${model.config.headDim}) to be a multiple of its group size (${kv.groupSize}); try --kv-group-size 32`,
       );
     }
-    this.#caches = Array.from({ length: model.numLayers }, () => new BatchKVCache(options.kvQuantization));
+    const { maxKvSize } = options;
+    this.#caches = Array.from({ length: model.numLayers }, () =>
+      maxKvSize === undefined
+        ? new BatchKVCache(options.kvQuantization)
+        : new RotatingKVCache(maxKvSize, DEFAULT_KV_KEEP, options.kvQuantization),
+    );
   }
 
   get running(): number {
@@ -170,10 +178,19 @@ export class BatchGenerator {
       const sequence = this.#waiting.shift()!;
       const prompt = sequence.request.promptIds;
       // Full caches: the batch and the prefix cache copy every position out of them.
-      const caches = makeCaches(this.model, { windowed: false, quantization: this.options.kvQuantization });
+      const caches = makeCaches(this.model, {
+        windowed: false,
+        quantization: this.options.kvQuantization,
+        maxKvSize: this.options.maxKvSize,
+      });
       // Start from the longest stored prefix; the last prompt token is always computed anew.
       const match = this.options.prefixCache?.lookup(prompt, prompt.length - 1);
-      if (match) caches.forEach((c, layer) => c.seed(match.keys[layer]!, match.values[layer]!, match.length));
+      if (match)
+        caches.forEach((c, layer) => {
+          const [keys, values] = [match.keys[layer]!, match.values[layer]!];
+          if (c instanceof RotatingKVCache) c.seed(keys, values, match.length, match.dropped);
+          else c.seed(keys, values, match.length);
+        });
       this.#prefill = { sequence, caches, done: match?.length ?? 0 };
       this.options.onStart?.(sequence.id, match?.length ?? 0);
     }
@@ -191,7 +208,7 @@ export class BatchGenerator {
       p.done = end;
     }
     if (p.done < prompt.length - 1) return;
-    this.options.prefixCache?.insert(prompt.slice(0, -1), p.caches);
+    this.options.prefixCache?.insert(prompt.slice(0, -1), p.caches, 0, 0, droppedBy(p.caches, 0));
     this.#caches.forEach((batch, layer) => batch.extend(p.caches[layer]!));
     freeCaches(p.caches);
     p.sequence.history = prompt.slice(0, -1);
@@ -279,7 +296,13 @@ export class BatchGenerator {
     const cache = this.options.prefixCache;
     if (cache)
       for (const row of rows)
-        cache.insert(this.#active[row]!.history, this.#caches, row, this.#caches[0]!.leftPadding[row]);
+        cache.insert(
+          this.#active[row]!.history,
+          this.#caches,
+          row,
+          this.#caches[0]!.leftPadding[row],
+          droppedBy(this.#caches, row),
+        );
     const keep = this.#active.map((_, i) => i).filter((i) => !rows.includes(i));
     this.#active = keep.map((i) => this.#active[i]!);
     for (const c of this.#caches) c.keepRows(keep);
@@ -292,6 +315,12 @@ export class BatchGenerator {
   }
 }
 
+/** Positions of `row` a rotating cache no longer holds (0 for a cache that keeps everything). */
+function droppedBy(caches: KVCache[], row: number): number {
+  const first = caches[0];
+  return first instanceof RotatingKVCache ? first.dropped[row]! : 0;
+}
+
 /**
  * One sequence through a BatchGenerator of its own, token by token, for exactly `maxTokens`
  * tokens (EOS does not stop it): for benchmarks and tests of the token loop itself.
@@ -300,8 +329,9 @@ export function* generateTokens(
   model: DecoderModel,
   request: SequenceRequest,
   kvQuantization?: KvQuantization,
+  maxKvSize?: number,
 ): Generator<SequenceEvent> {
-  const generator = new BatchGenerator(model, { maxBatch: 1, prefillChunk: 2048, kvQuantization });
+  const generator = new BatchGenerator(model, { maxBatch: 1, prefillChunk: 2048, kvQuantization, maxKvSize });
   try {
     generator.add("0", request);
     while (!generator.idle) yield* generator.step();

@@ -1,16 +1,20 @@
 // Keys and values of token prefixes already computed, shared across requests: a follow-up
 // turn of a conversation, or many requests with one system prompt, start from the longest
 // stored prefix instead of prefilling it again. Entries are found through a token trie, kept
-// within a byte budget, and evicted least recently used first.
+// within a byte budget, and evicted least recently used first. An entry from a rotating cache
+// (--max-kv-size) that dropped positions holds only what that cache kept: it can continue
+// exactly its own tokens, not a shorter prefix of them.
 import * as mx from "../mlx";
 import type { KVCache } from "../models";
 import type { Stored } from "../models/cache";
 
 interface Entry {
   tokens: number[];
-  /** Per layer, [1, heads, tokens.length, ·], stored as the cache stores them (maybe quantized). */
+  /** Per layer, [1, heads, tokens.length - dropped, ·], stored as the cache stores them (maybe quantized). */
   keys: Stored[];
   values: Stored[];
+  /** Positions the rotating cache it came from no longer held. */
+  dropped: number;
   bytes: number;
   lastUsed: number;
 }
@@ -25,6 +29,7 @@ export interface PrefixMatch {
   length: number;
   keys: Stored[];
   values: Stored[];
+  dropped: number;
 }
 
 export class PrefixCache {
@@ -53,28 +58,33 @@ export class PrefixCache {
   lookup(prompt: number[], limit: number): PrefixMatch | undefined {
     let node = this.#root;
     let depth = 0;
-    let best: Entry | undefined;
+    let best: { entry: Entry; depth: number } | undefined;
     while (depth < limit) {
       const next = node.children.get(prompt[depth]!);
       if (!next) break;
       node = next;
       depth++;
-      best = node.entry;
+      const entry = node.entry;
+      if (entry && (entry.dropped === 0 || entry.tokens.length === depth)) best = { entry, depth };
     }
-    if (!best || depth === 0) {
+    if (!best) {
       this.misses++;
       return undefined;
     }
-    best.lastUsed = ++this.#clock;
+    const { entry } = best;
+    entry.lastUsed = ++this.#clock;
     this.hits++;
-    this.hitTokens += depth;
-    return { length: depth, keys: best.keys, values: best.values };
+    this.hitTokens += best.depth;
+    return { length: best.depth, keys: entry.keys, values: entry.values, dropped: entry.dropped };
   }
 
-  /** Stores the first `tokens.length` positions of `caches[l]` rows `row` (after `skip` padding columns). */
-  insert(tokens: number[], caches: KVCache[], row = 0, skip = 0): void {
+  /**
+   * Stores the keys and values of `tokens` from `caches[l]` rows `row` (after `skip` padding
+   * columns), of which a rotating cache no longer holds `dropped`.
+   */
+  insert(tokens: number[], caches: KVCache[], row = 0, skip = 0, dropped = 0): void {
     if (tokens.length === 0 || this.#covered(tokens)) return;
-    const n = tokens.length;
+    const n = tokens.length - dropped;
     const snapshot = (stored: Stored) =>
       stored.map((t) =>
         mx.keep(mx.scope(() => mx.contiguous(mx.slice(t, [row, 0, skip], [row + 1, t.shape[1]!, skip + n])))),
@@ -88,13 +98,13 @@ export class PrefixCache {
       for (const t of arrays) t.free();
       return;
     }
-    const entry: Entry = { tokens: [...tokens], keys, values, bytes, lastUsed: ++this.#clock };
+    const entry: Entry = { tokens: [...tokens], keys, values, dropped, bytes, lastUsed: ++this.#clock };
     this.#entries.push(entry);
     this.#index(entry);
     this.#evict();
   }
 
-  // An entry already holding these tokens (or a longer run starting with them) makes a new one useless.
+  // An entry already holding these tokens (or a longer run starting with them, all of it held) makes a new one useless.
   #covered(tokens: number[]): boolean {
     let node = this.#root;
     for (const t of tokens) {
@@ -102,7 +112,8 @@ export class PrefixCache {
       if (!next) return false;
       node = next;
     }
-    return node.entry !== undefined;
+    const entry = node.entry;
+    return entry !== undefined && (entry.dropped === 0 || entry.tokens.length === tokens.length);
   }
 
   #index(entry: Entry): void {

@@ -126,6 +126,7 @@ export class Scheduler {
       prefillChunk: options.prefillChunk,
       prefixCache: options.prefixCache,
       kvQuantization: lm.kvQuantization,
+      maxKvSize: lm.maxKvSize,
       onStart: (id, cachedTokens) => {
         const s = this.#running.get(id);
         if (!s) return;

@@ -26,6 +26,8 @@ export interface LoadedModel {
   weightBytes: number;
   /** How its KV cache stores keys and values (--kv-bits, or the alias's kv_bits); float when absent. */
   kvQuantization?: KvQuantization;
+  /** Most positions its KV cache holds per sequence (--max-kv-size): a rotating cache; all when absent. */
+  maxKvSize?: number;
   free(): void;
 }
 

@@ -42,6 +42,8 @@ export interface ServerOptions extends Partial<ServerConfig> {
   prefixCacheBytes?: number;
   /** KV cache quantization for every model (--kv-bits); else each alias's kv_bits. */
   kvQuantization?: KvQuantization;
+  /** Rotating KV cache size for every model (--max-kv-size); else each alias's max_kv_size. */
+  maxKvSize?: number;
   logError?: (error: unknown) => void;
   onLoad?: (name: string, path: string, seconds: number) => void;
 }
@@ -112,6 +114,7 @@ export function createState(o: ServerOptions = {}): ServerState {
       maxLoaded: o.maxLoadedModels ?? 1,
       makeScheduler,
       kvQuantization: o.kvQuantization,
+      maxKvSize: o.maxKvSize,
       onLoad: (e) => o.onLoad?.(e.name, e.path, e.loadMs / 1000),
     }),
     metrics: undefined!,

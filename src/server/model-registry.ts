@@ -4,7 +4,7 @@
 // Each loaded model has its own scheduler (continuous batching, src/engine/scheduler.ts).
 import { loadModel, type LoadedModel } from "../models/load";
 import { resolveModelPath } from "../store/resolve";
-import { aliasKvQuantization } from "../store/aliases";
+import { aliasKvQuantization, aliasMaxKvSize } from "../store/aliases";
 import type { KvQuantization } from "../models/cache";
 import { listModels } from "../store/store";
 import type { IndexEntry } from "../store/model-index";
@@ -46,6 +46,8 @@ export interface ModelRegistryOptions {
   makeScheduler: (lm: LoadedModel) => Scheduler;
   /** Every model's KV cache quantization (serve --kv-bits); else each alias's kv_bits. */
   kvQuantization?: KvQuantization;
+  /** Every model's rotating KV cache size (serve --max-kv-size); else each alias's max_kv_size. */
+  maxKvSize?: number;
   onLoad?: (entry: LoadedEntry) => void;
   onUnload?: (entry: LoadedEntry) => void;
 }
@@ -167,6 +169,7 @@ export class ModelRegistry {
         const started = performance.now();
         const lm = loadModel(path);
         lm.kvQuantization = this.options.kvQuantization ?? aliasKvQuantization(name);
+        lm.maxKvSize = this.options.maxKvSize ?? aliasMaxKvSize(name);
         const entry: LoadedEntry = {
           name,
           path,

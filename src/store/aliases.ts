@@ -13,6 +13,8 @@ export interface ModelAlias {
   description?: string;
   /** Bits per cached key/value (kv_bits: 4 or 8): the model's KV cache stored quantized. */
   kvBits?: number;
+  /** Most positions its KV cache holds (max_kv_size): a rotating cache, as --max-kv-size. */
+  maxKvSize?: number;
 }
 
 export interface AliasTable {
@@ -42,11 +44,14 @@ function parseTable(text: string, origin: string): { defaultModel?: string; mode
     }
     if (e.kv_bits !== undefined && e.kv_bits !== 4 && e.kv_bits !== 8)
       throw new Error(`${origin}: model '${name}': kv_bits must be 4 or 8`);
+    if (e.max_kv_size !== undefined && !(Number.isInteger(e.max_kv_size) && (e.max_kv_size as number) > 4))
+      throw new Error(`${origin}: model '${name}': max_kv_size must be a whole number > 4`);
     models.push({
       name,
       source: e.source,
       description: typeof e.description === "string" ? e.description : undefined,
       kvBits: e.kv_bits as number | undefined,
+      maxKvSize: e.max_kv_size as number | undefined,
     });
   }
   if (doc.default !== undefined && typeof doc.default !== "string")
@@ -72,6 +77,12 @@ export function aliasKvQuantization(spec: string | undefined): KvQuantization | 
   const table = loadAliases();
   const bits = table.models.get(spec ?? table.defaultModel)?.kvBits;
   return bits === undefined ? undefined : { bits, groupSize: 64 };
+}
+
+/** The rotating KV cache size models.toml asks for the model named `spec` (default: the default model). */
+export function aliasMaxKvSize(spec: string | undefined): number | undefined {
+  const table = loadAliases();
+  return table.models.get(spec ?? table.defaultModel)?.maxKvSize;
 }
 
 /** Aliases that look like what the user typed, closest first (for "did you mean"). */
