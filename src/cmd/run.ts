@@ -1,6 +1,7 @@
 // `mlx run "prompt"`: one answer, streamed to stdout, composable in shell pipelines.
 import { defineCommand } from "citty";
 import { soloScheduler, streamCompletion, type CompletionResult } from "../engine/generate";
+import type { LoadedModel } from "../models/load";
 import { fail, setVerbose } from "./log";
 import { openModel } from "./open-model";
 import {
@@ -17,6 +18,8 @@ import {
 } from "./options";
 import { BudgetError } from "../engine/budget/steering";
 import { formatStats } from "./stats";
+import { loadPromptCache, promptCacheOwner } from "../engine/prompt-cache-file";
+import { PrefixCache } from "../engine/prefix-cache";
 
 export default defineCommand({
   meta: { name: "run", description: "Answer one prompt and exit (piped stdin is added to the prompt)" },
@@ -28,6 +31,11 @@ export default defineCommand({
     ...samplingArgs,
     ...kvCacheArgs,
     stop: { type: "string", description: "Stop when the answer contains this text (repeatable)" },
+    "prompt-cache": {
+      type: "string",
+      description:
+        "Start from a document's KV cache saved by mlx cache-prompt (the document comes first in the prompt)",
+    },
     raw: { type: "boolean", description: "Send the prompt as it is, without the model's chat template" },
     verbose: {
       type: "boolean",
@@ -47,12 +55,13 @@ export default defineCommand({
       const sampling = samplingFrom(args);
       const maxTokens = positiveInteger("max-tokens", args["max-tokens"]);
       const output = await formatFrom(args); // before loading the model: a bad schema fails fast
-      const text = await readPrompt(args.prompt);
       const lm = await openModel(args.model, kvQuantizationFrom(args, args.model), maxKvSizeFrom(args, args.model));
+      const cached = args["prompt-cache"] === undefined ? undefined : openPromptCache(lm, args["prompt-cache"]);
+      const text = await readPrompt(args.prompt, cached?.document);
       const controller = new AbortController();
       process.once("SIGINT", () => controller.abort());
       // A batch of one through the scheduler that serves `mlx serve`.
-      const scheduler = soloScheduler(lm);
+      const scheduler = soloScheduler(lm, cached?.prefixCache);
       const stream = streamCompletion(scheduler, {
         prompt: { kind: "text", text, template: !args.raw, system: args.system },
         sampling,
@@ -80,9 +89,10 @@ export default defineCommand({
   },
 });
 
-async function readPrompt(argument: string | undefined): Promise<string> {
+/** The argument and piped stdin, after the cached document if there is one. */
+async function readPrompt(argument: string | undefined, document?: string): Promise<string> {
   const piped = process.stdin.isTTY ? "" : (await Bun.stdin.text()).trim();
-  const prompt = [argument?.trim(), piped].filter(Boolean).join("\n\n");
+  const prompt = [document, argument?.trim(), piped].filter(Boolean).join("\n\n");
   if (!prompt) throw new Error('no prompt: give one as an argument (mlx run "...") or pipe it on stdin');
   return prompt;
 }
@@ -106,6 +116,7 @@ function jsonResult(r: CompletionResult) {
     token_ids: r.tokenIds,
     stats: {
       prompt_tokens: r.stats.promptTokens,
+      cached_tokens: r.stats.cachedTokens,
       prompt_tokens_per_second: r.stats.promptTokensPerSecond,
       generated_tokens: r.stats.generatedTokens,
       generation_tokens_per_second: r.stats.generationTokensPerSecond,
@@ -113,4 +124,12 @@ function jsonResult(r: CompletionResult) {
       peak_memory_bytes: r.stats.peakMemoryBytes,
     },
   };
+}
+
+/** A file of mlx cache-prompt, as the prefix cache a run starts from, and the document it holds. */
+function openPromptCache(lm: LoadedModel, file: string): { prefixCache: PrefixCache; document?: string } {
+  const entry = loadPromptCache(file, promptCacheOwner(lm));
+  const prefixCache = new PrefixCache(Number.MAX_SAFE_INTEGER, 1);
+  prefixCache.adopt(entry);
+  return { prefixCache, document: entry.text };
 }

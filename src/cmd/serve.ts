@@ -12,6 +12,12 @@ function nonNegative(name: string, value: unknown): number {
   return n;
 }
 
+function positiveNumber(name: string, value: unknown): number {
+  const n = Number(value);
+  if (!Number.isFinite(n) || n <= 0) throw new Error(`--${name} must be a number > 0 (got '${value}')`);
+  return n;
+}
+
 export default defineCommand({
   meta: { name: "serve", description: "Serve an OpenAI- and Ollama-compatible API (127.0.0.1 by default)" },
   args: {
@@ -61,6 +67,16 @@ export default defineCommand({
       description: "Memory for reusing prompt prefixes across requests, per model (0: off)",
       default: "512",
     },
+    "prompt-cache-dir": {
+      type: "string",
+      description:
+        "Keep prompt prefixes the prefix cache lets go (and all it holds at exit) in this directory, and reload them, also after a restart",
+    },
+    "prompt-cache-max-gb": {
+      type: "string",
+      description: "Bound of --prompt-cache-dir; least recently used files go first",
+      default: "10",
+    },
     verbose: { type: "boolean", alias: "v", description: "Log more, with stack traces" },
   },
   async run({ args }) {
@@ -89,6 +105,8 @@ export default defineCommand({
         prefixCacheBytes: nonNegative("prefix-cache-mb", args["prefix-cache-mb"]) * 1024 * 1024,
         kvQuantization: args["kv-bits"] === undefined ? undefined : kvQuantizationFrom(args, undefined),
         maxKvSize: args["max-kv-size"] === undefined ? undefined : maxKvSizeFrom(args, undefined),
+        promptCacheDir: args["prompt-cache-dir"],
+        promptCacheMaxBytes: positiveNumber("prompt-cache-max-gb", args["prompt-cache-max-gb"]) * 1024 ** 3,
         version: pkg.version,
         logError: (error) => {
           const e = error as Error;

@@ -3,10 +3,13 @@
 // stored prefix instead of prefilling it again. Entries are found through a token trie, kept
 // within a byte budget, and evicted least recently used first. An entry from a rotating cache
 // (--max-kv-size) that dropped positions holds only what that cache kept: it can continue
-// exactly its own tokens, not a shorter prefix of them.
+// exactly its own tokens, not a shorter prefix of them. With a DiskPrefixCache behind it, what
+// is evicted or still held at the end goes to disk, and a longer prefix on disk is reloaded.
 import * as mx from "../mlx";
 import type { KVCache } from "../models";
 import type { Stored } from "../models/cache";
+import type { DiskPrefixCache } from "./disk-prefix-cache";
+import type { PromptCacheEntry } from "./prompt-cache-file";
 
 interface Entry {
   tokens: number[];
@@ -44,6 +47,7 @@ export class PrefixCache {
     readonly maxBytes: number,
     /** Most entries kept (a conversation needs only its latest). */
     readonly maxEntries = Infinity,
+    readonly disk?: DiskPrefixCache,
   ) {}
 
   get bytes(): number {
@@ -67,6 +71,8 @@ export class PrefixCache {
       const entry = node.entry;
       if (entry && (entry.dropped === 0 || entry.tokens.length === depth)) best = { entry, depth };
     }
+    const restored = this.#restore(prompt, limit, best?.depth ?? 0);
+    if (restored) best = restored;
     if (!best) {
       this.misses++;
       return undefined;
@@ -76,6 +82,30 @@ export class PrefixCache {
     this.hits++;
     this.hitTokens += best.depth;
     return { length: best.depth, keys: entry.keys, values: entry.values, dropped: entry.dropped };
+  }
+
+  /** A prefix longer than `atLeast` from disk, loaded into memory as an entry. */
+  #restore(prompt: number[], limit: number, atLeast: number): { entry: Entry; depth: number } | undefined {
+    const found = this.disk?.longest(prompt, limit, atLeast);
+    const loaded = found && this.disk!.load(found.name);
+    if (!found || !loaded) return undefined;
+    const entry = this.adopt(loaded);
+    if (!entry) return undefined;
+    this.disk!.restoredTokens += found.length;
+    return { entry, depth: found.length };
+  }
+
+  /** Takes in an entry read from a file (it owns the arrays now); undefined when over the budget. */
+  adopt(loaded: PromptCacheEntry): Entry | undefined {
+    const arrays = [...loaded.keys, ...loaded.values].flat();
+    for (const t of arrays) mx.keep(t);
+    const { tokens, dropped, keys, values } = loaded;
+    const bytes = arrays.reduce((sum, t) => sum + t.nbytes, 0);
+    const entry: Entry = { tokens, dropped, keys, values, bytes, lastUsed: ++this.#clock };
+    this.#entries.push(entry);
+    this.#index(entry);
+    this.#evict();
+    return this.#entries.includes(entry) ? entry : undefined;
   }
 
   /**
@@ -95,6 +125,7 @@ export class PrefixCache {
     mx.evaluate(...arrays);
     const bytes = arrays.reduce((sum, t) => sum + t.nbytes, 0);
     if (bytes > this.maxBytes) {
+      this.disk?.save({ tokens, dropped, keys, values });
       for (const t of arrays) t.free();
       return;
     }
@@ -133,6 +164,7 @@ export class PrefixCache {
     while ((total > this.maxBytes || this.#entries.length > this.maxEntries) && this.#entries.length > 0) {
       const victim = this.#entries.shift()!;
       total -= victim.bytes;
+      this.disk?.save(victim);
       for (const t of [...victim.keys, ...victim.values].flat()) t.free();
     }
     // Rebuild the trie from what is left (entries are few; a rebuild keeps it simple and exact).
@@ -140,7 +172,9 @@ export class PrefixCache {
     for (const e of [...this.#entries].sort((a, b) => a.lastUsed - b.lastUsed)) this.#index(e);
   }
 
+  /** Drops every entry (writing each to disk first, when there is one). */
   clear(): void {
+    for (const e of this.#entries) this.disk?.save(e);
     for (const e of this.#entries) for (const t of [...e.keys, ...e.values].flat()) t.free();
     this.#entries = [];
     this.#root = { children: new Map() };
