@@ -86,8 +86,11 @@ export class PrefixCache {
 
   /** A prefix longer than `atLeast` from disk, loaded into memory as an entry. */
   #restore(prompt: number[], limit: number, atLeast: number): { entry: Entry; depth: number } | undefined {
-    const found = this.disk?.longest(prompt, limit, atLeast);
-    const loaded = found && this.disk!.load(found.name);
+    if (!this.disk) return undefined;
+    let found: { name: string; length: number } | undefined;
+    let loaded: PromptCacheEntry | undefined;
+    // A damaged file is removed by load(); then the next longest is tried.
+    while (!loaded && (found = this.disk.longest(prompt, limit, atLeast))) loaded = this.disk.load(found.name);
     if (!found || !loaded) return undefined;
     const entry = this.adopt(loaded);
     if (!entry) return undefined;
