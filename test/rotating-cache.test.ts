@@ -16,6 +16,7 @@ import { loadModel } from "../src/models/load";
 import { RotatingKVCache } from "../src/models/rotating-cache";
 import { resolveModelPath } from "../src/store/resolve";
 import { cliRunner } from "./helpers/cli";
+import { post, serve, tinyModel } from "./helpers/serve";
 import { tinyConfig, tinyWeights } from "./helpers/tiny-model";
 
 let model: DecoderModel;
@@ -181,6 +182,40 @@ describe("against mlx-lm's RotatingKVCache on the default model", () => {
     }
     lm.free();
   });
+});
+
+describe("serve --max-kv-size", () => {
+  test("a prompt longer than the model's context is answered, concurrent requests as each alone", async () => {
+    const model = tinyModel(); // a context of 256
+    const long = Array.from({ length: 200 }, (_, i) => `word${i % 30}`).join(" ");
+    const ask = (url: string, content: string) =>
+      post(`${url}/v1/chat/completions`, {
+        model,
+        messages: [{ role: "user", content }],
+        max_tokens: 12,
+        temperature: 0,
+      });
+    const plain = serve();
+    try {
+      expect((await ask(plain.url, long)).status).toBe(400);
+    } finally {
+      await plain.stop();
+    }
+    const server = serve({ maxKvSize: 48, maxBatch: 4 });
+    try {
+      const prompts = [long, "Hi", "Tell me a story about a dragon and a knight"];
+      const alone = [];
+      for (const p of prompts) {
+        const r = await ask(server.url, p);
+        expect(r.status).toBe(200);
+        alone.push(r.json.choices[0].message.content);
+      }
+      const together = await Promise.all(prompts.map((p) => ask(server.url, p)));
+      expect(together.map((r) => r.json.choices[0].message.content)).toEqual(alone);
+    } finally {
+      await server.stop();
+    }
+  }, 60_000);
 });
 
 describe("--max-kv-size on the command line", () => {
