@@ -21,8 +21,8 @@ const { values } = parseArgs({
 });
 const model = values.model ?? "smollm2";
 const dir = mkdtempSync(join(tmpdir(), "mlx-prompt-cache-bench-"));
-// About 1.3 tokens a word with this vocabulary.
-const words = Math.round(Number(values["prefix-tokens"]) / 1.3);
+// These words are one token each (with SmolLM2's vocabulary), after the template's few.
+const words = Number(values["prefix-tokens"]) - 40;
 const system = Array.from({ length: words }, (_, i) => ["policy", "customer", "refund", "order", "day"][i % 5]).join(
   " ",
 );
