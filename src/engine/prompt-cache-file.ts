@@ -74,7 +74,15 @@ export function savePromptCache(path: string, entry: PromptCacheEntry, owner: Pr
 
 /** The metadata of a prompt cache file, read from its header alone (no tensors loaded). */
 export function readPromptCacheHeader(path: string): Record<string, string> {
-  const fd = openSync(path, "r");
+  let fd: number;
+  try {
+    fd = openSync(path, "r");
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    throw new PromptCacheFileError(
+      `cannot read ${path}: ${code === "ENOENT" ? "no such file" : (error as Error).message}`,
+    );
+  }
   try {
     const size = Buffer.alloc(8);
     if (readSync(fd, size, 0, 8, 0) !== 8) throw new PromptCacheFileError(`${path}: not a prompt cache file`);
