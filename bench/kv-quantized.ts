@@ -8,9 +8,10 @@
 // dtype, quantized as the cache quantizes them) instead of prefilling thousands of tokens,
 // which a decode step's cost does not depend on; then `steps` real decode steps are timed.
 // Runs interleave the three caches (float, 8-bit, 4-bit) and the medians are reported.
-// Quality: the float cache's greedy answer to each prompt, then prompt + answer through each
-// cache in one pass (teacher forcing): a quantized cache gives the same greedy answer iff its
-// argmax is the float answer's token at every position.
+// Quality: each prompt's greedy answer with each cache (identical answers, and tokens before the
+// first difference), and the mean absolute logit difference from the float cache over the float
+// answer (prompt + answer through each cache in one pass). The same prompts through mlx-lm's
+// quantized KV cache: bench/kv_quantized_mlx_lm.py.
 import { parseArgs } from "node:util";
 import { generateTokens } from "../src/engine/batch";
 import { promptTokens } from "../src/engine/prompt";
@@ -20,6 +21,7 @@ import { forward, freeCaches, makeCaches } from "../src/models";
 import type { KvQuantization } from "../src/models/cache";
 import { loadModel } from "../src/models/load";
 import { resolveModelPath } from "../src/store/resolve";
+import prompts from "./kv-quality-prompts.json" with { type: "json" };
 
 const { values } = parseArgs({
   options: {
@@ -107,25 +109,16 @@ for (let run = 0; run < Number(values.runs); run++) {
   }
 }
 
-const questions = [
-  "Write a short poem about the sea.",
-  "What is the capital of France?",
-  "List three colors and what they remind you of.",
-  "Explain what a CPU does, in simple words.",
-  "Give me a recipe for pancakes.",
-  "Why is the sky blue?",
-  "Write a Python function that reverses a string.",
-  "Summarize the plot of Romeo and Juliet.",
-  "What are the benefits of regular exercise?",
-  "Describe a cat to someone who has never seen one.",
-].slice(0, Number(values.prompts));
+const questions = prompts.slice(0, Number(values.prompts));
 const answerTokens = Number(values.tokens);
 const quality = kinds.slice(1).map(() => ({ identical: 0, agreeingTokens: 0, logitDiffs: [] as number[] }));
 for (const question of questions) {
   const prompt = promptTokens(lm.tokenizer, question);
-  const answer = [
-    ...generateTokens(model, { promptIds: prompt, sampling: defaultSampling, maxTokens: answerTokens }),
-  ].map((e) => e.token);
+  const greedy = (kv?: KvQuantization) =>
+    [...generateTokens(model, { promptIds: prompt, sampling: defaultSampling, maxTokens: answerTokens }, kv)].map(
+      (e) => e.token,
+    );
+  const answer = greedy();
   const sequence = [...prompt, ...answer.slice(0, -1)];
   // Logits at the positions that predict the answer's tokens.
   const logitsWith = (kv?: KvQuantization) => {
@@ -143,13 +136,11 @@ for (const question of questions) {
     return out;
   };
   const reference = logitsWith();
-  const referenceTokens = mx.scope(() => mx.argmax(reference, -1).toArray());
   kinds.slice(1).forEach(({ kv }, i) => {
     const logits = logitsWith(kv);
-    const tokens = mx.scope(() => mx.argmax(logits, -1).toArray());
-    const firstDifference = tokens.findIndex((t, j) => t !== referenceTokens[j]);
+    const firstDifference = greedy(kv).findIndex((t, j) => t !== answer[j]);
     quality[i]!.identical += firstDifference < 0 ? 1 : 0;
-    quality[i]!.agreeingTokens += firstDifference < 0 ? tokens.length : firstDifference;
+    quality[i]!.agreeingTokens += firstDifference < 0 ? answer.length : firstDifference;
     quality[i]!.logitDiffs.push(
       mx.scope(() =>
         mx

@@ -8,6 +8,7 @@ const main = defineCommand({
   subCommands: {
     run: () => import("./cmd/run").then((m) => m.default),
     chat: () => import("./cmd/chat").then((m) => m.default),
+    "cache-prompt": () => import("./cmd/cache-prompt").then((m) => m.default),
     convert: () => import("./cmd/convert").then((m) => m.default),
     fuse: () => import("./cmd/fuse").then((m) => m.default),
     pull: () => import("./cmd/pull").then((m) => m.default),

@@ -67,6 +67,24 @@ describe("Conversation", () => {
     c.dispose();
   });
 
+  test("with a rotating cache (--max-kv-size) nothing is dropped: the chat goes on past the context, each turn prefilling only itself", async () => {
+    const root = mkdtempSync(join(tmpdir(), "mlx-conv-rotating-"));
+    writeTinyModel(root, { contextLength: 160 });
+    const rotating = loadModel(root);
+    rotating.maxKvSize = 64;
+    const c = new Conversation(rotating, "Sys");
+    const turns = [];
+    for (let i = 0; i < 8; i++) turns.push((await say(c, `message number ${i} with several words in it`, 8)).info);
+    expect(turns.map((t) => t.droppedMessages)).toEqual(Array(8).fill(0));
+    // Each turn continues the rotated cache of the last: only its own tokens are prefilled.
+    for (const t of turns.slice(1)) expect(t.newTokens).toBeLessThan(30);
+    expect(turns.at(-1)!.reusedTokens).toBeGreaterThan(160);
+    expect(c.messages).toHaveLength(16);
+    expect(c.contextUsed).toBeGreaterThan(160);
+    c.dispose();
+    rotating.free();
+  });
+
   test("gemma3: turns reuse the cache, and a changed system prompt answers as a fresh conversation does", async () => {
     const c = new Conversation(gemma);
     const long = (n: number) => Array.from({ length: n }, (_, i) => `word${i % 50}`).join(" ");

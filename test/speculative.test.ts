@@ -37,7 +37,7 @@ afterAll(() => {
 const prompt = [1, 5, 9, 12, 5, 9, 33, 44, 5, 9, 12, 7, 8, 5, 9];
 
 function tokens(lm: LoadedModel, sampling: SamplingParams, maxTokens: number, speculation?: SpeculationOptions) {
-  return [...generateTokens(lm.model, { promptIds: prompt, sampling, maxTokens }, lm.kvQuantization, speculation)];
+  return [...generateTokens(lm.model, { promptIds: prompt, sampling, maxTokens }, lm.kvQuantization, { speculation })];
 }
 const ids = (events: SequenceEvent[]) => events.map((e) => e.token);
 const drafted = (events: SequenceEvent[]) => events.reduce((n, e) => n + (e.drafted ?? 0), 0);
@@ -294,7 +294,9 @@ describe("the default model", () => {
       });
       const run = (speculation?: SpeculationOptions) =>
         [
-          ...generateTokens(lm.model, { promptIds, sampling: defaultSampling, maxTokens: 48 }, undefined, speculation),
+          ...generateTokens(lm.model, { promptIds, sampling: defaultSampling, maxTokens: 48 }, undefined, {
+            speculation,
+          }),
         ].map((e) => e.token);
       const alone = run();
       expect(run({ numDraft: 4, maxBatch: 2 })).toEqual(alone);

@@ -5,7 +5,7 @@ import { afterEach, beforeEach, describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { aliasKvQuantization, loadAliases } from "../src/store/aliases";
+import { aliasKvQuantization, aliasMaxKvSize, loadAliases } from "../src/store/aliases";
 import { markInUse, releaseModel } from "../src/store/in-use";
 import { LockTimeoutError, withStoreLock } from "../src/store/lock";
 import { readManifest } from "../src/store/manifest";
@@ -407,6 +407,18 @@ describe("commands and bad input", () => {
     expect(() => loadAliases()).toThrow(`${file}: model 'tiny' needs a source = "..." string`);
     writeFileSync(file, `[models.tiny]\nsource = "hf:org/tiny"\nkv_bits = 3\n`);
     expect(() => loadAliases()).toThrow(`${file}: model 'tiny': kv_bits must be 4 or 8`);
+    writeFileSync(file, `[models.tiny]\nsource = "hf:org/tiny"\nmax_kv_size = 4\n`);
+    expect(() => loadAliases()).toThrow(`${file}: model 'tiny': max_kv_size must be a whole number > 4`);
+  });
+
+  test("an alias's max_kv_size asks for a rotating KV cache", () => {
+    mkdirSync(process.env.MLX_HOME!, { recursive: true });
+    writeFileSync(
+      join(process.env.MLX_HOME!, "models.toml"),
+      `default = "tiny"\n[models.tiny]\nsource = "hf:org/tiny"\nmax_kv_size = 2048\n[models.plain]\nsource = "hf:org/plain"\n`,
+    );
+    expect(aliasMaxKvSize(undefined)).toBe(2048);
+    expect(aliasMaxKvSize("plain")).toBeUndefined();
   });
 
   test("an alias's kv_bits asks for a quantized KV cache (group size 64)", () => {

@@ -35,7 +35,15 @@ import {
   type SuitePrompt,
 } from "../bench/suite";
 import { fail, log, setVerbose } from "./log";
-import { adapterArg, adapterFrom, kvCacheArgs, kvQuantizationFrom, list, positiveInteger } from "./options";
+import {
+  adapterArg,
+  adapterFrom,
+  kvCacheArgs,
+  kvQuantizationFrom,
+  list,
+  maxKvSizeFrom,
+  positiveInteger,
+} from "./options";
 import { openModel } from "./open-model";
 
 export default defineCommand({
@@ -168,7 +176,11 @@ async function eachModel<T>(
         continue;
       }
       progress(`${name}: loading`);
-      lm = await openModel(spec, { kvQuantization: kvQuantizationFrom(args, spec), adapter: adapterFrom(args, spec) });
+      lm = await openModel(spec, {
+        kvQuantization: kvQuantizationFrom(args, spec),
+        maxKvSize: maxKvSizeFrom(args, spec),
+        adapter: adapterFrom(args, spec),
+      });
       results.push(await bench(lm, name));
     } catch (error) {
       const message = (error instanceof Error ? error.message : String(error)).split("\n")[0]!;

@@ -11,6 +11,7 @@ import {
   adapterFrom,
   kvCacheArgs,
   kvQuantizationFrom,
+  maxKvSizeFrom,
   modelArg,
   positiveInteger,
   samplingArgs,
@@ -55,6 +56,7 @@ export default defineCommand({
         remoteModel(args.model) ??
         (await openModel(args.model, {
           kvQuantization: kvQuantizationFrom(args, args.model),
+          maxKvSize: maxKvSizeFrom(args, args.model),
           adapter: adapterFrom(args, args.model),
           speculation: speculationFrom(args, args.model),
         }));

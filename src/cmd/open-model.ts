@@ -4,7 +4,7 @@ import { loadModel, type LoadedModel, type SpeculationChoice } from "../models/l
 import { attachSpeculation } from "../engine/speculative";
 import { resolveModelPath } from "../store/resolve";
 import { repairHint } from "../store/store";
-import { aliasAdapter, aliasKvQuantization } from "../store/aliases";
+import { aliasAdapter, aliasKvQuantization, aliasMaxKvSize } from "../store/aliases";
 import { loadAdapter } from "../models/lora";
 import type { KvQuantization } from "../models/cache";
 import { log } from "./log";
@@ -12,6 +12,8 @@ import { log } from "./log";
 export interface OpenOptions {
   /** Default: the alias's kv_bits. */
   kvQuantization?: KvQuantization;
+  /** Most positions the KV cache holds per sequence, a rotating cache (default: the alias's max_kv_size). */
+  maxKvSize?: number;
   /** A LoRA/DoRA adapter directory applied to every generation (default: the alias's adapter). */
   adapter?: string;
   /** Speculative decoding: a draft model or prompt lookup (default: none). */
@@ -20,7 +22,12 @@ export interface OpenOptions {
 
 export async function openModel(
   spec: string | undefined,
-  { kvQuantization = aliasKvQuantization(spec), adapter = aliasAdapter(spec), speculation }: OpenOptions = {},
+  {
+    kvQuantization = aliasKvQuantization(spec),
+    maxKvSize = aliasMaxKvSize(spec),
+    adapter = aliasAdapter(spec),
+    speculation,
+  }: OpenOptions = {},
 ): Promise<LoadedModel> {
   const path = await resolveModelPath(spec);
   const started = performance.now();
@@ -33,6 +40,7 @@ export async function openModel(
     throw new Error(`${(error as Error).message}; ${hint}`);
   }
   lm.kvQuantization = kvQuantization;
+  lm.maxKvSize = maxKvSize;
   if (adapter) {
     try {
       lm.adapter = loadAdapter(adapter, lm.weights.lora);

@@ -5,7 +5,7 @@ import { readFileSync } from "node:fs";
 import { defaultSampling, validateSampling, type SamplingParams } from "../engine/sampling";
 import { validateSchema, type JsonFormat } from "../engine/grammar";
 import type { KvQuantization } from "../models/cache";
-import { aliasAdapter, aliasKvQuantization, aliasSpeculation, defaultNumDraft } from "../store/aliases";
+import { aliasAdapter, aliasKvQuantization, aliasMaxKvSize, aliasSpeculation, defaultNumDraft } from "../store/aliases";
 import type { SpeculationChoice } from "../models/load";
 
 export const modelArg = {
@@ -95,7 +95,20 @@ export const kvCacheArgs = {
     description: "Keep this many positions in float before quantizing the KV cache",
     default: "0",
   },
+  "max-kv-size": {
+    type: "string",
+    description:
+      "Hold at most this many positions per sequence in the KV cache: the first 4 and the latest (default: all, or the model's max_kv_size in models.toml)",
+  },
 } as const satisfies ArgsDef;
+
+/** --max-kv-size, or else models.toml's max_kv_size for `spec`. */
+export function maxKvSizeFrom(args: Record<string, unknown>, spec: string | undefined): number | undefined {
+  if (args["max-kv-size"] === undefined) return aliasMaxKvSize(spec);
+  const size = positiveInteger("max-kv-size", args["max-kv-size"]);
+  if (size <= 4) throw new Error(`--max-kv-size must be more than the 4 positions always kept (got ${size})`);
+  return size;
+}
 
 /** --kv-bits/--kv-group-size/--kv-quant-start, or else models.toml's kv_bits for `spec`. */
 export function kvQuantizationFrom(

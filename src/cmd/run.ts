@@ -1,6 +1,7 @@
 // `mlx run "prompt"`: one answer, streamed to stdout, composable in shell pipelines.
 import { defineCommand } from "citty";
 import { soloScheduler, streamCompletion, type CompletionResult } from "../engine/generate";
+import type { LoadedModel } from "../models/load";
 import { fail, setVerbose } from "./log";
 import { openModel } from "./open-model";
 import {
@@ -10,6 +11,7 @@ import {
   formatFrom,
   kvCacheArgs,
   kvQuantizationFrom,
+  maxKvSizeFrom,
   list,
   modelArg,
   positiveInteger,
@@ -22,6 +24,8 @@ import { BudgetError } from "../engine/budget/steering";
 import { formatStats } from "./stats";
 import { remoteModel, remoteSampling, streamRemoteCompletion } from "../providers";
 import { pieceWriter, thinkingArgs, thinkingFrom } from "./thinking";
+import { loadPromptCache, promptCacheOwner } from "../engine/prompt-cache-file";
+import { PrefixCache } from "../engine/prefix-cache";
 
 export default defineCommand({
   meta: { name: "run", description: "Answer one prompt and exit (piped stdin is added to the prompt)" },
@@ -35,6 +39,11 @@ export default defineCommand({
     ...kvCacheArgs,
     ...speculationArgs,
     stop: { type: "string", description: "Stop when the answer contains this text (repeatable)" },
+    "prompt-cache": {
+      type: "string",
+      description:
+        "Start from a document's KV cache saved by mlx cache-prompt (the document comes first in the prompt)",
+    },
     raw: { type: "boolean", description: "Send the prompt as it is, without the model's chat template" },
     verbose: {
       type: "boolean",
@@ -55,7 +64,19 @@ export default defineCommand({
       const sampling = samplingFrom(args);
       const maxTokens = positiveInteger("max-tokens", args["max-tokens"]);
       const output = await formatFrom(args); // before loading the model: a bad schema fails fast
-      const text = await readPrompt(args.prompt);
+      const remote = remoteModel(args.model);
+      if (remote && args["prompt-cache"] !== undefined)
+        throw new Error(`--prompt-cache needs a local model; '${args.model}' is served by a remote provider`);
+      const lm = remote
+        ? undefined
+        : await openModel(args.model, {
+            kvQuantization: kvQuantizationFrom(args, args.model),
+            maxKvSize: maxKvSizeFrom(args, args.model),
+            adapter: adapterFrom(args, args.model),
+            speculation: speculationFrom(args, args.model),
+          });
+      const cached = lm && args["prompt-cache"] !== undefined ? openPromptCache(lm, args["prompt-cache"]) : undefined;
+      const text = await readPrompt(args.prompt, cached?.document);
       const controller = new AbortController();
       process.once("SIGINT", () => controller.abort());
       const spec = {
@@ -64,20 +85,11 @@ export default defineCommand({
         stop: list(args.stop),
         format: output && { format: output.format, param: "--schema" },
       };
-      const remote = remoteModel(args.model);
-      // The remote provider, or a batch of one through the scheduler that serves `mlx serve`.
-      const scheduler = remote
-        ? undefined
-        : soloScheduler(
-            await openModel(args.model, {
-              kvQuantization: kvQuantizationFrom(args, args.model),
-              adapter: adapterFrom(args, args.model),
-              speculation: speculationFrom(args, args.model),
-            }),
-          );
-      const stream = remote
-        ? streamRemoteCompletion(remote, { ...spec, sampling: remoteSampling(sampling) }, controller.signal)
-        : streamCompletion(scheduler!, { ...spec, sampling, thinking: thinkingFrom(args), signal: controller.signal });
+      // A batch of one through the scheduler that serves `mlx serve`, or the remote provider.
+      const scheduler = lm && soloScheduler(lm, cached?.prefixCache);
+      const stream = scheduler
+        ? streamCompletion(scheduler, { ...spec, sampling, thinking: thinkingFrom(args), signal: controller.signal })
+        : streamRemoteCompletion(remote!, { ...spec, sampling: remoteSampling(sampling) }, controller.signal);
       const show = pieceWriter({ hide: Boolean(args["hide-thinking"]), terminal: Boolean(process.stdout.isTTY) });
       let step = await cliBudget(() => stream.next()); // the first step prepares the request
       while (!step.done) {
@@ -98,9 +110,10 @@ export default defineCommand({
   },
 });
 
-async function readPrompt(argument: string | undefined): Promise<string> {
+/** The argument and piped stdin, after the cached document if there is one. */
+async function readPrompt(argument: string | undefined, document?: string): Promise<string> {
   const piped = process.stdin.isTTY ? "" : (await Bun.stdin.text()).trim();
-  const prompt = [argument?.trim(), piped].filter(Boolean).join("\n\n");
+  const prompt = [document, argument?.trim(), piped].filter(Boolean).join("\n\n");
   if (!prompt) throw new Error('no prompt: give one as an argument (mlx run "...") or pipe it on stdin');
   return prompt;
 }
@@ -125,6 +138,7 @@ function jsonResult(r: CompletionResult, hideThinking: boolean) {
     token_ids: r.tokenIds,
     stats: {
       prompt_tokens: r.stats.promptTokens,
+      cached_tokens: r.stats.cachedTokens,
       prompt_tokens_per_second: r.stats.promptTokensPerSecond,
       generated_tokens: r.stats.generatedTokens,
       generation_tokens_per_second: r.stats.generationTokensPerSecond,
@@ -132,4 +146,12 @@ function jsonResult(r: CompletionResult, hideThinking: boolean) {
       peak_memory_bytes: r.stats.peakMemoryBytes,
     },
   };
+}
+
+/** A file of mlx cache-prompt, as the prefix cache a run starts from, and the document it holds. */
+function openPromptCache(lm: LoadedModel, file: string): { prefixCache: PrefixCache; document?: string } {
+  const entry = loadPromptCache(file, promptCacheOwner(lm));
+  const prefixCache = new PrefixCache(Number.MAX_SAFE_INTEGER, 1);
+  prefixCache.adopt(entry);
+  return { prefixCache, document: entry.text };
 }

@@ -6,7 +6,15 @@ import { startServer } from "../server/app";
 import { existsSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
 import { fail, log, setVerbose } from "./log";
-import { kvCacheArgs, kvQuantizationFrom, list, positiveInteger, speculationArgs, speculationFrom } from "./options";
+import {
+  kvCacheArgs,
+  kvQuantizationFrom,
+  list,
+  maxKvSizeFrom,
+  positiveInteger,
+  speculationArgs,
+  speculationFrom,
+} from "./options";
 
 function nonNegative(name: string, value: unknown): number {
   const n = Number(value);
@@ -30,6 +38,12 @@ function servedAdapters(
     served.set(name, { base, dir });
   }
   return served;
+}
+
+function positiveNumber(name: string, value: unknown): number {
+  const n = Number(value);
+  if (!Number.isFinite(n) || n <= 0) throw new Error(`--${name} must be a number > 0 (got '${value}')`);
+  return n;
 }
 
 export default defineCommand({
@@ -87,6 +101,16 @@ export default defineCommand({
       description: "Memory for reusing prompt prefixes across requests, per model (0: off)",
       default: "512",
     },
+    "prompt-cache-dir": {
+      type: "string",
+      description:
+        "Keep prompt prefixes the prefix cache lets go (and all it holds at exit) in this directory, and reload them, also after a restart",
+    },
+    "prompt-cache-max-gb": {
+      type: "string",
+      description: "Bound of --prompt-cache-dir; least recently used files go first",
+      default: "10",
+    },
     verbose: { type: "boolean", alias: "v", description: "Log more, with stack traces" },
   },
   async run({ args }) {
@@ -117,6 +141,9 @@ export default defineCommand({
         adapters: servedAdapters(list(args.adapter), args.model),
         speculation:
           args["draft-model"] === undefined && !args["prompt-lookup"] ? undefined : speculationFrom(args, undefined),
+        maxKvSize: args["max-kv-size"] === undefined ? undefined : maxKvSizeFrom(args, undefined),
+        promptCacheDir: args["prompt-cache-dir"],
+        promptCacheMaxBytes: positiveNumber("prompt-cache-max-gb", args["prompt-cache-max-gb"]) * 1024 ** 3,
         version: pkg.version,
         logError: (error) => {
           const e = error as Error;

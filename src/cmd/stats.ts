@@ -6,7 +6,7 @@ import { acceptanceRate } from "../engine/speculative";
 export function formatStats(s: CompletionStats): string {
   const drafted = { drafted: s.draftedTokens, accepted: s.acceptedTokens };
   return [
-    `prompt:     ${s.promptTokens} tokens, ${s.promptTokensPerSecond.toFixed(2)} tokens/s`,
+    `prompt:     ${s.promptTokens} tokens${s.cachedTokens > 0 ? ` (${s.cachedTokens} cached)` : ""}, ${s.promptTokensPerSecond.toFixed(2)} tokens/s`,
     `generation: ${s.generatedTokens} tokens, ${s.generationTokensPerSecond.toFixed(2)} tokens/s`,
     ...(s.draftedTokens > 0
       ? [

@@ -8,6 +8,7 @@ import { cacheState, freeCaches, makeCaches, type DecoderModel, type KVCache } f
 import { BatchKVCache } from "../models/batch-cache";
 import type { KvQuantization } from "../models/cache";
 import type { Adapter } from "../models/lora";
+import { DEFAULT_KV_KEEP, RotatingKVCache } from "../models/rotating-cache";
 import type { PrefixCache } from "./prefix-cache";
 import { makeSampler, randomKeys, type LogitsProcessor, type SamplingParams } from "./sampling";
 import {
@@ -98,6 +99,8 @@ export interface BatchOptions {
   prefixCache?: PrefixCache;
   /** Keys and values stored quantized (--kv-bits); float when absent. */
   kvQuantization?: KvQuantization;
+  /** Each sequence's cache holds at most this many positions (--max-kv-size): its first and its latest. */
+  maxKvSize?: number;
   /** Speculative decoding: drafted tokens verified in one forward pass (--draft-model, --prompt-lookup). */
   speculation?: SpeculationOptions;
 }
@@ -127,7 +130,12 @@ export class BatchGenerator {
         `a ${kv.bits}-bit KV cache needs the head size (${model.config.headDim}) to be a multiple of its group size (${kv.groupSize}); try --kv-group-size 32`,
       );
     }
-    this.#caches = Array.from({ length: model.numLayers }, () => new BatchKVCache(options.kvQuantization));
+    const { maxKvSize } = options;
+    this.#caches = Array.from({ length: model.numLayers }, () =>
+      maxKvSize === undefined
+        ? new BatchKVCache(options.kvQuantization)
+        : new RotatingKVCache(maxKvSize, DEFAULT_KV_KEEP, options.kvQuantization),
+    );
   }
 
   get running(): number {
@@ -209,8 +217,10 @@ export class BatchGenerator {
   /** Speculation is on, some sequence takes it, and the batch is small enough for it to pay. */
   get #speculating(): boolean {
     const o = this.options.speculation;
+    // A rotating cache (--max-kv-size) cannot take back positions it has already dropped.
     return (
       o !== undefined &&
+      this.options.maxKvSize === undefined &&
       this.#active.length > 0 &&
       this.#active.length <= o.maxBatch &&
       this.#active.some((s) => s.request.speculate !== false && s.pause === 0)
@@ -314,10 +324,19 @@ export class BatchGenerator {
       const sequence = this.#waiting.shift()!;
       const prompt = sequence.request.promptIds;
       // Full caches: the batch and the prefix cache copy every position out of them.
-      const caches = makeCaches(this.model, { windowed: false, quantization: this.options.kvQuantization });
+      const caches = makeCaches(this.model, {
+        windowed: false,
+        quantization: this.options.kvQuantization,
+        maxKvSize: this.options.maxKvSize,
+      });
       // Start from the longest stored prefix; the last prompt token is always computed anew.
       const match = this.options.prefixCache?.lookup(prompt, prompt.length - 1, namespace(sequence));
-      if (match) caches.forEach((c, layer) => c.seed(match.keys[layer]!, match.values[layer]!, match.length));
+      if (match)
+        caches.forEach((c, layer) => {
+          const [keys, values] = [match.keys[layer]!, match.values[layer]!];
+          if (c instanceof RotatingKVCache) c.seed(keys, values, match.length, match.dropped);
+          else c.seed(keys, values, match.length);
+        });
       this.#prefill = { sequence, caches, done: match?.length ?? 0 };
       this.options.onStart?.(sequence.id, match?.length ?? 0);
     }
@@ -337,7 +356,14 @@ export class BatchGenerator {
       p.done = end;
     }
     if (p.done < prompt.length - 1) return;
-    this.options.prefixCache?.insert(prompt.slice(0, -1), p.caches, 0, 0, namespace(p.sequence));
+    this.options.prefixCache?.insert(
+      prompt.slice(0, -1),
+      p.caches,
+      0,
+      0,
+      droppedBy(p.caches, 0),
+      namespace(p.sequence),
+    );
     this.#caches.forEach((batch, layer) => batch.extend(p.caches[layer]!));
     freeCaches(p.caches);
     p.sequence.history = prompt.slice(0, -1);
@@ -431,7 +457,8 @@ export class BatchGenerator {
     if (cache)
       for (const row of rows) {
         const s = this.#active[row]!;
-        cache.insert(s.history, this.#caches, row, this.#caches[0]!.leftPadding[row], namespace(s));
+        const skip = this.#caches[0]!.leftPadding[row];
+        cache.insert(s.history, this.#caches, row, skip, droppedBy(this.#caches, row), namespace(s));
       }
     const keep = this.#active.map((_, i) => i).filter((i) => !rows.includes(i));
     this.#active = keep.map((i) => this.#active[i]!);
@@ -460,6 +487,12 @@ function adapted<T>(rows: Sequence[], forward: () => T): T {
 /** Where a sequence's keys and values go in the prefix cache: the base model's, or its adapter's. */
 const namespace = (s: Sequence): number => s.request.adapter?.id ?? 0;
 
+/** Positions of `row` a rotating cache no longer holds (0 for a cache that keeps everything). */
+function droppedBy(caches: KVCache[], row: number): number {
+  const first = caches[0];
+  return first instanceof RotatingKVCache ? first.dropped[row]! : 0;
+}
+
 /**
  * One sequence through a BatchGenerator of its own, token by token, for exactly `maxTokens`
  * tokens (EOS does not stop it): for benchmarks and tests of the token loop itself.
@@ -468,9 +501,9 @@ export function* generateTokens(
   model: DecoderModel,
   request: SequenceRequest,
   kvQuantization?: KvQuantization,
-  speculation?: SpeculationOptions,
+  options: Pick<BatchOptions, "speculation" | "maxKvSize"> = {},
 ): Generator<SequenceEvent> {
-  const generator = new BatchGenerator(model, { maxBatch: 1, prefillChunk: 2048, kvQuantization, speculation });
+  const generator = new BatchGenerator(model, { maxBatch: 1, prefillChunk: 2048, kvQuantization, ...options });
   try {
     generator.add("0", request);
     while (!generator.idle) yield* generator.step();

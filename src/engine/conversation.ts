@@ -2,7 +2,7 @@
 // the chat template and goes through the scheduler like any request; the scheduler's prefix
 // cache (one entry: the latest turn) holds the keys and values of what was said, so only what
 // a new rendering changed is prefilled. When the context fills up, the oldest turns go (the
-// system prompt stays).
+// system prompt stays), or with a rotating cache (--max-kv-size) the oldest positions.
 import type { LoadedModel } from "../models/load";
 import type { ChatMessage } from "../tokenizer/tokenizer";
 import { soloScheduler, streamCompletion, type CompletionPiece, type CompletionResult } from "./generate";
@@ -115,8 +115,12 @@ export class Conversation {
     return { result, info: { reusedTokens, newTokens: result.stats.promptTokens - reusedTokens, droppedMessages } };
   }
 
-  /** Drops the oldest exchanges until the prompt plus room for an answer fits the context. */
+  /**
+   * Drops the oldest exchanges until the prompt plus room for an answer fits the context. With a
+   * rotating cache (--max-kv-size) nothing is dropped: the cache keeps the first and latest positions.
+   */
   #fitContext(maxTokens: number): number {
+    if (this.lm.maxKvSize !== undefined) return 0;
     const limit = this.lm.config.maxPositionEmbeddings;
     const room = Math.min(maxTokens, Math.floor(limit / 4));
     let dropped = 0;

@@ -1,18 +1,25 @@
 // Keys and values of token prefixes already computed, shared across requests: a follow-up
 // turn of a conversation, or many requests with one system prompt, start from the longest
 // stored prefix instead of prefilling it again. Entries are found through a token trie, kept
-// within a byte budget, and evicted least recently used first.
+// within a byte budget, and evicted least recently used first. An entry from a rotating cache
+// (--max-kv-size) that dropped positions holds only what that cache kept: it can continue
+// exactly its own tokens, not a shorter prefix of them. With a DiskPrefixCache behind it, what
+// is evicted or still held at the end goes to disk, and a longer prefix on disk is reloaded.
 import * as mx from "../mlx";
 import type { KVCache } from "../models";
 import type { Stored } from "../models/cache";
+import type { DiskPrefixCache } from "./disk-prefix-cache";
+import type { PromptCacheEntry } from "./prompt-cache-file";
 
 interface Entry {
   /** Whose keys and values these are: 0 for the base model, else an adapter's id. */
   namespace: number;
   tokens: number[];
-  /** Per layer, [1, heads, tokens.length, ·], stored as the cache stores them (maybe quantized). */
+  /** Per layer, [1, heads, tokens.length - dropped, ·], stored as the cache stores them (maybe quantized). */
   keys: Stored[];
   values: Stored[];
+  /** Positions the rotating cache it came from no longer held. */
+  dropped: number;
   bytes: number;
   lastUsed: number;
 }
@@ -27,6 +34,7 @@ export interface PrefixMatch {
   length: number;
   keys: Stored[];
   values: Stored[];
+  dropped: number;
 }
 
 export class PrefixCache {
@@ -42,6 +50,7 @@ export class PrefixCache {
     readonly maxBytes: number,
     /** Most entries kept (a conversation needs only its latest). */
     readonly maxEntries = Infinity,
+    readonly disk?: DiskPrefixCache,
   ) {}
 
   get bytes(): number {
@@ -56,28 +65,63 @@ export class PrefixCache {
   lookup(prompt: number[], limit: number, namespace = 0): PrefixMatch | undefined {
     let node = this.#root(namespace);
     let depth = 0;
-    let best: Entry | undefined;
+    let best: { entry: Entry; depth: number } | undefined;
     while (depth < limit) {
       const next = node.children.get(prompt[depth]!);
       if (!next) break;
       node = next;
       depth++;
-      best = node.entry;
+      const entry = node.entry;
+      if (entry && (entry.dropped === 0 || entry.tokens.length === depth)) best = { entry, depth };
     }
-    if (!best || depth === 0) {
+    // The disk holds the base model's prefixes only: its files are keyed by the model, not by adapter.
+    const restored = namespace === 0 ? this.#restore(prompt, limit, best?.depth ?? 0) : undefined;
+    if (restored) best = restored;
+    if (!best) {
       this.misses++;
       return undefined;
     }
-    best.lastUsed = ++this.#clock;
+    const { entry } = best;
+    entry.lastUsed = ++this.#clock;
     this.hits++;
-    this.hitTokens += depth;
-    return { length: depth, keys: best.keys, values: best.values };
+    this.hitTokens += best.depth;
+    return { length: best.depth, keys: entry.keys, values: entry.values, dropped: entry.dropped };
   }
 
-  /** Stores the first `tokens.length` positions of `caches[l]` rows `row` (after `skip` padding columns). */
-  insert(tokens: number[], caches: KVCache[], row = 0, skip = 0, namespace = 0): void {
+  /** A prefix longer than `atLeast` from disk, loaded into memory as an entry. */
+  #restore(prompt: number[], limit: number, atLeast: number): { entry: Entry; depth: number } | undefined {
+    if (!this.disk) return undefined;
+    let found: { name: string; length: number } | undefined;
+    let loaded: PromptCacheEntry | undefined;
+    // A damaged file is removed by load(); then the next longest is tried.
+    while (!loaded && (found = this.disk.longest(prompt, limit, atLeast))) loaded = this.disk.load(found.name);
+    if (!found || !loaded) return undefined;
+    const entry = this.adopt(loaded);
+    if (!entry) return undefined;
+    this.disk!.restoredTokens += found.length;
+    return { entry, depth: found.length };
+  }
+
+  /** Takes in an entry of the base model read from a file (it owns the arrays now); undefined when over the budget. */
+  adopt(loaded: PromptCacheEntry): Entry | undefined {
+    const arrays = [...loaded.keys, ...loaded.values].flat();
+    for (const t of arrays) mx.keep(t);
+    const { tokens, dropped, keys, values } = loaded;
+    const bytes = arrays.reduce((sum, t) => sum + t.nbytes, 0);
+    const entry: Entry = { namespace: 0, tokens, dropped, keys, values, bytes, lastUsed: ++this.#clock };
+    this.#entries.push(entry);
+    this.#index(entry);
+    this.#evict();
+    return this.#entries.includes(entry) ? entry : undefined;
+  }
+
+  /**
+   * Stores the keys and values of `tokens` from `caches[l]` rows `row` (after `skip` padding
+   * columns), of which a rotating cache no longer holds `dropped`, computed in `namespace`.
+   */
+  insert(tokens: number[], caches: KVCache[], row = 0, skip = 0, dropped = 0, namespace = 0): void {
     if (tokens.length === 0 || this.#covered(tokens, namespace)) return;
-    const n = tokens.length;
+    const n = tokens.length - dropped;
     const snapshot = (stored: Stored) =>
       stored.map((t) =>
         mx.keep(mx.scope(() => mx.contiguous(mx.slice(t, [row, 0, skip], [row + 1, t.shape[1]!, skip + n])))),
@@ -88,16 +132,17 @@ export class PrefixCache {
     mx.evaluate(...arrays);
     const bytes = arrays.reduce((sum, t) => sum + t.nbytes, 0);
     if (bytes > this.maxBytes) {
+      if (namespace === 0) this.disk?.save({ tokens, dropped, keys, values });
       for (const t of arrays) t.free();
       return;
     }
-    const entry: Entry = { namespace, tokens: [...tokens], keys, values, bytes, lastUsed: ++this.#clock };
+    const entry: Entry = { namespace, tokens: [...tokens], keys, values, dropped, bytes, lastUsed: ++this.#clock };
     this.#entries.push(entry);
     this.#index(entry);
     this.#evict();
   }
 
-  // An entry already holding these tokens (or a longer run starting with them) makes a new one useless.
+  // An entry already holding these tokens (or a longer run starting with them, all of it held) makes a new one useless.
   #covered(tokens: number[], namespace: number): boolean {
     let node = this.#root(namespace);
     for (const t of tokens) {
@@ -105,7 +150,8 @@ export class PrefixCache {
       if (!next) return false;
       node = next;
     }
-    return node.entry !== undefined;
+    const entry = node.entry;
+    return entry !== undefined && (entry.dropped === 0 || entry.tokens.length === tokens.length);
   }
 
   #root(namespace: number): TrieNode {
@@ -131,6 +177,7 @@ export class PrefixCache {
     while ((total > this.maxBytes || this.#entries.length > this.maxEntries) && this.#entries.length > 0) {
       const victim = this.#entries.shift()!;
       total -= victim.bytes;
+      if (victim.namespace === 0) this.disk?.save(victim);
       for (const t of [...victim.keys, ...victim.values].flat()) t.free();
     }
     // Rebuild the trie from what is left (entries are few; a rebuild keeps it simple and exact).
@@ -138,7 +185,9 @@ export class PrefixCache {
     for (const e of [...this.#entries].sort((a, b) => a.lastUsed - b.lastUsed)) this.#index(e);
   }
 
+  /** Drops every entry (writing each to disk first, when there is one). */
   clear(): void {
+    for (const e of this.#entries) if (e.namespace === 0) this.disk?.save(e);
     for (const e of this.#entries) for (const t of [...e.keys, ...e.values].flat()) t.free();
     this.#entries = [];
     this.#roots.clear();

@@ -87,7 +87,9 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   if (badId !== undefined)
     throw new InvalidParameterError(`token id ${badId} is outside the model's vocabulary (${vocab})`, "prompt");
   const context = lm.config.maxPositionEmbeddings;
-  if (promptIds.length >= context) {
+  // A rotating cache (--max-kv-size) holds a bounded part of any length: only max_tokens limits.
+  const rotating = lm.maxKvSize !== undefined;
+  if (!rotating && promptIds.length >= context) {
     throw new ContextLengthError(
       `the prompt is ${promptIds.length} tokens, but the model's context is ${context} tokens (leave room for at least one generated token)`,
     );
@@ -97,8 +99,8 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
       `max_tokens is ${spec.maxTokens}, more than the model's context of ${context} tokens`,
       "max_tokens",
     );
-  const room = context - promptIds.length;
-  const maxTokens = Math.min(spec.maxTokens ?? room, room);
+  const room = rotating ? context : context - promptIds.length;
+  const maxTokens = Math.min(spec.maxTokens ?? room, rotating ? Infinity : room);
   const constraint = await grammarConstraint(lm, spec, toolFormat, maxTokens);
   // Where the template starts the reasoning itself, the answer begins inside it.
   const startsInside = thinking !== undefined && opensThinking(lm.tokenizer.decode(promptIds.slice(-16)));

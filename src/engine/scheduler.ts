@@ -166,6 +166,7 @@ export class Scheduler {
         numDraft: lm.speculation.numDraft,
         maxBatch: speculationMaxBatch,
       },
+      maxKvSize: lm.maxKvSize,
       onStart: (id, cachedTokens) => {
         const s = this.#running.get(id);
         if (!s) return;

@@ -31,6 +31,8 @@ export interface LoadedModel {
   adapter?: Adapter;
   /** Speculative decoding: a draft model of the same vocabulary, or prompt lookup when none. */
   speculation?: { draft?: LoadedModel; numDraft: number };
+  /** Most positions its KV cache holds per sequence (--max-kv-size): a rotating cache; all when absent. */
+  maxKvSize?: number;
   free(): void;
 }
 

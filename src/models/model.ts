@@ -4,6 +4,7 @@ import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { ModelConfig } from "./config";
 import { KVCache, type AttentionCache, type KvQuantization, type Mask } from "./cache";
+import { RotatingKVCache } from "./rotating-cache";
 import { SlidingKVCache } from "./sliding-cache";
 
 export type { Mask };
@@ -71,12 +72,19 @@ export function hiddenStates(model: DecoderModel, ids: MxArray, caches: Attentio
 /**
  * A cache per layer. `windowed: false` gives every layer a full cache (sliding-window layers then
  * mask what is out of their window), for what copies positions out of a cache (batching, the
- * prefix cache); so does a quantization (the sliding-window cache stores float).
+ * prefix cache); so does a quantization (the sliding-window cache stores float). `maxKvSize`
+ * bounds every layer's cache (--max-kv-size).
  */
 export function makeCaches(
   model: DecoderModel,
-  { windowed = true, quantization }: { windowed?: boolean; quantization?: KvQuantization } = {},
+  {
+    windowed = true,
+    quantization,
+    maxKvSize,
+  }: { windowed?: boolean; quantization?: KvQuantization; maxKvSize?: number } = {},
 ): KVCache[] {
+  if (maxKvSize !== undefined)
+    return Array.from({ length: model.numLayers }, () => RotatingKVCache.forSequence(maxKvSize, quantization));
   if (windowed && !quantization && model.makeCaches) return model.makeCaches();
   return Array.from({ length: model.numLayers }, () => new KVCache(quantization));
 }

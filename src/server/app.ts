@@ -25,6 +25,8 @@ import { memoryFigures } from "../engine/device";
 import { Scheduler } from "../engine/scheduler";
 import type { LoadedModel } from "../models/load";
 import { PrefixCache } from "../engine/prefix-cache";
+import { DiskPrefixCache } from "../engine/disk-prefix-cache";
+import { promptCacheOwner } from "../engine/prompt-cache-file";
 import { AdaptiveTuner } from "../engine/tuner";
 import type { ServerConfig, ServerState } from "./state";
 import { activeProviders, remoteModel } from "../providers";
@@ -51,6 +53,12 @@ export interface ServerOptions extends Partial<ServerConfig> {
   adapters?: Map<string, { base: string | undefined; dir: string }>;
   /** Speculative decoding for every model (--draft-model, --prompt-lookup); else each alias's. */
   speculation?: SpeculationChoice;
+  /** Rotating KV cache size for every model (--max-kv-size); else each alias's max_kv_size. */
+  maxKvSize?: number;
+  /** Where prefixes go when the prefix cache lets them go, to be reloaded later (--prompt-cache-dir). */
+  promptCacheDir?: string;
+  /** Bound of that directory, in bytes (--prompt-cache-max-gb). */
+  promptCacheMaxBytes?: number;
   logError?: (error: unknown) => void;
   onLoad?: (name: string, path: string, seconds: number) => void;
 }
@@ -92,13 +100,24 @@ export function createState(o: ServerOptions = {}): ServerState {
   const maxBatch = o.maxBatch ?? 8;
   const prefillChunk = o.prefillChunk ?? 512;
   const prefixCacheBytes = o.prefixCacheBytes ?? 512 * 1024 * 1024;
+  const disk = (lm: LoadedModel) =>
+    o.promptCacheDir === undefined
+      ? undefined
+      : new DiskPrefixCache(
+          o.promptCacheDir,
+          o.promptCacheMaxBytes ?? 10 * 1024 ** 3,
+          promptCacheOwner(lm),
+          lm.path,
+          (message) => o.logError?.(new Error(message)),
+        );
   // Each loaded model gets its own continuous-batching scheduler.
   const makeScheduler = (lm: LoadedModel) =>
     new Scheduler(lm, {
       maxBatch,
       prefillChunk,
       maxQueue,
-      prefixCache: prefixCacheBytes > 0 ? new PrefixCache(prefixCacheBytes) : undefined,
+      prefixCache:
+        prefixCacheBytes > 0 || o.promptCacheDir ? new PrefixCache(prefixCacheBytes, Infinity, disk(lm)) : undefined,
       tuner: o.targetItlMs
         ? new AdaptiveTuner({
             targetItlMs: o.targetItlMs,
@@ -132,6 +151,7 @@ export function createState(o: ServerOptions = {}): ServerState {
       kvQuantization: o.kvQuantization,
       adapters: o.adapters,
       speculation: o.speculation,
+      maxKvSize: o.maxKvSize,
       onLoad: (e) => o.onLoad?.(e.name, e.path, e.loadMs / 1000),
     }),
     metrics: undefined!,

@@ -7,7 +7,7 @@
 // requests for the base and its adapters batch together); the adapter is loaded once per base.
 import { loadModel, type LoadedModel, type SpeculationChoice } from "../models/load";
 import { resolveModelPath } from "../store/resolve";
-import { aliasAdapter, aliasKvQuantization, aliasSpeculation } from "../store/aliases";
+import { aliasAdapter, aliasKvQuantization, aliasMaxKvSize, aliasSpeculation } from "../store/aliases";
 import { loadAdapter, type Adapter } from "../models/lora";
 import { attachSpeculation } from "../engine/speculative";
 import type { KvQuantization } from "../models/cache";
@@ -57,6 +57,8 @@ export interface ModelRegistryOptions {
   kvQuantization?: KvQuantization;
   /** Every model's speculative decoding (serve --draft-model/--prompt-lookup); else each alias's. */
   speculation?: SpeculationChoice;
+  /** Every model's rotating KV cache size (serve --max-kv-size); else each alias's max_kv_size. */
+  maxKvSize?: number;
   onLoad?: (entry: LoadedEntry) => void;
   onUnload?: (entry: LoadedEntry) => void;
   /** Extra model names (serve --adapter): a base model (undefined: the default) plus an adapter directory. */
@@ -192,6 +194,7 @@ export class ModelRegistry {
         const started = performance.now();
         const lm = loadModel(path);
         lm.kvQuantization = this.options.kvQuantization ?? aliasKvQuantization(name);
+        lm.maxKvSize = this.options.maxKvSize ?? aliasMaxKvSize(name);
         try {
           await attachSpeculation(lm, this.options.speculation ?? aliasSpeculation(name), async (draft) =>
             loadModel(await resolveModelPath(draft, { onProgress: () => {} })),

@@ -19,6 +19,8 @@ export interface ModelAlias {
   adapter?: string;
   /** Speculative decoding (draft_model = "...", or prompt_lookup = true; num_draft = N). */
   speculation?: SpeculationChoice;
+  /** Most positions its KV cache holds (max_kv_size): a rotating cache, as --max-kv-size. */
+  maxKvSize?: number;
 }
 
 /** Tokens drafted per speculative step unless told otherwise (mlx-lm's default). */
@@ -65,6 +67,8 @@ function parseTable(
       throw new Error(`${origin}: model '${name}': kv_bits must be 4 or 8`);
     if (e.adapter !== undefined && (typeof e.adapter !== "string" || e.adapter.length === 0))
       throw new Error(`${origin}: model '${name}': adapter must be a directory path`);
+    if (e.max_kv_size !== undefined && !(Number.isInteger(e.max_kv_size) && (e.max_kv_size as number) > 4))
+      throw new Error(`${origin}: model '${name}': max_kv_size must be a whole number > 4`);
     models.push({
       name,
       source: e.source,
@@ -72,6 +76,7 @@ function parseTable(
       kvBits: e.kv_bits as number | undefined,
       adapter: e.adapter === undefined ? undefined : resolve(relativeTo, e.adapter as string),
       speculation: aliasSpeculationEntry(e, `${origin}: model '${name}'`),
+      maxKvSize: e.max_kv_size as number | undefined,
     });
   }
   if (doc.default !== undefined && typeof doc.default !== "string")
@@ -131,6 +136,12 @@ export function aliasKvQuantization(spec: string | undefined): KvQuantization | 
 export function aliasAdapter(spec: string | undefined): string | undefined {
   const table = loadAliases();
   return table.models.get(spec ?? table.defaultModel)?.adapter;
+}
+
+/** The rotating KV cache size models.toml asks for the model named `spec` (default: the default model). */
+export function aliasMaxKvSize(spec: string | undefined): number | undefined {
+  const table = loadAliases();
+  return table.models.get(spec ?? table.defaultModel)?.maxKvSize;
 }
 
 /** Aliases that look like what the user typed, closest first (for "did you mean"). */

@@ -1,0 +1,46 @@
+// `mlx cache-prompt -m M FILE < document`, as mlx_lm.cache_prompt: prefill a long document once
+// and save its keys and values, so that `mlx run --prompt-cache FILE "question"` starts from them.
+import { defineCommand } from "citty";
+import { prefillPrompt, promptCacheOwner, savePromptCache } from "../engine/prompt-cache-file";
+import { promptTokens } from "../engine/prompt";
+import { fail, log, setVerbose } from "./log";
+import { openModel } from "./open-model";
+import { kvCacheArgs, kvQuantizationFrom, maxKvSizeFrom, modelArg } from "./options";
+
+export default defineCommand({
+  meta: {
+    name: "cache-prompt",
+    description: "Prefill a document read from stdin and save its KV cache to FILE (for mlx run --prompt-cache)",
+  },
+  args: {
+    file: { type: "positional", required: true, description: "The prompt cache file to write" },
+    ...modelArg,
+    system: { type: "string", description: "System prompt (give the same to mlx run)" },
+    raw: { type: "boolean", description: "Without the model's chat template (then also mlx run --raw)" },
+    ...kvCacheArgs,
+    verbose: { type: "boolean", alias: "v", description: "Stack traces on errors" },
+  },
+  async run({ args }) {
+    setVerbose(Boolean(args.verbose));
+    try {
+      if (process.stdin.isTTY) throw new Error("pipe the document on stdin: mlx cache-prompt FILE < document");
+      const text = (await Bun.stdin.text()).trim();
+      if (!text) throw new Error("the document on stdin is empty");
+      const lm = await openModel(args.model, {
+        kvQuantization: kvQuantizationFrom(args, args.model),
+        maxKvSize: maxKvSizeFrom(args, args.model),
+      });
+      const started = performance.now();
+      // The document as `mlx run --prompt-cache` puts it first in its prompt.
+      const tokens = promptTokens(lm.tokenizer, text, { system: args.system, raw: args.raw });
+      const entry = prefillPrompt(lm, tokens);
+      savePromptCache(args.file, { ...entry, text }, promptCacheOwner(lm), lm.path);
+      log.info(
+        `cached ${tokens.length} tokens in ${((performance.now() - started) / 1000).toFixed(2)} s: ${args.file}`,
+      );
+      for (const t of [...entry.keys, ...entry.values].flat()) t.free();
+    } catch (error) {
+      fail(error, Boolean(args.verbose));
+    }
+  },
+});

@@ -1,0 +1,167 @@
+// A KV cache of bounded size (--max-kv-size), as mlx-lm's RotatingKVCache: every query sees
+// the first `keep` positions of its sequence (attention sinks, which models attend to heavily
+// and cannot lose) and the most recent `maxSize - keep` positions, itself included, so a
+// conversation can go on without end at a fixed memory. Older positions are dropped.
+//
+// The cache is a BatchKVCache (one row for a single sequence): rather than overwrite the
+// oldest column every token (which would need a ring per row, each row at its own place), it
+// holds up to a step of columns more, hides the ones out of reach with the attention mask,
+// and compacts all rows at once when the slack is used up. Rotary positions keep counting
+// from the start of each sequence: `dropped` per row are no longer held.
+import * as mx from "../mlx";
+import type { MxArray } from "../mlx";
+import { BatchKVCache } from "./batch-cache";
+import type { KVCache, KvQuantization, Mask, Stored } from "./cache";
+
+/** Attention sinks kept by default, as mlx-lm's make_prompt_cache. */
+export const DEFAULT_KV_KEEP = 4;
+
+/** Columns per row after a compaction, and its left padding. */
+interface Layout {
+  width: number;
+  padding: number[];
+}
+
+export class RotatingKVCache extends BatchKVCache {
+  /** Positions of each row no longer held (between its sinks and its oldest held position). */
+  dropped: number[] = [];
+
+  constructor(
+    readonly maxSize: number,
+    readonly keep = DEFAULT_KV_KEEP,
+    quantization?: KvQuantization,
+  ) {
+    // Grow (and compact) in steps of at most maxSize, so a small cache never holds much more.
+    super(quantization, Math.min(256, maxSize));
+    if (maxSize <= keep) throw new Error(`the KV cache size (${maxSize}) must be larger than its ${keep} sinks`);
+  }
+
+  /** A one-row cache for one sequence (a prefill, or `mlx run`). */
+  static forSequence(maxSize: number, quantization?: KvQuantization): RotatingKVCache {
+    const cache = new RotatingKVCache(maxSize, DEFAULT_KV_KEEP, quantization);
+    cache.leftPadding = [0];
+    cache.dropped = [0];
+    return cache;
+  }
+
+  /** Whether every position of `row` is still held (so it can be copied out as a prefix). */
+  holdsAll(row = 0): boolean {
+    return (this.dropped[row] ?? 0) === 0;
+  }
+
+  override get ropeOffset(): number | MxArray {
+    const positions = this.leftPadding.map((pad, b) => this.offset - pad + this.dropped[b]!);
+    if (positions.every((p) => p === positions[0])) return positions[0] ?? this.offset;
+    return mx.array(Int32Array.from(positions));
+  }
+
+  /**
+   * [B, 1, L, columns]: causal, never padding, and for each query only the sinks and the
+   * `maxSize - keep` newest positions. Built for the layout the next update leaves (it may
+   * compact first), as the decoder asks for the mask before the update.
+   */
+  override attentionMask(length: number): Mask {
+    const { width, padding } = this.#layoutFor(length);
+    const longest = Math.max(0, ...padding.map((pad) => width - pad));
+    if (padding.every((pad) => pad === 0) && longest + length <= this.maxSize) return length > 1 ? "causal" : undefined;
+    const total = width + length;
+    const window = this.maxSize - this.keep;
+    const keys = mx.reshape(mx.arange(0, total), [1, 1, 1, total]);
+    const queries = mx.reshape(mx.arange(width, total), [1, 1, length, 1]);
+    const pad = mx.reshape(mx.array(Int32Array.from(padding)), [-1, 1, 1, 1]);
+    const notPadding = mx.greaterEqual(keys, pad);
+    const sink = mx.less(keys, mx.add(pad, this.keep));
+    const recent = mx.greater(mx.add(keys, window), queries);
+    return mx.logicalAnd(mx.logicalAnd(notPadding, mx.lessEqual(keys, queries)), mx.logicalOr(sink, recent));
+  }
+
+  override update(keys: MxArray, values: MxArray): [Stored, Stored] {
+    if (this.#mustCompact(keys.shape[2]!)) this.#compact();
+    return super.update(keys, values);
+  }
+
+  // A step's slack used up: some row would hold more than `maxSize + step` columns after this update.
+  #mustCompact(length: number): boolean {
+    if (!this.keys) return false;
+    const longest = Math.max(0, ...this.leftPadding.map((pad) => this.offset - pad));
+    return longest + length > this.maxSize + this.step;
+  }
+
+  /** Each row keeps its sinks and the newest positions the next query still sees. */
+  #kept(held: number): number {
+    return Math.min(held, this.maxSize - 1);
+  }
+
+  #layoutFor(length: number): Layout {
+    return this.#mustCompact(length) ? this.#compacted() : { width: this.offset, padding: this.leftPadding };
+  }
+
+  #compacted(): Layout {
+    const kept = this.leftPadding.map((pad) => this.#kept(this.offset - pad));
+    const width = Math.max(...kept);
+    return { width, padding: kept.map((k) => width - k) };
+  }
+
+  #compact(): void {
+    const { width, padding } = this.#compacted();
+    const batch = this.batchSize;
+    // Per row, the columns it keeps, right-aligned; its new padding points at column 0 (masked).
+    const columns = new Int32Array(batch * width);
+    this.leftPadding.forEach((pad, b) => {
+      const held = this.offset - pad;
+      const kept = width - padding[b]!;
+      const recent = kept - (held > kept ? this.keep : 0);
+      const row = columns.subarray(b * width, (b + 1) * width);
+      let at = padding[b]!;
+      if (held > kept) for (let i = 0; i < this.keep; i++) row[at++] = pad + i;
+      for (let i = this.offset - recent; i < this.offset; i++) row[at++] = i;
+      this.dropped[b]! += held - kept;
+    });
+    const gather = (stored: Stored) =>
+      mx.scope(() => {
+        const index = mx.reshape(mx.array(columns), [batch, 1, width, 1]);
+        return stored.map((t) =>
+          mx.contiguous(mx.takeAlongAxis(mx.slice(t, [0, 0, 0], [batch, t.shape[1]!, this.offset]), index, 2)),
+        );
+      });
+    const keys = gather(this.keys!);
+    const values = gather(this.values!);
+    this.free(false);
+    this.keys = keys.map(mx.keep);
+    this.values = values.map(mx.keep);
+    this.offset = width;
+    this.leftPadding = padding;
+  }
+
+  override extend(single: KVCache): void {
+    super.extend(single);
+    this.dropped.push(single instanceof RotatingKVCache ? single.dropped[0]! : 0);
+  }
+
+  override keepRows(rows: number[]): void {
+    const dropped = rows.map((r) => this.dropped[r]!);
+    super.keepRows(rows);
+    this.dropped = dropped;
+  }
+
+  /** Starts from stored keys/values: `length` positions, of which `dropped` are no longer held. */
+  override seed(keys: Stored, values: Stored, length: number, dropped = 0): void {
+    super.seed(keys, values, length - dropped);
+    this.leftPadding = [0];
+    this.dropped = [dropped];
+  }
+
+  override trim(length: number): void {
+    if (!this.canTrim(length)) throw new Error("a rotating KV cache that dropped positions cannot take tokens back");
+    super.trim(length);
+  }
+
+  override canTrim(_length: number): boolean {
+    return this.dropped.every((d) => d === 0);
+  }
+
+  override free(forget = true): void {
+    super.free(forget);
+    if (forget) this.dropped = this.dropped.map(() => 0);
+  }
+}

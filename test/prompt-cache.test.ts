@@ -1,0 +1,150 @@
+// Prompt caches on disk: `serve --prompt-cache-dir` writes what the prefix cache lets go (and
+// what it holds at shutdown), a restarted server reloads the longest stored prefix (reported as
+// cached tokens, the answer unchanged); damaged files and those of another version of the model
+// are removed, never used; the directory keeps to its bound. And `mlx cache-prompt` + `mlx run
+// --prompt-cache` answer as a run without them does.
+import { describe, expect, test } from "bun:test";
+import { mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { ServerOptions } from "../src/server/app";
+import { cliRunner } from "./helpers/cli";
+import { post, serve } from "./helpers/serve";
+import { writeTinyModel } from "./helpers/tiny-model";
+
+const root = mkdtempSync(join(tmpdir(), "mlx-prompt-cache-"));
+const model = join(root, "tiny");
+writeTinyModel(model, { contextLength: 1024, seed: 11 });
+
+const system = Array.from({ length: 120 }, (_, i) => `rule ${i % 17}`).join("; ");
+const files = (dir: string) => readdirSync(dir).filter((f) => f.endsWith(".safetensors"));
+const dirBytes = (dir: string) => files(dir).reduce((n, f) => n + statSync(join(dir, f)).size, 0);
+
+/** One request on a fresh server, which stops afterwards (writing what it holds to its directory). */
+async function askOnce(o: ServerOptions, question = "What is rule 3?") {
+  const server = serve({ prefixCacheBytes: 64 * 1024 * 1024, ...o });
+  try {
+    const r = await post(`${server.url}/v1/chat/completions`, {
+      model,
+      messages: [
+        { role: "system", content: system },
+        { role: "user", content: question },
+      ],
+      max_tokens: 8,
+      temperature: 0,
+    });
+    expect(r.status).toBe(200);
+    return {
+      text: r.json.choices[0].message.content as string,
+      prompt: r.json.usage.prompt_tokens as number,
+      cached: r.json.usage.prompt_tokens_details.cached_tokens as number,
+    };
+  } finally {
+    await server.stop();
+  }
+}
+
+describe("serve --prompt-cache-dir", () => {
+  test("after a restart the prompt comes back from disk: cached tokens reported, the same greedy answer", async () => {
+    const dir = join(root, "restart");
+    const first = await askOnce({ promptCacheDir: dir });
+    expect(first.cached).toBe(0);
+    expect(files(dir).length).toBeGreaterThan(0); // written at shutdown
+    const again = await askOnce({ promptCacheDir: dir });
+    expect(again.text).toBe(first.text);
+    expect(again.cached).toBeGreaterThanOrEqual(first.prompt - 1);
+    // Another question with the same system prompt reuses it from disk too.
+    const other = await askOnce({ promptCacheDir: dir }, "And rule 5?");
+    expect(other.cached).toBeGreaterThan(system.length / 10);
+    const fresh = await askOnce({}, "And rule 5?");
+    expect(other.text).toBe(fresh.text);
+  }, 60_000);
+
+  test("a damaged file is ignored and removed", async () => {
+    const dir = join(root, "damaged");
+    const first = await askOnce({ promptCacheDir: dir });
+    for (const f of files(dir)) {
+      const path = join(dir, f);
+      const bytes = readFileSync(path);
+      bytes[bytes.length - 100]! ^= 0xff; // a flipped byte in the tensors
+      writeFileSync(path, bytes);
+    }
+    writeFileSync(join(dir, "junk.safetensors"), "not a prompt cache");
+    const damaged = files(dir);
+    const logged: string[] = [];
+    const again = await askOnce({ promptCacheDir: dir, logError: (e) => logged.push((e as Error).message) });
+    expect(again.cached).toBe(0);
+    expect(again.text).toBe(first.text);
+    // Each was removed (the same prompt may be written again at shutdown, sound this time).
+    for (const f of damaged) expect(logged.some((m) => m.includes(`removing ${join(dir, f)}`))).toBe(true);
+    expect(files(dir)).not.toContain("junk.safetensors");
+  }, 60_000);
+
+  test("files of another version of the model are removed", async () => {
+    const dir = join(root, "versions");
+    const other = join(root, "tiny-v1");
+    writeTinyModel(other, { contextLength: 1024, seed: 11 });
+    const ask = async () => {
+      const server = serve({ promptCacheDir: dir });
+      try {
+        await post(`${server.url}/v1/completions`, { model: other, prompt: system, max_tokens: 2 });
+      } finally {
+        await server.stop();
+      }
+    };
+    await ask();
+    const old = files(dir);
+    expect(old.length).toBeGreaterThan(0);
+    writeTinyModel(other, { contextLength: 1024, seed: 12 }); // new weights at the same path
+    await ask();
+    for (const f of old) expect(files(dir)).not.toContain(f);
+  }, 60_000);
+
+  test("the directory keeps within --prompt-cache-max-gb, least recently used out", async () => {
+    const dir = join(root, "bounded");
+    await askOnce({ promptCacheDir: dir });
+    const one = dirBytes(dir);
+    const bound = Math.floor(one * 2.5);
+    // A small memory budget: every new prompt evicts the last to disk.
+    for (const q of ["one", "two", "three", "four", "five"])
+      await askOnce({ promptCacheDir: dir, promptCacheMaxBytes: bound, prefixCacheBytes: 1024 }, `Question ${q}?`);
+    expect(dirBytes(dir)).toBeLessThanOrEqual(bound);
+    expect(files(dir).length).toBeGreaterThanOrEqual(1);
+  }, 60_000);
+});
+
+describe("mlx cache-prompt and mlx run --prompt-cache", () => {
+  const run = cliRunner(process.env.MLX_HOME ?? join(root, "home"));
+  const document = Array.from({ length: 40 }, (_, i) => `Line ${i}: the value of item ${i} is ${(i * 7) % 13}.`).join(
+    "\n",
+  );
+
+  test("a run from the saved document answers as a run given the whole document, prefilling only the question", async () => {
+    const file = join(root, "doc.cache");
+    const saved = await run(["cache-prompt", "-m", model, file], document);
+    expect(saved.stderr).toBe("");
+    expect(saved.code).toBe(0);
+    const ask = ["--max-tokens", "8", "--json", "-m", model];
+    const fromCache = await run(["run", "--prompt-cache", file, ...ask, "What is item 3?"]);
+    expect(fromCache.stderr).toBe("");
+    const whole = await run(["run", ...ask, `${document}\n\nWhat is item 3?`]);
+    const a = JSON.parse(fromCache.stdout);
+    const b = JSON.parse(whole.stdout);
+    expect(a.token_ids).toEqual(b.token_ids);
+    expect(a.prompt_token_ids).toEqual(b.prompt_token_ids);
+    expect(a.stats.cached_tokens).toBeGreaterThan(b.stats.prompt_tokens - 20);
+  }, 60_000);
+
+  test("a damaged file, or one made with another KV cache layout, is a one-line error", async () => {
+    const file = join(root, "doc2.cache");
+    await run(["cache-prompt", "-m", model, "--max-kv-size", "100", file], document);
+    const layout = await run(["run", "--prompt-cache", file, "-m", model, "hi"]);
+    expect(layout.code).not.toBe(0);
+    expect(layout.stderr.trim().split("\n")).toHaveLength(1);
+    expect(layout.stderr).toContain("another KV cache layout");
+    writeFileSync(file, "garbage");
+    const damaged = await run(["run", "--prompt-cache", file, "-m", model, "hi"]);
+    expect(damaged.code).not.toBe(0);
+    expect(damaged.stderr.trim()).toContain("not a prompt cache file");
+  }, 60_000);
+});

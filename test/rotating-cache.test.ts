@@ -1,0 +1,243 @@
+// The rotating KV cache (--max-kv-size): every query sees the first 4 positions and the latest
+// ones, up to the size, and the cache stays bounded however long the sequence runs. Checked
+// against a full cache that only masks what the rotating one drops, alone and batched, with
+// chunked prefills and a quantized cache; short runs equal no rotation; and the default model
+// gives mlx-lm's RotatingKVCache answer (a fixture made by scripts/rotating-kv-fixture.py).
+import { beforeAll, describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { BatchGenerator, generateTokens } from "../src/engine/batch";
+import { PrefixCache } from "../src/engine/prefix-cache";
+import { defaultSampling } from "../src/engine/sampling";
+import * as mx from "../src/mlx";
+import { buildModel, forward, freeCaches, parseConfig, Weights, type DecoderModel } from "../src/models";
+import { KVCache, type KvQuantization, type Mask } from "../src/models/cache";
+import { loadModel } from "../src/models/load";
+import { RotatingKVCache } from "../src/models/rotating-cache";
+import { resolveModelPath } from "../src/store/resolve";
+import { cliRunner } from "./helpers/cli";
+import { post, serve, tinyModel } from "./helpers/serve";
+import { tinyConfig, tinyWeights } from "./helpers/tiny-model";
+
+let model: DecoderModel;
+beforeAll(() => {
+  const o = { headDim: 64, seed: 5 };
+  model = buildModel(new Weights(tinyWeights(o), parseConfig(tinyConfig(o))));
+});
+
+const prompts = [[5, 17, 200, 3, 99, 42, 7], [12, 4], [150, 8, 1, 77, 23, 9, 100, 101, 102, 103, 104, 2], [33]];
+const eightBit: KvQuantization = { bits: 8, groupSize: 64 };
+
+/** A full cache whose mask hides what a rotating cache of `maxSize` no longer holds: the reference. */
+class MaskedFullCache extends KVCache {
+  constructor(
+    readonly maxSize: number,
+    quantization?: KvQuantization,
+  ) {
+    super(quantization);
+  }
+
+  override attentionMask(length: number): Mask {
+    const total = this.offset + length;
+    const keys = mx.reshape(mx.arange(0, total), [1, total]);
+    const queries = mx.reshape(mx.arange(this.offset, total), [length, 1]);
+    const sink = mx.less(keys, 4);
+    const recent = mx.greater(mx.add(keys, this.maxSize - 4), queries);
+    return mx.logicalAnd(mx.lessEqual(keys, queries), mx.logicalOr(sink, recent));
+  }
+}
+
+/** Greedy tokens through full caches masked as rotation would: the prompt in one pass, then token by token. */
+function reference(prompt: number[], maxTokens: number, maxSize: number, kv?: KvQuantization): number[] {
+  const caches = Array.from({ length: model.numLayers }, () => new MaskedFullCache(maxSize, kv));
+  const out: number[] = [];
+  let input = prompt;
+  while (out.length < maxTokens) {
+    const token = mx.scope(() => {
+      const logits = forward(model, mx.array(Int32Array.from(input), [1, input.length]), caches);
+      return mx.argmax(mx.slice(logits, [0, input.length - 1, 0], [1, input.length, logits.shape[2]!]), -1).item();
+    });
+    out.push(token);
+    input = [token];
+  }
+  freeCaches(caches);
+  return out;
+}
+
+function greedy(prompt: number[], maxTokens: number, maxKvSize?: number, kv?: KvQuantization): number[] {
+  const request = { promptIds: prompt, sampling: defaultSampling, maxTokens };
+  return [...generateTokens(model, request, kv, { maxKvSize })].map((e) => e.token);
+}
+
+function batched(
+  requests: { prompt: number[]; maxTokens: number; joinAt: number }[],
+  options: ConstructorParameters<typeof BatchGenerator>[1],
+): number[][] {
+  const gen = new BatchGenerator(model, options);
+  const out = requests.map(() => [] as number[]);
+  const added = new Set<number>();
+  for (let step = 0; added.size < requests.length || !gen.idle; step++) {
+    requests.forEach((r, i) => {
+      if (!added.has(i) && r.joinAt <= step) {
+        gen.add(String(i), { promptIds: r.prompt, sampling: defaultSampling, maxTokens: r.maxTokens });
+        added.add(i);
+      }
+    });
+    for (const e of gen.step()) out[Number(e.id)]!.push(e.token);
+    if (step > 1000) throw new Error("batch never finished");
+  }
+  gen.dispose();
+  return out;
+}
+
+describe("the rotating KV cache", () => {
+  test("runs shorter than the size are token-identical to no rotation", () => {
+    for (const prompt of prompts) expect(greedy(prompt, 40, 64)).toEqual(greedy(prompt, 40));
+  });
+
+  test("past the size: the first 4 and the latest positions, as a full cache masked so (prompts shorter and longer than the size)", () => {
+    for (const [prompt, size] of [
+      [prompts[0]!, 16],
+      [prompts[2]!, 8],
+      [prompts[3]!, 5],
+    ] as const) {
+      expect(greedy(prompt, 70, size)).toEqual(reference(prompt, 70, size));
+    }
+  });
+
+  test("with an 8-bit cache too", () => {
+    expect(greedy(prompts[0]!, 60, 16, eightBit)).toEqual(reference(prompts[0]!, 60, 16, eightBit));
+  });
+
+  test("a prompt longer than the size, prefilled in chunks", () => {
+    const prompt = Array.from({ length: 40 }, (_, i) => (i * 37) % 250);
+    const [got] = batched([{ prompt, maxTokens: 30, joinAt: 0 }], { maxBatch: 4, prefillChunk: 7, maxKvSize: 12 });
+    expect(got).toEqual(reference(prompt, 30, 12));
+  });
+
+  test("batched: sequences of different lengths joining and leaving, each rotating, equal each alone", () => {
+    const plan = [
+      { prompt: prompts[0]!, maxTokens: 50, joinAt: 0 },
+      { prompt: prompts[1]!, maxTokens: 20, joinAt: 3 },
+      { prompt: prompts[2]!, maxTokens: 45, joinAt: 9 },
+      { prompt: prompts[3]!, maxTokens: 35, joinAt: 30 },
+    ];
+    for (const kv of [undefined, eightBit]) {
+      const expected = plan.map((r) => greedy(r.prompt, r.maxTokens, 10, kv));
+      expect(batched(plan, { maxBatch: 8, prefillChunk: 3, maxKvSize: 10, kvQuantization: kv })).toEqual(expected);
+    }
+  });
+
+  test("memory stays bounded however long it runs", () => {
+    const size = 24;
+    const caches = Array.from({ length: model.numLayers }, () => RotatingKVCache.forSequence(size));
+    let token = 7;
+    const widths: number[] = [];
+    const bytes: number[] = [];
+    for (let step = 0; step < 400; step++) {
+      token = mx.scope(() => mx.argmax(forward(model, mx.array(Int32Array.from([token]), [1, 1]), caches), -1).item());
+      widths.push(caches[0]!.keys![0]!.shape[2]!);
+      bytes.push(caches.reduce((n, c) => n + c.nbytes, 0));
+    }
+    // At most the size, a step of slack, and a step of growth.
+    expect(Math.max(...widths)).toBeLessThanOrEqual(size * 3);
+    expect(Math.max(...bytes.slice(200))).toBe(Math.max(...bytes.slice(0, 200)));
+    expect(caches[0]!.dropped[0]).toBeGreaterThan(300);
+    freeCaches(caches);
+  });
+
+  test("the prefix cache continues a rotated sequence from exactly its own tokens", () => {
+    const prefixCache = new PrefixCache(64 * 1024 * 1024);
+    const gen = new BatchGenerator(model, { maxBatch: 1, prefillChunk: 64, prefixCache, maxKvSize: 12 });
+    const first = prompts[2]!;
+    const answer: number[] = [];
+    gen.add("a", { promptIds: first, sampling: defaultSampling, maxTokens: 20 });
+    while (!gen.idle) for (const e of gen.step()) answer.push(e.token);
+    // The stored entry: the prompt and the answer (but its last token, when that was never fed).
+    const followUp = [...first, ...answer, 5, 6];
+    const cont: number[] = [];
+    gen.add("b", { promptIds: followUp, sampling: defaultSampling, maxTokens: 10 });
+    while (!gen.idle) for (const e of gen.step()) cont.push(e.token);
+    gen.dispose();
+    expect(prefixCache.hitTokens).toBeGreaterThanOrEqual(first.length + answer.length - 1);
+    expect(cont).toEqual(reference(followUp, 10, 12));
+    // A shorter prefix of a rotated entry cannot be rebuilt from it: a miss.
+    expect(prefixCache.lookup([...first, ...answer.slice(0, 5), 9], 100)).toBeUndefined();
+    prefixCache.clear();
+  });
+});
+
+const fixture = join(import.meta.dir, "fixtures", "rotating-smollm2-mlx-lm.json");
+
+describe("against mlx-lm's RotatingKVCache on the default model", () => {
+  test("greedy answers that rotate many times are mlx-lm's", async () => {
+    const lm = loadModel(await resolveModelPath(undefined));
+    const { cases } = JSON.parse(readFileSync(fixture, "utf8")) as {
+      cases: { prompt_ids: number[]; max_kv_size: number; output_ids: number[] }[];
+    };
+    for (const c of cases) {
+      const request = { promptIds: c.prompt_ids, sampling: defaultSampling, maxTokens: c.output_ids.length };
+      const ours = [...generateTokens(lm.model, request, undefined, { maxKvSize: c.max_kv_size })].map((e) => e.token);
+      expect(ours).toEqual(c.output_ids);
+    }
+    lm.free();
+  });
+});
+
+describe("serve --max-kv-size", () => {
+  test("a prompt longer than the model's context is answered, concurrent requests as each alone", async () => {
+    const model = tinyModel(); // a context of 256
+    const long = Array.from({ length: 200 }, (_, i) => `word${i % 30}`).join(" ");
+    const ask = (url: string, content: string) =>
+      post(`${url}/v1/chat/completions`, {
+        model,
+        messages: [{ role: "user", content }],
+        max_tokens: 12,
+        temperature: 0,
+      });
+    const plain = serve();
+    try {
+      expect((await ask(plain.url, long)).status).toBe(400);
+    } finally {
+      await plain.stop();
+    }
+    const server = serve({ maxKvSize: 48, maxBatch: 4 });
+    try {
+      const prompts = [long, "Hi", "Tell me a story about a dragon and a knight"];
+      const alone = [];
+      for (const p of prompts) {
+        const r = await ask(server.url, p);
+        expect(r.status).toBe(200);
+        alone.push(r.json.choices[0].message.content);
+      }
+      const together = await Promise.all(prompts.map((p) => ask(server.url, p)));
+      expect(together.map((r) => r.json.choices[0].message.content)).toEqual(alone);
+    } finally {
+      await server.stop();
+    }
+  }, 60_000);
+});
+
+describe("--max-kv-size on the command line", () => {
+  const run = cliRunner(process.env.MLX_HOME ?? "");
+  test("a size that leaves nothing besides the sinks is a one-line error", async () => {
+    const { code, stderr } = await run(["run", "--max-kv-size", "4", "hi"]);
+    expect(code).not.toBe(0);
+    expect(stderr.trim()).toBe("error: --max-kv-size must be more than the 4 positions always kept (got 4)");
+  });
+
+  test("a prompt and answer longer than the size", async () => {
+    const { code, stdout } = await run([
+      "run",
+      "--max-kv-size",
+      "16",
+      "--max-tokens",
+      "60",
+      "--json",
+      "Tell me a story.",
+    ]);
+    expect(code).toBe(0);
+    const result = JSON.parse(stdout) as { token_ids: number[]; prompt_token_ids: number[] };
+    expect(result.prompt_token_ids.length + result.token_ids.length).toBeGreaterThan(16);
+  });
+});
