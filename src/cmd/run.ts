@@ -6,10 +6,12 @@ import { openModel } from "./open-model";
 import {
   formatArgs,
   formatFrom,
+  distributedArgs,
   kvCacheArgs,
   kvQuantizationFrom,
   list,
   modelArg,
+  pipelineFrom,
   positiveInteger,
   samplingArgs,
   samplingFrom,
@@ -38,6 +40,7 @@ export default defineCommand({
       description: "Print one JSON object (text, token ids, finish reason, figures) instead of streaming",
     },
     ...formatArgs,
+    ...distributedArgs,
   },
   async run({ args }) {
     const verbose = Boolean(args.verbose);
@@ -46,8 +49,10 @@ export default defineCommand({
       const sampling = samplingFrom(args);
       const maxTokens = positiveInteger("max-tokens", args["max-tokens"]);
       const output = await formatFrom(args); // before loading the model: a bad schema fails fast
-      const text = await readPrompt(args.prompt);
-      const lm = await openModel(args.model, kvQuantizationFrom(args, args.model));
+      const pipeline = pipelineFrom(args);
+      // Ranks after the first hold layers only: the prompt (and stdin) is rank 0's.
+      const text = pipeline && pipeline.rank > 0 ? "" : await readPrompt(args.prompt);
+      const lm = await openModel(args.model, kvQuantizationFrom(args, args.model), pipeline);
       const controller = new AbortController();
       process.once("SIGINT", () => controller.abort());
       // A batch of one through the scheduler that serves `mlx serve`.

@@ -87,6 +87,8 @@ export class BatchGenerator {
         `a ${kv.bits}-bit KV cache needs the head size (${model.config.headDim}) to be a multiple of its group size (${kv.groupSize}); try --kv-group-size 32`,
       );
     }
+    // The prefix cache would hold only this process's layers of a model split across processes.
+    if (model.remote) this.options = { ...options, prefixCache: undefined };
     this.#caches = Array.from({ length: model.numLayers }, () => new BatchKVCache(options.kvQuantization));
   }
 
@@ -121,6 +123,7 @@ export class BatchGenerator {
     const queued = this.#waiting.findIndex((s) => s.id === id);
     if (queued >= 0) this.#waiting.splice(queued, 1);
     if (this.#prefill?.sequence.id === id) {
+      this.model.remote?.release(this.#prefill.caches);
       freeCaches(this.#prefill.caches);
       this.#prefill = undefined;
     }
@@ -193,6 +196,7 @@ export class BatchGenerator {
     if (p.done < prompt.length - 1) return;
     this.options.prefixCache?.insert(prompt.slice(0, -1), p.caches);
     this.#caches.forEach((batch, layer) => batch.extend(p.caches[layer]!));
+    this.model.remote?.extend(p.caches, this.#caches);
     freeCaches(p.caches);
     p.sequence.history = prompt.slice(0, -1);
     p.sequence.next = prompt.at(-1)!;
@@ -283,11 +287,16 @@ export class BatchGenerator {
     const keep = this.#active.map((_, i) => i).filter((i) => !rows.includes(i));
     this.#active = keep.map((i) => this.#active[i]!);
     for (const c of this.#caches) c.keepRows(keep);
+    this.model.remote?.keepRows(this.#caches, keep);
   }
 
   dispose(): void {
     this.#discardAhead();
-    if (this.#prefill) freeCaches(this.#prefill.caches);
+    if (this.#prefill) {
+      this.model.remote?.release(this.#prefill.caches);
+      freeCaches(this.#prefill.caches);
+    }
+    this.model.remote?.release(this.#caches);
     for (const c of this.#caches) c.free();
   }
 }

@@ -129,13 +129,25 @@ export function buildDecoder(
   feedForward?: (layer: number, prefix: string) => FeedForward | undefined,
 ): DecoderModel {
   const c = w.config;
+  const stage = w.stage ?? { start: 0, end: c.numHiddenLayers, ends: true };
+  const blocks = Array.from({ length: c.numHiddenLayers }, (_, i) =>
+    i >= stage.start && i < stage.end
+      ? block(w, `model.layers.${i}`, c, options, feedForward?.(i, `model.layers.${i}`))
+      : heldElsewhere(`layer ${i}`),
+  );
+  if (!stage.ends)
+    return decoder({ config: c, embed: heldElsewhere("the embedding"), blocks, head: heldElsewhere("the output layer") });
   const embed = embedding(w, "model.embed_tokens");
   const norm = rmsNorm(w, "model.norm", c.rmsNormEps);
   const lmHead = c.tieWordEmbeddings || !w.has("lm_head.weight") ? embed.asLinear : linear(w, "lm_head");
-  const blocks = Array.from({ length: c.numHiddenLayers }, (_, i) =>
-    block(w, `model.layers.${i}`, c, options, feedForward?.(i, `model.layers.${i}`)),
-  );
   return decoder({ config: c, embed: embed.lookup, blocks, head: (h) => lmHead(norm(h)) });
+}
+
+/** What a pipeline stage runs in place of a part another process holds: never called there. */
+function heldElsewhere(part: string): () => never {
+  return () => {
+    throw new Error(`${part} is held by another process of the pipeline`);
+  };
 }
 
 export const build = (w: Weights): DecoderModel => buildDecoder(w);

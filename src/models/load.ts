@@ -10,6 +10,7 @@ import { ggufModel, isGGUFFile } from "./gguf";
 import { nativeTensorTypes, readGGUFHeader } from "./gguf-header";
 import { loadGGUFTensors } from "./gguf-tensors";
 import { Tokenizer } from "../tokenizer/tokenizer";
+import { stageHolds, type Stage } from "./stage";
 
 export type ModelFormat = "mlx" | "gguf";
 
@@ -24,6 +25,8 @@ export interface LoadedModel {
   notes: string[];
   /** Bytes of weights held in memory. */
   weightBytes: number;
+  /** The part of the model this process holds, when its layers are split across processes. */
+  stage?: Stage;
   /** How its KV cache stores keys and values (--kv-bits, or the alias's kv_bits); float when absent. */
   kvQuantization?: KvQuantization;
   free(): void;
@@ -33,11 +36,12 @@ export class ModelLoadError extends Error {
   override name = "ModelLoadError";
 }
 
-export function loadModel(path: string): LoadedModel {
+/** The model at `path`, or only the part of it that `stage` names (its other tensors are never read). */
+export function loadModel(path: string, stage?: Stage): LoadedModel {
   if (!existsSync(path)) throw new ModelLoadError(`model not found: ${path}`);
-  if (statSync(path).isDirectory()) return loadDirectory(path);
+  if (statSync(path).isDirectory()) return loadDirectory(path, stage);
   if (!isGGUFFile(path)) throw new ModelLoadError(`${path} is neither a model directory nor a GGUF file`);
-  return loadGGUFFile(path);
+  return loadGGUFFile(path, stage);
 }
 
 function readJson(path: string): Record<string, unknown> {
@@ -63,7 +67,7 @@ function weightFiles(dir: string): string[] {
   return files.map((f) => join(dir, f));
 }
 
-function loadDirectory(dir: string): LoadedModel {
+function loadDirectory(dir: string, stage?: Stage): LoadedModel {
   const configPath = join(dir, "config.json");
   if (!existsSync(configPath))
     throw new ModelLoadError(`${dir} has no config.json (expected an MLX-community model directory)`);
@@ -76,10 +80,10 @@ function loadDirectory(dir: string): LoadedModel {
   }
   sanitize(tensors, config);
   const tokenizer = withModelErrors(dir, () => Tokenizer.fromDirectory(dir));
-  return assemble(tensors, config, tokenizer, "mlx", dir, []);
+  return assemble(tensors, config, tokenizer, "mlx", dir, [], stage);
 }
 
-function loadGGUFFile(file: string): LoadedModel {
+function loadGGUFFile(file: string, stage?: Stage): LoadedModel {
   const header = withModelErrors(file, () => readGGUFHeader(file));
   const loaded = withModelErrors(file, () => loadGGUFTensors(file, header));
   const gguf = withModelErrors(file, () => ggufModel(loaded));
@@ -92,7 +96,7 @@ function loadGGUFFile(file: string): LoadedModel {
           `${basename(file)}: its ${dequantized.join(", ")} tensors were dequantized to 16-bit at load time (MLX keeps only Q4_0, Q4_1 and Q8_0 quantized), so they take more memory; \`mlx convert\` re-quantizes them to 4-bit`,
         ]
       : [];
-  return assemble(gguf.tensors, config, tokenizer, "gguf", file, notes);
+  return assemble(gguf.tensors, config, tokenizer, "gguf", file, notes, stage);
 }
 
 /** Drops what mlx-lm drops: rotary caches and a tied output layer's duplicate. */
@@ -112,8 +116,16 @@ function assemble(
   format: ModelFormat,
   path: string,
   notes: string[],
+  stage?: Stage,
 ): LoadedModel {
-  const weights = new Weights(tensors, config);
+  // A stage drops the tensors it does not use before anything reads them (MLX loads lazily).
+  if (stage)
+    for (const [name, t] of tensors)
+      if (!stageHolds(stage, name)) {
+        t.free();
+        tensors.delete(name);
+      }
+  const weights = new Weights(tensors, config, stage);
   const model = withModelErrors(path, () => buildModel(weights));
   // Read every weight now, so a truncated or corrupt file fails here rather than mid-answer.
   withModelErrors(path, () => mx.evaluate(...tensors.values()));
@@ -127,6 +139,7 @@ function assemble(
     path,
     notes,
     weightBytes,
+    stage,
     free: () => {
       for (const t of [...tensors.values(), ...weights.derived]) t.free();
       tensors.clear();
