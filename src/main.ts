@@ -16,6 +16,7 @@ const main = defineCommand({
     verify: () => import("./cmd/verify").then((m) => m.default),
     serve: () => import("./cmd/serve").then((m) => m.default),
     bench: () => import("./cmd/bench").then((m) => m.default),
+    launch: () => import("./cmd/launch").then((m) => m.default),
   },
 });
 

@@ -173,7 +173,9 @@ export function pipelineFrom(args: Record<string, unknown>): PipelineSpec | unde
   const hostfile = (args.hostfile as string | undefined) ?? process.env.MLX_HOSTFILE;
   if (!hostfile) {
     if (args.rank !== undefined || args.layers !== undefined)
-      throw new Error("--rank and --layers need --hostfile (or $MLX_HOSTFILE): the processes to split the model across");
+      throw new Error(
+        "--rank and --layers need --hostfile (or $MLX_HOSTFILE): the processes to split the model across",
+      );
     return undefined;
   }
   const rankText = (args.rank as string | undefined) ?? process.env.MLX_RANK;

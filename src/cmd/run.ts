@@ -51,7 +51,7 @@ export default defineCommand({
       const output = await formatFrom(args); // before loading the model: a bad schema fails fast
       const pipeline = pipelineFrom(args);
       // Ranks after the first hold layers only: the prompt (and stdin) is rank 0's.
-      const text = pipeline && pipeline.rank > 0 ? "" : await readPrompt(args.prompt);
+      const text = pipeline?.rank ? "" : await readPrompt(args.prompt);
       const lm = await openModel(args.model, kvQuantizationFrom(args, args.model), pipeline);
       const controller = new AbortController();
       process.once("SIGINT", () => controller.abort());

@@ -20,7 +20,13 @@ let group: Group | undefined;
 export function init(options: { backend?: string; hostfile?: string; rank?: number } = {}): Group {
   if (group) return group;
   check(
-    lib.mlxs_distributed_init(outPtr, outPtr2, cstr(options.backend ?? "ring"), cstr(options.hostfile ?? ""), options.rank ?? -1),
+    lib.mlxs_distributed_init(
+      outPtr,
+      outPtr2,
+      cstr(options.backend ?? "ring"),
+      cstr(options.hostfile ?? ""),
+      options.rank ?? -1,
+    ),
     "distributed init",
   );
   // Two int slots, 8 bytes apart.

@@ -16,6 +16,8 @@ export interface ModelLayout {
   endBytes: number;
   /** Bytes every stage holds (rotary tables and the like). */
   sharedBytes: number;
+  /** Bytes per value of the hidden states passed between stages (the embedding's float type). */
+  activationBytes: number;
 }
 
 const layerOf = (name: string): number | undefined => {
@@ -35,6 +37,7 @@ export function readLayout(path: string): ModelLayout {
     layerBytes: new Array(numLayers).fill(0),
     endBytes: 0,
     sharedBytes: 0,
+    activationBytes: 2,
   };
   for (const [name, { bytes }] of sizes) {
     const layer = layerOf(name);
@@ -42,21 +45,28 @@ export function readLayout(path: string): ModelLayout {
     else if (isEnd(name)) layout.endBytes += bytes;
     else layout.sharedBytes += bytes;
   }
-  layout.hiddenSize = statSync(path).isDirectory()
+  const directory = statSync(path).isDirectory();
+  layout.hiddenSize = directory
     ? parseConfig(JSON.parse(readFileSync(join(path, "config.json"), "utf8"))).hiddenSize
     : sizes.get("token_embd.weight")!.shape[0]!;
+  // A quantized embedding computes in its scales' type; others in their own (16-bit unless F32).
+  const embedding =
+    sizes.get("model.embed_tokens.scales") ?? sizes.get("model.embed_tokens.weight") ?? sizes.get("token_embd.weight");
+  if (embedding?.dtype === "F32") layout.activationBytes = 4;
   return layout;
 }
 
 interface TensorSize {
   bytes: number;
+  /** As safetensors and GGUF name them: F32, F16, BF16, Q8_0, ... */
+  dtype: string;
   /** Innermost dimension first for a GGUF, outermost first for safetensors. */
   shape: number[];
 }
 
 function ggufSizes(path: string): Map<string, TensorSize> {
   if (!isGGUFFile(path)) throw new ModelLoadError(`${path} is neither a model directory nor a GGUF file`);
-  return new Map(readGGUFHeader(path).tensors.map((t) => [t.name, { bytes: t.bytes, shape: t.dims }]));
+  return new Map(readGGUFHeader(path).tensors.map((t) => [t.name, { bytes: t.bytes, dtype: t.type, shape: t.dims }]));
 }
 
 /** Each safetensors file starts with the length of a JSON table of its tensors' offsets. */
@@ -69,10 +79,13 @@ function safetensorsSizes(dir: string): Map<string, TensorSize> {
       readSync(fd, length, 0, 8, 0);
       const table = Buffer.alloc(Number(length.readBigUInt64LE(0)));
       readSync(fd, table, 0, table.length, 8);
-      const entries = JSON.parse(table.toString("utf8")) as Record<string, { shape: number[]; data_offsets: number[] }>;
+      const entries = JSON.parse(table.toString("utf8")) as Record<
+        string,
+        { dtype: string; shape: number[]; data_offsets: number[] }
+      >;
       for (const [name, t] of Object.entries(entries)) {
         if (name === "__metadata__") continue;
-        sizes.set(name, { bytes: t.data_offsets[1]! - t.data_offsets[0]!, shape: t.shape });
+        sizes.set(name, { bytes: t.data_offsets[1]! - t.data_offsets[0]!, dtype: t.dtype, shape: t.shape });
       }
     } finally {
       closeSync(fd);

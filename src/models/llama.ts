@@ -136,7 +136,12 @@ export function buildDecoder(
       : heldElsewhere(`layer ${i}`),
   );
   if (!stage.ends)
-    return decoder({ config: c, embed: heldElsewhere("the embedding"), blocks, head: heldElsewhere("the output layer") });
+    return decoder({
+      config: c,
+      embed: heldElsewhere("the embedding"),
+      blocks,
+      head: heldElsewhere("the output layer"),
+    });
   const embed = embedding(w, "model.embed_tokens");
   const norm = rmsNorm(w, "model.norm", c.rmsNormEps);
   const lmHead = c.tieWordEmbeddings || !w.has("lm_head.weight") ? embed.asLinear : linear(w, "lm_head");

@@ -69,7 +69,15 @@ export class PipelineFront implements DecoderModel, RemoteLayers {
     const [rows, length, width] = out.shape as [number, number, number];
     const decode = caches[0] instanceof BatchKVCache;
     const sent = this.#send(
-      { op: Op.forward, set: this.#id(caches), rows, length, flags: decode ? Flag.decode : Flag.prefill, dtype: out.dtype, width },
+      {
+        op: Op.forward,
+        set: this.#id(caches),
+        rows,
+        length,
+        flags: decode ? Flag.decode : Flag.prefill,
+        dtype: out.dtype,
+        width,
+      },
       out,
     );
     this.#tokens += rows * length;
@@ -149,7 +157,9 @@ export class PipelineFront implements DecoderModel, RemoteLayers {
       const values = back.toArray();
       this.#stages = Array.from({ length: this.size - 1 }, (_, i) => {
         const row = values.slice((i + 1) * figureFields.length);
-        return { rank: i + 1, ...Object.fromEntries(figureFields.map((f, k) => [f, row[k]!])) } as StageFigures & { rank: number };
+        return { rank: i + 1, ...Object.fromEntries(figureFields.map((f, k) => [f, row[k]!])) } as StageFigures & {
+          rank: number;
+        };
       });
     });
     distributed.disarmWatchdog();

@@ -31,7 +31,11 @@ export interface PipelineSpec {
  * the model (the front of the pipeline); every other rank serves its layers until rank 0 shuts
  * the pipeline down, then gets undefined.
  */
-export function openPipeline(path: string, spec: PipelineSpec, kvQuantization?: KvQuantization): LoadedModel | undefined {
+export function openPipeline(
+  path: string,
+  spec: PipelineSpec,
+  kvQuantization?: KvQuantization,
+): LoadedModel | undefined {
   const layout = readLayout(path); // before joining: a missing or unreadable model fails at once
   const group = distributed.init({ hostfile: spec.hostfile, rank: spec.rank });
   if (group.size < 2) throw new Error("a pipeline needs at least 2 ranks (the hostfile lists one)");
@@ -45,7 +49,13 @@ export function openPipeline(path: string, spec: PipelineSpec, kvQuantization?: 
   barrier();
   if (group.rank > 0) {
     try {
-      serveStage(lm.model, { rank: group.rank, size: group.size, stage, kvQuantization, peerTimeoutMs: spec.peerTimeoutMs });
+      serveStage(lm.model, {
+        rank: group.rank,
+        size: group.size,
+        stage,
+        kvQuantization,
+        peerTimeoutMs: spec.peerTimeoutMs,
+      });
     } finally {
       lm.free();
     }

@@ -7,7 +7,16 @@ import { BatchKVCache } from "../../models/batch-cache";
 import type { KVCache, KvQuantization } from "../../models/cache";
 import { cacheState, freeCaches, makeCaches, type DecoderModel } from "../../models/model";
 import type { Stage } from "../../models/stage";
-import { decodeHeader, encodeHeader, figureFields, Flag, headerInts, Op, type Header, type StageFigures } from "./protocol";
+import {
+  decodeHeader,
+  encodeHeader,
+  figureFields,
+  Flag,
+  headerInts,
+  Op,
+  type Header,
+  type StageFigures,
+} from "./protocol";
 
 const { distributed } = mx;
 
@@ -42,7 +51,10 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
   };
   // Sends to the next rank, under the watchdog too: a peer that stops reading blocks a send.
   const send = (arrays: MxArray[]) => {
-    distributed.armWatchdog(o.peerTimeoutMs, `error: rank ${o.rank}: rank ${next} stopped taking data for ${seconds} s (--peer-timeout); stopping`);
+    distributed.armWatchdog(
+      o.peerTimeoutMs,
+      `error: rank ${o.rank}: rank ${next} stopped taking data for ${seconds} s (--peer-timeout); stopping`,
+    );
     let sent: MxArray | undefined;
     for (const a of arrays) {
       sent = distributed.send(sent ? distributed.after(a, sent) : a, next);
@@ -108,7 +120,10 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
           return false;
         case Op.heartbeat: {
           const table = receive([h.rows, h.width], mx.Dtype.float32);
-          const row = mx.array(Float32Array.from(figureFields, (f) => figures[f]), [1, h.width]);
+          const row = mx.array(
+            Float32Array.from(figureFields, (f) => figures[f]),
+            [1, h.width],
+          );
           const filled = mx.sliceUpdate(table, row, [o.rank, 0], [o.rank + 1, h.width]);
           if (last) send([filled]);
           else passOn(h, filled);
