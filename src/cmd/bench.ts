@@ -34,7 +34,8 @@ import {
   type SuitePrompt,
 } from "../bench/suite";
 import { fail, log, setVerbose } from "./log";
-import { kvCacheArgs, kvQuantizationFrom, list, positiveInteger } from "./options";
+import { distributedArgs, kvCacheArgs, kvQuantizationFrom, list, pipelineFrom, positiveInteger } from "./options";
+import { openModel } from "./open-model";
 
 export default defineCommand({
   meta: {
@@ -43,6 +44,7 @@ export default defineCommand({
   },
   args: {
     ...kvCacheArgs,
+    ...distributedArgs,
     model: {
       type: "string",
       alias: "m",
@@ -154,13 +156,19 @@ async function eachModel<T>(
 ): Promise<{ results: T[]; failures: ModelFailure[] }> {
   const results: T[] = [];
   const failures: ModelFailure[] = [];
+  const pipeline = pipelineFrom(args);
+  if (pipeline && modelSpecs(args).length > 1)
+    throw new Error("a model split across processes is benchmarked alone: give one -m");
   for (const { spec, name } of modelSpecs(args)) {
     let lm: LoadedModel | undefined;
     try {
       progress(`${name}: loading`);
-      lm = loadModel(await resolveModelPath(spec));
-      lm.kvQuantization = kvQuantizationFrom(args, spec);
-      for (const note of lm.notes) log.warn(note);
+      if (pipeline) lm = await openModel(spec, kvQuantizationFrom(args, spec), pipeline);
+      else {
+        lm = loadModel(await resolveModelPath(spec));
+        lm.kvQuantization = kvQuantizationFrom(args, spec);
+        for (const note of lm.notes) log.warn(note);
+      }
       results.push(await bench(lm, name));
     } catch (error) {
       const message = (error instanceof Error ? error.message : String(error)).split("\n")[0]!;

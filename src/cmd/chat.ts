@@ -5,7 +5,16 @@ import { join } from "node:path";
 import { storeRoot } from "../store/paths";
 import { fail, setVerbose } from "./log";
 import { openModel } from "./open-model";
-import { kvCacheArgs, kvQuantizationFrom, modelArg, positiveInteger, samplingArgs, samplingFrom } from "./options";
+import {
+  distributedArgs,
+  kvCacheArgs,
+  kvQuantizationFrom,
+  modelArg,
+  pipelineFrom,
+  positiveInteger,
+  samplingArgs,
+  samplingFrom,
+} from "./options";
 import { ChatSession } from "./chat/session";
 import { LineInput } from "./chat/input";
 import { runCommand } from "./chat/commands";
@@ -18,6 +27,7 @@ export default defineCommand({
     "max-tokens": { type: "string", description: "Most tokens per answer", default: "1024" },
     ...samplingArgs,
     ...kvCacheArgs,
+    ...distributedArgs,
     stats: { type: "boolean", description: "Show tokens/s, time to first token and context use after each answer" },
     verbose: { type: "boolean", alias: "v", description: "Stack traces on errors" },
   },
@@ -33,7 +43,7 @@ export default defineCommand({
         stats: Boolean(args.stats),
       };
       const modelName = args.model ?? "default model";
-      const lm = await openModel(args.model, kvQuantizationFrom(args, args.model));
+      const lm = await openModel(args.model, kvQuantizationFrom(args, args.model), pipelineFrom(args));
       input = new LineInput(join(storeRoot(), "chat_history"));
       const say = (text: string) => process.stderr.write(`${text}\n`);
       const session = new ChatSession(lm, modelName, settings, say);

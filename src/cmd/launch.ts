@@ -119,8 +119,8 @@ async function launch(hosts: Host[], command: string[]): Promise<number> {
   const stopAll = (signal: NodeJS.Signals) => {
     for (const r of ranks) if (r.child.exitCode === null && r.child.signalCode === null) r.child.kill(signal);
   };
-  process.once("SIGINT", () => stopAll("SIGINT"));
-  process.once("SIGTERM", () => stopAll("SIGTERM"));
+  // Ctrl-C or a stop goes to rank 0, which ends as it would alone and stops the others.
+  for (const signal of ["SIGINT", "SIGTERM"] as const) process.once(signal, () => ranks[0]!.child.kill(signal));
   try {
     // The first rank to fail ends the launch; rank 0 ending well ends it too (the others follow it).
     const first = await new Promise<{ r: Rank; status: { code: number | null; signal: NodeJS.Signals | null } }>(
@@ -129,7 +129,9 @@ async function launch(hosts: Host[], command: string[]): Promise<number> {
           void r.exit.then((status) => (status.code !== 0 || r.rank === 0) && resolve({ r, status }));
       },
     );
-    if (first.status.code !== 0) {
+    // Rank 0 stopped by a signal we passed on (Ctrl-C) ends as it would alone.
+    const asked = first.r.rank === 0 && first.status.code !== null && first.status.code > 128;
+    if (first.status.code !== 0 && !asked) {
       stopAll("SIGTERM");
       const forced = setTimeout(() => stopAll("SIGKILL"), 2000);
       await Promise.all(ranks.map((r) => r.exit));
@@ -146,7 +148,7 @@ async function launch(hosts: Host[], command: string[]): Promise<number> {
     const forced = setTimeout(() => stopAll("SIGKILL"), 10_000);
     await Promise.all(ranks.map((r) => r.exit));
     clearTimeout(forced);
-    return 0;
+    return first.status.code ?? 0;
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -3,8 +3,13 @@ import { defineCommand } from "citty";
 import pkg from "../../package.json" with { type: "json" };
 import { parseKeepAlive } from "../api/ollama";
 import { startServer } from "../server/app";
+import { UnsupportedError } from "../errors";
 import { fail, log, setVerbose } from "./log";
-import { kvCacheArgs, kvQuantizationFrom, list, positiveInteger } from "./options";
+import { distributedArgs, kvCacheArgs, kvQuantizationFrom, list, pipelineFrom, positiveInteger } from "./options";
+import { openPipeline, type PipelineSpec } from "../engine/pipeline";
+import type { LoadedModel } from "../models/load";
+import { resolveModelPath } from "../store/resolve";
+import { openModel } from "./open-model";
 
 function nonNegative(name: string, value: unknown): number {
   const n = Number(value);
@@ -62,6 +67,7 @@ export default defineCommand({
       default: "512",
     },
     verbose: { type: "boolean", alias: "v", description: "Log more, with stack traces" },
+    ...distributedArgs,
   },
   async run({ args }) {
     const verbose = Boolean(args.verbose);
@@ -71,6 +77,14 @@ export default defineCommand({
       if (!Number.isInteger(port) || port < 0 || port > 65535)
         throw new Error(`--port must be 0-65535 (got '${args.port}')`);
       const keepAliveMs = parseKeepAlive(args["keep-alive"], "--keep-alive") ?? 5 * 60_000;
+      const kvQuantization = args["kv-bits"] === undefined ? undefined : kvQuantizationFrom(args, undefined);
+      const pipeline = pipelineFrom(args);
+      if (pipeline) {
+        if (!args.model)
+          throw new Error("serve with its model split across processes needs -m: the model the ranks hold");
+        // A rank after the first holds layers and serves no HTTP: it returns only to exit.
+        if (pipeline.rank) await openModel(args.model, kvQuantization, pipeline);
+      }
       const server = startServer({
         host: args.host,
         port,
@@ -87,7 +101,8 @@ export default defineCommand({
         targetItlMs:
           args["target-itl-ms"] === undefined ? undefined : positiveInteger("target-itl-ms", args["target-itl-ms"]),
         prefixCacheBytes: nonNegative("prefix-cache-mb", args["prefix-cache-mb"]) * 1024 * 1024,
-        kvQuantization: args["kv-bits"] === undefined ? undefined : kvQuantizationFrom(args, undefined),
+        kvQuantization,
+        loadModel: pipeline && (await pipelineLoader(args.model!, pipeline)),
         version: pkg.version,
         logError: (error) => {
           const e = error as Error;
@@ -110,3 +125,18 @@ export default defineCommand({
     }
   },
 });
+
+/**
+ * Rank 0's loader: its part of the one model the ranks hold, which stays loaded for the
+ * server's life (the other ranks hold theirs until it stops); any other model is refused.
+ */
+async function pipelineLoader(spec: string, pipeline: PipelineSpec): Promise<(path: string) => LoadedModel> {
+  const own = await resolveModelPath(spec);
+  let lm: LoadedModel | undefined;
+  return (path) => {
+    if (path !== own)
+      throw new UnsupportedError(`this server holds ${spec} split across processes; it cannot load another model`);
+    lm ??= { ...openPipeline(path, pipeline)!, free: () => {} };
+    return lm;
+  };
+}

@@ -11,6 +11,7 @@ import { StopMatcher } from "./stop";
 import type { AdaptiveTuner, TunerAdjustment } from "./tuner";
 import type { PrefixCache } from "./prefix-cache";
 import * as mx from "../mlx";
+import { PipelineFront, type PipelineFigures } from "./pipeline/front";
 
 export interface GenerationRequest {
   promptIds: number[];
@@ -59,6 +60,8 @@ export interface SchedulerStats {
   prefillChunk: number;
   tuner?: { targetItlMs: number; estimatedP99Ms?: number; adjustments: number; recent: TunerAdjustment[] };
   prefixCache?: { entries: number; bytes: number; hits: number; misses: number; hitTokens: number };
+  /** The model split across processes: each stage's figures. */
+  pipeline?: PipelineFigures;
 }
 
 export interface SchedulerOptions {
@@ -163,6 +166,7 @@ export class Scheduler {
         misses: cache.misses,
         hitTokens: cache.hitTokens,
       },
+      pipeline: this.lm.model instanceof PipelineFront ? this.lm.model.figures : undefined,
     };
   }
 

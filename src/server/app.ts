@@ -44,6 +44,8 @@ export interface ServerOptions extends Partial<ServerConfig> {
   kvQuantization?: KvQuantization;
   logError?: (error: unknown) => void;
   onLoad?: (name: string, path: string, seconds: number) => void;
+  /** Loads a model in place of loadModel (a rank of a pipeline loads its part). */
+  loadModel?: (path: string) => LoadedModel;
 }
 
 /** Routes that are labelled by name in /metrics (anything else is "other"). */
@@ -112,6 +114,7 @@ export function createState(o: ServerOptions = {}): ServerState {
       maxLoaded: o.maxLoadedModels ?? 1,
       makeScheduler,
       kvQuantization: o.kvQuantization,
+      load: o.loadModel,
       onLoad: (e) => o.onLoad?.(e.name, e.path, e.loadMs / 1000),
     }),
     metrics: undefined!,

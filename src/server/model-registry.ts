@@ -46,6 +46,8 @@ export interface ModelRegistryOptions {
   makeScheduler: (lm: LoadedModel) => Scheduler;
   /** Every model's KV cache quantization (serve --kv-bits); else each alias's kv_bits. */
   kvQuantization?: KvQuantization;
+  /** Loads a model in place of loadModel (a rank of a pipeline loads its part). */
+  load?: (path: string) => LoadedModel;
   onLoad?: (entry: LoadedEntry) => void;
   onUnload?: (entry: LoadedEntry) => void;
 }
@@ -165,7 +167,7 @@ export class ModelRegistry {
         await new Promise((resolve) => setImmediate(resolve));
         await this.#makeRoom();
         const started = performance.now();
-        const lm = loadModel(path);
+        const lm = (this.options.load ?? loadModel)(path);
         lm.kvQuantization = this.options.kvQuantization ?? aliasKvQuantization(name);
         const entry: LoadedEntry = {
           name,

@@ -25,7 +25,6 @@ export class PipelineFront implements DecoderModel, RemoteLayers {
   readonly #ids = new WeakMap<KVCache[] | AttentionCache[], number>();
   #nextSet = 1;
   #seq = 0;
-  #lastSend = 0;
   #sentBytes = 0;
   #tokens = 0;
   #stages: (StageFigures & { rank: number })[] = [];
@@ -39,7 +38,8 @@ export class PipelineFront implements DecoderModel, RemoteLayers {
     /** A rank silent this long ends the process (see the watchdog in src/mlx/distributed.ts). */
     readonly peerTimeoutMs: number,
   ) {
-    // Idle, the ranks would hear nothing: a heartbeat around the ring shows every rank is alive.
+    // Idle, the ranks would hear nothing: a heartbeat around the ring shows every rank is alive
+    // (and brings back each stage's figures). It waits for the steps queued before it.
     this.#timer = setInterval(() => this.#heartbeat(), peerTimeoutMs / 3);
     this.#timer.unref();
   }
@@ -94,7 +94,9 @@ export class PipelineFront implements DecoderModel, RemoteLayers {
   }
 
   keepRows(batch: KVCache[], rows: number[]): void {
-    this.#post({ op: Op.keepRows, set: this.#id(batch), rows: rows.length }, () => mx.array(Int32Array.from(rows)));
+    // No payload for no rows: a receive of nothing would wait for bytes that never come.
+    const list = rows.length > 0 ? () => mx.array(Int32Array.from(rows)) : undefined;
+    this.#post({ op: Op.keepRows, set: this.#id(batch), rows: rows.length }, list);
   }
 
   release(caches: KVCache[]): void {
@@ -138,14 +140,13 @@ export class PipelineFront implements DecoderModel, RemoteLayers {
     const header: Header = { set: 0, rows: 0, length: 0, flags: 0, dtype: 0, width: 0, ...fields, seq: this.#seq++ };
     // Each message re-arms the watchdog: its answer, or the next heartbeat's, must come in time.
     distributed.armWatchdog(this.peerTimeoutMs, this.#silence());
-    this.#lastSend = performance.now();
     const headerSent = distributed.send(encodeHeader(header), 1);
     this.#sentBytes += headerBytes + (payload?.nbytes ?? 0);
     return payload ? distributed.send(distributed.after(payload, headerSent), 1) : headerSent;
   }
 
   #heartbeat(): void {
-    if (this.#closed || performance.now() - this.#lastSend < this.peerTimeoutMs / 3) return;
+    if (this.#closed) return;
     mx.scope(() => {
       // Each stage writes its row of figures into the payload on the way round.
       const shape = [this.size, figureFields.length];

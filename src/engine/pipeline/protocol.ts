@@ -9,7 +9,7 @@ export const Op = {
   forward: 1,
   /** Prefill caches `set` join batch caches `target` as their last row. */
   extend: 2,
-  /** Batch caches `set` keep the `rows` rows listed in the payload (int32), in that order. */
+  /** Batch caches `set` keep the `rows` rows listed in the payload (int32, none when 0), in that order. */
   keepRows: 3,
   /** Caches `set` are dropped (a cancelled prefill, or the batch at the end). */
   release: 4,

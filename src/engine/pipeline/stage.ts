@@ -108,8 +108,8 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
           return false;
         }
         case Op.keepRows: {
-          const rows = receive([h.rows], mx.Dtype.int32);
-          for (const c of sets.get(h.set) ?? []) (c as BatchKVCache).keepRows(rows.toArray());
+          const rows = h.rows > 0 ? receive([h.rows], mx.Dtype.int32) : undefined;
+          for (const c of sets.get(h.set) ?? []) (c as BatchKVCache).keepRows(rows?.toArray() ?? []);
           passOn(h, rows);
           return false;
         }

@@ -2,6 +2,7 @@
 // request be served now), /stats (JSON), /metrics (Prometheus text).
 import { Hono } from "hono";
 import { memoryFigures } from "../../engine/device";
+import type { PipelineFigures } from "../../engine/pipeline";
 import type { ServerState } from "../state";
 
 export function queueFigures(s: ServerState) {
@@ -67,6 +68,7 @@ export function stats(s: ServerState) {
         misses: e.scheduler.stats.prefixCache.misses,
         hit_tokens: e.scheduler.stats.prefixCache.hitTokens,
       },
+      pipeline: e.scheduler.stats.pipeline && pipelineStats(e.scheduler.stats.pipeline),
       keep_alive_seconds: e.keepAliveMs === Infinity ? -1 : e.keepAliveMs / 1000,
       expires_at: e.expiresAt?.toISOString() ?? null,
       loaded_at: e.loadedAt.toISOString(),
@@ -76,5 +78,23 @@ export function stats(s: ServerState) {
     })),
     requests: { total: s.requests.total, by_status: s.requests.byStatus, by_route: s.requests.byRoute },
     memory: memoryFigures(),
+  };
+}
+
+/** Each stage of a model split across processes: busy and waiting time, bytes sent per token. */
+function pipelineStats(p: PipelineFigures) {
+  const perToken = (bytes: number, tokens: number) => (tokens > 0 ? bytes / tokens : 0);
+  return {
+    ranks: p.ranks,
+    sent_bytes: p.sentBytes,
+    sent_bytes_per_token: perToken(p.sentBytes, p.tokens),
+    stages: p.stages.map((s) => ({
+      rank: s.rank,
+      compute_seconds: s.computeMs / 1000,
+      receive_wait_seconds: s.waitMs / 1000,
+      sent_bytes: s.sentBytes,
+      sent_bytes_per_token: perToken(s.sentBytes, s.tokens),
+      tokens: s.tokens,
+    })),
   };
 }

@@ -1,0 +1,211 @@
+// One model across several processes: `mlx launch -n N -- <command>` on loopback, MLX's ring
+// backend between the ranks. Greedy output is the single process's, token for token; serve
+// answers the openai client; a dead or silent rank stops every rank within the peer timeout.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import OpenAI from "openai";
+import { cliRunner, mainScript } from "./helpers/cli";
+import { writeTinyModel } from "./helpers/tiny-model";
+
+const home = process.env.MLX_HOME ?? join(import.meta.dir, "..", ".cache", "mlx-home");
+const mlx = cliRunner(home);
+let dir: string;
+let tiny: string;
+
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), "mlx-pipeline-"));
+  tiny = join(dir, "tiny5");
+  // An odd number of layers: no split is even.
+  writeTinyModel(tiny, { layers: 5, seed: 5 });
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+/** `mlx launch <launch> -- <command>`, bounded in time. */
+function launch(launchArgs: string[], command: string[]) {
+  return mlx(["launch", ...launchArgs, "--", ...command]);
+}
+
+describe("mlx launch -- run", () => {
+  test("2 and 3 ranks print the single process's greedy answer on the default model", async () => {
+    const prompt = ["run", "--temp", "0", "--max-tokens", "24", "Name three colors."];
+    const alone = await mlx(prompt);
+    expect(alone.code).toBe(0);
+    expect(alone.stdout.trim().length).toBeGreaterThan(0);
+    for (const n of ["2", "3"]) {
+      const split = await launch(["-n", n], prompt);
+      expect(split.stderr).toBe("");
+      expect(split.code).toBe(0);
+      expect(split.stdout).toBe(alone.stdout);
+    }
+  }, 120_000);
+
+  test("an odd layer count, split by default and by hand, sampling with a seed: the same tokens", async () => {
+    const prompt = ["run", "-m", tiny, "--json", "--max-tokens", "16", "--temp", "0.9", "--seed", "7", "Hello"];
+    const alone = await mlx(prompt);
+    expect(alone.code).toBe(0);
+    const tokens = JSON.parse(alone.stdout).token_ids;
+    expect(tokens).toHaveLength(16);
+    for (const [launchArgs, extra] of [
+      [["-n", "3"], []],
+      [
+        ["-n", "2"],
+        ["--layers", "0-3,4"],
+      ],
+      [
+        ["-n", "3"],
+        ["--layers", "0,1-3,4"],
+      ],
+    ] as const) {
+      const split = await launch([...launchArgs], [...prompt, ...extra]);
+      expect(split.code).toBe(0);
+      expect(JSON.parse(split.stdout).token_ids).toEqual(tokens);
+    }
+  }, 120_000);
+
+  test("--plan prints the split, the bytes each rank loads and per hop, and exits", async () => {
+    const { stdout, code } = await launch(["-n", "3", "--plan"], ["run", "-m", tiny, "hi"]);
+    expect(code).toBe(0);
+    expect(stdout).toContain("5 layers");
+    expect(stdout).toMatch(/rank 0 .* layers 0-1 \+ embedding and output +loads /);
+    expect(stdout).toMatch(/rank 1 .* layers 2-3 +loads /);
+    expect(stdout).toMatch(/rank 2 .* layers 4 +loads /);
+    expect(stdout).toContain("256 bytes of hidden states (64 × 4)");
+  });
+
+  test("bad splits and a missing model fail with one line naming the problem", async () => {
+    const bad = await launch(["-n", "2"], ["run", "-m", tiny, "--layers", "0-2,4", "hi"]);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toContain("should start at layer 3");
+    const missing = await launch(["-n", "2"], ["run", "-m", join(dir, "nowhere"), "hi"]);
+    expect(missing.code).not.toBe(0);
+    expect(missing.stderr).toMatch(/error: rank \d exited with status 1: model not found: .*nowhere/);
+    const none = await mlx(["launch", "-n", "2"]);
+    expect(none.code).not.toBe(0);
+    expect(none.stderr).toContain("give the command to run after --");
+  }, 60_000);
+
+  test("a rank started by hand whose model is missing fails at start, clearly", async () => {
+    const ring = join(dir, "ring.json");
+    writeFileSync(ring, JSON.stringify([["127.0.0.1:1"], ["127.0.0.1:2"]]));
+    const r = await mlx(["run", "-m", join(dir, "nowhere"), "--hostfile", ring, "--rank", "1", "hi"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim()).toMatch(/^error: model not found: .*nowhere \(mlx list shows the stored models\)$/);
+  });
+});
+
+/** A launched `serve`: its URL, its stderr so far, and its ranks' process ids by rank. */
+async function launchServe(n: number, extra: string[] = []) {
+  const proc = Bun.spawn(
+    [process.execPath, mainScript, "launch", "-n", String(n), "--", "serve", "--port", "0", "-m", tiny, ...extra],
+    { stdout: "pipe", stderr: "pipe", env: { ...process.env, MLX_HOME: home, NO_COLOR: "1" } },
+  );
+  let stderr = "";
+  const reading = (async () => {
+    for await (const chunk of proc.stderr) stderr += new TextDecoder().decode(chunk);
+  })();
+  const deadline = Date.now() + 30_000;
+  while (!/listening on (http:\S+)/.test(stderr)) {
+    if (Date.now() > deadline || proc.exitCode !== null) throw new Error(`serve did not start: ${stderr}`);
+    await Bun.sleep(20);
+  }
+  const url = /listening on (http:\S+)/.exec(stderr)![1]!;
+  while ((await fetch(`${url}/health`)).status !== 200) {
+    if (Date.now() > deadline) throw new Error(`the model did not load: ${stderr}`);
+    await Bun.sleep(50);
+  }
+  const ranks = () => {
+    // Its children (ps exits 1 when there are none left).
+    let listed = "";
+    try {
+      listed = execFileSync("ps", ["-o", "pid=", "--ppid", String(proc.pid)], { encoding: "utf8" });
+    } catch {}
+    const pids = listed.split("\n").filter(Boolean).map(Number);
+    const byRank = new Map<number, number>();
+    for (const pid of pids) {
+      const env = readFileSync(`/proc/${pid}/environ`, "utf8").split("\0");
+      const rank = env.find((e) => e.startsWith("MLX_RANK="));
+      if (rank) byRank.set(Number(rank.slice(9)), pid);
+    }
+    return byRank;
+  };
+  return { proc, url, ranks, stderr: () => stderr, reading };
+}
+
+describe("mlx launch -- serve", () => {
+  test("3 ranks answer the openai client, streamed and not, several requests batched", async () => {
+    const server = await launchServe(3);
+    const alone = await mlx(["run", "-m", tiny, "--raw", "--max-tokens", "10", "--json", "Once upon a time"]);
+    try {
+      const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
+      const request = { model: tiny, prompt: "Once upon a time", max_tokens: 10, temperature: 0 };
+      const one = await client.completions.create(request);
+      expect(one.choices[0]!.text).toBe(JSON.parse(alone.stdout).text);
+      let streamed = "";
+      for await (const chunk of await client.completions.create({ ...request, stream: true }))
+        streamed += chunk.choices[0]?.text ?? "";
+      expect(streamed).toBe(one.choices[0]!.text);
+      const prompts = ["The sky", "A dog", "Numbers:", "Hello", "Rain"];
+      const answers = await Promise.all(
+        prompts.map((prompt, i) =>
+          client.chat.completions.create({
+            model: tiny,
+            messages: [{ role: "user", content: prompt }],
+            max_tokens: 6 + i,
+            temperature: 0,
+          }),
+        ),
+      );
+      answers.forEach((a, i) => expect(a.usage!.completion_tokens).toBe(6 + i));
+      const stats = (await (await fetch(`${server.url}/stats`)).json()) as any;
+      const pipeline = stats.models[0].pipeline;
+      expect(pipeline.ranks).toBe(3);
+      // Hidden states of 64 float32 values per token, plus the headers.
+      expect(pipeline.sent_bytes_per_token).toBeGreaterThan(256);
+      const metrics = await (await fetch(`${server.url}/metrics`)).text();
+      expect(metrics).toContain("# TYPE mlx_pipeline_stage_compute_seconds gauge");
+    } finally {
+      server.proc.kill("SIGTERM");
+    }
+    expect(await server.proc.exited).toBe(0);
+    expect(server.ranks().size).toBe(0);
+  }, 120_000);
+
+  test("kill -9 of a rank while serving: the launcher and every rank exit, naming it", async () => {
+    const server = await launchServe(3, ["--peer-timeout", "3"]);
+    const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
+    const ranks = server.ranks();
+    expect(ranks.size).toBe(3);
+    const answering = client.completions
+      .create({ model: tiny, prompt: "Count:", max_tokens: 400, temperature: 0, stream: true })
+      .then(async (s) => {
+        for await (const _ of s);
+      })
+      .catch((e) => e);
+    await Bun.sleep(300);
+    const killedAt = performance.now();
+    process.kill(ranks.get(2)!, "SIGKILL");
+    const code = await server.proc.exited;
+    expect(performance.now() - killedAt).toBeLessThan(3000 + 5000);
+    await server.reading;
+    expect(code).not.toBe(0);
+    expect(server.stderr()).toContain("error: rank 2 was killed by SIGKILL");
+    for (const pid of ranks.values()) expect(() => process.kill(pid, 0)).toThrow();
+    await answering;
+  }, 60_000);
+
+  test("a rank that stops answering (SIGSTOP): every rank stops within the peer timeout, naming the silent peer", async () => {
+    const server = await launchServe(3, ["--peer-timeout", "2"]);
+    const ranks = server.ranks();
+    const stoppedAt = performance.now();
+    process.kill(ranks.get(1)!, "SIGSTOP");
+    const code = await server.proc.exited;
+    expect(performance.now() - stoppedAt).toBeLessThan(2000 * 2 + 5000);
+    await server.reading;
+    expect(code).not.toBe(0);
+    expect(server.stderr()).toMatch(/no word from rank 1 for 2 s \(--peer-timeout\)/);
+    for (const pid of ranks.values()) expect(() => process.kill(pid, 0)).toThrow();
+  }, 60_000);
+});
