@@ -18,6 +18,8 @@ export interface PipelineFigures {
   /** Bytes rank 0 sent to rank 1, and the token positions they carried. */
   sentBytes: number;
   tokens: number;
+  /** Set once a peer is lost: the process stops when the watchdog's time is up. */
+  lost?: string;
 }
 
 export class PipelineFront implements DecoderModel, RemoteLayers {
@@ -30,6 +32,7 @@ export class PipelineFront implements DecoderModel, RemoteLayers {
   #stages: (StageFigures & { rank: number })[] = [];
   readonly #timer: ReturnType<typeof setInterval>;
   #closed = false;
+  #lost?: string;
 
   constructor(
     readonly local: DecoderModel,
@@ -116,7 +119,13 @@ export class PipelineFront implements DecoderModel, RemoteLayers {
   }
 
   get figures(): PipelineFigures {
-    return { ranks: this.size, stages: this.#stages, sentBytes: this.#sentBytes, tokens: this.#tokens };
+    return {
+      ranks: this.size,
+      stages: this.#stages,
+      sentBytes: this.#sentBytes,
+      tokens: this.#tokens,
+      lost: this.#lost,
+    };
   }
 
   #id(caches: KVCache[] | AttentionCache[]): number {
@@ -137,6 +146,7 @@ export class PipelineFront implements DecoderModel, RemoteLayers {
   /** The header, then the payload once the header is out: the send of the payload, unevaluated. */
   #send(fields: Partial<Header> & Pick<Header, "op">, payload?: MxArray): MxArray {
     if (this.#closed) throw new Error("the pipeline was shut down");
+    if (this.#lost) throw new Error(this.#lost);
     const header: Header = { set: 0, rows: 0, length: 0, flags: 0, dtype: 0, width: 0, ...fields, seq: this.#seq++ };
     // Each message re-arms the watchdog: its answer, or the next heartbeat's, must come in time.
     distributed.armWatchdog(this.peerTimeoutMs, this.#silence());
@@ -146,24 +156,31 @@ export class PipelineFront implements DecoderModel, RemoteLayers {
   }
 
   #heartbeat(): void {
-    if (this.#closed) return;
-    mx.scope(() => {
-      // Each stage writes its row of figures into the payload on the way round.
-      const shape = [this.size, figureFields.length];
-      const sent = this.#send(
-        { op: Op.heartbeat, rows: shape[0], width: shape[1], dtype: mx.Dtype.float32 },
-        mx.zeros(shape, mx.Dtype.float32),
-      );
-      const back = distributed.after(distributed.recv(shape, mx.Dtype.float32, this.size - 1), sent);
-      const values = back.toArray();
-      this.#stages = Array.from({ length: this.size - 1 }, (_, i) => {
-        const row = values.slice((i + 1) * figureFields.length);
-        return { rank: i + 1, ...Object.fromEntries(figureFields.map((f, k) => [f, row[k]!])) } as StageFigures & {
-          rank: number;
-        };
+    if (this.#closed || this.#lost) return;
+    try {
+      mx.scope(() => {
+        // Each stage writes its row of figures into the payload on the way round.
+        const shape = [this.size, figureFields.length];
+        const sent = this.#send(
+          { op: Op.heartbeat, rows: shape[0], width: shape[1], dtype: mx.Dtype.float32 },
+          mx.zeros(shape, mx.Dtype.float32),
+        );
+        const back = distributed.after(distributed.recv(shape, mx.Dtype.float32, this.size - 1), sent);
+        const values = back.toArray();
+        this.#stages = Array.from({ length: this.size - 1 }, (_, i) => {
+          const row = values.slice((i + 1) * figureFields.length);
+          return { rank: i + 1, ...Object.fromEntries(figureFields.map((f, k) => [f, row[k]!])) } as StageFigures & {
+            rank: number;
+          };
+        });
       });
-    });
-    distributed.disarmWatchdog();
+      distributed.disarmWatchdog();
+    } catch (error) {
+      // A rank is gone. Requests fail from now on (a server says 503) until the watchdog, armed
+      // by the send, ends this process too.
+      this.#lost = `lost a rank of the pipeline: ${(error as Error).message}`;
+      distributed.armWatchdog(this.peerTimeoutMs, `error: rank 0: ${this.#lost}; stopping`);
+    }
   }
 
   #silence(): string {
