@@ -218,6 +218,9 @@ MLXS_API int mlxs_depends(mlxs_array** out, const mlxs_array* input, const mlxs_
 // timeout_ms: the ring backend never times out, so a silent peer would block a rank forever.
 MLXS_API int mlxs_watchdog_arm(int timeout_ms, const char* message);
 MLXS_API void mlxs_watchdog_disarm(void);
+// Waits until one of this process's sockets has something to read (1) or timeout_ms passes (0).
+// The ring backend's receive spins on its socket until data comes: an idle rank waits here first.
+MLXS_API int mlxs_wait_readable(int timeout_ms);
 
 #ifdef __cplusplus
 }

@@ -2,6 +2,10 @@
 // from MLX_HOSTFILE/MLX_RANK (the ring backend) or explicit arguments; collective and
 // point-to-point ops that are lazy arrays like any other. And a watchdog: the ring backend
 // has no timeout of its own, so a peer that stops answering would leave a rank waiting forever.
+#include <dirent.h>
+#include <poll.h>
+#include <sys/stat.h>
+
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -98,6 +102,22 @@ int mlxs_watchdog_arm(int timeout_ms, const char* message) {
     w.changed.notify_all();
     return 0;
   });
+}
+
+int mlxs_wait_readable(int timeout_ms) {
+  // Every socket of this process: a rank that serves no HTTP has only its ring connections.
+  std::vector<pollfd> fds;
+  if (DIR* dir = opendir("/proc/self/fd")) {
+    while (dirent* entry = readdir(dir)) {
+      int fd = std::atoi(entry->d_name);
+      struct stat st;
+      if (fd > 2 && fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode)) fds.push_back({fd, POLLIN, 0});
+    }
+    closedir(dir);
+  }
+  if (fds.empty()) return 1;  // nothing to wait on here (not Linux): let the receive wait
+  int n = poll(fds.data(), fds.size(), timeout_ms);
+  return n > 0 ? 1 : 0;
 }
 
 void mlxs_watchdog_disarm(void) {

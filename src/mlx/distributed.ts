@@ -66,3 +66,11 @@ export function armWatchdog(timeoutMs: number, message: string): void {
 export function disarmWatchdog(): void {
   lib.mlxs_watchdog_disarm();
 }
+
+/**
+ * Waits (blocking) until a socket of this process has data, or `timeoutMs` passes (false). The
+ * ring backend's receive spins on its socket while it waits, so an idle rank waits here instead.
+ */
+export function waitReadable(timeoutMs: number): boolean {
+  return lib.mlxs_wait_readable(Math.max(0, Math.round(timeoutMs))) === 1;
+}

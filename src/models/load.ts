@@ -85,7 +85,9 @@ function loadDirectory(dir: string, stage?: Stage): LoadedModel {
 
 function loadGGUFFile(file: string, stage?: Stage): LoadedModel {
   const header = withModelErrors(file, () => readGGUFHeader(file));
-  const loaded = withModelErrors(file, () => loadGGUFTensors(file, header));
+  const loaded = withModelErrors(file, () =>
+    loadGGUFTensors(file, header, stage && ((name) => stageHolds(stage, name))),
+  );
   const gguf = withModelErrors(file, () => ggufModel(loaded));
   const config = parseConfig(gguf.config);
   const tokenizer = withModelErrors(file, () => Tokenizer.fromGGUFMetadata(gguf.metadata as Record<string, unknown>));

@@ -10,10 +10,13 @@ export interface Stage {
   ends: boolean;
 }
 
-const layerTensor = /^model\.layers\.(\d+)\./;
-const endTensors = ["model.embed_tokens.", "model.norm.", "lm_head."];
+const layerTensor = /^(?:model\.layers|blk)\.(\d+)\./;
+const endTensors = ["model.embed_tokens.", "model.norm.", "lm_head.", "token_embd.", "output_norm.", "output."];
 
-/** Whether a stage uses the tensor `name` (Hugging Face naming); others (rope_freqs) every stage uses. */
+/**
+ * Whether a stage uses the tensor `name` (Hugging Face's naming or a GGUF's); others (rotary
+ * tables) every stage uses.
+ */
 export function stageHolds(stage: Stage, name: string): boolean {
   const layer = layerTensor.exec(name);
   if (layer) {

@@ -43,6 +43,8 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
   const receive = (shape: number[], dtype: mx.DtypeCode): MxArray => {
     const started = performance.now();
     distributed.armWatchdog(o.peerTimeoutMs, silence);
+    // Off the CPU until the bytes are there: the ring's own receive would spin meanwhile.
+    distributed.waitReadable(o.peerTimeoutMs);
     const a = distributed.recv(shape, dtype, previous);
     mx.evaluate(a);
     distributed.disarmWatchdog();

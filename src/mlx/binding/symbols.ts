@@ -125,6 +125,7 @@ export const symbols = {
   mlxs_depends: { args: [p, p, p], returns: i32 },
   mlxs_watchdog_arm: { args: [i32, cstring], returns: i32 },
   mlxs_watchdog_disarm: { args: [], returns: none },
+  mlxs_wait_readable: { args: [i32], returns: i32 },
 } as const satisfies Record<string, Signature>;
 
 export type SymbolName = keyof typeof symbols;
