@@ -6,6 +6,7 @@ import { parseConfig } from "./config";
 import { isGGUFFile } from "./gguf";
 import { readGGUFHeader } from "./gguf-header";
 import { ModelLoadError } from "./load";
+import { tensorPart } from "./stage";
 
 export interface ModelLayout {
   numLayers: number;
@@ -20,17 +21,14 @@ export interface ModelLayout {
   activationBytes: number;
 }
 
-const layerOf = (name: string): number | undefined => {
-  const m = /^(?:model\.layers|blk)\.(\d+)\./.exec(name);
-  return m ? Number(m[1]) : undefined;
-};
-const isEnd = (name: string) => /^(model\.embed_tokens|model\.norm|lm_head|token_embd|output_norm|output)\./.test(name);
-
 export function readLayout(path: string): ModelLayout {
   if (!existsSync(path)) throw new ModelLoadError(`model not found: ${path}`);
   const sizes = statSync(path).isDirectory() ? safetensorsSizes(path) : ggufSizes(path);
   let numLayers = 0;
-  for (const name of sizes.keys()) numLayers = Math.max(numLayers, (layerOf(name) ?? -1) + 1);
+  for (const name of sizes.keys()) {
+    const part = tensorPart(name);
+    if (typeof part === "number") numLayers = Math.max(numLayers, part + 1);
+  }
   const layout: ModelLayout = {
     numLayers,
     hiddenSize: 0,
@@ -40,10 +38,10 @@ export function readLayout(path: string): ModelLayout {
     activationBytes: 2,
   };
   for (const [name, { bytes }] of sizes) {
-    const layer = layerOf(name);
-    if (layer !== undefined) layout.layerBytes[layer] += bytes;
-    else if (isEnd(name)) layout.endBytes += bytes;
-    else layout.sharedBytes += bytes;
+    const part = tensorPart(name);
+    if (part === "ends") layout.endBytes += bytes;
+    else if (part === "shared") layout.sharedBytes += bytes;
+    else layout.layerBytes[part] += bytes;
   }
   const directory = statSync(path).isDirectory();
   layout.hiddenSize = directory

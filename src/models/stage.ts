@@ -14,15 +14,19 @@ const layerTensor = /^(?:model\.layers|blk)\.(\d+)\./;
 const endTensors = ["model.embed_tokens.", "model.norm.", "lm_head.", "token_embd.", "output_norm.", "output."];
 
 /**
- * Whether a stage uses the tensor `name` (Hugging Face's naming or a GGUF's); others (rotary
- * tables) every stage uses.
+ * Which part of a model the tensor `name` belongs to (Hugging Face's naming or a GGUF's): a
+ * layer's, the ends' (embedding, final norm, output layer), or every stage's (rotary tables).
  */
-export function stageHolds(stage: Stage, name: string): boolean {
+export function tensorPart(name: string): number | "ends" | "shared" {
   const layer = layerTensor.exec(name);
-  if (layer) {
-    const i = Number(layer[1]);
-    return i >= stage.start && i < stage.end;
-  }
-  if (endTensors.some((prefix) => name.startsWith(prefix))) return stage.ends;
-  return true;
+  if (layer) return Number(layer[1]);
+  return endTensors.some((prefix) => name.startsWith(prefix)) ? "ends" : "shared";
+}
+
+/** Whether a stage uses the tensor `name`. */
+export function stageHolds(stage: Stage, name: string): boolean {
+  const part = tensorPart(name);
+  if (part === "ends") return stage.ends;
+  if (part === "shared") return true;
+  return part >= stage.start && part < stage.end;
 }
