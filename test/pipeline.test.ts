@@ -8,6 +8,8 @@ import { tmpdir } from "node:os";
 import { createServer, type Server } from "node:net";
 import { join } from "node:path";
 import OpenAI from "openai";
+import { readHostfile } from "../src/cmd/launch-plan";
+import { parseLayers, splitLayers } from "../src/engine/pipeline";
 import { cliRunner, mainScript } from "./helpers/cli";
 import { writeTinyModel } from "./helpers/tiny-model";
 
@@ -70,9 +72,10 @@ describe("mlx launch -- run", () => {
     const { stdout, code } = await launch(["-n", "3", "--plan"], ["run", "-m", tiny, "hi"]);
     expect(code).toBe(0);
     expect(stdout).toContain("5 layers");
-    expect(stdout).toMatch(/rank 0 .* layers 0-1 \+ embedding and output +loads /);
-    expect(stdout).toMatch(/rank 1 .* layers 2-3 +loads /);
-    expect(stdout).toMatch(/rank 2 .* layers 4 +loads /);
+    // Rank 0 also holds the embedding: the layers left over go to the others.
+    expect(stdout).toMatch(/rank 0 .* layers 0 \+ embedding and output +loads /);
+    expect(stdout).toMatch(/rank 1 .* layers 1-2 +loads /);
+    expect(stdout).toMatch(/rank 2 .* layers 3-4 +loads /);
     expect(stdout).toContain("256 bytes of hidden states (64 × 4)");
   });
 
@@ -280,3 +283,42 @@ async function freePorts(n: number): Promise<number[]> {
   await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
   return ports;
 }
+
+describe("planning", () => {
+  test("hostfiles: mlx.launch's JSON and the ring's; local hosts start directly, others over ssh", () => {
+    const file = join(dir, "hosts.json");
+    writeFileSync(
+      file,
+      JSON.stringify([
+        { ssh: "localhost", ips: ["127.0.0.1"] },
+        { ssh: "mac2", ips: ["10.0.0.2"] },
+      ]),
+    );
+    expect(readHostfile(file, 5000)).toEqual([
+      { address: "127.0.0.1:5000", ssh: undefined },
+      { address: "10.0.0.2:5001", ssh: "mac2" },
+    ]);
+    writeFileSync(file, JSON.stringify([["127.0.0.1:6000"], ["mac3.local:6001"]]));
+    expect(readHostfile(file, 5000)).toEqual([
+      { address: "127.0.0.1:6000", ssh: undefined },
+      { address: "mac3.local:6001", ssh: "mac3.local" },
+    ]);
+    writeFileSync(file, JSON.stringify([{ ips: ["10.0.0.2"] }]));
+    expect(() => readHostfile(file, 5000)).toThrow('entry 0 needs "ssh"');
+  });
+
+  test("the default split follows free memory by largest remainder, at least one layer each", () => {
+    const ranges = (stages: { start: number; end: number }[]) => stages.map((s) => s.end - s.start);
+    expect(ranges(splitLayers(30, [1, 1, 1]))).toEqual([10, 10, 10]);
+    expect(ranges(splitLayers(28, [1, 1, 1]))).toEqual([10, 9, 9]);
+    expect(ranges(splitLayers(5, [8, 1, 1]))).toEqual([3, 1, 1]);
+    expect(ranges(splitLayers(4, [100, 0, 0, 0]))).toEqual([1, 1, 1, 1]);
+    expect(() => splitLayers(2, [1, 1, 1])).toThrow("fewer than the 3 ranks");
+    expect(parseLayers("0-9,10-18,19-29", 30, 3).map((s) => [s.start, s.end, s.ends])).toEqual([
+      [0, 10, true],
+      [10, 19, false],
+      [19, 30, false],
+    ]);
+    expect(() => parseLayers("0-9,10-18", 30, 2)).toThrow("covers layers 0-18; the model has 30");
+  });
+});

@@ -2,7 +2,7 @@
 // and `mlx launch --plan`: who holds which layers, what each loads, what each hop carries.
 import { readFileSync } from "node:fs";
 import { freemem, hostname, networkInterfaces } from "node:os";
-import { layerRange, parseLayers, splitLayers, stageBytes } from "../engine/pipeline";
+import { defaultSplit, layerRange, parseLayers, stageBytes } from "../engine/pipeline";
 import { headerBytes } from "../engine/pipeline/protocol";
 import { formatBytes } from "../format";
 import { readLayout } from "../models/layout";
@@ -64,8 +64,8 @@ export async function describePlan(hosts: Host[], command: string[]): Promise<st
   // Remote hosts' free memory is theirs to tell at start; here every rank counts as this one.
   const stages = layers
     ? parseLayers(layers, layout.numLayers, hosts.length)
-    : splitLayers(
-        layout.numLayers,
+    : defaultSplit(
+        layout,
         hosts.map(() => freemem()),
       );
   const hop = layout.hiddenSize * layout.activationBytes;

@@ -8,11 +8,11 @@ import type { KvQuantization } from "../../models/cache";
 import { readLayout } from "../../models/layout";
 import { loadModel, type LoadedModel } from "../../models/load";
 import { PipelineFront } from "./front";
-import { parseLayers, splitLayers } from "./plan";
+import { defaultSplit, parseLayers } from "./plan";
 import { serveStage } from "./stage";
 
 export { PipelineFront, type PipelineFigures } from "./front";
-export { layerRange, parseLayers, splitLayers, stageBytes } from "./plan";
+export { defaultSplit, layerRange, parseLayers, splitLayers, stageBytes } from "./plan";
 
 const { distributed } = mx;
 
@@ -41,7 +41,7 @@ export function openPipeline(
   if (group.size < 2) throw new Error("a pipeline needs at least 2 ranks (the hostfile lists one)");
   const stages = spec.layers
     ? parseLayers(spec.layers, layout.numLayers, group.size)
-    : splitLayers(layout.numLayers, exchangeFreeMemory(group));
+    : defaultSplit(layout, exchangeFreeMemory(group));
   const stage = stages[group.rank]!;
   const lm = loadModel(path, stage);
   lm.kvQuantization = kvQuantization;
@@ -72,12 +72,16 @@ export function openPipeline(
   return { ...lm, model: front };
 }
 
-/** Every rank's free memory (GiB), by rank: the default split follows it. */
+/** Every rank's free memory (bytes), by rank: the default split follows it. */
 function exchangeFreeMemory(group: mx.distributed.Group): number[] {
   return mx.scope(() => {
     const mine = new Float32Array(group.size);
-    mine[group.rank] = freemem() / 2 ** 30;
-    return distributed.allSum(mx.array(mine)).toArray();
+    // In MiB: float32 holds that exactly enough.
+    mine[group.rank] = freemem() / 2 ** 20;
+    return distributed
+      .allSum(mx.array(mine))
+      .toArray()
+      .map((mib) => mib * 2 ** 20);
   });
 }
 

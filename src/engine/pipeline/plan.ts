@@ -48,6 +48,17 @@ export function splitLayers(numLayers: number, weights: number[]): Stage[] {
   });
 }
 
+/**
+ * The default split: layers in proportion to each rank's free memory (bytes), once rank 0 has
+ * room for the embedding and output layer it holds as well.
+ */
+export function defaultSplit(layout: ModelLayout, freeBytes: number[]): Stage[] {
+  return splitLayers(
+    layout.numLayers,
+    freeBytes.map((free, rank) => (rank === 0 ? free - layout.endBytes : free)),
+  );
+}
+
 /** The bytes of weights a stage loads. */
 export function stageBytes(layout: ModelLayout, stage: Stage): number {
   const layers = layout.layerBytes.slice(stage.start, stage.end).reduce((a, b) => a + b, 0);
