@@ -160,7 +160,8 @@ function writeSubset(path: string, header: GGUFHeader, keep: (t: GGUFTensorInfo)
       }
     }
     // The padding after the last tensor, so the file ends where its table says.
-    if (offset > 0) writeSync(out, Buffer.alloc(1), 0, 1, dataStart + offset - 1);
+    const last = kept.at(-1);
+    if (last && offsets.at(-1)! + last.bytes < offset) writeSync(out, Buffer.alloc(1), 0, 1, dataStart + offset - 1);
   } finally {
     closeSync(source);
     closeSync(out);
