@@ -47,10 +47,13 @@ export function readLayout(path: string): ModelLayout {
   layout.hiddenSize = directory
     ? parseConfig(JSON.parse(readFileSync(join(path, "config.json"), "utf8"))).hiddenSize
     : sizes.get("token_embd.weight")!.shape[0]!;
-  // A quantized embedding computes in its scales' type; others in their own (16-bit unless F32).
+  // Hidden states take the widest float type they meet: the embedding's (its scales' when it is
+  // quantized) and the norms' (a GGUF's are float32).
+  const floatBytes = (t?: TensorSize) => (t?.dtype === "F32" ? 4 : 2);
   const embedding =
     sizes.get("model.embed_tokens.scales") ?? sizes.get("model.embed_tokens.weight") ?? sizes.get("token_embd.weight");
-  if (embedding?.dtype === "F32") layout.activationBytes = 4;
+  const norm = sizes.get("model.norm.weight") ?? sizes.get("output_norm.weight");
+  layout.activationBytes = Math.max(floatBytes(embedding), floatBytes(norm));
   return layout;
 }
 
