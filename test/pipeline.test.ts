@@ -68,6 +68,18 @@ describe("mlx launch -- run", () => {
     }
   }, 120_000);
 
+  test("chat and bench work under launch; chat reads stdin on rank 0 and answers as alone", async () => {
+    const turns = "Hello\nWhat is 2+2?\n";
+    const chat = ["chat", "-m", tiny, "--max-tokens", "8"];
+    const alone = await mlx(chat, turns);
+    const split = await mlx(["launch", "-n", "2", "--", ...chat], turns);
+    expect(split.code).toBe(0);
+    expect(split.stdout).toBe(alone.stdout);
+    const bench = await launch(["-n", "2"], ["bench", "-m", tiny, "-n", "1", "-p", "32", "-g", "8"]);
+    expect(bench.code).toBe(0);
+    expect(bench.stdout).toMatch(/\| tiny5 +\| mlx +\|/);
+  }, 120_000);
+
   test("--plan prints the split, the bytes each rank loads and per hop, and exits", async () => {
     const { stdout, code } = await launch(["-n", "3", "--plan"], ["run", "-m", tiny, "hi"]);
     expect(code).toBe(0);
