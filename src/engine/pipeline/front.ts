@@ -88,7 +88,11 @@ export class PipelineFront implements DecoderModel, RemoteLayers {
       mx.evaluate(sent);
       return out;
     }
-    return distributed.after(distributed.recv([rows, length, width], out.dtype, this.size - 1), sent);
+    // The ring's receive spins on its socket until the bytes come: send, wait for the answer off
+    // the CPU (the other ranks may need it), and only then receive.
+    mx.evaluate(sent);
+    distributed.waitReadable(this.peerTimeoutMs);
+    return distributed.recv([rows, length, width], out.dtype, this.size - 1);
   }
 
   extend(prefill: KVCache[], batch: KVCache[]): void {
