@@ -84,13 +84,10 @@ export class PipelineFront implements DecoderModel, RemoteLayers {
       out,
     );
     this.#tokens += rows * length;
-    if (!decode) {
-      mx.evaluate(sent);
-      return out;
-    }
-    // The ring's receive spins on its socket until the bytes come: send, wait for the answer off
-    // the CPU (the other ranks may need it), and only then receive.
     mx.evaluate(sent);
+    if (!decode) return out;
+    // The ring's receive spins on its socket until the bytes come: wait for the answer off the
+    // CPU (the other ranks may need it), and only then receive.
     distributed.waitReadable(this.peerTimeoutMs);
     return distributed.recv([rows, length, width], out.dtype, this.size - 1);
   }
