@@ -98,7 +98,8 @@ async function load(url: string, clients: number): Promise<{ itl: number[]; toke
 }
 
 for (let round = 0; round < rounds; round++) {
-  for (const ranks of configs) {
+  // Every other round in reverse, so a load that rises or falls during the run favours no one.
+  for (const ranks of round % 2 ? [...configs].reverse() : configs) {
     for (const size of [128, 512] as const) await runOnce(ranks, size);
     const { proc, url } = await startServe(ranks);
     try {
