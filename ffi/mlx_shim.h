@@ -204,6 +204,26 @@ MLXS_API int mlxs_gather_qmm(mlxs_array** out, const mlxs_array* x, const mlxs_a
                              const mlxs_array* biases, const mlxs_array* lhs_indices, const mlxs_array* rhs_indices,
                              int transpose, int group_size, int bits, const char* mode, int sorted_indices);
 
+// ---- distributed (mlx::core::distributed) ----
+// Initialises this process's group once (strict: an error when the backend cannot start).
+// backend: "ring", "mpi", "any"...; hostfile (may be NULL) and rank (< 0: none) override
+// MLX_HOSTFILE and MLX_RANK. The ring backend connects to its neighbours here (retrying ~30 s).
+MLXS_API int mlxs_distributed_init(int* rank, int* size, const char* backend, const char* hostfile, int explicit_rank);
+MLXS_API int mlxs_distributed_all_sum(mlxs_array** out, const mlxs_array* x);
+// Lazy like every op: the transfer happens when the result is evaluated. The ring backend
+// sends and receives only to and from the left and right neighbours.
+MLXS_API int mlxs_distributed_send(mlxs_array** out, const mlxs_array* x, int dst);
+MLXS_API int mlxs_distributed_recv(mlxs_array** out, const int32_t* shape, int ndim, int dtype, int src);
+// `input`, computed only after `dependency` is (mx::depends): orders transfers that share no data.
+MLXS_API int mlxs_depends(mlxs_array** out, const mlxs_array* input, const mlxs_array* dependency);
+// Ends the process (exit status 3) with `message` on stderr unless disarmed or re-armed within
+// timeout_ms: the ring backend never times out, so a silent peer would block a rank forever.
+MLXS_API int mlxs_watchdog_arm(int timeout_ms, const char* message);
+MLXS_API void mlxs_watchdog_disarm(void);
+// Waits until one of this process's sockets has something to read (1) or timeout_ms passes (0).
+// The ring backend's receive spins on its socket until data comes: an idle rank waits here first.
+MLXS_API int mlxs_wait_readable(int timeout_ms);
+
 #ifdef __cplusplus
 }
 #endif

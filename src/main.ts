@@ -19,6 +19,7 @@ const main = defineCommand({
     serve: () => import("./cmd/serve").then((m) => m.default),
     bench: () => import("./cmd/bench").then((m) => m.default),
     embed: () => import("./cmd/embed").then((m) => m.default),
+    launch: () => import("./cmd/launch").then((m) => m.default),
   },
 });
 

@@ -38,10 +38,12 @@ import { fail, log, setVerbose } from "./log";
 import {
   adapterArg,
   adapterFrom,
+  distributedArgs,
   kvCacheArgs,
   kvQuantizationFrom,
   list,
   maxKvSizeFrom,
+  pipelineFrom,
   positiveInteger,
 } from "./options";
 import { openModel } from "./open-model";
@@ -54,6 +56,7 @@ export default defineCommand({
   args: {
     ...kvCacheArgs,
     ...adapterArg,
+    ...distributedArgs,
     model: {
       type: "string",
       alias: "m",
@@ -166,6 +169,9 @@ async function eachModel<T>(
 ): Promise<{ results: T[]; failures: ModelFailure[] }> {
   const results: T[] = [];
   const failures: ModelFailure[] = [];
+  const pipeline = pipelineFrom(args);
+  if (pipeline && modelSpecs(args).length > 1)
+    throw new Error("a model split across processes is benchmarked alone: give one -m");
   for (const { spec, name } of modelSpecs(args)) {
     let lm: LoadedModel | undefined;
     try {
@@ -180,6 +186,7 @@ async function eachModel<T>(
         kvQuantization: kvQuantizationFrom(args, spec),
         maxKvSize: maxKvSizeFrom(args, spec),
         adapter: adapterFrom(args, spec),
+        pipeline,
       });
       results.push(await bench(lm, name));
     } catch (error) {

@@ -10,9 +10,11 @@ import {
   adapterArg,
   adapterFrom,
   kvCacheArgs,
+  distributedArgs,
   kvQuantizationFrom,
   maxKvSizeFrom,
   modelArg,
+  pipelineFrom,
   positiveInteger,
   samplingArgs,
   samplingFrom,
@@ -35,6 +37,7 @@ export default defineCommand({
     ...kvCacheArgs,
     ...thinkingArgs,
     ...speculationArgs,
+    ...distributedArgs,
     stats: { type: "boolean", description: "Show tokens/s, time to first token and context use after each answer" },
     verbose: { type: "boolean", alias: "v", description: "Stack traces on errors" },
   },
@@ -59,6 +62,7 @@ export default defineCommand({
           maxKvSize: maxKvSizeFrom(args, args.model),
           adapter: adapterFrom(args, args.model),
           speculation: speculationFrom(args, args.model),
+          pipeline: pipelineFrom(args),
         }));
       input = new LineInput(join(storeRoot(), "chat_history"));
       const say = (text: string) => process.stderr.write(`${text}\n`);

@@ -2,6 +2,8 @@
 // it, pass on its notes, and point a failed load of a stored model at the repair commands.
 import { loadModel, type LoadedModel, type SpeculationChoice } from "../models/load";
 import { attachSpeculation } from "../engine/speculative";
+import { openPipeline, type PipelineSpec } from "../engine/pipeline";
+import { UnsupportedError } from "../errors";
 import { resolveModelPath } from "../store/resolve";
 import { repairHint } from "../store/store";
 import { aliasAdapter, aliasKvQuantization, aliasMaxKvSize } from "../store/aliases";
@@ -18,8 +20,14 @@ export interface OpenOptions {
   adapter?: string;
   /** Speculative decoding: a draft model or prompt lookup (default: none). */
   speculation?: SpeculationChoice;
+  /** This process's part of a model split across processes (--hostfile/--rank). */
+  pipeline?: PipelineSpec;
 }
 
+/**
+ * The model, or this process's part of it when it is a rank of a pipeline: a rank other than 0
+ * serves its layers until rank 0 is done, then exits here.
+ */
 export async function openModel(
   spec: string | undefined,
   {
@@ -27,13 +35,19 @@ export async function openModel(
     maxKvSize = aliasMaxKvSize(spec),
     adapter = aliasAdapter(spec),
     speculation,
+    pipeline,
   }: OpenOptions = {},
 ): Promise<LoadedModel> {
+  if (pipeline) refuseOnPipeline({ maxKvSize, adapter, speculation });
   const path = await resolveModelPath(spec);
   const started = performance.now();
   let lm: LoadedModel;
   try {
-    lm = loadModel(path);
+    if (pipeline) {
+      const front = openPipeline(path, pipeline, kvQuantization);
+      if (!front) process.exit(0);
+      lm = front;
+    } else lm = loadModel(path);
   } catch (error) {
     const hint = repairHint(path);
     if (!hint) throw error;
@@ -59,4 +73,15 @@ export async function openModel(
   }
   log.debug(`loaded ${path} in ${((performance.now() - started) / 1000).toFixed(2)} s`);
   return lm;
+}
+
+/** What does not work yet on a model split across processes: each rank would need its share of it. */
+export function refuseOnPipeline(o: { maxKvSize?: number; adapter?: unknown; speculation?: unknown }): void {
+  const used = [
+    o.maxKvSize !== undefined && "a rotating KV cache (--max-kv-size)",
+    o.adapter !== undefined && "an adapter",
+    o.speculation !== undefined && "speculative decoding",
+  ].filter(Boolean);
+  if (used.length > 0)
+    throw new UnsupportedError(`${used.join(", ")} cannot be used yet on a model split across processes`);
 }

@@ -7,6 +7,7 @@ import { validateSchema, type JsonFormat } from "../engine/grammar";
 import type { KvQuantization } from "../models/cache";
 import { aliasAdapter, aliasKvQuantization, aliasMaxKvSize, aliasSpeculation, defaultNumDraft } from "../store/aliases";
 import type { SpeculationChoice } from "../models/load";
+import type { PipelineSpec } from "../engine/pipeline";
 
 export const modelArg = {
   model: {
@@ -208,4 +209,42 @@ export async function readFormat(spec: string): Promise<OutputFormat> {
     throw new Error(`schema file '${spec}': ${(error as Error).message}`);
   }
   return { format: { schema: schema as object }, label: spec };
+}
+
+export const distributedArgs = {
+  hostfile: {
+    type: "string",
+    description:
+      'Split the model across processes: MLX\'s ring hostfile, one ["host:port"] list per rank (default: $MLX_HOSTFILE; `mlx launch` sets it)',
+  },
+  rank: { type: "string", description: "This process's rank in the hostfile (default: $MLX_RANK)" },
+  layers: {
+    type: "string",
+    description: "Layers per rank, e.g. 0-9,10-18,19-29 (default: in proportion to each rank's free memory)",
+  },
+  "peer-timeout": {
+    type: "string",
+    description: "Seconds a silent rank is waited for before every rank stops",
+    default: "30",
+  },
+} as const satisfies ArgsDef;
+
+/** The pipeline this process is a rank of (--hostfile/--rank, or $MLX_HOSTFILE/$MLX_RANK), if any. */
+export function pipelineFrom(args: Record<string, unknown>): PipelineSpec | undefined {
+  const hostfile = (args.hostfile as string | undefined) ?? process.env.MLX_HOSTFILE;
+  if (!hostfile) {
+    if (args.rank !== undefined || args.layers !== undefined)
+      throw new Error(
+        "--rank and --layers need --hostfile (or $MLX_HOSTFILE): the processes to split the model across",
+      );
+    return undefined;
+  }
+  const rankText = (args.rank as string | undefined) ?? process.env.MLX_RANK;
+  const rank = Number(rankText);
+  if (rankText === undefined || !Number.isInteger(rank) || rank < 0)
+    throw new Error(`--rank must be a whole number ≥ 0 (got '${rankText ?? ""}'; or set $MLX_RANK)`);
+  const timeout = Number(args["peer-timeout"] ?? 30);
+  if (!Number.isFinite(timeout) || timeout <= 0)
+    throw new Error(`--peer-timeout must be a number of seconds > 0 (got '${args["peer-timeout"]}')`);
+  return { hostfile, rank, layers: args.layers as string | undefined, peerTimeoutMs: timeout * 1000 };
 }

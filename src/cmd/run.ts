@@ -9,11 +9,13 @@ import {
   adapterFrom,
   formatArgs,
   formatFrom,
+  distributedArgs,
   kvCacheArgs,
   kvQuantizationFrom,
   maxKvSizeFrom,
   list,
   modelArg,
+  pipelineFrom,
   positiveInteger,
   samplingArgs,
   samplingFrom,
@@ -56,6 +58,7 @@ export default defineCommand({
     },
     ...formatArgs,
     ...thinkingArgs,
+    ...distributedArgs,
   },
   async run({ args }) {
     const verbose = Boolean(args.verbose);
@@ -67,6 +70,7 @@ export default defineCommand({
       const remote = remoteModel(args.model);
       if (remote && args["prompt-cache"] !== undefined)
         throw new Error(`--prompt-cache needs a local model; '${args.model}' is served by a remote provider`);
+      const pipeline = pipelineFrom(args);
       const lm = remote
         ? undefined
         : await openModel(args.model, {
@@ -74,9 +78,11 @@ export default defineCommand({
             maxKvSize: maxKvSizeFrom(args, args.model),
             adapter: adapterFrom(args, args.model),
             speculation: speculationFrom(args, args.model),
+            pipeline,
           });
       const cached = lm && args["prompt-cache"] !== undefined ? openPromptCache(lm, args["prompt-cache"]) : undefined;
-      const text = await readPrompt(args.prompt, cached?.document);
+      // Ranks after the first hold layers only: the prompt (and stdin) is rank 0's.
+      const text = pipeline?.rank ? "" : await readPrompt(args.prompt, cached?.document);
       const controller = new AbortController();
       process.once("SIGINT", () => controller.abort());
       const spec = {

@@ -5,16 +5,23 @@ import { parseKeepAlive } from "../api/ollama";
 import { startServer } from "../server/app";
 import { existsSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
+import { UnsupportedError } from "../errors";
 import { fail, log, setVerbose } from "./log";
 import {
+  distributedArgs,
   kvCacheArgs,
   kvQuantizationFrom,
   list,
   maxKvSizeFrom,
+  pipelineFrom,
   positiveInteger,
   speculationArgs,
   speculationFrom,
 } from "./options";
+import { openPipeline, type PipelineSpec } from "../engine/pipeline";
+import type { LoadedModel } from "../models/load";
+import { resolveModelPath } from "../store/resolve";
+import { openModel, refuseOnPipeline } from "./open-model";
 
 function nonNegative(name: string, value: unknown): number {
   const n = Number(value);
@@ -112,6 +119,7 @@ export default defineCommand({
       default: "10",
     },
     verbose: { type: "boolean", alias: "v", description: "Log more, with stack traces" },
+    ...distributedArgs,
   },
   async run({ args }) {
     const verbose = Boolean(args.verbose);
@@ -121,6 +129,19 @@ export default defineCommand({
       if (!Number.isInteger(port) || port < 0 || port > 65535)
         throw new Error(`--port must be 0-65535 (got '${args.port}')`);
       const keepAliveMs = parseKeepAlive(args["keep-alive"], "--keep-alive") ?? 5 * 60_000;
+      const kvQuantization = args["kv-bits"] === undefined ? undefined : kvQuantizationFrom(args, undefined);
+      const adapters = servedAdapters(list(args.adapter), args.model);
+      const speculation =
+        args["draft-model"] === undefined && !args["prompt-lookup"] ? undefined : speculationFrom(args, undefined);
+      const maxKvSize = args["max-kv-size"] === undefined ? undefined : maxKvSizeFrom(args, undefined);
+      const pipeline = pipelineFrom(args);
+      if (pipeline) {
+        if (!args.model)
+          throw new Error("serve with its model split across processes needs -m: the model the ranks hold");
+        refuseOnPipeline({ maxKvSize, adapter: adapters.size > 0 ? adapters : undefined, speculation });
+        // A rank after the first holds layers and serves no HTTP: it returns only to exit.
+        if (pipeline.rank) await openModel(args.model, { kvQuantization, pipeline });
+      }
       const server = startServer({
         host: args.host,
         port,
@@ -137,13 +158,13 @@ export default defineCommand({
         targetItlMs:
           args["target-itl-ms"] === undefined ? undefined : positiveInteger("target-itl-ms", args["target-itl-ms"]),
         prefixCacheBytes: nonNegative("prefix-cache-mb", args["prefix-cache-mb"]) * 1024 * 1024,
-        kvQuantization: args["kv-bits"] === undefined ? undefined : kvQuantizationFrom(args, undefined),
-        adapters: servedAdapters(list(args.adapter), args.model),
-        speculation:
-          args["draft-model"] === undefined && !args["prompt-lookup"] ? undefined : speculationFrom(args, undefined),
-        maxKvSize: args["max-kv-size"] === undefined ? undefined : maxKvSizeFrom(args, undefined),
+        kvQuantization,
+        adapters,
+        speculation,
+        maxKvSize,
         promptCacheDir: args["prompt-cache-dir"],
         promptCacheMaxBytes: positiveNumber("prompt-cache-max-gb", args["prompt-cache-max-gb"]) * 1024 ** 3,
+        loadModel: pipeline && (await pipelineLoader(args.model!, pipeline)),
         version: pkg.version,
         logError: (error) => {
           const e = error as Error;
@@ -166,3 +187,18 @@ export default defineCommand({
     }
   },
 });
+
+/**
+ * Rank 0's loader: its part of the one model the ranks hold, which stays loaded for the
+ * server's life (the other ranks hold theirs until it stops); any other model is refused.
+ */
+async function pipelineLoader(spec: string, pipeline: PipelineSpec): Promise<(path: string) => LoadedModel> {
+  const own = await resolveModelPath(spec);
+  let lm: LoadedModel | undefined;
+  return (path) => {
+    if (path !== own)
+      throw new UnsupportedError(`this server holds ${spec} split across processes; it cannot load another model`);
+    lm ??= { ...openPipeline(path, pipeline)!, free: () => {} };
+    return lm;
+  };
+}

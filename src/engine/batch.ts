@@ -9,6 +9,7 @@ import { BatchKVCache } from "../models/batch-cache";
 import type { KvQuantization } from "../models/cache";
 import type { Adapter } from "../models/lora";
 import { DEFAULT_KV_KEEP, RotatingKVCache } from "../models/rotating-cache";
+import { UnsupportedError } from "../errors";
 import type { PrefixCache } from "./prefix-cache";
 import { makeSampler, randomKeys, type LogitsProcessor, type SamplingParams } from "./sampling";
 import {
@@ -130,6 +131,12 @@ export class BatchGenerator {
         `a ${kv.bits}-bit KV cache needs the head size (${model.config.headDim}) to be a multiple of its group size (${kv.groupSize}); try --kv-group-size 32`,
       );
     }
+    // The prefix cache would hold only this process's layers of a model split across processes.
+    if (model.remote) this.options = { ...options, prefixCache: undefined };
+    if (model.remote && (options.speculation || options.maxKvSize !== undefined))
+      throw new UnsupportedError(
+        "speculative decoding and a rotating KV cache cannot be used yet on a model split across processes",
+      );
     const { maxKvSize } = options;
     this.#caches = Array.from({ length: model.numLayers }, () =>
       maxKvSize === undefined
@@ -174,6 +181,7 @@ export class BatchGenerator {
     const queued = this.#waiting.findIndex((s) => s.id === id);
     if (queued >= 0) this.#waiting.splice(queued, 1);
     if (this.#prefill?.sequence.id === id) {
+      this.model.remote?.release(this.#prefill.caches);
       freeCaches(this.#prefill.caches);
       this.#prefill = undefined;
     }
@@ -365,6 +373,7 @@ export class BatchGenerator {
       namespace(p.sequence),
     );
     this.#caches.forEach((batch, layer) => batch.extend(p.caches[layer]!));
+    this.model.remote?.extend(p.caches, this.#caches);
     freeCaches(p.caches);
     p.sequence.history = prompt.slice(0, -1);
     p.sequence.next = prompt.at(-1)!;
@@ -463,12 +472,17 @@ export class BatchGenerator {
     const keep = this.#active.map((_, i) => i).filter((i) => !rows.includes(i));
     this.#active = keep.map((i) => this.#active[i]!);
     for (const c of this.#caches) c.keepRows(keep);
+    this.model.remote?.keepRows(this.#caches, keep);
   }
 
   dispose(): void {
     this.#discardAhead();
     for (const s of this.#active) freeDraft(s);
-    if (this.#prefill) freeCaches(this.#prefill.caches);
+    if (this.#prefill) {
+      this.model.remote?.release(this.#prefill.caches);
+      freeCaches(this.#prefill.caches);
+    }
+    this.model.remote?.release(this.#caches);
     for (const c of this.#caches) c.free();
   }
 }

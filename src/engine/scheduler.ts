@@ -14,6 +14,7 @@ import type { AdaptiveTuner, TunerAdjustment } from "./tuner";
 import type { PrefixCache } from "./prefix-cache";
 import * as mx from "../mlx";
 import type { Adapter } from "../models/lora";
+import { PipelineFront, type PipelineFigures } from "./pipeline/front";
 
 export interface GenerationRequest {
   promptIds: number[];
@@ -79,6 +80,8 @@ export interface SchedulerStats {
   tuner?: { targetItlMs: number; estimatedP99Ms?: number; adjustments: number; recent: TunerAdjustment[] };
   prefixCache?: { entries: number; bytes: number; hits: number; misses: number; hitTokens: number };
   speculation?: SpeculationStats;
+  /** The model split across processes: each stage's figures. */
+  pipeline?: PipelineFigures;
 }
 
 export interface SpeculationStats {
@@ -204,6 +207,7 @@ export class Scheduler {
         misses: cache.misses,
         hitTokens: cache.hitTokens,
       },
+      pipeline: this.lm.model instanceof PipelineFront ? this.lm.model.figures : undefined,
       speculation: this.#speculationStats,
     };
   }

@@ -6,6 +6,7 @@ export * from "./ops";
 export * as fast from "./fast";
 export * as random from "./random";
 export * as memory from "./memory";
+export * as distributed from "./distributed";
 export { defaultDeviceIsCpu, defaultStream, newStream, onStream } from "./stream";
 export { loadSafetensors, loadGGUF, saveSafetensors, type LoadedFile, type MetaValue } from "./io";
 import { lib } from "./ffi";

@@ -80,13 +80,15 @@ export class BatchKVCache extends KVCache {
     }
     const padding = rows.map((r) => this.leftPadding[r]!);
     const shared = Math.min(...padding);
+    this.leftPadding = padding.map((pad) => pad - shared);
+    // A layer another process computes (pipeline parallel) holds no positions here: rows only.
+    if (!this.keys || !this.values) return;
     const [keys, values] = mx.scope(() => {
       const index = mx.array(Int32Array.from(rows));
       const pick = (t: MxArray) =>
         mx.slice(mx.take(t, index, 0), [0, 0, shared], [rows.length, t.shape[1]!, this.offset]);
       return [this.keys!.map(pick), this.values!.map(pick)];
     });
-    this.leftPadding = padding.map((pad) => pad - shared);
     this.offset -= shared;
     this.replaceBuffers(keys, values);
   }

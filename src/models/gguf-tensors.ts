@@ -137,20 +137,25 @@ export const readableTensorTypes = [...mlxReads, ...Object.keys(dequantizers), "
 /** Types whose tensors come quantized (weight, scales and maybe biases), not as floats. */
 export const keptQuantizedTypes = new Set([...nativeTensorTypes, "MXFP4"]);
 
-/** The file's tensors and metadata, as mx.loadGGUF gives them, whatever their (readable) types. */
-export function loadGGUFTensors(path: string, header: GGUFHeader): LoadedFile {
-  const unreadable = header.tensors.find((t) => !readableTensorTypes.includes(t.type));
+/**
+ * The file's tensors and metadata, as mx.loadGGUF gives them, whatever their (readable) types;
+ * only those `wanted` (by GGUF name) when given: MLX reads every tensor of a GGUF at once.
+ */
+export function loadGGUFTensors(path: string, header: GGUFHeader, wanted?: (name: string) => boolean): LoadedFile {
+  const tensors = wanted ? header.tensors.filter((t) => wanted(t.name)) : header.tensors;
+  const unreadable = tensors.find((t) => !readableTensorTypes.includes(t.type));
   if (unreadable)
     throw new Error(
       `tensor '${unreadable.name}' is ${unreadable.type}, a type we cannot read (readable: ${readableTensorTypes.join(", ")})`,
     );
-  const ours = header.tensors.filter((t) => !mlxReads.has(t.type));
-  if (ours.length === 0) return mx.loadGGUF(path);
+  const ours = tensors.filter((t) => !mlxReads.has(t.type));
+  if (ours.length === 0 && tensors.length === header.tensors.length) return mx.loadGGUF(path);
   const dir = mkdtempSync(join(tmpdir(), "mlx-gguf-"));
   let loaded: LoadedFile;
   try {
     const copy = join(dir, "rest.gguf");
-    writeWithout(path, header, new Set(ours.map((t) => t.name)), copy);
+    const skip = new Set(ours.map((t) => t.name));
+    writeSubset(path, header, (t) => !skip.has(t.name) && tensors.includes(t), copy);
     loaded = mx.loadGGUF(copy);
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -210,17 +215,21 @@ function mxfp4(fd: number, dataStart: number, t: GGUFTensorInfo): { weight: MxAr
   };
 }
 
-/** A GGUF with the same metadata and data section whose tensor table leaves out `skip`. */
-function writeWithout(path: string, header: GGUFHeader, skip: Set<string>, target: string): void {
+/** A GGUF with the same metadata and only the tensors `keep` says, their data laid out anew. */
+function writeSubset(path: string, header: GGUFHeader, keep: (t: GGUFTensorInfo) => boolean, target: string): void {
   const source = openSync(path, "r");
   const out = openSync(target, "w");
+  const align = (n: number) => Math.ceil(n / header.alignment) * header.alignment;
   try {
     const prefix = Buffer.alloc(header.tensorTableStart);
     readSync(source, prefix, 0, prefix.length, 0);
-    const kept = header.tensors.filter((t) => !skip.has(t.name));
+    const kept = header.tensors.filter(keep);
     prefix.writeBigUInt64LE(BigInt(kept.length), 8); // after the magic and the version
     const table: Buffer[] = [];
+    const offsets: number[] = [];
+    let offset = 0;
     for (const t of kept) {
+      offsets.push(offset);
       const name = Buffer.from(t.name, "utf8");
       const entry = Buffer.alloc(8 + name.length + 4 + 8 * t.dims.length + 4 + 8);
       let at = entry.writeBigUInt64LE(BigInt(name.length), 0);
@@ -228,20 +237,32 @@ function writeWithout(path: string, header: GGUFHeader, skip: Set<string>, targe
       at = entry.writeUInt32LE(t.dims.length, at);
       for (const d of t.dims) at = entry.writeBigUInt64LE(BigInt(d), at);
       at = entry.writeUInt32LE(t.typeCode, at);
-      entry.writeBigUInt64LE(BigInt(t.offset), at);
+      entry.writeBigUInt64LE(BigInt(offset), at);
       table.push(entry);
+      offset = align(offset + t.bytes);
     }
     const head = Buffer.concat([prefix, ...table]);
-    const padded = Math.ceil(head.length / header.alignment) * header.alignment;
-    writeSync(out, Buffer.concat([head, Buffer.alloc(padded - head.length)]));
-    // The data section as it is: the kept tensors' offsets stay valid.
+    writeSync(out, Buffer.concat([head, Buffer.alloc(align(head.length) - head.length)]));
+    const dataStart = align(head.length);
+    // Each kept tensor's data at its new offset, copied in pieces.
     const chunk = Buffer.alloc(8 << 20);
-    for (let position = header.dataStart; ; ) {
-      const n = readSync(source, chunk, 0, chunk.length, position);
-      if (n === 0) break;
-      writeSync(out, chunk, 0, n);
-      position += n;
+    for (const [i, t] of kept.entries()) {
+      for (let done = 0; done < t.bytes; ) {
+        const n = readSync(
+          source,
+          chunk,
+          0,
+          Math.min(chunk.length, t.bytes - done),
+          header.dataStart + t.offset + done,
+        );
+        if (n === 0) throw new Error(`${path} ends inside tensor '${t.name}'`);
+        writeSync(out, chunk, 0, n, dataStart + offsets[i]! + done);
+        done += n;
+      }
     }
+    // The padding after the last tensor, so the file ends where its table says.
+    const last = kept.at(-1);
+    if (last && offsets.at(-1)! + last.bytes < offset) writeSync(out, Buffer.alloc(1), 0, 1, dataStart + offset - 1);
   } finally {
     closeSync(source);
     closeSync(out);

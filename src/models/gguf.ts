@@ -123,9 +123,12 @@ export function ggufModel(file: LoadedFile): GGUFModel {
   // llama.cpp stores llama's q/k rows interleaved for its rotary layout; undo that so the
   // weights match the Hugging Face layout that mlx-lm and our model code use.
   if (arch === "llama" || arch === "mistral") {
-    for (let i = 0; tensors.has(`model.layers.${i}.self_attn.q_proj.weight`); i++) {
-      unpermuteRows(tensors, `model.layers.${i}.self_attn.q_proj`, heads);
-      unpermuteRows(tensors, `model.layers.${i}.self_attn.k_proj`, kvHeads);
+    // Every layer present: a pipeline stage's file holds only some.
+    const layers = [...tensors.keys()].filter((n) => n.endsWith(".self_attn.q_proj.weight"));
+    for (const q of layers) {
+      const prefix = q.slice(0, -".q_proj.weight".length);
+      unpermuteRows(tensors, `${prefix}.q_proj`, heads);
+      unpermuteRows(tensors, `${prefix}.k_proj`, kvHeads);
     }
   }
   // llama.cpp stores Gemma's norm weights as 1 + weight (its RMS norm multiplies by the weight alone).

@@ -4,6 +4,7 @@ import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { ModelConfig, QuantConfig } from "./config";
 import { LoraLayers, type AdaptableLayer } from "./lora";
+import type { Stage } from "./stage";
 
 /** The weights of a model by their Hugging Face names, with a clear error for a missing one. */
 export class Weights {
@@ -15,6 +16,8 @@ export class Weights {
   constructor(
     readonly tensors: Map<string, MxArray>,
     readonly config: ModelConfig,
+    /** The part of the model these weights are, when its layers are split across processes. */
+    readonly stage?: Stage,
   ) {}
 
   /** Keeps an array made from the weights for the model's life, evaluated now. */

@@ -137,11 +137,10 @@ export function buildDecoder(
   slidingWindow?: (layer: number) => number | undefined,
 ): DecoderModel {
   const c = w.config;
-  const embed = embedding(w, "model.embed_tokens");
-  const norm = rmsNorm(w, "model.norm", c.rmsNormEps);
-  const lmHead = c.tieWordEmbeddings || !w.has("lm_head.weight") ? embed.asLinear : linear(w, "lm_head");
+  const stage = w.stage ?? { start: 0, end: c.numHiddenLayers, ends: true };
   const windows = Array.from({ length: c.numHiddenLayers }, (_, i) => slidingWindow?.(i));
   const blocks = windows.map((window, i): Block => {
+    if (i < stage.start || i >= stage.end) return heldElsewhere(`layer ${i}`);
     const full = block(w, `model.layers.${i}`, c, options, feedForward?.(i, `model.layers.${i}`));
     if (window === undefined) return full;
     return (x, mask, cache) => full(x, slidingLayerMask(mask, cache, x.shape[1]!, window), cache);
@@ -149,7 +148,26 @@ export function buildDecoder(
   const makeCaches = slidingWindow
     ? () => windows.map((window) => (window === undefined ? new KVCache() : new SlidingKVCache(window)))
     : undefined;
+  if (!stage.ends)
+    return decoder({
+      config: c,
+      embed: heldElsewhere("the embedding"),
+      blocks,
+      head: heldElsewhere("the output layer"),
+      finalNorm: heldElsewhere("the final norm"),
+      makeCaches,
+    });
+  const embed = embedding(w, "model.embed_tokens");
+  const norm = rmsNorm(w, "model.norm", c.rmsNormEps);
+  const lmHead = c.tieWordEmbeddings || !w.has("lm_head.weight") ? embed.asLinear : linear(w, "lm_head");
   return decoder({ config: c, embed: embed.lookup, blocks, head: (h) => lmHead(norm(h)), finalNorm: norm, makeCaches });
+}
+
+/** What a pipeline stage runs in place of a part another process holds: never called there. */
+function heldElsewhere(part: string): () => never {
+  return () => {
+    throw new Error(`${part} is held by another process of the pipeline`);
+  };
 }
 
 export const build = (w: Weights): DecoderModel => buildDecoder(w);

@@ -11,6 +11,7 @@ import { readGGUFHeader } from "./gguf-header";
 import { keptQuantizedTypes, loadGGUFTensors } from "./gguf-tensors";
 import { Tokenizer } from "../tokenizer/tokenizer";
 import type { Adapter } from "./lora";
+import { stageHolds, type Stage } from "./stage";
 
 export type ModelFormat = "mlx" | "gguf";
 
@@ -25,6 +26,8 @@ export interface LoadedModel {
   notes: string[];
   /** Bytes of weights held in memory. */
   weightBytes: number;
+  /** The part of the model this process holds, when its layers are split across processes. */
+  stage?: Stage;
   /** How its KV cache stores keys and values (--kv-bits, or the alias's kv_bits); float when absent. */
   kvQuantization?: KvQuantization;
   /** The adapter every generation uses unless a request names its own (`--adapter`, or the alias's adapter). */
@@ -47,11 +50,12 @@ export class ModelLoadError extends Error {
   override name = "ModelLoadError";
 }
 
-export function loadModel(path: string): LoadedModel {
+/** The model at `path`, or only the part of it that `stage` names (its other tensors are never read). */
+export function loadModel(path: string, stage?: Stage): LoadedModel {
   if (!existsSync(path)) throw new ModelLoadError(`model not found: ${path}`);
-  if (statSync(path).isDirectory()) return loadDirectory(path);
+  if (statSync(path).isDirectory()) return loadDirectory(path, stage);
   if (!isGGUFFile(path)) throw new ModelLoadError(`${path} is neither a model directory nor a GGUF file`);
-  return loadGGUFFile(path);
+  return loadGGUFFile(path, stage);
 }
 
 function readJson(path: string): Record<string, unknown> {
@@ -77,11 +81,11 @@ function weightFiles(dir: string): string[] {
   return files.map((f) => join(dir, f));
 }
 
-function loadDirectory(dir: string): LoadedModel {
+function loadDirectory(dir: string, stage?: Stage): LoadedModel {
   const { config, tensors } = readDirectoryTensors(dir);
   sanitize(tensors, config);
   const tokenizer = withModelErrors(dir, () => Tokenizer.fromDirectory(dir));
-  return assemble(tensors, config, tokenizer, "mlx", dir, []);
+  return assemble(tensors, config, tokenizer, "mlx", dir, [], stage);
 }
 
 /** An MLX directory's config and weights, as its files hold them. */
@@ -99,9 +103,11 @@ export function readDirectoryTensors(dir: string): { config: ModelConfig; tensor
   return { config, tensors };
 }
 
-function loadGGUFFile(file: string): LoadedModel {
+function loadGGUFFile(file: string, stage?: Stage): LoadedModel {
   const header = withModelErrors(file, () => readGGUFHeader(file));
-  const loaded = withModelErrors(file, () => loadGGUFTensors(file, header));
+  const loaded = withModelErrors(file, () =>
+    loadGGUFTensors(file, header, stage && ((name) => stageHolds(stage, name))),
+  );
   const gguf = withModelErrors(file, () => ggufModel(loaded));
   const config = parseConfig(gguf.config);
   const tokenizer = withModelErrors(file, () => Tokenizer.fromGGUFMetadata(gguf.metadata as Record<string, unknown>));
@@ -112,7 +118,7 @@ function loadGGUFFile(file: string): LoadedModel {
           `${basename(file)}: its ${dequantized.join(", ")} tensors were dequantized to 16-bit at load time (only Q4_0, Q4_1, Q8_0 and MXFP4 stay quantized), so they take more memory; \`mlx convert\` re-quantizes them to 4-bit`,
         ]
       : [];
-  return assemble(gguf.tensors, config, tokenizer, "gguf", file, notes);
+  return assemble(gguf.tensors, config, tokenizer, "gguf", file, notes, stage);
 }
 
 /** Drops what mlx-lm drops: rotary caches and a tied output layer's duplicate. */
@@ -132,8 +138,16 @@ function assemble(
   format: ModelFormat,
   path: string,
   notes: string[],
+  stage?: Stage,
 ): LoadedModel {
-  const weights = new Weights(tensors, config);
+  // A stage drops the tensors it does not use before anything reads them (MLX loads lazily).
+  if (stage)
+    for (const [name, t] of tensors)
+      if (!stageHolds(stage, name)) {
+        t.free();
+        tensors.delete(name);
+      }
+  const weights = new Weights(tensors, config, stage);
   const model = withModelErrors(path, () => buildModel(weights));
   // Read every weight now, so a truncated or corrupt file fails here rather than mid-answer.
   withModelErrors(path, () => mx.evaluate(...tensors.values()));
@@ -147,6 +161,7 @@ function assemble(
     path,
     notes,
     weightBytes,
+    stage,
     free: () => {
       lm.adapter?.free();
       lm.adapter = undefined;

@@ -25,6 +25,20 @@ export interface DecoderModel {
   finalNorm(h: MxArray): MxArray;
   /** One cache per layer, where some layers need their own kind (sliding-window ones). */
   makeCaches?(): KVCache[];
+  /** Layers that other processes hold (a model split across processes; see engine/pipeline). */
+  readonly remote?: RemoteLayers;
+}
+
+/**
+ * What the batch does to its caches, the processes holding the other layers do to theirs, in
+ * the same order, so every process's caches hold the same rows at the same positions.
+ */
+export interface RemoteLayers {
+  /** A prefill's caches join the batch's as its last row; the prefill's are freed after. */
+  extend(prefill: KVCache[], batch: KVCache[]): void;
+  keepRows(batch: KVCache[], rows: number[]): void;
+  /** Caches dropped without joining anything: a cancelled prefill's, the batch's at the end. */
+  release(caches: KVCache[]): void;
 }
 
 export interface DecoderParts {

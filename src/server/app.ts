@@ -61,6 +61,8 @@ export interface ServerOptions extends Partial<ServerConfig> {
   promptCacheMaxBytes?: number;
   logError?: (error: unknown) => void;
   onLoad?: (name: string, path: string, seconds: number) => void;
+  /** Loads a model in place of loadModel (a rank of a pipeline loads its part). */
+  loadModel?: (path: string) => LoadedModel;
 }
 
 /** Routes that are labelled by name in /metrics (anything else is "other"). */
@@ -152,6 +154,7 @@ export function createState(o: ServerOptions = {}): ServerState {
       adapters: o.adapters,
       speculation: o.speculation,
       maxKvSize: o.maxKvSize,
+      load: o.loadModel,
       onLoad: (e) => o.onLoad?.(e.name, e.path, e.loadMs / 1000),
     }),
     metrics: undefined!,

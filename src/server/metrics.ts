@@ -2,6 +2,7 @@ import type { MemoryFigures } from "../engine/device";
 import type { SchedulerStats } from "../engine/scheduler";
 import type { Provider } from "../providers";
 import { acceptanceRate } from "../engine/speculative";
+import type { StageFigures } from "../engine/pipeline/protocol";
 
 // A small Prometheus registry: counters, gauges (set or read at scrape time) and histograms,
 // written in the text exposition format (version 0.0.4).
@@ -294,10 +295,41 @@ export function serverMetrics(live: {
         perModel(live, (s) => s.speculation && acceptanceRate(s.speculation)),
       ),
     ),
+    stageCompute: registry.add(
+      new Gauge(
+        "mlx_pipeline_stage_compute_seconds",
+        "Time each rank of a split model spent computing its layers",
+        () => perStage(live, (s) => s.computeMs / 1000),
+      ),
+    ),
+    stageWait: registry.add(
+      new Gauge("mlx_pipeline_stage_receive_wait_seconds", "Time each rank of a split model waited to receive", () =>
+        perStage(live, (s) => s.waitMs / 1000),
+      ),
+    ),
+    stageBytesPerToken: registry.add(
+      new Gauge(
+        "mlx_pipeline_sent_bytes_per_token",
+        "Bytes each rank of a split model sent on per token position",
+        () => perStage(live, (s) => (s.tokens > 0 ? s.sentBytes / s.tokens : 0)),
+      ),
+    ),
   };
 }
 
 const CIRCUIT_STATES = ["closed", "half_open", "open"] as const;
+
+/** One gauge row per stage (rank 1 onwards) of each model split across processes. */
+function perStage(
+  live: { schedulers: () => { model: string; stats: SchedulerStats }[] },
+  pick: (s: StageFigures) => number,
+) {
+  return live
+    .schedulers()
+    .flatMap(({ model, stats }) =>
+      (stats.pipeline?.stages ?? []).map((s) => ({ labels: { model, rank: String(s.rank) }, value: pick(s) })),
+    );
+}
 
 /** One gauge row per loaded model that has the figure. */
 function perModel(

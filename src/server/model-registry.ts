@@ -59,6 +59,8 @@ export interface ModelRegistryOptions {
   speculation?: SpeculationChoice;
   /** Every model's rotating KV cache size (serve --max-kv-size); else each alias's max_kv_size. */
   maxKvSize?: number;
+  /** Loads a model in place of loadModel (a rank of a pipeline loads its part). */
+  load?: (path: string) => LoadedModel;
   onLoad?: (entry: LoadedEntry) => void;
   onUnload?: (entry: LoadedEntry) => void;
   /** Extra model names (serve --adapter): a base model (undefined: the default) plus an adapter directory. */
@@ -192,7 +194,7 @@ export class ModelRegistry {
         await new Promise((resolve) => setImmediate(resolve));
         await this.#makeRoom();
         const started = performance.now();
-        const lm = loadModel(path);
+        const lm = (this.options.load ?? loadModel)(path);
         lm.kvQuantization = this.options.kvQuantization ?? aliasKvQuantization(name);
         lm.maxKvSize = this.options.maxKvSize ?? aliasMaxKvSize(name);
         try {

@@ -118,6 +118,15 @@ export const symbols = {
   mlxs_clear_cache: { args: [], returns: none },
   mlxs_gather_mm: { args: [p, p, p, p, p, i32], returns: i32 },
   mlxs_gather_qmm: { args: [p, p, p, p, p, p, p, i32, i32, i32, cstring, i32], returns: i32 },
+
+  mlxs_distributed_init: { args: [p, p, cstring, cstring, i32], returns: i32 },
+  mlxs_distributed_all_sum: { args: [p, p], returns: i32 },
+  mlxs_distributed_send: { args: [p, p, i32], returns: i32 },
+  mlxs_distributed_recv: { args: [p, p, i32, i32, i32], returns: i32 },
+  mlxs_depends: { args: [p, p, p], returns: i32 },
+  mlxs_watchdog_arm: { args: [i32, cstring], returns: i32 },
+  mlxs_watchdog_disarm: { args: [], returns: none },
+  mlxs_wait_readable: { args: [i32], returns: i32 },
 } as const satisfies Record<string, Signature>;
 
 export type SymbolName = keyof typeof symbols;

@@ -3,6 +3,7 @@
 import { Hono } from "hono";
 import { memoryFigures } from "../../engine/device";
 import { acceptanceRate } from "../../engine/speculative";
+import type { PipelineFigures } from "../../engine/pipeline";
 import type { ServerState } from "../state";
 
 export function queueFigures(s: ServerState) {
@@ -19,10 +20,16 @@ export function queueFigures(s: ServerState) {
 
 export function opsRoutes(s: ServerState): Hono {
   const r = new Hono();
-  r.get("/health", (c) => (s.models.startingUp ? c.json({ status: "loading" }, 503) : c.json({ status: "ok" })));
+  r.get("/health", (c) => {
+    if (s.models.startingUp) return c.json({ status: "loading" }, 503);
+    const lost = lostPipeline(s);
+    return lost ? c.json({ status: "failing", error: lost }, 503) : c.json({ status: "ok" });
+  });
 
   r.get("/ready", (c) => {
     if (s.models.startingUp) return c.json({ ready: false, reason: "loading the first model" }, 503);
+    const lost = lostPipeline(s);
+    if (lost) return c.json({ ready: false, reason: lost }, 503);
     const busy = s.models.loaded.filter((e) => !e.scheduler.accepting).map((e) => e.name);
     if (busy.length > 0) return c.json({ ready: false, reason: `queue full for ${busy.join(", ")}` }, 503);
     return c.json({ ready: true });
@@ -34,6 +41,11 @@ export function opsRoutes(s: ServerState): Hono {
     c.body(s.metrics.registry.render(), 200, { "Content-Type": "text/plain; version=0.0.4; charset=utf-8" }),
   );
   return r;
+}
+
+/** Why a model split across processes can no longer answer (a rank died), while this one stops. */
+function lostPipeline(s: ServerState): string | undefined {
+  return s.models.loaded.map((e) => e.scheduler.stats.pipeline?.lost).find(Boolean);
 }
 
 /** The figures of /stats (also sent once a second to the dashboard). */
@@ -77,6 +89,7 @@ export function stats(s: ServerState) {
         accepted_tokens: e.scheduler.stats.speculation.accepted,
         acceptance_rate: acceptanceRate(e.scheduler.stats.speculation),
       },
+      pipeline: e.scheduler.stats.pipeline && pipelineStats(e.scheduler.stats.pipeline),
       keep_alive_seconds: e.keepAliveMs === Infinity ? -1 : e.keepAliveMs / 1000,
       expires_at: e.expiresAt?.toISOString() ?? null,
       loaded_at: e.loadedAt.toISOString(),
@@ -86,5 +99,24 @@ export function stats(s: ServerState) {
     })),
     requests: { total: s.requests.total, by_status: s.requests.byStatus, by_route: s.requests.byRoute },
     memory: memoryFigures(),
+  };
+}
+
+/** Each stage of a model split across processes: busy and waiting time, bytes sent per token. */
+function pipelineStats(p: PipelineFigures) {
+  const perToken = (bytes: number, tokens: number) => (tokens > 0 ? bytes / tokens : 0);
+  return {
+    ranks: p.ranks,
+    lost: p.lost ?? null,
+    sent_bytes: p.sentBytes,
+    sent_bytes_per_token: perToken(p.sentBytes, p.tokens),
+    stages: p.stages.map((s) => ({
+      rank: s.rank,
+      compute_seconds: s.computeMs / 1000,
+      receive_wait_seconds: s.waitMs / 1000,
+      sent_bytes: s.sentBytes,
+      sent_bytes_per_token: perToken(s.sentBytes, s.tokens),
+      tokens: s.tokens,
+    })),
   };
 }

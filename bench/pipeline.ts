@@ -1,0 +1,154 @@
+// One model across processes against one process, on loopback: `mlx run` (time to first token,
+// decode tokens/s by prompt size) and `mlx serve` under concurrent streaming clients (inter-token
+// latency p50/p95, output tokens/s), with the per-stage figures rank 0 reports in /stats.
+// Configurations are interleaved round by round, so load on the machine hits them alike.
+//   MLX_HOME=$PWD/.cache/mlx-home bun bench/pipeline.ts [--rounds 2] [--model smollm2]
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { median, spawnTimed } from "./lib";
+
+const { values } = parseArgs({
+  options: { rounds: { type: "string", default: "2" }, model: { type: "string", default: "smollm2" } },
+});
+const rounds = Number(values.rounds);
+const model = values.model!;
+const main = join(import.meta.dir, "..", "src", "main.ts");
+const mlx = [process.execPath, main];
+const configs = [1, 2, 3];
+const under = (ranks: number, command: string[]) =>
+  ranks === 1 ? [...mlx, ...command] : [...mlx, "launch", "-n", String(ranks), "--", ...command];
+
+// Prompts of about 128 and 512 tokens (the words repeat; the tokenizer counts them).
+const prompt = (words: number) =>
+  `Summarize: ${Array.from({ length: words }, (_, i) => ["sea", "wind", "stone", "light"][i % 4]).join(" ")}`;
+const prompts = { 128: prompt(120), 512: prompt(500) };
+const runFigures = new Map<string, { ttft: number[]; tps: number[] }>();
+
+const percentile = (v: number[], p: number) => {
+  const s = [...v].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? Number.NaN;
+};
+
+async function runOnce(ranks: number, size: keyof typeof prompts) {
+  const r = await spawnTimed(
+    under(ranks, ["run", "-m", model, "--raw", "--json", "--max-tokens", "48", prompts[size]]),
+    "",
+  );
+  const { stats } = JSON.parse(r.stdout);
+  const key = `${ranks}/${size}`;
+  const f = runFigures.get(key) ?? { ttft: [], tps: [] };
+  f.ttft.push(stats.time_to_first_token_seconds * 1000);
+  f.tps.push(stats.generation_tokens_per_second);
+  runFigures.set(key, f);
+}
+
+interface ServeFigures {
+  itl: number[];
+  tokensPerSecond: number[];
+  stages?: unknown;
+}
+const serveFigures = new Map<string, ServeFigures>();
+
+async function startServe(ranks: number) {
+  const proc = Bun.spawn(under(ranks, ["serve", "--port", "0", "-m", model]), { stdout: "ignore", stderr: "pipe" });
+  let err = "";
+  const reader = proc.stderr.getReader();
+  while (!/listening on (http:\S+)/.test(err)) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`serve exited: ${err}`);
+    err += new TextDecoder().decode(value);
+  }
+  void (async () => {
+    while (!(await reader.read()).done);
+  })();
+  const url = /listening on (http:\S+)/.exec(err)![1]!;
+  while ((await fetch(`${url}/health`)).status !== 200) await Bun.sleep(100);
+  return { proc, url };
+}
+
+/** `clients` streamed chat completions at once: the gaps between their tokens, and tokens/s overall. */
+async function load(url: string, clients: number): Promise<{ itl: number[]; tokensPerSecond: number }> {
+  const started = performance.now();
+  const gaps: number[] = [];
+  let tokens = 0;
+  await Promise.all(
+    Array.from({ length: clients }, async (_, i) => {
+      const r = await fetch(`${url}/v1/completions`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ model, prompt: `${prompts[128]} ${i}`, max_tokens: 32, temperature: 0, stream: true }),
+      });
+      let last: number | undefined;
+      const decoder = new TextDecoder();
+      for await (const chunk of r.body!) {
+        const events = decoder
+          .decode(chunk)
+          .split("\n\n")
+          .filter((e) => e.startsWith("data: {"));
+        for (const _ of events) {
+          const now = performance.now();
+          if (last !== undefined) gaps.push(now - last);
+          last = now;
+          tokens++;
+        }
+      }
+    }),
+  );
+  return { itl: gaps, tokensPerSecond: (tokens / (performance.now() - started)) * 1000 };
+}
+
+for (let round = 0; round < rounds; round++) {
+  // Every other round in reverse, so a load that rises or falls during the run favours no one.
+  for (const ranks of round % 2 ? [...configs].reverse() : configs) {
+    for (const size of [128, 512] as const) await runOnce(ranks, size);
+    const { proc, url } = await startServe(ranks);
+    try {
+      for (const clients of [1, 4, 8]) {
+        const r = await load(url, clients);
+        const key = `${ranks}/${clients}`;
+        const f = serveFigures.get(key) ?? { itl: [], tokensPerSecond: [] };
+        f.itl.push(...r.itl);
+        f.tokensPerSecond.push(r.tokensPerSecond);
+        serveFigures.set(key, f);
+      }
+      // The heartbeat brings the stages' figures back every peer-timeout / 3 (10 s).
+      if (ranks > 1) {
+        await Bun.sleep(10_500);
+        const stats = (await (await fetch(`${url}/stats`)).json()) as { models: { pipeline: unknown }[] };
+        serveFigures.get(`${ranks}/8`)!.stages = stats.models[0]!.pipeline;
+      }
+    } finally {
+      proc.kill("SIGTERM");
+      await proc.exited;
+    }
+    process.stderr.write(`round ${round + 1}: ${ranks} rank(s) done\n`);
+  }
+}
+
+const fmt = (n: number, digits = 1) => (Number.isFinite(n) ? n.toFixed(digits) : "n/a");
+console.log("## mlx run (median over rounds)\n");
+console.log("| ranks | prompt | time to first token (ms) | decode tokens/s | vs 1 process |");
+console.log("|---|---|---|---|---|");
+for (const size of [128, 512]) {
+  const base = median(runFigures.get(`1/${size}`)!.tps);
+  for (const ranks of configs) {
+    const f = runFigures.get(`${ranks}/${size}`)!;
+    console.log(
+      `| ${ranks} | ~${size} | ${fmt(median(f.ttft), 0)} | ${fmt(median(f.tps))} | ${fmt(median(f.tps) / base, 2)}× |`,
+    );
+  }
+}
+console.log("\n## mlx serve, streamed clients (32 tokens each)\n");
+console.log("| ranks | clients | ITL p50 (ms) | ITL p95 (ms) | output tokens/s |");
+console.log("|---|---|---|---|---|");
+for (const clients of [1, 4, 8])
+  for (const ranks of configs) {
+    const f = serveFigures.get(`${ranks}/${clients}`)!;
+    console.log(
+      `| ${ranks} | ${clients} | ${fmt(percentile(f.itl, 50))} | ${fmt(percentile(f.itl, 95))} | ${fmt(median(f.tokensPerSecond))} |`,
+    );
+  }
+for (const ranks of configs.slice(1))
+  console.log(
+    `\n${ranks} ranks, /stats pipeline after the runs: ${JSON.stringify(serveFigures.get(`${ranks}/8`)!.stages)}`,
+  );

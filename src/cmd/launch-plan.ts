@@ -1,0 +1,81 @@
+// Where `mlx launch` starts its ranks (hostfiles in mlx.launch's JSON or MLX's ring format),
+// and `mlx launch --plan`: who holds which layers, what each loads, what each hop carries.
+import { readFileSync } from "node:fs";
+import { freemem, hostname, networkInterfaces } from "node:os";
+import { defaultSplit, layerRange, parseLayers, stageBytes } from "../engine/pipeline";
+import { headerBytes } from "../engine/pipeline/protocol";
+import { formatBytes } from "../format";
+import { readLayout } from "../models/layout";
+import { resolveModelPath } from "../store/resolve";
+
+export interface Host {
+  /** host:port the rank listens on (the ring hostfile's entry). */
+  address: string;
+  /** Set for a host that is not this machine: started over ssh. */
+  ssh?: string;
+}
+
+/** mlx.launch's [{"ssh": "host", "ips": ["10.0.0.2"]}, ...] or the ring's [["host:port"], ...]. */
+export function readHostfile(path: string, startingPort: number): Host[] {
+  let entries: unknown;
+  try {
+    entries = JSON.parse(readFileSync(path, "utf8"));
+  } catch (error) {
+    throw new Error(`cannot read hostfile ${path}: ${(error as Error).message}`);
+  }
+  if (!Array.isArray(entries) || entries.length === 0)
+    throw new Error(`hostfile ${path}: expected a JSON list of hosts`);
+  return entries.map((entry, rank) => {
+    if (Array.isArray(entry) && typeof entry[0] === "string") {
+      const host = entry[0].slice(0, entry[0].lastIndexOf(":"));
+      if (!host) throw new Error(`hostfile ${path}: entry ${rank} '${entry[0]}' is not host:port`);
+      return { address: entry[0], ssh: isLocal(host) ? undefined : host };
+    }
+    const { ssh, ips } = (entry ?? {}) as { ssh?: unknown; ips?: unknown };
+    if (typeof ssh !== "string")
+      throw new Error(
+        `hostfile ${path}: entry ${rank} needs "ssh" (mlx.launch's format) or is ["host:port"] (the ring's)`,
+      );
+    const ip = Array.isArray(ips) && typeof ips[0] === "string" ? ips[0] : ssh;
+    return { address: `${ip}:${startingPort + rank}`, ssh: isLocal(ssh) && isLocal(ip) ? undefined : ssh };
+  });
+}
+
+function isLocal(host: string): boolean {
+  const mine = Object.values(networkInterfaces()).flatMap((list) => (list ?? []).map((i) => i.address));
+  return ["localhost", "127.0.0.1", "::1", hostname()].includes(host) || mine.includes(host);
+}
+
+/** The value of a flag among a command's arguments (--name value, --name=value, or its alias). */
+function flag(command: string[], names: string[]): string | undefined {
+  for (const [i, arg] of command.entries()) {
+    for (const name of names) {
+      if (arg === name) return command[i + 1];
+      if (arg.startsWith(`${name}=`)) return arg.slice(name.length + 1);
+    }
+  }
+  return undefined;
+}
+
+export async function describePlan(hosts: Host[], command: string[]): Promise<string> {
+  const path = await resolveModelPath(flag(command, ["--model", "-m"]));
+  const layout = readLayout(path);
+  const layers = flag(command, ["--layers"]);
+  // Remote hosts' free memory is theirs to tell at start; here every rank counts as this one.
+  const stages = layers
+    ? parseLayers(layers, layout.numLayers, hosts.length)
+    : defaultSplit(
+        layout,
+        hosts.map(() => freemem()),
+      );
+  const hop = layout.hiddenSize * layout.activationBytes;
+  const lines = [
+    `model: ${path} (${layout.numLayers} layers, hidden size ${layout.hiddenSize})`,
+    ...stages.map((stage, rank) => {
+      const parts = `layers ${layerRange(stage)}${stage.ends ? " + embedding and output" : ""}`;
+      return `rank ${rank}  ${hosts[rank]!.address}${hosts[rank]!.ssh ? " (ssh)" : ""}  ${parts}  loads ${formatBytes(stageBytes(layout, stage))}`;
+    }),
+    `per token, each hop: ${hop} bytes of hidden states (${layout.hiddenSize} × ${layout.activationBytes}), plus a ${headerBytes}-byte header per message; ${hosts.length} hops a step (the last back to rank 0)`,
+  ];
+  return `${lines.join("\n")}\n`;
+}

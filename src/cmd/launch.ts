@@ -1,0 +1,172 @@
+// `mlx launch -n N -- <command>`: one model across several processes (and machines). Starts
+// one rank of the command per host: MLX_HOSTFILE (the ring backend's hostfile) and MLX_RANK
+// tell each which it is. Rank 0 has stdin and stdout; the others' output goes to stderr,
+// prefixed with their rank. When a rank fails, the others are stopped.
+import { defineCommand } from "citty";
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { describePlan, readHostfile, type Host } from "./launch-plan";
+import { fail } from "./log";
+import { positiveInteger } from "./options";
+
+export default defineCommand({
+  meta: {
+    name: "launch",
+    description: 'Run an mlx command with its model split across processes: mlx launch -n 2 -- run "prompt"',
+  },
+  args: {
+    n: { type: "string", description: "Ranks to start on this machine, on free loopback ports" },
+    hostfile: {
+      type: "string",
+      description:
+        'Hosts to start ranks on: mlx.launch\'s JSON ([{"ssh": "host", "ips": ["10.0.0.2"]}, ...]) or MLX\'s ring format ([["host:port"], ...]); remote ones over ssh',
+    },
+    "starting-port": {
+      type: "string",
+      description: "First port of the ranks in an mlx.launch hostfile",
+      default: "32323",
+    },
+    plan: {
+      type: "boolean",
+      description: "Print the split (layers and bytes each rank loads, bytes per token per hop) and exit",
+    },
+  },
+  async run({ args, rawArgs }) {
+    try {
+      const separator = rawArgs.indexOf("--");
+      const command = separator >= 0 ? rawArgs.slice(separator + 1) : [];
+      if (command.length === 0)
+        throw new Error('give the command to run after --, e.g. mlx launch -n 2 -- run "Hello"');
+      if ((args.n === undefined) === (args.hostfile === undefined))
+        throw new Error("give -n N or --hostfile FILE (one of them)");
+      const hosts =
+        args.hostfile !== undefined
+          ? readHostfile(args.hostfile, positiveInteger("starting-port", args["starting-port"]))
+          : await loopbackHosts(positiveInteger("n", args.n));
+      if (hosts.length < 2) throw new Error(`a pipeline needs at least 2 ranks (got ${hosts.length})`);
+      if (args.plan) {
+        process.stdout.write(await describePlan(hosts, command));
+        return;
+      }
+      process.exitCode = await launch(hosts, command);
+    } catch (error) {
+      fail(error, false);
+    }
+  },
+});
+
+/** N ranks on 127.0.0.1, each on a port the OS says is free. */
+async function loopbackHosts(n: number): Promise<Host[]> {
+  const ports: number[] = [];
+  const servers = [];
+  // All held open at once, so the OS hands out n different ports.
+  for (let i = 0; i < n; i++) {
+    const server = createServer();
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    ports.push((server.address() as { port: number }).port);
+    servers.push(server);
+  }
+  await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
+  return ports.map((port) => ({ address: `127.0.0.1:${port}` }));
+}
+
+/** How to start this very executable: the compiled one, or Bun on the entry script. */
+function selfCommand(): string[] {
+  const entry = Bun.main;
+  return entry.startsWith("/$bunfs") || entry === process.execPath ? [process.execPath] : [process.execPath, entry];
+}
+
+interface Rank {
+  rank: number;
+  child: ChildProcess;
+  /** Its last line starting "error:" (without that), and its last line of any kind. */
+  lastError: string;
+  lastLine: string;
+  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+async function launch(hosts: Host[], command: string[]): Promise<number> {
+  const dir = mkdtempSync(join(tmpdir(), "mlx-launch-"));
+  const hostfile = join(dir, "hosts.json");
+  const ring = JSON.stringify(hosts.map((h) => [h.address]));
+  writeFileSync(hostfile, ring);
+  const self = selfCommand();
+  const ranks: Rank[] = hosts.map((host, rank) => {
+    const env = { ...process.env, MLX_HOSTFILE: hostfile, MLX_RANK: String(rank) };
+    const child = host.ssh
+      ? spawn("ssh", [host.ssh, remoteCommand(ring, rank, self, command)], { stdio: ["ignore", "pipe", "pipe"] })
+      : spawn(self[0]!, [...self.slice(1), ...command], {
+          env,
+          stdio: [rank === 0 ? "inherit" : "ignore", "pipe", "pipe"],
+        });
+    const r: Rank = {
+      rank,
+      child,
+      lastError: "",
+      lastLine: "",
+      exit: new Promise((resolve) => child.on("exit", (code, signal) => resolve({ code, signal }))),
+    };
+    const prefix = rank === 0 ? "" : `[rank ${rank}] `;
+    if (rank === 0) child.stdout!.pipe(process.stdout);
+    else relay(child.stdout!, prefix, r);
+    relay(child.stderr!, prefix, r);
+    return r;
+  });
+  const stopAll = (signal: NodeJS.Signals) => {
+    for (const r of ranks) if (r.child.exitCode === null && r.child.signalCode === null) r.child.kill(signal);
+  };
+  // Ctrl-C or a stop goes to rank 0, which ends as it would alone and stops the others.
+  for (const signal of ["SIGINT", "SIGTERM"] as const) process.once(signal, () => ranks[0]!.child.kill(signal));
+  try {
+    // The first rank to fail ends the launch; rank 0 ending well ends it too (the others follow it).
+    const first = await new Promise<{ r: Rank; status: { code: number | null; signal: NodeJS.Signals | null } }>(
+      (resolve) => {
+        for (const r of ranks)
+          void r.exit.then((status) => (status.code !== 0 || r.rank === 0) && resolve({ r, status }));
+      },
+    );
+    // Rank 0 stopped by a signal we passed on (Ctrl-C) ends as it would alone.
+    const asked = first.r.rank === 0 && first.status.code !== null && first.status.code > 128;
+    if (first.status.code !== 0 && !asked) {
+      stopAll("SIGTERM");
+      const forced = setTimeout(() => stopAll("SIGKILL"), 2000);
+      await Promise.all(ranks.map((r) => r.exit));
+      clearTimeout(forced);
+      const how = first.status.signal
+        ? `was killed by ${first.status.signal}`
+        : `exited with status ${first.status.code}`;
+      const last = first.r.lastError || first.r.lastLine;
+      const why = last ? `: ${last}` : "";
+      process.stderr.write(`error: rank ${first.r.rank} ${how}${why}\n`);
+      return first.r.rank === 0 && first.status.code ? first.status.code : 1;
+    }
+    // Rank 0 is done and told the others to stop: give them a moment, then make sure.
+    const forced = setTimeout(() => stopAll("SIGKILL"), 10_000);
+    await Promise.all(ranks.map((r) => r.exit));
+    clearTimeout(forced);
+    return first.status.code ?? 0;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Copies a rank's output to our stderr line by line, prefixed, keeping its last error line. */
+function relay(stream: NodeJS.ReadableStream, prefix: string, r: Rank): void {
+  createInterface({ input: stream, crlfDelay: Infinity }).on("line", (line) => {
+    if (line.startsWith("error:")) r.lastError = line.slice("error:".length).trim();
+    if (line.trim()) r.lastLine = line.trim();
+    process.stderr.write(`${prefix}${line}\n`);
+  });
+}
+
+/** The shell command ssh runs on a remote host: write the hostfile there, then start the rank. */
+function remoteCommand(ring: string, rank: number, self: string[], command: string[]): string {
+  const quote = (s: string) => `'${s.replaceAll("'", "'\\''")}'`;
+  const file = `/tmp/mlx-ring-${process.pid}-${rank}.json`;
+  const run = [...self, ...command].map(quote).join(" ");
+  return `cd ${quote(process.cwd())} && printf %s ${quote(ring)} > ${file} && MLX_HOSTFILE=${file} MLX_RANK=${rank} exec ${run}`;
+}

@@ -1,0 +1,195 @@
+// Rank 0 of a pipeline: the model as the engine sees it. Its own layers run here; the hidden
+// states then go to rank 1 and come back from the last rank, so the batch generator, the
+// sampler and everything above them run unchanged. Cache operations follow the same path.
+import * as mx from "../../mlx";
+import type { MxArray } from "../../mlx";
+import type { AttentionCache, KVCache } from "../../models/cache";
+import { BatchKVCache } from "../../models/batch-cache";
+import type { DecoderModel, RemoteLayers } from "../../models/model";
+import type { Stage } from "../../models/stage";
+import { encodeHeader, figureFields, Flag, headerBytes, Op, type Header, type StageFigures } from "./protocol";
+
+const { distributed } = mx;
+
+export interface PipelineFigures {
+  ranks: number;
+  /** Per stage, rank 1 onwards, as of the last heartbeat. */
+  stages: (StageFigures & { rank: number })[];
+  /** Bytes rank 0 sent to rank 1, and the token positions they carried. */
+  sentBytes: number;
+  tokens: number;
+  /** Set once a peer is lost: the process stops when the watchdog's time is up. */
+  lost?: string;
+}
+
+export class PipelineFront implements DecoderModel, RemoteLayers {
+  readonly remote = this;
+  readonly #ids = new WeakMap<KVCache[] | AttentionCache[], number>();
+  #nextSet = 1;
+  #seq = 0;
+  #sentBytes = 0;
+  #tokens = 0;
+  #stages: (StageFigures & { rank: number })[] = [];
+  readonly #timer: ReturnType<typeof setInterval>;
+  #closed = false;
+  #lost?: string;
+
+  constructor(
+    readonly local: DecoderModel,
+    readonly size: number,
+    readonly stage: Stage,
+    /** A rank silent this long ends the process (see the watchdog in src/mlx/distributed.ts). */
+    readonly peerTimeoutMs: number,
+  ) {
+    // Idle, the ranks would hear nothing: a heartbeat around the ring shows every rank is alive
+    // (and brings back each stage's figures). It waits for the steps queued before it.
+    this.#timer = setInterval(() => this.#heartbeat(), peerTimeoutMs / 3);
+    this.#timer.unref();
+  }
+
+  get config() {
+    return this.local.config;
+  }
+
+  get numLayers() {
+    return this.local.numLayers;
+  }
+
+  embed(ids: MxArray): MxArray {
+    return this.local.embed(ids);
+  }
+
+  head(h: MxArray): MxArray {
+    return this.local.head(h);
+  }
+
+  finalNorm(h: MxArray): MxArray {
+    return this.local.finalNorm(h);
+  }
+
+  /**
+   * Our layers, then the rest of the pipeline. A prefill's result stays on the ranks (only their
+   * caches need it); a decode step's hidden states come back from the last rank.
+   */
+  layers(h: MxArray, caches: AttentionCache[]): MxArray {
+    const out = this.local.layers(h, caches, this.stage.start, this.stage.end);
+    const [rows, length, width] = out.shape as [number, number, number];
+    const decode = caches[0] instanceof BatchKVCache;
+    const sent = this.#send(
+      {
+        op: Op.forward,
+        set: this.#id(caches),
+        rows,
+        length,
+        flags: decode ? Flag.decode : Flag.prefill,
+        dtype: out.dtype,
+        width,
+      },
+      out,
+    );
+    this.#tokens += rows * length;
+    mx.evaluate(sent);
+    if (!decode) return out;
+    // The ring's receive spins on its socket until the bytes come: wait for the answer off the
+    // CPU (the other ranks may need it), and only then receive.
+    distributed.waitReadable(this.peerTimeoutMs);
+    return distributed.recv([rows, length, width], out.dtype, this.size - 1);
+  }
+
+  extend(prefill: KVCache[], batch: KVCache[]): void {
+    this.#post({ op: Op.extend, set: this.#id(prefill), rows: this.#id(batch) });
+    this.#ids.delete(prefill);
+  }
+
+  keepRows(batch: KVCache[], rows: number[]): void {
+    // No payload for no rows: a receive of nothing would wait for bytes that never come.
+    const list = rows.length > 0 ? () => mx.array(Int32Array.from(rows)) : undefined;
+    this.#post({ op: Op.keepRows, set: this.#id(batch), rows: rows.length }, list);
+  }
+
+  release(caches: KVCache[]): void {
+    const set = this.#ids.get(caches);
+    if (set === undefined || this.#closed) return;
+    this.#post({ op: Op.release, set });
+    this.#ids.delete(caches);
+  }
+
+  /** Tells every rank to stop; this one stops talking to them. */
+  shutdown(): void {
+    if (this.#closed) return;
+    clearInterval(this.#timer);
+    this.#post({ op: Op.shutdown });
+    this.#closed = true;
+    distributed.disarmWatchdog();
+  }
+
+  get figures(): PipelineFigures {
+    return {
+      ranks: this.size,
+      stages: this.#stages,
+      sentBytes: this.#sentBytes,
+      tokens: this.#tokens,
+      lost: this.#lost,
+    };
+  }
+
+  #id(caches: KVCache[] | AttentionCache[]): number {
+    let id = this.#ids.get(caches);
+    if (id === undefined) {
+      id = this.#nextSet++;
+      this.#ids.set(caches, id);
+    }
+    return id;
+  }
+
+  /** A message with no answer, sent now. */
+  #post(fields: Partial<Header> & Pick<Header, "op">, payload?: () => MxArray): void {
+    if (this.#closed) return;
+    mx.scope(() => mx.evaluate(this.#send(fields, payload?.())));
+  }
+
+  /** The header, then the payload once the header is out: the send of the payload, unevaluated. */
+  #send(fields: Partial<Header> & Pick<Header, "op">, payload?: MxArray): MxArray {
+    if (this.#closed) throw new Error("the pipeline was shut down");
+    if (this.#lost) throw new Error(this.#lost);
+    const header: Header = { set: 0, rows: 0, length: 0, flags: 0, dtype: 0, width: 0, ...fields, seq: this.#seq++ };
+    // Each message re-arms the watchdog: its answer, or the next heartbeat's, must come in time.
+    distributed.armWatchdog(this.peerTimeoutMs, this.#silence());
+    const headerSent = distributed.send(encodeHeader(header), 1);
+    this.#sentBytes += headerBytes + (payload?.nbytes ?? 0);
+    return payload ? distributed.send(distributed.after(payload, headerSent), 1) : headerSent;
+  }
+
+  #heartbeat(): void {
+    if (this.#closed || this.#lost) return;
+    try {
+      mx.scope(() => {
+        // Each stage writes its row of figures into the payload on the way round.
+        const shape = [this.size, figureFields.length];
+        const sent = this.#send(
+          { op: Op.heartbeat, rows: shape[0], width: shape[1], dtype: mx.Dtype.float32 },
+          mx.zeros(shape, mx.Dtype.float32),
+        );
+        const back = distributed.after(distributed.recv(shape, mx.Dtype.float32, this.size - 1), sent);
+        const values = back.toArray();
+        this.#stages = Array.from({ length: this.size - 1 }, (_, i) => {
+          const row = values.slice((i + 1) * figureFields.length);
+          return { rank: i + 1, ...Object.fromEntries(figureFields.map((f, k) => [f, row[k]!])) } as StageFigures & {
+            rank: number;
+          };
+        });
+      });
+      distributed.disarmWatchdog();
+    } catch (error) {
+      // A rank is gone. Requests fail from now on (a server says 503) until the watchdog, armed
+      // by the send, ends this process too.
+      this.#lost = `lost a rank of the pipeline: ${(error as Error).message}`;
+      distributed.armWatchdog(this.peerTimeoutMs, `error: rank 0: ${this.#lost}; stopping`);
+    }
+  }
+
+  #silence(): string {
+    const seconds = Math.round(this.peerTimeoutMs / 1000);
+    return `error: rank 0: no answer from the pipeline (ranks 1-${this.size - 1}) for ${seconds} s (--peer-timeout); stopping`;
+  }
+}

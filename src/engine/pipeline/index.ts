@@ -1,0 +1,90 @@
+// Pipeline parallel: one model's layers split across processes (ranks) joined by MLX's
+// distributed engine (the ring backend over TCP, ...). Rank 0 holds the tokenizer, the
+// scheduler, the embedding, its layers and the output head; every other rank a run of layers.
+// Each process loads only its own tensors.
+import { freemem } from "node:os";
+import * as mx from "../../mlx";
+import type { KvQuantization } from "../../models/cache";
+import { readLayout } from "../../models/layout";
+import { loadModel, type LoadedModel } from "../../models/load";
+import { PipelineFront } from "./front";
+import { defaultSplit, parseLayers } from "./plan";
+import { serveStage } from "./stage";
+
+export { PipelineFront, type PipelineFigures } from "./front";
+export { defaultSplit, layerRange, parseLayers, splitLayers, stageBytes } from "./plan";
+
+const { distributed } = mx;
+
+export interface PipelineSpec {
+  /** MLX's ring hostfile (else $MLX_HOSTFILE) and this process's rank in it (else $MLX_RANK). */
+  hostfile?: string;
+  rank?: number;
+  /** "0-9,10-18,19-29"; by default in proportion to each rank's free memory. */
+  layers?: string;
+  /** How long a silent peer is waited for before every rank stops. */
+  peerTimeoutMs: number;
+}
+
+/**
+ * Joins the group, agrees on who holds which layers, and loads this rank's part. Rank 0 gets
+ * the model (the front of the pipeline); every other rank serves its layers until rank 0 shuts
+ * the pipeline down, then gets undefined.
+ */
+export function openPipeline(
+  path: string,
+  spec: PipelineSpec,
+  kvQuantization?: KvQuantization,
+): LoadedModel | undefined {
+  const layout = readLayout(path); // before joining: a missing or unreadable model fails at once
+  const group = distributed.init({ hostfile: spec.hostfile, rank: spec.rank });
+  if (group.size < 2) throw new Error("a pipeline needs at least 2 ranks (the hostfile lists one)");
+  const stages = spec.layers
+    ? parseLayers(spec.layers, layout.numLayers, group.size)
+    : defaultSplit(layout, exchangeFreeMemory(group));
+  const stage = stages[group.rank]!;
+  const lm = loadModel(path, stage);
+  lm.kvQuantization = kvQuantization;
+  // Everyone loaded: a rank that failed has exited, and this all_sum says so (a lost peer).
+  barrier();
+  if (group.rank > 0) {
+    try {
+      serveStage(lm.model, {
+        rank: group.rank,
+        size: group.size,
+        stage,
+        kvQuantization,
+        peerTimeoutMs: spec.peerTimeoutMs,
+      });
+    } finally {
+      lm.free();
+    }
+    return undefined;
+  }
+  const front = new PipelineFront(lm.model, group.size, stage, spec.peerTimeoutMs);
+  process.once("exit", () => {
+    try {
+      front.shutdown();
+    } catch {
+      // The peers are gone already: nothing to tell them.
+    }
+  });
+  return { ...lm, model: front };
+}
+
+/** Every rank's free memory (bytes), by rank: the default split follows it. */
+function exchangeFreeMemory(group: mx.distributed.Group): number[] {
+  return mx.scope(() => {
+    const mine = new Float32Array(group.size);
+    // In MiB: float32 holds that exactly enough.
+    mine[group.rank] = freemem() / 2 ** 20;
+    return distributed
+      .allSum(mx.array(mine))
+      .toArray()
+      .map((mib) => mib * 2 ** 20);
+  });
+}
+
+function barrier(): void {
+  mx.scope(() => distributed.allSum(mx.array(Float32Array.from([1]))).toArray());
+}

@@ -1,0 +1,69 @@
+// Who holds which layers when a model is split across processes: by hand (--layers), or in
+// proportion to each process's free memory, and what that costs each rank and each hop.
+import type { ModelLayout } from "../../models/layout";
+import type { Stage } from "../../models/stage";
+
+/** "0-9,10-18,19-29": one contiguous run of layers per rank, in order, covering every layer. */
+export function parseLayers(spec: string, numLayers: number, ranks: number): Stage[] {
+  const parts = spec.split(",").map((p) => p.trim());
+  if (parts.length !== ranks)
+    throw new Error(`--layers '${spec}' names ${parts.length} ranges for ${ranks} ranks (one range per rank)`);
+  const stages: Stage[] = [];
+  let next = 0;
+  for (const [rank, part] of parts.entries()) {
+    const m = /^(\d+)(?:-(\d+))?$/.exec(part);
+    if (!m) throw new Error(`--layers: '${part}' is not a range like 0-9`);
+    const start = Number(m[1]);
+    const last = Number(m[2] ?? m[1]);
+    if (start !== next)
+      throw new Error(`--layers: rank ${rank}'s range '${part}' should start at layer ${next} (contiguous, in order)`);
+    if (last < start) throw new Error(`--layers: '${part}' ends before it starts`);
+    stages.push({ start, end: last + 1, ends: rank === 0 });
+    next = last + 1;
+  }
+  if (next !== numLayers)
+    throw new Error(`--layers '${spec}' covers layers 0-${next - 1}; the model has ${numLayers} (0-${numLayers - 1})`);
+  return stages;
+}
+
+/**
+ * Layers in proportion to `weights` (each rank's free memory), by largest remainder, every
+ * rank at least one.
+ */
+export function splitLayers(numLayers: number, weights: number[]): Stage[] {
+  const ranks = weights.length;
+  if (numLayers < ranks) throw new Error(`the model has ${numLayers} layers, fewer than the ${ranks} ranks`);
+  const total = weights.reduce((a, b) => a + Math.max(0, b), 0);
+  const quotas = weights.map((w) => (total > 0 ? (numLayers * Math.max(0, w)) / total : numLayers / ranks));
+  const counts = quotas.map((q) => Math.max(1, Math.floor(q)));
+  const byRemainder = quotas.map((q, i) => ({ i, r: q - Math.floor(q) })).sort((a, b) => b.r - a.r || a.i - b.i);
+  for (let k = 0; counts.reduce((a, b) => a + b) < numLayers; k++) counts[byRemainder[k % ranks]!.i]!++;
+  // The floor of one layer may have given too many: take them back from the largest shares.
+  while (counts.reduce((a, b) => a + b) > numLayers) counts[counts.indexOf(Math.max(...counts))]!--;
+  let start = 0;
+  return counts.map((n, rank) => {
+    const stage = { start, end: start + n, ends: rank === 0 };
+    start += n;
+    return stage;
+  });
+}
+
+/**
+ * The default split: layers in proportion to each rank's free memory (bytes), once rank 0 has
+ * room for the embedding and output layer it holds as well.
+ */
+export function defaultSplit(layout: ModelLayout, freeBytes: number[]): Stage[] {
+  return splitLayers(
+    layout.numLayers,
+    freeBytes.map((free, rank) => (rank === 0 ? free - layout.endBytes : free)),
+  );
+}
+
+/** The bytes of weights a stage loads. */
+export function stageBytes(layout: ModelLayout, stage: Stage): number {
+  const layers = layout.layerBytes.slice(stage.start, stage.end).reduce((a, b) => a + b, 0);
+  return layers + layout.sharedBytes + (stage.ends ? layout.endBytes : 0);
+}
+
+/** "0-9" */
+export const layerRange = (s: Stage): string => (s.end - s.start === 1 ? `${s.start}` : `${s.start}-${s.end - 1}`);

@@ -1,0 +1,76 @@
+// MLX's distributed engine (mx.distributed): this process's place in a group of processes
+// (the ring backend over TCP, MPI, ...), and the ops that move arrays between them. The ops are
+// lazy arrays like any other: a transfer happens when its result is evaluated.
+import { wrap, type MxArray } from "./array";
+import type { DtypeCode } from "./dtype";
+import { binding, check, cstr, lib, outPtr, outPtr2 } from "./ffi";
+
+export interface Group {
+  rank: number;
+  size: number;
+}
+
+let group: Group | undefined;
+
+/**
+ * Joins the group once per process. The ring backend reads the hostfile (MLX's ring format,
+ * one list of "host:port" per rank) and connects to its two neighbours, retrying for about 30 s.
+ * `hostfile` and `rank` override MLX_HOSTFILE and MLX_RANK.
+ */
+export function init(options: { backend?: string; hostfile?: string; rank?: number } = {}): Group {
+  if (group) return group;
+  check(
+    lib.mlxs_distributed_init(
+      outPtr,
+      outPtr2,
+      cstr(options.backend ?? "ring"),
+      cstr(options.hostfile ?? ""),
+      options.rank ?? -1,
+    ),
+    "distributed init",
+  );
+  // Two int slots, 8 bytes apart.
+  const slots = new Int32Array(binding.readBytes(outPtr, 12).buffer);
+  group = { rank: slots[0]!, size: slots[2]! };
+  return group;
+}
+
+/** The element-wise sum of `x` over every rank (each gets the result). */
+export function allSum(x: MxArray): MxArray {
+  return wrap(lib.mlxs_distributed_all_sum(outPtr, x.handle), "all_sum");
+}
+
+/** Sends `x` to rank `dst`; evaluating the result performs the send. */
+export function send(x: MxArray, dst: number): MxArray {
+  return wrap(lib.mlxs_distributed_send(outPtr, x.handle, dst), "send");
+}
+
+/** An array of `shape` and `dtype` received from rank `src` when evaluated. */
+export function recv(shape: number[], dtype: DtypeCode, src: number): MxArray {
+  return wrap(lib.mlxs_distributed_recv(outPtr, Int32Array.from(shape), shape.length, dtype, src), "recv");
+}
+
+/** `input`, computed only once `dependency` is: orders transfers that share no data. */
+export function after(input: MxArray, dependency: MxArray): MxArray {
+  return wrap(lib.mlxs_depends(outPtr, input.handle, dependency.handle), "depends");
+}
+
+/**
+ * Ends the process (status 3) with `message` on stderr unless disarmed or re-armed within
+ * `timeoutMs`: a native thread keeps the time, since a rank blocked in a receive runs no JavaScript.
+ */
+export function armWatchdog(timeoutMs: number, message: string): void {
+  check(lib.mlxs_watchdog_arm(Math.max(1, Math.round(timeoutMs)), cstr(message)), "watchdog");
+}
+
+export function disarmWatchdog(): void {
+  lib.mlxs_watchdog_disarm();
+}
+
+/**
+ * Waits (blocking) until a socket of this process has data, or `timeoutMs` passes (false). The
+ * ring backend's receive spins on its socket while it waits, so an idle rank waits here instead.
+ */
+export function waitReadable(timeoutMs: number): boolean {
+  return lib.mlxs_wait_readable(Math.max(0, Math.round(timeoutMs))) === 1;
+}

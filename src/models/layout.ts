@@ -1,0 +1,96 @@
+// How a model's bytes fall across its layers, read from the file headers alone (nothing is
+// loaded): what splitting its layers across processes needs to plan who holds what.
+import { closeSync, existsSync, openSync, readFileSync, readSync, readdirSync, statSync } from "node:fs";
+import { join } from "node:path";
+import { parseConfig } from "./config";
+import { isGGUFFile } from "./gguf";
+import { readGGUFHeader } from "./gguf-header";
+import { ModelLoadError } from "./load";
+import { tensorPart } from "./stage";
+
+export interface ModelLayout {
+  numLayers: number;
+  hiddenSize: number;
+  /** Bytes of each decoder layer's tensors. */
+  layerBytes: number[];
+  /** Bytes of the embedding, the final norm and the output layer (the first stage's). */
+  endBytes: number;
+  /** Bytes every stage holds (rotary tables and the like). */
+  sharedBytes: number;
+  /** Bytes per value of the hidden states passed between stages (the embedding's float type). */
+  activationBytes: number;
+}
+
+export function readLayout(path: string): ModelLayout {
+  if (!existsSync(path)) throw new ModelLoadError(`model not found: ${path}`);
+  const sizes = statSync(path).isDirectory() ? safetensorsSizes(path) : ggufSizes(path);
+  let numLayers = 0;
+  for (const name of sizes.keys()) {
+    const part = tensorPart(name);
+    if (typeof part === "number") numLayers = Math.max(numLayers, part + 1);
+  }
+  const layout: ModelLayout = {
+    numLayers,
+    hiddenSize: 0,
+    layerBytes: new Array(numLayers).fill(0),
+    endBytes: 0,
+    sharedBytes: 0,
+    activationBytes: 2,
+  };
+  for (const [name, { bytes }] of sizes) {
+    const part = tensorPart(name);
+    if (part === "ends") layout.endBytes += bytes;
+    else if (part === "shared") layout.sharedBytes += bytes;
+    else layout.layerBytes[part] += bytes;
+  }
+  const directory = statSync(path).isDirectory();
+  layout.hiddenSize = directory
+    ? parseConfig(JSON.parse(readFileSync(join(path, "config.json"), "utf8"))).hiddenSize
+    : sizes.get("token_embd.weight")!.shape[0]!;
+  // Hidden states take the widest float type they meet: the embedding's (its scales' when it is
+  // quantized) and the norms' (a GGUF's are float32).
+  const floatBytes = (t?: TensorSize) => (t?.dtype === "F32" ? 4 : 2);
+  const embedding =
+    sizes.get("model.embed_tokens.scales") ?? sizes.get("model.embed_tokens.weight") ?? sizes.get("token_embd.weight");
+  const norm = sizes.get("model.norm.weight") ?? sizes.get("output_norm.weight");
+  layout.activationBytes = Math.max(floatBytes(embedding), floatBytes(norm));
+  return layout;
+}
+
+interface TensorSize {
+  bytes: number;
+  /** As safetensors and GGUF name them: F32, F16, BF16, Q8_0, ... */
+  dtype: string;
+  /** Innermost dimension first for a GGUF, outermost first for safetensors. */
+  shape: number[];
+}
+
+function ggufSizes(path: string): Map<string, TensorSize> {
+  if (!isGGUFFile(path)) throw new ModelLoadError(`${path} is neither a model directory nor a GGUF file`);
+  return new Map(readGGUFHeader(path).tensors.map((t) => [t.name, { bytes: t.bytes, dtype: t.type, shape: t.dims }]));
+}
+
+/** Each safetensors file starts with the length of a JSON table of its tensors' offsets. */
+function safetensorsSizes(dir: string): Map<string, TensorSize> {
+  const sizes = new Map<string, TensorSize>();
+  for (const file of readdirSync(dir).filter((f) => f.endsWith(".safetensors"))) {
+    const fd = openSync(join(dir, file), "r");
+    try {
+      const length = Buffer.alloc(8);
+      readSync(fd, length, 0, 8, 0);
+      const table = Buffer.alloc(Number(length.readBigUInt64LE(0)));
+      readSync(fd, table, 0, table.length, 8);
+      const entries = JSON.parse(table.toString("utf8")) as Record<
+        string,
+        { dtype: string; shape: number[]; data_offsets: number[] }
+      >;
+      for (const [name, t] of Object.entries(entries)) {
+        if (name === "__metadata__") continue;
+        sizes.set(name, { bytes: t.data_offsets[1]! - t.data_offsets[0]!, dtype: t.dtype, shape: t.shape });
+      }
+    } finally {
+      closeSync(fd);
+    }
+  }
+  return sizes;
+}

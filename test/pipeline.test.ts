@@ -1,0 +1,336 @@
+// One model across several processes: `mlx launch -n N -- <command>` on loopback, MLX's ring
+// backend between the ranks. Greedy output is the single process's, token for token; serve
+// answers the openai client; a dead or silent rank stops every rank within the peer timeout.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { createServer, type Server } from "node:net";
+import { join } from "node:path";
+import OpenAI from "openai";
+import { readHostfile } from "../src/cmd/launch-plan";
+import { parseLayers, splitLayers } from "../src/engine/pipeline";
+import { cliRunner, mainScript } from "./helpers/cli";
+import { writeTinyModel } from "./helpers/tiny-model";
+
+const home = process.env.MLX_HOME ?? join(import.meta.dir, "..", ".cache", "mlx-home");
+const mlx = cliRunner(home);
+let dir: string;
+let tiny: string;
+
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), "mlx-pipeline-"));
+  tiny = join(dir, "tiny5");
+  // An odd number of layers: no split is even.
+  writeTinyModel(tiny, { layers: 5, seed: 5 });
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+/** `mlx launch <launch> -- <command>`, bounded in time. */
+function launch(launchArgs: string[], command: string[]) {
+  return mlx(["launch", ...launchArgs, "--", ...command]);
+}
+
+describe("mlx launch -- run", () => {
+  test("2 and 3 ranks print the single process's greedy answer on the default model", async () => {
+    const prompt = ["run", "--temp", "0", "--max-tokens", "24", "Name three colors."];
+    const alone = await mlx(prompt);
+    expect(alone.code).toBe(0);
+    expect(alone.stdout.trim().length).toBeGreaterThan(0);
+    for (const n of ["2", "3"]) {
+      const split = await launch(["-n", n], prompt);
+      expect(split.stderr).toBe("");
+      expect(split.code).toBe(0);
+      expect(split.stdout).toBe(alone.stdout);
+    }
+  }, 120_000);
+
+  test("an odd layer count, split by default and by hand, sampling with a seed: the same tokens", async () => {
+    const prompt = ["run", "-m", tiny, "--json", "--max-tokens", "16", "--temp", "0.9", "--seed", "7", "Hello"];
+    const alone = await mlx(prompt);
+    expect(alone.code).toBe(0);
+    const tokens = JSON.parse(alone.stdout).token_ids;
+    expect(tokens).toHaveLength(16);
+    for (const [launchArgs, extra] of [
+      [["-n", "3"], []],
+      [
+        ["-n", "2"],
+        ["--layers", "0-3,4"],
+      ],
+      [
+        ["-n", "3"],
+        ["--layers", "0,1-3,4"],
+      ],
+    ] as const) {
+      const split = await launch([...launchArgs], [...prompt, ...extra]);
+      expect(split.code).toBe(0);
+      expect(JSON.parse(split.stdout).token_ids).toEqual(tokens);
+    }
+  }, 120_000);
+
+  test("chat and bench work under launch; chat reads stdin on rank 0 and answers as alone", async () => {
+    const turns = "Hello\nWhat is 2+2?\n";
+    const chat = ["chat", "-m", tiny, "--max-tokens", "8"];
+    const alone = await mlx(chat, turns);
+    const split = await mlx(["launch", "-n", "2", "--", ...chat], turns);
+    expect(split.code).toBe(0);
+    expect(split.stdout).toBe(alone.stdout);
+    const bench = await launch(["-n", "2"], ["bench", "-m", tiny, "-n", "1", "-p", "32", "-g", "8"]);
+    expect(bench.code).toBe(0);
+    expect(bench.stdout).toMatch(/\| tiny5 +\| mlx +\|/);
+  }, 120_000);
+
+  test("--plan prints the split, the bytes each rank loads and per hop, and exits", async () => {
+    const { stdout, code } = await launch(["-n", "3", "--plan"], ["run", "-m", tiny, "hi"]);
+    expect(code).toBe(0);
+    expect(stdout).toContain("5 layers");
+    // Rank 0 also holds the embedding: the layers left over go to the others.
+    expect(stdout).toMatch(/rank 0 .* layers 0 \+ embedding and output +loads /);
+    expect(stdout).toMatch(/rank 1 .* layers 1-2 +loads /);
+    expect(stdout).toMatch(/rank 2 .* layers 3-4 +loads /);
+    expect(stdout).toContain("256 bytes of hidden states (64 × 4)");
+  });
+
+  test("bad splits and a missing model fail with one line naming the problem", async () => {
+    const bad = await launch(["-n", "2"], ["run", "-m", tiny, "--layers", "0-2,4", "hi"]);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toContain("should start at layer 3");
+    const missing = await launch(["-n", "2"], ["run", "-m", join(dir, "nowhere"), "hi"]);
+    expect(missing.code).not.toBe(0);
+    expect(missing.stderr).toMatch(/error: rank \d exited with status 1: model not found: .*nowhere/);
+    const none = await mlx(["launch", "-n", "2"]);
+    expect(none.code).not.toBe(0);
+    expect(none.stderr).toContain("give the command to run after --");
+  }, 60_000);
+
+  test("a rank started by hand whose model is missing fails at start, clearly", async () => {
+    const ring = join(dir, "ring.json");
+    writeFileSync(ring, JSON.stringify([["127.0.0.1:1"], ["127.0.0.1:2"]]));
+    const r = await mlx(["run", "-m", join(dir, "nowhere"), "--hostfile", ring, "--rank", "1", "hi"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim()).toMatch(/^error: model not found: .*nowhere \(mlx list shows the stored models\)$/);
+  });
+});
+
+/** A launched `serve`: its URL, its stderr so far, and its ranks' process ids by rank. */
+async function launchServe(n: number, extra: string[] = []) {
+  const proc = Bun.spawn(
+    [process.execPath, mainScript, "launch", "-n", String(n), "--", "serve", "--port", "0", "-m", tiny, ...extra],
+    { stdout: "pipe", stderr: "pipe", env: { ...process.env, MLX_HOME: home, NO_COLOR: "1" } },
+  );
+  let stderr = "";
+  const reading = (async () => {
+    for await (const chunk of proc.stderr) stderr += new TextDecoder().decode(chunk);
+  })();
+  const deadline = Date.now() + 30_000;
+  while (!/listening on (http:\S+)/.test(stderr)) {
+    if (Date.now() > deadline || proc.exitCode !== null) throw new Error(`serve did not start: ${stderr}`);
+    await Bun.sleep(20);
+  }
+  const url = /listening on (http:\S+)/.exec(stderr)![1]!;
+  while ((await fetch(`${url}/health`)).status !== 200) {
+    if (Date.now() > deadline) throw new Error(`the model did not load: ${stderr}`);
+    await Bun.sleep(50);
+  }
+  const ranks = () => {
+    // Its children (ps exits 1 when there are none left).
+    let listed = "";
+    try {
+      listed = execFileSync("ps", ["-o", "pid=", "--ppid", String(proc.pid)], { encoding: "utf8" });
+    } catch {}
+    const pids = listed.split("\n").filter(Boolean).map(Number);
+    const byRank = new Map<number, number>();
+    for (const pid of pids) {
+      const env = readFileSync(`/proc/${pid}/environ`, "utf8").split("\0");
+      const rank = env.find((e) => e.startsWith("MLX_RANK="));
+      if (rank) byRank.set(Number(rank.slice(9)), pid);
+    }
+    return byRank;
+  };
+  return { proc, url, ranks, stderr: () => stderr, reading };
+}
+
+describe("mlx launch -- serve", () => {
+  test("3 ranks answer the openai client, streamed and not, several requests batched", async () => {
+    const server = await launchServe(3);
+    const alone = await mlx(["run", "-m", tiny, "--raw", "--max-tokens", "10", "--json", "Once upon a time"]);
+    try {
+      const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
+      const request = { model: tiny, prompt: "Once upon a time", max_tokens: 10, temperature: 0 };
+      const one = await client.completions.create(request);
+      expect(one.choices[0]!.text).toBe(JSON.parse(alone.stdout).text);
+      let streamed = "";
+      for await (const chunk of await client.completions.create({ ...request, stream: true }))
+        streamed += chunk.choices[0]?.text ?? "";
+      expect(streamed).toBe(one.choices[0]!.text);
+      const prompts = ["The sky", "A dog", "Numbers:", "Hello", "Rain"];
+      const answers = await Promise.all(
+        prompts.map((prompt, i) =>
+          client.chat.completions.create({
+            model: tiny,
+            messages: [{ role: "user", content: prompt }],
+            max_tokens: 6 + i,
+            temperature: 0,
+          }),
+        ),
+      );
+      answers.forEach((a, i) => expect(a.usage!.completion_tokens).toBe(6 + i));
+      const stats = (await (await fetch(`${server.url}/stats`)).json()) as any;
+      const pipeline = stats.models[0].pipeline;
+      expect(pipeline.ranks).toBe(3);
+      // Hidden states of 64 float32 values per token, plus the headers.
+      expect(pipeline.sent_bytes_per_token).toBeGreaterThan(256);
+      const metrics = await (await fetch(`${server.url}/metrics`)).text();
+      expect(metrics).toContain("# TYPE mlx_pipeline_stage_compute_seconds gauge");
+    } finally {
+      server.proc.kill("SIGTERM");
+    }
+    expect(await server.proc.exited).toBe(0);
+    expect(server.ranks().size).toBe(0);
+  }, 120_000);
+
+  test("kill -9 of a rank while serving: the launcher and every rank exit, naming it", async () => {
+    const server = await launchServe(3, ["--peer-timeout", "3"]);
+    const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
+    const ranks = server.ranks();
+    expect(ranks.size).toBe(3);
+    const answering = client.completions
+      .create({ model: tiny, prompt: "Count:", max_tokens: 400, temperature: 0, stream: true })
+      .then(async (s) => {
+        for await (const _ of s);
+      })
+      .catch((e) => e);
+    await Bun.sleep(300);
+    const killedAt = performance.now();
+    process.kill(ranks.get(2)!, "SIGKILL");
+    const code = await server.proc.exited;
+    expect(performance.now() - killedAt).toBeLessThan(3000 + 5000);
+    await server.reading;
+    expect(code).not.toBe(0);
+    expect(server.stderr()).toContain("error: rank 2 was killed by SIGKILL");
+    for (const pid of ranks.values()) expect(() => process.kill(pid, 0)).toThrow();
+    await answering;
+  }, 60_000);
+
+  test("a rank that stops answering (SIGSTOP): every rank stops within the peer timeout, naming the silent peer", async () => {
+    const server = await launchServe(3, ["--peer-timeout", "2"]);
+    const ranks = server.ranks();
+    const stoppedAt = performance.now();
+    process.kill(ranks.get(1)!, "SIGSTOP");
+    const code = await server.proc.exited;
+    expect(performance.now() - stoppedAt).toBeLessThan(2000 * 2 + 5000);
+    await server.reading;
+    expect(code).not.toBe(0);
+    expect(server.stderr()).toMatch(/no word from rank 1 for 2 s \(--peer-timeout\)/);
+    for (const pid of ranks.values()) expect(() => process.kill(pid, 0)).toThrow();
+  }, 60_000);
+
+  test("ranks started by hand: when one dies, rank 0's /health says 503, then every rank exits within the timeout", async () => {
+    const ports = await freePorts(2);
+    const ring = join(dir, "ring-hand.json");
+    writeFileSync(ring, JSON.stringify(ports.map((p) => [`127.0.0.1:${p}`])));
+    const env = { ...process.env, MLX_HOME: home, NO_COLOR: "1" };
+    const rank = (r: number) =>
+      Bun.spawn(
+        [
+          process.execPath,
+          mainScript,
+          "serve",
+          "--port",
+          "0",
+          "-m",
+          tiny,
+          "--hostfile",
+          ring,
+          "--rank",
+          String(r),
+          "--peer-timeout",
+          "3",
+        ],
+        { stdout: "ignore", stderr: "pipe", env },
+      );
+    const [zero, one] = [rank(0), rank(1)];
+    let stderr = "";
+    void (async () => {
+      for await (const chunk of zero.stderr) stderr += new TextDecoder().decode(chunk);
+    })();
+    try {
+      const deadline = Date.now() + 30_000;
+      while (!/listening on (http:\S+)/.test(stderr) && Date.now() < deadline) await Bun.sleep(20);
+      const url = /listening on (http:\S+)/.exec(stderr)![1]!;
+      while ((await fetch(`${url}/health`)).status !== 200 && Date.now() < deadline) await Bun.sleep(50);
+      one.kill("SIGKILL");
+      const killedAt = performance.now();
+      let health: Response | undefined;
+      while (zero.exitCode === null) {
+        health = await fetch(`${url}/health`).catch(() => health);
+        if (health?.status === 503) break;
+        await Bun.sleep(50);
+      }
+      expect(health?.status).toBe(503);
+      expect(((await health!.json()) as { error: string }).error).toContain("lost a rank of the pipeline");
+      expect(await zero.exited).toBe(3);
+      expect(performance.now() - killedAt).toBeLessThan(3000 + 2000 + 3000);
+      expect(stderr).toContain("error: rank 0: lost a rank of the pipeline");
+    } finally {
+      zero.kill("SIGKILL");
+      one.kill("SIGKILL");
+    }
+  }, 60_000);
+});
+
+/** Ports the OS says are free now. */
+async function freePorts(n: number): Promise<number[]> {
+  const servers = await Promise.all(
+    Array.from(
+      { length: n },
+      () =>
+        new Promise<Server>((resolve) => {
+          const s = createServer();
+          s.listen(0, "127.0.0.1", () => resolve(s));
+        }),
+    ),
+  );
+  const ports = servers.map((s) => (s.address() as { port: number }).port);
+  await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
+  return ports;
+}
+
+describe("planning", () => {
+  test("hostfiles: mlx.launch's JSON and the ring's; local hosts start directly, others over ssh", () => {
+    const file = join(dir, "hosts.json");
+    writeFileSync(
+      file,
+      JSON.stringify([
+        { ssh: "localhost", ips: ["127.0.0.1"] },
+        { ssh: "mac2", ips: ["10.0.0.2"] },
+      ]),
+    );
+    expect(readHostfile(file, 5000)).toEqual([
+      { address: "127.0.0.1:5000", ssh: undefined },
+      { address: "10.0.0.2:5001", ssh: "mac2" },
+    ]);
+    writeFileSync(file, JSON.stringify([["127.0.0.1:6000"], ["mac3.local:6001"]]));
+    expect(readHostfile(file, 5000)).toEqual([
+      { address: "127.0.0.1:6000", ssh: undefined },
+      { address: "mac3.local:6001", ssh: "mac3.local" },
+    ]);
+    writeFileSync(file, JSON.stringify([{ ips: ["10.0.0.2"] }]));
+    expect(() => readHostfile(file, 5000)).toThrow('entry 0 needs "ssh"');
+  });
+
+  test("the default split follows free memory by largest remainder, at least one layer each", () => {
+    const ranges = (stages: { start: number; end: number }[]) => stages.map((s) => s.end - s.start);
+    expect(ranges(splitLayers(30, [1, 1, 1]))).toEqual([10, 10, 10]);
+    expect(ranges(splitLayers(28, [1, 1, 1]))).toEqual([10, 9, 9]);
+    expect(ranges(splitLayers(5, [8, 1, 1]))).toEqual([3, 1, 1]);
+    expect(ranges(splitLayers(4, [100, 0, 0, 0]))).toEqual([1, 1, 1, 1]);
+    expect(() => splitLayers(2, [1, 1, 1])).toThrow("fewer than the 3 ranks");
+    expect(parseLayers("0-9,10-18,19-29", 30, 3).map((s) => [s.start, s.end, s.ends])).toEqual([
+      [0, 10, true],
+      [10, 19, false],
+      [19, 30, false],
+    ]);
+    expect(() => parseLayers("0-9,10-18", 30, 2)).toThrow("covers layers 0-18; the model has 30");
+  });
+});
