@@ -103,6 +103,14 @@ describe("mlx launch -- run", () => {
     expect(none.stderr).toContain("give the command to run after --");
   }, 60_000);
 
+  test("what a split model cannot do yet is a one-line error, not a wrong answer", async () => {
+    const lookup = await launch(["-n", "2"], ["run", "-m", tiny, "--prompt-lookup", "--max-kv-size", "64", "hi"]);
+    expect(lookup.code).not.toBe(0);
+    expect(lookup.stderr).toContain(
+      "a rotating KV cache (--max-kv-size), speculative decoding cannot be used yet on a model split across processes",
+    );
+  }, 60_000);
+
   test("a rank started by hand whose model is missing fails at start, clearly", async () => {
     const ring = join(dir, "ring.json");
     writeFileSync(ring, JSON.stringify([["127.0.0.1:1"], ["127.0.0.1:2"]]));
