@@ -89,10 +89,11 @@ export function httpRequestBounds(
   return { route: req.path, clientSignal: req.raw.signal, timeoutMs: config.requestTimeoutMs };
 }
 
-export async function startGeneration(ctx: GenerationContext, input: GenerateInput): Promise<Generation> {
-  const remote = remoteModel(input.model);
-  if (remote) return startRemoteGeneration(ctx, remote, input);
-  // The request's clock starts now: waiting for a model to load (or for room to load it) counts.
+/**
+ * A request's own abort: its client going away, or its timeout, whose clock starts now (waiting
+ * for a model, or for a remote provider, counts).
+ */
+export function requestDeadline(input: Pick<GenerateInput, "clientSignal" | "timeoutMs">) {
   const controller = new AbortController();
   let timedOut = false;
   const timer = setTimeout(() => {
@@ -102,6 +103,23 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
   const onClientAbort = () => controller.abort();
   input.clientSignal.addEventListener("abort", onClientAbort, { once: true });
   if (input.clientSignal.aborted) controller.abort();
+  return {
+    controller,
+    timedOut: () => timedOut,
+    /** Stops the clock and stops listening to the client; once the request has ended. */
+    release: () => {
+      clearTimeout(timer);
+      input.clientSignal.removeEventListener("abort", onClientAbort);
+    },
+  };
+}
+
+export async function startGeneration(ctx: GenerationContext, input: GenerateInput): Promise<Generation> {
+  const remote = remoteModel(input.model);
+  if (remote) return startRemoteGeneration(ctx, remote, input);
+  // The request's clock starts now: waiting for a model to load (or for room to load it) counts.
+  const deadline = requestDeadline(input);
+  const controller = deadline.controller;
   let lease: Lease | undefined;
   let prepared: PreparedGeneration | undefined;
   let flight: Flight | undefined;
@@ -111,8 +129,7 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
     finished = true;
     prepared?.dispose();
     if (flight) ctx.inflight.end(flight);
-    clearTimeout(timer);
-    input.clientSignal.removeEventListener("abort", onClientAbort);
+    deadline.release();
     recordOutcome(ctx.metrics, input.route, outcome, usage);
     lease?.release();
   };
@@ -146,7 +163,7 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
       promptIds: prepared.promptIds,
       toolFormat: prepared.toolFormat,
       events: tracked.events,
-      timedOut: () => timedOut,
+      timedOut: deadline.timedOut,
       abort: () => controller.abort(),
       closedEarly: () => constraint?.closedEarly() ?? false,
       finish,
@@ -154,10 +171,9 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
   } catch (error) {
     finished = true;
     prepared?.dispose();
-    clearTimeout(timer);
-    input.clientSignal.removeEventListener("abort", onClientAbort);
+    deadline.release();
     lease?.release();
-    throw timedOut ? requestTimeout() : error;
+    throw deadline.timedOut() ? requestTimeout() : error;
   }
 }
 

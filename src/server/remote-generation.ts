@@ -9,7 +9,13 @@ import type { ToolCall, ToolCallParser } from "../engine/tools";
 import { offeredTools } from "../engine/tools";
 import type { RemoteEvent, RemoteModel } from "../providers";
 import { requestTimeout } from "./errors";
-import { recordOutcome, type GenerateInput, type Generation, type GenerationContext } from "./generation";
+import {
+  recordOutcome,
+  requestDeadline,
+  type GenerateInput,
+  type Generation,
+  type GenerationContext,
+} from "./generation";
 
 /**
  * A remote answer's calls travel to the route as one last piece of text behind this marker (a
@@ -38,15 +44,8 @@ export async function startRemoteGeneration(
     throw new UnsupportedError(`model '${name}' is remote: logprobs are not available from it`, "logprobs");
   const labels = { provider: remote.provider.label, model: name };
   const m = ctx.metrics;
-  const controller = new AbortController();
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    controller.abort();
-  }, input.timeoutMs);
-  const onClientAbort = () => controller.abort();
-  input.clientSignal.addEventListener("abort", onClientAbort, { once: true });
-  if (input.clientSignal.aborted) controller.abort();
+  const deadline = requestDeadline(input);
+  const controller = deadline.controller;
   const started = performance.now();
   let providerOutcome = "cancelled";
   const remoteEvents = remote.stream(
@@ -62,8 +61,7 @@ export async function startRemoteGeneration(
   );
   let finished = false;
   const finishedRemote = () => {
-    clearTimeout(timer);
-    input.clientSignal.removeEventListener("abort", onClientAbort);
+    deadline.release();
     m.providerRequests.inc({ ...labels, outcome: providerOutcome });
     m.providerDuration.observe((performance.now() - started) / 1000, labels);
   };
@@ -71,9 +69,9 @@ export async function startRemoteGeneration(
   try {
     first = await remoteEvents.next();
   } catch (error) {
-    providerOutcome = outcomeOf(error, timedOut);
+    providerOutcome = outcomeOf(error, deadline.timedOut());
     finishedRemote();
-    throw timedOut ? requestTimeout() : error;
+    throw deadline.timedOut() ? requestTimeout() : error;
   }
   const firstAt = performance.now();
   m.providerFirstByte.observe((firstAt - started) / 1000, labels);
@@ -127,7 +125,7 @@ export async function startRemoteGeneration(
       }
     } catch (error) {
       if (controller.signal.aborted) {
-        providerOutcome = timedOut ? "timeout" : "cancelled";
+        providerOutcome = deadline.timedOut() ? "timeout" : "cancelled";
         yield cancelled();
       } else {
         providerOutcome = outcomeOf(error, false);
@@ -142,7 +140,7 @@ export async function startRemoteGeneration(
     promptIds: [],
     toolFormat: offeredTools(input.tools) && remoteCalls,
     events: tracked.events,
-    timedOut: () => timedOut,
+    timedOut: deadline.timedOut,
     abort: () => controller.abort(),
     closedEarly: () => false,
     finish: (outcome, usage) => {
