@@ -391,13 +391,18 @@ export class BatchGenerator {
       if (fromAhead[b]! < 0) s.history.push(s.next);
     });
     const wantLogprobs = batch.some((s) => s.request.keepLogprobs);
+    // The steady state of decoding: every row's input is the step ahead's token, in its order.
+    const allAhead = ahead !== undefined && ahead.rows.length === batch.length && fromAhead.every((i, b) => i === b);
     return mx.scope(() => {
-      const host = mx.array(Uint32Array.from(batch, (s, b) => (fromAhead[b]! < 0 ? s.next : 0)));
-      let input = host;
-      if (ahead && fromAhead.some((i) => i >= 0)) {
-        const previous = ahead.rows.length;
-        const pick = mx.array(Int32Array.from(fromAhead, (i, b) => (i >= 0 ? i : previous + b)));
-        input = mx.take(mx.concatenate([mx.astype(ahead.tokens, mx.Dtype.uint32), host], 0), pick, 0);
+      let input: MxArray;
+      if (allAhead) input = ahead.tokens;
+      else {
+        input = mx.array(Uint32Array.from(batch, (s, b) => (fromAhead[b]! < 0 ? s.next : 0)));
+        if (ahead && fromAhead.some((i) => i >= 0)) {
+          const previous = ahead.rows.length;
+          const pick = mx.array(Int32Array.from(fromAhead, (i, b) => (i >= 0 ? i : previous + b)));
+          input = mx.take(mx.concatenate([mx.astype(ahead.tokens, mx.Dtype.uint32), input], 0), pick, 0);
+        }
       }
       const logits = adapted(batch, () => {
         const hidden = this.model.layers(this.model.embed(mx.reshape(input, [batch.length, 1])), this.#caches);
@@ -412,14 +417,8 @@ export class BatchGenerator {
       });
       return {
         rows: batch,
-        tokens: mx.concatenate(
-          rows.map((r) => mx.astype(r.token, mx.Dtype.uint32)),
-          0,
-        ),
-        chosen: mx.concatenate(
-          rows.map((r) => r.chosen),
-          0,
-        ),
+        tokens: joined(rows.map((r) => mx.astype(r.token, mx.Dtype.uint32))),
+        chosen: joined(rows.map((r) => r.chosen)),
         logprobs: wantLogprobs ? rows.map((r) => mx.squeeze(r.logprobs, 0)) : undefined,
       };
     });
@@ -500,6 +499,9 @@ function adapted<T>(rows: Sequence[], forward: () => T): T {
 
 /** Where a sequence's keys and values go in the prefix cache: the base model's, or its adapter's. */
 const namespace = (s: Sequence): number => s.request.adapter?.id ?? 0;
+
+/** The rows as one array (a batch of one needs no copy). */
+const joined = (rows: MxArray[]): MxArray => (rows.length === 1 ? rows[0]! : mx.concatenate(rows, 0));
 
 /** Positions of `row` a rotating cache no longer holds (0 for a cache that keeps everything). */
 function droppedBy(caches: KVCache[], row: number): number {
