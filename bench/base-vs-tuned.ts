@@ -5,7 +5,7 @@
 // token, peak memory, and how many answers pass the format check (a JSON Schema).
 // Prints the table and the commands; add them to bench/RESULTS.md.
 //
-//   node_modules/.bin/bun bench/base-vs-tuned.ts [--iters 40] [--batch-size 2] [--examples 300] [--prompts 20]
+//   node_modules/.bin/bun bench/base-vs-tuned.ts [--iters 10] [--batch-size 2] [--examples 300] [--prompts 20]
 //                                               [--adapter DIR: measure this adapter, no training]
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
@@ -15,8 +15,9 @@ import { resolveModelPath } from "../src/store/resolve";
 
 const { values } = parseArgs({
   options: {
-    // Short on purpose (minutes on a shared 2-core CPU): the format is regular and learnt fast.
-    iters: { type: "string", default: "40" },
+    // Short on purpose: mlx-lm trains at ~2 tokens/s on this CPU (10 iterations took 6 minutes),
+    // and the format is regular: 10 iterations took it from 0/20 to 19/20 (bench/RESULTS.md).
+    iters: { type: "string", default: "10" },
     "batch-size": { type: "string", default: "2" },
     "learning-rate": { type: "string", default: "5e-4" },
     examples: { type: "string", default: "300" },
