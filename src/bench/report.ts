@@ -1,6 +1,6 @@
 // What `mlx bench` prints: aligned Markdown tables for people, CSV and JSON for programs.
 import { formatBytes } from "../format";
-import type { ModelBenchResult } from "./model";
+import type { ModelBenchResult, ModelInfo } from "./model";
 import type { LevelResult, ServerBenchResult } from "./server";
 import { meanSd, type Summary } from "./stats";
 import type { SuiteModelResult, SuitePrompt } from "./suite";
@@ -111,14 +111,7 @@ export function modelCsv(results: ModelBenchResult[], failures: ModelFailure[]):
 }
 
 /** What identifies a measured model in the JSON reports. */
-function modelSummary(r: {
-  model: string;
-  path: string;
-  format: string;
-  architecture: string;
-  quantization: string;
-  sizeBytes: number;
-}) {
+function modelSummary(r: ModelInfo) {
   return {
     model: r.model,
     path: r.path,

@@ -43,6 +43,7 @@ import {
   kvQuantizationFrom,
   list,
   maxKvSizeFrom,
+  numberFlag,
   pipelineFrom,
   positiveInteger,
 } from "./options";
@@ -131,12 +132,6 @@ export default defineCommand({
 type Args = Record<string, unknown>;
 type Output = "json" | "csv" | "table";
 
-function nonNegativeInteger(name: string, value: unknown): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 0) throw new Error(`--${name} must be a whole number ≥ 0 (got '${value}')`);
-  return n;
-}
-
 const progress = (message: string) => log.info(message);
 
 /** The models named with -m (or the default), each with a display name unique in the report. */
@@ -218,8 +213,8 @@ function writePlot(file: string, svgText: string): void {
 
 async function modelMode(args: Args, output: Output, plot: string | undefined): Promise<boolean> {
   const repetitions = positiveInteger("repetitions", args.repetitions);
-  const promptTokens = nonNegativeInteger("prompt-tokens", args["prompt-tokens"]);
-  const genTokens = nonNegativeInteger("gen-tokens", args["gen-tokens"]);
+  const promptTokens = numberFlag("prompt-tokens", args["prompt-tokens"], { whole: true, zero: true });
+  const genTokens = numberFlag("gen-tokens", args["gen-tokens"], { whole: true, zero: true });
   if (promptTokens === 0 && genTokens === 0) throw new Error("-p and -g are both 0: nothing to measure");
   const options = { repetitions, promptTokens, genTokens, onProgress: progress };
   const { results, failures } = await eachModel(

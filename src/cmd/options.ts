@@ -76,8 +76,17 @@ export function samplingFrom(args: Record<string, unknown>): SamplingParams {
 }
 
 export function positiveInteger(name: string, value: unknown): number {
+  return numberFlag(name, value, { whole: true });
+}
+
+/** A numeric flag's value, whole when `whole`, above 0 (or from 0 when `zero`); else a one-line error. */
+export function numberFlag(name: string, value: unknown, o: { whole?: boolean; zero?: boolean } = {}): number {
   const n = Number(value);
-  if (!Number.isInteger(n) || n <= 0) throw new Error(`--${name} must be a whole number > 0 (got '${value}')`);
+  const ok = (o.whole ? Number.isInteger(n) : Number.isFinite(n)) && (o.zero ? n >= 0 : n > 0);
+  if (!ok)
+    throw new Error(
+      `--${name} must be a ${o.whole ? "whole number" : "number"} ${o.zero ? "≥" : ">"} 0 (got '${value}')`,
+    );
   return n;
 }
 

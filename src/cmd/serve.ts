@@ -13,6 +13,7 @@ import {
   kvQuantizationFrom,
   list,
   maxKvSizeFrom,
+  numberFlag,
   pipelineFrom,
   positiveInteger,
   speculationArgs,
@@ -22,12 +23,6 @@ import { openPipeline, type PipelineSpec } from "../engine/pipeline";
 import type { LoadedModel } from "../models/load";
 import { resolveModelPath } from "../store/resolve";
 import { openModel, refuseOnPipeline } from "./open-model";
-
-function nonNegative(name: string, value: unknown): number {
-  const n = Number(value);
-  if (!Number.isFinite(n) || n < 0) throw new Error(`--${name} must be a number >= 0 (got '${value}')`);
-  return n;
-}
 
 /** --adapter NAME=DIR (or DIR, named after its directory): model names for the default model plus an adapter. */
 function servedAdapters(
@@ -45,12 +40,6 @@ function servedAdapters(
     served.set(name, { base, dir });
   }
   return served;
-}
-
-function positiveNumber(name: string, value: unknown): number {
-  const n = Number(value);
-  if (!Number.isFinite(n) || n <= 0) throw new Error(`--${name} must be a number > 0 (got '${value}')`);
-  return n;
 }
 
 export default defineCommand({
@@ -157,13 +146,13 @@ export default defineCommand({
         prefillChunk: positiveInteger("prefill-chunk", args["prefill-chunk"]),
         targetItlMs:
           args["target-itl-ms"] === undefined ? undefined : positiveInteger("target-itl-ms", args["target-itl-ms"]),
-        prefixCacheBytes: nonNegative("prefix-cache-mb", args["prefix-cache-mb"]) * 1024 * 1024,
+        prefixCacheBytes: numberFlag("prefix-cache-mb", args["prefix-cache-mb"], { zero: true }) * 1024 * 1024,
         kvQuantization,
         adapters,
         speculation,
         maxKvSize,
         promptCacheDir: args["prompt-cache-dir"],
-        promptCacheMaxBytes: positiveNumber("prompt-cache-max-gb", args["prompt-cache-max-gb"]) * 1024 ** 3,
+        promptCacheMaxBytes: numberFlag("prompt-cache-max-gb", args["prompt-cache-max-gb"]) * 1024 ** 3,
         loadModel: pipeline && (await pipelineLoader(args.model!, pipeline)),
         version: pkg.version,
         logError: (error) => {
