@@ -252,7 +252,6 @@ export class Scheduler {
       accepted: 0,
       finished: false,
     };
-    this.#running.set(id, sequence);
     this.#generator.add(id, {
       promptIds: request.promptIds,
       sampling: request.sampling,
@@ -262,6 +261,7 @@ export class Scheduler {
       adapter: request.adapter ?? this.lm.adapter,
       speculate: request.speculate,
     });
+    this.#running.set(id, sequence); // after add(), which may refuse the request
     // A signal that fired before the request got here fires no event: it ends at once.
     if (request.signal?.aborted) this.#finish(id, "cancelled");
     else request.signal?.addEventListener("abort", () => this.#finish(id, "cancelled"), { once: true });
