@@ -214,7 +214,9 @@ export class BatchGenerator {
     }
     const pipelined = this.#active.every((s) => s.processors.length === 0);
     if (!pipelined && this.#ahead) events.push(...this.#read(this.#takeAhead()));
-    if (this.#active.length > 0) {
+    // The step ahead holds every sequence's last token: a step on top of it would be thrown away.
+    if (this.#endsWithAhead) events.push(...this.#read(this.#takeAhead()));
+    else if (this.#active.length > 0) {
       const next = this.#build();
       mx.asyncEvaluate(next.tokens, next.chosen, ...(next.logprobs ?? []));
       if (this.#ahead) events.push(...this.#read(this.#takeAhead(), next));
@@ -223,6 +225,16 @@ export class BatchGenerator {
     }
     if (this.#active.length === 0) this.#discardAhead();
     return events;
+  }
+
+  /** Whether every running sequence reaches its maxTokens with its token in the step ahead. */
+  get #endsWithAhead(): boolean {
+    const rows = this.#ahead?.rows;
+    return (
+      rows !== undefined &&
+      this.#active.length > 0 &&
+      this.#active.every((s) => rows.includes(s) && s.generated + 1 >= s.request.maxTokens)
+    );
   }
 
   /** Speculation is on, some sequence takes it, and the batch is small enough for it to pay. */

@@ -157,7 +157,8 @@ function diagnostic(line: string): string {
 // Schema validation: ajv says whether it is JSON Schema at all, then we refuse what xgrammar
 // would silently not enforce, then xgrammar converts it (and may refuse it).
 
-const ajv = new Ajv({ strict: false, validateFormats: false, allErrors: false });
+// Made on first use: building an Ajv instance costs start-up time every command would pay.
+let ajv: Ajv | undefined;
 
 // Keywords xgrammar parses but does not enforce: accepting them would break "valid by construction".
 const UNENFORCED = [
@@ -211,6 +212,7 @@ export async function validateSchema(schema: unknown, { strict = true }: { stric
 /** Throws a SchemaError unless `schema` is JSON Schema at all (whether it can be enforced is validateSchema's question). */
 export function checkJsonSchema(schema: object): void {
   const { $schema: _ignored, ...rest } = schema as Record<string, unknown>; // drafts ajv's default build lacks
+  ajv ??= new Ajv({ strict: false, validateFormats: false, allErrors: false });
   if (!ajv.validateSchema(rest)) throw new SchemaError(`invalid schema: ${ajvMessage(ajv.errors ?? [])}`);
   try {
     ajv.compile(rest); // unresolvable $ref, bad regex

@@ -43,6 +43,7 @@ export class BatchKVCache extends KVCache {
 
   /** Adds a sequence whose keys/values are in `single` (a one-row cache), as the last row. */
   extend(single: KVCache): void {
+    if (this.batchSize === 0 && single.constructor === KVCache) return this.adopt(single);
     // Past the quantization start, one side may still be float: both are stored alike first.
     if (single.quantized) this.quantizeHeld();
     else if (this.quantized) single.quantizeHeld();
@@ -69,6 +70,18 @@ export class BatchKVCache extends KVCache {
     this.leftPadding = [...this.leftPadding.map((pad) => pad + width - this.offset), width - length];
     this.offset = width;
     this.replaceBuffers(keys, values);
+  }
+
+  /**
+   * The first row takes `single`'s buffers as they are (`single` is left empty): no copy now,
+   * and their room to grow lets the next decode steps write in place, as a one-sequence cache does.
+   */
+  private adopt(single: KVCache): void {
+    this.free();
+    [this.keys, this.values, this.offset] = [single.keys, single.values, single.offset];
+    this.leftPadding = [0];
+    single.keys = single.values = undefined;
+    single.free();
   }
 
   /** Keeps only the given rows (in that order), then drops padding every row has. */

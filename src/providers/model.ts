@@ -252,7 +252,8 @@ async function* serverSentEvents(
   }
 }
 
-const ajv = new Ajv({ strict: false, validateFormats: false, allErrors: false });
+// Made on first use: building an Ajv instance costs start-up time every command would pay.
+let ajv: Ajv | undefined;
 const compiled = new Map<string, ValidateFunction>();
 
 /** A check of an answer against the format asked for: undefined when it passes, else what failed and where. */
@@ -266,6 +267,7 @@ function answerValidator(format: "json" | { schema: object }): (text: string) =>
           if (!fn) {
             checkJsonSchema(format.schema); // a schema that is not JSON Schema is the client's error (a SchemaError)
             const { $schema: _ignored, ...schema } = format.schema as Record<string, unknown>;
+            ajv ??= new Ajv({ strict: false, validateFormats: false, allErrors: false });
             compiled.set(key, (fn = ajv.compile(schema)));
           }
           return fn;
