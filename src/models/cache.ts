@@ -76,7 +76,7 @@ export class KVCache implements AttentionCache {
 
   updateAndFetch(keys: MxArray, values: MxArray): [MxArray, MxArray] {
     const [k, v] = this.update(keys, values);
-    return [this.toFloat(k, keys.dtype), this.toFloat(v, values.dtype)];
+    return [this.toFloat(k, keys), this.toFloat(v, values)];
   }
 
   /** Appends keys/values [B, H, L, D] and returns the cache's valid part, [B, H, offset + L, ·]. */
@@ -109,8 +109,9 @@ export class KVCache implements AttentionCache {
     return [weight, scales, biases!];
   }
 
-  private toFloat(t: Stored, dtype: mx.DtypeCode): MxArray {
-    return t.length === 1 ? t[0]! : mx.dequantize(t[0]!, t[1]!, t[2], this.quantization!, dtype);
+  /** Stored keys or values as float, in `like`'s dtype (read only to dequantize: it is an FFI call). */
+  private toFloat(t: Stored, like: MxArray): MxArray {
+    return t.length === 1 ? t[0]! : mx.dequantize(t[0]!, t[1]!, t[2], this.quantization!, like.dtype);
   }
 
   /** Turns the float positions held so far into quantized ones (when `start` positions are reached). */
