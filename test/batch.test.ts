@@ -1,9 +1,11 @@
 // Continuous batching: sequences decoded together give what each gives alone, whatever joins
 // or leaves the batch in between.
 import { beforeAll, describe, expect, test } from "bun:test";
+import * as mx from "../src/mlx";
 import { BatchGenerator, generateTokens } from "../src/engine/batch";
 import { defaultSampling } from "../src/engine/sampling";
-import { buildModel, parseConfig, Weights, type DecoderModel } from "../src/models";
+import { buildModel, KVCache, parseConfig, Weights, type DecoderModel } from "../src/models";
+import { BatchKVCache } from "../src/models/batch-cache";
 import { tinyConfig, tinyWeights, type TinyOptions } from "./helpers/tiny-model";
 
 let model: DecoderModel;
@@ -101,6 +103,29 @@ describe("BatchGenerator", () => {
     expect(gen.running).toBe(2);
     expect(gen.waiting).toBe(1);
     gen.dispose();
+  });
+
+  test("n tokens take n decode steps: none is built past a sequence's last token", () => {
+    let steps = 0;
+    const counted: DecoderModel = { ...model, head: (h) => (steps++, model.head(h)) };
+    expect(alone(prompts[0]!, 9, counted)).toEqual(alone(prompts[0]!, 9));
+    expect(steps).toBe(9);
+  });
+
+  test("a prompt's keys and values join an empty batch as they are, with room for the next positions", () => {
+    const single = new KVCache();
+    const [keys, values] = [mx.zeros([1, 2, 5, 8]), mx.zeros([1, 2, 5, 8])];
+    single.update(keys, values);
+    const buffer = single.keys![0]!;
+    const batch = new BatchKVCache();
+    batch.extend(single);
+    expect(batch.keys![0]).toBe(buffer);
+    expect(single.keys).toBeUndefined();
+    expect([batch.offset, batch.leftPadding]).toEqual([5, [0]]);
+    batch.update(mx.zeros([1, 2, 1, 8]), mx.zeros([1, 2, 1, 8]));
+    expect(batch.keys![0]!.shape).toEqual(buffer.shape); // written in place, not grown
+    batch.free();
+    for (const t of [keys, values]) t.free();
   });
 
   test("a sampled sequence with a seed draws the same tokens batched or alone", () => {
