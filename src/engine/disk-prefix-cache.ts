@@ -69,6 +69,8 @@ interface Stored {
 export class DiskPrefixCache {
   /** This model's files, by name. */
   readonly #files = new Map<string, Stored>();
+  /** Files queued or being written. */
+  readonly #writing = new Set<string>();
   /** Prompt tokens restored from disk. */
   restoredTokens = 0;
 
@@ -154,9 +156,6 @@ export class DiskPrefixCache {
       return undefined;
     }
   }
-
-  /** Files queued or being written. */
-  readonly #writing = new Set<string>();
 
   /** The file an entry is stored in (in `dir`). */
   fileName(entry: Pick<PromptCacheEntry, "tokens" | "dropped">): string {
