@@ -9,7 +9,9 @@
 // quantized cache's attention to 1e-4 (test/kv-cache.test.ts; "8-bit g64 (simulated)" checks it
 // here too). Every scheme's greedy answer (64 tokens, one token per step after the prompt) is
 // compared with the float32 cache's and with a float16 cache's; the logit difference is over the
-// float32 answer, teacher-forced, against the float32 cache.
+// float32 answer, teacher-forced, against the float32 cache. `--only` picks schemes whose name
+// contains one of the words; random noise as large as 8-bit's error shows how far agreement
+// moves by chance. Figures: bench/RESULTS.md, "KV cache, third pass".
 import { parseArgs } from "node:util";
 import { promptTokens } from "../src/engine/prompt";
 import * as mx from "../src/mlx";
