@@ -130,6 +130,15 @@ describe("mlx bench: model mode", () => {
       .slice(1)
       .map(Number);
     expect(kept).toBeLessThanOrEqual(drafted!);
+    // The prompt suite speculates too, and counts its drafts.
+    const suite = await mlx(["--prompts", file("spec.txt", "Say anything\n"), "-m", tiny, "--draft-model", tiny]);
+    expect(suite.code).toBe(0);
+    expect(suite.stdout).toMatch(/\| drafts accepted\s+\|\n/);
+    const [sk, sd] = suite.stdout
+      .match(/(\d+)\/(\d+) \(\d+%\) draft-model/)!
+      .slice(1)
+      .map(Number);
+    expect(sk).toBe(sd!);
     // Without speculation no such column.
     expect((await mlx(["-m", tiny, "-n", "1", ...fast])).stdout).not.toContain("drafts accepted");
     oneLineError(
