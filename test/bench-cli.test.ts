@@ -98,6 +98,59 @@ describe("mlx bench: model mode", () => {
     expect(wellFormed(text)).toBe(true);
   }, 20_000);
 
+  test("speculative decoding: --draft-model drafting for itself keeps every draft; --prompt-lookup counts its drafts", async () => {
+    // A model drafting for itself agrees with every draft (greedy): acceptance is exactly 1.
+    const self = await mlx([
+      "-m",
+      tiny,
+      "--draft-model",
+      tiny,
+      "--num-draft",
+      "2",
+      "-n",
+      "2",
+      "-p",
+      "0",
+      "-g",
+      "12",
+      "--json",
+    ]);
+    expect(self.code).toBe(0);
+    const s = JSON.parse(self.stdout).models[0].speculation;
+    expect(s).toMatchObject({ method: "draft-model", num_draft: 2, acceptance_rate: 1 });
+    expect(s.drafted_tokens).toBeGreaterThan(0);
+    expect(s.accepted_tokens).toBe(s.drafted_tokens);
+    // The table gets a drafts column; prompt lookup's drafts are counted (kept ≤ drafted).
+    const lookup = await mlx(["-m", tiny, "--prompt-lookup", "-n", "1", "-p", "0", "-g", "24"]);
+    expect(lookup.code).toBe(0);
+    const [header, , row] = lookup.stdout.trim().split("\n");
+    expect(header).toMatch(/\| drafts accepted\s+\|$/);
+    const [kept, drafted] = row!
+      .match(/(\d+)\/(\d+) \(\d+%\) prompt-lookup/)!
+      .slice(1)
+      .map(Number);
+    expect(kept).toBeLessThanOrEqual(drafted!);
+    // The prompt suite speculates too, and counts its drafts.
+    const suite = await mlx(["--prompts", file("spec.txt", "Say anything\n"), "-m", tiny, "--draft-model", tiny]);
+    expect(suite.code).toBe(0);
+    expect(suite.stdout).toMatch(/\| drafts accepted\s+\|\n/);
+    const [sk, sd] = suite.stdout
+      .match(/(\d+)\/(\d+) \(\d+%\) draft-model/)!
+      .slice(1)
+      .map(Number);
+    expect(sk).toBe(sd!);
+    // Without speculation no such column.
+    expect((await mlx(["-m", tiny, "-n", "1", ...fast])).stdout).not.toContain("drafts accepted");
+    oneLineError(
+      await mlx(["-m", tiny, "--draft-model", tiny, "--prompt-lookup", "-n", "1", ...fast]),
+      /give --draft-model or --prompt-lookup, not both/,
+    );
+    oneLineError(
+      await mlx(["--url", "http://127.0.0.1:9", "--prompt-lookup"]),
+      /a server speculates as it was started/,
+    );
+  }, 60_000);
+
   test("bad flags are one-line errors", async () => {
     oneLineError(await mlx(["-m", tiny, "-n", "0"]), /--repetitions must be a whole number/);
     oneLineError(await mlx(["-m", tiny, "-p", "0", "-g", "0"]), /nothing to measure/);

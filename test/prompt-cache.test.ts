@@ -4,9 +4,12 @@
 // are removed, never used; the directory keeps to its bound. And `mlx cache-prompt` + `mlx run
 // --prompt-cache` answer as a run without them does.
 import { describe, expect, test } from "bun:test";
-import { mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { BackgroundWrites, DiskPrefixCache } from "../src/engine/disk-prefix-cache";
+import { prefillPrompt, promptCacheOwner } from "../src/engine/prompt-cache-file";
+import { loadModel } from "../src/models/load";
 import type { ServerOptions } from "../src/server/app";
 import { cliRunner } from "./helpers/cli";
 import { post, serve } from "./helpers/serve";
@@ -110,6 +113,67 @@ describe("serve --prompt-cache-dir", () => {
       await askOnce({ promptCacheDir: dir, promptCacheMaxBytes: bound, prefixCacheBytes: 1024 }, `Question ${q}?`);
     expect(dirBytes(dir)).toBeLessThanOrEqual(bound);
     expect(files(dir).length).toBeGreaterThanOrEqual(1);
+  }, 60_000);
+});
+
+describe("disk prefix cache writes", () => {
+  test("a save returns before any file I/O; the file appears, whole and loadable, once the writes finish; failures are warnings", async () => {
+    const lm = loadModel(model);
+    const dir = join(root, "background");
+    const warnings: string[] = [];
+    const writes = new BackgroundWrites();
+    const disk = new DiskPrefixCache(dir, 1024 ** 3, promptCacheOwner(lm), lm.path, (m) => warnings.push(m), writes);
+    const tokens = Array.from({ length: 40 }, (_, i) => 3 + (i % 50));
+    const entry = prefillPrompt(lm, tokens);
+    const expected = entry.keys[0]![0]!.bytes();
+    disk.save(entry);
+    // The bytes were copied out: the arrays may go at once. Nothing is on disk yet (the engine
+    // thread did not wait for it), and the entry is not offered before its file is complete.
+    for (const t of [...entry.keys, ...entry.values].flat()) t.free();
+    expect(writes.pending).toBe(1);
+    expect(files(dir)).toEqual([]);
+    expect(disk.longest(tokens, tokens.length, 0)).toBeUndefined();
+    disk.save(entry); // already queued: not twice
+    expect(writes.pending).toBe(1);
+    await writes.flush();
+    expect(writes.pending).toBe(0);
+    const name = disk.fileName(entry);
+    expect(files(dir)).toEqual([name]);
+    expect(disk.longest(tokens, tokens.length, 0)).toEqual({ name, length: tokens.length });
+    const loaded = disk.load(name)!;
+    expect(loaded.tokens).toEqual(tokens);
+    expect(loaded.keys[0]![0]!.bytes()).toEqual(expected);
+    for (const t of [...loaded.keys, ...loaded.values].flat()) t.free();
+
+    // A write that fails (its name is taken by a directory) is a warning and leaves no file behind.
+    const other = prefillPrompt(lm, tokens.slice(0, 20));
+    mkdirSync(join(dir, disk.fileName(other), "taken"), { recursive: true });
+    disk.save(other);
+    await writes.flush();
+    expect(warnings.some((w) => w.includes(`cannot write ${join(dir, disk.fileName(other))}`))).toBe(true);
+    expect(readdirSync(dir).filter((f) => f.includes(".tmp."))).toEqual([]);
+    expect(disk.load(name)?.tokens).toEqual(tokens); // the stored file is untouched
+
+    // Bounded: while one write waits, another that would pass the bound is dropped with a warning.
+    const small = new BackgroundWrites(1);
+    const bounded = new DiskPrefixCache(
+      join(root, "bounded-writes"),
+      1024 ** 3,
+      promptCacheOwner(lm),
+      lm.path,
+      (m) => warnings.push(m),
+      small,
+    );
+    const a = prefillPrompt(lm, tokens.slice(0, 10));
+    const b = prefillPrompt(lm, tokens.slice(0, 12));
+    bounded.save(a);
+    bounded.save(b);
+    expect(small.pending).toBe(1);
+    expect(warnings.at(-1)).toMatch(/not writing .*too much is still waiting for the disk/);
+    await small.flush();
+    expect(bounded.entries).toBe(1);
+    for (const e of [other, a, b]) for (const t of [...e.keys, ...e.values].flat()) t.free();
+    lm.free();
   }, 60_000);
 });
 

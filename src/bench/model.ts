@@ -7,6 +7,7 @@ import { readGGUFHeader } from "../models/gguf-header";
 import { generateTokens } from "../engine/batch";
 import { memoryFigures, resetPeakMemory } from "../engine/device";
 import { defaultSampling, type SamplingParams } from "../engine/sampling";
+import { acceptanceRate, speculationOptions } from "../engine/speculative";
 import { summarize, type Summary } from "./stats";
 
 export interface ModelBenchOptions {
@@ -31,6 +32,30 @@ export interface ModelInfo {
   sizeBytes: number;
 }
 
+/** Speculative decoding's drafts over the measured generations (--draft-model, --prompt-lookup). */
+export interface SpeculationFigures {
+  method: "draft-model" | "prompt-lookup";
+  numDraft: number;
+  /** Draft tokens proposed, and how many of them the model kept. */
+  drafted: number;
+  accepted: number;
+  acceptance: number;
+}
+
+/** The figures for `drafts` when `lm` speculates; undefined when it does not. */
+export function speculationFigures(
+  lm: LoadedModel,
+  drafts: { drafted: number; accepted: number },
+): SpeculationFigures | undefined {
+  if (!lm.speculation) return undefined;
+  return {
+    method: lm.speculation.draft ? "draft-model" : "prompt-lookup",
+    numDraft: lm.speculation.numDraft,
+    ...drafts,
+    acceptance: acceptanceRate(drafts),
+  };
+}
+
 export interface ModelBenchResult extends ModelInfo {
   repetitions: number;
   promptTokens: number;
@@ -42,6 +67,7 @@ export interface ModelBenchResult extends ModelInfo {
   peakMemoryBytes: number;
   promptPeakMemoryBytes: number;
   generationPeakMemoryBytes: number;
+  speculation?: SpeculationFigures;
   samples: { promptTokensPerSecond: number[]; generationTokensPerSecond: number[]; timeToFirstTokenSeconds: number[] };
 }
 
@@ -102,25 +128,42 @@ export function quantizationOf(lm: LoadedModel): string {
   return text;
 }
 
+/** The model's token loop with its KV cache settings and speculative decoding, as run and serve use them. */
+function tokens(lm: LoadedModel, promptIds: number[], maxTokens: number) {
+  return generateTokens(lm.model, { promptIds, sampling: greedy, maxTokens }, lm.kvQuantization, {
+    speculation: speculationOptions(lm),
+    maxKvSize: lm.maxKvSize,
+  });
+}
+
 /** Prefills `prompt` on a fresh cache; seconds to the first generated token. */
 export function promptTest(lm: LoadedModel, prompt: number[]): { seconds: number; peakBytes: number } {
   resetPeakMemory();
   const start = performance.now();
-  for (const _ of generateTokens(lm.model, { promptIds: prompt, sampling: greedy, maxTokens: 1 }));
+  for (const _ of tokens(lm, prompt, 1));
   return { seconds: (performance.now() - start) / 1000, peakBytes: memoryFigures().peak };
 }
 
-/** Generates exactly `tokens` tokens after a one-token prompt (EOS does not stop it); seconds for all of them. */
+/**
+ * Generates exactly `count` tokens after a one-token prompt (EOS does not stop it); seconds for
+ * all of them, and the draft tokens proposed and kept when the model speculates.
+ */
 export function generationTest(
   lm: LoadedModel,
   first: number,
-  tokens: number,
-): { seconds: number; tokens: number; peakBytes: number } {
+  count: number,
+): { seconds: number; tokens: number; peakBytes: number; drafted: number; accepted: number } {
   resetPeakMemory();
   const start = performance.now();
   let n = 0;
-  for (const _ of generateTokens(lm.model, { promptIds: [first], sampling: greedy, maxTokens: tokens })) n++;
-  return { seconds: (performance.now() - start) / 1000, tokens: n, peakBytes: memoryFigures().peak };
+  let drafted = 0;
+  let accepted = 0;
+  for (const event of tokens(lm, [first], count)) {
+    n++;
+    drafted += event.drafted ?? 0;
+    accepted += event.accepted ?? 0;
+  }
+  return { seconds: (performance.now() - start) / 1000, tokens: n, peakBytes: memoryFigures().peak, drafted, accepted };
 }
 
 export function benchLoadedModel(lm: LoadedModel, name: string, o: ModelBenchOptions): ModelBenchResult {
@@ -142,6 +185,7 @@ export function benchLoadedModel(lm: LoadedModel, name: string, o: ModelBenchOpt
   const tg: number[] = [];
   let ppPeak = 0;
   let tgPeak = 0;
+  const drafts = { drafted: 0, accepted: 0 };
   for (let i = 1; i <= o.repetitions; i++) {
     if (prompt.length > 0) {
       const r = promptTest(lm, prompt);
@@ -156,7 +200,10 @@ export function benchLoadedModel(lm: LoadedModel, name: string, o: ModelBenchOpt
       const r = generationTest(lm, first, o.genTokens);
       tg.push(r.tokens / r.seconds);
       tgPeak = Math.max(tgPeak, r.peakBytes);
-      say(`${name}: tg${o.genTokens} ${i}/${o.repetitions}: ${(r.tokens / r.seconds).toFixed(2)} tokens/s`);
+      drafts.drafted += r.drafted;
+      drafts.accepted += r.accepted;
+      const kept = lm.speculation ? `, ${r.accepted} of ${r.drafted} drafted tokens accepted` : "";
+      say(`${name}: tg${o.genTokens} ${i}/${o.repetitions}: ${(r.tokens / r.seconds).toFixed(2)} tokens/s${kept}`);
     }
   }
   return {
@@ -170,6 +217,7 @@ export function benchLoadedModel(lm: LoadedModel, name: string, o: ModelBenchOpt
     peakMemoryBytes: Math.max(ppPeak, tgPeak),
     promptPeakMemoryBytes: ppPeak,
     generationPeakMemoryBytes: tgPeak,
+    speculation: speculationFigures(lm, drafts),
     samples: { promptTokensPerSecond: pp, generationTokensPerSecond: tg, timeToFirstTokenSeconds: ttft },
   };
 }

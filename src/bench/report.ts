@@ -1,6 +1,6 @@
 // What `mlx bench` prints: aligned Markdown tables for people, CSV and JSON for programs.
 import { formatBytes } from "../format";
-import type { ModelBenchResult, ModelInfo } from "./model";
+import type { ModelBenchResult, ModelInfo, SpeculationFigures } from "./model";
 import type { LevelResult, ServerBenchResult } from "./server";
 import { meanSd, type Summary } from "./stats";
 import type { SuiteModelResult, SuitePrompt } from "./suite";
@@ -54,17 +54,32 @@ function speedCells(
   ];
 }
 
+/** "412/500 (82%) prompt-lookup": accepted of drafted tokens, with the drafter. */
+const draftsCell = (f?: SpeculationFigures) =>
+  f ? `${f.accepted}/${f.drafted} (${(f.acceptance * 100).toFixed(0)}%) ${f.method}` : "-";
+
 export function modelTable(results: ModelBenchResult[], failures: ModelFailure[]): string {
   const any = results[0];
   const pp = `pp${any?.promptTokens ?? ""} tokens/s`;
   const tg = `tg${any?.genTokens ?? ""} tokens/s`;
-  const rows = results.map((r) => [r.model, r.format, r.quantization, formatBytes(r.sizeBytes), ...speedCells(r)]);
-  for (const f of failures) rows.push([f.model, "-", "-", "-", "failed", "failed", "-", "-"]);
+  // The drafts column only when some model speculates (--draft-model, --prompt-lookup).
+  const speculating = results.some((r) => r.speculation);
+  const rows = results.map((r) => [
+    r.model,
+    r.format,
+    r.quantization,
+    formatBytes(r.sizeBytes),
+    ...speedCells(r),
+    ...(speculating ? [draftsCell(r.speculation)] : []),
+  ]);
+  for (const f of failures)
+    rows.push([f.model, "-", "-", "-", "failed", "failed", "-", "-", ...(speculating ? ["-"] : [])]);
   const header = ["model", "format", "quantization", "size", pp, tg, "first token (ms)", "peak memory"];
+  if (speculating) header.push("drafts accepted");
   const note = any
-    ? `\n\n${any.repetitions} runs each, mean ± standard deviation; pp: a ${any.promptTokens}-token prompt, timed to its first token; tg: ${any.genTokens} generated tokens.`
+    ? `\n\n${any.repetitions} runs each, mean ± standard deviation; pp: a ${any.promptTokens}-token prompt, timed to its first token; tg: ${any.genTokens} generated tokens.${speculating ? " Drafts accepted: draft tokens the model kept, of those drafted, over all tg runs." : ""}`
     : "";
-  return table(header, rows, [false, false, false, true, true, true, true, true]) + note;
+  return table(header, rows, [false, false, false, true, true, true, true, true, false]) + note;
 }
 
 export function modelCsv(results: ModelBenchResult[], failures: ModelFailure[]): string {
@@ -85,6 +100,9 @@ export function modelCsv(results: ModelBenchResult[], failures: ModelFailure[]):
     "time_to_first_token_ms_mean",
     "time_to_first_token_ms_sd",
     "peak_memory_bytes",
+    "speculation",
+    "drafted_tokens",
+    "accepted_tokens",
     "error",
   ];
   const rows: unknown[][] = results.map((r) => [
@@ -104,9 +122,12 @@ export function modelCsv(results: ModelBenchResult[], failures: ModelFailure[]):
     fixed(r.timeToFirstTokenSeconds.mean * 1000, 2),
     fixed(r.timeToFirstTokenSeconds.sd * 1000, 2),
     r.peakMemoryBytes,
+    r.speculation?.method,
+    r.speculation?.drafted,
+    r.speculation?.accepted,
     "",
   ]);
-  for (const f of failures) rows.push([f.model, "", "", "", "", "", "", "", "", "", "", "", "", "", "", "", f.error]);
+  for (const f of failures) rows.push([f.model, ...header.slice(1, -1).map(() => ""), f.error]);
   return csv(header, rows);
 }
 
@@ -121,6 +142,15 @@ function modelSummary(r: ModelInfo) {
     size_bytes: r.sizeBytes,
   };
 }
+
+const speculationJson = (f?: SpeculationFigures) =>
+  f && {
+    method: f.method,
+    num_draft: f.numDraft,
+    drafted_tokens: f.drafted,
+    accepted_tokens: f.accepted,
+    acceptance_rate: f.acceptance,
+  };
 
 export function modelJson(results: ModelBenchResult[], failures: ModelFailure[]) {
   return {
@@ -142,6 +172,7 @@ export function modelJson(results: ModelBenchResult[], failures: ModelFailure[])
       peak_memory_bytes: r.peakMemoryBytes,
       prompt_peak_memory_bytes: r.promptPeakMemoryBytes,
       generation_peak_memory_bytes: r.generationPeakMemoryBytes,
+      speculation: speculationJson(r.speculation),
     })),
     errors: failures,
   };
@@ -158,14 +189,17 @@ const expectationOf = (p: SuitePrompt) =>
   "-";
 
 export function suiteTables(results: SuiteModelResult[], failures: ModelFailure[], prompts: SuitePrompt[]): string {
+  const speculating = results.some((r) => r.speculation);
   const rows = results.map((r) => [
     r.model,
     r.quantization,
     formatBytes(r.sizeBytes),
     ...speedCells(r),
     r.checked > 0 ? `${r.passed}/${r.checked}` : "-",
+    ...(speculating ? [draftsCell(r.speculation)] : []),
   ]);
-  for (const f of failures) rows.push([f.model, "-", "-", "failed", "failed", "-", "-", "-"]);
+  for (const f of failures)
+    rows.push([f.model, "-", "-", "failed", "failed", "-", "-", "-", ...(speculating ? ["-"] : [])]);
   const models = table(
     [
       "model",
@@ -176,6 +210,7 @@ export function suiteTables(results: SuiteModelResult[], failures: ModelFailure[
       "first token (ms)",
       "peak memory",
       "passed",
+      ...(speculating ? ["drafts accepted"] : []),
     ],
     rows,
     [false, false, true, true, true, true, true, true],
@@ -248,6 +283,7 @@ export function suiteJson(results: SuiteModelResult[], failures: ModelFailure[],
       generation_tokens_per_second: meanAndSd(r.generationTokensPerSecond),
       time_to_first_token_seconds: meanAndSd(r.timeToFirstTokenSeconds),
       peak_memory_bytes: r.peakMemoryBytes,
+      speculation: speculationJson(r.speculation),
     })),
     prompts: prompts.map((p, i) => ({
       line: p.line,

@@ -8,7 +8,7 @@ import Ajv2020 from "ajv/dist/2020";
 import { complete, soloScheduler } from "../engine/generate";
 import { defaultSampling } from "../engine/sampling";
 import type { LoadedModel } from "../models/load";
-import { describeModel, type ModelInfo } from "./model";
+import { describeModel, speculationFigures, type ModelInfo, type SpeculationFigures } from "./model";
 import { summarize, type Summary } from "./stats";
 
 export interface Expectation {
@@ -44,6 +44,8 @@ export interface SuiteModelResult extends ModelInfo {
   generationTokensPerSecond: Summary;
   timeToFirstTokenSeconds: Summary;
   peakMemoryBytes: number;
+  /** Draft tokens proposed and kept over the prompts, when the model speculates. */
+  speculation?: SpeculationFigures;
 }
 
 export class PromptFileError extends Error {
@@ -202,6 +204,7 @@ export async function runSuite(
     complete(scheduler, { prompt: { kind: "text", text: prompt, template: true }, sampling, maxTokens });
   const outcomes: PromptOutcome[] = [];
   let peak = 0;
+  const drafts = { drafted: 0, accepted: 0 };
   try {
     say(`${name}: warm-up`);
     await answer("Hi", Math.min(o.maxTokens, 2));
@@ -209,6 +212,8 @@ export async function runSuite(
       const r = await answer(p.prompt, o.maxTokens);
       const check = checkAnswer(r.text, p);
       peak = Math.max(peak, r.stats.peakMemoryBytes);
+      drafts.drafted += r.stats.draftedTokens;
+      drafts.accepted += r.stats.acceptedTokens;
       outcomes.push({
         line: p.line,
         text: r.text,
@@ -241,5 +246,6 @@ export async function runSuite(
     ),
     timeToFirstTokenSeconds: summarize(outcomes.map((o) => o.timeToFirstTokenSeconds)),
     peakMemoryBytes: peak,
+    speculation: speculationFigures(lm, drafts),
   };
 }

@@ -46,6 +46,8 @@ import {
   numberFlag,
   pipelineFrom,
   positiveInteger,
+  speculationArgs,
+  speculationFrom,
 } from "./options";
 import { openModel } from "./open-model";
 
@@ -58,6 +60,7 @@ export default defineCommand({
     ...kvCacheArgs,
     ...adapterArg,
     ...distributedArgs,
+    ...speculationArgs,
     model: {
       type: "string",
       alias: "m",
@@ -118,6 +121,11 @@ export default defineCommand({
       const output = args.json ? "json" : args.csv ? "csv" : "table";
       const plot = args.plot ? String(args.plot) : undefined;
       if (plot !== undefined && !plot.trim()) throw new Error("--plot needs a file name");
+      speculationFrom(args, undefined); // the flags' combination, checked before any model loads
+      if (args.url !== undefined && (args["draft-model"] !== undefined || args["prompt-lookup"]))
+        throw new Error(
+          "--draft-model and --prompt-lookup measure local models; a server speculates as it was started",
+        );
       let failed = false;
       if (args.url !== undefined) failed = await serverMode(args, output, plot);
       else if (args.prompts !== undefined) failed = await suiteMode(args, output, plot);
@@ -181,6 +189,7 @@ async function eachModel<T>(
         kvQuantization: kvQuantizationFrom(args, spec),
         maxKvSize: maxKvSizeFrom(args, spec),
         adapter: adapterFrom(args, spec),
+        speculation: speculationFrom(args, spec),
         pipeline,
       });
       results.push(await bench(lm, name));

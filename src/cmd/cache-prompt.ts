@@ -34,7 +34,7 @@ export default defineCommand({
       // The document as `mlx run --prompt-cache` puts it first in its prompt.
       const tokens = promptTokens(lm.tokenizer, text, { system: args.system, raw: args.raw });
       const entry = prefillPrompt(lm, tokens);
-      savePromptCache(args.file, { ...entry, text }, promptCacheOwner(lm), lm.path);
+      await savePromptCache(args.file, { ...entry, text }, promptCacheOwner(lm), lm.path);
       log.info(
         `cached ${tokens.length} tokens in ${((performance.now() - started) / 1000).toFixed(2)} s: ${args.file}`,
       );

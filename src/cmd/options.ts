@@ -102,7 +102,7 @@ export const kvCacheArgs = {
   },
   "kv-quant-start": {
     type: "string",
-    description: "Keep this many positions in float before quantizing the KV cache",
+    description: "Keep the KV cache in float until it holds this many positions, then quantize all of it",
     default: "0",
   },
   "max-kv-size": {

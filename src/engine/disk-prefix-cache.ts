@@ -4,18 +4,61 @@
 // layout and the tokens; a later request, also after a restart, reloads the longest stored
 // prefix instead of prefilling it. The directory is kept under a byte bound, least recently
 // used files out first (a load touches its file). Files of several models may share it.
+// A save copies the entry's bytes out of MLX on the engine thread and writes them with async
+// file I/O, one file at a time, so decoding never waits for the disk; the file is looked up only
+// once it is complete.
 import { existsSync, mkdirSync, readdirSync, rmSync, statSync, utimesSync } from "node:fs";
+import { readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import {
+  encodePromptCache,
   loadPromptCache,
   PromptCacheFileError,
   readPromptCacheHeader,
-  savePromptCache,
+  writePromptCacheFile,
   type PromptCacheEntry,
   type PromptCacheOwner,
 } from "./prompt-cache-file";
 
 const EXTENSION = ".safetensors";
+
+/**
+ * File writes in the background, one at a time, in the order queued (shared by a server's disk
+ * caches). Bounded: past `maxBytes` waiting, a write is refused rather than queued, so a disk
+ * slower than evictions cannot grow memory without end; one write is always taken when nothing
+ * waits, however large.
+ */
+export class BackgroundWrites {
+  #waiting = 0;
+  #count = 0;
+  #chain: Promise<void> = Promise.resolve();
+
+  constructor(readonly maxBytes = 1024 ** 3) {}
+
+  /** Writes queued or running. */
+  get pending(): number {
+    return this.#count;
+  }
+
+  /** Queues `write` (holding `bytes` until it is done); false, and nothing queued, past the bound. */
+  add(bytes: number, write: () => Promise<void>): boolean {
+    if (this.#count > 0 && this.#waiting + bytes > this.maxBytes) return false;
+    this.#waiting += bytes;
+    this.#count++;
+    const settle = () => {
+      this.#waiting -= bytes;
+      this.#count--;
+    };
+    // `write` reports its own failures; a rejection still settles, so later writes run.
+    this.#chain = this.#chain.then(write).then(settle, settle);
+    return true;
+  }
+
+  /** Resolves once every write queued so far is done. */
+  flush(): Promise<void> {
+    return this.#chain;
+  }
+}
 
 interface Stored {
   file: string;
@@ -26,6 +69,8 @@ interface Stored {
 export class DiskPrefixCache {
   /** This model's files, by name. */
   readonly #files = new Map<string, Stored>();
+  /** Files queued or being written. */
+  readonly #writing = new Set<string>();
   /** Prompt tokens restored from disk. */
   restoredTokens = 0;
 
@@ -38,6 +83,8 @@ export class DiskPrefixCache {
     readonly source: string,
     /** Told about files removed or not written (the engine has no logger of its own). */
     readonly warn: (message: string) => void = (message) => process.stderr.write(`warning: ${message}\n`),
+    /** Where files are written (a server shares one among its models, and waits for it when stopping). */
+    readonly writes = new BackgroundWrites(),
   ) {
     mkdirSync(dir, { recursive: true });
     this.#scan();
@@ -110,40 +157,67 @@ export class DiskPrefixCache {
     }
   }
 
-  /** Writes an entry unless it is stored already, then keeps the directory within its bound. */
-  save(entry: PromptCacheEntry): void {
-    const name = `${new Bun.CryptoHasher("sha256")
+  /** The file an entry is stored in (in `dir`). */
+  fileName(entry: Pick<PromptCacheEntry, "tokens" | "dropped">): string {
+    return `${new Bun.CryptoHasher("sha256")
       .update(`${this.owner.model}\n${this.owner.kv}\n${entry.dropped}\n${entry.tokens.join(",")}`)
       .digest("hex")}${EXTENSION}`;
+  }
+
+  /**
+   * Queues an entry's file unless it is stored or queued already; the bytes are copied now, so
+   * the entry's arrays may be freed as soon as this returns. The file is written in the
+   * background (writes.flush() waits for it), then the directory is kept within its bound; a
+   * failed write is a warning, and leaves no file.
+   */
+  save(entry: PromptCacheEntry): void {
+    const name = this.fileName(entry);
     const file = join(this.dir, name);
-    if (this.#files.has(name) && existsSync(file)) return;
+    if (this.#writing.has(name) || (this.#files.has(name) && existsSync(file))) return;
+    let parts: Uint8Array[];
     try {
-      savePromptCache(file, entry, this.owner, this.source);
+      parts = encodePromptCache(entry, this.owner, this.source);
     } catch (error) {
       this.warn(`prompt cache: cannot write ${file}: ${(error as Error).message}`);
       return;
     }
-    this.#files.set(name, { file, tokens: entry.tokens, dropped: entry.dropped });
-    this.#bound();
+    const bytes = parts.reduce((n, p) => n + p.byteLength, 0);
+    const queued = this.writes.add(bytes, async () => {
+      try {
+        await writePromptCacheFile(file, parts);
+        this.#files.set(name, { file, tokens: entry.tokens, dropped: entry.dropped });
+        await this.#bound();
+      } catch (error) {
+        this.warn(`prompt cache: cannot write ${file}: ${(error as Error).message}`);
+      } finally {
+        this.#writing.delete(name);
+      }
+    });
+    if (queued) this.#writing.add(name);
+    else this.warn(`prompt cache: not writing ${file}: too much is still waiting for the disk`);
   }
 
   /** Removes the least recently used files (of any model) until the directory fits its bound. */
-  #bound(): void {
-    const files = readdirSync(this.dir)
-      .filter((name) => name.endsWith(EXTENSION) && !name.includes(".tmp."))
-      .flatMap((name) => {
-        try {
-          const s = statSync(join(this.dir, name));
-          return [{ name, size: s.size, used: s.mtimeMs }];
-        } catch {
-          return []; // removed meanwhile by another server
-        }
-      })
+  async #bound(): Promise<void> {
+    const names = (await readdir(this.dir)).filter((name) => name.endsWith(EXTENSION) && !name.includes(".tmp."));
+    const files = (
+      await Promise.all(
+        names.map(async (name) => {
+          try {
+            const s = await stat(join(this.dir, name));
+            return [{ name, size: s.size, used: s.mtimeMs }];
+          } catch {
+            return []; // removed meanwhile by another server
+          }
+        }),
+      )
+    )
+      .flat()
       .sort((a, b) => a.used - b.used);
     let total = files.reduce((n, f) => n + f.size, 0);
     for (const f of files) {
       if (total <= this.maxBytes) break;
-      rmSync(join(this.dir, f.name), { force: true });
+      await rm(join(this.dir, f.name), { force: true });
       this.#files.delete(f.name);
       total -= f.size;
     }

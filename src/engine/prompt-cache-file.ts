@@ -1,9 +1,12 @@
 // A prompt's keys and values in a file, as mlx_lm.cache_prompt saves them: MLX's own
 // safetensors, one tensor per layer and stored part, and in its metadata the token ids, the
 // model's content digest, how the cache stores keys and values, and a checksum of the tensors.
-// Written to a temporary file and renamed, so a reader never sees half a file; a file that
-// fails its checksum, or belongs to another model or cache layout, is refused.
-import { closeSync, openSync, readdirSync, readSync, realpathSync, renameSync, rmSync, statSync } from "node:fs";
+// Encoding copies the tensors out of MLX (on the engine thread); writing the bytes is async
+// file I/O, so the engine thread never waits for the disk. Written to a temporary file, synced
+// and renamed, so a reader never sees half a file; a file that fails its checksum, or belongs to
+// another model or cache layout, is refused.
+import { closeSync, openSync, readdirSync, readSync, realpathSync, statSync } from "node:fs";
+import { open, rename, rm } from "node:fs/promises";
 import { basename, join } from "node:path";
 import * as mx from "../mlx";
 import { cacheState, freeCaches, makeCaches } from "../models";
@@ -41,17 +44,40 @@ export function kvLayout(quantization: KvQuantization | undefined, maxKvSize: nu
   return maxKvSize === undefined ? stored : `${stored}-rotating${maxKvSize}`;
 }
 
-function checksum(tensors: Map<string, mx.MxArray>): string {
+/** sha256 over each tensor's name and bytes, in name order. */
+function checksum(tensors: Map<string, Uint8Array>): string {
   const hasher = new Bun.CryptoHasher("sha256");
-  for (const name of [...tensors.keys()].sort()) hasher.update(name).update(tensors.get(name)!.bytes());
+  for (const name of [...tensors.keys()].sort()) hasher.update(name).update(tensors.get(name)!);
   return hasher.digest("hex");
 }
 
-/** Writes `entry` to `path` (through a temporary file in the same directory); `source`: the model's path. */
-export function savePromptCache(path: string, entry: PromptCacheEntry, owner: PromptCacheOwner, source = ""): void {
-  const tensors = new Map<string, mx.MxArray>();
-  entry.keys.forEach((parts, layer) => parts.forEach((t, i) => tensors.set(`layers.${layer}.keys.${i}`, t)));
-  entry.values.forEach((parts, layer) => parts.forEach((t, i) => tensors.set(`layers.${layer}.values.${i}`, t)));
+/** Safetensors' names of MLX's dtypes. */
+const SAFETENSORS_DTYPES: Partial<Record<mx.DtypeName, string>> = {
+  bool: "BOOL",
+  uint8: "U8",
+  uint16: "U16",
+  uint32: "U32",
+  uint64: "U64",
+  int8: "I8",
+  int16: "I16",
+  int32: "I32",
+  int64: "I64",
+  float16: "F16",
+  bfloat16: "BF16",
+  float32: "F32",
+  float64: "F64",
+};
+
+/**
+ * `entry` as the bytes of a safetensors file (header, then each tensor's data), copied out of
+ * MLX: the arrays may be freed or written over once this returns. `source`: the model's path.
+ */
+export function encodePromptCache(entry: PromptCacheEntry, owner: PromptCacheOwner, source = ""): Uint8Array[] {
+  const arrays = new Map<string, mx.MxArray>();
+  entry.keys.forEach((parts, layer) => parts.forEach((t, i) => arrays.set(`layers.${layer}.keys.${i}`, t)));
+  entry.values.forEach((parts, layer) => parts.forEach((t, i) => arrays.set(`layers.${layer}.values.${i}`, t)));
+  mx.evaluate(...arrays.values());
+  const data = new Map([...arrays].map(([name, t]) => [name, t.bytes()] as const));
   const metadata: Record<string, string> = {
     format: FORMAT,
     model: owner.model,
@@ -59,17 +85,61 @@ export function savePromptCache(path: string, entry: PromptCacheEntry, owner: Pr
     source,
     tokens: JSON.stringify(entry.tokens),
     dropped: String(entry.dropped),
-    checksum: checksum(tensors),
+    checksum: checksum(data),
     ...(entry.text === undefined ? {} : { text: entry.text }),
   };
-  // MLX adds ".safetensors" to a name without it.
+  const header: Record<string, unknown> = { __metadata__: metadata };
+  let offset = 0;
+  for (const [name, t] of arrays) {
+    const dtype = SAFETENSORS_DTYPES[t.dtypeName];
+    if (!dtype) throw new Error(`a prompt cache cannot hold ${t.dtypeName} tensors`);
+    const bytes = data.get(name)!.byteLength;
+    header[name] = { dtype, shape: t.shape, data_offsets: [offset, offset + bytes] };
+    offset += bytes;
+  }
+  // The header is padded with spaces to 8 bytes, as safetensors writers do, so the data stays aligned.
+  let json = JSON.stringify(header);
+  json += " ".repeat((8 - (Buffer.byteLength(json) % 8)) % 8);
+  const head = Buffer.alloc(8 + Buffer.byteLength(json));
+  head.writeBigUInt64LE(BigInt(head.byteLength - 8));
+  head.write(json, 8, "utf8");
+  return [head, ...data.values()];
+}
+
+/**
+ * Writes encoded bytes to `path` through a temporary file in the same directory: written in full,
+ * synced to disk, then renamed over `path` (a crash leaves the old file or the new one, never half).
+ */
+export async function writePromptCacheFile(path: string, parts: Uint8Array[]): Promise<void> {
   const temporary = `${path}.${process.pid}.${Date.now()}.tmp.safetensors`;
   try {
-    mx.saveSafetensors(temporary, tensors, metadata);
-    renameSync(temporary, path);
+    const file = await open(temporary, "wx");
+    try {
+      let position = 0;
+      for (const part of parts)
+        for (let done = 0; done < part.byteLength; ) {
+          const { bytesWritten } = await file.write(part, done, part.byteLength - done, position);
+          done += bytesWritten;
+          position += bytesWritten;
+        }
+      await file.sync();
+    } finally {
+      await file.close();
+    }
+    await rename(temporary, path);
   } finally {
-    rmSync(temporary, { force: true });
+    await rm(temporary, { force: true });
   }
+}
+
+/** Writes `entry` to `path`; `source`: the model's path. */
+export function savePromptCache(
+  path: string,
+  entry: PromptCacheEntry,
+  owner: PromptCacheOwner,
+  source = "",
+): Promise<void> {
+  return writePromptCacheFile(path, encodePromptCache(entry, owner, source));
 }
 
 /** The metadata of a prompt cache file, read from its header alone (no tensors loaded). */
@@ -117,7 +187,8 @@ export function loadPromptCache(path: string, owner: PromptCacheOwner): PromptCa
     for (const t of tensors.values()) t.free();
   };
   try {
-    if (checksum(tensors) !== metadata.checksum) throw new PromptCacheFileError(`${path} fails its checksum`);
+    const data = new Map([...tensors].map(([name, t]) => [name, t.bytes()] as const));
+    if (checksum(data) !== metadata.checksum) throw new PromptCacheFileError(`${path} fails its checksum`);
   } catch (error) {
     free();
     if (error instanceof PromptCacheFileError) throw error;

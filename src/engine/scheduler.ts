@@ -9,7 +9,7 @@ import type { LogitsProcessor, SamplingParams } from "./sampling";
 import { QueueFullError } from "../errors";
 import { StopMatcher } from "./stop";
 import { ReasoningSplitter } from "./reasoning";
-import { speculationMaxBatch } from "./speculative";
+import { speculationOptions } from "./speculative";
 import type { AdaptiveTuner, TunerAdjustment } from "./tuner";
 import type { PrefixCache } from "./prefix-cache";
 import * as mx from "../mlx";
@@ -164,11 +164,7 @@ export class Scheduler {
       prefillChunk: options.prefillChunk,
       prefixCache: options.prefixCache,
       kvQuantization: lm.kvQuantization,
-      speculation: lm.speculation && {
-        draftModel: lm.speculation.draft?.model,
-        numDraft: lm.speculation.numDraft,
-        maxBatch: speculationMaxBatch,
-      },
+      speculation: speculationOptions(lm),
       maxKvSize: lm.maxKvSize,
       onStart: (id, cachedTokens) => {
         const s = this.#running.get(id);

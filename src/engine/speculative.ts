@@ -64,6 +64,17 @@ export async function attachSpeculation(
   };
 }
 
+/** The generator's speculation options for what attachSpeculation set on `lm` (none: undefined). */
+export function speculationOptions(lm: LoadedModel): SpeculationOptions | undefined {
+  return (
+    lm.speculation && {
+      draftModel: lm.speculation.draft?.model,
+      numDraft: lm.speculation.numDraft,
+      maxBatch: speculationMaxBatch,
+    }
+  );
+}
+
 /** Why two models' vocabularies differ (size, logits width, or a token), or undefined when they agree. */
 function vocabularyMismatch(target: LoadedModel, draft: LoadedModel): string | undefined {
   const [t, d] = [target.tokenizer, draft.tokenizer];

@@ -25,7 +25,7 @@ import { memoryFigures } from "../engine/device";
 import { Scheduler } from "../engine/scheduler";
 import type { LoadedModel } from "../models/load";
 import { PrefixCache } from "../engine/prefix-cache";
-import { DiskPrefixCache } from "../engine/disk-prefix-cache";
+import { BackgroundWrites, DiskPrefixCache } from "../engine/disk-prefix-cache";
 import { promptCacheOwner } from "../engine/prompt-cache-file";
 import { AdaptiveTuner } from "../engine/tuner";
 import type { ServerConfig, ServerState } from "./state";
@@ -102,6 +102,8 @@ export function createState(o: ServerOptions = {}): ServerState {
   const maxBatch = o.maxBatch ?? 8;
   const prefillChunk = o.prefillChunk ?? 512;
   const prefixCacheBytes = o.prefixCacheBytes ?? 512 * 1024 * 1024;
+  // One queue of file writes for every model's disk cache: a stopping server waits for it.
+  const diskWrites = new BackgroundWrites();
   const disk = (lm: LoadedModel) =>
     o.promptCacheDir === undefined
       ? undefined
@@ -111,6 +113,7 @@ export function createState(o: ServerOptions = {}): ServerState {
           promptCacheOwner(lm),
           lm.path,
           (message) => o.logError?.(new Error(message)),
+          diskWrites,
         );
   // Each loaded model gets its own continuous-batching scheduler.
   const makeScheduler = (lm: LoadedModel) =>
@@ -162,6 +165,7 @@ export function createState(o: ServerOptions = {}): ServerState {
     startedAt: performance.now(),
     requests: { total: 0, byStatus: {}, byRoute: {} },
     logError: o.logError ?? ((error) => console.error(error)),
+    promptCacheWrites: () => diskWrites.flush(),
   };
   state.metrics = serverMetrics({
     schedulers: () => state.models.loaded.map((e) => ({ model: e.name, stats: e.scheduler.stats })),
@@ -294,6 +298,7 @@ export function startServer(o: ServerOptions = {}): RunningServer {
     stop: async () => {
       await server.stop(true);
       state.models.dispose();
+      await state.promptCacheWrites();
     },
   };
 }

@@ -25,4 +25,6 @@ export interface ServerState {
   requests: { total: number; byStatus: Record<string, number>; byRoute: Record<string, number> };
   /** Logs an unexpected error (the client sees a bare 500). */
   logError: (error: unknown) => void;
+  /** Resolves once the prompt cache files queued so far (serve --prompt-cache-dir) are written. */
+  promptCacheWrites: () => Promise<void>;
 }
