@@ -1,12 +1,14 @@
 // The quantized attention kernel, written once with GCC/Clang vector types and compiled per
 // instruction set: quantized_attention_<isa>.cpp defines ATTENTION_VECTOR_BYTES (the vector
-// width) and QUANTIZED_ATTENTION_TILE_FN (the function's name), and is built with that set's
-// flags (kernels.cmake).
+// width) and QUANTIZED_ATTENTION_TILE_FN (the function's name), includes simd/<isa>.h and
+// defines QUANTIZED_ATTENTION_SIMD where its Vec unpacks codes in our lanes, and is built with
+// that set's flags (kernels.cmake).
 //
 // As the float kernel (attention_body.h), flash-attention style over chunks of keys, in fp32,
 // every query head of a key/value head sharing each chunk; but each chunk's keys and values are
 // first dequantized into fp32 rows in L1, a vector of codes at a time (the cache is read at 4 or
 // 8 bits, never expanded in memory), and scores are dot products along those rows.
+#include <utility>
 #include <vector>
 
 #include "attention_vector.h"
@@ -15,13 +17,37 @@
 namespace kernels {
 namespace {
 
+// kLanes packed bytes as floats: 8 bits, one code each (q8); 4 bits, their low nibbles, then
+// their high ones (q4_split). With the instruction set's own widening (simd/<isa>.h) where its
+// lanes are ours: GCC widens a vector of bytes one lane at a time.
+#if defined(QUANTIZED_ATTENTION_SIMD)
+static_assert(Vec::kLanes == kLanes, "simd/<isa>.h and the attention kernel have the same lanes");
+inline vf as_vf(Vec::T v) {
+  vf out;
+  std::memcpy(&out, &v, sizeof out);
+  return out;
+}
+inline vf q8(const uint8_t* p) { return as_vf(Vec::q8(p)); }
+inline void q4_split(const uint8_t* p, vf& lo, vf& hi) {
+  Vec::T l, h;
+  Vec::q4_split(p, l, h);
+  lo = as_vf(l);
+  hi = as_vf(h);
+}
+#else
 typedef uint8_t vb __attribute__((vector_size(kLanes)));
-
-inline vb load_bytes(const uint8_t* p) {
+inline vi widen(const uint8_t* p) {
   vb v;
   std::memcpy(&v, p, sizeof v);
-  return v;
+  return __builtin_convertvector(v, vi);
 }
+inline vf q8(const uint8_t* p) { return __builtin_convertvector(widen(p), vf); }
+inline void q4_split(const uint8_t* p, vf& lo, vf& hi) {
+  const vi codes = widen(p);
+  lo = __builtin_convertvector(codes & 15, vf);
+  hi = __builtin_convertvector(codes >> 4, vf);
+}
+#endif
 
 // Elements that one vector of kLanes packed bytes holds.
 template <int Bits>
@@ -58,42 +84,54 @@ inline void dequantize_row(const QuantizedRows& q, Element type, int group, int 
             biases);
   const uint8_t* packed =
       q.packed + b * q.packed_stride[0] + h * q.packed_stride[1] + int64_t(row) * q.packed_stride[2];
-  for (int e = 0; e < width; e += kBlock<Bits>) {
-    const int g = e / group;  // a block never straddles groups: groups are multiples of 32 elements
+  for (int g = 0; g < groups; ++g) {
     const vf scale = splat(scales[g]), bias = splat(biases[g]);
-    const vb bytes = load_bytes(packed + e * Bits / 8);
-    if constexpr (Bits == 8) {
-      store(out + e, __builtin_convertvector(bytes, vf) * scale + bias);
-    } else {
-      store(out + e, __builtin_convertvector(bytes & 15, vf) * scale + bias);
-      store(out + e + kLanes, __builtin_convertvector(bytes >> 4, vf) * scale + bias);
+    // A block never straddles groups: groups are multiples of 32 elements.
+    for (int e = g * group, end = e + group; e < end; e += kBlock<Bits>) {
+      if constexpr (Bits == 8) {
+        store(out + e, q8(packed + e) * scale + bias);
+      } else {
+        vf lo, hi;
+        q4_split(packed + e / 2, lo, hi);
+        store(out + e, lo * scale + bias);
+        store(out + e + kLanes, hi * scale + bias);
+      }
     }
   }
 }
 
-// score[j] = q · keys[j] for j < n (rows of D floats), four keys at a time.
-inline void scores_of(const float* q, const float* keys, int n, int D, float* score) {
-  int j = 0;
-  for (; j + 4 <= n; j += 4) {
+// Lane i of fold<S>(x, y): x and y each hold kLanes / S keys' partial sums, S lanes per key;
+// the result holds twice the keys, S / 2 lanes each: every key's lower half plus its upper half.
+template <int S, bool Upper>
+constexpr int fold_index(int i) {
+  const int half = S / 2, key = i / half, keys_in_x = kLanes / S, at = i % half + (Upper ? half : 0);
+  return key < keys_in_x ? key * S + at : kLanes + (key - keys_in_x) * S + at;
+}
+template <int S, size_t... I>
+inline vf fold(vf x, vf y, std::index_sequence<I...>) {
+  return __builtin_shufflevector(x, y, fold_index<S, false>(I)...) +
+         __builtin_shufflevector(x, y, fold_index<S, true>(I)...);
+}
+// Sums each of the kLanes vectors acc[0..kLanes) into lane j of one vector (acc is overwritten):
+// a transpose and add in log2(kLanes) rounds of shuffles, instead of a horizontal sum per key.
+template <int S = kLanes>
+inline vf sum_lanes(vf* acc, int count = kLanes) {
+  for (int i = 0; i < count / 2; ++i) acc[i] = fold<S>(acc[2 * i], acc[2 * i + 1], std::make_index_sequence<kLanes>());
+  if constexpr (S > 2) return sum_lanes<S / 2>(acc, count / 2);
+  return acc[0];
+}
+
+// score[j] = q · keys[j] for the kChunk keys of a chunk (rows of D floats), kLanes keys at a time;
+// past the chunk's keys the scores are of stale rows, for the caller to hide.
+inline void scores_of(const float* q, const float* keys, int D, float* score) {
+  for (int j = 0; j < kChunk; j += kLanes) {
     const float* k = keys + size_t(j) * D;
-    vf a0{}, a1{}, a2{}, a3{};
+    vf acc[kLanes] = {};
     for (int d = 0; d < D; d += kLanes) {
       const vf qv = load(q + d);
-      a0 += qv * load(k + d);
-      a1 += qv * load(k + D + d);
-      a2 += qv * load(k + 2 * D + d);
-      a3 += qv * load(k + 3 * D + d);
+      for (int l = 0; l < kLanes; ++l) acc[l] += qv * load(k + size_t(l) * D + d);
     }
-    score[j] = reduce_sum(a0);
-    score[j + 1] = reduce_sum(a1);
-    score[j + 2] = reduce_sum(a2);
-    score[j + 3] = reduce_sum(a3);
-  }
-  for (; j < n; ++j) {
-    const float* k = keys + size_t(j) * D;
-    vf a{};
-    for (int d = 0; d < D; d += kLanes) a += load(q + d) * load(k + d);
-    score[j] = reduce_sum(a);
+    store(score + j, sum_lanes(acc));
   }
 }
 
@@ -111,7 +149,7 @@ void attend(const QuantizedAttentionProblem& p, const AttentionTile& t, float* p
   const int D = p.dim, Dv = p.value_dim;
   const int shift = p.kv_len - p.q_len;
   s.queries.resize(size_t(rows) * D);
-  s.keys.resize(size_t(kChunk) * D);
+  s.keys.resize(size_t(kChunk) * D);  // zeros at first: the rows past a chunk stay finite
   s.values.resize(size_t(kChunk) * Dv);
   s.scores.resize(size_t(rows) * kChunk);
   s.out.assign(size_t(rows) * Dv, 0.0f);
@@ -144,7 +182,7 @@ void attend(const QuantizedAttentionProblem& p, const AttentionTile& t, float* p
     for (int r = 0; r < rows; ++r) {
       const int head = first_head + r / positions, i = t.row_begin + r % positions;
       float* score = s.scores.data() + size_t(r) * kChunk;
-      scores_of(s.queries.data() + size_t(r) * D, s.keys.data(), n, D, score);
+      scores_of(s.queries.data() + size_t(r) * D, s.keys.data(), D, score);
       hide_scores(score, start, n, t.b, head, i, shift, p.causal, p.has_mask, p.bool_mask, p.mask);
       softmax_accumulate(score, n, s.values.data(), Dv, Dv, s.max[r], s.sum[r], s.out.data() + size_t(r) * Dv);
     }
