@@ -141,6 +141,26 @@ describe("quantized attention kernel", () => {
       });
   });
 
+  test("parts strided along their rows (not the cache's views) are read as well", () => {
+    mx.scope(() => {
+      const c = { bits: 4, group: 32, qHeads: 4, kvHeads: 2, queries: 3, keys: 90 } as const;
+      const { q, keys, values, scale, quantization } = inputs(c);
+      // The same numbers, each part the transpose of a [B, H, width, T] array (adding 0 lays it out so).
+      const swap = (p: mx.MxArray) => mx.transpose(p, [0, 1, 3, 2]);
+      const strided = (t: Parts) => t.map((p) => swap(mx.add(swap(p), mx.scalar(0, p.dtype)))) as unknown as Parts;
+      const here = mx.fast.quantizedScaledDotProductAttention(q, keys, values, scale, quantization, "causal");
+      const there = mx.fast.quantizedScaledDotProductAttention(
+        q,
+        strided(keys),
+        strided(values),
+        scale,
+        quantization,
+        "causal",
+      );
+      expect(relativeError(there, here)).toBe(0);
+    });
+  });
+
   test("a lazy graph node like MLX's: the same result on a second stream", () => {
     mx.scope(() => {
       const c = { bits: 4, group: 64, qHeads: 9, kvHeads: 3, queries: 1, keys: 400 } as const;

@@ -4,12 +4,12 @@
 // quantized_scaled_dot_product_attention does: two batched quantized matmuls around a softmax.
 #include "kernels.h"
 
+#include <cstring>
 #include <memory>
 #include <vector>
 
 #include "attention_tiles.h"
 #include "isa.h"
-#include "mlx/backend/cpu/copy.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/primitives.h"
 #include "quantized_attention_kernel.h"
@@ -40,13 +40,36 @@ Element element_of(mx::Dtype t) {
   return Element::f32;
 }
 
-QuantizedRows rows_of(const mx::array& packed, const mx::array& scales, const mx::array& biases) {
-  QuantizedRows q{packed.data<uint8_t>(), scales.data<void>(), biases.data<void>(), {}, {}, {}};
-  for (int i = 0; i < 3; ++i) {
-    q.packed_stride[i] = packed.strides()[i] * int64_t(packed.itemsize());
-    q.scale_stride[i] = scales.strides()[i];
-    q.bias_stride[i] = biases.strides()[i];
-  }
+// Part `a` [B, Hkv, T, ·] with each row contiguous, and its strides on axes 0-2 (in elements):
+// in place, or, for a part strided along its rows (never the cache's views), copied into `copy`.
+const void* rows_of(const mx::array& a, std::vector<char>& copy, int64_t strides[3]) {
+  for (int i = 0; i < 3; ++i) strides[i] = a.strides()[i];
+  if (a.strides()[3] == 1 || a.shape(3) == 1) return a.data<void>();
+  const size_t item = a.itemsize();
+  copy.resize(a.size() * item);
+  char* out = copy.data();
+  const char* in = a.data<char>();
+  for (int b = 0; b < a.shape(0); ++b)
+    for (int h = 0; h < a.shape(1); ++h)
+      for (int t = 0; t < a.shape(2); ++t)
+        for (int e = 0; e < a.shape(3); ++e, out += item) {
+          std::memcpy(out, in + (b * a.strides()[0] + h * a.strides()[1] + t * a.strides()[2] + e * a.strides()[3]) * item,
+                      item);
+        }
+  strides[2] = a.shape(3);
+  strides[1] = strides[2] * a.shape(2);
+  strides[0] = strides[1] * a.shape(1);
+  return copy.data();
+}
+
+// Keys or values from their three parts; `copies` holds what had to be made row-contiguous.
+QuantizedRows quantized_rows(const mx::array& packed, const mx::array& scales, const mx::array& biases,
+                             std::vector<char> copies[3]) {
+  QuantizedRows q{};
+  q.packed = static_cast<const uint8_t*>(rows_of(packed, copies[0], q.packed_stride));
+  for (int64_t& stride : q.packed_stride) stride *= int64_t(packed.itemsize());  // in bytes
+  q.scales = rows_of(scales, copies[1], q.scale_stride);
+  q.biases = rows_of(biases, copies[2], q.bias_stride);
   return q;
 }
 
@@ -63,22 +86,13 @@ class QuantizedAttention : public mx::UnaryPrimitive {
         group_(group),
         bits_(bits) {}
 
-  void eval_cpu(const std::vector<mx::array>& given, mx::array& out) override {
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
     out.set_data(mx::allocator::malloc(out.nbytes()));
     auto& encoder = mx::cpu::get_command_encoder(stream());
-    // The kernel reads each row of codes, scales and biases as contiguous: a part whose last
-    // axis is strided (never the cache's views) is copied first.
-    std::vector<mx::array> inputs = given;
-    for (int i = 1; i <= 6; ++i) {
-      if (inputs[i].strides()[3] != 1 && inputs[i].shape(3) > 1) {
-        inputs[i] = mx::contiguous_copy_cpu(inputs[i], stream());
-        encoder.add_temporary(inputs[i]);
-      }
-    }
     for (const auto& in : inputs) encoder.set_input_array(in);
     encoder.set_output_array(out);
     // The arrays are captured by value: their buffers stay alive until the stream runs this.
-    encoder.dispatch([inputs = std::move(inputs), out = out, scale = scale_, causal = causal_, has_mask = has_mask_,
+    encoder.dispatch([inputs = inputs, out = out, scale = scale_, causal = causal_, has_mask = has_mask_,
                       has_sinks = has_sinks_, group = group_, bits = bits_]() mutable {
       const mx::array& q = inputs[0];
       QuantizedAttentionProblem p{};
@@ -94,8 +108,9 @@ class QuantizedAttention : public mx::UnaryPrimitive {
       p.scale = scale;
       p.causal = causal;
       p.q = q.data<float>();
-      p.keys = rows_of(inputs[1], inputs[2], inputs[3]);
-      p.values = rows_of(inputs[4], inputs[5], inputs[6]);
+      std::vector<char> copies[6];
+      p.keys = quantized_rows(inputs[1], inputs[2], inputs[3], copies);
+      p.values = quantized_rows(inputs[4], inputs[5], inputs[6], copies + 3);
       p.scale_type = element_of(inputs[2].dtype());
       size_t next = 7;
       p.has_mask = has_mask;
