@@ -6,7 +6,8 @@
 //
 // Speed: the context is put in the cache directly (random keys and values of the model's
 // dtype, quantized as the cache quantizes them) instead of prefilling thousands of tokens,
-// which a decode step's cost does not depend on; then `steps` real decode steps are timed.
+// which a decode step's cost does not depend on; then `steps` real decode steps are timed, in
+// wall time and in CPU time per token (all threads; steadier when other work shares the CPUs).
 // Runs interleave the three caches (float, 8-bit, 4-bit) and the medians are reported.
 // Quality: each prompt's greedy answer with each cache (identical answers, and tokens before the
 // first difference), and the mean absolute logit difference from the float cache over the float
@@ -61,7 +62,8 @@ function cacheWithContext(kv: KvQuantization | undefined, context: number) {
   return caches;
 }
 
-function decodeSpeed(kv: KvQuantization | undefined, context: number, steps: number): number {
+/** Decode tokens/s, and the CPU time per token of all our threads (ms): steadier on a loaded machine. */
+function decodeSpeed(kv: KvQuantization | undefined, context: number, steps: number): [number, number] {
   const caches = cacheWithContext(kv, context);
   let token = mx.keep(mx.array(Int32Array.from([42]), [1, 1]));
   const step = () => {
@@ -78,12 +80,13 @@ function decodeSpeed(kv: KvQuantization | undefined, context: number, steps: num
     token = next;
   };
   step(); // warm-up
-  const started = performance.now();
+  const [started, cpu] = [performance.now(), process.cpuUsage()];
   for (let i = 0; i < steps; i++) step();
   const seconds = (performance.now() - started) / 1000;
+  const used = process.cpuUsage(cpu);
   token.free();
   freeCaches(caches);
-  return steps / seconds;
+  return [steps / seconds, (used.user + used.system) / 1000 / steps];
 }
 
 // Bytes per token: the cache after 256 positions (its capacity then is exactly 256).
@@ -97,14 +100,19 @@ const bytes = kinds.map(({ kv }) => {
 const contexts = values.contexts!.split(",").map(Number);
 const steps = Number(values.steps);
 const speeds = new Map<string, number[]>();
+const cpuPerToken = new Map<string, number[]>();
 for (let run = 0; run < Number(values.runs); run++) {
   for (const context of contexts) {
     // Rotate the order each run so no cache always goes first.
     const order = kinds.map((_, i) => kinds[(i + run) % kinds.length]!);
     for (const { name, kv } of order) {
       const key = `${name}@${context}`;
-      speeds.set(key, [...(speeds.get(key) ?? []), decodeSpeed(kv, context, steps)]);
-      process.stderr.write(`run ${run + 1}: ${key}: ${speeds.get(key)!.at(-1)!.toFixed(2)} tokens/s\n`);
+      const [speed, cpu] = decodeSpeed(kv, context, steps);
+      speeds.set(key, [...(speeds.get(key) ?? []), speed]);
+      cpuPerToken.set(key, [...(cpuPerToken.get(key) ?? []), cpu]);
+      process.stderr.write(
+        `run ${run + 1}: ${key}: ${speed.toFixed(2)} tokens/s, ${cpu.toFixed(1)} CPU ms per token\n`,
+      );
     }
   }
 }
@@ -166,6 +174,12 @@ kinds.forEach(({ name }, i) => {
     : "(reference) | | ";
   console.log(`| ${name} | ${bytes[i]!.toFixed(0)} | ${speed} | ${qualityCells} |`);
 });
+console.log(`\n| cache | ${contexts.map((c) => `CPU ms per token at ${c}`).join(" | ")} |`);
+console.log(`|---|${contexts.map(() => "---:").join("|")}|`);
+for (const { name } of kinds) {
+  const cpu = contexts.map((c) => median(cpuPerToken.get(`${name}@${c}`)!).toFixed(1)).join(" | ");
+  console.log(`| ${name} | ${cpu} |`);
+}
 console.log(
-  `\nruns: ${values.runs}, ${steps} decode steps each; every run's figures: ${JSON.stringify(Object.fromEntries(speeds))}`,
+  `\nruns: ${values.runs}, ${steps} decode steps each; every run's figures: ${JSON.stringify(Object.fromEntries(speeds))}; CPU ms per token: ${JSON.stringify(Object.fromEntries(cpuPerToken))}`,
 );

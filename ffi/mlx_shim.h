@@ -157,6 +157,13 @@ MLXS_API int mlxs_rope(mlxs_array** out, const mlxs_array* x, int dims, int trad
 // mask_mode is "" or "causal"; mask may be NULL (boolean or additive).
 MLXS_API int mlxs_sdpa(mlxs_array** out, const mlxs_array* q, const mlxs_array* k, const mlxs_array* v,
               float scale, const char* mask_mode, const mlxs_array* mask, const mlxs_array* sinks);
+// Attention on a quantized KV cache: keys and values [B, Hkv, T, ·] as mlxs_quantize makes them
+// (affine: packed, scales, biases), mask and sinks as mlxs_sdpa takes them.
+MLXS_API int mlxs_quantized_sdpa(mlxs_array** out, const mlxs_array* q, const mlxs_array* keys,
+                        const mlxs_array* key_scales, const mlxs_array* key_biases,
+                        const mlxs_array* values, const mlxs_array* value_scales,
+                        const mlxs_array* value_biases, float scale, const char* mask_mode,
+                        const mlxs_array* mask, const mlxs_array* sinks, int group_size, int bits);
 // silu(gate) * up, the SwiGLU feed-forward's activation: one op on our CPU kernels.
 MLXS_API int mlxs_silu_mul(mlxs_array** out, const mlxs_array* gate, const mlxs_array* up);
 

@@ -285,6 +285,19 @@ int mlxs_sdpa(mlxs_array** out, const mlxs_array* q, const mlxs_array* k, const 
   });
 }
 
+int mlxs_quantized_sdpa(mlxs_array** out, const mlxs_array* q, const mlxs_array* keys,
+                        const mlxs_array* key_scales, const mlxs_array* key_biases,
+                        const mlxs_array* values, const mlxs_array* value_scales,
+                        const mlxs_array* value_biases, float scale, const char* mask_mode,
+                        const mlxs_array* mask, const mlxs_array* sinks, int group_size, int bits) {
+  return guard([&] {
+    return put(out, kernels::quantized_scaled_dot_product_attention(
+                        ref(q), {ref(keys), ref(key_scales), ref(key_biases)},
+                        {ref(values), ref(value_scales), ref(value_biases)}, scale,
+                        mask_mode ? mask_mode : "", opt(mask), opt(sinks), group_size, bits));
+  });
+}
+
 int mlxs_silu_mul(mlxs_array** out, const mlxs_array* gate, const mlxs_array* up) {
   return guard([&] { return put(out, kernels::silu_mul(ref(gate), ref(up))); });
 }

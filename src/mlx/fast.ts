@@ -64,3 +64,42 @@ export function scaledDotProductAttention(
     "scaled_dot_product_attention",
   );
 }
+
+/** Keys or values [B, kvHeads, T, ·] as `quantize` makes them (affine): packed codes, scales, biases. */
+export type QuantizedParts = readonly [packed: MxArray, scales: MxArray, biases: MxArray];
+
+/**
+ * scaledDotProductAttention on quantized keys and values (a quantized KV cache), read in place
+ * at `bits` per element: our CPU kernel, or MLX's quantized matmuls where it does not apply.
+ */
+export function quantizedScaledDotProductAttention(
+  q: MxArray,
+  keys: QuantizedParts,
+  values: QuantizedParts,
+  scale: number,
+  quantization: { groupSize: number; bits: number },
+  mask?: "causal" | MxArray,
+  sinks?: MxArray,
+): MxArray {
+  const mode = mask === "causal" ? causalMode : noMode;
+  const maskArray = mask && mask !== "causal" ? mask.handle : null;
+  return wrap(
+    lib.mlxs_quantized_sdpa(
+      outPtr,
+      q.handle,
+      keys[0].handle,
+      keys[1].handle,
+      keys[2].handle,
+      values[0].handle,
+      values[1].handle,
+      values[2].handle,
+      scale,
+      mode,
+      maskArray,
+      sinks?.handle ?? null,
+      quantization.groupSize,
+      quantization.bits,
+    ),
+    "quantized_scaled_dot_product_attention",
+  );
+}

@@ -1,7 +1,6 @@
 // Attention on a quantized key/value cache, as mlx-lm's quantized_scaled_dot_product_attention:
-// scores and output come from quantized matmuls on the packed keys and values, so the cache
-// is never dequantized in full. Grouped-query heads share their key/value head through a
-// broadcast axis instead of a repeat.
+// the cache is never dequantized in full. On the CPU our kernel reads the packed keys and values
+// in place (ffi/src/kernels/quantized_attention*); elsewhere MLX's quantized matmuls do.
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { KvQuantization, Mask, Stored } from "./cache";
@@ -19,40 +18,6 @@ export function quantizedAttention(
   q: KvQuantization,
   sinks?: MxArray,
 ): MxArray {
-  const [batch, heads, length, dim] = queries.shape as [number, number, number, number];
-  const kvHeads = keys[0]!.shape[1]!;
-  const repeats = heads / kvHeads;
-  let scaled = mx.multiply(queries, mx.scalar(scale, queries.dtype));
-  let k = keys;
-  let v = values;
-  if (repeats > 1) {
-    scaled = mx.reshape(scaled, [batch, kvHeads, repeats, length, dim]);
-    k = keys.map((t) => mx.expandDims(t, -3));
-    v = values.map((t) => mx.expandDims(t, -3));
-  }
-  let scores = mx.quantizedMatmul(scaled, k[0]!, k[1]!, k[2], q, true);
-  if (mask !== undefined) {
-    const total = scores.shape.at(-1)!;
-    let allowed = mask === "causal" ? causal(length, total) : mask;
-    if (repeats > 1 && mask !== "causal") allowed = mx.expandDims(allowed, -3);
-    scores = mx.where(allowed, scores, mx.scalar(-Infinity, scores.dtype));
-  }
-  let weights: MxArray;
-  if (sinks) {
-    // The sink as a first column (scores' shape with one column), dropped after the softmax.
-    const perHead = mx.reshape(mx.astype(sinks, scores.dtype), repeats > 1 ? [kvHeads, repeats, 1, 1] : [heads, 1, 1]);
-    const column = mx.broadcastTo(perHead, [...scores.shape.slice(0, -1), 1]);
-    const all = mx.softmax(mx.concatenate([column, scores], -1), -1, true);
-    const shape = all.shape;
-    weights = mx.slice(all, [...shape.slice(0, -1).map(() => 0), 1], shape);
-  } else weights = mx.softmax(scores, -1, true);
-  const out = mx.quantizedMatmul(weights, v[0]!, v[1]!, v[2], q, false);
-  return repeats > 1 ? mx.reshape(out, [batch, heads, length, dim]) : out;
-}
-
-/** [L, T]: the L newest positions each see themselves and everything before. */
-function causal(length: number, total: number): MxArray {
-  const rows = mx.reshape(mx.arange(total - length, total), [length, 1]);
-  const columns = mx.reshape(mx.arange(0, total), [1, total]);
-  return mx.greaterEqual(rows, columns);
+  const parts = (t: Stored) => [t[0]!, t[1]!, t[2]!] as const;
+  return mx.fast.quantizedScaledDotProductAttention(queries, parts(keys), parts(values), scale, q, mask, sinks);
 }

@@ -40,7 +40,10 @@ struct AttentionTile {
 // The softmax state a tile leaves when its keys are only part of the row (split-K decode): for
 // each of its rows (query head major, then position) the running max, the sum of exponentials
 // and the unnormalised output, value_dim + 2 floats.
-inline int partial_stride(const AttentionProblem& p) { return p.value_dim + 2; }
+template <class Problem>
+inline int partial_stride(const Problem& p) {
+  return p.value_dim + 2;
+}
 
 // Computes one tile: into `partial` when given, otherwise normalised straight into p.out.
 using AttendTile = void (*)(const AttentionProblem& p, const AttentionTile& tile, float* partial);

@@ -5,6 +5,7 @@
 
 #include <optional>
 #include <string>
+#include <tuple>
 #include <variant>
 #include <vector>
 
@@ -36,6 +37,16 @@ mx::array quantized_matmul(const mx::array& x, const mx::array& w, const mx::arr
 mx::array scaled_dot_product_attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale,
                                        const std::string& mask_mode, const std::optional<mx::array>& mask,
                                        const std::optional<mx::array>& sinks);
+
+// Keys or values [B, Hkv, T, ·] as MLX affine-quantizes them: packed codes, scales, biases.
+using QuantizedKV = std::tuple<mx::array, mx::array, mx::array>;
+
+// Attention on quantized keys and values (mask and sinks as scaled_dot_product_attention takes
+// them), on our kernel where it applies, else composed of MLX's ops (quantized matmuls).
+mx::array quantized_scaled_dot_product_attention(const mx::array& q, const QuantizedKV& keys,
+                                                 const QuantizedKV& values, float scale, const std::string& mask_mode,
+                                                 const std::optional<mx::array>& mask,
+                                                 const std::optional<mx::array>& sinks, int group, int bits);
 
 // mx::fast::rms_norm as one primitive (MLX's CPU backend evaluates it as a chain of ops).
 mx::array rms_norm(const mx::array& x, const std::optional<mx::array>& weight, float eps);

@@ -1,0 +1,166 @@
+// What the float and the quantized attention kernels share, written with GCC/Clang vector types
+// and compiled per instruction set: the including file defines ATTENTION_VECTOR_BYTES (the vector
+// width) and is built with that set's flags (kernels.cmake). Everything here has internal
+// linkage, so code built with one set's flags never leaks into another's callers.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "attention_kernel.h"
+
+namespace kernels {
+namespace {
+
+constexpr int kBytes = ATTENTION_VECTOR_BYTES;
+constexpr int kLanes = kBytes / 4;
+typedef float vf __attribute__((vector_size(kBytes)));
+typedef int32_t vi __attribute__((vector_size(kBytes)));
+// Keys per chunk: one row of scores is 8 vectors, kept in registers while it is summed over D.
+constexpr int kChunk = 8 * kLanes;
+constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
+
+inline vf load(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+inline vf splat(float f) { return vf{} + f; }
+inline vf max(vf a, vf b) { return a > b ? a : b; }
+inline vf min(vf a, vf b) { return a < b ? a : b; }
+
+// e^x to about 1 ulp (Cephes' expf), and 0 for -inf (a masked score).
+inline vf exp(vf x) {
+  const vf masked = x;
+  x = min(max(x, splat(-87.33654f)), splat(88.37626f));
+  vf fx = x * 1.44269504088896341f + 0.5f;
+  vf whole = __builtin_convertvector(__builtin_convertvector(fx, vi), vf);
+  whole = whole > fx ? whole - 1.0f : whole;  // floor
+  x = x - whole * 0.693359375f + whole * 2.12194440e-4f;
+  vf y = splat(1.9875691500e-4f);
+  y = y * x + 1.3981999507e-3f;
+  y = y * x + 8.3334519073e-3f;
+  y = y * x + 4.1665795894e-2f;
+  y = y * x + 1.6666665459e-1f;
+  y = y * x + 5.0000001201e-1f;
+  y = y * (x * x) + x + 1.0f;
+  const vi bits = (__builtin_convertvector(whole, vi) + 127) << 23;
+  vf scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return masked > kMinusInf ? y * scale : vf{};
+}
+
+inline float reduce_max(vf v) {
+  float m = v[0];
+  for (int i = 1; i < kLanes; ++i) m = std::max(m, v[i]);
+  return m;
+}
+inline float reduce_sum(vf v) {
+  float s = 0;
+  for (int i = 0; i < kLanes; ++i) s += v[i];
+  return s;
+}
+
+inline float element(const StridedView& v, int64_t index) {
+  switch (v.type) {
+    case Element::f32: return static_cast<const float*>(v.data)[index];
+    case Element::f16: return static_cast<float>(static_cast<const _Float16*>(v.data)[index]);
+    case Element::bf16: {
+      const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(v.data)[index]) << 16;
+      float f;
+      std::memcpy(&f, &bits, sizeof f);
+      return f;
+    }
+  }
+  return 0;
+}
+
+// Hides, in a chunk's row of kChunk scores for keys [start, start + n), what query position i of
+// query head `head` (batch row b) may not see: past the chunk, the future (causal: keys after
+// i + shift), the mask. Returns how many keys the causal limit leaves.
+inline int hide_scores(float* score, int start, int n, int b, int head, int i, int shift, bool causal,
+                       bool has_mask, bool bool_mask, const StridedView& mask) {
+  int visible = n;
+  if (causal) visible = std::clamp(i + shift + 1 - start, 0, n);
+  std::fill(score + visible, score + kChunk, kMinusInf);
+  if (has_mask) {
+    const int64_t base = b * mask.stride[0] + head * mask.stride[1] + int64_t(i) * mask.stride[2];
+    for (int j = 0; j < visible; ++j) {
+      const int64_t at = base + int64_t(start + j) * mask.stride[3];
+      if (bool_mask) {
+        if (!static_cast<const bool*>(mask.data)[at]) score[j] = kMinusInf;
+      } else {
+        score[j] += static_cast<const float*>(mask.data)[at];
+      }
+    }
+  }
+  return visible;
+}
+
+// Online softmax over one chunk for one query row: with the chunk's scores (kChunk of them, the
+// hidden ones -inf) rescales what the row summed so far (max, sum, its Dv outputs) to the new
+// running max and adds the chunk's n value rows (value_stride floats apart), all in fp32.
+inline void softmax_accumulate(float* score, int n, const float* values, int64_t value_stride, int Dv, float& row_max,
+                               float& row_sum, float* out) {
+  vf top = splat(kMinusInf);
+  for (int v = 0; v < 8; ++v) top = max(top, load(score + v * kLanes));
+  const float new_max = std::max(row_max, reduce_max(top));
+  if (new_max == kMinusInf) return;  // nothing visible yet
+  const float rescale = std::exp(row_max - new_max);
+  vf total{};
+  for (int v = 0; v < 8; ++v) {
+    const vf e = exp(load(score + v * kLanes) - new_max);
+    store(score + v * kLanes, e);
+    total += e;
+  }
+  row_max = new_max;
+  row_sum = row_sum * rescale + reduce_sum(total);
+
+  int d = 0;
+  for (; d + 4 * kLanes <= Dv; d += 4 * kLanes) {
+    vf o0 = load(out + d) * rescale, o1 = load(out + d + kLanes) * rescale;
+    vf o2 = load(out + d + 2 * kLanes) * rescale, o3 = load(out + d + 3 * kLanes) * rescale;
+    for (int j = 0; j < n; ++j) {
+      const vf w = splat(score[j]);
+      const float* v = values + j * value_stride + d;
+      o0 += w * load(v);
+      o1 += w * load(v + kLanes);
+      o2 += w * load(v + 2 * kLanes);
+      o3 += w * load(v + 3 * kLanes);
+    }
+    store(out + d, o0);
+    store(out + d + kLanes, o1);
+    store(out + d + 2 * kLanes, o2);
+    store(out + d + 3 * kLanes, o3);
+  }
+  for (; d + kLanes <= Dv; d += kLanes) {
+    vf o = load(out + d) * rescale;
+    for (int j = 0; j < n; ++j) o += splat(score[j]) * load(values + j * value_stride + d);
+    store(out + d, o);
+  }
+  for (; d < Dv; ++d) {
+    float o = out[d] * rescale;
+    for (int j = 0; j < n; ++j) o += score[j] * values[j * value_stride + d];
+    out[d] = o;
+  }
+}
+
+// Leaves one row of a tile: its softmax state (max, sum, unnormalised outputs; see
+// partial_stride) into `state` when the tile holds part of the keys, else normalised into dst.
+inline void finish_row(const float* out, float row_max, float row_sum, int Dv, float* state, float* dst) {
+  if (state != nullptr) {
+    state[0] = row_max;
+    state[1] = row_sum;
+    std::memcpy(state + 2, out, sizeof(float) * Dv);
+    return;
+  }
+  const float norm = row_sum > 0 ? 1.0f / row_sum : 0.0f;
+  for (int d = 0; d < Dv; ++d) dst[d] = out[d] * norm;
+}
+
+}  // namespace
+}  // namespace kernels

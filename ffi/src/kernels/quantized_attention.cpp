@@ -1,0 +1,267 @@
+// The QuantizedAttention primitive: attention on a quantized KV cache (keys and values as MLX
+// affine-quantizes them) in one graph node, read in place at 4 or 8 bits. Without it (a GPU,
+// other layouts, MLX_KERNELS=mlx) the same attention is composed of MLX's ops as mlx-lm's
+// quantized_scaled_dot_product_attention does: two batched quantized matmuls around a softmax.
+#include "kernels.h"
+
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "attention_tiles.h"
+#include "isa.h"
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/primitives.h"
+#include "quantized_attention_kernel.h"
+
+namespace kernels {
+namespace {
+
+QuantizedAttendTile tile_for(Isa isa) {
+  switch (isa) {
+#if defined(KERNELS_HAVE_AVX512)
+    case Isa::avx512: return quantized_attend_tile_avx512;
+#endif
+#if defined(KERNELS_HAVE_AVX2)
+    case Isa::avx2: return quantized_attend_tile_avx2;
+#endif
+#if defined(KERNELS_HAVE_NEON)
+    case Isa::neon: return quantized_attend_tile_neon;
+#endif
+    default: return quantized_attend_tile_portable;
+  }
+}
+
+bool float_type(mx::Dtype t) { return t == mx::float32 || t == mx::float16 || t == mx::bfloat16; }
+
+Element element_of(mx::Dtype t) {
+  if (t == mx::float16) return Element::f16;
+  if (t == mx::bfloat16) return Element::bf16;
+  return Element::f32;
+}
+
+// Part `a` [B, Hkv, T, ·] with each row contiguous, and its strides on axes 0-2 (in elements):
+// in place, or, for a part strided along its rows (never the cache's views), copied into `copy`.
+const void* rows_of(const mx::array& a, std::vector<char>& copy, int64_t strides[3]) {
+  for (int i = 0; i < 3; ++i) strides[i] = a.strides()[i];
+  if (a.strides()[3] == 1 || a.shape(3) == 1) return a.data<void>();
+  const size_t item = a.itemsize();
+  copy.resize(a.size() * item);
+  char* out = copy.data();
+  const char* in = a.data<char>();
+  for (int b = 0; b < a.shape(0); ++b)
+    for (int h = 0; h < a.shape(1); ++h)
+      for (int t = 0; t < a.shape(2); ++t)
+        for (int e = 0; e < a.shape(3); ++e, out += item) {
+          std::memcpy(out, in + (b * a.strides()[0] + h * a.strides()[1] + t * a.strides()[2] + e * a.strides()[3]) * item,
+                      item);
+        }
+  strides[2] = a.shape(3);
+  strides[1] = strides[2] * a.shape(2);
+  strides[0] = strides[1] * a.shape(1);
+  return copy.data();
+}
+
+// Keys or values from their three parts; `copies` holds what had to be made row-contiguous.
+QuantizedRows quantized_rows(const mx::array& packed, const mx::array& scales, const mx::array& biases,
+                             std::vector<char> copies[3]) {
+  QuantizedRows q{};
+  q.packed = static_cast<const uint8_t*>(rows_of(packed, copies[0], q.packed_stride));
+  for (int64_t& stride : q.packed_stride) stride *= int64_t(packed.itemsize());  // in bytes
+  q.scales = rows_of(scales, copies[1], q.scale_stride);
+  q.biases = rows_of(biases, copies[2], q.bias_stride);
+  return q;
+}
+
+// Inputs: q (fp32, row-contiguous), keys' packed/scales/biases, values' likewise, then the mask
+// ([B, Hq, Lq, Lk] broadcast, bool or fp32) and the sinks ([Hq] fp32) when present.
+class QuantizedAttention : public mx::UnaryPrimitive {
+ public:
+  QuantizedAttention(mx::Stream stream, float scale, bool causal, bool has_mask, bool has_sinks, int group, int bits)
+      : mx::UnaryPrimitive(stream),
+        scale_(scale),
+        causal_(causal),
+        has_mask_(has_mask),
+        has_sinks_(has_sinks),
+        group_(group),
+        bits_(bits) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    for (const auto& in : inputs) encoder.set_input_array(in);
+    encoder.set_output_array(out);
+    // The arrays are captured by value: their buffers stay alive until the stream runs this.
+    encoder.dispatch([inputs = inputs, out = out, scale = scale_, causal = causal_, has_mask = has_mask_,
+                      has_sinks = has_sinks_, group = group_, bits = bits_]() mutable {
+      const mx::array& q = inputs[0];
+      QuantizedAttentionProblem p{};
+      p.batch = q.shape(0);
+      p.q_heads = q.shape(1);
+      p.q_len = q.shape(2);
+      p.dim = q.shape(3);
+      p.kv_heads = inputs[1].shape(1);
+      p.kv_len = inputs[1].shape(2);
+      p.value_dim = inputs[4].shape(3) * 32 / bits;
+      p.bits = bits;
+      p.group = group;
+      p.scale = scale;
+      p.causal = causal;
+      p.q = q.data<float>();
+      std::vector<char> copies[6];
+      p.keys = quantized_rows(inputs[1], inputs[2], inputs[3], copies);
+      p.values = quantized_rows(inputs[4], inputs[5], inputs[6], copies + 3);
+      p.scale_type = element_of(inputs[2].dtype());
+      size_t next = 7;
+      p.has_mask = has_mask;
+      if (has_mask) {
+        const mx::array& mask = inputs[next++];
+        p.mask = StridedView{mask.data<void>(), Element::f32, {}};
+        for (int i = 0; i < 4; ++i) p.mask.stride[i] = mask.strides()[i];
+        p.bool_mask = mask.dtype() == mx::bool_;
+      }
+      p.sinks = has_sinks ? inputs[next].data<float>() : nullptr;
+      p.out = out.data<float>();
+      const QuantizedAttendTile attend = tile_for(best_isa());
+      run_attention_tiles(p, [&](const AttentionTile& tile, float* partial) { attend(p, tile, partial); });
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("[kernels::QuantizedAttention] CPU only: built for CPU streams");
+  }
+
+  const char* name() const override { return "kernels::QuantizedAttention"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    const auto& o = static_cast<const QuantizedAttention&>(other);
+    return scale_ == o.scale_ && causal_ == o.causal_ && has_mask_ == o.has_mask_ && has_sinks_ == o.has_sinks_ &&
+           group_ == o.group_ && bits_ == o.bits_;
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    mx::Shape shape = inputs[0].shape();
+    shape.back() = inputs[4].shape(3) * 32 / bits_;
+    return {shape};
+  }
+
+ private:
+  float scale_;
+  bool causal_, has_mask_, has_sinks_;
+  int group_, bits_;
+};
+
+// One side (keys or values) [B, Hkv, T, ·] as the kernel reads it; returns its row width.
+bool quantized_side(const QuantizedKV& side, int B, int Hkv, int T, int group, int bits, int& width) {
+  const auto& [packed, scales, biases] = side;
+  if (packed.dtype() != mx::uint32 || packed.ndim() != 4 || scales.ndim() != 4 || !float_type(scales.dtype())) {
+    return false;
+  }
+  width = packed.shape(3) * 32 / bits;
+  const mx::Shape rows = {B, Hkv, T};
+  for (const mx::array* part : {&packed, &scales, &biases}) {
+    if (mx::Shape(part->shape().begin(), part->shape().begin() + 3) != rows) return false;
+  }
+  return biases.dtype() == scales.dtype() && biases.shape() == scales.shape() && width % group == 0 &&
+         scales.shape(3) == width / group && width / group <= 64;
+}
+
+bool supported(const mx::array& q, const QuantizedKV& keys, const QuantizedKV& values, const std::string& mask_mode,
+               const std::optional<mx::array>& mask, const std::optional<mx::array>& sinks, int group, int bits) {
+  if ((bits != 4 && bits != 8) || (group != 32 && group != 64 && group != 128)) return false;
+  if (q.ndim() != 4 || !float_type(q.dtype()) || q.size() == 0) return false;
+  if (mask_mode != "" && mask_mode != "causal" && mask_mode != "array") return false;
+  if (mask && (mask_mode == "causal" || mask->ndim() > 4 || !(mask->dtype() == mx::bool_ || float_type(mask->dtype())))) {
+    return false;
+  }
+  const auto& packed = std::get<0>(keys);
+  if (packed.ndim() != 4) return false;
+  const int B = q.shape(0), Hq = q.shape(1), Lq = q.shape(2), Hkv = packed.shape(1), T = packed.shape(2);
+  int key_width = 0, value_width = 0;
+  if (Hkv <= 0 || Hq % Hkv != 0 || T <= 0 || !quantized_side(keys, B, Hkv, T, group, bits, key_width) ||
+      !quantized_side(values, B, Hkv, T, group, bits, value_width)) {
+    return false;
+  }
+  if (std::get<1>(keys).dtype() != std::get<1>(values).dtype()) return false;
+  if (sinks && (sinks->ndim() != 1 || sinks->shape(0) != Hq || !float_type(sinks->dtype()))) return false;
+  return key_width == q.shape(3) && (mask_mode != "causal" || Lq <= T);
+}
+
+// The same attention in MLX's ops: grouped-query heads share their key/value head through a
+// broadcast axis instead of a repeat; the sink joins the softmax as a first column, dropped after.
+mx::array composed(const mx::array& q, const QuantizedKV& keys, const QuantizedKV& values, float scale,
+                   const std::string& mask_mode, const std::optional<mx::array>& mask,
+                   const std::optional<mx::array>& sinks, int group, int bits) {
+  const int B = q.shape(0), Hq = q.shape(1), L = q.shape(2), D = q.shape(3);
+  const int Hkv = std::get<0>(keys).shape(1), repeats = Hq / Hkv;
+  mx::array scaled = mx::multiply(q, mx::array(scale, q.dtype()));
+  auto parts = [&](const QuantizedKV& side) {
+    std::vector<mx::array> p = {std::get<0>(side), std::get<1>(side), std::get<2>(side)};
+    if (repeats > 1) {
+      for (auto& t : p) t = mx::expand_dims(t, -3);
+    }
+    return p;
+  };
+  if (repeats > 1) scaled = mx::reshape(scaled, {B, Hkv, repeats, L, D});
+  const auto k = parts(keys), v = parts(values);
+  mx::array scores = mx::quantized_matmul(scaled, k[0], k[1], k[2], true, group, bits, "affine");
+  const int total = scores.shape(-1);
+  if (mask_mode == "causal") {
+    // The L newest positions each see themselves and everything before.
+    const mx::array rows = mx::reshape(mx::arange(total - L, total, mx::int32), {L, 1});
+    const mx::array columns = mx::reshape(mx::arange(0, total, mx::int32), {1, total});
+    scores = mx::where(mx::greater_equal(rows, columns), scores, mx::array(-INFINITY, scores.dtype()));
+  } else if (mask) {
+    const mx::array m = repeats > 1 ? mx::expand_dims(*mask, -3) : *mask;
+    scores = m.dtype() == mx::bool_ ? mx::where(m, scores, mx::array(-INFINITY, scores.dtype()))
+                                    : mx::add(scores, mx::astype(m, scores.dtype()));
+  }
+  mx::array weights = scores;
+  if (sinks) {
+    const mx::Shape per_head = repeats > 1 ? mx::Shape{Hkv, repeats, 1, 1} : mx::Shape{Hq, 1, 1};
+    mx::Shape column_shape = scores.shape();
+    column_shape.back() = 1;
+    const mx::array column = mx::broadcast_to(mx::reshape(mx::astype(*sinks, scores.dtype()), per_head), column_shape);
+    const mx::array all = mx::softmax(mx::concatenate({column, scores}, -1), -1, true);
+    mx::Shape start(all.ndim(), 0), stop = all.shape();
+    start.back() = 1;
+    weights = mx::slice(all, start, stop);
+  } else {
+    weights = mx::softmax(scores, -1, true);
+  }
+  mx::array out = mx::quantized_matmul(weights, v[0], v[1], v[2], false, group, bits, "affine");
+  return repeats > 1 ? mx::reshape(out, {B, Hq, L, out.shape(-1)}) : out;
+}
+
+}  // namespace
+
+mx::array quantized_scaled_dot_product_attention(const mx::array& q, const QuantizedKV& keys,
+                                                 const QuantizedKV& values, float scale, const std::string& mask_mode,
+                                                 const std::optional<mx::array>& mask,
+                                                 const std::optional<mx::array>& sinks, int group, int bits) {
+  mx::Stream stream = mx::default_stream(mx::default_device());
+  if (!enabled_on(stream) || !supported(q, keys, values, mask_mode, mask, sinks, group, bits)) {
+    return composed(q, keys, values, scale, mask_mode, mask, sinks, group, bits);
+  }
+  const int B = q.shape(0), Hq = q.shape(1), Lq = q.shape(2), Lk = std::get<0>(keys).shape(2);
+  const int value_width = std::get<0>(values).shape(3) * 32 / bits;
+  std::vector<mx::array> inputs = {mx::contiguous(mx::astype(q, mx::float32)),
+                                   std::get<0>(keys),
+                                   std::get<1>(keys),
+                                   std::get<2>(keys),
+                                   std::get<0>(values),
+                                   std::get<1>(values),
+                                   std::get<2>(values)};
+  if (mask) {
+    const mx::array m = mx::broadcast_to(*mask, {B, Hq, Lq, Lk});
+    inputs.push_back(m.dtype() == mx::bool_ ? m : mx::astype(m, mx::float32));
+  }
+  if (sinks) inputs.push_back(mx::contiguous(mx::astype(*sinks, mx::float32)));
+  mx::array out({B, Hq, Lq, value_width}, mx::float32,
+                std::make_shared<QuantizedAttention>(stream, scale, mask_mode == "causal", mask.has_value(),
+                                                     sinks.has_value(), group, bits),
+                std::move(inputs));
+  return q.dtype() == mx::float32 ? out : mx::astype(out, q.dtype());
+}
+
+}  // namespace kernels

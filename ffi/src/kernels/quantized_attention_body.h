@@ -1,0 +1,208 @@
+// The quantized attention kernel, written once with GCC/Clang vector types and compiled per
+// instruction set: quantized_attention_<isa>.cpp defines ATTENTION_VECTOR_BYTES (the vector
+// width) and QUANTIZED_ATTENTION_TILE_FN (the function's name), includes simd/<isa>.h and
+// defines QUANTIZED_ATTENTION_SIMD where its Vec unpacks codes in our lanes, and is built with
+// that set's flags (kernels.cmake).
+//
+// As the float kernel (attention_body.h), flash-attention style over chunks of keys, in fp32,
+// every query head of a key/value head sharing each chunk; but each chunk's keys and values are
+// first dequantized into fp32 rows in L1, a vector of codes at a time (the cache is read at 4 or
+// 8 bits, never expanded in memory), and scores are dot products along those rows.
+#include <utility>
+#include <vector>
+
+#include "attention_vector.h"
+#include "quantized_attention_kernel.h"
+
+namespace kernels {
+namespace {
+
+// kLanes packed bytes as floats: 8 bits, one code each (q8); 4 bits, their low nibbles, then
+// their high ones (q4_split). With the instruction set's own widening (simd/<isa>.h) where its
+// lanes are ours: GCC widens a vector of bytes one lane at a time.
+#if defined(QUANTIZED_ATTENTION_SIMD)
+static_assert(Vec::kLanes == kLanes, "simd/<isa>.h and the attention kernel have the same lanes");
+inline vf as_vf(Vec::T v) {
+  vf out;
+  std::memcpy(&out, &v, sizeof out);
+  return out;
+}
+inline vf q8(const uint8_t* p) { return as_vf(Vec::q8(p)); }
+inline void q4_split(const uint8_t* p, vf& lo, vf& hi) {
+  Vec::T l, h;
+  Vec::q4_split(p, l, h);
+  lo = as_vf(l);
+  hi = as_vf(h);
+}
+#else
+typedef uint8_t vb __attribute__((vector_size(kLanes)));
+inline vi widen(const uint8_t* p) {
+  vb v;
+  std::memcpy(&v, p, sizeof v);
+  return __builtin_convertvector(v, vi);
+}
+inline vf q8(const uint8_t* p) { return __builtin_convertvector(widen(p), vf); }
+inline void q4_split(const uint8_t* p, vf& lo, vf& hi) {
+  const vi codes = widen(p);
+  lo = __builtin_convertvector(codes & 15, vf);
+  hi = __builtin_convertvector(codes >> 4, vf);
+}
+#endif
+
+// Elements that one vector of kLanes packed bytes holds.
+template <int Bits>
+constexpr int kBlock = Bits == 4 ? 2 * kLanes : kLanes;
+
+// Where natural element e of a row sits in the kernel's order. 8 bits: in place. 4 bits: each
+// block of 2·kLanes elements is split into its even elements, then its odd ones, the order of
+// the low and the high nibbles of its kLanes bytes, so unpacking needs no shuffle; the queries
+// are put in the same order (a dot product does not care), and so are the outputs until the end.
+template <int Bits>
+inline int kernel_position(int e) {
+  if constexpr (Bits == 8) return e;
+  const int within = e % kBlock<Bits>;
+  return e - within + (within & 1) * kLanes + within / 2;
+}
+
+// n scales (or biases) from base + offset as floats.
+inline void to_floats(const void* base, Element type, int64_t offset, int n, float* out) {
+  const StridedView view{base, type, {}};
+  for (int i = 0; i < n; ++i) out[i] = element(view, offset + i);
+}
+
+// Row `row` of head (b, h) of quantized keys or values, `width` elements, into out in the
+// kernel's order: code · scale + bias.
+template <int Bits>
+inline void dequantize_row(const QuantizedRows& q, Element type, int group, int b, int h, int row, int width,
+                           float* out) {
+  constexpr int kMaxGroups = 64;
+  float scales[kMaxGroups], biases[kMaxGroups];
+  const int groups = width / group;
+  to_floats(q.scales, type, b * q.scale_stride[0] + h * q.scale_stride[1] + int64_t(row) * q.scale_stride[2], groups,
+            scales);
+  to_floats(q.biases, type, b * q.bias_stride[0] + h * q.bias_stride[1] + int64_t(row) * q.bias_stride[2], groups,
+            biases);
+  const uint8_t* packed =
+      q.packed + b * q.packed_stride[0] + h * q.packed_stride[1] + int64_t(row) * q.packed_stride[2];
+  for (int g = 0; g < groups; ++g) {
+    const vf scale = splat(scales[g]), bias = splat(biases[g]);
+    // A block never straddles groups: groups are multiples of 32 elements.
+    for (int e = g * group, end = e + group; e < end; e += kBlock<Bits>) {
+      if constexpr (Bits == 8) {
+        store(out + e, q8(packed + e) * scale + bias);
+      } else {
+        vf lo, hi;
+        q4_split(packed + e / 2, lo, hi);
+        store(out + e, lo * scale + bias);
+        store(out + e + kLanes, hi * scale + bias);
+      }
+    }
+  }
+}
+
+// Lane i of fold<S>(x, y): x and y each hold kLanes / S keys' partial sums, S lanes per key;
+// the result holds twice the keys, S / 2 lanes each: every key's lower half plus its upper half.
+template <int S, bool Upper>
+constexpr int fold_index(int i) {
+  const int half = S / 2, key = i / half, keys_in_x = kLanes / S, at = i % half + (Upper ? half : 0);
+  return key < keys_in_x ? key * S + at : kLanes + (key - keys_in_x) * S + at;
+}
+template <int S, size_t... I>
+inline vf fold(vf x, vf y, std::index_sequence<I...>) {
+  return __builtin_shufflevector(x, y, fold_index<S, false>(I)...) +
+         __builtin_shufflevector(x, y, fold_index<S, true>(I)...);
+}
+// Sums each of the kLanes vectors acc[0..kLanes) into lane j of one vector (acc is overwritten):
+// a transpose and add in log2(kLanes) rounds of shuffles, instead of a horizontal sum per key.
+template <int S = kLanes>
+inline vf sum_lanes(vf* acc, int count = kLanes) {
+  for (int i = 0; i < count / 2; ++i) acc[i] = fold<S>(acc[2 * i], acc[2 * i + 1], std::make_index_sequence<kLanes>());
+  if constexpr (S > 2) return sum_lanes<S / 2>(acc, count / 2);
+  return acc[0];
+}
+
+// score[j] = q · keys[j] for the kChunk keys of a chunk (rows of D floats), kLanes keys at a time;
+// past the chunk's keys the scores are of stale rows, for the caller to hide.
+inline void scores_of(const float* q, const float* keys, int D, float* score) {
+  for (int j = 0; j < kChunk; j += kLanes) {
+    const float* k = keys + size_t(j) * D;
+    vf acc[kLanes] = {};
+    for (int d = 0; d < D; d += kLanes) {
+      const vf qv = load(q + d);
+      for (int l = 0; l < kLanes; ++l) acc[l] += qv * load(k + size_t(l) * D + d);
+    }
+    store(score + j, sum_lanes(acc));
+  }
+}
+
+// Per-thread buffers, kept between calls (pool threads and stream threads are long-lived).
+struct Scratch {
+  std::vector<float> queries, keys, values, scores, out, max, sum, row;
+};
+
+template <int Bits>
+void attend(const QuantizedAttentionProblem& p, const AttentionTile& t, float* partial) {
+  thread_local Scratch s;
+  const int group = p.q_heads / p.kv_heads;
+  const int positions = t.row_end - t.row_begin;
+  const int rows = group * positions;
+  const int D = p.dim, Dv = p.value_dim;
+  const int shift = p.kv_len - p.q_len;
+  s.queries.resize(size_t(rows) * D);
+  s.keys.resize(size_t(kChunk) * D);  // zeros at first: the rows past a chunk stay finite
+  s.values.resize(size_t(kChunk) * Dv);
+  s.scores.resize(size_t(rows) * kChunk);
+  s.out.assign(size_t(rows) * Dv, 0.0f);
+  s.max.assign(rows, kMinusInf);
+  s.sum.assign(rows, 0.0f);
+  s.row.resize(Dv);
+
+  // Row r is query head (first head of the group + r / positions), position row_begin + r % positions.
+  const int first_head = t.kv_head * group;
+  for (int r = 0; r < rows; ++r) {
+    const int head = first_head + r / positions, i = t.row_begin + r % positions;
+    const float* q = p.q + ((size_t(t.b) * p.q_heads + head) * p.q_len + i) * D;
+    for (int d = 0; d < D; ++d) s.queries[size_t(r) * D + kernel_position<Bits>(d)] = q[d] * p.scale;
+    // A head's sink starts its rows' softmax (once: in the part that holds the first keys).
+    if (p.sinks != nullptr && t.key_begin == 0) {
+      s.max[r] = p.sinks[head];
+      s.sum[r] = 1.0f;
+    }
+  }
+
+  // Causal: no row of the tile sees keys past its last position.
+  const int key_end = p.causal ? std::min(t.key_end, t.row_end + shift) : t.key_end;
+  for (int start = t.key_begin; start < key_end; start += kChunk) {
+    const int n = std::min(kChunk, key_end - start);
+    for (int j = 0; j < n; ++j) {
+      dequantize_row<Bits>(p.keys, p.scale_type, p.group, t.b, t.kv_head, start + j, D, s.keys.data() + size_t(j) * D);
+      dequantize_row<Bits>(p.values, p.scale_type, p.group, t.b, t.kv_head, start + j, Dv,
+                           s.values.data() + size_t(j) * Dv);
+    }
+    for (int r = 0; r < rows; ++r) {
+      const int head = first_head + r / positions, i = t.row_begin + r % positions;
+      float* score = s.scores.data() + size_t(r) * kChunk;
+      scores_of(s.queries.data() + size_t(r) * D, s.keys.data(), D, score);
+      hide_scores(score, start, n, t.b, head, i, shift, p.causal, p.has_mask, p.bool_mask, p.mask);
+      softmax_accumulate(score, n, s.values.data(), Dv, Dv, s.max[r], s.sum[r], s.out.data() + size_t(r) * Dv);
+    }
+  }
+
+  for (int r = 0; r < rows; ++r) {
+    const int head = first_head + r / positions, i = t.row_begin + r % positions;
+    const float* out = s.out.data() + size_t(r) * Dv;
+    for (int d = 0; d < Dv; ++d) s.row[d] = out[kernel_position<Bits>(d)];  // back to natural order
+    float* state = partial ? partial + size_t(r) * partial_stride(p) : nullptr;
+    float* dst = p.out + ((size_t(t.b) * p.q_heads + head) * p.q_len + i) * Dv;
+    finish_row(s.row.data(), s.max[r], s.sum[r], Dv, state, dst);
+  }
+}
+
+}  // namespace
+
+void QUANTIZED_ATTENTION_TILE_FN(const QuantizedAttentionProblem& p, const AttentionTile& t, float* partial) {
+  if (p.bits == 4) attend<4>(p, t, partial);
+  else attend<8>(p, t, partial);
+}
+
+}  // namespace kernels
