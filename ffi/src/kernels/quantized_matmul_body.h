@@ -7,6 +7,8 @@
 // the high nibbles of the next kLanes bytes as floats; half(uint16_t) → float; halves(const uint16_t*): kLanes of them.
 #pragma once
 
+#include <algorithm>
+
 #include "quantized_matmul.h"
 
 namespace kernels {
@@ -73,6 +75,10 @@ void direct_rows(const QmmProblem& p, int n0, int n1) {
   // The blocks follow each other in memory: while a block runs its groups, each group prefetches
   // its share (NC groups' bytes) of the block kPrefetchBlocks further on.
   const int ahead_bytes = NC * p.group * Bits / 8;
+  // The first blocks have no block before them to prefetch them.
+  const uint8_t* first = p.w + static_cast<long>(n0) * row_bytes;
+  const long first_bytes = std::min<long>(static_cast<long>(kPrefetchBlocks) * NC, n1 - n0) * row_bytes;
+  for (long b = 0; b < first_bytes; b += 64) __builtin_prefetch(first + b);
   for (int n = n0; n < n1; n += NC) {
     const uint8_t* rows[NC];
     for (int c = 0; c < NC; ++c) rows[c] = p.w + static_cast<long>(n + c) * row_bytes;
