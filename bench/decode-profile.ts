@@ -4,7 +4,7 @@
 // so MLX's per-evaluation cost is paid once). The ops' sum against the whole step leaves the
 // graph's own cost (nodes, allocations, the sampler, thread wake-ups between ops).
 //
-//   MLX_HOME=$PWD/.cache/mlx-home node_modules/.bin/bun bench/decode-profile.ts [--runs 5] [--context 64]
+//   MLX_HOME=$PWD/.cache/mlx-home node_modules/.bin/bun bench/decode-profile.ts [--runs 5] [--context 64] [--step-only]
 import { parseArgs } from "node:util";
 import * as mx from "../src/mlx";
 import type { MxArray } from "../src/mlx";
@@ -20,6 +20,8 @@ const { values } = parseArgs({
     runs: { type: "string", default: "5" },
     context: { type: "string", default: "64" },
     tokens: { type: "string", default: "64" },
+    // The whole step alone (to compare builds): no build timing, no table of ops.
+    "step-only": { type: "boolean", default: false },
   },
 });
 const runs = Number(values.runs);
@@ -44,22 +46,31 @@ function medianEval(make: () => MxArray[]): number {
   return median(Array.from({ length: runs }, once));
 }
 
-// The whole step: tokens/s of the engine's token loop after a `context`-token prompt.
-function stepMs(): number {
-  const ms: number[] = [];
+// The whole step: tokens/s of the engine's token loop after a `context`-token prompt, and the
+// process's CPU time per step (on a loaded machine, with MLX_CPU_THREADS=1, the steadier measure
+// of the work a step does: no thread waits for another).
+function stepMs(): { wall: number; cpu: number } {
+  const wall: number[] = [];
+  const cpu: number[] = [];
   for (let r = 0; r < runs; r++) {
     let n = 0;
     let t0 = 0;
+    let c0 = process.cpuUsage();
     for (const _ of generateTokens(lm.model, {
       promptIds: Array.from({ length: context }, (_, i) => 100 + i),
       sampling: defaultSampling,
       maxTokens: tokens + 1,
     })) {
-      if (n++ === 0) t0 = performance.now();
+      if (n++ === 0) {
+        t0 = performance.now();
+        c0 = process.cpuUsage();
+      }
     }
-    ms.push((performance.now() - t0) / tokens);
+    wall.push((performance.now() - t0) / tokens);
+    const used = process.cpuUsage(c0);
+    cpu.push((used.user + used.system) / 1000 / tokens);
   }
-  return median(ms);
+  return { wall: median(wall), cpu: median(cpu) };
 }
 
 // The graph of one step built in TypeScript, never evaluated: the host's share.
@@ -139,11 +150,12 @@ const ops: [string, number, () => MxArray[]][] = [
   ["a trivial op (scalar add), per node", 100, repeat(100, () => mx.add(tiny, tiny))],
 ];
 
-const step = stepMs();
-const build = buildMs();
+const { wall: step, cpu: stepCpu } = stepMs();
 console.log(
-  `\nwhole step (engine token loop, pipelined): ${step.toFixed(2)} ms/token (${(1000 / step).toFixed(1)} tokens/s)`,
+  `\nwhole step (engine token loop, pipelined): ${step.toFixed(2)} ms/token (${(1000 / step).toFixed(1)} tokens/s), ${stepCpu.toFixed(2)} ms of CPU time`,
 );
+if (values["step-only"]) process.exit(0);
+const build = buildMs();
 console.log(`graph build in TypeScript alone: ${build.toFixed(2)} ms/token (overlaps evaluation when pipelined)\n`);
 console.log("| op | per step | ms per step | share of the step |");
 console.log("|---|---:|---:|---:|");

@@ -184,6 +184,22 @@ describe("quantized matmul kernel", () => {
     });
   });
 
+  test("strided inputs: transposed activations, column-sliced scales and biases (copied when evaluated)", () => {
+    mx.scope(() => {
+      const layout = layouts[0]!;
+      const w = quantizedWeight(40, 128, layout, mx.Dtype.float16, 9);
+      // Scales and biases as views of wider arrays: their rows are not contiguous.
+      const wide = (t: mx.MxArray) => mx.slice(mx.concatenate([t, t], 1), [0, 0], [40, 4]);
+      const strided = { weight: w.weight, scales: wide(w.scales), biases: wide(w.biases) };
+      for (const m of [1, 3, 11]) {
+        const x = mx.transpose(mx.random.normal([128, m], mx.Dtype.float32, mx.random.key(10 + m)));
+        expect(
+          relativeError(product(x, strided, layout, true), product(mx.contiguous(x), w, layout, false)),
+        ).toBeLessThan(1e-5);
+      }
+    });
+  });
+
   test("layouts it does not cover (weights not transposed) are MLX's op", () => {
     mx.scope(() => {
       const layout = layouts[0]!;

@@ -62,7 +62,9 @@ class Attention : public mx::UnaryPrimitive {
     for (const auto& in : inputs) encoder.set_input_array(in);
     encoder.set_output_array(out);
     // The arrays are captured by value: their buffers stay alive until the stream runs this.
-    encoder.dispatch([inputs = inputs, out = out, scale = scale_, causal = causal_, has_mask = has_mask_]() mutable {
+    std::vector<mx::array> held = inputs;
+    held[0] = row_contiguous(held[0], stream());  // the queries; keys and values are read through their strides
+    encoder.dispatch([inputs = std::move(held), out = out, scale = scale_, causal = causal_, has_mask = has_mask_]() mutable {
       const mx::array &q = inputs[0], &k = inputs[1], &v = inputs[2];
       AttentionProblem p{};
       p.batch = q.shape(0);
@@ -133,7 +135,7 @@ mx::array scaled_dot_product_attention(const mx::array& q, const mx::array& k, c
     return mx::fast::scaled_dot_product_attention(q, k, v, scale, mask_mode, mask, sinks);
   }
   const int B = q.shape(0), Hq = q.shape(1), Lq = q.shape(2), Lk = k.shape(2);
-  std::vector<mx::array> inputs = {mx::contiguous(mx::astype(q, mx::float32)), k, v};
+  std::vector<mx::array> inputs = {mx::astype(q, mx::float32), k, v};
   if (mask) {
     const mx::array m = mx::broadcast_to(*mask, {B, Hq, Lq, Lk});
     inputs.push_back(m.dtype() == mx::bool_ ? m : mx::astype(m, mx::float32));

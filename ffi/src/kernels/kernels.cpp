@@ -5,8 +5,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "isa.h"
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/primitives.h"
 #include "quantized_matmul.h"
 #include "thread_pool.h"
 
@@ -26,6 +29,17 @@ bool set_enabled(bool enable) { return on.exchange(enable); }
 bool enabled() { return on.load(); }
 
 bool enabled_on(const mx::Stream& stream) { return enabled() && stream.device == mx::Device::cpu; }
+
+mx::array row_contiguous(const mx::array& a, mx::Stream stream) {
+  if (a.flags().row_contiguous) return a;
+  // MLX's own Contiguous primitive does the copy (its copy routines are not exported): evaluated
+  // here, it queues the copy on the stream ahead of the caller's task.
+  mx::array copy = mx::contiguous(a, false, stream);
+  std::vector<mx::array> outputs = {copy};
+  copy.primitive().eval_cpu({a}, outputs);
+  mx::cpu::get_command_encoder(stream).add_temporary(copy);
+  return copy;
+}
 
 #if !defined(KERNELS_HAVE_OPENBLAS)
 mx::array matmul(const mx::array& a, const mx::array& b) { return mx::matmul(a, b); }

@@ -24,6 +24,13 @@ bool enabled();
 // Our kernels are on and the stream runs on the CPU: build our primitive rather than MLX's op.
 bool enabled_on(const mx::Stream& stream);
 
+// For a primitive's eval_cpu: `a` as it is when row-contiguous, else a row-contiguous copy the
+// stream makes before the primitive's task (the encoder holds it until that task has run). Our
+// primitives take their inputs as they come and call this, rather than wrapping each input in
+// mx::contiguous when the graph is built: that is a graph node per input even when nothing is
+// copied (a weight, a fresh output), four per quantized product, hundreds per decode step.
+mx::array row_contiguous(const mx::array& a, mx::Stream stream);
+
 // The instruction set and thread count the kernels run with, e.g. "avx2, 2 threads" (and
 // ", int8 activations" when MLX_CPU_INT8=1 took effect).
 const char* describe();

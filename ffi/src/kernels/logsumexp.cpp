@@ -70,7 +70,7 @@ class LogSumExp : public mx::UnaryPrimitive {
     auto& encoder = mx::cpu::get_command_encoder(stream());
     encoder.set_input_array(inputs[0]);
     encoder.set_output_array(out);
-    encoder.dispatch([x = inputs[0], out = out]() mutable {
+    encoder.dispatch([x = row_contiguous(inputs[0], stream()), out = out]() mutable {
       if (out.dtype() == mx::float16) run<mx::float16_t>(x, out);
       else if (out.dtype() == mx::bfloat16) run<mx::bfloat16_t>(x, out);
       else run<float>(x, out);
@@ -113,7 +113,7 @@ mx::array logsumexp(const mx::array& x, const std::vector<int>& axes, bool keepd
   const mx::Dtype t = x.dtype();
   const bool supported = t == mx::float32 || t == mx::float16 || t == mx::bfloat16;
   if (!enabled_on(stream) || !supported || !last_axis_only(x, axes)) return reference;
-  return mx::array(reference.shape(), reference.dtype(), std::make_shared<LogSumExp>(stream), {mx::contiguous(x)});
+  return mx::array(reference.shape(), reference.dtype(), std::make_shared<LogSumExp>(stream), {x});
 }
 
 }  // namespace kernels

@@ -135,7 +135,8 @@ class QuantizedMatmul : public mx::UnaryPrimitive {
     encoder.set_output_array(out);
     // The inputs' buffers stay alive until the stream has run this task; the arrays are
     // captured by value so that their shapes and pointers are read on the stream's thread.
-    encoder.dispatch([x = inputs[0], w = inputs[1], scales = inputs[2], biases = inputs[3], out = out,
+    encoder.dispatch([x = row_contiguous(inputs[0], stream()), w = row_contiguous(inputs[1], stream()),
+                      scales = row_contiguous(inputs[2], stream()), biases = row_contiguous(inputs[3], stream()), out = out,
                       group = group_, bits = bits_]() mutable { run(x, w, scales, biases, out, group, bits); });
   }
 
@@ -231,7 +232,7 @@ mx::array quantized_matmul(const mx::array& x, const mx::array& w, const mx::arr
     return reference;
   }
   return mx::array(reference.shape(), reference.dtype(), std::make_shared<QuantizedMatmul>(stream, group, bits),
-                   {mx::contiguous(x), mx::contiguous(w), mx::contiguous(scales), mx::contiguous(*biases)});
+                   {x, w, scales, *biases});
 }
 
 }  // namespace kernels

@@ -51,7 +51,9 @@ class RmsNorm : public mx::UnaryPrimitive {
     auto& encoder = mx::cpu::get_command_encoder(stream());
     for (const auto& in : inputs) encoder.set_input_array(in);
     encoder.set_output_array(out);
-    encoder.dispatch([inputs = inputs, out = out, eps = eps_]() mutable {
+    std::vector<mx::array> contiguous;
+    for (const auto& in : inputs) contiguous.push_back(row_contiguous(in, stream()));
+    encoder.dispatch([inputs = std::move(contiguous), out = out, eps = eps_]() mutable {
       const mx::array& x = inputs[0];
       const int dim = x.shape(-1);
       const int rows = static_cast<int>(x.size() / dim);
@@ -98,8 +100,8 @@ mx::array rms_norm(const mx::array& x, const std::optional<mx::array>& weight, f
                          (!weight || (weight->ndim() == 1 && weight->shape(0) == x.shape(-1) && float_type(weight->dtype())));
   if (!enabled_on(stream) || !supported) return mx::fast::rms_norm(x, weight, eps);
   const mx::Dtype out_type = weight ? mx::promote_types(x.dtype(), weight->dtype()) : x.dtype();
-  std::vector<mx::array> inputs = {mx::contiguous(x)};
-  if (weight) inputs.push_back(mx::contiguous(*weight));
+  std::vector<mx::array> inputs = {x};
+  if (weight) inputs.push_back(*weight);
   return mx::array(x.shape(), out_type, std::make_shared<RmsNorm>(stream, eps), std::move(inputs));
 }
 
