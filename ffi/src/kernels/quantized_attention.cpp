@@ -73,7 +73,7 @@ QuantizedRows quantized_rows(const mx::array& packed, const mx::array& scales, c
   return q;
 }
 
-// Inputs: q (fp32, row-contiguous), keys' packed/scales/biases, values' likewise, then the mask
+// Inputs: q (fp32; made row-contiguous when evaluated), keys' packed/scales/biases, values' likewise, then the mask
 // ([B, Hq, Lq, Lk] broadcast, bool or fp32) and the sinks ([Hq] fp32) when present.
 class QuantizedAttention : public mx::UnaryPrimitive {
  public:
@@ -92,7 +92,10 @@ class QuantizedAttention : public mx::UnaryPrimitive {
     for (const auto& in : inputs) encoder.set_input_array(in);
     encoder.set_output_array(out);
     // The arrays are captured by value: their buffers stay alive until the stream runs this.
-    encoder.dispatch([inputs = inputs, out = out, scale = scale_, causal = causal_, has_mask = has_mask_,
+    std::vector<mx::array> held = inputs;
+    held[0] = row_contiguous(held[0], stream());  // the queries; the cache's parts are read through their strides
+    if (has_sinks_) held.back() = row_contiguous(held.back(), stream());
+    encoder.dispatch([inputs = std::move(held), out = out, scale = scale_, causal = causal_, has_mask = has_mask_,
                       has_sinks = has_sinks_, group = group_, bits = bits_]() mutable {
       const mx::array& q = inputs[0];
       QuantizedAttentionProblem p{};
@@ -245,7 +248,7 @@ mx::array quantized_scaled_dot_product_attention(const mx::array& q, const Quant
   }
   const int B = q.shape(0), Hq = q.shape(1), Lq = q.shape(2), Lk = std::get<0>(keys).shape(2);
   const int value_width = std::get<0>(values).shape(3) * 32 / bits;
-  std::vector<mx::array> inputs = {mx::contiguous(mx::astype(q, mx::float32)),
+  std::vector<mx::array> inputs = {mx::astype(q, mx::float32),
                                    std::get<0>(keys),
                                    std::get<1>(keys),
                                    std::get<2>(keys),
@@ -256,7 +259,7 @@ mx::array quantized_scaled_dot_product_attention(const mx::array& q, const Quant
     const mx::array m = mx::broadcast_to(*mask, {B, Hq, Lq, Lk});
     inputs.push_back(m.dtype() == mx::bool_ ? m : mx::astype(m, mx::float32));
   }
-  if (sinks) inputs.push_back(mx::contiguous(mx::astype(*sinks, mx::float32)));
+  if (sinks) inputs.push_back(mx::astype(*sinks, mx::float32));
   mx::array out({B, Hq, Lq, value_width}, mx::float32,
                 std::make_shared<QuantizedAttention>(stream, scale, mask_mode == "causal", mask.has_value(),
                                                      sinks.has_value(), group, bits),
