@@ -200,7 +200,7 @@ const quote = (s: string) => `'${s.replaceAll("'", "'\\''")}'`;
  * signal name it reads and stops the rank when the line closes; the rank's status is ssh's.
  * Run by sh, whatever the remote login shell is.
  */
-function remoteCommand(ring: string, rank: number, self: string[], command: string[]): string {
+export function remoteCommand(ring: string, rank: number, self: string[], command: string[]): string {
   const env = Object.entries(process.env)
     .filter(([name]) => name.startsWith("MLX_") && name !== "MLX_HOSTFILE" && name !== "MLX_RANK")
     .map(([name, value]) => `${name}=${quote(value ?? "")}`);
