@@ -120,11 +120,12 @@ const configs: Config[] = [
   }),
 ];
 
-// Prompts of about `tokens` tokens (the words repeat; the chat template adds ~30), each unique
-// from its first word, so no prefix cache helps the single process.
+// Prompts of about `tokens` tokens (the words repeat; the request around them, with the chat
+// template, is ~55), each unique from its first word, so no cache of any kind helps. The ask
+// comes last: after a long run of words, a bare "Summarize" gets an end-of-sequence at once.
 let promptCount = 0;
 const prompt = (tokens: number) =>
-  `${++promptCount}. Summarize: ${Array.from({ length: tokens - 30 }, (_, i) => ["sea", "wind", "stone", "light"][i % 4]).join(" ")}`;
+  `${++promptCount}. ${Array.from({ length: tokens - 55 }, (_, i) => ["sea", "wind", "stone", "light"][i % 4]).join(" ")}\n\nWrite a long story, at least 300 words, that uses each of the words above.`;
 
 interface Figures {
   ttft: Map<number, number[]>;
