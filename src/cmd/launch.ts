@@ -2,6 +2,11 @@
 // one rank of the command per host: MLX_HOSTFILE (the ring backend's hostfile) and MLX_RANK
 // tell each which it is. Rank 0 has stdin and stdout; the others' output goes to stderr,
 // prefixed with their rank. When a rank fails, the others are stopped.
+//
+// A remote rank runs under ssh in the same directory, with the same executable path and the
+// launcher's MLX_* variables (as mlx.launch assumes the same layout on every machine). The
+// ssh connection's stdin is the rank's control line: the launcher writes signal names on it,
+// and when it closes (the launcher gone, the connection lost) the remote rank is stopped.
 import { defineCommand } from "citty";
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -30,6 +35,10 @@ export default defineCommand({
       description: "First port of the ranks in an mlx.launch hostfile",
       default: "32323",
     },
+    "ssh-config": {
+      type: "string",
+      description: "An ssh_config file for the remote hosts (ssh -F): port, user and key per host",
+    },
     plan: {
       type: "boolean",
       description: "Print the split (layers and bytes each rank loads, bytes per token per hop) and exit",
@@ -52,7 +61,7 @@ export default defineCommand({
         process.stdout.write(await describePlan(hosts, command));
         return;
       }
-      process.exitCode = await launch(hosts, command);
+      process.exitCode = await launch(hosts, command, args["ssh-config"]);
     } catch (error) {
       fail(error, false);
     }
@@ -83,13 +92,15 @@ function selfCommand(): string[] {
 interface Rank {
   rank: number;
   child: ChildProcess;
+  /** Passes a signal on to the rank (over its control line when it is remote). */
+  signal: (signal: NodeJS.Signals) => void;
   /** Its last line starting "error:" (without that), and its last line of any kind. */
   lastError: string;
   lastLine: string;
   exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
-async function launch(hosts: Host[], command: string[]): Promise<number> {
+async function launch(hosts: Host[], command: string[], sshConfig?: string): Promise<number> {
   const dir = mkdtempSync(join(tmpdir(), "mlx-launch-"));
   const hostfile = join(dir, "hosts.json");
   const ring = JSON.stringify(hosts.map((h) => [h.address]));
@@ -98,14 +109,26 @@ async function launch(hosts: Host[], command: string[]): Promise<number> {
   const ranks: Rank[] = hosts.map((host, rank) => {
     const env = { ...process.env, MLX_HOSTFILE: hostfile, MLX_RANK: String(rank) };
     const child = host.ssh
-      ? spawn("ssh", [host.ssh, remoteCommand(ring, rank, self, command)], { stdio: ["ignore", "pipe", "pipe"] })
+      ? spawn("ssh", [...sshOptions(sshConfig), host.ssh, remoteCommand(ring, rank, self, command)], {
+          stdio: ["pipe", "pipe", "pipe"],
+        })
       : spawn(self[0]!, [...self.slice(1), ...command], {
           env,
           stdio: [rank === 0 ? "inherit" : "ignore", "pipe", "pipe"],
         });
+    // A remote rank that is gone already cannot be told anything: its exit says the rest.
+    child.stdin?.on("error", () => {});
+    const running = () => child.exitCode === null && child.signalCode === null;
     const r: Rank = {
       rank,
       child,
+      signal: (signal) => {
+        if (!running()) return;
+        if (!host.ssh) child.kill(signal);
+        // KILL cannot wait for the remote shell to read it: dropping the connection stops the rank too.
+        else if (signal === "SIGKILL") child.kill(signal);
+        else child.stdin!.write(`${signal.slice(3)}\n`);
+      },
       lastError: "",
       lastLine: "",
       exit: new Promise((resolve) => child.on("exit", (code, signal) => resolve({ code, signal }))),
@@ -117,10 +140,10 @@ async function launch(hosts: Host[], command: string[]): Promise<number> {
     return r;
   });
   const stopAll = (signal: NodeJS.Signals) => {
-    for (const r of ranks) if (r.child.exitCode === null && r.child.signalCode === null) r.child.kill(signal);
+    for (const r of ranks) r.signal(signal);
   };
   // Ctrl-C or a stop goes to rank 0, which ends as it would alone and stops the others.
-  for (const signal of ["SIGINT", "SIGTERM"] as const) process.once(signal, () => ranks[0]!.child.kill(signal));
+  for (const signal of ["SIGINT", "SIGTERM"] as const) process.once(signal, () => ranks[0]!.signal(signal));
   try {
     // The first rank to fail ends the launch; rank 0 ending well ends it too (the others follow it).
     const first = await new Promise<{ r: Rank; status: { code: number | null; signal: NodeJS.Signals | null } }>(
@@ -163,10 +186,36 @@ function relay(stream: NodeJS.ReadableStream, prefix: string, r: Rank): void {
   });
 }
 
-/** The shell command ssh runs on a remote host: write the hostfile there, then start the rank. */
-function remoteCommand(ring: string, rank: number, self: string[], command: string[]): string {
-  const quote = (s: string) => `'${s.replaceAll("'", "'\\''")}'`;
-  const file = `/tmp/mlx-ring-${process.pid}-${rank}.json`;
+/** ssh in batch mode (a password prompt per rank would hang the launch), with the user's config file if given. */
+function sshOptions(config: string | undefined): string[] {
+  return [...(config ? ["-F", config] : []), "-o", "BatchMode=yes"];
+}
+
+const quote = (s: string) => `'${s.replaceAll("'", "'\\''")}'`;
+
+/**
+ * The command ssh runs on a remote host: in our directory, with our MLX_* variables, write the
+ * ring hostfile there and start the rank in the background; fd 3 keeps ssh's stdin, the control
+ * line, for the watcher (a background job's own stdin is /dev/null). The watcher passes on each
+ * signal name it reads and stops the rank when the line closes; the rank's status is ssh's.
+ * Run by sh, whatever the remote login shell is.
+ */
+export function remoteCommand(ring: string, rank: number, self: string[], command: string[]): string {
+  const env = Object.entries(process.env)
+    .filter(([name]) => name.startsWith("MLX_") && name !== "MLX_HOSTFILE" && name !== "MLX_RANK")
+    .map(([name, value]) => `${name}=${quote(value ?? "")}`);
   const run = [...self, ...command].map(quote).join(" ");
-  return `cd ${quote(process.cwd())} && printf %s ${quote(ring)} > ${file} && MLX_HOSTFILE=${file} MLX_RANK=${rank} exec ${run}`;
+  const script = [
+    `cd ${quote(process.cwd())} || exit 1`,
+    "f=$(mktemp /tmp/mlx-ring.XXXXXX) || exit 1",
+    `printf %s ${quote(ring)} > "$f"`,
+    "exec 3<&0",
+    `${[...env, 'MLX_HOSTFILE="$f"', `MLX_RANK=${rank}`].join(" ")} ${run} </dev/null 3<&- &`,
+    "pid=$!",
+    `(while read -r sig; do kill -s "$sig" "$pid"; done; kill "$pid") <&3 >/dev/null 2>&1 &`,
+    'wait "$pid"; status=$?',
+    'rm -f "$f"',
+    'exit "$status"',
+  ].join("\n");
+  return `sh -c ${quote(script)}`;
 }
