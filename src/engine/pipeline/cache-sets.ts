@@ -25,11 +25,13 @@ export class CacheSets {
     return caches;
   }
 
-  /** Prefill `prefill` joins batch `batch` as its last row, and is freed. */
+  /**
+   * Prefill `prefill` joins batch `batch` as its last row, and is freed. A prompt of one token
+   * has no prefill pass, so its (empty) caches are first made here, as rank 0's were.
+   */
   extend(prefill: number, batch: number): void {
-    const caches = this.#sets.get(prefill);
     const into = this.of(batch, true);
-    if (!caches) return;
+    const caches = this.of(prefill, false);
     into.forEach((b, layer) => (b as BatchKVCache).extend(caches[layer]!));
     this.release(prefill);
   }

@@ -13,7 +13,7 @@ import { serveStage } from "./stage";
 import { serveShard, TensorParallelFront } from "./tensor-parallel";
 
 export { PipelineFront, type PipelineFigures } from "./front";
-export { TensorParallelFront, type TensorParallelFigures } from "./tensor-parallel";
+export { TensorParallelFront } from "./tensor-parallel";
 export { defaultSplit, layerRange, parseLayers, splitLayers, stageBytes } from "./plan";
 
 const { distributed } = mx;

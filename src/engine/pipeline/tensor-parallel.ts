@@ -11,16 +11,10 @@ import { BatchKVCache } from "../../models/batch-cache";
 import type { ModelConfig } from "../../models/config";
 import { cacheState, type DecoderModel, type RemoteLayers } from "../../models/model";
 import { CacheSets } from "./cache-sets";
+import type { PipelineFigures } from "./front";
 import { decodeHeader, encodeHeader, Flag, headerInts, Op, type Header } from "./protocol";
 
 const { distributed } = mx;
-
-export interface TensorParallelFigures {
-  ranks: number;
-  /** Token positions computed, and the bytes each rank put into all_sum for them. */
-  tokens: number;
-  summedBytes: number;
-}
 
 type Fields = Partial<Header> & Pick<Header, "op">;
 
@@ -109,8 +103,9 @@ export class TensorParallelFront implements DecoderModel, RemoteLayers {
     distributed.disarmWatchdog();
   }
 
-  get figures(): TensorParallelFigures {
-    return { ranks: this.size, tokens: this.#tokens, summedBytes: this.#summedBytes };
+  /** As a pipeline's, with no stages: `sentBytes` are the bytes rank 0 put into all_sum. */
+  get figures(): PipelineFigures {
+    return { ranks: this.size, stages: [], sentBytes: this.#summedBytes, tokens: this.#tokens, lost: this.#lost };
   }
 
   #id(caches: KVCache[] | AttentionCache[]): number {
