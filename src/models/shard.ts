@@ -94,6 +94,8 @@ export function shardTensors(tensors: Map<string, MxArray>, config: ModelConfig,
     else tensors.delete(name);
     t.free();
   }
+  // MLX keeps freed buffers for reuse: the full tensors' memory goes back to the system.
+  mx.memory.clearCache();
   return {
     ...config,
     numAttentionHeads: (kv1 - kv0) * perKv,
