@@ -1,7 +1,8 @@
 // Tensor parallel against one process and against a 2-rank pipeline, on loopback: `mlx run`
 // decode tokens/s (configurations interleaved round by round), the greedy agreement of 2-rank
-// tensor parallel with one process over several prompts, and the bytes rank 0 puts into all_sum
-// per token (from a tensor-parallel `mlx serve`'s /stats).
+// tensor parallel with one process over several prompts, the largest difference in the chosen
+// tokens' log-probabilities (served, 32 tokens a prompt), and the bytes rank 0 puts into all_sum
+// per token (from the tensor-parallel server's /stats).
 //   MLX_HOME=$PWD/.cache/mlx-home bun bench/tensor-parallel.ts [--rounds 3] [--model smollm2]
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -62,27 +63,46 @@ for (const prompt of prompts) {
   agreement.push({ prompt, tokens: alone.token_ids.length, firstDifference: first < 0 ? null : first });
 }
 
-// Bytes into all_sum per token: a served request, then rank 0's /stats.
-const proc = Bun.spawn(configs["2 ranks, tensor parallel"](["serve", "--port", "0", "-m", model]), {
-  stdout: "ignore",
-  stderr: "pipe",
-});
-let err = "";
-const reader = proc.stderr.getReader();
-while (!/listening on (http:\S+)/.test(err)) {
-  const { value, done } = await reader.read();
-  if (done) throw new Error(`serve exited: ${err}`);
-  err += new TextDecoder().decode(value);
+// The chosen tokens' log-probabilities, served alone and tensor parallel (the size of the rounding
+// differences), and the bytes into all_sum per token from rank 0's /stats.
+async function serve(config: Config) {
+  const proc = Bun.spawn(configs[config](["serve", "--port", "0", "-m", model]), { stdout: "ignore", stderr: "pipe" });
+  let err = "";
+  const reader = proc.stderr.getReader();
+  while (!/listening on (http:\S+)/.test(err)) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`serve exited: ${err}`);
+    err += new TextDecoder().decode(value);
+  }
+  void (async () => {
+    while (!(await reader.read()).done);
+  })();
+  const url = /listening on (http:\S+)/.exec(err)![1]!;
+  const logprobs = [];
+  for (const prompt of prompts) {
+    const r = await fetch(`${url}/v1/completions`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ model, prompt, max_tokens: 32, temperature: 0, logprobs: 1 }),
+    });
+    const body = (await r.json()) as { choices: { logprobs: { tokens: string[]; token_logprobs: number[] } }[] };
+    logprobs.push(body.choices[0]!.logprobs);
+  }
+  const stats = (await (await fetch(`${url}/stats`)).json()) as { models: { pipeline?: Record<string, number> }[] };
+  proc.kill("SIGTERM");
+  await proc.exited;
+  return { logprobs, pipeline: stats.models[0]!.pipeline };
 }
-const url = /listening on (http:\S+)/.exec(err)![1]!;
-await fetch(`${url}/v1/completions`, {
-  method: "POST",
-  headers: { "Content-Type": "application/json" },
-  body: JSON.stringify({ model, prompt: speedPrompt, max_tokens: 32, temperature: 0 }),
+const served = { alone: await serve("1 process"), split: await serve("2 ranks, tensor parallel") };
+let largest = 0;
+let compared = 0;
+served.alone.logprobs.forEach((a, i) => {
+  const b = served.split.logprobs[i]!;
+  for (let t = 0; t < a.tokens.length && a.tokens[t] === b.tokens[t]; t++) {
+    largest = Math.max(largest, Math.abs(a.token_logprobs[t]! - b.token_logprobs[t]!));
+    compared++;
+  }
 });
-const stats = (await (await fetch(`${url}/stats`)).json()) as { models: { pipeline: Record<string, number> }[] };
-proc.kill("SIGTERM");
-await proc.exited;
 
 const base = median(tps.get("1 process")!);
 console.log(`## mlx run, decode of 64 tokens (median of ${rounds} interleaved rounds)\n`);
@@ -96,7 +116,10 @@ console.log("\n## Greedy agreement, 2 ranks tensor parallel against 1 process (9
 console.log("| prompt | tokens | first different token |");
 console.log("|---|---|---|");
 for (const a of agreement) console.log(`| ${a.prompt} | ${a.tokens} | ${a.firstDifference ?? "none"} |`);
-const p = stats.models[0]!.pipeline;
 console.log(
-  `\nall_sum bytes per token position (rank 0): ${p.sent_bytes_per_token?.toFixed(0)} (${p.sent_bytes} over the served request)`,
+  `\nChosen tokens' log-probabilities, served alone and tensor parallel (32 tokens per prompt): ${compared} compared, largest difference ${largest.toExponential(2)}`,
+);
+const p = served.split.pipeline!;
+console.log(
+  `all_sum bytes per token position (rank 0): ${p.sent_bytes_per_token?.toFixed(0)} (${p.sent_bytes} over the served requests)`,
 );
