@@ -58,6 +58,10 @@ function flag(command: string[], names: string[]): string | undefined {
 }
 
 export async function describePlan(hosts: Host[], command: string[]): Promise<string> {
+  if (command.includes("--tensor-parallel"))
+    throw new Error(
+      "--plan shows a split into runs of layers; with --tensor-parallel every rank holds a slice of every layer",
+    );
   const path = await resolveModelPath(flag(command, ["--model", "-m"]));
   const layout = readLayout(path);
   const layers = flag(command, ["--layers"]);

@@ -231,6 +231,11 @@ export const distributedArgs = {
     type: "string",
     description: "Layers per rank, e.g. 0-9,10-18,19-29 (default: in proportion to each rank's free memory)",
   },
+  "tensor-parallel": {
+    type: "boolean",
+    description:
+      "Split every layer across the ranks instead (attention heads and MLP columns, summed over the ring twice a layer): for fast links",
+  },
   "peer-timeout": {
     type: "string",
     description: "Seconds a silent rank is waited for before every rank stops",
@@ -242,9 +247,9 @@ export const distributedArgs = {
 export function pipelineFrom(args: Record<string, unknown>): PipelineSpec | undefined {
   const hostfile = (args.hostfile as string | undefined) ?? process.env.MLX_HOSTFILE;
   if (!hostfile) {
-    if (args.rank !== undefined || args.layers !== undefined)
+    if (args.rank !== undefined || args.layers !== undefined || args["tensor-parallel"])
       throw new Error(
-        "--rank and --layers need --hostfile (or $MLX_HOSTFILE): the processes to split the model across",
+        "--rank, --layers and --tensor-parallel need --hostfile (or $MLX_HOSTFILE): the processes to split the model across",
       );
     return undefined;
   }
@@ -255,5 +260,8 @@ export function pipelineFrom(args: Record<string, unknown>): PipelineSpec | unde
   const timeout = Number(args["peer-timeout"] ?? 30);
   if (!Number.isFinite(timeout) || timeout <= 0)
     throw new Error(`--peer-timeout must be a number of seconds > 0 (got '${args["peer-timeout"]}')`);
-  return { hostfile, rank, layers: args.layers as string | undefined, peerTimeoutMs: timeout * 1000 };
+  const tensorParallel = Boolean(args["tensor-parallel"]);
+  if (tensorParallel && args.layers !== undefined)
+    throw new Error("--layers splits the model into runs of layers; --tensor-parallel splits every layer: give one");
+  return { hostfile, rank, layers: args.layers as string | undefined, peerTimeoutMs: timeout * 1000, tensorParallel };
 }

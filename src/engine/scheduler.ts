@@ -15,6 +15,7 @@ import type { PrefixCache } from "./prefix-cache";
 import * as mx from "../mlx";
 import type { Adapter } from "../models/lora";
 import { PipelineFront, type PipelineFigures } from "./pipeline/front";
+import { TensorParallelFront } from "./pipeline/tensor-parallel";
 
 export interface GenerationRequest {
   promptIds: number[];
@@ -203,7 +204,10 @@ export class Scheduler {
         misses: cache.misses,
         hitTokens: cache.hitTokens,
       },
-      pipeline: this.lm.model instanceof PipelineFront ? this.lm.model.figures : undefined,
+      pipeline:
+        this.lm.model instanceof PipelineFront || this.lm.model instanceof TensorParallelFront
+          ? this.lm.model.figures
+          : undefined,
       speculation: this.#speculationStats,
     };
   }

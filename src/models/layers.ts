@@ -4,6 +4,7 @@ import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { ModelConfig, QuantConfig } from "./config";
 import { LoraLayers, type AdaptableLayer } from "./lora";
+import type { Shard } from "./shard";
 import type { Stage } from "./stage";
 
 /** The weights of a model by their Hugging Face names, with a clear error for a missing one. */
@@ -18,6 +19,8 @@ export class Weights {
     readonly config: ModelConfig,
     /** The part of the model these weights are, when its layers are split across processes. */
     readonly stage?: Stage,
+    /** This process's slice of every layer, when the layers are split across processes by columns. */
+    readonly shard?: Shard,
   ) {}
 
   /** Keeps an array made from the weights for the model's life, evaluated now. */
@@ -128,6 +131,16 @@ export function fusedLinear(w: Weights, prefixes: string[]): (x: MxArray) => MxA
       return bias ? mx.add(part, bias) : part;
     });
   };
+}
+
+/**
+ * A projection whose inputs are split across the ranks of a tensor-parallel group (o_proj,
+ * down_proj): each rank's partial product, in float32 so the sum is rounded once as a single
+ * process's product is, added up over the ranks.
+ */
+export function summedOverShards(w: Weights, project: Linear): Linear {
+  if (!w.shard) return project;
+  return (x) => mx.astype(mx.distributed.allSum(project(mx.astype(x, mx.Dtype.float32))), x.dtype);
 }
 
 export interface Embedding {

@@ -3,7 +3,7 @@
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { ModelConfig } from "./config";
-import { embedding, fusedLinear, linear, rmsNorm, Weights } from "./layers";
+import { embedding, fusedLinear, linear, rmsNorm, summedOverShards, Weights } from "./layers";
 import type { RopeScaling } from "./config";
 import { decoder, type Block, type DecoderModel, type Mask } from "./model";
 import { initializeRope } from "./rope";
@@ -27,7 +27,7 @@ export interface AttentionOptions {
 
 export function attention(w: Weights, prefix: string, c: ModelConfig, options: AttentionOptions = {}) {
   const project = options.fusedQkv ? fusedQkv(w, `${prefix}.qkv_proj`, c) : separateQkv(w, prefix);
-  const oProj = linear(w, `${prefix}.o_proj`);
+  const oProj = summedOverShards(w, linear(w, `${prefix}.o_proj`));
   const norm = options.norm ?? rmsNorm;
   const qNorm = options.qkNorm ? norm(w, `${prefix}.q_norm`, c.rmsNormEps) : undefined;
   const kNorm = options.qkNorm ? norm(w, `${prefix}.k_norm`, c.rmsNormEps) : undefined;
@@ -100,7 +100,7 @@ export function fusedMlp(w: Weights, prefix: string) {
 /** down(act(gate(x)) · up(x)): SwiGLU (SiLU, fused with the product) unless another activation is given (GeGLU's GELU). */
 export function mlp(w: Weights, prefix: string, activation?: (x: MxArray) => MxArray) {
   const gateUp = fusedLinear(w, [`${prefix}.gate_proj`, `${prefix}.up_proj`]);
-  const down = linear(w, `${prefix}.down_proj`);
+  const down = summedOverShards(w, linear(w, `${prefix}.down_proj`));
   return (x: MxArray) => {
     const [gate, up] = gateUp(x) as [MxArray, MxArray];
     return down(activation ? mx.multiply(activation(gate), up) : mx.fast.siluMul(gate, up));

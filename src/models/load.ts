@@ -11,6 +11,7 @@ import { readGGUFHeader } from "./gguf-header";
 import { keptQuantizedTypes, loadGGUFTensors } from "./gguf-tensors";
 import { Tokenizer } from "../tokenizer/tokenizer";
 import type { Adapter } from "./lora";
+import { shardTensors, type Shard } from "./shard";
 import { stageHolds, type Stage } from "./stage";
 
 export type ModelFormat = "mlx" | "gguf";
@@ -50,12 +51,15 @@ export class ModelLoadError extends Error {
   override name = "ModelLoadError";
 }
 
-/** The model at `path`, or only the part of it that `stage` names (its other tensors are never read). */
-export function loadModel(path: string, stage?: Stage): LoadedModel {
+/**
+ * The model at `path`, or only the part of it that `stage` names (its other tensors are never
+ * read), or of that only the slice of each layer `shard` names (tensor parallel).
+ */
+export function loadModel(path: string, stage?: Stage, shard?: Shard): LoadedModel {
   if (!existsSync(path)) throw new ModelLoadError(`model not found: ${path}`);
-  if (statSync(path).isDirectory()) return loadDirectory(path, stage);
+  if (statSync(path).isDirectory()) return loadDirectory(path, stage, shard);
   if (!isGGUFFile(path)) throw new ModelLoadError(`${path} is neither a model directory nor a GGUF file`);
-  return loadGGUFFile(path, stage);
+  return loadGGUFFile(path, stage, shard);
 }
 
 function readJson(path: string): Record<string, unknown> {
@@ -81,11 +85,11 @@ function weightFiles(dir: string): string[] {
   return files.map((f) => join(dir, f));
 }
 
-function loadDirectory(dir: string, stage?: Stage): LoadedModel {
+function loadDirectory(dir: string, stage?: Stage, shard?: Shard): LoadedModel {
   const { config, tensors } = readDirectoryTensors(dir);
   sanitize(tensors, config);
   const tokenizer = withModelErrors(dir, () => Tokenizer.fromDirectory(dir));
-  return assemble(tensors, config, tokenizer, "mlx", dir, [], stage);
+  return assemble(tensors, config, tokenizer, "mlx", dir, [], stage, shard);
 }
 
 /** An MLX directory's config and weights, as its files hold them. */
@@ -103,7 +107,7 @@ export function readDirectoryTensors(dir: string): { config: ModelConfig; tensor
   return { config, tensors };
 }
 
-function loadGGUFFile(file: string, stage?: Stage): LoadedModel {
+function loadGGUFFile(file: string, stage?: Stage, shard?: Shard): LoadedModel {
   const header = withModelErrors(file, () => readGGUFHeader(file));
   const loaded = withModelErrors(file, () =>
     loadGGUFTensors(file, header, stage && ((name) => stageHolds(stage, name))),
@@ -118,7 +122,7 @@ function loadGGUFFile(file: string, stage?: Stage): LoadedModel {
           `${basename(file)}: its ${dequantized.join(", ")} tensors were dequantized to 16-bit at load time (only Q4_0, Q4_1, Q8_0 and MXFP4 stay quantized), so they take more memory; \`mlx convert\` re-quantizes them to 4-bit`,
         ]
       : [];
-  return assemble(gguf.tensors, config, tokenizer, "gguf", file, notes, stage);
+  return assemble(gguf.tensors, config, tokenizer, "gguf", file, notes, stage, shard);
 }
 
 /** Drops what mlx-lm drops: rotary caches and a tied output layer's duplicate. */
@@ -139,6 +143,7 @@ function assemble(
   path: string,
   notes: string[],
   stage?: Stage,
+  shard?: Shard,
 ): LoadedModel {
   // A stage drops the tensors it does not use before anything reads them (MLX loads lazily).
   if (stage)
@@ -147,7 +152,9 @@ function assemble(
         t.free();
         tensors.delete(name);
       }
-  const weights = new Weights(tensors, config, stage);
+  // The model's layers are built with the shard's heads and widths; the engine sees the model's.
+  const layersConfig = shard ? shardTensors(tensors, config, shard) : config;
+  const weights = new Weights(tensors, layersConfig, stage, shard);
   const model = withModelErrors(path, () => buildModel(weights));
   // Read every weight now, so a truncated or corrupt file fails here rather than mid-answer.
   withModelErrors(path, () => mx.evaluate(...tensors.values()));

@@ -10,8 +10,10 @@ import { loadModel, type LoadedModel } from "../../models/load";
 import { PipelineFront } from "./front";
 import { defaultSplit, parseLayers } from "./plan";
 import { serveStage } from "./stage";
+import { serveShard, TensorParallelFront } from "./tensor-parallel";
 
 export { PipelineFront, type PipelineFigures } from "./front";
+export { TensorParallelFront } from "./tensor-parallel";
 export { defaultSplit, layerRange, parseLayers, splitLayers, stageBytes } from "./plan";
 
 const { distributed } = mx;
@@ -24,6 +26,8 @@ export interface PipelineSpec {
   layers?: string;
   /** How long a silent peer is waited for before every rank stops. */
   peerTimeoutMs: number;
+  /** Every rank a slice of every layer (src/models/shard.ts) instead of a run of layers. */
+  tensorParallel?: boolean;
 }
 
 /**
@@ -39,29 +43,30 @@ export function openPipeline(
   const layout = readLayout(path); // before joining: a missing or unreadable model fails at once
   const group = distributed.init({ hostfile: spec.hostfile, rank: spec.rank });
   if (group.size < 2) throw new Error("a pipeline needs at least 2 ranks (the hostfile lists one)");
-  const stages = spec.layers
-    ? parseLayers(spec.layers, layout.numLayers, group.size)
-    : defaultSplit(layout, exchangeFreeMemory(group));
-  const stage = stages[group.rank]!;
-  const lm = loadModel(path, stage);
+  const { rank, size } = group;
+  const { tensorParallel, peerTimeoutMs } = spec;
+  // Tensor parallel: every rank holds a slice of every layer; rank 0 the ends as well.
+  const stage = tensorParallel
+    ? { start: 0, end: layout.numLayers, ends: rank === 0 }
+    : (spec.layers
+        ? parseLayers(spec.layers, layout.numLayers, size)
+        : defaultSplit(layout, exchangeFreeMemory(group)))[rank]!;
+  const lm = loadModel(path, stage, tensorParallel ? group : undefined);
   lm.kvQuantization = kvQuantization;
   // Everyone loaded: a rank that failed has exited, and this all_sum says so (a lost peer).
   barrier();
-  if (group.rank > 0) {
+  if (rank > 0) {
     try {
-      serveStage(lm.model, {
-        rank: group.rank,
-        size: group.size,
-        stage,
-        kvQuantization,
-        peerTimeoutMs: spec.peerTimeoutMs,
-      });
+      if (tensorParallel) serveShard(lm.model, { rank, kvQuantization, peerTimeoutMs });
+      else serveStage(lm.model, { rank, size, stage, kvQuantization, peerTimeoutMs });
     } finally {
       lm.free();
     }
     return undefined;
   }
-  const front = new PipelineFront(lm.model, group.size, stage, spec.peerTimeoutMs);
+  const front = tensorParallel
+    ? new TensorParallelFront(lm.model, lm.config, size, peerTimeoutMs)
+    : new PipelineFront(lm.model, size, stage, peerTimeoutMs);
   process.once("exit", () => {
     try {
       front.shutdown();

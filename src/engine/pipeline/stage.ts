@@ -3,10 +3,10 @@
 // hidden states (and heartbeats) back to rank 0.
 import * as mx from "../../mlx";
 import type { MxArray } from "../../mlx";
-import { BatchKVCache } from "../../models/batch-cache";
-import type { KVCache, KvQuantization } from "../../models/cache";
-import { cacheState, freeCaches, makeCaches, type DecoderModel } from "../../models/model";
+import type { KvQuantization } from "../../models/cache";
+import { cacheState, type DecoderModel } from "../../models/model";
 import type { Stage } from "../../models/stage";
+import { CacheSets } from "./cache-sets";
 import {
   decodeHeader,
   encodeHeader,
@@ -33,7 +33,7 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
   const previous = o.rank - 1;
   const last = o.rank === o.size - 1;
   const next = last ? 0 : o.rank + 1;
-  const sets = new Map<number, KVCache[]>();
+  const sets = new CacheSets(model, o.kvQuantization);
   const figures: StageFigures = { computeMs: 0, waitMs: 0, sentBytes: 0, tokens: 0 };
   const seconds = Math.round(o.peerTimeoutMs / 1000);
   const silence = `error: rank ${o.rank}: no word from rank ${previous} for ${seconds} s (--peer-timeout); stopping`;
@@ -68,18 +68,6 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
   const passOn = (h: Header, payload?: MxArray) => {
     if (!last) send(payload ? [encodeHeader(h), payload] : [encodeHeader(h)]);
   };
-  const cachesOf = (h: Header): KVCache[] => {
-    let caches = sets.get(h.set);
-    if (!caches) {
-      caches =
-        h.flags & Flag.decode
-          ? Array.from({ length: model.numLayers }, () => new BatchKVCache(o.kvQuantization))
-          : makeCaches(model, { windowed: false, quantization: o.kvQuantization });
-      sets.set(h.set, caches);
-    }
-    return caches;
-  };
-
   for (;;) {
     const stop = mx.scope(() => {
       const h = decodeHeader(receive([headerInts], mx.Dtype.int32));
@@ -89,7 +77,7 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
         case Op.forward: {
           const hidden = receive([h.rows, h.length, h.width], h.dtype);
           const started = performance.now();
-          const caches = cachesOf(h);
+          const caches = sets.of(h.set, (h.flags & Flag.decode) !== 0);
           const out = model.layers(hidden, caches, o.stage.start, o.stage.end);
           mx.evaluate(out, ...cacheState(caches));
           figures.computeMs += performance.now() - started;
@@ -98,26 +86,18 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
           else if (h.flags & Flag.decode) send([out]);
           return false;
         }
-        case Op.extend: {
-          const prefill = sets.get(h.set);
-          const batch = sets.get(h.rows) ?? cachesOf({ ...h, set: h.rows, flags: Flag.decode });
-          if (prefill) {
-            batch.forEach((b, layer) => (b as BatchKVCache).extend(prefill[layer]!));
-            freeCaches(prefill);
-            sets.delete(h.set);
-          }
+        case Op.extend:
+          sets.extend(h.set, h.rows);
           passOn(h);
           return false;
-        }
         case Op.keepRows: {
           const rows = h.rows > 0 ? receive([h.rows], mx.Dtype.int32) : undefined;
-          for (const c of sets.get(h.set) ?? []) (c as BatchKVCache).keepRows(rows?.toArray() ?? []);
+          sets.keepRows(h.set, rows?.toArray() ?? []);
           passOn(h, rows);
           return false;
         }
         case Op.release:
-          freeCaches(sets.get(h.set) ?? []);
-          sets.delete(h.set);
+          sets.release(h.set);
           passOn(h);
           return false;
         case Op.heartbeat: {
@@ -140,5 +120,5 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
     });
     if (stop) break;
   }
-  for (const caches of sets.values()) freeCaches(caches);
+  sets.free();
 }

@@ -1,0 +1,215 @@
+// Tensor parallel (--tensor-parallel): every rank holds a slice of every layer (src/models/shard.ts)
+// and all of them run each forward pass together, adding up their partial products with
+// all_sum twice per layer. Rank 0 runs the engine as alone; what its batch does (a forward pass
+// on which caches, rows joining or leaving the batch) it tells the other ranks first, by an
+// all_sum to which they add zeros: a broadcast on the same ring. It sends the embedded hidden
+// states, not the token ids, so the other ranks need neither the embedding nor the output layer.
+import * as mx from "../../mlx";
+import type { MxArray } from "../../mlx";
+import type { AttentionCache, KVCache, KvQuantization } from "../../models/cache";
+import { BatchKVCache } from "../../models/batch-cache";
+import type { ModelConfig } from "../../models/config";
+import { cacheState, type DecoderModel, type RemoteLayers } from "../../models/model";
+import { CacheSets } from "./cache-sets";
+import type { PipelineFigures } from "./front";
+import { decodeHeader, encodeHeader, Flag, headerInts, Op, type Header } from "./protocol";
+
+const { distributed } = mx;
+
+type Fields = Partial<Header> & Pick<Header, "op">;
+
+/** Rank 0's model: its slice of the layers, run in step with the other ranks'. */
+export class TensorParallelFront implements DecoderModel, RemoteLayers {
+  readonly remote = this;
+  readonly #ids = new WeakMap<KVCache[] | AttentionCache[], number>();
+  #nextSet = 1;
+  #seq = 0;
+  #tokens = 0;
+  #summedBytes = 0;
+  readonly #timer: ReturnType<typeof setInterval>;
+  #closed = false;
+  #lost?: string;
+
+  constructor(
+    readonly local: DecoderModel,
+    /** The whole model's config (the local layers have their shard's heads). */
+    readonly config: ModelConfig,
+    readonly size: number,
+    readonly peerTimeoutMs: number,
+  ) {
+    // Idle, the other ranks would hear nothing and their watchdogs would stop them.
+    this.#timer = setInterval(() => this.#post({ op: Op.heartbeat }), peerTimeoutMs / 3);
+    this.#timer.unref();
+  }
+
+  get numLayers() {
+    return this.local.numLayers;
+  }
+
+  embed(ids: MxArray): MxArray {
+    return this.local.embed(ids);
+  }
+
+  head(h: MxArray): MxArray {
+    return this.local.head(h);
+  }
+
+  finalNorm(h: MxArray): MxArray {
+    return this.local.finalNorm(h);
+  }
+
+  /**
+   * Every rank's layers on the same hidden states. Evaluated here: each rank must run its
+   * all_sums in the same order, so none may wait in a graph behind the next message.
+   */
+  layers(h: MxArray, caches: AttentionCache[]): MxArray {
+    const [rows, length, width] = h.shape as [number, number, number];
+    const decode = caches[0] instanceof BatchKVCache;
+    const fields = { op: Op.forward, set: this.#id(caches), rows, length, width, dtype: h.dtype };
+    return this.#step({ ...fields, flags: decode ? Flag.decode : Flag.prefill }, h, (hidden) => {
+      const out = this.local.layers(hidden!, caches);
+      mx.evaluate(out, ...cacheState(caches as KVCache[]));
+      this.#tokens += rows * length;
+      // Two sums of float32 partial products a layer.
+      this.#summedBytes += hidden!.nbytes + 2 * this.numLayers * rows * length * width * 4;
+      return out;
+    });
+  }
+
+  extend(prefill: KVCache[], batch: KVCache[]): void {
+    this.#post({ op: Op.extend, set: this.#id(prefill), rows: this.#id(batch) });
+    this.#ids.delete(prefill);
+  }
+
+  keepRows(batch: KVCache[], rows: number[]): void {
+    // No payload for no rows: every rank knows the count from the header.
+    const list = rows.length > 0 ? () => mx.array(Int32Array.from(rows)) : undefined;
+    this.#post({ op: Op.keepRows, set: this.#id(batch), rows: rows.length }, list);
+  }
+
+  release(caches: KVCache[]): void {
+    const set = this.#ids.get(caches);
+    if (set === undefined || this.#closed) return;
+    this.#post({ op: Op.release, set });
+    this.#ids.delete(caches);
+  }
+
+  /** Tells every rank to stop; this one stops talking to them. */
+  shutdown(): void {
+    if (this.#closed) return;
+    clearInterval(this.#timer);
+    this.#post({ op: Op.shutdown });
+    this.#closed = true;
+    distributed.disarmWatchdog();
+  }
+
+  /** As a pipeline's, with no stages: `sentBytes` are the bytes rank 0 put into all_sum. */
+  get figures(): PipelineFigures {
+    return { ranks: this.size, stages: [], sentBytes: this.#summedBytes, tokens: this.#tokens, lost: this.#lost };
+  }
+
+  #id(caches: KVCache[] | AttentionCache[]): number {
+    let id = this.#ids.get(caches);
+    if (id === undefined) {
+      id = this.#nextSet++;
+      this.#ids.set(caches, id);
+    }
+    return id;
+  }
+
+  /** A message with no answer. Lost peers end the process (the watchdog); nothing is thrown here. */
+  #post(fields: Fields, payload?: () => MxArray): void {
+    if (this.#closed || this.#lost) return;
+    try {
+      mx.scope(() => this.#step(fields, payload?.(), (p) => p && mx.evaluate(p)));
+    } catch {
+      // #step noted the loss and armed the watchdog.
+    }
+  }
+
+  /**
+   * Broadcasts the header, then the payload, and runs `then` on the payload as every rank
+   * receives it, under the watchdog: a rank that stops answering stops this one in time.
+   */
+  #step<T>(fields: Fields, payload: MxArray | undefined, then: (payload: MxArray | undefined) => T): T {
+    if (this.#closed) throw new Error("the tensor-parallel group was shut down");
+    if (this.#lost) throw new Error(this.#lost);
+    const header: Header = { set: 0, rows: 0, length: 0, flags: 0, dtype: 0, width: 0, ...fields, seq: this.#seq++ };
+    const seconds = Math.round(this.peerTimeoutMs / 1000);
+    distributed.armWatchdog(
+      this.peerTimeoutMs,
+      `error: rank 0: no answer from ${peers(this.size)} for ${seconds} s (--peer-timeout); stopping`,
+    );
+    try {
+      mx.evaluate(distributed.allSum(encodeHeader(header)));
+      const result = then(payload && distributed.allSum(payload));
+      distributed.disarmWatchdog();
+      return result;
+    } catch (error) {
+      // A rank is gone: requests fail from now on (a server says 503) until the watchdog stops us.
+      this.#lost = `lost ${peers(this.size)} of the tensor-parallel group: ${(error as Error).message}`;
+      distributed.armWatchdog(this.peerTimeoutMs, `error: rank 0: ${this.#lost}; stopping`);
+      throw error;
+    }
+  }
+}
+
+const peers = (size: number) => (size === 2 ? "rank 1" : `ranks 1-${size - 1}`);
+
+export interface ShardOptions {
+  rank: number;
+  kvQuantization?: KvQuantization;
+  peerTimeoutMs: number;
+}
+
+/** A rank other than 0: runs what rank 0 says, until it says to stop. Throws when a peer is lost. */
+export function serveShard(model: DecoderModel, o: ShardOptions): void {
+  const sets = new CacheSets(model, o.kvQuantization);
+  const seconds = Math.round(o.peerTimeoutMs / 1000);
+  const silence = `error: rank ${o.rank}: no word from rank 0 for ${seconds} s (--peer-timeout); stopping`;
+  // Our share of rank 0's broadcast: zeros.
+  const receive = (shape: number[], dtype: mx.DtypeCode) => {
+    const a = distributed.allSum(mx.zeros(shape, dtype));
+    mx.evaluate(a);
+    return a;
+  };
+  let expected = 0;
+  for (;;) {
+    const stop = mx.scope(() => {
+      distributed.armWatchdog(o.peerTimeoutMs, silence);
+      // Off the CPU until rank 0 speaks: the ring's own receive would spin meanwhile.
+      distributed.waitReadable(o.peerTimeoutMs);
+      const h = decodeHeader(receive([headerInts], mx.Dtype.int32));
+      if (h.seq !== expected) throw new Error(`rank ${o.rank}: message ${h.seq} arrived when ${expected} was due`);
+      expected++;
+      switch (h.op) {
+        case Op.forward: {
+          const hidden = receive([h.rows, h.length, h.width], h.dtype);
+          const caches = sets.of(h.set, (h.flags & Flag.decode) !== 0);
+          mx.evaluate(model.layers(hidden, caches), ...cacheState(caches));
+          break;
+        }
+        case Op.extend:
+          sets.extend(h.set, h.rows);
+          break;
+        case Op.keepRows:
+          sets.keepRows(h.set, h.rows > 0 ? receive([h.rows], mx.Dtype.int32).toArray() : []);
+          break;
+        case Op.release:
+          sets.release(h.set);
+          break;
+        case Op.heartbeat:
+          break;
+        case Op.shutdown:
+          return true;
+        default:
+          throw new Error(`rank ${o.rank}: unknown message ${h.op}`);
+      }
+      distributed.disarmWatchdog();
+      return false;
+    });
+    if (stop) break;
+  }
+  distributed.disarmWatchdog();
+  sets.free();
+}
