@@ -54,8 +54,14 @@ for (const [i, level] of first.entries()) {
   }
 }
 console.log();
+// Output tokens/s against the peer at each level, and against one client on each server (the
+// scaling continuous batching buys; the first level is taken as the one-client baseline).
+const output = (runs: Level[][], i: number) => med(runs, i, (l) => l.output_tokens_per_second);
 for (const [i, level] of first.entries()) {
-  const ratio =
-    med(systems.ours, i, (l) => l.output_tokens_per_second) / med(systems[peer]!, i, (l) => l.output_tokens_per_second);
-  console.log(`${level.concurrency} clients: ours / ${peer} output tokens/s ${ratio.toFixed(3)}×`);
+  const scaling = Object.entries(systems)
+    .map(([name, runs]) => `${name} ${(output(runs, i) / output(runs, 0)).toFixed(2)}×`)
+    .join(", ");
+  console.log(
+    `${level.concurrency} clients: ours / ${peer} output tokens/s ${(output(systems.ours, i) / output(systems[peer]!, i)).toFixed(3)}×; against ${first[0]!.concurrency} client(s): ${scaling}`,
+  );
 }

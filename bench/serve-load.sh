@@ -14,7 +14,7 @@ rounds=${ROUNDS:-1}
 export MLX_HOME="${MLX_HOME:-$PWD/.cache/mlx-home}"
 model_dir=.cache/bench/smollm2-mlx
 [ -f "$model_dir/config.json" ] || dist/mlx convert smollm2 "$model_dir" --force
-out=.cache/bench/serve-load
+out=${OUT:-.cache/bench/serve-load}
 rm -rf "$out" && mkdir -p "$out"
 peer=${BASELINE:+baseline}
 peer=${peer:-mlx-lm}
