@@ -9,9 +9,13 @@ export interface Timed {
 }
 
 /** Runs a command to its end, timing when its answer starts (the first stdout byte after `marker`). */
-export async function spawnTimed(cmd: string[], marker: string): Promise<Timed> {
+export async function spawnTimed(
+  cmd: string[],
+  marker: string,
+  options: { cwd?: string; env?: Record<string, string | undefined> } = {},
+): Promise<Timed> {
   const started = performance.now();
-  const proc = Bun.spawn(cmd, { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+  const proc = Bun.spawn(cmd, { ...options, stdout: "pipe", stderr: "pipe", stdin: "ignore" });
   let stdout = "";
   let firstByteMs = Number.NaN;
   const decoder = new TextDecoder();

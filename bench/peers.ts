@@ -25,6 +25,7 @@ import { existsSync, mkdirSync, readdirSync, realpathSync, statSync, writeFileSy
 import { cpus } from "node:os";
 import { join, resolve } from "node:path";
 import { median, ratio } from "./lib";
+import { writeLlamaSpeedScript } from "./llama-cpp";
 import { resolveModelPath } from "../src/store/resolve";
 import { loadModel } from "../src/models/load";
 import { syntheticPrompt } from "../src/bench/model";
@@ -122,39 +123,7 @@ print(json.dumps({"pp_tps": len(spec["prompt"]) / pp_s, "ttft_s": pp_s, "tg_tps"
 `,
 );
 
-const llamaSpeed = join(nodeDir, "peer-llama-speed.mjs");
-writeFileSync(
-  llamaSpeed,
-  `import { readFileSync } from "node:fs";
-import { getLlama } from "node-llama-cpp";
-const [modelPath, specPath, threadsArg] = process.argv.slice(2);
-const threads = Number(threadsArg);
-const spec = JSON.parse(readFileSync(specPath, "utf8"));
-const llama = await getLlama({ gpu: false, build: "never", progressLogs: false, maxThreads: threads });
-const model = await llama.loadModel({ modelPath });
-const context = await model.createContext({ contextSize: 2048, batchSize: 2048, threads });
-const sequence = context.getSequence();
-async function promptTest(ids) {
-  await sequence.clearHistory();
-  const start = performance.now();
-  for await (const _ of sequence.evaluate(ids, { temperature: 0 })) break;
-  return (performance.now() - start) / 1000;
-}
-async function genTest(first, n) {
-  await sequence.clearHistory();
-  const start = performance.now();
-  let count = 0;
-  for await (const _ of sequence.evaluate([first], { temperature: 0 })) if (++count >= n) break;
-  return [(performance.now() - start) / 1000, count];
-}
-await promptTest(spec.prompt.slice(0, 32));
-await genTest(spec.first, 4);
-const ppS = await promptTest(spec.prompt);
-const [tgS, tgN] = await genTest(spec.first, spec.gen);
-console.log(JSON.stringify({ pp_tps: spec.prompt.length / ppS, ttft_s: ppS, tg_tps: tgN / tgS, tg_tokens: tgN, weight_bytes: model.size }));
-await context.dispose(); await model.dispose(); await llama.dispose();
-`,
-);
+const llamaSpeed = writeLlamaSpeedScript(nodeDir);
 
 const llamaOneShot = join(nodeDir, "peer-llama-oneshot.mjs");
 writeFileSync(

@@ -19,12 +19,15 @@ const { values } = parseArgs({
 const runs = Number(values.runs);
 
 // [M, N, K, bits, group]: the default model's projections (SmolLM2-135M, 4-bit g32; its tied
-// output layer 8-bit g32) and a Llama-3.2-1B MLP projection (4-bit g64).
+// output layer 8-bit g32) and Llama-3.2-1B's MLP projections (4-bit g64), decoding and in a
+// 32-token prompt (bench/synthetic-1b.ts runs the whole model).
 const cases: [number, number, number, number, number][] = [
   [1, 1536, 576, 4, 32],
   [1, 576, 1536, 4, 32],
   [1, 49152, 576, 8, 32],
   [1, 8192, 2048, 4, 64],
+  [32, 8192, 2048, 4, 64],
+  [32, 2048, 8192, 4, 64],
   [8, 1536, 576, 4, 32],
   [512, 1536, 576, 4, 32],
 ];

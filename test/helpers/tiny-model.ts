@@ -21,19 +21,22 @@ export interface TinyOptions {
   headDim?: number;
   /** gemma3's sliding window (default 6). */
   window?: number;
+  /** Other widths than tinyDims' (bench/synthetic-1b.ts writes a Llama-3.2-1B-shaped model). */
+  dims?: Partial<Omit<typeof tinyDims, "headDim">>;
 }
 
 export const tinyDims = { hidden: 64, heads: 4, kvHeads: 2, headDim: 16, intermediate: 128 };
 export const tinyMoE = { experts: 4, intermediate: 32 };
 
 export function tinyConfig(o: TinyOptions = {}): Record<string, unknown> {
+  const { hidden, heads, kvHeads, intermediate } = { ...tinyDims, ...o.dims };
   const config: Record<string, unknown> = {
     model_type: o.modelType ?? "llama",
-    hidden_size: tinyDims.hidden,
+    hidden_size: hidden,
     num_hidden_layers: o.layers ?? 2,
-    intermediate_size: tinyDims.intermediate,
-    num_attention_heads: tinyDims.heads,
-    num_key_value_heads: tinyDims.kvHeads,
+    intermediate_size: intermediate,
+    num_attention_heads: heads,
+    num_key_value_heads: kvHeads,
     head_dim: o.headDim ?? tinyDims.headDim,
     rms_norm_eps: 1e-5,
     vocab_size: o.vocabSize ?? 300,
@@ -120,7 +123,7 @@ export function tinyConfig(o: TinyOptions = {}): Record<string, unknown> {
 
 /** Random weights with Hugging Face names (quantized linear layers when asked). */
 export function tinyWeights(o: TinyOptions = {}): Map<string, MxArray> {
-  const { hidden, heads, kvHeads, intermediate } = tinyDims;
+  const { hidden, heads, kvHeads, intermediate } = { ...tinyDims, ...o.dims };
   const headDim = o.headDim ?? tinyDims.headDim;
   const vocab = o.vocabSize ?? 300;
   let key = mx.keep(mx.random.key(o.seed ?? 0));
@@ -145,6 +148,8 @@ export function tinyWeights(o: TinyOptions = {}): Map<string, MxArray> {
     const weight = normal(stack ? [stack, out, inp] : [out, inp]);
     if (quantize) {
       const q = mx.quantize(weight, quantize);
+      // Evaluated one layer at a time, so a large model never holds all its float weights at once.
+      mx.evaluate(q.weight, q.scales, ...(q.biases ? [q.biases] : []));
       w.set(`${name}.weight`, mx.keep(q.weight));
       w.set(`${name}.scales`, mx.keep(q.scales));
       if (q.biases) w.set(`${name}.biases`, mx.keep(q.biases));
@@ -258,7 +263,8 @@ export function writeTinyModel(
   o: TinyOptions & { contextLength?: number; chatTemplate?: string } = {},
 ): void {
   mkdirSync(dir, { recursive: true });
-  const options = { ...o, vocabSize: smolVocabSize };
+  // SmolLM2's vocabulary unless a larger embedding is asked for (its ids then leave the rest unused).
+  const options = { ...o, vocabSize: o.vocabSize ?? smolVocabSize };
   const weights = tinyWeights(options);
   mx.saveSafetensors(join(dir, "model.safetensors"), weights, { format: "mlx" });
   const config = { ...tinyConfig(options), max_position_embeddings: o.contextLength ?? 512 };
