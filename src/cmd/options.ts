@@ -236,15 +236,20 @@ export const distributedArgs = {
     description: "Seconds a silent rank is waited for before every rank stops",
     default: "30",
   },
+  "micro-batches": {
+    type: "string",
+    description:
+      "Decode groups rank 0 keeps in flight round the ranks, so they compute at once (default: one per rank)",
+  },
 } as const satisfies ArgsDef;
 
 /** The pipeline this process is a rank of (--hostfile/--rank, or $MLX_HOSTFILE/$MLX_RANK), if any. */
 export function pipelineFrom(args: Record<string, unknown>): PipelineSpec | undefined {
   const hostfile = (args.hostfile as string | undefined) ?? process.env.MLX_HOSTFILE;
   if (!hostfile) {
-    if (args.rank !== undefined || args.layers !== undefined)
+    if (args.rank !== undefined || args.layers !== undefined || args["micro-batches"] !== undefined)
       throw new Error(
-        "--rank and --layers need --hostfile (or $MLX_HOSTFILE): the processes to split the model across",
+        "--rank, --layers and --micro-batches need --hostfile (or $MLX_HOSTFILE): the processes to split the model across",
       );
     return undefined;
   }
@@ -255,5 +260,7 @@ export function pipelineFrom(args: Record<string, unknown>): PipelineSpec | unde
   const timeout = Number(args["peer-timeout"] ?? 30);
   if (!Number.isFinite(timeout) || timeout <= 0)
     throw new Error(`--peer-timeout must be a number of seconds > 0 (got '${args["peer-timeout"]}')`);
-  return { hostfile, rank, layers: args.layers as string | undefined, peerTimeoutMs: timeout * 1000 };
+  const microBatches =
+    args["micro-batches"] === undefined ? undefined : positiveInteger("micro-batches", args["micro-batches"]);
+  return { hostfile, rank, layers: args.layers as string | undefined, peerTimeoutMs: timeout * 1000, microBatches };
 }

@@ -13,6 +13,7 @@ import { serveStage } from "./stage";
 
 export { PipelineFront, type PipelineFigures } from "./front";
 export { defaultSplit, layerRange, parseLayers, splitLayers, stageBytes } from "./plan";
+export { busyFraction } from "./protocol";
 
 const { distributed } = mx;
 
@@ -24,6 +25,8 @@ export interface PipelineSpec {
   layers?: string;
   /** How long a silent peer is waited for before every rank stops. */
   peerTimeoutMs: number;
+  /** Decode groups rank 0 keeps in flight (default: one per rank). */
+  microBatches?: number;
 }
 
 /**
@@ -61,7 +64,7 @@ export function openPipeline(
     }
     return undefined;
   }
-  const front = new PipelineFront(lm.model, group.size, stage, spec.peerTimeoutMs);
+  const front = new PipelineFront(lm.model, group.size, stage, spec.peerTimeoutMs, spec.microBatches);
   process.once("exit", () => {
     try {
       front.shutdown();

@@ -99,13 +99,12 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
           return false;
         }
         case Op.extend: {
-          const prefill = sets.get(h.set);
+          // A one-token prompt sent no prefill (its token is the first decode input): it joins empty.
+          const prefill = cachesOf({ ...h, flags: Flag.prefill });
           const batch = sets.get(h.rows) ?? cachesOf({ ...h, set: h.rows, flags: Flag.decode });
-          if (prefill) {
-            batch.forEach((b, layer) => (b as BatchKVCache).extend(prefill[layer]!));
-            freeCaches(prefill);
-            sets.delete(h.set);
-          }
+          batch.forEach((b, layer) => (b as BatchKVCache).extend(prefill[layer]!));
+          freeCaches(prefill);
+          sets.delete(h.set);
           passOn(h);
           return false;
         }
