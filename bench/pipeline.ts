@@ -62,8 +62,9 @@ interface ServeFigures {
 const serveFigures = new Map<string, ServeFigures>();
 
 async function startServe(c: { ranks: number; microBatches?: number }) {
-  // A heartbeat every second (a third of the peer timeout) brings the stages' figures back.
-  const split = c.ranks > 1 ? ["--peer-timeout", "3"] : [];
+  // A heartbeat every 3 s (a third of the peer timeout) brings the stages' figures back; a
+  // shorter timeout stops the ranks when a loaded machine holds rank 0 up that long in a prefill.
+  const split = c.ranks > 1 ? ["--peer-timeout", "9"] : [];
   if (c.microBatches) split.push("--micro-batches", String(c.microBatches));
   const proc = Bun.spawn(under(c.ranks, ["serve", "--port", "0", "-m", model, ...split]), {
     stdout: "ignore",
@@ -122,7 +123,7 @@ interface Pipeline {
 
 /** Rank 0's time waiting for the ring, and each later rank's computing, once a heartbeat has been round. */
 async function pipelineTimes(url: string): Promise<number[]> {
-  await Bun.sleep(1_200);
+  await Bun.sleep(3_200);
   const stats = (await (await fetch(`${url}/stats`)).json()) as { models: { pipeline: Pipeline }[] };
   const p = stats.models[0]!.pipeline;
   return [p.receive_wait_seconds, ...p.stages.map((s) => s.compute_seconds)];

@@ -89,6 +89,8 @@ interface DecodeGroup {
   caches: BatchKVCache[];
   /** Its last step, built and queued (or on its way round the ranks of a split model), not read yet. */
   ahead?: PendingStep;
+  /** When its tokens were last read (groups taking turns). */
+  readAt?: number;
 }
 
 interface Prefill {
@@ -131,6 +133,11 @@ export class BatchGenerator {
   readonly #groups: DecodeGroup[];
   #turn = 0;
   readonly speculationCounts: SpeculationCounts = { steps: 0, drafted: 0, accepted: 0 };
+  /**
+   * Where groups take turns, the last step's tokens are one per sequence of one group, which
+   * waited a whole turn of the groups for them: that interval (ms) and those sequences.
+   */
+  lastTurn?: { ms: number; rows: number };
 
   constructor(
     readonly model: DecoderModel,
@@ -259,9 +266,15 @@ export class BatchGenerator {
     const group = this.#groups[this.#turn]!;
     this.#turn = (this.#turn + 1) % this.#groups.length;
     const events: SequenceEvent[] = [];
+    this.lastTurn = undefined;
     if (group.ahead) {
+      const started = performance.now();
       this.model.remote!.arrive();
       events.push(...this.#read(group, this.#takeAhead(group)));
+      const now = performance.now();
+      this.lastTurn = { ms: now - (group.readAt ?? started), rows: events.length };
+      // A group left empty starts its next turns afresh.
+      group.readAt = group.active.length > 0 ? now : undefined;
     }
     if (group.active.length > 0) group.ahead = this.#build(group);
     return events;
