@@ -1,6 +1,7 @@
 // One model across several processes: `mlx launch -n N -- <command>` on loopback, MLX's ring
-// backend between the ranks. Greedy output is the single process's, token for token; serve
-// answers the openai client; a dead or silent rank stops every rank within the peer timeout.
+// backend between the ranks. Greedy output is the single process's, token for token, with
+// several micro-batches in flight too; serve answers the openai client; a dead or silent rank
+// stops every rank within the peer timeout.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
