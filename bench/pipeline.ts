@@ -1,20 +1,31 @@
 // One model across processes against one process, on loopback: `mlx run` (time to first token,
-// decode tokens/s by prompt size) and `mlx serve` under concurrent streaming clients (inter-token
-// latency p50/p95, output tokens/s), with the per-stage figures rank 0 reports in /stats.
-// Configurations are interleaved round by round, so load on the machine hits them alike.
-//   MLX_HOME=$PWD/.cache/mlx-home bun bench/pipeline.ts [--rounds 2] [--model smollm2]
+// decode tokens/s by prompt size) and `mlx serve` under 1-16 concurrent streaming clients
+// (inter-token latency p50/p95, output tokens/s, and how busy each rank was during the load, from
+// the figures rank 0 reports in /stats), split models with a micro-batch per rank in flight and
+// with one (--micro-batches 1). Configurations are interleaved round by round, so load on the
+// machine hits them alike.
+//   MLX_HOME=$PWD/.cache/mlx-home bun bench/pipeline.ts [--rounds 2] [--model smollm2] [--clients 1,2,4,8,16]
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { median, spawnTimed } from "./lib";
 
 const { values } = parseArgs({
-  options: { rounds: { type: "string", default: "2" }, model: { type: "string", default: "smollm2" } },
+  options: {
+    rounds: { type: "string", default: "2" },
+    model: { type: "string", default: "smollm2" },
+    clients: { type: "string", default: "1,2,4,8,16" },
+  },
 });
 const rounds = Number(values.rounds);
 const model = values.model!;
 const main = join(import.meta.dir, "..", "src", "main.ts");
 const mlx = [process.execPath, main];
 const configs = [1, 2, 3];
+const clientCounts = values.clients!.split(",").map(Number);
+/** Serve configurations: ranks, and micro-batches in flight where not one per rank. */
+const serveConfigs = [{ ranks: 1 }, { ranks: 2 }, { ranks: 3 }, { ranks: 3, microBatches: 1 }];
+const label = (c: { ranks: number; microBatches?: number }) =>
+  c.ranks === 1 ? "1" : `${c.ranks}, ${c.microBatches ?? c.ranks} in flight`;
 const under = (ranks: number, command: string[]) =>
   ranks === 1 ? [...mlx, ...command] : [...mlx, "launch", "-n", String(ranks), "--", ...command];
 
@@ -45,12 +56,20 @@ async function runOnce(ranks: number, size: keyof typeof prompts) {
 interface ServeFigures {
   itl: number[];
   tokensPerSecond: number[];
-  stages?: unknown;
+  /** Per rank, the share of each load's time it spent computing. */
+  busy: number[][];
 }
 const serveFigures = new Map<string, ServeFigures>();
 
-async function startServe(ranks: number) {
-  const proc = Bun.spawn(under(ranks, ["serve", "--port", "0", "-m", model]), { stdout: "ignore", stderr: "pipe" });
+async function startServe(c: { ranks: number; microBatches?: number }) {
+  // A heartbeat every 3 s (a third of the peer timeout) brings the stages' figures back; a
+  // shorter timeout stops the ranks when a loaded machine holds rank 0 up that long in a prefill.
+  const split = c.ranks > 1 ? ["--peer-timeout", "9"] : [];
+  if (c.microBatches) split.push("--micro-batches", String(c.microBatches));
+  const proc = Bun.spawn(under(c.ranks, ["serve", "--port", "0", "-m", model, ...split]), {
+    stdout: "ignore",
+    stderr: "pipe",
+  });
   let err = "";
   const reader = proc.stderr.getReader();
   while (!/listening on (http:\S+)/.test(err)) {
@@ -97,31 +116,48 @@ async function load(url: string, clients: number): Promise<{ itl: number[]; toke
   return { itl: gaps, tokensPerSecond: (tokens / (performance.now() - started)) * 1000 };
 }
 
+interface Pipeline {
+  receive_wait_seconds: number;
+  stages: { rank: number; compute_seconds: number }[];
+}
+
+/** Rank 0's time waiting for the ring, and each later rank's computing, once a heartbeat has been round. */
+async function pipelineTimes(url: string): Promise<number[]> {
+  await Bun.sleep(3_200);
+  const stats = (await (await fetch(`${url}/stats`)).json()) as { models: { pipeline: Pipeline }[] };
+  const p = stats.models[0]!.pipeline;
+  return [p.receive_wait_seconds, ...p.stages.map((s) => s.compute_seconds)];
+}
+
 for (let round = 0; round < rounds; round++) {
   // Every other round in reverse, so a load that rises or falls during the run favours no one.
-  for (const ranks of round % 2 ? [...configs].reverse() : configs) {
+  for (const ranks of round % 2 ? [...configs].reverse() : configs)
     for (const size of [128, 512] as const) await runOnce(ranks, size);
-    const { proc, url } = await startServe(ranks);
+  for (const config of round % 2 ? [...serveConfigs].reverse() : serveConfigs) {
+    const { proc, url } = await startServe(config);
     try {
-      for (const clients of [1, 4, 8]) {
+      for (const clients of clientCounts) {
+        const before = config.ranks > 1 ? await pipelineTimes(url) : [];
+        const started = performance.now();
         const r = await load(url, clients);
-        const key = `${ranks}/${clients}`;
-        const f = serveFigures.get(key) ?? { itl: [], tokensPerSecond: [] };
+        const seconds = (performance.now() - started) / 1000;
+        const key = `${label(config)}/${clients}`;
+        const f = serveFigures.get(key) ?? { itl: [], tokensPerSecond: [], busy: [] };
         f.itl.push(...r.itl);
         f.tokensPerSecond.push(r.tokensPerSecond);
+        if (config.ranks > 1) {
+          // Rank 0 is busy whenever it is not waiting for the ring; the others when computing.
+          const after = await pipelineTimes(url);
+          const spent = after.map((t, rank) => (t - before[rank]!) / seconds);
+          f.busy.push([1 - spent[0]!, ...spent.slice(1)]);
+        }
         serveFigures.set(key, f);
-      }
-      // The heartbeat brings the stages' figures back every peer-timeout / 3 (10 s).
-      if (ranks > 1) {
-        await Bun.sleep(10_500);
-        const stats = (await (await fetch(`${url}/stats`)).json()) as { models: { pipeline: unknown }[] };
-        serveFigures.get(`${ranks}/8`)!.stages = stats.models[0]!.pipeline;
       }
     } finally {
       proc.kill("SIGTERM");
       await proc.exited;
     }
-    process.stderr.write(`round ${round + 1}: ${ranks} rank(s) done\n`);
+    process.stderr.write(`round ${round + 1}: serve on ${label(config)} done\n`);
   }
 }
 
@@ -139,16 +175,19 @@ for (const size of [128, 512]) {
   }
 }
 console.log("\n## mlx serve, streamed clients (32 tokens each)\n");
-console.log("| ranks | clients | ITL p50 (ms) | ITL p95 (ms) | output tokens/s |");
-console.log("|---|---|---|---|---|");
-for (const clients of [1, 4, 8])
-  for (const ranks of configs) {
-    const f = serveFigures.get(`${ranks}/${clients}`)!;
+console.log(
+  "| ranks, micro-batches | clients | ITL p50 (ms) | ITL p95 (ms) | output tokens/s | vs 1 process | busy: rank 0, 1, ... |",
+);
+console.log("|---|---|---|---|---|---|---|");
+for (const clients of clientCounts) {
+  const base = median(serveFigures.get(`1/${clients}`)!.tokensPerSecond);
+  for (const config of serveConfigs) {
+    const f = serveFigures.get(`${label(config)}/${clients}`)!;
+    const tps = median(f.tokensPerSecond);
+    // Each rank's median over the rounds.
+    const busy = f.busy[0]?.map((_, rank) => `${fmt(100 * median(f.busy.map((b) => b[rank]!)), 0)}%`).join(", ");
     console.log(
-      `| ${ranks} | ${clients} | ${fmt(percentile(f.itl, 50))} | ${fmt(percentile(f.itl, 95))} | ${fmt(median(f.tokensPerSecond))} |`,
+      `| ${label(config)} | ${clients} | ${fmt(percentile(f.itl, 50))} | ${fmt(percentile(f.itl, 95))} | ${fmt(tps)} | ${fmt(tps / base, 2)}× | ${busy ?? "—"} |`,
     );
   }
-for (const ranks of configs.slice(1))
-  console.log(
-    `\n${ranks} ranks, /stats pipeline after the runs: ${JSON.stringify(serveFigures.get(`${ranks}/8`)!.stages)}`,
-  );
+}

@@ -1,6 +1,7 @@
 // One model across several processes: `mlx launch -n N -- <command>` on loopback, MLX's ring
-// backend between the ranks. Greedy output is the single process's, token for token; serve
-// answers the openai client; a dead or silent rank stops every rank within the peer timeout.
+// backend between the ranks. Greedy output is the single process's, token for token, with
+// several micro-batches in flight too; serve answers the openai client; a dead or silent rank
+// stops every rank within the peer timeout.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -11,6 +12,7 @@ import OpenAI from "openai";
 import { readHostfile } from "../src/cmd/launch-plan";
 import { parseLayers, splitLayers } from "../src/engine/pipeline";
 import { cliRunner, mainScript } from "./helpers/cli";
+import { eventually, serve } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
 
 const home = process.env.MLX_HOME ?? join(import.meta.dir, "..", ".cache", "mlx-home");
@@ -98,6 +100,12 @@ describe("mlx launch -- run", () => {
     const missing = await launch(["-n", "2"], ["run", "-m", join(dir, "nowhere"), "hi"]);
     expect(missing.code).not.toBe(0);
     expect(missing.stderr).toMatch(/error: rank \d exited with status 1: model not found: .*nowhere/);
+    const zero = await launch(["-n", "2"], ["run", "-m", tiny, "--micro-batches", "0", "hi"]);
+    expect(zero.code).not.toBe(0);
+    expect(zero.stderr).toContain("--micro-batches must be a whole number > 0 (got '0')");
+    const alone = await mlx(["run", "-m", tiny, "--micro-batches", "2", "hi"]);
+    expect(alone.code).not.toBe(0);
+    expect(alone.stderr).toContain("--micro-batches need --hostfile");
     const none = await mlx(["launch", "-n", "2"]);
     expect(none.code).not.toBe(0);
     expect(none.stderr).toContain("give the command to run after --");
@@ -195,6 +203,57 @@ describe("mlx launch -- serve", () => {
     }
     expect(await server.proc.exited).toBe(0);
     expect(server.ranks().size).toBe(0);
+  }, 120_000);
+
+  test("concurrent streams: several micro-batches in flight on 3 ranks (one with --micro-batches 1), each stream as one process gives it alone", async () => {
+    const requests = ["The sky", "A dog and a cat", "Numbers:", "Hello", "Rain falls", "Once", "Why?", "Blue"].map(
+      (prompt, i) => ({ model: tiny, prompt, max_tokens: 6 + 3 * i, temperature: i === 3 ? 0.9 : 0, seed: 11 }),
+    );
+    const alone = serve();
+    const expected: string[] = [];
+    try {
+      const one = new OpenAI({ baseURL: `${alone.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
+      for (const r of requests) expected.push((await one.completions.create(r)).choices[0]!.text);
+    } finally {
+      await alone.stop();
+    }
+    for (const [ranks, microBatches] of [
+      [3, undefined],
+      [2, "1"],
+    ] as const) {
+      // A heartbeat a second brings the stages' figures back soon.
+      const flags = ["--peer-timeout", "3", ...(microBatches ? ["--micro-batches", microBatches] : [])];
+      const server = await launchServe(ranks, flags);
+      try {
+        const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
+        const streamed = await Promise.all(
+          requests.map(async (r) => {
+            let text = "";
+            for await (const chunk of await client.completions.create({ ...r, stream: true }))
+              text += chunk.choices[0]?.text ?? "";
+            return text;
+          }),
+        );
+        expect(streamed).toEqual(expected);
+        const pipeline = async () => ((await (await fetch(`${server.url}/stats`)).json()) as any).models[0].pipeline;
+        const inFlight = microBatches ? 1 : ranks;
+        expect(await pipeline()).toMatchObject({ ranks, micro_batches: inFlight });
+        if (inFlight === 1) expect((await pipeline()).max_in_flight).toBe(1);
+        else expect((await pipeline()).max_in_flight).toBeGreaterThan(1);
+        // Once a heartbeat has been round, each stage says how busy it was.
+        await eventually(async () => (await pipeline()).stages.every((s: { tokens: number }) => s.tokens > 0), 10_000);
+        for (const stage of (await pipeline()).stages) {
+          expect(stage.busy_fraction).toBeGreaterThan(0);
+          expect(stage.busy_fraction).toBeLessThanOrEqual(1);
+        }
+        const metrics = await (await fetch(`${server.url}/metrics`)).text();
+        expect(metrics).toMatch(/mlx_pipeline_stage_busy_ratio\{model="[^"]+",rank="1"\} 0\.\d+/);
+        expect(metrics).toContain(`mlx_pipeline_max_in_flight{model="${tiny}"} ${(await pipeline()).max_in_flight}`);
+      } finally {
+        server.proc.kill("SIGTERM");
+      }
+      expect(await server.proc.exited).toBe(0);
+    }
   }, 120_000);
 
   test("kill -9 of a rank while serving: the launcher and every rank exit, naming it", async () => {

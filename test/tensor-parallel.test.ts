@@ -82,7 +82,7 @@ describe("mlx launch -n 2 -- run --tensor-parallel", () => {
     const alone = await mlx(["run", "-m", tiny, "--tensor-parallel", "hi"]);
     expect(alone.code).toBe(1);
     expect(alone.stderr.trim()).toBe(
-      "error: --rank, --layers and --tensor-parallel need --hostfile (or $MLX_HOSTFILE): the processes to split the model across",
+      "error: --rank, --layers, --tensor-parallel and --micro-batches need --hostfile (or $MLX_HOSTFILE): the processes to split the model across",
     );
   }, 60_000);
 });

@@ -241,15 +241,25 @@ export const distributedArgs = {
     description: "Seconds a silent rank is waited for before every rank stops",
     default: "30",
   },
+  "micro-batches": {
+    type: "string",
+    description:
+      "Decode groups rank 0 keeps in flight round the ranks, so they compute at once (default: one per rank)",
+  },
 } as const satisfies ArgsDef;
 
 /** The pipeline this process is a rank of (--hostfile/--rank, or $MLX_HOSTFILE/$MLX_RANK), if any. */
 export function pipelineFrom(args: Record<string, unknown>): PipelineSpec | undefined {
   const hostfile = (args.hostfile as string | undefined) ?? process.env.MLX_HOSTFILE;
   if (!hostfile) {
-    if (args.rank !== undefined || args.layers !== undefined || args["tensor-parallel"])
+    if (
+      args.rank !== undefined ||
+      args.layers !== undefined ||
+      args["tensor-parallel"] ||
+      args["micro-batches"] !== undefined
+    )
       throw new Error(
-        "--rank, --layers and --tensor-parallel need --hostfile (or $MLX_HOSTFILE): the processes to split the model across",
+        "--rank, --layers, --tensor-parallel and --micro-batches need --hostfile (or $MLX_HOSTFILE): the processes to split the model across",
       );
     return undefined;
   }
@@ -263,5 +273,16 @@ export function pipelineFrom(args: Record<string, unknown>): PipelineSpec | unde
   const tensorParallel = Boolean(args["tensor-parallel"]);
   if (tensorParallel && args.layers !== undefined)
     throw new Error("--layers splits the model into runs of layers; --tensor-parallel splits every layer: give one");
-  return { hostfile, rank, layers: args.layers as string | undefined, peerTimeoutMs: timeout * 1000, tensorParallel };
+  const microBatches =
+    args["micro-batches"] === undefined ? undefined : positiveInteger("micro-batches", args["micro-batches"]);
+  if (tensorParallel && microBatches !== undefined)
+    throw new Error("--micro-batches splits the batch between runs of layers; --tensor-parallel has none to fill");
+  return {
+    hostfile,
+    rank,
+    layers: args.layers as string | undefined,
+    peerTimeoutMs: timeout * 1000,
+    tensorParallel,
+    microBatches,
+  };
 }

@@ -83,6 +83,16 @@ interface PendingStep {
   logprobs?: MxArray[];
 }
 
+/** Sequences decoded together in one forward pass per step, with their caches. */
+interface DecodeGroup {
+  active: Sequence[];
+  caches: BatchKVCache[];
+  /** Its last step, built and queued (or on its way round the ranks of a split model), not read yet. */
+  ahead?: PendingStep;
+  /** When its tokens were last read (groups taking turns). */
+  readAt?: number;
+}
+
 interface Prefill {
   sequence: Sequence;
   caches: KVCache[];
@@ -116,10 +126,18 @@ export interface SpeculationCounts {
 export class BatchGenerator {
   readonly #waiting: Sequence[] = [];
   #prefill?: Prefill;
-  #active: Sequence[] = [];
-  #ahead?: PendingStep;
-  readonly #caches: BatchKVCache[];
+  /**
+   * One group, but on a model split across processes, one per micro-batch it keeps in flight;
+   * a newcomer joins the smallest. Served in turn (#turn is next): see #stepInTurn.
+   */
+  readonly #groups: DecodeGroup[];
+  #turn = 0;
   readonly speculationCounts: SpeculationCounts = { steps: 0, drafted: 0, accepted: 0 };
+  /**
+   * Where groups take turns, the last step's tokens are one per sequence of one group, which
+   * waited a whole turn of the groups for them: that interval (ms) and those sequences.
+   */
+  lastTurn?: { ms: number; rows: number };
 
   constructor(
     readonly model: DecoderModel,
@@ -138,15 +156,18 @@ export class BatchGenerator {
         "speculative decoding and a rotating KV cache cannot be used yet on a model split across processes",
       );
     const { maxKvSize } = options;
-    this.#caches = Array.from({ length: model.numLayers }, () =>
-      maxKvSize === undefined
-        ? new BatchKVCache(options.kvQuantization)
-        : new RotatingKVCache(maxKvSize, DEFAULT_KV_KEEP, options.kvQuantization),
-    );
+    this.#groups = Array.from({ length: model.remote?.microBatches ?? 1 }, () => ({
+      active: [],
+      caches: Array.from({ length: model.numLayers }, () =>
+        maxKvSize === undefined
+          ? new BatchKVCache(options.kvQuantization)
+          : new RotatingKVCache(maxKvSize, DEFAULT_KV_KEEP, options.kvQuantization),
+      ),
+    }));
   }
 
   get running(): number {
-    return this.#active.length;
+    return this.#groups.reduce((n, g) => n + g.active.length, 0);
   }
 
   get waiting(): number {
@@ -188,9 +209,13 @@ export class BatchGenerator {
       freeCaches(this.#prefill.caches);
       this.#prefill = undefined;
     }
-    const row = this.#active.findIndex((s) => s.id === id);
-    if (row >= 0) this.#dropRows([row]);
-    if (this.#active.length === 0) this.#discardAhead();
+    for (const group of this.#groups) {
+      const row = group.active.findIndex((s) => s.id === id);
+      if (row >= 0) this.#dropRows(group, [row]);
+    }
+    // Groups in turn keep a step on its way until it comes back (see #stepInTurn).
+    const [only] = this.#groups;
+    if (this.#groups.length === 1 && only!.active.length === 0) this.#discardAhead(only!);
   }
 
   /**
@@ -200,40 +225,70 @@ export class BatchGenerator {
    * need their previous token on the host first, and then the step is read at once.
    */
   step(): SequenceEvent[] {
+    if (this.#groups.length > 1) return this.#stepInTurn();
     this.#prefillChunk();
+    const group = this.#groups[0]!;
     const events: SequenceEvent[] = [];
-    for (const s of this.#active) s.pause = Math.max(0, s.pause - 1);
+    for (const s of group.active) s.pause = Math.max(0, s.pause - 1);
     if (this.#speculating) {
       // Drafting needs every sequence's last token on the host.
-      if (this.#ahead) events.push(...this.#read(this.#takeAhead()));
-      const drafts = this.#active.map((s) => this.#draft(s));
+      if (group.ahead) events.push(...this.#read(group, this.#takeAhead(group)));
+      const drafts = group.active.map((s) => this.#draft(s));
       if (drafts.some((d) => d.tokens.length > 0)) {
         events.push(...this.#speculate(drafts));
         return events;
       }
     }
-    const pipelined = this.#active.every((s) => s.processors.length === 0);
-    if (!pipelined && this.#ahead) events.push(...this.#read(this.#takeAhead()));
+    const pipelined = group.active.every((s) => s.processors.length === 0);
+    if (!pipelined && group.ahead) events.push(...this.#read(group, this.#takeAhead(group)));
     // The step ahead holds every sequence's last token: a step on top of it would be thrown away.
-    if (this.#endsWithAhead) events.push(...this.#read(this.#takeAhead()));
-    else if (this.#active.length > 0) {
-      const next = this.#build();
+    if (this.#endsWithAhead(group)) events.push(...this.#read(group, this.#takeAhead(group)));
+    else if (group.active.length > 0) {
+      const next = this.#build(group);
+      // One micro-batch in flight: its hidden states come back before anything else is sent.
+      this.model.remote?.arrive();
       mx.asyncEvaluate(next.tokens, next.chosen, ...(next.logprobs ?? []));
-      if (this.#ahead) events.push(...this.#read(this.#takeAhead(), next));
-      this.#ahead = next;
-      if (!pipelined) events.push(...this.#read(this.#takeAhead()));
+      if (group.ahead) events.push(...this.#read(group, this.#takeAhead(group), next));
+      group.ahead = next;
+      if (!pipelined) events.push(...this.#read(group, this.#takeAhead(group)));
     }
-    if (this.#active.length === 0) this.#discardAhead();
+    if (group.active.length === 0) this.#discardAhead(group);
     return events;
   }
 
-  /** Whether every running sequence reaches its maxTokens with its token in the step ahead. */
-  get #endsWithAhead(): boolean {
-    const rows = this.#ahead?.rows;
+  /**
+   * A model split across processes with several groups in flight: each call serves the group
+   * whose step comes back next (they come back in the order sent, which is the groups' turn).
+   * Its tokens are read and its next step goes out at once, so while this process samples one
+   * group and runs its layers, the later processes run theirs on the other groups. A prefill
+   * chunk travels between them as a micro-batch of its own.
+   */
+  #stepInTurn(): SequenceEvent[] {
+    this.#prefillChunk();
+    const group = this.#groups[this.#turn]!;
+    this.#turn = (this.#turn + 1) % this.#groups.length;
+    const events: SequenceEvent[] = [];
+    this.lastTurn = undefined;
+    if (group.ahead) {
+      const started = performance.now();
+      this.model.remote!.arrive();
+      events.push(...this.#read(group, this.#takeAhead(group)));
+      const now = performance.now();
+      this.lastTurn = { ms: now - (group.readAt ?? started), rows: events.length };
+      // A group left empty starts its next turns afresh.
+      group.readAt = group.active.length > 0 ? now : undefined;
+    }
+    if (group.active.length > 0) group.ahead = this.#build(group);
+    return events;
+  }
+
+  /** Whether every running sequence of the group reaches its maxTokens with its token in the step ahead. */
+  #endsWithAhead(group: DecodeGroup): boolean {
+    const rows = group.ahead?.rows;
     return (
       rows !== undefined &&
-      this.#active.length > 0 &&
-      this.#active.every((s) => rows.includes(s) && s.generated + 1 >= s.request.maxTokens)
+      group.active.length > 0 &&
+      group.active.every((s) => rows.includes(s) && s.generated + 1 >= s.request.maxTokens)
     );
   }
 
@@ -244,9 +299,9 @@ export class BatchGenerator {
     return (
       o !== undefined &&
       this.options.maxKvSize === undefined &&
-      this.#active.length > 0 &&
-      this.#active.length <= o.maxBatch &&
-      this.#active.some((s) => s.request.speculate !== false && s.pause === 0)
+      this.running > 0 &&
+      this.running <= o.maxBatch &&
+      this.#groups[0]!.active.some((s) => s.request.speculate !== false && s.pause === 0)
     );
   }
 
@@ -272,13 +327,14 @@ export class BatchGenerator {
    * back each sequence's rejected positions.
    */
   #speculate(drafts: Draft[]): SequenceEvent[] {
-    const batch = [...this.#active];
+    const group = this.#groups[0]!;
+    const batch = [...group.active];
     const width = Math.max(...drafts.map((d) => d.tokens.length)) + 1;
     const input = new Int32Array(batch.length * width);
     batch.forEach((s, b) => input.set([s.next, ...drafts[b]!.tokens], b * width));
     const logits = mx.scope(() =>
       adapted(batch, () =>
-        this.model.head(this.model.layers(this.model.embed(mx.array(input, [batch.length, width])), this.#caches)),
+        this.model.head(this.model.layers(this.model.embed(mx.array(input, [batch.length, width])), group.caches)),
       ),
     );
     const vocab = logits.shape[2]!;
@@ -294,7 +350,7 @@ export class BatchGenerator {
     );
     logits.free();
     for (const d of drafts) d.probabilities?.free();
-    for (const c of this.#caches) c.rollback(verified.map((v) => width - 1 - v.accepted));
+    for (const c of group.caches) c.rollback(verified.map((v) => width - 1 - v.accepted));
     const events: SequenceEvent[] = [];
     const finished: Sequence[] = [];
     batch.forEach((s, b) => {
@@ -324,26 +380,30 @@ export class BatchGenerator {
         events.push(event);
       });
     });
-    if (finished.length > 0) this.#dropRows(finished.map((s) => this.#active.indexOf(s)));
+    if (finished.length > 0)
+      this.#dropRows(
+        group,
+        finished.map((s) => group.active.indexOf(s)),
+      );
     return events;
   }
 
-  #takeAhead(): PendingStep {
-    const ahead = this.#ahead!;
-    this.#ahead = undefined;
+  #takeAhead(group: DecodeGroup): PendingStep {
+    const ahead = group.ahead!;
+    group.ahead = undefined;
     return ahead;
   }
 
-  #discardAhead(): void {
-    const ahead = this.#ahead;
+  #discardAhead(group: DecodeGroup): void {
+    const ahead = group.ahead;
     if (!ahead) return;
-    this.#ahead = undefined;
+    group.ahead = undefined;
     for (const t of [ahead.tokens, ahead.chosen, ...(ahead.logprobs ?? [])]) t.free();
   }
 
   #prefillChunk(): void {
     if (!this.#prefill) {
-      if (this.#waiting.length === 0 || this.#active.length >= this.options.maxBatch) return;
+      if (this.#waiting.length === 0 || this.running >= this.options.maxBatch) return;
       const sequence = this.#waiting.shift()!;
       const prompt = sequence.request.promptIds;
       // Full caches: the batch and the prefix cache copy every position out of them.
@@ -387,19 +447,20 @@ export class BatchGenerator {
       droppedBy(p.caches, 0),
       namespace(p.sequence),
     );
-    this.#caches.forEach((batch, layer) => batch.extend(p.caches[layer]!));
-    this.model.remote?.extend(p.caches, this.#caches);
+    const group = this.#groups.reduce((a, b) => (b.active.length < a.active.length ? b : a));
+    group.caches.forEach((batch, layer) => batch.extend(p.caches[layer]!));
+    this.model.remote?.extend(p.caches, group.caches);
     freeCaches(p.caches);
     p.sequence.history = prompt.slice(0, -1);
     p.sequence.next = prompt.at(-1)!;
-    this.#active.push(p.sequence);
+    group.active.push(p.sequence);
     this.#prefill = undefined;
   }
 
-  /** Builds one decode step for the active sequences; inputs come from the step ahead where it has them. */
-  #build(): PendingStep {
-    const batch = [...this.#active];
-    const ahead = this.#ahead;
+  /** Builds one decode step for a group's sequences; inputs come from the step ahead where it has them. */
+  #build(group: DecodeGroup): PendingStep {
+    const batch = [...group.active];
+    const ahead = group.ahead;
     const fromAhead = batch.map((s) => (ahead ? ahead.rows.indexOf(s) : -1));
     // Tokens known on the host are fed now; those still in the step ahead when it is read.
     batch.forEach((s, b) => {
@@ -420,7 +481,7 @@ export class BatchGenerator {
         }
       }
       const logits = adapted(batch, () => {
-        const hidden = this.model.layers(this.model.embed(mx.reshape(input, [batch.length, 1])), this.#caches);
+        const hidden = this.model.layers(this.model.embed(mx.reshape(input, [batch.length, 1])), group.caches);
         return mx.reshape(this.model.head(hidden), [batch.length, -1]);
       });
       const rows = batch.map((s, b) => {
@@ -440,7 +501,7 @@ export class BatchGenerator {
   }
 
   /** Reads a step's tokens into events; `fedBy` is the step already built on top of it, if any. */
-  #read(step: PendingStep, fedBy?: PendingStep): SequenceEvent[] {
+  #read(group: DecodeGroup, step: PendingStep, fedBy?: PendingStep): SequenceEvent[] {
     const tokens = step.tokens.toArray();
     const chosen = step.chosen.toArray();
     const events: SequenceEvent[] = [];
@@ -466,38 +527,48 @@ export class BatchGenerator {
     });
     step.tokens.free();
     step.chosen.free();
-    if (finished.length > 0) this.#dropRows(finished.map((s) => this.#active.indexOf(s)).filter((i) => i >= 0));
+    if (finished.length > 0)
+      this.#dropRows(
+        group,
+        finished.map((s) => group.active.indexOf(s)).filter((i) => i >= 0),
+      );
     return events;
   }
 
-  #dropRows(rows: number[]): void {
+  #dropRows(group: DecodeGroup, rows: number[]): void {
     for (const row of rows) {
-      this.#active[row]!.done = true;
-      freeDraft(this.#active[row]!);
+      group.active[row]!.done = true;
+      freeDraft(group.active[row]!);
     }
     // What a leaving sequence computed (its prompt and answer) may start a follow-up request.
     const cache = this.options.prefixCache;
     if (cache)
       for (const row of rows) {
-        const s = this.#active[row]!;
-        const skip = this.#caches[0]!.leftPadding[row];
-        cache.insert(s.history, this.#caches, row, skip, droppedBy(this.#caches, row), namespace(s));
+        const s = group.active[row]!;
+        const skip = group.caches[0]!.leftPadding[row];
+        cache.insert(s.history, group.caches, row, skip, droppedBy(group.caches, row), namespace(s));
       }
-    const keep = this.#active.map((_, i) => i).filter((i) => !rows.includes(i));
-    this.#active = keep.map((i) => this.#active[i]!);
-    for (const c of this.#caches) c.keepRows(keep);
-    this.model.remote?.keepRows(this.#caches, keep);
+    const keep = group.active.map((_, i) => i).filter((i) => !rows.includes(i));
+    group.active = keep.map((i) => group.active[i]!);
+    for (const c of group.caches) c.keepRows(keep);
+    this.model.remote?.keepRows(group.caches, keep);
   }
 
   dispose(): void {
-    this.#discardAhead();
-    for (const s of this.#active) freeDraft(s);
+    for (const group of this.#groups) {
+      // A step on its way back is received all the same: the next receive would get its bytes.
+      if (this.#groups.length > 1 && group.ahead) this.model.remote!.arrive();
+      this.#discardAhead(group);
+      for (const s of group.active) freeDraft(s);
+    }
     if (this.#prefill) {
       this.model.remote?.release(this.#prefill.caches);
       freeCaches(this.#prefill.caches);
     }
-    this.model.remote?.release(this.#caches);
-    for (const c of this.#caches) c.free();
+    for (const group of this.#groups) {
+      this.model.remote?.release(group.caches);
+      for (const c of group.caches) c.free();
+    }
   }
 }
 

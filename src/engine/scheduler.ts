@@ -284,9 +284,10 @@ export class Scheduler {
           this.#failAll(error as Error);
           break;
         }
-        const ms = performance.now() - started;
+        const turn = this.#generator.lastTurn;
+        const ms = turn?.ms ?? performance.now() - started;
         if (decoding > 0 && events.length > 0) {
-          this.options.onStep?.(ms, decoding);
+          this.options.onStep?.(ms, turn?.rows ?? decoding);
           const changed = this.options.tuner?.observe(ms);
           if (changed) Object.assign(this.#generator.options, changed);
         }

@@ -39,6 +39,16 @@ export interface RemoteLayers {
   keepRows(batch: KVCache[], rows: number[]): void;
   /** Caches dropped without joining anything: a cancelled prefill's, the batch's at the end. */
   release(caches: KVCache[]): void;
+  /**
+   * Decode groups to keep in flight: while the other processes work on some, this one samples
+   * another and sends its next step (1: the whole batch goes round as one).
+   */
+  readonly microBatches: number;
+  /**
+   * Receives the oldest decode step still on its way back (they come back in the order sent):
+   * layers() returned its hidden states unevaluated, to evaluate only after this.
+   */
+  arrive(): void;
 }
 
 export interface DecoderParts {

@@ -2,7 +2,7 @@ import type { MemoryFigures } from "../engine/device";
 import type { SchedulerStats } from "../engine/scheduler";
 import type { Provider } from "../providers";
 import { acceptanceRate } from "../engine/speculative";
-import type { StageFigures } from "../engine/pipeline/protocol";
+import { busyFraction, type StageFigures } from "../engine/pipeline/protocol";
 
 // A small Prometheus registry: counters, gauges (set or read at scrape time) and histograms,
 // written in the text exposition format (version 0.0.4).
@@ -305,6 +305,18 @@ export function serverMetrics(live: {
     stageWait: registry.add(
       new Gauge("mlx_pipeline_stage_receive_wait_seconds", "Time each rank of a split model waited to receive", () =>
         perStage(live, (s) => s.waitMs / 1000),
+      ),
+    ),
+    stageBusy: registry.add(
+      new Gauge(
+        "mlx_pipeline_stage_busy_ratio",
+        "Share of each rank's time spent computing rather than waiting for work, since it started",
+        () => perStage(live, busyFraction),
+      ),
+    ),
+    maxInFlight: registry.add(
+      new Gauge("mlx_pipeline_max_in_flight", "Most decode micro-batches rank 0 had in flight at once", () =>
+        perModel(live, (s) => s.pipeline?.maxInFlight),
       ),
     ),
     stageBytesPerToken: registry.add(

@@ -18,6 +18,11 @@ export interface PipelineFigures {
   /** Bytes rank 0 sent to rank 1, and the token positions they carried. */
   sentBytes: number;
   tokens: number;
+  /** Milliseconds rank 0 waited for decode steps' hidden states to come back round the ring. */
+  waitMs: number;
+  /** Decode micro-batches rank 0 keeps in flight at most (--micro-batches), and the most it had at once. */
+  microBatches: number;
+  maxInFlight: number;
   /** Set once a peer is lost: the process stops when the watchdog's time is up. */
   lost?: string;
 }
@@ -29,6 +34,14 @@ export class PipelineFront implements DecoderModel, RemoteLayers {
   #seq = 0;
   #sentBytes = 0;
   #tokens = 0;
+  #waitMs = 0;
+  /**
+   * Decode steps' hidden states on their way back, oldest first (unevaluated receives), and how
+   * many of the oldest a heartbeat has received already.
+   */
+  readonly #arriving: MxArray[] = [];
+  #received = 0;
+  #maxInFlight = 0;
   #stages: (StageFigures & { rank: number })[] = [];
   readonly #timer: ReturnType<typeof setInterval>;
   #closed = false;
@@ -40,6 +53,8 @@ export class PipelineFront implements DecoderModel, RemoteLayers {
     readonly stage: Stage,
     /** A rank silent this long ends the process (see the watchdog in src/mlx/distributed.ts). */
     readonly peerTimeoutMs: number,
+    /** Decode groups the batch generator keeps in flight round the ring (one per rank by default). */
+    readonly microBatches = size,
   ) {
     // Idle, the ranks would hear nothing: a heartbeat around the ring shows every rank is alive
     // (and brings back each stage's figures). It waits for the steps queued before it.
@@ -69,7 +84,8 @@ export class PipelineFront implements DecoderModel, RemoteLayers {
 
   /**
    * Our layers, then the rest of the pipeline. A prefill's result stays on the ranks (only their
-   * caches need it); a decode step's hidden states come back from the last rank.
+   * caches need it); a decode step's hidden states come back from the last rank: the result is
+   * their receive, to evaluate only after arrive() (several steps may be in flight).
    */
   layers(h: MxArray, caches: AttentionCache[]): MxArray {
     const out = this.local.layers(h, caches, this.stage.start, this.stage.end);
@@ -90,10 +106,24 @@ export class PipelineFront implements DecoderModel, RemoteLayers {
     this.#tokens += rows * length;
     mx.evaluate(sent);
     if (!decode) return out;
-    // The ring's receive spins on its socket until the bytes come: wait for the answer off the
-    // CPU (the other ranks may need it), and only then receive.
-    distributed.waitReadable(this.peerTimeoutMs);
-    return distributed.recv([rows, length, width], out.dtype, this.size - 1);
+    // Held here as well: the caller's scope may drop its handle before the bytes come.
+    const back = mx.keep(distributed.recv([rows, length, width], out.dtype, this.size - 1));
+    this.#arriving.push(back);
+    this.#maxInFlight = Math.max(this.#maxInFlight, this.#arriving.length);
+    return back;
+  }
+
+  /**
+   * Receives the oldest decode step's hidden states still on the way (the ring returns them in
+   * the order they were sent). The ring's receive spins on its socket until the bytes come, so
+   * this waits for them off the CPU first: the other ranks may need it.
+   */
+  arrive(): void {
+    const back = this.#arriving.shift();
+    if (!back) throw new Error("no decode step of the pipeline is on its way back");
+    if (this.#received > 0) this.#received--;
+    else this.#receive(back);
+    back.free();
   }
 
   extend(prefill: KVCache[], batch: KVCache[]): void {
@@ -129,6 +159,9 @@ export class PipelineFront implements DecoderModel, RemoteLayers {
       stages: this.#stages,
       sentBytes: this.#sentBytes,
       tokens: this.#tokens,
+      waitMs: this.#waitMs,
+      microBatches: this.microBatches,
+      maxInFlight: this.#maxInFlight,
       lost: this.#lost,
     };
   }
@@ -170,7 +203,12 @@ export class PipelineFront implements DecoderModel, RemoteLayers {
           { op: Op.heartbeat, rows: shape[0], width: shape[1], dtype: mx.Dtype.float32 },
           mx.zeros(shape, mx.Dtype.float32),
         );
-        const back = distributed.after(distributed.recv(shape, mx.Dtype.float32, this.size - 1), sent);
+        mx.evaluate(sent);
+        const back = distributed.recv(shape, mx.Dtype.float32, this.size - 1);
+        // The decode steps in flight come back first: receive them now (kept for arrive()).
+        for (const step of this.#arriving.slice(this.#received)) this.#receive(step);
+        this.#received = this.#arriving.length;
+        this.#receive(back);
         const values = back.toArray();
         this.#stages = Array.from({ length: this.size - 1 }, (_, i) => {
           const row = values.slice((i + 1) * figureFields.length);
@@ -186,6 +224,14 @@ export class PipelineFront implements DecoderModel, RemoteLayers {
       this.#lost = `lost a rank of the pipeline: ${(error as Error).message}`;
       distributed.armWatchdog(this.peerTimeoutMs, `error: rank 0: ${this.#lost}; stopping`);
     }
+  }
+
+  /** Waits off the CPU until bytes come, then evaluates the receive `back`. */
+  #receive(back: MxArray): void {
+    const started = performance.now();
+    distributed.waitReadable(this.peerTimeoutMs);
+    mx.evaluate(back);
+    this.#waitMs += performance.now() - started;
   }
 
   #silence(): string {

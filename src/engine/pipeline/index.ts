@@ -15,6 +15,7 @@ import { serveShard, TensorParallelFront } from "./tensor-parallel";
 export { PipelineFront, type PipelineFigures } from "./front";
 export { TensorParallelFront } from "./tensor-parallel";
 export { defaultSplit, layerRange, parseLayers, splitLayers, stageBytes } from "./plan";
+export { busyFraction } from "./protocol";
 
 const { distributed } = mx;
 
@@ -28,6 +29,8 @@ export interface PipelineSpec {
   peerTimeoutMs: number;
   /** Every rank a slice of every layer (src/models/shard.ts) instead of a run of layers. */
   tensorParallel?: boolean;
+  /** Decode groups rank 0 keeps in flight (default: one per rank). */
+  microBatches?: number;
 }
 
 /**
@@ -66,7 +69,7 @@ export function openPipeline(
   }
   const front = tensorParallel
     ? new TensorParallelFront(lm.model, lm.config, size, peerTimeoutMs)
-    : new PipelineFront(lm.model, size, stage, peerTimeoutMs);
+    : new PipelineFront(lm.model, size, stage, peerTimeoutMs, spec.microBatches);
   process.once("exit", () => {
     try {
       front.shutdown();

@@ -60,3 +60,10 @@ export interface StageFigures {
 }
 
 export const figureFields = ["computeMs", "waitMs", "sentBytes", "tokens"] as const;
+
+/**
+ * The share of a stage's time spent computing rather than waiting for work (since it started):
+ * near 1 when the ranks compute at once, 1 / ranks when they take turns.
+ */
+export const busyFraction = (s: StageFigures): number =>
+  s.computeMs + s.waitMs > 0 ? s.computeMs / (s.computeMs + s.waitMs) : 0;

@@ -76,6 +76,12 @@ export class TensorParallelFront implements DecoderModel, RemoteLayers {
     });
   }
 
+  /** Every rank runs every step together: there is no ring of stages to keep busy. */
+  readonly microBatches = 1;
+
+  /** layers() returns its hidden states evaluated: nothing is left on its way back. */
+  arrive(): void {}
+
   extend(prefill: KVCache[], batch: KVCache[]): void {
     this.#post({ op: Op.extend, set: this.#id(prefill), rows: this.#id(batch) });
     this.#ids.delete(prefill);
@@ -103,9 +109,21 @@ export class TensorParallelFront implements DecoderModel, RemoteLayers {
     distributed.disarmWatchdog();
   }
 
-  /** As a pipeline's, with no stages: `sentBytes` are the bytes rank 0 put into all_sum. */
+  /**
+   * As a pipeline's, with no stages: `sentBytes` are the bytes rank 0 put into all_sum, and the
+   * waits inside each layer's all_sum are part of its compute (nothing comes back round a ring).
+   */
   get figures(): PipelineFigures {
-    return { ranks: this.size, stages: [], sentBytes: this.#summedBytes, tokens: this.#tokens, lost: this.#lost };
+    return {
+      ranks: this.size,
+      stages: [],
+      sentBytes: this.#summedBytes,
+      tokens: this.#tokens,
+      waitMs: 0,
+      microBatches: 1,
+      maxInFlight: 1,
+      lost: this.#lost,
+    };
   }
 
   #id(caches: KVCache[] | AttentionCache[]): number {

@@ -3,7 +3,7 @@
 import { Hono } from "hono";
 import { memoryFigures } from "../../engine/device";
 import { acceptanceRate } from "../../engine/speculative";
-import type { PipelineFigures } from "../../engine/pipeline";
+import { busyFraction, type PipelineFigures } from "../../engine/pipeline";
 import type { ServerState } from "../state";
 
 export function queueFigures(s: ServerState) {
@@ -110,10 +110,14 @@ function pipelineStats(p: PipelineFigures) {
     lost: p.lost ?? null,
     sent_bytes: p.sentBytes,
     sent_bytes_per_token: perToken(p.sentBytes, p.tokens),
+    receive_wait_seconds: p.waitMs / 1000,
+    micro_batches: p.microBatches,
+    max_in_flight: p.maxInFlight,
     stages: p.stages.map((s) => ({
       rank: s.rank,
       compute_seconds: s.computeMs / 1000,
       receive_wait_seconds: s.waitMs / 1000,
+      busy_fraction: busyFraction(s),
       sent_bytes: s.sentBytes,
       sent_bytes_per_token: perToken(s.sentBytes, s.tokens),
       tokens: s.tokens,
