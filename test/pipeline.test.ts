@@ -241,7 +241,10 @@ describe("mlx launch -- serve", () => {
         if (inFlight === 1) expect((await pipeline()).max_in_flight).toBe(1);
         else expect((await pipeline()).max_in_flight).toBeGreaterThan(1);
         // Once a heartbeat has been round, each stage says how busy it was.
-        await eventually(async () => (await pipeline()).stages.every((s: { tokens: number }) => s.tokens > 0), 10_000);
+        await eventually(async () => {
+          const { stages } = await pipeline();
+          return stages.length === ranks - 1 && stages.every((s: { tokens: number }) => s.tokens > 0);
+        }, 10_000);
         for (const stage of (await pipeline()).stages) {
           expect(stage.busy_fraction).toBeGreaterThan(0);
           expect(stage.busy_fraction).toBeLessThanOrEqual(1);
