@@ -32,14 +32,6 @@ AttendTile tile_for(Isa isa) {
   }
 }
 
-bool float_type(mx::Dtype t) { return t == mx::float32 || t == mx::float16 || t == mx::bfloat16; }
-
-Element element_of(mx::Dtype t) {
-  if (t == mx::float16) return Element::f16;
-  if (t == mx::bfloat16) return Element::bf16;
-  return Element::f32;
-}
-
 StridedView view_of(const mx::array& a) {
   StridedView v{a.data<void>(), element_of(a.dtype()), {}};
   for (int i = 0; i < 4; ++i) v.stride[i] = a.strides()[i];

@@ -9,6 +9,7 @@
 #include <variant>
 #include <vector>
 
+#include "attention_kernel.h"
 #include "mlx/mlx.h"
 
 namespace kernels {
@@ -30,6 +31,16 @@ bool enabled_on(const mx::Stream& stream);
 // mx::contiguous when the graph is built: that is a graph node per input even when nothing is
 // copied (a weight, a fresh output), four per quantized product, hundreds per decode step.
 mx::array row_contiguous(const mx::array& a, mx::Stream stream);
+
+// The floating-point types our kernels read (activations, scales, masks).
+inline bool float_type(mx::Dtype t) { return t == mx::float32 || t == mx::float16 || t == mx::bfloat16; }
+
+// The attention kernels' name for a float type (float_type(t) holds).
+inline Element element_of(mx::Dtype t) {
+  if (t == mx::float16) return Element::f16;
+  if (t == mx::bfloat16) return Element::bf16;
+  return Element::f32;
+}
 
 // The instruction set and thread count the kernels run with, e.g. "avx2, 2 threads" (and
 // ", int8 activations" when MLX_CPU_INT8=1 took effect).

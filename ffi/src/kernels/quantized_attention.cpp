@@ -32,14 +32,6 @@ QuantizedAttendTile tile_for(Isa isa) {
   }
 }
 
-bool float_type(mx::Dtype t) { return t == mx::float32 || t == mx::float16 || t == mx::bfloat16; }
-
-Element element_of(mx::Dtype t) {
-  if (t == mx::float16) return Element::f16;
-  if (t == mx::bfloat16) return Element::bf16;
-  return Element::f32;
-}
-
 // Part `a` [B, Hkv, T, ·] with each row contiguous, and its strides on axes 0-2 (in elements):
 // in place, or, for a part strided along its rows (never the cache's views), copied into `copy`.
 const void* rows_of(const mx::array& a, std::vector<char>& copy, int64_t strides[3]) {

@@ -162,8 +162,6 @@ class QuantizedMatmul : public mx::UnaryPrimitive {
   int bits_;
 };
 
-bool float_type(mx::Dtype t) { return t == mx::float32 || t == mx::float16 || t == mx::bfloat16; }
-
 // The layouts our kernel covers; anything else goes to MLX's own op.
 bool supported(const mx::array& x, const mx::array& w, const mx::array& scales, const std::optional<mx::array>& biases,
                bool transpose, int group, int bits, const std::string& mode) {

@@ -90,8 +90,6 @@ class RmsNorm : public mx::UnaryPrimitive {
   float eps_;
 };
 
-bool float_type(mx::Dtype t) { return t == mx::float32 || t == mx::float16 || t == mx::bfloat16; }
-
 }  // namespace
 
 mx::array rms_norm(const mx::array& x, const std::optional<mx::array>& weight, float eps) {

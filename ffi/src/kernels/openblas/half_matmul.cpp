@@ -19,7 +19,6 @@ namespace {
 constexpr int kColumnsPerTask = 64;
 
 bool half_type(mx::Dtype t) { return t == mx::float16 || t == mx::bfloat16; }
-bool float_type(mx::Dtype t) { return t == mx::float32 || half_type(t); }
 
 float element(const mx::array& a, int64_t at) {
   if (a.dtype() == mx::float16) return static_cast<float>(a.data<mx::float16_t>()[at]);
