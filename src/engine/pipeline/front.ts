@@ -3,11 +3,12 @@
 // sampler and everything above them run unchanged. Cache operations follow the same path.
 import * as mx from "../../mlx";
 import type { MxArray } from "../../mlx";
-import type { AttentionCache, KVCache } from "../../models/cache";
+import type { AttentionCache } from "../../models/cache";
 import { BatchKVCache } from "../../models/batch-cache";
-import type { DecoderModel, RemoteLayers } from "../../models/model";
+import type { DecoderModel } from "../../models/model";
 import type { Stage } from "../../models/stage";
 import { encodeHeader, figureFields, Flag, headerBytes, Op, type Header, type StageFigures } from "./protocol";
+import { RankZeroFront, type MessageFields } from "./rank-zero";
 
 const { distributed } = mx;
 
@@ -27,10 +28,7 @@ export interface PipelineFigures {
   lost?: string;
 }
 
-export class PipelineFront implements DecoderModel, RemoteLayers {
-  readonly remote = this;
-  readonly #ids = new WeakMap<KVCache[] | AttentionCache[], number>();
-  #nextSet = 1;
+export class PipelineFront extends RankZeroFront implements DecoderModel {
   #seq = 0;
   #sentBytes = 0;
   #tokens = 0;
@@ -43,43 +41,21 @@ export class PipelineFront implements DecoderModel, RemoteLayers {
   #received = 0;
   #maxInFlight = 0;
   #stages: (StageFigures & { rank: number })[] = [];
-  readonly #timer: ReturnType<typeof setInterval>;
-  #closed = false;
   #lost?: string;
 
   constructor(
-    readonly local: DecoderModel,
+    local: DecoderModel,
     readonly size: number,
     readonly stage: Stage,
-    /** A rank silent this long ends the process (see the watchdog in src/mlx/distributed.ts). */
-    readonly peerTimeoutMs: number,
+    peerTimeoutMs: number,
     /** Decode groups the batch generator keeps in flight round the ring (one per rank by default). */
     readonly microBatches = size,
   ) {
-    // Idle, the ranks would hear nothing: a heartbeat around the ring shows every rank is alive
-    // (and brings back each stage's figures). It waits for the steps queued before it.
-    this.#timer = setInterval(() => this.#heartbeat(), peerTimeoutMs / 3);
-    this.#timer.unref();
+    super(local, peerTimeoutMs);
   }
 
   get config() {
     return this.local.config;
-  }
-
-  get numLayers() {
-    return this.local.numLayers;
-  }
-
-  embed(ids: MxArray): MxArray {
-    return this.local.embed(ids);
-  }
-
-  head(h: MxArray): MxArray {
-    return this.local.head(h);
-  }
-
-  finalNorm(h: MxArray): MxArray {
-    return this.local.finalNorm(h);
   }
 
   /**
@@ -94,7 +70,7 @@ export class PipelineFront implements DecoderModel, RemoteLayers {
     const sent = this.#send(
       {
         op: Op.forward,
-        set: this.#id(caches),
+        set: this.id(caches),
         rows,
         length,
         flags: decode ? Flag.decode : Flag.prefill,
@@ -126,33 +102,6 @@ export class PipelineFront implements DecoderModel, RemoteLayers {
     back.free();
   }
 
-  extend(prefill: KVCache[], batch: KVCache[]): void {
-    this.#post({ op: Op.extend, set: this.#id(prefill), rows: this.#id(batch) });
-    this.#ids.delete(prefill);
-  }
-
-  keepRows(batch: KVCache[], rows: number[]): void {
-    // No payload for no rows: a receive of nothing would wait for bytes that never come.
-    const list = rows.length > 0 ? () => mx.array(Int32Array.from(rows)) : undefined;
-    this.#post({ op: Op.keepRows, set: this.#id(batch), rows: rows.length }, list);
-  }
-
-  release(caches: KVCache[]): void {
-    const set = this.#ids.get(caches);
-    if (set === undefined || this.#closed) return;
-    this.#post({ op: Op.release, set });
-    this.#ids.delete(caches);
-  }
-
-  /** Tells every rank to stop; this one stops talking to them. */
-  shutdown(): void {
-    if (this.#closed) return;
-    clearInterval(this.#timer);
-    this.#post({ op: Op.shutdown });
-    this.#closed = true;
-    distributed.disarmWatchdog();
-  }
-
   get figures(): PipelineFigures {
     return {
       ranks: this.size,
@@ -166,24 +115,14 @@ export class PipelineFront implements DecoderModel, RemoteLayers {
     };
   }
 
-  #id(caches: KVCache[] | AttentionCache[]): number {
-    let id = this.#ids.get(caches);
-    if (id === undefined) {
-      id = this.#nextSet++;
-      this.#ids.set(caches, id);
-    }
-    return id;
-  }
-
-  /** A message with no answer, sent now. */
-  #post(fields: Partial<Header> & Pick<Header, "op">, payload?: () => MxArray): void {
-    if (this.#closed) return;
+  protected post(fields: MessageFields, payload?: () => MxArray): void {
+    if (this.closed) return;
     mx.scope(() => mx.evaluate(this.#send(fields, payload?.())));
   }
 
   /** The header, then the payload once the header is out: the send of the payload, unevaluated. */
-  #send(fields: Partial<Header> & Pick<Header, "op">, payload?: MxArray): MxArray {
-    if (this.#closed) throw new Error("the pipeline was shut down");
+  #send(fields: MessageFields, payload?: MxArray): MxArray {
+    if (this.closed) throw new Error("the pipeline was shut down");
     if (this.#lost) throw new Error(this.#lost);
     const header: Header = { set: 0, rows: 0, length: 0, flags: 0, dtype: 0, width: 0, ...fields, seq: this.#seq++ };
     // Each message re-arms the watchdog: its answer, or the next heartbeat's, must come in time.
@@ -193,8 +132,9 @@ export class PipelineFront implements DecoderModel, RemoteLayers {
     return payload ? distributed.send(distributed.after(payload, headerSent), 1) : headerSent;
   }
 
-  #heartbeat(): void {
-    if (this.#closed || this.#lost) return;
+  /** Goes round the ring and brings back each stage's figures; it waits for the steps queued before it. */
+  protected heartbeat(): void {
+    if (this.closed || this.#lost) return;
     try {
       mx.scope(() => {
         // Each stage writes its row of figures into the payload on the way round.

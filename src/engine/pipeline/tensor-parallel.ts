@@ -9,53 +9,29 @@ import type { MxArray } from "../../mlx";
 import type { AttentionCache, KVCache, KvQuantization } from "../../models/cache";
 import { BatchKVCache } from "../../models/batch-cache";
 import type { ModelConfig } from "../../models/config";
-import { cacheState, type DecoderModel, type RemoteLayers } from "../../models/model";
+import { cacheState, type DecoderModel } from "../../models/model";
 import { CacheSets } from "./cache-sets";
 import type { PipelineFigures } from "./front";
 import { decodeHeader, encodeHeader, Flag, headerInts, Op, type Header } from "./protocol";
+import { RankZeroFront, type MessageFields } from "./rank-zero";
 
 const { distributed } = mx;
 
-type Fields = Partial<Header> & Pick<Header, "op">;
-
 /** Rank 0's model: its slice of the layers, run in step with the other ranks'. */
-export class TensorParallelFront implements DecoderModel, RemoteLayers {
-  readonly remote = this;
-  readonly #ids = new WeakMap<KVCache[] | AttentionCache[], number>();
-  #nextSet = 1;
+export class TensorParallelFront extends RankZeroFront implements DecoderModel {
   #seq = 0;
   #tokens = 0;
   #summedBytes = 0;
-  readonly #timer: ReturnType<typeof setInterval>;
-  #closed = false;
   #lost?: string;
 
   constructor(
-    readonly local: DecoderModel,
+    local: DecoderModel,
     /** The whole model's config (the local layers have their shard's heads). */
     readonly config: ModelConfig,
     readonly size: number,
-    readonly peerTimeoutMs: number,
+    peerTimeoutMs: number,
   ) {
-    // Idle, the other ranks would hear nothing and their watchdogs would stop them.
-    this.#timer = setInterval(() => this.#post({ op: Op.heartbeat }), peerTimeoutMs / 3);
-    this.#timer.unref();
-  }
-
-  get numLayers() {
-    return this.local.numLayers;
-  }
-
-  embed(ids: MxArray): MxArray {
-    return this.local.embed(ids);
-  }
-
-  head(h: MxArray): MxArray {
-    return this.local.head(h);
-  }
-
-  finalNorm(h: MxArray): MxArray {
-    return this.local.finalNorm(h);
+    super(local, peerTimeoutMs);
   }
 
   /**
@@ -65,7 +41,7 @@ export class TensorParallelFront implements DecoderModel, RemoteLayers {
   layers(h: MxArray, caches: AttentionCache[]): MxArray {
     const [rows, length, width] = h.shape as [number, number, number];
     const decode = caches[0] instanceof BatchKVCache;
-    const fields = { op: Op.forward, set: this.#id(caches), rows, length, width, dtype: h.dtype };
+    const fields = { op: Op.forward, set: this.id(caches), rows, length, width, dtype: h.dtype };
     return this.#step({ ...fields, flags: decode ? Flag.decode : Flag.prefill }, h, (hidden) => {
       const out = this.local.layers(hidden!, caches);
       mx.evaluate(out, ...cacheState(caches as KVCache[]));
@@ -81,33 +57,6 @@ export class TensorParallelFront implements DecoderModel, RemoteLayers {
 
   /** layers() returns its hidden states evaluated: nothing is left on its way back. */
   arrive(): void {}
-
-  extend(prefill: KVCache[], batch: KVCache[]): void {
-    this.#post({ op: Op.extend, set: this.#id(prefill), rows: this.#id(batch) });
-    this.#ids.delete(prefill);
-  }
-
-  keepRows(batch: KVCache[], rows: number[]): void {
-    // No payload for no rows: every rank knows the count from the header.
-    const list = rows.length > 0 ? () => mx.array(Int32Array.from(rows)) : undefined;
-    this.#post({ op: Op.keepRows, set: this.#id(batch), rows: rows.length }, list);
-  }
-
-  release(caches: KVCache[]): void {
-    const set = this.#ids.get(caches);
-    if (set === undefined || this.#closed) return;
-    this.#post({ op: Op.release, set });
-    this.#ids.delete(caches);
-  }
-
-  /** Tells every rank to stop; this one stops talking to them. */
-  shutdown(): void {
-    if (this.#closed) return;
-    clearInterval(this.#timer);
-    this.#post({ op: Op.shutdown });
-    this.#closed = true;
-    distributed.disarmWatchdog();
-  }
 
   /**
    * As a pipeline's, with no stages: `sentBytes` are the bytes rank 0 put into all_sum, and the
@@ -126,18 +75,13 @@ export class TensorParallelFront implements DecoderModel, RemoteLayers {
     };
   }
 
-  #id(caches: KVCache[] | AttentionCache[]): number {
-    let id = this.#ids.get(caches);
-    if (id === undefined) {
-      id = this.#nextSet++;
-      this.#ids.set(caches, id);
-    }
-    return id;
+  protected heartbeat(): void {
+    this.post({ op: Op.heartbeat });
   }
 
   /** A message with no answer. Lost peers end the process (the watchdog); nothing is thrown here. */
-  #post(fields: Fields, payload?: () => MxArray): void {
-    if (this.#closed || this.#lost) return;
+  protected post(fields: MessageFields, payload?: () => MxArray): void {
+    if (this.closed || this.#lost) return;
     try {
       mx.scope(() => this.#step(fields, payload?.(), (p) => p && mx.evaluate(p)));
     } catch {
@@ -149,8 +93,8 @@ export class TensorParallelFront implements DecoderModel, RemoteLayers {
    * Broadcasts the header, then the payload, and runs `then` on the payload as every rank
    * receives it, under the watchdog: a rank that stops answering stops this one in time.
    */
-  #step<T>(fields: Fields, payload: MxArray | undefined, then: (payload: MxArray | undefined) => T): T {
-    if (this.#closed) throw new Error("the tensor-parallel group was shut down");
+  #step<T>(fields: MessageFields, payload: MxArray | undefined, then: (payload: MxArray | undefined) => T): T {
+    if (this.closed) throw new Error("the tensor-parallel group was shut down");
     if (this.#lost) throw new Error(this.#lost);
     const header: Header = { set: 0, rows: 0, length: 0, flags: 0, dtype: 0, width: 0, ...fields, seq: this.#seq++ };
     const seconds = Math.round(this.peerTimeoutMs / 1000);

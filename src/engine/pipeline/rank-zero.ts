@@ -1,0 +1,91 @@
+// What rank 0 of a split model does the same way for a pipeline (front.ts) and for tensor
+// parallel (tensor-parallel.ts): it stands for the whole model before the engine, runs the ends
+// of the model itself, numbers the cache sets it tells the other ranks about, forwards the
+// batch's changes to them, keeps them hearing from it while idle, and tells them to stop.
+import * as mx from "../../mlx";
+import type { MxArray } from "../../mlx";
+import type { AttentionCache, KVCache } from "../../models/cache";
+import type { DecoderModel, RemoteLayers } from "../../models/model";
+import { Op, type Header } from "./protocol";
+
+const { distributed } = mx;
+
+export type MessageFields = Partial<Header> & Pick<Header, "op">;
+
+export abstract class RankZeroFront implements RemoteLayers {
+  readonly remote = this;
+  readonly #ids = new WeakMap<KVCache[] | AttentionCache[], number>();
+  #nextSet = 1;
+  readonly #timer: ReturnType<typeof setInterval>;
+  protected closed = false;
+
+  abstract readonly microBatches: number;
+  abstract arrive(): void;
+  /** A message with no answer, sent now. */
+  protected abstract post(fields: MessageFields, payload?: () => MxArray): void;
+  /** Shows the other ranks that this one is alive while the engine is idle. */
+  protected abstract heartbeat(): void;
+
+  constructor(
+    readonly local: DecoderModel,
+    /** A rank silent this long ends the process (see the watchdog in src/mlx/distributed.ts). */
+    readonly peerTimeoutMs: number,
+  ) {
+    // Idle, the other ranks would hear nothing and their watchdogs would stop them.
+    this.#timer = setInterval(() => this.heartbeat(), peerTimeoutMs / 3);
+    this.#timer.unref();
+  }
+
+  get numLayers() {
+    return this.local.numLayers;
+  }
+
+  embed(ids: MxArray): MxArray {
+    return this.local.embed(ids);
+  }
+
+  head(h: MxArray): MxArray {
+    return this.local.head(h);
+  }
+
+  finalNorm(h: MxArray): MxArray {
+    return this.local.finalNorm(h);
+  }
+
+  extend(prefill: KVCache[], batch: KVCache[]): void {
+    this.post({ op: Op.extend, set: this.id(prefill), rows: this.id(batch) });
+    this.#ids.delete(prefill);
+  }
+
+  keepRows(batch: KVCache[], rows: number[]): void {
+    // No payload for no rows: a receive of nothing would wait for bytes that never come.
+    const list = rows.length > 0 ? () => mx.array(Int32Array.from(rows)) : undefined;
+    this.post({ op: Op.keepRows, set: this.id(batch), rows: rows.length }, list);
+  }
+
+  release(caches: KVCache[]): void {
+    const set = this.#ids.get(caches);
+    if (set === undefined || this.closed) return;
+    this.post({ op: Op.release, set });
+    this.#ids.delete(caches);
+  }
+
+  /** Tells every rank to stop; this one stops talking to them. */
+  shutdown(): void {
+    if (this.closed) return;
+    clearInterval(this.#timer);
+    this.post({ op: Op.shutdown });
+    this.closed = true;
+    distributed.disarmWatchdog();
+  }
+
+  /** The number the other ranks know these caches by. */
+  protected id(caches: KVCache[] | AttentionCache[]): number {
+    let id = this.#ids.get(caches);
+    if (id === undefined) {
+      id = this.#nextSet++;
+      this.#ids.set(caches, id);
+    }
+    return id;
+  }
+}
