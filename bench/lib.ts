@@ -43,3 +43,25 @@ export function median(values: number[]): number {
 export function ratio(a: number, b: number): string {
   return Number.isFinite(a / b) ? `${(a / b).toFixed(2)}×` : "n/a";
 }
+
+/**
+ * Starts `mlx serve` (any command line that runs it, e.g. under `mlx launch`) and waits until it
+ * listens and answers /health; its stderr is drained after that so the pipe never fills.
+ */
+export async function spawnServe(cmd: string[], label = "serve"): Promise<{ proc: Bun.Subprocess; url: string }> {
+  const proc = Bun.spawn(cmd, { stdout: "ignore", stderr: "pipe" });
+  const listening = /listening on (http:\S+)/;
+  let err = "";
+  const reader = proc.stderr.getReader();
+  while (!listening.test(err)) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`${label} exited: ${err}`);
+    err += new TextDecoder().decode(value);
+  }
+  void (async () => {
+    while (!(await reader.read()).done);
+  })();
+  const url = listening.exec(err)![1]!;
+  while ((await fetch(`${url}/health`)).status !== 200) await Bun.sleep(100);
+  return { proc, url };
+}

@@ -14,7 +14,7 @@ import { parseArgs } from "node:util";
 import { benchServer, timedRequest } from "../src/bench/server";
 import { percentile } from "../src/bench/stats";
 import { readHostfile } from "../src/cmd/launch-plan";
-import { median } from "./lib";
+import { median, spawnServe } from "./lib";
 
 const { values } = parseArgs({
   options: {
@@ -157,23 +157,7 @@ const rssMB = (pid: number) => {
 async function startServe(config: Config) {
   // No prefix cache anywhere: a split model has none yet, and the warm-ups repeat a prompt.
   const serve = ["serve", "--host", config.host, "--port", "0", "--prefix-cache-mb", "0", "-m", model];
-  const proc = Bun.spawn([...config.command, ...serve], {
-    stdout: "ignore",
-    stderr: "pipe",
-  });
-  let err = "";
-  const reader = proc.stderr.getReader();
-  while (!/listening on (http:\S+)/.test(err)) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`${config.name}: serve exited: ${err}`);
-    err += new TextDecoder().decode(value);
-  }
-  void (async () => {
-    while (!(await reader.read()).done);
-  })();
-  const url = /listening on (http:\S+)/.exec(err)![1]!;
-  while ((await fetch(`${url}/health`)).status !== 200) await Bun.sleep(100);
-  return { proc, url };
+  return spawnServe([...config.command, ...serve], `${config.name}: serve`);
 }
 
 async function pipelineStats(url: string): Promise<PipelineStats | undefined> {

@@ -7,7 +7,7 @@
 //   MLX_HOME=$PWD/.cache/mlx-home bun bench/pipeline.ts [--rounds 2] [--model smollm2] [--clients 1,2,4,8,16]
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { median, spawnTimed } from "./lib";
+import { median, spawnTimed, spawnServe } from "./lib";
 
 const { values } = parseArgs({
   options: {
@@ -66,23 +66,7 @@ async function startServe(c: { ranks: number; microBatches?: number }) {
   // shorter timeout stops the ranks when a loaded machine holds rank 0 up that long in a prefill.
   const split = c.ranks > 1 ? ["--peer-timeout", "9"] : [];
   if (c.microBatches) split.push("--micro-batches", String(c.microBatches));
-  const proc = Bun.spawn(under(c.ranks, ["serve", "--port", "0", "-m", model, ...split]), {
-    stdout: "ignore",
-    stderr: "pipe",
-  });
-  let err = "";
-  const reader = proc.stderr.getReader();
-  while (!/listening on (http:\S+)/.test(err)) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`serve exited: ${err}`);
-    err += new TextDecoder().decode(value);
-  }
-  void (async () => {
-    while (!(await reader.read()).done);
-  })();
-  const url = /listening on (http:\S+)/.exec(err)![1]!;
-  while ((await fetch(`${url}/health`)).status !== 200) await Bun.sleep(100);
-  return { proc, url };
+  return spawnServe(under(c.ranks, ["serve", "--port", "0", "-m", model, ...split]));
 }
 
 /** `clients` streamed chat completions at once: the gaps between their tokens, and tokens/s overall. */

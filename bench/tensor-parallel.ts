@@ -6,7 +6,7 @@
 //   MLX_HOME=$PWD/.cache/mlx-home bun bench/tensor-parallel.ts [--rounds 3] [--model smollm2]
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { median, spawnTimed } from "./lib";
+import { median, spawnTimed, spawnServe } from "./lib";
 
 const { values } = parseArgs({
   options: { rounds: { type: "string", default: "3" }, model: { type: "string", default: "smollm2" } },
@@ -66,18 +66,7 @@ for (const prompt of prompts) {
 // The chosen tokens' log-probabilities, served alone and tensor parallel (the size of the rounding
 // differences), and the bytes into all_sum per token from rank 0's /stats.
 async function serve(config: Config) {
-  const proc = Bun.spawn(configs[config](["serve", "--port", "0", "-m", model]), { stdout: "ignore", stderr: "pipe" });
-  let err = "";
-  const reader = proc.stderr.getReader();
-  while (!/listening on (http:\S+)/.test(err)) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`serve exited: ${err}`);
-    err += new TextDecoder().decode(value);
-  }
-  void (async () => {
-    while (!(await reader.read()).done);
-  })();
-  const url = /listening on (http:\S+)/.exec(err)![1]!;
+  const { proc, url } = await spawnServe(configs[config](["serve", "--port", "0", "-m", model]));
   const logprobs = [];
   for (const prompt of prompts) {
     const r = await fetch(`${url}/v1/completions`, {
