@@ -48,6 +48,11 @@ export function siluMul(gate: MxArray, up: MxArray): MxArray {
 const causalMode = cstr("causal");
 const noMode = cstr("");
 
+/** The shim's mask arguments: its mode string, and the mask array's handle when one is given. */
+function maskArgs(mask?: "causal" | MxArray) {
+  return [mask === "causal" ? causalMode : noMode, mask && mask !== "causal" ? mask.handle : null] as const;
+}
+
 /** softmax(q kᵀ · scale + mask) v with grouped-query heads; mask is "causal", an array, or none. */
 export function scaledDotProductAttention(
   q: MxArray,
@@ -57,8 +62,7 @@ export function scaledDotProductAttention(
   mask?: "causal" | MxArray,
   sinks?: MxArray,
 ): MxArray {
-  const mode = mask === "causal" ? causalMode : noMode;
-  const maskArray = mask && mask !== "causal" ? mask.handle : null;
+  const [mode, maskArray] = maskArgs(mask);
   return wrap(
     lib.mlxs_sdpa(outPtr, q.handle, k.handle, v.handle, scale, mode, maskArray, sinks?.handle ?? null),
     "scaled_dot_product_attention",
@@ -81,8 +85,7 @@ export function quantizedScaledDotProductAttention(
   mask?: "causal" | MxArray,
   sinks?: MxArray,
 ): MxArray {
-  const mode = mask === "causal" ? causalMode : noMode;
-  const maskArray = mask && mask !== "causal" ? mask.handle : null;
+  const [mode, maskArray] = maskArgs(mask);
   return wrap(
     lib.mlxs_quantized_sdpa(
       outPtr,
