@@ -12,3 +12,8 @@ export function formatBytes(bytes: number): string {
   }
   return unit === 0 ? `${Math.round(value)} B` : `${value.toFixed(1)} ${units[unit]}`;
 }
+
+/** Why a file could not be opened or read, as the tail of a one-line error ("no such file" for the common case). */
+export function fileErrorReason(error: unknown): string {
+  return (error as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (error as Error).message;
+}

@@ -8,6 +8,7 @@ import type { KvQuantization } from "../models/cache";
 import { aliasAdapter, aliasKvQuantization, aliasMaxKvSize, aliasSpeculation, defaultNumDraft } from "../store/aliases";
 import type { SpeculationChoice } from "../models/load";
 import type { PipelineSpec } from "../engine/pipeline";
+import { fileErrorReason } from "../format";
 
 export const modelArg = {
   model: {
@@ -201,10 +202,7 @@ export async function readFormat(spec: string): Promise<OutputFormat> {
   try {
     text = readFileSync(spec, "utf8");
   } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    throw new Error(
-      `cannot read schema file '${spec}': ${code === "ENOENT" ? "no such file" : (error as Error).message}`,
-    );
+    throw new Error(`cannot read schema file '${spec}': ${fileErrorReason(error)}`);
   }
   let schema: unknown;
   try {

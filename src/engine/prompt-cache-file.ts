@@ -13,6 +13,7 @@ import { cacheState, freeCaches, makeCaches } from "../models";
 import type { KvQuantization, Stored } from "../models/cache";
 import type { LoadedModel } from "../models/load";
 import { RotatingKVCache } from "../models/rotating-cache";
+import { fileErrorReason } from "../format";
 
 const FORMAT = "mlx-prompt-cache/1";
 
@@ -148,10 +149,7 @@ export function readPromptCacheHeader(path: string): Record<string, string> {
   try {
     fd = openSync(path, "r");
   } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    throw new PromptCacheFileError(
-      `cannot read ${path}: ${code === "ENOENT" ? "no such file" : (error as Error).message}`,
-    );
+    throw new PromptCacheFileError(`cannot read ${path}: ${fileErrorReason(error)}`);
   }
   try {
     const size = Buffer.alloc(8);
