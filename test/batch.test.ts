@@ -2,7 +2,7 @@
 // or leaves the batch in between.
 import { beforeAll, describe, expect, test } from "bun:test";
 import * as mx from "../src/mlx";
-import { BatchGenerator, generateTokens } from "../src/engine/batch";
+import { BatchGenerator, generateTokens, type SequenceEvent } from "../src/engine/batch";
 import { defaultSampling } from "../src/engine/sampling";
 import { buildModel, KVCache, parseConfig, Weights, type DecoderModel } from "../src/models";
 import { BatchKVCache } from "../src/models/batch-cache";
@@ -140,5 +140,82 @@ describe("BatchGenerator", () => {
     while (!gen.idle) for (const e of gen.step()) if (e.id === "a") got.push(e.token);
     expect(got).toEqual(soloTokens);
     gen.dispose();
+  });
+
+  test("newcomers join together within the prefill budget, and no more than the batch has room for", () => {
+    const gen = new BatchGenerator(model, { maxBatch: 3, prefillChunk: 8 });
+    prompts.forEach((p, i) => gen.add(String(i), { promptIds: p, sampling: defaultSampling, maxTokens: 50 }));
+    // Prompts of 7, 2, 12 and 1 tokens: 6 + 1 of the 8 tokens go to the first two, which join
+    // in the same step; the third starts with the token left.
+    gen.step();
+    expect([gen.running, gen.waiting]).toEqual([2, 2]);
+    gen.step();
+    expect([gen.running, gen.waiting]).toEqual([2, 2]);
+    gen.step(); // the third's last 2 tokens; the fourth (one token, nothing to prefill) would make 4
+    expect([gen.running, gen.waiting]).toEqual([3, 1]);
+    gen.dispose();
+  });
+
+  test("a greedy batch returns each row's log-probabilities as decoded alone", () => {
+    const request = (promptIds: number[]) => ({
+      promptIds,
+      sampling: defaultSampling,
+      maxTokens: 3,
+      keepLogprobs: true,
+    });
+    const read = (e: SequenceEvent) => {
+      const row = e.logprobs!.toArray();
+      e.logprobs!.free();
+      return { token: e.token, logprob: e.logprob, row };
+    };
+    const both = [prompts[0]!, prompts[2]!];
+    const expected = both.map((p) => [...generateTokens(model, request(p))].map(read));
+    const gen = new BatchGenerator(model);
+    both.forEach((p, i) => gen.add(String(i), request(p)));
+    const got: ReturnType<typeof read>[][] = [[], []];
+    while (!gen.idle) for (const e of gen.step()) got[Number(e.id)]!.push(read(e));
+    gen.dispose();
+    expect(got).toEqual(expected);
+  });
+});
+
+describe("BatchKVCache", () => {
+  const filled = (length: number, seed: number) => {
+    const cache = new KVCache();
+    const t = () => mx.random.normal([1, 2, length, 8], mx.Dtype.float32, mx.random.key(seed));
+    if (length > 0) cache.update(t(), t());
+    return cache;
+  };
+  const rowsOf = (cache: BatchKVCache) =>
+    [...cache.updateAndFetch(...newColumn(cache.batchSize))].map((t) => t.toArray());
+  const newColumn = (rows: number) => [mx.ones([rows, 2, 1, 8]), mx.ones([rows, 2, 1, 8])] as const;
+
+  test("sequences joining at once hold what joining one by one holds, with room for the next positions", () => {
+    const lengths = [5, 3, 0, 9];
+    const together = new BatchKVCache();
+    together.extend(filled(4, 1));
+    together.extend(...lengths.map((n, i) => filled(n, i + 2)));
+    const oneByOne = new BatchKVCache();
+    for (const [n, seed] of [[4, 1], ...lengths.map((n, i) => [n, i + 2])] as const) oneByOne.extend(filled(n, seed));
+    expect([together.offset, together.leftPadding]).toEqual([9, [5, 4, 6, 9, 0]]);
+    expect([oneByOne.offset, oneByOne.leftPadding]).toEqual([together.offset, together.leftPadding]);
+    const buffer = together.keys![0]!;
+    expect(buffer.shape[2]).toBeGreaterThan(together.offset);
+    expect(rowsOf(together)).toEqual(rowsOf(oneByOne));
+    expect(together.keys![0]!.shape).toEqual(buffer.shape); // written in place, not grown
+    together.free();
+    oneByOne.free();
+  });
+
+  test("rows kept after others leave keep their room: the next position is written in place", () => {
+    const cache = new BatchKVCache();
+    cache.extend(filled(6, 1), filled(2, 2), filled(4, 3));
+    cache.keepRows([2, 1]); // the longest row leaves: the padding both others have goes
+    expect([cache.offset, cache.leftPadding]).toEqual([4, [0, 2]]);
+    const shape = cache.keys![0]!.shape;
+    const [keys] = cache.updateAndFetch(...newColumn(2));
+    expect(cache.keys![0]!.shape).toEqual(shape);
+    expect(keys.shape).toEqual([2, 2, 5, 8]);
+    cache.free();
   });
 });

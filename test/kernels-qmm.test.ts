@@ -63,7 +63,7 @@ describe("quantized matmul kernel", () => {
   });
 
   for (const layout of layouts) {
-    test(`fp32 activations, ${layout.bits}-bit, group ${layout.groupSize}: equal to MLX's op for odd shapes and M = 1, 2, 3, 4, 17, 512`, () => {
+    test(`fp32 activations, ${layout.bits}-bit, group ${layout.groupSize}: equal to MLX's op for odd shapes and M = 1-8, 17, 512`, () => {
       mx.scope(() => {
         // K: 1, 3 and 5 groups; N: not a multiple of any block (or of 8), nor of the 2 or 4 columns
         // that small-M products compute side by side.
@@ -72,6 +72,10 @@ describe("quantized matmul kernel", () => {
           [2, 15, 3 * layout.groupSize],
           [3, 101, 3 * layout.groupSize],
           [4, 23, 5 * layout.groupSize],
+          // Five to eight rows: four, then the rest, over blocks of 32 columns.
+          [5, 45, 3 * layout.groupSize],
+          [7, 70, 5 * layout.groupSize],
+          [8, 101, 3 * layout.groupSize],
           [17, 37, 5 * layout.groupSize],
           [512, 70, 3 * layout.groupSize],
           [1, 1000, 3 * layout.groupSize],
@@ -88,6 +92,23 @@ describe("quantized matmul kernel", () => {
       });
     });
   }
+
+  test("each row of a product of up to 8 rows equals that row alone, bit for bit (a batch decodes as one sequence)", () => {
+    mx.scope(() => {
+      for (const layout of layouts) {
+        const k = 3 * layout.groupSize;
+        const w = quantizedWeight(101, k, layout, mx.Dtype.float16, 7);
+        const x = mx.random.normal([8, k], mx.Dtype.float32, mx.random.key(8));
+        const alone = Array.from({ length: 8 }, (_, r) =>
+          product(mx.slice(x, [r, 0], [r + 1, k]), w, layout, true).toArray(),
+        );
+        for (let m = 2; m <= 8; m++) {
+          const rows = product(mx.slice(x, [0, 0], [m, k]), w, layout, true);
+          for (let r = 0; r < m; r++) expect(mx.slice(rows, [r, 0], [r + 1, 101]).toArray()).toEqual(alone[r]!);
+        }
+      }
+    });
+  });
 
   for (const [name, dtype, tolerance] of [
     ["bf16", mx.Dtype.bfloat16, 1e-2],

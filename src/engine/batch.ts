@@ -401,60 +401,97 @@ export class BatchGenerator {
     for (const t of [ahead.tokens, ahead.chosen, ...(ahead.logprobs ?? [])]) t.free();
   }
 
+  /**
+   * Prefills newcomers between two decode steps: up to `prefillChunk` prompt tokens in all, for
+   * as many sequences as that covers and the batch has room for (a prompt the prefix cache
+   * holds costs none of it). Those whose prompt is done join the batch together, so a burst of
+   * requests joins in one step and one copy of the batch's caches instead of one of each per
+   * newcomer.
+   */
   #prefillChunk(): void {
-    if (!this.#prefill) {
-      if (this.#waiting.length === 0 || this.running >= this.options.maxBatch) return;
-      const sequence = this.#waiting.shift()!;
-      const prompt = sequence.request.promptIds;
-      // Full caches: the batch and the prefix cache copy every position out of them.
-      const caches = makeCaches(this.model, {
-        windowed: false,
-        quantization: this.options.kvQuantization,
-        maxKvSize: this.options.maxKvSize,
-      });
-      // Start from the longest stored prefix; the last prompt token is always computed anew.
-      const match = this.options.prefixCache?.lookup(prompt, prompt.length - 1, namespace(sequence));
-      if (match)
-        caches.forEach((c, layer) => {
-          const [keys, values] = [match.keys[layer]!, match.values[layer]!];
-          if (c instanceof RotatingKVCache) c.seed(keys, values, match.length, match.dropped);
-          else c.seed(keys, values, match.length);
-        });
-      this.#prefill = { sequence, caches, done: match?.length ?? 0 };
-      this.options.onStart?.(sequence.id, match?.length ?? 0);
-    }
-    const p = this.#prefill;
-    const prompt = p.sequence.request.promptIds;
-    // Everything but the last prompt token goes into the cache; the last one is the first
-    // decode input, so its logits come from the batched step.
-    const end = Math.min(prompt.length - 1, p.done + this.options.prefillChunk);
-    if (end > p.done) {
-      const chunk = prompt.slice(p.done, end);
-      mx.scope(() =>
-        adapted([p.sequence], () =>
-          this.model.layers(this.model.embed(mx.array(Int32Array.from(chunk), [1, chunk.length])), p.caches),
-        ),
+    let budget = this.options.prefillChunk;
+    const joining: Prefill[] = [];
+    while (budget > 0) {
+      const p = (this.#prefill ??= this.#startPrefill(joining.length));
+      if (!p) break;
+      budget -= this.#prefillPart(p, budget);
+      if (p.done < p.sequence.request.promptIds.length - 1) break;
+      const prompt = p.sequence.request.promptIds;
+      this.options.prefixCache?.insert(
+        prompt.slice(0, -1),
+        p.caches,
+        0,
+        0,
+        droppedBy(p.caches, 0),
+        namespace(p.sequence),
       );
-      mx.evaluate(...cacheState(p.caches));
-      p.done = end;
+      p.sequence.history = prompt.slice(0, -1);
+      p.sequence.next = prompt.at(-1)!;
+      joining.push(p);
+      this.#prefill = undefined;
     }
-    if (p.done < prompt.length - 1) return;
-    this.options.prefixCache?.insert(
-      prompt.slice(0, -1),
-      p.caches,
-      0,
-      0,
-      droppedBy(p.caches, 0),
-      namespace(p.sequence),
+    this.#join(joining);
+  }
+
+  /** The next waiting sequence's prefill, from the longest prefix stored; none when the batch is full. */
+  #startPrefill(joining: number): Prefill | undefined {
+    if (this.#waiting.length === 0 || this.running + joining >= this.options.maxBatch) return undefined;
+    const sequence = this.#waiting.shift()!;
+    const prompt = sequence.request.promptIds;
+    // Full caches: the batch and the prefix cache copy every position out of them.
+    const caches = makeCaches(this.model, {
+      windowed: false,
+      quantization: this.options.kvQuantization,
+      maxKvSize: this.options.maxKvSize,
+    });
+    // Start from the longest stored prefix; the last prompt token is always computed anew.
+    const match = this.options.prefixCache?.lookup(prompt, prompt.length - 1, namespace(sequence));
+    if (match)
+      caches.forEach((c, layer) => {
+        const [keys, values] = [match.keys[layer]!, match.values[layer]!];
+        if (c instanceof RotatingKVCache) c.seed(keys, values, match.length, match.dropped);
+        else c.seed(keys, values, match.length);
+      });
+    this.options.onStart?.(sequence.id, match?.length ?? 0);
+    return { sequence, caches, done: match?.length ?? 0 };
+  }
+
+  /**
+   * Up to `budget` more of a prefill's prompt into its caches; returns the tokens computed.
+   * Everything but the last prompt token goes into the cache: the last one is the first decode
+   * input, so its logits come from the batched step.
+   */
+  #prefillPart(p: Prefill, budget: number): number {
+    const prompt = p.sequence.request.promptIds;
+    const end = Math.min(prompt.length - 1, p.done + budget);
+    if (end <= p.done) return 0;
+    const chunk = prompt.slice(p.done, end);
+    mx.scope(() =>
+      adapted([p.sequence], () =>
+        this.model.layers(this.model.embed(mx.array(Int32Array.from(chunk), [1, chunk.length])), p.caches),
+      ),
     );
-    const group = this.#groups.reduce((a, b) => (b.active.length < a.active.length ? b : a));
-    group.caches.forEach((batch, layer) => batch.extend(p.caches[layer]!));
-    this.model.remote?.extend(p.caches, group.caches);
-    freeCaches(p.caches);
-    p.sequence.history = prompt.slice(0, -1);
-    p.sequence.next = prompt.at(-1)!;
-    group.active.push(p.sequence);
-    this.#prefill = undefined;
+    mx.evaluate(...cacheState(p.caches));
+    p.done = end;
+    return chunk.length;
+  }
+
+  /** Prefilled sequences join the smallest groups (one group but on a model split across processes). */
+  #join(prefills: Prefill[]): void {
+    const joins = new Map<DecodeGroup, Prefill[]>();
+    for (const p of prefills) {
+      const size = (g: DecodeGroup) => g.active.length + (joins.get(g)?.length ?? 0);
+      const group = this.#groups.reduce((a, b) => (size(b) < size(a) ? b : a));
+      joins.set(group, [...(joins.get(group) ?? []), p]);
+    }
+    for (const [group, joined] of joins) {
+      group.caches.forEach((batch, layer) => batch.extend(...joined.map((p) => p.caches[layer]!)));
+      for (const p of joined) {
+        this.model.remote?.extend(p.caches, group.caches);
+        freeCaches(p.caches);
+        group.active.push(p.sequence);
+      }
+    }
   }
 
   /** Builds one decode step for a group's sequences; inputs come from the step ahead where it has them. */
@@ -484,8 +521,24 @@ export class BatchGenerator {
         const hidden = this.model.layers(this.model.embed(mx.reshape(input, [batch.length, 1])), group.caches);
         return mx.reshape(this.model.head(hidden), [batch.length, -1]);
       });
+      const vocab = logits.shape[1]!;
+      // Every row greedy and unprocessed (the common case when serving): the rows are sampled
+      // together, a few graph nodes for the batch instead of a few per row, each row's values
+      // computed as alone.
+      if (batch.every((s) => s.processors.length === 0 && s.sampling.temperature === 0)) {
+        const logprobs = mx.subtract(logits, mx.logsumexp(logits, -1, true));
+        const tokens = mx.argmax(logprobs, -1);
+        return {
+          rows: batch,
+          tokens: mx.astype(tokens, mx.Dtype.uint32),
+          chosen: mx.reshape(mx.takeAlongAxis(logprobs, mx.reshape(tokens, [-1, 1]), -1), [-1]),
+          logprobs: wantLogprobs
+            ? batch.map((_, b) => mx.reshape(mx.slice(logprobs, [b, 0], [b + 1, vocab]), [vocab]))
+            : undefined,
+        };
+      }
       const rows = batch.map((s, b) => {
-        let row = mx.slice(logits, [b, 0], [b + 1, logits.shape[1]!]);
+        let row = mx.slice(logits, [b, 0], [b + 1, vocab]);
         for (const process of s.processors) row = process(s.history, row);
         const logprobs = mx.subtract(row, mx.logsumexp(row, undefined, true));
         const token = s.sample(logprobs);

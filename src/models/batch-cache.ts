@@ -41,33 +41,53 @@ export class BatchKVCache extends KVCache {
     return mx.logicalAnd(causal, mx.greaterEqual(mx.reshape(keys, [1, 1, 1, total]), padding));
   }
 
-  /** Adds a sequence whose keys/values are in `single` (a one-row cache), as the last row. */
-  extend(single: KVCache): void {
-    if (this.batchSize === 0 && single.constructor === KVCache) return this.adopt(single);
-    // Past the quantization start, one side may still be float: both are stored alike first.
-    if (single.quantized) this.quantizeHeld();
-    else if (this.quantized) single.quantizeHeld();
-    const length = single.offset;
-    const width = Math.max(length, this.offset);
+  /**
+   * Adds sequences whose keys/values are in `singles` (one-row caches), as the last rows, in
+   * one copy: the new buffers are written once, with a step of free columns after the last
+   * position so that the next decode steps write in place (as a growing cache would), where
+   * joining one by one and then growing copied the whole batch again for each.
+   */
+  extend(...singles: KVCache[]): void {
+    const [first] = singles;
+    if (!first) return;
+    if (this.batchSize === 0 && singles.length === 1 && first.constructor === KVCache) return this.adopt(first);
+    // Past the quantization start, some may still be float: all are stored alike first.
+    if (this.quantized || singles.some((c) => c.quantized)) for (const c of [this, ...singles]) c.quantizeHeld();
+    const held = this.batchSize;
+    const width = Math.max(held > 0 ? this.offset : 0, ...singles.map((c) => c.offset));
     const [keys, values] = mx.scope(() => {
-      const row = (t: Stored | undefined, like: Stored | undefined) =>
-        (t ?? like)?.map(
-          (_, i) =>
-            padLeft(
-              t && mx.slice(t[i]!, [0, 0, 0], [1, t[i]!.shape[1]!, length]),
-              width - length,
-              like?.[i] ?? t![i]!,
-            )!,
-        );
-      const rowKeys = row(single.keys, this.keys);
-      const rowValues = row(single.values, this.values);
-      if (!this.keys || !this.values || this.batchSize === 0) return [rowKeys, rowValues];
-      const grow = width - this.offset;
-      const used = (t: MxArray) => padLeft(mx.slice(t, [0, 0, 0], [t.shape[0]!, t.shape[1]!, this.offset]), grow, t)!;
-      const stack = (held: Stored, added: Stored) => held.map((t, i) => mx.concatenate([used(t), added[i]!], 0));
-      return [stack(this.keys, rowKeys!), stack(this.values, rowValues!)];
+      const joined = (mine: Stored | undefined, theirs: (Stored | undefined)[]) => {
+        const like = mine ?? theirs.find((t) => t !== undefined);
+        return like?.map((part, i) => {
+          const [, heads, , dim] = part.shape as [number, number, number, number];
+          const rows = held + singles.length;
+          let out = mx.zeros([rows, heads, width + this.step, dim], part.dtype);
+          // Each block of rows right-aligned at `width`; what is left of it stays zero (padding).
+          const put = (t: MxArray, row: number, count: number, length: number) => {
+            if (length === 0) return;
+            const block = mx.slice(t, [0, 0, 0], [count, heads, length]);
+            out = mx.sliceUpdate(out, block, [row, 0, width - length], [row + count, heads, width]);
+          };
+          if (mine && held > 0) put(mine[i]!, 0, held, this.offset);
+          theirs.forEach((t, j) => t && put(t[i]!, held + j, 1, singles[j]!.offset));
+          return out;
+        });
+      };
+      return [
+        joined(
+          this.keys,
+          singles.map((c) => c.keys),
+        ),
+        joined(
+          this.values,
+          singles.map((c) => c.values),
+        ),
+      ];
     });
-    this.leftPadding = [...this.leftPadding.map((pad) => pad + width - this.offset), width - length];
+    this.leftPadding = [
+      ...this.leftPadding.map((pad) => pad + width - this.offset),
+      ...singles.map((c) => width - c.offset),
+    ];
     this.offset = width;
     this.replaceBuffers(keys, values);
   }
@@ -96,10 +116,13 @@ export class BatchKVCache extends KVCache {
     this.leftPadding = padding.map((pad) => pad - shared);
     // A layer another process computes (pipeline parallel) holds no positions here: rows only.
     if (!this.keys || !this.values) return;
+    // One copy of the rows kept, free columns included (the next decode step writes in place).
     const [keys, values] = mx.scope(() => {
       const index = mx.array(Int32Array.from(rows));
-      const pick = (t: MxArray) =>
-        mx.slice(mx.take(t, index, 0), [0, 0, shared], [rows.length, t.shape[1]!, this.offset]);
+      const pick = (t: MxArray) => {
+        const [batch, heads, columns, dim] = t.shape as [number, number, number, number];
+        return mx.take(shared > 0 ? mx.slice(t, [0, 0, shared], [batch, heads, columns, dim]) : t, index, 0);
+      };
       return [this.keys!.map(pick), this.values!.map(pick)];
     });
     this.offset -= shared;

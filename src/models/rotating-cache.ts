@@ -133,9 +133,9 @@ export class RotatingKVCache extends BatchKVCache {
     this.leftPadding = padding;
   }
 
-  override extend(single: KVCache): void {
-    super.extend(single);
-    this.dropped.push(single instanceof RotatingKVCache ? single.dropped[0]! : 0);
+  override extend(...singles: KVCache[]): void {
+    super.extend(...singles);
+    this.dropped.push(...singles.map((c) => (c instanceof RotatingKVCache ? c.dropped[0]! : 0)));
   }
 
   override keepRows(rows: number[]): void {

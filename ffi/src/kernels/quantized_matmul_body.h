@@ -210,6 +210,36 @@ void micro_into(const QmmProblem& p, int m, int n0, int columns, const float* pa
 template <int Bits>
 constexpr int kSmallColumns = Bits == 4 ? 4 : 1;
 
+// Columns of the weights taken in turn by the first four rows and the rest (below).
+constexpr int kRowSplitColumns = 32;
+
+// Five to eight rows: the first four rows, then the others, over each block of
+// kRowSplitColumns weight rows while it is in L1. Eight rows side by side left room for one
+// column at a time, so every activation vector loaded fed one multiply-add; four rows take two
+// columns side by side (half the loads per multiply-add). Each output is computed by the same
+// operations in the same order as with any other row count, so rows stay bit-identical to a
+// batch of one.
+template <int Bits, ScaleType S>
+void four_and_rest(const QmmProblem& p, int n0, int n1) {
+  QmmProblem first = p, rest = p;
+  first.M = 4;
+  rest.M = p.M - 4;
+  rest.x += 4L * p.K;
+  rest.x_group_sums += 4L * (p.K / p.group);
+  if (rest.x_split) rest.x_split += 4L * p.K;
+  rest.y += 4L * p.N;
+  for (int c0 = n0; c0 < n1; c0 += kRowSplitColumns) {
+    const int c1 = std::min(n1, c0 + kRowSplitColumns);
+    direct_columns<Bits, S, 4, 2>(first, c0, c1);
+    switch (rest.M) {
+      case 1: direct_columns<Bits, S, 1, kSmallColumns<Bits>>(rest, c0, c1); break;
+      case 2: direct_columns<Bits, S, 2, kSmallColumns<Bits>>(rest, c0, c1); break;
+      case 3: direct_columns<Bits, S, 3, 2>(rest, c0, c1); break;
+      default: direct_columns<Bits, S, 4, 2>(rest, c0, c1); break;
+    }
+  }
+}
+
 template <int Bits, ScaleType S>
 void tile(const QmmProblem& p, int n0, int n1, float* scratch) {
   if (p.M <= kDirectMaxRows) {
@@ -218,10 +248,7 @@ void tile(const QmmProblem& p, int n0, int n1, float* scratch) {
       case 2: direct_columns<Bits, S, 2, kSmallColumns<Bits>>(p, n0, n1); break;
       case 3: direct_columns<Bits, S, 3, 2>(p, n0, n1); break;
       case 4: direct_columns<Bits, S, 4, 2>(p, n0, n1); break;
-      case 5: direct_rows<Bits, S, 5, 1>(p, n0, n1); break;
-      case 6: direct_rows<Bits, S, 6, 1>(p, n0, n1); break;
-      case 7: direct_rows<Bits, S, 7, 1>(p, n0, n1); break;
-      default: direct_rows<Bits, S, 8, 1>(p, n0, n1); break;
+      default: four_and_rest<Bits, S>(p, n0, n1); break;
     }
     return;
   }
