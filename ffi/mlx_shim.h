@@ -166,6 +166,14 @@ MLXS_API int mlxs_quantized_sdpa(mlxs_array** out, const mlxs_array* q, const ml
                         const mlxs_array* mask, const mlxs_array* sinks, int group_size, int bits);
 // silu(gate) * up, the SwiGLU feed-forward's activation: one op on our CPU kernels.
 MLXS_API int mlxs_silu_mul(mlxs_array** out, const mlxs_array* gate, const mlxs_array* up);
+// h + down(silu(gate) * up), [gate, up] the halves of gate_up(rms_norm(h, norm_weight)), both
+// products affine-quantized (transposed weights, no biases of their own): the MLP half of a
+// pre-norm block, one op on our CPU kernels.
+MLXS_API int mlxs_mlp_block(mlxs_array** out, const mlxs_array* h, const mlxs_array* norm_weight, float eps,
+                            const mlxs_array* gate_up, const mlxs_array* gate_up_scales,
+                            const mlxs_array* gate_up_biases, int gate_up_group, int gate_up_bits,
+                            const mlxs_array* down, const mlxs_array* down_scales, const mlxs_array* down_biases,
+                            int down_group, int down_bits);
 
 // ---- random ----
 MLXS_API int mlxs_random_seed(uint64_t seed);

@@ -302,6 +302,18 @@ int mlxs_silu_mul(mlxs_array** out, const mlxs_array* gate, const mlxs_array* up
   return guard([&] { return put(out, kernels::silu_mul(ref(gate), ref(up))); });
 }
 
+int mlxs_mlp_block(mlxs_array** out, const mlxs_array* h, const mlxs_array* norm_weight, float eps,
+                   const mlxs_array* gate_up, const mlxs_array* gate_up_scales, const mlxs_array* gate_up_biases,
+                   int gate_up_group, int gate_up_bits, const mlxs_array* down, const mlxs_array* down_scales,
+                   const mlxs_array* down_biases, int down_group, int down_bits) {
+  return guard([&] {
+    return put(out, kernels::mlp_block(ref(h), ref(norm_weight), eps,
+                                       {ref(gate_up), ref(gate_up_scales), ref(gate_up_biases), gate_up_group,
+                                        gate_up_bits},
+                                       {ref(down), ref(down_scales), ref(down_biases), down_group, down_bits}));
+  });
+}
+
 int mlxs_random_seed(uint64_t seed) {
   return guard([&] {
     mx::random::seed(seed);

@@ -1,6 +1,7 @@
 // MLX's fused kernels (mlx.core.fast): normalisation, rotary embeddings, attention.
 import { cstr, lib, outPtr } from "./ffi";
 import { type MxArray, wrap } from "./array";
+import type { QuantSpec } from "./ops";
 
 export function rmsNorm(x: MxArray, weight: MxArray | undefined, eps: number): MxArray {
   return wrap(lib.mlxs_rms_norm(outPtr, x.handle, weight?.handle ?? null, eps), "rms_norm");
@@ -44,6 +45,35 @@ export function rope(x: MxArray, o: RopeOptions): MxArray {
 export function siluMul(gate: MxArray, up: MxArray): MxArray {
   return wrap(lib.mlxs_silu_mul(outPtr, gate.handle, up.handle), "silu_mul");
 }
+
+/** An affine-quantized projection (transposed weights, no bias of its own) as fused ops take it. */
+export interface QuantizedWeights {
+  weight: MxArray;
+  scales: MxArray;
+  biases: MxArray;
+  quant: QuantSpec;
+}
+
+/**
+ * h + down(silu(gate) · up), where gate and up are the halves of gateUp(rmsNorm(h, normWeight)):
+ * the MLP half of a pre-norm block as one op on our CPU kernels (exactly the composition's
+ * result), composed of the ops elsewhere.
+ */
+export function mlpBlock(
+  h: MxArray,
+  normWeight: MxArray,
+  eps: number,
+  gateUp: QuantizedWeights,
+  down: QuantizedWeights,
+): MxArray {
+  return wrap(
+    lib.mlxs_mlp_block(outPtr, h.handle, normWeight.handle, eps, ...weightArgs(gateUp), ...weightArgs(down)),
+    "mlp_block",
+  );
+}
+
+const weightArgs = (w: QuantizedWeights) =>
+  [w.weight.handle, w.scales.handle, w.biases.handle, w.quant.groupSize, w.quant.bits] as const;
 
 const causalMode = cstr("causal");
 const noMode = cstr("");

@@ -81,6 +81,18 @@ mx::array logsumexp(const mx::array& x, const std::vector<int>& axes, bool keepd
 // silu(gate) * up as one primitive; MLX's ops (sigmoid, two multiplies) where it does not apply.
 mx::array silu_mul(const mx::array& gate, const mx::array& up);
 
+// An affine-quantized projection (transposed weights) as the fused blocks take it.
+struct QuantizedLinear {
+  mx::array weight, scales, biases;
+  int group, bits;
+};
+
+// h + down(silu(gate) · up), [gate, up] the two halves of gate_up(rms_norm(h, norm_weight)): the
+// MLP half of a pre-norm block, one primitive on our kernels (exactly their composition), MLX's
+// ops composed otherwise.
+mx::array mlp_block(const mx::array& h, const mx::array& norm_weight, float eps, const QuantizedLinear& gate_up,
+                    const QuantizedLinear& down);
+
 // mx::matmul; with bfloat16/float16 operands on the CPU, converted to fp32 block by block and
 // multiplied by OpenBLAS (openblas/half_matmul.cpp) when it is built in.
 mx::array matmul(const mx::array& a, const mx::array& b);

@@ -1,0 +1,114 @@
+// Our fused block primitives (ffi/src/kernels/mlp_block.cpp) against the composition of the
+// ops they replace: identical with our kernels (same kernels, same rounding of every
+// intermediate), within tolerance of MLX's own ops, and MLX's ops where ours do not apply.
+import { describe, expect, test } from "bun:test";
+import * as mx from "../src/mlx";
+import { relativeError, withMlxKernels } from "./helpers/kernels";
+
+const normal = (shape: number[], dtype: mx.DtypeCode = mx.Dtype.float32) =>
+  mx.keep(mx.astype(mx.random.normal(shape), dtype));
+
+/** A random [outputs, inputs] projection, affine-quantized. */
+function projection(
+  outputs: number,
+  inputs: number,
+  quant: mx.QuantSpec,
+  dtype: mx.DtypeCode,
+): mx.fast.QuantizedWeights {
+  const q = mx.quantize(mx.multiply(normal([outputs, inputs], dtype), 0.05), quant);
+  const [weight, scales, biases] = [q.weight, q.scales, q.biases!].map((t) => mx.keep(t));
+  mx.evaluate(weight!, scales!, biases!);
+  return { weight: weight!, scales: scales!, biases: biases!, quant };
+}
+
+/** The MLP half of a block as the model composed it before the fused op. */
+function composed(h: mx.MxArray, norm: mx.MxArray, eps: number, p: ReturnType<typeof mlpCase>): mx.MxArray {
+  const { gateUp, down } = p;
+  const both = mx.quantizedMatmul(
+    mx.fast.rmsNorm(h, norm, eps),
+    gateUp.weight,
+    gateUp.scales,
+    gateUp.biases,
+    gateUp.quant,
+  );
+  const width = both.shape.at(-1)! / 2;
+  const lead = both.shape.slice(0, -1);
+  const half = (start: number) => mx.slice(both, [...lead.map(() => 0), start], [...lead, start + width]);
+  const activated = mx.fast.siluMul(half(0), half(width));
+  return mx.add(h, mx.quantizedMatmul(activated, down.weight, down.scales, down.biases, down.quant));
+}
+
+function mlpCase(dim: number, hidden: number, gateUp: mx.QuantSpec, down: mx.QuantSpec, dtype: mx.DtypeCode) {
+  return {
+    norm: normal([dim], dtype),
+    gateUp: projection(2 * hidden, dim, gateUp, dtype),
+    down: projection(dim, hidden, down, dtype),
+  };
+}
+
+const fused = (h: mx.MxArray, p: ReturnType<typeof mlpCase>, eps = 1e-5) =>
+  mx.fast.mlpBlock(h, p.norm, eps, p.gateUp, p.down);
+
+describe("fused MLP block", () => {
+  mx.random.seed(21);
+
+  test("identical to the composition on our kernels; one row and many, odd sizes, 4 and 8 bits", () => {
+    for (const [rows, dim, hidden, gateUp, down] of [
+      [1, 576, 1536, { groupSize: 32, bits: 4 }, { groupSize: 32, bits: 4 }],
+      [3, 96, 160, { groupSize: 32, bits: 4 }, { groupSize: 32, bits: 8 }],
+      [17, 128, 320, { groupSize: 64, bits: 8 }, { groupSize: 64, bits: 4 }],
+      [40, 256, 128, { groupSize: 128, bits: 4 }, { groupSize: 128, bits: 4 }],
+    ] as const) {
+      const p = mlpCase(dim, hidden, gateUp, down, mx.Dtype.float32);
+      const h = normal([1, rows, dim]);
+      mx.scope(() => {
+        const [ours, reference] = [fused(h, p), composed(h, p.norm, 1e-5, p)];
+        expect(ours.shape).toEqual([1, rows, dim]);
+        expect(ours.dtype).toBe(mx.Dtype.float32);
+        expect(mx.max(mx.abs(mx.subtract(ours, reference))).item()).toBe(0);
+        // And MLX's own ops (its quantized matmul sums in another order).
+        expect(
+          relativeError(
+            ours,
+            withMlxKernels(() => fused(h, p)),
+          ),
+        ).toBeLessThan(1e-4);
+      });
+    }
+  });
+
+  test("bfloat16 activations and weights: every intermediate rounded as the composition rounds it", () => {
+    const p = mlpCase(192, 224, { groupSize: 64, bits: 4 }, { groupSize: 32, bits: 4 }, mx.Dtype.bfloat16);
+    for (const rows of [1, 9]) {
+      const h = normal([2, rows, 192], mx.Dtype.bfloat16);
+      mx.scope(() => {
+        const ours = fused(h, p);
+        expect(ours.dtype).toBe(mx.Dtype.bfloat16);
+        expect(mx.max(mx.abs(mx.subtract(ours, composed(h, p.norm, 1e-5, p)))).item()).toBe(0);
+        expect(
+          relativeError(
+            ours,
+            withMlxKernels(() => fused(h, p)),
+          ),
+        ).toBeLessThan(2e-2);
+      });
+    }
+  });
+
+  test("a strided (transposed) input", () => {
+    const p = mlpCase(64, 96, { groupSize: 32, bits: 4 }, { groupSize: 32, bits: 4 }, mx.Dtype.float32);
+    const x = normal([64, 5, 1]);
+    const h = () => mx.transpose(x, [2, 1, 0]);
+    mx.scope(() => {
+      expect(mx.max(mx.abs(mx.subtract(fused(h(), p), composed(h(), p.norm, 1e-5, p)))).item()).toBe(0);
+    });
+  });
+
+  test("with MLX's kernels, MLX's ops composed; a norm weight of the wrong width refused as MLX refuses it", () => {
+    const p = mlpCase(64, 96, { groupSize: 32, bits: 4 }, { groupSize: 32, bits: 4 }, mx.Dtype.float32);
+    const h = normal([1, 2, 64]);
+    const off = withMlxKernels(() => fused(h, p));
+    mx.scope(() => expect(mx.max(mx.abs(mx.subtract(off, composed(h, p.norm, 1e-5, p)))).item()).toBeLessThan(1e-3));
+    expect(() => mx.scope(() => mx.fast.mlpBlock(h, normal([63]), 1e-5, p.gateUp, p.down))).toThrow();
+  });
+});
