@@ -174,6 +174,14 @@ MLXS_API int mlxs_mlp_block(mlxs_array** out, const mlxs_array* h, const mlxs_ar
                             const mlxs_array* gate_up_biases, int gate_up_group, int gate_up_bits,
                             const mlxs_array* down, const mlxs_array* down_scales, const mlxs_array* down_biases,
                             int down_group, int down_bits);
+// Rotated queries [B, H, L, D] and keys [B, Hkv, L, D], and values [B, Hkv, L, D], of x [B, L, ·]:
+// rms_norm, the fused q/k/v product (affine-quantized, no biases of its own), the split into
+// heads and RoPE (settings as mlxs_rope takes them), one op on our CPU kernels.
+MLXS_API int mlxs_attention_input(mlxs_array** queries, mlxs_array** keys, mlxs_array** values, const mlxs_array* x,
+                                  const mlxs_array* norm_weight, float eps, const mlxs_array* qkv,
+                                  const mlxs_array* qkv_scales, const mlxs_array* qkv_biases, int group, int bits,
+                                  int heads, int kv_heads, int head_dim, int dims, int traditional, float base,
+                                  float scale, int offset, const mlxs_array* offset_array, const mlxs_array* freqs);
 
 // ---- random ----
 MLXS_API int mlxs_random_seed(uint64_t seed);

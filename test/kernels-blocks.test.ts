@@ -1,4 +1,4 @@
-// Our fused block primitives (ffi/src/kernels/mlp_block.cpp) against the composition of the
+// Our fused block primitives (ffi/src/kernels/mlp_block.cpp, attention_input.cpp) against the composition of the
 // ops they replace: identical with our kernels (same kernels, same rounding of every
 // intermediate), within tolerance of MLX's own ops, and MLX's ops where ours do not apply.
 import { describe, expect, test } from "bun:test";
@@ -110,5 +110,93 @@ describe("fused MLP block", () => {
     const off = withMlxKernels(() => fused(h, p));
     mx.scope(() => expect(mx.max(mx.abs(mx.subtract(off, composed(h, p.norm, 1e-5, p)))).item()).toBeLessThan(1e-3));
     expect(() => mx.scope(() => mx.fast.mlpBlock(h, normal([63]), 1e-5, p.gateUp, p.down))).toThrow();
+  });
+});
+
+/** Attention's input as the model composed it before the fused op. */
+function composedInput(
+  x: mx.MxArray,
+  norm: mx.MxArray,
+  qkv: mx.fast.QuantizedWeights,
+  shape: mx.fast.AttentionHeads,
+  rotation: mx.fast.RopeOptions,
+): mx.MxArray[] {
+  const all = mx.quantizedMatmul(mx.fast.rmsNorm(x, norm, 1e-5), qkv.weight, qkv.scales, qkv.biases, qkv.quant);
+  const [b, l] = x.shape as [number, number];
+  const queries = shape.heads * shape.headDim;
+  const keys = shape.kvHeads * shape.headDim;
+  const heads = (start: number, stop: number, n: number) =>
+    mx.transpose(mx.reshape(mx.slice(all, [0, 0, start], [b, l, stop]), [b, l, n, -1]), [0, 2, 1, 3]);
+  return [
+    mx.fast.rope(heads(0, queries, shape.heads), rotation),
+    mx.fast.rope(heads(queries, queries + keys, shape.kvHeads), rotation),
+    heads(queries + keys, all.shape[2]!, shape.kvHeads),
+  ];
+}
+
+describe("fused attention input", () => {
+  mx.random.seed(22);
+
+  const inputCase = (dim: number, shape: mx.fast.AttentionHeads, quant: mx.QuantSpec, dtype: mx.DtypeCode) => ({
+    norm: normal([dim], dtype),
+    qkv: projection((shape.heads + 2 * shape.kvHeads) * shape.headDim, dim, quant, dtype),
+  });
+
+  function expectSame(ours: mx.MxArray[], reference: mx.MxArray[]) {
+    expect(ours.map((t) => t.shape)).toEqual(reference.map((t) => t.shape));
+    for (const [i, t] of ours.entries()) {
+      expect(t.dtype).toBe(reference[i]!.dtype);
+      expect(mx.max(mx.abs(mx.subtract(t, reference[i]!))).item()).toBe(0);
+    }
+  }
+
+  test("identical to the composition on our kernels: decode and prefill rows, grouped heads, partial rotation", () => {
+    for (const [batch, rows, dim, shape, dims, offset] of [
+      [1, 1, 576, { heads: 9, kvHeads: 3, headDim: 64 }, 64, 40],
+      [2, 3, 96, { heads: 3, kvHeads: 1, headDim: 32 }, 16, 0],
+      [1, 17, 128, { heads: 4, kvHeads: 4, headDim: 48 }, 48, 1999],
+    ] as const) {
+      const p = inputCase(dim, shape, { groupSize: 32, bits: 4 }, mx.Dtype.float32);
+      const x = normal([batch, rows, dim]);
+      for (const traditional of [false, true]) {
+        const rotation = { dims, traditional, base: 10000, scale: 1, offset };
+        mx.scope(() => {
+          const ours = mx.fast.attentionInput(x, p.norm, 1e-5, p.qkv, shape, rotation);
+          expectSame(ours, composedInput(x, p.norm, p.qkv, shape, rotation));
+          const theirs = withMlxKernels(() =>
+            mx.concatenate(mx.fast.attentionInput(x, p.norm, 1e-5, p.qkv, shape, rotation), 1),
+          );
+          expect(relativeError(mx.concatenate(ours, 1), theirs)).toBeLessThan(1e-3);
+        });
+      }
+    }
+  });
+
+  test("bfloat16, 8 bits, precomputed frequencies and one offset per batch row", () => {
+    const shape = { heads: 2, kvHeads: 1, headDim: 64 };
+    const p = inputCase(128, shape, { groupSize: 64, bits: 8 }, mx.Dtype.bfloat16);
+    const freqs = mx.keep(mx.power(10000, mx.divide(mx.arange(0, 64, 2, mx.Dtype.float32), 64)));
+    const offset = mx.keep(mx.array(Int32Array.from([0, 37, 512])));
+    const x = normal([3, 2, 128], mx.Dtype.bfloat16);
+    const rotation = { dims: 64, traditional: false, scale: 1, offset, freqs };
+    mx.scope(() => {
+      const ours = mx.fast.attentionInput(x, p.norm, 1e-5, p.qkv, shape, rotation);
+      expectSame(ours, composedInput(x, p.norm, p.qkv, shape, rotation));
+    });
+  });
+
+  test("with MLX's kernels, MLX's ops composed; a projection of the wrong width refused", () => {
+    const shape = { heads: 2, kvHeads: 1, headDim: 32 };
+    const p = inputCase(64, shape, { groupSize: 32, bits: 4 }, mx.Dtype.float32);
+    const x = normal([1, 2, 64]);
+    const rotation = { dims: 32, traditional: false, base: 10000, scale: 1, offset: 5 };
+    const off = withMlxKernels(() =>
+      mx.concatenate(mx.fast.attentionInput(x, p.norm, 1e-5, p.qkv, shape, rotation), 1),
+    );
+    const composed = withMlxKernels(() => mx.concatenate(composedInput(x, p.norm, p.qkv, shape, rotation), 1));
+    mx.scope(() => expect(mx.max(mx.abs(mx.subtract(off, composed))).item()).toBe(0));
+    expect(() =>
+      mx.scope(() => mx.fast.attentionInput(x, p.norm, 1e-5, p.qkv, { heads: 3, kvHeads: 1, headDim: 32 }, rotation)),
+    ).toThrow();
   });
 });

@@ -1,6 +1,6 @@
 // MLX's fused kernels (mlx.core.fast): normalisation, rotary embeddings, attention.
-import { cstr, lib, outPtr } from "./ffi";
-import { type MxArray, wrap } from "./array";
+import { check, cstr, lib, outPtr, outPtr2, outPtr3, readOut } from "./ffi";
+import { MxArray, wrap } from "./array";
 import type { QuantSpec } from "./ops";
 
 export function rmsNorm(x: MxArray, weight: MxArray | undefined, eps: number): MxArray {
@@ -23,22 +23,61 @@ export interface RopeOptions {
 }
 
 export function rope(x: MxArray, o: RopeOptions): MxArray {
+  return wrap(lib.mlxs_rope(outPtr, x.handle, ...ropeArgs(o)), "rope");
+}
+
+/** RoPE's settings as the shim takes them: dims, traditional, base, scale, offset, offsets, freqs. */
+function ropeArgs(o: RopeOptions) {
   const offsetArray = typeof o.offset === "number" ? null : o.offset.handle;
   const offset = typeof o.offset === "number" ? o.offset : 0;
-  return wrap(
-    lib.mlxs_rope(
+  return [
+    o.dims,
+    o.traditional ? 1 : 0,
+    o.base ?? Number.NaN,
+    o.scale,
+    offset,
+    offsetArray,
+    o.freqs?.handle ?? null,
+  ] as const;
+}
+
+/** The heads of attention's fused input projection: queries, then keys, then values. */
+export interface AttentionHeads {
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+}
+
+/**
+ * Rotated queries [B, heads, L, headDim] and keys [B, kvHeads, L, headDim], and values, of x
+ * [B, L, ·]: rmsNorm(x, normWeight), the fused q/k/v product, the split into heads and RoPE, as
+ * one op on our CPU kernels (exactly the composition's result), composed of the ops elsewhere.
+ */
+export function attentionInput(
+  x: MxArray,
+  normWeight: MxArray,
+  eps: number,
+  qkv: QuantizedWeights,
+  heads: AttentionHeads,
+  rotation: RopeOptions,
+): [MxArray, MxArray, MxArray] {
+  check(
+    lib.mlxs_attention_input(
       outPtr,
+      outPtr2,
+      outPtr3,
       x.handle,
-      o.dims,
-      o.traditional ? 1 : 0,
-      o.base ?? Number.NaN,
-      o.scale,
-      offset,
-      offsetArray,
-      o.freqs?.handle ?? null,
+      normWeight.handle,
+      eps,
+      ...weightArgs(qkv),
+      heads.heads,
+      heads.kvHeads,
+      heads.headDim,
+      ...ropeArgs(rotation),
     ),
-    "rope",
+    "attention_input",
   );
+  return [new MxArray(readOut(0)), new MxArray(readOut(1)), new MxArray(readOut(2))];
 }
 
 /** silu(gate) * up, SwiGLU's activation: one fused op on our CPU kernels, MLX's ops elsewhere. */

@@ -25,7 +25,18 @@ export interface AttentionOptions {
   sinks?: boolean;
 }
 
-export function attention(w: Weights, prefix: string, c: ModelConfig, options: AttentionOptions = {}) {
+/**
+ * Attention; given `inputNorm` (a plain RMSNorm's weight and epsilon), it takes the block's
+ * input un-normed and normalises it itself, in one fused op with the q/k/v product and RoPE
+ * where the layers allow.
+ */
+export function attention(
+  w: Weights,
+  prefix: string,
+  c: ModelConfig,
+  options: AttentionOptions = {},
+  inputNorm?: { weight: MxArray; eps: number },
+) {
   const project = options.fusedQkv ? fusedQkv(w, `${prefix}.qkv_proj`, c) : separateQkv(w, prefix);
   const oProj = summedOverShards(w, linear(w, `${prefix}.o_proj`));
   const norm = options.norm ?? rmsNorm;
@@ -49,20 +60,38 @@ export function attention(w: Weights, prefix: string, c: ModelConfig, options: A
     return mx.transpose(norm ? norm(split) : split, [0, 2, 1, 3]);
   };
 
+  const composed = (x: MxArray, offset: number | MxArray): [MxArray, MxArray, MxArray] => {
+    const [q, k, v] = project(inputNorm ? mx.fast.rmsNorm(x, inputNorm.weight, inputNorm.eps) : x);
+    const queries = heads(q, c.numAttentionHeads, qNorm);
+    const keys = heads(k, c.numKeyValueHeads, kNorm);
+    return [rope(queries, offset), rope(keys, offset), heads(v, c.numKeyValueHeads)];
+  };
+  const { quantized } = project;
+  const { settings } = rope;
+  const shape = { heads: c.numAttentionHeads, kvHeads: c.numKeyValueHeads, headDim: c.headDim };
+  // Norm, product, heads and RoPE as one op: a dozen graph nodes fewer per layer. Adapters
+  // update the product separately, so not while one is selected.
+  const input =
+    inputNorm && quantized && settings && !qNorm
+      ? (x: MxArray, offset: number | MxArray) =>
+          w.lora.adapting
+            ? composed(x, offset)
+            : mx.fast.attentionInput(x, inputNorm.weight, inputNorm.eps, quantized, shape, { ...settings, offset })
+      : composed;
+
   return (x: MxArray, mask: Mask, cache: AttentionCache): MxArray => {
     const [b, l] = x.shape as [number, number];
-    const [q, k, v] = project(x);
-    let queries = heads(q, c.numAttentionHeads, qNorm);
-    let keys = heads(k, c.numKeyValueHeads, kNorm);
-    let values = heads(v, c.numKeyValueHeads);
-    queries = rope(queries, cache.ropeOffset);
-    keys = rope(keys, cache.ropeOffset);
+    const [queries, keys, values] = input(x, cache.ropeOffset);
     const out = cache.attention(queries, keys, values, scale, mask, sinks);
     return oProj(mx.reshape(mx.transpose(out, [0, 2, 1, 3]), [b, l, -1]));
   };
 }
 
-type Qkv = (x: MxArray) => [MxArray, MxArray, MxArray];
+interface Qkv {
+  (x: MxArray): [MxArray, MxArray, MxArray];
+  /** As a Linear's: the one quantized product's weights, where it is one. */
+  quantized?: mx.fast.QuantizedWeights;
+}
 
 /** q_proj, k_proj and v_proj, run as one product where their weights allow (see fusedLinear). */
 function separateQkv(w: Weights, prefix: string): Qkv {
@@ -70,7 +99,7 @@ function separateQkv(w: Weights, prefix: string): Qkv {
     w,
     ["q_proj", "k_proj", "v_proj"].map((p) => `${prefix}.${p}`),
   );
-  return (x) => qkv(x) as [MxArray, MxArray, MxArray];
+  return Object.assign((x: MxArray) => qkv(x) as [MxArray, MxArray, MxArray], { quantized: qkv.quantized });
 }
 
 /** One projection whose outputs are the queries, then the keys, then the values. */
@@ -123,10 +152,10 @@ export function block(
   options: AttentionOptions = {},
   feedForward: FeedForward = mlp(w, `${prefix}.mlp`),
 ): Block {
-  const inputNorm = rmsNorm(w, `${prefix}.input_layernorm`, c.rmsNormEps);
+  const inputNorm = { weight: w.get(`${prefix}.input_layernorm.weight`), eps: c.rmsNormEps };
   const postNorm = rmsNorm(w, `${prefix}.post_attention_layernorm`, c.rmsNormEps);
   const postNormWeight = w.get(`${prefix}.post_attention_layernorm.weight`);
-  const selfAttn = attention(w, `${prefix}.self_attn`, c, options);
+  const selfAttn = attention(w, `${prefix}.self_attn`, c, options, inputNorm);
   const { swiglu } = feedForward;
   // The MLP half as one op (norm, products, activation, residual): a handful of graph nodes
   // fewer per layer. Adapters update the products separately, so not while one is selected.
@@ -134,7 +163,7 @@ export function block(
     swiglu && !w.lora.adapting
       ? mx.fast.mlpBlock(h, postNormWeight, c.rmsNormEps, swiglu.gateUp, swiglu.down)
       : mx.add(h, feedForward(postNorm(h)));
-  return (x, mask, cache) => mlpHalf(mx.add(x, selfAttn(inputNorm(x), mask, cache)));
+  return (x, mask, cache) => mlpHalf(mx.add(x, selfAttn(x, mask, cache)));
 }
 
 /**

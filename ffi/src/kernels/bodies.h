@@ -5,12 +5,20 @@
 
 #include <optional>
 #include <string>
+#include <variant>
 
 #include "mlx/mlx.h"
 
 namespace kernels {
 
 namespace mx = mlx::core;
+
+// An evaluated array on a fresh buffer: an intermediate of a fused primitive.
+inline mx::array scratch_array(mx::Shape shape, mx::Dtype type) {
+  size_t n = 1;
+  for (int d : shape) n *= d;
+  return mx::array(mx::allocator::malloc(n * mx::size_of(type)), std::move(shape), type);
+}
 
 // out = rms_norm(x, weight) (no weight: 1s); out has x's shape.
 void rms_norm_into(const mx::array& x, const mx::array* weight, mx::array& out, float eps);
@@ -27,5 +35,25 @@ bool quantized_matmul_covers(const mx::array& x, const mx::array& w, const mx::a
 // out[..., i] = silu(halves[..., i]) · halves[..., width + i], width = out.shape(-1): the gate's
 // half and the up half of a fused gate/up product's rows.
 void silu_mul_halves_into(const mx::array& halves, mx::array& out);
+
+// A rotation's settings, as the Rope primitive keeps them.
+struct RopeSpec {
+  int dims;
+  bool traditional;
+  float base;  // when there are no frequencies
+  float scale;
+  int offset;  // when there is no offset array
+  bool offset_array, freqs;
+};
+
+// out [B, H, L, D] (row-contiguous) = rope(x), x of out's type read from `data` as `shape`
+// [B, H, L, D] through `strides` (elements); offsets (int32, one per batch row or one) and freqs
+// (float32) when the spec says so.
+// Whether our RoPE takes x [B, H, L, D] with these settings (else kernels::rope builds MLX's op).
+bool rope_covers(const mx::array& x, int dims, const std::optional<float>& base,
+                 const std::variant<int, mx::array>& offset, const std::optional<mx::array>& freqs);
+
+void rope_into(const void* data, const mx::Shape& shape, const mx::Strides& strides, const RopeSpec& spec,
+               const mx::array* offsets, const mx::array* freqs, mx::array& out);
 
 }  // namespace kernels

@@ -93,6 +93,28 @@ struct QuantizedLinear {
 mx::array mlp_block(const mx::array& h, const mx::array& norm_weight, float eps, const QuantizedLinear& gate_up,
                     const QuantizedLinear& down);
 
+// The heads of attention's input projection: queries, then keys, then values, head_dim each.
+struct AttentionHeads {
+  int heads, kv_heads, head_dim;
+};
+
+// RoPE's settings, as kernels::rope takes them.
+struct Rotation {
+  int dims;
+  bool traditional;
+  std::optional<float> base;
+  float scale;
+  std::variant<int, mx::array> offset;
+  std::optional<mx::array> freqs;
+};
+
+// {queries [B, H, L, D] and keys [B, Hkv, L, D], rotated; values [B, Hkv, L, D]} of x [B, L, ·]:
+// rms_norm, the fused q/k/v product, the split into heads and RoPE, one primitive on our kernels
+// (exactly their composition), MLX's ops composed otherwise.
+std::vector<mx::array> attention_input(const mx::array& x, const mx::array& norm_weight, float eps,
+                                       const QuantizedLinear& qkv, const AttentionHeads& heads,
+                                       const Rotation& rotation);
+
 // mx::matmul; with bfloat16/float16 operands on the CPU, converted to fp32 block by block and
 // multiplied by OpenBLAS (openblas/half_matmul.cpp) when it is built in.
 mx::array matmul(const mx::array& a, const mx::array& b);

@@ -42,13 +42,6 @@ struct MlpSpec {
   mx::Dtype normed, hidden;  // the norm's output type; the products' and the activation's
 };
 
-// An evaluated array on a fresh buffer, for an intermediate of the block.
-mx::array scratch(mx::Shape shape, mx::Dtype type) {
-  size_t n = 1;
-  for (int d : shape) n *= d;
-  return mx::array(mx::allocator::malloc(n * mx::size_of(type)), std::move(shape), type);
-}
-
 mx::Shape with_last(mx::Shape shape, int last) {
   shape.back() = last;
   return shape;
@@ -64,11 +57,11 @@ void add(const mx::array& a, const mx::array& b, mx::array& out) {
 // inputs: h, the norm's weight, gate_up's weight, scales, biases, down's weight, scales, biases.
 void run(const std::vector<mx::array>& in, mx::array& out, const MlpSpec& spec) {
   const mx::array& h = in[0];
-  mx::array normed = scratch(h.shape(), spec.normed);
+  mx::array normed = scratch_array(h.shape(), spec.normed);
   rms_norm_into(h, &in[1], normed, spec.eps);
-  mx::array both = scratch(with_last(h.shape(), in[2].shape(0)), spec.hidden);
+  mx::array both = scratch_array(with_last(h.shape(), in[2].shape(0)), spec.hidden);
   quantized_matmul_into(normed, in[2], in[3], in[4], both, spec.gate_up_group, spec.gate_up_bits);
-  mx::array activated = scratch(with_last(h.shape(), in[2].shape(0) / 2), spec.hidden);
+  mx::array activated = scratch_array(with_last(h.shape(), in[2].shape(0) / 2), spec.hidden);
   silu_mul_halves_into(both, activated);
   // The down product lands in out, then h is added to it in place (h, the product and out
   // share one type: see mlp_block).
