@@ -182,6 +182,11 @@ MLXS_API int mlxs_attention_input(mlxs_array** queries, mlxs_array** keys, mlxs_
                                   const mlxs_array* qkv_scales, const mlxs_array* qkv_biases, int group, int bits,
                                   int heads, int kv_heads, int head_dim, int dims, int traditional, float base,
                                   float scale, int offset, const mlxs_array* offset_array, const mlxs_array* freqs);
+// x + o_proj(heads [B, H, L, D] back into rows [B, L, H·D]), o_proj affine-quantized with no bias
+// of its own: attention's output and the block's residual add, one op on our CPU kernels.
+MLXS_API int mlxs_attention_output(mlxs_array** out, const mlxs_array* x, const mlxs_array* heads,
+                                   const mlxs_array* o_proj, const mlxs_array* o_proj_scales,
+                                   const mlxs_array* o_proj_biases, int group, int bits);
 
 // ---- random ----
 MLXS_API int mlxs_random_seed(uint64_t seed);

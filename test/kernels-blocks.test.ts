@@ -200,3 +200,53 @@ describe("fused attention input", () => {
     ).toThrow();
   });
 });
+
+describe("fused attention output", () => {
+  mx.random.seed(23);
+
+  /** x + oProj(heads back into rows), as the model composed it before the fused op. */
+  function composedOutput(x: mx.MxArray, heads: mx.MxArray, oProj: mx.fast.QuantizedWeights): mx.MxArray {
+    const [b, , l] = heads.shape as [number, number, number];
+    const rows = mx.reshape(mx.transpose(heads, [0, 2, 1, 3]), [b, l, -1]);
+    return mx.add(x, mx.quantizedMatmul(rows, oProj.weight, oProj.scales, oProj.biases, oProj.quant));
+  }
+
+  test("identical to the composition on our kernels: one row, many rows and heads, bfloat16", () => {
+    for (const [batch, heads, rows, dim, dtype] of [
+      [1, 9, 1, 576, mx.Dtype.float32],
+      [2, 3, 5, 96, mx.Dtype.float32],
+      [1, 4, 17, 160, mx.Dtype.bfloat16],
+    ] as const) {
+      const oProj = projection(dim, heads * 32, { groupSize: 32, bits: 4 }, dtype);
+      const [x, attended] = [normal([batch, rows, dim], dtype), normal([batch, heads, rows, 32], dtype)];
+      mx.scope(() => {
+        const ours = mx.fast.attentionOutput(x, attended, oProj);
+        expect(ours.shape).toEqual([batch, rows, dim]);
+        expect(ours.dtype).toBe(dtype);
+        expect(mx.max(mx.abs(mx.subtract(ours, composedOutput(x, attended, oProj)))).item()).toBe(0);
+        const tolerance = dtype === mx.Dtype.bfloat16 ? 2e-2 : 1e-4;
+        expect(
+          relativeError(
+            ours,
+            withMlxKernels(() => mx.fast.attentionOutput(x, attended, oProj)),
+          ),
+        ).toBeLessThan(tolerance);
+      });
+    }
+  });
+
+  test("a strided input (heads transposed in place) and a refused shape", () => {
+    const oProj = projection(64, 64, { groupSize: 32, bits: 8 }, mx.Dtype.float32);
+    const x = normal([1, 3, 64]);
+    const attended = normal([1, 3, 2, 32]);
+    const heads = () => mx.transpose(attended, [0, 2, 1, 3]);
+    mx.scope(() => {
+      expect(
+        mx
+          .max(mx.abs(mx.subtract(mx.fast.attentionOutput(x, heads(), oProj), composedOutput(x, heads(), oProj))))
+          .item(),
+      ).toBe(0);
+    });
+    expect(() => mx.scope(() => mx.fast.attentionOutput(x, normal([1, 3, 64]), oProj))).toThrow();
+  });
+});

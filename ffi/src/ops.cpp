@@ -333,6 +333,14 @@ int mlxs_attention_input(mlxs_array** queries, mlxs_array** keys, mlxs_array** v
   });
 }
 
+int mlxs_attention_output(mlxs_array** out, const mlxs_array* x, const mlxs_array* heads, const mlxs_array* o_proj,
+                          const mlxs_array* o_proj_scales, const mlxs_array* o_proj_biases, int group, int bits) {
+  return guard([&] {
+    return put(out, kernels::attention_output(ref(x), ref(heads),
+                                              {ref(o_proj), ref(o_proj_scales), ref(o_proj_biases), group, bits}));
+  });
+}
+
 int mlxs_random_seed(uint64_t seed) {
   return guard([&] {
     mx::random::seed(seed);

@@ -94,6 +94,14 @@ export interface QuantizedWeights {
 }
 
 /**
+ * x + oProj(heads [B, H, L, D] back into rows [B, L, H·D]): attention's output and the block's
+ * residual add, one op on our CPU kernels (exactly the composition's result), composed elsewhere.
+ */
+export function attentionOutput(x: MxArray, heads: MxArray, oProj: QuantizedWeights): MxArray {
+  return wrap(lib.mlxs_attention_output(outPtr, x.handle, heads.handle, ...weightArgs(oProj)), "attention_output");
+}
+
+/**
  * h + down(silu(gate) · up), where gate and up are the halves of gateUp(rmsNorm(h, normWeight)):
  * the MLP half of a pre-norm block as one op on our CPU kernels (exactly the composition's
  * result), composed of the ops elsewhere.

@@ -26,9 +26,9 @@ export interface AttentionOptions {
 }
 
 /**
- * Attention; given `inputNorm` (a plain RMSNorm's weight and epsilon), it takes the block's
- * input un-normed and normalises it itself, in one fused op with the q/k/v product and RoPE
- * where the layers allow.
+ * Attention; given `inputNorm` (a plain RMSNorm's weight and epsilon), it is the attention half
+ * of a pre-norm block: x → x + attention(inputNorm(x)), where the layers allow as two fused ops
+ * (norm, q/k/v product and RoPE; output product and residual add) around the cache's attention.
  */
 export function attention(
   w: Weights,
@@ -69,21 +69,26 @@ export function attention(
   const { quantized } = project;
   const { settings } = rope;
   const shape = { heads: c.numAttentionHeads, kvHeads: c.numKeyValueHeads, headDim: c.headDim };
-  // Norm, product, heads and RoPE as one op: a dozen graph nodes fewer per layer. Adapters
-  // update the product separately, so not while one is selected.
-  const input =
-    inputNorm && quantized && settings && !qNorm
-      ? (x: MxArray, offset: number | MxArray) =>
-          w.lora.adapting
-            ? composed(x, offset)
-            : mx.fast.attentionInput(x, inputNorm.weight, inputNorm.eps, quantized, shape, { ...settings, offset })
-      : composed;
+  const fusedInput = inputNorm && quantized && settings && !qNorm ? { ...inputNorm, quantized, settings } : undefined;
+  const fusedOutput = inputNorm && oProj.quantized;
 
   return (x: MxArray, mask: Mask, cache: AttentionCache): MxArray => {
     const [b, l] = x.shape as [number, number];
-    const [queries, keys, values] = input(x, cache.ropeOffset);
+    // The fused ops are a dozen and three graph nodes fewer per layer. Adapters update the
+    // products separately, so not while one is selected.
+    const fused = !w.lora.adapting;
+    const offset = cache.ropeOffset;
+    const [queries, keys, values] =
+      fusedInput && fused
+        ? mx.fast.attentionInput(x, fusedInput.weight, fusedInput.eps, fusedInput.quantized, shape, {
+            ...fusedInput.settings,
+            offset,
+          })
+        : composed(x, offset);
     const out = cache.attention(queries, keys, values, scale, mask, sinks);
-    return oProj(mx.reshape(mx.transpose(out, [0, 2, 1, 3]), [b, l, -1]));
+    if (fusedOutput && fused) return mx.fast.attentionOutput(x, out, fusedOutput);
+    const projected = oProj(mx.reshape(mx.transpose(out, [0, 2, 1, 3]), [b, l, -1]));
+    return inputNorm ? mx.add(x, projected) : projected;
   };
 }
 
@@ -163,7 +168,7 @@ export function block(
     swiglu && !w.lora.adapting
       ? mx.fast.mlpBlock(h, postNormWeight, c.rmsNormEps, swiglu.gateUp, swiglu.down)
       : mx.add(h, feedForward(postNorm(h)));
-  return (x, mask, cache) => mlpHalf(mx.add(x, selfAttn(x, mask, cache)));
+  return (x, mask, cache) => mlpHalf(selfAttn(x, mask, cache));
 }
 
 /**

@@ -36,6 +36,10 @@ bool quantized_matmul_covers(const mx::array& x, const mx::array& w, const mx::a
 // half and the up half of a fused gate/up product's rows.
 void silu_mul_halves_into(const mx::array& halves, mx::array& out);
 
+// out = a + b, all three of one float type and shape (out may be b): a block's residual add, as
+// MLX's add rounds it.
+void add_into(const mx::array& a, const mx::array& b, mx::array& out);
+
 // A rotation's settings, as the Rope primitive keeps them.
 struct RopeSpec {
   int dims;

@@ -115,6 +115,10 @@ std::vector<mx::array> attention_input(const mx::array& x, const mx::array& norm
                                        const QuantizedLinear& qkv, const AttentionHeads& heads,
                                        const Rotation& rotation);
 
+// x + o_proj(heads [B, H, L, D] back into rows [B, L, H·D]): attention's output and the block's
+// residual add, one primitive on our kernels (exactly their composition), MLX's ops otherwise.
+mx::array attention_output(const mx::array& x, const mx::array& heads, const QuantizedLinear& o_proj);
+
 // mx::matmul; with bfloat16/float16 operands on the CPU, converted to fp32 block by block and
 // multiplied by OpenBLAS (openblas/half_matmul.cpp) when it is built in.
 mx::array matmul(const mx::array& a, const mx::array& b);

@@ -47,13 +47,6 @@ mx::Shape with_last(mx::Shape shape, int last) {
   return shape;
 }
 
-template <typename T>
-void add(const mx::array& a, const mx::array& b, mx::array& out) {
-  const T *x = a.data<T>(), *y = b.data<T>();
-  T* o = out.data<T>();
-  for (size_t i = 0; i < out.size(); ++i) o[i] = static_cast<T>(static_cast<float>(x[i]) + static_cast<float>(y[i]));
-}
-
 // inputs: h, the norm's weight, gate_up's weight, scales, biases, down's weight, scales, biases.
 void run(const std::vector<mx::array>& in, mx::array& out, const MlpSpec& spec) {
   const mx::array& h = in[0];
@@ -66,9 +59,7 @@ void run(const std::vector<mx::array>& in, mx::array& out, const MlpSpec& spec) 
   // The down product lands in out, then h is added to it in place (h, the product and out
   // share one type: see mlp_block).
   quantized_matmul_into(activated, in[5], in[6], in[7], out, spec.down_group, spec.down_bits);
-  if (out.dtype() == mx::float16) add<mx::float16_t>(h, out, out);
-  else if (out.dtype() == mx::bfloat16) add<mx::bfloat16_t>(h, out, out);
-  else add<float>(h, out, out);
+  add_into(h, out, out);
 }
 
 class MlpBlock : public mx::UnaryPrimitive {
@@ -104,7 +95,20 @@ class MlpBlock : public mx::UnaryPrimitive {
   MlpSpec spec_;
 };
 
+template <typename T>
+void add(const mx::array& a, const mx::array& b, mx::array& out) {
+  const T *x = a.data<T>(), *y = b.data<T>();
+  T* o = out.data<T>();
+  for (size_t i = 0; i < out.size(); ++i) o[i] = static_cast<T>(static_cast<float>(x[i]) + static_cast<float>(y[i]));
+}
+
 }  // namespace
+
+void add_into(const mx::array& a, const mx::array& b, mx::array& out) {
+  if (out.dtype() == mx::float16) add<mx::float16_t>(a, b, out);
+  else if (out.dtype() == mx::bfloat16) add<mx::bfloat16_t>(a, b, out);
+  else add<float>(a, b, out);
+}
 
 mx::array mlp_block(const mx::array& h, const mx::array& norm_weight, float eps, const QuantizedLinear& gate_up,
                     const QuantizedLinear& down) {

@@ -92,6 +92,7 @@ export const symbols = {
     args: [p, p, p, p, p, f32, p, p, p, i32, i32, i32, i32, i32, i32, i32, f32, f32, i32, p, p],
     returns: i32,
   },
+  mlxs_attention_output: { args: [p, p, p, p, p, p, i32, i32], returns: i32 },
   mlxs_mlp_block: { args: [p, p, p, f32, p, p, p, i32, i32, p, p, p, i32, i32], returns: i32 },
 
   mlxs_random_seed: { args: [u64], returns: i32 },
