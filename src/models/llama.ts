@@ -69,7 +69,9 @@ export function attention(
   const { quantized } = project;
   const { settings } = rope;
   const shape = { heads: c.numAttentionHeads, kvHeads: c.numKeyValueHeads, headDim: c.headDim };
-  const fusedInput = inputNorm && quantized && settings && !qNorm ? { ...inputNorm, quantized, settings } : undefined;
+  const byHeads = quantized?.weight.shape[0] === (shape.heads + 2 * shape.kvHeads) * shape.headDim;
+  const fusedInput =
+    inputNorm && quantized && byHeads && settings && !qNorm ? { ...inputNorm, quantized, settings } : undefined;
   const fusedOutput = inputNorm && oProj.quantized;
 
   return (x: MxArray, mask: Mask, cache: AttentionCache): MxArray => {
