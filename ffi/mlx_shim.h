@@ -166,6 +166,27 @@ MLXS_API int mlxs_quantized_sdpa(mlxs_array** out, const mlxs_array* q, const ml
                         const mlxs_array* mask, const mlxs_array* sinks, int group_size, int bits);
 // silu(gate) * up, the SwiGLU feed-forward's activation: one op on our CPU kernels.
 MLXS_API int mlxs_silu_mul(mlxs_array** out, const mlxs_array* gate, const mlxs_array* up);
+// h + down(silu(gate) * up), [gate, up] the halves of gate_up(rms_norm(h, norm_weight)), both
+// products affine-quantized (transposed weights, no biases of their own): the MLP half of a
+// pre-norm block, one op on our CPU kernels.
+MLXS_API int mlxs_mlp_block(mlxs_array** out, const mlxs_array* h, const mlxs_array* norm_weight, float eps,
+                            const mlxs_array* gate_up, const mlxs_array* gate_up_scales,
+                            const mlxs_array* gate_up_biases, int gate_up_group, int gate_up_bits,
+                            const mlxs_array* down, const mlxs_array* down_scales, const mlxs_array* down_biases,
+                            int down_group, int down_bits);
+// Rotated queries [B, H, L, D] and keys [B, Hkv, L, D], and values [B, Hkv, L, D], of x [B, L, ·]:
+// rms_norm, the fused q/k/v product (affine-quantized, no biases of its own), the split into
+// heads and RoPE (settings as mlxs_rope takes them), one op on our CPU kernels.
+MLXS_API int mlxs_attention_input(mlxs_array** queries, mlxs_array** keys, mlxs_array** values, const mlxs_array* x,
+                                  const mlxs_array* norm_weight, float eps, const mlxs_array* qkv,
+                                  const mlxs_array* qkv_scales, const mlxs_array* qkv_biases, int group, int bits,
+                                  int heads, int kv_heads, int head_dim, int dims, int traditional, float base,
+                                  float scale, int offset, const mlxs_array* offset_array, const mlxs_array* freqs);
+// x + o_proj(heads [B, H, L, D] back into rows [B, L, H·D]), o_proj affine-quantized with no bias
+// of its own: attention's output and the block's residual add, one op on our CPU kernels.
+MLXS_API int mlxs_attention_output(mlxs_array** out, const mlxs_array* x, const mlxs_array* heads,
+                                   const mlxs_array* o_proj, const mlxs_array* o_proj_scales,
+                                   const mlxs_array* o_proj_biases, int group, int bits);
 
 // ---- random ----
 MLXS_API int mlxs_random_seed(uint64_t seed);

@@ -302,6 +302,45 @@ int mlxs_silu_mul(mlxs_array** out, const mlxs_array* gate, const mlxs_array* up
   return guard([&] { return put(out, kernels::silu_mul(ref(gate), ref(up))); });
 }
 
+int mlxs_mlp_block(mlxs_array** out, const mlxs_array* h, const mlxs_array* norm_weight, float eps,
+                   const mlxs_array* gate_up, const mlxs_array* gate_up_scales, const mlxs_array* gate_up_biases,
+                   int gate_up_group, int gate_up_bits, const mlxs_array* down, const mlxs_array* down_scales,
+                   const mlxs_array* down_biases, int down_group, int down_bits) {
+  return guard([&] {
+    return put(out, kernels::mlp_block(ref(h), ref(norm_weight), eps,
+                                       {ref(gate_up), ref(gate_up_scales), ref(gate_up_biases), gate_up_group,
+                                        gate_up_bits},
+                                       {ref(down), ref(down_scales), ref(down_biases), down_group, down_bits}));
+  });
+}
+
+int mlxs_attention_input(mlxs_array** queries, mlxs_array** keys, mlxs_array** values, const mlxs_array* x,
+                         const mlxs_array* norm_weight, float eps, const mlxs_array* qkv,
+                         const mlxs_array* qkv_scales, const mlxs_array* qkv_biases, int group, int bits, int heads,
+                         int kv_heads, int head_dim, int dims, int traditional, float base, float scale, int offset,
+                         const mlxs_array* offset_array, const mlxs_array* freqs) {
+  return guard([&] {
+    kernels::Rotation rotation{dims, traditional != 0, std::nullopt, scale, offset, opt(freqs)};
+    if (freqs == nullptr) rotation.base = base;
+    if (offset_array != nullptr) rotation.offset = ref(offset_array);
+    auto parts = kernels::attention_input(ref(x), ref(norm_weight), eps,
+                                          {ref(qkv), ref(qkv_scales), ref(qkv_biases), group, bits},
+                                          {heads, kv_heads, head_dim}, rotation);
+    put(queries, parts.at(0));
+    put(keys, parts.at(1));
+    put(values, parts.at(2));
+    return 0;
+  });
+}
+
+int mlxs_attention_output(mlxs_array** out, const mlxs_array* x, const mlxs_array* heads, const mlxs_array* o_proj,
+                          const mlxs_array* o_proj_scales, const mlxs_array* o_proj_biases, int group, int bits) {
+  return guard([&] {
+    return put(out, kernels::attention_output(ref(x), ref(heads),
+                                              {ref(o_proj), ref(o_proj_scales), ref(o_proj_biases), group, bits}));
+  });
+}
+
 int mlxs_random_seed(uint64_t seed) {
   return guard([&] {
     mx::random::seed(seed);

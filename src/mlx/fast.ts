@@ -1,6 +1,7 @@
 // MLX's fused kernels (mlx.core.fast): normalisation, rotary embeddings, attention.
-import { cstr, lib, outPtr } from "./ffi";
-import { type MxArray, wrap } from "./array";
+import { check, cstr, lib, outPtr, outPtr2, outPtr3, readOut } from "./ffi";
+import { MxArray, wrap } from "./array";
+import type { QuantSpec } from "./ops";
 
 export function rmsNorm(x: MxArray, weight: MxArray | undefined, eps: number): MxArray {
   return wrap(lib.mlxs_rms_norm(outPtr, x.handle, weight?.handle ?? null, eps), "rms_norm");
@@ -22,28 +23,104 @@ export interface RopeOptions {
 }
 
 export function rope(x: MxArray, o: RopeOptions): MxArray {
+  return wrap(lib.mlxs_rope(outPtr, x.handle, ...ropeArgs(o)), "rope");
+}
+
+/** RoPE's settings as the shim takes them: dims, traditional, base, scale, offset, offsets, freqs. */
+function ropeArgs(o: RopeOptions) {
   const offsetArray = typeof o.offset === "number" ? null : o.offset.handle;
   const offset = typeof o.offset === "number" ? o.offset : 0;
-  return wrap(
-    lib.mlxs_rope(
+  return [
+    o.dims,
+    o.traditional ? 1 : 0,
+    o.base ?? Number.NaN,
+    o.scale,
+    offset,
+    offsetArray,
+    o.freqs?.handle ?? null,
+  ] as const;
+}
+
+/** The heads of attention's fused input projection: queries, then keys, then values. */
+export interface AttentionHeads {
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+}
+
+/**
+ * Rotated queries [B, heads, L, headDim] and keys [B, kvHeads, L, headDim], and values, of x
+ * [B, L, ·]: rmsNorm(x, normWeight), the fused q/k/v product, the split into heads and RoPE, as
+ * one op on our CPU kernels (exactly the composition's result), composed of the ops elsewhere.
+ */
+export function attentionInput(
+  x: MxArray,
+  normWeight: MxArray,
+  eps: number,
+  qkv: QuantizedWeights,
+  heads: AttentionHeads,
+  rotation: RopeOptions,
+): [MxArray, MxArray, MxArray] {
+  check(
+    lib.mlxs_attention_input(
       outPtr,
+      outPtr2,
+      outPtr3,
       x.handle,
-      o.dims,
-      o.traditional ? 1 : 0,
-      o.base ?? Number.NaN,
-      o.scale,
-      offset,
-      offsetArray,
-      o.freqs?.handle ?? null,
+      normWeight.handle,
+      eps,
+      ...weightArgs(qkv),
+      heads.heads,
+      heads.kvHeads,
+      heads.headDim,
+      ...ropeArgs(rotation),
     ),
-    "rope",
+    "attention_input",
   );
+  return [new MxArray(readOut(0)), new MxArray(readOut(1)), new MxArray(readOut(2))];
 }
 
 /** silu(gate) * up, SwiGLU's activation: one fused op on our CPU kernels, MLX's ops elsewhere. */
 export function siluMul(gate: MxArray, up: MxArray): MxArray {
   return wrap(lib.mlxs_silu_mul(outPtr, gate.handle, up.handle), "silu_mul");
 }
+
+/** An affine-quantized projection (transposed weights, no bias of its own) as fused ops take it. */
+export interface QuantizedWeights {
+  weight: MxArray;
+  scales: MxArray;
+  biases: MxArray;
+  quant: QuantSpec;
+}
+
+/**
+ * x + oProj(heads [B, H, L, D] back into rows [B, L, H·D]): attention's output and the block's
+ * residual add, one op on our CPU kernels (exactly the composition's result), composed elsewhere.
+ */
+export function attentionOutput(x: MxArray, heads: MxArray, oProj: QuantizedWeights): MxArray {
+  return wrap(lib.mlxs_attention_output(outPtr, x.handle, heads.handle, ...weightArgs(oProj)), "attention_output");
+}
+
+/**
+ * h + down(silu(gate) · up), where gate and up are the halves of gateUp(rmsNorm(h, normWeight)):
+ * the MLP half of a pre-norm block as one op on our CPU kernels (exactly the composition's
+ * result), composed of the ops elsewhere.
+ */
+export function mlpBlock(
+  h: MxArray,
+  normWeight: MxArray,
+  eps: number,
+  gateUp: QuantizedWeights,
+  down: QuantizedWeights,
+): MxArray {
+  return wrap(
+    lib.mlxs_mlp_block(outPtr, h.handle, normWeight.handle, eps, ...weightArgs(gateUp), ...weightArgs(down)),
+    "mlp_block",
+  );
+}
+
+const weightArgs = (w: QuantizedWeights) =>
+  [w.weight.handle, w.scales.handle, w.biases.handle, w.quant.groupSize, w.quant.bits] as const;
 
 const causalMode = cstr("causal");
 const noMode = cstr("");

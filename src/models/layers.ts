@@ -73,6 +73,8 @@ export class Weights {
 
 export interface Linear {
   (x: MxArray): MxArray;
+  /** Its weights, where it is one affine-quantized product with no bias (what fused ops take). */
+  quantized?: mx.fast.QuantizedWeights;
 }
 
 export function linear(w: Weights, prefix: string): Linear {
@@ -83,7 +85,16 @@ export function linear(w: Weights, prefix: string): Linear {
   };
   const quant = w.quantFor(prefix);
   w.lora.register(prefix, adaptable(t, quant));
-  return withBias(w.lora.wrap(prefix, projection(w, t, quant)), w.optional(`${prefix}.bias`));
+  const bias = w.optional(`${prefix}.bias`);
+  return Object.assign(withBias(w.lora.wrap(prefix, projection(w, t, quant)), bias), {
+    quantized: quantizedWeights(t, quant, bias),
+  });
+}
+
+/** Projections of one input, by rows of one weight; `quantized` as a Linear's. */
+export interface FusedLinear {
+  (x: MxArray): MxArray[];
+  quantized?: mx.fast.QuantizedWeights;
 }
 
 /**
@@ -93,7 +104,7 @@ export function linear(w: Weights, prefix: string): Linear {
  * Each output row is computed exactly as before. Layers that differ in their quantization or
  * bias stay separate.
  */
-export function fusedLinear(w: Weights, prefixes: string[]): (x: MxArray) => MxArray[] {
+export function fusedLinear(w: Weights, prefixes: string[]): FusedLinear {
   const quants = prefixes.map((p) => w.quantFor(p));
   const suffixes = ["weight", "scales", "biases", "bias"];
   const parts = suffixes.map((suffix) => prefixes.map((p) => w.optional(`${p}.${suffix}`)));
@@ -123,7 +134,7 @@ export function fusedLinear(w: Weights, prefixes: string[]): (x: MxArray) => MxA
     w.lora.register(prefix, adaptable({ weight: weight!, scales, biases }, quants[0], { outputs: stop - start, rows }));
     return { prefix, start, stop, bias: bias && w.derive(() => mx.slice(bias, [start], [stop])) };
   });
-  return (x) => {
+  const fused = (x: MxArray) => {
     const y = project(x);
     const lead = y.shape.slice(0, -1);
     return outputs.map(({ prefix, start, stop, bias }) => {
@@ -131,6 +142,7 @@ export function fusedLinear(w: Weights, prefixes: string[]): (x: MxArray) => MxA
       return bias ? mx.add(part, bias) : part;
     });
   };
+  return Object.assign(fused, { quantized: quantizedWeights({ weight: weight!, scales, biases }, quants[0], bias) });
 }
 
 /**
@@ -175,6 +187,15 @@ function projection(w: Weights, t: ProjectionWeights, quant: QuantConfig | undef
   if (quant) return (x) => mx.quantizedMatmul(x, weight, scales!, biases, quant, true);
   const weightT = w.derive(() => mx.transpose(weight));
   return (x) => mx.matmul(x, weightT);
+}
+
+function quantizedWeights(
+  t: ProjectionWeights,
+  quant: QuantConfig | undefined,
+  bias: MxArray | undefined,
+): mx.fast.QuantizedWeights | undefined {
+  if (!quant || (quant.mode ?? "affine") !== "affine" || !t.scales || !t.biases || bias) return undefined;
+  return { weight: t.weight, scales: t.scales, biases: t.biases, quant };
 }
 
 /** The layer's own bias, added to the output (after an adapter's update, which DoRA scales). */

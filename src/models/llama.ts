@@ -25,7 +25,18 @@ export interface AttentionOptions {
   sinks?: boolean;
 }
 
-export function attention(w: Weights, prefix: string, c: ModelConfig, options: AttentionOptions = {}) {
+/**
+ * Attention; given `inputNorm` (a plain RMSNorm's weight and epsilon), it is the attention half
+ * of a pre-norm block: x → x + attention(inputNorm(x)), where the layers allow as two fused ops
+ * (norm, q/k/v product and RoPE; output product and residual add) around the cache's attention.
+ */
+export function attention(
+  w: Weights,
+  prefix: string,
+  c: ModelConfig,
+  options: AttentionOptions = {},
+  inputNorm?: { weight: MxArray; eps: number },
+) {
   const project = options.fusedQkv ? fusedQkv(w, `${prefix}.qkv_proj`, c) : separateQkv(w, prefix);
   const oProj = summedOverShards(w, linear(w, `${prefix}.o_proj`));
   const norm = options.norm ?? rmsNorm;
@@ -49,20 +60,45 @@ export function attention(w: Weights, prefix: string, c: ModelConfig, options: A
     return mx.transpose(norm ? norm(split) : split, [0, 2, 1, 3]);
   };
 
+  const composed = (x: MxArray, offset: number | MxArray): [MxArray, MxArray, MxArray] => {
+    const [q, k, v] = project(inputNorm ? mx.fast.rmsNorm(x, inputNorm.weight, inputNorm.eps) : x);
+    const queries = heads(q, c.numAttentionHeads, qNorm);
+    const keys = heads(k, c.numKeyValueHeads, kNorm);
+    return [rope(queries, offset), rope(keys, offset), heads(v, c.numKeyValueHeads)];
+  };
+  const { quantized } = project;
+  const { settings } = rope;
+  const shape = { heads: c.numAttentionHeads, kvHeads: c.numKeyValueHeads, headDim: c.headDim };
+  const byHeads = quantized?.weight.shape[0] === (shape.heads + 2 * shape.kvHeads) * shape.headDim;
+  const fusedInput =
+    inputNorm && quantized && byHeads && settings && !qNorm ? { ...inputNorm, quantized, settings } : undefined;
+  const fusedOutput = inputNorm && oProj.quantized;
+
   return (x: MxArray, mask: Mask, cache: AttentionCache): MxArray => {
     const [b, l] = x.shape as [number, number];
-    const [q, k, v] = project(x);
-    let queries = heads(q, c.numAttentionHeads, qNorm);
-    let keys = heads(k, c.numKeyValueHeads, kNorm);
-    let values = heads(v, c.numKeyValueHeads);
-    queries = rope(queries, cache.ropeOffset);
-    keys = rope(keys, cache.ropeOffset);
+    // The fused ops are a dozen and three graph nodes fewer per layer. Adapters update the
+    // products separately, so not while one is selected.
+    const fused = !w.lora.adapting;
+    const offset = cache.ropeOffset;
+    const [queries, keys, values] =
+      fusedInput && fused
+        ? mx.fast.attentionInput(x, fusedInput.weight, fusedInput.eps, fusedInput.quantized, shape, {
+            ...fusedInput.settings,
+            offset,
+          })
+        : composed(x, offset);
     const out = cache.attention(queries, keys, values, scale, mask, sinks);
-    return oProj(mx.reshape(mx.transpose(out, [0, 2, 1, 3]), [b, l, -1]));
+    if (fusedOutput && fused) return mx.fast.attentionOutput(x, out, fusedOutput);
+    const projected = oProj(mx.reshape(mx.transpose(out, [0, 2, 1, 3]), [b, l, -1]));
+    return inputNorm ? mx.add(x, projected) : projected;
   };
 }
 
-type Qkv = (x: MxArray) => [MxArray, MxArray, MxArray];
+interface Qkv {
+  (x: MxArray): [MxArray, MxArray, MxArray];
+  /** As a Linear's: the one quantized product's weights, where it is one. */
+  quantized?: mx.fast.QuantizedWeights;
+}
 
 /** q_proj, k_proj and v_proj, run as one product where their weights allow (see fusedLinear). */
 function separateQkv(w: Weights, prefix: string): Qkv {
@@ -70,7 +106,7 @@ function separateQkv(w: Weights, prefix: string): Qkv {
     w,
     ["q_proj", "k_proj", "v_proj"].map((p) => `${prefix}.${p}`),
   );
-  return (x) => qkv(x) as [MxArray, MxArray, MxArray];
+  return Object.assign((x: MxArray) => qkv(x) as [MxArray, MxArray, MxArray], { quantized: qkv.quantized });
 }
 
 /** One projection whose outputs are the queries, then the keys, then the values. */
@@ -98,16 +134,22 @@ export function fusedMlp(w: Weights, prefix: string) {
 }
 
 /** down(act(gate(x)) · up(x)): SwiGLU (SiLU, fused with the product) unless another activation is given (GeGLU's GELU). */
-export function mlp(w: Weights, prefix: string, activation?: (x: MxArray) => MxArray) {
+export function mlp(w: Weights, prefix: string, activation?: (x: MxArray) => MxArray): FeedForward {
   const gateUp = fusedLinear(w, [`${prefix}.gate_proj`, `${prefix}.up_proj`]);
   const down = summedOverShards(w, linear(w, `${prefix}.down_proj`));
-  return (x: MxArray) => {
+  const forward = (x: MxArray) => {
     const [gate, up] = gateUp(x) as [MxArray, MxArray];
     return down(activation ? mx.multiply(activation(gate), up) : mx.fast.siluMul(gate, up));
   };
+  if (activation || !gateUp.quantized || !down.quantized) return forward;
+  return Object.assign(forward, { swiglu: { gateUp: gateUp.quantized, down: down.quantized } });
 }
 
-export type FeedForward = (x: MxArray) => MxArray;
+export interface FeedForward {
+  (x: MxArray): MxArray;
+  /** The SwiGLU MLP's two quantized products, where the block may run as one fused op (mlpBlock). */
+  swiglu?: { gateUp: mx.fast.QuantizedWeights; down: mx.fast.QuantizedWeights };
+}
 
 /** A pre-norm block; the feed-forward layer is the SwiGLU MLP unless given (a mixture of experts). */
 export function block(
@@ -117,13 +159,18 @@ export function block(
   options: AttentionOptions = {},
   feedForward: FeedForward = mlp(w, `${prefix}.mlp`),
 ): Block {
-  const inputNorm = rmsNorm(w, `${prefix}.input_layernorm`, c.rmsNormEps);
+  const inputNorm = { weight: w.get(`${prefix}.input_layernorm.weight`), eps: c.rmsNormEps };
   const postNorm = rmsNorm(w, `${prefix}.post_attention_layernorm`, c.rmsNormEps);
-  const selfAttn = attention(w, `${prefix}.self_attn`, c, options);
-  return (x, mask, cache) => {
-    const h = mx.add(x, selfAttn(inputNorm(x), mask, cache));
-    return mx.add(h, feedForward(postNorm(h)));
-  };
+  const postNormWeight = w.get(`${prefix}.post_attention_layernorm.weight`);
+  const selfAttn = attention(w, `${prefix}.self_attn`, c, options, inputNorm);
+  const { swiglu } = feedForward;
+  // The MLP half as one op (norm, products, activation, residual): a handful of graph nodes
+  // fewer per layer. Adapters update the products separately, so not while one is selected.
+  const mlpHalf = (h: MxArray) =>
+    swiglu && !w.lora.adapting
+      ? mx.fast.mlpBlock(h, postNormWeight, c.rmsNormEps, swiglu.gateUp, swiglu.down)
+      : mx.add(h, feedForward(postNorm(h)));
+  return (x, mask, cache) => mlpHalf(selfAttn(x, mask, cache));
 }
 
 /**

@@ -119,6 +119,11 @@ export class LoraLayers {
     }
   }
 
+  /** Whether the running forward pass adapts any layer (fused ops that skip `apply` must not run). */
+  get adapting(): boolean {
+    return this.#selection !== undefined;
+  }
+
   /** `project`, with the selected adapters' update of layer `prefix` added. */
   wrap(prefix: string, project: (x: MxArray) => MxArray): (x: MxArray) => MxArray {
     return (x) => this.apply(prefix, x, project(x));

@@ -3,7 +3,11 @@ import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { RopeScaling } from "./config";
 
-export type Rope = (x: MxArray, offset: number | MxArray) => MxArray;
+export interface Rope {
+  (x: MxArray, offset: number | MxArray): MxArray;
+  /** Its settings but the offset, where it is one plain rotation (fused ops can run it themselves). */
+  settings?: Omit<mx.fast.RopeOptions, "offset">;
+}
 
 export interface RopeParams {
   dims: number;
@@ -20,8 +24,15 @@ export function initializeRope(p: RopeParams): Rope {
   if (p.freqs) return withFreqs(p.dims, p.traditional, mx.keep(p.freqs));
   const type = p.scaling?.type ?? "default";
   if (type === "default" || type === "linear") {
-    const scale = type === "linear" ? 1 / p.scaling!.factor : 1;
-    return (x, offset) => mx.fast.rope(x, { dims: p.dims, traditional: p.traditional, base: p.base, scale, offset });
+    const settings = {
+      dims: p.dims,
+      traditional: p.traditional,
+      base: p.base,
+      scale: type === "linear" ? 1 / p.scaling!.factor : 1,
+    };
+    return Object.assign((x: MxArray, offset: number | MxArray) => mx.fast.rope(x, { ...settings, offset }), {
+      settings,
+    });
   }
   if (type === "llama3") return withFreqs(p.dims, p.traditional, llama3Freqs(p.dims, p.base, p.scaling!));
   if (type === "longrope" || type === "su") return suScaled(p);
@@ -91,7 +102,10 @@ function suScaled(p: RopeParams): Rope {
 }
 
 function withFreqs(dims: number, traditional: boolean, freqs: MxArray): Rope {
-  return (x, offset) => mx.fast.rope(x, { dims, traditional, scale: 1, offset, freqs });
+  const settings = { dims, traditional, scale: 1, freqs };
+  return Object.assign((x: MxArray, offset: number | MxArray) => mx.fast.rope(x, { ...settings, offset }), {
+    settings,
+  });
 }
 
 /** Llama 3's frequency-dependent stretch: long wavelengths scaled by `factor`, short ones kept, a smooth blend between. */

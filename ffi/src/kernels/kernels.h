@@ -81,6 +81,44 @@ mx::array logsumexp(const mx::array& x, const std::vector<int>& axes, bool keepd
 // silu(gate) * up as one primitive; MLX's ops (sigmoid, two multiplies) where it does not apply.
 mx::array silu_mul(const mx::array& gate, const mx::array& up);
 
+// An affine-quantized projection (transposed weights) as the fused blocks take it.
+struct QuantizedLinear {
+  mx::array weight, scales, biases;
+  int group, bits;
+};
+
+// h + down(silu(gate) · up), [gate, up] the two halves of gate_up(rms_norm(h, norm_weight)): the
+// MLP half of a pre-norm block, one primitive on our kernels (exactly their composition), MLX's
+// ops composed otherwise.
+mx::array mlp_block(const mx::array& h, const mx::array& norm_weight, float eps, const QuantizedLinear& gate_up,
+                    const QuantizedLinear& down);
+
+// The heads of attention's input projection: queries, then keys, then values, head_dim each.
+struct AttentionHeads {
+  int heads, kv_heads, head_dim;
+};
+
+// RoPE's settings, as kernels::rope takes them.
+struct Rotation {
+  int dims;
+  bool traditional;
+  std::optional<float> base;
+  float scale;
+  std::variant<int, mx::array> offset;
+  std::optional<mx::array> freqs;
+};
+
+// {queries [B, H, L, D] and keys [B, Hkv, L, D], rotated; values [B, Hkv, L, D]} of x [B, L, ·]:
+// rms_norm, the fused q/k/v product, the split into heads and RoPE, one primitive on our kernels
+// (exactly their composition), MLX's ops composed otherwise.
+std::vector<mx::array> attention_input(const mx::array& x, const mx::array& norm_weight, float eps,
+                                       const QuantizedLinear& qkv, const AttentionHeads& heads,
+                                       const Rotation& rotation);
+
+// x + o_proj(heads [B, H, L, D] back into rows [B, L, H·D]): attention's output and the block's
+// residual add, one primitive on our kernels (exactly their composition), MLX's ops otherwise.
+mx::array attention_output(const mx::array& x, const mx::array& heads, const QuantizedLinear& o_proj);
+
 // mx::matmul; with bfloat16/float16 operands on the CPU, converted to fp32 block by block and
 // multiplied by OpenBLAS (openblas/half_matmul.cpp) when it is built in.
 mx::array matmul(const mx::array& a, const mx::array& b);

@@ -1,6 +1,7 @@
 // The QuantizedMatmul primitive on the CPU: MLX's graph node for our kernels. Built like any
 // MLX op (lazy, evaluated on its stream's thread in order); the work is spread over our pool.
 #include "kernels.h"
+#include "bodies.h"
 
 #include <algorithm>
 #include <cmath>
@@ -175,6 +176,17 @@ bool supported(const mx::array& x, const mx::array& w, const mx::array& scales, 
 }
 
 }  // namespace
+
+void quantized_matmul_into(const mx::array& x, const mx::array& w, const mx::array& scales, const mx::array& biases,
+                           mx::array& out, int group, int bits) {
+  run(x, w, scales, biases, out, group, bits);
+}
+
+bool quantized_matmul_covers(const mx::array& x, const mx::array& w, const mx::array& scales,
+                             const std::optional<mx::array>& biases, bool transpose, int group, int bits,
+                             const std::string& mode) {
+  return supported(x, w, scales, biases, transpose, group, bits, mode);
+}
 
 // Off by default: it changes outputs by the activations' rounding (see quantized_matmul_vnni.cpp),
 // and greedy answers of the default model then differ from MLX's op (bench/RESULTS.md).

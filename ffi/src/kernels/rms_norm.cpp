@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "kernels.h"
+#include "bodies.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/primitives.h"
 #include "thread_pool.h"
@@ -42,6 +43,29 @@ void with_type(mx::Dtype t, F&& f) {
   else f(float{});
 }
 
+}  // namespace
+
+void rms_norm_into(const mx::array& x, const mx::array* weight, mx::array& out, float eps) {
+  const int dim = x.shape(-1);
+  const int rows = static_cast<int>(x.size() / dim);
+  with_type(x.dtype(), [&](auto xt) {
+    using X = decltype(xt);
+    with_type(out.dtype(), [&](auto ot) {
+      using Out = decltype(ot);
+      if (!weight) {
+        normalize<X, float, Out>(x.data<X>(), nullptr, out.data<Out>(), rows, dim, eps);
+        return;
+      }
+      with_type(weight->dtype(), [&](auto wt) {
+        using W = decltype(wt);
+        normalize<X, W, Out>(x.data<X>(), weight->data<W>(), out.data<Out>(), rows, dim, eps);
+      });
+    });
+  });
+}
+
+namespace {
+
 class RmsNorm : public mx::UnaryPrimitive {
  public:
   RmsNorm(mx::Stream stream, float eps) : mx::UnaryPrimitive(stream), eps_(eps) {}
@@ -54,23 +78,7 @@ class RmsNorm : public mx::UnaryPrimitive {
     std::vector<mx::array> contiguous;
     for (const auto& in : inputs) contiguous.push_back(row_contiguous(in, stream()));
     encoder.dispatch([inputs = std::move(contiguous), out = out, eps = eps_]() mutable {
-      const mx::array& x = inputs[0];
-      const int dim = x.shape(-1);
-      const int rows = static_cast<int>(x.size() / dim);
-      with_type(x.dtype(), [&](auto xt) {
-        using X = decltype(xt);
-        with_type(out.dtype(), [&](auto ot) {
-          using Out = decltype(ot);
-          if (inputs.size() == 1) {
-            normalize<X, float, Out>(x.data<X>(), nullptr, out.data<Out>(), rows, dim, eps);
-            return;
-          }
-          with_type(inputs[1].dtype(), [&](auto wt) {
-            using W = decltype(wt);
-            normalize<X, W, Out>(x.data<X>(), inputs[1].data<W>(), out.data<Out>(), rows, dim, eps);
-          });
-        });
-      });
+      rms_norm_into(inputs[0], inputs.size() > 1 ? &inputs[1] : nullptr, out, eps);
     });
   }
 

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kernels.h"
+#include "bodies.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/primitives.h"
 #include "thread_pool.h"
@@ -14,30 +15,20 @@
 namespace kernels {
 namespace {
 
-struct RopeSpec {
-  int dims;
-  bool traditional;
-  float base;  // when there are no frequencies
-  float scale;
-  int offset;  // when there is no offset array
-  bool offset_array, freqs;
-};
-
 template <typename T>
-void rotate(const std::vector<mx::array>& inputs, mx::array& out, const RopeSpec& spec) {
-  const mx::array& x = inputs[0];
-  const int B = x.shape(0), H = x.shape(1), L = x.shape(2), D = x.shape(3), half = spec.dims / 2;
-  const auto& stride = x.strides();
+void rotate(const T* in, const mx::Shape& shape, const mx::Strides& stride, const RopeSpec& spec,
+            const mx::array* offset_array, const mx::array* freqs, T* dst) {
+  const int B = shape[0], H = shape[1], L = shape[2], D = shape[3], half = spec.dims / 2;
   // Per batch row: the position of its first row (one offset, or one per row of the batch).
-  const int offsets = spec.offset_array ? static_cast<int>(inputs[1].size()) : 1;
+  const int offsets = offset_array ? static_cast<int>(offset_array->size()) : 1;
   // cos/sin of position x frequency, shared by every head: [offsets][L][half].
   std::vector<float> inv_freq(half), cosines(size_t(offsets) * L * half), sines(cosines.size());
   const float log_step = static_cast<float>(std::log(spec.base) / half);
   for (int i = 0; i < half; ++i) {
-    inv_freq[i] = spec.freqs ? 1.0f / inputs.back().data<float>()[i] : std::exp(-static_cast<float>(i) * log_step);
+    inv_freq[i] = freqs ? 1.0f / freqs->data<float>()[i] : std::exp(-static_cast<float>(i) * log_step);
   }
   for (int o = 0; o < offsets; ++o) {
-    const int first = spec.offset_array ? inputs[1].data<int32_t>()[o] : spec.offset;
+    const int first = offset_array ? offset_array->data<int32_t>()[o] : spec.offset;
     for (int l = 0; l < L; ++l) {
       const float position = static_cast<float>(first + l) * spec.scale;
       for (int i = 0; i < half; ++i) {
@@ -47,8 +38,6 @@ void rotate(const std::vector<mx::array>& inputs, mx::array& out, const RopeSpec
       }
     }
   }
-  const T* in = x.data<T>();
-  T* dst = out.data<T>();
   // Feature pairs: (i, i + half) for the rotate-half layout, (2i, 2i + 1) for the traditional one.
   const int pair = spec.traditional ? 1 : half, step = spec.traditional ? 2 : 1;
   parallel_for(B * H, [&](int task, int) {
@@ -70,6 +59,21 @@ void rotate(const std::vector<mx::array>& inputs, mx::array& out, const RopeSpec
   });
 }
 
+}  // namespace
+
+void rope_into(const void* data, const mx::Shape& shape, const mx::Strides& strides, const RopeSpec& spec,
+               const mx::array* offsets, const mx::array* freqs, mx::array& out) {
+  if (out.dtype() == mx::float16) {
+    rotate(static_cast<const mx::float16_t*>(data), shape, strides, spec, offsets, freqs, out.data<mx::float16_t>());
+  } else if (out.dtype() == mx::bfloat16) {
+    rotate(static_cast<const mx::bfloat16_t*>(data), shape, strides, spec, offsets, freqs, out.data<mx::bfloat16_t>());
+  } else {
+    rotate(static_cast<const float*>(data), shape, strides, spec, offsets, freqs, out.data<float>());
+  }
+}
+
+namespace {
+
 class Rope : public mx::UnaryPrimitive {
  public:
   Rope(mx::Stream stream, RopeSpec spec) : mx::UnaryPrimitive(stream), spec_(spec) {}
@@ -80,9 +84,9 @@ class Rope : public mx::UnaryPrimitive {
     for (const auto& in : inputs) encoder.set_input_array(in);
     encoder.set_output_array(out);
     encoder.dispatch([inputs = inputs, out = out, spec = spec_]() mutable {
-      if (out.dtype() == mx::float16) rotate<mx::float16_t>(inputs, out, spec);
-      else if (out.dtype() == mx::bfloat16) rotate<mx::bfloat16_t>(inputs, out, spec);
-      else rotate<float>(inputs, out, spec);
+      const mx::array& x = inputs[0];
+      rope_into(x.data<void>(), x.shape(), x.strides(), spec, spec.offset_array ? &inputs[1] : nullptr,
+                spec.freqs ? &inputs.back() : nullptr, out);
     });
   }
 
@@ -107,15 +111,20 @@ class Rope : public mx::UnaryPrimitive {
 
 }  // namespace
 
+bool rope_covers(const mx::array& x, int dims, const std::optional<float>& base,
+                 const std::variant<int, mx::array>& offset, const std::optional<mx::array>& freqs) {
+  const auto* offset_array = std::get_if<mx::array>(&offset);
+  return x.ndim() == 4 && x.size() > 0 && float_type(x.dtype()) && dims > 0 && dims % 2 == 0 && dims <= x.shape(3) &&
+         (freqs ? freqs->ndim() == 1 && freqs->shape(0) == dims / 2 : base.has_value()) &&
+         (!offset_array || offset_array->size() == 1 ||
+          (offset_array->ndim() == 1 && offset_array->shape(0) == x.shape(0)));
+}
+
 mx::array rope(const mx::array& x, int dims, bool traditional, std::optional<float> base, float scale,
                const std::variant<int, mx::array>& offset, const std::optional<mx::array>& freqs) {
   mx::Stream stream = mx::default_stream(mx::default_device());
   const auto* offset_array = std::get_if<mx::array>(&offset);
-  const bool float_x = x.dtype() == mx::float32 || x.dtype() == mx::float16 || x.dtype() == mx::bfloat16;
-  const bool supported = x.ndim() == 4 && x.size() > 0 && float_x && dims > 0 && dims % 2 == 0 && dims <= x.shape(3) &&
-                         (freqs ? freqs->ndim() == 1 && freqs->shape(0) == dims / 2 : base.has_value()) &&
-                         (!offset_array || offset_array->size() == 1 ||
-                          (offset_array->ndim() == 1 && offset_array->shape(0) == x.shape(0)));
+  const bool supported = rope_covers(x, dims, base, offset, freqs);
   if (!enabled_on(stream) || !supported) {
     if (offset_array) return mx::fast::rope(x, dims, traditional, base, scale, *offset_array, freqs);
     return mx::fast::rope(x, dims, traditional, base, scale, std::get<int>(offset), freqs);

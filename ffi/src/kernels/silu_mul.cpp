@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "kernels.h"
+#include "bodies.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/primitives.h"
 #include "thread_pool.h"
@@ -27,24 +28,41 @@ int64_t row_start(const mx::array& a, int64_t r) {
   return at;
 }
 
-template <typename T>
-void activate(const mx::array& gate, const mx::array& up, mx::array& out) {
-  const int width = out.shape(-1);
-  const int rows = static_cast<int>(out.size() / width);
-  const int64_t gate_step = gate.strides().back(), up_step = up.strides().back();
-  const T *g = gate.data<T>(), *u = up.data<T>();
-  T* o = out.data<T>();
+// out[r, i] = silu(g[r, i]) * u[r, i] over `rows` rows of `width`, where row r of g starts at
+// g + g_row(r) and its elements are g_step apart (likewise u).
+template <typename T, typename GateRow, typename UpRow>
+void activate_rows(const T* g, GateRow g_row, int64_t g_step, const T* u, UpRow u_row, int64_t u_step, T* o, int rows,
+                   int width) {
   parallel_for((rows + kRowsPerTask - 1) / kRowsPerTask, [&](int task, int) {
     for (int r = task * kRowsPerTask; r < std::min(rows, (task + 1) * kRowsPerTask); ++r) {
-      const T* gr = g + row_start(gate, r);
-      const T* ur = u + row_start(up, r);
+      const T* gr = g + g_row(r);
+      const T* ur = u + u_row(r);
       T* orow = o + size_t(r) * width;
       for (int i = 0; i < width; ++i) {
-        const float x = static_cast<float>(gr[i * gate_step]);
-        orow[i] = static_cast<T>(x / (1.0f + std::exp(-x)) * static_cast<float>(ur[i * up_step]));
+        const float x = static_cast<float>(gr[i * g_step]);
+        orow[i] = static_cast<T>(x / (1.0f + std::exp(-x)) * static_cast<float>(ur[i * u_step]));
       }
     }
   });
+}
+
+template <typename T>
+void activate(const mx::array& gate, const mx::array& up, mx::array& out) {
+  const int width = out.shape(-1);
+  activate_rows(
+      gate.data<T>(), [&](int64_t r) { return row_start(gate, r); }, gate.strides().back(), up.data<T>(),
+      [&](int64_t r) { return row_start(up, r); }, up.strides().back(), out.data<T>(),
+      static_cast<int>(out.size() / width), width);
+}
+
+// The gate's half and the up half of each row of `halves` (row-contiguous), as the fused MLP's
+// product leaves them.
+template <typename T>
+void activate_halves(const mx::array& halves, mx::array& out) {
+  const int width = out.shape(-1);
+  const auto row = [width](int64_t r) { return r * 2 * width; };
+  const T* g = halves.data<T>();
+  activate_rows(g, row, 1, g + width, row, 1, out.data<T>(), static_cast<int>(out.size() / width), width);
 }
 
 class SiluMul : public mx::UnaryPrimitive {
@@ -75,6 +93,12 @@ class SiluMul : public mx::UnaryPrimitive {
 };
 
 }  // namespace
+
+void silu_mul_halves_into(const mx::array& halves, mx::array& out) {
+  if (out.dtype() == mx::float16) activate_halves<mx::float16_t>(halves, out);
+  else if (out.dtype() == mx::bfloat16) activate_halves<mx::bfloat16_t>(halves, out);
+  else activate_halves<float>(halves, out);
+}
 
 mx::array silu_mul(const mx::array& gate, const mx::array& up) {
   mx::Stream stream = mx::default_stream(mx::default_device());

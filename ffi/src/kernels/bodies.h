@@ -1,0 +1,63 @@
+// The work of some of our primitives, as their tasks run it on the stream's thread (inputs
+// evaluated and row-contiguous, outputs allocated): fused primitives chain these in one task
+// instead of one graph node each (mlp_block.cpp).
+#pragma once
+
+#include <optional>
+#include <string>
+#include <variant>
+
+#include "mlx/mlx.h"
+
+namespace kernels {
+
+namespace mx = mlx::core;
+
+// An evaluated array on a fresh buffer: an intermediate of a fused primitive.
+inline mx::array scratch_array(mx::Shape shape, mx::Dtype type) {
+  size_t n = 1;
+  for (int d : shape) n *= d;
+  return mx::array(mx::allocator::malloc(n * mx::size_of(type)), std::move(shape), type);
+}
+
+// out = rms_norm(x, weight) (no weight: 1s); out has x's shape.
+void rms_norm_into(const mx::array& x, const mx::array* weight, mx::array& out, float eps);
+
+// out = x · dequantize(w)ᵀ, affine (quantized_matmul_covers holds for the layout).
+void quantized_matmul_into(const mx::array& x, const mx::array& w, const mx::array& scales, const mx::array& biases,
+                           mx::array& out, int group, int bits);
+
+// Whether our quantized matmul takes this layout (else kernels::quantized_matmul builds MLX's op).
+bool quantized_matmul_covers(const mx::array& x, const mx::array& w, const mx::array& scales,
+                             const std::optional<mx::array>& biases, bool transpose, int group, int bits,
+                             const std::string& mode);
+
+// out[..., i] = silu(halves[..., i]) · halves[..., width + i], width = out.shape(-1): the gate's
+// half and the up half of a fused gate/up product's rows.
+void silu_mul_halves_into(const mx::array& halves, mx::array& out);
+
+// out = a + b, all three of one float type and shape (out may be b): a block's residual add, as
+// MLX's add rounds it.
+void add_into(const mx::array& a, const mx::array& b, mx::array& out);
+
+// A rotation's settings, as the Rope primitive keeps them.
+struct RopeSpec {
+  int dims;
+  bool traditional;
+  float base;  // when there are no frequencies
+  float scale;
+  int offset;  // when there is no offset array
+  bool offset_array, freqs;
+};
+
+// out [B, H, L, D] (row-contiguous) = rope(x), x of out's type read from `data` as `shape`
+// [B, H, L, D] through `strides` (elements); offsets (int32, one per batch row or one) and freqs
+// (float32) when the spec says so.
+// Whether our RoPE takes x [B, H, L, D] with these settings (else kernels::rope builds MLX's op).
+bool rope_covers(const mx::array& x, int dims, const std::optional<float>& base,
+                 const std::variant<int, mx::array>& offset, const std::optional<mx::array>& freqs);
+
+void rope_into(const void* data, const mx::Shape& shape, const mx::Strides& strides, const RopeSpec& spec,
+               const mx::array* offsets, const mx::array* freqs, mx::array& out);
+
+}  // namespace kernels

@@ -1,0 +1,134 @@
+// The MLP half of a pre-norm block, h + down(silu(gate) · up) with [gate, up] =
+// gate_up(rms_norm(h)), as one primitive. Composed, it is seven graph nodes per layer (norm,
+// product, two slices, SiLU·mul, product, add), each evaluated on its own and handed to the
+// stream's thread; here one task runs the same kernels back to back, with the same arithmetic
+// and the same rounding of every intermediate, so the result is the composition's.
+#include <memory>
+#include <vector>
+
+#include "bodies.h"
+#include "kernels.h"
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/primitives.h"
+
+namespace kernels {
+namespace {
+
+// The composition's intermediates, as our kernels (or MLX's ops) build them.
+struct Composition {
+  mx::array normed, gate_up, activated, projected, out;
+};
+
+Composition compose(const mx::array& h, const mx::array& norm_weight, float eps, const QuantizedLinear& gate_up,
+                    const QuantizedLinear& down) {
+  mx::array normed = rms_norm(h, norm_weight, eps);
+  mx::array both = quantized_matmul(normed, gate_up.weight, gate_up.scales, gate_up.biases, true, gate_up.group,
+                                    gate_up.bits, "affine");
+  const int width = both.shape(-1) / 2;
+  mx::Shape start(both.ndim(), 0), middle = both.shape();
+  middle.back() = width;
+  mx::Shape up_start = start;
+  up_start.back() = width;
+  mx::array activated = silu_mul(mx::slice(both, start, middle), mx::slice(both, up_start, both.shape()));
+  mx::array projected =
+      quantized_matmul(activated, down.weight, down.scales, down.biases, true, down.group, down.bits, "affine");
+  mx::array out = mx::add(h, projected);
+  return {normed, both, activated, projected, out};
+}
+
+struct MlpSpec {
+  float eps;
+  int gate_up_group, gate_up_bits, down_group, down_bits;
+  mx::Dtype normed, hidden;  // the norm's output type; the products' and the activation's
+};
+
+mx::Shape with_last(mx::Shape shape, int last) {
+  shape.back() = last;
+  return shape;
+}
+
+// inputs: h, the norm's weight, gate_up's weight, scales, biases, down's weight, scales, biases.
+void run(const std::vector<mx::array>& in, mx::array& out, const MlpSpec& spec) {
+  const mx::array& h = in[0];
+  mx::array normed = scratch_array(h.shape(), spec.normed);
+  rms_norm_into(h, &in[1], normed, spec.eps);
+  mx::array both = scratch_array(with_last(h.shape(), in[2].shape(0)), spec.hidden);
+  quantized_matmul_into(normed, in[2], in[3], in[4], both, spec.gate_up_group, spec.gate_up_bits);
+  mx::array activated = scratch_array(with_last(h.shape(), in[2].shape(0) / 2), spec.hidden);
+  silu_mul_halves_into(both, activated);
+  // The down product lands in out, then h is added to it in place (h, the product and out
+  // share one type: see mlp_block).
+  quantized_matmul_into(activated, in[5], in[6], in[7], out, spec.down_group, spec.down_bits);
+  add_into(h, out, out);
+}
+
+class MlpBlock : public mx::UnaryPrimitive {
+ public:
+  MlpBlock(mx::Stream stream, MlpSpec spec) : mx::UnaryPrimitive(stream), spec_(spec) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    for (const auto& in : inputs) encoder.set_input_array(in);
+    encoder.set_output_array(out);
+    std::vector<mx::array> contiguous;
+    for (const auto& in : inputs) contiguous.push_back(row_contiguous(in, stream()));
+    encoder.dispatch([inputs = std::move(contiguous), out = out, spec = spec_]() mutable { run(inputs, out, spec); });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("[kernels::MlpBlock] CPU only: built for CPU streams");
+  }
+
+  const char* name() const override { return "kernels::MlpBlock"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    const MlpSpec& o = static_cast<const MlpBlock&>(other).spec_;
+    return spec_.eps == o.eps && spec_.gate_up_group == o.gate_up_group && spec_.gate_up_bits == o.gate_up_bits &&
+           spec_.down_group == o.down_group && spec_.down_bits == o.down_bits && spec_.normed == o.normed &&
+           spec_.hidden == o.hidden;
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override { return {inputs[0].shape()}; }
+
+ private:
+  MlpSpec spec_;
+};
+
+template <typename T>
+void add(const mx::array& a, const mx::array& b, mx::array& out) {
+  const T *x = a.data<T>(), *y = b.data<T>();
+  T* o = out.data<T>();
+  for (size_t i = 0; i < out.size(); ++i) o[i] = static_cast<T>(static_cast<float>(x[i]) + static_cast<float>(y[i]));
+}
+
+}  // namespace
+
+void add_into(const mx::array& a, const mx::array& b, mx::array& out) {
+  if (out.dtype() == mx::float16) add<mx::float16_t>(a, b, out);
+  else if (out.dtype() == mx::bfloat16) add<mx::bfloat16_t>(a, b, out);
+  else add<float>(a, b, out);
+}
+
+mx::array mlp_block(const mx::array& h, const mx::array& norm_weight, float eps, const QuantizedLinear& gate_up,
+                    const QuantizedLinear& down) {
+  // Built first in any case: it checks the arguments and gives every intermediate's type.
+  const Composition c = compose(h, norm_weight, eps, gate_up, down);
+  mx::Stream stream = mx::default_stream(mx::default_device());
+  const bool supported =
+      h.ndim() >= 1 && h.size() > 0 && float_type(h.dtype()) && norm_weight.ndim() == 1 &&
+      norm_weight.shape(0) == h.shape(-1) && float_type(norm_weight.dtype()) && gate_up.weight.shape(0) % 2 == 0 &&
+      quantized_matmul_covers(c.normed, gate_up.weight, gate_up.scales, gate_up.biases, true, gate_up.group,
+                              gate_up.bits, "affine") &&
+      quantized_matmul_covers(c.activated, down.weight, down.scales, down.biases, true, down.group, down.bits,
+                              "affine") &&
+      c.activated.dtype() == c.gate_up.dtype() && c.projected.dtype() == h.dtype() && c.out.dtype() == h.dtype() &&
+      c.out.shape() == h.shape();
+  if (!enabled_on(stream) || !supported) return c.out;
+  const MlpSpec spec{eps, gate_up.group, gate_up.bits, down.group, down.bits, c.normed.dtype(), c.gate_up.dtype()};
+  return mx::array(h.shape(), h.dtype(), std::make_shared<MlpBlock>(stream, spec),
+                   {h, norm_weight, gate_up.weight, gate_up.scales, gate_up.biases, down.weight, down.scales,
+                    down.biases});
+}
+
+}  // namespace kernels

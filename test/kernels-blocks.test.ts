@@ -1,0 +1,252 @@
+// Our fused block primitives (ffi/src/kernels/mlp_block.cpp, attention_input.cpp) against the composition of the
+// ops they replace: identical with our kernels (same kernels, same rounding of every
+// intermediate), within tolerance of MLX's own ops, and MLX's ops where ours do not apply.
+import { describe, expect, test } from "bun:test";
+import * as mx from "../src/mlx";
+import { relativeError, withMlxKernels } from "./helpers/kernels";
+
+const normal = (shape: number[], dtype: mx.DtypeCode = mx.Dtype.float32) =>
+  mx.keep(mx.astype(mx.random.normal(shape), dtype));
+
+/** A random [outputs, inputs] projection, affine-quantized. */
+function projection(
+  outputs: number,
+  inputs: number,
+  quant: mx.QuantSpec,
+  dtype: mx.DtypeCode,
+): mx.fast.QuantizedWeights {
+  const q = mx.quantize(mx.multiply(normal([outputs, inputs], dtype), 0.05), quant);
+  const [weight, scales, biases] = [q.weight, q.scales, q.biases!].map((t) => mx.keep(t));
+  mx.evaluate(weight!, scales!, biases!);
+  return { weight: weight!, scales: scales!, biases: biases!, quant };
+}
+
+/** The MLP half of a block as the model composed it before the fused op. */
+function composed(h: mx.MxArray, norm: mx.MxArray, eps: number, p: ReturnType<typeof mlpCase>): mx.MxArray {
+  const { gateUp, down } = p;
+  const both = mx.quantizedMatmul(
+    mx.fast.rmsNorm(h, norm, eps),
+    gateUp.weight,
+    gateUp.scales,
+    gateUp.biases,
+    gateUp.quant,
+  );
+  const width = both.shape.at(-1)! / 2;
+  const lead = both.shape.slice(0, -1);
+  const half = (start: number) => mx.slice(both, [...lead.map(() => 0), start], [...lead, start + width]);
+  const activated = mx.fast.siluMul(half(0), half(width));
+  return mx.add(h, mx.quantizedMatmul(activated, down.weight, down.scales, down.biases, down.quant));
+}
+
+function mlpCase(dim: number, hidden: number, gateUp: mx.QuantSpec, down: mx.QuantSpec, dtype: mx.DtypeCode) {
+  return {
+    norm: normal([dim], dtype),
+    gateUp: projection(2 * hidden, dim, gateUp, dtype),
+    down: projection(dim, hidden, down, dtype),
+  };
+}
+
+const fused = (h: mx.MxArray, p: ReturnType<typeof mlpCase>, eps = 1e-5) =>
+  mx.fast.mlpBlock(h, p.norm, eps, p.gateUp, p.down);
+
+describe("fused MLP block", () => {
+  mx.random.seed(21);
+
+  test("identical to the composition on our kernels; one row and many, odd sizes, 4 and 8 bits", () => {
+    for (const [rows, dim, hidden, gateUp, down] of [
+      [1, 576, 1536, { groupSize: 32, bits: 4 }, { groupSize: 32, bits: 4 }],
+      [3, 96, 160, { groupSize: 32, bits: 4 }, { groupSize: 32, bits: 8 }],
+      [17, 128, 320, { groupSize: 64, bits: 8 }, { groupSize: 64, bits: 4 }],
+      [40, 256, 128, { groupSize: 128, bits: 4 }, { groupSize: 128, bits: 4 }],
+    ] as const) {
+      const p = mlpCase(dim, hidden, gateUp, down, mx.Dtype.float32);
+      const h = normal([1, rows, dim]);
+      mx.scope(() => {
+        const [ours, reference] = [fused(h, p), composed(h, p.norm, 1e-5, p)];
+        expect(ours.shape).toEqual([1, rows, dim]);
+        expect(ours.dtype).toBe(mx.Dtype.float32);
+        expect(mx.max(mx.abs(mx.subtract(ours, reference))).item()).toBe(0);
+        // And MLX's own ops (its quantized matmul sums in another order).
+        expect(
+          relativeError(
+            ours,
+            withMlxKernels(() => fused(h, p)),
+          ),
+        ).toBeLessThan(1e-4);
+      });
+    }
+  });
+
+  test("bfloat16 activations and weights: every intermediate rounded as the composition rounds it", () => {
+    const p = mlpCase(192, 224, { groupSize: 64, bits: 4 }, { groupSize: 32, bits: 4 }, mx.Dtype.bfloat16);
+    for (const rows of [1, 9]) {
+      const h = normal([2, rows, 192], mx.Dtype.bfloat16);
+      mx.scope(() => {
+        const ours = fused(h, p);
+        expect(ours.dtype).toBe(mx.Dtype.bfloat16);
+        expect(mx.max(mx.abs(mx.subtract(ours, composed(h, p.norm, 1e-5, p)))).item()).toBe(0);
+        expect(
+          relativeError(
+            ours,
+            withMlxKernels(() => fused(h, p)),
+          ),
+        ).toBeLessThan(2e-2);
+      });
+    }
+  });
+
+  test("a strided (transposed) input", () => {
+    const p = mlpCase(64, 96, { groupSize: 32, bits: 4 }, { groupSize: 32, bits: 4 }, mx.Dtype.float32);
+    const x = normal([64, 5, 1]);
+    const h = () => mx.transpose(x, [2, 1, 0]);
+    mx.scope(() => {
+      expect(mx.max(mx.abs(mx.subtract(fused(h(), p), composed(h(), p.norm, 1e-5, p)))).item()).toBe(0);
+    });
+  });
+
+  test("with MLX's kernels, MLX's ops composed; a norm weight of the wrong width refused as MLX refuses it", () => {
+    const p = mlpCase(64, 96, { groupSize: 32, bits: 4 }, { groupSize: 32, bits: 4 }, mx.Dtype.float32);
+    const h = normal([1, 2, 64]);
+    const off = withMlxKernels(() => fused(h, p));
+    mx.scope(() => expect(mx.max(mx.abs(mx.subtract(off, composed(h, p.norm, 1e-5, p)))).item()).toBeLessThan(1e-3));
+    expect(() => mx.scope(() => mx.fast.mlpBlock(h, normal([63]), 1e-5, p.gateUp, p.down))).toThrow();
+  });
+});
+
+/** Attention's input as the model composed it before the fused op. */
+function composedInput(
+  x: mx.MxArray,
+  norm: mx.MxArray,
+  qkv: mx.fast.QuantizedWeights,
+  shape: mx.fast.AttentionHeads,
+  rotation: mx.fast.RopeOptions,
+): mx.MxArray[] {
+  const all = mx.quantizedMatmul(mx.fast.rmsNorm(x, norm, 1e-5), qkv.weight, qkv.scales, qkv.biases, qkv.quant);
+  const [b, l] = x.shape as [number, number];
+  const queries = shape.heads * shape.headDim;
+  const keys = shape.kvHeads * shape.headDim;
+  const heads = (start: number, stop: number, n: number) =>
+    mx.transpose(mx.reshape(mx.slice(all, [0, 0, start], [b, l, stop]), [b, l, n, -1]), [0, 2, 1, 3]);
+  return [
+    mx.fast.rope(heads(0, queries, shape.heads), rotation),
+    mx.fast.rope(heads(queries, queries + keys, shape.kvHeads), rotation),
+    heads(queries + keys, all.shape[2]!, shape.kvHeads),
+  ];
+}
+
+describe("fused attention input", () => {
+  mx.random.seed(22);
+
+  const inputCase = (dim: number, shape: mx.fast.AttentionHeads, quant: mx.QuantSpec, dtype: mx.DtypeCode) => ({
+    norm: normal([dim], dtype),
+    qkv: projection((shape.heads + 2 * shape.kvHeads) * shape.headDim, dim, quant, dtype),
+  });
+
+  function expectSame(ours: mx.MxArray[], reference: mx.MxArray[]) {
+    expect(ours.map((t) => t.shape)).toEqual(reference.map((t) => t.shape));
+    for (const [i, t] of ours.entries()) {
+      expect(t.dtype).toBe(reference[i]!.dtype);
+      expect(mx.max(mx.abs(mx.subtract(t, reference[i]!))).item()).toBe(0);
+    }
+  }
+
+  test("identical to the composition on our kernels: decode and prefill rows, grouped heads, partial rotation", () => {
+    for (const [batch, rows, dim, shape, dims, offset] of [
+      [1, 1, 576, { heads: 9, kvHeads: 3, headDim: 64 }, 64, 40],
+      [2, 3, 96, { heads: 3, kvHeads: 1, headDim: 32 }, 16, 0],
+      [1, 17, 128, { heads: 4, kvHeads: 4, headDim: 48 }, 48, 1999],
+    ] as const) {
+      const p = inputCase(dim, shape, { groupSize: 32, bits: 4 }, mx.Dtype.float32);
+      const x = normal([batch, rows, dim]);
+      for (const traditional of [false, true]) {
+        const rotation = { dims, traditional, base: 10000, scale: 1, offset };
+        mx.scope(() => {
+          const ours = mx.fast.attentionInput(x, p.norm, 1e-5, p.qkv, shape, rotation);
+          expectSame(ours, composedInput(x, p.norm, p.qkv, shape, rotation));
+          const theirs = withMlxKernels(() =>
+            mx.concatenate(mx.fast.attentionInput(x, p.norm, 1e-5, p.qkv, shape, rotation), 1),
+          );
+          expect(relativeError(mx.concatenate(ours, 1), theirs)).toBeLessThan(1e-3);
+        });
+      }
+    }
+  });
+
+  test("bfloat16, 8 bits, precomputed frequencies and one offset per batch row", () => {
+    const shape = { heads: 2, kvHeads: 1, headDim: 64 };
+    const p = inputCase(128, shape, { groupSize: 64, bits: 8 }, mx.Dtype.bfloat16);
+    const freqs = mx.keep(mx.power(10000, mx.divide(mx.arange(0, 64, 2, mx.Dtype.float32), 64)));
+    const offset = mx.keep(mx.array(Int32Array.from([0, 37, 512])));
+    const x = normal([3, 2, 128], mx.Dtype.bfloat16);
+    const rotation = { dims: 64, traditional: false, scale: 1, offset, freqs };
+    mx.scope(() => {
+      const ours = mx.fast.attentionInput(x, p.norm, 1e-5, p.qkv, shape, rotation);
+      expectSame(ours, composedInput(x, p.norm, p.qkv, shape, rotation));
+    });
+  });
+
+  test("with MLX's kernels, MLX's ops composed; a projection of the wrong width refused", () => {
+    const shape = { heads: 2, kvHeads: 1, headDim: 32 };
+    const p = inputCase(64, shape, { groupSize: 32, bits: 4 }, mx.Dtype.float32);
+    const x = normal([1, 2, 64]);
+    const rotation = { dims: 32, traditional: false, base: 10000, scale: 1, offset: 5 };
+    const off = withMlxKernels(() =>
+      mx.concatenate(mx.fast.attentionInput(x, p.norm, 1e-5, p.qkv, shape, rotation), 1),
+    );
+    const composed = withMlxKernels(() => mx.concatenate(composedInput(x, p.norm, p.qkv, shape, rotation), 1));
+    mx.scope(() => expect(mx.max(mx.abs(mx.subtract(off, composed))).item()).toBe(0));
+    expect(() =>
+      mx.scope(() => mx.fast.attentionInput(x, p.norm, 1e-5, p.qkv, { heads: 3, kvHeads: 1, headDim: 32 }, rotation)),
+    ).toThrow();
+  });
+});
+
+describe("fused attention output", () => {
+  mx.random.seed(23);
+
+  /** x + oProj(heads back into rows), as the model composed it before the fused op. */
+  function composedOutput(x: mx.MxArray, heads: mx.MxArray, oProj: mx.fast.QuantizedWeights): mx.MxArray {
+    const [b, , l] = heads.shape as [number, number, number];
+    const rows = mx.reshape(mx.transpose(heads, [0, 2, 1, 3]), [b, l, -1]);
+    return mx.add(x, mx.quantizedMatmul(rows, oProj.weight, oProj.scales, oProj.biases, oProj.quant));
+  }
+
+  test("identical to the composition on our kernels: one row, many rows and heads, bfloat16", () => {
+    for (const [batch, heads, rows, dim, dtype] of [
+      [1, 9, 1, 576, mx.Dtype.float32],
+      [2, 3, 5, 96, mx.Dtype.float32],
+      [1, 4, 17, 160, mx.Dtype.bfloat16],
+    ] as const) {
+      const oProj = projection(dim, heads * 32, { groupSize: 32, bits: 4 }, dtype);
+      const [x, attended] = [normal([batch, rows, dim], dtype), normal([batch, heads, rows, 32], dtype)];
+      mx.scope(() => {
+        const ours = mx.fast.attentionOutput(x, attended, oProj);
+        expect(ours.shape).toEqual([batch, rows, dim]);
+        expect(ours.dtype).toBe(dtype);
+        expect(mx.max(mx.abs(mx.subtract(ours, composedOutput(x, attended, oProj)))).item()).toBe(0);
+        const tolerance = dtype === mx.Dtype.bfloat16 ? 2e-2 : 1e-4;
+        expect(
+          relativeError(
+            ours,
+            withMlxKernels(() => mx.fast.attentionOutput(x, attended, oProj)),
+          ),
+        ).toBeLessThan(tolerance);
+      });
+    }
+  });
+
+  test("a strided input (heads transposed in place) and a refused shape", () => {
+    const oProj = projection(64, 64, { groupSize: 32, bits: 8 }, mx.Dtype.float32);
+    const x = normal([1, 3, 64]);
+    const attended = normal([1, 3, 2, 32]);
+    const heads = () => mx.transpose(attended, [0, 2, 1, 3]);
+    mx.scope(() => {
+      expect(
+        mx
+          .max(mx.abs(mx.subtract(mx.fast.attentionOutput(x, heads(), oProj), composedOutput(x, heads(), oProj))))
+          .item(),
+      ).toBe(0);
+    });
+    expect(() => mx.scope(() => mx.fast.attentionOutput(x, normal([1, 3, 64]), oProj))).toThrow();
+  });
+});
