@@ -3,10 +3,9 @@
 // hidden states (and heartbeats) back to rank 0.
 import * as mx from "../../mlx";
 import type { MxArray } from "../../mlx";
-import type { KvQuantization } from "../../models/cache";
 import { cacheState, type DecoderModel } from "../../models/model";
 import type { Stage } from "../../models/stage";
-import { CacheSets } from "./cache-sets";
+import { CacheSets, type CacheOptions } from "./cache-sets";
 import {
   decodeHeader,
   encodeHeader,
@@ -24,7 +23,7 @@ export interface StageOptions {
   rank: number;
   size: number;
   stage: Stage;
-  kvQuantization?: KvQuantization;
+  caches: CacheOptions;
   peerTimeoutMs: number;
 }
 
@@ -33,7 +32,7 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
   const previous = o.rank - 1;
   const last = o.rank === o.size - 1;
   const next = last ? 0 : o.rank + 1;
-  const sets = new CacheSets(model, o.kvQuantization);
+  const sets = new CacheSets(model, o.caches);
   const figures: StageFigures = { computeMs: 0, waitMs: 0, sentBytes: 0, tokens: 0 };
   const seconds = Math.round(o.peerTimeoutMs / 1000);
   const silence = `error: rank ${o.rank}: no word from rank ${previous} for ${seconds} s (--peer-timeout); stopping`;
@@ -83,7 +82,7 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
           figures.computeMs += performance.now() - started;
           figures.tokens += h.rows * h.length;
           if (!last) passOn(h, out);
-          else if (h.flags & Flag.decode) send([out]);
+          else if (h.flags & (Flag.decode | Flag.whole)) send([out]);
           return false;
         }
         case Op.extend:
@@ -98,6 +97,24 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
         }
         case Op.release:
           sets.release(h.set);
+          passOn(h);
+          return false;
+        case Op.rollback: {
+          const counts = receive([h.rows], mx.Dtype.int32);
+          sets.rollback(h.set, counts.toArray());
+          passOn(h, counts);
+          return false;
+        }
+        case Op.savePrefix:
+          sets.savePrefix(h.entry, h.set, h.rows, h.width, h.length);
+          passOn(h);
+          return false;
+        case Op.restorePrefix:
+          sets.restorePrefix(h.entry, h.set, h.length, h.width);
+          passOn(h);
+          return false;
+        case Op.dropPrefix:
+          sets.dropPrefix(h.entry);
           passOn(h);
           return false;
         case Op.heartbeat: {
