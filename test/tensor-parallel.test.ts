@@ -56,6 +56,24 @@ describe("mlx launch -n 2 -- run --tensor-parallel", () => {
     }
   }, 120_000);
 
+  test("the prefix cache (chat's turns), prompt lookup and a rotating cache: the same tokens", async () => {
+    // Each turn starts from the last one's keys and values on both ranks.
+    const turns = "Hello\nWhat is 2+2?\nAnd 3+3?\n";
+    const chat = ["chat", "-m", tiny, "--max-tokens", "8"];
+    const alone = await mlx(chat, turns);
+    const split = await mlx(["launch", "-n", "2", "--", ...chat, "--tensor-parallel"], turns);
+    expect(split.code).toBe(0);
+    expect(split.stdout).toBe(alone.stdout);
+    for (const flags of [["--prompt-lookup"], ["--max-kv-size", "24"]]) {
+      const prompt = ["run", "-m", tiny, "--json", "--temp", "0", "--max-tokens", "32", ...flags, "one two one two one"];
+      const one = await mlx(prompt);
+      expect(one.code).toBe(0);
+      const two = await mlx(["launch", "-n", "2", "--", ...prompt, "--tensor-parallel"]);
+      expect(two.stderr).toBe("");
+      expect(tokenIds(two.stdout)).toEqual(tokenIds(one.stdout));
+    }
+  }, 120_000);
+
   test("what does not split is refused in one line", async () => {
     // The tiny model has 2 key-value heads: 3 ranks cannot each hold one.
     const heads = await mlx(["launch", "-n", "3", "--", "run", "-m", tiny, "--tensor-parallel", "hi"]);
