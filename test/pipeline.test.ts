@@ -13,7 +13,8 @@ import { readHostfile } from "../src/cmd/launch-plan";
 import { parseLayers, splitLayers } from "../src/engine/pipeline";
 import { cliRunner, mainScript } from "./helpers/cli";
 import { eventually, serve } from "./helpers/serve";
-import { writeTinyModel } from "./helpers/tiny-model";
+import { lastLayers, writeRandomAdapter } from "./helpers/random-adapter";
+import { tinyDims, writeTinyModel } from "./helpers/tiny-model";
 
 const home = process.env.MLX_HOME ?? join(import.meta.dir, "..", ".cache", "mlx-home");
 const mlx = cliRunner(home);
@@ -123,6 +124,11 @@ describe("mlx launch -- run", () => {
     expect(refused.code).not.toBe(0);
     expect(refused.stderr).toContain(
       "a prompt cache file (--prompt-cache, --prompt-cache-dir) cannot be used yet on a model split across processes",
+    );
+    const sliced = await launch(["-n", "2"], ["run", "-m", tiny, "--tensor-parallel", "--adapter", dir, "hi"]);
+    expect(sliced.code).not.toBe(0);
+    expect(sliced.stderr).toContain(
+      "an adapter with --tensor-parallel cannot be used yet on a model split across processes",
     );
   }, 60_000);
 
@@ -281,6 +287,55 @@ describe("mlx launch -- serve", () => {
     const server = await launchServe(3);
     try {
       expect(await answers(server.url)).toEqual(expected);
+    } finally {
+      server.proc.kill("SIGTERM");
+    }
+    expect(await server.proc.exited).toBe(0);
+  }, 120_000);
+
+  test("adapters: run --adapter, and serve with rows of the base and of an adapter in one batch, as one process", async () => {
+    const { hidden, heads, headDim, intermediate } = tinyDims;
+    const adapter = join(dir, "adapter");
+    // Layers 2-4: on both ranks of either split.
+    writeRandomAdapter(adapter, {
+      layers: lastLayers(5, 3, {
+        "self_attn.q_proj": [hidden, heads * headDim],
+        "mlp.down_proj": [intermediate, hidden],
+      }),
+      seed: 1,
+      strength: 0.5,
+    });
+    const run = ["run", "-m", tiny, "--json", "--temp", "0", "--max-tokens", "12", "--adapter", adapter, "Hello"];
+    const alone = await mlx(run);
+    expect(alone.code).toBe(0);
+    const split = await launch(["-n", "2"], [...run, "--layers", "0-2,3-4"]);
+    expect(split.stderr).toBe("");
+    expect(JSON.parse(split.stdout).token_ids).toEqual(JSON.parse(alone.stdout).token_ids);
+
+    const requests = [tiny, "tuned", tiny, "tuned"].map((model, i) => ({
+      model,
+      prompt: i < 2 ? "Once upon a time" : "The weather",
+      max_tokens: 10,
+      temperature: 0,
+    }));
+    const one = serve({ adapters: new Map([["tuned", { base: tiny, dir: adapter }]]) });
+    let expected: string[];
+    try {
+      const client = new OpenAI({ baseURL: `${one.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
+      expected = [];
+      for (const r of requests) expected.push((await client.completions.create(r)).choices[0]!.text);
+    } finally {
+      await one.stop();
+    }
+    // The adapter changes the answer.
+    expect(expected[1]).not.toBe(expected[0]);
+    const server = await launchServe(3, ["--adapter", `tuned=${adapter}`]);
+    try {
+      const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
+      const together = await Promise.all(
+        requests.map(async (r) => (await client.completions.create(r)).choices[0]!.text),
+      );
+      expect(together).toEqual(expected);
     } finally {
       server.proc.kill("SIGTERM");
     }

@@ -38,7 +38,7 @@ export async function openModel(
     pipeline,
   }: OpenOptions = {},
 ): Promise<LoadedModel> {
-  if (pipeline) refuseOnPipeline({ adapter });
+  if (pipeline) refuseOnPipeline({ adapter, tensorParallel: pipeline.tensorParallel });
   const path = await resolveModelPath(spec);
   const started = performance.now();
   let lm: LoadedModel;
@@ -76,9 +76,9 @@ export async function openModel(
 }
 
 /** What does not work yet on a model split across processes: each rank would need its share of it. */
-export function refuseOnPipeline(o: { adapter?: unknown; promptCache?: unknown }): void {
+export function refuseOnPipeline(o: { adapter?: unknown; promptCache?: unknown; tensorParallel?: boolean }): void {
   const used = [
-    o.adapter !== undefined && "an adapter",
+    o.adapter !== undefined && o.tensorParallel && "an adapter with --tensor-parallel",
     o.promptCache !== undefined && "a prompt cache file (--prompt-cache, --prompt-cache-dir)",
   ].filter(Boolean);
   if (used.length > 0)

@@ -130,6 +130,7 @@ export default defineCommand({
         refuseOnPipeline({
           adapter: adapters.size > 0 ? adapters : undefined,
           promptCache: args["prompt-cache-dir"],
+          tensorParallel: pipeline.tensorParallel,
         });
         // A rank after the first holds layers and serves no HTTP: it returns only to exit.
         if (pipeline.rank) await openModel(args.model, { kvQuantization, maxKvSize, pipeline });

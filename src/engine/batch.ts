@@ -183,9 +183,6 @@ export class BatchGenerator {
 
   add(id: string, request: SequenceRequest): void {
     if (request.promptIds.length === 0) throw new Error("empty prompt: nothing to generate from");
-    // Only this process's layers would carry the adapter: the other ranks hold none.
-    if (this.model.remote && request.adapter)
-      throw new UnsupportedError("an adapter cannot be used yet on a model split across processes");
     const keys = randomKeys(request.sampling.seed);
     this.#waiting.push({
       id,

@@ -66,6 +66,8 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
   layers(h: MxArray, caches: AttentionCache[]): MxArray {
     const out = this.local.layers(h, caches, this.stage.start, this.stage.end);
     const [rows, length, width] = out.shape as [number, number, number];
+    const adapters = this.lora?.selectedIds;
+    if (adapters) this.post({ op: Op.adapters, rows }, () => mx.array(Int32Array.from(adapters)));
     const decode = this.isBatch(caches);
     const whole = this.isWhole(caches);
     const sent = this.#send(

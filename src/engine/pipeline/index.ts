@@ -57,7 +57,7 @@ export function openPipeline(path: string, spec: PipelineSpec, caches: CacheOpti
   if (rank > 0) {
     try {
       if (tensorParallel) serveShard(lm.model, { rank, caches, peerTimeoutMs });
-      else serveStage(lm.model, { rank, size, stage, caches, peerTimeoutMs });
+      else serveStage(lm.model, { rank, size, stage, caches, lora: lm.weights.lora, peerTimeoutMs });
     } finally {
       lm.free();
     }
@@ -66,6 +66,7 @@ export function openPipeline(path: string, spec: PipelineSpec, caches: CacheOpti
   const front = tensorParallel
     ? new TensorParallelFront(lm.model, lm.config, size, peerTimeoutMs)
     : new PipelineFront(lm.model, size, stage, peerTimeoutMs, spec.microBatches);
+  front.mirrorAdapters(lm.weights.lora);
   process.once("exit", () => {
     try {
       front.shutdown();

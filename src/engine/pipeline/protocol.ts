@@ -29,6 +29,12 @@ export const Op = {
   dropPrefix: 9,
   /** Batch caches `set` take back the last counts[b] positions of each of their `rows` rows (payload: int32 counts). */
   rollback: 10,
+  /** Adapter `entry` is loaded from the directory whose path is the payload (`rows` bytes of UTF-8): each rank its layers' share. */
+  loadAdapter: 11,
+  /** Adapter `entry` is unloaded. */
+  freeAdapter: 12,
+  /** The next forward pass adapts each of its `rows` rows by the adapter the payload names (int32 ids, 0: none). */
+  adapters: 13,
 } as const;
 export type OpCode = (typeof Op)[keyof typeof Op];
 

@@ -5,6 +5,7 @@
 import * as mx from "../../mlx";
 import type { MxArray } from "../../mlx";
 import type { AttentionCache, KVCache } from "../../models/cache";
+import type { Adapter, AdapterMirror, LoraLayers } from "../../models/lora";
 import type { DecoderModel, RemoteLayers } from "../../models/model";
 import { Op, type Header } from "./protocol";
 
@@ -12,7 +13,7 @@ const { distributed } = mx;
 
 export type MessageFields = Partial<Header> & Pick<Header, "op">;
 
-export abstract class RankZeroFront implements RemoteLayers {
+export abstract class RankZeroFront implements RemoteLayers, AdapterMirror {
   readonly remote = this;
   readonly #ids = new WeakMap<KVCache[] | AttentionCache[], number>();
   readonly #batches = new WeakSet<KVCache[]>();
@@ -20,6 +21,8 @@ export abstract class RankZeroFront implements RemoteLayers {
   #nextSet = 1;
   readonly #timer: ReturnType<typeof setInterval>;
   protected closed = false;
+  /** This process's adaptable layers: a forward pass tells the other ranks each row's adapter. */
+  protected lora?: LoraLayers;
 
   abstract readonly microBatches: number;
   abstract arrive(): void;
@@ -80,6 +83,21 @@ export abstract class RankZeroFront implements RemoteLayers {
 
   dropPrefix(entry: number): void {
     this.post({ op: Op.dropPrefix, entry });
+  }
+
+  /** The other ranks load (and unload) their layers' share of every adapter this one does. */
+  mirrorAdapters(lora: LoraLayers): void {
+    this.lora = lora;
+    lora.mirror = this;
+  }
+
+  adapterLoaded(adapter: Adapter): void {
+    const path = new TextEncoder().encode(adapter.path);
+    this.post({ op: Op.loadAdapter, entry: adapter.id, rows: path.length }, () => mx.array(path));
+  }
+
+  adapterFreed(adapter: Adapter): void {
+    this.post({ op: Op.freeAdapter, entry: adapter.id });
   }
 
   wholePass(caches: KVCache[]): void {

@@ -4,6 +4,7 @@
 import * as mx from "../../mlx";
 import type { MxArray } from "../../mlx";
 import { cacheState, type DecoderModel } from "../../models/model";
+import { loadAdapter, type Adapter, type LoraLayers } from "../../models/lora";
 import type { Stage } from "../../models/stage";
 import { CacheSets, type CacheOptions } from "./cache-sets";
 import {
@@ -24,6 +25,8 @@ export interface StageOptions {
   size: number;
   stage: Stage;
   caches: CacheOptions;
+  /** This rank's adaptable layers: it loads its share of the adapters rank 0 loads. */
+  lora: LoraLayers;
   peerTimeoutMs: number;
 }
 
@@ -37,6 +40,9 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
   const seconds = Math.round(o.peerTimeoutMs / 1000);
   const silence = `error: rank ${o.rank}: no word from rank ${previous} for ${seconds} s (--peer-timeout); stopping`;
   let expected = 0;
+  const adapters = new Map<number, Adapter>();
+  /** The next forward pass's adapter per row (Op.adapters). */
+  let adapted: (Adapter | undefined)[] | undefined;
 
   // Waits on the previous rank, under the watchdog.
   const receive = (shape: number[], dtype: mx.DtypeCode): MxArray => {
@@ -77,7 +83,9 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
           const hidden = receive([h.rows, h.length, h.width], h.dtype);
           const started = performance.now();
           const caches = sets.of(h.set, (h.flags & Flag.decode) !== 0);
-          const out = model.layers(hidden, caches, o.stage.start, o.stage.end);
+          const forward = () => model.layers(hidden, caches, o.stage.start, o.stage.end);
+          const out = adapted ? o.lora.run(adapted, forward) : forward();
+          adapted = undefined;
           mx.evaluate(out, ...cacheState(caches));
           figures.computeMs += performance.now() - started;
           figures.tokens += h.rows * h.length;
@@ -109,6 +117,23 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
           sets.savePrefix(h.entry, h.set, h.rows, h.width, h.length);
           passOn(h);
           return false;
+        case Op.loadAdapter: {
+          const path = receive([h.rows], mx.Dtype.uint8);
+          adapters.set(h.entry, loadAdapter(new TextDecoder().decode(Uint8Array.from(path.toArray())), o.lora));
+          passOn(h, path);
+          return false;
+        }
+        case Op.freeAdapter:
+          adapters.get(h.entry)?.free();
+          adapters.delete(h.entry);
+          passOn(h);
+          return false;
+        case Op.adapters: {
+          const ids = receive([h.rows], mx.Dtype.int32);
+          adapted = ids.toArray().map((id) => adapters.get(id));
+          passOn(h, ids);
+          return false;
+        }
         case Op.restorePrefix:
           sets.restorePrefix(h.entry, h.set, h.length, h.width);
           passOn(h);
@@ -138,4 +163,5 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
     if (stop) break;
   }
   sets.free();
+  for (const adapter of adapters.values()) adapter.free();
 }

@@ -9,6 +9,7 @@ import type { MxArray } from "../../mlx";
 import type { AttentionCache, KVCache } from "../../models/cache";
 import type { ModelConfig } from "../../models/config";
 import { cacheState, type DecoderModel } from "../../models/model";
+import { UnsupportedError } from "../../errors";
 import { CacheSets, type CacheOptions } from "./cache-sets";
 import type { PipelineFigures } from "./front";
 import { decodeHeader, encodeHeader, Flag, headerInts, headerOf, Op } from "./protocol";
@@ -73,6 +74,13 @@ export class TensorParallelFront extends RankZeroFront implements DecoderModel {
       lost: this.#lost,
     };
   }
+
+  /** Every rank's slice of every layer would need its slice of the adapter's matrices too. */
+  adapterLoaded(): void {
+    throw new UnsupportedError("an adapter cannot be used yet with --tensor-parallel");
+  }
+
+  adapterFreed(): void {}
 
   protected heartbeat(): void {
     this.post({ op: Op.heartbeat });
