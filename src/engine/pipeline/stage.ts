@@ -117,6 +117,14 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
           sets.savePrefix(h.entry, h.set, h.rows, h.width, h.length);
           passOn(h);
           return false;
+        case Op.restorePrefix:
+          sets.restorePrefix(h.entry, h.set, h.length, h.width);
+          passOn(h);
+          return false;
+        case Op.dropPrefix:
+          sets.dropPrefix(h.entry);
+          passOn(h);
+          return false;
         case Op.loadAdapter: {
           const path = receive([h.rows], mx.Dtype.uint8);
           adapters.set(h.entry, loadAdapter(new TextDecoder().decode(Uint8Array.from(path.toArray())), o.lora));
@@ -134,14 +142,6 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
           passOn(h, ids);
           return false;
         }
-        case Op.restorePrefix:
-          sets.restorePrefix(h.entry, h.set, h.length, h.width);
-          passOn(h);
-          return false;
-        case Op.dropPrefix:
-          sets.dropPrefix(h.entry);
-          passOn(h);
-          return false;
         case Op.heartbeat: {
           const table = receive([h.rows, h.width], mx.Dtype.float32);
           const row = mx.array(
