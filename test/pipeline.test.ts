@@ -13,18 +13,23 @@ import { readHostfile } from "../src/cmd/launch-plan";
 import { parseLayers, splitLayers } from "../src/engine/pipeline";
 import { cliRunner, mainScript } from "./helpers/cli";
 import { eventually, serve } from "./helpers/serve";
-import { writeTinyModel } from "./helpers/tiny-model";
+import { lastLayers, writeRandomAdapter } from "./helpers/random-adapter";
+import { tinyDims, writeTinyModel } from "./helpers/tiny-model";
 
 const home = process.env.MLX_HOME ?? join(import.meta.dir, "..", ".cache", "mlx-home");
 const mlx = cliRunner(home);
 let dir: string;
 let tiny: string;
+/** Heads of 32 values: a quantized KV cache's smallest group. */
+let wide: string;
 
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), "mlx-pipeline-"));
   tiny = join(dir, "tiny5");
   // An odd number of layers: no split is even.
   writeTinyModel(tiny, { layers: 5, seed: 5 });
+  wide = join(dir, "wide3");
+  writeTinyModel(wide, { layers: 3, seed: 3, headDim: 32 });
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -71,10 +76,11 @@ describe("mlx launch -- run", () => {
   }, 120_000);
 
   test("chat and bench work under launch; chat reads stdin on rank 0 and answers as alone", async () => {
-    const turns = "Hello\nWhat is 2+2?\n";
+    // Each turn starts from the last turn's keys and values on every rank (a prefix cache of one entry).
+    const turns = "Hello\nWhat is 2+2?\nAnd 3+3?\n";
     const chat = ["chat", "-m", tiny, "--max-tokens", "8"];
     const alone = await mlx(chat, turns);
-    const split = await mlx(["launch", "-n", "2", "--", ...chat], turns);
+    const split = await mlx(["launch", "-n", "3", "--", ...chat], turns);
     expect(split.code).toBe(0);
     expect(split.stdout).toBe(alone.stdout);
     const bench = await launch(["-n", "2"], ["bench", "-m", tiny, "-n", "1", "-p", "32", "-g", "8"]);
@@ -112,11 +118,54 @@ describe("mlx launch -- run", () => {
   }, 60_000);
 
   test("what a split model cannot do yet is a one-line error, not a wrong answer", async () => {
-    const lookup = await launch(["-n", "2"], ["run", "-m", tiny, "--prompt-lookup", "--max-kv-size", "64", "hi"]);
-    expect(lookup.code).not.toBe(0);
-    expect(lookup.stderr).toContain(
-      "a rotating KV cache (--max-kv-size), speculative decoding cannot be used yet on a model split across processes",
+    const file = join(dir, "prompt.safetensors");
+    writeFileSync(file, "");
+    const refused = await launch(["-n", "2"], ["run", "-m", tiny, "--prompt-cache", file, "hi"]);
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toContain(
+      "a prompt cache file (--prompt-cache, --prompt-cache-dir) cannot be used yet on a model split across processes",
     );
+    const sliced = await launch(["-n", "2"], ["run", "-m", tiny, "--tensor-parallel", "--adapter", dir, "hi"]);
+    expect(sliced.code).not.toBe(0);
+    expect(sliced.stderr).toContain(
+      "an adapter with --tensor-parallel cannot be used yet on a model split across processes",
+    );
+  }, 60_000);
+
+  test("--kv-bits 8|4, --max-kv-size (a rotating cache) and --prompt-lookup: the single process's greedy tokens", async () => {
+    // Repeats itself, so prompt lookup finds drafts; longer than the rotating cache, so it rotates.
+    const words = "one two three four one two three four one two three";
+    const run = ["run", "-m", wide, "--json", "--temp", "0", "--max-tokens", "40"];
+    for (const flags of [
+      ["--kv-bits", "8", "--kv-group-size", "32"],
+      ["--kv-bits", "4", "--kv-group-size", "32", "--max-kv-size", "24"],
+      ["--max-kv-size", "24"],
+      ["--prompt-lookup"],
+      ["--draft-model", tiny],
+    ]) {
+      const alone = await mlx([...run, ...flags, words]);
+      expect(alone.code).toBe(0);
+      const split = await launch(["-n", "2"], [...run, ...flags, words]);
+      expect(split.stderr).toBe("");
+      expect(JSON.parse(split.stdout).token_ids).toEqual(JSON.parse(alone.stdout).token_ids);
+    }
+    // The target verified drafts, and took back the same rejected ones, on both ranks.
+    const bench = ["bench", "-m", wide, "--prompt-lookup", "-n", "1", "-p", "0", "-g", "24"];
+    const accepted = (stdout: string) => /(\d+)\/(\d+) \(\d+%\) prompt-lookup/.exec(stdout)?.slice(1);
+    const alone = accepted((await mlx(bench)).stdout);
+    expect(Number(alone![1])).toBeGreaterThan(0);
+    expect(accepted((await launch(["-n", "2"], bench)).stdout)).toEqual(alone);
+  }, 180_000);
+
+  test("Gemma 3 (sliding-window layers and global ones on each rank) splits: the single process's tokens", async () => {
+    const gemma = join(dir, "gemma4");
+    writeTinyModel(gemma, { modelType: "gemma3_text", layers: 4, seed: 4 });
+    const run = ["run", "-m", gemma, "--json", "--temp", "0", "--max-tokens", "16", "one two three four five six"];
+    const alone = await mlx(run);
+    expect(alone.code).toBe(0);
+    const split = await launch(["-n", "2"], [...run, "--layers", "0-1,2-3"]);
+    expect(split.stderr).toBe("");
+    expect(JSON.parse(split.stdout).token_ids).toEqual(JSON.parse(alone.stdout).token_ids);
   }, 60_000);
 
   test("a rank started by hand whose model is missing fails at start, clearly", async () => {
@@ -129,9 +178,9 @@ describe("mlx launch -- run", () => {
 });
 
 /** A launched `serve`: its URL, its stderr so far, and its ranks' process ids by rank. */
-async function launchServe(n: number, extra: string[] = []) {
+async function launchServe(n: number, extra: string[] = [], model = tiny) {
   const proc = Bun.spawn(
-    [process.execPath, mainScript, "launch", "-n", String(n), "--", "serve", "--port", "0", "-m", tiny, ...extra],
+    [process.execPath, mainScript, "launch", "-n", String(n), "--", "serve", "--port", "0", "-m", model, ...extra],
     { stdout: "pipe", stderr: "pipe", env: { ...process.env, MLX_HOME: home, NO_COLOR: "1" } },
   );
   let stderr = "";
@@ -203,6 +252,94 @@ describe("mlx launch -- serve", () => {
     }
     expect(await server.proc.exited).toBe(0);
     expect(server.ranks().size).toBe(0);
+  }, 120_000);
+
+  test("the prefix cache (a request sharing a long system prompt reuses every rank's keys and values for it) and embeddings", async () => {
+    const system = "You are a careful assistant who answers briefly and exactly. ".repeat(6);
+    const requests = ["What is 2+2?", "Name a color.", "What is 2+2?"].map((question) => ({
+      model: tiny,
+      messages: [
+        { role: "system" as const, content: system },
+        { role: "user" as const, content: question },
+      ],
+      max_tokens: 12,
+      temperature: 0,
+    }));
+    const answers = async (url: string) => {
+      const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
+      const out: { text: string | null; cached: number | undefined }[] = [];
+      for (const r of requests) {
+        const a = await client.chat.completions.create(r);
+        out.push({ text: a.choices[0]!.message.content, cached: a.usage!.prompt_tokens_details?.cached_tokens });
+      }
+      const vectors = await client.embeddings.create({ model: tiny, input: ["hello there", "a dog"] });
+      return { out, embeddings: vectors.data.map((d) => d.embedding) };
+    };
+    const alone = serve();
+    let expected: Awaited<ReturnType<typeof answers>>;
+    try {
+      expected = await answers(alone.url);
+    } finally {
+      await alone.stop();
+    }
+    // Past the system prompt's tokens (the template's too).
+    expect(expected.out[1]!.cached).toBeGreaterThan(60);
+    const server = await launchServe(3);
+    try {
+      expect(await answers(server.url)).toEqual(expected);
+    } finally {
+      server.proc.kill("SIGTERM");
+    }
+    expect(await server.proc.exited).toBe(0);
+  }, 120_000);
+
+  test("adapters: run --adapter, and serve with rows of the base and of an adapter in one batch, as one process", async () => {
+    const { hidden, heads, headDim, intermediate } = tinyDims;
+    const adapter = join(dir, "adapter");
+    // Layers 2-4: on both ranks of either split.
+    writeRandomAdapter(adapter, {
+      layers: lastLayers(5, 3, {
+        "self_attn.q_proj": [hidden, heads * headDim],
+        "mlp.down_proj": [intermediate, hidden],
+      }),
+      seed: 1,
+      strength: 0.5,
+    });
+    const run = ["run", "-m", tiny, "--json", "--temp", "0", "--max-tokens", "12", "--adapter", adapter, "Hello"];
+    const alone = await mlx(run);
+    expect(alone.code).toBe(0);
+    const split = await launch(["-n", "2"], [...run, "--layers", "0-2,3-4"]);
+    expect(split.stderr).toBe("");
+    expect(JSON.parse(split.stdout).token_ids).toEqual(JSON.parse(alone.stdout).token_ids);
+
+    const requests = [tiny, "tuned", tiny, "tuned"].map((model, i) => ({
+      model,
+      prompt: i < 2 ? "Once upon a time" : "The weather",
+      max_tokens: 10,
+      temperature: 0,
+    }));
+    const one = serve({ adapters: new Map([["tuned", { base: tiny, dir: adapter }]]) });
+    let expected: string[];
+    try {
+      const client = new OpenAI({ baseURL: `${one.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
+      expected = [];
+      for (const r of requests) expected.push((await client.completions.create(r)).choices[0]!.text);
+    } finally {
+      await one.stop();
+    }
+    // The adapter changes the answer.
+    expect(expected[1]).not.toBe(expected[0]);
+    const server = await launchServe(3, ["--adapter", `tuned=${adapter}`]);
+    try {
+      const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
+      const together = await Promise.all(
+        requests.map(async (r) => (await client.completions.create(r)).choices[0]!.text),
+      );
+      expect(together).toEqual(expected);
+    } finally {
+      server.proc.kill("SIGTERM");
+    }
+    expect(await server.proc.exited).toBe(0);
   }, 120_000);
 
   test("concurrent streams: several micro-batches in flight on 3 ranks (one with --micro-batches 1), each stream as one process gives it alone", async () => {

@@ -12,6 +12,7 @@ import * as mx from "../src/mlx";
 import { readDirectoryTensors } from "../src/models/load";
 import { evenRange, shardTensors } from "../src/models/shard";
 import { cliRunner, mainScript } from "./helpers/cli";
+import { serve } from "./helpers/serve";
 import { tinyDims, writeTinyModel } from "./helpers/tiny-model";
 
 const home = process.env.MLX_HOME ?? join(import.meta.dir, "..", ".cache", "mlx-home");
@@ -53,6 +54,35 @@ describe("mlx launch -n 2 -- run --tensor-parallel", () => {
       const split = await mlx(["launch", "-n", "2", "--", ...prompt, "--tensor-parallel"]);
       expect(split.code).toBe(0);
       expect(tokenIds(split.stdout)).toEqual(tokenIds(alone.stdout));
+    }
+  }, 120_000);
+
+  test("the prefix cache (chat's turns), prompt lookup and a rotating cache: the same tokens", async () => {
+    // Each turn starts from the last one's keys and values on both ranks.
+    const turns = "Hello\nWhat is 2+2?\nAnd 3+3?\n";
+    const chat = ["chat", "-m", tiny, "--max-tokens", "8"];
+    const alone = await mlx(chat, turns);
+    const split = await mlx(["launch", "-n", "2", "--", ...chat, "--tensor-parallel"], turns);
+    expect(split.code).toBe(0);
+    expect(split.stdout).toBe(alone.stdout);
+    for (const flags of [["--prompt-lookup"], ["--max-kv-size", "24"]]) {
+      const prompt = [
+        "run",
+        "-m",
+        tiny,
+        "--json",
+        "--temp",
+        "0",
+        "--max-tokens",
+        "32",
+        ...flags,
+        "one two one two one",
+      ];
+      const one = await mlx(prompt);
+      expect(one.code).toBe(0);
+      const two = await mlx(["launch", "-n", "2", "--", ...prompt, "--tensor-parallel"]);
+      expect(two.stderr).toBe("");
+      expect(tokenIds(two.stdout)).toEqual(tokenIds(one.stdout));
     }
   }, 120_000);
 
@@ -176,6 +206,19 @@ describe("mlx launch -n 2 -- serve --tensor-parallel", () => {
         expect(a.usage!.completion_tokens).toBe(6 + 2 * i);
         expect(JSON.parse(alone[i]!.stdout).text.startsWith(a.choices[0]!.text)).toBe(true);
       });
+      // Embeddings: the whole model's hidden states, as one process pools them (sums in another order: close).
+      const embedding = async (c: OpenAI) =>
+        (await c.embeddings.create({ model: tiny, input: ["hello there"] })).data[0]!.embedding;
+      const one = serve();
+      let expected: number[];
+      try {
+        expected = await embedding(
+          new OpenAI({ baseURL: `${one.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 }),
+        );
+      } finally {
+        await one.stop();
+      }
+      (await embedding(client)).forEach((v, i) => expect(v).toBeCloseTo(expected[i]!, 4));
       const stats = (await (await fetch(`${url}/stats`)).json()) as any;
       expect(stats.models[0].pipeline.ranks).toBe(2);
       // Per token: the hidden states broadcast, and two float32 sums of 64 values in each of 3 layers.

@@ -38,13 +38,13 @@ export async function openModel(
     pipeline,
   }: OpenOptions = {},
 ): Promise<LoadedModel> {
-  if (pipeline) refuseOnPipeline({ maxKvSize, adapter, speculation });
+  if (pipeline) refuseOnPipeline({ adapter, tensorParallel: pipeline.tensorParallel });
   const path = await resolveModelPath(spec);
   const started = performance.now();
   let lm: LoadedModel;
   try {
     if (pipeline) {
-      const front = openPipeline(path, pipeline, kvQuantization);
+      const front = openPipeline(path, pipeline, { kvQuantization, maxKvSize });
       if (!front) process.exit(0);
       lm = front;
     } else lm = loadModel(path);
@@ -76,11 +76,10 @@ export async function openModel(
 }
 
 /** What does not work yet on a model split across processes: each rank would need its share of it. */
-export function refuseOnPipeline(o: { maxKvSize?: number; adapter?: unknown; speculation?: unknown }): void {
+export function refuseOnPipeline(o: { adapter?: unknown; promptCache?: unknown; tensorParallel?: boolean }): void {
   const used = [
-    o.maxKvSize !== undefined && "a rotating KV cache (--max-kv-size)",
-    o.adapter !== undefined && "an adapter",
-    o.speculation !== undefined && "speculative decoding",
+    o.adapter !== undefined && o.tensorParallel && "an adapter with --tensor-parallel",
+    o.promptCache !== undefined && "a prompt cache file (--prompt-cache, --prompt-cache-dir)",
   ].filter(Boolean);
   if (used.length > 0)
     throw new UnsupportedError(`${used.join(", ")} cannot be used yet on a model split across processes`);

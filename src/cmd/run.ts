@@ -3,7 +3,7 @@ import { defineCommand } from "citty";
 import { soloScheduler, streamCompletion, type CompletionResult } from "../engine/generate";
 import type { LoadedModel } from "../models/load";
 import { fail, setVerbose } from "./log";
-import { openModel } from "./open-model";
+import { openModel, refuseOnPipeline } from "./open-model";
 import {
   adapterArg,
   adapterFrom,
@@ -71,6 +71,7 @@ export default defineCommand({
       if (remote && args["prompt-cache"] !== undefined)
         throw new Error(`--prompt-cache needs a local model; '${args.model}' is served by a remote provider`);
       const pipeline = pipelineFrom(args);
+      if (pipeline) refuseOnPipeline({ promptCache: args["prompt-cache"] });
       const lm = remote
         ? undefined
         : await openModel(args.model, {

@@ -127,9 +127,13 @@ export default defineCommand({
       if (pipeline) {
         if (!args.model)
           throw new Error("serve with its model split across processes needs -m: the model the ranks hold");
-        refuseOnPipeline({ maxKvSize, adapter: adapters.size > 0 ? adapters : undefined, speculation });
+        refuseOnPipeline({
+          adapter: adapters.size > 0 ? adapters : undefined,
+          promptCache: args["prompt-cache-dir"],
+          tensorParallel: pipeline.tensorParallel,
+        });
         // A rank after the first holds layers and serves no HTTP: it returns only to exit.
-        if (pipeline.rank) await openModel(args.model, { kvQuantization, pipeline });
+        if (pipeline.rank) await openModel(args.model, { kvQuantization, maxKvSize, pipeline });
       }
       const server = startServer({
         host: args.host,

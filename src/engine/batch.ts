@@ -10,7 +10,7 @@ import type { KvQuantization } from "../models/cache";
 import type { Adapter } from "../models/lora";
 import { DEFAULT_KV_KEEP, RotatingKVCache } from "../models/rotating-cache";
 import { UnsupportedError } from "../errors";
-import type { PrefixCache } from "./prefix-cache";
+import { seedCaches, type PrefixCache } from "./prefix-cache";
 import { makeSampler, randomKeys, type LogitsProcessor, type SamplingParams } from "./sampling";
 import {
   freeDraft,
@@ -149,14 +149,17 @@ export class BatchGenerator {
         `a ${kv.bits}-bit KV cache needs the head size (${model.config.headDim}) to be a multiple of its group size (${kv.groupSize}); try --kv-group-size 32`,
       );
     }
-    // The prefix cache would hold only this process's layers of a model split across processes.
-    if (model.remote) this.options = { ...options, prefixCache: undefined };
-    if (model.remote && (options.speculation || options.maxKvSize !== undefined))
-      throw new UnsupportedError(
-        "speculative decoding and a rotating KV cache cannot be used yet on a model split across processes",
-      );
+    // Split across processes, the prefix cache holds this process's layers and each other
+    // process its own, told what to store, restore and evict; a file holds whole models only.
+    if (model.remote && options.prefixCache) {
+      if (options.prefixCache.disk)
+        throw new UnsupportedError("a prompt cache on disk cannot be used yet on a model split across processes");
+      options.prefixCache.mirror = model.remote;
+    }
     const { maxKvSize } = options;
-    this.#groups = Array.from({ length: model.remote?.microBatches ?? 1 }, () => ({
+    // A speculative step reads its tokens before the next goes out: one group, as alone.
+    const groups = options.speculation ? 1 : (model.remote?.microBatches ?? 1);
+    this.#groups = Array.from({ length: groups }, () => ({
       active: [],
       caches: Array.from({ length: model.numLayers }, () =>
         maxKvSize === undefined
@@ -180,9 +183,6 @@ export class BatchGenerator {
 
   add(id: string, request: SequenceRequest): void {
     if (request.promptIds.length === 0) throw new Error("empty prompt: nothing to generate from");
-    // Only this process's layers would carry the adapter: the other ranks hold none.
-    if (this.model.remote && request.adapter)
-      throw new UnsupportedError("an adapter cannot be used yet on a model split across processes");
     const keys = randomKeys(request.sampling.seed);
     this.#waiting.push({
       id,
@@ -333,9 +333,13 @@ export class BatchGenerator {
     const input = new Int32Array(batch.length * width);
     batch.forEach((s, b) => input.set([s.next, ...drafts[b]!.tokens], b * width));
     const logits = mx.scope(() =>
-      adapted(batch, () =>
-        this.model.head(this.model.layers(this.model.embed(mx.array(input, [batch.length, width])), group.caches)),
-      ),
+      adapted(batch, () => {
+        const hidden = this.model.layers(this.model.embed(mx.array(input, [batch.length, width])), group.caches);
+        const logits = this.model.head(hidden);
+        // Split across processes: the hidden states come back round the ranks first.
+        this.model.remote?.arrive();
+        return logits;
+      }),
     );
     const vocab = logits.shape[2]!;
     const verified = batch.map((s, b) =>
@@ -350,7 +354,9 @@ export class BatchGenerator {
     );
     logits.free();
     for (const d of drafts) d.probabilities?.free();
-    for (const c of group.caches) c.rollback(verified.map((v) => width - 1 - v.accepted));
+    const rejected = verified.map((v) => width - 1 - v.accepted);
+    for (const c of group.caches) c.rollback(rejected);
+    this.model.remote?.rollback(group.caches, rejected);
     const events: SequenceEvent[] = [];
     const finished: Sequence[] = [];
     batch.forEach((s, b) => {
@@ -446,12 +452,10 @@ export class BatchGenerator {
     });
     // Start from the longest stored prefix; the last prompt token is always computed anew.
     const match = this.options.prefixCache?.lookup(prompt, prompt.length - 1, namespace(sequence));
-    if (match)
-      caches.forEach((c, layer) => {
-        const [keys, values] = [match.keys[layer]!, match.values[layer]!];
-        if (c instanceof RotatingKVCache) c.seed(keys, values, match.length, match.dropped);
-        else c.seed(keys, values, match.length);
-      });
+    if (match) {
+      seedCaches(caches, match.keys, match.values, match.length, match.dropped);
+      this.model.remote?.restorePrefix(match.id, caches, match.length, match.dropped);
+    }
     this.options.onStart?.(sequence.id, match?.length ?? 0);
     return { sequence, caches, done: match?.length ?? 0 };
   }

@@ -3,7 +3,7 @@
 // last token), optionally cut to fewer dimensions (Matryoshka style), and L2-normalised. Runs
 // on the engine's thread between the scheduler's steps; each input is its own batch of one, so
 // no padding or masks can change a vector.
-import { ContextLengthError, InvalidParameterError, UnsupportedError } from "../errors";
+import { ContextLengthError, InvalidParameterError } from "../errors";
 import { freeCaches, hiddenStates, makeCaches } from "../models";
 import type { LoadedModel } from "../models/load";
 import { modelPooling, type Pooling } from "../models/pooling";
@@ -31,8 +31,6 @@ const poolings = new WeakMap<LoadedModel, Pooling>();
 
 export async function embed(lm: LoadedModel, inputs: EmbedInput[], o: EmbedOptions = {}): Promise<Embeddings> {
   const param = o.param ?? "input";
-  if (lm.model.remote)
-    throw new UnsupportedError("embeddings cannot be computed yet from a model split across processes");
   const width = lm.config.hiddenSize;
   if (o.dimensions !== undefined && !(Number.isInteger(o.dimensions) && o.dimensions >= 1 && o.dimensions <= width))
     throw new InvalidParameterError(`dimensions must be between 1 and the model's ${width}`, "dimensions");
@@ -64,6 +62,8 @@ function inputIds(lm: LoadedModel, input: EmbedInput, truncate: boolean, at: str
 /** One sequence's final hidden states, pooled to one vector. */
 function pooledHidden(lm: LoadedModel, ids: number[], pooling: Pooling): number[] {
   const caches = makeCaches(lm.model);
+  // Split across processes: the other ranks' layers run too, and their hidden states come back.
+  lm.model.remote?.wholePass(caches);
   try {
     return mx.scope(() => {
       const h = hiddenStates(lm.model, mx.array(Int32Array.from(ids), [1, ids.length]), caches);
@@ -80,6 +80,7 @@ function pooledHidden(lm: LoadedModel, ids: number[], pooling: Pooling): number[
       return mx.astype(pooled, mx.Dtype.float32).toArray();
     });
   } finally {
+    lm.model.remote?.release(caches);
     freeCaches(caches);
   }
 }

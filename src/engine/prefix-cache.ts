@@ -8,10 +8,14 @@
 import * as mx from "../mlx";
 import type { KVCache } from "../models";
 import type { Stored } from "../models/cache";
+import type { RemoteLayers } from "../models/model";
+import { RotatingKVCache } from "../models/rotating-cache";
 import type { DiskPrefixCache } from "./disk-prefix-cache";
 import type { PromptCacheEntry } from "./prompt-cache-file";
 
 interface Entry {
+  /** Its number, as the other processes of a split model know it. */
+  id: number;
   /** Whose keys and values these are: 0 for the base model, else an adapter's id. */
   namespace: number;
   tokens: number[];
@@ -31,6 +35,8 @@ interface TrieNode {
 }
 
 export interface PrefixMatch {
+  /** The entry's number (see Entry.id). */
+  id: number;
   length: number;
   keys: Stored[];
   values: Stored[];
@@ -42,6 +48,12 @@ export class PrefixCache {
   /** A trie per namespace: an adapter's keys and values differ from the base model's. */
   #roots = new Map<number, TrieNode>();
   #clock = 0;
+  #nextId = 1;
+  /**
+   * The processes holding the other layers of a model split across processes: each keeps its
+   * own layers' keys and values of every entry, stored and evicted when this cache says.
+   */
+  mirror?: Pick<RemoteLayers, "savePrefix" | "dropPrefix">;
   hits = 0;
   misses = 0;
   hitTokens = 0;
@@ -85,7 +97,7 @@ export class PrefixCache {
     entry.lastUsed = ++this.#clock;
     this.hits++;
     this.hitTokens += best.depth;
-    return { length: best.depth, keys: entry.keys, values: entry.values, dropped: entry.dropped };
+    return { id: entry.id, length: best.depth, keys: entry.keys, values: entry.values, dropped: entry.dropped };
   }
 
   /** A prefix longer than `atLeast` from disk, loaded into memory as an entry. */
@@ -108,7 +120,16 @@ export class PrefixCache {
     for (const t of arrays) mx.keep(t);
     const { tokens, dropped, keys, values } = loaded;
     const bytes = arrays.reduce((sum, t) => sum + t.nbytes, 0);
-    const entry: Entry = { namespace: 0, tokens, dropped, keys, values, bytes, lastUsed: ++this.#clock };
+    const entry: Entry = {
+      id: this.#nextId++,
+      namespace: 0,
+      tokens,
+      dropped,
+      keys,
+      values,
+      bytes,
+      lastUsed: ++this.#clock,
+    };
     this.#entries.push(entry);
     this.#index(entry);
     this.#evict();
@@ -122,23 +143,19 @@ export class PrefixCache {
   insert(tokens: number[], caches: KVCache[], row = 0, skip = 0, dropped = 0, namespace = 0): void {
     if (tokens.length === 0 || this.#covered(tokens, namespace)) return;
     const n = tokens.length - dropped;
-    const snapshot = (stored: Stored) =>
-      stored.map((t) =>
-        mx.keep(mx.scope(() => mx.contiguous(mx.slice(t, [row, 0, skip], [row + 1, t.shape[1]!, skip + n])))),
-      );
-    const keys = caches.map((c) => snapshot(c.keys!));
-    const values = caches.map((c) => snapshot(c.values!));
+    const { keys, values } = snapshotRow(caches, row, skip, n);
     const arrays = [...keys, ...values].flat();
-    mx.evaluate(...arrays);
     const bytes = arrays.reduce((sum, t) => sum + t.nbytes, 0);
     if (bytes > this.maxBytes) {
       if (namespace === 0) this.disk?.save({ tokens, dropped, keys, values });
       for (const t of arrays) t.free();
       return;
     }
-    const entry: Entry = { namespace, tokens: [...tokens], keys, values, dropped, bytes, lastUsed: ++this.#clock };
+    const id = this.#nextId++;
+    const entry: Entry = { id, namespace, tokens: [...tokens], keys, values, dropped, bytes, lastUsed: ++this.#clock };
     this.#entries.push(entry);
     this.#index(entry);
+    this.mirror?.savePrefix(id, caches, row, skip, n);
     this.#evict();
   }
 
@@ -179,6 +196,7 @@ export class PrefixCache {
       total -= victim.bytes;
       if (victim.namespace === 0) this.disk?.save(victim);
       for (const t of [...victim.keys, ...victim.values].flat()) t.free();
+      this.mirror?.dropPrefix(victim.id);
     }
     // Rebuild the trie from what is left (entries are few; a rebuild keeps it simple and exact).
     this.#roots.clear();
@@ -189,7 +207,34 @@ export class PrefixCache {
   clear(): void {
     for (const e of this.#entries) if (e.namespace === 0) this.disk?.save(e);
     for (const e of this.#entries) for (const t of [...e.keys, ...e.values].flat()) t.free();
+    for (const e of this.#entries) this.mirror?.dropPrefix(e.id);
     this.#entries = [];
     this.#roots.clear();
   }
+}
+
+/**
+ * `positions` positions of row `row` of each layer's cache, after `skip` padding columns, copied
+ * out (evaluated). A layer this process does not compute (a model split across processes)
+ * holds none: its keys and values are empty.
+ */
+export function snapshotRow(caches: KVCache[], row: number, skip: number, positions: number) {
+  const snapshot = (stored: Stored | undefined) =>
+    (stored ?? []).map((t) =>
+      mx.keep(mx.scope(() => mx.contiguous(mx.slice(t, [row, 0, skip], [row + 1, t.shape[1]!, skip + positions])))),
+    );
+  const keys = caches.map((c) => snapshot(c.keys));
+  const values = caches.map((c) => snapshot(c.values));
+  mx.evaluate(...[...keys, ...values].flat());
+  return { keys, values };
+}
+
+/** Fresh one-sequence caches start from a stored prefix: `length` positions, `dropped` of them no longer held. */
+export function seedCaches(caches: KVCache[], keys: Stored[], values: Stored[], length: number, dropped: number): void {
+  caches.forEach((c, layer) => {
+    // A layer another process computes: nothing stored here, and its cache stays empty.
+    if (keys[layer]!.length === 0) return;
+    if (c instanceof RotatingKVCache) c.seed(keys[layer]!, values[layer]!, length, dropped);
+    else c.seed(keys[layer]!, values[layer]!, length);
+  });
 }

@@ -7,7 +7,7 @@ import type { MxArray } from "../mlx";
 import type { RopeScaling } from "./config";
 import { KVCache } from "./cache";
 import { embedding, linear, Weights } from "./layers";
-import { attention, mlp } from "./llama";
+import { attention, heldElsewhere, mlp } from "./llama";
 import { decoder, type Block, type DecoderModel } from "./model";
 import { SlidingKVCache, slidingLayerMask } from "./sliding-cache";
 
@@ -62,10 +62,7 @@ export function build(w: Weights): DecoderModel {
   const c = w.config;
   const o = gemma3Options(c.raw);
   const isSliding = (layer: number) => (layer + 1) % o.slidingWindowPattern !== 0;
-  const embed = embedding(w, "model.embed_tokens");
-  const norm = gemmaNorm(w, "model.norm", c.rmsNormEps);
-  const lmHead = w.has("lm_head.weight") ? linear(w, "lm_head") : embed.asLinear;
-  const scale = toBfloat16(Math.sqrt(c.hiddenSize));
+  const stage = w.stage ?? { start: 0, end: c.numHiddenLayers, ends: true };
 
   const block = (i: number): Block => {
     const p = `model.layers.${i}`;
@@ -98,6 +95,26 @@ export function build(w: Weights): DecoderModel {
     };
   };
 
+  const blocks = Array.from({ length: c.numHiddenLayers }, (_, i) =>
+    i < stage.start || i >= stage.end ? heldElsewhere(`layer ${i}`) : block(i),
+  );
+  const makeCaches = () =>
+    Array.from({ length: c.numHiddenLayers }, (_, i) =>
+      isSliding(i) ? new SlidingKVCache(o.slidingWindow) : new KVCache(),
+    );
+  if (!stage.ends)
+    return decoder({
+      config: c,
+      embed: heldElsewhere("the embedding"),
+      blocks,
+      head: heldElsewhere("the output layer"),
+      finalNorm: heldElsewhere("the final norm"),
+      makeCaches,
+    });
+  const embed = embedding(w, "model.embed_tokens");
+  const norm = gemmaNorm(w, "model.norm", c.rmsNormEps);
+  const lmHead = w.has("lm_head.weight") ? linear(w, "lm_head") : embed.asLinear;
+  const scale = toBfloat16(Math.sqrt(c.hiddenSize));
   const softcap = o.finalLogitSoftcapping;
   return decoder({
     config: c,
@@ -105,15 +122,12 @@ export function build(w: Weights): DecoderModel {
       const h = embed.lookup(ids);
       return mx.multiply(h, mx.astype(mx.scalar(scale), h.dtype));
     },
-    blocks: Array.from({ length: c.numHiddenLayers }, (_, i) => block(i)),
+    blocks,
     head: (h) => {
       const logits = lmHead(norm(h));
       return softcap ? mx.multiply(mx.tanh(mx.divide(logits, softcap)), softcap) : logits;
     },
     finalNorm: norm,
-    makeCaches: () =>
-      Array.from({ length: c.numHiddenLayers }, (_, i) =>
-        isSliding(i) ? new SlidingKVCache(o.slidingWindow) : new KVCache(),
-      ),
+    makeCaches,
   });
 }

@@ -31,10 +31,6 @@ export function buildModel(w: Weights): DecoderModel {
   if (!build) {
     throw new Error(`unsupported model_type '${w.config.modelType}' (supported: ${supportedArchitectures.join(", ")})`);
   }
-  if (w.stage && build === gemma3.build)
-    throw new Error(
-      `model_type '${w.config.modelType}' cannot be split across processes yet (llama-family models can)`,
-    );
   return build(w);
 }
 

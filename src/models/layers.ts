@@ -21,7 +21,9 @@ export class Weights {
     readonly stage?: Stage,
     /** This process's slice of every layer, when the layers are split across processes by columns. */
     readonly shard?: Shard,
-  ) {}
+  ) {
+    this.lora.stage = stage;
+  }
 
   /** Keeps an array made from the weights for the model's life, evaluated now. */
   derive(make: () => MxArray): MxArray {

@@ -211,7 +211,7 @@ export function buildDecoder(
 }
 
 /** What a pipeline stage runs in place of a part another process holds: never called there. */
-function heldElsewhere(part: string): () => never {
+export function heldElsewhere(part: string): () => never {
   return () => {
     throw new Error(`${part} is held by another process of the pipeline`);
   };

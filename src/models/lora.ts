@@ -10,6 +10,7 @@ import { join } from "node:path";
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import { AdapterError } from "../errors";
+import { stageHolds, type Stage } from "./stage";
 
 /** A linear layer adapters may adapt: its shape, and its weight as a dense matrix (for DoRA and fusing). */
 export interface AdaptableLayer {
@@ -51,6 +52,7 @@ export class Adapter {
   }
 
   free(): void {
+    this.base.mirror?.adapterFreed(this);
     this.base.forget(this);
     for (const l of this.layers.values()) for (const t of [l.a, l.b, l.magnitude]) t?.free();
     this.layers.clear();
@@ -73,9 +75,20 @@ type Selection =
 const KEPT_COMBINATIONS = 8;
 
 /** The adaptable linear layers of one loaded model, and which adapters the running forward pass uses. */
+/** The processes holding a split model's other layers: each loads its own layers' share of an adapter. */
+export interface AdapterMirror {
+  adapterLoaded(adapter: Adapter): void;
+  adapterFreed(adapter: Adapter): void;
+}
+
 export class LoraLayers {
   readonly #layers = new Map<string, AdaptableLayer>();
   #selection?: Selection;
+  /** The running forward pass's adapter per row, when it has any. */
+  #rows?: (Adapter | undefined)[];
+  /** The part of a split model this process holds: an adapter's tensors for other layers are left to their processes. */
+  stage?: Stage;
+  mirror?: AdapterMirror;
   /** Stacks by combination (the adapters' ids in slot order), then by layer; oldest first. */
   readonly #stacks = new Map<string, Map<string, Stack>>();
 
@@ -111,17 +124,23 @@ export class LoraLayers {
         rows: rows.length,
       };
     }
+    this.#rows = rows;
     try {
       return forward();
     } finally {
       if (this.#selection?.kind === "rows") this.#selection.slots.free();
-      this.#selection = undefined;
+      this.#selection = this.#rows = undefined;
     }
   }
 
   /** Whether the running forward pass adapts any layer (fused ops that skip `apply` must not run). */
   get adapting(): boolean {
     return this.#selection !== undefined;
+  }
+
+  /** Each row's adapter id in the running forward pass (0: none); undefined when it uses none. */
+  get selectedIds(): number[] | undefined {
+    return this.#rows?.map((a) => a?.id ?? 0);
   }
 
   /** `project`, with the selected adapters' update of layer `prefix` added. */
@@ -267,7 +286,13 @@ export function loadAdapter(dir: string, base: LoraLayers): Adapter {
   }
   const layers = new Map<string, Partial<Record<"lora_a" | "lora_b" | "m", MxArray>>>();
   try {
+    if (tensors.size === 0) throw new AdapterError(`${file} holds no adapter tensors`);
     for (const [name, t] of tensors) {
+      if (base.stage && !stageHolds(base.stage, name)) {
+        tensors.delete(name);
+        t.free();
+        continue;
+      }
       const dot = name.lastIndexOf(".");
       const prefix = name.slice(0, dot);
       const leaf = name.slice(dot + 1);
@@ -279,7 +304,6 @@ export function loadAdapter(dir: string, base: LoraLayers): Adapter {
       entry[leaf] = t;
       layers.set(prefix, entry);
     }
-    if (layers.size === 0) throw new AdapterError(`${file} holds no adapter tensors`);
     const lowRanks = new Map<string, LowRank>();
     for (const [prefix, parts] of layers) {
       const layer = base.layer(prefix)!;
@@ -304,9 +328,12 @@ export function loadAdapter(dir: string, base: LoraLayers): Adapter {
       const magnitude = kind === "dora" ? doraMagnitude(layer, a, b, scale, m) : undefined;
       m?.free();
       mx.evaluate(a, b);
-      lowRanks.set(prefix, { a, b, magnitude });
+      // Held for the adapter's life, even when loaded inside a scope (a rank of a split model).
+      lowRanks.set(prefix, { a: mx.keep(a), b: mx.keep(b), magnitude });
     }
-    return new Adapter(dir, kind, scale, lowRanks, base);
+    const adapter = new Adapter(dir, kind, scale, lowRanks, base);
+    base.mirror?.adapterLoaded(adapter);
+    return adapter;
   } catch (error) {
     for (const t of tensors.values()) t.free();
     throw error;

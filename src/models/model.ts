@@ -39,6 +39,21 @@ export interface RemoteLayers {
   keepRows(batch: KVCache[], rows: number[]): void;
   /** Caches dropped without joining anything: a cancelled prefill's, the batch's at the end. */
   release(caches: KVCache[]): void;
+  /** The batch takes back the last counts[b] positions of each row b (rejected draft tokens). */
+  rollback(batch: KVCache[], counts: number[]): void;
+  /**
+   * Prefix-cache entry `entry` keeps `positions` positions of row `row` of `caches`, after
+   * `skip` padding columns: every process its own layers' (the prefix cache decides and evicts).
+   */
+  savePrefix(entry: number, caches: KVCache[], row: number, skip: number, positions: number): void;
+  /** A prefill's fresh caches start from entry `entry`: `length` positions, `dropped` of them no longer held. */
+  restorePrefix(entry: number, caches: KVCache[], length: number, dropped: number): void;
+  dropPrefix(entry: number): void;
+  /**
+   * A forward pass on `caches` (a sequence of its own, not the batch's) gives the last layer's
+   * hidden states back, evaluated (embeddings); release() the caches after.
+   */
+  wholePass(caches: KVCache[]): void;
   /**
    * Decode groups to keep in flight: while the other processes work on some, this one samples
    * another and sends its next step (1: the whole batch goes round as one).

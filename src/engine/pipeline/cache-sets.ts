@@ -1,25 +1,41 @@
 // The caches a rank other than 0 keeps for the micro-batches rank 0 names by number (the decode
 // batch, or one prompt's prefill), changed as rank 0's batch changes its own, so every rank's
-// caches hold the same rows at the same positions.
+// caches hold the same rows at the same positions. Likewise its layers' share of each entry of
+// rank 0's prefix cache, by the entry's number.
 import { BatchKVCache } from "../../models/batch-cache";
-import type { KVCache, KvQuantization } from "../../models/cache";
+import type { KVCache, KvQuantization, Stored } from "../../models/cache";
 import { freeCaches, makeCaches, type DecoderModel } from "../../models/model";
+import { DEFAULT_KV_KEEP, RotatingKVCache } from "../../models/rotating-cache";
+import { seedCaches, snapshotRow } from "../prefix-cache";
+
+/** How every rank's caches are made: as rank 0's batch generator makes its own. */
+export interface CacheOptions {
+  kvQuantization?: KvQuantization;
+  /** A rotating cache of this many positions per sequence (--max-kv-size). */
+  maxKvSize?: number;
+}
 
 export class CacheSets {
   readonly #sets = new Map<number, KVCache[]>();
+  readonly #prefixes = new Map<number, { keys: Stored[]; values: Stored[] }>();
 
   constructor(
     readonly model: DecoderModel,
-    readonly kvQuantization?: KvQuantization,
+    readonly options: CacheOptions = {},
   ) {}
 
   /** Set `set`'s caches, made on first use: a batch's for a decode step, else a prefill's. */
   of(set: number, decode: boolean): KVCache[] {
     let caches = this.#sets.get(set);
     if (!caches) {
+      const { kvQuantization: quantization, maxKvSize } = this.options;
       caches = decode
-        ? Array.from({ length: this.model.numLayers }, () => new BatchKVCache(this.kvQuantization))
-        : makeCaches(this.model, { windowed: false, quantization: this.kvQuantization });
+        ? Array.from({ length: this.model.numLayers }, () =>
+            maxKvSize === undefined
+              ? new BatchKVCache(quantization)
+              : new RotatingKVCache(maxKvSize, DEFAULT_KV_KEEP, quantization),
+          )
+        : makeCaches(this.model, { windowed: false, quantization, maxKvSize });
       this.#sets.set(set, caches);
     }
     return caches;
@@ -40,6 +56,27 @@ export class CacheSets {
     for (const c of this.#sets.get(set) ?? []) (c as BatchKVCache).keepRows(rows);
   }
 
+  rollback(set: number, counts: number[]): void {
+    for (const c of this.#sets.get(set) ?? []) (c as BatchKVCache).rollback(counts);
+  }
+
+  savePrefix(entry: number, set: number, row: number, skip: number, positions: number): void {
+    this.#prefixes.set(entry, snapshotRow(this.of(set, false), row, skip, positions));
+  }
+
+  /** Prefill `set` (made now) starts from entry `entry`. */
+  restorePrefix(entry: number, set: number, length: number, dropped: number): void {
+    const stored = this.#prefixes.get(entry);
+    if (!stored) throw new Error(`prefix-cache entry ${entry} is not held here`);
+    seedCaches(this.of(set, false), stored.keys, stored.values, length, dropped);
+  }
+
+  dropPrefix(entry: number): void {
+    const stored = this.#prefixes.get(entry);
+    for (const t of [...(stored?.keys ?? []), ...(stored?.values ?? [])].flat()) t.free();
+    this.#prefixes.delete(entry);
+  }
+
   release(set: number): void {
     freeCaches(this.#sets.get(set) ?? []);
     this.#sets.delete(set);
@@ -47,5 +84,6 @@ export class CacheSets {
 
   free(): void {
     for (const set of [...this.#sets.keys()]) this.release(set);
+    for (const entry of [...this.#prefixes.keys()]) this.dropPrefix(entry);
   }
 }

@@ -4,10 +4,9 @@
 import * as mx from "../../mlx";
 import type { MxArray } from "../../mlx";
 import type { AttentionCache } from "../../models/cache";
-import { BatchKVCache } from "../../models/batch-cache";
 import type { DecoderModel } from "../../models/model";
 import type { Stage } from "../../models/stage";
-import { encodeHeader, figureFields, Flag, headerBytes, Op, type Header, type StageFigures } from "./protocol";
+import { encodeHeader, figureFields, Flag, headerBytes, headerOf, Op, type StageFigures } from "./protocol";
 import { RankZeroFront, type MessageFields } from "./rank-zero";
 
 const { distributed } = mx;
@@ -61,19 +60,23 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
   /**
    * Our layers, then the rest of the pipeline. A prefill's result stays on the ranks (only their
    * caches need it); a decode step's hidden states come back from the last rank: the result is
-   * their receive, to evaluate only after arrive() (several steps may be in flight).
+   * their receive, to evaluate only after arrive() (several steps may be in flight). A whole
+   * pass's (wholePass) come back at once.
    */
   layers(h: MxArray, caches: AttentionCache[]): MxArray {
     const out = this.local.layers(h, caches, this.stage.start, this.stage.end);
     const [rows, length, width] = out.shape as [number, number, number];
-    const decode = caches[0] instanceof BatchKVCache;
+    const adapters = this.lora?.selectedIds;
+    if (adapters) this.post({ op: Op.adapters, rows }, () => mx.array(Int32Array.from(adapters)));
+    const decode = this.isBatch(caches);
+    const whole = this.isWhole(caches);
     const sent = this.#send(
       {
         op: Op.forward,
         set: this.id(caches),
         rows,
         length,
-        flags: decode ? Flag.decode : Flag.prefill,
+        flags: decode ? Flag.decode : whole ? Flag.whole : Flag.prefill,
         dtype: out.dtype,
         width,
       },
@@ -81,9 +84,16 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
     );
     this.#tokens += rows * length;
     mx.evaluate(sent);
-    if (!decode) return out;
+    if (!decode && !whole) return out;
+    const back = distributed.recv([rows, length, width], out.dtype, this.size - 1);
+    if (whole) {
+      // Behind the decode steps in flight: those are received first (kept for arrive()).
+      this.#receiveInFlight();
+      this.#receive(back);
+      return back;
+    }
     // Held here as well: the caller's scope may drop its handle before the bytes come.
-    const back = mx.keep(distributed.recv([rows, length, width], out.dtype, this.size - 1));
+    mx.keep(back);
     this.#arriving.push(back);
     this.#maxInFlight = Math.max(this.#maxInFlight, this.#arriving.length);
     return back;
@@ -124,7 +134,7 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
   #send(fields: MessageFields, payload?: MxArray): MxArray {
     if (this.closed) throw new Error("the pipeline was shut down");
     if (this.#lost) throw new Error(this.#lost);
-    const header: Header = { set: 0, rows: 0, length: 0, flags: 0, dtype: 0, width: 0, ...fields, seq: this.#seq++ };
+    const header = headerOf(fields, this.#seq++);
     // Each message re-arms the watchdog: its answer, or the next heartbeat's, must come in time.
     distributed.armWatchdog(this.peerTimeoutMs, this.#silence());
     const headerSent = distributed.send(encodeHeader(header), 1);
@@ -145,9 +155,7 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
         );
         mx.evaluate(sent);
         const back = distributed.recv(shape, mx.Dtype.float32, this.size - 1);
-        // The decode steps in flight come back first: receive them now (kept for arrive()).
-        for (const step of this.#arriving.slice(this.#received)) this.#receive(step);
-        this.#received = this.#arriving.length;
+        this.#receiveInFlight();
         this.#receive(back);
         const values = back.toArray();
         this.#stages = Array.from({ length: this.size - 1 }, (_, i) => {
@@ -164,6 +172,12 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
       this.#lost = `lost a rank of the pipeline: ${(error as Error).message}`;
       distributed.armWatchdog(this.peerTimeoutMs, `error: rank 0: ${this.#lost}; stopping`);
     }
+  }
+
+  /** The decode steps in flight come back before anything sent after them: received now, kept for arrive(). */
+  #receiveInFlight(): void {
+    for (const step of this.#arriving.slice(this.#received)) this.#receive(step);
+    this.#received = this.#arriving.length;
   }
 
   /** Waits off the CPU until bytes come, then evaluates the receive `back`. */

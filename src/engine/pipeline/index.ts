@@ -4,9 +4,9 @@
 // Each process loads only its own tensors.
 import { freemem } from "node:os";
 import * as mx from "../../mlx";
-import type { KvQuantization } from "../../models/cache";
 import { readLayout } from "../../models/layout";
 import { loadModel, type LoadedModel } from "../../models/load";
+import type { CacheOptions } from "./cache-sets";
 import { PipelineFront } from "./front";
 import { defaultSplit, parseLayers } from "./plan";
 import { serveStage } from "./stage";
@@ -38,11 +38,7 @@ export interface PipelineSpec {
  * the model (the front of the pipeline); every other rank serves its layers until rank 0 shuts
  * the pipeline down, then gets undefined.
  */
-export function openPipeline(
-  path: string,
-  spec: PipelineSpec,
-  kvQuantization?: KvQuantization,
-): LoadedModel | undefined {
+export function openPipeline(path: string, spec: PipelineSpec, caches: CacheOptions = {}): LoadedModel | undefined {
   const layout = readLayout(path); // before joining: a missing or unreadable model fails at once
   const group = distributed.init({ hostfile: spec.hostfile, rank: spec.rank });
   if (group.size < 2) throw new Error("a pipeline needs at least 2 ranks (the hostfile lists one)");
@@ -55,13 +51,13 @@ export function openPipeline(
         ? parseLayers(spec.layers, layout.numLayers, size)
         : defaultSplit(layout, exchangeFreeMemory(group)))[rank]!;
   const lm = loadModel(path, stage, tensorParallel ? group : undefined);
-  lm.kvQuantization = kvQuantization;
+  lm.kvQuantization = caches.kvQuantization;
   // Everyone loaded: a rank that failed has exited, and this all_sum says so (a lost peer).
   barrier();
   if (rank > 0) {
     try {
-      if (tensorParallel) serveShard(lm.model, { rank, kvQuantization, peerTimeoutMs });
-      else serveStage(lm.model, { rank, size, stage, kvQuantization, peerTimeoutMs });
+      if (tensorParallel) serveShard(lm.model, { rank, caches, peerTimeoutMs });
+      else serveStage(lm.model, { rank, size, stage, caches, lora: lm.weights.lora, peerTimeoutMs });
     } finally {
       lm.free();
     }
@@ -70,6 +66,7 @@ export function openPipeline(
   const front = tensorParallel
     ? new TensorParallelFront(lm.model, lm.config, size, peerTimeoutMs)
     : new PipelineFront(lm.model, size, stage, peerTimeoutMs, spec.microBatches);
+  front.mirrorAdapters(lm.weights.lora);
   process.once("exit", () => {
     try {
       front.shutdown();

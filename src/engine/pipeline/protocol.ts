@@ -1,5 +1,5 @@
 // What travels between the ranks of a pipeline. A receive must know its shape in advance, so
-// every message is a fixed header (eight int32) and then, where the header says so, a payload
+// every message is a fixed header (nine int32) and then, where the header says so, a payload
 // whose shape it gives: hidden states in the model's activation dtype, or a list of rows.
 import * as mx from "../../mlx";
 import type { MxArray } from "../../mlx";
@@ -17,10 +17,29 @@ export const Op = {
   heartbeat: 5,
   /** Every rank stops. */
   shutdown: 6,
+  /**
+   * Prefix-cache entry `entry` keeps `length` positions of row `rows` of caches `set`, after
+   * `width` padding columns: each rank its own layers' keys and values (rank 0 decides, and
+   * evicts with dropPrefix).
+   */
+  savePrefix: 7,
+  /** Prefill caches `set` start from entry `entry`: `length` positions, of which `width` were dropped (a rotating cache). */
+  restorePrefix: 8,
+  /** Entry `entry` is evicted from the prefix cache. */
+  dropPrefix: 9,
+  /** Batch caches `set` take back the last counts[b] positions of each of their `rows` rows (payload: int32 counts). */
+  rollback: 10,
+  /** Adapter `entry` is loaded from the directory whose path is the payload (`rows` bytes of UTF-8): each rank its layers' share. */
+  loadAdapter: 11,
+  /** Adapter `entry` is unloaded. */
+  freeAdapter: 12,
+  /** The next forward pass adapts each of its `rows` rows by the adapter the payload names (int32 ids, 0: none). */
+  adapters: 13,
 } as const;
 export type OpCode = (typeof Op)[keyof typeof Op];
 
-export const Flag = { prefill: 1, decode: 2 } as const;
+/** A forward pass's kind: a prefill's result stays on the ranks; a decode step's, or a whole pass's (embeddings), comes back to rank 0. */
+export const Flag = { prefill: 1, decode: 2, whole: 4 } as const;
 
 export interface Header {
   op: OpCode;
@@ -33,18 +52,33 @@ export interface Header {
   flags: number;
   dtype: mx.DtypeCode;
   width: number;
+  /** A prefix-cache entry (the prefix ops). */
+  entry: number;
 }
 
-export const headerInts = 8;
+/** Message `seq` with `fields` set and the other fields 0. */
+export const headerOf = (fields: Partial<Header> & Pick<Header, "op">, seq: number): Header => ({
+  set: 0,
+  rows: 0,
+  length: 0,
+  flags: 0,
+  dtype: 0,
+  width: 0,
+  entry: 0,
+  ...fields,
+  seq,
+});
+
+export const headerInts = 9;
 export const headerBytes = headerInts * 4;
 
 export function encodeHeader(h: Header): MxArray {
-  return mx.array(Int32Array.from([h.op, h.seq, h.set, h.rows, h.length, h.flags, h.dtype, h.width]));
+  return mx.array(Int32Array.from([h.op, h.seq, h.set, h.rows, h.length, h.flags, h.dtype, h.width, h.entry]));
 }
 
 export function decodeHeader(a: MxArray): Header {
-  const [op, seq, set, rows, length, flags, dtype, width] = a.toArray();
-  return { op, seq, set, rows, length, flags, dtype, width } as Header;
+  const [op, seq, set, rows, length, flags, dtype, width, entry] = a.toArray();
+  return { op, seq, set, rows, length, flags, dtype, width, entry } as Header;
 }
 
 /** Figures per stage, carried back to rank 0 by heartbeats: a float32 row per rank. */

@@ -5,6 +5,7 @@
 import * as mx from "../../mlx";
 import type { MxArray } from "../../mlx";
 import type { AttentionCache, KVCache } from "../../models/cache";
+import type { Adapter, AdapterMirror, LoraLayers } from "../../models/lora";
 import type { DecoderModel, RemoteLayers } from "../../models/model";
 import { Op, type Header } from "./protocol";
 
@@ -12,12 +13,16 @@ const { distributed } = mx;
 
 export type MessageFields = Partial<Header> & Pick<Header, "op">;
 
-export abstract class RankZeroFront implements RemoteLayers {
+export abstract class RankZeroFront implements RemoteLayers, AdapterMirror {
   readonly remote = this;
   readonly #ids = new WeakMap<KVCache[] | AttentionCache[], number>();
+  readonly #batches = new WeakSet<KVCache[]>();
+  readonly #whole = new WeakSet<KVCache[]>();
   #nextSet = 1;
   readonly #timer: ReturnType<typeof setInterval>;
   protected closed = false;
+  /** This process's adaptable layers: a forward pass tells the other ranks each row's adapter. */
+  protected lora?: LoraLayers;
 
   abstract readonly microBatches: number;
   abstract arrive(): void;
@@ -55,12 +60,48 @@ export abstract class RankZeroFront implements RemoteLayers {
   extend(prefill: KVCache[], batch: KVCache[]): void {
     this.post({ op: Op.extend, set: this.id(prefill), rows: this.id(batch) });
     this.#ids.delete(prefill);
+    this.#batches.add(batch);
   }
 
   keepRows(batch: KVCache[], rows: number[]): void {
     // No payload for no rows: a receive of nothing would wait for bytes that never come.
     const list = rows.length > 0 ? () => mx.array(Int32Array.from(rows)) : undefined;
     this.post({ op: Op.keepRows, set: this.id(batch), rows: rows.length }, list);
+  }
+
+  rollback(batch: KVCache[], counts: number[]): void {
+    this.post({ op: Op.rollback, set: this.id(batch), rows: counts.length }, () => mx.array(Int32Array.from(counts)));
+  }
+
+  savePrefix(entry: number, caches: KVCache[], row: number, skip: number, positions: number): void {
+    this.post({ op: Op.savePrefix, entry, set: this.id(caches), rows: row, length: positions, width: skip });
+  }
+
+  restorePrefix(entry: number, caches: KVCache[], length: number, dropped: number): void {
+    this.post({ op: Op.restorePrefix, entry, set: this.id(caches), length, width: dropped });
+  }
+
+  dropPrefix(entry: number): void {
+    this.post({ op: Op.dropPrefix, entry });
+  }
+
+  /** The other ranks load (and unload) their layers' share of every adapter this one does. */
+  mirrorAdapters(lora: LoraLayers): void {
+    this.lora = lora;
+    lora.mirror = this;
+  }
+
+  adapterLoaded(adapter: Adapter): void {
+    const path = new TextEncoder().encode(adapter.path);
+    this.post({ op: Op.loadAdapter, entry: adapter.id, rows: path.length }, () => mx.array(path));
+  }
+
+  adapterFreed(adapter: Adapter): void {
+    this.post({ op: Op.freeAdapter, entry: adapter.id });
+  }
+
+  wholePass(caches: KVCache[]): void {
+    this.#whole.add(caches);
   }
 
   release(caches: KVCache[]): void {
@@ -77,6 +118,19 @@ export abstract class RankZeroFront implements RemoteLayers {
     this.post({ op: Op.shutdown });
     this.closed = true;
     distributed.disarmWatchdog();
+  }
+
+  /**
+   * Whether a forward pass on `caches` is a decode step (a speculative one too) rather than a
+   * prefill: a batch's caches are named by an extend before their first step.
+   */
+  protected isBatch(caches: KVCache[] | AttentionCache[]): boolean {
+    return this.#batches.has(caches as KVCache[]);
+  }
+
+  /** Whether a forward pass on `caches` must give the whole model's hidden states back (see wholePass). */
+  protected isWhole(caches: KVCache[] | AttentionCache[]): boolean {
+    return this.#whole.has(caches as KVCache[]);
   }
 
   /** The number the other ranks know these caches by. */

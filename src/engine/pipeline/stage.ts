@@ -3,10 +3,10 @@
 // hidden states (and heartbeats) back to rank 0.
 import * as mx from "../../mlx";
 import type { MxArray } from "../../mlx";
-import type { KvQuantization } from "../../models/cache";
 import { cacheState, type DecoderModel } from "../../models/model";
+import { loadAdapter, type Adapter, type LoraLayers } from "../../models/lora";
 import type { Stage } from "../../models/stage";
-import { CacheSets } from "./cache-sets";
+import { CacheSets, type CacheOptions } from "./cache-sets";
 import {
   decodeHeader,
   encodeHeader,
@@ -24,7 +24,9 @@ export interface StageOptions {
   rank: number;
   size: number;
   stage: Stage;
-  kvQuantization?: KvQuantization;
+  caches: CacheOptions;
+  /** This rank's adaptable layers: it loads its share of the adapters rank 0 loads. */
+  lora: LoraLayers;
   peerTimeoutMs: number;
 }
 
@@ -33,11 +35,14 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
   const previous = o.rank - 1;
   const last = o.rank === o.size - 1;
   const next = last ? 0 : o.rank + 1;
-  const sets = new CacheSets(model, o.kvQuantization);
+  const sets = new CacheSets(model, o.caches);
   const figures: StageFigures = { computeMs: 0, waitMs: 0, sentBytes: 0, tokens: 0 };
   const seconds = Math.round(o.peerTimeoutMs / 1000);
   const silence = `error: rank ${o.rank}: no word from rank ${previous} for ${seconds} s (--peer-timeout); stopping`;
   let expected = 0;
+  const adapters = new Map<number, Adapter>();
+  /** The next forward pass's adapter per row (Op.adapters). */
+  let adapted: (Adapter | undefined)[] | undefined;
 
   // Waits on the previous rank, under the watchdog.
   const receive = (shape: number[], dtype: mx.DtypeCode): MxArray => {
@@ -78,12 +83,14 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
           const hidden = receive([h.rows, h.length, h.width], h.dtype);
           const started = performance.now();
           const caches = sets.of(h.set, (h.flags & Flag.decode) !== 0);
-          const out = model.layers(hidden, caches, o.stage.start, o.stage.end);
+          const forward = () => model.layers(hidden, caches, o.stage.start, o.stage.end);
+          const out = adapted ? o.lora.run(adapted, forward) : forward();
+          adapted = undefined;
           mx.evaluate(out, ...cacheState(caches));
           figures.computeMs += performance.now() - started;
           figures.tokens += h.rows * h.length;
           if (!last) passOn(h, out);
-          else if (h.flags & Flag.decode) send([out]);
+          else if (h.flags & (Flag.decode | Flag.whole)) send([out]);
           return false;
         }
         case Op.extend:
@@ -100,6 +107,41 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
           sets.release(h.set);
           passOn(h);
           return false;
+        case Op.rollback: {
+          const counts = receive([h.rows], mx.Dtype.int32);
+          sets.rollback(h.set, counts.toArray());
+          passOn(h, counts);
+          return false;
+        }
+        case Op.savePrefix:
+          sets.savePrefix(h.entry, h.set, h.rows, h.width, h.length);
+          passOn(h);
+          return false;
+        case Op.restorePrefix:
+          sets.restorePrefix(h.entry, h.set, h.length, h.width);
+          passOn(h);
+          return false;
+        case Op.dropPrefix:
+          sets.dropPrefix(h.entry);
+          passOn(h);
+          return false;
+        case Op.loadAdapter: {
+          const path = receive([h.rows], mx.Dtype.uint8);
+          adapters.set(h.entry, loadAdapter(new TextDecoder().decode(Uint8Array.from(path.toArray())), o.lora));
+          passOn(h, path);
+          return false;
+        }
+        case Op.freeAdapter:
+          adapters.get(h.entry)?.free();
+          adapters.delete(h.entry);
+          passOn(h);
+          return false;
+        case Op.adapters: {
+          const ids = receive([h.rows], mx.Dtype.int32);
+          adapted = ids.toArray().map((id) => adapters.get(id));
+          passOn(h, ids);
+          return false;
+        }
         case Op.heartbeat: {
           const table = receive([h.rows, h.width], mx.Dtype.float32);
           const row = mx.array(
@@ -121,4 +163,5 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
     if (stop) break;
   }
   sets.free();
+  for (const adapter of adapters.values()) adapter.free();
 }

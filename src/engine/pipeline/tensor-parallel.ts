@@ -6,13 +6,13 @@
 // states, not the token ids, so the other ranks need neither the embedding nor the output layer.
 import * as mx from "../../mlx";
 import type { MxArray } from "../../mlx";
-import type { AttentionCache, KVCache, KvQuantization } from "../../models/cache";
-import { BatchKVCache } from "../../models/batch-cache";
+import type { AttentionCache, KVCache } from "../../models/cache";
 import type { ModelConfig } from "../../models/config";
 import { cacheState, type DecoderModel } from "../../models/model";
-import { CacheSets } from "./cache-sets";
+import { UnsupportedError } from "../../errors";
+import { CacheSets, type CacheOptions } from "./cache-sets";
 import type { PipelineFigures } from "./front";
-import { decodeHeader, encodeHeader, Flag, headerInts, Op, type Header } from "./protocol";
+import { decodeHeader, encodeHeader, Flag, headerInts, headerOf, Op } from "./protocol";
 import { RankZeroFront, type MessageFields } from "./rank-zero";
 
 const { distributed } = mx;
@@ -40,7 +40,7 @@ export class TensorParallelFront extends RankZeroFront implements DecoderModel {
    */
   layers(h: MxArray, caches: AttentionCache[]): MxArray {
     const [rows, length, width] = h.shape as [number, number, number];
-    const decode = caches[0] instanceof BatchKVCache;
+    const decode = this.isBatch(caches);
     const fields = { op: Op.forward, set: this.id(caches), rows, length, width, dtype: h.dtype };
     return this.#step({ ...fields, flags: decode ? Flag.decode : Flag.prefill }, h, (hidden) => {
       const out = this.local.layers(hidden!, caches);
@@ -75,6 +75,13 @@ export class TensorParallelFront extends RankZeroFront implements DecoderModel {
     };
   }
 
+  /** Every rank's slice of every layer would need its slice of the adapter's matrices too. */
+  adapterLoaded(): void {
+    throw new UnsupportedError("an adapter cannot be used yet with --tensor-parallel");
+  }
+
+  adapterFreed(): void {}
+
   protected heartbeat(): void {
     this.post({ op: Op.heartbeat });
   }
@@ -96,7 +103,7 @@ export class TensorParallelFront extends RankZeroFront implements DecoderModel {
   #step<T>(fields: MessageFields, payload: MxArray | undefined, then: (payload: MxArray | undefined) => T): T {
     if (this.closed) throw new Error("the tensor-parallel group was shut down");
     if (this.#lost) throw new Error(this.#lost);
-    const header: Header = { set: 0, rows: 0, length: 0, flags: 0, dtype: 0, width: 0, ...fields, seq: this.#seq++ };
+    const header = headerOf(fields, this.#seq++);
     const seconds = Math.round(this.peerTimeoutMs / 1000);
     distributed.armWatchdog(
       this.peerTimeoutMs,
@@ -120,13 +127,13 @@ const peers = (size: number) => (size === 2 ? "rank 1" : `ranks 1-${size - 1}`);
 
 export interface ShardOptions {
   rank: number;
-  kvQuantization?: KvQuantization;
+  caches: CacheOptions;
   peerTimeoutMs: number;
 }
 
 /** A rank other than 0: runs what rank 0 says, until it says to stop. Throws when a peer is lost. */
 export function serveShard(model: DecoderModel, o: ShardOptions): void {
-  const sets = new CacheSets(model, o.kvQuantization);
+  const sets = new CacheSets(model, o.caches);
   const seconds = Math.round(o.peerTimeoutMs / 1000);
   const silence = `error: rank ${o.rank}: no word from rank 0 for ${seconds} s (--peer-timeout); stopping`;
   // Our share of rank 0's broadcast: zeros.
@@ -159,6 +166,18 @@ export function serveShard(model: DecoderModel, o: ShardOptions): void {
           break;
         case Op.release:
           sets.release(h.set);
+          break;
+        case Op.rollback:
+          sets.rollback(h.set, receive([h.rows], mx.Dtype.int32).toArray());
+          break;
+        case Op.savePrefix:
+          sets.savePrefix(h.entry, h.set, h.rows, h.width, h.length);
+          break;
+        case Op.restorePrefix:
+          sets.restorePrefix(h.entry, h.set, h.length, h.width);
+          break;
+        case Op.dropPrefix:
+          sets.dropPrefix(h.entry);
           break;
         case Op.heartbeat:
           break;
