@@ -6,12 +6,14 @@
 //
 // Schemes other than the cache's own (`--kv-bits 8`, run for real) are simulated: a float cache
 // that stores each key/value row as quantize → dequantize gives it back, which equals the
-// quantized cache's attention to 1e-4 (test/kv-cache.test.ts; "8-bit g64 (simulated)" checks it
-// here too). Every scheme's greedy answer (64 tokens, one token per step after the prompt) is
+// quantized cache's attention to 1e-4 (test/kv-cache.test.ts). The cache stores its keys rotated
+// ("keys Hadamard-rotated" simulates it); "8-bit g64 (simulated)" is the cache before the rotation.
+// Every scheme's greedy answer (64 tokens, one token per step after the prompt) is
 // compared with the float32 cache's and with a float16 cache's; the logit difference is over the
 // float32 answer, teacher-forced, against the float32 cache. `--only` picks schemes whose name
 // contains one of the words; random noise as large as 8-bit's error shows how far agreement
-// moves by chance. Figures: bench/RESULTS.md, "KV cache, third pass".
+// moves by chance; `--prompt-file` takes another set of prompts. Figures: bench/RESULTS.md, "KV
+// cache, third pass" and "KV cache, fourth pass".
 import { parseArgs } from "node:util";
 import { promptTokens } from "../src/engine/prompt";
 import * as mx from "../src/mlx";
@@ -19,6 +21,7 @@ import type { MxArray } from "../src/mlx";
 import { forward, freeCaches, makeCaches } from "../src/models";
 import { KVCache, type KvQuantization, type Stored } from "../src/models/cache";
 import { loadModel } from "../src/models/load";
+import { rotateGroups } from "../src/models/quantized-attention";
 import { resolveModelPath } from "../src/store/resolve";
 import prompts from "./kv-quality-prompts.json" with { type: "json" };
 
@@ -105,22 +108,6 @@ class EqualizedKeysCache extends KVCache {
   }
 }
 
-/** The orthonormal Hadamard matrix of order n (a power of 2), Sylvester's construction, over √n. */
-function hadamard(n: number): MxArray {
-  const h = new Float32Array(n * n);
-  for (let i = 0; i < n; i++)
-    for (let j = 0; j < n; j++) {
-      let bits = i & j;
-      let parity = 0;
-      while (bits) {
-        parity ^= bits & 1;
-        bits >>= 1;
-      }
-      h[i * n + j] = (parity ? -1 : 1) / Math.sqrt(n);
-    }
-  return mx.array(h, [n, n]);
-}
-
 /**
  * Keys rotated along head_dim by a Hadamard matrix H before quantizing (QuaRot/SpinQuant's
  * trick): the outlier channels spread over all channels, so a row's range shrinks; attention
@@ -128,10 +115,8 @@ function hadamard(n: number): MxArray {
  */
 const rotated =
   (inner: Transform): Transform =>
-  (x) => {
-    const h = hadamard(x.shape.at(-1)!);
-    return mx.matmul(inner(mx.matmul(x, h)), h);
-  };
+  (x) =>
+    rotateGroups(inner(rotateGroups(x, 64)), 64);
 
 /**
  * KIVI's keys: quantized per channel over groups of `groupSize` positions (a channel's outliers
@@ -228,7 +213,13 @@ function calibratedCenters(): MxArray[] {
   const caches = makeCaches(model);
   mx.scope(() => forward(model, mx.array(Int32Array.from(ids), [1, ids.length]), caches));
   centers = caches.map((c) =>
-    mx.keep(mx.mean(mx.slice(c.keys![0]!, [0, 0, 0, 0], [1, c.keys![0]!.shape[1]!, c.offset, c.keys![0]!.shape[3]!]), 2, true)),
+    mx.keep(
+      mx.mean(
+        mx.slice(c.keys![0]!, [0, 0, 0, 0], [1, c.keys![0]!.shape[1]!, c.offset, c.keys![0]!.shape[3]!]),
+        2,
+        true,
+      ),
+    ),
   );
   freeCaches(caches);
   return centers;

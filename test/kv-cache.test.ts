@@ -137,7 +137,9 @@ describe("rotated keys", () => {
         cache.trim(40);
         const [heldKeys, heldValues] = cache.updateAndFetch(keys, keys);
         expect(heldKeys.shape[2]).toBe(41);
-        expect(maxDiff(out, mx.fast.scaledDotProductAttention(queries, heldKeys, heldValues, 0.125))).toBeLessThan(1e-4);
+        expect(maxDiff(out, mx.fast.scaledDotProductAttention(queries, heldKeys, heldValues, 0.125))).toBeLessThan(
+          1e-4,
+        );
         cache.free();
       });
     });
