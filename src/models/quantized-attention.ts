@@ -33,6 +33,8 @@ export function quantizedAttention(
  */
 export function rotateGroups(x: MxArray, groupSize: number): MxArray {
   const shape = x.shape;
+  // One group per row (head_dim = group size, the common case): no reshapes, one graph node.
+  if (shape.at(-1) === groupSize) return mx.matmul(x, hadamard(groupSize, x.dtype));
   const grouped = mx.reshape(x, [...shape.slice(0, -1), shape.at(-1)! / groupSize, groupSize]);
   return mx.reshape(mx.matmul(grouped, hadamard(groupSize, x.dtype)), shape);
 }
