@@ -2,16 +2,18 @@
 // answers: per-layer quantization error of keys and values, then greedy agreement and mean
 // absolute logit difference for several schemes, interleaved per prompt.
 //
-//   node_modules/.bin/bun bench/kv-quality-variants.ts [-m MODEL] [--prompts 10] [--tokens 64] [--only a,b]
+//   node_modules/.bin/bun bench/kv-quality-variants.ts [-m MODEL] [--prompts 10] [--tokens 64] [--only a,b] [--prompt-file F]
 //
 // Schemes other than the cache's own (`--kv-bits 8`, run for real) are simulated: a float cache
 // that stores each key/value row as quantize → dequantize gives it back, which equals the
-// quantized cache's attention to 1e-4 (test/kv-cache.test.ts; "8-bit g64 (simulated)" checks it
-// here too). Every scheme's greedy answer (64 tokens, one token per step after the prompt) is
+// quantized cache's attention to 1e-4 (test/kv-cache.test.ts). The cache stores its keys rotated
+// ("keys Hadamard-rotated" simulates it); "8-bit g64 (simulated)" is the cache before the rotation.
+// Every scheme's greedy answer (64 tokens, one token per step after the prompt) is
 // compared with the float32 cache's and with a float16 cache's; the logit difference is over the
 // float32 answer, teacher-forced, against the float32 cache. `--only` picks schemes whose name
 // contains one of the words; random noise as large as 8-bit's error shows how far agreement
-// moves by chance. Figures: bench/RESULTS.md, "KV cache, third pass".
+// moves by chance; `--prompt-file` takes another set of prompts. Figures: bench/RESULTS.md, "KV
+// cache, third pass" and "KV cache, fourth pass".
 import { parseArgs } from "node:util";
 import { promptTokens } from "../src/engine/prompt";
 import * as mx from "../src/mlx";
@@ -19,6 +21,7 @@ import type { MxArray } from "../src/mlx";
 import { forward, freeCaches, makeCaches } from "../src/models";
 import { KVCache, type KvQuantization, type Stored } from "../src/models/cache";
 import { loadModel } from "../src/models/load";
+import { rotateGroups } from "../src/models/quantized-attention";
 import { resolveModelPath } from "../src/store/resolve";
 import prompts from "./kv-quality-prompts.json" with { type: "json" };
 
@@ -28,6 +31,8 @@ const { values: args } = parseArgs({
     prompts: { type: "string", default: "10" },
     tokens: { type: "string", default: "64" },
     only: { type: "string" },
+    // Another set of prompts (a JSON list of strings): greedy agreement over 10 prompts swings by chance.
+    "prompt-file": { type: "string" },
   },
 });
 const lm = loadModel(await resolveModelPath(args.model));
@@ -103,6 +108,85 @@ class EqualizedKeysCache extends KVCache {
   }
 }
 
+/**
+ * Keys rotated along head_dim by a Hadamard matrix H before quantizing (QuaRot/SpinQuant's
+ * trick): the outlier channels spread over all channels, so a row's range shrinks; attention
+ * would take q·H against the rotated keys (H orthonormal, so q·k is unchanged).
+ */
+const rotated =
+  (inner: Transform): Transform =>
+  (x) =>
+    rotateGroups(inner(rotateGroups(x, 64)), 64);
+
+/**
+ * KIVI's keys: quantized per channel over groups of `groupSize` positions (a channel's outliers
+ * are steady along positions, so they no longer set every row's range); the last positions of an
+ * unfilled group stay float until it fills. Values per row (MLX's format), group 64.
+ */
+class PerChannelKeysCache extends KVCache {
+  constructor(
+    readonly groupSize: number,
+    /** A control: the same float tail, but each filled group's keys quantized per row (MLX's format). */
+    readonly perRow = false,
+  ) {
+    super();
+  }
+
+  override update(keys: MxArray, values: MxArray): [Stored, Stored] {
+    const previous = this.offset;
+    super.update(keys, roundTrip(values, 8, 64));
+    const g = this.groupSize;
+    const [from, to] = [Math.floor(previous / g) * g, Math.floor(this.offset / g) * g];
+    if (to > from) {
+      const held = this.keys![0]!;
+      const [b, h, , d] = held.shape as [number, number, number, number];
+      const filled = mx.slice(held, [0, 0, from, 0], [b, h, to, d]);
+      // [B, H, T, D] → groups of g positions per channel: [B, H, T/g, D, g], quantized along g.
+      if (this.perRow) return this.replaceKeys(held, roundTrip(filled, 8, 64), from, to);
+      const grouped = mx.transpose(mx.reshape(filled, [b, h, (to - from) / g, g, d]), [0, 1, 2, 4, 3]);
+      const back = mx.reshape(mx.transpose(roundTrip(grouped, 8, g), [0, 1, 2, 4, 3]), [b, h, to - from, d]);
+      return this.replaceKeys(held, back, from, to);
+    }
+    return this.held();
+  }
+
+  private replaceKeys(held: MxArray, rows: MxArray, from: number, to: number): [Stored, Stored] {
+    const [b, h, , d] = held.shape as [number, number, number, number];
+    this.keys = [mx.keep(mx.sliceUpdate(held, rows, [0, 0, from, 0], [b, h, to, d]))];
+    held.free();
+    return this.held();
+  }
+
+  private held(): [Stored, Stored] {
+    const valid = (t: Stored) => t.map((x) => mx.slice(x, [0, 0, 0], [x.shape[0]!, x.shape[1]!, this.offset]));
+    return [valid(this.keys!), valid(this.values!)];
+  }
+}
+
+/**
+ * Keys centered before quantizing: each channel's mean over the first chunk the cache sees (per
+ * layer and head) taken off, the rest quantized per row. A key channel's outlier is mostly a steady
+ * offset, and q·μ is the same for every key a query sees, so softmax drops it: attention on k − μ
+ * equals attention on k, and only the smaller rest is rounded.
+ */
+class CenteredKeysCache extends KVCache {
+  #mean?: MxArray;
+  constructor(
+    readonly keys8: Transform,
+    /** A fixed center (from a calibration text) instead of the first chunk's. */
+    center?: MxArray,
+  ) {
+    super();
+    this.#mean = center;
+  }
+
+  override update(keys: MxArray, values: MxArray): [Stored, Stored] {
+    this.#mean ??= mx.keep(mx.mean(keys, 2, true));
+    const m = this.#mean;
+    return super.update(mx.add(this.keys8(mx.subtract(keys, m)), m), roundTrip(values, 8, 64));
+  }
+}
+
 /** Gaussian noise of `relative` × each row's RMS: an error as large as 8-bit's, without its structure. */
 const noise =
   (relative: number): Transform =>
@@ -116,6 +200,30 @@ const q8 =
     roundTrip(x, 8, g);
 const toF16: Transform = (x) => mx.astype(mx.astype(x, mx.Dtype.float16), x.dtype);
 const toBf16: Transform = (x) => mx.astype(mx.astype(x, mx.Dtype.bfloat16), x.dtype);
+
+/** Each layer's key channel means [1, kvHeads, 1, D] over a text none of the prompts contains. */
+let centers: MxArray[] | undefined;
+function calibratedCenters(): MxArray[] {
+  if (centers) return centers;
+  const text =
+    "The history of science is the study of how people came to understand the natural world, " +
+    "from early astronomy and medicine to modern physics, chemistry and biology. Each step built on " +
+    "careful observation, measurement and argument, and many ideas were revised as new evidence appeared.";
+  const ids = lm.tokenizer.encode(text, { addSpecialTokens: true });
+  const caches = makeCaches(model);
+  mx.scope(() => forward(model, mx.array(Int32Array.from(ids), [1, ids.length]), caches));
+  centers = caches.map((c) =>
+    mx.keep(
+      mx.mean(
+        mx.slice(c.keys![0]!, [0, 0, 0, 0], [1, c.keys![0]!.shape[1]!, c.offset, c.keys![0]!.shape[3]!]),
+        2,
+        true,
+      ),
+    ),
+  );
+  freeCaches(caches);
+  return centers;
+}
 
 interface Variant {
   name: string;
@@ -159,6 +267,33 @@ const all: Variant[] = [
       caches: () => Array.from({ length: model.numLayers }, () => new EqualizedKeysCache(g, alpha)),
     })),
   ),
+  simulated("8-bit g64, keys Hadamard-rotated", { keys: rotated(q8(64)), values: q8(64) }),
+  real("4-bit g64 (the cache)", { bits: 4, groupSize: 64 }),
+  simulated("4-bit g64, keys Hadamard-rotated", {
+    keys: rotated((x) => roundTrip(x, 4, 64)),
+    values: (x) => roundTrip(x, 4, 64),
+  }),
+  simulated("8-bit g32, keys Hadamard-rotated", { keys: rotated(q8(32)), values: q8(64) }),
+  ...[64, 32].map((g) => ({
+    name: `8-bit, keys per channel over ${g} positions (KIVI), values g64`,
+    caches: () => Array.from({ length: model.numLayers }, () => new PerChannelKeysCache(g)),
+  })),
+  {
+    name: "8-bit g64, keys centered (first chunk's channel means)",
+    caches: () => Array.from({ length: model.numLayers }, () => new CenteredKeysCache(q8(64))),
+  },
+  {
+    name: "8-bit g64, keys centered (a calibration text's channel means)",
+    caches: () => calibratedCenters().map((center) => new CenteredKeysCache(q8(64), center)),
+  },
+  {
+    name: "8-bit g64, keys centered and Hadamard-rotated",
+    caches: () => Array.from({ length: model.numLayers }, () => new CenteredKeysCache(rotated(q8(64)))),
+  },
+  {
+    name: "8-bit g64, keys' last < 64 positions float (KIVI's float tail, per row)",
+    caches: () => Array.from({ length: model.numLayers }, () => new PerChannelKeysCache(64, true)),
+  },
 ];
 mx.random.seed(0);
 const only = args.only?.split(",");
@@ -223,7 +358,8 @@ function peakToRms(x: MxArray): number {
   });
 }
 
-const questions = prompts.slice(0, Number(args.prompts));
+const promptSet: string[] = args["prompt-file"] ? await Bun.file(args["prompt-file"]).json() : prompts;
+const questions = promptSet.slice(0, Number(args.prompts));
 const answerTokens = Number(args.tokens);
 {
   const prompt = promptTokens(lm.tokenizer, questions[0]!);

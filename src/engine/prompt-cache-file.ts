@@ -41,7 +41,10 @@ export class PromptCacheFileError extends Error {
 
 /** How a cache stores keys and values, as one string: files made under another layout are refused. */
 export function kvLayout(quantization: KvQuantization | undefined, maxKvSize: number | undefined): string {
-  const stored = quantization ? `q${quantization.bits}g${quantization.groupSize}s${quantization.start ?? 0}` : "float";
+  // Quantized keys are stored rotated (rotateGroups): files from before the rotation are refused.
+  const stored = quantization
+    ? `q${quantization.bits}g${quantization.groupSize}s${quantization.start ?? 0}-rotated-keys`
+    : "float";
   return maxKvSize === undefined ? stored : `${stored}-rotating${maxKvSize}`;
 }
 

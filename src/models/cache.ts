@@ -3,9 +3,11 @@
 // reuses it instead of copying the whole cache every token. With a quantization, keys and
 // values are stored as MLX quantizes weights (packed integers, per-group scales and biases)
 // and attention runs on them with quantized matmuls, as mlx-lm's quantized KV cache does.
+// Quantized keys are stored rotated (see rotateGroups): the queries are rotated alike, so
+// q·k, and attention, are unchanged.
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
-import { quantizedAttention } from "./quantized-attention";
+import { quantizedAttention, rotateGroups } from "./quantized-attention";
 
 export type Mask = "causal" | MxArray | undefined;
 
@@ -71,12 +73,15 @@ export class KVCache implements AttentionCache {
       return mx.fast.scaledDotProductAttention(queries, ...this.updateAndFetch(keys, values), scale, mask, sinks);
     const [k, v] = this.update(keys, values);
     if (k.length === 1) return mx.fast.scaledDotProductAttention(queries, k[0]!, v[0]!, scale, mask, sinks);
-    return quantizedAttention(queries, k, v, scale, mask, this.quantization!, sinks);
+    const q = this.quantization!;
+    return quantizedAttention(rotateGroups(queries, q.groupSize), k, v, scale, mask, q, sinks);
   }
 
   updateAndFetch(keys: MxArray, values: MxArray): [MxArray, MxArray] {
     const [k, v] = this.update(keys, values);
-    return [this.toFloat(k, keys), this.toFloat(v, values)];
+    const fetched = this.toFloat(k, keys);
+    // The rotation is its own inverse: this gives back the keys as they came.
+    return [k.length === 1 ? fetched : rotateGroups(fetched, this.quantization!.groupSize), this.toFloat(v, values)];
   }
 
   /** Appends keys/values [B, H, L, D] and returns the cache's valid part, [B, H, offset + L, ·]. */
@@ -87,7 +92,7 @@ export class KVCache implements AttentionCache {
     const quantize =
       this.quantization !== undefined && (this.quantized || previous + length > (this.quantization.start ?? 0));
     if (quantize && this.keys && !this.quantized) this.quantizeHeld();
-    const newKeys = quantize ? this.encode(keys) : [keys];
+    const newKeys = quantize ? this.encodeKeys(keys) : [keys];
     const newValues = quantize ? this.encode(values) : [values];
     if (!this.keys || !this.values || previous + length > this.keys[0]!.shape[2]!)
       this.grow(newKeys, newValues, length);
@@ -101,6 +106,11 @@ export class KVCache implements AttentionCache {
     this.values = write(this.values!, newValues);
     const valid = (held: Stored) => held.map((t) => mx.slice(t, [0, 0, 0], stop));
     return [valid(this.keys), valid(this.values)];
+  }
+
+  /** Keys [B, H, L, D] → their quantized parts, rotated first (see rotateGroups). */
+  private encodeKeys(keys: MxArray): Stored {
+    return this.encode(rotateGroups(keys, this.quantization!.groupSize));
   }
 
   /** x [B, H, L, D] → its quantized parts. */
@@ -119,7 +129,7 @@ export class KVCache implements AttentionCache {
     if (!this.keys || !this.values || this.quantized) return;
     const [batch, heads] = this.keys[0]!.shape as [number, number];
     const used = (t: Stored) => mx.slice(t[0]!, [0, 0, 0], [batch, heads, this.offset]);
-    const [keys, values] = mx.scope(() => [this.encode(used(this.keys!)), this.encode(used(this.values!))]);
+    const [keys, values] = mx.scope(() => [this.encodeKeys(used(this.keys!)), this.encode(used(this.values!))]);
     this.free(false);
     this.keys = keys.map(mx.keep);
     this.values = values.map(mx.keep);

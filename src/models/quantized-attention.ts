@@ -21,3 +21,44 @@ export function quantizedAttention(
   const parts = (t: Stored) => [t[0]!, t[1]!, t[2]!] as const;
   return mx.fast.quantizedScaledDotProductAttention(queries, parts(keys), parts(values), scale, q, mask, sinks);
 }
+
+/**
+ * x [..., D] with each group of `groupSize` along D multiplied by the orthonormal Hadamard matrix
+ * H (Sylvester's, over √groupSize), which is symmetric and its own inverse. Keys are quantized
+ * after this rotation (as QuaRot rotates them): a key's few outlier channels, which otherwise set
+ * the range of every row's group and so the rounding step of all its values, are spread over the
+ * whole group. The queries rotated alike give the same q·k (Hᵀ H = I). Measured on the default
+ * model: 8-bit's mean abs logit difference 0.073 → 0.055, 4-bit's about halved (bench/RESULTS.md,
+ * "KV cache, fourth pass").
+ */
+export function rotateGroups(x: MxArray, groupSize: number): MxArray {
+  const shape = x.shape;
+  // One group per row (head_dim = group size, the common case): no reshapes, one graph node.
+  if (shape.at(-1) === groupSize) return mx.matmul(x, hadamard(groupSize, x.dtype));
+  const grouped = mx.reshape(x, [...shape.slice(0, -1), shape.at(-1)! / groupSize, groupSize]);
+  return mx.reshape(mx.matmul(grouped, hadamard(groupSize, x.dtype)), shape);
+}
+
+const hadamards = new Map<string, MxArray>();
+
+/** The orthonormal Hadamard matrix of order n (a power of 2) in `dtype`, made once and kept. */
+function hadamard(n: number, dtype: mx.DtypeCode): MxArray {
+  const key = `${n}:${dtype}`;
+  let h = hadamards.get(key);
+  if (!h) {
+    const entries = new Float32Array(n * n);
+    // Sylvester: H[i][j] = (-1)^popcount(i & j).
+    for (let i = 0; i < n; i++)
+      for (let j = 0; j < n; j++) entries[i * n + j] = (popcount(i & j) % 2 ? -1 : 1) / Math.sqrt(n);
+    h = mx.keep(mx.scope(() => mx.astype(mx.array(entries, [n, n]), dtype)));
+    mx.evaluate(h);
+    hadamards.set(key, h);
+  }
+  return h;
+}
+
+function popcount(bits: number): number {
+  let count = 0;
+  for (; bits; bits &= bits - 1) count++;
+  return count;
+}
