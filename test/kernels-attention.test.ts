@@ -14,17 +14,24 @@ interface Case {
   dim: number;
   mask?: "causal" | "bool" | "additive";
   dtype?: mx.DtypeCode;
+  /** Keys' and values' dtype when not the queries' (a float16 cache under float32 activations). */
+  kvDtype?: mx.DtypeCode;
+  /** Keys whose head dimension is strided (a transposed buffer), not rows. */
+  stridedKeys?: boolean;
 }
 
 // Keys and values as the KV cache hands them over: the used part of a larger buffer.
 function inputs(c: Case) {
   const b = c.batch ?? 1;
   const dtype = c.dtype ?? mx.Dtype.float32;
-  const normal = (shape: number[]) => mx.astype(mx.random.normal(shape), dtype);
+  const normal = (shape: number[], type = dtype) => mx.astype(mx.random.normal(shape), type);
   const capacity = c.keys + 37;
   const q = normal([b, c.qHeads, c.queries, c.dim]);
-  const k = mx.slice(normal([b, c.kvHeads, capacity, c.dim]), [0, 0, 0, 0], [b, c.kvHeads, c.keys, c.dim]);
-  const v = mx.slice(normal([b, c.kvHeads, capacity, c.dim]), [0, 0, 0, 0], [b, c.kvHeads, c.keys, c.dim]);
+  const held = (shape: number[]) => normal(shape, c.kvDtype ?? dtype);
+  const k = c.stridedKeys
+    ? mx.transpose(held([b, c.kvHeads, c.dim, c.keys]), [0, 1, 3, 2])
+    : mx.slice(held([b, c.kvHeads, capacity, c.dim]), [0, 0, 0, 0], [b, c.kvHeads, c.keys, c.dim]);
+  const v = mx.slice(held([b, c.kvHeads, capacity, c.dim]), [0, 0, 0, 0], [b, c.kvHeads, c.keys, c.dim]);
   let mask: "causal" | mx.MxArray | undefined;
   if (c.mask === "causal") mask = "causal";
   else if (c.mask === "bool") mask = mx.greater(mx.random.normal([b, 1, c.queries, c.keys]), mx.scalar(-1));
@@ -79,6 +86,25 @@ describe("attention kernel", () => {
   test("bfloat16 and float16 inputs: fp32 inside, the output in the input's type", () => {
     compare({ qHeads: 9, kvHeads: 3, queries: 1, keys: 700, dim: 64, dtype: mx.Dtype.bfloat16 }, 1e-2);
     compare({ qHeads: 9, kvHeads: 3, queries: 20, keys: 20, dim: 64, mask: "causal", dtype: mx.Dtype.float16 }, 2e-3);
+  });
+
+  test("a float16 or bfloat16 KV cache under float32 queries: read in place, widened to fp32", () => {
+    const { float16, bfloat16 } = mx.Dtype;
+    // Decode (a group's few rows, each key scored directly) at long contexts, split over the pool.
+    for (const keys of [1, 100, 2000, 8000]) compare({ qHeads: 9, kvHeads: 3, queries: 1, keys, dim: 64, kvDtype: float16 });
+    compare({ qHeads: 9, kvHeads: 3, queries: 1, keys: 700, dim: 64, kvDtype: bfloat16 });
+    // Head sizes that are not a multiple of the vector width; two query positions (a draft to verify).
+    compare({ qHeads: 4, kvHeads: 2, queries: 1, keys: 333, dim: 40, kvDtype: float16 });
+    compare({ qHeads: 9, kvHeads: 3, queries: 2, keys: 300, dim: 72, mask: "causal", kvDtype: float16 });
+    // Many rows per chunk (prefill: keys transposed first), and the batch path's mask.
+    compare({ qHeads: 9, kvHeads: 3, queries: 40, keys: 300, dim: 64, mask: "causal", kvDtype: float16 });
+    compare({ batch: 3, qHeads: 9, kvHeads: 3, queries: 1, keys: 75, dim: 64, mask: "bool", kvDtype: float16 });
+  });
+
+  test("keys that are not rows (a strided head dimension) are copied a chunk at a time", () => {
+    compare({ qHeads: 9, kvHeads: 3, queries: 1, keys: 300, dim: 64, stridedKeys: true });
+    compare({ qHeads: 9, kvHeads: 3, queries: 30, keys: 300, dim: 64, mask: "causal", stridedKeys: true });
+    compare({ qHeads: 9, kvHeads: 3, queries: 1, keys: 500, dim: 64, stridedKeys: true, kvDtype: mx.Dtype.float16 });
   });
 
   test("a lazy graph node like MLX's: the same result on a second stream", () => {

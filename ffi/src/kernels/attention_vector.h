@@ -28,6 +28,35 @@ inline vf load(const float* p) {
   std::memcpy(&v, p, sizeof v);
   return v;
 }
+
+// Half-precision keys and values (a float16 or bfloat16 KV cache), widened to fp32 a vector at a
+// time as they are read (F16C's vcvtph2ps where the instruction set has it).
+struct BF16 {
+  uint16_t bits;
+};
+typedef _Float16 vhalf __attribute__((vector_size(kBytes / 2)));
+typedef uint16_t vu16 __attribute__((vector_size(kBytes / 2)));
+inline vf load(const _Float16* p) {
+  vhalf h;
+  std::memcpy(&h, p, sizeof h);
+  return __builtin_convertvector(h, vf);
+}
+inline vf load(const BF16* p) {
+  vu16 h;
+  std::memcpy(&h, p, sizeof h);
+  const vi bits = __builtin_convertvector(h, vi) << 16;
+  vf v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+inline float to_float(float f) { return f; }
+inline float to_float(_Float16 h) { return static_cast<float>(h); }
+inline float to_float(BF16 h) {
+  const uint32_t bits = uint32_t(h.bits) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
 inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 inline vf splat(float f) { return vf{} + f; }
 inline vf max(vf a, vf b) { return a > b ? a : b; }
@@ -63,6 +92,15 @@ inline float reduce_sum(vf v) {
   float s = 0;
   for (int i = 0; i < kLanes; ++i) s += v[i];
   return s;
+}
+// The same sum added pairwise (halves, then quarters...): a short dependency chain for the decode
+// path's dot products, which sum one vector per key and query row.
+inline float pairwise_sum(vf v) {
+  float lanes[kLanes];
+  std::memcpy(lanes, &v, sizeof v);
+  for (int width = kLanes / 2; width > 0; width /= 2)
+    for (int i = 0; i < width; ++i) lanes[i] += lanes[i + width];
+  return lanes[0];
 }
 
 inline float element(const StridedView& v, int64_t index) {
@@ -103,8 +141,10 @@ inline int hide_scores(float* score, int start, int n, int b, int head, int i, i
 
 // Online softmax over one chunk for one query row: with the chunk's scores (kChunk of them, the
 // hidden ones -inf) rescales what the row summed so far (max, sum, its Dv outputs) to the new
-// running max and adds the chunk's n value rows (value_stride floats apart), all in fp32.
-inline void softmax_accumulate(float* score, int n, const float* values, int64_t value_stride, int Dv, float& row_max,
+// running max and adds the chunk's n value rows (value_stride elements apart; fp32, float16 or
+// bfloat16, widened as they are read), all in fp32.
+template <class T>
+inline void softmax_accumulate(float* score, int n, const T* values, int64_t value_stride, int Dv, float& row_max,
                                float& row_sum, float* out) {
   vf top = splat(kMinusInf);
   for (int v = 0; v < 8; ++v) top = max(top, load(score + v * kLanes));
@@ -126,7 +166,7 @@ inline void softmax_accumulate(float* score, int n, const float* values, int64_t
     vf o2 = load(out + d + 2 * kLanes) * rescale, o3 = load(out + d + 3 * kLanes) * rescale;
     for (int j = 0; j < n; ++j) {
       const vf w = splat(score[j]);
-      const float* v = values + j * value_stride + d;
+      const T* v = values + j * value_stride + d;
       o0 += w * load(v);
       o1 += w * load(v + kLanes);
       o2 += w * load(v + 2 * kLanes);
@@ -144,7 +184,7 @@ inline void softmax_accumulate(float* score, int n, const float* values, int64_t
   }
   for (; d < Dv; ++d) {
     float o = out[d] * rescale;
-    for (int j = 0; j < n; ++j) o += score[j] * values[j * value_stride + d];
+    for (int j = 0; j < n; ++j) o += score[j] * to_float(values[j * value_stride + d]);
     out[d] = o;
   }
 }
