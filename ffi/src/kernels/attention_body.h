@@ -87,7 +87,8 @@ void attend_keys(const AttentionProblem& p, const AttentionTile& t, Scratch& s, 
     const bool copied = to_rows(start, n);
     const T* chunk_keys = copied ? reinterpret_cast<const T*>(s.keys.data()) : keys + start * key_stride;
     const T* chunk_values = copied ? reinterpret_cast<const T*>(s.values.data()) : values + start * value_stride;
-    if (rows <= kDirectRows) {
+    const bool direct = rows <= kDirectRows;
+    if (direct) {
       score_direct(s.queries.data(), rows, D, chunk_keys, key_stride, n, s.scores.data());
     } else {
       score_transposed(s.queries.data(), rows, D, chunk_keys, key_stride, n, s.keys_t.data(), s.scores.data());
@@ -95,9 +96,13 @@ void attend_keys(const AttentionProblem& p, const AttentionTile& t, Scratch& s, 
     for (int r = 0; r < rows; ++r) {
       const int head = first_head + r / positions, i = t.row_begin + r % positions;
       float* score = s.scores.data() + size_t(r) * kChunk;
+      float* out = s.out.data() + size_t(r) * Dv;
       hide_scores(score, start, n, t.b, head, i, shift, p.causal, p.has_mask, p.bool_mask, p.mask);
-      softmax_accumulate(score, n, chunk_values, value_stride, Dv, s.max[r], s.sum[r], s.out.data() + size_t(r) * Dv);
+      // Few rows: weights first, then each value row read once for all of them.
+      if (direct) softmax_weights(score, Dv, s.max[r], s.sum[r], out);
+      else softmax_accumulate(score, n, chunk_values, value_stride, Dv, s.max[r], s.sum[r], out);
     }
+    if (direct) accumulate_values(s.scores.data(), rows, n, chunk_values, value_stride, Dv, s.out.data());
   }
 }
 
