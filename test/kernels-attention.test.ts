@@ -18,6 +18,8 @@ interface Case {
   kvDtype?: mx.DtypeCode;
   /** Keys whose head dimension is strided (a transposed buffer), not rows. */
   stridedKeys?: boolean;
+  /** A learned logit per query head joining each softmax without a value (gpt-oss). */
+  sinks?: boolean;
 }
 
 // Keys and values as the KV cache hands them over: the used part of a larger buffer.
@@ -36,18 +38,21 @@ function inputs(c: Case) {
   if (c.mask === "causal") mask = "causal";
   else if (c.mask === "bool") mask = mx.greater(mx.random.normal([b, 1, c.queries, c.keys]), mx.scalar(-1));
   else if (c.mask === "additive") mask = mx.multiply(mx.random.uniform([b, 1, c.queries, c.keys]), mx.scalar(-4));
-  mx.evaluate(q, k, v, ...(mask && mask !== "causal" ? [mask] : []));
-  return { q, k, v, mask, scale: c.dim ** -0.5 };
+  const sinks = c.sinks ? mx.random.normal([c.qHeads]) : undefined;
+  mx.evaluate(q, k, v, ...(mask && mask !== "causal" ? [mask] : []), ...(sinks ? [sinks] : []));
+  return { q, k, v, mask, sinks, scale: c.dim ** -0.5 };
 }
 
 /** Our kernel against MLX's op on the same inputs; returns the relative error. */
 function compare(c: Case, tolerance = 2e-5): number {
   return mx.scope(() => {
-    const { q, k, v, mask, scale } = inputs(c);
-    const ours = mx.fast.scaledDotProductAttention(q, k, v, scale, mask);
+    const { q, k, v, mask, sinks, scale } = inputs(c);
+    const ours = mx.fast.scaledDotProductAttention(q, k, v, scale, mask, sinks);
     // MLX's reference in fp32 (its half-precision CPU path rounds intermediate results).
     const f32 = (x: mx.MxArray) => mx.astype(x, mx.Dtype.float32);
-    const reference = withMlxKernels(() => mx.fast.scaledDotProductAttention(f32(q), f32(k), f32(v), scale, mask));
+    const reference = withMlxKernels(() =>
+      mx.fast.scaledDotProductAttention(f32(q), f32(k), f32(v), scale, mask, sinks),
+    );
     expect(ours.shape).toEqual(reference.shape);
     expect(ours.dtype).toBe(q.dtype);
     const error = relativeError(ours, reference);
@@ -99,6 +104,13 @@ describe("attention kernel", () => {
     // Many rows per chunk (prefill: keys transposed first), and the batch path's mask.
     compare({ qHeads: 9, kvHeads: 3, queries: 40, keys: 300, dim: 64, mask: "causal", kvDtype: float16 });
     compare({ batch: 3, qHeads: 9, kvHeads: 3, queries: 1, keys: 75, dim: 64, mask: "bool", kvDtype: float16 });
+  });
+
+  test("attention sinks (gpt-oss): one logit per head in each softmax, once across split keys", () => {
+    compare({ qHeads: 8, kvHeads: 2, queries: 1, keys: 2000, dim: 64, sinks: true, kvDtype: mx.Dtype.float16 });
+    compare({ qHeads: 8, kvHeads: 2, queries: 1, keys: 5, dim: 64, sinks: true });
+    compare({ qHeads: 8, kvHeads: 2, queries: 20, keys: 20, dim: 64, mask: "causal", sinks: true });
+    compare({ batch: 2, qHeads: 4, kvHeads: 2, queries: 3, keys: 40, dim: 32, mask: "bool", sinks: true });
   });
 
   test("keys that are not rows (a strided head dimension) are copied a chunk at a time", () => {

@@ -135,6 +135,11 @@ void ATTENTION_TILE_FN(const AttentionProblem& p, const AttentionTile& t, float*
     const int head = first_head + r / positions, i = t.row_begin + r % positions;
     const float* q = p.q + ((size_t(t.b) * p.q_heads + head) * p.q_len + i) * D;
     for (int d = 0; d < D; ++d) s.queries[size_t(r) * D + d] = q[d] * p.scale;
+    // A head's sink starts its rows' softmax (once: in the part that holds the first keys).
+    if (p.sinks != nullptr && t.key_begin == 0) {
+      s.max[r] = p.sinks[head];
+      s.sum[r] = 1.0f;
+    }
   }
   // Causal: no row of the tile sees keys past its last position.
   const int key_end = p.causal ? std::min(t.key_end, t.row_end + shift) : t.key_end;
