@@ -41,7 +41,13 @@ function layersAt(context: number): Layer[] {
       quantized[bits] = { keys: pack(k), values: pack(v) };
     }
     const half = (t: mx.MxArray) => mx.keep(used(mx.astype(t, mx.Dtype.float16)));
-    const layer = { keys: mx.keep(used(k)), values: mx.keep(used(v)), halfKeys: half(k), halfValues: half(v), quantized };
+    const layer = {
+      keys: mx.keep(used(k)),
+      values: mx.keep(used(v)),
+      halfKeys: half(k),
+      halfValues: half(v),
+      quantized,
+    };
     mx.evaluate(
       layer.keys,
       layer.values,
@@ -129,6 +135,12 @@ for (const context of values.contexts!.split(",").map(Number)) {
     );
   });
   for (const l of model)
-    for (const t of [l.keys, l.values, l.halfKeys, l.halfValues, ...Object.values(l.quantized).flatMap((p) => [...p.keys, ...p.values])])
+    for (const t of [
+      l.keys,
+      l.values,
+      l.halfKeys,
+      l.halfValues,
+      ...Object.values(l.quantized).flatMap((p) => [...p.keys, ...p.values]),
+    ])
       t.free();
 }

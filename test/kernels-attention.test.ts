@@ -96,7 +96,8 @@ describe("attention kernel", () => {
   test("a float16 or bfloat16 KV cache under float32 queries: read in place, widened to fp32", () => {
     const { float16, bfloat16 } = mx.Dtype;
     // Decode (a group's few rows, each key scored directly) at long contexts, split over the pool.
-    for (const keys of [1, 100, 2000, 8000]) compare({ qHeads: 9, kvHeads: 3, queries: 1, keys, dim: 64, kvDtype: float16 });
+    for (const keys of [1, 100, 2000, 8000])
+      compare({ qHeads: 9, kvHeads: 3, queries: 1, keys, dim: 64, kvDtype: float16 });
     compare({ qHeads: 9, kvHeads: 3, queries: 1, keys: 700, dim: 64, kvDtype: bfloat16 });
     // Head sizes that are not a multiple of the vector width; two query positions (a draft to verify).
     compare({ qHeads: 4, kvHeads: 2, queries: 1, keys: 333, dim: 40, kvDtype: float16 });
@@ -110,6 +111,17 @@ describe("attention kernel", () => {
     compare({ qHeads: 8, kvHeads: 2, queries: 1, keys: 2000, dim: 64, sinks: true, kvDtype: mx.Dtype.float16 });
     compare({ qHeads: 8, kvHeads: 2, queries: 1, keys: 5, dim: 64, sinks: true });
     compare({ qHeads: 8, kvHeads: 2, queries: 20, keys: 20, dim: 64, mask: "causal", sinks: true });
+    compare({
+      qHeads: 4,
+      kvHeads: 2,
+      queries: 12,
+      keys: 12,
+      dim: 32,
+      mask: "causal",
+      sinks: true,
+      kvDtype: mx.Dtype.float16,
+    });
+    compare({ qHeads: 4, kvHeads: 2, queries: 1, keys: 13, dim: 32, sinks: true, kvDtype: mx.Dtype.float16 });
     compare({ batch: 2, qHeads: 4, kvHeads: 2, queries: 3, keys: 40, dim: 32, mask: "bool", sinks: true });
   });
 
