@@ -1,4 +1,4 @@
-// Decode attention alone on a float, an 8-bit and a 4-bit KV cache, in the default model's shapes
+// Decode attention alone on a float32, a float16, an 8-bit and a 4-bit KV cache, in the default model's shapes
 // (9 query / 3 key-value heads of 64, 30 layers): our float attention kernel, our quantized one,
 // and MLX's composition for a quantized cache (its quantized matmuls, MLX_KERNELS=mlx), one decode
 // step's attention over all layers at each context length. Interleaved runs; medians of wall and
@@ -20,6 +20,9 @@ type Parts = readonly [mx.MxArray, mx.MxArray, mx.MxArray];
 interface Layer {
   keys: mx.MxArray;
   values: mx.MxArray;
+  /** The same in float16 (the float cache under float32 activations, MLX_KV_DTYPE's default). */
+  halfKeys: mx.MxArray;
+  halfValues: mx.MxArray;
   quantized: Record<number, { keys: Parts; values: Parts }>;
 }
 
@@ -37,8 +40,21 @@ function layersAt(context: number): Layer[] {
       };
       quantized[bits] = { keys: pack(k), values: pack(v) };
     }
-    const layer = { keys: mx.keep(used(k)), values: mx.keep(used(v)), quantized };
-    mx.evaluate(layer.keys, layer.values, ...Object.values(quantized).flatMap((q) => [...q.keys, ...q.values]));
+    const half = (t: mx.MxArray) => mx.keep(used(mx.astype(t, mx.Dtype.float16)));
+    const layer = {
+      keys: mx.keep(used(k)),
+      values: mx.keep(used(v)),
+      halfKeys: half(k),
+      halfValues: half(v),
+      quantized,
+    };
+    mx.evaluate(
+      layer.keys,
+      layer.values,
+      layer.halfKeys,
+      layer.halfValues,
+      ...Object.values(quantized).flatMap((q) => [...q.keys, ...q.values]),
+    );
     return layer;
   });
 }
@@ -46,8 +62,14 @@ function layersAt(context: number): Layer[] {
 interface Variant {
   name: string;
   kernels: boolean;
+  /** Bytes of keys and values held per position, per layer (for the GB/s read). */
+  bytes: number;
   attend: (q: mx.MxArray, layer: Layer) => mx.MxArray;
 }
+// Keys and values per position of one layer: float elements, or packed values and a float32
+// scale and bias per group of 64.
+const float = (size: number) => 2 * kvHeads * dim * size;
+const packed = (bits: number) => 2 * kvHeads * ((dim * bits) / 8 + (dim / 64) * 2 * 4);
 const quantized = (bits: number) => (q: mx.MxArray, l: Layer) =>
   mx.fast.quantizedScaledDotProductAttention(q, l.quantized[bits]!.keys, l.quantized[bits]!.values, scale, {
     bits,
@@ -57,12 +79,19 @@ const variants: Variant[] = [
   {
     name: "float32, our kernel",
     kernels: true,
+    bytes: float(4),
     attend: (q, l) => mx.fast.scaledDotProductAttention(q, l.keys, l.values, scale),
   },
-  { name: "8-bit, our kernel", kernels: true, attend: quantized(8) },
-  { name: "4-bit, our kernel", kernels: true, attend: quantized(4) },
-  { name: "8-bit, MLX's quantized matmuls", kernels: false, attend: quantized(8) },
-  { name: "4-bit, MLX's quantized matmuls", kernels: false, attend: quantized(4) },
+  {
+    name: "float16, our kernel",
+    kernels: true,
+    bytes: float(2),
+    attend: (q, l) => mx.fast.scaledDotProductAttention(q, l.halfKeys, l.halfValues, scale),
+  },
+  { name: "8-bit, our kernel", kernels: true, bytes: packed(8), attend: quantized(8) },
+  { name: "4-bit, our kernel", kernels: true, bytes: packed(4), attend: quantized(4) },
+  { name: "8-bit, MLX's quantized matmuls", kernels: false, bytes: packed(8), attend: quantized(8) },
+  { name: "4-bit, MLX's quantized matmuls", kernels: false, bytes: packed(4), attend: quantized(4) },
 ];
 
 /** One decode step's attention over every layer: [wall ms, CPU ms]. */
@@ -83,8 +112,8 @@ const q = mx.keep(mx.random.normal([1, qHeads, 1, dim]));
 console.log(
   `${runs} interleaved runs; medians of one decode step's attention over ${layers} layers (ms). Our kernels: ${mx.cpuKernels()}.\n`,
 );
-console.log("| context | cache, attention | wall ms | CPU ms | CPU against float32 |");
-console.log("|---:|---|---:|---:|---:|");
+console.log("| context | cache, attention | wall ms | CPU ms | CPU against float32 | K/V read, GB/s of wall |");
+console.log("|---:|---|---:|---:|---:|---:|");
 for (const context of values.contexts!.split(",").map(Number)) {
   const model = layersAt(context);
   const times = variants.map(() => ({ wall: [] as number[], cpu: [] as number[] }));
@@ -100,11 +129,18 @@ for (const context of values.contexts!.split(",").map(Number)) {
   const floatCpu = median(times[0]!.cpu);
   variants.forEach((v, i) => {
     const [wall, cpu] = [median(times[i]!.wall), median(times[i]!.cpu)];
+    const gbPerSecond = (v.bytes * context * layers) / (wall / 1000) / 1e9;
     console.log(
-      `| ${context} | ${v.name} | ${wall.toFixed(1)} | ${cpu.toFixed(1)} | ${i === 0 ? "" : ratio(cpu, floatCpu)} |`,
+      `| ${context} | ${v.name} | ${wall.toFixed(1)} | ${cpu.toFixed(1)} | ${i === 0 ? "" : ratio(cpu, floatCpu)} | ${gbPerSecond.toFixed(1)} |`,
     );
   });
   for (const l of model)
-    for (const t of [l.keys, l.values, ...Object.values(l.quantized).flatMap((p) => [...p.keys, ...p.values])])
+    for (const t of [
+      l.keys,
+      l.values,
+      l.halfKeys,
+      l.halfValues,
+      ...Object.values(l.quantized).flatMap((p) => [...p.keys, ...p.values]),
+    ])
       t.free();
 }

@@ -6,7 +6,11 @@
 // active memory across the decode steps stays flat when the cache is updated in place (no
 // per-token copy of the cache).
 //
-//   node_modules/.bin/bun bench/kv-cache.ts [--context 2000] [--steps 16] [--rounds 5] [--compare] [-m MODEL]
+//   node_modules/.bin/bun bench/kv-cache.ts [--contexts 32,2000] [--kv-dtypes float16] [--steps 16] [--rounds 5] [--compare] [-m MODEL]
+//
+// --contexts: the first is the reference each longer one is set against. --kv-dtypes: the float
+// cache's dtype under float32 activations (MLX_KV_DTYPE; float16,float32 runs both in the same
+// bursts). --compare adds MLX's own kernels (their cache keeps the activations' dtype).
 import { parseArgs } from "node:util";
 import * as mx from "../src/mlx";
 import { generateTokens } from "../src/engine/batch";
@@ -17,7 +21,8 @@ import { median, ratio } from "./lib";
 
 const { values } = parseArgs({
   options: {
-    context: { type: "string", default: "2000" },
+    contexts: { type: "string", default: "32,2000" },
+    "kv-dtypes": { type: "string", default: "float16" },
     steps: { type: "string", default: "16" },
     rounds: { type: "string", default: "5" },
     compare: { type: "boolean", default: false },
@@ -26,6 +31,7 @@ const { values } = parseArgs({
 });
 const steps = Number(values.steps);
 const rounds = Number(values.rounds);
+const contexts = values.contexts!.split(",").map(Number);
 const lm = loadModel(await resolveModelPath(values.model));
 const text = "The quick brown fox jumps over the lazy dog while the river runs to the sea. ";
 
@@ -38,7 +44,7 @@ function sequence(contextTokens: number) {
   const tokens = generateTokens(lm.model, {
     promptIds: prompt,
     sampling: defaultSampling,
-    maxTokens: rounds * 2 * (steps + 1) + 1,
+    maxTokens: rounds * (steps + 1) + 1,
   });
   tokens.next(); // the prefill and the first token
   // What the sequence holds once prefilled: its KV cache, mostly.
@@ -69,43 +75,48 @@ function sequence(contextTokens: number) {
   };
 }
 
-const configurations = values.compare ? [true, false] : [true];
-const short = sequence(32);
-const long = sequence(Number(values.context));
-interface Bursts {
-  speeds: number[];
-  cpuMs: number[];
+/** Kernels and float cache dtype; its sequences, one per context, are prefilled under them. */
+interface Configuration {
+  name: string;
+  ours: boolean;
+  kvDtype: string;
+  sequences: ReturnType<typeof sequence>[];
 }
-const bursts = () => ({ speeds: [] as number[], cpuMs: [] as number[] });
-const results = new Map(configurations.map((ours) => [ours, { short: bursts(), long: bursts() }]));
-for (let round = 0; round < rounds; round++) {
-  for (const ours of configurations) {
+const configurations: Configuration[] = [];
+for (const [ours, kvDtypes] of [
+  [true, values["kv-dtypes"]!.split(",")],
+  ...(values.compare ? [[false, ["float32"]] as const] : []),
+] as [boolean, string[]][]) {
+  for (const kvDtype of kvDtypes) {
     mx.useCpuKernels(ours);
-    for (const [s, into] of [
-      [short, results.get(ours)!.short],
-      [long, results.get(ours)!.long],
-    ] as [ReturnType<typeof sequence>, Bursts][]) {
-      s.burst();
-      into.speeds.push(s.speeds.at(-1)!);
-      into.cpuMs.push(s.cpuMs.at(-1)!);
-    }
+    process.env.MLX_KV_DTYPE = kvDtype;
+    const name = ours ? `ours (${mx.cpuKernels()}), ${kvDtype} cache` : "MLX's kernels";
+    configurations.push({ name, ours, kvDtype, sequences: contexts.map(sequence) });
+  }
+}
+// Every burst of every configuration and context once per round, the order rotating by round.
+const bursts = configurations.flatMap((c) => c.sequences.map((s) => ({ c, s })));
+for (let round = 0; round < rounds; round++) {
+  for (let i = 0; i < bursts.length; i++) {
+    const { c, s } = bursts[(i + round) % bursts.length]!;
+    mx.useCpuKernels(c.ours);
+    s.burst();
   }
 }
 mx.useCpuKernels(true);
 
-console.log(`${rounds} interleaved bursts of ${steps} decode steps; medians.\n`);
+console.log(`${rounds} interleaved bursts of ${steps} decode steps; medians. Against context ${contexts[0]}.\n`);
 console.log(
-  `| kernels | tokens/s, context 32 | tokens/s, context ${long.context} | long / short | CPU ms per step, 32 | CPU ms per step, ${long.context} | short / long, by CPU time | active memory change per burst (long) | KV cache (long) |`,
+  "| kernels, cache | context | tokens/s | against the first | CPU ms per step | against the first, by CPU time | active memory change per burst | KV cache |",
 );
-console.log("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-const cacheMB = (long.cacheBytes / 1e6).toFixed(1);
-for (const ours of configurations) {
-  const r = results.get(ours)!;
-  const [a, b] = [median(r.short.speeds), median(r.long.speeds)];
-  const [ca, cb] = [median(r.short.cpuMs), median(r.long.cpuMs)];
-  console.log(
-    `| ${ours ? `ours (${mx.cpuKernels()})` : "MLX's"} | ${a.toFixed(2)} | ${b.toFixed(2)} | ${ratio(b, a)} | ${ca.toFixed(1)} | ${cb.toFixed(1)} | ${ratio(ca, cb)} | ${(median(long.growth) / 1e6).toFixed(2)} MB | ${cacheMB} MB |`,
-  );
+console.log("|---|---:|---:|---:|---:|---:|---:|---:|");
+for (const c of configurations) {
+  const [first] = c.sequences;
+  for (const s of c.sequences) {
+    const [speed, cpu] = [median(s.speeds), median(s.cpuMs)];
+    console.log(
+      `| ${c.name} | ${s.context} | ${speed.toFixed(2)} | ${ratio(speed, median(first!.speeds))} | ${cpu.toFixed(1)} | ${ratio(median(first!.cpuMs), cpu)} | ${(median(s.growth) / 1e6).toFixed(2)} MB | ${(s.cacheBytes / 1e6).toFixed(1)} MB |`,
+    );
+  }
 }
-short.end();
-long.end();
+for (const c of configurations) for (const s of c.sequences) s.end();

@@ -14,33 +14,45 @@ interface Case {
   dim: number;
   mask?: "causal" | "bool" | "additive";
   dtype?: mx.DtypeCode;
+  /** Keys' and values' dtype when not the queries' (a float16 cache under float32 activations). */
+  kvDtype?: mx.DtypeCode;
+  /** Keys whose head dimension is strided (a transposed buffer), not rows. */
+  stridedKeys?: boolean;
+  /** A learned logit per query head joining each softmax without a value (gpt-oss). */
+  sinks?: boolean;
 }
 
 // Keys and values as the KV cache hands them over: the used part of a larger buffer.
 function inputs(c: Case) {
   const b = c.batch ?? 1;
   const dtype = c.dtype ?? mx.Dtype.float32;
-  const normal = (shape: number[]) => mx.astype(mx.random.normal(shape), dtype);
+  const normal = (shape: number[], type = dtype) => mx.astype(mx.random.normal(shape), type);
   const capacity = c.keys + 37;
   const q = normal([b, c.qHeads, c.queries, c.dim]);
-  const k = mx.slice(normal([b, c.kvHeads, capacity, c.dim]), [0, 0, 0, 0], [b, c.kvHeads, c.keys, c.dim]);
-  const v = mx.slice(normal([b, c.kvHeads, capacity, c.dim]), [0, 0, 0, 0], [b, c.kvHeads, c.keys, c.dim]);
+  const held = (shape: number[]) => normal(shape, c.kvDtype ?? dtype);
+  const k = c.stridedKeys
+    ? mx.transpose(held([b, c.kvHeads, c.dim, c.keys]), [0, 1, 3, 2])
+    : mx.slice(held([b, c.kvHeads, capacity, c.dim]), [0, 0, 0, 0], [b, c.kvHeads, c.keys, c.dim]);
+  const v = mx.slice(held([b, c.kvHeads, capacity, c.dim]), [0, 0, 0, 0], [b, c.kvHeads, c.keys, c.dim]);
   let mask: "causal" | mx.MxArray | undefined;
   if (c.mask === "causal") mask = "causal";
   else if (c.mask === "bool") mask = mx.greater(mx.random.normal([b, 1, c.queries, c.keys]), mx.scalar(-1));
   else if (c.mask === "additive") mask = mx.multiply(mx.random.uniform([b, 1, c.queries, c.keys]), mx.scalar(-4));
-  mx.evaluate(q, k, v, ...(mask && mask !== "causal" ? [mask] : []));
-  return { q, k, v, mask, scale: c.dim ** -0.5 };
+  const sinks = c.sinks ? mx.random.normal([c.qHeads]) : undefined;
+  mx.evaluate(q, k, v, ...(mask && mask !== "causal" ? [mask] : []), ...(sinks ? [sinks] : []));
+  return { q, k, v, mask, sinks, scale: c.dim ** -0.5 };
 }
 
 /** Our kernel against MLX's op on the same inputs; returns the relative error. */
 function compare(c: Case, tolerance = 2e-5): number {
   return mx.scope(() => {
-    const { q, k, v, mask, scale } = inputs(c);
-    const ours = mx.fast.scaledDotProductAttention(q, k, v, scale, mask);
+    const { q, k, v, mask, sinks, scale } = inputs(c);
+    const ours = mx.fast.scaledDotProductAttention(q, k, v, scale, mask, sinks);
     // MLX's reference in fp32 (its half-precision CPU path rounds intermediate results).
     const f32 = (x: mx.MxArray) => mx.astype(x, mx.Dtype.float32);
-    const reference = withMlxKernels(() => mx.fast.scaledDotProductAttention(f32(q), f32(k), f32(v), scale, mask));
+    const reference = withMlxKernels(() =>
+      mx.fast.scaledDotProductAttention(f32(q), f32(k), f32(v), scale, mask, sinks),
+    );
     expect(ours.shape).toEqual(reference.shape);
     expect(ours.dtype).toBe(q.dtype);
     const error = relativeError(ours, reference);
@@ -79,6 +91,44 @@ describe("attention kernel", () => {
   test("bfloat16 and float16 inputs: fp32 inside, the output in the input's type", () => {
     compare({ qHeads: 9, kvHeads: 3, queries: 1, keys: 700, dim: 64, dtype: mx.Dtype.bfloat16 }, 1e-2);
     compare({ qHeads: 9, kvHeads: 3, queries: 20, keys: 20, dim: 64, mask: "causal", dtype: mx.Dtype.float16 }, 2e-3);
+  });
+
+  test("a float16 or bfloat16 KV cache under float32 queries: read in place, widened to fp32", () => {
+    const { float16, bfloat16 } = mx.Dtype;
+    // Decode (a group's few rows, each key scored directly) at long contexts, split over the pool.
+    for (const keys of [1, 100, 2000, 8000])
+      compare({ qHeads: 9, kvHeads: 3, queries: 1, keys, dim: 64, kvDtype: float16 });
+    compare({ qHeads: 9, kvHeads: 3, queries: 1, keys: 700, dim: 64, kvDtype: bfloat16 });
+    // Head sizes that are not a multiple of the vector width; two query positions (a draft to verify).
+    compare({ qHeads: 4, kvHeads: 2, queries: 1, keys: 333, dim: 40, kvDtype: float16 });
+    compare({ qHeads: 9, kvHeads: 3, queries: 2, keys: 300, dim: 72, mask: "causal", kvDtype: float16 });
+    // Many rows per chunk (prefill: keys transposed first), and the batch path's mask.
+    compare({ qHeads: 9, kvHeads: 3, queries: 40, keys: 300, dim: 64, mask: "causal", kvDtype: float16 });
+    compare({ batch: 3, qHeads: 9, kvHeads: 3, queries: 1, keys: 75, dim: 64, mask: "bool", kvDtype: float16 });
+  });
+
+  test("attention sinks (gpt-oss): one logit per head in each softmax, once across split keys", () => {
+    compare({ qHeads: 8, kvHeads: 2, queries: 1, keys: 2000, dim: 64, sinks: true, kvDtype: mx.Dtype.float16 });
+    compare({ qHeads: 8, kvHeads: 2, queries: 1, keys: 5, dim: 64, sinks: true });
+    compare({ qHeads: 8, kvHeads: 2, queries: 20, keys: 20, dim: 64, mask: "causal", sinks: true });
+    compare({
+      qHeads: 4,
+      kvHeads: 2,
+      queries: 12,
+      keys: 12,
+      dim: 32,
+      mask: "causal",
+      sinks: true,
+      kvDtype: mx.Dtype.float16,
+    });
+    compare({ qHeads: 4, kvHeads: 2, queries: 1, keys: 13, dim: 32, sinks: true, kvDtype: mx.Dtype.float16 });
+    compare({ batch: 2, qHeads: 4, kvHeads: 2, queries: 3, keys: 40, dim: 32, mask: "bool", sinks: true });
+  });
+
+  test("keys that are not rows (a strided head dimension) are copied a chunk at a time", () => {
+    compare({ qHeads: 9, kvHeads: 3, queries: 1, keys: 300, dim: 64, stridedKeys: true });
+    compare({ qHeads: 9, kvHeads: 3, queries: 30, keys: 300, dim: 64, mask: "causal", stridedKeys: true });
+    compare({ qHeads: 9, kvHeads: 3, queries: 1, keys: 500, dim: 64, stridedKeys: true, kvDtype: mx.Dtype.float16 });
   });
 
   test("a lazy graph node like MLX's: the same result on a second stream", () => {

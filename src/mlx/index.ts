@@ -10,6 +10,7 @@ export * as distributed from "./distributed";
 export { defaultDeviceIsCpu, defaultStream, newStream, onStream } from "./stream";
 export { loadSafetensors, loadGGUF, saveSafetensors, type LoadedFile, type MetaValue } from "./io";
 import { lib } from "./ffi";
+import { defaultDeviceIsCpu } from "./stream";
 
 export const version = (): string => String(lib.mlxs_version());
 export const gpuAvailable = (): boolean => lib.mlxs_gpu_available() === 1;
@@ -17,7 +18,15 @@ export const gpuAvailable = (): boolean => lib.mlxs_gpu_available() === 1;
  * Our CPU kernels (ffi/src/kernels/) on or off for the ops built from now on (off: MLX's own ops,
  * for comparison); returns the previous setting. They start on unless MLX_KERNELS=mlx.
  */
-export const useCpuKernels = (on: boolean): boolean => lib.mlxs_use_cpu_kernels(on ? 1 : 0) === 1;
+export const useCpuKernels = (on: boolean): boolean => {
+  cpuKernelsOn = on;
+  return lib.mlxs_use_cpu_kernels(on ? 1 : 0) === 1;
+};
+// The switch as the shim starts with it (MLX_KERNELS), read once before any op exists.
+let cpuKernelsOn = lib.mlxs_use_cpu_kernels(1) === 1;
+lib.mlxs_use_cpu_kernels(cpuKernelsOn ? 1 : 0);
+/** Whether our CPU kernels build the ops from now on: they are on and the default device is the CPU. */
+export const cpuKernelsActive = (): boolean => cpuKernelsOn && defaultDeviceIsCpu();
 /** The instruction set and thread count our CPU kernels run with, e.g. "avx2, 2 threads" (", int8 activations" with MLX_CPU_INT8=1). */
 export const cpuKernels = (): string => String(lib.mlxs_cpu_kernels_describe());
 export function setDefaultDevice(kind: "cpu" | "gpu"): void {

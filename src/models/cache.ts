@@ -7,6 +7,7 @@
 // q·k, and attention, are unchanged.
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
+import { floatCacheDtype } from "./cache-dtype";
 import { quantizedAttention, rotateGroups } from "./quantized-attention";
 
 export type Mask = "causal" | MxArray | undefined;
@@ -92,8 +93,8 @@ export class KVCache implements AttentionCache {
     const quantize =
       this.quantization !== undefined && (this.quantized || previous + length > (this.quantization.start ?? 0));
     if (quantize && this.keys && !this.quantized) this.quantizeHeld();
-    const newKeys = quantize ? this.encodeKeys(keys) : [keys];
-    const newValues = quantize ? this.encode(values) : [values];
+    const newKeys = quantize ? this.encodeKeys(keys) : [this.asHeld(keys)];
+    const newValues = quantize ? this.encode(values) : [this.asHeld(values)];
     if (!this.keys || !this.values || previous + length > this.keys[0]!.shape[2]!)
       this.grow(newKeys, newValues, length);
     this.offset += length;
@@ -117,6 +118,17 @@ export class KVCache implements AttentionCache {
   encode(x: MxArray): Stored {
     const { weight, scales, biases } = mx.quantize(x, this.quantization!);
     return [weight, scales, biases!];
+  }
+
+  /**
+   * Float keys or values [B, H, L, D] in the dtype this cache holds: what it holds already, else
+   * floatCacheDtype's choice (float16 under float32 activations on our CPU kernels). A cache that
+   * quantizes keeps its float positions as they come.
+   */
+  private asHeld(x: MxArray): MxArray {
+    if (this.quantization) return x;
+    const dtype = this.keys?.[0]?.dtype ?? floatCacheDtype(x.dtype);
+    return x.dtype === dtype ? x : mx.astype(x, dtype);
   }
 
   /** Stored keys or values as float, in `like`'s dtype (read only to dequantize: it is an FFI call). */
@@ -155,11 +167,18 @@ export class KVCache implements AttentionCache {
     return mx.keep(next);
   }
 
-  /** Starts from stored keys/values [B, H, ≥ length, ·] (shared, so never written in place). */
+  /**
+   * Starts from stored keys/values [B, H, ≥ length, ·] (shared, so never written in place).
+   * Float ones saved in another dtype (a float32 prompt cache file) are converted to ours.
+   */
   seed(keys: Stored, values: Stored, length: number): void {
     this.free();
-    this.keys = keys.map((t) => mx.keep(mx.retain(t)));
-    this.values = values.map((t) => mx.keep(mx.retain(t)));
+    const own = (t: MxArray) => {
+      const held = this.asHeld(t);
+      return mx.keep(held === t ? mx.retain(t) : held);
+    };
+    this.keys = keys.map(own);
+    this.values = values.map(own);
     this.offset = length;
   }
 

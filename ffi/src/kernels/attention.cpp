@@ -45,8 +45,8 @@ void run(const AttentionProblem& p) {
 
 class Attention : public mx::UnaryPrimitive {
  public:
-  Attention(mx::Stream stream, float scale, bool causal, bool has_mask)
-      : mx::UnaryPrimitive(stream), scale_(scale), causal_(causal), has_mask_(has_mask) {}
+  Attention(mx::Stream stream, float scale, bool causal, bool has_mask, bool has_sinks)
+      : mx::UnaryPrimitive(stream), scale_(scale), causal_(causal), has_mask_(has_mask), has_sinks_(has_sinks) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
     out.set_data(mx::allocator::malloc(out.nbytes()));
@@ -56,7 +56,9 @@ class Attention : public mx::UnaryPrimitive {
     // The arrays are captured by value: their buffers stay alive until the stream runs this.
     std::vector<mx::array> held = inputs;
     held[0] = row_contiguous(held[0], stream());  // the queries; keys and values are read through their strides
-    encoder.dispatch([inputs = std::move(held), out = out, scale = scale_, causal = causal_, has_mask = has_mask_]() mutable {
+    if (has_sinks_) held.back() = row_contiguous(held.back(), stream());
+    encoder.dispatch([inputs = std::move(held), out = out, scale = scale_, causal = causal_, has_mask = has_mask_,
+                      has_sinks = has_sinks_]() mutable {
       const mx::array &q = inputs[0], &k = inputs[1], &v = inputs[2];
       AttentionProblem p{};
       p.batch = q.shape(0);
@@ -76,6 +78,7 @@ class Attention : public mx::UnaryPrimitive {
         p.mask = view_of(inputs[3]);
         p.bool_mask = inputs[3].dtype() == mx::bool_;
       }
+      p.sinks = has_sinks ? inputs.back().data<float>() : nullptr;
       p.out = out.data<float>();
       run(p);
     });
@@ -89,7 +92,7 @@ class Attention : public mx::UnaryPrimitive {
 
   bool is_equivalent(const mx::Primitive& other) const override {
     const auto& o = static_cast<const Attention&>(other);
-    return scale_ == o.scale_ && causal_ == o.causal_ && has_mask_ == o.has_mask_;
+    return scale_ == o.scale_ && causal_ == o.causal_ && has_mask_ == o.has_mask_ && has_sinks_ == o.has_sinks_;
   }
 
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
@@ -102,11 +105,13 @@ class Attention : public mx::UnaryPrimitive {
   float scale_;
   bool causal_;
   bool has_mask_;
+  bool has_sinks_;
 };
 
 bool supported(const mx::array& q, const mx::array& k, const mx::array& v, const std::string& mask_mode,
                const std::optional<mx::array>& mask, const std::optional<mx::array>& sinks) {
-  if (sinks || q.ndim() != 4 || k.ndim() != 4 || v.ndim() != 4) return false;
+  if (q.ndim() != 4 || k.ndim() != 4 || v.ndim() != 4) return false;
+  if (sinks && (sinks->ndim() != 1 || sinks->shape(0) != q.shape(1) || !float_type(sinks->dtype()))) return false;
   if (!float_type(q.dtype()) || !float_type(k.dtype()) || !float_type(v.dtype())) return false;
   if (mask_mode != "" && mask_mode != "causal" && mask_mode != "array") return false;
   if (mask && (mask_mode == "causal" || mask->ndim() > 4 || !(mask->dtype() == mx::bool_ || float_type(mask->dtype())))) {
@@ -132,8 +137,10 @@ mx::array scaled_dot_product_attention(const mx::array& q, const mx::array& k, c
     const mx::array m = mx::broadcast_to(*mask, {B, Hq, Lq, Lk});
     inputs.push_back(m.dtype() == mx::bool_ ? m : mx::astype(m, mx::float32));
   }
+  if (sinks) inputs.push_back(mx::astype(*sinks, mx::float32));
   mx::array out({B, Hq, Lq, v.shape(3)}, mx::float32,
-                std::make_shared<Attention>(stream, scale, mask_mode == "causal", mask.has_value()), std::move(inputs));
+                std::make_shared<Attention>(stream, scale, mask_mode == "causal", mask.has_value(), sinks.has_value()),
+                std::move(inputs));
   return q.dtype() == mx::float32 ? out : mx::astype(out, q.dtype());
 }
 

@@ -5,7 +5,9 @@
 // Flash-attention style: keys are taken in chunks; for every query row of the tile the chunk's
 // scores are computed, the running max and sum rescaled, and the chunk's values accumulated,
 // all in fp32. Every query head of a key/value head shares each chunk while it is in L1, so
-// grouped-query attention reads K and V once per tile and never repeats them.
+// grouped-query attention reads K and V once per tile and never repeats them. Keys and values
+// in fp32, float16 or bfloat16 rows are read where they lie and widened a vector at a time; other
+// layouts are copied to fp32 a chunk at a time first.
 #include <vector>
 
 #include "attention_vector.h"
@@ -15,8 +17,101 @@ namespace {
 
 // Per-thread buffers, kept between calls (pool threads and stream threads are long-lived).
 struct Scratch {
-  std::vector<float> queries, keys_t, values, scores, out, max, sum;
+  std::vector<float> queries, keys_t, keys, values, scores, out, max, sum;
 };
+
+// Query rows up to which a tile scores each key row directly (one dot product per key and row,
+// summed across lanes) rather than transposing the chunk's keys first: decode has a group's
+// few rows (3 on the default model), for which the transposition, a scalar move per key
+// element, costs more than the products it lines up.
+constexpr int kDirectRows = 8;
+
+// score[r * kChunk + j] = q_r · k_j for the tile's rows (scaled queries, D apart) and n key rows.
+template <class T>
+void score_direct(const float* q, int rows, int D, const T* keys, int64_t key_stride, int n, float* score) {
+  const int whole = D - D % kLanes;
+  for (int j = 0; j < n; ++j) {
+    const T* k = keys + j * key_stride;
+    for (int first = 0; first < rows; first += 4) {
+      const int m = std::min(4, rows - first);
+      vf acc[4] = {};
+      for (int d = 0; d < whole; d += kLanes) {
+        const vf kd = load(k + d);
+        for (int r = 0; r < m; ++r) acc[r] += load(q + size_t(first + r) * D + d) * kd;
+      }
+      for (int r = 0; r < m; ++r) {
+        float sum = pairwise_sum(acc[r]);
+        for (int d = whole; d < D; ++d) sum += q[size_t(first + r) * D + d] * to_float(k[d]);
+        score[size_t(first + r) * kChunk + j] = sum;
+      }
+    }
+  }
+}
+
+// The same through the keys transposed to [D][chunk]: a score row is then plain multiply-adds,
+// no sums across lanes, which pays when many rows share the chunk (prefill).
+template <class T>
+void score_transposed(const float* q, int rows, int D, const T* keys, int64_t key_stride, int n, float* kt,
+                      float* score) {
+  for (int j = 0; j < n; ++j) {
+    const T* k = keys + j * key_stride;
+    for (int d = 0; d < D; ++d) kt[size_t(d) * kChunk + j] = to_float(k[d]);
+  }
+  for (int d = 0; d < D; ++d) std::fill(kt + size_t(d) * kChunk + n, kt + size_t(d + 1) * kChunk, 0.0f);
+  for (int r = 0; r < rows; ++r) {
+    const float* qr = q + size_t(r) * D;
+    vf acc[8] = {};
+    for (int d = 0; d < D; ++d) {
+      const vf qd = splat(qr[d]);
+      const float* k = kt + size_t(d) * kChunk;
+      for (int v = 0; v < 8; ++v) acc[v] += qd * load(k + v * kLanes);
+    }
+    for (int v = 0; v < 8; ++v) store(score + size_t(r) * kChunk + v * kLanes, acc[v]);
+  }
+}
+
+// The tile over keys [t.key_begin, key_end) whose rows are `keys` / `values` (element T, rows
+// key_stride / value_stride apart, position 0 at the pointer), or, when `to_rows` is given, rows
+// it copies a chunk at a time into fp32 scratch (any other layout).
+template <class T, class ToRows>
+void attend_keys(const AttentionProblem& p, const AttentionTile& t, Scratch& s, int key_end, const T* keys,
+                 int64_t key_stride, const T* values, int64_t value_stride, ToRows to_rows) {
+  const int group = p.q_heads / p.kv_heads;
+  const int positions = t.row_end - t.row_begin;
+  const int rows = group * positions;
+  const int D = p.dim, Dv = p.value_dim;
+  const int shift = p.kv_len - p.q_len;
+  const int first_head = t.kv_head * group;
+  for (int start = t.key_begin; start < key_end; start += kChunk) {
+    const int n = std::min(kChunk, key_end - start);
+    const bool copied = to_rows(start, n);
+    const T* chunk_keys = copied ? reinterpret_cast<const T*>(s.keys.data()) : keys + start * key_stride;
+    const T* chunk_values = copied ? reinterpret_cast<const T*>(s.values.data()) : values + start * value_stride;
+    const bool direct = rows <= kDirectRows;
+    if (direct) {
+      score_direct(s.queries.data(), rows, D, chunk_keys, key_stride, n, s.scores.data());
+    } else {
+      score_transposed(s.queries.data(), rows, D, chunk_keys, key_stride, n, s.keys_t.data(), s.scores.data());
+    }
+    for (int r = 0; r < rows; ++r) {
+      const int head = first_head + r / positions, i = t.row_begin + r % positions;
+      float* score = s.scores.data() + size_t(r) * kChunk;
+      float* out = s.out.data() + size_t(r) * Dv;
+      hide_scores(score, start, n, t.b, head, i, shift, p.causal, p.has_mask, p.bool_mask, p.mask);
+      // Few rows: weights first, then each value row read once for all of them.
+      if (direct) softmax_weights(score, Dv, s.max[r], s.sum[r], out);
+      else softmax_accumulate(score, n, chunk_values, value_stride, Dv, s.max[r], s.sum[r], out);
+    }
+    if (direct) accumulate_values(s.scores.data(), rows, n, chunk_values, value_stride, Dv, s.out.data());
+  }
+}
+
+// Rows of a [B, H, T, ·] input at (b, head) when they are contiguous rows of element T, else null.
+template <class T>
+const T* rows_of(const StridedView& v, Element type, int b, int head) {
+  if (v.type != type || v.stride[3] != 1) return nullptr;
+  return static_cast<const T*>(v.data) + b * v.stride[0] + head * v.stride[1];
+}
 
 }  // namespace
 
@@ -29,7 +124,6 @@ void ATTENTION_TILE_FN(const AttentionProblem& p, const AttentionTile& t, float*
   const int shift = p.kv_len - p.q_len;
   s.queries.resize(size_t(rows) * D);
   s.keys_t.resize(size_t(D) * kChunk);
-  s.values.resize(size_t(kChunk) * Dv);
   s.scores.resize(size_t(rows) * kChunk);
   s.out.assign(size_t(rows) * Dv, 0.0f);
   s.max.assign(rows, kMinusInf);
@@ -41,57 +135,40 @@ void ATTENTION_TILE_FN(const AttentionProblem& p, const AttentionTile& t, float*
     const int head = first_head + r / positions, i = t.row_begin + r % positions;
     const float* q = p.q + ((size_t(t.b) * p.q_heads + head) * p.q_len + i) * D;
     for (int d = 0; d < D; ++d) s.queries[size_t(r) * D + d] = q[d] * p.scale;
+    // A head's sink starts its rows' softmax (once: in the part that holds the first keys).
+    if (p.sinks != nullptr && t.key_begin == 0) {
+      s.max[r] = p.sinks[head];
+      s.sum[r] = 1.0f;
+    }
   }
-
-  const int64_t key_base = t.b * p.keys.stride[0] + t.kv_head * p.keys.stride[1];
-  const int64_t value_base = t.b * p.values.stride[0] + t.kv_head * p.values.stride[1];
-  const bool values_direct = p.values.type == Element::f32 && p.values.stride[3] == 1;
   // Causal: no row of the tile sees keys past its last position.
   const int key_end = p.causal ? std::min(t.key_end, t.row_end + shift) : t.key_end;
 
-  for (int start = t.key_begin; start < key_end; start += kChunk) {
-    const int n = std::min(kChunk, key_end - start);
-    // Keys transposed to [D][chunk]: a score row is then plain multiply-adds, no horizontal sums.
-    float* kt = s.keys_t.data();
-    for (int j = 0; j < n; ++j) {
-      const int64_t row = key_base + int64_t(start + j) * p.keys.stride[2];
-      if (p.keys.type == Element::f32 && p.keys.stride[3] == 1) {
-        const float* k = static_cast<const float*>(p.keys.data) + row;
-        for (int d = 0; d < D; ++d) kt[size_t(d) * kChunk + j] = k[d];
-      } else {
-        for (int d = 0; d < D; ++d) kt[size_t(d) * kChunk + j] = element(p.keys, row + d * p.keys.stride[3]);
-      }
-    }
-    for (int d = 0; d < D; ++d) std::fill(kt + size_t(d) * kChunk + n, kt + size_t(d + 1) * kChunk, 0.0f);
-    // Value rows: in place when they are fp32 rows, else converted.
-    const float* values;
-    int64_t value_stride;
-    if (values_direct) {
-      values = static_cast<const float*>(p.values.data) + value_base + int64_t(start) * p.values.stride[2];
-      value_stride = p.values.stride[2];
-    } else {
+  const auto in_place = [](int, int) { return false; };
+  const auto same_rows = [&](auto tag, Element type) {
+    using T = decltype(tag);
+    const T* keys = rows_of<T>(p.keys, type, t.b, t.kv_head);
+    const T* values = rows_of<T>(p.values, type, t.b, t.kv_head);
+    if (keys == nullptr || values == nullptr) return false;
+    attend_keys(p, t, s, key_end, keys, p.keys.stride[2], values, p.values.stride[2], in_place);
+    return true;
+  };
+  if (!same_rows(float{}, Element::f32) && !same_rows(_Float16{}, Element::f16) && !same_rows(BF16{}, Element::bf16)) {
+    // Another layout (strided rows, keys and values of different types): fp32 copies per chunk.
+    s.keys.resize(size_t(kChunk) * D);
+    s.values.resize(size_t(kChunk) * Dv);
+    const int64_t key_base = t.b * p.keys.stride[0] + t.kv_head * p.keys.stride[1];
+    const int64_t value_base = t.b * p.values.stride[0] + t.kv_head * p.values.stride[1];
+    const auto copy = [&](int start, int n) {
       for (int j = 0; j < n; ++j) {
-        const int64_t row = value_base + int64_t(start + j) * p.values.stride[2];
-        for (int d = 0; d < Dv; ++d) s.values[size_t(j) * Dv + d] = element(p.values, row + d * p.values.stride[3]);
+        const int64_t key = key_base + int64_t(start + j) * p.keys.stride[2];
+        const int64_t value = value_base + int64_t(start + j) * p.values.stride[2];
+        for (int d = 0; d < D; ++d) s.keys[size_t(j) * D + d] = element(p.keys, key + d * p.keys.stride[3]);
+        for (int d = 0; d < Dv; ++d) s.values[size_t(j) * Dv + d] = element(p.values, value + d * p.values.stride[3]);
       }
-      values = s.values.data();
-      value_stride = Dv;
-    }
-
-    for (int r = 0; r < rows; ++r) {
-      const int head = first_head + r / positions, i = t.row_begin + r % positions;
-      float* score = s.scores.data() + size_t(r) * kChunk;
-      const float* q = s.queries.data() + size_t(r) * D;
-      vf acc[8] = {};
-      for (int d = 0; d < D; ++d) {
-        const vf qd = splat(q[d]);
-        const float* k = kt + size_t(d) * kChunk;
-        for (int v = 0; v < 8; ++v) acc[v] += qd * load(k + v * kLanes);
-      }
-      for (int v = 0; v < 8; ++v) store(score + v * kLanes, acc[v]);
-      hide_scores(score, start, n, t.b, head, i, shift, p.causal, p.has_mask, p.bool_mask, p.mask);
-      softmax_accumulate(score, n, values, value_stride, Dv, s.max[r], s.sum[r], s.out.data() + size_t(r) * Dv);
-    }
+      return true;
+    };
+    attend_keys<float>(p, t, s, key_end, nullptr, D, nullptr, Dv, copy);
   }
 
   for (int r = 0; r < rows; ++r) {

@@ -28,6 +28,8 @@ struct AttentionProblem {
   // [B, Hq, Lq, Lk] or absent: a bool mask (false hides a key) or an additive fp32 one.
   StridedView mask;
   bool has_mask, bool_mask;
+  // [Hq] fp32 or null: a learned logit per head that joins the softmax without a value (gpt-oss).
+  const float* sinks;
   float* out;  // [B, Hq, Lq, Dv], row-contiguous
 };
 

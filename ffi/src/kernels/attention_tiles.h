@@ -52,7 +52,9 @@ void run_attention_tiles(const Problem& p, Attend attend) {
     t.key_end = std::min(p.kv_len, t.key_begin + keys_per_split);
     attend(t, partial_base + size_t(task) * part_size);
   });
-  parallel_for(tiles, [&](int index, int) {
+  // The merge is a few rows of Dv floats per tile (splitting only happens when tiles are few):
+  // done here, it saves waking the pool once more.
+  for (int index = 0; index < tiles; ++index) {
     const AttentionTile t = tile_at(index);
     const int tile_positions = t.row_end - t.row_begin;
     for (int r = 0; r < group * tile_positions; ++r) {
@@ -73,7 +75,7 @@ void run_attention_tiles(const Problem& p, Attend attend) {
       }
       for (int d = 0; d < p.value_dim; ++d) out[d] /= sum;
     }
-  });
+  }
 }
 
 }  // namespace kernels

@@ -12,6 +12,12 @@
 
 #include "attention_kernel.h"
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
+#endif
+
 namespace kernels {
 namespace {
 
@@ -27,6 +33,57 @@ inline vf load(const float* p) {
   vf v;
   std::memcpy(&v, p, sizeof v);
   return v;
+}
+
+// Half-precision keys and values (a float16 or bfloat16 KV cache), widened to fp32 a vector at a
+// time as they are read (F16C's vcvtph2ps where the instruction set has it).
+struct BF16 {
+  uint16_t bits;
+};
+typedef uint16_t vu16 __attribute__((vector_size(kBytes / 2)));
+// GCC turns a vector conversion from _Float16 into one conversion per lane: the instruction
+// set's own widening load is ~10x faster.
+inline vf load(const _Float16* p) {
+  vf v;
+#if defined(__AVX512F__)
+  if constexpr (kLanes == 16) {
+    const __m512 wide = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    std::memcpy(&v, &wide, sizeof v);
+    return v;
+  }
+#endif
+#if defined(__F16C__)
+  if constexpr (kLanes == 8) {
+    const __m256 wide = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    std::memcpy(&v, &wide, sizeof v);
+    return v;
+  }
+#endif
+#if defined(__aarch64__)
+  if constexpr (kLanes == 4) {
+    const float32x4_t wide = vcvt_f32_f16(vld1_f16(reinterpret_cast<const float16_t*>(p)));
+    std::memcpy(&v, &wide, sizeof v);
+    return v;
+  }
+#endif
+  for (int i = 0; i < kLanes; ++i) v[i] = static_cast<float>(p[i]);
+  return v;
+}
+inline vf load(const BF16* p) {
+  vu16 h;
+  std::memcpy(&h, p, sizeof h);
+  const vi bits = __builtin_convertvector(h, vi) << 16;
+  vf v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+inline float to_float(float f) { return f; }
+inline float to_float(_Float16 h) { return static_cast<float>(h); }
+inline float to_float(BF16 h) {
+  const uint32_t bits = uint32_t(h.bits) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
 }
 inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 inline vf splat(float f) { return vf{} + f; }
@@ -63,6 +120,31 @@ inline float reduce_sum(vf v) {
   float s = 0;
   for (int i = 0; i < kLanes; ++i) s += v[i];
   return s;
+}
+// The same sum added pairwise (halves, then quarters...): a short dependency chain for the decode
+// path's dot products, which sum one vector per key and query row.
+inline float pairwise_sum(vf v) {
+#if defined(__AVX512F__)
+  if constexpr (kLanes == 16) {
+    __m512 x;
+    std::memcpy(&x, &v, sizeof x);
+    return _mm512_reduce_add_ps(x);
+  }
+#endif
+#if defined(__AVX__)
+  if constexpr (kLanes == 8) {
+    __m256 x;
+    std::memcpy(&x, &v, sizeof x);
+    __m128 sum = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    sum = _mm_add_ps(sum, _mm_movehl_ps(sum, sum));
+    return _mm_cvtss_f32(_mm_add_ss(sum, _mm_movehdup_ps(sum)));
+  }
+#endif
+  float lanes[kLanes];
+  std::memcpy(lanes, &v, sizeof v);
+  for (int width = kLanes / 2; width > 0; width /= 2)
+    for (int i = 0; i < width; ++i) lanes[i] += lanes[i + width];
+  return lanes[0];
 }
 
 inline float element(const StridedView& v, int64_t index) {
@@ -101,10 +183,81 @@ inline int hide_scores(float* score, int start, int n, int b, int head, int i, i
   return visible;
 }
 
+// Online softmax over one chunk for one query row, first half: with the chunk's scores (kChunk
+// of them, the hidden ones -inf) rescales what the row summed so far (max, sum, its Dv outputs)
+// to the new running max and turns the scores into weights exp(score - max) (0 while nothing
+// is visible yet).
+inline void softmax_weights(float* score, int Dv, float& row_max, float& row_sum, float* out) {
+  vf top = splat(kMinusInf);
+  for (int v = 0; v < 8; ++v) top = max(top, load(score + v * kLanes));
+  const float new_max = std::max(row_max, reduce_max(top));
+  if (new_max == kMinusInf) {  // nothing visible yet
+    std::fill(score, score + kChunk, 0.0f);
+    return;
+  }
+  const float rescale = std::exp(row_max - new_max);
+  vf total{};
+  for (int v = 0; v < 8; ++v) {
+    const vf e = exp(load(score + v * kLanes) - new_max);
+    store(score + v * kLanes, e);
+    total += e;
+  }
+  row_max = new_max;
+  row_sum = row_sum * rescale + reduce_sum(total);
+  if (rescale != 1.0f)
+    for (int d = 0; d < Dv; ++d) out[d] *= rescale;
+}
+
+// Second half, for several rows at once (decode's few rows of a group): adds the chunk's n
+// value rows (value_stride elements apart; fp32, float16 or bfloat16, widened as they are read)
+// times their weights to each of `rows` rows' outputs (weights kChunk apart, outputs Dv apart).
+// Every value vector is read once for all the rows.
+template <class T>
+inline void accumulate_values(const float* weights, int rows, int n, const T* values, int64_t value_stride, int Dv,
+                              float* out) {
+  for (int first = 0; first < rows; first += 4) {
+    const int m = std::min(4, rows - first);
+    const float* w = weights + size_t(first) * kChunk;
+    float* o = out + size_t(first) * Dv;
+    int d = 0;
+    // Two vectors of each row at a time: up to 8 independent sums in flight.
+    for (; d + 2 * kLanes <= Dv; d += 2 * kLanes) {
+      vf lo[4], hi[4];
+      for (int r = 0; r < m; ++r) lo[r] = load(o + size_t(r) * Dv + d), hi[r] = load(o + size_t(r) * Dv + d + kLanes);
+      for (int j = 0; j < n; ++j) {
+        const vf a = load(values + j * value_stride + d), b = load(values + j * value_stride + d + kLanes);
+        for (int r = 0; r < m; ++r) {
+          const vf weight = splat(w[size_t(r) * kChunk + j]);
+          lo[r] += weight * a;
+          hi[r] += weight * b;
+        }
+      }
+      for (int r = 0; r < m; ++r) store(o + size_t(r) * Dv + d, lo[r]), store(o + size_t(r) * Dv + d + kLanes, hi[r]);
+    }
+    for (; d + kLanes <= Dv; d += kLanes) {
+      vf acc[4];
+      for (int r = 0; r < m; ++r) acc[r] = load(o + size_t(r) * Dv + d);
+      for (int j = 0; j < n; ++j) {
+        const vf v = load(values + j * value_stride + d);
+        for (int r = 0; r < m; ++r) acc[r] += splat(w[size_t(r) * kChunk + j]) * v;
+      }
+      for (int r = 0; r < m; ++r) store(o + size_t(r) * Dv + d, acc[r]);
+    }
+    for (; d < Dv; ++d)
+      for (int r = 0; r < m; ++r) {
+        float sum = o[size_t(r) * Dv + d];
+        for (int j = 0; j < n; ++j) sum += w[size_t(r) * kChunk + j] * to_float(values[j * value_stride + d]);
+        o[size_t(r) * Dv + d] = sum;
+      }
+  }
+}
+
 // Online softmax over one chunk for one query row: with the chunk's scores (kChunk of them, the
 // hidden ones -inf) rescales what the row summed so far (max, sum, its Dv outputs) to the new
-// running max and adds the chunk's n value rows (value_stride floats apart), all in fp32.
-inline void softmax_accumulate(float* score, int n, const float* values, int64_t value_stride, int Dv, float& row_max,
+// running max and adds the chunk's n value rows (value_stride elements apart; fp32, float16 or
+// bfloat16, widened as they are read), all in fp32.
+template <class T>
+inline void softmax_accumulate(float* score, int n, const T* values, int64_t value_stride, int Dv, float& row_max,
                                float& row_sum, float* out) {
   vf top = splat(kMinusInf);
   for (int v = 0; v < 8; ++v) top = max(top, load(score + v * kLanes));
@@ -126,7 +279,7 @@ inline void softmax_accumulate(float* score, int n, const float* values, int64_t
     vf o2 = load(out + d + 2 * kLanes) * rescale, o3 = load(out + d + 3 * kLanes) * rescale;
     for (int j = 0; j < n; ++j) {
       const vf w = splat(score[j]);
-      const float* v = values + j * value_stride + d;
+      const T* v = values + j * value_stride + d;
       o0 += w * load(v);
       o1 += w * load(v + kLanes);
       o2 += w * load(v + 2 * kLanes);
@@ -144,7 +297,7 @@ inline void softmax_accumulate(float* score, int n, const float* values, int64_t
   }
   for (; d < Dv; ++d) {
     float o = out[d] * rescale;
-    for (int j = 0; j < n; ++j) o += score[j] * values[j * value_stride + d];
+    for (int j = 0; j < n; ++j) o += score[j] * to_float(values[j * value_stride + d]);
     out[d] = o;
   }
 }
