@@ -28,13 +28,19 @@ export function parseLayers(spec: string, numLayers: number, ranks: number): Sta
 
 /**
  * Layers in proportion to `weights` (each rank's free memory), by largest remainder, every
- * rank at least one.
+ * rank at least one. Rank 0 also computes the output head, worth `headLayers` layers of work:
+ * it counts towards rank 0's share, so that every stage's work is in proportion.
  */
-export function splitLayers(numLayers: number, weights: number[]): Stage[] {
+export function splitLayers(numLayers: number, weights: number[], headLayers = 0): Stage[] {
   const ranks = weights.length;
   if (numLayers < ranks) throw new Error(`the model has ${numLayers} layers, fewer than the ${ranks} ranks`);
   const total = weights.reduce((a, b) => a + Math.max(0, b), 0);
-  const quotas = weights.map((w) => (total > 0 ? (numLayers * Math.max(0, w)) / total : numLayers / ranks));
+  const shares = weights.map((w) => (total > 0 ? Math.max(0, w) / total : 1 / ranks));
+  const work = shares.map((share, rank) =>
+    Math.max(0, (numLayers + headLayers) * share - (rank === 0 ? headLayers : 0)),
+  );
+  const worked = work.reduce((a, b) => a + b, 0);
+  const quotas = work.map((w) => (worked > 0 ? (numLayers * w) / worked : numLayers / ranks));
   const counts = quotas.map((q) => Math.max(1, Math.floor(q)));
   const byRemainder = quotas.map((q, i) => ({ i, r: q - Math.floor(q) })).sort((a, b) => b.r - a.r || a.i - b.i);
   for (let k = 0; counts.reduce((a, b) => a + b) < numLayers; k++) counts[byRemainder[k % ranks]!.i]!++;
@@ -49,13 +55,25 @@ export function splitLayers(numLayers: number, weights: number[]): Stage[] {
 }
 
 /**
+ * The output head's work in layers' worth, by multiply-adds per token: smollm2's output layer
+ * (49,152 × 576) is worth 8 of its 30 layers. bench/stage-cost.ts times it: 7.5 layers for a
+ * decode step of 8 rows, 5.9 for one (where a layer's small ops weigh more).
+ */
+export function headLayers(layout: ModelLayout): number {
+  const perLayer = layout.layerWeights.reduce((a, b) => a + b, 0) / Math.max(1, layout.numLayers);
+  return perLayer > 0 ? layout.headWeights / perLayer : 0;
+}
+
+/**
  * The default split: layers in proportion to each rank's free memory (bytes), once rank 0 has
- * room for the embedding and output layer it holds as well.
+ * room for the embedding and output layer it holds as well, with the output head's compute
+ * counted in rank 0's share.
  */
 export function defaultSplit(layout: ModelLayout, freeBytes: number[]): Stage[] {
   return splitLayers(
     layout.numLayers,
     freeBytes.map((free, rank) => (rank === 0 ? free - layout.endBytes : free)),
+    headLayers(layout),
   );
 }
 

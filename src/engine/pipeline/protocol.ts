@@ -42,6 +42,17 @@ export function encodeHeader(h: Header): MxArray {
   return mx.array(Int32Array.from([h.op, h.seq, h.set, h.rows, h.length, h.flags, h.dtype, h.width]));
 }
 
+/**
+ * A header and its payload as one array of bytes, for one send: the ring's socket thread wakes
+ * once per message, not twice. The receiver still reads the header first, then the payload: a
+ * TCP connection is a stream of bytes, whatever sizes they were sent in.
+ */
+export function encodeMessage(h: Header, payload?: MxArray): MxArray {
+  const header = encodeHeader(h);
+  if (!payload) return header;
+  return mx.concatenate([mx.view(header, mx.Dtype.uint8), mx.reshape(mx.view(payload, mx.Dtype.uint8), [-1])], 0);
+}
+
 export function decodeHeader(a: MxArray): Header {
   const [op, seq, set, rows, length, flags, dtype, width] = a.toArray();
   return { op, seq, set, rows, length, flags, dtype, width } as Header;
