@@ -26,7 +26,11 @@ for k in $(seq 0 $((machines - 1))); do
 done
 work=$(mktemp -d /tmp/mlx-netns-lan.XXXXXX)
 cleanup() {
-  [ -z "$relay_pid" ] || { kill "$relay_pid" 2>/dev/null; wait "$relay_pid" 2>/dev/null || true; }
+  if [ -n "$relay_pid" ]; then
+    kill -0 "$relay_pid" 2>/dev/null || { echo "the relay had stopped:" >&2; cat "$work/relay.log" >&2; }
+    kill "$relay_pid" 2>/dev/null
+    wait "$relay_pid" 2>/dev/null || true
+  fi
   sshd_stop_all "$work"
   for k in $(seq 0 $((machines - 1))); do ip netns del "$prefix$k" 2>/dev/null || true; done
   ip link del "$bridge" 2>/dev/null || true
@@ -56,7 +60,9 @@ for k in $(seq 0 $((machines - 1))); do
     relay=1
   fi
   sshd_start "$work" "$ns" "$address" 22 ip netns exec "$ns"
-  hosts+=("{\"ssh\": \"$address\", \"ips\": [\"${relay:+$ring_net.$((k + 1))}${relay:-$address}\"]}")
+  ring_address=$address
+  [ -z "$relay" ] || ring_address=$ring_net.$((k + 1))
+  hosts+=("{\"ssh\": \"$address\", \"ips\": [\"$ring_address\"]}")
 done
 if [ -n "$relay" ]; then
   namespaces=$(seq -s, -f "$prefix%g" 0 $((machines - 1)))
