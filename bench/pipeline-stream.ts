@@ -1,28 +1,32 @@
-// One stream through a split model against one process: `mlx run` decode tokens/s on 1 process
-// and on 2 (and 3) ranks on loopback, each configuration run in turn round after round (every
-// other round reversed), so a changing load hits them alike; optionally the same against another
-// checkout of this repository (--baseline DIR, its shim given by --baseline-shim), interleaved in
-// the same rounds. The issue's aim: 2 ranks at ≥ 0.9× one process.
-//   MLX_HOME=$PWD/.cache/mlx-home bun bench/pipeline-stream.ts [--rounds 5] [--ranks 1,2] [--tokens 64]
-//     [--baseline /tmp/base --baseline-shim /tmp/base/libmlx_shim.so] [--layers 0-10,11-29]
+// One stream through a split model against one process: decode speed of one streamed request at
+// a time on `mlx serve` as 1 process and as 2 (and 3) ranks on loopback; optionally the same
+// for another checkout of this repository (--baseline DIR, its shim by --baseline-shim). Every
+// configuration's server is up for the whole run and they take requests in turn, round after
+// round (every other round reversed), so a changing load hits them alike: on a busy machine
+// single runs vary by 5×, and only many interleaved requests tell configurations apart.
+// Decode tokens/s of a request: its tokens after the first over the time from first to last.
+// The issue's aim: 2 ranks at ≥ 0.9× one process.
+//   MLX_HOME=$PWD/.cache/mlx-home bun bench/pipeline-stream.ts [--rounds 20] [--ranks 1,2] [--tokens 64]
+//     [--baseline /tmp/base --baseline-shim /tmp/base/libmlx_shim.so]
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { median, spawnTimed } from "./lib";
+import { timedRequest } from "../src/bench/server";
+import { percentile } from "../src/bench/stats";
+import { median, spawnServe } from "./lib";
 
 const { values } = parseArgs({
   options: {
-    rounds: { type: "string", default: "5" },
+    rounds: { type: "string", default: "20" },
     ranks: { type: "string", default: "1,2" },
     tokens: { type: "string", default: "64" },
     model: { type: "string", default: "smollm2" },
     baseline: { type: "string" },
     "baseline-shim": { type: "string" },
-    // Passed to the split runs as they are (e.g. a split by hand).
-    layers: { type: "string" },
   },
 });
+const model = values.model!;
 const ranksList = values.ranks!.split(",").map(Number);
-const prompt = "Write a story about the sea, the wind and a lighthouse keeper who counts the waves.";
+const prompt = "Write a long story about the sea, the wind and a lighthouse keeper who counts the waves.";
 
 interface Build {
   name: string;
@@ -37,32 +41,56 @@ if (values.baseline)
     env: values["baseline-shim"] ? { MLX_SHIM_PATH: values["baseline-shim"] } : {},
   });
 
-const configs = builds.flatMap((build) => ranksList.map((ranks) => ({ build, ranks })));
-const label = (c: (typeof configs)[number]) => `${c.build.name}, ${c.ranks === 1 ? "1 process" : `${c.ranks} ranks`}`;
-const tps = new Map<string, number[]>();
+interface Config {
+  build: Build;
+  ranks: number;
+  label: string;
+  url?: string;
+  proc?: Bun.Subprocess;
+  tps: number[];
+  itl: number[];
+}
+const configs: Config[] = builds.flatMap((build) =>
+  ranksList.map((ranks) => ({
+    build,
+    ranks,
+    label: `${build.name}, ${ranks === 1 ? "1 process" : `${ranks} ranks`}`,
+    tps: [],
+    itl: [],
+  })),
+);
 
-for (let round = 0; round < Number(values.rounds); round++) {
-  for (const c of round % 2 ? [...configs].reverse() : configs) {
-    const run = ["run", "-m", values.model!, "--temp", "0", "--json", "--max-tokens", values.tokens!];
-    if (c.ranks > 1 && values.layers) run.push("--layers", values.layers);
-    const command =
-      c.ranks === 1
-        ? [process.execPath, c.build.main, ...run, prompt]
-        : [process.execPath, c.build.main, "launch", "-n", String(c.ranks), "--", ...run, prompt];
-    const r = await spawnTimed(command, "", { env: { ...process.env, ...c.build.env } });
-    const { stats } = JSON.parse(r.stdout);
-    tps.set(label(c), [...(tps.get(label(c)) ?? []), stats.generation_tokens_per_second]);
+try {
+  for (const c of configs) {
+    const serve = ["serve", "--port", "0", "-m", model, "--prefix-cache-mb", "0"];
+    const command = [process.execPath, c.build.main, ...(c.ranks > 1 ? ["launch", "-n", String(c.ranks), "--"] : [])];
+    // The launcher passes its environment on to every rank.
+    const { proc, url } = await spawnServe([...command, ...serve], c.label, { ...process.env, ...c.build.env });
+    Object.assign(c, { proc, url });
   }
-  process.stderr.write(`round ${round + 1} done\n`);
+  for (let round = 0; round < Number(values.rounds); round++) {
+    for (const c of round % 2 ? [...configs].reverse() : configs) {
+      const r = await timedRequest(c.url!, model, prompt, Number(values.tokens), 600);
+      if (!r.ok) throw new Error(`${c.label}: ${r.error}`);
+      const decodeMs = r.itlMs.reduce((a, b) => a + b, 0);
+      c.tps.push((r.itlMs.length / decodeMs) * 1000);
+      c.itl.push(...r.itlMs);
+    }
+    process.stderr.write(`round ${round + 1} done\n`);
+  }
+} finally {
+  for (const c of configs) c.proc?.kill("SIGTERM");
+  await Promise.all(configs.map((c) => c.proc?.exited));
 }
 
-console.log("| build | ranks | decode tokens/s (median) | each round | vs 1 process, same build |");
-console.log("|---|---|---|---|---|");
+console.log(
+  "| build | ranks | decode tokens/s, median of requests | ITL p50 (ms) | ITL p95 (ms) | vs 1 process, same build |",
+);
+console.log("|---|---|---|---|---|---|");
 for (const c of configs) {
-  const mine = tps.get(label(c))!;
-  const alone = tps.get(label({ build: c.build, ranks: 1 }));
-  const ratio = alone ? (median(mine) / median(alone)).toFixed(2) : "n/a";
+  const alone = configs.find((a) => a.build === c.build && a.ranks === 1);
+  const ratio = alone ? (median(c.tps) / median(alone.tps)).toFixed(2) : "n/a";
   console.log(
-    `| ${c.build.name} | ${c.ranks} | ${median(mine).toFixed(1)} | ${mine.map((t) => t.toFixed(1)).join(", ")} | ${ratio}× |`,
+    `| ${c.build.name} | ${c.ranks} | ${median(c.tps).toFixed(1)} | ${percentile(c.itl, 50).toFixed(1)} | ${percentile(c.itl, 95).toFixed(1)} | ${ratio}× |`,
   );
 }

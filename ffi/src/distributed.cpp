@@ -3,7 +3,9 @@
 // point-to-point ops that are lazy arrays like any other. And a watchdog: the ring backend
 // has no timeout of its own, so a peer that stops answering would leave a rank waiting forever.
 #include <dirent.h>
+#include <netinet/in.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -11,6 +13,8 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <regex>
 #include <mutex>
 #include <thread>
 
@@ -22,7 +26,7 @@ using namespace shim;
 namespace {
 
 std::optional<md::Group> group;
-// The connections to the other ranks: the sockets that appeared while the group was set up.
+// The connections to the other ranks (the ring backend's; none for another backend).
 std::vector<int> group_sockets;
 
 // This process's open sockets (Linux; none elsewhere).
@@ -37,6 +41,37 @@ std::vector<int> sockets() {
     closedir(dir);
   }
   return fds;
+}
+
+// The port of a socket's own end or of its peer's.
+int port_of(int fd, bool peer) {
+  sockaddr_storage address;
+  socklen_t length = sizeof(address);
+  int r = peer ? getpeername(fd, reinterpret_cast<sockaddr*>(&address), &length)
+               : getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+  if (r != 0) return -1;
+  if (address.ss_family == AF_INET) return ntohs(reinterpret_cast<sockaddr_in*>(&address)->sin_port);
+  if (address.ss_family == AF_INET6) return ntohs(reinterpret_cast<sockaddr_in6*>(&address)->sin6_port);
+  return -1;
+}
+
+// The ring's connections among the sockets opened since `before`: those with a port of the ring
+// hostfile at either end. Not every new socket: a server (rank 0's HTTP) may accept connections
+// while the ring connects, and those come and go.
+std::vector<int> ring_connections(const std::vector<int>& before) {
+  std::vector<int> ports;
+  if (const char* path = std::getenv("MLX_HOSTFILE")) {
+    std::ifstream file(path);
+    std::string text((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+    static const std::regex port(R"re(:(\d+)")re");
+    for (std::sregex_iterator m(text.begin(), text.end(), port), end; m != end; ++m) ports.push_back(std::stoi((*m)[1]));
+  }
+  auto ring_port = [&](int p) { return p > 0 && std::find(ports.begin(), ports.end(), p) != ports.end(); };
+  std::vector<int> found;
+  for (int fd : sockets())
+    if (std::find(before.begin(), before.end(), fd) == before.end() && (ring_port(port_of(fd, false)) || ring_port(port_of(fd, true))))
+      found.push_back(fd);
+  return found;
 }
 
 md::Group& the_group() {
@@ -92,8 +127,7 @@ int mlxs_distributed_init(int* rank, int* size, const char* backend, const char*
     if (explicit_rank >= 0) setenv("MLX_RANK", std::to_string(explicit_rank).c_str(), 1);
     auto before = sockets();
     group = md::init(true, backend);
-    for (int fd : sockets())
-      if (std::find(before.begin(), before.end(), fd) == before.end()) group_sockets.push_back(fd);
+    group_sockets = ring_connections(before);
     *rank = group->rank();
     *size = group->size();
     return 0;
