@@ -2,8 +2,8 @@
 // step's decoder layer against the output head with the sampler (final norm, output layer,
 // log-softmax, argmax), for a batch of 1 and of 8 rows, timed in one process, alternating, each
 // as one evaluation of `repeat` copies (so MLX's per-evaluation cost is shared). The default
-// split (src/engine/pipeline/plan.ts) counts the head as the layers its multiply-adds are worth;
-// this checks that estimate against time.
+// split (src/engine/pipeline/plan.ts) counts the head as some layers' worth; this compares its
+// estimate with time.
 //   MLX_HOME=$PWD/.cache/mlx-home node_modules/.bin/bun bench/stage-cost.ts [--model smollm2] [--runs 15]
 import { parseArgs } from "node:util";
 import * as mx from "../src/mlx";
@@ -39,9 +39,7 @@ const timed = (fn: () => void) => {
 };
 
 console.log(`# ${values.model}: ${layout.numLayers} layers, ${mx.cpuKernels()}, context ${context}`);
-console.log(
-  "| rows | one layer (ms) | head + sampler (ms) | head in layers, timed | by multiply-adds (the split's estimate) |",
-);
+console.log("| rows | one layer (ms) | head + sampler (ms) | head in layers, timed | the split's estimate |");
 console.log("|---|---|---|---|---|");
 for (const rows of [1, 8]) {
   // A cache per copy of the layer, each holding `context` positions already (a few more by the

@@ -75,11 +75,7 @@ export async function describePlan(hosts: Host[], command: string[]): Promise<st
   const hop = layout.hiddenSize * layout.activationBytes;
   const lines = [
     `model: ${path} (${layout.numLayers} layers, hidden size ${layout.hiddenSize})`,
-    ...(layers
-      ? []
-      : [
-          `rank 0's output layer counts as ${headLayers(layout).toFixed(1)} layers of work (its multiply-adds per token)`,
-        ]),
+    ...(layers ? [] : [`rank 0's output layer counts as ${headLayers(layout).toFixed(1)} layers of work`]),
     ...stages.map((stage, rank) => {
       const parts = `layers ${layerRange(stage)}${stage.ends ? " + embedding and output" : ""}`;
       return `rank ${rank}  ${hosts[rank]!.address}${hosts[rank]!.ssh ? " (ssh)" : ""}  ${parts}  loads ${formatBytes(stageBytes(layout, stage))}`;

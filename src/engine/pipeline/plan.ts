@@ -55,13 +55,17 @@ export function splitLayers(numLayers: number, weights: number[], headLayers = 0
 }
 
 /**
- * The output head's work in layers' worth, by multiply-adds per token: smollm2's output layer
- * (49,152 × 576) is worth 8 of its 30 layers. bench/stage-cost.ts times it: 7.5 layers for a
- * decode step of 8 rows, 5.9 for one (where a layer's small ops weigh more).
+ * The output head's work in layers' worth: multiply-adds per token, plus what each of the small
+ * ops around the matrices costs (norms, rotary, attention, adds: about 20 a layer, 2 for the
+ * head), worth `opCost` multiply-adds. The ops' cost was fitted on smollm2 (3 ranks, 8 clients):
+ * its output layer has 8 layers' multiply-adds, but timed alone it costs 5.9 layers at 1 row
+ * (bench/stage-cost.ts), and in the pipeline the stages came out most evenly busy with rank 0 at
+ * 8 of 30 layers, 3 layers' worth; a larger model's matrices outweigh its small ops more.
  */
 export function headLayers(layout: ModelLayout): number {
+  const opCost = 300_000;
   const perLayer = layout.layerWeights.reduce((a, b) => a + b, 0) / Math.max(1, layout.numLayers);
-  return perLayer > 0 ? layout.headWeights / perLayer : 0;
+  return perLayer > 0 ? (layout.headWeights + 2 * opCost) / (perLayer + 20 * opCost) : 0;
 }
 
 /**
