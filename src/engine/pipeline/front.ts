@@ -176,6 +176,7 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
     mx.evaluate(back);
   }
 
+  /** Off the CPU until the ring has bytes for us: the time counts as waiting for the ring. */
   #waitForBytes(): void {
     const started = performance.now();
     distributed.waitReadable(this.peerTimeoutMs);

@@ -60,7 +60,7 @@ export function decodeHeader(a: MxArray): Header {
 
 /** Figures per stage, carried back to rank 0 by heartbeats: a float32 row per rank. */
 export interface StageFigures {
-  /** Milliseconds computing its layers. */
+  /** Milliseconds computing its layers (with receiving their input and sending their result on: one evaluation). */
   computeMs: number;
   /** Milliseconds waiting for the previous rank's messages. */
   waitMs: number;
