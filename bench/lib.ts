@@ -48,8 +48,12 @@ export function ratio(a: number, b: number): string {
  * Starts `mlx serve` (any command line that runs it, e.g. under `mlx launch`) and waits until it
  * listens and answers /health; its stderr is drained after that so the pipe never fills.
  */
-export async function spawnServe(cmd: string[], label = "serve"): Promise<{ proc: Bun.Subprocess; url: string }> {
-  const proc = Bun.spawn(cmd, { stdout: "ignore", stderr: "pipe" });
+export async function spawnServe(
+  cmd: string[],
+  label = "serve",
+  env?: Record<string, string | undefined>,
+): Promise<{ proc: Bun.Subprocess; url: string }> {
+  const proc = Bun.spawn(cmd, { stdout: "ignore", stderr: "pipe", env });
   const listening = /listening on (http:\S+)/;
   let err = "";
   const reader = proc.stderr.getReader();

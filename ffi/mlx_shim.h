@@ -242,13 +242,12 @@ MLXS_API int mlxs_distributed_all_sum(mlxs_array** out, const mlxs_array* x);
 // sends and receives only to and from the left and right neighbours.
 MLXS_API int mlxs_distributed_send(mlxs_array** out, const mlxs_array* x, int dst);
 MLXS_API int mlxs_distributed_recv(mlxs_array** out, const int32_t* shape, int ndim, int dtype, int src);
-// `input`, computed only after `dependency` is (mx::depends): orders transfers that share no data.
-MLXS_API int mlxs_depends(mlxs_array** out, const mlxs_array* input, const mlxs_array* dependency);
 // Ends the process (exit status 3) with `message` on stderr unless disarmed or re-armed within
 // timeout_ms: the ring backend never times out, so a silent peer would block a rank forever.
 MLXS_API int mlxs_watchdog_arm(int timeout_ms, const char* message);
 MLXS_API void mlxs_watchdog_disarm(void);
-// Waits until one of this process's sockets has something to read (1) or timeout_ms passes (0).
+// Waits until one of the group's connections (else any socket of this process) has something to
+// read (1) or timeout_ms passes (0).
 // The ring backend's receive spins on its socket until data comes: an idle rank waits here first.
 MLXS_API int mlxs_wait_readable(int timeout_ms);
 

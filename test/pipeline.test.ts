@@ -10,7 +10,9 @@ import { createServer, type Server } from "node:net";
 import { join } from "node:path";
 import OpenAI from "openai";
 import { readHostfile } from "../src/cmd/launch-plan";
-import { parseLayers, splitLayers } from "../src/engine/pipeline";
+import { headLayers, parseLayers, splitLayers } from "../src/engine/pipeline";
+import { readLayout } from "../src/models/layout";
+import { resolveModelPath } from "../src/store/resolve";
 import { cliRunner, mainScript } from "./helpers/cli";
 import { eventually, serve } from "./helpers/serve";
 import { lastLayers, writeRandomAdapter } from "./helpers/random-adapter";
@@ -539,5 +541,21 @@ describe("planning", () => {
       [19, 30, false],
     ]);
     expect(() => parseLayers("0-9,10-18", 30, 2)).toThrow("covers layers 0-18; the model has 30");
+  });
+
+  test("rank 0's output layer counts as the layers its work is worth", async () => {
+    const ranges = (stages: { start: number; end: number }[]) => stages.map((s) => s.end - s.start);
+    // 30 layers + a head worth 8: 19 layers' work each, or 12.7 with 3 ranks.
+    expect(ranges(splitLayers(30, [1, 1], 8))).toEqual([11, 19]);
+    expect(ranges(splitLayers(30, [1, 1, 1], 8))).toEqual([5, 13, 12]);
+    // A head worth more than rank 0's share still leaves it one layer.
+    expect(ranges(splitLayers(5, [1, 1, 1], 85))).toEqual([1, 2, 2]);
+    // smollm2 (a GGUF: an 8-bit output layer, 4-bit layers): 49,152 × 576 multiply-adds against
+    // a layer's 3,538,944, each with its small ops; by multiply-adds, not bytes.
+    const smollm2 = readLayout(await resolveModelPath(undefined));
+    expect(headLayers(smollm2)).toBeCloseTo((49152 * 576 + 2 * 300_000) / (3538944 + 20 * 300_000), 6);
+    expect(ranges(splitLayers(30, [1, 1, 1], headLayers(smollm2)))).toEqual([8, 11, 11]);
+    // The tiny model (safetensors, float): 49,152 × 64 against 36,864 a layer.
+    expect(headLayers(readLayout(tiny))).toBeCloseTo((49152 * 64 + 2 * 300_000) / (36864 + 20 * 300_000), 6);
   });
 });

@@ -3,13 +3,18 @@
 // point-to-point ops that are lazy arrays like any other. And a watchdog: the ring backend
 // has no timeout of its own, so a peer that stops answering would leave a rank waiting forever.
 #include <dirent.h>
+#include <netinet/in.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <regex>
 #include <mutex>
 #include <thread>
 
@@ -21,33 +26,87 @@ using namespace shim;
 namespace {
 
 std::optional<md::Group> group;
+// The connections to the other ranks (the ring backend's; none for another backend).
+std::vector<int> group_sockets;
+
+// This process's open sockets (Linux; none elsewhere).
+std::vector<int> sockets() {
+  std::vector<int> fds;
+  if (DIR* dir = opendir("/proc/self/fd")) {
+    while (dirent* entry = readdir(dir)) {
+      int fd = std::atoi(entry->d_name);
+      struct stat st;
+      if (fd > 2 && fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode)) fds.push_back(fd);
+    }
+    closedir(dir);
+  }
+  return fds;
+}
+
+// The port of a socket's own end or of its peer's.
+int port_of(int fd, bool peer) {
+  sockaddr_storage address;
+  socklen_t length = sizeof(address);
+  int r = peer ? getpeername(fd, reinterpret_cast<sockaddr*>(&address), &length)
+               : getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+  if (r != 0) return -1;
+  if (address.ss_family == AF_INET) return ntohs(reinterpret_cast<sockaddr_in*>(&address)->sin_port);
+  if (address.ss_family == AF_INET6) return ntohs(reinterpret_cast<sockaddr_in6*>(&address)->sin6_port);
+  return -1;
+}
+
+// The ring's connections among the sockets opened since `before`: those with a port of the ring
+// hostfile at either end. Not every new socket: a server (rank 0's HTTP) may accept connections
+// while the ring connects, and those come and go.
+std::vector<int> ring_connections(const std::vector<int>& before) {
+  std::vector<int> ports;
+  if (const char* path = std::getenv("MLX_HOSTFILE")) {
+    std::ifstream file(path);
+    std::string text((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+    static const std::regex port(R"re(:(\d+)")re");
+    for (std::sregex_iterator m(text.begin(), text.end(), port), end; m != end; ++m) ports.push_back(std::stoi((*m)[1]));
+  }
+  auto ring_port = [&](int p) { return p > 0 && std::find(ports.begin(), ports.end(), p) != ports.end(); };
+  std::vector<int> found;
+  for (int fd : sockets())
+    if (std::find(before.begin(), before.end(), fd) == before.end() && (ring_port(port_of(fd, false)) || ring_port(port_of(fd, true))))
+      found.push_back(fd);
+  return found;
+}
 
 md::Group& the_group() {
   if (!group) throw std::runtime_error("the distributed group is not initialised");
   return *group;
 }
 
-// The watchdog: a thread that ends the process with a message when a deadline passes.
+// The watchdog: a thread that ends the process with a message when a deadline passes. A rank
+// arms and disarms it several times a token, so neither wakes the thread: it sleeps until the
+// deadline it last saw, and then looks again (a later deadline, or none, sends it back to sleep).
+// Only a deadline earlier than that one (or any, when it waits with none) needs to wake it.
 struct Watchdog {
   std::mutex mutex;
   std::condition_variable changed;
   std::optional<std::chrono::steady_clock::time_point> deadline;
   std::string message;
   bool started = false;
+  // When the thread wakes next (none: it waits for an arm); an earlier deadline must wake it.
+  std::optional<std::chrono::steady_clock::time_point> wakes_at;
 
   void run() {
     std::unique_lock lock(mutex);
     for (;;) {
       if (!deadline) {
+        wakes_at.reset();
         changed.wait(lock);
         continue;
       }
-      auto until = *deadline;
-      if (changed.wait_until(lock, until) == std::cv_status::timeout && deadline && *deadline <= until) {
+      if (std::chrono::steady_clock::now() >= *deadline) {
         std::fprintf(stderr, "%s\n", message.c_str());
         std::fflush(stderr);
         std::_Exit(3);
       }
+      wakes_at = deadline;
+      changed.wait_until(lock, *deadline);
     }
   }
 };
@@ -66,7 +125,9 @@ int mlxs_distributed_init(int* rank, int* size, const char* backend, const char*
     // Explicit arguments win over the environment MLX reads them from.
     if (hostfile != nullptr && hostfile[0] != '\0') setenv("MLX_HOSTFILE", hostfile, 1);
     if (explicit_rank >= 0) setenv("MLX_RANK", std::to_string(explicit_rank).c_str(), 1);
+    auto before = sockets();
     group = md::init(true, backend);
+    group_sockets = ring_connections(before);
     *rank = group->rank();
     *size = group->size();
     return 0;
@@ -85,10 +146,6 @@ int mlxs_distributed_recv(mlxs_array** out, const int32_t* shape, int ndim, int 
   return guard([&] { return put(out, md::recv(shape_of(shape, ndim), dtype_of(dtype), src, the_group())); });
 }
 
-int mlxs_depends(mlxs_array** out, const mlxs_array* input, const mlxs_array* dependency) {
-  return guard([&] { return put(out, mx::depends({ref(input)}, {ref(dependency)})[0]); });
-}
-
 int mlxs_watchdog_arm(int timeout_ms, const char* message) {
   return guard([&] {
     auto& w = watchdog();
@@ -99,22 +156,16 @@ int mlxs_watchdog_arm(int timeout_ms, const char* message) {
     }
     w.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
     w.message = message;
-    w.changed.notify_all();
+    if (!w.wakes_at || *w.deadline < *w.wakes_at) w.changed.notify_all();
     return 0;
   });
 }
 
 int mlxs_wait_readable(int timeout_ms) {
-  // Every socket of this process: a rank that serves no HTTP has only its ring connections.
+  // The sockets the group opened (a rank serving HTTP has others), else every socket of this
+  // process (a backend that opened none while we watched).
   std::vector<pollfd> fds;
-  if (DIR* dir = opendir("/proc/self/fd")) {
-    while (dirent* entry = readdir(dir)) {
-      int fd = std::atoi(entry->d_name);
-      struct stat st;
-      if (fd > 2 && fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode)) fds.push_back({fd, POLLIN, 0});
-    }
-    closedir(dir);
-  }
+  for (int fd : group_sockets.empty() ? sockets() : group_sockets) fds.push_back({fd, POLLIN, 0});
   if (fds.empty()) return 1;  // nothing to wait on here (not Linux): let the receive wait
   int n = poll(fds.data(), fds.size(), timeout_ms);
   return n > 0 ? 1 : 0;
@@ -123,8 +174,7 @@ int mlxs_wait_readable(int timeout_ms) {
 void mlxs_watchdog_disarm(void) {
   auto& w = watchdog();
   std::lock_guard lock(w.mutex);
-  w.deadline.reset();
-  w.changed.notify_all();
+  w.deadline.reset();  // the thread finds out when it next wakes
 }
 
 }  // extern "C"

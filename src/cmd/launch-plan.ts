@@ -2,7 +2,7 @@
 // and `mlx launch --plan`: who holds which layers, what each loads, what each hop carries.
 import { readFileSync } from "node:fs";
 import { freemem, hostname, networkInterfaces } from "node:os";
-import { defaultSplit, layerRange, parseLayers, stageBytes } from "../engine/pipeline";
+import { defaultSplit, headLayers, layerRange, parseLayers, stageBytes } from "../engine/pipeline";
 import { headerBytes } from "../engine/pipeline/protocol";
 import { formatBytes } from "../format";
 import { readLayout } from "../models/layout";
@@ -75,6 +75,7 @@ export async function describePlan(hosts: Host[], command: string[]): Promise<st
   const hop = layout.hiddenSize * layout.activationBytes;
   const lines = [
     `model: ${path} (${layout.numLayers} layers, hidden size ${layout.hiddenSize})`,
+    ...(layers ? [] : [`rank 0's output layer counts as ${headLayers(layout).toFixed(1)} layers of work`]),
     ...stages.map((stage, rank) => {
       const parts = `layers ${layerRange(stage)}${stage.ends ? " + embedding and output" : ""}`;
       return `rank ${rank}  ${hosts[rank]!.address}${hosts[rank]!.ssh ? " (ssh)" : ""}  ${parts}  loads ${formatBytes(stageBytes(layout, stage))}`;

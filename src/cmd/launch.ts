@@ -115,7 +115,8 @@ async function launch(hosts: Host[], command: string[], sshConfig?: string): Pro
         })
       : spawn(self[0]!, [...self.slice(1), ...command], {
           env,
-          stdio: [rank === 0 ? "inherit" : "ignore", "pipe", "pipe"],
+          // Rank 0's stdout is ours as it is: no copy through this process for each token it prints.
+          stdio: [rank === 0 ? "inherit" : "ignore", rank === 0 ? "inherit" : "pipe", "pipe"],
         });
     // A remote rank that is gone already cannot be told anything: its exit says the rest.
     child.stdin?.on("error", () => {});
@@ -135,7 +136,8 @@ async function launch(hosts: Host[], command: string[], sshConfig?: string): Pro
       exit: new Promise((resolve) => child.on("exit", (code, signal) => resolve({ code, signal }))),
     };
     const prefix = rank === 0 ? "" : `[rank ${rank}] `;
-    if (rank === 0) child.stdout!.pipe(process.stdout);
+    if (rank === 0)
+      child.stdout?.pipe(process.stdout); // over ssh
     else relay(child.stdout!, prefix, r);
     relay(child.stderr!, prefix, r);
     return r;

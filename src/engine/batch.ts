@@ -261,24 +261,38 @@ export class BatchGenerator {
    * whose step comes back next (they come back in the order sent, which is the groups' turn).
    * Its tokens are read and its next step goes out at once, so while this process samples one
    * group and runs its layers, the later processes run theirs on the other groups. A prefill
-   * chunk travels between them as a micro-batch of its own.
+   * chunk travels between them as a micro-batch of its own. As in step(), the next step is built
+   * on the returned step's tokens while they are still being computed (the output layer and the
+   * sampler), so building it costs no time of its own; a group with nothing to do is skipped.
    */
   #stepInTurn(): SequenceEvent[] {
     this.#prefillChunk();
-    const group = this.#groups[this.#turn]!;
-    this.#turn = (this.#turn + 1) % this.#groups.length;
+    const turns = this.#groups.length;
+    const busy = (g: DecodeGroup) => g.ahead !== undefined || g.active.length > 0;
+    let skip = 0;
+    while (skip < turns - 1 && !busy(this.#groups[(this.#turn + skip) % turns]!)) skip++;
+    const group = this.#groups[(this.#turn + skip) % turns]!;
+    this.#turn = (this.#turn + skip + 1) % turns;
     const events: SequenceEvent[] = [];
     this.lastTurn = undefined;
     if (group.ahead) {
       const started = performance.now();
       this.model.remote!.arrive();
-      events.push(...this.#read(group, this.#takeAhead(group)));
+      const ahead = group.ahead;
+      const pipelined = group.active.every((s) => s.processors.length === 0);
+      let next: PendingStep | undefined;
+      if (pipelined && group.active.length > 0 && !this.#endsWithAhead(group)) {
+        mx.asyncEvaluate(ahead.tokens, ahead.chosen, ...(ahead.logprobs ?? []));
+        next = this.#build(group);
+      }
+      events.push(...this.#read(group, this.#takeAhead(group), next));
+      group.ahead = next;
       const now = performance.now();
       this.lastTurn = { ms: now - (group.readAt ?? started), rows: events.length };
       // A group left empty starts its next turns afresh.
       group.readAt = group.active.length > 0 ? now : undefined;
     }
-    if (group.active.length > 0) group.ahead = this.#build(group);
+    if (group.active.length > 0 && !group.ahead) group.ahead = this.#build(group);
     return events;
   }
 

@@ -50,11 +50,6 @@ export function recv(shape: number[], dtype: DtypeCode, src: number): MxArray {
   return wrap(lib.mlxs_distributed_recv(outPtr, Int32Array.from(shape), shape.length, dtype, src), "recv");
 }
 
-/** `input`, computed only once `dependency` is: orders transfers that share no data. */
-export function after(input: MxArray, dependency: MxArray): MxArray {
-  return wrap(lib.mlxs_depends(outPtr, input.handle, dependency.handle), "depends");
-}
-
 /**
  * Ends the process (status 3) with `message` on stderr unless disarmed or re-armed within
  * `timeoutMs`: a native thread keeps the time, since a rank blocked in a receive runs no JavaScript.

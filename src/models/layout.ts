@@ -15,6 +15,14 @@ export interface ModelLayout {
   layerBytes: number[];
   /** Bytes of the embedding, the final norm and the output layer (the first stage's). */
   endBytes: number;
+  /**
+   * Multiply-adds per token position: each decoder layer's (the elements of its matrices), and
+   * the output layer's (the embedding's when the two are tied; the embedding itself is a lookup).
+   * What a stage computes, where bytes would not tell (a GGUF's output layer is often 8-bit
+   * where its layers are 4-bit).
+   */
+  layerWeights: number[];
+  headWeights: number;
   /** Bytes every stage holds (rotary tables and the like). */
   sharedBytes: number;
   /** Bytes per value of the hidden states passed between stages (the embedding's float type). */
@@ -34,19 +42,31 @@ export function readLayout(path: string): ModelLayout {
     hiddenSize: 0,
     layerBytes: new Array(numLayers).fill(0),
     endBytes: 0,
+    layerWeights: new Array(numLayers).fill(0),
+    headWeights: 0,
     sharedBytes: 0,
     activationBytes: 2,
   };
+  const directory = statSync(path).isDirectory();
+  const config = directory ? JSON.parse(readFileSync(join(path, "config.json"), "utf8")) : undefined;
+  const groupSize = (config?.quantization ?? config?.quantization_config)?.group_size ?? 64;
+  const weights = (name: string) => matrixWeights(name, sizes, groupSize);
   for (const [name, { bytes }] of sizes) {
     const part = tensorPart(name);
     if (part === "ends") layout.endBytes += bytes;
     else if (part === "shared") layout.sharedBytes += bytes;
-    else layout.layerBytes[part] += bytes;
+    else {
+      layout.layerBytes[part] += bytes;
+      layout.layerWeights[part] += weights(name);
+    }
   }
-  const directory = statSync(path).isDirectory();
-  layout.hiddenSize = directory
-    ? parseConfig(JSON.parse(readFileSync(join(path, "config.json"), "utf8"))).hiddenSize
-    : sizes.get("token_embd.weight")!.shape[0]!;
+  const outputLayer = [...sizes.keys()].filter((name) => /^(?:lm_head|output)\./.test(name));
+  const head =
+    outputLayer.length > 0
+      ? outputLayer
+      : [...sizes.keys()].filter((name) => /^(?:model\.embed_tokens|token_embd)\./.test(name));
+  layout.headWeights = head.reduce((sum, name) => sum + weights(name), 0);
+  layout.hiddenSize = config ? parseConfig(config).hiddenSize : sizes.get("token_embd.weight")!.shape[0]!;
   // Hidden states take the widest float type they meet: the embedding's (its scales' when it is
   // quantized) and the norms' (a GGUF's are float32).
   const floatBytes = (t?: TensorSize) => (t?.dtype === "F32" ? 4 : 2);
@@ -55,6 +75,19 @@ export function readLayout(path: string): ModelLayout {
   const norm = sizes.get("model.norm.weight") ?? sizes.get("output_norm.weight");
   layout.activationBytes = Math.max(floatBytes(embedding), floatBytes(norm));
   return layout;
+}
+
+/**
+ * The elements of a weight matrix (0 for vectors, and for a quantized matrix's scales and
+ * biases): a GGUF gives its logical shape; MLX's quantized safetensors pack a matrix into uint32
+ * words beside its scales, one per group of `groupSize` elements.
+ */
+function matrixWeights(name: string, sizes: Map<string, TensorSize>, groupSize: number): number {
+  const t = sizes.get(name)!;
+  if (t.shape.length < 2 || /\.(?:scales|biases)$/.test(name)) return 0;
+  const scales = name.endsWith(".weight") ? sizes.get(`${name.slice(0, -".weight".length)}.scales`) : undefined;
+  const count = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
+  return scales ? count(scales.shape) * groupSize : count(t.shape);
 }
 
 interface TensorSize {

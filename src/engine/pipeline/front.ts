@@ -6,7 +6,7 @@ import type { MxArray } from "../../mlx";
 import type { AttentionCache } from "../../models/cache";
 import type { DecoderModel } from "../../models/model";
 import type { Stage } from "../../models/stage";
-import { encodeHeader, figureFields, Flag, headerBytes, headerOf, Op, type StageFigures } from "./protocol";
+import { encodeMessage, figureFields, Flag, headerBytes, headerOf, Op, type StageFigures } from "./protocol";
 import { RankZeroFront, type MessageFields } from "./rank-zero";
 
 const { distributed } = mx;
@@ -102,13 +102,18 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
   /**
    * Receives the oldest decode step's hidden states still on the way (the ring returns them in
    * the order they were sent). The ring's receive spins on its socket until the bytes come, so
-   * this waits for them off the CPU first: the other ranks may need it.
+   * this waits for them off the CPU first: the other ranks may need it. The receive itself is
+   * only queued, not waited for: what is computed from it (the output layer, the sampler) runs
+   * right behind it, and this thread goes on building the next step meanwhile.
    */
   arrive(): void {
     const back = this.#arriving.shift();
     if (!back) throw new Error("no decode step of the pipeline is on its way back");
     if (this.#received > 0) this.#received--;
-    else this.#receive(back);
+    else {
+      this.#waitForBytes();
+      mx.asyncEvaluate(back);
+    }
     back.free();
   }
 
@@ -130,16 +135,15 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
     mx.scope(() => mx.evaluate(this.#send(fields, payload?.())));
   }
 
-  /** The header, then the payload once the header is out: the send of the payload, unevaluated. */
+  /** The header and its payload, as one message: its send, unevaluated. */
   #send(fields: MessageFields, payload?: MxArray): MxArray {
     if (this.closed) throw new Error("the pipeline was shut down");
     if (this.#lost) throw new Error(this.#lost);
     const header = headerOf(fields, this.#seq++);
     // Each message re-arms the watchdog: its answer, or the next heartbeat's, must come in time.
     distributed.armWatchdog(this.peerTimeoutMs, this.#silence());
-    const headerSent = distributed.send(encodeHeader(header), 1);
     this.#sentBytes += headerBytes + (payload?.nbytes ?? 0);
-    return payload ? distributed.send(distributed.after(payload, headerSent), 1) : headerSent;
+    return distributed.send(encodeMessage(header, payload), 1);
   }
 
   /** Goes round the ring and brings back each stage's figures; it waits for the steps queued before it. */
@@ -182,9 +186,14 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
 
   /** Waits off the CPU until bytes come, then evaluates the receive `back`. */
   #receive(back: MxArray): void {
+    this.#waitForBytes();
+    mx.evaluate(back);
+  }
+
+  /** Off the CPU until the ring has bytes for us: the time counts as waiting for the ring. */
+  #waitForBytes(): void {
     const started = performance.now();
     distributed.waitReadable(this.peerTimeoutMs);
-    mx.evaluate(back);
     this.#waitMs += performance.now() - started;
   }
 

@@ -14,7 +14,7 @@ import { serveShard, TensorParallelFront } from "./tensor-parallel";
 
 export { PipelineFront, type PipelineFigures } from "./front";
 export { TensorParallelFront } from "./tensor-parallel";
-export { defaultSplit, layerRange, parseLayers, splitLayers, stageBytes } from "./plan";
+export { defaultSplit, headLayers, layerRange, parseLayers, splitLayers, stageBytes } from "./plan";
 export { busyFraction } from "./protocol";
 
 const { distributed } = mx;

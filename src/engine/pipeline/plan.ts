@@ -28,13 +28,19 @@ export function parseLayers(spec: string, numLayers: number, ranks: number): Sta
 
 /**
  * Layers in proportion to `weights` (each rank's free memory), by largest remainder, every
- * rank at least one.
+ * rank at least one. Rank 0 also computes the output head, worth `headLayers` layers of work:
+ * it counts towards rank 0's share, so that every stage's work is in proportion.
  */
-export function splitLayers(numLayers: number, weights: number[]): Stage[] {
+export function splitLayers(numLayers: number, weights: number[], headLayers = 0): Stage[] {
   const ranks = weights.length;
   if (numLayers < ranks) throw new Error(`the model has ${numLayers} layers, fewer than the ${ranks} ranks`);
   const total = weights.reduce((a, b) => a + Math.max(0, b), 0);
-  const quotas = weights.map((w) => (total > 0 ? (numLayers * Math.max(0, w)) / total : numLayers / ranks));
+  const shares = weights.map((w) => (total > 0 ? Math.max(0, w) / total : 1 / ranks));
+  const work = shares.map((share, rank) =>
+    Math.max(0, (numLayers + headLayers) * share - (rank === 0 ? headLayers : 0)),
+  );
+  const worked = work.reduce((a, b) => a + b, 0);
+  const quotas = work.map((w) => (worked > 0 ? (numLayers * w) / worked : numLayers / ranks));
   const counts = quotas.map((q) => Math.max(1, Math.floor(q)));
   const byRemainder = quotas.map((q, i) => ({ i, r: q - Math.floor(q) })).sort((a, b) => b.r - a.r || a.i - b.i);
   for (let k = 0; counts.reduce((a, b) => a + b) < numLayers; k++) counts[byRemainder[k % ranks]!.i]!++;
@@ -49,13 +55,29 @@ export function splitLayers(numLayers: number, weights: number[]): Stage[] {
 }
 
 /**
+ * The output head's work in layers' worth: multiply-adds per token, plus what each of the small
+ * ops around the matrices costs (norms, rotary, attention, adds: about 20 a layer, 2 for the
+ * head), worth `opCost` multiply-adds. The ops' cost was fitted on smollm2 (3 ranks, 8 clients):
+ * its output layer has 8 layers' multiply-adds, but timed alone it costs 5.9 layers at 1 row
+ * (bench/stage-cost.ts), and in the pipeline the stages came out most evenly busy with rank 0 at
+ * 8 of 30 layers, 3 layers' worth; a larger model's matrices outweigh its small ops more.
+ */
+export function headLayers(layout: ModelLayout): number {
+  const opCost = 300_000;
+  const perLayer = layout.layerWeights.reduce((a, b) => a + b, 0) / Math.max(1, layout.numLayers);
+  return perLayer > 0 ? (layout.headWeights + 2 * opCost) / (perLayer + 20 * opCost) : 0;
+}
+
+/**
  * The default split: layers in proportion to each rank's free memory (bytes), once rank 0 has
- * room for the embedding and output layer it holds as well.
+ * room for the embedding and output layer it holds as well, with the output head's compute
+ * counted in rank 0's share.
  */
 export function defaultSplit(layout: ModelLayout, freeBytes: number[]): Stage[] {
   return splitLayers(
     layout.numLayers,
     freeBytes.map((free, rank) => (rank === 0 ? free - layout.endBytes : free)),
+    headLayers(layout),
   );
 }
 

@@ -76,6 +76,17 @@ export function encodeHeader(h: Header): MxArray {
   return mx.array(Int32Array.from([h.op, h.seq, h.set, h.rows, h.length, h.flags, h.dtype, h.width, h.entry]));
 }
 
+/**
+ * A header and its payload as one array of bytes, for one send: the ring's socket thread wakes
+ * once per message, not twice. The receiver still reads the header first, then the payload: a
+ * TCP connection is a stream of bytes, whatever sizes they were sent in.
+ */
+export function encodeMessage(h: Header, payload?: MxArray): MxArray {
+  const header = encodeHeader(h);
+  if (!payload) return header;
+  return mx.concatenate([mx.view(header, mx.Dtype.uint8), mx.reshape(mx.view(payload, mx.Dtype.uint8), [-1])], 0);
+}
+
 export function decodeHeader(a: MxArray): Header {
   const [op, seq, set, rows, length, flags, dtype, width, entry] = a.toArray();
   return { op, seq, set, rows, length, flags, dtype, width, entry } as Header;
@@ -83,7 +94,7 @@ export function decodeHeader(a: MxArray): Header {
 
 /** Figures per stage, carried back to rank 0 by heartbeats: a float32 row per rank. */
 export interface StageFigures {
-  /** Milliseconds computing its layers. */
+  /** Milliseconds computing its layers (with receiving their input and sending their result on: one evaluation). */
   computeMs: number;
   /** Milliseconds waiting for the previous rank's messages. */
   waitMs: number;

@@ -9,7 +9,7 @@ import type { Stage } from "../../models/stage";
 import { CacheSets, type CacheOptions } from "./cache-sets";
 import {
   decodeHeader,
-  encodeHeader,
+  encodeMessage,
   figureFields,
   Flag,
   headerInts,
@@ -39,39 +39,41 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
   const figures: StageFigures = { computeMs: 0, waitMs: 0, sentBytes: 0, tokens: 0 };
   const seconds = Math.round(o.peerTimeoutMs / 1000);
   const silence = `error: rank ${o.rank}: no word from rank ${previous} for ${seconds} s (--peer-timeout); stopping`;
+  const stopped = `error: rank ${o.rank}: rank ${next} stopped taking data for ${seconds} s (--peer-timeout); stopping`;
   let expected = 0;
   const adapters = new Map<number, Adapter>();
   /** The next forward pass's adapter per row (Op.adapters). */
   let adapted: (Adapter | undefined)[] | undefined;
 
-  // Waits on the previous rank, under the watchdog.
-  const receive = (shape: number[], dtype: mx.DtypeCode): MxArray => {
+  // Waits off the CPU until the previous rank's bytes are there (the ring's own receive would
+  // spin meanwhile), under the watchdog.
+  const waitForData = () => {
     const started = performance.now();
     distributed.armWatchdog(o.peerTimeoutMs, silence);
-    // Off the CPU until the bytes are there: the ring's own receive would spin meanwhile.
     distributed.waitReadable(o.peerTimeoutMs);
+    figures.waitMs += performance.now() - started;
+  };
+  const receive = (shape: number[], dtype: mx.DtypeCode): MxArray => {
+    waitForData();
     const a = distributed.recv(shape, dtype, previous);
     mx.evaluate(a);
     distributed.disarmWatchdog();
-    figures.waitMs += performance.now() - started;
     return a;
   };
-  // Sends to the next rank, under the watchdog too: a peer that stops reading blocks a send.
-  const send = (arrays: MxArray[]) => {
-    distributed.armWatchdog(
-      o.peerTimeoutMs,
-      `error: rank ${o.rank}: rank ${next} stopped taking data for ${seconds} s (--peer-timeout); stopping`,
-    );
-    let sent: MxArray | undefined;
-    for (const a of arrays) {
-      sent = distributed.send(sent ? distributed.after(a, sent) : a, next);
-      figures.sentBytes += a.nbytes;
-    }
-    mx.evaluate(sent!);
+  // A message to the next rank (the last rank's to rank 0 have no header), unevaluated.
+  const sendOn = (h: Header | undefined, payload?: MxArray): MxArray => {
+    const message = h ? encodeMessage(h, payload) : payload!;
+    figures.sentBytes += message.nbytes;
+    return distributed.send(message, next);
+  };
+  // Evaluates `arrays` under the watchdog too: a peer that stops reading blocks a send.
+  const run = (arrays: MxArray[]) => {
+    distributed.armWatchdog(o.peerTimeoutMs, stopped);
+    mx.evaluate(...arrays);
     distributed.disarmWatchdog();
   };
   const passOn = (h: Header, payload?: MxArray) => {
-    if (!last) send(payload ? [encodeHeader(h), payload] : [encodeHeader(h)]);
+    if (!last) run([sendOn(h, payload)]);
   };
   for (;;) {
     const stop = mx.scope(() => {
@@ -80,17 +82,22 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
       expected++;
       switch (h.op) {
         case Op.forward: {
-          const hidden = receive([h.rows, h.length, h.width], h.dtype);
+          // The hidden states follow their header: receiving them, running the layers and
+          // sending the result on are one evaluation, without a return to JavaScript between.
+          waitForData();
+          const hidden = distributed.recv([h.rows, h.length, h.width], h.dtype, previous);
           const started = performance.now();
           const caches = sets.of(h.set, (h.flags & Flag.decode) !== 0);
           const forward = () => model.layers(hidden, caches, o.stage.start, o.stage.end);
           const out = adapted ? o.lora.run(adapted, forward) : forward();
           adapted = undefined;
-          mx.evaluate(out, ...cacheState(caches));
+          // The last rank sends back decode steps and whole passes (embeddings) alone: a
+          // prefill's result only fills caches.
+          const back = (h.flags & (Flag.decode | Flag.whole)) !== 0;
+          const onward = !last ? sendOn(h, out) : back ? sendOn(undefined, out) : out;
+          run([onward, ...cacheState(caches)]);
           figures.computeMs += performance.now() - started;
           figures.tokens += h.rows * h.length;
-          if (!last) passOn(h, out);
-          else if (h.flags & (Flag.decode | Flag.whole)) send([out]);
           return false;
         }
         case Op.extend:
@@ -149,7 +156,7 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
             [1, h.width],
           );
           const filled = mx.sliceUpdate(table, row, [o.rank, 0], [o.rank + 1, h.width]);
-          if (last) send([filled]);
+          if (last) run([sendOn(undefined, filled)]);
           else passOn(h, filled);
           return false;
         }

@@ -1,0 +1,126 @@
+// One hop of a split model without the model: rank 0 sends a decode step's message (header and
+// hidden states) to rank 1, which sends the hidden states back, as a 2-rank pipeline's ranks do;
+// the round trip, with and without the watchdog and the poll() before each receive, interleaved.
+// Two processes on loopback: two hops and MLX's transfers, no layers.
+//   bun bench/pipeline-hop.ts [--iterations 300] [--width 576]
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import {
+  decodeHeader,
+  encodeMessage,
+  Flag,
+  headerBytes,
+  headerInts,
+  headerOf,
+  Op,
+} from "../src/engine/pipeline/protocol";
+import * as mx from "../src/mlx";
+import { median } from "./lib";
+
+const { distributed } = mx;
+const { values } = parseArgs({
+  options: {
+    iterations: { type: "string", default: "300" },
+    width: { type: "string", default: "576" },
+    rank: { type: "string" },
+    hostfile: { type: "string" },
+  },
+});
+const iterations = Number(values.iterations);
+const width = Number(values.width);
+
+const freePort = () =>
+  new Promise<number>((resolve) => {
+    const s = createServer().listen(0, "127.0.0.1", () => {
+      const { port } = s.address() as { port: number };
+      s.close(() => resolve(port));
+    });
+  });
+
+if (values.rank === undefined) {
+  const dir = mkdtempSync(join(tmpdir(), "hop-"));
+  const hostfile = join(dir, "ring.json");
+  writeFileSync(hostfile, JSON.stringify([[`127.0.0.1:${await freePort()}`], [`127.0.0.1:${await freePort()}`]]));
+  const ranks = [0, 1].map((rank) =>
+    Bun.spawn(
+      [process.execPath, import.meta.path, ...process.argv.slice(2), "--rank", `${rank}`, "--hostfile", hostfile],
+      {
+        stdout: rank === 0 ? "inherit" : "ignore",
+        stderr: "inherit",
+      },
+    ),
+  );
+  const codes = await Promise.all(ranks.map((r) => r.exited));
+  process.exit(Math.max(...codes));
+}
+
+const group = distributed.init({ hostfile: values.hostfile, rank: Number(values.rank) });
+const other = 1 - group.rank;
+const timeout = 30_000;
+
+type Variant = { name: string; watchdog: boolean; poll: boolean };
+const variants: Variant[] = [
+  { name: "as the pipeline: watchdog armed, poll() before each receive", watchdog: true, poll: true },
+  { name: "no watchdog", watchdog: false, poll: true },
+  { name: "no poll() (the ring's receive spins)", watchdog: true, poll: false },
+];
+
+function receive(v: Variant, shape: number[], dtype: mx.DtypeCode): mx.MxArray {
+  if (v.watchdog) distributed.armWatchdog(timeout, "hop: peer silent");
+  if (v.poll) distributed.waitReadable(timeout);
+  const a = distributed.recv(shape, dtype, other);
+  mx.evaluate(a);
+  if (v.watchdog) distributed.disarmWatchdog();
+  return a;
+}
+
+function send(v: Variant, message: mx.MxArray): void {
+  if (v.watchdog) distributed.armWatchdog(timeout, "hop: peer stopped reading");
+  mx.evaluate(distributed.send(message, other));
+  if (v.watchdog) distributed.disarmWatchdog();
+}
+
+const header = headerOf(
+  { op: Op.forward, set: 1, rows: 1, length: 1, flags: Flag.decode, dtype: mx.Dtype.float32, width },
+  0,
+);
+
+/**
+ * A decode step's message out (header and hidden states in one send) and the hidden states
+ * back: the receiver reads the header, then the payload it announces, as a stage does.
+ */
+function trip(v: Variant): void {
+  mx.scope(() => {
+    if (group.rank === 0) {
+      send(v, encodeMessage(header, mx.random.normal([1, 1, width])));
+      receive(v, [1, 1, width], mx.Dtype.float32);
+    } else {
+      const h = decodeHeader(receive(v, [headerInts], mx.Dtype.int32));
+      const hidden = receive(v, [h.rows, h.length, h.width], h.dtype);
+      send(v, mx.add(hidden, mx.array(Float32Array.from([1]))));
+    }
+  });
+}
+
+const times = new Map<string, number[]>(variants.map((v) => [v.name, []]));
+const chunk = 25;
+for (let done = 0; done < iterations; done += chunk) {
+  for (const v of done % (2 * chunk) ? [...variants].reverse() : variants) {
+    for (let i = 0; i < chunk; i++) {
+      const started = performance.now();
+      trip(v);
+      times.get(v.name)!.push(performance.now() - started);
+    }
+  }
+}
+if (group.rank === 0) {
+  const p95 = (v: number[]) => [...v].sort((a, b) => a - b)[Math.floor(0.95 * v.length)]!;
+  console.log(
+    `| round trip (${width} float32 and a ${headerBytes}-byte header out, ${width} float32 back) | median (ms) | p95 (ms) |`,
+  );
+  console.log("|---|---|---|");
+  for (const [name, t] of times) console.log(`| ${name} | ${median(t).toFixed(3)} | ${p95(t).toFixed(3)} |`);
+}
