@@ -89,6 +89,41 @@ describe("quantized matmul kernel", () => {
     });
   }
 
+  // GGUF's Q4_0 and Q8_0 load with every bias -2^(bits-1) times its scale; the kernel then skips
+  // the biases (and runs its own AVX-512 decode rows): same products as MLX's op, and a verdict
+  // kept for one pair of buffers is not taken for another.
+  test("symmetric weights (biases = -2^(bits-1) · scales, as GGUF Q4_0/Q8_0 load): equal to MLX's op", () => {
+    mx.scope(() => {
+      for (const bits of [4, 8]) {
+        for (const groupSize of [32, 64, 128]) {
+          for (const scaleType of [mx.Dtype.float16, mx.Dtype.float32, mx.Dtype.bfloat16]) {
+            const layout = { bits, groupSize };
+            // K: a part of a 128-element chunk at the end, and a 1B-class width; the larger
+            // shapes with GGUF's float16 scales only.
+            const shapes: [number, number, number][] = [
+              [1, 13, 3 * groupSize],
+              [2, 37, 5 * groupSize],
+              [3, 101, 3 * groupSize],
+            ];
+            if (scaleType === mx.Dtype.float16) shapes.push([17, 23, 5 * groupSize], [512, 70, 3 * groupSize], [1, 300, 2048]);
+            for (const [i, [m, n, k]] of shapes.entries()) {
+              const w = quantizedWeight(n, k, layout, scaleType, 30 + i);
+              const symmetric = { ...w, biases: mx.multiply(w.scales, mx.scalar(-(2 ** (bits - 1)), scaleType)) };
+              const x = mx.random.normal([m, k], mx.Dtype.float32, mx.random.key(200 + i));
+              const ours = product(x, symmetric, layout, true);
+              expect(relativeError(ours, product(x, symmetric, layout, false))).toBeLessThan(1e-5);
+              // The same scales with other biases: not symmetric any more.
+              const shifted = { ...symmetric, biases: mx.add(symmetric.biases, mx.scalar(0.25, scaleType)) };
+              expect(relativeError(product(x, shifted, layout, true), product(x, shifted, layout, false))).toBeLessThan(
+                1e-5,
+              );
+            }
+          }
+        }
+      }
+    });
+  });
+
   for (const [name, dtype, tolerance] of [
     ["bf16", mx.Dtype.bfloat16, 1e-2],
     ["f16", mx.Dtype.float16, 2e-3],
