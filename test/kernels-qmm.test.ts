@@ -63,7 +63,7 @@ describe("quantized matmul kernel", () => {
   });
 
   for (const layout of layouts) {
-    test(`fp32 activations, ${layout.bits}-bit, group ${layout.groupSize}: equal to MLX's op for odd shapes and M = 1, 2, 3, 4, 17, 512`, () => {
+    test(`fp32 activations, ${layout.bits}-bit, group ${layout.groupSize}: equal to MLX's op for odd shapes and M = 1, 2, 3, 4, 17, 33, 512`, () => {
       mx.scope(() => {
         // K: 1, 3 and 5 groups; N: not a multiple of any block (or of 8), nor of the 2 or 4 columns
         // that small-M products compute side by side.
@@ -75,6 +75,8 @@ describe("quantized matmul kernel", () => {
           [17, 37, 5 * layout.groupSize],
           [512, 70, 3 * layout.groupSize],
           [1, 1000, 3 * layout.groupSize],
+          // K in three blocks of the multi-row path's panels (512, 512, 384), a partial panel.
+          [33, 45, 1408],
         ];
         for (const [i, [m, n, k]] of shapes.entries()) {
           const w = quantizedWeight(n, k, layout, mx.Dtype.float16, 10 + i);

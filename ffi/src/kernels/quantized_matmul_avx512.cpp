@@ -15,9 +15,10 @@ namespace {
 // activations come in the matching order (p.x_nibbles): lane l of vector j is element 8l + j.
 // Measured on the Llama-3.2-1B shapes (bench/RESULTS.md).
 
-// How many blocks of NC weight rows ahead nibble_rows prefetches: 2 ran the 1B shapes' decode
-// products 7-12% faster than direct_rows' 4 here (their rows are 4-16 times longer).
-constexpr int kNibblePrefetchBlocks = 2;
+// How far ahead nibble_rows prefetches, in bytes of weights (rounded to whole blocks of rows,
+// at least one): 8 KB (two blocks of 4 rows at K = 2048) ran the 1B shapes' decode products
+// 7-12% faster than direct_rows' four blocks (16 KB there), and as fast as four at K = 576.
+constexpr long kNibblePrefetchBytes = 8192;
 
 // The scale of each lane's group for the chunk whose first group is `g` (`count` groups of the
 // chunk lie inside the row: the rest read nothing).
@@ -57,14 +58,15 @@ void nibble_rows(const QmmProblem& p, int n0, int n1) {
                                                __builtin_ctz(p.group));
   const int groups_per_chunk = 128 / p.group;
   // As in direct_rows: blocks of NC rows follow each other in memory, and each chunk prefetches
-  // its share of the block kNibblePrefetchBlocks further on.
+  // its share of the block ahead_rows further on.
   const uint8_t* first = p.w + static_cast<long>(n0) * row_bytes;
-  const long first_bytes = std::min<long>(static_cast<long>(kNibblePrefetchBlocks) * NC, n1 - n0) * row_bytes;
+  const long ahead_rows = std::max<long>(1, kNibblePrefetchBytes / (NC * row_bytes)) * NC;
+  const long first_bytes = std::min<long>(ahead_rows, n1 - n0) * row_bytes;
   for (long b = 0; b < first_bytes; b += 64) __builtin_prefetch(first + b);
   for (int n = n0; n < n1; n += NC) {
     const uint8_t* rows[NC];
     for (int c = 0; c < NC; ++c) rows[c] = p.w + static_cast<long>(n + c) * row_bytes;
-    const uint8_t* ahead = rows[0] + static_cast<long>(kNibblePrefetchBlocks) * NC * row_bytes;
+    const uint8_t* ahead = rows[0] + ahead_rows * row_bytes;
     __m512 acc[MR][NC];
     for (int r = 0; r < MR; ++r)
       for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_setzero_ps();
