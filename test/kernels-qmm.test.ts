@@ -107,7 +107,8 @@ describe("quantized matmul kernel", () => {
               [2, 37, 5 * groupSize],
               [3, 101, 3 * groupSize],
             ];
-            if (scaleType === mx.Dtype.float16) shapes.push([17, 23, 5 * groupSize], [512, 70, 3 * groupSize], [1, 300, 2048]);
+            if (scaleType === mx.Dtype.float16)
+              shapes.push([17, 23, 5 * groupSize], [512, 70, 3 * groupSize], [1, 300, 2048]);
             for (const [i, [m, n, k]] of shapes.entries()) {
               const w = quantizedWeight(n, k, layout, scaleType, 30 + i);
               const symmetric = { ...w, biases: mx.multiply(w.scales, mx.scalar(-(2 ** (bits - 1)), scaleType)) };
