@@ -66,7 +66,7 @@ int columns_per_task(int M, int N, int K, int threads) {
 // Q4_0 and Q8_0 as MLX loads them. A kernel then skips the biases (a tenth of a Q4_0 layer's
 // bytes). Checked once per pair of buffers and remembered while both live: the weights of a
 // model are the same arrays token after token. The first group that differs ends the check, so
-// other layouts cost next to nothing.
+// other layouts cost next to nothing. Only the AVX-512 4-bit decode rows use it, so only they ask.
 bool symmetric(const mx::array& scales, const mx::array& biases, int bits) {
   struct Verdict {
     std::weak_ptr<mx::array::Data> scales, biases;
@@ -154,7 +154,7 @@ void run(const mx::array& x, const mx::array& w, const mx::array& scales, const 
   }
   const QmmProblem p{xp, w.data<uint8_t>(), scales.data<void>(), biases.data<void>(), scale_type_of(scales.dtype()),
                      x_group_sums.data(), x_split.data(), int8 ? x_int8.data() : nullptr, x_int8_steps.data(),
-                     yp, M, N, K, bits, group, symmetric(scales, biases, bits), nibbles ? x_nibbles.data() : nullptr};
+                     yp, M, N, K, bits, group, nibbles && symmetric(scales, biases, bits), nibbles ? x_nibbles.data() : nullptr};
 #if defined(KERNELS_HAVE_VNNI)
   const QmmTile tile = int8 ? qmm_tile_int8_vnni : tile_for(best_isa());
 #else
