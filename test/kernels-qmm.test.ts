@@ -63,7 +63,7 @@ describe("quantized matmul kernel", () => {
   });
 
   for (const layout of layouts) {
-    test(`fp32 activations, ${layout.bits}-bit, group ${layout.groupSize}: equal to MLX's op for odd shapes and M = 1-8, 17, 512`, () => {
+    test(`fp32 activations, ${layout.bits}-bit, group ${layout.groupSize}: equal to MLX's op for odd shapes and M = 1-8, 17, 33, 512`, () => {
       mx.scope(() => {
         // K: 1, 3 and 5 groups; N: not a multiple of any block (or of 8), nor of the 2 or 4 columns
         // that small-M products compute side by side.
@@ -79,6 +79,8 @@ describe("quantized matmul kernel", () => {
           [17, 37, 5 * layout.groupSize],
           [512, 70, 3 * layout.groupSize],
           [1, 1000, 3 * layout.groupSize],
+          // K in three blocks of the multi-row path's panels (512, 512, 384), a partial panel.
+          [33, 45, 1408],
         ];
         for (const [i, [m, n, k]] of shapes.entries()) {
           const w = quantizedWeight(n, k, layout, mx.Dtype.float16, 10 + i);
@@ -105,6 +107,42 @@ describe("quantized matmul kernel", () => {
         for (let m = 2; m <= 8; m++) {
           const rows = product(mx.slice(x, [0, 0], [m, k]), w, layout, true);
           for (let r = 0; r < m; r++) expect(mx.slice(rows, [r, 0], [r + 1, 101]).toArray()).toEqual(alone[r]!);
+        }
+      }
+    });
+  });
+
+  // GGUF's Q4_0 and Q8_0 load with every bias -2^(bits-1) times its scale; the kernel then skips
+  // the biases (and runs its own AVX-512 decode rows): same products as MLX's op, and a verdict
+  // kept for one pair of buffers is not taken for another.
+  test("symmetric weights (biases = -2^(bits-1) · scales, as GGUF Q4_0/Q8_0 load): equal to MLX's op", () => {
+    mx.scope(() => {
+      for (const bits of [4, 8]) {
+        for (const groupSize of [32, 64, 128]) {
+          for (const scaleType of [mx.Dtype.float16, mx.Dtype.float32, mx.Dtype.bfloat16]) {
+            const layout = { bits, groupSize };
+            // K: a part of a 128-element chunk at the end, and a 1B-class width; the larger
+            // shapes with GGUF's float16 scales only.
+            const shapes: [number, number, number][] = [
+              [1, 13, 3 * groupSize],
+              [2, 37, 5 * groupSize],
+              [3, 101, 3 * groupSize],
+            ];
+            if (scaleType === mx.Dtype.float16)
+              shapes.push([17, 23, 5 * groupSize], [512, 70, 3 * groupSize], [1, 300, 2048]);
+            for (const [i, [m, n, k]] of shapes.entries()) {
+              const w = quantizedWeight(n, k, layout, scaleType, 30 + i);
+              const symmetric = { ...w, biases: mx.multiply(w.scales, mx.scalar(-(2 ** (bits - 1)), scaleType)) };
+              const x = mx.random.normal([m, k], mx.Dtype.float32, mx.random.key(200 + i));
+              const ours = product(x, symmetric, layout, true);
+              expect(relativeError(ours, product(x, symmetric, layout, false))).toBeLessThan(1e-5);
+              // The same scales with other biases: not symmetric any more.
+              const shifted = { ...symmetric, biases: mx.add(symmetric.biases, mx.scalar(0.25, scaleType)) };
+              expect(relativeError(product(x, shifted, layout, true), product(x, shifted, layout, false))).toBeLessThan(
+                1e-5,
+              );
+            }
+          }
         }
       }
     });

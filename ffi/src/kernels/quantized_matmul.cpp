@@ -8,6 +8,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
+#include <unordered_map>
 #include <vector>
 
 #include "isa.h"
@@ -61,13 +63,52 @@ int columns_per_task(int M, int N, int K, int threads) {
   return std::max(per_task, align);
 }
 
+// Whether every bias is -2^(bits-1) times its scale, so that w = scale · (q - 2^(bits-1)): GGUF's
+// Q4_0 and Q8_0 as MLX loads them. A kernel then skips the biases (a tenth of a Q4_0 layer's
+// bytes). Checked once per pair of buffers and remembered while both live: the weights of a
+// model are the same arrays token after token. The first group that differs ends the check, so
+// other layouts cost next to nothing. Only the AVX-512 4-bit decode rows use it, so only they ask.
+bool symmetric(const mx::array& scales, const mx::array& biases, int bits) {
+  struct Verdict {
+    std::weak_ptr<mx::array::Data> scales, biases;
+    size_t size;
+    bool symmetric;
+  };
+  static std::mutex mutex;
+  static std::unordered_map<const void*, Verdict> verdicts;  // by the biases' first element
+  const void* key = biases.data<void>();
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto found = verdicts.find(key);
+    if (found != verdicts.end() && found->second.size == biases.size() &&
+        found->second.scales.lock() == scales.data_shared_ptr() && found->second.biases.lock() == biases.data_shared_ptr())
+      return found->second.symmetric;
+  }
+  const float offset = -static_cast<float>(1 << (bits - 1));
+  auto check = [&](const auto* s, const auto* b) {
+    for (size_t i = 0; i < scales.size(); ++i)
+      if (static_cast<float>(b[i]) != offset * static_cast<float>(s[i])) return false;
+    return true;
+  };
+  bool verdict;
+  if (scales.dtype() == mx::float16) verdict = check(scales.data<mx::float16_t>(), biases.data<mx::float16_t>());
+  else if (scales.dtype() == mx::bfloat16) verdict = check(scales.data<mx::bfloat16_t>(), biases.data<mx::bfloat16_t>());
+  else verdict = check(scales.data<float>(), biases.data<float>());
+  std::lock_guard<std::mutex> lock(mutex);
+  // Forget the buffers freed since: a new one may take their address.
+  for (auto it = verdicts.begin(); it != verdicts.end();)
+    it = it->second.biases.expired() ? verdicts.erase(it) : std::next(it);
+  verdicts[key] = {scales.data_shared_ptr(), biases.data_shared_ptr(), biases.size(), verdict};
+  return verdict;
+}
+
 void run(const mx::array& x, const mx::array& w, const mx::array& scales, const mx::array& biases,
          mx::array& out, int group, int bits) {
   const int K = x.shape(-1);
   const int M = static_cast<int>(x.size() / K);
   const int N = out.shape(-1);
   // Buffers of the stream's own thread, kept between calls: no allocation per token.
-  thread_local std::vector<float> x_f32, y_f32, x_group_sums, x_split, x_int8_steps, x_block_sums, scratch;
+  thread_local std::vector<float> x_f32, y_f32, x_group_sums, x_split, x_int8_steps, x_block_sums, x_nibbles, scratch;
   thread_local std::vector<int8_t> x_int8;
 
   const float* xp;
@@ -89,6 +130,12 @@ void run(const mx::array& x, const mx::array& w, const mx::array& scales, const 
     x_block_sums.resize(static_cast<size_t>(M) * K / 32);
     quantize_rows_int8(xp, M, K, x_int8.data(), x_int8_steps.data(), x_block_sums.data());
   }
+  // The AVX-512 4-bit decode rows (quantized_matmul_avx512.cpp) take x in their own order.
+  const bool nibbles = bits == 4 && M <= kNibbleMaxRows && !int8 && best_isa() == Isa::avx512;
+  if (nibbles) {
+    x_nibbles.assign(static_cast<size_t>(M) * ((K + 127) / 128 * 128), 0.0f);
+    order_by_nibbles(xp, M, K, x_nibbles.data());
+  }
   if (M > kDirectMaxRows) {
     scratch.resize(static_cast<size_t>(threads) * kPanelMaxColumns * K);
   } else {
@@ -100,7 +147,7 @@ void run(const mx::array& x, const mx::array& w, const mx::array& scales, const 
     } else {
       for (int i = 0; i < M * K; ++i) x_group_sums[i / group] += xp[i];
     }
-    if (bits == 4 && !int8) {
+    if (bits == 4 && !int8 && !nibbles) {
       // Each block of 32 in its nibbles' order: even elements, then odd ones (see direct_rows).
       x_split.resize(static_cast<size_t>(M) * K);
       for (int i = 0; i < M * K; ++i) x_split[(i & ~31) + (i & 1) * 16 + (i & 31) / 2] = xp[i];
@@ -108,7 +155,7 @@ void run(const mx::array& x, const mx::array& w, const mx::array& scales, const 
   }
   const QmmProblem p{xp, w.data<uint8_t>(), scales.data<void>(), biases.data<void>(), scale_type_of(scales.dtype()),
                      x_group_sums.data(), x_split.data(), int8 ? x_int8.data() : nullptr, x_int8_steps.data(),
-                     yp, M, N, K, bits, group};
+                     yp, M, N, K, bits, group, nibbles && symmetric(scales, biases, bits), nibbles ? x_nibbles.data() : nullptr};
 #if defined(KERNELS_HAVE_VNNI)
   const QmmTile tile = int8 ? qmm_tile_int8_vnni : tile_for(best_isa());
 #else
@@ -200,6 +247,12 @@ bool int8_decode() {
 #else
   return false;
 #endif
+}
+
+void order_by_nibbles(const float* x, int M, int K, float* x_nibbles) {
+  const long padded = (K + 127) / 128 * 128;
+  for (int r = 0; r < M; ++r)
+    for (int k = 0; k < K; ++k) x_nibbles[r * padded + (k & ~127) + 16 * (k & 7) + (k & 127) / 8] = x[static_cast<long>(r) * K + k];
 }
 
 void quantize_rows_int8(const float* x, int M, int K, int8_t* x_int8, float* steps, float* block_sums) {

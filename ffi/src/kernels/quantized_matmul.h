@@ -22,7 +22,21 @@ struct QmmProblem {
   const float* x_int8_steps;  // [M, K/4] the float step of each int32 lane of x_int8's chunks
   float* y;                // [M, N] outputs, fp32
   int M, N, K, bits, group;
+  // Every bias is -2^(bits-1) · its scale (GGUF's Q4_0 and Q8_0 as MLX loads them): a kernel may
+  // take the offset from the codes and not read the biases.
+  bool symmetric = false;
+  // [M, K rounded up to 128] x for the AVX-512 4-bit decode rows (M <= kNibbleMaxRows), or null:
+  // each chunk of 128 elements in the order of its weights' nibbles within dwords (element 8l + j
+  // at 16j + l), zeros past K. See quantized_matmul_avx512.cpp.
+  const float* x_nibbles = nullptr;
 };
+
+// The most rows the AVX-512 4-bit kernel of quantized_matmul_avx512.cpp takes (measured: at 3 and
+// more rows the generic direct rows were as fast or faster).
+constexpr int kNibbleMaxRows = 2;
+
+// x [M, K] into x_nibbles' order.
+void order_by_nibbles(const float* x, int M, int K, float* x_nibbles);
 
 // Above this many rows, a kernel dequantizes a panel of weight rows once into fp32 scratch and
 // multiplies every row of x against it; at or below, it dequantizes in registers per row tile.

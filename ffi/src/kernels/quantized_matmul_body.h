@@ -151,36 +151,40 @@ constexpr int kNR = 2 * L;
 constexpr int kMR = 6;
 static_assert(kNR <= kPanelMaxColumns, "the scratch a thread gets holds one panel");
 
+// Weights [k0, k0 + kc) of rows [n0, n0 + columns) into a panel (zeros past `columns`).
 template <int Bits, ScaleType S>
-void pack_panel(const QmmProblem& p, int n0, int columns, float* panel) {
-  const int K = p.K, groups = K / p.group, row_bytes = K * Bits / 8;
+void pack_panel(const QmmProblem& p, int n0, int columns, int k0, int kc, float* panel) {
+  const int groups = p.K / p.group, row_bytes = p.K * Bits / 8;
   alignas(64) float chunk[L];
   for (int j = 0; j < columns; ++j) {
     const int n = n0 + j;
     const uint8_t* row = p.w + static_cast<long>(n) * row_bytes;
-    for (int g = 0; g < groups; ++g) {
+    for (int g = k0 / p.group; g < (k0 + kc) / p.group; ++g) {
       const auto s = Vec::set1(scale_at<S>(p.scales, n * groups + g));
       const auto b = Vec::set1(scale_at<S>(p.biases, n * groups + g));
       for (int k = g * p.group, end = k + p.group; k < end; k += L) {
         Vec::store(chunk, Vec::fma(unpack<Bits>(row, k), s, b));
-        for (int i = 0; i < L; ++i) panel[(k + i) * kNR + j] = chunk[i];
+        for (int i = 0; i < L; ++i) panel[(k - k0 + i) * kNR + j] = chunk[i];
       }
     }
   }
   for (int j = columns; j < kNR; ++j)
-    for (int k = 0; k < K; ++k) panel[k * kNR + j] = 0.0f;
+    for (int k = 0; k < kc; ++k) panel[k * kNR + j] = 0.0f;
 }
 
-// y[MR rows, kNR columns] = x[MR rows] · panel, over K: outer products of broadcast activations
+// y[MR rows, kNR columns] (+)= x[MR rows, kc] · panel: outer products of broadcast activations
 // and weight vectors, no horizontal sums.
 template <int MR>
-void micro(const float* x, int K, const float* panel, float* y, int ldy) {
+void micro(const float* x, int ldx, int kc, const float* panel, float* y, int ldy, bool accumulate) {
   typename Vec::T acc[MR][2];
-  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = Vec::zero();
-  for (int k = 0; k < K; ++k, panel += kNR) {
+  for (int r = 0; r < MR; ++r) {
+    acc[r][0] = accumulate ? Vec::load(y + r * ldy) : Vec::zero();
+    acc[r][1] = accumulate ? Vec::load(y + r * ldy + L) : Vec::zero();
+  }
+  for (int k = 0; k < kc; ++k, panel += kNR) {
     const auto w0 = Vec::load(panel), w1 = Vec::load(panel + L);
     for (int r = 0; r < MR; ++r) {
-      const auto xv = Vec::set1(x[r * K + k]);
+      const auto xv = Vec::set1(x[r * ldx + k]);
       acc[r][0] = Vec::fma(xv, w0, acc[r][0]);
       acc[r][1] = Vec::fma(xv, w1, acc[r][1]);
     }
@@ -192,17 +196,48 @@ void micro(const float* x, int K, const float* panel, float* y, int ldy) {
 }
 
 template <int MR>
-void micro_into(const QmmProblem& p, int m, int n0, int columns, const float* panel) {
-  const float* x = p.x + static_cast<long>(m) * p.K;
+void micro_into(const QmmProblem& p, int m, int n0, int columns, int k0, int kc, const float* panel) {
+  const float* x = p.x + static_cast<long>(m) * p.K + k0;
   float* y = p.y + static_cast<long>(m) * p.N + n0;
   if (columns == kNR) {
-    micro<MR>(x, p.K, panel, y, p.N);
+    micro<MR>(x, p.K, kc, panel, y, p.N, k0 > 0);
     return;
   }
   alignas(64) float tile[MR * kNR];
-  micro<MR>(x, p.K, panel, tile, kNR);
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < columns; ++j) tile[r * kNR + j] = k0 > 0 ? y[static_cast<long>(r) * p.N + j] : 0.0f;
+  micro<MR>(x, p.K, kc, panel, tile, kNR, true);
   for (int r = 0; r < MR; ++r)
     for (int j = 0; j < columns; ++j) y[static_cast<long>(r) * p.N + j] = tile[r * kNR + j];
+}
+
+// The K-block of a panel: 512 weights of kNR rows are 64 KB of floats on AVX-512, which stay in
+// the L2 cache while every row of x reads them. A whole K of 8192 (the MLP's down projection)
+// made a 1 MB panel, the size of the L2 itself.
+constexpr int kPanelDepth = 512;
+
+// The rows of x against panels of weights, each dequantized once per K-block by `pack`
+// (pack_panel's signature) and read by every row.
+template <typename Pack>
+void panels(const QmmProblem& p, int n0, int n1, float* scratch, Pack pack) {
+  for (int nb = n0; nb < n1; nb += kNR) {
+    const int columns = n1 - nb < kNR ? n1 - nb : kNR;
+    for (int k0 = 0; k0 < p.K; k0 += kPanelDepth) {
+      // A whole number of groups: kPanelDepth is a multiple of every group size.
+      const int kc = p.K - k0 < kPanelDepth ? p.K - k0 : kPanelDepth;
+      pack(p, nb, columns, k0, kc, scratch);
+      int m = 0;
+      for (; m + kMR <= p.M; m += kMR) micro_into<kMR>(p, m, nb, columns, k0, kc, scratch);
+      switch (p.M - m) {
+        case 1: micro_into<1>(p, m, nb, columns, k0, kc, scratch); break;
+        case 2: micro_into<2>(p, m, nb, columns, k0, kc, scratch); break;
+        case 3: micro_into<3>(p, m, nb, columns, k0, kc, scratch); break;
+        case 4: micro_into<4>(p, m, nb, columns, k0, kc, scratch); break;
+        case 5: micro_into<5>(p, m, nb, columns, k0, kc, scratch); break;
+        default: break;
+      }
+    }
+  }
 }
 
 // Columns side by side for one or two rows. 8-bit rows stay one at a time: on the 49152 × 576
@@ -253,20 +288,7 @@ void tile(const QmmProblem& p, int n0, int n1, float* scratch) {
     return;
   }
   // Each panel of weight rows is dequantized once, then read by every row of x.
-  for (int nb = n0; nb < n1; nb += kNR) {
-    const int columns = n1 - nb < kNR ? n1 - nb : kNR;
-    pack_panel<Bits, S>(p, nb, columns, scratch);
-    int m = 0;
-    for (; m + kMR <= p.M; m += kMR) micro_into<kMR>(p, m, nb, columns, scratch);
-    switch (p.M - m) {
-      case 1: micro_into<1>(p, m, nb, columns, scratch); break;
-      case 2: micro_into<2>(p, m, nb, columns, scratch); break;
-      case 3: micro_into<3>(p, m, nb, columns, scratch); break;
-      case 4: micro_into<4>(p, m, nb, columns, scratch); break;
-      case 5: micro_into<5>(p, m, nb, columns, scratch); break;
-      default: break;
-    }
-  }
+  panels(p, n0, n1, scratch, pack_panel<Bits, S>);
 }
 
 template <int Bits>
