@@ -114,19 +114,33 @@ void nibble_rows(const QmmProblem& p, int n0, int n1) {
   }
 }
 
-template <ScaleType S, bool Symmetric, int MR>
+template <ScaleType S, bool Symmetric, int MR, int NC>
 void nibble_columns(const QmmProblem& p, int n0, int n1) {
-  constexpr int NC = 4;
   const int blocked = n0 + (n1 - n0) / NC * NC;
   nibble_rows<S, Symmetric, MR, NC>(p, n0, blocked);
   if (blocked < n1) nibble_rows<S, Symmetric, MR, 1>(p, blocked, n1);
 }
 
+// Rows in blocks of up to four, each block reading the weights once. A row's sums are formed in
+// the same order whatever its block, so it gives the same bits alone as in a batch (a batch
+// decodes as each sequence would alone).
 template <ScaleType S, bool Symmetric>
 void nibble_tile(const QmmProblem& p, int n0, int n1) {
-  static_assert(kNibbleMaxRows == 2, "a case per row count");
-  if (p.M == 1) nibble_columns<S, Symmetric, 1>(p, n0, n1);
-  else nibble_columns<S, Symmetric, 2>(p, n0, n1);
+  static_assert(kNibbleMaxRows == kDirectMaxRows, "every decode row count");
+  const long padded = (p.K + 127) / 128 * 128, groups = p.K / p.group;
+  for (int r0 = 0; r0 < p.M; r0 += 4) {
+    QmmProblem rows = p;
+    rows.M = std::min(4, p.M - r0);
+    rows.x_nibbles = p.x_nibbles + r0 * padded;
+    if (p.x_group_sums != nullptr) rows.x_group_sums = p.x_group_sums + r0 * groups;
+    rows.y = p.y + static_cast<long>(r0) * p.N;
+    switch (rows.M) {
+      case 1: nibble_columns<S, Symmetric, 1, 4>(rows, n0, n1); break;
+      case 2: nibble_columns<S, Symmetric, 2, 4>(rows, n0, n1); break;
+      case 3: nibble_columns<S, Symmetric, 3, 2>(rows, n0, n1); break;
+      default: nibble_columns<S, Symmetric, 4, 2>(rows, n0, n1); break;
+    }
+  }
 }
 
 template <ScaleType S>
