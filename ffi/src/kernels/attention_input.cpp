@@ -77,15 +77,7 @@ class AttentionInput : public mx::Primitive {
   AttentionInput(mx::Stream stream, InputSpec spec) : mx::Primitive(stream), spec_(spec) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    for (auto& o : outputs) o.set_data(mx::allocator::malloc(o.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    for (const auto& in : inputs) encoder.set_input_array(in);
-    for (auto& o : outputs) encoder.set_output_array(o);
-    std::vector<mx::array> contiguous;
-    for (const auto& in : inputs) contiguous.push_back(row_contiguous(in, stream()));
-    encoder.dispatch([inputs = std::move(contiguous), outputs = outputs, spec = spec_]() mutable {
-      run(inputs, outputs, spec);
-    });
+    dispatch_rows(stream(), inputs, outputs, [spec = spec_](const auto& in, auto& out) { run(in, out, spec); });
   }
 
   void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {

@@ -47,15 +47,9 @@ class AttentionOutput : public mx::UnaryPrimitive {
   AttentionOutput(mx::Stream stream, int group, int bits) : mx::UnaryPrimitive(stream), group_(group), bits_(bits) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    for (const auto& in : inputs) encoder.set_input_array(in);
-    encoder.set_output_array(out);
-    std::vector<mx::array> contiguous;
-    for (const auto& in : inputs) contiguous.push_back(row_contiguous(in, stream()));
-    encoder.dispatch([inputs = std::move(contiguous), out = out, group = group_, bits = bits_]() mutable {
-      run(inputs, out, group, bits);
-    });
+    std::vector<mx::array> outputs = {out};
+    dispatch_rows(stream(), inputs, outputs,
+                  [group = group_, bits = bits_](const auto& in, auto& out) { run(in, out[0], group, bits); });
   }
 
   void eval_gpu(const std::vector<mx::array>&, mx::array&) override {

@@ -41,6 +41,17 @@ mx::array row_contiguous(const mx::array& a, mx::Stream stream) {
   return copy;
 }
 
+void dispatch_rows(mx::Stream stream, const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs,
+                   RowsTask task) {
+  for (auto& o : outputs) o.set_data(mx::allocator::malloc(o.nbytes()));
+  auto& encoder = mx::cpu::get_command_encoder(stream);
+  for (const auto& in : inputs) encoder.set_input_array(in);
+  for (auto& o : outputs) encoder.set_output_array(o);
+  std::vector<mx::array> rows;
+  for (const auto& in : inputs) rows.push_back(row_contiguous(in, stream));
+  encoder.dispatch([rows = std::move(rows), outputs = outputs, task = std::move(task)]() mutable { task(rows, outputs); });
+}
+
 #if !defined(KERNELS_HAVE_OPENBLAS)
 mx::array matmul(const mx::array& a, const mx::array& b) { return mx::matmul(a, b); }
 #endif

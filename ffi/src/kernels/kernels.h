@@ -3,6 +3,7 @@
 // layouts, or our kernels turned off with MLX_KERNELS=mlx).
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -31,6 +32,13 @@ bool enabled_on(const mx::Stream& stream);
 // mx::contiguous when the graph is built: that is a graph node per input even when nothing is
 // copied (a weight, a fresh output), four per quantized product, hundreds per decode step.
 mx::array row_contiguous(const mx::array& a, mx::Stream stream);
+
+// A primitive's eval_cpu in one call: allocates `outputs`, registers inputs and outputs with the
+// stream's encoder, and queues `task` on the stream with the inputs made row-contiguous (see
+// row_contiguous) and the outputs, for kernels that take every input row by row.
+using RowsTask = std::function<void(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs)>;
+void dispatch_rows(mx::Stream stream, const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs,
+                   RowsTask task);
 
 // The floating-point types our kernels read (activations, scales, masks).
 inline bool float_type(mx::Dtype t) { return t == mx::float32 || t == mx::float16 || t == mx::bfloat16; }

@@ -67,13 +67,8 @@ class MlpBlock : public mx::UnaryPrimitive {
   MlpBlock(mx::Stream stream, MlpSpec spec) : mx::UnaryPrimitive(stream), spec_(spec) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    for (const auto& in : inputs) encoder.set_input_array(in);
-    encoder.set_output_array(out);
-    std::vector<mx::array> contiguous;
-    for (const auto& in : inputs) contiguous.push_back(row_contiguous(in, stream()));
-    encoder.dispatch([inputs = std::move(contiguous), out = out, spec = spec_]() mutable { run(inputs, out, spec); });
+    std::vector<mx::array> outputs = {out};
+    dispatch_rows(stream(), inputs, outputs, [spec = spec_](const auto& in, auto& out) { run(in, out[0], spec); });
   }
 
   void eval_gpu(const std::vector<mx::array>&, mx::array&) override {

@@ -71,14 +71,9 @@ class RmsNorm : public mx::UnaryPrimitive {
   RmsNorm(mx::Stream stream, float eps) : mx::UnaryPrimitive(stream), eps_(eps) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    for (const auto& in : inputs) encoder.set_input_array(in);
-    encoder.set_output_array(out);
-    std::vector<mx::array> contiguous;
-    for (const auto& in : inputs) contiguous.push_back(row_contiguous(in, stream()));
-    encoder.dispatch([inputs = std::move(contiguous), out = out, eps = eps_]() mutable {
-      rms_norm_into(inputs[0], inputs.size() > 1 ? &inputs[1] : nullptr, out, eps);
+    std::vector<mx::array> outputs = {out};
+    dispatch_rows(stream(), inputs, outputs, [eps = eps_](const auto& in, auto& out) {
+      rms_norm_into(in[0], in.size() > 1 ? &in[1] : nullptr, out[0], eps);
     });
   }
 
