@@ -11,6 +11,7 @@ import { buildModel, forward, freeCaches, makeCaches, parseConfig, Weights, type
 import { BatchKVCache } from "../src/models/batch-cache";
 import { KVCache } from "../src/models/cache";
 import { withKernels } from "./helpers/parity";
+import { decodeAlone } from "./helpers/generate";
 import { tinyConfig, tinyWeights } from "./helpers/tiny-model";
 
 let model: DecoderModel;
@@ -29,19 +30,21 @@ function greedy(prompt: number[], maxTokens: number): number[] {
   return [...generateTokens(model, { promptIds: prompt, sampling: defaultSampling, maxTokens })].map((e) => e.token);
 }
 
+/** Fresh caches after a prefill of `length` tokens (ids 1 .. length). */
+function prefilled(length: number, options: Parameters<typeof makeCaches>[1] = {}): ReturnType<typeof makeCaches> {
+  const caches = makeCaches(model, options);
+  const ids = mx.array(
+    Int32Array.from({ length }, (_, i) => i + 1),
+    [1, length],
+  );
+  mx.scope(() => forward(model, ids, caches));
+  ids.free();
+  return caches;
+}
+
 /** The dtype the first layer's cache holds after a prefill of `length` tokens. */
 function heldDtype(options: Parameters<typeof makeCaches>[1] = {}, length = 5): mx.DtypeCode {
-  const caches = makeCaches(model, options);
-  mx.scope(() =>
-    forward(
-      model,
-      mx.array(
-        Int32Array.from({ length }, (_, i) => i + 1),
-        [1, length],
-      ),
-      caches,
-    ),
-  );
+  const caches = prefilled(length, options);
   const dtype = caches[0]!.keys![0]!.dtype;
   expect(caches[0]!.values![0]!.dtype).toBe(dtype);
   freeCaches(caches);
@@ -93,17 +96,7 @@ describe("the float KV cache's dtype", () => {
     // What the generator does as sequences join: one-sequence caches become rows of a batch.
     const batch = new BatchKVCache();
     for (const length of [3, 6]) {
-      const caches = makeCaches(model);
-      mx.scope(() =>
-        forward(
-          model,
-          mx.array(
-            Int32Array.from({ length }, (_, i) => i + 1),
-            [1, length],
-          ),
-          caches,
-        ),
-      );
+      const caches = prefilled(length);
       batch.extend(caches[0]!);
       freeCaches(caches);
     }
@@ -113,14 +106,8 @@ describe("the float KV cache's dtype", () => {
 
   test("a prefix cache hit holds float16, and keys stored in float32 are seeded back as float16", () => {
     const prefixCache = new PrefixCache(1 << 30);
-    const run = () => {
-      const gen = new BatchGenerator(model, { maxBatch: 2, prefillChunk: 4, prefixCache });
-      gen.add("a", { promptIds: prompts[2]!, sampling: defaultSampling, maxTokens: 8 });
-      const tokens: number[] = [];
-      while (!gen.idle) for (const e of gen.step()) tokens.push(e.token);
-      gen.dispose();
-      return tokens;
-    };
+    const run = () =>
+      decodeAlone(model, { promptIds: prompts[2]!, sampling: defaultSampling, maxTokens: 8 }, { prefixCache });
     const first = run();
     const match = prefixCache.lookup(prompts[2]!, prompts[2]!.length - 1)!;
     expect(match.keys[0]![0]!.dtype).toBe(float16);

@@ -14,6 +14,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { ServerOptions } from "../src/server/app";
 import { post, serve } from "./helpers/serve";
+import { decodeAlone } from "./helpers/generate";
 import { tinyConfig, tinyDims, tinyWeights, writeTinyModel } from "./helpers/tiny-model";
 
 const headDim = 64;
@@ -231,14 +232,12 @@ describe("the quantized KV cache", () => {
 
   test("the prefix cache stores quantized keys and values, and a hit gives the same answer", () => {
     const prefixCache = new PrefixCache(1 << 30);
-    const run = () => {
-      const gen = new BatchGenerator(model, { maxBatch: 2, prefillChunk: 4, kvQuantization: eightBit, prefixCache });
-      gen.add("a", { promptIds: prompts[2]!, sampling: defaultSampling, maxTokens: 8 });
-      const tokens: number[] = [];
-      while (!gen.idle) for (const e of gen.step()) tokens.push(e.token);
-      gen.dispose();
-      return tokens;
-    };
+    const run = () =>
+      decodeAlone(
+        model,
+        { promptIds: prompts[2]!, sampling: defaultSampling, maxTokens: 8 },
+        { kvQuantization: eightBit, prefixCache },
+      );
     const first = run();
     const match = prefixCache.lookup(prompts[2]!, prompts[2]!.length - 1)!;
     expect(match.length).toBe(prompts[2]!.length - 1);

@@ -7,7 +7,7 @@ import type { MxArray } from "../mlx";
 import type { RopeScaling } from "./config";
 import { KVCache } from "./cache";
 import { embedding, linear, Weights } from "./layers";
-import { attention, heldElsewhere, mlp } from "./llama";
+import { attention, endlessDecoder, heldElsewhere, mlp } from "./llama";
 import { decoder, type Block, type DecoderModel } from "./model";
 import { SlidingKVCache, slidingLayerMask } from "./sliding-cache";
 
@@ -102,15 +102,7 @@ export function build(w: Weights): DecoderModel {
     Array.from({ length: c.numHiddenLayers }, (_, i) =>
       isSliding(i) ? new SlidingKVCache(o.slidingWindow) : new KVCache(),
     );
-  if (!stage.ends)
-    return decoder({
-      config: c,
-      embed: heldElsewhere("the embedding"),
-      blocks,
-      head: heldElsewhere("the output layer"),
-      finalNorm: heldElsewhere("the final norm"),
-      makeCaches,
-    });
+  if (!stage.ends) return endlessDecoder({ config: c, blocks, makeCaches });
   const embed = embedding(w, "model.embed_tokens");
   const norm = gemmaNorm(w, "model.norm", c.rmsNormEps);
   const lmHead = w.has("lm_head.weight") ? linear(w, "lm_head") : embed.asLinear;

@@ -5,7 +5,7 @@ import type { MxArray } from "../mlx";
 import type { ModelConfig } from "./config";
 import { embedding, fusedLinear, linear, rmsNorm, summedOverShards, Weights } from "./layers";
 import type { RopeScaling } from "./config";
-import { decoder, type Block, type DecoderModel, type Mask } from "./model";
+import { decoder, type Block, type DecoderModel, type DecoderParts, type Mask } from "./model";
 import { initializeRope } from "./rope";
 import { KVCache, type AttentionCache } from "./cache";
 import { SlidingKVCache, slidingLayerMask } from "./sliding-cache";
@@ -195,15 +195,7 @@ export function buildDecoder(
   const makeCaches = slidingWindow
     ? () => windows.map((window) => (window === undefined ? new KVCache() : new SlidingKVCache(window)))
     : undefined;
-  if (!stage.ends)
-    return decoder({
-      config: c,
-      embed: heldElsewhere("the embedding"),
-      blocks,
-      head: heldElsewhere("the output layer"),
-      finalNorm: heldElsewhere("the final norm"),
-      makeCaches,
-    });
+  if (!stage.ends) return endlessDecoder({ config: c, blocks, makeCaches });
   const embed = embedding(w, "model.embed_tokens");
   const norm = rmsNorm(w, "model.norm", c.rmsNormEps);
   const lmHead = c.tieWordEmbeddings || !w.has("lm_head.weight") ? embed.asLinear : linear(w, "lm_head");
@@ -215,6 +207,16 @@ export function heldElsewhere(part: string): () => never {
   return () => {
     throw new Error(`${part} is held by another process of the pipeline`);
   };
+}
+
+/** The model of a pipeline stage that holds neither end (embedding, final norm, output layer): its blocks. */
+export function endlessDecoder(parts: Pick<DecoderParts, "config" | "blocks" | "makeCaches">): DecoderModel {
+  return decoder({
+    ...parts,
+    embed: heldElsewhere("the embedding"),
+    head: heldElsewhere("the output layer"),
+    finalNorm: heldElsewhere("the final norm"),
+  });
 }
 
 export const build = (w: Weights): DecoderModel => buildDecoder(w);
