@@ -239,7 +239,7 @@ export class BatchGenerator {
         return events;
       }
     }
-    const pipelined = group.active.every((s) => s.processors.length === 0);
+    const pipelined = buildsAhead(group);
     if (!pipelined && group.ahead) events.push(...this.#read(group, this.#takeAhead(group)));
     // The step ahead holds every sequence's last token: a step on top of it would be thrown away.
     if (this.#endsWithAhead(group)) events.push(...this.#read(group, this.#takeAhead(group)));
@@ -279,9 +279,8 @@ export class BatchGenerator {
       const started = performance.now();
       this.model.remote!.arrive();
       const ahead = group.ahead;
-      const pipelined = group.active.every((s) => s.processors.length === 0);
       let next: PendingStep | undefined;
-      if (pipelined && group.active.length > 0 && !this.#endsWithAhead(group)) {
+      if (buildsAhead(group) && group.active.length > 0 && !this.#endsWithAhead(group)) {
         mx.asyncEvaluate(ahead.tokens, ahead.chosen, ...(ahead.logprobs ?? []));
         next = this.#build(group);
       }
@@ -655,6 +654,12 @@ function adapted<T>(rows: Sequence[], forward: () => T): T {
 }
 
 /** Where a sequence's keys and values go in the prefix cache: the base model's, or its adapter's. */
+/**
+ * Whether a group's next step can be built on the step ahead's tokens before they are read: not
+ * when a logits processor must see each sequence's history, last token included, on the host.
+ */
+const buildsAhead = (group: DecodeGroup): boolean => group.active.every((s) => s.processors.length === 0);
+
 const namespace = (s: Sequence): number => s.request.adapter?.id ?? 0;
 
 /** The rows as one array (a batch of one needs no copy). */
