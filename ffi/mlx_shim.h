@@ -158,12 +158,15 @@ MLXS_API int mlxs_rope(mlxs_array** out, const mlxs_array* x, int dims, int trad
 MLXS_API int mlxs_sdpa(mlxs_array** out, const mlxs_array* q, const mlxs_array* k, const mlxs_array* v,
               float scale, const char* mask_mode, const mlxs_array* mask, const mlxs_array* sinks);
 // Attention on a quantized KV cache: keys and values [B, Hkv, T, ·] as mlxs_quantize makes them
-// (affine: packed, scales, biases), mask and sinks as mlxs_sdpa takes them.
+// (affine: packed, scales, biases), mask and sinks as mlxs_sdpa takes them. With key_tail, keys
+// are quantized per channel: key_scales/key_biases [B, Hkv, n, D] per group of group_size
+// positions of the n·group_size coded ones, then key_tail [B, Hkv, T - n·group_size, D] in float.
 MLXS_API int mlxs_quantized_sdpa(mlxs_array** out, const mlxs_array* q, const mlxs_array* keys,
                         const mlxs_array* key_scales, const mlxs_array* key_biases,
                         const mlxs_array* values, const mlxs_array* value_scales,
                         const mlxs_array* value_biases, float scale, const char* mask_mode,
-                        const mlxs_array* mask, const mlxs_array* sinks, int group_size, int bits);
+                        const mlxs_array* mask, const mlxs_array* sinks, const mlxs_array* key_tail,
+                        int group_size, int bits);
 // silu(gate) * up, the SwiGLU feed-forward's activation: one op on our CPU kernels.
 MLXS_API int mlxs_silu_mul(mlxs_array** out, const mlxs_array* gate, const mlxs_array* up);
 // h + down(silu(gate) * up), [gate, up] the halves of gate_up(rms_norm(h, norm_weight)), both

@@ -8,6 +8,7 @@
 import * as mx from "../mlx";
 import type { KVCache } from "../models";
 import type { Stored } from "../models/cache";
+import { isChannelLayout, rowKeys } from "../models/channel-keys";
 import type { RemoteLayers } from "../models/model";
 import { RotatingKVCache } from "../models/rotating-cache";
 import type { DiskPrefixCache } from "./disk-prefix-cache";
@@ -223,7 +224,12 @@ export function snapshotRow(caches: KVCache[], row: number, skip: number, positi
     (stored ?? []).map((t) =>
       mx.keep(mx.scope(() => mx.contiguous(mx.slice(t, [row, 0, skip], [row + 1, t.shape[1]!, skip + positions])))),
     );
-  const keys = caches.map((c) => snapshot(c.keys));
+  // Per-channel keys are taken out of their groups and grouped again from the prefix's start.
+  const keys = caches.map((c) =>
+    isChannelLayout(c.keys)
+      ? mx.scope(() => rowKeys(c.keys!, c.offset, row, skip, positions, c.quantization!)).map(mx.keep)
+      : snapshot(c.keys),
+  );
   const values = caches.map((c) => snapshot(c.values));
   mx.evaluate(...[...keys, ...values].flat());
   return { keys, values };

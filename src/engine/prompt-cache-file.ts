@@ -11,9 +11,11 @@ import { basename, join } from "node:path";
 import * as mx from "../mlx";
 import { cacheState, freeCaches, makeCaches } from "../models";
 import type { KvQuantization, Stored } from "../models/cache";
+import { perChannelKeys } from "../models/channel-keys";
 import type { LoadedModel } from "../models/load";
 import { RotatingKVCache } from "../models/rotating-cache";
 import { fileErrorReason } from "../format";
+import { snapshotRow } from "./prefix-cache";
 
 const FORMAT = "mlx-prompt-cache/1";
 
@@ -41,9 +43,11 @@ export class PromptCacheFileError extends Error {
 
 /** How a cache stores keys and values, as one string: files made under another layout are refused. */
 export function kvLayout(quantization: KvQuantization | undefined, maxKvSize: number | undefined): string {
-  // Quantized keys are stored rotated (rotateGroups): files from before the rotation are refused.
+  // Quantized keys are stored per channel, or per row rotated (the rotating cache's): files from
+  // before either are refused.
+  const keys = maxKvSize === undefined && perChannelKeys(quantization) ? "channel" : "rotated";
   const stored = quantization
-    ? `q${quantization.bits}g${quantization.groupSize}s${quantization.start ?? 0}-rotated-keys`
+    ? `q${quantization.bits}g${quantization.groupSize}s${quantization.start ?? 0}-${keys}-keys`
     : "float";
   return maxKvSize === undefined ? stored : `${stored}-rotating${maxKvSize}`;
 }
@@ -226,16 +230,11 @@ export function prefillPrompt(lm: LoadedModel, tokens: number[], chunk = 2048): 
       mx.scope(() => model.layers(model.embed(mx.array(Int32Array.from(ids), [1, ids.length])), caches));
       mx.evaluate(...cacheState(caches));
     }
-    const held = (stored: Stored) =>
-      stored.map((t) =>
-        mx.keep(mx.scope(() => mx.contiguous(mx.slice(t, [0, 0, 0], [1, t.shape[1]!, caches[0]!.offset])))),
-      );
     const first = caches[0];
     return {
       tokens,
       dropped: first instanceof RotatingKVCache ? first.dropped[0]! : 0,
-      keys: caches.map((c) => held(c.keys!)),
-      values: caches.map((c) => held(c.values!)),
+      ...snapshotRow(caches, 0, 0, first!.offset),
     };
   } finally {
     freeCaches(caches);

@@ -150,12 +150,19 @@ export function scaledDotProductAttention(
 export type QuantizedParts = readonly [packed: MxArray, scales: MxArray, biases: MxArray];
 
 /**
+ * Keys quantized per channel (src/models/channel-keys.ts): codes [B, kvHeads, nG, ·] as `quantize`
+ * packs rows, scales and biases [B, kvHeads, n, D] per channel and group of G positions, and the
+ * newest T - nG positions in float [B, kvHeads, T - nG, D].
+ */
+export type ChannelKeyParts = readonly [packed: MxArray, scales: MxArray, biases: MxArray, tail: MxArray];
+
+/**
  * scaledDotProductAttention on quantized keys and values (a quantized KV cache), read in place
- * at `bits` per element: our CPU kernel, or MLX's quantized matmuls where it does not apply.
+ * at `bits` per element: our CPU kernel, or MLX's ops where it does not apply.
  */
 export function quantizedScaledDotProductAttention(
   q: MxArray,
-  keys: QuantizedParts,
+  keys: QuantizedParts | ChannelKeyParts,
   values: QuantizedParts,
   scale: number,
   quantization: { groupSize: number; bits: number },
@@ -177,6 +184,7 @@ export function quantizedScaledDotProductAttention(
       mode,
       maskArray,
       sinks?.handle ?? null,
+      keys[3]?.handle ?? null,
       quantization.groupSize,
       quantization.bits,
     ),

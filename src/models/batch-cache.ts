@@ -5,6 +5,7 @@
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import { KVCache, type Mask, type Stored } from "./cache";
+import { encodeKeys, isChannelLayout } from "./channel-keys";
 
 export class BatchKVCache extends KVCache {
   /** Padding columns at the left of each row. */
@@ -54,7 +55,11 @@ export class BatchKVCache extends KVCache {
     // Past the quantization start, some may still be float: all are stored alike first.
     if (this.quantized || singles.some((c) => c.quantized)) for (const c of [this, ...singles]) c.quantizeHeld();
     const held = this.batchSize;
-    const width = Math.max(held > 0 ? this.offset : 0, ...singles.map((c) => c.offset));
+    const base = held > 0 ? this.offset : 0;
+    const longest = Math.max(base, ...singles.map((c) => c.offset));
+    // Per-channel keys: the rows held move by whole groups, so their groups stay as they are.
+    const group = isChannelLayout(this.keys) ? this.quantization!.groupSize : 1;
+    const width = base + Math.ceil((longest - base) / group) * group;
     const [keys, values] = mx.scope(() => {
       const joined = (mine: Stored | undefined, theirs: (Stored | undefined)[]) => {
         const like = mine ?? theirs.find((t) => t !== undefined);
@@ -75,8 +80,8 @@ export class BatchKVCache extends KVCache {
       };
       return [
         joined(
-          this.keys,
-          singles.map((c) => c.keys),
+          this.movableKeys(),
+          singles.map((c) => c.movableKeys()),
         ),
         joined(
           this.values,
@@ -112,7 +117,9 @@ export class BatchKVCache extends KVCache {
       return;
     }
     const padding = rows.map((r) => this.leftPadding[r]!);
-    const shared = Math.min(...padding);
+    // Per-channel keys: whole groups of padding only, so that the groups stay as they are.
+    const group = isChannelLayout(this.keys) ? this.quantization!.groupSize : 1;
+    const shared = Math.floor(Math.min(...padding) / group) * group;
     this.leftPadding = padding.map((pad) => pad - shared);
     // A layer another process computes (pipeline parallel) holds no positions here: rows only.
     if (!this.keys || !this.values) return;
@@ -123,7 +130,7 @@ export class BatchKVCache extends KVCache {
         const [batch, heads, columns, dim] = t.shape as [number, number, number, number];
         return mx.take(shared > 0 ? mx.slice(t, [0, 0, shared], [batch, heads, columns, dim]) : t, index, 0);
       };
-      return [this.keys!.map(pick), this.values!.map(pick)];
+      return [this.movableKeys()!.map(pick), this.values!.map(pick)];
     });
     this.offset -= shared;
     this.replaceBuffers(keys, values);
@@ -136,6 +143,7 @@ export class BatchKVCache extends KVCache {
    */
   rollback(counts: number[]): void {
     const fewest = Math.min(...counts);
+    if (isChannelLayout(this.keys) && fewest > 0) this.trimChannelKeys(this.offset - fewest);
     this.offset -= fewest;
     const extra = counts.map((count) => count - fewest);
     if (!this.keys || !this.values || extra.every((e) => e === 0)) return;
@@ -145,16 +153,34 @@ export class BatchKVCache extends KVCache {
           extra.map((e, b) => padLeft(mx.slice(t, [b, 0, 0], [b + 1, t.shape[1]!, this.offset - e]), e, t)!),
           0,
         );
-      return [this.keys!.map(shift), this.values!.map(shift)];
+      return [this.movableKeys()!.map(shift), this.values!.map(shift)];
     });
     this.leftPadding = this.leftPadding.map((pad, b) => pad + extra[b]!);
     this.replaceBuffers(keys, values);
   }
 
   private replaceBuffers(keys: Stored | undefined, values: Stored | undefined): void {
+    // Per-channel keys were moved as float (movableKeys): quantized again in their new columns.
+    const pack = keys?.length === 1 && values?.length === 3 && this.channelKeys;
+    const stored = pack ? mx.scope(() => this.packKeys(keys[0]!)) : keys;
     this.free(false);
-    this.keys = keys?.map(mx.keep);
+    this.keys = stored?.map(mx.keep);
     this.values = values?.map(mx.keep);
+  }
+
+  /**
+   * Float keys [B, H, ≥ offset, D] in the per-channel layout. A row's padding columns take its
+   * first key first: masked in attention, they then widen no channel's range in their group.
+   */
+  private packKeys(keys: MxArray): Stored {
+    const [batch, heads, , dim] = keys.shape as [number, number, number, number];
+    const held = mx.slice(keys, [0, 0, 0], [batch, heads, this.offset]);
+    if (!this.padded || this.offset === 0) return encodeKeys(held, this.quantization!);
+    const padding = mx.reshape(mx.array(Int32Array.from(this.leftPadding)), [batch, 1, 1, 1]);
+    const firstAt = mx.minimum(padding, this.offset - 1);
+    const first = mx.takeAlongAxis(held, mx.broadcastTo(mx.astype(firstAt, mx.Dtype.int32), [batch, heads, 1, dim]), 2);
+    const isPadding = mx.less(mx.reshape(mx.arange(0, this.offset), [1, 1, this.offset, 1]), padding);
+    return encodeKeys(mx.where(isPadding, first, held), this.quantization!);
   }
 }
 

@@ -8,6 +8,16 @@
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import { floatCacheDtype } from "./cache-dtype";
+import {
+  decodeGroups,
+  decodeKeys,
+  encodeGroups,
+  encodeKeys,
+  heldKeys,
+  isChannelLayout,
+  perChannelKeys,
+  tailOf,
+} from "./channel-keys";
 import { quantizedAttention, rotateGroups } from "./quantized-attention";
 
 export type Mask = "causal" | MxArray | undefined;
@@ -18,12 +28,18 @@ export interface KvQuantization {
   groupSize: number;
   /** Positions kept in float before quantizing starts (mlx-lm's quantized_kv_start). */
   start?: number;
+  /**
+   * How keys are quantized: per channel over groups of `groupSize` positions (the default, see
+   * channel-keys.ts), or per row as values are, rotated (see rotateGroups).
+   */
+  keys?: "channel" | "rows";
 }
 
 /**
  * Keys or values [B, H, T, ·] as stored: one float array, or three quantized parts (packed,
- * scales, biases). Every part has positions on axis 2, so slicing, padding and picking rows
- * act on each part alike.
+ * scales, biases), or for keys quantized per channel four (channel-keys.ts). Every part of the
+ * first two has positions on axis 2, so slicing, padding and picking rows act on each part alike;
+ * per-channel keys are decoded to float for that (BatchKVCache) and encoded again.
  */
 export type Stored = MxArray[];
 
@@ -65,7 +81,12 @@ export class KVCache implements AttentionCache {
   }
 
   get quantized(): boolean {
-    return this.keys?.length === 3;
+    return (this.keys?.length ?? 0) >= 3;
+  }
+
+  /** Whether keys are quantized per channel (channel-keys.ts) rather than per row. */
+  get channelKeys(): boolean {
+    return perChannelKeys(this.quantization);
   }
 
   attention(queries: MxArray, keys: MxArray, values: MxArray, scale: number, mask: Mask, sinks?: MxArray): MxArray {
@@ -75,14 +96,31 @@ export class KVCache implements AttentionCache {
     const [k, v] = this.update(keys, values);
     if (k.length === 1) return mx.fast.scaledDotProductAttention(queries, k[0]!, v[0]!, scale, mask, sinks);
     const q = this.quantization!;
+    if (isChannelLayout(k)) return quantizedAttention(queries, k, v, scale, mask, q, sinks);
     return quantizedAttention(rotateGroups(queries, q.groupSize), k, v, scale, mask, q, sinks);
   }
 
   updateAndFetch(keys: MxArray, values: MxArray): [MxArray, MxArray] {
     const [k, v] = this.update(keys, values);
-    const fetched = this.toFloat(k, keys);
+    return [this.keysToFloat(k, keys.dtype), this.toFloat(v, values)];
+  }
+
+  /** Stored keys (as update returns them) as float in `dtype`: as they came, within rounding. */
+  private keysToFloat(k: Stored, dtype: mx.DtypeCode): MxArray {
+    if (k.length === 1) return k[0]!;
+    const q = this.quantization!;
+    if (isChannelLayout(k)) return decodeKeys(k, this.offset, q, dtype);
     // The rotation is its own inverse: this gives back the keys as they came.
-    return [k.length === 1 ? fetched : rotateGroups(fetched, this.quantization!.groupSize), this.toFloat(v, values)];
+    return rotateGroups(mx.dequantize(k[0]!, k[1]!, k[2], q, dtype), q.groupSize);
+  }
+
+  /**
+   * The keys held, per-channel ones decoded to float: what BatchKVCache and the prefix cache
+   * move columns of (per-channel groups are tied to their columns).
+   */
+  movableKeys(): Stored | undefined {
+    if (!isChannelLayout(this.keys)) return this.keys;
+    return [decodeKeys(this.keys!, this.offset, this.quantization!, this.keys![1]!.dtype)];
   }
 
   /** Appends keys/values [B, H, L, D] and returns the cache's valid part, [B, H, offset + L, ·]. */
@@ -93,20 +131,69 @@ export class KVCache implements AttentionCache {
     const quantize =
       this.quantization !== undefined && (this.quantized || previous + length > (this.quantization.start ?? 0));
     if (quantize && this.keys && !this.quantized) this.quantizeHeld();
-    const newKeys = quantize ? this.encodeKeys(keys) : [this.asHeld(keys)];
+    const channel = quantize && this.channelKeys;
+    const newKeys = channel ? undefined : quantize ? this.encodeKeys(keys) : [this.asHeld(keys)];
     const newValues = quantize ? this.encode(values) : [this.asHeld(values)];
-    if (!this.keys || !this.values || previous + length > this.keys[0]!.shape[2]!)
-      this.grow(newKeys, newValues, length);
+    if (!this.values || previous + length > this.values[0]!.shape[2]!) this.grow(newKeys, newValues, length);
     this.offset += length;
     const [batch, heads] = keys.shape as [number, number];
     const start = [0, 0, previous];
     const stop = [batch, heads, this.offset];
     const write = (held: Stored, added: Stored) =>
       held.map((t, i) => this.replace(t, mx.sliceUpdate(t, added[i]!, start, stop)));
-    this.keys = write(this.keys!, newKeys);
+    if (channel) this.writeChannelKeys(keys, previous);
+    else this.keys = write(this.keys!, newKeys!);
     this.values = write(this.values!, newValues);
     const valid = (held: Stored) => held.map((t) => mx.slice(t, [0, 0, 0], stop));
-    return [valid(this.keys), valid(this.values)];
+    return [channel ? heldKeys(this.keys!, this.offset, this.quantization!) : valid(this.keys!), valid(this.values)];
+  }
+
+  /**
+   * Appends keys [B, H, L, D] after `previous` positions in the per-channel layout: the tail and
+   * the new keys make whole groups, quantized into their columns, and what is left the new tail.
+   */
+  private writeChannelKeys(keys: MxArray, previous: number): void {
+    const q = this.quantization!;
+    const first = previous - (previous % q.groupSize);
+    const [batch, heads, , dim] = keys.shape as [number, number, number, number];
+    const tail = this.keys?.[3];
+    const pending = tail && tail.shape[2]! > 0 ? mx.concatenate([mx.astype(tail, keys.dtype), keys], 2) : keys;
+    const total = pending.shape[2]!;
+    const full = total - (total % q.groupSize);
+    this.reserveChannelKeys(keys, first + full);
+    const parts = this.keys!;
+    if (full > 0) {
+      const [codes, scales, biases] = encodeGroups(mx.slice(pending, [0, 0, 0], [batch, heads, full, dim]), q);
+      const put = (i: number, added: MxArray, from: number, to: number) => {
+        parts[i] = this.replace(parts[i]!, mx.sliceUpdate(parts[i]!, added, [0, 0, from], [batch, heads, to]));
+      };
+      put(0, codes!, first, first + full);
+      put(1, scales!, first / q.groupSize, (first + full) / q.groupSize);
+      put(2, biases!, first / q.groupSize, (first + full) / q.groupSize);
+    }
+    parts[3] = this.replace(parts[3]!, tailOf(mx.slice(pending, [0, 0, full], [batch, heads, total, dim])));
+  }
+
+  /** Room for codes of `columns` positions (and their groups' scales), grown in steps of whole groups. */
+  private reserveChannelKeys(like: MxArray, columns: number): void {
+    const q = this.quantization!;
+    const held = this.keys?.[0]!.shape[2] ?? 0;
+    if (this.keys && columns <= held) return;
+    const [batch, heads, , dim] = like.shape as [number, number, number, number];
+    const chunk = Math.ceil(this.step / q.groupSize) * q.groupSize;
+    const added = Math.max(1, Math.ceil((columns - held) / chunk)) * chunk;
+    const more = (t: MxArray | undefined, width: number, length: number, dtype: mx.DtypeCode) => {
+      const fresh = mx.zeros([batch, heads, length, width], dtype);
+      return t ? this.replace(t, mx.concatenate([t, fresh], 2)) : mx.keep(fresh);
+    };
+    const [codes, scales, biases, tail] = this.keys ?? [];
+    const groups = added / q.groupSize;
+    this.keys = [
+      more(codes, (dim * q.bits) / 32, added, mx.Dtype.uint32),
+      more(scales, dim, groups, like.dtype),
+      more(biases, dim, groups, like.dtype),
+      tail ?? mx.keep(mx.zeros([batch, heads, 0, dim], floatCacheDtype(like.dtype))),
+    ];
   }
 
   /** Keys [B, H, L, D] → their quantized parts, rotated first (see rotateGroups). */
@@ -141,13 +228,17 @@ export class KVCache implements AttentionCache {
     if (!this.keys || !this.values || this.quantized) return;
     const [batch, heads] = this.keys[0]!.shape as [number, number];
     const used = (t: Stored) => mx.slice(t[0]!, [0, 0, 0], [batch, heads, this.offset]);
-    const [keys, values] = mx.scope(() => [this.encodeKeys(used(this.keys!)), this.encode(used(this.values!))]);
+    const [keys, values] = mx.scope(() => [
+      this.channelKeys ? encodeKeys(used(this.keys!), this.quantization!) : this.encodeKeys(used(this.keys!)),
+      this.encode(used(this.values!)),
+    ]);
     this.free(false);
     this.keys = keys.map(mx.keep);
     this.values = values.map(mx.keep);
   }
 
-  private grow(likeKeys: Stored, likeValues: Stored, length: number): void {
+  /** Grows values, and keys unless they are per channel (those grow in writeChannelKeys). */
+  private grow(likeKeys: Stored | undefined, likeValues: Stored, length: number): void {
     const steps = Math.ceil(length / this.step) * this.step;
     const extend = (held: Stored | undefined, like: Stored) =>
       like.map((part, i) => {
@@ -157,7 +248,7 @@ export class KVCache implements AttentionCache {
         const used = mx.slice(held[i]!, [0, 0, 0], [batch, heads, this.offset]);
         return this.replace(held[i]!, mx.concatenate([used, fresh], 2));
       });
-    this.keys = extend(this.keys, likeKeys);
+    if (likeKeys) this.keys = extend(this.keys, likeKeys);
     this.values = extend(this.values, likeValues);
   }
 
@@ -179,7 +270,9 @@ export class KVCache implements AttentionCache {
     };
     this.keys = keys.map(own);
     this.values = values.map(own);
-    this.offset = length;
+    // Per-channel keys hold exactly their positions (whole groups and a tail): trim from there.
+    this.offset = isChannelLayout(keys) ? keys[0]!.shape[2]! + keys[3]!.shape[2]! : length;
+    this.trim(length);
   }
 
   /**
@@ -187,7 +280,39 @@ export class KVCache implements AttentionCache {
    * tokens): the next update writes over them in place, float or quantized alike.
    */
   trim(length: number): void {
-    this.offset = Math.min(this.offset, Math.max(0, length));
+    const next = Math.min(this.offset, Math.max(0, length));
+    if (isChannelLayout(this.keys) && next < this.offset) this.trimChannelKeys(next);
+    this.offset = next;
+  }
+
+  /**
+   * Per-channel keys taken back to `length` positions: the tail keeps its first ones, or, when
+   * `length` falls inside a group already quantized, that group's first positions decoded become
+   * the tail (quantized again when it fills, from those decoded values).
+   */
+  protected trimChannelKeys(length: number): void {
+    const q = this.quantization!;
+    const parts = this.keys!;
+    const [codes, scales, biases, tail] = parts as [MxArray, MxArray, MxArray, MxArray];
+    const [batch, heads, , dim] = tail.shape as [number, number, number, number];
+    const first = length - (length % q.groupSize);
+    const kept = length - first;
+    const restored =
+      first < this.offset - (this.offset % q.groupSize)
+        ? (() => {
+            const group = first / q.groupSize;
+            const part = (t: MxArray, from: number, to: number) => mx.slice(t, [0, 0, from], [batch, heads, to]);
+            const decoded = decodeGroups(
+              part(codes, first, first + q.groupSize),
+              part(scales, group, group + 1),
+              part(biases, group, group + 1),
+              q,
+              tail.dtype,
+            );
+            return mx.slice(decoded, [0, 0, 0], [batch, heads, kept, dim]);
+          })()
+        : mx.slice(tail, [0, 0, 0], [batch, heads, kept, dim]);
+    parts[3] = this.replace(tail, mx.contiguous(restored));
   }
 
   /** Whether trim(length) leaves what the next position attends to (a sliding window may not). */

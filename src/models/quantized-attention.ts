@@ -6,8 +6,9 @@ import type { MxArray } from "../mlx";
 import type { KvQuantization, Mask, Stored } from "./cache";
 
 /**
- * softmax(q kᵀ · scale + mask) v for queries [B, heads, L, D] and quantized keys/values [B, kvHeads, T, ·];
- * with `sinks` [heads], each head's sink logit joins its softmax as a column without a value.
+ * softmax(q kᵀ · scale + mask) v for queries [B, heads, L, D] and quantized keys/values [B, kvHeads, T, ·]
+ * (keys per row, or per channel: four parts, see channel-keys.ts); with `sinks` [heads], each
+ * head's sink logit joins its softmax as a column without a value.
  */
 export function quantizedAttention(
   queries: MxArray,
@@ -19,7 +20,8 @@ export function quantizedAttention(
   sinks?: MxArray,
 ): MxArray {
   const parts = (t: Stored) => [t[0]!, t[1]!, t[2]!] as const;
-  return mx.fast.quantizedScaledDotProductAttention(queries, parts(keys), parts(values), scale, q, mask, sinks);
+  const keyParts = keys.length === 4 ? ([...parts(keys), keys[3]!] as const) : parts(keys);
+  return mx.fast.quantizedScaledDotProductAttention(queries, keyParts, parts(values), scale, q, mask, sinks);
 }
 
 /**

@@ -32,7 +32,9 @@ export class RotatingKVCache extends BatchKVCache {
     quantization?: KvQuantization,
   ) {
     // Grow (and compact) in steps of at most maxSize, so a small cache never holds much more.
-    super(quantization, Math.min(256, maxSize));
+    // Keys per row: a compaction gathers each row's own columns, which would split the
+    // per-channel groups of positions (channel-keys.ts), tied to columns.
+    super(quantization && { ...quantization, keys: "rows" }, Math.min(256, maxSize));
     if (maxSize <= keep) throw new Error(`the KV cache size (${maxSize}) must be larger than its ${keep} sinks`);
   }
 

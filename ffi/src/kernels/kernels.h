@@ -68,11 +68,13 @@ mx::array scaled_dot_product_attention(const mx::array& q, const mx::array& k, c
 using QuantizedKV = std::tuple<mx::array, mx::array, mx::array>;
 
 // Attention on quantized keys and values (mask and sinks as scaled_dot_product_attention takes
-// them), on our kernel where it applies, else composed of MLX's ops (quantized matmuls).
+// them), on our kernel where it applies, else composed of MLX's ops (quantized matmuls). With
+// `key_tail`, keys are quantized per channel (mlxs_quantized_sdpa in mlx_shim.h says how).
 mx::array quantized_scaled_dot_product_attention(const mx::array& q, const QuantizedKV& keys,
                                                  const QuantizedKV& values, float scale, const std::string& mask_mode,
                                                  const std::optional<mx::array>& mask,
-                                                 const std::optional<mx::array>& sinks, int group, int bits);
+                                                 const std::optional<mx::array>& sinks,
+                                                 const std::optional<mx::array>& key_tail, int group, int bits);
 
 // mx::fast::rms_norm as one primitive (MLX's CPU backend evaluates it as a chain of ops).
 mx::array rms_norm(const mx::array& x, const std::optional<mx::array>& weight, float eps);

@@ -65,16 +65,19 @@ QuantizedRows quantized_rows(const mx::array& packed, const mx::array& scales, c
   return q;
 }
 
-// Inputs: q (fp32; made row-contiguous when evaluated), keys' packed/scales/biases, values' likewise, then the mask
-// ([B, Hq, Lq, Lk] broadcast, bool or fp32) and the sinks ([Hq] fp32) when present.
+// Inputs: q (fp32; made row-contiguous when evaluated), keys' packed/scales/biases, values' likewise, then the
+// keys' float tail (keys per channel), the mask ([B, Hq, Lq, Lk] broadcast, bool or fp32) and the sinks ([Hq] fp32)
+// when present.
 class QuantizedAttention : public mx::UnaryPrimitive {
  public:
-  QuantizedAttention(mx::Stream stream, float scale, bool causal, bool has_mask, bool has_sinks, int group, int bits)
+  QuantizedAttention(mx::Stream stream, float scale, bool causal, bool has_mask, bool has_sinks, bool channel_keys,
+                     int group, int bits)
       : mx::UnaryPrimitive(stream),
         scale_(scale),
         causal_(causal),
         has_mask_(has_mask),
         has_sinks_(has_sinks),
+        channel_keys_(channel_keys),
         group_(group),
         bits_(bits) {}
 
@@ -88,15 +91,15 @@ class QuantizedAttention : public mx::UnaryPrimitive {
     held[0] = row_contiguous(held[0], stream());  // the queries; the cache's parts are read through their strides
     if (has_sinks_) held.back() = row_contiguous(held.back(), stream());
     encoder.dispatch([inputs = std::move(held), out = out, scale = scale_, causal = causal_, has_mask = has_mask_,
-                      has_sinks = has_sinks_, group = group_, bits = bits_]() mutable {
+                      has_sinks = has_sinks_, channel_keys = channel_keys_, group = group_, bits = bits_]() mutable {
       const mx::array& q = inputs[0];
       QuantizedAttentionProblem p{};
       p.batch = q.shape(0);
       p.q_heads = q.shape(1);
       p.q_len = q.shape(2);
       p.dim = q.shape(3);
-      p.kv_heads = inputs[1].shape(1);
-      p.kv_len = inputs[1].shape(2);
+      p.kv_heads = inputs[4].shape(1);
+      p.kv_len = inputs[4].shape(2);  // the values': per-channel keys code only whole groups
       p.value_dim = inputs[4].shape(3) * 32 / bits;
       p.bits = bits;
       p.group = group;
@@ -108,6 +111,13 @@ class QuantizedAttention : public mx::UnaryPrimitive {
       p.values = quantized_rows(inputs[4], inputs[5], inputs[6], copies + 3);
       p.scale_type = element_of(inputs[2].dtype());
       size_t next = 7;
+      p.channel_keys = channel_keys;
+      if (channel_keys) {
+        const mx::array& tail = inputs[next++];
+        p.tail = StridedView{tail.data<void>(), element_of(tail.dtype()), {}};
+        for (int i = 0; i < 4; ++i) p.tail.stride[i] = tail.strides()[i];
+        p.tail_start = p.kv_len - tail.shape(2);
+      }
       p.has_mask = has_mask;
       if (has_mask) {
         const mx::array& mask = inputs[next++];
@@ -131,7 +141,7 @@ class QuantizedAttention : public mx::UnaryPrimitive {
   bool is_equivalent(const mx::Primitive& other) const override {
     const auto& o = static_cast<const QuantizedAttention&>(other);
     return scale_ == o.scale_ && causal_ == o.causal_ && has_mask_ == o.has_mask_ && has_sinks_ == o.has_sinks_ &&
-           group_ == o.group_ && bits_ == o.bits_;
+           channel_keys_ == o.channel_keys_ && group_ == o.group_ && bits_ == o.bits_;
   }
 
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
@@ -142,7 +152,7 @@ class QuantizedAttention : public mx::UnaryPrimitive {
 
  private:
   float scale_;
-  bool causal_, has_mask_, has_sinks_;
+  bool causal_, has_mask_, has_sinks_, channel_keys_;
   int group_, bits_;
 };
 
@@ -161,25 +171,56 @@ bool quantized_side(const QuantizedKV& side, int B, int Hkv, int T, int group, i
          scales.shape(3) == width / group && width / group <= 64;
 }
 
+// Keys quantized per channel [B, Hkv, ·]: codes of T - tail positions (whole groups), scales and biases per group
+// and channel, the float tail; all of width `dim`.
+bool channel_keys_supported(const QuantizedKV& keys, const mx::array& tail, int B, int Hkv, int T, int dim, int group,
+                            int bits) {
+  const auto& [packed, scales, biases] = keys;
+  const int coded = T - (tail.ndim() == 4 ? tail.shape(2) : 0);
+  if (packed.dtype() != mx::uint32 || packed.ndim() != 4 || scales.ndim() != 4 || tail.ndim() != 4) return false;
+  if (!float_type(scales.dtype()) || biases.dtype() != scales.dtype() || !float_type(tail.dtype())) return false;
+  if (coded % group != 0 || dim % 32 != 0 || packed.shape(3) * 32 / bits != dim) return false;
+  return packed.shape() == mx::Shape{B, Hkv, coded, packed.shape(3)} &&
+         scales.shape() == mx::Shape{B, Hkv, coded / group, dim} && biases.shape() == scales.shape() &&
+         tail.shape() == mx::Shape{B, Hkv, T - coded, dim} && (coded == 0 || packed.strides()[3] == 1);
+}
+
 bool supported(const mx::array& q, const QuantizedKV& keys, const QuantizedKV& values, const std::string& mask_mode,
-               const std::optional<mx::array>& mask, const std::optional<mx::array>& sinks, int group, int bits) {
+               const std::optional<mx::array>& mask, const std::optional<mx::array>& sinks,
+               const std::optional<mx::array>& key_tail, int group, int bits) {
   if ((bits != 4 && bits != 8) || (group != 32 && group != 64 && group != 128)) return false;
   if (q.ndim() != 4 || !float_type(q.dtype()) || q.size() == 0) return false;
   if (mask_mode != "" && mask_mode != "causal" && mask_mode != "array") return false;
   if (mask && (mask_mode == "causal" || mask->ndim() > 4 || !(mask->dtype() == mx::bool_ || float_type(mask->dtype())))) {
     return false;
   }
-  const auto& packed = std::get<0>(keys);
+  const auto& packed = std::get<0>(values);
   if (packed.ndim() != 4) return false;
   const int B = q.shape(0), Hq = q.shape(1), Lq = q.shape(2), Hkv = packed.shape(1), T = packed.shape(2);
-  int key_width = 0, value_width = 0;
-  if (Hkv <= 0 || Hq % Hkv != 0 || T <= 0 || !quantized_side(keys, B, Hkv, T, group, bits, key_width) ||
-      !quantized_side(values, B, Hkv, T, group, bits, value_width)) {
+  int key_width = q.shape(3), value_width = 0;
+  if (Hkv <= 0 || Hq % Hkv != 0 || T <= 0 || !quantized_side(values, B, Hkv, T, group, bits, value_width)) return false;
+  if (key_tail ? !channel_keys_supported(keys, *key_tail, B, Hkv, T, key_width, group, bits)
+               : !quantized_side(keys, B, Hkv, T, group, bits, key_width)) {
     return false;
   }
   if (std::get<1>(keys).dtype() != std::get<1>(values).dtype()) return false;
   if (sinks && (sinks->ndim() != 1 || sinks->shape(0) != Hq || !float_type(sinks->dtype()))) return false;
   return key_width == q.shape(3) && (mask_mode != "causal" || Lq <= T);
+}
+
+// Keys quantized per channel as float [B, Hkv, T, D]: each group's codes · scales + biases, then the tail.
+mx::array channel_keys_as_float(const QuantizedKV& keys, const mx::array& tail, int group, int bits) {
+  const auto& [packed, scales, biases] = keys;
+  if (packed.shape(2) == 0) return mx::astype(tail, mx::float32);
+  const int B = packed.shape(0), H = packed.shape(1), coded = packed.shape(2), D = tail.shape(3);
+  // The codes as floats: MLX's dequantization with unit scales and zero biases.
+  const mx::Shape unit = {B, H, coded, D / group};
+  mx::array codes = mx::dequantize(packed, mx::ones(unit, mx::float32), mx::zeros(unit, mx::float32), group, bits,
+                                   "affine", std::nullopt, mx::float32);
+  const mx::Shape grouped = {B, H, coded / group, group, D}, per_channel = {B, H, coded / group, 1, D};
+  codes = mx::add(mx::multiply(mx::reshape(codes, grouped), mx::reshape(mx::astype(scales, mx::float32), per_channel)),
+                  mx::reshape(mx::astype(biases, mx::float32), per_channel));
+  return mx::concatenate({mx::reshape(codes, {B, H, coded, D}), mx::astype(tail, mx::float32)}, 2);
 }
 
 // The same attention in MLX's ops: grouped-query heads share their key/value head through a
@@ -233,12 +274,18 @@ mx::array composed(const mx::array& q, const QuantizedKV& keys, const QuantizedK
 mx::array quantized_scaled_dot_product_attention(const mx::array& q, const QuantizedKV& keys,
                                                  const QuantizedKV& values, float scale, const std::string& mask_mode,
                                                  const std::optional<mx::array>& mask,
-                                                 const std::optional<mx::array>& sinks, int group, int bits) {
+                                                 const std::optional<mx::array>& sinks,
+                                                 const std::optional<mx::array>& key_tail, int group, int bits) {
   mx::Stream stream = mx::default_stream(mx::default_device());
-  if (!enabled_on(stream) || !supported(q, keys, values, mask_mode, mask, sinks, group, bits)) {
-    return composed(q, keys, values, scale, mask_mode, mask, sinks, group, bits);
+  if (!enabled_on(stream) || !supported(q, keys, values, mask_mode, mask, sinks, key_tail, group, bits)) {
+    if (!key_tail) return composed(q, keys, values, scale, mask_mode, mask, sinks, group, bits);
+    // Elsewhere (a GPU, MLX_KERNELS=mlx) per-channel keys are decoded, and attention is MLX's on floats.
+    const auto& [packed, scales, biases] = values;
+    const mx::array k = mx::astype(channel_keys_as_float(keys, *key_tail, group, bits), q.dtype());
+    const mx::array v = mx::dequantize(packed, scales, biases, group, bits, "affine", std::nullopt, q.dtype());
+    return scaled_dot_product_attention(q, k, v, scale, mask_mode, mask, sinks);
   }
-  const int B = q.shape(0), Hq = q.shape(1), Lq = q.shape(2), Lk = std::get<0>(keys).shape(2);
+  const int B = q.shape(0), Hq = q.shape(1), Lq = q.shape(2), Lk = std::get<0>(values).shape(2);
   const int value_width = std::get<0>(values).shape(3) * 32 / bits;
   std::vector<mx::array> inputs = {mx::astype(q, mx::float32),
                                    std::get<0>(keys),
@@ -247,6 +294,7 @@ mx::array quantized_scaled_dot_product_attention(const mx::array& q, const Quant
                                    std::get<0>(values),
                                    std::get<1>(values),
                                    std::get<2>(values)};
+  if (key_tail) inputs.push_back(*key_tail);
   if (mask) {
     const mx::array m = mx::broadcast_to(*mask, {B, Hq, Lq, Lk});
     inputs.push_back(m.dtype() == mx::bool_ ? m : mx::astype(m, mx::float32));
@@ -254,7 +302,7 @@ mx::array quantized_scaled_dot_product_attention(const mx::array& q, const Quant
   if (sinks) inputs.push_back(mx::astype(*sinks, mx::float32));
   mx::array out({B, Hq, Lq, value_width}, mx::float32,
                 std::make_shared<QuantizedAttention>(stream, scale, mask_mode == "causal", mask.has_value(),
-                                                     sinks.has_value(), group, bits),
+                                                     sinks.has_value(), key_tail.has_value(), group, bits),
                 std::move(inputs));
   return q.dtype() == mx::float32 ? out : mx::astype(out, q.dtype());
 }

@@ -100,6 +100,51 @@ inline void dequantize_row(const QuantizedRows& q, Element type, int group, int 
   }
 }
 
+// Keys quantized per channel: one group's scales and biases in the kernel's order, loaded when
+// the rows reach another group (rows come in order, so once per `group` rows).
+struct ChannelGroup {
+  int index = -1;
+  std::vector<float> scales, biases;
+};
+
+// Key row `row` of head (b, h) in the per-channel layout, p.dim elements in the kernel's order:
+// a float row of the tail, or code · scale[channel] + bias[channel] of its group.
+template <int Bits>
+inline void channel_key_row(const QuantizedAttentionProblem& p, int b, int h, int row, ChannelGroup& g, float* out) {
+  const int D = p.dim;
+  if (row >= p.tail_start) {
+    const int64_t base = b * p.tail.stride[0] + h * p.tail.stride[1] + int64_t(row - p.tail_start) * p.tail.stride[2];
+    for (int d = 0; d < D; ++d) out[kernel_position<Bits>(d)] = element(p.tail, base + d * p.tail.stride[3]);
+    return;
+  }
+  const QuantizedRows& q = p.keys;
+  const int index = row / p.group;
+  if (g.index != index) {
+    g.scales.resize(D);
+    g.biases.resize(D);
+    std::vector<float> natural(D);
+    to_floats(q.scales, p.scale_type, b * q.scale_stride[0] + h * q.scale_stride[1] + int64_t(index) * q.scale_stride[2],
+              D, natural.data());
+    for (int d = 0; d < D; ++d) g.scales[kernel_position<Bits>(d)] = natural[d];
+    to_floats(q.biases, p.scale_type, b * q.bias_stride[0] + h * q.bias_stride[1] + int64_t(index) * q.bias_stride[2],
+              D, natural.data());
+    for (int d = 0; d < D; ++d) g.biases[kernel_position<Bits>(d)] = natural[d];
+    g.index = index;
+  }
+  const float *scale = g.scales.data(), *bias = g.biases.data();
+  const uint8_t* packed = q.packed + b * q.packed_stride[0] + h * q.packed_stride[1] + int64_t(row) * q.packed_stride[2];
+  for (int e = 0; e < D; e += kBlock<Bits>) {
+    if constexpr (Bits == 8) {
+      store(out + e, q8(packed + e) * load(scale + e) + load(bias + e));
+    } else {
+      vf lo, hi;
+      q4_split(packed + e / 2, lo, hi);
+      store(out + e, lo * load(scale + e) + load(bias + e));
+      store(out + e + kLanes, hi * load(scale + e + kLanes) + load(bias + e + kLanes));
+    }
+  }
+}
+
 // Lane i of fold<S>(x, y): x and y each hold kLanes / S keys' partial sums, S lanes per key;
 // the result holds twice the keys, S / 2 lanes each: every key's lower half plus its upper half.
 template <int S, bool Upper>
@@ -148,6 +193,7 @@ void attend(const QuantizedAttentionProblem& p, const AttentionTile& t, float* p
   const int rows = group * positions;
   const int D = p.dim, Dv = p.value_dim;
   const int shift = p.kv_len - p.q_len;
+  ChannelGroup channel;
   s.queries.resize(size_t(rows) * D);
   s.keys.resize(size_t(kChunk) * D);  // zeros at first: the rows past a chunk stay finite
   s.values.resize(size_t(kChunk) * Dv);
@@ -175,7 +221,11 @@ void attend(const QuantizedAttentionProblem& p, const AttentionTile& t, float* p
   for (int start = t.key_begin; start < key_end; start += kChunk) {
     const int n = std::min(kChunk, key_end - start);
     for (int j = 0; j < n; ++j) {
-      dequantize_row<Bits>(p.keys, p.scale_type, p.group, t.b, t.kv_head, start + j, D, s.keys.data() + size_t(j) * D);
+      if (p.channel_keys) {
+        channel_key_row<Bits>(p, t.b, t.kv_head, start + j, channel, s.keys.data() + size_t(j) * D);
+      } else {
+        dequantize_row<Bits>(p.keys, p.scale_type, p.group, t.b, t.kv_head, start + j, D, s.keys.data() + size_t(j) * D);
+      }
       dequantize_row<Bits>(p.values, p.scale_type, p.group, t.b, t.kv_head, start + j, Dv,
                            s.values.data() + size_t(j) * Dv);
     }

@@ -37,6 +37,12 @@ struct QuantizedAttentionProblem {
   bool has_mask, bool_mask;
   const float* sinks;  // or null
   float* out;          // [B, Hq, Lq, Dv], row-contiguous
+  // Keys quantized per channel (KIVI): keys.scales and keys.biases are [B, Hkv, groups, dim], one
+  // per channel and group of `group` positions, for the positions below tail_start; the positions
+  // from tail_start on are the float rows of `tail` [B, Hkv, kv_len - tail_start, dim].
+  bool channel_keys;
+  int tail_start;
+  StridedView tail;
 };
 
 using QuantizedAttendTile = void (*)(const QuantizedAttentionProblem& p, const AttentionTile& tile, float* partial);
