@@ -7,6 +7,7 @@ import { PrefixCache } from "../src/engine/prefix-cache";
 import { defaultSampling } from "../src/engine/sampling";
 import * as mx from "../src/mlx";
 import { buildModel, forward, makeCaches, freeCaches, parseConfig, Weights, type DecoderModel } from "../src/models";
+import { BatchKVCache } from "../src/models/batch-cache";
 import { KVCache, type KvQuantization } from "../src/models/cache";
 import { quantizedAttention, rotateGroups } from "../src/models/quantized-attention";
 import { mkdtempSync } from "node:fs";
@@ -146,6 +147,71 @@ describe("rotated keys", () => {
     });
 });
 
+describe("keys per channel in a batch (groups tied to the batch's columns)", () => {
+  const q: KvQuantization = { bits: 8, groupSize: 32 };
+  // Within 8-bit rounding of random normal keys (range ~6 over a group: a step of ~0.025), twice.
+  const rounding = 0.06;
+
+  /** A one-sequence cache fed `length` random positions in chunks of 20; returns it and its float keys. */
+  function single(length: number, seed: number) {
+    const cache = new KVCache(q, 64);
+    const keys = mx.keep(mx.random.normal([1, 2, length, headDim], mx.Dtype.float32, mx.random.key(seed)));
+    const values = mx.keep(mx.random.normal([1, 2, length, headDim], mx.Dtype.float32, mx.random.key(seed + 1)));
+    for (let at = 0; at < length; at += 20) {
+      const part = (t: mx.MxArray) => mx.slice(t, [0, 0, at], [1, 2, Math.min(length, at + 20)]);
+      mx.scope(() => cache.update(part(keys), part(values)));
+    }
+    return { cache, keys };
+  }
+
+  /** Row b's keys as the batch holds them (its padding skipped), as float. */
+  const rowKeys = (batch: BatchKVCache, b: number) =>
+    mx.slice(batch.movableKeys()![0]!, [b, 0, batch.leftPadding[b]!], [b + 1, 2, batch.offset]);
+
+  test("joining, leaving and taking back drafts keep every row's keys within rounding; attention reads them as float attention does", () => {
+    mx.scope(() => {
+      const a = single(45, 20);
+      const b = single(70, 30);
+      const batch = new BatchKVCache(q, 64);
+      batch.extend(a.cache);
+      batch.extend(b.cache);
+      // The row held moved by whole groups (45 → 77 columns), the new one is right-aligned.
+      expect(batch.offset).toBe(77);
+      expect(batch.leftPadding).toEqual([32, 7]);
+      expect(maxDiff(rowKeys(batch, 0), a.keys)).toBeLessThan(rounding);
+      expect(maxDiff(rowKeys(batch, 1), b.keys)).toBeLessThan(rounding);
+      // A decode step crossing a group boundary (77 → 96 columns over 19 steps), attended as float.
+      for (let step = 0; step < 19; step++) {
+        const queries = mx.random.normal([2, 4, 1, headDim], mx.Dtype.float32, mx.random.key(100 + step));
+        const k = mx.random.normal([2, 2, 1, headDim], mx.Dtype.float32, mx.random.key(200 + step));
+        const mask = batch.attentionMask(1);
+        const out = batch.attention(queries, k, k, 0.125, mask);
+        const floatKeys = batch.movableKeys()![0]!;
+        const floatValues = mx.dequantize(...(batch.values!.map((t) => mx.slice(t, [0, 0, 0], [2, 2, batch.offset])) as [mx.MxArray, mx.MxArray, mx.MxArray]), q);
+        const reference = mx.fast.scaledDotProductAttention(queries, floatKeys, floatValues, 0.125, mask);
+        expect(maxDiff(out, reference)).toBeLessThan(1e-4);
+      }
+      expect(batch.offset).toBe(96);
+      const before = [rowKeys(batch, 0), rowKeys(batch, 1)].map(mx.keep);
+      // Rejected drafts: 3 and 9 positions taken back (into a coded group: 96 → 93 columns);
+      // row 1 moves right by 6, its padding 7 → 13.
+      batch.rollback([3, 9]);
+      expect(batch.offset).toBe(93);
+      expect(batch.leftPadding).toEqual([32, 13]);
+      const prefix = (t: mx.MxArray, n: number) => mx.slice(t, [0, 0, 0], [1, 2, n]);
+      // (Its group taken back into the float16 tail: within float16's rounding.)
+      expect(maxDiff(rowKeys(batch, 0), prefix(before[0]!, 45 + 19 - 3))).toBeLessThan(2e-3);
+      expect(maxDiff(rowKeys(batch, 1), prefix(before[1]!, 70 + 19 - 9))).toBeLessThan(rounding);
+      // Row 1 leaves: row 0's padding goes (one whole group), its keys as they were.
+      batch.keepRows([0]);
+      expect(batch.leftPadding).toEqual([0]);
+      expect(maxDiff(rowKeys(batch, 0), prefix(before[0]!, 45 + 19 - 3))).toBeLessThan(2e-3);
+      for (const t of [...before, a.keys, b.keys]) t.free();
+      for (const c of [a.cache, b.cache, batch]) c.free();
+    });
+  });
+});
+
 describe("the quantized KV cache", () => {
   test("8-bit: greedy output identical to the float cache's; 4-bit: logits stay close", () => {
     for (const prompt of prompts) expect(greedy(prompt, 24, eightBit)).toEqual(greedy(prompt, 24));
@@ -230,23 +296,28 @@ describe("the quantized KV cache", () => {
     expect(bytesPerToken(fourBit)).toBeLessThan(bytesPerToken(eightBit));
   });
 
-  test("the prefix cache stores quantized keys and values, and a hit gives the same answer", () => {
-    const prefixCache = new PrefixCache(1 << 30);
-    const run = () =>
-      decodeAlone(
-        model,
-        { promptIds: prompts[2]!, sampling: defaultSampling, maxTokens: 8 },
-        { kvQuantization: eightBit, prefixCache },
-      );
-    const first = run();
-    const match = prefixCache.lookup(prompts[2]!, prompts[2]!.length - 1)!;
-    expect(match.length).toBe(prompts[2]!.length - 1);
-    expect(match.keys[0]!.length).toBe(3); // packed, scales, biases
-    expect(match.keys[0]![0]!.dtype).toBe(mx.Dtype.uint32);
-    expect(run()).toEqual(first);
-    expect(prefixCache.hits).toBe(2);
-    prefixCache.clear();
-  });
+  for (const keys of ["channel", "rows"] as const)
+    test(`the prefix cache stores quantized keys (${keys === "rows" ? "per row" : "per channel"}) and values, and a hit gives the same answer`, () => {
+      const prefixCache = new PrefixCache(1 << 30);
+      // Long enough for whole groups of keys per channel (64 positions) and a tail.
+      const prompt = Array.from({ length: 150 }, (_, i) => (i * 7 + 3) % 300);
+      const run = () =>
+        decodeAlone(
+          model,
+          { promptIds: prompt, sampling: defaultSampling, maxTokens: 8 },
+          { kvQuantization: { ...eightBit, keys }, prefixCache },
+        );
+      const first = run();
+      const match = prefixCache.lookup(prompt, prompt.length - 1)!;
+      expect(match.length).toBe(prompt.length - 1);
+      // packed, scales, biases (and per channel, the float tail: 157 stored = 2 groups + 29)
+      expect(match.keys[0]!.length).toBe(keys === "channel" ? 4 : 3);
+      expect(match.keys[0]![0]!.dtype).toBe(mx.Dtype.uint32);
+      if (keys === "channel") expect(match.keys[0]!.map((t) => t.shape[2])).toEqual([128, 2, 2, 29]);
+      expect(run()).toEqual(first);
+      expect(prefixCache.hits).toBe(2);
+      prefixCache.clear();
+    });
 
   test("--kv-quant-start: float until that many positions, then quantized, in one sequence and in a batch", () => {
     const late: KvQuantization = { ...eightBit, start: 10 };
@@ -273,8 +344,9 @@ describe("the quantized KV cache", () => {
 describe("serve with a quantized KV cache", () => {
   test("concurrent requests batch to the answers each gets alone; the prefix cache holds quantized bytes", async () => {
     const dir = join(mkdtempSync(join(tmpdir(), "mlx-kv-")), "tiny-wide");
-    writeTinyModel(dir, { contextLength: 256, headDim, seed: 5 });
-    const prompts = ["Tell me a story", "Hi", "What is two plus two?"];
+    writeTinyModel(dir, { contextLength: 512, headDim, seed: 5 });
+    // Long enough that most keys are in whole groups per channel (64 positions), not the float tail.
+    const prompts = ["Tell me a story", "Hi", "What is two plus two?"].map((p) => `${p}. ${"Once upon a time, ".repeat(40)}`);
     const ask = (url: string, content: string) =>
       post(`${url}/v1/chat/completions`, {
         model: dir,
@@ -300,8 +372,8 @@ describe("serve with a quantized KV cache", () => {
     const quantized = await prefixBytes({ kvQuantization: eightBit });
     const float = await prefixBytes({});
     // The float cache holds float16 keys/values: 2 bytes a value; 8-bit: 1 byte plus a float32
-    // scale and bias per 64, so 0.56 of the bytes (the answers, and so the stored lengths, may
-    // differ a little).
+    // scale and bias per 64, so 0.56 of the bytes, and per-channel keys' float16 tail of < 64
+    // positions (the answers, and so the stored lengths, may differ a little).
     expect(quantized / float).toBeGreaterThan(0.45);
     expect(quantized / float).toBeLessThan(0.7);
   }, 60_000);
