@@ -40,6 +40,9 @@ const kinds: { name: string; kv?: KvQuantization }[] = [
   { name: "float" },
   { name: "8-bit", kv: { bits: 8, groupSize: 64 } },
   { name: "4-bit", kv: { bits: 4, groupSize: 64 } },
+  // The layout --max-kv-size keeps (and the default before keys per channel).
+  { name: "8-bit, keys per row", kv: { bits: 8, groupSize: 64, keys: "rows" } },
+  { name: "4-bit, keys per row", kv: { bits: 4, groupSize: 64, keys: "rows" } },
 ];
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 

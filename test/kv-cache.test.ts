@@ -153,8 +153,8 @@ describe("keys per channel in a batch (groups tied to the batch's columns)", () 
   const rounding = 0.06;
 
   /** A one-sequence cache fed `length` random positions in chunks of 20; returns it and its float keys. */
-  function single(length: number, seed: number) {
-    const cache = new KVCache(q, 64);
+  function single(length: number, seed: number, deferKeys = false) {
+    const cache = Object.assign(new KVCache(q, 64), { deferKeys });
     const keys = mx.keep(mx.random.normal([1, 2, length, headDim], mx.Dtype.float32, mx.random.key(seed)));
     const values = mx.keep(mx.random.normal([1, 2, length, headDim], mx.Dtype.float32, mx.random.key(seed + 1)));
     for (let at = 0; at < length; at += 20) {
@@ -208,6 +208,32 @@ describe("keys per channel in a batch (groups tied to the batch's columns)", () 
       expect(maxDiff(rowKeys(batch, 0), prefix(before[0]!, 45 + 19 - 3))).toBeLessThan(2e-3);
       for (const t of [...before, a.keys, b.keys]) t.free();
       for (const c of [a.cache, b.cache, batch]) c.free();
+    });
+  });
+
+  test("a prefill's keys wait in float and are grouped once on joining; joining at once or one by one lays rows out alike", () => {
+    mx.scope(() => {
+      const lengths = [45, 70, 30];
+      const layouts = [true, false].map((atOnce) => {
+        const singles = lengths.map((length, i) => single(length, 40 + 2 * i, true));
+        // Still float: a tail of all 70 positions, no group coded.
+        expect(singles[1]!.cache.keys![3]!.shape[2]).toBe(70);
+        const batch = new BatchKVCache(q, 64);
+        if (atOnce) batch.extend(...singles.map((s) => s.cache));
+        else for (const s of singles) batch.extend(s.cache);
+        // Grouped once, from the float keys: within one rounding of them.
+        singles.forEach((s, b) => expect(maxDiff(rowKeys(batch, b), s.keys)).toBeLessThan(rounding / 2));
+        return { batch, singles };
+      });
+      const [together, oneByOne] = layouts as [(typeof layouts)[0], (typeof layouts)[0]];
+      expect(together.batch.offset).toBe(oneByOne.batch.offset);
+      expect(together.batch.leftPadding).toEqual(oneByOne.batch.leftPadding);
+      // The same numbers (padding columns aside: masked, they hold what the edge fill left there).
+      for (let r = 0; r < 3; r++) expect(maxDiff(rowKeys(together.batch, r), rowKeys(oneByOne.batch, r))).toBe(0);
+      for (const { batch, singles } of layouts) {
+        batch.free();
+        for (const s of singles) s.keys.free();
+      }
     });
   });
 });

@@ -462,6 +462,7 @@ export class BatchGenerator {
       windowed: false,
       quantization: this.options.kvQuantization,
       maxKvSize: this.options.maxKvSize,
+      joining: true,
     });
     // Start from the longest stored prefix; the last prompt token is always computed anew.
     const match = this.options.prefixCache?.lookup(prompt, prompt.length - 1, namespace(sequence));

@@ -55,10 +55,13 @@ export class BatchKVCache extends KVCache {
     // Past the quantization start, some may still be float: all are stored alike first.
     if (this.quantized || singles.some((c) => c.quantized)) for (const c of [this, ...singles]) c.quantizeHeld();
     const held = this.batchSize;
-    const base = held > 0 ? this.offset : 0;
+    // Per-channel keys: the rows held (or the first joining, into an empty batch) move by whole
+    // groups, so their groups stay as they are, and joining at once or one by one lays the rows
+    // out alike (as a model split across processes needs: each process joins its own caches).
+    const channel = this.channelKeys && (this.quantized || singles.some((c) => c.quantized));
+    const base = held > 0 ? this.offset : channel ? first.offset : 0;
     const longest = Math.max(base, ...singles.map((c) => c.offset));
-    // Per-channel keys: the rows held move by whole groups, so their groups stay as they are.
-    const group = isChannelLayout(this.keys) ? this.quantization!.groupSize : 1;
+    const group = channel ? this.quantization!.groupSize : 1;
     const width = base + Math.ceil((longest - base) / group) * group;
     const [keys, values] = mx.scope(() => {
       const joined = (mine: Stored | undefined, theirs: (Stored | undefined)[]) => {
@@ -102,6 +105,7 @@ export class BatchKVCache extends KVCache {
    * and their room to grow lets the next decode steps write in place, as a one-sequence cache does.
    */
   private adopt(single: KVCache): void {
+    single.groupKeys();
     this.free();
     [this.keys, this.values, this.offset] = [single.keys, single.values, single.offset];
     this.leftPadding = [0];

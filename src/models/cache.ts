@@ -64,6 +64,12 @@ export class KVCache implements AttentionCache {
   keys?: Stored;
   values?: Stored;
   offset = 0;
+  /**
+   * A prefill's cache, to join a batch: per-channel keys wait in float (the tail) until then, and
+   * BatchKVCache.extend groups them once at the batch's columns (rather than grouping them here
+   * and again there, a second rounding).
+   */
+  deferKeys = false;
 
   constructor(
     readonly quantization?: KvQuantization,
@@ -154,12 +160,12 @@ export class KVCache implements AttentionCache {
    */
   private writeChannelKeys(keys: MxArray, previous: number): void {
     const q = this.quantization!;
-    const first = previous - (previous % q.groupSize);
-    const [batch, heads, , dim] = keys.shape as [number, number, number, number];
     const tail = this.keys?.[3];
+    const first = previous - (tail?.shape[2] ?? 0);
+    const [batch, heads, , dim] = keys.shape as [number, number, number, number];
     const pending = tail && tail.shape[2]! > 0 ? mx.concatenate([mx.astype(tail, keys.dtype), keys], 2) : keys;
     const total = pending.shape[2]!;
-    const full = total - (total % q.groupSize);
+    const full = this.deferKeys ? 0 : total - (total % q.groupSize);
     this.reserveChannelKeys(keys, first + full);
     const parts = this.keys!;
     if (full > 0) {
@@ -172,6 +178,19 @@ export class KVCache implements AttentionCache {
       put(2, biases!, first / q.groupSize, (first + full) / q.groupSize);
     }
     parts[3] = this.replace(parts[3]!, tailOf(mx.slice(pending, [0, 0, full], [batch, heads, total, dim])));
+  }
+
+  /** Keys that waited in float (deferKeys), quantized now in whole groups at their columns. */
+  groupKeys(): void {
+    this.deferKeys = false;
+    const waiting = this.keys?.[3];
+    if (!isChannelLayout(this.keys) || waiting!.shape[2]! < this.quantization!.groupSize) return;
+    const parts = this.keys!;
+    mx.scope(() => {
+      const keys = mx.astype(waiting!, parts[1]!.dtype);
+      parts[3] = this.replace(waiting!, mx.slice(waiting!, [0, 0, 0], [...waiting!.shape.slice(0, 2), 0]));
+      this.writeChannelKeys(keys, this.offset - keys.shape[2]!);
+    });
   }
 
   /** Room for codes of `columns` positions (and their groups' scales), grown in steps of whole groups. */
@@ -295,10 +314,11 @@ export class KVCache implements AttentionCache {
     const parts = this.keys!;
     const [codes, scales, biases, tail] = parts as [MxArray, MxArray, MxArray, MxArray];
     const [batch, heads, , dim] = tail.shape as [number, number, number, number];
-    const first = length - (length % q.groupSize);
+    const coded = this.offset - tail.shape[2]!;
+    const first = length < coded ? length - (length % q.groupSize) : coded;
     const kept = length - first;
     const restored =
-      first < this.offset - (this.offset % q.groupSize)
+      length < coded
         ? (() => {
             const group = first / q.groupSize;
             const part = (t: MxArray, from: number, to: number) => mx.slice(t, [0, 0, from], [batch, heads, to]);

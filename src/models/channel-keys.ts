@@ -10,7 +10,9 @@
 // float16 cache 0.050 → 0.03x at the same bytes.
 //
 // Stored keys in this layout are four parts: codes [B, H, ≥ gG, D·bits/32] (uint32), scales and
-// biases [B, H, ≥ g, D], and the tail [B, H, T mod G, D] (float), for T positions held.
+// biases [B, H, ≥ g, D], and the tail [B, H, T - gG, D] (float), for T positions held: less
+// than a group, except in a prefill's cache, whose keys wait in float until the sequence joins a
+// batch (KVCache.deferKeys), to be grouped once at the batch's columns.
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { KvQuantization, Stored } from "./cache";
@@ -85,18 +87,18 @@ export function encodeKeys(keys: MxArray, q: KvQuantization): Stored {
   return [...encodeGroups(mx.slice(keys, [0, 0, 0], [batch, heads, full, dim]), q), tail];
 }
 
-/** The first `length` positions of keys in the per-channel layout, as float [B, H, length, D]. */
+/** Keys in the per-channel layout holding `length` positions, as float [B, H, length, D]. */
 export function decodeKeys(stored: Stored, length: number, q: KvQuantization, dtype: mx.DtypeCode): MxArray {
   const [codes, scales, biases, tail] = stored as [MxArray, MxArray, MxArray, MxArray];
   const [batch, heads, , dim] = tail.shape as [number, number, number, number];
-  const groups = Math.floor(length / q.groupSize);
-  const full = groups * q.groupSize;
+  const full = length - tail.shape[2]!;
+  const groups = full / q.groupSize;
   const parts: MxArray[] = [];
   if (groups > 0) {
     const upTo = (t: MxArray, n: number) => mx.slice(t, [0, 0, 0], [batch, heads, n, t.shape[3]!]);
     parts.push(decodeGroups(upTo(codes, full), upTo(scales, groups), upTo(biases, groups), q, dtype));
   }
-  if (length > full) parts.push(mx.astype(mx.slice(tail, [0, 0, 0], [batch, heads, length - full, dim]), dtype));
+  if (length > full) parts.push(mx.astype(tail, dtype));
   if (parts.length === 0) return mx.zeros([batch, heads, 0, dim], dtype);
   return parts.length === 1 ? parts[0]! : mx.concatenate(parts, 2);
 }
@@ -105,9 +107,9 @@ export function decodeKeys(stored: Stored, length: number, q: KvQuantization, dt
 export function heldKeys(stored: Stored, length: number, q: KvQuantization): Stored {
   const [codes, scales, biases, tail] = stored as [MxArray, MxArray, MxArray, MxArray];
   const [batch, heads] = codes.shape as [number, number];
-  const groups = Math.floor(length / q.groupSize);
+  const full = length - tail.shape[2]!;
   const upTo = (t: MxArray, n: number) => mx.slice(t, [0, 0, 0], [batch, heads, n]);
-  return [upTo(codes, groups * q.groupSize), upTo(scales, groups), upTo(biases, groups), tail];
+  return [upTo(codes, full), upTo(scales, full / q.groupSize), upTo(biases, full / q.groupSize), tail];
 }
 
 /**

@@ -112,7 +112,8 @@ export function hiddenStates(model: DecoderModel, ids: MxArray, caches: Attentio
  * A cache per layer. `windowed: false` gives every layer a full cache (sliding-window layers then
  * mask what is out of their window), for what copies positions out of a cache (batching, the
  * prefix cache); so does a quantization (the sliding-window cache stores float). `maxKvSize`
- * bounds every layer's cache (--max-kv-size).
+ * bounds every layer's cache (--max-kv-size). `joining`: a prefill's caches, to join a batch
+ * (their per-channel keys wait in float until then, see KVCache.deferKeys).
  */
 export function makeCaches(
   model: DecoderModel,
@@ -120,12 +121,13 @@ export function makeCaches(
     windowed = true,
     quantization,
     maxKvSize,
-  }: { windowed?: boolean; quantization?: KvQuantization; maxKvSize?: number } = {},
+    joining = false,
+  }: { windowed?: boolean; quantization?: KvQuantization; maxKvSize?: number; joining?: boolean } = {},
 ): KVCache[] {
   if (maxKvSize !== undefined)
     return Array.from({ length: model.numLayers }, () => RotatingKVCache.forSequence(maxKvSize, quantization));
   if (windowed && !quantization && model.makeCaches) return model.makeCaches();
-  return Array.from({ length: model.numLayers }, () => new KVCache(quantization));
+  return Array.from({ length: model.numLayers }, () => Object.assign(new KVCache(quantization), { deferKeys: joining }));
 }
 
 export function freeCaches(caches: KVCache[]): void {

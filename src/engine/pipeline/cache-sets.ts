@@ -35,7 +35,7 @@ export class CacheSets {
               ? new BatchKVCache(quantization)
               : new RotatingKVCache(maxKvSize, DEFAULT_KV_KEEP, quantization),
           )
-        : makeCaches(this.model, { windowed: false, quantization, maxKvSize });
+        : makeCaches(this.model, { windowed: false, quantization, maxKvSize, joining: true });
       this.#sets.set(set, caches);
     }
     return caches;
