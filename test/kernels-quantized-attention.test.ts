@@ -243,7 +243,17 @@ describe("keys quantized per channel (KIVI)", () => {
     for (const bits of [4, 8] as const) {
       compareChannel({ bits, group: 64, qHeads: 9, kvHeads: 3, queries: 17, keys: 150, mask: "causal" });
       compareChannel({ bits, group: 64, batch: 3, qHeads: 6, kvHeads: 2, queries: 1, keys: 200, mask: "bool" });
-      compareChannel({ bits, group: 32, batch: 2, qHeads: 4, kvHeads: 2, queries: 3, keys: 70, mask: "bool", sinks: true });
+      compareChannel({
+        bits,
+        group: 32,
+        batch: 2,
+        qHeads: 4,
+        kvHeads: 2,
+        queries: 3,
+        keys: 70,
+        mask: "bool",
+        sinks: true,
+      });
     }
   });
 

@@ -187,7 +187,14 @@ describe("keys per channel in a batch (groups tied to the batch's columns)", () 
         const mask = batch.attentionMask(1);
         const out = batch.attention(queries, k, k, 0.125, mask);
         const floatKeys = batch.movableKeys()![0]!;
-        const floatValues = mx.dequantize(...(batch.values!.map((t) => mx.slice(t, [0, 0, 0], [2, 2, batch.offset])) as [mx.MxArray, mx.MxArray, mx.MxArray]), q);
+        const floatValues = mx.dequantize(
+          ...(batch.values!.map((t) => mx.slice(t, [0, 0, 0], [2, 2, batch.offset])) as [
+            mx.MxArray,
+            mx.MxArray,
+            mx.MxArray,
+          ]),
+          q,
+        );
         const reference = mx.fast.scaledDotProductAttention(queries, floatKeys, floatValues, 0.125, mask);
         expect(maxDiff(out, reference)).toBeLessThan(1e-4);
       }
@@ -372,7 +379,9 @@ describe("serve with a quantized KV cache", () => {
     const dir = join(mkdtempSync(join(tmpdir(), "mlx-kv-")), "tiny-wide");
     writeTinyModel(dir, { contextLength: 512, headDim, seed: 5 });
     // Long enough that most keys are in whole groups per channel (64 positions), not the float tail.
-    const prompts = ["Tell me a story", "Hi", "What is two plus two?"].map((p) => `${p}. ${"Once upon a time, ".repeat(40)}`);
+    const prompts = ["Tell me a story", "Hi", "What is two plus two?"].map(
+      (p) => `${p}. ${"Once upon a time, ".repeat(40)}`,
+    );
     const ask = (url: string, content: string) =>
       post(`${url}/v1/chat/completions`, {
         model: dir,

@@ -36,7 +36,10 @@ export function encodeGroups(keys: MxArray, q: KvQuantization): Stored {
   const [batch, heads, length, dim] = keys.shape as [number, number, number, number];
   const groups = length / q.groupSize;
   if (groups === 0)
-    return [mx.zeros([batch, heads, 0, (dim * q.bits) / 32], mx.Dtype.uint32), ...[0, 1].map(() => mx.zeros([batch, heads, 0, dim], keys.dtype))];
+    return [
+      mx.zeros([batch, heads, 0, (dim * q.bits) / 32], mx.Dtype.uint32),
+      ...[0, 1].map(() => mx.zeros([batch, heads, 0, dim], keys.dtype)),
+    ];
   const levels = 2 ** q.bits - 1;
   const x = mx.reshape(mx.astype(keys, mx.Dtype.float32), [batch, heads, groups, q.groupSize, dim]);
   const low = mx.min(x, 3, true);
@@ -55,7 +58,12 @@ export function encodeGroups(keys: MxArray, q: KvQuantization): Stored {
           const pairs = mx.reshape(rows, [batch, heads, length, dim / 2, 2]);
           const even = mx.slice(pairs, [0, 0, 0, 0, 0], [batch, heads, length, dim / 2, 1]);
           const odd = mx.slice(pairs, [0, 0, 0, 0, 1], [batch, heads, length, dim / 2, 2]);
-          return mx.reshape(mx.add(even, mx.multiply(odd, mx.scalar(16, mx.Dtype.uint8))), [batch, heads, length, dim / 2]);
+          return mx.reshape(mx.add(even, mx.multiply(odd, mx.scalar(16, mx.Dtype.uint8))), [
+            batch,
+            heads,
+            length,
+            dim / 2,
+          ]);
         })();
   const perGroup = (t: MxArray) => mx.astype(mx.reshape(t, [batch, heads, groups, dim]), keys.dtype);
   return [mx.view(mx.contiguous(bytes), mx.Dtype.uint32), perGroup(step), perGroup(low)];
@@ -117,7 +125,14 @@ export function heldKeys(stored: Stored, length: number, q: KvQuantization): Sto
  * hold `length` columns, in that layout on their own (groups from their first position): a
  * prefix to store.
  */
-export function rowKeys(stored: Stored, length: number, row: number, skip: number, positions: number, q: KvQuantization) {
+export function rowKeys(
+  stored: Stored,
+  length: number,
+  row: number,
+  skip: number,
+  positions: number,
+  q: KvQuantization,
+) {
   const ofRow = stored.map((t) => mx.slice(t, [row, 0, 0], [row + 1, t.shape[1]!, t.shape[2]!]));
   const keys = decodeKeys(ofRow, length, q, stored[1]!.dtype);
   const [, heads, , dim] = keys.shape as [number, number, number, number];

@@ -127,7 +127,9 @@ export function makeCaches(
   if (maxKvSize !== undefined)
     return Array.from({ length: model.numLayers }, () => RotatingKVCache.forSequence(maxKvSize, quantization));
   if (windowed && !quantization && model.makeCaches) return model.makeCaches();
-  return Array.from({ length: model.numLayers }, () => Object.assign(new KVCache(quantization), { deferKeys: joining }));
+  return Array.from({ length: model.numLayers }, () =>
+    Object.assign(new KVCache(quantization), { deferKeys: joining }),
+  );
 }
 
 export function freeCaches(caches: KVCache[]): void {
