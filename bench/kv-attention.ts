@@ -1,4 +1,5 @@
-// Decode attention alone on a float32, a float16, an 8-bit and a 4-bit KV cache, in the default model's shapes
+// Decode attention alone on a float32, a float16, an 8-bit and a 4-bit KV cache (keys per row, or
+// per channel with their float tail as the cache now stores them), in the default model's shapes
 // (9 query / 3 key-value heads of 64, 30 layers): our float attention kernel, our quantized one,
 // and MLX's composition for a quantized cache (its quantized matmuls, MLX_KERNELS=mlx), one decode
 // step's attention over all layers at each context length. Interleaved runs; medians of wall and
@@ -7,6 +8,7 @@
 //   node_modules/.bin/bun bench/kv-attention.ts [--contexts 512,2000,8000] [--runs 7]
 import { parseArgs } from "node:util";
 import * as mx from "../src/mlx";
+import { encodeKeys } from "../src/models/channel-keys";
 import { median, ratio } from "./lib";
 
 const { values } = parseArgs({
@@ -24,6 +26,8 @@ interface Layer {
   halfKeys: mx.MxArray;
   halfValues: mx.MxArray;
   quantized: Record<number, { keys: Parts; values: Parts }>;
+  /** Keys per channel (src/models/channel-keys.ts): codes, scales, biases, float tail. */
+  channelKeys: Record<number, mx.fast.ChannelKeyParts>;
 }
 
 // Keys/values as the cache holds them: the used part of a buffer grown in steps of 256.
@@ -33,7 +37,10 @@ function layersAt(context: number): Layer[] {
   return Array.from({ length: layers }, () => {
     const [k, v] = [mx.random.normal([1, kvHeads, capacity, dim]), mx.random.normal([1, kvHeads, capacity, dim])];
     const quantized: Layer["quantized"] = {};
+    const channelKeys: Layer["channelKeys"] = {};
     for (const bits of [8, 4]) {
+      const parts = encodeKeys(used(k), { bits, groupSize: 64 }).map((p) => mx.keep(p));
+      channelKeys[bits] = parts as unknown as mx.fast.ChannelKeyParts;
       const pack = (t: mx.MxArray): Parts => {
         const { weight, scales, biases } = mx.quantize(t, { bits, groupSize: 64 });
         return [used(weight), used(scales), used(biases!)].map((p) => mx.keep(p)) as unknown as Parts;
@@ -47,8 +54,10 @@ function layersAt(context: number): Layer[] {
       halfKeys: half(k),
       halfValues: half(v),
       quantized,
+      channelKeys,
     };
     mx.evaluate(
+      ...Object.values(channelKeys).flat(),
       layer.keys,
       layer.values,
       layer.halfKeys,
@@ -90,6 +99,16 @@ const variants: Variant[] = [
   },
   { name: "8-bit, our kernel", kernels: true, bytes: packed(8), attend: quantized(8) },
   { name: "4-bit, our kernel", kernels: true, bytes: packed(4), attend: quantized(4) },
+  ...[8, 4].map((bits) => ({
+    name: `${bits}-bit, keys per channel, our kernel`,
+    kernels: true,
+    bytes: packed(bits),
+    attend: (q: mx.MxArray, l: Layer) =>
+      mx.fast.quantizedScaledDotProductAttention(q, l.channelKeys[bits]!, l.quantized[bits]!.values, scale, {
+        bits,
+        groupSize: 64,
+      }),
+  })),
   { name: "8-bit, MLX's quantized matmuls", kernels: false, bytes: packed(8), attend: quantized(8) },
   { name: "4-bit, MLX's quantized matmuls", kernels: false, bytes: packed(4), attend: quantized(4) },
 ];
@@ -141,6 +160,7 @@ for (const context of values.contexts!.split(",").map(Number)) {
       l.halfKeys,
       l.halfValues,
       ...Object.values(l.quantized).flatMap((p) => [...p.keys, ...p.values]),
+      ...Object.values(l.channelKeys).flat(),
     ])
       t.free();
 }

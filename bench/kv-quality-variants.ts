@@ -128,18 +128,26 @@ class PerChannelKeysCache extends KVCache {
     readonly groupSize: number,
     /** A control: the same float tail, but each filled group's keys quantized per row (MLX's format). */
     readonly perRow = false,
+    /** Values too wait in float until their group of positions fills (KIVI's residual for both). */
+    readonly valuesTail = false,
   ) {
     super();
   }
 
   override update(keys: MxArray, values: MxArray): [Stored, Stored] {
     const previous = this.offset;
-    super.update(keys, roundTrip(values, 8, 64));
+    super.update(keys, this.valuesTail ? values : roundTrip(values, 8, 64));
     const g = this.groupSize;
     const [from, to] = [Math.floor(previous / g) * g, Math.floor(this.offset / g) * g];
     if (to > from) {
       const held = this.keys![0]!;
       const [b, h, , d] = held.shape as [number, number, number, number];
+      if (this.valuesTail) {
+        const stored = this.values![0]!;
+        const rows = roundTrip(mx.slice(stored, [0, 0, from, 0], [b, h, to, d]), 8, 64);
+        this.values = [mx.keep(mx.sliceUpdate(stored, rows, [0, 0, from, 0], [b, h, to, d]))];
+        stored.free();
+      }
       const filled = mx.slice(held, [0, 0, from, 0], [b, h, to, d]);
       // [B, H, T, D] → groups of g positions per channel: [B, H, T/g, D, g], quantized along g.
       if (this.perRow) return this.replaceKeys(held, roundTrip(filled, 8, 64), from, to);
@@ -292,6 +300,10 @@ const all: Variant[] = [
   {
     name: "8-bit g64, keys centered and Hadamard-rotated",
     caches: () => Array.from({ length: model.numLayers }, () => new CenteredKeysCache(rotated(q8(64)))),
+  },
+  {
+    name: "8-bit, keys per channel over 64 positions, values per row, both with the float tail (KIVI)",
+    caches: () => Array.from({ length: model.numLayers }, () => new PerChannelKeysCache(64, false, true)),
   },
   {
     name: "8-bit g64, keys' last < 64 positions float (KIVI's float tail, per row)",
