@@ -130,13 +130,15 @@ class PerChannelKeysCache extends KVCache {
     readonly perRow = false,
     /** Values too wait in float until their group of positions fills (KIVI's residual for both). */
     readonly valuesTail = false,
+    /** How values are rounded (per row, 8-bit g64 unless told). */
+    readonly valueRounding: Transform = (x) => roundTrip(x, 8, 64),
   ) {
     super();
   }
 
   override update(keys: MxArray, values: MxArray): [Stored, Stored] {
     const previous = this.offset;
-    super.update(keys, this.valuesTail ? values : roundTrip(values, 8, 64));
+    super.update(keys, this.valuesTail ? values : this.valueRounding(values));
     const g = this.groupSize;
     const [from, to] = [Math.floor(previous / g) * g, Math.floor(this.offset / g) * g];
     if (to > from) {
@@ -304,6 +306,15 @@ const all: Variant[] = [
   {
     name: "8-bit, keys per channel over 64 positions, values per row, both with the float tail (KIVI)",
     caches: () => Array.from({ length: model.numLayers }, () => new PerChannelKeysCache(64, false, true)),
+  },
+  {
+    name: "8-bit, keys per channel over 64 positions (KIVI), values g64 Hadamard-rotated",
+    caches: () =>
+      Array.from({ length: model.numLayers }, () => new PerChannelKeysCache(64, false, false, rotated(q8(64)))),
+  },
+  {
+    name: "8-bit, keys per channel over 64 positions (KIVI), values g32",
+    caches: () => Array.from({ length: model.numLayers }, () => new PerChannelKeysCache(64, false, false, q8(32))),
   },
   {
     name: "8-bit g64, keys' last < 64 positions float (KIVI's float tail, per row)",

@@ -3,8 +3,8 @@
 // reuses it instead of copying the whole cache every token. With a quantization, keys and
 // values are stored as MLX quantizes weights (packed integers, per-group scales and biases)
 // and attention runs on them with quantized matmuls, as mlx-lm's quantized KV cache does.
-// Quantized keys are stored rotated (see rotateGroups): the queries are rotated alike, so
-// q·k, and attention, are unchanged.
+// Quantized keys are stored per channel over groups of positions (channel-keys.ts), or, per row,
+// rotated (see rotateGroups): the queries are rotated alike, so q·k, and attention, are unchanged.
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import { floatCacheDtype } from "./cache-dtype";
@@ -138,7 +138,7 @@ export class KVCache implements AttentionCache {
       this.quantization !== undefined && (this.quantized || previous + length > (this.quantization.start ?? 0));
     if (quantize && this.keys && !this.quantized) this.quantizeHeld();
     const channel = quantize && this.channelKeys;
-    const newKeys = channel ? undefined : quantize ? this.encodeKeys(keys) : [this.asHeld(keys)];
+    const newKeys = channel ? undefined : quantize ? this.encodeRotatedKeys(keys) : [this.asHeld(keys)];
     const newValues = quantize ? this.encode(values) : [this.asHeld(values)];
     if (!this.values || previous + length > this.values[0]!.shape[2]!) this.grow(newKeys, newValues, length);
     this.offset += length;
@@ -216,7 +216,7 @@ export class KVCache implements AttentionCache {
   }
 
   /** Keys [B, H, L, D] → their quantized parts, rotated first (see rotateGroups). */
-  private encodeKeys(keys: MxArray): Stored {
+  private encodeRotatedKeys(keys: MxArray): Stored {
     return this.encode(rotateGroups(keys, this.quantization!.groupSize));
   }
 
@@ -248,7 +248,7 @@ export class KVCache implements AttentionCache {
     const [batch, heads] = this.keys[0]!.shape as [number, number];
     const used = (t: Stored) => mx.slice(t[0]!, [0, 0, 0], [batch, heads, this.offset]);
     const [keys, values] = mx.scope(() => [
-      this.channelKeys ? encodeKeys(used(this.keys!), this.quantization!) : this.encodeKeys(used(this.keys!)),
+      this.channelKeys ? encodeKeys(used(this.keys!), this.quantization!) : this.encodeRotatedKeys(used(this.keys!)),
       this.encode(used(this.values!)),
     ]);
     this.free(false);
