@@ -9,7 +9,7 @@
 //   MLX_HOME=$PWD/.cache/mlx-home node_modules/.bin/bun bench/serve-profile.ts [-m MODEL] [--requests 16] [--max-tokens 32] [--clients 1,8]
 import { parseArgs } from "node:util";
 import { median } from "./lib";
-import { BatchGenerator } from "../src/engine/batch";
+import { recordSteps } from "./engine-steps";
 import { startServer } from "../src/server/app";
 import { resolveModelPath } from "../src/store/resolve";
 
@@ -23,41 +23,17 @@ const { values } = parseArgs({
   },
 });
 
-interface StepRecord {
-  start: number;
-  end: number;
-  cpuMs: number;
-  before: number;
-  after: number;
-  waiting: boolean;
-  tokens: number;
-}
-let records: StepRecord[] = [];
-const step = BatchGenerator.prototype.step;
-BatchGenerator.prototype.step = function (this: BatchGenerator) {
-  const [before, waiting] = [this.running, this.waiting > 0];
-  const [start, cpu] = [performance.now(), process.cpuUsage()];
-  const events = step.call(this);
-  const used = process.cpuUsage(cpu);
-  records.push({
-    start,
-    end: performance.now(),
-    cpuMs: (used.user + used.system) / 1000,
-    before,
-    after: this.running,
-    waiting,
-    tokens: events.length,
-  });
-  return events;
-};
+const engine = recordSteps();
 
 const model = await resolveModelPath(values.model);
 const server = startServer({ port: 0, defaultModel: model, version: "bench", logError: console.error });
+// Loaded before the first level, so that its CPU figures leave the loading out.
+(await server.state.models.acquire(model, Infinity)).release();
 const ms = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
 const fmt = (x: number) => x.toFixed(0);
 
 async function level(clients: number): Promise<void> {
-  records = [];
+  engine.reset();
   const cpu = process.cpuUsage();
   const started = performance.now();
   const proc = Bun.spawn(
@@ -91,6 +67,7 @@ async function level(clients: number): Promise<void> {
   };
   // The level proper: the client's warm-up request (its first steps, up to the engine's first
   // idle spell) is left out; the level runs from its first step to its last.
+  const records = engine.records();
   const firstIdle = records.findIndex((r, i) => i > 0 && r.before === 0 && records[i - 1]!.after === 0);
   const steps = records.slice(Math.max(0, firstIdle));
   const window = steps.at(-1)!.end - steps[0]!.start;
