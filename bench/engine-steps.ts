@@ -1,6 +1,7 @@
 // Every engine step timed, for the serving benchmarks (serve-steps.ts, serve-profile.ts): wraps
 // BatchGenerator.step, so that the scheduler `mlx serve` runs is measured as it is.
 import { BatchGenerator } from "../src/engine/batch";
+import { median } from "./lib";
 
 export interface StepRecord {
   /** Clock (performance.now()) at the step's start and end. */
@@ -37,4 +38,14 @@ export function recordSteps(): { records: () => StepRecord[]; reset: () => void 
     return events;
   };
   return { records: () => records, reset: () => (records = []) };
+}
+
+/** Decode steps by the rows they decoded: "rows: count × median ms", fewest rows first. */
+export function byRows(decodes: StepRecord[]): string {
+  const times = new Map<number, number[]>();
+  for (const r of decodes) times.set(r.before, [...(times.get(r.before) ?? []), r.end - r.start]);
+  return [...times.entries()]
+    .sort(([a], [b]) => a - b)
+    .map(([rows, ms]) => `${rows}: ${ms.length} × ${median(ms).toFixed(1)}`)
+    .join(", ");
 }

@@ -8,8 +8,7 @@
 //
 //   MLX_HOME=$PWD/.cache/mlx-home node_modules/.bin/bun bench/serve-profile.ts [-m MODEL] [--requests 16] [--max-tokens 32] [--clients 1,8]
 import { parseArgs } from "node:util";
-import { median } from "./lib";
-import { recordSteps } from "./engine-steps";
+import { byRows, recordSteps } from "./engine-steps";
 import { startServer } from "../src/server/app";
 import { resolveModelPath } from "../src/store/resolve";
 
@@ -82,12 +81,7 @@ async function level(clients: number): Promise<void> {
     if (steps[i - 1]!.after === 0) idle += gap;
     else gaps += gap;
   }
-  const byRows = new Map<number, number[]>();
-  for (const r of decodes) byRows.set(r.before, [...(byRows.get(r.before) ?? []), r.end - r.start]);
-  const rows = [...byRows.entries()]
-    .sort(([a], [b]) => a - b)
-    .map(([n, t]) => `${n}: ${t.length} × ${median(t).toFixed(1)}`)
-    .join(", ");
+  const rows = byRows(decodes);
   const stepCpu = ms(steps.map((r) => r.cpuMs));
   const tokens = ms(steps.map((r) => r.tokens));
   console.log(

@@ -8,8 +8,7 @@
 //
 //   MLX_HOME=$PWD/.cache/mlx-home node_modules/.bin/bun bench/serve-steps.ts [-m MODEL] [--requests 16] [--max-tokens 32] [--clients 1,8]
 import { parseArgs } from "node:util";
-import { median } from "./lib";
-import { recordSteps, type StepRecord } from "./engine-steps";
+import { byRows, recordSteps, type StepRecord } from "./engine-steps";
 import { streamCompletion } from "../src/engine/generate";
 import { PrefixCache } from "../src/engine/prefix-cache";
 import { defaultSampling } from "../src/engine/sampling";
@@ -81,12 +80,7 @@ for (const clients of values.clients.split(",").map(Number)) {
   const joins = records.filter((r) => r.waiting && r.after > r.before);
   const leaves = records.filter((r) => r.after < r.before);
   const decodes = records.filter((r) => !r.waiting && r.after === r.before);
-  const byRows = new Map<number, number[]>();
-  for (const r of decodes) byRows.set(r.before, [...(byRows.get(r.before) ?? []), r.end - r.start]);
-  const rows = [...byRows.entries()]
-    .sort(([a], [b]) => a - b)
-    .map(([n, ms]) => `${n}: ${ms.length} × ${median(ms).toFixed(1)}`)
-    .join(", ");
+  const rows = byRows(decodes);
   const decodeTokens = decodes.reduce((sum, r) => sum + r.tokens, 0);
   console.log(
     `| ${clients} | ${tokens} | ${(tokens / seconds).toFixed(1)} | ${(cpu(records) / tokens).toFixed(2)} | ${records.length} | ${joins.length} (${cpu(joins).toFixed(0)}) | ${leaves.length} (${cpu(leaves).toFixed(0)}) | ${decodes.length} (${(cpu(decodes) / decodeTokens).toFixed(2)}) | ${rows} |`,
