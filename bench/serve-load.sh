@@ -7,7 +7,9 @@
 # repeats every level; the table shows medians over the rounds.
 #   bash scripts/setup.sh && bash bench/setup-peers.sh && bash bench/serve-load.sh [requests] [max-tokens]
 #   BASELINE=/tmp/before/dist/mlx ROUNDS=3 LEVELS=1,4 bash bench/serve-load.sh 8 16
-# OUT=dir writes the JSON there instead of .cache/bench/serve-load.
+# OUT=dir writes the JSON there instead of .cache/bench/serve-load. Each server's CPU time over
+# each level is recorded too (<system>-<round>-<level>.cpu, ms): CPU ms per output token is the
+# steadier measure when other work shares the machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 requests=${1:-16}
@@ -30,12 +32,19 @@ wait_ready() { # url
   echo "server at $1 did not come up" >&2; return 1
 }
 
+# CPU time (user + system, every thread) of a process so far, in ms.
+cpu_ms() { # pid
+  awk -v tick="$(getconf CLK_TCK)" '{ print ($14 + $15) * 1000 / tick }' "/proc/$1/stat"
+}
+
 declare -A port=([ours]=18431 [$peer]=18432)
-dist/mlx serve -m "$model_dir" --port "${port[ours]}" >"$out/ours.log" 2>&1 & pids+=($!)
+declare -A pid
+dist/mlx serve -m "$model_dir" --port "${port[ours]}" >"$out/ours.log" 2>&1 & pids+=($!); pid[ours]=$!
 case "$peer" in
   baseline) "$BASELINE" serve -m "$model_dir" --port "${port[$peer]}" >"$out/$peer.log" 2>&1 & pids+=($!); ready=/health ;;
   mlx-lm) .cache/peers/venv/bin/python -m mlx_lm server --model "$model_dir" --port "${port[$peer]}" >"$out/$peer.log" 2>&1 & pids+=($!); ready=/v1/models ;;
 esac
+pid[$peer]=$!
 wait_ready "http://127.0.0.1:${port[ours]}/health"
 wait_ready "http://127.0.0.1:${port[$peer]}$ready"
 
@@ -46,8 +55,10 @@ for round in $(seq 1 "$rounds"); do
     turn=$((turn + 1))
     for system in $order; do
       echo "round $round, $level clients: $system" >&2
+      before=$(cpu_ms "${pid[$system]}")
       dist/mlx bench --url "http://127.0.0.1:${port[$system]}" -m "$model_dir" --concurrency "$level" \
         --requests "$requests" --max-tokens "$max_tokens" --json >"$out/$system-$round-$level.json"
+      awk -v after="$(cpu_ms "${pid[$system]}")" -v before="$before" 'BEGIN { print after - before }' >"$out/$system-$round-$level.cpu"
     done
   done
 done

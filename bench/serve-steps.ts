@@ -8,8 +8,7 @@
 //
 //   MLX_HOME=$PWD/.cache/mlx-home node_modules/.bin/bun bench/serve-steps.ts [-m MODEL] [--requests 16] [--max-tokens 32] [--clients 1,8]
 import { parseArgs } from "node:util";
-import { median } from "./lib";
-import { BatchGenerator } from "../src/engine/batch";
+import { byRows, recordSteps, type StepRecord } from "./engine-steps";
 import { streamCompletion } from "../src/engine/generate";
 import { PrefixCache } from "../src/engine/prefix-cache";
 import { defaultSampling } from "../src/engine/sampling";
@@ -42,32 +41,7 @@ const scheduler = new Scheduler(lm, {
   prefixCache: new PrefixCache(512 * 1024 * 1024, Infinity),
 });
 
-interface StepRecord {
-  ms: number;
-  cpuMs: number;
-  /** Sequences decoding before and after the step, and whether any waited. */
-  before: number;
-  after: number;
-  waiting: boolean;
-  tokens: number;
-}
-let records: StepRecord[] = [];
-const step = BatchGenerator.prototype.step;
-BatchGenerator.prototype.step = function (this: BatchGenerator) {
-  const [before, waiting] = [this.running, this.waiting > 0];
-  const [started, cpu] = [performance.now(), process.cpuUsage()];
-  const events = step.call(this);
-  const used = process.cpuUsage(cpu);
-  records.push({
-    ms: performance.now() - started,
-    cpuMs: (used.user + used.system) / 1000,
-    before,
-    after: this.running,
-    waiting,
-    tokens: events.length,
-  });
-  return events;
-};
+const steps = recordSteps();
 
 async function answer(i: number): Promise<number> {
   const stream = streamCompletion(scheduler, {
@@ -89,7 +63,7 @@ console.log(
 );
 console.log("|---:|---:|---:|---:|---:|---|---|---|---|");
 for (const clients of values.clients.split(",").map(Number)) {
-  records = [];
+  steps.reset();
   let next = 0;
   let tokens = 0;
   const started = performance.now();
@@ -102,15 +76,11 @@ for (const clients of values.clients.split(",").map(Number)) {
     }),
   );
   const seconds = (performance.now() - started) / 1000;
+  const records = steps.records();
   const joins = records.filter((r) => r.waiting && r.after > r.before);
   const leaves = records.filter((r) => r.after < r.before);
   const decodes = records.filter((r) => !r.waiting && r.after === r.before);
-  const byRows = new Map<number, number[]>();
-  for (const r of decodes) byRows.set(r.before, [...(byRows.get(r.before) ?? []), r.ms]);
-  const rows = [...byRows.entries()]
-    .sort(([a], [b]) => a - b)
-    .map(([n, ms]) => `${n}: ${ms.length} × ${median(ms).toFixed(1)}`)
-    .join(", ");
+  const rows = byRows(decodes);
   const decodeTokens = decodes.reduce((sum, r) => sum + r.tokens, 0);
   console.log(
     `| ${clients} | ${tokens} | ${(tokens / seconds).toFixed(1)} | ${(cpu(records) / tokens).toFixed(2)} | ${records.length} | ${joins.length} (${cpu(joins).toFixed(0)}) | ${leaves.length} (${cpu(leaves).toFixed(0)}) | ${decodes.length} (${(cpu(decodes) / decodeTokens).toFixed(2)}) | ${rows} |`,

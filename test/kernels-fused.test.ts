@@ -131,15 +131,17 @@ describe("SiLU·mul kernel", () => {
 describe("logsumexp kernel", () => {
   mx.random.seed(9);
 
-  test("the sampler's row (every axis of [1, vocab]), rows of odd widths, rows longer than one part", () => {
-    const [logits, rows, long, tall, half] = [
+  test("the sampler's row (every axis of [1, vocab]), the batch's rows, rows of odd widths, rows longer than one part", () => {
+    const [logits, batch, rows, long, tall, half] = [
       normal([1, 49152]),
+      normal([8, 49152]),
       normal([5, 1000]),
       normal([2, 3, 20001]),
       normal([300, 4]),
       normal([3, 5000], mx.Dtype.bfloat16),
     ];
     compare(() => mx.logsumexp(mx.multiply(logits, 10), undefined, true), 1e-6);
+    compare(() => mx.logsumexp(mx.multiply(batch, 30), -1, true), 1e-6);
     compare(() => mx.logsumexp(rows, -1), 1e-6);
     compare(() => mx.logsumexp(long, -1, true), 1e-6);
     compare(() => mx.logsumexp(mx.transpose(tall), -1), 1e-6);
@@ -165,5 +167,33 @@ describe("logsumexp kernel", () => {
     const small = normal([6, 7]);
     compare(() => mx.logsumexp(small, 0), 1e-6);
     compare(() => mx.logsumexp(small, [0, 1]), 1e-6);
+  });
+
+  test("every instruction set's path (MLX_CPU_ISA) agrees with MLX's op", () => {
+    // Each set's vector exponential is its own code (logsumexp_<isa>.cpp): run each, in a process
+    // of its own (the set is chosen at start), on rows with tails, masked entries and wide ranges.
+    const script = `
+      import * as mx from "./src/mlx";
+      const x = mx.random.normal([3, 20011], mx.Dtype.float32, mx.random.key(4));
+      const wide = mx.multiply(x, 25);
+      const hidden = mx.greaterEqual(mx.reshape(mx.arange(0, 20011), [1, 20011]), 37);
+      const masked = mx.where(hidden, mx.scalar(Number.NEGATIVE_INFINITY), x);
+      const all = () => [x, wide, masked].flatMap((a) => mx.logsumexp(a, -1).toArray());
+      const ours = all();
+      mx.useCpuKernels(false);
+      const theirs = all();
+      console.log(mx.cpuKernels().split(",")[0], Math.max(...ours.map((v, i) => Math.abs(v - theirs[i]) / Math.abs(theirs[i]))));
+    `;
+    for (const isa of ["portable", "avx2", "avx512", "neon"]) {
+      const child = Bun.spawnSync([process.execPath, "-e", script], {
+        env: { ...process.env, MLX_CPU_ISA: isa },
+        stderr: "pipe",
+      });
+      expect(child.exitCode).toBe(0);
+      const [ran, error] = child.stdout.toString().trim().split(" ");
+      // A set this CPU or build lacks falls back to a lesser one, checked all the same.
+      expect(["portable", "avx2", "avx512", "neon"]).toContain(ran);
+      expect(Number(error)).toBeLessThan(1e-6);
+    }
   });
 });

@@ -2,14 +2,18 @@
 // it of every step's logits row (49,152 of them for SmolLM2), and MLX's CPU op evaluates its exp
 // one element at a time (~0.5 ms a step). Here a long row is split over the pool: each part
 // keeps its own maximum and sum of exponentials, merged at the end (the stable two-pass form,
-// in fp32 like MLX's).
+// in fp32 like MLX's). An fp32 row's parts take their exponentials a vector at a time
+// (logsumexp_<isa>.cpp).
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
+#include "isa.h"
 #include "kernels.h"
+#include "logsumexp_kernel.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/primitives.h"
 #include "thread_pool.h"
@@ -20,19 +24,36 @@ namespace {
 // Elements per task: enough to be worth a thread.
 constexpr int kPart = 8192;
 
-struct Partial {
-  float max = -std::numeric_limits<float>::infinity();
-  float sum = 0.0f;
-};
+using Partial = LogSumExpPartial;
 
-// max and Σ e^(x - max) over [begin, end).
+LogSumExpPart part_for(Isa isa) {
+  switch (isa) {
+#if defined(KERNELS_HAVE_AVX512)
+    case Isa::avx512: return logsumexp_part_avx512;
+#endif
+#if defined(KERNELS_HAVE_AVX2)
+    case Isa::avx2: return logsumexp_part_avx2;
+#endif
+#if defined(KERNELS_HAVE_NEON)
+    case Isa::neon: return logsumexp_part_neon;
+#endif
+    default: return logsumexp_part_portable;
+  }
+}
+
+// max and Σ e^(x - max) over [begin, end): fp32 a vector at a time, half precision an element at a time.
 template <typename T>
 Partial partial(const T* x, int64_t begin, int64_t end) {
-  Partial p;
-  for (int64_t i = begin; i < end; ++i) p.max = std::max(p.max, static_cast<float>(x[i]));
-  if (std::isinf(p.max)) return p;  // all -inf (a fully masked row), or +inf: nothing to sum
-  for (int64_t i = begin; i < end; ++i) p.sum += std::exp(static_cast<float>(x[i]) - p.max);
-  return p;
+  if constexpr (std::is_same_v<T, float>) {
+    static const LogSumExpPart part = part_for(best_isa());
+    return part(x + begin, end - begin);
+  } else {
+    Partial p{-std::numeric_limits<float>::infinity(), 0.0f};
+    for (int64_t i = begin; i < end; ++i) p.max = std::max(p.max, static_cast<float>(x[i]));
+    if (std::isinf(p.max)) return p;  // all -inf (a fully masked row), or +inf: nothing to sum
+    for (int64_t i = begin; i < end; ++i) p.sum += std::exp(static_cast<float>(x[i]) - p.max);
+    return p;
+  }
 }
 
 float merge(const Partial* parts, int n) {
