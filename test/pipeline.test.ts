@@ -119,16 +119,6 @@ describe("mlx launch -- run", () => {
     expect(none.stderr).toContain("give the command to run after --");
   }, 60_000);
 
-  test("what a split model cannot do yet is a one-line error, not a wrong answer", async () => {
-    const file = join(dir, "prompt.safetensors");
-    writeFileSync(file, "");
-    const refused = await launch(["-n", "2"], ["run", "-m", tiny, "--prompt-cache", file, "hi"]);
-    expect(refused.code).not.toBe(0);
-    expect(refused.stderr).toContain(
-      "a prompt cache file (--prompt-cache, --prompt-cache-dir) cannot be used yet on a model split across processes",
-    );
-  }, 60_000);
-
   test("--kv-bits 8|4, --max-kv-size (a rotating cache) and --prompt-lookup: the single process's greedy tokens", async () => {
     // Repeats itself, so prompt lookup finds drafts; longer than the rotating cache, so it rotates.
     const words = "one two three four one two three four one two three";
