@@ -288,6 +288,9 @@ export function loadAdapter(dir: string, base: LoraLayers): Adapter {
     throw new AdapterError(`cannot read ${file}: ${(error as Error).message}`);
   }
   const layers = new Map<string, Partial<Record<"lora_a" | "lora_b" | "m", MxArray>>>();
+  const lowRanks = new Map<string, LowRank>();
+  /** DoRA's trained magnitudes (this rank's share), until the factors are computed. */
+  const trained = new Map<string, MxArray | undefined>();
   try {
     if (tensors.size === 0) throw new AdapterError(`${file} holds no adapter tensors`);
     for (const [name, t] of tensors) {
@@ -307,9 +310,6 @@ export function loadAdapter(dir: string, base: LoraLayers): Adapter {
       entry[leaf] = t;
       layers.set(prefix, entry);
     }
-    const lowRanks = new Map<string, LowRank>();
-    /** DoRA's trained magnitudes (this rank's share), until the factors are computed. */
-    const trained = new Map<string, MxArray | undefined>();
     for (const [prefix, parts] of layers) {
       const layer = base.layer(prefix)!;
       const { lora_a: a, lora_b: b, m } = parts;
@@ -342,7 +342,10 @@ export function loadAdapter(dir: string, base: LoraLayers): Adapter {
     if (kind === "dora") setDoraMagnitudes(adapter, trained);
     return adapter;
   } catch (error) {
+    // With the shares cut so far (freeing twice is harmless).
     for (const t of tensors.values()) t.free();
+    for (const l of lowRanks.values()) for (const t of [l.a, l.b]) t.free();
+    for (const t of trained.values()) t?.free();
     throw error;
   }
 }
