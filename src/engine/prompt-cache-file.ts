@@ -291,11 +291,11 @@ function readEntry(path: string, metadata: Record<string, string>): PromptCacheE
 }
 
 /**
- * Prefills `tokens` (as the scheduler would, in chunks, with the model's KV cache settings) into
+ * Prefills `tokens` (as the scheduler does, in chunks of its default size, with the model's KV cache settings) into
  * an entry to save. On a model split across processes, the others keep their layers' share as
  * prefix entry PREFILLED, for savePromptCache to write beside the file.
  */
-export function prefillPrompt(lm: LoadedModel, tokens: number[], chunk = 2048): PromptCacheEntry {
+export function prefillPrompt(lm: LoadedModel, tokens: number[], chunk = 512): PromptCacheEntry {
   const { model } = lm;
   const caches = makeCaches(model, { windowed: false, quantization: lm.kvQuantization, maxKvSize: lm.maxKvSize });
   try {
