@@ -3,8 +3,7 @@
 // several micro-batches in flight too; serve answers the openai client; a dead or silent rank
 // stops every rank within the peer timeout.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { createServer, type Server } from "node:net";
 import { join } from "node:path";
@@ -14,6 +13,7 @@ import { headLayers, parseLayers, splitLayers } from "../src/engine/pipeline";
 import { readLayout } from "../src/models/layout";
 import { resolveModelPath } from "../src/store/resolve";
 import { cliRunner, mainScript } from "./helpers/cli";
+import { launchServe as launchServeOn } from "./helpers/launch";
 import { eventually, serve } from "./helpers/serve";
 import { lastLayers, writeRandomAdapter } from "./helpers/random-adapter";
 import { tinyDims, writeTinyModel } from "./helpers/tiny-model";
@@ -119,21 +119,6 @@ describe("mlx launch -- run", () => {
     expect(none.stderr).toContain("give the command to run after --");
   }, 60_000);
 
-  test("what a split model cannot do yet is a one-line error, not a wrong answer", async () => {
-    const file = join(dir, "prompt.safetensors");
-    writeFileSync(file, "");
-    const refused = await launch(["-n", "2"], ["run", "-m", tiny, "--prompt-cache", file, "hi"]);
-    expect(refused.code).not.toBe(0);
-    expect(refused.stderr).toContain(
-      "a prompt cache file (--prompt-cache, --prompt-cache-dir) cannot be used yet on a model split across processes",
-    );
-    const sliced = await launch(["-n", "2"], ["run", "-m", tiny, "--tensor-parallel", "--adapter", dir, "hi"]);
-    expect(sliced.code).not.toBe(0);
-    expect(sliced.stderr).toContain(
-      "an adapter with --tensor-parallel cannot be used yet on a model split across processes",
-    );
-  }, 60_000);
-
   test("--kv-bits 8|4, --max-kv-size (a rotating cache) and --prompt-lookup: the single process's greedy tokens", async () => {
     // Repeats itself, so prompt lookup finds drafts; longer than the rotating cache, so it rotates.
     const words = "one two three four one two three four one two three";
@@ -179,43 +164,8 @@ describe("mlx launch -- run", () => {
   });
 });
 
-/** A launched `serve`: its URL, its stderr so far, and its ranks' process ids by rank. */
-async function launchServe(n: number, extra: string[] = [], model = tiny) {
-  const proc = Bun.spawn(
-    [process.execPath, mainScript, "launch", "-n", String(n), "--", "serve", "--port", "0", "-m", model, ...extra],
-    { stdout: "pipe", stderr: "pipe", env: { ...process.env, MLX_HOME: home, NO_COLOR: "1" } },
-  );
-  let stderr = "";
-  const reading = (async () => {
-    for await (const chunk of proc.stderr) stderr += new TextDecoder().decode(chunk);
-  })();
-  const deadline = Date.now() + 30_000;
-  while (!/listening on (http:\S+)/.test(stderr)) {
-    if (Date.now() > deadline || proc.exitCode !== null) throw new Error(`serve did not start: ${stderr}`);
-    await Bun.sleep(20);
-  }
-  const url = /listening on (http:\S+)/.exec(stderr)![1]!;
-  while ((await fetch(`${url}/health`)).status !== 200) {
-    if (Date.now() > deadline) throw new Error(`the model did not load: ${stderr}`);
-    await Bun.sleep(50);
-  }
-  const ranks = () => {
-    // Its children (ps exits 1 when there are none left).
-    let listed = "";
-    try {
-      listed = execFileSync("ps", ["-o", "pid=", "--ppid", String(proc.pid)], { encoding: "utf8" });
-    } catch {}
-    const pids = listed.split("\n").filter(Boolean).map(Number);
-    const byRank = new Map<number, number>();
-    for (const pid of pids) {
-      const env = readFileSync(`/proc/${pid}/environ`, "utf8").split("\0");
-      const rank = env.find((e) => e.startsWith("MLX_RANK="));
-      if (rank) byRank.set(Number(rank.slice(9)), pid);
-    }
-    return byRank;
-  };
-  return { proc, url, ranks, stderr: () => stderr, reading };
-}
+/** A launched `serve` of `model` (the 5-layer tiny one by default) on `n` ranks. */
+const launchServe = (n: number, extra: string[] = [], model = tiny) => launchServeOn(home, n, model, extra);
 
 describe("mlx launch -- serve", () => {
   test("3 ranks answer the openai client, streamed and not, several requests batched", async () => {

@@ -1,11 +1,11 @@
 // `mlx cache-prompt -m M FILE < document`, as mlx_lm.cache_prompt: prefill a long document once
 // and save its keys and values, so that `mlx run --prompt-cache FILE "question"` starts from them.
 import { defineCommand } from "citty";
-import { prefillPrompt, promptCacheOwner, savePromptCache } from "../engine/prompt-cache-file";
+import { prefillPrompt, savePrefilled } from "../engine/prompt-cache-file";
 import { promptTokens } from "../engine/prompt";
 import { fail, log, setVerbose } from "./log";
 import { openModel } from "./open-model";
-import { kvCacheArgs, kvQuantizationFrom, maxKvSizeFrom, modelArg } from "./options";
+import { distributedArgs, kvCacheArgs, kvQuantizationFrom, maxKvSizeFrom, modelArg, pipelineFrom } from "./options";
 
 export default defineCommand({
   meta: {
@@ -18,23 +18,29 @@ export default defineCommand({
     system: { type: "string", description: "System prompt (give the same to mlx run)" },
     raw: { type: "boolean", description: "Without the model's chat template (then also mlx run --raw)" },
     ...kvCacheArgs,
+    ...distributedArgs,
     verbose: { type: "boolean", alias: "v", description: "Stack traces on errors" },
   },
   async run({ args }) {
     setVerbose(Boolean(args.verbose));
     try {
+      const options = {
+        kvQuantization: kvQuantizationFrom(args, args.model),
+        maxKvSize: maxKvSizeFrom(args, args.model),
+        pipeline: pipelineFrom(args),
+      };
+      // A rank after the first of a split model holds layers and writes its share of the file
+      // when rank 0 says (stdin is rank 0's): it returns only to exit.
+      if (options.pipeline?.rank) await openModel(args.model, options);
       if (process.stdin.isTTY) throw new Error("pipe the document on stdin: mlx cache-prompt FILE < document");
       const text = (await Bun.stdin.text()).trim();
       if (!text) throw new Error("the document on stdin is empty");
-      const lm = await openModel(args.model, {
-        kvQuantization: kvQuantizationFrom(args, args.model),
-        maxKvSize: maxKvSizeFrom(args, args.model),
-      });
+      const lm = await openModel(args.model, options);
       const started = performance.now();
       // The document as `mlx run --prompt-cache` puts it first in its prompt.
       const tokens = promptTokens(lm.tokenizer, text, { system: args.system, raw: args.raw });
       const entry = prefillPrompt(lm, tokens);
-      await savePromptCache(args.file, { ...entry, text }, promptCacheOwner(lm), lm.path);
+      await savePrefilled(lm, args.file, entry, text);
       log.info(
         `cached ${tokens.length} tokens in ${((performance.now() - started) / 1000).toFixed(2)} s: ${args.file}`,
       );

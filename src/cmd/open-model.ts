@@ -3,7 +3,6 @@
 import { loadModel, type LoadedModel, type SpeculationChoice } from "../models/load";
 import { attachSpeculation } from "../engine/speculative";
 import { openPipeline, type PipelineSpec } from "../engine/pipeline";
-import { UnsupportedError } from "../errors";
 import { resolveModelPath } from "../store/resolve";
 import { repairHint } from "../store/store";
 import { aliasAdapter, aliasKvQuantization, aliasMaxKvSize } from "../store/aliases";
@@ -38,7 +37,6 @@ export async function openModel(
     pipeline,
   }: OpenOptions = {},
 ): Promise<LoadedModel> {
-  if (pipeline) refuseOnPipeline({ adapter, tensorParallel: pipeline.tensorParallel });
   const path = await resolveModelPath(spec);
   const started = performance.now();
   let lm: LoadedModel;
@@ -73,14 +71,4 @@ export async function openModel(
   }
   log.debug(`loaded ${path} in ${((performance.now() - started) / 1000).toFixed(2)} s`);
   return lm;
-}
-
-/** What does not work yet on a model split across processes: each rank would need its share of it. */
-export function refuseOnPipeline(o: { adapter?: unknown; promptCache?: unknown; tensorParallel?: boolean }): void {
-  const used = [
-    o.adapter !== undefined && o.tensorParallel && "an adapter with --tensor-parallel",
-    o.promptCache !== undefined && "a prompt cache file (--prompt-cache, --prompt-cache-dir)",
-  ].filter(Boolean);
-  if (used.length > 0)
-    throw new UnsupportedError(`${used.join(", ")} cannot be used yet on a model split across processes`);
 }

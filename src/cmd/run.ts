@@ -3,7 +3,7 @@ import { defineCommand } from "citty";
 import { soloScheduler, streamCompletion, type CompletionResult } from "../engine/generate";
 import type { LoadedModel } from "../models/load";
 import { fail, setVerbose } from "./log";
-import { openModel, refuseOnPipeline } from "./open-model";
+import { openModel } from "./open-model";
 import {
   adapterArg,
   adapterFrom,
@@ -26,7 +26,7 @@ import { BudgetError } from "../engine/budget/steering";
 import { formatStats } from "./stats";
 import { remoteModel, remoteSampling, streamRemoteCompletion } from "../providers";
 import { pieceWriter, thinkingArgs, thinkingFrom } from "./thinking";
-import { loadPromptCache, promptCacheOwner } from "../engine/prompt-cache-file";
+import { openPromptCache as openPromptCacheFile } from "../engine/prompt-cache-file";
 import { PrefixCache } from "../engine/prefix-cache";
 
 export default defineCommand({
@@ -71,7 +71,6 @@ export default defineCommand({
       if (remote && args["prompt-cache"] !== undefined)
         throw new Error(`--prompt-cache needs a local model; '${args.model}' is served by a remote provider`);
       const pipeline = pipelineFrom(args);
-      if (pipeline) refuseOnPipeline({ promptCache: args["prompt-cache"] });
       const lm = remote
         ? undefined
         : await openModel(args.model, {
@@ -157,8 +156,6 @@ function jsonResult(r: CompletionResult, hideThinking: boolean) {
 
 /** A file of mlx cache-prompt, as the prefix cache a run starts from, and the document it holds. */
 function openPromptCache(lm: LoadedModel, file: string): { prefixCache: PrefixCache; document?: string } {
-  const entry = loadPromptCache(file, promptCacheOwner(lm));
   const prefixCache = new PrefixCache(Number.MAX_SAFE_INTEGER, 1);
-  prefixCache.adopt(entry);
-  return { prefixCache, document: entry.text };
+  return { prefixCache, document: openPromptCacheFile(lm, file, prefixCache).text };
 }

@@ -22,7 +22,7 @@ import {
 import { openPipeline, type PipelineSpec } from "../engine/pipeline";
 import type { LoadedModel } from "../models/load";
 import { resolveModelPath } from "../store/resolve";
-import { openModel, refuseOnPipeline } from "./open-model";
+import { openModel } from "./open-model";
 
 /** --adapter NAME=DIR (or DIR, named after its directory): model names for the default model plus an adapter. */
 function servedAdapters(
@@ -127,11 +127,6 @@ export default defineCommand({
       if (pipeline) {
         if (!args.model)
           throw new Error("serve with its model split across processes needs -m: the model the ranks hold");
-        refuseOnPipeline({
-          adapter: adapters.size > 0 ? adapters : undefined,
-          promptCache: args["prompt-cache-dir"],
-          tensorParallel: pipeline.tensorParallel,
-        });
         // A rank after the first holds layers and serves no HTTP: it returns only to exit.
         if (pipeline.rank) await openModel(args.model, { kvQuantization, maxKvSize, pipeline });
       }

@@ -9,7 +9,6 @@ import { BatchKVCache } from "../models/batch-cache";
 import type { KvQuantization } from "../models/cache";
 import type { Adapter } from "../models/lora";
 import { DEFAULT_KV_KEEP, RotatingKVCache } from "../models/rotating-cache";
-import { UnsupportedError } from "../errors";
 import { seedCaches, type PrefixCache } from "./prefix-cache";
 import { makeSampler, randomKeys, type LogitsProcessor, type SamplingParams } from "./sampling";
 import {
@@ -150,11 +149,10 @@ export class BatchGenerator {
       );
     }
     // Split across processes, the prefix cache holds this process's layers and each other
-    // process its own, told what to store, restore and evict; a file holds whole models only.
+    // process its own, told what to store, restore and evict; and so for the files on disk.
     if (model.remote && options.prefixCache) {
-      if (options.prefixCache.disk)
-        throw new UnsupportedError("a prompt cache on disk cannot be used yet on a model split across processes");
       options.prefixCache.mirror = model.remote;
+      if (options.prefixCache.disk) options.prefixCache.disk.mirror = model.remote;
     }
     const { maxKvSize } = options;
     // A speculative step reads its tokens before the next goes out: one group, as alone.

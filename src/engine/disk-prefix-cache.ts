@@ -7,9 +7,14 @@
 // A save copies the entry's bytes out of MLX on the engine thread and writes them with async
 // file I/O, one file at a time, so decoding never waits for the disk; the file is looked up only
 // once it is complete.
+// A model split across processes keeps each process's layers' share of an entry beside its
+// file (shareFile); rank 0 decides, and tells the others (the mirror) what to write, read back
+// and remove. A file whose shares cannot all be read back is removed, never used.
 import { existsSync, mkdirSync, readdirSync, rmSync, statSync, utimesSync } from "node:fs";
+import { randomUUID } from "node:crypto";
 import { readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
+import type { RemoteLayers } from "../models/model";
 import {
   encodePromptCache,
   loadPromptCache,
@@ -60,6 +65,9 @@ export class BackgroundWrites {
   }
 }
 
+/** The file whose share (shareFile) `name` is, if it is one. */
+const shareOf = (name: string) => /^(.*)\.rank\d+$/.exec(name)?.[1];
+
 interface Stored {
   file: string;
   tokens: number[];
@@ -73,6 +81,8 @@ export class DiskPrefixCache {
   readonly #writing = new Set<string>();
   /** Prompt tokens restored from disk. */
   restoredTokens = 0;
+  /** The other processes of a split model: each writes, reads and removes its share of every file. */
+  mirror?: Pick<RemoteLayers, "savePrefixFile" | "loadPrefixFile" | "removePrefixFile">;
 
   constructor(
     readonly dir: string,
@@ -124,7 +134,16 @@ export class DiskPrefixCache {
   #discard(file: string, why: Error): void {
     this.warn(`prompt cache: removing ${file}: ${why.message}`);
     rmSync(file, { force: true });
+    this.#removeShares(file);
     this.#files.delete(file.slice(this.dir.length + 1));
+  }
+
+  /** The other processes' shares of `file`: theirs, and those beside it here (ranks on this machine). */
+  #removeShares(file: string): void {
+    this.mirror?.removePrefixFile(file);
+    const name = file.slice(this.dir.length + 1);
+    for (const other of readdirSync(this.dir))
+      if (shareOf(other) === name) rmSync(join(this.dir, other), { force: true });
   }
 
   /** The stored entry sharing the longest prefix with `prompt` (at most `limit` tokens), if longer than `atLeast`. */
@@ -139,6 +158,18 @@ export class DiskPrefixCache {
       if (length > (best?.length ?? atLeast)) best = { name, length };
     }
     return best;
+  }
+
+  /**
+   * On a split model, every other process reads its share of stored entry `name` as prefix
+   * entry `id`; when one cannot, the file is removed and false returned (nothing is used).
+   */
+  loadShares(name: string, id: number, loaded: PromptCacheEntry): boolean {
+    if (!this.mirror) return true;
+    const file = join(this.dir, name);
+    if (loaded.save !== undefined && this.mirror.loadPrefixFile(id, file, loaded.save)) return true;
+    this.#discard(file, new Error("a share of another process is missing or damaged"));
+    return false;
   }
 
   /** Reads a stored entry; a damaged file is removed and gives undefined. */
@@ -166,17 +197,20 @@ export class DiskPrefixCache {
 
   /**
    * Queues an entry's file unless it is stored or queued already; the bytes are copied now, so
-   * the entry's arrays may be freed as soon as this returns. The file is written in the
+   * the entry's arrays may be freed as soon as this returns (on a split model, after the other
+   * processes were told to write their shares of prefix entry `id`). The file is written in the
    * background (writes.flush() waits for it), then the directory is kept within its bound; a
    * failed write is a warning, and leaves no file.
    */
-  save(entry: PromptCacheEntry): void {
+  save(entry: PromptCacheEntry, id = 0): void {
     const name = this.fileName(entry);
     const file = join(this.dir, name);
     if (this.#writing.has(name) || (this.#files.has(name) && existsSync(file))) return;
+    // A split model's file and the other processes' shares of it carry one save id.
+    const share = this.mirror && { rank: 0, save: randomUUID() };
     let parts: Uint8Array[];
     try {
-      parts = encodePromptCache(entry, this.owner, this.source);
+      parts = encodePromptCache(entry, this.owner, this.source, share);
     } catch (error) {
       this.warn(`prompt cache: cannot write ${file}: ${(error as Error).message}`);
       return;
@@ -189,23 +223,32 @@ export class DiskPrefixCache {
         await this.#bound();
       } catch (error) {
         this.warn(`prompt cache: cannot write ${file}: ${(error as Error).message}`);
+        if (share) this.#removeShares(file);
       } finally {
         this.#writing.delete(name);
       }
     });
-    if (queued) this.#writing.add(name);
-    else this.warn(`prompt cache: not writing ${file}: too much is still waiting for the disk`);
+    if (!queued) {
+      this.warn(`prompt cache: not writing ${file}: too much is still waiting for the disk`);
+      return;
+    }
+    this.#writing.add(name);
+    if (share) this.mirror!.savePrefixFile(id, file, share.save);
   }
 
-  /** Removes the least recently used files (of any model) until the directory fits its bound. */
+  /** Removes the least recently used files (of any model, with their shares) until the directory fits its bound. */
   async #bound(): Promise<void> {
-    const names = (await readdir(this.dir)).filter((name) => name.endsWith(EXTENSION) && !name.includes(".tmp."));
+    const all = await readdir(this.dir);
+    const names = all.filter((name) => name.endsWith(EXTENSION) && !name.includes(".tmp."));
+    const sizeOf = async (name: string) => (await stat(join(this.dir, name))).size;
     const files = (
       await Promise.all(
         names.map(async (name) => {
           try {
             const s = await stat(join(this.dir, name));
-            return [{ name, size: s.size, used: s.mtimeMs }];
+            // With the shares of a split model's ranks on this machine.
+            const shares = await Promise.all(all.filter((other) => shareOf(other) === name).map(sizeOf));
+            return [{ name, size: s.size + shares.reduce((n, b) => n + b, 0), used: s.mtimeMs }];
           } catch {
             return []; // removed meanwhile by another server
           }
@@ -218,6 +261,7 @@ export class DiskPrefixCache {
     for (const f of files) {
       if (total <= this.maxBytes) break;
       await rm(join(this.dir, f.name), { force: true });
+      this.#removeShares(join(this.dir, f.name));
       this.#files.delete(f.name);
       total -= f.size;
     }

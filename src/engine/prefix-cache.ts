@@ -103,16 +103,30 @@ export class PrefixCache {
 
   /** A prefix longer than `atLeast` from disk, loaded into memory as an entry. */
   #restore(prompt: number[], limit: number, atLeast: number): { entry: Entry; depth: number } | undefined {
-    if (!this.disk) return undefined;
-    let found: { name: string; length: number } | undefined;
-    let loaded: PromptCacheEntry | undefined;
-    // A damaged file is removed by load(); then the next longest is tried.
-    while (!loaded && (found = this.disk.longest(prompt, limit, atLeast))) loaded = this.disk.load(found.name);
-    if (!found || !loaded) return undefined;
-    const entry = this.adopt(loaded);
-    if (!entry) return undefined;
-    this.disk!.restoredTokens += found.length;
-    return { entry, depth: found.length };
+    const disk = this.disk;
+    if (!disk) return undefined;
+    // A damaged file (or one with a damaged share) is removed; then the next longest is tried.
+    for (let found = disk.longest(prompt, limit, atLeast); found; found = disk.longest(prompt, limit, atLeast)) {
+      const loaded = disk.load(found.name);
+      if (!loaded) continue;
+      const entry = this.adopt(loaded);
+      if (!entry) return undefined;
+      if (!disk.loadShares(found.name, entry.id, loaded)) {
+        this.#remove(entry);
+        continue;
+      }
+      disk.restoredTokens += found.length;
+      return { entry, depth: found.length };
+    }
+    return undefined;
+  }
+
+  /** Drops `entry` (here and on the other processes). */
+  #remove(entry: Entry): void {
+    this.#entries = this.#entries.filter((e) => e !== entry);
+    for (const t of [...entry.keys, ...entry.values].flat()) t.free();
+    this.mirror?.dropPrefix(entry.id);
+    this.#reindex();
   }
 
   /** Takes in an entry of the base model read from a file (it owns the arrays now); undefined when over the budget. */
@@ -148,7 +162,13 @@ export class PrefixCache {
     const arrays = [...keys, ...values].flat();
     const bytes = arrays.reduce((sum, t) => sum + t.nbytes, 0);
     if (bytes > this.maxBytes) {
-      if (namespace === 0) this.disk?.save({ tokens, dropped, keys, values });
+      if (namespace === 0 && this.disk) {
+        // Straight to disk; the other processes of a split model hold their share just for that.
+        const id = this.#nextId++;
+        this.mirror?.savePrefix(id, caches, row, skip, n);
+        this.disk.save({ tokens, dropped, keys, values }, id);
+        this.mirror?.dropPrefix(id);
+      }
       for (const t of arrays) t.free();
       return;
     }
@@ -195,18 +215,22 @@ export class PrefixCache {
     while ((total > this.maxBytes || this.#entries.length > this.maxEntries) && this.#entries.length > 0) {
       const victim = this.#entries.shift()!;
       total -= victim.bytes;
-      if (victim.namespace === 0) this.disk?.save(victim);
+      if (victim.namespace === 0) this.disk?.save(victim, victim.id);
       for (const t of [...victim.keys, ...victim.values].flat()) t.free();
       this.mirror?.dropPrefix(victim.id);
     }
-    // Rebuild the trie from what is left (entries are few; a rebuild keeps it simple and exact).
+    this.#reindex();
+  }
+
+  // Rebuild the trie from what is left (entries are few; a rebuild keeps it simple and exact).
+  #reindex(): void {
     this.#roots.clear();
     for (const e of [...this.#entries].sort((a, b) => a.lastUsed - b.lastUsed)) this.#index(e);
   }
 
   /** Drops every entry (writing each to disk first, when there is one). */
   clear(): void {
-    for (const e of this.#entries) if (e.namespace === 0) this.disk?.save(e);
+    for (const e of this.#entries) if (e.namespace === 0) this.disk?.save(e, e.id);
     for (const e of this.#entries) for (const t of [...e.keys, ...e.values].flat()) t.free();
     for (const e of this.#entries) this.mirror?.dropPrefix(e.id);
     this.#entries = [];

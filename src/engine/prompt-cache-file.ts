@@ -5,7 +5,22 @@
 // file I/O, so the engine thread never waits for the disk. Written to a temporary file, synced
 // and renamed, so a reader never sees half a file; a file that fails its checksum, or belongs to
 // another model or cache layout, is refused.
-import { closeSync, openSync, readdirSync, readSync, realpathSync, statSync } from "node:fs";
+// A model split across processes (mlx launch) saves each process's layers' share: rank 0's in
+// the file, rank R's beside it in FILE.rankR; each records the split, and the file and its
+// shares one random save id, so a share is only ever used with the file it was saved with.
+import {
+  closeSync,
+  fsyncSync,
+  openSync,
+  readdirSync,
+  readSync,
+  realpathSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeSync,
+} from "node:fs";
+import { randomUUID } from "node:crypto";
 import { open, rename, rm } from "node:fs/promises";
 import { basename, join } from "node:path";
 import * as mx from "../mlx";
@@ -15,7 +30,7 @@ import { perChannelKeys } from "../models/channel-keys";
 import type { LoadedModel } from "../models/load";
 import { RotatingKVCache } from "../models/rotating-cache";
 import { fileErrorReason } from "../format";
-import { snapshotRow } from "./prefix-cache";
+import { snapshotRow, type PrefixCache } from "./prefix-cache";
 
 const FORMAT = "mlx-prompt-cache/1";
 
@@ -28,13 +43,26 @@ export interface PromptCacheEntry {
   values: Stored[];
   /** The document, for `mlx run --prompt-cache` to build its prompt from (mlx cache-prompt). */
   text?: string;
+  /** A split model's save id: the other processes' shares of this entry carry it too. */
+  save?: string;
 }
 
 /** Who may use a file: the model (its content digest) and the cache layout. */
 export interface PromptCacheOwner {
   model: string;
   kv: string;
+  /** How the model is split across processes (RemoteLayers.split); undefined for one process. */
+  split?: string;
 }
+
+/** One process's share of a split model's entry: its rank, and the save it belongs to. */
+export interface PromptCacheShare {
+  rank: number;
+  save: string;
+}
+
+/** Where rank `rank` (> 0) of a split model keeps its share of the prompt cache file `file`. */
+export const shareFile = (file: string, rank: number): string => `${file}.rank${rank}`;
 
 /** A prompt cache file that cannot be used: damaged, or made for another model or cache layout. */
 export class PromptCacheFileError extends Error {
@@ -80,7 +108,12 @@ const SAFETENSORS_DTYPES: Partial<Record<mx.DtypeName, string>> = {
  * `entry` as the bytes of a safetensors file (header, then each tensor's data), copied out of
  * MLX: the arrays may be freed or written over once this returns. `source`: the model's path.
  */
-export function encodePromptCache(entry: PromptCacheEntry, owner: PromptCacheOwner, source = ""): Uint8Array[] {
+export function encodePromptCache(
+  entry: PromptCacheEntry,
+  owner: PromptCacheOwner,
+  source = "",
+  share?: PromptCacheShare,
+): Uint8Array[] {
   const arrays = new Map<string, mx.MxArray>();
   entry.keys.forEach((parts, layer) => parts.forEach((t, i) => arrays.set(`layers.${layer}.keys.${i}`, t)));
   entry.values.forEach((parts, layer) => parts.forEach((t, i) => arrays.set(`layers.${layer}.values.${i}`, t)));
@@ -94,7 +127,11 @@ export function encodePromptCache(entry: PromptCacheEntry, owner: PromptCacheOwn
     tokens: JSON.stringify(entry.tokens),
     dropped: String(entry.dropped),
     checksum: checksum(data),
+    // Layers held elsewhere (a split model) have no tensors: the count says how many there are.
+    layers: String(entry.keys.length),
     ...(entry.text === undefined ? {} : { text: entry.text }),
+    ...(owner.split === undefined ? {} : { split: owner.split }),
+    ...(share === undefined ? {} : { rank: String(share.rank), save: share.save }),
   };
   const header: Record<string, unknown> = { __metadata__: metadata };
   let offset = 0;
@@ -140,14 +177,25 @@ export async function writePromptCacheFile(path: string, parts: Uint8Array[]): P
   }
 }
 
-/** Writes `entry` to `path`; `source`: the model's path. */
-export function savePromptCache(
-  path: string,
-  entry: PromptCacheEntry,
-  owner: PromptCacheOwner,
-  source = "",
-): Promise<void> {
-  return writePromptCacheFile(path, encodePromptCache(entry, owner, source));
+/**
+ * writePromptCacheFile's synchronous twin, for a rank of a split model: its loop serves the
+ * ring without returning to the event loop, so async I/O would never run.
+ */
+export function writePromptCacheFileSync(path: string, parts: Uint8Array[]): void {
+  const temporary = `${path}.${process.pid}.${Date.now()}.tmp.safetensors`;
+  try {
+    const fd = openSync(temporary, "wx");
+    try {
+      for (const part of parts)
+        for (let done = 0; done < part.byteLength; ) done += writeSync(fd, part, done, part.byteLength - done);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(temporary, path);
+  } finally {
+    rmSync(temporary, { force: true });
+  }
 }
 
 /** The metadata of a prompt cache file, read from its header alone (no tensors loaded). */
@@ -182,6 +230,28 @@ export function loadPromptCache(path: string, owner: PromptCacheOwner): PromptCa
   if (metadata.model !== owner.model) throw new PromptCacheFileError(`${path} was made with another model`);
   if (metadata.kv !== owner.kv)
     throw new PromptCacheFileError(`${path} was made with another KV cache layout (${metadata.kv}, not ${owner.kv})`);
+  if (metadata.split !== owner.split) {
+    const name = (split?: string) => (split === undefined ? "one process" : split);
+    throw new PromptCacheFileError(
+      `${path} was made for another split of the model (${name(metadata.split)}, not ${name(owner.split)})`,
+    );
+  }
+  return readEntry(path, metadata);
+}
+
+/**
+ * Reads rank `share.rank`'s share of the file saved as `share.save` with the split `split`;
+ * throws PromptCacheFileError when it is missing, damaged, or from another save or split.
+ */
+export function loadPromptCacheShare(path: string, split: string, share: PromptCacheShare): PromptCacheEntry {
+  const metadata = readPromptCacheHeader(path);
+  if (metadata.split !== split || metadata.rank !== String(share.rank) || metadata.save !== share.save)
+    throw new PromptCacheFileError(`${path} is not rank ${share.rank}'s share of this save of the prompt cache`);
+  return readEntry(path, metadata);
+}
+
+/** The entry in `path`, whose header is `metadata`: checksummed. */
+function readEntry(path: string, metadata: Record<string, string>): PromptCacheEntry {
   let tensors: Map<string, mx.MxArray>;
   try {
     tensors = mx.loadSafetensors(path).tensors;
@@ -207,7 +277,9 @@ export function loadPromptCache(path: string, owner: PromptCacheOwner): PromptCa
   };
   const keys: Stored[] = [];
   const values: Stored[] = [];
-  for (let layer = 0; tensors.has(`layers.${layer}.keys.0`); layer++) {
+  // Files from before the layer count hold every layer, up to the first missing one.
+  const layers = metadata.layers === undefined ? undefined : Number(metadata.layers);
+  for (let layer = 0; layers === undefined ? tensors.has(`layers.${layer}.keys.0`) : layer < layers; layer++) {
     keys.push(parts(layer, "keys"));
     values.push(parts(layer, "values"));
   }
@@ -217,11 +289,16 @@ export function loadPromptCache(path: string, owner: PromptCacheOwner): PromptCa
     keys,
     values,
     text: metadata.text,
+    save: metadata.save,
   };
 }
 
-/** Prefills `tokens` (as the scheduler would, in chunks, with the model's KV cache settings) into an entry to save. */
-export function prefillPrompt(lm: LoadedModel, tokens: number[], chunk = 2048): PromptCacheEntry {
+/**
+ * Prefills `tokens` (as the scheduler does, in chunks of its default size, with the model's KV cache settings) into
+ * an entry to save. On a model split across processes, the others keep their layers' share as
+ * prefix entry PREFILLED, for savePromptCache to write beside the file.
+ */
+export function prefillPrompt(lm: LoadedModel, tokens: number[], chunk = 512): PromptCacheEntry {
   const { model } = lm;
   const caches = makeCaches(model, { windowed: false, quantization: lm.kvQuantization, maxKvSize: lm.maxKvSize });
   try {
@@ -230,20 +307,58 @@ export function prefillPrompt(lm: LoadedModel, tokens: number[], chunk = 2048): 
       mx.scope(() => model.layers(model.embed(mx.array(Int32Array.from(ids), [1, ids.length])), caches));
       mx.evaluate(...cacheState(caches));
     }
-    const first = caches[0];
-    return {
-      tokens,
-      dropped: first instanceof RotatingKVCache ? first.dropped[0]! : 0,
-      ...snapshotRow(caches, 0, 0, first!.offset),
-    };
+    const first = caches[0]!;
+    const { keys, values } = snapshotRow(caches, 0, 0, first.offset);
+    model.remote?.savePrefix(PREFILLED, caches, 0, 0, first.offset);
+    return { tokens, dropped: first instanceof RotatingKVCache ? first.dropped[0]! : 0, keys, values };
   } finally {
     freeCaches(caches);
+    model.remote?.release(caches);
   }
+}
+
+/**
+ * The prefix entry number the other processes of a split model keep a prefilled prompt under
+ * until it is saved (a prefix cache numbers its entries from 1).
+ */
+const PREFILLED = 0;
+
+/**
+ * Writes a prefilled entry (prefillPrompt) of `lm` to `path`, with the document `text`; the other
+ * processes of a split model write their shares beside it.
+ */
+export async function savePrefilled(lm: LoadedModel, path: string, entry: PromptCacheEntry, text: string) {
+  const remote = lm.model.remote;
+  const share = remote && { rank: 0, save: randomUUID() };
+  if (remote) {
+    remote.savePrefixFile(PREFILLED, path, share!.save);
+    remote.dropPrefix(PREFILLED);
+  }
+  await writePromptCacheFile(path, encodePromptCache({ ...entry, text }, promptCacheOwner(lm), lm.path, share));
+}
+
+/**
+ * The prompt cache file `path` as an entry of `prefixCache` (which takes its arrays); on a split
+ * model, every other process reads its share too. Throws PromptCacheFileError when it is not usable.
+ */
+export function openPromptCache(lm: LoadedModel, path: string, prefixCache: PrefixCache): PromptCacheEntry {
+  const entry = loadPromptCache(path, promptCacheOwner(lm));
+  const adopted = prefixCache.adopt(entry);
+  const remote = lm.model.remote;
+  if (adopted && remote && !remote.loadPrefixFile(adopted.id, path, entry.save ?? ""))
+    throw new PromptCacheFileError(
+      `a share of ${path} (${shareFile(path, 1)}, ...) is missing, damaged or from another save: cache the prompt again`,
+    );
+  return entry;
 }
 
 /** Who may use prompt caches of `lm`: its content digest, with its KV cache settings. */
 export function promptCacheOwner(lm: LoadedModel): PromptCacheOwner {
-  return { model: modelDigest(lm.path), kv: kvLayout(lm.kvQuantization, lm.maxKvSize) };
+  return {
+    model: modelDigest(lm.path),
+    kv: kvLayout(lm.kvQuantization, lm.maxKvSize),
+    split: lm.model.remote?.split,
+  };
 }
 
 /**

@@ -11,7 +11,7 @@ import { readGGUFHeader } from "./gguf-header";
 import { keptQuantizedTypes, loadGGUFTensors } from "./gguf-tensors";
 import { Tokenizer } from "../tokenizer/tokenizer";
 import type { Adapter } from "./lora";
-import { shardTensors, type Shard } from "./shard";
+import { shardTensors, type Shard, type ShardCut } from "./shard";
 import { stageHolds, type Stage } from "./stage";
 
 export type ModelFormat = "mlx" | "gguf";
@@ -153,8 +153,10 @@ function assemble(
         tensors.delete(name);
       }
   // The model's layers are built with the shard's heads and widths; the engine sees the model's.
-  const layersConfig = shard ? shardTensors(tensors, config, shard) : config;
+  const cuts = new Map<string, ShardCut>();
+  const layersConfig = shard ? shardTensors(tensors, config, shard, cuts) : config;
   const weights = new Weights(tensors, layersConfig, stage, shard);
+  if (shard) weights.lora.cuts = cuts;
   const model = withModelErrors(path, () => buildModel(weights));
   // Read every weight now, so a truncated or corrupt file fails here rather than mid-answer.
   withModelErrors(path, () => mx.evaluate(...tensors.values()));

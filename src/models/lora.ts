@@ -10,6 +10,7 @@ import { join } from "node:path";
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import { AdapterError } from "../errors";
+import type { ShardCut } from "./shard";
 import { stageHolds, type Stage } from "./stage";
 
 /** A linear layer adapters may adapt: its shape, and its weight as a dense matrix (for DoRA and fusing). */
@@ -89,6 +90,8 @@ export class LoraLayers {
   /** The part of a split model this process holds: an adapter's tensors for other layers are left to their processes. */
   stage?: Stage;
   mirror?: AdapterMirror;
+  /** Under tensor parallel, what this rank holds of each projection: an adapter is cut alike. */
+  cuts?: Map<string, ShardCut>;
   /** Stacks by combination (the adapters' ids in slot order), then by layer; oldest first. */
   readonly #stacks = new Map<string, Map<string, Stack>>();
 
@@ -285,6 +288,9 @@ export function loadAdapter(dir: string, base: LoraLayers): Adapter {
     throw new AdapterError(`cannot read ${file}: ${(error as Error).message}`);
   }
   const layers = new Map<string, Partial<Record<"lora_a" | "lora_b" | "m", MxArray>>>();
+  const lowRanks = new Map<string, LowRank>();
+  /** DoRA's trained magnitudes (this rank's share), until the factors are computed. */
+  const trained = new Map<string, MxArray | undefined>();
   try {
     if (tensors.size === 0) throw new AdapterError(`${file} holds no adapter tensors`);
     for (const [name, t] of tensors) {
@@ -304,56 +310,114 @@ export function loadAdapter(dir: string, base: LoraLayers): Adapter {
       entry[leaf] = t;
       layers.set(prefix, entry);
     }
-    const lowRanks = new Map<string, LowRank>();
     for (const [prefix, parts] of layers) {
       const layer = base.layer(prefix)!;
       const { lora_a: a, lora_b: b, m } = parts;
       if (!a || !b) throw new AdapterError(`${file}: '${prefix}' needs both lora_a and lora_b`);
+      // Under tensor parallel, checked against the whole projection, then cut to this rank's share.
+      const cut = base.cuts?.get(prefix);
+      const inputs = cut?.side === "inputs" ? cut.of : layer.inputs;
+      const outputs = cut?.side === "outputs" ? cut.of : layer.outputs;
       const rank = a.shape[1];
-      const expected = `lora_a [${layer.inputs}, r], lora_b [r, ${layer.outputs}]`;
-      if (
-        a.ndim !== 2 ||
-        b.ndim !== 2 ||
-        a.shape[0] !== layer.inputs ||
-        b.shape[0] !== rank ||
-        b.shape[1] !== layer.outputs
-      )
+      const expected = `lora_a [${inputs}, r], lora_b [r, ${outputs}]`;
+      if (a.ndim !== 2 || b.ndim !== 2 || a.shape[0] !== inputs || b.shape[0] !== rank || b.shape[1] !== outputs)
         throw new AdapterError(
           `${file}: '${prefix}' has lora_a [${a.shape}] and lora_b [${b.shape}], but this model needs ${expected}`,
         );
-      if (m && (m.ndim !== 1 || m.shape[0] !== layer.outputs))
-        throw new AdapterError(
-          `${file}: '${prefix}.m' has shape [${m.shape}], but this model needs [${layer.outputs}]`,
-        );
-      const magnitude = kind === "dora" ? doraMagnitude(layer, a, b, scale, m) : undefined;
-      m?.free();
-      mx.evaluate(a, b);
+      if (m && (m.ndim !== 1 || m.shape[0] !== outputs))
+        throw new AdapterError(`${file}: '${prefix}.m' has shape [${m.shape}], but this model needs [${outputs}]`);
+      const share = cut ? shareOf({ a, b, m }, cut) : { a, b, m };
+      mx.evaluate(share.a, share.b);
+      if (kind === "dora") trained.set(prefix, share.m);
       // Held for the adapter's life, even when loaded inside a scope (a rank of a split model).
-      lowRanks.set(prefix, { a: mx.keep(a), b: mx.keep(b), magnitude });
+      lowRanks.set(prefix, { a: mx.keep(share.a), b: mx.keep(share.b) });
     }
+    // What was cut leaves only its share behind.
+    const held = new Set([...[...lowRanks.values()].flatMap((l) => [l.a, l.b]), ...trained.values()]);
+    for (const t of tensors.values()) if (!held.has(t)) t.free();
+    tensors.clear();
     const adapter = new Adapter(dir, kind, scale, lowRanks, base);
+    // The other ranks load their share now: under tensor parallel, DoRA's norms add up theirs.
     base.mirror?.adapterLoaded(adapter);
+    if (kind === "dora") setDoraMagnitudes(adapter, trained);
     return adapter;
   } catch (error) {
+    // With the shares cut so far (freeing twice is harmless).
     for (const t of tensors.values()) t.free();
+    for (const l of lowRanks.values()) for (const t of [l.a, l.b]) t.free();
+    for (const t of trained.values()) t?.free();
     throw error;
   }
 }
 
 /**
- * DoRA's per-output factor m/‖W + scale·Bᵀ·Aᵀ‖ (mlx-lm's DoRALinear), constant once trained.
- * Without a trained m, m is the base weight's own row norms (mlx-lm's starting value).
+ * This rank's share of one layer's update under tensor parallel: for a projection cut by
+ * outputs, B's (and DoRA's m's) outputs; for one cut by inputs, A's inputs (its partial
+ * product then holds its share of the update before the sum over ranks). Evaluated copies.
  */
-function doraMagnitude(layer: AdaptableLayer, a: MxArray, b: MxArray, scale: number, m?: MxArray): MxArray {
-  const factor = mx.scope(() => {
-    const w = layer.dense();
-    const norm = (t: MxArray) => mx.sqrt(mx.sum(mx.square(t), 1));
-    const adapted = mx.add(w, mx.matmul(mx.multiply(mx.transpose(b), scale), mx.transpose(a)));
-    const magnitude = m ?? norm(mx.astype(w, mx.Dtype.float32));
-    return mx.keep(mx.astype(mx.divide(magnitude, norm(adapted)), mx.Dtype.float32));
-  });
-  mx.evaluate(factor);
-  return factor;
+function shareOf(t: { a: MxArray; b: MxArray; m?: MxArray }, cut: ShardCut): { a: MxArray; b: MxArray; m?: MxArray } {
+  const part = (x: MxArray, axis: number) =>
+    mx.scope(() => {
+      const from = x.shape.map((_, i) => (i === axis ? cut.start : 0));
+      const to = x.shape.map((n, i) => (i === axis ? cut.end : n));
+      return mx.keep(mx.multiply(mx.slice(x, from, to), mx.full([], 1, x.dtype)));
+    });
+  const share =
+    cut.side === "outputs" ? { a: t.a, b: part(t.b, 1), m: t.m && part(t.m, 0) } : { a: part(t.a, 0), b: t.b, m: t.m };
+  mx.evaluate(...[share.a, share.b, share.m].filter((x) => x !== undefined));
+  return share;
+}
+
+/**
+ * DoRA's per-output factor m/‖W + scale·Bᵀ·Aᵀ‖ (mlx-lm's DoRALinear), constant once trained;
+ * without a trained m, m is the base weight's own row norms (mlx-lm's starting value). Under
+ * tensor parallel a projection cut by inputs holds part of each row: its rows' squared norms
+ * are added up over the ranks (one all_sum for all such layers), so every rank scales its
+ * partial product by the whole row's factor, as one process would.
+ */
+function setDoraMagnitudes(adapter: Adapter, trained: Map<string, MxArray | undefined>): void {
+  const { base, scale } = adapter;
+  // Per layer, [2, out]: the squared row norms of the adapted weight and of the base weight.
+  const squares = new Map<string, MxArray>();
+  for (const [prefix, update] of adapter.layers) {
+    const squared = mx.scope(() => {
+      const w = base.layer(prefix)!.dense();
+      const delta = mx.matmul(mx.multiply(mx.transpose(update.b), scale), mx.transpose(update.a));
+      const rows = (t: MxArray) => mx.sum(mx.square(mx.astype(t, mx.Dtype.float32)), 1);
+      return mx.keep(mx.stack([rows(mx.add(w, delta)), rows(w)]));
+    });
+    squares.set(prefix, squared);
+  }
+  const spread = [...squares.keys()].filter((p) => base.cuts?.get(p)?.side === "inputs").sort();
+  if (spread.length > 0) {
+    const summed = mx.scope(() => {
+      const flat = spread.map((p) => mx.reshape(squares.get(p)!, [-1]));
+      return mx.keep(mx.distributed.allSum(mx.concatenate(flat, 0)));
+    });
+    mx.evaluate(summed);
+    let at = 0;
+    for (const p of spread) {
+      const n = squares.get(p)!.size;
+      const whole = mx.scope(() => mx.keep(mx.reshape(mx.slice(summed, [at], [at + n]), squares.get(p)!.shape)));
+      squares.get(p)!.free();
+      squares.set(p, whole);
+      at += n;
+    }
+    summed.free();
+  }
+  for (const [prefix, squared] of squares) {
+    const m = trained.get(prefix);
+    const factor = mx.scope(() => {
+      const norms = mx.sqrt(squared);
+      const row = (i: number) => mx.reshape(mx.slice(norms, [i, 0], [i + 1, norms.shape[1]!]), [-1]);
+      const magnitude = m ? mx.astype(m, mx.Dtype.float32) : row(1);
+      return mx.keep(mx.divide(magnitude, row(0)));
+    });
+    mx.evaluate(factor);
+    squared.free();
+    m?.free();
+    adapter.layers.get(prefix)!.magnitude = factor;
+  }
 }
 
 /**

@@ -49,6 +49,14 @@ export interface RemoteLayers {
   /** A prefill's fresh caches start from entry `entry`: `length` positions, `dropped` of them no longer held. */
   restorePrefix(entry: number, caches: KVCache[], length: number, dropped: number): void;
   dropPrefix(entry: number): void;
+  /** How the model is split (`layers 0-2,3-4`, `tensor-parallel 2`): prompt cache files record it. */
+  readonly split: string;
+  /** Entry `entry` goes to disk: every other process writes its layers' share beside `file`, tagged `save`. */
+  savePrefixFile(entry: number, file: string, save: string): void;
+  /** Entry `entry` is read from the shares of `file` saved as `save`; false when a process could not (it holds nothing then). */
+  loadPrefixFile(entry: number, file: string, save: string): boolean;
+  /** `file` was removed: every other process removes its share. */
+  removePrefixFile(file: string): void;
   /**
    * A forward pass on `caches` (a sequence of its own, not the batch's) gives the last layer's
    * hidden states back, evaluated (embeddings); release() the caches after.

@@ -12,6 +12,19 @@ export interface Shard {
   size: number;
 }
 
+/**
+ * What a rank holds of one projection: its outputs [start, end) (q/k/v, gate/up: cut by rows)
+ * or its inputs [start, end) (o_proj, down_proj: cut by columns, the partial products summed).
+ * An adapter's matrices are cut the same way (src/models/lora.ts).
+ */
+export interface ShardCut {
+  side: "outputs" | "inputs";
+  start: number;
+  end: number;
+  /** The whole projection's outputs or inputs. */
+  of: number;
+}
+
 /** The architectures whose layers are plain attention + SwiGLU MLP, built by llama.ts. */
 const shardable = new Set(["llama", "mistral", "qwen2", "qwen3"]);
 
@@ -31,7 +44,13 @@ export function evenRange(units: number, parts: number, part: number): [number, 
  * copied from and freed in turn), and returns the config of the layers the shard holds (its heads
  * and MLP width). Refuses, with one line, a model whose heads or quantization groups do not split.
  */
-export function shardTensors(tensors: Map<string, MxArray>, config: ModelConfig, shard: Shard): ModelConfig {
+export function shardTensors(
+  tensors: Map<string, MxArray>,
+  config: ModelConfig,
+  shard: Shard,
+  /** Filled with each projection's cut, by its prefix (`model.layers.0.self_attn.q_proj`). */
+  cuts?: Map<string, ShardCut>,
+): ModelConfig {
   const { rank, size } = shard;
   if (!shardable.has(config.modelType))
     throw new UnsupportedError(
@@ -70,17 +89,19 @@ export function shardTensors(tensors: Map<string, MxArray>, config: ModelConfig,
     const layer = Number(m[1]);
     const [, , proj, part] = m as unknown as [string, string, string, string];
     const rowsOf = { q_proj: queries, k_proj: keys, v_proj: keys, gate_proj: mlpOf(layer), up_proj: mlpOf(layer) };
+    const prefix = name.slice(0, -part.length - 1);
     let cut: MxArray | undefined;
     if (proj in rowsOf) {
       const [start, end] = rowsOf[proj as keyof typeof rowsOf];
+      cuts?.set(prefix, { side: "outputs", start, end, of: outputsOf(proj, config) });
       cut = slice(t, 0, start, end);
     } else if (part === "bias") {
       // Added once, after the sum: rank 0 keeps it.
       if (rank === 0) continue;
     } else {
-      const prefix = name.slice(0, -part.length - 1);
       const inputs = inputsOf(proj, config);
       const [start, end] = proj === "o_proj" ? queries : mlpOf(layer);
+      cuts?.set(prefix, { side: "inputs", start, end, of: inputs });
       const unit = groupOf(prefix);
       if (start % unit !== 0 || end % unit !== 0)
         throw new UnsupportedError(
@@ -107,6 +128,13 @@ export function shardTensors(tensors: Map<string, MxArray>, config: ModelConfig,
 /** The input width of o_proj or down_proj. */
 function inputsOf(proj: string, config: ModelConfig): number {
   return proj === "o_proj" ? config.numAttentionHeads * config.headDim : config.intermediateSize;
+}
+
+/** The output width of a projection cut by rows. */
+function outputsOf(proj: string, config: ModelConfig): number {
+  if (proj === "q_proj") return config.numAttentionHeads * config.headDim;
+  if (proj === "k_proj" || proj === "v_proj") return config.numKeyValueHeads * config.headDim;
+  return config.intermediateSize;
 }
 
 /**

@@ -1,18 +1,35 @@
 // The caches a rank other than 0 keeps for the micro-batches rank 0 names by number (the decode
 // batch, or one prompt's prefill), changed as rank 0's batch changes its own, so every rank's
 // caches hold the same rows at the same positions. Likewise its layers' share of each entry of
-// rank 0's prefix cache, by the entry's number.
+// rank 0's prefix cache, by the entry's number, which it writes to and reads from its share of
+// a prompt cache file when rank 0 says (src/engine/prompt-cache-file.ts).
+import { rmSync } from "node:fs";
+import * as mx from "../../mlx";
 import { BatchKVCache } from "../../models/batch-cache";
 import type { KVCache, KvQuantization, Stored } from "../../models/cache";
 import { freeCaches, makeCaches, type DecoderModel } from "../../models/model";
 import { DEFAULT_KV_KEEP, RotatingKVCache } from "../../models/rotating-cache";
 import { seedCaches, snapshotRow } from "../prefix-cache";
+import {
+  encodePromptCache,
+  kvLayout,
+  loadPromptCacheShare,
+  shareFile,
+  writePromptCacheFileSync,
+} from "../prompt-cache-file";
 
 /** How every rank's caches are made: as rank 0's batch generator makes its own. */
 export interface CacheOptions {
   kvQuantization?: KvQuantization;
   /** A rotating cache of this many positions per sequence (--max-kv-size). */
   maxKvSize?: number;
+}
+
+/** Which part of a split model this rank's prompt cache shares are. */
+export interface ShareOptions {
+  rank: number;
+  /** As RemoteLayers.split. */
+  split: string;
 }
 
 export class CacheSets {
@@ -22,6 +39,7 @@ export class CacheSets {
   constructor(
     readonly model: DecoderModel,
     readonly options: CacheOptions = {},
+    readonly share: ShareOptions = { rank: 0, split: "" },
   ) {}
 
   /** Set `set`'s caches, made on first use: a batch's for a decode step, else a prefill's. */
@@ -75,6 +93,49 @@ export class CacheSets {
     const stored = this.#prefixes.get(entry);
     for (const t of [...(stored?.keys ?? []), ...(stored?.values ?? [])].flat()) t.free();
     this.#prefixes.delete(entry);
+  }
+
+  /**
+   * Writes entry `entry` (this rank's layers) to its share of `file`, synchronously: this
+   * rank's loop does not return to the event loop. A failure is a warning: rank 0 finds the
+   * share missing when it asks for it back, and does not use the file.
+   */
+  savePrefixFile(entry: number, file: string, save: string): void {
+    const stored = this.#prefixes.get(entry);
+    const path = shareFile(file, this.share.rank);
+    if (!stored) return;
+    const { kvQuantization, maxKvSize } = this.options;
+    const owner = { model: "", kv: kvLayout(kvQuantization, maxKvSize), split: this.share.split };
+    try {
+      const parts = encodePromptCache({ tokens: [], dropped: 0, ...stored }, owner, "", {
+        rank: this.share.rank,
+        save,
+      });
+      writePromptCacheFileSync(path, parts);
+    } catch (error) {
+      process.stderr.write(`warning: prompt cache: cannot write ${path}: ${(error as Error).message}\n`);
+    }
+  }
+
+  /** Entry `entry` from this rank's share of `file` saved as `save`; false when it is missing, damaged or another's. */
+  loadPrefixFile(entry: number, file: string, save: string): boolean {
+    try {
+      const { keys, values } = loadPromptCacheShare(shareFile(file, this.share.rank), this.share.split, {
+        rank: this.share.rank,
+        save,
+      });
+      // Held past the message's scope, until rank 0 drops the entry.
+      for (const t of [...keys, ...values].flat()) mx.keep(t);
+      this.dropPrefix(entry);
+      this.#prefixes.set(entry, { keys, values });
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  removePrefixFile(file: string): void {
+    rmSync(shareFile(file, this.share.rank), { force: true });
   }
 
   release(set: number): void {

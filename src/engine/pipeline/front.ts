@@ -178,6 +178,32 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
     }
   }
 
+  /** Goes round the ring: each stage sets its byte of the answers to 1 for no; the last brings them back. */
+  protected everyRank(fields: MessageFields, text: Uint8Array): boolean {
+    if (this.closed || this.#lost) return false;
+    try {
+      const yes = mx.scope(() => {
+        const payload = new Uint8Array(this.size + text.length);
+        payload.set(text, this.size);
+        const shape = [payload.length];
+        mx.evaluate(this.#send({ ...fields, rows: payload.length, width: this.size }, mx.array(payload)));
+        const back = distributed.recv(shape, mx.Dtype.uint8, this.size - 1);
+        this.#receiveInFlight();
+        this.#receive(back);
+        return back
+          .toArray()
+          .slice(0, this.size)
+          .every((no) => no === 0);
+      });
+      distributed.disarmWatchdog();
+      return yes;
+    } catch (error) {
+      this.#lost = `lost a rank of the pipeline: ${(error as Error).message}`;
+      distributed.armWatchdog(this.peerTimeoutMs, `error: rank 0: ${this.#lost}; stopping`);
+      return false;
+    }
+  }
+
   /** The decode steps in flight come back before anything sent after them: received now, kept for arrive(). */
   #receiveInFlight(): void {
     for (const step of this.#arriving.slice(this.#received)) this.#receive(step);

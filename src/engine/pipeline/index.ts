@@ -8,7 +8,7 @@ import { readLayout } from "../../models/layout";
 import { loadModel, type LoadedModel } from "../../models/load";
 import type { CacheOptions } from "./cache-sets";
 import { PipelineFront } from "./front";
-import { defaultSplit, parseLayers } from "./plan";
+import { defaultSplit, layerRange, parseLayers } from "./plan";
 import { serveStage } from "./stage";
 import { serveShard, TensorParallelFront } from "./tensor-parallel";
 
@@ -45,19 +45,22 @@ export function openPipeline(path: string, spec: PipelineSpec, caches: CacheOpti
   const { rank, size } = group;
   const { tensorParallel, peerTimeoutMs } = spec;
   // Tensor parallel: every rank holds a slice of every layer; rank 0 the ends as well.
-  const stage = tensorParallel
-    ? { start: 0, end: layout.numLayers, ends: rank === 0 }
-    : (spec.layers
-        ? parseLayers(spec.layers, layout.numLayers, size)
-        : defaultSplit(layout, exchangeFreeMemory(group)))[rank]!;
+  const stages = tensorParallel
+    ? undefined
+    : spec.layers
+      ? parseLayers(spec.layers, layout.numLayers, size)
+      : defaultSplit(layout, exchangeFreeMemory(group));
+  const stage = stages?.[rank] ?? { start: 0, end: layout.numLayers, ends: rank === 0 };
+  // What a prompt cache file records: a file saved under another split is not used.
+  const split = stages ? `layers ${stages.map(layerRange).join(",")}` : `tensor-parallel ${size}`;
   const lm = loadModel(path, stage, tensorParallel ? group : undefined);
   lm.kvQuantization = caches.kvQuantization;
   // Everyone loaded: a rank that failed has exited, and this all_sum says so (a lost peer).
   barrier();
   if (rank > 0) {
     try {
-      if (tensorParallel) serveShard(lm.model, { rank, caches, peerTimeoutMs });
-      else serveStage(lm.model, { rank, size, stage, caches, lora: lm.weights.lora, peerTimeoutMs });
+      if (tensorParallel) serveShard(lm.model, { rank, split, caches, lora: lm.weights.lora, peerTimeoutMs });
+      else serveStage(lm.model, { rank, size, stage, split, caches, lora: lm.weights.lora, peerTimeoutMs });
     } finally {
       lm.free();
     }
@@ -67,6 +70,7 @@ export function openPipeline(path: string, spec: PipelineSpec, caches: CacheOpti
     ? new TensorParallelFront(lm.model, lm.config, size, peerTimeoutMs)
     : new PipelineFront(lm.model, size, stage, peerTimeoutMs, spec.microBatches);
   front.mirrorAdapters(lm.weights.lora);
+  front.split = split;
   process.once("exit", () => {
     try {
       front.shutdown();

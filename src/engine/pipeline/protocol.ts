@@ -35,6 +35,19 @@ export const Op = {
   freeAdapter: 12,
   /** The next forward pass adapts each of its `rows` rows by the adapter the payload names (int32 ids, 0: none). */
   adapters: 13,
+  /**
+   * Prefix-cache entry `entry` goes to disk: the payload (`rows` bytes of UTF-8) is the JSON
+   * {file, save}, and each rank writes its layers' share to shareFile(file, rank), tagged `save`.
+   */
+  savePrefixFile: 14,
+  /**
+   * Entry `entry` is read from each rank's share of the file in the payload: `width` bytes, one
+   * per rank, each rank setting its own to 1 when it cannot (then it holds nothing), then the
+   * JSON {file, save}. The answers come back to rank 0.
+   */
+  loadPrefixFile: 15,
+  /** The file in the payload (JSON {file}) was removed: each rank removes its share. */
+  removePrefixFile: 16,
 } as const;
 export type OpCode = (typeof Op)[keyof typeof Op];
 
@@ -86,6 +99,9 @@ export function encodeMessage(h: Header, payload?: MxArray): MxArray {
   if (!payload) return header;
   return mx.concatenate([mx.view(header, mx.Dtype.uint8), mx.reshape(mx.view(payload, mx.Dtype.uint8), [-1])], 0);
 }
+
+/** A payload of UTF-8 bytes (a path, a JSON object) as text. */
+export const payloadText = (bytes: ArrayLike<number>): string => new TextDecoder().decode(Uint8Array.from(bytes));
 
 export function decodeHeader(a: MxArray): Header {
   const [op, seq, set, rows, length, flags, dtype, width, entry] = a.toArray();

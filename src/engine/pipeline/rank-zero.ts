@@ -23,11 +23,18 @@ export abstract class RankZeroFront implements RemoteLayers, AdapterMirror {
   protected closed = false;
   /** This process's adaptable layers: a forward pass tells the other ranks each row's adapter. */
   protected lora?: LoraLayers;
+  /** How the model is split (set by openPipeline): prompt cache files record it. */
+  split = "";
 
   abstract readonly microBatches: number;
   abstract arrive(): void;
   /** A message with no answer, sent now. */
   protected abstract post(fields: MessageFields, payload?: () => MxArray): void;
+  /**
+   * A message with `text` as its payload that every other rank answers: whether they all
+   * said yes (false too when a rank is lost).
+   */
+  protected abstract everyRank(fields: MessageFields, text: Uint8Array): boolean;
   /** Shows the other ranks that this one is alive while the engine is idle. */
   protected abstract heartbeat(): void;
 
@@ -85,6 +92,20 @@ export abstract class RankZeroFront implements RemoteLayers, AdapterMirror {
     this.post({ op: Op.dropPrefix, entry });
   }
 
+  savePrefixFile(entry: number, file: string, save: string): void {
+    const text = utf8(JSON.stringify({ file, save }));
+    this.post({ op: Op.savePrefixFile, entry, rows: text.length }, () => mx.array(text));
+  }
+
+  loadPrefixFile(entry: number, file: string, save: string): boolean {
+    return this.everyRank({ op: Op.loadPrefixFile, entry }, utf8(JSON.stringify({ file, save })));
+  }
+
+  removePrefixFile(file: string): void {
+    const text = utf8(JSON.stringify({ file }));
+    this.post({ op: Op.removePrefixFile, rows: text.length }, () => mx.array(text));
+  }
+
   /** The other ranks load (and unload) their layers' share of every adapter this one does. */
   mirrorAdapters(lora: LoraLayers): void {
     this.lora = lora;
@@ -92,7 +113,7 @@ export abstract class RankZeroFront implements RemoteLayers, AdapterMirror {
   }
 
   adapterLoaded(adapter: Adapter): void {
-    const path = new TextEncoder().encode(adapter.path);
+    const path = utf8(adapter.path);
     this.post({ op: Op.loadAdapter, entry: adapter.id, rows: path.length }, () => mx.array(path));
   }
 
@@ -143,3 +164,5 @@ export abstract class RankZeroFront implements RemoteLayers, AdapterMirror {
     return id;
   }
 }
+
+const utf8 = (text: string) => new TextEncoder().encode(text);

@@ -14,6 +14,7 @@ import {
   Flag,
   headerInts,
   Op,
+  payloadText,
   type Header,
   type StageFigures,
 } from "./protocol";
@@ -24,6 +25,8 @@ export interface StageOptions {
   rank: number;
   size: number;
   stage: Stage;
+  /** As RemoteLayers.split: this rank's prompt cache shares record it. */
+  split: string;
   caches: CacheOptions;
   /** This rank's adaptable layers: it loads its share of the adapters rank 0 loads. */
   lora: LoraLayers;
@@ -35,7 +38,7 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
   const previous = o.rank - 1;
   const last = o.rank === o.size - 1;
   const next = last ? 0 : o.rank + 1;
-  const sets = new CacheSets(model, o.caches);
+  const sets = new CacheSets(model, o.caches, { rank: o.rank, split: o.split });
   const figures: StageFigures = { computeMs: 0, waitMs: 0, sentBytes: 0, tokens: 0 };
   const seconds = Math.round(o.peerTimeoutMs / 1000);
   const silence = `error: rank ${o.rank}: no word from rank ${previous} for ${seconds} s (--peer-timeout); stopping`;
@@ -134,7 +137,7 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
           return false;
         case Op.loadAdapter: {
           const path = receive([h.rows], mx.Dtype.uint8);
-          adapters.set(h.entry, loadAdapter(new TextDecoder().decode(Uint8Array.from(path.toArray())), o.lora));
+          adapters.set(h.entry, loadAdapter(payloadText(path.toArray()), o.lora));
           passOn(h, path);
           return false;
         }
@@ -147,6 +150,28 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
           const ids = receive([h.rows], mx.Dtype.int32);
           adapted = ids.toArray().map((id) => adapters.get(id));
           passOn(h, ids);
+          return false;
+        }
+        case Op.savePrefixFile: {
+          const payload = receive([h.rows], mx.Dtype.uint8);
+          const { file, save } = JSON.parse(payloadText(payload.toArray()));
+          sets.savePrefixFile(h.entry, file, save);
+          passOn(h, payload);
+          return false;
+        }
+        case Op.loadPrefixFile: {
+          // Our answer in our byte; the last rank brings them all back to rank 0.
+          const answers = Uint8Array.from(receive([h.rows], mx.Dtype.uint8).toArray());
+          const { file, save } = JSON.parse(payloadText(answers.subarray(h.width)));
+          if (!sets.loadPrefixFile(h.entry, file, save)) answers[o.rank] = 1;
+          if (last) run([sendOn(undefined, mx.array(answers))]);
+          else passOn(h, mx.array(answers));
+          return false;
+        }
+        case Op.removePrefixFile: {
+          const payload = receive([h.rows], mx.Dtype.uint8);
+          sets.removePrefixFile(JSON.parse(payloadText(payload.toArray())).file);
+          passOn(h, payload);
           return false;
         }
         case Op.heartbeat: {

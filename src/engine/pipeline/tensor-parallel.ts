@@ -8,11 +8,11 @@ import * as mx from "../../mlx";
 import type { MxArray } from "../../mlx";
 import type { AttentionCache, KVCache } from "../../models/cache";
 import type { ModelConfig } from "../../models/config";
+import { loadAdapter, type Adapter, type LoraLayers } from "../../models/lora";
 import { cacheState, type DecoderModel } from "../../models/model";
-import { UnsupportedError } from "../../errors";
 import { CacheSets, type CacheOptions } from "./cache-sets";
 import type { PipelineFigures } from "./front";
-import { decodeHeader, encodeHeader, Flag, headerInts, headerOf, Op } from "./protocol";
+import { decodeHeader, encodeHeader, Flag, headerInts, headerOf, Op, payloadText } from "./protocol";
 import { RankZeroFront, type MessageFields } from "./rank-zero";
 
 const { distributed } = mx;
@@ -41,6 +41,9 @@ export class TensorParallelFront extends RankZeroFront implements DecoderModel {
   layers(h: MxArray, caches: AttentionCache[]): MxArray {
     const [rows, length, width] = h.shape as [number, number, number];
     const decode = this.isBatch(caches);
+    // Each rank adapts its slice of every layer by the rows' adapters.
+    const adapters = this.lora?.selectedIds;
+    if (adapters) this.post({ op: Op.adapters, rows }, () => mx.array(Int32Array.from(adapters)));
     const fields = { op: Op.forward, set: this.id(caches), rows, length, width, dtype: h.dtype };
     return this.#step({ ...fields, flags: decode ? Flag.decode : Flag.prefill }, h, (hidden) => {
       const out = this.local.layers(hidden!, caches);
@@ -75,13 +78,6 @@ export class TensorParallelFront extends RankZeroFront implements DecoderModel {
     };
   }
 
-  /** Every rank's slice of every layer would need its slice of the adapter's matrices too. */
-  adapterLoaded(): void {
-    throw new UnsupportedError("an adapter cannot be used yet with --tensor-parallel");
-  }
-
-  adapterFreed(): void {}
-
   protected heartbeat(): void {
     this.post({ op: Op.heartbeat });
   }
@@ -93,6 +89,22 @@ export class TensorParallelFront extends RankZeroFront implements DecoderModel {
       mx.scope(() => this.#step(fields, payload?.(), (p) => p && mx.evaluate(p)));
     } catch {
       // #step noted the loss and armed the watchdog.
+    }
+  }
+
+  /** The answers are an all_sum of each rank's no (1) or yes (0). */
+  protected everyRank(fields: MessageFields, text: Uint8Array): boolean {
+    if (this.closed || this.#lost) return false;
+    try {
+      return mx.scope(() =>
+        this.#step({ ...fields, rows: text.length }, mx.array(text), (payload) => {
+          mx.evaluate(payload!);
+          return distributed.allSum(mx.zeros([1], mx.Dtype.int32)).toArray()[0] === 0;
+        }),
+      );
+    } catch {
+      // #step noted the loss and armed the watchdog.
+      return false;
     }
   }
 
@@ -127,13 +139,17 @@ const peers = (size: number) => (size === 2 ? "rank 1" : `ranks 1-${size - 1}`);
 
 export interface ShardOptions {
   rank: number;
+  /** As RemoteLayers.split: this rank's prompt cache shares record it. */
+  split: string;
   caches: CacheOptions;
+  /** This rank's adaptable layers: it loads its slice of the adapters rank 0 loads. */
+  lora: LoraLayers;
   peerTimeoutMs: number;
 }
 
 /** A rank other than 0: runs what rank 0 says, until it says to stop. Throws when a peer is lost. */
 export function serveShard(model: DecoderModel, o: ShardOptions): void {
-  const sets = new CacheSets(model, o.caches);
+  const sets = new CacheSets(model, o.caches, { rank: o.rank, split: o.split });
   const seconds = Math.round(o.peerTimeoutMs / 1000);
   const silence = `error: rank ${o.rank}: no word from rank 0 for ${seconds} s (--peer-timeout); stopping`;
   // Our share of rank 0's broadcast: zeros.
@@ -143,6 +159,9 @@ export function serveShard(model: DecoderModel, o: ShardOptions): void {
     return a;
   };
   let expected = 0;
+  const adapters = new Map<number, Adapter>();
+  /** The next forward pass's adapter per row (Op.adapters). */
+  let adapted: (Adapter | undefined)[] | undefined;
   for (;;) {
     const stop = mx.scope(() => {
       distributed.armWatchdog(o.peerTimeoutMs, silence);
@@ -155,9 +174,24 @@ export function serveShard(model: DecoderModel, o: ShardOptions): void {
         case Op.forward: {
           const hidden = receive([h.rows, h.length, h.width], h.dtype);
           const caches = sets.of(h.set, (h.flags & Flag.decode) !== 0);
-          mx.evaluate(model.layers(hidden, caches), ...cacheState(caches));
+          const forward = () => model.layers(hidden, caches);
+          mx.evaluate(adapted ? o.lora.run(adapted, forward) : forward(), ...cacheState(caches));
+          adapted = undefined;
           break;
         }
+        case Op.loadAdapter: {
+          adapters.set(h.entry, loadAdapter(payloadText(receive([h.rows], mx.Dtype.uint8).toArray()), o.lora));
+          break;
+        }
+        case Op.freeAdapter:
+          adapters.get(h.entry)?.free();
+          adapters.delete(h.entry);
+          break;
+        case Op.adapters:
+          adapted = receive([h.rows], mx.Dtype.int32)
+            .toArray()
+            .map((id) => adapters.get(id));
+          break;
         case Op.extend:
           sets.extend(h.set, h.rows);
           break;
@@ -179,6 +213,20 @@ export function serveShard(model: DecoderModel, o: ShardOptions): void {
         case Op.dropPrefix:
           sets.dropPrefix(h.entry);
           break;
+        case Op.savePrefixFile: {
+          const { file, save } = JSON.parse(payloadText(receive([h.rows], mx.Dtype.uint8).toArray()));
+          sets.savePrefixFile(h.entry, file, save);
+          break;
+        }
+        case Op.loadPrefixFile: {
+          const { file, save } = JSON.parse(payloadText(receive([h.rows], mx.Dtype.uint8).toArray()));
+          const no = sets.loadPrefixFile(h.entry, file, save) ? 0 : 1;
+          mx.evaluate(distributed.allSum(mx.array(Int32Array.from([no]))));
+          break;
+        }
+        case Op.removePrefixFile:
+          sets.removePrefixFile(JSON.parse(payloadText(receive([h.rows], mx.Dtype.uint8).toArray())).file);
+          break;
         case Op.heartbeat:
           break;
         case Op.shutdown:
@@ -193,4 +241,5 @@ export function serveShard(model: DecoderModel, o: ShardOptions): void {
   }
   distributed.disarmWatchdog();
   sets.free();
+  for (const adapter of adapters.values()) adapter.free();
 }

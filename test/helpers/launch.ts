@@ -1,0 +1,43 @@
+// `mlx launch -n N -- serve ...` as a test runs it: the launcher's process, the URL its rank 0
+// listens on (once the model answers /health), and its ranks' process ids by rank.
+import { execFileSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { mainScript } from "./cli";
+
+/** A launched `serve` on `model` split over `n` ranks, with `extra` flags, under MLX_HOME `home`. */
+export async function launchServe(home: string, n: number, model: string, extra: string[] = []) {
+  const proc = Bun.spawn(
+    [process.execPath, mainScript, "launch", "-n", String(n), "--", "serve", "--port", "0", "-m", model, ...extra],
+    { stdout: "pipe", stderr: "pipe", env: { ...process.env, MLX_HOME: home, NO_COLOR: "1" } },
+  );
+  let stderr = "";
+  const reading = (async () => {
+    for await (const chunk of proc.stderr) stderr += new TextDecoder().decode(chunk);
+  })();
+  const deadline = Date.now() + 30_000;
+  while (!/listening on (http:\S+)/.test(stderr)) {
+    if (Date.now() > deadline || proc.exitCode !== null) throw new Error(`serve did not start: ${stderr}`);
+    await Bun.sleep(20);
+  }
+  const url = /listening on (http:\S+)/.exec(stderr)![1]!;
+  while ((await fetch(`${url}/health`)).status !== 200) {
+    if (Date.now() > deadline) throw new Error(`the model did not load: ${stderr}`);
+    await Bun.sleep(50);
+  }
+  const ranks = () => {
+    // Its children (ps exits 1 when there are none left).
+    let listed = "";
+    try {
+      listed = execFileSync("ps", ["-o", "pid=", "--ppid", String(proc.pid)], { encoding: "utf8" });
+    } catch {}
+    const pids = listed.split("\n").filter(Boolean).map(Number);
+    const byRank = new Map<number, number>();
+    for (const pid of pids) {
+      const env = readFileSync(`/proc/${pid}/environ`, "utf8").split("\0");
+      const rank = env.find((e) => e.startsWith("MLX_RANK="));
+      if (rank) byRank.set(Number(rank.slice(9)), pid);
+    }
+    return byRank;
+  };
+  return { proc, url, ranks, stderr: () => stderr, reading };
+}

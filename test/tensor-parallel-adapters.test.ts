@@ -1,0 +1,110 @@
+// Adapters under tensor parallel: each rank holds its slice of every adapted projection's
+// update, cut as the layer is (B's outputs for q/k/v and gate/up, A's inputs for o_proj and
+// down_proj), and DoRA's per-output factor from the whole row's norm (summed over the ranks).
+// Greedy output is the single process's, token for token, in run and in serve's mixed batches.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import OpenAI from "openai";
+import { cliRunner } from "./helpers/cli";
+import { launchServe } from "./helpers/launch";
+import { lastLayers, writeRandomAdapter } from "./helpers/random-adapter";
+import { serve } from "./helpers/serve";
+import { tinyDims, writeTinyModel } from "./helpers/tiny-model";
+
+const home = process.env.MLX_HOME ?? join(import.meta.dir, "..", ".cache", "mlx-home");
+const mlx = cliRunner(home);
+let dir: string;
+let tiny: string;
+let quantized: string;
+let lora: string;
+let dora: string;
+
+const { hidden, heads, kvHeads, headDim, intermediate } = tinyDims;
+/** Every projection tensor parallel cuts: by outputs (q/k/v, gate/up) and by inputs (o, down). */
+const projections: Record<string, [number, number]> = {
+  "self_attn.q_proj": [hidden, heads * headDim],
+  "self_attn.k_proj": [hidden, kvHeads * headDim],
+  "self_attn.v_proj": [hidden, kvHeads * headDim],
+  "self_attn.o_proj": [heads * headDim, hidden],
+  "mlp.gate_proj": [hidden, intermediate],
+  "mlp.up_proj": [hidden, intermediate],
+  "mlp.down_proj": [intermediate, hidden],
+};
+
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), "mlx-tp-adapters-"));
+  tiny = join(dir, "tiny");
+  quantized = join(dir, "tiny-q4");
+  writeTinyModel(tiny, { layers: 3, seed: 5 });
+  writeTinyModel(quantized, { layers: 3, seed: 6, quantize: { groupSize: 32, bits: 4 } });
+  lora = join(dir, "lora");
+  dora = join(dir, "dora");
+  writeRandomAdapter(lora, { layers: lastLayers(3, 2, projections), seed: 1, strength: 0.5 });
+  writeRandomAdapter(dora, { layers: lastLayers(3, 3, projections), seed: 2, strength: 0.5, kind: "dora" });
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+const tokenIds = (stdout: string): number[] => JSON.parse(stdout).token_ids;
+
+describe("mlx launch -n 2 -- run --tensor-parallel --adapter", () => {
+  test("LoRA on a float model and DoRA on a 4-bit one: the single process's greedy tokens", async () => {
+    for (const [model, adapter] of [
+      [tiny, lora],
+      [quantized, dora],
+    ] as const) {
+      const prompt = ["run", "-m", model, "--json", "--temp", "0", "--max-tokens", "24", "Hello there"];
+      const base = await mlx(prompt);
+      const alone = await mlx([...prompt, "--adapter", adapter]);
+      expect(alone.code).toBe(0);
+      // The adapter changes the answer: the test would see a rank that ignored its share.
+      expect(tokenIds(alone.stdout)).not.toEqual(tokenIds(base.stdout));
+      const split = await mlx(["launch", "-n", "2", "--", ...prompt, "--adapter", adapter, "--tensor-parallel"]);
+      expect(split.stderr).toBe("");
+      expect(split.code).toBe(0);
+      expect(tokenIds(split.stdout)).toEqual(tokenIds(alone.stdout));
+    }
+  }, 120_000);
+});
+
+describe("mlx launch -n 2 -- serve --tensor-parallel --adapter", () => {
+  test("rows of the base, a LoRA and a DoRA adapter in one batch answer as one process", async () => {
+    const requests = [tiny, "tuned", "scaled", tiny, "tuned", "scaled"].map((model, i) => ({
+      model,
+      prompt: i < 3 ? "Once upon a time" : "The weather",
+      max_tokens: 10,
+      temperature: 0,
+    }));
+    const adapters = new Map([
+      ["tuned", { base: tiny, dir: lora }],
+      ["scaled", { base: tiny, dir: dora }],
+    ]);
+    const one = serve({ adapters });
+    const expected: string[] = [];
+    try {
+      const client = new OpenAI({ baseURL: `${one.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
+      for (const r of requests) expected.push((await client.completions.create(r)).choices[0]!.text);
+    } finally {
+      await one.stop();
+    }
+    expect(new Set(expected.slice(0, 3)).size).toBe(3);
+    const server = await launchServe(home, 2, tiny, [
+      "--tensor-parallel",
+      "--adapter",
+      `tuned=${lora}`,
+      "--adapter",
+      `scaled=${dora}`,
+    ]);
+    try {
+      const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
+      const together = await Promise.all(
+        requests.map(async (r) => (await client.completions.create(r)).choices[0]!.text),
+      );
+      expect(together).toEqual(expected);
+    } finally {
+      server.proc.kill("SIGTERM");
+    }
+    expect(await server.proc.exited).toBe(0);
+  }, 120_000);
+});
