@@ -25,7 +25,11 @@ export abstract class RankZeroFront implements RemoteLayers, AdapterMirror {
   protected lora?: LoraLayers;
 
   abstract readonly microBatches: number;
-  abstract arrive(): void;
+  abstract arrive(...computed: MxArray[]): void;
+
+  beforeArrival<T>(build: () => T): T {
+    return build();
+  }
   /** A message with no answer, sent now. */
   protected abstract post(fields: MessageFields, payload?: () => MxArray): void;
   /** Shows the other ranks that this one is alive while the engine is idle. */
