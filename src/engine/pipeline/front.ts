@@ -134,7 +134,14 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
    */
   override beforeArrival<T>(build: () => T): T {
     this.#held = [];
-    return build();
+    try {
+      return build();
+    } catch (error) {
+      // What was built goes out after all, in order: nothing would send it otherwise.
+      this.#sendHeld();
+      this.#held = undefined;
+      throw error;
+    }
   }
 
   /** The steps held by beforeArrival so far, queued in the order built. */
