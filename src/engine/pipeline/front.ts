@@ -85,12 +85,9 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
       out,
     );
     this.#tokens += rows * length;
-    // A decode step is queued (or held: beforeArrival), not waited for: the engine reads the
-    // step before it (its tokens come first on MLX's stream) and hands them out while our layers
-    // compute and send, so what it does per token is off the ring's path. Later messages queue
-    // behind it, in order.
+    // Sent now and waited for (on the CPU, MLX's async_eval of a whole step waits all the same,
+    // waking at every op it finishes), or held for arrive() (beforeArrival).
     if (decode && this.#held) this.#held.push(mx.keep(sent));
-    else if (decode) mx.asyncEvaluate(sent);
     else mx.evaluate(sent);
     if (!decode && !whole) return out;
     const back = distributed.recv([rows, length, width], out.dtype, this.size - 1);
@@ -113,7 +110,7 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
    * this waits for them off the CPU first: the other ranks may need it. The receive itself is
    * only queued, not waited for: `computed` (what is computed from it: the output layer, the
    * sampler) runs right behind it, then the step built on those before they came (see
-   * beforeArrival) goes out.
+   * beforeArrival) is sent, and waited for.
    */
   arrive(...computed: MxArray[]): void {
     const back = this.#arriving.shift();
@@ -144,10 +141,10 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
     }
   }
 
-  /** The steps held by beforeArrival so far, queued in the order built. */
+  /** The steps held by beforeArrival so far, sent in the order built. */
   #sendHeld(): void {
     if (!this.#held?.length) return;
-    mx.asyncEvaluate(...this.#held);
+    mx.evaluate(...this.#held);
     for (const sent of this.#held) sent.free();
     this.#held = [];
   }
