@@ -1,6 +1,6 @@
 // One stream through a split model against one process: decode speed of one streamed request at
 // a time on `mlx serve` as 1 process and as 2 (and 3) ranks on loopback; optionally the same
-// for another checkout of this repository (--baseline DIR, its shim by --baseline-shim). Every
+// for other checkouts of this repository (--baseline DIR, repeatable; their shim by --baseline-shim). Every
 // configuration's server is up for the whole run and they take requests in turn, round after
 // round (every other round reversed), so a changing load hits them alike: on a busy machine
 // single runs vary by 5×, and only many interleaved requests tell configurations apart.
@@ -20,7 +20,7 @@ const { values } = parseArgs({
     ranks: { type: "string", default: "1,2" },
     tokens: { type: "string", default: "64" },
     model: { type: "string", default: "smollm2" },
-    baseline: { type: "string" },
+    baseline: { type: "string", multiple: true },
     "baseline-shim": { type: "string" },
   },
 });
@@ -34,10 +34,10 @@ interface Build {
   env: Record<string, string>;
 }
 const builds: Build[] = [{ name: "this tree", main: join(import.meta.dir, "..", "src", "main.ts"), env: {} }];
-if (values.baseline)
+for (const dir of values.baseline ?? [])
   builds.push({
-    name: "baseline",
-    main: join(values.baseline, "src", "main.ts"),
+    name: `baseline ${dir}`,
+    main: join(dir, "src", "main.ts"),
     env: values["baseline-shim"] ? { MLX_SHIM_PATH: values["baseline-shim"] } : {},
   });
 

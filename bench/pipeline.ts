@@ -3,8 +3,10 @@
 // (inter-token latency p50/p95, output tokens/s, and how busy each rank was during the load, from
 // the figures rank 0 reports in /stats), split models with a micro-batch per rank in flight and
 // with one (--micro-batches 1). Configurations are interleaved round by round, so load on the
-// machine hits them alike.
+// machine hits them alike; with --baseline DIR (another checkout of this repository, sharing the
+// shim), its builds take their turn beside this tree's in every round, for before/after ratios.
 //   MLX_HOME=$PWD/.cache/mlx-home bun bench/pipeline.ts [--rounds 2] [--model smollm2] [--clients 1,2,4,8,16]
+//     [--baseline /tmp/base] [--skip-one-in-flight]
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { median, spawnTimed, spawnServe } from "./lib";
@@ -14,20 +16,35 @@ const { values } = parseArgs({
     rounds: { type: "string", default: "2" },
     model: { type: "string", default: "smollm2" },
     clients: { type: "string", default: "1,2,4,8,16" },
+    baseline: { type: "string" },
+    "skip-one-in-flight": { type: "boolean", default: false },
   },
 });
 const rounds = Number(values.rounds);
 const model = values.model!;
-const main = join(import.meta.dir, "..", "src", "main.ts");
-const mlx = [process.execPath, main];
+/** This tree, and the baseline checkout's (the same rounds, each configuration on both in turn). */
+const builds = [
+  { name: "this tree", main: join(import.meta.dir, "..", "src", "main.ts") },
+  ...(values.baseline ? [{ name: "baseline", main: join(values.baseline, "src", "main.ts") }] : []),
+];
+type Build = (typeof builds)[number];
 const configs = [1, 2, 3];
 const clientCounts = values.clients!.split(",").map(Number);
 /** Serve configurations: ranks, and micro-batches in flight where not one per rank. */
-const serveConfigs = [{ ranks: 1 }, { ranks: 2 }, { ranks: 3 }, { ranks: 3, microBatches: 1 }];
+const serveConfigs = [
+  { ranks: 1 },
+  { ranks: 2 },
+  { ranks: 3 },
+  ...(values["skip-one-in-flight"] ? [] : [{ ranks: 3, microBatches: 1 }]),
+];
 const label = (c: { ranks: number; microBatches?: number }) =>
   c.ranks === 1 ? "1" : `${c.ranks}, ${c.microBatches ?? c.ranks} in flight`;
-const under = (ranks: number, command: string[]) =>
-  ranks === 1 ? [...mlx, ...command] : [...mlx, "launch", "-n", String(ranks), "--", ...command];
+const under = (build: Build, ranks: number, command: string[]) => {
+  const mlx = [process.execPath, build.main];
+  return ranks === 1 ? [...mlx, ...command] : [...mlx, "launch", "-n", String(ranks), "--", ...command];
+};
+/** Both builds in turn, the other way round every other round. */
+const inTurn = (round: number) => (round % 2 ? [...builds].reverse() : builds);
 
 // Prompts of about 128 and 512 tokens (the words repeat; the tokenizer counts them).
 const prompt = (words: number) =>
@@ -40,13 +57,13 @@ const percentile = (v: number[], p: number) => {
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? Number.NaN;
 };
 
-async function runOnce(ranks: number, size: keyof typeof prompts) {
+async function runOnce(build: Build, ranks: number, size: keyof typeof prompts) {
   const r = await spawnTimed(
-    under(ranks, ["run", "-m", model, "--raw", "--json", "--max-tokens", "48", prompts[size]]),
+    under(build, ranks, ["run", "-m", model, "--raw", "--json", "--max-tokens", "48", prompts[size]]),
     "",
   );
   const { stats } = JSON.parse(r.stdout);
-  const key = `${ranks}/${size}`;
+  const key = `${build.name}/${ranks}/${size}`;
   const f = runFigures.get(key) ?? { ttft: [], tps: [] };
   f.ttft.push(stats.time_to_first_token_seconds * 1000);
   f.tps.push(stats.generation_tokens_per_second);
@@ -61,12 +78,12 @@ interface ServeFigures {
 }
 const serveFigures = new Map<string, ServeFigures>();
 
-async function startServe(c: { ranks: number; microBatches?: number }) {
+async function startServe(build: Build, c: { ranks: number; microBatches?: number }) {
   // A heartbeat every 3 s (a third of the peer timeout) brings the stages' figures back; a
   // shorter timeout stops the ranks when a loaded machine holds rank 0 up that long in a prefill.
   const split = c.ranks > 1 ? ["--peer-timeout", "9"] : [];
   if (c.microBatches) split.push("--micro-batches", String(c.microBatches));
-  return spawnServe(under(c.ranks, ["serve", "--port", "0", "-m", model, ...split]));
+  return spawnServe(under(build, c.ranks, ["serve", "--port", "0", "-m", model, ...split]));
 }
 
 /** `clients` streamed chat completions at once: the gaps between their tokens, and tokens/s overall. */
@@ -116,62 +133,67 @@ async function pipelineTimes(url: string): Promise<number[]> {
 for (let round = 0; round < rounds; round++) {
   // Every other round in reverse, so a load that rises or falls during the run favours no one.
   for (const ranks of round % 2 ? [...configs].reverse() : configs)
-    for (const size of [128, 512] as const) await runOnce(ranks, size);
-  for (const config of round % 2 ? [...serveConfigs].reverse() : serveConfigs) {
-    const { proc, url } = await startServe(config);
-    try {
-      for (const clients of clientCounts) {
-        const before = config.ranks > 1 ? await pipelineTimes(url) : [];
-        const started = performance.now();
-        const r = await load(url, clients);
-        const seconds = (performance.now() - started) / 1000;
-        const key = `${label(config)}/${clients}`;
-        const f = serveFigures.get(key) ?? { itl: [], tokensPerSecond: [], busy: [] };
-        f.itl.push(...r.itl);
-        f.tokensPerSecond.push(r.tokensPerSecond);
-        if (config.ranks > 1) {
-          // Rank 0 is busy whenever it is not waiting for the ring; the others when computing.
-          const after = await pipelineTimes(url);
-          const spent = after.map((t, rank) => (t - before[rank]!) / seconds);
-          f.busy.push([1 - spent[0]!, ...spent.slice(1)]);
-        }
-        serveFigures.set(key, f);
+    for (const size of [128, 512] as const) for (const build of inTurn(round)) await runOnce(build, ranks, size);
+  for (const config of round % 2 ? [...serveConfigs].reverse() : serveConfigs)
+    for (const build of inTurn(round)) await serveLoad(build, config, round);
+}
+
+async function serveLoad(build: Build, config: (typeof serveConfigs)[number], round: number) {
+  const { proc, url } = await startServe(build, config);
+  try {
+    for (const clients of clientCounts) {
+      const before = config.ranks > 1 ? await pipelineTimes(url) : [];
+      const started = performance.now();
+      const r = await load(url, clients);
+      const seconds = (performance.now() - started) / 1000;
+      const key = `${build.name}/${label(config)}/${clients}`;
+      const f = serveFigures.get(key) ?? { itl: [], tokensPerSecond: [], busy: [] };
+      f.itl.push(...r.itl);
+      f.tokensPerSecond.push(r.tokensPerSecond);
+      if (config.ranks > 1) {
+        // Rank 0 is busy whenever it is not waiting for the ring; the others when computing.
+        const after = await pipelineTimes(url);
+        const spent = after.map((t, rank) => (t - before[rank]!) / seconds);
+        f.busy.push([1 - spent[0]!, ...spent.slice(1)]);
       }
-    } finally {
-      proc.kill("SIGTERM");
-      await proc.exited;
+      serveFigures.set(key, f);
     }
-    process.stderr.write(`round ${round + 1}: serve on ${label(config)} done\n`);
+  } finally {
+    proc.kill("SIGTERM");
+    await proc.exited;
   }
+  process.stderr.write(`round ${round + 1}: serve on ${label(config)} (${build.name}) done\n`);
 }
 
 const fmt = (n: number, digits = 1) => (Number.isFinite(n) ? n.toFixed(digits) : "n/a");
 console.log("## mlx run (median over rounds)\n");
-console.log("| ranks | prompt | time to first token (ms) | decode tokens/s | vs 1 process |");
-console.log("|---|---|---|---|---|");
-for (const size of [128, 512]) {
-  const base = median(runFigures.get(`1/${size}`)!.tps);
-  for (const ranks of configs) {
-    const f = runFigures.get(`${ranks}/${size}`)!;
-    console.log(
-      `| ${ranks} | ~${size} | ${fmt(median(f.ttft), 0)} | ${fmt(median(f.tps))} | ${fmt(median(f.tps) / base, 2)}× |`,
-    );
+console.log("| build | ranks | prompt | time to first token (ms) | decode tokens/s | vs 1 process, same build |");
+console.log("|---|---|---|---|---|---|");
+for (const build of builds)
+  for (const size of [128, 512]) {
+    const base = median(runFigures.get(`${build.name}/1/${size}`)!.tps);
+    for (const ranks of configs) {
+      const f = runFigures.get(`${build.name}/${ranks}/${size}`)!;
+      console.log(
+        `| ${build.name} | ${ranks} | ~${size} | ${fmt(median(f.ttft), 0)} | ${fmt(median(f.tps))} | ${fmt(median(f.tps) / base, 2)}× |`,
+      );
+    }
   }
-}
 console.log("\n## mlx serve, streamed clients (32 tokens each)\n");
 console.log(
-  "| ranks, micro-batches | clients | ITL p50 (ms) | ITL p95 (ms) | output tokens/s | vs 1 process | busy: rank 0, 1, ... |",
+  "| build | ranks, micro-batches | clients | ITL p50 (ms) | ITL p95 (ms) | output tokens/s | vs 1 process, same build | busy: rank 0, 1, ... |",
 );
-console.log("|---|---|---|---|---|---|---|");
-for (const clients of clientCounts) {
-  const base = median(serveFigures.get(`1/${clients}`)!.tokensPerSecond);
-  for (const config of serveConfigs) {
-    const f = serveFigures.get(`${label(config)}/${clients}`)!;
-    const tps = median(f.tokensPerSecond);
-    // Each rank's median over the rounds.
-    const busy = f.busy[0]?.map((_, rank) => `${fmt(100 * median(f.busy.map((b) => b[rank]!)), 0)}%`).join(", ");
-    console.log(
-      `| ${label(config)} | ${clients} | ${fmt(percentile(f.itl, 50))} | ${fmt(percentile(f.itl, 95))} | ${fmt(tps)} | ${fmt(tps / base, 2)}× | ${busy ?? "—"} |`,
-    );
+console.log("|---|---|---|---|---|---|---|---|");
+for (const build of builds)
+  for (const clients of clientCounts) {
+    const base = median(serveFigures.get(`${build.name}/1/${clients}`)!.tokensPerSecond);
+    for (const config of serveConfigs) {
+      const f = serveFigures.get(`${build.name}/${label(config)}/${clients}`)!;
+      const tps = median(f.tokensPerSecond);
+      // Each rank's median over the rounds.
+      const busy = f.busy[0]?.map((_, rank) => `${fmt(100 * median(f.busy.map((b) => b[rank]!)), 0)}%`).join(", ");
+      console.log(
+        `| ${build.name} | ${label(config)} | ${clients} | ${fmt(percentile(f.itl, 50))} | ${fmt(percentile(f.itl, 95))} | ${fmt(tps)} | ${fmt(tps / base, 2)}× | ${busy ?? "—"} |`,
+      );
+    }
   }
-}

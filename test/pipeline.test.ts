@@ -334,10 +334,16 @@ describe("mlx launch -- serve", () => {
           const { stages } = await pipeline();
           return stages.length === ranks - 1 && stages.every((s: { tokens: number }) => s.tokens > 0);
         }, 10_000);
-        for (const stage of (await pipeline()).stages) {
+        const { stages } = await pipeline();
+        for (const stage of stages) {
           expect(stage.busy_fraction).toBeGreaterThan(0);
           expect(stage.busy_fraction).toBeLessThanOrEqual(1);
+          // Stages build the decode step they expect while waiting for its header ...
+          expect(stage.steps_built_ahead).toBeGreaterThan(0);
         }
+        // ... and requests joining and leaving proved some guesses wrong: those steps were thrown
+        // away and the caches stepped back, and every stream above still got its own tokens.
+        expect(stages.some((s: { steps_guessed_wrong: number }) => s.steps_guessed_wrong > 0)).toBe(true);
         const metrics = await (await fetch(`${server.url}/metrics`)).text();
         expect(metrics).toMatch(/mlx_pipeline_stage_busy_ratio\{model="[^"]+",rank="1"\} 0\.\d+/);
         expect(metrics).toContain(`mlx_pipeline_max_in_flight{model="${tiny}"} ${(await pipeline()).max_in_flight}`);

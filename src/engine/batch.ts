@@ -259,9 +259,10 @@ export class BatchGenerator {
    * whose step comes back next (they come back in the order sent, which is the groups' turn).
    * Its tokens are read and its next step goes out at once, so while this process samples one
    * group and runs its layers, the later processes run theirs on the other groups. A prefill
-   * chunk travels between them as a micro-batch of its own. As in step(), the next step is built
-   * on the returned step's tokens while they are still being computed (the output layer and the
-   * sampler), so building it costs no time of its own; a group with nothing to do is skipped.
+   * chunk travels between them as a micro-batch of its own. The next step is built on the
+   * returned step's tokens before its hidden states are even back (the other processes are
+   * computing meanwhile) and goes out once they are in and sampled, so building it costs the
+   * ring no time; a group with nothing to do is skipped.
    */
   #stepInTurn(): SequenceEvent[] {
     this.#prefillChunk();
@@ -275,13 +276,11 @@ export class BatchGenerator {
     this.lastTurn = undefined;
     if (group.ahead) {
       const started = performance.now();
-      this.model.remote!.arrive();
       const ahead = group.ahead;
       let next: PendingStep | undefined;
-      if (buildsAhead(group) && group.active.length > 0 && !this.#endsWithAhead(group)) {
-        mx.asyncEvaluate(ahead.tokens, ahead.chosen, ...(ahead.logprobs ?? []));
-        next = this.#build(group);
-      }
+      if (buildsAhead(group) && group.active.length > 0 && !this.#endsWithAhead(group))
+        next = this.model.remote!.beforeArrival(() => this.#build(group));
+      this.model.remote!.arrive(ahead.tokens, ahead.chosen, ...(ahead.logprobs ?? []));
       events.push(...this.#read(group, this.#takeAhead(group), next));
       group.ahead = next;
       const now = performance.now();

@@ -69,9 +69,12 @@ export interface RemoteLayers {
   readonly microBatches: number;
   /**
    * Receives the oldest decode step still on its way back (they come back in the order sent):
-   * layers() returned its hidden states unevaluated, to evaluate only after this.
+   * layers() returned its hidden states unevaluated, to evaluate only after this. `computed`
+   * (computed from them) is queued right behind them.
    */
-  arrive(): void;
+  arrive(...computed: MxArray[]): void;
+  /** Runs `build`, which builds a decode step on the tokens of one still on its way back: sent once that arrives. */
+  beforeArrival<T>(build: () => T): T;
 }
 
 export interface DecoderParts {

@@ -42,6 +42,11 @@ export class CacheSets {
     readonly share: ShareOptions = { rank: 0, split: "" },
   ) {}
 
+  /** Set `set`'s caches if it has them (none are made). */
+  held(set: number): KVCache[] | undefined {
+    return this.#sets.get(set);
+  }
+
   /** Set `set`'s caches, made on first use: a batch's for a decode step, else a prefill's. */
   of(set: number, decode: boolean): KVCache[] {
     let caches = this.#sets.get(set);

@@ -38,6 +38,8 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
    */
   readonly #arriving: MxArray[] = [];
   #received = 0;
+  /** Decode steps' sends built before the step they depend on came back (beforeArrival). */
+  #held?: MxArray[];
   #maxInFlight = 0;
   #stages: (StageFigures & { rank: number })[] = [];
   #lost?: string;
@@ -83,7 +85,10 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
       out,
     );
     this.#tokens += rows * length;
-    mx.evaluate(sent);
+    // Sent now and waited for (on the CPU, MLX's async_eval of a whole step waits all the same,
+    // waking at every op it finishes), or held for arrive() (beforeArrival).
+    if (decode && this.#held) this.#held.push(mx.keep(sent));
+    else mx.evaluate(sent);
     if (!decode && !whole) return out;
     const back = distributed.recv([rows, length, width], out.dtype, this.size - 1);
     if (whole) {
@@ -103,18 +108,45 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
    * Receives the oldest decode step's hidden states still on the way (the ring returns them in
    * the order they were sent). The ring's receive spins on its socket until the bytes come, so
    * this waits for them off the CPU first: the other ranks may need it. The receive itself is
-   * only queued, not waited for: what is computed from it (the output layer, the sampler) runs
-   * right behind it, and this thread goes on building the next step meanwhile.
+   * only queued, not waited for: `computed` (what is computed from it: the output layer, the
+   * sampler) runs right behind it, then the step built on those before they came (see
+   * beforeArrival) is sent, and waited for.
    */
-  arrive(): void {
+  arrive(...computed: MxArray[]): void {
     const back = this.#arriving.shift();
     if (!back) throw new Error("no decode step of the pipeline is on its way back");
     if (this.#received > 0) this.#received--;
-    else {
-      this.#waitForBytes();
-      mx.asyncEvaluate(back);
-    }
+    else this.#waitForBytes();
+    mx.asyncEvaluate(back, ...computed);
     back.free();
+    this.#sendHeld();
+    this.#held = undefined;
+  }
+
+  /**
+   * Decode steps built in `build` (on the tokens of a step still on its way back) are held, not
+   * sent, until arrive() has that step's bytes: sending one now would queue the ring's receive
+   * before the bytes come, and it would spin. Building the next step while the other ranks
+   * compute takes this process's graph-building off the ring's path.
+   */
+  override beforeArrival<T>(build: () => T): T {
+    this.#held = [];
+    try {
+      return build();
+    } catch (error) {
+      // What was built goes out after all, in order: nothing would send it otherwise.
+      this.#sendHeld();
+      this.#held = undefined;
+      throw error;
+    }
+  }
+
+  /** The steps held by beforeArrival so far, sent in the order built. */
+  #sendHeld(): void {
+    if (!this.#held?.length) return;
+    mx.evaluate(...this.#held);
+    for (const sent of this.#held) sent.free();
+    this.#held = [];
   }
 
   get figures(): PipelineFigures {
@@ -139,6 +171,8 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
   #send(fields: MessageFields, payload?: MxArray): MxArray {
     if (this.closed) throw new Error("the pipeline was shut down");
     if (this.#lost) throw new Error(this.#lost);
+    // Messages go out in the order numbered: held steps first (their receive may then spin).
+    this.#sendHeld();
     const header = headerOf(fields, this.#seq++);
     // Each message re-arms the watchdog: its answer, or the next heartbeat's, must come in time.
     distributed.armWatchdog(this.peerTimeoutMs, this.#silence());

@@ -118,9 +118,12 @@ export interface StageFigures {
   sentBytes: number;
   /** Token positions it computed (prefill and decode). */
   tokens: number;
+  /** Decode steps whose graph it built while waiting for their header, and such guesses another message proved wrong. */
+  builtAhead: number;
+  guessedWrong: number;
 }
 
-export const figureFields = ["computeMs", "waitMs", "sentBytes", "tokens"] as const;
+export const figureFields = ["computeMs", "waitMs", "sentBytes", "tokens", "builtAhead", "guessedWrong"] as const;
 
 /**
  * The share of a stage's time spent computing rather than waiting for work (since it started):

@@ -27,7 +27,13 @@ export abstract class RankZeroFront implements RemoteLayers, AdapterMirror {
   split = "";
 
   abstract readonly microBatches: number;
-  abstract arrive(): void;
+  abstract arrive(...computed: MxArray[]): void;
+
+  /** See PipelineFront; tensor parallel has nothing on its way back: what is built goes at once. */
+  beforeArrival<T>(build: () => T): T {
+    return build();
+  }
+
   /** A message with no answer, sent now. */
   protected abstract post(fields: MessageFields, payload?: () => MxArray): void;
   /**

@@ -3,9 +3,12 @@
 // hidden states (and heartbeats) back to rank 0.
 import * as mx from "../../mlx";
 import type { MxArray } from "../../mlx";
+import { BatchKVCache } from "../../models/batch-cache";
 import { cacheState, type DecoderModel } from "../../models/model";
 import { loadAdapter, type Adapter, type LoraLayers } from "../../models/lora";
 import type { Stage } from "../../models/stage";
+import { checkpoint, type CacheCheckpoint } from "../../models/cache-checkpoint";
+import type { KVCache } from "../../models/cache";
 import { CacheSets, type CacheOptions } from "./cache-sets";
 import {
   decodeHeader,
@@ -39,7 +42,7 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
   const last = o.rank === o.size - 1;
   const next = last ? 0 : o.rank + 1;
   const sets = new CacheSets(model, o.caches, { rank: o.rank, split: o.split });
-  const figures: StageFigures = { computeMs: 0, waitMs: 0, sentBytes: 0, tokens: 0 };
+  const figures: StageFigures = { computeMs: 0, waitMs: 0, sentBytes: 0, tokens: 0, builtAhead: 0, guessedWrong: 0 };
   const seconds = Math.round(o.peerTimeoutMs / 1000);
   const silence = `error: rank ${o.rank}: no word from rank ${previous} for ${seconds} s (--peer-timeout); stopping`;
   const stopped = `error: rank ${o.rank}: rank ${next} stopped taking data for ${seconds} s (--peer-timeout); stopping`;
@@ -64,41 +67,82 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
     return a;
   };
   // A message to the next rank (the last rank's to rank 0 have no header), unevaluated.
-  const sendOn = (h: Header | undefined, payload?: MxArray): MxArray => {
-    const message = h ? encodeMessage(h, payload) : payload!;
-    figures.sentBytes += message.nbytes;
-    return distributed.send(message, next);
-  };
+  const sendOn = (h: Header | undefined, payload?: MxArray): MxArray =>
+    distributed.send(h ? encodeMessage(h, payload) : payload!, next);
   // Evaluates `arrays` under the watchdog too: a peer that stops reading blocks a send.
   const run = (arrays: MxArray[]) => {
     distributed.armWatchdog(o.peerTimeoutMs, stopped);
     mx.evaluate(...arrays);
     distributed.disarmWatchdog();
   };
+  const send = (message: MxArray) => {
+    run([message]);
+    figures.sentBytes += message.nbytes;
+  };
   const passOn = (h: Header, payload?: MxArray) => {
-    if (!last) run([sendOn(h, payload)]);
+    if (!last) send(sendOn(h, payload));
+  };
+  // A forward pass's graph, unevaluated: receiving the hidden states, running the layers and
+  // sending the result on are then one evaluation, without a return to JavaScript between.
+  const buildForward = (h: Header): Forward => {
+    const hidden = distributed.recv([h.rows, h.length, h.width], h.dtype, previous);
+    const caches = sets.of(h.set, (h.flags & Flag.decode) !== 0);
+    const forward = () => model.layers(hidden, caches, o.stage.start, o.stage.end);
+    const out = adapted ? o.lora.run(adapted, forward) : forward();
+    // The last rank sends back decode steps and whole passes (embeddings) alone: a prefill's
+    // result only fills caches.
+    const back = (h.flags & (Flag.decode | Flag.whole)) !== 0;
+    const message = !last ? encodeMessage(h, out) : back ? out : undefined;
+    const onward = message ? distributed.send(message, next) : out;
+    return { header: h, caches, onward, sentBytes: message?.nbytes ?? 0 };
+  };
+  // Decode steps follow each other in a pattern (one micro-batch: the same caches every time;
+  // several: each in turn), so while it waits for the next header, this rank builds the step
+  // it expects on the caches' checkpoint (see DecodeGuesses). The right header finds it built; any
+  // other message puts the caches back first and the guess is thrown away unevaluated.
+  const guesses = new DecodeGuesses(sets, o.stage.start);
+  let ahead: (Forward & { checkpoint: CacheCheckpoint }) | undefined;
+  const buildAhead = () => {
+    const h = adapted ? undefined : guesses.next(expected);
+    const caches = h && sets.held(h.set)?.slice(o.stage.start, o.stage.end);
+    const point = caches && checkpoint(caches);
+    if (!h || !point) return;
+    const started = performance.now();
+    ahead = { ...mx.scope(() => buildForward(h)), checkpoint: point };
+    figures.computeMs += performance.now() - started;
+  };
+  // The step built ahead when `h` is the message it was built for; else the caches step back.
+  const takeAhead = (h: Header): Forward | undefined => {
+    const built = ahead;
+    ahead = undefined;
+    if (!built) return undefined;
+    if (sameStep(built.header, h)) {
+      built.checkpoint.release();
+      figures.builtAhead++;
+      return built;
+    }
+    built.onward.free();
+    built.checkpoint.restore();
+    figures.guessedWrong++;
+    return undefined;
   };
   for (;;) {
     const stop = mx.scope(() => {
       const h = decodeHeader(receive([headerInts], mx.Dtype.int32));
       if (h.seq !== expected) throw new Error(`rank ${o.rank}: message ${h.seq} arrived when ${expected} was due`);
       expected++;
+      const step = takeAhead(h);
       switch (h.op) {
         case Op.forward: {
-          // The hidden states follow their header: receiving them, running the layers and
-          // sending the result on are one evaluation, without a return to JavaScript between.
+          guesses.saw(h);
+          const built = step ?? buildForward(h);
+          // Its hidden states follow their header: here in a moment, if not here already.
           waitForData();
-          const hidden = distributed.recv([h.rows, h.length, h.width], h.dtype, previous);
           const started = performance.now();
-          const caches = sets.of(h.set, (h.flags & Flag.decode) !== 0);
-          const forward = () => model.layers(hidden, caches, o.stage.start, o.stage.end);
-          const out = adapted ? o.lora.run(adapted, forward) : forward();
           adapted = undefined;
-          // The last rank sends back decode steps and whole passes (embeddings) alone: a
-          // prefill's result only fills caches.
-          const back = (h.flags & (Flag.decode | Flag.whole)) !== 0;
-          const onward = !last ? sendOn(h, out) : back ? sendOn(undefined, out) : out;
-          run([onward, ...cacheState(caches)]);
+          run([built.onward, ...cacheState(built.caches)]);
+          figures.sentBytes += built.sentBytes;
+          built.onward.free();
           figures.computeMs += performance.now() - started;
           figures.tokens += h.rows * h.length;
           return false;
@@ -181,7 +225,7 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
             [1, h.width],
           );
           const filled = mx.sliceUpdate(table, row, [o.rank, 0], [o.rank + 1, h.width]);
-          if (last) run([sendOn(undefined, filled)]);
+          if (last) send(sendOn(undefined, filled));
           else passOn(h, filled);
           return false;
         }
@@ -193,7 +237,52 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
       }
     });
     if (stop) break;
+    buildAhead();
   }
   sets.free();
   for (const adapter of adapters.values()) adapter.free();
+}
+
+/** A forward pass's graph, built and not evaluated. */
+interface Forward {
+  header: Header;
+  caches: KVCache[];
+  /** Its send to the next rank (or its output, where nothing is sent), and the bytes sent. */
+  onward: MxArray;
+  sentBytes: number;
+}
+
+/** Whether a step built for header `a` is the one header `b` asks for (its header goes on to the next rank as it is). */
+const sameStep = (a: Header, b: Header): boolean =>
+  (Object.keys(a) as (keyof Header)[]).every((field) => a[field] === b[field]);
+
+/**
+ * Which decode step comes next, from those seen: the caches that followed the last step's
+ * last time (micro-batches take turns in a fixed order; one follows itself), at their rows now.
+ */
+class DecodeGuesses {
+  #last?: Header;
+  readonly #following = new Map<number, number>();
+
+  constructor(
+    readonly sets: CacheSets,
+    /** A layer this rank holds: its cache tells the rows. */
+    readonly layer: number,
+  ) {}
+
+  saw(h: Header): void {
+    if (h.flags !== Flag.decode || h.length !== 1) return;
+    if (this.#last) this.#following.set(this.#last.set, h.set);
+    this.#last = h;
+  }
+
+  /** The decode step expected as message `seq`, if any. */
+  next(seq: number): Header | undefined {
+    const last = this.#last;
+    if (!last) return undefined;
+    const set = this.#following.get(last.set) ?? last.set;
+    const cache = this.sets.held(set)?.[this.layer];
+    const rows = cache instanceof BatchKVCache ? cache.batchSize : 0;
+    return rows > 0 ? { ...last, set, rows, seq } : undefined;
+  }
 }

@@ -121,6 +121,8 @@ function pipelineStats(p: PipelineFigures) {
       sent_bytes: s.sentBytes,
       sent_bytes_per_token: perToken(s.sentBytes, s.tokens),
       tokens: s.tokens,
+      steps_built_ahead: s.builtAhead,
+      steps_guessed_wrong: s.guessedWrong,
     })),
   };
 }
