@@ -1,14 +1,25 @@
-// Decode rows (M <= kDirectMaxRows) of the 4-bit quantized matmul with int8 activations, on
-// AVX-512 VNNI: llama.cpp's method. x is quantized once per product to int8 in blocks of 32 (a float
-// step per block, see quantize_rows_int8), so 64 weights times 64 activations are one vpdpbusd
-// (unsigned 4-bit weights × signed 8-bit activations, summed exactly in int32) instead of 64
-// float multiply-adds after unpacking each weight to a float. Only the activations are rounded
-// (weights are exact), each by at most half its block's step, so |y - exact| <= Σ_k |w_k|·step_k/2.
+// Decode rows (M <= kDirectMaxRows) of the 4-bit quantized matmul on AVX-512 VNNI, with the
+// activations as integers: the weights' codes are exact small integers, so once x is an integer
+// too, a product of 32 weights and 32 activations is one VNNI instruction summing exactly in int32
+// lanes instead of 32 float multiply-adds after converting each weight to a float.
+//
+// int16 (the default, see quantize_rows_int16): x in blocks of 32, each rounded to int16 with
+// its own step (max |x| / 32767), and vpdpwssd (int16 × int16 pairs into int32). Each x_k moves
+// by at most half its step, 1/65534 of its block's largest element: ~256× less than int8, small
+// enough that greedy answers stay mlx-lm's (bench/RESULTS.md).
+//
+// int8 (MLX_CPU_INT8=1): llama.cpp's method. x quantized to int8 in blocks of 32 (step max |x| /
+// 127, see quantize_rows_int8), 64 weights times 64 activations one vpdpbusd (unsigned 4-bit
+// weights × signed 8-bit activations). Faster still, but its rounding changes greedy answers.
+//
+// Only the activations are rounded (weights are exact), so |y - exact| <= Σ_k |w_k|·step_k/2.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "quantized_matmul.h"
+#include "quantized_matmul_nibbles.h"
 
 namespace kernels {
 namespace {
@@ -131,7 +142,111 @@ void int8_tile(const QmmProblem& p, int n0, int n1) {
   }
 }
 
+// The int16 kernel reads the weights as the exact fp32 rows of quantized_matmul_avx512.cpp do:
+// a chunk of 128 weights is 16 dwords, lane l holding elements 8l .. 8l + 7 (all of one group and
+// one block of x). Masking a dword with 0x000F000F after a shift by 4t leaves the nibbles t and
+// t + 4 as two int16 words, the pair vpdpwssd multiplies with x's pair (x_int16's order, see
+// quantized_matmul.h), so a chunk is 4 shifts and masks shared by all rows and 4 vpdpwssd a row.
+// A lane's int32 sum (8 products, |sum| <= 8 · 15 · 32767 < 2^24) converts to a float exactly; it is
+// scaled by its group's scale times its block's step once per chunk.
+template <ScaleType S, bool Symmetric, int MR, int NC>
+void int16_rows(const QmmProblem& p, int n0, int n1) {
+  const int K = p.K, groups = K / p.group, row_bytes = K / 2, chunks = (K + 127) / 128, padded = chunks * 128;
+  const __m512i lane_group = lane_groups(p.group);
+  const __m512i pair_mask = _mm512_set1_epi32(0x000F000F);
+  const int groups_per_chunk = 128 / p.group;
+  // Blocks of NC rows follow each other in memory: each chunk prefetches its share of the block
+  // ahead_rows further on (as nibble_rows does).
+  const uint8_t* first = p.w + static_cast<long>(n0) * row_bytes;
+  const long ahead_rows = std::max<long>(1, kNibblePrefetchBytes / (NC * row_bytes)) * NC;
+  const long first_bytes = std::min<long>(ahead_rows, n1 - n0) * row_bytes;
+  for (long b = 0; b < first_bytes; b += 64) __builtin_prefetch(first + b);
+  for (int n = n0; n < n1; n += NC) {
+    const uint8_t* rows[NC];
+    for (int c = 0; c < NC; ++c) rows[c] = p.w + static_cast<long>(n + c) * row_bytes;
+    const uint8_t* ahead = rows[0] + ahead_rows * row_bytes;
+    __m512 acc[MR][NC];
+    for (int r = 0; r < MR; ++r)
+      for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_setzero_ps();
+    for (int chunk = 0; chunk < chunks; ++chunk) {
+      for (int c = 0; c < NC; ++c) __builtin_prefetch(ahead + (static_cast<long>(chunk) * NC + c) * 64);
+      const int k0 = chunk * 128;
+      const int lanes = K - k0 >= 128 ? 16 : (K - k0) / 8;
+      const __mmask16 valid = static_cast<__mmask16>((1u << lanes) - 1);
+      __m512i q[NC];
+      for (int c = 0; c < NC; ++c) q[c] = _mm512_maskz_loadu_epi32(valid, rows[c] + k0 / 2);
+      __m512i dot[MR][NC];
+      for (int r = 0; r < MR; ++r)
+        for (int c = 0; c < NC; ++c) dot[r][c] = _mm512_setzero_si512();
+      for (int t = 0; t < 4; ++t) {
+        __m512i w[NC];
+        for (int c = 0; c < NC; ++c) w[c] = _mm512_and_si512(t == 0 ? q[c] : _mm512_srli_epi32(q[c], 4 * t), pair_mask);
+        for (int r = 0; r < MR; ++r) {
+          const __m512i xv = _mm512_loadu_si512(p.x_int16 + static_cast<long>(r) * padded + k0 + 32 * t);
+          for (int c = 0; c < NC; ++c) dot[r][c] = _mm512_dpwssd_epi32(dot[r][c], w[c], xv);
+        }
+      }
+      const int g = chunk * groups_per_chunk;
+      const int count = std::min(groups_per_chunk, groups - g);
+      for (int c = 0; c < NC; ++c) {
+        const __m512 s = lane_scales<S>(p.scales, static_cast<long>(n + c) * groups + g, count, lane_group);
+        for (int r = 0; r < MR; ++r) {
+          const __m512 step = _mm512_loadu_ps(p.x_int16_steps + static_cast<long>(r) * (padded / 8) + chunk * 16);
+          acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r][c]), _mm512_mul_ps(s, step), acc[r][c]);
+        }
+      }
+    }
+    for (int c = 0; c < NC; ++c) {
+      // The codes are unsigned: the offset (-8 · scale when symmetric) is in the biases' share,
+      // summed over the rounded x (p.x_group_sums).
+      float share[MR];
+      bias_shares<S, MR>(Symmetric ? p.scales : p.biases, n + c, groups, p.x_group_sums, share);
+      for (int r = 0; r < MR; ++r)
+        p.y[static_cast<long>(r) * p.N + n + c] = _mm512_reduce_add_ps(acc[r][c]) + (Symmetric ? -8.0f : 1.0f) * share[r];
+    }
+  }
+}
+
+template <ScaleType S, bool Symmetric, int MR, int NC>
+void int16_columns(const QmmProblem& p, int n0, int n1) {
+  const int blocked = n0 + (n1 - n0) / NC * NC;
+  int16_rows<S, Symmetric, MR, NC>(p, n0, blocked);
+  if (blocked < n1) int16_rows<S, Symmetric, MR, 1>(p, blocked, n1);
+}
+
+// All rows at once, so each chunk of weights is unpacked once per product: with integer products
+// a row costs 4 instructions a chunk and eight rows fit the registers with one column. A row's
+// sums are formed in the same order whatever the row count, so it gives the same bits alone as
+// in a batch.
+template <ScaleType S, bool Symmetric>
+void int16_tile(const QmmProblem& p, int n0, int n1) {
+  switch (p.M) {
+    case 1: int16_columns<S, Symmetric, 1, 4>(p, n0, n1); break;
+    case 2: int16_columns<S, Symmetric, 2, 4>(p, n0, n1); break;
+    case 3: int16_columns<S, Symmetric, 3, 2>(p, n0, n1); break;
+    case 4: int16_columns<S, Symmetric, 4, 2>(p, n0, n1); break;
+    case 5: int16_rows<S, Symmetric, 5, 1>(p, n0, n1); break;
+    case 6: int16_rows<S, Symmetric, 6, 1>(p, n0, n1); break;
+    case 7: int16_rows<S, Symmetric, 7, 1>(p, n0, n1); break;
+    default: int16_rows<S, Symmetric, 8, 1>(p, n0, n1); break;
+  }
+}
+
+template <ScaleType S>
+void int16_tile(const QmmProblem& p, int n0, int n1) {
+  if (p.symmetric) int16_tile<S, true>(p, n0, n1);
+  else int16_tile<S, false>(p, n0, n1);
+}
+
 }  // namespace
+
+void qmm_tile_int16_vnni(const QmmProblem& p, int n_begin, int n_end, float*) {
+  switch (p.scale_type) {
+    case ScaleType::f32: int16_tile<ScaleType::f32>(p, n_begin, n_end); break;
+    case ScaleType::f16: int16_tile<ScaleType::f16>(p, n_begin, n_end); break;
+    case ScaleType::bf16: int16_tile<ScaleType::bf16>(p, n_begin, n_end); break;
+  }
+}
 
 void qmm_tile_int8_vnni(const QmmProblem& p, int n_begin, int n_end, float*) {
   switch (p.scale_type) {
