@@ -35,8 +35,8 @@ function product(x: mx.MxArray, w: ReturnType<typeof quantizedWeight>, layout: L
   }
 }
 
-// By default on AVX-512 VNNI, 4-bit decode rows (M <= 8) round their activations to int16 per
-// block of 32 (step max |x| / 32767); other products, and every product elsewhere, are exact.
+// By default on AVX-512 VNNI, decode rows (M <= 8) round their activations to int16 per block of
+// 32 (step max |x| / 32767); other products, and every product elsewhere, are exact.
 const int16 = mx.cpuKernels().endsWith(", int16 activations");
 const INT16_LEVELS = 32767;
 
@@ -49,7 +49,7 @@ function expectOursMatches(
   layout: Layout,
 ): void {
   const m = x.size / x.shape.at(-1)!;
-  if (!(int16 && layout.bits === 4 && m <= 8)) {
+  if (!(int16 && m <= 8)) {
     expect(relativeError(ours, theirs)).toBeLessThan(1e-5);
     return;
   }
@@ -211,13 +211,13 @@ describe("quantized matmul kernel", () => {
   // bound is the activations' rounding alone (the integer sums are exact; see roundingExcess).
   // The default (no switch) is int16 on AVX-512 VNNI. `shows`: the least error (relative to the
   // largest output) the rounding makes on these shapes, above the fp32 paths' ~1e-6.
-  for (const [env, activations, levels, chunk, shows] of [
-    ["MLX_CPU_INT8", ", int8 activations", 127, 64, 1e-4],
-    ["", ", int16 activations", 32767, 32, 5e-6],
-    ["MLX_CPU_EXACT", "", 0, 0, 0],
+  for (const [env, activations, bits, levels, chunk, shows] of [
+    ["MLX_CPU_INT8", ", int8 activations", [4], 127, 64, 1e-4],
+    ["", ", int16 activations", [4, 8], 32767, 32, 5e-6],
+    ["MLX_CPU_EXACT", "", [], 0, 0, 0],
   ] as const) {
     const what = activations
-      ? `4-bit decode rows within the${activations.replace(",", "")}' rounding bound; the rest exact`
+      ? `${bits.join("/")}-bit decode rows within the${activations.replace(",", "")}' rounding bound; the rest exact`
       : "every product exact";
     test(`${env ? `${env}=1` : "by default"}: ${what}`, () => {
       const script = `
@@ -226,7 +226,7 @@ describe("quantized matmul kernel", () => {
         const results = [];
         for (const groupSize of [32, 64, 128]) {
           for (const [m, n, k, bits] of [[1, 13, 128, 4], [2, 37, 384, 4], [3, 101, 256, 4], [5, 9, 640, 4], [8, 50, 1536, 4],
-                                         [1, 1000, 768, 4], [17, 30, 256, 4], [1, 40, 256, 8], [1, 20, 96, 4]]) {
+                                         [1, 1000, 768, 4], [17, 30, 256, 4], [1, 40, 256, 8], [6, 33, 320, 8], [8, 20, 1536, 8], [1, 20, 96, 4]]) {
             if (k % groupSize !== 0) continue;
             mx.scope(() => {
               const q = mx.quantize(mx.random.normal([n, k], mx.Dtype.float32, mx.random.key(n)), { bits, groupSize });
@@ -253,13 +253,13 @@ describe("quantized matmul kernel", () => {
         kernels: string;
         results: { m: number; k: number; bits: number; excess: number; relative: number }[];
       };
-      expect(results.length).toBe(25);
+      expect(results.length).toBe(30);
       // Exact: no rounding named. int8 and int16: only where the CPU has VNNI; elsewhere every product is exact.
       if (!activations) expect(kernels).toMatch(/threads?$/);
       const rounding = activations !== "" && kernels.endsWith(activations);
       for (const r of results) {
         expect(r.excess).toBeLessThanOrEqual(0);
-        const used = rounding && r.bits === 4 && r.m <= 8 && r.k % chunk === 0;
+        const used = rounding && (bits as readonly number[]).includes(r.bits) && r.m <= 8 && r.k % chunk === 0;
         // The rounding shows (so the integer path ran) where it applies, and nowhere else.
         if (used) expect(r.relative).toBeGreaterThan(shows);
         else expect(r.relative).toBeLessThan(1e-5);

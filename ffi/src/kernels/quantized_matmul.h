@@ -29,8 +29,8 @@ struct QmmProblem {
   // each chunk of 128 elements in the order of its weights' nibbles within dwords (element 8l + j
   // at 16j + l), zeros past K. See quantized_matmul_avx512.cpp.
   const float* x_nibbles = nullptr;
-  // [M, K rounded up to 128] x rounded to int16 for the int16 kernel (see kInt16Chunk), or null,
-  // and [M, K rounded up to 128 / 8] the float step of each int32 lane of its chunks.
+  // [M, K rounded up to int16_chunk(bits)] x rounded to int16 for the int16 kernel, or null, and
+  // the float step of each int32 lane of its chunks.
   const int16_t* x_int16 = nullptr;
   const float* x_int16_steps = nullptr;
 };
@@ -57,25 +57,28 @@ constexpr int kPanelMaxColumns = 32;
 // has one step.
 constexpr int kInt8Chunk = 64;
 
-// The int16-activation kernel (4-bit decode rows on AVX-512 VNNI) takes x in chunks of 128, in
-// blocks of 32 each rounded to int16 with its own float step (max |x| / 32767), ordered like the
-// dwords of weights it multiplies: int32 lane l of vector t (0-3) of a chunk holds elements
-// 8l + t and 8l + t + 4 as two int16 words. Zeros past K.
-constexpr int kInt16Chunk = 128;
+// The int16-activation kernel (decode rows on AVX-512 VNNI) takes x in chunks of
+// int16_chunk(bits) elements (64 bytes of weights), in blocks of 32 each rounded to int16 with
+// its own float step (max |x| / 32767), ordered like the dwords of weights it multiplies: with
+// P = 32 / bits weights per dword, int32 lane l of vector t (0 .. P/2 - 1) of a chunk holds
+// elements P·l + t and P·l + t + P/2 as two int16 words. Zeros past K.
+constexpr int int16_chunk(int bits) { return 512 / bits; }
 
-// How the 4-bit decode rows (M <= kDirectMaxRows) take their activations on this CPU.
+// How the decode rows (M <= kDirectMaxRows) of 4-bit (and, int16, 8-bit) weights take their
+// activations on this CPU.
 enum class DecodeActivations {
   exact,  // fp32 (MLX_CPU_EXACT=1, or no AVX-512 VNNI)
   int16,  // the default with AVX-512 VNNI: rounded to ~16 bits, greedy answers stay mlx-lm's
   int8,   // MLX_CPU_INT8=1 with AVX-512 VNNI (K a multiple of kInt8Chunk): llama.cpp's rounding
 };
-// 8-bit layers (the default model's tied output layer) stay exact: their error goes straight into
-// the logits, and int8 did not make them faster.
+// int8 leaves 8-bit layers (the default model's tied output layer) exact: its error goes straight
+// into the logits, and it did not make them faster.
 DecodeActivations decode_activations();
 
-// x [M, K] into x_int16 and its lane steps in the order above, and the sums of the rounded x over
-// each group of `group` into group_sums [M, K/group].
-void quantize_rows_int16(const float* x, int M, int K, int group, int16_t* x_int16, float* lane_steps,
+// x [M, K] into x_int16 and its lane steps ([M, padded K / (32 / bits)]) in the order above for
+// `bits`-bit weights, and the sums of the rounded x over each group of `group` into group_sums
+// [M, K/group].
+void quantize_rows_int16(const float* x, int M, int K, int bits, int group, int16_t* x_int16, float* lane_steps,
                          float* group_sums);
 
 // x [M, K] (K a multiple of kInt8Chunk) into x_int8 and x_int8_steps in the order above, and the
@@ -91,7 +94,7 @@ void qmm_tile_avx512(const QmmProblem& p, int n_begin, int n_end, float* scratch
 void qmm_tile_neon(const QmmProblem& p, int n_begin, int n_end, float* scratch);
 // M <= kDirectMaxRows only, with x_int8 set.
 void qmm_tile_int8_vnni(const QmmProblem& p, int n_begin, int n_end, float* scratch);
-// 4 bits, M <= kDirectMaxRows only, with x_int16 set.
+// M <= kDirectMaxRows only, with x_int16 set.
 void qmm_tile_int16_vnni(const QmmProblem& p, int n_begin, int n_end, float* scratch);
 
 }  // namespace kernels

@@ -1,6 +1,7 @@
-// What the AVX-512 kernels of 4-bit decode rows share (quantized_matmul_avx512.cpp's exact fp32
+// What the AVX-512 kernels of decode rows share (quantized_matmul_avx512.cpp's exact fp32 4-bit
 // rows and quantized_matmul_vnni.cpp's int16 rows): both read the weights a 64-byte chunk of 16
-// dwords at a time, lane l holding the 8 weights k0 + 8l .. k0 + 8l + 7 of one group. Include
+// dwords at a time, lane l holding the weights of one group (8 of them at 4 bits: k0 + 8l ..
+// k0 + 8l + 7). Include
 // only from translation units built with AVX-512 (F, BW, VL) and F16C.
 #pragma once
 
@@ -18,10 +19,12 @@ namespace {
 // 7-12% faster than direct_rows' four blocks (16 KB there), and as fast as four at K = 576.
 constexpr long kNibblePrefetchBytes = 8192;
 
-// The group (within its chunk) of each lane: lane l holds elements 8l .. 8l + 7 of the chunk.
-inline __m512i lane_groups(int group) {
-  return _mm512_srli_epi32(_mm512_setr_epi32(0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120),
-                           __builtin_ctz(group));
+// The group of each lane, counted from the chunk's first: lane l holds elements per_lane · l ..
+// per_lane · (l + 1) - 1 of the chunk (8 at 4 bits, 4 at 8 bits).
+inline __m512i lane_groups(int group, int per_lane = 8) {
+  const __m512i first = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32(per_lane));
+  return _mm512_srli_epi32(first, __builtin_ctz(group));
 }
 
 // The scale of each lane's group for the chunk whose first group is `g` (`count` groups of the

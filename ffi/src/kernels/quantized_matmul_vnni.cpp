@@ -142,19 +142,22 @@ void int8_tile(const QmmProblem& p, int n0, int n1) {
   }
 }
 
-// The int16 kernel reads the weights as the exact fp32 rows of quantized_matmul_avx512.cpp do:
-// a chunk of 128 weights is 16 dwords, lane l holding elements 8l .. 8l + 7 (all of one group and
-// one block of x). Masking a dword with 0x000F000F after a shift by 4t leaves the nibbles t and
-// t + 4 as two int16 words, the pair vpdpwssd multiplies with x's pair (x_int16's order, see
-// quantized_matmul.h), so a chunk is 4 shifts and masks shared by all rows and 4 vpdpwssd a row.
-// A lane's int32 sum (8 products, |sum| <= 8 · 15 · 32767 < 2^24) converts to a float exactly; it is
-// scaled by its group's scale times its block's step once per chunk.
-template <ScaleType S, bool Symmetric, int MR, int NC>
+// The int16 kernel reads the weights a chunk of 64 bytes (16 dwords) at a time, as the exact
+// fp32 rows of quantized_matmul_avx512.cpp do: lane l holds P = 32 / Bits consecutive weights,
+// all of one group and of one block of x. Masking each 16-bit word of a dword to its low Bits
+// bits after a shift by Bits · t leaves weights t and t + P/2 of the lane as two int16 words, the
+// pair vpdpwssd multiplies with x's pair (x_int16's order, see quantized_matmul.h): a chunk is
+// P/2 shifts and masks shared by all rows, and P/2 vpdpwssd a row. A lane's int32 sum is scaled
+// by its group's scale times its block's step once per chunk. At 4 bits it converts to a float
+// exactly (8 products, |sum| <= 8 · 15 · 32767 < 2^24); at 8 bits it may round, by 2^-24 of it.
+template <int Bits, ScaleType S, bool Symmetric, int MR, int NC>
 void int16_rows(const QmmProblem& p, int n0, int n1) {
-  const int K = p.K, groups = K / p.group, row_bytes = K / 2, chunks = (K + 127) / 128, padded = chunks * 128;
-  const __m512i lane_group = lane_groups(p.group);
-  const __m512i pair_mask = _mm512_set1_epi32(0x000F000F);
-  const int groups_per_chunk = 128 / p.group;
+  constexpr int P = 32 / Bits, C = int16_chunk(Bits);
+  const int K = p.K, groups = K / p.group, row_bytes = K * Bits / 8, chunks = (K + C - 1) / C, padded = chunks * C;
+  const __m512i lane_group = lane_groups(p.group, P);
+  const __m512i pair_mask = _mm512_set1_epi32(Bits == 4 ? 0x000F000F : 0x00FF00FF);
+  // The groups a chunk spans (a chunk of 64 8-bit weights lies inside one group of 128).
+  const int groups_per_chunk = std::max(1, C / p.group);
   // Blocks of NC rows follow each other in memory: each chunk prefetches its share of the block
   // ahead_rows further on (as nibble_rows does).
   const uint8_t* first = p.w + static_cast<long>(n0) * row_bytes;
@@ -170,72 +173,78 @@ void int16_rows(const QmmProblem& p, int n0, int n1) {
       for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_setzero_ps();
     for (int chunk = 0; chunk < chunks; ++chunk) {
       for (int c = 0; c < NC; ++c) __builtin_prefetch(ahead + (static_cast<long>(chunk) * NC + c) * 64);
-      const int k0 = chunk * 128;
-      const int lanes = K - k0 >= 128 ? 16 : (K - k0) / 8;
+      const int k0 = chunk * C;
+      const int lanes = K - k0 >= C ? 16 : (K - k0) / P;
       const __mmask16 valid = static_cast<__mmask16>((1u << lanes) - 1);
       __m512i q[NC];
-      for (int c = 0; c < NC; ++c) q[c] = _mm512_maskz_loadu_epi32(valid, rows[c] + k0 / 2);
+      for (int c = 0; c < NC; ++c) q[c] = _mm512_maskz_loadu_epi32(valid, rows[c] + k0 * Bits / 8);
       __m512i dot[MR][NC];
       for (int r = 0; r < MR; ++r)
         for (int c = 0; c < NC; ++c) dot[r][c] = _mm512_setzero_si512();
-      for (int t = 0; t < 4; ++t) {
+      for (int t = 0; t < P / 2; ++t) {
         __m512i w[NC];
-        for (int c = 0; c < NC; ++c) w[c] = _mm512_and_si512(t == 0 ? q[c] : _mm512_srli_epi32(q[c], 4 * t), pair_mask);
+        for (int c = 0; c < NC; ++c) w[c] = _mm512_and_si512(t == 0 ? q[c] : _mm512_srli_epi32(q[c], Bits * t), pair_mask);
         for (int r = 0; r < MR; ++r) {
           const __m512i xv = _mm512_loadu_si512(p.x_int16 + static_cast<long>(r) * padded + k0 + 32 * t);
           for (int c = 0; c < NC; ++c) dot[r][c] = _mm512_dpwssd_epi32(dot[r][c], w[c], xv);
         }
       }
-      const int g = chunk * groups_per_chunk;
+      const int g = k0 / p.group;
       const int count = std::min(groups_per_chunk, groups - g);
       for (int c = 0; c < NC; ++c) {
         const __m512 s = lane_scales<S>(p.scales, static_cast<long>(n + c) * groups + g, count, lane_group);
         for (int r = 0; r < MR; ++r) {
-          const __m512 step = _mm512_loadu_ps(p.x_int16_steps + static_cast<long>(r) * (padded / 8) + chunk * 16);
+          const __m512 step = _mm512_loadu_ps(p.x_int16_steps + static_cast<long>(r) * (padded / P) + chunk * 16);
           acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r][c]), _mm512_mul_ps(s, step), acc[r][c]);
         }
       }
     }
     for (int c = 0; c < NC; ++c) {
-      // The codes are unsigned: the offset (-8 · scale when symmetric) is in the biases' share,
-      // summed over the rounded x (p.x_group_sums).
+      // The codes are unsigned: the offset (-2^(Bits-1) · scale when symmetric) is in the biases'
+      // share, summed over the rounded x (p.x_group_sums).
+      constexpr float kOffset = Symmetric ? -static_cast<float>(1 << (Bits - 1)) : 1.0f;
       float share[MR];
       bias_shares<S, MR>(Symmetric ? p.scales : p.biases, n + c, groups, p.x_group_sums, share);
       for (int r = 0; r < MR; ++r)
-        p.y[static_cast<long>(r) * p.N + n + c] = _mm512_reduce_add_ps(acc[r][c]) + (Symmetric ? -8.0f : 1.0f) * share[r];
+        p.y[static_cast<long>(r) * p.N + n + c] = _mm512_reduce_add_ps(acc[r][c]) + kOffset * share[r];
     }
   }
 }
 
-template <ScaleType S, bool Symmetric, int MR, int NC>
+template <int Bits, ScaleType S, bool Symmetric, int MR, int NC>
 void int16_columns(const QmmProblem& p, int n0, int n1) {
   const int blocked = n0 + (n1 - n0) / NC * NC;
-  int16_rows<S, Symmetric, MR, NC>(p, n0, blocked);
-  if (blocked < n1) int16_rows<S, Symmetric, MR, 1>(p, blocked, n1);
+  int16_rows<Bits, S, Symmetric, MR, NC>(p, n0, blocked);
+  if (blocked < n1) int16_rows<Bits, S, Symmetric, MR, 1>(p, blocked, n1);
 }
 
 // All rows at once, so each chunk of weights is unpacked once per product: with integer products
-// a row costs 4 instructions a chunk and eight rows fit the registers with one column. A row's
-// sums are formed in the same order whatever the row count, so it gives the same bits alone as
-// in a batch.
-template <ScaleType S, bool Symmetric>
+// a row costs a few instructions a chunk and eight rows fit the registers with one column. A
+// row's sums are formed in the same order whatever the row count, so it gives the same bits
+// alone as in a batch.
+template <int Bits, ScaleType S, bool Symmetric>
 void int16_tile(const QmmProblem& p, int n0, int n1) {
   switch (p.M) {
-    case 1: int16_columns<S, Symmetric, 1, 4>(p, n0, n1); break;
-    case 2: int16_columns<S, Symmetric, 2, 4>(p, n0, n1); break;
-    case 3: int16_columns<S, Symmetric, 3, 2>(p, n0, n1); break;
-    case 4: int16_columns<S, Symmetric, 4, 2>(p, n0, n1); break;
-    case 5: int16_rows<S, Symmetric, 5, 1>(p, n0, n1); break;
-    case 6: int16_rows<S, Symmetric, 6, 1>(p, n0, n1); break;
-    case 7: int16_rows<S, Symmetric, 7, 1>(p, n0, n1); break;
-    default: int16_rows<S, Symmetric, 8, 1>(p, n0, n1); break;
+    case 1: int16_columns<Bits, S, Symmetric, 1, 4>(p, n0, n1); break;
+    case 2: int16_columns<Bits, S, Symmetric, 2, 4>(p, n0, n1); break;
+    case 3: int16_columns<Bits, S, Symmetric, 3, 2>(p, n0, n1); break;
+    case 4: int16_columns<Bits, S, Symmetric, 4, 2>(p, n0, n1); break;
+    case 5: int16_rows<Bits, S, Symmetric, 5, 1>(p, n0, n1); break;
+    case 6: int16_rows<Bits, S, Symmetric, 6, 1>(p, n0, n1); break;
+    case 7: int16_rows<Bits, S, Symmetric, 7, 1>(p, n0, n1); break;
+    default: int16_rows<Bits, S, Symmetric, 8, 1>(p, n0, n1); break;
   }
 }
 
 template <ScaleType S>
 void int16_tile(const QmmProblem& p, int n0, int n1) {
-  if (p.symmetric) int16_tile<S, true>(p, n0, n1);
-  else int16_tile<S, false>(p, n0, n1);
+  if (p.bits == 4) {
+    if (p.symmetric) int16_tile<4, S, true>(p, n0, n1);
+    else int16_tile<4, S, false>(p, n0, n1);
+  } else {
+    if (p.symmetric) int16_tile<8, S, true>(p, n0, n1);
+    else int16_tile<8, S, false>(p, n0, n1);
+  }
 }
 
 }  // namespace
