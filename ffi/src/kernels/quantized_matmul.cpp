@@ -139,6 +139,7 @@ void run(const mx::array& x, const mx::array& w, const mx::array& scales, const 
     quantize_rows_int8(xp, M, K, x_int8.data(), x_int8_steps.data(), x_block_sums.data());
   }
   const bool int16 = int16_activations(M, bits);
+#if defined(KERNELS_HAVE_VNNI)
   if (int16) {
     const size_t padded = (K + int16_chunk(bits) - 1) / int16_chunk(bits) * int16_chunk(bits);
     x_int16.resize(M * padded);
@@ -146,6 +147,7 @@ void run(const mx::array& x, const mx::array& w, const mx::array& scales, const 
     x_group_sums.resize(static_cast<size_t>(M) * (K / group));
     quantize_rows_int16(xp, M, K, bits, group, x_int16.data(), x_int16_steps.data(), x_group_sums.data());
   }
+#endif
   // The AVX-512 4-bit decode rows (quantized_matmul_avx512.cpp) take x in their own order.
   const bool nibbles = bits == 4 && M <= kNibbleMaxRows && !int8 && !int16 && best_isa() == Isa::avx512;
   if (nibbles) {
@@ -303,36 +305,6 @@ void quantize_rows_int8(const float* x, int M, int K, int8_t* x_int8, float* ste
       }
       // Each int32 lane (4 bytes) holds elements of one block.
       for (int lane = 0; lane < kInt8Chunk / 4; ++lane) steps[at / 4 + lane] = block_step[(lane / 4) % 2];
-    }
-  }
-}
-
-void quantize_rows_int16(const float* x, int M, int K, int bits, int group, int16_t* x_int16, float* lane_steps,
-                         float* group_sums) {
-  const int chunk = int16_chunk(bits), per_lane = 32 / bits, half = per_lane / 2;
-  const int padded = (K + chunk - 1) / chunk * chunk, groups = K / group;
-  std::fill(x_int16, x_int16 + static_cast<size_t>(M) * padded, int16_t{0});
-  std::fill(lane_steps, lane_steps + static_cast<size_t>(M) * padded / per_lane, 0.0f);
-  std::fill(group_sums, group_sums + static_cast<size_t>(M) * groups, 0.0f);
-  for (int r = 0; r < M; ++r) {
-    int16_t* out = x_int16 + static_cast<long>(r) * padded;
-    for (int k0 = 0; k0 < K; k0 += 32) {
-      const float* in = x + static_cast<long>(r) * K + k0;
-      float largest = 0.0f;
-      for (int i = 0; i < 32; ++i) largest = std::max(largest, std::fabs(in[i]));
-      const float step = largest / 32767.0f;
-      const float inverse = step > 0.0f ? 1.0f / step : 0.0f;
-      int sum = 0;
-      for (int i = 0; i < 32; ++i) {
-        const int k = k0 + i, e = k % chunk, j = e % per_lane;
-        // |in[i] · inverse| <= 32767 up to the float rounding of the inverse: clamp it there.
-        const int q = static_cast<int>(std::clamp(std::nearbyint(in[i] * inverse), -32767.0f, 32767.0f));
-        out[k - e + 32 * (j % half) + 2 * (e / per_lane) + j / half] = static_cast<int16_t>(q);
-        sum += q;
-      }
-      for (int lane = 0; lane < 32 / per_lane; ++lane)
-        lane_steps[static_cast<long>(r) * padded / per_lane + k0 / per_lane + lane] = step;
-      group_sums[r * groups + k0 / group] += step * static_cast<float>(sum);
     }
   }
 }

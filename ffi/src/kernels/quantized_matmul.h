@@ -75,7 +75,7 @@ enum class DecodeActivations {
 // into the logits, and it did not make them faster.
 DecodeActivations decode_activations();
 
-// x [M, K] into x_int16 and its lane steps ([M, padded K / (32 / bits)]) in the order above for
+// (AVX-512 VNNI builds) x [M, K] into x_int16 and its lane steps ([M, padded K / (32 / bits)]) in the order above for
 // `bits`-bit weights, and the sums of the rounded x over each group of `group` into group_sums
 // [M, K/group].
 void quantize_rows_int16(const float* x, int M, int K, int bits, int group, int16_t* x_int16, float* lane_steps,

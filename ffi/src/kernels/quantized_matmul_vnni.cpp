@@ -249,6 +249,48 @@ void int16_tile(const QmmProblem& p, int n0, int n1) {
 
 }  // namespace
 
+void quantize_rows_int16(const float* x, int M, int K, int bits, int group, int16_t* x_int16, float* lane_steps,
+                         float* group_sums) {
+  const int chunk = int16_chunk(bits), per_lane = 32 / bits, half = per_lane / 2, run = 32 / half;
+  const int padded = (K + chunk - 1) / chunk * chunk, groups = K / group;
+  // A block's elements t, t + half, t + 2·half, ... side by side for each t (its share of vector t).
+  alignas(64) int16_t order[32];
+  for (int t = 0; t < half; ++t)
+    for (int i = 0; i < run; ++i) order[t * run + i] = static_cast<int16_t>(t + half * i);
+  const __m512i by_pair = _mm512_load_si512(order);
+  const __m512i limit = _mm512_set1_epi32(32767);
+  for (int r = 0; r < M; ++r) {
+    int16_t* out = x_int16 + static_cast<long>(r) * padded;
+    float* steps = lane_steps + static_cast<long>(r) * padded / per_lane;
+    float* sums = group_sums + static_cast<long>(r) * groups;
+    // A partial last chunk: zeros where no element lands.
+    std::fill(out + K / chunk * chunk, out + padded, int16_t{0});
+    std::fill(steps + K / per_lane, steps + padded / per_lane, 0.0f);
+    std::fill(sums, sums + groups, 0.0f);
+    for (int k0 = 0; k0 < K; k0 += 32) {
+      const float* in = x + static_cast<long>(r) * K + k0;
+      const __m512 a = _mm512_loadu_ps(in), b = _mm512_loadu_ps(in + 16);
+      const float step = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b))) / 32767.0f;
+      const __m512 inverse = _mm512_set1_ps(step > 0.0f ? 1.0f / step : 0.0f);
+      // Rounded to nearest (even on ties); |x · inverse| <= 32767 up to the inverse's rounding.
+      auto rounded = [&](__m512 v) {
+        const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(v, inverse));
+        return _mm512_max_epi32(_mm512_min_epi32(q, limit), _mm512_sub_epi32(_mm512_setzero_si512(), limit));
+      };
+      const __m512i qa = rounded(a), qb = rounded(b);
+      const __m512i words =
+          _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(qa)), _mm512_cvtepi32_epi16(qb), 1);
+      alignas(64) int16_t paired[32];
+      _mm512_store_si512(paired, _mm512_permutexvar_epi16(by_pair, words));
+      const int e0 = k0 % chunk;
+      for (int t = 0; t < half; ++t)
+        std::copy(paired + t * run, paired + (t + 1) * run, out + (k0 - e0) + 32 * t + e0 / half);
+      std::fill(steps + k0 / per_lane, steps + (k0 + 32) / per_lane, step);
+      sums[k0 / group] += step * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb)));
+    }
+  }
+}
+
 void qmm_tile_int16_vnni(const QmmProblem& p, int n_begin, int n_end, float*) {
   switch (p.scale_type) {
     case ScaleType::f32: int16_tile<ScaleType::f32>(p, n_begin, n_end); break;
