@@ -143,7 +143,7 @@ void run(const mx::array& x, const mx::array& w, const mx::array& scales, const 
   if (int16) {
     const size_t padded = (K + int16_chunk(bits) - 1) / int16_chunk(bits) * int16_chunk(bits);
     x_int16.resize(M * padded);
-    x_int16_steps.resize(M * padded * bits / 32);
+    x_int16_steps.resize(M * padded / (int16_lane_dwords(bits) * 32 / bits));
     x_group_sums.resize(static_cast<size_t>(M) * (K / group));
     quantize_rows_int16(xp, M, K, bits, group, x_int16.data(), x_int16_steps.data(), x_group_sums.data());
   }

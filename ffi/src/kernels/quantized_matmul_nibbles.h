@@ -1,7 +1,6 @@
 // What the AVX-512 kernels of decode rows share (quantized_matmul_avx512.cpp's exact fp32 4-bit
-// rows and quantized_matmul_vnni.cpp's int16 rows): both read the weights a 64-byte chunk of 16
-// dwords at a time, lane l holding the weights of one group (8 of them at 4 bits: k0 + 8l ..
-// k0 + 8l + 7). Include
+// rows and quantized_matmul_vnni.cpp's int16 rows): both read the weights in chunks of 64-byte
+// vectors, each 32-bit lane holding weights of one group. Include
 // only from translation units built with AVX-512 (F, BW, VL) and F16C.
 #pragma once
 
@@ -20,27 +19,27 @@ namespace {
 constexpr long kNibblePrefetchBytes = 8192;
 
 // The group of each lane, counted from the chunk's first: lane l holds elements per_lane · l ..
-// per_lane · (l + 1) - 1 of the chunk (8 at 4 bits, 4 at 8 bits).
+// per_lane · (l + 1) - 1 of the chunk.
 inline __m512i lane_groups(int group, int per_lane = 8) {
   const __m512i first = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                            _mm512_set1_epi32(per_lane));
   return _mm512_srli_epi32(first, __builtin_ctz(group));
 }
 
-// The scale of each lane's group for the chunk whose first group is `g` (`count` groups of the
-// chunk lie inside the row: the rest read nothing).
+// The scale of each lane's group for the chunk whose first group is `g` (`count` groups, at
+// most 8, of the chunk lie inside the row: the rest read nothing).
 template <ScaleType S>
 inline __m512 lane_scales(const void* base, long g, int count, const __m512i& lane_group) {
   const __mmask8 valid = static_cast<__mmask8>((1u << count) - 1);
-  __m128 s;
+  __m256 s;
   if constexpr (S == ScaleType::f32) {
-    s = _mm_maskz_loadu_ps(valid, static_cast<const float*>(base) + g);
+    s = _mm256_maskz_loadu_ps(valid, static_cast<const float*>(base) + g);
   } else {
     const __m128i h = _mm_maskz_loadu_epi16(valid, static_cast<const uint16_t*>(base) + g);
-    if constexpr (S == ScaleType::f16) s = _mm_cvtph_ps(h);
-    else s = _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(h), 16));
+    if constexpr (S == ScaleType::f16) s = _mm256_cvtph_ps(h);
+    else s = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
   }
-  return _mm512_permutexvar_ps(lane_group, _mm512_castps128_ps512(s));
+  return _mm512_permutexvar_ps(lane_group, _mm512_castps256_ps512(s));
 }
 
 // 16 biases from `at` as floats (zeros outside `valid`).

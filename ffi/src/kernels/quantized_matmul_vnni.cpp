@@ -142,20 +142,25 @@ void int8_tile(const QmmProblem& p, int n0, int n1) {
   }
 }
 
-// The int16 kernel reads the weights a chunk of 64 bytes (16 dwords) at a time, as the exact
-// fp32 rows of quantized_matmul_avx512.cpp do: lane l holds P = 32 / Bits consecutive weights,
-// all of one group and of one block of x. Masking each 16-bit word of a dword to its low Bits
-// bits after a shift by Bits · t leaves weights t and t + P/2 of the lane as two int16 words, the
-// pair vpdpwssd multiplies with x's pair (x_int16's order, see quantized_matmul.h): a chunk is
-// P/2 shifts and masks shared by all rows, and P/2 vpdpwssd a row. A lane's int32 sum is scaled
-// by its group's scale times its block's step once per chunk. At 4 bits it converts to a float
-// exactly (8 products, |sum| <= 8 · 15 · 32767 < 2^24); at 8 bits it may round, by 2^-24 of it.
+// The int16 kernel reads the weights a chunk of int16_lane_dwords(Bits) 64-byte vectors at a
+// time, each int32 lane summing that many dwords' worth of consecutive weights, all of one group
+// and of one block of x (with two, the even and the odd dwords are picked out of the chunk's two
+// halves once: two permutes shared by all rows). Masking each 16-bit word of a dword to its low Bits bits after a
+// shift by Bits · t leaves weights t and t + p/2 of the dword (p = 32 / Bits of them) as two int16
+// words, the pair vpdpwssd multiplies with x's pair (x_int16's order, see quantized_matmul.h): a
+// vector is p/2 shifts and masks shared by all rows and p/2 vpdpwssd a row. A lane's int32 sum is
+// scaled by its group's scale times its block's step once per chunk: the fewer lanes' sums there
+// are, the fewer float operations a row costs. At 4 bits it converts to a float exactly (16
+// products, |sum| <= 16 · 15 · 32767 < 2^24); at 8 bits it may round, by 2^-24 of it.
 template <int Bits, ScaleType S, bool Symmetric, int MR, int NC>
 void int16_rows(const QmmProblem& p, int n0, int n1) {
-  constexpr int P = 32 / Bits, C = int16_chunk(Bits);
+  constexpr int lane_dwords = int16_lane_dwords(Bits), per_dword = 32 / Bits, half = per_dword / 2;
+  constexpr int P = lane_dwords * per_dword, C = int16_chunk(Bits), chunk_bytes = 64 * lane_dwords;
   const int K = p.K, groups = K / p.group, row_bytes = K * Bits / 8, chunks = (K + C - 1) / C, padded = chunks * C;
   const __m512i lane_group = lane_groups(p.group, P);
   const __m512i pair_mask = _mm512_set1_epi32(Bits == 4 ? 0x000F000F : 0x00FF00FF);
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
   // The groups a chunk spans (a chunk of 64 8-bit weights lies inside one group of 128).
   const int groups_per_chunk = std::max(1, C / p.group);
   // Blocks of NC rows follow each other in memory: each chunk prefetches its share of the block
@@ -172,20 +177,35 @@ void int16_rows(const QmmProblem& p, int n0, int n1) {
     for (int r = 0; r < MR; ++r)
       for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_setzero_ps();
     for (int chunk = 0; chunk < chunks; ++chunk) {
-      for (int c = 0; c < NC; ++c) __builtin_prefetch(ahead + (static_cast<long>(chunk) * NC + c) * 64);
+      for (int c = 0; c < NC; ++c)
+        for (int i = 0; i < lane_dwords; ++i)
+          __builtin_prefetch(ahead + (static_cast<long>(chunk) * NC + c) * chunk_bytes + 64 * i);
       const int k0 = chunk * C;
-      const int lanes = K - k0 >= C ? 16 : (K - k0) / P;
-      const __mmask16 valid = static_cast<__mmask16>((1u << lanes) - 1);
-      __m512i q[NC];
-      for (int c = 0; c < NC; ++c) q[c] = _mm512_maskz_loadu_epi32(valid, rows[c] + k0 * Bits / 8);
+      const int dwords = K - k0 >= C ? 16 * lane_dwords : (K - k0) / per_dword;
+      const __mmask16 low = static_cast<__mmask16>((1u << std::min(dwords, 16)) - 1);
+      const __mmask16 high = static_cast<__mmask16>((1u << std::max(dwords - 16, 0)) - 1);
+      __m512i lanes[NC][lane_dwords];  // each column's dwords of every lane: the even and the odd ones
+      for (int c = 0; c < NC; ++c) {
+        const uint8_t* at = rows[c] + k0 * Bits / 8;
+        const __m512i a = _mm512_maskz_loadu_epi32(low, at);
+        if constexpr (lane_dwords == 1) {
+          lanes[c][0] = a;
+        } else {
+          const __m512i b = _mm512_maskz_loadu_epi32(high, at + 64);
+          lanes[c][0] = _mm512_permutex2var_epi32(a, even, b);
+          lanes[c][1] = _mm512_permutex2var_epi32(a, odd, b);
+        }
+      }
       __m512i dot[MR][NC];
       for (int r = 0; r < MR; ++r)
         for (int c = 0; c < NC; ++c) dot[r][c] = _mm512_setzero_si512();
-      for (int t = 0; t < P / 2; ++t) {
+      for (int v = 0; v < lane_dwords * half; ++v) {
+        const int d = v / half, t = v % half;
         __m512i w[NC];
-        for (int c = 0; c < NC; ++c) w[c] = _mm512_and_si512(t == 0 ? q[c] : _mm512_srli_epi32(q[c], Bits * t), pair_mask);
+        for (int c = 0; c < NC; ++c)
+          w[c] = _mm512_and_si512(t == 0 ? lanes[c][d] : _mm512_srli_epi32(lanes[c][d], Bits * t), pair_mask);
         for (int r = 0; r < MR; ++r) {
-          const __m512i xv = _mm512_loadu_si512(p.x_int16 + static_cast<long>(r) * padded + k0 + 32 * t);
+          const __m512i xv = _mm512_loadu_si512(p.x_int16 + static_cast<long>(r) * padded + k0 + 32 * v);
           for (int c = 0; c < NC; ++c) dot[r][c] = _mm512_dpwssd_epi32(dot[r][c], w[c], xv);
         }
       }
@@ -251,13 +271,17 @@ void int16_tile(const QmmProblem& p, int n0, int n1) {
 
 void quantize_rows_int16(const float* x, int M, int K, int bits, int group, int16_t* x_int16, float* lane_steps,
                          float* group_sums) {
-  const int chunk = int16_chunk(bits), per_lane = 32 / bits, half = per_lane / 2, run = 32 / half;
-  const int padded = (K + chunk - 1) / chunk * chunk, groups = K / group;
-  // A block's elements t, t + half, t + 2·half, ... side by side for each t (its share of vector t).
+  // Elements per dword of weights, per int32 lane, the vectors of a chunk and a block's share of each.
+  const int per_dword = 32 / bits, half = per_dword / 2, per_lane = int16_lane_dwords(bits) * per_dword;
+  const int vectors = per_lane / 2, run = 32 / vectors;
+  const int chunk = int16_chunk(bits), padded = (K + chunk - 1) / chunk * chunk, groups = K / group;
+  // Vector v of a chunk takes, from each lane, elements d·per_dword + t and d·per_dword + t + half
+  // of the lane (d = v / half, t = v % half): for a block, its run elements in that order.
   alignas(64) int16_t order[32];
-  for (int t = 0; t < half; ++t)
-    for (int i = 0; i < run; ++i) order[t * run + i] = static_cast<int16_t>(t + half * i);
-  const __m512i by_pair = _mm512_load_si512(order);
+  for (int v = 0; v < vectors; ++v)
+    for (int i = 0; i < run; ++i)
+      order[v * run + i] = static_cast<int16_t>((i / 2) * per_lane + (v / half) * per_dword + v % half + (i % 2) * half);
+  const __m512i by_vector = _mm512_load_si512(order);
   const __m512i limit = _mm512_set1_epi32(32767);
   for (int r = 0; r < M; ++r) {
     int16_t* out = x_int16 + static_cast<long>(r) * padded;
@@ -280,11 +304,11 @@ void quantize_rows_int16(const float* x, int M, int K, int bits, int group, int1
       const __m512i qa = rounded(a), qb = rounded(b);
       const __m512i words =
           _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(qa)), _mm512_cvtepi32_epi16(qb), 1);
-      alignas(64) int16_t paired[32];
-      _mm512_store_si512(paired, _mm512_permutexvar_epi16(by_pair, words));
+      alignas(64) int16_t ordered[32];
+      _mm512_store_si512(ordered, _mm512_permutexvar_epi16(by_vector, words));
       const int e0 = k0 % chunk;
-      for (int t = 0; t < half; ++t)
-        std::copy(paired + t * run, paired + (t + 1) * run, out + (k0 - e0) + 32 * t + e0 / half);
+      for (int v = 0; v < vectors; ++v)
+        std::copy(ordered + v * run, ordered + (v + 1) * run, out + (k0 - e0) + 32 * v + 2 * (e0 / per_lane));
       std::fill(steps + k0 / per_lane, steps + (k0 + 32) / per_lane, step);
       sums[k0 / group] += step * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb)));
     }
