@@ -50,12 +50,27 @@ constexpr int kDirectMaxRows = 8;
 // thread needs: kPanelMaxColumns · K. Column blocks given to tile functions are multiples of it.
 constexpr int kPanelMaxColumns = 32;
 
+// How the decode rows (M <= kDirectMaxRows) of 4-bit (and, int16, 8-bit) weights take their
+// activations on this CPU.
+enum class DecodeActivations {
+  exact,  // fp32 (MLX_CPU_EXACT=1, or no AVX-512 VNNI)
+  int16,  // the default with AVX-512 VNNI: rounded to ~16 bits, greedy answers stay mlx-lm's
+  int8,   // MLX_CPU_INT8=1 with AVX-512 VNNI (K a multiple of kInt8Chunk): llama.cpp's rounding
+};
+// int8 leaves 8-bit layers (the default model's tied output layer) exact: its error goes straight
+// into the logits, and it did not make them faster.
+DecodeActivations decode_activations();
+
 // The int8-activation kernel (4-bit decode rows on AVX-512 VNNI) takes x in chunks of 64: two
 // blocks of 32 elements, each quantized to int8 with its own float step (max |x| / 127), ordered
 // like the weights' nibbles once split: the first block's even elements, the second's, the
 // first's odd ones, the second's. Each 4 bytes form one int32 lane of the product, so every lane
 // has one step.
 constexpr int kInt8Chunk = 64;
+
+// x [M, K] (K a multiple of kInt8Chunk) into x_int8 and x_int8_steps in the order above, and the
+// sum of each block of 32 as quantized into block_sums [M, K/32].
+void quantize_rows_int8(const float* x, int M, int K, int8_t* x_int8, float* steps, float* block_sums);
 
 // The int16-activation kernel (decode rows on AVX-512 VNNI) sums each int32 lane of its
 // products over int16_lane_dwords(bits) dwords of weights: two at 4 bits (eight rows ran the
@@ -68,26 +83,11 @@ constexpr int kInt8Chunk = 64;
 constexpr int int16_lane_dwords(int bits) { return bits == 4 ? 2 : 1; }
 constexpr int int16_chunk(int bits) { return 16 * int16_lane_dwords(bits) * 32 / bits; }
 
-// How the decode rows (M <= kDirectMaxRows) of 4-bit (and, int16, 8-bit) weights take their
-// activations on this CPU.
-enum class DecodeActivations {
-  exact,  // fp32 (MLX_CPU_EXACT=1, or no AVX-512 VNNI)
-  int16,  // the default with AVX-512 VNNI: rounded to ~16 bits, greedy answers stay mlx-lm's
-  int8,   // MLX_CPU_INT8=1 with AVX-512 VNNI (K a multiple of kInt8Chunk): llama.cpp's rounding
-};
-// int8 leaves 8-bit layers (the default model's tied output layer) exact: its error goes straight
-// into the logits, and it did not make them faster.
-DecodeActivations decode_activations();
-
 // (AVX-512 VNNI builds) x [M, K] into x_int16 and its lane steps (one per lane) in the order above for
 // `bits`-bit weights, and the sums of the rounded x over each group of `group` into group_sums
 // [M, K/group].
 void quantize_rows_int16(const float* x, int M, int K, int bits, int group, int16_t* x_int16, float* lane_steps,
                          float* group_sums);
-
-// x [M, K] (K a multiple of kInt8Chunk) into x_int8 and x_int8_steps in the order above, and the
-// sum of each block of 32 as quantized into block_sums [M, K/32].
-void quantize_rows_int8(const float* x, int M, int K, int8_t* x_int8, float* steps, float* block_sums);
 
 // Outputs y[:, n_begin:n_end] of a product. `scratch` holds kPanelMaxColumns · K floats.
 using QmmTile = void (*)(const QmmProblem& p, int n_begin, int n_end, float* scratch);
