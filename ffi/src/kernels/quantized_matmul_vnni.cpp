@@ -142,16 +142,16 @@ void int8_tile(const QmmProblem& p, int n0, int n1) {
   }
 }
 
-// The int16 kernel reads the weights a chunk of int16_lane_dwords(Bits) 64-byte vectors at a
-// time, each int32 lane summing that many dwords' worth of consecutive weights, all of one group
-// and of one block of x (with two, the even and the odd dwords are picked out of the chunk's two
-// halves once: two permutes shared by all rows). Masking each 16-bit word of a dword to its low Bits bits after a
-// shift by Bits · t leaves weights t and t + p/2 of the dword (p = 32 / Bits of them) as two int16
-// words, the pair vpdpwssd multiplies with x's pair (x_int16's order, see quantized_matmul.h): a
-// vector is p/2 shifts and masks shared by all rows and p/2 vpdpwssd a row. A lane's int32 sum is
-// scaled by its group's scale times its block's step once per chunk: the fewer lanes' sums there
-// are, the fewer float operations a row costs. At 4 bits it converts to a float exactly (16
-// products, |sum| <= 16 · 15 · 32767 < 2^24); at 8 bits it may round, by 2^-24 of it.
+// The int16 kernel reads the weights in chunks of int16_lane_dwords(Bits) 64-byte vectors, each
+// int32 lane of its sums covering that many dwords of consecutive weights, all of one group and
+// of one block of x (with two, the chunk's even and odd dwords are picked out of its halves once:
+// two permutes shared by all rows). Masking each 16-bit word of a dword to its low Bits bits after
+// a shift by Bits · t leaves weights t and t + p/2 of the dword (p = 32 / Bits) as two int16 words,
+// the pair vpdpwssd multiplies with x's pair (x_int16's order, see quantized_matmul.h): per dword
+// vector, p/2 shifts and masks shared by all rows and p/2 vpdpwssd a row. Each lane's int32 sum is
+// scaled by its group's scale times its block's step once per chunk, so the more weights a lane
+// covers, the fewer float operations a row costs. At 4 bits the sum converts to a float exactly
+// (16 products, |sum| <= 16 · 15 · 32767 < 2^24); at 8 bits it may round, by 2^-24 of it.
 template <int Bits, ScaleType S, bool Symmetric, int MR, int NC>
 void int16_rows(const QmmProblem& p, int n0, int n1) {
   constexpr int lane_dwords = int16_lane_dwords(Bits), per_dword = 32 / Bits, half = per_dword / 2;
@@ -222,11 +222,11 @@ void int16_rows(const QmmProblem& p, int n0, int n1) {
     for (int c = 0; c < NC; ++c) {
       // The codes are unsigned: the offset (-2^(Bits-1) · scale when symmetric) is in the biases'
       // share, summed over the rounded x (p.x_group_sums).
-      constexpr float kOffset = Symmetric ? -static_cast<float>(1 << (Bits - 1)) : 1.0f;
+      constexpr float share_factor = Symmetric ? -static_cast<float>(1 << (Bits - 1)) : 1.0f;
       float share[MR];
       bias_shares<S, MR>(Symmetric ? p.scales : p.biases, n + c, groups, p.x_group_sums, share);
       for (int r = 0; r < MR; ++r)
-        p.y[static_cast<long>(r) * p.N + n + c] = _mm512_reduce_add_ps(acc[r][c]) + kOffset * share[r];
+        p.y[static_cast<long>(r) * p.N + n + c] = _mm512_reduce_add_ps(acc[r][c]) + share_factor * share[r];
     }
   }
 }
