@@ -1,8 +1,8 @@
 // Our quantized matmul kernel in two builds of the shim, A against B: child processes alternate
 // between the builds (MLX_SHIM_PATH) round by round, each timing the decode-sized products
-// (M = 1 and 4) of the default model; prints the medians over all rounds and B's speed-up.
+// (M = 1, 4 and 8) of the default model; prints the medians over all rounds and B's speed-up.
 // --shapes 1b: a Llama-3.2-1B's products as its Q4_0 GGUF loads (4-bit g32, float16 scales, every
-// bias -8 × its scale) decoding (M = 1) and in prompts (M = 32, 512), each matrix in enough
+// bias -8 × its scale) decoding (M = 1, 8) and in prompts (M = 32, 512), each matrix in enough
 // copies (64 MB and more in all) that, as in a model, its weights come from memory.
 //
 //   node_modules/.bin/bun bench/qmm-builds.ts --a old/libmlx_shim.so --b build/ffi/libmlx_shim.so [--rounds 6] [--runs 100] [--shapes default|1b]
@@ -31,6 +31,7 @@ const cases: [number, number, number, number, number][] = llama1B
       [1, 16384, 2048, 4, 32],
       [1, 2048, 8192, 4, 32],
       [1, 128256, 2048, 4, 32],
+      [8, 16384, 2048, 4, 32],
       [32, 3072, 2048, 4, 32],
       [32, 2048, 8192, 4, 32],
       [512, 3072, 2048, 4, 32],
@@ -41,6 +42,7 @@ const cases: [number, number, number, number, number][] = llama1B
       [1, 576, 1536, 4, 32],
       [1, 49152, 576, 8, 32],
       [4, 3072, 576, 4, 32],
+      [8, 3072, 576, 4, 32],
     ];
 const label = ([m, n, k, bits, g]: (typeof cases)[number]) => `${m} × (${n}, ${k}) ${bits}-bit g${g}`;
 

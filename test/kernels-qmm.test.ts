@@ -3,6 +3,7 @@
 // odd shapes, batched rows, two streams at once, async evaluation and the memory counters.
 import { afterEach, describe, expect, test } from "bun:test";
 import * as mx from "../src/mlx";
+import { roundingExcess } from "./helpers/kernels";
 
 interface Layout {
   bits: number;
@@ -34,6 +35,33 @@ function product(x: mx.MxArray, w: ReturnType<typeof quantizedWeight>, layout: L
   }
 }
 
+// By default on AVX-512 VNNI, decode rows (M <= 8) round their activations to int16 per block of
+// 32 (step max |x| / 32767); other products, and every product elsewhere, are exact.
+const int16 = mx.cpuKernels().endsWith(", int16 activations");
+const INT16_LEVELS = 32767;
+
+/** Ours against MLX's op on x [M, K]: within the int16 rounding's bound where it applies, else within 1e-5. */
+function expectOursMatches(
+  ours: mx.MxArray,
+  theirs: mx.MxArray,
+  x: mx.MxArray,
+  w: ReturnType<typeof quantizedWeight>,
+  layout: Layout,
+): void {
+  const m = x.size / x.shape.at(-1)!;
+  if (!(int16 && m <= 8)) {
+    expect(relativeError(ours, theirs)).toBeLessThan(1e-5);
+    return;
+  }
+  mx.scope(() => {
+    const dequantized = mx.dequantize(w.weight, w.scales, w.biases, layout, mx.Dtype.float32);
+    const rows = (a: mx.MxArray) => mx.reshape(mx.astype(a, mx.Dtype.float32), [m, -1]);
+    expect(
+      roundingExcess(rows(ours), rows(theirs), rows(mx.contiguous(x)), dequantized, INT16_LEVELS),
+    ).toBeLessThanOrEqual(0);
+  });
+}
+
 /** Largest difference between a and b relative to the largest magnitude of b. */
 function relativeError(a: mx.MxArray, b: mx.MxArray): number {
   const diff = mx.max(mx.abs(mx.subtract(mx.astype(a, mx.Dtype.float32), mx.astype(b, mx.Dtype.float32)))).item();
@@ -43,7 +71,7 @@ function relativeError(a: mx.MxArray, b: mx.MxArray): number {
 
 describe("quantized matmul kernel", () => {
   test("reports the instruction set and threads it runs with", () => {
-    expect(mx.cpuKernels()).toMatch(/^(portable|avx2|avx512|neon), \d+ threads?$/);
+    expect(mx.cpuKernels()).toMatch(/^(portable|avx2|avx512|neon), \d+ threads?(, int16 activations)?$/);
   });
 
   test("MLX_KERNELS, MLX_CPU_THREADS and MLX_CPU_ISA set it up at start", () => {
@@ -59,7 +87,8 @@ describe("quantized matmul kernel", () => {
     expect(probe({ MLX_KERNELS: "mlx", MLX_CPU_THREADS: "3", MLX_CPU_ISA: "portable" })).toBe(
       "false portable, 3 threads",
     );
-    expect(probe({ MLX_CPU_THREADS: "1" })).toMatch(/^true \w+, 1 thread$/);
+    expect(probe({ MLX_CPU_THREADS: "1" })).toMatch(/^true \w+, 1 thread(, int16 activations)?$/);
+    expect(probe({ MLX_CPU_THREADS: "1", MLX_CPU_EXACT: "1" })).toMatch(/^true \w+, 1 thread$/);
   });
 
   for (const layout of layouts) {
@@ -89,7 +118,7 @@ describe("quantized matmul kernel", () => {
           const theirs = product(x, w, layout, false);
           expect(ours.shape).toEqual([m, n]);
           expect(ours.dtypeName).toBe(theirs.dtypeName);
-          expect(relativeError(ours, theirs)).toBeLessThan(1e-5);
+          expectOursMatches(ours, theirs, x, w, layout);
         }
       });
     });
@@ -135,11 +164,15 @@ describe("quantized matmul kernel", () => {
               const symmetric = { ...w, biases: mx.multiply(w.scales, mx.scalar(-(2 ** (bits - 1)), scaleType)) };
               const x = mx.random.normal([m, k], mx.Dtype.float32, mx.random.key(200 + i));
               const ours = product(x, symmetric, layout, true);
-              expect(relativeError(ours, product(x, symmetric, layout, false))).toBeLessThan(1e-5);
+              expectOursMatches(ours, product(x, symmetric, layout, false), x, symmetric, layout);
               // The same scales with other biases: not symmetric any more.
               const shifted = { ...symmetric, biases: mx.add(symmetric.biases, mx.scalar(0.25, scaleType)) };
-              expect(relativeError(product(x, shifted, layout, true), product(x, shifted, layout, false))).toBeLessThan(
-                1e-5,
+              expectOursMatches(
+                product(x, shifted, layout, true),
+                product(x, shifted, layout, false),
+                x,
+                shifted,
+                layout,
               );
             }
           }
@@ -174,58 +207,65 @@ describe("quantized matmul kernel", () => {
     });
   }
 
-  // MLX_CPU_INT8=1 is read once per process: the checks run in a child. The error bound is the
-  // activations' rounding alone (the int8 sums are exact): each x_k moves by at most half its
-  // block's step (max |x| / 127 over its 32 elements), so |y - exact| <= Σ_k |w_k| · step_k / 2,
-  // plus 1e-5 of Σ_k |w_k x_k| for the fp32 sums' order.
-  test("MLX_CPU_INT8=1: 4-bit decode rows within the int8 activations' rounding bound; the rest exact", () => {
-    const script = `
-      import * as mx from "./src/mlx";
-      const results = [];
-      for (const groupSize of [32, 64, 128]) {
-        for (const [m, n, k, bits] of [[1, 13, 128, 4], [2, 37, 384, 4], [3, 101, 256, 4], [5, 9, 640, 4], [8, 50, 1536, 4],
-                                       [1, 1000, 768, 4], [17, 30, 256, 4], [1, 40, 256, 8], [1, 20, 96, 4]]) {
-          if (k % groupSize !== 0) continue;
-          mx.scope(() => {
-            const q = mx.quantize(mx.random.normal([n, k], mx.Dtype.float32, mx.random.key(n)), { bits, groupSize });
-            const scales = mx.astype(q.scales, mx.Dtype.float16), biases = mx.astype(q.biases, mx.Dtype.float16);
-            const x = mx.random.normal([m, k], mx.Dtype.float32, mx.random.key(k + m));
-            const ours = mx.quantizedMatmul(x, q.weight, scales, biases, { bits, groupSize });
-            const w = mx.abs(mx.transpose(mx.dequantize(q.weight, scales, biases, { bits, groupSize }, mx.Dtype.float32)));
-            mx.useCpuKernels(false);
-            const exact = mx.quantizedMatmul(x, q.weight, scales, biases, { bits, groupSize });
-            const blocks = mx.reshape(mx.abs(x), [m, k / 32, 32]);
-            const halfStep = mx.broadcastTo(mx.divide(mx.max(blocks, -1, true), 254), [m, k / 32, 32]);
-            const bound = mx.add(mx.matmul(mx.reshape(halfStep, [m, k]), w), mx.multiply(mx.matmul(mx.abs(x), w), 1e-5));
-            const error = mx.abs(mx.subtract(ours, exact));
-            const excess = mx.max(mx.subtract(error, bound)).item();
-            const relative = mx.max(error).item() / mx.max(mx.abs(exact)).item();
-            mx.useCpuKernels(true);
-            results.push({ m, n, k, bits, groupSize, excess, relative });
-          });
+  // MLX_CPU_INT8 and MLX_CPU_EXACT are read once per process: the checks run in a child. The error
+  // bound is the activations' rounding alone (the integer sums are exact; see roundingExcess).
+  // The default (no switch) is int16 on AVX-512 VNNI. `shows`: the least error (relative to the
+  // largest output) the rounding makes on these shapes, above the fp32 paths' ~1e-6.
+  for (const [env, activations, bits, levels, chunk, shows] of [
+    ["MLX_CPU_INT8", ", int8 activations", [4], 127, 64, 1e-4],
+    ["", ", int16 activations", [4, 8], 32767, 32, 5e-6],
+    ["MLX_CPU_EXACT", "", [], 0, 0, 0],
+  ] as const) {
+    const what = activations
+      ? `${bits.join("/")}-bit decode rows within the${activations.replace(",", "")}' rounding bound; the rest exact`
+      : "every product exact";
+    test(`${env ? `${env}=1` : "by default"}: ${what}`, () => {
+      const script = `
+        import * as mx from "./src/mlx";
+        import { roundingExcess } from "./test/helpers/kernels";
+        const results = [];
+        for (const groupSize of [32, 64, 128]) {
+          for (const [m, n, k, bits] of [[1, 13, 128, 4], [2, 37, 384, 4], [3, 101, 256, 4], [5, 9, 640, 4], [8, 50, 1536, 4],
+                                         [1, 1000, 768, 4], [17, 30, 256, 4], [1, 40, 256, 8], [6, 33, 320, 8], [8, 20, 1536, 8], [1, 20, 96, 4]]) {
+            if (k % groupSize !== 0) continue;
+            mx.scope(() => {
+              const q = mx.quantize(mx.random.normal([n, k], mx.Dtype.float32, mx.random.key(n)), { bits, groupSize });
+              const scales = mx.astype(q.scales, mx.Dtype.float16), biases = mx.astype(q.biases, mx.Dtype.float16);
+              const x = mx.random.normal([m, k], mx.Dtype.float32, mx.random.key(k + m));
+              const ours = mx.quantizedMatmul(x, q.weight, scales, biases, { bits, groupSize });
+              const w = mx.dequantize(q.weight, scales, biases, { bits, groupSize }, mx.Dtype.float32);
+              mx.useCpuKernels(false);
+              const exact = mx.quantizedMatmul(x, q.weight, scales, biases, { bits, groupSize });
+              const excess = ${levels} > 0 ? roundingExcess(ours, exact, x, w, ${levels}) : 0;
+              const relative = mx.max(mx.abs(mx.subtract(ours, exact))).item() / mx.max(mx.abs(exact)).item();
+              mx.useCpuKernels(true);
+              results.push({ m, n, k, bits, groupSize, excess, relative });
+            });
+          }
         }
+        console.log(JSON.stringify({ kernels: mx.cpuKernels(), results }));`;
+      const child = Bun.spawnSync([process.execPath, "-e", script], {
+        env: { ...process.env, MLX_CPU_INT8: undefined, MLX_CPU_EXACT: undefined, ...(env ? { [env]: "1" } : {}) },
+        stderr: "pipe",
+      });
+      expect(child.stderr.toString()).toBe("");
+      const { kernels, results } = JSON.parse(child.stdout.toString()) as {
+        kernels: string;
+        results: { m: number; k: number; bits: number; excess: number; relative: number }[];
+      };
+      expect(results.length).toBe(30);
+      // Exact: no rounding named. int8 and int16: only where the CPU has VNNI; elsewhere every product is exact.
+      if (!activations) expect(kernels).toMatch(/threads?$/);
+      const rounding = activations !== "" && kernels.endsWith(activations);
+      for (const r of results) {
+        expect(r.excess).toBeLessThanOrEqual(0);
+        const used = rounding && (bits as readonly number[]).includes(r.bits) && r.m <= 8 && r.k % chunk === 0;
+        // The rounding shows (so the integer path ran) where it applies, and nowhere else.
+        if (used) expect(r.relative).toBeGreaterThan(shows);
+        else expect(r.relative).toBeLessThan(1e-5);
       }
-      console.log(JSON.stringify({ kernels: mx.cpuKernels(), results }));`;
-    const child = Bun.spawnSync([process.execPath, "-e", script], {
-      env: { ...process.env, MLX_CPU_INT8: "1" },
-      stderr: "pipe",
     });
-    expect(child.stderr.toString()).toBe("");
-    const { kernels, results } = JSON.parse(child.stdout.toString()) as {
-      kernels: string;
-      results: { m: number; k: number; bits: number; excess: number; relative: number }[];
-    };
-    expect(results.length).toBe(25);
-    // Only where the CPU has VNNI; elsewhere the switch does nothing and every product is exact.
-    const int8 = kernels.endsWith(", int8 activations");
-    for (const r of results) {
-      expect(r.excess).toBeLessThanOrEqual(0);
-      const used = int8 && r.bits === 4 && r.m <= 8 && r.k % 64 === 0;
-      // The rounding shows (so the int8 path ran) where it applies, and nowhere else.
-      if (used) expect(r.relative).toBeGreaterThan(1e-4);
-      else expect(r.relative).toBeLessThan(1e-5);
-    }
-  });
+  }
 
   test("batched activations [B, L, K] and sliced (row-offset) weights", () => {
     mx.scope(() => {
@@ -252,9 +292,7 @@ describe("quantized matmul kernel", () => {
       const strided = { weight: w.weight, scales: wide(w.scales), biases: wide(w.biases) };
       for (const m of [1, 3, 11]) {
         const x = mx.transpose(mx.random.normal([128, m], mx.Dtype.float32, mx.random.key(10 + m)));
-        expect(
-          relativeError(product(x, strided, layout, true), product(mx.contiguous(x), w, layout, false)),
-        ).toBeLessThan(1e-5);
+        expectOursMatches(product(x, strided, layout, true), product(mx.contiguous(x), w, layout, false), x, w, layout);
       }
     });
   });

@@ -73,7 +73,11 @@ describe("KV cache", () => {
       expect(caches[0]!.offset).toBe(sequence.length);
       const stepwise = mx.scope(() => mx.concatenate(rows, 1));
       const diff = mx.scope(() => mx.max(mx.abs(mx.subtract(whole, stepwise))).item());
-      expect(diff).toBeLessThan(1e-4);
+      // Quantized products of up to 8 rows (the steps, not the whole sequence) round their
+      // activations to int16 on AVX-512 VNNI CPUs, ~1/65534 of a block's largest (README): the
+      // outputs (|logit| <= ~5) then differ by up to ~2e-4, ~1.5e-3 on gemma3 (1e-5 with
+      // MLX_CPU_EXACT=1). A cache that mixes up positions differs by far more.
+      expect(diff).toBeLessThan(options.quantize ? 5e-3 : 1e-4);
       freeCaches(caches);
     });
   }

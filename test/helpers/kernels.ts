@@ -21,3 +21,28 @@ export function relativeError(a: mx.MxArray, b: mx.MxArray): number {
     return diff / Math.max(mx.max(mx.abs(f32(b))).item(), 1e-30);
   });
 }
+
+/**
+ * How far ours exceeds the bound on its error against the exact product x · wᵀ (x [M, K] fp32,
+ * w [N, K] the dequantized weights) when x was rounded per block of 32 to `levels` steps each side
+ * of zero (step = max |x| / levels over the block), as the 4-bit decode rows do with integer
+ * activations: each x_k moves by at most half its step, so |ours - exact| <= Σ_k |w_k| · step_k / 2,
+ * plus 1e-5 of Σ_k |w_k x_k| for the fp32 sums' order. At most 0: within the bound.
+ */
+export function roundingExcess(
+  ours: mx.MxArray,
+  exact: mx.MxArray,
+  x: mx.MxArray,
+  w: mx.MxArray,
+  levels: number,
+): number {
+  return mx.scope(() => {
+    const [m, k] = x.shape as [number, number];
+    const blocks = mx.reshape(mx.abs(x), [m, k / 32, 32]);
+    const blockHalfSteps = mx.broadcastTo(mx.divide(mx.max(blocks, -1, true), 2 * levels), blocks.shape);
+    const halfStep = mx.reshape(blockHalfSteps, [m, k]);
+    const absW = mx.transpose(mx.abs(w));
+    const bound = mx.add(mx.matmul(halfStep, absW), mx.multiply(mx.matmul(mx.abs(x), absW), 1e-5));
+    return mx.max(mx.subtract(mx.abs(mx.subtract(ours, exact)), bound)).item();
+  });
+}

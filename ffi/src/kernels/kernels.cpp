@@ -57,9 +57,12 @@ mx::array matmul(const mx::array& a, const mx::array& b) { return mx::matmul(a, 
 #endif
 
 const char* describe() {
+  const DecodeActivations activations = decode_activations();
   static const std::string text = std::string(isa_name(best_isa())) + ", " + std::to_string(thread_count()) +
                                  (thread_count() == 1 ? " thread" : " threads") +
-                                 (int8_decode() ? ", int8 activations" : "");
+                                 (activations == DecodeActivations::int16  ? ", int16 activations"
+                                  : activations == DecodeActivations::int8 ? ", int8 activations"
+                                                                           : "");
   return text.c_str();
 }
 

@@ -50,8 +50,9 @@ inline Element element_of(mx::Dtype t) {
   return Element::f32;
 }
 
-// The instruction set and thread count the kernels run with, e.g. "avx2, 2 threads" (and
-// ", int8 activations" when MLX_CPU_INT8=1 took effect).
+// The instruction set and thread count the kernels run with, e.g. "avx2, 2 threads" (and how
+// 4-bit decode rows round their activations where they do: ", int16 activations" by default on
+// AVX-512 VNNI, ", int8 activations" with MLX_CPU_INT8=1).
 const char* describe();
 
 // mx::quantized_matmul, on our kernel where it applies.

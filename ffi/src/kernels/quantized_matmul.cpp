@@ -52,7 +52,13 @@ void from_float(const float* in, T* out, size_t n) {
   for (size_t i = 0; i < n; ++i) out[i] = static_cast<T>(in[i]);
 }
 
-bool int8_activations(int M, int K, int bits) { return int8_decode() && bits == 4 && M <= kDirectMaxRows && K % kInt8Chunk == 0; }
+bool int8_activations(int M, int K, int bits) {
+  return decode_activations() == DecodeActivations::int8 && bits == 4 && M <= kDirectMaxRows && K % kInt8Chunk == 0;
+}
+
+bool int16_activations(int M, int bits) {
+  return decode_activations() == DecodeActivations::int16 && (bits == 4 || bits == 8) && M <= kDirectMaxRows;
+}
 
 // Outputs per task: enough tasks to balance the threads, few enough that waking them pays.
 int columns_per_task(int M, int N, int K, int threads) {
@@ -110,6 +116,8 @@ void run(const mx::array& x, const mx::array& w, const mx::array& scales, const 
   // Buffers of the stream's own thread, kept between calls: no allocation per token.
   thread_local std::vector<float> x_f32, y_f32, x_group_sums, x_split, x_int8_steps, x_block_sums, x_nibbles, scratch;
   thread_local std::vector<int8_t> x_int8;
+  thread_local std::vector<int16_t> x_int16;
+  thread_local std::vector<float> x_int16_steps;
 
   const float* xp;
   if (x.dtype() == mx::float32) {
@@ -130,15 +138,25 @@ void run(const mx::array& x, const mx::array& w, const mx::array& scales, const 
     x_block_sums.resize(static_cast<size_t>(M) * K / 32);
     quantize_rows_int8(xp, M, K, x_int8.data(), x_int8_steps.data(), x_block_sums.data());
   }
+  const bool int16 = int16_activations(M, bits);
+#if defined(KERNELS_HAVE_VNNI)
+  if (int16) {
+    const size_t padded = (K + int16_chunk(bits) - 1) / int16_chunk(bits) * int16_chunk(bits);
+    x_int16.resize(M * padded);
+    x_int16_steps.resize(M * padded / (int16_lane_dwords(bits) * 32 / bits));
+    x_group_sums.resize(static_cast<size_t>(M) * (K / group));
+    quantize_rows_int16(xp, M, K, bits, group, x_int16.data(), x_int16_steps.data(), x_group_sums.data());
+  }
+#endif
   // The AVX-512 4-bit decode rows (quantized_matmul_avx512.cpp) take x in their own order.
-  const bool nibbles = bits == 4 && M <= kNibbleMaxRows && !int8 && best_isa() == Isa::avx512;
+  const bool nibbles = bits == 4 && M <= kNibbleMaxRows && !int8 && !int16 && best_isa() == Isa::avx512;
   if (nibbles) {
     x_nibbles.assign(static_cast<size_t>(M) * ((K + 127) / 128 * 128), 0.0f);
     order_by_nibbles(xp, M, K, x_nibbles.data());
   }
   if (M > kDirectMaxRows) {
     scratch.resize(static_cast<size_t>(threads) * kPanelMaxColumns * K);
-  } else {
+  } else if (!int16) {
     x_group_sums.assign(static_cast<size_t>(M) * (K / group), 0.0f);
     // The int8 kernel's bias term sums the quantized activations, so that its error is the
     // weights times the activations' rounding (Σ w·(x̂ - x)) rather than the scaled codes' times it.
@@ -155,9 +173,10 @@ void run(const mx::array& x, const mx::array& w, const mx::array& scales, const 
   }
   const QmmProblem p{xp, w.data<uint8_t>(), scales.data<void>(), biases.data<void>(), scale_type_of(scales.dtype()),
                      x_group_sums.data(), x_split.data(), int8 ? x_int8.data() : nullptr, x_int8_steps.data(),
-                     yp, M, N, K, bits, group, nibbles && symmetric(scales, biases, bits), nibbles ? x_nibbles.data() : nullptr};
+                     yp, M, N, K, bits, group, (nibbles || int16) && symmetric(scales, biases, bits),
+                     nibbles ? x_nibbles.data() : nullptr, int16 ? x_int16.data() : nullptr, x_int16_steps.data()};
 #if defined(KERNELS_HAVE_VNNI)
-  const QmmTile tile = int8 ? qmm_tile_int8_vnni : tile_for(best_isa());
+  const QmmTile tile = int8 ? qmm_tile_int8_vnni : int16 ? qmm_tile_int16_vnni : tile_for(best_isa());
 #else
   const QmmTile tile = tile_for(best_isa());
 #endif
@@ -235,17 +254,23 @@ bool quantized_matmul_covers(const mx::array& x, const mx::array& w, const mx::a
   return supported(x, w, scales, biases, transpose, group, bits, mode);
 }
 
-// Off by default: it changes outputs by the activations' rounding (see quantized_matmul_vnni.cpp),
-// and greedy answers of the default model then differ from MLX's op (bench/RESULTS.md).
-bool int8_decode() {
+// int16 by default where the CPU has AVX-512 VNNI: it changes outputs by the activations'
+// rounding, ~1/65534 of a block's largest element, and greedy answers of the default model stay
+// mlx-lm's (test/parity.test.ts). int8 (opt-in) rounds ~256x coarser, and they then differ
+// (bench/RESULTS.md).
+DecodeActivations decode_activations() {
 #if defined(KERNELS_HAVE_VNNI)
-  static const bool on = [] {
-    const char* env = std::getenv("MLX_CPU_INT8");
-    return env != nullptr && std::strcmp(env, "1") == 0 && has_avx512_vnni();
+  static const DecodeActivations mode = [] {
+    auto set = [](const char* name) {
+      const char* env = std::getenv(name);
+      return env != nullptr && std::strcmp(env, "1") == 0;
+    };
+    if (set("MLX_CPU_EXACT") || !has_avx512_vnni()) return DecodeActivations::exact;
+    return set("MLX_CPU_INT8") ? DecodeActivations::int8 : DecodeActivations::int16;
   }();
-  return on;
+  return mode;
 #else
-  return false;
+  return DecodeActivations::exact;
 #endif
 }
 

@@ -29,6 +29,10 @@ struct QmmProblem {
   // each chunk of 128 elements in the order of its weights' nibbles within dwords (element 8l + j
   // at 16j + l), zeros past K. See quantized_matmul_avx512.cpp.
   const float* x_nibbles = nullptr;
+  // [M, K rounded up to int16_chunk(bits)] x rounded to int16 for the int16 kernel, or null, and
+  // the float step of each int32 lane of its chunks.
+  const int16_t* x_int16 = nullptr;
+  const float* x_int16_steps = nullptr;
 };
 
 // The most rows the AVX-512 4-bit kernel of quantized_matmul_avx512.cpp takes: every decode row
@@ -46,6 +50,17 @@ constexpr int kDirectMaxRows = 8;
 // thread needs: kPanelMaxColumns · K. Column blocks given to tile functions are multiples of it.
 constexpr int kPanelMaxColumns = 32;
 
+// How the decode rows (M <= kDirectMaxRows) of 4-bit (and, int16, 8-bit) weights take their
+// activations on this CPU.
+enum class DecodeActivations {
+  exact,  // fp32 (MLX_CPU_EXACT=1, or no AVX-512 VNNI)
+  int16,  // the default with AVX-512 VNNI: rounded to ~16 bits, greedy answers stay mlx-lm's
+  int8,   // MLX_CPU_INT8=1 with AVX-512 VNNI (K a multiple of kInt8Chunk): llama.cpp's rounding
+};
+// int8 leaves 8-bit layers (the default model's tied output layer) exact: its error goes straight
+// into the logits, and it did not make them faster.
+DecodeActivations decode_activations();
+
 // The int8-activation kernel (4-bit decode rows on AVX-512 VNNI) takes x in chunks of 64: two
 // blocks of 32 elements, each quantized to int8 with its own float step (max |x| / 127), ordered
 // like the weights' nibbles once split: the first block's even elements, the second's, the
@@ -53,14 +68,26 @@ constexpr int kPanelMaxColumns = 32;
 // has one step.
 constexpr int kInt8Chunk = 64;
 
-// MLX_CPU_INT8=1 and the CPU has AVX-512 VNNI: 4-bit decode rows (K a multiple of kInt8Chunk)
-// run the int8-activation kernel. 8-bit layers (the default model's tied output layer) stay
-// exact: their error goes straight into the logits, and int8 did not make them faster.
-bool int8_decode();
-
 // x [M, K] (K a multiple of kInt8Chunk) into x_int8 and x_int8_steps in the order above, and the
 // sum of each block of 32 as quantized into block_sums [M, K/32].
 void quantize_rows_int8(const float* x, int M, int K, int8_t* x_int8, float* steps, float* block_sums);
+
+// The int16-activation kernel (decode rows on AVX-512 VNNI) sums each int32 lane of its
+// products over int16_lane_dwords(bits) dwords of weights: two at 4 bits (eight rows ran the
+// products ~1.3x faster than with one: fewer lanes' sums to scale), one at 8 bits (two made the
+// one-row output layer ~0.6x as fast). It takes x in chunks of int16_chunk(bits) elements, in
+// blocks of 32 each rounded to int16 with its own float step (max |x| / 32767), ordered like the
+// weights it multiplies: with p = 32 / bits weights per dword and D dwords (D·p weights) per lane,
+// lane l of vector v (0 .. D·p/2 - 1) of a chunk holds elements D·p·l + d·p + t and
+// D·p·l + d·p + t + p/2 as two int16 words (d = v / (p/2), t = v % (p/2)). Zeros past K.
+constexpr int int16_lane_dwords(int bits) { return bits == 4 ? 2 : 1; }
+constexpr int int16_chunk(int bits) { return 16 * int16_lane_dwords(bits) * 32 / bits; }
+
+// (AVX-512 VNNI builds) x [M, K] into x_int16 and its lane steps (one per lane) in the order above for
+// `bits`-bit weights, and the sums of the rounded x over each group of `group` into group_sums
+// [M, K/group].
+void quantize_rows_int16(const float* x, int M, int K, int bits, int group, int16_t* x_int16, float* lane_steps,
+                         float* group_sums);
 
 // Outputs y[:, n_begin:n_end] of a product. `scratch` holds kPanelMaxColumns · K floats.
 using QmmTile = void (*)(const QmmProblem& p, int n_begin, int n_end, float* scratch);
@@ -71,5 +98,7 @@ void qmm_tile_avx512(const QmmProblem& p, int n_begin, int n_end, float* scratch
 void qmm_tile_neon(const QmmProblem& p, int n_begin, int n_end, float* scratch);
 // M <= kDirectMaxRows only, with x_int8 set.
 void qmm_tile_int8_vnni(const QmmProblem& p, int n_begin, int n_end, float* scratch);
+// M <= kDirectMaxRows only, with x_int16 set.
+void qmm_tile_int16_vnni(const QmmProblem& p, int n_begin, int n_end, float* scratch);
 
 }  // namespace kernels

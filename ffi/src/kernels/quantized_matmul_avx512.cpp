@@ -2,6 +2,7 @@
 // for 4-bit decode rows.
 #include "simd/avx512.h"
 #include "quantized_matmul_body.h"
+#include "quantized_matmul_nibbles.h"
 
 namespace kernels {
 namespace {
@@ -15,36 +16,6 @@ namespace {
 // activations come in the matching order (p.x_nibbles): lane l of vector j is element 8l + j.
 // Measured on the Llama-3.2-1B shapes (bench/RESULTS.md).
 
-// How far ahead nibble_rows prefetches, in bytes of weights (rounded to whole blocks of rows,
-// at least one): 8 KB (two blocks of 4 rows at K = 2048) ran the 1B shapes' decode products
-// 7-12% faster than direct_rows' four blocks (16 KB there), and as fast as four at K = 576.
-constexpr long kNibblePrefetchBytes = 8192;
-
-// The scale of each lane's group for the chunk whose first group is `g` (`count` groups of the
-// chunk lie inside the row: the rest read nothing).
-template <ScaleType S>
-inline __m512 chunk_scales(const void* base, long g, int count, const __m512i& lane_group) {
-  const __mmask8 valid = static_cast<__mmask8>((1u << count) - 1);
-  __m128 s;
-  if constexpr (S == ScaleType::f32) {
-    s = _mm_maskz_loadu_ps(valid, static_cast<const float*>(base) + g);
-  } else {
-    const __m128i h = _mm_maskz_loadu_epi16(valid, static_cast<const uint16_t*>(base) + g);
-    if constexpr (S == ScaleType::f16) s = _mm_cvtph_ps(h);
-    else s = _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(h), 16));
-  }
-  return _mm512_permutexvar_ps(lane_group, _mm512_castps128_ps512(s));
-}
-
-// Σ over the row's groups of bias · (sum of x over the group), for each of MR rows.
-template <ScaleType S>
-inline __m512 biases_at(const void* base, long at, __mmask16 valid) {
-  if constexpr (S == ScaleType::f32) return _mm512_maskz_loadu_ps(valid, static_cast<const float*>(base) + at);
-  const __m256i h = _mm256_maskz_loadu_epi16(valid, static_cast<const uint16_t*>(base) + at);
-  if constexpr (S == ScaleType::f16) return _mm512_cvtph_ps(h);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
 // y[0 .. MR, n .. n + NC) for n in [n0, n1): NC weight rows side by side, each dword of
 // weights expanded once and applied to all MR rows of x. Symmetric weights (p.symmetric: every
 // bias is -8 · its scale) take their offset in the table, q - 8, and never read the biases.
@@ -53,9 +24,7 @@ void nibble_rows(const QmmProblem& p, int n0, int n1) {
   const int K = p.K, groups = K / p.group, row_bytes = K / 2, chunks = (K + 127) / 128, padded = chunks * 128;
   const __m512 table = _mm512_sub_ps(_mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                      _mm512_set1_ps(Symmetric ? 8.0f : 0.0f));
-  // Lane l of a chunk holds elements 8l .. 8l + 7: group 8l / group of the chunk.
-  const __m512i lane_group = _mm512_srli_epi32(_mm512_setr_epi32(0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120),
-                                               __builtin_ctz(p.group));
+  const __m512i lane_group = lane_groups(p.group);
   const int groups_per_chunk = 128 / p.group;
   // As in direct_rows: blocks of NC rows follow each other in memory, and each chunk prefetches
   // its share of the block ahead_rows further on.
@@ -91,7 +60,7 @@ void nibble_rows(const QmmProblem& p, int n0, int n1) {
       const int g = chunk * groups_per_chunk;
       const int count = std::min(groups_per_chunk, groups - g);
       for (int c = 0; c < NC; ++c) {
-        const __m512 s = chunk_scales<S>(p.scales, static_cast<long>(n + c) * groups + g, count, lane_group);
+        const __m512 s = lane_scales<S>(p.scales, static_cast<long>(n + c) * groups + g, count, lane_group);
         for (int r = 0; r < MR; ++r) acc[r][c] = _mm512_fmadd_ps(dot[r][c], s, acc[r][c]);
       }
     }
@@ -100,16 +69,9 @@ void nibble_rows(const QmmProblem& p, int n0, int n1) {
         for (int r = 0; r < MR; ++r) p.y[static_cast<long>(r) * p.N + n + c] = _mm512_reduce_add_ps(acc[r][c]);
         continue;
       }
-      __m512 share[MR];
-      for (int r = 0; r < MR; ++r) share[r] = _mm512_setzero_ps();
-      for (int g = 0; g < groups; g += 16) {
-        const __mmask16 valid = groups - g >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (groups - g)) - 1);
-        const __m512 b = biases_at<S>(p.biases, static_cast<long>(n + c) * groups + g, valid);
-        for (int r = 0; r < MR; ++r)
-          share[r] = _mm512_fmadd_ps(b, _mm512_maskz_loadu_ps(valid, p.x_group_sums + r * groups + g), share[r]);
-      }
-      for (int r = 0; r < MR; ++r)
-        p.y[static_cast<long>(r) * p.N + n + c] = _mm512_reduce_add_ps(acc[r][c]) + _mm512_reduce_add_ps(share[r]);
+      float share[MR];
+      bias_shares<S, MR>(p.biases, n + c, groups, p.x_group_sums, share);
+      for (int r = 0; r < MR; ++r) p.y[static_cast<long>(r) * p.N + n + c] = _mm512_reduce_add_ps(acc[r][c]) + share[r];
     }
   }
 }

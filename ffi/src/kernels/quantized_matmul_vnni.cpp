@@ -1,14 +1,25 @@
-// Decode rows (M <= kDirectMaxRows) of the 4-bit quantized matmul with int8 activations, on
-// AVX-512 VNNI: llama.cpp's method. x is quantized once per product to int8 in blocks of 32 (a float
-// step per block, see quantize_rows_int8), so 64 weights times 64 activations are one vpdpbusd
-// (unsigned 4-bit weights × signed 8-bit activations, summed exactly in int32) instead of 64
-// float multiply-adds after unpacking each weight to a float. Only the activations are rounded
-// (weights are exact), each by at most half its block's step, so |y - exact| <= Σ_k |w_k|·step_k/2.
+// Decode rows (M <= kDirectMaxRows) of the 4-bit quantized matmul on AVX-512 VNNI, with the
+// activations as integers: the weights' codes are exact small integers, so once x is an integer
+// too, a product of 32 weights and 32 activations is one VNNI instruction summing exactly in int32
+// lanes instead of 32 float multiply-adds after converting each weight to a float.
+//
+// int16 (the default, see quantize_rows_int16): x in blocks of 32, each rounded to int16 with
+// its own step (max |x| / 32767), and vpdpwssd (int16 × int16 pairs into int32). Each x_k moves
+// by at most half its step, 1/65534 of its block's largest element: ~256× less than int8, small
+// enough that greedy answers stay mlx-lm's (bench/RESULTS.md).
+//
+// int8 (MLX_CPU_INT8=1): llama.cpp's method. x quantized to int8 in blocks of 32 (step max |x| /
+// 127, see quantize_rows_int8), 64 weights times 64 activations one vpdpbusd (unsigned 4-bit
+// weights × signed 8-bit activations). Faster still, but its rounding changes greedy answers.
+//
+// Only the activations are rounded (weights are exact), so |y - exact| <= Σ_k |w_k|·step_k/2.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "quantized_matmul.h"
+#include "quantized_matmul_nibbles.h"
 
 namespace kernels {
 namespace {
@@ -131,7 +142,186 @@ void int8_tile(const QmmProblem& p, int n0, int n1) {
   }
 }
 
+// The int16 kernel reads the weights in chunks of int16_lane_dwords(Bits) 64-byte vectors, each
+// int32 lane of its sums covering that many dwords of consecutive weights, all of one group and
+// of one block of x (with two, the chunk's even and odd dwords are picked out of its halves once:
+// two permutes shared by all rows). Masking each 16-bit word of a dword to its low Bits bits after
+// a shift by Bits · t leaves weights t and t + p/2 of the dword (p = 32 / Bits) as two int16 words,
+// the pair vpdpwssd multiplies with x's pair (x_int16's order, see quantized_matmul.h): per dword
+// vector, p/2 shifts and masks shared by all rows and p/2 vpdpwssd a row. Each lane's int32 sum is
+// scaled by its group's scale times its block's step once per chunk, so the more weights a lane
+// covers, the fewer float operations a row costs. At 4 bits the sum converts to a float exactly
+// (16 products, |sum| <= 16 · 15 · 32767 < 2^24); at 8 bits it may round, by 2^-24 of it.
+template <int Bits, ScaleType S, bool Symmetric, int MR, int NC>
+void int16_rows(const QmmProblem& p, int n0, int n1) {
+  constexpr int lane_dwords = int16_lane_dwords(Bits), per_dword = 32 / Bits, half = per_dword / 2;
+  constexpr int P = lane_dwords * per_dword, C = int16_chunk(Bits), chunk_bytes = 64 * lane_dwords;
+  const int K = p.K, groups = K / p.group, row_bytes = K * Bits / 8, chunks = (K + C - 1) / C, padded = chunks * C;
+  const __m512i lane_group = lane_groups(p.group, P);
+  const __m512i pair_mask = _mm512_set1_epi32(Bits == 4 ? 0x000F000F : 0x00FF00FF);
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  // The groups a chunk spans (a chunk of 64 8-bit weights lies inside one group of 128).
+  const int groups_per_chunk = std::max(1, C / p.group);
+  // Blocks of NC rows follow each other in memory: each chunk prefetches its share of the block
+  // ahead_rows further on (as nibble_rows does).
+  const uint8_t* first = p.w + static_cast<long>(n0) * row_bytes;
+  const long ahead_rows = std::max<long>(1, kNibblePrefetchBytes / (NC * row_bytes)) * NC;
+  const long first_bytes = std::min<long>(ahead_rows, n1 - n0) * row_bytes;
+  for (long b = 0; b < first_bytes; b += 64) __builtin_prefetch(first + b);
+  for (int n = n0; n < n1; n += NC) {
+    const uint8_t* rows[NC];
+    for (int c = 0; c < NC; ++c) rows[c] = p.w + static_cast<long>(n + c) * row_bytes;
+    const uint8_t* ahead = rows[0] + ahead_rows * row_bytes;
+    __m512 acc[MR][NC];
+    for (int r = 0; r < MR; ++r)
+      for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_setzero_ps();
+    for (int chunk = 0; chunk < chunks; ++chunk) {
+      for (int c = 0; c < NC; ++c)
+        for (int i = 0; i < lane_dwords; ++i)
+          __builtin_prefetch(ahead + (static_cast<long>(chunk) * NC + c) * chunk_bytes + 64 * i);
+      const int k0 = chunk * C;
+      const int dwords = K - k0 >= C ? 16 * lane_dwords : (K - k0) / per_dword;
+      const __mmask16 low = static_cast<__mmask16>((1u << std::min(dwords, 16)) - 1);
+      const __mmask16 high = static_cast<__mmask16>((1u << std::max(dwords - 16, 0)) - 1);
+      __m512i lanes[NC][lane_dwords];  // each column's dwords of every lane: the even and the odd ones
+      for (int c = 0; c < NC; ++c) {
+        const uint8_t* at = rows[c] + k0 * Bits / 8;
+        const __m512i a = _mm512_maskz_loadu_epi32(low, at);
+        if constexpr (lane_dwords == 1) {
+          lanes[c][0] = a;
+        } else {
+          const __m512i b = _mm512_maskz_loadu_epi32(high, at + 64);
+          lanes[c][0] = _mm512_permutex2var_epi32(a, even, b);
+          lanes[c][1] = _mm512_permutex2var_epi32(a, odd, b);
+        }
+      }
+      __m512i dot[MR][NC];
+      for (int r = 0; r < MR; ++r)
+        for (int c = 0; c < NC; ++c) dot[r][c] = _mm512_setzero_si512();
+      for (int v = 0; v < lane_dwords * half; ++v) {
+        const int d = v / half, t = v % half;
+        __m512i w[NC];
+        for (int c = 0; c < NC; ++c)
+          w[c] = _mm512_and_si512(t == 0 ? lanes[c][d] : _mm512_srli_epi32(lanes[c][d], Bits * t), pair_mask);
+        for (int r = 0; r < MR; ++r) {
+          const __m512i xv = _mm512_loadu_si512(p.x_int16 + static_cast<long>(r) * padded + k0 + 32 * v);
+          for (int c = 0; c < NC; ++c) dot[r][c] = _mm512_dpwssd_epi32(dot[r][c], w[c], xv);
+        }
+      }
+      const int g = k0 / p.group;
+      const int count = std::min(groups_per_chunk, groups - g);
+      for (int c = 0; c < NC; ++c) {
+        const __m512 s = lane_scales<S>(p.scales, static_cast<long>(n + c) * groups + g, count, lane_group);
+        for (int r = 0; r < MR; ++r) {
+          const __m512 step = _mm512_loadu_ps(p.x_int16_steps + static_cast<long>(r) * (padded / P) + chunk * 16);
+          acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r][c]), _mm512_mul_ps(s, step), acc[r][c]);
+        }
+      }
+    }
+    for (int c = 0; c < NC; ++c) {
+      // The codes are unsigned: the offset (-2^(Bits-1) · scale when symmetric) is in the biases'
+      // share, summed over the rounded x (p.x_group_sums).
+      constexpr float share_factor = Symmetric ? -static_cast<float>(1 << (Bits - 1)) : 1.0f;
+      float share[MR];
+      bias_shares<S, MR>(Symmetric ? p.scales : p.biases, n + c, groups, p.x_group_sums, share);
+      for (int r = 0; r < MR; ++r)
+        p.y[static_cast<long>(r) * p.N + n + c] = _mm512_reduce_add_ps(acc[r][c]) + share_factor * share[r];
+    }
+  }
+}
+
+template <int Bits, ScaleType S, bool Symmetric, int MR, int NC>
+void int16_columns(const QmmProblem& p, int n0, int n1) {
+  const int blocked = n0 + (n1 - n0) / NC * NC;
+  int16_rows<Bits, S, Symmetric, MR, NC>(p, n0, blocked);
+  if (blocked < n1) int16_rows<Bits, S, Symmetric, MR, 1>(p, blocked, n1);
+}
+
+// All rows at once, so each chunk of weights is unpacked once per product: with integer products
+// a row costs a few instructions a chunk and eight rows fit the registers with one column. A
+// row's sums are formed in the same order whatever the row count, so it gives the same bits
+// alone as in a batch.
+template <int Bits, ScaleType S, bool Symmetric>
+void int16_tile(const QmmProblem& p, int n0, int n1) {
+  switch (p.M) {
+    case 1: int16_columns<Bits, S, Symmetric, 1, 4>(p, n0, n1); break;
+    case 2: int16_columns<Bits, S, Symmetric, 2, 4>(p, n0, n1); break;
+    case 3: int16_columns<Bits, S, Symmetric, 3, 2>(p, n0, n1); break;
+    case 4: int16_columns<Bits, S, Symmetric, 4, 2>(p, n0, n1); break;
+    case 5: int16_rows<Bits, S, Symmetric, 5, 1>(p, n0, n1); break;
+    case 6: int16_rows<Bits, S, Symmetric, 6, 1>(p, n0, n1); break;
+    case 7: int16_rows<Bits, S, Symmetric, 7, 1>(p, n0, n1); break;
+    default: int16_rows<Bits, S, Symmetric, 8, 1>(p, n0, n1); break;
+  }
+}
+
+template <ScaleType S>
+void int16_tile(const QmmProblem& p, int n0, int n1) {
+  if (p.bits == 4) {
+    if (p.symmetric) int16_tile<4, S, true>(p, n0, n1);
+    else int16_tile<4, S, false>(p, n0, n1);
+  } else {
+    if (p.symmetric) int16_tile<8, S, true>(p, n0, n1);
+    else int16_tile<8, S, false>(p, n0, n1);
+  }
+}
+
 }  // namespace
+
+void quantize_rows_int16(const float* x, int M, int K, int bits, int group, int16_t* x_int16, float* lane_steps,
+                         float* group_sums) {
+  // Elements per dword of weights, per int32 lane, the vectors of a chunk and a block's share of each.
+  const int per_dword = 32 / bits, half = per_dword / 2, per_lane = int16_lane_dwords(bits) * per_dword;
+  const int vectors = per_lane / 2, run = 32 / vectors;
+  const int chunk = int16_chunk(bits), padded = (K + chunk - 1) / chunk * chunk, groups = K / group;
+  // Vector v of a chunk takes, from each lane, elements d·per_dword + t and d·per_dword + t + half
+  // of the lane (d = v / half, t = v % half): for a block, its run elements in that order.
+  alignas(64) int16_t order[32];
+  for (int v = 0; v < vectors; ++v)
+    for (int i = 0; i < run; ++i)
+      order[v * run + i] = static_cast<int16_t>((i / 2) * per_lane + (v / half) * per_dword + v % half + (i % 2) * half);
+  const __m512i by_vector = _mm512_load_si512(order);
+  const __m512i limit = _mm512_set1_epi32(32767);
+  for (int r = 0; r < M; ++r) {
+    int16_t* out = x_int16 + static_cast<long>(r) * padded;
+    float* steps = lane_steps + static_cast<long>(r) * padded / per_lane;
+    float* sums = group_sums + static_cast<long>(r) * groups;
+    // A partial last chunk: zeros where no element lands.
+    std::fill(out + K / chunk * chunk, out + padded, int16_t{0});
+    std::fill(steps + K / per_lane, steps + padded / per_lane, 0.0f);
+    std::fill(sums, sums + groups, 0.0f);
+    for (int k0 = 0; k0 < K; k0 += 32) {
+      const float* in = x + static_cast<long>(r) * K + k0;
+      const __m512 a = _mm512_loadu_ps(in), b = _mm512_loadu_ps(in + 16);
+      const float step = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b))) / 32767.0f;
+      const __m512 inverse = _mm512_set1_ps(step > 0.0f ? 1.0f / step : 0.0f);
+      // Rounded to nearest (even on ties); |x · inverse| <= 32767 up to the inverse's rounding.
+      auto rounded = [&](__m512 v) {
+        const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(v, inverse));
+        return _mm512_max_epi32(_mm512_min_epi32(q, limit), _mm512_sub_epi32(_mm512_setzero_si512(), limit));
+      };
+      const __m512i qa = rounded(a), qb = rounded(b);
+      const __m512i words =
+          _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(qa)), _mm512_cvtepi32_epi16(qb), 1);
+      alignas(64) int16_t ordered[32];
+      _mm512_store_si512(ordered, _mm512_permutexvar_epi16(by_vector, words));
+      const int e0 = k0 % chunk;
+      for (int v = 0; v < vectors; ++v)
+        std::copy(ordered + v * run, ordered + (v + 1) * run, out + (k0 - e0) + 32 * v + 2 * (e0 / per_lane));
+      std::fill(steps + k0 / per_lane, steps + (k0 + 32) / per_lane, step);
+      sums[k0 / group] += step * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb)));
+    }
+  }
+}
+
+void qmm_tile_int16_vnni(const QmmProblem& p, int n_begin, int n_end, float*) {
+  switch (p.scale_type) {
+    case ScaleType::f32: int16_tile<ScaleType::f32>(p, n_begin, n_end); break;
+    case ScaleType::f16: int16_tile<ScaleType::f16>(p, n_begin, n_end); break;
+    case ScaleType::bf16: int16_tile<ScaleType::bf16>(p, n_begin, n_end); break;
+  }
+}
 
 void qmm_tile_int8_vnni(const QmmProblem& p, int n_begin, int n_end, float*) {
   switch (p.scale_type) {
