@@ -147,6 +147,62 @@ inline float pairwise_sum(vf v) {
   return lanes[0];
 }
 
+// The sum of each of kLanes vectors, lane j of the result holding acc[j]'s: kLanes dot products
+// finished together by a tree of shuffles and adds (about two operations per vector, where a
+// reduction of each vector alone costs eight).
+inline vf sums_of_lanes(const vf* acc) {
+#if defined(__AVX512F__)
+  if constexpr (kLanes == 16) {
+    __m512 a[16];
+    std::memcpy(a, acc, sizeof a);
+    // Four vectors → one whose 128-bit block k holds 4 partial sums of vector k.
+    const auto four = [](__m512 v0, __m512 v1, __m512 v2, __m512 v3) {
+      const __m512 v01 = _mm512_add_ps(_mm512_shuffle_f32x4(v0, v1, 0x44), _mm512_shuffle_f32x4(v0, v1, 0xEE));
+      const __m512 v23 = _mm512_add_ps(_mm512_shuffle_f32x4(v2, v3, 0x44), _mm512_shuffle_f32x4(v2, v3, 0xEE));
+      return _mm512_add_ps(_mm512_shuffle_f32x4(v01, v23, 0x88), _mm512_shuffle_f32x4(v01, v23, 0xDD));
+    };
+    const __m512 w0 = four(a[0], a[1], a[2], a[3]), w1 = four(a[4], a[5], a[6], a[7]);
+    const __m512 w2 = four(a[8], a[9], a[10], a[11]), w3 = four(a[12], a[13], a[14], a[15]);
+    // Within each block, a 4 × 4 transpose and sum: lane g of block k = vector 4g + k.
+    const __m512 s01 = _mm512_add_ps(_mm512_unpacklo_ps(w0, w1), _mm512_unpackhi_ps(w0, w1));
+    const __m512 s23 = _mm512_add_ps(_mm512_unpacklo_ps(w2, w3), _mm512_unpackhi_ps(w2, w3));
+    const __m512 sums = _mm512_add_ps(_mm512_shuffle_ps(s01, s23, 0x44), _mm512_shuffle_ps(s01, s23, 0xEE));
+    // Lane 4k + g holds vector 4g + k: back to lane j = vector j.
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m512 ordered = _mm512_permutexvar_ps(order, sums);
+    vf v;
+    std::memcpy(&v, &ordered, sizeof v);
+    return v;
+  }
+#endif
+#if defined(__AVX__)
+  if constexpr (kLanes == 8) {
+    __m256 a[8];
+    std::memcpy(a, acc, sizeof a);
+    // hadd twice: 128-bit half h of x holds half h's sum of vectors 0..3 (of y: 4..7).
+    const __m256 x = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    const __m256 y = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+    const __m256 sums = _mm256_add_ps(_mm256_permute2f128_ps(x, y, 0x20), _mm256_permute2f128_ps(x, y, 0x31));
+    vf v;
+    std::memcpy(&v, &sums, sizeof v);
+    return v;
+  }
+#endif
+#if defined(__aarch64__)
+  if constexpr (kLanes == 4) {
+    float32x4_t a[4];
+    std::memcpy(a, acc, sizeof a);
+    const float32x4_t sums = vpaddq_f32(vpaddq_f32(a[0], a[1]), vpaddq_f32(a[2], a[3]));
+    vf v;
+    std::memcpy(&v, &sums, sizeof v);
+    return v;
+  }
+#endif
+  vf v;
+  for (int j = 0; j < kLanes; ++j) v[j] = pairwise_sum(acc[j]);
+  return v;
+}
+
 inline float element(const StridedView& v, int64_t index) {
   switch (v.type) {
     case Element::f32: return static_cast<const float*>(v.data)[index];
@@ -208,47 +264,56 @@ inline void softmax_weights(float* score, int Dv, float& row_max, float& row_sum
     for (int d = 0; d < Dv; ++d) out[d] *= rescale;
 }
 
-// Second half, for several rows at once (decode's few rows of a group): adds the chunk's n
-// value rows (value_stride elements apart; fp32, float16 or bfloat16, widened as they are read)
-// times their weights to each of `rows` rows' outputs (weights kChunk apart, outputs Dv apart).
-// Every value vector is read once for all the rows.
+// Second half, for M rows at once (M a constant, so their sums stay in registers): adds the
+// chunk's n value rows (value_stride elements apart; fp32, float16 or bfloat16, widened as they
+// are read) times their weights to each row's outputs (weights kChunk apart, outputs Dv apart).
+// Every value vector is read once for all the rows, and each weight once per NV vectors.
+template <int M, int NV, class T>
+inline int accumulate_vectors(const float* w, int n, const T* values, int64_t value_stride, int Dv, float* o, int d) {
+  for (; d + NV * kLanes <= Dv; d += NV * kLanes) {
+    vf acc[M][NV];
+    for (int r = 0; r < M; ++r)
+      for (int v = 0; v < NV; ++v) acc[r][v] = load(o + size_t(r) * Dv + d + v * kLanes);
+    for (int j = 0; j < n; ++j) {
+      vf x[NV];
+      for (int v = 0; v < NV; ++v) x[v] = load(values + j * value_stride + d + v * kLanes);
+      for (int r = 0; r < M; ++r) {
+        const vf weight = splat(w[size_t(r) * kChunk + j]);
+        for (int v = 0; v < NV; ++v) acc[r][v] += weight * x[v];
+      }
+    }
+    for (int r = 0; r < M; ++r)
+      for (int v = 0; v < NV; ++v) store(o + size_t(r) * Dv + d + v * kLanes, acc[r][v]);
+  }
+  return d;
+}
+
+template <int M, class T>
+inline void accumulate_rows(const float* w, int n, const T* values, int64_t value_stride, int Dv, float* o) {
+  // Up to 12 sums in registers: 4 vectors of each of up to 3 rows, 2 of 4.
+  int d = accumulate_vectors<M, M <= 3 ? 4 : 2>(w, n, values, value_stride, Dv, o, 0);
+  d = accumulate_vectors<M, 1>(w, n, values, value_stride, Dv, o, d);
+  for (; d < Dv; ++d)
+    for (int r = 0; r < M; ++r) {
+      float sum = o[size_t(r) * Dv + d];
+      for (int j = 0; j < n; ++j) sum += w[size_t(r) * kChunk + j] * to_float(values[j * value_stride + d]);
+      o[size_t(r) * Dv + d] = sum;
+    }
+}
+
+// The same for any number of rows (decode's few rows of a group), up to 4 at a time.
 template <class T>
 inline void accumulate_values(const float* weights, int rows, int n, const T* values, int64_t value_stride, int Dv,
                               float* out) {
   for (int first = 0; first < rows; first += 4) {
-    const int m = std::min(4, rows - first);
     const float* w = weights + size_t(first) * kChunk;
     float* o = out + size_t(first) * Dv;
-    int d = 0;
-    // Two vectors of each row at a time: up to 8 independent sums in flight.
-    for (; d + 2 * kLanes <= Dv; d += 2 * kLanes) {
-      vf lo[4], hi[4];
-      for (int r = 0; r < m; ++r) lo[r] = load(o + size_t(r) * Dv + d), hi[r] = load(o + size_t(r) * Dv + d + kLanes);
-      for (int j = 0; j < n; ++j) {
-        const vf a = load(values + j * value_stride + d), b = load(values + j * value_stride + d + kLanes);
-        for (int r = 0; r < m; ++r) {
-          const vf weight = splat(w[size_t(r) * kChunk + j]);
-          lo[r] += weight * a;
-          hi[r] += weight * b;
-        }
-      }
-      for (int r = 0; r < m; ++r) store(o + size_t(r) * Dv + d, lo[r]), store(o + size_t(r) * Dv + d + kLanes, hi[r]);
+    switch (std::min(4, rows - first)) {
+      case 1: accumulate_rows<1>(w, n, values, value_stride, Dv, o); break;
+      case 2: accumulate_rows<2>(w, n, values, value_stride, Dv, o); break;
+      case 3: accumulate_rows<3>(w, n, values, value_stride, Dv, o); break;
+      default: accumulate_rows<4>(w, n, values, value_stride, Dv, o); break;
     }
-    for (; d + kLanes <= Dv; d += kLanes) {
-      vf acc[4];
-      for (int r = 0; r < m; ++r) acc[r] = load(o + size_t(r) * Dv + d);
-      for (int j = 0; j < n; ++j) {
-        const vf v = load(values + j * value_stride + d);
-        for (int r = 0; r < m; ++r) acc[r] += splat(w[size_t(r) * kChunk + j]) * v;
-      }
-      for (int r = 0; r < m; ++r) store(o + size_t(r) * Dv + d, acc[r]);
-    }
-    for (; d < Dv; ++d)
-      for (int r = 0; r < m; ++r) {
-        float sum = o[size_t(r) * Dv + d];
-        for (int j = 0; j < n; ++j) sum += w[size_t(r) * kChunk + j] * to_float(values[j * value_stride + d]);
-        o[size_t(r) * Dv + d] = sum;
-      }
   }
 }
 
