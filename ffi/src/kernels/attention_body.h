@@ -31,7 +31,7 @@ inline int padded(int D) { return (D + kLanes - 1) / kLanes * kLanes; }
 
 // score[r * kChunk + j] = q_r · k_j for the tile's rows (scaled queries, padded(D) apart) and n
 // key rows. kLanes keys at a time are widened to fp32 into `widened` (in L1 from then on), each
-// row's kLanes dot products run side by side and are finished together (sums_of_lanes): no
+// row's kLanes dot products run side by side and are finished together (sum_lanes): no
 // reduction across lanes per key, and every key is converted once for all rows.
 template <class T>
 void score_direct(const float* q, int rows, int D, const T* keys, int64_t key_stride, int n, float* widened,
@@ -55,7 +55,7 @@ void score_direct(const float* q, int rows, int D, const T* keys, int64_t key_st
         const vf qd = load(qr + d);
         for (int j = 0; j < kLanes; ++j) acc[j] += qd * load(widened + size_t(j) * Dp + d);
       }
-      store(score + size_t(r) * kChunk + first, sums_of_lanes(acc));
+      store(score + size_t(r) * kChunk + first, sum_lanes(acc));
     }
   }
 }

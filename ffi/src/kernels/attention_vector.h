@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <utility>
 
 #include "attention_kernel.h"
 
@@ -147,60 +148,25 @@ inline float pairwise_sum(vf v) {
   return lanes[0];
 }
 
-// The sum of each of kLanes vectors, lane j of the result holding acc[j]'s: kLanes dot products
-// finished together by a tree of shuffles and adds (about two operations per vector, where a
-// reduction of each vector alone costs eight).
-inline vf sums_of_lanes(const vf* acc) {
-#if defined(__AVX512F__)
-  if constexpr (kLanes == 16) {
-    __m512 a[16];
-    std::memcpy(a, acc, sizeof a);
-    // Four vectors → one whose 128-bit block k holds 4 partial sums of vector k.
-    const auto four = [](__m512 v0, __m512 v1, __m512 v2, __m512 v3) {
-      const __m512 v01 = _mm512_add_ps(_mm512_shuffle_f32x4(v0, v1, 0x44), _mm512_shuffle_f32x4(v0, v1, 0xEE));
-      const __m512 v23 = _mm512_add_ps(_mm512_shuffle_f32x4(v2, v3, 0x44), _mm512_shuffle_f32x4(v2, v3, 0xEE));
-      return _mm512_add_ps(_mm512_shuffle_f32x4(v01, v23, 0x88), _mm512_shuffle_f32x4(v01, v23, 0xDD));
-    };
-    const __m512 w0 = four(a[0], a[1], a[2], a[3]), w1 = four(a[4], a[5], a[6], a[7]);
-    const __m512 w2 = four(a[8], a[9], a[10], a[11]), w3 = four(a[12], a[13], a[14], a[15]);
-    // Within each block, a 4 × 4 transpose and sum: lane g of block k = vector 4g + k.
-    const __m512 s01 = _mm512_add_ps(_mm512_unpacklo_ps(w0, w1), _mm512_unpackhi_ps(w0, w1));
-    const __m512 s23 = _mm512_add_ps(_mm512_unpacklo_ps(w2, w3), _mm512_unpackhi_ps(w2, w3));
-    const __m512 sums = _mm512_add_ps(_mm512_shuffle_ps(s01, s23, 0x44), _mm512_shuffle_ps(s01, s23, 0xEE));
-    // Lane 4k + g holds vector 4g + k: back to lane j = vector j.
-    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    const __m512 ordered = _mm512_permutexvar_ps(order, sums);
-    vf v;
-    std::memcpy(&v, &ordered, sizeof v);
-    return v;
-  }
-#endif
-#if defined(__AVX__)
-  if constexpr (kLanes == 8) {
-    __m256 a[8];
-    std::memcpy(a, acc, sizeof a);
-    // hadd twice: 128-bit half h of x holds half h's sum of vectors 0..3 (of y: 4..7).
-    const __m256 x = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
-    const __m256 y = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
-    const __m256 sums = _mm256_add_ps(_mm256_permute2f128_ps(x, y, 0x20), _mm256_permute2f128_ps(x, y, 0x31));
-    vf v;
-    std::memcpy(&v, &sums, sizeof v);
-    return v;
-  }
-#endif
-#if defined(__aarch64__)
-  if constexpr (kLanes == 4) {
-    float32x4_t a[4];
-    std::memcpy(a, acc, sizeof a);
-    const float32x4_t sums = vpaddq_f32(vpaddq_f32(a[0], a[1]), vpaddq_f32(a[2], a[3]));
-    vf v;
-    std::memcpy(&v, &sums, sizeof v);
-    return v;
-  }
-#endif
-  vf v;
-  for (int j = 0; j < kLanes; ++j) v[j] = pairwise_sum(acc[j]);
-  return v;
+// Lane i of fold<S>(x, y): x and y each hold kLanes / S keys' partial sums, S lanes per key;
+// the result holds twice the keys, S / 2 lanes each: every key's lower half plus its upper half.
+template <int S, bool Upper>
+constexpr int fold_index(int i) {
+  const int half = S / 2, key = i / half, keys_in_x = kLanes / S, at = i % half + (Upper ? half : 0);
+  return key < keys_in_x ? key * S + at : kLanes + (key - keys_in_x) * S + at;
+}
+template <int S, size_t... I>
+inline vf fold(vf x, vf y, std::index_sequence<I...>) {
+  return __builtin_shufflevector(x, y, fold_index<S, false>(I)...) +
+         __builtin_shufflevector(x, y, fold_index<S, true>(I)...);
+}
+// Sums each of the kLanes vectors acc[0..kLanes) into lane j of one vector (acc is overwritten):
+// a transpose and add in log2(kLanes) rounds of shuffles, instead of a horizontal sum per key.
+template <int S = kLanes>
+inline vf sum_lanes(vf* acc, int count = kLanes) {
+  for (int i = 0; i < count / 2; ++i) acc[i] = fold<S>(acc[2 * i], acc[2 * i + 1], std::make_index_sequence<kLanes>());
+  if constexpr (S > 2) return sum_lanes<S / 2>(acc, count / 2);
+  return acc[0];
 }
 
 inline float element(const StridedView& v, int64_t index) {
