@@ -107,6 +107,26 @@ describe("attention kernel", () => {
     compare({ batch: 3, qHeads: 9, kvHeads: 3, queries: 1, keys: 75, dim: 64, mask: "bool", kvDtype: float16 });
   });
 
+  test("decode's few rows scored directly: 1 to 8 rows per key/value head, head sizes off the vector width", () => {
+    const { float16, bfloat16, float32 } = mx.Dtype;
+    // [query heads, kv heads, query positions]: rows per kv head = group × positions.
+    const shapes = [
+      [2, 2, 1],
+      [4, 2, 1],
+      [6, 2, 1],
+      [8, 2, 1],
+      [5, 1, 1],
+      [3, 1, 2],
+      [7, 1, 1],
+      [4, 1, 2],
+    ] as const;
+    const kvDtypes = [float16, bfloat16, float32];
+    shapes.forEach(([qHeads, kvHeads, queries], i) => {
+      for (const dim of [8, 20, 64, 72])
+        compare({ qHeads, kvHeads, queries, keys: 150 + i, dim, kvDtype: kvDtypes[i % kvDtypes.length] });
+    });
+  });
+
   test("attention sinks (gpt-oss): one logit per head in each softmax, once across split keys", () => {
     compare({ qHeads: 8, kvHeads: 2, queries: 1, keys: 2000, dim: 64, sinks: true, kvDtype: mx.Dtype.float16 });
     compare({ qHeads: 8, kvHeads: 2, queries: 1, keys: 5, dim: 64, sinks: true });

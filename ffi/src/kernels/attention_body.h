@@ -17,33 +17,45 @@ namespace {
 
 // Per-thread buffers, kept between calls (pool threads and stream threads are long-lived).
 struct Scratch {
-  std::vector<float> queries, keys_t, keys, values, scores, out, max, sum;
+  std::vector<float> queries, keys_t, widened, keys, values, scores, out, max, sum;
 };
 
-// Query rows up to which a tile scores each key row directly (one dot product per key and row,
-// summed across lanes) rather than transposing the chunk's keys first: decode has a group's
-// few rows (3 on the default model), for which the transposition, a scalar move per key
-// element, costs more than the products it lines up.
+// Query rows up to which a tile scores each key row directly (one dot product per key and row)
+// rather than transposing the chunk's keys first: decode has a group's few rows (3 on the
+// default model), for which the transposition, a scalar move per key element, costs more than
+// the products it lines up.
 constexpr int kDirectRows = 8;
 
-// score[r * kChunk + j] = q_r · k_j for the tile's rows (scaled queries, D apart) and n key rows.
+// Query and widened key rows are padded with zeros to whole vectors: no tail loops.
+inline int padded(int D) { return (D + kLanes - 1) / kLanes * kLanes; }
+
+// score[r * kChunk + j] = q_r · k_j for the tile's rows (scaled queries, padded(D) apart) and n
+// key rows. kLanes keys at a time are widened to fp32 into `widened` (in L1 from then on), each
+// row's kLanes dot products run side by side and are finished together (sum_lanes): no
+// reduction across lanes per key, and every key is converted once for all rows.
 template <class T>
-void score_direct(const float* q, int rows, int D, const T* keys, int64_t key_stride, int n, float* score) {
-  const int whole = D - D % kLanes;
-  for (int j = 0; j < n; ++j) {
-    const T* k = keys + j * key_stride;
-    for (int first = 0; first < rows; first += 4) {
-      const int m = std::min(4, rows - first);
-      vf acc[4] = {};
-      for (int d = 0; d < whole; d += kLanes) {
-        const vf kd = load(k + d);
-        for (int r = 0; r < m; ++r) acc[r] += load(q + size_t(first + r) * D + d) * kd;
+void score_direct(const float* q, int rows, int D, const T* keys, int64_t key_stride, int n, float* widened,
+                  float* score) {
+  const int Dp = padded(D), whole = D - D % kLanes;
+  for (int first = 0; first < n; first += kLanes) {
+    const int m = std::min(kLanes, n - first);
+    for (int j = 0; j < m; ++j) {
+      const T* k = keys + int64_t(first + j) * key_stride;
+      float* w = widened + size_t(j) * Dp;
+      for (int d = 0; d < whole; d += kLanes) store(w + d, load(k + d));
+      for (int d = whole; d < D; ++d) w[d] = to_float(k[d]);
+      std::fill(w + D, w + Dp, 0.0f);
+    }
+    // Past the chunk's last key: zeros (their scores are hidden afterwards anyway).
+    std::fill(widened + size_t(m) * Dp, widened + size_t(kLanes) * Dp, 0.0f);
+    for (int r = 0; r < rows; ++r) {
+      const float* qr = q + size_t(r) * Dp;
+      vf acc[kLanes] = {};
+      for (int d = 0; d < Dp; d += kLanes) {
+        const vf qd = load(qr + d);
+        for (int j = 0; j < kLanes; ++j) acc[j] += qd * load(widened + size_t(j) * Dp + d);
       }
-      for (int r = 0; r < m; ++r) {
-        float sum = pairwise_sum(acc[r]);
-        for (int d = whole; d < D; ++d) sum += q[size_t(first + r) * D + d] * to_float(k[d]);
-        score[size_t(first + r) * kChunk + j] = sum;
-      }
+      store(score + size_t(r) * kChunk + first, sum_lanes(acc));
     }
   }
 }
@@ -53,13 +65,14 @@ void score_direct(const float* q, int rows, int D, const T* keys, int64_t key_st
 template <class T>
 void score_transposed(const float* q, int rows, int D, const T* keys, int64_t key_stride, int n, float* kt,
                       float* score) {
+  const int Dp = padded(D);
   for (int j = 0; j < n; ++j) {
     const T* k = keys + j * key_stride;
     for (int d = 0; d < D; ++d) kt[size_t(d) * kChunk + j] = to_float(k[d]);
   }
   for (int d = 0; d < D; ++d) std::fill(kt + size_t(d) * kChunk + n, kt + size_t(d + 1) * kChunk, 0.0f);
   for (int r = 0; r < rows; ++r) {
-    const float* qr = q + size_t(r) * D;
+    const float* qr = q + size_t(r) * Dp;
     vf acc[8] = {};
     for (int d = 0; d < D; ++d) {
       const vf qd = splat(qr[d]);
@@ -89,7 +102,7 @@ void attend_keys(const AttentionProblem& p, const AttentionTile& t, Scratch& s, 
     const T* chunk_values = copied ? reinterpret_cast<const T*>(s.values.data()) : values + start * value_stride;
     const bool direct = rows <= kDirectRows;
     if (direct) {
-      score_direct(s.queries.data(), rows, D, chunk_keys, key_stride, n, s.scores.data());
+      score_direct(s.queries.data(), rows, D, chunk_keys, key_stride, n, s.widened.data(), s.scores.data());
     } else {
       score_transposed(s.queries.data(), rows, D, chunk_keys, key_stride, n, s.keys_t.data(), s.scores.data());
     }
@@ -122,8 +135,9 @@ void ATTENTION_TILE_FN(const AttentionProblem& p, const AttentionTile& t, float*
   const int rows = group * positions;
   const int D = p.dim, Dv = p.value_dim;
   const int shift = p.kv_len - p.q_len;
-  s.queries.resize(size_t(rows) * D);
+  s.queries.assign(size_t(rows) * padded(D), 0.0f);
   s.keys_t.resize(size_t(D) * kChunk);
+  s.widened.resize(size_t(kLanes) * padded(D));
   s.scores.resize(size_t(rows) * kChunk);
   s.out.assign(size_t(rows) * Dv, 0.0f);
   s.max.assign(rows, kMinusInf);
@@ -134,7 +148,7 @@ void ATTENTION_TILE_FN(const AttentionProblem& p, const AttentionTile& t, float*
   for (int r = 0; r < rows; ++r) {
     const int head = first_head + r / positions, i = t.row_begin + r % positions;
     const float* q = p.q + ((size_t(t.b) * p.q_heads + head) * p.q_len + i) * D;
-    for (int d = 0; d < D; ++d) s.queries[size_t(r) * D + d] = q[d] * p.scale;
+    for (int d = 0; d < D; ++d) s.queries[size_t(r) * padded(D) + d] = q[d] * p.scale;
     // A head's sink starts its rows' softmax (once: in the part that holds the first keys).
     if (p.sinks != nullptr && t.key_begin == 0) {
       s.max[r] = p.sinks[head];

@@ -28,7 +28,13 @@ void run_attention_tiles(const Problem& p, Attend attend) {
   // Few tiles (decode: one query row per head) leave threads idle: split the keys too.
   const int wanted = 4 * thread_count();
   int splits = 1;
-  if (tiles < wanted) splits = std::clamp((wanted + tiles - 1) / tiles, 1, std::max(1, p.kv_len / kMinKeysPerSplit));
+  if (tiles < wanted) {
+    const int most = std::max(1, p.kv_len / kMinKeysPerSplit);
+    splits = std::clamp((wanted + tiles - 1) / tiles, 1, most);
+    // Equal shares for every thread (3 kv heads on 2 threads: 12 tasks, not 9 that leave one
+    // thread a task more than the other while the other waits).
+    while ((tiles * splits) % thread_count() != 0 && splits < most) ++splits;
+  }
   const int keys_per_split = (p.kv_len + splits - 1) / splits;
   auto tile_at = [&](int index) {
     const int row_tile = index % row_tiles, head = (index / row_tiles) % p.kv_heads, b = index / (row_tiles * p.kv_heads);

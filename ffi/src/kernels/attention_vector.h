@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <utility>
 
 #include "attention_kernel.h"
 
@@ -147,6 +148,27 @@ inline float pairwise_sum(vf v) {
   return lanes[0];
 }
 
+// Lane i of fold<S>(x, y): x and y each hold kLanes / S keys' partial sums, S lanes per key;
+// the result holds twice the keys, S / 2 lanes each: every key's lower half plus its upper half.
+template <int S, bool Upper>
+constexpr int fold_index(int i) {
+  const int half = S / 2, key = i / half, keys_in_x = kLanes / S, at = i % half + (Upper ? half : 0);
+  return key < keys_in_x ? key * S + at : kLanes + (key - keys_in_x) * S + at;
+}
+template <int S, size_t... I>
+inline vf fold(vf x, vf y, std::index_sequence<I...>) {
+  return __builtin_shufflevector(x, y, fold_index<S, false>(I)...) +
+         __builtin_shufflevector(x, y, fold_index<S, true>(I)...);
+}
+// Sums each of the kLanes vectors acc[0..kLanes) into lane j of one vector (acc is overwritten):
+// a transpose and add in log2(kLanes) rounds of shuffles, instead of a horizontal sum per key.
+template <int S = kLanes>
+inline vf sum_lanes(vf* acc, int count = kLanes) {
+  for (int i = 0; i < count / 2; ++i) acc[i] = fold<S>(acc[2 * i], acc[2 * i + 1], std::make_index_sequence<kLanes>());
+  if constexpr (S > 2) return sum_lanes<S / 2>(acc, count / 2);
+  return acc[0];
+}
+
 inline float element(const StridedView& v, int64_t index) {
   switch (v.type) {
     case Element::f32: return static_cast<const float*>(v.data)[index];
@@ -208,47 +230,56 @@ inline void softmax_weights(float* score, int Dv, float& row_max, float& row_sum
     for (int d = 0; d < Dv; ++d) out[d] *= rescale;
 }
 
-// Second half, for several rows at once (decode's few rows of a group): adds the chunk's n
-// value rows (value_stride elements apart; fp32, float16 or bfloat16, widened as they are read)
-// times their weights to each of `rows` rows' outputs (weights kChunk apart, outputs Dv apart).
-// Every value vector is read once for all the rows.
+// Second half, for M rows at once (M a constant, so their sums stay in registers): adds the
+// chunk's n value rows (value_stride elements apart; fp32, float16 or bfloat16, widened as they
+// are read) times their weights to each row's outputs (weights kChunk apart, outputs Dv apart).
+// Every value vector is read once for all the rows, and each weight once per NV vectors.
+template <int M, int NV, class T>
+inline int accumulate_vectors(const float* w, int n, const T* values, int64_t value_stride, int Dv, float* o, int d) {
+  for (; d + NV * kLanes <= Dv; d += NV * kLanes) {
+    vf acc[M][NV];
+    for (int r = 0; r < M; ++r)
+      for (int v = 0; v < NV; ++v) acc[r][v] = load(o + size_t(r) * Dv + d + v * kLanes);
+    for (int j = 0; j < n; ++j) {
+      vf x[NV];
+      for (int v = 0; v < NV; ++v) x[v] = load(values + j * value_stride + d + v * kLanes);
+      for (int r = 0; r < M; ++r) {
+        const vf weight = splat(w[size_t(r) * kChunk + j]);
+        for (int v = 0; v < NV; ++v) acc[r][v] += weight * x[v];
+      }
+    }
+    for (int r = 0; r < M; ++r)
+      for (int v = 0; v < NV; ++v) store(o + size_t(r) * Dv + d + v * kLanes, acc[r][v]);
+  }
+  return d;
+}
+
+template <int M, class T>
+inline void accumulate_rows(const float* w, int n, const T* values, int64_t value_stride, int Dv, float* o) {
+  // Up to 12 sums in registers: 4 vectors of each of up to 3 rows, 2 of 4.
+  int d = accumulate_vectors<M, M <= 3 ? 4 : 2>(w, n, values, value_stride, Dv, o, 0);
+  d = accumulate_vectors<M, 1>(w, n, values, value_stride, Dv, o, d);
+  for (; d < Dv; ++d)
+    for (int r = 0; r < M; ++r) {
+      float sum = o[size_t(r) * Dv + d];
+      for (int j = 0; j < n; ++j) sum += w[size_t(r) * kChunk + j] * to_float(values[j * value_stride + d]);
+      o[size_t(r) * Dv + d] = sum;
+    }
+}
+
+// The same for any number of rows (decode's few rows of a group), up to 4 at a time.
 template <class T>
 inline void accumulate_values(const float* weights, int rows, int n, const T* values, int64_t value_stride, int Dv,
                               float* out) {
   for (int first = 0; first < rows; first += 4) {
-    const int m = std::min(4, rows - first);
     const float* w = weights + size_t(first) * kChunk;
     float* o = out + size_t(first) * Dv;
-    int d = 0;
-    // Two vectors of each row at a time: up to 8 independent sums in flight.
-    for (; d + 2 * kLanes <= Dv; d += 2 * kLanes) {
-      vf lo[4], hi[4];
-      for (int r = 0; r < m; ++r) lo[r] = load(o + size_t(r) * Dv + d), hi[r] = load(o + size_t(r) * Dv + d + kLanes);
-      for (int j = 0; j < n; ++j) {
-        const vf a = load(values + j * value_stride + d), b = load(values + j * value_stride + d + kLanes);
-        for (int r = 0; r < m; ++r) {
-          const vf weight = splat(w[size_t(r) * kChunk + j]);
-          lo[r] += weight * a;
-          hi[r] += weight * b;
-        }
-      }
-      for (int r = 0; r < m; ++r) store(o + size_t(r) * Dv + d, lo[r]), store(o + size_t(r) * Dv + d + kLanes, hi[r]);
+    switch (std::min(4, rows - first)) {
+      case 1: accumulate_rows<1>(w, n, values, value_stride, Dv, o); break;
+      case 2: accumulate_rows<2>(w, n, values, value_stride, Dv, o); break;
+      case 3: accumulate_rows<3>(w, n, values, value_stride, Dv, o); break;
+      default: accumulate_rows<4>(w, n, values, value_stride, Dv, o); break;
     }
-    for (; d + kLanes <= Dv; d += kLanes) {
-      vf acc[4];
-      for (int r = 0; r < m; ++r) acc[r] = load(o + size_t(r) * Dv + d);
-      for (int j = 0; j < n; ++j) {
-        const vf v = load(values + j * value_stride + d);
-        for (int r = 0; r < m; ++r) acc[r] += splat(w[size_t(r) * kChunk + j]) * v;
-      }
-      for (int r = 0; r < m; ++r) store(o + size_t(r) * Dv + d, acc[r]);
-    }
-    for (; d < Dv; ++d)
-      for (int r = 0; r < m; ++r) {
-        float sum = o[size_t(r) * Dv + d];
-        for (int j = 0; j < n; ++j) sum += w[size_t(r) * kChunk + j] * to_float(values[j * value_stride + d]);
-        o[size_t(r) * Dv + d] = sum;
-      }
   }
 }
 

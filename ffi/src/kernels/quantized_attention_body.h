@@ -8,7 +8,6 @@
 // every query head of a key/value head sharing each chunk; but each chunk's keys and values are
 // first dequantized into fp32 rows in L1, a vector of codes at a time (the cache is read at 4 or
 // 8 bits, never expanded in memory), and scores are dot products along those rows.
-#include <utility>
 #include <vector>
 
 #include "attention_vector.h"
@@ -143,27 +142,6 @@ inline void channel_key_row(const QuantizedAttentionProblem& p, int b, int h, in
       store(out + e + kLanes, hi * load(scale + e + kLanes) + load(bias + e + kLanes));
     }
   }
-}
-
-// Lane i of fold<S>(x, y): x and y each hold kLanes / S keys' partial sums, S lanes per key;
-// the result holds twice the keys, S / 2 lanes each: every key's lower half plus its upper half.
-template <int S, bool Upper>
-constexpr int fold_index(int i) {
-  const int half = S / 2, key = i / half, keys_in_x = kLanes / S, at = i % half + (Upper ? half : 0);
-  return key < keys_in_x ? key * S + at : kLanes + (key - keys_in_x) * S + at;
-}
-template <int S, size_t... I>
-inline vf fold(vf x, vf y, std::index_sequence<I...>) {
-  return __builtin_shufflevector(x, y, fold_index<S, false>(I)...) +
-         __builtin_shufflevector(x, y, fold_index<S, true>(I)...);
-}
-// Sums each of the kLanes vectors acc[0..kLanes) into lane j of one vector (acc is overwritten):
-// a transpose and add in log2(kLanes) rounds of shuffles, instead of a horizontal sum per key.
-template <int S = kLanes>
-inline vf sum_lanes(vf* acc, int count = kLanes) {
-  for (int i = 0; i < count / 2; ++i) acc[i] = fold<S>(acc[2 * i], acc[2 * i + 1], std::make_index_sequence<kLanes>());
-  if constexpr (S > 2) return sum_lanes<S / 2>(acc, count / 2);
-  return acc[0];
 }
 
 // score[j] = q · keys[j] for the kChunk keys of a chunk (rows of D floats), kLanes keys at a time;
