@@ -13,7 +13,7 @@ import { headLayers, parseLayers, splitLayers } from "../src/engine/pipeline";
 import { readLayout } from "../src/models/layout";
 import { resolveModelPath } from "../src/store/resolve";
 import { cliRunner, mainScript } from "./helpers/cli";
-import { launchServe as launchServeOn } from "./helpers/launch";
+import { completeTogether, launchServe as launchServeOn } from "./helpers/launch";
 import { eventually, serve } from "./helpers/serve";
 import { lastLayers, writeRandomAdapter } from "./helpers/random-adapter";
 import { tinyDims, writeTinyModel } from "./helpers/tiny-model";
@@ -282,16 +282,7 @@ describe("mlx launch -- serve", () => {
     // The adapter changes the answer.
     expect(expected[1]).not.toBe(expected[0]);
     const server = await launchServe(3, ["--adapter", `tuned=${adapter}`]);
-    try {
-      const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
-      const together = await Promise.all(
-        requests.map(async (r) => (await client.completions.create(r)).choices[0]!.text),
-      );
-      expect(together).toEqual(expected);
-    } finally {
-      server.proc.kill("SIGTERM");
-    }
-    expect(await server.proc.exited).toBe(0);
+    expect(await completeTogether(server, requests)).toEqual(expected);
   }, 120_000);
 
   test("concurrent streams: several micro-batches in flight on 3 ranks (one with --micro-batches 1), each stream as one process gives it alone", async () => {

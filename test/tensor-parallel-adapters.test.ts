@@ -8,7 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import OpenAI from "openai";
 import { cliRunner } from "./helpers/cli";
-import { launchServe } from "./helpers/launch";
+import { completeTogether, launchServe } from "./helpers/launch";
 import { lastLayers, writeRandomAdapter } from "./helpers/random-adapter";
 import { serve } from "./helpers/serve";
 import { tinyDims, writeTinyModel } from "./helpers/tiny-model";
@@ -96,15 +96,6 @@ describe("mlx launch -n 2 -- serve --tensor-parallel --adapter", () => {
       "--adapter",
       `scaled=${dora}`,
     ]);
-    try {
-      const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
-      const together = await Promise.all(
-        requests.map(async (r) => (await client.completions.create(r)).choices[0]!.text),
-      );
-      expect(together).toEqual(expected);
-    } finally {
-      server.proc.kill("SIGTERM");
-    }
-    expect(await server.proc.exited).toBe(0);
+    expect(await completeTogether(server, requests)).toEqual(expected);
   }, 120_000);
 });

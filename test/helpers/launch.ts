@@ -1,7 +1,10 @@
 // `mlx launch -n N -- serve ...` as a test runs it: the launcher's process, the URL its rank 0
 // listens on (once the model answers /health), and its ranks' process ids by rank.
+import { expect } from "bun:test";
 import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
+import OpenAI from "openai";
+import type { CompletionCreateParamsNonStreaming } from "openai/resources/completions";
 import { mainScript } from "./cli";
 
 /** A launched `serve` on `model` split over `n` ranks, with `extra` flags, under MLX_HOME `home`. */
@@ -40,4 +43,18 @@ export async function launchServe(home: string, n: number, model: string, extra:
     return byRank;
   };
   return { proc, url, ranks, stderr: () => stderr, reading };
+}
+
+/** Sends `requests` to a launched serve all at once and stops it (cleanly): each answer's text. */
+export async function completeTogether(
+  server: Awaited<ReturnType<typeof launchServe>>,
+  requests: CompletionCreateParamsNonStreaming[],
+): Promise<string[]> {
+  try {
+    const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
+    return await Promise.all(requests.map(async (r) => (await client.completions.create(r)).choices[0]!.text));
+  } finally {
+    server.proc.kill("SIGTERM");
+    expect(await server.proc.exited).toBe(0);
+  }
 }

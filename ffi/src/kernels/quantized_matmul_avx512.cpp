@@ -26,12 +26,7 @@ void nibble_rows(const QmmProblem& p, int n0, int n1) {
                                      _mm512_set1_ps(Symmetric ? 8.0f : 0.0f));
   const __m512i lane_group = lane_groups(p.group);
   const int groups_per_chunk = 128 / p.group;
-  // As in direct_rows: blocks of NC rows follow each other in memory, and each chunk prefetches
-  // its share of the block ahead_rows further on.
-  const uint8_t* first = p.w + static_cast<long>(n0) * row_bytes;
-  const long ahead_rows = std::max<long>(1, kNibblePrefetchBytes / (NC * row_bytes)) * NC;
-  const long first_bytes = std::min<long>(ahead_rows, n1 - n0) * row_bytes;
-  for (long b = 0; b < first_bytes; b += 64) __builtin_prefetch(first + b);
+  const long ahead_rows = prefetch_rows_ahead(p.w, n0, n1, row_bytes, NC);
   for (int n = n0; n < n1; n += NC) {
     const uint8_t* rows[NC];
     for (int c = 0; c < NC; ++c) rows[c] = p.w + static_cast<long>(n + c) * row_bytes;

@@ -163,12 +163,7 @@ void int16_rows(const QmmProblem& p, int n0, int n1) {
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
   // The groups a chunk spans (a chunk of 64 8-bit weights lies inside one group of 128).
   const int groups_per_chunk = std::max(1, C / p.group);
-  // Blocks of NC rows follow each other in memory: each chunk prefetches its share of the block
-  // ahead_rows further on (as nibble_rows does).
-  const uint8_t* first = p.w + static_cast<long>(n0) * row_bytes;
-  const long ahead_rows = std::max<long>(1, kNibblePrefetchBytes / (NC * row_bytes)) * NC;
-  const long first_bytes = std::min<long>(ahead_rows, n1 - n0) * row_bytes;
-  for (long b = 0; b < first_bytes; b += 64) __builtin_prefetch(first + b);
+  const long ahead_rows = prefetch_rows_ahead(p.w, n0, n1, row_bytes, NC);
   for (int n = n0; n < n1; n += NC) {
     const uint8_t* rows[NC];
     for (int c = 0; c < NC; ++c) rows[c] = p.w + static_cast<long>(n + c) * row_bytes;
