@@ -13,6 +13,8 @@ import { writeTinyModel } from "./helpers/tiny-model";
 
 const home = process.env.MLX_HOME ?? join(import.meta.dir, "..", ".cache", "mlx-home");
 const mlx = cliRunner(home);
+/** `mlx <args>` split over two ranks (`mlx launch -n 2 -- <args>`). */
+const onTwoRanks = (args: string[], stdin?: string) => mlx(["launch", "-n", "2", "--", ...args], stdin);
 let dir: string;
 let tiny: string;
 
@@ -37,7 +39,7 @@ describe("mlx launch -n 2 -- cache-prompt, then -- run --prompt-cache", () => {
       ["stages", ["--layers", "0,1-2"]],
     ] as const) {
       const file = join(dir, `${name}.cache`);
-      const saved = await mlx(["launch", "-n", "2", "--", "cache-prompt", "-m", tiny, ...split, file], document);
+      const saved = await onTwoRanks(["cache-prompt", "-m", tiny, ...split, file], document);
       expect(saved.code).toBe(0);
       // Rank 0's share in the file, rank 1's beside it.
       expect(
@@ -45,19 +47,7 @@ describe("mlx launch -n 2 -- cache-prompt, then -- run --prompt-cache", () => {
           .filter((f) => f.startsWith(`${name}.cache`))
           .sort(),
       ).toEqual([`${name}.cache`, `${name}.cache.rank1`]);
-      const run = await mlx([
-        "launch",
-        "-n",
-        "2",
-        "--",
-        "run",
-        "-m",
-        tiny,
-        ...split,
-        "--prompt-cache",
-        file,
-        ...question,
-      ]);
+      const run = await onTwoRanks(["run", "-m", tiny, ...split, "--prompt-cache", file, ...question]);
       expect(run.stderr).toBe("");
       const answer = JSON.parse(run.stdout);
       expect(answer.token_ids).toEqual(expected.token_ids);
@@ -67,20 +57,7 @@ describe("mlx launch -n 2 -- cache-prompt, then -- run --prompt-cache", () => {
 
   test("a file of another split, or one whose share is gone, is refused in one line", async () => {
     const file = join(dir, "tp.cache");
-    const stages = await mlx([
-      "launch",
-      "-n",
-      "2",
-      "--",
-      "run",
-      "-m",
-      tiny,
-      "--layers",
-      "0,1-2",
-      "--prompt-cache",
-      file,
-      "hi",
-    ]);
+    const stages = await onTwoRanks(["run", "-m", tiny, "--layers", "0,1-2", "--prompt-cache", file, "hi"]);
     expect(stages.code).not.toBe(0);
     expect(stages.stderr).toContain(
       `${file} was made for another split of the model (tensor-parallel 2, not layers 0,1-2)`,
@@ -91,19 +68,7 @@ describe("mlx launch -n 2 -- cache-prompt, then -- run --prompt-cache", () => {
       `error: ${file} was made for another split of the model (tensor-parallel 2, not one process)`,
     );
     rmSync(`${file}.rank1`);
-    const missing = await mlx([
-      "launch",
-      "-n",
-      "2",
-      "--",
-      "run",
-      "-m",
-      tiny,
-      "--tensor-parallel",
-      "--prompt-cache",
-      file,
-      "hi",
-    ]);
+    const missing = await onTwoRanks(["run", "-m", tiny, "--tensor-parallel", "--prompt-cache", file, "hi"]);
     expect(missing.code).not.toBe(0);
     expect(missing.stderr).toContain(
       `a share of ${file} (${file}.rank1, ...) is missing, damaged or from another save`,
