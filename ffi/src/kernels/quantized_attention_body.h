@@ -5,9 +5,10 @@
 // that set's flags (kernels.cmake).
 //
 // As the float kernel (attention_body.h), flash-attention style over chunks of keys, in fp32,
-// every query head of a key/value head sharing each chunk; but each chunk's keys and values are
-// first dequantized into fp32 rows in L1, a vector of codes at a time (the cache is read at 4 or
-// 8 bits, never expanded in memory), and scores are dot products along those rows.
+// every query head of a key/value head sharing each chunk; but keys and values are first
+// dequantized into fp32 rows in L1, a vector of codes at a time (the cache is read at 4 or 8
+// bits, never expanded in memory): keys kLanes rows at a time, each block scored against all the
+// rows of the group at once, values a chunk at a time, each row read once for all the rows.
 #include <vector>
 
 #include "attention_vector.h"
@@ -144,17 +145,18 @@ inline void channel_key_row(const QuantizedAttentionProblem& p, int b, int h, in
   }
 }
 
-// score[j] = q · keys[j] for the kChunk keys of a chunk (rows of D floats), kLanes keys at a time;
-// past the chunk's keys the scores are of stale rows, for the caller to hide.
-inline void scores_of(const float* q, const float* keys, int D, float* score) {
-  for (int j = 0; j < kChunk; j += kLanes) {
-    const float* k = keys + size_t(j) * D;
+// score[r * kChunk + j] = q_r · keys[j] for the tile's rows (scaled queries, D floats apart) and
+// the kLanes key rows of a block (D floats each, dequantized once for all the rows and in L1):
+// each row's kLanes dot products run side by side and are finished together (sum_lanes).
+inline void score_block(const float* q, int rows, const float* keys, int D, float* score) {
+  for (int r = 0; r < rows; ++r) {
+    const float* qr = q + size_t(r) * D;
     vf acc[kLanes] = {};
     for (int d = 0; d < D; d += kLanes) {
-      const vf qv = load(q + d);
-      for (int l = 0; l < kLanes; ++l) acc[l] += qv * load(k + size_t(l) * D + d);
+      const vf qd = load(qr + d);
+      for (int l = 0; l < kLanes; ++l) acc[l] += qd * load(keys + size_t(l) * D + d);
     }
-    store(score + j, sum_lanes(acc));
+    store(score + size_t(r) * kChunk, sum_lanes(acc));
   }
 }
 
@@ -173,7 +175,7 @@ void attend(const QuantizedAttentionProblem& p, const AttentionTile& t, float* p
   const int shift = p.kv_len - p.q_len;
   ChannelGroup channel;
   s.queries.resize(size_t(rows) * D);
-  s.keys.resize(size_t(kChunk) * D);  // zeros at first: the rows past a chunk stay finite
+  s.keys.resize(size_t(kLanes) * D);  // zeros at first: the rows past a block stay finite
   s.values.resize(size_t(kChunk) * Dv);
   s.scores.resize(size_t(rows) * kChunk);
   s.out.assign(size_t(rows) * Dv, 0.0f);
@@ -198,22 +200,27 @@ void attend(const QuantizedAttentionProblem& p, const AttentionTile& t, float* p
   const int key_end = p.causal ? std::min(t.key_end, t.row_end + shift) : t.key_end;
   for (int start = t.key_begin; start < key_end; start += kChunk) {
     const int n = std::min(kChunk, key_end - start);
-    for (int j = 0; j < n; ++j) {
-      if (p.channel_keys) {
-        channel_key_row<Bits>(p, t.b, t.kv_head, start + j, channel, s.keys.data() + size_t(j) * D);
-      } else {
-        dequantize_row<Bits>(p.keys, p.scale_type, p.group, t.b, t.kv_head, start + j, D, s.keys.data() + size_t(j) * D);
+    // kLanes keys at a time: dequantized into L1, then scored against every row of the group.
+    for (int first = 0; first < n; first += kLanes) {
+      for (int j = 0, m = std::min(kLanes, n - first); j < m; ++j) {
+        const int row = start + first + j;
+        float* key = s.keys.data() + size_t(j) * D;
+        if (p.channel_keys) channel_key_row<Bits>(p, t.b, t.kv_head, row, channel, key);
+        else dequantize_row<Bits>(p.keys, p.scale_type, p.group, t.b, t.kv_head, row, D, key);
       }
+      score_block(s.queries.data(), rows, s.keys.data(), D, s.scores.data() + first);
+    }
+    for (int j = 0; j < n; ++j)
       dequantize_row<Bits>(p.values, p.scale_type, p.group, t.b, t.kv_head, start + j, Dv,
                            s.values.data() + size_t(j) * Dv);
-    }
     for (int r = 0; r < rows; ++r) {
       const int head = first_head + r / positions, i = t.row_begin + r % positions;
       float* score = s.scores.data() + size_t(r) * kChunk;
-      scores_of(s.queries.data() + size_t(r) * D, s.keys.data(), D, score);
       hide_scores(score, start, n, t.b, head, i, shift, p.causal, p.has_mask, p.bool_mask, p.mask);
-      softmax_accumulate(score, n, s.values.data(), Dv, Dv, s.max[r], s.sum[r], s.out.data() + size_t(r) * Dv);
+      softmax_weights(score, Dv, s.max[r], s.sum[r], s.out.data() + size_t(r) * Dv);
     }
+    // Each value row read once for all the rows, their sums in registers.
+    accumulate_values(s.scores.data(), rows, n, s.values.data(), Dv, Dv, s.out.data());
   }
 
   for (int r = 0; r < rows; ++r) {
