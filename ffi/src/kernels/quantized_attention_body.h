@@ -160,9 +160,72 @@ inline void score_block(const float* q, int rows, const float* keys, int D, floa
   }
 }
 
+// Second half of the online softmax for M rows (a constant: their sums stay in registers): adds
+// the chunk's n value rows, from `packed` (row_bytes apart) with each row's group scales and
+// biases (`groups` apart), times their weights (kChunk apart) to each row's outputs (Dv apart, in
+// the kernel's order). Every value vector is dequantized in registers once for all the rows.
+template <int Bits, int M, int NV>
+inline int accumulate_codes(const float* w, int n, const uint8_t* packed, int64_t row_bytes, const float* scales,
+                            const float* biases, int groups, int group, int Dv, float* o, int d) {
+  static_assert(NV * kLanes % kBlock<Bits> == 0, "whole blocks of codes");
+  constexpr int kPerBlock = kBlock<Bits> / kLanes;
+  for (; d + NV * kLanes <= Dv; d += NV * kLanes) {
+    vf acc[M][NV];
+    for (int r = 0; r < M; ++r)
+      for (int v = 0; v < NV; ++v) acc[r][v] = load(o + size_t(r) * Dv + d + v * kLanes);
+    for (int j = 0; j < n; ++j) {
+      const uint8_t* codes = packed + j * row_bytes;
+      vf x[NV];
+      for (int v = 0; v < NV; v += kPerBlock) {
+        const int e = d + v * kLanes;
+        const vf scale = splat(scales[j * groups + e / group]), bias = splat(biases[j * groups + e / group]);
+        if constexpr (Bits == 8) {
+          x[v] = q8(codes + e) * scale + bias;
+        } else {
+          vf lo, hi;
+          q4_split(codes + e / 2, lo, hi);
+          x[v] = lo * scale + bias;
+          x[v + 1] = hi * scale + bias;
+        }
+      }
+      for (int r = 0; r < M; ++r) {
+        const vf weight = splat(w[size_t(r) * kChunk + j]);
+        for (int v = 0; v < NV; ++v) acc[r][v] += weight * x[v];
+      }
+    }
+    for (int r = 0; r < M; ++r)
+      for (int v = 0; v < NV; ++v) store(o + size_t(r) * Dv + d + v * kLanes, acc[r][v]);
+  }
+  return d;
+}
+
+// The same for any number of rows, up to 4 at a time (Dv is whole blocks of codes: no tail).
+template <int Bits>
+inline void accumulate_quantized(const float* weights, int rows, int n, const uint8_t* packed, int64_t row_bytes,
+                                 const float* scales, const float* biases, int groups, int group, int Dv,
+                                 float* out) {
+  constexpr int kPerBlock = kBlock<Bits> / kLanes;
+  const auto some_rows = [&](auto m, const float* w, float* o) {
+    constexpr int M = decltype(m)::value;
+    // Up to 12 sums in registers: 4 vectors of each of up to 3 rows, 2 of 4.
+    int d = accumulate_codes<Bits, M, (M <= 3 ? 4 : 2)>(w, n, packed, row_bytes, scales, biases, groups, group, Dv, o, 0);
+    accumulate_codes<Bits, M, kPerBlock>(w, n, packed, row_bytes, scales, biases, groups, group, Dv, o, d);
+  };
+  for (int first = 0; first < rows; first += 4) {
+    const float* w = weights + size_t(first) * kChunk;
+    float* o = out + size_t(first) * Dv;
+    switch (std::min(4, rows - first)) {
+      case 1: some_rows(std::integral_constant<int, 1>{}, w, o); break;
+      case 2: some_rows(std::integral_constant<int, 2>{}, w, o); break;
+      case 3: some_rows(std::integral_constant<int, 3>{}, w, o); break;
+      default: some_rows(std::integral_constant<int, 4>{}, w, o); break;
+    }
+  }
+}
+
 // Per-thread buffers, kept between calls (pool threads and stream threads are long-lived).
 struct Scratch {
-  std::vector<float> queries, keys, values, scores, out, max, sum, row;
+  std::vector<float> queries, keys, value_scales, value_biases, scores, out, max, sum, row;
 };
 
 template <int Bits>
@@ -176,7 +239,9 @@ void attend(const QuantizedAttentionProblem& p, const AttentionTile& t, float* p
   ChannelGroup channel;
   s.queries.resize(size_t(rows) * D);
   s.keys.resize(size_t(kLanes) * D);  // zeros at first: the rows past a block stay finite
-  s.values.resize(size_t(kChunk) * Dv);
+  const int value_groups = Dv / p.group;
+  s.value_scales.resize(size_t(kChunk) * value_groups);
+  s.value_biases.resize(size_t(kChunk) * value_groups);
   s.scores.resize(size_t(rows) * kChunk);
   s.out.assign(size_t(rows) * Dv, 0.0f);
   s.max.assign(rows, kMinusInf);
@@ -210,17 +275,24 @@ void attend(const QuantizedAttentionProblem& p, const AttentionTile& t, float* p
       }
       score_block(s.queries.data(), rows, s.keys.data(), D, s.scores.data() + first);
     }
-    for (int j = 0; j < n; ++j)
-      dequantize_row<Bits>(p.values, p.scale_type, p.group, t.b, t.kv_head, start + j, Dv,
-                           s.values.data() + size_t(j) * Dv);
+    const QuantizedRows& v = p.values;
+    for (int j = 0; j < n; ++j) {
+      const int64_t row = start + j;
+      to_floats(v.scales, p.scale_type, t.b * v.scale_stride[0] + t.kv_head * v.scale_stride[1] + row * v.scale_stride[2],
+                value_groups, s.value_scales.data() + size_t(j) * value_groups);
+      to_floats(v.biases, p.scale_type, t.b * v.bias_stride[0] + t.kv_head * v.bias_stride[1] + row * v.bias_stride[2],
+                value_groups, s.value_biases.data() + size_t(j) * value_groups);
+    }
     for (int r = 0; r < rows; ++r) {
       const int head = first_head + r / positions, i = t.row_begin + r % positions;
       float* score = s.scores.data() + size_t(r) * kChunk;
       hide_scores(score, start, n, t.b, head, i, shift, p.causal, p.has_mask, p.bool_mask, p.mask);
       softmax_weights(score, Dv, s.max[r], s.sum[r], s.out.data() + size_t(r) * Dv);
     }
-    // Each value row read once for all the rows, their sums in registers.
-    accumulate_values(s.scores.data(), rows, n, s.values.data(), Dv, Dv, s.out.data());
+    // Each value row dequantized once for all the rows, their sums in registers.
+    const uint8_t* codes = v.packed + t.b * v.packed_stride[0] + t.kv_head * v.packed_stride[1] + start * v.packed_stride[2];
+    accumulate_quantized<Bits>(s.scores.data(), rows, n, codes, v.packed_stride[2], s.value_scales.data(),
+                               s.value_biases.data(), value_groups, p.group, Dv, s.out.data());
   }
 
   for (int r = 0; r < rows; ++r) {
