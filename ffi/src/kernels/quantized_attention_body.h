@@ -5,10 +5,10 @@
 // that set's flags (kernels.cmake).
 //
 // As the float kernel (attention_body.h), flash-attention style over chunks of keys, in fp32,
-// every query head of a key/value head sharing each chunk; but keys and values are first
-// dequantized into fp32 rows in L1, a vector of codes at a time (the cache is read at 4 or 8
-// bits, never expanded in memory): keys kLanes rows at a time, each block scored against all the
-// rows of the group at once, values a chunk at a time, each row read once for all the rows.
+// every query head of a key/value head sharing each chunk; but keys and values are dequantized
+// to fp32 a vector of codes at a time (the cache is read at 4 or 8 bits, never expanded in
+// memory): keys kLanes rows at a time into L1, each block scored against all the group's rows,
+// values in registers, each vector once for all the rows whose sums it adds to.
 #include <vector>
 
 #include "attention_vector.h"
