@@ -5,9 +5,10 @@
 // that set's flags (kernels.cmake).
 //
 // As the float kernel (attention_body.h), flash-attention style over chunks of keys, in fp32,
-// every query head of a key/value head sharing each chunk; but each chunk's keys and values are
-// first dequantized into fp32 rows in L1, a vector of codes at a time (the cache is read at 4 or
-// 8 bits, never expanded in memory), and scores are dot products along those rows.
+// every query head of a key/value head sharing each chunk; but keys and values are dequantized
+// to fp32 a vector of codes at a time (the cache is read at 4 or 8 bits, never expanded in
+// memory): keys kLanes rows at a time into L1, each block scored against all the group's rows,
+// values in registers, each vector once for all the rows whose sums it adds to.
 #include <vector>
 
 #include "attention_vector.h"
@@ -144,23 +145,87 @@ inline void channel_key_row(const QuantizedAttentionProblem& p, int b, int h, in
   }
 }
 
-// score[j] = q · keys[j] for the kChunk keys of a chunk (rows of D floats), kLanes keys at a time;
-// past the chunk's keys the scores are of stale rows, for the caller to hide.
-inline void scores_of(const float* q, const float* keys, int D, float* score) {
-  for (int j = 0; j < kChunk; j += kLanes) {
-    const float* k = keys + size_t(j) * D;
+// score[r * kChunk + j] = q_r · keys[j] for the tile's rows (scaled queries, D floats apart) and
+// the kLanes key rows of a block (D floats each, dequantized once for all the rows and in L1):
+// each row's kLanes dot products run side by side and are finished together (sum_lanes).
+inline void score_block(const float* q, int rows, const float* keys, int D, float* score) {
+  for (int r = 0; r < rows; ++r) {
+    const float* qr = q + size_t(r) * D;
     vf acc[kLanes] = {};
     for (int d = 0; d < D; d += kLanes) {
-      const vf qv = load(q + d);
-      for (int l = 0; l < kLanes; ++l) acc[l] += qv * load(k + size_t(l) * D + d);
+      const vf qd = load(qr + d);
+      for (int l = 0; l < kLanes; ++l) acc[l] += qd * load(keys + size_t(l) * D + d);
     }
-    store(score + j, sum_lanes(acc));
+    store(score + size_t(r) * kChunk, sum_lanes(acc));
+  }
+}
+
+// Second half of the online softmax for M rows (a constant: their sums stay in registers): adds
+// the chunk's n value rows, from `packed` (row_bytes apart) with each row's group scales and
+// biases (`groups` apart), times their weights (kChunk apart) to each row's outputs (Dv apart, in
+// the kernel's order). Every value vector is dequantized in registers once for all the rows.
+template <int Bits, int M, int NV>
+inline int accumulate_codes(const float* w, int n, const uint8_t* packed, int64_t row_bytes, const float* scales,
+                            const float* biases, int groups, int group, int Dv, float* o, int d) {
+  static_assert(NV * kLanes % kBlock<Bits> == 0, "whole blocks of codes");
+  constexpr int kPerBlock = kBlock<Bits> / kLanes;
+  for (; d + NV * kLanes <= Dv; d += NV * kLanes) {
+    vf acc[M][NV];
+    for (int r = 0; r < M; ++r)
+      for (int v = 0; v < NV; ++v) acc[r][v] = load(o + size_t(r) * Dv + d + v * kLanes);
+    for (int j = 0; j < n; ++j) {
+      const uint8_t* codes = packed + j * row_bytes;
+      vf x[NV];
+      for (int v = 0; v < NV; v += kPerBlock) {
+        const int e = d + v * kLanes;
+        const vf scale = splat(scales[j * groups + e / group]), bias = splat(biases[j * groups + e / group]);
+        if constexpr (Bits == 8) {
+          x[v] = q8(codes + e) * scale + bias;
+        } else {
+          vf lo, hi;
+          q4_split(codes + e / 2, lo, hi);
+          x[v] = lo * scale + bias;
+          x[v + 1] = hi * scale + bias;
+        }
+      }
+      for (int r = 0; r < M; ++r) {
+        const vf weight = splat(w[size_t(r) * kChunk + j]);
+        for (int v = 0; v < NV; ++v) acc[r][v] += weight * x[v];
+      }
+    }
+    for (int r = 0; r < M; ++r)
+      for (int v = 0; v < NV; ++v) store(o + size_t(r) * Dv + d + v * kLanes, acc[r][v]);
+  }
+  return d;
+}
+
+// The same for any number of rows, up to 4 at a time (Dv is whole blocks of codes: no tail).
+template <int Bits>
+inline void accumulate_quantized(const float* weights, int rows, int n, const uint8_t* packed, int64_t row_bytes,
+                                 const float* scales, const float* biases, int groups, int group, int Dv,
+                                 float* out) {
+  constexpr int kPerBlock = kBlock<Bits> / kLanes;
+  const auto some_rows = [&](auto m, const float* w, float* o) {
+    constexpr int M = decltype(m)::value;
+    // Up to 12 sums in registers: 4 vectors of each of up to 3 rows, 2 of 4.
+    int d = accumulate_codes<Bits, M, (M <= 3 ? 4 : 2)>(w, n, packed, row_bytes, scales, biases, groups, group, Dv, o, 0);
+    accumulate_codes<Bits, M, kPerBlock>(w, n, packed, row_bytes, scales, biases, groups, group, Dv, o, d);
+  };
+  for (int first = 0; first < rows; first += 4) {
+    const float* w = weights + size_t(first) * kChunk;
+    float* o = out + size_t(first) * Dv;
+    switch (std::min(4, rows - first)) {
+      case 1: some_rows(std::integral_constant<int, 1>{}, w, o); break;
+      case 2: some_rows(std::integral_constant<int, 2>{}, w, o); break;
+      case 3: some_rows(std::integral_constant<int, 3>{}, w, o); break;
+      default: some_rows(std::integral_constant<int, 4>{}, w, o); break;
+    }
   }
 }
 
 // Per-thread buffers, kept between calls (pool threads and stream threads are long-lived).
 struct Scratch {
-  std::vector<float> queries, keys, values, scores, out, max, sum, row;
+  std::vector<float> queries, keys, value_scales, value_biases, scores, out, max, sum, row;
 };
 
 template <int Bits>
@@ -173,8 +238,10 @@ void attend(const QuantizedAttentionProblem& p, const AttentionTile& t, float* p
   const int shift = p.kv_len - p.q_len;
   ChannelGroup channel;
   s.queries.resize(size_t(rows) * D);
-  s.keys.resize(size_t(kChunk) * D);  // zeros at first: the rows past a chunk stay finite
-  s.values.resize(size_t(kChunk) * Dv);
+  s.keys.resize(size_t(kLanes) * D);  // zeros at first: the rows past a block stay finite
+  const int value_groups = Dv / p.group;
+  s.value_scales.resize(size_t(kChunk) * value_groups);
+  s.value_biases.resize(size_t(kChunk) * value_groups);
   s.scores.resize(size_t(rows) * kChunk);
   s.out.assign(size_t(rows) * Dv, 0.0f);
   s.max.assign(rows, kMinusInf);
@@ -198,22 +265,34 @@ void attend(const QuantizedAttentionProblem& p, const AttentionTile& t, float* p
   const int key_end = p.causal ? std::min(t.key_end, t.row_end + shift) : t.key_end;
   for (int start = t.key_begin; start < key_end; start += kChunk) {
     const int n = std::min(kChunk, key_end - start);
-    for (int j = 0; j < n; ++j) {
-      if (p.channel_keys) {
-        channel_key_row<Bits>(p, t.b, t.kv_head, start + j, channel, s.keys.data() + size_t(j) * D);
-      } else {
-        dequantize_row<Bits>(p.keys, p.scale_type, p.group, t.b, t.kv_head, start + j, D, s.keys.data() + size_t(j) * D);
+    // kLanes keys at a time: dequantized into L1, then scored against every row of the group.
+    for (int first = 0; first < n; first += kLanes) {
+      for (int j = 0, m = std::min(kLanes, n - first); j < m; ++j) {
+        const int row = start + first + j;
+        float* key = s.keys.data() + size_t(j) * D;
+        if (p.channel_keys) channel_key_row<Bits>(p, t.b, t.kv_head, row, channel, key);
+        else dequantize_row<Bits>(p.keys, p.scale_type, p.group, t.b, t.kv_head, row, D, key);
       }
-      dequantize_row<Bits>(p.values, p.scale_type, p.group, t.b, t.kv_head, start + j, Dv,
-                           s.values.data() + size_t(j) * Dv);
+      score_block(s.queries.data(), rows, s.keys.data(), D, s.scores.data() + first);
+    }
+    const QuantizedRows& v = p.values;
+    for (int j = 0; j < n; ++j) {
+      const int64_t row = start + j;
+      to_floats(v.scales, p.scale_type, t.b * v.scale_stride[0] + t.kv_head * v.scale_stride[1] + row * v.scale_stride[2],
+                value_groups, s.value_scales.data() + size_t(j) * value_groups);
+      to_floats(v.biases, p.scale_type, t.b * v.bias_stride[0] + t.kv_head * v.bias_stride[1] + row * v.bias_stride[2],
+                value_groups, s.value_biases.data() + size_t(j) * value_groups);
     }
     for (int r = 0; r < rows; ++r) {
       const int head = first_head + r / positions, i = t.row_begin + r % positions;
       float* score = s.scores.data() + size_t(r) * kChunk;
-      scores_of(s.queries.data() + size_t(r) * D, s.keys.data(), D, score);
       hide_scores(score, start, n, t.b, head, i, shift, p.causal, p.has_mask, p.bool_mask, p.mask);
-      softmax_accumulate(score, n, s.values.data(), Dv, Dv, s.max[r], s.sum[r], s.out.data() + size_t(r) * Dv);
+      softmax_weights(score, Dv, s.max[r], s.sum[r], s.out.data() + size_t(r) * Dv);
     }
+    // Each value row dequantized once for all the rows, their sums in registers.
+    const uint8_t* codes = v.packed + t.b * v.packed_stride[0] + t.kv_head * v.packed_stride[1] + start * v.packed_stride[2];
+    accumulate_quantized<Bits>(s.scores.data(), rows, n, codes, v.packed_stride[2], s.value_scales.data(),
+                               s.value_biases.data(), value_groups, p.group, Dv, s.out.data());
   }
 
   for (int r = 0; r < rows; ++r) {
