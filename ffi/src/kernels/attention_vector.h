@@ -231,18 +231,18 @@ inline void softmax_weights(float* score, int Dv, float& row_max, float& row_sum
 }
 
 // Second half, for M rows at once (M a constant, so their sums stay in registers): adds the
-// chunk's n value rows (value_stride elements apart; fp32, float16 or bfloat16, widened as they
-// are read) times their weights to each row's outputs (weights kChunk apart, outputs Dv apart).
-// Every value vector is read once for all the rows, and each weight once per NV vectors.
-template <int M, int NV, class T>
-inline int accumulate_vectors(const float* w, int n, const T* values, int64_t value_stride, int Dv, float* o, int d) {
+// chunk's n value rows times their weights (kChunk apart) to each row's outputs (Dv apart).
+// `vectors(j, e, x)` puts value row j's NV vectors from element e into x: every value vector is
+// read once for all the rows, and each weight once per NV vectors.
+template <int M, int NV, class Vectors>
+inline int accumulate_weighted(const float* w, int n, int Dv, float* o, int d, Vectors vectors) {
   for (; d + NV * kLanes <= Dv; d += NV * kLanes) {
     vf acc[M][NV];
     for (int r = 0; r < M; ++r)
       for (int v = 0; v < NV; ++v) acc[r][v] = load(o + size_t(r) * Dv + d + v * kLanes);
     for (int j = 0; j < n; ++j) {
       vf x[NV];
-      for (int v = 0; v < NV; ++v) x[v] = load(values + j * value_stride + d + v * kLanes);
+      vectors(j, d, x);
       for (int r = 0; r < M; ++r) {
         const vf weight = splat(w[size_t(r) * kChunk + j]);
         for (int v = 0; v < NV; ++v) acc[r][v] += weight * x[v];
@@ -252,6 +252,14 @@ inline int accumulate_vectors(const float* w, int n, const T* values, int64_t va
       for (int v = 0; v < NV; ++v) store(o + size_t(r) * Dv + d + v * kLanes, acc[r][v]);
   }
   return d;
+}
+
+// The value rows value_stride elements apart (fp32, float16 or bfloat16, widened as they are read).
+template <int M, int NV, class T>
+inline int accumulate_vectors(const float* w, int n, const T* values, int64_t value_stride, int Dv, float* o, int d) {
+  return accumulate_weighted<M, NV>(w, n, Dv, o, d, [&](int j, int e, vf* x) {
+    for (int v = 0; v < NV; ++v) x[v] = load(values + j * value_stride + e + v * kLanes);
+  });
 }
 
 template <int M, class T>

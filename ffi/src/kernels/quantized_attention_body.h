@@ -169,34 +169,21 @@ inline int accumulate_codes(const float* w, int n, const uint8_t* packed, int64_
                             const float* biases, int groups, int group, int Dv, float* o, int d) {
   static_assert(NV * kLanes % kBlock<Bits> == 0, "whole blocks of codes");
   constexpr int kPerBlock = kBlock<Bits> / kLanes;
-  for (; d + NV * kLanes <= Dv; d += NV * kLanes) {
-    vf acc[M][NV];
-    for (int r = 0; r < M; ++r)
-      for (int v = 0; v < NV; ++v) acc[r][v] = load(o + size_t(r) * Dv + d + v * kLanes);
-    for (int j = 0; j < n; ++j) {
-      const uint8_t* codes = packed + j * row_bytes;
-      vf x[NV];
-      for (int v = 0; v < NV; v += kPerBlock) {
-        const int e = d + v * kLanes;
-        const vf scale = splat(scales[j * groups + e / group]), bias = splat(biases[j * groups + e / group]);
-        if constexpr (Bits == 8) {
-          x[v] = q8(codes + e) * scale + bias;
-        } else {
-          vf lo, hi;
-          q4_split(codes + e / 2, lo, hi);
-          x[v] = lo * scale + bias;
-          x[v + 1] = hi * scale + bias;
-        }
-      }
-      for (int r = 0; r < M; ++r) {
-        const vf weight = splat(w[size_t(r) * kChunk + j]);
-        for (int v = 0; v < NV; ++v) acc[r][v] += weight * x[v];
+  return accumulate_weighted<M, NV>(w, n, Dv, o, d, [&](int j, int d0, vf* x) {
+    const uint8_t* codes = packed + j * row_bytes;
+    for (int v = 0; v < NV; v += kPerBlock) {
+      const int e = d0 + v * kLanes;
+      const vf scale = splat(scales[j * groups + e / group]), bias = splat(biases[j * groups + e / group]);
+      if constexpr (Bits == 8) {
+        x[v] = q8(codes + e) * scale + bias;
+      } else {
+        vf lo, hi;
+        q4_split(codes + e / 2, lo, hi);
+        x[v] = lo * scale + bias;
+        x[v + 1] = hi * scale + bias;
       }
     }
-    for (int r = 0; r < M; ++r)
-      for (int v = 0; v < NV; ++v) store(o + size_t(r) * Dv + d + v * kLanes, acc[r][v]);
-  }
-  return d;
+  });
 }
 
 // The same for any number of rows, up to 4 at a time (Dv is whole blocks of codes: no tail).
