@@ -48,15 +48,7 @@ void score_direct(const float* q, int rows, int D, const T* keys, int64_t key_st
     }
     // Past the chunk's last key: zeros (their scores are hidden afterwards anyway).
     std::fill(widened + size_t(m) * Dp, widened + size_t(kLanes) * Dp, 0.0f);
-    for (int r = 0; r < rows; ++r) {
-      const float* qr = q + size_t(r) * Dp;
-      vf acc[kLanes] = {};
-      for (int d = 0; d < Dp; d += kLanes) {
-        const vf qd = load(qr + d);
-        for (int j = 0; j < kLanes; ++j) acc[j] += qd * load(widened + size_t(j) * Dp + d);
-      }
-      store(score + size_t(r) * kChunk + first, sum_lanes(acc));
-    }
+    score_block(q, rows, widened, Dp, score + first);
   }
 }
 

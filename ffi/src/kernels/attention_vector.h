@@ -169,6 +169,22 @@ inline vf sum_lanes(vf* acc, int count = kLanes) {
   return acc[0];
 }
 
+// score[r * kChunk + j] = q_r · keys[j] for the tile's rows (scaled queries, D floats apart) and
+// the kLanes key rows of a block (D floats each, in fp32 and in L1 once for all the rows; D a
+// whole number of vectors): each row's kLanes dot products run side by side and are finished
+// together (sum_lanes), not reduced across lanes per key.
+inline void score_block(const float* q, int rows, const float* keys, int D, float* score) {
+  for (int r = 0; r < rows; ++r) {
+    const float* qr = q + size_t(r) * D;
+    vf acc[kLanes] = {};
+    for (int d = 0; d < D; d += kLanes) {
+      const vf qd = load(qr + d);
+      for (int l = 0; l < kLanes; ++l) acc[l] += qd * load(keys + size_t(l) * D + d);
+    }
+    store(score + size_t(r) * kChunk, sum_lanes(acc));
+  }
+}
+
 inline float element(const StridedView& v, int64_t index) {
   switch (v.type) {
     case Element::f32: return static_cast<const float*>(v.data)[index];

@@ -145,21 +145,6 @@ inline void channel_key_row(const QuantizedAttentionProblem& p, int b, int h, in
   }
 }
 
-// score[r * kChunk + j] = q_r · keys[j] for the tile's rows (scaled queries, D floats apart) and
-// the kLanes key rows of a block (D floats each, dequantized once for all the rows and in L1):
-// each row's kLanes dot products run side by side and are finished together (sum_lanes).
-inline void score_block(const float* q, int rows, const float* keys, int D, float* score) {
-  for (int r = 0; r < rows; ++r) {
-    const float* qr = q + size_t(r) * D;
-    vf acc[kLanes] = {};
-    for (int d = 0; d < D; d += kLanes) {
-      const vf qd = load(qr + d);
-      for (int l = 0; l < kLanes; ++l) acc[l] += qd * load(keys + size_t(l) * D + d);
-    }
-    store(score + size_t(r) * kChunk, sum_lanes(acc));
-  }
-}
-
 // Second half of the online softmax for M rows (a constant: their sums stay in registers): adds
 // the chunk's n value rows, from `packed` (row_bytes apart) with each row's group scales and
 // biases (`groups` apart), times their weights (kChunk apart) to each row's outputs (Dv apart, in
