@@ -5,7 +5,8 @@ import * as mx from "../../mlx";
 import type { MxArray } from "../../mlx";
 import { BatchKVCache } from "../../models/batch-cache";
 import { cacheState, type DecoderModel } from "../../models/model";
-import { loadAdapter, type Adapter, type LoraLayers } from "../../models/lora";
+import type { LoraLayers } from "../../models/lora";
+import { AdapterShares } from "./adapter-shares";
 import type { Stage } from "../../models/stage";
 import { checkpoint, type CacheCheckpoint } from "../../models/cache-checkpoint";
 import type { KVCache } from "../../models/cache";
@@ -47,9 +48,7 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
   const silence = `error: rank ${o.rank}: no word from rank ${previous} for ${seconds} s (--peer-timeout); stopping`;
   const stopped = `error: rank ${o.rank}: rank ${next} stopped taking data for ${seconds} s (--peer-timeout); stopping`;
   let expected = 0;
-  const adapters = new Map<number, Adapter>();
-  /** The next forward pass's adapter per row (Op.adapters). */
-  let adapted: (Adapter | undefined)[] | undefined;
+  const adapters = new AdapterShares(o.lora);
 
   // Waits off the CPU until the previous rank's bytes are there (the ring's own receive would
   // spin meanwhile), under the watchdog.
@@ -88,7 +87,7 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
     const hidden = distributed.recv([h.rows, h.length, h.width], h.dtype, previous);
     const caches = sets.of(h.set, (h.flags & Flag.decode) !== 0);
     const forward = () => model.layers(hidden, caches, o.stage.start, o.stage.end);
-    const out = adapted ? o.lora.run(adapted, forward) : forward();
+    const out = adapters.run(forward);
     // The last rank sends back decode steps and whole passes (embeddings) alone: a prefill's
     // result only fills caches.
     const back = (h.flags & (Flag.decode | Flag.whole)) !== 0;
@@ -103,7 +102,7 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
   const guesses = new DecodeGuesses(sets, o.stage.start);
   let ahead: (Forward & { checkpoint: CacheCheckpoint }) | undefined;
   const buildAhead = () => {
-    const h = adapted ? undefined : guesses.next(expected);
+    const h = adapters.selected ? undefined : guesses.next(expected);
     const caches = h && sets.held(h.set)?.slice(o.stage.start, o.stage.end);
     const point = caches && checkpoint(caches);
     if (!h || !point) return;
@@ -139,7 +138,7 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
           // Its hidden states follow their header: here in a moment, if not here already.
           waitForData();
           const started = performance.now();
-          adapted = undefined;
+          adapters.clear();
           run([built.onward, ...cacheState(built.caches)]);
           figures.sentBytes += built.sentBytes;
           built.onward.free();
@@ -181,18 +180,17 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
           return false;
         case Op.loadAdapter: {
           const path = receive([h.rows], mx.Dtype.uint8);
-          adapters.set(h.entry, loadAdapter(payloadText(path.toArray()), o.lora));
+          adapters.load(h.entry, payloadText(path.toArray()));
           passOn(h, path);
           return false;
         }
         case Op.freeAdapter:
-          adapters.get(h.entry)?.free();
-          adapters.delete(h.entry);
+          adapters.free(h.entry);
           passOn(h);
           return false;
         case Op.adapters: {
           const ids = receive([h.rows], mx.Dtype.int32);
-          adapted = ids.toArray().map((id) => adapters.get(id));
+          adapters.select(ids.toArray());
           passOn(h, ids);
           return false;
         }
@@ -240,7 +238,7 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
     buildAhead();
   }
   sets.free();
-  for (const adapter of adapters.values()) adapter.free();
+  adapters.freeAll();
 }
 
 /** A forward pass's graph, built and not evaluated. */

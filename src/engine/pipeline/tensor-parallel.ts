@@ -8,7 +8,8 @@ import * as mx from "../../mlx";
 import type { MxArray } from "../../mlx";
 import type { AttentionCache, KVCache } from "../../models/cache";
 import type { ModelConfig } from "../../models/config";
-import { loadAdapter, type Adapter, type LoraLayers } from "../../models/lora";
+import type { LoraLayers } from "../../models/lora";
+import { AdapterShares } from "./adapter-shares";
 import { cacheState, type DecoderModel } from "../../models/model";
 import { CacheSets, type CacheOptions } from "./cache-sets";
 import type { PipelineFigures } from "./front";
@@ -159,9 +160,7 @@ export function serveShard(model: DecoderModel, o: ShardOptions): void {
     return a;
   };
   let expected = 0;
-  const adapters = new Map<number, Adapter>();
-  /** The next forward pass's adapter per row (Op.adapters). */
-  let adapted: (Adapter | undefined)[] | undefined;
+  const adapters = new AdapterShares(o.lora);
   for (;;) {
     const stop = mx.scope(() => {
       distributed.armWatchdog(o.peerTimeoutMs, silence);
@@ -174,23 +173,21 @@ export function serveShard(model: DecoderModel, o: ShardOptions): void {
         case Op.forward: {
           const hidden = receive([h.rows, h.length, h.width], h.dtype);
           const caches = sets.of(h.set, (h.flags & Flag.decode) !== 0);
-          const forward = () => model.layers(hidden, caches);
-          mx.evaluate(adapted ? o.lora.run(adapted, forward) : forward(), ...cacheState(caches));
-          adapted = undefined;
+          mx.evaluate(
+            adapters.run(() => model.layers(hidden, caches)),
+            ...cacheState(caches),
+          );
+          adapters.clear();
           break;
         }
-        case Op.loadAdapter: {
-          adapters.set(h.entry, loadAdapter(payloadText(receive([h.rows], mx.Dtype.uint8).toArray()), o.lora));
+        case Op.loadAdapter:
+          adapters.load(h.entry, payloadText(receive([h.rows], mx.Dtype.uint8).toArray()));
           break;
-        }
         case Op.freeAdapter:
-          adapters.get(h.entry)?.free();
-          adapters.delete(h.entry);
+          adapters.free(h.entry);
           break;
         case Op.adapters:
-          adapted = receive([h.rows], mx.Dtype.int32)
-            .toArray()
-            .map((id) => adapters.get(id));
+          adapters.select(receive([h.rows], mx.Dtype.int32).toArray());
           break;
         case Op.extend:
           sets.extend(h.set, h.rows);
@@ -241,5 +238,5 @@ export function serveShard(model: DecoderModel, o: ShardOptions): void {
   }
   distributed.disarmWatchdog();
   sets.free();
-  for (const adapter of adapters.values()) adapter.free();
+  adapters.freeAll();
 }
