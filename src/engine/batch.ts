@@ -98,6 +98,9 @@ interface Prefill {
   done: number;
 }
 
+/** Prompt tokens a step prefills at most, unless told otherwise (--prefill-chunk). */
+export const DEFAULT_PREFILL_CHUNK = 512;
+
 export interface BatchOptions {
   /** Most sequences decoding at once; newcomers wait beyond it. */
   maxBatch: number;
@@ -140,7 +143,7 @@ export class BatchGenerator {
 
   constructor(
     readonly model: DecoderModel,
-    public options: BatchOptions = { maxBatch: 8, prefillChunk: 512 },
+    public options: BatchOptions = { maxBatch: 8, prefillChunk: DEFAULT_PREFILL_CHUNK },
   ) {
     const kv = options.kvQuantization;
     if (kv && model.config.headDim % kv.groupSize !== 0) {

@@ -30,6 +30,7 @@ import { perChannelKeys } from "../models/channel-keys";
 import type { LoadedModel } from "../models/load";
 import { RotatingKVCache } from "../models/rotating-cache";
 import { fileErrorReason } from "../format";
+import { DEFAULT_PREFILL_CHUNK } from "./batch";
 import { snapshotRow, type PrefixCache } from "./prefix-cache";
 
 const FORMAT = "mlx-prompt-cache/1";
@@ -294,11 +295,11 @@ function readEntry(path: string, metadata: Record<string, string>): PromptCacheE
 }
 
 /**
- * Prefills `tokens` (as the scheduler does, in chunks of its default size, with the model's KV cache settings) into
- * an entry to save. On a model split across processes, the others keep their layers' share as
- * prefix entry PREFILLED, for savePromptCache to write beside the file.
+ * Prefills `tokens` (as the scheduler does, in chunks of its default size, with the model's KV
+ * cache settings) into an entry to save. On a model split across processes, the others keep
+ * their layers' share as prefix entry PREFILLED, for savePrefilled to write beside the file.
  */
-export function prefillPrompt(lm: LoadedModel, tokens: number[], chunk = 512): PromptCacheEntry {
+export function prefillPrompt(lm: LoadedModel, tokens: number[], chunk = DEFAULT_PREFILL_CHUNK): PromptCacheEntry {
   const { model } = lm;
   const caches = makeCaches(model, { windowed: false, quantization: lm.kvQuantization, maxKvSize: lm.maxKvSize });
   try {

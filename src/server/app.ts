@@ -22,6 +22,7 @@ import { opsRoutes, queueFigures } from "./routes/ops";
 import { isPublicPage, webRoutes } from "./routes/web";
 import { InFlight } from "./inflight";
 import { memoryFigures } from "../engine/device";
+import { DEFAULT_PREFILL_CHUNK } from "../engine/batch";
 import { Scheduler } from "../engine/scheduler";
 import type { LoadedModel } from "../models/load";
 import { PrefixCache } from "../engine/prefix-cache";
@@ -100,7 +101,7 @@ const KNOWN_ROUTES = new Set([
 export function createState(o: ServerOptions = {}): ServerState {
   const maxQueue = o.maxQueue ?? 64;
   const maxBatch = o.maxBatch ?? 8;
-  const prefillChunk = o.prefillChunk ?? 512;
+  const prefillChunk = o.prefillChunk ?? DEFAULT_PREFILL_CHUNK;
   const prefixCacheBytes = o.prefixCacheBytes ?? 512 * 1024 * 1024;
   // One queue of file writes for every model's disk cache: a stopping server waits for it.
   const diskWrites = new BackgroundWrites();
