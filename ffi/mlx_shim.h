@@ -246,7 +246,8 @@ MLXS_API int mlxs_distributed_all_sum(mlxs_array** out, const mlxs_array* x);
 MLXS_API int mlxs_distributed_send(mlxs_array** out, const mlxs_array* x, int dst);
 MLXS_API int mlxs_distributed_recv(mlxs_array** out, const int32_t* shape, int ndim, int dtype, int src);
 // Ends the process (exit status 3) with `message` on stderr unless disarmed or re-armed within
-// timeout_ms: the ring backend never times out, so a silent peer would block a rank forever.
+// timeout_ms of the last bytes the ring received (of the arm, where the system does not count
+// them): the ring backend never times out, so a silent peer would block a rank forever.
 MLXS_API int mlxs_watchdog_arm(int timeout_ms, const char* message);
 MLXS_API void mlxs_watchdog_disarm(void);
 // Waits until one of the group's connections (else any socket of this process) has something to

@@ -4,12 +4,18 @@
 // has no timeout of its own, so a peer that stops answering would leave a rank waiting forever.
 #include <dirent.h>
 #include <netinet/in.h>
+#if defined(__linux__)
+#include <linux/tcp.h>  // glibc's struct tcp_info lacks the byte counts
+#elif defined(__APPLE__)
+#include <netinet/tcp.h>
+#endif
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstddef>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
@@ -79,14 +85,49 @@ md::Group& the_group() {
   return *group;
 }
 
-// The watchdog: a thread that ends the process with a message when a deadline passes. A rank
-// arms and disarms it several times a token, so neither wakes the thread: it sleeps until the
-// deadline it last saw, and then looks again (a later deadline, or none, sends it back to sleep).
-// Only a deadline earlier than that one (or any, when it waits with none) needs to wake it.
+// Bytes that have arrived so far on the ring's connections (the kernel's count, read by us or
+// not), or nullopt where the system does not count them. While a peer's bytes keep coming it is
+// alive, however long the collective they belong to takes.
+std::optional<uint64_t> bytes_received() {
+  if (group_sockets.empty()) return std::nullopt;
+  uint64_t total = 0;
+  for (int fd : group_sockets) {
+#if defined(__linux__)
+    tcp_info info{};
+    socklen_t length = sizeof(info);
+    // Kernels before 4.1 fill less of the struct.
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &length) != 0 ||
+        length < offsetof(tcp_info, tcpi_bytes_received) + sizeof(info.tcpi_bytes_received))
+      return std::nullopt;
+    total += info.tcpi_bytes_received;
+#elif defined(__APPLE__)
+    tcp_connection_info info{};
+    socklen_t length = sizeof(info);
+    if (getsockopt(fd, IPPROTO_TCP, TCP_CONNECTION_INFO, &info, &length) != 0) return std::nullopt;
+    total += info.tcpi_rxbytes;
+#else
+    return std::nullopt;
+#endif
+  }
+  return total;
+}
+
+// The watchdog: a thread that ends the process with a message when the peers have been silent
+// for the armed timeout. Silent, not slow: a long collective (a tensor-parallel prefill chunk on
+// a busy machine, each layer's all_sum a few seconds apart) is not a lost peer, so while armed
+// the thread looks at the ring's received-bytes count every eighth of the timeout, and any bytes
+// that came push the deadline to a timeout from then. Where the count is not available, the
+// deadline is the armed one. A rank arms and disarms it several times a token, so neither wakes
+// the thread: it sleeps until the time it last chose, and then looks again (a later deadline, or
+// none, sends it back to sleep). Only a deadline earlier than that (or any, when it waits with
+// none) needs to wake it.
 struct Watchdog {
   std::mutex mutex;
   std::condition_variable changed;
   std::optional<std::chrono::steady_clock::time_point> deadline;
+  std::chrono::milliseconds timeout{0};
+  // The ring's received bytes when last looked at (by arm or by the thread).
+  std::optional<uint64_t> heard;
   std::string message;
   bool started = false;
   // When the thread wakes next (none: it waits for an arm); an earlier deadline must wake it.
@@ -100,13 +141,17 @@ struct Watchdog {
         changed.wait(lock);
         continue;
       }
-      if (std::chrono::steady_clock::now() >= *deadline) {
+      auto now = std::chrono::steady_clock::now();
+      auto count = bytes_received();
+      if (count && heard && *count != *heard) deadline = now + timeout;  // a peer spoke since we looked
+      heard = count;
+      if (now >= *deadline) {
         std::fprintf(stderr, "%s\n", message.c_str());
         std::fflush(stderr);
         std::_Exit(3);
       }
-      wakes_at = deadline;
-      changed.wait_until(lock, *deadline);
+      wakes_at = count ? std::min(*deadline, now + std::max(timeout / 8, std::chrono::milliseconds(1))) : *deadline;
+      changed.wait_until(lock, *wakes_at);
     }
   }
 };
@@ -154,7 +199,9 @@ int mlxs_watchdog_arm(int timeout_ms, const char* message) {
       std::thread([&w] { w.run(); }).detach();
       w.started = true;
     }
-    w.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    w.timeout = std::chrono::milliseconds(timeout_ms);
+    w.deadline = std::chrono::steady_clock::now() + w.timeout;
+    w.heard = bytes_received();  // silence counts from now: bytes that came before are no answer
     w.message = message;
     if (!w.wakes_at || *w.deadline < *w.wakes_at) w.changed.notify_all();
     return 0;

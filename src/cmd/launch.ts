@@ -69,7 +69,7 @@ export default defineCommand({
 });
 
 /** N ranks on 127.0.0.1, each on a port the OS says is free. */
-async function loopbackHosts(n: number): Promise<Host[]> {
+export async function loopbackHosts(n: number): Promise<Host[]> {
   const ports: number[] = [];
   const servers = [];
   // All held open at once, so the OS hands out n different ports.

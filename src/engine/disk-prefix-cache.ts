@@ -68,6 +68,9 @@ export class BackgroundWrites {
 /** The file whose share (shareFile) `name` is, if it is one. */
 const shareOf = (name: string) => /^(.*)\.rank\d+$/.exec(name)?.[1];
 
+/** Whether a file nobody finished (or whose file is gone) is old enough to be no write in progress. */
+const stale = (file: string) => Date.now() - statSync(file).mtimeMs > 60_000;
+
 interface Stored {
   file: string;
   tokens: number[];
@@ -104,14 +107,26 @@ export class DiskPrefixCache {
     return this.#files.size;
   }
 
-  /** Indexes this model's files; drops damaged ones and those of an older version of this model. */
+  /**
+   * Indexes this model's files; drops damaged ones, those of an older version of this model or
+   * of another split of it (other ranks or --layers: their shares no longer fit), and shares
+   * whose file is gone.
+   */
   #scan(): void {
-    for (const name of readdirSync(this.dir)) {
-      if (!name.endsWith(EXTENSION)) continue;
+    const names = readdirSync(this.dir);
+    for (const name of names) {
       const file = join(this.dir, name);
+      const whose = shareOf(name);
+      if (whose !== undefined) {
+        // A share is written before its file is renamed into place: only an old one is an orphan.
+        if (whose.endsWith(EXTENSION) && !existsSync(join(this.dir, whose)) && stale(file))
+          rmSync(file, { force: true });
+        continue;
+      }
+      if (!name.endsWith(EXTENSION)) continue;
       if (name.includes(".tmp.")) {
         // A write that never finished (its process died): nobody renames it any more.
-        if (Date.now() - statSync(file).mtimeMs > 60_000) rmSync(file, { force: true });
+        if (stale(file)) rmSync(file, { force: true });
         continue;
       }
       let metadata: Record<string, string>;
@@ -125,6 +140,14 @@ export class DiskPrefixCache {
       if (!mine) {
         if (metadata.source === this.source && metadata.model !== this.owner.model)
           this.#discard(file, new Error("made by another version of the model"));
+        continue;
+      }
+      if (metadata.split !== this.owner.split) {
+        const split = (split?: string) => split ?? "one process";
+        this.#discard(
+          file,
+          new Error(`made for another split of the model (${split(metadata.split)}, not ${split(this.owner.split)})`),
+        );
         continue;
       }
       this.#files.set(name, { file, tokens: JSON.parse(metadata.tokens!), dropped: Number(metadata.dropped) });

@@ -52,7 +52,10 @@ export function recv(shape: number[], dtype: DtypeCode, src: number): MxArray {
 
 /**
  * Ends the process (status 3) with `message` on stderr unless disarmed or re-armed within
- * `timeoutMs`: a native thread keeps the time, since a rank blocked in a receive runs no JavaScript.
+ * `timeoutMs` of the last bytes the ring's connections received: it times the peers' silence,
+ * not the work, so a long collective whose peers keep sending (a tensor-parallel prefill on a
+ * busy machine) goes on. A native thread keeps the time, since a rank blocked in a receive runs
+ * no JavaScript. Where the system does not count received bytes, the time runs from the arm.
  */
 export function armWatchdog(timeoutMs: number, message: string): void {
   check(lib.mlxs_watchdog_arm(Math.max(1, Math.round(timeoutMs)), cstr(message)), "watchdog");

@@ -80,6 +80,11 @@ const KEPT_COMBINATIONS = 8;
 export interface AdapterMirror {
   adapterLoaded(adapter: Adapter): void;
   adapterFreed(adapter: Adapter): void;
+  /**
+   * Tensor parallel: evaluates collectives every rank joins (DoRA's norms) as the split model's
+   * messages are, under its watchdog, so a rank lost meanwhile cannot leave this one waiting.
+   */
+  evaluateTogether?(...sums: MxArray[]): void;
 }
 
 export class LoraLayers {
@@ -394,7 +399,9 @@ function setDoraMagnitudes(adapter: Adapter, trained: Map<string, MxArray | unde
       const flat = spread.map((p) => mx.reshape(squares.get(p)!, [-1]));
       return mx.keep(mx.distributed.allSum(mx.concatenate(flat, 0)));
     });
-    mx.evaluate(summed);
+    // Rank 0 under its watchdog; another rank loads inside a message, under its own.
+    if (base.mirror?.evaluateTogether) base.mirror.evaluateTogether(summed);
+    else mx.evaluate(summed);
     let at = 0;
     for (const p of spread) {
       const n = squares.get(p)!.size;

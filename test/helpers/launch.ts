@@ -27,22 +27,28 @@ export async function launchServe(home: string, n: number, model: string, extra:
     if (Date.now() > deadline) throw new Error(`the model did not load: ${stderr}`);
     await Bun.sleep(50);
   }
-  const ranks = () => {
-    // Its children (ps exits 1 when there are none left).
-    let listed = "";
+  return { proc, url, ranks: () => rankPids(proc.pid), stderr: () => stderr, reading };
+}
+
+/** The process ids of a launcher's ranks (its children), by rank. */
+export function rankPids(launcher: number): Map<number, number> {
+  // ps exits 1 when there are none left.
+  let listed = "";
+  try {
+    listed = execFileSync("ps", ["-o", "pid=", "--ppid", String(launcher)], { encoding: "utf8" });
+  } catch {}
+  const byRank = new Map<number, number>();
+  for (const pid of listed.split("\n").filter(Boolean).map(Number)) {
+    let env: string[];
     try {
-      listed = execFileSync("ps", ["-o", "pid=", "--ppid", String(proc.pid)], { encoding: "utf8" });
-    } catch {}
-    const pids = listed.split("\n").filter(Boolean).map(Number);
-    const byRank = new Map<number, number>();
-    for (const pid of pids) {
-      const env = readFileSync(`/proc/${pid}/environ`, "utf8").split("\0");
-      const rank = env.find((e) => e.startsWith("MLX_RANK="));
-      if (rank) byRank.set(Number(rank.slice(9)), pid);
+      env = readFileSync(`/proc/${pid}/environ`, "utf8").split("\0");
+    } catch {
+      continue; // exited meanwhile
     }
-    return byRank;
-  };
-  return { proc, url, ranks, stderr: () => stderr, reading };
+    const rank = env.find((e) => e.startsWith("MLX_RANK="));
+    if (rank) byRank.set(Number(rank.slice(9)), pid);
+  }
+  return byRank;
 }
 
 /** Sends `requests` to a launched serve all at once and stops it (cleanly): each answer's text. */

@@ -206,7 +206,7 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
           const answers = Uint8Array.from(receive([h.rows], mx.Dtype.uint8).toArray());
           const { file, save } = JSON.parse(payloadText(answers.subarray(h.width)));
           if (!sets.loadPrefixFile(h.entry, file, save)) answers[o.rank] = 1;
-          if (last) run([sendOn(undefined, mx.array(answers))]);
+          if (last) send(sendOn(undefined, mx.array(answers)));
           else passOn(h, mx.array(answers));
           return false;
         }

@@ -50,8 +50,8 @@ export class TensorParallelFront extends RankZeroFront implements DecoderModel {
       const out = this.local.layers(hidden!, caches);
       mx.evaluate(out, ...cacheState(caches as KVCache[]));
       this.#tokens += rows * length;
-      // Two sums of float32 partial products a layer.
-      this.#summedBytes += hidden!.nbytes + 2 * this.numLayers * rows * length * width * 4;
+      // Two sums of float32 partial products a layer (the header and hidden states: #step).
+      this.#summedBytes += 2 * this.numLayers * rows * length * width * 4;
       return out;
     });
   }
@@ -100,6 +100,7 @@ export class TensorParallelFront extends RankZeroFront implements DecoderModel {
       return mx.scope(() =>
         this.#step({ ...fields, rows: text.length }, mx.array(text), (payload) => {
           mx.evaluate(payload!);
+          this.#summedBytes += 4;
           return distributed.allSum(mx.zeros([1], mx.Dtype.int32)).toArray()[0] === 0;
         }),
       );
@@ -110,21 +111,43 @@ export class TensorParallelFront extends RankZeroFront implements DecoderModel {
   }
 
   /**
+   * Evaluates `sums`, collectives every rank joins outside a message (a DoRA adapter's norms
+   * at load), under the watchdog like a message.
+   */
+  evaluateTogether(...sums: MxArray[]): void {
+    if (this.closed) throw new Error("the tensor-parallel group was shut down");
+    if (this.#lost) throw new Error(this.#lost);
+    this.#watched(() => mx.evaluate(...sums));
+    for (const sum of sums) this.#summedBytes += sum.nbytes;
+  }
+
+  /**
    * Broadcasts the header, then the payload, and runs `then` on the payload as every rank
    * receives it, under the watchdog: a rank that stops answering stops this one in time.
    */
   #step<T>(fields: MessageFields, payload: MxArray | undefined, then: (payload: MxArray | undefined) => T): T {
     if (this.closed) throw new Error("the tensor-parallel group was shut down");
     if (this.#lost) throw new Error(this.#lost);
-    const header = headerOf(fields, this.#seq++);
+    const header = encodeHeader(headerOf(fields, this.#seq++));
+    this.#summedBytes += header.nbytes + (payload?.nbytes ?? 0);
+    return this.#watched(() => {
+      mx.evaluate(distributed.allSum(header));
+      return then(payload && distributed.allSum(payload));
+    });
+  }
+
+  /**
+   * Runs `collectives` under the watchdog: it ends this process when the other ranks send
+   * nothing for --peer-timeout (a long forward pass whose all_sums keep coming is not silence).
+   */
+  #watched<T>(collectives: () => T): T {
     const seconds = Math.round(this.peerTimeoutMs / 1000);
     distributed.armWatchdog(
       this.peerTimeoutMs,
       `error: rank 0: no answer from ${peers(this.size)} for ${seconds} s (--peer-timeout); stopping`,
     );
     try {
-      mx.evaluate(distributed.allSum(encodeHeader(header)));
-      const result = then(payload && distributed.allSum(payload));
+      const result = collectives();
       distributed.disarmWatchdog();
       return result;
     } catch (error) {

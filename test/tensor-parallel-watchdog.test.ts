@@ -1,0 +1,101 @@
+// The peer timeout under tensor parallel times a peer's silence, not the work: a long prefill
+// chunk on a busy machine takes longer than --peer-timeout, yet each layer's all_sum brings the
+// other rank's bytes, and that rank is alive. A rank that is silent (stopped) still stops every
+// rank within the timeout.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import OpenAI from "openai";
+import { mainScript } from "./helpers/cli";
+import { launchServe, rankPids } from "./helpers/launch";
+import { writeTinyModel } from "./helpers/tiny-model";
+
+const home = process.env.MLX_HOME ?? join(import.meta.dir, "..", ".cache", "mlx-home");
+const env = { ...process.env, MLX_HOME: home, NO_COLOR: "1" };
+/** About 1,000 tokens: two prefill chunks. */
+const items = Array.from({ length: 100 }, (_, i) => `Item ${i} costs ${(i * 7) % 23} coins.`).join(" ");
+let dir: string;
+
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), "mlx-tp-watchdog-"));
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+/** `mlx launch -n 2 -- <args>`, with its output read as it comes. */
+function launch(args: string[]) {
+  const proc = Bun.spawn([process.execPath, mainScript, "launch", "-n", "2", "--", ...args], {
+    stdout: "pipe",
+    stderr: "pipe",
+    env,
+  });
+  const output = Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
+  return { proc, output };
+}
+
+describe("mlx launch -n 2 -- run --tensor-parallel --peer-timeout 1.5", () => {
+  test("a ~1,000-token prompt on a rank that keeps being descheduled (a busy machine) is answered", async () => {
+    // A deep narrow model: each prefill chunk is hundreds of all_sums a few milliseconds apart,
+    // so it takes longer than the timeout here while the rank's bytes stop only for a pause.
+    const deep = join(dir, "deep");
+    writeTinyModel(deep, { layers: 160, seed: 3, contextLength: 2048 });
+    const args = ["run", "-m", deep, "--json", "--temp", "0", "--max-tokens", "2", "--tensor-parallel", items];
+    const run = launch([...args, "--peer-timeout", "1.5"]);
+    // Rank 1 stopped for 0.6 s out of every 0.75 s, until the run ends.
+    let pauses = 0;
+    const pausing = (async () => {
+      while (run.proc.exitCode === null) {
+        const rank1 = rankPids(run.proc.pid).get(1);
+        if (rank1 === undefined) {
+          await Bun.sleep(20);
+          continue;
+        }
+        try {
+          process.kill(rank1, "SIGSTOP");
+          await Bun.sleep(600);
+          process.kill(rank1, "SIGCONT");
+          pauses++;
+        } catch {
+          return; // it exited
+        }
+        await Bun.sleep(150);
+      }
+    })();
+    const [stdout, stderr] = await run.output;
+    const code = await run.proc.exited;
+    await pausing;
+    expect(stderr).toBe("");
+    expect(code).toBe(0);
+    const answer = JSON.parse(stdout);
+    expect(answer.stats.prompt_tokens).toBeGreaterThan(900);
+    // The prefill outlasted the timeout several times over.
+    expect(pauses * 750).toBeGreaterThan(3 * 1500);
+  }, 120_000);
+});
+
+describe("mlx launch -n 2 -- serve --tensor-parallel --peer-timeout 2", () => {
+  test("a rank that stops answering mid-prefill (SIGSTOP): every rank stops within the timeout, naming it", async () => {
+    const server = await launchServe(home, 2, "smollm2", ["--tensor-parallel", "--peer-timeout", "2"]);
+    const ranks = server.ranks();
+    try {
+      const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
+      const answering = client.completions.create({ model: "smollm2", prompt: items, max_tokens: 4 }).catch((e) => e);
+      await Bun.sleep(300);
+      const stoppedAt = performance.now();
+      process.kill(ranks.get(1)!, "SIGSTOP");
+      // Rank 0 is blocked in the prefill's all_sums: the server cannot answer until it exits.
+      const code = await server.proc.exited;
+      expect(performance.now() - stoppedAt).toBeLessThan(2000 * 2 + 5000);
+      await server.reading;
+      expect(code).not.toBe(0);
+      expect(server.stderr()).toContain("error: rank 0: no answer from rank 1 for 2 s (--peer-timeout); stopping");
+      expect(await answering).toBeInstanceOf(Error);
+    } finally {
+      for (const pid of ranks.values()) {
+        try {
+          process.kill(pid, "SIGKILL");
+        } catch {}
+      }
+    }
+  }, 60_000);
+});
