@@ -3,12 +3,13 @@
 // to the split; a run from the file answers as one process does from its own, a served
 // --prompt-cache-dir comes back after a restart, and a file of another split is refused.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, utimesSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import OpenAI from "openai";
 import { cliRunner } from "./helpers/cli";
 import { launchServe } from "./helpers/launch";
+import { post, serve } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
 
 const home = process.env.MLX_HOME ?? join(import.meta.dir, "..", ".cache", "mlx-home");
@@ -115,4 +116,37 @@ describe("mlx launch -n 2 -- serve --prompt-cache-dir", () => {
     expect(without.text).toBe(first.text);
     expect(without.usage.prompt_tokens_details?.cached_tokens).toBe(0);
   }, 180_000);
+});
+
+describe("serve --prompt-cache-dir on a directory a split model wrote to", () => {
+  test("files of another split, and shares whose file is gone, are removed when the model loads, never used", async () => {
+    const cacheDir = join(dir, "resplit");
+    mkdirSync(cacheDir);
+    // A tensor-parallel save: rank 0's file and rank 1's share beside it.
+    const saved = join(cacheDir, "document.safetensors");
+    expect((await onTwoRanks(["cache-prompt", "-m", tiny, "--tensor-parallel", saved], document)).code).toBe(0);
+    // A share whose file is gone, older than a write in progress.
+    const orphan = join(cacheDir, "gone.safetensors.rank1");
+    copyFileSync(`${saved}.rank1`, orphan);
+    const old = new Date(Date.now() - 120_000);
+    utimesSync(orphan, old, old);
+    const logged: string[] = [];
+    const server = serve({
+      promptCacheDir: cacheDir,
+      logError: (e) => logged.push((e as Error).message),
+    });
+    try {
+      const r = await post(`${server.url}/v1/completions`, { model: tiny, prompt: document, max_tokens: 2 });
+      expect(r.status).toBe(200);
+      expect(r.json.usage.prompt_tokens_details.cached_tokens).toBe(0);
+    } finally {
+      await server.stop();
+    }
+    expect(logged).toContain(
+      `prompt cache: removing ${saved}: made for another split of the model (tensor-parallel 2, not one process)`,
+    );
+    const left = readdirSync(cacheDir);
+    for (const gone of ["document.safetensors", "document.safetensors.rank1", "gone.safetensors.rank1"])
+      expect(left).not.toContain(gone);
+  }, 60_000);
 });

@@ -4,13 +4,12 @@
 // Greedy output is the single process's, token for token, in run and in serve's mixed batches.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { execFileSync } from "node:child_process";
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import OpenAI from "openai";
-import { loopbackHosts } from "../src/cmd/launch";
-import { cliRunner, mainScript } from "./helpers/cli";
-import { completeTogether, launchServe } from "./helpers/launch";
+import { cliRunner } from "./helpers/cli";
+import { completeTogether, launchServe, startRank, writeLoopbackRing } from "./helpers/launch";
 import { lastLayers, writeRandomAdapter } from "./helpers/random-adapter";
 import { serve } from "./helpers/serve";
 import { tinyDims, writeTinyModel } from "./helpers/tiny-model";
@@ -107,23 +106,25 @@ describe("a rank lost while rank 0 loads a DoRA adapter", () => {
     // Ranks started by hand, rank 1 in a directory where the adapter's relative path holds a
     // named pipe: it blocks reading it, and is stopped there (a silent peer, as a machine that
     // is gone without closing its connection), while rank 0 waits in the norms' all_sum.
-    const ring = join(dir, "ring-dora.json");
-    writeFileSync(ring, JSON.stringify((await loopbackHosts(2)).map((h) => [h.address])));
+    const ring = await writeLoopbackRing(join(dir, "ring-dora.json"), 2);
     const elsewhere = mkdtempSync(join(dir, "elsewhere-"));
     mkdirSync(join(elsewhere, "dora"));
     copyFileSync(join(dora, "adapter_config.json"), join(elsewhere, "dora", "adapter_config.json"));
     const pipe = join(elsewhere, "dora", "adapters.safetensors");
     execFileSync("mkfifo", [pipe]);
-    const rank = (r: number, cwd: string) =>
-      Bun.spawn(
-        [
-          process.execPath,
-          mainScript,
-          ...["run", "-m", tiny, "--adapter", "dora", "--max-tokens", "2", "--tensor-parallel"],
-          ...["--hostfile", ring, "--rank", String(r), "--peer-timeout", "2", "Hello"],
-        ],
-        { cwd, stdout: "ignore", stderr: "pipe", env: { ...process.env, MLX_HOME: home, NO_COLOR: "1" } },
-      );
+    const args = [
+      "run",
+      "-m",
+      tiny,
+      "--adapter",
+      "dora",
+      "--max-tokens",
+      "2",
+      "--tensor-parallel",
+      "--peer-timeout",
+      "2",
+    ];
+    const rank = (r: number, cwd: string) => startRank(home, ring, r, [...args, "Hello"], cwd);
     const [zero, one] = [rank(0, dir), rank(1, elsewhere)];
     // Opening the pipe for writing returns once rank 1 opens it to read: then it is stopped.
     const stopper = Bun.spawn(["sh", "-c", `exec 3>"$0"; kill -STOP ${one.pid}; sleep 60`, pipe]);

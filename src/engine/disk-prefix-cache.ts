@@ -69,7 +69,10 @@ export class BackgroundWrites {
 const shareOf = (name: string) => /^(.*)\.rank\d+$/.exec(name)?.[1];
 
 /** Whether a file nobody finished (or whose file is gone) is old enough to be no write in progress. */
-const stale = (file: string) => Date.now() - statSync(file).mtimeMs > 60_000;
+const stale = (file: string) => {
+  const since = statSync(file, { throwIfNoEntry: false })?.mtimeMs;
+  return since !== undefined && Date.now() - since > 60_000;
+};
 
 interface Stored {
   file: string;
@@ -113,17 +116,9 @@ export class DiskPrefixCache {
    * whose file is gone.
    */
   #scan(): void {
-    const names = readdirSync(this.dir);
-    for (const name of names) {
-      const file = join(this.dir, name);
-      const whose = shareOf(name);
-      if (whose !== undefined) {
-        // A share is written before its file is renamed into place: only an old one is an orphan.
-        if (whose.endsWith(EXTENSION) && !existsSync(join(this.dir, whose)) && stale(file))
-          rmSync(file, { force: true });
-        continue;
-      }
+    for (const name of readdirSync(this.dir)) {
       if (!name.endsWith(EXTENSION)) continue;
+      const file = join(this.dir, name);
       if (name.includes(".tmp.")) {
         // A write that never finished (its process died): nobody renames it any more.
         if (stale(file)) rmSync(file, { force: true });
@@ -151,6 +146,14 @@ export class DiskPrefixCache {
         continue;
       }
       this.#files.set(name, { file, tokens: JSON.parse(metadata.tokens!), dropped: Number(metadata.dropped) });
+    }
+    // Shares whose file is gone. A share is written before its file is renamed into place: only
+    // an old one is an orphan.
+    for (const name of readdirSync(this.dir)) {
+      const whose = shareOf(name);
+      const share = join(this.dir, name);
+      if (whose?.endsWith(EXTENSION) && !existsSync(join(this.dir, whose)) && stale(share))
+        rmSync(share, { force: true });
     }
   }
 

@@ -2,9 +2,10 @@
 // listens on (once the model answers /health), and its ranks' process ids by rank.
 import { expect } from "bun:test";
 import { execFileSync } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import OpenAI from "openai";
 import type { CompletionCreateParamsNonStreaming } from "openai/resources/completions";
+import { loopbackHosts } from "../../src/cmd/launch";
 import { mainScript } from "./cli";
 
 /** A launched `serve` on `model` split over `n` ranks, with `extra` flags, under MLX_HOME `home`. */
@@ -63,4 +64,23 @@ export async function completeTogether(
     server.proc.kill("SIGTERM");
     expect(await server.proc.exited).toBe(0);
   }
+}
+
+/**
+ * Rank `rank` of `mlx <args>` started by hand (as on another machine): `--hostfile ring --rank
+ * rank` added, run in `cwd`, its stderr piped.
+ */
+export function startRank(home: string, ring: string, rank: number, args: string[], cwd?: string) {
+  return Bun.spawn([process.execPath, mainScript, ...args, "--hostfile", ring, "--rank", String(rank)], {
+    cwd,
+    stdout: "ignore",
+    stderr: "pipe",
+    env: { ...process.env, MLX_HOME: home, NO_COLOR: "1" },
+  });
+}
+
+/** A ring hostfile of `n` ranks on free loopback ports, written to `path`. */
+export async function writeLoopbackRing(path: string, n: number): Promise<string> {
+  writeFileSync(path, JSON.stringify((await loopbackHosts(n)).map((h) => [h.address])));
+  return path;
 }
