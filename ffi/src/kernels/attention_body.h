@@ -117,13 +117,31 @@ inline void pair_queries(const float* q, int rows, int D, float* pairs) {
       for (int l = 0; l < kLanes; ++l) pairs[(size_t(r) * chunks + c) * kLanes + l] = q[size_t(r) * padded(D) + c * kHalf + l % kHalf];
 }
 
+// Brings `bytes` from each of kLanes rows `stride` elements apart into the cache.
+template <class T>
+inline void prefetch_rows(const T* rows, int64_t stride, int bytes) {
+  for (int j = 0; j < kLanes; ++j) {
+    const char* row = reinterpret_cast<const char*>(rows + j * stride);
+    for (int b = 0; b < bytes; b += 64) __builtin_prefetch(row + b);
+  }
+}
+
 // score[r * kChunk + j] = q_r · k_j for M rows (M a constant: M * kHalf sums stay in registers)
 // and n keys, D a whole number of half vectors. Keys past n are scored as the last one: the
 // caller hides every score past n.
+//
+// Each block first asks for the next block's keys and for this block's values (the chunk's values
+// are summed right after its scores): the pair loads sit among the multiply-adds that wait on
+// them, so the core reaches few loads ahead by itself, and without the prefetches the kernel read
+// its keys from memory ~20% slower than score_direct's plain widening loop (while ~20% faster from
+// the cache). Prefetches past the last row are harmless: they never fault.
 template <int M, class T>
-void score_pairs(const float* pairs, int D, const T* keys, int64_t key_stride, int n, float* score) {
+void score_pairs(const float* pairs, int D, const T* keys, int64_t key_stride, const T* values, int64_t value_stride,
+                 int Dv, int n, float* score) {
   const int chunks = D / kHalf;
   for (int first = 0; first < n; first += kLanes) {
+    prefetch_rows(keys + (first + kLanes) * key_stride, key_stride, D * sizeof(T));
+    prefetch_rows(values + first * value_stride, value_stride, Dv * sizeof(T));
     const T* key[kLanes];
     for (int j = 0; j < kLanes; ++j) key[j] = keys + int64_t(std::min(first + j, n - 1)) * key_stride;
     vf acc[M][kHalf] = {};
@@ -140,15 +158,16 @@ void score_pairs(const float* pairs, int D, const T* keys, int64_t key_stride, i
 // The tile's rows up to 3 at a time (3 * kHalf sums and a key vector fill AVX-512's registers;
 // decode's usual group is 3 rows or fewer).
 template <class T>
-void score_rows_pairs(const float* pairs, int rows, int D, const T* keys, int64_t key_stride, int n, float* score) {
+void score_rows_pairs(const float* pairs, int rows, int D, const T* keys, int64_t key_stride, const T* values,
+                      int64_t value_stride, int Dv, int n, float* score) {
   const size_t row_pairs = size_t(D / kHalf) * kLanes;
   for (int first = 0; first < rows; first += 3) {
     const float* q = pairs + first * row_pairs;
     float* out = score + size_t(first) * kChunk;
     switch (std::min(3, rows - first)) {
-      case 1: score_pairs<1>(q, D, keys, key_stride, n, out); break;
-      case 2: score_pairs<2>(q, D, keys, key_stride, n, out); break;
-      default: score_pairs<3>(q, D, keys, key_stride, n, out); break;
+      case 1: score_pairs<1>(q, D, keys, key_stride, values, value_stride, Dv, n, out); break;
+      case 2: score_pairs<2>(q, D, keys, key_stride, values, value_stride, Dv, n, out); break;
+      default: score_pairs<3>(q, D, keys, key_stride, values, value_stride, Dv, n, out); break;
     }
   }
 }
@@ -195,7 +214,8 @@ void attend_keys(const AttentionProblem& p, const AttentionTile& t, Scratch& s, 
     const T* chunk_values = copied ? reinterpret_cast<const T*>(s.values.data()) : values + start * value_stride;
     const bool direct = rows <= kDirectRows;
     if (scored_in_pairs(rows, D)) {
-      score_rows_pairs(s.query_pairs.data(), rows, D, chunk_keys, key_stride, n, s.scores.data());
+      score_rows_pairs(s.query_pairs.data(), rows, D, chunk_keys, key_stride, chunk_values, value_stride, Dv, n,
+                       s.scores.data());
     } else if (direct) {
       score_direct(s.queries.data(), rows, D, chunk_keys, key_stride, n, s.widened.data(), s.scores.data());
     } else {
