@@ -8,7 +8,6 @@
 // grouped-query attention reads K and V once per tile and never repeats them. Keys and values
 // in fp32, float16 or bfloat16 rows are read where they lie and widened a vector at a time; other
 // layouts are copied to fp32 a chunk at a time first.
-#include <type_traits>
 #include <vector>
 
 #include "attention_vector.h"
@@ -18,7 +17,7 @@ namespace {
 
 // Per-thread buffers, kept between calls (pool threads and stream threads are long-lived).
 struct Scratch {
-  std::vector<float> queries, query_pairs, keys_t, widened, keys, values, scores, out, max, sum;
+  std::vector<float> queries, keys_t, widened, keys, values, scores, out, max, sum;
 };
 
 // Query rows up to which a tile scores each key row directly (one dot product per key and row)
@@ -50,125 +49,6 @@ void score_direct(const float* q, int rows, int D, const T* keys, int64_t key_st
     // Past the chunk's last key: zeros (their scores are hidden afterwards anyway).
     std::fill(widened + size_t(m) * Dp, widened + size_t(kLanes) * Dp, 0.0f);
     score_block(q, rows, widened, Dp, score + first);
-  }
-}
-
-// Decode's scores from key pairs: one vector holds kHalf elements of two keys side by side (key a
-// in the lower lanes, key b in the upper), so each multiply-add serves two keys, and a block's
-// kLanes keys leave kLanes / 2 sums per row for sum_lanes to finish instead of kLanes: half the
-// shuffles, and no widened copy of the keys to store and load again (score_direct). The pair is
-// built by the load itself (a half-vector load inserted into the upper half, then widened), which
-// x86's instruction sets have as single instructions; NEON and the portable build keep
-// score_direct.
-constexpr int kHalf = kLanes / 2;
-#if defined(__AVX512F__) || defined(__AVX2__)
-constexpr bool kPairLoads = kLanes == 16 || kLanes == 8;
-
-// kHalf elements from a, then kHalf from b, widened to fp32.
-template <class T>
-inline vf load_pair(const T* a, const T* b) {
-  vf v;
-#if defined(__AVX512F__)
-  if constexpr (kLanes == 16) {
-    __m512 w;
-    if constexpr (std::is_same_v<T, float>) {
-      w = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(a)), _mm256_loadu_ps(b), 1);
-    } else {
-      const __m256i h = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a))),
-                                                _mm_loadu_si128(reinterpret_cast<const __m128i*>(b)), 1);
-      if constexpr (std::is_same_v<T, _Float16>) w = _mm512_cvtph_ps(h);
-      else w = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));  // bfloat16: the upper half of fp32
-    }
-    std::memcpy(&v, &w, sizeof v);
-    return v;
-  }
-#endif
-  if constexpr (kLanes == 8) {
-    __m256 w;
-    if constexpr (std::is_same_v<T, float>) {
-      w = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(a)), _mm_loadu_ps(b), 1);
-    } else {
-      const __m128i h = _mm_castpd_si128(
-          _mm_loadh_pd(_mm_castsi128_pd(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(a))), reinterpret_cast<const double*>(b)));
-      if constexpr (std::is_same_v<T, _Float16>) w = _mm256_cvtph_ps(h);
-      else w = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-    }
-    std::memcpy(&v, &w, sizeof v);
-  }
-  return v;
-}
-#else
-constexpr bool kPairLoads = false;
-template <class T>
-inline vf load_pair(const T*, const T*) {
-  return vf{};
-}
-#endif
-
-// Whether a tile's scores come from key pairs: decode's few rows, whole half vectors per row.
-inline bool scored_in_pairs(int rows, int D) { return kPairLoads && rows <= kDirectRows && D % kHalf == 0; }
-
-// The queries for score_pairs: chunk c of row r (its elements [c kHalf, (c + 1) kHalf)) twice
-// over in one vector, at (r * D / kHalf + c) * kLanes.
-inline void pair_queries(const float* q, int rows, int D, float* pairs) {
-  const int chunks = D / kHalf;
-  for (int r = 0; r < rows; ++r)
-    for (int c = 0; c < chunks; ++c)
-      for (int l = 0; l < kLanes; ++l) pairs[(size_t(r) * chunks + c) * kLanes + l] = q[size_t(r) * padded(D) + c * kHalf + l % kHalf];
-}
-
-// Brings `bytes` from each of kLanes rows `stride` elements apart into the cache.
-template <class T>
-inline void prefetch_rows(const T* rows, int64_t stride, int bytes) {
-  for (int j = 0; j < kLanes; ++j) {
-    const char* row = reinterpret_cast<const char*>(rows + j * stride);
-    for (int b = 0; b < bytes; b += 64) __builtin_prefetch(row + b);
-  }
-}
-
-// score[r * kChunk + j] = q_r · k_j for M rows (M a constant: M * kHalf sums stay in registers)
-// and n keys, D a whole number of half vectors. Keys past n are scored as the last one: the
-// caller hides every score past n.
-//
-// Each block first asks for the next block's keys and for this block's values (the chunk's values
-// are summed right after its scores): the pair loads sit among the multiply-adds that wait on
-// them, so the core reaches few loads ahead by itself, and without the prefetches the kernel read
-// its keys from memory ~20% slower than score_direct's plain widening loop (while ~20% faster from
-// the cache). Prefetches past the last row are harmless: they never fault.
-template <int M, class T>
-void score_pairs(const float* pairs, int D, const T* keys, int64_t key_stride, const T* values, int64_t value_stride,
-                 int Dv, int n, float* score) {
-  const int chunks = D / kHalf;
-  for (int first = 0; first < n; first += kLanes) {
-    prefetch_rows(keys + (first + kLanes) * key_stride, key_stride, D * sizeof(T));
-    prefetch_rows(values + first * value_stride, value_stride, Dv * sizeof(T));
-    const T* key[kLanes];
-    for (int j = 0; j < kLanes; ++j) key[j] = keys + int64_t(std::min(first + j, n - 1)) * key_stride;
-    vf acc[M][kHalf] = {};
-    for (int c = 0; c < chunks; ++c) {
-      for (int pair = 0; pair < kHalf; ++pair) {
-        const vf k = load_pair(key[2 * pair] + c * kHalf, key[2 * pair + 1] + c * kHalf);
-        for (int r = 0; r < M; ++r) acc[r][pair] += load(pairs + (size_t(r) * chunks + c) * kLanes) * k;
-      }
-    }
-    for (int r = 0; r < M; ++r) store(score + size_t(r) * kChunk + first, sum_lanes<kHalf>(acc[r], kHalf));
-  }
-}
-
-// The tile's rows up to 3 at a time (3 * kHalf sums and a key vector fill AVX-512's registers;
-// decode's usual group is 3 rows or fewer).
-template <class T>
-void score_rows_pairs(const float* pairs, int rows, int D, const T* keys, int64_t key_stride, const T* values,
-                      int64_t value_stride, int Dv, int n, float* score) {
-  const size_t row_pairs = size_t(D / kHalf) * kLanes;
-  for (int first = 0; first < rows; first += 3) {
-    const float* q = pairs + first * row_pairs;
-    float* out = score + size_t(first) * kChunk;
-    switch (std::min(3, rows - first)) {
-      case 1: score_pairs<1>(q, D, keys, key_stride, values, value_stride, Dv, n, out); break;
-      case 2: score_pairs<2>(q, D, keys, key_stride, values, value_stride, Dv, n, out); break;
-      default: score_pairs<3>(q, D, keys, key_stride, values, value_stride, Dv, n, out); break;
-    }
   }
 }
 
@@ -213,10 +93,7 @@ void attend_keys(const AttentionProblem& p, const AttentionTile& t, Scratch& s, 
     const T* chunk_keys = copied ? reinterpret_cast<const T*>(s.keys.data()) : keys + start * key_stride;
     const T* chunk_values = copied ? reinterpret_cast<const T*>(s.values.data()) : values + start * value_stride;
     const bool direct = rows <= kDirectRows;
-    if (scored_in_pairs(rows, D)) {
-      score_rows_pairs(s.query_pairs.data(), rows, D, chunk_keys, key_stride, chunk_values, value_stride, Dv, n,
-                       s.scores.data());
-    } else if (direct) {
+    if (direct) {
       score_direct(s.queries.data(), rows, D, chunk_keys, key_stride, n, s.widened.data(), s.scores.data());
     } else {
       score_transposed(s.queries.data(), rows, D, chunk_keys, key_stride, n, s.keys_t.data(), s.scores.data());
@@ -269,10 +146,6 @@ void ATTENTION_TILE_FN(const AttentionProblem& p, const AttentionTile& t, float*
       s.max[r] = p.sinks[head];
       s.sum[r] = 1.0f;
     }
-  }
-  if (scored_in_pairs(rows, D)) {
-    s.query_pairs.resize(size_t(rows) * D / kHalf * kLanes);
-    pair_queries(s.queries.data(), rows, D, s.query_pairs.data());
   }
   // Causal: no row of the tile sees keys past its last position.
   const int key_end = p.causal ? std::min(t.key_end, t.row_end + shift) : t.key_end;
