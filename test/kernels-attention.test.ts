@@ -125,6 +125,9 @@ describe("attention kernel", () => {
       for (const dim of [8, 20, 64, 72])
         compare({ qHeads, kvHeads, queries, keys: 150 + i, dim, kvDtype: kvDtypes[i % kvDtypes.length] });
     });
+    // Fewer keys than one block of key pairs, and a block with one key of a pair.
+    for (const kvDtype of kvDtypes)
+      for (const keys of [1, 2, 7, 17]) compare({ qHeads: 9, kvHeads: 3, queries: 1, keys, dim: 64, kvDtype });
   });
 
   test("attention sinks (gpt-oss): one logit per head in each softmax, once across split keys", () => {
