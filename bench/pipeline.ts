@@ -5,8 +5,12 @@
 // with one (--micro-batches 1). Configurations are interleaved round by round, so load on the
 // machine hits them alike; with --baseline DIR (another checkout of this repository, sharing the
 // shim), its builds take their turn beside this tree's in every round, for before/after ratios.
+// --variant="FLAGS" (repeatable; the = because FLAGS start with a dash) adds a 3-rank serve with those flags (e.g. "--micro-batches 6" or
+// "--layers 0-6,7-18,19-29"), on every build; --skip-run leaves out the `mlx run` table.
 //   MLX_HOME=$PWD/.cache/mlx-home bun bench/pipeline.ts [--rounds 2] [--model smollm2] [--clients 1,2,4,8,16]
-//     [--baseline /tmp/base] [--skip-one-in-flight]
+//     [--baseline /tmp/base] [--skip-one-in-flight] [--variant="--micro-batches 6"] [--skip-run]
+import { execSync } from "node:child_process";
+import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { median, spawnTimed, spawnServe } from "./lib";
@@ -18,6 +22,8 @@ const { values } = parseArgs({
     clients: { type: "string", default: "1,2,4,8,16" },
     baseline: { type: "string" },
     "skip-one-in-flight": { type: "boolean", default: false },
+    variant: { type: "string", multiple: true, default: [] },
+    "skip-run": { type: "boolean", default: false },
   },
 });
 const rounds = Number(values.rounds);
@@ -30,15 +36,19 @@ const builds = [
 type Build = (typeof builds)[number];
 const configs = [1, 2, 3];
 const clientCounts = values.clients!.split(",").map(Number);
-/** Serve configurations: ranks, and micro-batches in flight where not one per rank. */
-const serveConfigs = [
+/** Serve configurations: ranks, and the split's flags where not the default. */
+interface ServeConfig {
+  ranks: number;
+  flags?: string[];
+}
+const serveConfigs: ServeConfig[] = [
   { ranks: 1 },
   { ranks: 2 },
   { ranks: 3 },
-  ...(values["skip-one-in-flight"] ? [] : [{ ranks: 3, microBatches: 1 }]),
+  ...(values["skip-one-in-flight"] ? [] : [{ ranks: 3, flags: ["--micro-batches", "1"] }]),
+  ...values.variant!.map((v) => ({ ranks: 3, flags: v.split(/\s+/).filter(Boolean) })),
 ];
-const label = (c: { ranks: number; microBatches?: number }) =>
-  c.ranks === 1 ? "1" : `${c.ranks}, ${c.microBatches ?? c.ranks} in flight`;
+const label = (c: ServeConfig) => (c.flags ? `${c.ranks}, ${c.flags.join(" ")}` : `${c.ranks}`);
 const under = (build: Build, ranks: number, command: string[]) => {
   const mlx = [process.execPath, build.main];
   return ranks === 1 ? [...mlx, ...command] : [...mlx, "launch", "-n", String(ranks), "--", ...command];
@@ -75,14 +85,16 @@ interface ServeFigures {
   tokensPerSecond: number[];
   /** Per rank, the share of each load's time it spent computing. */
   busy: number[][];
+  /** Per rank, CPU seconds over the load (all its threads), and their sum per output token (ms). */
+  cpu: number[][];
+  cpuPerToken: number[];
 }
 const serveFigures = new Map<string, ServeFigures>();
 
-async function startServe(build: Build, c: { ranks: number; microBatches?: number }) {
+async function startServe(build: Build, c: ServeConfig) {
   // A heartbeat every 3 s (a third of the peer timeout) brings the stages' figures back; a
   // shorter timeout stops the ranks when a loaded machine holds rank 0 up that long in a prefill.
-  const split = c.ranks > 1 ? ["--peer-timeout", "9"] : [];
-  if (c.microBatches) split.push("--micro-batches", String(c.microBatches));
+  const split = c.ranks > 1 ? ["--peer-timeout", "9", ...(c.flags ?? [])] : [];
   return spawnServe(under(build, c.ranks, ["serve", "--port", "0", "-m", model, ...split]));
 }
 
@@ -130,26 +142,63 @@ async function pipelineTimes(url: string): Promise<number[]> {
   return [p.receive_wait_seconds, ...p.stages.map((s) => s.compute_seconds)];
 }
 
+const ticksPerSecond = Number(execSync("getconf CLK_TCK").toString()) || 100;
+
+/**
+ * The serving processes under `root` by rank (MLX_RANK in their environment; `root` itself when
+ * it serves alone): CPU time is what the ranks share on one machine, and load on it does not
+ * stretch it as it stretches wall time.
+ */
+function rankProcesses(root: number, ranks: number): number[] {
+  if (ranks === 1) return [root];
+  const parent = (pid: number) => Number(readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ")[1]);
+  const byRank: number[] = [];
+  for (const entry of readdirSync("/proc")) {
+    const pid = Number(entry);
+    try {
+      if (!pid || parent(pid) !== root) continue;
+      const env = readFileSync(`/proc/${pid}/environ`, "utf8").split("\0");
+      const rank = env.find((v) => v.startsWith("MLX_RANK="));
+      if (rank) byRank[Number(rank.slice("MLX_RANK=".length))] = pid;
+    } catch {
+      // A process that ended meanwhile.
+    }
+  }
+  return byRank;
+}
+
+/** CPU seconds (user and system) each process has used so far. */
+const cpuSeconds = (pids: number[]): number[] =>
+  pids.map((pid) => {
+    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / ticksPerSecond;
+  });
+
 for (let round = 0; round < rounds; round++) {
   // Every other round in reverse, so a load that rises or falls during the run favours no one.
-  for (const ranks of round % 2 ? [...configs].reverse() : configs)
+  for (const ranks of values["skip-run"] ? [] : round % 2 ? [...configs].reverse() : configs)
     for (const size of [128, 512] as const) for (const build of inTurn(round)) await runOnce(build, ranks, size);
   for (const config of round % 2 ? [...serveConfigs].reverse() : serveConfigs)
     for (const build of inTurn(round)) await serveLoad(build, config, round);
 }
 
-async function serveLoad(build: Build, config: (typeof serveConfigs)[number], round: number) {
+async function serveLoad(build: Build, config: ServeConfig, round: number) {
   const { proc, url } = await startServe(build, config);
   try {
+    const pids = rankProcesses(proc.pid, config.ranks);
     for (const clients of clientCounts) {
       const before = config.ranks > 1 ? await pipelineTimes(url) : [];
+      const cpuBefore = cpuSeconds(pids);
       const started = performance.now();
       const r = await load(url, clients);
       const seconds = (performance.now() - started) / 1000;
+      const cpu = cpuSeconds(pids).map((t, rank) => t - cpuBefore[rank]!);
       const key = `${build.name}/${label(config)}/${clients}`;
-      const f = serveFigures.get(key) ?? { itl: [], tokensPerSecond: [], busy: [] };
+      const f = serveFigures.get(key) ?? { itl: [], tokensPerSecond: [], busy: [], cpu: [], cpuPerToken: [] };
       f.itl.push(...r.itl);
       f.tokensPerSecond.push(r.tokensPerSecond);
+      f.cpu.push(cpu);
+      f.cpuPerToken.push((1000 * cpu.reduce((a, b) => a + b, 0)) / (r.tokensPerSecond * seconds));
       if (config.ranks > 1) {
         // Rank 0 is busy whenever it is not waiting for the ring; the others when computing.
         const after = await pipelineTimes(url);
@@ -169,7 +218,7 @@ const fmt = (n: number, digits = 1) => (Number.isFinite(n) ? n.toFixed(digits) :
 console.log("## mlx run (median over rounds)\n");
 console.log("| build | ranks | prompt | time to first token (ms) | decode tokens/s | vs 1 process, same build |");
 console.log("|---|---|---|---|---|---|");
-for (const build of builds)
+for (const build of values["skip-run"] ? [] : builds)
   for (const size of [128, 512]) {
     const base = median(runFigures.get(`${build.name}/1/${size}`)!.tps);
     for (const ranks of configs) {
@@ -181,9 +230,9 @@ for (const build of builds)
   }
 console.log("\n## mlx serve, streamed clients (32 tokens each)\n");
 console.log(
-  "| build | ranks, micro-batches | clients | ITL p50 (ms) | ITL p95 (ms) | output tokens/s | vs 1 process, same build | busy: rank 0, 1, ... |",
+  "| build | ranks, flags | clients | ITL p50 (ms) | ITL p95 (ms) | output tokens/s | vs 1 process, same build | CPU ms per output token | busy: rank 0, 1, ... | CPU share: rank 0, 1, ... |",
 );
-console.log("|---|---|---|---|---|---|---|---|");
+console.log("|---|---|---|---|---|---|---|---|---|---|");
 for (const build of builds)
   for (const clients of clientCounts) {
     const base = median(serveFigures.get(`${build.name}/1/${clients}`)!.tokensPerSecond);
@@ -191,9 +240,14 @@ for (const build of builds)
       const f = serveFigures.get(`${build.name}/${label(config)}/${clients}`)!;
       const tps = median(f.tokensPerSecond);
       // Each rank's median over the rounds.
-      const busy = f.busy[0]?.map((_, rank) => `${fmt(100 * median(f.busy.map((b) => b[rank]!)), 0)}%`).join(", ");
+      const shares = (table: number[][]) =>
+        config.ranks === 1
+          ? "—"
+          : table[0]!.map((_, rank) => `${fmt(100 * median(table.map((b) => b[rank]!)), 0)}%`).join(", ");
+      // Each rank's part of the CPU time all ranks used, per round.
+      const cpuShares = f.cpu.map((c) => c.map((t) => t / c.reduce((a, b) => a + b, 0)));
       console.log(
-        `| ${build.name} | ${label(config)} | ${clients} | ${fmt(percentile(f.itl, 50))} | ${fmt(percentile(f.itl, 95))} | ${fmt(tps)} | ${fmt(tps / base, 2)}× | ${busy ?? "—"} |`,
+        `| ${build.name} | ${label(config)} | ${clients} | ${fmt(percentile(f.itl, 50))} | ${fmt(percentile(f.itl, 95))} | ${fmt(tps)} | ${fmt(tps / base, 2)}× | ${fmt(median(f.cpuPerToken))} | ${shares(f.busy)} | ${shares(cpuShares)} |`,
       );
     }
   }

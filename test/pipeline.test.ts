@@ -500,9 +500,11 @@ describe("planning", () => {
     // smollm2 (a GGUF: an 8-bit output layer, 4-bit layers): 49,152 × 576 multiply-adds against
     // a layer's 3,538,944, each with its small ops; by multiply-adds, not bytes.
     const smollm2 = readLayout(await resolveModelPath(undefined));
-    expect(headLayers(smollm2)).toBeCloseTo((49152 * 576 + 2 * 300_000) / (3538944 + 20 * 300_000), 6);
-    expect(ranges(splitLayers(30, [1, 1, 1], headLayers(smollm2)))).toEqual([8, 11, 11]);
+    expect(headLayers(smollm2)).toBeCloseTo((49152 * 576 + 2 * 80_000) / (3538944 + 20 * 80_000), 6);
+    // 5.5 layers' worth (fitted on the ranks' CPU time): 2 ranks 12 / 18, 3 ranks 6 / 12 / 12.
+    expect(ranges(splitLayers(30, [1, 1], headLayers(smollm2)))).toEqual([12, 18]);
+    expect(ranges(splitLayers(30, [1, 1, 1], headLayers(smollm2)))).toEqual([6, 12, 12]);
     // The tiny model (safetensors, float): 49,152 × 64 against 36,864 a layer.
-    expect(headLayers(readLayout(tiny))).toBeCloseTo((49152 * 64 + 2 * 300_000) / (36864 + 20 * 300_000), 6);
+    expect(headLayers(readLayout(tiny))).toBeCloseTo((49152 * 64 + 2 * 80_000) / (36864 + 20 * 80_000), 6);
   });
 });

@@ -57,13 +57,15 @@ export function splitLayers(numLayers: number, weights: number[], headLayers = 0
 /**
  * The output head's work in layers' worth: multiply-adds per token, plus what each of the small
  * ops around the matrices costs (norms, rotary, attention, adds: about 20 a layer, 2 for the
- * head), worth `opCost` multiply-adds. The ops' cost was fitted on smollm2 (3 ranks, 8 clients):
- * its output layer has 8 layers' multiply-adds, but timed alone it costs 5.9 layers at 1 row
- * (bench/stage-cost.ts), and in the pipeline the stages came out most evenly busy with rank 0 at
- * 8 of 30 layers, 3 layers' worth; a larger model's matrices outweigh its small ops more.
+ * head), worth `opCost` multiply-adds. `opCost` is fitted on the CPU time each rank of smollm2
+ * used serving 8 clients on 3 ranks (bench/pipeline.ts, "CPU share"): rank 0's share came to its
+ * layers plus 5.1-5.8 layers' worth (the output layer, the sampler and the host's work for each
+ * token), as the head timed alone costs 5.9 layers at 1 row (bench/stage-cost.ts); this counts it
+ * as 5.5. A larger model's matrices outweigh its small ops, so its head counts closer to its
+ * multiply-adds.
  */
 export function headLayers(layout: ModelLayout): number {
-  const opCost = 300_000;
+  const opCost = 80_000;
   const perLayer = layout.layerWeights.reduce((a, b) => a + b, 0) / Math.max(1, layout.numLayers);
   return perLayer > 0 ? (layout.headWeights + 2 * opCost) / (perLayer + 20 * opCost) : 0;
 }
