@@ -15,7 +15,7 @@
 //   for f in quantized_attention_body.h quantized_attention_kernel.h attention_vector.h attention_kernel.h simd/avx512.h; do
 //     git show main:ffi/src/kernels/$f > /tmp/main-kernels/$f; done
 //   for k in /tmp/main-kernels ffi/src/kernels; do
-//     g++ -O3 -std=c++17 -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx2 -mfma -mf16c -I$k \
+//     g++ -O3 -std=c++17 -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx2 -mfma -mf16c -I$k
 //       bench/quantized-attention-decode.cpp -o /tmp/qattn-$(basename $k)
 //   done
 //   for i in 1 2 3; do for bits in 4 8; do /tmp/qattn-main-kernels 8000 $bits; /tmp/qattn-kernels 8000 $bits; done; done
@@ -25,7 +25,6 @@
 #include "simd/avx512.h"
 #include "quantized_attention_body.h"
 
-#include <time.h>
 
 #include <algorithm>
 #include <cmath>
@@ -34,18 +33,9 @@
 #include <random>
 #include <vector>
 
+#include "thread-cpu.h"
+
 using namespace kernels;
-
-static double thread_cpu_ms() {
-  timespec t;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-  return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
-}
-
-static double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 
 // One layer's cache: codes one row per position (bits/8 bytes an element), key scales and
 // biases per (head, group of positions, channel), value scales and biases per (head, position).
@@ -62,7 +52,7 @@ int main(int argc, char** argv) {
   const int dim = argc > 4 ? std::atoi(argv[4]) : 64, group = argc > 5 ? std::atoi(argv[5]) : 64;
   const int layers = 30, q_heads = 9, kv_heads = 3;
   const int capacity = (context + 256) / 256 * 256, groups = capacity / group;
-  const int coded = context / group * group, tail_len = context - coded;
+  const int coded = context / group * group;
   const int row_bytes = dim * bits / 8, levels = (1 << bits) - 1;
   std::mt19937 random(1);
   std::normal_distribution<float> normal;

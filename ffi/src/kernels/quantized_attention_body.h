@@ -215,12 +215,49 @@ inline void accumulate_quantized(const float* weights, int rows, int n, const ui
 struct Scratch {
   std::vector<float> queries, keys, value_scales, value_biases, scores, out, max, sum, row;
 #if defined(__AVX512VNNI__)
-  std::vector<float> natural, group_scales, group_biases;  // the queries in natural order; a key group's
+  // Keys per channel and values on their codes: the queries and a key group's scales and biases
+  // in code order, the queries rounded for that group, a chunk's weights rounded, int32 sums.
+  std::vector<float> natural, group_scales, group_biases, group_read;
+  std::vector<int> code_order;  // code_position of each element
   CodeQueries rounded;
   CodeWeights weights;
-  std::vector<__m512i> sums;
+  std::vector<int32_t> sums;
 #endif
 };
+
+#if defined(__AVX512VNNI__)
+// Scores keys [block, block + m) of a group of keys per channel (all coded, m <= 16) against the
+// tile's rows on their codes (quantized_attention_codes.h), into score (kChunk apart); rounds
+// the queries for the group first when the previous block was in another.
+template <int Bits>
+inline void score_coded_block(const QuantizedAttentionProblem& p, const AttentionTile& t, int block, int m, int rows,
+                              Scratch& s, float* score) {
+  const QuantizedRows& k = p.keys;
+  const int index = block / p.group, D = p.dim, padded = s.group_scales.size();
+  if (s.rounded.index != index) {
+    const auto at = [&](const int64_t* stride) { return t.b * stride[0] + t.kv_head * stride[1] + index * stride[2]; };
+    float* natural = s.group_read.data();
+    strided_floats(k.scales, p.scale_type, at(k.scale_stride), 1, D, natural);
+    for (int d = 0; d < D; ++d) s.group_scales[s.code_order[d]] = natural[d];
+    strided_floats(k.biases, p.scale_type, at(k.bias_stride), 1, D, natural);
+    for (int d = 0; d < D; ++d) s.group_biases[s.code_order[d]] = natural[d];
+    round_queries(s.natural.data(), rows, padded, s.group_scales.data(), s.group_biases.data(), s.rounded);
+    s.rounded.index = index;
+  }
+  const uint8_t* keys = k.packed + t.b * k.packed_stride[0] + t.kv_head * k.packed_stride[1];
+  // The next block's keys and this block's values are read soon: ask for them now (the kernel
+  // no longer waits on its arithmetic, so the memory's latency shows).
+  const QuantizedRows& v = p.values;
+  const uint8_t* values = v.packed + t.b * v.packed_stride[0] + t.kv_head * v.packed_stride[1];
+  for (int j = 0; j < 16; ++j) {
+    _mm_prefetch(reinterpret_cast<const char*>(keys + int64_t(block + 16 + j) * k.packed_stride[2]), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(values + int64_t(block + j) * v.packed_stride[2]), _MM_HINT_T0);
+  }
+  const uint8_t* rows_of_codes[16];
+  for (int j = 0; j < 16; ++j) rows_of_codes[j] = keys + int64_t(block + std::min(j, m - 1)) * k.packed_stride[2];
+  score_codes<Bits>(s.rounded, rows, rows_of_codes, D, m, score, kChunk, s.sums.data());
+}
+#endif
 
 template <int Bits>
 void attend(const QuantizedAttentionProblem& p, const AttentionTile& t, float* partial) {
@@ -264,15 +301,18 @@ void attend(const QuantizedAttentionProblem& p, const AttentionTile& t, float* p
   }
 
 #if defined(__AVX512VNNI__)
-  // Keys per channel are scored on their codes (quantized_attention_codes.h).
+  // Keys per channel are scored on their codes: the queries in code order, whole pieces.
   s.rounded.index = -1;
-  const int padded = (D + kPiece - 1) / kPiece * kPiece;
   if (p.channel_keys) {
+    const int padded = (D + kPiece - 1) / kPiece * kPiece;
+    s.code_order.resize(D);
+    s.group_read.resize(D);
+    for (int d = 0; d < D; ++d) s.code_order[d] = code_position<Bits>(d);
     s.natural.assign(size_t(rows) * padded, 0.0f);
     for (int r = 0; r < rows; ++r)
       for (int d = 0; d < D; ++d)
-        s.natural[size_t(r) * padded + code_position<Bits>(d)] = s.queries[size_t(r) * D + kernel_position<Bits>(d)];
-    s.sums.resize(size_t(rows) * kQueryParts);
+        s.natural[size_t(r) * padded + s.code_order[d]] = s.queries[size_t(r) * D + kernel_position<Bits>(d)];
+    s.sums.resize(size_t(rows) * kQueryParts * 16);
     s.group_scales.assign(padded, 0.0f);
     s.group_biases.assign(padded, 0.0f);
   }
@@ -289,29 +329,7 @@ void attend(const QuantizedAttentionProblem& p, const AttentionTile& t, float* p
       const int m = std::min(kLanes, n - first), block = start + first;
 #if defined(__AVX512VNNI__)
       if (p.channel_keys && block < p.tail_start) {
-        const QuantizedRows& k = p.keys;
-        const int index = block / p.group;
-        if (s.rounded.index != index) {
-          const auto at = [&](const int64_t* stride) { return t.b * stride[0] + t.kv_head * stride[1] + index * stride[2]; };
-          const StridedView scales{k.scales, p.scale_type, {}}, biases{k.biases, p.scale_type, {}};
-          for (int d = 0; d < D; ++d) {
-            s.group_scales[code_position<Bits>(d)] = element(scales, at(k.scale_stride) + d);
-            s.group_biases[code_position<Bits>(d)] = element(biases, at(k.bias_stride) + d);
-          }
-          round_queries(s.natural.data(), rows, padded, s.group_scales.data(), s.group_biases.data(), s.rounded);
-          s.rounded.index = index;
-        }
-        const uint8_t* base = k.packed + t.b * k.packed_stride[0] + t.kv_head * k.packed_stride[1];
-        // The next block's keys and this block's values are read soon: ask for them now.
-        const QuantizedRows& v = p.values;
-        const uint8_t* values = v.packed + t.b * v.packed_stride[0] + t.kv_head * v.packed_stride[1];
-        for (int j = 0; j < 16; ++j) {
-          _mm_prefetch(reinterpret_cast<const char*>(base + int64_t(block + 16 + j) * k.packed_stride[2]), _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(values + int64_t(block + j) * v.packed_stride[2]), _MM_HINT_T0);
-        }
-        const uint8_t* rows_of_codes[16];
-        for (int j = 0; j < 16; ++j) rows_of_codes[j] = base + int64_t(block + std::min(j, m - 1)) * k.packed_stride[2];
-        score_codes<Bits>(s.rounded, rows, rows_of_codes, D, m, s.scores.data() + first, kChunk, s.sums.data());
+        score_coded_block<Bits>(p, t, block, m, rows, s, s.scores.data() + first);
         continue;
       }
 #endif

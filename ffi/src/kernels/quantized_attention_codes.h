@@ -9,7 +9,9 @@
 // (step max |q'| / 127·2¹⁶) written as kQueryParts signed bytes, so the dot product is exact
 // int32 sums of vpdpbusd (unsigned code bytes × signed query bytes, four a lane): each q'_d
 // moves by at most 1/2²⁴ of the row's largest, the rounding of the fp32 dot product it replaces.
-// (Two bytes, int16's rounding, moved the outputs by up to ~5e-5 of their largest.)
+// (Two bytes for the queries and the weights below, int16's rounding, moved the outputs of
+// bench/quantized-attention-decode.cpp by up to 4e-4 of their largest, 20× the tests' bound;
+// three bytes by 2e-6, as the fp32 kernel.)
 //
 // 16 keys at a time are transposed so that each int32 lane holds one key: a vector of four
 // code bytes from each key times four query bytes broadcast, no sums across lanes afterwards.
@@ -39,6 +41,18 @@ inline int code_position(int e) {
   if constexpr (Bits == 8) return e;
   const int within = e % kPiece, c = within / 8, r = within % 8;
   return e - within + (2 * c + r % 2) * 4 + r / 2;
+}
+
+// 16 values (already divided by their step) rounded to the nearest integer and written as
+// kQueryParts signed bytes, part p at parts + p · part_stride: least significant byte first,
+// each read as signed, the rest carried up.
+inline void round_to_parts(__m512 x, int8_t* parts, size_t part_stride) {
+  __m512i v = _mm512_cvtps_epi32(x);
+  for (int p = kQueryParts - 1; p >= 0; --p) {
+    const __m128i low = _mm512_cvtepi32_epi8(v);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(parts + p * part_stride), low);
+    v = _mm512_srai_epi32(_mm512_sub_epi32(v, _mm512_cvtepi8_epi32(low)), 8);
+  }
 }
 
 // One query row against a group's keys: q' in kQueryParts bytes a element (most significant
@@ -71,34 +85,34 @@ inline void round_queries(const float* queries, int rows, int padded, const floa
     c.step[r] = top / kQueryLimit;
     const __m512 inverse = _mm512_set1_ps(top > 0 ? kQueryLimit / top : 0.0f);
     int8_t* parts = c.parts.data() + size_t(r) * kQueryParts * padded;
-    for (int d = 0; d < padded; d += 16) {
-      // Rounded to the nearest integer, then least significant byte first: each byte read as
-      // signed, the rest carried up.
-      __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(q + d), _mm512_loadu_ps(scales + d)), inverse));
-      for (int p = kQueryParts - 1; p >= 0; --p) {
-        const __m128i low = _mm512_cvtepi32_epi8(v);
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(parts + size_t(p) * padded + d), low);
-        v = _mm512_srai_epi32(_mm512_sub_epi32(v, _mm512_cvtepi8_epi32(low)), 8);
-      }
-    }
+    for (int d = 0; d < padded; d += 16)
+      round_to_parts(_mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(q + d), _mm512_loadu_ps(scales + d)), inverse),
+                     parts + d, padded);
+  }
+}
+
+// The first two rounds of a dword transpose, for N (8 or 16) vectors: b[4i + k]'s 128-bit lane
+// L holds dword 4L + k of x[4i..4i+3].
+template <int N>
+inline void transpose_within_lanes(const __m512i* x, __m512i* b) {
+  __m512i a[N];
+  for (int i = 0; i < N; i += 2) {
+    a[i] = _mm512_unpacklo_epi32(x[i], x[i + 1]);
+    a[i + 1] = _mm512_unpackhi_epi32(x[i], x[i + 1]);
+  }
+  for (int i = 0; i < N; i += 4) {
+    b[i] = _mm512_unpacklo_epi64(a[i], a[i + 2]);
+    b[i + 1] = _mm512_unpackhi_epi64(a[i], a[i + 2]);
+    b[i + 2] = _mm512_unpacklo_epi64(a[i + 1], a[i + 3]);
+    b[i + 3] = _mm512_unpackhi_epi64(a[i + 1], a[i + 3]);
   }
 }
 
 // 16 × 16 dwords: x[j] (key j's 16 dwords of codes) into t[c] (dword c of every key, key j in
 // lane j), in four rounds of shuffles.
 inline void transpose16(const __m512i* x, __m512i* t) {
-  __m512i a[16], b[16];
-  for (int i = 0; i < 16; i += 2) {
-    a[i] = _mm512_unpacklo_epi32(x[i], x[i + 1]);
-    a[i + 1] = _mm512_unpackhi_epi32(x[i], x[i + 1]);
-  }
-  // b[4i + k], 128-bit lane L: dword 4L + k of keys 4i..4i+3.
-  for (int i = 0; i < 16; i += 4) {
-    b[i] = _mm512_unpacklo_epi64(a[i], a[i + 2]);
-    b[i + 1] = _mm512_unpackhi_epi64(a[i], a[i + 2]);
-    b[i + 2] = _mm512_unpacklo_epi64(a[i + 1], a[i + 3]);
-    b[i + 3] = _mm512_unpackhi_epi64(a[i + 1], a[i + 3]);
-  }
+  __m512i b[16];
+  transpose_within_lanes<16>(x, b);
   for (int k = 0; k < 4; ++k) {
     const __m512i c0 = _mm512_shuffle_i32x4(b[k], b[4 + k], 0x44), c1 = _mm512_shuffle_i32x4(b[k], b[4 + k], 0xEE);
     const __m512i c2 = _mm512_shuffle_i32x4(b[8 + k], b[12 + k], 0x44), c3 = _mm512_shuffle_i32x4(b[8 + k], b[12 + k], 0xEE);
@@ -114,22 +128,13 @@ inline void transpose16(const __m512i* x, __m512i* t) {
 inline void transpose_nibbles(const uint8_t* const* keys, int offset, __mmask32 bytes, __m512i* t) {
   // x[j]: keys j and j + 4 (j < 4), keys j + 4 and j + 8 (j >= 4), so the rounds below leave
   // the keys in order.
-  __m512i x[8], a[8], b[8];
+  __m512i x[8], b[8];
   for (int j = 0; j < 8; ++j) {
     const int low = j < 4 ? j : j + 4;
     x[j] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_maskz_loadu_epi8(bytes, keys[low] + offset)),
                               _mm256_maskz_loadu_epi8(bytes, keys[low + 4] + offset), 1);
   }
-  for (int i = 0; i < 8; i += 2) {
-    a[i] = _mm512_unpacklo_epi32(x[i], x[i + 1]);
-    a[i + 1] = _mm512_unpackhi_epi32(x[i], x[i + 1]);
-  }
-  for (int i = 0; i < 8; i += 4) {
-    b[i] = _mm512_unpacklo_epi64(a[i], a[i + 2]);
-    b[i + 1] = _mm512_unpackhi_epi64(a[i], a[i + 2]);
-    b[i + 2] = _mm512_unpacklo_epi64(a[i + 1], a[i + 3]);
-    b[i + 3] = _mm512_unpackhi_epi64(a[i + 1], a[i + 3]);
-  }
+  transpose_within_lanes<8>(x, b);
   const __m512i nibble = _mm512_set1_epi8(0x0F);
   for (int k = 0; k < 4; ++k)
     for (int half = 0; half < 2; ++half) {
@@ -142,10 +147,11 @@ inline void transpose_nibbles(const uint8_t* const* keys, int offset, __mmask32 
 
 // The scores of up to 16 keys of one group (keys[j], their rows of codes; past m repeat the
 // last) against every row of c: score[r · score_stride + j] = q'_r · codes_j · step_r + q_r · bias
-// for j < m. sums: rows · kQueryParts vectors of scratch.
+// for j < m. sums: rows · kQueryParts vectors of int32 scratch.
 template <int Bits>
 inline void score_codes(const CodeQueries& c, int rows, const uint8_t* const* keys, int D, int m, float* score,
-                        int score_stride, __m512i* sums) {
+                        int score_stride, int32_t* sums) {
+  const auto sum = [&](int r, int p) { return reinterpret_cast<__m512i*>(sums + (r * kQueryParts + p) * 16); };
   const int pieces = c.padded / kPiece;
   for (int k = 0; k < pieces; ++k) {
     const int elements = std::min(kPiece, D - k * kPiece);
@@ -166,7 +172,7 @@ inline void score_codes(const CodeQueries& c, int rows, const uint8_t* const* ke
       __m512i acc[kQueryParts][2];
 #pragma GCC unroll 4
       for (int p = 0; p < kQueryParts; ++p) {
-        acc[p][0] = k == 0 ? _mm512_setzero_si512() : sums[r * kQueryParts + p];
+        acc[p][0] = k == 0 ? _mm512_setzero_si512() : _mm512_loadu_si512(sum(r, p));
         acc[p][1] = _mm512_setzero_si512();
       }
 #pragma GCC unroll 16
@@ -175,14 +181,14 @@ inline void score_codes(const CodeQueries& c, int rows, const uint8_t* const* ke
         for (int p = 0; p < kQueryParts; ++p)
           acc[p][u % 2] = _mm512_dpbusd_epi32(acc[p][u % 2], t[u], _mm512_set1_epi32(parts[p * c.padded / 4 + u]));
 #pragma GCC unroll 4
-      for (int p = 0; p < kQueryParts; ++p) sums[r * kQueryParts + p] = _mm512_add_epi32(acc[p][0], acc[p][1]);
+      for (int p = 0; p < kQueryParts; ++p) _mm512_storeu_si512(sum(r, p), _mm512_add_epi32(acc[p][0], acc[p][1]));
     }
   }
   const __mmask16 stored = m == 16 ? 0xFFFF : static_cast<__mmask16>((1u << m) - 1);
   for (int r = 0; r < rows; ++r) {
-    __m512 dot = _mm512_cvtepi32_ps(sums[r * kQueryParts]);
+    __m512 dot = _mm512_cvtepi32_ps(_mm512_loadu_si512(sum(r, 0)));
     for (int p = 1; p < kQueryParts; ++p)
-      dot = _mm512_fmadd_ps(dot, _mm512_set1_ps(256.0f), _mm512_cvtepi32_ps(sums[r * kQueryParts + p]));
+      dot = _mm512_fmadd_ps(dot, _mm512_set1_ps(256.0f), _mm512_cvtepi32_ps(_mm512_loadu_si512(sum(r, p))));
     const __m512 s = _mm512_fmadd_ps(dot, _mm512_set1_ps(c.step[r]), _mm512_set1_ps(c.bias[r]));
     _mm512_mask_storeu_ps(score + size_t(r) * score_stride, stored, s);
   }
@@ -227,14 +233,9 @@ inline void round_weights(const float* weights, int rows, int groups, const floa
       w.step[at] = top / kQueryLimit;
       const __m512 inverse = _mm512_set1_ps(top > 0 ? kQueryLimit / top : 0.0f);
       int8_t* parts = w.parts.data() + at * kQueryParts * kChunk;
-      for (int t = 0; t < kChunk; t += 16) {
-        __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(x + t), _mm512_loadu_ps(scale + t)), inverse));
-        for (int p = kQueryParts - 1; p >= 0; --p) {
-          const __m128i low = _mm512_cvtepi32_epi8(v);
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(parts + size_t(p) * kChunk + t), low);
-          v = _mm512_srai_epi32(_mm512_sub_epi32(v, _mm512_cvtepi8_epi32(low)), 8);
-        }
-      }
+      for (int t = 0; t < kChunk; t += 16)
+        round_to_parts(_mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(x + t), _mm512_loadu_ps(scale + t)), inverse),
+                       parts + t, kChunk);
     }
 }
 
