@@ -8,7 +8,10 @@
 // every query head of a key/value head sharing each chunk; but keys and values are dequantized
 // to fp32 a vector of codes at a time (the cache is read at 4 or 8 bits, never expanded in
 // memory): keys kLanes rows at a time into L1, each block scored against all the group's rows,
-// values in registers, each vector once for all the rows whose sums it adds to.
+// values in registers, each vector once for all the rows whose sums it adds to. Built with AVX-512
+// VNNI (quantized_attention_vnni.cpp), keys per channel and values are not dequantized at all:
+// their codes are summed as integers against rounded queries and weights
+// (quantized_attention_codes.h).
 #include <vector>
 
 #include "attention_vector.h"
