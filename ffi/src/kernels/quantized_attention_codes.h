@@ -1,5 +1,6 @@
-// Keys quantized per channel scored on their codes with AVX-512 VNNI (quantized_attention_vnni.cpp,
-// through quantized_attention_body.h). Within a group of G positions every key element is
+// Keys quantized per channel scored, and values summed, on their codes with AVX-512 VNNI
+// (quantized_attention_vnni.cpp, through quantized_attention_body.h); the values' part is below
+// CodeWeights. Within a group of G positions every key element is
 // code · scale_d + bias_d with the channel's own scale and bias, so
 //
 //   q · k = Σ_d (q_d · scale_d) · code_d + Σ_d q_d · bias_d
