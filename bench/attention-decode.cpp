@@ -23,7 +23,6 @@
 #include "attention_body.h"
 
 #include <immintrin.h>
-#include <time.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -32,18 +31,9 @@
 #include <string>
 #include <vector>
 
+#include "thread-cpu.h"
+
 using namespace kernels;
-
-static double thread_cpu_ms() {
-  timespec t;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-  return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
-}
-
-static double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 
 int main(int argc, char** argv) {
   const int context = argc > 1 ? std::atoi(argv[1]) : 2000;

@@ -23,6 +23,8 @@ interface Case {
   mask?: "causal" | "bool" | "additive";
   sinks?: boolean;
   dtype?: mx.DtypeCode;
+  /** Keys per channel: query channel 3 times this (a row whose rounding one element sets). */
+  queryOutlier?: number;
 }
 
 type Parts = readonly [mx.MxArray, mx.MxArray, mx.MxArray];
@@ -201,7 +203,11 @@ describe("keys quantized per channel (KIVI)", () => {
     const keys = encodeKeys(mx.add(mx.random.normal([b, c.kvHeads, c.keys, dim]), outlier), quantization);
     const v = mx.quantize(mx.random.normal([b, c.kvHeads, c.keys, dim]), quantization);
     const values = [v.weight, v.scales, v.biases!] as const;
-    const q = mx.multiply(mx.random.normal([b, c.qHeads, c.queries, dim]), mx.scalar(2));
+    const channel3 = mx.reshape(mx.equal(mx.arange(0, dim), 3), [1, 1, 1, dim]);
+    const q = mx.multiply(
+      mx.multiply(mx.random.normal([b, c.qHeads, c.queries, dim]), mx.scalar(2)),
+      mx.add(mx.scalar(1), mx.multiply(channel3, mx.scalar((c.queryOutlier ?? 1) - 1))),
+    );
     let mask: "causal" | mx.MxArray | undefined;
     if (c.mask === "causal") mask = "causal";
     else if (c.mask === "bool") mask = mx.greater(mx.random.normal([b, 1, c.queries, c.keys]), mx.scalar(-1));
@@ -254,6 +260,18 @@ describe("keys quantized per channel (KIVI)", () => {
         mask: "bool",
         sinks: true,
       });
+    }
+  });
+
+  // With AVX-512 VNNI the codes are summed as integers (quantized_attention_codes.h): queries
+  // and weights rounded to 24 bits, keys and values in pieces of 64 elements.
+  test("on their codes: heads of several pieces, value groups along D, a query's outlier channel", () => {
+    for (const bits of [4, 8] as const) {
+      compareChannel({ bits, group: 64, qHeads: 8, kvHeads: 2, queries: 1, keys: 1500, dim: 128 });
+      compareChannel({ bits, group: 128, qHeads: 4, kvHeads: 1, queries: 1, keys: 701, dim: 256 });
+      compareChannel({ bits, group: 64, qHeads: 9, kvHeads: 3, queries: 5, keys: 333, mask: "causal" });
+      // One element sets the row's rounding step, and the softmax is nearly one key.
+      compareChannel({ bits, group: 64, qHeads: 9, kvHeads: 3, queries: 1, keys: 900, queryOutlier: 50 });
     }
   });
 

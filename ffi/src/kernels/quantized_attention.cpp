@@ -18,6 +18,9 @@ namespace kernels {
 namespace {
 
 QuantizedAttendTile tile_for(Isa isa) {
+#if defined(KERNELS_HAVE_VNNI)
+  if (has_avx512_vnni()) return quantized_attend_tile_vnni;
+#endif
   switch (isa) {
 #if defined(KERNELS_HAVE_AVX512)
     case Isa::avx512: return quantized_attend_tile_avx512;

@@ -8,11 +8,17 @@
 // every query head of a key/value head sharing each chunk; but keys and values are dequantized
 // to fp32 a vector of codes at a time (the cache is read at 4 or 8 bits, never expanded in
 // memory): keys kLanes rows at a time into L1, each block scored against all the group's rows,
-// values in registers, each vector once for all the rows whose sums it adds to.
+// values in registers, each vector once for all the rows whose sums it adds to. Built with AVX-512
+// VNNI (quantized_attention_vnni.cpp), keys per channel and values are not dequantized at all:
+// their codes are summed as integers against rounded queries and weights
+// (quantized_attention_codes.h).
 #include <vector>
 
 #include "attention_vector.h"
 #include "quantized_attention_kernel.h"
+#if defined(__AVX512VNNI__)
+#include "quantized_attention_codes.h"
+#endif
 
 namespace kernels {
 namespace {
@@ -68,6 +74,19 @@ inline int kernel_position(int e) {
 inline void to_floats(const void* base, Element type, int64_t offset, int n, float* out) {
   const StridedView view{base, type, {}};
   for (int i = 0; i < n; ++i) out[i] = element(view, offset + i);
+}
+
+// n scales (or biases) from base + offset, `stride` elements apart, as floats (the type
+// switched on once: these are read for every value row).
+inline void strided_floats(const void* base, Element type, int64_t offset, int64_t stride, int n, float* out) {
+  const auto read = [&](auto* typed) {
+    for (int i = 0; i < n; ++i) out[i] = to_float(typed[offset + i * stride]);
+  };
+  switch (type) {
+    case Element::f32: read(static_cast<const float*>(base)); break;
+    case Element::f16: read(static_cast<const _Float16*>(base)); break;
+    case Element::bf16: read(static_cast<const BF16*>(base)); break;
+  }
 }
 
 // Row `row` of head (b, h) of quantized keys or values, `width` elements, into out in the
@@ -147,7 +166,7 @@ inline void channel_key_row(const QuantizedAttentionProblem& p, int b, int h, in
 
 // Second half of the online softmax for M rows (a constant: their sums stay in registers): adds
 // the chunk's n value rows, from `packed` (row_bytes apart) with each row's group scales and
-// biases (`groups` apart), times their weights (kChunk apart) to each row's outputs (Dv apart, in
+// biases ([group][kChunk]), times their weights (kChunk apart) to each row's outputs (Dv apart, in
 // the kernel's order). Every value vector is dequantized in registers once for all the rows.
 template <int Bits, int M, int NV>
 inline int accumulate_codes(const float* w, int n, const uint8_t* packed, int64_t row_bytes, const float* scales,
@@ -158,7 +177,7 @@ inline int accumulate_codes(const float* w, int n, const uint8_t* packed, int64_
     const uint8_t* codes = packed + j * row_bytes;
     for (int v = 0; v < NV; v += kPerBlock) {
       const int e = d0 + v * kLanes;
-      const vf scale = splat(scales[j * groups + e / group]), bias = splat(biases[j * groups + e / group]);
+      const vf scale = splat(scales[e / group * kChunk + j]), bias = splat(biases[e / group * kChunk + j]);
       if constexpr (Bits == 8) {
         x[v] = q8(codes + e) * scale + bias;
       } else {
@@ -198,7 +217,50 @@ inline void accumulate_quantized(const float* weights, int rows, int n, const ui
 // Per-thread buffers, kept between calls (pool threads and stream threads are long-lived).
 struct Scratch {
   std::vector<float> queries, keys, value_scales, value_biases, scores, out, max, sum, row;
+#if defined(__AVX512VNNI__)
+  // Keys per channel and values on their codes: the queries and a key group's scales and biases
+  // in code order, the queries rounded for that group, a chunk's weights rounded, int32 sums.
+  std::vector<float> natural, group_scales, group_biases, group_read;
+  std::vector<int> code_order;  // code_position of each element
+  CodeQueries rounded;
+  CodeWeights weights;
+  std::vector<int32_t> sums;
+#endif
 };
+
+#if defined(__AVX512VNNI__)
+// Scores keys [block, block + m) of a group of keys per channel (all coded, m <= 16) against the
+// tile's rows on their codes (quantized_attention_codes.h), into score (kChunk apart); rounds
+// the queries for the group first when the previous block was in another.
+template <int Bits>
+inline void score_coded_block(const QuantizedAttentionProblem& p, const AttentionTile& t, int block, int m, int rows,
+                              Scratch& s, float* score) {
+  const QuantizedRows& k = p.keys;
+  const int index = block / p.group, D = p.dim, padded = s.group_scales.size();
+  if (s.rounded.index != index) {
+    const auto at = [&](const int64_t* stride) { return t.b * stride[0] + t.kv_head * stride[1] + index * stride[2]; };
+    float* natural = s.group_read.data();
+    strided_floats(k.scales, p.scale_type, at(k.scale_stride), 1, D, natural);
+    for (int d = 0; d < D; ++d) s.group_scales[s.code_order[d]] = natural[d];
+    strided_floats(k.biases, p.scale_type, at(k.bias_stride), 1, D, natural);
+    for (int d = 0; d < D; ++d) s.group_biases[s.code_order[d]] = natural[d];
+    round_queries(s.natural.data(), rows, padded, s.group_scales.data(), s.group_biases.data(), s.rounded);
+    s.rounded.index = index;
+  }
+  const uint8_t* keys = k.packed + t.b * k.packed_stride[0] + t.kv_head * k.packed_stride[1];
+  // The next block's keys and this block's values are read soon: ask for them now (the kernel
+  // no longer waits on its arithmetic, so the memory's latency shows).
+  const QuantizedRows& v = p.values;
+  const uint8_t* values = v.packed + t.b * v.packed_stride[0] + t.kv_head * v.packed_stride[1];
+  for (int j = 0; j < 16; ++j) {
+    _mm_prefetch(reinterpret_cast<const char*>(keys + int64_t(block + 16 + j) * k.packed_stride[2]), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(values + int64_t(block + j) * v.packed_stride[2]), _MM_HINT_T0);
+  }
+  const uint8_t* rows_of_codes[16];
+  for (int j = 0; j < 16; ++j) rows_of_codes[j] = keys + int64_t(block + std::min(j, m - 1)) * k.packed_stride[2];
+  score_codes<Bits>(s.rounded, rows, rows_of_codes, D, m, score, kChunk, s.sums.data());
+}
+#endif
 
 template <int Bits>
 void attend(const QuantizedAttentionProblem& p, const AttentionTile& t, float* partial) {
@@ -220,6 +282,14 @@ void attend(const QuantizedAttentionProblem& p, const AttentionTile& t, float* p
   s.sum.assign(rows, 0.0f);
   s.row.resize(Dv);
 
+  // Values summed on their codes (quantized_attention_codes.h) where the groups along D allow.
+#if defined(__AVX512VNNI__)
+  const bool value_codes = p.group >= kPiece;
+  const auto output_position = [&](int d) { return value_codes ? value_position<Bits>(d) : kernel_position<Bits>(d); };
+#else
+  const auto output_position = [](int d) { return kernel_position<Bits>(d); };
+#endif
+
   // Row r is query head (first head of the group + r / positions), position row_begin + r % positions.
   const int first_head = t.kv_head * group;
   for (int r = 0; r < rows; ++r) {
@@ -233,14 +303,41 @@ void attend(const QuantizedAttentionProblem& p, const AttentionTile& t, float* p
     }
   }
 
+#if defined(__AVX512VNNI__)
+  // Keys per channel are scored on their codes: the queries in code order, whole pieces.
+  s.rounded.index = -1;
+  if (p.channel_keys) {
+    const int padded = (D + kPiece - 1) / kPiece * kPiece;
+    s.code_order.resize(D);
+    s.group_read.resize(D);
+    for (int d = 0; d < D; ++d) s.code_order[d] = code_position<Bits>(d);
+    s.natural.assign(size_t(rows) * padded, 0.0f);
+    for (int r = 0; r < rows; ++r)
+      for (int d = 0; d < D; ++d)
+        s.natural[size_t(r) * padded + s.code_order[d]] = s.queries[size_t(r) * D + kernel_position<Bits>(d)];
+    s.sums.resize(size_t(rows) * kQueryParts * 16);
+    s.group_scales.assign(padded, 0.0f);
+    s.group_biases.assign(padded, 0.0f);
+  }
+#endif
+
   // Causal: no row of the tile sees keys past its last position.
   const int key_end = p.causal ? std::min(t.key_end, t.row_end + shift) : t.key_end;
-  for (int start = t.key_begin; start < key_end; start += kChunk) {
-    const int n = std::min(kChunk, key_end - start);
+  // Chunks start at multiples of kLanes (the first one ends at one), so each block of kLanes keys
+  // lies within one group of keys and on one side of the float tail.
+  for (int start = t.key_begin, n = 0; start < key_end; start += n) {
+    n = std::min(key_end, start % kLanes ? (start / kLanes + 1) * kLanes : start + kChunk) - start;
     // kLanes keys at a time: dequantized into L1, then scored against every row of the group.
     for (int first = 0; first < n; first += kLanes) {
-      for (int j = 0, m = std::min(kLanes, n - first); j < m; ++j) {
-        const int row = start + first + j;
+      const int m = std::min(kLanes, n - first), block = start + first;
+#if defined(__AVX512VNNI__)
+      if (p.channel_keys && block < p.tail_start) {
+        score_coded_block<Bits>(p, t, block, m, rows, s, s.scores.data() + first);
+        continue;
+      }
+#endif
+      for (int j = 0; j < m; ++j) {
+        const int row = block + j;
         float* key = s.keys.data() + size_t(j) * D;
         if (p.channel_keys) channel_key_row<Bits>(p, t.b, t.kv_head, row, channel, key);
         else dequantize_row<Bits>(p.keys, p.scale_type, p.group, t.b, t.kv_head, row, D, key);
@@ -248,12 +345,11 @@ void attend(const QuantizedAttentionProblem& p, const AttentionTile& t, float* p
       score_block(s.queries.data(), rows, s.keys.data(), D, s.scores.data() + first);
     }
     const QuantizedRows& v = p.values;
-    for (int j = 0; j < n; ++j) {
-      const int64_t row = start + j;
-      to_floats(v.scales, p.scale_type, t.b * v.scale_stride[0] + t.kv_head * v.scale_stride[1] + row * v.scale_stride[2],
-                value_groups, s.value_scales.data() + size_t(j) * value_groups);
-      to_floats(v.biases, p.scale_type, t.b * v.bias_stride[0] + t.kv_head * v.bias_stride[1] + row * v.bias_stride[2],
-                value_groups, s.value_biases.data() + size_t(j) * value_groups);
+    const int64_t first_row = t.b * v.scale_stride[0] + t.kv_head * v.scale_stride[1] + int64_t(start) * v.scale_stride[2];
+    const int64_t first_bias = t.b * v.bias_stride[0] + t.kv_head * v.bias_stride[1] + int64_t(start) * v.bias_stride[2];
+    for (int g = 0; g < value_groups; ++g) {
+      strided_floats(v.scales, p.scale_type, first_row + g, v.scale_stride[2], n, s.value_scales.data() + g * kChunk);
+      strided_floats(v.biases, p.scale_type, first_bias + g, v.bias_stride[2], n, s.value_biases.data() + g * kChunk);
     }
     for (int r = 0; r < rows; ++r) {
       const int head = first_head + r / positions, i = t.row_begin + r % positions;
@@ -261,8 +357,16 @@ void attend(const QuantizedAttentionProblem& p, const AttentionTile& t, float* p
       hide_scores(score, start, n, t.b, head, i, shift, p.causal, p.has_mask, p.bool_mask, p.mask);
       softmax_weights(score, Dv, s.max[r], s.sum[r], s.out.data() + size_t(r) * Dv);
     }
-    // Each value row dequantized once for all the rows, their sums in registers.
     const uint8_t* codes = v.packed + t.b * v.packed_stride[0] + t.kv_head * v.packed_stride[1] + start * v.packed_stride[2];
+#if defined(__AVX512VNNI__)
+    if (value_codes) {
+      round_weights(s.scores.data(), rows, value_groups, s.value_scales.data(), s.value_biases.data(), s.weights);
+      accumulate_value_codes<Bits>(s.weights, rows, value_groups, p.group, n, codes, v.packed_stride[2], Dv,
+                                   s.out.data());
+      continue;
+    }
+#endif
+    // Each value row dequantized once for all the rows, their sums in registers.
     accumulate_quantized<Bits>(s.scores.data(), rows, n, codes, v.packed_stride[2], s.value_scales.data(),
                                s.value_biases.data(), value_groups, p.group, Dv, s.out.data());
   }
@@ -270,7 +374,7 @@ void attend(const QuantizedAttentionProblem& p, const AttentionTile& t, float* p
   for (int r = 0; r < rows; ++r) {
     const int head = first_head + r / positions, i = t.row_begin + r % positions;
     const float* out = s.out.data() + size_t(r) * Dv;
-    for (int d = 0; d < Dv; ++d) s.row[d] = out[kernel_position<Bits>(d)];  // back to natural order
+    for (int d = 0; d < Dv; ++d) s.row[d] = out[output_position(d)];  // back to natural order
     float* state = partial ? partial + size_t(r) * partial_stride(p) : nullptr;
     float* dst = p.out + ((size_t(t.b) * p.q_heads + head) * p.q_len + i) * Dv;
     finish_row(s.row.data(), s.max[r], s.sum[r], Dv, state, dst);

@@ -54,6 +54,9 @@ void quantized_attend_tile_avx2(const QuantizedAttentionProblem&, const Attentio
 #if defined(KERNELS_HAVE_AVX512)
 void quantized_attend_tile_avx512(const QuantizedAttentionProblem&, const AttentionTile&, float*);
 #endif
+#if defined(KERNELS_HAVE_VNNI)
+void quantized_attend_tile_vnni(const QuantizedAttentionProblem&, const AttentionTile&, float*);
+#endif
 #if defined(KERNELS_HAVE_NEON)
 void quantized_attend_tile_neon(const QuantizedAttentionProblem&, const AttentionTile&, float*);
 #endif
