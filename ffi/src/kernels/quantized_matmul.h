@@ -76,8 +76,9 @@ void quantize_rows_int8(const float* x, int M, int K, int8_t* x_int8, float* ste
 
 // The int16-activation kernel (decode rows on AVX-512 VNNI) sums each int32 lane of its
 // products over int16_lane_dwords(bits) dwords of weights: four at 4 bits (a lane then covers one
-// block of x and one group: one scale and one step per 32 products), one at 8 bits (two made the
-// one-row output layer ~0.6x as fast). It takes x in chunks of 16 lanes, each chunk of
+// block of x and one group: one scale and one step per 32 products), one at 8 bits (two or four
+// ran 8 rows faster but the one-row output layer slower, and a lane's width may not depend on the
+// row count: a row must give the same bits alone and in a batch). It takes x in chunks of 16 lanes, each chunk of
 // int16_chunk(bits) elements, in blocks of 32 each rounded to int16 with its own float step (max |x|
 // / 32767), ordered like the weights it multiplies: with p = 32 / bits weights per dword and D
 // dwords (D·p weights) per lane, lane l of vector v (0 .. D·p/2 - 1) of a chunk holds elements
