@@ -4,8 +4,10 @@
 // --shapes 1b: a Llama-3.2-1B's products as its Q4_0 GGUF loads (4-bit g32, float16 scales, every
 // bias -8 × its scale) decoding (M = 1, 8) and in prompts (M = 32, 512), each matrix in enough
 // copies (64 MB and more in all) that, as in a model, its weights come from memory.
+// --cpu: the process's CPU time per product (its runs' total over their count) instead of the
+// wall clock's median, steadier on a loaded machine; with MLX_CPU_THREADS=1 that is the kernel's.
 //
-//   node_modules/.bin/bun bench/qmm-builds.ts --a old/libmlx_shim.so --b build/ffi/libmlx_shim.so [--rounds 6] [--runs 100] [--shapes default|1b]
+//   node_modules/.bin/bun bench/qmm-builds.ts --a old/libmlx_shim.so --b build/ffi/libmlx_shim.so [--rounds 6] [--runs 100] [--shapes default|1b] [--cpu]
 import { parseArgs } from "node:util";
 import * as mx from "../src/mlx";
 import { median, ratio } from "./lib";
@@ -17,6 +19,7 @@ const { values } = parseArgs({
     rounds: { type: "string", default: "6" },
     runs: { type: "string", default: "100" },
     shapes: { type: "string", default: "default" },
+    cpu: { type: "boolean", default: false },
     child: { type: "boolean", default: false },
   },
 });
@@ -61,13 +64,17 @@ if (values.child) {
       const times: number[] = [];
       // Prompt-sized products take 10-100 ms each: fewer runs.
       const runs = m >= 32 ? Math.min(Number(values.runs), 8) : Number(values.runs);
+      let cpuStarted = process.cpuUsage();
       for (let r = 0; r <= runs; r++) {
         const w = weights[r % copies]!;
         const started = performance.now();
         mx.scope(() => mx.evaluate(mx.quantizedMatmul(x, w.weight, w.scales, w.biases, { bits, groupSize })));
         if (r > 0) times.push(performance.now() - started);
+        else cpuStarted = process.cpuUsage();
       }
-      return median(times);
+      if (!values.cpu) return median(times);
+      const cpu = process.cpuUsage(cpuStarted);
+      return (cpu.user + cpu.system) / 1000 / runs;
     }),
   );
   console.log(JSON.stringify(medians));
@@ -77,7 +84,16 @@ if (values.child) {
   for (let round = 0; round < Number(values.rounds); round++) {
     for (const build of ["a", "b"] as const) {
       const child = Bun.spawnSync(
-        [process.execPath, import.meta.path, "--child", "--runs", values.runs!, "--shapes", values.shapes],
+        [
+          process.execPath,
+          import.meta.path,
+          "--child",
+          "--runs",
+          values.runs!,
+          "--shapes",
+          values.shapes,
+          ...(values.cpu ? ["--cpu"] : []),
+        ],
         {
           env: { ...process.env, MLX_SHIM_PATH: values[build] },
           stderr: "inherit",

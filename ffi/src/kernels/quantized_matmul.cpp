@@ -117,7 +117,7 @@ void run(const mx::array& x, const mx::array& w, const mx::array& scales, const 
   thread_local std::vector<float> x_f32, y_f32, x_group_sums, x_split, x_int8_steps, x_block_sums, x_nibbles, scratch;
   thread_local std::vector<int8_t> x_int8;
   thread_local std::vector<int16_t> x_int16;
-  thread_local std::vector<float> x_int16_steps;
+  thread_local std::vector<float> x_int16_steps, x_int16_lane_sums;
 
   const float* xp;
   if (x.dtype() == mx::float32) {
@@ -141,11 +141,12 @@ void run(const mx::array& x, const mx::array& w, const mx::array& scales, const 
   const bool int16 = int16_activations(M, bits);
 #if defined(KERNELS_HAVE_VNNI)
   if (int16) {
-    const size_t padded = (K + int16_chunk(bits) - 1) / int16_chunk(bits) * int16_chunk(bits);
-    x_int16.resize(M * padded);
-    x_int16_steps.resize(M * padded / (int16_lane_dwords(bits) * 32 / bits));
+    x_int16.resize(static_cast<size_t>(M) * int16_padded(K, bits));
+    x_int16_steps.resize(static_cast<size_t>(M) * 16 * int16_chunks(K, bits));
+    x_int16_lane_sums.resize(x_int16_steps.size());
     x_group_sums.resize(static_cast<size_t>(M) * (K / group));
-    quantize_rows_int16(xp, M, K, bits, group, x_int16.data(), x_int16_steps.data(), x_group_sums.data());
+    quantize_rows_int16(xp, M, K, bits, group, x_int16.data(), x_int16_steps.data(), x_int16_lane_sums.data(),
+                        x_group_sums.data());
   }
 #endif
   // The AVX-512 4-bit decode rows (quantized_matmul_avx512.cpp) take x in their own order.
@@ -174,7 +175,8 @@ void run(const mx::array& x, const mx::array& w, const mx::array& scales, const 
   const QmmProblem p{xp, w.data<uint8_t>(), scales.data<void>(), biases.data<void>(), scale_type_of(scales.dtype()),
                      x_group_sums.data(), x_split.data(), int8 ? x_int8.data() : nullptr, x_int8_steps.data(),
                      yp, M, N, K, bits, group, (nibbles || int16) && symmetric(scales, biases, bits),
-                     nibbles ? x_nibbles.data() : nullptr, int16 ? x_int16.data() : nullptr, x_int16_steps.data()};
+                     nibbles ? x_nibbles.data() : nullptr, int16 ? x_int16.data() : nullptr, x_int16_steps.data(),
+                     x_int16_lane_sums.data()};
 #if defined(KERNELS_HAVE_VNNI)
   const QmmTile tile = int8 ? qmm_tile_int8_vnni : int16 ? qmm_tile_int16_vnni : tile_for(best_isa());
 #else

@@ -29,10 +29,12 @@ struct QmmProblem {
   // each chunk of 128 elements in the order of its weights' nibbles within dwords (element 8l + j
   // at 16j + l), zeros past K. See quantized_matmul_avx512.cpp.
   const float* x_nibbles = nullptr;
-  // [M, K rounded up to int16_chunk(bits)] x rounded to int16 for the int16 kernel, or null, and
-  // the float step of each int32 lane of its chunks.
+  // x rounded to int16 for the int16 kernel (M · int16_padded(K, bits) elements), or null; the
+  // float step of each int32 lane of its chunks, and (4 bits) the sum of the rounded x over each
+  // lane's elements (M · 16 · int16_chunks(K, bits) each). See quantize_rows_int16.
   const int16_t* x_int16 = nullptr;
   const float* x_int16_steps = nullptr;
+  const float* x_int16_lane_sums = nullptr;
 };
 
 // The most rows the AVX-512 4-bit kernel of quantized_matmul_avx512.cpp takes: every decode row
@@ -73,21 +75,37 @@ constexpr int kInt8Chunk = 64;
 void quantize_rows_int8(const float* x, int M, int K, int8_t* x_int8, float* steps, float* block_sums);
 
 // The int16-activation kernel (decode rows on AVX-512 VNNI) sums each int32 lane of its
-// products over int16_lane_dwords(bits) dwords of weights: two at 4 bits (eight rows ran the
-// products ~1.3x faster than with one: fewer lanes' sums to scale), one at 8 bits (two made the
-// one-row output layer ~0.6x as fast). It takes x in chunks of int16_chunk(bits) elements, in
-// blocks of 32 each rounded to int16 with its own float step (max |x| / 32767), ordered like the
-// weights it multiplies: with p = 32 / bits weights per dword and D dwords (D·p weights) per lane,
-// lane l of vector v (0 .. D·p/2 - 1) of a chunk holds elements D·p·l + d·p + t and
-// D·p·l + d·p + t + p/2 as two int16 words (d = v / (p/2), t = v % (p/2)). Zeros past K.
-constexpr int int16_lane_dwords(int bits) { return bits == 4 ? 2 : 1; }
+// products over int16_lane_dwords(bits) dwords of weights: four at 4 bits (a lane then covers one
+// block of x and one group: one scale and one step per 32 products), one at 8 bits (two or four
+// ran 8 rows faster but the one-row output layer slower, and a lane's width may not depend on the
+// row count: a row must give the same bits alone and in a batch). It takes x in chunks of 16 lanes, each chunk of
+// int16_chunk(bits) elements, in blocks of 32 each rounded to int16 with its own float step (max |x|
+// / 32767), ordered like the weights it multiplies: with p = 32 / bits weights per dword and D
+// dwords (D·p weights) per lane, lane l of vector v (0 .. D·p/2 - 1) of a chunk holds elements
+// D·p·l + d·p + t and D·p·l + d·p + t + p/2 as two int16 words (d = v / (p/2), t = v % (p/2)).
+// What is left of K past its whole chunks goes in chunks of one dword a lane
+// (int16_tail_chunk(bits) elements, zeros past K): at K = 576 a 4-bit row is one chunk of 512 and
+// one of 128, not 1024 elements of which 448 zeros.
+constexpr int int16_lane_dwords(int bits) { return bits == 4 ? 4 : 1; }
 constexpr int int16_chunk(int bits) { return 16 * int16_lane_dwords(bits) * 32 / bits; }
+constexpr int int16_tail_chunk(int bits) { return 16 * 32 / bits; }
+// The chunks of a row of K, and its elements with the zeros of its last chunk.
+constexpr int int16_chunks(int K, int bits) {
+  return K / int16_chunk(bits) + (K % int16_chunk(bits) + int16_tail_chunk(bits) - 1) / int16_tail_chunk(bits);
+}
+constexpr int int16_padded(int K, int bits) {
+  const int whole = K / int16_chunk(bits) * int16_chunk(bits), tail = int16_tail_chunk(bits);
+  return whole + (K - whole + tail - 1) / tail * tail;
+}
 
-// (AVX-512 VNNI builds) x [M, K] into x_int16 and its lane steps (one per lane) in the order above for
-// `bits`-bit weights, and the sums of the rounded x over each group of `group` into group_sums
-// [M, K/group].
+// (AVX-512 VNNI builds) x [M, K] rounded into x_int16 in the order above for `bits`-bit weights,
+// chunk by chunk, each chunk's M rows one after the other (a chunk of C elements at element k0 of
+// the rows: row r's at M · k0 + r · C), so that a kernel reaches every row's vectors at fixed
+// offsets from one address; and, per chunk and row, each lane's step into lane_steps (16 floats).
+// The biases' share takes the sums of the rounded x: at 4 bits over each lane's elements, per
+// chunk and row into lane_sums (as lane_steps); at 8 bits over each group into group_sums [M, K/group].
 void quantize_rows_int16(const float* x, int M, int K, int bits, int group, int16_t* x_int16, float* lane_steps,
-                         float* group_sums);
+                         float* lane_sums, float* group_sums);
 
 // Outputs y[:, n_begin:n_end] of a product. `scratch` holds kPanelMaxColumns · K floats.
 using QmmTile = void (*)(const QmmProblem& p, int n_begin, int n_end, float* scratch);

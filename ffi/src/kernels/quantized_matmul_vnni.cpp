@@ -142,27 +142,127 @@ void int8_tile(const QmmProblem& p, int n0, int n1) {
   }
 }
 
-// The int16 kernel reads the weights in chunks of int16_lane_dwords(Bits) 64-byte vectors, each
-// int32 lane of its sums covering that many dwords of consecutive weights, all of one group and
-// of one block of x (with two, the chunk's even and odd dwords are picked out of its halves once:
-// two permutes shared by all rows). Masking each 16-bit word of a dword to its low Bits bits after
-// a shift by Bits · t leaves weights t and t + p/2 of the dword (p = 32 / Bits) as two int16 words,
-// the pair vpdpwssd multiplies with x's pair (x_int16's order, see quantized_matmul.h): per dword
-// vector, p/2 shifts and masks shared by all rows and p/2 vpdpwssd a row. Each lane's int32 sum is
-// scaled by its group's scale times its block's step once per chunk, so the more weights a lane
-// covers, the fewer float operations a row costs. At 4 bits the sum converts to a float exactly
-// (16 products, |sum| <= 16 · 15 · 32767 < 2^24); at 8 bits it may round, by 2^-24 of it.
-template <int Bits, ScaleType S, bool Symmetric, int MR, int NC>
-void int16_rows(const QmmProblem& p, int n0, int n1) {
-  constexpr int lane_dwords = int16_lane_dwords(Bits), per_dword = 32 / Bits, half = per_dword / 2;
-  constexpr int P = lane_dwords * per_dword, C = int16_chunk(Bits), chunk_bytes = 64 * lane_dwords;
-  const int K = p.K, groups = K / p.group, row_bytes = K * Bits / 8, chunks = (K + C - 1) / C, padded = chunks * C;
-  const __m512i lane_group = lane_groups(p.group, P);
-  const __m512i pair_mask = _mm512_set1_epi32(Bits == 4 ? 0x000F000F : 0x00FF00FF);
+// The scale of each lane's group for a chunk whose first group is `g` (`count` groups, at most
+// 16, of the chunk lie inside the row: the rest read nothing); lane_group as lane_groups gives it.
+template <ScaleType S>
+inline __m512 int16_lane_scales(const void* base, long g, int count, const __m512i& lane_group) {
+  const __mmask16 valid = static_cast<__mmask16>((1u << count) - 1);
+  return _mm512_permutexvar_ps(lane_group, lane_biases<S>(base, g, valid));
+}
+
+// Lane l of vector i of `lanes` = dword D·l + i of the chunk's D vectors `v` (D = 1, 2 or 4): each
+// lane then holds D dwords in a row, one per vector. Two permutes a pair of vectors per halving.
+template <int D>
+inline void lanes_of(const __m512i* v, __m512i* lanes) {
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-  // The groups a chunk spans (a chunk of 64 8-bit weights lies inside one group of 128).
-  const int groups_per_chunk = std::max(1, C / p.group);
+  if constexpr (D == 1) {
+    lanes[0] = v[0];
+  } else if constexpr (D == 2) {
+    lanes[0] = _mm512_permutex2var_epi32(v[0], even, v[1]);
+    lanes[1] = _mm512_permutex2var_epi32(v[0], odd, v[1]);
+  } else {
+    // Dwords 0, 2, 4 .. and 1, 3, 5 .. of each pair, then of those the even and odd again.
+    const __m512i e0 = _mm512_permutex2var_epi32(v[0], even, v[1]), o0 = _mm512_permutex2var_epi32(v[0], odd, v[1]);
+    const __m512i e1 = _mm512_permutex2var_epi32(v[2], even, v[3]), o1 = _mm512_permutex2var_epi32(v[2], odd, v[3]);
+    lanes[0] = _mm512_permutex2var_epi32(e0, even, e1);
+    lanes[1] = _mm512_permutex2var_epi32(o0, even, o1);
+    lanes[2] = _mm512_permutex2var_epi32(e0, odd, e1);
+    lanes[3] = _mm512_permutex2var_epi32(o0, odd, o1);
+  }
+}
+
+// Whether the int16 kernel adds the biases' share lane by lane, chunk by chunk (4 bits: a lane
+// sums 32 products, so one more multiply-add a lane is cheap, and an output is then one horizontal
+// sum), or once per output from the sums of x over each group (8 bits: a lane sums 4 products).
+constexpr bool lane_biases(int bits) { return bits == 4; }
+
+// One chunk of D dwords a lane (x_int16's order, see quantized_matmul.h) for MR rows and NC
+// columns from n: the rows' products into acc. `x`, `steps` and `sums` are the chunk's in
+// x_int16, x_int16_steps and x_int16_lane_sums (row 0's; the other rows follow at fixed offsets).
+// Masking each 16-bit word of a dword to its low Bits bits after a shift by Bits · t leaves
+// weights t and t + p/2 of the dword (p = 32 / Bits) as two int16 words, the pair vpdpwssd
+// multiplies with x's pair: per dword vector, p/2 shifts and masks shared by all rows and p/2
+// vpdpwssd a row. Each lane's int32 sum is scaled by its group's scale times its block's step
+// once per chunk, so the more weights a lane covers, the fewer float operations a row costs; at
+// 4 bits (lane_biases) the lane's share of the biases (its group's bias times the sum of its
+// rounded x) is added there too. At 4 bits the sum converts to a float exactly
+// (at most 32 products, |sum| <= 32 · 15 · 32767 < 2^24); at 8 bits it may round, by 2^-24 of it.
+template <int Bits, ScaleType S, bool Symmetric, int MR, int NC, int D>
+inline void int16_chunk_into(const QmmProblem& p, int n, const uint8_t* const* rows, const uint8_t* ahead, int k0,
+                             const int16_t* x, const float* steps, const float* sums, __m512 (&acc)[MR][NC]) {
+  constexpr int per_dword = 32 / Bits, half = per_dword / 2, per_lane = D * per_dword;
+  constexpr int chunk = 16 * per_lane, chunk_bytes = 64 * D;
+  const int K = p.K, groups = K / p.group;
+  const __m512i pair_mask = _mm512_set1_epi32(Bits == 4 ? 0x000F000F : 0x00FF00FF);
+#pragma GCC unroll 8
+  for (int c = 0; c < NC; ++c)
+#pragma GCC unroll 4
+    for (int i = 0; i < D; ++i) __builtin_prefetch(ahead + static_cast<long>(k0) * Bits / 8 * NC + c * chunk_bytes + 64 * i);
+  const int dwords = std::min(16 * D, (K - k0) / per_dword);
+  __m512i lanes[NC][D];  // each column's dwords of every lane, in the order of x's vectors
+#pragma GCC unroll 8
+  for (int c = 0; c < NC; ++c) {
+    const uint8_t* at = rows[c] + static_cast<long>(k0) * Bits / 8;
+    __m512i v[D];
+#pragma GCC unroll 4
+    for (int i = 0; i < D; ++i) {
+      const int in = std::clamp(dwords - 16 * i, 0, 16);
+      v[i] = _mm512_maskz_loadu_epi32(static_cast<__mmask16>((1u << in) - 1), at + 64 * i);
+    }
+    lanes_of<D>(v, lanes[c]);
+  }
+  __m512i dot[MR][NC];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) dot[r][c] = _mm512_setzero_si512();
+#pragma GCC unroll 32
+  for (int v = 0; v < D * half; ++v) {
+    const int d = v / half, t = v % half;
+    __m512i w[NC];
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) {
+      // The top pair of each word needs no mask: a 16-bit shift leaves it alone.
+      if (t == half - 1 && t > 0) w[c] = _mm512_srli_epi16(lanes[c][d], Bits * t);
+      else w[c] = _mm512_and_si512(t == 0 ? lanes[c][d] : _mm512_srli_epi32(lanes[c][d], Bits * t), pair_mask);
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m512i xv = _mm512_loadu_si512(x + r * chunk + 32 * v);
+#pragma GCC unroll 8
+      for (int c = 0; c < NC; ++c) dot[r][c] = _mm512_dpwssd_epi32(dot[r][c], w[c], xv);
+    }
+  }
+  // The groups the chunk spans (a chunk of 64 8-bit weights lies inside one group of 128).
+  const int shift = __builtin_ctz(p.group);
+  const int g = k0 >> shift, count = std::min(std::max(1, chunk >> shift), groups - g);
+  const __m512i lane_group = lane_groups(p.group, per_lane);
+#pragma GCC unroll 8
+  for (int c = 0; c < NC; ++c) {
+    const long at = static_cast<long>(n + c) * groups + g;
+    const __m512 s = int16_lane_scales<S>(p.scales, at, count, lane_group);
+    // The codes are unsigned: symmetric weights' offset, -2^(Bits-1) · scale, is their bias.
+    __m512 b = _mm512_setzero_ps();
+    if constexpr (lane_biases(Bits))
+      b = Symmetric ? _mm512_mul_ps(s, _mm512_set1_ps(-static_cast<float>(1 << (Bits - 1))))
+                    : int16_lane_scales<S>(p.biases, at, count, lane_group);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m512 step = _mm512_loadu_ps(steps + 16 * r);
+      acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r][c]), _mm512_mul_ps(s, step), acc[r][c]);
+      if constexpr (lane_biases(Bits)) acc[r][c] = _mm512_fmadd_ps(b, _mm512_loadu_ps(sums + 16 * r), acc[r][c]);
+    }
+  }
+}
+
+// y[0 .. MR, n .. n + NC) for n in [n0, n1) (MR = p.M): the whole chunks of
+// int16_lane_dwords(Bits) dwords a lane, then the rest in chunks of one.
+template <int Bits, ScaleType S, bool Symmetric, int MR, int NC>
+void int16_rows(const QmmProblem& p, int n0, int n1) {
+  constexpr int D = int16_lane_dwords(Bits), C = int16_chunk(Bits), T = int16_tail_chunk(Bits);
+  const int K = p.K, groups = K / p.group, row_bytes = K * Bits / 8;
+  const int whole = K / C, chunks = int16_chunks(K, Bits);
   const long ahead_rows = prefetch_rows_ahead(p.w, n0, n1, row_bytes, NC);
   for (int n = n0; n < n1; n += NC) {
     const uint8_t* rows[NC];
@@ -172,56 +272,25 @@ void int16_rows(const QmmProblem& p, int n0, int n1) {
     for (int r = 0; r < MR; ++r)
       for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_setzero_ps();
     for (int chunk = 0; chunk < chunks; ++chunk) {
-      for (int c = 0; c < NC; ++c)
-        for (int i = 0; i < lane_dwords; ++i)
-          __builtin_prefetch(ahead + (static_cast<long>(chunk) * NC + c) * chunk_bytes + 64 * i);
-      const int k0 = chunk * C;
-      const int dwords = K - k0 >= C ? 16 * lane_dwords : (K - k0) / per_dword;
-      const __mmask16 low = static_cast<__mmask16>((1u << std::min(dwords, 16)) - 1);
-      const __mmask16 high = static_cast<__mmask16>((1u << std::max(dwords - 16, 0)) - 1);
-      __m512i lanes[NC][lane_dwords];  // each column's dwords of every lane: the even and the odd ones
-      for (int c = 0; c < NC; ++c) {
-        const uint8_t* at = rows[c] + k0 * Bits / 8;
-        const __m512i a = _mm512_maskz_loadu_epi32(low, at);
-        if constexpr (lane_dwords == 1) {
-          lanes[c][0] = a;
-        } else {
-          const __m512i b = _mm512_maskz_loadu_epi32(high, at + 64);
-          lanes[c][0] = _mm512_permutex2var_epi32(a, even, b);
-          lanes[c][1] = _mm512_permutex2var_epi32(a, odd, b);
-        }
-      }
-      __m512i dot[MR][NC];
-      for (int r = 0; r < MR; ++r)
-        for (int c = 0; c < NC; ++c) dot[r][c] = _mm512_setzero_si512();
-      for (int v = 0; v < lane_dwords * half; ++v) {
-        const int d = v / half, t = v % half;
-        __m512i w[NC];
-        for (int c = 0; c < NC; ++c)
-          w[c] = _mm512_and_si512(t == 0 ? lanes[c][d] : _mm512_srli_epi32(lanes[c][d], Bits * t), pair_mask);
-        for (int r = 0; r < MR; ++r) {
-          const __m512i xv = _mm512_loadu_si512(p.x_int16 + static_cast<long>(r) * padded + k0 + 32 * v);
-          for (int c = 0; c < NC; ++c) dot[r][c] = _mm512_dpwssd_epi32(dot[r][c], w[c], xv);
-        }
-      }
-      const int g = k0 / p.group;
-      const int count = std::min(groups_per_chunk, groups - g);
-      for (int c = 0; c < NC; ++c) {
-        const __m512 s = lane_scales<S>(p.scales, static_cast<long>(n + c) * groups + g, count, lane_group);
-        for (int r = 0; r < MR; ++r) {
-          const __m512 step = _mm512_loadu_ps(p.x_int16_steps + static_cast<long>(r) * (padded / P) + chunk * 16);
-          acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r][c]), _mm512_mul_ps(s, step), acc[r][c]);
-        }
+      const long lanes = 16L * MR * chunk;
+      const float *steps = p.x_int16_steps + lanes, *sums = p.x_int16_lane_sums + lanes;
+      if (chunk < whole) {
+        const int k0 = chunk * C;
+        int16_chunk_into<Bits, S, Symmetric, MR, NC, D>(p, n, rows, ahead, k0, p.x_int16 + MR * k0, steps, sums, acc);
+      } else {
+        const int k0 = whole * C + (chunk - whole) * T;
+        int16_chunk_into<Bits, S, Symmetric, MR, NC, 1>(p, n, rows, ahead, k0, p.x_int16 + MR * k0, steps, sums, acc);
       }
     }
     for (int c = 0; c < NC; ++c) {
-      // The codes are unsigned: the offset (-2^(Bits-1) · scale when symmetric) is in the biases'
-      // share, summed over the rounded x (p.x_group_sums).
-      constexpr float share_factor = Symmetric ? -static_cast<float>(1 << (Bits - 1)) : 1.0f;
-      float share[MR];
-      bias_shares<S, MR>(Symmetric ? p.scales : p.biases, n + c, groups, p.x_group_sums, share);
-      for (int r = 0; r < MR; ++r)
-        p.y[static_cast<long>(r) * p.N + n + c] = _mm512_reduce_add_ps(acc[r][c]) + share_factor * share[r];
+      float share[MR] = {};
+      if constexpr (!lane_biases(Bits)) {
+        // The codes are unsigned: the offset (-2^(Bits-1) · scale when symmetric) is in the biases'
+        // share, summed over the rounded x (p.x_group_sums).
+        bias_shares<S, MR>(Symmetric ? p.scales : p.biases, n + c, groups, p.x_group_sums, share);
+        for (int r = 0; r < MR; ++r) share[r] *= Symmetric ? -static_cast<float>(1 << (Bits - 1)) : 1.0f;
+      }
+      for (int r = 0; r < MR; ++r) p.y[static_cast<long>(r) * p.N + n + c] = _mm512_reduce_add_ps(acc[r][c]) + share[r];
     }
   }
 }
@@ -264,28 +333,42 @@ void int16_tile(const QmmProblem& p, int n0, int n1) {
 
 }  // namespace
 
-void quantize_rows_int16(const float* x, int M, int K, int bits, int group, int16_t* x_int16, float* lane_steps,
-                         float* group_sums) {
+namespace {
+
+// Where quantize_rows_int16 puts a block of 32 elements within a chunk of `lane_dwords` dwords a
+// lane: `order` gives, vector by vector, the block's elements for its lanes, `run` of them a vector.
+struct BlockOrder {
+  __m512i order;
+  int per_lane, vectors, run;
+};
+
+BlockOrder block_order(int bits, int lane_dwords) {
   // Elements per dword of weights, per int32 lane, the vectors of a chunk and a block's share of each.
-  const int per_dword = 32 / bits, half = per_dword / 2, per_lane = int16_lane_dwords(bits) * per_dword;
+  const int per_dword = 32 / bits, half = per_dword / 2, per_lane = lane_dwords * per_dword;
   const int vectors = per_lane / 2, run = 32 / vectors;
-  const int chunk = int16_chunk(bits), padded = (K + chunk - 1) / chunk * chunk, groups = K / group;
   // Vector v of a chunk takes, from each lane, elements d·per_dword + t and d·per_dword + t + half
   // of the lane (d = v / half, t = v % half): for a block, its run elements in that order.
   alignas(64) int16_t order[32];
   for (int v = 0; v < vectors; ++v)
     for (int i = 0; i < run; ++i)
       order[v * run + i] = static_cast<int16_t>((i / 2) * per_lane + (v / half) * per_dword + v % half + (i % 2) * half);
-  const __m512i by_vector = _mm512_load_si512(order);
+  return {_mm512_load_si512(order), per_lane, vectors, run};
+}
+
+}  // namespace
+
+void quantize_rows_int16(const float* x, int M, int K, int bits, int group, int16_t* x_int16, float* lane_steps,
+                         float* lane_sums, float* group_sums) {
+  const int chunk = int16_chunk(bits), tail = int16_tail_chunk(bits), whole = K / chunk * chunk;
+  const long padded = int16_padded(K, bits), whole_lanes = 16L * M * (K / chunk), lanes = 16L * M * int16_chunks(K, bits);
+  const BlockOrder in_whole = block_order(bits, int16_lane_dwords(bits)), in_tail = block_order(bits, 1);
+  // The chunks of one dword a lane: zeros where no element lands.
+  std::fill(x_int16 + M * whole, x_int16 + M * padded, int16_t{0});
+  std::fill(lane_steps + whole_lanes, lane_steps + lanes, 0.0f);
+  std::fill(lane_sums + whole_lanes, lane_sums + lanes, 0.0f);
+  std::fill(group_sums, group_sums + static_cast<long>(M) * (K / group), 0.0f);
   const __m512i limit = _mm512_set1_epi32(32767);
   for (int r = 0; r < M; ++r) {
-    int16_t* out = x_int16 + static_cast<long>(r) * padded;
-    float* steps = lane_steps + static_cast<long>(r) * padded / per_lane;
-    float* sums = group_sums + static_cast<long>(r) * groups;
-    // A partial last chunk: zeros where no element lands.
-    std::fill(out + K / chunk * chunk, out + padded, int16_t{0});
-    std::fill(steps + K / per_lane, steps + padded / per_lane, 0.0f);
-    std::fill(sums, sums + groups, 0.0f);
     for (int k0 = 0; k0 < K; k0 += 32) {
       const float* in = x + static_cast<long>(r) * K + k0;
       const __m512 a = _mm512_loadu_ps(in), b = _mm512_loadu_ps(in + 16);
@@ -299,13 +382,32 @@ void quantize_rows_int16(const float* x, int M, int K, int bits, int group, int1
       const __m512i qa = rounded(a), qb = rounded(b);
       const __m512i words =
           _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(qa)), _mm512_cvtepi32_epi16(qb), 1);
+      // The block's chunk (its first element, its index and its layout) and the block's place in it.
+      const bool in_tail_chunks = k0 >= whole;
+      const BlockOrder& o = in_tail_chunks ? in_tail : in_whole;
+      const int size = in_tail_chunks ? tail : chunk;
+      const int first = in_tail_chunks ? whole + (k0 - whole) / tail * tail : k0 / chunk * chunk;
+      const int index = in_tail_chunks ? K / chunk + (k0 - whole) / tail : k0 / chunk;
+      const int e0 = k0 - first, lane = e0 / o.per_lane;
+      int16_t* out = x_int16 + static_cast<long>(M) * first + static_cast<long>(r) * size;
       alignas(64) int16_t ordered[32];
-      _mm512_store_si512(ordered, _mm512_permutexvar_epi16(by_vector, words));
-      const int e0 = k0 % chunk;
-      for (int v = 0; v < vectors; ++v)
-        std::copy(ordered + v * run, ordered + (v + 1) * run, out + (k0 - e0) + 32 * v + 2 * (e0 / per_lane));
-      std::fill(steps + k0 / per_lane, steps + (k0 + 32) / per_lane, step);
-      sums[k0 / group] += step * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb)));
+      _mm512_store_si512(ordered, _mm512_permutexvar_epi16(o.order, words));
+      for (int v = 0; v < o.vectors; ++v) std::copy(ordered + v * o.run, ordered + (v + 1) * o.run, out + 32 * v + 2 * lane);
+      // Each lane the block fills: its step, and the sum of its rounded elements (in a row).
+      alignas(64) int32_t q[32];
+      _mm512_store_si512(q, qa);
+      _mm512_store_si512(q + 16, qb);
+      const long at = 16L * (static_cast<long>(index) * M + r) + lane;
+      for (int l = 0; l < 32 / o.per_lane; ++l) {
+        lane_steps[at + l] = step;
+        if (!lane_biases(bits)) continue;
+        int sum = 0;
+        for (int i = 0; i < o.per_lane; ++i) sum += q[l * o.per_lane + i];
+        lane_sums[at + l] = step * static_cast<float>(sum);
+      }
+      if (!lane_biases(bits))
+        group_sums[static_cast<long>(r) * (K / group) + k0 / group] +=
+            step * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb)));
     }
   }
 }
