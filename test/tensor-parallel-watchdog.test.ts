@@ -82,30 +82,44 @@ describe("mlx launch -n 2 -- serve --layers 0-79,80-159 --peer-timeout 1.5 (a pi
   }, 60_000);
 });
 
+/**
+ * Serves smollm2 on 2 ranks with `flags` and --peer-timeout 2, stops rank 1 (SIGSTOP) during a
+ * ~1,000-token prompt's prefill: every rank must stop within the timeout, rank 0 saying `silence`.
+ */
+async function stopsWhenRankOneStopsMidPrefill(flags: string[], silence: string): Promise<void> {
+  const server = await launchServe(home, 2, "smollm2", [...flags, "--peer-timeout", "2"]);
+  const ranks = server.ranks();
+  try {
+    const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
+    const answering = client.completions.create({ model: "smollm2", prompt: items, max_tokens: 4 }).catch((e) => e);
+    await Bun.sleep(300);
+    const stoppedAt = performance.now();
+    process.kill(ranks.get(1)!, "SIGSTOP");
+    // Rank 0 is in the prefill: the server cannot answer until it exits.
+    const code = await server.proc.exited;
+    expect(performance.now() - stoppedAt).toBeLessThan(2000 * 2 + 5000);
+    await server.reading;
+    expect(code).not.toBe(0);
+    expect(server.stderr()).toContain(`error: rank 0: ${silence} for 2 s (--peer-timeout); stopping`);
+    expect(await answering).toBeInstanceOf(Error);
+  } finally {
+    for (const pid of ranks.values()) {
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {}
+    }
+  }
+}
+
 describe("mlx launch -n 2 -- serve --tensor-parallel --peer-timeout 2", () => {
   test("a rank that stops answering mid-prefill (SIGSTOP): every rank stops within the timeout, naming it", async () => {
-    const server = await launchServe(home, 2, "smollm2", ["--tensor-parallel", "--peer-timeout", "2"]);
-    const ranks = server.ranks();
-    try {
-      const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
-      const answering = client.completions.create({ model: "smollm2", prompt: items, max_tokens: 4 }).catch((e) => e);
-      await Bun.sleep(300);
-      const stoppedAt = performance.now();
-      process.kill(ranks.get(1)!, "SIGSTOP");
-      // Rank 0 is blocked in the prefill's all_sums: the server cannot answer until it exits.
-      const code = await server.proc.exited;
-      expect(performance.now() - stoppedAt).toBeLessThan(2000 * 2 + 5000);
-      await server.reading;
-      expect(code).not.toBe(0);
-      expect(server.stderr()).toContain("error: rank 0: no answer from rank 1 for 2 s (--peer-timeout); stopping");
-      expect(await answering).toBeInstanceOf(Error);
-    } finally {
-      for (const pid of ranks.values()) {
-        try {
-          process.kill(pid, "SIGKILL");
-        } catch {}
-      }
-    }
+    await stopsWhenRankOneStopsMidPrefill(["--tensor-parallel"], "no answer from rank 1");
+  }, 60_000);
+});
+
+describe("mlx launch -n 2 -- serve --layers 0-14,15-29 --peer-timeout 2 (a pipeline)", () => {
+  test("a rank that stops answering mid-prefill (SIGSTOP): every rank stops within the timeout, naming it", async () => {
+    await stopsWhenRankOneStopsMidPrefill(["--layers", "0-14,15-29"], "no answer from the pipeline (ranks 1-1)");
   }, 60_000);
 });
 

@@ -122,15 +122,16 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
   }
 
   /**
-   * A prefill chunk's layers here, a layer at a time, each under its own watchdog arm, and rank 1
-   * told after each (Op.progress): a chunk may outlast the peer timeout on a busy machine, and
-   * rank 1 (waiting for it) and this rank (the others may be idle) then time silence, not work.
+   * A prefill chunk's layers here, a layer at a time, rank 1 told after each (Op.progress): a
+   * chunk may outlast the peer timeout on a busy machine, and rank 1 waits for it. Under the
+   * watchdog throughout: every other rank answers each word (passing it on round the ring, or
+   * with its own while it computes an earlier chunk), so a rank that stops is heard at once.
    */
   #prefillLayers(h: MxArray, caches: AttentionCache[]): MxArray {
+    distributed.armWatchdog(this.peerTimeoutMs, this.#silence());
     for (let layer = this.stage.start; layer < this.stage.end; layer++) {
       const input = h;
       h = this.local.layers(input, caches, layer, layer + 1);
-      distributed.armWatchdog(this.peerTimeoutMs, this.#silence());
       mx.scope(() => mx.evaluate(h, distributed.send(encodeHeader(progressHeader), 1)));
       this.#sentBytes += headerBytes;
       // The caller's input is the caller's to free.
