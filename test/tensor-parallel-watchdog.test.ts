@@ -1,7 +1,7 @@
-// The peer timeout under tensor parallel times a peer's silence, not the work: a long prefill
-// chunk on a busy machine takes longer than --peer-timeout, yet each layer's all_sum brings the
-// other rank's bytes, and that rank is alive. A rank that is silent (stopped) still stops every
-// rank within the timeout.
+// The peer timeout times a peer's silence, not the work: a long prefill chunk on a busy machine
+// takes longer than --peer-timeout, yet the other rank is alive and its bytes keep coming (under
+// tensor parallel each layer's all_sum, in a pipeline each layer's progress message). A rank
+// that is silent (stopped) still stops every rank within the timeout.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -21,75 +21,105 @@ beforeAll(() => {
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
+/**
+ * Serves a deep narrow tiny model on 2 ranks with `flags` and --peer-timeout 1.5, and asks for a
+ * ~1,000-token prompt while rank 1 is stopped 0.6 s out of every 0.75 s (a descheduled process)
+ * until the answer comes: it must come, with no rank stopped.
+ */
+async function answersWhileRankOneIsDescheduled(flags: string[]): Promise<void> {
+  const deep = join(dir, "deep");
+  writeTinyModel(deep, { layers: 160, seed: 3, contextLength: 2048 });
+  const server = await launchServe(home, 2, deep, [...flags, "--peer-timeout", "1.5"]);
+  const rank1 = server.ranks().get(1)!;
+  let answered = false;
+  const pausing = (async () => {
+    while (!answered) {
+      try {
+        process.kill(rank1, "SIGSTOP");
+        await Bun.sleep(600);
+        process.kill(rank1, "SIGCONT");
+      } catch {
+        return; // it exited
+      }
+      await Bun.sleep(150);
+    }
+  })();
+  try {
+    const started = performance.now();
+    const r = await post(`${server.url}/v1/completions`, {
+      model: deep,
+      prompt: items,
+      max_tokens: 2,
+      temperature: 0,
+    });
+    expect(r.status).toBe(200);
+    expect(r.json.usage.prompt_tokens).toBeGreaterThan(900);
+    // Longer than the timeout: the test would otherwise prove nothing.
+    expect(performance.now() - started).toBeGreaterThan(1500);
+  } finally {
+    answered = true;
+    await pausing;
+    server.proc.kill("SIGTERM");
+  }
+  expect(await server.proc.exited).toBe(0);
+  await server.reading;
+  expect(server.stderr()).not.toContain("--peer-timeout");
+}
+
 describe("mlx launch -n 2 -- serve --tensor-parallel --peer-timeout 1.5", () => {
   test("a ~1,000-token prompt while rank 1 keeps being descheduled (a busy machine) is answered", async () => {
-    // A deep narrow model: a prefill chunk is hundreds of all_sums a few milliseconds apart, so
-    // it outlasts the timeout here while rank 1's bytes stop only for a pause.
-    const deep = join(dir, "deep");
-    writeTinyModel(deep, { layers: 160, seed: 3, contextLength: 2048 });
-    const server = await launchServe(home, 2, deep, ["--tensor-parallel", "--peer-timeout", "1.5"]);
-    const rank1 = server.ranks().get(1)!;
-    // Rank 1 stopped for 0.6 s out of every 0.75 s, until the answer comes.
-    let answered = false;
-    const pausing = (async () => {
-      while (!answered) {
-        try {
-          process.kill(rank1, "SIGSTOP");
-          await Bun.sleep(600);
-          process.kill(rank1, "SIGCONT");
-        } catch {
-          return; // it exited
-        }
-        await Bun.sleep(150);
-      }
-    })();
-    try {
-      const started = performance.now();
-      const r = await post(`${server.url}/v1/completions`, {
-        model: deep,
-        prompt: items,
-        max_tokens: 2,
-        temperature: 0,
-      });
-      expect(r.status).toBe(200);
-      expect(r.json.usage.prompt_tokens).toBeGreaterThan(900);
-      // Longer than the timeout: the test would otherwise prove nothing.
-      expect(performance.now() - started).toBeGreaterThan(1500);
-    } finally {
-      answered = true;
-      await pausing;
-      server.proc.kill("SIGTERM");
-    }
-    expect(await server.proc.exited).toBe(0);
-    await server.reading;
-    expect(server.stderr()).not.toContain("--peer-timeout");
+    // A prefill chunk is hundreds of all_sums a few milliseconds apart, so it outlasts the
+    // timeout here while rank 1's bytes stop only for a pause.
+    await answersWhileRankOneIsDescheduled(["--tensor-parallel"]);
   }, 60_000);
 });
 
+describe("mlx launch -n 2 -- serve --layers 0-79,80-159 --peer-timeout 1.5 (a pipeline)", () => {
+  test("a ~1,000-token prompt while rank 1 keeps being descheduled (a busy machine) is answered", async () => {
+    // Rank 1 works through two prefill chunks of its 80 layers while rank 0 waits: it tells
+    // rank 0 after each layer (Op.progress), so only a pause is silence.
+    await answersWhileRankOneIsDescheduled(["--layers", "0-79,80-159"]);
+  }, 60_000);
+});
+
+/**
+ * Serves smollm2 on 2 ranks with `flags` and --peer-timeout 2, stops rank 1 (SIGSTOP) during a
+ * ~1,000-token prompt's prefill: every rank must stop within the timeout, rank 0 saying `silence`.
+ */
+async function stopsWhenRankOneStopsMidPrefill(flags: string[], silence: string): Promise<void> {
+  const server = await launchServe(home, 2, "smollm2", [...flags, "--peer-timeout", "2"]);
+  const ranks = server.ranks();
+  try {
+    const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
+    const answering = client.completions.create({ model: "smollm2", prompt: items, max_tokens: 4 }).catch((e) => e);
+    await Bun.sleep(300);
+    const stoppedAt = performance.now();
+    process.kill(ranks.get(1)!, "SIGSTOP");
+    // Rank 0 is in the prefill: the server cannot answer until it exits.
+    const code = await server.proc.exited;
+    expect(performance.now() - stoppedAt).toBeLessThan(2000 * 2 + 5000);
+    await server.reading;
+    expect(code).not.toBe(0);
+    expect(server.stderr()).toContain(`error: rank 0: ${silence} for 2 s (--peer-timeout); stopping`);
+    expect(await answering).toBeInstanceOf(Error);
+  } finally {
+    for (const pid of ranks.values()) {
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {}
+    }
+  }
+}
+
 describe("mlx launch -n 2 -- serve --tensor-parallel --peer-timeout 2", () => {
   test("a rank that stops answering mid-prefill (SIGSTOP): every rank stops within the timeout, naming it", async () => {
-    const server = await launchServe(home, 2, "smollm2", ["--tensor-parallel", "--peer-timeout", "2"]);
-    const ranks = server.ranks();
-    try {
-      const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
-      const answering = client.completions.create({ model: "smollm2", prompt: items, max_tokens: 4 }).catch((e) => e);
-      await Bun.sleep(300);
-      const stoppedAt = performance.now();
-      process.kill(ranks.get(1)!, "SIGSTOP");
-      // Rank 0 is blocked in the prefill's all_sums: the server cannot answer until it exits.
-      const code = await server.proc.exited;
-      expect(performance.now() - stoppedAt).toBeLessThan(2000 * 2 + 5000);
-      await server.reading;
-      expect(code).not.toBe(0);
-      expect(server.stderr()).toContain("error: rank 0: no answer from rank 1 for 2 s (--peer-timeout); stopping");
-      expect(await answering).toBeInstanceOf(Error);
-    } finally {
-      for (const pid of ranks.values()) {
-        try {
-          process.kill(pid, "SIGKILL");
-        } catch {}
-      }
-    }
+    await stopsWhenRankOneStopsMidPrefill(["--tensor-parallel"], "no answer from rank 1");
+  }, 60_000);
+});
+
+describe("mlx launch -n 2 -- serve --layers 0-14,15-29 --peer-timeout 2 (a pipeline)", () => {
+  test("a rank that stops answering mid-prefill (SIGSTOP): every rank stops within the timeout, naming it", async () => {
+    await stopsWhenRankOneStopsMidPrefill(["--layers", "0-14,15-29"], "no answer from the pipeline (ranks 1-1)");
   }, 60_000);
 });
 

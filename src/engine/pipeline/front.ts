@@ -6,7 +6,17 @@ import type { MxArray } from "../../mlx";
 import type { AttentionCache } from "../../models/cache";
 import type { DecoderModel } from "../../models/model";
 import type { Stage } from "../../models/stage";
-import { encodeMessage, figureFields, Flag, headerBytes, headerOf, Op, type StageFigures } from "./protocol";
+import {
+  encodeHeader,
+  encodeMessage,
+  figureFields,
+  Flag,
+  headerBytes,
+  headerOf,
+  Op,
+  progressHeader,
+  type StageFigures,
+} from "./protocol";
 import { RankZeroFront, type MessageFields } from "./rank-zero";
 
 const { distributed } = mx;
@@ -33,10 +43,12 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
   #tokens = 0;
   #waitMs = 0;
   /**
-   * Decode steps' hidden states on their way back, oldest first (unevaluated receives), and how
-   * many of the oldest a heartbeat has received already.
+   * What is on its way back from the last rank, oldest first: decode steps' hidden states
+   * (unevaluated receives), and for a prefill chunk the number of progress messages it brings
+   * (an int32 per layer of the model, see Op.progress); and how many of the oldest a heartbeat
+   * has received already.
    */
-  readonly #arriving: MxArray[] = [];
+  readonly #arriving: (MxArray | number)[] = [];
   #received = 0;
   /** Decode steps' sends built before the step they depend on came back (beforeArrival). */
   #held?: MxArray[];
@@ -66,12 +78,13 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
    * pass's (wholePass) come back at once.
    */
   layers(h: MxArray, caches: AttentionCache[]): MxArray {
-    const out = this.local.layers(h, caches, this.stage.start, this.stage.end);
+    const decode = this.isBatch(caches);
+    const whole = this.isWhole(caches);
+    const out =
+      decode || whole ? this.local.layers(h, caches, this.stage.start, this.stage.end) : this.#prefillLayers(h, caches);
     const [rows, length, width] = out.shape as [number, number, number];
     const adapters = this.lora?.selectedIds;
     if (adapters) this.post({ op: Op.adapters, rows }, () => mx.array(Int32Array.from(adapters)));
-    const decode = this.isBatch(caches);
-    const whole = this.isWhole(caches);
     const sent = this.#send(
       {
         op: Op.forward,
@@ -89,7 +102,11 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
     // waking at every op it finishes), or held for arrive() (beforeArrival).
     if (decode && this.#held) this.#held.push(mx.keep(sent));
     else mx.evaluate(sent);
-    if (!decode && !whole) return out;
+    if (!decode && !whole) {
+      // Every stage's progress on this chunk, to take off the ring in its turn.
+      this.#arriving.push(this.local.numLayers);
+      return out;
+    }
     const back = distributed.recv([rows, length, width], out.dtype, this.size - 1);
     if (whole) {
       // Behind the decode steps in flight: those are received first (kept for arrive()).
@@ -100,8 +117,27 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
     // Held here as well: the caller's scope may drop its handle before the bytes come.
     mx.keep(back);
     this.#arriving.push(back);
-    this.#maxInFlight = Math.max(this.#maxInFlight, this.#arriving.length);
+    this.#maxInFlight = Math.max(this.#maxInFlight, this.#arriving.filter((a) => typeof a !== "number").length);
     return back;
+  }
+
+  /**
+   * A prefill chunk's layers here, a layer at a time, rank 1 told after each (Op.progress): a
+   * chunk may outlast the peer timeout on a busy machine, and rank 1 waits for it. Under the
+   * watchdog throughout: every other rank answers each word (passing it on round the ring, or
+   * with its own while it computes an earlier chunk), so a rank that stops is heard at once.
+   */
+  #prefillLayers(h: MxArray, caches: AttentionCache[]): MxArray {
+    distributed.armWatchdog(this.peerTimeoutMs, this.#silence());
+    for (let layer = this.stage.start; layer < this.stage.end; layer++) {
+      const input = h;
+      h = this.local.layers(input, caches, layer, layer + 1);
+      mx.scope(() => mx.evaluate(h, distributed.send(encodeHeader(progressHeader), 1)));
+      this.#sentBytes += headerBytes;
+      // The caller's input is the caller's to free.
+      if (layer > this.stage.start) input.free();
+    }
+    return h;
   }
 
   /**
@@ -113,7 +149,9 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
    * beforeArrival) is sent, and waited for.
    */
   arrive(...computed: MxArray[]): void {
-    const back = this.#arriving.shift();
+    let back = this.#arriving.shift();
+    // Progress a heartbeat received is off the queue already.
+    for (; typeof back === "number"; back = this.#arriving.shift()) this.#receiveProgress(back);
     if (!back) throw new Error("no decode step of the pipeline is on its way back");
     if (this.#received > 0) this.#received--;
     else this.#waitForBytes();
@@ -238,10 +276,21 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
     }
   }
 
-  /** The decode steps in flight come back before anything sent after them: received now, kept for arrive(). */
+  /** What is in flight comes back before anything sent after it: received now, decode steps kept for arrive(). */
   #receiveInFlight(): void {
-    for (const step of this.#arriving.slice(this.#received)) this.#receive(step);
+    for (const step of this.#arriving.slice(this.#received)) {
+      if (typeof step === "number") this.#receiveProgress(step);
+      else this.#receive(step);
+    }
+    for (let i = this.#arriving.length - 1; i >= 0; i--) {
+      if (typeof this.#arriving[i] === "number") this.#arriving.splice(i, 1);
+    }
     this.#received = this.#arriving.length;
+  }
+
+  /** A prefill chunk's `count` progress messages, each waited for off the CPU: they come a layer apart. */
+  #receiveProgress(count: number): void {
+    for (let i = 0; i < count; i++) mx.scope(() => this.#receive(distributed.recv([1], mx.Dtype.int32, this.size - 1)));
   }
 
   /** Waits off the CPU until bytes come, then evaluates the receive `back`. */

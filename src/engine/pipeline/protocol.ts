@@ -48,6 +48,14 @@ export const Op = {
   loadPrefixFile: 15,
   /** The file in the payload (JSON {file}) was removed: each rank removes its share. */
   removePrefixFile: 16,
+  /**
+   * One layer of a prefill chunk is done (a header alone, outside the numbering: seq -1). A
+   * prefill chunk can outlast the peer timeout on a busy machine, so the rank computing it says
+   * so after each layer; each rank passes these on, and the last rank sends rank 0 the layer's
+   * number alone (an int32: its messages to rank 0 have no header). Rank 0 thus gets one per
+   * layer of the model for each chunk it sends, wherever it was computed.
+   */
+  progress: 17,
 } as const;
 export type OpCode = (typeof Op)[keyof typeof Op];
 
@@ -81,6 +89,9 @@ export const headerOf = (fields: Partial<Header> & Pick<Header, "op">, seq: numb
   ...fields,
   seq,
 });
+
+/** Op.progress's header: unnumbered, so that any rank may send it between two messages. */
+export const progressHeader: Header = headerOf({ op: Op.progress }, -1);
 
 export const headerInts = 9;
 export const headerBytes = headerInts * 4;

@@ -19,6 +19,7 @@ import {
   headerInts,
   Op,
   payloadText,
+  progressHeader,
   type Header,
   type StageFigures,
 } from "./protocol";
@@ -95,6 +96,30 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
     const onward = message ? distributed.send(message, next) : out;
     return { header: h, caches, onward, sentBytes: message?.nbytes ?? 0 };
   };
+  // A prefill chunk runs a layer at a time, each under its own watchdog arm, and after each the
+  // next rank hears from this one (Op.progress): a chunk that outlasts the peer timeout on a busy
+  // machine is then not silence, while a stopped rank still is. Decode steps stay one evaluation.
+  const tellProgress = (): MxArray =>
+    last ? distributed.send(mx.array(Int32Array.of(o.rank)), next) : sendOn(progressHeader);
+  const prefill = (h: Header): void => {
+    const hidden = receive([h.rows, h.length, h.width], h.dtype);
+    const started = performance.now();
+    const caches = sets.of(h.set, false);
+    let out = hidden;
+    for (let layer = o.stage.start; layer < o.stage.end; layer++) {
+      const input = out;
+      out = adapters.run(() => model.layers(input, caches, layer, layer + 1));
+      const told = tellProgress();
+      run([out, ...caches[layer]!.state, told]);
+      figures.sentBytes += told.nbytes;
+      input.free();
+      told.free();
+    }
+    adapters.clear();
+    if (!last) send(sendOn(h, out));
+    figures.computeMs += performance.now() - started;
+    figures.tokens += h.rows * h.length;
+  };
   // Decode steps follow each other in a pattern (one micro-batch: the same caches every time;
   // several: each in turn), so while it waits for the next header, this rank builds the step
   // it expects on the caches' checkpoint (see DecodeGuesses). The right header finds it built; any
@@ -102,6 +127,7 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
   const guesses = new DecodeGuesses(sets, o.stage.start);
   let ahead: (Forward & { checkpoint: CacheCheckpoint }) | undefined;
   const buildAhead = () => {
+    if (ahead) return; // still unused: only progress came since
     const h = adapters.selected ? undefined : guesses.next(expected);
     const caches = h && sets.held(h.set)?.slice(o.stage.start, o.stage.end);
     const point = caches && checkpoint(caches);
@@ -128,12 +154,20 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
   for (;;) {
     const stop = mx.scope(() => {
       const h = decodeHeader(receive([headerInts], mx.Dtype.int32));
+      if (h.op === Op.progress) {
+        send(tellProgress());
+        return false;
+      }
       if (h.seq !== expected) throw new Error(`rank ${o.rank}: message ${h.seq} arrived when ${expected} was due`);
       expected++;
       const step = takeAhead(h);
       switch (h.op) {
         case Op.forward: {
           guesses.saw(h);
+          if (h.flags === Flag.prefill) {
+            prefill(h);
+            return false;
+          }
           const built = step ?? buildForward(h);
           // Its hidden states follow their header: here in a moment, if not here already.
           waitForData();
