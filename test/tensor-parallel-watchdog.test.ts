@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import OpenAI from "openai";
-import { launchServe, startRank, writeLoopbackRing } from "./helpers/launch";
+import { expectKilledRankOneNoticed, launchServe } from "./helpers/launch";
 import { post } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
 
@@ -127,37 +127,13 @@ describe("serve --tensor-parallel, ranks started by hand", () => {
   test("when rank 1 dies, /health and /ready say 503, then rank 0 exits within the timeout, naming it", async () => {
     const tiny = join(dir, "tiny");
     writeTinyModel(tiny, { layers: 2, seed: 1 });
-    const ring = await writeLoopbackRing(join(dir, "ring-serve.json"), 2);
     const args = ["serve", "--port", "0", "-m", tiny, "--tensor-parallel", "--peer-timeout", "3"];
-    const [zero, one] = [startRank(home, ring, 0, args), startRank(home, ring, 1, args)];
-    let stderr = "";
-    void (async () => {
-      for await (const chunk of zero.stderr) stderr += new TextDecoder().decode(chunk);
-    })();
-    try {
-      const deadline = Date.now() + 30_000;
-      while (!/listening on (http:\S+)/.test(stderr) && Date.now() < deadline) await Bun.sleep(20);
-      const url = /listening on (http:\S+)/.exec(stderr)![1]!;
-      while ((await fetch(`${url}/health`)).status !== 200 && Date.now() < deadline) await Bun.sleep(50);
-      one.kill("SIGKILL");
-      const killedAt = performance.now();
-      let health: Response | undefined;
-      while (zero.exitCode === null && health?.status !== 503) {
-        health = await fetch(`${url}/health`).catch(() => health);
-        await Bun.sleep(50);
-      }
-      expect(health?.status).toBe(503);
-      const lost = "lost rank 1 of the tensor-parallel group";
-      expect(((await health!.json()) as { error: string }).error).toContain(lost);
-      const ready = await fetch(`${url}/ready`);
-      expect(ready.status).toBe(503);
-      expect(((await ready.json()) as { reason: string }).reason).toContain(lost);
-      expect(await zero.exited).toBe(3);
-      expect(performance.now() - killedAt).toBeLessThan(3000 + 2000 + 3000);
-      expect(stderr).toContain(`error: rank 0: ${lost}`);
-    } finally {
-      zero.kill("SIGKILL");
-      one.kill("SIGKILL");
-    }
+    await expectKilledRankOneNoticed(
+      home,
+      join(dir, "ring-serve.json"),
+      args,
+      "lost rank 1 of the tensor-parallel group",
+      3000,
+    );
   }, 60_000);
 });

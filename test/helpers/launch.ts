@@ -84,3 +84,48 @@ export async function writeLoopbackRing(path: string, n: number): Promise<string
   writeFileSync(path, JSON.stringify((await loopbackHosts(n)).map((h) => [h.address])));
   return path;
 }
+
+/**
+ * Ranks 0 and 1 of `mlx <args>` (a `serve --port 0`) started by hand on a loopback ring written
+ * to `ring`; once rank 0 serves, rank 1 is killed: rank 0's /health and /ready must answer 503
+ * naming the loss (`lost`), then rank 0 exits 3 within the peer timeout (`timeoutMs`) and 5 s,
+ * saying `error: rank 0: <lost>`.
+ */
+export async function expectKilledRankOneNoticed(
+  home: string,
+  ring: string,
+  args: string[],
+  lost: string,
+  timeoutMs: number,
+): Promise<void> {
+  await writeLoopbackRing(ring, 2);
+  const [zero, one] = [startRank(home, ring, 0, args), startRank(home, ring, 1, args)];
+  let stderr = "";
+  void (async () => {
+    for await (const chunk of zero.stderr) stderr += new TextDecoder().decode(chunk);
+  })();
+  try {
+    const deadline = Date.now() + 30_000;
+    while (!/listening on (http:\S+)/.test(stderr) && Date.now() < deadline) await Bun.sleep(20);
+    const url = /listening on (http:\S+)/.exec(stderr)![1]!;
+    while ((await fetch(`${url}/health`)).status !== 200 && Date.now() < deadline) await Bun.sleep(50);
+    one.kill("SIGKILL");
+    const killedAt = performance.now();
+    let health: Response | undefined;
+    while (zero.exitCode === null && health?.status !== 503) {
+      health = await fetch(`${url}/health`).catch(() => health);
+      await Bun.sleep(50);
+    }
+    expect(health?.status).toBe(503);
+    expect(((await health!.json()) as { error: string }).error).toContain(lost);
+    const ready = await fetch(`${url}/ready`);
+    expect(ready.status).toBe(503);
+    expect(((await ready.json()) as { reason: string }).reason).toContain(lost);
+    expect(await zero.exited).toBe(3);
+    expect(performance.now() - killedAt).toBeLessThan(timeoutMs + 5000);
+    expect(stderr).toContain(`error: rank 0: ${lost}`);
+  } finally {
+    zero.kill("SIGKILL");
+    one.kill("SIGKILL");
+  }
+}
