@@ -74,10 +74,12 @@ export function attention(
     inputNorm && quantized && byHeads && settings && !qNorm ? { ...inputNorm, quantized, settings } : undefined;
   const fusedOutput = inputNorm && oProj.quantized;
 
-  // Queries, and the keys and values attention reads: on our kernels the fused op writes the new
-  // rows into the cache's buffers itself where the cache lets it (four graph nodes fewer a layer).
+  // Attention on the fused input. On our kernels the op writes the new keys and values into the
+  // cache's buffers itself where the cache lets it: the cache's two writes and the two slices
+  // attention reads (and, into a float16 cache of float32 activations, two casts) are no nodes.
   const attend = (x: MxArray, offset: number | MxArray, cache: AttentionCache, mask: Mask): MxArray => {
-    const { weight, eps, quantized: qkv, settings: rotation } = fusedInput!;
+    const { weight, eps, quantized: qkv, settings } = fusedInput!;
+    const rotation = { ...settings, offset };
     const [batch, length] = x.shape as [number, number];
     const rows = { batch, heads: shape.kvHeads, length, dim: shape.headDim, activations: x.dtype };
     // The keys' dtype, the product's, is x's when x is float32 or the scales share x's dtype
@@ -85,21 +87,19 @@ export function attention(
     // (MLX_KERNELS=mlx, a GPU) keep the cache's own writes.
     const keysLikeX = x.dtype === mx.Dtype.float32 || qkv.scales.dtype === x.dtype;
     const room = mx.cpuKernelsActive() && keysLikeX ? cache.roomFor?.(rows) : undefined;
-    if (!room) {
-      const [queries, keys, values] = mx.fast.attentionInput(x, weight, eps, qkv, shape, { ...rotation, offset });
-      return cache.attention(queries, keys, values, scale, mask, sinks);
-    }
-    const [queries, keys, values, held, heldValues] = mx.fast.attentionInput(
+    if (!room)
+      return cache.attention(...mx.fast.attentionInput(x, weight, eps, qkv, shape, rotation), scale, mask, sinks);
+    const [queries, keys, values, validKeys, validValues] = mx.fast.attentionInput(
       x,
       weight,
       eps,
       qkv,
       shape,
-      { ...rotation, offset },
+      rotation,
       room,
     );
     cache.wrote!(keys, values, length);
-    return mx.fast.scaledDotProductAttention(queries, held, heldValues, scale, mask, sinks);
+    return mx.fast.scaledDotProductAttention(queries, validKeys, validValues, scale, mask, sinks);
   };
 
   return (x: MxArray, mask: Mask, cache: AttentionCache): MxArray => {
