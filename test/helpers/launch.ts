@@ -31,6 +31,26 @@ export async function launchServe(home: string, n: number, model: string, extra:
   return { proc, url, ranks: () => rankPids(proc.pid), stderr: () => stderr, reading };
 }
 
+/**
+ * Stops rank `rank` of a launched serve (SIGSTOP), as a machine that stops answering: the
+ * launcher must exit non-zero within twice the peer timeout (`timeoutMs`) and 5 s, its stderr
+ * saying `says`.
+ */
+export async function expectStoppedRankNoticed(
+  server: Awaited<ReturnType<typeof launchServe>>,
+  rank: number,
+  timeoutMs: number,
+  says: string | RegExp,
+): Promise<void> {
+  const stoppedAt = performance.now();
+  process.kill(server.ranks().get(rank)!, "SIGSTOP");
+  const code = await server.proc.exited;
+  expect(performance.now() - stoppedAt).toBeLessThan(timeoutMs * 2 + 5000);
+  await server.reading;
+  expect(code).not.toBe(0);
+  expect(server.stderr()).toMatch(says);
+}
+
 /** The process ids of a launcher's ranks (its children), by rank. */
 export function rankPids(launcher: number): Map<number, number> {
   // ps exits 1 when there are none left.
