@@ -51,8 +51,8 @@ export const Op = {
   /**
    * One layer of a prefill chunk is done (a header alone, outside the numbering: seq -1). A
    * prefill chunk can outlast the peer timeout on a busy machine, so the rank computing it says
-   * so after each layer; each rank passes these on, and the last rank sends rank 0 the layer's
-   * number alone (an int32: its messages to rank 0 have no header). Rank 0 thus gets one per
+   * so after each layer; each rank passes these on, and the last rank sends rank 0 its own rank
+   * number alone (an int32: its messages to rank 0 have no header; rank 0 only counts them). Rank 0 thus gets one per
    * layer of the model for each chunk it sends, wherever it was computed.
    */
   progress: 17,

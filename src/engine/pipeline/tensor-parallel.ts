@@ -115,8 +115,7 @@ export class TensorParallelFront extends RankZeroFront implements DecoderModel {
    * at load), under the watchdog like a message.
    */
   evaluateTogether(...sums: MxArray[]): void {
-    if (this.closed) throw new Error("the tensor-parallel group was shut down");
-    if (this.#lost) throw new Error(this.#lost);
+    this.#ensureOpen();
     this.#watched(() => mx.evaluate(...sums));
     for (const sum of sums) this.#summedBytes += sum.nbytes;
   }
@@ -126,14 +125,19 @@ export class TensorParallelFront extends RankZeroFront implements DecoderModel {
    * receives it, under the watchdog: a rank that stops answering stops this one in time.
    */
   #step<T>(fields: MessageFields, payload: MxArray | undefined, then: (payload: MxArray | undefined) => T): T {
-    if (this.closed) throw new Error("the tensor-parallel group was shut down");
-    if (this.#lost) throw new Error(this.#lost);
+    this.#ensureOpen();
     const header = encodeHeader(headerOf(fields, this.#seq++));
     this.#summedBytes += header.nbytes + (payload?.nbytes ?? 0);
     return this.#watched(() => {
       mx.evaluate(distributed.allSum(header));
       return then(payload && distributed.allSum(payload));
     });
+  }
+
+  /** Throws when the group can no longer take a message: shut down, or a rank lost. */
+  #ensureOpen(): void {
+    if (this.closed) throw new Error("the tensor-parallel group was shut down");
+    if (this.#lost) throw new Error(this.#lost);
   }
 
   /**
