@@ -13,6 +13,7 @@ import {
   Flag,
   headerBytes,
   headerOf,
+  keepaliveHeader,
   Op,
   progressHeader,
   type StageFigures,
@@ -54,7 +55,10 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
   #held?: MxArray[];
   #maxInFlight = 0;
   #stages: (StageFigures & { rank: number })[] = [];
-  #lost?: string;
+  /** When rank 1 last heard from this one, as far as #waitForBytes knows, and #seq then. */
+  #toldAt = 0;
+  #toldSeq = 0;
+  protected readonly groupName = "the pipeline";
 
   constructor(
     local: DecoderModel,
@@ -196,7 +200,7 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
       waitMs: this.#waitMs,
       microBatches: this.microBatches,
       maxInFlight: this.#maxInFlight,
-      lost: this.#lost,
+      lost: this.lost,
     };
   }
 
@@ -207,8 +211,7 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
 
   /** The header and its payload, as one message: its send, unevaluated. */
   #send(fields: MessageFields, payload?: MxArray): MxArray {
-    if (this.closed) throw new Error("the pipeline was shut down");
-    if (this.#lost) throw new Error(this.#lost);
+    this.ensureOpen();
     // Messages go out in the order numbered: held steps first (their receive may then spin).
     this.#sendHeld();
     const header = headerOf(fields, this.#seq++);
@@ -220,7 +223,7 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
 
   /** Goes round the ring and brings back each stage's figures; it waits for the steps queued before it. */
   protected heartbeat(): void {
-    if (this.closed || this.#lost) return;
+    if (!this.open) return;
     try {
       mx.scope(() => {
         // Each stage writes its row of figures into the payload on the way round.
@@ -243,16 +246,13 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
       });
       distributed.disarmWatchdog();
     } catch (error) {
-      // A rank is gone. Requests fail from now on (a server says 503) until the watchdog, armed
-      // by the send, ends this process too.
-      this.#lost = `lost a rank of the pipeline: ${(error as Error).message}`;
-      distributed.armWatchdog(this.peerTimeoutMs, `error: rank 0: ${this.#lost}; stopping`);
+      this.loseRank(`lost a rank of the pipeline: ${(error as Error).message}`);
     }
   }
 
   /** Goes round the ring: each stage sets its byte of the answers to 1 for no; the last brings them back. */
   protected everyRank(fields: MessageFields, text: Uint8Array): boolean {
-    if (this.closed || this.#lost) return false;
+    if (!this.open) return false;
     try {
       const yes = mx.scope(() => {
         const payload = new Uint8Array(this.size + text.length);
@@ -270,8 +270,7 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
       distributed.disarmWatchdog();
       return yes;
     } catch (error) {
-      this.#lost = `lost a rank of the pipeline: ${(error as Error).message}`;
-      distributed.armWatchdog(this.peerTimeoutMs, `error: rank 0: ${this.#lost}; stopping`);
+      this.loseRank(`lost a rank of the pipeline: ${(error as Error).message}`);
       return false;
     }
   }
@@ -299,11 +298,31 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
     mx.evaluate(back);
   }
 
-  /** Off the CPU until the ring has bytes for us: the time counts as waiting for the ring. */
+  /**
+   * Off the CPU until the ring has bytes for us: the time counts as waiting for the ring. While
+   * this rank waits for a later one (clearing a backlog of prefill chunks, telling this one after
+   * each layer), the ranks before that one hear nothing else: so rank 1 hears from this one at
+   * least every third of the timeout (Op.keepalive, passed on). The watchdog, not this, times
+   * the silence of the rank waited for.
+   */
   #waitForBytes(): void {
     const started = performance.now();
-    distributed.waitReadable(this.peerTimeoutMs);
+    const third = this.peerTimeoutMs / 3;
+    if (this.#seq !== this.#toldSeq) {
+      // A message went since the last wait: rank 1 heard from us then (or a little before).
+      this.#toldSeq = this.#seq;
+      this.#toldAt = started;
+    } else if (started - this.#toldAt >= third) this.#keepAlive(started);
+    for (let waited = 0; waited < 3 && !distributed.waitReadable(third); waited++) this.#keepAlive(performance.now());
     this.#waitMs += performance.now() - started;
+  }
+
+  /** Op.keepalive to rank 1, at `now`: unnumbered, between two messages; it does not re-arm the watchdog. */
+  #keepAlive(now: number): void {
+    if (this.closed) return;
+    mx.scope(() => mx.evaluate(distributed.send(encodeHeader(keepaliveHeader), 1)));
+    this.#sentBytes += headerBytes;
+    this.#toldAt = now;
   }
 
   #silence(): string {

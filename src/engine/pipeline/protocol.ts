@@ -56,6 +56,13 @@ export const Op = {
    * layer of the model for each chunk it sends, wherever it was computed.
    */
   progress: 17,
+  /**
+   * Rank 0 is alive, and waits for the last rank (a header alone, outside the numbering: seq -1).
+   * While a later rank works through a backlog of prefill chunks, the ranks before it would
+   * hear nothing: rank 0 sends one after each third of the peer timeout it waits without a
+   * word, and each rank passes it on but the last (rank 0 hears that one's progress meanwhile).
+   */
+  keepalive: 18,
 } as const;
 export type OpCode = (typeof Op)[keyof typeof Op];
 
@@ -92,6 +99,9 @@ export const headerOf = (fields: Partial<Header> & Pick<Header, "op">, seq: numb
 
 /** Op.progress's header: unnumbered, so that any rank may send it between two messages. */
 export const progressHeader: Header = headerOf({ op: Op.progress }, -1);
+
+/** Op.keepalive's header: unnumbered, as progressHeader. */
+export const keepaliveHeader: Header = headerOf({ op: Op.keepalive }, -1);
 
 export const headerInts = 9;
 export const headerBytes = headerInts * 4;

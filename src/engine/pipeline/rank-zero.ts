@@ -21,12 +21,16 @@ export abstract class RankZeroFront implements RemoteLayers, AdapterMirror {
   #nextSet = 1;
   readonly #timer: ReturnType<typeof setInterval>;
   protected closed = false;
+  /** Why the other ranks are out of reach, once a rank is lost (see loseRank). */
+  protected lost?: string;
   /** This process's adaptable layers: a forward pass tells the other ranks each row's adapter. */
   protected lora?: LoraLayers;
   /** How the model is split (set by openPipeline): prompt cache files record it. */
   split = "";
 
   abstract readonly microBatches: number;
+  /** The group as errors name it. */
+  protected abstract readonly groupName: string;
   abstract arrive(...computed: MxArray[]): void;
 
   /** See PipelineFront; tensor parallel has nothing on its way back: what is built goes at once. */
@@ -145,6 +149,26 @@ export abstract class RankZeroFront implements RemoteLayers, AdapterMirror {
     this.post({ op: Op.shutdown });
     this.closed = true;
     distributed.disarmWatchdog();
+  }
+
+  /** Whether messages can still go: not shut down, and no rank lost. */
+  protected get open(): boolean {
+    return !this.closed && this.lost === undefined;
+  }
+
+  /** Throws unless messages can still go (see open). */
+  protected ensureOpen(): void {
+    if (this.closed) throw new Error(`${this.groupName} was shut down`);
+    if (this.lost !== undefined) throw new Error(this.lost);
+  }
+
+  /**
+   * A rank is gone (`lost` says how): requests fail from now on (a server says 503) until the
+   * watchdog, armed here, ends this process too.
+   */
+  protected loseRank(lost: string): void {
+    this.lost = lost;
+    distributed.armWatchdog(this.peerTimeoutMs, `error: rank 0: ${lost}; stopping`);
   }
 
   /**

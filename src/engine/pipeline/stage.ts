@@ -127,7 +127,7 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
   const guesses = new DecodeGuesses(sets, o.stage.start);
   let ahead: (Forward & { checkpoint: CacheCheckpoint }) | undefined;
   const buildAhead = () => {
-    if (ahead) return; // still unused: only progress came since
+    if (ahead) return; // still unused: only progress or keepalives came since
     const h = adapters.selected ? undefined : guesses.next(expected);
     const caches = h && sets.held(h.set)?.slice(o.stage.start, o.stage.end);
     const point = caches && checkpoint(caches);
@@ -156,6 +156,10 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
       const h = decodeHeader(receive([headerInts], mx.Dtype.int32));
       if (h.op === Op.progress) {
         send(tellProgress());
+        return false;
+      }
+      if (h.op === Op.keepalive) {
+        passOn(h);
         return false;
       }
       if (h.seq !== expected) throw new Error(`rank ${o.rank}: message ${h.seq} arrived when ${expected} was due`);

@@ -23,7 +23,7 @@ export class TensorParallelFront extends RankZeroFront implements DecoderModel {
   #seq = 0;
   #tokens = 0;
   #summedBytes = 0;
-  #lost?: string;
+  protected readonly groupName = "the tensor-parallel group";
 
   constructor(
     local: DecoderModel,
@@ -75,7 +75,7 @@ export class TensorParallelFront extends RankZeroFront implements DecoderModel {
       waitMs: 0,
       microBatches: 1,
       maxInFlight: 1,
-      lost: this.#lost,
+      lost: this.lost,
     };
   }
 
@@ -85,17 +85,17 @@ export class TensorParallelFront extends RankZeroFront implements DecoderModel {
 
   /** A message with no answer. Lost peers end the process (the watchdog); nothing is thrown here. */
   protected post(fields: MessageFields, payload?: () => MxArray): void {
-    if (this.closed || this.#lost) return;
+    if (!this.open) return;
     try {
       mx.scope(() => this.#step(fields, payload?.(), (p) => p && mx.evaluate(p)));
     } catch {
-      // #step noted the loss and armed the watchdog.
+      // #step noted the loss (loseRank).
     }
   }
 
   /** The answers are an all_sum of each rank's no (1) or yes (0). */
   protected everyRank(fields: MessageFields, text: Uint8Array): boolean {
-    if (this.closed || this.#lost) return false;
+    if (!this.open) return false;
     try {
       return mx.scope(() =>
         this.#step({ ...fields, rows: text.length }, mx.array(text), (payload) => {
@@ -105,7 +105,7 @@ export class TensorParallelFront extends RankZeroFront implements DecoderModel {
         }),
       );
     } catch {
-      // #step noted the loss and armed the watchdog.
+      // #step noted the loss (loseRank).
       return false;
     }
   }
@@ -115,7 +115,7 @@ export class TensorParallelFront extends RankZeroFront implements DecoderModel {
    * at load), under the watchdog like a message.
    */
   evaluateTogether(...sums: MxArray[]): void {
-    this.#ensureOpen();
+    this.ensureOpen();
     this.#watched(() => mx.evaluate(...sums));
     for (const sum of sums) this.#summedBytes += sum.nbytes;
   }
@@ -125,19 +125,13 @@ export class TensorParallelFront extends RankZeroFront implements DecoderModel {
    * receives it, under the watchdog: a rank that stops answering stops this one in time.
    */
   #step<T>(fields: MessageFields, payload: MxArray | undefined, then: (payload: MxArray | undefined) => T): T {
-    this.#ensureOpen();
+    this.ensureOpen();
     const header = encodeHeader(headerOf(fields, this.#seq++));
     this.#summedBytes += header.nbytes + (payload?.nbytes ?? 0);
     return this.#watched(() => {
       mx.evaluate(distributed.allSum(header));
       return then(payload && distributed.allSum(payload));
     });
-  }
-
-  /** Throws when the group can no longer take a message: shut down, or a rank lost. */
-  #ensureOpen(): void {
-    if (this.closed) throw new Error("the tensor-parallel group was shut down");
-    if (this.#lost) throw new Error(this.#lost);
   }
 
   /**
@@ -155,9 +149,7 @@ export class TensorParallelFront extends RankZeroFront implements DecoderModel {
       distributed.disarmWatchdog();
       return result;
     } catch (error) {
-      // A rank is gone: requests fail from now on (a server says 503) until the watchdog stops us.
-      this.#lost = `lost ${peers(this.size)} of the tensor-parallel group: ${(error as Error).message}`;
-      distributed.armWatchdog(this.peerTimeoutMs, `error: rank 0: ${this.#lost}; stopping`);
+      this.loseRank(`lost ${peers(this.size)} of the tensor-parallel group: ${(error as Error).message}`);
       throw error;
     }
   }
