@@ -40,6 +40,16 @@ using RowsTask = std::function<void(const std::vector<mx::array>& inputs, std::v
 void dispatch_rows(mx::Stream stream, const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs,
                    RowsTask task);
 
+// For a primitive's eval_cpu: whether input `held` may become one of its `outputs` outputs (its
+// buffer written in place): MLX's is_donatable, except that each output of a primitive keeps its
+// inputs (one reference each), where is_donatable asks for one reference, which an input of a
+// multi-output primitive never has.
+bool donatable_input(const mx::array& held, size_t outputs);
+
+// view = buffer's first view.shape(2) positions (buffer [B, H, T, ·], view [B, H, t ≤ T, ·]),
+// sharing its memory as MLX's slice does: a primitive's output that is a view of another's.
+void set_prefix_view(const mx::array& buffer, mx::array& view);
+
 // The floating-point types our kernels read (activations, scales, masks).
 inline bool float_type(mx::Dtype t) { return t == mx::float32 || t == mx::float16 || t == mx::bfloat16; }
 

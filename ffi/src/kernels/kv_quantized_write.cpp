@@ -13,7 +13,6 @@
 #include <vector>
 
 #include "kernels.h"
-#include "mlx/backend/common/utils.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/primitives.h"
 
@@ -115,31 +114,6 @@ void run(const std::vector<mx::array>& in, std::vector<mx::array>& out, const Wr
     }
 }
 
-// Whether `held`, an input of a primitive with `outputs` outputs, may become its output: MLX's
-// is_donatable, except that each output keeps the inputs (one reference each), where
-// is_donatable asks for one reference, which an input of a multi-output primitive never has.
-// An array is one shared pointer to its descriptor.
-bool donatable(const mx::array& held, size_t outputs) {
-  static_assert(sizeof(mx::array) == sizeof(std::shared_ptr<void>));
-  const long references = reinterpret_cast<const std::shared_ptr<void>&>(held).use_count();
-  const auto& data = held.data_shared_ptr();
-  return references == long(outputs) && data.use_count() == 1 && data->is_owned() && held.flags().row_contiguous;
-}
-
-// view = buffer's first view.shape(2) columns (buffer [B, H, T, ·]), as MLX's slice makes it.
-void set_view(const mx::array& buffer, mx::array& view) {
-  const mx::Strides& strides = buffer.strides();
-  size_t end = 1;
-  for (int i = 0; i < view.ndim(); ++i) end += size_t(view.shape(i) - 1) * strides[i];
-  if (view.size() == 0) end = 0;
-  auto [no_broadcast_size, row_contiguous, col_contiguous] = mx::check_contiguity(view.shape(), strides);
-  mx::array::Flags flags = buffer.flags();
-  flags.row_contiguous = row_contiguous;
-  flags.col_contiguous = col_contiguous;
-  flags.contiguous = no_broadcast_size == end;
-  view.copy_shared_buffer(buffer, strides, flags, end);
-}
-
 class QuantizedCacheWrite : public mx::Primitive {
  public:
   QuantizedCacheWrite(mx::Stream stream, WriteSpec spec) : mx::Primitive(stream), spec_(spec) {}
@@ -151,19 +125,19 @@ class QuantizedCacheWrite : public mx::Primitive {
     for (int i = 0; i < 3; ++i) {
       const mx::array& held = inputs[1 + i];
       mx::array& buffer = outputs[i];
-      if (donatable(held, outputs.size())) {
+      if (donatable_input(held, outputs.size())) {
         buffer.copy_shared_buffer(held);
       } else {
         buffer.set_data(mx::allocator::malloc(buffer.nbytes()));
         copies.emplace_back(i, row_contiguous(held, stream()));
       }
-      set_view(buffer, outputs[3 + i]);
+      set_prefix_view(buffer, outputs[3 + i]);
     }
     std::vector<mx::array> rows = {row_contiguous(inputs[0], stream())};
     if (spec_.keys) {
       rows.push_back(row_contiguous(inputs[4], stream()));
       rows.push_back(row_contiguous(inputs[5], stream()));
-      for (int i = 0; i < 3; ++i) set_view(inputs[6 + i], outputs[6 + i]);
+      for (int i = 0; i < 3; ++i) set_prefix_view(inputs[6 + i], outputs[6 + i]);
       outputs[9].set_data(mx::allocator::malloc(outputs[9].nbytes()));
     }
     auto& encoder = mx::cpu::get_command_encoder(stream());
