@@ -1,6 +1,6 @@
 // One decode step's KV cache work over 30 layers in the default model's shapes (9 query / 3 KV
-// heads of 64), for the float16 cache and the 4-bit caches (keys per channel, the default, and
-// per row): the cache's update alone (writing the new position, as KVCache.update does) and
+// heads of 64), for the float16 cache, the 8-bit cache and the 4-bit caches (keys per channel, the
+// default, and per row): the cache's update alone (writing the new position, as KVCache.update does) and
 // update plus attention (KVCache.attention). The two apart leave the cache's own per-step graph
 // (bench/kv-attention.ts times attention alone). Interleaved runs, medians of CPU ms (all threads).
 //
@@ -30,6 +30,7 @@ function caches(quantization?: KvQuantization): KVCache[] {
 
 const kinds: [string, KVCache[]][] = [
   ["float16", caches()],
+  ["8-bit, keys per channel", caches({ bits: 8, groupSize: 64 })],
   ["4-bit, keys per channel", caches({ bits: 4, groupSize: 64 })],
   ["4-bit, keys per row", caches({ bits: 4, groupSize: 64, keys: "rows" })],
 ];

@@ -167,6 +167,17 @@ MLXS_API int mlxs_quantized_sdpa(mlxs_array** out, const mlxs_array* q, const ml
                         const mlxs_array* value_biases, float scale, const char* mask_mode,
                         const mlxs_array* mask, const mlxs_array* sinks, const mlxs_array* key_tail,
                         int group_size, int bits);
+// A quantized KV cache's step in one op: values [B, Hkv, L, D] quantized as mlxs_quantize does
+// into the cache's buffers (codes, scales, biases [B, Hkv, T, ·]) at column `at`, in place where
+// nothing else holds them. outs[0..2] get the buffers, outs[3..5] their first at + L columns.
+// With keys (keys per channel, see mlxs_quantized_sdpa): the new keys [B, Hkv, L, D] join
+// key_tail in outs[9] (in key_tail's type), and outs[6..8] get the first `coded` positions of the
+// keys' buffers (whole groups). outs holds 6 handles, or 10 with keys.
+MLXS_API int mlxs_quantized_cache_write(mlxs_array** outs, const mlxs_array* values, const mlxs_array* codes,
+                                        const mlxs_array* scales, const mlxs_array* biases, int at,
+                                        const mlxs_array* keys, const mlxs_array* key_tail,
+                                        const mlxs_array* key_codes, const mlxs_array* key_scales,
+                                        const mlxs_array* key_biases, int coded, int group_size, int bits);
 // silu(gate) * up, the SwiGLU feed-forward's activation: one op on our CPU kernels.
 MLXS_API int mlxs_silu_mul(mlxs_array** out, const mlxs_array* gate, const mlxs_array* up);
 // h + down(silu(gate) * up), [gate, up] the halves of gate_up(rms_norm(h, norm_weight)), both

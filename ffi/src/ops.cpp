@@ -299,6 +299,22 @@ int mlxs_quantized_sdpa(mlxs_array** out, const mlxs_array* q, const mlxs_array*
   });
 }
 
+int mlxs_quantized_cache_write(mlxs_array** outs, const mlxs_array* values, const mlxs_array* codes,
+                               const mlxs_array* scales, const mlxs_array* biases, int at, const mlxs_array* keys,
+                               const mlxs_array* key_tail, const mlxs_array* key_codes, const mlxs_array* key_scales,
+                               const mlxs_array* key_biases, int coded, int group_size, int bits) {
+  return guard([&] {
+    std::optional<kernels::ChannelKeyStep> step;
+    if (keys != nullptr)
+      step = kernels::ChannelKeyStep{ref(keys), ref(key_tail), {ref(key_codes), ref(key_scales), ref(key_biases)},
+                                     coded};
+    const auto parts = kernels::quantized_cache_write(ref(values), {ref(codes), ref(scales), ref(biases)}, at, step,
+                                                      group_size, bits);
+    for (size_t i = 0; i < parts.size(); ++i) put(outs + i, parts[i]);
+    return 0;
+  });
+}
+
 int mlxs_silu_mul(mlxs_array** out, const mlxs_array* gate, const mlxs_array* up) {
   return guard([&] { return put(out, kernels::silu_mul(ref(gate), ref(up))); });
 }

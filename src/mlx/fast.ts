@@ -191,3 +191,65 @@ export function quantizedScaledDotProductAttention(
     "quantized_scaled_dot_product_attention",
   );
 }
+
+/** A quantized KV cache's step as quantizedCacheWrite returns it. */
+export interface QuantizedCacheStep {
+  /** The values' buffers, written (in place where the cache held them alone). */
+  buffers: QuantizedParts;
+  /** Their first `at + L` positions: the values attention reads. */
+  values: QuantizedParts;
+  /** With keys per channel: their coded groups and the tail grown by the new keys, as attention reads them. */
+  keys?: ChannelKeyParts;
+}
+
+/** Keys per channel for quantizedCacheWrite: the new ones, the tail they join, and the coded ones. */
+export interface ChannelKeyStep {
+  keys: MxArray;
+  tail: MxArray;
+  buffers: QuantizedParts;
+  /** Positions of `buffers` that hold whole coded groups. */
+  coded: number;
+}
+
+// Written by the shim, read at once: a typed array passed for one call is not moved during it.
+const stepOuts = new BigUint64Array(10);
+
+/**
+ * A quantized KV cache's step: values [B, kvHeads, L, D] quantized as `quantize` does (bit for
+ * bit) into the cache's buffers at column `at`, and with `keys` the new keys appended to the
+ * per-channel tail: one graph node on our CPU kernels (in place where the cache holds its buffers
+ * alone), MLX's ops composed elsewhere (quantize, sliceUpdate, slice, astype, concatenate).
+ */
+export function quantizedCacheWrite(
+  values: MxArray,
+  buffers: QuantizedParts,
+  at: number,
+  quantization: { groupSize: number; bits: number },
+  keys?: ChannelKeyStep,
+): QuantizedCacheStep {
+  check(
+    lib.mlxs_quantized_cache_write(
+      stepOuts,
+      values.handle,
+      buffers[0].handle,
+      buffers[1].handle,
+      buffers[2].handle,
+      at,
+      keys?.keys.handle ?? null,
+      keys?.tail.handle ?? null,
+      keys?.buffers[0].handle ?? null,
+      keys?.buffers[1].handle ?? null,
+      keys?.buffers[2].handle ?? null,
+      keys?.coded ?? 0,
+      quantization.groupSize,
+      quantization.bits,
+    ),
+    "quantized_cache_write",
+  );
+  const out = Array.from(stepOuts.subarray(0, keys ? 10 : 6), (handle) => new MxArray(Number(handle)));
+  return {
+    buffers: [out[0]!, out[1]!, out[2]!],
+    values: [out[3]!, out[4]!, out[5]!],
+    keys: keys && [out[6]!, out[7]!, out[8]!, out[9]!],
+  };
+}

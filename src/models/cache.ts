@@ -138,6 +138,7 @@ export class KVCache implements AttentionCache {
       this.quantization !== undefined && (this.quantized || previous + length > (this.quantization.start ?? 0));
     if (quantize && this.keys && !this.quantized) this.quantizeHeld();
     const channel = quantize && this.channelKeys;
+    if (channel && this.tailTakes(keys)) return this.writeTailStep(keys, values);
     const newKeys = channel ? undefined : quantize ? this.encodeRotatedKeys(keys) : [this.asHeld(keys)];
     const newValues = quantize ? this.encode(values) : [this.asHeld(values)];
     if (!this.values || previous + length > this.values[0]!.shape[2]!) this.grow(newKeys, newValues, length);
@@ -155,6 +156,43 @@ export class KVCache implements AttentionCache {
   }
 
   /**
+   * Whether new keys [B, H, L, D] per channel only join the tail (decode's usual step: no group
+   * fills, or a prefill's keys wait in float), in its own dtype: the same numbers as converting
+   * the tail to the keys' dtype and back (writeChannelKeys).
+   */
+  private tailTakes(keys: MxArray): boolean {
+    const tail = this.keys?.[3];
+    if (!tail || !this.values) return false;
+    const total = tail.shape[2]! + keys.shape[2]!;
+    return (this.deferKeys || total < this.quantization!.groupSize) && tail.dtype === floatCacheDtype(keys.dtype);
+  }
+
+  /**
+   * The step tailTakes allows in one graph node (mx.fast.quantizedCacheWrite): the values quantized
+   * into their buffers in place, the keys appended to the tail, and the parts attention reads,
+   * where composed it is about ten nodes a layer (quantize, three sliceUpdates and three slices of
+   * the values, the tail's astype and concatenate, three slices of the coded keys): ~3-4 ms of CPU
+   * a step over 30 layers (bench/RESULTS.md, "The quantized cache's step in one node").
+   */
+  private writeTailStep(keys: MxArray, values: MxArray): [Stored, Stored] {
+    const length = keys.shape[2]!;
+    if (this.offset + length > this.values![0]!.shape[2]!) this.grow(undefined, this.values!, length);
+    const [codes, scales, biases, tail] = this.keys as [MxArray, MxArray, MxArray, MxArray];
+    const [valueCodes, valueScales, valueBiases] = this.values as [MxArray, MxArray, MxArray];
+    const step = mx.fast.quantizedCacheWrite(
+      values,
+      [valueCodes, valueScales, valueBiases],
+      this.offset,
+      this.quantization!,
+      { keys, tail, buffers: [codes, scales, biases], coded: this.offset - tail.shape[2]! },
+    );
+    this.values = step.buffers.map((buffer, i) => this.replace(this.values![i]!, buffer));
+    this.keys![3] = this.replace(tail, step.keys![3]);
+    this.offset += length;
+    return [[...step.keys!], [...step.values]];
+  }
+
+  /**
    * Appends keys [B, H, L, D] after `previous` positions in the per-channel layout: the tail and
    * the new keys make whole groups, quantized into their columns, and what is left the new tail.
    */
@@ -164,14 +202,6 @@ export class KVCache implements AttentionCache {
     const first = previous - (tail?.shape[2] ?? 0);
     const [batch, heads, , dim] = keys.shape as [number, number, number, number];
     const total = (tail?.shape[2] ?? 0) + keys.shape[2]!;
-    // Decode's usual step, no group filled: the tail grows by the new keys in its own dtype, the
-    // same numbers in two graph nodes (the path below takes five and converts the tail twice:
-    // ~0.1 ms a layer, bench/RESULTS.md "Quantized attention on the codes").
-    if (tail && (this.deferKeys || total < q.groupSize) && tail.dtype === floatCacheDtype(keys.dtype)) {
-      this.reserveChannelKeys(keys, first);
-      this.keys![3] = this.replace(tail, mx.concatenate([tail, tailOf(keys)], 2));
-      return;
-    }
     const pending = tail && tail.shape[2]! > 0 ? mx.concatenate([mx.astype(tail, keys.dtype), keys], 2) : keys;
     const full = this.deferKeys ? 0 : total - (total % q.groupSize);
     this.reserveChannelKeys(keys, first + full);

@@ -4,10 +4,12 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "isa.h"
+#include "mlx/backend/common/utils.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/primitives.h"
 #include "quantized_matmul.h"
@@ -39,6 +41,25 @@ mx::array row_contiguous(const mx::array& a, mx::Stream stream) {
   copy.primitive().eval_cpu({a}, outputs);
   mx::cpu::get_command_encoder(stream).add_temporary(copy);
   return copy;
+}
+
+bool donatable_input(const mx::array& held, size_t outputs) {
+  static_assert(sizeof(mx::array) == sizeof(std::shared_ptr<void>));
+  const long references = reinterpret_cast<const std::shared_ptr<void>&>(held).use_count();
+  const auto& data = held.data_shared_ptr();
+  return references == long(outputs) && data.use_count() == 1 && data->is_owned() && held.flags().row_contiguous;
+}
+
+void set_prefix_view(const mx::array& buffer, mx::array& view) {
+  const mx::Strides& strides = buffer.strides();
+  size_t end = view.size() == 0 ? 0 : 1;
+  for (int i = 0; i < view.ndim() && end > 0; ++i) end += size_t(view.shape(i) - 1) * strides[i];
+  auto [no_broadcast_size, row_contiguous, col_contiguous] = mx::check_contiguity(view.shape(), strides);
+  mx::array::Flags flags = buffer.flags();
+  flags.row_contiguous = row_contiguous;
+  flags.col_contiguous = col_contiguous;
+  flags.contiguous = no_broadcast_size == end;
+  view.copy_shared_buffer(buffer, strides, flags, end);
 }
 
 void dispatch_rows(mx::Stream stream, const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs,

@@ -40,6 +40,16 @@ using RowsTask = std::function<void(const std::vector<mx::array>& inputs, std::v
 void dispatch_rows(mx::Stream stream, const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs,
                    RowsTask task);
 
+// For a primitive's eval_cpu: whether input `held` may become one of its `outputs` outputs (its
+// buffer written in place): MLX's is_donatable, except that each output of a primitive keeps its
+// inputs (one reference each), where is_donatable asks for one reference, which an input of a
+// multi-output primitive never has.
+bool donatable_input(const mx::array& held, size_t outputs);
+
+// view = buffer's first view.shape(2) positions (buffer [B, H, T, ·], view [B, H, t ≤ T, ·]),
+// sharing its memory as MLX's slice does: a primitive's output that is a view of another's.
+void set_prefix_view(const mx::array& buffer, mx::array& view);
+
 // The floating-point types our kernels read (activations, scales, masks).
 inline bool float_type(mx::Dtype t) { return t == mx::float32 || t == mx::float16 || t == mx::bfloat16; }
 
@@ -76,6 +86,23 @@ mx::array quantized_scaled_dot_product_attention(const mx::array& q, const Quant
                                                  const std::optional<mx::array>& mask,
                                                  const std::optional<mx::array>& sinks,
                                                  const std::optional<mx::array>& key_tail, int group, int bits);
+
+// A decode step's keys per channel for quantized_cache_write: the new keys [B, Hkv, L, D], the
+// float tail [B, Hkv, n, D] they join, and the keys' codes, scales and biases buffers, whose
+// first `coded` positions (whole groups) attention reads.
+struct ChannelKeyStep {
+  mx::array keys, tail;
+  QuantizedKV buffers;
+  int coded;
+};
+
+// A quantized KV cache's step: values [B, Hkv, L, D] quantized as mx::quantize does (bit for
+// bit) into the cache's buffers [B, Hkv, T ≥ at + L, ·] at column `at`, in place where the cache
+// holds them alone. Returns the three buffers, their first at + L columns; with `keys`, then the
+// keys' coded groups and the tail grown by the new keys (in the tail's type). One primitive on
+// our kernels; MLX's ops composed otherwise (quantize, slice_update, slice, astype, concatenate).
+std::vector<mx::array> quantized_cache_write(const mx::array& values, const QuantizedKV& buffers, int at,
+                                             const std::optional<ChannelKeyStep>& keys, int group, int bits);
 
 // mx::fast::rms_norm as one primitive (MLX's CPU backend evaluates it as a chain of ops).
 mx::array rms_norm(const mx::array& x, const std::optional<mx::array>& weight, float eps);
