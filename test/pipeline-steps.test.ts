@@ -7,6 +7,16 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import OpenAI from "openai";
+import {
+  decodeHeader,
+  encodeHeader,
+  encodeMessage,
+  Flag,
+  headerBytes,
+  headerOf,
+  Op,
+} from "../src/engine/pipeline/protocol";
+import * as mx from "../src/mlx";
 import { launchServe } from "./helpers/launch";
 import { eventually, serve } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
@@ -22,6 +32,19 @@ beforeAll(() => {
   writeTinyModel(tiny, { layers: 7, seed: 17 });
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+test("a header decodes alike from its bytes (read from the connection) and from a received array", () => {
+  const h = headerOf(
+    { op: Op.forward, set: 3, rows: 5, length: 1, flags: Flag.decode, dtype: mx.Dtype.float32, width: 64 },
+    41,
+  );
+  expect(decodeHeader(encodeHeader(h))).toEqual(h);
+  // The bytes of a whole message: the header is its first headerBytes, at any offset in a buffer.
+  const message = encodeMessage(h, mx.ones([5, 1, 64], mx.Dtype.float32)).bytes();
+  const at = new Uint8Array(message.length + 3);
+  at.set(message, 3);
+  expect(decodeHeader(at.subarray(3, 3 + headerBytes))).toEqual(h);
+});
 
 const client = (url: string) => new OpenAI({ baseURL: `${url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
 
