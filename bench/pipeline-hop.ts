@@ -123,21 +123,43 @@ function trip(v: Variant): void {
 }
 
 const times = new Map<string, number[]>(variants.map((v) => [v.name, []]));
+/** This process's CPU milliseconds (all its threads) per round trip, by variant: a chunk's over its trips. */
+const cpu = new Map<string, number[]>(variants.map((v) => [v.name, []]));
 const chunk = 25;
 for (let done = 0; done < iterations; done += chunk) {
   for (const v of done % (2 * chunk) ? [...variants].reverse() : variants) {
+    const before = process.cpuUsage();
     for (let i = 0; i < chunk; i++) {
       const started = performance.now();
       trip(v);
       times.get(v.name)!.push(performance.now() - started);
     }
+    const used = process.cpuUsage(before);
+    cpu.get(v.name)!.push((used.user + used.system) / 1000 / chunk);
   }
 }
+// Rank 1's CPU figures come to rank 0, which prints both.
+const rankOneCpu = mx.scope(() => {
+  const mine = Float32Array.from(variants, (v) => median(cpu.get(v.name)!));
+  if (group.rank === 1) {
+    mx.evaluate(distributed.send(mx.array(mine), other));
+    return [];
+  }
+  const theirs = distributed.recv([variants.length], mx.Dtype.float32, other);
+  mx.evaluate(theirs);
+  return theirs.toArray();
+});
 if (group.rank === 0) {
   const p95 = (v: number[]) => [...v].sort((a, b) => a - b)[Math.floor(0.95 * v.length)]!;
   console.log(
-    `| round trip (${width} float32 and a ${headerBytes}-byte header out, ${width} float32 back) | median (ms) | p95 (ms) |`,
+    `| round trip (${width} float32 and a ${headerBytes}-byte header out, ${width} float32 back) | median (ms) | p95 (ms) | CPU ms per trip: rank 0 | rank 1 |`,
   );
-  console.log("|---|---|---|");
-  for (const [name, t] of times) console.log(`| ${name} | ${median(t).toFixed(3)} | ${p95(t).toFixed(3)} |`);
+  console.log("|---|---|---|---|---|");
+  variants.forEach((v, i) => {
+    const t = times.get(v.name)!;
+    const c = median(cpu.get(v.name)!);
+    console.log(
+      `| ${v.name} | ${median(t).toFixed(3)} | ${p95(t).toFixed(3)} | ${c.toFixed(3)} | ${rankOneCpu[i]!.toFixed(3)} |`,
+    );
+  });
 }
