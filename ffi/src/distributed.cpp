@@ -102,21 +102,17 @@ std::vector<int> ring_connections(const std::vector<int>& before, const std::vec
   return found;
 }
 
-// The ring's one connection from the previous rank (its left: the one it accepted, on this rank's
-// own port) and to the next (its right: the one it made, to the next rank's port); -1 where there
-// are several (the hostfile lists several addresses per rank: MLX spreads a transfer over them).
+// The ring's one connection from the previous rank (its left: the one this rank accepted, on its
+// own port in the hostfile); -1 where there are several (the hostfile lists several addresses per
+// rank, and MLX spreads a transfer over them) or none was found (another backend, not Linux).
 int previous_socket = -1;
-int next_socket = -1;
 
-void find_neighbours(int rank, int size, const std::vector<std::vector<int>>& ranks) {
+void find_previous(int rank, int size, const std::vector<std::vector<int>>& ranks) {
   if (static_cast<int>(ranks.size()) != size) return;
-  std::vector<int> left, right;
-  for (int fd : group_sockets) {
-    if (has(ranks[rank], port_of(fd, false))) left.push_back(fd);
-    else if (has(ranks[(rank + 1) % size], port_of(fd, true))) right.push_back(fd);
-  }
-  if (left.size() == 1) previous_socket = left[0];
-  if (right.size() == 1) next_socket = right[0];
+  std::vector<int> accepted;
+  for (int fd : group_sockets)
+    if (has(ranks[rank], port_of(fd, false))) accepted.push_back(fd);
+  if (accepted.size() == 1) previous_socket = accepted[0];
 }
 
 md::Group& the_group() {
@@ -213,7 +209,7 @@ int mlxs_distributed_init(int* rank, int* size, const char* backend, const char*
     group = md::init(true, backend);
     auto ranks = ring_ports();
     group_sockets = ring_connections(before, ranks);
-    find_neighbours(group->rank(), group->size(), ranks);
+    find_previous(group->rank(), group->size(), ranks);
     *rank = group->rank();
     *size = group->size();
     return 0;
