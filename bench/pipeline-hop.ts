@@ -1,6 +1,7 @@
 // One hop of a split model without the model: rank 0 sends a decode step's message (header and
 // hidden states) to rank 1, which sends the hidden states back, as a 2-rank pipeline's ranks do;
-// the round trip, with and without the watchdog and the poll() before each receive, interleaved.
+// the round trip, with and without the watchdog, the poll() before each receive and the header
+// read directly, interleaved.
 // Two processes on loopback: two hops and MLX's transfers, no layers.
 //   bun bench/pipeline-hop.ts [--iterations 300] [--width 576]
 import { mkdtempSync, writeFileSync } from "node:fs";
@@ -61,11 +62,18 @@ const group = distributed.init({ hostfile: values.hostfile, rank: Number(values.
 const other = 1 - group.rank;
 const timeout = 30_000;
 
-type Variant = { name: string; watchdog: boolean; poll: boolean };
+/** `read`: the header read by this thread from the ring's connection (distributed.read), as a stage does. */
+type Variant = { name: string; watchdog: boolean; poll: boolean; read: boolean };
 const variants: Variant[] = [
-  { name: "as the pipeline: watchdog armed, poll() before each receive", watchdog: true, poll: true },
-  { name: "no watchdog", watchdog: false, poll: true },
-  { name: "no poll() (the ring's receive spins)", watchdog: true, poll: false },
+  {
+    name: "as the pipeline: watchdog armed, poll() before each receive, header read directly",
+    watchdog: true,
+    poll: true,
+    read: true,
+  },
+  { name: "header received through MLX (an evaluation)", watchdog: true, poll: true, read: false },
+  { name: "no watchdog", watchdog: false, poll: true, read: true },
+  { name: "no poll() (the ring's receive spins)", watchdog: true, poll: false, read: false },
 ];
 
 function receive(v: Variant, shape: number[], dtype: mx.DtypeCode): mx.MxArray {
@@ -75,6 +83,15 @@ function receive(v: Variant, shape: number[], dtype: mx.DtypeCode): mx.MxArray {
   mx.evaluate(a);
   if (v.watchdog) distributed.disarmWatchdog();
   return a;
+}
+
+function readHeader(v: Variant): Uint8Array | undefined {
+  if (!v.read) return undefined;
+  if (v.watchdog) distributed.armWatchdog(timeout, "hop: peer silent");
+  if (v.poll) distributed.waitReadable(timeout);
+  const bytes = distributed.read(headerBytes, other);
+  if (v.watchdog) distributed.disarmWatchdog();
+  return bytes;
 }
 
 function send(v: Variant, message: mx.MxArray): void {
@@ -98,7 +115,7 @@ function trip(v: Variant): void {
       send(v, encodeMessage(header, mx.random.normal([1, 1, width])));
       receive(v, [1, 1, width], mx.Dtype.float32);
     } else {
-      const h = decodeHeader(receive(v, [headerInts], mx.Dtype.int32));
+      const h = decodeHeader(readHeader(v) ?? receive(v, [headerInts], mx.Dtype.int32));
       const hidden = receive(v, [h.rows, h.length, h.width], h.dtype);
       send(v, mx.add(hidden, mx.array(Float32Array.from([1]))));
     }
@@ -106,21 +123,43 @@ function trip(v: Variant): void {
 }
 
 const times = new Map<string, number[]>(variants.map((v) => [v.name, []]));
+/** This process's CPU milliseconds (all its threads) per round trip, by variant: a chunk's over its trips. */
+const cpu = new Map<string, number[]>(variants.map((v) => [v.name, []]));
 const chunk = 25;
 for (let done = 0; done < iterations; done += chunk) {
   for (const v of done % (2 * chunk) ? [...variants].reverse() : variants) {
+    const before = process.cpuUsage();
     for (let i = 0; i < chunk; i++) {
       const started = performance.now();
       trip(v);
       times.get(v.name)!.push(performance.now() - started);
     }
+    const used = process.cpuUsage(before);
+    cpu.get(v.name)!.push((used.user + used.system) / 1000 / chunk);
   }
 }
+// Rank 1's CPU figures come to rank 0, which prints both.
+const rankOneCpu = mx.scope(() => {
+  const mine = Float32Array.from(variants, (v) => median(cpu.get(v.name)!));
+  if (group.rank === 1) {
+    mx.evaluate(distributed.send(mx.array(mine), other));
+    return [];
+  }
+  const theirs = distributed.recv([variants.length], mx.Dtype.float32, other);
+  mx.evaluate(theirs);
+  return theirs.toArray();
+});
 if (group.rank === 0) {
   const p95 = (v: number[]) => [...v].sort((a, b) => a - b)[Math.floor(0.95 * v.length)]!;
   console.log(
-    `| round trip (${width} float32 and a ${headerBytes}-byte header out, ${width} float32 back) | median (ms) | p95 (ms) |`,
+    `| round trip (${width} float32 and a ${headerBytes}-byte header out, ${width} float32 back) | median (ms) | p95 (ms) | CPU ms per trip: rank 0 | rank 1 |`,
   );
-  console.log("|---|---|---|");
-  for (const [name, t] of times) console.log(`| ${name} | ${median(t).toFixed(3)} | ${p95(t).toFixed(3)} |`);
+  console.log("|---|---|---|---|---|");
+  variants.forEach((v, i) => {
+    const t = times.get(v.name)!;
+    const c = median(cpu.get(v.name)!);
+    console.log(
+      `| ${v.name} | ${median(t).toFixed(3)} | ${p95(t).toFixed(3)} | ${c.toFixed(3)} | ${rankOneCpu[i]!.toFixed(3)} |`,
+    );
+  });
 }

@@ -6,9 +6,10 @@
 // machine hits them alike; with --baseline DIR (another checkout of this repository, sharing the
 // shim), its builds take their turn beside this tree's in every round, for before/after ratios.
 // --variant="FLAGS" (repeatable; the = because FLAGS start with a dash) adds a 3-rank serve with those flags (e.g. "--micro-batches 6" or
-// "--layers 0-6,7-18,19-29"), on every build; --skip-run leaves out the `mlx run` table.
+// "--layers 0-6,7-18,19-29"), on every build; --skip-run leaves out the `mlx run` table; --ranks
+// picks the rank counts run (a ratio to one process needs 1 among them).
 //   MLX_HOME=$PWD/.cache/mlx-home bun bench/pipeline.ts [--rounds 2] [--model smollm2] [--clients 1,2,4,8,16]
-//     [--baseline /tmp/base] [--skip-one-in-flight] [--variant="--micro-batches 6"] [--skip-run]
+//     [--baseline /tmp/base] [--skip-one-in-flight] [--variant="--micro-batches 6"] [--skip-run] [--ranks 1,2,3]
 import { execSync } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -24,6 +25,7 @@ const { values } = parseArgs({
     "skip-one-in-flight": { type: "boolean", default: false },
     variant: { type: "string", multiple: true, default: [] },
     "skip-run": { type: "boolean", default: false },
+    ranks: { type: "string", default: "1,2,3" },
   },
 });
 const rounds = Number(values.rounds);
@@ -34,7 +36,7 @@ const builds = [
   ...(values.baseline ? [{ name: "baseline", main: join(values.baseline, "src", "main.ts") }] : []),
 ];
 type Build = (typeof builds)[number];
-const configs = [1, 2, 3];
+const configs = values.ranks!.split(",").map(Number);
 const clientCounts = values.clients!.split(",").map(Number);
 /** Serve configurations: ranks, and the split's flags where not the default. */
 interface ServeConfig {
@@ -42,10 +44,8 @@ interface ServeConfig {
   flags?: string[];
 }
 const serveConfigs: ServeConfig[] = [
-  { ranks: 1 },
-  { ranks: 2 },
-  { ranks: 3 },
-  ...(values["skip-one-in-flight"] ? [] : [{ ranks: 3, flags: ["--micro-batches", "1"] }]),
+  ...configs.map((ranks) => ({ ranks })),
+  ...(values["skip-one-in-flight"] || !configs.includes(3) ? [] : [{ ranks: 3, flags: ["--micro-batches", "1"] }]),
   ...values.variant!.map((v) => ({ ranks: 3, flags: v.split(/\s+/).filter(Boolean) })),
 ];
 const label = (c: ServeConfig) => (c.flags ? `${c.ranks}, ${c.flags.join(" ")}` : `${c.ranks}`);
@@ -88,6 +88,8 @@ interface ServeFigures {
   /** Per rank, CPU seconds over the load (all its threads), and their sum per output token (ms). */
   cpu: number[][];
   cpuPerToken: number[];
+  /** Per rank, its CPU milliseconds per output token. */
+  rankCpuPerToken: number[][];
 }
 const serveFigures = new Map<string, ServeFigures>();
 
@@ -194,11 +196,19 @@ async function serveLoad(build: Build, config: ServeConfig, round: number) {
       const seconds = (performance.now() - started) / 1000;
       const cpu = cpuSeconds(pids).map((t, rank) => t - cpuBefore[rank]!);
       const key = `${build.name}/${label(config)}/${clients}`;
-      const f = serveFigures.get(key) ?? { itl: [], tokensPerSecond: [], busy: [], cpu: [], cpuPerToken: [] };
+      const f = serveFigures.get(key) ?? {
+        itl: [],
+        tokensPerSecond: [],
+        busy: [],
+        cpu: [],
+        cpuPerToken: [],
+        rankCpuPerToken: [],
+      };
       f.itl.push(...r.itl);
       f.tokensPerSecond.push(r.tokensPerSecond);
       f.cpu.push(cpu);
       f.cpuPerToken.push((1000 * cpu.reduce((a, b) => a + b, 0)) / (r.tokensPerSecond * seconds));
+      f.rankCpuPerToken.push(cpu.map((t) => (1000 * t) / (r.tokensPerSecond * seconds)));
       if (config.ranks > 1) {
         // Rank 0 is busy whenever it is not waiting for the ring; the others when computing.
         const after = await pipelineTimes(url);
@@ -220,7 +230,8 @@ console.log("| build | ranks | prompt | time to first token (ms) | decode tokens
 console.log("|---|---|---|---|---|---|");
 for (const build of values["skip-run"] ? [] : builds)
   for (const size of [128, 512]) {
-    const base = median(runFigures.get(`${build.name}/1/${size}`)!.tps);
+    const one = runFigures.get(`${build.name}/1/${size}`);
+    const base = one ? median(one.tps) : Number.NaN;
     for (const ranks of configs) {
       const f = runFigures.get(`${build.name}/${ranks}/${size}`)!;
       console.log(
@@ -230,24 +241,24 @@ for (const build of values["skip-run"] ? [] : builds)
   }
 console.log("\n## mlx serve, streamed clients (32 tokens each)\n");
 console.log(
-  "| build | ranks, flags | clients | ITL p50 (ms) | ITL p95 (ms) | output tokens/s | vs 1 process, same build | CPU ms per output token | busy: rank 0, 1, ... | CPU share: rank 0, 1, ... |",
+  "| build | ranks, flags | clients | ITL p50 (ms) | ITL p95 (ms) | output tokens/s | vs 1 process, same build | CPU ms per output token | CPU ms per output token: rank 0, 1, ... | busy: rank 0, 1, ... | CPU share: rank 0, 1, ... |",
 );
-console.log("|---|---|---|---|---|---|---|---|---|---|");
+console.log("|---|---|---|---|---|---|---|---|---|---|---|");
 for (const build of builds)
   for (const clients of clientCounts) {
-    const base = median(serveFigures.get(`${build.name}/1/${clients}`)!.tokensPerSecond);
+    const one = serveFigures.get(`${build.name}/1/${clients}`);
+    const base = one ? median(one.tokensPerSecond) : Number.NaN;
     for (const config of serveConfigs) {
       const f = serveFigures.get(`${build.name}/${label(config)}/${clients}`)!;
       const tps = median(f.tokensPerSecond);
       // Each rank's median over the rounds.
-      const shares = (table: number[][]) =>
-        config.ranks === 1
-          ? "—"
-          : table[0]!.map((_, rank) => `${fmt(100 * median(table.map((b) => b[rank]!)), 0)}%`).join(", ");
+      const perRank = (table: number[][], show: (v: number) => string) =>
+        config.ranks === 1 ? "—" : table[0]!.map((_, rank) => show(median(table.map((b) => b[rank]!)))).join(", ");
+      const shares = (table: number[][]) => perRank(table, (v) => `${fmt(100 * v, 0)}%`);
       // Each rank's part of the CPU time all ranks used, per round.
       const cpuShares = f.cpu.map((c) => c.map((t) => t / c.reduce((a, b) => a + b, 0)));
       console.log(
-        `| ${build.name} | ${label(config)} | ${clients} | ${fmt(percentile(f.itl, 50))} | ${fmt(percentile(f.itl, 95))} | ${fmt(tps)} | ${fmt(tps / base, 2)}× | ${fmt(median(f.cpuPerToken))} | ${shares(f.busy)} | ${shares(cpuShares)} |`,
+        `| ${build.name} | ${label(config)} | ${clients} | ${fmt(percentile(f.itl, 50))} | ${fmt(percentile(f.itl, 95))} | ${fmt(tps)} | ${fmt(tps / base, 2)}× | ${fmt(median(f.cpuPerToken))} | ${perRank(f.rankCpuPerToken, (v) => fmt(v, 2))} | ${shares(f.busy)} | ${shares(cpuShares)} |`,
       );
     }
   }

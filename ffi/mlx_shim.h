@@ -265,6 +265,13 @@ MLXS_API void mlxs_watchdog_disarm(void);
 // read (1) or timeout_ms passes (0).
 // The ring backend's receive spins on its socket until data comes: an idle rank waits here first.
 MLXS_API int mlxs_wait_readable(int timeout_ms);
+// Reads `nbytes` from rank `src` into `data` on the calling thread, straight from the ring's one
+// connection from it, where a receive would go through MLX's stream and socket threads and back;
+// *read is 0 (nothing read) where it cannot (another backend, a rank other than the previous,
+// several connections per rank): receive with mlxs_distributed_recv then. Only between MLX's own
+// transfers on that connection, never during one. Waits for the bytes in poll() (the watchdog
+// times a silence); an error when the peer closed the connection.
+MLXS_API int mlxs_distributed_read(void* data, uint64_t nbytes, int src, int* read);
 
 #ifdef __cplusplus
 }

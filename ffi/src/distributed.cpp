@@ -14,13 +14,14 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <cstddef>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
-#include <regex>
 #include <mutex>
 #include <thread>
 
@@ -61,23 +62,57 @@ int port_of(int fd, bool peer) {
   return -1;
 }
 
+// The ports of each rank's addresses in MLX's ring hostfile: a JSON list with, per rank, a
+// list of "host:port" strings.
+std::vector<std::vector<int>> ring_ports() {
+  std::vector<std::vector<int>> ranks;
+  const char* path = std::getenv("MLX_HOSTFILE");
+  if (path == nullptr) return ranks;
+  std::ifstream file(path);
+  std::string text((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  int depth = 0;
+  for (size_t i = 0; i < text.size(); i++) {
+    if (text[i] == '[' && ++depth == 2) ranks.emplace_back();
+    if (text[i] == ']') depth--;
+    if (text[i] != '"') continue;
+    size_t end = text.find('"', i + 1);
+    if (end == std::string::npos) break;
+    size_t colon = text.rfind(':', end);
+    if (depth == 2 && colon != std::string::npos && colon > i) ranks.back().push_back(std::atoi(text.c_str() + colon + 1));
+    i = end;
+  }
+  return ranks;
+}
+
+bool has(const std::vector<int>& ports, int port) {
+  return port > 0 && std::find(ports.begin(), ports.end(), port) != ports.end();
+}
+
 // The ring's connections among the sockets opened since `before`: those with a port of the ring
 // hostfile at either end. Not every new socket: a server (rank 0's HTTP) may accept connections
 // while the ring connects, and those come and go.
-std::vector<int> ring_connections(const std::vector<int>& before) {
+std::vector<int> ring_connections(const std::vector<int>& before, const std::vector<std::vector<int>>& ranks) {
   std::vector<int> ports;
-  if (const char* path = std::getenv("MLX_HOSTFILE")) {
-    std::ifstream file(path);
-    std::string text((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
-    static const std::regex port(R"re(:(\d+)")re");
-    for (std::sregex_iterator m(text.begin(), text.end(), port), end; m != end; ++m) ports.push_back(std::stoi((*m)[1]));
-  }
-  auto ring_port = [&](int p) { return p > 0 && std::find(ports.begin(), ports.end(), p) != ports.end(); };
+  for (const auto& r : ranks) ports.insert(ports.end(), r.begin(), r.end());
   std::vector<int> found;
   for (int fd : sockets())
-    if (std::find(before.begin(), before.end(), fd) == before.end() && (ring_port(port_of(fd, false)) || ring_port(port_of(fd, true))))
+    if (std::find(before.begin(), before.end(), fd) == before.end() &&
+        (has(ports, port_of(fd, false)) || has(ports, port_of(fd, true))))
       found.push_back(fd);
   return found;
+}
+
+// The ring's one connection from the previous rank (its left: the one this rank accepted, on its
+// own port in the hostfile); -1 where there are several (the hostfile lists several addresses per
+// rank, and MLX spreads a transfer over them) or none was found (another backend, not Linux).
+int previous_socket = -1;
+
+void find_previous(int rank, int size, const std::vector<std::vector<int>>& ranks) {
+  if (static_cast<int>(ranks.size()) != size) return;
+  std::vector<int> accepted;
+  for (int fd : group_sockets)
+    if (has(ranks[rank], port_of(fd, false))) accepted.push_back(fd);
+  if (accepted.size() == 1) previous_socket = accepted[0];
 }
 
 md::Group& the_group() {
@@ -172,7 +207,9 @@ int mlxs_distributed_init(int* rank, int* size, const char* backend, const char*
     if (explicit_rank >= 0) setenv("MLX_RANK", std::to_string(explicit_rank).c_str(), 1);
     auto before = sockets();
     group = md::init(true, backend);
-    group_sockets = ring_connections(before);
+    auto ranks = ring_ports();
+    group_sockets = ring_connections(before, ranks);
+    find_previous(group->rank(), group->size(), ranks);
     *rank = group->rank();
     *size = group->size();
     return 0;
@@ -216,6 +253,33 @@ int mlxs_wait_readable(int timeout_ms) {
   if (fds.empty()) return 1;  // nothing to wait on here (not Linux): let the receive wait
   int n = poll(fds.data(), fds.size(), timeout_ms);
   return n > 0 ? 1 : 0;
+}
+
+int mlxs_distributed_read(void* data, uint64_t nbytes, int src, int* read) {
+  return guard([&] {
+    auto& g = the_group();
+    int fd = src == (g.rank() + g.size() - 1) % g.size() ? previous_socket : -1;
+    *read = 0;
+    if (fd < 0) return 0;
+    // MLX's socket threads made the connection non-blocking: wait for each part in poll().
+    char* at = static_cast<char*>(data);
+    for (uint64_t left = nbytes; left > 0;) {
+      ssize_t r = ::recv(fd, at, left, 0);
+      if (r > 0) {
+        at += r;
+        left -= r;
+      } else if (r == 0) {
+        throw std::runtime_error("rank " + std::to_string(src) + " closed its connection");
+      } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        pollfd p{fd, POLLIN, 0};
+        poll(&p, 1, -1);  // the watchdog times a silence
+      } else if (errno != EINTR) {
+        throw std::runtime_error(std::string("reading from rank ") + std::to_string(src) + ": " + std::strerror(errno));
+      }
+    }
+    *read = 1;
+    return 0;
+  });
 }
 
 void mlxs_watchdog_disarm(void) {

@@ -51,6 +51,21 @@ export function recv(shape: number[], dtype: DtypeCode, src: number): MxArray {
 }
 
 /**
+ * `bytes` bytes from rank `src`, read on this thread straight from the ring's connection from it
+ * (the ring backend's receive hands the read to MLX's stream thread, then to a socket thread, and
+ * back: wake-ups that cost more than a small message's bytes). For what must be read before the
+ * next receive can even be built (a pipeline's header); only between evaluated transfers on that
+ * connection. Undefined where it cannot (another backend, a rank other than the previous one, or
+ * several connections per rank): use recv() then.
+ */
+export function read(bytes: number, src: number): Uint8Array | undefined {
+  const out = new Uint8Array(bytes);
+  const done = new Int32Array(1);
+  check(lib.mlxs_distributed_read(out, bytes, src, done), "distributed read");
+  return done[0] ? out : undefined;
+}
+
+/**
  * Ends the process (status 3) with `message` on stderr unless disarmed or re-armed within
  * `timeoutMs` of the last bytes the ring's connections received: it times the peers' silence,
  * not the work, so a long collective whose peers keep sending (a tensor-parallel prefill on a

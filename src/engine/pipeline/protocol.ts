@@ -124,8 +124,10 @@ export function encodeMessage(h: Header, payload?: MxArray): MxArray {
 /** A payload of UTF-8 bytes (a path, a JSON object) as text. */
 export const payloadText = (bytes: ArrayLike<number>): string => new TextDecoder().decode(Uint8Array.from(bytes));
 
-export function decodeHeader(a: MxArray): Header {
-  const [op, seq, set, rows, length, flags, dtype, width, entry] = a.toArray();
+/** A header from its received array, or from its bytes (read straight from the connection). */
+export function decodeHeader(a: MxArray | Uint8Array): Header {
+  const ints = a instanceof Uint8Array ? new Int32Array(a.slice(0, headerBytes).buffer) : a.toArray();
+  const [op, seq, set, rows, length, flags, dtype, width, entry] = ints;
   return { op, seq, set, rows, length, flags, dtype, width, entry } as Header;
 }
 

@@ -16,6 +16,7 @@ import {
   encodeMessage,
   figureFields,
   Flag,
+  headerBytes,
   headerInts,
   Op,
   payloadText,
@@ -65,6 +66,15 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
     mx.evaluate(a);
     distributed.disarmWatchdog();
     return a;
+  };
+  // The next message's header: read by this thread from the ring's connection where it can be,
+  // not received through MLX (an evaluation, and its hand-offs to MLX's stream and socket
+  // threads and back, for 36 bytes, once a message on every rank).
+  const receiveHeader = (): Header => {
+    waitForData();
+    const bytes = distributed.read(headerBytes, previous);
+    distributed.disarmWatchdog();
+    return decodeHeader(bytes ?? receive([headerInts], mx.Dtype.int32));
   };
   // A message to the next rank (the last rank's to rank 0 have no header), unevaluated.
   const sendOn = (h: Header | undefined, payload?: MxArray): MxArray =>
@@ -153,7 +163,7 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
   };
   for (;;) {
     const stop = mx.scope(() => {
-      const h = decodeHeader(receive([headerInts], mx.Dtype.int32));
+      const h = receiveHeader();
       if (h.op === Op.progress) {
         send(tellProgress());
         return false;
