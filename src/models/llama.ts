@@ -74,20 +74,44 @@ export function attention(
     inputNorm && quantized && byHeads && settings && !qNorm ? { ...inputNorm, quantized, settings } : undefined;
   const fusedOutput = inputNorm && oProj.quantized;
 
+  // Attention on the fused input. On our kernels the op writes the new keys and values into the
+  // cache's buffers itself where the cache lets it: the cache's two writes and the two slices
+  // attention reads (and, into a float16 cache of float32 activations, two casts) are no nodes.
+  const attend = (x: MxArray, offset: number | MxArray, cache: AttentionCache, mask: Mask): MxArray => {
+    const { weight, eps, quantized: qkv, settings } = fusedInput!;
+    const rotation = { ...settings, offset };
+    const [batch, length] = x.shape as [number, number];
+    const rows = { batch, heads: shape.kvHeads, length, dim: shape.headDim, activations: x.dtype };
+    // The keys' dtype, the product's, is x's when x is float32 or the scales share x's dtype
+    // (else MLX promotes, and the cache would pick its dtype from another). MLX's kernels
+    // (MLX_KERNELS=mlx, a GPU) keep the cache's own writes.
+    const keysLikeX = x.dtype === mx.Dtype.float32 || qkv.scales.dtype === x.dtype;
+    const room = mx.cpuKernelsActive() && keysLikeX ? cache.roomFor?.(rows) : undefined;
+    if (!room)
+      return cache.attention(...mx.fast.attentionInput(x, weight, eps, qkv, shape, rotation), scale, mask, sinks);
+    const [queries, keys, values, validKeys, validValues] = mx.fast.attentionInput(
+      x,
+      weight,
+      eps,
+      qkv,
+      shape,
+      rotation,
+      room,
+    );
+    cache.wrote!(keys, values, length);
+    return mx.fast.scaledDotProductAttention(queries, validKeys, validValues, scale, mask, sinks);
+  };
+
   return (x: MxArray, mask: Mask, cache: AttentionCache): MxArray => {
     const [b, l] = x.shape as [number, number];
     // The fused ops are a dozen and three graph nodes fewer per layer. Adapters update the
     // products separately, so not while one is selected.
     const fused = !w.lora.adapting;
     const offset = cache.ropeOffset;
-    const [queries, keys, values] =
+    const out =
       fusedInput && fused
-        ? mx.fast.attentionInput(x, fusedInput.weight, fusedInput.eps, fusedInput.quantized, shape, {
-            ...fusedInput.settings,
-            offset,
-          })
-        : composed(x, offset);
-    const out = cache.attention(queries, keys, values, scale, mask, sinks);
+        ? attend(x, offset, cache, mask)
+        : cache.attention(...composed(x, offset), scale, mask, sinks);
     if (fusedOutput && fused) return mx.fast.attentionOutput(x, out, fusedOutput);
     const projected = oProj(mx.reshape(mx.transpose(out, [0, 2, 1, 3]), [b, l, -1]));
     return inputNorm ? mx.add(x, projected) : projected;
