@@ -2,12 +2,17 @@
 // mx.fast.attentionInput given the cache's buffers): the same logits and the same cache contents
 // as the cache's own sliceUpdate writes, for one sequence and a left-padded batch, float32
 // models (float16 caches) and bfloat16 ones; the rows written in place while the cache holds the
-// only reference to its buffers, into a copy when something else holds them.
+// only reference to its buffers, into a copy when something else holds them; and the engine's
+// decode steps (one sequence: the fused write; serving's batch: the cache's own writes) copy no
+// layer's buffers, which a second reference held to them shows.
 import { afterEach, describe, expect, test } from "bun:test";
 import * as mx from "../src/mlx";
+import { BatchGenerator } from "../src/engine/batch";
+import { defaultSampling } from "../src/engine/sampling";
 import { buildModel, forward, freeCaches, makeCaches, parseConfig, Weights, type DecoderModel } from "../src/models";
 import { BatchKVCache } from "../src/models/batch-cache";
 import { KVCache } from "../src/models/cache";
+import { writesFused } from "../src/models/llama";
 import { tinyConfig, tinyWeights } from "./helpers/tiny-model";
 
 /** A tiny model whose attention input runs fused (4-bit projections), its float weights in `dtype`. */
@@ -229,5 +234,91 @@ describe("the cache's buffers", () => {
         ),
       ),
     ).toThrow();
+  });
+});
+
+describe("decode steps of the engine's token loop", () => {
+  /**
+   * The highest active memory over `steps` decode steps of `rows` left-padded sequences of
+   * `prompt`.. positions, above what was active before them: the engine's token loop queues the
+   * next step before it reads the last, as `mlx serve` runs it.
+   */
+  function decodePeak(model: DecoderModel, rows: number, prompt: number, steps: number): number {
+    const generator = new BatchGenerator(model, { maxBatch: rows, prefillChunk: 512 });
+    for (let b = 0; b < rows; b++)
+      generator.add(String(b), {
+        promptIds: Array.from({ length: prompt + 3 * b }, (_, i) => 3 + ((i * 7 + b) % 290)),
+        sampling: defaultSampling,
+        maxTokens: steps + 8,
+      });
+    while (generator.running < rows) generator.step();
+    generator.step();
+    const before = mx.memory.activeMemory();
+    mx.memory.resetPeakMemory();
+    for (let i = 0; i < steps; i++) expect(generator.step().length).toBe(rows);
+    const peak = mx.memory.peakMemory() - before;
+    generator.dispose();
+    return peak;
+  }
+
+  // One sequence (the fused write) and serving's batch of 8 (the cache's own writes). A layer's
+  // key buffer alone is rows × 2 heads × ≥ the longest prompt's columns × 64 × 2 bytes: 113 KB, 452 KB.
+  for (const { rows, prompt } of [
+    { rows: 1, prompt: 440 },
+    { rows: 8, prompt: 200 },
+  ]) {
+    const buffer = rows * 2 * (prompt + 3 * (rows - 1)) * 64 * 2;
+
+    test(`${rows} row(s): the new rows written into the cache in place, no copy of a layer's buffers`, () => {
+      expect(decodePeak(tinyModel("float32"), rows, prompt, 6)).toBeLessThan(buffer / 2);
+    });
+
+    test(`${rows} row(s): a buffer something else holds is copied, and the bound above sees it`, () => {
+      const model = tinyModel("float32");
+      const held: mx.MxArray[] = [];
+      // A second reference to the keys buffer while each step runs (kept past the step's scope).
+      const hold = (keys?: mx.MxArray) => keys && held.push(mx.keep(mx.retain(keys)));
+      const update = KVCache.prototype.update;
+      KVCache.prototype.roomFor = function (this: KVCache, r) {
+        const room = roomFor.call(this, r);
+        if (r.length === 1) hold(room?.keys);
+        return room;
+      };
+      KVCache.prototype.update = function (this: KVCache, keys, values) {
+        if (keys.shape[2] === 1) hold(this.keys?.[0]);
+        return update.call(this, keys, values);
+      };
+      try {
+        expect(decodePeak(model, rows, prompt, 6)).toBeGreaterThan(buffer);
+      } finally {
+        KVCache.prototype.update = update;
+        for (const t of held) t.free();
+      }
+    });
+  }
+});
+
+describe("writesFused", () => {
+  test("a prefill chunk and a batch keep the cache's own writes; one sequence's decode step writes fused", () => {
+    const model = tinyModel("float32");
+    let fused = 0;
+    KVCache.prototype.roomFor = function (this: KVCache, r) {
+      const room = roomFor.call(this, r);
+      if (room) fused++;
+      return room;
+    };
+    const caches = makeCaches(model);
+    const prompt = Array.from({ length: 17 }, (_, i) => i + 3);
+    mx.scope(() => mx.evaluate(forward(model, ids([prompt]), caches)));
+    expect(fused).toBe(0);
+    mx.scope(() => mx.evaluate(forward(model, ids([[7]]), caches)));
+    expect(fused).toBe(model.config.numHiddenLayers);
+    freeCaches(caches);
+    expect([writesFused(1, 1), writesFused(1, 16), writesFused(1, 17), writesFused(8, 1)]).toEqual([
+      true,
+      true,
+      false,
+      false,
+    ]);
   });
 });

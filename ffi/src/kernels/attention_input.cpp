@@ -61,33 +61,44 @@ std::vector<mx::array> write_composed(const mx::array& queries, const mx::array&
   return out;
 }
 
+// D values of type From at `from` into D of type To at `to`, rounded as MLX's astype rounds them.
+template <typename From, typename To>
+void convert_row(const char* from, char* to, int D) {
+  const From* src = reinterpret_cast<const From*>(from);
+  To* dst = reinterpret_cast<To*>(to);
+  for (int d = 0; d < D; ++d) dst[d] = To(float(src[d]));
+}
+
+using ConvertRow = void (*)(const char*, char*, int);
+
+template <typename From>
+ConvertRow converter_to(mx::Dtype to) {
+  if (to == mx::float32) return convert_row<From, float>;
+  if (to == mx::float16) return convert_row<From, mx::float16_t>;
+  return convert_row<From, mx::bfloat16_t>;
+}
+
 // rows [B, H, L, D] of `from`'s type, read through `strides` (elements), into buffer [B, H, T, D]
 // (row-contiguous) at column `at`, converted to the buffer's type as MLX's astype rounds them.
 void write_rows(const char* from, mx::Dtype from_type, const mx::Strides& strides, const mx::Shape& shape,
                 mx::array& buffer, int at) {
   const int B = shape[0], H = shape[1], L = shape[2], D = shape[3], T = buffer.shape(2);
   const size_t from_item = mx::size_of(from_type), item = buffer.itemsize();
+  // The conversion is chosen once: a decode step writes 2 · B · H rows of D values a layer.
+  const ConvertRow convert = from_type == buffer.dtype() ? nullptr
+                             : from_type == mx::float32  ? converter_to<float>(buffer.dtype())
+                             : from_type == mx::float16  ? converter_to<mx::float16_t>(buffer.dtype())
+                                                         : converter_to<mx::bfloat16_t>(buffer.dtype());
   char* to = buffer.data<char>();
   for (int b = 0; b < B; ++b)
     for (int h = 0; h < H; ++h)
       for (int l = 0; l < L; ++l) {
         const char* src = from + (b * strides[0] + h * strides[1] + l * strides[2]) * from_item;
         char* dst = to + (((size_t(b) * H + h) * T + at + l) * D) * item;
-        if (from_type == buffer.dtype()) {
+        if (convert)
+          convert(src, dst, D);
+        else
           std::memcpy(dst, src, D * item);
-          continue;
-        }
-        for (int d = 0; d < D; ++d) {
-          const float value = from_type == mx::float32   ? reinterpret_cast<const float*>(src)[d]
-                              : from_type == mx::float16 ? float(reinterpret_cast<const mx::float16_t*>(src)[d])
-                                                         : float(reinterpret_cast<const mx::bfloat16_t*>(src)[d]);
-          if (buffer.dtype() == mx::float32)
-            reinterpret_cast<float*>(dst)[d] = value;
-          else if (buffer.dtype() == mx::float16)
-            reinterpret_cast<mx::float16_t*>(dst)[d] = mx::float16_t(value);
-          else
-            reinterpret_cast<mx::bfloat16_t*>(dst)[d] = mx::bfloat16_t(value);
-        }
       }
 }
 
