@@ -86,9 +86,10 @@ export function attention(
     inputNorm && quantized && byHeads && settings && !qNorm ? { ...inputNorm, quantized, settings } : undefined;
   const fusedOutput = inputNorm && oProj.quantized;
 
-  // Attention on the fused input. On our kernels the op writes the new keys and values into the
-  // cache's buffers itself where the cache lets it: the cache's two writes and the two slices
-  // attention reads (and, into a float16 cache of float32 activations, two casts) are no nodes.
+  // Attention on the fused input. On our kernels, in one sequence's decode steps (writesFused),
+  // the op writes the new keys and values into the cache's buffers itself where the cache lets
+  // it: the cache's two writes and the two slices attention reads (and, into a float16 cache of
+  // float32 activations, two casts) are no nodes.
   const attend = (x: MxArray, offset: number | MxArray, cache: AttentionCache, mask: Mask): MxArray => {
     const { weight, eps, quantized: qkv, settings } = fusedInput!;
     const rotation = { ...settings, offset };
