@@ -190,12 +190,16 @@ MLXS_API int mlxs_mlp_block(mlxs_array** out, const mlxs_array* h, const mlxs_ar
                             int down_group, int down_bits);
 // Rotated queries [B, H, L, D] and keys [B, Hkv, L, D], and values [B, Hkv, L, D], of x [B, L, ·]:
 // rms_norm, the fused q/k/v product (affine-quantized, no biases of its own), the split into
-// heads and RoPE (settings as mlxs_rope takes them), one op on our CPU kernels.
-MLXS_API int mlxs_attention_input(mlxs_array** queries, mlxs_array** keys, mlxs_array** values, const mlxs_array* x,
-                                  const mlxs_array* norm_weight, float eps, const mlxs_array* qkv,
-                                  const mlxs_array* qkv_scales, const mlxs_array* qkv_biases, int group, int bits,
-                                  int heads, int kv_heads, int head_dim, int dims, int traditional, float base,
-                                  float scale, int offset, const mlxs_array* offset_array, const mlxs_array* freqs);
+// heads and RoPE (settings as mlxs_rope takes them), one op on our CPU kernels; into out[0..2].
+// Given a float KV cache's buffers [B, Hkv, T, D] (cache_keys, cache_values), out[0..4] are the
+// queries, the buffers with the new keys and values written at column cache_at (in place where
+// nothing else holds them), and the buffers' first cache_at + L columns.
+MLXS_API int mlxs_attention_input(mlxs_array** out, const mlxs_array* x, const mlxs_array* norm_weight, float eps,
+                                  const mlxs_array* qkv, const mlxs_array* qkv_scales, const mlxs_array* qkv_biases,
+                                  int group, int bits, int heads, int kv_heads, int head_dim, int dims,
+                                  int traditional, float base, float scale, int offset,
+                                  const mlxs_array* offset_array, const mlxs_array* freqs,
+                                  const mlxs_array* cache_keys, const mlxs_array* cache_values, int cache_at);
 // x + o_proj(heads [B, H, L, D] back into rows [B, L, H·D]), o_proj affine-quantized with no bias
 // of its own: attention's output and the block's residual add, one op on our CPU kernels.
 MLXS_API int mlxs_attention_output(mlxs_array** out, const mlxs_array* x, const mlxs_array* heads,

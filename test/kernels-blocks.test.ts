@@ -185,6 +185,41 @@ describe("fused attention input", () => {
     });
   });
 
+  test("given a cache's buffers: the new rows written at their column, as sliceUpdate writes them; float16 buffers of float32 rows", () => {
+    for (const [batch, rows, at, columns, held, activations] of [
+      [1, 1, 40, 256, mx.Dtype.float16, mx.Dtype.float32],
+      [2, 3, 0, 7, mx.Dtype.float32, mx.Dtype.float32],
+      [3, 2, 5, 9, mx.Dtype.bfloat16, mx.Dtype.bfloat16],
+    ] as const) {
+      const shape = { heads: 4, kvHeads: 2, headDim: 32 };
+      const p = inputCase(64, shape, { groupSize: 32, bits: 4 }, activations);
+      const x = normal([batch, rows, 64], activations);
+      const rotation = { dims: 32, traditional: false, base: 10000, scale: 1, offset: at };
+      const buffers = [0, 1].map(() => normal([batch, shape.kvHeads, columns, shape.headDim], held));
+      // The buffers are held here as well, so they are written into copies (kv-cache-write.test.ts:
+      // in place where the cache holds them alone).
+      const check = () =>
+        mx.scope(() => {
+          const [keys, values] = buffers as [mx.MxArray, mx.MxArray];
+          const ours = mx.fast.attentionInput(x, p.norm, 1e-5, p.qkv, shape, rotation, { keys, values, at });
+          const [queries, newKeys, newValues] = composedInput(x, p.norm, p.qkv, shape, rotation);
+          const stop = [batch, shape.kvHeads, at + rows];
+          const write = (t: mx.MxArray, added: mx.MxArray) =>
+            mx.sliceUpdate(t, mx.astype(added, held), [0, 0, at], stop);
+          const [writtenKeys, writtenValues] = [write(keys, newKeys!), write(values, newValues!)];
+          const valid = (t: mx.MxArray) => mx.slice(t, [0, 0, 0], stop);
+          expectSame(ours, [queries!, writtenKeys, writtenValues, valid(writtenKeys), valid(writtenValues)]);
+        });
+      check();
+      const previous = mx.useCpuKernels(false);
+      try {
+        check();
+      } finally {
+        mx.useCpuKernels(previous);
+      }
+    }
+  });
+
   test("with MLX's kernels, MLX's ops composed; a projection of the wrong width refused", () => {
     const shape = { heads: 2, kvHeads: 1, headDim: 32 };
     const p = inputCase(64, shape, { groupSize: 32, bits: 4 }, mx.Dtype.float32);

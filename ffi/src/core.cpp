@@ -34,7 +34,7 @@ extern "C" {
 const char* mlxs_last_error(void) { return last_error.c_str(); }
 
 void** mlxs_out_slots(void) {
-  static thread_local void* slots[4] = {nullptr, nullptr, nullptr, nullptr};
+  static thread_local void* slots[8] = {};
   return slots;
 }
 const char* mlxs_version(void) { return mx::version(); }

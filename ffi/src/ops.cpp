@@ -331,21 +331,21 @@ int mlxs_mlp_block(mlxs_array** out, const mlxs_array* h, const mlxs_array* norm
   });
 }
 
-int mlxs_attention_input(mlxs_array** queries, mlxs_array** keys, mlxs_array** values, const mlxs_array* x,
-                         const mlxs_array* norm_weight, float eps, const mlxs_array* qkv,
-                         const mlxs_array* qkv_scales, const mlxs_array* qkv_biases, int group, int bits, int heads,
-                         int kv_heads, int head_dim, int dims, int traditional, float base, float scale, int offset,
-                         const mlxs_array* offset_array, const mlxs_array* freqs) {
+int mlxs_attention_input(mlxs_array** out, const mlxs_array* x, const mlxs_array* norm_weight, float eps,
+                         const mlxs_array* qkv, const mlxs_array* qkv_scales, const mlxs_array* qkv_biases, int group,
+                         int bits, int heads, int kv_heads, int head_dim, int dims, int traditional, float base,
+                         float scale, int offset, const mlxs_array* offset_array, const mlxs_array* freqs,
+                         const mlxs_array* cache_keys, const mlxs_array* cache_values, int cache_at) {
   return guard([&] {
     kernels::Rotation rotation{dims, traditional != 0, std::nullopt, scale, offset, opt(freqs)};
     if (freqs == nullptr) rotation.base = base;
     if (offset_array != nullptr) rotation.offset = ref(offset_array);
+    std::optional<kernels::CacheRows> cache;
+    if (cache_keys != nullptr) cache = kernels::CacheRows{ref(cache_keys), ref(cache_values), cache_at};
     auto parts = kernels::attention_input(ref(x), ref(norm_weight), eps,
                                           {ref(qkv), ref(qkv_scales), ref(qkv_biases), group, bits},
-                                          {heads, kv_heads, head_dim}, rotation);
-    put(queries, parts.at(0));
-    put(keys, parts.at(1));
-    put(values, parts.at(2));
+                                          {heads, kv_heads, head_dim}, rotation, cache);
+    for (size_t i = 0; i < parts.size(); ++i) put(&out[i], parts[i]);
     return 0;
   });
 }

@@ -484,11 +484,14 @@ export class BatchGenerator {
     const end = Math.min(prompt.length - 1, p.done + budget);
     if (end <= p.done) return 0;
     const chunk = prompt.slice(p.done, end);
-    mx.scope(() =>
+    // The hidden state is not returned from the scope: freed with it, its graph (the last layer's
+    // attention, never evaluated) lets go of that layer's cache buffers, which the next write then
+    // updates in place rather than copying (the next chunk's, or the first decode step's).
+    mx.scope(() => {
       adapted([p.sequence], () =>
         this.model.layers(this.model.embed(mx.array(Int32Array.from(chunk), [1, chunk.length])), p.caches),
-      ),
-    );
+      );
+    });
     mx.evaluate(...cacheState(p.caches));
     p.done = end;
     return chunk.length;

@@ -305,7 +305,10 @@ export function prefillPrompt(lm: LoadedModel, tokens: number[], chunk = DEFAULT
   try {
     for (let done = 0; done < tokens.length; done += chunk) {
       const ids = tokens.slice(done, done + chunk);
-      mx.scope(() => model.layers(model.embed(mx.array(Int32Array.from(ids), [1, ids.length])), caches));
+      // Nothing returned from the scope: the hidden state's graph would hold the last layer's buffers (see #prefillPart).
+      mx.scope(() => {
+        model.layers(model.embed(mx.array(Int32Array.from(ids), [1, ids.length])), caches);
+      });
       mx.evaluate(...cacheState(caches));
     }
     const first = caches[0]!;

@@ -1,5 +1,5 @@
 // MLX's fused kernels (mlx.core.fast): normalisation, rotary embeddings, attention.
-import { check, cstr, lib, outPtr, outPtr2, outPtr3, readOut } from "./ffi";
+import { check, cstr, lib, outPtr, readOut } from "./ffi";
 import { MxArray, wrap } from "./array";
 import type { QuantSpec } from "./ops";
 
@@ -48,6 +48,13 @@ export interface AttentionHeads {
   headDim: number;
 }
 
+/** A float KV cache's key and value buffers [B, kvHeads, T, headDim] and the column new rows go to. */
+export interface CacheRows {
+  keys: MxArray;
+  values: MxArray;
+  at: number;
+}
+
 /**
  * Rotated queries [B, heads, L, headDim] and keys [B, kvHeads, L, headDim], and values, of x
  * [B, L, ·]: rmsNorm(x, normWeight), the fused q/k/v product, the split into heads and RoPE, as
@@ -60,12 +67,33 @@ export function attentionInput(
   qkv: QuantizedWeights,
   heads: AttentionHeads,
   rotation: RopeOptions,
-): [MxArray, MxArray, MxArray] {
+): [MxArray, MxArray, MxArray];
+/**
+ * With a cache: the queries, the cache's buffers with the new keys and values written at
+ * `cache.at` (in their dtype; in place where nothing else holds them, as sliceUpdate), and the
+ * buffers' first `at + L` columns (what attention reads), still one op on our CPU kernels.
+ */
+export function attentionInput(
+  x: MxArray,
+  normWeight: MxArray,
+  eps: number,
+  qkv: QuantizedWeights,
+  heads: AttentionHeads,
+  rotation: RopeOptions,
+  cache: CacheRows,
+): [MxArray, MxArray, MxArray, MxArray, MxArray];
+export function attentionInput(
+  x: MxArray,
+  normWeight: MxArray,
+  eps: number,
+  qkv: QuantizedWeights,
+  heads: AttentionHeads,
+  rotation: RopeOptions,
+  cache?: CacheRows,
+): MxArray[] {
   check(
     lib.mlxs_attention_input(
       outPtr,
-      outPtr2,
-      outPtr3,
       x.handle,
       normWeight.handle,
       eps,
@@ -74,10 +102,13 @@ export function attentionInput(
       heads.kvHeads,
       heads.headDim,
       ...ropeArgs(rotation),
+      cache?.keys.handle ?? null,
+      cache?.values.handle ?? null,
+      cache?.at ?? 0,
     ),
     "attention_input",
   );
-  return [new MxArray(readOut(0)), new MxArray(readOut(1)), new MxArray(readOut(2))];
+  return Array.from({ length: cache ? 5 : 3 }, (_, i) => new MxArray(readOut(i)));
 }
 
 /** silu(gate) * up, SwiGLU's activation: one fused op on our CPU kernels, MLX's ops elsewhere. */

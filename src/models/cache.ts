@@ -58,7 +58,27 @@ export interface AttentionCache {
   attention(queries: MxArray, keys: MxArray, values: MxArray, scale: number, mask: Mask, sinks?: MxArray): MxArray;
   /** Appends keys/values and returns all of them in float (dequantized when stored quantized). */
   updateAndFetch(keys: MxArray, values: MxArray): [MxArray, MxArray];
+  /**
+   * Where an op may write `rows.length` new positions itself (mx.fast.attentionInput with a
+   * cache, which then hands the buffers back to `wrote`), or undefined where the cache stores
+   * them its own way: attention is then `attention(...)`.
+   */
+  roomFor?(rows: NewRows): mx.fast.CacheRows | undefined;
+  /** Takes the buffers an op wrote `length` new positions into (see roomFor) as held. */
+  wrote?(keys: MxArray, values: MxArray, length: number): void;
 }
+
+/** The new keys' (and values') shape [batch, heads, length, dim], and the activations' dtype. */
+export interface NewRows {
+  batch: number;
+  heads: number;
+  length: number;
+  dim: number;
+  activations: mx.DtypeCode;
+}
+
+/** What grow needs of an array to make room like it. */
+type Like = Pick<MxArray, "shape" | "dtype">;
 
 export class KVCache implements AttentionCache {
   keys?: Stored;
@@ -193,6 +213,29 @@ export class KVCache implements AttentionCache {
   }
 
   /**
+   * A float cache's buffers, grown to hold `rows` more, and the column they go to: an op writes
+   * them there itself (our fused attention input), in place as update's sliceUpdate does, so
+   * the cache's two writes and the two slices attention reads are not graph nodes of their own.
+   * A quantized cache stores new positions its own way.
+   */
+  roomFor(rows: NewRows): mx.fast.CacheRows | undefined {
+    if (this.quantization) return undefined;
+    const { batch, heads, length, dim } = rows;
+    const like = {
+      shape: [batch, heads, length, dim],
+      dtype: this.keys?.[0]!.dtype ?? floatCacheDtype(rows.activations),
+    };
+    if (!this.values || this.offset + length > this.values[0]!.shape[2]!) this.grow([like], [like], length);
+    return { keys: this.keys![0]!, values: this.values![0]!, at: this.offset };
+  }
+
+  wrote(keys: MxArray, values: MxArray, length: number): void {
+    this.keys = [this.replace(this.keys![0]!, keys)];
+    this.values = [this.replace(this.values![0]!, values)];
+    this.offset += length;
+  }
+
+  /**
    * Appends keys [B, H, L, D] after `previous` positions in the per-channel layout: the tail and
    * the new keys make whole groups, quantized into their columns, and what is left the new tail.
    */
@@ -295,9 +338,9 @@ export class KVCache implements AttentionCache {
   }
 
   /** Grows values, and keys unless they are per channel (those grow in writeChannelKeys). */
-  private grow(likeKeys: Stored | undefined, likeValues: Stored, length: number): void {
+  private grow(likeKeys: Like[] | undefined, likeValues: Like[], length: number): void {
     const steps = Math.ceil(length / this.step) * this.step;
-    const extend = (held: Stored | undefined, like: Stored) =>
+    const extend = (held: Stored | undefined, like: Like[]) =>
       like.map((part, i) => {
         const [batch, heads, , width] = part.shape as [number, number, number, number];
         const fresh = mx.zeros([batch, heads, steps, width], part.dtype);

@@ -10,6 +10,18 @@ import { initializeRope } from "./rope";
 import { KVCache, type AttentionCache } from "./cache";
 import { SlidingKVCache, slidingLayerMask } from "./sliding-cache";
 
+/**
+ * Whether the fused attention input writes a step's new keys and values into a float cache
+ * itself: one sequence's decode steps and speculative verification (up to 16 positions), where
+ * the graph's nodes cost as much as its arithmetic. A prefill chunk keeps the cache's own
+ * writes (the engine evaluates only the caches after a chunk, which MLX orders into a higher
+ * peak with the write fused: +39 MB at 2,000 tokens), and so does a batch of sequences (serving's
+ * 8-row step measured slower with it). bench/RESULTS.md "The fused K/V write, second pass".
+ */
+export function writesFused(batch: number, length: number): boolean {
+  return batch === 1 && length <= 16;
+}
+
 export interface AttentionOptions {
   /** Qwen3 normalises each head's queries and keys before the rotary embedding. */
   qkNorm?: boolean;
@@ -74,20 +86,46 @@ export function attention(
     inputNorm && quantized && byHeads && settings && !qNorm ? { ...inputNorm, quantized, settings } : undefined;
   const fusedOutput = inputNorm && oProj.quantized;
 
+  // Attention on the fused input. On our kernels, in one sequence's decode steps (writesFused),
+  // the op writes the new keys and values into the cache's buffers itself where the cache lets
+  // it: the cache's two writes and the two slices attention reads (and, into a float16 cache of
+  // float32 activations, two casts) are no nodes.
+  const attend = (x: MxArray, offset: number | MxArray, cache: AttentionCache, mask: Mask): MxArray => {
+    const { weight, eps, quantized: qkv, settings } = fusedInput!;
+    const rotation = { ...settings, offset };
+    const [batch, length] = x.shape as [number, number];
+    const rows = { batch, heads: shape.kvHeads, length, dim: shape.headDim, activations: x.dtype };
+    // The keys' dtype, the product's, is x's when x is float32 or the scales share x's dtype
+    // (else MLX promotes, and the cache would pick its dtype from another). MLX's kernels
+    // (MLX_KERNELS=mlx, a GPU) keep the cache's own writes.
+    const keysLikeX = x.dtype === mx.Dtype.float32 || qkv.scales.dtype === x.dtype;
+    const fusedWrite = mx.cpuKernelsActive() && keysLikeX && writesFused(batch, length);
+    const room = fusedWrite ? cache.roomFor?.(rows) : undefined;
+    if (!room)
+      return cache.attention(...mx.fast.attentionInput(x, weight, eps, qkv, shape, rotation), scale, mask, sinks);
+    const [queries, keys, values, validKeys, validValues] = mx.fast.attentionInput(
+      x,
+      weight,
+      eps,
+      qkv,
+      shape,
+      rotation,
+      room,
+    );
+    cache.wrote!(keys, values, length);
+    return mx.fast.scaledDotProductAttention(queries, validKeys, validValues, scale, mask, sinks);
+  };
+
   return (x: MxArray, mask: Mask, cache: AttentionCache): MxArray => {
     const [b, l] = x.shape as [number, number];
     // The fused ops are a dozen and three graph nodes fewer per layer. Adapters update the
     // products separately, so not while one is selected.
     const fused = !w.lora.adapting;
     const offset = cache.ropeOffset;
-    const [queries, keys, values] =
+    const out =
       fusedInput && fused
-        ? mx.fast.attentionInput(x, fusedInput.weight, fusedInput.eps, fusedInput.quantized, shape, {
-            ...fusedInput.settings,
-            offset,
-          })
-        : composed(x, offset);
-    const out = cache.attention(queries, keys, values, scale, mask, sinks);
+        ? attend(x, offset, cache, mask)
+        : cache.attention(...composed(x, offset), scale, mask, sinks);
     if (fusedOutput && fused) return mx.fast.attentionOutput(x, out, fusedOutput);
     const projected = oProj(mx.reshape(mx.transpose(out, [0, 2, 1, 3]), [b, l, -1]));
     return inputNorm ? mx.add(x, projected) : projected;

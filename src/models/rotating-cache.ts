@@ -77,6 +77,11 @@ export class RotatingKVCache extends BatchKVCache {
     return mx.logicalAnd(mx.logicalAnd(notPadding, mx.lessEqual(keys, queries)), mx.logicalOr(sink, recent));
   }
 
+  /** New positions go through update, which may compact the rows first. */
+  override roomFor(): undefined {
+    return undefined;
+  }
+
   override update(keys: MxArray, values: MxArray): [Stored, Stored] {
     if (this.#mustCompact(keys.shape[2]!)) this.#compact();
     return super.update(keys, values);

@@ -24,6 +24,11 @@ export class SlidingKVCache extends KVCache {
     return this.offset - this.dropped;
   }
 
+  /** New positions go through updateAndFetch, which compacts and narrows to the window. */
+  override roomFor(): undefined {
+    return undefined;
+  }
+
   /** Appends keys/values [B, H, L, D]; returns the last `window - 1` held positions and the new ones. */
   override updateAndFetch(keys: MxArray, values: MxArray): [MxArray, MxArray] {
     const length = keys.shape[2]!;

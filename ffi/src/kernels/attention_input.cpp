@@ -3,13 +3,17 @@
 // queries and keys), as one primitive. Composed, it is a dozen graph nodes per layer (norm,
 // product, three slices, three reshapes, three transposes, two rotations); here one task runs
 // the same kernels back to back, with the same rounding of every intermediate, so the result
-// is the composition's.
+// is the composition's. Given a float KV cache's buffers, it also writes the new keys and values
+// into them at their column (the cache's two slice_updates, and the two slices of its valid part
+// that attention reads, four nodes fewer): in place where the cache holds the only reference to
+// a buffer, as MLX's slice_update is.
 #include <cstring>
 #include <memory>
 #include <vector>
 
 #include "bodies.h"
 #include "kernels.h"
+#include "mlx/backend/common/utils.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/primitives.h"
 
@@ -38,16 +42,79 @@ Composition compose(const mx::array& x, const mx::array& norm_weight, float eps,
           split(queries + keys, all.shape(2), heads.kv_heads)};
 }
 
+// The cache's buffers with rows [B, Hkv, L, D] written at column `at` (slice_update, in the
+// buffer's type as the cache's astype gives it), and their first at + L columns.
+std::vector<mx::array> write_composed(const mx::array& queries, const mx::array& keys, const mx::array& values,
+                                      const CacheRows& cache) {
+  std::vector<mx::array> out = {queries};
+  std::vector<mx::array> valid;
+  for (const auto& [held, rows] : {std::pair{cache.keys, keys}, std::pair{cache.values, values}}) {
+    const mx::Shape start = {0, 0, cache.at, 0};
+    mx::Shape stop = rows.shape();
+    stop[2] += cache.at;
+    const mx::array written = mx::slice_update(
+        held, rows.dtype() == held.dtype() ? rows : mx::astype(rows, held.dtype()), start, stop);
+    out.push_back(written);
+    valid.push_back(mx::slice(written, {0, 0, 0, 0}, stop));
+  }
+  out.insert(out.end(), valid.begin(), valid.end());
+  return out;
+}
+
+// D values of type From at `from` into D of type To at `to`, rounded as MLX's astype rounds them.
+template <typename From, typename To>
+void convert_row(const char* from, char* to, int D) {
+  const From* src = reinterpret_cast<const From*>(from);
+  To* dst = reinterpret_cast<To*>(to);
+  for (int d = 0; d < D; ++d) dst[d] = To(float(src[d]));
+}
+
+using ConvertRow = void (*)(const char*, char*, int);
+
+template <typename From>
+ConvertRow converter_to(mx::Dtype to) {
+  if (to == mx::float32) return convert_row<From, float>;
+  if (to == mx::float16) return convert_row<From, mx::float16_t>;
+  return convert_row<From, mx::bfloat16_t>;
+}
+
+// rows [B, H, L, D] of `from`'s type, read through `strides` (elements), into buffer [B, H, T, D]
+// (row-contiguous) at column `at`, converted to the buffer's type as MLX's astype rounds them.
+void write_rows(const char* from, mx::Dtype from_type, const mx::Strides& strides, const mx::Shape& shape,
+                mx::array& buffer, int at) {
+  const int B = shape[0], H = shape[1], L = shape[2], D = shape[3], T = buffer.shape(2);
+  const size_t from_item = mx::size_of(from_type), item = buffer.itemsize();
+  // The conversion is chosen once: a decode step writes 2 · B · H rows of D values a layer.
+  const ConvertRow convert = from_type == buffer.dtype() ? nullptr
+                             : from_type == mx::float32  ? converter_to<float>(buffer.dtype())
+                             : from_type == mx::float16  ? converter_to<mx::float16_t>(buffer.dtype())
+                                                         : converter_to<mx::bfloat16_t>(buffer.dtype());
+  char* to = buffer.data<char>();
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < H; ++h)
+      for (int l = 0; l < L; ++l) {
+        const char* src = from + (b * strides[0] + h * strides[1] + l * strides[2]) * from_item;
+        char* dst = to + (((size_t(b) * H + h) * T + at + l) * D) * item;
+        if (convert)
+          convert(src, dst, D);
+        else
+          std::memcpy(dst, src, D * item);
+      }
+}
+
 struct InputSpec {
   float eps;
   int group, bits;
   AttentionHeads heads;
   RopeSpec rope;
   mx::Dtype normed, projected;
+  int at;  // the cache's column the new rows go to; -1: no cache (keys and values are outputs)
 };
 
 // inputs: x, the norm's weight, the product's weight, scales, biases, then the rotation's
-// offsets and frequencies where the spec has them. outputs: queries, keys, values.
+// offsets and frequencies where the spec has them, then the cache's keys and values where it
+// has a column. outputs: queries, keys, values; or with a cache, queries, the keys and values
+// buffers (allocated, holding the cache's positions) and their valid parts (views of them).
 void run(const std::vector<mx::array>& in, std::vector<mx::array>& out, const InputSpec& spec) {
   const mx::array& x = in[0];
   const int B = x.shape(0), L = x.shape(1), N = in[2].shape(0);
@@ -61,15 +128,45 @@ void run(const std::vector<mx::array>& in, std::vector<mx::array>& out, const In
   const size_t item = all.itemsize();
   const char* row = all.data<char>();
   const mx::array* offsets = spec.rope.offset_array ? &in[5] : nullptr;
-  const mx::array* freqs = spec.rope.freqs ? &in.back() : nullptr;
+  const mx::array* freqs = spec.rope.freqs ? &in[5 + spec.rope.offset_array] : nullptr;
   rope_into(row, {B, H, L, D}, strides, spec.rope, offsets, freqs, out[0]);
-  rope_into(row + size_t(H) * D * item, {B, Hkv, L, D}, strides, spec.rope, offsets, freqs, out[1]);
-  char* values = out[2].data<char>();
-  for (int b = 0; b < B; ++b)
-    for (int h = 0; h < Hkv; ++h)
-      for (int l = 0; l < L; ++l)
-        std::memcpy(values + ((size_t(b) * Hkv + h) * L + l) * D * item,
-                    row + ((size_t(b) * L + l) * N + size_t(H + Hkv + h) * D) * item, D * item);
+  const char* keys = row + size_t(H) * D * item;
+  const char* values = row + size_t(H + Hkv) * D * item;
+  if (spec.at < 0) {
+    rope_into(keys, {B, Hkv, L, D}, strides, spec.rope, offsets, freqs, out[1]);
+    write_rows(values, spec.projected, strides, {B, Hkv, L, D}, out[2], 0);
+    return;
+  }
+  mx::array rotated = scratch_array({B, Hkv, L, D}, spec.projected);
+  rope_into(keys, {B, Hkv, L, D}, strides, spec.rope, offsets, freqs, rotated);
+  write_rows(rotated.data<char>(), spec.projected, {int64_t(Hkv) * L * D, int64_t(L) * D, D, 1}, {B, Hkv, L, D},
+             out[1], spec.at);
+  write_rows(values, spec.projected, strides, {B, Hkv, L, D}, out[2], spec.at);
+}
+
+// Whether `held`, an input of a primitive with `outputs` outputs, may become `buffer`: MLX's
+// is_donatable(held, buffer), except that held's descriptor is referenced once by each output
+// (every output keeps the inputs), where is_donatable asks for one reference, which an input of
+// a multi-output primitive never has. An array is one shared pointer to its descriptor.
+bool donatable(const mx::array& held, const mx::array& buffer, size_t outputs) {
+  static_assert(sizeof(mx::array) == sizeof(std::shared_ptr<void>));
+  const long references = reinterpret_cast<const std::shared_ptr<void>&>(held).use_count();
+  const auto& data = held.data_shared_ptr();
+  return references == long(outputs) && data.use_count() == 1 && data->is_owned() && held.flags().row_contiguous &&
+         held.itemsize() == buffer.itemsize() && held.buffer_size() <= buffer.nbytes();
+}
+
+// valid = buffer [B, H, T, D]'s first valid.shape(2) columns, a view (as MLX's slice makes it).
+void set_valid_view(const mx::array& buffer, mx::array& valid) {
+  const mx::Strides& strides = buffer.strides();
+  size_t end = 1;
+  for (int i = 0; i < valid.ndim(); ++i) end += size_t(valid.shape(i) - 1) * strides[i];
+  auto [no_broadcast_size, row_contiguous, col_contiguous] = mx::check_contiguity(valid.shape(), strides);
+  mx::array::Flags flags = buffer.flags();
+  flags.row_contiguous = row_contiguous;
+  flags.col_contiguous = col_contiguous;
+  flags.contiguous = no_broadcast_size == end;
+  valid.copy_shared_buffer(buffer, strides, flags, end);
 }
 
 class AttentionInput : public mx::Primitive {
@@ -77,7 +174,34 @@ class AttentionInput : public mx::Primitive {
   AttentionInput(mx::Stream stream, InputSpec spec) : mx::Primitive(stream), spec_(spec) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    dispatch_rows(stream(), inputs, outputs, [spec = spec_](const auto& in, auto& out) { run(in, out, spec); });
+    if (spec_.at < 0) {
+      dispatch_rows(stream(), inputs, outputs, [spec = spec_](const auto& in, auto& out) { run(in, out, spec); });
+      return;
+    }
+    // The cache's buffers become the outputs where nothing else holds them (checked before
+    // anything here takes a reference): the rows are written in place, as MLX's slice_update
+    // does. Otherwise the task copies them first.
+    const size_t cache = inputs.size() - 2;
+    std::vector<std::pair<int, mx::array>> copies;  // (output, what it starts as)
+    for (int i = 1; i <= 2; ++i) {
+      const mx::array& held = inputs[cache + i - 1];
+      mx::array& buffer = outputs[i];
+      if (donatable(held, buffer, outputs.size())) {
+        buffer.copy_shared_buffer(held);
+      } else {
+        buffer.set_data(mx::allocator::malloc(buffer.nbytes()));
+        copies.emplace_back(i, row_contiguous(held, stream()));
+      }
+      set_valid_view(buffer, outputs[2 + i]);
+    }
+    outputs[0].set_data(mx::allocator::malloc(outputs[0].nbytes()));
+    std::vector<mx::array> rows;
+    for (size_t i = 0; i < cache; ++i) rows.push_back(row_contiguous(inputs[i], stream()));
+    mx::cpu::get_command_encoder(stream()).dispatch(
+        [rows = std::move(rows), copies = std::move(copies), outputs = outputs, spec = spec_]() mutable {
+          for (const auto& [i, from] : copies) std::memcpy(outputs[i].data<char>(), from.data<char>(), from.nbytes());
+          run(rows, outputs, spec);
+        });
   }
 
   void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
@@ -93,14 +217,16 @@ class AttentionInput : public mx::Primitive {
            spec_.heads.kv_heads == o.heads.kv_heads && spec_.heads.head_dim == o.heads.head_dim &&
            spec_.normed == o.normed && spec_.projected == o.projected && r.dims == s.dims &&
            r.traditional == s.traditional && r.base == s.base && r.scale == s.scale && r.offset == s.offset &&
-           r.offset_array == s.offset_array && r.freqs == s.freqs;
+           r.offset_array == s.offset_array && r.freqs == s.freqs && spec_.at == o.at;
   }
 
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
     const int B = inputs[0].shape(0), L = inputs[0].shape(1);
-    return {{B, spec_.heads.heads, L, spec_.heads.head_dim},
-            {B, spec_.heads.kv_heads, L, spec_.heads.head_dim},
-            {B, spec_.heads.kv_heads, L, spec_.heads.head_dim}};
+    const int Hkv = spec_.heads.kv_heads, D = spec_.heads.head_dim;
+    const mx::Shape queries = {B, spec_.heads.heads, L, D};
+    if (spec_.at < 0) return {queries, {B, Hkv, L, D}, {B, Hkv, L, D}};
+    const mx::Shape& buffer = inputs.back().shape();
+    return {queries, buffer, buffer, {B, Hkv, spec_.at + L, D}, {B, Hkv, spec_.at + L, D}};
   }
 
  private:
@@ -111,12 +237,21 @@ class AttentionInput : public mx::Primitive {
 
 std::vector<mx::array> attention_input(const mx::array& x, const mx::array& norm_weight, float eps,
                                        const QuantizedLinear& qkv, const AttentionHeads& heads,
-                                       const Rotation& rotation) {
+                                       const Rotation& rotation, const std::optional<CacheRows>& cache) {
   if (x.ndim() != 3) throw std::invalid_argument("[attention_input] x must be [batch, length, features]");
   if (qkv.weight.ndim() != 2 || qkv.weight.shape(0) != (heads.heads + 2 * heads.kv_heads) * heads.head_dim)
     throw std::invalid_argument("[attention_input] the q/k/v product's outputs are not the heads' queries, keys and values");
   // Built first in any case: it checks the arguments and gives every intermediate's type.
   const Composition c = compose(x, norm_weight, eps, qkv, heads, rotation);
+  if (cache) {
+    const mx::Shape& buffer = cache->keys.shape();
+    const bool fits = buffer.size() == 4 && cache->values.shape() == buffer && buffer[0] == c.keys.shape(0) &&
+                      buffer[1] == heads.kv_heads && buffer[3] == heads.head_dim && cache->at >= 0 &&
+                      cache->at + c.keys.shape(2) <= buffer[2] && float_type(cache->keys.dtype()) &&
+                      cache->values.dtype() == cache->keys.dtype();
+    if (!fits)
+      throw std::invalid_argument("[attention_input] the cache's buffers have no room for the new keys and values");
+  }
   mx::Stream stream = mx::default_stream(mx::default_device());
   const auto* offset_array = std::get_if<mx::array>(&rotation.offset);
   const bool supported =
@@ -125,7 +260,8 @@ std::vector<mx::array> attention_input(const mx::array& x, const mx::array& norm
       quantized_matmul_covers(c.normed, qkv.weight, qkv.scales, qkv.biases, true, qkv.group, qkv.bits, "affine") &&
       rope_covers(c.queries, rotation.dims, rotation.base, rotation.offset, rotation.freqs) &&
       c.queries.dtype() == c.projected.dtype() && c.keys.dtype() == c.projected.dtype();
-  if (!enabled_on(stream) || !supported) return {c.queries, c.keys, c.values};
+  if (!enabled_on(stream) || !supported)
+    return cache ? write_composed(c.queries, c.keys, c.values, *cache) : std::vector{c.queries, c.keys, c.values};
   const InputSpec spec{eps,
                        qkv.group,
                        qkv.bits,
@@ -134,13 +270,23 @@ std::vector<mx::array> attention_input(const mx::array& x, const mx::array& norm
                         offset_array ? 0 : std::get<int>(rotation.offset), offset_array != nullptr,
                         rotation.freqs.has_value()},
                        c.normed.dtype(),
-                       c.projected.dtype()};
+                       c.projected.dtype(),
+                       cache ? cache->at : -1};
   std::vector<mx::array> inputs = {x, norm_weight, qkv.weight, qkv.scales, qkv.biases};
   if (offset_array) inputs.push_back(mx::astype(mx::flatten(*offset_array), mx::int32));
   if (rotation.freqs) inputs.push_back(mx::astype(mx::contiguous(*rotation.freqs), mx::float32));
-  return mx::array::make_arrays({c.queries.shape(), c.keys.shape(), c.values.shape()},
-                                {c.projected.dtype(), c.projected.dtype(), c.projected.dtype()},
-                                std::make_shared<AttentionInput>(stream, spec), inputs);
+  const auto primitive = std::make_shared<AttentionInput>(stream, spec);
+  const mx::Dtype projected = c.projected.dtype();
+  if (!cache)
+    return mx::array::make_arrays({c.queries.shape(), c.keys.shape(), c.values.shape()},
+                                  {projected, projected, projected}, primitive, inputs);
+  inputs.push_back(cache->keys);
+  inputs.push_back(cache->values);
+  const mx::Dtype held = cache->keys.dtype();
+  mx::Shape valid = c.keys.shape();
+  valid[2] += cache->at;
+  return mx::array::make_arrays({c.queries.shape(), cache->keys.shape(), cache->values.shape(), valid, valid},
+                                {projected, held, held, held, held}, primitive, inputs);
 }
 
 }  // namespace kernels

@@ -146,12 +146,20 @@ struct Rotation {
   std::optional<mx::array> freqs;
 };
 
+// A float KV cache's key and value buffers [B, Hkv, T, D] and the column new rows go to.
+struct CacheRows {
+  mx::array keys, values;
+  int at;
+};
+
 // {queries [B, H, L, D] and keys [B, Hkv, L, D], rotated; values [B, Hkv, L, D]} of x [B, L, ·]:
 // rms_norm, the fused q/k/v product, the split into heads and RoPE, one primitive on our kernels
-// (exactly their composition), MLX's ops composed otherwise.
+// (exactly their composition), MLX's ops composed otherwise. Given a cache, {queries, the
+// cache's keys and values buffers with the new rows written at `at` (in the buffers' type; in
+// place where the cache holds the only reference), and their first at + L columns}.
 std::vector<mx::array> attention_input(const mx::array& x, const mx::array& norm_weight, float eps,
                                        const QuantizedLinear& qkv, const AttentionHeads& heads,
-                                       const Rotation& rotation);
+                                       const Rotation& rotation, const std::optional<CacheRows>& cache = std::nullopt);
 
 // x + o_proj(heads [B, H, L, D] back into rows [B, L, H·D]): attention's output and the block's
 // residual add, one primitive on our kernels (exactly their composition), MLX's ops otherwise.

@@ -1,0 +1,324 @@
+// The float KV cache written inside our fused attention input (KVCache.roomFor, and
+// mx.fast.attentionInput given the cache's buffers): the same logits and the same cache contents
+// as the cache's own sliceUpdate writes, for one sequence and a left-padded batch, float32
+// models (float16 caches) and bfloat16 ones; the rows written in place while the cache holds the
+// only reference to its buffers, into a copy when something else holds them; and the engine's
+// decode steps (one sequence: the fused write; serving's batch: the cache's own writes) copy no
+// layer's buffers, which a second reference held to them shows.
+import { afterEach, describe, expect, test } from "bun:test";
+import * as mx from "../src/mlx";
+import { BatchGenerator } from "../src/engine/batch";
+import { defaultSampling } from "../src/engine/sampling";
+import { buildModel, forward, freeCaches, makeCaches, parseConfig, Weights, type DecoderModel } from "../src/models";
+import { BatchKVCache } from "../src/models/batch-cache";
+import { KVCache } from "../src/models/cache";
+import { writesFused } from "../src/models/llama";
+import { tinyConfig, tinyWeights } from "./helpers/tiny-model";
+
+/** A tiny model whose attention input runs fused (4-bit projections), its float weights in `dtype`. */
+function tinyModel(dtype: "float32" | "bfloat16"): DecoderModel {
+  const o = { headDim: 64, seed: 5, quantize: { groupSize: 32, bits: 4 } };
+  const weights = tinyWeights(o);
+  if (dtype === "bfloat16")
+    for (const [name, t] of weights)
+      if (t.dtype === mx.Dtype.float32) weights.set(name, mx.keep(mx.astype(t, mx.Dtype.bfloat16)));
+  return buildModel(new Weights(weights, parseConfig(tinyConfig(o))));
+}
+
+const roomFor = KVCache.prototype.roomFor;
+afterEach(() => {
+  KVCache.prototype.roomFor = roomFor;
+});
+
+/** Runs `f` with every cache writing its new positions itself (sliceUpdate), as before the fused write. */
+function withOwnWrites<T>(f: () => T): T {
+  KVCache.prototype.roomFor = () => undefined;
+  try {
+    return f();
+  } finally {
+    KVCache.prototype.roomFor = roomFor;
+  }
+}
+
+const ids = (rows: number[][]) => mx.array(Int32Array.from(rows.flat()), [rows.length, rows[0]!.length]);
+
+/**
+ * Logits of a prefill of `prompts` (one sequence each, joined into a left-padded batch when
+ * several) and `steps` greedy decode steps, and the first layer's valid keys and values after.
+ */
+function decode(model: DecoderModel, prompts: number[][], steps: number) {
+  // Each row's greedy token: logits [B, L, vocab] → [[token], ...], from the last position.
+  const greedy = (logits: mx.MxArray) =>
+    mx.scope(() => {
+      const [batch, length, vocab] = logits.shape as [number, number, number];
+      const last = mx.slice(logits, [0, length - 1, 0], [batch, length, vocab]);
+      return mx
+        .argmax(last, -1)
+        .toArray()
+        .map((t) => [t]);
+    });
+  let next: number[][] = [];
+  const singles = prompts.map((prompt) => {
+    const caches = makeCaches(model, { joining: prompts.length > 1 });
+    const logits = mx.scope(() => mx.keep(forward(model, ids([prompt]), caches)));
+    next.push(...greedy(logits));
+    logits.free();
+    return caches;
+  });
+  let caches = singles[0]!;
+  if (prompts.length > 1) {
+    caches = caches.map((_, layer) => {
+      const batch = new BatchKVCache();
+      batch.extend(...singles.map((c) => c[layer]!));
+      return batch;
+    });
+    for (const c of singles) freeCaches(c);
+  }
+  const logits: mx.MxArray[] = [];
+  for (let step = 0; step < steps; step++) {
+    const out = mx.keep(mx.scope(() => forward(model, ids(next), caches)));
+    mx.evaluate(out);
+    logits.push(out);
+    next = greedy(out);
+  }
+  const [layer] = caches;
+  const valid = (t: mx.MxArray) => mx.keep(mx.slice(t, [0, 0, 0], [t.shape[0]!, t.shape[1]!, layer!.offset]));
+  const held = { keys: valid(layer!.keys![0]!), values: valid(layer!.values![0]!), dtype: layer!.keys![0]!.dtype };
+  mx.evaluate(held.keys, held.values);
+  freeCaches(caches);
+  return { logits, held };
+}
+
+const same = (a: mx.MxArray, b: mx.MxArray) => mx.scope(() => mx.max(mx.abs(mx.subtract(a, b))).item());
+
+describe("the float KV cache written inside the fused attention input", () => {
+  for (const dtype of ["float32", "bfloat16"] as const)
+    for (const prompts of [
+      [[5, 17, 200, 3, 99, 42, 7]],
+      [
+        [5, 17, 200, 3, 99, 42, 7],
+        [12, 4],
+      ],
+    ])
+      test(`${dtype}, ${prompts.length > 1 ? "a left-padded batch" : "one sequence"}: identical logits and cache`, () => {
+        const model = tinyModel(dtype);
+        let written = 0;
+        KVCache.prototype.roomFor = function (this: KVCache, rows) {
+          const room = roomFor.call(this, rows);
+          if (room) written++;
+          return room;
+        };
+        const ours = decode(model, prompts, 12);
+        KVCache.prototype.roomFor = roomFor;
+        expect(written).toBeGreaterThan(0);
+        const theirs = withOwnWrites(() => decode(model, prompts, 12));
+        expect(ours.held.dtype).toBe(dtype === "float32" ? mx.Dtype.float16 : mx.Dtype.bfloat16);
+        expect(ours.held.dtype).toBe(theirs.held.dtype);
+        expect(same(ours.held.keys, theirs.held.keys)).toBe(0);
+        expect(same(ours.held.values, theirs.held.values)).toBe(0);
+        for (const [i, l] of ours.logits.entries()) expect(same(l, theirs.logits[i]!)).toBe(0);
+      });
+});
+
+describe("the cache's buffers", () => {
+  const shape = { heads: 2, kvHeads: 2, headDim: 64 };
+  const dim = 128;
+  const weights = () => {
+    const q = mx.quantize(
+      mx.multiply(mx.random.normal([(shape.heads + 2 * shape.kvHeads) * shape.headDim, dim]), 0.05),
+      {
+        groupSize: 32,
+        bits: 4,
+      },
+    );
+    return {
+      norm: mx.keep(mx.ones([dim])),
+      qkv: {
+        weight: mx.keep(q.weight),
+        scales: mx.keep(q.scales),
+        biases: mx.keep(q.biases!),
+        quant: { groupSize: 32, bits: 4 },
+      },
+    };
+  };
+  const rotation = { dims: 64, traditional: false, base: 10000, scale: 1 };
+
+  test("written in place while the cache holds the only reference: no copy of the cache a step", () => {
+    const { norm, qkv } = weights();
+    const cache = new KVCache();
+    const columns = 4096;
+    const rows = {
+      batch: 1,
+      heads: shape.kvHeads,
+      length: columns - 16,
+      dim: shape.headDim,
+      activations: mx.Dtype.float32,
+    };
+    // A long prefill first (a buffer of 4,096 columns), then decode steps one position each.
+    const step = (length: number) =>
+      mx.scope(() => {
+        const x = mx.random.normal([1, length, dim]);
+        const room = cache.roomFor({ ...rows, length })!;
+        const [queries, keys, values, validKeys, validValues] = mx.fast.attentionInput(
+          x,
+          norm,
+          1e-5,
+          qkv,
+          shape,
+          { ...rotation, offset: cache.offset },
+          room,
+        );
+        cache.wrote(keys, values, length);
+        mx.evaluate(mx.fast.scaledDotProductAttention(queries, validKeys, validValues, 0.125, undefined));
+      });
+    step(rows.length);
+    const buffer = cache.keys![0]!.nbytes;
+    expect(cache.keys![0]!.shape[2]).toBe(columns);
+    // A copy of either buffer would add its size to the step's peak.
+    for (let i = 0; i < 8; i++) {
+      const before = mx.memory.activeMemory();
+      mx.memory.resetPeakMemory();
+      step(1);
+      expect(mx.memory.peakMemory() - before).toBeLessThan(buffer / 16);
+    }
+    expect(cache.offset).toBe(columns - 8);
+    cache.free();
+  });
+
+  test("copied first where something else holds them: what it holds stays as it was", () => {
+    const { norm, qkv } = weights();
+    const held = mx.keep(mx.random.normal([1, shape.kvHeads, 8, shape.headDim]));
+    const heldValues = mx.keep(mx.random.normal([1, shape.kvHeads, 8, shape.headDim]));
+    mx.evaluate(held, heldValues);
+    const before = mx.keep(mx.add(held, 0));
+    mx.scope(() => {
+      const x = mx.random.normal([1, 2, dim]);
+      const [, keys, values, validKeys] = mx.fast.attentionInput(
+        x,
+        norm,
+        1e-5,
+        qkv,
+        shape,
+        { ...rotation, offset: 3 },
+        { keys: held, values: heldValues, at: 3 },
+      );
+      mx.evaluate(keys, values, validKeys);
+      expect(same(held, before)).toBe(0);
+      expect(validKeys.shape).toEqual([1, shape.kvHeads, 5, shape.headDim]);
+      expect(
+        same(mx.slice(keys, [0, 0, 0], [1, shape.kvHeads, 3]), mx.slice(held, [0, 0, 0], [1, shape.kvHeads, 3])),
+      ).toBe(0);
+      expect(
+        same(mx.slice(keys, [0, 0, 5], [1, shape.kvHeads, 8]), mx.slice(held, [0, 0, 5], [1, shape.kvHeads, 8])),
+      ).toBe(0);
+    });
+  });
+
+  test("no room for the new rows: refused", () => {
+    const { norm, qkv } = weights();
+    const small = mx.keep(mx.zeros([1, shape.kvHeads, 4, shape.headDim]));
+    expect(() =>
+      mx.scope(() =>
+        mx.fast.attentionInput(
+          mx.random.normal([1, 2, dim]),
+          norm,
+          1e-5,
+          qkv,
+          shape,
+          { ...rotation, offset: 3 },
+          {
+            keys: small,
+            values: small,
+            at: 3,
+          },
+        ),
+      ),
+    ).toThrow();
+  });
+});
+
+describe("decode steps of the engine's token loop", () => {
+  /**
+   * The highest active memory over `steps` decode steps of `rows` left-padded sequences of
+   * `prompt`.. positions, above what was active before them: the engine's token loop queues the
+   * next step before it reads the last, as `mlx serve` runs it.
+   */
+  function decodePeak(model: DecoderModel, rows: number, prompt: number, steps: number): number {
+    const generator = new BatchGenerator(model, { maxBatch: rows, prefillChunk: 512 });
+    for (let b = 0; b < rows; b++)
+      generator.add(String(b), {
+        promptIds: Array.from({ length: prompt + 3 * b }, (_, i) => 3 + ((i * 7 + b) % 290)),
+        sampling: defaultSampling,
+        maxTokens: steps + 8,
+      });
+    while (generator.running < rows) generator.step();
+    generator.step();
+    const before = mx.memory.activeMemory();
+    mx.memory.resetPeakMemory();
+    for (let i = 0; i < steps; i++) expect(generator.step().length).toBe(rows);
+    const peak = mx.memory.peakMemory() - before;
+    generator.dispose();
+    return peak;
+  }
+
+  // One sequence (the fused write) and serving's batch of 8 (the cache's own writes). A layer's
+  // key buffer alone is rows × 2 heads × ≥ the longest prompt's columns × 64 × 2 bytes: 113 KB, 452 KB.
+  for (const { rows, prompt } of [
+    { rows: 1, prompt: 440 },
+    { rows: 8, prompt: 200 },
+  ]) {
+    const buffer = rows * 2 * (prompt + 3 * (rows - 1)) * 64 * 2;
+
+    test(`${rows} row(s): the new rows written into the cache in place, no copy of a layer's buffers`, () => {
+      expect(decodePeak(tinyModel("float32"), rows, prompt, 6)).toBeLessThan(buffer / 2);
+    });
+
+    test(`${rows} row(s): a buffer something else holds is copied, and the bound above sees it`, () => {
+      const model = tinyModel("float32");
+      const held: mx.MxArray[] = [];
+      // A second reference to the keys buffer while each step runs (kept past the step's scope).
+      const hold = (keys?: mx.MxArray) => keys && held.push(mx.keep(mx.retain(keys)));
+      const update = KVCache.prototype.update;
+      KVCache.prototype.roomFor = function (this: KVCache, r) {
+        const room = roomFor.call(this, r);
+        if (r.length === 1) hold(room?.keys);
+        return room;
+      };
+      KVCache.prototype.update = function (this: KVCache, keys, values) {
+        if (keys.shape[2] === 1) hold(this.keys?.[0]);
+        return update.call(this, keys, values);
+      };
+      try {
+        expect(decodePeak(model, rows, prompt, 6)).toBeGreaterThan(buffer);
+      } finally {
+        KVCache.prototype.update = update;
+        for (const t of held) t.free();
+      }
+    });
+  }
+});
+
+describe("writesFused", () => {
+  test("a prefill chunk and a batch keep the cache's own writes; one sequence's decode step writes fused", () => {
+    const model = tinyModel("float32");
+    let fused = 0;
+    KVCache.prototype.roomFor = function (this: KVCache, r) {
+      const room = roomFor.call(this, r);
+      if (room) fused++;
+      return room;
+    };
+    const caches = makeCaches(model);
+    const prompt = Array.from({ length: 17 }, (_, i) => i + 3);
+    mx.scope(() => mx.evaluate(forward(model, ids([prompt]), caches)));
+    expect(fused).toBe(0);
+    mx.scope(() => mx.evaluate(forward(model, ids([[7]]), caches)));
+    expect(fused).toBe(model.config.numHiddenLayers);
+    freeCaches(caches);
+    expect([writesFused(1, 1), writesFused(1, 16), writesFused(1, 17), writesFused(8, 1)]).toEqual([
+      true,
+      true,
+      false,
+      false,
+    ]);
+  });
+});
