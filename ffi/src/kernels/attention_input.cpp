@@ -13,7 +13,6 @@
 
 #include "bodies.h"
 #include "kernels.h"
-#include "mlx/backend/common/utils.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/primitives.h"
 
@@ -144,31 +143,6 @@ void run(const std::vector<mx::array>& in, std::vector<mx::array>& out, const In
   write_rows(values, spec.projected, strides, {B, Hkv, L, D}, out[2], spec.at);
 }
 
-// Whether `held`, an input of a primitive with `outputs` outputs, may become `buffer`: MLX's
-// is_donatable(held, buffer), except that held's descriptor is referenced once by each output
-// (every output keeps the inputs), where is_donatable asks for one reference, which an input of
-// a multi-output primitive never has. An array is one shared pointer to its descriptor.
-bool donatable(const mx::array& held, const mx::array& buffer, size_t outputs) {
-  static_assert(sizeof(mx::array) == sizeof(std::shared_ptr<void>));
-  const long references = reinterpret_cast<const std::shared_ptr<void>&>(held).use_count();
-  const auto& data = held.data_shared_ptr();
-  return references == long(outputs) && data.use_count() == 1 && data->is_owned() && held.flags().row_contiguous &&
-         held.itemsize() == buffer.itemsize() && held.buffer_size() <= buffer.nbytes();
-}
-
-// valid = buffer [B, H, T, D]'s first valid.shape(2) columns, a view (as MLX's slice makes it).
-void set_valid_view(const mx::array& buffer, mx::array& valid) {
-  const mx::Strides& strides = buffer.strides();
-  size_t end = 1;
-  for (int i = 0; i < valid.ndim(); ++i) end += size_t(valid.shape(i) - 1) * strides[i];
-  auto [no_broadcast_size, row_contiguous, col_contiguous] = mx::check_contiguity(valid.shape(), strides);
-  mx::array::Flags flags = buffer.flags();
-  flags.row_contiguous = row_contiguous;
-  flags.col_contiguous = col_contiguous;
-  flags.contiguous = no_broadcast_size == end;
-  valid.copy_shared_buffer(buffer, strides, flags, end);
-}
-
 class AttentionInput : public mx::Primitive {
  public:
   AttentionInput(mx::Stream stream, InputSpec spec) : mx::Primitive(stream), spec_(spec) {}
@@ -186,13 +160,15 @@ class AttentionInput : public mx::Primitive {
     for (int i = 1; i <= 2; ++i) {
       const mx::array& held = inputs[cache + i - 1];
       mx::array& buffer = outputs[i];
-      if (donatable(held, buffer, outputs.size())) {
+      // As MLX's is_donatable also asks: the same element size, and no larger a buffer than the output.
+      if (donatable_input(held, outputs.size()) && held.itemsize() == buffer.itemsize() &&
+          held.buffer_size() <= buffer.nbytes()) {
         buffer.copy_shared_buffer(held);
       } else {
         buffer.set_data(mx::allocator::malloc(buffer.nbytes()));
         copies.emplace_back(i, row_contiguous(held, stream()));
       }
-      set_valid_view(buffer, outputs[2 + i]);
+      set_prefix_view(buffer, outputs[2 + i]);
     }
     outputs[0].set_data(mx::allocator::malloc(outputs[0].nbytes()));
     std::vector<mx::array> rows;
