@@ -376,6 +376,47 @@ export function quantize(w: MxArray, q: QuantSpec): { weight: MxArray; scales: M
   };
 }
 
+/** An affine-quantized weight: packed codes, scales and biases. */
+export interface QuantizedArrays {
+  weight: MxArray;
+  scales: MxArray;
+  biases: MxArray;
+}
+
+/**
+ * The weight (transposed, MLX's layout) repacked for our CPU kernels' decode rows, where they read
+ * that layout on this CPU (ffi/src/kernels/quantized_matmul.h, kRepackColumns): the same bytes,
+ * which only quantizedMatmul and the fused ops take (MLX's own ops refuse them; unrepackQuantized
+ * puts them back). Undefined where the weight stays in MLX's layout.
+ */
+export function repackQuantized(t: QuantizedArrays, q: QuantSpec): QuantizedArrays | undefined {
+  check(
+    lib.mlxs_repack_quantized(
+      outPtr,
+      outPtr2,
+      outPtr3,
+      t.weight.handle,
+      t.scales.handle,
+      t.biases.handle,
+      q.groupSize,
+      q.bits,
+    ),
+    "repack_quantized",
+  );
+  const weight = readOut(0);
+  if (!weight) return undefined;
+  return { weight: new MxArray(weight), scales: new MxArray(readOut(1)), biases: new MxArray(readOut(2)) };
+}
+
+/** A weight repackQuantized made, back in MLX's layout (others as they are). */
+export function unrepackQuantized(t: QuantizedArrays): QuantizedArrays {
+  check(
+    lib.mlxs_unrepack_quantized(outPtr, outPtr2, outPtr3, t.weight.handle, t.scales.handle, t.biases.handle),
+    "unrepack_quantized",
+  );
+  return { weight: new MxArray(readOut(0)), scales: new MxArray(readOut(1)), biases: new MxArray(readOut(2)) };
+}
+
 export function dequantize(
   w: MxArray,
   scales: MxArray,

@@ -49,6 +49,25 @@ export class Weights {
     return fused;
   }
 
+  /**
+   * The quantized weight at `prefix` (t: the map's arrays there) repacked for our CPU kernels'
+   * decode rows where they read that layout on this CPU (mx.repackQuantized), evaluated now and
+   * kept in the map in place of the original, so it is held once; t itself where it stays in
+   * MLX's layout. Only products read it: adapters see it through adaptable's unrepack.
+   */
+  repack(prefix: string, t: ProjectionWeights, quant: QuantConfig | undefined): ProjectionWeights {
+    if (!quant || (quant.mode ?? "affine") !== "affine" || !t.scales || !t.biases) return t;
+    const original = { weight: t.weight, scales: t.scales, biases: t.biases };
+    const repacked = mx.scope(() => mx.repackQuantized(original, quant));
+    if (!repacked) return t;
+    mx.evaluate(repacked.weight, repacked.scales, repacked.biases);
+    for (const suffix of ["weight", "scales", "biases"] as const) {
+      this.tensors.set(`${prefix}.${suffix}`, mx.keep(repacked[suffix]));
+      original[suffix].free();
+    }
+    return { ...repacked, repacked: true };
+  }
+
   has(name: string): boolean {
     return this.tensors.has(name);
   }
@@ -80,12 +99,16 @@ export interface Linear {
 }
 
 export function linear(w: Weights, prefix: string): Linear {
-  const t = {
-    weight: w.get(`${prefix}.weight`),
-    scales: w.optional(`${prefix}.scales`),
-    biases: w.optional(`${prefix}.biases`),
-  };
   const quant = w.quantFor(prefix);
+  const t = w.repack(
+    prefix,
+    {
+      weight: w.get(`${prefix}.weight`),
+      scales: w.optional(`${prefix}.scales`),
+      biases: w.optional(`${prefix}.biases`),
+    },
+    quant,
+  );
   w.lora.register(prefix, adaptable(t, quant));
   const bias = w.optional(`${prefix}.bias`);
   return Object.assign(withBias(w.lora.wrap(prefix, projection(w, t, quant)), bias), {
@@ -118,7 +141,7 @@ export function fusedLinear(w: Weights, prefixes: string[]): FusedLinear {
     const separate = prefixes.map((p) => linear(w, p));
     return (x) => separate.map((f) => f(x));
   }
-  const [weight, scales, biases, bias] = suffixes.map((suffix, i) =>
+  const [fusedWeight, fusedScales, fusedBiases, bias] = suffixes.map((suffix, i) =>
     parts[i]![0]
       ? w.fuse(
           prefixes.map((p) => `${p}.${suffix}`),
@@ -128,12 +151,13 @@ export function fusedLinear(w: Weights, prefixes: string[]): FusedLinear {
   );
   let end = 0;
   const bounds = parts[0]!.map((t) => [end, (end += t!.shape[0]!)] as const);
-  const project = projection(w, { weight: weight!, scales, biases }, quants[0]);
+  const t = w.repack(prefixes.join("+"), { weight: fusedWeight!, scales: fusedScales, biases: fusedBiases }, quants[0]);
+  const project = projection(w, t, quants[0]);
   // Each part is adapted on its own (an adapter names q_proj, not the fused product).
   const outputs = prefixes.map((prefix, i) => {
     const [start, stop] = bounds[i]!;
     const rows = (t: MxArray) => mx.slice(t, [start, 0], [stop, t.shape[1]!]);
-    w.lora.register(prefix, adaptable({ weight: weight!, scales, biases }, quants[0], { outputs: stop - start, rows }));
+    w.lora.register(prefix, adaptable(t, quants[0], { outputs: stop - start, rows }));
     return { prefix, start, stop, bias: bias && w.derive(() => mx.slice(bias, [start], [stop])) };
   });
   const fused = (x: MxArray) => {
@@ -144,7 +168,7 @@ export function fusedLinear(w: Weights, prefixes: string[]): FusedLinear {
       return bias ? mx.add(part, bias) : part;
     });
   };
-  return Object.assign(fused, { quantized: quantizedWeights({ weight: weight!, scales, biases }, quants[0], bias) });
+  return Object.assign(fused, { quantized: quantizedWeights(t, quants[0], bias) });
 }
 
 /**
@@ -181,6 +205,8 @@ interface ProjectionWeights {
   /** A quantized weight's scales and biases. */
   scales?: MxArray;
   biases?: MxArray;
+  /** Repacked for our CPU kernels (Weights.repack): dequantized only once put back in MLX's layout. */
+  repacked?: boolean;
 }
 
 /** x → x·Wᵀ, quantized or plain. On the CPU our kernels spread each product over the cores. */
@@ -213,11 +239,15 @@ function adaptable(
 ): AdaptableLayer {
   const packed = t.weight.shape[1]!;
   const { rows } = part;
+  const mlxLayout = () => (t.repacked ? mx.unrepackQuantized(t as mx.QuantizedArrays) : t);
   return {
     outputs: part.outputs,
     inputs: quant ? (packed * 32) / quant.bits : packed,
-    dense: () =>
-      quant ? mx.dequantize(rows(t.weight), rows(t.scales!), t.biases && rows(t.biases), quant) : rows(t.weight),
+    dense: () => {
+      if (!quant) return rows(t.weight);
+      const { weight, scales, biases } = mlxLayout();
+      return mx.dequantize(rows(weight), rows(scales!), biases && rows(biases), quant);
+    },
   };
 }
 
