@@ -151,6 +151,10 @@ MLXS_API int mlxs_repack_quantized(mlxs_array** out_w, mlxs_array** out_scales, 
 // A weight mlxs_repack_quantized made, back in MLX's layout (for mlxs_dequantize); others as they are.
 MLXS_API int mlxs_unrepack_quantized(mlxs_array** out_w, mlxs_array** out_scales, mlxs_array** out_biases,
                                      const mlxs_array* w, const mlxs_array* scales, const mlxs_array* biases);
+// Rows `ids` of a quantized weight (in MLX's layout or repacked), in MLX's layout: an embedding's lookup.
+MLXS_API int mlxs_take_quantized_rows(mlxs_array** out_w, mlxs_array** out_scales, mlxs_array** out_biases,
+                                      const mlxs_array* w, const mlxs_array* scales, const mlxs_array* biases,
+                                      const mlxs_array* ids);
 // dtype < 0 keeps the scales' dtype.
 MLXS_API int mlxs_dequantize(mlxs_array** out, const mlxs_array* w, const mlxs_array* scales,
                     const mlxs_array* biases, int group_size, int bits, const char* mode, int dtype);

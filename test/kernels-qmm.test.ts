@@ -228,7 +228,7 @@ describe("quantized matmul kernel", () => {
         for (const groupSize of [32, 64, 128]) {
           for (const [m, n, k, bits] of [[1, 13, 128, 4], [2, 37, 384, 4], [3, 101, 256, 4], [5, 9, 640, 4], [8, 50, 1536, 4],
                                          [1, 1000, 768, 4], [17, 30, 256, 4], [1, 40, 256, 8], [6, 33, 320, 8], [8, 20, 1536, 8], [1, 20, 96, 4],
-                                         [7, 24, 576, 4], [3, 48, 256, 4]]) {
+                                         [7, 24, 576, 4], [3, 48, 256, 4], [2, 32, 256, 8]]) {
             if (k % groupSize !== 0) continue;
             mx.scope(() => {
               const q = mx.quantize(mx.random.normal([n, k], mx.Dtype.float32, mx.random.key(n)), { bits, groupSize });
@@ -262,10 +262,10 @@ describe("quantized matmul kernel", () => {
         kernels: string;
         results: { m: number; k: number; bits: number; excess: number; relative: number; repacked?: boolean }[];
       };
-      // Repacked weights only with int16 activations: [3, 48, 256] in each group size.
+      // Repacked weights only with int16 activations: [3, 48, 256] and [2, 32, 256] in each group size.
       const repacked = results.filter((r) => r.repacked).length;
-      expect(repacked).toBe(kernels.endsWith(", int16 activations") && activations === ", int16 activations" ? 3 : 0);
-      expect(results.length - repacked).toBe(35);
+      expect(repacked).toBe(kernels.endsWith(", int16 activations") && activations === ", int16 activations" ? 6 : 0);
+      expect(results.length - repacked).toBe(38);
       // Exact: no rounding named. int8 and int16: only where the CPU has VNNI; elsewhere every product is exact.
       if (!activations) expect(kernels).toMatch(/threads?$/);
       const rounding = activations !== "" && kernels.endsWith(activations);
@@ -280,14 +280,20 @@ describe("quantized matmul kernel", () => {
   }
 
   // Weights repacked for the int16 decode rows (16 columns interleaved, marked int32): where the
-  // CPU runs int16 decode rows, 4-bit weights of a multiple of 16 rows repack; every product on
+  // CPU runs int16 decode rows, 4- and 8-bit weights of a multiple of 16 rows repack; every product on
   // them is the MLX layout's within the rounding bound (decode rows) or bit for bit (more rows,
   // and MLX's own op, which reads them put back), and a row gives the same bits alone as in a batch.
   test("repacked weights: the same products as MLX's layout, rows alone = rows in a batch, put back exactly", () => {
     mx.scope(() => {
-      for (const groupSize of [32, 64, 128]) {
+      for (const [bits, groupSize] of [
+        [4, 32],
+        [4, 64],
+        [4, 128],
+        [8, 32],
+        [8, 128],
+      ] as const) {
         for (const scaleType of [mx.Dtype.float16, mx.Dtype.bfloat16, mx.Dtype.float32]) {
-          const layout = { bits: 4, groupSize };
+          const layout = { bits, groupSize };
           // Rows: one block of 16, and 60 (SmolLM2's q/k/v at K = 576); K: 1 to 20 blocks of 32.
           for (const [n, k] of [
             [16, 128],
@@ -326,7 +332,7 @@ describe("quantized matmul kernel", () => {
               expect(product(rows(m), repacked!, layout, false).toArray()).toEqual(theirs.toArray());
             }
             // Symmetric (GGUF Q4_0): biases from the scales.
-            const symmetric = { ...w, biases: mx.multiply(w.scales, mx.scalar(-8, scaleType)) };
+            const symmetric = { ...w, biases: mx.multiply(w.scales, mx.scalar(-(2 ** (bits - 1)), scaleType)) };
             const symmetricRepacked = mx.repackQuantized(symmetric, layout)!;
             const x8 = rows(8);
             expectOursMatches(
@@ -342,15 +348,9 @@ describe("quantized matmul kernel", () => {
     });
   });
 
-  test("weights that stay in MLX's layout: 8 bits, rows not a multiple of 16, our kernels off; MLX's ops refuse repacked ones", () => {
+  test("weights that stay in MLX's layout: rows not a multiple of 16, our kernels off; MLX's ops refuse repacked ones, the lookup reads them", () => {
     mx.scope(() => {
       const layout = { bits: 4, groupSize: 32 };
-      expect(
-        mx.repackQuantized(quantizedWeight(64, 128, { bits: 8, groupSize: 32 }, mx.Dtype.float16, 1), {
-          bits: 8,
-          groupSize: 32,
-        }),
-      ).toBeUndefined();
       expect(mx.repackQuantized(quantizedWeight(40, 128, layout, mx.Dtype.float16, 2), layout)).toBeUndefined();
       const w = quantizedWeight(64, 128, layout, mx.Dtype.float16, 3);
       const previous = mx.useCpuKernels(false);
@@ -364,6 +364,13 @@ describe("quantized matmul kernel", () => {
       expect(() => mx.evaluate(mx.dequantize(repacked.weight, repacked.scales, repacked.biases, layout))).toThrow();
       // A weight in MLX's layout passes through unrepackQuantized as it is.
       expect(mx.unrepackQuantized(w).weight.toArray()).toEqual(w.weight.toArray());
+      // An embedding's lookup: the same rows from either layout, in MLX's.
+      const ids = mx.array(Int32Array.from([5, 17, 63, 0, 33, 16]), [2, 3]);
+      const fromRepacked = mx.takeQuantizedRows(repacked, ids),
+        fromMlx = mx.takeQuantizedRows(w, ids);
+      expect(fromRepacked.weight.shape).toEqual([2, 3, 16]);
+      for (const part of ["weight", "scales", "biases"] as const)
+        expect(fromRepacked[part].toArray()).toEqual(fromMlx[part].toArray());
     });
   });
 

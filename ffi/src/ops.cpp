@@ -268,6 +268,18 @@ int mlxs_unrepack_quantized(mlxs_array** out_w, mlxs_array** out_scales, mlxs_ar
   });
 }
 
+int mlxs_take_quantized_rows(mlxs_array** out_w, mlxs_array** out_scales, mlxs_array** out_biases,
+                             const mlxs_array* w, const mlxs_array* scales, const mlxs_array* biases,
+                             const mlxs_array* ids) {
+  return guard([&] {
+    const auto [rows_w, rows_scales, rows_biases] =
+        kernels::take_quantized_rows({ref(w), ref(scales), ref(biases)}, ref(ids));
+    put(out_scales, rows_scales);
+    put(out_biases, rows_biases);
+    return put(out_w, rows_w);
+  });
+}
+
 int mlxs_dequantize(mlxs_array** out, const mlxs_array* w, const mlxs_array* scales,
                     const mlxs_array* biases, int group_size, int bits, const char* mode, int dtype) {
   return guard([&] {

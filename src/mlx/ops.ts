@@ -417,6 +417,23 @@ export function unrepackQuantized(t: QuantizedArrays): QuantizedArrays {
   return { weight: new MxArray(readOut(0)), scales: new MxArray(readOut(1)), biases: new MxArray(readOut(2)) };
 }
 
+/** Rows `ids` (any shape) of a quantized weight, repacked or not, in MLX's layout [...ids, ·]: an embedding's lookup. */
+export function takeQuantizedRows(t: QuantizedArrays, ids: MxArray): QuantizedArrays {
+  check(
+    lib.mlxs_take_quantized_rows(
+      outPtr,
+      outPtr2,
+      outPtr3,
+      t.weight.handle,
+      t.scales.handle,
+      t.biases.handle,
+      ids.handle,
+    ),
+    "take_quantized_rows",
+  );
+  return { weight: new MxArray(readOut(0)), scales: new MxArray(readOut(1)), biases: new MxArray(readOut(2)) };
+}
+
 export function dequantize(
   w: MxArray,
   scales: MxArray,

@@ -189,15 +189,27 @@ export interface Embedding {
 }
 
 export function embedding(w: Weights, prefix: string): Embedding {
-  const weight = w.get(`${prefix}.weight`);
   const quant = w.quantFor(prefix);
-  const scales = w.optional(`${prefix}.scales`);
-  const biases = w.optional(`${prefix}.biases`);
-  const lookup = quant
-    ? (ids: MxArray) =>
-        mx.dequantize(mx.take(weight, ids, 0), mx.take(scales!, ids, 0), biases && mx.take(biases, ids, 0), quant)
-    : (ids: MxArray) => mx.take(weight, ids, 0);
-  return { lookup, asLinear: projection(w, { weight, scales, biases }, quant) };
+  // A tied output layer is a product like any other: repacked where our kernels read it so, its
+  // lookup then takes its rows from the repacked layout.
+  const t = w.repack(
+    prefix,
+    {
+      weight: w.get(`${prefix}.weight`),
+      scales: w.optional(`${prefix}.scales`),
+      biases: w.optional(`${prefix}.biases`),
+    },
+    quant,
+  );
+  const { weight, scales, biases } = t;
+  const lookup = (ids: MxArray): MxArray => {
+    if (!quant) return mx.take(weight, ids, 0);
+    if (!t.repacked)
+      return mx.dequantize(mx.take(weight, ids, 0), mx.take(scales!, ids, 0), biases && mx.take(biases, ids, 0), quant);
+    const rows = mx.takeQuantizedRows(t as mx.QuantizedArrays, ids);
+    return mx.dequantize(rows.weight, rows.scales, rows.biases, quant);
+  };
+  return { lookup, asLinear: projection(w, t, quant) };
 }
 
 interface ProjectionWeights {

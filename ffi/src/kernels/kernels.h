@@ -71,6 +71,10 @@ using QuantizedWeight = std::tuple<mx::array, mx::array, mx::array>;
 std::optional<QuantizedWeight> repack_for_kernels(const mx::array& w, const mx::array& scales,
                                                   const mx::array& biases, int group, int bits);
 
+// Rows `ids` (any shape) of a weight in MLX's layout or repacked, in MLX's layout ([...ids, ·]):
+// an embedding's lookup.
+QuantizedWeight take_quantized_rows(const QuantizedWeight& weight, const mx::array& ids);
+
 // A weight that repack_for_kernels made, back in MLX's layout (for dequantize and MLX's ops);
 // any other weight as it is.
 QuantizedWeight mlx_layout(const QuantizedWeight& weight);

@@ -65,10 +65,9 @@ bool int16_activations(int M, int bits) {
 bool is_repacked(const mx::array& w) { return w.dtype() == mx::int32; }
 
 // Whether our kernels read `bits`-bit weights of N rows repacked, on this CPU in this mode: the
-// int16 decode rows (AVX-512 VNNI), 4 bits (the 8-bit layer of the default model is its tied
-// embedding, which the lookup reads in MLX's layout).
+// int16 decode rows (AVX-512 VNNI).
 bool repack_readable(int N, int bits) {
-  return decode_activations() == DecodeActivations::int16 && bits == 4 && N % kRepackColumns == 0;
+  return decode_activations() == DecodeActivations::int16 && (bits == 4 || bits == 8) && N % kRepackColumns == 0;
 }
 
 // Outputs per task: enough tasks to balance the threads, few enough that waking them pays.
@@ -353,6 +352,24 @@ std::optional<QuantizedWeight> repack_for_kernels(const mx::array& w, const mx::
       biases.dtype() != scales.dtype() || scales.shape() != mx::Shape{N, K / group} || biases.shape() != scales.shape())
     return std::nullopt;
   return QuantizedWeight{mx::view(interleave(w, false), mx::int32), interleave(scales, false), interleave(biases, false)};
+}
+
+QuantizedWeight take_quantized_rows(const QuantizedWeight& weight, const mx::array& ids) {
+  const auto& [w, scales, biases] = weight;
+  if (!is_repacked(w)) return {mx::take(w, ids, 0), mx::take(scales, ids, 0), mx::take(biases, ids, 0)};
+  // Row n is lane n % 16 of every dword of block n / 16.
+  const mx::array flat = mx::astype(mx::flatten(ids), mx::int32);
+  const mx::array blocks = mx::floor_divide(flat, mx::array(kRepackColumns)),
+                  lanes = mx::reshape(mx::remainder(flat, mx::array(kRepackColumns)), {-1, 1, 1});
+  mx::Shape shape = ids.shape();
+  auto rows = [&](const mx::array& a) {
+    const int N = a.shape(0), C = a.shape(1);
+    const mx::array block = mx::take(mx::reshape(a, {N / kRepackColumns, C, kRepackColumns}), blocks, 0);
+    mx::Shape out = shape;
+    out.push_back(C);
+    return mx::reshape(mx::take_along_axis(block, mx::broadcast_to(lanes, {flat.shape(0), C, 1}), 2), out);
+  };
+  return {mx::view(rows(w), mx::uint32), rows(scales), rows(biases)};
 }
 
 QuantizedWeight mlx_layout(const QuantizedWeight& weight) {

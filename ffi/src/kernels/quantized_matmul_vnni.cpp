@@ -341,7 +341,8 @@ void int16_tile(const QmmProblem& p, int n0, int n1) {
 // sum of rounded x over the group. Fewer rows split a block's products over more int32 sums, so
 // that vpdpwssd's latency hides: integer sums are exact in any order, so a row gives the same
 // bits alone and in a batch (every float operation is the same for any row count). At 4 bits a
-// block's sum converts to a float exactly (|sum| <= 32 · 15 · 32767 < 2^24).
+// block's sum converts to a float exactly (|sum| <= 32 · 15 · 32767 < 2^24); at 8 bits it may
+// round, by 2^-24 of it (|sum| <= 32 · 255 · 32767 < 2^31: no overflow).
 template <int Bits, ScaleType S, bool Symmetric, int MR>
 void repacked_rows(const QmmProblem& p, int n0, int n1) {
   constexpr int per_dword = 32 / Bits, pairs = per_dword / 2, block_vectors = Bits;
@@ -404,24 +405,29 @@ void repacked_rows(const QmmProblem& p, int n0, int n1) {
   }
 }
 
-template <ScaleType S, bool Symmetric>
+template <int Bits, ScaleType S, bool Symmetric>
 void repacked_tile(const QmmProblem& p, int n0, int n1) {
   switch (p.M) {
-    case 1: repacked_rows<4, S, Symmetric, 1>(p, n0, n1); break;
-    case 2: repacked_rows<4, S, Symmetric, 2>(p, n0, n1); break;
-    case 3: repacked_rows<4, S, Symmetric, 3>(p, n0, n1); break;
-    case 4: repacked_rows<4, S, Symmetric, 4>(p, n0, n1); break;
-    case 5: repacked_rows<4, S, Symmetric, 5>(p, n0, n1); break;
-    case 6: repacked_rows<4, S, Symmetric, 6>(p, n0, n1); break;
-    case 7: repacked_rows<4, S, Symmetric, 7>(p, n0, n1); break;
-    default: repacked_rows<4, S, Symmetric, 8>(p, n0, n1); break;
+    case 1: repacked_rows<Bits, S, Symmetric, 1>(p, n0, n1); break;
+    case 2: repacked_rows<Bits, S, Symmetric, 2>(p, n0, n1); break;
+    case 3: repacked_rows<Bits, S, Symmetric, 3>(p, n0, n1); break;
+    case 4: repacked_rows<Bits, S, Symmetric, 4>(p, n0, n1); break;
+    case 5: repacked_rows<Bits, S, Symmetric, 5>(p, n0, n1); break;
+    case 6: repacked_rows<Bits, S, Symmetric, 6>(p, n0, n1); break;
+    case 7: repacked_rows<Bits, S, Symmetric, 7>(p, n0, n1); break;
+    default: repacked_rows<Bits, S, Symmetric, 8>(p, n0, n1); break;
   }
 }
 
 template <ScaleType S>
 void repacked_tile(const QmmProblem& p, int n0, int n1) {
-  if (p.symmetric) repacked_tile<S, true>(p, n0, n1);
-  else repacked_tile<S, false>(p, n0, n1);
+  if (p.bits == 4) {
+    if (p.symmetric) repacked_tile<4, S, true>(p, n0, n1);
+    else repacked_tile<4, S, false>(p, n0, n1);
+  } else {
+    if (p.symmetric) repacked_tile<8, S, true>(p, n0, n1);
+    else repacked_tile<8, S, false>(p, n0, n1);
+  }
 }
 
 }  // namespace
