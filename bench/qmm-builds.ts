@@ -49,6 +49,7 @@ const cases: [number, number, number, number, number][] = llama1B
       [1, 49152, 576, 8, 32],
       [4, 3072, 576, 4, 32],
       [8, 3072, 576, 4, 32],
+      [8, 49152, 576, 8, 32],
     ];
 const label = ([m, n, k, bits, g]: (typeof cases)[number]) => `${m} × (${n}, ${k}) ${bits}-bit g${g}`;
 

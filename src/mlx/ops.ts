@@ -383,55 +383,53 @@ export interface QuantizedArrays {
   biases: MxArray;
 }
 
-/**
- * The weight (transposed, MLX's layout) repacked for our CPU kernels' decode rows, where they read
- * that layout on this CPU (ffi/src/kernels/quantized_matmul.h, kRepackColumns): the same bytes,
- * which only quantizedMatmul and the fused ops take (MLX's own ops refuse them; unrepackQuantized
- * puts them back). Undefined where the weight stays in MLX's layout.
- */
-export function repackQuantized(t: QuantizedArrays, q: QuantSpec): QuantizedArrays | undefined {
-  check(
-    lib.mlxs_repack_quantized(
-      outPtr,
-      outPtr2,
-      outPtr3,
-      t.weight.handle,
-      t.scales.handle,
-      t.biases.handle,
-      q.groupSize,
-      q.bits,
-    ),
-    "repack_quantized",
-  );
+/** The weight, scales and biases a shim call wrote to the three out slots (undefined: no weight). */
+function quantizedOut(status: number, what: string): QuantizedArrays | undefined {
+  check(status, what);
   const weight = readOut(0);
   if (!weight) return undefined;
   return { weight: new MxArray(weight), scales: new MxArray(readOut(1)), biases: new MxArray(readOut(2)) };
 }
 
+/**
+ * The weight (transposed, MLX's layout) repacked for our CPU kernels' decode rows, where they read
+ * that layout on this CPU (ffi/src/kernels/quantized_matmul.h, kRepackColumns): the same bytes,
+ * which only quantizedMatmul, the fused ops and takeQuantizedRows take (MLX's own ops refuse
+ * them; unrepackQuantized puts them back). Undefined where the weight stays in MLX's layout.
+ */
+export function repackQuantized(t: QuantizedArrays, q: QuantSpec): QuantizedArrays | undefined {
+  const { weight, scales, biases } = t;
+  return quantizedOut(
+    lib.mlxs_repack_quantized(
+      outPtr,
+      outPtr2,
+      outPtr3,
+      weight.handle,
+      scales.handle,
+      biases.handle,
+      q.groupSize,
+      q.bits,
+    ),
+    "repack_quantized",
+  );
+}
+
 /** A weight repackQuantized made, back in MLX's layout (others as they are). */
 export function unrepackQuantized(t: QuantizedArrays): QuantizedArrays {
-  check(
-    lib.mlxs_unrepack_quantized(outPtr, outPtr2, outPtr3, t.weight.handle, t.scales.handle, t.biases.handle),
+  const { weight, scales, biases } = t;
+  return quantizedOut(
+    lib.mlxs_unrepack_quantized(outPtr, outPtr2, outPtr3, weight.handle, scales.handle, biases.handle),
     "unrepack_quantized",
-  );
-  return { weight: new MxArray(readOut(0)), scales: new MxArray(readOut(1)), biases: new MxArray(readOut(2)) };
+  )!;
 }
 
 /** Rows `ids` (any shape) of a quantized weight, repacked or not, in MLX's layout [...ids, ·]: an embedding's lookup. */
 export function takeQuantizedRows(t: QuantizedArrays, ids: MxArray): QuantizedArrays {
-  check(
-    lib.mlxs_take_quantized_rows(
-      outPtr,
-      outPtr2,
-      outPtr3,
-      t.weight.handle,
-      t.scales.handle,
-      t.biases.handle,
-      ids.handle,
-    ),
+  const { weight, scales, biases } = t;
+  return quantizedOut(
+    lib.mlxs_take_quantized_rows(outPtr, outPtr2, outPtr3, weight.handle, scales.handle, biases.handle, ids.handle),
     "take_quantized_rows",
-  );
-  return { weight: new MxArray(readOut(0)), scales: new MxArray(readOut(1)), biases: new MxArray(readOut(2)) };
+  )!;
 }
 
 export function dequantize(

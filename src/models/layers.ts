@@ -50,16 +50,19 @@ export class Weights {
   }
 
   /**
-   * The quantized weight at `prefix` (t: the map's arrays there) repacked for our CPU kernels'
+   * The weight, scales and biases at `prefix`. A quantized one is repacked for our CPU kernels'
    * decode rows where they read that layout on this CPU (mx.repackQuantized), evaluated now and
-   * kept in the map in place of the original, so it is held once; t itself where it stays in
-   * MLX's layout. Only products read it: adapters see it through adaptable's unrepack.
+   * kept in the map in place of the original, so it is held once. Only products and the
+   * embedding's lookup read it so; adapters dequantize it put back (adaptable).
    */
-  repack(prefix: string, t: ProjectionWeights, quant: QuantConfig | undefined): ProjectionWeights {
-    if (!quant || (quant.mode ?? "affine") !== "affine" || !t.scales || !t.biases) return t;
-    const original = { weight: t.weight, scales: t.scales, biases: t.biases };
+  projectionWeights(prefix: string, quant: QuantConfig | undefined): ProjectionWeights {
+    const weight = this.get(`${prefix}.weight`);
+    const scales = this.optional(`${prefix}.scales`);
+    const biases = this.optional(`${prefix}.biases`);
+    if (!quant || (quant.mode ?? "affine") !== "affine" || !scales || !biases) return { weight, scales, biases };
+    const original = { weight, scales, biases };
     const repacked = mx.scope(() => mx.repackQuantized(original, quant));
-    if (!repacked) return t;
+    if (!repacked) return original;
     mx.evaluate(repacked.weight, repacked.scales, repacked.biases);
     for (const suffix of ["weight", "scales", "biases"] as const) {
       this.tensors.set(`${prefix}.${suffix}`, mx.keep(repacked[suffix]));
@@ -100,15 +103,7 @@ export interface Linear {
 
 export function linear(w: Weights, prefix: string): Linear {
   const quant = w.quantFor(prefix);
-  const t = w.repack(
-    prefix,
-    {
-      weight: w.get(`${prefix}.weight`),
-      scales: w.optional(`${prefix}.scales`),
-      biases: w.optional(`${prefix}.biases`),
-    },
-    quant,
-  );
+  const t = w.projectionWeights(prefix, quant);
   w.lora.register(prefix, adaptable(t, quant));
   const bias = w.optional(`${prefix}.bias`);
   return Object.assign(withBias(w.lora.wrap(prefix, projection(w, t, quant)), bias), {
@@ -141,7 +136,7 @@ export function fusedLinear(w: Weights, prefixes: string[]): FusedLinear {
     const separate = prefixes.map((p) => linear(w, p));
     return (x) => separate.map((f) => f(x));
   }
-  const [fusedWeight, fusedScales, fusedBiases, bias] = suffixes.map((suffix, i) =>
+  const [, , , bias] = suffixes.map((suffix, i) =>
     parts[i]![0]
       ? w.fuse(
           prefixes.map((p) => `${p}.${suffix}`),
@@ -151,12 +146,12 @@ export function fusedLinear(w: Weights, prefixes: string[]): FusedLinear {
   );
   let end = 0;
   const bounds = parts[0]!.map((t) => [end, (end += t!.shape[0]!)] as const);
-  const t = w.repack(prefixes.join("+"), { weight: fusedWeight!, scales: fusedScales, biases: fusedBiases }, quants[0]);
+  const t = w.projectionWeights(prefixes.join("+"), quants[0]);
   const project = projection(w, t, quants[0]);
   // Each part is adapted on its own (an adapter names q_proj, not the fused product).
   const outputs = prefixes.map((prefix, i) => {
     const [start, stop] = bounds[i]!;
-    const rows = (t: MxArray) => mx.slice(t, [start, 0], [stop, t.shape[1]!]);
+    const rows = (a: MxArray) => mx.slice(a, [start, 0], [stop, a.shape[1]!]);
     w.lora.register(prefix, adaptable(t, quants[0], { outputs: stop - start, rows }));
     return { prefix, start, stop, bias: bias && w.derive(() => mx.slice(bias, [start], [stop])) };
   });
@@ -192,15 +187,7 @@ export function embedding(w: Weights, prefix: string): Embedding {
   const quant = w.quantFor(prefix);
   // A tied output layer is a product like any other: repacked where our kernels read it so, its
   // lookup then takes its rows from the repacked layout.
-  const t = w.repack(
-    prefix,
-    {
-      weight: w.get(`${prefix}.weight`),
-      scales: w.optional(`${prefix}.scales`),
-      biases: w.optional(`${prefix}.biases`),
-    },
-    quant,
-  );
+  const t = w.projectionWeights(prefix, quant);
   const { weight, scales, biases } = t;
   const lookup = (ids: MxArray): MxArray => {
     if (!quant) return mx.take(weight, ids, 0);
@@ -217,7 +204,7 @@ interface ProjectionWeights {
   /** A quantized weight's scales and biases. */
   scales?: MxArray;
   biases?: MxArray;
-  /** Repacked for our CPU kernels (Weights.repack): dequantized only once put back in MLX's layout. */
+  /** Repacked for our CPU kernels (Weights.projectionWeights): dequantized only once put back in MLX's layout. */
   repacked?: boolean;
 }
 
