@@ -6,8 +6,10 @@
 // copies (64 MB and more in all) that, as in a model, its weights come from memory.
 // --cpu: the process's CPU time per product (its runs' total over their count) instead of the
 // wall clock's median, steadier on a loaded machine; with MLX_CPU_THREADS=1 that is the kernel's.
+// --repacked: B's weights repacked for the decode rows (mx.repackQuantized, where this CPU reads
+// them so); with --a and --b the same build, the two layouts against each other.
 //
-//   node_modules/.bin/bun bench/qmm-builds.ts --a old/libmlx_shim.so --b build/ffi/libmlx_shim.so [--rounds 6] [--runs 100] [--shapes default|1b] [--cpu]
+//   node_modules/.bin/bun bench/qmm-builds.ts --a old/libmlx_shim.so --b build/ffi/libmlx_shim.so [--rounds 6] [--runs 100] [--shapes default|1b] [--cpu] [--repacked]
 import { parseArgs } from "node:util";
 import * as mx from "../src/mlx";
 import { median, ratio } from "./lib";
@@ -20,6 +22,7 @@ const { values } = parseArgs({
     runs: { type: "string", default: "100" },
     shapes: { type: "string", default: "default" },
     cpu: { type: "boolean", default: false },
+    repacked: { type: "boolean", default: false },
     child: { type: "boolean", default: false },
   },
 });
@@ -46,6 +49,7 @@ const cases: [number, number, number, number, number][] = llama1B
       [1, 49152, 576, 8, 32],
       [4, 3072, 576, 4, 32],
       [8, 3072, 576, 4, 32],
+      [8, 49152, 576, 8, 32],
     ];
 const label = ([m, n, k, bits, g]: (typeof cases)[number]) => `${m} × (${n}, ${k}) ${bits}-bit g${g}`;
 
@@ -55,9 +59,10 @@ if (values.child) {
       const copies = llama1B ? Math.max(1, Math.ceil((64 << 20) / ((n * k) / 2))) : 1;
       const weights = Array.from({ length: copies }, (_, i) => {
         const q = mx.quantize(mx.random.normal([n, k], mx.Dtype.float32, mx.random.key(1 + i)), { bits, groupSize });
-        if (!llama1B) return { weight: q.weight, scales: q.scales, biases: q.biases! };
-        const scales = mx.astype(q.scales, mx.Dtype.float16);
-        return { weight: q.weight, scales, biases: mx.multiply(scales, mx.scalar(-8, mx.Dtype.float16)) };
+        const scales = llama1B ? mx.astype(q.scales, mx.Dtype.float16) : q.scales;
+        const biases = llama1B ? mx.multiply(scales, mx.scalar(-8, mx.Dtype.float16)) : q.biases!;
+        const t = { weight: q.weight, scales, biases };
+        return (values.repacked && mx.repackQuantized(t, { bits, groupSize })) || t;
       });
       const x = mx.random.normal([m, k], mx.Dtype.float32, mx.random.key(2));
       mx.evaluate(x, ...weights.flatMap((w) => [w.weight, w.scales, w.biases]));
@@ -93,6 +98,7 @@ if (values.child) {
           "--shapes",
           values.shapes,
           ...(values.cpu ? ["--cpu"] : []),
+          ...(values.repacked && build === "b" ? ["--repacked"] : []),
         ],
         {
           env: { ...process.env, MLX_SHIM_PATH: values[build] },

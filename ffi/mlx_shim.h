@@ -142,6 +142,19 @@ MLXS_API int mlxs_quantize(mlxs_array** out_w, mlxs_array** out_scales, mlxs_arr
 MLXS_API int mlxs_use_cpu_kernels(int on);
 // The instruction set and thread count our CPU kernels run with, e.g. "avx2, 2 threads".
 MLXS_API const char* mlxs_cpu_kernels_describe(void);
+// An affine-quantized weight (transposed, group_size, bits) with its scales and biases, repacked
+// for our CPU kernels' decode rows where they read that layout on this CPU (same bytes; only
+// mlxs_quantized_matmul and the fused ops take the result): *out_w is NULL where they don't.
+MLXS_API int mlxs_repack_quantized(mlxs_array** out_w, mlxs_array** out_scales, mlxs_array** out_biases,
+                                   const mlxs_array* w, const mlxs_array* scales, const mlxs_array* biases,
+                                   int group_size, int bits);
+// A weight mlxs_repack_quantized made, back in MLX's layout (for mlxs_dequantize); others as they are.
+MLXS_API int mlxs_unrepack_quantized(mlxs_array** out_w, mlxs_array** out_scales, mlxs_array** out_biases,
+                                     const mlxs_array* w, const mlxs_array* scales, const mlxs_array* biases);
+// Rows `ids` of a quantized weight (in MLX's layout or repacked), in MLX's layout: an embedding's lookup.
+MLXS_API int mlxs_take_quantized_rows(mlxs_array** out_w, mlxs_array** out_scales, mlxs_array** out_biases,
+                                      const mlxs_array* w, const mlxs_array* scales, const mlxs_array* biases,
+                                      const mlxs_array* ids);
 // dtype < 0 keeps the scales' dtype.
 MLXS_API int mlxs_dequantize(mlxs_array** out, const mlxs_array* w, const mlxs_array* scales,
                     const mlxs_array* biases, int group_size, int bits, const char* mode, int dtype);

@@ -228,7 +228,7 @@ describe("quantized matmul kernel", () => {
         for (const groupSize of [32, 64, 128]) {
           for (const [m, n, k, bits] of [[1, 13, 128, 4], [2, 37, 384, 4], [3, 101, 256, 4], [5, 9, 640, 4], [8, 50, 1536, 4],
                                          [1, 1000, 768, 4], [17, 30, 256, 4], [1, 40, 256, 8], [6, 33, 320, 8], [8, 20, 1536, 8], [1, 20, 96, 4],
-                                         [7, 24, 576, 4]]) {
+                                         [7, 24, 576, 4], [3, 48, 256, 4], [2, 32, 256, 8]]) {
             if (k % groupSize !== 0) continue;
             mx.scope(() => {
               const q = mx.quantize(mx.random.normal([n, k], mx.Dtype.float32, mx.random.key(n)), { bits, groupSize });
@@ -242,6 +242,13 @@ describe("quantized matmul kernel", () => {
               const relative = mx.max(mx.abs(mx.subtract(ours, exact))).item() / mx.max(mx.abs(exact)).item();
               mx.useCpuKernels(true);
               results.push({ m, n, k, bits, groupSize, excess, relative });
+              // Weights repack only for the int16 decode rows; there, repacked ones keep the bound.
+              const repacked = n % 16 === 0 && mx.repackQuantized({ weight: q.weight, scales, biases }, { bits, groupSize });
+              if (repacked) {
+                const product = mx.quantizedMatmul(x, repacked.weight, repacked.scales, repacked.biases, { bits, groupSize });
+                results.push({ m, n, k, bits, groupSize, repacked: true, excess: roundingExcess(product, exact, x, w, ${levels}),
+                               relative: mx.max(mx.abs(mx.subtract(product, exact))).item() / mx.max(mx.abs(exact)).item() });
+              }
             });
           }
         }
@@ -253,9 +260,12 @@ describe("quantized matmul kernel", () => {
       expect(child.stderr.toString()).toBe("");
       const { kernels, results } = JSON.parse(child.stdout.toString()) as {
         kernels: string;
-        results: { m: number; k: number; bits: number; excess: number; relative: number }[];
+        results: { m: number; k: number; bits: number; excess: number; relative: number; repacked?: boolean }[];
       };
-      expect(results.length).toBe(32);
+      // Repacked weights only with int16 activations: [3, 48, 256] and [2, 32, 256] in each group size.
+      const repacked = results.filter((r) => r.repacked).length;
+      expect(repacked).toBe(kernels.endsWith(", int16 activations") && activations === ", int16 activations" ? 6 : 0);
+      expect(results.length - repacked).toBe(38);
       // Exact: no rounding named. int8 and int16: only where the CPU has VNNI; elsewhere every product is exact.
       if (!activations) expect(kernels).toMatch(/threads?$/);
       const rounding = activations !== "" && kernels.endsWith(activations);
@@ -268,6 +278,101 @@ describe("quantized matmul kernel", () => {
       }
     });
   }
+
+  // Weights repacked for the int16 decode rows (16 columns interleaved, marked int32): where the
+  // CPU runs int16 decode rows, 4- and 8-bit weights of a multiple of 16 rows repack; every product on
+  // them is the MLX layout's within the rounding bound (decode rows) or bit for bit (more rows,
+  // and MLX's own op, which reads them put back), and a row gives the same bits alone as in a batch.
+  test("repacked weights: the same products as MLX's layout, rows alone = rows in a batch, put back exactly", () => {
+    mx.scope(() => {
+      for (const [bits, groupSize] of [
+        [4, 32],
+        [4, 64],
+        [4, 128],
+        [8, 32],
+        [8, 128],
+      ] as const) {
+        for (const scaleType of [mx.Dtype.float16, mx.Dtype.bfloat16, mx.Dtype.float32]) {
+          const layout = { bits, groupSize };
+          // Rows: one block of 16, and 60 (SmolLM2's q/k/v at K = 576); K: 1 to 20 blocks of 32.
+          for (const [n, k] of [
+            [16, 128],
+            [960, groupSize === 128 ? 640 : 576],
+            [48, 5 * groupSize],
+          ] as const) {
+            const w = quantizedWeight(n, k, layout, scaleType, n + k);
+            const repacked = mx.repackQuantized(w, layout);
+            if (!int16) {
+              expect(repacked).toBeUndefined();
+              continue;
+            }
+            expect(repacked!.weight.dtypeName).toBe("int32");
+            expect(repacked!.weight.shape).toEqual(w.weight.shape);
+            expect(repacked!.weight.nbytes + repacked!.scales.nbytes + repacked!.biases.nbytes).toBe(
+              w.weight.nbytes + w.scales.nbytes + w.biases.nbytes,
+            );
+            // Put back, every byte is MLX's.
+            const back = mx.unrepackQuantized(repacked!);
+            expect(back.weight.dtypeName).toBe("uint32");
+            for (const part of ["weight", "scales", "biases"] as const)
+              expect(back[part].toArray()).toEqual(w[part].toArray());
+            const x = mx.random.normal([40, k], mx.Dtype.float32, mx.random.key(k));
+            const rows = (m: number) => mx.slice(x, [0, 0], [m, k]);
+            const alone = Array.from({ length: 8 }, (_, r) =>
+              product(mx.slice(x, [r, 0], [r + 1, k]), repacked!, layout, true).toArray(),
+            );
+            for (const m of [1, 2, 3, 4, 5, 6, 7, 8, 9, 17, 40]) {
+              const ours = product(rows(m), repacked!, layout, true);
+              const theirs = product(rows(m), w, layout, false);
+              expectOursMatches(ours, theirs, rows(m), w, layout);
+              // More rows than decode: the same panels of floats as MLX's layout gives.
+              if (m > 8) expect(ours.toArray()).toEqual(product(rows(m), w, layout, true).toArray());
+              else for (let r = 0; r < m; r++) expect(mx.slice(ours, [r, 0], [r + 1, n]).toArray()).toEqual(alone[r]!);
+              // MLX's own op reads them put back.
+              expect(product(rows(m), repacked!, layout, false).toArray()).toEqual(theirs.toArray());
+            }
+            // Symmetric (GGUF Q4_0): biases from the scales.
+            const symmetric = { ...w, biases: mx.multiply(w.scales, mx.scalar(-(2 ** (bits - 1)), scaleType)) };
+            const symmetricRepacked = mx.repackQuantized(symmetric, layout)!;
+            const x8 = rows(8);
+            expectOursMatches(
+              product(x8, symmetricRepacked, layout, true),
+              product(x8, symmetric, layout, false),
+              x8,
+              symmetric,
+              layout,
+            );
+          }
+        }
+      }
+    });
+  });
+
+  test("weights that stay in MLX's layout: rows not a multiple of 16, our kernels off; MLX's ops refuse repacked ones, the lookup reads them", () => {
+    mx.scope(() => {
+      const layout = { bits: 4, groupSize: 32 };
+      expect(mx.repackQuantized(quantizedWeight(40, 128, layout, mx.Dtype.float16, 2), layout)).toBeUndefined();
+      const w = quantizedWeight(64, 128, layout, mx.Dtype.float16, 3);
+      const previous = mx.useCpuKernels(false);
+      try {
+        expect(mx.repackQuantized(w, layout)).toBeUndefined();
+      } finally {
+        mx.useCpuKernels(previous);
+      }
+      if (!int16) return;
+      const repacked = mx.repackQuantized(w, layout)!;
+      expect(() => mx.evaluate(mx.dequantize(repacked.weight, repacked.scales, repacked.biases, layout))).toThrow();
+      // A weight in MLX's layout passes through unrepackQuantized as it is.
+      expect(mx.unrepackQuantized(w).weight.toArray()).toEqual(w.weight.toArray());
+      // An embedding's lookup: the same rows from either layout, in MLX's.
+      const ids = mx.array(Int32Array.from([5, 17, 63, 0, 33, 16]), [2, 3]);
+      const fromRepacked = mx.takeQuantizedRows(repacked, ids),
+        fromMlx = mx.takeQuantizedRows(w, ids);
+      expect(fromRepacked.weight.shape).toEqual([2, 3, 16]);
+      for (const part of ["weight", "scales", "biases"] as const)
+        expect(fromRepacked[part].toArray()).toEqual(fromMlx[part].toArray());
+    });
+  });
 
   test("batched activations [B, L, K] and sliced (row-offset) weights", () => {
     mx.scope(() => {

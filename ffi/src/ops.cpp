@@ -245,6 +245,41 @@ int mlxs_quantize(mlxs_array** out_w, mlxs_array** out_scales, mlxs_array** out_
   });
 }
 
+int mlxs_repack_quantized(mlxs_array** out_w, mlxs_array** out_scales, mlxs_array** out_biases,
+                          const mlxs_array* w, const mlxs_array* scales, const mlxs_array* biases, int group_size,
+                          int bits) {
+  return guard([&] {
+    const auto repacked = kernels::repack_for_kernels(ref(w), ref(scales), ref(biases), group_size, bits);
+    *out_w = *out_scales = *out_biases = nullptr;
+    if (!repacked) return 0;
+    put(out_scales, std::get<1>(*repacked));
+    put(out_biases, std::get<2>(*repacked));
+    return put(out_w, std::get<0>(*repacked));
+  });
+}
+
+int mlxs_unrepack_quantized(mlxs_array** out_w, mlxs_array** out_scales, mlxs_array** out_biases,
+                            const mlxs_array* w, const mlxs_array* scales, const mlxs_array* biases) {
+  return guard([&] {
+    const auto [mlx_w, mlx_scales, mlx_biases] = kernels::mlx_layout({ref(w), ref(scales), ref(biases)});
+    put(out_scales, mlx_scales);
+    put(out_biases, mlx_biases);
+    return put(out_w, mlx_w);
+  });
+}
+
+int mlxs_take_quantized_rows(mlxs_array** out_w, mlxs_array** out_scales, mlxs_array** out_biases,
+                             const mlxs_array* w, const mlxs_array* scales, const mlxs_array* biases,
+                             const mlxs_array* ids) {
+  return guard([&] {
+    const auto [rows_w, rows_scales, rows_biases] =
+        kernels::take_quantized_rows({ref(w), ref(scales), ref(biases)}, ref(ids));
+    put(out_scales, rows_scales);
+    put(out_biases, rows_biases);
+    return put(out_w, rows_w);
+  });
+}
+
 int mlxs_dequantize(mlxs_array** out, const mlxs_array* w, const mlxs_array* scales,
                     const mlxs_array* biases, int group_size, int bits, const char* mode, int dtype) {
   return guard([&] {

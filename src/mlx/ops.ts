@@ -376,6 +376,62 @@ export function quantize(w: MxArray, q: QuantSpec): { weight: MxArray; scales: M
   };
 }
 
+/** An affine-quantized weight: packed codes, scales and biases. */
+export interface QuantizedArrays {
+  weight: MxArray;
+  scales: MxArray;
+  biases: MxArray;
+}
+
+/** The weight, scales and biases a shim call wrote to the three out slots (undefined: no weight). */
+function quantizedOut(status: number, what: string): QuantizedArrays | undefined {
+  check(status, what);
+  const weight = readOut(0);
+  if (!weight) return undefined;
+  return { weight: new MxArray(weight), scales: new MxArray(readOut(1)), biases: new MxArray(readOut(2)) };
+}
+
+/**
+ * The weight (transposed, MLX's layout) repacked for our CPU kernels' decode rows, where they read
+ * that layout on this CPU (ffi/src/kernels/quantized_matmul.h, kRepackColumns): the same bytes,
+ * which only quantizedMatmul, the fused ops and takeQuantizedRows take (MLX's own ops refuse
+ * them; unrepackQuantized puts them back). Undefined where the weight stays in MLX's layout.
+ */
+export function repackQuantized(t: QuantizedArrays, q: QuantSpec): QuantizedArrays | undefined {
+  const { weight, scales, biases } = t;
+  return quantizedOut(
+    lib.mlxs_repack_quantized(
+      outPtr,
+      outPtr2,
+      outPtr3,
+      weight.handle,
+      scales.handle,
+      biases.handle,
+      q.groupSize,
+      q.bits,
+    ),
+    "repack_quantized",
+  );
+}
+
+/** A weight repackQuantized made, back in MLX's layout (others as they are). */
+export function unrepackQuantized(t: QuantizedArrays): QuantizedArrays {
+  const { weight, scales, biases } = t;
+  return quantizedOut(
+    lib.mlxs_unrepack_quantized(outPtr, outPtr2, outPtr3, weight.handle, scales.handle, biases.handle),
+    "unrepack_quantized",
+  )!;
+}
+
+/** Rows `ids` (any shape) of a quantized weight, repacked or not, in MLX's layout [...ids, ·]: an embedding's lookup. */
+export function takeQuantizedRows(t: QuantizedArrays, ids: MxArray): QuantizedArrays {
+  const { weight, scales, biases } = t;
+  return quantizedOut(
+    lib.mlxs_take_quantized_rows(outPtr, outPtr2, outPtr3, weight.handle, scales.handle, biases.handle, ids.handle),
+    "take_quantized_rows",
+  )!;
+}
+
 export function dequantize(
   w: MxArray,
   scales: MxArray,

@@ -49,6 +49,28 @@ export class Weights {
     return fused;
   }
 
+  /**
+   * The weight, scales and biases at `prefix`. A quantized one is repacked for our CPU kernels'
+   * decode rows where they read that layout on this CPU (mx.repackQuantized), evaluated now and
+   * kept in the map in place of the original, so it is held once. Only products and the
+   * embedding's lookup read it so; adapters dequantize it put back (adaptable).
+   */
+  projectionWeights(prefix: string, quant: QuantConfig | undefined): ProjectionWeights {
+    const weight = this.get(`${prefix}.weight`);
+    const scales = this.optional(`${prefix}.scales`);
+    const biases = this.optional(`${prefix}.biases`);
+    if (!quant || (quant.mode ?? "affine") !== "affine" || !scales || !biases) return { weight, scales, biases };
+    const original = { weight, scales, biases };
+    const repacked = mx.scope(() => mx.repackQuantized(original, quant));
+    if (!repacked) return original;
+    mx.evaluate(repacked.weight, repacked.scales, repacked.biases);
+    for (const suffix of ["weight", "scales", "biases"] as const) {
+      this.tensors.set(`${prefix}.${suffix}`, mx.keep(repacked[suffix]));
+      original[suffix].free();
+    }
+    return { ...repacked, repacked: true };
+  }
+
   has(name: string): boolean {
     return this.tensors.has(name);
   }
@@ -80,12 +102,8 @@ export interface Linear {
 }
 
 export function linear(w: Weights, prefix: string): Linear {
-  const t = {
-    weight: w.get(`${prefix}.weight`),
-    scales: w.optional(`${prefix}.scales`),
-    biases: w.optional(`${prefix}.biases`),
-  };
   const quant = w.quantFor(prefix);
+  const t = w.projectionWeights(prefix, quant);
   w.lora.register(prefix, adaptable(t, quant));
   const bias = w.optional(`${prefix}.bias`);
   return Object.assign(withBias(w.lora.wrap(prefix, projection(w, t, quant)), bias), {
@@ -118,7 +136,7 @@ export function fusedLinear(w: Weights, prefixes: string[]): FusedLinear {
     const separate = prefixes.map((p) => linear(w, p));
     return (x) => separate.map((f) => f(x));
   }
-  const [weight, scales, biases, bias] = suffixes.map((suffix, i) =>
+  const [, , , bias] = suffixes.map((suffix, i) =>
     parts[i]![0]
       ? w.fuse(
           prefixes.map((p) => `${p}.${suffix}`),
@@ -128,12 +146,13 @@ export function fusedLinear(w: Weights, prefixes: string[]): FusedLinear {
   );
   let end = 0;
   const bounds = parts[0]!.map((t) => [end, (end += t!.shape[0]!)] as const);
-  const project = projection(w, { weight: weight!, scales, biases }, quants[0]);
+  const t = w.projectionWeights(prefixes.join("+"), quants[0]);
+  const project = projection(w, t, quants[0]);
   // Each part is adapted on its own (an adapter names q_proj, not the fused product).
   const outputs = prefixes.map((prefix, i) => {
     const [start, stop] = bounds[i]!;
-    const rows = (t: MxArray) => mx.slice(t, [start, 0], [stop, t.shape[1]!]);
-    w.lora.register(prefix, adaptable({ weight: weight!, scales, biases }, quants[0], { outputs: stop - start, rows }));
+    const rows = (a: MxArray) => mx.slice(a, [start, 0], [stop, a.shape[1]!]);
+    w.lora.register(prefix, adaptable(t, quants[0], { outputs: stop - start, rows }));
     return { prefix, start, stop, bias: bias && w.derive(() => mx.slice(bias, [start], [stop])) };
   });
   const fused = (x: MxArray) => {
@@ -144,7 +163,7 @@ export function fusedLinear(w: Weights, prefixes: string[]): FusedLinear {
       return bias ? mx.add(part, bias) : part;
     });
   };
-  return Object.assign(fused, { quantized: quantizedWeights({ weight: weight!, scales, biases }, quants[0], bias) });
+  return Object.assign(fused, { quantized: quantizedWeights(t, quants[0], bias) });
 }
 
 /**
@@ -165,15 +184,19 @@ export interface Embedding {
 }
 
 export function embedding(w: Weights, prefix: string): Embedding {
-  const weight = w.get(`${prefix}.weight`);
   const quant = w.quantFor(prefix);
-  const scales = w.optional(`${prefix}.scales`);
-  const biases = w.optional(`${prefix}.biases`);
-  const lookup = quant
-    ? (ids: MxArray) =>
-        mx.dequantize(mx.take(weight, ids, 0), mx.take(scales!, ids, 0), biases && mx.take(biases, ids, 0), quant)
-    : (ids: MxArray) => mx.take(weight, ids, 0);
-  return { lookup, asLinear: projection(w, { weight, scales, biases }, quant) };
+  // A tied output layer is a product like any other: repacked where our kernels read it so, its
+  // lookup then takes its rows from the repacked layout.
+  const t = w.projectionWeights(prefix, quant);
+  const { weight, scales, biases } = t;
+  const lookup = (ids: MxArray): MxArray => {
+    if (!quant) return mx.take(weight, ids, 0);
+    if (!t.repacked)
+      return mx.dequantize(mx.take(weight, ids, 0), mx.take(scales!, ids, 0), biases && mx.take(biases, ids, 0), quant);
+    const rows = mx.takeQuantizedRows(t as mx.QuantizedArrays, ids);
+    return mx.dequantize(rows.weight, rows.scales, rows.biases, quant);
+  };
+  return { lookup, asLinear: projection(w, t, quant) };
 }
 
 interface ProjectionWeights {
@@ -181,6 +204,8 @@ interface ProjectionWeights {
   /** A quantized weight's scales and biases. */
   scales?: MxArray;
   biases?: MxArray;
+  /** Repacked for our CPU kernels (Weights.projectionWeights): dequantized only once put back in MLX's layout. */
+  repacked?: boolean;
 }
 
 /** x → x·Wᵀ, quantized or plain. On the CPU our kernels spread each product over the cores. */
@@ -213,11 +238,15 @@ function adaptable(
 ): AdaptableLayer {
   const packed = t.weight.shape[1]!;
   const { rows } = part;
+  const mlxLayout = () => (t.repacked ? mx.unrepackQuantized(t as mx.QuantizedArrays) : t);
   return {
     outputs: part.outputs,
     inputs: quant ? (packed * 32) / quant.bits : packed,
-    dense: () =>
-      quant ? mx.dequantize(rows(t.weight), rows(t.scales!), t.biases && rows(t.biases), quant) : rows(t.weight),
+    dense: () => {
+      if (!quant) return rows(t.weight);
+      const { weight, scales, biases } = mlxLayout();
+      return mx.dequantize(rows(weight), rows(scales!), biases && rows(biases), quant);
+    },
   };
 }
 

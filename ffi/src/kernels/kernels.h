@@ -65,10 +65,29 @@ inline Element element_of(mx::Dtype t) {
 // AVX-512 VNNI, ", int8 activations" with MLX_CPU_INT8=1).
 const char* describe();
 
-// mx::quantized_matmul, on our kernel where it applies.
+// mx::quantized_matmul, on our kernel where it applies. w, scales and biases may be repacked
+// (repack_for_kernels); where our kernel does not apply, MLX's op then reads them put back.
 mx::array quantized_matmul(const mx::array& x, const mx::array& w, const mx::array& scales,
                            const std::optional<mx::array>& biases, bool transpose, int group, int bits,
                            const std::string& mode);
+
+// An affine-quantized weight (transposed, MLX's layout) with its scales and biases.
+using QuantizedWeight = std::tuple<mx::array, mx::array, mx::array>;
+
+// The weight repacked for our int16 decode rows (kRepackColumns in quantized_matmul.h: same bytes,
+// marked int32), where our kernels are on for the default stream and read that layout for it on
+// this CPU (AVX-512 VNNI in the default int16 mode, 4 bits, rows a multiple of 16); else nothing.
+// Only our quantized matmul reads the result (unevaluated: a transpose of the weights).
+std::optional<QuantizedWeight> repack_for_kernels(const mx::array& w, const mx::array& scales,
+                                                  const mx::array& biases, int group, int bits);
+
+// Rows `ids` (any shape) of a weight in MLX's layout or repacked, in MLX's layout ([...ids, ·]):
+// an embedding's lookup.
+QuantizedWeight take_quantized_rows(const QuantizedWeight& weight, const mx::array& ids);
+
+// A weight that repack_for_kernels made, back in MLX's layout (for dequantize and MLX's ops);
+// any other weight as it is.
+QuantizedWeight mlx_layout(const QuantizedWeight& weight);
 
 // mx::fast::scaled_dot_product_attention, on our kernel where it applies (no sinks; float inputs).
 mx::array scaled_dot_product_attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale,

@@ -60,9 +60,19 @@ bool int16_activations(int M, int bits) {
   return decode_activations() == DecodeActivations::int16 && (bits == 4 || bits == 8) && M <= kDirectMaxRows;
 }
 
+// Whether w is repacked (kRepackColumns): marked by its type, int32 rather than MLX's uint32,
+// so that MLX's own ops refuse it rather than read it in their layout.
+bool is_repacked(const mx::array& w) { return w.dtype() == mx::int32; }
+
+// Whether our kernels read `bits`-bit weights of N rows repacked, on this CPU in this mode: the
+// int16 decode rows (AVX-512 VNNI).
+bool repack_readable(int N, int bits) {
+  return decode_activations() == DecodeActivations::int16 && (bits == 4 || bits == 8) && N % kRepackColumns == 0;
+}
+
 // Outputs per task: enough tasks to balance the threads, few enough that waking them pays.
-int columns_per_task(int M, int N, int K, int threads) {
-  const int align = M <= kDirectMaxRows ? 8 : kPanelMaxColumns;
+int columns_per_task(int M, int N, int K, int threads, bool repacked) {
+  const int align = M > kDirectMaxRows ? kPanelMaxColumns : repacked ? kRepackColumns : 8;
   if (threads == 1 || static_cast<long>(M) * N * K < (1L << 16)) return N;
   int per_task = (N + threads * 4 - 1) / (threads * 4);
   per_task = (per_task + align - 1) / align * align;
@@ -131,7 +141,8 @@ void run(const mx::array& x, const mx::array& w, const mx::array& scales, const 
   float* yp = out.dtype() == mx::float32 ? out.data<float>() : (y_f32.resize(out.size()), y_f32.data());
 
   const int threads = thread_count();
-  const bool int8 = int8_activations(M, K, bits);
+  const bool repacked = is_repacked(w);
+  const bool int8 = !repacked && int8_activations(M, K, bits);
   if (int8) {
     x_int8.resize(static_cast<size_t>(M) * K);
     x_int8_steps.resize(static_cast<size_t>(M) * K / 4);
@@ -140,7 +151,12 @@ void run(const mx::array& x, const mx::array& w, const mx::array& scales, const 
   }
   const bool int16 = int16_activations(M, bits);
 #if defined(KERNELS_HAVE_VNNI)
-  if (int16) {
+  if (int16 && repacked) {
+    x_int16.resize(static_cast<size_t>(M) * K);
+    x_int16_steps.resize(static_cast<size_t>(M) * (K / 32));
+    x_group_sums.resize(static_cast<size_t>(M) * (K / group));
+    quantize_rows_int16_pairs(xp, M, K, bits, group, x_int16.data(), x_int16_steps.data(), x_group_sums.data());
+  } else if (int16) {
     x_int16.resize(static_cast<size_t>(M) * int16_padded(K, bits));
     x_int16_steps.resize(static_cast<size_t>(M) * 16 * int16_chunks(K, bits));
     x_int16_lane_sums.resize(x_int16_steps.size());
@@ -176,13 +192,16 @@ void run(const mx::array& x, const mx::array& w, const mx::array& scales, const 
                      x_group_sums.data(), x_split.data(), int8 ? x_int8.data() : nullptr, x_int8_steps.data(),
                      yp, M, N, K, bits, group, (nibbles || int16) && symmetric(scales, biases, bits),
                      nibbles ? x_nibbles.data() : nullptr, int16 ? x_int16.data() : nullptr, x_int16_steps.data(),
-                     x_int16_lane_sums.data()};
+                     x_int16_lane_sums.data(), repacked};
 #if defined(KERNELS_HAVE_VNNI)
-  const QmmTile tile = int8 ? qmm_tile_int8_vnni : int16 ? qmm_tile_int16_vnni : tile_for(best_isa());
+  const QmmTile tile = int8                 ? qmm_tile_int8_vnni
+                       : int16 && repacked ? qmm_tile_int16_repacked_vnni
+                       : int16             ? qmm_tile_int16_vnni
+                                           : tile_for(best_isa());
 #else
   const QmmTile tile = tile_for(best_isa());
 #endif
-  const int per_task = columns_per_task(M, N, K, threads);
+  const int per_task = columns_per_task(M, N, K, threads, repacked);
   float* scratch_base = scratch.data();
   parallel_for((N + per_task - 1) / per_task, [&](int task, int thread) {
     const int n0 = task * per_task;
@@ -237,8 +256,9 @@ bool supported(const mx::array& x, const mx::array& w, const mx::array& scales, 
   if (mode != "affine" || !transpose || !biases || (bits != 4 && bits != 8)) return false;
   if (group != 32 && group != 64 && group != 128) return false;
   if (!float_type(x.dtype()) || !float_type(scales.dtype()) || biases->dtype() != scales.dtype()) return false;
-  if (w.dtype() != mx::uint32 || w.ndim() != 2 || scales.ndim() != 2 || x.ndim() < 1) return false;
+  if (w.ndim() != 2 || scales.ndim() != 2 || x.ndim() < 1) return false;
   const int K = x.shape(-1), N = w.shape(0);
+  if (w.dtype() != mx::uint32 && !(is_repacked(w) && repack_readable(N, bits))) return false;
   return K % group == 0 && w.shape(1) * 32 == K * bits && scales.shape() == biases->shape() &&
          scales.shape(0) == N && scales.shape(1) == K / group && x.size() > 0;
 }
@@ -311,16 +331,101 @@ void quantize_rows_int8(const float* x, int M, int K, int8_t* x_int8, float* ste
   }
 }
 
+namespace {
+
+// Rows [N, C] in blocks of kRepackColumns, each block's [16, C] transposed to [C, 16]; `back`
+// undoes it.
+mx::array interleave(const mx::array& a, bool back) {
+  const int N = a.shape(0), C = a.shape(1), blocks = N / kRepackColumns;
+  const mx::Shape from = back ? mx::Shape{blocks, C, kRepackColumns} : mx::Shape{blocks, kRepackColumns, C};
+  return mx::reshape(mx::transpose(mx::reshape(a, from), {0, 2, 1}), {N, C});
+}
+
+}  // namespace
+
+std::optional<QuantizedWeight> repack_for_kernels(const mx::array& w, const mx::array& scales,
+                                                  const mx::array& biases, int group, int bits) {
+  if (w.ndim() != 2 || w.dtype() != mx::uint32 || !repack_readable(w.shape(0), bits)) return std::nullopt;
+  if (!enabled_on(mx::default_stream(mx::default_device()))) return std::nullopt;
+  const int N = w.shape(0), K = w.shape(1) * 32 / bits;
+  if (K % group != 0 || (group != 32 && group != 64 && group != 128) || !float_type(scales.dtype()) ||
+      biases.dtype() != scales.dtype() || scales.shape() != mx::Shape{N, K / group} || biases.shape() != scales.shape())
+    return std::nullopt;
+  return QuantizedWeight{mx::view(interleave(w, false), mx::int32), interleave(scales, false), interleave(biases, false)};
+}
+
+QuantizedWeight take_quantized_rows(const QuantizedWeight& weight, const mx::array& ids) {
+  const auto& [w, scales, biases] = weight;
+  if (!is_repacked(w)) return {mx::take(w, ids, 0), mx::take(scales, ids, 0), mx::take(biases, ids, 0)};
+  // Row n is lane n % 16 of every dword of block n / 16.
+  const mx::array flat = mx::astype(mx::flatten(ids), mx::int32);
+  const mx::array blocks = mx::floor_divide(flat, mx::array(kRepackColumns)),
+                  lanes = mx::reshape(mx::remainder(flat, mx::array(kRepackColumns)), {-1, 1, 1});
+  mx::Shape shape = ids.shape();
+  auto rows = [&](const mx::array& a) {
+    const int N = a.shape(0), C = a.shape(1);
+    const mx::array block = mx::take(mx::reshape(a, {N / kRepackColumns, C, kRepackColumns}), blocks, 0);
+    mx::Shape out = shape;
+    out.push_back(C);
+    return mx::reshape(mx::take_along_axis(block, mx::broadcast_to(lanes, {flat.shape(0), C, 1}), 2), out);
+  };
+  return {mx::view(rows(w), mx::uint32), rows(scales), rows(biases)};
+}
+
+QuantizedWeight mlx_layout(const QuantizedWeight& weight) {
+  const auto& [w, scales, biases] = weight;
+  if (!is_repacked(w)) return weight;
+  return {mx::view(interleave(w, true), mx::uint32), interleave(scales, true), interleave(biases, true)};
+}
+
+namespace {
+
+// Repacked weights in MLX's layout for MLX's own op, which reads them only where our kernels were
+// switched off after the model loaded (tests and benchmarks comparing both on one model): put
+// back once per weight, not once per product (a copy of every weight each token), and kept while
+// our kernels stay off and the weight lives. Keyed by the repacked weight's buffer.
+QuantizedWeight mlx_layout_for_mlx_op(const mx::array& w, const mx::array& scales, const mx::array& biases,
+                                      bool kernels_on) {
+  struct Copy {
+    std::weak_ptr<mx::array::Data> w, scales, biases;
+    QuantizedWeight mlx;
+  };
+  static std::mutex mutex;
+  static std::unordered_map<const void*, Copy> copies;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (kernels_on) copies.clear();
+  // Unevaluated weights have no buffer to key: their copy is part of the graph.
+  if (kernels_on || !w.is_available() || !scales.is_available() || !biases.is_available())
+    return mlx_layout({w, scales, biases});
+  for (auto it = copies.begin(); it != copies.end();) it = it->second.w.expired() ? copies.erase(it) : std::next(it);
+  const void* key = w.data<void>();
+  auto found = copies.find(key);
+  if (found == copies.end() || found->second.w.lock() != w.data_shared_ptr() ||
+      found->second.scales.lock() != scales.data_shared_ptr() || found->second.biases.lock() != biases.data_shared_ptr()) {
+    QuantizedWeight mlx = mlx_layout({w, scales, biases});
+    mx::eval({std::get<0>(mlx), std::get<1>(mlx), std::get<2>(mlx)});
+    found = copies.insert_or_assign(key, Copy{w.data_shared_ptr(), scales.data_shared_ptr(), biases.data_shared_ptr(), mlx}).first;
+  }
+  return found->second.mlx;
+}
+
+}  // namespace
+
 mx::array quantized_matmul(const mx::array& x, const mx::array& w, const mx::array& scales,
                            const std::optional<mx::array>& biases, bool transpose, int group, int bits,
                            const std::string& mode) {
-  // MLX's op checks the arguments and gives the output's shape and type; left unevaluated,
-  // it costs one graph node.
-  mx::array reference = mx::quantized_matmul(x, w, scales, biases, transpose, group, bits, mode);
   mx::Stream stream = mx::default_stream(mx::default_device());
-  if (!enabled_on(stream) || !supported(x, w, scales, biases, transpose, group, bits, mode)) {
-    return reference;
+  const bool ours = enabled_on(stream) && supported(x, w, scales, biases, transpose, group, bits, mode);
+  const bool repacked = is_repacked(w) && biases.has_value();
+  if (repacked && !ours) {
+    const auto [mlx_w, mlx_scales, mlx_biases] = mlx_layout_for_mlx_op(w, scales, *biases, enabled_on(stream));
+    return mx::quantized_matmul(x, mlx_w, mlx_scales, mlx_biases, transpose, group, bits, mode);
   }
+  // MLX's op checks the arguments and gives the output's shape and type (of repacked weights, from
+  // their bytes seen as its type); left unevaluated, it costs a graph node or two.
+  mx::array reference =
+      mx::quantized_matmul(x, repacked ? mx::view(w, mx::uint32) : w, scales, biases, transpose, group, bits, mode);
+  if (!ours) return reference;
   return mx::array(reference.shape(), reference.dtype(), std::make_shared<QuantizedMatmul>(stream, group, bits),
                    {x, w, scales, *biases});
 }

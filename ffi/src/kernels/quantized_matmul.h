@@ -35,7 +35,28 @@ struct QmmProblem {
   const int16_t* x_int16 = nullptr;
   const float* x_int16_steps = nullptr;
   const float* x_int16_lane_sums = nullptr;
+  // The weights, scales and biases are interleaved by kRepackColumns columns (see repack_columns):
+  // only the AVX-512 kernels read them, the int16 decode rows from x_int16 in pair order.
+  bool repacked = false;
 };
+
+// Weights repacked for the int16 decode rows (AVX-512 VNNI, 4 bits): each block of
+// kRepackColumns weight rows (output columns) interleaved dword by dword, so that one 64-byte
+// vector holds dword d of all 16 rows and int32 lane j of a product accumulates column j. A
+// product of 16 columns is then a run of vpdpwssd with one row's activation pair broadcast, one
+// convert and one multiply-add with the 16 columns' scales per block of 32: no horizontal sums,
+// no permutes, and each 64-byte load of weights serves every row. Scales and biases [N, groups]
+// are interleaved the same way (element g of row 16b + j at (b · groups + g) · 16 + j). Only the
+// dwords move, so the bytes are MLX's: repacking is a transpose of [N/16, 16, dwords] blocks.
+constexpr int kRepackColumns = 16;
+
+// (AVX-512 VNNI builds) x [M, K] rounded to int16 as quantize_rows_int16 rounds it (blocks of
+// 32, step max |x| / 32767), row after row, each dword of `bits`-bit weights' activations as the
+// pairs its masked words take: at 4 bits elements (k, k+4), (k+1, k+5), (k+2, k+6), (k+3, k+7) of
+// every 8; at 8 bits (k, k+2), (k+1, k+3) of every 4. Each block's step into steps [M, K/32],
+// and the sum of the rounded x over each group into group_sums [M, K/group].
+void quantize_rows_int16_pairs(const float* x, int M, int K, int bits, int group, int16_t* x_pairs, float* steps,
+                               float* group_sums);
 
 // The most rows the AVX-512 4-bit kernel of quantized_matmul_avx512.cpp takes: every decode row
 // count, since a row must give the same bits alone and in a batch and the generic direct rows add
@@ -118,5 +139,9 @@ void qmm_tile_neon(const QmmProblem& p, int n_begin, int n_end, float* scratch);
 void qmm_tile_int8_vnni(const QmmProblem& p, int n_begin, int n_end, float* scratch);
 // M <= kDirectMaxRows only, with x_int16 set.
 void qmm_tile_int16_vnni(const QmmProblem& p, int n_begin, int n_end, float* scratch);
+// M <= kDirectMaxRows only, repacked weights, x_int16 as quantize_rows_int16_pairs orders it,
+// x_int16_steps its steps and x_group_sums its group sums; n_begin and n_end multiples of
+// kRepackColumns.
+void qmm_tile_int16_repacked_vnni(const QmmProblem& p, int n_begin, int n_end, float* scratch);
 
 }  // namespace kernels

@@ -331,6 +331,105 @@ void int16_tile(const QmmProblem& p, int n0, int n1) {
   }
 }
 
+// The int16 decode rows on repacked weights (kRepackColumns in quantized_matmul.h): y[0 .. MR,
+// n .. n + 16) for each block of 16 columns n in [n0, n1). A 64-byte vector holds one dword of
+// each of the 16 columns; masking its words after a shift by Bits · t leaves, in lane j, column
+// j's weights t and t + p/2 of the dword (p = 32 / Bits) as two int16 words, which vpdpwssd
+// multiplies with the row's matching pair of x (quantize_rows_int16_pairs' order) broadcast to
+// every lane. A block of 32 weights is Bits vectors; its int32 sums are converted once and scaled
+// by the 16 columns' scales times the row's step, and each group adds its biases times the row's
+// sum of rounded x over the group. Fewer rows split a block's products over more int32 sums, so
+// that vpdpwssd's latency hides: integer sums are exact in any order, so a row gives the same
+// bits alone and in a batch (every float operation is the same for any row count). At 4 bits a
+// block's sum converts to a float exactly (|sum| <= 32 · 15 · 32767 < 2^24); at 8 bits it may
+// round, by 2^-24 of it (|sum| <= 32 · 255 · 32767 < 2^31: no overflow).
+template <int Bits, ScaleType S, bool Symmetric, int MR>
+void repacked_rows(const QmmProblem& p, int n0, int n1) {
+  constexpr int per_dword = 32 / Bits, pairs = per_dword / 2, block_vectors = Bits;
+  constexpr int chains = MR >= 4 ? 1 : 4 / MR;
+  const int K = p.K, groups = K / p.group, vectors = K / per_dword, blocks = K / 32, block_groups = p.group / 32;
+  const __m512i mask = _mm512_set1_epi32(Bits == 4 ? 0x000F000F : 0x00FF00FF);
+  // Row r's pairs of x as dwords, from r · K / 2.
+  const int32_t* x = reinterpret_cast<const int32_t*>(p.x_int16);
+  constexpr long ahead = kNibblePrefetchBytes / 64;
+  for (int n = n0; n < n1; n += kRepackColumns) {
+    const int b = n / kRepackColumns;
+    const __m512i* w = reinterpret_cast<const __m512i*>(p.w) + static_cast<long>(b) * vectors;
+    __m512 acc[MR];
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) acc[r] = _mm512_setzero_ps();
+    for (int block = 0; block < blocks; ++block) {
+      __m512i dot[MR][chains];
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+        for (int c = 0; c < chains; ++c) dot[r][c] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+      for (int i = 0; i < block_vectors; ++i) {
+        const int vector = block * block_vectors + i;
+        _mm_prefetch(reinterpret_cast<const char*>(w + vector + ahead), _MM_HINT_T0);
+        const __m512i v = _mm512_loadu_si512(w + vector);
+#pragma GCC unroll 4
+        for (int t = 0; t < pairs; ++t) {
+          // The top pair of each word needs no mask: a 16-bit shift leaves it alone.
+          const __m512i q = t == 0           ? _mm512_and_si512(v, mask)
+                            : t == pairs - 1 ? _mm512_srli_epi16(v, Bits * t)
+                                             : _mm512_and_si512(_mm512_srli_epi32(v, Bits * t), mask);
+          const int pair = vector * pairs + t, c = (i * pairs + t) % chains;
+#pragma GCC unroll 8
+          for (int r = 0; r < MR; ++r)
+            dot[r][c] = _mm512_dpwssd_epi32(dot[r][c], q, _mm512_set1_epi32(x[static_cast<long>(r) * K / 2 + pair]));
+        }
+      }
+      const int g = block / block_groups;
+      const long at = (static_cast<long>(b) * groups + g) * kRepackColumns;
+      const __m512 s = lane_biases<S>(p.scales, at, 0xFFFF);
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) {
+        __m512i sum = dot[r][0];
+#pragma GCC unroll 4
+        for (int c = 1; c < chains; ++c) sum = _mm512_add_epi32(sum, dot[r][c]);
+        const __m512 step = _mm512_set1_ps(p.x_int16_steps[static_cast<long>(r) * blocks + block]);
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(s, step), acc[r]);
+      }
+      if ((block + 1) % block_groups != 0) continue;
+      // The codes are unsigned: symmetric weights' offset, -2^(Bits-1) · scale, is their bias.
+      const __m512 bias = Symmetric ? _mm512_mul_ps(s, _mm512_set1_ps(-static_cast<float>(1 << (Bits - 1))))
+                                    : lane_biases<S>(p.biases, at, 0xFFFF);
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r)
+        acc[r] = _mm512_fmadd_ps(bias, _mm512_set1_ps(p.x_group_sums[static_cast<long>(r) * groups + g]), acc[r]);
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) _mm512_storeu_ps(p.y + static_cast<long>(r) * p.N + n, acc[r]);
+  }
+}
+
+template <int Bits, ScaleType S, bool Symmetric>
+void repacked_tile(const QmmProblem& p, int n0, int n1) {
+  switch (p.M) {
+    case 1: repacked_rows<Bits, S, Symmetric, 1>(p, n0, n1); break;
+    case 2: repacked_rows<Bits, S, Symmetric, 2>(p, n0, n1); break;
+    case 3: repacked_rows<Bits, S, Symmetric, 3>(p, n0, n1); break;
+    case 4: repacked_rows<Bits, S, Symmetric, 4>(p, n0, n1); break;
+    case 5: repacked_rows<Bits, S, Symmetric, 5>(p, n0, n1); break;
+    case 6: repacked_rows<Bits, S, Symmetric, 6>(p, n0, n1); break;
+    case 7: repacked_rows<Bits, S, Symmetric, 7>(p, n0, n1); break;
+    default: repacked_rows<Bits, S, Symmetric, 8>(p, n0, n1); break;
+  }
+}
+
+template <ScaleType S>
+void repacked_tile(const QmmProblem& p, int n0, int n1) {
+  if (p.bits == 4) {
+    if (p.symmetric) repacked_tile<4, S, true>(p, n0, n1);
+    else repacked_tile<4, S, false>(p, n0, n1);
+  } else {
+    if (p.symmetric) repacked_tile<8, S, true>(p, n0, n1);
+    else repacked_tile<8, S, false>(p, n0, n1);
+  }
+}
+
 }  // namespace
 
 namespace {
@@ -341,6 +440,24 @@ struct BlockOrder {
   __m512i order;
   int per_lane, vectors, run;
 };
+
+// A block of 32 elements of x rounded to int16 (elements 0-15 into qa, 16-31 into qb, as int32
+// lanes) with the step max |x| / 32767, which it returns. Every int16 kernel's activations are
+// rounded here, so a row's integers are the same whichever layout of weights it meets.
+inline float round_block(const float* in, __m512i& qa, __m512i& qb) {
+  const __m512 a = _mm512_loadu_ps(in), b = _mm512_loadu_ps(in + 16);
+  const float step = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b))) / 32767.0f;
+  const __m512 inverse = _mm512_set1_ps(step > 0.0f ? 1.0f / step : 0.0f);
+  const __m512i limit = _mm512_set1_epi32(32767);
+  // Rounded to nearest (even on ties); |x · inverse| <= 32767 up to the inverse's rounding.
+  auto rounded = [&](__m512 v) {
+    const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(v, inverse));
+    return _mm512_max_epi32(_mm512_min_epi32(q, limit), _mm512_sub_epi32(_mm512_setzero_si512(), limit));
+  };
+  qa = rounded(a);
+  qb = rounded(b);
+  return step;
+}
 
 BlockOrder block_order(int bits, int lane_dwords) {
   // Elements per dword of weights, per int32 lane, the vectors of a chunk and a block's share of each.
@@ -367,19 +484,10 @@ void quantize_rows_int16(const float* x, int M, int K, int bits, int group, int1
   std::fill(lane_steps + whole_lanes, lane_steps + lanes, 0.0f);
   std::fill(lane_sums + whole_lanes, lane_sums + lanes, 0.0f);
   std::fill(group_sums, group_sums + static_cast<long>(M) * (K / group), 0.0f);
-  const __m512i limit = _mm512_set1_epi32(32767);
   for (int r = 0; r < M; ++r) {
     for (int k0 = 0; k0 < K; k0 += 32) {
-      const float* in = x + static_cast<long>(r) * K + k0;
-      const __m512 a = _mm512_loadu_ps(in), b = _mm512_loadu_ps(in + 16);
-      const float step = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b))) / 32767.0f;
-      const __m512 inverse = _mm512_set1_ps(step > 0.0f ? 1.0f / step : 0.0f);
-      // Rounded to nearest (even on ties); |x · inverse| <= 32767 up to the inverse's rounding.
-      auto rounded = [&](__m512 v) {
-        const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(v, inverse));
-        return _mm512_max_epi32(_mm512_min_epi32(q, limit), _mm512_sub_epi32(_mm512_setzero_si512(), limit));
-      };
-      const __m512i qa = rounded(a), qb = rounded(b);
+      __m512i qa, qb;
+      const float step = round_block(x + static_cast<long>(r) * K + k0, qa, qb);
       const __m512i words =
           _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(qa)), _mm512_cvtepi32_epi16(qb), 1);
       // The block's chunk (its first element, its index and its layout) and the block's place in it.
@@ -417,6 +525,38 @@ void qmm_tile_int16_vnni(const QmmProblem& p, int n_begin, int n_end, float*) {
     case ScaleType::f32: int16_tile<ScaleType::f32>(p, n_begin, n_end); break;
     case ScaleType::f16: int16_tile<ScaleType::f16>(p, n_begin, n_end); break;
     case ScaleType::bf16: int16_tile<ScaleType::bf16>(p, n_begin, n_end); break;
+  }
+}
+
+void quantize_rows_int16_pairs(const float* x, int M, int K, int bits, int group, int16_t* x_pairs, float* steps,
+                               float* group_sums) {
+  // Within every 8 elements (4 bits) or 4 (8 bits), the pairs' order.
+  alignas(64) int16_t order[32];
+  const int run = 32 / bits, half = run / 2;
+  for (int i = 0; i < 32; ++i) order[i] = static_cast<int16_t>(i / run * run + (i % run) / 2 + (i % 2) * half);
+  const __m512i pair_order = _mm512_load_si512(order);
+  const int blocks = K / 32, groups = K / group;
+  std::fill(group_sums, group_sums + static_cast<long>(M) * groups, 0.0f);
+  for (int r = 0; r < M; ++r) {
+    for (int block = 0; block < blocks; ++block) {
+      const long at = static_cast<long>(r) * K + 32 * block;
+      __m512i qa, qb;
+      const float step = round_block(x + at, qa, qb);
+      const __m512i words =
+          _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(qa)), _mm512_cvtepi32_epi16(qb), 1);
+      _mm512_storeu_si512(x_pairs + at, _mm512_permutexvar_epi16(pair_order, words));
+      steps[static_cast<long>(r) * blocks + block] = step;
+      group_sums[static_cast<long>(r) * groups + 32 * block / group] +=
+          step * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb)));
+    }
+  }
+}
+
+void qmm_tile_int16_repacked_vnni(const QmmProblem& p, int n_begin, int n_end, float*) {
+  switch (p.scale_type) {
+    case ScaleType::f32: repacked_tile<ScaleType::f32>(p, n_begin, n_end); break;
+    case ScaleType::f16: repacked_tile<ScaleType::f16>(p, n_begin, n_end); break;
+    case ScaleType::bf16: repacked_tile<ScaleType::bf16>(p, n_begin, n_end); break;
   }
 }
 

@@ -81,6 +81,9 @@ export const symbols = {
   mlxs_cpu_kernels_describe: { args: [], returns: cstring },
   mlxs_quantize: { args: [p, p, p, p, i32, i32, cstring], returns: i32 },
   mlxs_dequantize: { args: [p, p, p, p, i32, i32, cstring, i32], returns: i32 },
+  mlxs_repack_quantized: { args: [p, p, p, p, p, p, i32, i32], returns: i32 },
+  mlxs_unrepack_quantized: { args: [p, p, p, p, p, p], returns: i32 },
+  mlxs_take_quantized_rows: { args: [p, p, p, p, p, p, p], returns: i32 },
 
   mlxs_rms_norm: { args: [p, p, p, f32], returns: i32 },
   mlxs_layer_norm: { args: [p, p, p, p, f32], returns: i32 },
