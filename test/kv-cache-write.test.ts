@@ -10,9 +10,9 @@ import * as mx from "../src/mlx";
 import { BatchGenerator } from "../src/engine/batch";
 import { defaultSampling } from "../src/engine/sampling";
 import { buildModel, forward, freeCaches, makeCaches, parseConfig, Weights, type DecoderModel } from "../src/models";
-import { BatchKVCache } from "../src/models/batch-cache";
 import { KVCache } from "../src/models/cache";
 import { writesFused } from "../src/models/llama";
+import { greedySteps } from "./helpers/generate";
 import { tinyConfig, tinyWeights } from "./helpers/tiny-model";
 
 /** A tiny model whose attention input runs fused (4-bit projections), its float weights in `dtype`. */
@@ -47,40 +47,7 @@ const ids = (rows: number[][]) => mx.array(Int32Array.from(rows.flat()), [rows.l
  * several) and `steps` greedy decode steps, and the first layer's valid keys and values after.
  */
 function decode(model: DecoderModel, prompts: number[][], steps: number) {
-  // Each row's greedy token: logits [B, L, vocab] → [[token], ...], from the last position.
-  const greedy = (logits: mx.MxArray) =>
-    mx.scope(() => {
-      const [batch, length, vocab] = logits.shape as [number, number, number];
-      const last = mx.slice(logits, [0, length - 1, 0], [batch, length, vocab]);
-      return mx
-        .argmax(last, -1)
-        .toArray()
-        .map((t) => [t]);
-    });
-  let next: number[][] = [];
-  const singles = prompts.map((prompt) => {
-    const caches = makeCaches(model, { joining: prompts.length > 1 });
-    const logits = mx.scope(() => mx.keep(forward(model, ids([prompt]), caches)));
-    next.push(...greedy(logits));
-    logits.free();
-    return caches;
-  });
-  let caches = singles[0]!;
-  if (prompts.length > 1) {
-    caches = caches.map((_, layer) => {
-      const batch = new BatchKVCache();
-      batch.extend(...singles.map((c) => c[layer]!));
-      return batch;
-    });
-    for (const c of singles) freeCaches(c);
-  }
-  const logits: mx.MxArray[] = [];
-  for (let step = 0; step < steps; step++) {
-    const out = mx.keep(mx.scope(() => forward(model, ids(next), caches)));
-    mx.evaluate(out);
-    logits.push(out);
-    next = greedy(out);
-  }
+  const { logits, caches } = greedySteps(model, prompts, steps);
   const [layer] = caches;
   const valid = (t: mx.MxArray) => mx.keep(mx.slice(t, [0, 0, 0], [t.shape[0]!, t.shape[1]!, layer!.offset]));
   const held = { keys: valid(layer!.keys![0]!), values: valid(layer!.values![0]!), dtype: layer!.keys![0]!.dtype };

@@ -7,9 +7,9 @@
 // as the cache's composed step, for one sequence and a left-padded batch.
 import { describe, expect, test } from "bun:test";
 import * as mx from "../src/mlx";
-import { buildModel, forward, freeCaches, makeCaches, parseConfig, Weights, type DecoderModel } from "../src/models";
-import { BatchKVCache } from "../src/models/batch-cache";
+import { buildModel, freeCaches, parseConfig, Weights, type DecoderModel } from "../src/models";
 import { KVCache, type KvQuantization } from "../src/models/cache";
+import { greedySteps } from "./helpers/generate";
 import { tinyConfig, tinyWeights } from "./helpers/tiny-model";
 
 const same = (a: mx.MxArray, b: mx.MxArray) =>
@@ -190,40 +190,9 @@ describe("a model decoding through it", () => {
     }
   }
 
-  const ids = (rows: number[][]) => mx.array(Int32Array.from(rows.flat()), [rows.length, rows[0]!.length]);
-
   /** Logits of `steps` greedy steps after `prompts` (a left-padded batch when several), and the last layer's state. */
   function decode(prompts: number[][], steps: number, kv: KvQuantization) {
-    const greedy = (logits: mx.MxArray) =>
-      mx.scope(() => {
-        const [batch, length, vocab] = logits.shape as [number, number, number];
-        return mx
-          .argmax(mx.slice(logits, [0, length - 1, 0], [batch, length, vocab]), -1)
-          .toArray()
-          .map((t) => [t]);
-      });
-    let next: number[][] = [];
-    const singles = prompts.map((prompt) => {
-      const caches = makeCaches(model, { quantization: kv, joining: prompts.length > 1 });
-      next.push(...mx.scope(() => greedy(forward(model, ids([prompt]), caches))));
-      return caches;
-    });
-    let caches = singles[0]!;
-    if (prompts.length > 1) {
-      caches = caches.map((_, layer) => {
-        const batch = new BatchKVCache(kv);
-        batch.extend(...singles.map((c) => c[layer]!));
-        return batch;
-      });
-      for (const c of singles) freeCaches(c);
-    }
-    const logits: mx.MxArray[] = [];
-    for (let step = 0; step < steps; step++) {
-      const out = mx.keep(mx.scope(() => forward(model, ids(next), caches)));
-      mx.evaluate(out);
-      logits.push(out);
-      next = greedy(out);
-    }
+    const { logits, caches } = greedySteps(model, prompts, steps, kv);
     const last = caches.at(-1)!;
     const state = last.state.map((t) => mx.keep(mx.contiguous(t)));
     mx.evaluate(...state);

@@ -3,7 +3,10 @@ import { complete, soloScheduler, type CompletionResult } from "../../src/engine
 import type { GenerationSpec } from "../../src/engine/request";
 import type { LoadedModel } from "../../src/models/load";
 import { BatchGenerator, type BatchOptions, type SequenceRequest } from "../../src/engine/batch";
-import type { DecoderModel } from "../../src/models";
+import * as mx from "../../src/mlx";
+import { forward, freeCaches, makeCaches, type DecoderModel } from "../../src/models";
+import { BatchKVCache } from "../../src/models/batch-cache";
+import type { KVCache, KvQuantization } from "../../src/models/cache";
 
 export async function completeAlone(
   lm: LoadedModel,
@@ -30,4 +33,53 @@ export function decodeAlone(
   while (!gen.idle) for (const e of gen.step()) tokens.push(e.token);
   gen.dispose();
   return tokens;
+}
+
+const tokenRows = (rows: number[][]) => mx.array(Int32Array.from(rows.flat()), [rows.length, rows[0]!.length]);
+
+/** Each row's greedy token from the last position of logits [B, L, vocab], as [[token], ...]. */
+function greedyRows(logits: mx.MxArray): number[][] {
+  return mx.scope(() => {
+    const [batch, length, vocab] = logits.shape as [number, number, number];
+    return mx
+      .argmax(mx.slice(logits, [0, length - 1, 0], [batch, length, vocab]), -1)
+      .toArray()
+      .map((t) => [t]);
+  });
+}
+
+/**
+ * `steps` greedy decode steps straight on the model's forward pass after prefilling `prompts`
+ * (each alone, then joined into a left-padded batch when several), with caches quantized as `kv`
+ * says: each step's logits, and the caches, which the caller reads and then frees (freeCaches).
+ */
+export function greedySteps(
+  model: DecoderModel,
+  prompts: number[][],
+  steps: number,
+  kv?: KvQuantization,
+): { logits: mx.MxArray[]; caches: KVCache[] } {
+  let next: number[][] = [];
+  const singles = prompts.map((prompt) => {
+    const caches = makeCaches(model, { quantization: kv, joining: prompts.length > 1 });
+    next.push(...mx.scope(() => greedyRows(forward(model, tokenRows([prompt]), caches))));
+    return caches;
+  });
+  let caches = singles[0]!;
+  if (prompts.length > 1) {
+    caches = caches.map((_, layer) => {
+      const batch = new BatchKVCache(kv);
+      batch.extend(...singles.map((c) => c[layer]!));
+      return batch;
+    });
+    for (const c of singles) freeCaches(c);
+  }
+  const logits: mx.MxArray[] = [];
+  for (let step = 0; step < steps; step++) {
+    const out = mx.keep(mx.scope(() => forward(model, tokenRows(next), caches)));
+    mx.evaluate(out);
+    logits.push(out);
+    next = greedyRows(out);
+  }
+  return { logits, caches };
 }
