@@ -156,19 +156,10 @@ class AttentionInput : public mx::Primitive {
     // anything here takes a reference): the rows are written in place, as MLX's slice_update
     // does. Otherwise the task copies them first.
     const size_t cache = inputs.size() - 2;
-    std::vector<std::pair<int, mx::array>> copies;  // (output, what it starts as)
+    BufferCopies copies;
     for (int i = 1; i <= 2; ++i) {
-      const mx::array& held = inputs[cache + i - 1];
-      mx::array& buffer = outputs[i];
-      // As MLX's is_donatable also asks: the same element size, and no larger a buffer than the output.
-      if (donatable_input(held, outputs.size()) && held.itemsize() == buffer.itemsize() &&
-          held.buffer_size() <= buffer.nbytes()) {
-        buffer.copy_shared_buffer(held);
-      } else {
-        buffer.set_data(mx::allocator::malloc(buffer.nbytes()));
-        copies.emplace_back(i, row_contiguous(held, stream()));
-      }
-      set_prefix_view(buffer, outputs[2 + i]);
+      adopt_or_copy(inputs[cache + i - 1], outputs, i, stream(), copies);
+      set_prefix_view(outputs[i], outputs[2 + i]);
     }
     outputs[0].set_data(mx::allocator::malloc(outputs[0].nbytes()));
     std::vector<mx::array> rows;

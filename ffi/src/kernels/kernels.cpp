@@ -43,11 +43,19 @@ mx::array row_contiguous(const mx::array& a, mx::Stream stream) {
   return copy;
 }
 
-bool donatable_input(const mx::array& held, size_t outputs) {
+void adopt_or_copy(const mx::array& held, std::vector<mx::array>& outputs, int index, mx::Stream stream,
+                   BufferCopies& copies) {
   static_assert(sizeof(mx::array) == sizeof(std::shared_ptr<void>));
+  mx::array& buffer = outputs[index];
   const long references = reinterpret_cast<const std::shared_ptr<void>&>(held).use_count();
   const auto& data = held.data_shared_ptr();
-  return references == long(outputs) && data.use_count() == 1 && data->is_owned() && held.flags().row_contiguous;
+  if (references == long(outputs.size()) && data.use_count() == 1 && data->is_owned() &&
+      held.flags().row_contiguous && held.itemsize() == buffer.itemsize() && held.buffer_size() <= buffer.nbytes()) {
+    buffer.copy_shared_buffer(held);
+    return;
+  }
+  buffer.set_data(mx::allocator::malloc(buffer.nbytes()));
+  copies.emplace_back(index, row_contiguous(held, stream));
 }
 
 void set_prefix_view(const mx::array& buffer, mx::array& view) {

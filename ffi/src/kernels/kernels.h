@@ -40,11 +40,17 @@ using RowsTask = std::function<void(const std::vector<mx::array>& inputs, std::v
 void dispatch_rows(mx::Stream stream, const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs,
                    RowsTask task);
 
-// For a primitive's eval_cpu: whether input `held` may become one of its `outputs` outputs (its
-// buffer written in place): MLX's is_donatable, except that each output of a primitive keeps its
-// inputs (one reference each), where is_donatable asks for one reference, which an input of a
-// multi-output primitive never has.
-bool donatable_input(const mx::array& held, size_t outputs);
+// Inputs a primitive's task copies into its outputs before it writes them: (output, source).
+using BufferCopies = std::vector<std::pair<int, mx::array>>;
+
+// For a primitive's eval_cpu that writes rows into a buffer it was given (a cache's): output
+// `index` takes input `held`'s memory where nothing else holds it, to be written in place as MLX's
+// slice_update is; otherwise fresh memory, and (index, held made row-contiguous) joins `copies`
+// for the task to copy first. As MLX's is_donatable, except that each output of a primitive keeps
+// its inputs (one reference each), where is_donatable asks for one reference, which an input of a
+// multi-output primitive never has. Check every input before taking any other reference to it.
+void adopt_or_copy(const mx::array& held, std::vector<mx::array>& outputs, int index, mx::Stream stream,
+                   BufferCopies& copies);
 
 // view = buffer's first view.shape(2) positions (buffer [B, H, T, ·], view [B, H, t ≤ T, ·]),
 // sharing its memory as MLX's slice does: a primitive's output that is a view of another's.

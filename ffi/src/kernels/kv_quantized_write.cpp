@@ -121,17 +121,10 @@ class QuantizedCacheWrite : public mx::Primitive {
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     // The value buffers become the outputs where nothing else holds them (checked before anything
     // here takes a reference): written in place, as MLX's slice_update is. Otherwise copied first.
-    std::vector<std::pair<int, mx::array>> copies;  // (output, what it starts as)
+    BufferCopies copies;
     for (int i = 0; i < 3; ++i) {
-      const mx::array& held = inputs[1 + i];
-      mx::array& buffer = outputs[i];
-      if (donatable_input(held, outputs.size())) {
-        buffer.copy_shared_buffer(held);
-      } else {
-        buffer.set_data(mx::allocator::malloc(buffer.nbytes()));
-        copies.emplace_back(i, row_contiguous(held, stream()));
-      }
-      set_prefix_view(buffer, outputs[3 + i]);
+      adopt_or_copy(inputs[1 + i], outputs, i, stream(), copies);
+      set_prefix_view(outputs[i], outputs[3 + i]);
     }
     std::vector<mx::array> rows = {row_contiguous(inputs[0], stream())};
     if (spec_.keys) {
