@@ -60,10 +60,15 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
     distributed.waitReadable(o.peerTimeoutMs);
     figures.waitMs += performance.now() - started;
   };
-  const receive = (shape: number[], dtype: mx.DtypeCode): MxArray => {
-    waitForData();
+  // The previous rank's next array, once waitForData found its bytes there (still watched).
+  const take = (shape: number[], dtype: mx.DtypeCode): MxArray => {
     const a = distributed.recv(shape, dtype, previous);
     mx.evaluate(a);
+    return a;
+  };
+  const receive = (shape: number[], dtype: mx.DtypeCode): MxArray => {
+    waitForData();
+    const a = take(shape, dtype);
     distributed.disarmWatchdog();
     return a;
   };
@@ -72,9 +77,9 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
   // threads and back, for 36 bytes, once a message on every rank).
   const receiveHeader = (): Header => {
     waitForData();
-    const bytes = distributed.read(headerBytes, previous);
+    const h = decodeHeader(distributed.read(headerBytes, previous) ?? take([headerInts], mx.Dtype.int32));
     distributed.disarmWatchdog();
-    return decodeHeader(bytes ?? receive([headerInts], mx.Dtype.int32));
+    return h;
   };
   // A message to the next rank (the last rank's to rank 0 have no header), unevaluated.
   const sendOn = (h: Header | undefined, payload?: MxArray): MxArray =>
