@@ -1,7 +1,7 @@
 // MLX's fused kernels (mlx.core.fast): normalisation, rotary embeddings, attention.
 import { check, cstr, lib, outPtr, readOut } from "./ffi";
 import { MxArray, wrap } from "./array";
-import type { QuantSpec } from "./ops";
+import type { QuantizedArrays, QuantSpec } from "./ops";
 
 export function rmsNorm(x: MxArray, weight: MxArray | undefined, eps: number): MxArray {
   return wrap(lib.mlxs_rms_norm(outPtr, x.handle, weight?.handle ?? null, eps), "rms_norm");
@@ -117,10 +117,7 @@ export function siluMul(gate: MxArray, up: MxArray): MxArray {
 }
 
 /** An affine-quantized projection (transposed weights, no bias of its own) as fused ops take it. */
-export interface QuantizedWeights {
-  weight: MxArray;
-  scales: MxArray;
-  biases: MxArray;
+export interface QuantizedWeights extends QuantizedArrays {
   quant: QuantSpec;
 }
 

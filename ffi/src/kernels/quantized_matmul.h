@@ -35,7 +35,7 @@ struct QmmProblem {
   const int16_t* x_int16 = nullptr;
   const float* x_int16_steps = nullptr;
   const float* x_int16_lane_sums = nullptr;
-  // The weights, scales and biases are interleaved by kRepackColumns columns (see repack_columns):
+  // The weights, scales and biases are interleaved by kRepackColumns columns (see kRepackColumns):
   // only the AVX-512 kernels read them, the int16 decode rows from x_int16 in pair order.
   bool repacked = false;
 };
