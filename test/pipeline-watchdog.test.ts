@@ -11,8 +11,11 @@ import { post } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
 
 const home = process.env.MLX_HOME ?? join(import.meta.dir, "..", ".cache", "mlx-home");
-/** About 2,000 tokens: four prefill chunks. */
-const items = Array.from({ length: 200 }, (_, i) => `Item ${i} costs ${(i * 7) % 23} coins.`).join(" ");
+/**
+ * About 4,000 tokens: eight prefill chunks, a backlog more than twice the timeout even on a quiet
+ * machine (2,000 tokens took 2.7 s there, under the 3 s the first test needs to prove anything).
+ */
+const items = Array.from({ length: 400 }, (_, i) => `Item ${i} costs ${(i * 7) % 23} coins.`).join(" ");
 /** Rank 1 holds one layer, the last rank the other 158: its backlog outlasts the timeout. */
 const flags = ["--layers", "0,1,2-159", "--peer-timeout", "1.5"];
 let dir: string;
@@ -21,7 +24,7 @@ let deep: string;
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), "mlx-pipeline-watchdog-"));
   deep = join(dir, "deep");
-  writeTinyModel(deep, { layers: 160, seed: 3, contextLength: 4096 });
+  writeTinyModel(deep, { layers: 160, seed: 3, contextLength: 8192 });
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
