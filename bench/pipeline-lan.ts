@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { benchServer, timedRequest } from "../src/bench/server";
 import { percentile } from "../src/bench/stats";
-import { readHostfile } from "../src/cmd/launch-plan";
+import { readHostfile, ringHostfile } from "../src/cmd/launch-plan";
 import { median, spawnServe } from "./lib";
 
 const { values } = parseArgs({
@@ -86,7 +86,7 @@ const configs: Config[] = [
   ...values.hostfile!.map((file): Config => {
     const hosts = readHostfile(file, 32323);
     // Remote ranks are not our descendants: find them by the ring hostfile they were given.
-    const ring = JSON.stringify(hosts.map((h) => [h.address]));
+    const ring = ringHostfile(hosts);
     const givenRing = (pid: number) => {
       const path = environOf(pid)
         .find((e) => e.startsWith("MLX_HOSTFILE="))
@@ -108,7 +108,7 @@ const configs: Config[] = [
         ...(values["ssh-config"] ? ["--ssh-config", values["ssh-config"]] : []),
         "--",
       ],
-      host: hosts[0]!.address.slice(0, hosts[0]!.address.lastIndexOf(":")),
+      host: hosts[0]!.addresses[0]!.slice(0, hosts[0]!.addresses[0]!.lastIndexOf(":")),
       rankPids: () =>
         byRank(
           readdirSync("/proc")

@@ -9,6 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { loopbackHosts } from "../src/cmd/launch";
+import { ringHostfile } from "../src/cmd/launch-plan";
 import * as mx from "../src/mlx";
 
 const { distributed } = mx;
@@ -25,7 +26,7 @@ const pauseMs = Number(values.pause) * 1000;
 
 if (values.rank === undefined) {
   const hostfile = join(mkdtempSync(join(tmpdir(), "ring-unread-")), "ring.json");
-  writeFileSync(hostfile, JSON.stringify((await loopbackHosts(2)).map((h) => [h.address])));
+  writeFileSync(hostfile, ringHostfile(await loopbackHosts(2)));
   const ranks = [0, 1].map((rank) =>
     Bun.spawn(
       [process.execPath, import.meta.path, ...process.argv.slice(2), "--rank", `${rank}`, "--hostfile", hostfile],

@@ -273,6 +273,11 @@ MLXS_API int mlxs_distributed_all_sum(mlxs_array** out, const mlxs_array* x);
 // sends and receives only to and from the left and right neighbours.
 MLXS_API int mlxs_distributed_send(mlxs_array** out, const mlxs_array* x, int dst);
 MLXS_API int mlxs_distributed_recv(mlxs_array** out, const int32_t* shape, int ndim, int dtype, int src);
+// Sends message `x` to `dst` so that the receiver may take its first header_bytes in a receive
+// (or mlxs_distributed_read) of their own and the rest in another: one send over one connection
+// per neighbour, two where the ring has several (MLX splits each transfer over them by its size).
+// The result is `x`, once sent.
+MLXS_API int mlxs_distributed_send_message(mlxs_array** out, const mlxs_array* x, uint64_t header_bytes, int dst);
 // Ends the process (exit status 3) with `message` on stderr unless disarmed or re-armed within
 // timeout_ms of the last bytes the ring received (of the arm, where the system does not count
 // them): the ring backend never times out, so a silent peer would block a rank forever.
@@ -282,12 +287,13 @@ MLXS_API void mlxs_watchdog_disarm(void);
 // read (1) or timeout_ms passes (0).
 // The ring backend's receive spins on its socket until data comes: an idle rank waits here first.
 MLXS_API int mlxs_wait_readable(int timeout_ms);
-// Reads `nbytes` from rank `src` into `data` on the calling thread, straight from the ring's one
-// connection from it, where a receive would go through MLX's stream and socket threads and back;
-// *read is 0 (nothing read) where it cannot (another backend, a rank other than the previous,
-// several connections per rank): receive with mlxs_distributed_recv then. Only between MLX's own
-// transfers on that connection, never during one. Waits for the bytes in poll() (the watchdog
-// times a silence); an error when the peer closed the connection.
+// Reads `nbytes` from rank `src` into `data` on the calling thread, straight from the ring's first
+// connection from it (where there are several, at most 1 KiB: MLX sends that much over it alone),
+// where a receive would go through MLX's stream and socket threads and back; *read is 0 (nothing
+// read) where it cannot (another backend, a rank other than the previous): receive with
+// mlxs_distributed_recv then. Only between MLX's own transfers on that connection, never during
+// one, and of what was sent alone (mlxs_distributed_send_message's header). Waits for the bytes in
+// poll() (the watchdog times a silence); an error when the peer closed the connection.
 MLXS_API int mlxs_distributed_read(void* data, uint64_t nbytes, int src, int* read);
 
 #ifdef __cplusplus

@@ -396,14 +396,39 @@ describe("planning", () => {
       ]),
     );
     expect(readHostfile(file, 5000)).toEqual([
-      { address: "127.0.0.1:5000", ssh: undefined },
-      { address: "10.0.0.2:5001", ssh: "mac2" },
+      { addresses: ["127.0.0.1:5000"], ssh: undefined },
+      { addresses: ["10.0.0.2:5001"], ssh: "mac2" },
     ]);
     writeFileSync(file, JSON.stringify([["127.0.0.1:6000"], ["mac3.local:6001"]]));
     expect(readHostfile(file, 5000)).toEqual([
-      { address: "127.0.0.1:6000", ssh: undefined },
-      { address: "mac3.local:6001", ssh: "mac3.local" },
+      { addresses: ["127.0.0.1:6000"], ssh: undefined },
+      { addresses: ["mac3.local:6001"], ssh: "mac3.local" },
     ]);
+    // Several links per host: every address is kept, each IP of mlx.launch's on the next port (as mlx.launch numbers them).
+    writeFileSync(
+      file,
+      JSON.stringify([
+        { ssh: "localhost", ips: ["127.0.0.1", "127.0.0.2"] },
+        { ssh: "mac2", ips: ["10.0.0.2", "10.0.1.2"] },
+      ]),
+    );
+    expect(readHostfile(file, 5000)).toEqual([
+      { addresses: ["127.0.0.1:5000", "127.0.0.2:5001"], ssh: undefined },
+      { addresses: ["10.0.0.2:5002", "10.0.1.2:5003"], ssh: "mac2" },
+    ]);
+    writeFileSync(
+      file,
+      JSON.stringify([
+        ["127.0.0.1:6000", "127.0.0.2:6000"],
+        ["10.0.0.2:6000", "10.0.1.2:6000"],
+      ]),
+    );
+    expect(readHostfile(file, 5000)).toEqual([
+      { addresses: ["127.0.0.1:6000", "127.0.0.2:6000"], ssh: undefined },
+      { addresses: ["10.0.0.2:6000", "10.0.1.2:6000"], ssh: "10.0.0.2" },
+    ]);
+    writeFileSync(file, JSON.stringify([["127.0.0.1:6000", "6001"]]));
+    expect(() => readHostfile(file, 5000)).toThrow("entry 0 '6001' is not host:port");
     writeFileSync(file, JSON.stringify([{ ips: ["10.0.0.2"] }]));
     expect(() => readHostfile(file, 5000)).toThrow('entry 0 needs "ssh"');
   });

@@ -3,6 +3,7 @@
 // point-to-point ops that are lazy arrays like any other. And a watchdog: the ring backend
 // has no timeout of its own, so a peer that stops answering would leave a rank waiting forever.
 #include <dirent.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #if defined(__linux__)
 #include <linux/tcp.h>  // glibc's struct tcp_info lacks the byte counts
@@ -62,10 +63,10 @@ int port_of(int fd, bool peer) {
   return -1;
 }
 
-// The ports of each rank's addresses in MLX's ring hostfile: a JSON list with, per rank, a
-// list of "host:port" strings.
-std::vector<std::vector<int>> ring_ports() {
-  std::vector<std::vector<int>> ranks;
+// Each rank's addresses in MLX's ring hostfile: a JSON list with, per rank, a list of
+// "host:port" strings. The ring backend makes one connection per address to each neighbour.
+std::vector<std::vector<std::string>> ring_hostfile() {
+  std::vector<std::vector<std::string>> ranks;
   const char* path = std::getenv("MLX_HOSTFILE");
   if (path == nullptr) return ranks;
   std::ifstream file(path);
@@ -77,42 +78,88 @@ std::vector<std::vector<int>> ring_ports() {
     if (text[i] != '"') continue;
     size_t end = text.find('"', i + 1);
     if (end == std::string::npos) break;
-    size_t colon = text.rfind(':', end);
-    if (depth == 2 && colon != std::string::npos && colon > i) ranks.back().push_back(std::atoi(text.c_str() + colon + 1));
+    if (depth == 2) ranks.back().push_back(text.substr(i + 1, end - i - 1));
     i = end;
   }
   return ranks;
 }
 
-bool has(const std::vector<int>& ports, int port) {
-  return port > 0 && std::find(ports.begin(), ports.end(), port) != ports.end();
+// The port of a "host:port" address (-1 if it has none).
+int port_in(const std::string& address) {
+  size_t colon = address.rfind(':');
+  return colon == std::string::npos ? -1 : std::atoi(address.c_str() + colon + 1);
+}
+
+bool has_port(const std::vector<std::string>& addresses, int port) {
+  return port > 0 && std::any_of(addresses.begin(), addresses.end(), [&](auto& a) { return port_in(a) == port; });
 }
 
 // The ring's connections among the sockets opened since `before`: those with a port of the ring
 // hostfile at either end. Not every new socket: a server (rank 0's HTTP) may accept connections
 // while the ring connects, and those come and go.
-std::vector<int> ring_connections(const std::vector<int>& before, const std::vector<std::vector<int>>& ranks) {
-  std::vector<int> ports;
-  for (const auto& r : ranks) ports.insert(ports.end(), r.begin(), r.end());
+std::vector<int> ring_connections(const std::vector<int>& before, const std::vector<std::vector<std::string>>& ranks) {
+  std::vector<std::string> all;
+  for (const auto& r : ranks) all.insert(all.end(), r.begin(), r.end());
   std::vector<int> found;
   for (int fd : sockets())
     if (std::find(before.begin(), before.end(), fd) == before.end() &&
-        (has(ports, port_of(fd, false)) || has(ports, port_of(fd, true))))
+        (has_port(all, port_of(fd, false)) || has_port(all, port_of(fd, true))))
       found.push_back(fd);
   return found;
 }
 
-// The ring's one connection from the previous rank (its left: the one this rank accepted, on its
-// own port in the hostfile); -1 where there are several (the hostfile lists several addresses per
-// rank, and MLX spreads a transfer over them) or none was found (another backend, not Linux).
+// Whether `fd`'s own end is `address` ("host:port", looked up as MLX's ring backend looks it up:
+// its first answer). A rank's addresses may share a port (one per network link), so which
+// address a connection was accepted on takes its host too.
+bool bound_to(int fd, const std::string& address) {
+  size_t colon = address.rfind(':');
+  if (colon == std::string::npos) return false;
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (getaddrinfo(address.substr(0, colon).c_str(), address.c_str() + colon + 1, &hints, &found) != 0) return false;
+  sockaddr_storage own;
+  socklen_t length = sizeof(own);
+  bool same = getsockname(fd, reinterpret_cast<sockaddr*>(&own), &length) == 0 &&
+              own.ss_family == found->ai_family;
+  if (same && own.ss_family == AF_INET) {
+    auto* a = reinterpret_cast<sockaddr_in*>(&own);
+    auto* b = reinterpret_cast<sockaddr_in*>(found->ai_addr);
+    same = a->sin_port == b->sin_port && a->sin_addr.s_addr == b->sin_addr.s_addr;
+  } else if (same && own.ss_family == AF_INET6) {
+    auto* a = reinterpret_cast<sockaddr_in6*>(&own);
+    auto* b = reinterpret_cast<sockaddr_in6*>(found->ai_addr);
+    same = a->sin6_port == b->sin6_port && std::memcmp(&a->sin6_addr, &b->sin6_addr, sizeof(a->sin6_addr)) == 0;
+  }
+  freeaddrinfo(found);
+  return same;
+}
+
+// MLX's ring backend sends up to this many bytes over a neighbour's first connection alone, however
+// many there are (each connection's share of a transfer is at least this).
+constexpr uint64_t kUnsplitBytes = 1024;
+
+// The ring's connections to each neighbour: one per address of a rank in the hostfile (MLX
+// requires as many for every rank), 1 for another backend. MLX spreads each send and receive
+// over them by size (see mlxs_distributed_send_message).
+size_t connections = 1;
+
+// The ring's first connection from the previous rank (its left: the one this rank accepted on its
+// first address in the hostfile), which alone carries a send of up to kUnsplitBytes (a header);
+// -1 where none was found (another backend, not Linux).
 int previous_socket = -1;
 
-void find_previous(int rank, int size, const std::vector<std::vector<int>>& ranks) {
-  if (static_cast<int>(ranks.size()) != size) return;
+void find_previous(int rank, int size, const std::vector<std::vector<std::string>>& ranks) {
+  if (static_cast<int>(ranks.size()) != size || ranks[rank].empty()) return;
+  connections = ranks[rank].size();
   std::vector<int> accepted;
   for (int fd : group_sockets)
-    if (has(ranks[rank], port_of(fd, false))) accepted.push_back(fd);
-  if (accepted.size() == 1) previous_socket = accepted[0];
+    if (has_port(ranks[rank], port_of(fd, false))) accepted.push_back(fd);
+  if (connections == 1 && accepted.size() == 1) previous_socket = accepted[0];
+  if (connections == 1) return;
+  for (int fd : accepted)
+    if (bound_to(fd, ranks[rank][0])) previous_socket = fd;
 }
 
 md::Group& the_group() {
@@ -207,7 +254,7 @@ int mlxs_distributed_init(int* rank, int* size, const char* backend, const char*
     if (explicit_rank >= 0) setenv("MLX_RANK", std::to_string(explicit_rank).c_str(), 1);
     auto before = sockets();
     group = md::init(true, backend);
-    auto ranks = ring_ports();
+    auto ranks = ring_hostfile();
     group_sockets = ring_connections(before, ranks);
     find_previous(group->rank(), group->size(), ranks);
     *rank = group->rank();
@@ -222,6 +269,24 @@ int mlxs_distributed_all_sum(mlxs_array** out, const mlxs_array* x) {
 
 int mlxs_distributed_send(mlxs_array** out, const mlxs_array* x, int dst) {
   return guard([&] { return put(out, md::send(ref(x), dst, the_group())); });
+}
+
+int mlxs_distributed_send_message(mlxs_array** out, const mlxs_array* x, uint64_t header_bytes, int dst) {
+  return guard([&] {
+    auto& g = the_group();
+    const auto& message = ref(x);
+    if (connections == 1 || header_bytes >= message.nbytes())
+      return put(out, md::send(message, dst, g));  // one stream of bytes: one send (one wake-up of the socket thread)
+    // MLX cuts a send of n bytes into a share per connection (at least 1 KiB each) and a receive
+    // the same way by its own size: the receiver takes the header, then the payload by its
+    // shape, so each goes in a send of its own. Both are views of the message; the result is the
+    // message, once both are sent.
+    auto bytes = mx::flatten(mx::view(message, mx::uint8));
+    int header = static_cast<int>(header_bytes);
+    auto sent = md::send(mx::slice(bytes, {0}, {header}), dst, g);
+    auto payload = mx::depends({mx::slice(bytes, {header}, {static_cast<int>(bytes.size())})}, {sent})[0];
+    return put(out, mx::depends({message}, {md::send(payload, dst, g)})[0]);
+  });
 }
 
 int mlxs_distributed_recv(mlxs_array** out, const int32_t* shape, int ndim, int dtype, int src) {
@@ -259,6 +324,7 @@ int mlxs_distributed_read(void* data, uint64_t nbytes, int src, int* read) {
   return guard([&] {
     auto& g = the_group();
     int fd = src == (g.rank() + g.size() - 1) % g.size() ? previous_socket : -1;
+    if (connections > 1 && nbytes > kUnsplitBytes) fd = -1;  // part of it is on the other connections
     *read = 0;
     if (fd < 0) return 0;
     // MLX's socket threads made the connection non-blocking: wait for each part in poll().

@@ -9,13 +9,23 @@ import { readLayout } from "../models/layout";
 import { resolveModelPath } from "../store/resolve";
 
 export interface Host {
-  /** host:port the rank listens on (the ring hostfile's entry). */
-  address: string;
+  /**
+   * The host:port addresses the rank listens on (the ring hostfile's entry): one per network
+   * link, MLX's ring backend then connecting each neighbour once per address and spreading each
+   * transfer over the connections.
+   */
+  addresses: string[];
   /** Set for a host that is not this machine: started over ssh. */
   ssh?: string;
 }
 
-/** mlx.launch's [{"ssh": "host", "ips": ["10.0.0.2"]}, ...] or the ring's [["host:port"], ...]. */
+/** The ring hostfile (MLX's format) of `hosts`, one list of addresses per rank. */
+export const ringHostfile = (hosts: Host[]): string => JSON.stringify(hosts.map((h) => h.addresses));
+
+/**
+ * mlx.launch's [{"ssh": "host", "ips": ["10.0.0.2", ...]}, ...] (each IP on the next port from
+ * `startingPort`, as mlx.launch numbers them) or the ring's [["host:port", ...], ...].
+ */
 export function readHostfile(path: string, startingPort: number): Host[] {
   let entries: unknown;
   try {
@@ -25,25 +35,32 @@ export function readHostfile(path: string, startingPort: number): Host[] {
   }
   if (!Array.isArray(entries) || entries.length === 0)
     throw new Error(`hostfile ${path}: expected a JSON list of hosts`);
+  let port = startingPort;
   return entries.map((entry, rank) => {
-    if (Array.isArray(entry) && typeof entry[0] === "string") {
-      const host = entry[0].slice(0, entry[0].lastIndexOf(":"));
-      if (!host) throw new Error(`hostfile ${path}: entry ${rank} '${entry[0]}' is not host:port`);
-      return { address: entry[0], ssh: isLocal(host) ? undefined : host };
+    if (Array.isArray(entry) && entry.length > 0 && entry.every((a) => typeof a === "string")) {
+      const hosts = entry.map((address: string) => address.slice(0, Math.max(0, address.lastIndexOf(":"))));
+      const bad = hosts.findIndex((host) => !host);
+      if (bad >= 0) throw new Error(`hostfile ${path}: entry ${rank} '${entry[bad]}' is not host:port`);
+      return { addresses: entry, ssh: isLocal(hosts[0]!) ? undefined : hosts[0] };
     }
     const { ssh, ips } = (entry ?? {}) as { ssh?: unknown; ips?: unknown };
     if (typeof ssh !== "string")
       throw new Error(
-        `hostfile ${path}: entry ${rank} needs "ssh" (mlx.launch's format) or is ["host:port"] (the ring's)`,
+        `hostfile ${path}: entry ${rank} needs "ssh" (mlx.launch's format) or is ["host:port", ...] (the ring's)`,
       );
-    const ip = Array.isArray(ips) && typeof ips[0] === "string" ? ips[0] : ssh;
-    return { address: `${ip}:${startingPort + rank}`, ssh: isLocal(ssh) && isLocal(ip) ? undefined : ssh };
+    const given = Array.isArray(ips) ? ips.filter((ip): ip is string => typeof ip === "string") : [];
+    const hosts = given.length > 0 ? given : [ssh];
+    return {
+      addresses: hosts.map((ip) => `${ip}:${port++}`),
+      ssh: isLocal(ssh) && hosts.every(isLocal) ? undefined : ssh,
+    };
   });
 }
 
 function isLocal(host: string): boolean {
   const mine = Object.values(networkInterfaces()).flatMap((list) => (list ?? []).map((i) => i.address));
-  return ["localhost", "127.0.0.1", "::1", hostname()].includes(host) || mine.includes(host);
+  // All of 127.0.0.0/8 is this machine's loopback (Linux answers on every one of them).
+  return ["localhost", "::1", hostname()].includes(host) || host.startsWith("127.") || mine.includes(host);
 }
 
 /** The value of a flag among a command's arguments (--name value, --name=value, or its alias). */
@@ -78,7 +95,7 @@ export async function describePlan(hosts: Host[], command: string[]): Promise<st
     ...(layers ? [] : [`rank 0's output layer counts as ${headLayers(layout).toFixed(1)} layers of work`]),
     ...stages.map((stage, rank) => {
       const parts = `layers ${layerRange(stage)}${stage.ends ? " + embedding and output" : ""}`;
-      return `rank ${rank}  ${hosts[rank]!.address}${hosts[rank]!.ssh ? " (ssh)" : ""}  ${parts}  loads ${formatBytes(stageBytes(layout, stage))}`;
+      return `rank ${rank}  ${hosts[rank]!.addresses.join(",")}${hosts[rank]!.ssh ? " (ssh)" : ""}  ${parts}  loads ${formatBytes(stageBytes(layout, stage))}`;
     }),
     `per token, each hop: ${hop} bytes of hidden states (${layout.hiddenSize} × ${layout.activationBytes}), plus a ${headerBytes}-byte header per message; ${hosts.length} hops a step (the last back to rank 0)`,
   ];

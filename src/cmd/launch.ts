@@ -14,7 +14,7 @@ import { createServer } from "node:net";
 import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
-import { describePlan, readHostfile, type Host } from "./launch-plan";
+import { describePlan, readHostfile, ringHostfile, type Host } from "./launch-plan";
 import { fail } from "./log";
 import { positiveInteger } from "./options";
 
@@ -68,19 +68,27 @@ export default defineCommand({
   },
 });
 
-/** N ranks on 127.0.0.1, each on a port the OS says is free. */
-export async function loopbackHosts(n: number): Promise<Host[]> {
-  const ports: number[] = [];
+/**
+ * N ranks on loopback, each on a port the OS says is free; with `links` > 1, each rank listens
+ * on that many addresses (127.0.0.1, 127.0.0.2, ...), as a machine with several network links.
+ */
+export async function loopbackHosts(n: number, links = 1): Promise<Host[]> {
   const servers = [];
-  // All held open at once, so the OS hands out n different ports.
+  const hosts: Host[] = [];
+  // All held open at once, so the OS hands out different ports.
   for (let i = 0; i < n; i++) {
-    const server = createServer();
-    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-    ports.push((server.address() as { port: number }).port);
-    servers.push(server);
+    const addresses = [];
+    for (let link = 1; link <= links; link++) {
+      const server = createServer();
+      const ip = `127.0.0.${link}`;
+      await new Promise<void>((resolve) => server.listen(0, ip, resolve));
+      addresses.push(`${ip}:${(server.address() as { port: number }).port}`);
+      servers.push(server);
+    }
+    hosts.push({ addresses });
   }
   await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
-  return ports.map((port) => ({ address: `127.0.0.1:${port}` }));
+  return hosts;
 }
 
 /** How to start this very executable: the compiled one, or Bun on the entry script. */
@@ -103,7 +111,7 @@ interface Rank {
 async function launch(hosts: Host[], command: string[], sshConfig?: string): Promise<number> {
   const dir = mkdtempSync(join(tmpdir(), "mlx-launch-"));
   const hostfile = join(dir, "hosts.json");
-  const ring = JSON.stringify(hosts.map((h) => [h.address]));
+  const ring = ringHostfile(hosts);
   writeFileSync(hostfile, ring);
   const self = selfCommand();
   const threads = sharedCoreThreads(hosts, command);

@@ -14,7 +14,8 @@ let group: Group | undefined;
 
 /**
  * Joins the group once per process. The ring backend reads the hostfile (MLX's ring format,
- * one list of "host:port" per rank) and connects to its two neighbours, retrying for about 30 s.
+ * one list of "host:port" per rank) and connects to its two neighbours, once per address,
+ * retrying for about 30 s.
  * `hostfile` and `rank` override MLX_HOSTFILE and MLX_RANK.
  */
 export function init(options: { backend?: string; hostfile?: string; rank?: number } = {}): Group {
@@ -45,18 +46,29 @@ export function send(x: MxArray, dst: number): MxArray {
   return wrap(lib.mlxs_distributed_send(outPtr, x.handle, dst), "send");
 }
 
+/**
+ * Sends `message` to `dst` so that the receiver may take its first `headerBytes` in a receive (or
+ * read()) of their own and the rest in another (a header, then the payload it describes): one
+ * send where the ring has one connection to each neighbour (a stream of bytes, however it is
+ * read), a send each where it has several (the hostfile lists several addresses per rank), since
+ * MLX splits each send and each receive over them by its own size. Evaluating the result sends it.
+ */
+export function sendMessage(message: MxArray, headerBytes: number, dst: number): MxArray {
+  return wrap(lib.mlxs_distributed_send_message(outPtr, message.handle, headerBytes, dst), "send");
+}
+
 /** An array of `shape` and `dtype` received from rank `src` when evaluated. */
 export function recv(shape: number[], dtype: DtypeCode, src: number): MxArray {
   return wrap(lib.mlxs_distributed_recv(outPtr, Int32Array.from(shape), shape.length, dtype, src), "recv");
 }
 
 /**
- * `bytes` bytes from rank `src`, read on this thread straight from the ring's connection from it
- * (the ring backend's receive hands the read to MLX's stream thread, then to a socket thread, and
- * back: wake-ups that cost more than a small message's bytes). For what must be read before the
- * next receive can even be built (a pipeline's header); only between evaluated transfers on that
- * connection. Undefined where it cannot (another backend, a rank other than the previous one, or
- * several connections per rank): use recv() then.
+ * `bytes` bytes from rank `src`, read on this thread straight from the ring's (first) connection
+ * from it (the ring backend's receive hands the read to MLX's stream thread, then to a socket
+ * thread, and back: wake-ups that cost more than a small message's bytes). For what must be read
+ * before the next receive can even be built (a sendMessage()'s header); only between evaluated
+ * transfers on that connection. Undefined where it cannot (another backend, a rank other than the
+ * previous one, over 1 KiB where there are several connections per rank): use recv() then.
  */
 export function read(bytes: number, src: number): Uint8Array | undefined {
   const out = new Uint8Array(bytes);

@@ -6,6 +6,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import OpenAI from "openai";
 import type { CompletionCreateParamsNonStreaming } from "openai/resources/completions";
 import { loopbackHosts } from "../../src/cmd/launch";
+import { ringHostfile } from "../../src/cmd/launch-plan";
 import { mainScript } from "./cli";
 
 /** A launched `serve` on `model` split over `n` ranks, with `extra` flags, under MLX_HOME `home`. */
@@ -99,9 +100,9 @@ export function startRank(home: string, ring: string, rank: number, args: string
   });
 }
 
-/** A ring hostfile of `n` ranks on free loopback ports, written to `path`. */
-export async function writeLoopbackRing(path: string, n: number): Promise<string> {
-  writeFileSync(path, JSON.stringify((await loopbackHosts(n)).map((h) => [h.address])));
+/** A ring hostfile of `n` ranks on free loopback ports (`links` addresses each), written to `path`. */
+export async function writeLoopbackRing(path: string, n: number, links = 1): Promise<string> {
+  writeFileSync(path, ringHostfile(await loopbackHosts(n, links)));
   return path;
 }
 

@@ -8,7 +8,6 @@ import type { DecoderModel } from "../../models/model";
 import type { Stage } from "../../models/stage";
 import {
   encodeHeader,
-  encodeMessage,
   figureFields,
   Flag,
   headerBytes,
@@ -16,6 +15,7 @@ import {
   keepaliveHeader,
   Op,
   progressHeader,
+  sendMessage,
   type StageFigures,
 } from "./protocol";
 import { RankZeroFront, type MessageFields } from "./rank-zero";
@@ -218,7 +218,7 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
     // Each message re-arms the watchdog: its answer, or the next heartbeat's, must come in time.
     distributed.armWatchdog(this.peerTimeoutMs, this.#silence());
     this.#sentBytes += headerBytes + (payload?.nbytes ?? 0);
-    return distributed.send(encodeMessage(header, payload), 1);
+    return sendMessage(header, 1, payload);
   }
 
   /** Goes round the ring and brings back each stage's figures; it waits for the steps queued before it. */

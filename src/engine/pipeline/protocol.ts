@@ -111,15 +111,21 @@ export function encodeHeader(h: Header): MxArray {
 }
 
 /**
- * A header and its payload as one array of bytes, for one send: the ring's socket thread wakes
- * once per message, not twice. The receiver still reads the header first, then the payload: a
- * TCP connection is a stream of bytes, whatever sizes they were sent in.
+ * A header and its payload as one array of bytes, for one send where the ring allows (see
+ * sendMessage): the ring's socket thread wakes once per message, not twice.
  */
 export function encodeMessage(h: Header, payload?: MxArray): MxArray {
   const header = encodeHeader(h);
   if (!payload) return header;
   return mx.concatenate([mx.view(header, mx.Dtype.uint8), mx.reshape(mx.view(payload, mx.Dtype.uint8), [-1])], 0);
 }
+
+/**
+ * Message `h` and its payload to rank `dst`, unevaluated: sent so that the receiver can take the
+ * header, then the payload, over however many connections the ring has (see distributed.sendMessage).
+ */
+export const sendMessage = (h: Header, dst: number, payload?: MxArray): MxArray =>
+  mx.distributed.sendMessage(encodeMessage(h, payload), headerBytes, dst);
 
 /** A payload of UTF-8 bytes (a path, a JSON object) as text. */
 export const payloadText = (bytes: ArrayLike<number>): string => new TextDecoder().decode(Uint8Array.from(bytes));

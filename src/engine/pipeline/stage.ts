@@ -13,7 +13,6 @@ import type { KVCache } from "../../models/cache";
 import { CacheSets, type CacheOptions } from "./cache-sets";
 import {
   decodeHeader,
-  encodeMessage,
   figureFields,
   Flag,
   headerBytes,
@@ -21,6 +20,7 @@ import {
   Op,
   payloadText,
   progressHeader,
+  sendMessage,
   type Header,
   type StageFigures,
 } from "./protocol";
@@ -83,7 +83,7 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
   };
   // A message to the next rank (the last rank's to rank 0 have no header), unevaluated.
   const sendOn = (h: Header | undefined, payload?: MxArray): MxArray =>
-    distributed.send(h ? encodeMessage(h, payload) : payload!, next);
+    h ? sendMessage(h, next, payload) : distributed.send(payload!, next);
   // Evaluates `arrays` under the watchdog too: a peer that stops reading blocks a send.
   const run = (arrays: MxArray[]) => {
     distributed.armWatchdog(o.peerTimeoutMs, stopped);
@@ -107,9 +107,8 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
     // The last rank sends back decode steps and whole passes (embeddings) alone: a prefill's
     // result only fills caches.
     const back = (h.flags & (Flag.decode | Flag.whole)) !== 0;
-    const message = !last ? encodeMessage(h, out) : back ? out : undefined;
-    const onward = message ? distributed.send(message, next) : out;
-    return { header: h, caches, onward, sentBytes: message?.nbytes ?? 0 };
+    const onward = !last ? sendOn(h, out) : back ? sendOn(undefined, out) : out;
+    return { header: h, caches, onward, sentBytes: onward === out ? 0 : onward.nbytes };
   };
   // A prefill chunk runs a layer at a time, each under its own watchdog arm, and after each the
   // next rank hears from this one (Op.progress): a chunk that outlasts the peer timeout on a busy

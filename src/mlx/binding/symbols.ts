@@ -134,6 +134,7 @@ export const symbols = {
   mlxs_distributed_all_sum: { args: [p, p], returns: i32 },
   mlxs_distributed_send: { args: [p, p, i32], returns: i32 },
   mlxs_distributed_recv: { args: [p, p, i32, i32, i32], returns: i32 },
+  mlxs_distributed_send_message: { args: [p, p, u64, i32], returns: i32 },
   mlxs_watchdog_arm: { args: [i32, cstring], returns: i32 },
   mlxs_watchdog_disarm: { args: [], returns: none },
   mlxs_wait_readable: { args: [i32], returns: i32 },
