@@ -9,10 +9,14 @@ import { loopbackHosts } from "../../src/cmd/launch";
 import { ringHostfile } from "../../src/cmd/launch-plan";
 import { mainScript } from "./cli";
 
-/** A launched `serve` on `model` split over `n` ranks, with `extra` flags, under MLX_HOME `home`. */
-export async function launchServe(home: string, n: number, model: string, extra: string[] = []) {
+/**
+ * A launched `serve` on `model` split over `n` ranks (or the ranks of hostfile `n`), with `extra`
+ * flags, under MLX_HOME `home`.
+ */
+export async function launchServe(home: string, n: number | string, model: string, extra: string[] = []) {
+  const ranks = typeof n === "number" ? ["-n", String(n)] : ["--hostfile", n];
   const proc = Bun.spawn(
-    [process.execPath, mainScript, "launch", "-n", String(n), "--", "serve", "--port", "0", "-m", model, ...extra],
+    [process.execPath, mainScript, "launch", ...ranks, "--", "serve", "--port", "0", "-m", model, ...extra],
     { stdout: "pipe", stderr: "pipe", env: { ...process.env, MLX_HOME: home, NO_COLOR: "1" } },
   );
   let stderr = "";
