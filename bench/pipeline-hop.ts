@@ -1,11 +1,11 @@
 // One hop of a split model without the model: rank 0 sends a decode step's message (header and
 // hidden states) to rank 1, which sends the hidden states back, as a 2-rank pipeline's ranks do;
 // the round trip, with and without the watchdog, the poll() before each receive and the header
-// read directly, interleaved.
+// read directly, interleaved. With --links N each rank listens on N loopback addresses (as a
+// machine with N network links): MLX's ring then splits each transfer over N connections.
 // Two processes on loopback: two hops and MLX's transfers, no layers.
-//   bun bench/pipeline-hop.ts [--iterations 300] [--width 576]
+//   bun bench/pipeline-hop.ts [--iterations 300] [--width 576] [--links 1]
 import { mkdtempSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -17,7 +17,10 @@ import {
   headerInts,
   headerOf,
   Op,
+  sendMessage,
 } from "../src/engine/pipeline/protocol";
+import { loopbackHosts } from "../src/cmd/launch";
+import { ringHostfile } from "../src/cmd/launch-plan";
 import * as mx from "../src/mlx";
 import { median } from "./lib";
 
@@ -26,25 +29,19 @@ const { values } = parseArgs({
   options: {
     iterations: { type: "string", default: "300" },
     width: { type: "string", default: "576" },
+    links: { type: "string", default: "1" },
     rank: { type: "string" },
     hostfile: { type: "string" },
   },
 });
 const iterations = Number(values.iterations);
 const width = Number(values.width);
-
-const freePort = () =>
-  new Promise<number>((resolve) => {
-    const s = createServer().listen(0, "127.0.0.1", () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
+const links = Number(values.links);
 
 if (values.rank === undefined) {
   const dir = mkdtempSync(join(tmpdir(), "hop-"));
   const hostfile = join(dir, "ring.json");
-  writeFileSync(hostfile, JSON.stringify([[`127.0.0.1:${await freePort()}`], [`127.0.0.1:${await freePort()}`]]));
+  writeFileSync(hostfile, ringHostfile(await loopbackHosts(2, links)));
   const ranks = [0, 1].map((rank) =>
     Bun.spawn(
       [process.execPath, import.meta.path, ...process.argv.slice(2), "--rank", `${rank}`, "--hostfile", hostfile],
@@ -62,8 +59,12 @@ const group = distributed.init({ hostfile: values.hostfile, rank: Number(values.
 const other = 1 - group.rank;
 const timeout = 30_000;
 
-/** `read`: the header read by this thread from the ring's connection (distributed.read), as a stage does. */
-type Variant = { name: string; watchdog: boolean; poll: boolean; read: boolean };
+/**
+ * `read`: the header read by this thread from the ring's connection (distributed.read), as a
+ * stage does. `plainSend`: the message in one distributed.send, as before sendMessage (right over
+ * one connection per neighbour only).
+ */
+type Variant = { name: string; watchdog: boolean; poll: boolean; read: boolean; plainSend?: boolean };
 const variants: Variant[] = [
   {
     name: "as the pipeline: watchdog armed, poll() before each receive, header read directly",
@@ -71,6 +72,9 @@ const variants: Variant[] = [
     poll: true,
     read: true,
   },
+  ...(links === 1
+    ? [{ name: "the message in one distributed.send", watchdog: true, poll: true, read: true, plainSend: true }]
+    : []),
   { name: "header received through MLX (an evaluation)", watchdog: true, poll: true, read: false },
   { name: "no watchdog", watchdog: false, poll: true, read: true },
   { name: "no poll() (the ring's receive spins)", watchdog: true, poll: false, read: false },
@@ -94,9 +98,9 @@ function readHeader(v: Variant): Uint8Array | undefined {
   return bytes;
 }
 
-function send(v: Variant, message: mx.MxArray): void {
+function send(v: Variant, sent: mx.MxArray): void {
   if (v.watchdog) distributed.armWatchdog(timeout, "hop: peer stopped reading");
-  mx.evaluate(distributed.send(message, other));
+  mx.evaluate(sent);
   if (v.watchdog) distributed.disarmWatchdog();
 }
 
@@ -106,18 +110,23 @@ const header = headerOf(
 );
 
 /**
- * A decode step's message out (header and hidden states in one send) and the hidden states
- * back: the receiver reads the header, then the payload it announces, as a stage does.
+ * A decode step's message out (header and hidden states, sent as the pipeline sends them) and
+ * the hidden states back: the receiver reads the header, then the payload it announces, as a
+ * stage does.
  */
 function trip(v: Variant): void {
   mx.scope(() => {
     if (group.rank === 0) {
-      send(v, encodeMessage(header, mx.random.normal([1, 1, width])));
+      const hidden = mx.random.normal([1, 1, width]);
+      send(
+        v,
+        v.plainSend ? distributed.send(encodeMessage(header, hidden), other) : sendMessage(header, other, hidden),
+      );
       receive(v, [1, 1, width], mx.Dtype.float32);
     } else {
       const h = decodeHeader(readHeader(v) ?? receive(v, [headerInts], mx.Dtype.int32));
       const hidden = receive(v, [h.rows, h.length, h.width], h.dtype);
-      send(v, mx.add(hidden, mx.array(Float32Array.from([1]))));
+      send(v, distributed.send(mx.add(hidden, mx.array(Float32Array.from([1]))), other));
     }
   });
 }
@@ -152,7 +161,7 @@ const rankOneCpu = mx.scope(() => {
 if (group.rank === 0) {
   const p95 = (v: number[]) => [...v].sort((a, b) => a - b)[Math.floor(0.95 * v.length)]!;
   console.log(
-    `| round trip (${width} float32 and a ${headerBytes}-byte header out, ${width} float32 back) | median (ms) | p95 (ms) | CPU ms per trip: rank 0 | rank 1 |`,
+    `| round trip (${width} float32 and a ${headerBytes}-byte header out, ${width} float32 back; ${links} connection(s) per neighbour) | median (ms) | p95 (ms) | CPU ms per trip: rank 0 | rank 1 |`,
   );
   console.log("|---|---|---|---|---|");
   variants.forEach((v, i) => {
