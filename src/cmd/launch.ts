@@ -28,11 +28,11 @@ export default defineCommand({
     hostfile: {
       type: "string",
       description:
-        'Hosts to start ranks on: mlx.launch\'s JSON ([{"ssh": "host", "ips": ["10.0.0.2"]}, ...]) or MLX\'s ring format ([["host:port"], ...]); remote ones over ssh',
+        'Hosts to start ranks on: mlx.launch\'s JSON ([{"ssh": "host", "ips": ["10.0.0.2"]}, ...]) or MLX\'s ring format ([["host:port", ...], ...]), several addresses per host for several links; remote ones over ssh',
     },
     "starting-port": {
       type: "string",
-      description: "First port of the ranks in an mlx.launch hostfile",
+      description: "First port of the ranks in an mlx.launch hostfile (one port per IP, counting up)",
       default: "32323",
     },
     "ssh-config": {
