@@ -141,8 +141,9 @@ bool bound_to(int fd, const std::string& address) {
 constexpr uint64_t kUnsplitBytes = 1024;
 
 // The ring's connections to each neighbour: one per address of a rank in the hostfile (MLX
-// requires as many for every rank), 1 for another backend. MLX spreads each send and receive
-// over them by size (see mlxs_distributed_send_message).
+// requires as many for every rank; known from the hostfile, so also where the connections
+// themselves cannot be found: not Linux), 1 for another backend. MLX spreads each send and
+// receive over them by size (see mlxs_distributed_send_message).
 size_t connections = 1;
 
 // The ring's first connection from the previous rank (its left: the one this rank accepted on its
@@ -156,8 +157,10 @@ void find_previous(int rank, int size, const std::vector<std::vector<std::string
   std::vector<int> accepted;
   for (int fd : group_sockets)
     if (has_port(ranks[rank], port_of(fd, false))) accepted.push_back(fd);
-  if (connections == 1 && accepted.size() == 1) previous_socket = accepted[0];
-  if (connections == 1) return;
+  if (connections == 1) {
+    if (accepted.size() == 1) previous_socket = accepted[0];
+    return;
+  }
   for (int fd : accepted)
     if (bound_to(fd, ranks[rank][0])) previous_socket = fd;
 }
