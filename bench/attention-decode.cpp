@@ -6,21 +6,26 @@
 // caches are flushed (128 MB written) before every step, as the weights' products flush them
 // in a real step. Also times a plain read of the same bytes: the memory's bound. `cached` as a
 // third argument leaves the caches as they are (a context of 500, 11.5 MB, then stays in L3):
-// the kernel's own arithmetic, which other processes' memory traffic moves less. The fastest
-// step is printed beside the median: on a shared machine it is the steadier figure to compare.
+// the kernel's own arithmetic, which other processes' memory traffic moves less. `pool` as a
+// further argument splits each layer over our thread pool as the primitive does
+// (attention_tiles.h; MLX_CPU_THREADS threads) and times the whole process's CPU and the wall
+// clock: whether two threads stream K/V faster than one. The fastest step is printed beside the
+// median: on a shared machine it is the steadier figure to compare.
 //
 // Built against a kernel directory, so two versions compare side by side:
 //
 //   mkdir -p /tmp/main-kernels
-//   for f in attention_body.h attention_vector.h attention_kernel.h; do git show main:ffi/src/kernels/$f > /tmp/main-kernels/$f; done
+//   for f in attention_body.h attention_vector.h attention_kernel.h attention_tiles.h thread_pool.h thread_pool.cpp; do git show main:ffi/src/kernels/$f > /tmp/main-kernels/$f; done
 //   for k in /tmp/main-kernels ffi/src/kernels; do
-//     g++ -O3 -std=c++17 -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx2 -mfma -mf16c -I$k bench/attention-decode.cpp -o /tmp/attention-decode-$(basename $k)
+//     g++ -O3 -std=c++17 -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx2 -mfma -mf16c -I$k bench/attention-decode.cpp $k/thread_pool.cpp -lpthread -o /tmp/attention-decode-$(basename $k)
 //   done
 //   for i in 1 2 3; do /tmp/attention-decode-main-kernels 2000; /tmp/attention-decode-kernels 2000; done
 //   for i in 1 2 3; do /tmp/attention-decode-main-kernels 500 300 cached; /tmp/attention-decode-kernels 500 300 cached; done
+//   for t in 1 2 1 2; do MLX_CPU_THREADS=$t /tmp/attention-decode-kernels 2000 30 flushed pool; done
 #define ATTENTION_VECTOR_BYTES 64
 #define ATTENTION_TILE_FN attend_tile_avx512
 #include "attention_body.h"
+#include "attention_tiles.h"
 
 #include <immintrin.h>
 
@@ -38,7 +43,12 @@ using namespace kernels;
 int main(int argc, char** argv) {
   const int context = argc > 1 ? std::atoi(argv[1]) : 2000;
   const int steps = argc > 2 ? std::atoi(argv[2]) : 15;
-  const bool flushed = !(argc > 3 && std::string(argv[3]) == "cached");
+  const auto option = [&](const char* name) {
+    for (int i = 3; i < argc; ++i)
+      if (std::string(argv[i]) == name) return true;
+    return false;
+  };
+  const bool flushed = !option("cached"), pooled = option("pool");
   const int layers = 30, q_heads = 9, kv_heads = 3, dim = 64;
   const int capacity = (context + 256) / 256 * 256;
   const size_t elements = size_t(kv_heads) * capacity * dim;
@@ -56,11 +66,19 @@ int main(int argc, char** argv) {
   std::vector<char> flush(128 << 20);
   const int64_t strides[4] = {int64_t(elements), int64_t(capacity) * dim, dim, 1};
 
-  std::vector<double> kernel, read;
+  // With the pool: the CPU of every thread (the caller and the workers), and the wall clock.
+  const auto clock_ms = [](clockid_t clock) {
+    timespec t;
+    clock_gettime(clock, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
+  };
+  const auto kernel_cpu_ms = [&] { return pooled ? clock_ms(CLOCK_PROCESS_CPUTIME_ID) : thread_cpu_ms(); };
+  std::vector<double> kernel, wall, read;
   volatile float sink = 0;
   for (int step = 0; step < steps; ++step) {
     if (flushed) std::fill(flush.begin(), flush.end(), char(step));
-    double start = thread_cpu_ms();
+    double start = kernel_cpu_ms();
+    const double wall_start = clock_ms(CLOCK_MONOTONIC);
     for (int l = 0; l < layers; ++l) {
       AttentionProblem p{};
       p.batch = 1, p.q_heads = q_heads, p.kv_heads = kv_heads, p.q_len = 1, p.kv_len = context;
@@ -68,9 +86,14 @@ int main(int argc, char** argv) {
       p.scale = 0.125f, p.q = q.data(), p.out = out.data();
       p.keys = {keys[l].data(), Element::f16, {strides[0], strides[1], strides[2], strides[3]}};
       p.values = {values[l].data(), Element::f16, {strides[0], strides[1], strides[2], strides[3]}};
-      for (int h = 0; h < kv_heads; ++h) ATTENTION_TILE_FN(p, AttentionTile{0, h, 0, 1, 0, context}, nullptr);
+      if (pooled) {
+        run_attention_tiles(p, [&](const AttentionTile& t, float* partial) { ATTENTION_TILE_FN(p, t, partial); });
+      } else {
+        for (int h = 0; h < kv_heads; ++h) ATTENTION_TILE_FN(p, AttentionTile{0, h, 0, 1, 0, context}, nullptr);
+      }
     }
-    kernel.push_back(thread_cpu_ms() - start);
+    kernel.push_back(kernel_cpu_ms() - start);
+    wall.push_back(clock_ms(CLOCK_MONOTONIC) - wall_start);
 
     if (flushed) std::fill(flush.begin(), flush.end(), char(step + 1));
     start = thread_cpu_ms();
@@ -92,4 +115,8 @@ int main(int argc, char** argv) {
       context, megabytes, flushed ? "" : ", cached", median(kernel), megabytes / median(kernel),
       *std::min_element(kernel.begin(), kernel.end()), median(read), megabytes / median(read),
       *std::min_element(read.begin(), read.end()));
+  if (pooled) {
+    std::printf("  on the pool's %d threads: kernel %.2f ms of wall (%.1f GB/s; fastest %.3f ms)\n", thread_count(),
+                median(wall), megabytes / median(wall), *std::min_element(wall.begin(), wall.end()));
+  }
 }

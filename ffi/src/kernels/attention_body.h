@@ -17,7 +17,7 @@ namespace {
 
 // Per-thread buffers, kept between calls (pool threads and stream threads are long-lived).
 struct Scratch {
-  std::vector<float> queries, keys_t, widened, keys, values, scores, out, max, sum;
+  std::vector<float> queries, keys_t, keys, values, scores, out, max, sum;
 };
 
 // Query rows up to which a tile scores each key row directly (one dot product per key and row)
@@ -26,29 +26,79 @@ struct Scratch {
 // the products it lines up.
 constexpr int kDirectRows = 8;
 
-// Query and widened key rows are padded with zeros to whole vectors: no tail loops.
+// Query rows are padded with zeros to whole vectors (and a key row's last part vector is widened
+// with zeros past it): no tail loops.
 inline int padded(int D) { return (D + kLanes - 1) / kLanes * kLanes; }
 
-// score[r * kChunk + j] = q_r · k_j for the tile's rows (scaled queries, padded(D) apart) and n
-// key rows. kLanes keys at a time are widened to fp32 into `widened` (in L1 from then on), each
-// row's kLanes dot products run side by side and are finished together (sum_lanes): no
-// reduction across lanes per key, and every key is converted once for all rows.
+// Keys scored a few at a time: each key row is widened straight into registers and multiplied
+// by the rows' queries, and every kSubKeys keys' sums are folded two rounds of sum_lanes down at
+// once, so a block of kLanes keys leaves kLanes / kSubKeys vectors per row to finish. The
+// additions are sum_lanes' own, in its order; no widened copy of the keys is stored and read back.
+constexpr int kSubKeys = 4;
+
+// p[0, count) widened, the lanes past it zero (a head size that is not a whole number of vectors).
 template <class T>
-void score_direct(const float* q, int rows, int D, const T* keys, int64_t key_stride, int n, float* widened,
-                  float* score) {
-  const int Dp = padded(D), whole = D - D % kLanes;
+inline vf load_first(const T* p, int count) {
+  vf v{};
+  for (int i = 0; i < count; ++i) v[i] = to_float(p[i]);
+  return v;
+}
+
+// score[r * kChunk + j] = q_r · k_j for M rows (scaled queries, Dp floats apart; M a constant, so
+// the sums stay in registers) and n key rows. Past the n-th key the last one is scored again:
+// the caller hides every score past n.
+template <int M, class T>
+void score_rows(const float* q, int Dp, int D, const T* keys, int64_t key_stride, int n, float* score) {
+  constexpr int kLeft = kLanes / kSubKeys;
+  const int whole = D - D % kLanes;
   for (int first = 0; first < n; first += kLanes) {
-    const int m = std::min(kLanes, n - first);
-    for (int j = 0; j < m; ++j) {
-      const T* k = keys + int64_t(first + j) * key_stride;
-      float* w = widened + size_t(j) * Dp;
-      for (int d = 0; d < whole; d += kLanes) store(w + d, load(k + d));
-      for (int d = whole; d < D; ++d) w[d] = to_float(k[d]);
-      std::fill(w + D, w + Dp, 0.0f);
+    vf folded[M][kLeft];
+    for (int sub = 0; sub < kLeft; ++sub) {
+      const T* key[kSubKeys];
+      for (int j = 0; j < kSubKeys; ++j) key[j] = keys + int64_t(std::min(first + sub * kSubKeys + j, n - 1)) * key_stride;
+      vf acc[M][kSubKeys] = {};
+      const auto add = [&](int d, const vf* k) {
+        for (int r = 0; r < M; ++r) {
+          const vf qd = load(q + size_t(r) * Dp + d);
+          for (int j = 0; j < kSubKeys; ++j) acc[r][j] += qd * k[j];
+        }
+      };
+      for (int d = 0; d < whole; d += kLanes) {
+        vf k[kSubKeys];
+        for (int j = 0; j < kSubKeys; ++j) k[j] = load(key[j] + d);
+        add(d, k);
+      }
+      if (whole < D) {
+        vf k[kSubKeys];
+        for (int j = 0; j < kSubKeys; ++j) k[j] = load_first(key[j] + whole, D - whole);
+        add(whole, k);
+      }
+      for (int r = 0; r < M; ++r) {
+        const vf low = fold<kLanes>(acc[r][0], acc[r][1], std::make_index_sequence<kLanes>());
+        const vf high = fold<kLanes>(acc[r][2], acc[r][3], std::make_index_sequence<kLanes>());
+        folded[r][sub] = fold<kLanes / 2>(low, high, std::make_index_sequence<kLanes>());
+      }
     }
-    // Past the chunk's last key: zeros (their scores are hidden afterwards anyway).
-    std::fill(widened + size_t(m) * Dp, widened + size_t(kLanes) * Dp, 0.0f);
-    score_block(q, rows, widened, Dp, score + first);
+    for (int r = 0; r < M; ++r) {
+      if constexpr (kLeft == 1) store(score + size_t(r) * kChunk + first, folded[r][0]);
+      else store(score + size_t(r) * kChunk + first, sum_lanes<kLeft>(folded[r], kLeft));
+    }
+  }
+}
+
+// The tile's rows three at a time (their sums, three rows' folded vectors and a few keys fill
+// AVX-512's 32 registers).
+template <class T>
+void score_direct(const float* q, int rows, int D, const T* keys, int64_t key_stride, int n, float* score) {
+  const int Dp = padded(D);
+  for (int first = 0; first < rows; first += 3) {
+    const float* qr = q + size_t(first) * Dp;
+    float* out = score + size_t(first) * kChunk;
+    switch (std::min(3, rows - first)) {
+      case 1: score_rows<1>(qr, Dp, D, keys, key_stride, n, out); break;
+      case 2: score_rows<2>(qr, Dp, D, keys, key_stride, n, out); break;
+      default: score_rows<3>(qr, Dp, D, keys, key_stride, n, out); break;
+    }
   }
 }
 
@@ -94,7 +144,7 @@ void attend_keys(const AttentionProblem& p, const AttentionTile& t, Scratch& s, 
     const T* chunk_values = copied ? reinterpret_cast<const T*>(s.values.data()) : values + start * value_stride;
     const bool direct = rows <= kDirectRows;
     if (direct) {
-      score_direct(s.queries.data(), rows, D, chunk_keys, key_stride, n, s.widened.data(), s.scores.data());
+      score_direct(s.queries.data(), rows, D, chunk_keys, key_stride, n, s.scores.data());
     } else {
       score_transposed(s.queries.data(), rows, D, chunk_keys, key_stride, n, s.keys_t.data(), s.scores.data());
     }
@@ -129,7 +179,6 @@ void ATTENTION_TILE_FN(const AttentionProblem& p, const AttentionTile& t, float*
   const int shift = p.kv_len - p.q_len;
   s.queries.assign(size_t(rows) * padded(D), 0.0f);
   s.keys_t.resize(size_t(D) * kChunk);
-  s.widened.resize(size_t(kLanes) * padded(D));
   s.scores.resize(size_t(rows) * kChunk);
   s.out.assign(size_t(rows) * Dv, 0.0f);
   s.max.assign(rows, kMinusInf);
