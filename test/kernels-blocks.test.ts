@@ -1,4 +1,4 @@
-// Our fused block primitives (ffi/src/kernels/mlp_block.cpp, attention_input.cpp) against the composition of the
+// Our fused block primitives (ffi/src/kernels/mlp_block.cpp, attention_input.cpp, attention_output.cpp) against the composition of the
 // ops they replace: identical with our kernels (same kernels, same rounding of every
 // intermediate), within tolerance of MLX's own ops, and MLX's ops where ours do not apply.
 import { describe, expect, test } from "bun:test";
@@ -110,6 +110,24 @@ describe("fused MLP block", () => {
     const off = withMlxKernels(() => fused(h, p));
     mx.scope(() => expect(mx.max(mx.abs(mx.subtract(off, composed(h, p.norm, 1e-5, p)))).item()).toBeLessThan(1e-3));
     expect(() => mx.scope(() => mx.fast.mlpBlock(h, normal([63]), 1e-5, p.gateUp, p.down))).toThrow();
+  });
+
+  test("shapes seen before (what composing told is remembered): the same result, MLX's ops with MLX's kernels, bad widths refused", () => {
+    const p = mlpCase(96, 128, { groupSize: 32, bits: 4 }, { groupSize: 32, bits: 8 }, mx.Dtype.float32);
+    const h = normal([2, 1, 96]);
+    mx.scope(() => {
+      const first = fused(h, p);
+      for (let step = 0; step < 3; step++) {
+        expect(mx.max(mx.abs(mx.subtract(fused(h, p), first))).item()).toBe(0);
+        expect(mx.max(mx.abs(mx.subtract(fused(h, p), composed(h, p.norm, 1e-5, p)))).item()).toBe(0);
+      }
+      // Switched to MLX's kernels, the shapes seen still build MLX's ops (their sums round otherwise).
+      const mlx = withMlxKernels(() => fused(h, p));
+      expect(mx.max(mx.abs(mx.subtract(mlx, first))).item()).toBeGreaterThan(0);
+      expect(relativeError(first, mlx)).toBeLessThan(1e-4);
+    });
+    expect(() => mx.scope(() => mx.fast.mlpBlock(h, normal([95]), 1e-5, p.gateUp, p.down))).toThrow();
+    expect(() => mx.scope(() => mx.fast.mlpBlock(normal([2, 1, 64]), p.norm, 1e-5, p.gateUp, p.down))).toThrow();
   });
 });
 
@@ -283,5 +301,19 @@ describe("fused attention output", () => {
       ).toBe(0);
     });
     expect(() => mx.scope(() => mx.fast.attentionOutput(x, normal([1, 3, 64]), oProj))).toThrow();
+  });
+
+  test("shapes seen before: the same result, MLX's ops with MLX's kernels, a refused shape still refused", () => {
+    const oProj = projection(96, 96, { groupSize: 32, bits: 4 }, mx.Dtype.float32);
+    const [x, attended] = [normal([2, 1, 96]), normal([2, 3, 1, 32])];
+    mx.scope(() => {
+      const reference = composedOutput(x, attended, oProj);
+      for (let step = 0; step < 3; step++)
+        expect(mx.max(mx.abs(mx.subtract(mx.fast.attentionOutput(x, attended, oProj), reference))).item()).toBe(0);
+      const mlx = withMlxKernels(() => mx.fast.attentionOutput(x, attended, oProj));
+      expect(mx.max(mx.abs(mx.subtract(mlx, reference))).item()).toBeGreaterThan(0);
+      expect(relativeError(reference, mlx)).toBeLessThan(1e-4);
+    });
+    expect(() => mx.scope(() => mx.fast.attentionOutput(x, normal([2, 3, 1, 16]), oProj))).toThrow();
   });
 });
