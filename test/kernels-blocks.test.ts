@@ -252,6 +252,38 @@ describe("fused attention input", () => {
       mx.scope(() => mx.fast.attentionInput(x, p.norm, 1e-5, p.qkv, { heads: 3, kvHeads: 1, headDim: 32 }, rotation)),
     ).toThrow();
   });
+
+  test("shapes seen before (what composing told is remembered): each step's own offsets, MLX's ops with MLX's kernels, a full cache refused", () => {
+    const shape = { heads: 4, kvHeads: 2, headDim: 32 };
+    const p = inputCase(64, shape, { groupSize: 32, bits: 4 }, mx.Dtype.float32);
+    const x = normal([2, 1, 64]);
+    // Decode steps: the same shapes, the positions moving on (one number, then one per row).
+    const offsets = [3, 4, 40, [7, 9], [8, 10]].map((o) =>
+      typeof o === "number" ? o : mx.keep(mx.array(Int32Array.from(o))),
+    );
+    for (const offset of offsets) {
+      const rotation = { dims: 32, traditional: false, base: 10000, scale: 1, offset };
+      mx.scope(() => {
+        const reference = composedInput(x, p.norm, p.qkv, shape, rotation);
+        expectSame(mx.fast.attentionInput(x, p.norm, 1e-5, p.qkv, shape, rotation), reference);
+        const mlx = withMlxKernels(() =>
+          mx.concatenate(mx.fast.attentionInput(x, p.norm, 1e-5, p.qkv, shape, rotation), 1),
+        );
+        const ours = mx.concatenate(reference, 1);
+        expect(mx.max(mx.abs(mx.subtract(mlx, ours))).item()).toBeGreaterThan(0);
+        expect(relativeError(ours, mlx)).toBeLessThan(1e-3);
+      });
+    }
+    const rotation = { dims: 32, traditional: false, base: 10000, scale: 1, offset: 6 };
+    const [keys, values] = [0, 1].map(() => normal([2, shape.kvHeads, 6, shape.headDim], mx.Dtype.float16)) as [
+      mx.MxArray,
+      mx.MxArray,
+    ];
+    mx.scope(() => mx.fast.attentionInput(x, p.norm, 1e-5, p.qkv, shape, rotation, { keys, values, at: 5 }));
+    expect(() =>
+      mx.scope(() => mx.fast.attentionInput(x, p.norm, 1e-5, p.qkv, shape, rotation, { keys, values, at: 6 })),
+    ).toThrow();
+  });
 });
 
 describe("fused attention output", () => {
