@@ -1,4 +1,4 @@
-// Our fused block primitives (ffi/src/kernels/mlp_block.cpp, attention_input.cpp) against the composition of the
+// Our fused block primitives (ffi/src/kernels/mlp_block.cpp, attention_input.cpp, attention_output.cpp) against the composition of the
 // ops they replace: identical with our kernels (same kernels, same rounding of every
 // intermediate), within tolerance of MLX's own ops, and MLX's ops where ours do not apply.
 import { describe, expect, test } from "bun:test";
@@ -110,6 +110,24 @@ describe("fused MLP block", () => {
     const off = withMlxKernels(() => fused(h, p));
     mx.scope(() => expect(mx.max(mx.abs(mx.subtract(off, composed(h, p.norm, 1e-5, p)))).item()).toBeLessThan(1e-3));
     expect(() => mx.scope(() => mx.fast.mlpBlock(h, normal([63]), 1e-5, p.gateUp, p.down))).toThrow();
+  });
+
+  test("shapes seen before (what composing told is remembered): the same result, MLX's ops with MLX's kernels, bad widths refused", () => {
+    const p = mlpCase(96, 128, { groupSize: 32, bits: 4 }, { groupSize: 32, bits: 8 }, mx.Dtype.float32);
+    const h = normal([2, 1, 96]);
+    mx.scope(() => {
+      const first = fused(h, p);
+      for (let step = 0; step < 3; step++) {
+        expect(mx.max(mx.abs(mx.subtract(fused(h, p), first))).item()).toBe(0);
+        expect(mx.max(mx.abs(mx.subtract(fused(h, p), composed(h, p.norm, 1e-5, p)))).item()).toBe(0);
+      }
+      // Switched to MLX's kernels, the shapes seen still build MLX's ops (their sums round otherwise).
+      const mlx = withMlxKernels(() => fused(h, p));
+      expect(mx.max(mx.abs(mx.subtract(mlx, first))).item()).toBeGreaterThan(0);
+      expect(relativeError(first, mlx)).toBeLessThan(1e-4);
+    });
+    expect(() => mx.scope(() => mx.fast.mlpBlock(h, normal([95]), 1e-5, p.gateUp, p.down))).toThrow();
+    expect(() => mx.scope(() => mx.fast.mlpBlock(normal([2, 1, 64]), p.norm, 1e-5, p.gateUp, p.down))).toThrow();
   });
 });
 
@@ -234,6 +252,38 @@ describe("fused attention input", () => {
       mx.scope(() => mx.fast.attentionInput(x, p.norm, 1e-5, p.qkv, { heads: 3, kvHeads: 1, headDim: 32 }, rotation)),
     ).toThrow();
   });
+
+  test("shapes seen before (what composing told is remembered): each step's own offsets, MLX's ops with MLX's kernels, a full cache refused", () => {
+    const shape = { heads: 4, kvHeads: 2, headDim: 32 };
+    const p = inputCase(64, shape, { groupSize: 32, bits: 4 }, mx.Dtype.float32);
+    const x = normal([2, 1, 64]);
+    // Decode steps: the same shapes, the positions moving on (one number, then one per row).
+    const offsets = [3, 4, 40, [7, 9], [8, 10]].map((o) =>
+      typeof o === "number" ? o : mx.keep(mx.array(Int32Array.from(o))),
+    );
+    for (const offset of offsets) {
+      const rotation = { dims: 32, traditional: false, base: 10000, scale: 1, offset };
+      mx.scope(() => {
+        const reference = composedInput(x, p.norm, p.qkv, shape, rotation);
+        expectSame(mx.fast.attentionInput(x, p.norm, 1e-5, p.qkv, shape, rotation), reference);
+        const mlx = withMlxKernels(() =>
+          mx.concatenate(mx.fast.attentionInput(x, p.norm, 1e-5, p.qkv, shape, rotation), 1),
+        );
+        const ours = mx.concatenate(reference, 1);
+        expect(mx.max(mx.abs(mx.subtract(mlx, ours))).item()).toBeGreaterThan(0);
+        expect(relativeError(ours, mlx)).toBeLessThan(1e-3);
+      });
+    }
+    const rotation = { dims: 32, traditional: false, base: 10000, scale: 1, offset: 6 };
+    const [keys, values] = [0, 1].map(() => normal([2, shape.kvHeads, 6, shape.headDim], mx.Dtype.float16)) as [
+      mx.MxArray,
+      mx.MxArray,
+    ];
+    mx.scope(() => mx.fast.attentionInput(x, p.norm, 1e-5, p.qkv, shape, rotation, { keys, values, at: 5 }));
+    expect(() =>
+      mx.scope(() => mx.fast.attentionInput(x, p.norm, 1e-5, p.qkv, shape, rotation, { keys, values, at: 6 })),
+    ).toThrow();
+  });
 });
 
 describe("fused attention output", () => {
@@ -283,5 +333,19 @@ describe("fused attention output", () => {
       ).toBe(0);
     });
     expect(() => mx.scope(() => mx.fast.attentionOutput(x, normal([1, 3, 64]), oProj))).toThrow();
+  });
+
+  test("shapes seen before: the same result, MLX's ops with MLX's kernels, a refused shape still refused", () => {
+    const oProj = projection(96, 96, { groupSize: 32, bits: 4 }, mx.Dtype.float32);
+    const [x, attended] = [normal([2, 1, 96]), normal([2, 3, 1, 32])];
+    mx.scope(() => {
+      const reference = composedOutput(x, attended, oProj);
+      for (let step = 0; step < 3; step++)
+        expect(mx.max(mx.abs(mx.subtract(mx.fast.attentionOutput(x, attended, oProj), reference))).item()).toBe(0);
+      const mlx = withMlxKernels(() => mx.fast.attentionOutput(x, attended, oProj));
+      expect(mx.max(mx.abs(mx.subtract(mlx, reference))).item()).toBeGreaterThan(0);
+      expect(relativeError(reference, mlx)).toBeLessThan(1e-4);
+    });
+    expect(() => mx.scope(() => mx.fast.attentionOutput(x, normal([2, 3, 1, 16]), oProj))).toThrow();
   });
 });

@@ -15,6 +15,7 @@
 #include "kernels.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/primitives.h"
+#include "signature_memo.h"
 
 namespace kernels {
 namespace {
@@ -208,27 +209,49 @@ std::vector<mx::array> attention_input(const mx::array& x, const mx::array& norm
   if (x.ndim() != 3) throw std::invalid_argument("[attention_input] x must be [batch, length, features]");
   if (qkv.weight.ndim() != 2 || qkv.weight.shape(0) != (heads.heads + 2 * heads.kv_heads) * heads.head_dim)
     throw std::invalid_argument("[attention_input] the q/k/v product's outputs are not the heads' queries, keys and values");
-  // Built first in any case: it checks the arguments and gives every intermediate's type.
-  const Composition c = compose(x, norm_weight, eps, qkv, heads, rotation);
-  if (cache) {
+  mx::Stream stream = mx::default_stream(mx::default_device());
+  const auto* offset_array = std::get_if<mx::array>(&rotation.offset);
+  const auto check_room = [&](const mx::Shape& keys) {
+    if (!cache) return;
     const mx::Shape& buffer = cache->keys.shape();
-    const bool fits = buffer.size() == 4 && cache->values.shape() == buffer && buffer[0] == c.keys.shape(0) &&
+    const bool fits = buffer.size() == 4 && cache->values.shape() == buffer && buffer[0] == keys[0] &&
                       buffer[1] == heads.kv_heads && buffer[3] == heads.head_dim && cache->at >= 0 &&
-                      cache->at + c.keys.shape(2) <= buffer[2] && float_type(cache->keys.dtype()) &&
+                      cache->at + keys[2] <= buffer[2] && float_type(cache->keys.dtype()) &&
                       cache->values.dtype() == cache->keys.dtype();
     if (!fits)
       throw std::invalid_argument("[attention_input] the cache's buffers have no room for the new keys and values");
+  };
+  // What composing tells (the intermediates' types, the outputs' shapes), for the inputs' shapes
+  // and types seen supported: it depends on nothing else (see signature_memo.h).
+  struct Told {
+    mx::Dtype normed, projected;
+    mx::Shape queries, keys, values;
+  };
+  static SignatureMemo<Told> memo;
+  Signature signature;
+  signature << x << norm_weight << qkv.weight << qkv.scales << qkv.biases << qkv.group << qkv.bits << heads.heads
+            << heads.kv_heads << heads.head_dim << rotation.dims << static_cast<int64_t>(rotation.traditional)
+            << static_cast<int64_t>(rotation.base.has_value()) << static_cast<int64_t>(offset_array != nullptr)
+            << static_cast<int64_t>(rotation.freqs.has_value());
+  if (offset_array) signature << *offset_array;
+  if (rotation.freqs) signature << *rotation.freqs;
+  std::optional<Told> told = enabled_on(stream) ? memo.find(signature) : std::nullopt;
+  if (told) check_room(told->keys);
+  else {
+    // Built first where not seen: it checks the arguments and gives every intermediate's type.
+    const Composition c = compose(x, norm_weight, eps, qkv, heads, rotation);
+    check_room(c.keys.shape());
+    const bool supported =
+        x.size() > 0 && float_type(x.dtype()) && norm_weight.ndim() == 1 && norm_weight.shape(0) == x.shape(-1) &&
+        float_type(norm_weight.dtype()) &&
+        quantized_matmul_covers(c.normed, qkv.weight, qkv.scales, qkv.biases, true, qkv.group, qkv.bits, "affine") &&
+        rope_covers(c.queries, rotation.dims, rotation.base, rotation.offset, rotation.freqs) &&
+        c.queries.dtype() == c.projected.dtype() && c.keys.dtype() == c.projected.dtype();
+    if (!enabled_on(stream) || !supported)
+      return cache ? write_composed(c.queries, c.keys, c.values, *cache) : std::vector{c.queries, c.keys, c.values};
+    told = Told{c.normed.dtype(), c.projected.dtype(), c.queries.shape(), c.keys.shape(), c.values.shape()};
+    memo.remember(signature, *told);
   }
-  mx::Stream stream = mx::default_stream(mx::default_device());
-  const auto* offset_array = std::get_if<mx::array>(&rotation.offset);
-  const bool supported =
-      x.size() > 0 && float_type(x.dtype()) && norm_weight.ndim() == 1 && norm_weight.shape(0) == x.shape(-1) &&
-      float_type(norm_weight.dtype()) &&
-      quantized_matmul_covers(c.normed, qkv.weight, qkv.scales, qkv.biases, true, qkv.group, qkv.bits, "affine") &&
-      rope_covers(c.queries, rotation.dims, rotation.base, rotation.offset, rotation.freqs) &&
-      c.queries.dtype() == c.projected.dtype() && c.keys.dtype() == c.projected.dtype();
-  if (!enabled_on(stream) || !supported)
-    return cache ? write_composed(c.queries, c.keys, c.values, *cache) : std::vector{c.queries, c.keys, c.values};
   const InputSpec spec{eps,
                        qkv.group,
                        qkv.bits,
@@ -236,23 +259,23 @@ std::vector<mx::array> attention_input(const mx::array& x, const mx::array& norm
                        {rotation.dims, rotation.traditional, rotation.base.value_or(0.0f), rotation.scale,
                         offset_array ? 0 : std::get<int>(rotation.offset), offset_array != nullptr,
                         rotation.freqs.has_value()},
-                       c.normed.dtype(),
-                       c.projected.dtype(),
+                       told->normed,
+                       told->projected,
                        cache ? cache->at : -1};
   std::vector<mx::array> inputs = {x, norm_weight, qkv.weight, qkv.scales, qkv.biases};
   if (offset_array) inputs.push_back(mx::astype(mx::flatten(*offset_array), mx::int32));
   if (rotation.freqs) inputs.push_back(mx::astype(mx::contiguous(*rotation.freqs), mx::float32));
   const auto primitive = std::make_shared<AttentionInput>(stream, spec);
-  const mx::Dtype projected = c.projected.dtype();
+  const mx::Dtype projected = told->projected;
   if (!cache)
-    return mx::array::make_arrays({c.queries.shape(), c.keys.shape(), c.values.shape()},
+    return mx::array::make_arrays({told->queries, told->keys, told->values},
                                   {projected, projected, projected}, primitive, inputs);
   inputs.push_back(cache->keys);
   inputs.push_back(cache->values);
   const mx::Dtype held = cache->keys.dtype();
-  mx::Shape valid = c.keys.shape();
+  mx::Shape valid = told->keys;
   valid[2] += cache->at;
-  return mx::array::make_arrays({c.queries.shape(), cache->keys.shape(), cache->values.shape(), valid, valid},
+  return mx::array::make_arrays({told->queries, cache->keys.shape(), cache->values.shape(), valid, valid},
                                 {projected, held, held, held, held}, primitive, inputs);
 }
 

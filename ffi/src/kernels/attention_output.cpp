@@ -9,6 +9,7 @@
 #include "kernels.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/primitives.h"
+#include "signature_memo.h"
 
 namespace kernels {
 namespace {
@@ -73,15 +74,22 @@ class AttentionOutput : public mx::UnaryPrimitive {
 
 mx::array attention_output(const mx::array& x, const mx::array& heads, const QuantizedLinear& o_proj) {
   if (heads.ndim() != 4) throw std::invalid_argument("[attention_output] heads must be [batch, heads, length, dim]");
-  // Built first in any case: it checks the arguments and gives the product's type.
-  const Composition c = compose(x, heads, o_proj);
   mx::Stream stream = mx::default_stream(mx::default_device());
-  const bool supported = heads.size() > 0 && float_type(heads.dtype()) &&
-                         quantized_matmul_covers(c.rows, o_proj.weight, o_proj.scales, o_proj.biases, true,
-                                                 o_proj.group, o_proj.bits, "affine") &&
-                         float_type(x.dtype()) && x.dtype() == c.projected.dtype() && c.out.dtype() == x.dtype() &&
-                         c.out.shape() == x.shape();
-  if (!enabled_on(stream) || !supported) return c.out;
+  // The inputs' shapes and types seen supported (what composing tells depends on nothing else).
+  static SignatureMemo<bool> memo;
+  Signature signature;
+  signature << x << heads << o_proj.weight << o_proj.scales << o_proj.biases << o_proj.group << o_proj.bits;
+  if (!enabled_on(stream) || !memo.find(signature)) {
+    // Built first where not seen: it checks the arguments and gives the product's type.
+    const Composition c = compose(x, heads, o_proj);
+    const bool supported = heads.size() > 0 && float_type(heads.dtype()) &&
+                           quantized_matmul_covers(c.rows, o_proj.weight, o_proj.scales, o_proj.biases, true,
+                                                   o_proj.group, o_proj.bits, "affine") &&
+                           float_type(x.dtype()) && x.dtype() == c.projected.dtype() && c.out.dtype() == x.dtype() &&
+                           c.out.shape() == x.shape();
+    if (!enabled_on(stream) || !supported) return c.out;
+    memo.remember(signature, true);
+  }
   return mx::array(x.shape(), x.dtype(), std::make_shared<AttentionOutput>(stream, o_proj.group, o_proj.bits),
                    {x, heads, o_proj.weight, o_proj.scales, o_proj.biases});
 }

@@ -10,6 +10,7 @@
 #include "kernels.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/primitives.h"
+#include "signature_memo.h"
 
 namespace kernels {
 namespace {
@@ -107,20 +108,33 @@ void add_into(const mx::array& a, const mx::array& b, mx::array& out) {
 
 mx::array mlp_block(const mx::array& h, const mx::array& norm_weight, float eps, const QuantizedLinear& gate_up,
                     const QuantizedLinear& down) {
-  // Built first in any case: it checks the arguments and gives every intermediate's type.
-  const Composition c = compose(h, norm_weight, eps, gate_up, down);
   mx::Stream stream = mx::default_stream(mx::default_device());
-  const bool supported =
-      h.ndim() >= 1 && h.size() > 0 && float_type(h.dtype()) && norm_weight.ndim() == 1 &&
-      norm_weight.shape(0) == h.shape(-1) && float_type(norm_weight.dtype()) && gate_up.weight.shape(0) % 2 == 0 &&
-      quantized_matmul_covers(c.normed, gate_up.weight, gate_up.scales, gate_up.biases, true, gate_up.group,
-                              gate_up.bits, "affine") &&
-      quantized_matmul_covers(c.activated, down.weight, down.scales, down.biases, true, down.group, down.bits,
-                              "affine") &&
-      c.activated.dtype() == c.gate_up.dtype() && c.projected.dtype() == h.dtype() && c.out.dtype() == h.dtype() &&
-      c.out.shape() == h.shape();
-  if (!enabled_on(stream) || !supported) return c.out;
-  const MlpSpec spec{eps, gate_up.group, gate_up.bits, down.group, down.bits, c.normed.dtype(), c.gate_up.dtype()};
+  // The norm's output type and the products', for the inputs' shapes and types seen supported.
+  struct Types {
+    mx::Dtype normed, hidden;
+  };
+  static SignatureMemo<Types> memo;
+  Signature signature;
+  signature << h << norm_weight << gate_up.weight << gate_up.scales << gate_up.biases << gate_up.group << gate_up.bits
+            << down.weight << down.scales << down.biases << down.group << down.bits;
+  std::optional<Types> types = enabled_on(stream) ? memo.find(signature) : std::nullopt;
+  if (!types) {
+    // Built first where not seen: it checks the arguments and gives every intermediate's type.
+    const Composition c = compose(h, norm_weight, eps, gate_up, down);
+    const bool supported =
+        h.ndim() >= 1 && h.size() > 0 && float_type(h.dtype()) && norm_weight.ndim() == 1 &&
+        norm_weight.shape(0) == h.shape(-1) && float_type(norm_weight.dtype()) && gate_up.weight.shape(0) % 2 == 0 &&
+        quantized_matmul_covers(c.normed, gate_up.weight, gate_up.scales, gate_up.biases, true, gate_up.group,
+                                gate_up.bits, "affine") &&
+        quantized_matmul_covers(c.activated, down.weight, down.scales, down.biases, true, down.group, down.bits,
+                                "affine") &&
+        c.activated.dtype() == c.gate_up.dtype() && c.projected.dtype() == h.dtype() && c.out.dtype() == h.dtype() &&
+        c.out.shape() == h.shape();
+    if (!enabled_on(stream) || !supported) return c.out;
+    types = Types{c.normed.dtype(), c.gate_up.dtype()};
+    memo.remember(signature, *types);
+  }
+  const MlpSpec spec{eps, gate_up.group, gate_up.bits, down.group, down.bits, types->normed, types->hidden};
   return mx::array(h.shape(), h.dtype(), std::make_shared<MlpBlock>(stream, spec),
                    {h, norm_weight, gate_up.weight, gate_up.scales, gate_up.biases, down.weight, down.scales,
                     down.biases});
