@@ -51,7 +51,7 @@ describe("mlx launch -n 3 -- serve --layers 0,1,2-159 --peer-timeout 1.5", () =>
     expect(server.stderr()).not.toContain("--peer-timeout");
   }, 120_000);
 
-  test("the last rank stopped during its backlog (SIGSTOP): every rank stops within the timeout, rank 0 naming the pipeline", async () => {
+  test("the last rank stopped during its backlog (SIGSTOP): every rank stops within the timeout, rank 1 naming it (or rank 0 the pipeline)", async () => {
     const server = await launchServe(home, 3, deep, flags);
     const ranks = server.ranks();
     try {
