@@ -283,6 +283,13 @@ MLXS_API int mlxs_distributed_send_message(mlxs_array** out, const mlxs_array* x
 // them): the ring backend never times out, so a silent peer would block a rank forever.
 MLXS_API int mlxs_watchdog_arm(int timeout_ms, const char* message);
 MLXS_API void mlxs_watchdog_disarm(void);
+// A pipeline's signs of life, kept by the watchdog's thread from now on, armed or not: this rank
+// writes a byte to its previous rank every quarter of timeout_ms and reads its next rank's, on
+// the directions of the ring's connections a pipeline's transfers never use (so never with
+// collectives, as in tensor parallel); a connection to the next rank silent for timeout_ms
+// after its first byte ends the process (status 3) with `message`. A closed one is left to the
+// transfers. Nothing where the group has no ring connections.
+MLXS_API int mlxs_watchdog_neighbours(int timeout_ms, const char* message);
 // Waits until one of the group's connections (else any socket of this process) has something to
 // read (1) or timeout_ms passes (0).
 // The ring backend's receive spins on its socket until data comes: an idle rank waits here first.

@@ -1,7 +1,9 @@
 // The peer timeout in a pipeline of 3 ranks where the last one works through a backlog of
 // prefill chunks: rank 1, done with its one layer of each, waits for rank 0 meanwhile, and rank
 // 0 waits for the last rank. Rank 0 keeps rank 1 hearing from it (Op.keepalive), so a healthy
-// cluster is not stopped; a rank that stops answering still stops every rank in time.
+// cluster is not stopped; a rank that stops answering still stops every rank in time, the idle
+// rank 1 too, though the last rank's progress keeps coming (each rank hears its next one's signs
+// of life: distributed.watchNeighbours).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -49,7 +51,7 @@ describe("mlx launch -n 3 -- serve --layers 0,1,2-159 --peer-timeout 1.5", () =>
     expect(server.stderr()).not.toContain("--peer-timeout");
   }, 120_000);
 
-  test("the last rank stopped during its backlog (SIGSTOP): every rank stops within the timeout, rank 0 naming the pipeline", async () => {
+  test("the last rank stopped during its backlog (SIGSTOP): every rank stops within the timeout, rank 1 naming it (or rank 0 the pipeline)", async () => {
     const server = await launchServe(home, 3, deep, flags);
     const ranks = server.ranks();
     try {
@@ -61,8 +63,33 @@ describe("mlx launch -n 3 -- serve --layers 0,1,2-159 --peer-timeout 1.5", () =>
         server,
         2,
         1500,
-        /error: rank (0: no answer from the pipeline \(ranks 1-2\)|1: rank 2 stopped taking data) for 2 s \(--peer-timeout\)/,
+        /error: rank (0: no answer from the pipeline \(ranks 1-2\)|1: (rank 2 stopped taking data|no word from rank 2)) for 2 s \(--peer-timeout\)/,
       );
+      await answering;
+    } finally {
+      for (const pid of ranks.values()) {
+        try {
+          process.kill(pid, "SIGKILL");
+        } catch {}
+      }
+    }
+  }, 120_000);
+
+  test("rank 1 stopped during the last rank's backlog (SIGSTOP): every rank stops within the timeout, rank 0 naming rank 1", async () => {
+    const server = await launchServe(home, 3, deep, flags);
+    const ranks = server.ranks();
+    try {
+      const answering = complete(server.url).catch((e) => e);
+      await Bun.sleep(1500);
+      // Rank 2's progress keeps coming to rank 0 and rank 1's kernel takes rank 0's keepalives:
+      // only rank 1's own signs of life tell. Before, rank 2 named it once through its backlog.
+      await expectStoppedRankNoticed(
+        server,
+        1,
+        1500,
+        "error: rank 0: no word from rank 1 for 2 s (--peer-timeout); stopping",
+      );
+      for (const pid of ranks.values()) expect(() => process.kill(pid, 0)).toThrow();
       await answering;
     } finally {
       for (const pid of ranks.values()) {

@@ -28,6 +28,10 @@
 
 #include "common.h"
 
+#ifndef MSG_NOSIGNAL
+#define MSG_NOSIGNAL 0  // where a closed connection raises no SIGPIPE on send anyway, or never gets here (sockets())
+#endif
+
 namespace md = mx::distributed;
 using namespace shim;
 
@@ -170,6 +174,14 @@ md::Group& the_group() {
   return *group;
 }
 
+// The connections to the next rank on which a pipeline's signs of life come (see Neighbours):
+// never waited on for the ring's transfers, nor counted as its bytes.
+std::vector<int> signs_of_life;
+
+bool carries_signs_of_life(int fd) {
+  return std::find(signs_of_life.begin(), signs_of_life.end(), fd) != signs_of_life.end();
+}
+
 // Bytes that have arrived so far on the ring's connections (the kernel's count, read by us or
 // not), or nullopt where the system does not count them. While a peer's bytes keep coming it is
 // alive, however long the collective they belong to takes.
@@ -177,6 +189,7 @@ std::optional<uint64_t> bytes_received() {
   if (group_sockets.empty()) return std::nullopt;
   uint64_t total = 0;
   for (int fd : group_sockets) {
+    if (carries_signs_of_life(fd)) continue;
 #if defined(__linux__)
     tcp_info info{};
     socklen_t length = sizeof(info);
@@ -197,6 +210,65 @@ std::optional<uint64_t> bytes_received() {
   return total;
 }
 
+using Clock = std::chrono::steady_clock;
+
+// A pipeline's signs of life (mlxs_watchdog_neighbours). A rank waiting for a later one hears
+// only from the last rank, and a stopped process's kernel still takes what is sent to it, so a
+// stopped middle rank would go unnoticed while the ranks after it clear a backlog. So each rank
+// writes a byte to its previous rank every quarter of the timeout and reads its next rank's, on
+// the directions of the ring's connections that a pipeline's transfers never use: MLX sends to
+// the next rank on the connections it made to the right and receives from the previous one on
+// those it accepted from the left (with 2 ranks too: it looks for a send's rank on the right
+// first, for a receive's on the left). The bytes are written and read on the watchdog's thread,
+// so a rank busy in a long computation, or blocked in a send, still shows it is alive, while a
+// stopped one does not.
+struct Neighbours {
+  // The connections from the previous rank (several where the hostfile gives it several addresses).
+  std::vector<int> to_previous;
+  // The connections to the next rank, each with when a byte last came on it: none before its
+  // first, since the next rank starts telling only once it is ready.
+  std::vector<std::pair<int, std::optional<Clock::time_point>>> from_next;
+  std::chrono::milliseconds timeout;
+  std::string message;
+  Clock::time_point told{};
+
+  // Tells the previous rank, reads what the next one said, and ends the process if a connection
+  // to it has been silent for the timeout; returns when to look again.
+  Clock::time_point look(Clock::time_point now) {
+    auto every = std::max(timeout / 4, std::chrono::milliseconds(1));
+    if (now >= told + every) {
+      char alive = 1;
+      // Never blocks, and a closed connection is no signal: whoever reads it finds that out.
+      for (int fd : to_previous) ::send(fd, &alive, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+      told = now;
+    }
+    for (auto at = from_next.begin(); at != from_next.end();) {
+      auto [fd, heard] = *at;
+      bool closed = false;
+      for (char bytes[256];;) {
+        ssize_t r = ::recv(fd, bytes, sizeof(bytes), MSG_DONTWAIT);
+        if (r > 0) heard = now;
+        if (r > 0 || (r < 0 && errno == EINTR)) continue;
+        closed = r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK);
+        break;
+      }
+      // A closed connection is no silence: the rank exited or died, and the ring's transfers
+      // (and the launcher) report that.
+      if (closed) {
+        at = from_next.erase(at);
+        continue;
+      }
+      if (heard && now >= *heard + timeout) {
+        std::fprintf(stderr, "%s\n", message.c_str());
+        std::fflush(stderr);
+        std::_Exit(3);
+      }
+      at++->second = heard;
+    }
+    return std::min(told + every, now + std::max(timeout / 8, std::chrono::milliseconds(1)));
+  }
+};
+
 // The watchdog: a thread that ends the process with a message when the peers have been silent
 // for the armed timeout. Silent, not slow: a long collective (a tensor-parallel prefill chunk on
 // a busy machine, each layer's all_sum a few seconds apart) is not a lost peer, so while armed
@@ -205,39 +277,49 @@ std::optional<uint64_t> bytes_received() {
 // deadline is the armed one. A rank arms and disarms it several times a token, so neither wakes
 // the thread: it sleeps until the time it last chose, and then looks again (a later deadline, or
 // none, sends it back to sleep). Only a deadline earlier than that (or any, when it waits with
-// none) needs to wake it.
+// none) needs to wake it. In a pipeline the thread also keeps the neighbours' signs of life
+// (Neighbours), a deadline per connection to the next rank, whether armed or not.
 struct Watchdog {
   std::mutex mutex;
   std::condition_variable changed;
-  std::optional<std::chrono::steady_clock::time_point> deadline;
+  std::optional<Clock::time_point> deadline;
   std::chrono::milliseconds timeout{0};
   // The ring's received bytes when last looked at (by arm or by the thread).
   std::optional<uint64_t> heard;
   std::string message;
   bool started = false;
   // When the thread wakes next (none: it waits for an arm); an earlier deadline must wake it.
-  std::optional<std::chrono::steady_clock::time_point> wakes_at;
+  std::optional<Clock::time_point> wakes_at;
+  std::optional<Neighbours> neighbours;
 
   void run() {
     std::unique_lock lock(mutex);
     for (;;) {
-      if (!deadline) {
-        wakes_at.reset();
-        changed.wait(lock);
-        continue;
+      auto now = Clock::now();
+      std::optional<Clock::time_point> next;
+      if (neighbours) next = neighbours->look(now);
+      if (deadline) {
+        auto count = bytes_received();
+        if (count && heard && *count != *heard) deadline = now + timeout;  // a peer spoke since we looked
+        heard = count;
+        if (now >= *deadline) {
+          std::fprintf(stderr, "%s\n", message.c_str());
+          std::fflush(stderr);
+          std::_Exit(3);
+        }
+        auto look = count ? std::min(*deadline, now + std::max(timeout / 8, std::chrono::milliseconds(1))) : *deadline;
+        next = next ? std::min(*next, look) : look;
       }
-      auto now = std::chrono::steady_clock::now();
-      auto count = bytes_received();
-      if (count && heard && *count != *heard) deadline = now + timeout;  // a peer spoke since we looked
-      heard = count;
-      if (now >= *deadline) {
-        std::fprintf(stderr, "%s\n", message.c_str());
-        std::fflush(stderr);
-        std::_Exit(3);
-      }
-      wakes_at = count ? std::min(*deadline, now + std::max(timeout / 8, std::chrono::milliseconds(1))) : *deadline;
-      changed.wait_until(lock, *wakes_at);
+      wakes_at = next;
+      if (wakes_at) changed.wait_until(lock, *wakes_at);
+      else changed.wait(lock);
     }
+  }
+
+  void start() {
+    if (started) return;
+    std::thread([this] { run(); }).detach();
+    started = true;
   }
 };
 
@@ -300,10 +382,7 @@ int mlxs_watchdog_arm(int timeout_ms, const char* message) {
   return guard([&] {
     auto& w = watchdog();
     std::lock_guard lock(w.mutex);
-    if (!w.started) {
-      std::thread([&w] { w.run(); }).detach();
-      w.started = true;
-    }
+    w.start();
     w.timeout = std::chrono::milliseconds(timeout_ms);
     w.deadline = std::chrono::steady_clock::now() + w.timeout;
     w.heard = bytes_received();  // silence counts from now: bytes that came before are no answer
@@ -317,7 +396,8 @@ int mlxs_wait_readable(int timeout_ms) {
   // The sockets the group opened (a rank serving HTTP has others), else every socket of this
   // process (a backend that opened none while we watched).
   std::vector<pollfd> fds;
-  for (int fd : group_sockets.empty() ? sockets() : group_sockets) fds.push_back({fd, POLLIN, 0});
+  for (int fd : group_sockets.empty() ? sockets() : group_sockets)
+    if (!carries_signs_of_life(fd)) fds.push_back({fd, POLLIN, 0});
   if (fds.empty()) return 1;  // nothing to wait on here (not Linux): let the receive wait
   int n = poll(fds.data(), fds.size(), timeout_ms);
   return n > 0 ? 1 : 0;
@@ -355,6 +435,28 @@ void mlxs_watchdog_disarm(void) {
   auto& w = watchdog();
   std::lock_guard lock(w.mutex);
   w.deadline.reset();  // the thread finds out when it next wakes
+}
+
+int mlxs_watchdog_neighbours(int timeout_ms, const char* message) {
+  return guard([&] {
+    auto& w = watchdog();
+    std::lock_guard lock(w.mutex);
+    auto& g = the_group();
+    auto ranks = ring_ports();
+    if (group_sockets.empty() || static_cast<int>(ranks.size()) != g.size()) return 0;  // not the ring, or not Linux
+    Neighbours n{.timeout = std::chrono::milliseconds(timeout_ms), .message = message};
+    const auto& next = ranks[(g.rank() + 1) % g.size()];
+    for (int fd : group_sockets) {
+      // Accepted on this rank's own port: from the previous rank; made to the next one's port: to it.
+      if (has(ranks[g.rank()], port_of(fd, false))) n.to_previous.push_back(fd);
+      else if (has(next, port_of(fd, true))) n.from_next.push_back({fd, std::nullopt});
+    }
+    for (auto& [fd, heard] : n.from_next) signs_of_life.push_back(fd);
+    w.neighbours = std::move(n);
+    w.start();
+    w.changed.notify_all();
+    return 0;
+  });
 }
 
 }  // extern "C"

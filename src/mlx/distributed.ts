@@ -93,6 +93,18 @@ export function disarmWatchdog(): void {
 }
 
 /**
+ * A pipeline's signs of life, for as long as this process runs: a native thread
+ * tells the previous rank this one is alive every quarter of `timeoutMs`, and ends the process
+ * (status 3) with `message` when the next rank has told it nothing for `timeoutMs`. A rank
+ * waiting for a later one hears only from the last rank, so this is how a stopped middle rank is
+ * noticed while the ranks after it still work. On the directions of the ring's connections a
+ * pipeline's sends and receives never use: not with collectives (tensor parallel).
+ */
+export function watchNeighbours(timeoutMs: number, message: string): void {
+  check(lib.mlxs_watchdog_neighbours(Math.max(1, Math.round(timeoutMs)), cstr(message)), "watchdog");
+}
+
+/**
  * Waits (blocking) until a socket of this process has data, or `timeoutMs` passes (false). The
  * ring backend's receive spins on its socket while it waits, so an idle rank waits here instead.
  */

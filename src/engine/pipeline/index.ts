@@ -57,6 +57,15 @@ export function openPipeline(path: string, spec: PipelineSpec, caches: CacheOpti
   lm.kvQuantization = caches.kvQuantization;
   // Everyone loaded: a rank that failed has exited, and this all_sum says so (a lost peer).
   barrier();
+  // From now on, no collectives: each rank shows its previous one it is alive, and hears from
+  // its next one, apart from the messages (a middle rank stopped while a later one clears a
+  // backlog is noticed in time). Tensor parallel's all_sums use those directions of the ring.
+  if (!tensorParallel) {
+    const next = (rank + 1) % size;
+    const seconds = Math.round(peerTimeoutMs / 1000);
+    const message = `error: rank ${rank}: no word from rank ${next} for ${seconds} s (--peer-timeout); stopping`;
+    distributed.watchNeighbours(peerTimeoutMs, message);
+  }
   if (rank > 0) {
     try {
       if (tensorParallel) serveShard(lm.model, { rank, split, caches, lora: lm.weights.lora, peerTimeoutMs });
