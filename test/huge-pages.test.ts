@@ -28,6 +28,7 @@ describe("huge pages", () => {
     const before = a.bytes();
     const huge = anonHugeBytes();
     const collapsed = mx.memory.hugePages([a]);
+    mx.memory.hugePagesSettled();
     if (thp) {
       expect(collapsed).toBeGreaterThanOrEqual(60 * MiB);
       expect(anonHugeBytes() - huge).toBeGreaterThanOrEqual(60 * MiB);
@@ -39,6 +40,7 @@ describe("huge pages", () => {
   test("a loaded model's weights, repacked ones included, are in huge pages", async () => {
     const huge = anonHugeBytes();
     const lm = loadModel(await resolveModelPath(undefined));
+    mx.memory.hugePagesSettled();
     try {
       if (thp) expect(anonHugeBytes() - huge).toBeGreaterThanOrEqual(0.8 * lm.weightBytes);
     } finally {
@@ -56,6 +58,7 @@ describe("huge pages", () => {
         const [keys, values] = cache.update(mx.astype(part, mx.Dtype.float16), mx.astype(part, mx.Dtype.float16));
         mx.evaluate(...keys, ...values);
       });
+    mx.memory.hugePagesSettled();
     if (thp) expect(anonHugeBytes() - huge).toBeGreaterThanOrEqual(24 * MiB);
     cache.free();
   });

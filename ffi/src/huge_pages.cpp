@@ -8,12 +8,17 @@
 //     arena, or a chunk of its own. Memory first touched there from now on (a cache's growth from
 //     the same heap, MLX's buffer cache handing a freed block back) gets huge pages at fault time.
 //   - MADV_COLLAPSE (Linux >= 6.1) on the 2 MiB-aligned span around each buffer: its pages are
-//     already filled, and collapse replaces them by huge pages now, synchronously. Neighbouring
+//     already filled, and collapse replaces them by huge pages (on a thread of its own, see
+//     Collapser). Neighbouring
 //     blocks of the same mapping inside that span are collapsed with it (harmless: the same
 //     anonymous memory), which is what lets the many sub-2 MiB tensors of a small model that
 //     malloc packs side by side share huge pages.
 // Where unsupported (not Linux, THP `never`, an older kernel, a GPU's memory) nothing happens.
 #include <algorithm>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -72,6 +77,67 @@ const Range* mapping_of(const std::vector<Range>& mappings, uintptr_t address) {
     if (address >= m.start && address < m.end) return &m;
   return nullptr;
 }
+
+// Collapses runs of 2 MiB pages on a thread of its own. MADV_COLLAPSE copies each page and first
+// drains every CPU's page lists, which waits on the other CPUs: a model's weights took seconds of
+// wall time (a fraction of that in CPU) on a busy 2-core machine, which a load or a cache's growth
+// should not wait for. Only addresses are passed: memory freed meanwhile is at worst collapsed
+// for its next owner, or skipped (ENOMEM) once unmapped; the contents never change.
+class Collapser {
+ public:
+  void add(std::vector<Range> runs) {
+    if (runs.empty()) return;
+    std::lock_guard lock(mutex_);
+    queue_.insert(queue_.end(), runs.begin(), runs.end());
+    if (!started_) {
+      started_ = true;
+      std::thread([this] { work(); }).detach();
+    }
+    ready_.notify_all();
+  }
+
+  void wait() {
+    std::unique_lock lock(mutex_);
+    idle_.wait(lock, [this] { return queue_.empty() && !busy_; });
+  }
+
+ private:
+  void work() {
+    std::unique_lock lock(mutex_);
+    for (;;) {
+      ready_.wait(lock, [this] { return !queue_.empty(); });
+      const Range run = queue_.front();
+      queue_.pop_front();
+      busy_ = true;
+      lock.unlock();
+      collapse(run);
+      lock.lock();
+      busy_ = false;
+      if (queue_.empty()) idle_.notify_all();
+    }
+  }
+
+  static void collapse(const Range& run) {
+    // The run in one call (one drain); where it stops (EAGAIN: no free huge page now), page by
+    // page, so that one which fails leaves the rest. EINVAL: no MADV_COLLAPSE (Linux < 6.1),
+    // THP `never`, or memory it does not apply to.
+    if (madvise(reinterpret_cast<void*>(run.start), run.end - run.start, MADV_COLLAPSE) == 0 || errno == EINVAL)
+      return;
+    for (uintptr_t p = run.start; p < run.end; p += kHugePage)
+      madvise(reinterpret_cast<void*>(p), kHugePage, MADV_COLLAPSE);
+  }
+
+  std::mutex mutex_;
+  std::condition_variable ready_, idle_;
+  std::deque<Range> queue_;
+  bool started_ = false, busy_ = false;
+};
+
+// Never destroyed: its thread may still be waiting when the process exits.
+Collapser& collapser() {
+  static Collapser* c = new Collapser;
+  return *c;
+}
 #endif
 }  // namespace
 
@@ -80,9 +146,10 @@ size_t mlxs_huge_pages(mlxs_array* const* arrays, int n, int collapse) {
   // A GPU backend's buffers are its own (device or managed memory), whichever device is default.
   if (mx::is_available(mx::Device::gpu)) return 0;
 #ifdef __GLIBC__
-  // The heap grows with 4 MiB to spare: the 2 MiB page holding the newest buffer, at its top,
-  // then lies inside the heap and can be collapsed too (what glibc.malloc.hugetlb=1 does by
-  // growing it in whole huge pages). Costs at most that much unused memory.
+  // The heap grows with 16 MiB to spare: the 2 MiB page holding the newest buffer, at its top,
+  // then lies inside the heap and can be collapsed too, and each growth (a mapping of its own once
+  // the heap is advised) holds several whole huge pages (glibc.malloc.hugetlb=1 grows it in whole
+  // huge pages). Address space only: what is never touched costs no memory.
   static const bool padded = mallopt(M_TOP_PAD, 8 * kHugePage) == 1;
   (void)padded;
 #endif
@@ -108,19 +175,26 @@ size_t mlxs_huge_pages(mlxs_array* const* arrays, int n, int collapse) {
   for (const Range* m : advised) madvise(reinterpret_cast<void*>(m->start), m->end - m->start, MADV_HUGEPAGE);
   if (!collapse) return 0;
   std::sort(spans.begin(), spans.end(), [](const Range& a, const Range& b) { return a.start < b.start; });
-  size_t collapsed = 0;
+  size_t bytes = 0;
+  std::vector<Range> runs;
   for (size_t i = 0; i < spans.size();) {
     Range run = spans[i++];
     while (i < spans.size() && spans[i].start <= run.end) run.end = std::max(run.end, spans[i++].end);
-    // Page by page, so one that cannot be collapsed (EAGAIN: no free huge page now) leaves the rest.
-    for (uintptr_t p = run.start; p < run.end; p += kHugePage)
-      if (madvise(reinterpret_cast<void*>(p), kHugePage, MADV_COLLAPSE) == 0) collapsed += kHugePage;
+    runs.push_back(run);
+    bytes += run.end - run.start;
   }
-  return collapsed;
+  collapser().add(std::move(runs));
+  return bytes;
 #else
   (void)arrays;
   (void)n;
   (void)collapse;
   return 0;
+#endif
+}
+
+void mlxs_huge_pages_wait(void) {
+#ifdef __linux__
+  collapser().wait();
 #endif
 }

@@ -21,11 +21,14 @@ export const hugePagesOn =
 /**
  * Huge pages for the buffers of these evaluated arrays: for those that live long and are read in
  * full every step (weights, KV caches), so streaming them does not miss the TLB every 4 KiB
- * (ffi/src/huge_pages.cpp). `collapse` turns their filled pages into huge ones now; without it
- * only memory touched later gets them. Returns the bytes collapsed; 0 where !hugePagesOn or the
- * kernel cannot (THP `never`, Linux before 6.1: no collapse).
+ * (ffi/src/huge_pages.cpp). `collapse` turns their filled pages into huge ones, on a thread of
+ * the shim's (hugePagesSettled waits for it); without it only memory touched later gets them.
+ * Returns the bytes queued; 0 where !hugePagesOn or the kernel cannot (THP `never`).
  */
 export const hugePages = (arrays: MxArray[], collapse = true): number =>
   !hugePagesOn || arrays.length === 0
     ? 0
     : Number(lib.mlxs_huge_pages(handles(arrays), arrays.length, collapse ? 1 : 0));
+
+/** Waits until the huge pages asked for so far are in place (for tests and benchmarks). */
+export const hugePagesSettled = (): void => lib.mlxs_huge_pages_wait();
