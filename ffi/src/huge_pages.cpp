@@ -9,21 +9,21 @@
 //     the same heap, MLX's buffer cache handing a freed block back) gets huge pages at fault time.
 //   - MADV_COLLAPSE (Linux >= 6.1) on the 2 MiB-aligned span around each buffer: its pages are
 //     already filled, and collapse replaces them by huge pages (on a thread of its own, see
-//     Collapser). Neighbouring
-//     blocks of the same mapping inside that span are collapsed with it (harmless: the same
-//     anonymous memory), which is what lets the many sub-2 MiB tensors of a small model that
-//     malloc packs side by side share huge pages.
+//     Collapser). Neighbouring blocks of the same mapping inside that span are collapsed with it
+//     (harmless: the same anonymous memory), which is what lets the many sub-2 MiB tensors of a
+//     small model that malloc packs side by side share huge pages.
 // Where unsupported (not Linux, THP `never`, an older kernel, a GPU's memory) nothing happens.
 #include <algorithm>
-#include <condition_variable>
-#include <deque>
-#include <mutex>
-#include <thread>
 #include <cerrno>
+#include <condition_variable>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <deque>
 #include <fstream>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common.h"
@@ -62,8 +62,9 @@ std::vector<Range> anonymous_mappings() {
       continue;
     const std::string path = path_at > 0 && static_cast<size_t>(path_at) <= line.size() ? line.substr(path_at) : "";
     if (std::strcmp(perms, "rw-p") != 0 || inode != 0 || !(path.empty() || path == "[heap]")) continue;
-    // Adjacent ones as one: each growth of the heap after an madvise is a mapping of its own (its
-    // flags differ), often under 2 MiB; advised alike, they merge again.
+    // Adjacent ones as one run: once the heap is advised, each growth of it is a mapping of its
+    // own (its flags differ, and so stays apart once touched), and a buffer's 2 MiB page may lie
+    // across two; the kernel collapses the whole pages inside each mapping of the run.
     if (!out.empty() && out.back().end == start)
       out.back().end = end;
     else
