@@ -255,6 +255,13 @@ MLXS_API void mlxs_reset_peak_memory(void);
 MLXS_API size_t mlxs_set_memory_limit(size_t limit);
 MLXS_API size_t mlxs_set_cache_limit(size_t limit);
 MLXS_API void mlxs_clear_cache(void);
+// Transparent huge pages for the buffers of these evaluated arrays (Linux, CPU backend): their
+// anonymous mappings get MADV_HUGEPAGE, and with `collapse` the 2 MiB pages around them are
+// collapsed (MADV_COLLAPSE) on a thread of the shim's, without waiting. Returns the bytes of the
+// pages queued; 0 where unsupported. Never an error: huge pages are only an optimisation.
+MLXS_API size_t mlxs_huge_pages(mlxs_array* const* arrays, int n, int collapse);
+// Waits until the collapses queued so far are done (for tests and benchmarks).
+MLXS_API void mlxs_huge_pages_wait(void);
 
 // ---- mixture of experts ----
 MLXS_API int mlxs_gather_mm(mlxs_array** out, const mlxs_array* a, const mlxs_array* b, const mlxs_array* lhs_indices,

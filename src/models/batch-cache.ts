@@ -170,6 +170,7 @@ export class BatchKVCache extends KVCache {
     this.free(false);
     this.keys = stored?.map(mx.keep);
     this.values = values?.map(mx.keep);
+    this.withHugePages();
   }
 
   /**

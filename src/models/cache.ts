@@ -294,6 +294,7 @@ export class KVCache implements AttentionCache {
       more(biases, dim, groups, like.dtype),
       tail ?? mx.keep(mx.zeros([batch, heads, 0, dim], floatCacheDtype(like.dtype))),
     ];
+    this.withHugePages();
   }
 
   /** Keys [B, H, L, D] → their quantized parts, rotated first (see rotateGroups). */
@@ -335,6 +336,7 @@ export class KVCache implements AttentionCache {
     this.free(false);
     this.keys = keys.map(mx.keep);
     this.values = values.map(mx.keep);
+    this.withHugePages();
   }
 
   /** Grows values, and keys unless they are per channel (those grow in writeChannelKeys). */
@@ -350,6 +352,18 @@ export class KVCache implements AttentionCache {
       });
     if (likeKeys) this.keys = extend(this.keys, likeKeys);
     this.values = extend(this.values, likeValues);
+    this.withHugePages();
+  }
+
+  /**
+   * The buffers just made (grown, re-laid), evaluated now and given huge pages: every decode step
+   * reads them whole (mx.memory.hugePages). Between steps, so the next write is still in place.
+   */
+  protected withHugePages(): void {
+    if (!mx.memory.hugePagesOn) return;
+    const buffers = this.state;
+    mx.evaluate(...buffers);
+    mx.memory.hugePages(buffers);
   }
 
   // Drop our reference to the old buffer at once, so the next update can happen in place.

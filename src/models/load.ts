@@ -160,6 +160,8 @@ function assemble(
   const model = withModelErrors(path, () => buildModel(weights));
   // Read every weight now, so a truncated or corrupt file fails here rather than mid-answer.
   withModelErrors(path, () => mx.evaluate(...tensors.values()));
+  // Every decode step streams all the weights: huge pages spare it a TLB miss every 4 KiB.
+  mx.memory.hugePages([...tensors.values(), ...weights.derived]);
   const weightBytes = [...tensors.values()].reduce((n, t) => n + t.nbytes, 0);
   const lm: LoadedModel = {
     model,

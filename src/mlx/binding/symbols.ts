@@ -126,6 +126,8 @@ export const symbols = {
   mlxs_reset_peak_memory: { args: [], returns: none },
   mlxs_set_memory_limit: { args: [u64], returns: u64 },
   mlxs_set_cache_limit: { args: [u64], returns: u64 },
+  mlxs_huge_pages: { args: [p, i32, i32], returns: u64 },
+  mlxs_huge_pages_wait: { args: [], returns: none },
   mlxs_clear_cache: { args: [], returns: none },
   mlxs_gather_mm: { args: [p, p, p, p, p, i32], returns: i32 },
   mlxs_gather_qmm: { args: [p, p, p, p, p, p, p, i32, i32, i32, cstring, i32], returns: i32 },
