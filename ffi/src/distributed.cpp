@@ -442,14 +442,14 @@ int mlxs_watchdog_neighbours(int timeout_ms, const char* message) {
     auto& w = watchdog();
     std::lock_guard lock(w.mutex);
     auto& g = the_group();
-    auto ranks = ring_ports();
+    auto ranks = ring_hostfile();
     if (group_sockets.empty() || static_cast<int>(ranks.size()) != g.size()) return 0;  // not the ring, or not Linux
     Neighbours n{.timeout = std::chrono::milliseconds(timeout_ms), .message = message};
     const auto& next = ranks[(g.rank() + 1) % g.size()];
     for (int fd : group_sockets) {
       // Accepted on this rank's own port: from the previous rank; made to the next one's port: to it.
-      if (has(ranks[g.rank()], port_of(fd, false))) n.to_previous.push_back(fd);
-      else if (has(next, port_of(fd, true))) n.from_next.push_back({fd, std::nullopt});
+      if (has_port(ranks[g.rank()], port_of(fd, false))) n.to_previous.push_back(fd);
+      else if (has_port(next, port_of(fd, true))) n.from_next.push_back({fd, std::nullopt});
     }
     for (auto& [fd, heard] : n.from_next) signs_of_life.push_back(fd);
     w.neighbours = std::move(n);
