@@ -7,10 +7,8 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import OpenAI from "openai";
 import { cliRunner } from "./helpers/cli";
-import { launchServe, writeLoopbackRing } from "./helpers/launch";
-import { serve } from "./helpers/serve";
+import { answersAlone, launchServe, streamTogether, writeLoopbackRing } from "./helpers/launch";
 import { writeTinyModel } from "./helpers/tiny-model";
 
 const home = process.env.MLX_HOME ?? join(import.meta.dir, "..", ".cache", "mlx-home");
@@ -83,30 +81,14 @@ describe("a hostfile with two addresses per rank", () => {
       max_tokens: 8 + 2 * i,
       temperature: 0,
     }));
-    const alone = serve();
-    const expected: string[] = [];
-    try {
-      const one = new OpenAI({ baseURL: `${alone.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
-      for (const r of requests) expected.push((await one.completions.create(r)).choices[0]!.text);
-    } finally {
-      await alone.stop();
-    }
+    const expected = await answersAlone(requests);
     const ring = await twoLinks(3);
     const server = await launchServe(home, ring, tiny, ["--peer-timeout", "5", "--micro-batches", "1"]);
     try {
       // Each rank accepted its left neighbour on its second address too.
       const second = (JSON.parse(readFileSync(ring, "utf8")) as string[][]).map((addresses) => addresses[1]!);
       expect(acceptedOn(second)).toBe(3);
-      const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
-      const streamed = await Promise.all(
-        requests.map(async (r) => {
-          let text = "";
-          for await (const chunk of await client.completions.create({ ...r, stream: true }))
-            text += chunk.choices[0]?.text ?? "";
-          return text;
-        }),
-      );
-      expect(streamed).toEqual(expected);
+      expect(await streamTogether(server.url, requests)).toEqual(expected);
     } finally {
       server.proc.kill("SIGTERM");
     }

@@ -13,10 +13,12 @@ import { readLayout } from "../src/models/layout";
 import { resolveModelPath } from "../src/store/resolve";
 import { cliRunner } from "./helpers/cli";
 import {
+  answersAlone,
   completeTogether,
   expectKilledRankOneNoticed,
   expectStoppedRankNoticed,
   launchServe as launchServeOn,
+  streamTogether,
 } from "./helpers/launch";
 import { eventually, serve } from "./helpers/serve";
 import { lastLayers, writeRandomAdapter } from "./helpers/random-adapter";
@@ -293,14 +295,7 @@ describe("mlx launch -- serve", () => {
     const requests = ["The sky", "A dog and a cat", "Numbers:", "Hello", "Rain falls", "Once", "Why?", "Blue"].map(
       (prompt, i) => ({ model: tiny, prompt, max_tokens: 6 + 3 * i, temperature: i === 3 ? 0.9 : 0, seed: 11 }),
     );
-    const alone = serve();
-    const expected: string[] = [];
-    try {
-      const one = new OpenAI({ baseURL: `${alone.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
-      for (const r of requests) expected.push((await one.completions.create(r)).choices[0]!.text);
-    } finally {
-      await alone.stop();
-    }
+    const expected = await answersAlone(requests);
     for (const [ranks, microBatches] of [
       [3, undefined],
       [2, "1"],
@@ -309,16 +304,7 @@ describe("mlx launch -- serve", () => {
       const flags = ["--peer-timeout", "3", ...(microBatches ? ["--micro-batches", microBatches] : [])];
       const server = await launchServe(ranks, flags);
       try {
-        const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
-        const streamed = await Promise.all(
-          requests.map(async (r) => {
-            let text = "";
-            for await (const chunk of await client.completions.create({ ...r, stream: true }))
-              text += chunk.choices[0]?.text ?? "";
-            return text;
-          }),
-        );
-        expect(streamed).toEqual(expected);
+        expect(await streamTogether(server.url, requests)).toEqual(expected);
         const pipeline = async () => ((await (await fetch(`${server.url}/stats`)).json()) as any).models[0].pipeline;
         const inFlight = microBatches ? 1 : ranks;
         expect(await pipeline()).toMatchObject({ ranks, micro_batches: inFlight });

@@ -8,6 +8,7 @@ import type { CompletionCreateParamsNonStreaming } from "openai/resources/comple
 import { loopbackHosts } from "../../src/cmd/launch";
 import { ringHostfile } from "../../src/cmd/launch-plan";
 import { mainScript } from "./cli";
+import { serve } from "./serve";
 
 /**
  * A launched `serve` on `model` split over `n` ranks (or the ranks of hostfile `n`), with `extra`
@@ -89,6 +90,32 @@ export async function completeTogether(
     server.proc.kill("SIGTERM");
     expect(await server.proc.exited).toBe(0);
   }
+}
+
+/** What one process (an in-process server) answers to each request, one after another: what a split model must match. */
+export async function answersAlone(requests: CompletionCreateParamsNonStreaming[]): Promise<string[]> {
+  const alone = serve();
+  try {
+    const client = new OpenAI({ baseURL: `${alone.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
+    const answers: string[] = [];
+    for (const r of requests) answers.push((await client.completions.create(r)).choices[0]!.text);
+    return answers;
+  } finally {
+    await alone.stop();
+  }
+}
+
+/** Each request's text, all streamed from the server at `url` at once (rows it batches together). */
+export function streamTogether(url: string, requests: CompletionCreateParamsNonStreaming[]): Promise<string[]> {
+  const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
+  return Promise.all(
+    requests.map(async (r) => {
+      let text = "";
+      for await (const chunk of await client.completions.create({ ...r, stream: true }))
+        text += chunk.choices[0]?.text ?? "";
+      return text;
+    }),
+  );
 }
 
 /**
