@@ -33,6 +33,29 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const complete = (url: string) =>
   post(`${url}/v1/completions`, { model: deep, prompt: items, max_tokens: 2, temperature: 0 });
 
+/**
+ * Serves the long prompt, stops rank `rank` (SIGSTOP) 1.5 s in, when rank 1 is through its layer
+ * of every chunk and waits, and expects every rank to stop in time with stderr saying `says`;
+ * `then` checks more once they have. Every rank is killed afterwards, whatever happened.
+ */
+async function stopDuringBacklog(rank: number, says: string | RegExp, then?: (ranks: Map<number, number>) => void) {
+  const server = await launchServe(home, 3, deep, flags);
+  const ranks = server.ranks();
+  try {
+    const answering = complete(server.url).catch((e) => e);
+    await Bun.sleep(1500);
+    await expectStoppedRankNoticed(server, rank, 1500, says);
+    then?.(ranks);
+    await answering;
+  } finally {
+    for (const pid of ranks.values()) {
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {}
+    }
+  }
+}
+
 describe("mlx launch -n 3 -- serve --layers 0,1,2-159 --peer-timeout 1.5", () => {
   test("rank 1 idle while the last rank clears a backlog longer than the timeout: answered, no rank stopped", async () => {
     const server = await launchServe(home, 3, deep, flags);
@@ -52,51 +75,18 @@ describe("mlx launch -n 3 -- serve --layers 0,1,2-159 --peer-timeout 1.5", () =>
   }, 120_000);
 
   test("the last rank stopped during its backlog (SIGSTOP): every rank stops within the timeout, rank 1 naming it (or rank 0 the pipeline)", async () => {
-    const server = await launchServe(home, 3, deep, flags);
-    const ranks = server.ranks();
-    try {
-      const answering = complete(server.url).catch((e) => e);
-      // Rank 1 is through its layer of every chunk by then, and waits.
-      await Bun.sleep(1500);
-      // Rank 0 hears no progress; rank 1, were it sending rank 2 a chunk, could say so first.
-      await expectStoppedRankNoticed(
-        server,
-        2,
-        1500,
-        /error: rank (0: no answer from the pipeline \(ranks 1-2\)|1: (rank 2 stopped taking data|no word from rank 2)) for 2 s \(--peer-timeout\)/,
-      );
-      await answering;
-    } finally {
-      for (const pid of ranks.values()) {
-        try {
-          process.kill(pid, "SIGKILL");
-        } catch {}
-      }
-    }
+    // Rank 0 hears no progress; rank 1, were it sending rank 2 a chunk, could say so first.
+    await stopDuringBacklog(
+      2,
+      /error: rank (0: no answer from the pipeline \(ranks 1-2\)|1: (rank 2 stopped taking data|no word from rank 2)) for 2 s \(--peer-timeout\)/,
+    );
   }, 120_000);
 
   test("rank 1 stopped during the last rank's backlog (SIGSTOP): every rank stops within the timeout, rank 0 naming rank 1", async () => {
-    const server = await launchServe(home, 3, deep, flags);
-    const ranks = server.ranks();
-    try {
-      const answering = complete(server.url).catch((e) => e);
-      await Bun.sleep(1500);
-      // Rank 2's progress keeps coming to rank 0 and rank 1's kernel takes rank 0's keepalives:
-      // only rank 1's own signs of life tell. Before, rank 2 named it once through its backlog.
-      await expectStoppedRankNoticed(
-        server,
-        1,
-        1500,
-        "error: rank 0: no word from rank 1 for 2 s (--peer-timeout); stopping",
-      );
+    // Rank 2's progress keeps coming to rank 0 and rank 1's kernel takes rank 0's keepalives:
+    // only rank 1's own signs of life tell. Before, rank 2 named it once through its backlog.
+    await stopDuringBacklog(1, "error: rank 0: no word from rank 1 for 2 s (--peer-timeout); stopping", (ranks) => {
       for (const pid of ranks.values()) expect(() => process.kill(pid, 0)).toThrow();
-      await answering;
-    } finally {
-      for (const pid of ranks.values()) {
-        try {
-          process.kill(pid, "SIGKILL");
-        } catch {}
-      }
-    }
+    });
   }, 120_000);
 });
