@@ -12,6 +12,7 @@
 // VNNI (quantized_attention_vnni.cpp), keys per channel and values are not dequantized at all:
 // their codes are summed as integers against rounded queries and weights
 // (quantized_attention_codes.h).
+#include <type_traits>
 #include <vector>
 
 #include "attention_vector.h"
@@ -77,9 +78,21 @@ inline void to_floats(const void* base, Element type, int64_t offset, int n, flo
 }
 
 // n scales (or biases) from base + offset, `stride` elements apart, as floats (the type
-// switched on once: these are read for every value row).
+// switched on once: these are read for every value row). One group along D (a head of 64
+// elements in groups of 64) leaves them contiguous: copied, or widened, a vector at a time.
 inline void strided_floats(const void* base, Element type, int64_t offset, int64_t stride, int n, float* out) {
   const auto read = [&](auto* typed) {
+    if (stride == 1) {
+      using T = std::remove_const_t<std::remove_pointer_t<decltype(typed)>>;
+      if constexpr (std::is_same_v<T, float>) {
+        std::memcpy(out, typed + offset, sizeof(float) * n);
+        return;
+      }
+      int i = 0;
+      for (; i + kLanes <= n; i += kLanes) store(out + i, load(typed + offset + i));
+      for (; i < n; ++i) out[i] = to_float(typed[offset + i]);
+      return;
+    }
     for (int i = 0; i < n; ++i) out[i] = to_float(typed[offset + i * stride]);
   };
   switch (type) {
@@ -228,7 +241,37 @@ struct Scratch {
 #endif
 };
 
+// This thread's buffers. Not inlined: the address is looked up once a call and kept, where a
+// thread_local used all through attend is looked up again and again (__tls_get_addr in a
+// shared library).
+__attribute__((noinline)) Scratch& thread_scratch() {
+  thread_local Scratch s;
+  return s;
+}
+
+// Bytes per scale (or bias) of this type.
+inline int64_t element_size(Element type) { return type == Element::f32 ? 4 : 2; }
+
+// Asks for the cache lines of [p, p + bytes) ahead of their use.
+inline void prefetch_span(const void* p, int64_t bytes) {
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(p) & ~uintptr_t(63), end = reinterpret_cast<uintptr_t>(p) + bytes;
+  for (uintptr_t line = begin; line < end; line += 64) __builtin_prefetch(reinterpret_cast<const void*>(line));
+}
+
 #if defined(__AVX512VNNI__)
+// A key group's D scales (or biases) from natural order into code_position's. Its 4-bit order
+// moves elements only within blocks of 8 (each block's even elements, then its odd ones), so
+// one permutation a vector does it; D is whole vectors (a multiple of 32).
+template <int Bits>
+inline void in_code_order(const float* natural, int D, float* out) {
+  if constexpr (Bits == 8) {
+    std::memcpy(out, natural, sizeof(float) * D);
+  } else {
+    const __m512i order = _mm512_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
+    for (int d = 0; d < D; d += 16) _mm512_storeu_ps(out + d, _mm512_permutexvar_ps(order, _mm512_loadu_ps(natural + d)));
+  }
+}
+
 // Scores keys [block, block + m) of a group of keys per channel (all coded, m <= 16) against the
 // tile's rows on their codes (quantized_attention_codes.h), into score (kChunk apart); rounds
 // the queries for the group first when the previous block was in another.
@@ -241,11 +284,15 @@ inline void score_coded_block(const QuantizedAttentionProblem& p, const Attentio
     const auto at = [&](const int64_t* stride) { return t.b * stride[0] + t.kv_head * stride[1] + index * stride[2]; };
     float* natural = s.group_read.data();
     strided_floats(k.scales, p.scale_type, at(k.scale_stride), 1, D, natural);
-    for (int d = 0; d < D; ++d) s.group_scales[s.code_order[d]] = natural[d];
+    in_code_order<Bits>(natural, D, s.group_scales.data());
     strided_floats(k.biases, p.scale_type, at(k.bias_stride), 1, D, natural);
-    for (int d = 0; d < D; ++d) s.group_biases[s.code_order[d]] = natural[d];
+    in_code_order<Bits>(natural, D, s.group_biases.data());
     round_queries(s.natural.data(), rows, padded, s.group_scales.data(), s.group_biases.data(), s.rounded);
     s.rounded.index = index;
+    // The next group's scales and biases: a miss each, 64 keys from now, where nothing else waits.
+    const int64_t size = element_size(p.scale_type);
+    prefetch_span(static_cast<const char*>(k.scales) + (at(k.scale_stride) + k.scale_stride[2]) * size, D * size);
+    prefetch_span(static_cast<const char*>(k.biases) + (at(k.bias_stride) + k.bias_stride[2]) * size, D * size);
   }
   const uint8_t* keys = k.packed + t.b * k.packed_stride[0] + t.kv_head * k.packed_stride[1];
   // The next block's keys and this block's values are read soon: ask for them now (the kernel
@@ -264,7 +311,7 @@ inline void score_coded_block(const QuantizedAttentionProblem& p, const Attentio
 
 template <int Bits>
 void attend(const QuantizedAttentionProblem& p, const AttentionTile& t, float* partial) {
-  thread_local Scratch s;
+  Scratch& s = thread_scratch();
   const int group = p.q_heads / p.kv_heads;
   const int positions = t.row_end - t.row_begin;
   const int rows = group * positions;
@@ -274,6 +321,7 @@ void attend(const QuantizedAttentionProblem& p, const AttentionTile& t, float* p
   s.queries.resize(size_t(rows) * D);
   s.keys.resize(size_t(kLanes) * D);  // zeros at first: the rows past a block stay finite
   const int value_groups = Dv / p.group;
+  const int64_t scale_size = element_size(p.scale_type);
   s.value_scales.resize(size_t(kChunk) * value_groups);
   s.value_biases.resize(size_t(kChunk) * value_groups);
   s.scores.resize(size_t(rows) * kChunk);
@@ -350,6 +398,13 @@ void attend(const QuantizedAttentionProblem& p, const AttentionTile& t, float* p
     for (int g = 0; g < value_groups; ++g) {
       strided_floats(v.scales, p.scale_type, first_row + g, v.scale_stride[2], n, s.value_scales.data() + g * kChunk);
       strided_floats(v.biases, p.scale_type, first_bias + g, v.bias_stride[2], n, s.value_biases.data() + g * kChunk);
+    }
+    // The next chunk's, where a line holds several rows' (a miss every few rows otherwise).
+    if (v.scale_stride[2] * scale_size <= 16 && v.bias_stride[2] * scale_size <= 16) {
+      prefetch_span(static_cast<const char*>(v.scales) + (first_row + n * v.scale_stride[2]) * scale_size,
+                    kChunk * v.scale_stride[2] * scale_size);
+      prefetch_span(static_cast<const char*>(v.biases) + (first_bias + n * v.bias_stride[2]) * scale_size,
+                    kChunk * v.bias_stride[2] * scale_size);
     }
     for (int r = 0; r < rows; ++r) {
       const int head = first_head + r / positions, i = t.row_begin + r % positions;

@@ -45,15 +45,16 @@ inline int code_position(int e) {
 }
 
 // 16 values (already divided by their step) rounded to the nearest integer and written as
-// kQueryParts signed bytes, part p at parts + p · part_stride: least significant byte first,
-// each read as signed, the rest carried up.
+// kQueryParts signed bytes, part p at parts + p · part_stride (the last part least
+// significant): the digits in [-128, 127] of base 256. Adding 128 to every digit makes them the
+// integer's plain bytes, so each part is a byte of v + 0x808080 with its top bit flipped.
 inline void round_to_parts(__m512 x, int8_t* parts, size_t part_stride) {
-  __m512i v = _mm512_cvtps_epi32(x);
-  for (int p = kQueryParts - 1; p >= 0; --p) {
-    const __m128i low = _mm512_cvtepi32_epi8(v);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(parts + p * part_stride), low);
-    v = _mm512_srai_epi32(_mm512_sub_epi32(v, _mm512_cvtepi8_epi32(low)), 8);
-  }
+  static_assert(kQueryParts == 3, "the offset below has one 0x80 per part");
+  const __m512i biased = _mm512_add_epi32(_mm512_cvtps_epi32(x), _mm512_set1_epi32(0x808080));
+  const __m512i digits = _mm512_xor_si512(biased, _mm512_set1_epi32(0x808080));
+  for (int p = 0; p < kQueryParts; ++p)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(parts + p * part_stride),
+                     _mm512_cvtepi32_epi8(_mm512_srli_epi32(digits, 8 * (kQueryParts - 1 - p))));
 }
 
 // One query row against a group's keys: q' in kQueryParts bytes a element (most significant
