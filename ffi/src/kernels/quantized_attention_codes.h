@@ -44,6 +44,20 @@ inline int code_position(int e) {
   return e - within + (2 * c + r % 2) * 4 + r / 2;
 }
 
+// acc + Σ of four unsigned code bytes × four signed bytes, per int32 lane (vpdpbusd). In
+// assembly, where GCC's intrinsic copies the sum to another register around every instruction
+// (the sum, the instruction's destination, is not tied to its source).
+inline __m512i dpbusd(__m512i acc, __m512i codes, __m512i bytes) {
+  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(codes), "v"(bytes));
+  return acc;
+}
+
+// The same with the four signed bytes at `four` broadcast to every lane, read by the instruction.
+inline __m512i dpbusd_broadcast(__m512i acc, __m512i codes, const void* four) {
+  asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(codes), "m"(*static_cast<const int32_t*>(four)));
+  return acc;
+}
+
 // 16 values (already divided by their step) rounded to the nearest integer and written as
 // kQueryParts signed bytes, part p at parts + p · part_stride (the last part least
 // significant): the digits in [-128, 127] of base 256. Adding 128 to every digit makes them the
@@ -181,7 +195,7 @@ inline void score_codes(const CodeQueries& c, int rows, const uint8_t* const* ke
       for (int u = 0; u < 16; ++u)
 #pragma GCC unroll 4
         for (int p = 0; p < kQueryParts; ++p)
-          acc[p][u % 2] = _mm512_dpbusd_epi32(acc[p][u % 2], t[u], _mm512_set1_epi32(parts[p * c.padded / 4 + u]));
+          acc[p][u % 2] = dpbusd_broadcast(acc[p][u % 2], t[u], parts + p * c.padded / 4 + u);
 #pragma GCC unroll 4
       for (int p = 0; p < kQueryParts; ++p) _mm512_storeu_si512(sum(r, p), _mm512_add_epi32(acc[p][0], acc[p][1]));
     }
@@ -286,46 +300,58 @@ inline void interleave_values(const uint8_t* const* rows, int k, int h, __m512i*
 }
 
 // Adds the chunk's n value rows (from `packed`, row_bytes apart) times M rows' rounded weights
-// (w, from row `first`) to their outputs (Dv apart, value_position's order).
+// (w, from row `first`) to their outputs (Dv apart, value_position's order): half H of piece k.
+// Every loop over the sums is unrolled, so they all stay in registers (a loop left rolled makes
+// GCC keep the array on the stack and store it back on every step).
+template <int Bits, int M, int H>
+inline void accumulate_value_half(const CodeWeights& w, int first, int groups, int g, int k, int n,
+                                  const uint8_t* packed, int64_t row_bytes, int Dv, float* out) {
+  __m512i acc[M][kQueryParts][2];
+  const int8_t* weights[M];
+#pragma GCC unroll 4
+  for (int r = 0; r < M; ++r) {
+    weights[r] = w.parts.data() + (size_t(first + r) * groups + g) * kQueryParts * kChunk;
+#pragma GCC unroll 4
+    for (int p = 0; p < kQueryParts; ++p) acc[r][p][0] = acc[r][p][1] = _mm512_setzero_si512();
+  }
+  for (int t = 0; t < n; t += 4) {
+    const uint8_t* rows[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) rows[i] = packed + std::min(t + i, n - 1) * row_bytes;
+    __m512i x[2];
+    interleave_values<Bits>(rows, k, H, x);
+#pragma GCC unroll 4
+    for (int r = 0; r < M; ++r)
+#pragma GCC unroll 4
+      for (int p = 0; p < kQueryParts; ++p) {
+        const int8_t* four = weights[r] + size_t(p) * kChunk + t;
+        acc[r][p][0] = dpbusd_broadcast(acc[r][p][0], x[0], four);
+        acc[r][p][1] = dpbusd_broadcast(acc[r][p][1], x[1], four);
+      }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < M; ++r) {
+    const size_t at = size_t(first + r) * groups + g;
+#pragma GCC unroll 2
+    for (int v = 0; v < 2; ++v) {
+      __m512 sum = _mm512_cvtepi32_ps(acc[r][0][v]);
+#pragma GCC unroll 4
+      for (int p = 1; p < kQueryParts; ++p)
+        sum = _mm512_fmadd_ps(sum, _mm512_set1_ps(256.0f), _mm512_cvtepi32_ps(acc[r][p][v]));
+      float* o = out + size_t(r) * Dv + k * kPiece + (2 * H + v) * 16;
+      _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), _mm512_fmadd_ps(sum, _mm512_set1_ps(w.step[at]),
+                                                                             _mm512_set1_ps(w.bias[at]))));
+    }
+  }
+}
+
 template <int Bits, int M>
 inline void accumulate_value_codes(const CodeWeights& w, int first, int groups, int group, int n,
                                    const uint8_t* packed, int64_t row_bytes, int Dv, float* out) {
   for (int k = 0; k < Dv / kPiece; ++k) {
     const int g = k * kPiece / group;
-    for (int h = 0; h < 2; ++h) {
-      __m512i acc[M][kQueryParts][2];
-      for (int r = 0; r < M; ++r)
-        for (int p = 0; p < kQueryParts; ++p) acc[r][p][0] = acc[r][p][1] = _mm512_setzero_si512();
-      for (int t = 0; t < n; t += 4) {
-        const uint8_t* rows[4];
-        for (int i = 0; i < 4; ++i) rows[i] = packed + std::min(t + i, n - 1) * row_bytes;
-        __m512i x[2];
-        interleave_values<Bits>(rows, k, h, x);
-#pragma GCC unroll 4
-        for (int r = 0; r < M; ++r) {
-          const int8_t* parts = w.parts.data() + (size_t(first + r) * groups + g) * kQueryParts * kChunk + t;
-#pragma GCC unroll 4
-          for (int p = 0; p < kQueryParts; ++p) {
-            int32_t four;
-            std::memcpy(&four, parts + size_t(p) * kChunk, sizeof four);
-            const __m512i weights = _mm512_set1_epi32(four);
-            acc[r][p][0] = _mm512_dpbusd_epi32(acc[r][p][0], x[0], weights);
-            acc[r][p][1] = _mm512_dpbusd_epi32(acc[r][p][1], x[1], weights);
-          }
-        }
-      }
-      for (int r = 0; r < M; ++r) {
-        const size_t at = size_t(first + r) * groups + g;
-        for (int v = 0; v < 2; ++v) {
-          __m512 sum = _mm512_cvtepi32_ps(acc[r][0][v]);
-          for (int p = 1; p < kQueryParts; ++p)
-            sum = _mm512_fmadd_ps(sum, _mm512_set1_ps(256.0f), _mm512_cvtepi32_ps(acc[r][p][v]));
-          float* o = out + size_t(r) * Dv + k * kPiece + (2 * h + v) * 16;
-          _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), _mm512_fmadd_ps(sum, _mm512_set1_ps(w.step[at]),
-                                                                                 _mm512_set1_ps(w.bias[at]))));
-        }
-      }
-    }
+    accumulate_value_half<Bits, M, 0>(w, first, groups, g, k, n, packed, row_bytes, Dv, out);
+    accumulate_value_half<Bits, M, 1>(w, first, groups, g, k, n, packed, row_bytes, Dv, out);
   }
 }
 
