@@ -52,9 +52,11 @@ inline __m512i dpbusd(__m512i acc, __m512i codes, __m512i bytes) {
   return acc;
 }
 
-// The same with the four signed bytes at `four` broadcast to every lane, read by the instruction.
+// The same with the four signed bytes at `four` broadcast to every lane, read by the instruction
+// (the operand names those bytes as one int32 that may alias them).
+typedef int32_t four_bytes __attribute__((may_alias));
 inline __m512i dpbusd_broadcast(__m512i acc, __m512i codes, const void* four) {
-  asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(codes), "m"(*static_cast<const int32_t*>(four)));
+  asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(codes), "m"(*static_cast<const four_bytes*>(four)));
   return acc;
 }
 
