@@ -11,6 +11,8 @@ import { BatchGenerator } from "../src/engine/batch";
 import { defaultSampling } from "../src/engine/sampling";
 import { buildModel, forward, freeCaches, makeCaches, parseConfig, Weights, type DecoderModel } from "../src/models";
 import { KVCache } from "../src/models/cache";
+import { RotatingKVCache } from "../src/models/rotating-cache";
+import { SlidingKVCache } from "../src/models/sliding-cache";
 import { writesFused } from "../src/models/llama";
 import { greedySteps } from "./helpers/generate";
 import { tinyConfig, tinyWeights } from "./helpers/tiny-model";
@@ -201,6 +203,35 @@ describe("the cache's buffers", () => {
         ),
       ),
     ).toThrow();
+  });
+});
+
+describe("growth", () => {
+  /** The columns a cache holds after `prefill` positions and then `steps` more one at a time, as decode writes them. */
+  const columnsAfter = (cache: KVCache, prefill: number, steps: number): number[] => {
+    const held: number[] = [];
+    const write = (length: number) =>
+      mx.scope(() => {
+        const rows = mx.random.normal([1, 2, length, 8]);
+        mx.evaluate(...cache.update(rows, rows).flat());
+        held.push(cache.keys![0]!.shape[2]!);
+      });
+    write(prefill);
+    for (let i = 0; i < steps; i++) write(1);
+    cache.free();
+    return [...new Set(held)];
+  };
+
+  test("an unbounded cache grows by a quarter of what it holds, in whole steps, so its copies get rarer as the context grows", () => {
+    // 2,000 positions fill 2,048 columns; decode then grows them by 512, then by 768 (640 in steps of 256).
+    expect(columnsAfter(new KVCache(), 2000, 600)).toEqual([2048, 2560, 3328]);
+    // Short contexts as before: a step at a time.
+    expect(columnsAfter(new KVCache(), 10, 600)).toEqual([256, 512, 768]);
+  });
+
+  test("a sliding window and a bounded cache still grow a step at a time", () => {
+    expect(columnsAfter(new SlidingKVCache(4096), 2000, 300)).toEqual([2048, 2304]);
+    expect(columnsAfter(RotatingKVCache.forSequence(4096), 2000, 300)).toEqual([2048, 2304]);
   });
 });
 

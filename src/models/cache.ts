@@ -339,9 +339,26 @@ export class KVCache implements AttentionCache {
     this.withHugePages();
   }
 
-  /** Grows values, and keys unless they are per channel (those grow in writeChannelKeys). */
+  /**
+   * Whether a growth also adds a quarter of what is held (see grow). A cache of bounded size (a
+   * sliding window, a maximum size) grows by steps only: it never holds more than a step beyond
+   * its bound.
+   */
+  protected get growsWithContext(): boolean {
+    return true;
+  }
+
+  /**
+   * Grows values, and keys unless they are per channel (those grow in writeChannelKeys), by
+   * `length` in whole steps and, where growsWithContext, by at least a quarter of what is held.
+   * A growth copies the whole cache into fresh memory (and gives it huge pages): in steps of 256
+   * alone that cost, proportional to the context, came every 256 positions, ~0.4 ms of CPU a
+   * decode step at 2,000-3,000 tokens (bench/RESULTS.md, "Decode at 2,000 tokens: the cache's
+   * growth"); growing with the context makes it a constant share. At most a quarter more memory.
+   */
   private grow(likeKeys: Like[] | undefined, likeValues: Like[], length: number): void {
-    const steps = Math.ceil(length / this.step) * this.step;
+    const least = this.growsWithContext ? Math.max(length, this.offset / 4) : length;
+    const steps = Math.ceil(least / this.step) * this.step;
     const extend = (held: Stored | undefined, like: Like[]) =>
       like.map((part, i) => {
         const [batch, heads, , width] = part.shape as [number, number, number, number];

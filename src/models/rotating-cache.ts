@@ -77,6 +77,11 @@ export class RotatingKVCache extends BatchKVCache {
     return mx.logicalAnd(mx.logicalAnd(notPadding, mx.lessEqual(keys, queries)), mx.logicalOr(sink, recent));
   }
 
+  /** Bounded: grows by steps only (KVCache.growsWithContext). */
+  protected override get growsWithContext(): boolean {
+    return false;
+  }
+
   /** New positions go through update, which may compact the rows first. */
   override roomFor(): undefined {
     return undefined;

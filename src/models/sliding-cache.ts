@@ -24,6 +24,11 @@ export class SlidingKVCache extends KVCache {
     return this.offset - this.dropped;
   }
 
+  /** Bounded: grows by steps only (KVCache.growsWithContext). */
+  protected override get growsWithContext(): boolean {
+    return false;
+  }
+
   /** New positions go through updateAndFetch, which compacts and narrows to the window. */
   override roomFor(): undefined {
     return undefined;
