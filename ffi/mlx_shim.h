@@ -219,6 +219,16 @@ MLXS_API int mlxs_attention_output(mlxs_array** out, const mlxs_array* x, const 
                                    const mlxs_array* o_proj, const mlxs_array* o_proj_scales,
                                    const mlxs_array* o_proj_biases, int group, int bits);
 
+// mlxs_mlp_block(mlxs_attention_output(x, heads, o_proj...), norm_weight, eps, gate_up..., down...):
+// a pre-norm block's second half from attention's heads, one op on our CPU kernels.
+MLXS_API int mlxs_attention_output_mlp(mlxs_array** out, const mlxs_array* x, const mlxs_array* heads,
+                                       const mlxs_array* o_proj, const mlxs_array* o_proj_scales,
+                                       const mlxs_array* o_proj_biases, int o_group, int o_bits,
+                                       const mlxs_array* norm_weight, float eps, const mlxs_array* gate_up,
+                                       const mlxs_array* gate_up_scales, const mlxs_array* gate_up_biases,
+                                       int gate_up_group, int gate_up_bits, const mlxs_array* down,
+                                       const mlxs_array* down_scales, const mlxs_array* down_biases, int down_group,
+                                       int down_bits);
 // ---- random ----
 MLXS_API int mlxs_random_seed(uint64_t seed);
 MLXS_API int mlxs_random_key(mlxs_array** out, uint64_t seed);

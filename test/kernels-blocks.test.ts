@@ -1,6 +1,7 @@
-// Our fused block primitives (ffi/src/kernels/mlp_block.cpp, attention_input.cpp, attention_output.cpp) against the composition of the
-// ops they replace: identical with our kernels (same kernels, same rounding of every
-// intermediate), within tolerance of MLX's own ops, and MLX's ops where ours do not apply.
+// Our fused block primitives (ffi/src/kernels/mlp_block.cpp, attention_input.cpp, attention_output.cpp,
+// and the last two as one) against the composition of the ops they replace: identical with our
+// kernels (same kernels, same rounding of every intermediate), within tolerance of MLX's own ops,
+// and MLX's ops where ours do not apply.
 import { describe, expect, test } from "bun:test";
 import * as mx from "../src/mlx";
 import { relativeError, withMlxKernels } from "./helpers/kernels";
@@ -347,5 +348,58 @@ describe("fused attention output", () => {
       expect(relativeError(reference, mlx)).toBeLessThan(1e-4);
     });
     expect(() => mx.scope(() => mx.fast.attentionOutput(x, normal([2, 3, 1, 16]), oProj))).toThrow();
+  });
+});
+
+describe("fused attention output and MLP", () => {
+  mx.random.seed(29);
+
+  const twoOps = (x: mx.MxArray, heads: mx.MxArray, oProj: mx.fast.QuantizedWeights, p: ReturnType<typeof mlpCase>) =>
+    fused(mx.fast.attentionOutput(x, heads, oProj), p);
+  const oneOp = (x: mx.MxArray, heads: mx.MxArray, oProj: mx.fast.QuantizedWeights, p: ReturnType<typeof mlpCase>) =>
+    mx.fast.attentionOutputMlp(x, heads, oProj, p.norm, 1e-5, p.gateUp, p.down);
+
+  test("identical to the two ops on our kernels: one row, many rows and heads, 4 and 8 bits, bfloat16", () => {
+    for (const [batch, heads, rows, dim, hidden, bits, dtype] of [
+      [1, 9, 1, 576, 1536, 4, mx.Dtype.float32],
+      [2, 3, 5, 96, 192, 8, mx.Dtype.float32],
+      [1, 4, 17, 128, 320, 4, mx.Dtype.bfloat16],
+    ] as const) {
+      const oProj = projection(dim, heads * 32, { groupSize: 32, bits }, dtype);
+      const p = mlpCase(dim, hidden, { groupSize: 32, bits: 4 }, { groupSize: 64, bits }, dtype);
+      const [x, attended] = [normal([batch, rows, dim], dtype), normal([batch, heads, rows, 32], dtype)];
+      mx.scope(() => {
+        const ours = oneOp(x, attended, oProj, p);
+        expect(ours.shape).toEqual([batch, rows, dim]);
+        expect(ours.dtype).toBe(dtype);
+        expect(mx.max(mx.abs(mx.subtract(ours, twoOps(x, attended, oProj, p)))).item()).toBe(0);
+        const tolerance = dtype === mx.Dtype.bfloat16 ? 2e-2 : 1e-4;
+        expect(
+          relativeError(
+            ours,
+            withMlxKernels(() => oneOp(x, attended, oProj, p)),
+          ),
+        ).toBeLessThan(tolerance);
+      });
+    }
+  });
+
+  test("strided heads, shapes seen before, MLX's ops with MLX's kernels, refused shapes", () => {
+    const oProj = projection(64, 64, { groupSize: 32, bits: 8 }, mx.Dtype.float32);
+    const p = mlpCase(64, 96, { groupSize: 32, bits: 4 }, { groupSize: 32, bits: 4 }, mx.Dtype.float32);
+    const x = normal([1, 3, 64]);
+    const attended = normal([1, 3, 2, 32]);
+    const heads = () => mx.transpose(attended, [0, 2, 1, 3]);
+    mx.scope(() => {
+      const reference = twoOps(x, heads(), oProj, p);
+      for (let step = 0; step < 3; step++)
+        expect(mx.max(mx.abs(mx.subtract(oneOp(x, heads(), oProj, p), reference))).item()).toBe(0);
+      const mlx = withMlxKernels(() => oneOp(x, heads(), oProj, p));
+      expect(mx.max(mx.abs(mx.subtract(mlx, reference))).item()).toBeGreaterThan(0);
+      expect(relativeError(reference, mlx)).toBeLessThan(1e-4);
+    });
+    expect(() => mx.scope(() => oneOp(x, normal([1, 3, 64]), oProj, p))).toThrow();
+    const narrow = mlpCase(32, 96, { groupSize: 32, bits: 4 }, { groupSize: 32, bits: 4 }, mx.Dtype.float32);
+    expect(() => mx.scope(() => oneOp(x, heads(), oProj, narrow))).toThrow();
   });
 });

@@ -393,6 +393,22 @@ int mlxs_attention_output(mlxs_array** out, const mlxs_array* x, const mlxs_arra
   });
 }
 
+int mlxs_attention_output_mlp(mlxs_array** out, const mlxs_array* x, const mlxs_array* heads,
+                              const mlxs_array* o_proj, const mlxs_array* o_proj_scales,
+                              const mlxs_array* o_proj_biases, int o_group, int o_bits, const mlxs_array* norm_weight,
+                              float eps, const mlxs_array* gate_up, const mlxs_array* gate_up_scales,
+                              const mlxs_array* gate_up_biases, int gate_up_group, int gate_up_bits,
+                              const mlxs_array* down, const mlxs_array* down_scales, const mlxs_array* down_biases,
+                              int down_group, int down_bits) {
+  return guard([&] {
+    return put(out, kernels::attention_output_mlp(
+                        ref(x), ref(heads), {ref(o_proj), ref(o_proj_scales), ref(o_proj_biases), o_group, o_bits},
+                        ref(norm_weight), eps,
+                        {ref(gate_up), ref(gate_up_scales), ref(gate_up_biases), gate_up_group, gate_up_bits},
+                        {ref(down), ref(down_scales), ref(down_biases), down_group, down_bits}));
+  });
+}
+
 int mlxs_random_seed(uint64_t seed) {
   return guard([&] {
     mx::random::seed(seed);

@@ -147,6 +147,34 @@ export function mlpBlock(
   );
 }
 
+/**
+ * mlpBlock(attentionOutput(x, heads, oProj), normWeight, eps, gateUp, down): a pre-norm block's
+ * second half from attention's heads, one op on our CPU kernels (exactly the two ops' result).
+ */
+export function attentionOutputMlp(
+  x: MxArray,
+  heads: MxArray,
+  oProj: QuantizedWeights,
+  normWeight: MxArray,
+  eps: number,
+  gateUp: QuantizedWeights,
+  down: QuantizedWeights,
+): MxArray {
+  return wrap(
+    lib.mlxs_attention_output_mlp(
+      outPtr,
+      x.handle,
+      heads.handle,
+      ...weightArgs(oProj),
+      normWeight.handle,
+      eps,
+      ...weightArgs(gateUp),
+      ...weightArgs(down),
+    ),
+    "attention_output_mlp",
+  );
+}
+
 const weightArgs = (w: QuantizedWeights) =>
   [w.weight.handle, w.scales.handle, w.biases.handle, w.quant.groupSize, w.quant.bits] as const;
 

@@ -116,20 +116,24 @@ export function attention(
     return mx.fast.scaledDotProductAttention(queries, validKeys, validValues, scale, mask, sinks);
   };
 
-  return (x: MxArray, mask: Mask, cache: AttentionCache): MxArray => {
-    const [b, l] = x.shape as [number, number];
-    // The fused ops are a dozen and three graph nodes fewer per layer. Adapters update the
-    // products separately, so not while one is selected.
-    const fused = !w.lora.adapting;
+  // Attention's heads [B, H, L, D], before the output projection. The fused ops are a dozen and
+  // three graph nodes fewer per layer. Adapters update the products separately, so not while one
+  // is selected.
+  const attendHeads = (x: MxArray, mask: Mask, cache: AttentionCache): MxArray => {
     const offset = cache.ropeOffset;
-    const out =
-      fusedInput && fused
-        ? attend(x, offset, cache, mask)
-        : cache.attention(...composed(x, offset), scale, mask, sinks);
-    if (fusedOutput && fused) return mx.fast.attentionOutput(x, out, fusedOutput);
+    return fusedInput && !w.lora.adapting
+      ? attend(x, offset, cache, mask)
+      : cache.attention(...composed(x, offset), scale, mask, sinks);
+  };
+  const forward = (x: MxArray, mask: Mask, cache: AttentionCache): MxArray => {
+    const [b, l] = x.shape as [number, number];
+    const out = attendHeads(x, mask, cache);
+    if (fusedOutput && !w.lora.adapting) return mx.fast.attentionOutput(x, out, fusedOutput);
     const projected = oProj(mx.reshape(mx.transpose(out, [0, 2, 1, 3]), [b, l, -1]));
     return inputNorm ? mx.add(x, projected) : projected;
   };
+  // Where the output half may be fused (with the block's MLP half, see block), its heads and weights.
+  return Object.assign(forward, { fusedOutput: fusedOutput ? { attendHeads, oProj: fusedOutput } : undefined });
 }
 
 interface Qkv {
@@ -208,7 +212,23 @@ export function block(
     swiglu && !w.lora.adapting
       ? mx.fast.mlpBlock(h, postNormWeight, c.rmsNormEps, swiglu.gateUp, swiglu.down)
       : mx.add(h, feedForward(postNorm(h)));
-  return (x, mask, cache) => mlpHalf(selfAttn(x, mask, cache));
+  // Attention's output half and the MLP half as one op: a decode step's graph is then three nodes
+  // a layer, which MLX's evaluation queues far enough ahead that the next step is built while
+  // this one runs (bench/RESULTS.md "The one-row decode step's fixed costs").
+  const tail = swiglu && selfAttn.fusedOutput;
+  if (!tail) return (x, mask, cache) => mlpHalf(selfAttn(x, mask, cache));
+  return (x, mask, cache) =>
+    w.lora.adapting
+      ? mlpHalf(selfAttn(x, mask, cache))
+      : mx.fast.attentionOutputMlp(
+          x,
+          tail.attendHeads(x, mask, cache),
+          tail.oProj,
+          postNormWeight,
+          c.rmsNormEps,
+          swiglu.gateUp,
+          swiglu.down,
+        );
 }
 
 /**

@@ -57,7 +57,7 @@ class Attention : public mx::UnaryPrimitive {
     std::vector<mx::array> held = inputs;
     held[0] = row_contiguous(held[0], stream());  // the queries; keys and values are read through their strides
     if (has_sinks_) held.back() = row_contiguous(held.back(), stream());
-    encoder.dispatch([inputs = std::move(held), out = out, scale = scale_, causal = causal_, has_mask = has_mask_,
+    queue_task(stream(), {out}, [inputs = std::move(held), out = out, scale = scale_, causal = causal_, has_mask = has_mask_,
                       has_sinks = has_sinks_]() mutable {
       const mx::array &q = inputs[0], &k = inputs[1], &v = inputs[2];
       AttentionProblem p{};

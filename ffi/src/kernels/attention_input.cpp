@@ -165,7 +165,7 @@ class AttentionInput : public mx::Primitive {
     outputs[0].set_data(mx::allocator::malloc(outputs[0].nbytes()));
     std::vector<mx::array> rows;
     for (size_t i = 0; i < cache; ++i) rows.push_back(row_contiguous(inputs[i], stream()));
-    mx::cpu::get_command_encoder(stream()).dispatch(
+    queue_task(stream(), outputs,
         [rows = std::move(rows), copies = std::move(copies), outputs = outputs, spec = spec_]() mutable {
           for (const auto& [i, from] : copies) std::memcpy(outputs[i].data<char>(), from.data<char>(), from.nbytes());
           run(rows, outputs, spec);

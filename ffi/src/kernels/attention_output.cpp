@@ -26,23 +26,6 @@ Composition compose(const mx::array& x, const mx::array& heads, const QuantizedL
   return {rows, projected, mx::add(x, projected)};
 }
 
-// inputs: x, the heads [B, H, L, D], o_proj's weight, scales, biases.
-void run(const std::vector<mx::array>& in, mx::array& out, int group, int bits) {
-  const mx::array& heads = in[1];
-  const int B = heads.shape(0), H = heads.shape(1), L = heads.shape(2), D = heads.shape(3);
-  // [B, H, L, D] → [B, L, H·D] (a few KB for a decode step).
-  mx::array rows = scratch_array({B, L, H * D}, heads.dtype());
-  const size_t item = heads.itemsize(), row = size_t(D) * item;
-  const char* from = heads.data<char>();
-  char* to = rows.data<char>();
-  for (int b = 0; b < B; ++b)
-    for (int h = 0; h < H; ++h)
-      for (int l = 0; l < L; ++l)
-        std::memcpy(to + ((size_t(b) * L + l) * H + h) * row, from + ((size_t(b) * H + h) * L + l) * row, row);
-  quantized_matmul_into(rows, in[2], in[3], in[4], out, group, bits);
-  add_into(in[0], out, out);
-}
-
 class AttentionOutput : public mx::UnaryPrimitive {
  public:
   AttentionOutput(mx::Stream stream, int group, int bits) : mx::UnaryPrimitive(stream), group_(group), bits_(bits) {}
@@ -50,7 +33,9 @@ class AttentionOutput : public mx::UnaryPrimitive {
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
     std::vector<mx::array> outputs = {out};
     dispatch_rows(stream(), inputs, outputs,
-                  [group = group_, bits = bits_](const auto& in, auto& out) { run(in, out[0], group, bits); });
+                  [group = group_, bits = bits_](const auto& in, auto& out) {
+                    attention_output_into(in[0], in[1], in[2], in[3], in[4], out[0], group, bits);
+                  });
   }
 
   void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
@@ -71,6 +56,22 @@ class AttentionOutput : public mx::UnaryPrimitive {
 };
 
 }  // namespace
+
+void attention_output_into(const mx::array& x, const mx::array& heads, const mx::array& w, const mx::array& scales,
+                           const mx::array& biases, mx::array& out, int group, int bits) {
+  const int B = heads.shape(0), H = heads.shape(1), L = heads.shape(2), D = heads.shape(3);
+  // [B, H, L, D] → [B, L, H·D] (a few KB for a decode step).
+  mx::array rows = scratch_array({B, L, H * D}, heads.dtype());
+  const size_t item = heads.itemsize(), row = size_t(D) * item;
+  const char* from = heads.data<char>();
+  char* to = rows.data<char>();
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < H; ++h)
+      for (int l = 0; l < L; ++l)
+        std::memcpy(to + ((size_t(b) * L + l) * H + h) * row, from + ((size_t(b) * H + h) * L + l) * row, row);
+  quantized_matmul_into(rows, w, scales, biases, out, group, bits);
+  add_into(x, out, out);
+}
 
 mx::array attention_output(const mx::array& x, const mx::array& heads, const QuantizedLinear& o_proj) {
   if (heads.ndim() != 4) throw std::invalid_argument("[attention_output] heads must be [batch, heads, length, dim]");

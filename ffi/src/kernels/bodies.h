@@ -40,6 +40,11 @@ void silu_mul_halves_into(const mx::array& halves, mx::array& out);
 // MLX's add rounds it.
 void add_into(const mx::array& a, const mx::array& b, mx::array& out);
 
+// out = x + o_proj(heads [B, H, L, D] back into rows [B, L, H·D]): attention's output half
+// (attention_output.cpp); out has x's shape and type.
+void attention_output_into(const mx::array& x, const mx::array& heads, const mx::array& w, const mx::array& scales,
+                           const mx::array& biases, mx::array& out, int group, int bits);
+
 // A rotation's settings, as the Rope primitive keeps them.
 struct RopeSpec {
   int dims;

@@ -70,6 +70,16 @@ void set_prefix_view(const mx::array& buffer, mx::array& view) {
   view.copy_shared_buffer(buffer, strides, flags, end);
 }
 
+void queue_task(mx::Stream stream, const std::vector<mx::array>& outputs, std::function<void()> task) {
+  // A decode step's outputs are a few rows of the hidden size (or of the vocabulary, ~200 KB);
+  // a prompt chunk's are megabytes.
+  constexpr size_t kSmallOutputs = 256 << 10;
+  size_t bytes = 0;
+  for (const auto& o : outputs) bytes += o.nbytes();
+  if (bytes <= kSmallOutputs) mx::scheduler::enqueue(stream, std::move(task));
+  else mx::cpu::get_command_encoder(stream).dispatch(std::move(task));
+}
+
 void dispatch_rows(mx::Stream stream, const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs,
                    RowsTask task) {
   for (auto& o : outputs) o.set_data(mx::allocator::malloc(o.nbytes()));
@@ -78,7 +88,8 @@ void dispatch_rows(mx::Stream stream, const std::vector<mx::array>& inputs, std:
   for (auto& o : outputs) encoder.set_output_array(o);
   std::vector<mx::array> rows;
   for (const auto& in : inputs) rows.push_back(row_contiguous(in, stream));
-  encoder.dispatch([rows = std::move(rows), outputs = outputs, task = std::move(task)]() mutable { task(rows, outputs); });
+  queue_task(stream, outputs,
+             [rows = std::move(rows), outputs = outputs, task = std::move(task)]() mutable { task(rows, outputs); });
 }
 
 #if !defined(KERNELS_HAVE_OPENBLAS)

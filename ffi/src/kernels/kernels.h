@@ -33,6 +33,16 @@ bool enabled_on(const mx::Stream& stream);
 // copied (a weight, a fresh output), four per quantized product, hundreds per decode step.
 mx::array row_contiguous(const mx::array& a, mx::Stream stream);
 
+// Queues a primitive's task on the stream's thread, in order with whatever the stream's encoder
+// queues. MLX's evaluation stops walking the graph while more than ~100 of the encoder's
+// dispatches wait, and counts two per node (the task, then the hand-off that holds the node's
+// buffers), so async_eval of a decode step (~130 nodes) returned only when the step was nearly
+// done, and the next step's graph was built while the stream's thread stood idle. The task of a
+// node whose outputs are small (a decode step's rows) is queued without the count, so its caller
+// walks twice as far ahead; large outputs (a prompt's chunk) stay counted, as that throttle also
+// bounds the memory allocated for outputs not computed yet.
+void queue_task(mx::Stream stream, const std::vector<mx::array>& outputs, std::function<void()> task);
+
 // A primitive's eval_cpu in one call: allocates `outputs`, registers inputs and outputs with the
 // stream's encoder, and queues `task` on the stream with the inputs made row-contiguous (see
 // row_contiguous) and the outputs, for kernels that take every input row by row.
@@ -189,6 +199,14 @@ std::vector<mx::array> attention_input(const mx::array& x, const mx::array& norm
 // x + o_proj(heads [B, H, L, D] back into rows [B, L, H·D]): attention's output and the block's
 // residual add, one primitive on our kernels (exactly their composition), MLX's ops otherwise.
 mx::array attention_output(const mx::array& x, const mx::array& heads, const QuantizedLinear& o_proj);
+
+// mlp_block(attention_output(x, heads, o_proj), ...): a pre-norm block's second half from
+// attention's heads, as one node where both halves are ours (else as they are alone). A decode
+// step is then three nodes a layer, not four: MLX's evaluation walks further ahead of the stream
+// (see queue_task) and each node's hand-offs are paid once.
+mx::array attention_output_mlp(const mx::array& x, const mx::array& heads, const QuantizedLinear& o_proj,
+                               const mx::array& norm_weight, float eps, const QuantizedLinear& gate_up,
+                               const QuantizedLinear& down);
 
 // mx::matmul; with bfloat16/float16 operands on the CPU, converted to fp32 block by block and
 // multiplied by OpenBLAS (openblas/half_matmul.cpp) when it is built in.

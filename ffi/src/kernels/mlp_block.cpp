@@ -4,6 +4,7 @@
 // stream's thread; here one task runs the same kernels back to back, with the same arithmetic
 // and the same rounding of every intermediate, so the result is the composition's.
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "bodies.h"
@@ -41,6 +42,11 @@ struct MlpSpec {
   float eps;
   int gate_up_group, gate_up_bits, down_group, down_bits;
   mx::Dtype normed, hidden;  // the norm's output type; the products' and the activation's
+  // attention_output_mlp: the block's input h = x + o_proj(heads) is computed first, in the task.
+  bool attention_output = false;
+  int o_group = 0, o_bits = 0;
+
+  bool operator==(const MlpSpec&) const = default;
 };
 
 mx::Shape with_last(mx::Shape shape, int last) {
@@ -49,7 +55,7 @@ mx::Shape with_last(mx::Shape shape, int last) {
 }
 
 // inputs: h, the norm's weight, gate_up's weight, scales, biases, down's weight, scales, biases.
-void run(const std::vector<mx::array>& in, mx::array& out, const MlpSpec& spec) {
+void run_mlp(const std::vector<mx::array>& in, mx::array& out, const MlpSpec& spec) {
   const mx::array& h = in[0];
   mx::array normed = scratch_array(h.shape(), spec.normed);
   rms_norm_into(h, &in[1], normed, spec.eps);
@@ -61,6 +67,17 @@ void run(const std::vector<mx::array>& in, mx::array& out, const MlpSpec& spec) 
   // share one type: see mlp_block).
   quantized_matmul_into(activated, in[5], in[6], in[7], out, spec.down_group, spec.down_bits);
   add_into(h, out, out);
+}
+
+// inputs: as run_mlp's, or with spec.attention_output x, the heads, o_proj's weight, scales and
+// biases in place of h.
+void run(const std::vector<mx::array>& in, mx::array& out, const MlpSpec& spec) {
+  if (!spec.attention_output) return run_mlp(in, out, spec);
+  mx::array h = scratch_array(in[0].shape(), in[0].dtype());
+  attention_output_into(in[0], in[1], in[2], in[3], in[4], h, spec.o_group, spec.o_bits);
+  std::vector<mx::array> mlp_inputs = {h};
+  mlp_inputs.insert(mlp_inputs.end(), in.begin() + 5, in.end());
+  run_mlp(mlp_inputs, out, spec);
 }
 
 class MlpBlock : public mx::UnaryPrimitive {
@@ -76,14 +93,15 @@ class MlpBlock : public mx::UnaryPrimitive {
     throw std::runtime_error("[kernels::MlpBlock] CPU only: built for CPU streams");
   }
 
-  const char* name() const override { return "kernels::MlpBlock"; }
+  const char* name() const override {
+    return spec_.attention_output ? "kernels::AttentionOutputMlp" : "kernels::MlpBlock";
+  }
 
   bool is_equivalent(const mx::Primitive& other) const override {
-    const MlpSpec& o = static_cast<const MlpBlock&>(other).spec_;
-    return spec_.eps == o.eps && spec_.gate_up_group == o.gate_up_group && spec_.gate_up_bits == o.gate_up_bits &&
-           spec_.down_group == o.down_group && spec_.down_bits == o.down_bits && spec_.normed == o.normed &&
-           spec_.hidden == o.hidden;
+    return spec_ == static_cast<const MlpBlock&>(other).spec_;
   }
+
+  const MlpSpec& spec() const { return spec_; }
 
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override { return {inputs[0].shape()}; }
 
@@ -138,6 +156,25 @@ mx::array mlp_block(const mx::array& h, const mx::array& norm_weight, float eps,
   return mx::array(h.shape(), h.dtype(), std::make_shared<MlpBlock>(stream, spec),
                    {h, norm_weight, gate_up.weight, gate_up.scales, gate_up.biases, down.weight, down.scales,
                     down.biases});
+}
+
+mx::array attention_output_mlp(const mx::array& x, const mx::array& heads, const QuantizedLinear& o_proj,
+                               const mx::array& norm_weight, float eps, const QuantizedLinear& gate_up,
+                               const QuantizedLinear& down) {
+  mx::array h = attention_output(x, heads, o_proj);
+  mx::array out = mlp_block(h, norm_weight, eps, gate_up, down);
+  // Both halves ours (each decides alone where it applies): one node runs both tasks.
+  const bool ours = h.has_primitive() && std::string(h.primitive().name()) == "kernels::AttentionOutput" &&
+                    out.has_primitive() && out.inputs()[0].id() == h.id();
+  auto* mlp = ours ? dynamic_cast<MlpBlock*>(&out.primitive()) : nullptr;
+  if (!mlp) return out;
+  MlpSpec spec = mlp->spec();
+  spec.attention_output = true;
+  spec.o_group = o_proj.group;
+  spec.o_bits = o_proj.bits;
+  std::vector<mx::array> inputs = h.inputs();
+  inputs.insert(inputs.end(), out.inputs().begin() + 1, out.inputs().end());
+  return mx::array(x.shape(), x.dtype(), std::make_shared<MlpBlock>(mlp->stream(), spec), std::move(inputs));
 }
 
 }  // namespace kernels

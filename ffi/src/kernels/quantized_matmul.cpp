@@ -225,7 +225,7 @@ class QuantizedMatmul : public mx::UnaryPrimitive {
     encoder.set_output_array(out);
     // The inputs' buffers stay alive until the stream has run this task; the arrays are
     // captured by value so that their shapes and pointers are read on the stream's thread.
-    encoder.dispatch([x = row_contiguous(inputs[0], stream()), w = row_contiguous(inputs[1], stream()),
+    queue_task(stream(), {out}, [x = row_contiguous(inputs[0], stream()), w = row_contiguous(inputs[1], stream()),
                       scales = row_contiguous(inputs[2], stream()), biases = row_contiguous(inputs[3], stream()), out = out,
                       group = group_, bits = bits_]() mutable { run(x, w, scales, biases, out, group, bits); });
   }

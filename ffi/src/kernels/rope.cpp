@@ -40,7 +40,7 @@ void rotate(const T* in, const mx::Shape& shape, const mx::Strides& stride, cons
   }
   // Feature pairs: (i, i + half) for the rotate-half layout, (2i, 2i + 1) for the traditional one.
   const int pair = spec.traditional ? 1 : half, step = spec.traditional ? 2 : 1;
-  parallel_for(B * H, [&](int task, int) {
+  auto rotate_head = [&](int task) {
     const int b = task / H, h = task % H;
     const int o = offsets == 1 ? 0 : b;
     for (int l = 0; l < L; ++l) {
@@ -56,7 +56,15 @@ void rotate(const T* in, const mx::Shape& shape, const mx::Strides& stride, cons
       }
       for (int d = spec.dims; d < D; ++d) o_row[d] = row[d * stride[3]];
     }
-  });
+  };
+  // A decode step's heads (hundreds to a few thousand values, about a microsecond) cost less than
+  // waking another thread for them.
+  constexpr size_t kInlineValues = 1 << 14;
+  if (size_t(B) * H * L * D < kInlineValues) {
+    for (int task = 0; task < B * H; ++task) rotate_head(task);
+  } else {
+    parallel_for(B * H, [&](int task, int) { rotate_head(task); });
+  }
 }
 
 }  // namespace
@@ -83,7 +91,7 @@ class Rope : public mx::UnaryPrimitive {
     auto& encoder = mx::cpu::get_command_encoder(stream());
     for (const auto& in : inputs) encoder.set_input_array(in);
     encoder.set_output_array(out);
-    encoder.dispatch([inputs = inputs, out = out, spec = spec_]() mutable {
+    queue_task(stream(), {out}, [inputs = inputs, out = out, spec = spec_]() mutable {
       const mx::array& x = inputs[0];
       rope_into(x.data<void>(), x.shape(), x.strides(), spec, spec.offset_array ? &inputs[1] : nullptr,
                 spec.freqs ? &inputs.back() : nullptr, out);

@@ -74,7 +74,7 @@ class SiluMul : public mx::UnaryPrimitive {
     auto& encoder = mx::cpu::get_command_encoder(stream());
     for (const auto& in : inputs) encoder.set_input_array(in);
     encoder.set_output_array(out);
-    encoder.dispatch([gate = inputs[0], up = inputs[1], out = out]() mutable {
+    queue_task(stream(), {out}, [gate = inputs[0], up = inputs[1], out = out]() mutable {
       if (out.dtype() == mx::float16) activate<mx::float16_t>(gate, up, out);
       else if (out.dtype() == mx::bfloat16) activate<mx::bfloat16_t>(gate, up, out);
       else activate<float>(gate, up, out);

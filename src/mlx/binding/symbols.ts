@@ -98,6 +98,10 @@ export const symbols = {
   },
   mlxs_attention_output: { args: [p, p, p, p, p, p, i32, i32], returns: i32 },
   mlxs_mlp_block: { args: [p, p, p, f32, p, p, p, i32, i32, p, p, p, i32, i32], returns: i32 },
+  mlxs_attention_output_mlp: {
+    args: [p, p, p, p, p, p, i32, i32, p, f32, p, p, p, i32, i32, p, p, p, i32, i32],
+    returns: i32,
+  },
 
   mlxs_random_seed: { args: [u64], returns: i32 },
   mlxs_random_key: { args: [p, u64], returns: i32 },
