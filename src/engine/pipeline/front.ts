@@ -228,6 +228,21 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
     }
   }
 
+  /**
+   * Held steps sent before arrive() (a message posted while a step waits for the ring: an adapter
+   * loaded for a new request). Sending them receives the hidden states of the step they are built
+   * on, the oldest on its way back: what comes before it on the ring (a backlog's progress) is
+   * received first, and it counts as received, so arrive() does not wait for it again.
+   */
+  #sendHeldEarly(): void {
+    if (!this.#held?.length) return;
+    if (this.#received === 0) {
+      while (typeof this.#arriving[0] === "number") this.#receiveProgress(this.#arriving.shift() as number);
+      this.#received = 1;
+    }
+    this.#sendHeld();
+  }
+
   /** The steps held by beforeArrival so far, sent in the order built. */
   #sendHeld(): void {
     if (!this.#held?.length) return;
@@ -273,8 +288,8 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
   /** The header and its payload, as one message: its send, unevaluated. */
   #send(fields: MessageFields, payload?: MxArray): MxArray {
     this.ensureOpen();
-    // Messages go out in the order numbered: held steps first (their receive may then spin).
-    this.#sendHeld();
+    // Messages go out in the order numbered: held steps first.
+    this.#sendHeldEarly();
     const header = headerOf(fields, this.#seq++);
     // Each message re-arms the watchdog: its answer, or the next heartbeat's, must come in time.
     distributed.armWatchdog(this.peerTimeoutMs, this.#silence());
