@@ -246,6 +246,8 @@ export class BatchGenerator {
    * leaves once the step is done: the step holds its rows.
    */
   async stepAsync(): Promise<SequenceEvent[]> {
+    // One process: nothing to wait for.
+    if (!this.model.remote?.untilArrival) return this.step();
     const parts = this.#step();
     this.#stepping = [];
     try {
