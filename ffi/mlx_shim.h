@@ -303,10 +303,15 @@ MLXS_API void mlxs_watchdog_disarm(void);
 // A pipeline's signs of life, kept by the watchdog's thread from now on, armed or not: this rank
 // writes a byte to its previous rank every quarter of timeout_ms and reads its next rank's, on
 // the directions of the ring's connections a pipeline's transfers never use (so never with
-// collectives, as in tensor parallel); a connection to the next rank silent for timeout_ms
-// after its first byte ends the process (status 3) with `message`. A closed one is left to the
-// transfers. Nothing where the group has no ring connections.
+// collectives, as in tensor parallel); a connection to the next rank silent for timeout_ms (for
+// twice that before its first byte) ends the process (status 3) with `message`. A closed one is
+// left to the transfers. Nothing where the group has no ring connections.
 MLXS_API int mlxs_watchdog_neighbours(int timeout_ms, const char* message);
+// How long the watchdog's peers have been silent, in milliseconds, as its thread last saw them (-1
+// where it watches none): out[0] the next rank's signs of life (the most silent connection to it;
+// negative before its first word is due), out[1] the ring while armed (since its last bytes, or the
+// arm). A server says a peer is suspect before the watchdog's timeout ends the process.
+MLXS_API void mlxs_watchdog_silence(int32_t* out);
 // Waits until one of the group's connections (else any socket of this process) has something to
 // read (1) or timeout_ms passes (0).
 // The ring backend's receive spins on its socket until data comes: an idle rank waits here first.

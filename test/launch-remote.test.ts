@@ -13,7 +13,8 @@ const ring = JSON.stringify([["10.0.0.1:5000"], ["10.0.0.2:5001"]]);
 /** The remote side of rank 1 running `script` (a stand-in for the mlx executable). */
 function remote(script: string) {
   process.env.MLX_LAUNCH_TEST = "it's here";
-  const command = remoteCommand(ring, 1, ["sh", "-c", script], []);
+  // As an mlx.launch hostfile's "envs" give it (MLX_RANK is the launcher's to set).
+  const command = remoteCommand(ring, 1, ["sh", "-c", script], [], { HOSTFILE_ENV: "from 'envs'", MLX_RANK: "7" });
   delete process.env.MLX_LAUNCH_TEST;
   const child = spawn("sh", ["-c", command], { stdio: ["pipe", "pipe", "pipe"] });
   let stdout = "";
@@ -28,16 +29,17 @@ function remote(script: string) {
 
 // Prints what it was given, then waits to be stopped (sleep in the background, so the shell
 // that is the rank takes the signal and reports it).
-const rank = 'echo "$MLX_RANK $PWD $MLX_HOSTFILE $(cat "$MLX_HOSTFILE") $MLX_LAUNCH_TEST"; sleep 30 & wait';
+const rank =
+  'echo "$MLX_RANK $PWD $MLX_HOSTFILE $(cat "$MLX_HOSTFILE") $MLX_LAUNCH_TEST:$HOSTFILE_ENV"; sleep 30 & wait';
 
 describe("a remote rank", () => {
-  test("gets its rank, directory, ring hostfile and our MLX_* variables; a signal name on stdin reaches it", async () => {
+  test("gets its rank, directory, ring hostfile, our MLX_* variables and the hostfile's; a signal name on stdin reaches it", async () => {
     const r = remote(rank);
     const [rankText, cwd, hostfile, written, ...variable] = await r.line();
     expect(rankText).toBe("1");
     expect(cwd).toBe(process.cwd());
     expect(written).toBe(ring);
-    expect(variable.join(" ")).toBe("it's here");
+    expect(variable.join(" ")).toBe("it's here:from 'envs'");
     r.child.stdin!.write("TERM\n");
     expect(await r.exit).toBe(143); // 128 + SIGTERM: the rank's own status
     expect(existsSync(hostfile!)).toBe(false);

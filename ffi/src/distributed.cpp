@@ -225,9 +225,10 @@ using Clock = std::chrono::steady_clock;
 struct Neighbours {
   // The connections from the previous rank (several where the hostfile gives it several addresses).
   std::vector<int> to_previous;
-  // The connections to the next rank, each with when a byte last came on it: none before its
-  // first, since the next rank starts telling only once it is ready.
-  std::vector<std::pair<int, std::optional<Clock::time_point>>> from_next;
+  // The connections to the next rank, each with when a byte last came on it; at first a timeout
+  // after the watch began, since the next rank starts telling only once its own connections are
+  // made (which waits for the rank after it), so its first word is allowed twice the timeout.
+  std::vector<std::pair<int, Clock::time_point>> from_next;
   std::chrono::milliseconds timeout;
   std::string message;
   Clock::time_point told{};
@@ -258,7 +259,7 @@ struct Neighbours {
         at = from_next.erase(at);
         continue;
       }
-      if (heard && now >= *heard + timeout) {
+      if (now >= heard + timeout) {
         std::fprintf(stderr, "%s\n", message.c_str());
         std::fflush(stderr);
         std::_Exit(3);
@@ -449,7 +450,7 @@ int mlxs_watchdog_neighbours(int timeout_ms, const char* message) {
     for (int fd : group_sockets) {
       // Accepted on this rank's own port: from the previous rank; made to the next one's port: to it.
       if (has_port(ranks[g.rank()], port_of(fd, false))) n.to_previous.push_back(fd);
-      else if (has_port(next, port_of(fd, true))) n.from_next.push_back({fd, std::nullopt});
+      else if (has_port(next, port_of(fd, true))) n.from_next.push_back({fd, Clock::now() + n.timeout});
     }
     for (auto& [fd, heard] : n.from_next) signs_of_life.push_back(fd);
     w.neighbours = std::move(n);
@@ -457,6 +458,19 @@ int mlxs_watchdog_neighbours(int timeout_ms, const char* message) {
     w.changed.notify_all();
     return 0;
   });
+}
+
+void mlxs_watchdog_silence(int32_t* out) {
+  auto& w = watchdog();
+  std::lock_guard lock(w.mutex);
+  auto now = Clock::now();
+  auto ms = [&](Clock::time_point since) {
+    return static_cast<int32_t>(std::chrono::duration_cast<std::chrono::milliseconds>(now - since).count());
+  };
+  out[0] = out[1] = -1;
+  if (w.neighbours)
+    for (const auto& [fd, heard] : w.neighbours->from_next) out[0] = std::max(out[0], ms(heard));
+  if (w.deadline) out[1] = std::max(0, ms(*w.deadline - w.timeout));
 }
 
 }  // extern "C"

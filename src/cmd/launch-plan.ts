@@ -17,31 +17,47 @@ export interface Host {
   addresses: string[];
   /** Set for a host that is not this machine: started over ssh. */
   ssh?: string;
+  /** Environment variables for the rank (an mlx.launch hostfile's "envs"). */
+  env?: Record<string, string>;
 }
 
 /** The ring hostfile (MLX's format) of `hosts`, one list of addresses per rank. */
 export const ringHostfile = (hosts: Host[]): string => JSON.stringify(hosts.map((h) => h.addresses));
 
+/** Backends an mlx.launch hostfile may name that `mlx launch` cannot start: only the ring's. */
+const otherBackends: Record<string, string> = {
+  jaccl: "RDMA over Thunderbolt, on macOS",
+  "jaccl-ring": "RDMA over Thunderbolt, on macOS",
+  mpi: "MPI",
+  nccl: "NCCL, on CUDA GPUs",
+};
+
 /**
- * mlx.launch's [{"ssh": "host", "ips": ["10.0.0.2", ...]}, ...] (each IP on the next port from
- * `startingPort`, as mlx.launch numbers them) or the ring's [["host:port", ...], ...].
+ * Where the ranks go, from a hostfile in any form mlx.launch reads, for the ring backend:
+ * mlx.launch's list `[{"ssh": "host", "ips": ["10.0.0.2", ...], "rdma": [...]}, ...]` or the
+ * same under `{"backend": "ring", "envs": ["NAME=value", ...], "hosts": [...]}` (each IP listens
+ * on `connectionsPerIp` ports, counting up from `startingPort` as mlx.launch numbers them; "rdma"
+ * is for JACCL and unused by the ring), or the ring's own `[["host:port", ...], ...]`.
  */
-export function readHostfile(path: string, startingPort: number): Host[] {
-  let entries: unknown;
+export function readHostfile(path: string, startingPort: number, connectionsPerIp = 1): Host[] {
+  let data: unknown;
   try {
-    entries = JSON.parse(readFileSync(path, "utf8"));
+    data = JSON.parse(readFileSync(path, "utf8"));
   } catch (error) {
     throw new Error(`cannot read hostfile ${path}: ${(error as Error).message}`);
   }
-  if (!Array.isArray(entries) || entries.length === 0)
-    throw new Error(`hostfile ${path}: expected a JSON list of hosts`);
+  const form = hostfileForm(path, data);
   let port = startingPort;
-  return entries.map((entry, rank) => {
+  return form.hosts.map((entry, rank) => {
     if (Array.isArray(entry) && entry.length > 0 && entry.every((a) => typeof a === "string")) {
+      if (connectionsPerIp > 1)
+        throw new Error(
+          `hostfile ${path}: --connections-per-ip is for mlx.launch's form; the ring's lists every connection's host:port`,
+        );
       const hosts = entry.map((address: string) => address.slice(0, Math.max(0, address.lastIndexOf(":"))));
       const bad = hosts.findIndex((host) => !host);
       if (bad >= 0) throw new Error(`hostfile ${path}: entry ${rank} '${entry[bad]}' is not host:port`);
-      return { addresses: entry, ssh: isLocal(hosts[0]!) ? undefined : hosts[0] };
+      return { addresses: entry, ssh: isLocal(hosts[0]!) ? undefined : hosts[0], env: form.env };
     }
     const { ssh, ips } = (entry ?? {}) as { ssh?: unknown; ips?: unknown };
     if (typeof ssh !== "string")
@@ -51,10 +67,37 @@ export function readHostfile(path: string, startingPort: number): Host[] {
     const given = Array.isArray(ips) ? ips.filter((ip): ip is string => typeof ip === "string") : [];
     const hosts = given.length > 0 ? given : [ssh];
     return {
-      addresses: hosts.map((ip) => `${ip}:${port++}`),
+      addresses: hosts.flatMap((ip) => Array.from({ length: connectionsPerIp }, () => `${ip}:${port++}`)),
       ssh: isLocal(ssh) && hosts.every(isLocal) ? undefined : ssh,
+      env: form.env,
     };
   });
+}
+
+/** A hostfile's list of hosts, and the environment the object form sets for every rank. */
+function hostfileForm(path: string, data: unknown): { hosts: unknown[]; env?: Record<string, string> } {
+  if (Array.isArray(data) && data.length > 0) return { hosts: data };
+  if (!data || typeof data !== "object" || Array.isArray(data))
+    throw new Error(`hostfile ${path}: expected a JSON list of hosts, or an object with "hosts"`);
+  const { backend, envs, hosts } = data as { backend?: unknown; envs?: unknown; hosts?: unknown };
+  if (typeof backend === "string" && backend in otherBackends)
+    throw new Error(
+      `hostfile ${path}: backend "${backend}" (${otherBackends[backend]}) is not supported: mlx launch starts MLX's ring backend (TCP); use "ring" or leave it out`,
+    );
+  if (backend !== undefined && backend !== "" && backend !== "ring")
+    throw new Error(`hostfile ${path}: unknown backend ${JSON.stringify(backend)} (mlx launch starts "ring")`);
+  if (!Array.isArray(hosts) || hosts.length === 0) throw new Error(`hostfile ${path}: "hosts" must be a list of hosts`);
+  if (envs === undefined) return { hosts };
+  if (!Array.isArray(envs)) throw new Error(`hostfile ${path}: "envs" must be a list of "NAME=value"`);
+  const env: Record<string, string> = {};
+  for (const e of envs) {
+    const at = typeof e === "string" ? e.indexOf("=") : -1;
+    const name = at > 0 ? (e as string).slice(0, at) : "";
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name))
+      throw new Error(`hostfile ${path}: "envs" entry ${JSON.stringify(e)} is not "NAME=value"`);
+    env[name] = (e as string).slice(at + 1);
+  }
+  return { hosts, env };
 }
 
 function isLocal(host: string): boolean {

@@ -28,7 +28,12 @@ export default defineCommand({
     hostfile: {
       type: "string",
       description:
-        'Hosts to start ranks on: mlx.launch\'s JSON ([{"ssh": "host", "ips": ["10.0.0.2"]}, ...]) or MLX\'s ring format ([["host:port", ...], ...]), several addresses per host for several links; remote ones over ssh',
+        'Hosts to start ranks on: mlx.launch\'s JSON ([{"ssh": "host", "ips": ["10.0.0.2"]}, ...], or {"envs": [...], "hosts": [...]}) or MLX\'s ring format ([["host:port", ...], ...]), several addresses per host for several links; remote ones over ssh',
+    },
+    "connections-per-ip": {
+      type: "string",
+      description: "Ring connections to each neighbour per IP (each on a port of its own), as mlx.launch's flag",
+      default: "1",
     },
     "starting-port": {
       type: "string",
@@ -52,10 +57,11 @@ export default defineCommand({
         throw new Error('give the command to run after --, e.g. mlx launch -n 2 -- run "Hello"');
       if ((args.n === undefined) === (args.hostfile === undefined))
         throw new Error("give -n N or --hostfile FILE (one of them)");
+      const perIp = positiveInteger("connections-per-ip", args["connections-per-ip"]);
       const hosts =
         args.hostfile !== undefined
-          ? readHostfile(args.hostfile, positiveInteger("starting-port", args["starting-port"]))
-          : await loopbackHosts(positiveInteger("n", args.n));
+          ? readHostfile(args.hostfile, positiveInteger("starting-port", args["starting-port"]), perIp)
+          : await loopbackHosts(positiveInteger("n", args.n), 1, perIp);
       if (hosts.length < 2) throw new Error(`a pipeline needs at least 2 ranks (got ${hosts.length})`);
       if (args.plan) {
         process.stdout.write(await describePlan(hosts, command));
@@ -70,20 +76,23 @@ export default defineCommand({
 
 /**
  * N ranks on loopback, each on a port the OS says is free; with `links` > 1, each rank listens
- * on that many addresses (127.0.0.1, 127.0.0.2, ...), as a machine with several network links.
+ * on that many addresses (127.0.0.1, 127.0.0.2, ...), as a machine with several network links;
+ * on `perIp` ports of each (--connections-per-ip).
  */
-export async function loopbackHosts(n: number, links = 1): Promise<Host[]> {
+export async function loopbackHosts(n: number, links = 1, perIp = 1): Promise<Host[]> {
   const servers = [];
   const hosts: Host[] = [];
   // All held open at once, so the OS hands out different ports.
   for (let i = 0; i < n; i++) {
     const addresses = [];
     for (let link = 1; link <= links; link++) {
-      const server = createServer();
-      const ip = `127.0.0.${link}`;
-      await new Promise<void>((resolve) => server.listen(0, ip, resolve));
-      addresses.push(`${ip}:${(server.address() as { port: number }).port}`);
-      servers.push(server);
+      for (let c = 0; c < perIp; c++) {
+        const server = createServer();
+        const ip = `127.0.0.${link}`;
+        await new Promise<void>((resolve) => server.listen(0, ip, resolve));
+        addresses.push(`${ip}:${(server.address() as { port: number }).port}`);
+        servers.push(server);
+      }
     }
     hosts.push({ addresses });
   }
@@ -116,9 +125,9 @@ async function launch(hosts: Host[], command: string[], sshConfig?: string): Pro
   const self = selfCommand();
   const threads = sharedCoreThreads(hosts, command);
   const ranks: Rank[] = hosts.map((host, rank) => {
-    const env = { ...process.env, MLX_HOSTFILE: hostfile, MLX_RANK: String(rank), ...threads };
+    const env = { ...process.env, ...host.env, MLX_HOSTFILE: hostfile, MLX_RANK: String(rank), ...threads };
     const child = host.ssh
-      ? spawn("ssh", [...sshOptions(sshConfig), host.ssh, remoteCommand(ring, rank, self, command)], {
+      ? spawn("ssh", [...sshOptions(sshConfig), host.ssh, remoteCommand(ring, rank, self, command, host.env)], {
           stdio: ["pipe", "pipe", "pipe"],
         })
       : spawn(self[0]!, [...self.slice(1), ...command], {
@@ -216,15 +225,22 @@ function sshOptions(config: string | undefined): string[] {
 const quote = (s: string) => `'${s.replaceAll("'", "'\\''")}'`;
 
 /**
- * The command ssh runs on a remote host: in our directory, with our MLX_* variables, write the
- * ring hostfile there and start the rank in the background; fd 3 keeps ssh's stdin, the control
+ * The command ssh runs on a remote host: in our directory, with our MLX_* variables and `env`
+ * (the hostfile's), write the ring hostfile there and start the rank in the background; fd 3 keeps ssh's stdin, the control
  * line, for the watcher (a background job's own stdin is /dev/null). The watcher passes on each
  * signal name it reads and stops the rank when the line closes; the rank's status is ssh's.
  * Run by sh, whatever the remote login shell is.
  */
-export function remoteCommand(ring: string, rank: number, self: string[], command: string[]): string {
-  const env = Object.entries(process.env)
-    .filter(([name]) => name.startsWith("MLX_") && name !== "MLX_HOSTFILE" && name !== "MLX_RANK")
+export function remoteCommand(
+  ring: string,
+  rank: number,
+  self: string[],
+  command: string[],
+  hostEnv: Record<string, string> = {},
+): string {
+  const mlx = Object.entries(process.env).filter(([name]) => name.startsWith("MLX_"));
+  const env = [...mlx, ...Object.entries(hostEnv)]
+    .filter(([name]) => name !== "MLX_HOSTFILE" && name !== "MLX_RANK")
     .map(([name, value]) => `${name}=${quote(value ?? "")}`);
   const run = [...self, ...command].map(quote).join(" ");
   const script = [

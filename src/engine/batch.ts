@@ -134,6 +134,8 @@ export class BatchGenerator {
    */
   readonly #groups: DecodeGroup[];
   #turn = 0;
+  /** Sequences removed while stepAsync() waits: they leave after the step. */
+  #stepping?: string[];
   readonly speculationCounts: SpeculationCounts = { steps: 0, drafted: 0, accepted: 0 };
   /**
    * Where groups take turns, the last step's tokens are one per sequence of one group, which
@@ -203,6 +205,10 @@ export class BatchGenerator {
 
   /** Stops a sequence wherever it is (waiting, prefilling or decoding). */
   remove(id: string): void {
+    if (this.#stepping) {
+      this.#stepping.push(id);
+      return;
+    }
     const queued = this.#waiting.findIndex((s) => s.id === id);
     if (queued >= 0) this.#waiting.splice(queued, 1);
     if (this.#prefill?.sequence.id === id) {
@@ -226,7 +232,40 @@ export class BatchGenerator {
    * need their previous token on the host first, and then the step is read at once.
    */
   step(): SequenceEvent[] {
-    if (this.#groups.length > 1) return this.#stepInTurn();
+    const parts = this.#step();
+    for (;;) {
+      // Where the model's other layers are in other processes, arrive() waits for them itself.
+      const part = parts.next();
+      if (part.done) return part.value;
+    }
+  }
+
+  /**
+   * As step(), but where a step waits for the model's layers in other processes, it waits without
+   * blocking the event loop (a server answers /health meanwhile). A sequence removed meanwhile
+   * leaves once the step is done: the step holds its rows.
+   */
+  async stepAsync(): Promise<SequenceEvent[]> {
+    // One process: nothing to wait for.
+    if (!this.model.remote?.untilArrival) return this.step();
+    const parts = this.#step();
+    this.#stepping = [];
+    try {
+      for (;;) {
+        const part = parts.next();
+        if (part.done) return part.value;
+        await this.model.remote?.untilArrival?.();
+      }
+    } finally {
+      const removed = this.#stepping;
+      this.#stepping = undefined;
+      for (const id of removed) this.remove(id);
+    }
+  }
+
+  /** A step, paused (yield) before each wait for the model's layers in other processes (arrive()). */
+  *#step(): Generator<void, SequenceEvent[]> {
+    if (this.#groups.length > 1) return yield* this.#stepInTurn();
     this.#prefillChunk();
     const group = this.#groups[0]!;
     const events: SequenceEvent[] = [];
@@ -247,7 +286,10 @@ export class BatchGenerator {
     else if (group.active.length > 0) {
       const next = this.#build(group);
       // One micro-batch in flight: its hidden states come back before anything else is sent.
-      this.model.remote?.arrive();
+      if (this.model.remote) {
+        yield;
+        this.model.remote.arrive();
+      }
       mx.asyncEvaluate(next.tokens, next.chosen, ...(next.logprobs ?? []));
       if (group.ahead) events.push(...this.#read(group, this.#takeAhead(group), next));
       group.ahead = next;
@@ -267,7 +309,7 @@ export class BatchGenerator {
    * computing meanwhile) and goes out once they are in and sampled, so building it costs the
    * ring no time; a group with nothing to do is skipped.
    */
-  #stepInTurn(): SequenceEvent[] {
+  *#stepInTurn(): Generator<void, SequenceEvent[]> {
     this.#prefillChunk();
     const turns = this.#groups.length;
     const busy = (g: DecodeGroup) => g.ahead !== undefined || g.active.length > 0;
@@ -283,6 +325,7 @@ export class BatchGenerator {
       let next: PendingStep | undefined;
       if (buildsAhead(group) && group.active.length > 0 && !this.#endsWithAhead(group))
         next = this.model.remote!.beforeArrival(() => this.#build(group));
+      yield;
       this.model.remote!.arrive(ahead.tokens, ahead.chosen, ...(ahead.logprobs ?? []));
       events.push(...this.#read(group, this.#takeAhead(group), next));
       group.ahead = next;

@@ -278,7 +278,7 @@ export class Scheduler {
         const decoding = this.#generator.running;
         let events: SequenceEvent[];
         try {
-          events = this.#generator.step();
+          events = await this.#generator.stepAsync();
         } catch (error) {
           // A failed step leaves the batch in an unknown state: end every stream with the error.
           this.#failAll(error as Error);

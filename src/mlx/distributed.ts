@@ -95,13 +95,25 @@ export function disarmWatchdog(): void {
 /**
  * A pipeline's signs of life, for as long as this process runs: a native thread
  * tells the previous rank this one is alive every quarter of `timeoutMs`, and ends the process
- * (status 3) with `message` when the next rank has told it nothing for `timeoutMs`. A rank
+ * (status 3) with `message` when the next rank has told it nothing for `timeoutMs` (twice that
+ * for its first word: it starts once its own connections are made, after this one's). A rank
  * waiting for a later one hears only from the last rank, so this is how a stopped middle rank is
  * noticed while the ranks after it still work. On the directions of the ring's connections a
  * pipeline's sends and receives never use: not with collectives (tensor parallel).
  */
 export function watchNeighbours(timeoutMs: number, message: string): void {
   check(lib.mlxs_watchdog_neighbours(Math.max(1, Math.round(timeoutMs)), cstr(message)), "watchdog");
+}
+
+/**
+ * How long the watchdog's peers have been silent (ms), as its thread last looked: `next`, the
+ * next rank's signs of life (watchNeighbours, once its first word is due), `ring`, the
+ * ring while the watchdog is armed (since its last bytes, or the arm). Undefined where not watched.
+ */
+export function silence(): { next?: number; ring?: number } {
+  const out = new Int32Array(2);
+  lib.mlxs_watchdog_silence(out);
+  return { next: out[0]! >= 0 ? out[0] : undefined, ring: out[1]! >= 0 ? out[1] : undefined };
 }
 
 /**

@@ -73,6 +73,11 @@ export interface RemoteLayers {
    * (computed from them) is queued right behind them.
    */
   arrive(...computed: MxArray[]): void;
+  /**
+   * Resolves once arrive() would not wait (undefined where it would not wait now), for a caller
+   * that waits without blocking its event loop.
+   */
+  untilArrival?(): Promise<void> | undefined;
   /** Runs `build`, which builds a decode step on the tokens of one still on its way back: sent once that arrives. */
   beforeArrival<T>(build: () => T): T;
 }

@@ -40,21 +40,39 @@ export async function launchServe(home: string, n: number | string, model: strin
 /**
  * Stops rank `rank` of a launched serve (SIGSTOP), as a machine that stops answering: the
  * launcher must exit non-zero within twice the peer timeout (`timeoutMs`) and 5 s, its stderr
- * saying `says`.
+ * saying `says`. Meanwhile rank 0's /health is asked every 50 ms: the first 503 it answered, with
+ * /ready's answer right after it (undefined where none came).
  */
 export async function expectStoppedRankNoticed(
   server: Awaited<ReturnType<typeof launchServe>>,
   rank: number,
   timeoutMs: number,
   says: string | RegExp,
-): Promise<void> {
+): Promise<{ health: { error: string }; ready: { status: number; reason: string } } | undefined> {
   const stoppedAt = performance.now();
   process.kill(server.ranks().get(rank)!, "SIGSTOP");
+  let failing: Awaited<ReturnType<typeof expectStoppedRankNoticed>>;
+  const asking = (async () => {
+    while (server.proc.exitCode === null && !failing) {
+      try {
+        const health = await fetch(`${server.url}/health`, { signal: AbortSignal.timeout(1000) });
+        if (health.status === 503) {
+          const ready = await fetch(`${server.url}/ready`, { signal: AbortSignal.timeout(1000) });
+          const reason = ((await ready.json()) as { reason: string }).reason;
+          failing = { health: (await health.json()) as { error: string }, ready: { status: ready.status, reason } };
+        }
+      } catch {
+        // Not answered in time (or gone): asked again.
+      }
+      await Bun.sleep(50);
+    }
+  })();
   const code = await server.proc.exited;
   expect(performance.now() - stoppedAt).toBeLessThan(timeoutMs * 2 + 5000);
-  await server.reading;
+  await Promise.all([server.reading, asking]);
   expect(code).not.toBe(0);
   expect(server.stderr()).toMatch(says);
+  return failing;
 }
 
 /** The process ids of a launcher's ranks (its children), by rank. */

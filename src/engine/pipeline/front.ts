@@ -36,7 +36,15 @@ export interface PipelineFigures {
   maxInFlight: number;
   /** Set once a peer is lost: the process stops when the watchdog's time is up. */
   lost?: string;
+  /** Set while a peer has been silent for half the peer timeout: the watchdog stops every rank at the whole. */
+  suspect?: string;
 }
+
+/**
+ * The longest rank 0 blocks its event loop in one wait for the ring, where the caller can wait
+ * asynchronously (untilArrival): a server answers /health in between.
+ */
+const waitSliceMs = 10;
 
 export class PipelineFront extends RankZeroFront implements DecoderModel {
   #seq = 0;
@@ -58,6 +66,14 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
   /** When rank 1 last heard from this one, as far as #waitForBytes knows, and #seq then. */
   #toldAt = 0;
   #toldSeq = 0;
+  /**
+   * A step waits asynchronously for the ring (untilArrival): its sends may be held, so a
+   * heartbeat waits for its end (#heartbeatDue); and one heartbeat takes what is in flight off
+   * the ring at a time (#draining).
+   */
+  #awaiting = false;
+  #heartbeatDue = false;
+  #draining = false;
   protected readonly groupName = "the pipeline";
 
   constructor(
@@ -166,6 +182,35 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
   }
 
   /**
+   * Resolves once arrive() would not wait for the ring; undefined where it would not wait now, or
+   * the bytes came within a slice (most steps). Meanwhile the event loop runs (a server answers
+   * /health while a peer is silent), a slice at a time: a backlog's progress messages are taken
+   * off the ring as they come, then this waits for the decode step's first bytes.
+   */
+  untilArrival(): Promise<void> | undefined {
+    if (this.#received > 0 || this.#arriving.length === 0) return undefined;
+    if (typeof this.#arriving[0] !== "number" && this.#waitSlice()) return undefined;
+    this.#awaiting = true;
+    return this.#untilArrived();
+  }
+
+  async #untilArrived(): Promise<void> {
+    try {
+      for (;;) {
+        if (this.#received > 0 || this.#arriving.length === 0) return;
+        if (!this.#waitSlice()) await nextTurn();
+        else if (typeof this.#arriving[0] === "number") this.#takeProgressWord();
+        else return;
+      }
+    } finally {
+      this.#awaiting = false;
+      // Between this step and the next (setImmediate runs before the scheduler's next step).
+      if (this.#heartbeatDue) setImmediate(() => this.#beat());
+      this.#heartbeatDue = false;
+    }
+  }
+
+  /**
    * Decode steps built in `build` (on the tokens of a step still on its way back) are held, not
    * sent, until arrive() has that step's bytes: sending one now would queue the ring's receive
    * before the bytes come, and it would spin. Building the next step while the other ranks
@@ -181,6 +226,21 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
       this.#held = undefined;
       throw error;
     }
+  }
+
+  /**
+   * Held steps sent before arrive() (a message posted while a step waits for the ring: an adapter
+   * loaded for a new request). Sending them receives the hidden states of the step they are built
+   * on, the oldest on its way back: what comes before it on the ring (a backlog's progress) is
+   * received first, and it counts as received, so arrive() does not wait for it again.
+   */
+  #sendHeldEarly(): void {
+    if (!this.#held?.length) return;
+    if (this.#received === 0) {
+      while (typeof this.#arriving[0] === "number") this.#receiveProgress(this.#arriving.shift() as number);
+      this.#received = 1;
+    }
+    this.#sendHeld();
   }
 
   /** The steps held by beforeArrival so far, sent in the order built. */
@@ -201,7 +261,23 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
       microBatches: this.microBatches,
       maxInFlight: this.#maxInFlight,
       lost: this.lost,
+      suspect: this.#suspect(),
     };
+  }
+
+  /**
+   * Which peer has been silent for half the peer timeout, if one has: rank 1's signs of life, or
+   * the ring while something is on its way back (the watchdog stops every rank at the whole).
+   */
+  #suspect(): string | undefined {
+    if (!this.open) return undefined;
+    const { next, ring } = distributed.silence();
+    const half = this.peerTimeoutMs / 2;
+    const limit = `(--peer-timeout ${this.peerTimeoutMs / 1000} s)`;
+    if (next !== undefined && next >= half) return `no word from rank 1 for ${inSeconds(next)} s ${limit}`;
+    if (ring !== undefined && ring >= half && this.#arriving.length > this.#received)
+      return `no answer from the pipeline (ranks 1-${this.size - 1}) for ${inSeconds(ring)} s ${limit}`;
+    return undefined;
   }
 
   protected post(fields: MessageFields, payload?: () => MxArray): void {
@@ -212,8 +288,8 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
   /** The header and its payload, as one message: its send, unevaluated. */
   #send(fields: MessageFields, payload?: MxArray): MxArray {
     this.ensureOpen();
-    // Messages go out in the order numbered: held steps first (their receive may then spin).
-    this.#sendHeld();
+    // Messages go out in the order numbered: held steps first.
+    this.#sendHeldEarly();
     const header = headerOf(fields, this.#seq++);
     // Each message re-arms the watchdog: its answer, or the next heartbeat's, must come in time.
     distributed.armWatchdog(this.peerTimeoutMs, this.#silence());
@@ -221,9 +297,25 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
     return sendMessage(header, 1, payload);
   }
 
-  /** Goes round the ring and brings back each stage's figures; it waits for the steps queued before it. */
+  /**
+   * Goes round the ring and brings back each stage's figures. What is in flight comes back first:
+   * taken off the ring as it comes (#takeInFlight), the event loop running meanwhile; mid-step,
+   * after the step.
+   */
   protected heartbeat(): void {
+    if (!this.open || this.#draining) return;
+    const inFlight = this.#arriving.length - this.#received;
+    if (this.#awaiting || inFlight === 0) this.#beat();
+    else void this.#takeInFlight(inFlight).then(() => this.#beat());
+  }
+
+  /** The heartbeat itself: what is still in flight is received first, waiting for it here. */
+  #beat(): void {
     if (!this.open) return;
+    if (this.#awaiting) {
+      this.#heartbeatDue = true;
+      return;
+    }
     try {
       mx.scope(() => {
         // Each stage writes its row of figures into the payload on the way round.
@@ -275,6 +367,44 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
     }
   }
 
+  /**
+   * Takes `count` of what is in flight off the ring as it comes (decode steps kept for arrive(),
+   * as #receiveInFlight does), blocking the event loop a slice at a time; steps go on meanwhile
+   * and may take some of it themselves.
+   */
+  async #takeInFlight(count: number): Promise<void> {
+    this.#draining = true;
+    try {
+      for (let taken = 0; taken < count && this.open && this.#arriving.length > this.#received; ) {
+        if (!this.#waitSlice()) await nextTurn();
+        else if (typeof this.#arriving[this.#received] === "number") {
+          // A prefill chunk's progress counts as taken once all of it is.
+          if (this.#takeProgressWord()) taken++;
+        } else {
+          mx.evaluate(this.#arriving[this.#received] as MxArray);
+          this.#received++;
+          taken++;
+        }
+      }
+    } catch (error) {
+      this.loseRank(`lost a rank of the pipeline: ${(error as Error).message}`);
+    } finally {
+      this.#draining = false;
+    }
+  }
+
+  /**
+   * One progress message of the oldest prefill chunk not yet received, off the ring (its bytes
+   * are there): whether that was the chunk's last.
+   */
+  #takeProgressWord(): boolean {
+    mx.scope(() => mx.evaluate(distributed.recv([1], mx.Dtype.int32, this.size - 1)));
+    const left = (this.#arriving[this.#received] as number) - 1;
+    if (left > 0) this.#arriving[this.#received] = left;
+    else this.#arriving.splice(this.#received, 1);
+    return left === 0;
+  }
+
   /** What is in flight comes back before anything sent after it: received now, decode steps kept for arrive(). */
   #receiveInFlight(): void {
     for (const step of this.#arriving.slice(this.#received)) {
@@ -308,13 +438,27 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
   #waitForBytes(): void {
     const started = performance.now();
     const third = this.peerTimeoutMs / 3;
+    this.#keepRankOneTold(started);
+    for (let waited = 0; waited < 3 && !distributed.waitReadable(third); waited++) this.#keepAlive(performance.now());
+    this.#waitMs += performance.now() - started;
+  }
+
+  /** As #waitForBytes, for a slice at most: whether bytes came. */
+  #waitSlice(): boolean {
+    const started = performance.now();
+    this.#keepRankOneTold(started);
+    const ready = distributed.waitReadable(waitSliceMs);
+    this.#waitMs += performance.now() - started;
+    return ready;
+  }
+
+  /** Rank 1 hears from this rank at least every third of the timeout while it waits (see #waitForBytes). */
+  #keepRankOneTold(now: number): void {
     if (this.#seq !== this.#toldSeq) {
       // A message went since the last wait: rank 1 heard from us then (or a little before).
       this.#toldSeq = this.#seq;
-      this.#toldAt = started;
-    } else if (started - this.#toldAt >= third) this.#keepAlive(started);
-    for (let waited = 0; waited < 3 && !distributed.waitReadable(third); waited++) this.#keepAlive(performance.now());
-    this.#waitMs += performance.now() - started;
+      this.#toldAt = now;
+    } else if (now - this.#toldAt >= this.peerTimeoutMs / 3) this.#keepAlive(now);
   }
 
   /** Op.keepalive to rank 1, at `now`: unnumbered, between two messages; it does not re-arm the watchdog. */
@@ -330,3 +474,8 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
     return `error: rank 0: no answer from the pipeline (ranks 1-${this.size - 1}) for ${seconds} s (--peer-timeout); stopping`;
   }
 }
+
+/** A turn of the event loop (I/O included) before the caller goes on. */
+const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+const inSeconds = (ms: number) => (ms / 1000).toFixed(1);

@@ -44,6 +44,16 @@ export function openPipeline(path: string, spec: PipelineSpec, caches: CacheOpti
   if (group.size < 2) throw new Error("a pipeline needs at least 2 ranks (the hostfile lists one)");
   const { rank, size } = group;
   const { tensorParallel, peerTimeoutMs } = spec;
+  // A pipeline uses no collectives: from now on each rank shows its previous one it is alive and
+  // hears from its next one, apart from the messages, while loading too (a rank stopped before
+  // the others are ready is noticed; one slow to load is not taken for lost). Tensor parallel's
+  // all_sums use both directions of the ring's connections: its start is not watched.
+  if (!tensorParallel) {
+    const next = (rank + 1) % size;
+    const seconds = Math.round(peerTimeoutMs / 1000);
+    const message = `error: rank ${rank}: no word from rank ${next} for ${seconds} s (--peer-timeout); stopping`;
+    distributed.watchNeighbours(peerTimeoutMs, message);
+  }
   // Tensor parallel: every rank holds a slice of every layer; rank 0 the ends as well.
   const stages = tensorParallel
     ? undefined
@@ -55,17 +65,9 @@ export function openPipeline(path: string, spec: PipelineSpec, caches: CacheOpti
   const split = stages ? `layers ${stages.map(layerRange).join(",")}` : `tensor-parallel ${size}`;
   const lm = loadModel(path, stage, tensorParallel ? group : undefined);
   lm.kvQuantization = caches.kvQuantization;
-  // Everyone loaded: a rank that failed has exited, and this all_sum says so (a lost peer).
-  barrier();
-  // From now on, no collectives: each rank shows its previous one it is alive, and hears from
-  // its next one, apart from the messages (a middle rank stopped while a later one clears a
-  // backlog is noticed in time). Tensor parallel's all_sums use those directions of the ring.
-  if (!tensorParallel) {
-    const next = (rank + 1) % size;
-    const seconds = Math.round(peerTimeoutMs / 1000);
-    const message = `error: rank ${rank}: no word from rank ${next} for ${seconds} s (--peer-timeout); stopping`;
-    distributed.watchNeighbours(peerTimeoutMs, message);
-  }
+  // Everyone loaded: a rank that failed has exited, and this says so (a lost peer).
+  if (tensorParallel) mx.scope(() => distributed.allSum(mx.array(Float32Array.from([1]))).toArray());
+  else gatherRound(group, 1);
   if (rank > 0) {
     try {
       if (tensorParallel) serveShard(lm.model, { rank, split, caches, lora: lm.weights.lora, peerTimeoutMs });
@@ -92,17 +94,38 @@ export function openPipeline(path: string, spec: PipelineSpec, caches: CacheOpti
 
 /** Every rank's free memory (bytes), by rank: the default split follows it. */
 function exchangeFreeMemory(group: mx.distributed.Group): number[] {
-  return mx.scope(() => {
-    const mine = new Float32Array(group.size);
-    // In MiB: float32 holds that exactly enough.
-    mine[group.rank] = freemem() / 2 ** 20;
-    return distributed
-      .allSum(mx.array(mine))
-      .toArray()
-      .map((mib) => mib * 2 ** 20);
-  });
+  // In MiB: float32 holds that exactly enough.
+  return gatherRound(group, freemem() / 2 ** 20).map((mib) => mib * 2 ** 20);
 }
 
-function barrier(): void {
-  mx.scope(() => distributed.allSum(mx.array(Float32Array.from([1]))).toArray());
+/**
+ * Every rank's `value`, by rank, to every rank: round the ring twice the way a pipeline's
+ * messages go (rank 0 to 1, ..., the last to 0), each rank adding its own the first time, so no
+ * collective mixes with the ranks' signs of life (watchNeighbours). A barrier too.
+ */
+function gatherRound(group: mx.distributed.Group, value: number): number[] {
+  const { rank, size } = group;
+  const [previous, next] = [(rank + size - 1) % size, (rank + 1) % size];
+  return mx.scope(() => {
+    const mine = new Float32Array(size);
+    mine[rank] = value;
+    const pass = (x: mx.MxArray) => mx.evaluate(distributed.send(x, next));
+    const receive = () => {
+      // Off the CPU until the bytes come (the ring's receive spins): the ranks still loading need it.
+      while (!distributed.waitReadable(1000));
+      return distributed.recv([size], mx.Dtype.float32, previous);
+    };
+    if (rank === 0) {
+      pass(mx.array(mine));
+      const all = receive();
+      mx.evaluate(all);
+      pass(all);
+      return all.toArray();
+    }
+    pass(mx.add(receive(), mx.array(mine)));
+    const all = receive();
+    mx.evaluate(all);
+    if (next !== 0) pass(all);
+    return all.toArray();
+  });
 }

@@ -144,6 +144,7 @@ export const symbols = {
   mlxs_watchdog_arm: { args: [i32, cstring], returns: i32 },
   mlxs_watchdog_disarm: { args: [], returns: none },
   mlxs_watchdog_neighbours: { args: [i32, cstring], returns: i32 },
+  mlxs_watchdog_silence: { args: [p], returns: none },
   mlxs_wait_readable: { args: [i32], returns: i32 },
   mlxs_distributed_read: { args: [p, u64, i32, p], returns: i32 },
 } as const satisfies Record<string, Signature>;

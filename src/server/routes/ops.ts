@@ -43,9 +43,15 @@ export function opsRoutes(s: ServerState): Hono {
   return r;
 }
 
-/** Why a model split across processes can no longer answer (a rank died), while this one stops. */
+/**
+ * Why a model split across processes can no longer answer (a rank died), while this one stops, or
+ * may not (a rank silent for half the peer timeout).
+ */
 function lostPipeline(s: ServerState): string | undefined {
-  return s.models.loaded.map((e) => e.scheduler.stats.pipeline?.lost).find(Boolean);
+  return s.models.loaded
+    .map((e) => e.scheduler.stats.pipeline)
+    .map((p) => p?.lost ?? p?.suspect)
+    .find(Boolean);
 }
 
 /** The figures of /stats (also sent once a second to the dashboard). */
@@ -108,6 +114,7 @@ function pipelineStats(p: PipelineFigures) {
   return {
     ranks: p.ranks,
     lost: p.lost ?? null,
+    suspect: p.suspect ?? null,
     sent_bytes: p.sentBytes,
     sent_bytes_per_token: perToken(p.sentBytes, p.tokens),
     receive_wait_seconds: p.waitMs / 1000,
