@@ -7,9 +7,13 @@
 // shim), its builds take their turn beside this tree's in every round, for before/after ratios.
 // --variant="FLAGS" (repeatable; the = because FLAGS start with a dash) adds a 3-rank serve with those flags (e.g. "--micro-batches 6" or
 // "--layers 0-6,7-18,19-29"), on every build; --skip-run leaves out the `mlx run` table; --ranks
-// picks the rank counts run (a ratio to one process needs 1 among them).
+// picks the rank counts run (a ratio to one process needs 1 among them). Each server gets a
+// warm-up load first (the most clients, 8 tokens each, prompts of their own), so that the loads
+// measured are its steady serving, not a fresh process's first steps (its weights' first reads,
+// the first prompt's prefill through one rank after another); --cold leaves it out. --tokens sets
+// each client's answer (32 by default).
 //   MLX_HOME=$PWD/.cache/mlx-home bun bench/pipeline.ts [--rounds 2] [--model smollm2] [--clients 1,2,4,8,16]
-//     [--baseline /tmp/base] [--skip-one-in-flight] [--variant="--micro-batches 6"] [--skip-run] [--ranks 1,2,3]
+//     [--baseline /tmp/base] [--skip-one-in-flight] [--variant="--micro-batches 6"] [--skip-run] [--ranks 1,2,3] [--cold] [--tokens 32]
 import { execSync } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -26,6 +30,8 @@ const { values } = parseArgs({
     variant: { type: "string", multiple: true, default: [] },
     "skip-run": { type: "boolean", default: false },
     ranks: { type: "string", default: "1,2,3" },
+    cold: { type: "boolean", default: false },
+    tokens: { type: "string", default: "32" },
   },
 });
 const rounds = Number(values.rounds);
@@ -100,8 +106,16 @@ async function startServe(build: Build, c: ServeConfig) {
   return spawnServe(under(build, c.ranks, ["serve", "--port", "0", "-m", model, ...split]));
 }
 
-/** `clients` streamed chat completions at once: the gaps between their tokens, and tokens/s overall. */
-async function load(url: string, clients: number): Promise<{ itl: number[]; tokensPerSecond: number }> {
+/**
+ * `clients` streamed completions at once (`maxTokens` each, prompt i ending in `${tag}${i}`): the
+ * gaps between their tokens, and tokens/s overall.
+ */
+async function load(
+  url: string,
+  clients: number,
+  maxTokens = 32,
+  tag = "",
+): Promise<{ itl: number[]; tokensPerSecond: number }> {
   const started = performance.now();
   const gaps: number[] = [];
   let tokens = 0;
@@ -110,7 +124,13 @@ async function load(url: string, clients: number): Promise<{ itl: number[]; toke
       const r = await fetch(`${url}/v1/completions`, {
         method: "POST",
         headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ model, prompt: `${prompts[128]} ${i}`, max_tokens: 32, temperature: 0, stream: true }),
+        body: JSON.stringify({
+          model,
+          prompt: `${prompts[128]} ${tag}${i}`,
+          max_tokens: maxTokens,
+          temperature: 0,
+          stream: true,
+        }),
       });
       let last: number | undefined;
       const decoder = new TextDecoder();
@@ -188,11 +208,12 @@ async function serveLoad(build: Build, config: ServeConfig, round: number) {
   const { proc, url } = await startServe(build, config);
   try {
     const pids = rankProcesses(proc.pid, config.ranks);
+    if (!values.cold) await load(url, Math.max(...clientCounts), 8, "warm-up ");
     for (const clients of clientCounts) {
       const before = config.ranks > 1 ? await pipelineTimes(url) : [];
       const cpuBefore = cpuSeconds(pids);
       const started = performance.now();
-      const r = await load(url, clients);
+      const r = await load(url, clients, Number(values.tokens));
       const seconds = (performance.now() - started) / 1000;
       const cpu = cpuSeconds(pids).map((t, rank) => t - cpuBefore[rank]!);
       const key = `${build.name}/${label(config)}/${clients}`;
@@ -239,7 +260,7 @@ for (const build of values["skip-run"] ? [] : builds)
       );
     }
   }
-console.log("\n## mlx serve, streamed clients (32 tokens each)\n");
+console.log(`\n## mlx serve, streamed clients (${values.tokens} tokens each)\n`);
 console.log(
   "| build | ranks, flags | clients | ITL p50 (ms) | ITL p95 (ms) | output tokens/s | vs 1 process, same build | CPU ms per output token | CPU ms per output token: rank 0, 1, ... | busy: rank 0, 1, ... | CPU share: rank 0, 1, ... |",
 );
