@@ -38,8 +38,8 @@ inline void put(_Float16* p, vf v) {
   exponent += 15u << 23;
   // Adding the magnitude (scaled to overflow to inf past half's range) rounds it into the
   // mantissa bits a half keeps.
-  const vf magnitude = float_of(in & 0x7fffffffu);
-  const vu magic = bits_of(float_of(exponent) + magnitude * float_of(vu{} + 0x77800000u) * float_of(vu{} + 0x08800000u));
+  const vf magnitude = float_of(in & 0x7fffffffu), to_inf = float_of(vu{} + 0x77800000u);
+  const vu magic = bits_of(float_of(exponent) + magnitude * to_inf * float_of(vu{} + 0x08800000u));
   vu half = sign | (((magic >> 13) & 0x7c00u) + (magic & 0x0fffu));
   half = v != v ? sign | 0x7D00u : half;
   const vu16 narrow = __builtin_convertvector(half, vu16);
