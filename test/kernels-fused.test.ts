@@ -99,25 +99,60 @@ describe("RoPE kernel", () => {
 
 describe("SiLU·mul kernel", () => {
   mx.random.seed(8);
+  // Within a few ulps of MLX's ops: the exponential is a vector one (about 1 ulp), and a half
+  // result may round the other way.
+  const tolerances = [
+    [mx.Dtype.float32, 1e-6],
+    [mx.Dtype.float16, 2e-3],
+    [mx.Dtype.bfloat16, 2e-2],
+  ] as const;
 
-  test("silu(gate) * up for one row and many, odd widths, bfloat16", () => {
-    for (const shape of [
-      [1, 1, 1536],
-      [1, 17, 1000],
-      [3, 7],
-    ]) {
-      const [gate, up] = [normal(shape), normal(shape)];
-      compare(() => mx.fast.siluMul(gate, up), 1e-6);
+  test("silu(gate) * up for 1, 3, 8 and 17 rows, odd widths (partial vectors), fp32, fp16 and bf16", () => {
+    for (const [dtype, tolerance] of tolerances) {
+      for (const shape of [
+        [1, 1, 1536],
+        [3, 1537],
+        [8, 1536],
+        [1, 17, 1000],
+        [3, 7],
+        [17, 3],
+      ]) {
+        const [gate, up] = [normal(shape, dtype), normal(shape, dtype)];
+        compare(() => mx.fast.siluMul(gate, up), tolerance);
+        compare(() => mx.fast.siluMul(mx.multiply(gate, 12), up), tolerance);
+      }
     }
-    const [gate, up] = [normal([2, 5, 256], mx.Dtype.bfloat16), normal([2, 5, 256], mx.Dtype.bfloat16)];
-    compare(() => mx.fast.siluMul(gate, up), 2e-2);
   });
 
   test("gate and up as the two halves of one fused projection's output (strided views)", () => {
-    const fused = normal([2, 3, 2 * 1536]);
-    const half = (start: number) => mx.slice(fused, [0, 0, start], [2, 3, start + 1536]);
-    compare(() => mx.fast.siluMul(half(0), half(1536)), 1e-6);
-    compare(() => mx.fast.siluMul(mx.transpose(half(1536), [1, 0, 2]), mx.transpose(half(0), [1, 0, 2])), 1e-6);
+    for (const [dtype, tolerance] of tolerances) {
+      const fused = normal([2, 3, 2 * 1536], dtype);
+      const half = (start: number) => mx.slice(fused, [0, 0, start], [2, 3, start + 1536]);
+      compare(() => mx.fast.siluMul(half(0), half(1536)), tolerance);
+      compare(() => mx.fast.siluMul(mx.transpose(half(1536), [1, 0, 2]), mx.transpose(half(0), [1, 0, 2])), tolerance);
+      // Elements apart along the last axis, gathered.
+      compare(() => mx.fast.siluMul(mx.transpose(half(0), [2, 1, 0]), mx.transpose(half(1536), [2, 1, 0])), tolerance);
+    }
+  });
+
+  test("a row gives the same bits alone, in a batch of any size (split over threads or not) and strided", () => {
+    const bits = (a: mx.MxArray) => mx.view(a, a.dtype === mx.Dtype.float32 ? mx.Dtype.uint32 : mx.Dtype.uint16);
+    const same = (a: mx.MxArray, b: mx.MxArray) => mx.all(mx.equal(bits(a), bits(b))).item() === 1;
+    for (const [dtype] of tolerances) {
+      mx.scope(() => {
+        const [gate, up] = [normal([17, 1537], dtype), normal([17, 1537], dtype)];
+        const batch = mx.fast.siluMul(gate, up);
+        for (const row of [0, 2, 7, 16]) {
+          const alone = (a: mx.MxArray) => mx.contiguous(mx.slice(a, [row, 0], [row + 1, 1537]));
+          const one = mx.fast.siluMul(alone(gate), alone(up));
+          expect(same(one, alone(batch))).toBe(true);
+        }
+        const eight = mx.fast.siluMul(mx.slice(gate, [0, 0], [8, 1537]), mx.slice(up, [0, 0], [8, 1537]));
+        expect(same(eight, mx.slice(batch, [0, 0], [8, 1537]))).toBe(true);
+        const transposed = mx.fast.siluMul(mx.contiguous(mx.transpose(gate)), mx.contiguous(mx.transpose(up)));
+        expect(same(mx.transpose(transposed), batch)).toBe(true);
+      });
+    }
   });
 
   test("MLX's ops where ours do not apply: mixed dtypes, broadcasting", () => {
@@ -125,6 +160,35 @@ describe("SiLU·mul kernel", () => {
     mx.scope(() => {
       expect(mx.fast.siluMul(gate, normal([8], mx.Dtype.bfloat16)).shape).toEqual([4, 8]);
     });
+  });
+
+  test("every instruction set's path (MLX_CPU_ISA) agrees with MLX's op", () => {
+    // Each set's vector code is its own (silu_mul_<isa>.cpp): run each, in a process of its own
+    // (the set is chosen at start), on 1 and 8 rows with partial vectors, in each type.
+    const script = `
+      import * as mx from "./src/mlx";
+      const errors = [mx.Dtype.float32, mx.Dtype.float16, mx.Dtype.bfloat16].map((dtype) => {
+        const [gate, up] = [1, 2].map((k) => mx.astype(mx.multiply(mx.random.normal([9, 1539], mx.Dtype.float32, mx.random.key(k)), 4), dtype));
+        const all = () => [mx.slice(gate, [0, 0], [1, 1539]), gate].map((g, i) => mx.astype(mx.fast.siluMul(g, i === 0 ? mx.slice(up, [0, 0], [1, 1539]) : up), mx.Dtype.float32));
+        const ours = all();
+        mx.useCpuKernels(false);
+        const theirs = all();
+        mx.useCpuKernels(true);
+        return Math.max(...ours.map((o, i) => mx.max(mx.abs(mx.subtract(o, theirs[i]))).item() / mx.max(mx.abs(theirs[i])).item()));
+      });
+      console.log(mx.cpuKernels().split(",")[0], errors.join(" "));
+    `;
+    for (const isa of ["portable", "avx2", "avx512", "neon"]) {
+      const child = Bun.spawnSync([process.execPath, "-e", script], {
+        env: { ...process.env, MLX_CPU_ISA: isa },
+        stderr: "pipe",
+      });
+      expect(child.exitCode).toBe(0);
+      const [ran, ...errors] = child.stdout.toString().trim().split(" ");
+      // A set this CPU or build lacks falls back to a lesser one, checked all the same.
+      expect(["portable", "avx2", "avx512", "neon"]).toContain(ran);
+      errors.forEach((error, i) => expect(Number(error)).toBeLessThan(tolerances[i]![1]));
+    }
   });
 });
 
