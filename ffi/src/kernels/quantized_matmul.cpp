@@ -71,10 +71,8 @@ bool repack_readable(int N, int bits) {
 }
 
 // Outputs per task: enough tasks to balance the threads, few enough that waking them pays.
-int columns_per_task(int M, int N, int K, int bits, int threads, bool repacked) {
-  const int align = M > kDirectMaxRows ? kPanelMaxColumns
-                    : repacked       ? kRepackColumns * (repack_pairs(bits, M) ? 2 : 1)
-                                     : 8;
+int columns_per_task(int M, int N, int K, int threads, bool repacked) {
+  const int align = M > kDirectMaxRows ? kPanelMaxColumns : repacked ? kRepackColumns : 8;
   if (threads == 1 || static_cast<long>(M) * N * K < (1L << 16)) return N;
   int per_task = (N + threads * 4 - 1) / (threads * 4);
   per_task = (per_task + align - 1) / align * align;
@@ -203,7 +201,7 @@ void run(const mx::array& x, const mx::array& w, const mx::array& scales, const 
 #else
   const QmmTile tile = tile_for(best_isa());
 #endif
-  const int per_task = columns_per_task(M, N, K, bits, threads, repacked);
+  const int per_task = columns_per_task(M, N, K, threads, repacked);
   float* scratch_base = scratch.data();
   parallel_for((N + per_task - 1) / per_task, [&](int task, int thread) {
     const int n0 = task * per_task;

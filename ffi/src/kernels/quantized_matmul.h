@@ -49,9 +49,6 @@ struct QmmProblem {
 // are interleaved the same way (element g of row 16b + j at (b · groups + g) · 16 + j). Only the
 // dwords move, so the bytes are MLX's: repacking is a transpose of [N/16, 16, dwords] blocks.
 constexpr int kRepackColumns = 16;
-// Whether the int16 decode rows take two blocks of kRepackColumns side by side (see
-// repacked_rows): 4-bit weights from 4 rows. A product's tasks then cover whole pairs of blocks.
-constexpr bool repack_pairs(int bits, int M) { return bits == 4 && M >= 4; }
 
 // (AVX-512 VNNI builds) x [M, K] rounded to int16 as quantize_rows_int16 rounds it (blocks of
 // 32, step max |x| / 32767), row after row, each dword of `bits`-bit weights' activations as the

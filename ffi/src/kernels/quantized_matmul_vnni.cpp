@@ -342,122 +342,80 @@ void int16_tile(const QmmProblem& p, int n0, int n1) {
 // that vpdpwssd's latency hides: integer sums are exact in any order, so a row gives the same
 // bits alone and in a batch (every float operation is the same for any row count). At 4 bits a
 // block's sum converts to a float exactly (|sum| <= 32 · 15 · 32767 < 2^24); at 8 bits it may
-// round, by 2^-24 of it (|sum| <= 32 · 255 · 32767 < 2^31: no overflow). NC = 2 (repack_pairs):
-// two blocks of 16 columns side by side, so each row's broadcast pair of x serves two vpdpwssd
-// (the rows' float accumulators, touched once per block, are kept on the stack instead). Each
-// column's operations are the same whatever NC, so NC changes no bit.
-template <int Bits, ScaleType S, bool Symmetric, int MR, int NC>
+// round, by 2^-24 of it (|sum| <= 32 · 255 · 32767 < 2^31: no overflow).
+template <int Bits, ScaleType S, bool Symmetric, int MR>
 void repacked_rows(const QmmProblem& p, int n0, int n1) {
   constexpr int per_dword = 32 / Bits, pairs = per_dword / 2, block_vectors = Bits;
-  constexpr int chains = MR * NC >= 4 ? 1 : 4 / (MR * NC);
-  const int K = p.K, groups = K / p.group, vectors = K / per_dword, blocks = K / 32;
-  // Blocks of 32 per group, a power of two (groups of 32, 64 or 128).
-  const int group_blocks = p.group / 32;
+  constexpr int chains = MR >= 4 ? 1 : 4 / MR;
+  const int K = p.K, groups = K / p.group, vectors = K / per_dword, blocks = K / 32, block_groups = p.group / 32;
   const __m512i mask = _mm512_set1_epi32(Bits == 4 ? 0x000F000F : 0x00FF00FF);
   // Row r's pairs of x as dwords, from r · K / 2.
   const int32_t* x = reinterpret_cast<const int32_t*>(p.x_int16);
   constexpr long ahead = kNibblePrefetchBytes / 64;
-  for (int n = n0; n < n1; n += NC * kRepackColumns) {
+  for (int n = n0; n < n1; n += kRepackColumns) {
     const int b = n / kRepackColumns;
     const __m512i* w = reinterpret_cast<const __m512i*>(p.w) + static_cast<long>(b) * vectors;
-    __m512 acc[MR][NC];
+    __m512 acc[MR];
 #pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 2
-      for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_setzero_ps();
+    for (int r = 0; r < MR; ++r) acc[r] = _mm512_setzero_ps();
     for (int block = 0; block < blocks; ++block) {
-      __m512i dot[MR][NC][chains];
+      __m512i dot[MR][chains];
 #pragma GCC unroll 8
       for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 2
-        for (int c = 0; c < NC; ++c)
 #pragma GCC unroll 4
-          for (int h = 0; h < chains; ++h) dot[r][c][h] = _mm512_setzero_si512();
+        for (int c = 0; c < chains; ++c) dot[r][c] = _mm512_setzero_si512();
 #pragma GCC unroll 8
       for (int i = 0; i < block_vectors; ++i) {
         const int vector = block * block_vectors + i;
-        __m512i v[NC];
-#pragma GCC unroll 2
-        for (int c = 0; c < NC; ++c) {
-          _mm_prefetch(reinterpret_cast<const char*>(w + c * vectors + vector + ahead), _MM_HINT_T0);
-          v[c] = _mm512_loadu_si512(w + c * vectors + vector);
-        }
+        _mm_prefetch(reinterpret_cast<const char*>(w + vector + ahead), _MM_HINT_T0);
+        const __m512i v = _mm512_loadu_si512(w + vector);
 #pragma GCC unroll 4
         for (int t = 0; t < pairs; ++t) {
-          __m512i q[NC];
-#pragma GCC unroll 2
-          for (int c = 0; c < NC; ++c)
-            // The top pair of each word needs no mask: a 16-bit shift leaves it alone.
-            q[c] = t == 0           ? _mm512_and_si512(v[c], mask)
-                   : t == pairs - 1 ? _mm512_srli_epi16(v[c], Bits * t)
-                                    : _mm512_and_si512(_mm512_srli_epi32(v[c], Bits * t), mask);
-          const int pair = vector * pairs + t, h = (i * pairs + t) % chains;
+          // The top pair of each word needs no mask: a 16-bit shift leaves it alone.
+          const __m512i q = t == 0           ? _mm512_and_si512(v, mask)
+                            : t == pairs - 1 ? _mm512_srli_epi16(v, Bits * t)
+                                             : _mm512_and_si512(_mm512_srli_epi32(v, Bits * t), mask);
+          const int pair = vector * pairs + t, c = (i * pairs + t) % chains;
 #pragma GCC unroll 8
-          for (int r = 0; r < MR; ++r) {
-            const __m512i xr = _mm512_set1_epi32(x[static_cast<long>(r) * K / 2 + pair]);
-#pragma GCC unroll 2
-            for (int c = 0; c < NC; ++c) dot[r][c][h] = _mm512_dpwssd_epi32(dot[r][c][h], q[c], xr);
-          }
+          for (int r = 0; r < MR; ++r)
+            dot[r][c] = _mm512_dpwssd_epi32(dot[r][c], q, _mm512_set1_epi32(x[static_cast<long>(r) * K / 2 + pair]));
         }
       }
-      const int g = block / group_blocks;
-      __m512 s[NC];
-#pragma GCC unroll 2
-      for (int c = 0; c < NC; ++c) s[c] = lane_biases<S>(p.scales, ((static_cast<long>(b) + c) * groups + g) * kRepackColumns, 0xFFFF);
+      const int g = block / block_groups;
+      const long at = (static_cast<long>(b) * groups + g) * kRepackColumns;
+      const __m512 s = lane_biases<S>(p.scales, at, 0xFFFF);
 #pragma GCC unroll 8
       for (int r = 0; r < MR; ++r) {
-        const __m512 step = _mm512_set1_ps(p.x_int16_steps[static_cast<long>(r) * blocks + block]);
-#pragma GCC unroll 2
-        for (int c = 0; c < NC; ++c) {
-          __m512i sum = dot[r][c][0];
+        __m512i sum = dot[r][0];
 #pragma GCC unroll 4
-          for (int h = 1; h < chains; ++h) sum = _mm512_add_epi32(sum, dot[r][c][h]);
-          acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(s[c], step), acc[r][c]);
-        }
+        for (int c = 1; c < chains; ++c) sum = _mm512_add_epi32(sum, dot[r][c]);
+        const __m512 step = _mm512_set1_ps(p.x_int16_steps[static_cast<long>(r) * blocks + block]);
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(s, step), acc[r]);
       }
-      if ((block + 1) % group_blocks != 0) continue;
+      if ((block + 1) % block_groups != 0) continue;
       // The codes are unsigned: symmetric weights' offset, -2^(Bits-1) · scale, is their bias.
-      __m512 bias[NC];
-#pragma GCC unroll 2
-      for (int c = 0; c < NC; ++c)
-        bias[c] = Symmetric ? _mm512_mul_ps(s[c], _mm512_set1_ps(-static_cast<float>(1 << (Bits - 1))))
-                            : lane_biases<S>(p.biases, ((static_cast<long>(b) + c) * groups + g) * kRepackColumns, 0xFFFF);
+      const __m512 bias = Symmetric ? _mm512_mul_ps(s, _mm512_set1_ps(-static_cast<float>(1 << (Bits - 1))))
+                                    : lane_biases<S>(p.biases, at, 0xFFFF);
 #pragma GCC unroll 8
-      for (int r = 0; r < MR; ++r) {
-        const __m512 sums = _mm512_set1_ps(p.x_group_sums[static_cast<long>(r) * groups + g]);
-#pragma GCC unroll 2
-        for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_fmadd_ps(bias[c], sums, acc[r][c]);
-      }
+      for (int r = 0; r < MR; ++r)
+        acc[r] = _mm512_fmadd_ps(bias, _mm512_set1_ps(p.x_group_sums[static_cast<long>(r) * groups + g]), acc[r]);
     }
 #pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 2
-      for (int c = 0; c < NC; ++c) _mm512_storeu_ps(p.y + static_cast<long>(r) * p.N + n + c * kRepackColumns, acc[r][c]);
+    for (int r = 0; r < MR; ++r) _mm512_storeu_ps(p.y + static_cast<long>(r) * p.N + n, acc[r]);
   }
-}
-
-// repacked_rows over [n0, n1): 4-bit weights by pairs of blocks of columns from kRepackPairRows
-// rows, and a block left over alone. (8-bit ones stream twice the bytes per product: two streams
-// of them ran the 8-row output layer slower.)
-template <int Bits, ScaleType S, bool Symmetric, int MR>
-void repacked_columns(const QmmProblem& p, int n0, int n1) {
-  constexpr int NC = repack_pairs(Bits, MR) ? 2 : 1;
-  const int paired = n0 + (n1 - n0) / (NC * kRepackColumns) * (NC * kRepackColumns);
-  repacked_rows<Bits, S, Symmetric, MR, NC>(p, n0, paired);
-  if (paired < n1) repacked_rows<Bits, S, Symmetric, MR, 1>(p, paired, n1);
 }
 
 template <int Bits, ScaleType S, bool Symmetric>
 void repacked_tile(const QmmProblem& p, int n0, int n1) {
   switch (p.M) {
-    case 1: repacked_columns<Bits, S, Symmetric, 1>(p, n0, n1); break;
-    case 2: repacked_columns<Bits, S, Symmetric, 2>(p, n0, n1); break;
-    case 3: repacked_columns<Bits, S, Symmetric, 3>(p, n0, n1); break;
-    case 4: repacked_columns<Bits, S, Symmetric, 4>(p, n0, n1); break;
-    case 5: repacked_columns<Bits, S, Symmetric, 5>(p, n0, n1); break;
-    case 6: repacked_columns<Bits, S, Symmetric, 6>(p, n0, n1); break;
-    case 7: repacked_columns<Bits, S, Symmetric, 7>(p, n0, n1); break;
-    default: repacked_columns<Bits, S, Symmetric, 8>(p, n0, n1); break;
+    case 1: repacked_rows<Bits, S, Symmetric, 1>(p, n0, n1); break;
+    case 2: repacked_rows<Bits, S, Symmetric, 2>(p, n0, n1); break;
+    case 3: repacked_rows<Bits, S, Symmetric, 3>(p, n0, n1); break;
+    case 4: repacked_rows<Bits, S, Symmetric, 4>(p, n0, n1); break;
+    case 5: repacked_rows<Bits, S, Symmetric, 5>(p, n0, n1); break;
+    case 6: repacked_rows<Bits, S, Symmetric, 6>(p, n0, n1); break;
+    case 7: repacked_rows<Bits, S, Symmetric, 7>(p, n0, n1); break;
+    default: repacked_rows<Bits, S, Symmetric, 8>(p, n0, n1); break;
   }
 }
 
