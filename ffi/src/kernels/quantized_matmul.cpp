@@ -56,8 +56,10 @@ bool int8_activations(int M, int K, int bits) {
   return decode_activations() == DecodeActivations::int8 && bits == 4 && M <= kDirectMaxRows && K % kInt8Chunk == 0;
 }
 
-bool int16_activations(int M, int bits) {
-  return decode_activations() == DecodeActivations::int16 && (bits == 4 || bits == 8) && M <= kDirectMaxRows;
+// Decode rows, and on repacked weights prompt rows too (the decode rows' kernel, 8 rows at a time).
+bool int16_activations(int M, int bits, bool repacked) {
+  return decode_activations() == DecodeActivations::int16 && (bits == 4 || bits == 8) &&
+         (M <= kDirectMaxRows || repacked);
 }
 
 // Whether w is repacked (kRepackColumns): marked by its type, int32 rather than MLX's uint32,
@@ -149,7 +151,7 @@ void run(const mx::array& x, const mx::array& w, const mx::array& scales, const 
     x_block_sums.resize(static_cast<size_t>(M) * K / 32);
     quantize_rows_int8(xp, M, K, x_int8.data(), x_int8_steps.data(), x_block_sums.data());
   }
-  const bool int16 = int16_activations(M, bits);
+  const bool int16 = int16_activations(M, bits, repacked);
 #if defined(KERNELS_HAVE_VNNI)
   if (int16 && repacked) {
     x_int16.resize(static_cast<size_t>(M) * K);
@@ -171,7 +173,7 @@ void run(const mx::array& x, const mx::array& w, const mx::array& scales, const 
     x_nibbles.assign(static_cast<size_t>(M) * ((K + 127) / 128 * 128), 0.0f);
     order_by_nibbles(xp, M, K, x_nibbles.data());
   }
-  if (M > kDirectMaxRows) {
+  if (M > kDirectMaxRows && !int16) {
     scratch.resize(static_cast<size_t>(threads) * kPanelMaxColumns * K);
   } else if (!int16) {
     x_group_sums.assign(static_cast<size_t>(M) * (K / group), 0.0f);

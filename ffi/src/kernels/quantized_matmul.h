@@ -36,7 +36,7 @@ struct QmmProblem {
   const float* x_int16_steps = nullptr;
   const float* x_int16_lane_sums = nullptr;
   // The weights, scales and biases are interleaved by kRepackColumns columns (see kRepackColumns):
-  // only the AVX-512 kernels read them, the int16 decode rows from x_int16 in pair order.
+  // only the int16 kernel reads them, decode and prompt rows, from x_int16 in pair order.
   bool repacked = false;
 };
 
@@ -139,7 +139,8 @@ void qmm_tile_neon(const QmmProblem& p, int n_begin, int n_end, float* scratch);
 void qmm_tile_int8_vnni(const QmmProblem& p, int n_begin, int n_end, float* scratch);
 // M <= kDirectMaxRows only, with x_int16 set.
 void qmm_tile_int16_vnni(const QmmProblem& p, int n_begin, int n_end, float* scratch);
-// M <= kDirectMaxRows only, repacked weights, x_int16 as quantize_rows_int16_pairs orders it,
+// Any M (decode rows, and prompt rows 8 at a time), repacked weights, x_int16 as
+// quantize_rows_int16_pairs orders it,
 // x_int16_steps its steps and x_group_sums its group sums; n_begin and n_end multiples of
 // kRepackColumns.
 void qmm_tile_int16_repacked_vnni(const QmmProblem& p, int n_begin, int n_end, float* scratch);

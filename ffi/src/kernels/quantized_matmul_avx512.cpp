@@ -110,8 +110,7 @@ void nibble_tile(const QmmProblem& p, int n0, int n1) {
 // each of 16 rows, and each of its nibbles becomes the 16 rows' weights at one k, a vector store
 // into the panel. The generic pack_panel converts a row at a time and scatters every float to
 // its place in the panel: at 32 rows of x it took about as long as the products themselves.
-// Repacked weights (kRepackColumns) hold that dword of 16 rows side by side: one load, no gather.
-template <ScaleType S, bool Repacked>
+template <ScaleType S>
 void pack_nibbles(const QmmProblem& p, int n0, int columns, int k0, int kc, float* panel) {
   const int groups = p.K / p.group, row_bytes = p.K / 2, g0 = k0 / p.group, block_groups = kc / p.group;
   const __m512 table = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -121,8 +120,7 @@ void pack_nibbles(const QmmProblem& p, int n0, int columns, int k0, int kc, floa
   for (int g = 0; g < block_groups; ++g)
     for (int j = 0; j < kNR; ++j) {
       const int n = n0 + j;
-      const long at = Repacked ? (static_cast<long>(n / kRepackColumns) * groups + g0 + g) * kRepackColumns + n % kRepackColumns
-                               : static_cast<long>(n) * groups + g0 + g;
+      const long at = static_cast<long>(n) * groups + g0 + g;
       scales[g][j] = j < columns ? scale_at<S>(p.scales, at) : 0.0f;
       biases[g][j] = j < columns ? scale_at<S>(p.biases, at) : 0.0f;
     }
@@ -133,11 +131,8 @@ void pack_nibbles(const QmmProblem& p, int n0, int columns, int k0, int kc, floa
     const __m512i offsets = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                                _mm512_set1_epi32(row_bytes));
     const uint8_t* first = base + static_cast<long>(16 * half) * row_bytes;
-    // Repacked: the 16 rows' dword k / 8 of the block at n0 + 16 · half, from `packed`.
-    const uint8_t* packed = p.w + static_cast<long>(n0 + 16 * half) * row_bytes + static_cast<long>(k0) / 8 * 64;
     for (int k = 0; k < kc; k += 8) {
-      const __m512i q = Repacked ? _mm512_maskz_loadu_epi32(valid, packed + k / 8 * 64)
-                                 : _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), valid, offsets, first + k / 2, 1);
+      const __m512i q = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), valid, offsets, first + k / 2, 1);
       const __m512 s = _mm512_load_ps(scales[k / p.group] + 16 * half), b = _mm512_load_ps(biases[k / p.group] + 16 * half);
       for (int j = 0; j < 8; ++j) {
         const __m512 w = _mm512_permutexvar_ps(j == 0 ? q : _mm512_srli_epi32(q, 4 * j), table);
@@ -149,8 +144,7 @@ void pack_nibbles(const QmmProblem& p, int n0, int columns, int k0, int kc, floa
 
 template <ScaleType S>
 void tile_4bit(const QmmProblem& p, int n0, int n1, float* scratch) {
-  if (p.M > kDirectMaxRows && p.repacked) panels(p, n0, n1, scratch, pack_nibbles<S, true>);
-  else if (p.M > kDirectMaxRows) panels(p, n0, n1, scratch, pack_nibbles<S, false>);
+  if (p.M > kDirectMaxRows) panels(p, n0, n1, scratch, pack_nibbles<S>);
   else if (p.x_nibbles != nullptr) nibble_tile<S>(p, n0, n1);
   else tile<4, S>(p, n0, n1, scratch);
 }

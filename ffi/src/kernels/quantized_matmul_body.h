@@ -216,31 +216,6 @@ void micro_into(const QmmProblem& p, int m, int n0, int columns, int k0, int kc,
 // made a 1 MB panel, the size of the L2 itself.
 constexpr int kPanelDepth = 512;
 
-// pack_panel for repacked weights (kRepackColumns): each row's dwords gathered from its block
-// first, then the same conversions, so the panel holds the same floats.
-template <int Bits, ScaleType S>
-void pack_panel_repacked(const QmmProblem& p, int n0, int columns, int k0, int kc, float* panel) {
-  const int groups = p.K / p.group, dwords = p.K * Bits / 32, first = k0 * Bits / 32;
-  alignas(64) uint32_t row[kPanelDepth * Bits / 32];
-  alignas(64) float chunk[L];
-  const uint8_t* bytes = reinterpret_cast<const uint8_t*>(row);
-  for (int j = 0; j < columns; ++j) {
-    const int n = n0 + j, b = n / kRepackColumns, c = n % kRepackColumns;
-    const uint32_t* block = reinterpret_cast<const uint32_t*>(p.w) + static_cast<long>(b) * dwords * kRepackColumns;
-    for (int d = 0; d < kc * Bits / 32; ++d) row[d] = block[static_cast<long>(first + d) * kRepackColumns + c];
-    for (int g = k0 / p.group; g < (k0 + kc) / p.group; ++g) {
-      const long at = (static_cast<long>(b) * groups + g) * kRepackColumns + c;
-      const auto s = Vec::set1(scale_at<S>(p.scales, at)), bias = Vec::set1(scale_at<S>(p.biases, at));
-      for (int k = g * p.group, end = k + p.group; k < end; k += L) {
-        Vec::store(chunk, Vec::fma(unpack<Bits>(bytes, k - k0), s, bias));
-        for (int i = 0; i < L; ++i) panel[(k - k0 + i) * kNR + j] = chunk[i];
-      }
-    }
-  }
-  for (int j = columns; j < kNR; ++j)
-    for (int k = 0; k < kc; ++k) panel[k * kNR + j] = 0.0f;
-}
-
 // The rows of x against panels of weights, each dequantized once per K-block by `pack`
 // (pack_panel's signature) and read by every row.
 template <typename Pack>
@@ -302,11 +277,6 @@ void four_and_rest(const QmmProblem& p, int n0, int n1) {
 
 template <int Bits, ScaleType S>
 void tile(const QmmProblem& p, int n0, int n1, float* scratch) {
-  // Repacked weights' decode rows are the int16 kernel's (quantized_matmul_vnni.cpp).
-  if (p.repacked) {
-    panels(p, n0, n1, scratch, pack_panel_repacked<Bits, S>);
-    return;
-  }
   if (p.M <= kDirectMaxRows) {
     switch (p.M) {
       case 1: direct_columns<Bits, S, 1, kSmallColumns<Bits>>(p, n0, n1); break;

@@ -1,5 +1,6 @@
-// Decode rows (M <= kDirectMaxRows) of the 4-bit quantized matmul on AVX-512 VNNI, with the
-// activations as integers: the weights' codes are exact small integers, so once x is an integer
+// Decode rows (M <= kDirectMaxRows) of the 4-bit quantized matmul on AVX-512 VNNI, and prompt
+// rows on repacked weights (the decode rows' kernel, 8 rows at a time), with the activations as
+// integers: the weights' codes are exact small integers, so once x is an integer
 // too, a product of 32 weights and 32 activations is one VNNI instruction summing exactly in int32
 // lanes instead of 32 float multiply-adds after converting each weight to a float.
 //
@@ -406,7 +407,7 @@ void repacked_rows(const QmmProblem& p, int n0, int n1) {
 }
 
 template <int Bits, ScaleType S, bool Symmetric>
-void repacked_tile(const QmmProblem& p, int n0, int n1) {
+void repacked_decode_rows(const QmmProblem& p, int n0, int n1) {
   switch (p.M) {
     case 1: repacked_rows<Bits, S, Symmetric, 1>(p, n0, n1); break;
     case 2: repacked_rows<Bits, S, Symmetric, 2>(p, n0, n1); break;
@@ -416,6 +417,31 @@ void repacked_tile(const QmmProblem& p, int n0, int n1) {
     case 6: repacked_rows<Bits, S, Symmetric, 6>(p, n0, n1); break;
     case 7: repacked_rows<Bits, S, Symmetric, 7>(p, n0, n1); break;
     default: repacked_rows<Bits, S, Symmetric, 8>(p, n0, n1); break;
+  }
+}
+
+// The weights of a slice of columns that prompt rows read while they stay in L2.
+constexpr long kPromptSliceBytes = 256 * 1024;
+
+// Prompt rows (M > kDirectMaxRows): the decode rows' kernel on chunks of kDirectMaxRows rows,
+// over slices of columns whose weights stay in L2 while every chunk reads them. Each row takes the
+// operations it takes alone, so a prompt's row gives the bits a decode step gives it.
+template <int Bits, ScaleType S, bool Symmetric>
+void repacked_tile(const QmmProblem& p, int n0, int n1) {
+  if (p.M <= kDirectMaxRows) return repacked_decode_rows<Bits, S, Symmetric>(p, n0, n1);
+  const long column_bytes = static_cast<long>(p.K) * Bits / 8;
+  const int slice = std::max<long>(1, kPromptSliceBytes / column_bytes / kRepackColumns) * kRepackColumns;
+  const int blocks = p.K / 32, groups = p.K / p.group;
+  for (int s0 = n0; s0 < n1; s0 += slice) {
+    for (int r0 = 0; r0 < p.M; r0 += kDirectMaxRows) {
+      QmmProblem rows = p;
+      rows.M = std::min(kDirectMaxRows, p.M - r0);
+      rows.x_int16 += static_cast<long>(r0) * p.K;
+      rows.x_int16_steps += static_cast<long>(r0) * blocks;
+      rows.x_group_sums += static_cast<long>(r0) * groups;
+      rows.y += static_cast<long>(r0) * p.N;
+      repacked_decode_rows<Bits, S, Symmetric>(rows, s0, std::min(n1, s0 + slice));
+    }
   }
 }
 
