@@ -343,80 +343,120 @@ void int16_tile(const QmmProblem& p, int n0, int n1) {
 // that vpdpwssd's latency hides: integer sums are exact in any order, so a row gives the same
 // bits alone and in a batch (every float operation is the same for any row count). At 4 bits a
 // block's sum converts to a float exactly (|sum| <= 32 · 15 · 32767 < 2^24); at 8 bits it may
-// round, by 2^-24 of it (|sum| <= 32 · 255 · 32767 < 2^31: no overflow).
-template <int Bits, ScaleType S, bool Symmetric, int MR>
+// round, by 2^-24 of it (|sum| <= 32 · 255 · 32767 < 2^31: no overflow). NC = 2 (prompt rows):
+// two blocks of 16 columns side by side, so each row's broadcast pair of x serves two vpdpwssd
+// (the rows' float accumulators, touched once per block, are kept on the stack instead). Each
+// column's operations are the same whatever NC, so NC changes no bit. Faster on weights in L2
+// (a prompt's slices), slower on weights streamed from memory (a decode step's; bench/RESULTS.md).
+template <int Bits, ScaleType S, bool Symmetric, int MR, int NC>
 void repacked_rows(const QmmProblem& p, int n0, int n1) {
   constexpr int per_dword = 32 / Bits, pairs = per_dword / 2, block_vectors = Bits;
-  constexpr int chains = MR >= 4 ? 1 : 4 / MR;
-  const int K = p.K, groups = K / p.group, vectors = K / per_dword, blocks = K / 32, block_groups = p.group / 32;
+  constexpr int chains = MR * NC >= 4 ? 1 : 4 / (MR * NC);
+  const int K = p.K, groups = K / p.group, vectors = K / per_dword, blocks = K / 32;
+  // Blocks of 32 per group, a power of two (groups of 32, 64 or 128).
+  const int group_blocks = p.group / 32;
   const __m512i mask = _mm512_set1_epi32(Bits == 4 ? 0x000F000F : 0x00FF00FF);
   // Row r's pairs of x as dwords, from r · K / 2.
   const int32_t* x = reinterpret_cast<const int32_t*>(p.x_int16);
   constexpr long ahead = kNibblePrefetchBytes / 64;
-  for (int n = n0; n < n1; n += kRepackColumns) {
+  for (int n = n0; n < n1; n += NC * kRepackColumns) {
     const int b = n / kRepackColumns;
     const __m512i* w = reinterpret_cast<const __m512i*>(p.w) + static_cast<long>(b) * vectors;
-    __m512 acc[MR];
+    __m512 acc[MR][NC];
 #pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) acc[r] = _mm512_setzero_ps();
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+      for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_setzero_ps();
     for (int block = 0; block < blocks; ++block) {
-      __m512i dot[MR][chains];
+      __m512i dot[MR][NC][chains];
 #pragma GCC unroll 8
       for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+        for (int c = 0; c < NC; ++c)
 #pragma GCC unroll 4
-        for (int c = 0; c < chains; ++c) dot[r][c] = _mm512_setzero_si512();
+          for (int h = 0; h < chains; ++h) dot[r][c][h] = _mm512_setzero_si512();
 #pragma GCC unroll 8
       for (int i = 0; i < block_vectors; ++i) {
         const int vector = block * block_vectors + i;
-        _mm_prefetch(reinterpret_cast<const char*>(w + vector + ahead), _MM_HINT_T0);
-        const __m512i v = _mm512_loadu_si512(w + vector);
+        __m512i v[NC];
+#pragma GCC unroll 2
+        for (int c = 0; c < NC; ++c) {
+          _mm_prefetch(reinterpret_cast<const char*>(w + c * vectors + vector + ahead), _MM_HINT_T0);
+          v[c] = _mm512_loadu_si512(w + c * vectors + vector);
+        }
 #pragma GCC unroll 4
         for (int t = 0; t < pairs; ++t) {
-          // The top pair of each word needs no mask: a 16-bit shift leaves it alone.
-          const __m512i q = t == 0           ? _mm512_and_si512(v, mask)
-                            : t == pairs - 1 ? _mm512_srli_epi16(v, Bits * t)
-                                             : _mm512_and_si512(_mm512_srli_epi32(v, Bits * t), mask);
-          const int pair = vector * pairs + t, c = (i * pairs + t) % chains;
+          __m512i q[NC];
+#pragma GCC unroll 2
+          for (int c = 0; c < NC; ++c)
+            // The top pair of each word needs no mask: a 16-bit shift leaves it alone.
+            q[c] = t == 0           ? _mm512_and_si512(v[c], mask)
+                   : t == pairs - 1 ? _mm512_srli_epi16(v[c], Bits * t)
+                                    : _mm512_and_si512(_mm512_srli_epi32(v[c], Bits * t), mask);
+          const int pair = vector * pairs + t, h = (i * pairs + t) % chains;
 #pragma GCC unroll 8
-          for (int r = 0; r < MR; ++r)
-            dot[r][c] = _mm512_dpwssd_epi32(dot[r][c], q, _mm512_set1_epi32(x[static_cast<long>(r) * K / 2 + pair]));
+          for (int r = 0; r < MR; ++r) {
+            const __m512i xr = _mm512_set1_epi32(x[static_cast<long>(r) * K / 2 + pair]);
+#pragma GCC unroll 2
+            for (int c = 0; c < NC; ++c) dot[r][c][h] = _mm512_dpwssd_epi32(dot[r][c][h], q[c], xr);
+          }
         }
       }
-      const int g = block / block_groups;
-      const long at = (static_cast<long>(b) * groups + g) * kRepackColumns;
-      const __m512 s = lane_biases<S>(p.scales, at, 0xFFFF);
+      const int g = block / group_blocks;
+      __m512 s[NC];
+#pragma GCC unroll 2
+      for (int c = 0; c < NC; ++c) s[c] = lane_biases<S>(p.scales, ((static_cast<long>(b) + c) * groups + g) * kRepackColumns, 0xFFFF);
 #pragma GCC unroll 8
       for (int r = 0; r < MR; ++r) {
-        __m512i sum = dot[r][0];
-#pragma GCC unroll 4
-        for (int c = 1; c < chains; ++c) sum = _mm512_add_epi32(sum, dot[r][c]);
         const __m512 step = _mm512_set1_ps(p.x_int16_steps[static_cast<long>(r) * blocks + block]);
-        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(s, step), acc[r]);
+#pragma GCC unroll 2
+        for (int c = 0; c < NC; ++c) {
+          __m512i sum = dot[r][c][0];
+#pragma GCC unroll 4
+          for (int h = 1; h < chains; ++h) sum = _mm512_add_epi32(sum, dot[r][c][h]);
+          acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(s[c], step), acc[r][c]);
+        }
       }
-      if ((block + 1) % block_groups != 0) continue;
+      if ((block + 1) % group_blocks != 0) continue;
       // The codes are unsigned: symmetric weights' offset, -2^(Bits-1) · scale, is their bias.
-      const __m512 bias = Symmetric ? _mm512_mul_ps(s, _mm512_set1_ps(-static_cast<float>(1 << (Bits - 1))))
-                                    : lane_biases<S>(p.biases, at, 0xFFFF);
+      __m512 bias[NC];
+#pragma GCC unroll 2
+      for (int c = 0; c < NC; ++c)
+        bias[c] = Symmetric ? _mm512_mul_ps(s[c], _mm512_set1_ps(-static_cast<float>(1 << (Bits - 1))))
+                            : lane_biases<S>(p.biases, ((static_cast<long>(b) + c) * groups + g) * kRepackColumns, 0xFFFF);
 #pragma GCC unroll 8
-      for (int r = 0; r < MR; ++r)
-        acc[r] = _mm512_fmadd_ps(bias, _mm512_set1_ps(p.x_group_sums[static_cast<long>(r) * groups + g]), acc[r]);
+      for (int r = 0; r < MR; ++r) {
+        const __m512 sums = _mm512_set1_ps(p.x_group_sums[static_cast<long>(r) * groups + g]);
+#pragma GCC unroll 2
+        for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_fmadd_ps(bias[c], sums, acc[r][c]);
+      }
     }
 #pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) _mm512_storeu_ps(p.y + static_cast<long>(r) * p.N + n, acc[r]);
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+      for (int c = 0; c < NC; ++c) _mm512_storeu_ps(p.y + static_cast<long>(r) * p.N + n + c * kRepackColumns, acc[r][c]);
   }
+}
+
+// repacked_rows over [n0, n1) by pairs of blocks of columns, a block left over alone.
+template <int Bits, ScaleType S, bool Symmetric, int MR>
+void repacked_pairs(const QmmProblem& p, int n0, int n1) {
+  const int paired = n0 + (n1 - n0) / (2 * kRepackColumns) * (2 * kRepackColumns);
+  repacked_rows<Bits, S, Symmetric, MR, 2>(p, n0, paired);
+  if (paired < n1) repacked_rows<Bits, S, Symmetric, MR, 1>(p, paired, n1);
 }
 
 template <int Bits, ScaleType S, bool Symmetric>
 void repacked_decode_rows(const QmmProblem& p, int n0, int n1) {
   switch (p.M) {
-    case 1: repacked_rows<Bits, S, Symmetric, 1>(p, n0, n1); break;
-    case 2: repacked_rows<Bits, S, Symmetric, 2>(p, n0, n1); break;
-    case 3: repacked_rows<Bits, S, Symmetric, 3>(p, n0, n1); break;
-    case 4: repacked_rows<Bits, S, Symmetric, 4>(p, n0, n1); break;
-    case 5: repacked_rows<Bits, S, Symmetric, 5>(p, n0, n1); break;
-    case 6: repacked_rows<Bits, S, Symmetric, 6>(p, n0, n1); break;
-    case 7: repacked_rows<Bits, S, Symmetric, 7>(p, n0, n1); break;
-    default: repacked_rows<Bits, S, Symmetric, 8>(p, n0, n1); break;
+    case 1: repacked_rows<Bits, S, Symmetric, 1, 1>(p, n0, n1); break;
+    case 2: repacked_rows<Bits, S, Symmetric, 2, 1>(p, n0, n1); break;
+    case 3: repacked_rows<Bits, S, Symmetric, 3, 1>(p, n0, n1); break;
+    case 4: repacked_rows<Bits, S, Symmetric, 4, 1>(p, n0, n1); break;
+    case 5: repacked_rows<Bits, S, Symmetric, 5, 1>(p, n0, n1); break;
+    case 6: repacked_rows<Bits, S, Symmetric, 6, 1>(p, n0, n1); break;
+    case 7: repacked_rows<Bits, S, Symmetric, 7, 1>(p, n0, n1); break;
+    default: repacked_rows<Bits, S, Symmetric, 8, 1>(p, n0, n1); break;
   }
 }
 
@@ -424,13 +464,15 @@ void repacked_decode_rows(const QmmProblem& p, int n0, int n1) {
 constexpr long kPromptSliceBytes = 256 * 1024;
 
 // Prompt rows (M > kDirectMaxRows): the decode rows' kernel on chunks of kDirectMaxRows rows,
-// over slices of columns whose weights stay in L2 while every chunk reads them. Each row takes the
-// operations it takes alone, so a prompt's row gives the bits a decode step gives it.
+// over slices of columns whose weights stay in L2 while every chunk reads them (4-bit chunks of 8
+// by pairs of blocks). Each row takes the operations it takes alone, so a prompt's row gives the
+// bits a decode step gives it.
 template <int Bits, ScaleType S, bool Symmetric>
 void repacked_tile(const QmmProblem& p, int n0, int n1) {
   if (p.M <= kDirectMaxRows) return repacked_decode_rows<Bits, S, Symmetric>(p, n0, n1);
   const long column_bytes = static_cast<long>(p.K) * Bits / 8;
-  const int slice = std::max<long>(1, kPromptSliceBytes / column_bytes / kRepackColumns) * kRepackColumns;
+  // Whole pairs of blocks (repacked_pairs), as the tasks' columns are (kPanelMaxColumns).
+  const int slice = std::max<long>(1, kPromptSliceBytes / column_bytes / (2 * kRepackColumns)) * 2 * kRepackColumns;
   const int blocks = p.K / 32, groups = p.K / p.group;
   for (int s0 = n0; s0 < n1; s0 += slice) {
     for (int r0 = 0; r0 < p.M; r0 += kDirectMaxRows) {
@@ -440,7 +482,8 @@ void repacked_tile(const QmmProblem& p, int n0, int n1) {
       rows.x_int16_steps += static_cast<long>(r0) * blocks;
       rows.x_group_sums += static_cast<long>(r0) * groups;
       rows.y += static_cast<long>(r0) * p.N;
-      repacked_decode_rows<Bits, S, Symmetric>(rows, s0, std::min(n1, s0 + slice));
+      if (Bits == 4 && rows.M == kDirectMaxRows) repacked_pairs<Bits, S, Symmetric, kDirectMaxRows>(rows, s0, std::min(n1, s0 + slice));
+      else repacked_decode_rows<Bits, S, Symmetric>(rows, s0, std::min(n1, s0 + slice));
     }
   }
 }
