@@ -193,6 +193,10 @@ MLXS_API int mlxs_quantized_cache_write(mlxs_array** outs, const mlxs_array* val
                                         const mlxs_array* key_biases, int coded, int group_size, int bits);
 // silu(gate) * up, the SwiGLU feed-forward's activation: one op on our CPU kernels.
 MLXS_API int mlxs_silu_mul(mlxs_array** out, const mlxs_array* gate, const mlxs_array* up);
+// A greedy step's sampling of logits [B, V]: outs[0] the tokens argmax(logprobs) (uint32 [B]),
+// outs[1] their logprobs ([B], the logits' type), logprobs = logits - logsumexp(logits): one op
+// on our CPU kernels, the same numbers as MLX's ops give.
+MLXS_API int mlxs_greedy_tokens(mlxs_array** outs, const mlxs_array* logits);
 // h + down(silu(gate) * up), [gate, up] the halves of gate_up(rms_norm(h, norm_weight)), both
 // products affine-quantized (transposed weights, no biases of their own): the MLP half of a
 // pre-norm block, one op on our CPU kernels.

@@ -1,4 +1,4 @@
-// Our RMSNorm, RoPE and SiLU·mul primitives (ffi/src/kernels/) against MLX's
+// Our RMSNorm, RoPE, SiLU·mul, logsumexp and greedy sampling primitives (ffi/src/kernels/) against MLX's
 // ops on the same inputs: odd sizes, strided inputs, every RoPE variant the models use.
 import { describe, expect, test } from "bun:test";
 import * as mx from "../src/mlx";
@@ -189,6 +189,78 @@ describe("SiLU·mul kernel", () => {
       expect(["portable", "avx2", "avx512", "neon"]).toContain(ran);
       errors.forEach((error, i) => expect(Number(error)).toBeLessThan(tolerances[i]![1]));
     }
+  });
+});
+
+describe("greedy sampling kernel", () => {
+  mx.random.seed(11);
+
+  /** The engine's composition: logprobs, their argmax, the chosen token's logprob. */
+  const composed = (logits: mx.MxArray) => {
+    const logprobs = mx.subtract(logits, mx.logsumexp(logits, -1, true));
+    const tokens = mx.argmax(logprobs, -1, true);
+    return [
+      mx.astype(mx.reshape(tokens, [-1]), mx.Dtype.uint32),
+      mx.reshape(mx.takeAlongAxis(logprobs, tokens, -1), [-1]),
+    ];
+  };
+  const expectSame = (logits: mx.MxArray) =>
+    mx.scope(() => {
+      const { tokens, chosen } = mx.fast.greedyTokens(logits);
+      const [theirTokens, theirChosen] = composed(logits);
+      expect(tokens.dtype).toBe(mx.Dtype.uint32);
+      expect(chosen.dtype).toBe(logits.dtype);
+      expect(tokens.toArray()).toEqual(theirTokens!.toArray());
+      expect(chosen.toArray()).toEqual(theirChosen!.toArray());
+    });
+
+  test("tokens and logprobs bit for bit as logsumexp, subtract, argmax and take give them: 1, 3, 8 rows, odd widths, fp32, fp16, bf16", () => {
+    for (const dtype of [mx.Dtype.float32, mx.Dtype.float16, mx.Dtype.bfloat16])
+      for (const [rows, width] of [
+        [1, 49152],
+        [3, 1000],
+        [8, 49152],
+        [2, 8193],
+        [1, 7],
+      ] as const)
+        mx.scope(() => expectSame(mx.astype(mx.multiply(mx.random.normal([rows, width]), 8), dtype)));
+  });
+
+  test("ties keep the first index, within a stretch and across stretches; masked entries (-inf)", () => {
+    mx.scope(() => {
+      const width = 20000;
+      const column = mx.reshape(mx.arange(0, width), [1, width]);
+      const base = mx.random.normal([4, width]);
+      const at = (...positions: number[]) =>
+        positions.map((i) => mx.equal(column, i)).reduce((a, b) => mx.logicalOr(a, b));
+      const row = mx.reshape(mx.arange(0, 4), [4, 1]);
+      // Row 0: the top value at 5 and 7 (one stretch); row 1: at 9000 and 19000 (two); row 2: the
+      // top value after a masked stretch; row 3: every entry equal.
+      const top = mx.where(
+        mx.logicalOr(
+          mx.logicalAnd(mx.equal(row, 0), at(5, 7)),
+          mx.logicalOr(mx.logicalAnd(mx.equal(row, 1), at(9000, 19000)), mx.logicalAnd(mx.equal(row, 2), at(17000))),
+        ),
+        mx.scalar(50),
+        base,
+      );
+      const masked = mx.where(
+        mx.logicalAnd(mx.equal(row, 2), mx.less(column, 16384)),
+        mx.scalar(Number.NEGATIVE_INFINITY),
+        top,
+      );
+      const logits = mx.where(mx.equal(row, 3), mx.scalar(1), masked);
+      expectSame(logits);
+      expect(mx.fast.greedyTokens(logits).tokens.toArray()).toEqual([5, 9000, 17000, 0]);
+    });
+  });
+
+  test("MLX's ops where ours do not run: the same tokens", () => {
+    mx.scope(() => {
+      const logits = mx.multiply(mx.random.normal([3, 5000]), 8);
+      const ours = withMlxKernels(() => mx.fast.greedyTokens(logits).tokens);
+      expect(ours.toArray()).toEqual(withMlxKernels(() => composed(logits)[0]!).toArray());
+    });
   });
 });
 

@@ -354,6 +354,14 @@ int mlxs_silu_mul(mlxs_array** out, const mlxs_array* gate, const mlxs_array* up
   return guard([&] { return put(out, kernels::silu_mul(ref(gate), ref(up))); });
 }
 
+int mlxs_greedy_tokens(mlxs_array** outs, const mlxs_array* logits) {
+  return guard([&] {
+    const auto parts = kernels::greedy_tokens(ref(logits));
+    for (size_t i = 0; i < parts.size(); ++i) put(outs + i, parts[i]);
+    return 0;
+  });
+}
+
 int mlxs_mlp_block(mlxs_array** out, const mlxs_array* h, const mlxs_array* norm_weight, float eps,
                    const mlxs_array* gate_up, const mlxs_array* gate_up_scales, const mlxs_array* gate_up_biases,
                    int gate_up_group, int gate_up_bits, const mlxs_array* down, const mlxs_array* down_scales,

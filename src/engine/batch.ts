@@ -590,6 +590,7 @@ export class BatchGenerator {
       // together, a few graph nodes for the batch instead of a few per row, each row's values
       // computed as alone.
       if (batch.every((s) => s.processors.length === 0 && s.sampling.temperature === 0)) {
+        if (!wantLogprobs) return { rows: batch, ...mx.fast.greedyTokens(logits), logprobs: undefined };
         const logprobs = mx.subtract(logits, mx.logsumexp(logits, -1, true));
         const tokens = mx.argmax(logprobs, -1);
         return {

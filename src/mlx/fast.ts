@@ -116,6 +116,16 @@ export function siluMul(gate: MxArray, up: MxArray): MxArray {
   return wrap(lib.mlxs_silu_mul(outPtr, gate.handle, up.handle), "silu_mul");
 }
 
+/**
+ * A greedy step's sampling of logits [B, V]: each row's token, argmax(logprobs), and its logprob,
+ * logprobs = logits - logsumexp(logits). One op on our CPU kernels (no logprobs array); the same
+ * numbers as MLX's ops, which run elsewhere.
+ */
+export function greedyTokens(logits: MxArray): { tokens: MxArray; chosen: MxArray } {
+  check(lib.mlxs_greedy_tokens(outPtr, logits.handle), "greedy_tokens");
+  return { tokens: new MxArray(readOut(0)), chosen: new MxArray(readOut(1)) };
+}
+
 /** An affine-quantized projection (transposed weights, no bias of its own) as fused ops take it. */
 export interface QuantizedWeights extends QuantizedArrays {
   quant: QuantSpec;

@@ -151,6 +151,17 @@ mx::array rope(const mx::array& x, int dims, bool traditional, std::optional<flo
 // sampler's logits rows).
 mx::array logsumexp(const mx::array& x, const std::vector<int>& axes, bool keepdims);
 
+// logsumexp over each of `rows` contiguous rows of `width` elements, split over the pool: the
+// logsumexp primitive's own numbers (fp32 inside; float, float16 and bfloat16 rows).
+template <typename T>
+void logsumexp_rows(const T* in, int64_t rows, int64_t width, T* out);
+
+// A greedy step's sampling of logits [B, V] as one primitive: {argmax(logprobs), the chosen
+// token's logprob} with logprobs = logits - logsumexp(logits), the values (and first index on a
+// tie) that MLX's subtract, argmax and take_along_axis give, without the logprobs array; MLX's
+// ops where our kernels do not run.
+std::vector<mx::array> greedy_tokens(const mx::array& logits);
+
 // silu(gate) * up as one primitive; MLX's ops (sigmoid, two multiplies) where it does not apply.
 mx::array silu_mul(const mx::array& gate, const mx::array& up);
 

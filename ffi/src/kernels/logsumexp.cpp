@@ -69,17 +69,7 @@ float merge(const Partial* parts, int n) {
 template <typename T>
 void run(const mx::array& x, mx::array& out) {
   const int64_t rows = static_cast<int64_t>(out.size());
-  const int64_t width = static_cast<int64_t>(x.size()) / std::max<int64_t>(rows, 1);
-  const T* in = x.data<T>();
-  T* o = out.data<T>();
-  const int parts_per_row = static_cast<int>(std::max<int64_t>(1, (width + kPart - 1) / kPart));
-  std::vector<Partial> parts(static_cast<size_t>(rows) * parts_per_row);
-  parallel_for(static_cast<int>(parts.size()), [&](int task, int) {
-    const int64_t row = task / parts_per_row, part = task % parts_per_row;
-    const int64_t begin = part * kPart, end = std::min(width, begin + kPart);
-    parts[task] = partial(in + row * width, begin, end);
-  });
-  for (int64_t r = 0; r < rows; ++r) o[r] = static_cast<T>(merge(parts.data() + r * parts_per_row, parts_per_row));
+  logsumexp_rows(x.data<T>(), rows, static_cast<int64_t>(x.size()) / std::max<int64_t>(rows, 1), out.data<T>());
 }
 
 class LogSumExp : public mx::UnaryPrimitive {
@@ -125,6 +115,22 @@ bool last_axis_only(const mx::array& x, const std::vector<int>& axes) {
 }
 
 }  // namespace
+
+template <typename T>
+void logsumexp_rows(const T* in, int64_t rows, int64_t width, T* out) {
+  const int parts_per_row = static_cast<int>(std::max<int64_t>(1, (width + kPart - 1) / kPart));
+  std::vector<Partial> parts(static_cast<size_t>(rows) * parts_per_row);
+  parallel_for(static_cast<int>(parts.size()), [&](int task, int) {
+    const int64_t row = task / parts_per_row, part = task % parts_per_row;
+    const int64_t begin = part * kPart, end = std::min(width, begin + kPart);
+    parts[task] = partial(in + row * width, begin, end);
+  });
+  for (int64_t r = 0; r < rows; ++r) out[r] = static_cast<T>(merge(parts.data() + r * parts_per_row, parts_per_row));
+}
+
+template void logsumexp_rows(const float*, int64_t, int64_t, float*);
+template void logsumexp_rows(const mx::float16_t*, int64_t, int64_t, mx::float16_t*);
+template void logsumexp_rows(const mx::bfloat16_t*, int64_t, int64_t, mx::bfloat16_t*);
 
 mx::array logsumexp(const mx::array& x, const std::vector<int>& axes, bool keepdims) {
   // MLX's op checks the axes and gives the output's shape and type; left unevaluated, it costs
