@@ -11,6 +11,16 @@ import { mainScript } from "./cli";
 import { serve } from "./serve";
 
 /**
+ * /health's status while a server starts, 0 where the request failed: a poll can meet a kept-alive
+ * connection the server has just closed (ECONNRESET in one CI run), which says nothing yet.
+ */
+const healthStatus = (url: string) =>
+  fetch(`${url}/health`).then(
+    (response) => response.status,
+    () => 0,
+  );
+
+/**
  * A launched `serve` on `model` split over `n` ranks (or the ranks of hostfile `n`), with `extra`
  * flags, under MLX_HOME `home`.
  */
@@ -30,7 +40,7 @@ export async function launchServe(home: string, n: number | string, model: strin
     await Bun.sleep(20);
   }
   const url = /listening on (http:\S+)/.exec(stderr)![1]!;
-  while ((await fetch(`${url}/health`)).status !== 200) {
+  while ((await healthStatus(url)) !== 200) {
     if (Date.now() > deadline) throw new Error(`the model did not load: ${stderr}`);
     await Bun.sleep(50);
   }
@@ -178,7 +188,7 @@ export async function expectKilledRankOneNoticed(
     const deadline = Date.now() + 30_000;
     while (!/listening on (http:\S+)/.test(stderr) && Date.now() < deadline) await Bun.sleep(20);
     const url = /listening on (http:\S+)/.exec(stderr)![1]!;
-    while ((await fetch(`${url}/health`)).status !== 200 && Date.now() < deadline) await Bun.sleep(50);
+    while ((await healthStatus(url)) !== 200 && Date.now() < deadline) await Bun.sleep(50);
     one.kill("SIGKILL");
     const killedAt = performance.now();
     let health: Response | undefined;
