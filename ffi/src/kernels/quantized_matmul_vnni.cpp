@@ -414,9 +414,11 @@ void repacked_rows(const QmmProblem& p, int n0, int n1) {
         }
       }
       const int g = block / group_blocks;
+      // Where block b + c's scales and biases of group g start.
+      const auto at = [&](int c) { return ((static_cast<long>(b) + c) * groups + g) * kRepackColumns; };
       __m512 s[NC];
 #pragma GCC unroll 2
-      for (int c = 0; c < NC; ++c) s[c] = lane_biases<S>(p.scales, ((static_cast<long>(b) + c) * groups + g) * kRepackColumns, 0xFFFF);
+      for (int c = 0; c < NC; ++c) s[c] = lane_biases<S>(p.scales, at(c), 0xFFFF);
 #pragma GCC unroll 8
       for (int r = 0; r < MR; ++r) {
         const __m512 step = _mm512_set1_ps(p.x_int16_steps[static_cast<long>(r) * blocks + block]);
@@ -434,7 +436,7 @@ void repacked_rows(const QmmProblem& p, int n0, int n1) {
 #pragma GCC unroll 2
       for (int c = 0; c < NC; ++c)
         bias[c] = Symmetric ? _mm512_mul_ps(s[c], _mm512_set1_ps(-static_cast<float>(1 << (Bits - 1))))
-                            : lane_biases<S>(p.biases, ((static_cast<long>(b) + c) * groups + g) * kRepackColumns, 0xFFFF);
+                            : lane_biases<S>(p.biases, at(c), 0xFFFF);
 #pragma GCC unroll 8
       for (int r = 0; r < MR; ++r) {
         const __m512 sums = _mm512_set1_ps(p.x_group_sums[static_cast<long>(r) * groups + g]);
@@ -449,12 +451,13 @@ void repacked_rows(const QmmProblem& p, int n0, int n1) {
   }
 }
 
-// repacked_rows over [n0, n1) by pairs of blocks of columns, a block left over alone.
-template <int Bits, ScaleType S, bool Symmetric, int MR>
+// repacked_rows of a whole chunk of prompt rows over [n0, n1) by pairs of blocks of columns, a
+// block left over alone.
+template <int Bits, ScaleType S, bool Symmetric>
 void repacked_pairs(const QmmProblem& p, int n0, int n1) {
   const int paired = n0 + (n1 - n0) / (2 * kRepackColumns) * (2 * kRepackColumns);
-  repacked_rows<Bits, S, Symmetric, MR, 2>(p, n0, paired);
-  if (paired < n1) repacked_rows<Bits, S, Symmetric, MR, 1>(p, paired, n1);
+  repacked_rows<Bits, S, Symmetric, kDirectMaxRows, 2>(p, n0, paired);
+  if (paired < n1) repacked_rows<Bits, S, Symmetric, kDirectMaxRows, 1>(p, paired, n1);
 }
 
 template <int Bits, ScaleType S, bool Symmetric>
@@ -477,6 +480,7 @@ void repacked_tile(const QmmProblem& p, int n0, int n1) {
   const int slice = std::max<long>(1, kPromptSliceBytes / column_bytes / (2 * kRepackColumns)) * 2 * kRepackColumns;
   const int blocks = p.K / 32, groups = p.K / p.group;
   for (int s0 = n0; s0 < n1; s0 += slice) {
+    const int s1 = std::min(n1, s0 + slice);
     for (int r0 = 0; r0 < p.M; r0 += kDirectMaxRows) {
       QmmProblem rows = p;
       rows.M = std::min(kDirectMaxRows, p.M - r0);
@@ -484,8 +488,8 @@ void repacked_tile(const QmmProblem& p, int n0, int n1) {
       rows.x_int16_steps += static_cast<long>(r0) * blocks;
       rows.x_group_sums += static_cast<long>(r0) * groups;
       rows.y += static_cast<long>(r0) * p.N;
-      if (Bits == 4 && rows.M == kDirectMaxRows) repacked_pairs<Bits, S, Symmetric, kDirectMaxRows>(rows, s0, std::min(n1, s0 + slice));
-      else repacked_decode_rows<Bits, S, Symmetric>(rows, s0, std::min(n1, s0 + slice));
+      if (Bits == 4 && rows.M == kDirectMaxRows) repacked_pairs<Bits, S, Symmetric>(rows, s0, s1);
+      else repacked_decode_rows<Bits, S, Symmetric>(rows, s0, s1);
     }
   }
 }
