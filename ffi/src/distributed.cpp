@@ -268,6 +268,14 @@ struct Neighbours {
     }
     return std::min(told + every, now + std::max(timeout / 8, std::chrono::milliseconds(1)));
   }
+
+  // How long the quietest connection to the next rank has been silent (as of the last look);
+  // negative until its first word is due.
+  Clock::duration silence(Clock::time_point now) const {
+    auto longest = Clock::duration::min();
+    for (const auto& [fd, heard] : from_next) longest = std::max(longest, now - heard);
+    return longest;
+  }
 };
 
 // The watchdog: a thread that ends the process with a message when the peers have been silent
@@ -303,12 +311,17 @@ struct Watchdog {
         auto count = bytes_received();
         if (count && heard && *count != *heard) deadline = now + timeout;  // a peer spoke since we looked
         heard = count;
-        if (now >= *deadline) {
+        // The ring's silence often starts with the next rank's: when that rank has been silent
+        // for half the timeout (a live one speaks every quarter), its own deadline, at most half
+        // a timeout away, ends the process naming it rather than the ring as a whole.
+        bool next_rank_silent = neighbours && neighbours->silence(now) >= neighbours->timeout / 2;
+        if (now >= *deadline && !next_rank_silent) {
           std::fprintf(stderr, "%s\n", message.c_str());
           std::fflush(stderr);
           std::_Exit(3);
         }
-        auto look = count ? std::min(*deadline, now + std::max(timeout / 8, std::chrono::milliseconds(1))) : *deadline;
+        auto eighth = now + std::max(timeout / 8, std::chrono::milliseconds(1));
+        auto look = now >= *deadline ? eighth : count ? std::min(*deadline, eighth) : *deadline;
         next = next ? std::min(*next, look) : look;
       }
       wakes_at = next;
@@ -468,8 +481,8 @@ void mlxs_watchdog_silence(int32_t* out) {
     return static_cast<int32_t>(std::chrono::duration_cast<std::chrono::milliseconds>(now - since).count());
   };
   out[0] = out[1] = -1;
-  if (w.neighbours)
-    for (const auto& [fd, heard] : w.neighbours->from_next) out[0] = std::max(out[0], ms(heard));
+  if (w.neighbours && !w.neighbours->from_next.empty())
+    out[0] = std::max<int32_t>(-1, ms(now - w.neighbours->silence(now)));
   if (w.deadline) out[1] = std::max(0, ms(*w.deadline - w.timeout));
 }
 

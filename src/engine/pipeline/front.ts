@@ -74,6 +74,12 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
   #awaiting = false;
   #heartbeatDue = false;
   #draining = false;
+  /**
+   * A heartbeat's figures on their way back (see #beat): the first thing the ring brings back,
+   * so whatever receives from it takes them first (#settleBeat); and the wait for them.
+   */
+  #beatReply?: MxArray;
+  #beatSettled?: Promise<void>;
   protected readonly groupName = "the pipeline";
 
   constructor(
@@ -169,6 +175,7 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
    * beforeArrival) is sent, and waited for.
    */
   arrive(...computed: MxArray[]): void {
+    this.#settleBeat();
     let back = this.#arriving.shift();
     // Progress a heartbeat received is off the queue already.
     for (; typeof back === "number"; back = this.#arriving.shift()) this.#receiveProgress(back);
@@ -188,6 +195,10 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
    * off the ring as they come, then this waits for the decode step's first bytes.
    */
   untilArrival(): Promise<void> | undefined {
+    if (this.#beatReply) {
+      this.#awaiting = true;
+      return this.#untilArrived();
+    }
     if (this.#received > 0 || this.#arriving.length === 0) return undefined;
     if (typeof this.#arriving[0] !== "number" && this.#waitSlice()) return undefined;
     this.#awaiting = true;
@@ -197,10 +208,14 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
   async #untilArrived(): Promise<void> {
     try {
       for (;;) {
+        if (this.#beatReply) await this.#beatSettled;
         if (this.#received > 0 || this.#arriving.length === 0) return;
-        if (!this.#waitSlice()) await nextTurn();
-        else if (typeof this.#arriving[0] === "number") this.#takeProgressWord();
-        else return;
+        if (this.#waitSlice()) {
+          if (typeof this.#arriving[0] !== "number") return;
+          this.#takeProgressWord();
+        }
+        // Also between progress words: a backlog's come faster than a slice, for seconds.
+        await nextTurn();
       }
     } finally {
       this.#awaiting = false;
@@ -275,7 +290,7 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
     const half = this.peerTimeoutMs / 2;
     const limit = `(--peer-timeout ${this.peerTimeoutMs / 1000} s)`;
     if (next !== undefined && next >= half) return `no word from rank 1 for ${inSeconds(next)} s ${limit}`;
-    if (ring !== undefined && ring >= half && this.#arriving.length > this.#received)
+    if (ring !== undefined && ring >= half && (this.#arriving.length > this.#received || this.#beatReply))
       return `no answer from the pipeline (ranks 1-${this.size - 1}) for ${inSeconds(ring)} s ${limit}`;
     return undefined;
   }
@@ -303,42 +318,66 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
    * after the step.
    */
   protected heartbeat(): void {
-    if (!this.open || this.#draining) return;
+    if (!this.open || this.#draining || this.#beatReply) return;
     const inFlight = this.#arriving.length - this.#received;
     if (this.#awaiting || inFlight === 0) this.#beat();
     else void this.#takeInFlight(inFlight).then(() => this.#beat());
   }
 
-  /** The heartbeat itself: what is still in flight is received first, waiting for it here. */
+  /**
+   * The heartbeat itself: what is still in flight is received first, waiting for it here. Its
+   * answer is waited for a slice at a time, the event loop running meanwhile: it goes round every
+   * rank, and one that stopped would otherwise hold /health until the watchdog ends the process.
+   */
   #beat(): void {
-    if (!this.open) return;
+    if (!this.open || this.#beatReply) return;
     if (this.#awaiting) {
       this.#heartbeatDue = true;
       return;
     }
     try {
-      mx.scope(() => {
-        // Each stage writes its row of figures into the payload on the way round.
-        const shape = [this.size, figureFields.length];
+      // Each stage writes its row of figures into the payload on the way round.
+      const shape = [this.size, figureFields.length];
+      const back = mx.scope(() => {
         const sent = this.#send(
           { op: Op.heartbeat, rows: shape[0], width: shape[1], dtype: mx.Dtype.float32 },
           mx.zeros(shape, mx.Dtype.float32),
         );
         mx.evaluate(sent);
-        const back = distributed.recv(shape, mx.Dtype.float32, this.size - 1);
-        this.#receiveInFlight();
-        this.#receive(back);
-        const values = back.toArray();
-        this.#stages = Array.from({ length: this.size - 1 }, (_, i) => {
-          const row = values.slice((i + 1) * figureFields.length);
-          return { rank: i + 1, ...Object.fromEntries(figureFields.map((f, k) => [f, row[k]!])) } as StageFigures & {
-            rank: number;
-          };
-        });
+        return mx.keep(distributed.recv(shape, mx.Dtype.float32, this.size - 1));
       });
-      distributed.disarmWatchdog();
+      this.#receiveInFlight();
+      this.#beatReply = back;
+      this.#beatSettled = (async () => {
+        while (this.#beatReply === back && this.open && !this.#waitSlice()) await nextTurn();
+        this.#settleBeat();
+      })();
     } catch (error) {
       this.loseRank(`lost a rank of the pipeline: ${(error as Error).message}`);
+    }
+  }
+
+  /** The heartbeat's answer, if one is on its way, received (waiting for it here): each stage's figures. */
+  #settleBeat(): void {
+    const back = this.#beatReply;
+    if (!back) return;
+    this.#beatReply = undefined;
+    try {
+      if (!this.open) return;
+      this.#receive(back);
+      const values = back.toArray();
+      this.#stages = Array.from({ length: this.size - 1 }, (_, i) => {
+        const row = values.slice((i + 1) * figureFields.length);
+        return { rank: i + 1, ...Object.fromEntries(figureFields.map((f, k) => [f, row[k]!])) } as StageFigures & {
+          rank: number;
+        };
+      });
+      // Steps sent meanwhile are still timed.
+      if (this.#arriving.length === 0) distributed.disarmWatchdog();
+    } catch (error) {
+      this.loseRank(`lost a rank of the pipeline: ${(error as Error).message}`);
+    } finally {
+      back.free();
     }
   }
 
@@ -376,15 +415,15 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
     this.#draining = true;
     try {
       for (let taken = 0; taken < count && this.open && this.#arriving.length > this.#received; ) {
-        if (!this.#waitSlice()) await nextTurn();
-        else if (typeof this.#arriving[this.#received] === "number") {
-          // A prefill chunk's progress counts as taken once all of it is.
-          if (this.#takeProgressWord()) taken++;
-        } else {
-          mx.evaluate(this.#arriving[this.#received] as MxArray);
-          this.#received++;
-          taken++;
+        if (this.#waitSlice()) {
+          if (typeof this.#arriving[this.#received] !== "number") {
+            mx.evaluate(this.#arriving[this.#received] as MxArray);
+            this.#received++;
+            taken++;
+          } else if (this.#takeProgressWord()) taken++; // a chunk's progress is taken once all of it is
         }
+        // Between progress words too: a backlog's come faster than a slice, for seconds.
+        await nextTurn();
       }
     } catch (error) {
       this.loseRank(`lost a rank of the pipeline: ${(error as Error).message}`);
@@ -398,6 +437,7 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
    * are there): whether that was the chunk's last.
    */
   #takeProgressWord(): boolean {
+    this.#settleBeat();
     mx.scope(() => mx.evaluate(distributed.recv([1], mx.Dtype.int32, this.size - 1)));
     const left = (this.#arriving[this.#received] as number) - 1;
     if (left > 0) this.#arriving[this.#received] = left;
@@ -422,8 +462,9 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
     for (let i = 0; i < count; i++) mx.scope(() => this.#receive(distributed.recv([1], mx.Dtype.int32, this.size - 1)));
   }
 
-  /** Waits off the CPU until bytes come, then evaluates the receive `back`. */
+  /** Waits off the CPU until bytes come, then evaluates the receive `back` (a heartbeat's answer first). */
   #receive(back: MxArray): void {
+    this.#settleBeat();
     this.#waitForBytes();
     mx.evaluate(back);
   }
