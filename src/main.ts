@@ -1,26 +1,41 @@
 #!/usr/bin/env bun
 // The `mlx` executable: one subcommand per file in src/cmd/.
-import { defineCommand, runMain } from "citty";
+import { defineCommand, runMain, type ArgsDef } from "citty";
 import pkg from "../package.json" with { type: "json" };
+import { fail } from "./cmd/log";
+import { flagProblem } from "./cmd/strict-flags";
+
+const subCommands = {
+  run: () => import("./cmd/run").then((m) => m.default),
+  chat: () => import("./cmd/chat").then((m) => m.default),
+  "cache-prompt": () => import("./cmd/cache-prompt").then((m) => m.default),
+  convert: () => import("./cmd/convert").then((m) => m.default),
+  fuse: () => import("./cmd/fuse").then((m) => m.default),
+  pull: () => import("./cmd/pull").then((m) => m.default),
+  list: () => import("./cmd/list").then((m) => m.default),
+  show: () => import("./cmd/show").then((m) => m.default),
+  rm: () => import("./cmd/rm").then((m) => m.default),
+  verify: () => import("./cmd/verify").then((m) => m.default),
+  serve: () => import("./cmd/serve").then((m) => m.default),
+  bench: () => import("./cmd/bench").then((m) => m.default),
+  embed: () => import("./cmd/embed").then((m) => m.default),
+  launch: () => import("./cmd/launch").then((m) => m.default),
+};
+type Name = keyof typeof subCommands;
 
 const main = defineCommand({
   meta: { name: "mlx", version: pkg.version, description: "Run, chat with, serve and benchmark local LLMs on MLX" },
-  subCommands: {
-    run: () => import("./cmd/run").then((m) => m.default),
-    chat: () => import("./cmd/chat").then((m) => m.default),
-    "cache-prompt": () => import("./cmd/cache-prompt").then((m) => m.default),
-    convert: () => import("./cmd/convert").then((m) => m.default),
-    fuse: () => import("./cmd/fuse").then((m) => m.default),
-    pull: () => import("./cmd/pull").then((m) => m.default),
-    list: () => import("./cmd/list").then((m) => m.default),
-    show: () => import("./cmd/show").then((m) => m.default),
-    rm: () => import("./cmd/rm").then((m) => m.default),
-    verify: () => import("./cmd/verify").then((m) => m.default),
-    serve: () => import("./cmd/serve").then((m) => m.default),
-    bench: () => import("./cmd/bench").then((m) => m.default),
-    embed: () => import("./cmd/embed").then((m) => m.default),
-    launch: () => import("./cmd/launch").then((m) => m.default),
-  },
+  subCommands,
 });
+
+// The subcommand as citty finds it (the first word that is not a flag): its flags checked first.
+const argv = process.argv.slice(2);
+const at = argv.findIndex((a) => !a.startsWith("-"));
+const name = argv[at];
+if (name !== undefined && Object.hasOwn(subCommands, name)) {
+  const args = (await subCommands[name as Name]()).args as ArgsDef;
+  const problem = flagProblem(name, args, argv.slice(at + 1));
+  if (problem) fail(new Error(problem));
+}
 
 runMain(main);

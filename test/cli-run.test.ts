@@ -130,6 +130,28 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
   });
 
   test("no prompt at all", async () => oneLineError(await mlx(["run", "-m", model], ""), /no prompt/));
+
+  test("a flag the command does not have (citty alone would ignore it): named, with the closest ones", async () => {
+    oneLineError(
+      await mlx(["run", "-m", model, "--temperature", "0.5", "hi"]),
+      /^error: unknown option --temperature for mlx run \(did you mean --temp\?\); mlx run --help lists them$/m,
+    );
+    oneLineError(await mlx(["run", "-m", model, "-q", "hi"]), /unknown option -q for mlx run/);
+    oneLineError(await mlx(["serve", "-m", model, "--prot", "0"]), /unknown option --prot for mlx serve \(did you mean --port\?\)/);
+    oneLineError(await mlx(["list", "--jsn"]), /unknown option --jsn for mlx list \(did you mean --json\?\)/);
+    oneLineError(await mlx(["run", "-m", model, "--verbose=yes", "hi"]), /--verbose' does not take an argument/);
+  });
+
+  test("a negative value is written --flag=-1 (a separate -1 reads as flags): a hint, or the flag's own check", async () => {
+    oneLineError(
+      await mlx(["run", "-m", model, "--temp", "-1", "hi"]),
+      /--temp takes a value: write one that starts with '-' as --temp=<value>/,
+    );
+    oneLineError(await mlx(["run", "-m", model, "--max-tokens=-1", "hi"]), /--max-tokens must be a whole number > 0 \(got '-1'\)/);
+    // Declared flags in every form still parse: a boolean's --no- form, short aliases, what follows --.
+    const r = await mlx(["run", "-m", model, "--no-verbose", "--max-tokens", "2", "--", "hi"]);
+    expect(r.code).toBe(0);
+  });
 });
 
 describe("mlx run: Ctrl-C", () => {
