@@ -137,7 +137,10 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
       /^error: unknown option --temperature for mlx run \(did you mean --temp\?\); mlx run --help lists them$/m,
     );
     oneLineError(await mlx(["run", "-m", model, "-q", "hi"]), /unknown option -q for mlx run/);
-    oneLineError(await mlx(["serve", "-m", model, "--prot", "0"]), /unknown option --prot for mlx serve \(did you mean --port\?\)/);
+    oneLineError(
+      await mlx(["serve", "-m", model, "--prot", "0"]),
+      /unknown option --prot for mlx serve \(did you mean --port\?\)/,
+    );
     oneLineError(await mlx(["list", "--jsn"]), /unknown option --jsn for mlx list \(did you mean --json\?\)/);
     oneLineError(await mlx(["run", "-m", model, "--verbose=yes", "hi"]), /--verbose' does not take an argument/);
   });
@@ -147,7 +150,10 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
       await mlx(["run", "-m", model, "--temp", "-1", "hi"]),
       /--temp takes a value: write one that starts with '-' as --temp=<value>/,
     );
-    oneLineError(await mlx(["run", "-m", model, "--max-tokens=-1", "hi"]), /--max-tokens must be a whole number > 0 \(got '-1'\)/);
+    oneLineError(
+      await mlx(["run", "-m", model, "--max-tokens=-1", "hi"]),
+      /--max-tokens must be a whole number > 0 \(got '-1'\)/,
+    );
     // Declared flags in every form still parse: a boolean's --no- form, short aliases, what follows --.
     const r = await mlx(["run", "-m", model, "--no-verbose", "--max-tokens", "2", "--", "hi"]);
     expect(r.code).toBe(0);
