@@ -3,7 +3,7 @@
 import { defineCommand, runMain, type ArgsDef } from "citty";
 import pkg from "../package.json" with { type: "json" };
 import { fail } from "./cmd/log";
-import { flagProblem } from "./cmd/strict-flags";
+import { flagProblem, withNegativeValues } from "./cmd/strict-flags";
 
 const subCommands = {
   run: () => import("./cmd/run").then((m) => m.default),
@@ -29,13 +29,14 @@ const main = defineCommand({
 });
 
 // The subcommand as citty finds it (the first word that is not a flag): its flags checked first.
-const argv = process.argv.slice(2);
+let argv = process.argv.slice(2);
 const at = argv.findIndex((a) => !a.startsWith("-"));
 const name = argv[at];
 if (name !== undefined && Object.hasOwn(subCommands, name)) {
   const args = (await subCommands[name as Name]()).args as ArgsDef;
+  argv = [...argv.slice(0, at + 1), ...withNegativeValues(args, argv.slice(at + 1))];
   const problem = flagProblem(name, args, argv.slice(at + 1));
   if (problem) fail(new Error(problem));
 }
 
-runMain(main);
+runMain(main, { rawArgs: argv });

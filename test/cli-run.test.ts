@@ -145,17 +145,18 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
     oneLineError(await mlx(["run", "-m", model, "--verbose=yes", "hi"]), /--verbose' does not take an argument/);
   });
 
-  test("a negative value is written --flag=-1 (a separate -1 reads as flags): a hint, or the flag's own check", async () => {
+  test("a negative number after a flag is its value (both parsers would read it as flags); other dashes get a hint", async () => {
+    oneLineError(await mlx(["run", "-m", model, "--temp", "-1", "hi"]), /temperature must be >= 0 \(got -1\)/);
     oneLineError(
-      await mlx(["run", "-m", model, "--temp", "-1", "hi"]),
+      await mlx(["run", "-m", model, "--max-tokens", "-2", "hi"]),
+      /--max-tokens must be a whole number > 0 \(got '-2'\)/,
+    );
+    oneLineError(
+      await mlx(["run", "-m", model, "--temp", "-x", "hi"]),
       /--temp takes a value: write one that starts with '-' as --temp=<value>/,
     );
-    oneLineError(
-      await mlx(["run", "-m", model, "--max-tokens=-1", "hi"]),
-      /--max-tokens must be a whole number > 0 \(got '-1'\)/,
-    );
-    // Declared flags in every form still parse: a boolean's --no- form, short aliases, what follows --.
-    const r = await mlx(["run", "-m", model, "--no-verbose", "--max-tokens", "2", "--", "hi"]);
+    // Declared flags in every form still parse: a negative seed, a boolean's --no- form, what follows --.
+    const r = await mlx(["run", "-m", model, "--seed", "-7", "--no-verbose", "--max-tokens", "2", "--", "hi"]);
     expect(r.code).toBe(0);
   });
 });
