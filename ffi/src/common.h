@@ -32,6 +32,12 @@ inline int put(mlxs_array** out, mx::array a) {
   return 0;
 }
 
+// An op's several results, in order, into outs[0], outs[1], ...
+inline int put_all(mlxs_array** outs, std::vector<mx::array> parts) {
+  for (size_t i = 0; i < parts.size(); ++i) put(outs + i, std::move(parts[i]));
+  return 0;
+}
+
 inline mx::Shape shape_of(const int32_t* dims, int n) { return mx::Shape(dims, dims + n); }
 inline std::vector<int> ints(const int32_t* v, int n) { return std::vector<int>(v, v + n); }
 

@@ -477,13 +477,12 @@ void mlxs_watchdog_silence(int32_t* out) {
   auto& w = watchdog();
   std::lock_guard lock(w.mutex);
   auto now = Clock::now();
-  auto ms = [&](Clock::time_point since) {
-    return static_cast<int32_t>(std::chrono::duration_cast<std::chrono::milliseconds>(now - since).count());
+  auto ms = [](Clock::duration d) {
+    return static_cast<int32_t>(std::chrono::duration_cast<std::chrono::milliseconds>(d).count());
   };
   out[0] = out[1] = -1;
-  if (w.neighbours && !w.neighbours->from_next.empty())
-    out[0] = std::max<int32_t>(-1, ms(now - w.neighbours->silence(now)));
-  if (w.deadline) out[1] = std::max(0, ms(*w.deadline - w.timeout));
+  if (w.neighbours && !w.neighbours->from_next.empty()) out[0] = std::max(-1, ms(w.neighbours->silence(now)));
+  if (w.deadline) out[1] = std::max(0, ms(now - (*w.deadline - w.timeout)));
 }
 
 }  // extern "C"

@@ -343,10 +343,8 @@ int mlxs_quantized_cache_write(mlxs_array** outs, const mlxs_array* values, cons
     if (keys != nullptr)
       step = kernels::ChannelKeyStep{ref(keys), ref(key_tail), {ref(key_codes), ref(key_scales), ref(key_biases)},
                                      coded};
-    const auto parts = kernels::quantized_cache_write(ref(values), {ref(codes), ref(scales), ref(biases)}, at, step,
-                                                      group_size, bits);
-    for (size_t i = 0; i < parts.size(); ++i) put(outs + i, parts[i]);
-    return 0;
+    return put_all(outs, kernels::quantized_cache_write(ref(values), {ref(codes), ref(scales), ref(biases)}, at, step,
+                                                        group_size, bits));
   });
 }
 
@@ -355,11 +353,7 @@ int mlxs_silu_mul(mlxs_array** out, const mlxs_array* gate, const mlxs_array* up
 }
 
 int mlxs_greedy_tokens(mlxs_array** outs, const mlxs_array* logits) {
-  return guard([&] {
-    const auto parts = kernels::greedy_tokens(ref(logits));
-    for (size_t i = 0; i < parts.size(); ++i) put(outs + i, parts[i]);
-    return 0;
-  });
+  return guard([&] { return put_all(outs, kernels::greedy_tokens(ref(logits))); });
 }
 
 int mlxs_mlp_block(mlxs_array** out, const mlxs_array* h, const mlxs_array* norm_weight, float eps,
@@ -385,11 +379,9 @@ int mlxs_attention_input(mlxs_array** out, const mlxs_array* x, const mlxs_array
     if (offset_array != nullptr) rotation.offset = ref(offset_array);
     std::optional<kernels::CacheRows> cache;
     if (cache_keys != nullptr) cache = kernels::CacheRows{ref(cache_keys), ref(cache_values), cache_at};
-    auto parts = kernels::attention_input(ref(x), ref(norm_weight), eps,
-                                          {ref(qkv), ref(qkv_scales), ref(qkv_biases), group, bits},
-                                          {heads, kv_heads, head_dim}, rotation, cache);
-    for (size_t i = 0; i < parts.size(); ++i) put(&out[i], parts[i]);
-    return 0;
+    return put_all(out, kernels::attention_input(ref(x), ref(norm_weight), eps,
+                                                 {ref(qkv), ref(qkv_scales), ref(qkv_biases), group, bits},
+                                                 {heads, kv_heads, head_dim}, rotation, cache));
   });
 }
 

@@ -10,17 +10,29 @@ type Option = { type: "string" | "boolean"; short?: string; multiple: true };
 
 const negativeNumber = /^-(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i;
 
+/** The command's flags as node:util's parser takes them: each long alias an option of its own. */
+function declaredOptions(args: ArgsDef): Record<string, Option> {
+  const options: Record<string, Option> = { help: { type: "boolean", short: "h", multiple: true } };
+  for (const [name, def] of Object.entries(args)) {
+    if (def.type !== "string" && def.type !== "boolean") continue;
+    const aliases = def.alias === undefined ? [] : Array.isArray(def.alias) ? def.alias : [def.alias];
+    const short = aliases.find((a) => a.length === 1);
+    options[name] = { type: def.type, multiple: true, ...(short ? { short } : {}) };
+    for (const long of aliases.filter((a) => a.length > 1)) options[long] = { type: def.type, multiple: true };
+  }
+  return options;
+}
+
 /**
  * `argv` with each negative number that follows a flag taking a value joined to it
  * (`--temp -1` → `--temp=-1`, `-n -1` → `-n=-1`): both parsers would read it as flags.
  */
 export function withNegativeValues(args: ArgsDef, argv: string[]): string[] {
   const takesValue = new Set<string>();
-  for (const [name, def] of Object.entries(args)) {
-    if (def.type !== "string") continue;
+  for (const [name, option] of Object.entries(declaredOptions(args))) {
+    if (option.type !== "string") continue;
     takesValue.add(`--${name}`);
-    for (const alias of def.alias === undefined ? [] : Array.isArray(def.alias) ? def.alias : [def.alias])
-      takesValue.add(alias.length === 1 ? `-${alias}` : `--${alias}`);
+    if (option.short) takesValue.add(`-${option.short}`);
   }
   const out: string[] = [];
   for (let i = 0; i < argv.length; i++) {
@@ -40,14 +52,7 @@ export function withNegativeValues(args: ArgsDef, argv: string[]): string[] {
  * which its ranks check themselves.
  */
 export function flagProblem(command: string, args: ArgsDef, argv: string[]): string | undefined {
-  const options: Record<string, Option> = { help: { type: "boolean", short: "h", multiple: true } };
-  for (const [name, def] of Object.entries(args)) {
-    if (def.type !== "string" && def.type !== "boolean") continue;
-    const aliases = def.alias === undefined ? [] : Array.isArray(def.alias) ? def.alias : [def.alias];
-    const short = aliases.find((a) => a.length === 1);
-    options[name] = { type: def.type, multiple: true, ...(short ? { short } : {}) };
-    for (const long of aliases.filter((a) => a.length > 1)) options[long] = { type: def.type, multiple: true };
-  }
+  const options = declaredOptions(args);
   const end = argv.indexOf("--");
   try {
     parseArgs({

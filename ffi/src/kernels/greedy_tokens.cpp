@@ -18,9 +18,6 @@
 namespace kernels {
 namespace {
 
-// Elements per task, as logsumexp's.
-constexpr int64_t kStretch = 8192;
-
 struct Best {
   float value;
   uint32_t index;
@@ -33,11 +30,11 @@ void pick(const mx::array& logits, mx::array& tokens, mx::array& chosen) {
   const T* in = logits.data<T>();
   std::vector<T> lse(static_cast<size_t>(rows));
   logsumexp_rows(in, rows, width, lse.data());
-  const int stretches = static_cast<int>((width + kStretch - 1) / kStretch);
+  const int stretches = static_cast<int>((width + kRowPart - 1) / kRowPart);
   std::vector<Best> best(static_cast<size_t>(rows) * stretches);
   parallel_for(static_cast<int>(best.size()), [&](int task, int) {
-    const int64_t row = task / stretches, begin = (task % stretches) * kStretch;
-    const int64_t end = std::min(width, begin + kStretch);
+    const int64_t row = task / stretches, begin = (task % stretches) * kRowPart;
+    const int64_t end = std::min(width, begin + kRowPart);
     const T* x = in + row * width;
     const float shift = static_cast<float>(lse[row]);
     // MLX's argmax starts from the first element and takes a later one only when greater.

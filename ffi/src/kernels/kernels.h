@@ -151,6 +151,10 @@ mx::array rope(const mx::array& x, int dims, bool traditional, std::optional<flo
 // sampler's logits rows).
 mx::array logsumexp(const mx::array& x, const std::vector<int>& axes, bool keepdims);
 
+// Elements of a row per task in the row reductions over the pool (logsumexp_rows, greedy_tokens):
+// enough to be worth a thread.
+constexpr int64_t kRowPart = 8192;
+
 // logsumexp over each of `rows` contiguous rows of `width` elements, split over the pool: the
 // logsumexp primitive's own numbers (fp32 inside; float, float16 and bfloat16 rows).
 template <typename T>

@@ -21,9 +21,6 @@
 namespace kernels {
 namespace {
 
-// Elements per task: enough to be worth a thread.
-constexpr int kPart = 8192;
-
 using Partial = LogSumExpPartial;
 
 LogSumExpPart part_for(Isa isa) {
@@ -118,11 +115,11 @@ bool last_axis_only(const mx::array& x, const std::vector<int>& axes) {
 
 template <typename T>
 void logsumexp_rows(const T* in, int64_t rows, int64_t width, T* out) {
-  const int parts_per_row = static_cast<int>(std::max<int64_t>(1, (width + kPart - 1) / kPart));
+  const int parts_per_row = static_cast<int>(std::max<int64_t>(1, (width + kRowPart - 1) / kRowPart));
   std::vector<Partial> parts(static_cast<size_t>(rows) * parts_per_row);
   parallel_for(static_cast<int>(parts.size()), [&](int task, int) {
     const int64_t row = task / parts_per_row, part = task % parts_per_row;
-    const int64_t begin = part * kPart, end = std::min(width, begin + kPart);
+    const int64_t begin = part * kRowPart, end = std::min(width, begin + kRowPart);
     parts[task] = partial(in + row * width, begin, end);
   });
   for (int64_t r = 0; r < rows; ++r) out[r] = static_cast<T>(merge(parts.data() + r * parts_per_row, parts_per_row));

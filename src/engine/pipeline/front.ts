@@ -195,12 +195,11 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
    * off the ring as they come, then this waits for the decode step's first bytes.
    */
   untilArrival(): Promise<void> | undefined {
-    if (this.#beatReply) {
-      this.#awaiting = true;
-      return this.#untilArrived();
+    // A heartbeat's answer on its way comes first: waited for as the rest.
+    if (!this.#beatReply) {
+      if (this.#received > 0 || this.#arriving.length === 0) return undefined;
+      if (typeof this.#arriving[0] !== "number" && this.#waitSlice()) return undefined;
     }
-    if (this.#received > 0 || this.#arriving.length === 0) return undefined;
-    if (typeof this.#arriving[0] !== "number" && this.#waitSlice()) return undefined;
     this.#awaiting = true;
     return this.#untilArrived();
   }
