@@ -15,6 +15,7 @@ import { RotatingKVCache } from "../src/models/rotating-cache";
 import { SlidingKVCache } from "../src/models/sliding-cache";
 import { writesFused } from "../src/models/llama";
 import { greedySteps } from "./helpers/generate";
+import { peakAbove } from "./helpers/memory";
 import { tinyConfig, tinyWeights } from "./helpers/tiny-model";
 
 /** A tiny model whose attention input runs fused (4-bit projections), its float weights in `dtype`. */
@@ -145,10 +146,7 @@ describe("the cache's buffers", () => {
     expect(cache.keys![0]!.shape[2]).toBe(columns);
     // A copy of either buffer would add its size to the step's peak.
     for (let i = 0; i < 8; i++) {
-      const before = mx.memory.activeMemory();
-      mx.memory.resetPeakMemory();
-      step(1);
-      expect(mx.memory.peakMemory() - before).toBeLessThan(buffer / 16);
+      expect(peakAbove(() => step(1))).toBeLessThan(buffer / 16);
     }
     expect(cache.offset).toBe(columns - 8);
     cache.free();
@@ -251,10 +249,9 @@ describe("decode steps of the engine's token loop", () => {
       });
     while (generator.running < rows) generator.step();
     generator.step();
-    const before = mx.memory.activeMemory();
-    mx.memory.resetPeakMemory();
-    for (let i = 0; i < steps; i++) expect(generator.step().length).toBe(rows);
-    const peak = mx.memory.peakMemory() - before;
+    const peak = peakAbove(() => {
+      for (let i = 0; i < steps; i++) expect(generator.step().length).toBe(rows);
+    });
     generator.dispose();
     return peak;
   }
