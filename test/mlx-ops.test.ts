@@ -33,6 +33,29 @@ describe("arrays", () => {
     run(() => {
       expect(mx.scalar(2.5).item()).toBe(2.5);
       expect(mx.scalar(3, mx.Dtype.int32).dtypeName).toBe("int32");
+      // Read from the element itself, each type converted on the host.
+      for (const [dtype, value] of [
+        [mx.Dtype.bool, 1],
+        [mx.Dtype.uint8, 200],
+        [mx.Dtype.uint32, 4000000000],
+        [mx.Dtype.int16, -1234],
+        [mx.Dtype.int64, -5],
+        [mx.Dtype.float16, 1.5],
+        [mx.Dtype.bfloat16, -2.5],
+        [mx.Dtype.float64, 0.1],
+      ] as const)
+        expect(mx.astype(mx.scalar(value, mx.Dtype.float64), dtype).item()).toBe(value);
+      // One element of a larger array: a view at an offset.
+      expect(mx.slice(mx.array([1, 2, 3, 4]), [2], [3]).item()).toBe(3);
+    });
+  });
+
+  test("views read back row-major: an offset, a step, a transpose", () => {
+    run(() => {
+      const a = mx.reshape(mx.arange(0, 12), [3, 4]);
+      expect(values(mx.slice(a, [1, 0], [3, 4]))).toEqual([4, 5, 6, 7, 8, 9, 10, 11]);
+      expect(values(mx.slice(a, [0, 1], [3, 4], [2, 2]))).toEqual([1, 3, 9, 11]);
+      expect(values(mx.transpose(mx.slice(a, [1, 0], [3, 2])))).toEqual([4, 8, 5, 9]);
     });
   });
 

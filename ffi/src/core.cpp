@@ -109,10 +109,25 @@ int mlxs_array_dtype(const mlxs_array* a) { return code_of(a->value.dtype()); }
 size_t mlxs_array_size(const mlxs_array* a) { return a->value.size(); }
 size_t mlxs_array_nbytes(const mlxs_array* a) { return a->value.nbytes(); }
 
+// The array evaluated, then its elements in row-major order: the array itself where they lie so
+// already (a step's tokens, logits), else a contiguous copy. Reading must not add a node when it
+// need not: a node goes to the back of the stream's queue, so reading step N's tokens that way
+// waited for step N + 1, queued just before to keep the stream busy, and the stream then stood
+// idle while the next step was built.
+namespace {
+mx::array evaluated_rows(const mx::array& a) {
+  mx::array c = a;
+  c.eval();
+  if (c.flags().row_contiguous) return c;
+  c = mx::contiguous(c);
+  c.eval();
+  return c;
+}
+}  // namespace
+
 int mlxs_array_to_host(const mlxs_array* a, void* dst, size_t nbytes) {
   return guard([&] {
-    mx::array c = mx::contiguous(ref(a));
-    c.eval();
+    const mx::array c = evaluated_rows(ref(a));
     if (nbytes != c.nbytes()) {
       throw std::invalid_argument("to_host: destination holds " + std::to_string(nbytes) +
                                   " bytes, array has " + std::to_string(c.nbytes()));
@@ -125,9 +140,24 @@ int mlxs_array_to_host(const mlxs_array* a, void* dst, size_t nbytes) {
 int mlxs_array_item(const mlxs_array* a, double* out) {
   return guard([&] {
     if (a->value.size() != 1) throw std::invalid_argument("item: array has " + std::to_string(a->value.size()) + " elements, expected 1");
-    mx::array c = mx::astype(ref(a), mx::float64, mx::Device::cpu);
-    c.eval();
-    *out = c.item<double>();
+    mx::array c = ref(a);
+    c.eval();  // its own event only (see evaluated_rows); converted here, not by an op
+    switch (c.dtype()) {
+      case mx::bool_: *out = *c.data<bool>(); break;
+      case mx::uint8: *out = *c.data<uint8_t>(); break;
+      case mx::uint16: *out = *c.data<uint16_t>(); break;
+      case mx::uint32: *out = *c.data<uint32_t>(); break;
+      case mx::uint64: *out = static_cast<double>(*c.data<uint64_t>()); break;
+      case mx::int8: *out = *c.data<int8_t>(); break;
+      case mx::int16: *out = *c.data<int16_t>(); break;
+      case mx::int32: *out = *c.data<int32_t>(); break;
+      case mx::int64: *out = static_cast<double>(*c.data<int64_t>()); break;
+      case mx::float16: *out = static_cast<float>(*c.data<mx::float16_t>()); break;
+      case mx::bfloat16: *out = static_cast<float>(*c.data<mx::bfloat16_t>()); break;
+      case mx::float32: *out = *c.data<float>(); break;
+      case mx::float64: *out = *c.data<double>(); break;
+      default: throw std::invalid_argument("item: a complex array has no single real value");
+    }
     return 0;
   });
 }
