@@ -80,6 +80,9 @@ MLXS_API size_t mlxs_array_size(const mlxs_array* a);
 MLXS_API size_t mlxs_array_nbytes(const mlxs_array* a);
 // Evaluates `a` and copies its elements, row-major, into `dst` (which holds `nbytes`).
 MLXS_API int mlxs_array_to_host(const mlxs_array* a, void* dst, size_t nbytes);
+// Evaluates a float array and copies its elements, row-major and widened to float32, into `dst`
+// (which holds `count` floats).
+MLXS_API int mlxs_array_to_host_float32(const mlxs_array* a, float* dst, size_t count);
 // Evaluates a one-element array and returns it as a double.
 MLXS_API int mlxs_array_item(const mlxs_array* a, double* out);
 

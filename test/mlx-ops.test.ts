@@ -78,11 +78,15 @@ describe("arrays", () => {
     expect(kept.freed).toBe(true);
   });
 
-  test("float16 arrays read back as float32 on the host", () => {
+  test("float16 and bfloat16 arrays read back as float32 on the host, views too", () => {
     run(() => {
       const h = mx.astype(mx.array([0.5, 1.5]), mx.Dtype.float16);
       expect(h.dtypeName).toBe("float16");
       expect(values(h)).toEqual([0.5, 1.5]);
+      const b = mx.astype(mx.reshape(mx.array([1, -2, 3.5, 65536]), [2, 2]), mx.Dtype.bfloat16);
+      expect(values(b)).toEqual([1, -2, 3.5, 65536]);
+      expect(values(mx.transpose(b))).toEqual([1, 3.5, -2, 65536]);
+      expect(values(mx.slice(mx.astype(mx.arange(0, 6), mx.Dtype.float16), [1], [6], [2]))).toEqual([1, 3, 5]);
     });
   });
 });

@@ -1,4 +1,5 @@
 // Errors, devices, array handles, host transfer, evaluation and memory counters.
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -133,6 +134,25 @@ int mlxs_array_to_host(const mlxs_array* a, void* dst, size_t nbytes) {
                                   " bytes, array has " + std::to_string(c.nbytes()));
     }
     if (nbytes > 0) std::memcpy(dst, c.data<void>(), nbytes);
+    return 0;
+  });
+}
+
+int mlxs_array_to_host_float32(const mlxs_array* a, float* dst, size_t count) {
+  return guard([&] {
+    const mx::array c = evaluated_rows(ref(a));
+    if (count != c.size()) {
+      throw std::invalid_argument("to_host_float32: destination holds " + std::to_string(count) +
+                                  " floats, array has " + std::to_string(c.size()));
+    }
+    // Widened here rather than by an astype node, for the same reason as evaluated_rows.
+    const auto widen = [&](const auto* from) { std::copy(from, from + count, dst); };
+    switch (c.dtype()) {
+      case mx::float16: widen(c.data<mx::float16_t>()); break;
+      case mx::bfloat16: widen(c.data<mx::bfloat16_t>()); break;
+      case mx::float32: widen(c.data<float>()); break;
+      default: throw std::invalid_argument("to_host_float32: not a float array");
+    }
     return 0;
   });
 }

@@ -4,8 +4,8 @@
 // (and what it hands to `keep`). Arrays outside any scope (model weights, cache buffers)
 // are freed explicitly with `free()`, with a FinalizationRegistry only as a safety net.
 // Freeing promptly matters: MLX updates a buffer in place only when nothing else holds it.
-import { check, lib, outPtr, readOut, type Pointer } from "./ffi";
-import { Dtype, dtypeName, itemSize, type DtypeCode, type DtypeName } from "./dtype";
+import { check, lib, readOut, type Pointer } from "./ffi";
+import { dtypeName, itemSize, type DtypeCode, type DtypeName } from "./dtype";
 
 const leaked = new FinalizationRegistry<Pointer>((handle) => lib.mlxs_array_free(handle));
 const scopes: Set<MxArray>[] = [];
@@ -112,7 +112,9 @@ export class MxArray {
   toTyped(): HostTypedArray {
     const name = this.dtypeName;
     if (name === "float16" || name === "bfloat16") {
-      return scope(() => astypeRaw(this, Dtype.float32).toTyped()) as Float32Array;
+      const out = new Float32Array(this.size);
+      check(lib.mlxs_array_to_host_float32(this.handle, out, out.length), "to_host_float32");
+      return out;
     }
     const b = this.bytes();
     const buf = b.buffer;
@@ -153,10 +155,6 @@ export class MxArray {
 export function wrap(status: number, what: string): MxArray {
   check(status, what);
   return new MxArray(readOut());
-}
-
-function astypeRaw(a: MxArray, dtype: DtypeCode): MxArray {
-  return wrap(lib.mlxs_astype(outPtr, a.handle, dtype), "astype");
 }
 
 /** Runs fn, then frees every array it created that is not part of its result. */

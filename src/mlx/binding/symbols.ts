@@ -40,6 +40,7 @@ export const symbols = {
   mlxs_array_size: { args: [p], returns: u64 },
   mlxs_array_nbytes: { args: [p], returns: u64 },
   mlxs_array_to_host: { args: [p, p, u64], returns: i32 },
+  mlxs_array_to_host_float32: { args: [p, p, u64], returns: i32 },
   mlxs_array_item: { args: [p, p], returns: i32 },
   mlxs_eval: { args: [p, i32], returns: i32 },
   mlxs_async_eval: { args: [p, i32], returns: i32 },
