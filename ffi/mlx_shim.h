@@ -185,7 +185,7 @@ MLXS_API int mlxs_quantized_sdpa(mlxs_array** out, const mlxs_array* q, const ml
                         int group_size, int bits);
 // A quantized KV cache's step in one op: values [B, Hkv, L, D] quantized as mlxs_quantize does
 // into the cache's buffers (codes, scales, biases [B, Hkv, T, ·]) at column `at`, in place where
-// nothing else holds them. outs[0..2] get the buffers, outs[3..5] their first at + L columns.
+// nothing else holds them or the cache owns them (`owned`, see mlxs_attention_input). outs[0..2] get the buffers, outs[3..5] their first at + L columns.
 // With keys (keys per channel, see mlxs_quantized_sdpa): the new keys [B, Hkv, L, D] join
 // key_tail in outs[9] (in key_tail's type), and outs[6..8] get the first `coded` positions of the
 // keys' buffers (whole groups). outs holds 6 handles, or 10 with keys.
@@ -193,7 +193,8 @@ MLXS_API int mlxs_quantized_cache_write(mlxs_array** outs, const mlxs_array* val
                                         const mlxs_array* scales, const mlxs_array* biases, int at,
                                         const mlxs_array* keys, const mlxs_array* key_tail,
                                         const mlxs_array* key_codes, const mlxs_array* key_scales,
-                                        const mlxs_array* key_biases, int coded, int group_size, int bits);
+                                        const mlxs_array* key_biases, int coded, int group_size, int bits,
+                                        int owned);
 // silu(gate) * up, the SwiGLU feed-forward's activation: one op on our CPU kernels.
 MLXS_API int mlxs_silu_mul(mlxs_array** out, const mlxs_array* gate, const mlxs_array* up);
 // A greedy step's sampling of logits [B, V]: outs[0] the tokens argmax(logprobs) (uint32 [B]),
@@ -213,13 +214,15 @@ MLXS_API int mlxs_mlp_block(mlxs_array** out, const mlxs_array* h, const mlxs_ar
 // heads and RoPE (settings as mlxs_rope takes them), one op on our CPU kernels; into out[0..2].
 // Given a float KV cache's buffers [B, Hkv, T, D] (cache_keys, cache_values), out[0..4] are the
 // queries, the buffers with the new keys and values written at column cache_at (in place where
-// nothing else holds them), and the buffers' first cache_at + L columns.
+// nothing else holds them, or where cache_owned: see kernels::CacheRows), and the buffers' first
+// cache_at + L columns.
 MLXS_API int mlxs_attention_input(mlxs_array** out, const mlxs_array* x, const mlxs_array* norm_weight, float eps,
                                   const mlxs_array* qkv, const mlxs_array* qkv_scales, const mlxs_array* qkv_biases,
                                   int group, int bits, int heads, int kv_heads, int head_dim, int dims,
                                   int traditional, float base, float scale, int offset,
                                   const mlxs_array* offset_array, const mlxs_array* freqs,
-                                  const mlxs_array* cache_keys, const mlxs_array* cache_values, int cache_at);
+                                  const mlxs_array* cache_keys, const mlxs_array* cache_values, int cache_at,
+                                  int cache_owned);
 // x + o_proj(heads [B, H, L, D] back into rows [B, L, H·D]), o_proj affine-quantized with no bias
 // of its own: attention's output and the block's residual add, one op on our CPU kernels.
 MLXS_API int mlxs_attention_output(mlxs_array** out, const mlxs_array* x, const mlxs_array* heads,

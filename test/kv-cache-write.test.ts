@@ -11,6 +11,7 @@ import { BatchGenerator } from "../src/engine/batch";
 import { defaultSampling } from "../src/engine/sampling";
 import { buildModel, forward, freeCaches, makeCaches, parseConfig, Weights, type DecoderModel } from "../src/models";
 import { KVCache } from "../src/models/cache";
+import { snapshotRow } from "../src/engine/prefix-cache";
 import { RotatingKVCache } from "../src/models/rotating-cache";
 import { SlidingKVCache } from "../src/models/sliding-cache";
 import { writesFused } from "../src/models/llama";
@@ -181,6 +182,51 @@ describe("the cache's buffers", () => {
     });
   });
 
+  test("buffers the cache owns are written in place though something still holds them (work queued before)", () => {
+    const { norm, qkv } = weights();
+    const held = mx.keep(mx.zeros([1, shape.kvHeads, 8, shape.headDim]));
+    const heldValues = mx.keep(mx.zeros([1, shape.kvHeads, 8, shape.headDim]));
+    mx.evaluate(held, heldValues);
+    // A second handle on the keys buffer, as a step queued before holds it until it has run.
+    const earlier = mx.keep(mx.retain(held));
+    mx.scope(() => {
+      const [, keys] = mx.fast.attentionInput(
+        mx.random.normal([1, 2, dim]),
+        norm,
+        1e-5,
+        qkv,
+        shape,
+        { ...rotation, offset: 3 },
+        { keys: held, values: heldValues, at: 3, owned: true },
+      );
+      mx.evaluate(keys);
+      // The new rows landed in the very buffer the other handle sees.
+      expect(same(earlier, keys)).toBe(0);
+      expect(
+        same(mx.slice(earlier, [0, 0, 3], [1, shape.kvHeads, 5]), mx.zeros([1, shape.kvHeads, 2, shape.headDim])),
+      ).toBeGreaterThan(0);
+    });
+    for (const t of [held, heldValues, earlier]) t.free();
+  });
+
+  test("a cache owns the buffers it grew, not a seeded prefix's, nor ones a snapshot shares", () => {
+    const rows = { batch: 1, heads: 1, length: 1, dim: shape.headDim, activations: mx.Dtype.float32 };
+    const cache = new KVCache();
+    expect(cache.roomFor(rows)!.owned).toBe(true);
+    const stored = [mx.keep(mx.zeros([1, 1, 300, shape.headDim], mx.Dtype.float16))];
+    cache.seed(stored, [mx.keep(mx.zeros([1, 1, 300, shape.headDim], mx.Dtype.float16))], 10);
+    expect(cache.roomFor(rows)!.owned).toBe(false);
+    cache.offset = 300;
+    expect(cache.roomFor(rows)!.owned).toBe(true); // full: grown into buffers of its own
+    cache.offset = 12;
+    // One head: the row's slice is contiguous, so the snapshot is a view of the cache's buffer.
+    const snapshot = snapshotRow([cache], 0, 0, 12);
+    expect(cache.roomFor(rows)!.owned).toBe(false);
+    for (const t of [...snapshot.keys, ...snapshot.values].flat()) t.free();
+    for (const t of stored) t.free();
+    cache.free();
+  });
+
   test("no room for the new rows: refused", () => {
     const { norm, qkv } = weights();
     const small = mx.keep(mx.zeros([1, shape.kvHeads, 4, shape.headDim]));
@@ -271,12 +317,17 @@ describe("decode steps of the engine's token loop", () => {
     test(`${rows} row(s): a buffer something else holds is copied, and the bound above sees it`, () => {
       const model = tinyModel("float32");
       const held: mx.MxArray[] = [];
-      // A second reference to the keys buffer while each step runs (kept past the step's scope).
+      // A second reference to the keys buffer while each step runs (kept past the step's scope),
+      // lent as the cache's own users lend its buffers (lendBuffers).
       const hold = (keys?: mx.MxArray) => keys && held.push(mx.keep(mx.retain(keys)));
       const update = KVCache.prototype.update;
       KVCache.prototype.roomFor = function (this: KVCache, r) {
         const room = roomFor.call(this, r);
-        if (r.length === 1) hold(room?.keys);
+        if (r.length === 1 && room) {
+          hold(room.keys);
+          this.lendBuffers();
+          return { ...room, owned: false };
+        }
         return room;
       };
       KVCache.prototype.update = function (this: KVCache, keys, values) {

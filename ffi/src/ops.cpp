@@ -337,14 +337,14 @@ int mlxs_quantized_sdpa(mlxs_array** out, const mlxs_array* q, const mlxs_array*
 int mlxs_quantized_cache_write(mlxs_array** outs, const mlxs_array* values, const mlxs_array* codes,
                                const mlxs_array* scales, const mlxs_array* biases, int at, const mlxs_array* keys,
                                const mlxs_array* key_tail, const mlxs_array* key_codes, const mlxs_array* key_scales,
-                               const mlxs_array* key_biases, int coded, int group_size, int bits) {
+                               const mlxs_array* key_biases, int coded, int group_size, int bits, int owned) {
   return guard([&] {
     std::optional<kernels::ChannelKeyStep> step;
     if (keys != nullptr)
       step = kernels::ChannelKeyStep{ref(keys), ref(key_tail), {ref(key_codes), ref(key_scales), ref(key_biases)},
                                      coded};
     return put_all(outs, kernels::quantized_cache_write(ref(values), {ref(codes), ref(scales), ref(biases)}, at, step,
-                                                        group_size, bits));
+                                                        group_size, bits, owned != 0));
   });
 }
 
@@ -372,13 +372,15 @@ int mlxs_attention_input(mlxs_array** out, const mlxs_array* x, const mlxs_array
                          const mlxs_array* qkv, const mlxs_array* qkv_scales, const mlxs_array* qkv_biases, int group,
                          int bits, int heads, int kv_heads, int head_dim, int dims, int traditional, float base,
                          float scale, int offset, const mlxs_array* offset_array, const mlxs_array* freqs,
-                         const mlxs_array* cache_keys, const mlxs_array* cache_values, int cache_at) {
+                         const mlxs_array* cache_keys, const mlxs_array* cache_values, int cache_at,
+                         int cache_owned) {
   return guard([&] {
     kernels::Rotation rotation{dims, traditional != 0, std::nullopt, scale, offset, opt(freqs)};
     if (freqs == nullptr) rotation.base = base;
     if (offset_array != nullptr) rotation.offset = ref(offset_array);
     std::optional<kernels::CacheRows> cache;
-    if (cache_keys != nullptr) cache = kernels::CacheRows{ref(cache_keys), ref(cache_values), cache_at};
+    if (cache_keys != nullptr)
+      cache = kernels::CacheRows{ref(cache_keys), ref(cache_values), cache_at, cache_owned != 0};
     return put_all(out, kernels::attention_input(ref(x), ref(norm_weight), eps,
                                                  {ref(qkv), ref(qkv_scales), ref(qkv_biases), group, bits},
                                                  {heads, kv_heads, head_dim}, rotation, cache));

@@ -248,6 +248,12 @@ export function snapshotRow(caches: KVCache[], row: number, skip: number, positi
     (stored ?? []).map((t) =>
       mx.keep(mx.scope(() => mx.contiguous(mx.slice(t, [row, 0, skip], [row + 1, t.shape[1]!, skip + positions])))),
     );
+  // A row's slice that is already contiguous (one head, or every column) is not copied: the
+  // snapshot is a view of the cache's buffer, which the cache then no longer owns alone.
+  for (const c of caches) {
+    const [, heads, columns] = c.values?.[0]?.shape ?? [];
+    if (heads === 1 || (skip === 0 && positions === columns)) c.lendBuffers();
+  }
   // Per-channel keys are taken out of their groups and grouped again from the prefix's start.
   const keys = caches.map((c) =>
     isChannelLayout(c.keys)

@@ -53,6 +53,12 @@ export interface CacheRows {
   keys: MxArray;
   values: MxArray;
   at: number;
+  /**
+   * The cache vouches that it made the buffers and lent them to no one: written in place even
+   * while steps queued before still hold them (they run first), as a pipelined token loop needs.
+   * Otherwise only where nothing else holds them.
+   */
+  owned?: boolean;
 }
 
 /**
@@ -105,6 +111,7 @@ export function attentionInput(
       cache?.keys.handle ?? null,
       cache?.values.handle ?? null,
       cache?.at ?? 0,
+      cache?.owned ? 1 : 0,
     ),
     "attention_input",
   );
@@ -284,7 +291,8 @@ const stepOuts = new BigUint64Array(10);
  * A quantized KV cache's step: values [B, kvHeads, L, D] quantized as `quantize` does (bit for
  * bit) into the cache's buffers at column `at`, and with `keys` the new keys appended to the
  * per-channel tail: one graph node on our CPU kernels (in place where the cache holds its buffers
- * alone), MLX's ops composed elsewhere (quantize, sliceUpdate, slice, astype, concatenate).
+ * alone, or owns them: see CacheRows.owned), MLX's ops composed elsewhere (quantize, sliceUpdate,
+ * slice, astype, concatenate).
  */
 export function quantizedCacheWrite(
   values: MxArray,
@@ -292,6 +300,7 @@ export function quantizedCacheWrite(
   at: number,
   quantization: { groupSize: number; bits: number },
   keys?: ChannelKeyStep,
+  owned = false,
 ): QuantizedCacheStep {
   check(
     lib.mlxs_quantized_cache_write(
@@ -309,6 +318,7 @@ export function quantizedCacheWrite(
       keys?.coded ?? 0,
       quantization.groupSize,
       quantization.bits,
+      owned ? 1 : 0,
     ),
     "quantized_cache_write",
   );

@@ -108,6 +108,7 @@ export class BatchKVCache extends KVCache {
     single.groupKeys();
     this.free();
     [this.keys, this.values, this.offset] = [single.keys, single.values, single.offset];
+    this.ownsBuffers = single.ownsBuffers;
     this.leftPadding = [0];
     single.keys = single.values = undefined;
     single.free();
@@ -170,6 +171,8 @@ export class BatchKVCache extends KVCache {
     this.free(false);
     this.keys = stored?.map(mx.keep);
     this.values = values?.map(mx.keep);
+    // Copies made from the rows held (take, concatenate, sliceUpdate into zeros): the batch's own.
+    this.ownsBuffers = true;
     this.withHugePages();
   }
 

@@ -90,6 +90,14 @@ export class KVCache implements AttentionCache {
    * and again there, a second rounding).
    */
   deferKeys = false;
+  /**
+   * Whether the buffers are the cache's alone: then an op may write new positions into them in
+   * place even while steps queued before it still hold them (they run first), as a pipelined token
+   * loop needs (roomFor's `owned`, quantizedCacheWrite's). Not after seed (a stored prefix's
+   * buffers) or lendBuffers, until the next write, which checks for other holders and copies where
+   * there are some: what it leaves is the cache's own.
+   */
+  ownsBuffers = false;
 
   constructor(
     readonly quantization?: KvQuantization,
@@ -171,6 +179,7 @@ export class KVCache implements AttentionCache {
     if (channel) this.writeChannelKeys(keys, previous);
     else this.keys = write(this.keys!, newKeys!);
     this.values = write(this.values!, newValues);
+    this.ownsBuffers = true;
     const valid = (held: Stored) => held.map((t) => mx.slice(t, [0, 0, 0], stop));
     return [channel ? heldKeys(this.keys!, this.offset, this.quantization!) : valid(this.keys!), valid(this.values)];
   }
@@ -205,9 +214,11 @@ export class KVCache implements AttentionCache {
       this.offset,
       this.quantization!,
       { keys, tail, buffers: [codes, scales, biases], coded: this.offset - tail.shape[2]! },
+      this.ownsBuffers,
     );
     this.values = step.buffers.map((buffer, i) => this.replace(this.values![i]!, buffer));
     this.keys![3] = this.replace(tail, step.keys![3]);
+    this.ownsBuffers = true;
     this.offset += length;
     return [[...step.keys!], [...step.values]];
   }
@@ -226,12 +237,13 @@ export class KVCache implements AttentionCache {
       dtype: this.keys?.[0]!.dtype ?? floatCacheDtype(rows.activations),
     };
     if (!this.values || this.offset + length > this.values[0]!.shape[2]!) this.grow([like], [like], length);
-    return { keys: this.keys![0]!, values: this.values![0]!, at: this.offset };
+    return { keys: this.keys![0]!, values: this.values![0]!, at: this.offset, owned: this.ownsBuffers };
   }
 
   wrote(keys: MxArray, values: MxArray, length: number): void {
     this.keys = [this.replace(this.keys![0]!, keys)];
     this.values = [this.replace(this.values![0]!, values)];
+    this.ownsBuffers = true;
     this.offset += length;
   }
 
@@ -336,6 +348,7 @@ export class KVCache implements AttentionCache {
     this.free(false);
     this.keys = keys.map(mx.keep);
     this.values = values.map(mx.keep);
+    this.ownsBuffers = true;
     this.withHugePages();
   }
 
@@ -369,6 +382,7 @@ export class KVCache implements AttentionCache {
       });
     if (likeKeys) this.keys = extend(this.keys, likeKeys);
     this.values = extend(this.values, likeValues);
+    this.ownsBuffers = true;
     this.withHugePages();
   }
 
@@ -401,6 +415,7 @@ export class KVCache implements AttentionCache {
     };
     this.keys = keys.map(own);
     this.values = values.map(own);
+    this.ownsBuffers = false;
     // Per-channel keys hold exactly their positions (whole groups and a tail): trim from there.
     this.offset = isChannelLayout(keys) ? keys[0]!.shape[2]! + keys[3]!.shape[2]! : length;
     this.trim(length);
@@ -460,10 +475,16 @@ export class KVCache implements AttentionCache {
     return this.state.reduce((sum, t) => sum + t.nbytes, 0);
   }
 
+  /** Another holder now shares the buffers (a copy that is a view of them): see ownsBuffers. */
+  lendBuffers(): void {
+    this.ownsBuffers = false;
+  }
+
   /** Releases the buffers; `forget` also resets the position count. */
   free(forget = true): void {
     for (const t of this.state) t.free();
     this.keys = this.values = undefined;
+    this.ownsBuffers = false;
     if (forget) this.offset = 0;
   }
 }

@@ -109,6 +109,7 @@ struct InputSpec {
   RopeSpec rope;
   mx::Dtype normed, projected;
   int at;  // the cache's column the new rows go to; -1: no cache (keys and values are outputs)
+  bool owned;  // CacheRows::owned
 };
 
 // inputs: x, the norm's weight, the product's weight, scales, biases, then the rotation's
@@ -154,12 +155,12 @@ class AttentionInput : public mx::Primitive {
       return;
     }
     // The cache's buffers become the outputs where nothing else holds them (checked before
-    // anything here takes a reference): the rows are written in place, as MLX's slice_update
-    // does. Otherwise the task copies them first.
+    // anything here takes a reference) or the cache owns them: the rows are written in place, as
+    // MLX's slice_update does. Otherwise the task copies them first.
     const size_t cache = inputs.size() - 2;
     BufferCopies copies;
     for (int i = 1; i <= 2; ++i) {
-      adopt_or_copy(inputs[cache + i - 1], outputs, i, stream(), copies);
+      adopt_or_copy(inputs[cache + i - 1], outputs, i, stream(), copies, spec_.owned);
       set_prefix_view(outputs[i], outputs[2 + i]);
     }
     outputs[0].set_data(mx::allocator::malloc(outputs[0].nbytes()));
@@ -185,7 +186,7 @@ class AttentionInput : public mx::Primitive {
            spec_.heads.kv_heads == o.heads.kv_heads && spec_.heads.head_dim == o.heads.head_dim &&
            spec_.normed == o.normed && spec_.projected == o.projected && r.dims == s.dims &&
            r.traditional == s.traditional && r.base == s.base && r.scale == s.scale && r.offset == s.offset &&
-           r.offset_array == s.offset_array && r.freqs == s.freqs && spec_.at == o.at;
+           r.offset_array == s.offset_array && r.freqs == s.freqs && spec_.at == o.at && spec_.owned == o.owned;
   }
 
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
@@ -261,7 +262,8 @@ std::vector<mx::array> attention_input(const mx::array& x, const mx::array& norm
                         rotation.freqs.has_value()},
                        told->normed,
                        told->projected,
-                       cache ? cache->at : -1};
+                       cache ? cache->at : -1,
+                       cache && cache->owned};
   std::vector<mx::array> inputs = {x, norm_weight, qkv.weight, qkv.scales, qkv.biases};
   if (offset_array) inputs.push_back(mx::astype(mx::flatten(*offset_array), mx::int32));
   if (rotation.freqs) inputs.push_back(mx::astype(mx::contiguous(*rotation.freqs), mx::float32));

@@ -44,13 +44,14 @@ mx::array row_contiguous(const mx::array& a, mx::Stream stream) {
 }
 
 void adopt_or_copy(const mx::array& held, std::vector<mx::array>& outputs, int index, mx::Stream stream,
-                   BufferCopies& copies) {
+                   BufferCopies& copies, bool owned) {
   static_assert(sizeof(mx::array) == sizeof(std::shared_ptr<void>));
   mx::array& buffer = outputs[index];
   const long references = reinterpret_cast<const std::shared_ptr<void>&>(held).use_count();
   const auto& data = held.data_shared_ptr();
-  if (references == long(outputs.size()) && data.use_count() == 1 && data->is_owned() &&
-      held.flags().row_contiguous && held.itemsize() == buffer.itemsize() && held.buffer_size() <= buffer.nbytes()) {
+  const bool alone = owned || (references == long(outputs.size()) && data.use_count() == 1);
+  if (alone && data->is_owned() && held.flags().row_contiguous && held.itemsize() == buffer.itemsize() &&
+      held.buffer_size() <= buffer.nbytes()) {
     buffer.copy_shared_buffer(held);
     return;
   }

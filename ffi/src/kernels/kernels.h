@@ -59,8 +59,9 @@ using BufferCopies = std::vector<std::pair<int, mx::array>>;
 // for the task to copy first. As MLX's is_donatable, except that each output of a primitive keeps
 // its inputs (one reference each), where is_donatable asks for one reference, which an input of a
 // multi-output primitive never has. Check every input before taking any other reference to it.
+// `owned` (see CacheRows) skips the reference counts.
 void adopt_or_copy(const mx::array& held, std::vector<mx::array>& outputs, int index, mx::Stream stream,
-                   BufferCopies& copies);
+                   BufferCopies& copies, bool owned = false);
 
 // view = buffer's first view.shape(2) positions (buffer [B, H, T, ·], view [B, H, t ≤ T, ·]),
 // sharing its memory as MLX's slice does: a primitive's output that is a view of another's.
@@ -133,11 +134,12 @@ struct ChannelKeyStep {
 
 // A quantized KV cache's step: values [B, Hkv, L, D] quantized as mx::quantize does (bit for
 // bit) into the cache's buffers [B, Hkv, T ≥ at + L, ·] at column `at`, in place where the cache
-// holds them alone. Returns the three buffers, their first at + L columns; with `keys`, then the
+// holds them alone or owns them (`owned`, see CacheRows). Returns the three buffers, their first at + L columns; with `keys`, then the
 // keys' coded groups and the tail grown by the new keys (in the tail's type). One primitive on
 // our kernels; MLX's ops composed otherwise (quantize, slice_update, slice, astype, concatenate).
 std::vector<mx::array> quantized_cache_write(const mx::array& values, const QuantizedKV& buffers, int at,
-                                             const std::optional<ChannelKeyStep>& keys, int group, int bits);
+                                             const std::optional<ChannelKeyStep>& keys, int group, int bits,
+                                             bool owned = false);
 
 // mx::fast::rms_norm as one primitive (MLX's CPU backend evaluates it as a chain of ops).
 mx::array rms_norm(const mx::array& x, const std::optional<mx::array>& weight, float eps);
@@ -197,9 +199,15 @@ struct Rotation {
 };
 
 // A float KV cache's key and value buffers [B, Hkv, T, D] and the column new rows go to.
+// `owned`: the cache vouches that outside the work already queued on this stream nothing holds
+// the buffers (it made them itself and lent them to no one), so they are written in place even
+// while that work still holds them: it runs first, in order. Without it, only where nothing else
+// holds them at all (adopt_or_copy), which a pipelined token loop misses whenever it queues a
+// step's layer before the step ahead has finished the same layer.
 struct CacheRows {
   mx::array keys, values;
   int at;
+  bool owned = false;
 };
 
 // {queries [B, H, L, D] and keys [B, Hkv, L, D], rotated; values [B, Hkv, L, D]} of x [B, L, ·]:

@@ -81,6 +81,7 @@ struct WriteSpec {
   int group, bits;
   bool keys;       // keys per channel: the tail grows by the new keys, the coded groups are passed on
   int coded;       // keys per channel: the coded positions attention reads
+  bool owned;      // the cache owns the values' buffers (see CacheRows::owned)
 };
 
 // in: values [B, H, L, D], row-contiguous; with keys, keys [B, H, L, D] and the tail [B, H, n, D]
@@ -123,7 +124,7 @@ class QuantizedCacheWrite : public mx::Primitive {
     // here takes a reference): written in place, as MLX's slice_update is. Otherwise copied first.
     BufferCopies copies;
     for (int i = 0; i < 3; ++i) {
-      adopt_or_copy(inputs[1 + i], outputs, i, stream(), copies);
+      adopt_or_copy(inputs[1 + i], outputs, i, stream(), copies, spec_.owned);
       set_prefix_view(outputs[i], outputs[3 + i]);
     }
     std::vector<mx::array> rows = {row_contiguous(inputs[0], stream())};
@@ -151,7 +152,7 @@ class QuantizedCacheWrite : public mx::Primitive {
   bool is_equivalent(const mx::Primitive& other) const override {
     const auto& o = static_cast<const QuantizedCacheWrite&>(other).spec_;
     return spec_.at == o.at && spec_.group == o.group && spec_.bits == o.bits && spec_.keys == o.keys &&
-           spec_.coded == o.coded;
+           spec_.coded == o.coded && spec_.owned == o.owned;
   }
 
  private:
@@ -184,7 +185,8 @@ std::vector<mx::array> composed(const mx::array& values, const QuantizedKV& buff
 }  // namespace
 
 std::vector<mx::array> quantized_cache_write(const mx::array& values, const QuantizedKV& buffers, int at,
-                                             const std::optional<ChannelKeyStep>& keys, int group, int bits) {
+                                             const std::optional<ChannelKeyStep>& keys, int group, int bits,
+                                             bool owned) {
   const auto& [codes, scales, biases] = buffers;
   if (values.ndim() != 4 || codes.ndim() != 4 || scales.ndim() != 4 || biases.ndim() != 4)
     throw std::invalid_argument("[quantized_cache_write] values and the cache's buffers must be [B, H, T, ·]");
@@ -230,7 +232,7 @@ std::vector<mx::array> quantized_cache_write(const mx::array& values, const Quan
     shapes.push_back({B, H, keys->tail.shape(2) + L, D});
     types.push_back(keys->tail.dtype());
   }
-  const WriteSpec spec{at, group, bits, keys.has_value(), keys ? keys->coded : 0};
+  const WriteSpec spec{at, group, bits, keys.has_value(), keys ? keys->coded : 0, owned};
   return mx::array::make_arrays(std::move(shapes), std::move(types),
                                 std::make_shared<QuantizedCacheWrite>(stream, spec), std::move(inputs));
 }
