@@ -5,7 +5,11 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import OpenAI from "openai";
 import { createApp, createState, type RunningServer } from "../src/server/app";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { eventually, post, serve, tinyModel } from "./helpers/serve";
+import { writeTinyModel } from "./helpers/tiny-model";
 
 let server: RunningServer;
 let model: string;
@@ -290,9 +294,13 @@ describe("limits", () => {
 
   test("the per-request timeout: a 504 for a whole answer, an error event in a stream", async () => {
     const hasty = serve({ requestTimeoutMs: 100 });
+    // An answer that takes far longer than the timeout however fast decoding gets: 4,000 tokens.
+    // (220 tokens, all the shared tiny model's context of 256 allows, once finished inside it.)
+    const roomy = join(mkdtempSync(join(tmpdir(), "mlx-timeout-")), "tiny");
+    writeTinyModel(roomy, { contextLength: 4096 });
     try {
-      const body = { model, prompt: "Once", max_tokens: 220, temperature: 0, ignore_eos: true };
-      await post(`${hasty.url}/v1/completions`, { model, prompt: "x", max_tokens: 1 }); // load first
+      const body = { model: roomy, prompt: "Once", max_tokens: 4000, temperature: 0, ignore_eos: true };
+      await post(`${hasty.url}/v1/completions`, { model: roomy, prompt: "x", max_tokens: 1 }); // load first
       const r = await post(`${hasty.url}/v1/completions`, body);
       expect(r.status).toBe(504);
       expect(r.json.error.code).toBe("request_timeout");
