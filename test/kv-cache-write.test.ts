@@ -113,6 +113,9 @@ describe("the cache's buffers", () => {
     };
   };
   const rotation = { dims: 64, traditional: false, base: 10000, scale: 1 };
+  /** Two new rows of a random x written at column 3 of `room`'s buffers (the fused attention input). */
+  const writeTwoRows = (w: ReturnType<typeof weights>, room: mx.fast.CacheRows) =>
+    mx.fast.attentionInput(mx.random.normal([1, 2, dim]), w.norm, 1e-5, w.qkv, shape, { ...rotation, offset: 3 }, room);
 
   test("written in place while the cache holds the only reference: no copy of the cache a step", () => {
     const { norm, qkv } = weights();
@@ -160,16 +163,7 @@ describe("the cache's buffers", () => {
     mx.evaluate(held, heldValues);
     const before = mx.keep(mx.add(held, 0));
     mx.scope(() => {
-      const x = mx.random.normal([1, 2, dim]);
-      const [, keys, values, validKeys] = mx.fast.attentionInput(
-        x,
-        norm,
-        1e-5,
-        qkv,
-        shape,
-        { ...rotation, offset: 3 },
-        { keys: held, values: heldValues, at: 3 },
-      );
+      const [, keys, values, validKeys] = writeTwoRows({ norm, qkv }, { keys: held, values: heldValues, at: 3 });
       mx.evaluate(keys, values, validKeys);
       expect(same(held, before)).toBe(0);
       expect(validKeys.shape).toEqual([1, shape.kvHeads, 5, shape.headDim]);
@@ -190,15 +184,7 @@ describe("the cache's buffers", () => {
     // A second handle on the keys buffer, as a step queued before holds it until it has run.
     const earlier = mx.keep(mx.retain(held));
     mx.scope(() => {
-      const [, keys] = mx.fast.attentionInput(
-        mx.random.normal([1, 2, dim]),
-        norm,
-        1e-5,
-        qkv,
-        shape,
-        { ...rotation, offset: 3 },
-        { keys: held, values: heldValues, at: 3, owned: true },
-      );
+      const [, keys] = writeTwoRows({ norm, qkv }, { keys: held, values: heldValues, at: 3, owned: true });
       mx.evaluate(keys);
       // The new rows landed in the very buffer the other handle sees.
       expect(same(earlier, keys)).toBe(0);
@@ -228,25 +214,8 @@ describe("the cache's buffers", () => {
   });
 
   test("no room for the new rows: refused", () => {
-    const { norm, qkv } = weights();
     const small = mx.keep(mx.zeros([1, shape.kvHeads, 4, shape.headDim]));
-    expect(() =>
-      mx.scope(() =>
-        mx.fast.attentionInput(
-          mx.random.normal([1, 2, dim]),
-          norm,
-          1e-5,
-          qkv,
-          shape,
-          { ...rotation, offset: 3 },
-          {
-            keys: small,
-            values: small,
-            at: 3,
-          },
-        ),
-      ),
-    ).toThrow();
+    expect(() => mx.scope(() => writeTwoRows(weights(), { keys: small, values: small, at: 3 }))).toThrow();
   });
 });
 
