@@ -185,7 +185,8 @@ MLXS_API int mlxs_quantized_sdpa(mlxs_array** out, const mlxs_array* q, const ml
                         int group_size, int bits);
 // A quantized KV cache's step in one op: values [B, Hkv, L, D] quantized as mlxs_quantize does
 // into the cache's buffers (codes, scales, biases [B, Hkv, T, ·]) at column `at`, in place where
-// nothing else holds them or the cache owns them (`owned`, see mlxs_attention_input). outs[0..2] get the buffers, outs[3..5] their first at + L columns.
+// nothing else holds them or the cache owns them (`owned`, see mlxs_attention_input). outs[0..2]
+// get the buffers, outs[3..5] their first at + L columns.
 // With keys (keys per channel, see mlxs_quantized_sdpa): the new keys [B, Hkv, L, D] join
 // key_tail in outs[9] (in key_tail's type), and outs[6..8] get the first `coded` positions of the
 // keys' buffers (whole groups). outs holds 6 handles, or 10 with keys.

@@ -124,15 +124,19 @@ mx::array evaluated_rows(const mx::array& a) {
   c.eval();
   return c;
 }
+
+// A host destination of `holds` elements of `unit` for an array of `has`: the same number, or an error.
+void check_destination(const char* what, size_t holds, size_t has, const char* unit) {
+  if (holds != has)
+    throw std::invalid_argument(std::string(what) + ": destination holds " + std::to_string(holds) + " " + unit +
+                                ", array has " + std::to_string(has));
+}
 }  // namespace
 
 int mlxs_array_to_host(const mlxs_array* a, void* dst, size_t nbytes) {
   return guard([&] {
     const mx::array c = evaluated_rows(ref(a));
-    if (nbytes != c.nbytes()) {
-      throw std::invalid_argument("to_host: destination holds " + std::to_string(nbytes) +
-                                  " bytes, array has " + std::to_string(c.nbytes()));
-    }
+    check_destination("to_host", nbytes, c.nbytes(), "bytes");
     if (nbytes > 0) std::memcpy(dst, c.data<void>(), nbytes);
     return 0;
   });
@@ -141,10 +145,7 @@ int mlxs_array_to_host(const mlxs_array* a, void* dst, size_t nbytes) {
 int mlxs_array_to_host_float32(const mlxs_array* a, float* dst, size_t count) {
   return guard([&] {
     const mx::array c = evaluated_rows(ref(a));
-    if (count != c.size()) {
-      throw std::invalid_argument("to_host_float32: destination holds " + std::to_string(count) +
-                                  " floats, array has " + std::to_string(c.size()));
-    }
+    check_destination("to_host_float32", count, c.size(), "floats");
     // Widened here rather than by an astype node, for the same reason as evaluated_rows.
     const auto widen = [&](const auto* from) { std::copy(from, from + count, dst); };
     switch (c.dtype()) {

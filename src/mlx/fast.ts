@@ -54,7 +54,7 @@ export interface CacheRows {
   values: MxArray;
   at: number;
   /**
-   * The cache vouches that it made the buffers and lent them to no one: written in place even
+   * The cache vouches that the buffers are its own (KVCache.ownsBuffers): written in place even
    * while steps queued before still hold them (they run first), as a pipelined token loop needs.
    * Otherwise only where nothing else holds them.
    */
