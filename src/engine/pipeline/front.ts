@@ -218,8 +218,11 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
       }
     } finally {
       this.#awaiting = false;
-      // Between this step and the next (setImmediate runs before the scheduler's next step).
-      if (this.#heartbeatDue) setImmediate(() => this.#beat());
+      // Between this step and the next (setImmediate runs before the scheduler's next step),
+      // through heartbeat(): the other groups' steps still in flight are taken off the ring as
+      // they come, not waited for with the event loop blocked (a rank stopped meanwhile would
+      // hold /health until the watchdog ends the process).
+      if (this.#heartbeatDue) setImmediate(() => this.heartbeat());
       this.#heartbeatDue = false;
     }
   }
@@ -294,9 +297,18 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
     return undefined;
   }
 
+  /**
+   * Once a rank is lost the others' caches no longer matter: bookkeeping (a cancelled request's
+   * rows let go, from an abort listener too) is dropped, not thrown, and the next forward pass
+   * fails the requests (ensureOpen).
+   */
   protected post(fields: MessageFields, payload?: () => MxArray): void {
-    if (this.closed) return;
-    mx.scope(() => mx.evaluate(this.#send(fields, payload?.())));
+    if (!this.open) return;
+    try {
+      mx.scope(() => mx.evaluate(this.#send(fields, payload?.())));
+    } catch (error) {
+      this.loseRank(`lost a rank of the pipeline: ${(error as Error).message}`);
+    }
   }
 
   /** The header and its payload, as one message: its send, unevaluated. */

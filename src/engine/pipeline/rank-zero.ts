@@ -148,7 +148,8 @@ export abstract class RankZeroFront implements RemoteLayers, AdapterMirror {
     clearInterval(this.#timer);
     this.post({ op: Op.shutdown });
     this.closed = true;
-    distributed.disarmWatchdog();
+    // After a lost rank the watchdog stays armed (loseRank): it ends this process as the others.
+    if (this.lost === undefined) distributed.disarmWatchdog();
   }
 
   /** Whether messages can still go: not shut down, and no rank lost. */
