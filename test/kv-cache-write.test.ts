@@ -314,7 +314,7 @@ describe("decode steps of the engine's token loop", () => {
 });
 
 describe("writesFused", () => {
-  test("a prefill chunk and a batch keep the cache's own writes; one sequence's decode step writes fused", () => {
+  test("a prefill chunk keeps the cache's own writes; a decode step writes fused, one sequence's or a batch's", () => {
     const model = tinyModel("float32");
     let fused = 0;
     KVCache.prototype.roomFor = function (this: KVCache, r) {
@@ -329,11 +329,13 @@ describe("writesFused", () => {
     mx.scope(() => mx.evaluate(forward(model, ids([[7]]), caches)));
     expect(fused).toBe(model.config.numHiddenLayers);
     freeCaches(caches);
-    expect([writesFused(1, 1), writesFused(1, 16), writesFused(1, 17), writesFused(8, 1)]).toEqual([
-      true,
-      true,
-      false,
-      false,
-    ]);
+    // Two rows: the prefill by the cache's writes, the decode step fused.
+    const batch = makeCaches(model);
+    mx.scope(() => mx.evaluate(forward(model, ids([prompt, prompt.map((t) => t + 1)]), batch)));
+    expect(fused).toBe(model.config.numHiddenLayers);
+    mx.scope(() => mx.evaluate(forward(model, ids([[7], [8]]), batch)));
+    expect(fused).toBe(2 * model.config.numHiddenLayers);
+    freeCaches(batch);
+    expect([writesFused(1), writesFused(16), writesFused(17)]).toEqual([true, true, false]);
   });
 });

@@ -12,14 +12,15 @@ import { SlidingKVCache, slidingLayerMask } from "./sliding-cache";
 
 /**
  * Whether the fused attention input writes a step's new keys and values into a float cache
- * itself: one sequence's decode steps and speculative verification (up to 16 positions), where
- * the graph's nodes cost as much as its arithmetic. A prefill chunk keeps the cache's own
- * writes (the engine evaluates only the caches after a chunk, which MLX orders into a higher
- * peak with the write fused: +39 MB at 2,000 tokens), and so does a batch of sequences (serving's
- * 8-row step measured slower with it). bench/RESULTS.md "The fused K/V write, second pass".
+ * itself: decode steps and speculative verification (up to 16 positions), one sequence's or a
+ * batch's, where the graph's nodes cost as much as its arithmetic. At 8 rows the cache's own
+ * writes were two MLX copies a layer, whose tasks' frees made MLX's stream thread wait for
+ * malloc's lock (bench/RESULTS.md "The batch's K/V write fused"). A prefill chunk keeps the
+ * cache's own writes: the engine evaluates only the caches after a chunk, which MLX orders into a
+ * higher peak with the write fused (+39 MB at 2,000 tokens; "The fused K/V write, second pass").
  */
-export function writesFused(batch: number, length: number): boolean {
-  return batch === 1 && length <= 16;
+export function writesFused(length: number): boolean {
+  return length <= 16;
 }
 
 export interface AttentionOptions {
@@ -99,7 +100,7 @@ export function attention(
     // (else MLX promotes, and the cache would pick its dtype from another). MLX's kernels
     // (MLX_KERNELS=mlx, a GPU) keep the cache's own writes.
     const keysLikeX = x.dtype === mx.Dtype.float32 || qkv.scales.dtype === x.dtype;
-    const fusedWrite = mx.cpuKernelsActive() && keysLikeX && writesFused(batch, length);
+    const fusedWrite = mx.cpuKernelsActive() && keysLikeX && writesFused(length);
     const room = fusedWrite ? cache.roomFor?.(rows) : undefined;
     if (!room)
       return cache.attention(...mx.fast.attentionInput(x, weight, eps, qkv, shape, rotation), scale, mask, sinks);
