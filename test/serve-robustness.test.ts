@@ -5,9 +5,9 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import OpenAI from "openai";
 import { createApp, createState, type RunningServer } from "../src/server/app";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { eventually, post, serve, tinyModel } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
 
@@ -312,6 +312,7 @@ describe("limits", () => {
       expect(text).toMatch(/request_timeout/);
     } finally {
       await hasty.stop();
+      rmSync(dirname(roomy), { recursive: true, force: true });
     }
   });
 });

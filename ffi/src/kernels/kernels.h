@@ -135,8 +135,9 @@ struct ChannelKeyStep {
 // A quantized KV cache's step: values [B, Hkv, L, D] quantized as mx::quantize does (bit for
 // bit) into the cache's buffers [B, Hkv, T ≥ at + L, ·] at column `at`, in place where the cache
 // holds them alone or owns them (`owned`, see CacheRows). Returns the three buffers, their first
-// at + L columns; with `keys`, then the keys' coded groups and the tail grown by the new keys (in the tail's type). One primitive on
-// our kernels; MLX's ops composed otherwise (quantize, slice_update, slice, astype, concatenate).
+// at + L columns; with `keys`, then the keys' coded groups and the tail grown by the new keys (in
+// the tail's type). One primitive on our kernels; MLX's ops composed otherwise (quantize,
+// slice_update, slice, astype, concatenate).
 std::vector<mx::array> quantized_cache_write(const mx::array& values, const QuantizedKV& buffers, int at,
                                              const std::optional<ChannelKeyStep>& keys, int group, int bits,
                                              bool owned = false);
@@ -201,9 +202,9 @@ struct Rotation {
 // A float KV cache's key and value buffers [B, Hkv, T, D] and the column new rows go to.
 // `owned`: the cache vouches that outside the work already queued on this stream nothing holds
 // the buffers (they are its own: lent to no one since it made or last wrote them), so they are
-// written in place even while that work still holds them: it runs first, in order. Without it, only where nothing else
-// holds them at all (adopt_or_copy), which a pipelined token loop misses whenever it queues a
-// step's layer before the step ahead has finished the same layer.
+// written in place even while that work still holds them: it runs first, in order. Without it,
+// only where nothing else holds them at all (adopt_or_copy), which a pipelined token loop misses
+// whenever it queues a step's layer before the step ahead has finished the same layer.
 struct CacheRows {
   mx::array keys, values;
   int at;

@@ -307,7 +307,7 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
     try {
       mx.scope(() => mx.evaluate(this.#send(fields, payload?.())));
     } catch (error) {
-      this.loseRank(`lost a rank of the pipeline: ${(error as Error).message}`);
+      this.#lose(error);
     }
   }
 
@@ -364,7 +364,7 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
         this.#settleBeat();
       })();
     } catch (error) {
-      this.loseRank(`lost a rank of the pipeline: ${(error as Error).message}`);
+      this.#lose(error);
     }
   }
 
@@ -386,7 +386,7 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
       // Steps sent meanwhile are still timed.
       if (this.#arriving.length === 0) distributed.disarmWatchdog();
     } catch (error) {
-      this.loseRank(`lost a rank of the pipeline: ${(error as Error).message}`);
+      this.#lose(error);
     } finally {
       back.free();
     }
@@ -412,7 +412,7 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
       distributed.disarmWatchdog();
       return yes;
     } catch (error) {
-      this.loseRank(`lost a rank of the pipeline: ${(error as Error).message}`);
+      this.#lose(error);
       return false;
     }
   }
@@ -437,7 +437,7 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
         await nextTurn();
       }
     } catch (error) {
-      this.loseRank(`lost a rank of the pipeline: ${(error as Error).message}`);
+      this.#lose(error);
     } finally {
       this.#draining = false;
     }
@@ -519,6 +519,11 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
     mx.scope(() => mx.evaluate(distributed.send(encodeHeader(keepaliveHeader), 1)));
     this.#sentBytes += headerBytes;
     this.#toldAt = now;
+  }
+
+  /** A transfer through the ring failed: a rank is gone (see loseRank). */
+  #lose(error: unknown): void {
+    this.loseRank(`lost a rank of the pipeline: ${(error as Error).message}`);
   }
 
   #silence(): string {
