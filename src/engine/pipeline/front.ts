@@ -325,47 +325,70 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
 
   /**
    * Goes round the ring and brings back each stage's figures. What is in flight comes back first:
-   * taken off the ring as it comes (#takeInFlight), the event loop running meanwhile; mid-step,
+   * taken off the ring as it comes (#drainThenBeat), the event loop running meanwhile; mid-step,
    * after the step.
    */
   protected heartbeat(): void {
     if (!this.open || this.#draining || this.#beatReply) return;
-    const inFlight = this.#arriving.length - this.#received;
-    if (this.#awaiting || inFlight === 0) this.#beat();
-    else void this.#takeInFlight(inFlight).then(() => this.#beat());
+    if (this.#awaiting) this.#heartbeatDue = true;
+    else void this.#drainThenBeat();
   }
 
   /**
-   * The heartbeat itself: what is still in flight is received first, waiting for it here. Its
-   * answer is waited for a slice at a time, the event loop running meanwhile: it goes round every
-   * rank, and one that stopped would otherwise hold /health until the watchdog ends the process.
+   * Takes what is in flight off the ring as it comes, blocking the event loop a slice at a time
+   * (steps go on meanwhile, and may take some of it themselves), and sends the heartbeat the
+   * moment nothing is: its answer is then the first thing the ring brings back. Never a wait for
+   * the ring with the event loop held: a rank stopped meanwhile would hold /health until the
+   * watchdog ends the process.
+   */
+  async #drainThenBeat(): Promise<void> {
+    this.#draining = true;
+    try {
+      while (this.open) {
+        if (this.#arriving.length === this.#received) return this.#beat();
+        if (this.#waitSlice()) {
+          if (typeof this.#arriving[this.#received] !== "number") {
+            mx.evaluate(this.#arriving[this.#received] as MxArray);
+            this.#received++;
+          } else this.#takeProgressWord();
+          // Checked before the next turn, where a step could send more.
+          if (this.#arriving.length === this.#received) return this.#beat();
+        }
+        // Between progress words too: a backlog's come faster than a slice, for seconds.
+        await nextTurn();
+      }
+    } catch (error) {
+      this.#lose(error);
+    } finally {
+      this.#draining = false;
+    }
+  }
+
+  /**
+   * The heartbeat itself, with nothing in flight. Its answer is waited for a slice at a time, the
+   * event loop running meanwhile: it goes round every rank. A step waiting for the ring has it
+   * sent once the step's bytes came (#heartbeatDue).
    */
   #beat(): void {
-    if (!this.open || this.#beatReply) return;
     if (this.#awaiting) {
       this.#heartbeatDue = true;
       return;
     }
-    try {
-      // Each stage writes its row of figures into the payload on the way round.
-      const shape = [this.size, figureFields.length];
-      const back = mx.scope(() => {
-        const sent = this.#send(
-          { op: Op.heartbeat, rows: shape[0], width: shape[1], dtype: mx.Dtype.float32 },
-          mx.zeros(shape, mx.Dtype.float32),
-        );
-        mx.evaluate(sent);
-        return mx.keep(distributed.recv(shape, mx.Dtype.float32, this.size - 1));
-      });
-      this.#receiveInFlight();
-      this.#beatReply = back;
-      this.#beatSettled = (async () => {
-        while (this.#beatReply === back && this.open && !this.#waitSlice()) await nextTurn();
-        this.#settleBeat();
-      })();
-    } catch (error) {
-      this.#lose(error);
-    }
+    // Each stage writes its row of figures into the payload on the way round.
+    const shape = [this.size, figureFields.length];
+    const back = mx.scope(() => {
+      const sent = this.#send(
+        { op: Op.heartbeat, rows: shape[0], width: shape[1], dtype: mx.Dtype.float32 },
+        mx.zeros(shape, mx.Dtype.float32),
+      );
+      mx.evaluate(sent);
+      return mx.keep(distributed.recv(shape, mx.Dtype.float32, this.size - 1));
+    });
+    this.#beatReply = back;
+    this.#beatSettled = (async () => {
+      while (this.#beatReply === back && this.open && !this.#waitSlice()) await nextTurn();
+      this.#settleBeat();
+    })();
   }
 
   /** The heartbeat's answer, if one is on its way, received (waiting for it here): each stage's figures. */
@@ -414,32 +437,6 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
     } catch (error) {
       this.#lose(error);
       return false;
-    }
-  }
-
-  /**
-   * Takes `count` of what is in flight off the ring as it comes (decode steps kept for arrive(),
-   * as #receiveInFlight does), blocking the event loop a slice at a time; steps go on meanwhile
-   * and may take some of it themselves.
-   */
-  async #takeInFlight(count: number): Promise<void> {
-    this.#draining = true;
-    try {
-      for (let taken = 0; taken < count && this.open && this.#arriving.length > this.#received; ) {
-        if (this.#waitSlice()) {
-          if (typeof this.#arriving[this.#received] !== "number") {
-            mx.evaluate(this.#arriving[this.#received] as MxArray);
-            this.#received++;
-            taken++;
-          } else if (this.#takeProgressWord()) taken++; // a chunk's progress is taken once all of it is
-        }
-        // Between progress words too: a backlog's come faster than a slice, for seconds.
-        await nextTurn();
-      }
-    } catch (error) {
-      this.#lose(error);
-    } finally {
-      this.#draining = false;
     }
   }
 
@@ -521,9 +518,15 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
     this.#toldAt = now;
   }
 
-  /** A transfer through the ring failed: a rank is gone (see loseRank). */
+  /**
+   * A transfer through the ring failed: a rank is gone (see loseRank). Where a peer had been
+   * silent already, that one is named first: a stopped rank makes its next one's watchdog end
+   * that rank, and the ring then fails here as if the next one were the culprit.
+   */
   #lose(error: unknown): void {
-    this.loseRank(`lost a rank of the pipeline: ${(error as Error).message}`);
+    const failed = (error as Error).message;
+    const suspect = this.#suspect();
+    this.loseRank(`lost a rank of the pipeline: ${suspect ? `${suspect}, then ${failed}` : failed}`);
   }
 
   #silence(): string {
