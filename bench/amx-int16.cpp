@@ -151,27 +151,26 @@ void amx_rows(const Problem& p, float* out) {
     }
     __m512 acc[Rows];
     for (auto& a : acc) a = _mm512_setzero_ps();
-    const auto products = [&]<int Turn>(int b) {
+    // GCC's tile intrinsics paste their tile number into the instruction: literals only, so the
+    // two turns' sum tiles (3 and 4, 5 and 6) are named by a macro.
+#define BLOCK_PRODUCTS(high, low_, turn)                                \
+  _tile_zero(high);                                                     \
+  _tile_zero(low_);                                                     \
+  _tile_dpbssd(high, 0, 2); /* hi (signed) · codes */                   \
+  _tile_dpbusd(low_, 1, 2); /* lo (unsigned) · codes */                 \
+  _tile_stored(high, sums[turn][0], 64);                                \
+  _tile_stored(low_, sums[turn][1], 64)
+    const auto products = [&](int b) {
       _tile_loadd(0, p.hi.data() + b * kBlock, p.K);
       _tile_loadd(1, p.lo.data() + b * kBlock, p.K);
       _tile_loadd(2, tiles + b * 512, 64);
-      // GCC's tile intrinsics paste their tile number into the instruction: literals only.
-      if constexpr (Turn == 0) {
-        _tile_zero(3);
-        _tile_zero(4);
-        _tile_dpbssd(3, 0, 2);  // hi (signed) · codes
-        _tile_dpbusd(4, 1, 2);  // lo (unsigned) · codes
-        _tile_stored(3, sums[0][0], 64);
-        _tile_stored(4, sums[0][1], 64);
+      if (b % 2 == 0) {
+        BLOCK_PRODUCTS(3, 4, 0);
       } else {
-        _tile_zero(5);
-        _tile_zero(6);
-        _tile_dpbssd(5, 0, 2);  // hi (signed) · codes
-        _tile_dpbusd(6, 1, 2);  // lo (unsigned) · codes
-        _tile_stored(5, sums[1][0], 64);
-        _tile_stored(6, sums[1][1], 64);
+        BLOCK_PRODUCTS(5, 6, 1);
       }
     };
+#undef BLOCK_PRODUCTS
     const auto scale_in = [&](int b, int turn) {
       const size_t s = (static_cast<size_t>(cb) * blocks + b) * kColumns;
       const __m512 scale = _mm512_loadu_ps(&p.scales[s]), bias = _mm512_loadu_ps(&p.biases[s]);
@@ -184,10 +183,9 @@ void amx_rows(const Problem& p, float* out) {
         acc[r] = _mm512_fmadd_ps(bias, _mm512_set1_ps(p.group_sums[r * blocks + b]), acc[r]);
       }
     };
-    products.template operator()<0>(0);
+    products(0);
     for (int b = 1; b < blocks; ++b) {
-      if (b % 2) products.template operator()<1>(b);
-      else products.template operator()<0>(b);
+      products(b);
       scale_in(b - 1, (b - 1) % 2);
     }
     scale_in(blocks - 1, (blocks - 1) % 2);
