@@ -384,6 +384,37 @@ describe("fused attention output and MLP", () => {
     }
   });
 
+  test("heads our attention computes over a cache's views, with a mask and sinks: run in the same op, the same bits", () => {
+    const oProj = projection(96, 9 * 32, { groupSize: 32, bits: 4 }, mx.Dtype.float32);
+    const p = mlpCase(96, 192, { groupSize: 32, bits: 4 }, { groupSize: 32, bits: 4 }, mx.Dtype.float32);
+    // Keys and values are the first 40 positions of 64-position buffers, as a cache hands them over.
+    const cached = (batch: number) => mx.slice(normal([batch, 3, 64, 32]), [0, 0, 0, 0], [batch, 3, 40, 32]);
+    for (const [batch, rows, withMask, withSinks] of [
+      [1, 1, false, false],
+      [2, 1, true, false],
+      [1, 3, false, true],
+      [2, 2, true, true],
+    ] as const) {
+      mx.scope(() => {
+        const [x, q, keys, values] = [
+          normal([batch, rows, 96]),
+          normal([batch, 9, rows, 32]),
+          cached(batch),
+          cached(batch),
+        ];
+        const mask = withMask ? normal([batch, 1, rows, 40]) : undefined;
+        const sinks = withSinks ? normal([9]) : undefined;
+        const attend = () => mx.fast.scaledDotProductAttention(q, keys, values, 32 ** -0.5, mask, sinks);
+        // Evaluated first, the heads are an input of the output half: the three ops apart.
+        const apart = attend();
+        mx.evaluate(apart);
+        const reference = twoOps(x, apart, oProj, p);
+        for (let step = 0; step < 2; step++)
+          expect(mx.max(mx.abs(mx.subtract(oneOp(x, attend(), oProj, p), reference))).item()).toBe(0);
+      });
+    }
+  });
+
   test("strided heads, shapes seen before, MLX's ops with MLX's kernels, refused shapes", () => {
     const oProj = projection(64, 64, { groupSize: 32, bits: 8 }, mx.Dtype.float32);
     const p = mlpCase(64, 96, { groupSize: 32, bits: 4 }, { groupSize: 32, bits: 4 }, mx.Dtype.float32);

@@ -213,9 +213,10 @@ export function block(
     swiglu && !w.lora.adapting
       ? mx.fast.mlpBlock(h, postNormWeight, c.rmsNormEps, swiglu.gateUp, swiglu.down)
       : mx.add(h, feedForward(postNorm(h)));
-  // Attention's output half and the MLP half as one op: a decode step's graph is then three nodes
-  // a layer, which MLX's evaluation queues far enough ahead that the next step is built while
-  // this one runs (bench/RESULTS.md "The one-row decode step's fixed costs").
+  // Attention's output half and the MLP half as one op, which on our kernels also runs the
+  // attention itself: a decode step's graph is then two nodes a layer, which MLX's evaluation
+  // queues far enough ahead that the next step is built while this one runs (bench/RESULTS.md
+  // "The one-row decode step's fixed costs", "Attention in the block's second node").
   const tail = swiglu && selfAttn.fusedOutput;
   if (!tail) return (x, mask, cache) => mlpHalf(selfAttn(x, mask, cache));
   return (x, mask, cache) =>

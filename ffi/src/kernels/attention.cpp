@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "attention_kernel.h"
+#include "bodies.h"
 #include "attention_tiles.h"
 #include "isa.h"
 #include "mlx/backend/cpu/encoder.h"
@@ -45,8 +46,7 @@ void run(const AttentionProblem& p) {
 
 class Attention : public mx::UnaryPrimitive {
  public:
-  Attention(mx::Stream stream, float scale, bool causal, bool has_mask, bool has_sinks)
-      : mx::UnaryPrimitive(stream), scale_(scale), causal_(causal), has_mask_(has_mask), has_sinks_(has_sinks) {}
+  Attention(mx::Stream stream, AttentionSpec spec) : mx::UnaryPrimitive(stream), spec_(spec) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
     out.set_data(mx::allocator::malloc(out.nbytes()));
@@ -56,32 +56,9 @@ class Attention : public mx::UnaryPrimitive {
     // The arrays are captured by value: their buffers stay alive until the stream runs this.
     std::vector<mx::array> held = inputs;
     held[0] = row_contiguous(held[0], stream());  // the queries; keys and values are read through their strides
-    if (has_sinks_) held.back() = row_contiguous(held.back(), stream());
-    queue_task(stream(), {out}, [inputs = std::move(held), out = out, scale = scale_, causal = causal_, has_mask = has_mask_,
-                      has_sinks = has_sinks_]() mutable {
-      const mx::array &q = inputs[0], &k = inputs[1], &v = inputs[2];
-      AttentionProblem p{};
-      p.batch = q.shape(0);
-      p.q_heads = q.shape(1);
-      p.q_len = q.shape(2);
-      p.dim = q.shape(3);
-      p.kv_heads = k.shape(1);
-      p.kv_len = k.shape(2);
-      p.value_dim = v.shape(3);
-      p.scale = scale;
-      p.causal = causal;
-      p.q = q.data<float>();
-      p.keys = view_of(k);
-      p.values = view_of(v);
-      p.has_mask = has_mask;
-      if (has_mask) {
-        p.mask = view_of(inputs[3]);
-        p.bool_mask = inputs[3].dtype() == mx::bool_;
-      }
-      p.sinks = has_sinks ? inputs.back().data<float>() : nullptr;
-      p.out = out.data<float>();
-      run(p);
-    });
+    if (spec_.has_sinks) held.back() = row_contiguous(held.back(), stream());
+    queue_task(stream(), {out},
+               [inputs = std::move(held), out = out, spec = spec_]() mutable { attention_into(inputs, out, spec); });
   }
 
   void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
@@ -91,8 +68,7 @@ class Attention : public mx::UnaryPrimitive {
   const char* name() const override { return "kernels::Attention"; }
 
   bool is_equivalent(const mx::Primitive& other) const override {
-    const auto& o = static_cast<const Attention&>(other);
-    return scale_ == o.scale_ && causal_ == o.causal_ && has_mask_ == o.has_mask_ && has_sinks_ == o.has_sinks_;
+    return spec_ == static_cast<const Attention&>(other).spec_;
   }
 
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
@@ -101,11 +77,10 @@ class Attention : public mx::UnaryPrimitive {
     return {shape};
   }
 
+  const AttentionSpec& spec() const { return spec_; }
+
  private:
-  float scale_;
-  bool causal_;
-  bool has_mask_;
-  bool has_sinks_;
+  AttentionSpec spec_;
 };
 
 bool supported(const mx::array& q, const mx::array& k, const mx::array& v, const std::string& mask_mode,
@@ -124,6 +99,37 @@ bool supported(const mx::array& q, const mx::array& k, const mx::array& v, const
 
 }  // namespace
 
+void attention_into(const std::vector<mx::array>& in, mx::array& out, const AttentionSpec& spec) {
+  const mx::array &q = in[0], &k = in[1], &v = in[2];
+  AttentionProblem p{};
+  p.batch = q.shape(0);
+  p.q_heads = q.shape(1);
+  p.q_len = q.shape(2);
+  p.dim = q.shape(3);
+  p.kv_heads = k.shape(1);
+  p.kv_len = k.shape(2);
+  p.value_dim = v.shape(3);
+  p.scale = spec.scale;
+  p.causal = spec.causal;
+  p.q = q.data<float>();
+  p.keys = view_of(k);
+  p.values = view_of(v);
+  p.has_mask = spec.has_mask;
+  if (spec.has_mask) {
+    p.mask = view_of(in[3]);
+    p.bool_mask = in[3].dtype() == mx::bool_;
+  }
+  p.sinks = spec.has_sinks ? in.back().data<float>() : nullptr;
+  p.out = out.data<float>();
+  run(p);
+}
+
+std::optional<AttentionSpec> attention_spec(const mx::array& a) {
+  if (!a.has_primitive()) return std::nullopt;
+  const auto* attention = dynamic_cast<const Attention*>(&a.primitive());
+  return attention ? std::optional(attention->spec()) : std::nullopt;
+}
+
 mx::array scaled_dot_product_attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale,
                                        const std::string& mask_mode, const std::optional<mx::array>& mask,
                                        const std::optional<mx::array>& sinks) {
@@ -139,7 +145,8 @@ mx::array scaled_dot_product_attention(const mx::array& q, const mx::array& k, c
   }
   if (sinks) inputs.push_back(mx::astype(*sinks, mx::float32));
   mx::array out({B, Hq, Lq, v.shape(3)}, mx::float32,
-                std::make_shared<Attention>(stream, scale, mask_mode == "causal", mask.has_value(), sinks.has_value()),
+                std::make_shared<Attention>(
+                    stream, AttentionSpec{scale, mask_mode == "causal", mask.has_value(), sinks.has_value()}),
                 std::move(inputs));
   return q.dtype() == mx::float32 ? out : mx::astype(out, q.dtype());
 }

@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 #include <variant>
+#include <vector>
 
 #include "mlx/mlx.h"
 
@@ -44,6 +45,22 @@ void add_into(const mx::array& a, const mx::array& b, mx::array& out);
 // (attention_output.cpp); out has x's shape and type.
 void attention_output_into(const mx::array& x, const mx::array& heads, const mx::array& w, const mx::array& scales,
                            const mx::array& biases, mx::array& out, int group, int bits);
+
+// Attention's settings, as the Attention primitive keeps them.
+struct AttentionSpec {
+  float scale;
+  bool causal, has_mask, has_sinks;
+
+  bool operator==(const AttentionSpec&) const = default;
+};
+
+// out [B, Hq, Lq, Dv] (float32) = attention over in = {q (float32, row-contiguous), k, v, then
+// the mask and the sinks (float32, row-contiguous) where the spec has them}: keys, values and
+// mask are read through their strides (attention.cpp).
+void attention_into(const std::vector<mx::array>& in, mx::array& out, const AttentionSpec& spec);
+
+// The settings of our Attention primitive where `a` is its (unevaluated) output.
+std::optional<AttentionSpec> attention_spec(const mx::array& a);
 
 // A rotation's settings, as the Rope primitive keeps them.
 struct RopeSpec {

@@ -82,13 +82,14 @@ void queue_task(mx::Stream stream, const std::vector<mx::array>& outputs, std::f
 }
 
 void dispatch_rows(mx::Stream stream, const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs,
-                   RowsTask task) {
+                   RowsTask task, size_t contiguous) {
   for (auto& o : outputs) o.set_data(mx::allocator::malloc(o.nbytes()));
   auto& encoder = mx::cpu::get_command_encoder(stream);
   for (const auto& in : inputs) encoder.set_input_array(in);
   for (auto& o : outputs) encoder.set_output_array(o);
   std::vector<mx::array> rows;
-  for (const auto& in : inputs) rows.push_back(row_contiguous(in, stream));
+  for (size_t i = 0; i < inputs.size(); ++i)
+    rows.push_back(i < contiguous ? row_contiguous(inputs[i], stream) : inputs[i]);
   queue_task(stream, outputs,
              [rows = std::move(rows), outputs = outputs, task = std::move(task)]() mutable { task(rows, outputs); });
 }

@@ -45,10 +45,12 @@ void queue_task(mx::Stream stream, const std::vector<mx::array>& outputs, std::f
 
 // A primitive's eval_cpu in one call: allocates `outputs`, registers inputs and outputs with the
 // stream's encoder, and queues `task` on the stream with the inputs made row-contiguous (see
-// row_contiguous) and the outputs, for kernels that take every input row by row.
+// row_contiguous) and the outputs, for kernels that take every input row by row. Inputs from
+// `contiguous` on are passed as they are (an attention's keys and values, read through their
+// strides in place).
 using RowsTask = std::function<void(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs)>;
 void dispatch_rows(mx::Stream stream, const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs,
-                   RowsTask task);
+                   RowsTask task, size_t contiguous = SIZE_MAX);
 
 // Inputs a primitive's task copies into its outputs before it writes them: (output, source).
 using BufferCopies = std::vector<std::pair<int, mx::array>>;
@@ -225,9 +227,11 @@ std::vector<mx::array> attention_input(const mx::array& x, const mx::array& norm
 mx::array attention_output(const mx::array& x, const mx::array& heads, const QuantizedLinear& o_proj);
 
 // mlp_block(attention_output(x, heads, o_proj), ...): a pre-norm block's second half from
-// attention's heads, as one node where both halves are ours (else as they are alone). A decode
-// step is then three nodes a layer, not four: MLX's evaluation walks further ahead of the stream
-// (see queue_task) and each node's hand-offs are paid once.
+// attention's heads, as one node where both halves are ours (else as they are alone); where the
+// heads are our attention's, not yet computed, that node computes them too, from the attention's
+// own inputs. A decode step is then two nodes a layer (the fused attention input, this), not
+// four: MLX's evaluation walks further ahead of the stream (see queue_task) and each node's
+// hand-offs are paid once.
 mx::array attention_output_mlp(const mx::array& x, const mx::array& heads, const QuantizedLinear& o_proj,
                                const mx::array& norm_weight, float eps, const QuantizedLinear& gate_up,
                                const QuantizedLinear& down);

@@ -2,7 +2,9 @@
 // gate_up(rms_norm(h)), as one primitive. Composed, it is seven graph nodes per layer (norm,
 // product, two slices, SiLU·mul, product, add), each evaluated on its own and handed to the
 // stream's thread; here one task runs the same kernels back to back, with the same arithmetic
-// and the same rounding of every intermediate, so the result is the composition's.
+// and the same rounding of every intermediate, so the result is the composition's. The same
+// primitive may start from attention's heads (attention_output_mlp), or from the attention's
+// own inputs, computing the heads first.
 #include <memory>
 #include <string>
 #include <vector>
@@ -42,9 +44,12 @@ struct MlpSpec {
   float eps;
   int gate_up_group, gate_up_bits, down_group, down_bits;
   mx::Dtype normed, hidden;  // the norm's output type; the products' and the activation's
-  // attention_output_mlp: the block's input h = x + o_proj(heads) is computed first, in the task.
+  // attention_output_mlp: the block's input h = x + o_proj(heads) is computed first, in the task;
+  // with `attention`, the heads too, from the attention's own inputs.
   bool attention_output = false;
   int o_group = 0, o_bits = 0;
+  bool attention = false;
+  AttentionSpec attention_spec{};
 
   bool operator==(const MlpSpec&) const = default;
 };
@@ -69,14 +74,32 @@ void run_mlp(const std::vector<mx::array>& in, mx::array& out, const MlpSpec& sp
   add_into(h, out, out);
 }
 
-// inputs: as run_mlp's, or with spec.attention_output x, the heads, o_proj's weight, scales and
-// biases in place of h.
+// With spec.attention_output, the inputs are x, o_proj's weight, scales and biases, then run_mlp's
+// but h (the norm's weight, gate_up's three, down's three), then from kHeads the heads, or with
+// spec.attention the attention's inputs: queries and sinks (row-contiguous), then keys, values
+// and mask (read through their strides).
+constexpr size_t kHeads = 11;
+
+// The heads [B, Hq, Lq, Dv] (float32) from the attention's inputs at kHeads.
+mx::array attend(const std::vector<mx::array>& in, const MlpSpec& spec) {
+  const AttentionSpec& a = spec.attention_spec;
+  const mx::array& q = in[kHeads];
+  const size_t next = kHeads + (a.has_sinks ? 2 : 1);
+  std::vector<mx::array> attention = {q, in[next], in[next + 1]};
+  if (a.has_mask) attention.push_back(in[next + 2]);
+  if (a.has_sinks) attention.push_back(in[kHeads + 1]);
+  mx::array heads = scratch_array({q.shape(0), q.shape(1), q.shape(2), in[next + 1].shape(3)}, mx::float32);
+  attention_into(attention, heads, a);
+  return heads;
+}
+
 void run(const std::vector<mx::array>& in, mx::array& out, const MlpSpec& spec) {
   if (!spec.attention_output) return run_mlp(in, out, spec);
+  const mx::array heads = spec.attention ? attend(in, spec) : in[kHeads];
   mx::array h = scratch_array(in[0].shape(), in[0].dtype());
-  attention_output_into(in[0], in[1], in[2], in[3], in[4], h, spec.o_group, spec.o_bits);
+  attention_output_into(in[0], heads, in[1], in[2], in[3], h, spec.o_group, spec.o_bits);
   std::vector<mx::array> mlp_inputs = {h};
-  mlp_inputs.insert(mlp_inputs.end(), in.begin() + 5, in.end());
+  mlp_inputs.insert(mlp_inputs.end(), in.begin() + 4, in.begin() + kHeads);
   run_mlp(mlp_inputs, out, spec);
 }
 
@@ -86,7 +109,10 @@ class MlpBlock : public mx::UnaryPrimitive {
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
     std::vector<mx::array> outputs = {out};
-    dispatch_rows(stream(), inputs, outputs, [spec = spec_](const auto& in, auto& out) { run(in, out[0], spec); });
+    // The attention's keys, values and mask are read in place (a cache's views).
+    const size_t contiguous = spec_.attention ? kHeads + (spec_.attention_spec.has_sinks ? 2 : 1) : inputs.size();
+    dispatch_rows(
+        stream(), inputs, outputs, [spec = spec_](const auto& in, auto& out) { run(in, out[0], spec); }, contiguous);
   }
 
   void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
@@ -94,7 +120,9 @@ class MlpBlock : public mx::UnaryPrimitive {
   }
 
   const char* name() const override {
-    return spec_.attention_output ? "kernels::AttentionOutputMlp" : "kernels::MlpBlock";
+    return spec_.attention          ? "kernels::AttentionMlp"
+           : spec_.attention_output ? "kernels::AttentionOutputMlp"
+                                    : "kernels::MlpBlock";
   }
 
   bool is_equivalent(const mx::Primitive& other) const override {
@@ -172,8 +200,23 @@ mx::array attention_output_mlp(const mx::array& x, const mx::array& heads, const
   spec.attention_output = true;
   spec.o_group = o_proj.group;
   spec.o_bits = o_proj.bits;
-  std::vector<mx::array> inputs = h.inputs();
+  // x and o_proj's three (the heads go last), then the MLP's but h.
+  const std::vector<mx::array>& output_half = h.inputs();
+  std::vector<mx::array> inputs = {output_half[0], output_half[2], output_half[3], output_half[4]};
   inputs.insert(inputs.end(), out.inputs().begin() + 1, out.inputs().end());
+  // Heads that our attention will compute: it runs in the same task (a node fewer a layer), from
+  // its own inputs, in run()'s order.
+  if (const std::optional<AttentionSpec> attention = attention_spec(heads)) {
+    spec.attention = true;
+    spec.attention_spec = *attention;
+    const std::vector<mx::array>& a = heads.inputs();  // q, k, v, [mask], [sinks]
+    inputs.push_back(a[0]);
+    if (attention->has_sinks) inputs.push_back(a.back());
+    inputs.insert(inputs.end(), {a[1], a[2]});
+    if (attention->has_mask) inputs.push_back(a[3]);
+  } else {
+    inputs.push_back(output_half[1]);
+  }
   return mx::array(x.shape(), x.dtype(), std::make_shared<MlpBlock>(mlp->stream(), spec), std::move(inputs));
 }
 
