@@ -1,6 +1,7 @@
 // Our CPU kernels against MLX's own ops, one op at a time, interleaved (ours, MLX's, ours, ...)
-// on the same inputs: attention (decode over a long cache, causal prefill), float32 and
-// bfloat16 matmuls, RMSNorm, RoPE and SiLU·mul, in the default model's shapes. Medians in ms.
+// on the same inputs: attention (decode over a long cache, causal prefill over a float32 and a
+// float16 cache), float32 and bfloat16 matmuls, RMSNorm, RoPE and SiLU·mul, in the default
+// model's shapes. Medians in ms.
 //
 //   node_modules/.bin/bun bench/cpu-ops.ts [--runs 9]
 import { parseArgs } from "node:util";
@@ -28,6 +29,10 @@ const cache = (used: number) =>
 mx.random.seed(1);
 const [k2000, v2000, k512, v512] = [cache(2000), cache(2000), cache(512), cache(512)];
 const [q1, q512] = [normal([1, 9, 1, 64]), normal([1, 9, 512, 64])];
+// A prompt's queries over the float16 cache it has just filled (the default KV cache type).
+const halfCache = (used: number) => keep(mx.astype(cache(used), mx.Dtype.float16));
+const [q256, q1024] = [normal([1, 9, 256, 64]), normal([1, 9, 1024, 64])];
+const [k256h, v256h, k1024h, v1024h] = [halfCache(256), halfCache(256), halfCache(1024), halfCache(1024)];
 const [x1, x512, weight] = [normal([1, 1, 576]), normal([1, 512, 576]), normal([576])];
 const [wT, wHalfT] = [
   keep(mx.transpose(normal([1536, 576]))),
@@ -47,6 +52,14 @@ const cases: Case[] = [
   {
     name: "attention, prefill: 512 queries, causal",
     op: () => mx.fast.scaledDotProductAttention(q512, k512, v512, 0.125, "causal"),
+  },
+  {
+    name: "attention, prefill over a float16 cache: 256 queries, causal",
+    op: () => mx.fast.scaledDotProductAttention(q256, k256h, v256h, 0.125, "causal"),
+  },
+  {
+    name: "attention, prefill over a float16 cache: 1,024 queries, causal",
+    op: () => mx.fast.scaledDotProductAttention(q1024, k1024h, v1024h, 0.125, "causal"),
   },
   { name: "matmul fp32, 512 × 576 · 576 × 1536", op: () => mx.matmul(x512, wT) },
   { name: "matmul fp32, 1 × 576 · 576 × 1536", op: () => mx.matmul(x1, wT) },

@@ -102,8 +102,11 @@ describe("attention kernel", () => {
     // Head sizes that are not a multiple of the vector width; two query positions (a draft to verify).
     compare({ qHeads: 4, kvHeads: 2, queries: 1, keys: 333, dim: 40, kvDtype: float16 });
     compare({ qHeads: 9, kvHeads: 3, queries: 2, keys: 300, dim: 72, mask: "causal", kvDtype: float16 });
-    // Many rows per chunk (prefill: keys transposed first), and the batch path's mask.
+    // Many rows per chunk (prefill: keys transposed and values widened once per chunk, head sizes
+    // and key counts off the vector width included), and the batch path's mask.
     compare({ qHeads: 9, kvHeads: 3, queries: 40, keys: 300, dim: 64, mask: "causal", kvDtype: float16 });
+    compare({ qHeads: 9, kvHeads: 3, queries: 33, keys: 45, dim: 72, mask: "causal", kvDtype: float16 });
+    compare({ qHeads: 4, kvHeads: 1, queries: 19, keys: 150, dim: 40, mask: "causal", kvDtype: bfloat16 });
     compare({ batch: 3, qHeads: 9, kvHeads: 3, queries: 1, keys: 75, dim: 64, mask: "bool", kvDtype: float16 });
   });
 

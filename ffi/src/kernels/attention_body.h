@@ -8,16 +8,18 @@
 // grouped-query attention reads K and V once per tile and never repeats them. Keys and values
 // in fp32, float16 or bfloat16 rows are read where they lie and widened a vector at a time; other
 // layouts are copied to fp32 a chunk at a time first.
+#include <type_traits>
 #include <vector>
 
 #include "attention_vector.h"
+#include "with_count.h"
 
 namespace kernels {
 namespace {
 
 // Per-thread buffers, kept between calls (pool threads and stream threads are long-lived).
 struct Scratch {
-  std::vector<float> queries, keys_t, keys, values, scores, out, max, sum;
+  std::vector<float> queries, keys_t, keys, values, wide_values, scores, out, max, sum;
 };
 
 // Query rows up to which a tile scores each key row directly (one dot product per key and row)
@@ -103,25 +105,70 @@ void score_direct(const float* q, int rows, int D, const T* keys, int64_t key_st
 }
 
 // The same through the keys transposed to [D][chunk]: a score row is then plain multiply-adds,
-// no sums across lanes, which pays when many rows share the chunk (prefill).
+// no sums across lanes, which pays when many rows share the chunk (prefill). The chunk's keys are
+// transposed kLanes × kLanes at a time in registers (transpose_block), each key row's part
+// widened by one vector load. Only the vectors of scores that hold one of the n keys are computed
+// (a chunk at the causal edge is often part full); hide_scores sets the rest.
 template <class T>
 void score_transposed(const float* q, int rows, int D, const T* keys, int64_t key_stride, int n, float* kt,
                       float* score) {
   const int Dp = padded(D);
-  for (int j = 0; j < n; ++j) {
-    const T* k = keys + j * key_stride;
-    for (int d = 0; d < D; ++d) kt[size_t(d) * kChunk + j] = to_float(k[d]);
-  }
-  for (int d = 0; d < D; ++d) std::fill(kt + size_t(d) * kChunk + n, kt + size_t(d + 1) * kChunk, 0.0f);
-  for (int r = 0; r < rows; ++r) {
-    const float* qr = q + size_t(r) * Dp;
-    vf acc[8] = {};
-    for (int d = 0; d < D; ++d) {
-      const vf qd = splat(qr[d]);
-      const float* k = kt + size_t(d) * kChunk;
-      for (int v = 0; v < 8; ++v) acc[v] += qd * load(k + v * kLanes);
+  const int blocks_end = (n + kLanes - 1) / kLanes * kLanes;
+  for (int j0 = 0; j0 < blocks_end; j0 += kLanes) {
+    for (int d0 = 0; d0 < D; d0 += kLanes) {
+      const int width = std::min(kLanes, D - d0);
+      vf block[kLanes];
+#pragma GCC unroll 16
+      for (int l = 0; l < kLanes; ++l) {
+        const T* k = keys + int64_t(std::min(j0 + l, n - 1)) * key_stride + d0;
+        const vf row = width == kLanes ? load(k) : load_first(k, width);
+        block[l] = j0 + l < n ? row : vf{};
+      }
+      transpose_block(block);
+      for (int l = 0; l < width; ++l) store(kt + size_t(d0 + l) * kChunk + j0, block[l]);
     }
-    for (int v = 0; v < 8; ++v) store(score + size_t(r) * kChunk + v * kLanes, acc[v]);
+  }
+  // The rows' products over the chunk's vectors of keys that hold any of its n keys, two rows at a
+  // time: each vector of keys read once for both (the transposed keys, 32 KB at D = 64, need not
+  // stay in L1 with the scores beside them). Each row's sums are formed in the same order.
+  const auto products = [&]<int V>() {
+    const auto pass = [&]<int M>(int first) {
+      vf acc[M][V] = {};
+      for (int d = 0; d < D; ++d) {
+        vf qd[M];
+        for (int m = 0; m < M; ++m) qd[m] = splat(q[size_t(first + m) * Dp + d]);
+        const float* k = kt + size_t(d) * kChunk;
+        for (int v = 0; v < V; ++v) {
+          const vf kv = load(k + v * kLanes);
+          for (int m = 0; m < M; ++m) acc[m][v] += qd[m] * kv;
+        }
+      }
+      for (int m = 0; m < M; ++m)
+        for (int v = 0; v < V; ++v) store(score + size_t(first + m) * kChunk + v * kLanes, acc[m][v]);
+    };
+    int r = 0;
+    for (; r + 2 <= rows; r += 2) pass.template operator()<2>(r);
+    if (r < rows) pass.template operator()<1>(r);
+  };
+  with_count<8>(blocks_end / kLanes, products);
+}
+
+// The chunk's n value rows widened to fp32 rows of Dv into `wide` (once for a tile's many rows,
+// rather than once per row as they are read); fp32 values are read where they lie.
+template <class T>
+const float* widened_values(const T* values, int64_t value_stride, int n, int Dv, std::vector<float>& wide) {
+  if constexpr (std::is_same_v<T, float>) {
+    return values;
+  } else {
+    wide.resize(size_t(kChunk) * Dv);
+    const int whole = Dv - Dv % kLanes;
+    for (int j = 0; j < n; ++j) {
+      const T* from = values + j * value_stride;
+      float* to = wide.data() + size_t(j) * Dv;
+      for (int d = 0; d < whole; d += kLanes) store(to + d, load(from + d));
+      for (int d = whole; d < Dv; ++d) to[d] = to_float(from[d]);
+    }
+    return wide.data();
   }
 }
 
@@ -148,16 +195,21 @@ void attend_keys(const AttentionProblem& p, const AttentionTile& t, Scratch& s, 
     } else {
       score_transposed(s.queries.data(), rows, D, chunk_keys, key_stride, n, s.keys_t.data(), s.scores.data());
     }
+    // Weights first, then each value row read once for a few rows at a time (their sums in
+    // registers); many rows read every value row of the chunk, widened once for all of them.
     for (int r = 0; r < rows; ++r) {
       const int head = first_head + r / positions, i = t.row_begin + r % positions;
       float* score = s.scores.data() + size_t(r) * kChunk;
-      float* out = s.out.data() + size_t(r) * Dv;
       hide_scores(score, start, n, t.b, head, i, shift, p.causal, p.has_mask, p.bool_mask, p.mask);
-      // Few rows: weights first, then each value row read once for all of them.
-      if (direct) softmax_weights(score, Dv, s.max[r], s.sum[r], out);
-      else softmax_accumulate(score, n, chunk_values, value_stride, Dv, s.max[r], s.sum[r], out);
+      softmax_weights(score, n, Dv, s.max[r], s.sum[r], s.out.data() + size_t(r) * Dv);
     }
-    if (direct) accumulate_values(s.scores.data(), rows, n, chunk_values, value_stride, Dv, s.out.data());
+    if (direct) {
+      accumulate_values(s.scores.data(), rows, n, chunk_values, value_stride, Dv, s.out.data());
+    } else {
+      const float* wide = widened_values(chunk_values, value_stride, n, Dv, s.wide_values);
+      const int64_t wide_stride = std::is_same_v<T, float> ? value_stride : Dv;
+      accumulate_values(s.scores.data(), rows, n, wide, wide_stride, Dv, s.out.data());
+    }
   }
 }
 

@@ -169,6 +169,31 @@ inline vf sum_lanes(vf* acc, int count = kLanes) {
   return acc[0];
 }
 
+// transpose_block's shuffles: with rows a = r[i] and b = r[i + H] (bit H of i clear), the first
+// result keeps a's lanes whose bit H is clear and takes b's H lanes lower in the others; the
+// second takes a's lanes H higher, then keeps b's. Lanes of b count from kLanes.
+template <int H, bool Second>
+constexpr int swap_index(int lane) {
+  if constexpr (Second) return (lane & H) ? kLanes + lane : lane + H;
+  return (lane & H) ? kLanes + lane - H : lane;
+}
+template <int H, bool Second, size_t... I>
+inline vf swap_blocks(vf a, vf b, std::index_sequence<I...>) {
+  return __builtin_shufflevector(a, b, swap_index<H, Second>(I)...);
+}
+// r[0 .. kLanes) transposed in registers: the off-diagonal H × H blocks swapped between each pair
+// of rows H apart, for H = kLanes / 2 down to 1 (log2(kLanes) rounds of two shuffles a pair).
+template <int H = kLanes / 2>
+inline void transpose_block(vf* r) {
+  for (int i = 0; i < kLanes; ++i) {
+    if (i & H) continue;
+    const vf a = r[i], b = r[i + H];
+    r[i] = swap_blocks<H, false>(a, b, std::make_index_sequence<kLanes>());
+    r[i + H] = swap_blocks<H, true>(a, b, std::make_index_sequence<kLanes>());
+  }
+  if constexpr (H > 1) transpose_block<H / 2>(r);
+}
+
 // score[r * kChunk + j] = q_r · keys[j] for the tile's rows (scaled queries, D floats apart) and
 // the kLanes key rows of a block (D floats each, in fp32 and in L1 once for all the rows; D a
 // whole number of vectors): each row's kLanes dot products run side by side and are finished
@@ -224,10 +249,12 @@ inline int hide_scores(float* score, int start, int n, int b, int head, int i, i
 // Online softmax over one chunk for one query row, first half: with the chunk's scores (kChunk
 // of them, the hidden ones -inf) rescales what the row summed so far (max, sum, its Dv outputs)
 // to the new running max and turns the scores into weights exp(score - max) (0 while nothing
-// is visible yet).
-inline void softmax_weights(float* score, int Dv, float& row_max, float& row_sum, float* out) {
+// is visible yet). Only the vectors that hold one of the chunk's n keys are taken: past them every
+// score is hidden, so their weights are 0.
+inline void softmax_weights(float* score, int n, int Dv, float& row_max, float& row_sum, float* out) {
+  const int vectors = (n + kLanes - 1) / kLanes;
   vf top = splat(kMinusInf);
-  for (int v = 0; v < 8; ++v) top = max(top, load(score + v * kLanes));
+  for (int v = 0; v < vectors; ++v) top = max(top, load(score + v * kLanes));
   const float new_max = std::max(row_max, reduce_max(top));
   if (new_max == kMinusInf) {  // nothing visible yet
     std::fill(score, score + kChunk, 0.0f);
@@ -235,11 +262,12 @@ inline void softmax_weights(float* score, int Dv, float& row_max, float& row_sum
   }
   const float rescale = std::exp(row_max - new_max);
   vf total{};
-  for (int v = 0; v < 8; ++v) {
+  for (int v = 0; v < vectors; ++v) {
     const vf e = exp(load(score + v * kLanes) - new_max);
     store(score + v * kLanes, e);
     total += e;
   }
+  std::fill(score + vectors * kLanes, score + kChunk, 0.0f);
   row_max = new_max;
   row_sum = row_sum * rescale + reduce_sum(total);
   if (rescale != 1.0f)
@@ -304,56 +332,6 @@ inline void accumulate_values(const float* weights, int rows, int n, const T* va
       case 3: accumulate_rows<3>(w, n, values, value_stride, Dv, o); break;
       default: accumulate_rows<4>(w, n, values, value_stride, Dv, o); break;
     }
-  }
-}
-
-// Online softmax over one chunk for one query row: with the chunk's scores (kChunk of them, the
-// hidden ones -inf) rescales what the row summed so far (max, sum, its Dv outputs) to the new
-// running max and adds the chunk's n value rows (value_stride elements apart; fp32, float16 or
-// bfloat16, widened as they are read), all in fp32.
-template <class T>
-inline void softmax_accumulate(float* score, int n, const T* values, int64_t value_stride, int Dv, float& row_max,
-                               float& row_sum, float* out) {
-  vf top = splat(kMinusInf);
-  for (int v = 0; v < 8; ++v) top = max(top, load(score + v * kLanes));
-  const float new_max = std::max(row_max, reduce_max(top));
-  if (new_max == kMinusInf) return;  // nothing visible yet
-  const float rescale = std::exp(row_max - new_max);
-  vf total{};
-  for (int v = 0; v < 8; ++v) {
-    const vf e = exp(load(score + v * kLanes) - new_max);
-    store(score + v * kLanes, e);
-    total += e;
-  }
-  row_max = new_max;
-  row_sum = row_sum * rescale + reduce_sum(total);
-
-  int d = 0;
-  for (; d + 4 * kLanes <= Dv; d += 4 * kLanes) {
-    vf o0 = load(out + d) * rescale, o1 = load(out + d + kLanes) * rescale;
-    vf o2 = load(out + d + 2 * kLanes) * rescale, o3 = load(out + d + 3 * kLanes) * rescale;
-    for (int j = 0; j < n; ++j) {
-      const vf w = splat(score[j]);
-      const T* v = values + j * value_stride + d;
-      o0 += w * load(v);
-      o1 += w * load(v + kLanes);
-      o2 += w * load(v + 2 * kLanes);
-      o3 += w * load(v + 3 * kLanes);
-    }
-    store(out + d, o0);
-    store(out + d + kLanes, o1);
-    store(out + d + 2 * kLanes, o2);
-    store(out + d + 3 * kLanes, o3);
-  }
-  for (; d + kLanes <= Dv; d += kLanes) {
-    vf o = load(out + d) * rescale;
-    for (int j = 0; j < n; ++j) o += splat(score[j]) * load(values + j * value_stride + d);
-    store(out + d, o);
-  }
-  for (; d < Dv; ++d) {
-    float o = out[d] * rescale;
-    for (int j = 0; j < n; ++j) o += score[j] * to_float(values[j * value_stride + d]);
-    out[d] = o;
   }
 }
 

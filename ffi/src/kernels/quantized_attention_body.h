@@ -410,7 +410,7 @@ void attend(const QuantizedAttentionProblem& p, const AttentionTile& t, float* p
       const int head = first_head + r / positions, i = t.row_begin + r % positions;
       float* score = s.scores.data() + size_t(r) * kChunk;
       hide_scores(score, start, n, t.b, head, i, shift, p.causal, p.has_mask, p.bool_mask, p.mask);
-      softmax_weights(score, Dv, s.max[r], s.sum[r], s.out.data() + size_t(r) * Dv);
+      softmax_weights(score, n, Dv, s.max[r], s.sum[r], s.out.data() + size_t(r) * Dv);
     }
     const uint8_t* codes = v.packed + t.b * v.packed_stride[0] + t.kv_head * v.packed_stride[1] + start * v.packed_stride[2];
 #if defined(__AVX512VNNI__)

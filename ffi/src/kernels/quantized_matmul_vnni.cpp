@@ -21,27 +21,12 @@
 
 #include "quantized_matmul.h"
 #include "quantized_matmul_nibbles.h"
+#include "with_count.h"
 
 namespace kernels {
 namespace {
 
 inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
-
-// f.template operator()<MR>() with MR = M for 1 to 7 rows and 8 for 8 or more: the decode rows'
-// kernels take their row count as a template argument, so that their sums stay in registers.
-template <typename F>
-void with_rows(int M, F&& f) {
-  switch (M) {
-    case 1: f.template operator()<1>(); break;
-    case 2: f.template operator()<2>(); break;
-    case 3: f.template operator()<3>(); break;
-    case 4: f.template operator()<4>(); break;
-    case 5: f.template operator()<5>(); break;
-    case 6: f.template operator()<6>(); break;
-    case 7: f.template operator()<7>(); break;
-    default: f.template operator()<8>(); break;
-  }
-}
 
 template <ScaleType S>
 inline float scale_at(const void* base, int i) {
@@ -325,7 +310,7 @@ void int16_columns(const QmmProblem& p, int n0, int n1) {
 // alone as in a batch.
 template <int Bits, ScaleType S, bool Symmetric>
 void int16_tile(const QmmProblem& p, int n0, int n1) {
-  with_rows(p.M, [&]<int MR>() {
+  with_count<kDirectMaxRows>(p.M, [&]<int MR>() {
     // Few rows take several columns at once (NC), so that the products' latency hides.
     if constexpr (MR <= 4) int16_columns<Bits, S, Symmetric, MR, MR <= 2 ? 4 : 2>(p, n0, n1);
     else int16_rows<Bits, S, Symmetric, MR, 1>(p, n0, n1);
@@ -462,7 +447,7 @@ void repacked_pairs(const QmmProblem& p, int n0, int n1) {
 
 template <int Bits, ScaleType S, bool Symmetric>
 void repacked_decode_rows(const QmmProblem& p, int n0, int n1) {
-  with_rows(p.M, [&]<int MR>() { repacked_rows<Bits, S, Symmetric, MR, 1>(p, n0, n1); });
+  with_count<kDirectMaxRows>(p.M, [&]<int MR>() { repacked_rows<Bits, S, Symmetric, MR, 1>(p, n0, n1); });
 }
 
 // The weights of a slice of columns that prompt rows read while they stay in L2.
