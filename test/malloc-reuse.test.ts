@@ -1,7 +1,8 @@
 // Freed activations' memory is reused (ffi/src/malloc_reuse.cpp): once a prompt has run, the next
 // prompt's forward pass faults in few fresh pages, far fewer than under glibc's defaults
 // (MLX_MALLOC_REUSE=0). The setting is read when the shim loads, so each way runs in a child that
-// reads its own minor page faults (Linux) around prompts of 256 tokens on the default model.
+// reads its own minor page faults (Linux) around prompts of 256 tokens on the default model. And
+// what the heap keeps goes back to the system when MLX's cache is cleared.
 import { beforeAll, describe, expect, test } from "bun:test";
 import { resolveModelPath } from "../src/store/resolve";
 
@@ -23,6 +24,22 @@ const script = `
   const before = minorFaults();
   for (let i = 0; i < 4; i++) prompt();
   console.log((minorFaults() - before) / 4);`;
+
+// A model loaded and freed, then MLX's cache cleared (as `serve` does when it unloads a model):
+// the RSS that glibc's own malloc_trim would still give back afterwards, MB.
+const trimScript = `
+  import { readFileSync } from "node:fs";
+  import { dlopen, FFIType } from "bun:ffi";
+  import * as mx from "./src/mlx";
+  import { loadModel } from "./src/models/load";
+  import { resolveModelPath } from "./src/store/resolve";
+  const rss = () => Number(readFileSync("/proc/self/status", "utf8").match(/VmRSS:\\s+(\\d+)/)[1]) / 1024;
+  const lm = loadModel(await resolveModelPath(undefined));
+  lm.free();
+  mx.memory.clearCache();
+  const cleared = rss();
+  dlopen("libc.so.6", { malloc_trim: { args: [FFIType.u64], returns: FFIType.i32 } }).symbols.malloc_trim(0n);
+  console.log(cleared - rss());`;
 
 /** Minor page faults a prompt takes in a child with MLX_MALLOC_REUSE=`reuse` (unset: the default). */
 function faultsPerPrompt(reuse: string | undefined): number {
@@ -48,6 +65,18 @@ describe("freed memory reused", () => {
       console.log(`minor page faults per 256-token prompt: ${reused} reused, ${defaults} with glibc's defaults`);
       expect(defaults).toBeGreaterThan(1000);
       expect(reused).toBeLessThan(defaults / 2);
+    },
+    120_000,
+  );
+
+  test.skipIf(process.platform !== "linux")(
+    "clearing MLX's cache gives the heap's free pages back too",
+    () => {
+      const child = Bun.spawnSync([process.execPath, "-e", trimScript], { stderr: "pipe" });
+      expect(child.stderr.toString()).toBe("");
+      const left = Number(child.stdout.toString().trim().split("\n").at(-1));
+      console.log(`RSS a malloc_trim still gave back after clearCache: ${left.toFixed(1)} MB`);
+      expect(left).toBeLessThan(2);
     },
     120_000,
   );

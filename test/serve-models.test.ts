@@ -1,11 +1,12 @@
 // Model management over HTTP with the `ollama` client against a real server: pull (streamed
 // progress and stream: false) from a Hugging Face hub served on loopback, copy, delete (a
-// loaded idle model is unloaded first); and llama.cpp's /tokenize, /detokenize, /apply-template.
+// loaded idle model is unloaded first, its memory given back); and llama.cpp's /tokenize, /detokenize, /apply-template.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Ollama } from "ollama";
+import { memoryFigures } from "../src/engine/device";
 import type { RunningServer } from "../src/server/app";
 import { readManifest } from "../src/store/manifest";
 import { post, serve } from "./helpers/serve";
@@ -74,6 +75,8 @@ describe("Ollama model management", () => {
     expect(server.state.models.find("tiny-copy")).toBeDefined();
     await ollama.delete({ model: "tiny-copy" });
     expect(server.state.models.find("tiny-copy")).toBeUndefined();
+    // Its buffers went back to the system, not into MLX's cache.
+    expect(memoryFigures().cache).toBe(0);
     expect(readManifest("tiny-copy")).toBeUndefined();
     expect(readManifest("org/tiny")).toBeDefined();
     await expect(ollama.delete({ model: "tiny-copy" })).rejects.toMatchObject({ status_code: 404 });

@@ -20,6 +20,10 @@ namespace shim {
 
 void set_last_error(const char* message);
 
+// Gives the malloc heap's free pages back to the system (glibc's malloc_trim; elsewhere nothing):
+// blocks freed into the heap stay mapped for reuse (malloc_reuse.cpp) until asked here.
+void return_free_heap();
+
 inline const mx::array& ref(const mlxs_array* a) { return a->value; }
 
 inline std::optional<mx::array> opt(const mlxs_array* a) {

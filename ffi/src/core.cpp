@@ -203,6 +203,9 @@ size_t mlxs_cache_memory(void) { return mx::get_cache_memory(); }
 void mlxs_reset_peak_memory(void) { mx::reset_peak_memory(); }
 size_t mlxs_set_memory_limit(size_t limit) { return mx::set_memory_limit(limit); }
 size_t mlxs_set_cache_limit(size_t limit) { return mx::set_cache_limit(limit); }
-void mlxs_clear_cache(void) { mx::clear_cache(); }
+void mlxs_clear_cache(void) {
+  mx::clear_cache();
+  shim::return_free_heap();
+}
 
 }  // extern "C"

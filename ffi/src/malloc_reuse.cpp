@@ -13,9 +13,12 @@
 // its free top stays mapped for the next step. Larger blocks (big weights) still get mappings of
 // their own. The user's own settings win (glibc.malloc.mmap_threshold or trim_threshold in
 // GLIBC_TUNABLES, MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_), and MLX_MALLOC_REUSE=0 leaves
-// glibc's defaults (to compare).
+// glibc's defaults (to compare). MLX's cache cleared (mlxs_clear_cache: between benchmarked
+// models, after a model is unloaded) gives the heap's free pages back too (return_free_heap).
 #include <cstdlib>  // first: it defines __GLIBC__
 #include <cstring>
+
+#include "common.h"
 
 #if defined(__linux__) && defined(__GLIBC__)
 #include <malloc.h>
@@ -43,4 +46,8 @@ struct ReuseFreedMemory {
 } reuse_freed_memory;
 
 }  // namespace
+
+void shim::return_free_heap() { malloc_trim(0); }
+#else
+void shim::return_free_heap() {}
 #endif

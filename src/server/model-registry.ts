@@ -10,6 +10,7 @@ import { resolveModelPath } from "../store/resolve";
 import { aliasAdapter, aliasKvQuantization, aliasMaxKvSize, aliasSpeculation } from "../store/aliases";
 import { loadAdapter, type Adapter } from "../models/lora";
 import { attachSpeculation } from "../engine/speculative";
+import { clearMemoryCache } from "../engine/device";
 import type { KvQuantization } from "../models/cache";
 import { listModels } from "../store/store";
 import type { IndexEntry } from "../store/model-index";
@@ -177,6 +178,8 @@ export class ModelRegistry {
     for (const adapter of entry.adapters.values()) adapter.free();
     entry.adapters.clear();
     entry.lm.free();
+    // The model's buffers go back to the system, not to MLX's cache and the heap.
+    clearMemoryCache();
     this.options.onUnload?.(entry);
   }
 
