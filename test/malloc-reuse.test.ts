@@ -41,16 +41,15 @@ const trimScript = `
   dlopen("libc.so.6", { malloc_trim: { args: [FFIType.u64], returns: FFIType.i32 } }).symbols.malloc_trim(0n);
   console.log(cleared - rss());`;
 
-/** Minor page faults a prompt takes in a child with MLX_MALLOC_REUSE=`reuse` (unset: the default). */
-function faultsPerPrompt(reuse: string | undefined): number {
-  const child = Bun.spawnSync([process.execPath, "-e", script], {
-    env: { ...process.env, MLX_MALLOC_REUSE: reuse },
-    stderr: "pipe",
-  });
+/** The number a child running `code` prints last (loading may print before it), with `env` added. */
+function childNumber(code: string, env: Record<string, string | undefined> = {}): number {
+  const child = Bun.spawnSync([process.execPath, "-e", code], { env: { ...process.env, ...env }, stderr: "pipe" });
   expect(child.stderr.toString()).toBe("");
-  // The last line: loading may print before it.
   return Number(child.stdout.toString().trim().split("\n").at(-1));
 }
+
+/** Minor page faults a prompt takes in a child with MLX_MALLOC_REUSE=`reuse` (unset: the default). */
+const faultsPerPrompt = (reuse: string | undefined): number => childNumber(script, { MLX_MALLOC_REUSE: reuse });
 
 beforeAll(async () => {
   await resolveModelPath(undefined); // fetched into the store once, before the children read it
@@ -72,9 +71,7 @@ describe("freed memory reused", () => {
   test.skipIf(process.platform !== "linux")(
     "clearing MLX's cache gives the heap's free pages back too",
     () => {
-      const child = Bun.spawnSync([process.execPath, "-e", trimScript], { stderr: "pipe" });
-      expect(child.stderr.toString()).toBe("");
-      const left = Number(child.stdout.toString().trim().split("\n").at(-1));
+      const left = childNumber(trimScript);
       console.log(`RSS a malloc_trim still gave back after clearCache: ${left.toFixed(1)} MB`);
       expect(left).toBeLessThan(2);
     },

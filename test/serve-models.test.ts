@@ -1,6 +1,7 @@
 // Model management over HTTP with the `ollama` client against a real server: pull (streamed
 // progress and stream: false) from a Hugging Face hub served on loopback, copy, delete (a
-// loaded idle model is unloaded first, its memory given back); and llama.cpp's /tokenize, /detokenize, /apply-template.
+// loaded idle model is unloaded first, its memory given back); and llama.cpp's /tokenize,
+// /detokenize, /apply-template.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";

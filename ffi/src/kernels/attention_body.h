@@ -153,12 +153,19 @@ void score_transposed(const float* q, int rows, int D, const T* keys, int64_t ke
   with_count<8>(blocks_end / kLanes, products);
 }
 
+// Value rows of a chunk as accumulate_values reads them: where they start and how many elements
+// apart.
+struct ValueRows {
+  const float* rows;
+  int64_t stride;
+};
+
 // The chunk's n value rows widened to fp32 rows of Dv into `wide` (once for a tile's many rows,
 // rather than once per row as they are read); fp32 values are read where they lie.
 template <class T>
-const float* widened_values(const T* values, int64_t value_stride, int n, int Dv, std::vector<float>& wide) {
+ValueRows widened_values(const T* values, int64_t value_stride, int n, int Dv, std::vector<float>& wide) {
   if constexpr (std::is_same_v<T, float>) {
-    return values;
+    return {values, value_stride};
   } else {
     wide.resize(size_t(kChunk) * Dv);
     const int whole = Dv - Dv % kLanes;
@@ -168,7 +175,7 @@ const float* widened_values(const T* values, int64_t value_stride, int n, int Dv
       for (int d = 0; d < whole; d += kLanes) store(to + d, load(from + d));
       for (int d = whole; d < Dv; ++d) to[d] = to_float(from[d]);
     }
-    return wide.data();
+    return {wide.data(), Dv};
   }
 }
 
@@ -206,9 +213,8 @@ void attend_keys(const AttentionProblem& p, const AttentionTile& t, Scratch& s, 
     if (direct) {
       accumulate_values(s.scores.data(), rows, n, chunk_values, value_stride, Dv, s.out.data());
     } else {
-      const float* wide = widened_values(chunk_values, value_stride, n, Dv, s.wide_values);
-      const int64_t wide_stride = std::is_same_v<T, float> ? value_stride : Dv;
-      accumulate_values(s.scores.data(), rows, n, wide, wide_stride, Dv, s.out.data());
+      const ValueRows wide = widened_values(chunk_values, value_stride, n, Dv, s.wide_values);
+      accumulate_values(s.scores.data(), rows, n, wide.rows, wide.stride, Dv, s.out.data());
     }
   }
 }
