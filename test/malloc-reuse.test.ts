@@ -35,6 +35,7 @@ const trimScript = `
   import { resolveModelPath } from "./src/store/resolve";
   const rss = () => Number(readFileSync("/proc/self/status", "utf8").match(/VmRSS:\\s+(\\d+)/)[1]) / 1024;
   const lm = loadModel(await resolveModelPath(undefined));
+  mx.memory.hugePagesSettled(); // the weights' huge pages, collapsed on a thread of the shim's, in place
   lm.free();
   mx.memory.clearCache();
   const cleared = rss();
