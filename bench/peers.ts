@@ -5,8 +5,9 @@
 //
 // Each round runs, for each system in a rotating order, two fresh processes:
 //   speed:    load, warm up (a 32-token prompt and 4 tokens), then a prompt of exactly P
-//             tokens timed to its first token, and G tokens generated after a one-token prompt,
-//             end-of-sequence ignored. The same token ids for every system (SmolLM2's
+//             tokens timed to its first token, and G tokens generated after a one-token prompt
+//             (with --depth D: after a D-token context, prefilled before the clock starts, as
+//             llama-bench's -d), end-of-sequence ignored. The same token ids for every system (SmolLM2's
 //             vocabulary is the same in the GGUF and the converted directory).
 //             ours: `mlx bench -n 1 -p P -g G --json`; mlx-lm: its generate_step; llama.cpp:
 //             node-llama-cpp's LlamaContextSequence.evaluate. Peak memory: MLX's peak counter
@@ -16,7 +17,7 @@
 //             `python -m mlx_lm generate`, a node-llama-cpp LlamaChatSession script).
 //
 //   bash scripts/setup.sh && bash bench/setup-peers.sh
-//   node_modules/.bin/bun bench/peers.ts [--runs 3] [--prompt-tokens 256] [--gen-tokens 64] [--skip-mlx-lm]
+//   node_modules/.bin/bun bench/peers.ts [--runs 3] [--prompt-tokens 256] [--gen-tokens 64] [--depth 0] [--skip-mlx-lm]
 //
 // --skip-mlx-lm leaves mlx-lm out (its column reads n/a): on a loaded machine its 256-token
 // prompt alone takes minutes a round, and ours against llama.cpp is the comparison that moves.
@@ -35,6 +36,7 @@ const { values } = parseArgs({
     runs: { type: "string", default: "3" },
     "prompt-tokens": { type: "string", default: "256" },
     "gen-tokens": { type: "string", default: "64" },
+    depth: { type: "string", default: "0" },
     "oneshot-tokens": { type: "string", default: "8" },
     // llama.cpp on 2 threads collapsed on this shared 2-vCPU machine (its threads spin at
     // barriers, so a neighbour's load stalls every step: 0.7-3.7 tokens/s against 66-77 on
@@ -46,6 +48,8 @@ const { values } = parseArgs({
 const runs = Number(values.runs);
 const P = Number(values["prompt-tokens"]);
 const G = Number(values["gen-tokens"]);
+const D = Number(values.depth);
+const tgName = `tg${G}${D > 0 ? ` @ d${D}` : ""}`;
 const oneShotTokens = Number(values["oneshot-tokens"]);
 const root = resolve(import.meta.dir, "..");
 const peers = join(root, ".cache/peers");
@@ -77,13 +81,16 @@ if (!existsSync(join(converted, "config.json"))) {
 }
 const lm = loadModel(gguf);
 const promptIds = syntheticPrompt(lm, P);
-const firstId = syntheticPrompt(lm, 1)[0]!;
+// The generation test's context: the first token alone, or the first D tokens of the same prose.
+const genContext = syntheticPrompt(lm, Math.max(1, D));
 const weightBytes = lm.weightBytes;
+// A decode step at depth D also reads the D positions' keys and values: float16 in both caches.
+const kvBytes = D * 2 * lm.config.numHiddenLayers * lm.config.numKeyValueHeads * lm.config.headDim * 2;
 lm.free();
 const ggufBytes = statSync(gguf).size;
 mkdirSync(join(root, ".cache/bench"), { recursive: true });
 const idsFile = join(root, ".cache/bench/peers-prompt.json");
-writeFileSync(idsFile, JSON.stringify({ prompt: promptIds, first: firstId, gen: G }));
+writeFileSync(idsFile, JSON.stringify({ prompt: promptIds, context: genContext, gen: G }));
 const shortPrompt = "Write a long story about a lighthouse keeper and a storm.";
 
 // ---- the peers' speed and one-shot scripts -----------------------------------------------
@@ -108,17 +115,23 @@ def prompt_test(ids):
         break
     return time.perf_counter() - start, mx.get_peak_memory()
 
-def gen_test(first, n):
+def gen_test(context, n):
+    # A longer context than one token is prefilled, and its first token sampled, untimed.
+    untimed = 1 if len(context) > 1 else 0
     mx.reset_peak_memory()
     start = time.perf_counter()
-    count = 0
-    for _ in generate_step(mx.array([first]), model, max_tokens=n, sampler=greedy):
-        count += 1
+    seen = count = 0
+    for _ in generate_step(mx.array(context), model, max_tokens=n + untimed, sampler=greedy):
+        seen += 1
+        if seen <= untimed:
+            start = time.perf_counter()
+        else:
+            count += 1
     return time.perf_counter() - start, count, mx.get_peak_memory()
 
-prompt_test(spec["prompt"][:32]); gen_test(spec["first"], 4)
+prompt_test(spec["prompt"][:32]); gen_test(spec["context"], 4)
 pp_s, pp_peak = prompt_test(spec["prompt"])
-tg_s, tg_n, tg_peak = gen_test(spec["first"], spec["gen"])
+tg_s, tg_n, tg_peak = gen_test(spec["context"], spec["gen"])
 print(json.dumps({"pp_tps": len(spec["prompt"]) / pp_s, "ttft_s": pp_s, "tg_tps": tg_n / tg_s, "tg_tokens": tg_n, "mlx_peak_bytes": max(pp_peak, tg_peak)}))
 `,
 );
@@ -218,6 +231,8 @@ async function speed(system: System): Promise<Omit<Figures, "oneShotMs" | "oneSh
       String(P),
       "-g",
       String(G),
+      "-d",
+      String(D),
       "--json",
     ]);
     const m = JSON.parse(r.stdout).models[0];
@@ -326,7 +341,7 @@ say(
   `default model: ${gguf} (${(ggufBytes / 1e6).toFixed(1)} MB GGUF; ${(weightBytes / 1e6).toFixed(1)} MB of weights in MLX); mlx-lm on ${converted}`,
 );
 say(
-  `${runs} rounds; speed: pp${P}, tg${G}; one-shot: ${oneShotTokens} tokens of a short chat prompt; llama.cpp threads: ${threads}`,
+  `${runs} rounds; speed: pp${P}, ${tgName}; one-shot: ${oneShotTokens} tokens of a short chat prompt; llama.cpp threads: ${threads}`,
 );
 const results: Record<System, Figures[]> = { ours: [], "mlx-lm": [], "llama.cpp": [] };
 for (let round = 0; round < runs; round++) {
@@ -339,7 +354,7 @@ for (let round = 0; round < runs; round++) {
     const f: Figures = { ...s, oneShotMs: o.firstByteMs, oneShotRssBytes: o.maxRssBytes };
     results[system].push(f);
     say(
-      `round ${round + 1}/${runs} ${system}: pp${P} ${f.ppTps.toFixed(2)} tok/s (first token ${f.ttftMs.toFixed(0)} ms), tg${G} ${f.tgTps.toFixed(2)} tok/s, start→first byte ${f.oneShotMs.toFixed(0)} ms, RSS ${(f.speedRssBytes / 1e6).toFixed(0)} MB [${((performance.now() - started) / 1000).toFixed(0)} s]`,
+      `round ${round + 1}/${runs} ${system}: pp${P} ${f.ppTps.toFixed(2)} tok/s (first token ${f.ttftMs.toFixed(0)} ms), ${tgName} ${f.tgTps.toFixed(2)} tok/s, start→first byte ${f.oneShotMs.toFixed(0)} ms, RSS ${(f.speedRssBytes / 1e6).toFixed(0)} MB [${((performance.now() - started) / 1000).toFixed(0)} s]`,
     );
   }
 }
@@ -355,7 +370,7 @@ const bwAll = Math.max(bwAllSmall, bwAllHuge);
 const med = (system: System, key: keyof Figures) => median(results[system].map((f) => f[key]));
 const fmt = (v: number, digits = 2) => (Number.isFinite(v) ? v.toFixed(digits) : "n/a");
 const rows: [string, (s: System) => number, number, string][] = [
-  [`generation tokens/s (tg${G})`, (s) => med(s, "tgTps"), 2, "higher is better"],
+  [`generation tokens/s (${tgName})`, (s) => med(s, "tgTps"), 2, "higher is better"],
   [`prompt tokens/s (pp${P})`, (s) => med(s, "ppTps"), 2, "higher is better"],
   [`time to first token, ${P}-token prompt (ms)`, (s) => med(s, "ttftMs"), 0, "lower is better"],
   ["peak memory, MLX counter (MB)", (s) => med(s, "mlxPeakBytes") / 1e6, 1, "lower is better"],
@@ -373,13 +388,13 @@ for (const [name, get, digits, note] of rows) {
   );
 }
 const bwBest = Math.max(bw1, bwAll);
-const bound = (bwBest * 1e9) / weightBytes;
+const bound = (bwBest * 1e9) / (weightBytes + kvBytes);
 out.push("");
 out.push(
   `Memory read bandwidth (1 GiB buffer, best of 10 passes): ${bw1Small.toFixed(2)} GB/s on 1 thread, ${bwAllSmall.toFixed(2)} GB/s on ${cores} threads in 4 KiB pages; ${bw1Huge.toFixed(2)} and ${bwAllHuge.toFixed(2)} GB/s in huge pages (MADV_HUGEPAGE). The bound takes the best.`,
 );
 out.push(
-  `Bytes read per generated token = the weights: ${(weightBytes / 1e6).toFixed(1)} MB (GGUF file ${(ggufBytes / 1e6).toFixed(1)} MB), so the bandwidth bound is ${bwBest.toFixed(1)} GB/s ÷ ${(weightBytes / 1e6).toFixed(1)} MB = ${bound.toFixed(0)} tokens/s.`,
+  `Bytes read per generated token = the weights: ${(weightBytes / 1e6).toFixed(1)} MB (GGUF file ${(ggufBytes / 1e6).toFixed(1)} MB)${D > 0 ? `, and ${D} positions of float16 keys and values: ${(kvBytes / 1e6).toFixed(1)} MB` : ""}, so the bandwidth bound is ${bwBest.toFixed(1)} GB/s ÷ ${((weightBytes + kvBytes) / 1e6).toFixed(1)} MB = ${bound.toFixed(0)} tokens/s.`,
 );
 out.push("");
 out.push("| generation tokens/s as a fraction of the bandwidth bound | ours | mlx-lm | llama.cpp |");
@@ -396,6 +411,7 @@ writeFileSync(
       runs,
       P,
       G,
+      D,
       gguf,
       converted,
       weightBytes,

@@ -132,10 +132,7 @@ if (!skipped.has("llama")) {
   const { syntheticPrompt } = await import("../src/bench/model");
   const lm = loadModel(await resolveModelPath(undefined));
   llamaSpec = join(dir, "llama-spec.json");
-  writeFileSync(
-    llamaSpec,
-    JSON.stringify({ prompt: syntheticPrompt(lm, P), first: syntheticPrompt(lm, 1)[0], gen: G }),
-  );
+  writeFileSync(llamaSpec, JSON.stringify({ prompt: syntheticPrompt(lm, P), context: syntheticPrompt(lm, 1), gen: G }));
   lm.free();
 }
 

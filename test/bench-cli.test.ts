@@ -151,6 +151,28 @@ describe("mlx bench: model mode", () => {
     );
   }, 60_000);
 
+  test("--depth: the generation test decodes after a context of that many tokens, held in its KV cache", async () => {
+    const at = async (depth: string) => {
+      const r = await mlx(["-m", tiny, "-n", "1", "-p", "0", "-g", "8", "-d", depth, "--json"]);
+      expect(r.code).toBe(0);
+      return JSON.parse(r.stdout).models[0];
+    };
+    const [none, deep] = [await at("0"), await at("200")];
+    expect(none.depth).toBe(0);
+    expect(deep.depth).toBe(200);
+    expect(deep.generation_tokens_per_second.samples).toHaveLength(1);
+    // The 200-token context is prefilled inside the test: its keys, values and activations count.
+    expect(deep.generation_peak_memory_bytes).toBeGreaterThan(none.generation_peak_memory_bytes);
+    const table = await mlx(["-m", tiny, "-n", "1", "-p", "0", "-g", "8", "-d", "100"]);
+    expect(table.stdout).toMatch(/tg8 @ d100 tokens\/s/);
+    expect(table.stdout).toMatch(/timed after a 100-token context/);
+    oneLineError(await mlx(["-m", tiny, "-p", "8", "-g", "0", "-d", "100"]), /give -g too/);
+    oneLineError(
+      await mlx(["-m", tiny, "-n", "1", "-p", "0", "-g", "8", "-d", "250"]),
+      /-d 250 and -g 8 do not fit the model's context of 256/,
+    );
+  }, 30_000);
+
   test("bad flags are one-line errors", async () => {
     oneLineError(await mlx(["-m", tiny, "-n", "0"]), /--repetitions must be a whole number/);
     oneLineError(await mlx(["-m", tiny, "-p", "0", "-g", "0"]), /nothing to measure/);

@@ -1,7 +1,8 @@
 // Model mode of `mlx bench`: on one loaded model, a warm-up, then n repetitions of a
 // prompt-processing test (a synthetic prompt of exactly p tokens, timed to its first token)
 // and a generation test (g tokens after a one-token prompt, end-of-sequence ignored), each
-// on a fresh KV cache with MLX's peak-memory counter reset before it. As llama-bench does.
+// on a fresh KV cache with MLX's peak-memory counter reset before it. As llama-bench does, with
+// its -d too: the generation test after a context of d tokens, prefilled before the clock starts.
 import type { LoadedModel } from "../models/load";
 import { readGGUFHeader } from "../models/gguf-header";
 import { generateTokens } from "../engine/batch";
@@ -17,6 +18,8 @@ export interface ModelBenchOptions {
   promptTokens: number;
   /** Generated tokens of the generation test (0: skip it). */
   genTokens: number;
+  /** Tokens of context the generation test decodes after (0: a one-token prompt). */
+  depth: number;
   /** Progress lines (for stderr). */
   onProgress?: (message: string) => void;
 }
@@ -60,6 +63,7 @@ export interface ModelBenchResult extends ModelInfo {
   repetitions: number;
   promptTokens: number;
   genTokens: number;
+  depth: number;
   promptTokensPerSecond: Summary;
   generationTokensPerSecond: Summary;
   timeToFirstTokenSeconds: Summary;
@@ -145,20 +149,28 @@ export function promptTest(lm: LoadedModel, prompt: number[]): { seconds: number
 }
 
 /**
- * Generates exactly `count` tokens after a one-token prompt (EOS does not stop it); seconds for
- * all of them, and the draft tokens proposed and kept when the model speculates.
+ * Generates exactly `count` tokens after `context` (EOS does not stop it): a one-token prompt,
+ * whose step is timed as the first of them, or a longer context (--depth), prefilled and its
+ * first token sampled before the clock starts, so that `count` decode steps at that depth are
+ * timed. Seconds for them, and the draft tokens proposed and kept when the model speculates.
  */
 export function generationTest(
   lm: LoadedModel,
-  first: number,
+  context: number[],
   count: number,
 ): { seconds: number; tokens: number; peakBytes: number; drafted: number; accepted: number } {
   resetPeakMemory();
-  const start = performance.now();
+  const untimed = context.length > 1 ? 1 : 0;
+  let start = performance.now();
+  let seen = 0;
   let n = 0;
   let drafted = 0;
   let accepted = 0;
-  for (const event of tokens(lm, [first], count)) {
+  for (const event of tokens(lm, context, count + untimed)) {
+    if (++seen <= untimed) {
+      start = performance.now();
+      continue;
+    }
     n++;
     drafted += event.drafted ?? 0;
     accepted += event.accepted ?? 0;
@@ -171,14 +183,17 @@ export function benchLoadedModel(lm: LoadedModel, name: string, o: ModelBenchOpt
   const context = lm.config.maxPositionEmbeddings;
   if (o.promptTokens + 1 > context)
     throw new Error(`-p ${o.promptTokens} does not fit the model's context of ${context} tokens`);
-  if (o.genTokens + 1 > context)
-    throw new Error(`-g ${o.genTokens} does not fit the model's context of ${context} tokens`);
+  if (o.depth + o.genTokens + 1 > context)
+    throw new Error(
+      `${o.depth > 0 ? `-d ${o.depth} and ` : ""}-g ${o.genTokens} do${o.depth > 0 ? "" : "es"} not fit the model's context of ${context} tokens`,
+    );
   const prompt = o.promptTokens > 0 ? syntheticPrompt(lm, o.promptTokens) : [];
-  const first = syntheticPrompt(lm, 1)[0]!;
+  // The generation test's context: the synthetic prompt's first d tokens, or its first token.
+  const genContext = syntheticPrompt(lm, Math.max(1, o.depth));
 
   say(`${name}: warm-up`);
   if (prompt.length > 0) promptTest(lm, prompt.slice(0, Math.min(prompt.length, 32)));
-  if (o.genTokens > 0) generationTest(lm, first, Math.min(o.genTokens, 4));
+  if (o.genTokens > 0) generationTest(lm, genContext, Math.min(o.genTokens, 4));
 
   const pp: number[] = [];
   const ttft: number[] = [];
@@ -197,13 +212,14 @@ export function benchLoadedModel(lm: LoadedModel, name: string, o: ModelBenchOpt
       );
     }
     if (o.genTokens > 0) {
-      const r = generationTest(lm, first, o.genTokens);
+      const r = generationTest(lm, genContext, o.genTokens);
       tg.push(r.tokens / r.seconds);
       tgPeak = Math.max(tgPeak, r.peakBytes);
       drafts.drafted += r.drafted;
       drafts.accepted += r.accepted;
       const kept = lm.speculation ? `, ${r.accepted} of ${r.drafted} drafted tokens accepted` : "";
-      say(`${name}: tg${o.genTokens} ${i}/${o.repetitions}: ${(r.tokens / r.seconds).toFixed(2)} tokens/s${kept}`);
+      const at = o.depth > 0 ? ` @ d${o.depth}` : "";
+      say(`${name}: tg${o.genTokens}${at} ${i}/${o.repetitions}: ${(r.tokens / r.seconds).toFixed(2)} tokens/s${kept}`);
     }
   }
   return {
@@ -211,6 +227,7 @@ export function benchLoadedModel(lm: LoadedModel, name: string, o: ModelBenchOpt
     repetitions: o.repetitions,
     promptTokens: prompt.length,
     genTokens: o.genTokens,
+    depth: o.genTokens > 0 ? o.depth : 0,
     promptTokensPerSecond: summarize(pp),
     generationTokensPerSecond: summarize(tg),
     timeToFirstTokenSeconds: summarize(ttft),

@@ -2,7 +2,8 @@
 // tests, seen from here through the provider's API. Its tokenizer is not ours, so the prompt
 // is prose of about p tokens (the provider's usage says how many it counted, and that count
 // is reported), and the generation test asks for g tokens greedily, counted by the provider's
-// usage (an end-of-sequence may stop it earlier: no API lets us ignore it).
+// usage (an end-of-sequence may stop it earlier: no API lets us ignore it); with a depth, after
+// prose of about d tokens (the provider's count is reported), its speed timed from the first token.
 import { streamRemoteCompletion, type RemoteModel } from "../providers";
 import { prose, type ModelBenchOptions, type ModelBenchResult } from "./model";
 import { summarize } from "./stats";
@@ -25,7 +26,9 @@ export async function benchRemoteModel(
 ): Promise<ModelBenchResult> {
   const say = o.onProgress ?? (() => {});
   // The local test's prose, at about four characters per token.
-  const prompt = prose.repeat(Math.ceil((o.promptTokens * 4) / prose.length)).slice(0, o.promptTokens * 4);
+  const proseOf = (tokens: number) => prose.repeat(Math.ceil((tokens * 4) / prose.length)).slice(0, tokens * 4);
+  const prompt = proseOf(o.promptTokens);
+  const genPrompt = o.depth > 0 ? proseOf(o.depth) : "Tell a long story about a river.";
   say(`${name}: warm-up`);
   await answer(remote, "Say hello.", 4);
   const pp: number[] = [];
@@ -33,6 +36,7 @@ export async function benchRemoteModel(
   const tg: number[] = [];
   let promptTokens = 0;
   let generated = 0;
+  let depth = 0;
   for (let i = 1; i <= o.repetitions; i++) {
     if (o.promptTokens > 0) {
       const s = await answer(remote, prompt, 1);
@@ -44,8 +48,9 @@ export async function benchRemoteModel(
       );
     }
     if (o.genTokens > 0) {
-      const s = await answer(remote, "Tell a long story about a river.", o.genTokens);
+      const s = await answer(remote, genPrompt, o.genTokens);
       generated = s.generatedTokens;
+      if (o.depth > 0) depth = s.promptTokens;
       tg.push(s.generationTokensPerSecond);
       say(`${name}: tg${s.generatedTokens} ${i}/${o.repetitions}: ${s.generationTokensPerSecond.toFixed(2)} tokens/s`);
     }
@@ -60,6 +65,7 @@ export async function benchRemoteModel(
     repetitions: o.repetitions,
     promptTokens,
     genTokens: generated,
+    depth,
     promptTokensPerSecond: summarize(pp),
     generationTokensPerSecond: summarize(tg),
     timeToFirstTokenSeconds: summarize(ttft),

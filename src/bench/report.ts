@@ -61,7 +61,8 @@ const draftsCell = (f?: SpeculationFigures) =>
 export function modelTable(results: ModelBenchResult[], failures: ModelFailure[]): string {
   const any = results[0];
   const pp = `pp${any?.promptTokens ?? ""} tokens/s`;
-  const tg = `tg${any?.genTokens ?? ""} tokens/s`;
+  const depth = any?.depth ? ` @ d${any.depth}` : "";
+  const tg = `tg${any?.genTokens ?? ""}${depth} tokens/s`;
   // The drafts column only when some model speculates (--draft-model, --prompt-lookup).
   const speculating = results.some((r) => r.speculation);
   const rows = results.map((r) => [
@@ -77,7 +78,7 @@ export function modelTable(results: ModelBenchResult[], failures: ModelFailure[]
   const header = ["model", "format", "quantization", "size", pp, tg, "first token (ms)", "peak memory"];
   if (speculating) header.push("drafts accepted");
   const note = any
-    ? `\n\n${any.repetitions} runs each, mean ± standard deviation; pp: a ${any.promptTokens}-token prompt, timed to its first token; tg: ${any.genTokens} generated tokens.${speculating ? " Drafts accepted: draft tokens the model kept, of those drafted, over all tg runs." : ""}`
+    ? `\n\n${any.repetitions} runs each, mean ± standard deviation; pp: a ${any.promptTokens}-token prompt, timed to its first token; tg: ${any.genTokens} generated tokens${any.depth ? `, timed after a ${any.depth}-token context` : ""}.${speculating ? " Drafts accepted: draft tokens the model kept, of those drafted, over all tg runs." : ""}`
     : "";
   return table(header, rows, [false, false, false, true, true, true, true, true, false]) + note;
 }
@@ -93,6 +94,7 @@ export function modelCsv(results: ModelBenchResult[], failures: ModelFailure[]):
     "repetitions",
     "prompt_tokens",
     "gen_tokens",
+    "depth",
     "prompt_tokens_per_second_mean",
     "prompt_tokens_per_second_sd",
     "generation_tokens_per_second_mean",
@@ -115,6 +117,7 @@ export function modelCsv(results: ModelBenchResult[], failures: ModelFailure[]):
     r.repetitions,
     r.promptTokens,
     r.genTokens,
+    r.depth,
     fixed(r.promptTokensPerSecond.mean, 4),
     fixed(r.promptTokensPerSecond.sd, 4),
     fixed(r.generationTokensPerSecond.mean, 4),
@@ -160,6 +163,7 @@ export function modelJson(results: ModelBenchResult[], failures: ModelFailure[])
       repetitions: r.repetitions,
       prompt_tokens: r.promptTokens,
       gen_tokens: r.genTokens,
+      depth: r.depth,
       prompt_tokens_per_second: { ...meanAndSd(r.promptTokensPerSecond), samples: r.samples.promptTokensPerSecond },
       generation_tokens_per_second: {
         ...meanAndSd(r.generationTokensPerSecond),

@@ -79,6 +79,13 @@ export default defineCommand({
       description: "Tokens of the generation test, end-of-sequence ignored (0: skip it)",
       default: "128",
     },
+    depth: {
+      type: "string",
+      alias: "d",
+      description:
+        "Tokens of context the generation test decodes after, prefilled untimed (as llama-bench's -d): decode speed deep in a conversation",
+      default: "0",
+    },
     prompts: {
       type: "string",
       description: "Prompt suite: a file of prompts, plain lines or JSON lines {prompt, expect_regex?, expect_schema?}",
@@ -225,7 +232,9 @@ async function modelMode(args: Args, output: Output, plot: string | undefined): 
   const promptTokens = numberFlag("prompt-tokens", args["prompt-tokens"], { whole: true, zero: true });
   const genTokens = numberFlag("gen-tokens", args["gen-tokens"], { whole: true, zero: true });
   if (promptTokens === 0 && genTokens === 0) throw new Error("-p and -g are both 0: nothing to measure");
-  const options = { repetitions, promptTokens, genTokens, onProgress: progress };
+  const depth = numberFlag("depth", args.depth, { whole: true, zero: true });
+  if (depth > 0 && genTokens === 0) throw new Error("--depth sets the generation test's context: give -g too");
+  const options = { repetitions, promptTokens, genTokens, depth, onProgress: progress };
   const { results, failures } = await eachModel(
     args,
     (lm, name) => benchLoadedModel(lm, name, options),
@@ -257,7 +266,7 @@ function modelPlot(results: ModelBenchResult[]): string {
     });
   if (r0.genTokens > 0)
     panels.push({
-      title: `Generation (${r0.genTokens} tokens)`,
+      title: `Generation (${r0.genTokens} tokens${r0.depth > 0 ? ` after ${r0.depth} of context` : ""})`,
       yLabel: "tokens/s",
       bars: results.map((r) => ({
         label: r.model,
