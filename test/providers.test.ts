@@ -523,11 +523,13 @@ test("mlx run, chat and bench take a remote alias", async () => {
   );
   expect(prompts.length).toBe(2);
   expect(prompts[1]!).toBeGreaterThan(prompts[0]!);
-  const bench = await run(["bench", "-m", "ro", "-p", "32", "-g", "8", "-n", "1", "--json"]);
+  const bench = await run(["bench", "-m", "ro", "-p", "32", "-g", "8", "-d", "64", "-n", "1", "--json"]);
   expect(bench.code).toBe(0);
   const [row] = JSON.parse(bench.stdout).models;
   expect(row.format).toBe("remote");
   expect(row.prompt_tokens).toBeGreaterThan(16);
+  // --depth: the generation test's prompt is prose of about that many tokens, as the provider counted.
+  expect(row.depth).toBeGreaterThan(32);
 }, 60_000);
 
 const hasPromtool = Bun.spawnSync(["which", "promtool"]).exitCode === 0;

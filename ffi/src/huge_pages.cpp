@@ -73,10 +73,26 @@ std::vector<Range> anonymous_mappings() {
   return out;
 }
 
-const Range* mapping_of(const std::vector<Range>& mappings, uintptr_t address) {
-  for (const auto& m : mappings)
-    if (address >= m.start && address < m.end) return &m;
+// A run of mappings as last read, and whether it has been advised since.
+struct Mapping {
+  Range range;
+  bool advised = false;
+};
+
+Mapping* mapping_of(std::vector<Mapping>& mappings, uintptr_t address) {
+  for (auto& m : mappings)
+    if (address >= m.range.start && address < m.range.end) return &m;
   return nullptr;
+}
+
+// The mappings read anew; a run whose bounds are unchanged keeps its advice.
+void read_mappings(std::vector<Mapping>& mappings) {
+  std::vector<Mapping> fresh;
+  for (const Range& r : anonymous_mappings()) {
+    const Mapping* old = mapping_of(mappings, r.start);
+    fresh.push_back({r, old != nullptr && old->advised && old->range.start == r.start && old->range.end == r.end});
+  }
+  mappings = std::move(fresh);
 }
 
 // Collapses runs of 2 MiB pages on a thread of its own. MADV_COLLAPSE copies each page and first
@@ -155,39 +171,41 @@ size_t mlxs_huge_pages(mlxs_array* const* arrays, int n, int collapse) {
   (void)padded;
 #endif
   // Reading /proc/self/maps costs ~0.2 ms (the kernel formats every mapping), and a new sequence's
-  // cache asks once per layer, ~7 ms in all before its first token: the mappings are read again
-  // only when a buffer lies outside all of those read last (the heap grew: a mapping of its own).
-  // One that was unmapped since is at worst advised or collapsed for nothing (madvise skips holes).
-  static std::mutex read_mutex;
-  static std::vector<Range> mappings;
-  std::lock_guard read_lock(read_mutex);
-  bool stale = false;
-  for (int i = 0; i < n && !stale; ++i) {
-    mx::array a = arrays[i]->value;
-    if (a.status() == mx::array::Status::unscheduled || a.data_size() == 0) continue;
-    a.wait();
-    stale = mapping_of(mappings, reinterpret_cast<uintptr_t>(a.buffer().raw_ptr())) == nullptr;
-  }
-  if (stale) mappings = anonymous_mappings();
-  std::vector<const Range*> advised;
-  std::vector<Range> spans;
+  // cache asks once per layer, ~7 ms in all before its first token. So the mappings read last are
+  // kept, and read again only when a buffer lies outside those advised since (the heap grew, each
+  // growth a mapping of its own, or memory was mapped anew). Only mappings that held a buffer when
+  // read are advised; one replaced since by another at the same addresses stays unadvised (its
+  // buffers are still collapsed below).
+  static std::mutex mutex;
+  static std::vector<Mapping> mappings;
+  std::lock_guard lock(mutex);
+  std::vector<mx::array> buffers;
   for (int i = 0; i < n; ++i) {
     mx::array a = arrays[i]->value;
     if (a.status() == mx::array::Status::unscheduled || a.data_size() == 0) continue;
     a.wait();  // evaluated may still mean written later, on the stream's thread
-    const auto begin = reinterpret_cast<uintptr_t>(a.buffer().raw_ptr());
-    const Range* m = mapping_of(mappings, begin);
-    if (m == nullptr) continue;
-    bool seen = false;
-    for (const Range* r : advised) seen = seen || r == m;
-    if (!seen) advised.push_back(m);
+    buffers.push_back(std::move(a));
+  }
+  const auto address = [](const mx::array& a) { return reinterpret_cast<uintptr_t>(a.buffer().raw_ptr()); };
+  if (std::any_of(buffers.begin(), buffers.end(), [&](const mx::array& a) {
+        const Mapping* m = mapping_of(mappings, address(a));
+        return m == nullptr || !m->advised;
+      }))
+    read_mappings(mappings);
+  std::vector<Range> spans;
+  for (const mx::array& a : buffers) {
+    const uintptr_t begin = address(a);
+    Mapping* mapping = mapping_of(mappings, begin);
+    if (mapping == nullptr) continue;
+    const Range& m = mapping->range;
+    if (!mapping->advised) madvise(reinterpret_cast<void*>(m.start), m.end - m.start, MADV_HUGEPAGE);
+    mapping->advised = true;
     // The 2 MiB pages the buffer touches, within its mapping.
-    const uintptr_t end = std::min(begin + a.buffer_size(), m->end);
-    const uintptr_t lo = std::max(begin & ~(kHugePage - 1), (m->start + kHugePage - 1) & ~(kHugePage - 1));
-    const uintptr_t hi = std::min((end + kHugePage - 1) & ~(kHugePage - 1), m->end & ~(kHugePage - 1));
+    const uintptr_t end = std::min(begin + a.buffer_size(), m.end);
+    const uintptr_t lo = std::max(begin & ~(kHugePage - 1), (m.start + kHugePage - 1) & ~(kHugePage - 1));
+    const uintptr_t hi = std::min((end + kHugePage - 1) & ~(kHugePage - 1), m.end & ~(kHugePage - 1));
     if (hi > lo) spans.push_back({lo, hi});
   }
-  for (const Range* m : advised) madvise(reinterpret_cast<void*>(m->start), m->end - m->start, MADV_HUGEPAGE);
   if (!collapse) return 0;
   std::sort(spans.begin(), spans.end(), [](const Range& a, const Range& b) { return a.start < b.start; });
   size_t bytes = 0;

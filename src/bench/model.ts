@@ -227,7 +227,7 @@ export function benchLoadedModel(lm: LoadedModel, name: string, o: ModelBenchOpt
     repetitions: o.repetitions,
     promptTokens: prompt.length,
     genTokens: o.genTokens,
-    depth: o.genTokens > 0 ? o.depth : 0,
+    depth: o.depth,
     promptTokensPerSecond: summarize(pp),
     generationTokensPerSecond: summarize(tg),
     timeToFirstTokenSeconds: summarize(ttft),
