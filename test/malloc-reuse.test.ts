@@ -51,8 +51,9 @@ function childNumber(code: string, env: Record<string, string | undefined> = {})
   return Number(child.stdout.toString().trim().split("\n").at(-1));
 }
 
-/** Minor page faults a prompt takes in a child with MLX_MALLOC_REUSE=`reuse` (unset: the default). */
+/** The default model converted (beforeAll), as the children load it. */
 let converted = "";
+/** Minor page faults a prompt takes in a child with MLX_MALLOC_REUSE=`reuse` (unset: the default). */
 const faultsPerPrompt = (reuse: string | undefined): number =>
   childNumber(script, { MLX_MALLOC_REUSE: reuse, MODEL: converted });
 

@@ -5,9 +5,10 @@
 // own and unmaps it on free; the threshold starts at 128 KiB and moves with the sizes freed, and
 // the heap's free top is returned to the OS past the trim threshold. A prompt's activations are
 // such blocks (a 256-token chunk's gate and up outputs are 1.5 MiB each), so each was mapped
-// again, faulted in 4 KiB at a time and zeroed by the kernel: about 8,000 page faults per
-// 256-token prompt, against 110-190 with the threshold fixed, and prompts 1.1-1.25x faster
-// (bench/RESULTS.md, "Freed memory reused: page faults in a prompt").
+// again, faulted in 4 KiB at a time and zeroed by the kernel: ~33,000 page faults per 256-token
+// prompt of the converted default model in the engine's token loop, against ~250 with the
+// threshold fixed, and prompts 1.1-1.25x faster (bench/RESULTS.md, "Freed memory reused: page
+// faults in a prompt", and the third 2026-12-03 session's section on a new sequence's huge pages).
 //
 // So blocks up to 32 MiB (glibc's largest mmap threshold) come from the heap, and up to 64 MiB of
 // its free top stays mapped for the next step. Larger blocks (big weights) still get mappings of
