@@ -143,15 +143,15 @@ describe("BatchGenerator", () => {
   });
 
   test("newcomers join together within the prefill budget, and no more than the batch has room for", () => {
-    const gen = new BatchGenerator(model, { maxBatch: 3, prefillChunk: 8 });
+    const gen = new BatchGenerator(model, { maxBatch: 3, prefillChunk: 10 });
     prompts.forEach((p, i) => gen.add(String(i), { promptIds: p, sampling: defaultSampling, maxTokens: 50 }));
-    // Prompts of 7, 2, 12 and 1 tokens: 6 + 1 of the 8 tokens go to the first two, which join
+    // Prompts of 7, 2, 12 and 1 tokens: 7 + 2 of the 10 tokens go to the first two, which join
     // in the same step; the third starts with the token left.
     gen.step();
     expect([gen.running, gen.waiting]).toEqual([2, 2]);
     gen.step();
     expect([gen.running, gen.waiting]).toEqual([2, 2]);
-    gen.step(); // the third's last 2 tokens; the fourth (one token, nothing to prefill) would make 4
+    gen.step(); // the third's last 2 tokens; the fourth (one token) would make 4
     expect([gen.running, gen.waiting]).toEqual([3, 1]);
     gen.dispose();
   });

@@ -110,7 +110,7 @@ describe("greedy speculation gives the model's own tokens", () => {
 });
 
 describe("sampled speculation keeps the model's distribution", () => {
-  test("the acceptance rule: first tokens drawn as p, with a draft q far from p", () => {
+  test("the acceptance rule: first tokens drawn as p, with a draft q far from p or a certain draft", () => {
     // A vocabulary of 5; p from the logits, q the draft's (far from p): the first emitted token is p-distributed.
     const logits = [2, 1, 0.5, 0, -1];
     const p = softmax(logits);
@@ -126,24 +126,28 @@ describe("sampled speculation keeps the model's distribution", () => {
       keys,
     };
     const draws = 3000;
-    const counts = [0, 0, 0, 0, 0];
     const draftSample = makeSampler(sampling, randomKeys(5));
     const rows = mx.array(Float32Array.from([...logits, ...logits]), [2, 5]);
     const qLog = mx.array(Float32Array.from(q.map(Math.log)), [1, 5]);
-    for (let i = 0; i < draws; i++) {
-      const token = mx.scope(() => draftSample(qLog).item());
-      const probabilities = mx.array(Float32Array.from(q), [1, 5]);
-      const v = verify(s, rows, { tokens: [token], probabilities }, false);
-      probabilities.free();
-      counts[v.tokens[0]!]!++;
+    // A draft model's token drawn from q, and prompt lookup's certain draft (its least likely token under p).
+    for (const certain of [false, true]) {
+      const counts = [0, 0, 0, 0, 0];
+      for (let i = 0; i < draws; i++) {
+        const token = certain ? 4 : mx.scope(() => draftSample(qLog).item());
+        const probabilities = certain ? undefined : mx.array(Float32Array.from(q), [1, 5]);
+        const v = verify(s, rows, { tokens: [token], probabilities }, false);
+        probabilities?.free();
+        counts[v.tokens[0]!]!++;
+      }
+      const frequencies = counts.map((n) => n / draws);
+      // Three standard deviations of a frequency over 3,000 draws is under 0.03.
+      frequencies.forEach((f, i) => expect(Math.abs(f - p[i]!)).toBeLessThan(0.03));
     }
-    const frequencies = counts.map((n) => n / draws);
-    // Three standard deviations of a frequency over 3,000 draws is under 0.03.
-    frequencies.forEach((f, i) => expect(Math.abs(f - p[i]!)).toBeLessThan(0.03));
   });
 
-  test("on a tiny model, the first two tokens sampled with speculation follow the model's own distribution", () => {
-    // Top-k keeps the answers few (3 × 3), so their exact probabilities are few forward passes.
+  test("on a tiny model, the first three tokens sampled with speculation follow the model's own distribution", () => {
+    // Top-k keeps the answers few (3 × 3 × 3), so their exact probabilities are few forward
+    // passes. The first token comes from the prompt's own pass; the next two are speculated.
     const sampling = { ...defaultSampling, temperature: 0.8, topK: 3 };
     const exact = new Map<string, number>();
     const next = (context: number[]) =>
@@ -159,27 +163,27 @@ describe("sampled speculation keeps the model's distribution", () => {
         return [...probabilities.toTyped()].flatMap((p, token) => (Number(p) > 0 ? [[token, Number(p)] as const] : []));
       });
     for (const [first, p1] of next(prompt))
-      for (const [second, p2] of next([...prompt, first])) exact.set(`${first},${second}`, p1 * p2);
+      for (const [second, p2] of next([...prompt, first]))
+        for (const [third, p3] of next([...prompt, first, second]))
+          exact.set(`${first},${second},${third}`, p1 * p2 * p3);
     const draws = 400;
-    for (const speculation of [
-      { numDraft: 3, maxBatch: 2 },
-      { numDraft: 2, maxBatch: 2, draftModel: otherTiny.model },
-    ]) {
-      const counts = new Map<string, number>();
-      let draftedTokens = 0;
-      for (let i = 0; i < draws; i++) {
-        const events = tokens(tiny, { ...sampling, seed: i }, 2, speculation);
-        draftedTokens += drafted(events);
-        const key = ids(events).join(",");
-        counts.set(key, (counts.get(key) ?? 0) + 1);
-      }
-      expect(draftedTokens).toBeGreaterThan(0);
-      for (const key of counts.keys()) expect(exact.has(key)).toBe(true);
-      for (const [key, p] of exact) {
-        // Four standard deviations of a frequency over `draws` draws.
-        const tolerance = 4 * Math.sqrt((p * (1 - p)) / draws) + 0.005;
-        expect(Math.abs((counts.get(key) ?? 0) / draws - p)).toBeLessThan(tolerance);
-      }
+    // A draft model, which always drafts: prompt lookup would draft only after a first token
+    // whose pair with the prompt's last one the prompt holds (its certain drafts are checked above).
+    const speculation = { numDraft: 2, maxBatch: 2, draftModel: otherTiny.model };
+    const counts = new Map<string, number>();
+    let draftedTokens = 0;
+    for (let i = 0; i < draws; i++) {
+      const events = tokens(tiny, { ...sampling, seed: i }, 3, speculation);
+      draftedTokens += drafted(events);
+      const key = ids(events).join(",");
+      counts.set(key, (counts.get(key) ?? 0) + 1);
+    }
+    expect(draftedTokens).toBeGreaterThan(0);
+    for (const key of counts.keys()) expect(exact.has(key)).toBe(true);
+    for (const [key, p] of exact) {
+      // Four standard deviations of a frequency over `draws` draws.
+      const tolerance = 4 * Math.sqrt((p * (1 - p)) / draws) + 0.005;
+      expect(Math.abs((counts.get(key) ?? 0) / draws - p)).toBeLessThan(tolerance);
     }
   });
 });

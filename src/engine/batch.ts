@@ -98,6 +98,17 @@ interface Prefill {
   done: number;
 }
 
+/**
+ * A prompt's last chunk on its way round the ranks of a split model, its first token sampled
+ * from the last position's hidden states when they come back. `older` counts the groups' steps
+ * sent before it, still to come back first (the ring returns them in the order sent).
+ */
+interface Joining {
+  prefill: Prefill;
+  first: PendingStep;
+  older: number;
+}
+
 /** Prompt tokens a step prefills at most, unless told otherwise (--prefill-chunk). */
 export const DEFAULT_PREFILL_CHUNK = 512;
 
@@ -128,6 +139,8 @@ export interface SpeculationCounts {
 export class BatchGenerator {
   readonly #waiting: Sequence[] = [];
   #prefill?: Prefill;
+  /** At most one: no other prefill starts until it has joined. */
+  #joining?: Joining;
   /**
    * One group, but on a model split across processes, one per micro-batch it keeps in flight;
    * a newcomer joins the smallest. Served in turn (#turn is next): see #stepInTurn.
@@ -177,7 +190,7 @@ export class BatchGenerator {
   }
 
   get waiting(): number {
-    return this.#waiting.length + (this.#prefill ? 1 : 0);
+    return this.#waiting.length + (this.#prefill ? 1 : 0) + (this.#joining ? 1 : 0);
   }
 
   get idle(): boolean {
@@ -216,6 +229,8 @@ export class BatchGenerator {
       freeCaches(this.#prefill.caches);
       this.#prefill = undefined;
     }
+    // Its first token is still on its way back: dropped when it comes.
+    if (this.#joining?.prefill.sequence.id === id) this.#joining.prefill.sequence.done = true;
     for (const group of this.#groups) {
       const row = group.active.findIndex((s) => s.id === id);
       if (row >= 0) this.#dropRows(group, [row]);
@@ -266,9 +281,8 @@ export class BatchGenerator {
   /** A step, paused (yield) before each wait for the model's layers in other processes (arrive()). */
   *#step(): Generator<void, SequenceEvent[]> {
     if (this.#groups.length > 1) return yield* this.#stepInTurn();
-    this.#prefillChunk();
+    const events = yield* this.#prefillChunk();
     const group = this.#groups[0]!;
-    const events: SequenceEvent[] = [];
     for (const s of group.active) s.pause = Math.max(0, s.pause - 1);
     if (this.#speculating) {
       // Drafting needs every sequence's last token on the host.
@@ -310,14 +324,15 @@ export class BatchGenerator {
    * ring no time; a group with nothing to do is skipped.
    */
   *#stepInTurn(): Generator<void, SequenceEvent[]> {
-    this.#prefillChunk();
+    // A prompt's first token comes back in its turn, behind the steps sent before it.
+    if (this.#joining?.older === 0) return yield* this.#arriveJoining();
+    const events = yield* this.#prefillChunk();
     const turns = this.#groups.length;
     const busy = (g: DecodeGroup) => g.ahead !== undefined || g.active.length > 0;
     let skip = 0;
     while (skip < turns - 1 && !busy(this.#groups[(this.#turn + skip) % turns]!)) skip++;
     const group = this.#groups[(this.#turn + skip) % turns]!;
     this.#turn = (this.#turn + skip + 1) % turns;
-    const events: SequenceEvent[] = [];
     this.lastTurn = undefined;
     if (group.ahead) {
       const started = performance.now();
@@ -327,6 +342,7 @@ export class BatchGenerator {
         next = this.model.remote!.beforeArrival(() => this.#build(group));
       yield;
       this.model.remote!.arrive(ahead.tokens, ahead.chosen, ...(ahead.logprobs ?? []));
+      if (this.#joining) this.#joining.older--;
       events.push(...this.#read(group, this.#takeAhead(group), next));
       group.ahead = next;
       const now = performance.now();
@@ -460,39 +476,64 @@ export class BatchGenerator {
     const ahead = group.ahead;
     if (!ahead) return;
     group.ahead = undefined;
-    for (const t of [ahead.tokens, ahead.chosen, ...(ahead.logprobs ?? [])]) t.free();
+    freeStep(ahead);
   }
 
   /**
    * Prefills newcomers between two decode steps: up to `prefillChunk` prompt tokens in all, for
    * as many sequences as that covers and the batch has room for (a prompt the prefix cache
-   * holds costs none of it). Those whose prompt is done join the batch together, so a burst of
-   * requests joins in one step and one copy of the batch's caches instead of one of each per
-   * newcomer.
+   * holds costs none of it). A prompt's last chunk also samples its first token, from the last
+   * position (one pass over the weights, not a second one in the batch's next step). Those
+   * whose prompt is done join the batch together, so a burst of requests joins in one step and
+   * one copy of the batch's caches instead of one of each per newcomer.
    */
-  #prefillChunk(): void {
+  *#prefillChunk(): Generator<void, SequenceEvent[]> {
     let budget = this.options.prefillChunk;
     const joining: Prefill[] = [];
-    while (budget > 0) {
+    const events: SequenceEvent[] = [];
+    while (budget > 0 && !this.#joining) {
       const p = (this.#prefill ??= this.#startPrefill(joining.length));
       if (!p) break;
-      budget -= this.#prefillPart(p, budget);
-      if (p.done < p.sequence.request.promptIds.length - 1) break;
-      const prompt = p.sequence.request.promptIds;
-      this.options.prefixCache?.insert(
-        prompt.slice(0, -1),
-        p.caches,
-        0,
-        0,
-        droppedBy(p.caches, 0),
-        namespace(p.sequence),
-      );
-      p.sequence.history = prompt.slice(0, -1);
-      p.sequence.next = prompt.at(-1)!;
-      joining.push(p);
+      const { computed, first } = this.#prefillPart(p, budget);
+      budget -= computed;
+      if (!first) break;
       this.#prefill = undefined;
+      const prompt = p.sequence.request.promptIds;
+      this.options.prefixCache?.insert(prompt, p.caches, 0, 0, droppedBy(p.caches, 0), namespace(p.sequence));
+      // Groups in turn: their steps sent before this chunk come back first.
+      const older = this.#groups.length > 1 ? this.#groups.filter((g) => g.ahead).length : 0;
+      this.#joining = { prefill: p, first, older };
+      if (older > 0) break;
+      if (this.model.remote) yield;
+      events.push(...this.#arriveFirst(joining));
     }
     this.#join(joining);
+    return events;
+  }
+
+  /** The pending join's first token, now the oldest thing on its way back, and the sequence into the batch. */
+  *#arriveJoining(): Generator<void, SequenceEvent[]> {
+    yield;
+    const joining: Prefill[] = [];
+    const events = this.#arriveFirst(joining);
+    this.#join(joining);
+    return events;
+  }
+
+  /**
+   * Reads the pending join's first token (on a split model, once its hidden states are back):
+   * the sequence joins (`into`) unless that token was all it asked for, or it was removed.
+   */
+  #arriveFirst(into: Prefill[]): SequenceEvent[] {
+    const { prefill: p, first } = this.#joining!;
+    this.#joining = undefined;
+    this.model.remote?.arrive(first.tokens, first.chosen, ...(first.logprobs ?? []));
+    const events = readFirst(p.sequence, first);
+    if (p.sequence.done) {
+      this.model.remote?.release(p.caches);
+      freeCaches(p.caches);
+    } else into.push(p);
+    return events;
   }
 
   /** The next waiting sequence's prefill, from the longest prefix stored; none when the batch is full. */
@@ -507,7 +548,7 @@ export class BatchGenerator {
       maxKvSize: this.options.maxKvSize,
       joining: true,
     });
-    // Start from the longest stored prefix; the last prompt token is always computed anew.
+    // Start from the longest stored prefix; the last prompt token is always computed anew (its logits give the first token).
     const match = this.options.prefixCache?.lookup(prompt, prompt.length - 1, namespace(sequence));
     if (match) {
       seedCaches(caches, match.keys, match.values, match.length, match.dropped);
@@ -518,26 +559,40 @@ export class BatchGenerator {
   }
 
   /**
-   * Up to `budget` more of a prefill's prompt into its caches; returns the tokens computed.
-   * Everything but the last prompt token goes into the cache: the last one is the first decode
-   * input, so its logits come from the batched step.
+   * Up to `budget` more of a prefill's prompt into its caches: the tokens computed, and where
+   * the chunk ends the prompt, its first token sampled from the last position (unevaluated on a
+   * split model: its hidden states come back round the ranks, see #arriveFirst).
    */
-  #prefillPart(p: Prefill, budget: number): number {
-    const prompt = p.sequence.request.promptIds;
-    const end = Math.min(prompt.length - 1, p.done + budget);
-    if (end <= p.done) return 0;
+  #prefillPart(p: Prefill, budget: number): { computed: number; first?: PendingStep } {
+    const s = p.sequence;
+    const prompt = s.request.promptIds;
+    const end = Math.min(prompt.length, p.done + budget);
+    if (end <= p.done) return { computed: 0 };
     const chunk = prompt.slice(p.done, end);
-    // The hidden state is not returned from the scope: freed with it, its graph (the last layer's
-    // attention, never evaluated) lets go of that layer's cache buffers, which the next write then
-    // updates in place rather than copying (the next chunk's, or the first decode step's).
-    mx.scope(() => {
-      adapted([p.sequence], () =>
-        this.model.layers(this.model.embed(mx.array(Int32Array.from(chunk), [1, chunk.length])), p.caches),
-      );
-    });
-    mx.evaluate(...cacheState(p.caches));
+    const last = end === prompt.length;
+    if (last) this.model.remote?.returnLast(p.caches);
+    // Only the last position's hidden state is used: the rest, freed with the scope, lets go of
+    // the last layer's attention graph and so of that layer's cache buffers, which the next write
+    // then updates in place rather than copying (the next chunk's, or the first decode step's).
+    const first = mx.scope(() =>
+      adapted([s], () => {
+        const hidden = this.model.layers(
+          this.model.embed(mx.array(Int32Array.from(chunk), [1, chunk.length])),
+          p.caches,
+        );
+        if (!last) return undefined;
+        // The logits processors see the whole prompt, as they would in a decode step.
+        s.history = [...prompt];
+        const length = hidden.shape[1]!;
+        const final = mx.slice(hidden, [0, length - 1, 0], [1, length, hidden.shape[2]!]);
+        return this.#sample([s], mx.reshape(this.model.head(final), [1, -1]));
+      }),
+    );
+    // On a split model the first token waits for the hidden states to come back (#arriveFirst).
+    const sampled = first && !this.model.remote ? [first.tokens, first.chosen, ...(first.logprobs ?? [])] : [];
+    mx.evaluate(...cacheState(p.caches), ...sampled);
     p.done = end;
-    return chunk.length;
+    return { computed: chunk.length, first };
   }
 
   /** Prefilled sequences join the smallest groups (one group but on a model split across processes). */
@@ -567,7 +622,6 @@ export class BatchGenerator {
     batch.forEach((s, b) => {
       if (fromAhead[b]! < 0) s.history.push(s.next);
     });
-    const wantLogprobs = batch.some((s) => s.request.keepLogprobs);
     // The steady state of decoding: every row's input is the step ahead's token, in its order.
     const allAhead = ahead !== undefined && ahead.rows.length === batch.length && fromAhead.every((i, b) => i === b);
     return mx.scope(() => {
@@ -585,37 +639,41 @@ export class BatchGenerator {
         const hidden = this.model.layers(this.model.embed(mx.reshape(input, [batch.length, 1])), group.caches);
         return mx.reshape(this.model.head(hidden), [batch.length, -1]);
       });
-      const vocab = logits.shape[1]!;
-      // Every row greedy and unprocessed (the common case when serving): the rows are sampled
-      // together, a few graph nodes for the batch instead of a few per row, each row's values
-      // computed as alone.
-      if (batch.every((s) => s.processors.length === 0 && s.sampling.temperature === 0)) {
-        if (!wantLogprobs) return { rows: batch, ...mx.fast.greedyTokens(logits), logprobs: undefined };
-        const logprobs = mx.subtract(logits, mx.logsumexp(logits, -1, true));
-        const tokens = mx.argmax(logprobs, -1);
-        return {
-          rows: batch,
-          tokens: mx.astype(tokens, mx.Dtype.uint32),
-          chosen: mx.reshape(mx.takeAlongAxis(logprobs, mx.reshape(tokens, [-1, 1]), -1), [-1]),
-          logprobs: wantLogprobs
-            ? batch.map((_, b) => mx.reshape(mx.slice(logprobs, [b, 0], [b + 1, vocab]), [vocab]))
-            : undefined,
-        };
-      }
-      const rows = batch.map((s, b) => {
-        let row = mx.slice(logits, [b, 0], [b + 1, vocab]);
-        for (const process of s.processors) row = process(s.history, row);
-        const logprobs = mx.subtract(row, mx.logsumexp(row, undefined, true));
-        const token = s.sample(logprobs);
-        return { token, chosen: mx.reshape(mx.takeAlongAxis(logprobs, mx.reshape(token, [1, 1]), -1), [1]), logprobs };
-      });
+      return this.#sample(batch, logits);
+    });
+  }
+
+  /** Each sequence's next token from its row of `logits` [rows, vocab], by its own sampling and processors. */
+  #sample(batch: Sequence[], logits: MxArray): PendingStep {
+    const vocab = logits.shape[1]!;
+    const wantLogprobs = batch.some((s) => s.request.keepLogprobs);
+    // Every row greedy and unprocessed (the common case when serving): the rows are sampled
+    // together, a few graph nodes for the batch instead of a few per row, each row's values
+    // computed as alone.
+    if (batch.every((s) => s.processors.length === 0 && s.sampling.temperature === 0)) {
+      if (!wantLogprobs) return { rows: batch, ...mx.fast.greedyTokens(logits), logprobs: undefined };
+      const logprobs = mx.subtract(logits, mx.logsumexp(logits, -1, true));
+      const tokens = mx.argmax(logprobs, -1);
       return {
         rows: batch,
-        tokens: joined(rows.map((r) => mx.astype(r.token, mx.Dtype.uint32))),
-        chosen: joined(rows.map((r) => r.chosen)),
-        logprobs: wantLogprobs ? rows.map((r) => mx.squeeze(r.logprobs, 0)) : undefined,
+        tokens: mx.astype(tokens, mx.Dtype.uint32),
+        chosen: mx.reshape(mx.takeAlongAxis(logprobs, mx.reshape(tokens, [-1, 1]), -1), [-1]),
+        logprobs: batch.map((_, b) => mx.reshape(mx.slice(logprobs, [b, 0], [b + 1, vocab]), [vocab])),
       };
+    }
+    const rows = batch.map((s, b) => {
+      let row = mx.slice(logits, [b, 0], [b + 1, vocab]);
+      for (const process of s.processors) row = process(s.history, row);
+      const logprobs = mx.subtract(row, mx.logsumexp(row, undefined, true));
+      const token = s.sample(logprobs);
+      return { token, chosen: mx.reshape(mx.takeAlongAxis(logprobs, mx.reshape(token, [1, 1]), -1), [1]), logprobs };
     });
+    return {
+      rows: batch,
+      tokens: joined(rows.map((r) => mx.astype(r.token, mx.Dtype.uint32))),
+      chosen: joined(rows.map((r) => r.chosen)),
+      logprobs: wantLogprobs ? rows.map((r) => mx.squeeze(r.logprobs, 0)) : undefined,
+    };
   }
 
   /** Reads a step's tokens into events; `fedBy` is the step already built on top of it, if any. */
@@ -625,22 +683,11 @@ export class BatchGenerator {
     const events: SequenceEvent[] = [];
     const finished: Sequence[] = [];
     step.rows.forEach((s, b) => {
-      const row = step.logprobs?.[b];
-      if (s.done) return row?.free();
-      const token = tokens[b]!;
-      const event: SequenceEvent = { id: s.id, token, logprob: chosen[b]! };
-      if (row) {
-        if (s.request.keepLogprobs) event.logprobs = row;
-        else row.free();
-      }
-      s.generated++;
-      s.next = token;
+      const event = tokenEvent(s, tokens[b]!, chosen[b]!, step.logprobs?.[b]);
+      if (!event) return;
       // The step built on top of this one has already put this token in the cache.
-      if (fedBy?.rows.includes(s)) s.history.push(token);
-      if (s.generated >= s.request.maxTokens) {
-        event.finished = "length";
-        finished.push(s);
-      }
+      if (fedBy?.rows.includes(s)) s.history.push(event.token);
+      if (event.finished) finished.push(s);
       events.push(event);
     });
     step.tokens.free();
@@ -679,15 +726,54 @@ export class BatchGenerator {
       this.#discardAhead(group);
       for (const s of group.active) freeDraft(s);
     }
-    if (this.#prefill) {
-      this.model.remote?.release(this.#prefill.caches);
-      freeCaches(this.#prefill.caches);
+    if (this.#joining) {
+      // Its first token's hidden states are on their way back as well.
+      this.model.remote!.arrive();
+      freeStep(this.#joining.first);
+    }
+    for (const p of [this.#prefill, this.#joining?.prefill]) {
+      if (!p) continue;
+      this.model.remote?.release(p.caches);
+      freeCaches(p.caches);
     }
     for (const group of this.#groups) {
       this.model.remote?.release(group.caches);
       for (const c of group.caches) c.free();
     }
   }
+}
+
+const freeStep = (step: PendingStep): void => {
+  for (const t of [step.tokens, step.chosen, ...(step.logprobs ?? [])]) t.free();
+};
+
+/** A sampled token as its sequence's event; undefined where the sequence was removed meanwhile. */
+function tokenEvent(s: Sequence, token: number, logprob: number, row?: MxArray): SequenceEvent | undefined {
+  if (s.done) {
+    row?.free();
+    return undefined;
+  }
+  const event: SequenceEvent = { id: s.id, token, logprob };
+  if (row) {
+    if (s.request.keepLogprobs) event.logprobs = row;
+    else row.free();
+  }
+  s.generated++;
+  s.next = token;
+  if (s.generated >= s.request.maxTokens) event.finished = "length";
+  return event;
+}
+
+/** A sequence's first token, sampled by its prefill; a sequence it finishes is done, not joining the batch. */
+function readFirst(s: Sequence, first: PendingStep): SequenceEvent[] {
+  const [token] = first.tokens.toArray();
+  const [logprob] = first.chosen.toArray();
+  first.tokens.free();
+  first.chosen.free();
+  const event = tokenEvent(s, token!, logprob!, first.logprobs?.[0]);
+  if (!event) return [];
+  if (event.finished) s.done = true;
+  return [event];
 }
 
 /** Runs a forward pass over `rows` with each row's adapter applied to it alone. */
@@ -701,13 +787,13 @@ function adapted<T>(rows: Sequence[], forward: () => T): T {
     : forward();
 }
 
-/** Where a sequence's keys and values go in the prefix cache: the base model's, or its adapter's. */
 /**
  * Whether a group's next step can be built on the step ahead's tokens before they are read: not
  * when a logits processor must see each sequence's history, last token included, on the host.
  */
 const buildsAhead = (group: DecodeGroup): boolean => group.active.every((s) => s.processors.length === 0);
 
+/** Where a sequence's keys and values go in the prefix cache: the base model's, or its adapter's. */
 const namespace = (s: Sequence): number => s.request.adapter?.id ?? 0;
 
 /** The rows as one array (a batch of one needs no copy). */

@@ -63,6 +63,12 @@ export interface RemoteLayers {
    */
   wholePass(caches: KVCache[]): void;
   /**
+   * The next forward pass on `caches` (a prompt's last prefill chunk) gives the last position's
+   * hidden states back, [rows, 1, width], to sample the first token from: received by the next
+   * arrive() where they travel (a pipeline), in the order sent.
+   */
+  returnLast(caches: KVCache[]): void;
+  /**
    * Decode groups to keep in flight: while the other processes work on some, this one samples
    * another and sends its next step (1: the whole batch goes round as one).
    */

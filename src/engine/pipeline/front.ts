@@ -100,12 +100,14 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
   /**
    * Our layers, then the rest of the pipeline. A prefill's result stays on the ranks (only their
    * caches need it); a decode step's hidden states come back from the last rank: the result is
-   * their receive, to evaluate only after arrive() (several steps may be in flight). A whole
-   * pass's (wholePass) come back at once.
+   * their receive, to evaluate only after arrive() (several steps may be in flight), and so the
+   * last position of a prompt's last chunk (returnLast). A whole pass's (wholePass) come back
+   * at once.
    */
   layers(h: MxArray, caches: AttentionCache[]): MxArray {
     const decode = this.isBatch(caches);
     const whole = this.isWhole(caches);
+    const last = !decode && !whole && this.takeReturnLast(caches);
     const out =
       decode || whole ? this.local.layers(h, caches, this.stage.start, this.stage.end) : this.#prefillLayers(h, caches);
     const [rows, length, width] = out.shape as [number, number, number];
@@ -117,7 +119,7 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
         set: this.id(caches),
         rows,
         length,
-        flags: decode ? Flag.decode : whole ? Flag.whole : Flag.prefill,
+        flags: decode ? Flag.decode : whole ? Flag.whole : last ? Flag.prefill | Flag.last : Flag.prefill,
         dtype: out.dtype,
         width,
       },
@@ -131,9 +133,9 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
     if (!decode && !whole) {
       // Every stage's progress on this chunk, to take off the ring in its turn.
       this.#arriving.push(this.local.numLayers);
-      return out;
+      if (!last) return out;
     }
-    const back = distributed.recv([rows, length, width], out.dtype, this.size - 1);
+    const back = distributed.recv([rows, last ? 1 : length, width], out.dtype, this.size - 1);
     if (whole) {
       // Behind the decode steps in flight: those are received first (kept for arrive()).
       this.#receiveInFlight();

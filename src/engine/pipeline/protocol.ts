@@ -66,8 +66,12 @@ export const Op = {
 } as const;
 export type OpCode = (typeof Op)[keyof typeof Op];
 
-/** A forward pass's kind: a prefill's result stays on the ranks; a decode step's, or a whole pass's (embeddings), comes back to rank 0. */
-export const Flag = { prefill: 1, decode: 2, whole: 4 } as const;
+/**
+ * A forward pass's kind: a prefill's result stays on the ranks; a decode step's, or a whole
+ * pass's (embeddings), comes back to rank 0. A prefill marked `last` (a prompt's last chunk)
+ * sends its last position back, after its progress messages: the first token is sampled from it.
+ */
+export const Flag = { prefill: 1, decode: 2, whole: 4, last: 8 } as const;
 
 export interface Header {
   op: OpCode;

@@ -18,6 +18,7 @@ export abstract class RankZeroFront implements RemoteLayers, AdapterMirror {
   readonly #ids = new WeakMap<KVCache[] | AttentionCache[], number>();
   readonly #batches = new WeakSet<KVCache[]>();
   readonly #whole = new WeakSet<KVCache[]>();
+  readonly #returnLast = new WeakSet<KVCache[]>();
   #nextSet = 1;
   readonly #timer: ReturnType<typeof setInterval>;
   protected closed = false;
@@ -135,6 +136,10 @@ export abstract class RankZeroFront implements RemoteLayers, AdapterMirror {
     this.#whole.add(caches);
   }
 
+  returnLast(caches: KVCache[]): void {
+    this.#returnLast.add(caches);
+  }
+
   release(caches: KVCache[]): void {
     const set = this.#ids.get(caches);
     if (set === undefined || this.closed) return;
@@ -183,6 +188,11 @@ export abstract class RankZeroFront implements RemoteLayers, AdapterMirror {
   /** Whether a forward pass on `caches` must give the whole model's hidden states back (see wholePass). */
   protected isWhole(caches: KVCache[] | AttentionCache[]): boolean {
     return this.#whole.has(caches as KVCache[]);
+  }
+
+  /** Whether this forward pass on `caches` must give its last position's hidden states back (see returnLast); asked once. */
+  protected takeReturnLast(caches: KVCache[] | AttentionCache[]): boolean {
+    return this.#returnLast.delete(caches as KVCache[]);
   }
 
   /** The number the other ranks know these caches by. */

@@ -131,6 +131,9 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
     }
     adapters.clear();
     if (!last) send(sendOn(h, out));
+    // A prompt's last chunk: its first token is sampled on rank 0 from the last position.
+    else if ((h.flags & Flag.last) !== 0)
+      send(sendOn(undefined, mx.contiguous(mx.slice(out, [0, h.length - 1, 0], [h.rows, h.length, h.width]))));
     figures.computeMs += performance.now() - started;
     figures.tokens += h.rows * h.length;
   };
@@ -182,7 +185,7 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
       switch (h.op) {
         case Op.forward: {
           guesses.saw(h);
-          if (h.flags === Flag.prefill) {
+          if ((h.flags & Flag.prefill) !== 0) {
             prefill(h);
             return false;
           }
