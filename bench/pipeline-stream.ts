@@ -4,7 +4,8 @@
 // configuration's server is up for the whole run and they take requests in turn, round after
 // round (every other round reversed), so a changing load hits them alike: on a busy machine
 // single runs vary by 5×, and only many interleaved requests tell configurations apart.
-// Decode tokens/s of a request: its tokens after the first over the time from first to last.
+// Decode tokens/s of a request: its tokens after the first over the time from first to last; and
+// the time from sending it to its first token.
 // The issue's aim: 2 ranks at ≥ 0.9× one process.
 //   MLX_HOME=$PWD/.cache/mlx-home bun bench/pipeline-stream.ts [--rounds 20] [--ranks 1,2] [--tokens 64]
 //     [--baseline /tmp/base --baseline-shim /tmp/base/libmlx_shim.so]
@@ -49,6 +50,7 @@ interface Config {
   proc?: Bun.Subprocess;
   tps: number[];
   itl: number[];
+  ttft: number[];
 }
 const configs: Config[] = builds.flatMap((build) =>
   ranksList.map((ranks) => ({
@@ -57,6 +59,7 @@ const configs: Config[] = builds.flatMap((build) =>
     label: `${build.name}, ${ranks === 1 ? "1 process" : `${ranks} ranks`}`,
     tps: [],
     itl: [],
+    ttft: [],
   })),
 );
 
@@ -75,6 +78,7 @@ try {
       const decodeMs = r.itlMs.reduce((a, b) => a + b, 0);
       c.tps.push((r.itlMs.length / decodeMs) * 1000);
       c.itl.push(...r.itlMs);
+      c.ttft.push(r.ttftMs);
     }
     process.stderr.write(`round ${round + 1} done\n`);
   }
@@ -84,13 +88,13 @@ try {
 }
 
 console.log(
-  "| build | ranks | decode tokens/s, median of requests | ITL p50 (ms) | ITL p95 (ms) | vs 1 process, same build |",
+  "| build | ranks | decode tokens/s, median of requests | ITL p50 (ms) | ITL p95 (ms) | vs 1 process, same build | time to first token, median (ms) |",
 );
-console.log("|---|---|---|---|---|---|");
+console.log("|---|---|---|---|---|---|---|");
 for (const c of configs) {
   const alone = configs.find((a) => a.build === c.build && a.ranks === 1);
   const ratio = alone ? (median(c.tps) / median(alone.tps)).toFixed(2) : "n/a";
   console.log(
-    `| ${c.build.name} | ${c.ranks} | ${median(c.tps).toFixed(1)} | ${percentile(c.itl, 50).toFixed(1)} | ${percentile(c.itl, 95).toFixed(1)} | ${ratio}× |`,
+    `| ${c.build.name} | ${c.ranks} | ${median(c.tps).toFixed(1)} | ${percentile(c.itl, 50).toFixed(1)} | ${percentile(c.itl, 95).toFixed(1)} | ${ratio}× | ${median(c.ttft).toFixed(1)} |`,
   );
 }
