@@ -99,9 +99,10 @@ interface Prefill {
 }
 
 /**
- * A prompt's last chunk on its way round the ranks of a split model, its first token sampled
- * from the last position's hidden states when they come back. `older` counts the groups' steps
- * sent before it, still to come back first (the ring returns them in the order sent).
+ * A prefilled prompt whose first token is sampled from its last position, not read yet: on a
+ * split model its hidden states are on their way back round the ranks. `older` counts the
+ * groups' steps sent before it, still to come back first (the ring returns them in the order
+ * sent).
  */
 interface Joining {
   prefill: Prefill;
@@ -139,8 +140,8 @@ export interface SpeculationCounts {
 export class BatchGenerator {
   readonly #waiting: Sequence[] = [];
   #prefill?: Prefill;
-  /** At most one: no other prefill starts until it has joined. */
-  #joining?: Joining;
+  /** Oldest first, as sent. */
+  readonly #joining: Joining[] = [];
   /**
    * One group, but on a model split across processes, one per micro-batch it keeps in flight;
    * a newcomer joins the smallest. Served in turn (#turn is next): see #stepInTurn.
@@ -190,7 +191,7 @@ export class BatchGenerator {
   }
 
   get waiting(): number {
-    return this.#waiting.length + (this.#prefill ? 1 : 0) + (this.#joining ? 1 : 0);
+    return this.#waiting.length + (this.#prefill ? 1 : 0) + this.#joining.length;
   }
 
   get idle(): boolean {
@@ -229,8 +230,8 @@ export class BatchGenerator {
       freeCaches(this.#prefill.caches);
       this.#prefill = undefined;
     }
-    // Its first token is still on its way back: dropped when it comes.
-    if (this.#joining?.prefill.sequence.id === id) this.#joining.prefill.sequence.done = true;
+    // A first token still on its way back: dropped when it comes.
+    for (const j of this.#joining) if (j.prefill.sequence.id === id) j.prefill.sequence.done = true;
     for (const group of this.#groups) {
       const row = group.active.findIndex((s) => s.id === id);
       if (row >= 0) this.#dropRows(group, [row]);
@@ -325,7 +326,7 @@ export class BatchGenerator {
    */
   *#stepInTurn(): Generator<void, SequenceEvent[]> {
     // A prompt's first token comes back in its turn, behind the steps sent before it.
-    if (this.#joining?.older === 0) return yield* this.#arriveJoining();
+    if (this.#joining[0]?.older === 0) return yield* this.#arriveJoining();
     const events = yield* this.#prefillChunk();
     const turns = this.#groups.length;
     const busy = (g: DecodeGroup) => g.ahead !== undefined || g.active.length > 0;
@@ -342,7 +343,7 @@ export class BatchGenerator {
         next = this.model.remote!.beforeArrival(() => this.#build(group));
       yield;
       this.model.remote!.arrive(ahead.tokens, ahead.chosen, ...(ahead.logprobs ?? []));
-      if (this.#joining) this.#joining.older--;
+      for (const j of this.#joining) j.older--;
       events.push(...this.#read(group, this.#takeAhead(group), next));
       group.ahead = next;
       const now = performance.now();
@@ -489,10 +490,8 @@ export class BatchGenerator {
    */
   *#prefillChunk(): Generator<void, SequenceEvent[]> {
     let budget = this.options.prefillChunk;
-    const joining: Prefill[] = [];
-    const events: SequenceEvent[] = [];
-    while (budget > 0 && !this.#joining) {
-      const p = (this.#prefill ??= this.#startPrefill(joining.length));
+    while (budget > 0) {
+      const p = (this.#prefill ??= this.#startPrefill());
       if (!p) break;
       const { computed, first } = this.#prefillPart(p, budget);
       budget -= computed;
@@ -502,43 +501,38 @@ export class BatchGenerator {
       this.options.prefixCache?.insert(prompt, p.caches, 0, 0, droppedBy(p.caches, 0), namespace(p.sequence));
       // Groups in turn: their steps sent before this chunk come back first.
       const older = this.#groups.length > 1 ? this.#groups.filter((g) => g.ahead).length : 0;
-      this.#joining = { prefill: p, first, older };
-      if (older > 0) break;
-      if (this.model.remote) yield;
-      events.push(...this.#arriveFirst(joining));
+      this.#joining.push({ prefill: p, first, older });
     }
-    this.#join(joining);
-    return events;
-  }
-
-  /** The pending join's first token, now the oldest thing on its way back, and the sequence into the batch. */
-  *#arriveJoining(): Generator<void, SequenceEvent[]> {
-    yield;
-    const joining: Prefill[] = [];
-    const events = this.#arriveFirst(joining);
-    this.#join(joining);
-    return events;
+    return yield* this.#arriveJoining();
   }
 
   /**
-   * Reads the pending join's first token (on a split model, once its hidden states are back):
-   * the sequence joins (`into`) unless that token was all it asked for, or it was removed.
+   * The first tokens of the prefills whose turn it is (nothing sent before them is still on its
+   * way), read in the order sent; their sequences join the batch together.
    */
-  #arriveFirst(into: Prefill[]): SequenceEvent[] {
-    const { prefill: p, first } = this.#joining!;
-    this.#joining = undefined;
-    this.model.remote?.arrive(first.tokens, first.chosen, ...(first.logprobs ?? []));
-    const events = readFirst(p.sequence, first);
-    if (p.sequence.done) {
-      this.model.remote?.release(p.caches);
-      freeCaches(p.caches);
-    } else into.push(p);
+  *#arriveJoining(): Generator<void, SequenceEvent[]> {
+    const joined: Prefill[] = [];
+    const events: SequenceEvent[] = [];
+    while (this.#joining[0]?.older === 0) {
+      const { prefill: p, first } = this.#joining.shift()!;
+      if (this.model.remote) {
+        yield;
+        this.model.remote.arrive(first.tokens, first.chosen, ...(first.logprobs ?? []));
+      }
+      events.push(...readFirst(p.sequence, first));
+      // Asked for one token, or removed meanwhile: it never joins.
+      if (p.sequence.done) {
+        this.model.remote?.release(p.caches);
+        freeCaches(p.caches);
+      } else joined.push(p);
+    }
+    this.#join(joined);
     return events;
   }
 
   /** The next waiting sequence's prefill, from the longest prefix stored; none when the batch is full. */
-  #startPrefill(joining: number): Prefill | undefined {
-    if (this.#waiting.length === 0 || this.running + joining >= this.options.maxBatch) return undefined;
+  #startPrefill(): Prefill | undefined {
+    if (this.#waiting.length === 0 || this.running + this.#joining.length >= this.options.maxBatch) return undefined;
     const sequence = this.#waiting.shift()!;
     const prompt = sequence.request.promptIds;
     // Full caches: the batch and the prefix cache copy every position out of them.
@@ -561,7 +555,7 @@ export class BatchGenerator {
   /**
    * Up to `budget` more of a prefill's prompt into its caches: the tokens computed, and where
    * the chunk ends the prompt, its first token sampled from the last position (unevaluated on a
-   * split model: its hidden states come back round the ranks, see #arriveFirst).
+   * split model: its hidden states come back round the ranks, see #arriveJoining).
    */
   #prefillPart(p: Prefill, budget: number): { computed: number; first?: PendingStep } {
     const s = p.sequence;
@@ -588,7 +582,7 @@ export class BatchGenerator {
         return this.#sample([s], mx.reshape(this.model.head(final), [1, -1]));
       }),
     );
-    // On a split model the first token waits for the hidden states to come back (#arriveFirst).
+    // On a split model the first token waits for the hidden states to come back (#arriveJoining).
     const sampled = first && !this.model.remote ? [first.tokens, first.chosen, ...(first.logprobs ?? [])] : [];
     mx.evaluate(...cacheState(p.caches), ...sampled);
     p.done = end;
@@ -726,12 +720,12 @@ export class BatchGenerator {
       this.#discardAhead(group);
       for (const s of group.active) freeDraft(s);
     }
-    if (this.#joining) {
-      // Its first token's hidden states are on their way back as well.
-      this.model.remote!.arrive();
-      freeStep(this.#joining.first);
+    for (const j of this.#joining) {
+      // Their first tokens' hidden states are on their way back as well.
+      this.model.remote?.arrive();
+      freeStep(j.first);
     }
-    for (const p of [this.#prefill, this.#joining?.prefill]) {
+    for (const p of [this.#prefill, ...this.#joining.map((j) => j.prefill)]) {
       if (!p) continue;
       this.model.remote?.release(p.caches);
       freeCaches(p.caches);

@@ -62,6 +62,8 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
   /** Decode steps' sends built before the step they depend on came back (beforeArrival). */
   #held?: MxArray[];
   #maxInFlight = 0;
+  /** Prompts' last positions on their way back (returnLast): in #arriving, but no decode micro-batch. */
+  readonly #lastPositions = new WeakSet<MxArray>();
   #stages: (StageFigures & { rank: number })[] = [];
   /** When rank 1 last heard from this one, as far as #waitForBytes knows, and #seq then. */
   #toldAt = 0;
@@ -145,7 +147,9 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
     // Held here as well: the caller's scope may drop its handle before the bytes come.
     mx.keep(back);
     this.#arriving.push(back);
-    this.#maxInFlight = Math.max(this.#maxInFlight, this.#arriving.filter((a) => typeof a !== "number").length);
+    if (last) this.#lastPositions.add(back);
+    const steps = this.#arriving.filter((a) => typeof a !== "number" && !this.#lastPositions.has(a));
+    this.#maxInFlight = Math.max(this.#maxInFlight, steps.length);
     return back;
   }
 
