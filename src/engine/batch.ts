@@ -343,6 +343,7 @@ export class BatchGenerator {
         next = this.model.remote!.beforeArrival(() => this.#build(group));
       yield;
       this.model.remote!.arrive(ahead.tokens, ahead.chosen, ...(ahead.logprobs ?? []));
+      // Sent before every prefill still waiting (those sent after it come back after them): each counted it.
       for (const j of this.#joining) j.older--;
       events.push(...this.#read(group, this.#takeAhead(group), next));
       group.ahead = next;
