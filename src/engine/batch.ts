@@ -485,34 +485,45 @@ export class BatchGenerator {
    * Prefills newcomers between two decode steps: up to `prefillChunk` prompt tokens in all, for
    * as many sequences as that covers and the batch has room for (a prompt the prefix cache
    * holds costs none of it). A prompt's last chunk also samples its first token, from the last
-   * position (one pass over the weights, not a second one in the batch's next step). Those
-   * whose prompt is done join the batch together, so a burst of requests joins in one step and
-   * one copy of the batch's caches instead of one of each per newcomer.
+   * position (one pass over the weights, not a second one in the batch's next step), unless that
+   * token is all that is left of it. Those whose prompt is done join the batch together, so a
+   * burst of requests joins in one step and one copy of the batch's caches instead of one of
+   * each per newcomer.
    */
   *#prefillChunk(): Generator<void, SequenceEvent[]> {
     let budget = this.options.prefillChunk;
+    const stored: Prefill[] = [];
     while (budget > 0) {
-      const p = (this.#prefill ??= this.#startPrefill());
+      const p = (this.#prefill ??= this.#startPrefill(stored.length));
       if (!p) break;
+      const prompt = p.sequence.request.promptIds;
+      if (p.done === prompt.length - 1) {
+        // All but the last token are in the cache (stored, or an earlier chunk's): that token
+        // rides the batch's next step, whose pass over the weights is made anyway, rather than
+        // taking a pass of its own.
+        this.#prefill = undefined;
+        p.sequence.history = prompt.slice(0, -1);
+        p.sequence.next = prompt.at(-1)!;
+        stored.push(p);
+        continue;
+      }
       const { computed, first } = this.#prefillPart(p, budget);
       budget -= computed;
       if (!first) break;
       this.#prefill = undefined;
-      const prompt = p.sequence.request.promptIds;
       this.options.prefixCache?.insert(prompt, p.caches, 0, 0, droppedBy(p.caches, 0), namespace(p.sequence));
       // Groups in turn: their steps sent before this chunk come back first.
       const older = this.#groups.length > 1 ? this.#groups.filter((g) => g.ahead).length : 0;
       this.#joining.push({ prefill: p, first, older });
     }
-    return yield* this.#arriveJoining();
+    return yield* this.#arriveJoining(stored);
   }
 
   /**
    * The first tokens of the prefills whose turn it is (nothing sent before them is still on its
-   * way), read in the order sent; their sequences join the batch together.
+   * way), read in the order sent; their sequences join the batch together, with `joined`.
    */
-  *#arriveJoining(): Generator<void, SequenceEvent[]> {
-    const joined: Prefill[] = [];
+  *#arriveJoining(joined: Prefill[] = []): Generator<void, SequenceEvent[]> {
     const events: SequenceEvent[] = [];
     while (this.#joining[0]?.older === 0) {
       const { prefill: p, first } = this.#joining.shift()!;
@@ -532,8 +543,9 @@ export class BatchGenerator {
   }
 
   /** The next waiting sequence's prefill, from the longest prefix stored; none when the batch is full. */
-  #startPrefill(): Prefill | undefined {
-    if (this.#waiting.length === 0 || this.running + this.#joining.length >= this.options.maxBatch) return undefined;
+  #startPrefill(joining: number): Prefill | undefined {
+    const taken = this.running + this.#joining.length + joining;
+    if (this.#waiting.length === 0 || taken >= this.options.maxBatch) return undefined;
     const sequence = this.#waiting.shift()!;
     const prompt = sequence.request.promptIds;
     // Full caches: the batch and the prefix cache copy every position out of them.
