@@ -502,7 +502,9 @@ export class BatchGenerator {
         // rides the batch's next step, whose pass over the weights is made anyway, rather than
         // taking a pass of its own.
         this.#prefill = undefined;
-        p.sequence.history = prompt.slice(0, -1);
+        const held = prompt.slice(0, -1);
+        this.options.prefixCache?.insert(held, p.caches, 0, 0, droppedBy(p.caches, 0), namespace(p.sequence));
+        p.sequence.history = held;
         p.sequence.next = prompt.at(-1)!;
         stored.push(p);
         continue;
