@@ -492,9 +492,10 @@ export class BatchGenerator {
    */
   *#prefillChunk(): Generator<void, SequenceEvent[]> {
     let budget = this.options.prefillChunk;
-    const stored: Prefill[] = [];
+    // Prompts whose last token is all that is left: they join with it as their next input.
+    const oneLeft: Prefill[] = [];
     while (budget > 0) {
-      const p = (this.#prefill ??= this.#startPrefill(stored.length));
+      const p = (this.#prefill ??= this.#startPrefill(oneLeft.length));
       if (!p) break;
       const prompt = p.sequence.request.promptIds;
       if (p.done === prompt.length - 1) {
@@ -506,7 +507,7 @@ export class BatchGenerator {
         this.options.prefixCache?.insert(held, p.caches, 0, 0, droppedBy(p.caches, 0), namespace(p.sequence));
         p.sequence.history = held;
         p.sequence.next = prompt.at(-1)!;
-        stored.push(p);
+        oneLeft.push(p);
         continue;
       }
       const { computed, first } = this.#prefillPart(p, budget);
@@ -518,7 +519,7 @@ export class BatchGenerator {
       const older = this.#groups.length > 1 ? this.#groups.filter((g) => g.ahead).length : 0;
       this.#joining.push({ prefill: p, first, older });
     }
-    return yield* this.#arriveJoining(stored);
+    return yield* this.#arriveJoining(oneLeft);
   }
 
   /**
