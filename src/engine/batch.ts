@@ -546,8 +546,8 @@ export class BatchGenerator {
   }
 
   /** The next waiting sequence's prefill, from the longest prefix stored; none when the batch is full. */
-  #startPrefill(joining: number): Prefill | undefined {
-    const taken = this.running + this.#joining.length + joining;
+  #startPrefill(alsoJoining: number): Prefill | undefined {
+    const taken = this.running + this.#joining.length + alsoJoining;
     if (this.#waiting.length === 0 || taken >= this.options.maxBatch) return undefined;
     const sequence = this.#waiting.shift()!;
     const prompt = sequence.request.promptIds;

@@ -3,7 +3,7 @@
 // sampler and everything above them run unchanged. Cache operations follow the same path.
 import * as mx from "../../mlx";
 import type { MxArray } from "../../mlx";
-import type { AttentionCache } from "../../models/cache";
+import type { AttentionCache, KVCache } from "../../models/cache";
 import type { DecoderModel } from "../../models/model";
 import type { Stage } from "../../models/stage";
 import {
@@ -62,6 +62,8 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
   /** Decode steps' sends built before the step they depend on came back (beforeArrival). */
   #held?: MxArray[];
   #maxInFlight = 0;
+  /** Prefills whose next forward pass gives its last position back (returnLast). */
+  readonly #returnLast = new WeakSet<KVCache[]>();
   /** Prompts' last positions on their way back (returnLast): in #arriving, but no decode micro-batch. */
   readonly #lastPositions = new WeakSet<MxArray>();
   #stages: (StageFigures & { rank: number })[] = [];
@@ -109,7 +111,8 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
   layers(h: MxArray, caches: AttentionCache[]): MxArray {
     const decode = this.isBatch(caches);
     const whole = this.isWhole(caches);
-    const last = !decode && !whole && this.takeReturnLast(caches);
+    // Asked once: the mark is taken by the pass it was set for.
+    const last = !decode && !whole && this.#returnLast.delete(caches as KVCache[]);
     const out =
       decode || whole ? this.local.layers(h, caches, this.stage.start, this.stage.end) : this.#prefillLayers(h, caches);
     const [rows, length, width] = out.shape as [number, number, number];
@@ -151,6 +154,10 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
     const steps = this.#arriving.filter((a) => typeof a !== "number" && !this.#lastPositions.has(a));
     this.#maxInFlight = Math.max(this.#maxInFlight, steps.length);
     return back;
+  }
+
+  override returnLast(caches: KVCache[]): void {
+    this.#returnLast.add(caches);
   }
 
   /**

@@ -18,7 +18,6 @@ export abstract class RankZeroFront implements RemoteLayers, AdapterMirror {
   readonly #ids = new WeakMap<KVCache[] | AttentionCache[], number>();
   readonly #batches = new WeakSet<KVCache[]>();
   readonly #whole = new WeakSet<KVCache[]>();
-  readonly #returnLast = new WeakSet<KVCache[]>();
   #nextSet = 1;
   readonly #timer: ReturnType<typeof setInterval>;
   protected closed = false;
@@ -136,9 +135,8 @@ export abstract class RankZeroFront implements RemoteLayers, AdapterMirror {
     this.#whole.add(caches);
   }
 
-  returnLast(caches: KVCache[]): void {
-    this.#returnLast.add(caches);
-  }
+  /** Tensor parallel: every forward pass's hidden states are whole on rank 0 already. */
+  returnLast(_caches: KVCache[]): void {}
 
   release(caches: KVCache[]): void {
     const set = this.#ids.get(caches);
@@ -188,11 +186,6 @@ export abstract class RankZeroFront implements RemoteLayers, AdapterMirror {
   /** Whether a forward pass on `caches` must give the whole model's hidden states back (see wholePass). */
   protected isWhole(caches: KVCache[] | AttentionCache[]): boolean {
     return this.#whole.has(caches as KVCache[]);
-  }
-
-  /** Whether this forward pass on `caches` must give its last position's hidden states back (see returnLast); asked once. */
-  protected takeReturnLast(caches: KVCache[] | AttentionCache[]): boolean {
-    return this.#returnLast.delete(caches as KVCache[]);
   }
 
   /** The number the other ranks know these caches by. */
