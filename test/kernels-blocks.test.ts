@@ -4,6 +4,7 @@
 // and MLX's ops where ours do not apply.
 import { describe, expect, test } from "bun:test";
 import * as mx from "../src/mlx";
+import { encodeKeys } from "../src/models/channel-keys";
 import { relativeError, withMlxKernels } from "./helpers/kernels";
 
 const normal = (shape: number[], dtype: mx.DtypeCode = mx.Dtype.float32) =>
@@ -405,6 +406,43 @@ describe("fused attention output and MLP", () => {
         const mask = withMask ? normal([batch, 1, rows, 40]) : undefined;
         const sinks = withSinks ? normal([9]) : undefined;
         const attend = () => mx.fast.scaledDotProductAttention(q, keys, values, 32 ** -0.5, mask, sinks);
+        // Evaluated first, the heads are an input of the output half: the three ops apart.
+        const apart = attend();
+        mx.evaluate(apart);
+        const reference = twoOps(x, apart, oProj, p);
+        for (let step = 0; step < 2; step++)
+          expect(mx.max(mx.abs(mx.subtract(oneOp(x, attend(), oProj, p), reference))).item()).toBe(0);
+      });
+    }
+  });
+
+  test("heads our quantized attention computes over a quantized cache (keys per row or per channel), with a mask and sinks: run in the same op, the same bits", () => {
+    const oProj = projection(96, 9 * 64, { groupSize: 32, bits: 4 }, mx.Dtype.float32);
+    const p = mlpCase(96, 192, { groupSize: 32, bits: 4 }, { groupSize: 32, bits: 4 }, mx.Dtype.float32);
+    for (const [bits, batch, rows, perChannel, withMask, withSinks] of [
+      [8, 1, 1, true, false, false],
+      [4, 2, 1, true, true, false],
+      [8, 1, 3, false, false, true],
+      [4, 2, 2, false, true, true],
+    ] as const) {
+      mx.scope(() => {
+        const quantization = { bits, groupSize: 64 };
+        // The first 150 of 192 positions, as a cache hands them over; per channel, 2 groups and a 22-row tail.
+        const cut = (t: mx.MxArray, length: number) =>
+          mx.slice(t, [0, 0, 0, 0], [batch, 3, length, t.shape[3]!]) as mx.MxArray;
+        const quantized = () => {
+          const q = mx.quantize(normal([batch, 3, 192, 64]), quantization);
+          return [cut(q.weight, 150), cut(q.scales, 150), cut(q.biases!, 150)] as const;
+        };
+        const keys = perChannel
+          ? (encodeKeys(normal([batch, 3, 150, 64]), quantization) as unknown as mx.fast.ChannelKeyParts)
+          : quantized();
+        const values = quantized();
+        const [x, q] = [normal([batch, rows, 96]), normal([batch, 9, rows, 64])];
+        const mask = withMask ? normal([batch, 1, rows, 150]) : undefined;
+        const sinks = withSinks ? normal([9]) : undefined;
+        const attend = () =>
+          mx.fast.quantizedScaledDotProductAttention(q, keys, values, 64 ** -0.5, quantization, mask, sinks);
         // Evaluated first, the heads are an input of the output half: the three ops apart.
         const apart = attend();
         mx.evaluate(apart);

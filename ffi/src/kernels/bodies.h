@@ -62,6 +62,24 @@ void attention_into(const std::vector<mx::array>& in, mx::array& out, const Atte
 // The settings of our Attention primitive where `a` is its (unevaluated) output.
 std::optional<AttentionSpec> attention_spec(const mx::array& a);
 
+// Attention on a quantized KV cache's settings, as the QuantizedAttention primitive keeps them.
+struct QuantizedAttentionSpec {
+  float scale;
+  bool causal, has_mask, has_sinks, channel_keys;
+  int group, bits;
+
+  bool operator==(const QuantizedAttentionSpec&) const = default;
+};
+
+// out [B, Hq, Lq, Dv] (float32) = attention over in = {q (float32, row-contiguous), the keys'
+// codes, scales and biases, the values' likewise, then the keys' float tail, the mask and the
+// sinks (float32, row-contiguous) where the spec has them}: the rest is read through its strides
+// (quantized_attention.cpp).
+void quantized_attention_into(const std::vector<mx::array>& in, mx::array& out, const QuantizedAttentionSpec& spec);
+
+// The settings of our QuantizedAttention primitive where `a` is its (unevaluated) output.
+std::optional<QuantizedAttentionSpec> quantized_attention_spec(const mx::array& a);
+
 // A rotation's settings, as the Rope primitive keeps them.
 struct RopeSpec {
   int dims;

@@ -4,7 +4,7 @@
 // stream's thread; here one task runs the same kernels back to back, with the same arithmetic
 // and the same rounding of every intermediate, so the result is the composition's. The same
 // primitive may start from attention's heads (attention_output_mlp), or from the attention's
-// own inputs, computing the heads first.
+// own inputs (our attention on a float or a quantized cache), computing the heads first.
 #include <memory>
 #include <string>
 #include <vector>
@@ -45,11 +45,13 @@ struct MlpSpec {
   int gate_up_group, gate_up_bits, down_group, down_bits;
   mx::Dtype normed, hidden;  // the norm's output type; the products' and the activation's
   // attention_output_mlp: the block's input h = x + o_proj(heads) is computed first, in the task;
-  // with `attention`, the heads too, from the attention's own inputs.
+  // with `attention`, the heads too, from the attention's own inputs: a float cache's
+  // (attention_spec), or a quantized one's (`quantized`, quantized_spec).
   bool attention_output = false;
   int o_group = 0, o_bits = 0;
-  bool attention = false;
+  bool attention = false, quantized = false;
   AttentionSpec attention_spec{};
+  QuantizedAttentionSpec quantized_spec{};
 
   bool operator==(const MlpSpec&) const = default;
 };
@@ -76,20 +78,31 @@ void run_mlp(const std::vector<mx::array>& in, mx::array& out, const MlpSpec& sp
 
 // With spec.attention_output, the inputs are x, o_proj's weight, scales and biases, then run_mlp's
 // but h (the norm's weight, gate_up's three, down's three), then from kHeads the heads, or with
-// spec.attention the attention's inputs: queries and sinks (row-contiguous), then keys, values
-// and mask (read through their strides).
+// spec.attention the attention's inputs: queries and sinks (row-contiguous), then the rest in the
+// attention primitive's order (keys, values and mask; quantized, the keys' three parts, the
+// values' three and the keys' float tail before the mask), read through their strides.
 constexpr size_t kHeads = 11;
+
+bool has_sinks(const MlpSpec& spec) {
+  return spec.quantized ? spec.quantized_spec.has_sinks : spec.attention_spec.has_sinks;
+}
 
 // The heads [B, Hq, Lq, Dv] (float32) from the attention's inputs at kHeads.
 mx::array attend(const std::vector<mx::array>& in, const MlpSpec& spec) {
-  const AttentionSpec& a = spec.attention_spec;
   const mx::array& q = in[kHeads];
-  const size_t next = kHeads + (a.has_sinks ? 2 : 1);
-  std::vector<mx::array> attention = {q, in[next], in[next + 1]};
-  if (a.has_mask) attention.push_back(in[next + 2]);
-  if (a.has_sinks) attention.push_back(in[kHeads + 1]);
-  mx::array heads = scratch_array({q.shape(0), q.shape(1), q.shape(2), in[next + 1].shape(3)}, mx::float32);
-  attention_into(attention, heads, a);
+  const bool sinks = has_sinks(spec);
+  // In the attention primitive's order: q, the rest, then the sinks.
+  std::vector<mx::array> attention = {q};
+  attention.insert(attention.end(), in.begin() + kHeads + (sinks ? 2 : 1), in.end());
+  if (sinks) attention.push_back(in[kHeads + 1]);
+  if (spec.quantized) {
+    const int width = attention[4].shape(3) * 32 / spec.quantized_spec.bits;  // the values' codes
+    mx::array heads = scratch_array({q.shape(0), q.shape(1), q.shape(2), width}, mx::float32);
+    quantized_attention_into(attention, heads, spec.quantized_spec);
+    return heads;
+  }
+  mx::array heads = scratch_array({q.shape(0), q.shape(1), q.shape(2), attention[2].shape(3)}, mx::float32);
+  attention_into(attention, heads, spec.attention_spec);
   return heads;
 }
 
@@ -110,7 +123,7 @@ class MlpBlock : public mx::UnaryPrimitive {
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
     std::vector<mx::array> outputs = {out};
     // The attention's keys, values and mask are read in place (a cache's views).
-    const size_t contiguous = spec_.attention ? kHeads + (spec_.attention_spec.has_sinks ? 2 : 1) : inputs.size();
+    const size_t contiguous = spec_.attention ? kHeads + (has_sinks(spec_) ? 2 : 1) : inputs.size();
     dispatch_rows(
         stream(), inputs, outputs, [spec = spec_](const auto& in, auto& out) { run(in, out[0], spec); }, contiguous);
   }
@@ -120,7 +133,8 @@ class MlpBlock : public mx::UnaryPrimitive {
   }
 
   const char* name() const override {
-    return spec_.attention          ? "kernels::AttentionMlp"
+    return spec_.quantized          ? "kernels::QuantizedAttentionMlp"
+           : spec_.attention        ? "kernels::AttentionMlp"
            : spec_.attention_output ? "kernels::AttentionOutputMlp"
                                     : "kernels::MlpBlock";
   }
@@ -206,14 +220,19 @@ mx::array attention_output_mlp(const mx::array& x, const mx::array& heads, const
   inputs.insert(inputs.end(), out.inputs().begin() + 1, out.inputs().end());
   // Heads that our attention will compute: it runs in the same task (a node fewer a layer), from
   // its own inputs, in run()'s order.
-  if (const std::optional<AttentionSpec> attention = attention_spec(heads)) {
+  const std::optional<AttentionSpec> attention = attention_spec(heads);
+  const std::optional<QuantizedAttentionSpec> quantized = quantized_attention_spec(heads);
+  if (attention || quantized) {
     spec.attention = true;
-    spec.attention_spec = *attention;
-    const std::vector<mx::array>& a = heads.inputs();  // q, k, v, [mask], [sinks]
+    if (attention) spec.attention_spec = *attention;
+    spec.quantized = quantized.has_value();
+    if (quantized) spec.quantized_spec = *quantized;
+    // q, the rest (keys, values, [tail], [mask]), [sinks]: q and the sinks first (row-contiguous).
+    const std::vector<mx::array>& a = heads.inputs();
+    const bool sinks = has_sinks(spec);
     inputs.push_back(a[0]);
-    if (attention->has_sinks) inputs.push_back(a.back());
-    inputs.insert(inputs.end(), {a[1], a[2]});
-    if (attention->has_mask) inputs.push_back(a[3]);
+    if (sinks) inputs.push_back(a.back());
+    inputs.insert(inputs.end(), a.begin() + 1, a.end() - (sinks ? 1 : 0));
   } else {
     inputs.push_back(output_half[1]);
   }

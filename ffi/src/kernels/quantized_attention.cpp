@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "attention_tiles.h"
+#include "bodies.h"
 #include "isa.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/primitives.h"
@@ -68,21 +69,11 @@ QuantizedRows quantized_rows(const mx::array& packed, const mx::array& scales, c
   return q;
 }
 
-// Inputs: q (fp32; made row-contiguous when evaluated), keys' packed/scales/biases, values' likewise, then the
-// keys' float tail (keys per channel), the mask ([B, Hq, Lq, Lk] broadcast, bool or fp32) and the sinks ([Hq] fp32)
-// when present.
+// Inputs: as quantized_attention_into takes them; q and the sinks are made row-contiguous when
+// evaluated, the cache's parts are read through their strides.
 class QuantizedAttention : public mx::UnaryPrimitive {
  public:
-  QuantizedAttention(mx::Stream stream, float scale, bool causal, bool has_mask, bool has_sinks, bool channel_keys,
-                     int group, int bits)
-      : mx::UnaryPrimitive(stream),
-        scale_(scale),
-        causal_(causal),
-        has_mask_(has_mask),
-        has_sinks_(has_sinks),
-        channel_keys_(channel_keys),
-        group_(group),
-        bits_(bits) {}
+  QuantizedAttention(mx::Stream stream, QuantizedAttentionSpec spec) : mx::UnaryPrimitive(stream), spec_(spec) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
     out.set_data(mx::allocator::malloc(out.nbytes()));
@@ -91,47 +82,10 @@ class QuantizedAttention : public mx::UnaryPrimitive {
     encoder.set_output_array(out);
     // The arrays are captured by value: their buffers stay alive until the stream runs this.
     std::vector<mx::array> held = inputs;
-    held[0] = row_contiguous(held[0], stream());  // the queries; the cache's parts are read through their strides
-    if (has_sinks_) held.back() = row_contiguous(held.back(), stream());
-    encoder.dispatch([inputs = std::move(held), out = out, scale = scale_, causal = causal_, has_mask = has_mask_,
-                      has_sinks = has_sinks_, channel_keys = channel_keys_, group = group_, bits = bits_]() mutable {
-      const mx::array& q = inputs[0];
-      QuantizedAttentionProblem p{};
-      p.batch = q.shape(0);
-      p.q_heads = q.shape(1);
-      p.q_len = q.shape(2);
-      p.dim = q.shape(3);
-      p.kv_heads = inputs[4].shape(1);
-      p.kv_len = inputs[4].shape(2);  // the values': per-channel keys code only whole groups
-      p.value_dim = inputs[4].shape(3) * 32 / bits;
-      p.bits = bits;
-      p.group = group;
-      p.scale = scale;
-      p.causal = causal;
-      p.q = q.data<float>();
-      std::vector<char> copies[6];
-      p.keys = quantized_rows(inputs[1], inputs[2], inputs[3], copies);
-      p.values = quantized_rows(inputs[4], inputs[5], inputs[6], copies + 3);
-      p.scale_type = element_of(inputs[2].dtype());
-      size_t next = 7;
-      p.channel_keys = channel_keys;
-      if (channel_keys) {
-        const mx::array& tail = inputs[next++];
-        p.tail = StridedView{tail.data<void>(), element_of(tail.dtype()), {}};
-        for (int i = 0; i < 4; ++i) p.tail.stride[i] = tail.strides()[i];
-        p.tail_start = p.kv_len - tail.shape(2);
-      }
-      p.has_mask = has_mask;
-      if (has_mask) {
-        const mx::array& mask = inputs[next++];
-        p.mask = StridedView{mask.data<void>(), Element::f32, {}};
-        for (int i = 0; i < 4; ++i) p.mask.stride[i] = mask.strides()[i];
-        p.bool_mask = mask.dtype() == mx::bool_;
-      }
-      p.sinks = has_sinks ? inputs[next].data<float>() : nullptr;
-      p.out = out.data<float>();
-      const QuantizedAttendTile attend = tile_for(best_isa());
-      run_attention_tiles(p, [&](const AttentionTile& tile, float* partial) { attend(p, tile, partial); });
+    held[0] = row_contiguous(held[0], stream());
+    if (spec_.has_sinks) held.back() = row_contiguous(held.back(), stream());
+    encoder.dispatch([inputs = std::move(held), out = out, spec = spec_]() mutable {
+      quantized_attention_into(inputs, out, spec);
     });
   }
 
@@ -142,21 +96,19 @@ class QuantizedAttention : public mx::UnaryPrimitive {
   const char* name() const override { return "kernels::QuantizedAttention"; }
 
   bool is_equivalent(const mx::Primitive& other) const override {
-    const auto& o = static_cast<const QuantizedAttention&>(other);
-    return scale_ == o.scale_ && causal_ == o.causal_ && has_mask_ == o.has_mask_ && has_sinks_ == o.has_sinks_ &&
-           channel_keys_ == o.channel_keys_ && group_ == o.group_ && bits_ == o.bits_;
+    return spec_ == static_cast<const QuantizedAttention&>(other).spec_;
   }
+
+  const QuantizedAttentionSpec& spec() const { return spec_; }
 
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
     mx::Shape shape = inputs[0].shape();
-    shape.back() = inputs[4].shape(3) * 32 / bits_;
+    shape.back() = inputs[4].shape(3) * 32 / spec_.bits;
     return {shape};
   }
 
  private:
-  float scale_;
-  bool causal_, has_mask_, has_sinks_, channel_keys_;
-  int group_, bits_;
+  QuantizedAttentionSpec spec_;
 };
 
 // One side (keys or values) [B, Hkv, T, ·] as the kernel reads it; returns its row width.
@@ -274,6 +226,52 @@ mx::array composed(const mx::array& q, const QuantizedKV& keys, const QuantizedK
 
 }  // namespace
 
+void quantized_attention_into(const std::vector<mx::array>& inputs, mx::array& out, const QuantizedAttentionSpec& spec) {
+  const mx::array& q = inputs[0];
+  QuantizedAttentionProblem p{};
+  p.batch = q.shape(0);
+  p.q_heads = q.shape(1);
+  p.q_len = q.shape(2);
+  p.dim = q.shape(3);
+  p.kv_heads = inputs[4].shape(1);
+  p.kv_len = inputs[4].shape(2);  // the values': per-channel keys code only whole groups
+  p.value_dim = inputs[4].shape(3) * 32 / spec.bits;
+  p.bits = spec.bits;
+  p.group = spec.group;
+  p.scale = spec.scale;
+  p.causal = spec.causal;
+  p.q = q.data<float>();
+  std::vector<char> copies[6];
+  p.keys = quantized_rows(inputs[1], inputs[2], inputs[3], copies);
+  p.values = quantized_rows(inputs[4], inputs[5], inputs[6], copies + 3);
+  p.scale_type = element_of(inputs[2].dtype());
+  size_t next = 7;
+  p.channel_keys = spec.channel_keys;
+  if (spec.channel_keys) {
+    const mx::array& tail = inputs[next++];
+    p.tail = StridedView{tail.data<void>(), element_of(tail.dtype()), {}};
+    for (int i = 0; i < 4; ++i) p.tail.stride[i] = tail.strides()[i];
+    p.tail_start = p.kv_len - tail.shape(2);
+  }
+  p.has_mask = spec.has_mask;
+  if (spec.has_mask) {
+    const mx::array& mask = inputs[next++];
+    p.mask = StridedView{mask.data<void>(), Element::f32, {}};
+    for (int i = 0; i < 4; ++i) p.mask.stride[i] = mask.strides()[i];
+    p.bool_mask = mask.dtype() == mx::bool_;
+  }
+  p.sinks = spec.has_sinks ? inputs[next].data<float>() : nullptr;
+  p.out = out.data<float>();
+  const QuantizedAttendTile attend = tile_for(best_isa());
+  run_attention_tiles(p, [&](const AttentionTile& tile, float* partial) { attend(p, tile, partial); });
+}
+
+std::optional<QuantizedAttentionSpec> quantized_attention_spec(const mx::array& a) {
+  if (!a.has_primitive()) return std::nullopt;
+  const auto* attention = dynamic_cast<const QuantizedAttention*>(&a.primitive());
+  return attention ? std::optional(attention->spec()) : std::nullopt;
+}
+
 mx::array quantized_scaled_dot_product_attention(const mx::array& q, const QuantizedKV& keys,
                                                  const QuantizedKV& values, float scale, const std::string& mask_mode,
                                                  const std::optional<mx::array>& mask,
@@ -304,8 +302,9 @@ mx::array quantized_scaled_dot_product_attention(const mx::array& q, const Quant
   }
   if (sinks) inputs.push_back(mx::astype(*sinks, mx::float32));
   mx::array out({B, Hq, Lq, value_width}, mx::float32,
-                std::make_shared<QuantizedAttention>(stream, scale, mask_mode == "causal", mask.has_value(),
-                                                     sinks.has_value(), key_tail.has_value(), group, bits),
+                std::make_shared<QuantizedAttention>(
+                    stream, QuantizedAttentionSpec{scale, mask_mode == "causal", mask.has_value(), sinks.has_value(),
+                                                   key_tail.has_value(), group, bits}),
                 std::move(inputs));
   return q.dtype() == mx::float32 ? out : mx::astype(out, q.dtype());
 }

@@ -137,6 +137,7 @@ inline void dequantize_row(const QuantizedRows& q, Element type, int group, int 
 struct ChannelGroup {
   int index = -1;
   std::vector<float> scales, biases;
+  std::vector<float> natural;  // a tail row in its natural order
 };
 
 // Key row `row` of head (b, h) in the per-channel layout, p.dim elements in the kernel's order:
@@ -145,8 +146,16 @@ template <int Bits>
 inline void channel_key_row(const QuantizedAttentionProblem& p, int b, int h, int row, ChannelGroup& g, float* out) {
   const int D = p.dim;
   if (row >= p.tail_start) {
+    // Widened a vector at a time (every decode step reads the whole tail again), then put in the
+    // kernel's order: 8 bits keep the natural one.
     const int64_t base = b * p.tail.stride[0] + h * p.tail.stride[1] + int64_t(row - p.tail_start) * p.tail.stride[2];
-    for (int d = 0; d < D; ++d) out[kernel_position<Bits>(d)] = element(p.tail, base + d * p.tail.stride[3]);
+    if constexpr (Bits == 8) {
+      strided_floats(p.tail.data, p.tail.type, base, p.tail.stride[3], D, out);
+    } else {
+      g.natural.resize(D);
+      strided_floats(p.tail.data, p.tail.type, base, p.tail.stride[3], D, g.natural.data());
+      for (int d = 0; d < D; ++d) out[kernel_position<Bits>(d)] = g.natural[d];
+    }
     return;
   }
   const QuantizedRows& q = p.keys;
