@@ -428,8 +428,7 @@ describe("fused attention output and MLP", () => {
       mx.scope(() => {
         const quantization = { bits, groupSize: 64 };
         // The first 150 of 192 positions, as a cache hands them over; per channel, 2 groups and a 22-row tail.
-        const cut = (t: mx.MxArray, length: number) =>
-          mx.slice(t, [0, 0, 0, 0], [batch, 3, length, t.shape[3]!]) as mx.MxArray;
+        const cut = (t: mx.MxArray, length: number) => mx.slice(t, [0, 0, 0, 0], [batch, 3, length, t.shape[3]!]);
         const quantized = () => {
           const q = mx.quantize(normal([batch, 3, 192, 64]), quantization);
           return [cut(q.weight, 150), cut(q.scales, 150), cut(q.biases!, 150)] as const;
