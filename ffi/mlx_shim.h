@@ -224,6 +224,20 @@ MLXS_API int mlxs_attention_input(mlxs_array** out, const mlxs_array* x, const m
                                   const mlxs_array* offset_array, const mlxs_array* freqs,
                                   const mlxs_array* cache_keys, const mlxs_array* cache_values, int cache_at,
                                   int cache_owned);
+// mlxs_attention_input, then mlxs_quantized_cache_write of its keys and values into a quantized
+// KV cache whose keys are kept per channel (the values' codes, scales and biases; the keys' and
+// their float tail; `coded`, cache_at, cache_group, cache_bits and cache_owned as that call's),
+// as one op on our CPU kernels: outs[0] the queries, outs[1..10] that call's outs[0..9].
+MLXS_API int mlxs_attention_input_quantized(mlxs_array** outs, const mlxs_array* x, const mlxs_array* norm_weight,
+                                            float eps, const mlxs_array* qkv, const mlxs_array* qkv_scales,
+                                            const mlxs_array* qkv_biases, int group, int bits, int heads,
+                                            int kv_heads, int head_dim, int dims, int traditional, float base,
+                                            float scale, int offset, const mlxs_array* offset_array,
+                                            const mlxs_array* freqs, const mlxs_array* value_codes,
+                                            const mlxs_array* value_scales, const mlxs_array* value_biases,
+                                            const mlxs_array* key_codes, const mlxs_array* key_scales,
+                                            const mlxs_array* key_biases, const mlxs_array* key_tail, int coded,
+                                            int cache_at, int cache_group, int cache_bits, int cache_owned);
 // x + o_proj(heads [B, H, L, D] back into rows [B, L, H·D]), o_proj affine-quantized with no bias
 // of its own: attention's output and the block's residual add, one op on our CPU kernels.
 MLXS_API int mlxs_attention_output(mlxs_array** out, const mlxs_array* x, const mlxs_array* heads,

@@ -1,7 +1,8 @@
 // The float KV cache written inside our fused attention input (KVCache.roomFor, and
 // mx.fast.attentionInput given the cache's buffers): the same logits and the same cache contents
 // as the cache's own sliceUpdate writes, for one sequence and a left-padded batch, float32
-// models (float16 caches) and bfloat16 ones; the rows written in place while the cache holds the
+// models (float16 caches) and bfloat16 ones; a quantized cache's step likewise
+// (mx.fast.attentionInputQuantized, against the cache's own quantizedCacheWrite); the rows written in place while the cache holds the
 // only reference to its buffers, into a copy when something else holds them; and the engine's
 // decode steps (one sequence: the fused write; serving's batch: the cache's own writes) copy no
 // layer's buffers, which a second reference held to them shows.
@@ -91,6 +92,47 @@ describe("the float KV cache written inside the fused attention input", () => {
       });
 });
 
+describe("the quantized KV cache's step written inside the fused attention input", () => {
+  // Past 64 positions a group of keys fills (a step through update), then steps join the tail again.
+  const prompts = [
+    [[5, 17, 200, 3, 99, 42, 7]],
+    [
+      [5, 17, 200, 3, 99, 42, 7],
+      [12, 4],
+    ],
+  ];
+  for (const bits of [8, 4])
+    for (const dtype of ["float32", "bfloat16"] as const)
+      for (const rows of prompts)
+        test(`${bits}-bit, ${dtype}, ${rows.length > 1 ? "a left-padded batch" : "one sequence"}: identical logits and cache`, () => {
+          const model = tinyModel(dtype);
+          const kv = { bits, groupSize: 64 };
+          let written = 0;
+          KVCache.prototype.roomFor = function (this: KVCache, r) {
+            const room = roomFor.call(this, r);
+            if (room && "quantization" in room) written++;
+            return room;
+          };
+          const ours = greedySteps(model, rows, 70, kv);
+          KVCache.prototype.roomFor = roomFor;
+          const theirs = withOwnWrites(() => greedySteps(model, rows, 70, kv));
+          expect(written).toBeGreaterThan(60 * model.numLayers);
+          for (const [i, l] of ours.logits.entries()) expect(same(l, theirs.logits[i]!)).toBe(0);
+          for (const [layer, cache] of ours.caches.entries()) {
+            const other = theirs.caches[layer]!;
+            expect(cache.offset).toBe(other.offset);
+            expect(cache.keys!.length).toBe(4);
+            mx.evaluate(...cache.state, ...other.state);
+            for (const [i, t] of cache.state.entries()) {
+              expect(t.shape).toEqual(other.state[i]!.shape);
+              expect(Buffer.compare(t.bytes(), other.state[i]!.bytes())).toBe(0);
+            }
+          }
+          freeCaches(ours.caches);
+          freeCaches(theirs.caches);
+        });
+});
+
 describe("the cache's buffers", () => {
   const shape = { heads: 2, kvHeads: 2, headDim: 64 };
   const dim = 128;
@@ -132,7 +174,7 @@ describe("the cache's buffers", () => {
     const step = (length: number) =>
       mx.scope(() => {
         const x = mx.random.normal([1, length, dim]);
-        const room = cache.roomFor({ ...rows, length })!;
+        const room = cache.roomFor({ ...rows, length }) as mx.fast.CacheRows;
         const [queries, keys, values, validKeys, validValues] = mx.fast.attentionInput(
           x,
           norm,
@@ -211,6 +253,50 @@ describe("the cache's buffers", () => {
     for (const t of [...snapshot.keys, ...snapshot.values].flat()) t.free();
     for (const t of stored) t.free();
     cache.free();
+  });
+
+  test("a quantized cache's step off our kernels: attentionInput, then quantizedCacheWrite, the same outputs in order", () => {
+    const { norm, qkv } = weights();
+    const q = { bits: 8, groupSize: 64 };
+    const { kvHeads, headDim } = shape;
+    const previous = mx.useCpuKernels(false);
+    try {
+      mx.scope(() => {
+        const x = mx.random.normal([1, 2, dim]);
+        const values = mx.quantize(mx.random.normal([1, kvHeads, 8, headDim]), q);
+        const keys = mx.quantize(mx.random.normal([1, kvHeads, 64, headDim]), q);
+        const room: mx.fast.QuantizedCacheRows = {
+          values: [values.weight, values.scales, values.biases!],
+          keys: {
+            tail: mx.astype(mx.random.normal([1, kvHeads, 5, headDim]), mx.Dtype.float16),
+            buffers: [keys.weight, mx.zeros([1, kvHeads, 1, headDim]), mx.zeros([1, kvHeads, 1, headDim])],
+            coded: 64,
+          },
+          at: 3,
+          quantization: q,
+        };
+        const at = { ...rotation, offset: 3 };
+        const [queries, newKeys, newValues] = mx.fast.attentionInput(x, norm, 1e-5, qkv, shape, at);
+        const step = mx.fast.quantizedCacheWrite(newValues, room.values, 3, q, { keys: newKeys, ...room.keys });
+        const ours = mx.fast.attentionInputQuantized(x, norm, 1e-5, qkv, shape, at, room);
+        const outputs = (queries: mx.MxArray, s: mx.fast.QuantizedCacheStep) => [
+          queries,
+          ...s.buffers,
+          ...s.values,
+          ...s.keys!,
+        ];
+        const expected = outputs(queries, step);
+        const got = outputs(ours.queries, ours.step);
+        mx.evaluate(...expected, ...got);
+        for (const [i, t] of got.entries()) {
+          expect(t.shape).toEqual(expected[i]!.shape);
+          expect(Buffer.compare(mx.contiguous(t).bytes(), mx.contiguous(expected[i]!).bytes())).toBe(0);
+        }
+        expect(got.at(-1)!.shape).toEqual([1, kvHeads, 7, headDim]);
+      });
+    } finally {
+      mx.useCpuKernels(previous);
+    }
   });
 
   test("no room for the new rows: refused", () => {
@@ -292,7 +378,7 @@ describe("decode steps of the engine's token loop", () => {
       const update = KVCache.prototype.update;
       KVCache.prototype.roomFor = function (this: KVCache, r) {
         const room = roomFor.call(this, r);
-        if (r.length === 1 && room) {
+        if (r.length === 1 && room && !("quantization" in room)) {
           hold(room.keys);
           this.lendBuffers();
           return { ...room, owned: false };

@@ -176,7 +176,7 @@ describe("the cache's buffers", () => {
 
 describe("a model decoding through it", () => {
   let model: DecoderModel;
-  const tailTakes = Reflect.get(KVCache.prototype, "tailTakes") as (keys: mx.MxArray) => boolean;
+  const tailTakes = Reflect.get(KVCache.prototype, "tailTakes") as (length: number, dtype: mx.DtypeCode) => boolean;
 
   /** Runs `f` with every cache taking the composed step (no fused write). */
   function composed<T>(f: () => T): T {
@@ -215,8 +215,8 @@ describe("a model decoding through it", () => {
           new Weights(tinyWeights({ headDim: 64, seed: 3 }), parseConfig(tinyConfig({ headDim: 64, seed: 3 }))),
         );
         let fused = 0;
-        Reflect.set(KVCache.prototype, "tailTakes", function (this: KVCache, keys: mx.MxArray) {
-          const takes = tailTakes.call(this, keys);
+        Reflect.set(KVCache.prototype, "tailTakes", function (this: KVCache, length: number, dtype: mx.DtypeCode) {
+          const takes = tailTakes.call(this, length, dtype);
           if (takes) fused++;
           return takes;
         });

@@ -387,6 +387,33 @@ int mlxs_attention_input(mlxs_array** out, const mlxs_array* x, const mlxs_array
   });
 }
 
+int mlxs_attention_input_quantized(mlxs_array** outs, const mlxs_array* x, const mlxs_array* norm_weight, float eps,
+                                   const mlxs_array* qkv, const mlxs_array* qkv_scales, const mlxs_array* qkv_biases,
+                                   int group, int bits, int heads, int kv_heads, int head_dim, int dims,
+                                   int traditional, float base, float scale, int offset,
+                                   const mlxs_array* offset_array, const mlxs_array* freqs,
+                                   const mlxs_array* value_codes, const mlxs_array* value_scales,
+                                   const mlxs_array* value_biases, const mlxs_array* key_codes,
+                                   const mlxs_array* key_scales, const mlxs_array* key_biases,
+                                   const mlxs_array* key_tail, int coded, int cache_at, int cache_group,
+                                   int cache_bits, int cache_owned) {
+  return guard([&] {
+    kernels::Rotation rotation{dims, traditional != 0, std::nullopt, scale, offset, opt(freqs)};
+    if (freqs == nullptr) rotation.base = base;
+    if (offset_array != nullptr) rotation.offset = ref(offset_array);
+    const kernels::QuantizedCacheRows cache{
+        {ref(value_codes), ref(value_scales), ref(value_biases)},
+        {ref(key_tail).dtype(), ref(key_tail), {ref(key_codes), ref(key_scales), ref(key_biases)}, coded},
+        cache_at,
+        cache_group,
+        cache_bits,
+        cache_owned != 0};
+    return put_all(outs, kernels::attention_input(ref(x), ref(norm_weight), eps,
+                                                  {ref(qkv), ref(qkv_scales), ref(qkv_biases), group, bits},
+                                                  {heads, kv_heads, head_dim}, rotation, cache));
+  });
+}
+
 int mlxs_attention_output(mlxs_array** out, const mlxs_array* x, const mlxs_array* heads, const mlxs_array* o_proj,
                           const mlxs_array* o_proj_scales, const mlxs_array* o_proj_biases, int group, int bits) {
   return guard([&] {

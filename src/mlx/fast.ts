@@ -61,53 +61,36 @@ export interface CacheRows {
   owned?: boolean;
 }
 
-/**
- * Rotated queries [B, heads, L, headDim] and keys [B, kvHeads, L, headDim], and values, of x
- * [B, L, ·]: rmsNorm(x, normWeight), the fused q/k/v product, the split into heads and RoPE, as
- * one op on our CPU kernels (exactly the composition's result), composed of the ops elsewhere.
- */
-export function attentionInput(
+/** attentionInput's parameters before a cache: x, the norm's weight and eps, the product, its heads, the rotation. */
+type InputParams = [
   x: MxArray,
   normWeight: MxArray,
   eps: number,
   qkv: QuantizedWeights,
   heads: AttentionHeads,
   rotation: RopeOptions,
-): [MxArray, MxArray, MxArray];
+];
+
+/**
+ * Rotated queries [B, heads, L, headDim] and keys [B, kvHeads, L, headDim], and values, of x
+ * [B, L, ·]: rmsNorm(x, normWeight), the fused q/k/v product, the split into heads and RoPE, as
+ * one op on our CPU kernels (exactly the composition's result), composed of the ops elsewhere.
+ */
+export function attentionInput(...args: InputParams): [MxArray, MxArray, MxArray];
 /**
  * With a cache: the queries, the cache's buffers with the new keys and values written at
  * `cache.at` (in their dtype; in place where nothing else holds them, as sliceUpdate), and the
  * buffers' first `at + L` columns (what attention reads), still one op on our CPU kernels.
  */
 export function attentionInput(
-  x: MxArray,
-  normWeight: MxArray,
-  eps: number,
-  qkv: QuantizedWeights,
-  heads: AttentionHeads,
-  rotation: RopeOptions,
-  cache: CacheRows,
+  ...args: [...InputParams, cache: CacheRows]
 ): [MxArray, MxArray, MxArray, MxArray, MxArray];
-export function attentionInput(
-  x: MxArray,
-  normWeight: MxArray,
-  eps: number,
-  qkv: QuantizedWeights,
-  heads: AttentionHeads,
-  rotation: RopeOptions,
-  cache?: CacheRows,
-): MxArray[] {
+export function attentionInput(...args: [...InputParams, cache?: CacheRows]): MxArray[] {
+  const cache = args[6];
   check(
     lib.mlxs_attention_input(
       outPtr,
-      x.handle,
-      normWeight.handle,
-      eps,
-      ...weightArgs(qkv),
-      heads.heads,
-      heads.kvHeads,
-      heads.headDim,
-      ...ropeArgs(rotation),
+      ...inputArgs(args),
       cache?.keys.handle ?? null,
       cache?.values.handle ?? null,
       cache?.at ?? 0,
@@ -116,6 +99,20 @@ export function attentionInput(
     "attention_input",
   );
   return Array.from({ length: cache ? 5 : 3 }, (_, i) => new MxArray(readOut(i)));
+}
+
+/** attentionInput's arguments before a cache's (the first six of `args`), as the shim takes them. */
+function inputArgs([x, normWeight, eps, qkv, heads, rotation]: readonly [...InputParams, ...unknown[]]) {
+  return [
+    x.handle,
+    normWeight.handle,
+    eps,
+    ...weightArgs(qkv),
+    heads.heads,
+    heads.kvHeads,
+    heads.headDim,
+    ...ropeArgs(rotation),
+  ] as const;
 }
 
 /** silu(gate) * up, SwiGLU's activation: one fused op on our CPU kernels, MLX's ops elsewhere. */
@@ -285,7 +282,21 @@ export interface ChannelKeyStep {
 }
 
 // Written by the shim, read at once: a typed array passed for one call is not moved during it.
-const stepOuts = new BigUint64Array(10);
+// Room for attentionInputQuantized's queries and a step with keys.
+const stepOuts = new BigUint64Array(11);
+
+/** A step's arrays from `stepOuts`, from `first` on: 6 of them, or 10 with keys. */
+function readStep(first: number, withKeys: boolean): QuantizedCacheStep {
+  const out = Array.from(
+    stepOuts.subarray(first, first + (withKeys ? 10 : 6)),
+    (handle) => new MxArray(Number(handle)),
+  );
+  return {
+    buffers: [out[0]!, out[1]!, out[2]!],
+    values: [out[3]!, out[4]!, out[5]!],
+    keys: withKeys ? [out[6]!, out[7]!, out[8]!, out[9]!] : undefined,
+  };
+}
 
 /**
  * A quantized KV cache's step: values [B, kvHeads, L, D] quantized as `quantize` does (bit for
@@ -322,10 +333,51 @@ export function quantizedCacheWrite(
     ),
     "quantized_cache_write",
   );
-  const out = Array.from(stepOuts.subarray(0, keys ? 10 : 6), (handle) => new MxArray(Number(handle)));
-  return {
-    buffers: [out[0]!, out[1]!, out[2]!],
-    values: [out[3]!, out[4]!, out[5]!],
-    keys: keys && [out[6]!, out[7]!, out[8]!, out[9]!],
-  };
+  return readStep(0, keys !== undefined);
+}
+
+/**
+ * A quantized KV cache with keys per channel, as attentionInputQuantized writes a step into it:
+ * the values' buffers, the keys' (their float tail and coded buffers), the column new rows go to.
+ */
+export interface QuantizedCacheRows {
+  values: QuantizedParts;
+  keys: Omit<ChannelKeyStep, "keys">;
+  at: number;
+  quantization: { groupSize: number; bits: number };
+  /** As CacheRows.owned, for the values' buffers. */
+  owned?: boolean;
+}
+
+/**
+ * attentionInput, then quantizedCacheWrite of its keys and values into a quantized cache (keys
+ * per channel): one op on our CPU kernels, exactly the two ops' result, where a quantized cache's
+ * decode step is otherwise a node more a layer; the two ops elsewhere.
+ */
+export function attentionInputQuantized(...args: [...InputParams, cache: QuantizedCacheRows]): {
+  queries: MxArray;
+  step: QuantizedCacheStep;
+} {
+  const cache = args[6];
+  const { values, keys } = cache;
+  check(
+    lib.mlxs_attention_input_quantized(
+      stepOuts,
+      ...inputArgs(args),
+      values[0].handle,
+      values[1].handle,
+      values[2].handle,
+      keys.buffers[0].handle,
+      keys.buffers[1].handle,
+      keys.buffers[2].handle,
+      keys.tail.handle,
+      keys.coded,
+      cache.at,
+      cache.quantization.groupSize,
+      cache.quantization.bits,
+      cache.owned ? 1 : 0,
+    ),
+    "attention_input",
+  );
+  return { queries: new MxArray(Number(stepOuts[0])), step: readStep(1, true) };
 }

@@ -59,13 +59,25 @@ export interface AttentionCache {
   /** Appends keys/values and returns all of them in float (dequantized when stored quantized). */
   updateAndFetch(keys: MxArray, values: MxArray): [MxArray, MxArray];
   /**
-   * Where an op may write `rows.length` new positions itself (mx.fast.attentionInput with a
-   * cache, which then hands the buffers back to `wrote`), or undefined where the cache stores
-   * them its own way: attention is then `attention(...)`.
+   * Where an op may write `rows.length` new positions itself: a float cache's buffers
+   * (mx.fast.attentionInput with a cache, which then hands the buffers back to `wrote`), or a
+   * quantized one's (mx.fast.attentionInputQuantized, whose step goes to `attendWritten`); or
+   * undefined where the cache stores them its own way: attention is then `attention(...)`.
    */
-  roomFor?(rows: NewRows): mx.fast.CacheRows | undefined;
+  roomFor?(rows: NewRows): mx.fast.CacheRows | mx.fast.QuantizedCacheRows | undefined;
   /** Takes the buffers an op wrote `length` new positions into (see roomFor) as held. */
   wrote?(keys: MxArray, values: MxArray, length: number): void;
+  /**
+   * Takes the step an op wrote into a quantized cache's room (see roomFor) as held, and attends
+   * `queries` [B, heads, L, D] to everything held, as `attention` does.
+   */
+  attendWritten?(
+    queries: MxArray,
+    step: mx.fast.QuantizedCacheStep,
+    scale: number,
+    mask: Mask,
+    sinks?: MxArray,
+  ): MxArray;
 }
 
 /** The new keys' (and values') shape [batch, heads, length, dim], and the activations' dtype. */
@@ -166,7 +178,7 @@ export class KVCache implements AttentionCache {
       this.quantization !== undefined && (this.quantized || previous + length > (this.quantization.start ?? 0));
     if (quantize && this.keys && !this.quantized) this.quantizeHeld();
     const channel = quantize && this.channelKeys;
-    if (channel && this.tailTakes(keys)) return this.writeTailStep(keys, values);
+    if (channel && this.tailTakes(keys.shape[2]!, keys.dtype)) return this.writeTailStep(keys, values);
     const newKeys = channel ? undefined : quantize ? this.encodeRotatedKeys(keys) : [this.asHeld(keys)];
     const newValues = quantize ? this.encode(values) : [this.asHeld(values)];
     if (!this.values || previous + length > this.values[0]!.shape[2]!) this.grow(newKeys, newValues, length);
@@ -185,15 +197,15 @@ export class KVCache implements AttentionCache {
   }
 
   /**
-   * Whether new keys [B, H, L, D] per channel only join the tail (decode's usual step: no group
-   * fills, or a prefill's keys wait in float), in its own dtype: the same numbers as converting
-   * the tail to the keys' dtype and back (writeChannelKeys).
+   * Whether `length` new keys per channel of `dtype` only join the tail (decode's usual step: no
+   * group fills, or a prefill's keys wait in float), in its own dtype: the same numbers as
+   * converting the tail to the keys' dtype and back (writeChannelKeys).
    */
-  private tailTakes(keys: MxArray): boolean {
+  private tailTakes(length: number, dtype: mx.DtypeCode): boolean {
     const tail = this.keys?.[3];
     if (!tail || !this.values) return false;
-    const total = tail.shape[2]! + keys.shape[2]!;
-    return (this.deferKeys || total < this.quantization!.groupSize) && tail.dtype === floatCacheDtype(keys.dtype);
+    const total = tail.shape[2]! + length;
+    return (this.deferKeys || total < this.quantization!.groupSize) && tail.dtype === floatCacheDtype(dtype);
   }
 
   /**
@@ -205,19 +217,35 @@ export class KVCache implements AttentionCache {
    */
   private writeTailStep(keys: MxArray, values: MxArray): [Stored, Stored] {
     const length = keys.shape[2]!;
-    if (this.offset + length > this.values![0]!.shape[2]!) this.grow(undefined, this.values!, length);
-    const [codes, scales, biases, tail] = this.keys as [MxArray, MxArray, MxArray, MxArray];
-    const [valueCodes, valueScales, valueBiases] = this.values as [MxArray, MxArray, MxArray];
+    const room = this.quantizedRoom(length);
     const step = mx.fast.quantizedCacheWrite(
       values,
-      [valueCodes, valueScales, valueBiases],
-      this.offset,
-      this.quantization!,
-      { keys, tail, buffers: [codes, scales, biases], coded: this.offset - tail.shape[2]! },
-      this.ownsBuffers,
+      room.values,
+      room.at,
+      room.quantization,
+      { keys, ...room.keys },
+      room.owned,
     );
+    return this.took(step, length);
+  }
+
+  /** Where tailTakes' step goes: the values' buffers, grown for `length` more, and the keys' parts. */
+  private quantizedRoom(length: number): mx.fast.QuantizedCacheRows {
+    if (this.offset + length > this.values![0]!.shape[2]!) this.grow(undefined, this.values!, length);
+    const [codes, scales, biases, tail] = this.keys as [MxArray, MxArray, MxArray, MxArray];
+    return {
+      values: this.values as [MxArray, MxArray, MxArray],
+      keys: { tail, buffers: [codes, scales, biases], coded: this.offset - tail.shape[2]! },
+      at: this.offset,
+      quantization: this.quantization!,
+      owned: this.ownsBuffers,
+    };
+  }
+
+  /** Takes a step written into quantizedRoom's buffers as held; returns the parts attention reads. */
+  private took(step: mx.fast.QuantizedCacheStep, length: number): [Stored, Stored] {
     this.values = step.buffers.map((buffer, i) => this.replace(this.values![i]!, buffer));
-    this.keys![3] = this.replace(tail, step.keys![3]);
+    this.keys![3] = this.replace(this.keys![3]!, step.keys![3]);
     this.ownsBuffers = true;
     this.offset += length;
     return [[...step.keys!], [...step.values]];
@@ -227,10 +255,14 @@ export class KVCache implements AttentionCache {
    * A float cache's buffers, grown to hold `rows` more, and the column they go to: an op writes
    * them there itself (our fused attention input), in place as update's sliceUpdate does, so
    * the cache's two writes and the two slices attention reads are not graph nodes of their own.
-   * A quantized cache stores new positions its own way.
+   * A quantized cache's room is the step tailTakes allows (writeTailStep's, in the same op);
+   * other steps go through update.
    */
-  roomFor(rows: NewRows): mx.fast.CacheRows | undefined {
-    if (this.quantization) return undefined;
+  roomFor(rows: NewRows): mx.fast.CacheRows | mx.fast.QuantizedCacheRows | undefined {
+    if (this.quantization) {
+      const takes = this.quantized && this.channelKeys && this.tailTakes(rows.length, rows.activations);
+      return takes ? this.quantizedRoom(rows.length) : undefined;
+    }
     const { batch, heads, length, dim } = rows;
     const like = {
       shape: [batch, heads, length, dim],
@@ -245,6 +277,17 @@ export class KVCache implements AttentionCache {
     this.values = [this.replace(this.values![0]!, values)];
     this.ownsBuffers = true;
     this.offset += length;
+  }
+
+  attendWritten(
+    queries: MxArray,
+    step: mx.fast.QuantizedCacheStep,
+    scale: number,
+    mask: Mask,
+    sinks?: MxArray,
+  ): MxArray {
+    const [keys, values] = this.took(step, queries.shape[2]!);
+    return quantizedAttention(queries, keys, values, scale, mask, this.quantization!, sinks);
   }
 
   /**

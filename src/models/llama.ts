@@ -87,10 +87,10 @@ export function attention(
     inputNorm && quantized && byHeads && settings && !qNorm ? { ...inputNorm, quantized, settings } : undefined;
   const fusedOutput = inputNorm && oProj.quantized;
 
-  // Attention on the fused input. On our kernels, in one sequence's decode steps (writesFused),
-  // the op writes the new keys and values into the cache's buffers itself where the cache lets
-  // it: the cache's two writes and the two slices attention reads (and, into a float16 cache of
-  // float32 activations, two casts) are no nodes.
+  // Attention on the fused input. On our kernels, in decode steps (writesFused), the op writes
+  // the new keys and values into the cache's buffers itself where the cache lets it: the cache's
+  // two writes and the two slices attention reads (and, into a float16 cache of float32
+  // activations, two casts) are no nodes; into a quantized cache, its write step is none.
   const attend = (x: MxArray, offset: number | MxArray, cache: AttentionCache, mask: Mask): MxArray => {
     const { weight, eps, quantized: qkv, settings } = fusedInput!;
     const rotation = { ...settings, offset };
@@ -104,6 +104,10 @@ export function attention(
     const room = fusedWrite ? cache.roomFor?.(rows) : undefined;
     if (!room)
       return cache.attention(...mx.fast.attentionInput(x, weight, eps, qkv, shape, rotation), scale, mask, sinks);
+    if ("quantization" in room) {
+      const { queries, step } = mx.fast.attentionInputQuantized(x, weight, eps, qkv, shape, rotation, room);
+      return cache.attendWritten!(queries, step, scale, mask, sinks);
+    }
     const [queries, keys, values, validKeys, validValues] = mx.fast.attentionInput(
       x,
       weight,

@@ -6,7 +6,10 @@
 // is the composition's. Given a float KV cache's buffers, it also writes the new keys and values
 // into them at their column (the cache's two slice_updates, and the two slices of its valid part
 // that attention reads, four nodes fewer): in place where the cache holds the only reference to
-// a buffer, as MLX's slice_update is.
+// a buffer, as MLX's slice_update is. Given a quantized cache's (keys per channel), it writes the
+// step quantized_cache_write would (the values quantized into their buffers, the keys joining
+// the float tail) in the same task: a quantized cache's decode step is then two nodes a layer
+// (this and the block's second half), as a float cache's is.
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -110,12 +113,17 @@ struct InputSpec {
   mx::Dtype normed, projected;
   int at;  // the cache's column the new rows go to; -1: no cache (keys and values are outputs)
   bool owned;  // CacheRows::owned
+  // A quantized cache (QuantizedCacheRows): its group and bits, and the keys' coded positions.
+  bool quantized = false;
+  int cache_group = 0, cache_bits = 0, coded = 0;
 };
 
 // inputs: x, the norm's weight, the product's weight, scales, biases, then the rotation's
 // offsets and frequencies where the spec has them, then the cache's keys and values where it
-// has a column. outputs: queries, keys, values; or with a cache, queries, the keys and values
-// buffers (allocated, holding the cache's positions) and their valid parts (views of them).
+// has a column (a quantized cache's float tail of keys). outputs: queries, keys, values; or with
+// a cache, queries, the keys and values buffers (allocated, holding the cache's positions) and
+// their valid parts (views of them); or with a quantized cache, queries and then
+// quantized_cache_write's outputs with keys (see take_write_outputs).
 void run(const std::vector<mx::array>& in, std::vector<mx::array>& out, const InputSpec& spec) {
   const mx::array& x = in[0];
   const int B = x.shape(0), L = x.shape(1), N = in[2].shape(0);
@@ -140,10 +148,19 @@ void run(const std::vector<mx::array>& in, std::vector<mx::array>& out, const In
   }
   mx::array rotated = scratch_array({B, Hkv, L, D}, spec.projected);
   rope_into(keys, {B, Hkv, L, D}, strides, spec.rope, offsets, freqs, rotated);
-  write_rows(rotated.data<char>(), spec.projected, {int64_t(Hkv) * L * D, int64_t(L) * D, D, 1}, {B, Hkv, L, D},
-             out[1], spec.at);
+  const mx::Strides rotated_strides = {int64_t(Hkv) * L * D, int64_t(L) * D, D, 1};
+  if (spec.quantized) {
+    quantize_rows_into(values, spec.projected, strides, {B, Hkv, L, D}, &out[1], spec.at, spec.cache_group,
+                       spec.cache_bits);
+    append_rows_into(in.back(), rotated.data<char>(), spec.projected, rotated_strides, {B, Hkv, L, D}, out[10]);
+    return;
+  }
+  write_rows(rotated.data<char>(), spec.projected, rotated_strides, {B, Hkv, L, D}, out[1], spec.at);
   write_rows(values, spec.projected, strides, {B, Hkv, L, D}, out[2], spec.at);
 }
+
+// A quantized cache's inputs, last: the values' codes, scales and biases, the keys' likewise, the keys' tail.
+constexpr size_t kQuantizedCacheInputs = 7;
 
 class AttentionInput : public mx::Primitive {
  public:
@@ -157,15 +174,20 @@ class AttentionInput : public mx::Primitive {
     // The cache's buffers become the outputs where nothing else holds them (checked before
     // anything here takes a reference) or the cache owns them: the rows are written in place, as
     // MLX's slice_update does. Otherwise the task copies them first.
-    const size_t cache = inputs.size() - 2;
+    const size_t cache = inputs.size() - (spec_.quantized ? kQuantizedCacheInputs : 2);
     BufferCopies copies;
-    for (int i = 1; i <= 2; ++i) {
-      adopt_or_copy(inputs[cache + i - 1], outputs, i, stream(), copies, spec_.owned);
-      set_prefix_view(outputs[i], outputs[2 + i]);
+    if (spec_.quantized) {
+      copies = take_write_outputs(&inputs[cache], &inputs[cache + 3], outputs, 1, stream(), spec_.owned);
+    } else {
+      for (int i = 1; i <= 2; ++i) {
+        adopt_or_copy(inputs[cache + i - 1], outputs, i, stream(), copies, spec_.owned);
+        set_prefix_view(outputs[i], outputs[2 + i]);
+      }
     }
     outputs[0].set_data(mx::allocator::malloc(outputs[0].nbytes()));
     std::vector<mx::array> rows;
     for (size_t i = 0; i < cache; ++i) rows.push_back(row_contiguous(inputs[i], stream()));
+    if (spec_.quantized) rows.push_back(row_contiguous(inputs.back(), stream()));  // the keys' tail
     queue_task(stream(), outputs,
         [rows = std::move(rows), copies = std::move(copies), outputs = outputs, spec = spec_]() mutable {
           for (const auto& [i, from] : copies) std::memcpy(outputs[i].data<char>(), from.data<char>(), from.nbytes());
@@ -186,7 +208,9 @@ class AttentionInput : public mx::Primitive {
            spec_.heads.kv_heads == o.heads.kv_heads && spec_.heads.head_dim == o.heads.head_dim &&
            spec_.normed == o.normed && spec_.projected == o.projected && r.dims == s.dims &&
            r.traditional == s.traditional && r.base == s.base && r.scale == s.scale && r.offset == s.offset &&
-           r.offset_array == s.offset_array && r.freqs == s.freqs && spec_.at == o.at && spec_.owned == o.owned;
+           r.offset_array == s.offset_array && r.freqs == s.freqs && spec_.at == o.at && spec_.owned == o.owned &&
+           spec_.quantized == o.quantized && spec_.cache_group == o.cache_group &&
+           spec_.cache_bits == o.cache_bits && spec_.coded == o.coded;
   }
 
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
@@ -194,6 +218,16 @@ class AttentionInput : public mx::Primitive {
     const int Hkv = spec_.heads.kv_heads, D = spec_.heads.head_dim;
     const mx::Shape queries = {B, spec_.heads.heads, L, D};
     if (spec_.at < 0) return {queries, {B, Hkv, L, D}, {B, Hkv, L, D}};
+    if (spec_.quantized) {
+      const size_t cache = inputs.size() - kQuantizedCacheInputs;
+      const ChannelKeyLayout keys{spec_.projected, inputs.back(),
+                                  {inputs[cache + 3], inputs[cache + 4], inputs[cache + 5]}, spec_.coded};
+      std::vector<mx::Shape> shapes = {queries};
+      std::vector<mx::Dtype> types;
+      quantized_write_outputs({B, Hkv, L, D}, {inputs[cache], inputs[cache + 1], inputs[cache + 2]}, spec_.at, &keys,
+                              spec_.cache_group, shapes, types);
+      return shapes;
+    }
     const mx::Shape& buffer = inputs.back().shape();
     return {queries, buffer, buffer, {B, Hkv, spec_.at + L, D}, {B, Hkv, spec_.at + L, D}};
   }
@@ -202,32 +236,22 @@ class AttentionInput : public mx::Primitive {
   InputSpec spec_;
 };
 
-}  // namespace
+// What composing tells (the intermediates' types, the outputs' shapes), for the inputs' shapes
+// and types seen supported: it depends on nothing else (see signature_memo.h).
+struct Told {
+  mx::Dtype normed, projected;
+  mx::Shape queries, keys, values;
+};
 
-std::vector<mx::array> attention_input(const mx::array& x, const mx::array& norm_weight, float eps,
-                                       const QuantizedLinear& qkv, const AttentionHeads& heads,
-                                       const Rotation& rotation, const std::optional<CacheRows>& cache) {
+// What our primitive needs to know of these arguments, where our kernels run them; else nothing,
+// and `composition` holds MLX's ops for them. Checks the arguments.
+std::optional<Told> tell(const mx::array& x, const mx::array& norm_weight, float eps, const QuantizedLinear& qkv,
+                         const AttentionHeads& heads, const Rotation& rotation, mx::Stream stream,
+                         std::optional<Composition>& composition) {
   if (x.ndim() != 3) throw std::invalid_argument("[attention_input] x must be [batch, length, features]");
   if (qkv.weight.ndim() != 2 || qkv.weight.shape(0) != (heads.heads + 2 * heads.kv_heads) * heads.head_dim)
     throw std::invalid_argument("[attention_input] the q/k/v product's outputs are not the heads' queries, keys and values");
-  mx::Stream stream = mx::default_stream(mx::default_device());
   const auto* offset_array = std::get_if<mx::array>(&rotation.offset);
-  const auto check_room = [&](const mx::Shape& keys) {
-    if (!cache) return;
-    const mx::Shape& buffer = cache->keys.shape();
-    const bool fits = buffer.size() == 4 && cache->values.shape() == buffer && buffer[0] == keys[0] &&
-                      buffer[1] == heads.kv_heads && buffer[3] == heads.head_dim && cache->at >= 0 &&
-                      cache->at + keys[2] <= buffer[2] && float_type(cache->keys.dtype()) &&
-                      cache->values.dtype() == cache->keys.dtype();
-    if (!fits)
-      throw std::invalid_argument("[attention_input] the cache's buffers have no room for the new keys and values");
-  };
-  // What composing tells (the intermediates' types, the outputs' shapes), for the inputs' shapes
-  // and types seen supported: it depends on nothing else (see signature_memo.h).
-  struct Told {
-    mx::Dtype normed, projected;
-    mx::Shape queries, keys, values;
-  };
   static SignatureMemo<Told> memo;
   Signature signature;
   signature << x << norm_weight << qkv.weight << qkv.scales << qkv.biases << qkv.group << qkv.bits << heads.heads
@@ -237,37 +261,70 @@ std::vector<mx::array> attention_input(const mx::array& x, const mx::array& norm
   if (offset_array) signature << *offset_array;
   if (rotation.freqs) signature << *rotation.freqs;
   std::optional<Told> told = enabled_on(stream) ? memo.find(signature) : std::nullopt;
-  if (told) check_room(told->keys);
-  else {
-    // Built first where not seen: it checks the arguments and gives every intermediate's type.
-    const Composition c = compose(x, norm_weight, eps, qkv, heads, rotation);
-    check_room(c.keys.shape());
-    const bool supported =
-        x.size() > 0 && float_type(x.dtype()) && norm_weight.ndim() == 1 && norm_weight.shape(0) == x.shape(-1) &&
-        float_type(norm_weight.dtype()) &&
-        quantized_matmul_covers(c.normed, qkv.weight, qkv.scales, qkv.biases, true, qkv.group, qkv.bits, "affine") &&
-        rope_covers(c.queries, rotation.dims, rotation.base, rotation.offset, rotation.freqs) &&
-        c.queries.dtype() == c.projected.dtype() && c.keys.dtype() == c.projected.dtype();
-    if (!enabled_on(stream) || !supported)
-      return cache ? write_composed(c.queries, c.keys, c.values, *cache) : std::vector{c.queries, c.keys, c.values};
-    told = Told{c.normed.dtype(), c.projected.dtype(), c.queries.shape(), c.keys.shape(), c.values.shape()};
-    memo.remember(signature, *told);
-  }
-  const InputSpec spec{eps,
-                       qkv.group,
-                       qkv.bits,
-                       heads,
-                       {rotation.dims, rotation.traditional, rotation.base.value_or(0.0f), rotation.scale,
-                        offset_array ? 0 : std::get<int>(rotation.offset), offset_array != nullptr,
-                        rotation.freqs.has_value()},
-                       told->normed,
-                       told->projected,
-                       cache ? cache->at : -1,
-                       cache && cache->owned};
+  if (told) return told;
+  // Built first where not seen: it checks the arguments and gives every intermediate's type.
+  const Composition& c = composition.emplace(compose(x, norm_weight, eps, qkv, heads, rotation));
+  const bool supported =
+      x.size() > 0 && float_type(x.dtype()) && norm_weight.ndim() == 1 && norm_weight.shape(0) == x.shape(-1) &&
+      float_type(norm_weight.dtype()) &&
+      quantized_matmul_covers(c.normed, qkv.weight, qkv.scales, qkv.biases, true, qkv.group, qkv.bits, "affine") &&
+      rope_covers(c.queries, rotation.dims, rotation.base, rotation.offset, rotation.freqs) &&
+      c.queries.dtype() == c.projected.dtype() && c.keys.dtype() == c.projected.dtype();
+  if (!enabled_on(stream) || !supported) return std::nullopt;
+  told = Told{c.normed.dtype(), c.projected.dtype(), c.queries.shape(), c.keys.shape(), c.values.shape()};
+  memo.remember(signature, *told);
+  return told;
+}
+
+InputSpec spec_of(float eps, const QuantizedLinear& qkv, const AttentionHeads& heads, const Rotation& rotation,
+                  const Told& told, int at, bool owned) {
+  const bool offset_array = std::holds_alternative<mx::array>(rotation.offset);
+  return {eps,
+          qkv.group,
+          qkv.bits,
+          heads,
+          {rotation.dims, rotation.traditional, rotation.base.value_or(0.0f), rotation.scale,
+           offset_array ? 0 : std::get<int>(rotation.offset), offset_array, rotation.freqs.has_value()},
+          told.normed,
+          told.projected,
+          at,
+          owned};
+}
+
+// The primitive's inputs before a cache's (see run).
+std::vector<mx::array> inputs_of(const mx::array& x, const mx::array& norm_weight, const QuantizedLinear& qkv,
+                                 const Rotation& rotation) {
   std::vector<mx::array> inputs = {x, norm_weight, qkv.weight, qkv.scales, qkv.biases};
-  if (offset_array) inputs.push_back(mx::astype(mx::flatten(*offset_array), mx::int32));
+  if (const auto* offsets = std::get_if<mx::array>(&rotation.offset))
+    inputs.push_back(mx::astype(mx::flatten(*offsets), mx::int32));
   if (rotation.freqs) inputs.push_back(mx::astype(mx::contiguous(*rotation.freqs), mx::float32));
-  const auto primitive = std::make_shared<AttentionInput>(stream, spec);
+  return inputs;
+}
+
+}  // namespace
+
+std::vector<mx::array> attention_input(const mx::array& x, const mx::array& norm_weight, float eps,
+                                       const QuantizedLinear& qkv, const AttentionHeads& heads,
+                                       const Rotation& rotation, const std::optional<CacheRows>& cache) {
+  mx::Stream stream = mx::default_stream(mx::default_device());
+  std::optional<Composition> c;
+  const std::optional<Told> told = tell(x, norm_weight, eps, qkv, heads, rotation, stream, c);
+  if (cache) {
+    const mx::Shape& keys = told ? told->keys : c->keys.shape();
+    const mx::Shape& buffer = cache->keys.shape();
+    const bool fits = buffer.size() == 4 && cache->values.shape() == buffer && buffer[0] == keys[0] &&
+                      buffer[1] == heads.kv_heads && buffer[3] == heads.head_dim && cache->at >= 0 &&
+                      cache->at + keys[2] <= buffer[2] && float_type(cache->keys.dtype()) &&
+                      cache->values.dtype() == cache->keys.dtype();
+    if (!fits)
+      throw std::invalid_argument("[attention_input] the cache's buffers have no room for the new keys and values");
+  }
+  if (!told)
+    return cache ? write_composed(c->queries, c->keys, c->values, *cache) : std::vector{c->queries, c->keys, c->values};
+  const auto primitive =
+      std::make_shared<AttentionInput>(stream, spec_of(eps, qkv, heads, rotation, *told, cache ? cache->at : -1,
+                                                       cache && cache->owned));
+  std::vector<mx::array> inputs = inputs_of(x, norm_weight, qkv, rotation);
   const mx::Dtype projected = told->projected;
   if (!cache)
     return mx::array::make_arrays({told->queries, told->keys, told->values},
@@ -279,6 +336,42 @@ std::vector<mx::array> attention_input(const mx::array& x, const mx::array& norm
   valid[2] += cache->at;
   return mx::array::make_arrays({told->queries, cache->keys.shape(), cache->values.shape(), valid, valid},
                                 {projected, held, held, held, held}, primitive, inputs);
+}
+
+std::vector<mx::array> attention_input(const mx::array& x, const mx::array& norm_weight, float eps,
+                                       const QuantizedLinear& qkv, const AttentionHeads& heads,
+                                       const Rotation& rotation, const QuantizedCacheRows& cache) {
+  mx::Stream stream = mx::default_stream(mx::default_device());
+  std::optional<Composition> c;
+  const std::optional<Told> told = tell(x, norm_weight, eps, qkv, heads, rotation, stream, c);
+  ChannelKeyLayout keys = cache.keys;
+  if (told) keys.type = told->projected;
+  if (!told || !quantized_write_covers(told->values, told->projected, cache.values, cache.at, &keys, cache.group,
+                                       cache.bits)) {
+    // The two ops: the keys and values, then the cache's write (which checks the cache).
+    const std::vector<mx::array> qkv_rows =
+        c ? std::vector{c->queries, c->keys, c->values} : attention_input(x, norm_weight, eps, qkv, heads, rotation);
+    std::vector<mx::array> out =
+        quantized_cache_write(qkv_rows[2], cache.values, cache.at,
+                              ChannelKeyStep{qkv_rows[1], keys.tail, keys.buffers, keys.coded}, cache.group,
+                              cache.bits, cache.owned);
+    out.insert(out.begin(), qkv_rows[0]);
+    return out;
+  }
+  InputSpec spec = spec_of(eps, qkv, heads, rotation, *told, cache.at, cache.owned);
+  spec.quantized = true;
+  spec.cache_group = cache.group;
+  spec.cache_bits = cache.bits;
+  spec.coded = keys.coded;
+  std::vector<mx::array> inputs = inputs_of(x, norm_weight, qkv, rotation);
+  const auto& [codes, scales, biases] = cache.values;
+  const auto& [key_codes, key_scales, key_biases] = keys.buffers;
+  inputs.insert(inputs.end(), {codes, scales, biases, key_codes, key_scales, key_biases, keys.tail});
+  std::vector<mx::Shape> shapes = {told->queries};
+  std::vector<mx::Dtype> types = {told->projected};
+  quantized_write_outputs(told->values, cache.values, cache.at, &keys, cache.group, shapes, types);
+  return mx::array::make_arrays(std::move(shapes), std::move(types), std::make_shared<AttentionInput>(stream, spec),
+                                std::move(inputs));
 }
 
 }  // namespace kernels

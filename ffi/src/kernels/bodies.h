@@ -46,6 +46,18 @@ void add_into(const mx::array& a, const mx::array& b, mx::array& out);
 void attention_output_into(const mx::array& x, const mx::array& heads, const mx::array& w, const mx::array& scales,
                            const mx::array& biases, mx::array& out, int group, int bits);
 
+// Rows [B, H, L, D] at `from` (of `type`; row (b, h, l) at b·strides[0] + h·strides[1] +
+// l·strides[2] elements, its D values contiguous) quantized as mx::quantize does, bit for bit, into
+// a quantized KV cache's codes, scales and biases buffers [B, H, T, ·] (buffers[0..2]) at column
+// `at` (kv_quantized_write.cpp).
+void quantize_rows_into(const char* from, mx::Dtype type, const mx::Strides& strides, const mx::Shape& shape,
+                        mx::array* buffers, int at, int group, int bits);
+
+// grown [B, H, n + L, D] = the float tail [B, H, n, D] (row-contiguous), then rows [B, H, L, D] at
+// `from` (read as quantize_rows_into reads them) converted to grown's type as MLX's astype rounds.
+void append_rows_into(const mx::array& tail, const char* from, mx::Dtype type, const mx::Strides& strides,
+                      const mx::Shape& shape, mx::array& grown);
+
 // Attention's settings, as the Attention primitive keeps them.
 struct AttentionSpec {
   float scale;

@@ -144,6 +144,33 @@ std::vector<mx::array> quantized_cache_write(const mx::array& values, const Quan
                                              const std::optional<ChannelKeyStep>& keys, int group, int bits,
                                              bool owned = false);
 
+// The layout of keys per channel in a quantized cache write: the new keys' type, the float tail
+// [B, Hkv, n, D] they join, and the keys' buffers, whose first `coded` positions (whole groups)
+// attention reads.
+struct ChannelKeyLayout {
+  mx::Dtype type;
+  mx::array tail;
+  QuantizedKV buffers;
+  int coded;
+};
+
+// Whether our kernel writes new values [B, Hkv, L, D] of `type` into `buffers` at `at` (and with
+// `keys`, new keys into their tail), as quantized_cache_write does; throws where the arguments do
+// not fit together (no room, a tail of other rows).
+bool quantized_write_covers(const mx::Shape& values, mx::Dtype type, const QuantizedKV& buffers, int at,
+                            const ChannelKeyLayout* keys, int group, int bits);
+
+// quantized_cache_write's outputs' shapes and types, appended to `shapes` and `types`.
+void quantized_write_outputs(const mx::Shape& values, const QuantizedKV& buffers, int at, const ChannelKeyLayout* keys,
+                             int group, std::vector<mx::Shape>& shapes, std::vector<mx::Dtype>& types);
+
+// For a primitive's eval_cpu that writes such a step, its outputs from `first` on laid out as
+// quantized_cache_write's: the value buffers (value_buffers[0..2]) adopted or copied as
+// adopt_or_copy does, with their views; with key_buffers[0..2], the coded groups' views and the
+// grown tail allocated. Call it before taking any other reference to the value buffers.
+BufferCopies take_write_outputs(const mx::array* value_buffers, const mx::array* key_buffers,
+                                std::vector<mx::array>& outputs, int first, mx::Stream stream, bool owned);
+
 // mx::fast::rms_norm as one primitive (MLX's CPU backend evaluates it as a chain of ops).
 mx::array rms_norm(const mx::array& x, const std::optional<mx::array>& weight, float eps);
 
@@ -221,6 +248,24 @@ struct CacheRows {
 std::vector<mx::array> attention_input(const mx::array& x, const mx::array& norm_weight, float eps,
                                        const QuantizedLinear& qkv, const AttentionHeads& heads,
                                        const Rotation& rotation, const std::optional<CacheRows>& cache = std::nullopt);
+
+// A quantized KV cache with keys per channel (see quantized_cache_write), as attention_input writes
+// a step into it: the values' buffers and the keys' layout, the column the new rows go to, and
+// whether the cache owns the value buffers (see CacheRows).
+struct QuantizedCacheRows {
+  QuantizedKV values;
+  ChannelKeyLayout keys;
+  int at;
+  int group, bits;
+  bool owned = false;
+};
+
+// {queries, then quantized_cache_write's outputs with keys} of attention_input's keys and values
+// written into a quantized cache: one primitive on our kernels (the two ops' result exactly, in
+// one task), the two ops otherwise. keys.type is not read: the keys are the product's.
+std::vector<mx::array> attention_input(const mx::array& x, const mx::array& norm_weight, float eps,
+                                       const QuantizedLinear& qkv, const AttentionHeads& heads,
+                                       const Rotation& rotation, const QuantizedCacheRows& cache);
 
 // x + o_proj(heads [B, H, L, D] back into rows [B, L, H·D]): attention's output and the block's
 // residual add, one primitive on our kernels (exactly their composition), MLX's ops otherwise.

@@ -5,13 +5,16 @@
 // each node's eval, allocation and dispatch, ~3-4 ms of CPU a step over 30 layers (bench/RESULTS.md,
 // "Quantized attention on the codes"). Here the new value rows are quantized as mx::quantize does
 // (bit for bit: the same float arithmetic per group) straight into the cache's buffers, in place
-// where the cache holds the only reference to them, and the new keys join the tail.
+// where the cache holds the only reference to them, and the new keys join the tail. Where the
+// keys and values come from our fused attention input, its task writes the same step
+// (quantize_rows_into, append_rows_into; attention_input.cpp) and this node is not built.
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <memory>
 #include <vector>
 
+#include "bodies.h"
 #include "kernels.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/primitives.h"
@@ -84,35 +87,18 @@ struct WriteSpec {
   bool owned;      // the cache owns the values' buffers (see CacheRows::owned)
 };
 
+// A row-contiguous [B, H, L, D] array's strides, as quantize_rows_into and append_rows_into take them.
+mx::Strides row_strides(const mx::array& a) {
+  return {int64_t(a.shape(1)) * a.shape(2) * a.shape(3), int64_t(a.shape(2)) * a.shape(3), a.shape(3), 1};
+}
+
 // in: values [B, H, L, D], row-contiguous; with keys, keys [B, H, L, D] and the tail [B, H, n, D]
 // likewise. out: the primitive's outputs, allocated (see quantized_cache_write).
 void run(const std::vector<mx::array>& in, std::vector<mx::array>& out, const WriteSpec& spec) {
   const mx::array& values = in[0];
-  const int B = values.shape(0), H = values.shape(1), L = values.shape(2), D = values.shape(3);
-  const size_t item = values.itemsize();
-  const int words = D * spec.bits / 32, groups = D / spec.group, T = out[0].shape(2);
-  for (int b = 0; b < B; ++b)
-    for (int h = 0; h < H; ++h)
-      for (int l = 0; l < L; ++l) {
-        const size_t row = (size_t(b) * H + h) * L + l, column = (size_t(b) * H + h) * T + spec.at + l;
-        quantize_row(values.data<char>() + row * D * item, values.dtype(), D, spec.group, spec.bits,
-                     out[0].data<uint32_t>() + column * words, out[1].data<char>() + column * groups * item,
-                     out[2].data<char>() + column * groups * item);
-      }
-  if (!spec.keys) return;
-  // The tail, then the new keys converted to its type (the composition's astype and concatenate).
-  const mx::array &keys = in[1], &tail = in[2];
-  mx::array& grown = out[9];
-  const int held = tail.shape(2);
-  const size_t to_item = grown.itemsize(), from_item = keys.itemsize();
-  for (int b = 0; b < B; ++b)
-    for (int h = 0; h < H; ++h) {
-      char* to = grown.data<char>() + (size_t(b) * H + h) * (held + L) * D * to_item;
-      std::memcpy(to, tail.data<char>() + (size_t(b) * H + h) * held * D * to_item, held * D * to_item);
-      const char* from = keys.data<char>() + (size_t(b) * H + h) * L * D * from_item;
-      for (size_t e = 0; e < size_t(L) * D; ++e)
-        store(to + (held * D + e) * to_item, grown.dtype(), load(from + e * from_item, keys.dtype()));
-    }
+  quantize_rows_into(values.data<char>(), values.dtype(), row_strides(values), values.shape(), out.data(), spec.at,
+                     spec.group, spec.bits);
+  if (spec.keys) append_rows_into(in[2], in[1].data<char>(), in[1].dtype(), row_strides(in[1]), in[1].shape(), out[9]);
 }
 
 class QuantizedCacheWrite : public mx::Primitive {
@@ -120,19 +106,12 @@ class QuantizedCacheWrite : public mx::Primitive {
   QuantizedCacheWrite(mx::Stream stream, WriteSpec spec) : mx::Primitive(stream), spec_(spec) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    // The value buffers become the outputs where nothing else holds them (checked before anything
-    // here takes a reference): written in place, as MLX's slice_update is. Otherwise copied first.
-    BufferCopies copies;
-    for (int i = 0; i < 3; ++i) {
-      adopt_or_copy(inputs[1 + i], outputs, i, stream(), copies, spec_.owned);
-      set_prefix_view(outputs[i], outputs[3 + i]);
-    }
+    BufferCopies copies =
+        take_write_outputs(&inputs[1], spec_.keys ? &inputs[6] : nullptr, outputs, 0, stream(), spec_.owned);
     std::vector<mx::array> rows = {row_contiguous(inputs[0], stream())};
     if (spec_.keys) {
       rows.push_back(row_contiguous(inputs[4], stream()));
       rows.push_back(row_contiguous(inputs[5], stream()));
-      for (int i = 0; i < 3; ++i) set_prefix_view(inputs[6 + i], outputs[6 + i]);
-      outputs[9].set_data(mx::allocator::malloc(outputs[9].nbytes()));
     }
     auto& encoder = mx::cpu::get_command_encoder(stream());
     for (const auto& in : rows) encoder.set_input_array(in);
@@ -184,54 +163,120 @@ std::vector<mx::array> composed(const mx::array& values, const QuantizedKV& buff
 
 }  // namespace
 
-std::vector<mx::array> quantized_cache_write(const mx::array& values, const QuantizedKV& buffers, int at,
-                                             const std::optional<ChannelKeyStep>& keys, int group, int bits,
-                                             bool owned) {
+void quantize_rows_into(const char* from, mx::Dtype type, const mx::Strides& strides, const mx::Shape& shape,
+                        mx::array* buffers, int at, int group, int bits) {
+  const int B = shape[0], H = shape[1], L = shape[2], D = shape[3];
+  const size_t item = mx::size_of(type);
+  const int words = D * bits / 32, groups = D / group, T = buffers[0].shape(2);
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < H; ++h)
+      for (int l = 0; l < L; ++l) {
+        const size_t column = (size_t(b) * H + h) * T + at + l;
+        quantize_row(from + (b * strides[0] + h * strides[1] + l * strides[2]) * item, type, D, group, bits,
+                     buffers[0].data<uint32_t>() + column * words, buffers[1].data<char>() + column * groups * item,
+                     buffers[2].data<char>() + column * groups * item);
+      }
+}
+
+void append_rows_into(const mx::array& tail, const char* from, mx::Dtype type, const mx::Strides& strides,
+                      const mx::Shape& shape, mx::array& grown) {
+  const int B = shape[0], H = shape[1], L = shape[2], D = shape[3], held = tail.shape(2);
+  const size_t to_item = grown.itemsize(), from_item = mx::size_of(type);
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < H; ++h) {
+      char* to = grown.data<char>() + (size_t(b) * H + h) * (held + L) * D * to_item;
+      std::memcpy(to, tail.data<char>() + (size_t(b) * H + h) * held * D * to_item, held * D * to_item);
+      to += size_t(held) * D * to_item;
+      for (int l = 0; l < L; ++l, to += D * to_item) {
+        const char* row = from + (b * strides[0] + h * strides[1] + l * strides[2]) * from_item;
+        for (int d = 0; d < D; ++d) store(to + d * to_item, grown.dtype(), load(row + d * from_item, type));
+      }
+    }
+}
+
+bool quantized_write_covers(const mx::Shape& values, mx::Dtype type, const QuantizedKV& buffers, int at,
+                            const ChannelKeyLayout* keys, int group, int bits) {
   const auto& [codes, scales, biases] = buffers;
-  if (values.ndim() != 4 || codes.ndim() != 4 || scales.ndim() != 4 || biases.ndim() != 4)
+  if (values.size() != 4 || codes.ndim() != 4 || scales.ndim() != 4 || biases.ndim() != 4)
     throw std::invalid_argument("[quantized_cache_write] values and the cache's buffers must be [B, H, T, ·]");
-  const int B = values.shape(0), H = values.shape(1), L = values.shape(2), D = values.shape(3);
+  const int B = values[0], H = values[1], L = values[2], D = values[3];
   for (const mx::array* part : {&codes, &scales, &biases}) {
     if (part->shape(0) != B || part->shape(1) != H || at < 0 || at + L > part->shape(2) ||
         part->shape(2) != codes.shape(2))
       throw std::invalid_argument("[quantized_cache_write] the cache's buffers have no room for the new rows");
   }
-  if (keys && (keys->keys.shape() != values.shape() || keys->tail.ndim() != 4 || keys->tail.shape(0) != B ||
-               keys->tail.shape(1) != H || keys->tail.shape(3) != D || keys->coded % group != 0))
+  if (keys && (keys->tail.ndim() != 4 || keys->tail.shape(0) != B || keys->tail.shape(1) != H ||
+               keys->tail.shape(3) != D || keys->coded % group != 0))
     throw std::invalid_argument("[quantized_cache_write] the keys and their tail do not match the values");
-  mx::Stream stream = mx::default_stream(mx::default_device());
   const bool value_layout = (bits == 4 || bits == 8) && (group == 32 || group == 64 || group == 128) &&
-                            D % group == 0 && float_type(values.dtype()) && codes.dtype() == mx::uint32 &&
-                            codes.shape(3) == D * bits / 32 && scales.dtype() == values.dtype() &&
-                            biases.dtype() == values.dtype() && scales.shape(3) == D / group &&
-                            biases.shape(3) == D / group;
-  const bool key_layout = !keys || (float_type(keys->keys.dtype()) && float_type(keys->tail.dtype()) &&
+                            D % group == 0 && float_type(type) && codes.dtype() == mx::uint32 &&
+                            codes.shape(3) == D * bits / 32 && scales.dtype() == type && biases.dtype() == type &&
+                            scales.shape(3) == D / group && biases.shape(3) == D / group;
+  const bool key_layout = !keys || (float_type(keys->type) && float_type(keys->tail.dtype()) &&
                                     std::get<0>(keys->buffers).shape(2) >= keys->coded &&
                                     std::get<1>(keys->buffers).shape(2) >= keys->coded / group);
-  if (!enabled_on(stream) || !value_layout || !key_layout) return composed(values, buffers, at, keys, group, bits);
-  // inputs: values, the values' buffers; with keys, keys, the tail and the keys' buffers.
-  // outputs: the values' buffers, their first at + L columns (views); with keys, the coded
-  // groups (views of the keys' buffers) and the tail grown by the new keys.
-  std::vector<mx::array> inputs = {values, codes, scales, biases};
-  std::vector<mx::Shape> shapes = {codes.shape(), scales.shape(), biases.shape()};
-  std::vector<mx::Dtype> types = {codes.dtype(), scales.dtype(), biases.dtype()};
-  for (int i = 0; i < 3; ++i) {
-    mx::Shape valid = shapes[i];
-    valid[2] = at + L;
-    shapes.push_back(valid);
-    types.push_back(types[i]);
+  return value_layout && key_layout;
+}
+
+void quantized_write_outputs(const mx::Shape& values, const QuantizedKV& buffers, int at, const ChannelKeyLayout* keys,
+                             int group, std::vector<mx::Shape>& shapes, std::vector<mx::Dtype>& types) {
+  const int B = values[0], H = values[1], L = values[2], D = values[3];
+  const auto& [codes, scales, biases] = buffers;
+  for (const mx::array* part : {&codes, &scales, &biases}) {
+    shapes.push_back(part->shape());
+    types.push_back(part->dtype());
   }
-  if (keys) {
+  for (const mx::array* part : {&codes, &scales, &biases}) {
+    shapes.push_back({B, H, at + L, part->shape(3)});
+    types.push_back(part->dtype());
+  }
+  if (!keys) return;
+  const auto& [key_codes, key_scales, key_biases] = keys->buffers;
+  shapes.push_back({B, H, keys->coded, key_codes.shape(3)});
+  shapes.push_back({B, H, keys->coded / group, key_scales.shape(3)});
+  shapes.push_back({B, H, keys->coded / group, key_biases.shape(3)});
+  types.insert(types.end(), {key_codes.dtype(), key_scales.dtype(), key_biases.dtype()});
+  shapes.push_back({B, H, keys->tail.shape(2) + L, D});
+  types.push_back(keys->tail.dtype());
+}
+
+BufferCopies take_write_outputs(const mx::array* value_buffers, const mx::array* key_buffers,
+                                std::vector<mx::array>& outputs, int first, mx::Stream stream, bool owned) {
+  // The value buffers become the outputs where nothing else holds them (checked before anything
+  // here takes a reference): written in place, as MLX's slice_update is. Otherwise copied first.
+  BufferCopies copies;
+  for (int i = 0; i < 3; ++i) {
+    adopt_or_copy(value_buffers[i], outputs, first + i, stream, copies, owned);
+    set_prefix_view(outputs[first + i], outputs[first + 3 + i]);
+  }
+  if (!key_buffers) return copies;
+  for (int i = 0; i < 3; ++i) set_prefix_view(key_buffers[i], outputs[first + 6 + i]);
+  mx::array& tail = outputs[first + 9];
+  tail.set_data(mx::allocator::malloc(tail.nbytes()));
+  return copies;
+}
+
+std::vector<mx::array> quantized_cache_write(const mx::array& values, const QuantizedKV& buffers, int at,
+                                             const std::optional<ChannelKeyStep>& keys, int group, int bits,
+                                             bool owned) {
+  const auto& [codes, scales, biases] = buffers;
+  if (keys && keys->keys.shape() != values.shape())
+    throw std::invalid_argument("[quantized_cache_write] the keys and their tail do not match the values");
+  std::optional<ChannelKeyLayout> key_layout;
+  if (keys) key_layout = ChannelKeyLayout{keys->keys.dtype(), keys->tail, keys->buffers, keys->coded};
+  mx::Stream stream = mx::default_stream(mx::default_device());
+  const bool covered =
+      quantized_write_covers(values.shape(), values.dtype(), buffers, at, key_layout ? &*key_layout : nullptr, group,
+                             bits);
+  if (!enabled_on(stream) || !covered) return composed(values, buffers, at, keys, group, bits);
+  // inputs: values, the values' buffers; with keys, keys, the tail and the keys' buffers.
+  std::vector<mx::array> inputs = {values, codes, scales, biases};
+  if (keys)
     inputs.insert(inputs.end(), {keys->keys, keys->tail, std::get<0>(keys->buffers), std::get<1>(keys->buffers),
                                  std::get<2>(keys->buffers)});
-    for (int i = 0; i < 3; ++i) {
-      const mx::array& part = inputs[6 + i];
-      shapes.push_back({B, H, i == 0 ? keys->coded : keys->coded / group, part.shape(3)});
-      types.push_back(part.dtype());
-    }
-    shapes.push_back({B, H, keys->tail.shape(2) + L, D});
-    types.push_back(keys->tail.dtype());
-  }
+  std::vector<mx::Shape> shapes;
+  std::vector<mx::Dtype> types;
+  quantized_write_outputs(values.shape(), buffers, at, key_layout ? &*key_layout : nullptr, group, shapes, types);
   const WriteSpec spec{at, group, bits, keys.has_value(), keys ? keys->coded : 0, owned};
   return mx::array::make_arrays(std::move(shapes), std::move(types),
                                 std::make_shared<QuantizedCacheWrite>(stream, spec), std::move(inputs));

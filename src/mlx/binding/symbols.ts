@@ -19,6 +19,10 @@ const f64 = "f64";
 const cstring = "cstring";
 const none = "void";
 
+// mlxs_attention_input's arguments before its cache's (outputs, x, the norm, the q/k/v product,
+// the heads, the rotation): mlxs_attention_input_quantized's too.
+const attentionInputArgs = [p, p, p, f32, p, p, p, i32, i32, i32, i32, i32, i32, i32, f32, f32, i32, p, p] as const;
+
 export const symbols = {
   mlxs_last_error: { args: [], returns: cstring },
   mlxs_out_slots: { args: [], returns: p },
@@ -94,8 +98,9 @@ export const symbols = {
   mlxs_quantized_cache_write: { args: [p, p, p, p, p, i32, p, p, p, p, p, i32, i32, i32, i32], returns: i32 },
   mlxs_silu_mul: { args: [p, p, p], returns: i32 },
   mlxs_greedy_tokens: { args: [p, p], returns: i32 },
-  mlxs_attention_input: {
-    args: [p, p, p, f32, p, p, p, i32, i32, i32, i32, i32, i32, i32, f32, f32, i32, p, p, p, p, i32, i32],
+  mlxs_attention_input: { args: [...attentionInputArgs, p, p, i32, i32], returns: i32 },
+  mlxs_attention_input_quantized: {
+    args: [...attentionInputArgs, p, p, p, p, p, p, p, i32, i32, i32, i32, i32],
     returns: i32,
   },
   mlxs_attention_output: { args: [p, p, p, p, p, p, i32, i32], returns: i32 },
