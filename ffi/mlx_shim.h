@@ -177,12 +177,14 @@ MLXS_API int mlxs_sdpa(mlxs_array** out, const mlxs_array* q, const mlxs_array* 
 // (affine: packed, scales, biases), mask and sinks as mlxs_sdpa takes them. With key_tail, keys
 // are quantized per channel: key_scales/key_biases [B, Hkv, n, D] per group of group_size
 // positions of the n·group_size coded ones, then key_tail [B, Hkv, T - n·group_size, D] in float.
+// `length` > 0: T = length, and the buffers (a cache's whole ones) may hold more positions than
+// that, read in place (per-channel keys: their first length - tail positions).
 MLXS_API int mlxs_quantized_sdpa(mlxs_array** out, const mlxs_array* q, const mlxs_array* keys,
                         const mlxs_array* key_scales, const mlxs_array* key_biases,
                         const mlxs_array* values, const mlxs_array* value_scales,
                         const mlxs_array* value_biases, float scale, const char* mask_mode,
                         const mlxs_array* mask, const mlxs_array* sinks, const mlxs_array* key_tail,
-                        int group_size, int bits);
+                        int group_size, int bits, int length);
 // A quantized KV cache's step in one op: values [B, Hkv, L, D] quantized as mlxs_quantize does
 // into the cache's buffers (codes, scales, biases [B, Hkv, T, ·]) at column `at`, in place where
 // nothing else holds them or the cache owns them (`owned`, see mlxs_attention_input). outs[0..2]
@@ -227,7 +229,9 @@ MLXS_API int mlxs_attention_input(mlxs_array** out, const mlxs_array* x, const m
 // mlxs_attention_input, then mlxs_quantized_cache_write of its keys and values into a quantized
 // KV cache whose keys are kept per channel (the values' codes, scales and biases; the keys' and
 // their float tail; `coded`, cache_at, cache_group, cache_bits and cache_owned as that call's),
-// as one op on our CPU kernels: outs[0] the queries, outs[1..10] that call's outs[0..9].
+// as one op on our CPU kernels: outs[0] the queries, outs[1..3] the values' buffers written,
+// outs[4] the tail grown by the new keys. No views: attention reads the buffers with a length
+// (mlxs_quantized_sdpa).
 MLXS_API int mlxs_attention_input_quantized(mlxs_array** outs, const mlxs_array* x, const mlxs_array* norm_weight,
                                             float eps, const mlxs_array* qkv, const mlxs_array* qkv_scales,
                                             const mlxs_array* qkv_biases, int group, int bits, int heads,

@@ -255,49 +255,48 @@ describe("the cache's buffers", () => {
     cache.free();
   });
 
-  test("a quantized cache's step off our kernels: attentionInput, then quantizedCacheWrite, the same outputs in order", () => {
-    const { norm, qkv } = weights();
-    const q = { bits: 8, groupSize: 64 };
-    const { kvHeads, headDim } = shape;
-    const previous = mx.useCpuKernels(false);
-    try {
-      mx.scope(() => {
-        const x = mx.random.normal([1, 2, dim]);
-        const values = mx.quantize(mx.random.normal([1, kvHeads, 8, headDim]), q);
-        const keys = mx.quantize(mx.random.normal([1, kvHeads, 64, headDim]), q);
-        const room: mx.fast.QuantizedCacheRows = {
-          values: [values.weight, values.scales, values.biases!],
-          keys: {
-            tail: mx.astype(mx.random.normal([1, kvHeads, 5, headDim]), mx.Dtype.float16),
-            buffers: [keys.weight, mx.zeros([1, kvHeads, 1, headDim]), mx.zeros([1, kvHeads, 1, headDim])],
-            coded: 64,
-          },
-          at: 3,
-          quantization: q,
-        };
-        const at = { ...rotation, offset: 3 };
-        const [queries, newKeys, newValues] = mx.fast.attentionInput(x, norm, 1e-5, qkv, shape, at);
-        const step = mx.fast.quantizedCacheWrite(newValues, room.values, 3, q, { keys: newKeys, ...room.keys });
-        const ours = mx.fast.attentionInputQuantized(x, norm, 1e-5, qkv, shape, at, room);
-        const outputs = (queries: mx.MxArray, s: mx.fast.QuantizedCacheStep) => [
-          queries,
-          ...s.buffers,
-          ...s.values,
-          ...s.keys!,
-        ];
-        const expected = outputs(queries, step);
-        const got = outputs(ours.queries, ours.step);
-        mx.evaluate(...expected, ...got);
-        for (const [i, t] of got.entries()) {
-          expect(t.shape).toEqual(expected[i]!.shape);
-          expect(Buffer.compare(mx.contiguous(t).bytes(), mx.contiguous(expected[i]!).bytes())).toBe(0);
-        }
-        expect(got.at(-1)!.shape).toEqual([1, kvHeads, 7, headDim]);
-      });
-    } finally {
-      mx.useCpuKernels(previous);
-    }
-  });
+  for (const kernels of [false, true])
+    test(`a quantized cache's step ${kernels ? "on" : "off"} our kernels: attentionInput then quantizedCacheWrite, and attention on the whole buffers as on their views`, () => {
+      const { norm, qkv } = weights();
+      const q = { bits: 8, groupSize: 64 };
+      const { kvHeads, headDim } = shape;
+      const previous = mx.useCpuKernels(kernels);
+      try {
+        mx.scope(() => {
+          // Room for 8 positions, 3 held (all in the keys' float tail), 2 new: 5 after the step.
+          const x = mx.random.normal([1, 2, dim]);
+          const values = mx.quantize(mx.random.normal([1, kvHeads, 8, headDim]), q);
+          const keys = mx.quantize(mx.random.normal([1, kvHeads, 64, headDim]), q);
+          const room: mx.fast.QuantizedCacheRows = {
+            values: [values.weight, values.scales, values.biases!],
+            keys: {
+              tail: mx.astype(mx.random.normal([1, kvHeads, 3, headDim]), mx.Dtype.float16),
+              buffers: [keys.weight, mx.zeros([1, kvHeads, 1, headDim]), mx.zeros([1, kvHeads, 1, headDim])],
+              coded: 0,
+            },
+            at: 3,
+            quantization: q,
+          };
+          const at = { ...rotation, offset: 3 };
+          const [queries, newKeys, newValues] = mx.fast.attentionInput(x, norm, 1e-5, qkv, shape, at);
+          const step = mx.fast.quantizedCacheWrite(newValues, room.values, 3, q, { keys: newKeys, ...room.keys });
+          const ours = mx.fast.attentionInputQuantized(x, norm, 1e-5, qkv, shape, at, room);
+          const attention = (k: mx.fast.ChannelKeyParts, v: mx.fast.QuantizedParts, length?: number) =>
+            mx.fast.quantizedScaledDotProductAttention(queries, k, v, 0.125, q, "causal", undefined, length);
+          const expected = [queries, ...step.buffers, step.keys![3], attention(step.keys!, step.values)];
+          const whole = [...room.keys.buffers, ours.tail] as const;
+          const got = [ours.queries, ...ours.buffers, ours.tail, attention(whole, ours.buffers, 5)];
+          mx.evaluate(...expected, ...got);
+          for (const [i, t] of got.entries()) {
+            expect(t.shape).toEqual(expected[i]!.shape);
+            expect(Buffer.compare(mx.contiguous(t).bytes(), mx.contiguous(expected[i]!).bytes())).toBe(0);
+          }
+          expect(ours.tail.shape).toEqual([1, kvHeads, 5, headDim]);
+        });
+      } finally {
+        mx.useCpuKernels(previous);
+      }
+    });
 
   test("no room for the new rows: refused", () => {
     const small = mx.keep(mx.zeros([1, shape.kvHeads, 4, shape.headDim]));

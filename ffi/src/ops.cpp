@@ -325,12 +325,13 @@ int mlxs_quantized_sdpa(mlxs_array** out, const mlxs_array* q, const mlxs_array*
                         const mlxs_array* values, const mlxs_array* value_scales,
                         const mlxs_array* value_biases, float scale, const char* mask_mode,
                         const mlxs_array* mask, const mlxs_array* sinks, const mlxs_array* key_tail,
-                        int group_size, int bits) {
+                        int group_size, int bits, int length) {
   return guard([&] {
     return put(out, kernels::quantized_scaled_dot_product_attention(
                         ref(q), {ref(keys), ref(key_scales), ref(key_biases)},
                         {ref(values), ref(value_scales), ref(value_biases)}, scale,
-                        mask_mode ? mask_mode : "", opt(mask), opt(sinks), opt(key_tail), group_size, bits));
+                        mask_mode ? mask_mode : "", opt(mask), opt(sinks), opt(key_tail), group_size, bits,
+                        length > 0 ? std::optional<int>(length) : std::nullopt));
   });
 }
 

@@ -228,7 +228,9 @@ export type ChannelKeyParts = readonly [packed: MxArray, scales: MxArray, biases
 
 /**
  * scaledDotProductAttention on quantized keys and values (a quantized KV cache), read in place
- * at `bits` per element: our CPU kernel, or MLX's ops where it does not apply.
+ * at `bits` per element: our CPU kernel, or MLX's ops where it does not apply. With `length`, the
+ * parts are a cache's whole buffers, of which the first `length` positions are attended to
+ * (per-channel keys: their first `length` minus the tail's).
  */
 export function quantizedScaledDotProductAttention(
   q: MxArray,
@@ -238,6 +240,7 @@ export function quantizedScaledDotProductAttention(
   quantization: { groupSize: number; bits: number },
   mask?: "causal" | MxArray,
   sinks?: MxArray,
+  length?: number,
 ): MxArray {
   const [mode, maskArray] = maskArgs(mask);
   return wrap(
@@ -257,6 +260,7 @@ export function quantizedScaledDotProductAttention(
       keys[3]?.handle ?? null,
       quantization.groupSize,
       quantization.bits,
+      length ?? 0,
     ),
     "quantized_scaled_dot_product_attention",
   );
@@ -282,21 +286,7 @@ export interface ChannelKeyStep {
 }
 
 // Written by the shim, read at once: a typed array passed for one call is not moved during it.
-// Room for attentionInputQuantized's queries and a step with keys.
-const stepOuts = new BigUint64Array(11);
-
-/** A step's arrays from `stepOuts`, from `first` on: 6 of them, or 10 with keys. */
-function readStep(first: number, withKeys: boolean): QuantizedCacheStep {
-  const out = Array.from(
-    stepOuts.subarray(first, first + (withKeys ? 10 : 6)),
-    (handle) => new MxArray(Number(handle)),
-  );
-  return {
-    buffers: [out[0]!, out[1]!, out[2]!],
-    values: [out[3]!, out[4]!, out[5]!],
-    keys: withKeys ? [out[6]!, out[7]!, out[8]!, out[9]!] : undefined,
-  };
-}
+const stepOuts = new BigUint64Array(10);
 
 /**
  * A quantized KV cache's step: values [B, kvHeads, L, D] quantized as `quantize` does (bit for
@@ -333,7 +323,12 @@ export function quantizedCacheWrite(
     ),
     "quantized_cache_write",
   );
-  return readStep(0, keys !== undefined);
+  const out = Array.from(stepOuts.subarray(0, keys ? 10 : 6), (handle) => new MxArray(Number(handle)));
+  return {
+    buffers: [out[0]!, out[1]!, out[2]!],
+    values: [out[3]!, out[4]!, out[5]!],
+    keys: keys && [out[6]!, out[7]!, out[8]!, out[9]!],
+  };
 }
 
 /**
@@ -349,15 +344,22 @@ export interface QuantizedCacheRows {
   owned?: boolean;
 }
 
+/** A quantized cache's step as attentionInputQuantized writes it. */
+export interface QuantizedCacheWritten {
+  queries: MxArray;
+  /** The values' buffers, written (in place where the cache owns them). */
+  buffers: QuantizedParts;
+  /** The keys' float tail, grown by the new keys. */
+  tail: MxArray;
+}
+
 /**
  * attentionInput, then quantizedCacheWrite of its keys and values into a quantized cache (keys
- * per channel): one op on our CPU kernels, exactly the two ops' result, where a quantized cache's
- * decode step is otherwise a node more a layer; the two ops elsewhere.
+ * per channel), as one op on our CPU kernels (exactly the two ops' buffers and tail) where a
+ * quantized cache's decode step is otherwise a node more a layer; the two ops elsewhere. No views
+ * of the buffers: attention reads them whole (quantizedScaledDotProductAttention's `length`).
  */
-export function attentionInputQuantized(...args: [...InputParams, cache: QuantizedCacheRows]): {
-  queries: MxArray;
-  step: QuantizedCacheStep;
-} {
+export function attentionInputQuantized(...args: [...InputParams, cache: QuantizedCacheRows]): QuantizedCacheWritten {
   const cache = args[6];
   const { values, keys } = cache;
   check(
@@ -379,5 +381,6 @@ export function attentionInputQuantized(...args: [...InputParams, cache: Quantiz
     ),
     "attention_input",
   );
-  return { queries: new MxArray(Number(stepOuts[0])), step: readStep(1, true) };
+  const [queries, codes, scales, biases, tail] = Array.from(stepOuts.subarray(0, 5), (h) => new MxArray(Number(h)));
+  return { queries: queries!, buffers: [codes!, scales!, biases!], tail: tail! };
 }

@@ -68,16 +68,10 @@ export interface AttentionCache {
   /** Takes the buffers an op wrote `length` new positions into (see roomFor) as held. */
   wrote?(keys: MxArray, values: MxArray, length: number): void;
   /**
-   * Takes the step an op wrote into a quantized cache's room (see roomFor) as held, and attends
-   * `queries` [B, heads, L, D] to everything held, as `attention` does.
+   * Takes the buffers and tail an op wrote a step into (a quantized cache's room, see roomFor) as
+   * held, and attends its queries [B, heads, L, D] to everything held, as `attention` does.
    */
-  attendWritten?(
-    queries: MxArray,
-    step: mx.fast.QuantizedCacheStep,
-    scale: number,
-    mask: Mask,
-    sinks?: MxArray,
-  ): MxArray;
+  attendWritten?(written: mx.fast.QuantizedCacheWritten, scale: number, mask: Mask, sinks?: MxArray): MxArray;
 }
 
 /** The new keys' (and values') shape [batch, heads, length, dim], and the activations' dtype. */
@@ -279,15 +273,14 @@ export class KVCache implements AttentionCache {
     this.offset += length;
   }
 
-  attendWritten(
-    queries: MxArray,
-    step: mx.fast.QuantizedCacheStep,
-    scale: number,
-    mask: Mask,
-    sinks?: MxArray,
-  ): MxArray {
-    const [keys, values] = this.took(step, queries.shape[2]!);
-    return quantizedAttention(queries, keys, values, scale, mask, this.quantization!, sinks);
+  attendWritten(written: mx.fast.QuantizedCacheWritten, scale: number, mask: Mask, sinks?: MxArray): MxArray {
+    const { queries, buffers, tail } = written;
+    this.values = buffers.map((buffer, i) => this.replace(this.values![i]!, buffer));
+    this.keys![3] = this.replace(this.keys![3]!, tail);
+    this.ownsBuffers = true;
+    this.offset += queries.shape[2]!;
+    // The whole buffers, read up to the positions held: no views of them a layer.
+    return quantizedAttention(queries, this.keys!, this.values, scale, mask, this.quantization!, sinks, this.offset);
   }
 
   /**

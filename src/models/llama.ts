@@ -105,8 +105,8 @@ export function attention(
     if (!room)
       return cache.attention(...mx.fast.attentionInput(x, weight, eps, qkv, shape, rotation), scale, mask, sinks);
     if ("quantization" in room) {
-      const { queries, step } = mx.fast.attentionInputQuantized(x, weight, eps, qkv, shape, rotation, room);
-      return cache.attendWritten!(queries, step, scale, mask, sinks);
+      const written = mx.fast.attentionInputQuantized(x, weight, eps, qkv, shape, rotation, room);
+      return cache.attendWritten!(written, scale, mask, sinks);
     }
     const [queries, keys, values, validKeys, validValues] = mx.fast.attentionInput(
       x,

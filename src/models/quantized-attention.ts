@@ -8,7 +8,8 @@ import type { KvQuantization, Mask, Stored } from "./cache";
 /**
  * softmax(q kᵀ · scale + mask) v for queries [B, heads, L, D] and quantized keys/values [B, kvHeads, T, ·]
  * (keys per row, or per channel: four parts, see channel-keys.ts); with `sinks` [heads], each
- * head's sink logit joins its softmax as a column without a value.
+ * head's sink logit joins its softmax as a column without a value. With `length`, the parts are
+ * a cache's whole buffers holding T = `length` positions.
  */
 export function quantizedAttention(
   queries: MxArray,
@@ -18,10 +19,11 @@ export function quantizedAttention(
   mask: Mask,
   q: KvQuantization,
   sinks?: MxArray,
+  length?: number,
 ): MxArray {
   const parts = (t: Stored) => [t[0]!, t[1]!, t[2]!] as const;
   const keyParts = keys.length === 4 ? ([...parts(keys), keys[3]!] as const) : parts(keys);
-  return mx.fast.quantizedScaledDotProductAttention(queries, keyParts, parts(values), scale, q, mask, sinks);
+  return mx.fast.quantizedScaledDotProductAttention(queries, keyParts, parts(values), scale, q, mask, sinks, length);
 }
 
 /**

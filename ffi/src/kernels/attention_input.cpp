@@ -9,7 +9,8 @@
 // a buffer, as MLX's slice_update is. Given a quantized cache's (keys per channel), it writes the
 // step quantized_cache_write would (the values quantized into their buffers, the keys joining
 // the float tail) in the same task: a quantized cache's decode step is then two nodes a layer
-// (this and the block's second half), as a float cache's is.
+// (this and the block's second half), as a float cache's is. Its outputs are the buffers and the
+// tail only: attention reads the buffers whole, with the length held (no views to build).
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -113,17 +114,18 @@ struct InputSpec {
   mx::Dtype normed, projected;
   int at;  // the cache's column the new rows go to; -1: no cache (keys and values are outputs)
   bool owned;  // CacheRows::owned
-  // A quantized cache (QuantizedCacheRows): its group and bits, and the keys' coded positions.
+  // A quantized cache (QuantizedCacheRows), its group and bits.
   bool quantized = false;
-  int cache_group = 0, cache_bits = 0, coded = 0;
+  int cache_group = 0, cache_bits = 0;
 };
 
 // inputs: x, the norm's weight, the product's weight, scales, biases, then the rotation's
 // offsets and frequencies where the spec has them, then the cache's keys and values where it
-// has a column (a quantized cache's float tail of keys). outputs: queries, keys, values; or with
-// a cache, queries, the keys and values buffers (allocated, holding the cache's positions) and
-// their valid parts (views of them); or with a quantized cache, queries and then
-// quantized_cache_write's outputs with keys (see take_write_outputs).
+// has a column (a quantized cache's: the values' codes, scales and biases, the keys' float tail).
+// outputs: queries, keys, values; or with a cache, queries, the keys and values buffers
+// (allocated, holding the cache's positions) and their valid parts (views of them); or with a
+// quantized cache, queries, the values' three buffers (as the float cache's) and the keys' tail
+// grown by the new keys.
 void run(const std::vector<mx::array>& in, std::vector<mx::array>& out, const InputSpec& spec) {
   const mx::array& x = in[0];
   const int B = x.shape(0), L = x.shape(1), N = in[2].shape(0);
@@ -152,15 +154,15 @@ void run(const std::vector<mx::array>& in, std::vector<mx::array>& out, const In
   if (spec.quantized) {
     quantize_rows_into(values, spec.projected, strides, {B, Hkv, L, D}, &out[1], spec.at, spec.cache_group,
                        spec.cache_bits);
-    append_rows_into(in.back(), rotated.data<char>(), spec.projected, rotated_strides, {B, Hkv, L, D}, out[10]);
+    append_rows_into(in.back(), rotated.data<char>(), spec.projected, rotated_strides, {B, Hkv, L, D}, out[4]);
     return;
   }
   write_rows(rotated.data<char>(), spec.projected, rotated_strides, {B, Hkv, L, D}, out[1], spec.at);
   write_rows(values, spec.projected, strides, {B, Hkv, L, D}, out[2], spec.at);
 }
 
-// A quantized cache's inputs, last: the values' codes, scales and biases, the keys' likewise, the keys' tail.
-constexpr size_t kQuantizedCacheInputs = 7;
+// A quantized cache's inputs, last: the values' codes, scales and biases, the keys' tail.
+constexpr size_t kQuantizedCacheInputs = 4;
 
 class AttentionInput : public mx::Primitive {
  public:
@@ -176,14 +178,12 @@ class AttentionInput : public mx::Primitive {
     // MLX's slice_update does. Otherwise the task copies them first.
     const size_t cache = inputs.size() - (spec_.quantized ? kQuantizedCacheInputs : 2);
     BufferCopies copies;
-    if (spec_.quantized) {
-      copies = take_write_outputs(&inputs[cache], &inputs[cache + 3], outputs, 1, stream(), spec_.owned);
-    } else {
-      for (int i = 1; i <= 2; ++i) {
-        adopt_or_copy(inputs[cache + i - 1], outputs, i, stream(), copies, spec_.owned);
-        set_prefix_view(outputs[i], outputs[2 + i]);
-      }
+    const int buffers = spec_.quantized ? 3 : 2;
+    for (int i = 1; i <= buffers; ++i) {
+      adopt_or_copy(inputs[cache + i - 1], outputs, i, stream(), copies, spec_.owned);
+      if (!spec_.quantized) set_prefix_view(outputs[i], outputs[2 + i]);
     }
+    if (spec_.quantized) outputs[4].set_data(mx::allocator::malloc(outputs[4].nbytes()));  // the grown tail
     outputs[0].set_data(mx::allocator::malloc(outputs[0].nbytes()));
     std::vector<mx::array> rows;
     for (size_t i = 0; i < cache; ++i) rows.push_back(row_contiguous(inputs[i], stream()));
@@ -210,7 +210,7 @@ class AttentionInput : public mx::Primitive {
            r.traditional == s.traditional && r.base == s.base && r.scale == s.scale && r.offset == s.offset &&
            r.offset_array == s.offset_array && r.freqs == s.freqs && spec_.at == o.at && spec_.owned == o.owned &&
            spec_.quantized == o.quantized && spec_.cache_group == o.cache_group &&
-           spec_.cache_bits == o.cache_bits && spec_.coded == o.coded;
+           spec_.cache_bits == o.cache_bits;
   }
 
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
@@ -220,13 +220,9 @@ class AttentionInput : public mx::Primitive {
     if (spec_.at < 0) return {queries, {B, Hkv, L, D}, {B, Hkv, L, D}};
     if (spec_.quantized) {
       const size_t cache = inputs.size() - kQuantizedCacheInputs;
-      const ChannelKeyLayout keys{spec_.projected, inputs.back(),
-                                  {inputs[cache + 3], inputs[cache + 4], inputs[cache + 5]}, spec_.coded};
-      std::vector<mx::Shape> shapes = {queries};
-      std::vector<mx::Dtype> types;
-      quantized_write_outputs({B, Hkv, L, D}, {inputs[cache], inputs[cache + 1], inputs[cache + 2]}, spec_.at, &keys,
-                              spec_.cache_group, shapes, types);
-      return shapes;
+      const mx::array& tail = inputs.back();
+      return {queries, inputs[cache].shape(), inputs[cache + 1].shape(), inputs[cache + 2].shape(),
+              {B, Hkv, tail.shape(2) + L, D}};
     }
     const mx::Shape& buffer = inputs.back().shape();
     return {queries, buffer, buffer, {B, Hkv, spec_.at + L, D}, {B, Hkv, spec_.at + L, D}};
@@ -351,27 +347,24 @@ std::vector<mx::array> attention_input(const mx::array& x, const mx::array& norm
     // The two ops: the keys and values, then the cache's write (which checks the cache).
     const std::vector<mx::array> qkv_rows =
         c ? std::vector{c->queries, c->keys, c->values} : attention_input(x, norm_weight, eps, qkv, heads, rotation);
-    std::vector<mx::array> out =
+    const std::vector<mx::array> step =
         quantized_cache_write(qkv_rows[2], cache.values, cache.at,
                               ChannelKeyStep{qkv_rows[1], keys.tail, keys.buffers, keys.coded}, cache.group,
                               cache.bits, cache.owned);
-    out.insert(out.begin(), qkv_rows[0]);
-    return out;
+    return {qkv_rows[0], step[0], step[1], step[2], step[9]};  // the queries, the values' buffers, the tail
   }
   InputSpec spec = spec_of(eps, qkv, heads, rotation, *told, cache.at, cache.owned);
   spec.quantized = true;
   spec.cache_group = cache.group;
   spec.cache_bits = cache.bits;
-  spec.coded = keys.coded;
   std::vector<mx::array> inputs = inputs_of(x, norm_weight, qkv, rotation);
   const auto& [codes, scales, biases] = cache.values;
-  const auto& [key_codes, key_scales, key_biases] = keys.buffers;
-  inputs.insert(inputs.end(), {codes, scales, biases, key_codes, key_scales, key_biases, keys.tail});
-  std::vector<mx::Shape> shapes = {told->queries};
-  std::vector<mx::Dtype> types = {told->projected};
-  quantized_write_outputs(told->values, cache.values, cache.at, &keys, cache.group, shapes, types);
-  return mx::array::make_arrays(std::move(shapes), std::move(types), std::make_shared<AttentionInput>(stream, spec),
-                                std::move(inputs));
+  inputs.insert(inputs.end(), {codes, scales, biases, keys.tail});
+  mx::Shape tail = told->values;
+  tail[2] += keys.tail.shape(2);
+  return mx::array::make_arrays({told->queries, codes.shape(), scales.shape(), biases.shape(), tail},
+                                {told->projected, codes.dtype(), scales.dtype(), biases.dtype(), keys.tail.dtype()},
+                                std::make_shared<AttentionInput>(stream, spec), std::move(inputs));
 }
 
 }  // namespace kernels

@@ -79,6 +79,8 @@ struct QuantizedAttentionSpec {
   float scale;
   bool causal, has_mask, has_sinks, channel_keys;
   int group, bits;
+  // The positions held, where the buffers hold more (a cache's whole buffers); 0: all the values'.
+  int kv_len = 0;
 
   bool operator==(const QuantizedAttentionSpec&) const = default;
 };

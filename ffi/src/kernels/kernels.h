@@ -118,12 +118,15 @@ using QuantizedKV = std::tuple<mx::array, mx::array, mx::array>;
 
 // Attention on quantized keys and values (mask and sinks as scaled_dot_product_attention takes
 // them), on our kernel where it applies, else composed of MLX's ops (quantized matmuls). With
-// `key_tail`, keys are quantized per channel (mlxs_quantized_sdpa in mlx_shim.h says how).
+// `key_tail`, keys are quantized per channel (mlxs_quantized_sdpa in mlx_shim.h says how). With
+// `length`, the keys' and values' buffers may hold more positions than the `length` attended to
+// (a cache's whole buffers, read in place: no views of them in the graph).
 mx::array quantized_scaled_dot_product_attention(const mx::array& q, const QuantizedKV& keys,
                                                  const QuantizedKV& values, float scale, const std::string& mask_mode,
                                                  const std::optional<mx::array>& mask,
                                                  const std::optional<mx::array>& sinks,
-                                                 const std::optional<mx::array>& key_tail, int group, int bits);
+                                                 const std::optional<mx::array>& key_tail, int group, int bits,
+                                                 std::optional<int> length = std::nullopt);
 
 // A decode step's keys per channel for quantized_cache_write: the new keys [B, Hkv, L, D], the
 // float tail [B, Hkv, n, D] they join, and the keys' codes, scales and biases buffers, whose
@@ -159,17 +162,6 @@ struct ChannelKeyLayout {
 // not fit together (no room, a tail of other rows).
 bool quantized_write_covers(const mx::Shape& values, mx::Dtype type, const QuantizedKV& buffers, int at,
                             const ChannelKeyLayout* keys, int group, int bits);
-
-// quantized_cache_write's outputs' shapes and types, appended to `shapes` and `types`.
-void quantized_write_outputs(const mx::Shape& values, const QuantizedKV& buffers, int at, const ChannelKeyLayout* keys,
-                             int group, std::vector<mx::Shape>& shapes, std::vector<mx::Dtype>& types);
-
-// For a primitive's eval_cpu that writes such a step, its outputs from `first` on laid out as
-// quantized_cache_write's: the value buffers (value_buffers[0..2]) adopted or copied as
-// adopt_or_copy does, with their views; with key_buffers[0..2], the coded groups' views and the
-// grown tail allocated. Call it before taking any other reference to the value buffers.
-BufferCopies take_write_outputs(const mx::array* value_buffers, const mx::array* key_buffers,
-                                std::vector<mx::array>& outputs, int first, mx::Stream stream, bool owned);
 
 // mx::fast::rms_norm as one primitive (MLX's CPU backend evaluates it as a chain of ops).
 mx::array rms_norm(const mx::array& x, const std::optional<mx::array>& weight, float eps);
@@ -260,9 +252,10 @@ struct QuantizedCacheRows {
   bool owned = false;
 };
 
-// {queries, then quantized_cache_write's outputs with keys} of attention_input's keys and values
-// written into a quantized cache: one primitive on our kernels (the two ops' result exactly, in
-// one task), the two ops otherwise. keys.type is not read: the keys are the product's.
+// attention_input's keys and values written into a quantized cache as quantized_cache_write
+// writes them: {queries, the values' codes, scales and biases buffers written, the keys' tail
+// grown by the new keys}. One primitive on our kernels (the two ops' result exactly, in one
+// task), the two ops otherwise. keys.type is not read: the keys are the product's.
 std::vector<mx::array> attention_input(const mx::array& x, const mx::array& norm_weight, float eps,
                                        const QuantizedLinear& qkv, const AttentionHeads& heads,
                                        const Rotation& rotation, const QuantizedCacheRows& cache);

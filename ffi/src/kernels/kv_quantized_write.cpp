@@ -106,12 +106,19 @@ class QuantizedCacheWrite : public mx::Primitive {
   QuantizedCacheWrite(mx::Stream stream, WriteSpec spec) : mx::Primitive(stream), spec_(spec) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    BufferCopies copies =
-        take_write_outputs(&inputs[1], spec_.keys ? &inputs[6] : nullptr, outputs, 0, stream(), spec_.owned);
+    // The value buffers become the outputs where nothing else holds them (checked before anything
+    // here takes a reference): written in place, as MLX's slice_update is. Otherwise copied first.
+    BufferCopies copies;
+    for (int i = 0; i < 3; ++i) {
+      adopt_or_copy(inputs[1 + i], outputs, i, stream(), copies, spec_.owned);
+      set_prefix_view(outputs[i], outputs[3 + i]);
+    }
     std::vector<mx::array> rows = {row_contiguous(inputs[0], stream())};
     if (spec_.keys) {
       rows.push_back(row_contiguous(inputs[4], stream()));
       rows.push_back(row_contiguous(inputs[5], stream()));
+      for (int i = 0; i < 3; ++i) set_prefix_view(inputs[6 + i], outputs[6 + i]);
+      outputs[9].set_data(mx::allocator::malloc(outputs[9].nbytes()));
     }
     auto& encoder = mx::cpu::get_command_encoder(stream());
     for (const auto& in : rows) encoder.set_input_array(in);
@@ -218,44 +225,6 @@ bool quantized_write_covers(const mx::Shape& values, mx::Dtype type, const Quant
   return value_layout && key_layout;
 }
 
-void quantized_write_outputs(const mx::Shape& values, const QuantizedKV& buffers, int at, const ChannelKeyLayout* keys,
-                             int group, std::vector<mx::Shape>& shapes, std::vector<mx::Dtype>& types) {
-  const int B = values[0], H = values[1], L = values[2], D = values[3];
-  const auto& [codes, scales, biases] = buffers;
-  for (const mx::array* part : {&codes, &scales, &biases}) {
-    shapes.push_back(part->shape());
-    types.push_back(part->dtype());
-  }
-  for (const mx::array* part : {&codes, &scales, &biases}) {
-    shapes.push_back({B, H, at + L, part->shape(3)});
-    types.push_back(part->dtype());
-  }
-  if (!keys) return;
-  const auto& [key_codes, key_scales, key_biases] = keys->buffers;
-  shapes.push_back({B, H, keys->coded, key_codes.shape(3)});
-  shapes.push_back({B, H, keys->coded / group, key_scales.shape(3)});
-  shapes.push_back({B, H, keys->coded / group, key_biases.shape(3)});
-  types.insert(types.end(), {key_codes.dtype(), key_scales.dtype(), key_biases.dtype()});
-  shapes.push_back({B, H, keys->tail.shape(2) + L, D});
-  types.push_back(keys->tail.dtype());
-}
-
-BufferCopies take_write_outputs(const mx::array* value_buffers, const mx::array* key_buffers,
-                                std::vector<mx::array>& outputs, int first, mx::Stream stream, bool owned) {
-  // The value buffers become the outputs where nothing else holds them (checked before anything
-  // here takes a reference): written in place, as MLX's slice_update is. Otherwise copied first.
-  BufferCopies copies;
-  for (int i = 0; i < 3; ++i) {
-    adopt_or_copy(value_buffers[i], outputs, first + i, stream, copies, owned);
-    set_prefix_view(outputs[first + i], outputs[first + 3 + i]);
-  }
-  if (!key_buffers) return copies;
-  for (int i = 0; i < 3; ++i) set_prefix_view(key_buffers[i], outputs[first + 6 + i]);
-  mx::array& tail = outputs[first + 9];
-  tail.set_data(mx::allocator::malloc(tail.nbytes()));
-  return copies;
-}
-
 std::vector<mx::array> quantized_cache_write(const mx::array& values, const QuantizedKV& buffers, int at,
                                              const std::optional<ChannelKeyStep>& keys, int group, int bits,
                                              bool owned) {
@@ -269,14 +238,30 @@ std::vector<mx::array> quantized_cache_write(const mx::array& values, const Quan
       quantized_write_covers(values.shape(), values.dtype(), buffers, at, key_layout ? &*key_layout : nullptr, group,
                              bits);
   if (!enabled_on(stream) || !covered) return composed(values, buffers, at, keys, group, bits);
+  const int B = values.shape(0), H = values.shape(1), L = values.shape(2), D = values.shape(3);
   // inputs: values, the values' buffers; with keys, keys, the tail and the keys' buffers.
+  // outputs: the values' buffers, their first at + L columns (views); with keys, the coded
+  // groups (views of the keys' buffers) and the tail grown by the new keys.
   std::vector<mx::array> inputs = {values, codes, scales, biases};
-  if (keys)
+  std::vector<mx::Shape> shapes = {codes.shape(), scales.shape(), biases.shape()};
+  std::vector<mx::Dtype> types = {codes.dtype(), scales.dtype(), biases.dtype()};
+  for (int i = 0; i < 3; ++i) {
+    mx::Shape valid = shapes[i];
+    valid[2] = at + L;
+    shapes.push_back(valid);
+    types.push_back(types[i]);
+  }
+  if (keys) {
     inputs.insert(inputs.end(), {keys->keys, keys->tail, std::get<0>(keys->buffers), std::get<1>(keys->buffers),
                                  std::get<2>(keys->buffers)});
-  std::vector<mx::Shape> shapes;
-  std::vector<mx::Dtype> types;
-  quantized_write_outputs(values.shape(), buffers, at, key_layout ? &*key_layout : nullptr, group, shapes, types);
+    for (int i = 0; i < 3; ++i) {
+      const mx::array& part = inputs[6 + i];
+      shapes.push_back({B, H, i == 0 ? keys->coded : keys->coded / group, part.shape(3)});
+      types.push_back(part.dtype());
+    }
+    shapes.push_back({B, H, keys->tail.shape(2) + L, D});
+    types.push_back(keys->tail.dtype());
+  }
   const WriteSpec spec{at, group, bits, keys.has_value(), keys ? keys->coded : 0, owned};
   return mx::array::make_arrays(std::move(shapes), std::move(types),
                                 std::make_shared<QuantizedCacheWrite>(stream, spec), std::move(inputs));

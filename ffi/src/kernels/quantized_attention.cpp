@@ -111,38 +111,48 @@ class QuantizedAttention : public mx::UnaryPrimitive {
   QuantizedAttentionSpec spec_;
 };
 
+// Whether `part` [B, Hkv, ·, ·] holds `positions` on axis 2: exactly, or (a cache's whole
+// buffer) at least.
+bool holds(const mx::array& part, int B, int Hkv, int positions, bool exact) {
+  return part.shape(0) == B && part.shape(1) == Hkv && (exact ? part.shape(2) == positions : part.shape(2) >= positions);
+}
+
 // One side (keys or values) [B, Hkv, T, ·] as the kernel reads it; returns its row width.
-bool quantized_side(const QuantizedKV& side, int B, int Hkv, int T, int group, int bits, int& width) {
+bool quantized_side(const QuantizedKV& side, int B, int Hkv, int T, bool exact, int group, int bits, int& width) {
   const auto& [packed, scales, biases] = side;
-  if (packed.dtype() != mx::uint32 || packed.ndim() != 4 || scales.ndim() != 4 || !float_type(scales.dtype())) {
+  if (packed.dtype() != mx::uint32 || packed.ndim() != 4 || scales.ndim() != 4 || biases.ndim() != 4 ||
+      !float_type(scales.dtype())) {
     return false;
   }
   width = packed.shape(3) * 32 / bits;
-  const mx::Shape rows = {B, Hkv, T};
   for (const mx::array* part : {&packed, &scales, &biases}) {
-    if (mx::Shape(part->shape().begin(), part->shape().begin() + 3) != rows) return false;
+    if (!holds(*part, B, Hkv, T, exact)) return false;
   }
-  return biases.dtype() == scales.dtype() && biases.shape() == scales.shape() && width % group == 0 &&
+  return biases.dtype() == scales.dtype() && biases.shape(3) == scales.shape(3) && width % group == 0 &&
          scales.shape(3) == width / group && width / group <= 64;
 }
 
 // Keys quantized per channel [B, Hkv, ·]: codes of T - tail positions (whole groups), scales and biases per group
 // and channel, the float tail; all of width `dim`.
-bool channel_keys_supported(const QuantizedKV& keys, const mx::array& tail, int B, int Hkv, int T, int dim, int group,
-                            int bits) {
+bool channel_keys_supported(const QuantizedKV& keys, const mx::array& tail, int B, int Hkv, int T, bool exact, int dim,
+                            int group, int bits) {
   const auto& [packed, scales, biases] = keys;
   const int coded = T - (tail.ndim() == 4 ? tail.shape(2) : 0);
-  if (packed.dtype() != mx::uint32 || packed.ndim() != 4 || scales.ndim() != 4 || tail.ndim() != 4) return false;
+  if (packed.dtype() != mx::uint32 || packed.ndim() != 4 || scales.ndim() != 4 || biases.ndim() != 4 ||
+      tail.ndim() != 4) {
+    return false;
+  }
   if (!float_type(scales.dtype()) || biases.dtype() != scales.dtype() || !float_type(tail.dtype())) return false;
-  if (coded % group != 0 || dim % 32 != 0 || packed.shape(3) * 32 / bits != dim) return false;
-  return packed.shape() == mx::Shape{B, Hkv, coded, packed.shape(3)} &&
-         scales.shape() == mx::Shape{B, Hkv, coded / group, dim} && biases.shape() == scales.shape() &&
+  if (coded < 0 || coded % group != 0 || dim % 32 != 0 || packed.shape(3) * 32 / bits != dim) return false;
+  return holds(packed, B, Hkv, coded, exact) && holds(scales, B, Hkv, coded / group, exact) &&
+         scales.shape(3) == dim && biases.shape() == scales.shape() &&
          tail.shape() == mx::Shape{B, Hkv, T - coded, dim} && (coded == 0 || packed.strides()[3] == 1);
 }
 
+// With `length`, the positions attended to, the buffers holding at least them; else all the values'.
 bool supported(const mx::array& q, const QuantizedKV& keys, const QuantizedKV& values, const std::string& mask_mode,
                const std::optional<mx::array>& mask, const std::optional<mx::array>& sinks,
-               const std::optional<mx::array>& key_tail, int group, int bits) {
+               const std::optional<mx::array>& key_tail, int group, int bits, std::optional<int> length) {
   if ((bits != 4 && bits != 8) || (group != 32 && group != 64 && group != 128)) return false;
   if (q.ndim() != 4 || !float_type(q.dtype()) || q.size() == 0) return false;
   if (mask_mode != "" && mask_mode != "causal" && mask_mode != "array") return false;
@@ -151,11 +161,13 @@ bool supported(const mx::array& q, const QuantizedKV& keys, const QuantizedKV& v
   }
   const auto& packed = std::get<0>(values);
   if (packed.ndim() != 4) return false;
-  const int B = q.shape(0), Hq = q.shape(1), Lq = q.shape(2), Hkv = packed.shape(1), T = packed.shape(2);
+  const int B = q.shape(0), Hq = q.shape(1), Lq = q.shape(2), Hkv = packed.shape(1), T = length.value_or(packed.shape(2));
+  const bool exact = !length;
   int key_width = q.shape(3), value_width = 0;
-  if (Hkv <= 0 || Hq % Hkv != 0 || T <= 0 || !quantized_side(values, B, Hkv, T, group, bits, value_width)) return false;
-  if (key_tail ? !channel_keys_supported(keys, *key_tail, B, Hkv, T, key_width, group, bits)
-               : !quantized_side(keys, B, Hkv, T, group, bits, key_width)) {
+  if (Hkv <= 0 || Hq % Hkv != 0 || T <= 0 || !quantized_side(values, B, Hkv, T, exact, group, bits, value_width))
+    return false;
+  if (key_tail ? !channel_keys_supported(keys, *key_tail, B, Hkv, T, exact, key_width, group, bits)
+               : !quantized_side(keys, B, Hkv, T, exact, group, bits, key_width)) {
     return false;
   }
   if (std::get<1>(keys).dtype() != std::get<1>(values).dtype()) return false;
@@ -234,7 +246,8 @@ void quantized_attention_into(const std::vector<mx::array>& inputs, mx::array& o
   p.q_len = q.shape(2);
   p.dim = q.shape(3);
   p.kv_heads = inputs[4].shape(1);
-  p.kv_len = inputs[4].shape(2);  // the values': per-channel keys code only whole groups
+  // The values' (or the spec's, from a cache's whole buffers): per-channel keys code only whole groups.
+  p.kv_len = spec.kv_len > 0 ? spec.kv_len : inputs[4].shape(2);
   p.value_dim = inputs[4].shape(3) * 32 / spec.bits;
   p.bits = spec.bits;
   p.group = spec.group;
@@ -276,9 +289,25 @@ mx::array quantized_scaled_dot_product_attention(const mx::array& q, const Quant
                                                  const QuantizedKV& values, float scale, const std::string& mask_mode,
                                                  const std::optional<mx::array>& mask,
                                                  const std::optional<mx::array>& sinks,
-                                                 const std::optional<mx::array>& key_tail, int group, int bits) {
+                                                 const std::optional<mx::array>& key_tail, int group, int bits,
+                                                 std::optional<int> length) {
   mx::Stream stream = mx::default_stream(mx::default_device());
-  if (!enabled_on(stream) || !supported(q, keys, values, mask_mode, mask, sinks, key_tail, group, bits)) {
+  const bool ours = enabled_on(stream) && supported(q, keys, values, mask_mode, mask, sinks, key_tail, group, bits, length);
+  if (length && !ours) {
+    // MLX's ops (or a layout of ours that wants exact shapes) on the positions held: the buffers' first ones.
+    const int coded = *length - (key_tail ? key_tail->shape(2) : 0);
+    const auto first = [](const QuantizedKV& side, int rows, int groups) {
+      const auto& [packed, scales, biases] = side;
+      const auto part = [](const mx::array& a, int n) {
+        return mx::slice(a, {0, 0, 0, 0}, {a.shape(0), a.shape(1), n, a.shape(3)});
+      };
+      return QuantizedKV{part(packed, rows), part(scales, groups), part(biases, groups)};
+    };
+    const QuantizedKV held_keys = key_tail ? first(keys, coded, coded / group) : first(keys, *length, *length);
+    return quantized_scaled_dot_product_attention(q, held_keys, first(values, *length, *length), scale, mask_mode,
+                                                  mask, sinks, key_tail, group, bits);
+  }
+  if (!ours) {
     if (!key_tail) return composed(q, keys, values, scale, mask_mode, mask, sinks, group, bits);
     // Elsewhere (a GPU, MLX_KERNELS=mlx) per-channel keys are decoded, and attention is MLX's on floats.
     const auto& [packed, scales, biases] = values;
@@ -286,7 +315,7 @@ mx::array quantized_scaled_dot_product_attention(const mx::array& q, const Quant
     const mx::array v = mx::dequantize(packed, scales, biases, group, bits, "affine", std::nullopt, q.dtype());
     return scaled_dot_product_attention(q, k, v, scale, mask_mode, mask, sinks);
   }
-  const int B = q.shape(0), Hq = q.shape(1), Lq = q.shape(2), Lk = std::get<0>(values).shape(2);
+  const int B = q.shape(0), Hq = q.shape(1), Lq = q.shape(2), Lk = length.value_or(std::get<0>(values).shape(2));
   const int value_width = std::get<0>(values).shape(3) * 32 / bits;
   std::vector<mx::array> inputs = {mx::astype(q, mx::float32),
                                    std::get<0>(keys),
@@ -304,7 +333,7 @@ mx::array quantized_scaled_dot_product_attention(const mx::array& q, const Quant
   mx::array out({B, Hq, Lq, value_width}, mx::float32,
                 std::make_shared<QuantizedAttention>(
                     stream, QuantizedAttentionSpec{scale, mask_mode == "causal", mask.has_value(), sinks.has_value(),
-                                                   key_tail.has_value(), group, bits}),
+                                                   key_tail.has_value(), group, bits, length.value_or(0)}),
                 std::move(inputs));
   return q.dtype() == mx::float32 ? out : mx::astype(out, q.dtype());
 }

@@ -94,7 +94,7 @@ export const symbols = {
   mlxs_layer_norm: { args: [p, p, p, p, f32], returns: i32 },
   mlxs_rope: { args: [p, p, i32, i32, f32, f32, i32, p, p], returns: i32 },
   mlxs_sdpa: { args: [p, p, p, p, f32, cstring, p, p], returns: i32 },
-  mlxs_quantized_sdpa: { args: [p, p, p, p, p, p, p, p, f32, cstring, p, p, p, i32, i32], returns: i32 },
+  mlxs_quantized_sdpa: { args: [p, p, p, p, p, p, p, p, f32, cstring, p, p, p, i32, i32, i32], returns: i32 },
   mlxs_quantized_cache_write: { args: [p, p, p, p, p, i32, p, p, p, p, p, i32, i32, i32, i32], returns: i32 },
   mlxs_silu_mul: { args: [p, p, p], returns: i32 },
   mlxs_greedy_tokens: { args: [p, p], returns: i32 },
