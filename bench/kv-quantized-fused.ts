@@ -1,6 +1,7 @@
 // A quantized KV cache's decode step with its write inside the fused attention input (one node a
-// layer fewer: KVCache.roomFor's quantized room, mx.fast.attentionInputQuantized) against the
-// same step with the cache's own write node (mx.fast.quantizedCacheWrite), in one process on the
+// layer fewer: KVCache.roomFor's quantized room, mx.fast.attentionInputQuantized; attention then
+// reads the whole buffers, no views) against the same step with the cache's own write node
+// (mx.fast.quantizedCacheWrite, and attention on its views), in one process on the
 // default model: the two alternate every round over the same positions, so the host's drift
 // falls on both alike. The token loop is pipelined as the engine's (step n + 1 queued before step
 // n is read). Medians of wall and CPU ms (all threads) per step.
