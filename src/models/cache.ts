@@ -238,11 +238,16 @@ export class KVCache implements AttentionCache {
 
   /** Takes a step written into quantizedRoom's buffers as held; returns the parts attention reads. */
   private took(step: mx.fast.QuantizedCacheStep, length: number): [Stored, Stored] {
-    this.values = step.buffers.map((buffer, i) => this.replace(this.values![i]!, buffer));
-    this.keys![3] = this.replace(this.keys![3]!, step.keys![3]);
+    this.holdStep(step.buffers, step.keys![3], length);
+    return [[...step.keys!], [...step.values]];
+  }
+
+  /** The values' buffers and the keys' tail a step of `length` positions wrote, held from now. */
+  private holdStep(buffers: mx.fast.QuantizedParts, tail: MxArray, length: number): void {
+    this.values = buffers.map((buffer, i) => this.replace(this.values![i]!, buffer));
+    this.keys![3] = this.replace(this.keys![3]!, tail);
     this.ownsBuffers = true;
     this.offset += length;
-    return [[...step.keys!], [...step.values]];
   }
 
   /**
@@ -275,12 +280,9 @@ export class KVCache implements AttentionCache {
 
   attendWritten(written: mx.fast.QuantizedCacheWritten, scale: number, mask: Mask, sinks?: MxArray): MxArray {
     const { queries, buffers, tail } = written;
-    this.values = buffers.map((buffer, i) => this.replace(this.values![i]!, buffer));
-    this.keys![3] = this.replace(this.keys![3]!, tail);
-    this.ownsBuffers = true;
-    this.offset += queries.shape[2]!;
+    this.holdStep(buffers, tail, queries.shape[2]!);
     // The whole buffers, read up to the positions held: no views of them a layer.
-    return quantizedAttention(queries, this.keys!, this.values, scale, mask, this.quantization!, sinks, this.offset);
+    return quantizedAttention(queries, this.keys!, this.values!, scale, mask, this.quantization!, sinks, this.offset);
   }
 
   /**
