@@ -133,6 +133,58 @@ describe("the quantized KV cache's step written inside the fused attention input
         });
 });
 
+describe("a rotating cache written inside the fused attention input", () => {
+  const rotatingRoom = RotatingKVCache.prototype.roomFor;
+  const size = 20;
+  /** Each step's logits of `prompt` and 40 greedy steps on a rotating cache of `size` (compacted every 20 steps). */
+  const rotate = (model: DecoderModel, prompt: number[]) => {
+    const caches = makeCaches(model, { maxKvSize: size });
+    const logits: mx.MxArray[] = [];
+    let input = [prompt];
+    for (let step = 0; step <= 40; step++) {
+      const out = mx.keep(mx.scope(() => forward(model, ids(input), caches)));
+      mx.evaluate(out);
+      logits.push(out);
+      const last = mx.scope(() =>
+        mx.argmax(mx.slice(out, [0, input[0]!.length - 1, 0], [1, input[0]!.length, out.shape[2]!]), -1).item(),
+      );
+      input = [[last]];
+    }
+    const cache = caches[0] as RotatingKVCache;
+    const held = { offset: cache.offset, dropped: [...cache.dropped], keys: mx.keep(mx.contiguous(cache.keys![0]!)) };
+    mx.evaluate(held.keys);
+    freeCaches(caches);
+    return { logits, held };
+  };
+
+  for (const dtype of ["float32", "bfloat16"] as const)
+    test(`${dtype}: past the size and through compactions, the logits and the cache of its own writes`, () => {
+      const model = tinyModel(dtype);
+      let written = 0;
+      RotatingKVCache.prototype.roomFor = function (this: RotatingKVCache, rows) {
+        const room = rotatingRoom.call(this, rows);
+        if (room) written++;
+        return room;
+      };
+      const ours = rotate(model, [5, 17, 200, 3, 99, 42, 7]);
+      RotatingKVCache.prototype.roomFor = () => undefined;
+      const theirs = rotate(model, [5, 17, 200, 3, 99, 42, 7]);
+      RotatingKVCache.prototype.roomFor = rotatingRoom;
+      expect(written).toBeGreaterThanOrEqual(40 * model.numLayers);
+      // 7 + 40 positions through a cache of 20: positions were dropped, the rows compacted.
+      expect(ours.held.dropped[0]).toBeGreaterThan(0);
+      expect(ours.held.offset).toBe(theirs.held.offset);
+      expect(ours.held.dropped).toEqual(theirs.held.dropped);
+      expect(Buffer.compare(ours.held.keys.bytes(), theirs.held.keys.bytes())).toBe(0);
+      for (const [i, l] of ours.logits.entries()) expect(same(l, theirs.logits[i]!)).toBe(0);
+    });
+
+  test("a quantized one (keys per row) keeps its own writes", () => {
+    const cache = RotatingKVCache.forSequence(size, { bits: 8, groupSize: 64 });
+    expect(cache.roomFor({ batch: 1, heads: 2, length: 1, dim: 64, activations: mx.Dtype.float32 })).toBeUndefined();
+  });
+});
+
 describe("the cache's buffers", () => {
   const shape = { heads: 2, kvHeads: 2, headDim: 64 };
   const dim = 128;

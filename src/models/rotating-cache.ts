@@ -11,7 +11,7 @@
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import { BatchKVCache } from "./batch-cache";
-import type { KVCache, KvQuantization, Mask, Stored } from "./cache";
+import type { KVCache, KvQuantization, Mask, NewRows, Stored } from "./cache";
 
 /** Attention sinks kept by default, as mlx-lm's make_prompt_cache. */
 export const DEFAULT_KV_KEEP = 4;
@@ -82,9 +82,15 @@ export class RotatingKVCache extends BatchKVCache {
     return false;
   }
 
-  /** New positions go through update, which may compact the rows first. */
-  override roomFor(): undefined {
-    return undefined;
+  /**
+   * A float cache's new positions go where KVCache.roomFor puts them (our fused attention input
+   * writes them there), once the rows are compacted where this step would use up the slack, as
+   * update does first. A quantized one's (keys per row) go through update.
+   */
+  override roomFor(rows: NewRows): mx.fast.CacheRows | undefined {
+    if (this.quantization) return undefined;
+    if (this.#mustCompact(rows.length)) this.#compact();
+    return super.roomFor(rows) as mx.fast.CacheRows | undefined;
   }
 
   override update(keys: MxArray, values: MxArray): [Stored, Stored] {
