@@ -134,6 +134,24 @@ describe("OpenAI chat completions", () => {
     expect(content.map((e) => e.token).join("")).toBe(r.choices[0]!.message.content!);
   });
 
+  test("logprobs without alternatives: an entry for a token whose text waited on a stop sequence's first characters", async () => {
+    const ask = { model, messages, max_tokens: 8, temperature: 0, logprobs: true } as const;
+    const plain = await client.chat.completions.create(ask);
+    const tokens = plain.choices[0]!.logprobs!.content!;
+    expect(tokens.length).toBe(plain.usage!.completion_tokens);
+    // A stop sequence that starts as the second token's text and never matches: that token's text
+    // is held back until the next token shows it is no stop.
+    const stop = `${tokens[1]!.token}\u0001`;
+    const held = await client.chat.completions.create({ ...ask, stop });
+    const content = held.choices[0]!.logprobs!.content!;
+    expect(held.choices[0]!.message.content).toBe(plain.choices[0]!.message.content);
+    expect(content.map((e) => e.token)).toEqual(tokens.map((e) => e.token));
+    const stream = await client.chat.completions.create({ ...ask, stop, stream: true });
+    const streamed: string[] = [];
+    for await (const chunk of stream) streamed.push(...(chunk.choices[0]?.logprobs?.content ?? []).map((e) => e.token));
+    expect(streamed).toEqual(tokens.map((e) => e.token));
+  });
+
   test("sampling: a seed repeats, top_k/top_p/min_p/repetition_penalty accepted; penalties change the answer", async () => {
     const sampled = (seed: number) =>
       client.chat.completions.create({

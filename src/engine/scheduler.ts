@@ -321,10 +321,14 @@ export class Scheduler {
     if (event.finished) this.#finish(event.id, "length");
   }
 
-  /** Final text (split when the model thinks) with its tokens; nothing when there is neither. */
+  /**
+   * Final text (split when the model thinks) with its tokens; nothing when there is neither. A
+   * token whose text is held back (part of a character, or of a stop sequence) still goes now,
+   * without text: its log-probability is one of the answer's, one per token.
+   */
   #send(s: Running, text: string, tokens: TokenLogprob[], top?: TokenLogprob[][]): void {
     const split = s.reasoning && text ? s.reasoning.push(text) : { text, reasoning: "" };
-    if (!split.text && !split.reasoning && !top) return;
+    if (!split.text && !split.reasoning && !top && tokens.length === 0) return;
     const reasoning = split.reasoning ? { reasoning: split.reasoning } : {};
     s.channel.push({ type: "text", text: split.text, ...reasoning, tokens, top });
   }
