@@ -11,6 +11,7 @@ import OpenAI from "openai";
 import { Ollama } from "ollama";
 import { loadModel, type LoadedModel } from "../src/models/load";
 import { completeAlone } from "./helpers/generate";
+import { complete, soloScheduler } from "../src/engine/generate";
 import { defaultSampling } from "../src/engine/sampling";
 import { promptTokens } from "../src/engine/prompt";
 import { createJsonConstraint, initGrammar, type JsonFormat } from "../src/engine/grammar";
@@ -507,6 +508,35 @@ describe("the default model (SmolLM2-135M): answers cut by max_tokens still pars
     },
     required: ["title", "summary", "severity", "affected_systems", "timeline", "root_cause", "actions"],
   };
+  test("an answer the budget closed, ended by the model's end-of-sequence, ran out of tokens: length, closed early", async () => {
+    const { resolveModelPath } = await import("../src/store/resolve");
+    const real = loadModel(await resolveModelPath(undefined));
+    const scheduler = soloScheduler(real);
+    const prompt = { kind: "ids" as const, ids: promptTokens(real.tokenizer, "Give a person as JSON") };
+    const answer = (maxTokens: number, format: JsonFormat) =>
+      complete(scheduler, { prompt, sampling: defaultSampling, maxTokens, format: { format, param: "format" } });
+    try {
+      // Greedy, the default model writes a third field where 24 tokens allow it; at 18 the
+      // budget closes the object after the second, and the model then ends it with its EOS.
+      const longer = await answer(24, "json");
+      const closed = await answer(18, "json");
+      expect(closed.tokenIds.length).toBeLessThan(18);
+      expect(longer.text.startsWith(closed.text.slice(0, -1))).toBe(true);
+      expect(longer.text.length).toBeGreaterThan(closed.text.length);
+      expect(JSON.parse(closed.text)).toBeObject();
+      expect(closed.finishReason).toBe("length");
+      expect(closed.closedEarly).toBe(true);
+      // An answer that ends where its schema does, far from the budget, is the model's own end.
+      const name = { schema: { type: "object", properties: { name: { type: "string" } }, required: ["name"] } };
+      const own = await answer(60, name);
+      expect(own.finishReason).toBe("stop");
+      expect(own.closedEarly).toBe(false);
+    } finally {
+      scheduler.dispose();
+      real.free();
+    }
+  }, 120_000);
+
   test("the incident schema at 60, 100 and 200 tokens (its minimum is 58), a seed each", async () => {
     const { resolveModelPath } = await import("../src/store/resolve");
     const real = loadModel(await resolveModelPath(undefined));

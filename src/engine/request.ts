@@ -126,6 +126,7 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
       // A grammar (or a caller's processor) keeps state from step to step and must see only
       // tokens that were chosen, never drafts: such a request decodes without speculation.
       speculate: !constraint && !spec.processors?.length,
+      closedEarly: constraint && (() => constraint.closedEarly()),
       signal: spec.signal,
     },
     promptIds,

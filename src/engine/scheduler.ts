@@ -32,6 +32,12 @@ export interface GenerationRequest {
   reasoning?: { startsInside: boolean };
   /** Whether speculative decoding may draft for it (see SequenceRequest.speculate). */
   speculate?: boolean;
+  /**
+   * Whether its token budget closed it early (a grammar's choices narrowed so that a valid end
+   * fits, see GrammarConstraint.closedEarly): an end-of-sequence after that is the budget's end,
+   * finish reason "length", not the model's.
+   */
+  closedEarly?: () => boolean;
   signal?: AbortSignal;
   /** A LoRA/DoRA adapter of this model for this request alone (default: the model's own, if any). */
   adapter?: Adapter;
@@ -311,7 +317,8 @@ export class Scheduler {
     s.accepted += event.accepted ?? 0;
     const top = event.logprobs ? topTokens(event.logprobs, s.request.topLogprobs!) : undefined;
     event.logprobs?.free();
-    if (!s.request.ignoreEos && this.lm.tokenizer.eosTokenIds.has(event.token)) return this.#finish(event.id, "stop");
+    if (!s.request.ignoreEos && this.lm.tokenizer.eosTokenIds.has(event.token))
+      return this.#finish(event.id, s.request.closedEarly?.() ? "length" : "stop");
     s.tokenIds.push(event.token);
     if (s.reasoning?.inside) s.reasoningTokens++;
     const { text, stopped } = s.stops.push(s.detokenizer.push(event.token));
