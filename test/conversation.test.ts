@@ -67,6 +67,20 @@ describe("Conversation", () => {
     c.dispose();
   });
 
+  test("a message longer than the context is refused and the conversation is kept as it was, its cache too", async () => {
+    const c = new Conversation(small, "Sys");
+    await say(c, "Hello there");
+    await say(c, "Tell me more");
+    const kept = structuredClone(c.messages);
+    await expect(say(c, "word ".repeat(400))).rejects.toThrow(/context/);
+    expect(c.messages).toEqual(kept);
+    const next = await say(c, "And then?");
+    expect(next.info.droppedMessages).toBe(0);
+    expect(next.info.reusedTokens).toBeGreaterThan(0);
+    expect(c.messages.slice(0, 4)).toEqual(kept);
+    c.dispose();
+  });
+
   test("with a rotating cache (--max-kv-size) nothing is dropped: the chat goes on past the context, each turn prefilling only itself", async () => {
     const root = mkdtempSync(join(tmpdir(), "mlx-conv-rotating-"));
     writeTinyModel(root, { contextLength: 160 });

@@ -92,7 +92,10 @@ export class Conversation {
     userText: string,
     o: TurnOptions,
   ): AsyncGenerator<CompletionPiece, { result: CompletionResult; info: TurnInfo }> {
-    this.messages.push({ role: "user", content: userText });
+    // A turn that fails (a message the context cannot hold even alone) leaves the conversation
+    // as it was, the messages dropped to make room for it included.
+    const before = this.messages;
+    this.messages = [...before, { role: "user", content: userText }];
     let result: CompletionResult;
     let droppedMessages: number;
     try {
@@ -106,7 +109,7 @@ export class Conversation {
         signal: o.signal,
       });
     } catch (error) {
-      this.messages.pop();
+      this.messages = before;
       throw error;
     }
     this.#contextUsed = result.stats.promptTokens + result.tokenIds.length;
