@@ -39,4 +39,12 @@ if (name !== undefined && Object.hasOwn(subCommands, name)) {
   if (problem) fail(new Error(problem));
 }
 
+// A reader that went away (`mlx run ... | head -c 5`) ends the command quietly with SIGPIPE's
+// status, as it ends `cat` or `yes`: Bun reports the failed write as the stream's error
+// instead of raising the signal.
+process.stdout.on("error", (error: NodeJS.ErrnoException) => {
+  if (error.code === "EPIPE") process.exit(128 + 13);
+  throw error;
+});
+
 runMain(main, { rawArgs: argv });

@@ -161,6 +161,16 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
   });
 });
 
+describe("mlx run: a reader that goes away", () => {
+  test("`| head -c 5`: the answer stops with SIGPIPE's status (141), nothing on stderr", async () => {
+    const command = `"${process.execPath}" "${main}" run -m "${model}" --max-tokens 200 --temp 1 --seed 1 "tell me a story" | head -c 5 > /dev/null; echo "status \${PIPESTATUS[0]}" >&2`;
+    const proc = Bun.spawn(["bash", "-c", command], { stdout: "pipe", stderr: "pipe", env });
+    const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+    expect(code).toBe(0);
+    expect(stderr.trim()).toBe("status 141");
+  });
+});
+
 describe("mlx run: Ctrl-C", () => {
   test("stops generation cleanly with exit code 130", async () => {
     const proc = Bun.spawn(
