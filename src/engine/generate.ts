@@ -3,6 +3,7 @@
 // token, peak memory). `mlx run`, `mlx chat`, `mlx bench` and the library use it; the server
 // reads the scheduler's events itself.
 import type { LoadedModel } from "../models/load";
+import { DEFAULT_PREFILL_CHUNK } from "./batch";
 import { memoryFigures, resetPeakMemory } from "./device";
 import type { PrefixCache } from "./prefix-cache";
 import { prepareGeneration, type GenerationSpec } from "./request";
@@ -41,10 +42,12 @@ export interface CompletionResult {
 /**
  * A scheduler for one caller's generations, one at a time (`mlx run`, a chat, a benchmark):
  * a batch of one through the same code as the server. `prefixCache` keeps a conversation's
- * keys and values between turns.
+ * keys and values between turns. A long prompt is prefilled in the server's chunks: Ctrl-C is
+ * seen between two of them (a chunk evaluates without a return to the event loop), so a chunk
+ * of 2,048 tokens made it wait seconds.
  */
 export function soloScheduler(lm: LoadedModel, prefixCache?: PrefixCache): Scheduler {
-  return new Scheduler(lm, { maxBatch: 1, prefillChunk: 2048, maxQueue: 1, prefixCache });
+  return new Scheduler(lm, { maxBatch: 1, prefillChunk: DEFAULT_PREFILL_CHUNK, maxQueue: 1, prefixCache });
 }
 
 /** A piece of the answer as it streams: answer text, and a thinking model's reasoning apart. */
