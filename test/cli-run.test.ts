@@ -36,6 +36,25 @@ describe("mlx run", () => {
     expect(JSON.parse(s1.stdout).token_ids).toEqual(JSON.parse(s2.stdout).token_ids);
   });
 
+  test("a temperature too small to divide by (1e-39) answers as greedy, its limit", async () => {
+    const greedy = await mlx(["run", "-m", model, "--max-tokens", "8", "--json", "Hi there"]);
+    const tiny = await mlx([
+      "run",
+      "-m",
+      model,
+      "--max-tokens",
+      "8",
+      "--temp",
+      "1e-39",
+      "--seed",
+      "3",
+      "--json",
+      "Hi there",
+    ]);
+    expect(tiny.code).toBe(0);
+    expect(JSON.parse(tiny.stdout).token_ids).toEqual(JSON.parse(greedy.stdout).token_ids);
+  });
+
   test("piped stdin joins the prompt argument", async () => {
     const alone = await mlx(["run", "-m", model, "--max-tokens", "1", "--json", "Summarize"]);
     const piped = await mlx(["run", "-m", model, "--max-tokens", "1", "--json", "Summarize"], "some notes\n");

@@ -7,7 +7,13 @@ import type { LoadedModel } from "../models/load";
 import type { Tokenizer } from "../tokenizer/tokenizer";
 import { createJsonConstraint, SchemaError, type GrammarConstraint, type JsonFormat } from "./grammar";
 import { chatTokens, promptTokens } from "./prompt";
-import { logitsProcessors, validateSampling, type LogitsProcessor, type SamplingParams } from "./sampling";
+import {
+  logitsProcessors,
+  settleTemperature,
+  validateSampling,
+  type LogitsProcessor,
+  type SamplingParams,
+} from "./sampling";
 import { opensThinking, thinkingBudget, thinkingTemplate, type ThinkingRequest } from "./reasoning";
 import type { GenerationRequest } from "./scheduler";
 import {
@@ -116,7 +122,7 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   return {
     request: {
       promptIds,
-      sampling: spec.sampling,
+      sampling: settleTemperature(spec.sampling),
       maxTokens,
       stop: spec.stop,
       topLogprobs: spec.topLogprobs,

@@ -51,6 +51,17 @@ export function validateSampling(p: SamplingParams, vocab = Infinity): void {
   }
 }
 
+/**
+ * Below this a temperature samples as greedy, its limit: logits divided by it overflow float32
+ * (30 / 1e-37 is past its largest number, and the draw turns to noise), and well before that
+ * every draw is already the argmax (float32 logits cannot differ by 1e-20 × their gap).
+ */
+const GREEDY_BELOW = 1e-20;
+
+/** `p` with a temperature too small to sample by (GREEDY_BELOW) made greedy's 0. */
+export const settleTemperature = (p: SamplingParams): SamplingParams =>
+  p.temperature > 0 && p.temperature < GREEDY_BELOW ? { ...p, temperature: 0 } : p;
+
 /** Adjusts logits [1, vocab] given every token so far (prompt and generated), as mlx-lm's logits processors do. */
 export type LogitsProcessor = (history: readonly number[], logits: MxArray) => MxArray;
 
