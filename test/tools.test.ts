@@ -83,6 +83,11 @@ describe("chat templates and formats", () => {
     const broken = 'Hi <tool_call>\n{"name": "now", "argu';
     expect(hermes.parse(broken)).toEqual({ content: broken, calls: [] });
     expect(hermes.parse("<tool_call>[1, 2]</tool_call>").calls).toEqual([]);
+    // After whole calls, a call the budget cut off (its opening, or half its JSON) is dropped: not prose.
+    const call = '<tool_call>\n{"name": "now", "arguments": {}}\n</tool_call>\n';
+    for (const stub of ["<tool", "<", '<tool_call>\n{"name": "no'])
+      expect(hermes.parse(call + stub)).toMatchObject({ content: "", calls: [{ name: "now" }] });
+    expect(hermes.parse(`Let me look.\n${call}<tool`).content).toBe("Let me look.");
     expect(hermes.parse("  plain answer  ")).toEqual({ content: "  plain answer  ", calls: [] });
   });
 

@@ -82,6 +82,20 @@ function parseJson(text: string): unknown {
   }
 }
 
+/**
+ * `content` (what is left around an answer's calls) without a call that its end cut off: a
+ * block opened by `open` and never closed, or the start of `open` itself. That happens where
+ * the token budget ran out after the calls it held room for; such a stub is neither a call nor
+ * prose.
+ */
+function withoutCutCall(content: string, open: string, close: string): string {
+  const opened = content.lastIndexOf(open);
+  if (opened >= 0 && !content.includes(close, opened)) return content.slice(0, opened).trimEnd();
+  for (let n = open.length - 1; n > 0; n--)
+    if (content.endsWith(open.slice(0, n))) return content.slice(0, -n).trimEnd();
+  return content;
+}
+
 const hermes: ToolCallFormat = {
   name: "hermes",
   markers: ["<tool_call>"],
@@ -95,7 +109,9 @@ const hermes: ToolCallFormat = {
       calls.push(call);
       return "";
     });
-    return calls.length > 0 ? { content: content.trim(), calls } : { content: text, calls };
+    return calls.length > 0
+      ? { content: withoutCutCall(content.trim(), "<tool_call>", "</tool_call>"), calls }
+      : { content: text, calls };
   },
   callLayout: (name) => {
     const call = jsonCall(name, "arguments");
