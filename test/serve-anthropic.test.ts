@@ -11,6 +11,11 @@ import Anthropic from "@anthropic-ai/sdk";
 import Ajv from "ajv";
 import type { RunningServer } from "../src/server/app";
 import { post, serve } from "./helpers/serve";
+import { completeAlone } from "./helpers/generate";
+import { chatTokens } from "../src/engine/prompt";
+import { defaultSampling } from "../src/engine/sampling";
+import { loadModel } from "../src/models/load";
+import type { ChatMessage } from "../src/tokenizer/tokenizer";
 import { writeTinyModel } from "./helpers/tiny-model";
 
 let server: RunningServer;
@@ -65,6 +70,24 @@ describe("messages.create", () => {
     expect(m.usage.output_tokens).toBeGreaterThan(0);
     expect(m.usage.output_tokens).toBeLessThanOrEqual(8);
     expect(m.usage.input_tokens + m.usage.cache_read_input_tokens!).toBeGreaterThan(5);
+  });
+
+  test("a last assistant message is a prefill: the model goes on with it, and the answer is what follows", async () => {
+    const prefill = '{"name": "Zorb';
+    const messages: Anthropic.MessageParam[] = [
+      { role: "user", content: "Write a JSON object with a name" },
+      { role: "assistant", content: prefill },
+    ];
+    const m = await client.messages.create({ model, max_tokens: 6, messages, ...sampling({ temperature: 0 }) });
+    // The prompt is the conversation cut after the prefill's text: no end of the assistant's
+    // turn, no new turn opened after it.
+    const lm = loadModel(model);
+    const ids = chatTokens(lm.tokenizer, messages as ChatMessage[], undefined, undefined, true);
+    expect(lm.tokenizer.decode(ids).endsWith(prefill)).toBe(true);
+    expect(m.usage.input_tokens + m.usage.cache_read_input_tokens!).toBe(ids.length);
+    const alone = await completeAlone(lm, ids, { sampling: defaultSampling, maxTokens: 6 });
+    lm.free();
+    expect((m.content[0] as Anthropic.TextBlock).text).toBe(alone.text);
   });
 
   test("max_tokens and stop_sequences end the answer with their stop reasons", async () => {

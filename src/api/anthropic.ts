@@ -81,7 +81,13 @@ function promptFields(f: Fields): CountTokensRequest {
   const raw = f.array("messages", { required: true, nonEmpty: true })!;
   const messages: ConversationMessage[] = system ? [{ role: "system", content: system }] : [];
   raw.forEach((item, i) => messages.push(...conversationMessages(item, i, messages)));
-  return { model: f.string("model", { nonEmpty: true }), prompt: { kind: "chat", messages }, tools: toolRequest(f) };
+  // A last message of the assistant's is the start of its answer, to go on with (a prefill).
+  const continueFinal = messages.at(-1)?.role === "assistant";
+  return {
+    model: f.string("model", { nonEmpty: true }),
+    prompt: { kind: "chat", messages, continueFinal },
+    tools: toolRequest(f),
+  };
 }
 
 /** `system`: a string, or text blocks (their `cache_control` is a hint our prefix cache needs no help with). */

@@ -31,7 +31,8 @@ import {
 
 /** The prompt: chat messages (through the model's template), text (templated or raw), or token ids. */
 export type PromptInput =
-  | { kind: "chat"; messages: ConversationMessage[] }
+  /** `continueFinal`: the last message is the assistant's start of its answer, which the model goes on with (Anthropic's prefill). */
+  | { kind: "chat"; messages: ConversationMessage[]; continueFinal?: boolean }
   | { kind: "text"; text: string; template: boolean; system?: string }
   | { kind: "ids"; ids: number[] };
 
@@ -217,7 +218,7 @@ function tokenize(
         );
       return withTemplateErrors(() => {
         const { messages, tools: templateTools } = templateInput(template, prompt.messages, tools);
-        return chatTokens(tokenizer, messages, templateTools, templateVars);
+        return chatTokens(tokenizer, messages, templateTools, templateVars, prompt.continueFinal);
       });
   }
 }
