@@ -236,9 +236,14 @@ describe("OpenAI completions and models", () => {
     expect(r.usage!.prompt_tokens).toBe(4);
   });
 
-  test("/v1/models lists the loaded model", async () => {
+  test("/v1/models lists the loaded model; /v1/models/{id} gives one (its id a path here), or a 404", async () => {
     const list = await client.models.list();
     expect(list.data.map((m) => m.id)).toContain(model);
+    const one = await client.models.retrieve(model);
+    expect(one).toEqual(list.data.find((m) => m.id === model)!);
+    const error = await client.models.retrieve("no-such-model").catch((e) => e);
+    expect(error).toBeInstanceOf(OpenAI.NotFoundError);
+    expect(error.code).toBe("model_not_found");
   });
 
   test("an unknown model is a 404 with code model_not_found", async () => {

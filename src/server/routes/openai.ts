@@ -1,5 +1,5 @@
 // OpenAI-compatible routes: /v1/chat/completions, /v1/completions (streamed as server-sent
-// events or whole), /v1/models.
+// events or whole), /v1/models and /v1/models/{id}.
 import { Hono, type Context } from "hono";
 import {
   modelObject,
@@ -13,7 +13,7 @@ import {
   type OpenAIRequest,
 } from "../../api/openai";
 import type { GenerationUsage, TokenLogprob } from "../../engine/scheduler";
-import { errorBody } from "../errors";
+import { errorBody, notFound } from "../errors";
 import { httpRequestBounds, requestedModel, startGeneration, tokenText, type Generation } from "../generation";
 import {
   closedEarly,
@@ -31,29 +31,39 @@ import { remoteModelNames } from "../../providers";
 
 type Kind = "chat" | "completion";
 
+/** Every model a request may name: loaded, the default, adapters, stored, then remote ones. */
+async function servedModels(s: ServerState): Promise<ReturnType<typeof modelObject>[]> {
+  const seen = new Set<string>();
+  const data = [];
+  for (const e of s.models.loaded) {
+    seen.add(e.name);
+    data.push(modelObject(e.name, Math.floor(e.loadedAt.getTime() / 1000)));
+  }
+  if (s.config.defaultModel && !seen.has(s.config.defaultModel)) {
+    seen.add(s.config.defaultModel);
+    data.push(modelObject(s.config.defaultModel, unixSeconds()));
+  }
+  for (const name of s.models.adapterNames)
+    if (!seen.has(name)) {
+      seen.add(name);
+      data.push(modelObject(name, unixSeconds()));
+    }
+  for (const m of await s.models.stored())
+    if (!seen.has(m.name)) data.push(modelObject(m.name, Math.floor(Date.parse(m.createdAt) / 1000) || 0));
+  for (const name of remoteModelNames()) if (!seen.has(name)) data.push(modelObject(name, 0));
+  return data;
+}
+
 export function openaiRoutes(s: ServerState): Hono {
   const r = new Hono();
 
-  r.get("/v1/models", async (c) => {
-    const seen = new Set<string>();
-    const data = [];
-    for (const e of s.models.loaded) {
-      seen.add(e.name);
-      data.push(modelObject(e.name, Math.floor(e.loadedAt.getTime() / 1000)));
-    }
-    if (s.config.defaultModel && !seen.has(s.config.defaultModel)) {
-      seen.add(s.config.defaultModel);
-      data.push(modelObject(s.config.defaultModel, unixSeconds()));
-    }
-    for (const name of s.models.adapterNames)
-      if (!seen.has(name)) {
-        seen.add(name);
-        data.push(modelObject(name, unixSeconds()));
-      }
-    for (const m of await s.models.stored())
-      if (!seen.has(m.name)) data.push(modelObject(m.name, Math.floor(Date.parse(m.createdAt) / 1000) || 0));
-    for (const name of remoteModelNames()) if (!seen.has(name)) data.push(modelObject(name, 0));
-    return c.json({ object: "list", data });
+  r.get("/v1/models", async (c) => c.json({ object: "list", data: await servedModels(s) }));
+  // A model's name may be a path: its slashes are the id's.
+  r.get("/v1/models/:id{.+}", async (c) => {
+    const id = c.req.param("id");
+    const found = (await servedModels(s)).find((m) => m.id === id);
+    if (!found) throw notFound(`model '${id}' is not served here (GET /v1/models lists them)`, "model_not_found");
+    return c.json(found);
   });
 
   r.post("/v1/chat/completions", (c) => complete(s, c, "chat"));
