@@ -26,9 +26,15 @@ export class ModelPullError extends Error {
   override name = "ModelPullError";
 }
 
-/** The prompt, and room for at least one generated token, do not fit the model's context. */
+/** The prompt, and room for at least one generated token, do not fit the model's context; `param` names it (API spelling). */
 export class ContextLengthError extends Error {
   override name = "ContextLengthError";
+  constructor(
+    message: string,
+    readonly param = "messages",
+  ) {
+    super(message);
+  }
 }
 
 /** A request value out of range or not understood; `param` names it (API spelling). */

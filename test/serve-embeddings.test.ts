@@ -79,7 +79,8 @@ describe("OpenAI /v1/embeddings", () => {
   test("bad requests are 400s naming the field", async () => {
     const cases: [unknown, string][] = [
       [{ model, input: [] }, "input"],
-      [{ model, input: "" }, "input.0"],
+      [{ model, input: "" }, "input"],
+      [{ model, input: ["hi", ""] }, "input.1"],
       [{ model, input: "hi", dimensions: 65 }, "dimensions"],
       [{ model, input: "hi", encoding_format: "int8" }, "encoding_format"],
       [{ model, input: "hi", truncate_prompt_tokens: 8 }, "truncate_prompt_tokens"],
@@ -93,6 +94,9 @@ describe("OpenAI /v1/embeddings", () => {
     const long = await post(`${server.url}/v1/embeddings`, { model, input: "word ".repeat(200) });
     expect(long.status).toBe(400);
     expect(long.json.error.message).toContain("context");
+    expect(long.json.error.param).toBe("input");
+    const second = await post(`${server.url}/v1/embeddings`, { model, input: ["hi", "word ".repeat(200)] });
+    expect(second.json.error.param).toBe("input.1");
   });
 });
 

@@ -161,6 +161,9 @@ describe("limits", () => {
     expect(r.status).toBe(400);
     expect(r.json.error.code).toBe("context_length_exceeded");
     expect(r.json.error.message).toMatch(/256/);
+    expect(r.json.error.param).toBe("messages");
+    const completion = await post(`${server.url}/v1/completions`, { model, prompt: long });
+    expect(completion.json.error).toMatchObject({ code: "context_length_exceeded", param: "prompt" });
     const o = await post(`${server.url}/api/generate`, { model, prompt: long, stream: false });
     expect(o.status).toBe(400);
     expect(o.json.error).toMatch(/context/);

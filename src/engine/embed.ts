@@ -36,7 +36,10 @@ export async function embed(lm: LoadedModel, inputs: EmbedInput[], o: EmbedOptio
     throw new InvalidParameterError(`dimensions must be between 1 and the model's ${width}`, "dimensions");
   let pooling = poolings.get(lm);
   if (!pooling) poolings.set(lm, (pooling = modelPooling(lm.path)));
-  const sequences = inputs.map((input, i) => inputIds(lm, input, o.truncate ?? false, `${param}.${i}`));
+  // Several inputs are named by their index in the list.
+  const sequences = inputs.map((input, i) =>
+    inputIds(lm, input, o.truncate ?? false, inputs.length > 1 ? `${param}.${i}` : param),
+  );
   const vectors: number[][] = [];
   for (const ids of sequences) {
     vectors.push(normalized(pooledHidden(lm, ids, pooling).slice(0, o.dimensions ?? width)));
@@ -56,7 +59,7 @@ function inputIds(lm: LoadedModel, input: EmbedInput, truncate: boolean, at: str
   const context = lm.config.maxPositionEmbeddings;
   if (ids.length <= context) return ids;
   if (truncate) return ids.slice(0, context);
-  throw new ContextLengthError(`'${at}' is ${ids.length} tokens, but the model's context is ${context} tokens`);
+  throw new ContextLengthError(`'${at}' is ${ids.length} tokens, but the model's context is ${context} tokens`, at);
 }
 
 /** One sequence's final hidden states, pooled to one vector. */

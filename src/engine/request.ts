@@ -99,6 +99,7 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   if (!rotating && promptIds.length >= context) {
     throw new ContextLengthError(
       `the prompt is ${promptIds.length} tokens, but the model's context is ${context} tokens (leave room for at least one generated token)`,
+      spec.prompt.kind === "chat" ? "messages" : "prompt",
     );
   }
   if (spec.strictMaxTokens && spec.maxTokens !== undefined && spec.maxTokens > context)

@@ -68,7 +68,7 @@ export function toApiError(error: unknown, onInternal?: (error: unknown) => void
     return new ApiError(400, error.message, "invalid_request_error", null, "invalid_schema");
   if (error instanceof BudgetError) return new ApiError(400, error.message, "invalid_request_error", "max_tokens");
   if (error instanceof ContextLengthError)
-    return new ApiError(400, error.message, "invalid_request_error", "messages", "context_length_exceeded");
+    return new ApiError(400, error.message, "invalid_request_error", error.param, "context_length_exceeded");
   if (error instanceof QueueFullError)
     return new ApiError(429, error.message, "rate_limit_error", null, "queue_full", { "Retry-After": "1" });
   if (error instanceof ModelNotFoundError)
