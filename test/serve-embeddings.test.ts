@@ -13,6 +13,10 @@ import { resolveModelPath } from "../src/store/resolve";
 import { cliRunner } from "./helpers/cli";
 import { post, serve } from "./helpers/serve";
 import { tinyDims, writeTinyModel } from "./helpers/tiny-model";
+import { embed, EmbeddingCancelled } from "../src/engine/embed";
+import * as mx from "../src/mlx";
+import { freeCaches, hiddenStates, makeCaches } from "../src/models";
+import { loadModel, type LoadedModel } from "../src/models/load";
 
 let server: RunningServer;
 let openai: OpenAI;
@@ -153,5 +157,52 @@ describe("the default model", () => {
     const [cat, cat2, stocks] = r.data.map((d) => d.embedding);
     expect(dot(cat!, cat2!)).toBeGreaterThan(dot(cat!, stocks!) + 0.05);
     expect(dot(cat!, cat2!)).toBeGreaterThan(dot(cat2!, stocks!) + 0.05);
+  });
+});
+
+describe("a long input", () => {
+  // Longer than a prefill chunk (512 positions): pooled a chunk at a time.
+  const root = mkdtempSync(join(tmpdir(), "mlx-embeddings-long-"));
+  const ids = Array.from({ length: 1300 }, (_, i) => 5 + ((i * 37) % 400));
+
+  /** The pooled hidden states of one pass over all of `ids`, normalised: what chunking must give. */
+  const onePass = (lm: LoadedModel, pooling: "mean" | "last") => {
+    const caches = makeCaches(lm.model);
+    const vector = mx.scope(() => {
+      const h = mx.astype(
+        hiddenStates(lm.model, mx.array(Int32Array.from(ids), [1, ids.length]), caches),
+        mx.Dtype.float32,
+      );
+      const pooled =
+        pooling === "mean" ? mx.mean(h, [1]) : mx.slice(h, [0, ids.length - 1, 0], [1, ids.length, h.shape[2]!]);
+      return mx.reshape(pooled, [-1]).toArray();
+    });
+    freeCaches(caches);
+    const n = norm(vector);
+    return vector.map((x) => x / n);
+  };
+
+  test("is pooled a chunk at a time as in one pass (mean and last token)", async () => {
+    writeTinyModel(join(root, "last"), { contextLength: 2048 });
+    const last = loadModel(join(root, "last"));
+    const [chunked] = (await embed(last, [ids])).vectors;
+    onePass(last, "last").forEach((x, i) => expect(chunked![i]!).toBeCloseTo(x, 4));
+    last.free();
+    cpSync(join(root, "last"), join(root, "mean"), { recursive: true });
+    cpSync(join(meanModel, "modules.json"), join(root, "mean", "modules.json"));
+    cpSync(join(meanModel, "1_Pooling"), join(root, "mean", "1_Pooling"), { recursive: true });
+    const mean = loadModel(join(root, "mean"));
+    const [pooled] = (await embed(mean, [ids])).vectors;
+    onePass(mean, "mean").forEach((x, i) => expect(pooled![i]!).toBeCloseTo(x, 4));
+    mean.free();
+  });
+
+  test("stops at its next chunk once cancelled", async () => {
+    writeTinyModel(join(root, "cancel"), { contextLength: 2048 });
+    const lm = loadModel(join(root, "cancel"));
+    const controller = new AbortController();
+    controller.abort();
+    await expect(embed(lm, [ids], { signal: controller.signal })).rejects.toBeInstanceOf(EmbeddingCancelled);
+    lm.free();
   });
 });

@@ -1,13 +1,17 @@
-// Embeddings from any model we load: one forward pass per input to the final hidden states
+// Embeddings from any model we load: a forward pass per input to the final hidden states
 // (after the final norm), pooled as the model's sentence-transformers config says (else on the
 // last token), optionally cut to fewer dimensions (Matryoshka style), and L2-normalised. Runs
-// on the engine's thread between the scheduler's steps; each input is its own batch of one, so
-// no padding or masks can change a vector.
+// on the engine's thread between the scheduler's steps, a prompt chunk at a time as a prefill
+// is, so that a long input holds up the answers being generated no longer than a chunk, and
+// stops at the chunk after its request is cancelled; each input is its own batch of one, so no
+// padding or masks can change a vector.
 import { ContextLengthError, InvalidParameterError } from "../errors";
-import { freeCaches, hiddenStates, makeCaches } from "../models";
+import { cacheState, freeCaches, hiddenStates, makeCaches } from "../models";
 import type { LoadedModel } from "../models/load";
 import { modelPooling, type Pooling } from "../models/pooling";
 import * as mx from "../mlx";
+import type { MxArray } from "../mlx";
+import { DEFAULT_PREFILL_CHUNK } from "./batch";
 
 /** Text, or token ids as they are. */
 export type EmbedInput = string | number[];
@@ -19,6 +23,13 @@ export interface EmbedOptions {
   truncate?: boolean;
   /** Named in errors about the input (e.g. "input"). */
   param?: string;
+  /** Stops the work between two chunks (an EmbeddingCancelled): the client went away. */
+  signal?: AbortSignal;
+}
+
+/** The embedding's request was cancelled before its vectors were done. */
+export class EmbeddingCancelled extends Error {
+  override name = "EmbeddingCancelled";
 }
 
 export interface Embeddings {
@@ -41,11 +52,8 @@ export async function embed(lm: LoadedModel, inputs: EmbedInput[], o: EmbedOptio
     inputIds(lm, input, o.truncate ?? false, inputs.length > 1 ? `${param}.${i}` : param),
   );
   const vectors: number[][] = [];
-  for (const ids of sequences) {
-    vectors.push(normalized(pooledHidden(lm, ids, pooling).slice(0, o.dimensions ?? width)));
-    // A long batch must not hold up the answers being generated.
-    await new Promise((resolve) => setImmediate(resolve));
-  }
+  for (const ids of sequences)
+    vectors.push(normalized((await pooledHidden(lm, ids, pooling, o.signal)).slice(0, o.dimensions ?? width)));
   return { vectors, promptTokens: sequences.reduce((n, ids) => n + ids.length, 0) };
 }
 
@@ -62,27 +70,45 @@ function inputIds(lm: LoadedModel, input: EmbedInput, truncate: boolean, at: str
   throw new ContextLengthError(`'${at}' is ${ids.length} tokens, but the model's context is ${context} tokens`, at);
 }
 
-/** One sequence's final hidden states, pooled to one vector. */
-function pooledHidden(lm: LoadedModel, ids: number[], pooling: Pooling): number[] {
+/**
+ * One sequence's final hidden states, pooled to one vector: a chunk of positions at a time (the
+ * cache carries the earlier ones), each chunk's pooled into a running mean, maximum, first or
+ * last position. A model split across processes takes the whole input in one pass.
+ */
+async function pooledHidden(lm: LoadedModel, ids: number[], pooling: Pooling, signal?: AbortSignal): Promise<number[]> {
   const caches = makeCaches(lm.model);
   // Split across processes: the other ranks' layers run too, and their hidden states come back.
   lm.model.remote?.wholePass(caches);
+  const chunk = lm.model.remote ? ids.length : DEFAULT_PREFILL_CHUNK;
+  let pooled: MxArray | undefined;
   try {
-    return mx.scope(() => {
-      const h = hiddenStates(lm.model, mx.array(Int32Array.from(ids), [1, ids.length]), caches);
-      const [, length, width] = h.shape as [number, number, number];
-      const at = (position: number) => mx.slice(h, [0, position, 0], [1, position + 1, width]);
-      const pooled =
-        pooling === "mean"
-          ? mx.mean(h, [1])
-          : pooling === "max"
-            ? mx.max(h, [1])
-            : pooling === "cls"
-              ? at(0)
-              : at(length - 1);
-      return mx.astype(pooled, mx.Dtype.float32).toArray();
-    });
+    for (let start = 0; start < ids.length; start += chunk) {
+      // Between two chunks the scheduler's answers go on, and a cancel is seen.
+      if (start > 0) await new Promise((resolve) => setImmediate(resolve));
+      if (signal?.aborted) throw new EmbeddingCancelled("the embedding request was cancelled");
+      const part = ids.slice(start, start + chunk);
+      const next = mx.scope(() => {
+        const h = mx.astype(
+          hiddenStates(lm.model, mx.array(Int32Array.from(part), [1, part.length]), caches),
+          mx.Dtype.float32,
+        );
+        const [, length, width] = h.shape as [number, number, number];
+        const at = (position: number) =>
+          mx.reshape(mx.slice(h, [0, position, 0], [1, position + 1, width]), [1, width]);
+        if (pooling === "mean") return mx.add(mx.sum(h, [1]), pooled ?? 0);
+        if (pooling === "max") return pooled ? mx.maximum(mx.max(h, [1]), pooled) : mx.max(h, [1]);
+        if (pooling === "cls") return at(0);
+        return at(length - 1);
+      });
+      mx.evaluate(next, ...cacheState(caches));
+      pooled?.free();
+      pooled = next;
+      // The first position's states depend on it alone (causal attention): the rest need no pass.
+      if (pooling === "cls") break;
+    }
+    return pooling === "mean" ? mx.scope(() => mx.divide(pooled!, ids.length).toArray()) : pooled!.toArray();
   } finally {
+    pooled?.free();
     lm.model.remote?.release(caches);
     freeCaches(caches);
   }

@@ -7,6 +7,7 @@
 import type { Context } from "hono";
 import { ValidationError } from "../api/validate";
 import { BudgetError } from "../engine/budget/steering";
+import { EmbeddingCancelled } from "../engine/embed";
 import { SchemaError } from "../engine/grammar";
 import {
   AdapterError,
@@ -67,6 +68,8 @@ export function toApiError(error: unknown, onInternal?: (error: unknown) => void
   if (error instanceof SchemaError)
     return new ApiError(400, error.message, "invalid_request_error", null, "invalid_schema");
   if (error instanceof BudgetError) return new ApiError(400, error.message, "invalid_request_error", "max_tokens");
+  // Nobody reads it (the client went away): the status only counts it in /metrics.
+  if (error instanceof EmbeddingCancelled) return new ApiError(499, error.message, "invalid_request_error");
   if (error instanceof ContextLengthError)
     return new ApiError(400, error.message, "invalid_request_error", error.param, "context_length_exceeded");
   if (error instanceof QueueFullError)

@@ -14,7 +14,7 @@ export function embeddingsRoutes(s: ServerState): Hono {
   r.post("/v1/embeddings", async (c) => {
     const req = parseOpenAIEmbeddings(await readJson(c.req));
     const model = requestedModel(s.config, req.model);
-    const { result } = await embedWith(s, model, req);
+    const { result } = await embedWith(s, model, req, c.req.raw.signal);
     return c.json({
       object: "list",
       data: result.vectors.map((v, index) => ({
@@ -30,7 +30,7 @@ export function embeddingsRoutes(s: ServerState): Hono {
   r.post("/api/embed", async (c) => {
     const started = performance.now();
     const req = parseOllamaEmbed(await readJson(c.req), false);
-    const { result, loadMs } = await embedWith(s, req.model, req);
+    const { result, loadMs } = await embedWith(s, req.model, req, c.req.raw.signal);
     return c.json({
       model: req.model,
       embeddings: result.vectors,
@@ -42,20 +42,26 @@ export function embeddingsRoutes(s: ServerState): Hono {
 
   r.post("/api/embeddings", async (c) => {
     const req = parseOllamaEmbed(await readJson(c.req), true);
-    const { result } = await embedWith(s, req.model, req);
+    const { result } = await embedWith(s, req.model, req, c.req.raw.signal);
     return c.json({ embedding: result.vectors[0] });
   });
   return r;
 }
 
+/** The vectors, while the model is held; the work stops once `signal` says the client went away. */
 async function embedWith(
   s: ServerState,
   model: string,
   req: EmbeddingsRequest,
+  signal: AbortSignal,
 ): Promise<{ result: Embeddings; loadMs: number }> {
   const lease = await s.models.acquire(model, req.keepAlive);
   try {
-    const result = await embed(lease.entry.lm, req.inputs, { dimensions: req.dimensions, truncate: req.truncate });
+    const result = await embed(lease.entry.lm, req.inputs, {
+      dimensions: req.dimensions,
+      truncate: req.truncate,
+      signal,
+    });
     return { result, loadMs: lease.loadMs };
   } finally {
     lease.release();
