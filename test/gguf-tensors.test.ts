@@ -3,6 +3,8 @@
 // ourselves (it misreads Q4_K and refuses Q3_K, Q5_0, Q5_1, Q5_K, IQ4_NL, IQ4_XS), MXFP4 kept as
 // MLX's mxfp4, and a clear error for the rest.
 import { describe, expect, test } from "bun:test";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as mx from "../src/mlx";
 import { readGGUFHeader } from "../src/models/gguf-header";
@@ -45,6 +47,34 @@ describe("GGUF tensor types", () => {
     const unreadable = fixture("gguf-unreadable.gguf");
     expect(() => loadGGUFTensors(unreadable, readGGUFHeader(unreadable))).toThrow(
       "tensor 'IQ2_XXS' is IQ2_XXS, a type we cannot read (readable: F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q2_K, Q6_K, Q5_0, Q5_1, Q4_K, Q5_K, Q3_K, IQ4_NL, IQ4_XS, MXFP4)",
+    );
+  });
+});
+
+describe("a GGUF header that is not one", () => {
+  /** GGUF version 3, then `rest`. */
+  const header = (rest: Buffer) => {
+    const path = join(mkdtempSync(join(tmpdir(), "mlx-gguf-")), "bad.gguf");
+    writeFileSync(path, Buffer.concat([Buffer.from("GGUF\x03\0\0\0", "latin1"), rest]));
+    return path;
+  };
+  const u64 = (n: bigint) => {
+    const b = Buffer.alloc(8);
+    b.writeBigUInt64LE(n);
+    return b;
+  };
+
+  test("counts that cannot fit in the file are called an invalid header, not a short file", () => {
+    const path = header(Buffer.concat([u64(0xa0b0c0d0e0f00000n), u64(0x1020304050607080n), Buffer.alloc(200, 0x5a)]));
+    expect(() => readGGUFHeader(path)).toThrow(
+      /^invalid GGUF header: \d+ tensors and \d+ metadata entries cannot fit in a file of 224 bytes$/,
+    );
+  });
+
+  test("a string longer than the file is an invalid header too", () => {
+    const path = header(Buffer.concat([u64(1n), u64(1n), u64(0x7a7a7a7a7a7an), Buffer.alloc(200, 0x7a)]));
+    expect(() => readGGUFHeader(path)).toThrow(
+      `invalid GGUF header: a string at offset 24 claims ${0x7a7a7a7a7a7a} bytes, more than the file's 232`,
     );
   });
 });

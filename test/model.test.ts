@@ -7,7 +7,7 @@ import { buildModel, forward, makeCaches, parseConfig, Weights, freeCaches, type
 import { SlidingKVCache } from "../src/models/sliding-cache";
 import { ggufModel, hfTensorName } from "../src/models/gguf";
 import type { MetaValue } from "../src/mlx";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadModel } from "../src/models/load";
@@ -399,4 +399,50 @@ describe("GGUF layout", () => {
       /unsupported model_type 'falcon' \(supported: gemma3_text, gpt_oss, llama, mistral, mixtral, phi3, qwen2, qwen3, qwen3_moe\)/,
     );
   });
+});
+
+describe("a config.json that does not describe the weights", () => {
+  // tinyDims: 2 layers, hidden 64, 4 heads of 16, 2 key-value heads.
+  const cases: [string, unknown, string][] = [
+    ["null as the whole file", null, "config.json is not a JSON object"],
+    [
+      "more layers than the weights hold",
+      { num_hidden_layers: 3 },
+      "does not match the weights: missing tensor model.layers.2.input_layernorm.weight (num_hidden_layers is 3)",
+    ],
+    [
+      "fewer layers than the weights hold",
+      { num_hidden_layers: 1 },
+      "does not match the weights: tensor model.layers.1.input_layernorm.weight is not used (num_hidden_layers is 1)",
+    ],
+    [
+      "a hidden size the weights do not have",
+      { hidden_size: 48 },
+      "does not match the weights: tensor model.norm.weight has shape [64], but hidden_size is 48",
+    ],
+    [
+      "heads the weights do not have",
+      { num_attention_heads: 2 },
+      "does not match the weights: tensor model.layers.0.self_attn.q_proj.weight has shape [64,64], but num_attention_heads × head_dim (2 × 16) is 32",
+    ],
+  ];
+  for (const [name, change, message] of cases) {
+    test(`${name}: one line naming the file and the problem`, () => {
+      const dir = join(mkdtempSync(join(tmpdir(), "mlx-config-")), "tiny");
+      writeTinyModel(dir);
+      const configPath = join(dir, "config.json");
+      const config = change && { ...JSON.parse(readFileSync(configPath, "utf8")), ...change };
+      writeFileSync(configPath, JSON.stringify(config));
+      const error = (() => {
+        try {
+          loadModel(dir).free();
+        } catch (error) {
+          return error as Error;
+        }
+      })();
+      expect(error?.message).toContain(message);
+      expect(error?.message).toContain(change ? configPath : dir);
+      expect(error?.message.split("\n")).toHaveLength(1);
+    });
+  }
 });

@@ -398,6 +398,47 @@ describe("commands and bad input", () => {
     TEST_TIMEOUT_MS,
   );
 
+  test(
+    "mlx pull of a name that is no model nor path says so, with close names",
+    async () => {
+      await pull(fakeModel("alpha"));
+      const { code, stderr } = await cliResult(["pull", "alpah"]);
+      expect(code).toBe(1);
+      expect(stderr).toStartWith(
+        "error: unknown model 'alpah' (not an alias, a stored model, a source or an existing path); did you mean 'alpha'?",
+      );
+      expect(stderr.trim().split("\n")).toHaveLength(1);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "a pull that fails keeps nothing it stored, and no blob another model uses",
+    async () => {
+      await pull(fakeModel("alpha"));
+      const blobs = readdirSync(join(process.env.MLX_HOME!, "blobs")).sort();
+      // Its tokenizer.json is alpha's too; its weights and config are its own.
+      const broken = fakeModel("broken");
+      writeFileSync(join(broken, "config.json"), '{"model_type": ');
+      const { code, stderr } = await cliResult(["pull", broken]);
+      expect(code).toBe(1);
+      expect(stderr).toStartWith(`error: ${broken}: config.json: JSON Parse error`);
+      writeFileSync(join(broken, "config.json"), "null");
+      expect((await cliResult(["pull", broken])).stderr).toBe(`error: ${broken}: config.json is not a JSON object\n`);
+      // A GGUF cut short.
+      const truncated = join(work, "truncated.gguf");
+      const gguf = readFileSync(join(import.meta.dir, "fixtures", "gguf-quants.gguf"));
+      writeFileSync(truncated, gguf.subarray(0, gguf.length - 100));
+      const cut = await cliResult(["pull", truncated]);
+      expect(cut.code).toBe(1);
+      expect(cut.stderr).toStartWith(`error: ${truncated}: truncated: `);
+      expect(readdirSync(join(process.env.MLX_HOME!, "blobs")).sort()).toEqual(blobs);
+      expect(await names()).toEqual(["alpha"]);
+      expect(await openStoredModel("alpha")).toBeDefined();
+    },
+    TEST_TIMEOUT_MS,
+  );
+
   test("a malformed models.toml names the file, line and problem", () => {
     mkdirSync(process.env.MLX_HOME!, { recursive: true });
     const file = join(process.env.MLX_HOME!, "models.toml");

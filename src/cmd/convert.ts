@@ -2,14 +2,17 @@
 // a directory, into the store, where a second conversion of the same file is a lookup.
 import { formatBytes } from "../format";
 import { defineCommand } from "citty";
-import { statSync } from "node:fs";
-import { basename } from "node:path";
+import { existsSync, realpathSync, statSync } from "node:fs";
+import { basename, dirname, isAbsolute, join, relative, resolve } from "node:path";
 import { convertGGUF } from "../models/convert";
 import { isGGUFFile } from "../models/gguf";
+import { ModelLoadError } from "../models/load";
 import { convertedModel } from "../store/derived";
+import { storeRoot } from "../store/paths";
 import { resolveModelPath } from "../store/resolve";
 import { repairHint } from "../store/store";
 import { fail, log, setVerbose } from "./log";
+import { numberFlag } from "./options";
 
 export default defineCommand({
   meta: { name: "convert", description: "Convert a GGUF model into an MLX-community directory (loadable by mlx-lm)" },
@@ -31,12 +34,20 @@ export default defineCommand({
   },
   async run({ args }) {
     setVerbose(Boolean(args.verbose));
-    let gguf: string | undefined; // set once it is known to be one: a failure after that may be damage
+    let gguf: string | undefined;
     try {
+      const bits = args.bits === undefined ? undefined : numberFlag("bits", args.bits, { whole: true, zero: true });
+      const groupSize =
+        args["group-size"] === undefined ? undefined : numberFlag("group-size", args["group-size"], { whole: true });
       const path = await resolveModelPath(args.source);
       if (statSync(path).isDirectory() || !isGGUFFile(path)) throw new Error(`${path} is not a GGUF file`);
       gguf = path;
       if (!args.output) {
+        // The store keeps one conversion per GGUF (keyed on its bytes alone): other settings have nowhere to go.
+        if (bits !== undefined || groupSize !== undefined)
+          throw new Error(
+            "--bits and --group-size need an output directory: a conversion into the store keeps the default quantization",
+          );
         const name = `${basename(args.source).replace(/\.gguf$/, "")}-mlx`;
         const stored = await convertedModel(path, name);
         log.success(
@@ -47,15 +58,44 @@ export default defineCommand({
         process.stdout.write(`${stored.path}\n`);
         return;
       }
+      refuseOutputOverlapping(args.output, path);
       // convertGGUF names the values it accepts.
-      const bits = args.bits === undefined ? undefined : Number(args.bits);
-      const groupSize = args["group-size"] === undefined ? undefined : Number(args["group-size"]);
       const result = convertGGUF(path, args.output, { force: Boolean(args.force), bits, groupSize });
       log.success(`wrote ${result.tensors} tensors (${formatBytes(result.bytes)}) to ${result.dir}`);
       process.stdout.write(`${result.dir}\n`);
     } catch (error) {
-      const hint = gguf && repairHint(gguf);
-      fail(hint ? new Error(`${(error as Error).message}; ${hint}`) : error, Boolean(args.verbose));
+      // Only a failure to read the model's own files may mean a damaged stored model.
+      const hint = gguf && error instanceof ModelLoadError && repairHint(gguf);
+      fail(hint ? new Error(`${error.message}; ${hint}`) : error, Boolean(args.verbose));
     }
   },
 });
+
+/**
+ * The output directory is replaced as a whole (with --force), so it must not hold the GGUF being
+ * read, nor overlap the store, whose blobs and models other commands rely on.
+ */
+function refuseOutputOverlapping(output: string, source: string): void {
+  const target = realPath(output);
+  const overlaps = (path: string) => contains(target, path) || contains(path, target);
+  if (contains(target, realPath(source)) || contains(target, resolve(source)))
+    throw new Error(`output directory ${resolve(output)} would replace the source ${source}; choose another directory`);
+  if (overlaps(realPath(storeRoot())))
+    throw new Error(
+      `output directory ${resolve(output)} overlaps the model store (${storeRoot()}); choose a directory outside it`,
+    );
+}
+
+/** Whether `path` is `dir` or lies inside it. */
+function contains(dir: string, path: string): boolean {
+  const inside = relative(dir, path);
+  return !inside.startsWith("..") && !isAbsolute(inside);
+}
+
+/** `path` with its symlinks resolved, as far as it exists (an output directory may not yet). */
+function realPath(path: string): string {
+  const absolute = resolve(path);
+  if (existsSync(absolute)) return realpathSync(absolute);
+  const parent = dirname(absolute);
+  return parent === absolute ? absolute : join(realPath(parent), basename(absolute));
+}

@@ -1,7 +1,10 @@
 // `mlx pull <alias|source>`: fetch a model into the store (or find it already there).
 import { defineCommand } from "citty";
+import { existsSync } from "node:fs";
+import { resolve } from "node:path";
 import { createProgressReporter } from "../store/progress";
 import { modelRequest, pullModel } from "../store/pull";
+import { looksLikePath, unknownModelError } from "../store/resolve";
 import { fail, log, setVerbose } from "./log";
 
 export default defineCommand({
@@ -22,6 +25,9 @@ export default defineCommand({
     setVerbose(Boolean(args.verbose));
     try {
       const request = modelRequest(args.model);
+      // A bare word that names nothing: say so (with names like it) rather than "no such path".
+      if (request.source === resolve(args.model) && !existsSync(request.source) && !looksLikePath(args.model))
+        throw await unknownModelError(args.model);
       const reporter = createProgressReporter(`pulling ${request.name}`);
       const result = await pullModel(request, {
         onProgress: reporter.update,

@@ -115,7 +115,9 @@ function eosIds(value: unknown): number[] {
   return [];
 }
 
-export function parseConfig(raw: Record<string, unknown>): ModelConfig {
+export function parseConfig(json: unknown): ModelConfig {
+  if (!json || typeof json !== "object" || Array.isArray(json)) throw new Error("config.json is not a JSON object");
+  const raw = json as Record<string, unknown>;
   if (typeof raw.model_type !== "string") throw new Error("config.json: 'model_type' is missing");
   const hiddenSize = field(raw, "hidden_size");
   const numAttentionHeads = field(raw, "num_attention_heads");

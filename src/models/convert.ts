@@ -6,6 +6,7 @@ import * as mx from "../mlx";
 import { ggufModel, hfTensorName, quantizationOf, type GGUFModel } from "./gguf";
 import { readGGUFHeader, type GGUFHeader } from "./gguf-header";
 import { keptQuantizedTypes, loadGGUFTensors } from "./gguf-tensors";
+import { withModelErrors } from "./load";
 import { tokenizerFilesFromGGUF } from "../tokenizer/gguf";
 
 export interface ConvertResult {
@@ -36,8 +37,10 @@ export function convertGGUF(
   if (bits !== 0 && ![2, 3, 4, 5, 6, 8].includes(bits))
     throw new Error(`bits must be 2, 3, 4, 5, 6 or 8 (or 0 to keep 16-bit weights), got ${bits}`);
   if (![32, 64, 128].includes(groupSize)) throw new Error(`group size must be 32, 64 or 128, got ${groupSize}`);
-  const header = readGGUFHeader(ggufPath); // refuses a corrupt file before MLX reads it
-  const gguf = ggufModel(loadGGUFTensors(ggufPath, header));
+  // A file that cannot be read is a ModelLoadError, as at load: the CLI tells it from a bad
+  // option or an output it cannot write. The header check refuses a corrupt file before MLX reads it.
+  const header = withModelErrors(ggufPath, () => readGGUFHeader(ggufPath));
+  const gguf = ggufModel(withModelErrors(ggufPath, () => loadGGUFTensors(ggufPath, header)));
   try {
     if (bits > 0) requantize(gguf, header, { bits, groupSize });
     if (gguf.tensors.has("rope_freqs")) {

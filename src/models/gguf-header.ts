@@ -109,8 +109,22 @@ class Cursor {
 
   u32 = () => this.bytes(4).readUInt32LE(0);
   u64 = () => Number(this.bytes(8).readBigUInt64LE(0));
-  string = () => this.bytes(this.u64()).toString("utf8");
+  string = () => {
+    const at = this.position;
+    const length = this.u64();
+    // A length past the end of the file is not the file being short by that much: its bytes are not a length.
+    if (length > this.size - this.position)
+      throw new GGUFFormatError(
+        `invalid GGUF header: a string at offset ${at} claims ${length} bytes, more than the file's ${this.size}`,
+      );
+    return this.bytes(length).toString("utf8");
+  };
 }
+
+// The fewest bytes a tensor table entry (name length, rank, type, offset) and a metadata
+// entry (key length, type, a one-byte value) take: counts that cannot fit are not counts.
+const MIN_TENSOR_ENTRY_BYTES = 24;
+const MIN_METADATA_ENTRY_BYTES = 13;
 
 function skipValue(c: Cursor, type: number, depth = 0): void {
   if (type in scalarSizes) return c.skip(scalarSizes[type]!);
@@ -135,6 +149,10 @@ export function readGGUFHeader(path: string): GGUFHeader {
     if (version < 2 || version > 3) throw new GGUFFormatError(`unsupported GGUF version ${version} (supported: 2, 3)`);
     const tensorCount = c.u64();
     const kvCount = c.u64();
+    if (tensorCount * MIN_TENSOR_ENTRY_BYTES + kvCount * MIN_METADATA_ENTRY_BYTES > c.size - c.position)
+      throw new GGUFFormatError(
+        `invalid GGUF header: ${tensorCount} tensors and ${kvCount} metadata entries cannot fit in a file of ${c.size} bytes`,
+      );
     let alignment = 32;
     for (let i = 0; i < kvCount; i++) {
       const key = c.string();

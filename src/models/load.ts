@@ -12,7 +12,7 @@ import { keptQuantizedTypes, loadGGUFTensors } from "./gguf-tensors";
 import { Tokenizer } from "../tokenizer/tokenizer";
 import type { Adapter } from "./lora";
 import { shardTensors, type Shard, type ShardCut } from "./shard";
-import { stageHolds, type Stage } from "./stage";
+import { stageHolds, tensorPart, type Stage } from "./stage";
 
 export type ModelFormat = "mlx" | "gguf";
 
@@ -152,6 +152,7 @@ function assemble(
         t.free();
         tensors.delete(name);
       }
+  checkTensorsFitConfig(tensors, config, format === "mlx" ? join(path, "config.json") : path, stage);
   // The model's layers are built with the shard's heads and widths; the engine sees the model's.
   const cuts = new Map<string, ShardCut>();
   const layersConfig = shard ? shardTensors(tensors, config, shard, cuts) : config;
@@ -184,7 +185,58 @@ function assemble(
   return lm;
 }
 
-function withModelErrors<T>(path: string, fn: () => T): T {
+/**
+ * Refuses a config that does not describe the weights (the layers it counts, the widths it
+ * gives), which would otherwise fail deep inside the model's construction or load weights it
+ * never reads and answer garbage. Names and shapes only: no weight is read. A stage holds
+ * only its own layers, so only those are checked.
+ */
+function checkTensorsFitConfig(
+  tensors: Map<string, MxArray>,
+  config: ModelConfig,
+  source: string,
+  stage: Stage | undefined,
+): void {
+  const mismatch = (problem: string) => new ModelLoadError(`${source} does not match the weights: ${problem}`);
+  const layers = Map.groupBy(
+    [...tensors.keys()].sort().filter((name) => typeof tensorPart(name) === "number"),
+    (name) => tensorPart(name) as number,
+  );
+  const [start, end] = stage ? [stage.start, stage.end] : [0, config.numHiddenLayers];
+  const layerCount = `num_hidden_layers is ${config.numHiddenLayers}`;
+  const unused = Math.min(...[...layers.keys()].filter((layer) => layer < start || layer >= end));
+  if (layers.has(unused)) throw mismatch(`tensor ${layers.get(unused)![0]} is not used (${layerCount})`);
+  // A missing layer is named by what a layer that is there names its first tensor.
+  const [someLayer, someNames] = [...layers][0] ?? [];
+  for (let layer = start; layer < end; layer++)
+    if (!layers.has(layer)) {
+      const name = someNames ? someNames[0]!.replace(`.${someLayer}.`, `.${layer}.`) : `model.layers.${layer}.*`;
+      throw mismatch(`missing tensor ${name} (${layerCount})`);
+    }
+  const expectSize = (name: string, size: number, what: string) => {
+    const shape = tensors.get(name)?.shape;
+    if (shape && shape[0] !== size) throw mismatch(`tensor ${name} has shape [${shape}], but ${what} is ${size}`);
+  };
+  const heads = (name: string, count: number) => `${name} × head_dim (${count} × ${config.headDim})`;
+  expectSize("model.norm.weight", config.hiddenSize, "hidden_size");
+  for (let layer = start; layer < end; layer++) {
+    const prefix = `model.layers.${layer}`;
+    expectSize(`${prefix}.input_layernorm.weight`, config.hiddenSize, "hidden_size");
+    expectSize(
+      `${prefix}.self_attn.q_proj.weight`,
+      config.numAttentionHeads * config.headDim,
+      heads("num_attention_heads", config.numAttentionHeads),
+    );
+    expectSize(
+      `${prefix}.self_attn.k_proj.weight`,
+      config.numKeyValueHeads * config.headDim,
+      heads("num_key_value_heads", config.numKeyValueHeads),
+    );
+  }
+}
+
+/** Runs `fn`, which reads the model at `path`: whatever it throws becomes a ModelLoadError naming the path. */
+export function withModelErrors<T>(path: string, fn: () => T): T {
   try {
     return fn();
   } catch (error) {

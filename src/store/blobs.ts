@@ -1,9 +1,10 @@
 // The content-addressed half of the store: <root>/blobs/sha256-<hex>. A blob is only ever
 // created by renaming a complete, hashed file into place, so a name always matches its bytes
 // unless the disk itself corrupts them (which `mlx verify` finds).
+import { existsSync, readdirSync } from "node:fs";
 import { copyFile, mkdir, rename, stat, unlink } from "node:fs/promises";
 import { dirname } from "node:path";
-import { blobPath, tempPathIn, tmpDir } from "./paths";
+import { blobPath, blobsDir, tempPathIn, tmpDir } from "./paths";
 import { syncToDisk } from "./sync";
 
 export interface BlobRef {
@@ -55,6 +56,16 @@ export async function addBlob(path: string, { move = false } = {}): Promise<Blob
   await syncToDisk(path);
   await rename(path, dest);
   return ref;
+}
+
+/** The sha256 of every blob on disk now. */
+export function blobsOnDisk(): Set<string> {
+  if (!existsSync(blobsDir())) return new Set();
+  return new Set(
+    readdirSync(blobsDir())
+      .filter((name) => name.startsWith("sha256-"))
+      .map((name) => name.slice("sha256-".length)),
+  );
 }
 
 export async function removeBlob(sha256: string): Promise<void> {

@@ -79,7 +79,13 @@ export function newManifest(
 export function describeFiles(files: ManifestFile[]): Pick<ModelManifest, "format" | "architecture" | "quantization"> {
   const config = files.find((f) => f.name === "config.json");
   if (config) {
-    const c = JSON.parse(readFileSync(blobPath(config.sha256), "utf8")) as Record<string, unknown>;
+    let c: Record<string, unknown>;
+    try {
+      c = JSON.parse(readFileSync(blobPath(config.sha256), "utf8"));
+    } catch (error) {
+      throw new Error(`config.json: ${(error as Error).message}`);
+    }
+    if (!c || typeof c !== "object" || Array.isArray(c)) throw new Error("config.json is not a JSON object");
     const q = (c.quantization ?? c.quantization_config) as { bits?: number; group_size?: number } | undefined;
     const quantization = q?.bits
       ? `${q.bits}-bit${q.group_size ? `, group ${q.group_size}` : ""}`

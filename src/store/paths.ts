@@ -25,9 +25,13 @@ export function isSha256Hex(value: string): boolean {
   return SHA256_HEX.test(value);
 }
 
+export function blobsDir(): string {
+  return join(storeRoot(), "blobs");
+}
+
 export function blobPath(sha256: string): string {
   if (!isSha256Hex(sha256)) throw new Error(`not a SHA-256 hex digest: '${sha256}'`);
-  return join(storeRoot(), "blobs", `sha256-${sha256}`);
+  return join(blobsDir(), `sha256-${sha256}`);
 }
 
 export function downloadsDir(): string {

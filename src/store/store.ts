@@ -94,6 +94,11 @@ export function commitModel(manifest: ModelManifest): Promise<{ path: string; ev
   });
 }
 
+/** Removes these blobs (those a failed pull stored) unless a stored model uses them. */
+export function discardBlobs(sha256s: string[]): Promise<void> {
+  return withStoreLock(() => removeUnreferencedBlobs(sha256s, loadIndex()));
+}
+
 export function listModels(): Promise<IndexEntry[]> {
   return withStoreLock(() => [...loadIndex().values()].sort((a, b) => a.name.localeCompare(b.name)));
 }

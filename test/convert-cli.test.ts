@@ -1,0 +1,156 @@
+// `mlx convert` refusing what it must not do: an output directory whose replacement would delete
+// its own input or part of the store, options it cannot honour, and a repair hint only where
+// the stored model's own file failed to read. A tiny GGUF stands in for a model: every refusal
+// here comes before (or instead of) a real conversion.
+import { afterEach, beforeEach, describe, expect, test } from "bun:test";
+import {
+  copyFileSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  rmSync,
+  writeFileSync,
+  writeSync,
+  closeSync,
+} from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { cliRunner } from "./helpers/cli";
+
+const TEST_TIMEOUT_MS = 30_000;
+const fixture = join(import.meta.dir, "fixtures", "gguf-quants.gguf");
+
+let work: string;
+let home: string;
+let mlx: ReturnType<typeof cliRunner>;
+
+beforeEach(() => {
+  work = mkdtempSync(join(tmpdir(), "mlx-convert-"));
+  home = join(work, "home");
+  mlx = cliRunner(home);
+});
+
+afterEach(() => rmSync(work, { recursive: true, force: true }));
+
+/** The fixture stored as the model `quants` (a symlinked blob, as a pulled GGUF is). */
+async function storedModel(): Promise<void> {
+  const file = join(work, "quants.gguf");
+  copyFileSync(fixture, file);
+  expect((await mlx(["pull", file])).code).toBe(0);
+}
+
+const errorLines = (stderr: string) => stderr.trim().split("\n");
+
+describe("mlx convert <gguf> <dir>", () => {
+  test(
+    "refuses an output directory that holds the source, or is it, and deletes nothing",
+    async () => {
+      const dir = join(work, "d");
+      mkdirSync(dir);
+      const source = join(dir, "m.gguf");
+      copyFileSync(fixture, source);
+      for (const output of [dir, source, work]) {
+        const { code, stderr } = await mlx(["convert", source, output, "--force"]);
+        expect(code).toBe(1);
+        expect(errorLines(stderr)).toEqual([
+          `error: output directory ${output} would replace the source ${source}; choose another directory`,
+        ]);
+      }
+      expect(readdirSync(dir)).toEqual(["m.gguf"]);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "refuses an output directory inside the store (or holding it), and the store stays as it was",
+    async () => {
+      await storedModel();
+      const blobs = readdirSync(join(home, "blobs"));
+      for (const output of [join(home, "blobs"), join(home, "models"), join(home, "new"), home]) {
+        const { code, stderr } = await mlx(["convert", "quants", output, "--force"]);
+        expect(code).toBe(1);
+        expect(errorLines(stderr)).toHaveLength(1);
+        expect(stderr).toMatch(/^error: output directory .* (would replace the source|overlaps the model store)/);
+      }
+      expect(readdirSync(join(home, "blobs"))).toEqual(blobs);
+      expect(readdirSync(join(home, "models", "quants"))).toEqual(["quants.gguf"]);
+      expect(readdirSync(home)).not.toContain("new");
+      expect((await mlx(["verify"])).code).toBe(0);
+    },
+    TEST_TIMEOUT_MS,
+  );
+});
+
+describe("mlx convert errors", () => {
+  test(
+    "an option or an output it cannot use is its own error, with no word of damage",
+    async () => {
+      await storedModel();
+      const full = join(work, "full");
+      mkdirSync(full);
+      writeFileSync(join(full, "keep"), "");
+      const cases: [string[], string][] = [
+        [[full], `error: ${full} exists and is not empty (use --force to replace it)`],
+        [[join(work, "out"), "--bits", "abc"], "error: --bits must be a whole number ≥ 0 (got 'abc')"],
+        [
+          [join(work, "out"), "--bits", "7"],
+          "error: bits must be 2, 3, 4, 5, 6 or 8 (or 0 to keep 16-bit weights), got 7",
+        ],
+        [[join(work, "out"), "--group-size", "7"], "error: group size must be 32, 64 or 128, got 7"],
+      ];
+      for (const [args, line] of cases) {
+        const { code, stderr } = await mlx(["convert", "quants", ...args]);
+        expect(code).toBe(1);
+        expect(errorLines(stderr)).toEqual([line]);
+      }
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "into the store, --bits and --group-size are checked and refused rather than ignored",
+    async () => {
+      await storedModel();
+      const cases: [string[], string][] = [
+        [["--bits", "abc"], "error: --bits must be a whole number ≥ 0 (got 'abc')"],
+        [["--group-size", "x"], "error: --group-size must be a whole number > 0 (got 'x')"],
+        [
+          ["--bits", "8"],
+          "error: --bits and --group-size need an output directory: a conversion into the store keeps the default quantization",
+        ],
+        [
+          ["--group-size", "32"],
+          "error: --bits and --group-size need an output directory: a conversion into the store keeps the default quantization",
+        ],
+      ];
+      for (const [args, line] of cases) {
+        const { code, stderr } = await mlx(["convert", "quants", ...args]);
+        expect(code).toBe(1);
+        expect(errorLines(stderr)).toEqual([line]);
+      }
+      expect(readdirSync(join(home, "manifests"))).toEqual(["quants.json"]);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "a stored GGUF that cannot be read is named, with how to repair it",
+    async () => {
+      await storedModel();
+      const [blob] = readdirSync(join(home, "blobs"));
+      // Same size (so the store sees it present), a header no GGUF has.
+      const fd = openSync(join(home, "blobs", blob!), "r+");
+      writeSync(fd, Buffer.from([0xff, 0xff, 0xff, 0x7f]), 0, 4, 4);
+      closeSync(fd);
+      const { code, stderr } = await mlx(["convert", "quants", join(work, "out")]);
+      expect(code).toBe(1);
+      expect(errorLines(stderr)).toHaveLength(1);
+      expect(stderr).toStartWith(`error: cannot load ${join(home, "models", "quants", "quants.gguf")}: `);
+      expect(stderr).toEndWith(
+        "; stored model 'quants' may be damaged: run `mlx verify`, then run `mlx pull quants`\n",
+      );
+    },
+    TEST_TIMEOUT_MS,
+  );
+});
