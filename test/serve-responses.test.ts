@@ -53,7 +53,7 @@ describe("responses.create", () => {
     expect(r.object).toBe("response");
     expect(r.status).toBe("incomplete");
     expect(r.incomplete_details?.reason).toBe("max_output_tokens");
-    expect(r.output[0]!.type).toBe("message");
+    expect(r.output[0]!).toMatchObject({ type: "message", status: "incomplete" });
     expect(r.output_text.length).toBeGreaterThan(0);
     expect(r.usage!.output_tokens).toBe(6);
     expect(r.usage!.total_tokens).toBe(r.usage!.input_tokens + 6);
@@ -134,6 +134,7 @@ describe("responses.stream", () => {
     ]);
     expect(types).toContain("response.output_text.done");
     expect(types.at(-1)).toBe("response.incomplete");
+    expect(final.output[0]!).toMatchObject({ type: "message", status: "incomplete" });
     expect(final.output_text).toBe(deltas);
     const whole = await openai.responses.create({ model, input: "Hi", max_output_tokens: 8, temperature: 0 });
     expect(whole.output_text).toBe(deltas);
@@ -249,9 +250,22 @@ describe("previous_response_id", () => {
     }
   });
 
+  test("a stored response is retrieved and deleted by id (the SDK's retrieve and delete); then it is gone", async () => {
+    const created = await openai.responses.create({ model, input: "Hi", max_output_tokens: 3, temperature: 0 });
+    expect(await openai.responses.retrieve(created.id)).toEqual(created);
+    const streamed = await openai.responses.stream({ model, input: "Hi", max_output_tokens: 3 }).finalResponse();
+    expect((await openai.responses.retrieve(streamed.id)).output_text).toBe(streamed.output_text);
+    await openai.responses.delete(created.id);
+    const gone = await openai.responses.retrieve(created.id).catch((e) => e);
+    expect(gone).toBeInstanceOf(OpenAI.NotFoundError);
+    expect((await openai.responses.delete(created.id).catch((e) => e)).status).toBe(404);
+    const unstored = await openai.responses.create({ model, input: "Hi", store: false, max_output_tokens: 1 });
+    expect((await openai.responses.retrieve(unstored.id).catch((e) => e)).status).toBe(404);
+  });
+
   test("the store keeps at most its bound, each entry for its time to live", async () => {
     const store = new ResponseStore(2, 50);
-    for (const id of ["a", "b", "c"]) store.set(id, [{ role: "user", content: id }]);
+    for (const id of ["a", "b", "c"]) store.set(id, [{ role: "user", content: id }], { id });
     expect(store.get("a")).toBeUndefined();
     expect(store.get("c")).toEqual([{ role: "user", content: "c" }]);
     await Bun.sleep(60);

@@ -187,12 +187,15 @@ export function responsesUsage(promptTokens: number, outputTokens: number, cache
   };
 }
 
-export const messageItem = (id: string, text: string, status: "in_progress" | "completed") => ({
+export type ItemStatus = "in_progress" | "completed" | "incomplete";
+
+export const messageItem = (id: string, text: string, status: ItemStatus) => ({
   type: "message" as const,
   id,
   status,
   role: "assistant" as const,
-  content: status === "completed" ? [outputText(text)] : [],
+  // An item just added (in progress) has no content yet; a finished one, whole or cut, has its text.
+  content: status === "in_progress" ? [] : [outputText(text)],
 });
 
 /** A thinking model's reasoning: whole, as reasoning_text (no summary). */

@@ -6,6 +6,7 @@ import { Hono, type Context } from "hono";
 import {
   functionCallItem,
   messageItem,
+  type ItemStatus,
   outputText,
   parseResponsesRequest,
   reasoningItem,
@@ -28,29 +29,41 @@ import { unixSeconds } from "../../api/openai";
 const STORED_RESPONSES = 1000;
 const STORED_FOR_MS = 60 * 60_000;
 
-/** Keeps the conversation a response ended (when its request asked to store it). */
-type Keep = (content: string, calls: ToolCall[]) => void;
+/** Keeps a finished response and the conversation it ended (when its request asked to store it). */
+type Keep = (content: string, calls: ToolCall[], response: object) => void;
 
 export function responsesRoutes(s: ServerState): Hono {
   const r = new Hono();
   const stored = new ResponseStore(STORED_RESPONSES, STORED_FOR_MS);
   r.post("/v1/responses", (c) => respond(s, c, stored));
+  r.get("/v1/responses/:id", (c) => {
+    const response = stored.response(c.req.param("id"));
+    if (!response) throw responseNotFound(c.req.param("id"), null);
+    return c.json(response);
+  });
+  r.delete("/v1/responses/:id", (c) => {
+    const id = c.req.param("id");
+    if (!stored.delete(id)) throw responseNotFound(id, null);
+    return c.json({ id, object: "response.deleted", deleted: true });
+  });
   return r;
 }
+
+const responseNotFound = (id: string | undefined, param: string | null) =>
+  new ApiError(
+    404,
+    `no stored response '${id}' (unknown, expired, or created with store: false)`,
+    "invalid_request_error",
+    param,
+    "response_not_found",
+  );
 
 async function respond(s: ServerState, c: Context, stored: ResponseStore): Promise<Response> {
   const req = parseResponsesRequest(await readJson(c.req));
   const model = requestedModel(s.config, req.model);
   const previous = req.previousResponseId;
   const history = previous === undefined ? [] : stored.get(previous);
-  if (!history)
-    throw new ApiError(
-      404,
-      `no stored response '${previous}' (unknown, expired, or created with store: false)`,
-      "invalid_request_error",
-      "previous_response_id",
-      "response_not_found",
-    );
+  if (!history) throw responseNotFound(previous, "previous_response_id");
   const conversation = [...history, ...req.input];
   const messages: ConversationMessage[] = req.instructions
     ? [{ role: "system", content: req.instructions }, ...conversation]
@@ -68,12 +81,13 @@ async function respond(s: ServerState, c: Context, stored: ResponseStore): Promi
     thinking: req.thinking,
   });
   const base = responseBase(req, model);
-  const keep: Keep = (content, calls) => {
+  const keep: Keep = (content, calls, response) => {
     if (req.store)
-      stored.set(base.id, [
-        ...conversation,
-        { role: "assistant", content, ...(calls.length > 0 ? { toolCalls: calls } : {}) },
-      ]);
+      stored.set(
+        base.id,
+        [...conversation, { role: "assistant", content, ...(calls.length > 0 ? { toolCalls: calls } : {}) }],
+        response,
+      );
   };
   return req.stream ? streamed(s, gen, base, keep) : whole(gen, base, keep);
 }
@@ -129,10 +143,19 @@ function finished(base: Base, output: unknown[], finishReason: string, u: Genera
   };
 }
 
-function outputItems(content: string, calls: ToolCall[], messageId: string, reasoning = "") {
+/** A message the token budget cut is incomplete, as the response is. */
+const messageStatus = (finishReason: string): ItemStatus => (finishReason === "length" ? "incomplete" : "completed");
+
+function outputItems(
+  content: string,
+  calls: ToolCall[],
+  messageId: string,
+  reasoning = "",
+  status: ItemStatus = "completed",
+) {
   return [
     ...(reasoning ? [reasoningItem(responseId("rs"), reasoning, "completed")] : []),
-    ...(content || calls.length === 0 ? [messageItem(messageId, content, "completed")] : []),
+    ...(content || calls.length === 0 ? [messageItem(messageId, content, status)] : []),
     ...calls.map((call) => functionCallItem(call, "completed")),
   ];
 }
@@ -141,15 +164,15 @@ async function whole(gen: Generation, base: Base, keep: Keep): Promise<Response>
   const result = await collectGeneration(gen);
   if (!result) return new Response(null, { status: 499 }); // the client is gone
   const { content, calls } = gen.toolFormat ? gen.toolFormat.parse(result.text) : { content: result.text, calls: [] };
-  keep(content, calls);
-  return Response.json(
-    finished(
-      base,
-      outputItems(content, calls, responseId("msg"), result.reasoning),
-      result.done.finishReason,
-      result.done.usage,
-    ),
+  const { finishReason, usage } = result.done;
+  const response = finished(
+    base,
+    outputItems(content, calls, responseId("msg"), result.reasoning, messageStatus(finishReason)),
+    finishReason,
+    usage,
   );
+  keep(content, calls, response);
+  return Response.json(response);
 }
 
 function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep): Response {
@@ -224,7 +247,7 @@ function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep): Resp
         if (messageOpen) {
           emit(send, { type: "response.output_text.done", ...part, text, logprobs: [] });
           emit(send, { type: "response.content_part.done", ...part, part: outputText(text) });
-          output.push(messageItem(messageId, text, "completed"));
+          output.push(messageItem(messageId, text, messageStatus(e.finishReason)));
           emit(send, { type: "response.output_item.done", output_index: part.output_index, item: output.at(-1) });
         }
         for (const call of calls) {
@@ -251,13 +274,15 @@ function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep): Resp
           emit(send, { type: "response.output_item.done", output_index, item });
           output.push(item);
         }
-        keep(text, calls);
         const response = finished(
           base,
-          messageOpen || calls.length > 0 ? output : [...output, ...outputItems("", [], messageId)],
+          messageOpen || calls.length > 0
+            ? output
+            : [...output, ...outputItems("", [], messageId, "", messageStatus(e.finishReason))],
           e.finishReason,
           e.usage,
         );
+        keep(text, calls, response);
         emit(send, { type: e.finishReason === "length" ? "response.incomplete" : "response.completed", response });
       },
       error: (e) => {
