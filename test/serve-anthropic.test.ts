@@ -90,6 +90,14 @@ describe("messages.create", () => {
     expect((m.content[0] as Anthropic.TextBlock).text).toBe(alone.text);
   });
 
+  test("models.list and models.retrieve in Anthropic's shapes", async () => {
+    const page = await client.models.list();
+    const listed = page.data.find((m) => m.id === model)!;
+    expect(listed).toMatchObject({ type: "model", id: model, display_name: model });
+    expect(Number.isNaN(Date.parse(listed.created_at))).toBe(false);
+    expect(await client.models.retrieve(model)).toEqual(listed);
+  });
+
   test("max_tokens and stop_sequences end the answer with their stop reasons", async () => {
     const messages: Anthropic.MessageParam[] = [{ role: "user", content: [{ type: "text", text: "Count" }] }];
     // Random weights rarely pick EOS: with greedy decoding the answer runs to max_tokens.
@@ -291,6 +299,7 @@ describe("errors", () => {
         /belong in user messages/,
       ],
       [{ temperature: 1.5 }, /'temperature' must be <= 1/],
+      [{ messages: [{ role: "user", content: [] }] }, /'messages\.0\.content' must not be empty/],
       [{ tools: [{ name: "web", type: "web_search_20250305" }] }, /tool type 'web_search_20250305'/],
       [{ tools, tool_choice: { type: "tool", name: "nope" } }, /'nope', which is not among the tools/],
       [{ tool_choice: { type: "any" } }, /'any' needs 'tools'/],

@@ -261,6 +261,11 @@ describe("OpenAI completions and models", () => {
       ["chat/completions", { messages, verbosity: "low" }, "verbosity"],
       ["chat/completions", { messages, store: true }, "store"],
       ["chat/completions", { messages, service_tier: "flex" }, "service_tier"],
+      [
+        "chat/completions",
+        { messages, stream: true, stream_options: { include_usage: true, x: 1 } },
+        "stream_options.x",
+      ],
       ["completions", { prompt: "x", metadata: {} }, "metadata"],
       ["completions", { prompt: "x", thinking_budget: 3 }, "thinking_budget"],
     ] as const) {

@@ -113,7 +113,7 @@ function conversationMessages(item: unknown, i: number, earlier: ConversationMes
   const { m, at, role } = messageFields(item, i, ROLES);
   const content = m.raw("content");
   if (typeof content === "string") return [{ role, content }];
-  const blocks = m.array("content", { required: true })!;
+  const blocks = m.array("content", { required: true, nonEmpty: true })!;
   const out: ConversationMessage[] = [];
   let text = "";
   const calls: ToolCall[] = [];
@@ -248,4 +248,18 @@ export function anthropicErrorType(status: number): string {
     529: "overloaded_error",
   };
   return types[status] ?? (status >= 500 ? "api_error" : "invalid_request_error");
+}
+
+/** A model as Anthropic's models API describes one, from OpenAI's description of it. */
+export const anthropicModel = (m: { id: string; created: number }) => ({
+  type: "model" as const,
+  id: m.id,
+  display_name: m.id,
+  created_at: new Date(m.created * 1000).toISOString(),
+});
+
+/** Anthropic's page of models: all of them, in one page. */
+export function anthropicModelList(models: { id: string; created: number }[]) {
+  const data = models.map(anthropicModel);
+  return { data, has_more: false, first_id: data[0]?.id ?? null, last_id: data.at(-1)?.id ?? null };
 }

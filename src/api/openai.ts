@@ -103,6 +103,7 @@ function commonFields(f: Fields): Omit<OpenAIRequest, "prompt" | "logprobs" | "t
   const streamOptions = f.object("stream_options");
   if (streamOptions && !stream)
     throw new ValidationError("'stream_options' is only allowed when 'stream' is true", "stream_options");
+  streamOptions?.onlyKnown(["include_usage"]);
   const includeUsage = streamOptions?.boolean("include_usage") ?? false;
   const maxTokens = f.integer("max_completion_tokens", { min: 1 }) ?? f.integer("max_tokens", { min: 1 });
   let topK = f.integer("top_k", { min: -1 });

@@ -28,6 +28,7 @@ import type { ServerState } from "../state";
 import type { Tokenizer } from "../../tokenizer/tokenizer";
 import { ToolCallStream, type ToolCall } from "../../engine/tools";
 import { remoteModelNames } from "../../providers";
+import { anthropicModel, anthropicModelList } from "../../api/anthropic";
 
 type Kind = "chat" | "completion";
 
@@ -57,13 +58,18 @@ async function servedModels(s: ServerState): Promise<ReturnType<typeof modelObje
 export function openaiRoutes(s: ServerState): Hono {
   const r = new Hono();
 
-  r.get("/v1/models", async (c) => c.json({ object: "list", data: await servedModels(s) }));
+  // Anthropic's client asks the same paths (it sends anthropic-version): its shapes for it.
+  const anthropic = (c: Context) => c.req.header("anthropic-version") !== undefined;
+  r.get("/v1/models", async (c) => {
+    const data = await servedModels(s);
+    return c.json(anthropic(c) ? anthropicModelList(data) : { object: "list", data });
+  });
   // A model's name may be a path: its slashes are the id's.
   r.get("/v1/models/:id{.+}", async (c) => {
     const id = c.req.param("id");
     const found = (await servedModels(s)).find((m) => m.id === id);
     if (!found) throw notFound(`model '${id}' is not served here (GET /v1/models lists them)`, "model_not_found");
-    return c.json(found);
+    return c.json(anthropic(c) ? anthropicModel(found) : found);
   });
 
   r.post("/v1/chat/completions", (c) => complete(s, c, "chat"));
