@@ -125,10 +125,18 @@ describe("Ollama chat and generate", () => {
     expect(a.response).toBe(b.response);
   });
 
+  test("a name with Ollama's default tag (:latest) is the model without it", async () => {
+    const plain = await ollama.chat({ model, messages, stream: false, options: greedy });
+    const tagged = await ollama.chat({ model: `${model}:latest`, messages, stream: false, options: greedy });
+    expect(tagged.message.content).toBe(plain.message.content);
+  });
+
   test("an unknown model: a 404 whose message the client shows", async () => {
     const error = await ollama.chat({ model: "no-such-model", messages }).catch((e) => e);
     expect(error.status_code).toBe(404);
     expect(error.message).toMatch(/no-such-model/);
+    const tagged = await ollama.chat({ model: "no-such-model:latest", messages }).catch((e) => e);
+    expect(tagged.status_code).toBe(404);
     const bad = await ollama.generate({ model, prompt: "x", options: { temperature: -1 } }).catch((e) => e);
     expect(bad.status_code).toBe(400);
     expect(bad.message).toMatch(/temperature/);

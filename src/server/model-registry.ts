@@ -15,6 +15,10 @@ import type { KvQuantization } from "../models/cache";
 import { listModels } from "../store/store";
 import type { IndexEntry } from "../store/model-index";
 import type { Scheduler } from "../engine/scheduler";
+import { ModelNotFoundError } from "../errors";
+
+/** The tag Ollama gives a model named without one. */
+const LATEST_TAG = ":latest";
 
 export interface LoadedEntry {
   /** The name it was first requested by. */
@@ -116,7 +120,11 @@ export class ModelRegistry {
     const known = this.#pathOf.get(name);
     if (known && this.#byPath.has(known)) return known;
     const served = this.options.adapters?.get(name);
-    const path = await resolveModelPath(served ? served.base : name, { onProgress: () => {} });
+    const path = await resolveModelPath(served ? served.base : name, { onProgress: () => {} }).catch((error) => {
+      // Ollama's clients may name a model with its default tag: "m:latest" is "m" where no model has that name.
+      if (!(error instanceof ModelNotFoundError) || !name.endsWith(LATEST_TAG)) throw error;
+      return this.resolve(name.slice(0, -LATEST_TAG.length));
+    });
     this.#pathOf.set(name, path);
     return path;
   }
