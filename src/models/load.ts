@@ -198,10 +198,12 @@ function checkTensorsFitConfig(
   stage: Stage | undefined,
 ): void {
   const mismatch = (problem: string) => new ModelLoadError(`${source} does not match the weights: ${problem}`);
-  const layers = Map.groupBy(
-    [...tensors.keys()].sort().filter((name) => typeof tensorPart(name) === "number"),
-    (name) => tensorPart(name) as number,
-  );
+  // Each layer's tensor names (the library runs on Node 20 too, which has no Map.groupBy).
+  const layers = new Map<number, string[]>();
+  for (const name of [...tensors.keys()].sort()) {
+    const layer = tensorPart(name);
+    if (typeof layer === "number") layers.set(layer, [...(layers.get(layer) ?? []), name]);
+  }
   const [start, end] = stage ? [stage.start, stage.end] : [0, config.numHiddenLayers];
   const layerCount = `num_hidden_layers is ${config.numHiddenLayers}`;
   const unused = Math.min(...[...layers.keys()].filter((layer) => layer < start || layer >= end));
