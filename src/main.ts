@@ -3,7 +3,7 @@
 import { defineCommand, runMain, type ArgsDef } from "citty";
 import pkg from "../package.json" with { type: "json" };
 import { fail } from "./cmd/log";
-import { flagProblem, withNegativeValues } from "./cmd/strict-flags";
+import { flagProblem, showUsage, withLastValues, withNegativeValues } from "./cmd/strict-flags";
 
 const subCommands = {
   run: () => import("./cmd/run").then((m) => m.default),
@@ -37,6 +37,7 @@ if (name !== undefined && Object.hasOwn(subCommands, name)) {
   argv = [...argv.slice(0, at + 1), ...withNegativeValues(args, argv.slice(at + 1))];
   const problem = flagProblem(name, args, argv.slice(at + 1));
   if (problem) fail(new Error(problem));
+  argv = [...argv.slice(0, at + 1), ...withLastValues(args, argv.slice(at + 1))];
 }
 
 // A reader that went away (`mlx run ... | head -c 5`) ends the command quietly with SIGPIPE's
@@ -47,4 +48,4 @@ process.stdout.on("error", (error: NodeJS.ErrnoException) => {
   throw error;
 });
 
-runMain(main, { rawArgs: argv });
+runMain(main, { rawArgs: argv, showUsage });

@@ -2,14 +2,15 @@
 // --json, --csv, -n, several -m with a broken one, the prompt suite with regex and schema
 // expectations, bad prompt and schema files, and --plot.
 import { beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { writeTinyModel } from "./helpers/tiny-model";
 import { checkAnswer, compileRegex, extractJson, parsePromptFile, readSchemaFile } from "../src/bench/suite";
 import { percentile, sd, summarize } from "../src/bench/stats";
 import { wellFormed } from "./helpers/svg";
-import { cliRunner } from "./helpers/cli";
+import { cliRunner, mainScript } from "./helpers/cli";
+import { article } from "../src/bench/report";
 
 const root = mkdtempSync(join(tmpdir(), "mlx-bench-"));
 const tiny = join(root, "tiny");
@@ -84,6 +85,55 @@ describe("mlx bench: model mode", () => {
     expect(good[header.indexOf("repetitions")]).toBe("1");
     expect(rows.find((row) => row.startsWith("no-such-model,"))).toMatch(/model not found/);
   }, 20_000);
+
+  test("the table lists the models in command-line order, a failed one too", async () => {
+    const r = await mlx(["-m", join(root, "nosuch"), "-m", tiny, "-n", "1", ...fast]);
+    expect(r.code).toBe(1);
+    const models = r.stdout
+      .split("\n")
+      .slice(2)
+      .filter((line) => line.startsWith("| "))
+      .map((line) => line.split("|")[1]!.trim());
+    expect(models).toEqual(["nosuch", "tiny"]);
+  }, 20_000);
+
+  test("a test that does not run (-p 0, -g 0) has no column and no note; one run is '1 run'", async () => {
+    const noPrompt = await mlx(["-m", tiny, "-n", "1", "-p", "0", "-g", "8"]);
+    expect(noPrompt.code).toBe(0);
+    expect(noPrompt.stdout).not.toMatch(/pp\d* tokens\/s|first token|pp: /);
+    expect(noPrompt.stdout).toMatch(/\|\s+tg8 tokens\/s \|/);
+    expect(noPrompt.stdout).toContain("1 run each, mean ± standard deviation; tg: 8 generated tokens.");
+    const noGeneration = await mlx(["-m", tiny, "-n", "1", "-p", "8", "-g", "0"]);
+    expect(noGeneration.code).toBe(0);
+    expect(noGeneration.stdout).not.toMatch(/tg\d* tokens\/s|tg: /);
+    expect(noGeneration.stdout).toContain(
+      "1 run each, mean ± standard deviation; pp: an 8-token prompt, timed to its first token.",
+    );
+  }, 20_000);
+
+  test("'a' or 'an' before a count, as the number is said", () => {
+    for (const n of [8, 11, 18, 80, 86, 800, 8192, 11_000, 18_500]) expect(`${article(n)} ${n}`).toBe(`an ${n}`);
+    for (const n of [1, 16, 110, 512, 1100, 1800, 100_000]) expect(`${article(n)} ${n}`).toBe(`a ${n}`);
+  });
+
+  test("Ctrl-C mid-benchmark: exit 130, and the in-use marker is gone", async () => {
+    expect((await run(["pull", tiny])).code).toBe(0);
+    const proc = Bun.spawn(
+      [process.execPath, mainScript, "bench", "-m", "tiny", "-n", "100000", "-p", "16", "-g", "8"],
+      {
+        stdout: "pipe",
+        stderr: "pipe",
+        env: { ...process.env, MLX_HOME: join(root, "home") },
+      },
+    );
+    const marker = join(root, "home", "in-use", "tiny", String(proc.pid));
+    for (const deadline = Date.now() + 20_000; !existsSync(marker) && Date.now() < deadline; ) await Bun.sleep(10);
+    expect(existsSync(marker)).toBe(true);
+    proc.kill("SIGINT");
+    expect(await proc.exited).toBe(130);
+    expect(proc.signalCode).toBeNull(); // it exited, rather than being killed before its exit handlers
+    expect(existsSync(marker)).toBe(false);
+  }, 30_000);
 
   test("--plot writes a well-formed SVG with one bar and one error bar per model and test", async () => {
     const svg = join(root, "models.svg");
@@ -220,6 +270,17 @@ describe("mlx bench: prompt suite", () => {
     expect(table.stdout).toMatch(/\| tiny .*\|\s+2\/4 \|/); // the plain line now has --expect-regex; line 4 keeps only its schema
     expect(table.stdout).toMatch(/\| line \| prompt\s+\| expectation\s+\| tiny \|/);
     expect(table.stdout).toMatch(/\|\s+2 \| Say something impossible\s+\| regex \^IMPOSSIBLE-\\d\{9\}\$\s+\| FAIL \|/);
+  }, 20_000);
+
+  test("a prompt with '|' keeps the Markdown table's columns (escaped as \\|)", async () => {
+    const prompts = file("pipes.txt", "a | b || c\n");
+    const r = await mlx(["--prompts", prompts, "-m", tiny, "--max-tokens", "2", "--expect-regex", "x|y"]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/\|\s+1 \| a \\\| b \\\|\\\| c\s+\| regex x\\\|y\s+\| (pass|FAIL) \|/);
+    // Every row of the per-prompt table has as many column bars as its header.
+    const perPrompt = r.stdout.split("\n").filter((line) => line.startsWith("| line") || /^\|\s+1 \|/.test(line));
+    const bars = perPrompt.map((line) => line.replaceAll("\\|", "").split("|").length);
+    expect(new Set(bars).size).toBe(1);
   }, 20_000);
 
   test("plain lines with --expect-schema on every prompt, and --csv", async () => {

@@ -1,7 +1,7 @@
 // `mlx chat` in a real terminal: the executable runs in a tmux pane (a pseudo-terminal),
 // driven with keystrokes and read back from the screen. Uses a tiny random-weight model.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, readFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { writeTinyModel } from "./helpers/tiny-model";
@@ -121,5 +121,38 @@ describe("mlx chat with piped input", () => {
     expect(stderr).toContain("temp = 0.5");
     expect(stderr).toContain("unknown command '/bogus'");
     expect(stdout.trim().split("\n").length).toBe(2); // two answers: "hello" and the fenced block
+  });
+
+  test("/load restores what /save wrote (messages, system prompt, sampling, max_tokens); a bad file is one line naming it", async () => {
+    const piped = join(root, "piped-save");
+    writeTinyModel(piped);
+    const chat = async (stdin: string) => {
+      const proc = Bun.spawn([process.execPath, main, "chat", "-m", piped, "--max-tokens", "4"], {
+        stdin: new Blob([stdin]),
+        stdout: "pipe",
+        stderr: "pipe",
+        env: { ...process.env, MLX_HOME: home },
+      });
+      const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+      expect(code).toBe(0);
+      return stderr;
+    };
+    const saved = join(root, "saved.json");
+    await chat(
+      `/set temp 0.5\n/set top_p 0.9\n/set seed 9\n/set max_tokens 3\n/set system be brief\nhi\n/save ${saved}\n`,
+    );
+    const loaded = await chat(`/load ${saved}\n/show\n`);
+    expect(loaded).toContain(`loaded 2 messages and the settings from ${saved}`);
+    expect(loaded).toMatch(/settings: +temp 0\.5, top_p 0\.9, top_k 0, min_p 0, max_tokens 3, seed 9,/);
+    expect(loaded).toContain("system prompt:  be brief");
+
+    const notJson = join(root, "not.json");
+    writeFileSync(notJson, "{ half");
+    const bad = join(root, "bad-settings.json");
+    writeFileSync(bad, JSON.stringify({ messages: [], settings: { temperature: -1 } }));
+    const errors = await chat(`/load ${join(root, "nonexist.json")}\n/load ${notJson}\n/load ${bad}\n`);
+    expect(errors).toContain(`error: cannot read '${join(root, "nonexist.json")}': no such file\n`);
+    expect(errors).toMatch(new RegExp(`error: '${notJson}' is not valid JSON: .+\\n`));
+    expect(errors).toContain(`error: ${bad}: temperature must be >= 0 (got -1)`);
   });
 });

@@ -1,7 +1,9 @@
 // `mlx run` as a user drives it: the real CLI in a child process, on a tiny random-weight
 // model directory (SmolLM2's tokenizer), with pipes, flags, bad input and Ctrl-C.
 import { beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, truncateSync, copyFileSync, mkdirSync, writeFileSync, statSync } from "node:fs";
+import { mkdtempSync, truncateSync, copyFileSync, mkdirSync, writeFileSync, statSync, existsSync } from "node:fs";
+import type { ArgsDef } from "citty";
+import { withLastValues } from "../src/cmd/strict-flags";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { writeTinyModel } from "./helpers/tiny-model";
@@ -134,7 +136,25 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
 
   test("an invalid flag value", async () => {
     oneLineError(await mlx(["run", "-m", model, "--temp", "hot", "hi"]), /--temp must be a number/);
-    oneLineError(await mlx(["run", "-m", model, "--top-p", "2", "hi"]), /top_p/);
+    // Named by the flag, not by the sampling value the engine checks (top_p, repetition penalty).
+    oneLineError(
+      await mlx(["run", "-m", model, "--top-p", "2", "hi"]),
+      /^error: --top-p must be in \(0, 1\] \(got 2\)$/m,
+    );
+    oneLineError(
+      await mlx(["run", "-m", model, "--repeat-penalty", "0", "hi"]),
+      /^error: --repeat-penalty must be > 0 \(got 0\)$/m,
+    );
+    // Whole numbers are plain decimals: not hexadecimal, not exponents.
+    for (const value of ["0x10", "1e2", "5.0"])
+      oneLineError(
+        await mlx(["run", "-m", model, "--max-tokens", value, "hi"]),
+        new RegExp(`--max-tokens must be a whole number > 0 \\(got '${value}'\\)`),
+      );
+    oneLineError(
+      await mlx(["run", "-m", model, "--top-k", "1e1", "hi"]),
+      /--top-k must be a whole number \(got '1e1'\)/,
+    );
     oneLineError(await mlx(["run", "-m", model, "--max-tokens", "0", "hi"]), /--max-tokens/);
     oneLineError(await mlx(["run", "-m", model, "--kv-bits", "3", "hi"]), /--kv-bits must be 4 or 8/);
     oneLineError(
@@ -149,6 +169,103 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
   });
 
   test("no prompt at all", async () => oneLineError(await mlx(["run", "-m", model], ""), /no prompt/));
+
+  test("--kv-group-size and --kv-quant-start without --kv-bits would change nothing: refused, as in chat, serve and bench", async () => {
+    for (const command of ["run", "chat", "bench"]) {
+      oneLineError(
+        await mlx([command, "-m", model, "--kv-group-size", "32"]),
+        /^error: --kv-group-size needs --kv-bits \(8 or 4\)$/m,
+      );
+      oneLineError(
+        await mlx([command, "-m", model, "--kv-quant-start", "4"]),
+        /^error: --kv-quant-start needs --kv-bits \(8 or 4\)$/m,
+      );
+    }
+    oneLineError(
+      await mlx(["serve", "--port", "0", "--kv-group-size", "32"]),
+      /^error: --kv-group-size needs --kv-bits \(8 or 4\)$/m,
+    );
+    // The value is checked too, with --kv-bits or without.
+    oneLineError(
+      await mlx(["run", "-m", model, "--kv-quant-start", "abc", "hi"]),
+      /--kv-quant-start must be a whole number ≥ 0 \(got 'abc'\)/,
+    );
+    // As --num-draft without its partner, in serve too.
+    oneLineError(
+      await mlx(["serve", "--port", "0", "--num-draft", "2"]),
+      /--num-draft needs --draft-model or --prompt-lookup/,
+    );
+  });
+
+  test("--thinking-budget on a model that does not think is refused, as --think is", async () => {
+    oneLineError(await mlx(["run", "-m", model, "--think", "hi"]), /this model does not think/);
+    oneLineError(
+      await mlx(["run", "-m", model, "--thinking-budget", "5", "hi"]),
+      /^error: this model does not think .*--thinking-budget/m,
+    );
+    oneLineError(await mlx(["chat", "-m", model, "--thinking-budget", "5"], "hi\n"), /this model does not think/);
+  });
+
+  test("a flag given twice keeps its last value (as argparse); repeatable ones keep every value", async () => {
+    const r = await mlx(["run", "-m", model, "--max-tokens", "9", "--max-tokens", "2", "--json", "hi"]);
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout).token_ids.length).toBeLessThanOrEqual(2);
+    const runArgs = (await import("../src/cmd/run")).default.args as ArgsDef;
+    expect(
+      withLastValues(runArgs, [
+        ...["--max-tokens", "5", "--stop", "a", "-v", "--max-tokens=6", "--stop", "b", "--no-verbose"],
+        ...["-m", "x", "--model", "y", "hi", "--", "--max-tokens", "7"],
+      ]),
+    ).toEqual([
+      "--stop",
+      "a",
+      "--max-tokens=6",
+      "--stop",
+      "b",
+      "--no-verbose",
+      "--model",
+      "y",
+      "hi",
+      "--",
+      "--max-tokens",
+      "7",
+    ]);
+  });
+
+  test("a command that takes no arguments refuses one instead of ignoring it", async () => {
+    oneLineError(
+      await mlx(["list", "extra"]),
+      /^error: mlx list takes no arguments \(got 'extra'\); mlx list --help lists its options$/m,
+    );
+    oneLineError(await mlx(["verify", "extra"]), /^error: mlx verify takes no arguments \(got 'extra'\)/m);
+    oneLineError(await mlx(["chat", "-m", model, "hello"]), /mlx chat takes no arguments \(got 'hello'\)/);
+    // What follows launch's -- is the command it starts.
+    oneLineError(await mlx(["launch", "-n", "2", "run", "hi"]), /mlx launch takes no arguments \(got 'run'\)/);
+  });
+
+  test("launch's -n is -n in its help and its errors (not --n)", async () => {
+    // consola, which prints the help, is silent where NODE_ENV is "test" (as under bun test).
+    const proc = Bun.spawn([process.execPath, main, "launch", "--help"], {
+      stdout: "pipe",
+      env: { ...env, NODE_ENV: "production" },
+    });
+    const help = { stdout: await new Response(proc.stdout).text(), code: await proc.exited };
+    expect(help.code).toBe(0);
+    expect(help.stdout).toMatch(/^ +-n +Ranks to start/m);
+    expect(help.stdout).not.toContain("--n ");
+    // Still aligned with the other flags' column.
+    const end = (flag: string) =>
+      help.stdout
+        .split("\n")
+        .find((l) => l.trimStart().startsWith(`${flag} `))!
+        .indexOf(`${flag} `);
+    expect(end("-n") + 2).toBe(end("--plan") + 6);
+    oneLineError(
+      await mlx(["launch", "-n", "0", "--", "run", "hi"]),
+      /^error: -n must be a whole number > 0 \(got '0'\)$/m,
+    );
+    oneLineError(await mlx(["launch", "-n"]), /^error: Option '-n <value>' argument missing/m);
+  });
 
   test("a flag the command does not have (citty alone would ignore it): named, with the closest ones", async () => {
     oneLineError(
@@ -165,7 +282,7 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
   });
 
   test("a negative number after a flag is its value (both parsers would read it as flags); other dashes get a hint", async () => {
-    oneLineError(await mlx(["run", "-m", model, "--temp", "-1", "hi"]), /temperature must be >= 0 \(got -1\)/);
+    oneLineError(await mlx(["run", "-m", model, "--temp", "-1", "hi"]), /--temp must be >= 0 \(got -1\)/);
     oneLineError(
       await mlx(["run", "-m", model, "--max-tokens", "-2", "hi"]),
       /--max-tokens must be a whole number > 0 \(got '-2'\)/,
@@ -191,6 +308,24 @@ describe("mlx run: a reader that goes away", () => {
 });
 
 describe("mlx run: Ctrl-C", () => {
+  test("before the answer (the model loaded, the prompt still read): exit 130, and the in-use marker is gone", async () => {
+    expect((await mlx(["pull", model])).code).toBe(0);
+    // Piped stdin that stays open: the command waits for the rest of the prompt, the model open.
+    const proc = Bun.spawn([process.execPath, main, "run", "-m", "tiny", "--max-tokens", "5", "hi"], {
+      stdin: "pipe",
+      stdout: "pipe",
+      stderr: "pipe",
+      env,
+    });
+    const marker = join(root, "home", "in-use", "tiny", String(proc.pid));
+    for (const deadline = Date.now() + 20_000; !existsSync(marker) && Date.now() < deadline; ) await Bun.sleep(10);
+    expect(existsSync(marker)).toBe(true);
+    proc.kill("SIGINT");
+    expect(await proc.exited).toBe(130);
+    expect(proc.signalCode).toBeNull(); // it exited, rather than being killed before its exit handlers
+    expect(existsSync(marker)).toBe(false);
+  });
+
   test("stops generation cleanly with exit code 130", async () => {
     const proc = Bun.spawn(
       [

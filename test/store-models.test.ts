@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { aliasKvQuantization, aliasMaxKvSize, loadAliases } from "../src/store/aliases";
 import { markInUse, releaseModel } from "../src/store/in-use";
 import { LockTimeoutError, withStoreLock } from "../src/store/lock";
-import { readManifest } from "../src/store/manifest";
+import { readManifest, writeManifest } from "../src/store/manifest";
 import { blobPath, indexPath, inUseDir, locksDir, modelKey } from "../src/store/paths";
 import { modelRequest, pullModel } from "../src/store/pull";
 import { resolveModelPath } from "../src/store/resolve";
@@ -276,6 +276,43 @@ describe("damage", () => {
       expect(r.code).toBe(1);
       expect(r.stdout).toContain("needs a new pull: mlx pull alpha");
       expect(r.stderr).toContain(`corrupt: sha256-${weights.sha256} (removed)`);
+    },
+    TEST_TIMEOUT_MS,
+  );
+});
+
+describe("damage seen cheaply", () => {
+  test(
+    "mlx list marks a model whose files are gone (a stat per blob, no hashing); the others keep their size",
+    async () => {
+      await pull(fakeModel("alpha"));
+      await pull(fakeModel("beta"));
+      const weights = readManifest("alpha")!.files.find((f) => f.name === "model.safetensors")!;
+      rmSync(blobPath(weights.sha256));
+      const table = await cliResult(["list"]);
+      expect(table.code).toBe(0);
+      expect(table.stdout).toMatch(/^alpha .*missing files: run mlx verify/m);
+      expect(table.stdout).toMatch(/^beta .*\d+(\.\d+)? [KM]?B/m);
+      const rows = JSON.parse((await cliResult(["list", "--json"])).stdout);
+      expect(rows.map((r: { name: string; missingFiles: boolean }) => [r.name, r.missingFiles])).toEqual([
+        ["alpha", true],
+        ["beta", false],
+      ]);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "mlx verify counts its files in words that fit: 1 file, 3 files",
+    async () => {
+      await pull(fakeModel("alpha"));
+      expect((await cliResult(["verify"])).stdout).toStartWith("checked 3 files (");
+      // A model of one file: its manifest cut down to the weights (the index is rebuilt from it).
+      const manifest = readManifest("alpha")!;
+      const weights = manifest.files.find((f) => f.name === "model.safetensors")!;
+      writeManifest({ ...manifest, files: [weights], totalBytes: weights.size });
+      rmSync(indexPath());
+      expect((await cliResult(["verify"])).stdout).toStartWith("checked 1 file (");
     },
     TEST_TIMEOUT_MS,
   );

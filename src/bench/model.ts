@@ -178,7 +178,7 @@ export function generationTest(
   return { seconds: (performance.now() - start) / 1000, tokens: n, peakBytes: memoryFigures().peak, drafted, accepted };
 }
 
-export function benchLoadedModel(lm: LoadedModel, name: string, o: ModelBenchOptions): ModelBenchResult {
+export async function benchLoadedModel(lm: LoadedModel, name: string, o: ModelBenchOptions): Promise<ModelBenchResult> {
   const say = o.onProgress ?? (() => {});
   const context = lm.config.maxPositionEmbeddings;
   if (o.promptTokens + 1 > context)
@@ -202,6 +202,8 @@ export function benchLoadedModel(lm: LoadedModel, name: string, o: ModelBenchOpt
   let tgPeak = 0;
   const drafts = { drafted: 0, accepted: 0 };
   for (let i = 1; i <= o.repetitions; i++) {
+    // The tests run without a pause: here a Ctrl-C's handler gets its turn (it ends the process).
+    await new Promise((resolve) => setImmediate(resolve));
     if (prompt.length > 0) {
       const r = promptTest(lm, prompt);
       pp.push(prompt.length / r.seconds);

@@ -10,14 +10,51 @@ export interface ModelFailure {
   error: string;
 }
 
-/** A Markdown table with padded columns (right-aligned where `right[i]`). */
+/** A model's result, or why it failed: the reports list them in the order the models were given. */
+export type Outcome<T> = T | ModelFailure;
+
+export const isFailure = <T extends object>(o: Outcome<T>): o is ModelFailure => "error" in o;
+export const succeeded = <T extends object>(models: Outcome<T>[]): T[] => models.filter((o): o is T => !isFailure(o));
+const failed = <T extends object>(models: Outcome<T>[]): ModelFailure[] => models.filter(isFailure);
+
+/** A Markdown table with padded columns (right-aligned where `right[i]`); a `|` in a cell is escaped. */
 export function table(header: string[], rows: string[][], right: boolean[] = []): string {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
+  const escape = (cells: string[]) => cells.map((c) => c.replaceAll("|", "\\|"));
+  const [head, ...body] = [header, ...rows].map(escape);
+  const widths = head!.map((h, i) => Math.max(h.length, ...body.map((r) => (r[i] ?? "").length)));
   const line = (cells: string[]) =>
     `| ${cells.map((c, i) => (right[i] ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join(" | ")} |`;
   const rule = `|${widths.map((w, i) => (right[i] ? `${"-".repeat(w + 1)}:` : "-".repeat(w + 2))).join("|")}|`;
-  return [line(header), rule, ...rows.map(line)].join("\n");
+  return [line(head!), rule, ...body.map(line)].join("\n");
 }
+
+/** A table column: its header, alignment, the cell of a result, and the cell of a failed model. */
+interface Column<T> {
+  header: string;
+  right?: boolean;
+  cell: (r: T) => string;
+  failed?: string;
+}
+
+/** One row per model, results and failures in the order the models were given. */
+function outcomeTable<T extends object>(columns: Column<T>[], models: Outcome<T>[]): string {
+  const rows = models.map((o) =>
+    columns.map((c, i) => (!isFailure(o) ? c.cell(o) : i === 0 ? o.model : (c.failed ?? "-"))),
+  );
+  return table(
+    columns.map((c) => c.header),
+    rows,
+    columns.map((c) => c.right ?? false),
+  );
+}
+
+/** "a 512-token prompt", "an 8-token prompt", "an 11-token prompt": the article as the number is said. */
+export function article(n: number): "a" | "an" {
+  const lead = n.toLocaleString("en-US").split(",")[0]!; // "11" of 11,000: "eleven thousand"
+  return lead.startsWith("8") || lead === "11" || lead === "18" ? "an" : "a";
+}
+
+const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? "" : "s"}`;
 
 const ms = (s: Summary, scale = 1000) => meanSd({ mean: s.mean * scale, sd: s.sd * scale }, 0);
 /** A summary as the JSON reports write it. */
@@ -39,51 +76,71 @@ export function json(value: unknown): string {
 
 // ---- model mode ------------------------------------------------------------------------
 
-/** The speed and memory cells both tables show for a model. */
-function speedCells(
-  r: Pick<
-    ModelBenchResult,
-    "promptTokensPerSecond" | "generationTokensPerSecond" | "timeToFirstTokenSeconds" | "peakMemoryBytes"
-  >,
-): string[] {
-  return [
-    meanSd(r.promptTokensPerSecond),
-    meanSd(r.generationTokensPerSecond),
-    ms(r.timeToFirstTokenSeconds),
-    formatBytes(r.peakMemoryBytes),
-  ];
-}
-
 /** "412/500 (82%) prompt-lookup": accepted of drafted tokens, with the drafter. */
 const draftsCell = (f?: SpeculationFigures) =>
   f ? `${f.accepted}/${f.drafted} (${(f.acceptance * 100).toFixed(0)}%) ${f.method}` : "-";
 
-export function modelTable(results: ModelBenchResult[], failures: ModelFailure[]): string {
-  const any = results[0];
-  const pp = `pp${any?.promptTokens ?? ""} tokens/s`;
-  const depth = any?.depth ? ` @ d${any.depth}` : "";
-  const tg = `tg${any?.genTokens ?? ""}${depth} tokens/s`;
-  // The drafts column only when some model speculates (--draft-model, --prompt-lookup).
-  const speculating = results.some((r) => r.speculation);
-  const rows = results.map((r) => [
-    r.model,
-    r.format,
-    r.quantization,
-    formatBytes(r.sizeBytes),
-    ...speedCells(r),
-    ...(speculating ? [draftsCell(r.speculation)] : []),
-  ]);
-  for (const f of failures)
-    rows.push([f.model, "-", "-", "-", "failed", "failed", "-", "-", ...(speculating ? ["-"] : [])]);
-  const header = ["model", "format", "quantization", "size", pp, tg, "first token (ms)", "peak memory"];
-  if (speculating) header.push("drafts accepted");
-  const note = any
-    ? `\n\n${any.repetitions} runs each, mean ± standard deviation; pp: a ${any.promptTokens}-token prompt, timed to its first token; tg: ${any.genTokens} generated tokens${any.depth ? `, timed after a ${any.depth}-token context` : ""}.${speculating ? " Drafts accepted: draft tokens the model kept, of those drafted, over all tg runs." : ""}`
-    : "";
-  return table(header, rows, [false, false, false, true, true, true, true, true, false]) + note;
+/** The drafts column, only when some model speculates (--draft-model, --prompt-lookup). */
+function draftsColumns<T extends { speculation?: SpeculationFigures }>(results: T[]): Column<T>[] {
+  return results.some((r) => r.speculation)
+    ? [{ header: "drafts accepted", cell: (r) => draftsCell(r.speculation) }]
+    : [];
 }
 
-export function modelCsv(results: ModelBenchResult[], failures: ModelFailure[]): string {
+/** The tests a model-mode run asked for (a test of 0 tokens did not run). */
+export type ModelTests = Pick<ModelBenchResult, "repetitions" | "promptTokens" | "genTokens" | "depth">;
+
+export function modelTable(models: Outcome<ModelBenchResult>[], tests: ModelTests): string {
+  const results = succeeded(models);
+  // The first result's counts: a remote model's prompt is as many tokens as its provider counted.
+  const t: ModelTests = results[0] ?? tests;
+  const depth = t.depth ? ` @ d${t.depth}` : "";
+  const prompt: Column<ModelBenchResult>[] = [
+    {
+      header: `pp${t.promptTokens} tokens/s`,
+      right: true,
+      cell: (r) => meanSd(r.promptTokensPerSecond),
+      failed: "failed",
+    },
+  ];
+  const generation: Column<ModelBenchResult>[] = [
+    {
+      header: `tg${t.genTokens}${depth} tokens/s`,
+      right: true,
+      cell: (r) => meanSd(r.generationTokensPerSecond),
+      failed: "failed",
+    },
+  ];
+  // The first token is timed by the prompt test.
+  const firstToken: Column<ModelBenchResult>[] = [
+    { header: "first token (ms)", right: true, cell: (r) => ms(r.timeToFirstTokenSeconds) },
+  ];
+  const columns: Column<ModelBenchResult>[] = [
+    { header: "model", cell: (r) => r.model },
+    { header: "format", cell: (r) => r.format },
+    { header: "quantization", cell: (r) => r.quantization },
+    { header: "size", right: true, cell: (r) => formatBytes(r.sizeBytes) },
+    ...(t.promptTokens > 0 ? prompt : []),
+    ...(t.genTokens > 0 ? generation : []),
+    ...(t.promptTokens > 0 ? firstToken : []),
+    { header: "peak memory", right: true, cell: (r) => formatBytes(r.peakMemoryBytes) },
+    ...draftsColumns(results),
+  ];
+  if (results.length === 0) return outcomeTable(columns, models);
+  const notes = [`${plural(t.repetitions, "run")} each, mean ± standard deviation`];
+  if (t.promptTokens > 0)
+    notes.push(`pp: ${article(t.promptTokens)} ${t.promptTokens}-token prompt, timed to its first token`);
+  if (t.genTokens > 0)
+    notes.push(
+      `tg: ${plural(t.genTokens, "generated token")}${t.depth ? `, timed after ${article(t.depth)} ${t.depth}-token context` : ""}`,
+    );
+  const drafts = draftsColumns(results).length
+    ? " Drafts accepted: draft tokens the model kept, of those drafted, over all tg runs."
+    : "";
+  return `${outcomeTable(columns, models)}\n\n${notes.join("; ")}.${drafts}`;
+}
+
+export function modelCsv(models: Outcome<ModelBenchResult>[]): string {
   const header = [
     "model",
     "path",
@@ -107,30 +164,33 @@ export function modelCsv(results: ModelBenchResult[], failures: ModelFailure[]):
     "accepted_tokens",
     "error",
   ];
-  const rows: unknown[][] = results.map((r) => [
-    r.model,
-    r.path,
-    r.format,
-    r.architecture,
-    r.quantization,
-    r.sizeBytes,
-    r.repetitions,
-    r.promptTokens,
-    r.genTokens,
-    r.depth,
-    fixed(r.promptTokensPerSecond.mean, 4),
-    fixed(r.promptTokensPerSecond.sd, 4),
-    fixed(r.generationTokensPerSecond.mean, 4),
-    fixed(r.generationTokensPerSecond.sd, 4),
-    fixed(r.timeToFirstTokenSeconds.mean * 1000, 2),
-    fixed(r.timeToFirstTokenSeconds.sd * 1000, 2),
-    r.peakMemoryBytes,
-    r.speculation?.method,
-    r.speculation?.drafted,
-    r.speculation?.accepted,
-    "",
-  ]);
-  for (const f of failures) rows.push([f.model, ...header.slice(1, -1).map(() => ""), f.error]);
+  const rows: unknown[][] = models.map((r) =>
+    isFailure(r)
+      ? [r.model, ...header.slice(1, -1).map(() => ""), r.error]
+      : [
+          r.model,
+          r.path,
+          r.format,
+          r.architecture,
+          r.quantization,
+          r.sizeBytes,
+          r.repetitions,
+          r.promptTokens,
+          r.genTokens,
+          r.depth,
+          fixed(r.promptTokensPerSecond.mean, 4),
+          fixed(r.promptTokensPerSecond.sd, 4),
+          fixed(r.generationTokensPerSecond.mean, 4),
+          fixed(r.generationTokensPerSecond.sd, 4),
+          fixed(r.timeToFirstTokenSeconds.mean * 1000, 2),
+          fixed(r.timeToFirstTokenSeconds.sd * 1000, 2),
+          r.peakMemoryBytes,
+          r.speculation?.method,
+          r.speculation?.drafted,
+          r.speculation?.accepted,
+          "",
+        ],
+  );
   return csv(header, rows);
 }
 
@@ -155,10 +215,10 @@ const speculationJson = (f?: SpeculationFigures) =>
     acceptance_rate: f.acceptance,
   };
 
-export function modelJson(results: ModelBenchResult[], failures: ModelFailure[]) {
+export function modelJson(models: Outcome<ModelBenchResult>[]) {
   return {
     mode: "model",
-    models: results.map((r) => ({
+    models: succeeded(models).map((r) => ({
       ...modelSummary(r),
       repetitions: r.repetitions,
       prompt_tokens: r.promptTokens,
@@ -178,7 +238,7 @@ export function modelJson(results: ModelBenchResult[], failures: ModelFailure[])
       generation_peak_memory_bytes: r.generationPeakMemoryBytes,
       speculation: speculationJson(r.speculation),
     })),
-    errors: failures,
+    errors: failed(models),
   };
 }
 
@@ -192,32 +252,26 @@ const expectationOf = (p: SuitePrompt) =>
   [p.regex ? `regex ${p.regex.source}` : "", p.schema ? `schema ${p.schema.source}` : ""].filter(Boolean).join(" + ") ||
   "-";
 
-export function suiteTables(results: SuiteModelResult[], failures: ModelFailure[], prompts: SuitePrompt[]): string {
-  const speculating = results.some((r) => r.speculation);
-  const rows = results.map((r) => [
-    r.model,
-    r.quantization,
-    formatBytes(r.sizeBytes),
-    ...speedCells(r),
-    r.checked > 0 ? `${r.passed}/${r.checked}` : "-",
-    ...(speculating ? [draftsCell(r.speculation)] : []),
-  ]);
-  for (const f of failures)
-    rows.push([f.model, "-", "-", "failed", "failed", "-", "-", "-", ...(speculating ? ["-"] : [])]);
-  const models = table(
+export function suiteTables(models: Outcome<SuiteModelResult>[], prompts: SuitePrompt[]): string {
+  const results = succeeded(models);
+  const table_ = outcomeTable<SuiteModelResult>(
     [
-      "model",
-      "quantization",
-      "size",
-      "prompt tokens/s",
-      "generation tokens/s",
-      "first token (ms)",
-      "peak memory",
-      "passed",
-      ...(speculating ? ["drafts accepted"] : []),
+      { header: "model", cell: (r) => r.model },
+      { header: "quantization", cell: (r) => r.quantization },
+      { header: "size", right: true, cell: (r) => formatBytes(r.sizeBytes) },
+      { header: "prompt tokens/s", right: true, cell: (r) => meanSd(r.promptTokensPerSecond), failed: "failed" },
+      {
+        header: "generation tokens/s",
+        right: true,
+        cell: (r) => meanSd(r.generationTokensPerSecond),
+        failed: "failed",
+      },
+      { header: "first token (ms)", right: true, cell: (r) => ms(r.timeToFirstTokenSeconds) },
+      { header: "peak memory", right: true, cell: (r) => formatBytes(r.peakMemoryBytes) },
+      { header: "passed", right: true, cell: (r) => (r.checked > 0 ? `${r.passed}/${r.checked}` : "-") },
+      ...draftsColumns(results),
     ],
-    rows,
-    [false, false, true, true, true, true, true, true],
+    models,
   );
   const perPrompt = table(
     ["line", "prompt", "expectation", ...results.map((r) => r.model)],
@@ -232,10 +286,10 @@ export function suiteTables(results: SuiteModelResult[], failures: ModelFailure[
     ]),
     [true],
   );
-  return `${models}\n\nmean ± standard deviation over the ${prompts.length} prompts (greedy, chat template).\n\n${perPrompt}`;
+  return `${table_}\n\nmean ± standard deviation over the ${prompts.length} prompts (greedy, chat template).\n\n${perPrompt}`;
 }
 
-export function suiteCsv(results: SuiteModelResult[], failures: ModelFailure[], prompts: SuitePrompt[]): string {
+export function suiteCsv(models: Outcome<SuiteModelResult>[], prompts: SuitePrompt[]): string {
   const header = [
     "model",
     "line",
@@ -252,7 +306,11 @@ export function suiteCsv(results: SuiteModelResult[], failures: ModelFailure[], 
     "error",
   ];
   const rows: unknown[][] = [];
-  for (const r of results) {
+  for (const r of models) {
+    if (isFailure(r)) {
+      rows.push([r.model, ...header.slice(1, -1).map(() => ""), r.error]);
+      continue;
+    }
     r.prompts.forEach((o, i) => {
       const p = prompts[i]!;
       rows.push([
@@ -272,11 +330,11 @@ export function suiteCsv(results: SuiteModelResult[], failures: ModelFailure[], 
       ]);
     });
   }
-  for (const f of failures) rows.push([f.model, "", "", "", "", "", "", "", "", "", "", "", f.error]);
   return csv(header, rows);
 }
 
-export function suiteJson(results: SuiteModelResult[], failures: ModelFailure[], prompts: SuitePrompt[]) {
+export function suiteJson(models: Outcome<SuiteModelResult>[], prompts: SuitePrompt[]) {
+  const results = succeeded(models);
   return {
     mode: "prompts",
     models: results.map((r) => ({
@@ -313,7 +371,7 @@ export function suiteJson(results: SuiteModelResult[], failures: ModelFailure[],
         }),
       ),
     })),
-    errors: failures,
+    errors: failed(models),
   };
 }
 

@@ -22,7 +22,8 @@ import {
   suiteCsv,
   suiteJson,
   suiteTables,
-  type ModelFailure,
+  succeeded,
+  type Outcome,
 } from "../bench/report";
 import { benchServer, type ServerBenchResult } from "../bench/server";
 import {
@@ -40,6 +41,7 @@ import {
   adapterFrom,
   distributedArgs,
   kvCacheArgs,
+  kvQuantizationFlags,
   kvQuantizationFrom,
   list,
   maxKvSizeFrom,
@@ -47,9 +49,11 @@ import {
   pipelineFrom,
   positiveInteger,
   speculationArgs,
+  speculationFlags,
   speculationFrom,
 } from "./options";
 import { openModel } from "./open-model";
+import { repeatable } from "./strict-flags";
 
 export default defineCommand({
   meta: {
@@ -61,11 +65,11 @@ export default defineCommand({
     ...adapterArg,
     ...distributedArgs,
     ...speculationArgs,
-    model: {
+    model: repeatable({
       type: "string",
       alias: "m",
       description: "Model to benchmark (repeatable: -m a -m b); in server mode, the model name sent to the server",
-    },
+    }),
     repetitions: { type: "string", alias: "n", description: "Runs of each test per model", default: "5" },
     "prompt-tokens": {
       type: "string",
@@ -128,7 +132,9 @@ export default defineCommand({
       const output = args.json ? "json" : args.csv ? "csv" : "table";
       const plot = args.plot ? String(args.plot) : undefined;
       if (plot !== undefined && !plot.trim()) throw new Error("--plot needs a file name");
-      speculationFrom(args, undefined); // the flags' combination, checked before any model loads
+      // The flags' combinations, checked before any model loads.
+      speculationFlags(args);
+      kvQuantizationFlags(args);
       if (args.url !== undefined && (args["draft-model"] !== undefined || args["prompt-lookup"]))
         throw new Error(
           "--draft-model and --prompt-lookup measure local models; a server speculates as it was started",
@@ -170,15 +176,14 @@ function modelSpecs(args: Args): { spec: string | undefined; name: string }[] {
 
 /**
  * Loads and benchmarks each model in turn (one in memory at a time). A model that fails is
- * reported on stderr right away, and the others still run.
+ * reported on stderr right away, and the others still run. Outcomes in command-line order.
  */
-async function eachModel<T>(
+async function eachModel<T extends object>(
   args: Args,
   bench: (lm: LoadedModel, name: string) => T | Promise<T>,
   benchRemote?: (remote: RemoteModel, name: string) => Promise<T>,
-): Promise<{ results: T[]; failures: ModelFailure[] }> {
-  const results: T[] = [];
-  const failures: ModelFailure[] = [];
+): Promise<Outcome<T>[]> {
+  const outcomes: Outcome<T>[] = [];
   const pipeline = pipelineFrom(args);
   if (pipeline && modelSpecs(args).length > 1)
     throw new Error("a model split across processes is benchmarked alone: give one -m");
@@ -188,7 +193,7 @@ async function eachModel<T>(
       const remote = remoteModel(spec);
       if (remote) {
         if (!benchRemote) throw new Error("it is a remote model: this mode measures local models only");
-        results.push(await benchRemote(remote, name));
+        outcomes.push(await benchRemote(remote, name));
         continue;
       }
       progress(`${name}: loading`);
@@ -199,10 +204,10 @@ async function eachModel<T>(
         speculation: speculationFrom(args, spec),
         pipeline,
       });
-      results.push(await bench(lm, name));
+      outcomes.push(await bench(lm, name));
     } catch (error) {
       const message = (error instanceof Error ? error.message : String(error)).split("\n")[0]!;
-      failures.push({ model: name, error: message });
+      outcomes.push({ model: name, error: message });
       process.stderr.write(`error: model '${spec ?? name}' failed: ${message}\n`);
       if (args.verbose && error instanceof Error && error.stack) process.stderr.write(`${error.stack}\n`);
     } finally {
@@ -210,7 +215,7 @@ async function eachModel<T>(
       clearMemoryCache();
     }
   }
-  return { results, failures };
+  return outcomes;
 }
 
 function emit(output: Output, asJson: () => unknown, asCsv: () => string, asTable: () => string): void {
@@ -235,20 +240,21 @@ async function modelMode(args: Args, output: Output, plot: string | undefined): 
   const depth = numberFlag("depth", args.depth, { whole: true, zero: true });
   if (depth > 0 && genTokens === 0) throw new Error("--depth sets the generation test's context: give -g too");
   const options = { repetitions, promptTokens, genTokens, depth, onProgress: progress };
-  const { results, failures } = await eachModel(
+  const outcomes = await eachModel(
     args,
     (lm, name) => benchLoadedModel(lm, name, options),
     (remote, name) => benchRemoteModel(remote, name, options),
   );
-  if (results.length > 0 || failures.length > 0)
+  if (outcomes.length > 0)
     emit(
       output,
-      () => modelJson(results, failures),
-      () => modelCsv(results, failures),
-      () => modelTable(results, failures),
+      () => modelJson(outcomes),
+      () => modelCsv(outcomes),
+      () => modelTable(outcomes, options),
     );
+  const results = succeeded(outcomes);
   if (plot && results.length > 0) writePlot(plot, modelPlot(results));
-  return failures.length > 0;
+  return results.length < outcomes.length;
 }
 
 function modelPlot(results: ModelBenchResult[]): string {
@@ -290,18 +296,19 @@ async function suiteMode(args: Args, output: Output, plot: string | undefined): 
   }
   if (args["expect-schema"] !== undefined) defaults.schema = readSchemaFile(String(args["expect-schema"]));
   const prompts = parsePromptFile(String(args.prompts), defaults);
-  const { results, failures } = await eachModel(args, (lm, name) =>
+  const outcomes = await eachModel(args, (lm, name) =>
     runSuite(lm, name, prompts, { maxTokens, onProgress: progress }),
   );
-  if (results.length > 0 || failures.length > 0)
+  if (outcomes.length > 0)
     emit(
       output,
-      () => suiteJson(results, failures, prompts),
-      () => suiteCsv(results, failures, prompts),
-      () => suiteTables(results, failures, prompts),
+      () => suiteJson(outcomes, prompts),
+      () => suiteCsv(outcomes, prompts),
+      () => suiteTables(outcomes, prompts),
     );
+  const results = succeeded(outcomes);
   if (plot && results.length > 0) writePlot(plot, suitePlot(results, prompts));
-  return failures.length > 0;
+  return results.length < outcomes.length;
 }
 
 function suitePlot(results: SuiteModelResult[], prompts: SuitePrompt[]): string {

@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { storeRoot } from "../store/paths";
 import { fail, setVerbose } from "./log";
 import { openModel } from "./open-model";
-import { remoteModel } from "../providers";
+import { RemoteModel, remoteModel } from "../providers";
 import {
   adapterArg,
   adapterFrom,
@@ -22,7 +22,7 @@ import {
   speculationFrom,
 } from "./options";
 import { ChatSession } from "./chat/session";
-import { thinkingArgs, thinkingFrom } from "./thinking";
+import { checkThinkingBudget, thinkingArgs, thinkingFrom } from "./thinking";
 import { LineInput } from "./chat/input";
 import { runCommand } from "./chat/commands";
 
@@ -64,6 +64,7 @@ export default defineCommand({
           speculation: speculationFrom(args, args.model),
           pipeline: pipelineFrom(args),
         }));
+      if (!(model instanceof RemoteModel)) checkThinkingBudget(model, settings.thinking);
       input = new LineInput(join(storeRoot(), "chat_history"));
       const say = (text: string) => process.stderr.write(`${text}\n`);
       const session = new ChatSession(model, modelName, settings, say);

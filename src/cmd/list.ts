@@ -1,7 +1,7 @@
 // `mlx list`: the stored models, from the store's index.
 import { defineCommand } from "citty";
 import { formatBytes } from "../format";
-import { listModels } from "../store/store";
+import { blobsPresent, listModels } from "../store/store";
 import { fail } from "./log";
 
 export default defineCommand({
@@ -9,12 +9,15 @@ export default defineCommand({
   args: {
     json: {
       type: "boolean",
-      description: "One JSON array: name, format, architecture, quantization, size, times, source",
+      description:
+        "One JSON array: name, format, architecture, quantization, size, times, source, missingFiles (blobs gone from disk)",
     },
   },
   async run({ args }) {
     try {
-      const models = await listModels();
+      const models = await Promise.all(
+        (await listModels()).map(async (m) => ({ ...m, missingFiles: !(await blobsPresent(m)) })),
+      );
       if (args.json) {
         const rows = models.map(({ blobs: _, ...summary }) => summary);
         process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
@@ -24,7 +27,8 @@ export default defineCommand({
         m.name,
         m.format,
         m.quantization ?? "-",
-        formatBytes(m.totalBytes),
+        // Its size would claim files that are gone.
+        m.missingFiles ? "missing files: run mlx verify" : formatBytes(m.totalBytes),
         timeAgo(m.lastUsedAt),
       ]);
       process.stdout.write(table(["NAME", "FORMAT", "QUANTIZATION", "SIZE", "LAST USED"], rows));

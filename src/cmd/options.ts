@@ -9,6 +9,7 @@ import { aliasAdapter, aliasKvQuantization, aliasMaxKvSize, aliasSpeculation, de
 import type { SpeculationChoice } from "../models/load";
 import type { PipelineSpec } from "../engine/pipeline";
 import { fileErrorReason } from "../format";
+import { InvalidParameterError } from "../errors";
 
 export const modelArg = {
   model: {
@@ -55,24 +56,49 @@ export const samplingArgs = {
   seed: { type: "string", description: "Random seed, for reproducible sampling" },
 } as const satisfies ArgsDef;
 
-function number(name: string, value: string | undefined): number {
-  const n = Number(value);
+/** How a flag is typed: `-n` for a one-letter name (launch's), `--max-tokens` otherwise. */
+export const flagName = (name: string) => (name.length === 1 ? `-${name}` : `--${name}`);
+
+/** A whole number as people write one: decimal digits, with a sign (never 1e2, 0x10 or 5.0); else NaN. */
+export function parseWhole(value: unknown): number {
+  return typeof value === "string" && /^[+-]?\d+$/.test(value) ? Number(value) : Number.NaN;
+}
+
+function number(name: string, value: string | undefined, o: { whole?: boolean } = {}): number {
+  const n = o.whole ? parseWhole(value) : Number(value);
   if (value === undefined || value.trim() === "" || !Number.isFinite(n))
-    throw new Error(`--${name} must be a number (got '${value}')`);
+    throw new Error(`${flagName(name)} must be a ${o.whole ? "whole number" : "number"} (got '${value}')`);
   return n;
 }
+
+/** The flag of each sampling value the engine checks, so its errors name what was typed. */
+const samplingFlags: Record<string, string> = {
+  temperature: "temp",
+  top_p: "top-p",
+  top_k: "top-k",
+  min_p: "min-p",
+  repetition_penalty: "repeat-penalty",
+  seed: "seed",
+};
 
 export function samplingFrom(args: Record<string, unknown>): SamplingParams {
   const s: SamplingParams = {
     ...defaultSampling,
     temperature: number("temp", args.temp as string),
     topP: number("top-p", args["top-p"] as string),
-    topK: number("top-k", args["top-k"] as string),
+    topK: number("top-k", args["top-k"] as string, { whole: true }),
     minP: number("min-p", args["min-p"] as string),
     repetitionPenalty: number("repeat-penalty", args["repeat-penalty"] as string),
-    seed: args.seed === undefined ? undefined : number("seed", args.seed as string),
+    seed: args.seed === undefined ? undefined : number("seed", args.seed as string, { whole: true }),
   };
-  validateSampling(s);
+  try {
+    validateSampling(s);
+  } catch (error) {
+    const flag = error instanceof InvalidParameterError && samplingFlags[error.param ?? ""];
+    if (!flag) throw error;
+    // "top_p must be in (0, 1] (got 2)" → "--top-p must be in (0, 1] (got 2)"
+    throw new Error(error.message.replace(/^.*? must /, `--${flag} must `));
+  }
   return s;
 }
 
@@ -82,11 +108,11 @@ export function positiveInteger(name: string, value: unknown): number {
 
 /** A numeric flag's value, whole when `whole`, above 0 (or from 0 when `zero`); else a one-line error. */
 export function numberFlag(name: string, value: unknown, o: { whole?: boolean; zero?: boolean } = {}): number {
-  const n = Number(value);
-  const ok = (o.whole ? Number.isInteger(n) : Number.isFinite(n)) && (o.zero ? n >= 0 : n > 0);
+  const n = o.whole ? parseWhole(value) : Number(value);
+  const ok = Number.isFinite(n) && (o.zero ? n >= 0 : n > 0);
   if (!ok)
     throw new Error(
-      `--${name} must be a ${o.whole ? "whole number" : "number"} ${o.zero ? "≥" : ">"} 0 (got '${value}')`,
+      `${flagName(name)} must be a ${o.whole ? "whole number" : "number"} ${o.zero ? "≥" : ">"} 0 (got '${value}')`,
     );
   return n;
 }
@@ -98,13 +124,12 @@ export const kvCacheArgs = {
   },
   "kv-group-size": {
     type: "string",
-    description: "Values per quantization scale in the KV cache: 32, 64 or 128",
-    default: "64",
+    description: "With --kv-bits: values per quantization scale in the KV cache, 32, 64 or 128 (default 64)",
   },
   "kv-quant-start": {
     type: "string",
-    description: "Keep the KV cache in float until it holds this many positions, then quantize all of it",
-    default: "0",
+    description:
+      "With --kv-bits: keep the KV cache in float until it holds this many positions, then quantize all of it (default 0)",
   },
   "max-kv-size": {
     type: "string",
@@ -126,15 +151,26 @@ export function kvQuantizationFrom(
   args: Record<string, unknown>,
   spec: string | undefined,
 ): KvQuantization | undefined {
-  if (args["kv-bits"] === undefined) return aliasKvQuantization(spec);
-  const bits = Number(args["kv-bits"]);
-  if (bits !== 4 && bits !== 8) throw new Error(`--kv-bits must be 4 or 8 (got '${args["kv-bits"]}')`);
-  const groupSize = Number(args["kv-group-size"] ?? 64);
+  return kvQuantizationFlags(args) ?? aliasKvQuantization(spec);
+}
+
+/** The KV cache quantization the flags ask for (undefined without --kv-bits), checked. */
+export function kvQuantizationFlags(args: Record<string, unknown>): KvQuantization | undefined {
+  const bits = args["kv-bits"] === undefined ? undefined : parseWhole(args["kv-bits"]);
+  if (bits !== undefined && bits !== 4 && bits !== 8)
+    throw new Error(`--kv-bits must be 4 or 8 (got '${args["kv-bits"]}')`);
+  const groupSize = args["kv-group-size"] === undefined ? 64 : parseWhole(args["kv-group-size"]);
   if (![32, 64, 128].includes(groupSize))
     throw new Error(`--kv-group-size must be 32, 64 or 128 (got '${args["kv-group-size"]}')`);
-  const start = Number(args["kv-quant-start"] ?? 0);
-  if (!Number.isInteger(start) || start < 0)
-    throw new Error(`--kv-quant-start must be a whole number ≥ 0 (got '${args["kv-quant-start"]}')`);
+  const start =
+    args["kv-quant-start"] === undefined
+      ? 0
+      : numberFlag("kv-quant-start", args["kv-quant-start"], { whole: true, zero: true });
+  if (bits === undefined) {
+    for (const flag of ["kv-group-size", "kv-quant-start"])
+      if (args[flag] !== undefined) throw new Error(`--${flag} needs --kv-bits (8 or 4)`);
+    return undefined;
+  }
   return { bits, groupSize, start };
 }
 
@@ -155,13 +191,18 @@ export function speculationFrom(
   args: Record<string, unknown>,
   spec: string | undefined,
 ): SpeculationChoice | undefined {
+  return speculationFlags(args) ?? aliasSpeculation(spec);
+}
+
+/** The speculative decoding the flags ask for (undefined without --draft-model or --prompt-lookup), checked. */
+export function speculationFlags(args: Record<string, unknown>): SpeculationChoice | undefined {
   const draftModel = args["draft-model"] as string | undefined;
   const lookup = Boolean(args["prompt-lookup"]);
   if (draftModel !== undefined && lookup) throw new Error("give --draft-model or --prompt-lookup, not both");
   const numDraft = args["num-draft"] === undefined ? undefined : positiveInteger("num-draft", args["num-draft"]);
   if (draftModel === undefined && !lookup) {
     if (numDraft !== undefined) throw new Error("--num-draft needs --draft-model or --prompt-lookup");
-    return aliasSpeculation(spec);
+    return undefined;
   }
   return { draftModel, numDraft: numDraft ?? defaultNumDraft };
 }

@@ -25,9 +25,10 @@ import {
 import { BudgetError } from "../engine/budget/steering";
 import { formatStats } from "./stats";
 import { remoteModel, remoteSampling, streamRemoteCompletion } from "../providers";
-import { pieceWriter, thinkingArgs, thinkingFrom } from "./thinking";
+import { checkThinkingBudget, pieceWriter, thinkingArgs, thinkingFrom } from "./thinking";
 import { openPromptCache as openPromptCacheFile } from "../engine/prompt-cache-file";
 import { PrefixCache } from "../engine/prefix-cache";
+import { repeatable } from "./strict-flags";
 
 export default defineCommand({
   meta: { name: "run", description: "Answer one prompt and exit (piped stdin is added to the prompt)" },
@@ -40,7 +41,7 @@ export default defineCommand({
     ...samplingArgs,
     ...kvCacheArgs,
     ...speculationArgs,
-    stop: { type: "string", description: "Stop when the answer contains this text (repeatable)" },
+    stop: repeatable({ type: "string", description: "Stop when the answer contains this text (repeatable)" }),
     "prompt-cache": {
       type: "string",
       description:
@@ -66,6 +67,7 @@ export default defineCommand({
     try {
       const sampling = samplingFrom(args);
       const maxTokens = positiveInteger("max-tokens", args["max-tokens"]);
+      const thinking = thinkingFrom(args);
       const output = await formatFrom(args); // before loading the model: a bad schema fails fast
       const remote = remoteModel(args.model);
       if (remote && args["prompt-cache"] !== undefined)
@@ -80,6 +82,7 @@ export default defineCommand({
             speculation: speculationFrom(args, args.model),
             pipeline,
           });
+      if (lm) checkThinkingBudget(lm, thinking);
       const cached = lm && args["prompt-cache"] !== undefined ? openPromptCache(lm, args["prompt-cache"]) : undefined;
       // Ranks after the first hold layers only: the prompt (and stdin) is rank 0's.
       const text = pipeline?.rank ? "" : await readPrompt(args.prompt, cached?.document);
@@ -94,7 +97,7 @@ export default defineCommand({
       // A batch of one through the scheduler that serves `mlx serve`, or the remote provider.
       const scheduler = lm && soloScheduler(lm, cached?.prefixCache);
       const stream = scheduler
-        ? streamCompletion(scheduler, { ...spec, sampling, thinking: thinkingFrom(args), signal: controller.signal })
+        ? streamCompletion(scheduler, { ...spec, sampling, thinking, signal: controller.signal })
         : streamRemoteCompletion(remote!, { ...spec, sampling: remoteSampling(sampling) }, controller.signal);
       const show = pieceWriter({ hide: Boolean(args["hide-thinking"]), terminal: Boolean(process.stdout.isTTY) });
       let step = await cliBudget(() => stream.next()); // the first step prepares the request

@@ -10,19 +10,20 @@ import { fail, log, setVerbose } from "./log";
 import {
   distributedArgs,
   kvCacheArgs,
-  kvQuantizationFrom,
+  kvQuantizationFlags,
   list,
   maxKvSizeFrom,
   numberFlag,
   pipelineFrom,
   positiveInteger,
   speculationArgs,
-  speculationFrom,
+  speculationFlags,
 } from "./options";
 import { openPipeline, type PipelineSpec } from "../engine/pipeline";
 import type { LoadedModel } from "../models/load";
 import { resolveModelPath } from "../store/resolve";
 import { openModel } from "./open-model";
+import { repeatable } from "./strict-flags";
 
 /** --adapter NAME=DIR (or DIR, named after its directory): model names for the default model plus an adapter. */
 function servedAdapters(
@@ -52,11 +53,11 @@ export default defineCommand({
       alias: "m",
       description: "Load this model at start, keep it loaded, and use it when a request names none",
     },
-    adapter: {
+    adapter: repeatable({
       type: "string",
       description:
         "Also serve the default model plus this LoRA/DoRA adapter, as NAME=DIR or DIR (named after the directory); repeatable",
-    },
+    }),
     host: {
       type: "string",
       description: "Address to bind (0.0.0.0 exposes the server to the network)",
@@ -68,7 +69,7 @@ export default defineCommand({
       description:
         "Require 'Authorization: Bearer <key>' (or 'x-api-key: <key>') on every route but /health (default: $MLX_API_KEY)",
     },
-    cors: { type: "string", description: "Allow this browser origin (repeatable; '*' for any)" },
+    cors: repeatable({ type: "string", description: "Allow this browser origin (repeatable; '*' for any)" }),
     "keep-alive": {
       type: "string",
       description: "How long an idle model stays loaded: 5m, 1h, 30s, 0, -1 (forever)",
@@ -118,10 +119,9 @@ export default defineCommand({
       if (!Number.isInteger(port) || port < 0 || port > 65535)
         throw new Error(`--port must be 0-65535 (got '${args.port}')`);
       const keepAliveMs = parseKeepAlive(args["keep-alive"], "--keep-alive") ?? 5 * 60_000;
-      const kvQuantization = args["kv-bits"] === undefined ? undefined : kvQuantizationFrom(args, undefined);
+      const kvQuantization = kvQuantizationFlags(args);
       const adapters = servedAdapters(list(args.adapter), args.model);
-      const speculation =
-        args["draft-model"] === undefined && !args["prompt-lookup"] ? undefined : speculationFrom(args, undefined);
+      const speculation = speculationFlags(args);
       const maxKvSize = args["max-kv-size"] === undefined ? undefined : maxKvSizeFrom(args, undefined);
       const pipeline = pipelineFrom(args);
       if (pipeline) {

@@ -1,10 +1,21 @@
 // Flags a command does not declare are an error, as argparse makes them for mlx-lm: citty
-// ignores them, so a misspelt one (--temprature 0.2) would silently change nothing. Checked with
-// node:util's strict parser against the command's own declarations, before citty parses. And a
-// negative number after a flag that takes a value is that value (--keep-alive -1, as Ollama's).
-import type { ArgsDef } from "citty";
+// ignores them, so a misspelt one (--temprature 0.2) would silently change nothing. So are
+// arguments a command takes none of (mlx list extra). Checked with node:util's strict parser
+// against the command's own declarations, before citty parses. A negative number after a flag
+// that takes a value is that value (--keep-alive -1, as Ollama's), and a flag given twice keeps
+// its last value, as argparse does (citty would hand the command both), unless it is repeatable.
+import { renderUsage, type ArgsDef, type CommandDef, type StringArgDef } from "citty";
+import { consola } from "consola";
 import { parseArgs } from "node:util";
 import { closeMatches } from "../store/aliases";
+
+const repeatableFlags = new WeakSet<object>();
+
+/** Declares a flag that may be given several times, each value kept (citty gives them as an array). */
+export function repeatable<T extends StringArgDef>(def: T): T {
+  repeatableFlags.add(def);
+  return def;
+}
 
 type Option = { type: "string" | "boolean"; short?: string; multiple: true };
 
@@ -55,13 +66,16 @@ export function flagProblem(command: string, args: ArgsDef, argv: string[]): str
   const options = declaredOptions(args);
   const end = argv.indexOf("--");
   try {
-    parseArgs({
+    const { positionals } = parseArgs({
       args: end < 0 ? argv : argv.slice(0, end),
       options,
       strict: true,
       allowPositionals: true,
       allowNegative: true,
     });
+    const takesArguments = Object.values(args).some((def) => def.type === "positional");
+    if (!takesArguments && positionals.length > 0)
+      return `mlx ${command} takes no arguments (got '${positionals[0]}'); mlx ${command} --help lists its options`;
     return undefined;
   } catch (error) {
     const message = (error as Error).message;
@@ -74,6 +88,52 @@ export function flagProblem(command: string, args: ArgsDef, argv: string[]): str
     }
     const ambiguous = /^Option '(?:-\w, )?(--[^' ]+)[^']*' argument is ambiguous/.exec(message);
     if (ambiguous) return `${ambiguous[1]} takes a value: write one that starts with '-' as ${ambiguous[1]}=<value>`;
-    return message.split("\n")[0];
+    return oneDash(message.split("\n")[0]!);
   }
+}
+
+/**
+ * `argv` (checked by flagProblem) with only the last of each flag given more than once, unless
+ * it is repeatable. What follows `--` is kept as it is.
+ */
+export function withLastValues(args: ArgsDef, argv: string[]): string[] {
+  const end = argv.indexOf("--");
+  const head = end < 0 ? argv : argv.slice(0, end);
+  const canonical = new Map<string, string>([["help", "help"]]);
+  for (const [name, def] of Object.entries(args)) {
+    if ((def.type !== "string" && def.type !== "boolean") || repeatableFlags.has(def)) continue;
+    const aliases = def.alias === undefined ? [] : [def.alias].flat();
+    for (const long of [name, ...aliases.filter((a) => a.length > 1)]) canonical.set(long, name);
+  }
+  const { tokens } = parseArgs({
+    args: head,
+    options: declaredOptions(args),
+    strict: true,
+    allowPositionals: true,
+    allowNegative: true,
+    tokens: true,
+  });
+  // A group of short flags (-vm x) shares its word: such a word is left as it is.
+  const perWord = new Map<number, number>();
+  for (const t of tokens) perWord.set(t.index, (perWord.get(t.index) ?? 0) + 1);
+  const last = new Map<string, number>();
+  for (const t of tokens) if (t.kind === "option" && canonical.has(t.name)) last.set(canonical.get(t.name)!, t.index);
+  const dropped = new Set<number>();
+  for (const t of tokens) {
+    if (t.kind !== "option" || !canonical.has(t.name) || perWord.get(t.index)! > 1) continue;
+    if (last.get(canonical.get(t.name)!) === t.index) continue;
+    dropped.add(t.index);
+    if (t.value !== undefined && !t.inlineValue) dropped.add(t.index + 1);
+  }
+  return argv.filter((_, i) => !dropped.has(i));
+}
+
+/** A message with each one-letter flag written as it is typed (launch's -n, not --n). */
+const oneDash = (text: string) => text.replace(/(?<![\w-])--([A-Za-z])(?![\w-])/g, "-$1");
+
+/** citty's usage of a command, its one-letter flags written as they are typed. */
+export async function showUsage<T extends ArgsDef>(cmd: CommandDef<T>, parent?: CommandDef<T>): Promise<void> {
+  // The option column is right-aligned: a space in front of each shortened flag keeps it so.
+  const usage = (await renderUsage(cmd, parent)).replace(/ `--([A-Za-z])(?=[`=])/g, "  `-$1");
+  consola.log(`${usage}\n`);
 }

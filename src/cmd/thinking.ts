@@ -2,7 +2,9 @@
 // terminal and set apart from the answer by a blank line; `--hide-thinking` drops it.
 import type { ArgsDef } from "citty";
 import type { CompletionPiece } from "../engine/generate";
-import type { ThinkingRequest } from "../engine/reasoning";
+import { thinkingTemplate, type ThinkingRequest } from "../engine/reasoning";
+import { UnsupportedError } from "../errors";
+import type { LoadedModel } from "../models/load";
 import { positiveInteger } from "./options";
 
 export const thinkingArgs = {
@@ -21,6 +23,14 @@ export function thinkingFrom(args: Record<string, unknown>): ThinkingRequest | u
   const budget = budgetArg === undefined ? undefined : positiveInteger("thinking-budget", budgetArg);
   if (enabled === false && budget !== undefined) throw new Error("--thinking-budget cannot go with --no-think");
   return enabled === undefined && budget === undefined ? undefined : { enabled, budget };
+}
+
+/** A budget for a model that does not think is refused, as the engine refuses --think for it. */
+export function checkThinkingBudget(lm: LoadedModel, thinking: ThinkingRequest | undefined): void {
+  if (thinking?.budget !== undefined && !thinkingTemplate(lm.tokenizer.chatTemplate).thinks)
+    throw new UnsupportedError(
+      "this model does not think (its chat template has no <think> section), so --thinking-budget has nothing to bound",
+    );
 }
 
 const DIM = "\x1b[2m";

@@ -20,7 +20,8 @@ export default defineCommand({
       );
       for (const sha of report.corrupt) process.stderr.write(`corrupt: sha256-${sha} (removed)\n`);
       for (const sha of report.missing) process.stderr.write(`missing: sha256-${sha}\n`);
-      process.stdout.write(`checked ${report.checkedBlobs} files (${formatBytes(report.checkedBytes)})\n`);
+      const files = `${report.checkedBlobs} file${report.checkedBlobs === 1 ? "" : "s"}`;
+      process.stdout.write(`checked ${files} (${formatBytes(report.checkedBytes)})\n`);
       if (report.damagedModels.length === 0) {
         process.stdout.write("all stored models are intact\n");
         return;

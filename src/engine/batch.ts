@@ -164,7 +164,7 @@ export class BatchGenerator {
     const kv = options.kvQuantization;
     if (kv && model.config.headDim % kv.groupSize !== 0) {
       throw new Error(
-        `a ${kv.bits}-bit KV cache needs the head size (${model.config.headDim}) to be a multiple of its group size (${kv.groupSize}); try --kv-group-size 32`,
+        `${kv.bits === 8 ? "an" : "a"} ${kv.bits}-bit KV cache needs the head size (${model.config.headDim}) to be a multiple of its group size (${kv.groupSize}); try --kv-group-size 32`,
       );
     }
     // Split across processes, the prefix cache holds this process's layers and each other

@@ -1,6 +1,8 @@
 // Which models running processes are using: a marker file per (model, pid) under
 // <root>/in-use/<key>/. Eviction and `mlx rm` leave a model alone while any marker names a
-// live process; markers of dead processes are stale and cleaned up when seen.
+// live process; markers of dead processes are stale and cleaned up when seen. A process
+// interrupted (Ctrl-C) where nothing else handles it exits with 130 after removing its markers,
+// where the signal would have killed it before its exit handlers ran.
 import { mkdirSync, readdirSync, rmdirSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { isProcessAlive } from "./lock";
@@ -14,13 +16,20 @@ export function markInUse(name: string): void {
   const dir = join(inUseDir(), modelKey(name));
   const marker = join(dir, String(process.pid));
   if (held.has(marker)) return;
+  // Before the marker exists, so no interrupt falls between the two.
+  if (!exitHookInstalled) {
+    process.on("exit", releaseAll);
+    process.on("SIGINT", exitOnInterrupt);
+    exitHookInstalled = true;
+  }
   mkdirSync(dir, { recursive: true });
   writeFileSync(marker, "");
   held.add(marker);
-  if (!exitHookInstalled) {
-    process.on("exit", releaseAll);
-    exitHookInstalled = true;
-  }
+}
+
+/** SIGINT's own ending (status 128 + 2), through exit so the markers go; unless a command handles it (stopping an answer). */
+function exitOnInterrupt(): void {
+  if (process.listenerCount("SIGINT") === 1) process.exit(130);
 }
 
 export function releaseModel(name: string): void {

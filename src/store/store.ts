@@ -103,6 +103,12 @@ export function listModels(): Promise<IndexEntry[]> {
   return withStoreLock(() => [...loadIndex().values()].sort((a, b) => a.name.localeCompare(b.name)));
 }
 
+/** Whether a stored model's blobs are all on disk at their sizes (a stat each; hashing is verify's job). */
+export async function blobsPresent(model: IndexEntry): Promise<boolean> {
+  const present = await Promise.all(Object.entries(model.blobs).map(([sha256, size]) => blobPresent({ sha256, size })));
+  return present.every(Boolean);
+}
+
 /** Removes a model and the blobs no other model uses; refuses while a process is using it. */
 export function removeModel(name: string): Promise<{ freedBytes: number }> {
   return withStoreLock(async () => {

@@ -4,7 +4,16 @@ import { errorLine } from "../errors";
 import { readFileSync, writeFileSync } from "node:fs";
 import * as p from "@clack/prompts";
 import type { ChatSession } from "./session";
-import { applyFormat, applySetting, describeModel, describeRemoteModel, settingNames } from "./settings";
+import {
+  applyFormat,
+  applySetting,
+  describeModel,
+  describeRemoteModel,
+  settingNames,
+  type ChatSettings,
+} from "./settings";
+import { validateSampling, type SamplingParams } from "../../engine/sampling";
+import { fileErrorReason } from "../../format";
 import { Conversation } from "../../engine/conversation";
 import { loadAliases } from "../../store/aliases";
 
@@ -64,7 +73,7 @@ const commands: Record<string, Handler> = {
   load: (s, args) => {
     const file = args.trim();
     if (!file) return s.say("usage: /load <file>");
-    const saved = JSON.parse(readFileSync(file, "utf8"));
+    const saved = readSaved(file);
     if (
       !Array.isArray(saved.messages) ||
       saved.messages.some(
@@ -73,11 +82,14 @@ const commands: Record<string, Handler> = {
     ) {
       throw new Error(`${file} is not a conversation saved with /save (needs messages: [{role, content}])`);
     }
+    // Checked before anything changes: a bad file leaves the session as it was.
+    const settings = saved.settings === undefined ? undefined : savedSettings(file, saved.settings, s.settings);
     s.conversation.clear();
     s.conversation.messages = saved.messages;
     s.settings.system = typeof saved.system === "string" ? saved.system : undefined;
     s.conversation.system = s.settings.system;
-    s.say(`loaded ${saved.messages.length} messages from ${file}`);
+    if (settings) Object.assign(s.settings, settings);
+    s.say(`loaded ${saved.messages.length} messages${settings ? " and the settings" : ""} from ${file}`);
   },
   model: async (s, args) => {
     let name = args.trim();
@@ -99,6 +111,46 @@ const commands: Record<string, Handler> = {
     await s.switchModel(name);
   },
 };
+
+/** A file written by /save, parsed; a one-line error naming the file when it cannot be read or is not JSON. */
+function readSaved(file: string) {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (error) {
+    throw new Error(`cannot read '${file}': ${fileErrorReason(error)}`);
+  }
+  try {
+    return JSON.parse(text);
+  } catch (error) {
+    throw new Error(`'${file}' is not valid JSON: ${(error as Error).message}`);
+  }
+}
+
+/** The sampling settings and max_tokens /save wrote (as `current` has them), checked as /set checks them. */
+function savedSettings(
+  file: string,
+  saved: Record<string, unknown>,
+  current: ChatSettings,
+): Pick<ChatSettings, "sampling" | "maxTokens"> {
+  const sampling: SamplingParams = { ...current.sampling, seed: undefined };
+  for (const key of ["temperature", "topP", "topK", "minP", "repetitionPenalty", "seed"] as const) {
+    const value = saved[key];
+    if (value === undefined) continue;
+    if (typeof value !== "number")
+      throw new Error(`${file}: settings.${key} must be a number (got ${JSON.stringify(value)})`);
+    sampling[key] = value;
+  }
+  const maxTokens = saved.max_tokens ?? current.maxTokens;
+  if (!Number.isInteger(maxTokens) || (maxTokens as number) <= 0)
+    throw new Error(`${file}: settings.max_tokens must be a whole number > 0 (got ${JSON.stringify(maxTokens)})`);
+  try {
+    validateSampling(sampling);
+  } catch (error) {
+    throw new Error(`${file}: ${(error as Error).message}`);
+  }
+  return { sampling, maxTokens: maxTokens as number };
+}
 
 /** Runs a line that starts with "/"; unknown commands point to /help. */
 export async function runCommand(session: ChatSession, line: string): Promise<boolean> {
