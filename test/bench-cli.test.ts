@@ -2,14 +2,14 @@
 // --json, --csv, -n, several -m with a broken one, the prompt suite with regex and schema
 // expectations, bad prompt and schema files, and --plot.
 import { beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { writeTinyModel } from "./helpers/tiny-model";
 import { checkAnswer, compileRegex, extractJson, parsePromptFile, readSchemaFile } from "../src/bench/suite";
 import { percentile, sd, summarize } from "../src/bench/stats";
 import { wellFormed } from "./helpers/svg";
-import { cliRunner, mainScript } from "./helpers/cli";
+import { cliRunner, interruptWhileInUse, mainScript } from "./helpers/cli";
 import { article } from "../src/bench/report";
 
 const root = mkdtempSync(join(tmpdir(), "mlx-bench-"));
@@ -127,12 +127,7 @@ describe("mlx bench: model mode", () => {
       },
     );
     const marker = join(root, "home", "in-use", "tiny", String(proc.pid));
-    for (const deadline = Date.now() + 20_000; !existsSync(marker) && Date.now() < deadline; ) await Bun.sleep(10);
-    expect(existsSync(marker)).toBe(true);
-    proc.kill("SIGINT");
-    expect(await proc.exited).toBe(130);
-    expect(proc.signalCode).toBeNull(); // it exited, rather than being killed before its exit handlers
-    expect(existsSync(marker)).toBe(false);
+    await interruptWhileInUse(proc, marker);
   }, 30_000);
 
   test("--plot writes a well-formed SVG with one bar and one error bar per model and test", async () => {

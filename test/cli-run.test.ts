@@ -1,13 +1,13 @@
 // `mlx run` as a user drives it: the real CLI in a child process, on a tiny random-weight
 // model directory (SmolLM2's tokenizer), with pipes, flags, bad input and Ctrl-C.
 import { beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, truncateSync, copyFileSync, mkdirSync, writeFileSync, statSync, existsSync } from "node:fs";
+import { mkdtempSync, truncateSync, copyFileSync, mkdirSync, writeFileSync, statSync } from "node:fs";
 import type { ArgsDef } from "citty";
 import { withLastValues } from "../src/cmd/strict-flags";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { writeTinyModel } from "./helpers/tiny-model";
-import { cliRunner, mainScript as main } from "./helpers/cli";
+import { cliRunner, interruptWhileInUse, mainScript as main } from "./helpers/cli";
 
 const root = mkdtempSync(join(tmpdir(), "mlx-cli-"));
 const model = join(root, "tiny");
@@ -318,12 +318,7 @@ describe("mlx run: Ctrl-C", () => {
       env,
     });
     const marker = join(root, "home", "in-use", "tiny", String(proc.pid));
-    for (const deadline = Date.now() + 20_000; !existsSync(marker) && Date.now() < deadline; ) await Bun.sleep(10);
-    expect(existsSync(marker)).toBe(true);
-    proc.kill("SIGINT");
-    expect(await proc.exited).toBe(130);
-    expect(proc.signalCode).toBeNull(); // it exited, rather than being killed before its exit handlers
-    expect(existsSync(marker)).toBe(false);
+    await interruptWhileInUse(proc, marker);
   });
 
   test("stops generation cleanly with exit code 130", async () => {
