@@ -198,21 +198,21 @@ function checkTensorsFitConfig(
   stage: Stage | undefined,
 ): void {
   const mismatch = (problem: string) => new ModelLoadError(`${source} does not match the weights: ${problem}`);
-  // Each layer's tensor names (the library runs on Node 20 too, which has no Map.groupBy).
-  const layers = new Map<number, string[]>();
+  // Each layer the weights hold, by its first tensor's name (what the errors below name).
+  const layers = new Map<number, string>();
   for (const name of [...tensors.keys()].sort()) {
     const layer = tensorPart(name);
-    if (typeof layer === "number") layers.set(layer, [...(layers.get(layer) ?? []), name]);
+    if (typeof layer === "number" && !layers.has(layer)) layers.set(layer, name);
   }
   const [start, end] = stage ? [stage.start, stage.end] : [0, config.numHiddenLayers];
   const layerCount = `num_hidden_layers is ${config.numHiddenLayers}`;
   const unused = Math.min(...[...layers.keys()].filter((layer) => layer < start || layer >= end));
-  if (layers.has(unused)) throw mismatch(`tensor ${layers.get(unused)![0]} is not used (${layerCount})`);
+  if (layers.has(unused)) throw mismatch(`tensor ${layers.get(unused)} is not used (${layerCount})`);
   // A missing layer is named by what a layer that is there names its first tensor.
-  const [someLayer, someNames] = [...layers][0] ?? [];
+  const [someLayer, someName] = [...layers][0] ?? [];
   for (let layer = start; layer < end; layer++)
     if (!layers.has(layer)) {
-      const name = someNames ? someNames[0]!.replace(`.${someLayer}.`, `.${layer}.`) : `model.layers.${layer}.*`;
+      const name = someName ? someName.replace(`.${someLayer}.`, `.${layer}.`) : `model.layers.${layer}.*`;
       throw mismatch(`missing tensor ${name} (${layerCount})`);
     }
   const expectSize = (name: string, size: number, what: string) => {
