@@ -244,10 +244,10 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
   });
 
   test("launch's -n is -n in its help and its errors (not --n)", async () => {
-    // consola, which prints the help, is silent where NODE_ENV is "test" (as under bun test).
+    // Help is printed whatever the environment: consola's level would drop it under TEST or NODE_ENV=test.
     const proc = Bun.spawn([process.execPath, main, "launch", "--help"], {
       stdout: "pipe",
-      env: { ...env, NODE_ENV: "production" },
+      env: { ...env, NODE_ENV: "test", TEST: "1", CI: "1" },
     });
     const help = { stdout: await new Response(proc.stdout).text(), code: await proc.exited };
     expect(help.code).toBe(0);

@@ -5,7 +5,7 @@
 // that takes a value is that value (--keep-alive -1, as Ollama's), and a flag given twice keeps
 // its last value, as argparse does (citty would hand the command both), unless it is repeatable.
 import { renderUsage, type ArgsDef, type CommandDef, type StringArgDef } from "citty";
-import { consola } from "consola";
+import { colors } from "consola/utils";
 import { parseArgs } from "node:util";
 import { closeMatches } from "../store/aliases";
 
@@ -131,9 +131,13 @@ export function withLastValues(args: ArgsDef, argv: string[]): string[] {
 /** A message with each one-letter flag written as it is typed (launch's -n, not --n). */
 const oneDash = (text: string) => text.replace(/(?<![\w-])--([A-Za-z])(?![\w-])/g, "-$1");
 
-/** citty's usage of a command, its one-letter flags written as they are typed. */
+/**
+ * citty's usage of a command, its one-letter flags written as they are typed. Written to stdout
+ * itself rather than through consola, whose level drops it where TEST or NODE_ENV=test is set.
+ */
 export async function showUsage<T extends ArgsDef>(cmd: CommandDef<T>, parent?: CommandDef<T>): Promise<void> {
   // The option column is right-aligned: a space in front of each shortened flag keeps it so.
   const usage = (await renderUsage(cmd, parent)).replace(/ `--([A-Za-z])(?=[`=])/g, "  `-$1");
-  consola.log(`${usage}\n`);
+  // citty marks names with backquotes for consola to colour; colors is plain where colour is off.
+  process.stdout.write(`${usage.replace(/`([^`]+)`/g, (_, name: string) => colors.cyan(name))}\n\n`);
 }
