@@ -243,6 +243,19 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
     oneLineError(await mlx(["launch", "-n", "2", "run", "hi"]), /mlx launch takes no arguments \(got 'run'\)/);
   });
 
+  test("words past a command's arguments are refused (citty dropped them); run joins its words, as Ollama's does", async () => {
+    oneLineError(
+      await mlx(["rm", "a", "b"]),
+      /^error: mlx rm takes one argument \('b' is one too many; quote one with spaces in it\)$/m,
+    );
+    oneLineError(await mlx(["convert", "a.gguf", "out", "extra"]), /mlx convert takes 2 arguments \('extra' is one/);
+    const words = await mlx(["run", "-m", model, "--max-tokens", "6", "--json", "Hi", "there"]);
+    const quoted = await mlx(["run", "-m", model, "--max-tokens", "6", "--json", "Hi there"]);
+    expect(words.code).toBe(0);
+    expect(JSON.parse(words.stdout).token_ids).toEqual(JSON.parse(quoted.stdout).token_ids);
+    expect(JSON.parse(words.stdout).prompt_token_ids).toEqual(JSON.parse(quoted.stdout).prompt_token_ids);
+  });
+
   test("launch's -n is -n in its help and its errors (not --n)", async () => {
     // Help is printed whatever the environment: consola's level would drop it under TEST or NODE_ENV=test.
     const proc = Bun.spawn([process.execPath, main, "launch", "--help"], {

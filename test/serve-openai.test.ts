@@ -324,6 +324,8 @@ describe("n choices", () => {
     const goes = await post(`${server.url}/v1/completions`, { ...body, ignore_eos: true });
     expect(goes.json.usage.completion_tokens).toBe(5);
     expect(goes.json.choices[0].finish_reason).toBe("length");
+    // The end token it went past is not text (as in vLLM and llama.cpp), and still counted.
+    expect(goes.json.choices[0].text).toBe("");
   });
 
   test("completions: n choices; greedy ones are the same answer", async () => {

@@ -5,6 +5,7 @@ import { embed } from "../engine/embed";
 import { fail, setVerbose } from "./log";
 import { openModel } from "./open-model";
 import { modelArg, positiveInteger } from "./options";
+import { variadic } from "./strict-flags";
 
 export default defineCommand({
   meta: {
@@ -12,7 +13,11 @@ export default defineCommand({
     description: "Print an embedding (a JSON array) for each line of stdin, or for each text given",
   },
   args: {
-    text: { type: "positional", required: false, description: "Texts to embed (default: each line of stdin)" },
+    text: variadic({
+      type: "positional",
+      required: false,
+      description: "Texts to embed (default: each line of stdin)",
+    }),
     ...modelArg,
     dimensions: { type: "string", description: "Keep the first N dimensions (normalised again)" },
     verbose: { type: "boolean", alias: "v", description: "Stack traces on errors" },

@@ -28,12 +28,16 @@ import { remoteModel, remoteSampling, streamRemoteCompletion } from "../provider
 import { checkThinkingBudget, pieceWriter, thinkingArgs, thinkingFrom } from "./thinking";
 import { openPromptCache as openPromptCacheFile } from "../engine/prompt-cache-file";
 import { PrefixCache } from "../engine/prefix-cache";
-import { repeatable } from "./strict-flags";
+import { repeatable, variadic } from "./strict-flags";
 
 export default defineCommand({
   meta: { name: "run", description: "Answer one prompt and exit (piped stdin is added to the prompt)" },
   args: {
-    prompt: { type: "positional", required: false, description: "The prompt; text piped on stdin is appended to it" },
+    prompt: variadic({
+      type: "positional",
+      required: false,
+      description: "The prompt (several words are joined, as Ollama's run does); text piped on stdin is appended to it",
+    }),
     ...modelArg,
     ...adapterArg,
     system: { type: "string", description: "System prompt" },
@@ -85,7 +89,7 @@ export default defineCommand({
       if (lm) checkThinkingBudget(lm, thinking);
       const cached = lm && args["prompt-cache"] !== undefined ? openPromptCache(lm, args["prompt-cache"]) : undefined;
       // Ranks after the first hold layers only: the prompt (and stdin) is rank 0's.
-      const text = pipeline?.rank ? "" : await readPrompt(args.prompt, cached?.document);
+      const text = pipeline?.rank ? "" : await readPrompt(args._.map(String).join(" "), cached?.document);
       const controller = new AbortController();
       process.once("SIGINT", () => controller.abort());
       const spec = {

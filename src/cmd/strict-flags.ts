@@ -4,7 +4,7 @@
 // against the command's own declarations, before citty parses. A negative number after a flag
 // that takes a value is that value (--keep-alive -1, as Ollama's), and a flag given twice keeps
 // its last value, as argparse does (citty would hand the command both), unless it is repeatable.
-import { renderUsage, type ArgsDef, type CommandDef, type StringArgDef } from "citty";
+import { renderUsage, type ArgsDef, type CommandDef, type PositionalArgDef, type StringArgDef } from "citty";
 import { colors } from "consola/utils";
 import { parseArgs } from "node:util";
 import { closeMatches } from "../store/aliases";
@@ -14,6 +14,14 @@ const repeatableFlags = new WeakSet<object>();
 /** Declares a flag that may be given several times, each value kept (citty gives them as an array). */
 export function repeatable<T extends StringArgDef>(def: T): T {
   repeatableFlags.add(def);
+  return def;
+}
+
+const variadicArgs = new WeakSet<object>();
+
+/** Declares a positional argument that takes all the words given (embed's texts, run's prompt). */
+export function variadic<T extends PositionalArgDef>(def: T): T {
+  variadicArgs.add(def);
   return def;
 }
 
@@ -73,10 +81,13 @@ export function flagProblem(command: string, args: ArgsDef, argv: string[]): str
       allowPositionals: true,
       allowNegative: true,
     });
-    const takesArguments = Object.values(args).some((def) => def.type === "positional");
-    if (!takesArguments && positionals.length > 0)
+    // citty would drop the words past the declared ones: `mlx rm a b` would keep b, unsaid.
+    const declared = Object.values(args).filter((def) => def.type === "positional");
+    if (declared.some((def) => variadicArgs.has(def)) || positionals.length <= declared.length) return undefined;
+    if (declared.length === 0)
       return `mlx ${command} takes no arguments (got '${positionals[0]}'); mlx ${command} --help lists its options`;
-    return undefined;
+    const count = declared.length === 1 ? "one argument" : `${declared.length} arguments`;
+    return `mlx ${command} takes ${count} ('${positionals[declared.length]}' is one too many; quote one with spaces in it)`;
   } catch (error) {
     const message = (error as Error).message;
     const unknown = /^Unknown option '(-{1,2})([^']+)'/.exec(message);

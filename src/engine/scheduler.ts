@@ -317,11 +317,12 @@ export class Scheduler {
     s.accepted += event.accepted ?? 0;
     const top = event.logprobs ? topTokens(event.logprobs, s.request.topLogprobs!) : undefined;
     event.logprobs?.free();
-    if (!s.request.ignoreEos && this.lm.tokenizer.eosTokenIds.has(event.token))
-      return this.#finish(event.id, s.request.closedEarly?.() ? "length" : "stop");
+    const isEnd = this.lm.tokenizer.eosTokenIds.has(event.token);
+    if (isEnd && !s.request.ignoreEos) return this.#finish(event.id, s.request.closedEarly?.() ? "length" : "stop");
     s.tokenIds.push(event.token);
     if (s.reasoning?.inside) s.reasoningTokens++;
-    const { text, stopped } = s.stops.push(s.detokenizer.push(event.token));
+    // An end token generated past (ignore_eos) shows no text, as vLLM and llama.cpp show none.
+    const { text, stopped } = s.stops.push(isEnd ? "" : s.detokenizer.push(event.token));
     const tokens = [{ token: event.token, logprob: event.logprob }];
     this.#send(s, text, tokens, top && [top]);
     if (stopped) return this.#finish(event.id, "stop");

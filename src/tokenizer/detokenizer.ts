@@ -23,11 +23,6 @@ export function createDetokenizer(tokenizer: Tokenizer, options: DetokenizerOpti
     : new IncrementalDetokenizer(tokenizer, options);
 }
 
-/**
- * Byte-level BPE: each token is a fixed run of bytes, so streaming is a streaming UTF-8 decode of
- * the concatenated token bytes: O(token length) per token. TextDecoder's stream mode holds back an
- * unfinished sequence, and decodes invalid bytes to U+FFFD exactly as a whole-text decode would.
- */
 /** What both detokenizers share: the tokenizer, and whether special tokens are dropped. */
 abstract class BaseDetokenizer implements StreamingDetokenizer {
   protected readonly skipSpecial: boolean;
@@ -43,6 +38,11 @@ abstract class BaseDetokenizer implements StreamingDetokenizer {
   abstract flush(): string;
 }
 
+/**
+ * Byte-level BPE: each token is a fixed run of bytes, so streaming is a streaming UTF-8 decode of
+ * the concatenated token bytes: O(token length) per token. TextDecoder's stream mode holds back an
+ * unfinished sequence, and decodes invalid bytes to U+FFFD exactly as a whole-text decode would.
+ */
 export class ByteLevelDetokenizer extends BaseDetokenizer {
   private decoder = new TextDecoder("utf-8", { fatal: false, ignoreBOM: true });
 
