@@ -73,6 +73,8 @@ describe("mlx run with adapters", () => {
     const missing = await mlx(["run", "-m", "tiny", "--adapter", join(root, "nope"), "hi"]);
     expect(missing.code).not.toBe(0);
     expect(missing.stderr.trim()).toBe(`error: adapter directory not found: ${join(root, "nope")}`);
+    const unfused = await mlx(["fuse", "tiny", "--adapter", join(root, "nope"), "never"]);
+    expect(unfused).toMatchObject({ code: 1, stderr: `error: adapter directory not found: ${join(root, "nope")}\n` });
     // An adapter for other shapes: the layer and both shapes are named.
     const wrong = join(root, "wrong");
     writeRandomAdapter(wrong, { layers: { "model.layers.0.self_attn.q_proj": [32, 64] } });

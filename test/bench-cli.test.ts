@@ -11,6 +11,7 @@ import { percentile, sd, summarize } from "../src/bench/stats";
 import { wellFormed } from "./helpers/svg";
 import { cliRunner, interruptWhileInUse, mainScript } from "./helpers/cli";
 import { article } from "../src/bench/report";
+import { pullModel } from "../src/store/pull";
 
 const root = mkdtempSync(join(tmpdir(), "mlx-bench-"));
 const tiny = join(root, "tiny");
@@ -95,6 +96,25 @@ describe("mlx bench: model mode", () => {
       .filter((line) => line.startsWith("| "))
       .map((line) => line.split("|")[1]!.trim());
     expect(models).toEqual(["nosuch", "tiny"]);
+  }, 20_000);
+
+  test("a stored model named org/repo (as hf: pulls name them) keeps its whole name; a path its last part", async () => {
+    const savedHome = process.env.MLX_HOME;
+    process.env.MLX_HOME = join(root, "home");
+    try {
+      await pullModel({ name: "org/tiny", source: tiny });
+    } finally {
+      process.env.MLX_HOME = savedHome;
+    }
+    const r = await mlx(["-m", "org/tiny", "-m", tiny, "-n", "1", ...fast, "--csv"]);
+    expect(r.code).toBe(0);
+    expect(
+      r.stdout
+        .trim()
+        .split("\n")
+        .slice(1)
+        .map((row) => row.split(",")[0]),
+    ).toEqual(["org/tiny", "tiny"]);
   }, 20_000);
 
   test("a test that does not run (-p 0, -g 0) has no column and no note; one run is '1 run'", async () => {

@@ -2,7 +2,7 @@
 // (127.0.0.1, port 0), streaming chat completions as server-sent events. The CLI runs in a
 // child process; the fake server answers from this one.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Server } from "bun";
@@ -36,6 +36,7 @@ let base: string;
 let inFlight = 0;
 let maxInFlight = 0;
 const seenModels = new Set<string>();
+const seenPrompts: string[] = [];
 
 beforeAll(() => {
   server = Bun.serve({
@@ -54,6 +55,7 @@ beforeAll(() => {
         messages: { content: string }[];
       };
       seenModels.add(body.model);
+      seenPrompts.push(body.messages.at(-1)!.content);
       if (body.messages[0]!.content.includes("FAIL"))
         return Response.json({ error: { message: "asked to fail" } }, { status: 500 });
       const n = Math.min(TOKENS, body.max_tokens);
@@ -183,6 +185,34 @@ describe("mlx bench --url", () => {
     const f = await mlx(["--url", base, "--prompts", prompts, "--concurrency", "1", "--requests", "1"]);
     expect(f.code).not.toBe(0);
     expect(f.stderr.trim()).toMatch(/^error: the warm-up request to .*\/v1\/chat\/completions failed: HTTP 500/);
+  }, 20_000);
+});
+
+describe("mlx bench -m on a remote model (models.toml provider)", () => {
+  test("each run's prompt is new to the server, so its prefix cache cannot skip the prefill; no sizes shown", async () => {
+    mkdirSync(env.MLX_HOME, { recursive: true });
+    writeFileSync(
+      join(env.MLX_HOME, "models.toml"),
+      `[models.far]\nprovider = "openai"\nbase_url = "${base}/v1"\nmodel = "fake-model"\n`,
+    );
+    seenPrompts.length = 0;
+    const r = await mlx(["-m", "far", "-p", "64", "-g", "0", "-n", "3"]);
+    expect(r.code).toBe(0);
+    const promptTests = seenPrompts.filter((p) => p.length > 200); // not the warm-up's
+    expect(promptTests).toHaveLength(3);
+    expect(new Set(promptTests).size).toBe(3);
+    const row = r.stdout.split("\n").find((line) => line.startsWith("| far "))!;
+    expect(row.split("|").map((cell) => cell.trim())).toEqual([
+      "",
+      "far",
+      "remote",
+      "-",
+      "-",
+      expect.any(String),
+      expect.any(String),
+      "-",
+      "",
+    ]);
   }, 20_000);
 });
 

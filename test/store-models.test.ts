@@ -224,6 +224,44 @@ describe("removing", () => {
     },
     TEST_TIMEOUT_MS,
   );
+
+  // A real full disk: a small tmpfs mounted in a user namespace (where the system allows one).
+  test.skipIf(Bun.spawnSync(["unshare", "-rm", "true"], { stderr: "ignore" }).exitCode !== 0)(
+    "on a full disk mlx list still reads the store and mlx rm frees space",
+    async () => {
+      const disk = join(work, "disk");
+      mkdirSync(disk);
+      const mlx = `${JSON.stringify(process.execPath)} ${JSON.stringify(main)}`;
+      const script = `
+        mount -t tmpfs -o size=1m tmpfs ${disk}
+        export MLX_HOME=${disk}/home
+        ${mlx} pull ${fakeModel("alpha", 200_000)} >/dev/null 2>&1 || exit 9
+        rm "$MLX_HOME/index.json"   # so that listing rebuilds it, and cannot save it
+        head -c 2000000 /dev/zero > ${disk}/filler 2>/dev/null
+        ${mlx} list; echo "list: $?"
+        ${mlx} rm -y alpha; echo "rm: $?"
+        ${mlx} list; ls "$MLX_HOME/locks" "$MLX_HOME/tmp"`;
+      const proc = Bun.spawn(["unshare", "-rm", "sh", "-c", script], {
+        env: { ...process.env, NO_COLOR: "1" },
+        stdout: "pipe",
+        stderr: "pipe",
+      });
+      const [stdout, stderr] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
+      expect(await proc.exited).toBe(0);
+      expect(stderr).toBe("");
+      const lines = stdout.trim().split("\n");
+      expect(lines[1]).toStartWith("alpha ");
+      expect(lines.slice(2)).toEqual([
+        "list: 0",
+        "rm: 0",
+        "NAME  FORMAT  QUANTIZATION  SIZE  LAST USED",
+        `${disk}/home/locks:`,
+        "",
+        `${disk}/home/tmp:`,
+      ]);
+    },
+    TEST_TIMEOUT_MS,
+  );
 });
 
 describe("damage", () => {

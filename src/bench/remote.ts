@@ -39,7 +39,9 @@ export async function benchRemoteModel(
   let depth = 0;
   for (let i = 1; i <= o.repetitions; i++) {
     if (o.promptTokens > 0) {
-      const s = await answer(remote, prompt, 1);
+      // A server's prefix cache (mlx serve's, vLLM's, llama.cpp's) answers a prompt it has seen,
+      // from an earlier run or bench, without prefilling it: each run's prompt starts anew.
+      const s = await answer(remote, `${crypto.randomUUID().slice(0, 8)} ${prompt}`, 1);
       promptTokens = s.promptTokens;
       pp.push(s.promptTokens / s.timeToFirstTokenSeconds);
       ttft.push(s.timeToFirstTokenSeconds);

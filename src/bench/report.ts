@@ -57,6 +57,8 @@ export function article(n: number): "a" | "an" {
 const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? "" : "s"}`;
 
 const ms = (s: Summary, scale = 1000) => meanSd({ mean: s.mean * scale, sd: s.sd * scale }, 0);
+// A remote model's weights and memory are the provider's, unseen from here: not zero bytes.
+const unlessRemote = (r: { format: string }, cell: string) => (r.format === "remote" ? "-" : cell);
 /** A summary as the JSON reports write it. */
 const meanAndSd = (s: Summary) => ({ mean: s.mean, sd: s.sd });
 const fixed = (v: number, digits = 2) => (Number.isFinite(v) ? v.toFixed(digits) : "-");
@@ -119,11 +121,11 @@ export function modelTable(models: Outcome<ModelBenchResult>[], tests: ModelTest
     { header: "model", cell: (r) => r.model },
     { header: "format", cell: (r) => r.format },
     { header: "quantization", cell: (r) => r.quantization },
-    { header: "size", right: true, cell: (r) => formatBytes(r.sizeBytes) },
+    { header: "size", right: true, cell: (r) => unlessRemote(r, formatBytes(r.sizeBytes)) },
     ...(t.promptTokens > 0 ? prompt : []),
     ...(t.genTokens > 0 ? generation : []),
     ...(t.promptTokens > 0 ? firstToken : []),
-    { header: "peak memory", right: true, cell: (r) => formatBytes(r.peakMemoryBytes) },
+    { header: "peak memory", right: true, cell: (r) => unlessRemote(r, formatBytes(r.peakMemoryBytes)) },
     ...draftsColumns(results),
   ];
   if (results.length === 0) return outcomeTable(columns, models);
@@ -258,7 +260,7 @@ export function suiteTables(models: Outcome<SuiteModelResult>[], prompts: SuiteP
     [
       { header: "model", cell: (r) => r.model },
       { header: "quantization", cell: (r) => r.quantization },
-      { header: "size", right: true, cell: (r) => formatBytes(r.sizeBytes) },
+      { header: "size", right: true, cell: (r) => unlessRemote(r, formatBytes(r.sizeBytes)) },
       { header: "prompt tokens/s", right: true, cell: (r) => meanSd(r.promptTokensPerSecond), failed: "failed" },
       {
         header: "generation tokens/s",
@@ -267,7 +269,7 @@ export function suiteTables(models: Outcome<SuiteModelResult>[], prompts: SuiteP
         failed: "failed",
       },
       { header: "first token (ms)", right: true, cell: (r) => ms(r.timeToFirstTokenSeconds) },
-      { header: "peak memory", right: true, cell: (r) => formatBytes(r.peakMemoryBytes) },
+      { header: "peak memory", right: true, cell: (r) => unlessRemote(r, formatBytes(r.peakMemoryBytes)) },
       { header: "passed", right: true, cell: (r) => (r.checked > 0 ? `${r.passed}/${r.checked}` : "-") },
       ...draftsColumns(results),
     ],

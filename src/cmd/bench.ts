@@ -2,11 +2,13 @@
 // pass/fail expectations, or a load test of any OpenAI-compatible server. Progress goes to
 // stderr; a table (or --json / --csv) to stdout; --plot writes an SVG chart.
 import { defineCommand } from "citty";
-import { writeFileSync } from "node:fs";
+import { existsSync, writeFileSync } from "node:fs";
 import { basename } from "node:path";
 import { clearMemoryCache } from "../engine/device";
 import type { LoadedModel } from "../models/load";
 import { loadAliases } from "../store/aliases";
+import { readManifest } from "../store/manifest";
+import { isRemoteSource } from "../store/pull";
 import { benchLoadedModel, type ModelBenchResult } from "../bench/model";
 import { benchRemoteModel } from "../bench/remote";
 import { remoteModel, type RemoteModel } from "../providers";
@@ -161,17 +163,19 @@ function modelSpecs(args: Args): { spec: string | undefined; name: string }[] {
   const specs = given.length > 0 ? given : [undefined];
   const seen = new Map<string, number>();
   return specs.map((spec) => {
-    let name =
-      spec === undefined
-        ? loadAliases().defaultModel
-        : /[\\/]/.test(spec)
-          ? basename(spec.replace(/[\\/]+$/, "")) || spec
-          : spec;
+    let name = spec === undefined ? loadAliases().defaultModel : displayName(spec);
     const count = (seen.get(name) ?? 0) + 1;
     seen.set(name, count);
     if (count > 1) name = `${name} #${count}`;
     return { spec, name };
   });
+}
+
+/** A path by its last part; a source (hf:org/repo) or a stored name (org/repo, pulled from it) whole. */
+function displayName(spec: string): string {
+  const storedName = !existsSync(spec) && readManifest(spec) !== undefined;
+  if (!/[\\/]/.test(spec) || isRemoteSource(spec) || storedName) return spec;
+  return basename(spec.replace(/[\\/]+$/, "")) || spec;
 }
 
 /**

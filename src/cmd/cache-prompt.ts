@@ -1,6 +1,8 @@
 // `mlx cache-prompt -m M FILE < document`, as mlx_lm.cache_prompt: prefill a long document once
 // and save its keys and values, so that `mlx run --prompt-cache FILE "question"` starts from them.
 import { defineCommand } from "citty";
+import { existsSync } from "node:fs";
+import { dirname, resolve } from "node:path";
 import { prefillPrompt, savePrefilled } from "../engine/prompt-cache-file";
 import { promptTokens } from "../engine/prompt";
 import { fail, log, setVerbose } from "./log";
@@ -33,6 +35,9 @@ export default defineCommand({
       // when rank 0 says (stdin is rank 0's): it returns only to exit.
       if (options.pipeline?.rank) await openModel(args.model, options);
       if (process.stdin.isTTY) throw new Error("pipe the document on stdin: mlx cache-prompt FILE < document");
+      // Before the prefill, which a missing directory would waste (and then report by a temporary file's name).
+      if (!existsSync(dirname(resolve(args.file))))
+        throw new Error(`cannot write ${args.file}: its directory does not exist`);
       const text = (await Bun.stdin.text()).trim();
       if (!text) throw new Error("the document on stdin is empty");
       const lm = await openModel(args.model, options);

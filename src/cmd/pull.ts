@@ -31,8 +31,7 @@ export default defineCommand({
       const reporter = createProgressReporter(`pulling ${request.name}`);
       const result = await pullModel(request, {
         onProgress: reporter.update,
-        onWait: (pid) =>
-          log.info(`waiting for ${pid ? `process ${pid}` : "another process"}, which is pulling ${request.name}`),
+        onWait: (pid) => log.info(`waiting for process ${pid}, which is pulling ${request.name}`),
       }).finally(() => reporter.finish());
       for (const name of result.evicted)
         log.info(`evicted ${name} (least recently used) to stay under the store's size limit`);

@@ -1,9 +1,11 @@
-// Locks shared by every mlx process on the machine. A lock is a file created with O_EXCL
-// (atomic: exactly one creator wins) that holds its owner's pid. A lock whose owner has died
-// is broken, so a crash never wedges the store; waiting is bounded, so a live but stuck
-// owner gives a clear error instead of a hang. Within one process, callers queue up first,
+// Locks shared by every mlx process on the machine. A lock is a symbolic link whose target is
+// its owner's pid, created atomically with that pid (exactly one creator wins) and needing no
+// data block, so locks still work on a full disk, where `mlx rm` must run to free space (a
+// file's pid, written after creating it, failed there). A lock whose owner has died is broken,
+// so a crash never wedges the store; waiting is bounded, so a live but stuck owner gives a
+// clear error instead of a hang. Within one process, callers queue up first,
 // because the file alone cannot tell two async tasks of the same pid apart.
-import { mkdirSync, openSync, readFileSync, statSync, unlinkSync, writeSync, closeSync } from "node:fs";
+import { mkdirSync, readFileSync, readlinkSync, symlinkSync, unlinkSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { locksDir } from "./paths";
 
@@ -11,7 +13,7 @@ export interface LockOptions {
   /** Give up after waiting this long for another process (default 10 s). */
   timeoutMs?: number;
   /** Called once when the lock is busy, with the holder's pid (to tell the user why we wait). */
-  onWait?: (holderPid: number | undefined) => void;
+  onWait?: (holderPid: number) => void;
 }
 
 export class LockTimeoutError extends Error {
@@ -20,8 +22,6 @@ export class LockTimeoutError extends Error {
 
 const POLL_MS = 25;
 const MAX_POLL_MS = 250;
-// A lock file is created empty and gets its pid a moment later; an empty one older than this was abandoned mid-creation.
-const EMPTY_LOCK_GRACE_MS = 2_000;
 
 const queues = new Map<string, Promise<unknown>>();
 
@@ -80,9 +80,8 @@ async function acquireFileLock(path: string, { timeoutMs = 10_000, onWait }: Loc
       told = true;
     }
     if (Date.now() >= deadline) {
-      const who = holder === undefined ? "another process" : `process ${holder}`;
       throw new LockTimeoutError(
-        `${path} is held by ${who}; waited ${(timeoutMs / 1000).toFixed(0)} s (delete the file if no mlx process is running)`,
+        `${path} is held by process ${holder}; waited ${(timeoutMs / 1000).toFixed(0)} s (delete the file if no mlx process is running)`,
       );
     }
     await Bun.sleep(pause);
@@ -91,33 +90,31 @@ async function acquireFileLock(path: string, { timeoutMs = 10_000, onWait }: Loc
 }
 
 function tryCreate(path: string): boolean {
-  let fd: number;
   try {
-    fd = openSync(path, "wx");
+    symlinkSync(String(process.pid), path);
+    return true;
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === "EEXIST") return false;
     throw error;
   }
-  try {
-    writeSync(fd, `${process.pid}\n`);
-  } finally {
-    closeSync(fd);
-  }
-  return true;
 }
 
-/** The holder's pid when it is alive (undefined: not written yet), "dead", or "gone" (released meanwhile). */
-function readHolder(path: string): number | undefined | "dead" | "gone" {
-  let text: string;
-  let ageMs: number;
+/** The holder's pid when it is alive, "dead", or "gone" (released meanwhile). */
+function readHolder(path: string): number | "dead" | "gone" {
+  let holder: string;
   try {
-    text = readFileSync(path, "utf8");
-    ageMs = Date.now() - statSync(path).mtimeMs;
-  } catch {
-    return "gone";
+    holder = readlinkSync(path);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "EINVAL") return "gone";
+    // A plain file: the lock of an earlier mlx, which wrote its pid into it.
+    try {
+      holder = readFileSync(path, "utf8");
+    } catch {
+      return "gone";
+    }
   }
-  const pid = Number.parseInt(text, 10);
-  if (!Number.isInteger(pid) || pid <= 0) return ageMs > EMPTY_LOCK_GRACE_MS ? "dead" : undefined;
+  const pid = Number.parseInt(holder, 10);
+  if (!Number.isInteger(pid) || pid <= 0) return "dead";
   return isProcessAlive(pid) ? pid : "dead";
 }
 

@@ -1,7 +1,7 @@
 // One JSON manifest per model, <root>/manifests/<key>.json: the truth about a stored model.
 // It names the model's files (name inside the model -> blob) and says what the model is; the
 // index (model-index.ts) is only a summary of all manifests and is rebuilt from them.
-import { closeSync, openSync, readFileSync, readSync, renameSync, mkdirSync, writeFileSync } from "node:fs";
+import { closeSync, openSync, readFileSync, readSync, renameSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { readGGUFHeader } from "../models/gguf-header";
 import { blobPath, manifestsDir, modelKey, tempPathIn, tmpDir } from "./paths";
@@ -62,9 +62,15 @@ export function writeManifest(manifest: ModelManifest): void {
 
 export function writeJsonAtomic(path: string, value: unknown): void {
   const tmp = tempPathIn(tmpDir(), "json");
-  writeFileSync(tmp, `${JSON.stringify(value, null, 2)}\n`);
-  mkdirSync(join(path, ".."), { recursive: true });
-  renameSync(tmp, path);
+  try {
+    writeFileSync(tmp, `${JSON.stringify(value, null, 2)}\n`);
+    mkdirSync(join(path, ".."), { recursive: true });
+    renameSync(tmp, path);
+  } catch (error) {
+    // A full disk leaves the temporary file empty or cut short: nothing to keep.
+    rmSync(tmp, { force: true });
+    throw error;
+  }
 }
 
 export function newManifest(

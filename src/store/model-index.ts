@@ -42,7 +42,12 @@ function rebuildIndex(keys: string[]): Map<string, IndexEntry> {
     const manifest = readManifestFile(join(manifestsDir(), `${key}.json`));
     if (manifest) models.set(manifest.name, indexEntry(manifest));
   }
-  saveIndex(models);
+  try {
+    saveIndex(models);
+  } catch {
+    // Only a cache: reading the store must not fail where it cannot be written (a full disk,
+    // where `mlx list` shows what to remove); the next change to the store writes it.
+  }
   return models;
 }
 

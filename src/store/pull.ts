@@ -24,7 +24,7 @@ export interface PullOptions {
   onProgress?: (progress: DownloadProgress) => void;
   signal?: AbortSignal;
   /** Told when another process is pulling the same model and this one waits for it. */
-  onWait?: (holderPid: number | undefined) => void;
+  onWait?: (holderPid: number) => void;
 }
 
 export interface PullResult {
