@@ -11,14 +11,17 @@ import { readHostfile } from "../src/cmd/launch-plan";
 import { headLayers, parseLayers, splitLayers } from "../src/engine/pipeline";
 import { readLayout } from "../src/models/layout";
 import { resolveModelPath } from "../src/store/resolve";
-import { cliRunner } from "./helpers/cli";
+import { cliRunner, mainScript } from "./helpers/cli";
 import {
   answersAlone,
   completeTogether,
   expectKilledRankOneNoticed,
   expectStoppedRankNoticed,
   launchServe as launchServeOn,
+  rankPids,
+  startRank,
   streamTogether,
+  writeLoopbackRing,
 } from "./helpers/launch";
 import { eventually, serve } from "./helpers/serve";
 import { lastLayers, writeRandomAdapter } from "./helpers/random-adapter";
@@ -161,13 +164,68 @@ describe("mlx launch -- run", () => {
     expect(JSON.parse(split.stdout).token_ids).toEqual(JSON.parse(alone.stdout).token_ids);
   }, 60_000);
 
-  test("a rank started by hand whose model is missing fails at start, clearly", async () => {
+  test("a rank started by hand whose model, rank or hostfile is wrong fails at start, clearly", async () => {
     const ring = join(dir, "ring.json");
     writeFileSync(ring, JSON.stringify([["127.0.0.1:1"], ["127.0.0.1:2"]]));
     const r = await mlx(["run", "-m", join(dir, "nowhere"), "--hostfile", ring, "--rank", "1", "hi"]);
     expect(r.code).toBe(1);
     expect(r.stderr.trim()).toMatch(/^error: model not found: .*nowhere \(mlx list shows the stored models\)$/);
+    // An empty --rank "$RANK" is no rank 0 (which would wait for ever for the others).
+    const empty = await mlx(["run", "-m", tiny, "--hostfile", ring, "--rank", "", "hi"]);
+    expect(empty.stderr.trim()).toBe("error: --rank must be a whole number ≥ 0 (got ''; or set $MLX_RANK)");
+    const none = await mlx(["run", "-m", tiny, "--hostfile", ring, "hi"]);
+    expect(none.stderr.trim()).toBe("error: give --rank R, this process's place in the hostfile (or set $MLX_RANK)");
+    // MLX's own words for these are its JSON parser's.
+    const missing = await mlx(["run", "-m", tiny, "--hostfile", join(dir, "no-hosts.json"), "--rank", "1", "hi"]);
+    expect(missing.stderr.trim()).toMatch(/^error: cannot read hostfile .*no-hosts\.json: ENOENT/);
+    const launchForm = join(dir, "launch-form.json");
+    writeFileSync(launchForm, JSON.stringify([{ ssh: "localhost" }, { ssh: "localhost" }]));
+    const wrongForm = await mlx(["run", "-m", tiny, "--hostfile", launchForm, "--rank", "1", "hi"]);
+    expect(wrongForm.stderr.trim()).toEndWith(
+      "reads MLX's ring hostfile ([[\"host:port\", ...], ...], a list per rank); mlx.launch's form is for mlx launch",
+    );
+    // A stored model's failure to join is no damage to it (nor is any failure but reading its files).
+    const outside = await mlx(["run", "--hostfile", ring, "--rank", "2", "hi"]);
+    expect(outside.code).toBe(1);
+    expect(outside.stderr.trim()).toBe(
+      "error: distributed init: [ring] Rank cannot be larger than the size of the group",
+    );
   });
+
+  test("ranks started by hand with another --layers or model refuse to run, rather than print garbage", async () => {
+    for (const [zeroArgs, oneArgs, zeroSplit] of [
+      [["--layers", "0-1,2-4"], ["--layers", "0-2,3-4"], "layers 0-1,2-4 of 5 layers, hidden size 64"],
+      [[], ["-m", wide], "layers 0,1-4 of 5 layers, hidden size 64"],
+    ] as const) {
+      const ring = await writeLoopbackRing(join(dir, "ring-mismatch.json"), 2);
+      const args = ["run", "-m", tiny, "--max-tokens", "4", "hi"];
+      const [zero, one] = [
+        startRank(home, ring, 0, [...args, ...zeroArgs]),
+        startRank(home, ring, 1, [...args, ...oneArgs]),
+      ];
+      const [zeroErr, oneErr] = await Promise.all([new Response(zero.stderr).text(), new Response(one.stderr).text()]);
+      expect([await zero.exited, await one.exited]).toEqual([1, 1]);
+      expect(zeroErr).toBe(
+        `error: rank 1 split the model otherwise than rank 0 (${zeroSplit}): start every rank with the same model and --layers\n`,
+      );
+      expect(oneErr).toContain("error: rank 0 split the model otherwise than rank 1");
+    }
+  }, 60_000);
+
+  test("SIGTERM to the launcher ends the launch as it ends one process: status 143, no rank named as failed", async () => {
+    const proc = Bun.spawn(
+      [process.execPath, mainScript, "launch", "-n", "2", "--", "run", "-m", tiny, "--max-tokens", "100000", "Count:"],
+      { stdout: "pipe", stderr: "pipe", env: { ...process.env, MLX_HOME: home, NO_COLOR: "1" } },
+    );
+    const reader = proc.stdout.getReader();
+    await reader.read(); // the answer has started
+    const ranks = rankPids(proc.pid);
+    expect(ranks.size).toBe(2);
+    proc.kill("SIGTERM");
+    expect(await proc.exited).toBe(143);
+    expect(await new Response(proc.stderr).text()).not.toContain("error: rank 0");
+    for (const pid of ranks.values()) expect(() => process.kill(pid, 0)).toThrow();
+  }, 60_000);
 });
 
 /** A launched `serve` of `model` (the 5-layer tiny one by default) on `n` ranks. */
@@ -417,6 +475,14 @@ describe("planning", () => {
     expect(() => readHostfile(file, 5000)).toThrow("entry 0 '6001' is not host:port");
     writeFileSync(file, JSON.stringify([{ ips: ["10.0.0.2"] }]));
     expect(() => readHostfile(file, 5000)).toThrow('entry 0 needs "ssh"');
+    // Two ranks on one address never form a ring: every rank would wait for ever.
+    writeFileSync(file, JSON.stringify([["127.0.0.1:6000"], ["127.0.0.1:6000"], ["127.0.0.1:6001"]]));
+    expect(() => readHostfile(file, 5000)).toThrow("127.0.0.1:6000 is listed twice (rank 0 and rank 1)");
+    // MLX would listen on 99999 modulo 65536.
+    writeFileSync(file, JSON.stringify([["127.0.0.1:99999"], ["127.0.0.1:6001"]]));
+    expect(() => readHostfile(file, 5000)).toThrow("rank 0's address '127.0.0.1:99999' needs a port 1-65535");
+    writeFileSync(file, JSON.stringify([{ ssh: "localhost" }, { ssh: "mac2" }]));
+    expect(() => readHostfile(file, 65535)).toThrow("rank 1's address 'mac2:65536' needs a port 1-65535");
   });
 
   test("the default split follows free memory by largest remainder, at least one layer each", () => {

@@ -48,7 +48,7 @@ export function readHostfile(path: string, startingPort: number, connectionsPerI
   }
   const form = hostfileForm(path, data);
   let port = startingPort;
-  return form.hosts.map((entry, rank) => {
+  const ranks = form.hosts.map((entry, rank): Host => {
     if (Array.isArray(entry) && entry.length > 0 && entry.every((a) => typeof a === "string")) {
       if (connectionsPerIp > 1)
         throw new Error(
@@ -72,6 +72,23 @@ export function readHostfile(path: string, startingPort: number, connectionsPerI
       env: form.env,
     };
   });
+  // MLX's ring would take a port past 65535 modulo 65536, and two ranks on one address never
+  // form a ring (every rank waits for ever): refused here, before any rank starts.
+  const ranksByAddress = new Map<string, number>();
+  for (const [rank, host] of ranks.entries())
+    for (const address of host.addresses) {
+      const portText = address.slice(address.lastIndexOf(":") + 1);
+      const listening = Number(portText);
+      if (!/^\d+$/.test(portText) || listening < 1 || listening > 65535)
+        throw new Error(`hostfile ${path}: rank ${rank}'s address '${address}' needs a port 1-65535`);
+      const other = ranksByAddress.get(address);
+      if (other !== undefined)
+        throw new Error(
+          `hostfile ${path}: ${address} is listed twice (rank ${other} and rank ${rank}): give each its own port`,
+        );
+      ranksByAddress.set(address, rank);
+    }
+  return ranks;
 }
 
 /** A hostfile's list of hosts, and the environment the object form sets for every rank. */

@@ -11,7 +11,7 @@ import { defineCommand } from "citty";
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
-import { availableParallelism, tmpdir } from "node:os";
+import { availableParallelism, constants, tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { describePlan, readHostfile, ringHostfile, type Host } from "./launch-plan";
@@ -163,7 +163,12 @@ async function launch(hosts: Host[], command: string[], sshConfig?: string): Pro
     for (const r of ranks) r.signal(signal);
   };
   // Ctrl-C or a stop goes to rank 0, which ends as it would alone and stops the others.
-  for (const signal of ["SIGINT", "SIGTERM"] as const) process.once(signal, () => ranks[0]!.signal(signal));
+  let passedOn: NodeJS.Signals | undefined;
+  for (const signal of ["SIGINT", "SIGTERM"] as const)
+    process.once(signal, () => {
+      passedOn = signal;
+      ranks[0]!.signal(signal);
+    });
   try {
     // The first rank to fail ends the launch; rank 0 ending well ends it too (the others follow it).
     const first = await new Promise<{ r: Rank; status: { code: number | null; signal: NodeJS.Signals | null } }>(
@@ -172,8 +177,10 @@ async function launch(hosts: Host[], command: string[], sshConfig?: string): Pro
           void r.exit.then((status) => (status.code !== 0 || r.rank === 0) && resolve({ r, status }));
       },
     );
-    // Rank 0 stopped by a signal we passed on (Ctrl-C) ends as it would alone.
-    const asked = first.r.rank === 0 && first.status.code !== null && first.status.code > 128;
+    // Rank 0 stopped by a signal we passed on (Ctrl-C, a stop) ends as it would alone: by its
+    // handler's status, or killed by that signal (then it told no one: we stop the others).
+    const killedAsAsked = first.r.rank === 0 && first.status.signal !== null && first.status.signal === passedOn;
+    const asked = killedAsAsked || (first.r.rank === 0 && first.status.code !== null && first.status.code > 128);
     if (first.status.code !== 0 && !asked) {
       stopAll("SIGTERM");
       const forced = setTimeout(() => stopAll("SIGKILL"), 2000);
@@ -187,11 +194,13 @@ async function launch(hosts: Host[], command: string[], sshConfig?: string): Pro
       process.stderr.write(`error: rank ${first.r.rank} ${how}${why}\n`);
       return first.r.rank === 0 && first.status.code ? first.status.code : 1;
     }
+    if (killedAsAsked) stopAll("SIGTERM");
     // Rank 0 is done and told the others to stop: give them a moment, then make sure.
     const forced = setTimeout(() => stopAll("SIGKILL"), 10_000);
     await Promise.all(ranks.map((r) => r.exit));
     clearTimeout(forced);
-    return first.status.code ?? 0;
+    // Killed by a signal: the status a shell gives a process killed by it.
+    return first.status.code ?? 128 + constants.signals[first.status.signal!];
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -1,6 +1,6 @@
 // Opening the model a command was asked for: resolve the name (pulling on first use), load
 // it, pass on its notes, and point a failed load of a stored model at the repair commands.
-import { loadModel, type LoadedModel, type SpeculationChoice } from "../models/load";
+import { loadModel, ModelLoadError, type LoadedModel, type SpeculationChoice } from "../models/load";
 import { attachSpeculation } from "../engine/speculative";
 import { openPipeline, type PipelineSpec } from "../engine/pipeline";
 import { resolveModelPath } from "../store/resolve";
@@ -47,7 +47,9 @@ export async function openModel(
       lm = front;
     } else lm = loadModel(path);
   } catch (error) {
-    const hint = repairHint(path);
+    // Only a failure to read the model's own files may mean damage: not a refused split, nor a
+    // lost peer of a pipeline (whose ranks other than 0 serve from inside this call).
+    const hint = error instanceof ModelLoadError && repairHint(path);
     if (!hint) throw error;
     throw new Error(`${(error as Error).message}; ${hint}`);
   }

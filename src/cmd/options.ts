@@ -303,9 +303,11 @@ export function pipelineFrom(args: Record<string, unknown>): PipelineSpec | unde
     return undefined;
   }
   const rankText = (args.rank as string | undefined) ?? process.env.MLX_RANK;
+  if (rankText === undefined) throw new Error("give --rank R, this process's place in the hostfile (or set $MLX_RANK)");
+  // Not Number()'s test: it reads an empty --rank "$UNSET" as rank 0, which then waits for ever.
+  if (!/^\d+$/.test(rankText.trim()))
+    throw new Error(`--rank must be a whole number ≥ 0 (got '${rankText}'; or set $MLX_RANK)`);
   const rank = Number(rankText);
-  if (rankText === undefined || !Number.isInteger(rank) || rank < 0)
-    throw new Error(`--rank must be a whole number ≥ 0 (got '${rankText ?? ""}'; or set $MLX_RANK)`);
   const timeout = Number(args["peer-timeout"] ?? 30);
   if (!Number.isFinite(timeout) || timeout <= 0)
     throw new Error(`--peer-timeout must be a number of seconds > 0 (got '${args["peer-timeout"]}')`);

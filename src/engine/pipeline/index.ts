@@ -2,6 +2,8 @@
 // distributed engine (the ring backend over TCP, ...). Rank 0 holds the tokenizer, the
 // scheduler, the embedding, its layers and the output head; every other rank a run of layers.
 // Each process loads only its own tensors.
+import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { freemem } from "node:os";
 import * as mx from "../../mlx";
 import { readLayout } from "../../models/layout";
@@ -40,6 +42,7 @@ export interface PipelineSpec {
  */
 export function openPipeline(path: string, spec: PipelineSpec, caches: CacheOptions = {}): LoadedModel | undefined {
   const layout = readLayout(path); // before joining: a missing or unreadable model fails at once
+  expectRingHostfile(spec.hostfile ?? process.env.MLX_HOSTFILE);
   const group = distributed.init({ hostfile: spec.hostfile, rank: spec.rank });
   if (group.size < 2) throw new Error("a pipeline needs at least 2 ranks (the hostfile lists one)");
   const { rank, size } = group;
@@ -67,7 +70,7 @@ export function openPipeline(path: string, spec: PipelineSpec, caches: CacheOpti
   lm.kvQuantization = caches.kvQuantization;
   // Everyone loaded: a rank that failed has exited, and this says so (a lost peer).
   if (tensorParallel) mx.scope(() => distributed.allSum(mx.array(Float32Array.from([1]))).toArray());
-  else gatherRound(group, 1);
+  else expectOneSplit(group, `${split} of ${layout.numLayers} layers, hidden size ${layout.hiddenSize}`);
   if (rank > 0) {
     try {
       if (tensorParallel) serveShard(lm.model, { rank, split, caches, lora: lm.weights.lora, peerTimeoutMs });
@@ -92,10 +95,45 @@ export function openPipeline(path: string, spec: PipelineSpec, caches: CacheOpti
   return { ...lm, model: front };
 }
 
+/**
+ * Refuses a hostfile MLX's ring cannot read, in words: its own errors are its JSON parser's
+ * ("attempting to parse an empty input" for a missing file). mlx.launch's form, which `mlx
+ * launch` takes, is the likely one for a rank started by hand.
+ */
+function expectRingHostfile(path: string | undefined): void {
+  if (!path) return; // MLX says there is none
+  let hosts: unknown;
+  try {
+    hosts = JSON.parse(readFileSync(path, "utf8"));
+  } catch (error) {
+    throw new Error(`cannot read hostfile ${path}: ${(error as Error).message}`);
+  }
+  const ring = (entry: unknown) => Array.isArray(entry) && entry.every((address) => typeof address === "string");
+  if (!Array.isArray(hosts) || !hosts.every(ring))
+    throw new Error(
+      `hostfile ${path}: a rank started by hand reads MLX's ring hostfile ([["host:port", ...], ...], a list per rank); mlx.launch's form is for mlx launch`,
+    );
+}
+
 /** Every rank's free memory (bytes), by rank: the default split follows it. */
 function exchangeFreeMemory(group: mx.distributed.Group): number[] {
   // In MiB: float32 holds that exactly enough.
   return gatherRound(group, freemem() / 2 ** 20).map((mib) => mib * 2 ** 20);
+}
+
+/**
+ * Checks that every rank split the same model the same way (`split` says how this rank did),
+ * and waits for them all. Ranks started by hand each parse their own --layers and model: ranks
+ * that disagree would pass each other the wrong layers' hidden states and print garbage.
+ */
+function expectOneSplit(group: mx.distributed.Group, split: string): void {
+  // 24 bits of a digest: a float32 holds them exactly.
+  const splits = gatherRound(group, createHash("sha256").update(split).digest().readUIntBE(0, 3));
+  const other = splits.findIndex((digest) => digest !== splits[group.rank]);
+  if (other >= 0)
+    throw new Error(
+      `rank ${other} split the model otherwise than rank ${group.rank} (${split}): start every rank with the same model and --layers`,
+    );
 }
 
 /**
