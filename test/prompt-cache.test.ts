@@ -4,7 +4,17 @@
 // are removed, never used; the directory keeps to its bound. And `mlx cache-prompt` + `mlx run
 // --prompt-cache` answer as a run without them does.
 import { describe, expect, test } from "bun:test";
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  utimesSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { BackgroundWrites, DiskPrefixCache } from "../src/engine/disk-prefix-cache";
@@ -72,15 +82,22 @@ describe("serve --prompt-cache-dir", () => {
       bytes[bytes.length - 100]! ^= 0xff; // a flipped byte in the tensors
       writeFileSync(path, bytes);
     }
-    writeFileSync(join(dir, "junk.safetensors"), "not a prompt cache");
+    // Named as the cache names its files, so its own, however damaged.
+    writeFileSync(join(dir, `${"0".repeat(64)}.safetensors`), "not a prompt cache");
     const damaged = files(dir);
+    // Files the cache did not name are someone else's (a model's weights in a directory given by
+    // mistake): never read nor removed.
+    writeFileSync(join(dir, "junk.safetensors"), "not a prompt cache");
+    copyFileSync(join(model, "model.safetensors"), join(dir, "model.safetensors"));
     const logged: string[] = [];
     const again = await askOnce({ promptCacheDir: dir, logError: (e) => logged.push((e as Error).message) });
     expect(again.cached).toBe(0);
     expect(again.text).toBe(first.text);
     // Each was removed (the same prompt may be written again at shutdown, sound this time).
     for (const f of damaged) expect(logged.some((m) => m.includes(`removing ${join(dir, f)}`))).toBe(true);
-    expect(files(dir)).not.toContain("junk.safetensors");
+    expect(files(dir)).toContain("junk.safetensors");
+    expect(readFileSync(join(dir, "model.safetensors"))).toEqual(readFileSync(join(model, "model.safetensors")));
+    expect(logged.some((m) => m.includes("junk") || m.includes("model.safetensors"))).toBe(false);
   }, 60_000);
 
   test("files of another version of the model are removed", async () => {
@@ -108,11 +125,16 @@ describe("serve --prompt-cache-dir", () => {
     await askOnce({ promptCacheDir: dir });
     const one = dirBytes(dir);
     const bound = Math.floor(one * 2.5);
+    // Another's file, the least recently used: neither counted nor removed.
+    const foreign = join(dir, "model.safetensors");
+    copyFileSync(join(model, "model.safetensors"), foreign);
+    utimesSync(foreign, new Date(0), new Date(0));
     // A small memory budget: every new prompt evicts the last to disk.
     for (const q of ["one", "two", "three", "four", "five"])
       await askOnce({ promptCacheDir: dir, promptCacheMaxBytes: bound, prefixCacheBytes: 1024 }, `Question ${q}?`);
-    expect(dirBytes(dir)).toBeLessThanOrEqual(bound);
-    expect(files(dir).length).toBeGreaterThanOrEqual(1);
+    expect(existsSync(foreign)).toBe(true);
+    expect(dirBytes(dir) - statSync(foreign).size).toBeLessThanOrEqual(bound);
+    expect(files(dir).length).toBeGreaterThanOrEqual(2);
   }, 60_000);
 });
 
@@ -206,6 +228,12 @@ describe("mlx cache-prompt and mlx run --prompt-cache", () => {
     expect(layout.code).not.toBe(0);
     expect(layout.stderr.trim().split("\n")).toHaveLength(1);
     expect(layout.stderr).toContain("another KV cache layout");
+    const nowhere = join(root, "no-such-dir", "doc.cache");
+    const unwritable = await run(["cache-prompt", "-m", model, nowhere], document);
+    expect(unwritable).toMatchObject({
+      code: 1,
+      stderr: `error: cannot write ${nowhere}: its directory does not exist\n`,
+    });
     writeFileSync(file, "garbage");
     const damaged = await run(["run", "--prompt-cache", file, "-m", model, "hi"]);
     expect(damaged.code).not.toBe(0);

@@ -1,30 +1,40 @@
 // `mlx serve` as a user starts it: the real CLI in a child process on port 0, the bound URL on
 // stderr, a preloaded default model, a clean stop on SIGTERM, bad flags refused.
 import { expect, test } from "bun:test";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { tinyModel } from "./helpers/serve";
+import { writeTinyModel } from "./helpers/tiny-model";
 
 const main = join(import.meta.dir, "..", "src", "main.ts");
 
-test("serves on 127.0.0.1, prints the URL, uses -m by default, stops on SIGTERM", async () => {
-  const model = tinyModel();
+/** `mlx serve --port 0 -m <model>` in a child process, with the URL it prints once its model is loaded. */
+async function startServe(model: string): Promise<{ proc: Bun.Subprocess<"ignore", "pipe", "pipe">; url: string }> {
   const proc = Bun.spawn([process.execPath, main, "serve", "--port", "0", "-m", model], {
     stdout: "pipe",
     stderr: "pipe",
     env: { ...process.env, NO_COLOR: "1" },
   });
+  const reader = proc.stderr.getReader();
+  let err = "";
+  while (!/listening on (http:\S+)/.test(err)) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`serve exited: ${err}`);
+    err += new TextDecoder().decode(value);
+  }
+  reader.releaseLock();
+  const url = /listening on (http:\S+)/.exec(err)![1]!;
+  const deadline = performance.now() + 10_000;
+  while ((await fetch(`${url}/health`)).status !== 200 && performance.now() < deadline) await Bun.sleep(20);
+  return { proc, url };
+}
+
+test("serves on 127.0.0.1, prints the URL, uses -m by default, stops on SIGTERM", async () => {
+  const model = tinyModel();
+  const { proc, url } = await startServe(model);
   try {
-    const reader = proc.stderr.getReader();
-    let err = "";
-    while (!/listening on (http:\S+)/.test(err)) {
-      const { value, done } = await reader.read();
-      if (done) throw new Error(`serve exited: ${err}`);
-      err += new TextDecoder().decode(value);
-    }
-    const url = /listening on (http:\S+)/.exec(err)![1]!;
     expect(url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
-    const deadline = performance.now() + 10_000;
-    while ((await fetch(`${url}/health`)).status !== 200 && performance.now() < deadline) await Bun.sleep(20);
     const r = await fetch(`${url}/v1/chat/completions`, {
       method: "POST",
       body: JSON.stringify({ messages: [{ role: "user", content: "Hi" }], max_tokens: 3 }),
@@ -37,6 +47,36 @@ test("serves on 127.0.0.1, prints the URL, uses -m by default, stops on SIGTERM"
     proc.kill();
   }
 }, 20_000);
+
+test("SIGTERM lets a stream in flight finish, takes no new request, then exits 0", async () => {
+  const root = mkdtempSync(join(tmpdir(), "mlx-serve-cli-"));
+  writeTinyModel(join(root, "long"), { contextLength: 4096 });
+  const { proc, url } = await startServe(join(root, "long"));
+  try {
+    const r = await fetch(`${url}/v1/chat/completions`, {
+      method: "POST",
+      body: JSON.stringify({
+        messages: [{ role: "user", content: "Hi" }],
+        max_tokens: 1500,
+        ignore_eos: true,
+        stream: true,
+        stream_options: { include_usage: true },
+      }),
+    });
+    const reader = r.body!.getReader();
+    let text = new TextDecoder().decode((await reader.read()).value);
+    proc.kill("SIGTERM");
+    await Bun.sleep(100);
+    await expect(fetch(`${url}/health`)).rejects.toThrow();
+    for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read())
+      text += new TextDecoder().decode(chunk.value);
+    expect(text).toContain('"completion_tokens":1500');
+    expect(text.trimEnd().endsWith("data: [DONE]")).toBe(true);
+    expect(await proc.exited).toBe(0);
+  } finally {
+    proc.kill();
+  }
+}, 60_000);
 
 test("a bad flag is one line and a non-zero exit", async () => {
   const proc = Bun.spawn([process.execPath, main, "serve", "--port", "99999"], { stdout: "pipe", stderr: "pipe" });

@@ -3,7 +3,7 @@
 // loaded idle model is unloaded first, its memory given back); and llama.cpp's /tokenize,
 // /detokenize, /apply-template.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Ollama } from "ollama";
@@ -114,6 +114,27 @@ describe("llama.cpp utilities", () => {
       const r = await post(`${server.url}${path}`, body);
       expect(r.status).toBe(400);
       expect(r.json.error.param).toBe(param);
+    }
+  });
+});
+
+describe("models.toml settings", () => {
+  test("aliases of one model with other settings are loaded apart, each with its own", async () => {
+    const aliases = join(process.env.MLX_HOME!, "models.toml");
+    mkdirSync(process.env.MLX_HOME!, { recursive: true });
+    writeFileSync(
+      aliases,
+      `[models.windowed]\nsource = "${local}"\nmax_kv_size = 8\n\n[models.whole]\nsource = "${local}"\n`,
+    );
+    const two = serve({ maxLoadedModels: 2 });
+    try {
+      for (const model of ["windowed", "whole"])
+        expect((await post(`${two.url}/v1/completions`, { model, prompt: "Hi", max_tokens: 2 })).status).toBe(200);
+      const maxKvSizes = Object.fromEntries(two.state.models.loaded.map((e) => [e.name, e.lm.maxKvSize ?? null]));
+      expect(maxKvSizes).toEqual({ windowed: 8, whole: null });
+    } finally {
+      await two.stop();
+      rmSync(aliases);
     }
   });
 });

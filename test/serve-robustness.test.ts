@@ -409,6 +409,24 @@ describe("operations", () => {
       });
       expect(preflight.status).toBe(204);
       expect(preflight.headers.get("access-control-allow-origin")).toBe("http://app.example");
+      // The headers the OpenAI and Anthropic SDKs send from a browser pass the preflight.
+      const sdkHeaders = ["authorization", "content-type", "x-stainless-os", "x-stainless-retry-count"];
+      const sdkPreflight = await fetch(`${open.url}/v1/messages`, {
+        method: "OPTIONS",
+        headers: {
+          Origin: "http://app.example",
+          "Access-Control-Request-Method": "POST",
+          "Access-Control-Request-Headers": [...sdkHeaders, "anthropic-dangerous-direct-browser-access"].join(","),
+        },
+      });
+      const allowed = sdkPreflight.headers.get("access-control-allow-headers")?.toLowerCase().split(/,\s*/);
+      for (const header of [...sdkHeaders, "anthropic-dangerous-direct-browser-access"])
+        expect(allowed).toContain(header);
+      // A page can read our own headers (a 429's Retry-After, X-Mlx-Closed-Early).
+      const answer = await fetch(`${open.url}/v1/models`, {
+        headers: { Origin: "http://app.example", Authorization: "Bearer k" },
+      });
+      expect(answer.headers.get("access-control-expose-headers")).toBe("Retry-After,X-Mlx-Closed-Early");
       const other = await fetch(`${open.url}/v1/models`, {
         headers: { Origin: "http://evil.example", Authorization: "Bearer k" },
       });

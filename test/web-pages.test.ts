@@ -148,6 +148,16 @@ describe("the dashboard feed", () => {
     expect(after.ttft_seconds.p50).toBeGreaterThan(0);
     await feed.return(undefined);
   }, 60_000);
+
+  test("a stopping server ends the feed rather than wait for the dashboard to close", async () => {
+    const watched = serve();
+    const feed = frames(watched.url);
+    await feed.next();
+    const started = performance.now();
+    await watched.stop(20_000);
+    expect(performance.now() - started).toBeLessThan(5_000);
+    expect((await feed.next()).done).toBe(true);
+  }, 30_000);
 });
 
 describe("windowQuantile", () => {

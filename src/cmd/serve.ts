@@ -25,6 +25,9 @@ import { resolveModelPath } from "../store/resolve";
 import { openModel } from "./open-model";
 import { repeatable } from "./strict-flags";
 
+/** How long a stopping server lets the requests in flight finish before it cuts them. */
+const SHUTDOWN_GRACE_MS = 25_000;
+
 /** --adapter NAME=DIR (or DIR, named after its directory): model names for the default model plus an adapter. */
 function servedAdapters(
   specs: string[],
@@ -165,11 +168,18 @@ export default defineCommand({
       process.stderr.write(
         `mlx serve listening on ${server.url} (chat: ${server.url}/, dashboard: ${server.url}/dashboard)\n`,
       );
+      // The first signal stops taking requests and lets those in flight finish (as vLLM does, within
+      // Kubernetes' default grace period); a second one cuts them.
+      let stopping = false;
       const stop = () => {
-        void server.stop().finally(() => process.exit(0));
+        const inFlight = server.state.inflight.list.length;
+        if (!stopping && inFlight > 0)
+          log.info(`stopping: letting ${inFlight} request(s) finish, up to ${SHUTDOWN_GRACE_MS / 1000} s (again: now)`);
+        void server.stop(stopping ? 0 : SHUTDOWN_GRACE_MS).finally(() => process.exit(0));
+        stopping = true;
       };
-      process.once("SIGINT", stop);
-      process.once("SIGTERM", stop);
+      process.on("SIGINT", stop);
+      process.on("SIGTERM", stop);
     } catch (error) {
       fail(error, verbose);
     }

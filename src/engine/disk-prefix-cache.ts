@@ -28,6 +28,12 @@ import {
 const EXTENSION = ".safetensors";
 
 /**
+ * Whether `name` is this cache's: a file named by fileName (a SHA-256), or a share or temporary
+ * beside one. Nothing else in the directory is read or removed (it may be a model's weights).
+ */
+const ownName = (name: string) => /^[0-9a-f]{64}\.safetensors/.test(name);
+
+/**
  * File writes in the background, one at a time, in the order queued (shared by a server's disk
  * caches). Bounded: past `maxBytes` waiting, a write is refused rather than queued, so a disk
  * slower than evictions cannot grow memory without end; one write is always taken when nothing
@@ -117,7 +123,7 @@ export class DiskPrefixCache {
    */
   #scan(): void {
     for (const name of readdirSync(this.dir)) {
-      if (!name.endsWith(EXTENSION)) continue;
+      if (!name.endsWith(EXTENSION) || !ownName(name)) continue;
       const file = join(this.dir, name);
       if (name.includes(".tmp.")) {
         // A write that never finished (its process died): nobody renames it any more.
@@ -152,7 +158,7 @@ export class DiskPrefixCache {
     for (const name of readdirSync(this.dir)) {
       const whose = shareOf(name);
       const share = join(this.dir, name);
-      if (whose?.endsWith(EXTENSION) && !existsSync(join(this.dir, whose)) && stale(share))
+      if (whose?.endsWith(EXTENSION) && ownName(whose) && !existsSync(join(this.dir, whose)) && stale(share))
         rmSync(share, { force: true });
     }
   }
@@ -265,7 +271,7 @@ export class DiskPrefixCache {
   /** Removes the least recently used files (of any model, with their shares) until the directory fits its bound. */
   async #bound(): Promise<void> {
     const all = await readdir(this.dir);
-    const names = all.filter((name) => name.endsWith(EXTENSION) && !name.includes(".tmp."));
+    const names = all.filter((name) => name.endsWith(EXTENSION) && ownName(name) && !name.includes(".tmp."));
     const sizeOf = async (name: string) => (await stat(join(this.dir, name))).size;
     const files = (
       await Promise.all(

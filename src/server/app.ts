@@ -164,6 +164,7 @@ export function createState(o: ServerOptions = {}): ServerState {
     metrics: undefined!,
     inflight: new InFlight(),
     startedAt: performance.now(),
+    stopping: false,
     requests: { total: 0, byStatus: {}, byRoute: {} },
     logError: o.logError ?? ((error) => console.error(error)),
     promptCacheWrites: () => diskWrites.flush(),
@@ -206,7 +207,10 @@ export function createApp(s: ServerState): Hono {
       "*",
       cors({
         origin: (origin) => (allowed.includes("*") ? "*" : allowed.includes(origin) ? origin : null),
-        allowHeaders: ["Authorization", "Content-Type", "x-api-key", "anthropic-version", "anthropic-beta"],
+        // Whatever headers the preflight asks for (as vLLM allows by default): the OpenAI and
+        // Anthropic SDKs in a browser send their own (x-stainless-*, anthropic-dangerous-...).
+        // Our own response headers are readable by the page.
+        exposeHeaders: ["Retry-After", "X-Mlx-Closed-Early"],
         maxAge: 600,
       }),
     );
@@ -261,7 +265,11 @@ export interface RunningServer {
   url: string;
   port: number;
   state: ServerState;
-  stop(): Promise<void>;
+  /**
+   * Stops taking connections; requests in flight may finish for up to `graceMs`, then are cut.
+   * Then unloads the models and waits for the prompt cache files they leave.
+   */
+  stop(graceMs?: number): Promise<void>;
 }
 
 /** Starts listening (127.0.0.1 by default); with `defaultModel`, loads it in the background. */
@@ -296,7 +304,10 @@ export function startServer(o: ServerOptions = {}): RunningServer {
     url: `http://${host}:${server.port}`,
     port: server.port!,
     state,
-    stop: async () => {
+    stop: async (graceMs = 0) => {
+      state.stopping = true;
+      const drained = server.stop(false);
+      if (graceMs > 0) await Promise.race([drained, Bun.sleep(graceMs)]);
       await server.stop(true);
       state.models.dispose();
       await state.promptCacheWrites();

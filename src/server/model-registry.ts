@@ -24,6 +24,8 @@ export interface LoadedEntry {
   /** The name it was first requested by. */
   name: string;
   path: string;
+  /** Its path and load settings: names of one model with other settings (models.toml) get models of their own. */
+  key: string;
   lm: LoadedModel;
   scheduler: Scheduler;
   loadedAt: Date;
@@ -50,6 +52,13 @@ export interface Lease {
   release(): void;
 }
 
+/** How a model is loaded beyond its weights (serve's flags, else the alias's models.toml entry). */
+interface LoadSettings {
+  kvQuantization?: KvQuantization;
+  maxKvSize?: number;
+  speculation?: SpeculationChoice;
+}
+
 export interface ModelRegistryOptions {
   defaultKeepAliveMs: number;
   /**
@@ -73,14 +82,15 @@ export interface ModelRegistryOptions {
 }
 
 export class ModelRegistry {
-  readonly #byPath = new Map<string, LoadedEntry>();
+  /** By key (LoadedEntry.key). */
+  readonly #byKey = new Map<string, LoadedEntry>();
   readonly #pathOf = new Map<string, string>();
   readonly #loading = new Map<string, Promise<LoadedEntry>>();
   #acquiring = 0;
   #everLoaded = false;
   /** Loads waiting for a busy model to go idle. */
   #waitingForRoom: (() => void)[] = [];
-  /** Requests on their way to holding a model (by path): that model is not idle either. */
+  /** Requests on their way to holding a model (by key): that model is not idle either. */
   readonly #claims = new Map<string, number>();
   /** The adapter directory each name stands for (undefined: none), read once. */
   readonly #adapterDirs = new Map<string, string | undefined>();
@@ -93,7 +103,7 @@ export class ModelRegistry {
   }
 
   get loaded(): LoadedEntry[] {
-    return [...this.#byPath.values()];
+    return [...this.#byKey.values()];
   }
 
   /** The names serve --adapter added (a base plus an adapter each). */
@@ -104,7 +114,7 @@ export class ModelRegistry {
   /** The loaded model a name refers to, if any (no resolving, no loading). */
   find(name: string): LoadedEntry | undefined {
     const path = this.#pathOf.get(name);
-    return path ? this.#byPath.get(path) : [...this.#byPath.values()].find((e) => e.name === name);
+    return path ? this.#byKey.get(this.#key(path, this.#settings(name))) : this.loaded.find((e) => e.name === name);
   }
 
   /** The models the store holds, loaded or not (none when the store cannot be read). */
@@ -118,7 +128,7 @@ export class ModelRegistry {
 
   async resolve(name: string): Promise<string> {
     const known = this.#pathOf.get(name);
-    if (known && this.#byPath.has(known)) return known;
+    if (known && this.loaded.some((e) => e.path === known)) return known;
     const served = this.options.adapters?.get(name);
     const path = await resolveModelPath(served ? served.base : name, { onProgress: () => {} }).catch((error) => {
       // Ollama's clients may name a model with its default tag: "m:latest" is "m" where no model has that name.
@@ -133,20 +143,22 @@ export class ModelRegistry {
   async acquire(name: string, keepAliveMs?: number): Promise<Lease> {
     let entry: LoadedEntry | undefined;
     let loadMs = 0;
-    let path: string | undefined;
+    let key: string | undefined;
     this.#acquiring++;
     try {
-      path = await this.resolve(name);
-      this.#claims.set(path, (this.#claims.get(path) ?? 0) + 1);
-      entry = this.#byPath.get(path);
+      const path = await this.resolve(name);
+      const settings = this.#settings(name);
+      key = this.#key(path, settings);
+      this.#claims.set(key, (this.#claims.get(key) ?? 0) + 1);
+      entry = this.#byKey.get(key);
       if (!entry) {
         const started = performance.now();
-        entry = await this.#load(name, path);
+        entry = await this.#load(name, path, key, settings);
         loadMs = performance.now() - started;
       }
     } finally {
       this.#acquiring--;
-      if (path !== undefined) this.#unclaim(path);
+      if (key !== undefined) this.#unclaim(key);
     }
     const held = entry;
     const adapter = this.#adapter(held, name);
@@ -179,9 +191,9 @@ export class ModelRegistry {
   }
 
   unload(entry: LoadedEntry): void {
-    if (this.#byPath.get(entry.path) !== entry) return;
+    if (this.#byKey.get(entry.key) !== entry) return;
     this.#cancelExpiry(entry);
-    this.#byPath.delete(entry.path);
+    this.#byKey.delete(entry.key);
     entry.scheduler.dispose();
     for (const adapter of entry.adapters.values()) adapter.free();
     entry.adapters.clear();
@@ -196,8 +208,23 @@ export class ModelRegistry {
     for (const entry of this.loaded) this.unload(entry);
   }
 
-  async #load(name: string, path: string): Promise<LoadedEntry> {
-    const pending = this.#loading.get(path);
+  /** What loading `name` applies beyond its weights. */
+  #settings(name: string): LoadSettings {
+    // serve --adapter names take their base model's settings, so that they share its entry.
+    const own = this.options.adapters?.has(name) ? this.options.adapters.get(name)!.base : name;
+    return {
+      kvQuantization: this.options.kvQuantization ?? aliasKvQuantization(own),
+      maxKvSize: this.options.maxKvSize ?? aliasMaxKvSize(own),
+      speculation: this.options.speculation ?? aliasSpeculation(own),
+    };
+  }
+
+  #key(path: string, settings: LoadSettings): string {
+    return `${path}\n${JSON.stringify(settings)}`;
+  }
+
+  async #load(name: string, path: string, key: string, settings: LoadSettings): Promise<LoadedEntry> {
+    const pending = this.#loading.get(key);
     if (pending) return pending;
     const promise = (async () => {
       try {
@@ -206,10 +233,10 @@ export class ModelRegistry {
         await this.#makeRoom();
         const started = performance.now();
         const lm = (this.options.load ?? loadModel)(path);
-        lm.kvQuantization = this.options.kvQuantization ?? aliasKvQuantization(name);
-        lm.maxKvSize = this.options.maxKvSize ?? aliasMaxKvSize(name);
+        lm.kvQuantization = settings.kvQuantization;
+        lm.maxKvSize = settings.maxKvSize;
         try {
-          await attachSpeculation(lm, this.options.speculation ?? aliasSpeculation(name), async (draft) =>
+          await attachSpeculation(lm, settings.speculation, async (draft) =>
             loadModel(await resolveModelPath(draft, { onProgress: () => {} })),
           );
         } catch (error) {
@@ -219,6 +246,7 @@ export class ModelRegistry {
         const entry: LoadedEntry = {
           name,
           path,
+          key,
           lm,
           scheduler: this.options.makeScheduler(lm),
           loadedAt: new Date(),
@@ -228,15 +256,15 @@ export class ModelRegistry {
           lastUsed: Date.now(),
           adapters: new Map(),
         };
-        this.#byPath.set(path, entry);
+        this.#byKey.set(key, entry);
         this.#everLoaded = true;
         this.options.onLoad?.(entry);
         return entry;
       } finally {
-        this.#loading.delete(path);
+        this.#loading.delete(key);
       }
     })();
-    this.#loading.set(path, promise);
+    this.#loading.set(key, promise);
     return promise;
   }
 
@@ -251,19 +279,19 @@ export class ModelRegistry {
     return adapter;
   }
 
-  #unclaim(path: string): void {
-    const left = (this.#claims.get(path) ?? 1) - 1;
-    if (left > 0) this.#claims.set(path, left);
-    else this.#claims.delete(path);
+  #unclaim(key: string): void {
+    const left = (this.#claims.get(key) ?? 1) - 1;
+    if (left > 0) this.#claims.set(key, left);
+    else this.#claims.delete(key);
   }
 
   async #makeRoom(): Promise<void> {
     for (;;) {
       const idle = this.loaded
-        .filter((e) => e.active === 0 && !this.#claims.has(e.path))
+        .filter((e) => e.active === 0 && !this.#claims.has(e.key))
         .sort((a, b) => a.lastUsed - b.lastUsed);
-      while (this.#byPath.size >= this.options.maxLoaded && idle.length > 0) this.unload(idle.shift()!);
-      if (this.#byPath.size < this.options.maxLoaded) return;
+      while (this.#byKey.size >= this.options.maxLoaded && idle.length > 0) this.unload(idle.shift()!);
+      if (this.#byKey.size < this.options.maxLoaded) return;
       await new Promise<void>((resolve) => this.#waitingForRoom.push(resolve));
     }
   }

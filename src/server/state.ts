@@ -25,6 +25,8 @@ export interface ServerState {
   requests: { total: number; byStatus: Record<string, number>; byRoute: Record<string, number> };
   /** Logs an unexpected error (the client sees a bare 500). */
   logError: (error: unknown) => void;
+  /** Set once the server stops taking connections: the dashboard's feeds end rather than hold the stop up. */
+  stopping: boolean;
   /** Resolves once the prompt cache files queued so far (serve --prompt-cache-dir) are written. */
   promptCacheWrites: () => Promise<void>;
 }

@@ -65,7 +65,7 @@ export function webRoutes(s: ServerState): Hono {
   r.get("/dashboard/events", (c) =>
     streamSSE(c, async (stream) => {
       const frame = dashboardFeed(s);
-      while (!stream.aborted && !stream.closed) {
+      while (!stream.aborted && !stream.closed && !s.stopping) {
         await stream.writeSSE({ data: JSON.stringify(frame()) });
         await stream.sleep(FEED_INTERVAL_MS);
       }
