@@ -477,6 +477,8 @@ describe("failures", () => {
     expect(text.length).toBeGreaterThan(0);
     expect(error).toBeInstanceOf(OpenAI.APIError);
     expect((error as Error).message).toMatch(/provider http:\/\/127\.0\.0\.1:\d+\/v1/);
+    // In our words, not Bun's advice for debugging its fetch ("pass `verbose: true` ...").
+    expect((error as Error).message).toContain("the connection was closed by the server");
     await eventually(
       async () => metric(await metrics(), "mlx_provider_connections_in_use", `provider="[^"]+/v1"`) === 0,
     );

@@ -4,6 +4,7 @@
 // throughput, and mean/median/P99 of time to first token (TTFT), time per output token
 // after the first (TPOT), inter-token latency (ITL, between streamed chunks) and end-to-end
 // latency. Plain fetch and a small SSE reader: no client library.
+import { describeFetchError } from "../providers";
 import { summarize, type Summary } from "./stats";
 
 export interface ServerBenchOptions {
@@ -64,17 +65,6 @@ export function serverBase(url: string): string {
   if (parsed.protocol !== "http:" && parsed.protocol !== "https:")
     throw new Error(`--url must be an http(s) URL (got '${url}')`);
   return parsed.href.replace(/\/+$/, "").replace(/\/v1$/, "");
-}
-
-function describeFetchError(error: unknown): string {
-  const e = error as { code?: string; message?: string; name?: string; cause?: { code?: string; message?: string } };
-  if (e?.name === "TimeoutError" || e?.name === "AbortError") return "no answer in time (timed out)";
-  const code = e?.code ?? e?.cause?.code ?? "";
-  if (/ECONNREFUSED|ConnectionRefused/i.test(code)) return "connection refused (is a server listening there?)";
-  if (/ENOTFOUND|EAI_AGAIN|DNS/i.test(code)) return "host not found";
-  if (/ECONNRESET|ConnectionClosed|EPIPE/i.test(code)) return "the connection was closed by the server";
-  const message = (e?.cause?.message ?? e?.message ?? String(error)).split("\n")[0]!;
-  return code && !message.includes(code) ? `${message} (${code})` : message;
 }
 
 /**

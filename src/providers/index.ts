@@ -8,6 +8,7 @@ import { Provider, RemoteModel } from "./model";
 export { Provider, RemoteModel, type StreamOptions } from "./model";
 export { remoteSampling, streamRemoteCompletion } from "./completion";
 export { RemoteConversation } from "./conversation";
+export { describeFetchError } from "./types";
 export type { RemoteEvent, RemoteRequest, RemoteUsage } from "./types";
 
 const providers = new Map<string, { provider: Provider; owner: string; config: RemoteModelConfig }>();

@@ -12,7 +12,7 @@ import { Circuit } from "./circuit";
 import type { ProviderLimits, RemoteModelConfig } from "./config";
 import { openaiAdapter } from "./openai";
 import { ConnectionPool } from "./pool";
-import { StreamFailure, type ProviderAdapter, type RemoteEvent, type RemoteRequest } from "./types";
+import { describeFetchError, StreamFailure, type ProviderAdapter, type RemoteEvent, type RemoteRequest } from "./types";
 
 export class Provider {
   readonly pool: ConnectionPool;
@@ -184,9 +184,8 @@ function classify(error: unknown, label: string): Failure {
       reason: "stream",
     };
   // fetch's own failures: refused, reset, DNS, TLS.
-  const message = (error as Error).message ?? String(error);
   return {
-    error: new ProviderError(`provider ${label} cannot be reached: ${message}`, "unavailable"),
+    error: new ProviderError(`provider ${label} cannot be reached: ${describeFetchError(error)}`, "unavailable"),
     retryable: true,
     unhealthy: true,
     reason: "connection",

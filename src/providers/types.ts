@@ -51,6 +51,21 @@ export class StreamFailure extends Error {
   override name = "StreamFailure";
 }
 
+/**
+ * What fetch's own failure (refused, reset, DNS, a timeout) means, in a few words: Bun's
+ * messages carry advice for its own debugging ("pass `verbose: true` ... to fetch()").
+ */
+export function describeFetchError(error: unknown): string {
+  const e = error as { code?: string; message?: string; name?: string; cause?: { code?: string; message?: string } };
+  if (e?.name === "TimeoutError" || e?.name === "AbortError") return "no answer in time (timed out)";
+  const code = e?.code ?? e?.cause?.code ?? "";
+  if (/ECONNREFUSED|ConnectionRefused/i.test(code)) return "connection refused (is a server listening there?)";
+  if (/ENOTFOUND|EAI_AGAIN|DNS/i.test(code)) return "host not found";
+  if (/ECONNRESET|ConnectionClosed|EPIPE/i.test(code)) return "the connection was closed by the server";
+  const message = (e?.cause?.message ?? e?.message ?? String(error)).split("\n")[0]!;
+  return code && !message.includes(code) ? `${message} (${code})` : message;
+}
+
 /** Parses JSON from a provider's stream; a line that is not JSON is a broken stream. */
 export function parseData(data: string): Record<string, unknown> {
   try {
