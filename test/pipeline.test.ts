@@ -192,10 +192,11 @@ describe("mlx launch -- run", () => {
     );
   });
 
-  test("ranks started by hand with another --layers or model refuse to run, rather than print garbage", async () => {
+  test("ranks started by hand with another --layers, model or KV cache refuse to run, rather than answer otherwise", async () => {
     for (const [zeroArgs, oneArgs, zeroSplit] of [
-      [["--layers", "0-1,2-4"], ["--layers", "0-2,3-4"], "layers 0-1,2-4 of 5 layers, hidden size 64"],
-      [[], ["-m", wide], "layers 0,1-4 of 5 layers, hidden size 64"],
+      [["--layers", "0-1,2-4"], ["--layers", "0-2,3-4"], "layers 0-1,2-4 of 5 layers, hidden size 64, float KV cache"],
+      [[], ["-m", wide], "layers 0,1-4 of 5 layers, hidden size 64, float KV cache"],
+      [["--kv-bits", "8"], [], "layers 0,1-4 of 5 layers, hidden size 64, 8-bit KV cache, group 64"],
     ] as const) {
       const ring = await writeLoopbackRing(join(dir, "ring-mismatch.json"), 2);
       const args = ["run", "-m", tiny, "--max-tokens", "4", "hi"];
@@ -206,7 +207,7 @@ describe("mlx launch -- run", () => {
       const [zeroErr, oneErr] = await Promise.all([new Response(zero.stderr).text(), new Response(one.stderr).text()]);
       expect([await zero.exited, await one.exited]).toEqual([1, 1]);
       expect(zeroErr).toBe(
-        `error: rank 1 split the model otherwise than rank 0 (${zeroSplit}): start every rank with the same model and --layers\n`,
+        `error: rank 1 split the model otherwise than rank 0 (${zeroSplit}): start every rank with the same model, --layers and KV cache flags\n`,
       );
       expect(oneErr).toContain("error: rank 0 split the model otherwise than rank 1");
     }

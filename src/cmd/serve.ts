@@ -19,8 +19,9 @@ import {
   speculationArgs,
   speculationFlags,
 } from "./options";
-import { openPipeline, type PipelineSpec } from "../engine/pipeline";
+import { openPipeline, type CacheOptions, type PipelineSpec } from "../engine/pipeline";
 import type { LoadedModel } from "../models/load";
+import { aliasKvQuantization, aliasMaxKvSize } from "../store/aliases";
 import { resolveModelPath } from "../store/resolve";
 import { openModel } from "./open-model";
 import { repeatable } from "./strict-flags";
@@ -155,7 +156,7 @@ export default defineCommand({
         maxKvSize,
         promptCacheDir: args["prompt-cache-dir"],
         promptCacheMaxBytes: numberFlag("prompt-cache-max-gb", args["prompt-cache-max-gb"]) * 1024 ** 3,
-        loadModel: pipeline && (await pipelineLoader(args.model!, pipeline)),
+        loadModel: pipeline && (await pipelineLoader(args.model!, pipeline, { kvQuantization, maxKvSize })),
         version: pkg.version,
         logError: (error) => {
           const e = error as Error;
@@ -190,13 +191,22 @@ export default defineCommand({
  * Rank 0's loader: its part of the one model the ranks hold, which stays loaded for the
  * server's life (the other ranks hold theirs until it stops); any other model is refused.
  */
-async function pipelineLoader(spec: string, pipeline: PipelineSpec): Promise<(path: string) => LoadedModel> {
+async function pipelineLoader(
+  spec: string,
+  pipeline: PipelineSpec,
+  flags: CacheOptions,
+): Promise<(path: string) => LoadedModel> {
   const own = await resolveModelPath(spec);
   let lm: LoadedModel | undefined;
   return (path) => {
     if (path !== own)
       throw new UnsupportedError(`this server holds ${spec} split across processes; it cannot load another model`);
-    lm ??= { ...openPipeline(path, pipeline)!, free: () => {} };
+    // The settings the other ranks open theirs with (openModel's): every rank checks them.
+    const caches = {
+      kvQuantization: flags.kvQuantization ?? aliasKvQuantization(spec),
+      maxKvSize: flags.maxKvSize ?? aliasMaxKvSize(spec),
+    };
+    lm ??= { ...openPipeline(path, pipeline, caches)!, free: () => {} };
     return lm;
   };
 }

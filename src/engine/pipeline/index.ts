@@ -16,6 +16,7 @@ import { serveShard, TensorParallelFront } from "./tensor-parallel";
 
 export { PipelineFront, type PipelineFigures } from "./front";
 export { TensorParallelFront } from "./tensor-parallel";
+export type { CacheOptions } from "./cache-sets";
 export { defaultSplit, headLayers, layerRange, parseLayers, splitLayers, stageBytes } from "./plan";
 export { busyFraction } from "./protocol";
 
@@ -70,7 +71,11 @@ export function openPipeline(path: string, spec: PipelineSpec, caches: CacheOpti
   lm.kvQuantization = caches.kvQuantization;
   // Everyone loaded: a rank that failed has exited, and this says so (a lost peer).
   if (tensorParallel) mx.scope(() => distributed.allSum(mx.array(Float32Array.from([1]))).toArray());
-  else expectOneSplit(group, `${split} of ${layout.numLayers} layers, hidden size ${layout.hiddenSize}`);
+  else
+    expectOneSplit(
+      group,
+      `${split} of ${layout.numLayers} layers, hidden size ${layout.hiddenSize}, ${cacheWords(caches)}`,
+    );
   if (rank > 0) {
     try {
       if (tensorParallel) serveShard(lm.model, { rank, split, caches, lora: lm.weights.lora, peerTimeoutMs });
@@ -93,6 +98,14 @@ export function openPipeline(path: string, spec: PipelineSpec, caches: CacheOpti
     }
   });
   return { ...lm, model: front };
+}
+
+/** A rank's KV cache settings, in words: ranks with other ones would answer otherwise than one process. */
+function cacheWords({ kvQuantization: q, maxKvSize }: CacheOptions): string {
+  const kind = q
+    ? `${q.bits}-bit KV cache, group ${q.groupSize}${q.start ? ` from position ${q.start}` : ""}${q.keys === "rows" ? ", keys per row" : ""}`
+    : "float KV cache";
+  return maxKvSize ? `${kind} of ${maxKvSize} positions` : kind;
 }
 
 /**
@@ -132,7 +145,7 @@ function expectOneSplit(group: mx.distributed.Group, split: string): void {
   const other = splits.findIndex((digest) => digest !== splits[group.rank]);
   if (other >= 0)
     throw new Error(
-      `rank ${other} split the model otherwise than rank ${group.rank} (${split}): start every rank with the same model and --layers`,
+      `rank ${other} split the model otherwise than rank ${group.rank} (${split}): start every rank with the same model, --layers and KV cache flags`,
     );
 }
 
