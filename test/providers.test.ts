@@ -9,6 +9,7 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Anthropic from "@anthropic-ai/sdk";
+import { Ollama } from "ollama";
 import OpenAI from "openai";
 import Ajv from "ajv";
 import type { Subprocess } from "bun";
@@ -541,9 +542,19 @@ test.skipIf(!hasPromtool)("promtool accepts /metrics with the providers' series"
   expect(check.exitCode).toBe(0);
 });
 
-test("/v1/models lists the remote aliases", async () => {
+test("/v1/models lists the remote aliases; /api/tags too, as Ollama lists its cloud models", async () => {
   const ids = (await openai.models.list()).data.map((m) => m.id);
   expect(ids).toEqual(expect.arrayContaining(["ro", "ra", "rslow"]));
+  const { models } = await new Ollama({ host: proxy.url }).list();
+  const ro = models.find((m) => m.name === "ro") as (typeof models)[number] & Record<string, unknown>;
+  expect(ro).toMatchObject({
+    model: "ro",
+    size: 0,
+    remote_model: tiny,
+    remote_host: `http://127.0.0.1:${remotePort}/v1`,
+  });
+  expect(Number.isNaN(new Date(ro.modified_at).getTime())).toBe(false);
+  expect(models.map((m) => m.name)).toEqual(expect.arrayContaining(["ra", "rslow"]));
 });
 
 describe("models.toml", () => {

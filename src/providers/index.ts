@@ -22,7 +22,12 @@ export function remoteModel(name: string | undefined): RemoteModel | undefined {
 
 /** The aliases served by remote providers. */
 export function remoteModelNames(): string[] {
-  return [...loadAliases().remotes.keys()];
+  return remoteModelConfigs().map((config) => config.name);
+}
+
+/** What each remote alias stands for (no provider is set up for it: that waits for a request). */
+export function remoteModelConfigs(): RemoteModelConfig[] {
+  return [...loadAliases().remotes.values()];
 }
 
 /** The providers used so far (for /metrics). */

@@ -19,6 +19,7 @@ import { thinkingTemplate } from "../../engine/reasoning";
 import type { LoadedEntry } from "../model-registry";
 import { readJson } from "../../api/validate";
 import type { ServerState } from "../state";
+import { remoteModelConfigs } from "../../providers";
 
 type Kind = "chat" | "generate";
 
@@ -59,6 +60,26 @@ export function ollamaRoutes(s: ServerState): Hono {
           size: e.lm.weightBytes,
           digest: digest(e.path),
           details: details(e),
+        });
+    // As Ollama lists its cloud models: where the answers come from, nothing stored here.
+    for (const remote of remoteModelConfigs())
+      if (!seen.has(remote.name) && !models.some((m) => m.name === remote.name))
+        models.push({
+          name: remote.name,
+          model: remote.name,
+          remote_model: remote.model,
+          remote_host: remote.baseUrl,
+          modified_at: new Date(performance.timeOrigin + s.startedAt).toISOString(),
+          size: 0,
+          digest: digest(`${remote.baseUrl}\n${remote.model}`),
+          details: {
+            parent_model: "",
+            format: "",
+            family: "",
+            families: null,
+            parameter_size: "",
+            quantization_level: "",
+          },
         });
     return c.json({ models });
   });
