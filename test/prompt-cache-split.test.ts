@@ -122,11 +122,13 @@ describe("serve --prompt-cache-dir on a directory a split model wrote to", () =>
   test("files of another split, and shares whose file is gone, are removed when the model loads, never used", async () => {
     const cacheDir = join(dir, "resplit");
     mkdirSync(cacheDir);
-    // A tensor-parallel save: rank 0's file and rank 1's share beside it.
-    const saved = join(cacheDir, "document.safetensors");
+    // A tensor-parallel save: rank 0's file and rank 1's share beside it, named as the cache names
+    // its own (a SHA-256): it leaves any other file alone.
+    const [savedName, goneName] = ["a".repeat(64), "b".repeat(64)].map((hash) => `${hash}.safetensors`);
+    const saved = join(cacheDir, savedName!);
     expect((await onTwoRanks(["cache-prompt", "-m", tiny, "--tensor-parallel", saved], document)).code).toBe(0);
     // A share whose file is gone, older than a write in progress.
-    const orphan = join(cacheDir, "gone.safetensors.rank1");
+    const orphan = join(cacheDir, `${goneName}.rank1`);
     copyFileSync(`${saved}.rank1`, orphan);
     const old = new Date(Date.now() - 120_000);
     utimesSync(orphan, old, old);
@@ -146,7 +148,6 @@ describe("serve --prompt-cache-dir on a directory a split model wrote to", () =>
       `prompt cache: removing ${saved}: made for another split of the model (tensor-parallel 2, not one process)`,
     );
     const left = readdirSync(cacheDir);
-    for (const gone of ["document.safetensors", "document.safetensors.rank1", "gone.safetensors.rank1"])
-      expect(left).not.toContain(gone);
+    for (const gone of [savedName, `${savedName}.rank1`, `${goneName}.rank1`]) expect(left).not.toContain(gone);
   }, 60_000);
 });
