@@ -123,10 +123,10 @@ export default defineCommand({
   },
 });
 
-/** The argument and piped stdin, after the cached document if there is one. */
-async function readPrompt(argument: string | undefined, document?: string): Promise<string> {
+/** The prompt's words and piped stdin, after the cached document if there is one. */
+async function readPrompt(argument: string, document?: string): Promise<string> {
   const piped = process.stdin.isTTY ? "" : (await Bun.stdin.text()).trim();
-  const prompt = [document, argument?.trim(), piped].filter(Boolean).join("\n\n");
+  const prompt = [document, argument.trim(), piped].filter(Boolean).join("\n\n");
   if (!prompt) throw new Error('no prompt: give one as an argument (mlx run "...") or pipe it on stdin');
   return prompt;
 }

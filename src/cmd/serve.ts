@@ -170,14 +170,13 @@ export default defineCommand({
         `mlx serve listening on ${server.url} (chat: ${server.url}/, dashboard: ${server.url}/dashboard)\n`,
       );
       // The first signal stops taking requests and lets those in flight finish (as vLLM does, within
-      // Kubernetes' default grace period); a second one cuts them.
-      let stopping = false;
+      // Kubernetes' default grace period); a second one (the server is stopping) cuts them.
       const stop = () => {
+        const again = server.state.stopping;
         const inFlight = server.state.inflight.list.length;
-        if (!stopping && inFlight > 0)
+        if (!again && inFlight > 0)
           log.info(`stopping: letting ${inFlight} request(s) finish, up to ${SHUTDOWN_GRACE_MS / 1000} s (again: now)`);
-        void server.stop(stopping ? 0 : SHUTDOWN_GRACE_MS).finally(() => process.exit(0));
-        stopping = true;
+        void server.stop(again ? 0 : SHUTDOWN_GRACE_MS).finally(() => process.exit(0));
       };
       process.on("SIGINT", stop);
       process.on("SIGTERM", stop);
@@ -197,15 +196,15 @@ async function pipelineLoader(
   flags: CacheOptions,
 ): Promise<(path: string) => LoadedModel> {
   const own = await resolveModelPath(spec);
+  // The settings the other ranks open theirs with (openModel's): every rank checks them.
+  const caches = {
+    kvQuantization: flags.kvQuantization ?? aliasKvQuantization(spec),
+    maxKvSize: flags.maxKvSize ?? aliasMaxKvSize(spec),
+  };
   let lm: LoadedModel | undefined;
   return (path) => {
     if (path !== own)
       throw new UnsupportedError(`this server holds ${spec} split across processes; it cannot load another model`);
-    // The settings the other ranks open theirs with (openModel's): every rank checks them.
-    const caches = {
-      kvQuantization: flags.kvQuantization ?? aliasKvQuantization(spec),
-      maxKvSize: flags.maxKvSize ?? aliasMaxKvSize(spec),
-    };
     lm ??= { ...openPipeline(path, pipeline, caches)!, free: () => {} };
     return lm;
   };

@@ -63,7 +63,7 @@ export function ollamaRoutes(s: ServerState): Hono {
         });
     // As Ollama lists its cloud models: where the answers come from, nothing stored here.
     for (const remote of remoteModelConfigs())
-      if (!seen.has(remote.name) && !models.some((m) => m.name === remote.name))
+      if (!models.some((m) => m.name === remote.name))
         models.push({
           name: remote.name,
           model: remote.name,
