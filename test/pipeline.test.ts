@@ -187,10 +187,25 @@ describe("mlx launch -- run", () => {
     // A stored model's failure to join is no damage to it (nor is any failure but reading its files).
     const outside = await mlx(["run", "--hostfile", ring, "--rank", "2", "hi"]);
     expect(outside.code).toBe(1);
-    expect(outside.stderr.trim()).toBe(
-      "error: distributed init: [ring] Rank cannot be larger than the size of the group",
-    );
+    expect(outside.stderr.trim()).toBe(`error: rank 2 is not in hostfile ${ring}, which lists ranks 0-1`);
   });
+
+  test("a rank started by hand whose peers never come stops within --peer-timeout, naming them", async () => {
+    // MLX's ring waits for ever to accept a rank that never comes (rank 0 here), and retries a
+    // connect for about 30 s (rank 1).
+    for (const rank of [0, 1]) {
+      const ring = await writeLoopbackRing(join(dir, `ring-alone-${rank}.json`), 2);
+      const started = Date.now();
+      const alone = startRank(home, ring, rank, ["run", "-m", tiny, "--peer-timeout", "2", "hi"]);
+      const stderr = await new Response(alone.stderr).text();
+      expect(await alone.exited).toBe(3);
+      expect(Date.now() - started).toBeLessThan(20_000);
+      const other = (await Bun.file(ring).json())[1 - rank][0];
+      expect(stderr.trim()).toBe(
+        `error: rank ${rank}: the other ranks did not all join within 2 s (--peer-timeout) (rank ${1 - rank} at ${other}, from hostfile ${ring}); stopping`,
+      );
+    }
+  }, 60_000);
 
   test("ranks started by hand with another --layers, model or KV cache refuse to run, rather than answer otherwise", async () => {
     for (const [zeroArgs, oneArgs, zeroSplit] of [
@@ -233,6 +248,32 @@ describe("mlx launch -- run", () => {
 const launchServe = (n: number, extra: string[] = [], model = tiny) => launchServeOn(home, n, model, extra);
 
 describe("mlx launch -- serve", () => {
+  test("an alias of the split model asking for other KV cache settings is refused, not served on the ranks' caches", async () => {
+    const aliasHome = mkdtempSync(join(dir, "aliases-"));
+    writeFileSync(
+      join(aliasHome, "models.toml"),
+      `[models.plain]\nsource = "${tiny}"\n\n[models.eight]\nsource = "${tiny}"\nkv_bits = 8\n`,
+    );
+    const server = await launchServeOn(aliasHome, 2, "plain");
+    try {
+      const ask = (model: string) =>
+        fetch(`${server.url}/v1/completions`, {
+          method: "POST",
+          body: JSON.stringify({ model, prompt: "Once upon a time", max_tokens: 3 }),
+        });
+      expect((await ask("plain")).status).toBe(200);
+      const other = await ask("eight");
+      expect(other.status).toBe(400);
+      expect(((await other.json()) as any).error.message).toBe(
+        "this server holds plain split across processes with the ranks' KV cache settings; an alias asking for other kv_bits or max_kv_size cannot share it",
+      );
+      expect((await ask("plain")).status).toBe(200);
+    } finally {
+      server.proc.kill("SIGTERM");
+      await server.proc.exited;
+    }
+  }, 60_000);
+
   test("3 ranks answer the openai client, streamed and not, several requests batched", async () => {
     const server = await launchServe(3);
     const alone = await mlx(["run", "-m", tiny, "--raw", "--max-tokens", "10", "--json", "Once upon a time"]);
@@ -263,7 +304,7 @@ describe("mlx launch -- serve", () => {
       // Hidden states of 64 float32 values per token, plus the headers.
       expect(pipeline.sent_bytes_per_token).toBeGreaterThan(256);
       const metrics = await (await fetch(`${server.url}/metrics`)).text();
-      expect(metrics).toContain("# TYPE mlx_pipeline_stage_compute_seconds gauge");
+      expect(metrics).toContain("# TYPE mlx_pipeline_stage_compute_seconds_total counter");
     } finally {
       server.proc.kill("SIGTERM");
     }

@@ -405,7 +405,7 @@ describe("the adaptive tuner, through the server", () => {
       expect(m.prefill_chunk).toBeLessThan(256);
       const metrics = await (await fetch(`${tuned.url}/metrics`)).text();
       expect(metrics).toMatch(/^mlx_tuner_target_itl_seconds\{model="[^"]+"\} 0.001$/m);
-      expect(metrics).toMatch(/^mlx_tuner_adjustments\{model="[^"]+"\} [1-9]\d*$/m);
+      expect(metrics).toMatch(/^mlx_tuner_adjustments_total\{model="[^"]+"\} [1-9]\d*$/m);
     } finally {
       await tuned.stop();
     }

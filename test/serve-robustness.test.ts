@@ -451,6 +451,11 @@ describe("operations", () => {
       mlx_requests_waiting: "gauge",
       mlx_memory_active_bytes: "gauge",
       mlx_memory_peak_bytes: "gauge",
+      // Counts a loaded model keeps: counters, as Prometheus' rate() and increase() expect.
+      mlx_prefix_cache_hits_total: "counter",
+      mlx_prefix_cache_hit_tokens_total: "counter",
+      mlx_tuner_adjustments_total: "counter",
+      mlx_speculative_drafted_tokens_total: "counter",
     })) {
       expect(families.get(name)?.type).toBe(type);
     }
@@ -497,6 +502,7 @@ function checkPrometheusText(text: string) {
     }
   }
   for (const [familyName, family] of families) {
+    if (family.type === "counter") expect(familyName).toEndWith("_total");
     if (family.type !== "histogram") continue;
     const series = new Map<string, { le: number; count: number }[]>();
     const counts = new Map<string, number>();

@@ -233,7 +233,7 @@ describe("requests", () => {
       const stats = (await (await fetch(`${speculating.url}/stats`)).json()) as { models: { speculation: unknown }[] };
       expect(stats.models[0].speculation).toMatchObject({ method: "prompt-lookup", num_draft: 4, max_batch: 1 });
       const metrics = await (await fetch(`${speculating.url}/metrics`)).text();
-      expect(metrics).toContain("mlx_speculative_drafted_tokens{");
+      expect(metrics).toContain("mlx_speculative_drafted_tokens_total{");
       expect(metrics).toContain("mlx_speculative_acceptance_rate{");
     } finally {
       await plain.stop();

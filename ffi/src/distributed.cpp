@@ -354,7 +354,12 @@ int mlxs_distributed_init(int* rank, int* size, const char* backend, const char*
     auto before = sockets();
     group = md::init(true, backend);
     auto ranks = ring_hostfile();
-    group_sockets = ring_connections(before, ranks);
+    auto made = ring_connections(before, ranks);
+    {
+      // The watchdog, armed while this rank joins, reads them on its thread.
+      std::lock_guard lock(watchdog().mutex);
+      group_sockets = std::move(made);
+    }
     find_previous(group->rank(), group->size(), ranks);
     *rank = group->rank();
     *size = group->size();

@@ -3,6 +3,7 @@ import { defineCommand } from "citty";
 import pkg from "../../package.json" with { type: "json" };
 import { parseKeepAlive } from "../api/ollama";
 import { startServer } from "../server/app";
+import type { LoadSettings } from "../server/model-registry";
 import { existsSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
 import { UnsupportedError } from "../errors";
@@ -21,7 +22,7 @@ import {
 } from "./options";
 import { openPipeline, type CacheOptions, type PipelineSpec } from "../engine/pipeline";
 import type { LoadedModel } from "../models/load";
-import { aliasKvQuantization, aliasMaxKvSize } from "../store/aliases";
+import { aliasCacheSettings } from "../store/aliases";
 import { resolveModelPath } from "../store/resolve";
 import { openModel } from "./open-model";
 import { repeatable } from "./strict-flags";
@@ -194,17 +195,20 @@ async function pipelineLoader(
   spec: string,
   pipeline: PipelineSpec,
   flags: CacheOptions,
-): Promise<(path: string) => LoadedModel> {
+): Promise<(path: string, settings: LoadSettings) => LoadedModel> {
   const own = await resolveModelPath(spec);
   // The settings the other ranks open theirs with (openModel's): every rank checks them.
-  const caches = {
-    kvQuantization: flags.kvQuantization ?? aliasKvQuantization(spec),
-    maxKvSize: flags.maxKvSize ?? aliasMaxKvSize(spec),
-  };
+  const caches = aliasCacheSettings(spec, flags);
   let lm: LoadedModel | undefined;
-  return (path) => {
+  return (path, settings) => {
     if (path !== own)
       throw new UnsupportedError(`this server holds ${spec} split across processes; it cannot load another model`);
+    // Another alias of it (models.toml) with other KV cache settings would need other ranks.
+    const asked = { kvQuantization: settings.kvQuantization, maxKvSize: settings.maxKvSize };
+    if (JSON.stringify(asked) !== JSON.stringify(caches))
+      throw new UnsupportedError(
+        `this server holds ${spec} split across processes with the ranks' KV cache settings; an alias asking for other kv_bits or max_kv_size cannot share it`,
+      );
     lm ??= { ...openPipeline(path, pipeline, caches)!, free: () => {} };
     return lm;
   };

@@ -10,7 +10,7 @@ import { bodyLimit } from "hono/body-limit";
 import { cors } from "hono/cors";
 import { ApiError, errorResponse, notFound, toApiError, unauthorized } from "./errors";
 import { serverMetrics } from "./metrics";
-import { ModelRegistry } from "./model-registry";
+import { ModelRegistry, type LoadSettings } from "./model-registry";
 import { anthropicRoutes } from "./routes/anthropic";
 import { ollamaRoutes } from "./routes/ollama";
 import { responsesRoutes } from "./routes/responses";
@@ -63,7 +63,7 @@ export interface ServerOptions extends Partial<ServerConfig> {
   logError?: (error: unknown) => void;
   onLoad?: (name: string, path: string, seconds: number) => void;
   /** Loads a model in place of loadModel (a rank of a pipeline loads its part). */
-  loadModel?: (path: string) => LoadedModel;
+  loadModel?: (path: string, settings: LoadSettings) => LoadedModel;
 }
 
 /** Routes that are labelled by name in /metrics (anything else is "other"). */

@@ -59,18 +59,38 @@ export class Counter extends Base {
   }
 }
 
-export class Gauge extends Base {
+type Read = () => number | { labels: Labels; value: number }[];
+
+/** A value read from live state at scrape time. */
+class Reading extends Base {
   constructor(
     name: string,
     help: string,
-    readonly read: () => number | { labels: Labels; value: number }[],
+    type: "counter" | "gauge",
+    readonly read: Read,
   ) {
-    super(name, help, "gauge");
+    super(name, help, type);
   }
   render(): string[] {
     const v = this.read();
     const rows = typeof v === "number" ? [{ labels: {}, value: v }] : v;
     return [...this.header(), ...rows.map((e) => `${this.name}${formatLabels(e.labels)} ${formatValue(e.value)}`)];
+  }
+}
+
+export class Gauge extends Reading {
+  constructor(name: string, help: string, read: Read) {
+    super(name, help, "gauge", read);
+  }
+}
+
+/**
+ * A count the live state keeps itself (a loaded model's prefix-cache hits, say), read at scrape time. It starts
+ * again from zero when its model is loaded again, which Prometheus' rate() reads as a counter reset.
+ */
+export class CountReading extends Reading {
+  constructor(name: `${string}_total`, help: string, read: Read) {
+    super(name, help, "counter", read);
   }
 }
 
@@ -209,18 +229,20 @@ export function serverMetrics(live: {
       ),
     ),
     tunerAdjustments: registry.add(
-      new Gauge("mlx_tuner_adjustments", "Adjustments the tuner made (last 100 kept in /stats)", () =>
+      new CountReading("mlx_tuner_adjustments_total", "Adjustments the tuner made (last 100 kept in /stats)", () =>
         perModel(live, (s) => s.tuner?.adjustments),
       ),
     ),
     prefixHits: registry.add(
-      new Gauge("mlx_prefix_cache_hits", "Requests that started from a cached prefix, per model", () =>
+      new CountReading("mlx_prefix_cache_hits_total", "Requests that started from a cached prefix, per model", () =>
         perModel(live, (s) => s.prefixCache?.hits),
       ),
     ),
     prefixHitTokens: registry.add(
-      new Gauge("mlx_prefix_cache_hit_tokens", "Prompt tokens served from the prefix cache, per model", () =>
-        perModel(live, (s) => s.prefixCache?.hitTokens),
+      new CountReading(
+        "mlx_prefix_cache_hit_tokens_total",
+        "Prompt tokens served from the prefix cache, per model",
+        () => perModel(live, (s) => s.prefixCache?.hitTokens),
       ),
     ),
     prefixBytes: registry.add(
@@ -281,12 +303,14 @@ export function serverMetrics(live: {
       ),
     ),
     draftedTokens: registry.add(
-      new Gauge("mlx_speculative_drafted_tokens", "Tokens drafted by speculative decoding, per model", () =>
-        perModel(live, (s) => s.speculation?.drafted),
+      new CountReading(
+        "mlx_speculative_drafted_tokens_total",
+        "Tokens drafted by speculative decoding, per model",
+        () => perModel(live, (s) => s.speculation?.drafted),
       ),
     ),
     acceptedTokens: registry.add(
-      new Gauge("mlx_speculative_accepted_tokens", "Drafted tokens the model kept, per model", () =>
+      new CountReading("mlx_speculative_accepted_tokens_total", "Drafted tokens the model kept, per model", () =>
         perModel(live, (s) => s.speculation?.accepted),
       ),
     ),
@@ -296,15 +320,17 @@ export function serverMetrics(live: {
       ),
     ),
     stageCompute: registry.add(
-      new Gauge(
-        "mlx_pipeline_stage_compute_seconds",
+      new CountReading(
+        "mlx_pipeline_stage_compute_seconds_total",
         "Time each rank of a split model spent computing its layers",
         () => perStage(live, (s) => s.computeMs / 1000),
       ),
     ),
     stageWait: registry.add(
-      new Gauge("mlx_pipeline_stage_receive_wait_seconds", "Time each rank of a split model waited to receive", () =>
-        perStage(live, (s) => s.waitMs / 1000),
+      new CountReading(
+        "mlx_pipeline_stage_receive_wait_seconds_total",
+        "Time each rank of a split model waited to receive",
+        () => perStage(live, (s) => s.waitMs / 1000),
       ),
     ),
     stageBusy: registry.add(
@@ -331,7 +357,7 @@ export function serverMetrics(live: {
 
 const CIRCUIT_STATES = ["closed", "half_open", "open"] as const;
 
-/** One gauge row per stage (rank 1 onwards) of each model split across processes. */
+/** One row per stage (rank 1 onwards) of each model split across processes. */
 function perStage(
   live: { schedulers: () => { model: string; stats: SchedulerStats }[] },
   pick: (s: StageFigures) => number,
@@ -343,7 +369,7 @@ function perStage(
     );
 }
 
-/** One gauge row per loaded model that has the figure. */
+/** One row per loaded model that has the figure. */
 function perModel(
   live: { schedulers: () => { model: string; stats: SchedulerStats }[] },
   pick: (s: SchedulerStats) => number | undefined,

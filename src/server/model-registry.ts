@@ -7,7 +7,7 @@
 // requests for the base and its adapters batch together); the adapter is loaded once per base.
 import { loadModel, type LoadedModel, type SpeculationChoice } from "../models/load";
 import { resolveModelPath } from "../store/resolve";
-import { aliasAdapter, aliasKvQuantization, aliasMaxKvSize, aliasSpeculation } from "../store/aliases";
+import { aliasAdapter, aliasCacheSettings, aliasSpeculation } from "../store/aliases";
 import { loadAdapter, type Adapter } from "../models/lora";
 import { attachSpeculation } from "../engine/speculative";
 import { clearMemoryCache } from "../engine/device";
@@ -53,7 +53,7 @@ export interface Lease {
 }
 
 /** How a model is loaded beyond its weights (serve's flags, else the alias's models.toml entry). */
-interface LoadSettings {
+export interface LoadSettings {
   kvQuantization?: KvQuantization;
   maxKvSize?: number;
   speculation?: SpeculationChoice;
@@ -74,7 +74,7 @@ export interface ModelRegistryOptions {
   /** Every model's rotating KV cache size (serve --max-kv-size); else each alias's max_kv_size. */
   maxKvSize?: number;
   /** Loads a model in place of loadModel (a rank of a pipeline loads its part). */
-  load?: (path: string) => LoadedModel;
+  load?: (path: string, settings: LoadSettings) => LoadedModel;
   onLoad?: (entry: LoadedEntry) => void;
   onUnload?: (entry: LoadedEntry) => void;
   /** Extra model names (serve --adapter): a base model (undefined: the default) plus an adapter directory. */
@@ -213,8 +213,7 @@ export class ModelRegistry {
     // serve --adapter names take their base model's settings, so that they share its entry.
     const own = this.options.adapters?.has(name) ? this.options.adapters.get(name)!.base : name;
     return {
-      kvQuantization: this.options.kvQuantization ?? aliasKvQuantization(own),
-      maxKvSize: this.options.maxKvSize ?? aliasMaxKvSize(own),
+      ...aliasCacheSettings(own, this.options),
       speculation: this.options.speculation ?? aliasSpeculation(own),
     };
   }
@@ -232,7 +231,7 @@ export class ModelRegistry {
         await new Promise((resolve) => setImmediate(resolve));
         await this.#makeRoom();
         const started = performance.now();
-        const lm = (this.options.load ?? loadModel)(path);
+        const lm = this.options.load ? this.options.load(path, settings) : loadModel(path);
         lm.kvQuantization = settings.kvQuantization;
         lm.maxKvSize = settings.maxKvSize;
         try {

@@ -144,6 +144,17 @@ export function aliasMaxKvSize(spec: string | undefined): number | undefined {
   return table.models.get(spec ?? table.defaultModel)?.maxKvSize;
 }
 
+/** A model's KV cache settings: those `given` (by flags), else what models.toml asks for the model named `spec`. */
+export function aliasCacheSettings(
+  spec: string | undefined,
+  given: { kvQuantization?: KvQuantization; maxKvSize?: number },
+): { kvQuantization?: KvQuantization; maxKvSize?: number } {
+  return {
+    kvQuantization: given.kvQuantization ?? aliasKvQuantization(spec),
+    maxKvSize: given.maxKvSize ?? aliasMaxKvSize(spec),
+  };
+}
+
 /** Aliases that look like what the user typed, closest first (for "did you mean"). */
 export function closeMatches(name: string, candidates: string[], limit = 3): string[] {
   const scored = candidates.map((c) => ({ c, d: editDistance(name.toLowerCase(), c.toLowerCase()) }));

@@ -43,8 +43,7 @@ export interface PipelineSpec {
  */
 export function openPipeline(path: string, spec: PipelineSpec, caches: CacheOptions = {}): LoadedModel | undefined {
   const layout = readLayout(path); // before joining: a missing or unreadable model fails at once
-  expectRingHostfile(spec.hostfile ?? process.env.MLX_HOSTFILE);
-  const group = distributed.init({ hostfile: spec.hostfile, rank: spec.rank });
+  const group = joinRing(spec);
   if (group.size < 2) throw new Error("a pipeline needs at least 2 ranks (the hostfile lists one)");
   const { rank, size } = group;
   const { tensorParallel, peerTimeoutMs } = spec;
@@ -109,12 +108,42 @@ function cacheWords({ kvQuantization: q, maxKvSize }: CacheOptions): string {
 }
 
 /**
- * Refuses a hostfile MLX's ring cannot read, in words: its own errors are its JSON parser's
- * ("attempting to parse an empty input" for a missing file). mlx.launch's form, which `mlx
- * launch` takes, is the likely one for a rank started by hand.
+ * Joins the ring in bounded time, naming the ranks it waited for: MLX's ring waits for ever to
+ * accept a rank that never comes (rank 0 started by hand alone), and its connect errors name no
+ * address.
  */
-function expectRingHostfile(path: string | undefined): void {
-  if (!path) return; // MLX says there is none
+function joinRing(spec: PipelineSpec): mx.distributed.Group {
+  const hostfile = spec.hostfile ?? process.env.MLX_HOSTFILE;
+  const hosts = readRingHostfile(hostfile);
+  const rank = String(spec.rank ?? process.env.MLX_RANK);
+  if (hosts && Number(rank) >= hosts.length)
+    throw new Error(`rank ${rank} is not in hostfile ${hostfile}, which lists ranks 0-${hosts.length - 1}`);
+  const others = hosts
+    ?.map((addresses, r) => `rank ${r} at ${addresses.join(" ")}`)
+    .filter((_, r) => String(r) !== rank)
+    .join(", ");
+  const waitedFor = others ? ` (${others}, from hostfile ${hostfile})` : "";
+  const seconds = Math.round(spec.peerTimeoutMs / 1000);
+  distributed.armWatchdog(
+    spec.peerTimeoutMs,
+    `error: rank ${rank}: the other ranks did not all join within ${seconds} s (--peer-timeout)${waitedFor}; stopping`,
+  );
+  try {
+    return distributed.init({ hostfile: spec.hostfile, rank: spec.rank });
+  } catch (error) {
+    throw new Error(`rank ${rank}: could not join the other ranks${waitedFor}: ${(error as Error).message}`);
+  } finally {
+    distributed.disarmWatchdog();
+  }
+}
+
+/**
+ * Each rank's addresses, or a hostfile MLX's ring cannot read refused in words: its own errors
+ * are its JSON parser's ("attempting to parse an empty input" for a missing file). mlx.launch's
+ * form, which `mlx launch` takes, is the likely one for a rank started by hand.
+ */
+function readRingHostfile(path: string | undefined): string[][] | undefined {
+  if (!path) return undefined; // MLX says there is none
   let hosts: unknown;
   try {
     hosts = JSON.parse(readFileSync(path, "utf8"));
@@ -126,6 +155,7 @@ function expectRingHostfile(path: string | undefined): void {
     throw new Error(
       `hostfile ${path}: a rank started by hand reads MLX's ring hostfile ([["host:port", ...], ...], a list per rank); mlx.launch's form is for mlx launch`,
     );
+  return hosts as string[][];
 }
 
 /** Every rank's free memory (bytes), by rank: the default split follows it. */
