@@ -57,6 +57,16 @@ describe("Ollama model management", () => {
     expect(tags.models.map((m) => m.name)).toContain("org/tiny");
   });
 
+  test("a loaded stored model reads the same in /api/ps as in /api/tags: digest and details", async () => {
+    await ollama.generate({ model: "org/tiny", prompt: "Hi", options: { num_predict: 1 } });
+    const listed = (await ollama.list()).models.find((m) => m.name === "org/tiny")!;
+    const running = (await ollama.ps()).models.find((m) => m.name === "org/tiny")!;
+    expect(running.digest).toBe(listed.digest);
+    expect(running.details).toEqual(listed.details);
+    expect(listed.details.parameter_size).not.toBe("");
+    await ollama.generate({ model: "org/tiny", prompt: "", keep_alive: 0 }); // unloaded again
+  });
+
   test("pull errors: a path on the server's disk is refused; a repo the hub lacks fails in the stream", async () => {
     await expect(ollama.pull({ model: local, stream: false })).rejects.toThrow("cannot pull");
     const statuses: string[] = [];

@@ -17,6 +17,7 @@ import { closedEarly, closedEarlyHeaders, collectGeneration, generationStream } 
 import { ToolCallStream, type ToolCall } from "../../engine/tools";
 import { thinkingTemplate } from "../../engine/reasoning";
 import type { LoadedEntry } from "../model-registry";
+import type { IndexEntry } from "../../store/model-index";
 import { readJson } from "../../api/validate";
 import type { ServerState } from "../state";
 import { remoteModelConfigs } from "../../providers";
@@ -35,20 +36,23 @@ export function ollamaRoutes(s: ServerState): Hono {
     const seen = new Set<string>();
     for (const m of await s.models.stored()) {
       seen.add(m.name);
+      const loaded = s.models.loaded.find((e) => e.name === m.name);
       models.push({
         name: m.name,
         model: m.name,
         modified_at: m.lastUsedAt ?? m.createdAt,
         size: m.totalBytes,
-        digest: digest(Object.keys(m.blobs).sort().join(",")),
-        details: {
-          parent_model: "",
-          format: m.format,
-          family: m.architecture ?? "",
-          families: m.architecture ? [m.architecture] : null,
-          parameter_size: "",
-          quantization_level: m.quantization ?? "",
-        },
+        digest: storedDigest(m),
+        details: loaded
+          ? details(loaded, m)
+          : {
+              parent_model: "",
+              format: m.format,
+              family: m.architecture ?? "",
+              families: m.architecture ? [m.architecture] : null,
+              parameter_size: "",
+              quantization_level: m.quantization ?? "",
+            },
       });
     }
     for (const e of s.models.loaded)
@@ -84,14 +88,16 @@ export function ollamaRoutes(s: ServerState): Hono {
     return c.json({ models });
   });
 
-  r.get("/api/ps", (c) =>
-    c.json({
+  r.get("/api/ps", async (c) => {
+    // A stored model reads as /api/tags lists it: the same digest and quantization's name.
+    const stored = new Map((await s.models.stored()).map((m) => [m.name, m]));
+    return c.json({
       models: s.models.loaded.map((e) => ({
         name: e.name,
         model: e.name,
         size: e.lm.weightBytes,
-        digest: digest(e.path),
-        details: details(e),
+        digest: stored.has(e.name) ? storedDigest(stored.get(e.name)!) : digest(e.path),
+        details: details(e, stored.get(e.name)),
         // Ollama writes a far-future time for a model kept forever.
         expires_at: (
           e.expiresAt ?? (e.keepAliveMs === Infinity || e.active > 0 ? new Date("2318-01-01T00:00:00Z") : new Date())
@@ -99,8 +105,8 @@ export function ollamaRoutes(s: ServerState): Hono {
         size_vram: e.lm.weightBytes,
         context_length: e.lm.config.maxPositionEmbeddings,
       })),
-    }),
-  );
+    });
+  });
 
   r.post("/api/show", async (c) => {
     const name = parseModelName(await readJson(c.req));
@@ -161,7 +167,11 @@ const ollamaToolCalls = (calls: ToolCall[]) =>
 
 const digest = (s: string) => createHash("sha256").update(s).digest("hex");
 
-function details(e: LoadedEntry) {
+/** A stored model's digest: of its files' blobs, so that two names of the same files share it. */
+const storedDigest = (m: IndexEntry) => digest(Object.keys(m.blobs).sort().join(","));
+
+/** A loaded model's details; the quantization's name is the store's (a GGUF's "Q4_1") where it is stored. */
+function details(e: LoadedEntry, stored?: IndexEntry) {
   const q = e.lm.config.quantization;
   return {
     parent_model: "",
@@ -169,7 +179,7 @@ function details(e: LoadedEntry) {
     family: e.lm.config.modelType,
     families: [e.lm.config.modelType],
     parameter_size: formatCount(parameterCount(e)),
-    quantization_level: q ? `${q.bits}-bit` : "",
+    quantization_level: stored?.quantization ?? (q ? `${q.bits}-bit` : ""),
   };
 }
 
