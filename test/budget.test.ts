@@ -8,6 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Ajv from "ajv";
 import OpenAI from "openai";
+import * as mx from "../src/mlx";
 import { Ollama } from "ollama";
 import { loadModel, type LoadedModel } from "../src/models/load";
 import { completeAlone } from "./helpers/generate";
@@ -269,6 +270,65 @@ describe("schemas × small budgets × seeds on the tiny model: every answer pars
       expect(value.incident.where.site).toBe("");
     }
   }, 60_000);
+
+  test("a character cut between tokens (UTF-8 continuation bytes owed) is finished within the budget", async () => {
+    // Push the model to tokens that end inside a character, or only continue one: each such
+    // token owes the ones that finish its character before the string can close.
+    const vocab = lm.config.vocabSize;
+    const bias = new Float32Array(vocab);
+    for (let id = 0; id < lm.tokenizer.vocabSize; id++) {
+      const bytes = lm.tokenizer.tokenBytes(id);
+      const last = bytes.at(-1) ?? 0;
+      if (last >= 0xc0 || (bytes.length > 0 && bytes.every((b) => (b & 0xc0) === 0x80))) bias[id] = 12;
+    }
+    const toCutCharacters = mx.array(bias, [1, vocab]);
+    const { schema } = schemas["long free-text fields"]!;
+    for (const format of ["json", { schema }] as JsonFormat[]) {
+      const minimum = format === "json" ? 2 : await minimumFor({ schema });
+      for (let maxTokens = minimum + 2; maxTokens <= minimum + 9; maxTokens++) {
+        const constraint = await createJsonConstraint(lm.tokenizer, format, { maxTokens });
+        const result = await completeAlone(lm, promptTokens(lm.tokenizer, "Answer in JSON."), {
+          sampling: { ...defaultSampling, temperature: 1, seed: maxTokens },
+          maxTokens,
+          processors: [(_history, logits) => mx.add(logits, toCutCharacters), constraint.processor],
+        });
+        constraint.dispose();
+        expect(() => JSON.parse(result.text)).not.toThrow();
+      }
+    }
+  }, 120_000);
+
+  test("parallel tool calls: every call opened is closed within the budget (required or not)", async () => {
+    const functions = [
+      {
+        name: "get_weather",
+        description: "",
+        parameters: { type: "object", properties: { city: { type: "string", maxLength: 12 } }, required: ["city"] },
+      },
+    ];
+    for (const name of ["hermes", "llama3", "mistral"] as const) {
+      for (const required of [true, false]) {
+        for (const maxTokens of [45, 60]) {
+          for (const seed of [1, 2, 3]) {
+            const constraint = await createToolCallConstraint(lm.tokenizer, toolCallFormats[name], functions, {
+              required,
+              parallel: true,
+              maxTokens,
+            });
+            const result = await completeAlone(lm, promptTokens(lm.tokenizer, "Weather?"), {
+              sampling: { ...defaultSampling, temperature: 1, seed },
+              maxTokens,
+              processors: [constraint.processor],
+            });
+            // Complete under the grammar: no call (or separator) left open where the budget ran out.
+            const complete = constraint.accepted(result.tokenIds);
+            constraint.dispose();
+            if (!complete) throw new Error(`${name}, required ${required}, max_tokens ${maxTokens}: ${result.text}`);
+          }
+        }
+      }
+    }
+  }, 120_000);
 
   test("a required tool call closes within the budget, its arguments valid", async () => {
     const parameters = schemas["arrays with minItems, of objects with required fields"]!.schema;

@@ -155,6 +155,36 @@ describe("JSON Schema outputs are valid by construction (tiny random-weight mode
   }
 });
 
+describe("non-ASCII text in a schema is enforced as written", () => {
+  // xgrammar's compiler cache keys a grammar by its printed text, where "ß" before "e" prints
+  // as "\xdfe" and reads back as another character: the constraint must compile the text itself.
+  const accepts = async (schema: object, answer: string) => {
+    const constraint = await createJsonConstraint(lm.tokenizer, { schema });
+    try {
+      return constraint.accepted(lm.tokenizer.encode(answer, { addSpecialTokens: false }));
+    } finally {
+      constraint.dispose();
+    }
+  };
+
+  test("property names, enum values and consts", async () => {
+    const schema = {
+      type: "object",
+      properties: { größe: { enum: ["éa", "日本"] }, café: { const: "ßc" } },
+      required: ["größe", "café"],
+    };
+    expect(await accepts(schema, '{"größe": "éa", "café": "ßc"}')).toBe(true);
+    expect(await accepts(schema, '{"größe": "日本", "café": "ßc"}')).toBe(true);
+    expect(await accepts(schema, '{"gr\u00f6\u0dfe": "éa", "café": "ßc"}')).toBe(false);
+  });
+
+  test("a pattern's literal characters", async () => {
+    const schema = { type: "string", pattern: "^(α|β)+ße$" };
+    expect(await accepts(schema, '"αβße"')).toBe(true);
+    expect(await accepts(schema, '"¿ße"')).toBe(false);
+  });
+});
+
 describe("--format json mode and limits", () => {
   test('"json" gives a parseable JSON object whenever it ends', async () => {
     let stopped = 0;
@@ -298,6 +328,41 @@ describe("invalid or unsupported schemas are a clear error naming the offending 
       /unsupported schema: minProperties is greater than the number of properties/,
     ],
     ["not an object", ["type", "string"], /must be a JSON object/],
+    [
+      "a non-ASCII character class in a pattern (xgrammar matches classes on ASCII only)",
+      { type: "object", properties: { word: { type: "string", pattern: "^[α-ω]+$" } } },
+      /\/properties\/word\/pattern has a non-ASCII character in a character class/,
+    ],
+    [
+      "a non-ASCII character class in a patternProperties name",
+      { type: "object", patternProperties: { "^[à-ÿ]+$": { type: "integer" } } },
+      /\/patternProperties\/\^\[à-ÿ\]\+\$ has a non-ASCII character in a character class/,
+    ],
+    [
+      "a constraint beside $ref (xgrammar would follow the reference alone)",
+      { $defs: { s: { type: "string" } }, type: "object", properties: { a: { $ref: "#/$defs/s", maxLength: 2 } } },
+      /\/properties\/a\/maxLength cannot be combined with \$ref/,
+    ],
+    [
+      "properties beside allOf",
+      { type: "object", properties: { b: { type: "string" } }, allOf: [{ properties: { a: { type: "integer" } } }] },
+      /\/type cannot be combined with allOf/,
+    ],
+    [
+      "a type beside anyOf",
+      { type: "string", anyOf: [{ type: "integer" }, { type: "string" }] },
+      /\/type cannot be combined with anyOf/,
+    ],
+    [
+      "an enum value its type does not allow",
+      { type: "object", properties: { n: { type: "string", enum: [1, "a"] } } },
+      /\/properties\/n\/type cannot be combined with enum in constrained decoding \(it would not be enforced; not every value listed meets it\)/,
+    ],
+    [
+      "a required property that properties does not define",
+      { type: "object", properties: { a: { type: "integer" } }, required: ["a", "b"] },
+      /\/required names 'b', which \/properties does not define/,
+    ],
   ];
   for (const [what, schema, message] of cases) {
     test(what, async () => {
@@ -327,6 +392,18 @@ describe("invalid or unsupported schemas are a clear error naming the offending 
     const { result } = await generate({ schema: schemas.enums! }, { temperature: 1, seed: 3 });
     expect(result.finishReason).toBe("stop");
     expect(ajv.validate(schemas.enums!, JSON.parse(result.text))).toBe(true);
+  });
+
+  test("what may stand beside $ref, anyOf, enum and const: annotations, and constraints every listed value meets", async () => {
+    for (const schema of [
+      { $defs: { s: { type: "string" } }, properties: { a: { $ref: "#/$defs/s", description: "d", title: "t" } } },
+      { $defs: { n: { type: "object", properties: { v: { type: "integer" } } } }, $ref: "#/$defs/n" },
+      { anyOf: [{ type: "string" }, { type: "null" }], default: null, description: "optional" },
+      { type: "string", enum: ["S", "M"], maxLength: 1 },
+      { type: ["string", "null"], enum: ["a", null] },
+      { type: "string", const: "x" },
+    ])
+      await validateSchema(schema);
   });
 
   test("equal schemas share a cache key whatever their key order", () => {

@@ -243,6 +243,8 @@ function walkSchema(node: unknown, path: string): void {
     );
   if (Array.isArray(s.allOf) && s.allOf.length > 1)
     throw new SchemaError(`unsupported schema: ${path}/allOf with more than one schema is not supported`);
+  checkIgnoredSiblings(s, path);
+  checkRequiredDefined(s, path);
   if (typeof s.pattern === "string") {
     checkPattern(s.pattern, `${path}/pattern`);
     const also = ["minLength", "maxLength", "format"].find((k) => k in s);
@@ -261,6 +263,10 @@ function walkSchema(node: unknown, path: string): void {
       );
     }
   }
+  // A patternProperties key is a pattern for the property names.
+  if (s.patternProperties && typeof s.patternProperties === "object")
+    for (const key of Object.keys(s.patternProperties))
+      checkPattern(key, `${path}/patternProperties/${escapePointer(key)}`);
   for (const name of SUBSCHEMA_MAPS) {
     const map = s[name];
     if (map && typeof map === "object")
@@ -274,6 +280,85 @@ function walkSchema(node: unknown, path: string): void {
   if (Array.isArray(s.items)) s.items.forEach((v, i) => walkSchema(v, `${path}/items/${i}`));
 }
 
+// xgrammar reads a schema by its first keyword in this order and ignores the rest of the node:
+// beside a $ref, say, a maxLength would not be enforced.
+const REPLACING = ["$ref", "const", "enum", "anyOf", "oneOf", "allOf"];
+// The keywords that constrain a value (those that would be ignored beside a replacing one).
+const CONSTRAINING = new Set([
+  ...REPLACING,
+  "type",
+  "properties",
+  "required",
+  "additionalProperties",
+  "patternProperties",
+  "propertyNames",
+  "minProperties",
+  "maxProperties",
+  "items",
+  "prefixItems",
+  "additionalItems",
+  "unevaluatedProperties",
+  "minItems",
+  "maxItems",
+  "minLength",
+  "maxLength",
+  "pattern",
+  "format",
+  "minimum",
+  "maximum",
+  "exclusiveMinimum",
+  "exclusiveMaximum",
+]);
+
+/**
+ * Refuses constraints beside a keyword that replaces the node in xgrammar ($ref, const, enum,
+ * anyOf, oneOf, allOf). Beside const or enum they are fine when every value listed meets them
+ * (`{"type": "string", "enum": [...]}`): then they hold already.
+ */
+function checkIgnoredSiblings(s: Record<string, unknown>, path: string): void {
+  const replacing = REPLACING.find((k) => k in s);
+  if (!replacing) return;
+  const ignored = Object.keys(s).filter((k) => k !== replacing && CONSTRAINING.has(k));
+  if (ignored.length === 0) return;
+  if (replacing === "const" || replacing === "enum") {
+    const values = replacing === "const" ? [s.const] : Array.isArray(s.enum) ? s.enum : [];
+    const rest = Object.fromEntries(ignored.map((k) => [k, s[k]]));
+    if (REPLACING.every((k) => !(k in rest)) && values.every((v) => meets(rest, v))) return;
+  }
+  throw new SchemaError(
+    `unsupported schema: ${path}/${ignored[0]} cannot be combined with ${replacing} in constrained decoding (it would not be enforced; ${SIBLING_ADVICE[replacing]})`,
+  );
+}
+
+const SIBLING_ADVICE: Record<string, string> = {
+  $ref: "move it into the referenced schema",
+  const: "the value does not meet it",
+  enum: "not every value listed meets it",
+  anyOf: "move it into each alternative",
+  oneOf: "move it into each alternative",
+  allOf: "move it into the schema in allOf",
+};
+
+/** Whether `value` meets the constraints of `schema` (one without references). */
+function meets(schema: Record<string, unknown>, value: unknown): boolean {
+  try {
+    return ajv!.validate(schema, value) === true;
+  } catch {
+    return false;
+  }
+}
+
+/** Refuses `required` names that `properties` does not define: xgrammar would not require them. */
+function checkRequiredDefined(s: Record<string, unknown>, path: string): void {
+  if (!Array.isArray(s.required)) return;
+  const properties = s.properties && typeof s.properties === "object" ? s.properties : {};
+  const missing = s.required.find((name) => typeof name === "string" && !Object.hasOwn(properties, name));
+  if (missing !== undefined)
+    throw new SchemaError(
+      `unsupported schema: ${path}/required names '${missing}', which ${path}/properties does not define (constrained decoding requires only defined properties)`,
+    );
+}
+
 function checkPattern(pattern: string, where: string): void {
   if (/"|\\\\|\\[tnrfv0]|\\x[01]|\\u00[01]|\\c/.test(pattern)) {
     throw new SchemaError(
@@ -284,6 +369,29 @@ function checkPattern(pattern: string, where: string): void {
     throw new SchemaError(`unsupported schema: ${where} uses a lookaround assertion, which is not supported`);
   if (/\\[1-9]|\\k</.test(pattern))
     throw new SchemaError(`unsupported schema: ${where} uses a backreference, which is not supported`);
+  if (characterClasses(pattern).some((cls) => /[^\x00-\x7f]|\\u(?!00[0-7][0-9a-f])|\\x[89a-f]|\\p/i.test(cls)))
+    throw new SchemaError(
+      `unsupported schema: ${where} has a non-ASCII character in a character class, which constrained decoding cannot enforce (list the characters as alternatives instead)`,
+    );
+}
+
+/**
+ * The character classes ("[...]") of a regular expression, as written. xgrammar matches a class
+ * only on ASCII: one with a non-ASCII member allows other characters than it lists (or none).
+ */
+function characterClasses(pattern: string): string[] {
+  const classes: string[] = [];
+  let start = -1;
+  for (let i = 0; i < pattern.length; i++) {
+    const c = pattern[i];
+    if (c === "\\") i++;
+    else if (c === "[" && start < 0) start = i;
+    else if (c === "]" && start >= 0) {
+      classes.push(pattern.slice(start, i + 1));
+      start = -1;
+    }
+  }
+  return classes;
 }
 
 const escapePointer = (key: string) => key.replaceAll("~", "~0").replaceAll("/", "~1");
@@ -338,7 +446,11 @@ async function buildTokenizerGrammars(tokenizer: Tokenizer): Promise<TokenizerGr
     tokenizer.vocabSize,
     stopIds,
   );
-  const compiler = await inst.xg.GrammarCompiler.createGrammarCompiler(info);
+  // Without xgrammar's own cache (ours, `compiled`, keys by grammar already): that cache keys a
+  // grammar by its printed text, which writes a non-ASCII character as a hex escape of no fixed
+  // width ("ß" then "e" prints as "\xdfe", read back as U+0DFE), so a property name, enum value
+  // or literal with such a character would be compiled into another text.
+  const compiler = await inst.xg.GrammarCompiler.createGrammarCompiler(info, false);
   return { inst, info, compiler, vocabSize: tokenizer.vocabSize, stopIds, compiled: new Map() };
 }
 

@@ -7,7 +7,9 @@
 // it from the schema's structure) in the model's tokens. Far from the budget one step costs a
 // few string operations. Narrowing starts only when one allowed token could put a valid end
 // out of reach: a token can add to the shortest completion at most what the openers it holds
-// ({ [ " , :) can open, e.g. "[{" in a list of objects with required fields.
+// ({ [ " , :) can open, e.g. "[{" in a list of objects with required fields (a layout of tool
+// calls adds the characters that open a call: its trigger's and its separator's). A token that
+// ends inside a UTF-8 character owes the tokens that finish it (the grammar allows nothing else).
 import type { Tokenizer } from "../../tokenizer/tokenizer";
 import { UnsteerableSchemaError } from "./json-progress";
 
@@ -29,13 +31,13 @@ export interface Progress {
 export function budgetSteering(
   tokenizer: Tokenizer,
   maxTokens: number,
-  make: () => { progress: Progress; opening: number },
+  make: () => { progress: Progress; opening: number; openers?: string },
 ): BudgetSteering | undefined {
   let steering: BudgetSteering;
   let minimum: number;
   try {
-    const { progress, opening } = make();
-    steering = new BudgetSteering(tokenizer, vocabularyText(tokenizer), progress, maxTokens, opening);
+    const { progress, opening, openers } = make();
+    steering = new BudgetSteering(tokenizer, vocabularyText(tokenizer, openers), progress, maxTokens, opening);
     minimum = steering.minimum();
   } catch (error) {
     if (error instanceof UnsteerableSchemaError) return undefined;
@@ -58,12 +60,18 @@ export class BudgetError extends Error {
 }
 
 /**
- * Each token's text, and the JSON openers ({ [ " , : and escapes) it holds: all of them (what
- * it can open outside a string), and those from its first quote or backslash on (what it can
- * open from inside a string: before that its text is the string's).
+ * Each token's text, and the JSON openers ({ [ " , : and escapes, and any `extra` characters) it
+ * holds: all of them (what it can open outside a string), and those from its first quote or
+ * backslash on (what it can open from inside a string: before that its text is the string's).
  */
 export interface VocabularyText {
   texts: string[];
+  /**
+   * The UTF-8 continuation bytes a token leaves owed (its last character cut short), or, for a
+   * token of continuation bytes only, CONTINUATION_ONLY (it pays `continuations` of those owed).
+   */
+  owes: Uint8Array;
+  continuations: Uint8Array;
   /** 1 where a token's text has no quote or backslash (it stays inside a JSON string). */
   plain: Uint8Array;
   openers: Uint8Array;
@@ -72,20 +80,54 @@ export interface VocabularyText {
   mostOpenersAfterQuote: number;
 }
 
-const vocabularies = new WeakMap<Tokenizer, VocabularyText>();
+const CONTINUATION_ONLY = 255;
 
-export function vocabularyText(tokenizer: Tokenizer): VocabularyText {
-  let v = vocabularies.get(tokenizer);
+/** The continuation bytes owed after `bytes`, or CONTINUATION_ONLY; and how many continuation bytes lead them. */
+function utf8Owed(bytes: Uint8Array): { owes: number; continuations: number } {
+  let continuations = 0;
+  while (continuations < bytes.length && (bytes[continuations]! & 0xc0) === 0x80) continuations++;
+  if (continuations === bytes.length) return { owes: CONTINUATION_ONLY, continuations };
+  let owes = 0;
+  for (let i = continuations; i < bytes.length; i++) {
+    const b = bytes[i]!;
+    if (b < 0x80) owes = 0;
+    else if (b >= 0xc0) owes = b >= 0xf0 ? 3 : b >= 0xe0 ? 2 : 1;
+    else owes = Math.max(0, owes - 1);
+  }
+  return { owes, continuations };
+}
+
+/** A token's bytes: exact for byte-level tokenizers and byte-fallback tokens (<0xXX>), else its text's. */
+function tokenBytes(tokenizer: Tokenizer, id: number): Uint8Array {
+  if (tokenizer.isByteLevel) return tokenizer.tokenBytes(id);
+  const byte = /^<0x([0-9A-Fa-f]{2})>$/.exec(tokenizer.idToToken(id) ?? "");
+  return byte ? Uint8Array.of(Number.parseInt(byte[1]!, 16)) : new TextEncoder().encode(tokenizer.decode([id]));
+}
+
+const vocabularies = new WeakMap<Tokenizer, Map<string, VocabularyText>>();
+
+/** The vocabulary as the steering reads it; `extra`: characters that also count as openers. */
+export function vocabularyText(tokenizer: Tokenizer, extra = ""): VocabularyText {
+  let byOpeners = vocabularies.get(tokenizer);
+  if (!byOpeners) vocabularies.set(tokenizer, (byOpeners = new Map()));
+  let v = byOpeners.get(extra);
   if (!v) {
     const utf8 = new TextDecoder();
     const texts = new Array<string>(tokenizer.vocabSize);
+    const owes = new Uint8Array(tokenizer.vocabSize);
+    const continuations = new Uint8Array(tokenizer.vocabSize);
     const plain = new Uint8Array(tokenizer.vocabSize);
     const openers = new Uint8Array(tokenizer.vocabSize);
     const openersAfterQuote = new Uint8Array(tokenizer.vocabSize);
-    const count = (text: string) => Math.min(255, text.match(/[{["\\,:]/g)?.length ?? 0);
+    const opener = new RegExp(`[{["\\\\,:${extra.replace(/[\\\]^-]/g, "\\$&")}]`, "g");
+    const count = (text: string) => Math.min(255, text.match(opener)?.length ?? 0);
     for (let id = 0; id < tokenizer.vocabSize; id++) {
-      const text = tokenizer.isByteLevel ? utf8.decode(tokenizer.tokenBytes(id)) : tokenizer.decode([id]);
+      const bytes = tokenBytes(tokenizer, id);
+      const text = tokenizer.isByteLevel ? utf8.decode(bytes) : tokenizer.decode([id]);
       texts[id] = text;
+      const owed = utf8Owed(bytes);
+      owes[id] = owed.owes;
+      continuations[id] = owed.continuations;
       const quote = text.search(/["\\]/);
       if (quote < 0) plain[id] = 1;
       else openersAfterQuote[id] = count(text.slice(quote + 1));
@@ -93,13 +135,15 @@ export function vocabularyText(tokenizer: Tokenizer): VocabularyText {
     }
     v = {
       texts,
+      owes,
+      continuations,
       plain,
       openers,
       openersAfterQuote,
       mostOpeners: Math.max(...openers),
       mostOpenersAfterQuote: Math.max(...openersAfterQuote),
     };
-    vocabularies.set(tokenizer, v);
+    byOpeners.set(extra, v);
   }
   return v;
 }
@@ -122,6 +166,9 @@ export class BudgetSteering {
   closedEarly = false;
   private plan: Plan | undefined;
   private last: number | undefined;
+  /** UTF-8 continuation bytes the text so far owes (a character cut between tokens). */
+  private owed = 0;
+  private readonly stopIds: ReadonlySet<number>;
   /** The most one opener can add to the shortest completion, in bytes (separators and a literal's start included). */
   private readonly perOpener: number;
 
@@ -137,6 +184,7 @@ export class BudgetSteering {
     opening: number,
   ) {
     this.perOpener = opening + 11;
+    this.stopIds = tokenizer.eosTokenIds;
   }
 
   /** Tokens the shortest valid answer takes from the start (checked against max_tokens up front). */
@@ -148,6 +196,13 @@ export class BudgetSteering {
   observe(token: number): void {
     this.progress.feed(this.vocab.texts[token] ?? "");
     this.last = token;
+    this.owed = this.owedAfter(token);
+  }
+
+  /** The continuation bytes owed once `token` follows the text so far (each may take a token). */
+  private owedAfter(token: number): number {
+    const owes = this.vocab.owes[token] ?? 0;
+    return owes === CONTINUATION_ONLY ? Math.max(0, this.owed - this.vocab.continuations[token]!) : owes;
   }
 
   /** Narrows `mask` (1 = allowed by the grammar) so that a valid completion fits what is left after this step. */
@@ -160,37 +215,42 @@ export class BudgetSteering {
       if (error instanceof UnsteerableSchemaError) return; // nothing to steer by: the grammar alone decides
       throw error;
     }
-    if (completion === "") return;
+    // A complete answer may still go on (another tool call): what an opener there owes counts too.
     // No token allowed now can add more than its openers can open (+5: a literal's or a
-    // number's start, an escape); inside a string only those past a quote open anything.
-    // Far from the budget, nothing to narrow.
+    // number's start, an escape; +3: the rest of a UTF-8 character it cuts short); inside a
+    // string only those past a quote open anything. Far from the budget, nothing to narrow.
     const left = remaining - 1;
     const bytes = utf8Length(completion);
-    const safe = (openers: number) => bytes + openers * this.perOpener + 5 <= left;
+    const safe = (openers: number) => bytes + openers * this.perOpener + 8 <= left;
     const free = this.progress.inFreeString();
     const openers = free ? this.vocab.openersAfterQuote : this.vocab.openers;
     if (safe(free ? this.vocab.mostOpenersAfterQuote : this.vocab.mostOpeners)) return;
     let most = 0;
-    for (let id = 0; id < mask.length; id++) if (mask[id] && openers[id]! > most) most = openers[id]!;
+    for (let id = 0; id < mask.length; id++)
+      if (mask[id] && openers[id]! > most && !this.stopIds.has(id)) most = openers[id]!;
     if (safe(most)) return;
     const plan = this.planFor(completion);
-    const first = plan.tokens[0]!;
+    // The plan's first token, or (a complete answer) the end of sequence, always stays.
+    const first = plan.tokens[0];
     // The reading disagrees with the grammar: better the grammar's choice than a wrong one.
-    if (!mask[first]) return;
+    // (Inside a UTF-8 character only its continuation can follow: the plan waits for it.)
+    if (first !== undefined && !mask[first] && this.owed === 0) return;
     let narrowed = false;
     let simulated = 0;
     for (let id = 0; id < mask.length; id++) {
-      if (!mask[id] || id === first) continue;
+      if (!mask[id] || id === first || this.stopIds.has(id)) continue;
+      const owed = this.owedAfter(id);
       if (
         free && this.vocab.plain[id]
-          ? plan.tokens.length <= left
-          : safe(openers[id]!) || (simulated++ < MAX_SIMULATED && this.fitsAfter(id, plan, left))
+          ? plan.tokens.length + owed <= left
+          : safe(openers[id]!) || (simulated++ < MAX_SIMULATED && this.fitsAfter(id, plan, left - owed))
       )
         continue;
       mask[id] = 0;
       narrowed = true;
     }
-    if (narrowed) this.closedEarly = true;
+    // An answer already complete here (its calls closed) was not cut: only kept from more calls.
+    if (narrowed && completion !== "") this.closedEarly = true;
   }
 
   /** Whether after token `id` a valid completion surely fits `left` tokens. */
@@ -200,7 +260,11 @@ export class BudgetSteering {
     const next = this.progress.clone();
     next.feed(text);
     try {
-      return tokensAtMost(next.completion(), plan) <= left;
+      const completion = next.completion();
+      if (tokensAtMost(completion, plan) <= left) return true;
+      // From a complete answer (no plan), a token that opens more (another call) owes all of
+      // it: the plan the next step makes of it is its encoding, which is followed from there.
+      return plan.tokens.length === 0 && this.tokenizer.encode(completion, { addSpecialTokens: false }).length <= left;
     } catch (error) {
       if (error instanceof UnsteerableSchemaError) return false;
       throw error;

@@ -80,6 +80,8 @@ function callsProgress(format: ToolCallFormat, functions: ToolSpec[], required: 
       trigger: required ? undefined : format.trigger,
     }),
     opening,
+    // What opens another call: the trigger in free text, the separator after a call.
+    openers: required ? (format.separator.trim()[0] ?? format.separator[0]) : format.trigger[0],
   };
 }
 
