@@ -525,6 +525,30 @@ describe("through mlx run and the server", () => {
       });
       expect(t.status).toBe(400);
       expect(t.json.error.param).toBe("max_tokens");
+      // Each API's own name for the budget.
+      for (const [path, body, param] of [
+        [
+          "/v1/chat/completions",
+          { max_completion_tokens: 3, response_format: responseFormat, messages },
+          "max_completion_tokens",
+        ],
+        [
+          "/v1/responses",
+          { max_output_tokens: 3, text: { format: { type: "json_schema", name: "r", schema } }, input: messages },
+          "max_output_tokens",
+        ],
+        ["/api/chat", { options: { num_predict: 3 }, format: schema, messages, stream: false }, "options.num_predict"],
+      ] as const) {
+        const named = await post(`${server.url}${path}`, { model: modelDir, ...body });
+        expect(named.status).toBe(400);
+        // Ollama's errors are one string; the others name the field as their param too.
+        const error = named.json.error;
+        expect(typeof error === "string" ? error : [error.param, error.message]).toEqual(
+          typeof error === "string"
+            ? expect.stringContaining(`${param} 3 is too small`)
+            : [param, expect.stringMatching(new RegExp(`^${param} 3 is too small`))],
+        );
+      }
       const ok = await openai.chat.completions.create({
         model: modelDir,
         messages,

@@ -15,6 +15,8 @@ export interface OpenAIRequest {
   stream: boolean;
   includeUsage: boolean;
   maxTokens?: number;
+  /** The field that set maxTokens, for its errors. */
+  maxTokensParam: "max_completion_tokens" | "max_tokens";
   sampling: SamplingInput;
   stop: string[];
   /** Whether to return logprobs, and how many alternatives per token. */
@@ -105,7 +107,8 @@ function commonFields(f: Fields): Omit<OpenAIRequest, "prompt" | "logprobs" | "t
     throw new ValidationError("'stream_options' is only allowed when 'stream' is true", "stream_options");
   streamOptions?.onlyKnown(["include_usage"]);
   const includeUsage = streamOptions?.boolean("include_usage") ?? false;
-  const maxTokens = f.integer("max_completion_tokens", { min: 1 }) ?? f.integer("max_tokens", { min: 1 });
+  const newer = f.integer("max_completion_tokens", { min: 1 });
+  const maxTokens = newer ?? f.integer("max_tokens", { min: 1 });
   let topK = f.integer("top_k", { min: -1 });
   if (topK === -1) topK = 0; // vLLM's "disabled"
   const sampling: SamplingInput = {
@@ -134,6 +137,7 @@ function commonFields(f: Fields): Omit<OpenAIRequest, "prompt" | "logprobs" | "t
     stream,
     includeUsage,
     maxTokens,
+    maxTokensParam: newer === undefined ? "max_tokens" : "max_completion_tokens",
     sampling,
     stop,
     format,

@@ -3,6 +3,7 @@
 // tools), checked against the vocabulary and the context, max_tokens settled, the grammar the
 // answer must follow and every logits processor.
 import { ContextLengthError, InvalidParameterError, UnsupportedError } from "../errors";
+import { BudgetError } from "./budget/steering";
 import type { LoadedModel } from "../models/load";
 import type { Tokenizer } from "../tokenizer/tokenizer";
 import { createJsonConstraint, SchemaError, type GrammarConstraint, type JsonFormat } from "./grammar";
@@ -51,6 +52,8 @@ export interface GenerationSpec {
   maxTokens?: number;
   /** Make a max_tokens beyond the model's context an error instead of clamping it (OpenAI). */
   strictMaxTokens?: boolean;
+  /** The request's own name for maxTokens, in its errors (default max_tokens). */
+  maxTokensParam?: string;
   stop?: string[];
   /** Alternatives reported per token (0: none). */
   topLogprobs?: number;
@@ -102,14 +105,17 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
       spec.prompt.kind === "chat" ? "messages" : "prompt",
     );
   }
+  const maxTokensParam = spec.maxTokensParam ?? "max_tokens";
   if (spec.strictMaxTokens && spec.maxTokens !== undefined && spec.maxTokens > context)
     throw new InvalidParameterError(
-      `max_tokens is ${spec.maxTokens}, more than the model's context of ${context} tokens`,
-      "max_tokens",
+      `${maxTokensParam} is ${spec.maxTokens}, more than the model's context of ${context} tokens`,
+      maxTokensParam,
     );
   const room = rotating ? context : context - promptIds.length;
   const maxTokens = Math.min(spec.maxTokens ?? room, rotating ? Infinity : room);
-  const constraint = await grammarConstraint(lm, spec, toolFormat, maxTokens);
+  const constraint = await grammarConstraint(lm, spec, toolFormat, maxTokens).catch((error) => {
+    throw error instanceof BudgetError ? new BudgetError(error.maxTokens, error.minimum, maxTokensParam) : error;
+  });
   // Where the template starts the reasoning itself, the answer begins inside it.
   const startsInside = thinking !== undefined && opensThinking(lm.tokenizer.decode(promptIds.slice(-16)));
   const budget =

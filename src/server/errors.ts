@@ -67,7 +67,7 @@ export function toApiError(error: unknown, onInternal?: (error: unknown) => void
     return new ApiError(400, error.message, "invalid_request_error", error.param, "unsupported");
   if (error instanceof SchemaError)
     return new ApiError(400, error.message, "invalid_request_error", null, "invalid_schema");
-  if (error instanceof BudgetError) return new ApiError(400, error.message, "invalid_request_error", "max_tokens");
+  if (error instanceof BudgetError) return new ApiError(400, error.message, "invalid_request_error", error.option);
   // Nobody reads it (the client went away): the status only counts it in /metrics.
   if (error instanceof EmbeddingCancelled) return new ApiError(499, error.message, "invalid_request_error");
   if (error instanceof ContextLengthError)

@@ -31,6 +31,8 @@ export interface GenerateInput {
   maxTokens?: number;
   /** Whether a max_tokens beyond the context is an error (OpenAI) or clamped (Ollama). */
   strictMaxTokens: boolean;
+  /** The request's name for maxTokens, in its errors (default max_tokens). */
+  maxTokensParam?: string;
   stop?: string[];
   /** Whether the answer's tokens' logprobs are asked for. */
   logprobs?: boolean;
@@ -142,6 +144,7 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
       sampling: settleSampling(input.sampling, input.defaults),
       maxTokens: input.maxTokens,
       strictMaxTokens: input.strictMaxTokens,
+      maxTokensParam: input.maxTokensParam,
       stop: input.stop,
       topLogprobs: input.topLogprobs ?? 0,
       format: input.format,

@@ -53,7 +53,8 @@ export class BudgetError extends Error {
   constructor(
     readonly maxTokens: number,
     readonly minimum: number,
-    option = "max_tokens",
+    /** The request's name for the budget (a field, or a flag). */
+    readonly option = "max_tokens",
   ) {
     super(`${option} ${maxTokens} is too small for this format: the shortest valid answer takes ${minimum} tokens`);
   }

@@ -231,6 +231,7 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
     sampling: req.sampling,
     defaults: ollamaDefaults,
     maxTokens: req.maxTokens,
+    maxTokensParam: "options.num_predict",
     strictMaxTokens: false,
     stop: req.stop,
     format: req.format,

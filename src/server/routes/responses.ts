@@ -75,6 +75,7 @@ async function respond(s: ServerState, c: Context, stored: ResponseStore): Promi
     sampling: req.sampling,
     defaults: { temperature: 1, topP: 1 },
     maxTokens: req.maxTokens,
+    maxTokensParam: "max_output_tokens",
     strictMaxTokens: true,
     format: req.format,
     tools: req.tools,
