@@ -2,7 +2,7 @@
 // adapter, clear errors for a bad adapter, and `mlx serve` answering the base and two adapters
 // of one loaded model at once, each request exactly as it is answered alone.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import OpenAI from "openai";
@@ -84,6 +84,42 @@ describe("mlx run with adapters", () => {
     expect(r.stderr.trim().split("\n")).toHaveLength(1);
     const both = await mlx(["run", "-m", "tiny-tuned", "--adapter", adapterB, "hi"]);
     expect(both.stderr).toContain("already has an adapter");
+    const notObject = join(root, "not-object");
+    writeRandomAdapter(notObject, { layers: lastLayers(2, 1, projections) });
+    writeFileSync(join(notObject, "adapter_config.json"), "null");
+    const nulled = await mlx(["run", "-m", "tiny", "--adapter", notObject, "hi"]);
+    expect(nulled).toMatchObject({
+      code: 1,
+      stderr: `error: ${join(notObject, "adapter_config.json")} is not a JSON object (expected mlx-lm's adapter_config.json)\n`,
+    });
+  }, 60_000);
+
+  test("a DoRA adapter from mlx-lm 0.18 and older (use_dora, lora_layers) is DoRA, as that mlx-lm read it", async () => {
+    const older = join(root, "older-dora");
+    cpSync(adapterB, older, { recursive: true });
+    const configPath = join(older, "adapter_config.json");
+    const { fine_tune_type: _, num_layers, ...config } = JSON.parse(readFileSync(configPath, "utf8"));
+    writeFileSync(configPath, JSON.stringify({ ...config, lora_layers: num_layers, use_dora: true }));
+    expect(await ids(["-m", "tiny", "--adapter", older])).toEqual(await ids(["-m", "tiny", "--adapter", adapterB]));
+  }, 60_000);
+
+  test("mlx fuse never stores over a model that was pulled or converted, nor under an alias's name", async () => {
+    const plain = join(root, "plain");
+    cpSync(model, plain, { recursive: true });
+    expect((await mlx(["pull", plain])).code).toBe(0);
+    const manifest = () => readFileSync(join(home, "manifests", "plain.json"), "utf8");
+    const before = manifest();
+    const taken = await mlx(["fuse", "tiny", "--adapter", adapterA, "plain"]);
+    expect(taken).toMatchObject({
+      code: 1,
+      stderr: `error: 'plain' is already a stored model (${plain}); give the fused model another name, or remove that one first (mlx rm plain)\n`,
+    });
+    expect(manifest()).toBe(before);
+    const alias = await mlx(["fuse", "plain", "--adapter", adapterA, "tiny-tuned"]);
+    expect(alias).toMatchObject({
+      code: 1,
+      stderr: "error: 'tiny-tuned' is an alias in models.toml; give the fused model another name\n",
+    });
   }, 60_000);
 });
 

@@ -90,8 +90,10 @@ describe("mlx convert errors", () => {
       const full = join(work, "full");
       mkdirSync(full);
       writeFileSync(join(full, "keep"), "");
+      const file = join(full, "keep");
       const cases: [string[], string][] = [
         [[full], `error: ${full} exists and is not empty (use --force to replace it)`],
+        [[file, "--force"], `error: ${file} exists and is not a directory`],
         [[join(work, "out"), "--bits", "abc"], "error: --bits must be a whole number ≥ 0 (got 'abc')"],
         [
           [join(work, "out"), "--bits", "7"],

@@ -9,6 +9,7 @@ import { join } from "node:path";
 import * as mx from "../src/mlx";
 import { readGGUFHeader } from "../src/models/gguf-header";
 import { loadGGUFTensors } from "../src/models/gguf-tensors";
+import { loadModel } from "../src/models/load";
 import expected from "./fixtures/gguf-quants.json";
 
 const fixture = (name: string) => join(import.meta.dir, "fixtures", name);
@@ -68,6 +69,20 @@ describe("a GGUF header that is not one", () => {
     const path = header(Buffer.concat([u64(0xa0b0c0d0e0f00000n), u64(0x1020304050607080n), Buffer.alloc(200, 0x5a)]));
     expect(() => readGGUFHeader(path)).toThrow(
       /^invalid GGUF header: \d+ tensors and \d+ metadata entries cannot fit in a file of 224 bytes$/,
+    );
+  });
+
+  test("one file of a split GGUF (gguf-split) is refused as such, not as a damaged model", () => {
+    const u16Entry = (key: string, value: number) => {
+      const v = Buffer.alloc(6);
+      v.writeUInt32LE(2); // GGUF's uint16
+      v.writeUInt16LE(value, 4);
+      return Buffer.concat([u64(BigInt(key.length)), Buffer.from(key), v]);
+    };
+    const path = header(Buffer.concat([u64(0n), u64(2n), u16Entry("split.no", 0), u16Entry("split.count", 3)]));
+    expect(readGGUFHeader(path).split).toEqual({ index: 0, count: 3 });
+    expect(() => loadModel(path)).toThrow(
+      `${path} is part 1 of a GGUF split into 3 files; join them into one first (llama.cpp: llama-gguf-split --merge <first part> merged.gguf)`,
     );
   });
 

@@ -7,7 +7,7 @@ import { buildModel, forward, makeCaches, parseConfig, Weights, freeCaches, type
 import { SlidingKVCache } from "../src/models/sliding-cache";
 import { ggufModel, hfTensorName } from "../src/models/gguf";
 import type { MetaValue } from "../src/mlx";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadModel } from "../src/models/load";
@@ -388,6 +388,41 @@ describe("GGUF layout", () => {
     expect(mx.scope(() => mx.max(mx.abs(mx.subtract(a, b))).item())).toBeLessThan(1e-5);
   });
 
+  test("a GGUF's RoPE scaling (linear, YaRN, the older scale_linear) becomes config.json's rope_scaling", () => {
+    const metadata = (extra: Record<string, MetaValue>) => ({
+      "general.architecture": "qwen2",
+      "qwen2.attention.head_count": tinyDims.heads,
+      "qwen2.embedding_length": tinyDims.hidden,
+      "qwen2.block_count": 2,
+      "qwen2.feed_forward_length": tinyDims.intermediate,
+      "qwen2.vocab_size": 300,
+      ...extra,
+    });
+    const scaling = (extra: Record<string, MetaValue>) =>
+      parseConfig(ggufModel({ tensors: new Map(), metadata: metadata(extra) }).config).ropeScaling;
+    expect(scaling({})).toBeUndefined();
+    expect(scaling({ "qwen2.rope.scaling.type": "none", "qwen2.rope.scaling.factor": 4 })).toBeUndefined();
+    expect(scaling({ "qwen2.rope.scaling.type": "linear", "qwen2.rope.scaling.factor": 4 })).toMatchObject({
+      type: "linear",
+      factor: 4,
+    });
+    expect(scaling({ "qwen2.rope.scale_linear": 2 })).toMatchObject({ type: "linear", factor: 2 });
+    expect(
+      scaling({
+        "qwen2.rope.scaling.type": "yarn",
+        "qwen2.rope.scaling.factor": 4,
+        "qwen2.rope.scaling.original_context_length": 32768,
+        "qwen2.rope.scaling.yarn_beta_fast": 16,
+      }),
+    ).toMatchObject({
+      type: "yarn",
+      factor: 4,
+      originalMaxPositionEmbeddings: 32768,
+      betaFast: 16,
+      betaSlow: undefined,
+    });
+  });
+
   test("an unsupported architecture names the supported ones", () => {
     expect(() => ggufModel({ tensors: new Map(), metadata: { "general.architecture": "gpt2" } })).toThrow(
       /unsupported GGUF architecture 'gpt2' \(supported: llama/,
@@ -401,10 +436,67 @@ describe("GGUF layout", () => {
   });
 });
 
+describe("a config.json without tie_word_embeddings", () => {
+  const logits = (dir: string) => {
+    const lm = loadModel(dir);
+    try {
+      return mx.scope(() => forward(lm.model, ids(sequence), makeCaches(lm.model)).toArray());
+    } finally {
+      lm.free();
+    }
+  };
+  // mlx-lm's defaults: tied for llama, mistral and qwen2; an output layer of its own for phi3,
+  // mixtral, qwen3_moe and gpt-oss (and qwen3, where mlx-lm needs the key and transformers unties).
+  for (const modelType of ["phi3", "mixtral", "qwen3", "qwen3_moe", "gpt_oss"] as const)
+    test(`${modelType}: its lm_head is used, as with tie_word_embeddings false`, () => {
+      const dir = mkdtempSync(join(tmpdir(), "mlx-untied-"));
+      try {
+        writeTinyModel(dir, { modelType, tied: false, layers: 2 });
+        const explicit = logits(dir);
+        const configPath = join(dir, "config.json");
+        const { tie_word_embeddings: _, ...config } = JSON.parse(readFileSync(configPath, "utf8"));
+        writeFileSync(configPath, JSON.stringify(config));
+        expect(logits(dir)).toEqual(explicit);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
+  test("llama, mistral and qwen2 tie it, as mlx-lm does", () => {
+    for (const modelType of ["llama", "mistral", "qwen2"] as const) {
+      const { tie_word_embeddings: _, ...config } = tinyConfig({ modelType, tied: false });
+      expect(parseConfig(config).tieWordEmbeddings).toBe(true);
+    }
+  });
+});
+
 describe("a config.json that does not describe the weights", () => {
   // tinyDims: 2 layers, hidden 64, 4 heads of 16, 2 key-value heads.
-  const cases: [string, unknown, string][] = [
+  const cases: [string, unknown, string | RegExp, TinyOptions?][] = [
     ["null as the whole file", null, "config.json is not a JSON object"],
+    [
+      "a vocab_size the embedding does not have",
+      { vocab_size: 1000 },
+      "does not match the weights: tensor model.embed_tokens.weight has shape [49152,64], but vocab_size is 1000",
+    ],
+    [
+      "bits the quantized weights do not have",
+      { quantization: { group_size: 32, bits: 8 } },
+      /does not match the weights: '[\w.]+' has weight \[\d+,\d+\] and scales \[\d+,2\], which do not fit 8-bit quantization in groups of 32$/,
+      { quantize: { groupSize: 32, bits: 4 } },
+    ],
+    [
+      "a group size the quantized weights do not have",
+      { quantization: { group_size: 64, bits: 4, "model.embed_tokens": { group_size: 32, bits: 4 } } },
+      /does not match the weights: 'model\.(?!embed)[\w.]+' has weight \[\d+,\d+\] and scales \[\d+,\d+\], which do not fit 4-bit quantization in groups of 64$/,
+      { quantize: { groupSize: 32, bits: 4 } },
+    ],
+    [
+      "weights packed by a Hugging Face scheme we do not read (GPTQ)",
+      { quantization: undefined, quantization_config: { quant_method: "gptq", bits: 4, group_size: 32 } },
+      /: quant_method 'gptq' is not a quantization we read \(MLX's own and mxfp4 are; its tensor [\w.]+ is uint32\); use an MLX-quantized or GGUF version of this model$/,
+      { quantize: { groupSize: 32, bits: 4 } },
+    ],
     [
       "more layers than the weights hold",
       { num_hidden_layers: 3 },
@@ -426,10 +518,10 @@ describe("a config.json that does not describe the weights", () => {
       "does not match the weights: tensor model.layers.0.self_attn.q_proj.weight has shape [64,64], but num_attention_heads × head_dim (2 × 16) is 32",
     ],
   ];
-  for (const [name, change, message] of cases) {
+  for (const [name, change, message, options] of cases) {
     test(`${name}: one line naming the file and the problem`, () => {
       const dir = join(mkdtempSync(join(tmpdir(), "mlx-config-")), "tiny");
-      writeTinyModel(dir);
+      writeTinyModel(dir, options);
       const configPath = join(dir, "config.json");
       const config = change && { ...JSON.parse(readFileSync(configPath, "utf8")), ...change };
       writeFileSync(configPath, JSON.stringify(config));
@@ -440,7 +532,8 @@ describe("a config.json that does not describe the weights", () => {
           return error as Error;
         }
       })();
-      expect(error?.message).toContain(message);
+      if (typeof message === "string") expect(error?.message).toContain(message);
+      else expect(error?.message).toMatch(message);
       expect(error?.message).toContain(change ? configPath : dir);
       expect(error?.message.split("\n")).toHaveLength(1);
     });

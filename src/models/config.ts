@@ -41,6 +41,8 @@ export interface ModelConfig {
   /** Default quantization, and per-layer overrides by weight prefix (false = not quantized). */
   quantization?: QuantConfig;
   quantizationOverrides: Record<string, QuantConfig | false>;
+  /** A Hugging Face quantization_config's quant_method that is not MLX's (gptq, awq, fp8, ...). */
+  foreignQuantization?: string;
   /** The config.json as read, for writing it back out. */
   raw: Record<string, unknown>;
 }
@@ -83,13 +85,20 @@ function parseRopeScaling(value: unknown, originalContext?: unknown): RopeScalin
   };
 }
 
-function parseQuantization(raw: Record<string, unknown>): Pick<ModelConfig, "quantization" | "quantizationOverrides"> {
+function parseQuantization(
+  raw: Record<string, unknown>,
+): Pick<ModelConfig, "quantization" | "quantizationOverrides" | "foreignQuantization"> {
   const q = (raw.quantization ?? raw.quantization_config) as Record<string, unknown> | undefined;
   const overrides: Record<string, QuantConfig | false> = {};
   if (!q || typeof q !== "object") return { quantization: undefined, quantizationOverrides: overrides };
   // A Hugging Face checkpoint in MX FP4 (gpt-oss as OpenAI ships it): the layers with scales are MLX's mxfp4.
   if (q.quant_method === "mxfp4")
     return { quantization: { groupSize: 32, bits: 4, mode: "mxfp4" }, quantizationOverrides: overrides };
+  // Other Hugging Face schemes (GPTQ, AWQ, FP8, bitsandbytes, ...) pack their weights otherwise, so
+  // their parameters are not MLX's: the section is left aside, as mlx-lm does, and the loader
+  // refuses weights packed that way (foreignQuantization names the scheme for its message).
+  if (q.quant_method !== undefined)
+    return { quantization: undefined, quantizationOverrides: overrides, foreignQuantization: String(q.quant_method) };
   const base: QuantConfig = {
     groupSize: num(q.group_size, 64),
     bits: num(q.bits, 4),
@@ -107,6 +116,19 @@ function parseQuantization(raw: Record<string, unknown>): Pick<ModelConfig, "qua
     }
   }
   return { quantization: base, quantizationOverrides: overrides };
+}
+
+/**
+ * Architectures whose output layer is its own unless config.json says otherwise: mlx-lm's default
+ * for phi3, mixtral and qwen3_moe, gpt-oss never ties, and transformers' for qwen3 (mlx-lm requires
+ * the key there). Elsewhere mlx-lm ties by default (llama, mistral, qwen2); gemma3 decides by
+ * whether lm_head is in the weights.
+ */
+const untiedByDefault = new Set(["phi3", "mixtral", "qwen3", "qwen3_moe", "gpt_oss"]);
+
+function tiedWordEmbeddings(raw: Record<string, unknown>, modelType: string): boolean {
+  if (typeof raw.tie_word_embeddings === "boolean") return raw.tie_word_embeddings;
+  return !untiedByDefault.has(modelType);
 }
 
 function eosIds(value: unknown): number[] {
@@ -135,7 +157,7 @@ export function parseConfig(json: unknown): ModelConfig {
     ropeTraditional: raw.rope_traditional === true,
     ropeScaling: parseRopeScaling(raw.rope_scaling, raw.original_max_position_embeddings),
     maxPositionEmbeddings: field(raw, "max_position_embeddings", 4096),
-    tieWordEmbeddings: raw.tie_word_embeddings !== false,
+    tieWordEmbeddings: tiedWordEmbeddings(raw, raw.model_type),
     attentionBias: raw.attention_bias === true,
     mlpBias: raw.mlp_bias === true,
     eosTokenIds: eosIds(raw.eos_token_id),

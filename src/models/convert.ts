@@ -1,10 +1,10 @@
 // GGUF → an MLX-community model directory that mlx-lm loads as it is: quantized weights
 // kept as affine 4/8-bit, config.json, the tokenizer files and the chat template.
-import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import * as mx from "../mlx";
 import { ggufModel, hfTensorName, quantizationOf, type GGUFModel } from "./gguf";
-import { readGGUFHeader, type GGUFHeader } from "./gguf-header";
+import { readGGUFHeader, refuseSplitGGUF, type GGUFHeader } from "./gguf-header";
 import { keptQuantizedTypes, loadGGUFTensors } from "./gguf-tensors";
 import { withModelErrors } from "./load";
 import { tokenizerFilesFromGGUF } from "../tokenizer/gguf";
@@ -31,6 +31,8 @@ export function convertGGUF(
   { force = false, bits = 4, groupSize = 64 }: ConvertOptions = {},
 ): ConvertResult {
   const target = resolve(outDir);
+  // --force replaces a directory of an earlier conversion, never a file given by mistake.
+  if (existsSync(target) && !statSync(target).isDirectory()) throw new Error(`${target} exists and is not a directory`);
   if (existsSync(target) && readdirSync(target).length > 0 && !force) {
     throw new Error(`${target} exists and is not empty (use --force to replace it)`);
   }
@@ -40,6 +42,7 @@ export function convertGGUF(
   // A file that cannot be read is a ModelLoadError, as at load: the CLI tells it from a bad
   // option or an output it cannot write. The header check refuses a corrupt file before MLX reads it.
   const header = withModelErrors(ggufPath, () => readGGUFHeader(ggufPath));
+  refuseSplitGGUF(header, ggufPath);
   const gguf = ggufModel(withModelErrors(ggufPath, () => loadGGUFTensors(ggufPath, header)));
   try {
     if (bits > 0) requantize(gguf, header, { bits, groupSize });

@@ -68,6 +68,8 @@ export interface GGUFHeader {
   tensorTableStart: number;
   /** Where the tensors' data starts. */
   dataStart: number;
+  /** A file of a model split by llama.cpp's gguf-split: which one (from 0) of how many. */
+  split?: { index: number; count: number };
 }
 
 class GGUFFormatError extends Error {
@@ -154,11 +156,16 @@ export function readGGUFHeader(path: string): GGUFHeader {
         `invalid GGUF header: ${tensorCount} tensors and ${kvCount} metadata entries cannot fit in a file of ${c.size} bytes`,
       );
     let alignment = 32;
+    const split = { index: 0, count: 1 };
     for (let i = 0; i < kvCount; i++) {
       const key = c.string();
       const type = c.u32();
       if (key === "general.alignment" && type === 4) alignment = c.u32();
-      else skipValue(c, type);
+      else if ((key === "split.no" || key === "split.count") && type === 2) {
+        const value = c.bytes(2).readUInt16LE(0);
+        if (key === "split.no") split.index = value;
+        else split.count = value;
+      } else skipValue(c, type);
     }
     const tensorTableStart = c.position;
     const tensors: GGUFTensorInfo[] = [];
@@ -193,8 +200,29 @@ export function readGGUFHeader(path: string): GGUFHeader {
         );
       }
     }
-    return { version, tensorCount, tensorTypes: types, tensors, alignment, tensorTableStart, dataStart };
+    return {
+      version,
+      tensorCount,
+      tensorTypes: types,
+      tensors,
+      alignment,
+      tensorTableStart,
+      dataStart,
+      ...(split.count > 1 ? { split } : {}),
+    };
   } finally {
     closeSync(fd);
   }
+}
+
+/**
+ * Refuses one file of a split GGUF (llama.cpp's gguf-split): it holds only some of the model's
+ * tensors, so loading it alone would fail on the first missing one, as if the file were damaged.
+ */
+export function refuseSplitGGUF(header: GGUFHeader, path: string): void {
+  if (!header.split) return;
+  const { index, count } = header.split;
+  throw new GGUFFormatError(
+    `${path} is part ${index + 1} of a GGUF split into ${count} files; join them into one first (llama.cpp: llama-gguf-split --merge <first part> merged.gguf)`,
+  );
 }

@@ -168,6 +168,7 @@ export function ggufModel(file: LoadedFile): GGUFModel {
     bos_token_id: meta(m, "tokenizer.ggml.bos_token_id"),
     eos_token_id: eos.length === 1 ? eos[0] : eos,
     ...quantizationOf(tensors),
+    ...ropeScalingConfig(m, arch),
     ...(arch === "gemma3" ? gemma3Config(m, headDim) : {}),
     ...(experts > 0 ? expertsConfig(m, arch, modelType, experts, tensors) : {}),
     ...(arch === "gpt-oss" ? gptOssConfig(m) : {}),
@@ -217,17 +218,37 @@ function expertsConfig(
   };
 }
 
+/**
+ * The RoPE scaling llama.cpp applies (`<arch>.rope.scaling.*`, or the older `rope.scale_linear`), as
+ * config.json's rope_scaling: a model trained with stretched positions (linear, as DeepSeek-Coder;
+ * YaRN, as long-context Qwen) answers with the wrong positions without it.
+ */
+function ropeScalingConfig(m: Record<string, MetaValue>, arch: string): Record<string, unknown> {
+  const key = (name: string) => `${arch}.rope.${name}`;
+  const legacyLinear = metaNumber(m, key("scale_linear"), 1);
+  const declared = meta(m, key("scaling.type"));
+  const type = typeof declared === "string" ? declared : legacyLinear !== 1 ? "linear" : "none";
+  if (type === "none") return {};
+  const optional = (name: string, gguf: string) =>
+    meta(m, key(gguf)) === undefined ? {} : { [name]: metaNumber(m, key(gguf)) };
+  return {
+    rope_scaling: {
+      rope_type: type,
+      factor: metaNumber(m, key("scaling.factor"), legacyLinear),
+      ...optional("original_max_position_embeddings", "scaling.original_context_length"),
+      ...optional("beta_fast", "scaling.yarn_beta_fast"),
+      ...optional("beta_slow", "scaling.yarn_beta_slow"),
+    },
+  };
+}
+
 /** Gemma 3's own config keys; llama.cpp fixes the layer pattern (a global layer every 6) and the local rope base. */
 function gemma3Config(m: Record<string, MetaValue>, headDim: number): Record<string, unknown> {
-  const scaling = meta(m, "gemma3.rope.scaling.type");
   return {
     sliding_window: metaNumber(m, "gemma3.attention.sliding_window", 512),
     sliding_window_pattern: 6,
     query_pre_attn_scalar: headDim,
     rope_local_base_freq: 10_000,
-    ...(typeof scaling === "string" && scaling !== "none"
-      ? { rope_scaling: { rope_type: scaling, factor: metaNumber(m, "gemma3.rope.scaling.factor", 1) } }
-      : {}),
   };
 }
 

@@ -7,7 +7,7 @@ import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import { buildModel, parseConfig, Weights, type DecoderModel, type ModelConfig } from "./index";
 import { ggufModel, isGGUFFile } from "./gguf";
-import { readGGUFHeader } from "./gguf-header";
+import { readGGUFHeader, refuseSplitGGUF } from "./gguf-header";
 import { keptQuantizedTypes, loadGGUFTensors } from "./gguf-tensors";
 import { Tokenizer } from "../tokenizer/tokenizer";
 import type { Adapter } from "./lora";
@@ -109,6 +109,7 @@ export function readDirectoryTensors(dir: string): { config: ModelConfig; tensor
 
 function loadGGUFFile(file: string, stage?: Stage, shard?: Shard): LoadedModel {
   const header = withModelErrors(file, () => readGGUFHeader(file));
+  refuseSplitGGUF(header, file);
   const loaded = withModelErrors(file, () =>
     loadGGUFTensors(file, header, stage && ((name) => stageHolds(stage, name))),
   );
@@ -221,6 +222,10 @@ function checkTensorsFitConfig(
   };
   const heads = (name: string, count: number) => `${name} × head_dim (${count} × ${config.headDim})`;
   expectSize("model.norm.weight", config.hiddenSize, "hidden_size");
+  // Token ids past vocab_size would be refused as if the prompt were wrong, ids past the embedding read garbage.
+  expectSize("model.embed_tokens.weight", config.vocabSize, "vocab_size");
+  expectSize("lm_head.weight", config.vocabSize, "vocab_size");
+  checkQuantizedShapes(tensors, config, source, mismatch);
   for (let layer = start; layer < end; layer++) {
     const prefix = `model.layers.${layer}`;
     expectSize(`${prefix}.input_layernorm.weight`, config.hiddenSize, "hidden_size");
@@ -234,6 +239,39 @@ function checkTensorsFitConfig(
       config.numKeyValueHeads * config.headDim,
       heads("num_key_value_heads", config.numKeyValueHeads),
     );
+  }
+}
+
+/**
+ * Each quantized layer's packed weight and scales must hold the same inputs under the bits and
+ * group size config.json gives it (inputs = packed words × 32 / bits = groups × group size):
+ * otherwise the first product fails mid-answer with MLX's words, not ours. Weights packed by
+ * another scheme (a quantization_config MLX does not read) are refused by name.
+ */
+function checkQuantizedShapes(
+  tensors: Map<string, MxArray>,
+  config: ModelConfig,
+  source: string,
+  mismatch: (problem: string) => ModelLoadError,
+): void {
+  if (config.foreignQuantization) {
+    const packed = [...tensors].find(([, t]) => !mx.isFloating(t.dtype));
+    if (packed)
+      throw new ModelLoadError(
+        `${source}: quant_method '${config.foreignQuantization}' is not a quantization we read (MLX's own and mxfp4 are; its tensor ${packed[0]} is ${packed[1].dtypeName}); use an MLX-quantized or GGUF version of this model`,
+      );
+  }
+  for (const [name, scales] of tensors) {
+    if (!name.endsWith(".scales")) continue;
+    const prefix = name.slice(0, -".scales".length);
+    const weight = tensors.get(`${prefix}.weight`);
+    const quant = config.quantizationOverrides[prefix] || config.quantization;
+    if (!weight || !quant) continue;
+    const inputs = (weight.shape.at(-1)! * 32) / quant.bits;
+    if (inputs !== scales.shape.at(-1)! * quant.groupSize)
+      throw mismatch(
+        `'${prefix}' has weight [${weight.shape}] and scales [${scales.shape}], which do not fit ${quant.bits}-bit quantization in groups of ${quant.groupSize}`,
+      );
   }
 }
 

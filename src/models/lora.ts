@@ -263,7 +263,10 @@ function readConfig(dir: string): { kind: AdapterKind; scale: number } {
   } catch (error) {
     throw new AdapterError(`cannot read ${file}: ${(error as Error).message}`);
   }
-  const type = config.fine_tune_type ?? "lora";
+  if (!config || typeof config !== "object" || Array.isArray(config))
+    throw new AdapterError(`${file} is not a JSON object (expected mlx-lm's adapter_config.json)`);
+  // mlx-lm before fine_tune_type (0.18 and older) wrote DoRA as use_dora: true.
+  const type = config.fine_tune_type ?? (config.use_dora === true ? "dora" : "lora");
   if (type === "full")
     throw new AdapterError(`${dir} is a full fine-tune (fine_tune_type "full"), not an adapter: load it as a model`);
   if (type !== "lora" && type !== "dora")
