@@ -13,6 +13,13 @@ export function formatBytes(bytes: number): string {
   return unit === 0 ? `${Math.round(value)} B` : `${value.toFixed(1)} ${units[unit]}`;
 }
 
+/** A count of parameters as Ollama shows one: 135M, 1.2B. */
+export function formatCount(n: number): string {
+  if (n >= 1e9) return `${(n / 1e9).toFixed(1)}B`;
+  if (n >= 1e6) return `${Math.round(n / 1e6)}M`;
+  return `${Math.round(n / 1e3)}K`;
+}
+
 /** Why a file could not be opened or read, as the tail of a one-line error ("no such file" for the common case). */
 export function fileErrorReason(error: unknown): string {
   return (error as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (error as Error).message;

@@ -17,6 +17,8 @@ import { resolveModelPath } from "../src/store/resolve";
 import { completeAlone } from "./helpers/generate";
 import { serve } from "./helpers/serve";
 import { forecastParameters, forecastTools } from "./helpers/forecast-tools";
+import { cliRunner } from "./helpers/cli";
+import { join } from "node:path";
 
 const ajv = new Ajv({ strict: false, validateFormats: false });
 let path: string;
@@ -29,6 +31,25 @@ beforeAll(async () => {
 afterAll(() => server.stop());
 
 describe("the default model", () => {
+  test("mlx show reads the GGUF's metadata: its shape, parameters, license and template", async () => {
+    const home = process.env.MLX_HOME ?? join(import.meta.dir, "..", ".cache", "mlx-home");
+    const shown = await cliRunner(home)(["show", "smollm2", "--json"]);
+    expect(shown.code).toBe(0);
+    expect(JSON.parse(shown.stdout).config).toEqual({
+      model_name: expect.any(String),
+      parameters: "135M",
+      hidden_size: 576,
+      num_hidden_layers: 30,
+      num_attention_heads: 9,
+      num_key_value_heads: 3,
+      vocab_size: 49152,
+      max_position_embeddings: 8192,
+      rope_theta: 100000,
+      license: "apache-2.0",
+      chat_template: "yes",
+    });
+  });
+
   test("under a schema, answers with JSON that matches it", async () => {
     const lm = loadModel(path);
     const schema = {

@@ -3,7 +3,8 @@ import { defineCommand } from "citty";
 import { readFileSync } from "node:fs";
 import { readManifest, type ModelManifest } from "../store/manifest";
 import { blobPath } from "../store/paths";
-import { formatBytes } from "../format";
+import { formatBytes, formatCount } from "../format";
+import { readGGUFHeader } from "../models/gguf-header";
 import { modelRequest } from "../store/pull";
 import { loadPath } from "../store/store";
 import { fail } from "./log";
@@ -65,7 +66,33 @@ export default defineCommand({
 
 function configSummary(manifest: ModelManifest): Record<string, unknown> | undefined {
   const file = manifest.files.find((f) => f.name === "config.json");
-  if (!file) return undefined;
+  if (!file) {
+    const gguf = manifest.files.find((f) => f.name.endsWith(".gguf"));
+    return gguf && ggufSummary(blobPath(gguf.sha256));
+  }
   const config = JSON.parse(readFileSync(blobPath(file.sha256), "utf8")) as Record<string, unknown>;
   return Object.fromEntries(CONFIG_FIELDS.filter((k) => config[k] !== undefined).map((k) => [k, config[k]]));
+}
+
+/** A GGUF's metadata in config.json's words (the fields a directory shows), its parameters, license and template. */
+function ggufSummary(path: string): Record<string, unknown> {
+  const { metadata, tensors } = readGGUFHeader(path);
+  const arch = metadata.get("general.architecture");
+  const own = (key: string) => metadata.get(`${arch}.${key}`);
+  const tokens = metadata.get("tokenizer.ggml.tokens");
+  const parameters = tensors.reduce((n, t) => n + t.dims.reduce((a, b) => a * b, 1), 0);
+  const summary: Record<string, unknown> = {
+    model_name: metadata.get("general.name"),
+    parameters: formatCount(parameters),
+    hidden_size: own("embedding_length"),
+    num_hidden_layers: own("block_count"),
+    num_attention_heads: own("attention.head_count"),
+    num_key_value_heads: own("attention.head_count_kv"),
+    vocab_size: typeof tokens === "object" ? tokens.arrayLength : own("vocab_size"),
+    max_position_embeddings: own("context_length"),
+    rope_theta: own("rope.freq_base"),
+    license: metadata.get("general.license"),
+    chat_template: typeof metadata.get("tokenizer.chat_template") === "string" ? "yes" : "no",
+  };
+  return Object.fromEntries(Object.entries(summary).filter(([, v]) => v !== undefined));
 }

@@ -70,7 +70,11 @@ export interface GGUFHeader {
   dataStart: number;
   /** A file of a model split by llama.cpp's gguf-split: which one (from 0) of how many. */
   split?: { index: number; count: number };
+  /** The metadata's single values (numbers, strings, booleans), and each array's length. */
+  metadata: Map<string, GGUFValue>;
 }
+
+export type GGUFValue = number | string | boolean | { arrayLength: number };
 
 class GGUFFormatError extends Error {
   override name = "GGUFFormatError";
@@ -128,6 +132,45 @@ class Cursor {
 const MIN_TENSOR_ENTRY_BYTES = 24;
 const MIN_METADATA_ENTRY_BYTES = 13;
 
+/** A metadata entry's value: read where it is a single value, its length where it is an array. */
+function readValue(c: Cursor, type: number): GGUFValue {
+  if (type === 8) return c.string();
+  if (type === 9) {
+    const elementType = c.u32();
+    const count = c.u64();
+    if (elementType in scalarSizes) c.skip(count * scalarSizes[elementType]!);
+    else for (let i = 0; i < count; i++) skipValue(c, elementType, 1);
+    return { arrayLength: count };
+  }
+  const size = scalarSizes[type];
+  if (size === undefined) throw new GGUFFormatError(`unknown metadata value type ${type} at offset ${c.position}`);
+  const b = c.bytes(size);
+  switch (type) {
+    case 0:
+      return b.readUInt8(0);
+    case 1:
+      return b.readInt8(0);
+    case 2:
+      return b.readUInt16LE(0);
+    case 3:
+      return b.readInt16LE(0);
+    case 4:
+      return b.readUInt32LE(0);
+    case 5:
+      return b.readInt32LE(0);
+    case 6:
+      return b.readFloatLE(0);
+    case 7:
+      return b.readUInt8(0) !== 0;
+    case 10:
+      return Number(b.readBigUInt64LE(0));
+    case 11:
+      return Number(b.readBigInt64LE(0));
+    default:
+      return b.readDoubleLE(0);
+  }
+}
+
 function skipValue(c: Cursor, type: number, depth = 0): void {
   if (type in scalarSizes) return c.skip(scalarSizes[type]!);
   if (type === 8) return c.skip(c.u64());
@@ -155,18 +198,17 @@ export function readGGUFHeader(path: string): GGUFHeader {
       throw new GGUFFormatError(
         `invalid GGUF header: ${tensorCount} tensors and ${kvCount} metadata entries cannot fit in a file of ${c.size} bytes`,
       );
-    let alignment = 32;
-    const split = { index: 0, count: 1 };
+    const metadata = new Map<string, GGUFValue>();
     for (let i = 0; i < kvCount; i++) {
       const key = c.string();
-      const type = c.u32();
-      if (key === "general.alignment" && type === 4) alignment = c.u32();
-      else if ((key === "split.no" || key === "split.count") && type === 2) {
-        const value = c.bytes(2).readUInt16LE(0);
-        if (key === "split.no") split.index = value;
-        else split.count = value;
-      } else skipValue(c, type);
+      metadata.set(key, readValue(c, c.u32()));
     }
+    const whole = (key: string, fallback: number) => {
+      const value = metadata.get(key);
+      return typeof value === "number" && Number.isInteger(value) ? value : fallback;
+    };
+    const alignment = whole("general.alignment", 32);
+    const split = { index: whole("split.no", 0), count: whole("split.count", 1) };
     const tensorTableStart = c.position;
     const tensors: GGUFTensorInfo[] = [];
     const types = new Map<string, number>();
@@ -209,6 +251,7 @@ export function readGGUFHeader(path: string): GGUFHeader {
       tensorTableStart,
       dataStart,
       ...(split.count > 1 ? { split } : {}),
+      metadata,
     };
   } finally {
     closeSync(fd);

@@ -1,9 +1,9 @@
 // One JSON manifest per model, <root>/manifests/<key>.json: the truth about a stored model.
 // It names the model's files (name inside the model -> blob) and says what the model is; the
 // index (model-index.ts) is only a summary of all manifests and is rebuilt from them.
-import { closeSync, openSync, readFileSync, readSync, renameSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { readFileSync, renameSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { readGGUFHeader } from "../models/gguf-header";
+import { readGGUFHeader, type GGUFHeader } from "../models/gguf-header";
 import { blobPath, manifestsDir, modelKey, tempPathIn, tmpDir } from "./paths";
 
 export type StoredFormat = "gguf" | "mlx";
@@ -101,37 +101,17 @@ export function describeFiles(files: ManifestFile[]): Pick<ModelManifest, "forma
   const gguf = files.find((f) => f.name.endsWith(".gguf"));
   if (!gguf)
     throw new Error(`a model needs a config.json or a .gguf file (got ${files.map((f) => f.name).join(", ")})`);
-  const path = blobPath(gguf.sha256);
-  return { format: "gguf", architecture: ggufArchitecture(path), quantization: dominantQuantType(path) };
+  const header = readGGUFHeader(blobPath(gguf.sha256));
+  const architecture = header.metadata.get("general.architecture");
+  return {
+    format: "gguf",
+    architecture: typeof architecture === "string" ? architecture : undefined,
+    quantization: dominantQuantType(header),
+  };
 }
 
 /** The most common tensor type that is not a plain float (norms stay F32 in quantized files). */
-function dominantQuantType(path: string): string | undefined {
-  const types = [...readGGUFHeader(path).tensorTypes].sort((a, b) => b[1] - a[1]);
+function dominantQuantType(header: GGUFHeader): string | undefined {
+  const types = [...header.tensorTypes].sort((x, y) => y[1] - x[1]);
   return (types.find(([t]) => t !== "F32") ?? types[0])?.[0];
-}
-
-/**
- * general.architecture. llama.cpp writes it as the first metadata key, so reading only that
- * key keeps this to one small read instead of a second full GGUF metadata parser.
- */
-function ggufArchitecture(path: string): string | undefined {
-  const fd = openSync(path, "r");
-  try {
-    const head = Buffer.alloc(4096);
-    const n = readSync(fd, head, 0, head.length, 0);
-    const keyLength = n >= 32 ? Number(head.readBigUInt64LE(24)) : 0;
-    const keyEnd = 32 + keyLength;
-    if (
-      keyEnd + 12 > n ||
-      head.toString("utf8", 32, keyEnd) !== "general.architecture" ||
-      head.readUInt32LE(keyEnd) !== 8
-    )
-      return undefined;
-    const valueLength = Number(head.readBigUInt64LE(keyEnd + 4));
-    const valueStart = keyEnd + 12;
-    return valueStart + valueLength <= n ? head.toString("utf8", valueStart, valueStart + valueLength) : undefined;
-  } finally {
-    closeSync(fd);
-  }
 }

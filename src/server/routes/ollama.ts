@@ -21,6 +21,7 @@ import type { IndexEntry } from "../../store/model-index";
 import { readJson } from "../../api/validate";
 import type { ServerState } from "../state";
 import { remoteModelConfigs } from "../../providers";
+import { formatCount } from "../../format";
 
 type Kind = "chat" | "generate";
 
@@ -189,12 +190,6 @@ function parameterCount(e: LoadedEntry): number {
   const mlp = 3 * c.hiddenSize * c.intermediateSize;
   const embed = c.vocabSize * c.hiddenSize * (c.tieWordEmbeddings ? 1 : 2);
   return c.numHiddenLayers * (attention + mlp) + embed;
-}
-
-function formatCount(n: number): string {
-  if (n >= 1e9) return `${(n / 1e9).toFixed(1)}B`;
-  if (n >= 1e6) return `${Math.round(n / 1e6)}M`;
-  return `${Math.round(n / 1e3)}K`;
 }
 
 async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaRequest): Promise<Response> {
