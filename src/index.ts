@@ -19,6 +19,7 @@ import { Scheduler } from "./engine/scheduler";
 import { loadModel, type LoadedModel } from "./models/load";
 import type { DownloadProgress } from "./store/download";
 import { resolveModelPath } from "./store/resolve";
+import { InvalidParameterError } from "./errors";
 
 export type { CompletionResult as Completion, CompletionStats } from "./engine/generate";
 export type { FinishReason } from "./engine/scheduler";
@@ -33,6 +34,11 @@ export {
 } from "./errors";
 export { SchemaError } from "./engine/grammar";
 export { ModelLoadError } from "./models/load";
+
+/** A call on a model after its close(), or on a chat after its (or its model's) close(). */
+export class ClosedError extends Error {
+  override name = "ClosedError";
+}
 
 export interface LoadOptions {
   /** Progress of a first-use download (nothing is printed otherwise). */
@@ -52,7 +58,7 @@ export interface GenerateOptions {
   repetitionPenalty?: number;
   seed?: number;
   /** Stop as soon as the answer contains one of these (it is not included). */
-  stop?: string[];
+  stop?: string | string[];
   /** Constrain the answer to JSON: "json" (any object) or { schema }. */
   format?: JsonFormat;
   /** A system prompt (a text prompt only). */
@@ -84,6 +90,7 @@ export async function load(name?: string, options: LoadOptions = {}): Promise<Mo
 export class Model {
   readonly #scheduler: Scheduler;
   readonly #chats = new Set<Chat>();
+  #closed = false;
 
   /** @internal use load() */
   constructor(
@@ -103,7 +110,8 @@ export class Model {
   }
 
   /** The whole answer to `prompt`. */
-  generate(prompt: Prompt, options: GenerateOptions = {}): Promise<CompletionResult> {
+  async generate(prompt: Prompt, options: GenerateOptions = {}): Promise<CompletionResult> {
+    this.#checkOpen();
     return complete(this.#scheduler, spec(prompt, options));
   }
 
@@ -111,31 +119,47 @@ export class Model {
    * The answer to `prompt` as it is written (text pieces, a thinking model's reasoning left
    * out); the generator's return value is the whole result, reasoning included.
    */
-  stream(prompt: Prompt, options: GenerateOptions = {}): AsyncGenerator<string, CompletionResult> {
-    return answerText(streamCompletion(this.#scheduler, spec(prompt, options)));
+  async *stream(prompt: Prompt, options: GenerateOptions = {}): AsyncGenerator<string, CompletionResult> {
+    this.#checkOpen();
+    return yield* answerText(streamCompletion(this.#scheduler, spec(prompt, options)));
   }
 
   /** Normalised embeddings of `texts` (pooled final hidden states; see README), optionally cut to `dimensions`. */
   async embed(texts: string[], options: { dimensions?: number } = {}): Promise<number[][]> {
+    this.#checkOpen();
+    if (!Array.isArray(texts) || texts.some((t) => typeof t !== "string"))
+      throw new InvalidParameterError("embed() takes an array of strings", "texts");
     return (await embed(this.lm, texts, options)).vectors;
   }
 
   /** A conversation whose turns reuse the keys and values of the turns before. */
   chat(options: { system?: string } = {}): Chat {
+    this.#checkOpen();
     const chat = new Chat(new Conversation(this.lm, options.system), () => this.#chats.delete(chat));
     this.#chats.add(chat);
     return chat;
   }
 
-  /** Frees the model and everything generating with it; the model must not be used afterwards. */
+  /** Frees the model and everything generating with it (those calls end "cancelled"); later calls throw ClosedError. */
   close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
     for (const chat of [...this.#chats]) chat.close();
     this.#scheduler.dispose();
     this.lm.free();
   }
+
+  // Past close() the weights are freed: MLX would only say "use of a freed MLX array".
+  #checkOpen(): void {
+    if (this.#closed) throw new ClosedError("the model is closed (close() was called); load it again to use it");
+  }
 }
 
 export class Chat {
+  #closed = false;
+  /** Settles when the turn in progress has ended: turns take their places one after another. */
+  #lastTurn: Promise<void> = Promise.resolve();
+
   /** @internal use Model.chat() */
   constructor(
     readonly conversation: Conversation,
@@ -156,29 +180,52 @@ export class Chat {
     }
   }
 
-  /** Answers `text` as it is written (reasoning left out); the generator's return value is the whole result. */
+  /**
+   * Answers `text` as it is written (reasoning left out); the generator's return value is the
+   * whole result. Overlapping calls answer one after another, in the order they started (a
+   * turn reads every turn before it), so a stream left unfinished holds back the next turn.
+   */
   async *stream(
     text: string,
     options: Omit<GenerateOptions, "system" | "raw"> = {},
   ): AsyncGenerator<string, CompletionResult> {
-    const turn = this.conversation.turn(text, {
-      sampling: sampling(options),
-      maxTokens: options.maxTokens ?? this.conversation.lm.config.maxPositionEmbeddings,
-      format: options.format && { format: options.format, param: "format" },
-      thinking: { enabled: options.think, budget: options.thinkingBudget, param: "think" },
-      signal: options.signal,
-    });
-    return (yield* answerText(turn)).result;
+    this.#checkOpen();
+    if (typeof text !== "string") throw new InvalidParameterError("a chat message must be a string", "text");
+    checkOptions(options);
+    const previous = this.#lastTurn;
+    let endTurn!: () => void;
+    this.#lastTurn = new Promise((resolve) => (endTurn = resolve));
+    try {
+      await previous;
+      this.#checkOpen();
+      const turn = this.conversation.turn(text, {
+        sampling: sampling(options),
+        maxTokens: options.maxTokens ?? this.conversation.lm.config.maxPositionEmbeddings,
+        format: options.format && { format: options.format, param: "format" },
+        thinking: { enabled: options.think, budget: options.thinkingBudget, param: "think" },
+        signal: options.signal,
+      });
+      return (yield* answerText(turn)).result;
+    } finally {
+      endTurn();
+    }
   }
 
   /** Forgets the conversation. */
   clear(): void {
+    this.#checkOpen();
     this.conversation.clear();
   }
 
   close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
     this.conversation.dispose();
     this.onClose();
+  }
+
+  #checkOpen(): void {
+    if (this.#closed) throw new ClosedError("the chat is closed (close() was called on it or on its model)");
   }
 }
 
@@ -194,7 +241,44 @@ function sampling(o: GenerateOptions): SamplingParams {
   };
 }
 
+/**
+ * The options the engine would take silently or fail on with a TypeError: a library user gets
+ * the InvalidParameterError the server's 400 would name.
+ */
+function checkOptions(o: GenerateOptions): void {
+  const fail = (message: string, param: string) => {
+    throw new InvalidParameterError(message, param);
+  };
+  if (o.maxTokens !== undefined && !(Number.isInteger(o.maxTokens) && o.maxTokens > 0))
+    fail(`maxTokens must be a whole number > 0 (got ${o.maxTokens})`, "maxTokens");
+  if (o.thinkingBudget !== undefined && !(Number.isInteger(o.thinkingBudget) && o.thinkingBudget >= 0))
+    fail(`thinkingBudget must be a whole number >= 0 (got ${o.thinkingBudget})`, "thinkingBudget");
+  const stops = o.stop === undefined || typeof o.stop === "string" ? [] : o.stop;
+  if (!Array.isArray(stops) || stops.some((s) => typeof s !== "string" || s === ""))
+    fail("stop must be a non-empty string or an array of them", "stop");
+  const format = o.format as unknown;
+  if (format !== undefined && format !== "json" && !(typeof format === "object" && format && "schema" in format))
+    fail(`format must be "json" or { schema } (got ${JSON.stringify(format)})`, "format");
+}
+
+const roles: readonly string[] = ["system", "user", "assistant"] satisfies Message["role"][];
+
+function checkPrompt(prompt: Prompt): void {
+  if (typeof prompt === "string") return;
+  if (!Array.isArray(prompt))
+    throw new InvalidParameterError("the prompt must be a string or an array of messages", "prompt");
+  prompt.forEach((m, i) => {
+    if (!m || !roles.includes(m.role) || typeof m.content !== "string")
+      throw new InvalidParameterError(
+        `message ${i} must be { role: "system" | "user" | "assistant", content: string }`,
+        "prompt",
+      );
+  });
+}
+
 function spec(prompt: Prompt, o: GenerateOptions): GenerationSpec {
+  checkPrompt(prompt);
+  checkOptions(o);
   const input: PromptInput =
     typeof prompt === "string"
       ? { kind: "text", text: prompt, template: !o.raw, system: o.system }
@@ -203,17 +287,28 @@ function spec(prompt: Prompt, o: GenerateOptions): GenerationSpec {
     prompt: input,
     sampling: sampling(o),
     maxTokens: o.maxTokens,
-    stop: o.stop,
+    stop: typeof o.stop === "string" ? [o.stop] : o.stop,
     format: o.format && { format: o.format, param: "format" },
     thinking: { enabled: o.think, budget: o.thinkingBudget, param: "think" },
     signal: o.signal,
   };
 }
 
-/** The answer's text pieces (a thinking model's reasoning left out: the result holds it). */
+/**
+ * The answer's text pieces (a thinking model's reasoning left out: the result holds it). A
+ * reader that stops early closes `pieces` too, which cancels the generation.
+ */
 async function* answerText<R>(pieces: AsyncGenerator<CompletionPiece, R>): AsyncGenerator<string, R> {
-  for (let step = await pieces.next(); ; step = await pieces.next()) {
-    if (step.done) return step.value;
-    if (step.value.text) yield step.value.text;
+  let done = false;
+  try {
+    for (let step = await pieces.next(); ; step = await pieces.next()) {
+      if (step.done) {
+        done = true;
+        return step.value;
+      }
+      if (step.value.text) yield step.value.text;
+    }
+  } finally {
+    if (!done) await pieces.return(undefined as R);
   }
 }

@@ -74,6 +74,30 @@ describe.skipIf(!hasTmux)("mlx chat in a terminal", () => {
     await waitFor(/architecture:\s+llama, 2 layers/);
   });
 
+  test('Ctrl-C inside a """ block drops the block (nothing is sent) and returns to the prompt', async () => {
+    keys("/clear", "Enter");
+    await waitFor(/conversation cleared\n>>>\s*$/m);
+    keys('"""', "Enter");
+    await waitFor(/^\.\.\.\s*$/m);
+    keys("first line", "Enter");
+    keys("half");
+    await waitFor(/^\.\.\. half$/m);
+    keys("C-c");
+    await waitFor(/^\.\.\. half\^C\n>>>\s*$/m);
+    // The same at an empty continuation line (before, the block was sent and the chat hung).
+    keys('"""', "Enter");
+    keys("second block", "Enter");
+    await waitFor(/^\.\.\. second block\n\.\.\.\s*$/m);
+    keys("C-c");
+    await waitFor(/^\.\.\. \^C\n>>>\s*$/m);
+    // Still taking commands, and no answer was written.
+    keys("/stats off", "Enter");
+    await waitFor(/stats off\n>>>\s*$/m);
+    keys("/stats on", "Enter");
+    const text = await waitFor(/stats on\n>>>\s*$/m);
+    expect(text.slice(text.lastIndexOf("conversation cleared"))).not.toContain("tokens/s");
+  });
+
   test("Ctrl-C in the middle of an answer stops it and returns to the prompt", async () => {
     keys("/set max_tokens 100000", "Enter");
     await waitFor(/max_tokens = 100000/);
@@ -97,6 +121,32 @@ describe.skipIf(!hasTmux)("mlx chat in a terminal", () => {
     const history = join(home, "chat_history");
     expect(existsSync(history)).toBe(true);
     expect(readFileSync(history, "utf8")).toContain('"hello there"');
+  });
+});
+
+describe.skipIf(!hasTmux)("mlx chat in a terminal, leaving from inside a block", () => {
+  const inside = `${session}-block`;
+  afterAll(() => {
+    if (tmux("has-session", "-t", inside).exitCode === 0) tmux("kill-session", "-t", inside);
+  });
+
+  test('Ctrl-D inside a """ block leaves with status 0 and sends nothing', async () => {
+    const status = join(root, "block-status");
+    const command = `MLX_HOME='${home}' NO_COLOR=1 ${mlxCommand} chat -m '${model}' --max-tokens 4; echo $? > '${status}'`;
+    tmux("new-session", "-d", "-s", inside, "-x", "150", "-y", "50", command);
+    const view = () => tmux("capture-pane", "-p", "-t", inside).stdout.toString();
+    const deadline = Date.now() + 20_000;
+    const until = async (done: () => boolean) => {
+      while (!done() && Date.now() < deadline) await Bun.sleep(100);
+    };
+    await until(() => /^>>>\s*$/m.test(view()));
+    tmux("send-keys", "-t", inside, '"""', "Enter");
+    await until(() => /^\.\.\.\s*$/m.test(view()));
+    tmux("send-keys", "-t", inside, "a question never sent", "Enter");
+    await until(() => /a question never sent\n\.\.\.\s*$/m.test(view()));
+    tmux("send-keys", "-t", inside, "C-d");
+    await until(() => existsSync(status) && readFileSync(status, "utf8").trim() !== "");
+    expect(existsSync(status) ? readFileSync(status, "utf8").trim() : `still running:\n${view()}`).toBe("0");
   });
 });
 
@@ -154,5 +204,21 @@ describe("mlx chat with piped input", () => {
     expect(errors).toContain(`error: cannot read '${join(root, "nonexist.json")}': no such file\n`);
     expect(errors).toMatch(new RegExp(`error: '${notJson}' is not valid JSON: .+\\n`));
     expect(errors).toContain(`error: ${bad}: temperature must be >= 0 (got -1)`);
+  });
+
+  test("/set system keeps the prompt as typed; /save to a missing folder is one line naming the file", async () => {
+    const piped = join(root, "piped-set");
+    writeTinyModel(piped);
+    const missing = join(root, "no-such-folder", "chat.json");
+    const proc = Bun.spawn([process.execPath, main, "chat", "-m", piped, "--max-tokens", "2"], {
+      stdin: new Blob([`/set system Be  brief:\tone line.\n/show\n/save ${missing}\n`]),
+      stdout: "pipe",
+      stderr: "pipe",
+      env: { ...process.env, MLX_HOME: home },
+    });
+    const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+    expect(code).toBe(0);
+    expect(stderr).toContain("system prompt:  Be  brief:\tone line.\n");
+    expect(stderr).toContain(`error: cannot write '${missing}': no such directory\n`);
   });
 });

@@ -82,6 +82,80 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     expect(errors).toEqual([]);
   }, 120_000);
 
+  test("mid-answer, a reader scrolled up stays put, and neither a reload nor a new chat loses the conversation", async () => {
+    const { page, errors } = await openPage(browser, `${server.url}/`, { height: 400 });
+    await page.waitForSelector("body[data-ready]");
+    await page.click("#new-chat");
+    await setMaxTokens(page, "");
+    // Greedy: the tiny model's answer then runs on to the context's end instead of stopping by chance.
+    await page.fill("#temperature", "0");
+    await page.locator("#temperature").dispatchEvent("change");
+    await page.click("#toggle-settings");
+    await send(page, "Tell me a long story");
+    const messages = page.locator("#messages");
+    await eventually(() => messages.evaluate((m) => m.scrollHeight > m.clientHeight + 100), 10_000);
+    // Scrolled up to read: the streaming answer does not pull the view back down.
+    await messages.evaluate((m) => (m.scrollTop = 0));
+    const height = await messages.evaluate((m) => m.scrollHeight);
+    await eventually(async () => (await messages.evaluate((m) => m.scrollHeight)) > height + 100, 10_000);
+    expect(await page.locator("body.running").count()).toBe(1);
+    expect(await messages.evaluate((m) => m.scrollTop)).toBe(0);
+
+    // A reload mid-answer keeps the question and what was written of the answer (saved as it streams).
+    await Bun.sleep(1500);
+    await page.reload();
+    await page.waitForSelector("body[data-ready]");
+    expect(await page.locator(".message.user .body").textContent()).toBe("Tell me a long story");
+    expect(await page.locator(".message.assistant .figures").textContent()).toStartWith("unfinished");
+    expect(await page.locator(".message.assistant .markdown").textContent()).not.toBe("");
+
+    // A new chat opened mid-answer: the answer stops, and its conversation is kept, question and answer.
+    await page.click("#new-chat");
+    await send(page, "Another long story");
+    await page.locator(".message.assistant.streaming .markdown").filter({ hasText: /\S/ }).waitFor();
+    await page.click("#new-chat");
+    await page.locator("#conversations .open", { hasText: "Another long story" }).click();
+    await page.locator(".message.assistant .figures", { hasText: "stopped" }).waitFor();
+    expect(await page.locator(".message.user .body").textContent()).toBe("Another long story");
+    expect(await page.locator(".message.assistant .markdown").textContent()).not.toBe("");
+    expect(await page.locator("#conversations .open", { hasText: /^New chat$/ }).count()).toBe(0);
+    expect(errors).toEqual([]);
+  }, 90_000);
+
+  test("two tabs: each shows what the other saved, and neither overwrites the other's turns", async () => {
+    const { page: first, errors } = await openPage(browser, `${server.url}/`);
+    await first.waitForSelector("body[data-ready]");
+    await first.click("#new-chat");
+    await setMaxTokens(first, "3");
+    await send(first, "First question");
+    await first.locator(".message.assistant .figures").waitFor();
+    const second = await first.context().newPage();
+    second.on("pageerror", (e) => errors.push(e.message));
+    await second.goto(`${server.url}/`);
+    await second.waitForSelector("body[data-ready]");
+    await second.locator(".message.user", { hasText: "First question" }).waitFor();
+
+    await send(first, "Second question");
+    await first.locator(".message.assistant").nth(1).locator(".figures").waitFor();
+    // The other tab follows without a reload, and its next question comes after the first tab's.
+    await second.locator(".message.user", { hasText: "Second question" }).waitFor();
+    await send(second, "Third question");
+    await second.locator(".message.assistant").nth(2).locator(".figures").waitFor();
+    await first.locator(".message.user", { hasText: "Third question" }).waitFor();
+    await first.reload();
+    await first.waitForSelector("body[data-ready]");
+    expect(await first.locator(".message.user .body").allTextContents()).toEqual([
+      "First question",
+      "Second question",
+      "Third question",
+    ]);
+    // A conversation started in one tab is listed in the other.
+    await first.click("#new-chat");
+    await send(first, "Fourth question");
+    await second.locator("#conversations .open", { hasText: "Fourth question" }).waitFor();
+    expect(errors).toEqual([]);
+  }, 60_000);
+
   test("switching models sends the next question to the model picked", async () => {
     // Load the second model so that the picker lists it.
     expect(
@@ -284,6 +358,29 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     await eventually(async () => (await page.locator("#running").textContent()) === "0", 10_000);
     expect(errors).toEqual([]);
   }, 120_000);
+});
+
+describe.skipIf(!chromiumPath)("in Chromium, a server that stops", () => {
+  test("the dashboard says it is disconnected and stops showing the last figures as current", async () => {
+    const server = serve({ defaultModel: longTinyModel() });
+    const browser = await launchBrowser();
+    try {
+      const { page, errors } = await openPage(browser, `${server.url}/dashboard`);
+      await page.locator("#running", { hasText: /^0$/ }).waitFor();
+      await page.locator("#loaded", { hasText: /^1$/ }).waitFor();
+      await server.stop();
+      await page.locator("#status", { hasText: /^disconnected/ }).waitFor();
+      expect(await page.locator("#tiles strong").allTextContents()).toEqual(Array(6).fill("–"));
+      expect(await page.locator("#in-flight tbody").textContent()).toBe("unknown while disconnected");
+      // The feed cut off, then reconnecting to a server that is gone: the browser logs those fetches.
+      expect(
+        errors.filter((e) => !/ERR_(CONNECTION_REFUSED|INCOMPLETE_CHUNKED_ENCODING)|Failed to fetch/.test(e)),
+      ).toEqual([]);
+    } finally {
+      await browser.close();
+      await server.stop();
+    }
+  }, 60_000);
 });
 
 describe.skipIf(!chromiumPath)("in Chromium, with --api-key", () => {

@@ -92,11 +92,12 @@ export class Conversation {
     userText: string,
     o: TurnOptions,
   ): AsyncGenerator<CompletionPiece, { result: CompletionResult; info: TurnInfo }> {
-    // A turn that fails (a message the context cannot hold even alone) leaves the conversation
-    // as it was, the messages dropped to make room for it included.
+    // A turn that fails (a message the context cannot hold even alone), or whose reader stops
+    // reading before the end (a `break` out of the stream), leaves the conversation as it was,
+    // the messages dropped to make room for it included: never a question without its answer.
     const before = this.messages;
     this.messages = [...before, { role: "user", content: userText }];
-    let result: CompletionResult;
+    let result: CompletionResult | undefined;
     let droppedMessages: number;
     try {
       droppedMessages = this.#fitContext(o.maxTokens);
@@ -108,9 +109,8 @@ export class Conversation {
         thinking: o.thinking,
         signal: o.signal,
       });
-    } catch (error) {
-      this.messages = before;
-      throw error;
+    } finally {
+      if (!result) this.messages = before;
     }
     this.#contextUsed = result.stats.promptTokens + result.tokenIds.length;
     this.messages.push({ role: "assistant", content: result.text });

@@ -56,12 +56,20 @@ export interface CompletionPiece {
   reasoning?: string;
 }
 
-/** Streams the answer to `spec` as pieces; returns the whole result when done. */
+/**
+ * Streams the answer to `spec` as pieces; returns the whole result when done. A reader that
+ * stops early (a `break` out of its loop) cancels the generation: it would otherwise go on
+ * decoding, unread, up to max_tokens, in a batch slot the next request waits for.
+ */
 export async function* streamCompletion(
   scheduler: Scheduler,
   spec: GenerationSpec,
 ): AsyncGenerator<CompletionPiece, CompletionResult> {
-  const prepared = await prepareGeneration(scheduler.lm, spec);
+  const reading = followSignal(spec.signal);
+  const prepared = await prepareGeneration(scheduler.lm, { ...spec, signal: reading.signal }).catch((error) => {
+    reading.abort();
+    throw error;
+  });
   resetPeakMemory();
   let text = "";
   let reasoning = "";
@@ -88,8 +96,17 @@ export async function* streamCompletion(
     }
     throw new Error("the scheduler ended a generation without a result");
   } finally {
+    reading.abort(); // first, so that a generation left unread stops before its grammar is freed
     prepared.dispose();
   }
+}
+
+/** A controller that aborts when `outer` does (at once if it has), and can be aborted on its own. */
+function followSignal(outer?: AbortSignal): AbortController {
+  const controller = new AbortController();
+  if (outer?.aborted) controller.abort();
+  else outer?.addEventListener("abort", () => controller.abort(), { once: true, signal: controller.signal });
+  return controller;
 }
 
 /** The whole answer to `spec`, when nothing needs the text as it streams. */

@@ -5,6 +5,7 @@ import {
   deleteConversation,
   getConversation,
   listConversations,
+  onChangeElsewhere,
   parseConversation,
   saveConversation,
   type AnswerStats,
@@ -168,6 +169,17 @@ async function openConversation(id: string): Promise<void> {
   await showConversation();
 }
 
+// Another tab changed a conversation: list it anew, and show the open one as it now is (not
+// while an answer streams here: that answer saves it when done).
+onChangeElsewhere(async (id) => {
+  if (id !== current.id || running) return showList();
+  const saved = await getConversation(id);
+  if (saved) {
+    current = saved;
+    await showConversation();
+  } else await showList();
+});
+
 function newConversation(): void {
   stop();
   current = blankConversation();
@@ -276,33 +288,46 @@ function requestBody(): Record<string, unknown> {
   return body;
 }
 
+/** The note an answer keeps in storage while it is written: what a reload mid-answer finds. */
+const UNFINISHED = "unfinished (the page was closed or reloaded while it was written)";
+/** How often a streaming answer is saved, so that a reload keeps most of it. */
+const SAVE_EVERY_MS = 1000;
+
 async function answer(): Promise<void> {
+  // The conversation this answer belongs to, even if another one is opened meanwhile.
+  const conversation = current;
   const reply: Message = { role: "assistant", content: "" };
   let body: Record<string, unknown>;
   try {
     body = requestBody();
   } catch (error) {
     reply.note = (error as Error).message;
-    current.messages.push(reply);
-    await persist();
+    conversation.messages.push(reply);
+    await persist(conversation);
     return;
   }
-  current.messages.push(reply);
-  current.model = ui.model.value;
-  running = new AbortController();
+  conversation.messages.push(reply);
+  conversation.model = ui.model.value;
+  const controller = new AbortController();
+  running = controller;
   setRunning(true);
-  await showConversation();
-  const view = ui.messages.lastElementChild as HTMLElement;
-  view.classList.add("streaming");
   const started = performance.now();
   let firstTokenAt: number | undefined;
   let redraw = 0;
+  let savedAt = performance.now();
   try {
+    // Saved before the answer comes: the question survives a reload, and opening another chat.
+    await persist(conversation, { ...reply, note: UNFINISHED });
+    // Drawn off the page when another conversation was opened meanwhile.
+    const view =
+      (conversation === current && (ui.messages.lastElementChild as HTMLElement | null)) ||
+      messageView(reply, conversation.messages.length - 1);
+    view.classList.add("streaming");
     const response = await api("/v1/chat/completions", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify(body),
-      signal: running.signal,
+      signal: controller.signal,
     });
     if (!response.ok) throw new Error(await errorMessage(response));
     for await (const data of events(response)) {
@@ -323,9 +348,15 @@ async function answer(): Promise<void> {
         // Markdown is re-rendered at most once a frame, however fast tokens come.
         redraw ||= requestAnimationFrame(() => {
           redraw = 0;
+          const following = isScrolledToEnd();
           fillMessage(view, reply);
-          ui.messages.scrollTop = ui.messages.scrollHeight;
+          // Follow the answer only while the reader is at the end: one who scrolled up stays put.
+          if (following) ui.messages.scrollTop = ui.messages.scrollHeight;
         });
+        if (performance.now() - savedAt > SAVE_EVERY_MS) {
+          savedAt = performance.now();
+          void saveConversation({ ...conversation, messages: withLast(conversation, { ...reply, note: UNFINISHED }) });
+        }
       }
       if (chunk.usage) {
         const seconds = firstTokenAt === undefined ? 0 : (performance.now() - firstTokenAt) / 1000;
@@ -340,22 +371,34 @@ async function answer(): Promise<void> {
       }
     }
   } catch (error) {
-    reply.note = running?.signal.aborted ? "stopped" : `error: ${(error as Error).message}`;
+    reply.note = controller.signal.aborted ? "stopped" : `error: ${(error as Error).message}`;
   } finally {
     cancelAnimationFrame(redraw);
-    running = undefined;
-    setRunning(false);
-    await persist();
+    if (running === controller) {
+      running = undefined;
+      setRunning(false);
+    }
+    await persist(conversation);
   }
 }
 
-async function persist(): Promise<void> {
-  current.updatedAt = Date.now();
-  if (current.title === "New chat")
-    current.title = current.messages.find((m) => m.role === "user")?.content.slice(0, 48) || "New chat";
-  await saveConversation(current);
-  localStorage.setItem("mlx.conversation", current.id);
+/** The conversation's messages with the last one replaced by `last` (a copy to save). */
+const withLast = (c: Conversation, last: Message): Message[] => [...c.messages.slice(0, -1), last];
+
+/** Saves a conversation (its last message as `last`, if given) and redraws what shows it. */
+async function persist(conversation = current, last?: Message): Promise<void> {
+  conversation.updatedAt = Date.now();
+  if (conversation.title === "New chat")
+    conversation.title = conversation.messages.find((m) => m.role === "user")?.content.slice(0, 48) || "New chat";
+  await saveConversation(last ? { ...conversation, messages: withLast(conversation, last) } : conversation);
+  if (conversation !== current) return showList();
+  localStorage.setItem("mlx.conversation", conversation.id);
   await showConversation();
+}
+
+function isScrolledToEnd(): boolean {
+  const m = ui.messages;
+  return m.scrollHeight - m.scrollTop - m.clientHeight < 24;
 }
 
 function setRunning(on: boolean): void {

@@ -247,6 +247,9 @@ async function follow(): Promise<void> {
       throw new Error("the feed ended");
     } catch (error) {
       $("#status").textContent = `disconnected (${(error as Error).message}), retrying…`;
+      // The last figures are no longer true: a stopped server is not still running requests.
+      for (const tile of document.querySelectorAll("#tiles strong")) tile.textContent = "–";
+      fillTable("#in-flight", [], "unknown while disconnected");
       previous = undefined;
       await new Promise((resolve) => setTimeout(resolve, 2000));
     }

@@ -45,10 +45,11 @@ const commands: Record<string, Handler> = {
     s.say(c instanceof Conversation ? describeModel(c.lm, s.settings) : describeRemoteModel(c.remote, s.settings));
   },
   set: async (s, args) => {
-    const [name, ...rest] = args.split(/\s+/);
+    // The value as typed: a system prompt keeps its spacing.
+    const [, name = "", value = ""] = /^(\S*)\s*([\s\S]*)$/.exec(args) ?? [];
     if (!name) return s.say(`usage: /set <name> <value> (names: ${settingNames.join(", ")})`);
-    if (name === "format") return s.say(await applyFormat(s.settings, rest.join(" ")));
-    s.say(applySetting(s.settings, name, rest.join(" ")));
+    if (name === "format") return s.say(await applyFormat(s.settings, value));
+    s.say(applySetting(s.settings, name, value));
     if (name === "system") s.conversation.system = s.settings.system;
   },
   stats: (s, args) => {
@@ -67,7 +68,12 @@ const commands: Record<string, Handler> = {
       settings: { ...s.settings.sampling, max_tokens: s.settings.maxTokens },
       messages: s.conversation.messages,
     };
-    writeFileSync(file, `${JSON.stringify(saved, null, 2)}\n`);
+    try {
+      writeFileSync(file, `${JSON.stringify(saved, null, 2)}\n`);
+    } catch (error) {
+      const reason = (error as NodeJS.ErrnoException).code === "ENOENT" ? "no such directory" : fileErrorReason(error);
+      throw new Error(`cannot write '${file}': ${reason}`);
+    }
     s.say(`saved ${s.conversation.messages.length} messages to ${file}`);
   },
   load: (s, args) => {

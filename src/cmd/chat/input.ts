@@ -12,14 +12,18 @@ const pasteEnd = "\x1b[201~";
 const pastedNewline = "\u21b5";
 const fence = '"""';
 const historyLimit = 1000;
+/** Ctrl-C inside a """ block: the block is dropped, and the prompt comes back. */
+const cancelBlock = Symbol("cancel block");
+type Line = string | null | typeof cancelBlock;
 
 export class LineInput {
   readonly interactive: boolean;
   readonly #rl: Interface;
-  readonly #queue: (string | null)[] = [];
-  #waiting?: (line: string | null) => void;
+  readonly #queue: Line[] = [];
+  #waiting?: (line: Line) => void;
   // Piped input can end (and readline close) while queued lines are still to be answered.
   #closed = false;
+  #inBlock = false;
 
   constructor(private readonly historyFile: string) {
     this.interactive = Boolean(process.stdin.isTTY && process.stdout.isTTY);
@@ -36,9 +40,13 @@ export class LineInput {
       this.#closed = true;
       this.#push(null);
     });
-    // Ctrl-C at the prompt: clear a half-typed line, or leave at an empty one.
+    // Ctrl-C at the prompt: drop a """ block being written, clear a half-typed line, or leave at an empty one.
     this.#rl.on("SIGINT", () => {
-      if (this.#rl.line.length > 0) {
+      if (this.#inBlock) {
+        process.stdout.write("^C\n");
+        this.#rl.write(null, { ctrl: true, name: "u" });
+        this.#push(cancelBlock);
+      } else if (this.#rl.line.length > 0) {
         process.stdout.write("^C\n");
         this.#rl.write(null, { ctrl: true, name: "u" });
         this.#rl.prompt();
@@ -47,7 +55,7 @@ export class LineInput {
     if (this.interactive) process.stdout.write("\x1b[?2004h"); // ask the terminal to mark pastes
   }
 
-  #push(line: string | null): void {
+  #push(line: Line): void {
     if (this.#waiting) {
       const resolve = this.#waiting;
       this.#waiting = undefined;
@@ -55,18 +63,21 @@ export class LineInput {
     } else this.#queue.push(line);
   }
 
-  #nextLine(prompt: string): Promise<string | null> {
+  #nextLine(prompt: string): Promise<Line> {
     if (this.interactive && !this.#closed) {
       this.#rl.setPrompt(prompt);
       this.#rl.prompt();
     }
     if (this.#queue.length > 0) return Promise.resolve(this.#queue.shift()!);
+    // The end of input stays the end: a read after the one that saw it must not wait forever.
+    if (this.#closed) return Promise.resolve(null);
     return new Promise((resolve) => (this.#waiting = resolve));
   }
 
-  /** One message: a line, a """-fenced block, or a bracketed paste. null at the end of input. */
+  /** One message: a line, a """-fenced block, or a bracketed paste. null at the end of input; "" for a dropped block. */
   async read(prompt = ">>> ", continuation = "... "): Promise<string | null> {
-    const first = await this.#nextLine(prompt);
+    let first = await this.#nextLine(prompt);
+    while (first === cancelBlock) first = await this.#nextLine(prompt); // a Ctrl-C that came after its block ended
     if (first === null) return null;
     if (first.trimStart().startsWith(fence)) return this.#fenced(first.trimStart().slice(fence.length), continuation);
     return first.replaceAll(pastedNewline, "\n");
@@ -74,16 +85,21 @@ export class LineInput {
 
   async #fenced(firstLine: string, continuation: string): Promise<string | null> {
     const lines: string[] = [];
-    let line: string | null = firstLine;
-    while (line !== null) {
-      if (line.trimEnd().endsWith(fence)) {
-        lines.push(line.trimEnd().slice(0, -fence.length));
-        break;
+    this.#inBlock = true;
+    try {
+      for (let line: Line = firstLine; ; line = await this.#nextLine(continuation)) {
+        if (line === cancelBlock) return "";
+        // Ctrl-D in a terminal leaves without sending the block; piped input that ends inside one answers it.
+        if (line === null) return this.interactive ? null : lines.join("\n").trim();
+        if (line.trimEnd().endsWith(fence)) {
+          lines.push(line.trimEnd().slice(0, -fence.length));
+          return lines.join("\n").trim();
+        }
+        lines.push(line);
       }
-      lines.push(line);
-      line = await this.#nextLine(continuation);
+    } finally {
+      this.#inBlock = false;
     }
-    return lines.join("\n").trim();
   }
 
   /** While an answer streams: let Ctrl-C reach the process as a signal instead of readline. */

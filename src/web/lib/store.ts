@@ -38,12 +38,23 @@ export async function listConversations(): Promise<Conversation[]> {
 export const getConversation = async (id: string): Promise<Conversation | undefined> =>
   (await db).get("conversations", id);
 
+// Other tabs of this page share the database: each change is announced to them, so that none
+// keeps showing (and then saves over) a conversation another tab has moved on.
+const changes = new BroadcastChannel("mlx-chat-conversations");
+
 export async function saveConversation(c: Conversation): Promise<void> {
   await (await db).put("conversations", c);
+  changes.postMessage(c.id);
 }
 
 export async function deleteConversation(id: string): Promise<void> {
   await (await db).delete("conversations", id);
+  changes.postMessage(id);
+}
+
+/** Calls `listener` with the id of each conversation another tab saved or deleted. */
+export function onChangeElsewhere(listener: (id: string) => void): void {
+  changes.addEventListener("message", (event: MessageEvent<string>) => listener(event.data));
 }
 
 /** A conversation read from an exported file, or an error saying what is wrong with it. */
