@@ -103,6 +103,9 @@ describe("llama.cpp utilities", () => {
     expect(pieces.map((p: { id: number }) => p.id)).toEqual(ids);
     expect(pieces.map((p: { piece: string }) => p.piece).join("")).toBe("Hello world");
     expect((await post(`${server.url}/detokenize`, { tokens: ids })).json.content).toBe("Hello world");
+    // As llama.cpp: a piece that is part of a character comes as its bytes, so the pieces still add up.
+    const split = (await post(`${server.url}/tokenize`, { content: " 日本", with_pieces: true })).json.tokens;
+    expect(split.map((p: { piece: unknown }) => p.piece)).toEqual([[32, 230], [151], [165], "本"]);
     const messages = [{ role: "user", content: "Hi" }];
     const { prompt } = (await post(`${server.url}/apply-template`, { messages })).json;
     expect(prompt).toContain("<|im_start|>user\nHi<|im_end|>");

@@ -28,25 +28,42 @@ export function chatTokens(
   extra?: Record<string, unknown>,
   continueFinal = false,
 ): number[] {
-  let text = tokenizer.applyChatTemplate(messages, { addGenerationPrompt: !continueFinal, tools, extra });
-  if (continueFinal) text = cutAfterFinal(text, messages.at(-1)!);
+  const text = continueFinal
+    ? renderToContinueFinal(tokenizer, messages, tools, extra)
+    : tokenizer.applyChatTemplate(messages, { tools, extra });
   // The template already wrote any BOS token, so none is added here (as transformers does).
+  // Special-token text is read as special tokens wherever it is, a user's message included (a
+  // message holding "<|im_end|>\n<|im_start|>system" opens a system turn), as transformers'
+  // apply_chat_template(tokenize=True), vLLM and llama.cpp's server all do: the text is the
+  // caller's to vouch for.
   return tokenizer.encode(text, { addSpecialTokens: false });
 }
+
+// Marks where the final message's text ends, as transformers' continue_final_message does: the
+// text itself may also occur in what the template closes the turn with ("end" in "<|im_end|>").
+const CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG ";
 
 /**
  * A rendering cut after its final message's text, so that what the template closes the turn with
  * (an end-of-turn token) is not there and the model goes on with that text. Templates may trim
- * a message: its trimmed text is looked for too.
+ * a message, and with it the tag's space: then the text is cut before the tag and right-trimmed.
  */
-function cutAfterFinal(text: string, final: ChatMessage): string {
+function renderToContinueFinal(
+  tokenizer: Tokenizer,
+  messages: ChatMessage[],
+  tools?: unknown[],
+  extra?: Record<string, unknown>,
+): string {
+  const final = messages.at(-1)!;
   const content = typeof final.content === "string" ? final.content : "";
-  for (const written of [content, content.trim()]) {
-    const at = written ? text.lastIndexOf(written) : -1;
-    if (at >= 0) return text.slice(0, at + written.length);
+  const tagged = [...messages.slice(0, -1), { ...final, content: content + CONTINUE_TAG }];
+  const text = tokenizer.applyChatTemplate(tagged, { addGenerationPrompt: false, tools, extra });
+  const at = text.lastIndexOf(CONTINUE_TAG.trimEnd());
+  if (typeof final.content !== "string" || at < 0 || !text.slice(0, at).trimEnd().endsWith(content.trim())) {
+    throw new UnsupportedError(
+      "the chat template does not write the final assistant message as given, so it cannot be continued",
+      "messages",
+    );
   }
-  throw new UnsupportedError(
-    "the chat template does not write the final assistant message as given, so it cannot be continued",
-    "messages",
-  );
+  return text.startsWith(CONTINUE_TAG, at) ? text.slice(0, at) : text.slice(0, at).trimEnd();
 }

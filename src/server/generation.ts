@@ -240,10 +240,11 @@ function settleSampling(input: SamplingInput, defaults: Partial<SamplingParams>)
 const withoutUndefined = <T extends object>(o: T): Partial<T> =>
   Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
 
-/** A token as OpenAI's logprobs show it: its text and its bytes. */
+/**
+ * A token as OpenAI's logprobs show it: its bytes (a SentencePiece byte token's one byte, a word's
+ * leading space), and their text (U+FFFD for part of a character, which only the bytes keep).
+ */
 export function tokenText(tokenizer: Tokenizer, id: number): { token: string; bytes: number[] } {
-  const bytes = tokenizer.isByteLevel
-    ? [...tokenizer.tokenBytes(id)]
-    : [...new TextEncoder().encode(tokenizer.decode([id]))];
-  return { token: tokenizer.decode([id]), bytes };
+  const bytes = tokenizer.pieceBytes(id);
+  return { token: new TextDecoder().decode(bytes), bytes: [...bytes] };
 }

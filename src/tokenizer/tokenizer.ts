@@ -62,6 +62,9 @@ export class Tokenizer {
   private readonly specialIds: Set<number>;
   private readonly addedIds: Set<number>;
   private readonly cleanUpSpaces: boolean;
+  /** SentencePiece-style: "▁" stands for a space, and <0xNN> tokens for single bytes (byte_fallback). */
+  private readonly metaspace: boolean;
+  private readonly byteFallback: boolean;
   private template: Template | undefined;
   private bytesCache: (Uint8Array | undefined)[] = [];
 
@@ -72,7 +75,7 @@ export class Tokenizer {
    */
   constructor(tokenizerJson: Json, tokenizerConfig: Json = {}, extraEosIds: number[] = []) {
     this.config = tokenizerConfig;
-    this.hf = new HFTokenizer(withConfiguredPostProcessor(tokenizerJson, tokenizerConfig), {
+    this.hf = new HFTokenizer(withUnicodeWhitespace(withConfiguredPostProcessor(tokenizerJson, tokenizerConfig)), {
       ...tokenizerConfig,
       // We apply cleanup ourselves (see decode); keep the library from doing it on its own default.
       clean_up_tokenization_spaces: false,
@@ -97,6 +100,8 @@ export class Tokenizer {
     // transformers (v5) never cleans up after BPE: it would delete real spaces before punctuation.
     const modelType = (tokenizerJson.model as Json | undefined)?.type;
     this.cleanUpSpaces = tokenizerConfig.clean_up_tokenization_spaces === true && modelType !== "BPE";
+    this.metaspace = JSON.stringify(tokenizerJson.decoder ?? null).includes("\u2581");
+    this.byteFallback = (tokenizerJson.model as Json | undefined)?.byte_fallback === true;
   }
 
   /** Loads tokenizer.json, tokenizer_config.json, chat_template.jinja and eos ids from a model directory. */
@@ -171,6 +176,21 @@ export class Tokenizer {
     return bytes;
   }
 
+  /**
+   * The bytes one token stands for on its own, as llama.cpp's token_to_piece gives them: a
+   * byte-level token's bytes, a SentencePiece byte token's (<0xE6>) one byte, a "▁" as a space
+   * (also at the start, where a whole-text decode would strip it), else the token decoded alone.
+   * May be part of a character.
+   */
+  pieceBytes(id: number): Uint8Array {
+    if (this.isByteLevel) return this.tokenBytes(id);
+    const token = this.hasId(id) ? this.idToToken(id)! : "";
+    if (this.addedIds.has(id)) return utf8.encode(token);
+    const byte = this.byteFallback ? /^<0x([0-9A-Fa-f]{2})>$/.exec(token) : null;
+    if (byte) return Uint8Array.of(Number.parseInt(byte[1]!, 16));
+    return utf8.encode(this.metaspace ? token.replaceAll("\u2581", " ") : this.decode([id]));
+  }
+
   /** Renders a conversation with the model's chat template, as transformers' apply_chat_template(tokenize=False). */
   applyChatTemplate(
     messages: ChatMessage[],
@@ -243,6 +263,27 @@ function withConfiguredPostProcessor(tokenizerJson: Json, config: Json): Json {
       pick(config.add_eos_token, "eos_token"),
     ),
   };
+}
+
+// GPT-2's split rule, which a ByteLevel pre-tokenizer applies itself when use_regex is on.
+const GPT2_SPLIT = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+
+/**
+ * tokenizers.js runs a ByteLevel pre-tokenizer's own split with JavaScript's \s, which misses
+ * U+0085 and takes U+FEFF, so text holding them splits (and encodes) otherwise than in Rust
+ * tokenizers and llama.cpp. The same rule as a Split pattern gets Unicode's White_Space from the
+ * library's regex translation. Only without add_prefix_space, which ByteLevel adds before its split.
+ */
+function withUnicodeWhitespace(tokenizerJson: Json): Json {
+  const rewrite = (step: Json | null | undefined): Json | null | undefined => {
+    if (!step) return step;
+    if (step.type === "Sequence" && Array.isArray(step.pretokenizers))
+      return { ...step, pretokenizers: (step.pretokenizers as Json[]).map(rewrite) };
+    if (step.type !== "ByteLevel" || step.use_regex === false || step.add_prefix_space === true) return step;
+    const split = { type: "Split", pattern: { Regex: GPT2_SPLIT }, behavior: "Isolated", invert: false };
+    return { type: "Sequence", pretokenizers: [split, { ...step, use_regex: false }] };
+  };
+  return { ...tokenizerJson, pre_tokenizer: rewrite(tokenizerJson.pre_tokenizer as Json | null) };
 }
 
 /** The highest id of the model's vocabulary: a token → id map (BPE, WordPiece) or a list (Unigram). */

@@ -98,13 +98,6 @@ function utf8Owed(bytes: Uint8Array): { owes: number; continuations: number } {
   return { owes, continuations };
 }
 
-/** A token's bytes: exact for byte-level tokenizers and byte-fallback tokens (<0xXX>), else its text's. */
-function tokenBytes(tokenizer: Tokenizer, id: number): Uint8Array {
-  if (tokenizer.isByteLevel) return tokenizer.tokenBytes(id);
-  const byte = /^<0x([0-9A-Fa-f]{2})>$/.exec(tokenizer.idToToken(id) ?? "");
-  return byte ? Uint8Array.of(Number.parseInt(byte[1]!, 16)) : new TextEncoder().encode(tokenizer.decode([id]));
-}
-
 const vocabularies = new WeakMap<Tokenizer, Map<string, VocabularyText>>();
 
 /** The vocabulary as the steering reads it; `extra`: characters that also count as openers. */
@@ -123,7 +116,7 @@ export function vocabularyText(tokenizer: Tokenizer, extra = ""): VocabularyText
     const opener = new RegExp(`[{["\\\\,:${extra.replace(/[\\\]^-]/g, "\\$&")}]`, "g");
     const count = (text: string) => Math.min(255, text.match(opener)?.length ?? 0);
     for (let id = 0; id < tokenizer.vocabSize; id++) {
-      const bytes = tokenBytes(tokenizer, id);
+      const bytes = tokenizer.pieceBytes(id);
       const text = tokenizer.isByteLevel ? utf8.decode(bytes) : tokenizer.decode([id]);
       texts[id] = text;
       const owed = utf8Owed(bytes);

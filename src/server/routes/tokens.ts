@@ -25,7 +25,7 @@ export function tokenRoutes(s: ServerState): Hono {
     const req = parseTokenize(await readJson(c.req));
     const tokens = await withModel(req.model, (lm) => {
       const ids = lm.tokenizer.encode(req.content, { addSpecialTokens: req.addSpecial });
-      return req.withPieces ? ids.map((id) => ({ id, piece: lm.tokenizer.decode([id]) })) : ids;
+      return req.withPieces ? ids.map((id) => ({ id, piece: piece(lm.tokenizer.pieceBytes(id)) })) : ids;
     });
     return c.json({ tokens });
   });
@@ -51,4 +51,15 @@ export function tokenRoutes(s: ServerState): Hono {
     return c.json({ prompt });
   });
   return r;
+}
+
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+
+/** A token's piece as llama.cpp's /tokenize shows it: its text, or its bytes when they are part of a character. */
+function piece(bytes: Uint8Array): string | number[] {
+  try {
+    return strictUtf8.decode(bytes);
+  } catch {
+    return [...bytes];
+  }
 }
