@@ -138,6 +138,87 @@ describe("serve --prompt-cache-dir", () => {
   }, 60_000);
 });
 
+/** Rewrites the metadata of a prompt cache file's header (the tensors untouched). */
+function editMetadata(path: string, edit: (metadata: Record<string, string>) => void): void {
+  const bytes = readFileSync(path);
+  const length = Number(bytes.readBigUInt64LE(0));
+  const header = JSON.parse(bytes.subarray(8, 8 + length).toString("utf8"));
+  edit(header.__metadata__);
+  let json = JSON.stringify(header);
+  json += " ".repeat((8 - (Buffer.byteLength(json) % 8)) % 8);
+  const head = Buffer.alloc(8);
+  head.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
+  writeFileSync(path, Buffer.concat([head, Buffer.from(json), bytes.subarray(8 + length)]));
+}
+
+describe("serve --prompt-cache-dir, when things go wrong", () => {
+  test("a prefix larger than the memory budget comes back from disk for the request that needs it", async () => {
+    const dir = join(root, "over-budget");
+    // Memory holds no prefix at all: each goes straight to disk, and before was never read back.
+    const first = await askOnce({ promptCacheDir: dir, prefixCacheBytes: 1024 });
+    expect(first.cached).toBe(0);
+    const again = await askOnce({ promptCacheDir: dir, prefixCacheBytes: 1024 });
+    expect(again.cached).toBeGreaterThanOrEqual(first.prompt - 1);
+    expect(again.text).toBe(first.text);
+    // In one server: a second question reuses the first one's prefix from disk.
+    const server = serve({ promptCacheDir: join(root, "over-budget-2"), prefixCacheBytes: 1024 });
+    try {
+      const ask = async (question: string) => {
+        const body = {
+          model,
+          messages: [
+            { role: "system", content: system },
+            { role: "user", content: question },
+          ],
+          max_tokens: 4,
+          temperature: 0,
+        };
+        const r = await post(`${server.url}/v1/chat/completions`, body);
+        expect(r.status).toBe(200);
+        return r.json.usage.prompt_tokens_details.cached_tokens as number;
+      };
+      expect(await ask("What is rule 3?")).toBe(0);
+      // Written in the background: the cache offers a file a moment after it is renamed into place.
+      for (let i = 0; i < 100 && files(join(root, "over-budget-2")).length === 0; i++) await Bun.sleep(20);
+      await Bun.sleep(300);
+      expect(await ask("And rule 5?")).toBeGreaterThan(system.length / 10);
+    } finally {
+      await server.stop();
+    }
+  }, 60_000);
+
+  test("a directory that cannot be made is a warning: the server answers without it", async () => {
+    const blocker = join(root, "a-file");
+    writeFileSync(blocker, "not a directory");
+    const logged: string[] = [];
+    const answer = await askOnce({
+      promptCacheDir: join(blocker, "cache"),
+      logError: (e) => logged.push((e as Error).message),
+    });
+    expect(answer.cached).toBe(0);
+    expect(logged.some((m) => m.includes(`cannot use ${join(blocker, "cache")}, going on without it`))).toBe(true);
+  }, 60_000);
+
+  test("a file whose header is damaged (its token list, or tokens its tensors do not hold) is removed, never used", async () => {
+    const dir = join(root, "damaged-header");
+    const first = await askOnce({ promptCacheDir: dir });
+    const damaged = files(dir);
+    expect(damaged.length).toBeGreaterThan(1);
+    damaged.forEach((f, i) =>
+      editMetadata(join(dir, f), (m) => {
+        const tokens = JSON.parse(m.tokens!) as number[];
+        m.tokens = i === 0 ? "[1, 2" : JSON.stringify(tokens.slice(0, -3));
+      }),
+    );
+    const logged: string[] = [];
+    const again = await askOnce({ promptCacheDir: dir, logError: (e) => logged.push((e as Error).message) });
+    expect(again.cached).toBe(0);
+    expect(again.text).toBe(first.text);
+    expect(logged.some((m) => m.includes("damaged (its token list is not JSON)"))).toBe(true);
+    for (const f of damaged) expect(logged.some((m) => m.includes(`removing ${join(dir, f)}`))).toBe(true);
+  }, 60_000);
+});
+
 describe("disk prefix cache writes", () => {
   test("a save returns before any file I/O; the file appears, whole and loadable, once the writes finish; failures are warnings", async () => {
     const lm = loadModel(model);
@@ -238,5 +319,34 @@ describe("mlx cache-prompt and mlx run --prompt-cache", () => {
     const damaged = await run(["run", "--prompt-cache", file, "-m", model, "hi"]);
     expect(damaged.code).not.toBe(0);
     expect(damaged.stderr.trim()).toContain("not a prompt cache file");
+  }, 60_000);
+
+  test("a damaged header is a one-line error; a document over the context is refused before the prefill", async () => {
+    const file = join(root, "doc3.cache");
+    await run(["cache-prompt", "-m", model, file], document);
+    editMetadata(file, (m) => {
+      m.tokens = m.tokens!.replace(/,\d+\]$/, "]"); // one token fewer than the tensors hold
+    });
+    const short = await run(["run", "--prompt-cache", file, "-m", model, "hi"]);
+    expect(short.code).toBe(1);
+    expect(short.stderr.trim().split("\n")).toHaveLength(1);
+    expect(short.stderr).toMatch(/damaged \(layer 0 holds (\d+) positions for \d+ tokens\)/);
+    editMetadata(file, (m) => {
+      m.tokens = "[1, 2";
+    });
+    const broken = await run(["run", "--prompt-cache", file, "-m", model, "hi"]);
+    expect(broken).toMatchObject({ code: 1, stderr: `error: ${file}: damaged (its token list is not JSON)\n` });
+
+    // The tiny model's context is 1,024 tokens: every run of this file would fail.
+    const long = join(root, "long.cache");
+    const huge = await run(["cache-prompt", "-m", model, long], `${document}\n`.repeat(12));
+    expect(huge.code).toBe(1);
+    expect(huge.stderr).toMatch(
+      /^error: the document is \d+ tokens, but the model's context is 1024: .*--max-kv-size\n$/,
+    );
+    expect(existsSync(long)).toBe(false);
+    const rotating = await run(["cache-prompt", "-m", model, "--max-kv-size", "256", long], `${document}\n`.repeat(12));
+    expect(rotating.code).toBe(0);
+    expect(existsSync(long)).toBe(true);
   }, 60_000);
 });

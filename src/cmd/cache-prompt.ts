@@ -4,6 +4,7 @@ import { defineCommand } from "citty";
 import { existsSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { prefillPrompt, savePrefilled } from "../engine/prompt-cache-file";
+import type { LoadedModel } from "../models/load";
 import { promptTokens } from "../engine/prompt";
 import { fail, log, setVerbose } from "./log";
 import { openModel } from "./open-model";
@@ -44,6 +45,7 @@ export default defineCommand({
       const started = performance.now();
       // The document as `mlx run --prompt-cache` puts it first in its prompt.
       const tokens = promptTokens(lm.tokenizer, text, { system: args.system, raw: args.raw });
+      checkContext(lm, tokens.length);
       const entry = prefillPrompt(lm, tokens);
       await savePrefilled(lm, args.file, entry, text);
       log.info(
@@ -55,3 +57,16 @@ export default defineCommand({
     }
   },
 });
+
+/**
+ * A document that fills the model's context leaves no room for a question and its answer:
+ * every `run --prompt-cache` of it would fail, so it is refused before the prefill (minutes on
+ * a long one) and the file (a gigabyte or more). A rotating cache (--max-kv-size) takes any length.
+ */
+function checkContext(lm: LoadedModel, tokens: number): void {
+  const context = lm.config.maxPositionEmbeddings;
+  if (lm.maxKvSize === undefined && tokens >= context)
+    throw new Error(
+      `the document is ${tokens} tokens, but the model's context is ${context}: no room is left for a question and its answer; shorten it, or give --max-kv-size`,
+    );
+}

@@ -15,6 +15,7 @@ import { randomUUID } from "node:crypto";
 import { readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { RemoteLayers } from "../models/model";
+import { fileErrorReason } from "../format";
 import {
   encodePromptCache,
   loadPromptCache,
@@ -93,6 +94,8 @@ export class DiskPrefixCache {
   readonly #writing = new Set<string>();
   /** Prompt tokens restored from disk. */
   restoredTokens = 0;
+  /** Why the directory cannot be used at all (it cannot be made or listed): then nothing is read or written. */
+  readonly unusable?: string;
   /** The other processes of a split model: each writes, reads and removes its share of every file. */
   mirror?: Pick<RemoteLayers, "savePrefixFile" | "loadPrefixFile" | "removePrefixFile">;
 
@@ -108,8 +111,15 @@ export class DiskPrefixCache {
     /** Where files are written (a server shares one among its models, and waits for it when stopping). */
     readonly writes = new BackgroundWrites(),
   ) {
-    mkdirSync(dir, { recursive: true });
-    this.#scan();
+    // A directory that cannot be made or read costs the server its second level, not its answers.
+    try {
+      mkdirSync(dir, { recursive: true });
+      this.#scan();
+    } catch (error) {
+      this.#files.clear();
+      this.unusable = (error as Error).message;
+      this.warn(`prompt cache: cannot use ${dir}, going on without it: ${this.unusable}`);
+    }
   }
 
   get entries(): number {
@@ -127,7 +137,7 @@ export class DiskPrefixCache {
       const file = join(this.dir, name);
       if (name.includes(".tmp.")) {
         // A write that never finished (its process died): nobody renames it any more.
-        if (stale(file)) rmSync(file, { force: true });
+        if (stale(file)) this.#remove(file);
         continue;
       }
       let metadata: Record<string, string>;
@@ -151,7 +161,7 @@ export class DiskPrefixCache {
         );
         continue;
       }
-      this.#files.set(name, { file, tokens: JSON.parse(metadata.tokens!), dropped: Number(metadata.dropped) });
+      this.#files.set(name, { file, tokens: JSON.parse(metadata.tokens!), dropped: Number(metadata.dropped ?? 0) });
     }
     // Shares whose file is gone. A share is written before its file is renamed into place: only
     // an old one is an orphan.
@@ -159,27 +169,46 @@ export class DiskPrefixCache {
       const whose = shareOf(name);
       const share = join(this.dir, name);
       if (whose?.endsWith(EXTENSION) && ownName(whose) && !existsSync(join(this.dir, whose)) && stale(share))
-        rmSync(share, { force: true });
+        this.#remove(share);
     }
   }
 
+  /** Forgets a damaged or unusable file and removes it (with its shares) where the directory lets us. */
   #discard(file: string, why: Error): void {
     this.warn(`prompt cache: removing ${file}: ${why.message}`);
-    rmSync(file, { force: true });
-    this.#removeShares(file);
     this.#files.delete(file.slice(this.dir.length + 1));
+    this.#remove(file);
+    this.#removeShares(file);
+  }
+
+  /**
+   * Removes a file of ours; one that stays (a read-only directory) is a warning: it is not
+   * indexed, so never used, and the server goes on.
+   */
+  #remove(file: string): void {
+    try {
+      rmSync(file, { force: true });
+    } catch (error) {
+      this.warn(`prompt cache: cannot remove ${file}: ${fileErrorReason(error)}`);
+    }
   }
 
   /** The other processes' shares of `file`: theirs, and those beside it here (ranks on this machine). */
   #removeShares(file: string): void {
     this.mirror?.removePrefixFile(file);
     const name = file.slice(this.dir.length + 1);
-    for (const other of readdirSync(this.dir))
-      if (shareOf(other) === name) rmSync(join(this.dir, other), { force: true });
+    let names: string[];
+    try {
+      names = readdirSync(this.dir);
+    } catch {
+      return; // the directory is gone or unreadable: no share beside it to remove
+    }
+    for (const other of names) if (shareOf(other) === name) this.#remove(join(this.dir, other));
   }
 
   /** The stored entry sharing the longest prefix with `prompt` (at most `limit` tokens), if longer than `atLeast`. */
   longest(prompt: number[], limit: number, atLeast: number): { name: string; length: number } | undefined {
+    if (this.unusable !== undefined) return undefined;
     let best: { name: string; length: number } | undefined;
     for (const [name, s] of this.#files) {
       let length = 0;
@@ -210,14 +239,24 @@ export class DiskPrefixCache {
     if (!stored) return undefined;
     try {
       const entry = loadPromptCache(stored.file, this.owner);
-      const now = new Date();
-      utimesSync(stored.file, now, now);
+      this.#touch(stored.file);
       return entry;
     } catch (error) {
       if (!(error instanceof PromptCacheFileError)) throw error;
       this.#discard(stored.file, error);
       return undefined;
     }
+  }
+
+  /**
+   * Marks a file used now, for the least-recently-used bound. Best effort: in a read-only
+   * directory (one shared by several servers, say) the file is still used, only not marked.
+   */
+  #touch(file: string): void {
+    try {
+      const now = new Date();
+      utimesSync(file, now, now);
+    } catch {}
   }
 
   /** The file an entry is stored in (in `dir`). */
@@ -235,6 +274,7 @@ export class DiskPrefixCache {
    * failed write is a warning, and leaves no file.
    */
   save(entry: PromptCacheEntry, id = 0): void {
+    if (this.unusable !== undefined) return;
     const name = this.fileName(entry);
     const file = join(this.dir, name);
     if (this.#writing.has(name) || (this.#files.has(name) && existsSync(file))) return;

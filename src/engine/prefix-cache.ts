@@ -51,6 +51,12 @@ export class PrefixCache {
   #clock = 0;
   #nextId = 1;
   /**
+   * A prefix restored from disk that alone is larger than the budget: lent to the request that
+   * asked for it (its caches take their own references when seeded) and let go at the next
+   * lookup, never indexed. Without it, a prefix too large for memory went to disk for nothing.
+   */
+  #lent?: Entry;
+  /**
    * The processes holding the other layers of a model split across processes: each keeps its
    * own layers' keys and values of every entry, stored and evicted when this cache says.
    */
@@ -76,6 +82,7 @@ export class PrefixCache {
 
   /** The longest stored prefix of `prompt`, at most `limit` tokens long, computed in `namespace` (0: the base model, else an adapter's id). */
   lookup(prompt: number[], limit: number, namespace = 0): PrefixMatch | undefined {
+    this.#releaseLent();
     let node = this.#root(namespace);
     let depth = 0;
     let best: { entry: Entry; depth: number } | undefined;
@@ -109,10 +116,11 @@ export class PrefixCache {
     for (let found = disk.longest(prompt, limit, atLeast); found; found = disk.longest(prompt, limit, atLeast)) {
       const loaded = disk.load(found.name);
       if (!loaded) continue;
-      const entry = this.adopt(loaded);
+      const entry = this.#fits(loaded) ? this.adopt(loaded) : this.#lend(loaded);
       if (!entry) return undefined;
       if (!disk.loadShares(found.name, entry.id, loaded)) {
-        this.#remove(entry);
+        if (entry === this.#lent) this.#releaseLent();
+        else this.#remove(entry);
         continue;
       }
       disk.restoredTokens += found.length;
@@ -129,22 +137,37 @@ export class PrefixCache {
     this.#reindex();
   }
 
-  /** Takes in an entry of the base model read from a file (it owns the arrays now); undefined when over the budget. */
-  adopt(loaded: PromptCacheEntry): Entry | undefined {
+  /** Whether an entry read from a file fits the budget on its own. */
+  #fits(loaded: PromptCacheEntry): boolean {
+    return [...loaded.keys, ...loaded.values].flat().reduce((sum, t) => sum + t.nbytes, 0) <= this.maxBytes;
+  }
+
+  /** An entry of the base model read from a file, its arrays kept (owned by this cache). */
+  #entryOf(loaded: PromptCacheEntry): Entry {
     const arrays = [...loaded.keys, ...loaded.values].flat();
     for (const t of arrays) mx.keep(t);
     const { tokens, dropped, keys, values } = loaded;
     const bytes = arrays.reduce((sum, t) => sum + t.nbytes, 0);
-    const entry: Entry = {
-      id: this.#nextId++,
-      namespace: 0,
-      tokens,
-      dropped,
-      keys,
-      values,
-      bytes,
-      lastUsed: ++this.#clock,
-    };
+    return { id: this.#nextId++, namespace: 0, tokens, dropped, keys, values, bytes, lastUsed: ++this.#clock };
+  }
+
+  /** Holds a restored entry over the budget for one request (see #lent). */
+  #lend(loaded: PromptCacheEntry): Entry {
+    this.#lent = this.#entryOf(loaded);
+    return this.#lent;
+  }
+
+  #releaseLent(): void {
+    const entry = this.#lent;
+    if (!entry) return;
+    this.#lent = undefined;
+    for (const t of [...entry.keys, ...entry.values].flat()) t.free();
+    this.mirror?.dropPrefix(entry.id);
+  }
+
+  /** Takes in an entry of the base model read from a file (it owns the arrays now); undefined when over the budget. */
+  adopt(loaded: PromptCacheEntry): Entry | undefined {
+    const entry = this.#entryOf(loaded);
     this.#entries.push(entry);
     this.#index(entry);
     this.#evict();
@@ -230,6 +253,7 @@ export class PrefixCache {
 
   /** Drops every entry (writing each to disk first, when there is one). */
   clear(): void {
+    this.#releaseLent(); // on disk already
     for (const e of this.#entries) if (e.namespace === 0) this.disk?.save(e, e.id);
     for (const e of this.#entries) for (const t of [...e.keys, ...e.values].flat()) t.free();
     for (const e of this.#entries) this.mirror?.dropPrefix(e.id);

@@ -174,7 +174,8 @@ export async function writePromptCacheFile(path: string, parts: Uint8Array[]): P
     }
     await rename(temporary, path);
   } finally {
-    await rm(temporary, { force: true });
+    // Never in place of the write's own error (a read-only directory refuses this too).
+    await rm(temporary, { force: true }).catch(() => {});
   }
 }
 
@@ -195,7 +196,10 @@ export function writePromptCacheFileSync(path: string, parts: Uint8Array[]): voi
     }
     renameSync(temporary, path);
   } finally {
-    rmSync(temporary, { force: true });
+    // Never in place of the write's own error (a read-only directory refuses this too).
+    try {
+      rmSync(temporary, { force: true });
+    } catch {}
   }
 }
 
@@ -216,6 +220,8 @@ export function readPromptCacheHeader(path: string): Record<string, string> {
     if (readSync(fd, header, 0, length, 8) !== length) throw new PromptCacheFileError(`${path}: truncated`);
     const metadata = (JSON.parse(header.toString("utf8")) as { __metadata__?: Record<string, string> }).__metadata__;
     if (metadata?.format !== FORMAT) throw new PromptCacheFileError(`${path}: not a prompt cache file`);
+    const damaged = damagedMetadata(metadata);
+    if (damaged) throw new PromptCacheFileError(`${path}: damaged (${damaged})`);
     return metadata;
   } catch (error) {
     if (error instanceof PromptCacheFileError) throw error;
@@ -223,6 +229,26 @@ export function readPromptCacheHeader(path: string): Record<string, string> {
   } finally {
     closeSync(fd);
   }
+}
+
+/**
+ * What is wrong with a header's token list, count of dropped positions or layer count, if
+ * anything: the checksum covers the tensors only, and a reader must not trip over these later.
+ */
+function damagedMetadata(metadata: Record<string, string>): string | undefined {
+  let tokens: unknown;
+  try {
+    tokens = JSON.parse(metadata.tokens ?? "");
+  } catch {
+    return "its token list is not JSON";
+  }
+  if (!Array.isArray(tokens) || !tokens.every((t) => Number.isInteger(t) && t >= 0))
+    return "its token list is not a list of token ids";
+  const whole = (value: string | undefined) => value === undefined || /^\d+$/.test(value);
+  if (!whole(metadata.dropped) || Number(metadata.dropped ?? 0) > tokens.length)
+    return `it drops ${metadata.dropped} of ${tokens.length} positions`;
+  if (!whole(metadata.layers)) return `its layer count is '${metadata.layers}'`;
+  return undefined;
 }
 
 /** Reads a prompt cache made for `owner`; throws PromptCacheFileError when it is not usable. */
@@ -284,7 +310,7 @@ function readEntry(path: string, metadata: Record<string, string>): PromptCacheE
     keys.push(parts(layer, "keys"));
     values.push(parts(layer, "values"));
   }
-  return {
+  const entry: PromptCacheEntry = {
     tokens: JSON.parse(metadata.tokens!) as number[],
     dropped: Number(metadata.dropped ?? 0),
     keys,
@@ -292,6 +318,32 @@ function readEntry(path: string, metadata: Record<string, string>): PromptCacheE
     text: metadata.text,
     save: metadata.save,
   };
+  // Another process's share of a split model's entry names no tokens: its file (rank 0's) does.
+  const mismatch = shapeMismatch(entry, tensors.size, (metadata.rank ?? "0") === "0");
+  if (mismatch) {
+    free();
+    throw new PromptCacheFileError(`${path}: damaged (${mismatch})`);
+  }
+  return entry;
+}
+
+/**
+ * Where an entry read from a file disagrees with its own header (a tensor outside the layer
+ * count, or a layer holding another number of positions than its tokens): seeding a cache from
+ * it would read past its positions or leave layers without any.
+ */
+function shapeMismatch(entry: PromptCacheEntry, tensors: number, namesTokens: boolean): string | undefined {
+  const read = [...entry.keys, ...entry.values].reduce((n, parts) => n + parts.length, 0);
+  if (read !== tensors) return `${tensors - read} of its tensors are outside its ${entry.keys.length} layers`;
+  const held = entry.tokens.length - entry.dropped;
+  for (const [layer, parts] of entry.values.entries()) {
+    // A layer another process of a split model holds has no tensors here.
+    const positions = parts[0]?.shape[2];
+    if (namesTokens && positions !== undefined && positions !== held)
+      return `layer ${layer} holds ${positions} positions for ${held} tokens`;
+    if ((parts.length === 0) !== (entry.keys[layer]!.length === 0)) return `layer ${layer} has keys or values only`;
+  }
+  return undefined;
 }
 
 /**
