@@ -412,4 +412,22 @@ describe("serve with a quantized KV cache", () => {
     expect(quantized / float).toBeGreaterThan(0.45);
     expect(quantized / float).toBeLessThan(0.7);
   }, 60_000);
+
+  test("a group size the model's heads do not divide: each request says so, and no copy of the model stays", async () => {
+    const dir = join(mkdtempSync(join(tmpdir(), "mlx-kv-")), "tiny-wide");
+    writeTinyModel(dir, { headDim, seed: 5 });
+    const server = serve({ kvQuantization: { bits: 8, groupSize: 128 } });
+    try {
+      for (let i = 0; i < 2; i++) {
+        const r = await post(`${server.url}/v1/completions`, { model: dir, prompt: "Hi", max_tokens: 2 });
+        expect([r.status, r.json.error.code]).toEqual([500, "model_load_failed"]);
+        expect(r.json.error.message).toBe(
+          `cannot serve ${dir} with this server's settings: an 8-bit KV cache needs the head size (64) to be a multiple of its group size (128); try --kv-group-size 32`,
+        );
+        expect(server.state.models.loaded).toHaveLength(0);
+      }
+    } finally {
+      await server.stop();
+    }
+  });
 });

@@ -14,6 +14,7 @@ import * as mx from "../src/mlx";
 import { loadModel, type LoadedModel } from "../src/models/load";
 import { forward, makeCaches } from "../src/models";
 import { resolveModelPath } from "../src/store/resolve";
+import { speculationFlags } from "../src/cmd/options";
 import { cliRunner } from "./helpers/cli";
 import { serve, tinyModel } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
@@ -80,6 +81,22 @@ describe("greedy speculation gives the model's own tokens", () => {
       const events = tokens(quantized, defaultSampling, 40, lookup);
       expect(drafted(events)).toBeGreaterThan(0);
       expect(ids(events)).toEqual(ids(alone));
+    } finally {
+      quantized.free();
+    }
+  });
+
+  test("a quantized KV cache from --kv-quant-start: no step verifies drafts across the start", () => {
+    const quantized = loadModel(join(root, "wide"));
+    try {
+      // The answer crosses the start: the steps before it keep the cache float, as one at a time.
+      for (const start of [17, 20, 26, 33]) {
+        quantized.kvQuantization = { bits: 4, groupSize: 32, start };
+        const alone = tokens(quantized, defaultSampling, 40);
+        const events = tokens(quantized, defaultSampling, 40, lookup);
+        expect(drafted(events)).toBeGreaterThan(0);
+        expect(ids(events)).toEqual(ids(alone));
+      }
     } finally {
       quantized.free();
     }
@@ -268,6 +285,24 @@ describe("requests", () => {
     expect(chat.code).toBe(0);
     expect(chat.stderr).toMatch(/\d+\/\d+ drafted tokens accepted/);
   });
+});
+
+test("flags: an empty --draft-model, or speculation with --max-kv-size (never speculated), are errors", async () => {
+  // Before: '' fell back to prompt lookup, and with --max-kv-size nothing was ever drafted (the
+  // draft model loaded for nothing).
+  expect(() => speculationFlags({ "draft-model": "" })).toThrow("--draft-model needs a model");
+  expect(() => speculationFlags({ "prompt-lookup": true, "max-kv-size": "64" })).toThrow(
+    "--prompt-lookup cannot speculate with --max-kv-size",
+  );
+  expect(() => speculationFlags({ "draft-model": "small", "max-kv-size": "64" })).toThrow(
+    "--draft-model cannot speculate with --max-kv-size",
+  );
+  expect(speculationFlags({ "max-kv-size": "64" })).toBeUndefined();
+  const mlx = cliRunner(join(root, "home"));
+  const both = await mlx(["run", "-m", join(root, "tiny"), "--prompt-lookup", "--max-kv-size", "64", "Hi"]);
+  expect(both.code).toBe(1);
+  expect(both.stderr.trim().split("\n")).toHaveLength(1);
+  expect(both.stderr).toContain("cannot speculate with --max-kv-size");
 });
 
 test("models.toml: prompt_lookup or draft_model with num_draft on an alias; both is an error", async () => {

@@ -3,6 +3,7 @@
 // (on a cache of its own), then joins the batch. Each sequence keeps its own sampling
 // parameters, seed and logits processors.
 import * as mx from "../mlx";
+import { InvalidParameterError } from "../errors";
 import type { MxArray } from "../mlx";
 import { cacheState, freeCaches, makeCaches, type DecoderModel, type KVCache } from "../models";
 import { BatchKVCache } from "../models/batch-cache";
@@ -163,8 +164,9 @@ export class BatchGenerator {
   ) {
     const kv = options.kvQuantization;
     if (kv && model.config.headDim % kv.groupSize !== 0) {
-      throw new Error(
+      throw new InvalidParameterError(
         `${kv.bits === 8 ? "an" : "a"} ${kv.bits}-bit KV cache needs the head size (${model.config.headDim}) to be a multiple of its group size (${kv.groupSize}); try --kv-group-size 32`,
+        "kv_group_size",
       );
     }
     // Split across processes, the prefix cache holds this process's layers and each other
@@ -288,7 +290,8 @@ export class BatchGenerator {
     if (this.#speculating) {
       // Drafting needs every sequence's last token on the host.
       if (group.ahead) events.push(...this.#read(group, this.#takeAhead(group)));
-      const drafts = group.active.map((s) => this.#draft(s));
+      const room = this.#draftsBeforeQuantizing(group);
+      const drafts = group.active.map((s) => this.#draft(s, room));
       if (drafts.some((d) => d.tokens.length > 0)) {
         events.push(...this.#speculate(drafts));
         return events;
@@ -379,10 +382,25 @@ export class BatchGenerator {
     );
   }
 
-  /** Up to numDraft tokens for a sequence, never more than its answer has room for after the target's own. */
-  #draft(s: Sequence): Draft {
+  /**
+   * Draft tokens a step may verify while the KV cache is still float before --kv-quant-start: a
+   * step across that point quantizes the cache first, so its positions before the start would
+   * be read quantized, where decoding one token at a time reads them in float.
+   */
+  #draftsBeforeQuantizing(group: DecodeGroup): number {
+    const start = this.options.kvQuantization?.start;
+    const cache = group.caches[0];
+    if (start === undefined || !cache || cache.quantized || cache.offset >= start) return Infinity;
+    return start - cache.offset - 1;
+  }
+
+  /**
+   * Up to numDraft tokens for a sequence (at most `room`), never more than its answer has room
+   * for after the target's own.
+   */
+  #draft(s: Sequence, room: number): Draft {
     const o = this.options.speculation!;
-    const count = Math.min(o.numDraft, s.request.maxTokens - s.generated - 1);
+    const count = Math.min(o.numDraft, s.request.maxTokens - s.generated - 1, room);
     if (s.request.speculate === false || s.pause > 0 || count <= 0) return { tokens: [] };
     if (o.draftModel) return modelDraft(o.draftModel, s, count, this.options.prefillChunk);
     const tokens = lookupDraft([...s.history, s.next], count);

@@ -5,7 +5,7 @@
 // A name may stand for a base model plus a LoRA/DoRA adapter (models.toml's `adapter`, or
 // serve --adapter): it shares the base's entry (one copy of the weights, one scheduler, so
 // requests for the base and its adapters batch together); the adapter is loaded once per base.
-import { loadModel, type LoadedModel, type SpeculationChoice } from "../models/load";
+import { loadModel, ModelLoadError, type LoadedModel, type SpeculationChoice } from "../models/load";
 import { resolveModelPath } from "../store/resolve";
 import { aliasAdapter, aliasCacheSettings, aliasSpeculation } from "../store/aliases";
 import { loadAdapter, type Adapter } from "../models/lora";
@@ -242,12 +242,21 @@ export class ModelRegistry {
           lm.free();
           throw error;
         }
+        let scheduler: Scheduler;
+        try {
+          scheduler = this.options.makeScheduler(lm);
+        } catch (error) {
+          // The server's settings do not fit this model (a KV cache group size, say): every
+          // request for it says so, and none keeps a copy of its weights.
+          lm.free();
+          throw new ModelLoadError(`cannot serve ${name} with this server's settings: ${(error as Error).message}`);
+        }
         const entry: LoadedEntry = {
           name,
           path,
           key,
           lm,
-          scheduler: this.options.makeScheduler(lm),
+          scheduler,
           loadedAt: new Date(),
           loadMs: performance.now() - started,
           active: 0,
