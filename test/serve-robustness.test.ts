@@ -51,7 +51,7 @@ describe("bad input: a clear 4xx naming the field, and the server carries on", (
     ["fractional max_tokens", v1, { max_tokens: 1.5 }, 400, "max_tokens"],
     ["max_tokens as a string", v1, { max_tokens: "10" }, 400, "max_tokens"],
     ["absurd max_tokens", v1, { max_tokens: 1e12 }, 400, "max_tokens"],
-    ["absurd max_completion_tokens", v1, { max_completion_tokens: 100000 }, 400, "max_tokens"],
+    ["absurd max_completion_tokens", v1, { max_completion_tokens: 100000 }, 400, "max_completion_tokens"],
     ["temperature as a string", v1, { temperature: "hot" }, 400, "temperature"],
     ["negative temperature", v1, { temperature: -1 }, 400, "temperature"],
     ["top_p of 0", v1, { top_p: 0 }, 400, "top_p"],
