@@ -321,6 +321,13 @@ test("models.toml: prompt_lookup or draft_model with num_draft on an alias; both
   const both = await mlx(["run", "-m", "spec", "Hi"]);
   expect(both.code).not.toBe(0);
   expect(both.stderr).toContain("model 'spec': give draft_model or prompt_lookup, not both");
+  // A rotating cache never speculates: said, rather than the alias's speculation silently not made.
+  write("prompt_lookup = true\nmax_kv_size = 64");
+  const rotating = await mlx(["run", "-m", "spec", "Hi"]);
+  expect(rotating.code).toBe(1);
+  expect(rotating.stderr.trim()).toBe(
+    "error: speculative decoding cannot go with a rotating KV cache (max_kv_size 64): it cannot take back rejected drafts; give one or the other",
+  );
 });
 
 describe("the default model", () => {

@@ -43,6 +43,13 @@ export async function attachSpeculation(
   open: (name: string) => Promise<LoadedModel>,
 ): Promise<void> {
   if (!choice) return;
+  // The rotating cache drops positions it could not take back, so the batch never speculates
+  // with it: a draft model would be loaded, and the alias's speculation never happen, unsaid.
+  if (lm.maxKvSize !== undefined)
+    throw new UnsupportedError(
+      `speculative decoding cannot go with a rotating KV cache (max_kv_size ${lm.maxKvSize}): it cannot take back rejected drafts; give one or the other`,
+      choice.draftModel ? "draft_model" : "prompt_lookup",
+    );
   if (!choice.draftModel) {
     lm.speculation = { numDraft: choice.numDraft };
     return;
