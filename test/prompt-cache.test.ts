@@ -33,25 +33,30 @@ const system = Array.from({ length: 120 }, (_, i) => `rule ${i % 17}`).join("; "
 const files = (dir: string) => readdirSync(dir).filter((f) => f.endsWith(".safetensors"));
 const dirBytes = (dir: string) => files(dir).reduce((n, f) => n + statSync(join(dir, f)).size, 0);
 
+/** One question under the shared system prompt, to a running server: its answer and prompt counts. */
+async function ask(url: string, question: string, maxTokens = 8) {
+  const r = await post(`${url}/v1/chat/completions`, {
+    model,
+    messages: [
+      { role: "system", content: system },
+      { role: "user", content: question },
+    ],
+    max_tokens: maxTokens,
+    temperature: 0,
+  });
+  expect(r.status).toBe(200);
+  return {
+    text: r.json.choices[0].message.content as string,
+    prompt: r.json.usage.prompt_tokens as number,
+    cached: r.json.usage.prompt_tokens_details.cached_tokens as number,
+  };
+}
+
 /** One request on a fresh server, which stops afterwards (writing what it holds to its directory). */
 async function askOnce(o: ServerOptions, question = "What is rule 3?") {
   const server = serve({ prefixCacheBytes: 64 * 1024 * 1024, ...o });
   try {
-    const r = await post(`${server.url}/v1/chat/completions`, {
-      model,
-      messages: [
-        { role: "system", content: system },
-        { role: "user", content: question },
-      ],
-      max_tokens: 8,
-      temperature: 0,
-    });
-    expect(r.status).toBe(200);
-    return {
-      text: r.json.choices[0].message.content as string,
-      prompt: r.json.usage.prompt_tokens as number,
-      cached: r.json.usage.prompt_tokens_details.cached_tokens as number,
-    };
+    return await ask(server.url, question);
   } finally {
     await server.stop();
   }
@@ -104,7 +109,7 @@ describe("serve --prompt-cache-dir", () => {
     const dir = join(root, "versions");
     const other = join(root, "tiny-v1");
     writeTinyModel(other, { contextLength: 1024, seed: 11 });
-    const ask = async () => {
+    const askOther = async () => {
       const server = serve({ promptCacheDir: dir });
       try {
         await post(`${server.url}/v1/completions`, { model: other, prompt: system, max_tokens: 2 });
@@ -112,11 +117,11 @@ describe("serve --prompt-cache-dir", () => {
         await server.stop();
       }
     };
-    await ask();
+    await askOther();
     const old = files(dir);
     expect(old.length).toBeGreaterThan(0);
     writeTinyModel(other, { contextLength: 1024, seed: 12 }); // new weights at the same path
-    await ask();
+    await askOther();
     for (const f of old) expect(files(dir)).not.toContain(f);
   }, 60_000);
 
@@ -163,25 +168,12 @@ describe("serve --prompt-cache-dir, when things go wrong", () => {
     // In one server: a second question reuses the first one's prefix from disk.
     const server = serve({ promptCacheDir: join(root, "over-budget-2"), prefixCacheBytes: 1024 });
     try {
-      const ask = async (question: string) => {
-        const body = {
-          model,
-          messages: [
-            { role: "system", content: system },
-            { role: "user", content: question },
-          ],
-          max_tokens: 4,
-          temperature: 0,
-        };
-        const r = await post(`${server.url}/v1/chat/completions`, body);
-        expect(r.status).toBe(200);
-        return r.json.usage.prompt_tokens_details.cached_tokens as number;
-      };
-      expect(await ask("What is rule 3?")).toBe(0);
+      const cached = async (question: string) => (await ask(server.url, question, 4)).cached;
+      expect(await cached("What is rule 3?")).toBe(0);
       // Written in the background: the cache offers a file a moment after it is renamed into place.
       for (let i = 0; i < 100 && files(join(root, "over-budget-2")).length === 0; i++) await Bun.sleep(20);
       await Bun.sleep(300);
-      expect(await ask("And rule 5?")).toBeGreaterThan(system.length / 10);
+      expect(await cached("And rule 5?")).toBeGreaterThan(system.length / 10);
     } finally {
       await server.stop();
     }
