@@ -517,6 +517,17 @@ describe("a config.json that does not describe the weights", () => {
       { num_attention_heads: 2 },
       "does not match the weights: tensor model.layers.0.self_attn.q_proj.weight has shape [64,64], but num_attention_heads × head_dim (2 × 16) is 32",
     ],
+    [
+      "an MLP width the weights do not have",
+      { intermediate_size: 96 },
+      /does not match the weights: tensor model\.layers\.0\.mlp\.gate_proj\.weight has shape \[\d+,64\], but intermediate_size is 96$/,
+    ],
+    [
+      "an MLP width the quantized weights do not have",
+      { intermediate_size: 96 },
+      /does not match the weights: tensor model\.layers\.0\.mlp\.gate_proj\.weight has shape \[\d+,\d+\], but intermediate_size is 96$/,
+      { quantize: { groupSize: 32, bits: 4 } },
+    ],
   ];
   for (const [name, change, message, options] of cases) {
     test(`${name}: one line naming the file and the problem`, () => {

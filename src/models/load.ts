@@ -220,6 +220,16 @@ function checkTensorsFitConfig(
     const shape = tensors.get(name)?.shape;
     if (shape && shape[0] !== size) throw mismatch(`tensor ${name} has shape [${shape}], but ${what} is ${size}`);
   };
+  // The inputs of a linear layer's weight: its last dimension, unpacked where it is quantized.
+  const expectInputs = (name: string, size: number, what: string) => {
+    const shape = tensors.get(name)?.shape;
+    if (!shape) return;
+    const prefix = name.slice(0, -".weight".length);
+    const quant = tensors.has(`${prefix}.scales`) && (config.quantizationOverrides[prefix] || config.quantization);
+    const inputs = quant ? (shape.at(-1)! * 32) / quant.bits : shape.at(-1)!;
+    if (inputs !== size)
+      throw mismatch(`tensor ${name} has shape [${shape}] (${inputs} inputs), but ${what} is ${size}`);
+  };
   const heads = (name: string, count: number) => `${name} × head_dim (${count} × ${config.headDim})`;
   expectSize("model.norm.weight", config.hiddenSize, "hidden_size");
   // Token ids past vocab_size would be refused as if the prompt were wrong, ids past the embedding read garbage.
@@ -239,6 +249,20 @@ function checkTensorsFitConfig(
       config.numKeyValueHeads * config.headDim,
       heads("num_key_value_heads", config.numKeyValueHeads),
     );
+    expectInputs(`${prefix}.self_attn.q_proj.weight`, config.hiddenSize, "hidden_size");
+    expectInputs(
+      `${prefix}.self_attn.o_proj.weight`,
+      config.numAttentionHeads * config.headDim,
+      heads("num_attention_heads", config.numAttentionHeads),
+    );
+    expectSize(`${prefix}.self_attn.o_proj.weight`, config.hiddenSize, "hidden_size");
+    // A dense MLP (experts have their own sizes): a misshapen one would fail at the first token in MLX's words.
+    for (const part of ["gate_proj", "up_proj"]) {
+      expectSize(`${prefix}.mlp.${part}.weight`, config.intermediateSize, "intermediate_size");
+      expectInputs(`${prefix}.mlp.${part}.weight`, config.hiddenSize, "hidden_size");
+    }
+    expectSize(`${prefix}.mlp.down_proj.weight`, config.hiddenSize, "hidden_size");
+    expectInputs(`${prefix}.mlp.down_proj.weight`, config.intermediateSize, "intermediate_size");
   }
 }
 
