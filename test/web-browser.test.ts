@@ -182,6 +182,30 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     expect(errors).toEqual([]);
   }, 60_000);
 
+  test("a conversation past the model's context leaves out its oldest turns, and says so", async () => {
+    const { page, errors } = await openPage(browser, `${server.url}/`);
+    await page.waitForSelector("body[data-ready]");
+    await page.click("#new-chat");
+    await page.selectOption("#model", other); // a context of 512 tokens
+    await setMaxTokens(page, "3");
+    await send(page, "alpha ".repeat(300)); // ~330 tokens
+    await page.locator(".message.assistant .figures").first().waitFor();
+    // Both questions together are over the context: the first turn is left out.
+    const requests: unknown[] = [];
+    page.on("request", (r) => r.url().endsWith("/v1/chat/completions") && requests.push(r.postDataJSON()));
+    await send(page, "beta ".repeat(300));
+    const figures = page.locator(".message.assistant").nth(1).locator(".figures");
+    await figures.waitFor();
+    expect(await figures.textContent()).toMatch(
+      /^3 tokens · .* · the 2 oldest messages were left out to fit the model's context$/,
+    );
+    expect(requests.map((r) => (r as { messages: unknown[] }).messages.length)).toEqual([3, 1]);
+    // The conversation itself keeps every message.
+    expect(await page.locator(".message").count()).toBe(4);
+    // The browser logs the 400 that said the conversation was too long; nothing else.
+    expect(errors).toEqual(["Failed to load resource: the server responded with a status of 400 (Bad Request)"]);
+  }, 60_000);
+
   test("HTML in an answer shows as text and runs nothing", async () => {
     const { page, errors } = await openPage(browser, `${server.url}/`);
     await page.waitForSelector("body[data-ready]");

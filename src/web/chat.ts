@@ -323,13 +323,9 @@ async function answer(): Promise<void> {
       (conversation === current && (ui.messages.lastElementChild as HTMLElement | null)) ||
       messageView(reply, conversation.messages.length - 1);
     view.classList.add("streaming");
-    const response = await api("/v1/chat/completions", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(body),
-      signal: controller.signal,
-    });
+    const { response, leftOut } = await requestFitting(body, controller.signal);
     if (!response.ok) throw new Error(await errorMessage(response));
+    if (leftOut > 0) reply.note = `the ${leftOut} oldest messages were left out to fit the model's context`;
     for await (const data of events(response)) {
       if (data === "[DONE]") break;
       const chunk = JSON.parse(data);
@@ -379,6 +375,39 @@ async function answer(): Promise<void> {
       setRunning(false);
     }
     await persist(conversation);
+  }
+}
+
+/**
+ * Asks for the answer, leaving out the oldest turns while the server says the conversation is
+ * longer than the model's context (as Ollama cuts a chat to its context): the response, and how
+ * many messages were left out. The system prompt and the last question always go.
+ */
+async function requestFitting(
+  body: Record<string, unknown>,
+  signal: AbortSignal,
+): Promise<{ response: Response; leftOut: number }> {
+  const messages = body.messages as { role: string }[];
+  for (let leftOut = 0; ; ) {
+    const response = await api("/v1/chat/completions", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+      signal,
+    });
+    if (response.status !== 400) return { response, leftOut };
+    const code = await response
+      .clone()
+      .json()
+      .then((e) => e?.error?.code)
+      .catch(() => undefined);
+    const first = messages.findIndex((m) => m.role !== "system");
+    if (code !== "context_length_exceeded" || first < 0 || first >= messages.length - 1) return { response, leftOut };
+    // The oldest turn: its question and what answered it, up to the next question.
+    let end = first + 1;
+    while (end < messages.length - 1 && messages[end]!.role !== "user") end++;
+    messages.splice(first, end - first);
+    leftOut += end - first;
   }
 }
 
