@@ -78,9 +78,19 @@ export class ProviderError extends Error {
   override name = "ProviderError";
   constructor(
     message: string,
-    readonly kind: "unavailable" | "timeout" | "circuit_open" | "queue_full" | "invalid_answer",
-    /** Seconds after which trying again makes sense (circuit open, queue full). */
+    /** rejected: the provider refused the request itself (its 400); rate_limited: still so after the retries. */
+    readonly kind:
+      | "unavailable"
+      | "timeout"
+      | "circuit_open"
+      | "queue_full"
+      | "invalid_answer"
+      | "rejected"
+      | "rate_limited",
+    /** Seconds after which trying again makes sense (circuit open, queue full, rate limited). */
     readonly retryAfterS?: number,
+    /** The request's parameter the provider named, where it refused one. */
+    readonly param?: string,
   ) {
     super(message);
   }

@@ -62,6 +62,8 @@ async function startRemote(): Promise<void> {
 
 /** The request the 429 server counts, then answers by forwarding it to the real remote. */
 let limitedHits: number[] = [];
+/** Requests the always rate-limited server has seen. */
+let busyHits = 0;
 /** Requests the server that answers off the schema has seen. */
 let offSchemaHits = 0;
 /** The gated server's requests wait for this; and the client port each came from. */
@@ -119,7 +121,18 @@ beforeAll(async () => {
         { headers: { "Content-Type": "text/event-stream" } },
       ),
   });
-  helpers.push(limited, offSchema, gated, silent);
+  // Always rate-limited, asking for a wait past any retry_max.
+  const busy = Bun.serve({
+    port: 0,
+    fetch() {
+      busyHits++;
+      return Response.json(
+        { error: { message: "rate limit reached" } },
+        { status: 429, headers: { "Retry-After": "60" } },
+      );
+    },
+  });
+  helpers.push(limited, offSchema, gated, silent, busy);
   unreachable = freePort();
 
   process.env.MLX_HOME = home;
@@ -167,6 +180,11 @@ base_url = "http://127.0.0.1:${silent.port}/v1"
 model = "anything"
 read_timeout = 0.3
 max_retries = 0
+
+[models.busy]
+provider = "openai"
+base_url = "http://127.0.0.1:${busy.port}/v1"
+model = "anything"
 
 [models.down]
 provider = "openai"
@@ -297,6 +315,38 @@ describe("every API family reaches either provider kind", () => {
     expect(validForecast(JSON.parse(call.function.arguments))).toBe(true);
   });
 
+  test("an Ollama client's tool results, which carry no call ids, reach either provider tied to their calls", async () => {
+    const ollama = new Ollama({ host: proxy.url });
+    const tools = [
+      {
+        type: "function",
+        function: { name: "forecast", description: "The weather forecast", parameters: forecastSchema },
+      },
+    ];
+    for (const model of ["ro", "ra"]) {
+      const r = await ollama.chat({
+        model,
+        tools,
+        options: { num_predict: 4 },
+        messages: [
+          { role: "user", content: "Weather in Oslo and Rome?" },
+          {
+            role: "assistant",
+            content: "",
+            tool_calls: [
+              { function: { name: "forecast", arguments: { city: "Oslo", days: 1 } } },
+              { function: { name: "forecast", arguments: { city: "Rome", days: 1 } } },
+            ],
+          },
+          { role: "tool", content: "Sunny, 21 C", tool_name: "forecast" },
+          { role: "tool", content: "Rain, 12 C", tool_name: "forecast" },
+        ],
+      });
+      expect(r.message.role).toBe("assistant");
+      expect(r.done).toBe(true);
+    }
+  });
+
   test("Ollama chat and generate, and the Responses API", async () => {
     const chat = await post(`${proxy.url}/api/chat`, {
       model: "ra",
@@ -414,6 +464,28 @@ describe("failures", () => {
     expect(gatedPorts[1]).toBe(gatedPorts[0]!);
   });
 
+  test("a client gone before the provider's first event is counted as cancelled, and its request ends", async () => {
+    gate = Promise.withResolvers<void>();
+    gatedPorts.length = 0;
+    const client = new AbortController();
+    const asked = fetch(`${proxy.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ model: "gated", messages: [{ role: "user", content: "Hi" }] }),
+      signal: client.signal,
+    }).catch((e) => e);
+    await eventually(async () => gatedPorts.length === 1);
+    client.abort();
+    expect(await asked).toBeInstanceOf(Error);
+    // helpers[2] is the gated server: its connection is given back.
+    const gatedProvider = `provider="http://127.0.0.1:${helpers[2]!.port}/v1"`;
+    await eventually(async () => metric(await metrics(), "mlx_provider_connections_in_use", gatedProvider) === 0);
+    const m = await metrics();
+    expect(metric(m, "mlx_provider_requests_total", `provider="[^"]+",model="gated",outcome="cancelled"`)).toBe(1);
+    expect(metric(m, "mlx_provider_requests_total", `provider="[^"]+",model="gated",outcome="error"`)).toBeNaN();
+    gate.resolve();
+  });
+
   test("a provider silent past its read timeout is a 504", async () => {
     const r = await post(`${proxy.url}/api/chat`, {
       model: "silent",
@@ -424,15 +496,54 @@ describe("failures", () => {
     expect(r.json.error).toContain("sent nothing for 0.3 s");
   });
 
-  test("a remote error is a 502 in the client's shape, with the provider's message", async () => {
+  test("a request the provider refuses is a 400 in the client's shape, naming the problem, not a 502", async () => {
     // The remote's own model has a context of 1024 tokens: more is its 400.
     const error = await anthropic.messages
       .create({ model: "ro", max_tokens: 5000, messages: [{ role: "user", content: "Hi" }] })
       .catch((e) => e);
-    expect(error).toBeInstanceOf(Anthropic.APIError);
-    expect(error.status).toBe(502);
+    expect(error).toBeInstanceOf(Anthropic.BadRequestError);
+    expect(error.status).toBe(400);
+    expect(error.error.error.type).toBe("invalid_request_error");
     expect(error.message).toContain("answered 400");
     expect(error.message).toContain("max_tokens is 5000");
+    // The parameter the provider named is passed on.
+    const refused = await openai.chat.completions
+      .create({
+        model: "ro",
+        max_tokens: 4,
+        logit_bias: { "99999999": 5 },
+        messages: [{ role: "user", content: "Hi" }],
+      })
+      .catch((e) => e);
+    expect(refused).toBeInstanceOf(OpenAI.BadRequestError);
+    expect(refused.param).toBe("logit_bias");
+    expect(refused.message).toContain("outside the vocabulary");
+    expect(
+      metric(await metrics(), "mlx_provider_requests_total", `provider="[^"]+",model="ro",outcome="rejected"`),
+    ).toBe(2);
+  });
+
+  test("a provider still rate-limiting after the retries is a 429 with its Retry-After, not a 502", async () => {
+    busyHits = 0;
+    const started = performance.now();
+    const r = await post(`${proxy.url}/v1/chat/completions`, {
+      model: "busy",
+      messages: [{ role: "user", content: "Hi" }],
+    });
+    // Its wait (60 s) is past retry_max: not waited for, and passed on.
+    expect(performance.now() - started).toBeLessThan(5_000);
+    expect(busyHits).toBe(1);
+    expect(r.status).toBe(429);
+    expect(r.headers.get("retry-after")).toBe("60");
+    expect(r.json.error.type).toBe("rate_limit_error");
+    expect(r.json.error.message).toContain("answered 429: rate limit reached");
+    const a = await post(`${proxy.url}/v1/messages`, {
+      model: "busy",
+      max_tokens: 4,
+      messages: [{ role: "user", content: "Hi" }],
+    });
+    expect(a.status).toBe(429);
+    expect(a.json.error.type).toBe("rate_limit_error");
   });
 
   test("an unreachable provider opens its circuit, which says so, then half-opens after its cool-down", async () => {

@@ -8,6 +8,7 @@ import type { FormatInput, SamplingInput } from "../api/common";
 import {
   callArguments,
   errorBodyMessage,
+  pairToolResults,
   parseData,
   StreamFailure,
   type ProviderAdapter,
@@ -46,7 +47,7 @@ export const anthropicAdapter: ProviderAdapter = {
         stream: true,
         max_tokens: req.maxTokens ?? config.defaultMaxTokens,
         ...(system ? { system } : {}),
-        messages: messages(conversation),
+        messages: messages(pairToolResults(conversation)),
         ...sampling(config.name, req.sampling),
         ...(req.stop?.length ? { stop_sequences: req.stop } : {}),
         ...(req.tools?.tools.length ? tools(req.tools) : {}),

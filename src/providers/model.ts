@@ -12,7 +12,14 @@ import { Circuit } from "./circuit";
 import type { ProviderLimits, RemoteModelConfig } from "./config";
 import { openaiAdapter } from "./openai";
 import { ConnectionPool } from "./pool";
-import { describeFetchError, StreamFailure, type ProviderAdapter, type RemoteEvent, type RemoteRequest } from "./types";
+import {
+  describeFetchError,
+  errorBodyParam,
+  StreamFailure,
+  type ProviderAdapter,
+  type RemoteEvent,
+  type RemoteRequest,
+} from "./types";
 
 export class Provider {
   readonly pool: ConnectionPool;
@@ -148,27 +155,47 @@ export class RemoteModel {
   }
 }
 
-/** An error status from the provider (its message, and the wait it asked for). */
+/** An error status from the provider (its message, the parameter it named, and the wait it asked for). */
 class StatusFailure extends Error {
   override name = "StatusFailure";
   constructor(
     readonly status: number,
     message: string,
     readonly retryAfterMs: number | undefined,
+    readonly param: string | undefined,
   ) {
     super(message);
   }
 }
 
+/**
+ * What a status left after the retries says: a request the provider refused (400, 422) is the
+ * client's to change, a 429 the client's to wait for (its Retry-After), any other its failure.
+ */
+function statusKind(status: number): ProviderError["kind"] {
+  if (status === 400 || status === 422) return "rejected";
+  return status === 429 ? "rate_limited" : "unavailable";
+}
+
 async function statusFailure(response: Response, adapter: ProviderAdapter): Promise<StatusFailure> {
-  const message = adapter.errorMessage(await response.text());
-  return new StatusFailure(response.status, message, retryAfterMs(response.headers.get("retry-after")));
+  const body = await response.text();
+  return new StatusFailure(
+    response.status,
+    adapter.errorMessage(body),
+    retryAfterMs(response.headers.get("retry-after")),
+    errorBodyParam(body),
+  );
 }
 
 function classify(error: unknown, label: string): Failure {
   if (error instanceof StatusFailure)
     return {
-      error: new ProviderError(`provider ${label} answered ${error.status}: ${error.message}`, "unavailable"),
+      error: new ProviderError(
+        `provider ${label} answered ${error.status}: ${error.message}`,
+        statusKind(error.status),
+        error.retryAfterMs !== undefined ? Math.max(1, Math.ceil(error.retryAfterMs / 1000)) : undefined,
+        error.param,
+      ),
       retryable: error.status === 429 || error.status >= 500,
       unhealthy: error.status >= 500,
       retryAfterMs: error.retryAfterMs,

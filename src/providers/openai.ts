@@ -8,6 +8,7 @@ import type { FormatInput, SamplingInput } from "../api/common";
 import {
   callArguments,
   errorBodyMessage,
+  pairToolResults,
   parseData,
   StreamFailure,
   type ProviderAdapter,
@@ -35,7 +36,7 @@ export const openaiAdapter: ProviderAdapter = {
       return { path: "/completions", body: { ...common, prompt: prompt.text } };
     const messages =
       prompt.kind === "chat"
-        ? prompt.messages.map(chatMessage)
+        ? pairToolResults(prompt.messages).map(chatMessage)
         : [
             ...(prompt.system ? [{ role: "system", content: prompt.system }] : []),
             { role: "user", content: prompt.text },

@@ -108,6 +108,11 @@ function providerError(e: ProviderError): ApiError {
       return new ApiError(502, e.message, "server_error", null, "provider_invalid_answer");
     case "unavailable":
       return new ApiError(502, e.message, "server_error", null, "provider_error");
+    // The request's own fault, or the provider's limit: the client's to change or to wait for.
+    case "rejected":
+      return new ApiError(400, e.message, "invalid_request_error", e.param ?? null, "provider_rejected");
+    case "rate_limited":
+      return new ApiError(429, e.message, "rate_limit_error", null, "provider_rate_limited", retryAfter);
   }
 }
 

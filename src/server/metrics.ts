@@ -254,7 +254,7 @@ export function serverMetrics(live: {
     providerRequests: registry.add(
       new Counter(
         "mlx_provider_requests_total",
-        "Requests to remote providers by provider, model and outcome (ok, cancelled, timeout, unavailable, circuit_open, queue_full, invalid_answer, unsupported, error)",
+        "Requests to remote providers by provider, model and outcome (ok, cancelled, timeout, unavailable, rejected, rate_limited, circuit_open, queue_full, invalid_answer, unsupported, error)",
       ),
     ),
     providerRetries: registry.add(

@@ -8,7 +8,7 @@ import type { GenerationEvent } from "../engine/scheduler";
 import type { ToolCall, ToolCallParser } from "../engine/tools";
 import { offeredTools } from "../engine/tools";
 import type { RemoteEvent, RemoteModel } from "../providers";
-import { requestTimeout } from "./errors";
+import { ApiError, requestTimeout } from "./errors";
 import {
   recordOutcome,
   requestDeadline,
@@ -69,8 +69,12 @@ export async function startRemoteGeneration(
   try {
     first = await remoteEvents.next();
   } catch (error) {
-    providerOutcome = outcomeOf(error, deadline.timedOut());
+    // The client went away before the first event (queued, between retries, or while a JSON
+    // answer was being checked): a cancellation, not the provider's failure nor ours.
+    const gone = controller.signal.aborted && !deadline.timedOut();
+    providerOutcome = gone ? "cancelled" : outcomeOf(error, deadline.timedOut());
     finishedRemote();
+    if (gone) throw new ApiError(499, "the client went away before the provider answered", "invalid_request_error");
     throw deadline.timedOut() ? requestTimeout() : error;
   }
   const firstAt = performance.now();
