@@ -610,6 +610,34 @@ describe("failures", () => {
   }, 120_000);
 });
 
+test("a streamed Responses answer whose provider dies ends with error, then response.failed", async () => {
+  // Read raw: the SDK stops at the error event, and what follows it is the point.
+  const raw = await fetch(`${proxy.url}/v1/responses`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ model: "rslow", input: "Tell me a long story.", max_output_tokens: 400, stream: true }),
+  });
+  const reader = raw.body!.getReader();
+  let text = "";
+  for (let killed = false; ; ) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    text += new TextDecoder().decode(value);
+    if (!killed && text.includes("response.output_text.delta")) {
+      killed = true;
+      remote!.kill("SIGKILL");
+    }
+  }
+  await startRemote();
+  // Clients wait for one of response.completed, .incomplete or .failed.
+  const names = [...text.matchAll(/^event: (\S+)$/gm)].map((m) => m[1]);
+  expect(names).toContain("response.output_text.delta");
+  expect(names.slice(-2)).toEqual(["error", "response.failed"]);
+  const last = JSON.parse(text.trim().split("\n").at(-1)!.slice("data: ".length));
+  expect(last.response.status).toBe("failed");
+  expect(last.response.error.message).toContain("the connection was closed by the server");
+}, 120_000);
+
 test("/metrics counts per provider and model", async () => {
   const m = await metrics();
   expect(metric(m, "mlx_provider_requests_total", `provider="[^"]+/v1",model="ro",outcome="ok"`)).toBeGreaterThan(0);

@@ -286,15 +286,25 @@ function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep): Resp
         keep(text, calls, response);
         emit(send, { type: e.finishReason === "length" ? "response.incomplete" : "response.completed", response });
       },
+      // The stream's error, then the response's own end as OpenAI's ends a failed one: clients
+      // wait for one of response.completed, .incomplete or .failed.
       error: (e) => {
         const { error } = errorBody(e, "openai") as { error: { message: string; code: string | null } };
-        return namedEvent({
-          type: "error",
-          code: error.code,
-          message: error.message,
-          param: e.param,
-          sequence_number: sequence++,
-        });
+        const failed = { code: error.code ?? "server_error", message: error.message };
+        return Buffer.concat([
+          namedEvent({
+            type: "error",
+            code: error.code,
+            message: error.message,
+            param: e.param,
+            sequence_number: sequence++,
+          }),
+          namedEvent({
+            type: "response.failed",
+            response: { ...base, status: "failed", error: failed, incomplete_details: null, output, usage: null },
+            sequence_number: sequence++,
+          }),
+        ]);
       },
     },
     s.logError,
