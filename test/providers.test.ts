@@ -397,6 +397,24 @@ describe("structured output", () => {
     expect(validForecast(JSON.parse(r.choices[0]!.message.content!))).toBe(true);
   });
 
+  test("a tuple (prefixItems, items: false) is checked by its own draft: a valid answer passes", async () => {
+    // Under draft-07 `items: false` refuses every item, and prefixItems means nothing.
+    const schema = {
+      type: "object",
+      properties: { pair: { type: "array", prefixItems: [{ type: "integer" }, { type: "boolean" }], items: false } },
+      required: ["pair"],
+    };
+    const r = await post(`${proxy.url}/v1/chat/completions`, {
+      model: "ro",
+      max_tokens: 40,
+      messages: [{ role: "user", content: "A pair" }],
+      response_format: { type: "json_schema", json_schema: { name: "p", schema } },
+    });
+    expect(r.status).toBe(200);
+    const { pair } = JSON.parse(r.json.choices[0].message.content);
+    expect([typeof pair[0], typeof pair[1], pair.length]).toEqual(["number", "boolean", 2]);
+  });
+
   test("an answer off the schema is retried once, then a 502 names where it failed", async () => {
     offSchemaHits = 0;
     const schema = { type: "object", properties: { age: { type: "integer" } }, required: ["age"] };
