@@ -116,7 +116,9 @@ export class PrefixCache {
     for (let found = disk.longest(prompt, limit, atLeast); found; found = disk.longest(prompt, limit, atLeast)) {
       const loaded = disk.load(found.name);
       if (!loaded) continue;
-      const entry = this.#fits(loaded) ? this.adopt(loaded) : this.#lend(loaded);
+      const taken = this.#entryOf(loaded);
+      // One larger than the whole budget is lent to this request alone (see #lent).
+      const entry = taken.bytes <= this.maxBytes ? this.#admit(taken) : (this.#lent = taken);
       if (!entry) return undefined;
       if (!disk.loadShares(found.name, entry.id, loaded)) {
         if (entry === this.#lent) this.#releaseLent();
@@ -132,14 +134,14 @@ export class PrefixCache {
   /** Drops `entry` (here and on the other processes). */
   #remove(entry: Entry): void {
     this.#entries = this.#entries.filter((e) => e !== entry);
-    for (const t of [...entry.keys, ...entry.values].flat()) t.free();
-    this.mirror?.dropPrefix(entry.id);
+    this.#free(entry);
     this.#reindex();
   }
 
-  /** Whether an entry read from a file fits the budget on its own. */
-  #fits(loaded: PromptCacheEntry): boolean {
-    return [...loaded.keys, ...loaded.values].flat().reduce((sum, t) => sum + t.nbytes, 0) <= this.maxBytes;
+  /** Frees an entry's arrays, here and on the other processes. */
+  #free(entry: Entry): void {
+    for (const t of [...entry.keys, ...entry.values].flat()) t.free();
+    this.mirror?.dropPrefix(entry.id);
   }
 
   /** An entry of the base model read from a file, its arrays kept (owned by this cache). */
@@ -151,23 +153,20 @@ export class PrefixCache {
     return { id: this.#nextId++, namespace: 0, tokens, dropped, keys, values, bytes, lastUsed: ++this.#clock };
   }
 
-  /** Holds a restored entry over the budget for one request (see #lent). */
-  #lend(loaded: PromptCacheEntry): Entry {
-    this.#lent = this.#entryOf(loaded);
-    return this.#lent;
-  }
-
   #releaseLent(): void {
     const entry = this.#lent;
     if (!entry) return;
     this.#lent = undefined;
-    for (const t of [...entry.keys, ...entry.values].flat()) t.free();
-    this.mirror?.dropPrefix(entry.id);
+    this.#free(entry);
   }
 
   /** Takes in an entry of the base model read from a file (it owns the arrays now); undefined when over the budget. */
   adopt(loaded: PromptCacheEntry): Entry | undefined {
-    const entry = this.#entryOf(loaded);
+    return this.#admit(this.#entryOf(loaded));
+  }
+
+  /** Indexes an entry this cache owns, evicting what the budget then leaves no room for (it too, if too big). */
+  #admit(entry: Entry): Entry | undefined {
     this.#entries.push(entry);
     this.#index(entry);
     this.#evict();
@@ -239,8 +238,7 @@ export class PrefixCache {
       const victim = this.#entries.shift()!;
       total -= victim.bytes;
       if (victim.namespace === 0) this.disk?.save(victim, victim.id);
-      for (const t of [...victim.keys, ...victim.values].flat()) t.free();
-      this.mirror?.dropPrefix(victim.id);
+      this.#free(victim);
     }
     this.#reindex();
   }
@@ -255,8 +253,7 @@ export class PrefixCache {
   clear(): void {
     this.#releaseLent(); // on disk already
     for (const e of this.#entries) if (e.namespace === 0) this.disk?.save(e, e.id);
-    for (const e of this.#entries) for (const t of [...e.keys, ...e.values].flat()) t.free();
-    for (const e of this.#entries) this.mirror?.dropPrefix(e.id);
+    for (const e of this.#entries) this.#free(e);
     this.#entries = [];
     this.#roots.clear();
   }
