@@ -6,6 +6,7 @@ import { basename, join } from "node:path";
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import { buildModel, parseConfig, Weights, type DecoderModel, type ModelConfig } from "./index";
+import type { QuantConfig } from "./config";
 import { ggufModel, isGGUFFile } from "./gguf";
 import { readGGUFHeader, refuseSplitGGUF } from "./gguf-header";
 import { keptQuantizedTypes, loadGGUFTensors } from "./gguf-tensors";
@@ -220,15 +221,13 @@ function checkTensorsFitConfig(
     const shape = tensors.get(name)?.shape;
     if (shape && shape[0] !== size) throw mismatch(`tensor ${name} has shape [${shape}], but ${what} is ${size}`);
   };
-  // The inputs of a linear layer's weight: its last dimension, unpacked where it is quantized.
   const expectInputs = (name: string, size: number, what: string) => {
-    const shape = tensors.get(name)?.shape;
-    if (!shape) return;
+    const weight = tensors.get(name);
+    if (!weight) return;
     const prefix = name.slice(0, -".weight".length);
-    const quant = tensors.has(`${prefix}.scales`) && (config.quantizationOverrides[prefix] || config.quantization);
-    const inputs = quant ? (shape.at(-1)! * 32) / quant.bits : shape.at(-1)!;
+    const inputs = linearInputs(weight, tensors.has(`${prefix}.scales`) && quantizationAt(config, prefix));
     if (inputs !== size)
-      throw mismatch(`tensor ${name} has shape [${shape}] (${inputs} inputs), but ${what} is ${size}`);
+      throw mismatch(`tensor ${name} has shape [${weight.shape}] (${inputs} inputs), but ${what} is ${size}`);
   };
   const heads = (name: string, count: number) => `${name} × head_dim (${count} × ${config.headDim})`;
   expectSize("model.norm.weight", config.hiddenSize, "hidden_size");
@@ -289,14 +288,23 @@ function checkQuantizedShapes(
     if (!name.endsWith(".scales")) continue;
     const prefix = name.slice(0, -".scales".length);
     const weight = tensors.get(`${prefix}.weight`);
-    const quant = config.quantizationOverrides[prefix] || config.quantization;
+    const quant = quantizationAt(config, prefix);
     if (!weight || !quant) continue;
-    const inputs = (weight.shape.at(-1)! * 32) / quant.bits;
-    if (inputs !== scales.shape.at(-1)! * quant.groupSize)
+    if (linearInputs(weight, quant) !== scales.shape.at(-1)! * quant.groupSize)
       throw mismatch(
         `'${prefix}' has weight [${weight.shape}] and scales [${scales.shape}], which do not fit ${quant.bits}-bit quantization in groups of ${quant.groupSize}`,
       );
   }
+}
+
+/** How config.json quantizes the layer at `prefix` (its own override, else the model's), if at all. */
+function quantizationAt(config: ModelConfig, prefix: string): QuantConfig | undefined {
+  return config.quantizationOverrides[prefix] || config.quantization;
+}
+
+/** A linear layer's inputs: its weight's last dimension, unpacked (32 / bits values a word) where it is quantized. */
+function linearInputs(weight: MxArray, quant: QuantConfig | false | undefined): number {
+  return quant ? (weight.shape.at(-1)! * 32) / quant.bits : weight.shape.at(-1)!;
 }
 
 /** Runs `fn`, which reads the model at `path`: whatever it throws becomes a ModelLoadError naming the path. */
