@@ -22,7 +22,6 @@ import {
   speculationArgs,
   speculationFrom,
 } from "./options";
-import { BudgetError } from "../engine/budget/steering";
 import { formatStats } from "./stats";
 import { remoteModel, remoteSampling, streamRemoteCompletion } from "../providers";
 import { checkThinkingBudget, pieceWriter, thinkingArgs, thinkingFrom } from "./thinking";
@@ -101,10 +100,16 @@ export default defineCommand({
       // A batch of one through the scheduler that serves `mlx serve`, or the remote provider.
       const scheduler = lm && soloScheduler(lm, cached?.prefixCache);
       const stream = scheduler
-        ? streamCompletion(scheduler, { ...spec, sampling, thinking, signal: controller.signal })
+        ? streamCompletion(scheduler, {
+            ...spec,
+            sampling,
+            thinking,
+            signal: controller.signal,
+            maxTokensParam: "--max-tokens", // a budget too small is named as the command line names it
+          })
         : streamRemoteCompletion(remote!, { ...spec, sampling: remoteSampling(sampling) }, controller.signal);
       const show = pieceWriter({ hide: Boolean(args["hide-thinking"]), terminal: Boolean(process.stdout.isTTY) });
-      let step = await cliBudget(() => stream.next()); // the first step prepares the request
+      let step = await stream.next();
       while (!step.done) {
         if (!args.json) process.stdout.write(show(step.value));
         step = await stream.next();
@@ -129,16 +134,6 @@ async function readPrompt(argument: string, document?: string): Promise<string> 
   const prompt = [document, argument.trim(), piped].filter(Boolean).join("\n\n");
   if (!prompt) throw new Error('no prompt: give one as an argument (mlx run "...") or pipe it on stdin');
   return prompt;
-}
-
-/** A BudgetError in the words of the command line. */
-async function cliBudget<T>(make: () => Promise<T>): Promise<T> {
-  try {
-    return await make();
-  } catch (error) {
-    if (error instanceof BudgetError) throw new BudgetError(error.maxTokens, error.minimum, "--max-tokens");
-    throw error;
-  }
 }
 
 function jsonResult(r: CompletionResult, hideThinking: boolean) {
