@@ -44,16 +44,7 @@ export function ollamaRoutes(s: ServerState): Hono {
         modified_at: m.lastUsedAt ?? m.createdAt,
         size: m.totalBytes,
         digest: storedDigest(m),
-        details: loaded
-          ? details(loaded, m)
-          : {
-              parent_model: "",
-              format: m.format,
-              family: m.architecture ?? "",
-              families: m.architecture ? [m.architecture] : null,
-              parameter_size: "",
-              quantization_level: m.quantization ?? "",
-            },
+        details: loaded ? details(loaded, m) : ollamaDetails(m.format, m.architecture, "", m.quantization),
       });
     }
     for (const e of s.models.loaded)
@@ -77,14 +68,7 @@ export function ollamaRoutes(s: ServerState): Hono {
           modified_at: new Date(performance.timeOrigin + s.startedAt).toISOString(),
           size: 0,
           digest: digest(`${remote.baseUrl}\n${remote.model}`),
-          details: {
-            parent_model: "",
-            format: "",
-            family: "",
-            families: null,
-            parameter_size: "",
-            quantization_level: "",
-          },
+          details: ollamaDetails("", undefined, "", undefined),
         });
     return c.json({ models });
   });
@@ -174,13 +158,28 @@ const storedDigest = (m: IndexEntry) => digest(Object.keys(m.blobs).sort().join(
 /** A loaded model's details; the quantization's name is the store's (a GGUF's "Q4_1") where it is stored. */
 function details(e: LoadedEntry, stored?: IndexEntry) {
   const q = e.lm.config.quantization;
+  return ollamaDetails(
+    e.lm.format,
+    e.lm.config.modelType,
+    formatCount(parameterCount(e)),
+    stored?.quantization ?? (q ? `${q.bits}-bit` : ""),
+  );
+}
+
+/** A model's `details` as Ollama writes them (empty strings where unknown). */
+function ollamaDetails(
+  format: string,
+  family: string | undefined,
+  parameterSize: string,
+  quantization: string | undefined,
+) {
   return {
     parent_model: "",
-    format: e.lm.format,
-    family: e.lm.config.modelType,
-    families: [e.lm.config.modelType],
-    parameter_size: formatCount(parameterCount(e)),
-    quantization_level: stored?.quantization ?? (q ? `${q.bits}-bit` : ""),
+    format,
+    family: family ?? "",
+    families: family ? [family] : null,
+    parameter_size: parameterSize,
+    quantization_level: quantization ?? "",
   };
 }
 
