@@ -24,6 +24,12 @@ const cases: [Error, number, string | null, RegExp][] = [
   ],
   [new ContextLengthError("the prompt is 300 tokens"), 400, "context_length_exceeded", /; shorten the prompt/],
   [new InvalidParameterError("top_p must be in (0, 1]", "top_p"), 400, null, /^invalid option: top_p/],
+  [
+    new InvalidParameterError("the model's chat template rejected the messages: roles must alternate", "messages"),
+    400,
+    null,
+    /^invalid input: the model's chat template/,
+  ],
   [new UnsupportedError("this model has no chat template", "messages"), 400, "unsupported", /no chat template/],
   [new SchemaError("invalid schema: x"), 400, "invalid_schema", /^invalid schema/],
   [new QueueFullError("the queue is full"), 429, "queue_full", /try again/],

@@ -12,10 +12,14 @@ import {
 } from "../errors";
 import { ModelLoadError } from "../models/load";
 
+/** Parameters that are what the user typed or piped in, not a flag they set. */
+const inputParams = new Set(["messages", "prompt", "text", "texts"]);
+
 export function errorLine(error: unknown): string {
   const message = error instanceof Error ? error.message : String(error);
   const first = message.split("\n")[0]!;
-  if (error instanceof InvalidParameterError) return `invalid option: ${first}`;
+  if (error instanceof InvalidParameterError)
+    return `${inputParams.has(error.param ?? "") ? "invalid input" : "invalid option"}: ${first}`;
   if (error instanceof ContextLengthError) return `${first}; shorten the prompt or use a model with a longer context`;
   if (error instanceof ModelNotFoundError) return `${first} (mlx list shows the stored models)`;
   if (error instanceof ModelPullError || error instanceof ModelLoadError || error instanceof AdapterError) return first;
