@@ -135,13 +135,7 @@ const MIN_METADATA_ENTRY_BYTES = 13;
 /** A metadata entry's value: read where it is a single value, its length where it is an array. */
 function readValue(c: Cursor, type: number): GGUFValue {
   if (type === 8) return c.string();
-  if (type === 9) {
-    const elementType = c.u32();
-    const count = c.u64();
-    if (elementType in scalarSizes) c.skip(count * scalarSizes[elementType]!);
-    else for (let i = 0; i < count; i++) skipValue(c, elementType, 1);
-    return { arrayLength: count };
-  }
+  if (type === 9) return { arrayLength: skipArray(c) };
   const size = scalarSizes[type];
   if (size === undefined) throw new GGUFFormatError(`unknown metadata value type ${type} at offset ${c.position}`);
   const b = c.bytes(size);
@@ -171,17 +165,21 @@ function readValue(c: Cursor, type: number): GGUFValue {
   }
 }
 
-function skipValue(c: Cursor, type: number, depth = 0): void {
+/** An array's element: a number, a boolean or a string (GGUF has no arrays of arrays). */
+function skipElement(c: Cursor, type: number): void {
   if (type in scalarSizes) return c.skip(scalarSizes[type]!);
   if (type === 8) return c.skip(c.u64());
-  if (type === 9 && depth === 0) {
-    const elementType = c.u32();
-    const count = c.u64();
-    if (elementType in scalarSizes) return c.skip(count * scalarSizes[elementType]!);
-    for (let i = 0; i < count; i++) skipValue(c, elementType, depth + 1);
-    return;
-  }
+  if (type === 9) throw new GGUFFormatError(`an array of arrays at offset ${c.position} (not read by this tool)`);
   throw new GGUFFormatError(`unknown metadata value type ${type} at offset ${c.position}`);
+}
+
+/** Steps over an array value, returning its length. */
+function skipArray(c: Cursor): number {
+  const elementType = c.u32();
+  const count = c.u64();
+  if (elementType in scalarSizes) c.skip(count * scalarSizes[elementType]!);
+  else for (let i = 0; i < count; i++) skipElement(c, elementType);
+  return count;
 }
 
 /** Reads the header, checking that every tensor lies inside the file; throws a clear error otherwise. */
