@@ -64,6 +64,7 @@ async function startRemote(): Promise<void> {
 let limitedHits: number[] = [];
 /** Requests the always rate-limited server has seen. */
 let busyHits = 0;
+let wholeHits = 0;
 /** Requests the server that answers off the schema has seen. */
 let offSchemaHits = 0;
 /** The gated server's requests wait for this; and the client port each came from. */
@@ -132,7 +133,20 @@ beforeAll(async () => {
       );
     },
   });
-  helpers.push(limited, offSchema, gated, silent, busy);
+  // Ignores stream: true, as some OpenAI-compatible proxies do: the real remote's whole answer as JSON.
+  const whole = Bun.serve({
+    port: 0,
+    async fetch(req) {
+      wholeHits++;
+      const body = { ...((await req.json()) as object), stream: false, stream_options: undefined };
+      return fetch(`${base}/v1/chat/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(body),
+      });
+    },
+  });
+  helpers.push(limited, offSchema, gated, silent, busy, whole);
   unreachable = freePort();
 
   process.env.MLX_HOME = home;
@@ -185,6 +199,11 @@ max_retries = 0
 provider = "openai"
 base_url = "http://127.0.0.1:${busy.port}/v1"
 model = "anything"
+
+[models.whole]
+provider = "openai"
+base_url = "http://127.0.0.1:${whole.port}/v1"
+model = "${tiny}"
 
 [models.down]
 provider = "openai"
@@ -562,6 +581,20 @@ describe("failures", () => {
     });
     expect(a.status).toBe(429);
     expect(a.json.error.type).toBe("rate_limit_error");
+  });
+
+  test("a provider that answers one JSON body, not a stream, is a 502 saying so, not asked again", async () => {
+    wholeHits = 0;
+    const r = await post(`${proxy.url}/v1/chat/completions`, {
+      model: "whole",
+      max_tokens: 4,
+      messages: [{ role: "user", content: "Hi" }],
+    });
+    expect(r.status).toBe(502);
+    expect(r.json.error.message).toContain(
+      'answered one JSON body, not a stream of events: it must support "stream": true',
+    );
+    expect(wholeHits).toBe(1);
   });
 
   test("an unreachable provider opens its circuit, which says so, then half-opens after its cool-down", async () => {

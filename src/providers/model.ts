@@ -105,6 +105,13 @@ export class RemoteModel {
       try {
         const response = await this.#connect(url, init, connection);
         if (!response.ok) throw await statusFailure(response, adapter);
+        if (answeredWhole(response)) {
+          await response.body?.cancel();
+          throw new ProviderError(
+            `provider ${label} answered one JSON body, not a stream of events: it must support "stream": true`,
+            "unavailable",
+          );
+        }
         const messages = serverSentEvents(response.body!, limits.readTimeoutMs, label);
         for await (const event of adapter.events(messages)) {
           handedOn = true;
@@ -155,6 +162,10 @@ export class RemoteModel {
     }
   }
 }
+
+/** A provider that ignored `stream: true` and sent its whole answer: asking again gets the same. */
+const answeredWhole = (response: Response) =>
+  response.headers.get("content-type")?.toLowerCase().startsWith("application/json") ?? false;
 
 /** An error status from the provider (its message, the parameter it named, and the wait it asked for). */
 class StatusFailure extends Error {
