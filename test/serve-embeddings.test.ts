@@ -95,6 +95,9 @@ describe("OpenAI /v1/embeddings", () => {
       expect(r.status).toBe(400);
       expect(r.json.error.param).toBe(param);
     }
+    // A number is no input at all: the message names the shapes `input` may take.
+    const number = await post(`${server.url}/v1/embeddings`, { model, input: 5 });
+    expect(number.json.error.message).toContain("must be a string, a list of strings");
     const long = await post(`${server.url}/v1/embeddings`, { model, input: "word ".repeat(200) });
     expect(long.status).toBe(400);
     expect(long.json.error.message).toContain("context");
@@ -117,6 +120,45 @@ describe("Ollama /api/embed and /api/embeddings", () => {
     await expect(ollama.embed({ model, input: "word ".repeat(200), truncate: false })).rejects.toThrow("context");
     const legacy = await ollama.embeddings({ model, prompt: "Hello there" });
     legacy.embedding.forEach((x, j) => expect(x).toBeCloseTo(r.embeddings[0]![j]!, 6));
+  });
+
+  test("no input, an empty one or an empty list loads the model and embeds nothing (Ollama's preload)", async () => {
+    const ollama = new Ollama({ host: server.url });
+    // A copy of the tiny model that no other test loads: only the empty request can have loaded it.
+    const fresh = `${model}-preload`;
+    cpSync(model, fresh, { recursive: true });
+    const loaded = async () => (await ollama.ps()).models.map((m) => m.name);
+    expect(await loaded()).not.toContain(fresh);
+    const empty = await ollama.embed({ model: fresh, input: "" });
+    expect(empty.embeddings).toEqual([]);
+    expect(empty.prompt_eval_count).toBe(0);
+    expect(await loaded()).toContain(fresh);
+    expect((await ollama.embed({ model: fresh, input: [] })).embeddings).toEqual([]);
+    const none = await post(`${server.url}/api/embed`, { model: fresh });
+    expect(none.status).toBe(200);
+    expect(none.json.embeddings).toEqual([]);
+    expect((await ollama.embeddings({ model: fresh, prompt: "" })).embedding).toEqual([]);
+    // The older route names its own field in errors.
+    const long = await post(`${server.url}/api/embeddings`, {
+      model: fresh,
+      prompt: "word ".repeat(200),
+      truncate: false,
+    });
+    expect(long.status).toBe(400);
+    expect(long.json.error).toContain("'prompt'");
+  });
+
+  test("options.num_ctx shortens the context: a longer input is cut at it, or refused without truncate", async () => {
+    const ollama = new Ollama({ host: server.url });
+    const input = "word ".repeat(30);
+    const cut = await ollama.embed({ model, input, options: { num_ctx: 8 } });
+    expect(cut.prompt_eval_count).toBe(8);
+    await expect(ollama.embed({ model, input, truncate: false, options: { num_ctx: 8 } })).rejects.toThrow(
+      "context is 8 tokens",
+    );
+    // A num_ctx above the model's context leaves the model's.
+    const whole = await ollama.embed({ model, input, options: { num_ctx: 4096 } });
+    expect(whole.prompt_eval_count).toBeGreaterThan(8);
   });
 
   test("a sentence-transformers config's pooling: mean differs from last-token except on one token", async () => {
@@ -195,6 +237,27 @@ describe("a long input", () => {
     const [pooled] = (await embed(mean, [ids])).vectors;
     onePass(mean, "mean").forEach((x, i) => expect(pooled![i]!).toBeCloseTo(x, 4));
     mean.free();
+  });
+
+  test("is cut into chunks of the size asked (the server's prefill chunk), yielding between two", async () => {
+    writeTinyModel(join(root, "chunked"), { contextLength: 2048 });
+    const lm = loadModel(join(root, "chunked"));
+    const input = ids.slice(0, 100);
+    const [whole] = (await embed(lm, [input])).vectors;
+    // Counts the event loop's turns: only a yield between two chunks lets one pass during embed().
+    let turns = 0;
+    let ticking = true;
+    const tick = () => {
+      if (!ticking) return;
+      turns++;
+      setImmediate(tick);
+    };
+    setImmediate(tick);
+    const [chunked] = (await embed(lm, [input], { chunk: 16 })).vectors;
+    ticking = false;
+    expect(turns).toBeGreaterThanOrEqual(6); // 7 chunks of 16
+    whole!.forEach((x, i) => expect(chunked![i]!).toBeCloseTo(x, 4));
+    lm.free();
   });
 
   test("stops at its next chunk once cancelled", async () => {

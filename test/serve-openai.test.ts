@@ -231,6 +231,14 @@ describe("OpenAI completions and models", () => {
     expect(usage!.completion_tokens).toBe(r.usage!.completion_tokens);
   });
 
+  test("max_tokens defaults to 16 (OpenAI's default for completions), not the rest of the context", async () => {
+    // ignore_eos: the tiny model's random weights could end the answer sooner.
+    const r = await post(`${server.url}/v1/completions`, { model, prompt: "Once upon a time", ignore_eos: true });
+    expect(r.status).toBe(200);
+    expect(r.json.usage.completion_tokens).toBe(16);
+    expect(r.json.choices[0].finish_reason).toBe("length");
+  });
+
   test("a prompt of token ids", async () => {
     const r = await client.completions.create({ model, prompt: [1, 2, 3, 4], max_tokens: 4, temperature: 0 });
     expect(r.usage!.prompt_tokens).toBe(4);

@@ -13,7 +13,11 @@ export interface EmbeddingsRequest {
   base64: boolean;
   /** Ollama's truncate (default true); OpenAI refuses an input over the context. */
   truncate: boolean;
+  /** Ollama's options.num_ctx: a context shorter than the model's. */
+  context?: number;
   keepAlive?: number;
+  /** The field that holds the inputs, for errors about them. */
+  param: string;
 }
 
 /** Most inputs in one request (OpenAI's limit). */
@@ -23,6 +27,8 @@ export const MAX_INPUTS = 2048;
 function inputs(f: Fields, field: string): EmbedInput[] {
   const raw = f.raw(field);
   if (typeof raw === "string") return [raw];
+  if (raw !== undefined && raw !== null && !Array.isArray(raw))
+    f.fail(field, "must be a string, a list of strings, a list of token ids or a list of such lists");
   const list = f.array(field, { required: true, nonEmpty: true, max: MAX_INPUTS })!;
   if (list.every((t) => typeof t === "number")) return [tokenIds(list, field)];
   return list.map((item, i) => {
@@ -54,26 +60,35 @@ export function parseOpenAIEmbeddings(body: unknown): EmbeddingsRequest {
     dimensions: f.integer("dimensions", { min: 1 }),
     base64: format === "base64",
     truncate: false,
+    param: "input",
   };
 }
 
 /** /api/embed: `input` (a string or strings), `truncate`, `dimensions`, `keep_alive`; /api/embeddings: `prompt`. */
 export function parseOllamaEmbed(body: unknown, legacy: boolean): EmbeddingsRequest & { model: string } {
   const f = Fields.of(body);
-  f.onlyKnown(["model", legacy ? "prompt" : "input", "truncate", "dimensions", "keep_alive", "options"]);
-  // Options change sampling, which an embedding has none of; a model's context cannot grow here.
+  const param = legacy ? "prompt" : "input";
+  f.onlyKnown(["model", param, "truncate", "dimensions", "keep_alive", "options"]);
+  // Options change sampling, which an embedding has none of; num_ctx can shorten the context, not grow it.
   const options = f.object("options");
   options?.onlyKnown(["num_ctx"]);
-  options?.integer("num_ctx", { min: 1 });
-  const input = legacy ? [f.string("prompt", { required: true }) ?? ""] : inputs(f, "input");
   return {
     model: f.string("model", { required: true, nonEmpty: true })!,
-    inputs: input,
+    inputs: ollamaInputs(f, param),
     dimensions: f.integer("dimensions", { min: 1 }),
     base64: false,
     truncate: f.boolean("truncate") ?? true,
+    context: options?.integer("num_ctx", { min: 1 }),
     keepAlive: parseKeepAlive(f.raw("keep_alive")),
+    param,
   };
+}
+
+/** No input, "" or [] embeds nothing: Ollama's way to load a model ahead of use. */
+function ollamaInputs(f: Fields, param: string): EmbedInput[] {
+  const raw = f.raw(param);
+  if (raw === undefined || raw === null || raw === "" || (Array.isArray(raw) && raw.length === 0)) return [];
+  return param === "prompt" ? [f.string(param)!] : inputs(f, param);
 }
 
 /** A vector as OpenAI's base64 encoding_format sends it: little-endian float32 bytes. */

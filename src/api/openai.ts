@@ -261,6 +261,9 @@ function thinkingParams(f: Fields): ThinkingRequest | undefined {
   return enabled === undefined && budget === undefined ? undefined : { enabled, budget, param };
 }
 
+/** max_tokens when a completion request names none: 16, OpenAI's (and vLLM's) default, not the whole context. */
+const COMPLETION_MAX_TOKENS = 16;
+
 export function parseCompletionRequest(body: unknown): OpenAIRequest {
   const f = Fields.of(body);
   f.onlyKnown(COMPLETION_FIELDS);
@@ -273,7 +276,13 @@ export function parseCompletionRequest(body: unknown): OpenAIRequest {
   const bestOf = f.integer("best_of", { min: 1 });
   if (bestOf !== undefined && bestOf !== 1) throw unsupported("best_of", "'best_of' other than 1");
   const logprobs = f.integer("logprobs", { min: 0, max: 20 });
-  return { ...common, prompt: completionPrompt(f), logprobs: logprobs !== undefined, topLogprobs: logprobs ?? 0 };
+  return {
+    ...common,
+    maxTokens: common.maxTokens ?? COMPLETION_MAX_TOKENS,
+    prompt: completionPrompt(f),
+    logprobs: logprobs !== undefined,
+    topLogprobs: logprobs ?? 0,
+  };
 }
 
 function completionPrompt(f: Fields): PromptInput {

@@ -21,10 +21,14 @@ export interface EmbedOptions {
   dimensions?: number;
   /** Cut inputs longer than the context to its length (else a ContextLengthError). */
   truncate?: boolean;
+  /** A context shorter than the model's (Ollama's num_ctx): inputs are cut or refused at it. */
+  context?: number;
   /** Named in errors about the input (e.g. "input"). */
   param?: string;
   /** Stops the work between two chunks (an EmbeddingCancelled): the client went away. */
   signal?: AbortSignal;
+  /** Positions per pass, the server's current prefill chunk: the answers being generated go on between two. */
+  chunk?: number;
 }
 
 /** The embedding's request was cancelled before its vectors were done. */
@@ -48,26 +52,26 @@ export async function embed(lm: LoadedModel, inputs: EmbedInput[], o: EmbedOptio
   let pooling = poolings.get(lm);
   if (!pooling) poolings.set(lm, (pooling = modelPooling(lm.path)));
   // Several inputs are named by their index in the list.
-  const sequences = inputs.map((input, i) =>
-    inputIds(lm, input, o.truncate ?? false, inputs.length > 1 ? `${param}.${i}` : param),
-  );
+  const sequences = inputs.map((input, i) => inputIds(lm, input, o, inputs.length > 1 ? `${param}.${i}` : param));
   const vectors: number[][] = [];
   for (const ids of sequences)
-    vectors.push(normalized((await pooledHidden(lm, ids, pooling, o.signal)).slice(0, o.dimensions ?? width)));
+    vectors.push(normalized((await pooledHidden(lm, ids, pooling, o)).slice(0, o.dimensions ?? width)));
   return { vectors, promptTokens: sequences.reduce((n, ids) => n + ids.length, 0) };
 }
 
-function inputIds(lm: LoadedModel, input: EmbedInput, truncate: boolean, at: string): number[] {
+function inputIds(lm: LoadedModel, input: EmbedInput, o: EmbedOptions, at: string): number[] {
   const ids = typeof input === "string" ? lm.tokenizer.encode(input, { addSpecialTokens: true }) : input;
   if (ids.length === 0) throw new InvalidParameterError(`'${at}' is empty`, at);
   const vocab = lm.config.vocabSize;
   const bad = ids.find((id) => !(Number.isInteger(id) && id >= 0 && id < vocab));
   if (bad !== undefined)
     throw new InvalidParameterError(`'${at}' holds token id ${bad}, outside the model's vocabulary (${vocab})`, at);
-  const context = lm.config.maxPositionEmbeddings;
+  const model = lm.config.maxPositionEmbeddings;
+  const context = Math.min(model, o.context ?? model);
   if (ids.length <= context) return ids;
-  if (truncate) return ids.slice(0, context);
-  throw new ContextLengthError(`'${at}' is ${ids.length} tokens, but the model's context is ${context} tokens`, at);
+  if (o.truncate) return ids.slice(0, context);
+  const whose = context < model ? "the requested" : "the model's";
+  throw new ContextLengthError(`'${at}' is ${ids.length} tokens, but ${whose} context is ${context} tokens`, at);
 }
 
 /**
@@ -75,17 +79,17 @@ function inputIds(lm: LoadedModel, input: EmbedInput, truncate: boolean, at: str
  * cache carries the earlier ones), each chunk's pooled into a running mean, maximum, first or
  * last position. A model split across processes takes the whole input in one pass.
  */
-async function pooledHidden(lm: LoadedModel, ids: number[], pooling: Pooling, signal?: AbortSignal): Promise<number[]> {
+async function pooledHidden(lm: LoadedModel, ids: number[], pooling: Pooling, o: EmbedOptions): Promise<number[]> {
   const caches = makeCaches(lm.model);
   // Split across processes: the other ranks' layers run too, and their hidden states come back.
   lm.model.remote?.wholePass(caches);
-  const chunk = lm.model.remote ? ids.length : DEFAULT_PREFILL_CHUNK;
+  const chunk = lm.model.remote ? ids.length : (o.chunk ?? DEFAULT_PREFILL_CHUNK);
   let pooled: MxArray | undefined;
   try {
     for (let start = 0; start < ids.length; start += chunk) {
       // Between two chunks the scheduler's answers go on, and a cancel is seen.
       if (start > 0) await new Promise((resolve) => setImmediate(resolve));
-      if (signal?.aborted) throw new EmbeddingCancelled("the embedding request was cancelled");
+      if (o.signal?.aborted) throw new EmbeddingCancelled("the embedding request was cancelled");
       const part = ids.slice(start, start + chunk);
       const next = mx.scope(() => {
         const h = mx.astype(

@@ -43,7 +43,8 @@ export function embeddingsRoutes(s: ServerState): Hono {
   r.post("/api/embeddings", async (c) => {
     const req = parseOllamaEmbed(await readJson(c.req), true);
     const { result } = await embedWith(s, req.model, req, c.req.raw.signal);
-    return c.json({ embedding: result.vectors[0] });
+    // An empty prompt loads the model and embeds nothing, as in Ollama.
+    return c.json({ embedding: result.vectors[0] ?? [] });
   });
   return r;
 }
@@ -60,7 +61,11 @@ async function embedWith(
     const result = await embed(lease.entry.lm, req.inputs, {
       dimensions: req.dimensions,
       truncate: req.truncate,
+      context: req.context,
+      param: req.param,
       signal,
+      // A long input holds up the model's streams no longer than a prefill would (--prefill-chunk, or the tuner's).
+      chunk: lease.entry.scheduler.limits.prefillChunk,
     });
     return { result, loadMs: lease.loadMs };
   } finally {
