@@ -290,6 +290,25 @@ describe("every API family reaches either provider kind", () => {
     expect(final.usage.output_tokens).toBe(6);
   });
 
+  test("an Anthropic client's stop sequence, met by the OpenAI-compatible remote, is named as Anthropic names it", async () => {
+    const ask = {
+      model: "ro",
+      max_tokens: 12,
+      temperature: 0,
+      messages: [{ role: "user" as const, content: "Count" }],
+    };
+    const full = await anthropic.messages.create(ask);
+    const text = full.content[0]!.type === "text" ? full.content[0]!.text : "";
+    const stop = text
+      .slice(Math.floor(text.length / 2))
+      .trim()
+      .slice(0, 2);
+    expect(stop.length).toBeGreaterThan(0);
+    const stopped = await anthropic.messages.create({ ...ask, stop_sequences: ["never-generated-zzz", stop] });
+    expect(stopped.stop_reason).toBe("stop_sequence");
+    expect(stopped.stop_sequence).toBe(stop);
+  });
+
   test("a tool round-trip: an Anthropic client's forced tool call, made by the OpenAI-compatible remote", async () => {
     const tools: Anthropic.Tool[] = [
       { name: "forecast", description: "The weather forecast", input_schema: forecastSchema },

@@ -78,7 +78,7 @@ describe("OpenAI chat completions", () => {
     expect(usage).toEqual(whole.usage!);
   });
 
-  test("a stop string ends the answer before it (finish_reason stop), streamed or not", async () => {
+  test("a stop string ends the answer before it (finish_reason stop, vLLM's stop_reason naming it), streamed or not", async () => {
     const full = (await client.chat.completions.create({ model, messages, max_tokens: 20, temperature: 0 })).choices[0]!
       .message.content!;
     expect(full.length).toBeGreaterThan(10);
@@ -93,6 +93,7 @@ describe("OpenAI chat completions", () => {
     });
     expect(r.choices[0]!.message.content).toBe(expected);
     expect(r.choices[0]!.finish_reason).toBe("stop");
+    expect((r.choices[0] as unknown as { stop_reason: string }).stop_reason).toBe(stop);
     const stream = await client.chat.completions.create({
       model,
       messages,
@@ -103,12 +104,15 @@ describe("OpenAI chat completions", () => {
     });
     let text = "";
     let finish: string | null = null;
+    let stopReason: string | undefined;
     for await (const chunk of stream) {
       text += chunk.choices[0]?.delta.content ?? "";
       finish = chunk.choices[0]?.finish_reason ?? finish;
+      stopReason ??= (chunk.choices[0] as { stop_reason?: string } | undefined)?.stop_reason;
     }
     expect(text).toBe(expected);
     expect(finish).toBe("stop");
+    expect(stopReason).toBe(stop);
   });
 
   test("logprobs with top_logprobs: one entry per token, alternatives sorted, the greedy choice on top", async () => {

@@ -62,6 +62,7 @@ export const openaiAdapter: ProviderAdapter = {
     // Calls arrive in pieces keyed by their index: the first piece has the id and name.
     const calls: { id: string; name: string; args: string }[] = [];
     let finishReason: string | undefined;
+    let stopSequence: string | undefined;
     let usage: RemoteUsage = { promptTokens: 0, completionTokens: 0, cachedTokens: 0 };
     for await (const message of stream) {
       if (message.data === "[DONE]") break;
@@ -79,6 +80,8 @@ export const openaiAdapter: ProviderAdapter = {
         if (piece.function?.arguments) call.args += piece.function.arguments;
       }
       if (choice.finish_reason) finishReason = choice.finish_reason;
+      // vLLM's (and our) stop_reason: the stop string that ended the answer (a token id there is an end token).
+      if (typeof choice.stop_reason === "string") stopSequence = choice.stop_reason;
     }
     if (!finishReason) throw new StreamFailure("the stream ended before the answer did");
     yield {
@@ -91,6 +94,7 @@ export const openaiAdapter: ProviderAdapter = {
           arguments: callArguments(c.args),
         }),
       ),
+      stopSequence,
       usage,
     };
   },
@@ -105,6 +109,7 @@ interface OpenAIChoice {
   };
   text?: string;
   finish_reason?: string | null;
+  stop_reason?: string | number | null;
 }
 
 interface OpenAIUsage {

@@ -156,7 +156,11 @@ function completionLogprobs(
   return out;
 }
 
-const apiFinishReason = (r: string, calls = 0) => (r === "length" ? "length" : calls > 0 ? "tool_calls" : "stop");
+/** OpenAI's finish_reason, and vLLM's stop_reason: the stop string that ended the answer, where one did. */
+const finish = (done: { finishReason: string; stopSequence?: string }, calls = 0) => ({
+  finish_reason: done.finishReason === "length" ? "length" : calls > 0 ? "tool_calls" : "stop",
+  ...(done.stopSequence !== undefined && calls === 0 ? { stop_reason: done.stopSequence } : {}),
+});
 
 /** Calls as OpenAI writes them: arguments as JSON text; `index` places them in a stream. */
 const openaiToolCalls = (calls: ToolCall[], withIndex: boolean) =>
@@ -178,7 +182,7 @@ async function whole(gens: Generation[], req: OpenAIRequest, kind: Kind, meta: M
     const alternatives = top.length ? top : undefined;
     if (kind === "completion") {
       const logprobs = req.logprobs ? completionLogprobs(tokenizer, tokens, alternatives, 0, req.topLogprobs) : null;
-      return { index, text, logprobs, finish_reason: apiFinishReason(done.finishReason), ...closedEarly(gen) };
+      return { index, text, logprobs, ...finish(done), ...closedEarly(gen) };
     }
     const { content, calls } = gen.toolFormat ? gen.toolFormat.parse(text) : { content: text, calls: [] };
     const message = {
@@ -189,8 +193,7 @@ async function whole(gens: Generation[], req: OpenAIRequest, kind: Kind, meta: M
       ...(calls.length > 0 ? { tool_calls: openaiToolCalls(calls, false) } : {}),
     };
     const logprobs = req.logprobs ? { content: chatLogprobs(tokenizer, tokens, alternatives) } : null;
-    const finish_reason = apiFinishReason(done.finishReason, calls.length);
-    return { index, message, logprobs, finish_reason, ...closedEarly(gen) };
+    return { index, message, logprobs, ...finish(done, calls.length), ...closedEarly(gen) };
   });
   const usages = results.map((r) => r!.done.usage);
   return Response.json(
@@ -308,13 +311,13 @@ function choiceStream(
         const { content, calls } = toolCalls?.end() ?? { content: "", calls: [] };
         if (content) send(sse(chunk({ delta: { content } })));
         if (calls.length > 0) send(sse(chunk({ delta: { tool_calls: openaiToolCalls(calls, true) } })));
-        const finish_reason = apiFinishReason(event.finishReason, calls.length);
+        const ended = finish(event, calls.length);
         send(
           sse(
             chunk(
               kind === "chat"
-                ? { delta: {}, finish_reason, ...closedEarly(gen) }
-                : { text: "", finish_reason, ...closedEarly(gen) },
+                ? { delta: {}, ...ended, ...closedEarly(gen) }
+                : { text: "", ...ended, ...closedEarly(gen) },
             ),
           ),
         );
