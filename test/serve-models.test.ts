@@ -93,6 +93,22 @@ describe("Ollama model management", () => {
     await expect(ollama.delete({ model: "tiny-copy" })).rejects.toMatchObject({ status_code: 404 });
     await expect(ollama.copy({ source: "nothing", destination: "x" })).rejects.toMatchObject({ status_code: 404 });
   });
+
+  test("copy and delete take Ollama's default tag (:latest): 'm:latest' is the model stored as 'm'", async () => {
+    await ollama.copy({ source: "org/tiny:latest", destination: "tagged-copy:latest" });
+    expect(readManifest("tagged-copy")).toBeDefined();
+    await ollama.delete({ model: "tagged-copy:latest" });
+    expect(readManifest("tagged-copy")).toBeUndefined();
+    expect(readManifest("org/tiny")).toBeDefined();
+  });
+
+  test("delete takes a model this server used and has unloaded since (its own in-use mark does not hold it)", async () => {
+    await ollama.copy({ source: "org/tiny", destination: "used-copy" });
+    await ollama.generate({ model: "used-copy", prompt: "Hi", keep_alive: 0, options: { num_predict: 1 } });
+    expect(server.state.models.find("used-copy")).toBeUndefined(); // unloaded after the answer
+    await ollama.delete({ model: "used-copy" });
+    expect(readManifest("used-copy")).toBeUndefined();
+  });
 });
 
 describe("llama.cpp utilities", () => {

@@ -9,6 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { eventually, post, serve, tinyModel } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
+import { readGGUFHeader } from "../src/models/gguf-header";
 
 let server: RunningServer;
 let ollama: Ollama;
@@ -125,6 +126,69 @@ describe("Ollama chat and generate", () => {
     expect(a.response).toBe(b.response);
   });
 
+  test("num_predict 0 sets no limit, as -1 does (Ollama limits only a positive count)", async () => {
+    const unlimited = await ollama.generate({
+      model,
+      prompt: "Hi",
+      stream: false,
+      options: { temperature: 0, num_predict: -1 },
+    });
+    const zero = await ollama.generate({
+      model,
+      prompt: "Hi",
+      stream: false,
+      options: { temperature: 0, num_predict: 0 },
+    });
+    expect(unlimited.eval_count).toBeGreaterThan(1);
+    expect(zero.response).toBe(unlimited.response);
+    expect(zero.eval_count).toBe(unlimited.eval_count);
+  });
+
+  test("options Ollama documents that change nothing here are taken; those that would are 400s", async () => {
+    const neutral = {
+      ...greedy,
+      mirostat: 0,
+      mirostat_tau: 5,
+      mirostat_eta: 0.1,
+      typical_p: 1,
+      tfs_z: 1,
+      penalize_newline: true,
+      use_mlock: false,
+    };
+    const plain = await ollama.generate({ model, prompt: "Hi", stream: false, options: greedy });
+    const taken = await ollama.generate({ model, prompt: "Hi", stream: false, options: neutral });
+    expect(taken.response).toBe(plain.response);
+    for (const option of [{ typical_p: 0.7 }, { tfs_z: 0.5 }, { mirostat: 2 }, { temprature: 0 }]) {
+      const error = await ollama.generate({ model, prompt: "Hi", options: option }).catch((e) => e);
+      expect(error.status_code).toBe(400);
+      expect(error.message).toContain(Object.keys(option)[0]);
+    }
+  });
+
+  test("images are refused, naming the field and why", async () => {
+    const images = ["aGVsbG8="];
+    const chat = await ollama.chat({ model, messages: [{ role: "user", content: "Hi", images }] }).catch((e) => e);
+    expect(chat.status_code).toBe(400);
+    expect(chat.message).toBe("'messages.0.images' cannot be read: the models this server runs take text only");
+    const generate = await ollama.generate({ model, prompt: "Hi", images }).catch((e) => e);
+    expect(generate.status_code).toBe(400);
+    expect(generate.message).toBe("'images' cannot be read: the models this server runs take text only");
+  });
+
+  test("a last message of the assistant's is the start of its answer, which the model goes on with", async () => {
+    const start = [...messages, { role: "assistant", content: "The sky is blue because" }];
+    const options = { temperature: 0, num_predict: 12, repeat_penalty: 1 };
+    const prefilled = await ollama.chat({ model, messages: start, stream: false, options });
+    // The Anthropic route goes on with such a message too: the same model, greedy, the same text.
+    const anthropic = await post(`${server.url}/v1/messages`, {
+      model,
+      messages: start,
+      max_tokens: 12,
+      temperature: 0,
+    });
+    expect(prefilled.message.content).toBe(anthropic.json.content[0].text);
+  });
+
   test("a name with Ollama's default tag (:latest) is the model without it", async () => {
     const plain = await ollama.chat({ model, messages, stream: false, options: greedy });
     const tagged = await ollama.chat({ model: `${model}:latest`, messages, stream: false, options: greedy });
@@ -145,7 +209,13 @@ describe("Ollama chat and generate", () => {
 
 describe("Ollama model management", () => {
   test("version, tags, show", async () => {
-    expect((await ollama.version()).version).toBe("0.1.0-test");
+    // Clients compare it with Ollama's releases (VS Code's Copilot wants 0.6.4 or later, parsing each
+    // part as a number): an Ollama version; mlx's own ("0.1.0-test" here) is beside it.
+    const [major, minor, patch] = (await ollama.version()).version.split(".").map(Number);
+    expect([major, minor, patch].every(Number.isInteger)).toBe(true);
+    expect(major! * 1e6 + minor! * 1e3 + patch!).toBeGreaterThanOrEqual(6004);
+    const raw = (await (await fetch(`${server.url}/api/version`)).json()) as { mlx_version: string };
+    expect(raw.mlx_version).toBe("0.1.0-test");
     await ollama.generate({ model, prompt: "x", stream: false, options: { num_predict: 1 } });
     const tags = await ollama.list();
     expect(tags.models.map((m) => m.name)).toContain(model);
@@ -153,6 +223,29 @@ describe("Ollama model management", () => {
     expect(show.template).toContain("im_start");
     expect(show.details.family).toBe("llama");
     expect((show.model_info as unknown as Record<string, number>)["llama.context_length"]).toBe(256);
+  });
+
+  test("show reads a model's files: it loads nothing, and verbose lists a GGUF's tensors", async () => {
+    await post(`${server.url}/api/generate`, { model, keep_alive: 0 }); // not loaded
+    const show = await ollama.show({ model });
+    expect(show.details.family).toBe("llama");
+    expect(show.capabilities).toContain("chat");
+    expect((await ollama.ps()).models).toEqual([]); // describing it did not take a loaded model's place
+    const gguf = join(import.meta.dir, "fixtures", "gguf-quants.gguf");
+    // The client's types know no `verbose`: raw HTTP.
+    const verbose = await post(`${server.url}/api/show`, { model: gguf, verbose: true });
+    expect(verbose.json.tensors).toEqual(
+      readGGUFHeader(gguf).tensors.map((t) => ({ name: t.name, type: t.type, shape: t.dims })),
+    );
+    expect((await post(`${server.url}/api/show`, { model: gguf })).json.tensors).toBeUndefined();
+  });
+
+  test("keep_alive 0 unloads a model named with Ollama's default tag (:latest)", async () => {
+    const fresh = join(mkdtempSync(join(tmpdir(), "mlx-tagged-")), "tiny"); // never named with the tag before
+    writeTinyModel(fresh, { contextLength: 256 });
+    await ollama.generate({ model: fresh, prompt: "", keep_alive: -1 });
+    await ollama.generate({ model: `${fresh}:latest`, prompt: "", keep_alive: 0 });
+    expect((await ollama.ps()).models).toEqual([]);
   });
 
   test("keep_alive: 0 unloads at once, an empty request loads, -1 keeps, '50ms' expires", async () => {

@@ -53,14 +53,22 @@ const GENERATE_FIELDS = [
 ];
 /**
  * Ollama's options: those that shape the answer, and the runtime hints that cannot change it
- * here (memory mapping, threads, GPU layers: MLX decides; num_ctx: the context is the model's).
- * Options that would change sampling in ways we do not implement (typical_p, tfs_z, ...) are 400s.
+ * here (memory mapping, threads, GPU layers: MLX decides; num_ctx: the context is the model's;
+ * penalize_newline: Ollama itself no longer reads it). Options that would change sampling in
+ * ways we do not implement (mirostat, typical_p, tfs_z) are 400s unless set to turn them off;
+ * mirostat's tau and eta mean nothing without it.
  */
 const OPTIONS = [
   "num_predict",
   "seed",
   "repeat_last_n",
   "mirostat",
+  "mirostat_tau",
+  "mirostat_eta",
+  "typical_p",
+  "tfs_z",
+  "penalize_newline",
+  "use_mlock",
   "temperature",
   "top_p",
   "top_k",
@@ -87,9 +95,13 @@ function options(f: Fields): Pick<OllamaRequest, "maxTokens" | "sampling" | "sto
   const seed = o.integer("seed", { min: -1, max: Number.MAX_SAFE_INTEGER });
   const repeatLastN = o.integer("repeat_last_n", { min: -1 });
   if ((o.number("mirostat", { min: 0, max: 2 }) ?? 0) !== 0) throw unsupported("options.mirostat");
+  // 1 is the value at which typical and tail-free sampling keep every token.
+  for (const name of ["typical_p", "tfs_z"])
+    if ((o.number(name, { min: 0 }) ?? 1) !== 1) throw unsupported(`options.${name}`);
   o.integer("num_ctx", { min: 1 }); // checked, but the context is the model's (it cannot grow here)
   return {
-    maxTokens: numPredict === undefined || numPredict < 0 ? undefined : numPredict,
+    // As Ollama's runner, which limits only a positive count: 0, -1 and -2 all run until a stop or the context's end.
+    maxTokens: numPredict === undefined || numPredict <= 0 ? undefined : numPredict,
     sampling: {
       temperature: o.number("temperature", { min: 0 }),
       topP: o.number("top_p", { above: 0, max: 1 }),
@@ -137,6 +149,14 @@ function ollamaFormat(value: unknown): FormatInput | undefined {
   throw new ValidationError(`'format' must be "json" or a JSON Schema object`, "format");
 }
 
+/** Images, refused with the reason: every model this server runs reads text only. */
+const imagesRefused = (param: string) =>
+  new ValidationError(
+    `'${param}' cannot be read: the models this server runs take text only`,
+    param,
+    "unsupported_parameter",
+  );
+
 export function parseOllamaChat(body: unknown): OllamaRequest {
   const f = Fields.of(body);
   f.onlyKnown(CHAT_FIELDS);
@@ -145,7 +165,7 @@ export function parseOllamaChat(body: unknown): OllamaRequest {
   raw.forEach((item, i) => {
     const { m, at, role } = messageFields(item, i, ROLES);
     const images = m.array("images");
-    if (images && images.length > 0) throw unsupported(`${at}.images`, "images");
+    if (images && images.length > 0) throw imagesRefused(`${at}.images`);
     const message: ConversationMessage = { role, content: m.string("content") ?? "" };
     if (role === "assistant") message.toolCalls = parseToolCalls(m, "object");
     if (role === "tool") {
@@ -158,9 +178,13 @@ export function parseOllamaChat(body: unknown): OllamaRequest {
     messages.push(message);
   });
   const c = common(f);
+  // As Ollama's templates leave it open: a last message of the assistant's (without calls) is the
+  // start of its answer, which the model goes on with.
+  const last = messages.at(-1);
+  const continueFinal = last?.role === "assistant" && !last.toolCalls?.length;
   return {
     ...c,
-    prompt: messages.length > 0 ? { kind: "chat", messages } : undefined,
+    prompt: messages.length > 0 ? { kind: "chat", messages, continueFinal } : undefined,
     tools: toolRequest(f, { withChoice: false }),
   };
 }
@@ -171,7 +195,7 @@ export function parseOllamaGenerate(body: unknown): OllamaRequest {
   if (f.string("suffix")) throw unsupported("suffix");
   if (f.string("template")) throw unsupported("template", "a request 'template'");
   const images = f.array("images");
-  if (images && images.length > 0) throw unsupported("images");
+  if (images && images.length > 0) throw imagesRefused("images");
   const prompt = f.string("prompt") ?? "";
   const system = f.string("system");
   const raw = f.boolean("raw") ?? false;
@@ -195,6 +219,11 @@ export function parseModelName(body: unknown): string {
   const name = f.string("model") || f.string("name");
   if (!name) throw new ValidationError("'model' is required", "model");
   return name;
+}
+
+/** /api/show: the model, and `verbose` (also list its tensors). */
+export function parseOllamaShow(body: unknown): { model: string; verbose: boolean } {
+  return { model: parseModelName(body), verbose: Fields.of(body).boolean("verbose") ?? false };
 }
 
 /**

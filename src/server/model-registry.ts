@@ -18,7 +18,7 @@ import type { Scheduler } from "../engine/scheduler";
 import { ModelNotFoundError } from "../errors";
 
 /** The tag Ollama gives a model named without one. */
-const LATEST_TAG = ":latest";
+export const LATEST_TAG = ":latest";
 
 export interface LoadedEntry {
   /** The name it was first requested by. */
@@ -102,6 +102,11 @@ export class ModelRegistry {
     return !this.#everLoaded && this.#acquiring > 0;
   }
 
+  /** Requests waiting for their model: to be found, loaded, or for room to load it. */
+  get acquiring(): number {
+    return this.#acquiring;
+  }
+
   get loaded(): LoadedEntry[] {
     return [...this.#byKey.values()];
   }
@@ -111,10 +116,13 @@ export class ModelRegistry {
     return [...(this.options.adapters?.keys() ?? [])];
   }
 
-  /** The loaded model a name refers to, if any (no resolving, no loading). */
+  /** The loaded model a name refers to, if any (no resolving, no loading); "m:latest" is "m" as in resolve. */
   find(name: string): LoadedEntry | undefined {
     const path = this.#pathOf.get(name);
-    return path ? this.#byKey.get(this.#key(path, this.#settings(name))) : this.loaded.find((e) => e.name === name);
+    const entry = path
+      ? this.#byKey.get(this.#key(path, this.#settings(name)))
+      : this.loaded.find((e) => e.name === name);
+    return entry ?? (name.endsWith(LATEST_TAG) ? this.find(name.slice(0, -LATEST_TAG.length)) : undefined);
   }
 
   /** The models the store holds, loaded or not (none when the store cannot be read). */

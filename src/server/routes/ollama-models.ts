@@ -8,8 +8,9 @@ import { releaseModel } from "../../store/in-use";
 import { readManifest } from "../../store/manifest";
 import { isRemoteSource, modelRequest, pullModel, type ModelRequest } from "../../store/pull";
 import { loadAliases } from "../../store/aliases";
-import { copyModel, removeModel } from "../../store/store";
+import { copyModel, loadPath, removeModel } from "../../store/store";
 import { badRequest, toApiError } from "../errors";
+import { LATEST_TAG } from "../model-registry";
 import type { ServerState } from "../state";
 
 /** Progress lines at most this often (the last one always goes). */
@@ -63,11 +64,15 @@ export function ollamaModelRoutes(s: ServerState): Hono {
   });
 
   r.delete("/api/delete", async (c) => {
-    const name = parseModelName(await readJson(c.req));
-    // A model this server holds idle is unloaded first; one answering requests stays (a 409).
-    const loaded = s.models.find(name);
-    if (loaded && loaded.active === 0) {
-      s.models.unload(loaded);
+    const name = storedName(parseModelName(await readJson(c.req)));
+    // A model this server holds idle is unloaded first; one answering requests stays (a 409). The
+    // store marks a model in use by this process from its first use on: unless it is answering,
+    // that mark must not keep it (it outlives the model's unloading).
+    const manifest = readManifest(name);
+    const path = manifest && loadPath(manifest);
+    const holders = s.models.loaded.filter((e) => e.path === path);
+    if (holders.every((e) => e.active === 0)) {
+      for (const entry of holders) s.models.unload(entry);
       releaseModel(name);
     }
     await removeModel(name);
@@ -76,10 +81,16 @@ export function ollamaModelRoutes(s: ServerState): Hono {
 
   r.post("/api/copy", async (c) => {
     const { source, destination } = parseOllamaCopy(await readJson(c.req));
-    await copyModel(source, destination);
+    await copyModel(storedName(source), storedName(destination));
     return c.body(null, 200);
   });
   return r;
+}
+
+/** The store's name for what a client names: "m:latest" (Ollama's default tag) is "m" unless a model has that very name. */
+function storedName(name: string): string {
+  if (!name.endsWith(LATEST_TAG) || readManifest(name)) return name;
+  return name.slice(0, -LATEST_TAG.length);
 }
 
 /**

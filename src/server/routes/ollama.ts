@@ -1,13 +1,15 @@
 // Ollama-compatible routes: /api/chat and /api/generate (NDJSON streams or one object),
-// /api/tags, /api/ps, /api/show, /api/version.
+// /api/tags, /api/ps, /api/show (from the model's files, without loading it), /api/version.
 import { createHash } from "node:crypto";
+import { readFileSync, statSync } from "node:fs";
+import { join } from "node:path";
 import { Hono, type Context } from "hono";
 import {
   nanos,
   ollamaDefaults,
-  parseModelName,
   parseOllamaChat,
   parseOllamaGenerate,
+  parseOllamaShow,
   type OllamaRequest,
 } from "../../api/ollama";
 import type { GenerationUsage } from "../../engine/scheduler";
@@ -22,13 +24,26 @@ import { readJson } from "../../api/validate";
 import type { ServerState } from "../state";
 import { remoteModelConfigs } from "../../providers";
 import { formatCount } from "../../format";
+import { parseConfig, type ModelConfig } from "../../models/config";
+import { readGGUFHeader, type GGUFHeader } from "../../models/gguf-header";
+import { withModelErrors } from "../../models/load";
+import { readManifest } from "../../store/manifest";
+import { loadPath } from "../../store/store";
+import { Tokenizer } from "../../tokenizer/tokenizer";
 
 type Kind = "chat" | "generate";
+
+/**
+ * The Ollama release whose API these routes answer as, for /api/version: clients compare it with
+ * Ollama's releases before they use a feature (VS Code's Copilot refuses anything before 0.6.4),
+ * so mlx's own version number (given beside it) would only turn them away.
+ */
+const OLLAMA_API_VERSION = "0.12.0";
 
 export function ollamaRoutes(s: ServerState): Hono {
   const r = new Hono();
   r.get("/", (c) => c.text("mlx is running"));
-  r.get("/api/version", (c) => c.json({ version: s.config.version }));
+  r.get("/api/version", (c) => c.json({ version: OLLAMA_API_VERSION, mlx_version: s.config.version }));
   r.post("/api/chat", async (c) => generate(s, c, "chat", parseOllamaChat(await readJson(c.req))));
   r.post("/api/generate", async (c) => generate(s, c, "generate", parseOllamaGenerate(await readJson(c.req))));
 
@@ -94,41 +109,11 @@ export function ollamaRoutes(s: ServerState): Hono {
   });
 
   r.post("/api/show", async (c) => {
-    const name = parseModelName(await readJson(c.req));
-    const lease = await s.models.acquire(name);
-    try {
-      const e = lease.entry;
-      const cfg = e.lm.config;
-      const arch = cfg.modelType;
-      return c.json({
-        license: "",
-        modelfile: `FROM ${e.path}\n`,
-        parameters: "",
-        template: e.lm.tokenizer.chatTemplate ?? "",
-        details: details(e),
-        model_info: {
-          "general.architecture": arch,
-          "general.parameter_count": parameterCount(e),
-          [`${arch}.context_length`]: cfg.maxPositionEmbeddings,
-          [`${arch}.embedding_length`]: cfg.hiddenSize,
-          [`${arch}.block_count`]: cfg.numHiddenLayers,
-          [`${arch}.attention.head_count`]: cfg.numAttentionHeads,
-          [`${arch}.attention.head_count_kv`]: cfg.numKeyValueHeads,
-          [`${arch}.vocab_size`]: cfg.vocabSize,
-        },
-        // Any chat model takes tools: a template without them gets the functions in its system prompt.
-        // Any model embeds (its pooled final hidden states).
-        capabilities: [
-          "completion",
-          "embedding",
-          ...(e.lm.tokenizer.chatTemplate ? ["chat", "tools"] : []),
-          ...(thinkingTemplate(e.lm.tokenizer.chatTemplate).thinks ? ["thinking"] : []),
-        ],
-        modified_at: e.loadedAt.toISOString(),
-      });
-    } finally {
-      lease.release();
-    }
+    const { model, verbose } = parseOllamaShow(await readJson(c.req));
+    // Read from the model's files: loading its weights only to describe it would take the place
+    // of a loaded model (or wait until one is idle), and clients ask this of every model they list.
+    const path = await s.models.resolve(model);
+    return c.json(showModel(path, await storedAt(s, path), verbose));
   });
 
   // Known Ollama routes this server does not implement: a clear 501 rather than a 404.
@@ -161,7 +146,7 @@ function details(e: LoadedEntry, stored?: IndexEntry) {
   return ollamaDetails(
     e.lm.format,
     e.lm.config.modelType,
-    formatCount(parameterCount(e)),
+    formatCount(parameterCount(e.lm.config)),
     stored?.quantization ?? (q ? `${q.bits}-bit` : ""),
   );
 }
@@ -183,12 +168,107 @@ function ollamaDetails(
   };
 }
 
-function parameterCount(e: LoadedEntry): number {
-  const c = e.lm.config;
+function parameterCount(c: ModelConfig): number {
   const attention = c.hiddenSize * c.headDim * (2 * c.numAttentionHeads + 2 * c.numKeyValueHeads);
   const mlp = 3 * c.hiddenSize * c.intermediateSize;
   const embed = c.vocabSize * c.hiddenSize * (c.tieWordEmbeddings ? 1 : 2);
   return c.numHiddenLayers * (attention + mlp) + embed;
+}
+
+/** What /api/show tells of a model that its files say. */
+interface ModelFacts {
+  format: string;
+  family: string;
+  parameterCount: number;
+  quantization: string;
+  template: string;
+  modelInfo: Record<string, unknown>;
+  tensors?: { name: string; type: string; shape: number[] }[];
+}
+
+/** /api/show's answer for the model at `path`, from its files (its weights are not read). */
+function showModel(path: string, stored: IndexEntry | undefined, verbose: boolean) {
+  const facts = withModelErrors(path, () =>
+    statSync(path).isDirectory() ? directoryFacts(path) : ggufFacts(readGGUFHeader(path)),
+  );
+  return {
+    license: "",
+    modelfile: `FROM ${path}\n`,
+    parameters: "",
+    template: facts.template,
+    details: ollamaDetails(
+      facts.format,
+      facts.family,
+      formatCount(facts.parameterCount),
+      stored?.quantization ?? facts.quantization,
+    ),
+    model_info: facts.modelInfo,
+    ...(verbose && facts.tensors ? { tensors: facts.tensors } : {}),
+    // Any chat model takes tools: a template without them gets the functions in its system prompt.
+    // Any model embeds (its pooled final hidden states).
+    capabilities: [
+      "completion",
+      "embedding",
+      ...(facts.template ? ["chat", "tools"] : []),
+      ...(thinkingTemplate(facts.template).thinks ? ["thinking"] : []),
+    ],
+    modified_at: stored ? (stored.lastUsedAt ?? stored.createdAt) : statSync(path).mtime.toISOString(),
+  };
+}
+
+/** A GGUF's facts: its metadata is Ollama's model_info (arrays, of which only lengths are read, as null). */
+function ggufFacts({ metadata, tensors }: GGUFHeader): ModelFacts {
+  const text = (key: string) => {
+    const value = metadata.get(key);
+    return typeof value === "string" ? value : "";
+  };
+  const parameterCount = tensors.reduce((n, t) => n + t.dims.reduce((a, b) => a * b, 1), 0);
+  const modelInfo: Record<string, unknown> = Object.fromEntries(
+    [...metadata].map(([key, value]) => [key, typeof value === "object" ? null : value]),
+  );
+  modelInfo["general.parameter_count"] = parameterCount;
+  return {
+    format: "gguf",
+    family: text("general.architecture"),
+    parameterCount,
+    quantization: "",
+    template: text("tokenizer.chat_template"),
+    modelInfo,
+    tensors: tensors.map((t) => ({ name: t.name, type: t.type, shape: t.dims })),
+  };
+}
+
+/** An MLX directory's facts, from its config.json and tokenizer files. */
+function directoryFacts(dir: string): ModelFacts {
+  const config = parseConfig(JSON.parse(readFileSync(join(dir, "config.json"), "utf8")));
+  const arch = config.modelType;
+  const count = parameterCount(config);
+  return {
+    format: "mlx",
+    family: arch,
+    parameterCount: count,
+    quantization: config.quantization ? `${config.quantization.bits}-bit` : "",
+    template: Tokenizer.fromDirectory(dir).chatTemplate ?? "",
+    modelInfo: {
+      "general.architecture": arch,
+      "general.parameter_count": count,
+      [`${arch}.context_length`]: config.maxPositionEmbeddings,
+      [`${arch}.embedding_length`]: config.hiddenSize,
+      [`${arch}.block_count`]: config.numHiddenLayers,
+      [`${arch}.attention.head_count`]: config.numAttentionHeads,
+      [`${arch}.attention.head_count_kv`]: config.numKeyValueHeads,
+      [`${arch}.vocab_size`]: config.vocabSize,
+    },
+  };
+}
+
+/** The stored model whose files are at `path` (undefined for a path outside the store). */
+async function storedAt(s: ServerState, path: string): Promise<IndexEntry | undefined> {
+  for (const m of await s.models.stored()) {
+    const manifest = readManifest(m.name);
+    if (manifest && loadPath(manifest) === path) return m;
+  }
+  return undefined;
 }
 
 async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaRequest): Promise<Response> {
