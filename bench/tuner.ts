@@ -69,7 +69,7 @@ for (const streams of [1, 2, 4, 8, 16]) {
   const p99 = sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * 0.99))] ?? Number.NaN;
   const { maxBatch, prefillChunk } = scheduler.limits;
   console.log(
-    `| ${streams} | ${steps.length} | ${median(steps).toFixed(1)} / ${p99.toFixed(1)} | ${tuner.estimatedP99Ms?.toFixed(1) ?? "n/a"} | ${maxBatch} | ${prefillChunk} | ${tuner.adjustments.length} |`,
+    `| ${streams} | ${steps.length} | ${median(steps).toFixed(1)} / ${p99.toFixed(1)} | ${tuner.estimatedP99Ms?.toFixed(1) ?? "n/a"} | ${maxBatch} | ${prefillChunk} | ${tuner.adjustmentCount} |`,
   );
 }
 scheduler.dispose();

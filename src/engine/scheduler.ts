@@ -200,7 +200,7 @@ export class Scheduler {
       tuner: tuner && {
         targetItlMs: tuner.targetMs,
         estimatedP99Ms: tuner.estimatedP99Ms,
-        adjustments: tuner.adjustments.length,
+        adjustments: tuner.adjustmentCount,
         recent: tuner.adjustments.slice(-10),
       },
       prefixCache: cache && {
@@ -294,7 +294,7 @@ export class Scheduler {
         const ms = turn?.ms ?? performance.now() - started;
         if (decoding > 0 && events.length > 0) {
           this.options.onStep?.(ms, turn?.rows ?? decoding);
-          const changed = this.options.tuner?.observe(ms);
+          const changed = this.options.tuner?.observe(ms, decoding);
           if (changed) Object.assign(this.#generator.options, changed);
         }
         for (const event of events) this.#deliver(event);

@@ -1,6 +1,7 @@
 // The adaptive tuner: given a target P99 inter-token latency, it smooths what it observes and
 // adjusts the decode batch limit and the prefill chunk size within bounds. Too slow: fewer
-// sequences per step and smaller prefill chunks (shorter steps); comfortably fast: more.
+// sequences per step and smaller prefill chunks (shorter steps); comfortably fast: more, but a
+// bigger batch only once the batch is full (a fast step of fewer sequences says nothing of more).
 export interface TunerLimits {
   maxBatch: number;
   prefillChunk: number;
@@ -37,7 +38,10 @@ export class AdaptiveTuner {
   emaMs?: number;
   /** Smoothed mean absolute deviation (ms); mean + 3 × this approximates the P99. */
   emaDeviationMs = 0;
+  /** The latest adjustments (at most 100). */
   readonly adjustments: TunerAdjustment[] = [];
+  /** Adjustments made in all, also those no longer kept. */
+  adjustmentCount = 0;
   #sinceChange = 0;
   readonly #alpha: number;
   readonly #settle: number;
@@ -59,8 +63,11 @@ export class AdaptiveTuner {
     return this.emaMs === undefined ? undefined : this.emaMs + 3 * this.emaDeviationMs;
   }
 
-  /** Records one inter-token latency; returns the new limits when they changed. */
-  observe(itlMs: number): TunerLimits | undefined {
+  /**
+   * Records one inter-token latency, of a decode step of `batch` sequences; returns the new limits
+   * when they changed.
+   */
+  observe(itlMs: number, batch: number): TunerLimits | undefined {
     if (!Number.isFinite(itlMs) || itlMs < 0) return undefined;
     if (this.emaMs === undefined) this.emaMs = itlMs;
     else {
@@ -76,16 +83,18 @@ export class AdaptiveTuner {
       // Over target: halve the prefill chunk first (it stalls every stream), then shed a sequence.
       if (this.limits.prefillChunk > bounds.minChunk)
         this.limits.prefillChunk = Math.max(bounds.minChunk, Math.floor(this.limits.prefillChunk / 2));
-      else this.limits.maxBatch = Math.max(bounds.minBatch, this.limits.maxBatch - 1);
+      // One fewer than the batch that was too slow: a limit above it would shed nothing.
+      else this.limits.maxBatch = Math.max(bounds.minBatch, Math.min(this.limits.maxBatch, batch) - 1);
       reason = `p99 ${p99.toFixed(1)} ms > target ${this.targetMs} ms`;
     } else if (p99 < 0.7 * this.targetMs) {
-      // Comfortably under: admit one more sequence, then grow the prefill chunk back.
-      if (this.limits.maxBatch < bounds.maxBatch) this.limits.maxBatch += 1;
+      // Comfortably under: admit one more sequence when the batch is full, else grow the prefill chunk back.
+      if (batch >= this.limits.maxBatch && this.limits.maxBatch < bounds.maxBatch) this.limits.maxBatch += 1;
       else this.limits.prefillChunk = Math.min(bounds.maxChunk, this.limits.prefillChunk * 2);
       reason = `p99 ${p99.toFixed(1)} ms < 70% of target ${this.targetMs} ms`;
     } else return undefined;
     if (from.maxBatch === this.limits.maxBatch && from.prefillChunk === this.limits.prefillChunk) return undefined;
     this.#sinceChange = 0;
+    this.adjustmentCount++;
     this.adjustments.push({ at: this.#now(), reason, from, to: { ...this.limits } });
     if (this.adjustments.length > 100) this.adjustments.shift();
     return { ...this.limits };

@@ -5,7 +5,8 @@
 import type { KvQuantization } from "../models/cache";
 import type { SpeculationChoice } from "../models/load";
 import { timingSafeEqual, createHash } from "node:crypto";
-import { Hono } from "hono";
+import { Hono, type Context } from "hono";
+import { matchedRoutes } from "hono/route";
 import { bodyLimit } from "hono/body-limit";
 import { cors } from "hono/cors";
 import { ApiError, errorResponse, notFound, toApiError, unauthorized } from "./errors";
@@ -66,37 +67,16 @@ export interface ServerOptions extends Partial<ServerConfig> {
   loadModel?: (path: string, settings: LoadSettings) => LoadedModel;
 }
 
-/** Routes that are labelled by name in /metrics (anything else is "other"). */
-const KNOWN_ROUTES = new Set([
-  "/v1/chat/completions",
-  "/v1/completions",
-  "/v1/messages",
-  "/v1/messages/count_tokens",
-  "/v1/responses",
-  "/v1/models",
-  "/api/chat",
-  "/api/generate",
-  "/api/tags",
-  "/api/ps",
-  "/api/show",
-  "/api/version",
-  "/v1/embeddings",
-  "/api/embed",
-  "/api/embeddings",
-  "/api/pull",
-  "/api/delete",
-  "/api/copy",
-  "/tokenize",
-  "/detokenize",
-  "/apply-template",
-  "/health",
-  "/ready",
-  "/stats",
-  "/metrics",
-  "/",
-  "/dashboard",
-  "/dashboard/events",
-]);
+/**
+ * The route a request went to, as registered ("/v1/models/:id"), for /metrics and /stats: a label
+ * with as many values as there are routes, whatever paths clients send; "other" where none matched.
+ * A middleware that answered first (auth, a body limit) still counts for the route it guarded.
+ */
+const routeLabel = (c: Context) =>
+  // A parameter's pattern ("/v1/models/:id{.+}", for ids with slashes) is left out of the label.
+  matchedRoutes(c)
+    .findLast((r) => !r.path.includes("*"))
+    ?.path.replace(/\{[^}]*\}/g, "") ?? "other";
 
 export function createState(o: ServerOptions = {}): ServerState {
   const maxQueue = o.maxQueue ?? 64;
@@ -160,6 +140,7 @@ export function createState(o: ServerOptions = {}): ServerState {
       maxKvSize: o.maxKvSize,
       load: o.loadModel,
       onLoad: (e) => o.onLoad?.(e.name, e.path, e.loadMs / 1000),
+      onUnload: (e) => state.metrics.retireModel(e.name, e.scheduler.stats),
     }),
     metrics: undefined!,
     inflight: new InFlight(),
@@ -173,8 +154,9 @@ export function createState(o: ServerOptions = {}): ServerState {
     schedulers: () => state.models.loaded.map((e) => ({ model: e.name, stats: e.scheduler.stats })),
     running: () => queueFigures(state).running,
     waiting: () => queueFigures(state).waiting,
+    waitingForModel: () => state.models.acquiring,
     loadedModels: () => state.models.loaded.length,
-    memory: () => (state.models.loaded.length > 0 ? memoryFigures() : { active: 0, peak: 0, cache: 0 }),
+    memory: memoryFigures,
     providers: activeProviders,
   });
   return state;
@@ -188,7 +170,7 @@ export function createApp(s: ServerState): Hono {
   // 1. Accounting: every request by route and status (streams count when their headers go out).
   app.use("*", async (c, next) => {
     await next();
-    const route = KNOWN_ROUTES.has(c.req.path) ? c.req.path : "other";
+    const route = routeLabel(c);
     const status = String(c.res.status);
     s.requests.total++;
     s.requests.byStatus[status] = (s.requests.byStatus[status] ?? 0) + 1;

@@ -84,13 +84,45 @@ export class Gauge extends Reading {
   }
 }
 
-/**
- * A count the live state keeps itself (a loaded model's prefix-cache hits, say), read at scrape time. It starts
- * again from zero when its model is loaded again, which Prometheus' rate() reads as a counter reset.
- */
+/** A count the live state keeps itself (a split model's compute time, say), read at scrape time. */
 export class CountReading extends Reading {
   constructor(name: `${string}_total`, help: string, read: Read) {
     super(name, help, "counter", read);
+  }
+}
+
+type LiveSchedulers = () => { model: string; stats: SchedulerStats }[];
+
+/**
+ * A count each loaded model's scheduler keeps (its prefix-cache hits, say), read at scrape time, plus
+ * what the model counted before it was unloaded: loaded again, it goes on from there rather than from
+ * zero, so the counter never goes down while the server runs.
+ */
+export class ModelCount extends Base {
+  readonly #unloaded = new Map<string, number>();
+  constructor(
+    name: `${string}_total`,
+    help: string,
+    readonly schedulers: LiveSchedulers,
+    readonly pick: (s: SchedulerStats) => number | undefined,
+  ) {
+    super(name, help, "counter");
+  }
+  /** Keeps what a model that is being unloaded counted. */
+  retire(model: string, stats: SchedulerStats): void {
+    const value = this.pick(stats);
+    if (value !== undefined) this.#unloaded.set(model, (this.#unloaded.get(model) ?? 0) + value);
+  }
+  render(): string[] {
+    const totals = new Map(this.#unloaded);
+    for (const { model, stats } of this.schedulers()) {
+      const value = this.pick(stats);
+      if (value !== undefined) totals.set(model, (totals.get(model) ?? 0) + value);
+    }
+    return [
+      ...this.header(),
+      ...[...totals].map(([model, value]) => `${this.name}${formatLabels({ model })} ${formatValue(value)}`),
+    ];
   }
 }
 
@@ -150,17 +182,23 @@ export class Registry {
 
 const latencyBuckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
 
-/** The server's metrics. Gauges read live state through the callbacks given. */
+/**
+ * The server's metrics. Gauges read live state through the callbacks given; call retireModel with a
+ * model's figures as it is unloaded, so its counts go on when it is loaded again.
+ */
 export function serverMetrics(live: {
-  schedulers: () => { model: string; stats: SchedulerStats }[];
+  schedulers: LiveSchedulers;
   running: () => number;
   waiting: () => number;
+  waitingForModel: () => number;
   loadedModels: () => number;
   memory: () => MemoryFigures;
   providers: () => Provider[];
 }) {
   const registry = new Registry();
-  return {
+  const modelCount = (name: `${string}_total`, help: string, pick: (s: SchedulerStats) => number | undefined) =>
+    registry.add(new ModelCount(name, help, live.schedulers, pick));
+  const metrics = {
     registry,
     requests: registry.add(new Counter("mlx_http_requests_total", "HTTP requests by route and status code")),
     finished: registry.add(
@@ -190,6 +228,13 @@ export function serverMetrics(live: {
     ),
     running: registry.add(new Gauge("mlx_requests_running", "Requests generating now", live.running)),
     waiting: registry.add(new Gauge("mlx_requests_waiting", "Requests waiting in the queue", live.waiting)),
+    waitingForModel: registry.add(
+      new Gauge(
+        "mlx_requests_waiting_for_model",
+        "Requests waiting for their model to be loaded, or for another to go idle to make room for it",
+        live.waitingForModel,
+      ),
+    ),
     models: registry.add(new Gauge("mlx_models_loaded", "Models held in memory", live.loadedModels)),
     activeMemory: registry.add(new Gauge("mlx_memory_active_bytes", "MLX active memory", () => live.memory().active)),
     peakMemory: registry.add(
@@ -228,22 +273,20 @@ export function serverMetrics(live: {
         perModel(live, (s) => s.tuner?.estimatedP99Ms && s.tuner.estimatedP99Ms / 1000),
       ),
     ),
-    tunerAdjustments: registry.add(
-      new CountReading("mlx_tuner_adjustments_total", "Adjustments the tuner made (last 100 kept in /stats)", () =>
-        perModel(live, (s) => s.tuner?.adjustments),
-      ),
+    tunerAdjustments: modelCount(
+      "mlx_tuner_adjustments_total",
+      "Adjustments the tuner made, per model (the latest 10 in /stats)",
+      (s) => s.tuner?.adjustments,
     ),
-    prefixHits: registry.add(
-      new CountReading("mlx_prefix_cache_hits_total", "Requests that started from a cached prefix, per model", () =>
-        perModel(live, (s) => s.prefixCache?.hits),
-      ),
+    prefixHits: modelCount(
+      "mlx_prefix_cache_hits_total",
+      "Requests that started from a cached prefix, per model",
+      (s) => s.prefixCache?.hits,
     ),
-    prefixHitTokens: registry.add(
-      new CountReading(
-        "mlx_prefix_cache_hit_tokens_total",
-        "Prompt tokens served from the prefix cache, per model",
-        () => perModel(live, (s) => s.prefixCache?.hitTokens),
-      ),
+    prefixHitTokens: modelCount(
+      "mlx_prefix_cache_hit_tokens_total",
+      "Prompt tokens served from the prefix cache, per model",
+      (s) => s.prefixCache?.hitTokens,
     ),
     prefixBytes: registry.add(
       new Gauge("mlx_prefix_cache_bytes", "Bytes held by the prefix cache, per model", () =>
@@ -302,17 +345,15 @@ export function serverMetrics(live: {
         ),
       ),
     ),
-    draftedTokens: registry.add(
-      new CountReading(
-        "mlx_speculative_drafted_tokens_total",
-        "Tokens drafted by speculative decoding, per model",
-        () => perModel(live, (s) => s.speculation?.drafted),
-      ),
+    draftedTokens: modelCount(
+      "mlx_speculative_drafted_tokens_total",
+      "Tokens drafted by speculative decoding, per model",
+      (s) => s.speculation?.drafted,
     ),
-    acceptedTokens: registry.add(
-      new CountReading("mlx_speculative_accepted_tokens_total", "Drafted tokens the model kept, per model", () =>
-        perModel(live, (s) => s.speculation?.accepted),
-      ),
+    acceptedTokens: modelCount(
+      "mlx_speculative_accepted_tokens_total",
+      "Drafted tokens the model kept, per model",
+      (s) => s.speculation?.accepted,
     ),
     acceptanceRate: registry.add(
       new Gauge("mlx_speculative_acceptance_rate", "Accepted over drafted tokens, per model", () =>
@@ -353,15 +394,19 @@ export function serverMetrics(live: {
       ),
     ),
   };
+  return {
+    ...metrics,
+    /** Keeps what a model that is being unloaded counted in the per-model counters. */
+    retireModel(model: string, stats: SchedulerStats): void {
+      for (const metric of Object.values(metrics)) if (metric instanceof ModelCount) metric.retire(model, stats);
+    },
+  };
 }
 
 const CIRCUIT_STATES = ["closed", "half_open", "open"] as const;
 
 /** One row per stage (rank 1 onwards) of each model split across processes. */
-function perStage(
-  live: { schedulers: () => { model: string; stats: SchedulerStats }[] },
-  pick: (s: StageFigures) => number,
-) {
+function perStage(live: { schedulers: LiveSchedulers }, pick: (s: StageFigures) => number) {
   return live
     .schedulers()
     .flatMap(({ model, stats }) =>
@@ -370,10 +415,7 @@ function perStage(
 }
 
 /** One row per loaded model that has the figure. */
-function perModel(
-  live: { schedulers: () => { model: string; stats: SchedulerStats }[] },
-  pick: (s: SchedulerStats) => number | undefined,
-) {
+function perModel(live: { schedulers: LiveSchedulers }, pick: (s: SchedulerStats) => number | undefined) {
   return live.schedulers().flatMap(({ model, stats }) => {
     const value = pick(stats);
     return value === undefined ? [] : [{ labels: { model }, value }];

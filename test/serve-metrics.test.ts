@@ -1,0 +1,148 @@
+// `mlx serve`'s /metrics and /stats as a monitoring system reads them: counters that never go
+// down while the server runs (a model unloaded and loaded again included), requests waiting for
+// their model, the peak memory after an unload, and the adaptive tuner's limits as it moves them
+// under a light load and under a full batch.
+import { afterEach, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Ollama } from "ollama";
+import type { RunningServer } from "../src/server/app";
+import { eventually, post, serve, tinyModel } from "./helpers/serve";
+import { writeTinyModel } from "./helpers/tiny-model";
+
+let server: RunningServer | undefined;
+afterEach(async () => {
+  await server?.stop();
+  server = undefined;
+});
+
+/** The value of one sample of /metrics (0 when the series is absent). */
+async function sample(url: string, series: string): Promise<number> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const line = text.split("\n").find((l) => l.startsWith(`${series} `));
+  return line === undefined ? 0 : Number(line.slice(series.length + 1));
+}
+
+/** A completion of exactly `tokens` tokens (the tiny model's end token does not stop it). */
+async function complete(url: string, model: string, prompt: string, tokens: number): Promise<void> {
+  const r = await post(`${url}/v1/completions`, { model, prompt, max_tokens: tokens, ignore_eos: true });
+  expect(r.json.usage.completion_tokens).toBe(tokens);
+}
+
+async function modelStats(url: string): Promise<any> {
+  const stats: any = await (await fetch(`${url}/stats`)).json();
+  return stats.models[0];
+}
+
+describe("per-model counters", () => {
+  test("go on from where they were when the model is unloaded (keep_alive 0) and loaded again", async () => {
+    const model = tinyModel();
+    server = serve({ defaultModel: model });
+    const { url } = server;
+    const ollama = new Ollama({ host: url });
+    const hits = `mlx_prefix_cache_hits_total{model="${model}"}`;
+    const hitTokens = `mlx_prefix_cache_hit_tokens_total{model="${model}"}`;
+    // The same prompt twice: the second starts from the first's cached prefix.
+    const ask = (keepAlive?: number) =>
+      ollama.generate({ model, prompt: "Tell me about the sea", options: { num_predict: 2 }, keep_alive: keepAlive });
+    await ask();
+    await ask(0);
+    await eventually(async () => (await sample(url, "mlx_models_loaded")) === 0);
+    const before = { hits: await sample(url, hits), hitTokens: await sample(url, hitTokens) };
+    expect(before.hits).toBeGreaterThan(0);
+    expect(before.hitTokens).toBeGreaterThan(0);
+
+    await ask(); // loads the model again, with an empty prefix cache: a miss
+    expect(await sample(url, "mlx_models_loaded")).toBe(1);
+    expect(await sample(url, hits)).toBe(before.hits);
+    expect(await sample(url, hitTokens)).toBe(before.hitTokens);
+    await ask(); // and a hit, counted on top
+    expect(await sample(url, hits)).toBe(before.hits + 1);
+  });
+});
+
+describe("queue depth", () => {
+  test("a request waiting for its model, while another model is busy, shows as waiting for a model", async () => {
+    const root = mkdtempSync(join(tmpdir(), "mlx-serve-metrics-"));
+    const [busy, next] = [join(root, "busy"), join(root, "next")];
+    writeTinyModel(busy, { contextLength: 8192 });
+    writeTinyModel(next);
+    server = serve({ maxLoadedModels: 1 });
+    const { url } = server;
+    try {
+      // A long stream holds the one model slot until it is stopped.
+      const stop = new AbortController();
+      const long = await fetch(`${url}/v1/completions`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ model: busy, prompt: "Once", max_tokens: 8000, ignore_eos: true, stream: true }),
+        signal: stop.signal,
+      });
+      await long.body!.getReader().read();
+      const waiting = post(`${url}/v1/completions`, { model: next, prompt: "Once", max_tokens: 2 });
+      await eventually(async () => (await sample(url, "mlx_requests_waiting_for_model")) === 1);
+      stop.abort();
+      expect((await waiting).status).toBe(200);
+      expect(await sample(url, "mlx_requests_waiting_for_model")).toBe(0);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("requests by route", () => {
+  test("are labelled by the route as registered, paths with ids included; unmatched paths as other", async () => {
+    server = serve({ defaultModel: tinyModel() });
+    const { url } = server;
+    await fetch(`${url}/v1/models/${encodeURIComponent(tinyModel())}`);
+    await fetch(`${url}/v1/responses/resp_missing`);
+    await fetch(`${url}/api/create`, { method: "POST", body: "{}" });
+    await fetch(`${url}/no/such/route`);
+    await fetch(`${url}/another/missing/route`);
+    const requests = (route: string, status: number) =>
+      sample(url, `mlx_http_requests_total{route="${route}",status="${status}"}`);
+    expect(await requests("/v1/models/:id", 200)).toBe(1);
+    expect(await requests("/v1/responses/:id", 404)).toBe(1);
+    expect(await requests("/api/create", 501)).toBe(1);
+    expect(await requests("other", 404)).toBe(2);
+    const stats: any = await (await fetch(`${url}/stats`)).json();
+    expect(stats.requests.by_route["/v1/models/:id"]).toBe(1);
+  });
+});
+
+describe("memory", () => {
+  test("the peak since the server started outlives an unloaded model, as in /stats", async () => {
+    const model = tinyModel();
+    server = serve({ defaultModel: model });
+    const { url } = server;
+    await new Ollama({ host: url }).generate({ model, prompt: "Hi", options: { num_predict: 2 }, keep_alive: 0 });
+    await eventually(async () => (await sample(url, "mlx_models_loaded")) === 0);
+    const stats: any = await (await fetch(`${url}/stats`)).json();
+    expect(stats.memory.peak).toBeGreaterThan(0);
+    expect(await sample(url, "mlx_memory_peak_bytes")).toBe(stats.memory.peak);
+  });
+});
+
+describe("the adaptive tuner", () => {
+  // A target no step misses: every observation is "comfortably under".
+  const easyTarget = 60_000;
+
+  test("one client at a time never raises the batch limit, as nothing shows a bigger batch would keep up", async () => {
+    const model = tinyModel();
+    server = serve({ defaultModel: model, targetItlMs: easyTarget, maxBatch: 2, prefillChunk: 64 });
+    for (let i = 0; i < 3; i++) await complete(server.url, model, `Story ${i}`, 20);
+    const m = await modelStats(server.url);
+    expect(m.tuner.adjustments).toBeGreaterThan(0);
+    expect(m.max_batch).toBe(2);
+    expect(m.prefill_chunk).toBeGreaterThan(64);
+    expect(await sample(server.url, `mlx_batch_limit{model="${model}"}`)).toBe(2);
+  });
+
+  test("a full batch that keeps up raises the limit", async () => {
+    const model = tinyModel();
+    server = serve({ defaultModel: model, targetItlMs: easyTarget, maxBatch: 2, prefillChunk: 64 });
+    await Promise.all([1, 2, 3, 4].map((i) => complete(server!.url, model, `Story ${i}`, 30)));
+    expect((await modelStats(server.url)).max_batch).toBeGreaterThan(2);
+  });
+});
