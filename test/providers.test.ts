@@ -342,6 +342,9 @@ describe("every API family reaches either provider kind", () => {
     const r = await openai.chat.completions.create({
       model: "ra",
       max_tokens: 60,
+      // Greedy: the random model's call then ends within the tiny context (sampled, it can run
+      // out of room, and a call cut short is finish_reason "length").
+      temperature: 0,
       messages: [{ role: "user", content: "Weather in Oslo?" }],
       tools: [{ type: "function", function: { name: "forecast", parameters: forecastSchema } }],
       tool_choice: "required",

@@ -1,8 +1,9 @@
 // The Anthropic Messages API with Anthropic's official client against a real server on
 // loopback: create, stream (the event sequence), stop reasons, a tool round-trip (whole and
-// streamed), count_tokens, errors in Anthropic's shape, x-api-key, and the prefix cache across
-// system prompts that differ only in a volatile last line. Tiny random-weight model: a required
-// call is valid only because the grammar makes it so.
+// streamed), a call the budget cut, structured output (output_config), count_tokens, errors in
+// Anthropic's shape, x-api-key, and the prefix cache across system prompts that differ only in a
+// volatile last line. Tiny random-weight model: a required call is valid only because the grammar
+// makes it so.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -252,6 +253,45 @@ describe("tools", () => {
     expect(JSON.parse(partial)).toEqual(uses[0]!.input);
     expect(["forecast", "clock"]).toContain(uses[0]!.name);
   }, 60_000);
+
+  test("a call the budget closed early is stop_reason max_tokens, not a tool_use to run (whole and streamed)", async () => {
+    const request = { model, messages: ask, tools, tool_choice: { type: "tool" as const, name: "forecast" } };
+    const tooSmall = await post(`${server.url}/v1/messages`, { ...request, max_tokens: 1 });
+    const shortest = Number(/takes (\d+) tokens/.exec(tooSmall.json.error.message)![1]);
+    // A budget of the shortest valid call's length ends the answer: the grammar closes the call in it.
+    const whole = await post(`${server.url}/v1/messages`, { ...request, max_tokens: shortest });
+    expect(whole.json.usage.output_tokens).toBe(shortest);
+    expect(whole.headers.get("X-Mlx-Closed-Early")).toBe("true");
+    expect(whole.json.stop_reason).toBe("max_tokens");
+    const streamed = await client.messages.stream({ ...request, max_tokens: shortest }).finalMessage();
+    expect(streamed.usage.output_tokens).toBe(shortest);
+    expect(streamed.stop_reason).toBe("max_tokens");
+  }, 60_000);
+});
+
+describe("structured output", () => {
+  test("output_config.format: the text is JSON the schema accepts (create, and the SDK's parse); effort is a 400", async () => {
+    const output_config = { format: { type: "json_schema" as const, schema: input_schema } };
+    const m = await client.messages.create({ model, max_tokens: 60, messages: ask, output_config });
+    expect(m.content.map((b) => b.type)).toEqual(["text"]);
+    expect(validInput(JSON.parse(textOf(m)))).toBe(true);
+    const parsed = await client.messages.parse({ model, max_tokens: 60, messages: ask, output_config });
+    expect(validInput(parsed.parsed_output)).toBe(true);
+    const effort = await post(`${server.url}/v1/messages`, {
+      model,
+      max_tokens: 4,
+      messages: ask,
+      output_config: { effort: "low" },
+    });
+    expect(effort.status).toBe(400);
+    expect(effort.json.error.message).toContain("'output_config.effort' is not supported");
+  });
+
+  test("thinking 'adaptive' leaves it to the model: one without <think> answers, as with thinking absent", async () => {
+    const params = { model, max_tokens: 4, temperature: 0, messages: ask };
+    const adaptive = await client.messages.create({ ...params, thinking: { type: "adaptive" } });
+    expect(textOf(adaptive)).toBe(textOf(await client.messages.create(params)));
+  });
 });
 
 describe("count_tokens", () => {
@@ -273,6 +313,29 @@ describe("count_tokens", () => {
     expect(withTools.input_tokens).toBeGreaterThan(plain.input_tokens + 30);
     const m = await client.messages.create({ model, max_tokens: 1, messages });
     expect(m.usage.input_tokens + m.usage.cache_read_input_tokens!).toBe(plain.input_tokens);
+  });
+
+  test("takes a request's cache_control and output_config, and counts the prompt JSON output gets (thinking off)", async () => {
+    // A qwen3-style template whose enable_thinking false writes an empty reasoning into the prompt.
+    const thinker = join(mkdtempSync(join(tmpdir(), "mlx-serve-anthropic-")), "thinker");
+    writeTinyModel(thinker, {
+      modelType: "qwen3",
+      contextLength: 1024,
+      chatTemplate:
+        "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endfor %}<|im_start|>assistant\n" +
+        "{%- if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{%- else %}<think>\n{%- endif %}",
+    });
+    const params = {
+      model: thinker,
+      messages: ask,
+      cache_control: { type: "ephemeral" as const },
+      output_config: { format: { type: "json_schema" as const, schema: input_schema } },
+    };
+    const counted = await client.messages.countTokens(params);
+    const m = await client.messages.create({ ...params, max_tokens: 60 });
+    expect(m.usage.input_tokens + m.usage.cache_read_input_tokens!).toBe(counted.input_tokens);
+    const thinking = await client.messages.countTokens({ model: thinker, messages: ask });
+    expect(counted.input_tokens).toBeGreaterThan(thinking.input_tokens);
   });
 });
 

@@ -1,7 +1,8 @@
 // The OpenAI Responses API with the official `openai` client against a real server on loopback:
 // responses.create and responses.stream for text, function tools (a round-trip with
-// function_call_output), text.format json_schema, previous_response_id over stored responses,
-// and what we refuse as 400s naming it; the store's bound and time to live.
+// function_call_output, a call the budget cut), text.format json_schema, the fields echoed,
+// previous_response_id over stored responses and their input_items, and what we refuse as 400s
+// naming it; the store's bound and time to live.
 // Tiny random-weight model: a call or a JSON answer is valid only because the grammar makes it so.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync } from "node:fs";
@@ -116,6 +117,85 @@ describe("responses.create", () => {
     const bare = await openai.responses.create({ model, input: "Weather in Oslo?", max_output_tokens: 1 });
     expect(answer.usage!.input_tokens).toBeGreaterThan(bare.usage!.input_tokens + 15);
   }, 60_000);
+
+  test("a call the budget closed early is an incomplete item, whole and streamed, not a completed call to run", async () => {
+    const request = { model, input: "Weather in Oslo?", tools, tool_choice: "required" as const };
+    const tooSmall = await post(`${server.url}/v1/responses`, { ...request, max_output_tokens: 1 });
+    const shortest = Number(/takes (\d+) tokens/.exec(tooSmall.json.error.message)![1]);
+    // A budget of the shortest valid call's length ends the answer: the grammar closes the call in it.
+    const whole = await post(`${server.url}/v1/responses`, { ...request, max_output_tokens: shortest });
+    expect(whole.headers.get("X-Mlx-Closed-Early")).toBe("true");
+    expect(whole.json.status).toBe("incomplete");
+    expect(whole.json.output).toEqual([expect.objectContaining({ type: "function_call", status: "incomplete" })]);
+    const stream = openai.responses.stream({ ...request, max_output_tokens: shortest });
+    const done: unknown[] = [];
+    stream.on("response.output_item.done", (e) => done.push(e.item));
+    const streamed = await stream.finalResponse();
+    expect(done).toEqual([expect.objectContaining({ type: "function_call", status: "incomplete" })]);
+    expect(streamed.output).toEqual([expect.objectContaining({ type: "function_call", status: "incomplete" })]);
+  });
+
+  test("a function_call_output's output as input_text parts reads as the same text; an image there is a 400", async () => {
+    const call = { type: "function_call", call_id: "call_1", name: "forecast", arguments: '{"city":"Oslo","days":2}' };
+    const withOutput = (output: unknown) =>
+      [
+        { role: "user", content: "Weather in Oslo?" },
+        call,
+        { type: "function_call_output", call_id: "call_1", output },
+      ] as OpenAI.Responses.ResponseInput;
+    const request = { model, tools, max_output_tokens: 3, temperature: 0, store: false };
+    const asString = await openai.responses.create({ ...request, input: withOutput("Snow, -3 degrees") });
+    const asParts = await openai.responses.create({
+      ...request,
+      input: withOutput([
+        { type: "input_text", text: "Snow, " },
+        { type: "input_text", text: "-3 degrees" },
+      ]),
+    });
+    expect(asParts.usage!.input_tokens).toBe(asString.usage!.input_tokens);
+    expect(asParts.output_text).toBe(asString.output_text);
+    const image = await post(`${server.url}/v1/responses`, {
+      ...request,
+      input: withOutput([{ type: "input_image", image_url: "https://example.com/a.png" }]),
+    });
+    expect(image.status).toBe(400);
+    expect(image.json.error.param).toBe("input.2.output.0.type");
+  });
+});
+
+describe("echoed fields", () => {
+  test("metadata, text.format's name, and background and truncation at their defaults come back as sent", async () => {
+    const format = {
+      type: "json_schema" as const,
+      name: "verdict",
+      schema: {
+        type: "object",
+        properties: { ok: { type: "boolean" } },
+        required: ["ok"],
+        additionalProperties: false,
+      },
+      strict: true,
+    };
+    const r = await openai.responses.create({
+      model,
+      input: "Answer in JSON",
+      metadata: { ticket: "T-42" },
+      text: { format },
+      background: false,
+      truncation: "disabled",
+      max_output_tokens: 30,
+    });
+    expect(r).toMatchObject({
+      metadata: { ticket: "T-42" },
+      text: { format },
+      background: false,
+      truncation: "disabled",
+    });
+    expect(await openai.responses.retrieve(r.id)).toMatchObject({ metadata: { ticket: "T-42" }, text: { format } });
+    const auto = await post(`${server.url}/v1/responses`, { model, input: "Hi", truncation: "auto" });
+    expect(auto.status).toBe(400);
+    expect(auto.json.error).toMatchObject({ param: "truncation", code: "unsupported_parameter" });
+  });
 });
 
 describe("responses.stream", () => {
@@ -138,6 +218,28 @@ describe("responses.stream", () => {
     expect(final.output_text).toBe(deltas);
     const whole = await openai.responses.create({ model, input: "Hi", max_output_tokens: 8, temperature: 0 });
     expect(whole.output_text).toBe(deltas);
+  });
+
+  test("a budget spent in reasoning: the output is the reasoning item the events announced, no empty message", async () => {
+    // A qwen3-style template that opens <think>: random weights reason on until the budget ends.
+    const thinker = join(mkdtempSync(join(tmpdir(), "mlx-serve-responses-")), "thinker");
+    writeTinyModel(thinker, {
+      modelType: "qwen3",
+      contextLength: 512,
+      chatTemplate:
+        "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endfor %}" +
+        "<|im_start|>assistant\n<think>\n",
+    });
+    const request = { model: thinker, input: "Hi", max_output_tokens: 3, temperature: 0 };
+    const announced: OpenAI.Responses.ResponseOutputItem["type"][] = [];
+    const stream = openai.responses.stream(request);
+    stream.on("response.output_item.added", (e) => announced.push(e.item.type));
+    const streamed = await stream.finalResponse();
+    expect(announced).toEqual(["reasoning"]);
+    expect(streamed.output.map((o) => o.type)).toEqual(announced);
+    const whole = await openai.responses.create(request);
+    expect(whole.status).toBe("incomplete");
+    expect(whole.output.map((o) => o.type)).toEqual(["reasoning"]);
   });
 
   test("a required call streams as function_call_arguments deltas", async () => {
@@ -191,6 +293,17 @@ describe("errors", () => {
       .catch((error) => error);
     expect(e).toBeInstanceOf(OpenAI.BadRequestError);
     expect((await openai.responses.create({ model, input: "Hi", max_output_tokens: 1 })).usage!.output_tokens).toBe(1);
+  });
+});
+
+describe("hints", () => {
+  test("prompt_cache_key, safety_identifier and user pass (they change nothing here); not as strings they are a 400", async () => {
+    const hints = { prompt_cache_key: "session-1", safety_identifier: "user-hash", user: "u" };
+    const r = await openai.responses.create({ model, input: "Hi", max_output_tokens: 1, ...hints });
+    expect(r.status).toBe("incomplete");
+    const bad = await post(`${server.url}/v1/responses`, { model, input: "Hi", prompt_cache_key: 5 });
+    expect(bad.status).toBe(400);
+    expect(bad.json.error.param).toBe("prompt_cache_key");
   });
 });
 
@@ -263,11 +376,85 @@ describe("previous_response_id", () => {
     expect((await openai.responses.retrieve(unstored.id).catch((e) => e)).status).toBe(404);
   });
 
+  test("input_items lists what a response read, earlier turns included, a page at a time (the SDK's inputItems.list)", async () => {
+    const first = await openai.responses.create({ model, input: "My name is Ada.", max_output_tokens: 2 });
+    const second = await openai.responses.create({
+      model,
+      previous_response_id: first.id,
+      input: [
+        { role: "developer", content: "Be brief." },
+        { role: "user", content: [{ type: "input_text", text: "What is my name?" }] },
+      ],
+      max_output_tokens: 2,
+    });
+    const listed = [];
+    for await (const item of openai.responses.inputItems.list(second.id, { order: "asc", limit: 2 })) listed.push(item);
+    expect(listed.map((item) => item.type === "message" && [item.role, item.content])).toEqual([
+      ["user", [{ type: "input_text", text: "My name is Ada." }]],
+      ["assistant", [expect.objectContaining({ type: "output_text", text: first.output_text })]],
+      ["developer", [{ type: "input_text", text: "Be brief." }]],
+      ["user", [{ type: "input_text", text: "What is my name?" }]],
+    ]);
+    expect(listed[1]!.id).toBe((first.output[0] as OpenAI.Responses.ResponseOutputMessage).id);
+    expect(new Set(listed.map((item) => item.id)).size).toBe(4);
+    // The default order is the newest first; a page says whether more follow.
+    const page = await openai.responses.inputItems.list(second.id, { limit: 3 });
+    expect(page.data.map((item) => item.id)).toEqual(
+      listed
+        .slice(1)
+        .reverse()
+        .map((item) => item.id),
+    );
+    expect(page.has_more).toBe(true);
+    const rest = await openai.responses.inputItems.list(second.id, { after: page.data.at(-1)!.id });
+    expect(rest.data.map((item) => item.id)).toEqual([listed[0]!.id]);
+    expect(rest.has_more).toBe(false);
+    for (const [query, param] of [
+      ["limit=0", "limit"],
+      ["order=up", "order"],
+      ["after=msg_unknown", "after"],
+    ]) {
+      const r = await fetch(`${server.url}/v1/responses/${second.id}/input_items?${query}`);
+      expect(r.status).toBe(400);
+      expect(((await r.json()) as { error: { param: string } }).error.param).toBe(param);
+    }
+    expect((await fetch(`${server.url}/v1/responses/resp_unknown/input_items`)).status).toBe(404);
+  });
+
+  test("a function_call_output answering a stored call reads as when the call is sent along (its function named)", async () => {
+    // A template that renders tools natively, and each result under its function's name.
+    const named = join(mkdtempSync(join(tmpdir(), "mlx-serve-responses-")), "named-results");
+    writeTinyModel(named, {
+      contextLength: 1024,
+      chatTemplate:
+        "{%- if tools %}{{ tools | length }} tools\n{% endif %}" +
+        "{%- for m in messages %}<|im_start|>{{ m.role }}{% if m.role == 'tool' %} {{ m.name }}{% endif %}\n" +
+        "{% if m.tool_calls %}{% for c in m.tool_calls %}<tool_call>{{ c.function.name }}</tool_call>{% endfor %}" +
+        "{% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}<|im_start|>assistant\n",
+    });
+    const call = {
+      type: "function_call" as const,
+      call_id: "call_1",
+      name: "forecast",
+      arguments: '{"city":"Oslo","days":2}',
+    };
+    const output = { type: "function_call_output" as const, call_id: "call_1", output: "Snow" };
+    const request = { model: named, tools, tool_choice: "none" as const, max_output_tokens: 1 };
+    const first = await openai.responses.create({ ...request, input: [{ role: "user", content: "Weather?" }, call] });
+    const chained = await openai.responses.create({ ...request, previous_response_id: first.id, input: [output] });
+    const whole = await openai.responses.create({
+      ...request,
+      input: [{ role: "user", content: "Weather?" }, call, { role: "assistant", content: first.output_text }, output],
+    });
+    expect(chained.usage!.input_tokens).toBe(whole.usage!.input_tokens);
+  });
+
   test("the store keeps at most its bound, each entry for its time to live", async () => {
     const store = new ResponseStore(2, 50);
-    for (const id of ["a", "b", "c"]) store.set(id, [{ role: "user", content: id }], { id });
+    for (const id of ["a", "b", "c"])
+      store.set(id, { messages: [{ role: "user", content: id }], inputItems: [], response: { output: [] } });
     expect(store.get("a")).toBeUndefined();
-    expect(store.get("c")).toEqual([{ role: "user", content: "c" }]);
+    expect(store.get("c")?.messages).toEqual([{ role: "user", content: "c" }]);
     await Bun.sleep(60);
     expect(store.get("b")).toBeUndefined();
     expect(store.get("c")).toBeUndefined();

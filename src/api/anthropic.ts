@@ -2,7 +2,7 @@
 // /v1/messages/count_tokens): the validation of requests, reduced to the same conversation,
 // sampling and tools as the other API families, and the builders of messages and usage.
 import type { ConversationMessage, ToolCall, ToolChoice, ToolRequest, ToolSpec } from "../engine/tools";
-import type { PromptInput, SamplingInput, ThinkingRequest } from "./common";
+import type { FormatInput, PromptInput, SamplingInput, ThinkingRequest } from "./common";
 import { MAX_TOOLS, toolResultName, toolSpec } from "./tools";
 import { Fields, ValidationError, messageFields, unsupported } from "./validate";
 
@@ -15,10 +15,11 @@ export interface AnthropicRequest {
   stop: string[];
   tools?: ToolRequest;
   thinking?: ThinkingRequest;
+  format?: FormatInput;
 }
 
-/** What count_tokens reads: the prompt, the tools it offers, and thinking (a template may render it). */
-export type CountTokensRequest = Pick<AnthropicRequest, "model" | "prompt" | "tools" | "thinking">;
+/** What count_tokens reads: the prompt, the tools it offers, thinking and the output format (a template may render them). */
+export type CountTokensRequest = Pick<AnthropicRequest, "model" | "prompt" | "tools" | "thinking" | "format">;
 
 const ROLES = new Set(["user", "assistant"]);
 const PROMPT_FIELDS = ["model", "messages", "system", "tools", "tool_choice"];
@@ -36,15 +37,20 @@ const MESSAGES_FIELDS = new Set([
   "metadata",
   "cache_control",
   "thinking",
+  "output_config",
 ]);
 
-/** `thinking`: {type: "enabled", budget_tokens} or {type: "disabled"}; absent, the model's default. */
+/**
+ * `thinking`: {type: "enabled", budget_tokens} or {type: "disabled"}; absent or "adaptive" (the
+ * model decides), the model's default.
+ */
 function thinkingParam(f: Fields, maxTokens = Infinity): ThinkingRequest | undefined {
   const t = f.object("thinking");
   if (!t) return undefined;
   const type = t.string("type", { required: true });
+  if (type === "adaptive") return undefined;
   if (type === "disabled") return { enabled: false, param: "thinking" };
-  if (type !== "enabled") t.fail("type", `must be 'enabled' or 'disabled'; got '${type}'`);
+  if (type !== "enabled") t.fail("type", `must be 'enabled', 'adaptive' or 'disabled'; got '${type}'`);
   // Anthropic asks for at least 1,024; small local models think in fewer, so any positive budget goes.
   const budget = t.integer("budget_tokens", { min: 1 }) ?? t.fail("budget_tokens", "is required");
   if (budget >= maxTokens) t.fail("budget_tokens", `must be less than max_tokens (${maxTokens})`);
@@ -67,16 +73,34 @@ export function parseMessagesRequest(body: unknown): AnthropicRequest {
     },
     stop: stopSequences(f),
     thinking: thinkingParam(f, maxTokens),
+    format: outputFormat(f),
   };
+}
+
+/**
+ * `output_config.format` {type: "json_schema", schema}: the answer is JSON the schema accepts,
+ * naming no properties it does not (as Anthropic's structured outputs). No `effort`: a local
+ * model's effort is its thinking, which `thinking` asks for.
+ */
+function outputFormat(f: Fields): FormatInput | undefined {
+  const config = f.object("output_config");
+  config?.onlyKnown(["format"]);
+  const format = config?.object("format");
+  if (!format) return undefined;
+  const type = format.string("type", { required: true });
+  if (type !== "json_schema") format.fail("type", `must be 'json_schema'; got '${type}'`);
+  const schema = format.object("schema") ?? format.fail("schema", "is required (a JSON Schema object)");
+  return { format: { schema: schema.body }, param: "output_config.format.schema" };
 }
 
 export function parseCountTokensRequest(body: unknown): CountTokensRequest {
   const f = Fields.of(body);
-  f.onlyKnown([...PROMPT_FIELDS, "thinking"]);
-  return { ...promptFields(f), thinking: thinkingParam(f) };
+  // The fields of a generation's request that shape its prompt pass, so a client can count what it sends.
+  f.onlyKnown([...PROMPT_FIELDS, "thinking", "output_config", "cache_control"]);
+  return { ...promptFields(f), thinking: thinkingParam(f), format: outputFormat(f) };
 }
 
-function promptFields(f: Fields): CountTokensRequest {
+function promptFields(f: Fields): Omit<CountTokensRequest, "thinking" | "format"> {
   const system = systemPrompt(f);
   const raw = f.array("messages", { required: true, nonEmpty: true })!;
   const messages: ConversationMessage[] = system ? [{ role: "system", content: system }] : [];
@@ -199,8 +223,10 @@ function toolRequest(f: Fields): ToolRequest | undefined {
 export type StopReason = "end_turn" | "max_tokens" | "stop_sequence" | "tool_use";
 
 export function stopReason(finish: string, calls: number, stopSequence: string | undefined): StopReason {
-  if (calls > 0) return "tool_use";
+  // The budget first, as Anthropic says it: calls it cut short (closed early to stay valid) are
+  // not ones to run.
   if (finish === "length") return "max_tokens";
+  if (calls > 0) return "tool_use";
   return stopSequence !== undefined ? "stop_sequence" : "end_turn";
 }
 

@@ -10,7 +10,11 @@ export interface ResponsesRequest {
   model?: string;
   /** The input items as messages, without the instructions. */
   input: ConversationMessage[];
+  /** The input items as GET /v1/responses/{id}/input_items lists them. */
+  inputItems: InputItem[];
   instructions: string | null;
+  /** Echoed on the response: the client's tags for it. */
+  metadata: Record<string, unknown>;
   /** Whether to keep the conversation so a later request can continue it. */
   store: boolean;
   previousResponseId?: string;
@@ -18,9 +22,18 @@ export interface ResponsesRequest {
   maxTokens?: number;
   sampling: SamplingInput;
   format?: FormatInput;
+  /** `text.format` as the response echoes it (json_schema's name included). */
+  textFormat: Record<string, unknown>;
   tools?: ToolRequest;
   thinking?: ThinkingRequest;
 }
+
+/**
+ * Strings that change nothing here, so they pass (as Anthropic's `cache_control` does): `user`
+ * and `safety_identifier` name the end user to OpenAI, `prompt_cache_key` groups requests for a
+ * cache that our prefix cache, matching any shared prefix, does without.
+ */
+const HINTS = ["user", "safety_identifier", "prompt_cache_key"];
 
 const KNOWN = new Set([
   "model",
@@ -37,29 +50,38 @@ const KNOWN = new Set([
   "stream",
   "store",
   "metadata",
-  "user",
+  ...HINTS,
   "reasoning",
+  "background",
+  "truncation",
 ]);
 const ROLES = new Set(["user", "assistant", "system", "developer"]);
 
 export function parseResponsesRequest(body: unknown): ResponsesRequest {
   const f = Fields.of(body);
   f.onlyKnown(KNOWN);
-  f.object("metadata");
+  onlyDefaults(f);
+  for (const hint of HINTS) f.string(hint);
   const messages: ConversationMessage[] = [];
+  const inputItems: InputItem[] = [];
   const input = f.raw("input");
   if (typeof input === "string") {
     if (!input) f.fail("input", "must not be empty");
     messages.push({ role: "user", content: input });
+    inputItems.push(listedMessage("user", input));
   } else {
-    f.array("input", { required: true, nonEmpty: true })!.forEach((item, i) =>
-      inputItem(Fields.item(item, `input.${i}`), messages),
-    );
+    f.array("input", { required: true, nonEmpty: true })!.forEach((raw, i) => {
+      const item = Fields.item(raw, `input.${i}`);
+      inputItem(item, messages);
+      inputItems.push(listedItem(item));
+    });
   }
   return {
     model: f.string("model", { nonEmpty: true }),
     input: messages,
+    inputItems,
     instructions: f.string("instructions") ?? null,
+    metadata: f.object("metadata")?.body ?? {},
     // OpenAI's default is to store; a client that says nothing gets a response it can continue.
     store: f.boolean("store") ?? true,
     previousResponseId: f.string("previous_response_id", { nonEmpty: true }),
@@ -69,10 +91,22 @@ export function parseResponsesRequest(body: unknown): ResponsesRequest {
       temperature: f.number("temperature", { min: 0, max: 2 }),
       topP: f.number("top_p", { above: 0, max: 1 }),
     },
-    format: textFormat(f),
+    ...textFormat(f),
     tools: toolRequest(f),
     thinking: reasoningParam(f),
   };
+}
+
+/**
+ * `background` and `truncation` pass at their defaults (false, "disabled": a prompt over the
+ * context is a 400), which clients may send as they are; running in the background, or cutting
+ * the conversation to fit, we do not implement.
+ */
+function onlyDefaults(f: Fields): void {
+  if (f.boolean("background")) throw unsupported("background");
+  const truncation = f.string("truncation");
+  if (truncation !== undefined && truncation !== "disabled")
+    throw unsupported("truncation", `'truncation' '${truncation}' (only 'disabled')`);
 }
 
 /** `reasoning`: {effort} ("none" switches thinking off, any other effort on); summaries we cannot write. */
@@ -93,7 +127,7 @@ function inputItem(item: Fields, messages: ConversationMessage[]): void {
   if (type === "message") {
     const role = item.string("role", { required: true })!;
     if (!ROLES.has(role)) item.fail("role", `must be one of ${[...ROLES].join(", ")}; got '${role}'`);
-    messages.push({ role: role === "developer" ? "system" : role, content: messageText(item) });
+    messages.push({ role: role === "developer" ? "system" : role, content: textContent(item, "content") });
   } else if (type === "function_call") {
     const call: ToolCall = {
       id: item.string("call_id", { required: true, nonEmpty: true })!,
@@ -108,7 +142,7 @@ function inputItem(item: Fields, messages: ConversationMessage[]): void {
     const id = item.string("call_id", { required: true, nonEmpty: true })!;
     messages.push({
       role: "tool",
-      content: item.string("output", { required: true })!,
+      content: textContent(item, "output"),
       toolCallId: id,
       toolName: toolResultName(messages, id),
     });
@@ -117,13 +151,14 @@ function inputItem(item: Fields, messages: ConversationMessage[]): void {
   } else throw unsupported(item.name("type"), `input items of type '${type}'`);
 }
 
-function messageText(item: Fields): string {
-  const content = item.raw("content");
+/** A message's `content` or a call's `output`: a string, or text parts (no images or files). */
+function textContent(item: Fields, field: "content" | "output"): string {
+  const content = item.raw(field);
   if (typeof content === "string") return content;
   return item
-    .array("content", { required: true })!
+    .array(field, { required: true })!
     .map((raw, j) => {
-      const part = Fields.item(raw, item.name(`content.${j}`));
+      const part = Fields.item(raw, item.name(`${field}.${j}`));
       const type = part.string("type", { required: true })!;
       if (type !== "input_text" && type !== "output_text")
         throw unsupported(part.name("type"), `content of type '${type}'`);
@@ -132,17 +167,78 @@ function messageText(item: Fields): string {
     .join("");
 }
 
-/** text.format: text, json_object, or json_schema {name, schema, strict}. */
-function textFormat(f: Fields): FormatInput | undefined {
+export interface InputItem {
+  id: string;
+  type: string;
+  [field: string]: unknown;
+}
+
+/** Ids OpenAI gives input items by type (one an item came with is kept). */
+const ITEM_ID_PREFIXES: Record<string, string> = { function_call: "fc", function_call_output: "fco", reasoning: "rs" };
+
+/** An input item (already checked by inputItem) as it is listed: with an id and a status, a message's text as parts. */
+function listedItem(item: Fields): InputItem {
+  const type = item.string("type") ?? "message";
+  const id = item.string("id", { nonEmpty: true });
+  if (type === "message") {
+    const role = item.string("role")!;
+    const content = item.raw("content");
+    return typeof content === "string" ? listedMessage(role, content, id) : { ...listedMessage(role, "", id), content };
+  }
+  return { ...item.body, type, id: id ?? responseId(ITEM_ID_PREFIXES[type] ?? "item"), status: "completed" };
+}
+
+const listedMessage = (role: string, text: string, id = responseId("msg")): InputItem => ({
+  type: "message",
+  id,
+  role,
+  status: "completed",
+  content: [role === "assistant" ? outputText(text) : { type: "input_text", text }],
+});
+
+/**
+ * One page of a stored response's input items (GET /v1/responses/{id}/input_items): `order`
+ * desc (the newest first, OpenAI's default) or asc, the items `after` an item id, `limit` 1 to 100 (default 20).
+ */
+export function inputItemsPage(items: { id: string }[], query: Record<string, string>) {
+  Fields.of(query).onlyKnown(["limit", "order", "after"]);
+  const limit = Number(query.limit ?? 20);
+  if (!Number.isInteger(limit) || limit < 1 || limit > 100)
+    throw new ValidationError(`'limit' must be a whole number from 1 to 100, got '${query.limit}'`, "limit");
+  const order = query.order ?? "desc";
+  if (order !== "asc" && order !== "desc")
+    throw new ValidationError(`'order' must be asc or desc, got '${order}'`, "order");
+  const ordered = order === "asc" ? items : items.toReversed();
+  let start = 0;
+  if (query.after !== undefined) {
+    start = ordered.findIndex((item) => item.id === query.after) + 1;
+    if (start === 0)
+      throw new ValidationError(`'after' names no input item of this response: '${query.after}'`, "after");
+  }
+  const data = ordered.slice(start, start + limit);
+  return {
+    object: "list" as const,
+    data,
+    first_id: data[0]?.id ?? null,
+    last_id: data.at(-1)?.id ?? null,
+    has_more: start + limit < ordered.length,
+  };
+}
+
+/** text.format: text, json_object, or json_schema {name, schema, strict}; and how the response echoes it. */
+function textFormat(f: Fields): { format?: FormatInput; textFormat: Record<string, unknown> } {
   const format = f.object("text")?.object("format");
-  if (!format) return undefined;
-  const type = format.string("type", { required: true });
-  if (type === "text") return undefined;
-  if (type === "json_object") return { format: "json", param: "text.format" };
+  const type = format?.string("type", { required: true }) ?? "text";
+  if (!format || type === "text") return { textFormat: { type: "text" } };
+  if (type === "json_object") return { format: { format: "json", param: "text.format" }, textFormat: { type } };
   if (type !== "json_schema") format.fail("type", `must be one of text, json_object, json_schema; got '${type}'`);
-  format.string("name", { required: true, nonEmpty: true });
+  const name = format.string("name", { required: true, nonEmpty: true })!;
   const schema = format.object("schema") ?? format.fail("schema", "must be a JSON Schema object");
-  return { format: { schema: schema.body, strict: format.boolean("strict") ?? false }, param: "text.format.schema" };
+  const strict = format.boolean("strict") ?? false;
+  return {
+    format: { format: { schema: schema.body, strict }, param: "text.format.schema" },
+    textFormat: { type, name, schema: schema.body, strict },
+  };
 }
 
 /** `tools` ({type: "function", name, description, parameters}) and `tool_choice`. */
@@ -211,11 +307,7 @@ export const reasoningText = (text: string) => ({ type: "reasoning_text" as cons
 
 export const outputText = (text: string) => ({ type: "output_text" as const, text, annotations: [], logprobs: [] });
 
-export const functionCallItem = (
-  call: ToolCall,
-  status: "in_progress" | "completed",
-  args = JSON.stringify(call.arguments),
-) => ({
+export const functionCallItem = (call: ToolCall, status: ItemStatus, args = JSON.stringify(call.arguments)) => ({
   type: "function_call" as const,
   id: `fc_${call.id}`,
   call_id: call.id,

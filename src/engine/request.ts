@@ -159,14 +159,18 @@ export function renderChat(lm: LoadedModel, messages: ConversationMessage[], too
   );
 }
 
-/** How many tokens a prompt is (with the tools it offers, and thinking as asked), as a generation would see it. */
+/**
+ * How many tokens a prompt is (with the tools it offers, and thinking as asked, which JSON output
+ * switches off where the template allows), as a generation would see it.
+ */
 export function countPromptTokens(
   lm: LoadedModel,
   prompt: PromptInput,
   tools?: ToolRequest,
   thinking?: ThinkingRequest,
+  jsonOutput = false,
 ): number {
-  const vars = settleThinking(lm.tokenizer, prompt, thinking, false)?.templateVars;
+  const vars = settleThinking(lm.tokenizer, prompt, thinking, jsonOutput)?.templateVars;
   return tokenize(lm.tokenizer, prompt, toolTemplate(lm.tokenizer.chatTemplate), offeredTools(tools), vars).length;
 }
 

@@ -15,7 +15,14 @@ import { countPromptTokens } from "../../engine/request";
 import { ToolCallStream } from "../../engine/tools";
 import { errorBody } from "../errors";
 import { httpRequestBounds, requestedModel, startGeneration, type Generation } from "../generation";
-import { collectGeneration, eventStreamHeaders, generationStream, namedEvent, type Send } from "../respond";
+import {
+  closedEarlyHeaders,
+  collectGeneration,
+  eventStreamHeaders,
+  generationStream,
+  namedEvent,
+  type Send,
+} from "../respond";
 import type { ServerState } from "../state";
 
 export function anthropicRoutes(s: ServerState): Hono {
@@ -25,7 +32,10 @@ export function anthropicRoutes(s: ServerState): Hono {
     const req = parseCountTokensRequest(await readJson(c.req));
     const lease = await s.models.acquire(requestedModel(s.config, req.model));
     try {
-      return c.json({ input_tokens: countPromptTokens(lease.entry.lm, req.prompt, req.tools, req.thinking) });
+      const jsonOutput = req.format !== undefined;
+      return c.json({
+        input_tokens: countPromptTokens(lease.entry.lm, req.prompt, req.tools, req.thinking, jsonOutput),
+      });
     } finally {
       lease.release();
     }
@@ -48,6 +58,7 @@ async function messages(s: ServerState, c: Context): Promise<Response> {
     stop: req.stop,
     tools: req.tools,
     thinking: req.thinking,
+    format: req.format,
   });
   const meta = { id: messageId(), type: "message" as const, role: "assistant" as const, model };
   return req.stream ? streamed(s, gen, meta) : whole(gen, meta);
@@ -72,13 +83,16 @@ async function whole(gen: Generation, meta: Meta): Promise<Response> {
     ...calls.map(toolUseBlock),
   ];
   const u = done.usage;
-  return Response.json({
-    ...meta,
-    content: blocks,
-    stop_reason: stopReason(done.finishReason, calls.length, done.stopSequence),
-    stop_sequence: calls.length === 0 ? (done.stopSequence ?? null) : null,
-    usage: anthropicUsage(u.promptTokens, u.completionTokens, u.cachedTokens),
-  });
+  return Response.json(
+    {
+      ...meta,
+      content: blocks,
+      stop_reason: stopReason(done.finishReason, calls.length, done.stopSequence),
+      stop_sequence: calls.length === 0 ? (done.stopSequence ?? null) : null,
+      usage: anthropicUsage(u.promptTokens, u.completionTokens, u.cachedTokens),
+    },
+    { headers: closedEarlyHeaders(gen) },
+  );
 }
 
 /**

@@ -5,6 +5,7 @@
 import { Hono, type Context } from "hono";
 import {
   functionCallItem,
+  inputItemsPage,
   messageItem,
   type ItemStatus,
   outputText,
@@ -15,13 +16,21 @@ import {
   responsesUsage,
   type ResponsesRequest,
 } from "../../api/responses";
+import { toolResultName } from "../../api/tools";
 import { readJson } from "../../api/validate";
 import type { GenerationUsage } from "../../engine/scheduler";
 import { ToolCallStream, type ConversationMessage, type ToolCall } from "../../engine/tools";
 import { ApiError, errorBody } from "../errors";
-import { ResponseStore } from "../response-store";
+import { ResponseStore, type StoredResponse } from "../response-store";
 import { httpRequestBounds, requestedModel, startGeneration, type Generation } from "../generation";
-import { collectGeneration, eventStreamHeaders, generationStream, namedEvent, type Send } from "../respond";
+import {
+  closedEarlyHeaders,
+  collectGeneration,
+  eventStreamHeaders,
+  generationStream,
+  namedEvent,
+  type Send,
+} from "../respond";
 import type { ServerState } from "../state";
 import { unixSeconds } from "../../api/openai";
 
@@ -30,17 +39,16 @@ const STORED_RESPONSES = 1000;
 const STORED_FOR_MS = 60 * 60_000;
 
 /** Keeps a finished response and the conversation it ended (when its request asked to store it). */
-type Keep = (content: string, calls: ToolCall[], response: object) => void;
+type Keep = (content: string, calls: ToolCall[], response: StoredResponse["response"]) => void;
 
 export function responsesRoutes(s: ServerState): Hono {
   const r = new Hono();
   const stored = new ResponseStore(STORED_RESPONSES, STORED_FOR_MS);
   r.post("/v1/responses", (c) => respond(s, c, stored));
-  r.get("/v1/responses/:id", (c) => {
-    const response = stored.response(c.req.param("id"));
-    if (!response) throw responseNotFound(c.req.param("id"), null);
-    return c.json(response);
-  });
+  r.get("/v1/responses/:id", (c) => c.json(storedResponse(stored, c.req.param("id")).response));
+  r.get("/v1/responses/:id/input_items", (c) =>
+    c.json(inputItemsPage(storedResponse(stored, c.req.param("id")).inputItems, c.req.query())),
+  );
   r.delete("/v1/responses/:id", (c) => {
     const id = c.req.param("id");
     if (!stored.delete(id)) throw responseNotFound(id, null);
@@ -49,7 +57,13 @@ export function responsesRoutes(s: ServerState): Hono {
   return r;
 }
 
-const responseNotFound = (id: string | undefined, param: string | null) =>
+function storedResponse(stored: ResponseStore, id: string): StoredResponse {
+  const entry = stored.get(id);
+  if (!entry) throw responseNotFound(id, null);
+  return entry;
+}
+
+const responseNotFound = (id: string, param: string | null) =>
   new ApiError(
     404,
     `no stored response '${id}' (unknown, expired, or created with store: false)`,
@@ -61,10 +75,13 @@ const responseNotFound = (id: string | undefined, param: string | null) =>
 async function respond(s: ServerState, c: Context, stored: ResponseStore): Promise<Response> {
   const req = parseResponsesRequest(await readJson(c.req));
   const model = requestedModel(s.config, req.model);
-  const previous = req.previousResponseId;
-  const history = previous === undefined ? [] : stored.get(previous);
-  if (!history) throw responseNotFound(previous, "previous_response_id");
-  const conversation = [...history, ...req.input];
+  const previous = req.previousResponseId === undefined ? undefined : stored.get(req.previousResponseId);
+  if (req.previousResponseId !== undefined && !previous)
+    throw responseNotFound(req.previousResponseId, "previous_response_id");
+  const history = previous?.messages ?? [];
+  const conversation = [...history, ...withCallNames(history, req.input)];
+  // What the response reads: the earlier response's input and output, then this request's input.
+  const inputItems = [...(previous ? [...previous.inputItems, ...previous.response.output] : []), ...req.inputItems];
   const messages: ConversationMessage[] = req.instructions
     ? [{ role: "system", content: req.instructions }, ...conversation]
     : conversation;
@@ -84,14 +101,25 @@ async function respond(s: ServerState, c: Context, stored: ResponseStore): Promi
   const base = responseBase(req, model);
   const keep: Keep = (content, calls, response) => {
     if (req.store)
-      stored.set(
-        base.id,
-        [...conversation, { role: "assistant", content, ...(calls.length > 0 ? { toolCalls: calls } : {}) }],
+      stored.set(base.id, {
+        messages: [...conversation, { role: "assistant", content, ...(calls.length > 0 ? { toolCalls: calls } : {}) }],
+        inputItems,
         response,
-      );
+      });
   };
   return req.stream ? streamed(s, gen, base, keep) : whole(gen, base, keep);
 }
+
+/**
+ * The input's results of calls the stored conversation made, named after their function (the
+ * parser could name only those answering calls of the same request): templates may render it.
+ */
+const withCallNames = (history: ConversationMessage[], input: ConversationMessage[]) =>
+  input.map((m) =>
+    m.role === "tool" && m.toolName === undefined && m.toolCallId
+      ? { ...m, toolName: toolResultName(history, m.toolCallId) }
+      : m,
+  );
 
 type Base = ReturnType<typeof responseBase>;
 
@@ -106,7 +134,7 @@ function responseBase(req: ResponsesRequest, model: string) {
     previous_response_id: req.previousResponseId ?? null,
     store: req.store,
     error: null,
-    metadata: {},
+    metadata: req.metadata,
     parallel_tool_calls: req.tools?.parallel ?? true,
     temperature: req.sampling.temperature ?? 1,
     top_p: req.sampling.topP ?? 1,
@@ -122,18 +150,15 @@ function responseBase(req: ResponsesRequest, model: string) {
       parameters: t.parameters,
       strict: false,
     })),
-    text: {
-      format: req.format
-        ? req.format.format === "json"
-          ? { type: "json_object" }
-          : { type: "json_schema", name: "output", schema: req.format.format.schema, strict: req.format.format.strict }
-        : { type: "text" },
-    },
+    text: { format: req.textFormat },
     max_output_tokens: req.maxTokens ?? null,
+    // The only values we take (see onlyDefaults).
+    background: false,
+    truncation: "disabled",
   };
 }
 
-function finished(base: Base, output: unknown[], finishReason: string, u: GenerationUsage) {
+function finished(base: Base, output: { id: string }[], finishReason: string, u: GenerationUsage) {
   const incomplete = finishReason === "length";
   return {
     ...base,
@@ -144,8 +169,8 @@ function finished(base: Base, output: unknown[], finishReason: string, u: Genera
   };
 }
 
-/** A message the token budget cut is incomplete, as the response is. */
-const messageStatus = (finishReason: string): ItemStatus => (finishReason === "length" ? "incomplete" : "completed");
+/** A message or call the token budget cut (a call closed early to stay valid) is incomplete, as the response is. */
+const itemStatus = (finishReason: string): ItemStatus => (finishReason === "length" ? "incomplete" : "completed");
 
 function outputItems(
   content: string,
@@ -156,8 +181,9 @@ function outputItems(
 ) {
   return [
     ...(reasoning ? [reasoningItem(responseId("rs"), reasoning, "completed")] : []),
-    ...(content || calls.length === 0 ? [messageItem(messageId, content, status)] : []),
-    ...calls.map((call) => functionCallItem(call, "completed")),
+    // An empty answer is still a message, unless reasoning (the budget ran out in it) came instead.
+    ...(content || (calls.length === 0 && !reasoning) ? [messageItem(messageId, content, status)] : []),
+    ...calls.map((call) => functionCallItem(call, status)),
   ];
 }
 
@@ -168,12 +194,12 @@ async function whole(gen: Generation, base: Base, keep: Keep): Promise<Response>
   const { finishReason, usage } = result.done;
   const response = finished(
     base,
-    outputItems(content, calls, responseId("msg"), result.reasoning, messageStatus(finishReason)),
+    outputItems(content, calls, responseId("msg"), result.reasoning, itemStatus(finishReason)),
     finishReason,
     usage,
   );
   keep(content, calls, response);
-  return Response.json(response);
+  return Response.json(response, { headers: closedEarlyHeaders(gen) });
 }
 
 function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep): Response {
@@ -185,7 +211,7 @@ function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep): Resp
   let reasoning = "";
   let messageOpen = false;
   let reasoningOpen = false;
-  const output: unknown[] = [];
+  const output: { id: string }[] = [];
   const emit = (send: Send, data: { type: string; [field: string]: unknown }) =>
     send(namedEvent({ ...data, sequence_number: sequence++ }));
   let part = { item_id: messageId, output_index: 0, content_index: 0 };
@@ -248,12 +274,12 @@ function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep): Resp
         if (messageOpen) {
           emit(send, { type: "response.output_text.done", ...part, text, logprobs: [] });
           emit(send, { type: "response.content_part.done", ...part, part: outputText(text) });
-          output.push(messageItem(messageId, text, messageStatus(e.finishReason)));
+          output.push(messageItem(messageId, text, itemStatus(e.finishReason)));
           emit(send, { type: "response.output_item.done", output_index: part.output_index, item: output.at(-1) });
         }
         for (const call of calls) {
           const output_index = output.length;
-          const item = functionCallItem(call, "completed");
+          const item = functionCallItem(call, itemStatus(e.finishReason));
           emit(send, {
             type: "response.output_item.added",
             output_index,
@@ -277,9 +303,8 @@ function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep): Resp
         }
         const response = finished(
           base,
-          messageOpen || calls.length > 0
-            ? output
-            : [...output, ...outputItems("", [], messageId, "", messageStatus(e.finishReason))],
+          // The items the events announced; an empty message when there were none.
+          output.length > 0 ? output : outputItems("", [], messageId, "", itemStatus(e.finishReason)),
           e.finishReason,
           e.usage,
         );
