@@ -145,8 +145,8 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
       await mlx(["run", "-m", model, "--repeat-penalty", "0", "hi"]),
       /^error: --repeat-penalty must be > 0 \(got 0\)$/m,
     );
-    // Whole numbers are plain decimals: not hexadecimal, not exponents.
-    for (const value of ["0x10", "1e2", "5.0"])
+    // Whole numbers are plain decimals: not hexadecimal, not exponents, not past what a double holds exactly.
+    for (const value of ["0x10", "1e2", "5.0", "99999999999999999999"])
       oneLineError(
         await mlx(["run", "-m", model, "--max-tokens", value, "hi"]),
         new RegExp(`--max-tokens must be a whole number > 0 \\(got '${value}'\\)`),

@@ -61,7 +61,9 @@ export const flagName = (name: string) => (name.length === 1 ? `-${name}` : `--$
 
 /** A whole number as people write one: decimal digits, with a sign (never 1e2, 0x10 or 5.0); else NaN. */
 export function parseWhole(value: unknown): number {
-  return typeof value === "string" && /^[+-]?\d+$/.test(value) ? Number(value) : Number.NaN;
+  const n = typeof value === "string" && /^[+-]?\d+$/.test(value) ? Number(value) : Number.NaN;
+  // Past 2^53 a number is no longer the digits typed (99999999999999999999 reads as 1e20).
+  return Number.isSafeInteger(n) ? n : Number.NaN;
 }
 
 function number(name: string, value: string | undefined, o: { whole?: boolean } = {}): number {
