@@ -246,6 +246,24 @@ describe("mlx bench: model mode", () => {
       /does not fit the model's context of 256/,
     );
   }, 20_000);
+
+  test("--plot into a missing folder fails before measuring, in one line", async () => {
+    const r = await mlx(["-m", tiny, "-n", "1", ...fast, "--plot", join(root, "no-such-folder", "speed.svg")]);
+    oneLineError(r, /^error: cannot write the plot to .*speed\.svg: no such directory$/m);
+    expect(r.stdout).toBe(""); // nothing was measured
+  }, 20_000);
+
+  test("a flag of another mode is refused, not silently left unused", async () => {
+    oneLineError(
+      await mlx(["-m", tiny, ...fast, "--requests", "4", "--max-tokens", "9"]),
+      /^error: --requests, --max-tokens: not used by model mode/m,
+    );
+    const prompts = file("refused.txt", "Say hi\n");
+    oneLineError(
+      await mlx(["--prompts", prompts, "-m", tiny, "-n", "3", "-p", "64"]),
+      /^error: --repetitions, --prompt-tokens: not used by the prompt suite/m,
+    );
+  }, 20_000);
 });
 
 describe("mlx bench: prompt suite", () => {

@@ -189,11 +189,13 @@ describe("mlx chat with piped input", () => {
     };
     const saved = join(root, "saved.json");
     await chat(
-      `/set temp 0.5\n/set top_p 0.9\n/set seed 9\n/set max_tokens 3\n/set system be brief\nhi\n/save ${saved}\n`,
+      `/set temp 0.5\n/set top_p 0.9\n/set repeat_penalty 1.3\n/set seed 9\n/set max_tokens 3\n/set system be brief\nhi\n/save ${saved}\n`,
     );
     const loaded = await chat(`/load ${saved}\n/show\n`);
     expect(loaded).toContain(`loaded 2 messages and the settings from ${saved}`);
-    expect(loaded).toMatch(/settings: +temp 0\.5, top_p 0\.9, top_k 0, min_p 0, max_tokens 3, seed 9,/);
+    expect(loaded).toMatch(
+      /settings: +temp 0\.5, top_p 0\.9, top_k 0, min_p 0, repeat_penalty 1\.3, max_tokens 3, seed 9,/,
+    );
     expect(loaded).toContain("system prompt:  be brief");
 
     const notJson = join(root, "not.json");

@@ -63,7 +63,9 @@ export async function benchRemoteModel(
     format: "remote",
     architecture: remote.config.kind,
     quantization: "-",
-    sizeBytes: 0,
+    // The provider's weights and memory are unseen from here: NaN, which the reports write as
+    // null (JSON), an empty cell (CSV) and "-" (table), never as a measured 0 bytes.
+    sizeBytes: Number.NaN,
     repetitions: o.repetitions,
     promptTokens,
     genTokens: generated,
@@ -71,9 +73,9 @@ export async function benchRemoteModel(
     promptTokensPerSecond: summarize(pp),
     generationTokensPerSecond: summarize(tg),
     timeToFirstTokenSeconds: summarize(ttft),
-    peakMemoryBytes: 0,
-    promptPeakMemoryBytes: 0,
-    generationPeakMemoryBytes: 0,
+    peakMemoryBytes: Number.NaN,
+    promptPeakMemoryBytes: Number.NaN,
+    generationPeakMemoryBytes: Number.NaN,
     samples: { promptTokensPerSecond: pp, generationTokensPerSecond: tg, timeToFirstTokenSeconds: ttft },
   };
 }

@@ -92,24 +92,27 @@ function draftsColumns<T extends { speculation?: SpeculationFigures }>(results: 
 /** The tests a model-mode run asked for (a test of 0 tokens did not run). */
 export type ModelTests = Pick<ModelBenchResult, "repetitions" | "promptTokens" | "genTokens" | "depth">;
 
-export function modelTable(models: Outcome<ModelBenchResult>[], tests: ModelTests): string {
+export function modelTable(models: Outcome<ModelBenchResult>[], t: ModelTests): string {
   const results = succeeded(models);
-  // The first result's counts: a remote model's prompt is as many tokens as its provider counted.
-  const t: ModelTests = results[0] ?? tests;
-  const depth = t.depth ? ` @ d${t.depth}` : "";
+  // The headers name the tests asked for. A remote model's counts are its provider's (its
+  // tokenizer, its chat template, an end-of-sequence): a row that ran other counts says so.
+  const depth = (d: number) => (d ? ` @ d${d}` : "");
+  const promptAsAsked = (r: ModelTests) => r.promptTokens === t.promptTokens;
+  const generationAsAsked = (r: ModelTests) => r.genTokens === t.genTokens && r.depth === t.depth;
   const prompt: Column<ModelBenchResult>[] = [
     {
       header: `pp${t.promptTokens} tokens/s`,
       right: true,
-      cell: (r) => meanSd(r.promptTokensPerSecond),
+      cell: (r) => `${meanSd(r.promptTokensPerSecond)}${promptAsAsked(r) ? "" : ` (pp${r.promptTokens})`}`,
       failed: "failed",
     },
   ];
   const generation: Column<ModelBenchResult>[] = [
     {
-      header: `tg${t.genTokens}${depth} tokens/s`,
+      header: `tg${t.genTokens}${depth(t.depth)} tokens/s`,
       right: true,
-      cell: (r) => meanSd(r.generationTokensPerSecond),
+      cell: (r) =>
+        `${meanSd(r.generationTokensPerSecond)}${generationAsAsked(r) ? "" : ` (tg${r.genTokens}${depth(r.depth)})`}`,
       failed: "failed",
     },
   ];
@@ -136,6 +139,8 @@ export function modelTable(models: Outcome<ModelBenchResult>[], tests: ModelTest
     notes.push(
       `tg: ${plural(t.genTokens, "generated token")}${t.depth ? `, timed after ${article(t.depth)} ${t.depth}-token context` : ""}`,
     );
+  if (results.some((r) => !promptAsAsked(r) || !generationAsAsked(r)))
+    notes.push("(ppN, tgN @ dN): the tokens a remote model's provider counted, where they differ");
   const drafts = draftsColumns(results).length
     ? " Drafts accepted: draft tokens the model kept, of those drafted, over all tg runs."
     : "";

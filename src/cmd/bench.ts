@@ -2,8 +2,9 @@
 // pass/fail expectations, or a load test of any OpenAI-compatible server. Progress goes to
 // stderr; a table (or --json / --csv) to stdout; --plot writes an SVG chart.
 import { defineCommand } from "citty";
-import { existsSync, writeFileSync } from "node:fs";
-import { basename } from "node:path";
+import { accessSync, constants, existsSync, writeFileSync } from "node:fs";
+import { basename, dirname, resolve } from "node:path";
+import { fileErrorReason } from "../format";
 import { clearMemoryCache } from "../engine/device";
 import type { LoadedModel } from "../models/load";
 import { loadAliases } from "../store/aliases";
@@ -42,6 +43,7 @@ import {
   adapterArg,
   adapterFrom,
   distributedArgs,
+  flagName,
   kvCacheArgs,
   kvQuantizationFlags,
   kvQuantizationFrom,
@@ -72,25 +74,23 @@ export default defineCommand({
       alias: "m",
       description: "Model to benchmark (repeatable: -m a -m b); in server mode, the model name sent to the server",
     }),
-    repetitions: { type: "string", alias: "n", description: "Runs of each test per model", default: "5" },
+    // No `default:` on the flags of one mode: given to another, they are refused, not ignored.
+    repetitions: { type: "string", alias: "n", description: "Runs of each test per model (default 5)" },
     "prompt-tokens": {
       type: "string",
       alias: "p",
-      description: "Tokens of the synthetic prompt of the prompt-processing test (0: skip it)",
-      default: "512",
+      description: "Tokens of the synthetic prompt of the prompt-processing test (default 512; 0: skip it)",
     },
     "gen-tokens": {
       type: "string",
       alias: "g",
-      description: "Tokens of the generation test, end-of-sequence ignored (0: skip it)",
-      default: "128",
+      description: "Tokens of the generation test, end-of-sequence ignored (default 128; 0: skip it)",
     },
     depth: {
       type: "string",
       alias: "d",
       description:
-        "Tokens of context the generation test decodes after, prefilled untimed (as llama-bench's -d): decode speed deep in a conversation",
-      default: "0",
+        "Tokens of context the generation test decodes after, prefilled untimed (as llama-bench's -d): decode speed deep in a conversation (default 0)",
     },
     prompts: {
       type: "string",
@@ -112,11 +112,10 @@ export default defineCommand({
     },
     concurrency: {
       type: "string",
-      description: "Server mode: concurrency levels, comma-separated",
-      default: "1,2,4,8,16",
+      description: "Server mode: concurrency levels, comma-separated (default 1,2,4,8,16)",
     },
-    requests: { type: "string", description: "Server mode: requests per concurrency level", default: "32" },
-    timeout: { type: "string", description: "Server mode: seconds one request may take", default: "600" },
+    requests: { type: "string", description: "Server mode: requests per concurrency level (default 32)" },
+    timeout: { type: "string", description: "Server mode: seconds one request may take (default 600)" },
     json: { type: "boolean", description: "Print one JSON object instead of a table" },
     csv: { type: "boolean", description: "Print CSV instead of a table" },
     plot: { type: "string", description: "Also write an SVG chart to this file" },
@@ -134,6 +133,7 @@ export default defineCommand({
       const output = args.json ? "json" : args.csv ? "csv" : "table";
       const plot = args.plot ? String(args.plot) : undefined;
       if (plot !== undefined && !plot.trim()) throw new Error("--plot needs a file name");
+      if (plot !== undefined) checkPlotFolder(plot);
       // The flags' combinations, checked before any model loads.
       speculationFlags(args);
       kvQuantizationFlags(args);
@@ -227,21 +227,46 @@ function emit(output: Output, asJson: () => unknown, asCsv: () => string, asTabl
   process.stdout.write(`${text}\n`);
 }
 
+const cannotWritePlot = (file: string, error: unknown) =>
+  new Error(
+    `cannot write the plot to ${file}: ${(error as NodeJS.ErrnoException).code === "ENOENT" ? "no such directory" : fileErrorReason(error)}`,
+  );
+
+/** Before the measurements (minutes, maybe), not after them: the plot's folder can be written. */
+function checkPlotFolder(file: string): void {
+  try {
+    accessSync(dirname(resolve(file)), constants.W_OK);
+  } catch (error) {
+    throw cannotWritePlot(file, error);
+  }
+}
+
 function writePlot(file: string, svgText: string): void {
   try {
     writeFileSync(file, svgText);
   } catch (error) {
-    throw new Error(`cannot write the plot to ${file}: ${(error as Error).message}`);
+    throw cannotWritePlot(file, error);
   }
   progress(`wrote ${file}`);
 }
 
+const modelTestFlags = ["repetitions", "prompt-tokens", "gen-tokens", "depth"];
+const serverFlags = ["concurrency", "requests", "timeout"];
+const expectationFlags = ["expect-regex", "expect-schema"];
+
+/** Flags of another mode are refused: this mode would silently leave them unused. */
+function refuseFlags(args: Args, names: string[], mode: string): void {
+  const given = names.filter((name) => args[name] !== undefined).map(flagName);
+  if (given.length > 0) throw new Error(`${given.join(", ")}: not used by ${mode}`);
+}
+
 async function modelMode(args: Args, output: Output, plot: string | undefined): Promise<boolean> {
-  const repetitions = positiveInteger("repetitions", args.repetitions);
-  const promptTokens = numberFlag("prompt-tokens", args["prompt-tokens"], { whole: true, zero: true });
-  const genTokens = numberFlag("gen-tokens", args["gen-tokens"], { whole: true, zero: true });
+  refuseFlags(args, [...serverFlags, ...expectationFlags, "max-tokens"], "model mode (without --url or --prompts)");
+  const repetitions = positiveInteger("repetitions", args.repetitions ?? "5");
+  const promptTokens = numberFlag("prompt-tokens", args["prompt-tokens"] ?? "512", { whole: true, zero: true });
+  const genTokens = numberFlag("gen-tokens", args["gen-tokens"] ?? "128", { whole: true, zero: true });
   if (promptTokens === 0 && genTokens === 0) throw new Error("-p and -g are both 0: nothing to measure");
-  const depth = numberFlag("depth", args.depth, { whole: true, zero: true });
+  const depth = numberFlag("depth", args.depth ?? "0", { whole: true, zero: true });
   if (depth > 0 && genTokens === 0) throw new Error("--depth sets the generation test's context: give -g too");
   const options = { repetitions, promptTokens, genTokens, depth, onProgress: progress };
   const outcomes = await eachModel(
@@ -292,6 +317,7 @@ function modelPlot(results: ModelBenchResult[]): string {
 }
 
 async function suiteMode(args: Args, output: Output, plot: string | undefined): Promise<boolean> {
+  refuseFlags(args, [...modelTestFlags, ...serverFlags], "the prompt suite (--prompts without --url)");
   const maxTokens = positiveInteger("max-tokens", args["max-tokens"] ?? "256");
   const defaults: Expectation = {};
   if (args["expect-regex"] !== undefined) {
@@ -346,15 +372,16 @@ function suitePlot(results: SuiteModelResult[], prompts: SuitePrompt[]): string 
 async function serverMode(args: Args, output: Output, plot: string | undefined): Promise<boolean> {
   const models = list(args.model);
   if (models.length > 1) throw new Error("server mode takes one --model (the name the server knows it by)");
-  const concurrency = String(args.concurrency)
+  refuseFlags(args, [...modelTestFlags, ...expectationFlags], "server mode (--url)");
+  const concurrency = String(args.concurrency ?? "1,2,4,8,16")
     .split(",")
     .map((s) => s.trim())
     .filter(Boolean)
     .map((s) => positiveInteger("concurrency", s));
   if (concurrency.length === 0) throw new Error("--concurrency needs at least one level, e.g. 1,2,4");
-  const requests = positiveInteger("requests", args.requests);
+  const requests = positiveInteger("requests", args.requests ?? "32");
   const maxTokens = positiveInteger("max-tokens", args["max-tokens"] ?? "128");
-  const timeoutSeconds = positiveInteger("timeout", args.timeout);
+  const timeoutSeconds = positiveInteger("timeout", args.timeout ?? "600");
   const prompts =
     args.prompts === undefined ? defaultServerPrompts : parsePromptFile(String(args.prompts)).map((p) => p.prompt);
   const result = await benchServer({

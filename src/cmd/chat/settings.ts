@@ -18,7 +18,17 @@ export interface ChatSettings {
   hideThinking?: boolean;
 }
 
-export const settingNames = ["temp", "top_p", "top_k", "min_p", "max_tokens", "seed", "system", "format"] as const;
+export const settingNames = [
+  "temp",
+  "top_p",
+  "top_k",
+  "min_p",
+  "repeat_penalty",
+  "max_tokens",
+  "seed",
+  "system",
+  "format",
+] as const;
 
 /** Applies `/set format json|<schema file>|off`; returns a confirmation line, or throws with what is wrong. */
 export async function applyFormat(s: ChatSettings, value: string): Promise<string> {
@@ -55,6 +65,9 @@ export function applySetting(s: ChatSettings, name: string, value: string): stri
       break;
     case "min_p":
       sampling.minP = n;
+      break;
+    case "repeat_penalty":
+      sampling.repetitionPenalty = n;
       break;
     case "seed":
       sampling.seed = n;
@@ -113,6 +126,6 @@ export function describeRemoteModel(remote: RemoteModel, s: ChatSettings): strin
 }
 
 const describeSettings = (s: ChatSettings) => [
-  `settings:       temp ${s.sampling.temperature}, top_p ${s.sampling.topP}, top_k ${s.sampling.topK}, min_p ${s.sampling.minP}, max_tokens ${s.maxTokens}, seed ${s.sampling.seed ?? "random"}, format ${s.format?.label ?? "off"}`,
+  `settings:       temp ${s.sampling.temperature}, top_p ${s.sampling.topP}, top_k ${s.sampling.topK}, min_p ${s.sampling.minP}, repeat_penalty ${s.sampling.repetitionPenalty}, max_tokens ${s.maxTokens}, seed ${s.sampling.seed ?? "random"}, format ${s.format?.label ?? "off"}`,
   `system prompt:  ${s.system ?? "(none)"}`,
 ];
