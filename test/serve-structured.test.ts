@@ -67,6 +67,39 @@ describe("structured output through the server", () => {
     expect(stopped).toBeGreaterThan(0);
   });
 
+  test("stop strings do not cut an answer whose shape a schema or a required call fixes", async () => {
+    // Every JSON answer holds a quote and a colon: matched, they would cut it into invalid JSON.
+    const stop = ['"', ":"];
+    const json = await openai.chat.completions.create({
+      model,
+      messages: [{ role: "user", content: "A person, please" }],
+      max_tokens: 200,
+      temperature: 0,
+      stop,
+      response_format: { type: "json_schema", json_schema: { name: "person", schema, strict: true } },
+    });
+    expect(json.choices[0]!.finish_reason).toBe("stop");
+    expect(validate(JSON.parse(json.choices[0]!.message.content!))).toBe(true);
+    const count = {
+      type: "object",
+      properties: { n: { enum: ["a", "b"] } },
+      required: ["n"],
+      additionalProperties: false,
+    };
+    const call = await openai.chat.completions.create({
+      model,
+      messages: [{ role: "user", content: "Count" }],
+      max_tokens: 40,
+      temperature: 0,
+      stop,
+      tools: [{ type: "function", function: { name: "count", parameters: count } }],
+      tool_choice: "required",
+      parallel_tool_calls: false,
+    });
+    // Random weights may pad the call's JSON with spaces until the budget closes it: whole either way.
+    expect(["a", "b"]).toContain(JSON.parse(call.choices[0]!.message.tool_calls![0]!.function.arguments).n);
+  });
+
   test("OpenAI json_object gives a JSON object, even in 2 tokens; a schema's answer cannot fit in 2: a 400 on max_tokens", async () => {
     const ok = await openai.chat.completions.create({
       model,

@@ -132,7 +132,9 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
       promptIds,
       sampling: settleTemperature(spec.sampling),
       maxTokens,
-      stop: spec.stop,
+      // A schema or a required call fixes the answer's whole shape, and the grammar ends it there:
+      // a stop string met inside (a quote, a newline) would only cut it into something invalid.
+      stop: shapedAnswer(spec, toolFormat) ? undefined : spec.stop,
       topLogprobs: spec.topLogprobs,
       processors,
       reasoning: thinking && { startsInside },
@@ -245,6 +247,11 @@ function withTemplateErrors<T>(fn: () => T): T {
     );
   }
 }
+
+/** Whether a grammar fixes the answer's whole shape: the request's JSON format, or calls it requires. */
+const shapedAnswer = (spec: GenerationSpec, toolFormat: ToolCallFormat | undefined) =>
+  spec.format !== undefined ||
+  (toolFormat !== undefined && spec.tools !== undefined && !!requiredFunctions(spec.tools));
 
 /**
  * The grammar the answer must follow: calls when the request requires one, the request's JSON
