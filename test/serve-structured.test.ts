@@ -97,7 +97,8 @@ describe("structured output through the server", () => {
       parallel_tool_calls: false,
     });
     // Random weights may pad the call's JSON with spaces until the budget closes it: whole either way.
-    expect(["a", "b"]).toContain(JSON.parse(call.choices[0]!.message.tool_calls![0]!.function.arguments).n);
+    const made = call.choices[0]!.message.tool_calls![0]! as OpenAI.ChatCompletionMessageFunctionToolCall;
+    expect(["a", "b"]).toContain(JSON.parse(made.function.arguments).n);
   });
 
   test("OpenAI json_object gives a JSON object, even in 2 tokens; a schema's answer cannot fit in 2: a 400 on max_tokens", async () => {

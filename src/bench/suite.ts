@@ -3,8 +3,8 @@
 // template, checked against its expectation, with the speed figures of every answer.
 import { existsSync, readFileSync } from "node:fs";
 import { basename, dirname, resolve } from "node:path";
-import Ajv, { type ValidateFunction } from "ajv";
-import Ajv2020 from "ajv/dist/2020";
+import type { ValidateFunction } from "ajv";
+import { compileAnswerSchema } from "../engine/json-schema";
 import { complete, soloScheduler } from "../engine/generate";
 import { defaultSampling } from "../engine/sampling";
 import type { LoadedModel } from "../models/load";
@@ -64,17 +64,12 @@ export function compileRegex(source: string, where: string): RegExp {
   }
 }
 
-/** Compiles a JSON schema with ajv (draft 2020-12 when the schema says so, else draft-07). */
+/** Compiles a prompt file's JSON schema under its own draft; a schema that does not compile names where it is. */
 export function compileSchema(schema: unknown, where: string): ValidateFunction {
   if (typeof schema !== "object" && typeof schema !== "boolean")
     throw new PromptFileError(`${where}: a JSON schema must be an object (got ${JSON.stringify(schema)})`);
-  const draft2020 =
-    typeof schema === "object" &&
-    schema !== null &&
-    String((schema as { $schema?: unknown }).$schema ?? "").includes("2020-12");
-  const ajv = draft2020 ? new Ajv2020({ strict: false, allErrors: true }) : new Ajv({ strict: false, allErrors: true });
   try {
-    return ajv.compile(schema as object);
+    return compileAnswerSchema(schema as object | boolean, { allErrors: true });
   } catch (error) {
     throw new PromptFileError(`${where}: invalid JSON schema: ${(error as Error).message}`);
   }

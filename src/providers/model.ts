@@ -3,8 +3,8 @@
 // connection errors, timeouts, 429 and 5xx are retried with backoff (Retry-After honoured) as
 // long as nothing of the answer has been handed on; a failure after that ends the stream
 // with an error. Answers to a JSON format are validated against it (ajv), retried once.
-import Ajv, { type ValidateFunction } from "ajv";
-import Ajv2020 from "ajv/dist/2020";
+import type { ValidateFunction } from "ajv";
+import { compileAnswerSchema } from "../engine/json-schema";
 import { EventSourceParserStream, type EventSourceMessage } from "eventsource-parser/stream";
 import { ProviderError } from "../errors";
 import { checkJsonSchema } from "../engine/grammar";
@@ -290,20 +290,6 @@ async function* serverSentEvents(
   }
 }
 
-// Made on first use: building an Ajv instance costs start-up time every command would pay.
-let ajv: Ajv | undefined;
-let ajv2020: Ajv2020 | undefined;
-
-/**
- * The validator of the schema's draft: 2020-12 where it says so (zod's schemas do) or uses
- * prefixItems (only 2019-09 and later have it: under draft-07 a tuple's `items: false` refuses
- * every item), else draft-07, whose array-form `items` older generators write.
- */
-function ajvFor(declared: string, text: string): Ajv {
-  const options = { strict: false, validateFormats: false, allErrors: false };
-  if (/2020-12|2019-09/.test(declared) || text.includes('"prefixItems"')) return (ajv2020 ??= new Ajv2020(options));
-  return (ajv ??= new Ajv(options));
-}
 const compiled = new Map<string, ValidateFunction>();
 
 /** A check of an answer against the format asked for: undefined when it passes, else what failed and where. */
@@ -316,8 +302,7 @@ function answerValidator(format: "json" | { schema: object }): (text: string) =>
           let fn = compiled.get(key);
           if (!fn) {
             checkJsonSchema(format.schema); // a schema that is not JSON Schema is the client's error (a SchemaError)
-            const { $schema: draft, ...schema } = format.schema as Record<string, unknown>;
-            compiled.set(key, (fn = ajvFor(String(draft ?? ""), key).compile(schema)));
+            compiled.set(key, (fn = compileAnswerSchema(format.schema)));
           }
           return fn;
         })();
