@@ -14,6 +14,7 @@ import { ReasoningSplitter } from "../src/engine/reasoning";
 import type { RunningServer } from "../src/server/app";
 import { cliRunner } from "./helpers/cli";
 import { post, serve } from "./helpers/serve";
+import { forecastTools } from "./helpers/forecast-tools";
 import { writeTinyModel } from "./helpers/tiny-model";
 
 /** Qwen3-style: `enable_thinking` false writes an empty reasoning; otherwise the prompt opens <think>. */
@@ -47,8 +48,9 @@ describe("ReasoningSplitter", () => {
     expect(split(["just ", "an answer"], false)).toEqual({ reasoning: "", text: "just an answer" });
     expect(split(["a <think> b"], false)).toEqual({ reasoning: "", text: "a <think> b" });
   });
-  test("an unclosed reasoning is all reasoning; a held-back partial tag comes out at the end", () => {
-    expect(split(["<think>still going </thi"], false)).toEqual({ reasoning: "still going </thi", text: "" });
+  test("an unclosed reasoning is all reasoning, less a </think> the end cut off; a held-back <think> start is text", () => {
+    expect(split(["<think>still going </thi"], false)).toEqual({ reasoning: "still going ", text: "" });
+    expect(split(["still going", " <", "/"], true)).toEqual({ reasoning: "still going ", text: "" });
     expect(split(["<thi"], false)).toEqual({ reasoning: "", text: "<thi" });
   });
 });
@@ -96,6 +98,41 @@ describe("OpenAI chat", () => {
       content += delta?.content ?? "";
     }
     expect({ reasoning, content }).toEqual({ reasoning: message.reasoning_content, content: message.content });
+  });
+
+  test("a required call switches thinking off where the template can: the call is a call, not reasoning", async () => {
+    const body = {
+      model,
+      messages: hi,
+      tools: forecastTools,
+      tool_choice: "required" as const,
+      parallel_tool_calls: false,
+      max_tokens: 60,
+      temperature: 0,
+    };
+    // A thinking budget too (its forced </think> and the call's grammar once made a 500).
+    for (const extra of [{}, { thinking_budget: 3 }]) {
+      const r = await openai.chat.completions.create({ ...body, ...extra } as never);
+      const choice = (r as OpenAI.ChatCompletion).choices[0]!;
+      expect(choice.finish_reason).toBe("tool_calls");
+      expect(choice.message.tool_calls).toHaveLength(1);
+      expect((choice.message as { reasoning_content?: string }).reasoning_content).toBeUndefined();
+    }
+    let calls = 0;
+    let reasoning = "";
+    for await (const chunk of await openai.chat.completions.create({ ...body, stream: true })) {
+      calls += chunk.choices[0]?.delta.tool_calls?.length ?? 0;
+      reasoning += (chunk.choices[0]?.delta as { reasoning_content?: string } | undefined)?.reasoning_content ?? "";
+    }
+    expect({ calls, reasoning }).toEqual({ calls: 1, reasoning: "" });
+    // Anthropic's count_tokens renders the prompt as such a request does (thinking off).
+    const client = new Anthropic({ baseURL: server.url, apiKey: "unused", maxRetries: 0 });
+    const tools = [{ name: "clock", input_schema: { type: "object" as const, properties: {} } }];
+    const asked = { model, messages: hi, tools, tool_choice: { type: "any" as const } };
+    const answer = await client.messages.create({ ...asked, max_tokens: 40 });
+    expect(answer.content.map((b) => b.type)).toEqual(["tool_use"]);
+    const counted = await client.messages.countTokens(asked);
+    expect(counted.input_tokens).toBe(answer.usage.input_tokens + (answer.usage.cache_read_input_tokens ?? 0));
   });
 
   test("thinking off through the template (reasoning_effort none, chat_template_kwargs)", async () => {
@@ -185,6 +222,35 @@ describe("the other API families", () => {
     expect(counted.input_tokens).toBe(disabled.usage.input_tokens + (disabled.usage.cache_read_input_tokens ?? 0));
     const countedOn = await client.messages.countTokens({ model, messages: hi });
     expect(countedOn.input_tokens).toBeLessThan(counted.input_tokens);
+  });
+
+  test("max_tokens that cuts the </think> a thinking budget forced: no piece of the tag in the reasoning", async () => {
+    const client = new Anthropic({ baseURL: server.url, apiKey: "unused", maxRetries: 0 });
+    const thinkingOf = async (max_tokens: number) => {
+      const params = {
+        model,
+        max_tokens,
+        temperature: 0,
+        messages: hi,
+        thinking: { type: "enabled" as const, budget_tokens: 2 },
+      };
+      const m = await client.messages.create(params);
+      return (m.content[0] as Anthropic.ThinkingBlock).thinking;
+    };
+    // Room for the budget and the whole tag: the reasoning the budget allows.
+    const budgeted = await thinkingOf(12);
+    expect(budgeted.length).toBeGreaterThan(0);
+    // Room for the budget and part of the tag (</think> is more than one token): the same reasoning.
+    for (const max_tokens of [3, 4]) expect(await thinkingOf(max_tokens)).toBe(budgeted);
+    const body = { model, messages: hi, temperature: 0, max_tokens: 4, thinking_budget: 2 };
+    const whole = await openai.chat.completions.create(body as never);
+    const message = (whole as OpenAI.ChatCompletion).choices[0]!.message as { reasoning_content?: string };
+    expect(message.reasoning_content).toBe(budgeted);
+    let streamed = "";
+    const stream = await openai.chat.completions.create({ ...body, stream: true } as never);
+    for await (const chunk of stream as unknown as AsyncIterable<OpenAI.ChatCompletionChunk>)
+      streamed += (chunk.choices[0]?.delta as { reasoning_content?: string } | undefined)?.reasoning_content ?? "";
+    expect(streamed).toBe(budgeted);
   });
 
   test("Responses: a reasoning item first; effort none switches it off", async () => {

@@ -13,6 +13,7 @@ import type { RunningServer } from "../src/server/app";
 import { post, serve } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
 import { forecastParameters, forecastTools } from "./helpers/forecast-tools";
+import { resolveModelPath } from "../src/store/resolve";
 
 let server: RunningServer;
 let openai: OpenAI;
@@ -342,4 +343,57 @@ describe("Ollama tools", () => {
     expect(generate.status).toBe(400);
     expect(generate.json.error).toMatch(/tools/);
   });
+});
+
+describe("a call a stop string cuts (the real default model, which calls when it has seen calls)", () => {
+  const call = (id: string, city: string): OpenAI.ChatCompletionMessageParam => ({
+    role: "assistant",
+    content: null,
+    tool_calls: [
+      { id, type: "function", function: { name: "forecast", arguments: JSON.stringify({ city, days: 2 }) } },
+    ],
+  });
+  const conversation: OpenAI.ChatCompletionMessageParam[] = [
+    { role: "user", content: "Weather in Paris?" },
+    call("a1", "Paris"),
+    { role: "tool", tool_call_id: "a1", content: "sunny" },
+    { role: "assistant", content: "Sunny." },
+    { role: "user", content: "Weather in Rome?" },
+    call("a2", "Rome"),
+    { role: "tool", tool_call_id: "a2", content: "rain" },
+    { role: "assistant", content: "Rain." },
+    { role: "user", content: "Weather in Oslo?" },
+  ];
+
+  test("tool_choice auto: the cut call is neither a call nor text, whole and streamed", async () => {
+    const smollm2 = await resolveModelPath(undefined);
+    const ask = (seed: number, stop?: string[]) =>
+      ({ model: smollm2, messages: conversation, tools, temperature: 0.7, seed, max_tokens: 60, stop }) as const;
+    // A seed on which the model calls (a stop string does not change what is sampled before it).
+    let seed = 0;
+    let called: OpenAI.ChatCompletion | undefined;
+    while (!called && ++seed <= 8) {
+      const r = await openai.chat.completions.create(ask(seed));
+      if (r.choices[0]!.message.tool_calls?.length) called = r;
+    }
+    expect(called?.choices[0]!.message.content ?? "").toBe("");
+    const [first] = called!.choices[0]!.message.tool_calls as OpenAI.ChatCompletionMessageFunctionToolCall[];
+    const city = JSON.parse(first!.function.arguments).city as string;
+    // Inside the arguments, and right after the opening tag.
+    for (const stop of [[city], ["\n"]]) {
+      const whole = await openai.chat.completions.create(ask(seed, stop));
+      const choice = whole.choices[0]!;
+      expect(choice.finish_reason).toBe("stop");
+      expect(choice.message.tool_calls).toBeUndefined();
+      expect(choice.message.content ?? "").toBe("");
+      let content = "";
+      let finish: string | null | undefined;
+      for await (const chunk of await openai.chat.completions.create({ ...ask(seed, stop), stream: true })) {
+        expect(chunk.choices[0]?.delta.tool_calls).toBeUndefined();
+        content += chunk.choices[0]?.delta.content ?? "";
+        finish = chunk.choices[0]?.finish_reason ?? finish;
+      }
+      expect({ content, finish }).toEqual({ content: "", finish: "stop" });
+    }
+  }, 120_000);
 });

@@ -67,7 +67,7 @@ describe("chat templates and formats", () => {
     expect(toolTemplate(undefined)).toEqual({ native: false, format: hermes });
   });
 
-  test("hermes: prose and calls separated; arguments as text or object; a broken block stays prose", () => {
+  test("hermes: prose and calls separated; arguments as text or object; a whole broken block stays prose, a cut one is dropped", () => {
     const answer =
       'Let me look.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n<tool_call>\n{"name": "search", "arguments": "{\\"query\\": \\"x\\"}"}\n</tool_call>';
     const parsed = hermes.parse(answer);
@@ -78,11 +78,15 @@ describe("chat templates and formats", () => {
     ]);
     expect(parsed.calls[0]!.id).toMatch(/^call_[A-Za-z0-9]{24}$/);
     expect(parsed.calls[0]!.id).not.toBe(parsed.calls[1]!.id);
-    // A call cut off after its JSON still counts; half a JSON does not.
+    // A call cut off after its JSON still counts; half a JSON (a stop string cut it) is neither a call nor prose.
     expect(hermes.parse('<tool_call>\n{"name": "now", "arguments": {}}').calls.map((c) => c.name)).toEqual(["now"]);
-    const broken = 'Hi <tool_call>\n{"name": "now", "argu';
-    expect(hermes.parse(broken)).toEqual({ content: broken, calls: [] });
-    expect(hermes.parse("<tool_call>[1, 2]</tool_call>").calls).toEqual([]);
+    expect(hermes.parse('Hi <tool_call>\n{"name": "now", "argu')).toEqual({ content: "Hi", calls: [] });
+    expect(hermes.parse("<tool_call>")).toEqual({ content: "", calls: [] });
+    // A whole block that is no call stays prose.
+    expect(hermes.parse("<tool_call>[1, 2]</tool_call>")).toEqual({
+      content: "<tool_call>[1, 2]</tool_call>",
+      calls: [],
+    });
     // After whole calls, a call the budget cut off (its opening, or half its JSON) is dropped: not prose.
     const call = '<tool_call>\n{"name": "now", "arguments": {}}\n</tool_call>\n';
     for (const stub of ["<tool", "<", '<tool_call>\n{"name": "no'])
@@ -102,6 +106,10 @@ describe("chat templates and formats", () => {
         .calls.map((c) => c.name),
     ).toEqual(["now", "search"]);
     expect(llama3.parse('{"answer": 42}')).toEqual({ content: '{"answer": 42}', calls: [] });
+    // A call cut off (by a stop string or the budget) is neither a call nor prose; cut JSON that opened no call is prose.
+    for (const cut of ['{"name": "now", "param', "<|python_tag|>", '<|python_tag|>{"na'])
+      expect(llama3.parse(cut)).toEqual({ content: "", calls: [] });
+    expect(llama3.parse('{"answer": 4')).toEqual({ content: '{"answer": 4', calls: [] });
     expect(llama3.parse("Oslo is cold.")).toEqual({ content: "Oslo is cold.", calls: [] });
   });
 
@@ -113,6 +121,9 @@ describe("chat templates and formats", () => {
     expect(parsed.calls[0]!.id).toMatch(/^[A-Za-z0-9]{9}$/);
     expect(mistral.parse('[{"name": "now", "arguments": {}}]').calls).toHaveLength(1);
     expect(mistral.parse("[1, 2, 3]").calls).toEqual([]);
+    for (const cut of ["[TOOL_CALLS]", '[TOOL_CALLS] [{"name": "now", "argu'])
+      expect(mistral.parse(cut)).toEqual({ content: "", calls: [] });
+    expect(mistral.parse("[1, 2")).toEqual({ content: "[1, 2", calls: [] });
   });
 });
 
@@ -142,10 +153,13 @@ describe("streaming an answer that may hold calls", () => {
     expect(end.calls).toEqual([]);
   });
 
-  test("hermes: an unparsable call is shown as prose at the end", () => {
-    const { shown, end } = stream(hermes, ["x <tool_call>", "{oops"]);
+  test("hermes: a whole block that is no call is shown as prose at the end; a cut call is not shown", () => {
+    const { shown, end } = stream(hermes, ["x <tool_call>", "{oops</tool_call>"]);
     expect(shown).toEqual(["x ", ""]);
-    expect(end).toEqual({ content: "<tool_call>{oops", calls: [] });
+    expect(end).toEqual({ content: "<tool_call>{oops</tool_call>", calls: [] });
+    const cut = stream(hermes, ["x <tool_call>", '\n{"name": "now", "argu']);
+    expect(cut.shown).toEqual(["x ", ""]);
+    expect(cut.end).toEqual({ content: "", calls: [] });
   });
 
   test("llama3: an answer opening with '{' is held whole; prose streams at once", () => {

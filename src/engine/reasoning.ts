@@ -104,11 +104,15 @@ export class ReasoningSplitter {
     return out;
   }
 
-  /** What was held back, at the end of the text. */
+  /**
+   * What was held back, at the end of the text. Inside the reasoning that is the start of a
+   * </think> the end cut off (max_tokens right after a thinking budget forced it): part of a
+   * tag, never reasoning.
+   */
   flush(): SplitText {
     const rest = this.#pending;
     this.#pending = "";
-    if (this.#inside) return { text: "", reasoning: this.#reasoning(rest) };
+    if (this.#inside) return { text: "", reasoning: "" };
     return { text: this.#answerStarted ? rest : rest.trimStart(), reasoning: "" };
   }
 

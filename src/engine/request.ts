@@ -87,7 +87,7 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   const offered = offeredTools(spec.tools);
   const template = toolTemplate(lm.tokenizer.chatTemplate);
   const toolFormat = offered && template.format;
-  const thinking = settleThinking(lm.tokenizer, spec.prompt, spec.thinking, spec.format !== undefined);
+  const thinking = settleThinking(lm.tokenizer, spec.prompt, spec.thinking, shapedAnswer(spec, toolFormat));
   const promptIds = [
     ...(spec.prefixIds ?? []),
     ...tokenize(lm.tokenizer, spec.prompt, template, offered, thinking?.templateVars),
@@ -163,7 +163,7 @@ export function renderChat(lm: LoadedModel, messages: ConversationMessage[], too
 
 /**
  * How many tokens a prompt is (with the tools it offers, and thinking as asked, which JSON output
- * switches off where the template allows), as a generation would see it.
+ * or a required call switches off where the template allows), as a generation would see it.
  */
 export function countPromptTokens(
   lm: LoadedModel,
@@ -172,21 +172,24 @@ export function countPromptTokens(
   thinking?: ThinkingRequest,
   jsonOutput = false,
 ): number {
-  const vars = settleThinking(lm.tokenizer, prompt, thinking, jsonOutput)?.templateVars;
-  return tokenize(lm.tokenizer, prompt, toolTemplate(lm.tokenizer.chatTemplate), offeredTools(tools), vars).length;
+  const offered = offeredTools(tools);
+  const callsRequired = offered !== undefined && requiredFunctions(tools!) !== undefined;
+  const vars = settleThinking(lm.tokenizer, prompt, thinking, jsonOutput || callsRequired)?.templateVars;
+  return tokenize(lm.tokenizer, prompt, toolTemplate(lm.tokenizer.chatTemplate), offered, vars).length;
 }
 
 /**
  * How a templated prompt thinks: the template variables that switch thinking, and the budget
  * (a template that cannot switch it off gets a budget of 0). Undefined when the answer is not
- * split: a model whose template has no <think>, raw text or ids, or JSON output (the grammar
- * leaves no room for reasoning, so thinking is switched off where the template allows).
+ * split: a model whose template has no <think>, raw text or ids, or an answer a grammar shapes
+ * from its first token, JSON or required calls (`shaped`: it leaves no room for reasoning, so
+ * thinking is switched off where the template allows).
  */
 function settleThinking(
   tokenizer: Tokenizer,
   prompt: PromptInput,
   thinking: ThinkingRequest | undefined,
-  jsonOutput: boolean,
+  shaped: boolean,
 ): { templateVars?: Record<string, unknown>; budget?: number } | undefined {
   const { thinks, switchable } = thinkingTemplate(tokenizer.chatTemplate);
   const asked = thinking ?? {};
@@ -197,7 +200,7 @@ function settleThinking(
     );
   const templated = prompt.kind === "chat" || (prompt.kind === "text" && prompt.template);
   if (!thinks || !templated) return undefined;
-  const enabled = jsonOutput ? false : asked.enabled;
+  const enabled = shaped ? false : asked.enabled;
   if (enabled === undefined) return { budget: asked.budget };
   if (switchable) return { templateVars: { enable_thinking: enabled }, budget: enabled ? asked.budget : undefined };
   return { budget: enabled ? asked.budget : 0 };

@@ -83,14 +83,22 @@ function parseJson(text: string): unknown {
 }
 
 /**
- * `content` (what is left around an answer's calls) without a call that its end cut off: a
- * block opened by `open` and never closed, or the start of `open` itself. That happens where
- * the token budget ran out after the calls it held room for; such a stub is neither a call nor
- * prose.
+ * `text` without a call block opened by `open` and never closed: a stop string or the token
+ * budget cut the call off, and such a stub is neither a call nor prose (never shown as text).
+ */
+function withoutOpenCall(text: string, open: string, close: string): string {
+  const opened = text.lastIndexOf(open);
+  return opened >= 0 && !text.includes(close, opened) ? text.slice(0, opened).trimEnd() : text;
+}
+
+/**
+ * `content` (what is left around an answer's calls) without a call that its end cut off: an
+ * open block, or the start of `open` itself. That happens where the token budget ran out after
+ * the calls it held room for.
  */
 function withoutCutCall(content: string, open: string, close: string): string {
-  const opened = content.lastIndexOf(open);
-  if (opened >= 0 && !content.includes(close, opened)) return content.slice(0, opened).trimEnd();
+  const uncut = withoutOpenCall(content, open, close);
+  if (uncut !== content) return uncut;
   for (let n = open.length - 1; n > 0; n--)
     if (content.endsWith(open.slice(0, n))) return content.slice(0, -n).trimEnd();
   return content;
@@ -111,7 +119,7 @@ const hermes: ToolCallFormat = {
     });
     return calls.length > 0
       ? { content: withoutCutCall(content.trim(), "<tool_call>", "</tool_call>"), calls }
-      : { content: text, calls };
+      : { content: withoutOpenCall(text, "<tool_call>", "</tool_call>"), calls };
   },
   callLayout: (name) => {
     const call = jsonCall(name, "arguments");
@@ -123,21 +131,29 @@ const hermes: ToolCallFormat = {
 
 /**
  * Reads an answer that, when it calls, is nothing but calls: an optional marker token, then
- * JSON that `read` turns into call values (anything else is prose).
+ * JSON that `read` turns into call values (anything else is prose). An answer that opened a
+ * call (the marker, then JSON or nothing; or the family's `trigger`) whose JSON does not read
+ * was cut off by a stop string or the token budget: it is neither a call nor prose.
  */
 function leadingCalls(
   marker: string,
+  trigger: string,
   opens: string[],
   read: (body: string) => unknown,
   newId: () => string,
 ): (text: string) => ParsedAnswer {
   return (text) => {
     const trimmed = text.trim();
-    const body = (trimmed.startsWith(marker) ? trimmed.slice(marker.length) : trimmed).trim();
-    return onlyCalls(text, opens.some((o) => body.startsWith(o)) ? read(body) : undefined, newId);
+    const marked = trimmed.startsWith(marker);
+    const body = (marked ? trimmed.slice(marker.length) : trimmed).trim();
+    const json = opens.some((o) => body.startsWith(o));
+    const values = json ? read(body) : undefined;
+    const cut = values === undefined && ((marked && (json || !body)) || trimmed.startsWith(trigger));
+    return cut ? { content: "", calls: [] } : onlyCalls(text, values, newId);
   };
 }
 
+const llama3Trigger = '{"name": ';
 const llama3: ToolCallFormat = {
   name: "llama3",
   markers: ["<|python_tag|>", "{"],
@@ -145,25 +161,27 @@ const llama3: ToolCallFormat = {
   // One call, or several separated by ";" (as Llama 3.2 writes parallel calls).
   parse: leadingCalls(
     "<|python_tag|>",
+    llama3Trigger,
     ["{"],
     (body) => parseJson(body) ?? parseJson(`[${body.replace(/}\s*;\s*{/g, "},{")}]`),
     openaiCallId,
   ),
   callLayout: (name) => jsonCall(name, "parameters"),
   separator: "; ",
-  trigger: '{"name": ',
+  trigger: llama3Trigger,
 };
 
+const mistralMarker = "[TOOL_CALLS]";
 const mistral: ToolCallFormat = {
   name: "mistral",
   // A bare list of calls is read too.
-  markers: ["[TOOL_CALLS]", "["],
+  markers: [mistralMarker, "["],
   anywhere: false,
-  parse: leadingCalls("[TOOL_CALLS]", ["[", "{"], parseJson, mistralCallId),
+  parse: leadingCalls(mistralMarker, mistralMarker, ["[", "{"], parseJson, mistralCallId),
   callLayout: (name) => jsonCall(name, "arguments"),
   separator: ", ",
-  list: { begin: "[TOOL_CALLS] [", end: "]" },
-  trigger: "[TOOL_CALLS]",
+  list: { begin: `${mistralMarker} [`, end: "]" },
+  trigger: mistralMarker,
 };
 
 export const toolCallFormats = { hermes, llama3, mistral };
