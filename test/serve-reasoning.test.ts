@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import Anthropic from "@anthropic-ai/sdk";
 import { Ollama } from "ollama";
 import OpenAI from "openai";
@@ -22,6 +22,11 @@ const thinkingTemplate =
   "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endfor %}" +
   "{%- if add_generation_prompt %}<|im_start|>assistant\n" +
   "{%- if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{%- else %}<think>\n{%- endif %}{%- endif %}";
+
+/** DeepSeek-R1-style: the prompt always opens <think>, with no switch to turn it off. */
+const alwaysThinkingTemplate =
+  "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endfor %}" +
+  "{%- if add_generation_prompt %}<|im_start|>assistant\n<think>\n{%- endif %}";
 
 function split(pieces: string[], startsInside: boolean) {
   const s = new ReasoningSplitter(startsInside);
@@ -133,6 +138,39 @@ describe("OpenAI chat", () => {
     expect(answer.content.map((b) => b.type)).toEqual(["tool_use"]);
     const counted = await client.messages.countTokens(asked);
     expect(counted.input_tokens).toBe(answer.usage.input_tokens + (answer.usage.cache_read_input_tokens ?? 0));
+  });
+
+  test("a template that always thinks, under JSON output or a required call: </think> first, then the shaped answer", async () => {
+    const always = join(dirname(model), "always-thinks");
+    writeTinyModel(always, { modelType: "qwen3", contextLength: 512, chatTemplate: alwaysThinkingTemplate });
+    const schema = { type: "object", properties: { a: { enum: ["x", "y"] } }, required: ["a"] };
+    const json = await openai.chat.completions.create({
+      model: always,
+      messages: hi,
+      max_tokens: 40,
+      temperature: 0,
+      response_format: { type: "json_schema", json_schema: { name: "a", schema } },
+    });
+    expect(["x", "y"]).toContain(JSON.parse(json.choices[0]!.message.content!).a);
+    const call = await openai.chat.completions.create({
+      model: always,
+      messages: hi,
+      tools: forecastTools,
+      tool_choice: "required",
+      parallel_tool_calls: false,
+      max_tokens: 60,
+      temperature: 0,
+    });
+    expect(call.choices[0]!.message.tool_calls).toHaveLength(1);
+    // The forced </think> counts against max_tokens: the shortest answer's minimum says so.
+    const tight = await post(`${server.url}/v1/chat/completions`, {
+      model: always,
+      messages: hi,
+      max_tokens: 2,
+      response_format: { type: "json_schema", json_schema: { name: "a", schema } },
+    });
+    expect(tight.status).toBe(400);
+    expect(tight.json.error.message).toMatch(/max_tokens 2 is too small .* takes \d+ tokens/);
   });
 
   test("thinking off through the template (reasoning_effort none, chat_template_kwargs)", async () => {

@@ -124,6 +124,9 @@ export class ReasoningSplitter {
   }
 }
 
+/** The tokens a thinking budget forces once it is spent: `</think>`'s (the answer goes on from there). */
+export const forcedClose = (tokenizer: Tokenizer) => tokenizer.encode(THINK_CLOSE, { addSpecialTokens: false });
+
 /**
  * A logits processor that lets the reasoning run `budget` tokens, then forces the tokens of
  * "</think>" one by one. It follows the generated text itself (the ids of the tags differ by
@@ -136,7 +139,7 @@ export function thinkingBudget(
   budget: number,
   startsInside: boolean,
 ): LogitsProcessor {
-  const close = tokenizer.encode(`${THINK_CLOSE}\n\n`, { addSpecialTokens: false });
+  const close = forcedClose(tokenizer);
   let seen = promptLength;
   let tail = "";
   let openedAt: number | undefined = startsInside ? promptLength : undefined;

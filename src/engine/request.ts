@@ -15,7 +15,7 @@ import {
   type LogitsProcessor,
   type SamplingParams,
 } from "./sampling";
-import { opensThinking, thinkingBudget, thinkingTemplate, type ThinkingRequest } from "./reasoning";
+import { forcedClose, opensThinking, thinkingBudget, thinkingTemplate, type ThinkingRequest } from "./reasoning";
 import type { GenerationRequest } from "./scheduler";
 import {
   createToolCallConstraint,
@@ -113,11 +113,16 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
     );
   const room = rotating ? context : context - promptIds.length;
   const maxTokens = Math.min(spec.maxTokens ?? room, rotating ? Infinity : room);
-  const constraint = await grammarConstraint(lm, spec, toolFormat, maxTokens).catch((error) => {
-    throw error instanceof BudgetError ? new BudgetError(error.maxTokens, error.minimum, maxTokensParam) : error;
-  });
   // Where the template starts the reasoning itself, the answer begins inside it.
   const startsInside = thinking !== undefined && opensThinking(lm.tokenizer.decode(promptIds.slice(-16)));
+  // A template that opens the reasoning and cannot switch it off gets a budget of 0 under a grammar
+  // that shapes the whole answer: `</think>` is forced first, and the grammar shapes what follows.
+  const forced =
+    startsInside && thinking?.budget === 0 && shapedAnswer(spec, toolFormat) ? forcedClose(lm.tokenizer).length : 0;
+  const constraint = await grammarConstraint(lm, spec, toolFormat, maxTokens - forced).catch((error) => {
+    if (!(error instanceof BudgetError)) throw error;
+    throw new BudgetError(error.maxTokens + forced, error.minimum + forced, maxTokensParam);
+  });
   const budget =
     thinking?.budget !== undefined
       ? [thinkingBudget(lm.tokenizer, promptIds.length, thinking.budget, startsInside)]
@@ -125,7 +130,7 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   const processors = logitsProcessors(spec.sampling, promptIds.length, [
     ...(spec.processors ?? []),
     ...budget,
-    ...(constraint ? [constraint.processor] : []),
+    ...(constraint ? [startingAt(promptIds.length + forced, constraint.processor)] : []),
   ]);
   return {
     request: {
@@ -139,9 +144,9 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
       processors,
       reasoning: thinking && { startsInside },
       ignoreEos: spec.ignoreEos,
-      // A grammar (or a caller's processor) keeps state from step to step and must see only
-      // tokens that were chosen, never drafts: such a request decodes without speculation.
-      speculate: !constraint && !spec.processors?.length,
+      // A grammar, a thinking budget (or a caller's processor) keeps state from step to step and
+      // must see only tokens that were chosen, never drafts: such a request decodes without speculation.
+      speculate: !constraint && budget.length === 0 && !spec.processors?.length,
       closedEarly: constraint && (() => constraint.closedEarly()),
       signal: spec.signal,
     },
@@ -250,6 +255,12 @@ function withTemplateErrors<T>(fn: () => T): T {
     );
   }
 }
+
+/** A processor that leaves the logits alone until the history is `length` tokens long (then it sees its first). */
+const startingAt =
+  (length: number, processor: LogitsProcessor): LogitsProcessor =>
+  (history, logits) =>
+    history.length < length ? logits : processor(history, logits);
 
 /** Whether a grammar fixes the answer's whole shape: the request's JSON format, or calls it requires. */
 const shapedAnswer = (spec: GenerationSpec, toolFormat: ToolCallFormat | undefined) =>
