@@ -191,6 +191,20 @@ describe("serve --prompt-cache-dir, when things go wrong", () => {
     expect(logged.some((m) => m.includes(`cannot use ${join(blocker, "cache")}, going on without it`))).toBe(true);
   }, 60_000);
 
+  test("--prompt-cache-max-gb without --prompt-cache-dir, or an empty directory, is a one-line error", async () => {
+    // Both once started a server that kept no prompt cache on disk, unsaid.
+    const mlx = cliRunner(join(root, "home"));
+    const serveWith = (flags: string[]) => mlx(["serve", "--port", "0", ...flags]);
+    expect(await serveWith(["--prompt-cache-max-gb", "2"])).toMatchObject({
+      code: 1,
+      stderr: "error: --prompt-cache-max-gb needs --prompt-cache-dir\n",
+    });
+    expect(await serveWith(["--prompt-cache-dir", ""])).toMatchObject({
+      code: 1,
+      stderr: "error: --prompt-cache-dir needs a directory\n",
+    });
+  }, 30_000); // refused at once; without the check the server would run on
+
   test("a file whose header is damaged (its token list, or tokens its tensors do not hold) is removed, never used", async () => {
     const dir = join(root, "damaged-header");
     const first = await askOnce({ promptCacheDir: dir });
@@ -270,6 +284,35 @@ describe("disk prefix cache writes", () => {
     for (const e of [other, a, b]) for (const t of [...e.keys, ...e.values].flat()) t.free();
     lm.free();
   }, 60_000);
+
+  test("two servers on one directory: a file the other one's bound removed is forgotten quietly, not reported as damaged", async () => {
+    const lm = loadModel(model);
+    const dir = join(root, "shared");
+    const warnings: string[] = [];
+    const open = (maxBytes: number) =>
+      new DiskPrefixCache(dir, maxBytes, promptCacheOwner(lm), lm.path, (m) => warnings.push(m));
+    const first = open(1024 ** 3);
+    const tokens = Array.from({ length: 40 }, (_, i) => 3 + (i % 50));
+    const older = prefillPrompt(lm, tokens);
+    first.save(older);
+    await first.writes.flush();
+    const name = first.fileName(older);
+    // The second server keeps the directory to about one file: its own write pushes the older one out.
+    const second = open(statSync(join(dir, name)).size + 1024);
+    const newer = prefillPrompt(
+      lm,
+      tokens.map((t) => t + 1),
+    );
+    await Bun.sleep(20); // a later modification time: the first server's file is the least recently used
+    second.save(newer);
+    await second.writes.flush();
+    expect(files(dir)).toEqual([second.fileName(newer)]);
+    expect(first.load(name)).toBeUndefined();
+    expect(first.longest(tokens, tokens.length, 0)).toBeUndefined();
+    expect(warnings).toEqual([]);
+    for (const e of [older, newer]) for (const t of [...e.keys, ...e.values].flat()) t.free();
+    lm.free();
+  }, 60_000);
 });
 
 describe("mlx cache-prompt and mlx run --prompt-cache", () => {
@@ -294,7 +337,20 @@ describe("mlx cache-prompt and mlx run --prompt-cache", () => {
     expect(a.stats.cached_tokens).toBeGreaterThan(b.stats.prompt_tokens - 20);
   }, 60_000);
 
-  test("a damaged file, or one made with another KV cache layout, is a one-line error", async () => {
+  test("a file cached under another --system or --raw is a one-line error, not the document prefilled again unsaid", async () => {
+    const file = join(root, "system.cache");
+    const saved = await run(["cache-prompt", "-m", model, "--system", "Answer briefly.", file], document);
+    expect(saved.code).toBe(0);
+    const ask = ["run", "--prompt-cache", file, "-m", model, "--max-tokens", "4", "--json"];
+    const same = await run([...ask, "--system", "Answer briefly.", "What is item 3?"]);
+    expect(same.code).toBe(0);
+    expect(JSON.parse(same.stdout).stats.cached_tokens).toBeGreaterThan(100);
+    const refusal = `error: ${file} holds the document under another system prompt or template: give mlx run the --system and --raw that mlx cache-prompt was given\n`;
+    for (const other of [[], ["--system", "Answer at length."], ["--raw"]])
+      expect(await run([...ask, ...other, "What is item 3?"])).toMatchObject({ code: 1, stdout: "", stderr: refusal });
+  }, 60_000);
+
+  test("a damaged file, or one made with another KV cache layout, is a one-line error; so is a FILE that cannot be written", async () => {
     const file = join(root, "doc2.cache");
     await run(["cache-prompt", "-m", model, "--max-kv-size", "100", file], document);
     const layout = await run(["run", "--prompt-cache", file, "-m", model, "hi"]);
@@ -306,6 +362,14 @@ describe("mlx cache-prompt and mlx run --prompt-cache", () => {
     expect(unwritable).toMatchObject({
       code: 1,
       stderr: `error: cannot write ${nowhere}: its directory does not exist\n`,
+    });
+    // Once reported by the name of the temporary file written first, after the whole prefill.
+    const directory = await run(["cache-prompt", "-m", model, root], document);
+    expect(directory).toMatchObject({ code: 1, stderr: `error: cannot write ${root}: it is a directory\n` });
+    const unnamed = await run(["cache-prompt", "-m", model, ""], document);
+    expect(unnamed).toMatchObject({
+      code: 1,
+      stderr: "error: give the file to write: mlx cache-prompt FILE < document\n",
     });
     writeFileSync(file, "garbage");
     const damaged = await run(["run", "--prompt-cache", file, "-m", model, "hi"]);

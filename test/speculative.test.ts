@@ -223,6 +223,28 @@ describe("requests", () => {
     }
   });
 
+  test("a thinking budget turns speculation off: the budget closes the reasoning as without", async () => {
+    // The budget's processor tracks the reasoning token by token: fed drafts the model then
+    // rejected, it once took a drafted </think> as written and stopped forcing the close.
+    const thinker = join(root, "thinker");
+    writeTinyModel(thinker, {
+      modelType: "qwen3",
+      chatTemplate:
+        "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endfor %}<|im_start|>assistant\n<think>\n",
+    });
+    const mlx = cliRunner(join(root, "home"));
+    const args = ["run", "-m", thinker, "--max-tokens", "30", "--thinking-budget", "4", "--json", "Hi"];
+    const plain = await mlx(args);
+    expect(plain.code).toBe(0);
+    const alone = JSON.parse(plain.stdout);
+    expect(alone.reasoning).not.toContain("</");
+    for (const speculation of [["--draft-model", thinker], ["--prompt-lookup"]]) {
+      const speculating = await mlx([...args, ...speculation]);
+      expect(speculating.code).toBe(0);
+      expect(JSON.parse(speculating.stdout)).toMatchObject({ reasoning: alone.reasoning, text: alone.text });
+    }
+  });
+
   test("serve --prompt-lookup: answers as without, counts in /stats and /metrics", async () => {
     const model = tinyModel();
     const ask = async (url: string) => {
@@ -247,6 +269,35 @@ describe("requests", () => {
     } finally {
       await plain.stop();
       await speculating.stop();
+    }
+  });
+
+  test("serve --prompt-lookup: a seeded request answers the same when the prefix cache holds its prompt", async () => {
+    // A prompt held whole joins the batch with its last token as the next input: its first
+    // token once came from a speculative step, whose draws differ from a prefill's sample.
+    const model = tinyModel();
+    const server = serve({ speculation: { numDraft: 4 } });
+    try {
+      const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "none" });
+      const ask = async () => {
+        const r = await client.completions.create({
+          model,
+          prompt: "one two three one two three one two three one two",
+          max_tokens: 16,
+          temperature: 1,
+          seed: 7,
+        });
+        return { text: r.choices[0]!.text, cached: r.usage!.prompt_tokens_details?.cached_tokens ?? 0 };
+      };
+      const fresh = await ask();
+      expect(fresh.cached).toBe(0);
+      for (let i = 0; i < 3; i++) {
+        const again = await ask();
+        expect(again.cached).toBeGreaterThan(0);
+        expect(again.text).toBe(fresh.text);
+      }
+    } finally {
+      await server.stop();
     }
   });
 
@@ -309,6 +360,14 @@ test("models.toml: prompt_lookup or draft_model with num_draft on an alias; both
   const looked = await mlx(["run", "-m", "spec", "--max-tokens", "24", "--verbose", "one two one two one two"]);
   expect(looked.code).toBe(0);
   expect(looked.stderr).toMatch(/speculation: \d+ of \d+ drafted tokens accepted/);
+  // Switched to in chat (/model), the alias speculates too (it once loaded without it).
+  const switched = await mlx(
+    ["chat", "-m", model, "--max-tokens", "24", "--stats"],
+    "/model spec\none two one two one two\n",
+  );
+  expect(switched.code).toBe(0);
+  expect(switched.stderr).toContain("now chatting with spec");
+  expect(switched.stderr).toMatch(/\d+\/\d+ drafted tokens accepted/);
   write(`prompt_lookup = true\ndraft_model = "${model}"`);
   const both = await mlx(["run", "-m", "spec", "Hi"]);
   expect(both.code).not.toBe(0);

@@ -1,7 +1,7 @@
 // `mlx cache-prompt -m M FILE < document`, as mlx_lm.cache_prompt: prefill a long document once
 // and save its keys and values, so that `mlx run --prompt-cache FILE "question"` starts from them.
 import { defineCommand } from "citty";
-import { existsSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { prefillPrompt, savePrefilled } from "../engine/prompt-cache-file";
 import type { LoadedModel } from "../models/load";
@@ -36,9 +36,7 @@ export default defineCommand({
       // when rank 0 says (stdin is rank 0's): it returns only to exit.
       if (options.pipeline?.rank) await openModel(args.model, options);
       if (process.stdin.isTTY) throw new Error("pipe the document on stdin: mlx cache-prompt FILE < document");
-      // Before the prefill, which a missing directory would waste (and then report by a temporary file's name).
-      if (!existsSync(dirname(resolve(args.file))))
-        throw new Error(`cannot write ${args.file}: its directory does not exist`);
+      checkWritable(args.file);
       const text = (await Bun.stdin.text()).trim();
       if (!text) throw new Error("the document on stdin is empty");
       const lm = await openModel(args.model, options);
@@ -47,7 +45,10 @@ export default defineCommand({
       const tokens = promptTokens(lm.tokenizer, text, { system: args.system, raw: args.raw });
       checkContext(lm, tokens.length);
       const entry = prefillPrompt(lm, tokens);
-      await savePrefilled(lm, args.file, entry, text);
+      await savePrefilled(lm, args.file, entry, text).catch((error: Error) => {
+        // Node's message names the temporary file written first; the user gave args.file.
+        throw new Error(`cannot write ${args.file}: ${error.message.split(",")[0]}`);
+      });
       log.info(
         `cached ${tokens.length} tokens in ${((performance.now() - started) / 1000).toFixed(2)} s: ${args.file}`,
       );
@@ -57,6 +58,16 @@ export default defineCommand({
     }
   },
 });
+
+/**
+ * Before the prefill, which a path that cannot be written would waste (and then report by a
+ * temporary file's name): an empty one, a directory, or one in a directory that does not exist.
+ */
+function checkWritable(file: string): void {
+  if (!file.trim()) throw new Error("give the file to write: mlx cache-prompt FILE < document");
+  if (existsSync(file) && statSync(file).isDirectory()) throw new Error(`cannot write ${file}: it is a directory`);
+  if (!existsSync(dirname(resolve(file)))) throw new Error(`cannot write ${file}: its directory does not exist`);
+}
 
 /**
  * A document that fills the model's context leaves no room for a question and its answer:

@@ -217,6 +217,23 @@ export function speculationFlags(args: Record<string, unknown>): SpeculationChoi
   return { draftModel, numDraft: numDraft ?? defaultNumDraft };
 }
 
+/**
+ * serve's --prompt-cache-dir and --prompt-cache-max-gb (default: the server's), checked: an empty
+ * directory (an unset variable) or a bound without a directory would leave the server without
+ * one, unsaid.
+ */
+export function promptCacheDirFrom(args: Record<string, unknown>): {
+  promptCacheDir?: string;
+  promptCacheMaxBytes?: number;
+} {
+  const dir = args["prompt-cache-dir"] as string | undefined;
+  const gb = args["prompt-cache-max-gb"];
+  if (dir !== undefined && !dir.trim()) throw new Error("--prompt-cache-dir needs a directory");
+  if (gb === undefined) return { promptCacheDir: dir };
+  if (dir === undefined) throw new Error("--prompt-cache-max-gb needs --prompt-cache-dir");
+  return { promptCacheDir: dir, promptCacheMaxBytes: numberFlag("prompt-cache-max-gb", gb) * 1024 ** 3 };
+}
+
 /** citty gives a repeated string flag as an array, a single one as a string. */
 export function list(value: unknown): string[] {
   if (value === undefined) return [];

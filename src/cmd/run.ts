@@ -27,6 +27,7 @@ import { remoteModel, remoteSampling, streamRemoteCompletion } from "../provider
 import { checkThinkingBudget, pieceWriter, thinkingArgs, thinkingFrom } from "./thinking";
 import { openPromptCache as openPromptCacheFile } from "../engine/prompt-cache-file";
 import { PrefixCache } from "../engine/prefix-cache";
+import { promptTokens } from "../engine/prompt";
 import { repeatable, variadic } from "./strict-flags";
 
 export default defineCommand({
@@ -86,7 +87,10 @@ export default defineCommand({
             pipeline,
           });
       if (lm) checkThinkingBudget(lm, thinking);
-      const cached = lm && args["prompt-cache"] !== undefined ? openPromptCache(lm, args["prompt-cache"]) : undefined;
+      const cached =
+        lm && args["prompt-cache"] !== undefined
+          ? openPromptCache(lm, args["prompt-cache"], { system: args.system, raw: args.raw })
+          : undefined;
       // Ranks after the first hold layers only: the prompt (and stdin) is rank 0's.
       const text = pipeline?.rank ? "" : await readPrompt(args._.map(String).join(" "), cached?.document);
       const controller = new AbortController();
@@ -157,7 +161,20 @@ function jsonResult(r: CompletionResult, hideThinking: boolean) {
 }
 
 /** A file of mlx cache-prompt, as the prefix cache a run starts from, and the document it holds. */
-function openPromptCache(lm: LoadedModel, file: string): { prefixCache: PrefixCache; document?: string } {
+function openPromptCache(
+  lm: LoadedModel,
+  file: string,
+  prompt: { system?: string; raw?: boolean },
+): { prefixCache: PrefixCache; document?: string } {
   const prefixCache = new PrefixCache(Number.MAX_SAFE_INTEGER, 1);
-  return { prefixCache, document: openPromptCacheFile(lm, file, prefixCache).text };
+  const entry = openPromptCacheFile(lm, file, prefixCache);
+  // Under another system prompt or template the prompt starts with other tokens than the file
+  // holds: every run would prefill the whole document again, the file of no use, unsaid.
+  if (entry.text !== undefined && !sameTokens(promptTokens(lm.tokenizer, entry.text, prompt), entry.tokens))
+    throw new Error(
+      `${file} holds the document under another system prompt or template: give mlx run the --system and --raw that mlx cache-prompt was given`,
+    );
+  return { prefixCache, document: entry.text };
 }
+
+const sameTokens = (a: number[], b: number[]) => a.length === b.length && a.every((token, i) => token === b[i]);

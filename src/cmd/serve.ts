@@ -17,6 +17,7 @@ import {
   numberFlag,
   pipelineFrom,
   positiveInteger,
+  promptCacheDirFrom,
   speculationArgs,
   speculationFlags,
 } from "./options";
@@ -110,8 +111,7 @@ export default defineCommand({
     },
     "prompt-cache-max-gb": {
       type: "string",
-      description: "Bound of --prompt-cache-dir; least recently used files go first",
-      default: "10",
+      description: "Bound of --prompt-cache-dir; least recently used files go first (default 10)",
     },
     verbose: { type: "boolean", alias: "v", description: "Log more, with stack traces" },
     ...distributedArgs,
@@ -155,8 +155,7 @@ export default defineCommand({
         adapters,
         speculation,
         maxKvSize,
-        promptCacheDir: args["prompt-cache-dir"],
-        promptCacheMaxBytes: numberFlag("prompt-cache-max-gb", args["prompt-cache-max-gb"]) * 1024 ** 3,
+        ...promptCacheDirFrom(args),
         loadModel: pipeline && (await pipelineLoader(args.model!, pipeline, { kvQuantization, maxKvSize })),
         version: pkg.version,
         logError: (error) => {

@@ -396,12 +396,14 @@ export class BatchGenerator {
 
   /**
    * Up to numDraft tokens for a sequence (at most `room`), never more than its answer has room
-   * for after the target's own.
+   * for after the target's own. None for the first token: a prompt the prefix cache holds whole
+   * joins with its last token still to feed, and its first token is then sampled as a prefill
+   * samples it, so a seeded answer does not depend on what the cache held.
    */
   #draft(s: Sequence, room: number): Draft {
     const o = this.options.speculation!;
     const count = Math.min(o.numDraft, s.request.maxTokens - s.generated - 1, room);
-    if (s.request.speculate === false || s.pause > 0 || count <= 0) return { tokens: [] };
+    if (s.request.speculate === false || s.pause > 0 || s.generated === 0 || count <= 0) return { tokens: [] };
     if (o.draftModel) return modelDraft(o.draftModel, s, count, this.options.prefillChunk);
     const tokens = lookupDraft([...s.history, s.next], count);
     if (tokens.length === 0) this.#missed(s);

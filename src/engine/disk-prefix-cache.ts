@@ -243,7 +243,9 @@ export class DiskPrefixCache {
       return entry;
     } catch (error) {
       if (!(error instanceof PromptCacheFileError)) throw error;
-      this.#discard(stored.file, error);
+      // Another server on this directory removed it to keep within its bound: gone, not damaged.
+      if (!existsSync(stored.file)) this.#files.delete(name);
+      else this.#discard(stored.file, error);
       return undefined;
     }
   }

@@ -5,6 +5,7 @@ import { Conversation } from "../../engine/conversation";
 import type { LoadedModel } from "../../models/load";
 import { RemoteConversation, RemoteModel, remoteModel } from "../../providers";
 import { openModel } from "../open-model";
+import { aliasSpeculation } from "../../store/aliases";
 import type { ChatSettings } from "./settings";
 import { pieceWriter } from "../thinking";
 
@@ -23,7 +24,8 @@ export class ChatSession {
   /** Switches to another model; the conversation's text is kept. */
   async switchModel(name: string): Promise<void> {
     const current = this.conversation;
-    const model = remoteModel(name) ?? (await openModel(name));
+    // As opening it at the start would: with the speculative decoding models.toml gives it.
+    const model = remoteModel(name) ?? (await openModel(name, { speculation: aliasSpeculation(name) }));
     if (current instanceof Conversation && !(model instanceof RemoteModel)) {
       const previous = current.lm;
       current.useModel(model);
