@@ -111,7 +111,7 @@ describe("the dashboard feed", () => {
     const streams = Array.from({ length: 3 }, () =>
       fetch(`${server.url}/v1/completions`, {
         method: "POST",
-        body: JSON.stringify({ prompt: "Once upon a time", stream: true }),
+        body: JSON.stringify({ prompt: "Once upon a time", max_tokens: 4000, stream: true }),
       }),
     );
     const responses = await Promise.all(streams);
