@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import OpenAI from "openai";
 import { createApp, createState, type RunningServer } from "../src/server/app";
 import { mkdtempSync, rmSync } from "node:fs";
+import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { eventually, post, serve, tinyModel } from "./helpers/serve";
@@ -52,6 +53,14 @@ describe("bad input: a clear 4xx naming the field, and the server carries on", (
     ["max_tokens as a string", v1, { max_tokens: "10" }, 400, "max_tokens"],
     ["absurd max_tokens", v1, { max_tokens: 1e12 }, 400, "max_tokens"],
     ["absurd max_completion_tokens", v1, { max_completion_tokens: 100000 }, 400, "max_completion_tokens"],
+    // JSON.parse reads a number past float64's range as Infinity: said as such, not "got number".
+    [
+      "max_tokens past float64's range",
+      v1,
+      '{"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1e400}',
+      400,
+      /'max_tokens' must be a finite number, got Infinity/,
+    ],
     ["temperature as a string", v1, { temperature: "hot" }, 400, "temperature"],
     ["negative temperature", v1, { temperature: -1 }, 400, "temperature"],
     ["top_p of 0", v1, { top_p: 0 }, 400, "top_p"],
@@ -151,8 +160,61 @@ describe("bad input: a clear 4xx naming the field, and the server carries on", (
     expect((await api("/api/push", { model: "x" })).status).toBe(501);
   });
 
+  test("JSON nested 100,000 levels deep is a 400 on every route that reads it, never a 500", async () => {
+    const deep = (inner: string, depth = 100_000) => `${'{"a":'.repeat(depth)}${inner}${"}".repeat(depth)}`;
+    const user = '[{"role": "user", "content": "Hi"}]';
+    for (const [path, body] of [
+      // Each of these reached code that walks the value recursively: a stack overflow.
+      [
+        v1,
+        `{"model": "${model}", "messages": ${user}, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": ${deep("1")}}}}`,
+      ],
+      ["/api/chat", `{"model": "${model}", "messages": ${user}, "stream": false, "format": ${deep("1")}}`],
+      [
+        "/v1/messages",
+        `{"model": "${model}", "max_tokens": 4, "messages": [${user.slice(1, -1)}, {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": ${deep("1")}}]}, {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "x"}]}]}`,
+      ],
+      [
+        "/v1/responses",
+        `{"model": "${model}", "input": "Hi", "tools": [{"type": "function", "name": "f", "parameters": ${deep("{}")}}]}`,
+      ],
+      [v1, `${"[".repeat(100_000)}${"]".repeat(100_000)}`],
+    ] as const) {
+      const r = await post(`${server.url}${path}`, body);
+      expect(r.status).toBe(400);
+      expect(JSON.stringify(r.json)).toMatch(/nests arrays and objects deeper than 128 levels/);
+    }
+    // As deep as a real schema goes is fine.
+    const r = await post(
+      `${server.url}${v1}`,
+      chat({ response_format: { type: "json_schema", json_schema: { name: "x", schema: nestedArraySchema(40) } } }),
+    );
+    expect(r.status).toBe(200);
+  });
+
   test("afterwards the server answers normally", () => answersNormally());
 });
+
+/** Sends `request` as is on a new connection and returns what comes back until the server closes it or stops. */
+function rawExchange(port: number, request: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let answer = "";
+    const socket = connect(port, "127.0.0.1", () => socket.write(request));
+    socket.on("data", (bytes) => {
+      answer += bytes.toString();
+      // A whole JSON answer (its length is known): the server need not close the connection.
+      const length = /content-length: (\d+)/i.exec(answer)?.[1];
+      const body = answer.indexOf("\r\n\r\n");
+      if (length !== undefined && body >= 0 && answer.length - body - 4 >= Number(length)) socket.end();
+    });
+    socket.on("close", () => resolve(answer));
+    socket.on("error", reject);
+  });
+}
+
+/** A JSON schema of arrays of arrays ... of numbers, `depth` arrays deep. */
+const nestedArraySchema = (depth: number): object =>
+  depth === 0 ? { type: "number" } : { type: "array", items: nestedArraySchema(depth - 1) };
 
 describe("limits", () => {
   test("a prompt longer than the context is a 400 (context_length_exceeded), on both APIs", async () => {
@@ -205,6 +267,23 @@ describe("limits", () => {
       hub.stop(true);
     }
     await answersNormally();
+  });
+
+  test("a path that holds no model fails naming it, and the model loaded stays loaded", async () => {
+    await answersNormally(); // the shared model is loaded (one model at a time)
+    const root = mkdtempSync(join(tmpdir(), "mlx-not-a-model-"));
+    const notes = join(root, "notes.txt");
+    await Bun.write(notes, "not a model");
+    try {
+      for (const path of [root, notes]) {
+        const r = await post(`${server.url}/v1/chat/completions`, chat({ model: path }));
+        expect(r.json.error.code).toBe("model_load_failed");
+        expect(r.json.error.message).toContain(path);
+      }
+      expect(server.state.models.loaded.map((e) => e.path)).toEqual([model]);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
   });
 
   test("an oversized body is a 413 in JSON", async () => {
@@ -295,6 +374,49 @@ describe("limits", () => {
     }
   });
 
+  test("what an idle batch has room for is not refused as a full queue: n choices, a burst", async () => {
+    const small = serve({ maxQueue: 1, maxBatch: 4 }); // four running and one waiting fit
+    try {
+      await answersNormally(small.url); // loaded
+      const r = await post(`${small.url}/v1/chat/completions`, chat({ n: 5 }));
+      expect(r.status).toBe(200);
+      expect(r.json.choices).toHaveLength(5);
+      const burst = await Promise.all(
+        Array.from({ length: 5 }, () => post(`${small.url}/v1/chat/completions`, chat())),
+      );
+      expect(burst.map((b) => b.status)).toEqual([200, 200, 200, 200, 200]);
+    } finally {
+      await small.stop();
+    }
+  });
+
+  test("a body that stops arriving part way is a 504 past the request timeout, sized or chunked", async () => {
+    const hasty = serve({ requestTimeoutMs: 300 });
+    try {
+      const head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n";
+      for (const stalled of [
+        `${head}Content-Length: 1000\r\n\r\n{"messages": [`,
+        `${head}Transfer-Encoding: chunked\r\n\r\ne\r\n{"messages": [\r\n`,
+      ]) {
+        const answer = await rawExchange(hasty.port, stalled);
+        expect(answer).toStartWith("HTTP/1.1 504");
+        expect(answer).toContain('"code":"request_timeout"');
+      }
+      await answersNormally(hasty.url);
+    } finally {
+      await hasty.stop();
+    }
+  }, 30_000);
+
+  test("a timeout past a timer's range (24.8 days) is that long, not a timer that fires at once", async () => {
+    const patient = serve({ requestTimeoutMs: 10 ** 11 });
+    try {
+      await answersNormally(patient.url);
+    } finally {
+      await patient.stop();
+    }
+  });
+
   test("the per-request timeout: a 504 for a whole answer, an error event in a stream", async () => {
     const hasty = serve({ requestTimeoutMs: 100 });
     // An answer that takes far longer than the timeout however fast decoding gets: 4,000 tokens.
@@ -356,6 +478,80 @@ describe("disconnects and the event loop", () => {
     expect(metrics).toMatch(/mlx_generations_total\{route="[^"]+",finish_reason="cancelled"\} \d+/);
     await answersNormally();
   }, 30_000);
+
+  test("clients that leave while waiting for their model stop waiting, and nothing is loaded for them", async () => {
+    const root = mkdtempSync(join(tmpdir(), "mlx-wait-model-"));
+    const [busy, next] = [join(root, "busy"), join(root, "next")];
+    writeTinyModel(busy, { contextLength: 8192 });
+    writeTinyModel(next);
+    const loads: string[] = [];
+    const errors: unknown[] = [];
+    const one = serve({
+      maxLoadedModels: 1,
+      onLoad: (_name, path) => loads.push(path),
+      logError: (error) => errors.push(error),
+    });
+    const waitingForModel = async () =>
+      Number(/^mlx_requests_waiting_for_model (\d+)$/m.exec(await (await fetch(`${one.url}/metrics`)).text())![1]);
+    try {
+      // A request in progress holds the one model slot until it is released.
+      const held = await one.state.models.acquire(busy);
+      const leaving = Array.from({ length: 4 }, () => new AbortController());
+      const waiters = leaving.map((c, i) =>
+        fetch(`${one.url}/v1/${i === 0 ? "embeddings" : "completions"}`, {
+          method: "POST",
+          body: JSON.stringify(
+            i === 0 ? { model: next, input: "Once" } : { model: next, prompt: "Once", max_tokens: 2 },
+          ),
+          signal: c.signal,
+        }).catch(() => undefined),
+      );
+      await eventually(async () => (await waitingForModel()) === 4);
+      for (const c of leaving) c.abort();
+      await Promise.all(waiters);
+      // They are gone while the other model is still busy...
+      await eventually(async () => (await waitingForModel()) === 0);
+      held.release();
+      await Bun.sleep(0); // a load that waited for room would have run by now (it is synchronous)
+      // ...and when it is free, it is not swapped out for a model nobody waits for any more.
+      expect(one.state.models.loaded.map((e) => e.path)).toEqual([busy]);
+      expect(loads).toEqual([busy]);
+      expect(errors).toEqual([]); // a client leaving is not a server error
+      expect(one.state.requests.byStatus["500"]).toBeUndefined();
+      const r = await post(`${one.url}/v1/completions`, { model: next, prompt: "Once", max_tokens: 2 });
+      expect(r.status).toBe(200);
+    } finally {
+      await one.stop();
+      rmSync(root, { recursive: true, force: true });
+    }
+  }, 60_000);
+
+  test("a request for another model is served in its turn, not after every later one for the busy model", async () => {
+    const root = mkdtempSync(join(tmpdir(), "mlx-turns-"));
+    const [busy, next] = [join(root, "busy"), join(root, "next")];
+    writeTinyModel(busy);
+    writeTinyModel(next);
+    const one = serve({ maxLoadedModels: 1 });
+    const finished: string[] = [];
+    const complete = (m: string) =>
+      post(`${one.url}/v1/completions`, { model: m, prompt: "Once", max_tokens: 2 }).then((r) => {
+        finished.push(m);
+        return r.status;
+      });
+    try {
+      const held = await one.state.models.acquire(busy); // a request in progress on the busy model
+      const first = complete(next); // waits for the busy model to go idle
+      await eventually(() => one.state.models.acquiring === 1);
+      const later = complete(busy); // came later: waits its turn instead of keeping the model busy
+      await eventually(() => one.state.models.acquiring === 2);
+      held.release();
+      expect(await Promise.all([first, later])).toEqual([200, 200]);
+      expect(finished).toEqual([next, busy]);
+    } finally {
+      await one.stop();
+      rmSync(root, { recursive: true, force: true });
+    }
+  }, 60_000);
 
   test("/health answers promptly while a generation runs", async () => {
     const r = await fetch(`${server.url}/v1/completions`, {

@@ -14,15 +14,40 @@ export class ValidationError extends Error {
   }
 }
 
+/**
+ * How deeply a request body may nest (as serde_json's default). JSON.parse reads any depth, but
+ * what walks the body recursively afterwards (the schema compiler, the chat template,
+ * JSON.stringify) overflows the stack on the deepest, which would be a 500 or a crash.
+ */
+const MAX_JSON_DEPTH = 128;
+
 /** A request body as JSON (any value: the parsers check its shape). */
 export async function readJson(req: { text(): Promise<string> }): Promise<unknown> {
   const text = await req.text();
   if (!text.trim()) throw new ValidationError("the request body is empty (expected JSON)");
+  let body: unknown;
   try {
-    return JSON.parse(text);
+    body = JSON.parse(text);
   } catch (error) {
     throw new ValidationError(`the request body is not valid JSON: ${(error as Error).message}`);
   }
+  if (nestingDepth(body) > MAX_JSON_DEPTH)
+    throw new ValidationError(`the request body nests arrays and objects deeper than ${MAX_JSON_DEPTH} levels`);
+  return body;
+}
+
+/** How many arrays and objects deep a parsed JSON value goes, found without recursion. */
+function nestingDepth(value: unknown): number {
+  let deepest = 0;
+  const pending: [unknown, number][] = [[value, 0]];
+  while (pending.length > 0) {
+    const [v, depth] = pending.pop()!;
+    if (v === null || typeof v !== "object") continue;
+    deepest = Math.max(deepest, depth + 1);
+    if (deepest > MAX_JSON_DEPTH) return deepest;
+    for (const child of Object.values(v)) pending.push([child, depth + 1]);
+  }
+  return deepest;
 }
 
 /** A request feature we understand but do not implement: a 400 that says so. */
@@ -109,7 +134,9 @@ export class Fields {
   number(field: string, rule: NumberRule = {}): number | undefined {
     const v = this.body[field];
     if (v === undefined || v === null) return undefined;
-    if (typeof v !== "number" || !Number.isFinite(v)) this.fail(field, `must be a number, got ${describe(v)}`);
+    if (typeof v !== "number") this.fail(field, `must be a number, got ${describe(v)}`);
+    // JSON.parse reads a number past float64's range (1e400) as Infinity.
+    if (!Number.isFinite(v)) this.fail(field, `must be a finite number, got ${v}`);
     if (rule.integer && !Number.isInteger(v)) this.fail(field, `must be a whole number, got ${v}`);
     if (rule.min !== undefined && v < rule.min) this.fail(field, `must be >= ${rule.min}, got ${v}`);
     if (rule.max !== undefined && v > rule.max) this.fail(field, `must be <= ${rule.max}, got ${v}`);

@@ -229,9 +229,14 @@ export class Scheduler {
     };
   }
 
-  /** Whether submit() would be accepted now. */
+  /**
+   * Whether submit() would be accepted now: the queue holds maxQueue requests beyond those the
+   * batch has room for (a burst, or a request's n choices, that an idle batch would take at
+   * its next step is not refused as if it had to wait).
+   */
   get accepting(): boolean {
-    return this.waiting < this.options.maxQueue;
+    const roomInBatch = Math.max(0, this.limits.maxBatch - this.running);
+    return this.waiting < this.options.maxQueue + roomInBatch;
   }
 
   get limits(): { maxBatch: number; prefillChunk: number } {

@@ -57,10 +57,26 @@ export class ModelLoadError extends Error {
  * read), or of that only the slice of each layer `shard` names (tensor parallel).
  */
 export function loadModel(path: string, stage?: Stage, shard?: Shard): LoadedModel {
+  return checkModelPath(path) === "directory" ? loadDirectory(path, stage, shard) : loadGGUFFile(path, stage, shard);
+}
+
+/** What kind of model `path` holds, from a glance at its files; a ModelLoadError when it holds none. */
+export function checkModelPath(path: string): "directory" | "gguf" {
   if (!existsSync(path)) throw new ModelLoadError(`model not found: ${path}`);
-  if (statSync(path).isDirectory()) return loadDirectory(path, stage, shard);
+  if (statSync(path).isDirectory()) {
+    configFile(path);
+    return "directory";
+  }
   if (!isGGUFFile(path)) throw new ModelLoadError(`${path} is neither a model directory nor a GGUF file`);
-  return loadGGUFFile(path, stage, shard);
+  return "gguf";
+}
+
+/** An MLX directory's config.json, which every model directory has. */
+function configFile(dir: string): string {
+  const path = join(dir, "config.json");
+  if (!existsSync(path))
+    throw new ModelLoadError(`${dir} has no config.json (expected an MLX-community model directory)`);
+  return path;
 }
 
 function readJson(path: string): Record<string, unknown> {
@@ -95,9 +111,7 @@ function loadDirectory(dir: string, stage?: Stage, shard?: Shard): LoadedModel {
 
 /** An MLX directory's config and weights, as its files hold them. */
 export function readDirectoryTensors(dir: string): { config: ModelConfig; tensors: Map<string, MxArray> } {
-  const configPath = join(dir, "config.json");
-  if (!existsSync(configPath))
-    throw new ModelLoadError(`${dir} has no config.json (expected an MLX-community model directory)`);
+  const configPath = configFile(dir);
   const config = withModelErrors(dir, () => parseConfig(readJson(configPath)));
   const tensors = new Map<string, MxArray>();
   for (const file of weightFiles(dir)) {

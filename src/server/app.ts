@@ -9,7 +9,7 @@ import { Hono, type Context } from "hono";
 import { matchedRoutes } from "hono/route";
 import { bodyLimit } from "hono/body-limit";
 import { cors } from "hono/cors";
-import { ApiError, errorResponse, notFound, toApiError, unauthorized } from "./errors";
+import { ApiError, errorResponse, notFound, requestTimeout, toApiError, unauthorized } from "./errors";
 import { serverMetrics } from "./metrics";
 import { ModelRegistry, type LoadSettings } from "./model-registry";
 import { anthropicRoutes } from "./routes/anthropic";
@@ -126,7 +126,8 @@ export function createState(o: ServerOptions = {}): ServerState {
       apiKey: o.apiKey || undefined,
       corsOrigins: o.corsOrigins ?? [],
       maxBodyBytes: o.maxBodyBytes ?? 4 * 1024 * 1024,
-      requestTimeoutMs: o.requestTimeoutMs ?? 600_000,
+      // A timer takes at most 2^31 - 1 ms (24.8 days); past that it fires at once, so longer is that long.
+      requestTimeoutMs: Math.min(o.requestTimeoutMs ?? 600_000, 2 ** 31 - 1),
       defaultModel: o.defaultModel,
       version: o.version ?? "0.0.0",
     },
@@ -211,7 +212,20 @@ export function createApp(s: ServerState): Hono {
     });
   }
 
-  // 5. The body limit.
+  // 5. The body must arrive within the request timeout: a client that stops sending part way
+  // gets a 504 instead of holding its request open forever (the server has no idle cut-off).
+  app.use("*", async (c, next) => {
+    if (!c.req.raw.body) return next();
+    const body = bodyWithin(c.req.raw.body, s.config.requestTimeoutMs);
+    c.req.raw = new Request(c.req.raw, { body: body.stream, duplex: "half" } as RequestInit);
+    try {
+      await next();
+    } finally {
+      body.stopClock(); // read by now, or never
+    }
+  });
+
+  // 6. The body limit.
   app.use(
     "*",
     bodyLimit({
@@ -230,7 +244,7 @@ export function createApp(s: ServerState): Hono {
     }),
   );
 
-  // 6. The routes (the web pages first: a browser's GET / is the chat, anyone else's is Ollama's).
+  // 7. The routes (the web pages first: a browser's GET / is the chat, anyone else's is Ollama's).
   app.route("/", webRoutes(s));
   app.route("/", opsRoutes(s));
   app.route("/", openaiRoutes(s));
@@ -241,6 +255,38 @@ export function createApp(s: ServerState): Hono {
   app.route("/", ollamaModelRoutes(s));
   app.route("/", tokenRoutes(s));
   return app;
+}
+
+/**
+ * A request body that fails with the request's TimeoutError (a 504) when it has not all arrived
+ * `ms` after the request began.
+ */
+function bodyWithin(body: ReadableStream<Uint8Array>, ms: number) {
+  const reader = body.getReader();
+  let late = false;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const stream = new ReadableStream<Uint8Array>({
+    start(controller) {
+      timer = setTimeout(() => {
+        late = true;
+        controller.error(requestTimeout());
+        reader.cancel().catch(() => {});
+      }, ms);
+    },
+    async pull(controller) {
+      const { done, value } = await reader.read();
+      if (late) return;
+      if (done) {
+        clearTimeout(timer);
+        controller.close();
+      } else controller.enqueue(value);
+    },
+    cancel(reason) {
+      clearTimeout(timer);
+      return reader.cancel(reason);
+    },
+  });
+  return { stream, stopClock: () => clearTimeout(timer) };
 }
 
 export interface RunningServer {

@@ -41,6 +41,14 @@ export class TimeoutError extends Error {
   override name = "TimeoutError";
 }
 
+/** The client went away while its request waited (for its model): nobody reads the answer. */
+export class ClientGoneError extends Error {
+  override name = "ClientGoneError";
+  constructor() {
+    super("the client went away while its request waited for its model");
+  }
+}
+
 export const requestTimeout = () => new TimeoutError("the request took longer than the server's request timeout");
 
 export const notFound = (message: string, code = "not_found") =>
@@ -69,7 +77,8 @@ export function toApiError(error: unknown, onInternal?: (error: unknown) => void
     return new ApiError(400, error.message, "invalid_request_error", null, "invalid_schema");
   if (error instanceof BudgetError) return new ApiError(400, error.message, "invalid_request_error", error.option);
   // Nobody reads it (the client went away): the status only counts it in /metrics.
-  if (error instanceof EmbeddingCancelled) return new ApiError(499, error.message, "invalid_request_error");
+  if (error instanceof EmbeddingCancelled || error instanceof ClientGoneError)
+    return new ApiError(499, error.message, "invalid_request_error");
   if (error instanceof ContextLengthError)
     return new ApiError(400, error.message, "invalid_request_error", error.param, "context_length_exceeded");
   if (error instanceof QueueFullError)

@@ -136,7 +136,7 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
     lease?.release();
   };
   try {
-    lease = await untilAborted(ctx.models.acquire(input.model, input.keepAliveMs), controller.signal);
+    lease = await ctx.models.acquire(input.model, input.keepAliveMs, controller.signal);
     const lm = lease.entry.lm;
     prepared = await prepareGeneration(lm, {
       prompt: input.prompt,
@@ -178,41 +178,6 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
     lease?.release();
     throw deadline.timedOut() ? requestTimeout() : error;
   }
-}
-
-/**
- * The lease once the model is held, or a rejection as soon as the request is aborted (a
- * lease that comes later is released at once).
- */
-function untilAborted(acquiring: Promise<Lease>, signal: AbortSignal): Promise<Lease> {
-  if (signal.aborted) {
-    void acquiring.then(
-      (lease) => lease.release(),
-      () => {},
-    );
-    return Promise.reject(new Error("the request was aborted while waiting for its model"));
-  }
-  return new Promise<Lease>((resolve, reject) => {
-    const onAbort = () => {
-      void acquiring.then(
-        (lease) => lease.release(),
-        () => {},
-      );
-      reject(new Error("the request was aborted while waiting for its model"));
-    };
-    signal.addEventListener("abort", onAbort, { once: true });
-    acquiring.then(
-      (lease) => {
-        signal.removeEventListener("abort", onAbort);
-        if (signal.aborted) lease.release();
-        else resolve(lease);
-      },
-      (error) => {
-        signal.removeEventListener("abort", onAbort);
-        reject(error);
-      },
-    );
-  });
 }
 
 export function recordOutcome(

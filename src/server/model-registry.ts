@@ -5,7 +5,7 @@
 // A name may stand for a base model plus a LoRA/DoRA adapter (models.toml's `adapter`, or
 // serve --adapter): it shares the base's entry (one copy of the weights, one scheduler, so
 // requests for the base and its adapters batch together); the adapter is loaded once per base.
-import { loadModel, ModelLoadError, type LoadedModel, type SpeculationChoice } from "../models/load";
+import { checkModelPath, loadModel, ModelLoadError, type LoadedModel, type SpeculationChoice } from "../models/load";
 import { resolveModelPath } from "../store/resolve";
 import { aliasAdapter, aliasCacheSettings, aliasSpeculation } from "../store/aliases";
 import { loadAdapter, type Adapter } from "../models/lora";
@@ -16,6 +16,7 @@ import { listModels } from "../store/store";
 import type { IndexEntry } from "../store/model-index";
 import type { Scheduler } from "../engine/scheduler";
 import { ModelNotFoundError } from "../errors";
+import { ClientGoneError } from "./errors";
 
 /** The tag Ollama gives a model named without one. */
 export const LATEST_TAG = ":latest";
@@ -90,6 +91,8 @@ export class ModelRegistry {
   #everLoaded = false;
   /** Loads waiting for a busy model to go idle. */
   #waitingForRoom: (() => void)[] = [];
+  /** Requests for a loaded model held back until the loads waiting for room have had their turn. */
+  #waitingBehindLoads: (() => void)[] = [];
   /** Requests on their way to holding a model (by key): that model is not idle either. */
   readonly #claims = new Map<string, number>();
   /** The adapter directory each name stands for (undefined: none), read once. */
@@ -147,8 +150,12 @@ export class ModelRegistry {
     return path;
   }
 
-  /** The model named, loaded if need be, held until release(). `keepAliveMs` sets its keep-alive from now on. */
-  async acquire(name: string, keepAliveMs?: number): Promise<Lease> {
+  /**
+   * The model named, loaded if need be, held until release(). `keepAliveMs` sets its keep-alive
+   * from now on. Once `signal` aborts (the client went away) the request stops waiting (a
+   * ClientGoneError), and a load that only it waited for is not made.
+   */
+  async acquire(name: string, keepAliveMs?: number, signal?: AbortSignal): Promise<Lease> {
     let entry: LoadedEntry | undefined;
     let loadMs = 0;
     let key: string | undefined;
@@ -156,17 +163,24 @@ export class ModelRegistry {
     try {
       const path = await this.resolve(name);
       const settings = this.#settings(name);
-      key = this.#key(path, settings);
+      const wanted = this.#key(path, settings);
+      // First come, first served: a request for a loaded model waits behind the loads that
+      // wait for room, or a steady flow of requests would keep it busy and them waiting for ever.
+      while (this.#byKey.has(wanted) && this.#waitingForRoom.length > 0)
+        await untilAborted(new Promise<void>((resolve) => this.#waitingBehindLoads.push(resolve)), signal);
+      key = wanted;
       this.#claims.set(key, (this.#claims.get(key) ?? 0) + 1);
       entry = this.#byKey.get(key);
       if (!entry) {
         const started = performance.now();
-        entry = await this.#load(name, path, key, settings);
+        entry = await untilAborted(this.#load(name, path, key, settings), signal);
         loadMs = performance.now() - started;
       }
     } finally {
       this.#acquiring--;
       if (key !== undefined) this.#unclaim(key);
+      // A load waiting for room may now be wanted by nobody: it looks again (#makeRoom).
+      if (signal?.aborted) this.#wakeWaitingForRoom();
     }
     const held = entry;
     const adapter = this.#adapter(held, name);
@@ -175,7 +189,7 @@ export class ModelRegistry {
     held.lastUsed = Date.now();
     this.#cancelExpiry(held);
     let released = false;
-    return {
+    const lease: Lease = {
       entry: held,
       adapter,
       loadMs,
@@ -185,11 +199,16 @@ export class ModelRegistry {
         held.active--;
         held.lastUsed = Date.now();
         if (held.active === 0) {
-          for (const wake of this.#waitingForRoom.splice(0)) wake();
+          this.#wakeWaitingForRoom();
           this.#scheduleExpiry(held);
         }
       },
     };
+    if (signal?.aborted) {
+      lease.release();
+      throw new ClientGoneError();
+    }
+    return lease;
   }
 
   /** Sets a loaded model's keep-alive (0 unloads it now, or as soon as its requests end). */
@@ -237,7 +256,9 @@ export class ModelRegistry {
       try {
         // Let the event loop answer /health (503, loading) before the synchronous load.
         await new Promise((resolve) => setImmediate(resolve));
-        await this.#makeRoom();
+        // A path that holds no model fails before a loaded model is unloaded to make room for it.
+        checkModelPath(path);
+        await this.#makeRoom(key);
         const started = performance.now();
         const lm = this.options.load ? this.options.load(path, settings) : loadModel(path);
         lm.kvQuantization = settings.kvQuantization;
@@ -274,10 +295,13 @@ export class ModelRegistry {
         };
         this.#byKey.set(key, entry);
         this.#everLoaded = true;
+        // Every request it was loaded for went away while it loaded: it idles from now on.
+        if (!this.#claims.has(key)) this.#scheduleExpiry(entry);
         this.options.onLoad?.(entry);
         return entry;
       } finally {
         this.#loading.delete(key);
+        for (const wake of this.#waitingBehindLoads.splice(0)) wake();
       }
     })();
     this.#loading.set(key, promise);
@@ -301,8 +325,10 @@ export class ModelRegistry {
     else this.#claims.delete(key);
   }
 
-  async #makeRoom(): Promise<void> {
+  /** Room for the model `key` names, unless no request wants it any more. */
+  async #makeRoom(key: string): Promise<void> {
     for (;;) {
+      if (!this.#claims.has(key)) throw new ClientGoneError();
       const idle = this.loaded
         .filter((e) => e.active === 0 && !this.#claims.has(e.key))
         .sort((a, b) => a.lastUsed - b.lastUsed);
@@ -310,6 +336,10 @@ export class ModelRegistry {
       if (this.#byKey.size < this.options.maxLoaded) return;
       await new Promise<void>((resolve) => this.#waitingForRoom.push(resolve));
     }
+  }
+
+  #wakeWaitingForRoom(): void {
+    for (const wake of this.#waitingForRoom.splice(0)) wake();
   }
 
   #cancelExpiry(entry: LoadedEntry): void {
@@ -330,4 +360,15 @@ export class ModelRegistry {
     }, ms);
     entry.timer.unref?.();
   }
+}
+
+/** `promise`, or a ClientGoneError as soon as `signal` aborts (what `promise` settles to later is dropped). */
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (!signal) return promise;
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(new ClientGoneError());
+    if (signal.aborted) onAbort();
+    else signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+  });
 }

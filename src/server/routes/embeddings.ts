@@ -56,7 +56,7 @@ async function embedWith(
   req: EmbeddingsRequest,
   signal: AbortSignal,
 ): Promise<{ result: Embeddings; loadMs: number }> {
-  const lease = await s.models.acquire(model, req.keepAlive);
+  const lease = await s.models.acquire(model, req.keepAlive, signal);
   try {
     const result = await embed(lease.entry.lm, req.inputs, {
       dimensions: req.dimensions,
