@@ -122,7 +122,8 @@ describe("a rank lost while rank 0 loads a DoRA adapter", () => {
       "2",
       "--tensor-parallel",
       "--peer-timeout",
-      "2",
+      // The join is watched too: long enough for both processes to start on a loaded CI machine.
+      "5",
     ];
     const rank = (r: number, cwd: string) => startRank(home, ring, r, [...args, "Hello"], cwd);
     const [zero, one] = [rank(0, dir), rank(1, elsewhere)];
@@ -132,7 +133,7 @@ describe("a rank lost while rank 0 loads a DoRA adapter", () => {
       const code = await Promise.race([zero.exited, Bun.sleep(20_000).then(() => "still waiting")]);
       expect(code).toBe(3);
       expect(await new Response(zero.stderr).text()).toBe(
-        "error: rank 0: no answer from rank 1 for 2 s (--peer-timeout); stopping\n",
+        "error: rank 0: no answer from rank 1 for 5 s (--peer-timeout); stopping\n",
       );
     } finally {
       for (const p of [zero, one, stopper]) p.kill("SIGKILL");
