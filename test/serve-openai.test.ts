@@ -78,6 +78,32 @@ describe("OpenAI chat completions", () => {
     expect(usage).toEqual(whole.usage!);
   });
 
+  test("stream_options.include_obfuscation is taken either way (a local server pads no chunk)", async () => {
+    for (const include_obfuscation of [false, true]) {
+      const stream = await client.chat.completions.create({
+        model,
+        messages,
+        max_tokens: 3,
+        stream: true,
+        stream_options: { include_usage: true, include_obfuscation },
+      });
+      let usage: OpenAI.CompletionUsage | undefined | null;
+      for await (const chunk of stream) {
+        expect(chunk).not.toHaveProperty("obfuscation");
+        usage ??= chunk.usage;
+      }
+      expect(usage?.completion_tokens).toBeGreaterThan(0);
+    }
+    const misspelt = await post(`${server.url}/v1/chat/completions`, {
+      model,
+      messages,
+      stream: true,
+      stream_options: { include_obfuscation: "no" },
+    });
+    expect(misspelt.status).toBe(400);
+    expect(misspelt.json.error.param).toBe("stream_options.include_obfuscation");
+  });
+
   test("a stop string ends the answer before it (finish_reason stop, vLLM's stop_reason naming it), streamed or not", async () => {
     const full = (await client.chat.completions.create({ model, messages, max_tokens: 20, temperature: 0 })).choices[0]!
       .message.content!;

@@ -105,8 +105,11 @@ function commonFields(f: Fields): Omit<OpenAIRequest, "prompt" | "logprobs" | "t
   const streamOptions = f.object("stream_options");
   if (streamOptions && !stream)
     throw new ValidationError("'stream_options' is only allowed when 'stream' is true", "stream_options");
-  streamOptions?.onlyKnown(["include_usage"]);
+  streamOptions?.onlyKnown(["include_usage", "include_obfuscation"]);
   const includeUsage = streamOptions?.boolean("include_usage") ?? false;
+  // OpenAI pads its chunks against side channels over the internet, on by default; a local server
+  // adds none, which changes no chunk's meaning: either value is taken.
+  streamOptions?.boolean("include_obfuscation");
   const newer = f.integer("max_completion_tokens", { min: 1 });
   const maxTokens = newer ?? f.integer("max_tokens", { min: 1 });
   let topK = f.integer("top_k", { min: -1 });
