@@ -87,7 +87,8 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   const offered = offeredTools(spec.tools);
   const template = toolTemplate(lm.tokenizer.chatTemplate);
   const toolFormat = offered && template.format;
-  const thinking = settleThinking(lm.tokenizer, spec.prompt, spec.thinking, shapedAnswer(spec, toolFormat));
+  const shaped = shapedAnswer(spec.format !== undefined, spec.tools);
+  const thinking = settleThinking(lm.tokenizer, spec.prompt, spec.thinking, shaped);
   const promptIds = [
     ...(spec.prefixIds ?? []),
     ...tokenize(lm.tokenizer, spec.prompt, template, offered, thinking?.templateVars),
@@ -117,8 +118,7 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   const startsInside = thinking !== undefined && opensThinking(lm.tokenizer.decode(promptIds.slice(-16)));
   // A template that opens the reasoning and cannot switch it off gets a budget of 0 under a grammar
   // that shapes the whole answer: `</think>` is forced first, and the grammar shapes what follows.
-  const forced =
-    startsInside && thinking?.budget === 0 && shapedAnswer(spec, toolFormat) ? forcedClose(lm.tokenizer).length : 0;
+  const forced = startsInside && thinking?.budget === 0 && shaped ? forcedClose(lm.tokenizer).length : 0;
   const constraint = await grammarConstraint(lm, spec, toolFormat, maxTokens - forced).catch((error) => {
     if (!(error instanceof BudgetError)) throw error;
     throw new BudgetError(error.maxTokens + forced, error.minimum + forced, maxTokensParam);
@@ -139,7 +139,7 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
       maxTokens,
       // A schema or a required call fixes the answer's whole shape, and the grammar ends it there:
       // a stop string met inside (a quote, a newline) would only cut it into something invalid.
-      stop: shapedAnswer(spec, toolFormat) ? undefined : spec.stop,
+      stop: shaped ? undefined : spec.stop,
       topLogprobs: spec.topLogprobs,
       processors,
       reasoning: thinking && { startsInside },
@@ -177,10 +177,8 @@ export function countPromptTokens(
   thinking?: ThinkingRequest,
   jsonOutput = false,
 ): number {
-  const offered = offeredTools(tools);
-  const callsRequired = offered !== undefined && requiredFunctions(tools!) !== undefined;
-  const vars = settleThinking(lm.tokenizer, prompt, thinking, jsonOutput || callsRequired)?.templateVars;
-  return tokenize(lm.tokenizer, prompt, toolTemplate(lm.tokenizer.chatTemplate), offered, vars).length;
+  const vars = settleThinking(lm.tokenizer, prompt, thinking, shapedAnswer(jsonOutput, tools))?.templateVars;
+  return tokenize(lm.tokenizer, prompt, toolTemplate(lm.tokenizer.chatTemplate), offeredTools(tools), vars).length;
 }
 
 /**
@@ -262,10 +260,9 @@ const startingAt =
   (history, logits) =>
     history.length < length ? logits : processor(history, logits);
 
-/** Whether a grammar fixes the answer's whole shape: the request's JSON format, or calls it requires. */
-const shapedAnswer = (spec: GenerationSpec, toolFormat: ToolCallFormat | undefined) =>
-  spec.format !== undefined ||
-  (toolFormat !== undefined && spec.tools !== undefined && !!requiredFunctions(spec.tools));
+/** Whether a grammar fixes the answer's whole shape from its first token: JSON output, or calls the request requires. */
+const shapedAnswer = (jsonOutput: boolean, tools: ToolRequest | undefined) =>
+  jsonOutput || (offeredTools(tools) !== undefined && requiredFunctions(tools!) !== undefined);
 
 /**
  * The grammar the answer must follow: calls when the request requires one, the request's JSON
