@@ -4,7 +4,7 @@ import { readFileSync } from "node:fs";
 import { readManifest, type ModelManifest } from "../store/manifest";
 import { blobPath } from "../store/paths";
 import { formatBytes, formatCount } from "../format";
-import { readGGUFHeader } from "../models/gguf-header";
+import { ggufParameterCount, readGGUFHeader } from "../models/gguf-header";
 import { modelRequest } from "../store/pull";
 import { loadPath } from "../store/store";
 import { fail } from "./log";
@@ -80,7 +80,7 @@ function ggufSummary(path: string): Record<string, unknown> {
   const arch = metadata.get("general.architecture");
   const own = (key: string) => metadata.get(`${arch}.${key}`);
   const tokens = metadata.get("tokenizer.ggml.tokens");
-  const parameters = tensors.reduce((n, t) => n + t.dims.reduce((a, b) => a * b, 1), 0);
+  const parameters = ggufParameterCount(tensors);
   const summary: Record<string, unknown> = {
     model_name: metadata.get("general.name"),
     parameters: formatCount(parameters),

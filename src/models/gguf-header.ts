@@ -182,6 +182,10 @@ function skipArray(c: Cursor): number {
   return count;
 }
 
+/** The parameters a GGUF's tensors hold: their elements, summed. */
+export const ggufParameterCount = (tensors: GGUFTensorInfo[]) =>
+  tensors.reduce((n, t) => n + t.dims.reduce((a, b) => a * b, 1), 0);
+
 /** Reads the header, checking that every tensor lies inside the file; throws a clear error otherwise. */
 export function readGGUFHeader(path: string): GGUFHeader {
   const fd = openSync(path, "r");

@@ -109,10 +109,15 @@ function loadDirectory(dir: string, stage?: Stage, shard?: Shard): LoadedModel {
   return assemble(tensors, config, tokenizer, "mlx", dir, [], stage, shard);
 }
 
+/** An MLX directory's config.json, read and checked (a ModelLoadError naming the directory otherwise). */
+export function readDirectoryConfig(dir: string): ModelConfig {
+  const configPath = configFile(dir);
+  return withModelErrors(dir, () => parseConfig(readJson(configPath)));
+}
+
 /** An MLX directory's config and weights, as its files hold them. */
 export function readDirectoryTensors(dir: string): { config: ModelConfig; tensors: Map<string, MxArray> } {
-  const configPath = configFile(dir);
-  const config = withModelErrors(dir, () => parseConfig(readJson(configPath)));
+  const config = readDirectoryConfig(dir);
   const tensors = new Map<string, MxArray>();
   for (const file of weightFiles(dir)) {
     if (!existsSync(file)) throw new ModelLoadError(`missing weight file ${file}`);

@@ -1,8 +1,7 @@
 // Ollama-compatible routes: /api/chat and /api/generate (NDJSON streams or one object),
 // /api/tags, /api/ps, /api/show (from the model's files, without loading it), /api/version.
 import { createHash } from "node:crypto";
-import { readFileSync, statSync } from "node:fs";
-import { join } from "node:path";
+import { statSync } from "node:fs";
 import { Hono, type Context } from "hono";
 import {
   nanos,
@@ -24,9 +23,9 @@ import { readJson } from "../../api/validate";
 import type { ServerState } from "../state";
 import { remoteModelConfigs } from "../../providers";
 import { formatCount } from "../../format";
-import { parseConfig, type ModelConfig } from "../../models/config";
-import { readGGUFHeader, type GGUFHeader } from "../../models/gguf-header";
-import { withModelErrors } from "../../models/load";
+import type { ModelConfig } from "../../models/config";
+import { ggufParameterCount, readGGUFHeader, type GGUFHeader } from "../../models/gguf-header";
+import { readDirectoryConfig, withModelErrors } from "../../models/load";
 import { readManifest } from "../../store/manifest";
 import { loadPath } from "../../store/store";
 import { Tokenizer } from "../../tokenizer/tokenizer";
@@ -222,7 +221,7 @@ function ggufFacts({ metadata, tensors }: GGUFHeader): ModelFacts {
     const value = metadata.get(key);
     return typeof value === "string" ? value : "";
   };
-  const parameterCount = tensors.reduce((n, t) => n + t.dims.reduce((a, b) => a * b, 1), 0);
+  const parameterCount = ggufParameterCount(tensors);
   const modelInfo: Record<string, unknown> = Object.fromEntries(
     [...metadata].map(([key, value]) => [key, typeof value === "object" ? null : value]),
   );
@@ -240,7 +239,7 @@ function ggufFacts({ metadata, tensors }: GGUFHeader): ModelFacts {
 
 /** An MLX directory's facts, from its config.json and tokenizer files. */
 function directoryFacts(dir: string): ModelFacts {
-  const config = parseConfig(JSON.parse(readFileSync(join(dir, "config.json"), "utf8")));
+  const config = readDirectoryConfig(dir);
   const arch = config.modelType;
   const count = parameterCount(config);
   return {
