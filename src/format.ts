@@ -24,3 +24,8 @@ export function formatCount(n: number): string {
 export function fileErrorReason(error: unknown): string {
   return (error as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (error as Error).message;
 }
+
+/** Why a file could not be written, likewise: writing, ENOENT means the folder it goes in is missing. */
+export function writeErrorReason(error: unknown): string {
+  return (error as NodeJS.ErrnoException).code === "ENOENT" ? "no such directory" : fileErrorReason(error);
+}

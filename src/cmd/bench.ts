@@ -4,7 +4,7 @@
 import { defineCommand } from "citty";
 import { accessSync, constants, existsSync, writeFileSync } from "node:fs";
 import { basename, dirname, resolve } from "node:path";
-import { fileErrorReason } from "../format";
+import { writeErrorReason } from "../format";
 import { clearMemoryCache } from "../engine/device";
 import type { LoadedModel } from "../models/load";
 import { loadAliases } from "../store/aliases";
@@ -228,9 +228,7 @@ function emit(output: Output, asJson: () => unknown, asCsv: () => string, asTabl
 }
 
 const cannotWritePlot = (file: string, error: unknown) =>
-  new Error(
-    `cannot write the plot to ${file}: ${(error as NodeJS.ErrnoException).code === "ENOENT" ? "no such directory" : fileErrorReason(error)}`,
-  );
+  new Error(`cannot write the plot to ${file}: ${writeErrorReason(error)}`);
 
 /** Before the measurements (minutes, maybe), not after them: the plot's folder can be written. */
 function checkPlotFolder(file: string): void {

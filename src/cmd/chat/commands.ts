@@ -13,7 +13,7 @@ import {
   type ChatSettings,
 } from "./settings";
 import { validateSampling, type SamplingParams } from "../../engine/sampling";
-import { fileErrorReason } from "../../format";
+import { fileErrorReason, writeErrorReason } from "../../format";
 import { Conversation } from "../../engine/conversation";
 import { loadAliases } from "../../store/aliases";
 
@@ -71,8 +71,7 @@ const commands: Record<string, Handler> = {
     try {
       writeFileSync(file, `${JSON.stringify(saved, null, 2)}\n`);
     } catch (error) {
-      const reason = (error as NodeJS.ErrnoException).code === "ENOENT" ? "no such directory" : fileErrorReason(error);
-      throw new Error(`cannot write '${file}': ${reason}`);
+      throw new Error(`cannot write '${file}': ${writeErrorReason(error)}`);
     }
     s.say(`saved ${s.conversation.messages.length} messages to ${file}`);
   },
