@@ -40,6 +40,10 @@ describe("sampler", () => {
     expect([...picks].sort()).toEqual([0, 1]);
   });
 
+  test("a top-p too small for float32 (1 - p rounds to 1) keeps the most likely token, never none", () => {
+    expect(new Set(draw({ temperature: 1, topP: 1e-9, seed: 4 }, [0.25, 0.4, 0.2, 0.15], 40))).toEqual(new Set([1]));
+  });
+
   test("min-p drops tokens below min-p × the best", () => {
     const picks = new Set(draw({ temperature: 1, minP: 0.5, seed: 2 }, [0.45, 0.35, 0.05, 0.15], 80));
     expect([...picks].sort()).toEqual([0, 1]);

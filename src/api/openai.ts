@@ -1,5 +1,6 @@
 // The OpenAI API's request and response shapes (chat completions, completions, models), the
 // validation of requests, and the builders of responses and stream chunks.
+import { createHash } from "node:crypto";
 import type { ConversationMessage } from "../engine/tools";
 import type { FormatInput, PromptInput, SamplingInput, ThinkingRequest, ToolRequest } from "./common";
 import { parseToolCalls, toolRequest, toolResultName } from "./tools";
@@ -184,10 +185,10 @@ function logitBias(f: Fields): Map<number, number> | undefined {
   if (!bias) return undefined;
   const out = new Map<number, number>();
   for (const key of Object.keys(bias.body)) {
-    const id = Number(key);
-    if (!Number.isInteger(id) || id < 0)
+    // Decimal digits only: Number() would also read "", " 5", "0x10" and "1e2" as some other token's id.
+    if (!/^\d+$/.test(key))
       throw new ValidationError(`'logit_bias' keys must be token ids, got '${key}'`, "logit_bias");
-    out.set(id, bias.number(key, { min: -100, max: 100 })!);
+    out.set(Number(key), bias.number(key, { min: -100, max: 100 })!);
   }
   return out.size > 0 ? out : undefined;
 }
@@ -341,6 +342,13 @@ export interface CompletionLogprobs {
   top_logprobs: Record<string, number>[] | null;
   text_offset: number[];
 }
+
+/**
+ * OpenAI's system_fingerprint: which backend configuration answered. Here the model's name and
+ * this server's version, so it changes when either does (a client may log it next to seeds).
+ */
+export const systemFingerprint = (model: string, version: string) =>
+  `fp_${createHash("sha256").update(`${version}\n${model}`).digest("hex").slice(0, 10)}`;
 
 export const newId = (prefix: string) => `${prefix}-${crypto.randomUUID().replaceAll("-", "").slice(0, 24)}`;
 export const unixSeconds = () => Math.floor(Date.now() / 1000);

@@ -135,7 +135,10 @@ function topP(logprobs: MxArray, p: number): MxArray {
   const order = mx.argsort(logprobs, -1); // ascending
   const sortedProbs = mx.takeAlongAxis(mx.exp(logprobs), order, -1);
   const cumulative = mx.takeAlongAxis(mx.cumsum(sortedProbs, -1), inversePermutation(order), -1);
-  return mx.where(mx.greater(cumulative, 1 - p), logprobs, negativeInfinity(logprobs));
+  // The most likely token always stays (as in vLLM): in float32 the whole sum can fall short of
+  // 1 - p (for p under about 3e-8, 1 - p rounds to 1), which would drop every token: a draw of noise.
+  const best = mx.equal(logprobs, mx.max(logprobs, -1, true));
+  return mx.where(mx.logicalOr(mx.greater(cumulative, 1 - p), best), logprobs, negativeInfinity(logprobs));
 }
 
 function minP(logprobs: MxArray, p: number): MxArray {

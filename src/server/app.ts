@@ -81,6 +81,8 @@ const routeLabel = (c: Context) =>
 export function createState(o: ServerOptions = {}): ServerState {
   const maxQueue = o.maxQueue ?? 64;
   const maxBatch = o.maxBatch ?? 8;
+  // The adaptive tuner may grow the batch up to this; without it the batch stays at maxBatch.
+  const largestBatch = o.targetItlMs ? Math.max(maxBatch, 32) : maxBatch;
   const prefillChunk = o.prefillChunk ?? DEFAULT_PREFILL_CHUNK;
   const prefixCacheBytes = o.prefixCacheBytes ?? 512 * 1024 * 1024;
   // One queue of file writes for every model's disk cache: a stopping server waits for it.
@@ -110,7 +112,7 @@ export function createState(o: ServerOptions = {}): ServerState {
             initial: { maxBatch, prefillChunk },
             bounds: {
               minBatch: 1,
-              maxBatch: Math.max(maxBatch, 32),
+              maxBatch: largestBatch,
               minChunk: 32,
               maxChunk: Math.max(prefillChunk, 2048),
             },
@@ -129,6 +131,7 @@ export function createState(o: ServerOptions = {}): ServerState {
       // A timer takes at most 2^31 - 1 ms (24.8 days); past that it fires at once, so longer is that long.
       requestTimeoutMs: Math.min(o.requestTimeoutMs ?? 600_000, 2 ** 31 - 1),
       defaultModel: o.defaultModel,
+      maxSequences: largestBatch + maxQueue,
       version: o.version ?? "0.0.0",
     },
     models: new ModelRegistry({

@@ -12,6 +12,8 @@ export interface ServerConfig {
   requestTimeoutMs: number;
   /** The model a request that names none gets (the one given to `mlx serve -m`). */
   defaultModel?: string;
+  /** Most sequences a model's scheduler ever holds at once (its largest batch plus its queue). */
+  maxSequences: number;
   version: string;
 }
 

@@ -6,6 +6,7 @@ import {
   newId,
   parseChatRequest,
   parseCompletionRequest,
+  systemFingerprint,
   unixSeconds,
   usage,
   type ChatLogprob,
@@ -13,7 +14,7 @@ import {
   type OpenAIRequest,
 } from "../../api/openai";
 import type { GenerationUsage, TokenLogprob } from "../../engine/scheduler";
-import { errorBody, notFound } from "../errors";
+import { badRequest, errorBody, notFound } from "../errors";
 import { httpRequestBounds, requestedModel, startGeneration, tokenText, type Generation } from "../generation";
 import {
   closedEarly,
@@ -27,7 +28,7 @@ import { readJson } from "../../api/validate";
 import type { ServerState } from "../state";
 import type { Tokenizer } from "../../tokenizer/tokenizer";
 import { ToolCallStream, type ToolCall } from "../../engine/tools";
-import { remoteModelNames } from "../../providers";
+import { remoteModel, remoteModelNames } from "../../providers";
 import { anthropicModel, anthropicModelList } from "../../api/anthropic";
 
 type Kind = "chat" | "completion";
@@ -81,6 +82,7 @@ async function complete(s: ServerState, c: Context, kind: Kind): Promise<Respons
   const body = await readJson(c.req);
   const req = kind === "chat" ? parseChatRequest(body) : parseCompletionRequest(body);
   const model = requestedModel(s.config, req.model);
+  if (!remoteModel(model)) checkChoicesFit(req.n, s.config.maxSequences);
   const input = {
     ...httpRequestBounds(s.config, c.req),
     model,
@@ -103,8 +105,25 @@ async function complete(s: ServerState, c: Context, kind: Kind): Promise<Respons
   const gens = await startChoices(req.n, (i) =>
     startGeneration(s, { ...input, sampling: { ...req.sampling, seed: seed === undefined ? undefined : seed + i } }),
   );
-  const meta = { id: newId(kind === "chat" ? "chatcmpl" : "cmpl"), created: unixSeconds(), model };
+  const meta = {
+    id: newId(kind === "chat" ? "chatcmpl" : "cmpl"),
+    created: unixSeconds(),
+    model,
+    system_fingerprint: systemFingerprint(model, s.config.version),
+  };
   return req.stream ? streamed(s, gens, req, kind, meta) : whole(gens, req, kind, meta);
+}
+
+/**
+ * A request's n choices are n sequences of one model's scheduler: more than it can ever hold
+ * would be a 429 that no retry could clear, so it is a 400 naming the limit.
+ */
+function checkChoicesFit(n: number, maxSequences: number): void {
+  if (n > maxSequences)
+    throw badRequest(
+      `'n' must be <= ${maxSequences} on this server: a model holds at most ${maxSequences} sequences at once (--max-batch plus --max-queue)`,
+      "n",
+    );
 }
 
 /** Starts `n` generations; if one cannot start, those already started are stopped. */
@@ -126,6 +145,7 @@ interface Meta {
   id: string;
   created: number;
   model: string;
+  system_fingerprint: string;
 }
 
 function chatLogprobs(tokenizer: Tokenizer, tokens: TokenLogprob[], top: TokenLogprob[][] | undefined): ChatLogprob[] {
@@ -303,7 +323,9 @@ function choiceStream(
           const logprobs = req.logprobs
             ? completionLogprobs(tokenizer, event.tokens, event.top, offset, req.topLogprobs)
             : null;
-          offset += event.text.length;
+          // Offsets count every token's text, shown yet or not (a stop string's first characters
+          // or part of a character wait): as the whole answer's offsets do.
+          offset += logprobs?.tokens.reduce((length, token) => length + token.length, 0) ?? 0;
           send(sse(chunk({ text: event.text, logprobs })));
         }
       },
