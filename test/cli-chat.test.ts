@@ -1,7 +1,7 @@
 // `mlx chat` in a real terminal: the executable runs in a tmux pane (a pseudo-terminal),
 // driven with keystrokes and read back from the screen. Uses a tiny random-weight model.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { writeTinyModel } from "./helpers/tiny-model";
@@ -150,6 +150,44 @@ describe.skipIf(!hasTmux)("mlx chat in a terminal, leaving from inside a block",
   });
 });
 
+describe.skipIf(!hasTmux)("mlx chat in a terminal: /model's picker", () => {
+  const picker = `${session}-picker`;
+  const pickerHome = join(root, "picker-home");
+  afterAll(() => {
+    if (tmux("has-session", "-t", picker).exitCode === 0) tmux("kill-session", "-t", picker);
+  });
+
+  test("the keys that pick a model are the picker's alone: an Up then Enter does not also rerun /model", async () => {
+    // The picker lists the built-in aliases first: here they name two tiny models.
+    const [listedFirst, listedSecond] = [join(root, "picker-first"), join(root, "picker-second")];
+    writeTinyModel(listedFirst);
+    writeTinyModel(listedSecond, { seed: 2 });
+    mkdirSync(pickerHome, { recursive: true });
+    writeFileSync(
+      join(pickerHome, "models.toml"),
+      `[models.smollm2]\nsource = "${listedFirst}"\n\n[models.gemma3]\nsource = "${listedSecond}"\n`,
+    );
+    const command = `MLX_HOME='${pickerHome}' NO_COLOR=1 ${mlxCommand} chat --max-tokens 4`;
+    tmux("new-session", "-d", "-s", picker, "-x", "150", "-y", "50", command);
+    const view = () => tmux("capture-pane", "-p", "-t", picker).stdout.toString();
+    const until = async (pattern: RegExp) => {
+      for (const deadline = Date.now() + 20_000; !pattern.test(view()) && Date.now() < deadline; ) await Bun.sleep(100);
+      expect(view()).toMatch(pattern);
+    };
+    await until(/^>>>\s*$/m);
+    tmux("send-keys", "-t", picker, "/model", "Enter");
+    await until(/Switch to which model\?/);
+    // Up wraps round to the second alias; to readline it would recall "/model", which Enter sends.
+    tmux("send-keys", "-t", picker, "Up");
+    await until(/● gemma3/);
+    tmux("send-keys", "-t", picker, "Enter");
+    await until(/now chatting with gemma3\n>>>\s*$/m);
+    await Bun.sleep(1000); // time for a second /model to show its picker, were one sent
+    expect(view()).not.toContain("Enter: confirm"); // no picker open again
+    expect(view()).toMatch(/now chatting with gemma3\n>>>\s*$/m);
+  });
+});
+
 describe("mlx chat with piped input", () => {
   test("answers each line, runs slash commands, and exits at the end of input", async () => {
     const piped = join(root, "piped");
@@ -222,5 +260,88 @@ describe("mlx chat with piped input", () => {
     expect(code).toBe(0);
     expect(stderr).toContain("system prompt:  Be  brief:\tone line.\n");
     expect(stderr).toContain(`error: cannot write '${missing}': no such directory\n`);
+  });
+});
+
+describe("mlx chat /model", () => {
+  const first = join(root, "switch-first");
+  const second = join(root, "switch-second");
+  const aliasHome = join(root, "switch-home");
+  beforeAll(() => {
+    // Heads of 64 values: room for a KV quantization group of 32 or 64.
+    writeTinyModel(first, { headDim: 64, seed: 1 });
+    writeTinyModel(second, { headDim: 64, seed: 2 });
+    mkdirSync(aliasHome, { recursive: true });
+    writeFileSync(join(aliasHome, "models.toml"), `[models.second-8bit]\nsource = "${second}"\nkv_bits = 8\n`);
+  });
+
+  /** What a chat started with `flags` on the first model, fed `stdin`, writes; it must exit 0, errors unless `errors`. */
+  const chat = async (flags: string[], stdin: string, o: { errors?: boolean } = {}) => {
+    const proc = Bun.spawn([process.execPath, main, "chat", "-m", first, "--max-tokens", "3", ...flags], {
+      stdin: new Blob([stdin]),
+      stdout: "pipe",
+      stderr: "pipe",
+      env: { ...process.env, MLX_HOME: aliasHome },
+    });
+    const [stdout, stderr, code] = await Promise.all([
+      new Response(proc.stdout).text(),
+      new Response(proc.stderr).text(),
+      proc.exited,
+    ]);
+    if (!o.errors) expect(stderr).not.toContain("error:");
+    expect(code).toBe(0);
+    return { stdout, stderr };
+  };
+
+  test("the model switched to keeps the command line's KV cache and speculation flags", async () => {
+    const quantized = await chat(
+      ["--kv-bits", "4", "--kv-group-size", "32", "--prompt-lookup", "--num-draft", "2"],
+      `/model ${second}\n/show\nhello\n`,
+    );
+    expect(quantized.stderr).toContain(`now chatting with ${second}`);
+    expect(quantized.stderr).toContain(`model:          ${second}`);
+    expect(quantized.stderr).toContain("kv cache:       4-bit, group 32\n");
+    expect(quantized.stderr).toContain("speculation:    prompt lookup, 2 tokens drafted per step\n");
+    expect(quantized.stdout.trim()).not.toBe(""); // and it answers with them
+
+    const drafted = await chat(["--draft-model", first], `/model ${second}\n/show\n`);
+    expect(drafted.stderr).toContain(`speculation:    draft model ${first}, 3 tokens drafted per step\n`);
+  });
+
+  test("with a rotating cache from the flags and the alias's own kv_bits", async () => {
+    const { stderr } = await chat(["--max-kv-size", "64"], "/model second-8bit\n/show\n");
+    expect(stderr).toContain("kv cache:       8-bit, group 64, rotating: at most 64 positions\n");
+    expect(stderr).toContain("speculation:    off\n");
+  });
+
+  test("a model the KV cache flags do not fit is refused in one line, and the chat goes on with the one it had", async () => {
+    const narrow = join(root, "switch-narrow");
+    writeTinyModel(narrow, { headDim: 16 });
+    const { stdout, stderr } = await chat(["--kv-bits", "4"], `/model ${narrow}\n/show\nhello\n`, { errors: true });
+    expect(stderr).toContain("error: invalid option: a 4-bit KV cache needs the head size (16) to be a multiple");
+    expect(stderr).not.toContain("now chatting with");
+    expect(stderr).toContain(`model:          ${first} (mlx)`);
+    expect(stdout.trim()).not.toBe("");
+  });
+
+  test("a model without a chat template is refused in one line: at the start, and by /model", async () => {
+    const untemplated = join(root, "switch-untemplated");
+    writeTinyModel(untemplated);
+    const configFile = join(untemplated, "tokenizer_config.json");
+    const { chat_template: _, ...config } = JSON.parse(readFileSync(configFile, "utf8"));
+    writeFileSync(configFile, JSON.stringify(config));
+    const refusal = `error: ${untemplated} has no chat template to chat with (mlx run sends it prompts as plain text)\n`;
+
+    const start = Bun.spawn([process.execPath, main, "chat", "-m", untemplated], {
+      stdin: new Blob(["hello\n"]),
+      stderr: "pipe",
+      env: { ...process.env, MLX_HOME: aliasHome },
+    });
+    expect(await new Response(start.stderr).text()).toBe(refusal);
+    expect(await start.exited).toBe(1);
+
+    const { stdout, stderr } = await chat([], `/model ${untemplated}\nhello\n`, { errors: true });
+    expect(stderr).toBe(refusal);
+    expect(stdout.trim()).not.toBe(""); // answered by the model it had
   });
 });

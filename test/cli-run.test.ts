@@ -359,3 +359,44 @@ describe("mlx run: Ctrl-C", () => {
     expect(code).toBe(130);
   });
 });
+
+const hasScript = Bun.spawnSync(["which", "script"]).exitCode === 0;
+
+describe.skipIf(!hasScript)("mlx run on a terminal: a thinking model's reasoning", () => {
+  // DeepSeek-R1-style: the prompt opens <think>, so the random model's answer starts as reasoning
+  // and, in a few tokens, ends before any </think>.
+  const thinking = join(root, "tiny-thinking");
+  beforeAll(() =>
+    writeTinyModel(thinking, {
+      chatTemplate:
+        "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endfor %}" +
+        "{%- if add_generation_prompt %}<|im_start|>assistant\n<think>\n{%- endif %}",
+    }),
+  );
+
+  /** What `mlx run` writes to a pseudo-terminal (util-linux's script gives it one). */
+  const onTerminal = async (noColor: string | undefined) => {
+    const command = `'${process.execPath}' '${main}' run -m '${thinking}' --max-tokens 6 hi`;
+    const proc = Bun.spawn(["script", "-q", "-e", "-c", command, "/dev/null"], {
+      stdin: "ignore",
+      stdout: "pipe",
+      stderr: "pipe",
+      env: { ...process.env, MLX_HOME: join(root, "home"), NO_COLOR: noColor },
+    });
+    const [stdout, code] = await Promise.all([new Response(proc.stdout).text(), proc.exited]);
+    expect(code).toBe(0);
+    return stdout;
+  };
+
+  test("dimmed, and undimmed again when max tokens cuts it off before any answer", async () => {
+    const out = await onTerminal(undefined);
+    expect(out.startsWith("\x1b[2m")).toBe(true);
+    expect(out.trimEnd().endsWith("\x1b[22m")).toBe(true); // the shell's prompt after it is not dim
+  });
+
+  test("NO_COLOR: no escape codes", async () => {
+    const out = await onTerminal("1");
+    expect(out.trim()).not.toBe("");
+    expect(out).not.toContain("\x1b[");
+  });
+});

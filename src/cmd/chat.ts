@@ -4,7 +4,7 @@ import { defineCommand } from "citty";
 import { join } from "node:path";
 import { storeRoot } from "../store/paths";
 import { fail, setVerbose } from "./log";
-import { openModel } from "./open-model";
+import { openModel, type OpenOptions } from "./open-model";
 import { RemoteModel, remoteModel } from "../providers";
 import {
   adapterArg,
@@ -55,19 +55,26 @@ export default defineCommand({
         hideThinking: Boolean(args["hide-thinking"]),
       };
       const modelName = args.model ?? "default model";
+      // Every model this chat opens, the first and each /model switches to, keeps the command
+      // line's cache and speculation flags (else what models.toml gives that model).
+      const cacheAndSpeculation = (name: string | undefined): OpenOptions => ({
+        kvQuantization: kvQuantizationFrom(args, name),
+        maxKvSize: maxKvSizeFrom(args, name),
+        speculation: speculationFrom(args, name),
+      });
       const model =
         remoteModel(args.model) ??
         (await openModel(args.model, {
-          kvQuantization: kvQuantizationFrom(args, args.model),
-          maxKvSize: maxKvSizeFrom(args, args.model),
+          ...cacheAndSpeculation(args.model),
           adapter: adapterFrom(args, args.model),
-          speculation: speculationFrom(args, args.model),
           pipeline: pipelineFrom(args),
         }));
       if (!(model instanceof RemoteModel)) checkThinkingBudget(model, settings.thinking);
       input = new LineInput(join(storeRoot(), "chat_history"));
       const say = (text: string) => process.stderr.write(`${text}\n`);
-      const session = new ChatSession(model, modelName, settings, say);
+      // An --adapter is trained for the first model's weights: another model gets only its alias's.
+      const openSwitched = (name: string) => openModel(name, cacheAndSpeculation(name));
+      const session = new ChatSession(model, modelName, settings, say, openSwitched);
       if (input.interactive)
         say(`chatting with ${args.model ?? "the default model"}; /help for commands, Ctrl-D to leave`);
 
@@ -76,7 +83,7 @@ export default defineCommand({
         if (message === null) break;
         if (message.trim() === "") continue;
         if (message.startsWith("/")) {
-          if (!(await runCommand(session, message))) break;
+          if (!(await input.lendTerminal(() => runCommand(session, message)))) break;
           continue;
         }
         const controller = new AbortController();

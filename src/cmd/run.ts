@@ -112,16 +112,16 @@ export default defineCommand({
             maxTokensParam: "--max-tokens", // a budget too small is named as the command line names it
           })
         : streamRemoteCompletion(remote!, { ...spec, sampling: remoteSampling(sampling) }, controller.signal);
-      const show = pieceWriter({ hide: Boolean(args["hide-thinking"]), terminal: Boolean(process.stdout.isTTY) });
+      const writer = pieceWriter({ hide: Boolean(args["hide-thinking"]), terminal: Boolean(process.stdout.isTTY) });
       let step = await stream.next();
       while (!step.done) {
-        if (!args.json) process.stdout.write(show(step.value));
+        if (!args.json) process.stdout.write(writer.show(step.value));
         step = await stream.next();
       }
       const result: CompletionResult = step.value;
       scheduler?.dispose();
       if (args.json) process.stdout.write(`${JSON.stringify(jsonResult(result, Boolean(args["hide-thinking"])))}\n`);
-      else process.stdout.write("\n");
+      else process.stdout.write(`${writer.end()}\n`);
       if (result.closedEarly && !args.json)
         process.stderr.write(`note: --max-tokens ran out, so the JSON was closed early (it is valid but cut short)\n`);
       if (verbose) process.stderr.write(`${formatStats(result.stats)}\n`);

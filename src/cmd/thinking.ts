@@ -36,21 +36,32 @@ export function checkThinkingBudget(lm: LoadedModel, thinking: ThinkingRequest |
 const DIM = "\x1b[2m";
 const UNDIM = "\x1b[22m";
 
-/** Turns streamed pieces into what to write: reasoning (unless hidden; dimmed on a terminal), then the answer. */
-export function pieceWriter(o: { hide: boolean; terminal: boolean }): (piece: CompletionPiece) => string {
+/**
+ * Turns streamed pieces into what to write: reasoning (unless hidden; dimmed on a terminal,
+ * unless NO_COLOR is set), then the answer. `end` is what to write after the last piece: a
+ * reasoning cut off before any answer (max tokens, Ctrl-C) must not leave the terminal dim.
+ */
+export function pieceWriter(o: { hide: boolean; terminal: boolean }): {
+  show: (piece: CompletionPiece) => string;
+  end: () => string;
+} {
+  const dim = o.terminal && !process.env.NO_COLOR;
   let inReasoning = false;
-  return (piece) => {
-    let out = "";
-    if (piece.reasoning && !o.hide) {
-      if (!inReasoning) out += o.terminal ? DIM : "";
-      inReasoning = true;
-      out += piece.reasoning;
-    }
-    if (piece.text) {
-      if (inReasoning) out += `${o.terminal ? UNDIM : ""}\n\n`;
-      inReasoning = false;
-      out += piece.text;
-    }
-    return out;
+  return {
+    show: (piece) => {
+      let out = "";
+      if (piece.reasoning && !o.hide) {
+        if (!inReasoning) out += dim ? DIM : "";
+        inReasoning = true;
+        out += piece.reasoning;
+      }
+      if (piece.text) {
+        if (inReasoning) out += `${dim ? UNDIM : ""}\n\n`;
+        inReasoning = false;
+        out += piece.text;
+      }
+      return out;
+    },
+    end: () => (inReasoning && dim ? UNDIM : ""),
   };
 }

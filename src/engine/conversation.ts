@@ -61,8 +61,12 @@ export class Conversation {
 
   /** Switches to another model; the conversation's text is kept, its cache is not. */
   useModel(lm: LoadedModel): void {
+    // Made first: a model its KV cache settings do not fit leaves the conversation on the old one.
+    const scheduler = Conversation.#schedulerFor(lm);
+    this.#scheduler.dispose();
+    this.#scheduler = scheduler;
     this.lm = lm;
-    this.#reset();
+    this.#contextUsed = 0;
   }
 
   dispose(): void {

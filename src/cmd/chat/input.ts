@@ -19,6 +19,8 @@ type Line = string | null | typeof cancelBlock;
 export class LineInput {
   readonly interactive: boolean;
   readonly #rl: Interface;
+  /** What readline reads in a terminal: stdin piped through the bracketed-paste filter. */
+  readonly #terminalInput?: Transform;
   readonly #queue: Line[] = [];
   #waiting?: (line: Line) => void;
   // Piped input can end (and readline close) while queued lines are still to be answered.
@@ -27,8 +29,9 @@ export class LineInput {
 
   constructor(private readonly historyFile: string) {
     this.interactive = Boolean(process.stdin.isTTY && process.stdout.isTTY);
+    if (this.interactive) this.#terminalInput = pasteAwareStdin();
     this.#rl = createInterface({
-      input: this.interactive ? pasteAwareStdin() : process.stdin,
+      input: this.#terminalInput ?? process.stdin,
       output: this.interactive ? process.stdout : undefined,
       terminal: this.interactive,
       history: this.interactive ? loadHistory(historyFile) : [],
@@ -117,6 +120,26 @@ export class LineInput {
     this.#rl.resume();
   }
 
+  /**
+   * Runs `use` (a command that draws its own prompt: /model's picker) with the terminal's keys
+   * its alone: fed to readline too, they would edit the line behind it and send it (an Up, then
+   * the Enter that picks, would run the recalled command again).
+   */
+  async lendTerminal<T>(use: () => Promise<T>): Promise<T> {
+    const input = this.#terminalInput;
+    if (!input || this.#closed) return use();
+    process.stdin.unpipe(input);
+    this.#rl.pause();
+    try {
+      return await use();
+    } finally {
+      // The picker leaves the terminal in cooked mode; readline edits in raw mode.
+      process.stdin.setRawMode(true);
+      process.stdin.pipe(input);
+      this.#rl.resume();
+    }
+  }
+
   close(): void {
     if (this.interactive) {
       process.stdout.write("\x1b[?2004l");
@@ -134,7 +157,7 @@ export class LineInput {
  * ESC[201~) becomes one line, its newlines replaced by a placeholder, so pasting a block
  * does not send each of its lines as a message.
  */
-function pasteAwareStdin(): NodeJS.ReadableStream {
+function pasteAwareStdin(): Transform {
   let pasting = false;
   const transform = new Transform({
     transform(chunk: Buffer, _encoding: string, done: TransformCallback) {

@@ -4,8 +4,6 @@
 import { Conversation } from "../../engine/conversation";
 import type { LoadedModel } from "../../models/load";
 import { RemoteConversation, RemoteModel, remoteModel } from "../../providers";
-import { openModel } from "../open-model";
-import { aliasSpeculation } from "../../store/aliases";
 import type { ChatSettings } from "./settings";
 import { pieceWriter } from "../thinking";
 
@@ -17,24 +15,33 @@ export class ChatSession {
     public modelName: string,
     readonly settings: ChatSettings,
     readonly say: (text: string) => void,
+    /** Opens a local model /model switches to, with the settings the chat was started with. */
+    private readonly openLocal: (name: string) => Promise<LoadedModel>,
   ) {
+    checkChatTemplate(model);
     this.conversation = conversationWith(model, settings.system);
   }
 
   /** Switches to another model; the conversation's text is kept. */
   async switchModel(name: string): Promise<void> {
     const current = this.conversation;
-    // As opening it at the start would: with the speculative decoding models.toml gives it.
-    const model = remoteModel(name) ?? (await openModel(name, { speculation: aliasSpeculation(name) }));
-    if (current instanceof Conversation && !(model instanceof RemoteModel)) {
-      const previous = current.lm;
-      current.useModel(model);
-      previous.free();
-    } else {
-      const next = conversationWith(model, this.settings.system);
-      next.messages = current.messages;
-      this.close();
-      this.conversation = next;
+    const model = remoteModel(name) ?? (await this.openLocal(name));
+    try {
+      checkChatTemplate(model);
+      if (current instanceof Conversation && !(model instanceof RemoteModel)) {
+        const previous = current.lm;
+        current.useModel(model);
+        previous.free();
+      } else {
+        const next = conversationWith(model, this.settings.system);
+        next.messages = current.messages;
+        this.close();
+        this.conversation = next;
+      }
+    } catch (error) {
+      // A model it cannot chat with: the chat goes on with the one it had.
+      if (!(model instanceof RemoteModel)) model.free();
+      throw error;
     }
     this.modelName = name;
     this.say(`now chatting with ${name}`);
@@ -56,14 +63,14 @@ export class ChatSession {
       format: format && { format: format.format, param: "format" },
       thinking: this.settings.thinking,
     });
-    const show = pieceWriter({ hide: this.settings.hideThinking ?? false, terminal: Boolean(process.stdout.isTTY) });
+    const writer = pieceWriter({ hide: this.settings.hideThinking ?? false, terminal: Boolean(process.stdout.isTTY) });
     let step = await turn.next();
     while (!step.done) {
-      write(show(step.value));
+      write(writer.show(step.value));
       step = await turn.next();
     }
     const { result, info } = step.value;
-    write("\n");
+    write(`${writer.end()}\n`);
     if (info.droppedMessages > 0) this.say(`(context full: dropped the ${info.droppedMessages} oldest messages)`);
     if (result.finishReason === "cancelled") this.say("(stopped)");
     else if (result.closedEarly) this.say("(max_tokens ran out: the JSON was closed early, valid but cut short)");
@@ -77,6 +84,12 @@ export class ChatSession {
       );
     }
   }
+}
+
+/** Refuses a local model without a chat template: every message would fail (its conversation cannot be rendered). */
+function checkChatTemplate(model: LoadedModel | RemoteModel): void {
+  if (model instanceof RemoteModel || model.tokenizer.chatTemplate) return;
+  throw new Error(`${model.path} has no chat template to chat with (mlx run sends it prompts as plain text)`);
 }
 
 function conversationWith(model: LoadedModel | RemoteModel, system: string | undefined) {

@@ -103,16 +103,34 @@ function quantizationOf(lm: LoadedModel): string {
   return `${q.bits}-bit ${q.mode}, group ${q.groupSize}${overrides ? ` (${overrides} layers differ)` : ""}`;
 }
 
+/** How the KV cache stores positions (--kv-bits, --max-kv-size, or the alias's). */
+function kvCacheOf(lm: LoadedModel): string {
+  const q = lm.kvQuantization;
+  const storage = q
+    ? `${q.bits}-bit, group ${q.groupSize}${q.start ? `, float for the first ${q.start} positions` : ""}`
+    : "float";
+  return lm.maxKvSize === undefined ? storage : `${storage}, rotating: at most ${lm.maxKvSize} positions`;
+}
+
+/** Speculative decoding (--draft-model, --prompt-lookup, or the alias's). */
+function speculationOf(lm: LoadedModel): string {
+  const s = lm.speculation;
+  if (!s) return "off";
+  return `${s.draft ? `draft model ${s.draft.path}` : "prompt lookup"}, ${s.numDraft} tokens drafted per step`;
+}
+
 export function describeModel(lm: LoadedModel, s: ChatSettings): string {
   const c = lm.config;
   const params = parameterCount(lm);
-  const template = lm.tokenizer.chatTemplate ?? "(none: prompts are sent as plain text)";
+  const template = lm.tokenizer.chatTemplate ?? "(none)";
   return [
     `model:          ${lm.path} (${lm.format})`,
     `architecture:   ${c.modelType}, ${c.numHiddenLayers} layers, hidden ${c.hiddenSize}, ${c.numAttentionHeads} heads (${c.numKeyValueHeads} kv)`,
     `parameters:     ${params >= 1e9 ? `${(params / 1e9).toFixed(2)}B` : `${(params / 1e6).toFixed(1)}M`}`,
     `quantization:   ${quantizationOf(lm)}`,
     `context length: ${c.maxPositionEmbeddings}`,
+    `kv cache:       ${kvCacheOf(lm)}`,
+    `speculation:    ${speculationOf(lm)}`,
     ...describeSettings(s),
     `chat template:\n${template.length > 600 ? `${template.slice(0, 600)}…` : template}`,
   ].join("\n");
