@@ -25,7 +25,16 @@ export function fileErrorReason(error: unknown): string {
   return (error as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (error as Error).message;
 }
 
-/** Why a file could not be written, likewise: writing, ENOENT means the folder it goes in is missing. */
+/**
+ * Why a file could not be written, likewise: writing, ENOENT means the folder it goes in is
+ * missing, ENOTDIR or EEXIST (mkdir) that a folder on its path is a file. Other errors lose
+ * the path Node appends ("EACCES: permission denied, mkdir '/x/out.partial-123'"): the caller
+ * names what it was writing.
+ */
 export function writeErrorReason(error: unknown): string {
-  return (error as NodeJS.ErrnoException).code === "ENOENT" ? "no such directory" : fileErrorReason(error);
+  const code = (error as NodeJS.ErrnoException).code;
+  if (code === "ENOENT") return "no such directory";
+  if (code === "ENOTDIR" || code === "EEXIST") return "a folder on its path is a file";
+  if (code === "EISDIR") return "it is a directory";
+  return code ? (error as Error).message.split(",")[0]! : fileErrorReason(error);
 }

@@ -14,7 +14,7 @@ import { embed } from "./engine/embed";
 import { complete, streamCompletion, type CompletionPiece, type CompletionResult } from "./engine/generate";
 import type { JsonFormat } from "./engine/grammar";
 import type { GenerationSpec, PromptInput } from "./engine/request";
-import { defaultSampling, type SamplingParams } from "./engine/sampling";
+import { defaultSampling, validateSampling, type SamplingParams } from "./engine/sampling";
 import { Scheduler } from "./engine/scheduler";
 import { loadModel, type LoadedModel } from "./models/load";
 import type { DownloadProgress } from "./store/download";
@@ -83,8 +83,14 @@ export type Prompt = string | Message[];
 
 /** Loads a model by name (an alias from models.toml, a stored model, a source, a directory or a .gguf file; default: the default model). */
 export async function load(name?: string, options: LoadOptions = {}): Promise<Model> {
+  // Checked before anything is pulled: a batch of 0 would queue every call forever.
+  if (name !== undefined && typeof name !== "string")
+    throw new InvalidParameterError("the model name must be a string", "name");
+  const maxBatch = options.maxBatch ?? 4;
+  if (!(Number.isInteger(maxBatch) && maxBatch > 0))
+    throw new InvalidParameterError(`maxBatch must be a whole number > 0 (got ${maxBatch})`, "maxBatch");
   const path = await resolveModelPath(name, { onProgress: options.onProgress ?? (() => {}) });
-  return new Model(loadModel(path), options.maxBatch ?? 4);
+  return new Model(loadModel(path), maxBatch);
 }
 
 export class Model {
@@ -135,6 +141,8 @@ export class Model {
   /** A conversation whose turns reuse the keys and values of the turns before. */
   chat(options: { system?: string } = {}): Chat {
     this.#checkOpen();
+    if (options.system !== undefined && typeof options.system !== "string")
+      throw new InvalidParameterError("system must be a string", "system");
     const chat = new Chat(new Conversation(this.lm, options.system), () => this.#chats.delete(chat));
     this.#chats.add(chat);
     return chat;
@@ -253,12 +261,35 @@ function checkOptions(o: GenerateOptions): void {
     fail(`maxTokens must be a whole number > 0 (got ${o.maxTokens})`, "maxTokens");
   if (o.thinkingBudget !== undefined && !(Number.isInteger(o.thinkingBudget) && o.thinkingBudget >= 0))
     fail(`thinkingBudget must be a whole number >= 0 (got ${o.thinkingBudget})`, "thinkingBudget");
-  const stops = o.stop === undefined || typeof o.stop === "string" ? [] : o.stop;
+  const stops = o.stop === undefined ? [] : typeof o.stop === "string" ? [o.stop] : o.stop;
   if (!Array.isArray(stops) || stops.some((s) => typeof s !== "string" || s === ""))
     fail("stop must be a non-empty string or an array of them", "stop");
   const format = o.format as unknown;
   if (format !== undefined && format !== "json" && !(typeof format === "object" && format && "schema" in format))
     fail(`format must be "json" or { schema } (got ${JSON.stringify(format)})`, "format");
+  if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) fail("signal must be an AbortSignal", "signal");
+  if (o.system !== undefined && typeof o.system !== "string") fail("system must be a string", "system");
+  checkSampling(o);
+}
+
+/** The sampling checks' parameter names (the server's) as the library's options spell them. */
+const samplingOptionNames: Record<string, string> = {
+  top_p: "topP",
+  top_k: "topK",
+  min_p: "minP",
+  repetition_penalty: "repetitionPenalty",
+};
+
+/** The engine's sampling checks, with errors that name the option as the caller wrote it. */
+function checkSampling(o: GenerateOptions): void {
+  try {
+    validateSampling(sampling(o));
+  } catch (error) {
+    const option = error instanceof InvalidParameterError && samplingOptionNames[error.param ?? ""];
+    if (!option) throw error;
+    // "top_p must be in (0, 1] (got 2)" → "topP must be in (0, 1] (got 2)"
+    throw new InvalidParameterError(error.message.replace(/^.*? must /, `${option} must `), option);
+  }
 }
 
 const roles: readonly string[] = ["system", "user", "assistant"] satisfies Message["role"][];

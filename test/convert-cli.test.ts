@@ -9,17 +9,20 @@ import {
   mkdtempSync,
   openSync,
   readdirSync,
+  readFileSync,
   rmSync,
   writeFileSync,
   writeSync,
   closeSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { cliRunner } from "./helpers/cli";
 
 const TEST_TIMEOUT_MS = 30_000;
 const fixture = join(import.meta.dir, "fixtures", "gguf-quants.gguf");
+// Where the default model is stored (the test suite fetches it once).
+const sharedHome = process.env.MLX_HOME ?? join(import.meta.dir, "..", ".cache", "mlx-home");
 
 let work: string;
 let home: string;
@@ -38,6 +41,12 @@ async function storedModel(): Promise<void> {
   const file = join(work, "quants.gguf");
   copyFileSync(fixture, file);
   expect((await mlx(["pull", file])).code).toBe(0);
+}
+
+/** The default model's GGUF file in the shared store. */
+function defaultGGUF(): string {
+  const models = join(sharedHome, "models", "smollm2");
+  return join(models, readdirSync(models).find((f) => f.endsWith(".gguf"))!);
 }
 
 const errorLines = (stderr: string) => stderr.trim().split("\n");
@@ -93,6 +102,7 @@ describe("mlx convert errors", () => {
       const file = join(full, "keep");
       const cases: [string[], string][] = [
         [[full], `error: ${full} exists and is not empty (use --force to replace it)`],
+        [["", "--force"], "error: the output directory is empty; give one, or leave it out to convert into the store"],
         [[file, "--force"], `error: ${file} exists and is not a directory`],
         [[join(work, "out"), "--bits", "abc"], "error: --bits must be a whole number ≥ 0 (got 'abc')"],
         [
@@ -132,6 +142,42 @@ describe("mlx convert errors", () => {
         expect(errorLines(stderr)).toEqual([line]);
       }
       expect(readdirSync(join(home, "manifests"))).toEqual(["quants.json"]);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "an output it cannot write is one line naming it, not its staging folder",
+    async () => {
+      const file = join(work, "file");
+      writeFileSync(file, "");
+      for (const output of [join(file, "out"), join(file, "sub", "out")]) {
+        const { code, stderr } = await mlx(["convert", defaultGGUF(), output]);
+        expect(code).toBe(1);
+        expect(errorLines(stderr)).toEqual([`error: cannot write ${output}: a folder on its path is a file`]);
+      }
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "into the store, never over a model of that name that was pulled",
+    async () => {
+      // The default model (a real GGUF), converted once into a directory that is then pulled under
+      // the name a conversion into the store takes.
+      const gguf = defaultGGUF();
+      const name = `${basename(gguf, ".gguf")}-mlx`;
+      const pulled = join(work, name);
+      expect((await mlx(["convert", gguf, pulled])).code).toBe(0);
+      expect((await mlx(["pull", pulled])).code).toBe(0);
+      const manifest = () => readFileSync(join(home, "manifests", `${name}.json`), "utf8");
+      const before = manifest();
+      const { code, stderr } = await mlx(["convert", gguf]);
+      expect(code).toBe(1);
+      expect(errorLines(stderr)).toEqual([
+        `error: '${name}' is already a stored model (${pulled}); convert into a directory instead (mlx convert ${gguf} DIR), or remove that one first (mlx rm ${name})`,
+      ]);
+      expect(manifest()).toBe(before);
     },
     TEST_TIMEOUT_MS,
   );

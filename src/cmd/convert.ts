@@ -7,7 +7,7 @@ import { basename, dirname, isAbsolute, join, relative, resolve } from "node:pat
 import { convertGGUF } from "../models/convert";
 import { isGGUFFile } from "../models/gguf";
 import { ModelLoadError } from "../models/load";
-import { convertedModel } from "../store/derived";
+import { convertedModel, refuseTakenName } from "../store/derived";
 import { storeRoot } from "../store/paths";
 import { resolveModelPath } from "../store/resolve";
 import { repairHint } from "../store/store";
@@ -42,13 +42,17 @@ export default defineCommand({
       const path = await resolveModelPath(args.source);
       if (statSync(path).isDirectory() || !isGGUFFile(path)) throw new Error(`${path} is not a GGUF file`);
       gguf = path;
-      if (!args.output) {
+      // An unset shell variable ("$OUT") must not turn into the store, or with --force into the current directory.
+      if (args.output === "")
+        throw new Error("the output directory is empty; give one, or leave it out to convert into the store");
+      if (args.output === undefined) {
         // The store keeps one conversion per GGUF (keyed on its bytes alone): other settings have nowhere to go.
         if (bits !== undefined || groupSize !== undefined)
           throw new Error(
             "--bits and --group-size need an output directory: a conversion into the store keeps the default quantization",
           );
         const name = `${basename(args.source).replace(/\.gguf$/, "")}-mlx`;
+        refuseTakenName(name, "convert", `convert into a directory instead (mlx convert ${args.source} DIR)`);
         const stored = await convertedModel(path, name);
         log.success(
           stored.converted

@@ -4,9 +4,7 @@
 import { defineCommand } from "citty";
 import { statSync } from "node:fs";
 import { basename, resolve } from "node:path";
-import { loadAliases } from "../store/aliases";
-import { fusedModel } from "../store/derived";
-import { readManifest } from "../store/manifest";
+import { fusedModel, refuseTakenName } from "../store/derived";
 import { resolveModelPath } from "../store/resolve";
 import { fail, log, setVerbose } from "./log";
 import { adapterFrom } from "./options";
@@ -34,7 +32,7 @@ export default defineCommand({
       const base = await resolveModelPath(args.model);
       const name = args.name ?? `${basename(args.model).replace(/\.gguf$/, "")}-${basename(resolve(adapter))}`;
       if (!/^[\w.-]+$/.test(name)) throw new Error(`'${name}' is not a model name (letters, digits, '.', '_', '-')`);
-      refuseTakenName(name);
+      refuseTakenName(name, "fuse", "give the fused model another name");
       const stored = await fusedModel(base, resolve(adapter), name);
       log.success(stored.converted ? `fused into the store as ${stored.name}` : `${stored.name}: already fused`);
       process.stdout.write(`${stored.path}\n`);
@@ -43,19 +41,3 @@ export default defineCommand({
     }
   },
 });
-
-/**
- * The fused model is stored under `name`, replacing what is there: an earlier fuse of that name
- * (made again from its inputs), but never a model that was pulled or converted, nor an alias,
- * which the next `mlx run` of that name would pull again over the fused model.
- */
-function refuseTakenName(name: string): void {
-  const aliases = loadAliases();
-  if (aliases.models.has(name) || aliases.remotes.has(name))
-    throw new Error(`'${name}' is an alias in models.toml; give the fused model another name`);
-  const stored = readManifest(name);
-  if (stored && !stored.source.startsWith("fuse:"))
-    throw new Error(
-      `'${name}' is already a stored model (${stored.source}); give the fused model another name, or remove that one first (mlx rm ${name})`,
-    );
-}

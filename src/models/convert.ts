@@ -8,6 +8,7 @@ import { readGGUFHeader, refuseSplitGGUF, type GGUFHeader } from "./gguf-header"
 import { keptQuantizedTypes, loadGGUFTensors } from "./gguf-tensors";
 import { withModelErrors } from "./load";
 import { tokenizerFilesFromGGUF } from "../tokenizer/gguf";
+import { writeErrorReason } from "../format";
 
 export interface ConvertResult {
   dir: string;
@@ -62,11 +63,11 @@ export function convertGGUF(
 
     // Write everything into a sibling folder first and rename it into place, so an
     // interrupted conversion never leaves a directory that looks complete.
-    mkdirSync(dirname(target), { recursive: true });
     const staging = `${target}.partial-${process.pid}`;
-    rmSync(staging, { recursive: true, force: true });
-    mkdirSync(staging);
     try {
+      mkdirSync(dirname(target), { recursive: true });
+      rmSync(staging, { recursive: true, force: true });
+      mkdirSync(staging);
       mx.saveSafetensors(join(staging, "model.safetensors"), gguf.tensors, { format: "mlx" });
       const json = (name: string, value: unknown) =>
         writeFileSync(join(staging, name), `${JSON.stringify(value, null, 2)}\n`);
@@ -77,8 +78,12 @@ export function convertGGUF(
       rmSync(target, { recursive: true, force: true });
       renameSync(staging, target);
     } catch (error) {
-      rmSync(staging, { recursive: true, force: true });
-      throw error;
+      // (existsSync: on a path through a file, rmSync fails even with `force`.)
+      if (existsSync(staging)) rmSync(staging, { recursive: true, force: true });
+      // One line naming the output directory, not the staging folder beside it.
+      throw (error as NodeJS.ErrnoException).code
+        ? new Error(`cannot write ${target}: ${writeErrorReason(error)}`)
+        : error;
     }
     const bytes = [...gguf.tensors.values()].reduce((n, t) => n + t.nbytes, 0);
     return { dir: target, tensors: gguf.tensors.size, bytes };

@@ -6,6 +6,7 @@ import { basename, join } from "node:path";
 import { convertGGUF } from "../models/convert";
 import { fuseAdapter } from "../models/fuse";
 import { sourceHash } from "./source-hash" with { type: "macro" };
+import { loadAliases } from "./aliases";
 import { addBlob, hashFile } from "./blobs";
 import { describeFiles, newManifest, readManifest, writeJsonAtomic } from "./manifest";
 import { withLock } from "./lock";
@@ -62,6 +63,23 @@ export async function fusedModel(base: string, adapterDir: string, name: string)
   const inputs = [await treeSha256(base), await treeSha256(adapterDir)];
   const key = sha256(`fuse\n${inputs.join("\n")}\n${FUSER_VERSION}`);
   return derivedModel(name, key, `fuse:sha256-${key}`, (staging) => fuseAdapter(base, adapterDir, staging));
+}
+
+/**
+ * A derived model is stored under `name`, replacing what is there: an earlier one of the same
+ * kind (made again from its inputs), but never a model that was pulled or derived otherwise, nor
+ * an alias, which the next `mlx run` of that name would pull again over it. `remedy` tells the
+ * user what to do instead.
+ */
+export function refuseTakenName(name: string, kind: "convert" | "fuse", remedy: string): void {
+  const aliases = loadAliases();
+  if (aliases.models.has(name) || aliases.remotes.has(name))
+    throw new Error(`'${name}' is an alias in models.toml; ${remedy}`);
+  const stored = readManifest(name);
+  if (stored && !stored.source.startsWith(`${kind}:`))
+    throw new Error(
+      `'${name}' is already a stored model (${stored.source}); ${remedy}, or remove that one first (mlx rm ${name})`,
+    );
 }
 
 const sha256 = (text: string) => new Bun.CryptoHasher("sha256").update(text).digest("hex");
