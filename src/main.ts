@@ -30,6 +30,13 @@ const main = defineCommand({
 
 // The subcommand as citty finds it (the first word that is not a flag): its flags checked first.
 let argv = process.argv.slice(2);
+// `mlx launch ... -- run --help` asks for run's help: shown once, as `mlx run --help` shows it
+// (citty finds --help anywhere, and would show launch's).
+const launched = argv.indexOf("--");
+if (argv.find((a) => !a.startsWith("-")) === "launch" && launched >= 0) {
+  const command = argv.slice(launched + 1);
+  if (command.includes("--help") || command.includes("-h")) argv = command;
+}
 const at = argv.findIndex((a) => !a.startsWith("-"));
 const name = argv[at];
 if (name !== undefined && Object.hasOwn(subCommands, name)) {

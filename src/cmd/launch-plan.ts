@@ -60,12 +60,17 @@ export function readHostfile(path: string, startingPort: number, connectionsPerI
       return { addresses: entry, ssh: isLocal(hosts[0]!) ? undefined : hosts[0], env: form.env };
     }
     const { ssh, ips } = (entry ?? {}) as { ssh?: unknown; ips?: unknown };
-    if (typeof ssh !== "string")
+    if (typeof ssh !== "string" || !ssh.trim())
       throw new Error(
         `hostfile ${path}: entry ${rank} needs "ssh" (mlx.launch's format) or is ["host:port", ...] (the ring's)`,
       );
-    const given = Array.isArray(ips) ? ips.filter((ip): ip is string => typeof ip === "string") : [];
-    const hosts = given.length > 0 ? given : [ssh];
+    // Not left out quietly: a mistyped IP would put the rank on another link, or on the ssh name's.
+    const isAddress = (ip: unknown) => typeof ip === "string" && ip.trim() !== "";
+    if (ips !== undefined && !(Array.isArray(ips) && ips.every(isAddress)))
+      throw new Error(
+        `hostfile ${path}: entry ${rank}'s "ips" must be a list of addresses (got ${JSON.stringify(ips)})`,
+      );
+    const hosts = Array.isArray(ips) && ips.length > 0 ? (ips as string[]) : [ssh];
     return {
       addresses: hosts.flatMap((ip) => Array.from({ length: connectionsPerIp }, () => `${ip}:${port++}`)),
       ssh: isLocal(ssh) && hosts.every(isLocal) ? undefined : ssh,

@@ -55,6 +55,10 @@ export default defineCommand({
       const command = separator >= 0 ? rawArgs.slice(separator + 1) : [];
       if (command.length === 0)
         throw new Error('give the command to run after --, e.g. mlx launch -n 2 -- run "Hello"');
+      if (!commandsThatSplit.includes(command[0]!))
+        throw new Error(
+          `mlx launch runs ${commandsThatSplit.join(", ")} with the model split across ranks; '${command[0]}' is not one of them`,
+        );
       if ((args.n === undefined) === (args.hostfile === undefined))
         throw new Error("give -n N or --hostfile FILE (one of them)");
       const perIp = positiveInteger("connections-per-ip", args["connections-per-ip"]);
@@ -73,6 +77,12 @@ export default defineCommand({
     }
   },
 });
+
+/**
+ * The commands that take a rank's place in the ring (--hostfile, --rank): any other would run
+ * whole on every rank (pull, rm or launch itself N times at once).
+ */
+const commandsThatSplit = ["run", "chat", "serve", "bench", "cache-prompt"];
 
 /**
  * N ranks on loopback, each on a port the OS says is free; with `links` > 1, each rank listens
@@ -125,7 +135,15 @@ async function launch(hosts: Host[], command: string[], sshConfig?: string): Pro
   const self = selfCommand();
   const threads = sharedCoreThreads(hosts, command);
   const ranks: Rank[] = hosts.map((host, rank) => {
-    const env = { ...process.env, ...host.env, MLX_HOSTFILE: hostfile, MLX_RANK: String(rank), ...threads };
+    const env = {
+      ...process.env,
+      ...host.env,
+      MLX_HOSTFILE: hostfile,
+      MLX_RANK: String(rank),
+      // A local rank 0 ends when we are gone (see stopWithLauncher); a remote one when ssh ends.
+      MLX_LAUNCHER_PID: String(process.pid),
+      ...threads,
+    };
     const child = host.ssh
       ? spawn("ssh", [...sshOptions(sshConfig), host.ssh, remoteCommand(ring, rank, self, command, host.env)], {
           stdio: ["pipe", "pipe", "pipe"],

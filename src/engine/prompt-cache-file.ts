@@ -387,8 +387,9 @@ export async function savePrefilled(lm: LoadedModel, path: string, entry: Prompt
   const remote = lm.model.remote;
   const share = remote && { rank: 0, save: randomUUID() };
   if (remote) {
-    remote.savePrefixFile(PREFILLED, path, share!.save);
+    const written = remote.savePrefixFile(PREFILLED, path, share!.save);
     remote.dropPrefix(PREFILLED);
+    if (!written) throw new Error(`a rank could not write its share of ${path} (${shareFile(path, 1)}, ...)`);
   }
   await writePromptCacheFile(path, encodePromptCache({ ...entry, text }, promptCacheOwner(lm), lm.path, share));
 }

@@ -51,8 +51,8 @@ export interface RemoteLayers {
   dropPrefix(entry: number): void;
   /** How the model is split (`layers 0-2,3-4`, `tensor-parallel 2`): prompt cache files record it. */
   readonly split: string;
-  /** Entry `entry` goes to disk: every other process writes its layers' share beside `file`, tagged `save`. */
-  savePrefixFile(entry: number, file: string, save: string): void;
+  /** Entry `entry` goes to disk: every other process writes its layers' share beside `file`, tagged `save`; false when a process could not. */
+  savePrefixFile(entry: number, file: string, save: string): boolean;
   /** Entry `entry` is read from the shares of `file` saved as `save`; false when a process could not (it holds nothing then). */
   loadPrefixFile(entry: number, file: string, save: string): boolean;
   /** `file` was removed: every other process removes its share. */

@@ -102,13 +102,13 @@ export class CacheSets {
 
   /**
    * Writes entry `entry` (this rank's layers) to its share of `file`, synchronously: this
-   * rank's loop does not return to the event loop. A failure is a warning: rank 0 finds the
-   * share missing when it asks for it back, and does not use the file.
+   * rank's loop does not return to the event loop. Whether it was written: a failure is a
+   * warning here, and rank 0 hears of it.
    */
-  savePrefixFile(entry: number, file: string, save: string): void {
+  savePrefixFile(entry: number, file: string, save: string): boolean {
     const stored = this.#prefixes.get(entry);
     const path = shareFile(file, this.share.rank);
-    if (!stored) return;
+    if (!stored) return false;
     const { kvQuantization, maxKvSize } = this.options;
     const owner = { model: "", kv: kvLayout(kvQuantization, maxKvSize), split: this.share.split };
     try {
@@ -117,8 +117,10 @@ export class CacheSets {
         save,
       });
       writePromptCacheFileSync(path, parts);
+      return true;
     } catch (error) {
       process.stderr.write(`warning: prompt cache: cannot write ${path}: ${(error as Error).message}\n`);
+      return false;
     }
   }
 

@@ -4,7 +4,7 @@
 // Each process loads only its own tensors.
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { freemem } from "node:os";
+import { constants, freemem } from "node:os";
 import * as mx from "../../mlx";
 import { readLayout } from "../../models/layout";
 import { loadModel, type LoadedModel } from "../../models/load";
@@ -87,6 +87,7 @@ export function openPipeline(path: string, spec: PipelineSpec, caches: CacheOpti
   const front = tensorParallel
     ? new TensorParallelFront(lm.model, lm.config, size, peerTimeoutMs)
     : new PipelineFront(lm.model, size, stage, peerTimeoutMs, spec.microBatches);
+  stopWithLauncher();
   front.mirrorAdapters(lm.weights.lora);
   front.split = split;
   process.once("exit", () => {
@@ -105,6 +106,22 @@ function cacheWords({ kvQuantization: q, maxKvSize }: CacheOptions): string {
     ? `${q.bits}-bit KV cache, group ${q.groupSize}${q.start ? ` from position ${q.start}` : ""}${q.keys === "rows" ? ", keys per row" : ""}`
     : "float KV cache";
   return maxKvSize ? `${kind} of ${maxKvSize} positions` : kind;
+}
+
+/**
+ * Rank 0 started by `mlx launch` on this machine ends when the launcher is gone (killed by a
+ * signal it does not pass on: SIGKILL, a hang-up): the other ranks then lose rank 0 and stop
+ * too, where every rank would otherwise run on, a server for ever. The other ranks' loops never
+ * return to the event loop: they hear of it from rank 0.
+ */
+function stopWithLauncher(): void {
+  const launcher = Number(process.env.MLX_LAUNCHER_PID);
+  if (!launcher) return;
+  setInterval(() => {
+    if (process.ppid === launcher) return;
+    process.stderr.write(`error: rank 0: mlx launch (process ${launcher}) is gone; stopping\n`);
+    process.exit(1);
+  }, 1000).unref();
 }
 
 /**
@@ -131,7 +148,13 @@ function joinRing(spec: PipelineSpec): mx.distributed.Group {
   try {
     return distributed.init({ hostfile: spec.hostfile, rank: spec.rank });
   } catch (error) {
-    throw new Error(`rank ${rank}: could not join the other ranks${waitedFor}: ${(error as Error).message}`);
+    const message = (error as Error).message;
+    // MLX's ring names only the errno of an address of ours that is taken, and this is not about the others.
+    if (hosts && message.includes(`Couldn't bind socket (error: ${constants.errno.EADDRINUSE})`))
+      throw new Error(
+        `rank ${rank}: cannot listen on ${hosts[Number(rank)]!.join(" ")}: the port is in use (another launch or server?)`,
+      );
+    throw new Error(`rank ${rank}: could not join the other ranks${waitedFor}: ${message}`);
   } finally {
     distributed.disarmWatchdog();
   }

@@ -36,8 +36,8 @@ export const Op = {
   /** The next forward pass adapts each of its `rows` rows by the adapter the payload names (int32 ids, 0: none). */
   adapters: 13,
   /**
-   * Prefix-cache entry `entry` goes to disk: the payload (`rows` bytes of UTF-8) is the JSON
-   * {file, save}, and each rank writes its layers' share to shareFile(file, rank), tagged `save`.
+   * Prefix-cache entry `entry` goes to disk: each rank writes its layers' share to
+   * shareFile(file, rank), tagged `save`. Payload and answers as loadPrefixFile's (1: not written).
    */
   savePrefixFile: 14,
   /**

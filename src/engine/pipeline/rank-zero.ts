@@ -102,9 +102,12 @@ export abstract class RankZeroFront implements RemoteLayers, AdapterMirror {
     this.post({ op: Op.dropPrefix, entry });
   }
 
-  savePrefixFile(entry: number, file: string, save: string): void {
-    const text = utf8(JSON.stringify({ file, save }));
-    this.post({ op: Op.savePrefixFile, entry, rows: text.length }, () => mx.array(text));
+  /**
+   * Answered, as a load is: the caller (cache-prompt) must not end, and so end the others,
+   * before they have written their shares.
+   */
+  savePrefixFile(entry: number, file: string, save: string): boolean {
+    return this.everyRank({ op: Op.savePrefixFile, entry }, utf8(JSON.stringify({ file, save })));
   }
 
   loadPrefixFile(entry: number, file: string, save: string): boolean {

@@ -249,18 +249,14 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
           passOn(h, ids);
           return false;
         }
-        case Op.savePrefixFile: {
-          const payload = receive([h.rows], mx.Dtype.uint8);
-          const { file, save } = JSON.parse(payloadText(payload.toArray()));
-          sets.savePrefixFile(h.entry, file, save);
-          passOn(h, payload);
-          return false;
-        }
+        case Op.savePrefixFile:
         case Op.loadPrefixFile: {
           // Our answer in our byte; the last rank brings them all back to rank 0.
           const answers = Uint8Array.from(receive([h.rows], mx.Dtype.uint8).toArray());
           const { file, save } = JSON.parse(payloadText(answers.subarray(h.width)));
-          if (!sets.loadPrefixFile(h.entry, file, save)) answers[o.rank] = 1;
+          const saving = h.op === Op.savePrefixFile;
+          const done = saving ? sets.savePrefixFile(h.entry, file, save) : sets.loadPrefixFile(h.entry, file, save);
+          if (!done) answers[o.rank] = 1;
           if (last) send(sendOn(undefined, mx.array(answers)));
           else passOn(h, mx.array(answers));
           return false;

@@ -229,14 +229,12 @@ export function serveShard(model: DecoderModel, o: ShardOptions): void {
         case Op.dropPrefix:
           sets.dropPrefix(h.entry);
           break;
-        case Op.savePrefixFile: {
-          const { file, save } = JSON.parse(payloadText(receive([h.rows], mx.Dtype.uint8).toArray()));
-          sets.savePrefixFile(h.entry, file, save);
-          break;
-        }
+        case Op.savePrefixFile:
         case Op.loadPrefixFile: {
           const { file, save } = JSON.parse(payloadText(receive([h.rows], mx.Dtype.uint8).toArray()));
-          const no = sets.loadPrefixFile(h.entry, file, save) ? 0 : 1;
+          const saving = h.op === Op.savePrefixFile;
+          const done = saving ? sets.savePrefixFile(h.entry, file, save) : sets.loadPrefixFile(h.entry, file, save);
+          const no = done ? 0 : 1;
           mx.evaluate(distributed.allSum(mx.array(Int32Array.from([no]))));
           break;
         }
