@@ -1,7 +1,8 @@
 // Reading GGUF tensor types, against the values llama.cpp's gguf-py dequantizes them to
 // (fixtures written by scripts/reference/gguf_quants.py): those MLX reads, those we read
-// ourselves (it misreads Q4_K and refuses Q3_K, Q5_0, Q5_1, Q5_K, IQ4_NL, IQ4_XS), MXFP4 kept as
-// MLX's mxfp4, and a clear error for the rest.
+// ourselves (it misreads Q4_K and refuses Q3_K, Q5_0, Q5_1, Q5_K, IQ4_NL, IQ4_XS), Q4_K and the
+// 5-bit types kept quantized as MLX's affine layout, MXFP4 as MLX's mxfp4, and a clear error for
+// the rest.
 import { describe, expect, test } from "bun:test";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -21,8 +22,28 @@ describe("GGUF tensor types", () => {
   const path = fixture("gguf-quants.gguf");
   const loaded = loadGGUFTensors(path, readGGUFHeader(path));
 
+  // Their values are code · scale + bias in groups of 32: MLX's affine layout holds them as they are.
+  const affineBits: Record<string, number> = { Q4_K: 4, Q5_0: 8, Q5_1: 8, Q5_K: 8 };
+  for (const [type, bits] of Object.entries(affineBits)) {
+    test(`${type} stays quantized, ${bits}-bit affine in groups of 32, with llama.cpp's values`, () => {
+      const [weight, scales, biases] = ["", ".scales", ".biases"].map((suffix) => loaded.tensors.get(type + suffix)!);
+      expect([weight!.dtypeName, weight!.shape, scales!.dtypeName, scales!.shape, biases!.shape]).toEqual([
+        "uint32",
+        [1, (256 * bits) / 32],
+        "float16",
+        [1, 8],
+        [1, 8],
+      ]);
+      const values = expected.values[type as keyof typeof expected.values];
+      const scale = Math.max(...values.map(Math.abs));
+      const read = floats(mx.dequantize(weight!, scales!, biases, { groupSize: 32, bits, mode: "affine" }));
+      expect(read.length).toBe(256);
+      read.forEach((v, i) => expect(Math.abs(v - values[i]!)).toBeLessThanOrEqual(scale * 1e-3 + 1e-6));
+    });
+  }
+
   for (const [type, values] of Object.entries(expected.values)) {
-    if (type === "MXFP4") continue;
+    if (type === "MXFP4" || type in affineBits) continue;
     test(`${type} reads as llama.cpp dequantizes it (to float16)`, () => {
       const t = loaded.tensors.get(type)!;
       expect(t.shape).toEqual([1, 256]);

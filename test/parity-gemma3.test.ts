@@ -1,6 +1,6 @@
 // gemma3 on its real weights against mlx-lm: Gemma 3 270M (the `gemma3` alias, a Q4_K_M GGUF
-// fetched into the store on first use) converted by `mlx convert` (its K-quants re-quantized to
-// 4-bit), loaded by both. Raw prompts (the GGUF has no chat template): the same prompt ids,
+// fetched into the store on first use) converted by `mlx convert` (its Q5_0 and Q6_K layers
+// re-quantized to 4-bit; Q4_K and Q8_0 kept as they are), loaded by both. Raw prompts (the GGUF has no chat template): the same prompt ids,
 // first-step logits within 1e-3, 48 greedy tokens identical. Recorded with
 // scripts/reference/mlx_lm_greedy.py --raw (scripts/parity.sh).
 import { beforeAll, describe, expect, test } from "bun:test";

@@ -5,7 +5,7 @@ import { dirname, join, resolve } from "node:path";
 import * as mx from "../mlx";
 import { ggufModel, hfTensorName, quantizationOf, type GGUFModel } from "./gguf";
 import { readGGUFHeader, refuseSplitGGUF, type GGUFHeader } from "./gguf-header";
-import { keptQuantizedTypes, loadGGUFTensors } from "./gguf-tensors";
+import { keptQuantizedTypes, loadGGUFTensors, widenedTypes } from "./gguf-tensors";
 import { withModelErrors } from "./load";
 import { tokenizerFilesFromGGUF } from "../tokenizer/gguf";
 import { writeErrorReason } from "../format";
@@ -93,29 +93,38 @@ export function convertGGUF(
 }
 
 /**
- * Quantizes the matrices MLX had to dequantize (their GGUF type is one it cannot keep), so the
- * directory is about as small as the GGUF and runs on quantized matmuls. Layers the GGUF kept
- * quantized (Q8_0, Q4_0, Q4_1, MXFP4) stay as they are.
+ * Quantizes the matrices MLX had to dequantize (their GGUF type is one it cannot keep), and those
+ * held at 8 bits wider than their 5-bit codes, so the directory is about as small as the GGUF and
+ * runs on quantized matmuls. Layers the GGUF kept quantized at their own width (Q8_0, Q4_0, Q4_1,
+ * Q4_K, MXFP4) stay as they are.
  */
 function requantize(gguf: GGUFModel, header: GGUFHeader, q: { bits: number; groupSize: number }): void {
   const arch = String(gguf.metadata["general.architecture"]);
   const groupSizes = new Map<string, number>();
   for (const info of header.tensors) {
     // Matrices, and the experts' stacks of them.
-    if (keptQuantizedTypes.has(info.type) || info.dims.length < 2 || info.dims.length > 3) continue;
+    const ownWidth = keptQuantizedTypes.has(info.type) && !widenedTypes.has(info.type);
+    if (ownWidth || info.dims.length < 2 || info.dims.length > 3) continue;
     const name = hfTensorName(info.name, arch);
-    const weight = name && gguf.tensors.get(name);
-    if (!name || !weight || !name.endsWith(".weight")) continue;
-    const inputs = weight.shape.at(-1)!;
-    const groupSize = inputs % q.groupSize === 0 ? q.groupSize : inputs % 32 === 0 ? 32 : undefined;
-    if (!groupSize) continue; // no group size fits: the layer stays 16-bit
+    const stored = name && gguf.tensors.get(name);
+    if (!name || !stored || !name.endsWith(".weight")) continue;
     const prefix = name.slice(0, -".weight".length);
+    const [scales, biases] = [gguf.tensors.get(`${prefix}.scales`), gguf.tensors.get(`${prefix}.biases`)];
+    // A widened layer's inputs: its groups of 32.
+    const inputs = scales ? scales.shape.at(-1)! * 32 : stored.shape.at(-1)!;
+    const groupSize = inputs % q.groupSize === 0 ? q.groupSize : inputs % 32 === 0 ? 32 : undefined;
+    if (!groupSize) continue; // no group size fits: the layer stays as it was read
+    const weight =
+      scales && biases
+        ? mx.dequantize(stored, scales, biases, { groupSize: 32, bits: 8, mode: "affine" }, mx.Dtype.float16)
+        : stored;
     const quantized = mx.quantize(weight, { groupSize, bits: q.bits, mode: "affine" });
     mx.evaluate(quantized.weight, quantized.scales, quantized.biases!);
     gguf.tensors.set(name, mx.keep(quantized.weight));
     gguf.tensors.set(`${prefix}.scales`, mx.keep(quantized.scales));
     gguf.tensors.set(`${prefix}.biases`, mx.keep(quantized.biases!));
-    weight.free();
+    for (const t of [stored, scales, biases]) t?.free();
+    if (weight !== stored) weight.free();
     groupSizes.set(prefix, groupSize);
   }
   if (groupSizes.size > 0) Object.assign(gguf.config, quantizationOf(gguf.tensors, groupSizes));

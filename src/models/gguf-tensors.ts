@@ -2,9 +2,11 @@
 // whole file for Q5_0 and Q5_1, and reads Q4_K with wrong values (off by up to half the weights'
 // range; Q2_K, Q6_K and Q8_0 it reads right). Q3_K, Q5_K, IQ4_NL and IQ4_XS it refuses too, and
 // a file with MXFP4 tensors it reads as empty.
-// MLX reads a copy of the file without those tensors; we dequantize them to float16 ourselves, as
-// llama.cpp's dequantize_row_* do, except MXFP4, which is MLX's mxfp4 in another byte order and
-// stays quantized.
+// MLX reads a copy of the file without those tensors, and we read them ourselves: those whose
+// values are code · scale + bias in groups of 32 (Q4_K, Q5_0, Q5_1, Q5_K) stay quantized, as
+// MLX's affine layout at 4 bits (Q4_K) or their 5-bit codes in 8 (the rest), so they run on the
+// quantized kernels at no loss; MXFP4 is MLX's mxfp4 in another byte order and stays quantized
+// too; the others we dequantize to float16, as llama.cpp's dequantize_row_* do.
 import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -17,22 +19,6 @@ const dequantizers: Record<
   string,
   { blockBytes: number; blockElements: number; decode: (b: DataView, p: number, out: Float32Array, at: number) => void }
 > = {
-  // d: f16, qh: 32 high bits, qs: 16 bytes of low nibbles; x = d · (q − 16).
-  Q5_0: {
-    blockBytes: 22,
-    blockElements: 32,
-    decode: (b, p, out, at) => fiveBit(b, p + 2, out, at, b.getFloat16(p, true), -16 * b.getFloat16(p, true)),
-  },
-  // d, m: f16, then as Q5_0; x = d · q + m.
-  Q5_1: {
-    blockBytes: 24,
-    blockElements: 32,
-    decode: (b, p, out, at) => fiveBit(b, p + 4, out, at, b.getFloat16(p, true), b.getFloat16(p + 2, true)),
-  },
-  // d, dmin: f16; 12 bytes of 6-bit scales and mins for 8 groups of 32; 128 bytes of nibbles.
-  Q4_K: { blockBytes: 144, blockElements: 256, decode: (b, p, out, at) => kQuant(b, p, out, at, p + 16) },
-  // As Q4_K, with a fifth bit per value in 32 bytes of qh before the nibbles.
-  Q5_K: { blockBytes: 176, blockElements: 256, decode: (b, p, out, at) => kQuant(b, p, out, at, p + 48, p + 16) },
   Q3_K: { blockBytes: 110, blockElements: 256, decode: q3K },
   // d: f16, then 16 bytes of nibbles indexing the non-linear IQ4 values.
   IQ4_NL: {
@@ -96,46 +82,111 @@ function iq4XS(b: DataView, p: number, out: Float32Array, at: number): void {
   }
 }
 
-/** Q4_K / Q5_K: 8 groups of 32 values, each with a 6-bit scale and min, times d and dmin. */
-function kQuant(b: DataView, p: number, out: Float32Array, at: number, nibbles: number, highBits?: number): void {
-  const d = b.getFloat16(p, true);
-  const dmin = b.getFloat16(p + 2, true);
-  const byte = (i: number) => b.getUint8(p + 4 + i);
-  // get_scale_min_k4: the first four groups' values sit in the low 6 bits, the others are split.
-  const scaleMin = (j: number): [number, number] =>
-    j < 4
-      ? [byte(j) & 63, byte(j + 4) & 63]
-      : [(byte(j + 4) & 0xf) | ((byte(j - 4) >> 6) << 4), (byte(j + 4) >> 4) | ((byte(j) >> 6) << 4)];
-  for (let group = 0; group < 8; group += 2) {
-    const [s1, m1] = scaleMin(group);
-    const [s2, m2] = scaleMin(group + 1);
-    const q = nibbles + group * 16;
-    for (let l = 0; l < 32; l++) {
-      const v = b.getUint8(q + l);
-      const h = highBits === undefined ? 0 : b.getUint8(highBits + l);
-      out[at + group * 32 + l] = d * s1 * ((v & 0xf) + ((h >> group) & 1) * 16) - dmin * m1;
-      out[at + group * 32 + 32 + l] = d * s2 * ((v >> 4) + ((h >> (group + 1)) & 1) * 16) - dmin * m2;
-    }
+/**
+ * The types kept quantized as MLX's affine layout: a block of `blockElements` → its codes (one a
+ * byte), and a scale and bias for each of its groups of 32, so that value = code · scale + bias
+ * exactly as llama.cpp's dequantize_row_* computes it. `bits`: the width they are packed at.
+ */
+const affineReaders: Record<
+  string,
+  {
+    blockBytes: number;
+    blockElements: number;
+    bits: 4 | 8;
+    read: (b: DataView, p: number, codes: Uint8Array, at: number, scales: Float32Array, biases: Float32Array) => void;
   }
-}
+> = {
+  // d: f16, qh: 32 high bits, qs: 16 bytes of low nibbles; x = d · q − 16 · d.
+  Q5_0: {
+    blockBytes: 22,
+    blockElements: 32,
+    bits: 8,
+    read: (b, p, codes, at, scales, biases) => {
+      const d = b.getFloat16(p, true);
+      fiveBitCodes(b, p + 2, codes, at);
+      scales[at / 32] = d;
+      biases[at / 32] = -16 * d;
+    },
+  },
+  // d, m: f16, then as Q5_0; x = d · q + m.
+  Q5_1: {
+    blockBytes: 24,
+    blockElements: 32,
+    bits: 8,
+    read: (b, p, codes, at, scales, biases) => {
+      fiveBitCodes(b, p + 4, codes, at);
+      scales[at / 32] = b.getFloat16(p, true);
+      biases[at / 32] = b.getFloat16(p + 2, true);
+    },
+  },
+  // d, dmin: f16; 12 bytes of 6-bit scales and mins for 8 groups of 32; 128 bytes of nibbles.
+  Q4_K: { blockBytes: 144, blockElements: 256, bits: 4, read: (b, p, ...out) => kQuantCodes(b, p, p + 16, ...out) },
+  // As Q4_K, with a fifth bit per value in 32 bytes of qh before the nibbles.
+  Q5_K: {
+    blockBytes: 176,
+    blockElements: 256,
+    bits: 8,
+    read: (b, p, ...out) => kQuantCodes(b, p, p + 48, ...out, p + 16),
+  },
+};
 
-/** The 5-bit quants at `p` (32 high bits, then 16 bytes of low nibbles) → q · scale + bias. */
-function fiveBit(b: DataView, p: number, out: Float32Array, at: number, scale: number, bias: number): void {
+/** The 5-bit codes at `p` (32 high bits, then 16 bytes of low nibbles: codes j and j + 16). */
+function fiveBitCodes(b: DataView, p: number, codes: Uint8Array, at: number): void {
   const qh = b.getUint32(p, true);
   for (let j = 0; j < 16; j++) {
     const q = b.getUint8(p + 4 + j);
-    const low = (q & 0x0f) | (((qh >>> j) << 4) & 0x10);
-    const high = (q >> 4) | ((qh >>> (j + 12)) & 0x10);
-    out[at + j] = low * scale + bias;
-    out[at + j + 16] = high * scale + bias;
+    codes[at + j] = (q & 0x0f) | (((qh >>> j) << 4) & 0x10);
+    codes[at + j + 16] = (q >> 4) | ((qh >>> (j + 12)) & 0x10);
+  }
+}
+
+/**
+ * Q4_K / Q5_K: 8 groups of 32 codes, each group with a 6-bit scale and min: x = d · scale · q −
+ * dmin · min. Group 2i's codes are the low nibbles of 32 bytes, group 2i + 1's their high ones;
+ * Q5_K's fifth bit of code l of group g is bit g of byte l of `highBits`.
+ */
+function kQuantCodes(
+  b: DataView,
+  p: number,
+  nibbles: number,
+  codes: Uint8Array,
+  at: number,
+  scales: Float32Array,
+  biases: Float32Array,
+  highBits?: number,
+): void {
+  const d = b.getFloat16(p, true);
+  const dmin = b.getFloat16(p + 2, true);
+  const byte = (i: number) => b.getUint8(p + 4 + i);
+  for (let group = 0; group < 8; group++) {
+    // get_scale_min_k4: the first four groups' values sit in the low 6 bits, the others are split.
+    const j = group;
+    const [scale, min] =
+      j < 4
+        ? [byte(j) & 63, byte(j + 4) & 63]
+        : [(byte(j + 4) & 0xf) | ((byte(j - 4) >> 6) << 4), (byte(j + 4) >> 4) | ((byte(j) >> 6) << 4)];
+    scales[at / 32 + group] = d * scale;
+    biases[at / 32 + group] = -dmin * min;
+    const q = nibbles + (group >> 1) * 32;
+    const shift = 4 * (group & 1);
+    for (let l = 0; l < 32; l++) {
+      const high = highBits === undefined ? 0 : ((b.getUint8(highBits + l) >> group) & 1) << 4;
+      codes[at + group * 32 + l] = ((b.getUint8(q + l) >> shift) & 0xf) | high;
+    }
   }
 }
 
 /** Types MLX reads right (Q2_K and Q6_K it dequantizes, checked against llama.cpp's gguf-py). */
 const mlxReads = new Set([...nativeTensorTypes, "Q2_K", "Q6_K"]);
-export const readableTensorTypes = [...mlxReads, ...Object.keys(dequantizers), "MXFP4"];
+export const readableTensorTypes = [...mlxReads, ...Object.keys(affineReaders), ...Object.keys(dequantizers), "MXFP4"];
 /** Types whose tensors come quantized (weight, scales and maybe biases), not as floats. */
-export const keptQuantizedTypes = new Set([...nativeTensorTypes, "MXFP4"]);
+export const keptQuantizedTypes = new Set([...nativeTensorTypes, "MXFP4", ...Object.keys(affineReaders)]);
+/** Kept quantized at 8 bits, wider than the file's codes (Q5_0, Q5_1, Q5_K: MLX's kernels take 4 or 8). */
+export const widenedTypes = new Set(
+  Object.entries(affineReaders)
+    .filter(([, r]) => r.bits === 8)
+    .map(([type]) => type),
+);
 
 /**
  * The file's tensors and metadata, as mx.loadGGUF gives them, whatever their (readable) types;
@@ -163,12 +214,17 @@ export function loadGGUFTensors(path: string, header: GGUFHeader, wanted?: (name
   const fd = openSync(path, "r");
   try {
     for (const t of ours) {
-      if (t.type !== "MXFP4") loaded.tensors.set(t.name, dequantize(fd, header.dataStart, t));
-      else {
+      const prefix = t.name.replace(/\.weight$/, "");
+      if (t.type in affineReaders) {
+        const { weight, scales, biases } = affine(fd, header.dataStart, t);
+        loaded.tensors.set(t.name, weight);
+        loaded.tensors.set(`${prefix}.scales`, scales);
+        loaded.tensors.set(`${prefix}.biases`, biases);
+      } else if (t.type === "MXFP4") {
         const { weight, scales } = mxfp4(fd, header.dataStart, t);
         loaded.tensors.set(t.name, weight);
-        loaded.tensors.set(`${t.name.replace(/\.weight$/, "")}.scales`, scales);
-      }
+        loaded.tensors.set(`${prefix}.scales`, scales);
+      } else loaded.tensors.set(t.name, dequantize(fd, header.dataStart, t));
     }
   } finally {
     closeSync(fd);
@@ -176,10 +232,49 @@ export function loadGGUFTensors(path: string, header: GGUFHeader, wanted?: (name
   return loaded;
 }
 
-function dequantize(fd: number, dataStart: number, t: GGUFTensorInfo): MxArray {
-  const { blockBytes, blockElements, decode } = dequantizers[t.type]!;
+/** A tensor of a type in affineReaders as MLX's affine layout: codes packed into uint32 words along K, float16 scales and biases. */
+function affine(
+  fd: number,
+  dataStart: number,
+  t: GGUFTensorInfo,
+): { weight: MxArray; scales: MxArray; biases: MxArray } {
+  const { blockBytes, blockElements, bits, read } = affineReaders[t.type]!;
+  const raw = readTensor(fd, dataStart, t);
+  const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+  const elements = (t.bytes / blockBytes) * blockElements;
+  const codes = new Uint8Array(elements);
+  const scales = new Float32Array(elements / 32);
+  const biases = new Float32Array(elements / 32);
+  for (let block = 0; block * blockBytes < t.bytes; block++)
+    read(view, block * blockBytes, codes, block * blockElements, scales, biases);
+  const packed = bits === 8 ? codes : nibblePairs(codes);
+  const shape = [...t.dims].reverse();
+  const inputs = shape.pop()!;
+  const half = (values: Float32Array) =>
+    mx.keep(mx.scope(() => mx.astype(mx.array(values, [...shape, inputs / 32]), mx.Dtype.float16)));
+  return {
+    weight: mx.keep(mx.scope(() => mx.view(mx.array(packed, [...shape, (inputs * bits) / 8]), mx.Dtype.uint32))),
+    scales: half(scales),
+    biases: half(biases),
+  };
+}
+
+/** 4-bit codes, one a byte, packed two a byte: byte k holds code 2k in its low nibble and 2k + 1. */
+function nibblePairs(codes: Uint8Array): Uint8Array {
+  const packed = new Uint8Array(codes.length / 2);
+  for (let k = 0; k < packed.length; k++) packed[k] = codes[2 * k]! | (codes[2 * k + 1]! << 4);
+  return packed;
+}
+
+function readTensor(fd: number, dataStart: number, t: GGUFTensorInfo): Buffer {
   const raw = Buffer.alloc(t.bytes);
   readSync(fd, raw, 0, t.bytes, dataStart + t.offset);
+  return raw;
+}
+
+function dequantize(fd: number, dataStart: number, t: GGUFTensorInfo): MxArray {
+  const { blockBytes, blockElements, decode } = dequantizers[t.type]!;
+  const raw = readTensor(fd, dataStart, t);
   const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
   const out = new Float32Array((t.bytes / blockBytes) * blockElements);
   for (let block = 0; block * blockBytes < t.bytes; block++)
@@ -193,8 +288,7 @@ function dequantize(fd: number, dataStart: number, t: GGUFTensorInfo): MxArray {
  * the high ones; MLX packs the codes in order, two per byte (low nibble first), as uint32 words.
  */
 function mxfp4(fd: number, dataStart: number, t: GGUFTensorInfo): { weight: MxArray; scales: MxArray } {
-  const raw = Buffer.alloc(t.bytes);
-  readSync(fd, raw, 0, t.bytes, dataStart + t.offset);
+  const raw = readTensor(fd, dataStart, t);
   const blocks = t.bytes / 17;
   const codes = new Uint8Array(blocks * 16);
   const scales = new Uint8Array(blocks);

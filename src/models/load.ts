@@ -137,10 +137,11 @@ function loadGGUFFile(file: string, stage?: Stage, shard?: Shard): LoadedModel {
   const config = parseConfig(gguf.config);
   const tokenizer = withModelErrors(file, () => Tokenizer.fromGGUFMetadata(gguf.metadata as Record<string, unknown>));
   const dequantized = [...header.tensorTypes.keys()].filter((t) => !keptQuantizedTypes.has(t));
+  const quantizedTypes = [...keptQuantizedTypes].filter((t) => !/^B?F\d+$/.test(t));
   const notes =
     dequantized.length > 0
       ? [
-          `${basename(file)}: its ${dequantized.join(", ")} tensors were dequantized to 16-bit at load time (only Q4_0, Q4_1, Q8_0 and MXFP4 stay quantized), so they take more memory; \`mlx convert\` re-quantizes them to 4-bit`,
+          `${basename(file)}: its ${dequantized.join(", ")} tensors were dequantized to 16-bit at load time (only ${quantizedTypes.join(", ")} stay quantized), so they take more memory; \`mlx convert\` re-quantizes them to 4-bit`,
         ]
       : [];
   return assemble(gguf.tensors, config, tokenizer, "gguf", file, notes, stage, shard);

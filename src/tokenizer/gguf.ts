@@ -177,24 +177,14 @@ function sentencePieceModel(meta: Record<string, unknown>, tokens: string[], typ
   const scores = list<number>(meta, "tokenizer.ggml.scores");
   if (!scores || scores.length !== tokens.length)
     throw new Error("GGUF metadata has no tokenizer.ggml.scores for its SentencePiece vocabulary");
-  const vocab: Record<string, number> = Object.create(null);
+  // The first id of each piece (a Map: lookups in an object of 262,144 keys are slow).
+  const ids = new Map<string, number>();
   tokens.forEach((token, id) => {
-    if (!(token in vocab)) vocab[token] = id;
+    if (!ids.has(token)) ids.set(token, id);
   });
-  const candidates: { left: string; right: string; score: number }[] = [];
-  tokens.forEach((piece, id) => {
-    if (types[id] !== undefined && types[id] !== TOKEN_TYPE_NORMAL && types[id] !== TOKEN_TYPE_USER_DEFINED) return;
-    const local: { left: string; right: string; score: number }[] = [];
-    const chars = Array.from(piece);
-    for (let i = 1; i < chars.length; i++) {
-      const left = chars.slice(0, i).join("");
-      const right = chars.slice(i).join("");
-      if (left in vocab && right in vocab) local.push({ left, right, score: scores[id]! });
-    }
-    local.sort((a, b) => vocab[a.left]! - vocab[b.left]! || vocab[a.right]! - vocab[b.right]!);
-    candidates.push(...local);
-  });
-  candidates.sort((a, b) => b.score - a.score || b.left.length - a.left.length || b.right.length - a.right.length);
+  const merges = mergesByScore(tokens, types, scores, ids);
+  const vocab: Record<string, number> = Object.create(null);
+  for (const [token, id] of ids) vocab[token] = id;
   const addSpacePrefix = bool(meta, "tokenizer.ggml.add_space_prefix") ?? true;
   const replaceSpaces = { type: "Replace", pattern: { String: " " }, content: "▁" };
   const unknown = num(meta, "tokenizer.ggml.unknown_token_id");
@@ -222,9 +212,50 @@ function sentencePieceModel(meta: Record<string, unknown>, tokens: string[], typ
       byte_fallback: true,
       ignore_merges: false,
       vocab,
-      merges: candidates.map((m) => [m.left, m.right]),
+      merges,
     },
   };
+}
+
+/**
+ * Every split of a normal or user-defined piece into two pieces of the vocabulary, as a merge
+ * ranked by the piece's score (highest first), then the longer left part, the longer right part,
+ * then the piece's id and the parts' ids (the order of transformers' SentencePiece converter).
+ */
+function mergesByScore(tokens: string[], types: number[], scores: number[], ids: Map<string, number>): string[][] {
+  const piece: number[] = [];
+  const leftId: number[] = [];
+  const rightId: number[] = [];
+  for (let id = 0; id < tokens.length; id++) {
+    if (types[id] !== undefined && types[id] !== TOKEN_TYPE_NORMAL && types[id] !== TOKEN_TYPE_USER_DEFINED) continue;
+    const token = tokens[id]!;
+    const n = token.length;
+    for (let i = 1; i < n; i++) {
+      // Splits between characters, not inside a surrogate pair.
+      const unit = token.charCodeAt(i);
+      if (unit >= 0xdc00 && unit <= 0xdfff) continue;
+      const l = ids.get(token.slice(0, i));
+      if (l === undefined) continue;
+      const r = ids.get(token.slice(i));
+      if (r === undefined) continue;
+      piece.push(id);
+      leftId.push(l);
+      rightId.push(r);
+    }
+  }
+  const order = Array.from(piece.keys());
+  order.sort((x, y) => {
+    const [px, py] = [piece[x]!, piece[y]!];
+    return (
+      scores[py]! - scores[px]! ||
+      tokens[leftId[y]!]!.length - tokens[leftId[x]!]!.length ||
+      tokens[rightId[y]!]!.length - tokens[rightId[x]!]!.length ||
+      px - py ||
+      leftId[x]! - leftId[y]! ||
+      rightId[x]! - rightId[y]!
+    );
+  });
+  return order.map((i) => [tokens[leftId[i]!]!, tokens[rightId[i]!]!]);
 }
 
 /** The pre-tokenizer spec for this file, or an error naming what is supported. */
