@@ -1,4 +1,4 @@
-// Ours against mlx-lm and llama.cpp (through node-llama-cpp) on the default model, in one
+// Ours against mlx-lm and llama.cpp (through node-llama-cpp) on a GGUF (default: the default model), in one
 // run, interleaving the systems round by round, plus the machine's physical limit: its
 // memory read bandwidth, and generation tokens/s as a fraction of the bandwidth bound
 // (every generated token reads all the weights once).
@@ -7,8 +7,8 @@
 //   speed:    load, warm up (a 32-token prompt and 4 tokens), then a prompt of exactly P
 //             tokens timed to its first token, and G tokens generated after a one-token prompt
 //             (with --depth D: after a D-token context, prefilled before the clock starts, as
-//             llama-bench's -d), end-of-sequence ignored. The same token ids for every system (SmolLM2's
-//             vocabulary is the same in the GGUF and the converted directory).
+//             llama-bench's -d), end-of-sequence ignored. The same token ids for every system (the
+//             vocabulary is the same in the GGUF and the directory `mlx convert` makes of it).
 //             ours: `mlx bench -n 1 -p P -g G --json`; mlx-lm: its generate_step; llama.cpp:
 //             node-llama-cpp's LlamaContextSequence.evaluate. Peak memory: MLX's peak counter
 //             (ours, mlx-lm) and every process's maximum resident set size.
@@ -17,8 +17,9 @@
 //             `python -m mlx_lm generate`, a node-llama-cpp LlamaChatSession script).
 //
 //   bash scripts/setup.sh && bash bench/setup-peers.sh
-//   node_modules/.bin/bun bench/peers.ts [--runs 3] [--prompt-tokens 256] [--gen-tokens 64] [--depth 0] [--skip-mlx-lm]
+//   node_modules/.bin/bun bench/peers.ts [-m MODEL] [--runs 3] [--prompt-tokens 256] [--gen-tokens 64] [--depth 0] [--skip-mlx-lm]
 //
+// -m names a stored GGUF model (e.g. gemma3, a Q4_K_M file) instead of the default model.
 // --skip-mlx-lm leaves mlx-lm out (its column reads n/a): on a loaded machine its 256-token
 // prompt alone takes minutes a round, and ours against llama.cpp is the comparison that moves.
 import { parseArgs } from "node:util";
@@ -33,6 +34,7 @@ import { syntheticPrompt } from "../src/bench/model";
 
 const { values } = parseArgs({
   options: {
+    model: { type: "string", short: "m" },
     runs: { type: "string", default: "3" },
     "prompt-tokens": { type: "string", default: "256" },
     "gen-tokens": { type: "string", default: "64" },
@@ -55,7 +57,8 @@ const root = resolve(import.meta.dir, "..");
 const peers = join(root, ".cache/peers");
 const python = join(peers, "venv/bin/python");
 const nodeDir = join(peers, "node");
-const converted = join(root, ".cache/bench/smollm2-mlx");
+const modelName = values.model ?? "smollm2";
+const converted = join(root, `.cache/bench/${modelName.replace(/[^\w.-]/g, "_")}-mlx`);
 const dist = join(root, "dist/mlx");
 const bun = process.execPath;
 const threads = Number(values["llama-threads"]);
@@ -70,13 +73,13 @@ for (const [path, fix] of [
   if (!existsSync(path)) throw new Error(`${path} is missing: run ${fix} first`);
 }
 
-// The default model's GGUF (the store's blob), and the converted directory mlx-lm loads.
-let gguf = await resolveModelPath(undefined);
+// The model's GGUF (the store's blob), and the converted directory mlx-lm loads.
+let gguf = await resolveModelPath(values.model);
 if (statSync(gguf).isDirectory()) gguf = join(gguf, readdirSync(gguf).find((f) => f.endsWith(".gguf"))!);
 gguf = realpathSync(gguf);
 if (!existsSync(join(converted, "config.json"))) {
-  say(`converting the default model into ${converted}`);
-  const c = Bun.spawnSync([dist, "convert", "smollm2", converted, "--force"], { stderr: "inherit" });
+  say(`converting ${modelName} into ${converted}`);
+  const c = Bun.spawnSync([dist, "convert", modelName, converted, "--force"], { stderr: "inherit" });
   if (c.exitCode !== 0) throw new Error("conversion failed");
 }
 const lm = loadModel(gguf);
@@ -265,7 +268,7 @@ async function speed(system: System): Promise<Omit<Figures, "oneShotMs" | "oneSh
 
 async function oneShot(system: System): Promise<ProcessRun> {
   const n = String(oneShotTokens);
-  if (system === "ours") return spawnRun([dist, "run", "--max-tokens", n, shortPrompt]);
+  if (system === "ours") return spawnRun([dist, "run", "-m", gguf, "--max-tokens", n, shortPrompt]);
   if (system === "mlx-lm")
     return spawnRun(
       [
@@ -338,7 +341,7 @@ function bandwidthGBs(threadCount: number, hugePages: boolean): number {
 
 const started = performance.now();
 say(
-  `default model: ${gguf} (${(ggufBytes / 1e6).toFixed(1)} MB GGUF; ${(weightBytes / 1e6).toFixed(1)} MB of weights in MLX); mlx-lm on ${converted}`,
+  `model: ${gguf} (${(ggufBytes / 1e6).toFixed(1)} MB GGUF; ${(weightBytes / 1e6).toFixed(1)} MB of weights in MLX); mlx-lm on ${converted}`,
 );
 say(
   `${runs} rounds; speed: pp${P}, ${tgName}; one-shot: ${oneShotTokens} tokens of a short chat prompt; llama.cpp threads: ${threads}`,

@@ -1,7 +1,8 @@
 // MLX's float32 matmul answered by OpenBLAS through our cblas_sgemm (ffi/src/kernels/openblas/),
 // split over our pool: against a float64 product and against MLX's bundled BLAS, for one row,
 // odd sizes, transposed operands, batches, and products big enough to be split. Half-precision
-// weights: converted block by block and multiplied in fp32.
+// weights: a few rows read the weights in place (the half-rows kernel, each instruction set's),
+// more are converted block by block; both multiply in fp32.
 import { describe, expect, test } from "bun:test";
 import * as mx from "../src/mlx";
 import { relativeError, withMlxKernels } from "./helpers/kernels";
@@ -71,6 +72,38 @@ describe("bfloat16 and float16 weights", () => {
           if (rows === 130) expect(relativeError(ours, theirs)).toBeGreaterThan(0);
         });
       }
+    }
+  });
+
+  test("up to 8 rows against a transposed weight (the half-rows kernel): float64's answer, each row's alone or in a batch", () => {
+    // Odd K (partial vectors), N past a tile of 4, every instruction set's code in a process of
+    // its own (the set is chosen at start).
+    const script = `
+      import * as mx from "./src/mlx";
+      const errors = [];
+      for (const dtype of [mx.Dtype.float16, mx.Dtype.bfloat16])
+        for (const [rows, k, n] of [[1, 1003, 131], [3, 64, 13], [8, 577, 1000]]) {
+          const x = mx.random.normal([rows, k], mx.Dtype.float32, mx.random.key(rows));
+          const weightT = mx.transpose(mx.astype(mx.random.normal([n, k], mx.Dtype.float32, mx.random.key(k)), dtype));
+          const ours = mx.matmul(x, weightT);
+          const exact = mx.astype(mx.matmul(mx.astype(x, mx.Dtype.float64), mx.astype(weightT, mx.Dtype.float64)), mx.Dtype.float32);
+          const alone = mx.matmul(mx.slice(x, [rows - 1, 0], [rows, k]), weightT);
+          const same = mx.all(mx.equal(alone, mx.slice(ours, [rows - 1, 0], [rows, n]))).item();
+          errors.push(same ? mx.max(mx.abs(mx.subtract(ours, exact))).item() / mx.max(mx.abs(exact)).item() : 1);
+        }
+      console.log(mx.cpuKernels().split(",")[0], errors.join(" "));
+    `;
+    for (const isa of ["portable", "avx2", "avx512", "neon"]) {
+      const child = Bun.spawnSync([process.execPath, "-e", script], {
+        env: { ...process.env, MLX_CPU_ISA: isa },
+        stderr: "pipe",
+      });
+      expect(child.exitCode).toBe(0);
+      const [ran, ...errors] = child.stdout.toString().trim().split(" ");
+      // A set this CPU or build lacks falls back to a lesser one, checked all the same.
+      expect(["portable", "avx2", "avx512", "neon"]).toContain(ran);
+      expect(errors).toHaveLength(6);
+      for (const error of errors) expect(Number(error)).toBeLessThan(1e-5);
     }
   });
 

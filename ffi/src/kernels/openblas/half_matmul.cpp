@@ -1,12 +1,17 @@
 // Matmuls with bfloat16/float16 operands (unquantized half-precision weights): MLX's CPU kernel
 // for them ran at ~1 GFLOP/s here (bench/cpu-ops.ts).
-// Here each task converts its block of the weight's columns to fp32 while they are in cache and
-// multiplies with OpenBLAS (fp32 accumulation); the activations are converted once.
+// A few rows (decode steps) against a transposed weight (each output's weights contiguous): the
+// half-rows kernel reads the weights in place, widening them in registers (half_rows_<isa>.cpp).
+// Otherwise each task converts its block of the weight's columns to fp32 while they are in cache
+// and multiplies with OpenBLAS (fp32 accumulation). The activations are converted once.
 #include <algorithm>
 #include <memory>
 #include <vector>
 
+#include "../half_rows_kernel.h"
+#include "../isa.h"
 #include "../kernels.h"
+#include "../quantized_matmul.h"
 #include "../thread_pool.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/primitives.h"
@@ -17,6 +22,23 @@ namespace {
 
 // Output columns per task: a converted block of 64 x K fp32 stays in L2 for typical K.
 constexpr int kColumnsPerTask = 64;
+// Output columns per task of the half-rows kernel: its weights are read once, straight from memory.
+constexpr int kRowsColumnsPerTask = 128;
+
+HalfRows half_rows_for(Isa isa) {
+  switch (isa) {
+#if defined(KERNELS_HAVE_AVX512)
+    case Isa::avx512: return half_rows_avx512;
+#endif
+#if defined(KERNELS_HAVE_AVX2)
+    case Isa::avx2: return half_rows_avx2;
+#endif
+#if defined(KERNELS_HAVE_NEON)
+    case Isa::neon: return half_rows_neon;
+#endif
+    default: return half_rows_portable;
+  }
+}
 
 bool half_type(mx::Dtype t) { return t == mx::float16 || t == mx::bfloat16; }
 
@@ -26,14 +48,8 @@ float element(const mx::array& a, int64_t at) {
   return a.data<float>()[at];
 }
 
-// out [M, N] = a [M, K] · b [K, N]; b is read through its strides (a transposed weight is a view).
-void multiply(const mx::array& a, const mx::array& b, mx::array& out) {
-  const int M = a.shape(0), K = a.shape(1), N = b.shape(1);
-  std::vector<float> a32(size_t(M) * K);
-  for (size_t i = 0; i < a32.size(); ++i) a32[i] = element(a, int64_t(i));
-  const bool direct = out.dtype() == mx::float32;
-  std::vector<float> c32(direct ? 0 : size_t(M) * N);
-  float* c = direct ? out.data<float>() : c32.data();
+// c [M, N] = a32 [M, K] · b [K, N] by blocks of b's columns converted to fp32 and OpenBLAS.
+void multiply_blocks(const std::vector<float>& a32, const mx::array& b, float* c, int M, int K, int N) {
   const int64_t row_stride = b.strides()[0], column_stride = b.strides()[1];
   parallel_for((N + kColumnsPerTask - 1) / kColumnsPerTask, [&](int task, int) {
     const int n0 = task * kColumnsPerTask, count = std::min(kColumnsPerTask, N - n0);
@@ -51,6 +67,28 @@ void multiply(const mx::array& a, const mx::array& b, mx::array& out) {
     else convert(b.data<float>());
     openblas_sgemm(CblasNoTrans, CblasTrans, M, count, K, 1.0f, a32.data(), K, block.data(), K, 0.0f, c + n0, N);
   });
+}
+
+// out [M, N] = a [M, K] · b [K, N]; b is read through its strides (a transposed weight is a view).
+void multiply(const mx::array& a, const mx::array& b, mx::array& out) {
+  const int M = a.shape(0), K = a.shape(1), N = b.shape(1);
+  std::vector<float> a32(size_t(M) * K);
+  for (size_t i = 0; i < a32.size(); ++i) a32[i] = element(a, int64_t(i));
+  const bool direct = out.dtype() == mx::float32;
+  std::vector<float> c32(direct ? 0 : size_t(M) * N);
+  float* c = direct ? out.data<float>() : c32.data();
+  const int64_t row_stride = b.strides()[0], column_stride = b.strides()[1];
+  if (M <= kDirectMaxRows && row_stride == 1 && half_type(b.dtype())) {
+    static const HalfRows rows = half_rows_for(best_isa());
+    const Element type = b.dtype() == mx::float16 ? Element::f16 : Element::bf16;
+    const void* w = b.data<void>();
+    parallel_for((N + kRowsColumnsPerTask - 1) / kRowsColumnsPerTask, [&](int task, int) {
+      const int n0 = task * kRowsColumnsPerTask;
+      rows(type, a32.data(), M, K, w, column_stride, n0, std::min(N, n0 + kRowsColumnsPerTask), c, N);
+    });
+  } else {
+    multiply_blocks(a32, b, c, M, K, N);
+  }
   if (out.dtype() == mx::float16) std::copy(c32.begin(), c32.end(), out.data<mx::float16_t>());
   else if (out.dtype() == mx::bfloat16) std::copy(c32.begin(), c32.end(), out.data<mx::bfloat16_t>());
 }

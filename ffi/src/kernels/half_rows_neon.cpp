@@ -1,0 +1,4 @@
+// Half-precision weight rows for neon (4 fp32 lanes); the code is half_rows_body.h.
+#define ATTENTION_VECTOR_BYTES 16
+#define HALF_ROWS_FN half_rows_neon
+#include "half_rows_body.h"
