@@ -89,6 +89,25 @@ describe("downloadToFile", () => {
   );
 
   test(
+    "a .partial left by an earlier run with wrong bytes in it is fetched again from zero, not failed",
+    async () => {
+      const damaged = data.slice(0, 700_000);
+      damaged[1000]! ^= 0xff; // a bit flipped on disk, or the tail a crash left unwritten
+      writeFileSync(`${dest()}.partial`, damaged);
+      server = await startServer((request) => serveBytes(data, request));
+      const result = await downloadToFile(`${server.url}/file`, dest(), {
+        expectedSha256: digest,
+        expectedSize: data.length,
+      });
+
+      expect(result.sha256).toBe(digest);
+      expect(server.requests.map((r) => r.headers.range ?? "none")).toEqual(["bytes=700000-", "none"]);
+      expect(readFileSync(dest()).equals(data)).toBe(true);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "restarts from zero when the server ignores Range",
     async () => {
       writeFileSync(`${dest()}.partial`, data.subarray(0, 700_000));

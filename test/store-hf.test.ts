@@ -2,12 +2,21 @@
 // URLs that redirect LFS files to storage (X-Linked-Etag / X-Linked-Size on the redirect),
 // dropped connections, lying checksums, missing repositories, and what the store keeps.
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from "bun:test";
-import { existsSync, lstatSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as mx from "../src/mlx";
 import { loadModel, type LoadedModel } from "../src/models/load";
-import { parseHFSpec } from "../src/store/hf";
+import { parseHFSpec, pullHFRepo } from "../src/store/hf";
 import { readManifest } from "../src/store/manifest";
 import { modelRequest, pullModel } from "../src/store/pull";
 import { formatBytes } from "../src/format";
@@ -60,6 +69,9 @@ afterAll(() => rmSync(work, { recursive: true, force: true }));
 beforeEach(() => {
   process.env.MLX_HOME = mkdtempSync(join(work, "home-"));
   delete process.env.HF_TOKEN;
+  // No token saved by a `huggingface-cli login` on this machine may take part.
+  delete process.env.HF_TOKEN_PATH;
+  process.env.HF_HOME = join(process.env.MLX_HOME, "no-huggingface-home");
 });
 
 afterEach(async () => {
@@ -225,6 +237,22 @@ describe("pull from the hub", () => {
   );
 
   test(
+    "two models that share a weights file, pulled at once, both arrive intact",
+    async () => {
+      // A fork or mirror of a repository holds the same LFS file: both pulls want the same blob.
+      await startHub({ "org/tiny": { files: tiny }, "org/mirror": { files: tiny } });
+      const [first, second] = await Promise.all([pull("hf:org/tiny"), pull("hf:org/mirror")]);
+      expect(await openStoredModel("org/tiny")).toBe(first.path);
+      expect(await openStoredModel("org/mirror")).toBe(second.path);
+      const blobs = readdirSync(join(process.env.MLX_HOME!, "blobs"));
+      expect(blobs).toContain(`sha256-${sha256Hex(tiny.get("model.safetensors")!)}`);
+      expect(blobs.some((f) => f.endsWith(".partial"))).toBe(false);
+      load(first.path);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "a file that does not match its checksum is rejected; nothing complete-looking is left and other models stay intact",
     async () => {
       await startHub({
@@ -249,6 +277,31 @@ describe("pull from the hub", () => {
   );
 
   test(
+    "a model larger than the free disk space is refused before any download",
+    async () => {
+      const s = await startHub({ "org/huge": { files: tiny, claimSizes: { "model.safetensors": 1e15 } } });
+      await expect(pull("hf:org/huge")).rejects.toThrow(
+        /^not enough disk space in .* for hf:org\/huge: about 100000\d{4} MB needed, \d+ MB free$/,
+      );
+      expect(paths(s).some((p) => p.startsWith("GET /lfs/"))).toBe(false);
+      expect(readManifest("org/huge")).toBeUndefined();
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "a hub that never answers a file's lookup fails the pull in time, naming the file's URL",
+    async () => {
+      await startHub({ "org/tiny": { files: tiny, silentAbout: "model.safetensors" } });
+      const started = pullHFRepo("hf:org/tiny", { hubTimeoutMs: 500 });
+      await expect(started).rejects.toThrow(
+        `cannot reach ${servers[0]!.url}/org/tiny/resolve/${"a".repeat(40)}/model.safetensors: no answer in 0.5 s`,
+      );
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "a missing repository is one clear line from the CLI",
     async () => {
       await startHub({});
@@ -262,6 +315,41 @@ describe("pull from the hub", () => {
       expect(stderr).toBe(
         `error: hf:org/missing: repository org/missing not found on ${servers[0]!.url} (a private one needs HF_TOKEN)\n`,
       );
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "a private repository: without HF_TOKEN, with a token the hub refuses, and with its own, each says what to do",
+    async () => {
+      await startHub({ "org/private": { files: tiny, token: "hf_right" } });
+      const hub = servers[0]!.url;
+      await expect(pull("hf:org/private")).rejects.toThrow(
+        `hf:org/private: repository org/private not found on ${hub} (a private one needs HF_TOKEN)`,
+      );
+      process.env.HF_TOKEN = "hf_expired";
+      await expect(pull("hf:org/private")).rejects.toThrow(
+        `hf:org/private: ${hub} refused HF_TOKEN (Invalid credentials in Authorization header)`,
+      );
+      process.env.HF_TOKEN = "hf_right";
+      load((await pull("hf:org/private")).path);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "the token `huggingface-cli login` saved is used without HF_TOKEN, as huggingface_hub does",
+    async () => {
+      await startHub({ "org/private": { files: tiny, token: "hf_saved" } });
+      process.env.HF_HOME = join(process.env.MLX_HOME!, "huggingface");
+      mkdirSync(process.env.HF_HOME);
+      const saved = join(process.env.HF_HOME, "token");
+      writeFileSync(saved, "hf_stale\n");
+      await expect(pull("hf:org/private")).rejects.toThrow(
+        `hf:org/private: ${servers[0]!.url} refused the token in ${saved} (Invalid credentials in Authorization header)`,
+      );
+      writeFileSync(saved, "hf_saved\n");
+      load((await pull("hf:org/private")).path);
     },
     TEST_TIMEOUT_MS,
   );

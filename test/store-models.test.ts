@@ -2,13 +2,22 @@
 // a real config.json and random weight bytes), then listed, used, evicted, removed, verified,
 // and shared between real processes through the store's locks.
 import { afterEach, beforeEach, describe, expect, test } from "bun:test";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { aliasKvQuantization, aliasMaxKvSize, loadAliases } from "../src/store/aliases";
 import { markInUse, releaseModel } from "../src/store/in-use";
 import { LockTimeoutError, withStoreLock } from "../src/store/lock";
-import { readManifest, writeManifest } from "../src/store/manifest";
+import { manifestPath, readManifest, writeManifest } from "../src/store/manifest";
 import { blobPath, indexPath, inUseDir, locksDir, modelKey } from "../src/store/paths";
 import { modelRequest, pullModel } from "../src/store/pull";
 import { resolveModelPath } from "../src/store/resolve";
@@ -319,6 +328,138 @@ describe("damage", () => {
   );
 });
 
+/**
+ * A GGUF as llama.cpp's quantize writes a Q4_K_M file of a small model: most tensors fall back to
+ * Q5_0 (their rows are no multiple of 256), and general.file_type says what the file is.
+ */
+function mixedQuantGGUF(path: string): void {
+  const u32 = (n: number) => Buffer.from(new Uint32Array([n]).buffer);
+  const u64 = (n: number) => Buffer.from(new BigUint64Array([BigInt(n)]).buffer);
+  const str = (text: string) => Buffer.concat([u64(Buffer.byteLength(text)), Buffer.from(text)]);
+  const [Q5_0, Q4_K, STRING, UINT32] = [6, 12, 8, 4];
+  const tensors = [
+    { name: "a", elements: 32, type: Q5_0, bytes: 22 },
+    { name: "b", elements: 32, type: Q5_0, bytes: 22 },
+    { name: "c", elements: 256, type: Q4_K, bytes: 144 },
+  ];
+  let offset = 0;
+  const infos = tensors.map((t) => {
+    const info = Buffer.concat([str(t.name), u32(1), u64(t.elements), u32(t.type), u64(offset)]);
+    offset += Math.ceil(t.bytes / 32) * 32;
+    return info;
+  });
+  const head = Buffer.concat([
+    Buffer.from("GGUF"),
+    u32(3),
+    u64(tensors.length),
+    u64(2),
+    str("general.architecture"),
+    u32(STRING),
+    str("llama"),
+    str("general.file_type"),
+    u32(UINT32),
+    u32(15), // LLAMA_FTYPE_MOSTLY_Q4_K_M
+    ...infos,
+  ]);
+  writeFileSync(path, Buffer.concat([head, Buffer.alloc(Math.ceil(head.length / 32) * 32 - head.length + offset)]));
+}
+
+describe("a GGUF's quantization", () => {
+  test(
+    "is the file type the GGUF declares (as Ollama shows it), not its most common tensor type",
+    async () => {
+      const path = join(work, "mixed.Q4_K_M.gguf");
+      mixedQuantGGUF(path);
+      await pull(path);
+      expect(readManifest("mixed.Q4_K_M")).toMatchObject({ format: "gguf", quantization: "Q4_K_M" });
+      expect((await cliResult(["list"])).stdout).toMatch(/^mixed\.Q4_K_M\s+gguf\s+Q4_K_M\s/m);
+    },
+    TEST_TIMEOUT_MS,
+  );
+});
+
+describe("an unreadable manifest", () => {
+  test(
+    "its model is listed as such, show says so, and mlx rm removes it with the files only it used",
+    async () => {
+      await pull(fakeModel("alpha"));
+      await pullModel({ name: "org/beta", source: fakeModel("beta") });
+      releaseModel("org/beta"); // pulled by this test process, not in use
+      const weights = readManifest("org/beta")!.files.find((f) => f.name === "model.safetensors")!;
+      // Cut short by a crash, and the index rebuilt without it since.
+      writeFileSync(manifestPath("org/beta"), '{"schemaVersion": 1, "na');
+      rmSync(indexPath());
+
+      expect((await cliResult(["list"])).stdout).toMatch(/^org\/beta .*unreadable manifest: mlx rm org\/beta +-$/m);
+      const rows = JSON.parse((await cliResult(["list", "--json"])).stdout);
+      expect(rows.map((r: { name: string }) => r.name)).toEqual(["alpha", "org/beta"]);
+      expect((await cliResult(["show", "org/beta"])).stderr).toBe(
+        "error: the manifest of 'org/beta' is unreadable (cut short, or from a newer mlx); mlx rm org/beta removes it\n",
+      );
+
+      const rm = await cliResult(["rm", "-y", "org/beta"]);
+      expect(rm).toMatchObject({ code: 0, stderr: "" });
+      expect(existsSync(blobPath(weights.sha256))).toBe(false);
+      expect((await cliResult(["list"])).stdout).not.toContain("org/beta");
+      expect(await names()).toEqual(["alpha"]);
+      expect(await openStoredModel("alpha")).toBeDefined(); // the config and tokenizer they shared stay
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test("a name with a slash that is not stored is named whole", async () => {
+    await pull(fakeModel("alpha"));
+    expect((await cliResult(["rm", "-y", "org/missing"])).stderr).toBe(
+      "error: no stored model named 'org/missing' (see mlx list)\n",
+    );
+    expect((await cliResult(["show", "org/missing"])).stderr).toStartWith("error: 'org/missing' is not in the store");
+  });
+});
+
+describe("what interrupted pulls leave", () => {
+  test(
+    "mlx verify removes it (partial downloads, files of a model never stored, scratch files), unless a pull is running",
+    async () => {
+      await pull(fakeModel("alpha"));
+      const home = process.env.MLX_HOME!;
+      const leftovers = [
+        join(home, "blobs", `sha256-${sha256Hex(fakeWeights(3_000, 5))}.partial`), // a pull killed mid-file
+        join(home, "blobs", `sha256-${sha256Hex(fakeWeights(2_000, 6))}`), // a file of a pull that failed later
+        join(home, "downloads", "hf", `${"a".repeat(40)}-0123456789abcdef.partial`),
+        join(home, "tmp", "blob.123.abcd.tmp"),
+      ];
+      for (const [i, path] of leftovers.entries()) {
+        mkdirSync(join(path, ".."), { recursive: true });
+        writeFileSync(path, fakeWeights(1_000 * (i + 1), i));
+      }
+
+      // A pull running now: its files only look left over.
+      const puller = liveProcess();
+      try {
+        symlinkSync(String(puller.pid), join(locksDir(), "pull-beta.lock"));
+        const busy = await cliResult(["verify"]);
+        expect(busy.stdout).toContain(
+          `kept the files of unfinished pulls: process ${puller.pid} is pulling or converting\n`,
+        );
+        for (const path of leftovers) expect(existsSync(path)).toBe(true);
+      } finally {
+        puller.kill();
+        await puller.exited;
+      }
+
+      const r = await cliResult(["verify"]);
+      expect(r).toMatchObject({ code: 0, stderr: "" });
+      expect(r.stdout).toBe(
+        "checked 3 files (10.1 KB)\nremoved 4 files that interrupted or failed pulls left (10.0 KB)\nall stored models are intact\n",
+      );
+      for (const path of leftovers) expect(existsSync(path)).toBe(false);
+      expect(await openStoredModel("alpha")).toBeDefined();
+      expect((await cliResult(["verify"])).stdout).not.toContain("removed");
+    },
+    TEST_TIMEOUT_MS,
+  );
+});
+
 describe("damage seen cheaply", () => {
   test(
     "mlx list marks a model whose files are gone (a stat per blob, no hashing); the others keep their size",
@@ -336,6 +477,24 @@ describe("damage seen cheaply", () => {
         ["alpha", true],
         ["beta", false],
       ]);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "mlx show of a model with files gone shows it all the same, marking them and saying what to pull",
+    async () => {
+      await pull(fakeModel("alpha"));
+      const config = readManifest("alpha")!.files.find((f) => f.name === "config.json")!;
+      rmSync(blobPath(config.sha256));
+      const r = await cliResult(["show", "alpha"]);
+      expect(r).toMatchObject({ code: 0, stderr: "" });
+      expect(r.stdout).toMatch(/^source\s+\S+alpha$/m);
+      expect(r.stdout).toMatch(
+        new RegExp(`^file config\\.json\\s+\\d+ B  sha256:${config.sha256}  missing: mlx pull alpha$`, "m"),
+      );
+      expect(r.stdout).toMatch(/^file model\.safetensors\s+10\.0 KB  sha256:[0-9a-f]{64}$/m);
+      expect(JSON.parse((await cliResult(["show", "alpha", "--json"])).stdout).missingFiles).toEqual(["config.json"]);
     },
     TEST_TIMEOUT_MS,
   );
@@ -363,6 +522,14 @@ describe("locks", () => {
     const started = performance.now();
     expect(await withStoreLock(() => "got it")).toBe("got it");
     expect(performance.now() - started).toBeLessThan(1_000);
+    expect(existsSync(join(locksDir(), "store.lock"))).toBe(false);
+  });
+
+  test("a lock naming this very process was left by an earlier one that had its pid (a restarted container)", async () => {
+    mkdirSync(locksDir(), { recursive: true });
+    // This process waits for no lock of its own: its callers queue before they reach the file.
+    symlinkSync(String(process.pid), join(locksDir(), "store.lock"));
+    expect(await withStoreLock(() => "got it", { timeoutMs: 300 })).toBe("got it");
     expect(existsSync(join(locksDir(), "store.lock"))).toBe(false);
   });
 
@@ -483,6 +650,18 @@ describe("commands and bad input", () => {
         "error: unknown model 'alpah' (not an alias, a stored model, a source or an existing path); did you mean 'alpha'?",
       );
       expect(stderr.trim().split("\n")).toHaveLength(1);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "mlx pull of org/repo that is no path points at hf:org/repo",
+    async () => {
+      const { code, stderr } = await cliResult(["pull", "mlx-community/Llama-3.2-1B-Instruct-4bit"]);
+      expect(code).toBe(1);
+      expect(stderr).toBe(
+        "error: no such path: mlx-community/Llama-3.2-1B-Instruct-4bit; a Hugging Face repository is pulled as hf:mlx-community/Llama-3.2-1B-Instruct-4bit\n",
+      );
     },
     TEST_TIMEOUT_MS,
   );

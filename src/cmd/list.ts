@@ -1,7 +1,7 @@
 // `mlx list`: the stored models, from the store's index.
 import { defineCommand } from "citty";
 import { formatBytes } from "../format";
-import { blobsPresent, listModels } from "../store/store";
+import { blobsPresent, listModels, unreadableModels } from "../store/store";
 import { fail } from "./log";
 
 export default defineCommand({
@@ -15,12 +15,17 @@ export default defineCommand({
   },
   async run({ args }) {
     try {
+      // A model whose manifest cannot be read is listed all the same: its files take space until `mlx rm`.
+      const unreadable = await unreadableModels();
       const models = await Promise.all(
-        (await listModels()).map(async (m) => ({ ...m, missingFiles: !(await blobsPresent(m)) })),
+        (await listModels())
+          .filter((m) => !unreadable.includes(m.name))
+          .map(async (m) => ({ ...m, missingFiles: !(await blobsPresent(m)) })),
       );
       if (args.json) {
         const rows = models.map(({ blobs: _, ...summary }) => summary);
-        process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
+        const damaged = unreadable.map((name) => ({ name, unreadableManifest: true }));
+        process.stdout.write(`${JSON.stringify([...rows, ...damaged], null, 2)}\n`);
         return;
       }
       const rows = models.map((m) => [
@@ -31,7 +36,8 @@ export default defineCommand({
         m.missingFiles ? "missing files: run mlx verify" : formatBytes(m.totalBytes),
         timeAgo(m.lastUsedAt),
       ]);
-      process.stdout.write(table(["NAME", "FORMAT", "QUANTIZATION", "SIZE", "LAST USED"], rows));
+      const damaged = unreadable.map((name) => [name, "-", "-", `unreadable manifest: mlx rm ${name}`, "-"]);
+      process.stdout.write(table(["NAME", "FORMAT", "QUANTIZATION", "SIZE", "LAST USED"], [...rows, ...damaged]));
     } catch (error) {
       fail(error);
     }

@@ -2,6 +2,7 @@
 import { defineCommand } from "citty";
 import { existsSync } from "node:fs";
 import { resolve } from "node:path";
+import { looksLikeHubRepo } from "../store/hf";
 import { createProgressReporter } from "../store/progress";
 import { modelRequest, pullModel } from "../store/pull";
 import { looksLikePath, unknownModelError } from "../store/resolve";
@@ -25,9 +26,13 @@ export default defineCommand({
     setVerbose(Boolean(args.verbose));
     try {
       const request = modelRequest(args.model);
-      // A bare word that names nothing: say so (with names like it) rather than "no such path".
-      if (request.source === resolve(args.model) && !existsSync(request.source) && !looksLikePath(args.model))
-        throw await unknownModelError(args.model);
+      if (request.source === resolve(args.model) && !existsSync(request.source)) {
+        // A bare word that names nothing: say so (with names like it) rather than "no such path".
+        if (!looksLikePath(args.model)) throw await unknownModelError(args.model);
+        // mlx-lm and Ollama users name hub repositories without a prefix.
+        if (looksLikeHubRepo(args.model))
+          throw new Error(`no such path: ${args.model}; a Hugging Face repository is pulled as hf:${args.model}`);
+      }
       const reporter = createProgressReporter(`pulling ${request.name}`);
       const result = await pullModel(request, {
         onProgress: reporter.update,

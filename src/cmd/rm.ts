@@ -1,7 +1,8 @@
 // `mlx rm <model>`: remove a stored model (files other models share stay).
 import { confirm, isCancel } from "@clack/prompts";
 import { defineCommand } from "citty";
-import { readManifest } from "../store/manifest";
+import { existsSync } from "node:fs";
+import { manifestPath, readManifest } from "../store/manifest";
 import { formatBytes } from "../format";
 import { modelRequest } from "../store/pull";
 import { removeModel } from "../store/store";
@@ -16,12 +17,13 @@ export default defineCommand({
   async run({ args }) {
     try {
       const { name } = modelRequest(args.model);
+      // An unreadable manifest still names a model whose files take space: removing it is the repair.
+      if (!existsSync(manifestPath(name))) throw new Error(`no stored model named '${name}' (see mlx list)`);
       const manifest = readManifest(name);
-      if (!manifest) throw new Error(`no stored model named '${name}' (see mlx list)`);
       // Only a person at a terminal can answer; scripts pass -y.
       if (!args.yes && process.stdin.isTTY) {
         const answer = await confirm({
-          message: `Remove ${name} (${formatBytes(manifest.totalBytes)})?`,
+          message: `Remove ${name} (${manifest ? formatBytes(manifest.totalBytes) : "unreadable manifest"})?`,
           initialValue: false,
         });
         if (isCancel(answer) || !answer) {

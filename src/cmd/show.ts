@@ -1,7 +1,8 @@
 // `mlx show <model>`: a stored model's manifest and what its config says.
 import { defineCommand } from "citty";
-import { readFileSync } from "node:fs";
-import { readManifest, type ModelManifest } from "../store/manifest";
+import { existsSync, readFileSync } from "node:fs";
+import { manifestPath, readManifest, type ModelManifest } from "../store/manifest";
+import { blobPresent } from "../store/blobs";
 import { blobPath } from "../store/paths";
 import { formatBytes, formatCount } from "../format";
 import { ggufParameterCount, readGGUFHeader } from "../models/gguf-header";
@@ -33,13 +34,21 @@ export default defineCommand({
     try {
       const { name } = modelRequest(args.model);
       const manifest = readManifest(name);
+      if (!manifest && existsSync(manifestPath(name)))
+        throw new Error(
+          `the manifest of '${name}' is unreadable (cut short, or from a newer mlx); mlx rm ${name} removes it`,
+        );
       if (!manifest)
         throw new Error(
           `'${name}' is not in the store (mlx pull ${args.model} fetches it; mlx list shows what is there)`,
         );
-      const config = configSummary(manifest);
+      // A model with files gone is shown all the same: its source says what to pull again.
+      const present = await Promise.all(manifest.files.map((f) => blobPresent(f)));
+      const missing = new Set(manifest.files.filter((_, i) => !present[i]).map((f) => f.name));
+      const config = configSummary(manifest, missing);
       if (args.json) {
-        process.stdout.write(`${JSON.stringify({ manifest, config, path: loadPath(manifest) }, null, 2)}\n`);
+        const shown = { manifest, config, path: loadPath(manifest), missingFiles: [...missing] };
+        process.stdout.write(`${JSON.stringify(shown, null, 2)}\n`);
         return;
       }
       const lines = [
@@ -54,7 +63,10 @@ export default defineCommand({
         ["last used", manifest.lastUsedAt],
         ["path", loadPath(manifest)],
         ...Object.entries(config ?? {}).map(([k, v]) => [k, typeof v === "object" ? JSON.stringify(v) : String(v)]),
-        ...manifest.files.map((f) => [`file ${f.name}`, `${formatBytes(f.size)}  sha256:${f.sha256}`]),
+        ...manifest.files.map((f) => [
+          `file ${f.name}`,
+          `${formatBytes(f.size)}  sha256:${f.sha256}${missing.has(f.name) ? `  missing: mlx pull ${manifest.name}` : ""}`,
+        ]),
       ];
       const width = Math.max(...lines.map(([k]) => k!.length));
       process.stdout.write(lines.map(([k, v]) => `${k!.padEnd(width)}  ${v}`).join("\n") + "\n");
@@ -64,12 +76,14 @@ export default defineCommand({
   },
 });
 
-function configSummary(manifest: ModelManifest): Record<string, unknown> | undefined {
+/** What the model's config.json (or GGUF header) says; nothing when that file is missing. */
+function configSummary(manifest: ModelManifest, missing: Set<string>): Record<string, unknown> | undefined {
   const file = manifest.files.find((f) => f.name === "config.json");
   if (!file) {
     const gguf = manifest.files.find((f) => f.name.endsWith(".gguf"));
-    return gguf && ggufSummary(blobPath(gguf.sha256));
+    return gguf && !missing.has(gguf.name) ? ggufSummary(blobPath(gguf.sha256)) : undefined;
   }
+  if (missing.has(file.name)) return undefined;
   const config = JSON.parse(readFileSync(blobPath(file.sha256), "utf8")) as Record<string, unknown>;
   return Object.fromEntries(CONFIG_FIELDS.filter((k) => config[k] !== undefined).map((k) => [k, config[k]]));
 }

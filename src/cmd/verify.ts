@@ -20,8 +20,16 @@ export default defineCommand({
       );
       for (const sha of report.corrupt) process.stderr.write(`corrupt: sha256-${sha} (removed)\n`);
       for (const sha of report.missing) process.stderr.write(`missing: sha256-${sha}\n`);
-      const files = `${report.checkedBlobs} file${report.checkedBlobs === 1 ? "" : "s"}`;
-      process.stdout.write(`checked ${files} (${formatBytes(report.checkedBytes)})\n`);
+      process.stdout.write(`checked ${files(report.checkedBlobs)} (${formatBytes(report.checkedBytes)})\n`);
+      const { leftovers } = report;
+      if ("runningPulls" in leftovers)
+        process.stdout.write(
+          `kept the files of unfinished pulls: process ${leftovers.runningPulls.join(", ")} is pulling or converting\n`,
+        );
+      else if (leftovers.files > 0)
+        process.stdout.write(
+          `removed ${files(leftovers.files)} that interrupted or failed pulls left (${formatBytes(leftovers.bytes)})\n`,
+        );
       if (report.damagedModels.length === 0) {
         process.stdout.write("all stored models are intact\n");
         return;
@@ -33,3 +41,5 @@ export default defineCommand({
     }
   },
 });
+
+const files = (count: number) => `${count} file${count === 1 ? "" : "s"}`;

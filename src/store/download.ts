@@ -2,8 +2,10 @@
 // Bytes land in "<dest>.partial", which survives interruptions so the next attempt (in this
 // process or a later run) resumes with an HTTP Range request; the file is renamed to <dest>
 // only once its size and SHA-256 check out.
-import { mkdir, open, rename, stat, truncate, unlink } from "node:fs/promises";
-import { dirname } from "node:path";
+import { mkdir, open, rename, stat, statfs, truncate, unlink } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { withLock } from "./lock";
+import { locksDir, storeRoot } from "./paths";
 import { syncToDisk } from "./sync";
 
 export interface DownloadProgress {
@@ -53,12 +55,40 @@ export class DownloadError extends Error {
 
 const MAX_RETRY_DELAY_MS = 10_000;
 
-export async function downloadToFile(
-  url: string,
-  destPath: string,
-  options: DownloadOptions = {},
-): Promise<DownloadResult> {
+// Another process fetching the same file may take as long as the download does.
+const DOWNLOAD_LOCK_TIMEOUT_MS = 6 * 3600_000;
+
+/**
+ * One download of `destPath` at a time, across processes: two pulls that want the same file
+ * (two models sharing a blob, two servers) would otherwise append to one partial file, each
+ * hashing only its own bytes, and keep a file whose name does not match its content.
+ */
+export function downloadToFile(url: string, destPath: string, options: DownloadOptions = {}): Promise<DownloadResult> {
+  const lock = join(
+    locksDir(),
+    `download-${new Bun.CryptoHasher("sha256").update(destPath).digest("hex").slice(0, 16)}.lock`,
+  );
+  return withLock(
+    lock,
+    async () => (await finishedMeanwhile(destPath, options)) ?? downloadUnlocked(url, destPath, options),
+    { timeoutMs: DOWNLOAD_LOCK_TIMEOUT_MS },
+  );
+}
+
+/** The file the process we waited for completed: it was renamed into place only once verified. */
+async function finishedMeanwhile(destPath: string, options: DownloadOptions): Promise<DownloadResult | undefined> {
+  const { expectedSha256, expectedSize } = options;
+  if (expectedSha256 === undefined || expectedSize === undefined) return undefined;
+  const size = await stat(destPath).then(
+    (s) => s.size,
+    () => undefined,
+  );
+  return size === expectedSize ? { path: destPath, sha256: expectedSha256.toLowerCase(), size } : undefined;
+}
+
+async function downloadUnlocked(url: string, destPath: string, options: DownloadOptions): Promise<DownloadResult> {
   const shownUrl = withoutCredentials(url);
+  const resuming = (await partialBytes(destPath)) > 0;
   const retries = options.retries ?? 5;
   const baseDelay = options.retryDelayMs ?? 500;
   await mkdir(dirname(destPath), { recursive: true });
@@ -94,6 +124,8 @@ export async function downloadToFile(
   }
   if (options.expectedSha256 !== undefined && sha256 !== options.expectedSha256.toLowerCase()) {
     await partial.remove();
+    // The bytes at fault may be those an earlier run left (a crash can leave a tail unwritten): once more, from zero.
+    if (resuming) return downloadUnlocked(url, destPath, options);
     throw new DownloadError(
       `checksum mismatch for ${shownUrl}: expected sha256 ${options.expectedSha256}, got ${sha256}`,
     );
@@ -101,6 +133,27 @@ export async function downloadToFile(
   await partial.flushToDisk();
   await rename(partial.path, destPath);
   return { path: destPath, sha256, size: partial.size };
+}
+
+/** Fails before a download that cannot fit, rather than filling the disk and failing halfway. */
+export async function ensureFreeSpace(bytes: number, what: string): Promise<void> {
+  const root = storeRoot();
+  await mkdir(root, { recursive: true });
+  const { bavail, bsize } = await statfs(root);
+  const free = bavail * bsize;
+  if (free < bytes) {
+    throw new Error(`not enough disk space in ${root} for ${what}: about ${mb(bytes)} MB needed, ${mb(free)} MB free`);
+  }
+}
+
+const mb = (bytes: number) => Math.ceil(bytes / 1e6);
+
+/** The bytes of a partial download of `destPath` already on disk (what a resume need not fetch again). */
+export function partialBytes(destPath: string): Promise<number> {
+  return stat(`${destPath}.partial`).then(
+    (s) => s.size,
+    () => 0,
+  );
 }
 
 /** One HTTP request that appends whatever the partial file still lacks. */

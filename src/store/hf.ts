@@ -4,9 +4,11 @@
 //   HEAD {endpoint}/{repo}/resolve/{sha}/{file}        -> X-Linked-Etag (sha256 of LFS files), X-Linked-Size,
 //                                                         and for LFS files a redirect to their storage
 // Files are fetched at the listing's commit sha, so a push during the pull cannot mix revisions.
+import { readFileSync } from "node:fs";
+import { homedir } from "node:os";
 import { join } from "node:path";
 import { addBlob, blobPresent } from "./blobs";
-import { describeNetworkError, downloadToFile, type DownloadProgress } from "./download";
+import { describeNetworkError, downloadToFile, ensureFreeSpace, partialBytes, type DownloadProgress } from "./download";
 import type { ManifestFile } from "./manifest";
 import { indexedWeightFiles, neededFiles, WEIGHT_INDEX } from "./model-files";
 import { blobPath, downloadsDir, isSha256Hex } from "./paths";
@@ -20,6 +22,8 @@ export interface HFPullOptions {
   /** Progress over all the files of the model together. */
   onProgress?: (progress: DownloadProgress) => void;
   signal?: AbortSignal;
+  /** A request to the hub (the listing, a file's lookup) that answers nothing for this long fails (default 30 s). */
+  hubTimeoutMs?: number;
 }
 
 interface RemoteFile {
@@ -31,7 +35,13 @@ interface RemoteFile {
 }
 
 const REPO = /^[A-Za-z0-9][A-Za-z0-9_.-]*\/[A-Za-z0-9][A-Za-z0-9_.-]*$/;
-const LISTING_TIMEOUT_MS = 30_000;
+const HUB_TIMEOUT_MS = 30_000;
+
+/** Whether `name` reads as a hub repository, "org/repo[@revision]" (what mlx-lm's --model takes). */
+export function looksLikeHubRepo(name: string): boolean {
+  const repo = name.split("@")[0]!;
+  return REPO.test(repo) && !repo.includes("..");
+}
 
 export function parseHFSpec(spec: string): HFSpec {
   const match = spec.match(/^hf:([^@]+)(?:@(.+))?$/);
@@ -45,8 +55,25 @@ export function hfEndpoint(): string {
   return (process.env.HF_ENDPOINT || "https://huggingface.co").replace(/\/+$/, "");
 }
 
+/**
+ * The token huggingface_hub would send, and what to call it in messages: $HF_TOKEN, else the
+ * file `huggingface-cli login` writes ($HF_TOKEN_PATH, or "token" in $HF_HOME, ~/.cache/huggingface).
+ */
+function hubToken(): { token: string; named: string } | undefined {
+  if (process.env.HF_TOKEN) return { token: process.env.HF_TOKEN, named: "HF_TOKEN" };
+  const path =
+    process.env.HF_TOKEN_PATH || join(process.env.HF_HOME || join(homedir(), ".cache", "huggingface"), "token");
+  let token = "";
+  try {
+    token = readFileSync(path, "utf8").trim();
+  } catch {
+    // not logged in
+  }
+  return token ? { token, named: `the token in ${path}` } : undefined;
+}
+
 function hubHeaders(): Record<string, string> {
-  const token = process.env.HF_TOKEN;
+  const token = hubToken()?.token;
   return token ? { Authorization: `Bearer ${token}` } : {};
 }
 
@@ -57,7 +84,7 @@ export async function pullHFRepo(
 ): Promise<{ files: ManifestFile[]; revision: string }> {
   const { repo, revision } = parseHFSpec(spec);
   const endpoint = hfEndpoint();
-  const listing = await fetchListing(spec, repo, revision, endpoint, options.signal);
+  const listing = await fetchListing(spec, repo, revision, endpoint, options);
   const commit = listing.sha ?? revision;
   const available = listing.siblings.map((s) => s.rfilename);
   if (!available.includes("config.json")) {
@@ -70,7 +97,7 @@ export async function pullHFRepo(
       spec,
       `${endpoint}/${repo}/resolve/${encodeURIComponent(commit)}/${encodeURIComponent(name)}`,
       name,
-      options.signal,
+      options,
     );
 
   const stored = new Map<string, ManifestFile>();
@@ -87,6 +114,7 @@ export async function pullHFRepo(
     throw new Error(`${spec}: ${WEIGHT_INDEX} names files the repository lacks: ${missing.join(", ")}`);
 
   const remote = await Promise.all(wanted.map(locate));
+  await ensureFreeSpace(await bytesStillNeeded(remote), spec);
   const total = remote.every((f) => f.size !== undefined) ? remote.reduce((n, f) => n + f.size!, 0) : undefined;
   let done = 0;
   for (const file of remote) {
@@ -105,21 +133,26 @@ export async function pullHFRepo(
   return { files: [...stored.values()], revision: commit };
 }
 
-async function fetchListing(spec: string, repo: string, revision: string, endpoint: string, signal?: AbortSignal) {
-  const url = `${endpoint}/api/models/${repo}/revision/${encodeURIComponent(revision)}`;
-  const timeout = AbortSignal.timeout(LISTING_TIMEOUT_MS);
-  let response: Response;
+/** A request to the hub that fails when no answer comes in time, rather than hanging the pull. */
+async function hubRequest(url: string, init: RequestInit, options: HFPullOptions, reaching: string): Promise<Response> {
+  const timeoutMs = options.hubTimeoutMs ?? HUB_TIMEOUT_MS;
+  const timeout = AbortSignal.timeout(timeoutMs);
   try {
-    response = await fetch(url, {
+    return await fetch(url, {
+      ...init,
       headers: hubHeaders(),
-      signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
+      signal: options.signal ? AbortSignal.any([options.signal, timeout]) : timeout,
     });
   } catch (error) {
-    if (signal?.aborted) throw signal.reason;
-    throw new Error(
-      `cannot reach the Hugging Face hub at ${endpoint}: ${timeout.aborted ? "timed out" : describeNetworkError(error)}`,
-    );
+    if (options.signal?.aborted) throw options.signal.reason;
+    const reason = timeout.aborted ? `no answer in ${timeoutMs / 1000} s` : describeNetworkError(error);
+    throw new Error(`cannot reach ${reaching}: ${reason}`);
   }
+}
+
+async function fetchListing(spec: string, repo: string, revision: string, endpoint: string, options: HFPullOptions) {
+  const url = `${endpoint}/api/models/${repo}/revision/${encodeURIComponent(revision)}`;
+  const response = await hubRequest(url, {}, options, `the Hugging Face hub at ${endpoint}`);
   if (!response.ok) throw hubError(response, spec, url);
   const body = (await response.json().catch(() => undefined)) as
     | { sha?: string; siblings?: { rfilename?: string }[] }
@@ -131,14 +164,8 @@ async function fetchListing(spec: string, repo: string, revision: string, endpoi
 }
 
 /** A HEAD request that stops at the redirect: the redirect is what carries the LFS file's sha256 and size. */
-async function locateFile(spec: string, url: string, name: string, signal?: AbortSignal): Promise<RemoteFile> {
-  let response: Response;
-  try {
-    response = await fetch(url, { method: "HEAD", redirect: "manual", headers: hubHeaders(), signal });
-  } catch (error) {
-    if (signal?.aborted) throw signal.reason;
-    throw new Error(`cannot reach ${url}: ${describeNetworkError(error)}`);
-  }
+async function locateFile(spec: string, url: string, name: string, options: HFPullOptions): Promise<RemoteFile> {
+  const response = await hubRequest(url, { method: "HEAD", redirect: "manual" }, options, url);
   const redirected = response.status >= 300 && response.status < 400 && response.headers.has("location");
   if (!redirected && !response.ok) throw hubError(response, spec, url);
   const sha256 = etagSha256(response.headers.get("x-linked-etag") ?? response.headers.get("etag"));
@@ -183,6 +210,19 @@ async function fetchFile(file: RemoteFile, commit: string, options: HFPullOption
   return { name: file.name, ...(await addBlob(staging, { move: true })) };
 }
 
+/** What the files still need on disk: nothing for a blob already stored, less what a partial download holds. */
+async function bytesStillNeeded(files: RemoteFile[]): Promise<number> {
+  const needed = await Promise.all(
+    files.map(async ({ sha256, size }) => {
+      if (size === undefined) return 0;
+      if (!sha256) return size;
+      if (await blobPresent({ sha256, size })) return 0;
+      return Math.max(0, size - (await partialBytes(blobPath(sha256))));
+    }),
+  );
+  return needed.reduce((n, bytes) => n + bytes, 0);
+}
+
 /** The hub's ETags are quoted and may be weak: W/"<hex>". Only a sha256 is of use here. */
 function etagSha256(etag: string | null): string | undefined {
   const value = etag?.replace(/^W\//, "").replace(/"/g, "").toLowerCase();
@@ -194,13 +234,24 @@ function hubError(response: Response, spec: string, url: string): Error {
   void response.body?.cancel();
   const { repo, revision } = parseHFSpec(spec);
   const code = response.headers.get("x-error-code");
+  const hubMessage = response.headers.get("x-error-message");
   const file = decodeURIComponent(url.split("/resolve/")[1]?.split("/").slice(1).join("/") ?? "");
-  if (code === "GatedRepo") return new Error(`${spec}: ${repo} is gated; accept its terms on the hub and set HF_TOKEN`);
+  const token = hubToken();
+  if (code === "GatedRepo")
+    return new Error(
+      `${spec}: ${repo} is gated; accept its terms on the hub${token ? ` with the account ${token.named} belongs to` : " and set HF_TOKEN"}`,
+    );
   if (code === "RevisionNotFound") return new Error(`${spec}: revision '${revision}' not found in ${repo}`);
   if (code === "EntryNotFound" || (file && response.status === 404))
     return new Error(`${spec}: ${file} not found in ${repo}@${revision}`);
+  // A 401 that is no verdict on the repository is one on the token: invalid or expired.
+  if (response.status === 401 && token && code !== "RepoNotFound")
+    return new Error(`${spec}: ${hfEndpoint()} refused ${token.named}${hubMessage ? ` (${hubMessage})` : ""}`);
   if (code === "RepoNotFound" || response.status === 401 || response.status === 404) {
-    return new Error(`${spec}: repository ${repo} not found on ${hfEndpoint()} (a private one needs HF_TOKEN)`);
+    const hint = token ? `or ${token.named} gives no access to it` : "a private one needs HF_TOKEN";
+    return new Error(`${spec}: repository ${repo} not found on ${hfEndpoint()} (${hint})`);
   }
-  return new Error(`GET ${url}: HTTP ${response.status} ${response.statusText}`.trim());
+  return new Error(
+    `GET ${url}: HTTP ${response.status} ${response.statusText}${hubMessage ? `: ${hubMessage}` : ""}`.trim(),
+  );
 }

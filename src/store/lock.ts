@@ -5,7 +5,7 @@
 // so a crash never wedges the store; waiting is bounded, so a live but stuck owner gives a
 // clear error instead of a hang. Within one process, callers queue up first,
 // because the file alone cannot tell two async tasks of the same pid apart.
-import { mkdirSync, readFileSync, readlinkSync, symlinkSync, unlinkSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, readlinkSync, symlinkSync, unlinkSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { locksDir } from "./paths";
 
@@ -20,6 +20,7 @@ export class LockTimeoutError extends Error {
   override name = "LockTimeoutError";
 }
 
+const STORE_LOCK = "store.lock";
 const POLL_MS = 25;
 const MAX_POLL_MS = 250;
 
@@ -59,7 +60,7 @@ export function withLock<T>(path: string, fn: () => T | Promise<T>, options: Loc
 
 /** The lock around every change to manifests, the index and blobs: held for milliseconds. */
 export function withStoreLock<T>(fn: () => T | Promise<T>, options?: LockOptions): Promise<T> {
-  return withLock(join(locksDir(), "store.lock"), fn, options);
+  return withLock(join(locksDir(), STORE_LOCK), fn, options);
 }
 
 async function acquireFileLock(path: string, { timeoutMs = 10_000, onWait }: LockOptions): Promise<() => void> {
@@ -99,6 +100,20 @@ function tryCreate(path: string): boolean {
   }
 }
 
+/** The pids of live processes holding any of the store's locks but the store lock (pulls, downloads, conversions). */
+export function busyLockHolders(): number[] {
+  let names: string[];
+  try {
+    names = readdirSync(locksDir());
+  } catch {
+    return [];
+  }
+  return names
+    .filter((name) => name !== STORE_LOCK)
+    .map((name) => readHolder(join(locksDir(), name)))
+    .filter((holder): holder is number => typeof holder === "number");
+}
+
 /** The holder's pid when it is alive, "dead", or "gone" (released meanwhile). */
 function readHolder(path: string): number | "dead" | "gone" {
   let holder: string;
@@ -115,6 +130,9 @@ function readHolder(path: string): number | "dead" | "gone" {
   }
   const pid = Number.parseInt(holder, 10);
   if (!Number.isInteger(pid) || pid <= 0) return "dead";
+  // Our own pid: a lock of an earlier process that had it (a restarted container's pid 1); this
+  // process never waits for itself, as its own callers queue before they reach the file.
+  if (pid === process.pid) return "dead";
   return isProcessAlive(pid) ? pid : "dead";
 }
 

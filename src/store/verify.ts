@@ -1,11 +1,15 @@
 // `mlx verify`: re-hashes every blob the stored models use. A blob whose bytes no longer
 // match its name is removed (keeping it would only fail later, at load time), and the models
-// that used it, or that miss a blob, are named so they can be pulled again.
+// that used it, or that miss a blob, are named so they can be pulled again. What no model uses
+// (what interrupted or failed pulls left) is removed too, unless a pull is running.
+import { existsSync, lstatSync, readdirSync, rmSync } from "node:fs";
 import { stat } from "node:fs/promises";
+import { basename, join } from "node:path";
 import { hashFile, removeBlob } from "./blobs";
-import { withStoreLock } from "./lock";
+import { busyLockHolders, withStoreLock } from "./lock";
 import { loadIndex } from "./model-index";
-import { blobPath } from "./paths";
+import { blobPath, blobsDir, downloadsDir, modelsDir, storeRoot } from "./paths";
+import { linkedBlobs } from "./store";
 
 export interface VerifyReport {
   checkedBlobs: number;
@@ -16,6 +20,11 @@ export interface VerifyReport {
   missing: string[];
   /** Models that need `mlx pull <name>`. */
   damagedModels: string[];
+  /**
+   * Files no stored model uses, left by interrupted or failed pulls (partial downloads, files of
+   * a model never completed, scratch files), now removed; none while a pull is running (its pids).
+   */
+  leftovers: { files: number; bytes: number } | { runningPulls: number[] };
 }
 
 export async function verifyStore(
@@ -31,7 +40,14 @@ export async function verifyStore(
       users.set(sha, [...(users.get(sha) ?? []), m.name]);
     }
   }
-  const report: VerifyReport = { checkedBlobs: 0, checkedBytes: 0, corrupt: [], missing: [], damagedModels: [] };
+  const report: VerifyReport = {
+    checkedBlobs: 0,
+    checkedBytes: 0,
+    corrupt: [],
+    missing: [],
+    damagedModels: [],
+    leftovers: { files: 0, bytes: 0 },
+  };
   let position = 0;
   for (const [sha256, size] of sizes) {
     onBlob?.(sha256, position++, sizes.size);
@@ -50,8 +66,47 @@ export async function verifyStore(
   }
   await withStoreLock(async () => {
     for (const sha of report.corrupt) await removeBlob(sha);
+    // A running pull's files are not a model's yet: they only look left over.
+    const runningPulls = busyLockHolders();
+    report.leftovers = runningPulls.length > 0 ? { runningPulls: [...new Set(runningPulls)] } : removeLeftovers();
   });
   const damaged = new Set([...report.corrupt, ...report.missing].flatMap((sha) => users.get(sha) ?? []));
   report.damagedModels = [...damaged].sort();
   return report;
+}
+
+/** Removes what no stored model uses: unreferenced blobs, partial downloads, scratch files. Under the store lock. */
+function removeLeftovers(): { files: number; bytes: number } {
+  const used = usedBlobNames();
+  const leftovers = [
+    ...filesIn(blobsDir()).filter((path) => !used.has(basename(path))),
+    ...filesIn(downloadsDir()),
+    ...filesIn(join(storeRoot(), "tmp")),
+  ];
+  let bytes = 0;
+  for (const path of leftovers) {
+    bytes += lstatSync(path).size;
+    rmSync(path, { force: true });
+  }
+  return { files: leftovers.length, bytes };
+}
+
+/** The blob file names stored models use: their manifests', and their directories' links (a model whose manifest is unreadable keeps its files until `mlx rm`). */
+function usedBlobNames(): Set<string> {
+  const models = [
+    ...[...loadIndex().values()].map((m) => m.blobs),
+    ...(existsSync(modelsDir()) ? readdirSync(modelsDir()) : []).map((key) => linkedBlobs(decodeURIComponent(key))),
+  ];
+  return new Set(models.flatMap((blobs) => Object.keys(blobs).map((sha256) => basename(blobPath(sha256)))));
+}
+
+/** Every file under `dir`, however deep; none when it does not exist. */
+function filesIn(dir: string): string[] {
+  try {
+    return readdirSync(dir, { recursive: true, withFileTypes: true })
+      .filter((entry) => !entry.isDirectory())
+      .map((entry) => join(entry.parentPath, entry.name));
+  } catch {
+    return [];
+  }
 }

@@ -17,6 +17,8 @@ export interface Reply {
   dropAfter?: number;
   /** Send only this many body bytes, then go silent with the connection left open. */
   stallAfter?: number;
+  /** Answer nothing at all, the connection left open. */
+  silent?: boolean;
 }
 
 export interface TestServer {
@@ -27,6 +29,7 @@ export interface TestServer {
 
 const STATUS_TEXT: Record<number, string> = {
   200: "OK",
+  401: "Unauthorized",
   206: "Partial Content",
   404: "Not Found",
   416: "Range Not Satisfiable",
@@ -77,6 +80,7 @@ function parseRequest(head: string): RecordedRequest {
 }
 
 function respond(socket: Socket, reply: Reply): void {
+  if (reply.silent) return;
   const body = typeof reply.body === "string" ? Buffer.from(reply.body) : Buffer.from(reply.body ?? new Uint8Array());
   const headers = { "Content-Length": String(body.length), Connection: "close", ...reply.headers };
   const head = [
@@ -182,6 +186,12 @@ export interface Repo {
   lieAbout?: string;
   /** Cut the first download of this file short. */
   dropFirst?: string;
+  /** A private repository: seen only with this bearer token (another token is refused as invalid, as the hub does). */
+  token?: string;
+  /** Never answer the lookup of this file (as a hub that hangs does). */
+  silentAbout?: string;
+  /** Claim these sizes for files in X-Linked-Size instead of the real ones. */
+  claimSizes?: Record<string, number>;
 }
 
 const isLfs = (name: string) => name.endsWith(".safetensors");
@@ -196,6 +206,8 @@ function hub(repos: Map<string, Repo>, storage: () => string) {
   for (const repo of repos.values()) for (const data of repo.files.values()) stored.set(sha256Hex(data), data);
   return (request: RecordedRequest): Reply => {
     const path = decodeURIComponent(request.path);
+    const refused = refusal(repos.get(path.match(/^\/(?:api\/models\/)?([^/]+\/[^/]+)\//)?.[1] ?? ""), request);
+    if (refused) return refused;
     const listing = path.match(/^\/api\/models\/([^/]+\/[^/]+)\/revision\/(.+)$/);
     if (listing) {
       const repo = repos.get(listing[1]!);
@@ -216,6 +228,7 @@ function hub(repos: Map<string, Repo>, storage: () => string) {
       const data = repo?.files.get(resolve[3]!);
       if (!repo || !data || resolve[2] !== repo.sha)
         return { status: 404, headers: { "X-Error-Code": "EntryNotFound" } };
+      if (repo.silentAbout === resolve[3]) return { status: 200, silent: true };
       const sha = sha256Hex(data);
       if (isLfs(resolve[3]!)) {
         const claimed = repo.lieAbout === resolve[3] ? "0".repeat(64) : sha;
@@ -224,7 +237,7 @@ function hub(repos: Map<string, Repo>, storage: () => string) {
           headers: {
             Location: `${storage()}/lfs/${sha}`,
             "X-Linked-Etag": `"${claimed}"`,
-            "X-Linked-Size": String(data.length),
+            "X-Linked-Size": String(repo.claimSizes?.[resolve[3]!] ?? data.length),
           },
         };
       }
@@ -245,6 +258,15 @@ function hub(repos: Map<string, Repo>, storage: () => string) {
     }
     return { status: 404 };
   };
+}
+
+/** What the hub answers a request for a private repository without its token. */
+function refusal(repo: Repo | undefined, request: RecordedRequest): Reply | undefined {
+  const authorization = request.headers.authorization;
+  if (!repo?.token || authorization === `Bearer ${repo.token}`) return undefined;
+  if (authorization)
+    return { status: 401, headers: { "X-Error-Message": "Invalid credentials in Authorization header" } };
+  return { status: 401, headers: { "X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found" } };
 }
 
 /** A Hugging Face hub serving `repos` on loopback, LFS files from a second origin (its storage). */
