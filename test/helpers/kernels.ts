@@ -46,3 +46,23 @@ export function roundingExcess(
     return mx.max(mx.subtract(mx.abs(mx.subtract(ours, exact)), bound)).item();
   });
 }
+
+/**
+ * Runs `script` (TypeScript importing "./src/mlx", which prints the instruction set it ran
+ * — `mx.cpuKernels().split(",")[0]` — then numbers, on one line) once per instruction set, each
+ * in a process of its own (the set is chosen at start), and returns each run's numbers. A set
+ * this CPU or build lacks falls back to a lesser one, checked all the same.
+ */
+export function numbersPerInstructionSet(script: string): number[][] {
+  const sets = ["portable", "avx2", "avx512", "neon"];
+  return sets.map((isa) => {
+    const child = Bun.spawnSync([process.execPath, "-e", script], {
+      env: { ...process.env, MLX_CPU_ISA: isa },
+      stderr: "pipe",
+    });
+    if (child.exitCode !== 0) throw new Error(`MLX_CPU_ISA=${isa}: ${child.stderr.toString().trim()}`);
+    const [ran, ...numbers] = child.stdout.toString().trim().split(" ");
+    if (!sets.includes(ran!)) throw new Error(`MLX_CPU_ISA=${isa} ran '${ran}'`);
+    return numbers.map(Number);
+  });
+}
