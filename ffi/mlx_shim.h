@@ -200,6 +200,7 @@ MLXS_API int mlxs_quantized_cache_write(mlxs_array** outs, const mlxs_array* val
                                         int owned);
 // silu(gate) * up, the SwiGLU feed-forward's activation: one op on our CPU kernels.
 MLXS_API int mlxs_silu_mul(mlxs_array** out, const mlxs_array* gate, const mlxs_array* up);
+MLXS_API int mlxs_gelu_approx_mul(mlxs_array** out, const mlxs_array* gate, const mlxs_array* up);
 // A greedy step's sampling of logits [B, V]: outs[0] the tokens argmax(logprobs) (uint32 [B]),
 // outs[1] their logprobs ([B], the logits' type), logprobs = logits - logsumexp(logits): one op
 // on our CPU kernels, the same numbers as MLX's ops give.

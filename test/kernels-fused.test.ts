@@ -1,4 +1,4 @@
-// Our RMSNorm, RoPE, SiLU·mul, logsumexp and greedy sampling primitives (ffi/src/kernels/) against MLX's
+// Our RMSNorm, RoPE, SiLU·mul and GELU·mul, logsumexp and greedy sampling primitives (ffi/src/kernels/) against MLX's
 // ops on the same inputs: odd sizes, strided inputs, every RoPE variant the models use.
 import { describe, expect, test } from "bun:test";
 import * as mx from "../src/mlx";
@@ -97,7 +97,7 @@ describe("RoPE kernel", () => {
   });
 });
 
-describe("SiLU·mul kernel", () => {
+describe("SiLU·mul and GELU·mul (gated activation) kernel", () => {
   mx.random.seed(8);
   // Within a few ulps of MLX's ops: the exponential is a vector one (about 1 ulp), and a half
   // result may round the other way.
@@ -121,6 +121,23 @@ describe("SiLU·mul kernel", () => {
         compare(() => mx.fast.siluMul(gate, up), tolerance);
         compare(() => mx.fast.siluMul(mx.multiply(gate, 12), up), tolerance);
       }
+    }
+  });
+
+  test("gelu_approx(gate) * up (Gemma's GeGLU) against mlx.nn.gelu_approx's ops: rows, odd widths, strided halves, each type", () => {
+    for (const [dtype, tolerance] of tolerances) {
+      for (const shape of [
+        [1, 1, 2048],
+        [3, 1537],
+        [17, 3],
+      ]) {
+        const [gate, up] = [normal(shape, dtype), normal(shape, dtype)];
+        compare(() => mx.fast.geluApproxMul(gate, up), tolerance);
+        compare(() => mx.fast.geluApproxMul(mx.multiply(gate, 12), up), tolerance);
+      }
+      const fused = normal([2, 3, 2 * 1536], dtype);
+      const half = (start: number) => mx.slice(fused, [0, 0, start], [2, 3, start + 1536]);
+      compare(() => mx.fast.geluApproxMul(half(0), half(1536)), tolerance);
     }
   });
 
@@ -164,12 +181,12 @@ describe("SiLU·mul kernel", () => {
 
   test("every instruction set's path (MLX_CPU_ISA) agrees with MLX's op", () => {
     // Each set's vector code is its own (silu_mul_<isa>.cpp): run each, in a process of its own
-    // (the set is chosen at start), on 1 and 8 rows with partial vectors, in each type.
+    // (the set is chosen at start), on 1 and 8 rows with partial vectors, in each type, both activations.
     const script = `
       import * as mx from "./src/mlx";
       const errors = [mx.Dtype.float32, mx.Dtype.float16, mx.Dtype.bfloat16].map((dtype) => {
         const [gate, up] = [1, 2].map((k) => mx.astype(mx.multiply(mx.random.normal([9, 1539], mx.Dtype.float32, mx.random.key(k)), 4), dtype));
-        const all = () => [mx.slice(gate, [0, 0], [1, 1539]), gate].map((g, i) => mx.astype(mx.fast.siluMul(g, i === 0 ? mx.slice(up, [0, 0], [1, 1539]) : up), mx.Dtype.float32));
+        const all = () => [mx.fast.siluMul, mx.fast.geluApproxMul].flatMap((op) => [mx.slice(gate, [0, 0], [1, 1539]), gate].map((g, i) => mx.astype(op(g, i === 0 ? mx.slice(up, [0, 0], [1, 1539]) : up), mx.Dtype.float32)));
         const ours = all();
         mx.useCpuKernels(false);
         const theirs = all();

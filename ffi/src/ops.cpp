@@ -353,6 +353,10 @@ int mlxs_silu_mul(mlxs_array** out, const mlxs_array* gate, const mlxs_array* up
   return guard([&] { return put(out, kernels::silu_mul(ref(gate), ref(up))); });
 }
 
+int mlxs_gelu_approx_mul(mlxs_array** out, const mlxs_array* gate, const mlxs_array* up) {
+  return guard([&] { return put(out, kernels::gelu_approx_mul(ref(gate), ref(up))); });
+}
+
 int mlxs_greedy_tokens(mlxs_array** outs, const mlxs_array* logits) {
   return guard([&] { return put_all(outs, kernels::greedy_tokens(ref(logits))); });
 }

@@ -120,6 +120,11 @@ export function siluMul(gate: MxArray, up: MxArray): MxArray {
   return wrap(lib.mlxs_silu_mul(outPtr, gate.handle, up.handle), "silu_mul");
 }
 
+/** gelu_approx(gate) * up (GELU's tanh approximation: Gemma's GeGLU), likewise: mlx.nn.gelu_approx's ops elsewhere. */
+export function geluApproxMul(gate: MxArray, up: MxArray): MxArray {
+  return wrap(lib.mlxs_gelu_approx_mul(outPtr, gate.handle, up.handle), "gelu_approx_mul");
+}
+
 /**
  * A greedy step's sampling of logits [B, V]: each row's token, argmax(logprobs), and its logprob,
  * logprobs = logits - logsumexp(logits). One op on our CPU kernels (no logprobs array); the same

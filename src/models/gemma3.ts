@@ -17,13 +17,6 @@ export function gemmaNorm(w: Weights, prefix: string, eps: number): (x: MxArray)
   return (x) => mx.fast.rmsNorm(x, weight, eps);
 }
 
-/** GELU's tanh approximation, as mlx.nn.gelu_approx. */
-export const geluApprox = (x: MxArray) =>
-  mx.multiply(
-    mx.multiply(x, 0.5),
-    mx.add(1, mx.tanh(mx.multiply(Math.sqrt(2 / Math.PI), mx.add(x, mx.multiply(0.044715, mx.power(x, 3)))))),
-  );
-
 /** x + y, kept within float16's range when the model runs in float16 (Gemma's activations can overflow it). */
 function clipResidual(x: MxArray, y: MxArray): MxArray {
   if (x.dtype !== mx.Dtype.float16) return mx.add(x, y);
@@ -76,7 +69,7 @@ export function build(w: Weights): DecoderModel {
       scale: o.queryPreAttnScalar ** -0.5,
       rope,
     });
-    const feedForward = mlp(w, `${p}.mlp`, geluApprox);
+    const feedForward = mlp(w, `${p}.mlp`, "gelu_approx");
     const [inputNorm, postAttnNorm, preFfnNorm, postFfnNorm] = [
       "input_layernorm",
       "post_attention_layernorm",

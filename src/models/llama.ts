@@ -180,15 +180,16 @@ export function fusedMlp(w: Weights, prefix: string) {
   };
 }
 
-/** down(act(gate(x)) · up(x)): SwiGLU (SiLU, fused with the product) unless another activation is given (GeGLU's GELU). */
-export function mlp(w: Weights, prefix: string, activation?: (x: MxArray) => MxArray): FeedForward {
+/** down(act(gate(x)) · up(x)), the activation fused with the product: SwiGLU's SiLU, or GeGLU's GELU (tanh approximation). */
+export function mlp(w: Weights, prefix: string, activation: "silu" | "gelu_approx" = "silu"): FeedForward {
   const gateUp = fusedLinear(w, [`${prefix}.gate_proj`, `${prefix}.up_proj`]);
   const down = summedOverShards(w, linear(w, `${prefix}.down_proj`));
+  const gated = activation === "silu" ? mx.fast.siluMul : mx.fast.geluApproxMul;
   const forward = (x: MxArray) => {
     const [gate, up] = gateUp(x) as [MxArray, MxArray];
-    return down(activation ? mx.multiply(activation(gate), up) : mx.fast.siluMul(gate, up));
+    return down(gated(gate, up));
   };
-  if (activation || !gateUp.quantized || !down.quantized) return forward;
+  if (activation !== "silu" || !gateUp.quantized || !down.quantized) return forward;
   return Object.assign(forward, { swiglu: { gateUp: gateUp.quantized, down: down.quantized } });
 }
 

@@ -192,6 +192,9 @@ std::vector<mx::array> greedy_tokens(const mx::array& logits);
 
 // silu(gate) * up as one primitive; MLX's ops (sigmoid, two multiplies) where it does not apply.
 mx::array silu_mul(const mx::array& gate, const mx::array& up);
+// gelu_approx(gate) * up (GELU's tanh approximation, Gemma's GeGLU) likewise; where it does not
+// apply, mlx.nn.gelu_approx's ops and a multiply.
+mx::array gelu_approx_mul(const mx::array& gate, const mx::array& up);
 
 // An affine-quantized projection (transposed weights) as the fused blocks take it.
 struct QuantizedLinear {

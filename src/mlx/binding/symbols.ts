@@ -97,6 +97,7 @@ export const symbols = {
   mlxs_quantized_sdpa: { args: [p, p, p, p, p, p, p, p, f32, cstring, p, p, p, i32, i32, i32], returns: i32 },
   mlxs_quantized_cache_write: { args: [p, p, p, p, p, i32, p, p, p, p, p, i32, i32, i32, i32], returns: i32 },
   mlxs_silu_mul: { args: [p, p, p], returns: i32 },
+  mlxs_gelu_approx_mul: { args: [p, p, p], returns: i32 },
   mlxs_greedy_tokens: { args: [p, p], returns: i32 },
   mlxs_attention_input: { args: [...attentionInputArgs, p, p, i32, i32], returns: i32 },
   mlxs_attention_input_quantized: {

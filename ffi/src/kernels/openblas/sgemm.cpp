@@ -43,6 +43,9 @@ namespace kernels {
 // as the product's whole work.
 void openblas_sgemm(CBLAS_TRANSPOSE trans_a, CBLAS_TRANSPOSE trans_b, blasint m, blasint n, blasint k, float alpha,
                     const float* a, blasint lda, const float* b, blasint ldb, float beta, float* c, blasint ldc) {
+  // Also for callers other than MLX's (the half-precision products): a first call with OpenBLAS's
+  // own threads on left them spinning beside our pool, a quarter of a prompt's CPU time.
+  openblas_single_threaded();
   if (m == 1) {
     // c[n] = op(B)ᵀ-wise: with B [k, n] (no transpose) c = Bᵀ a; with B stored [n, k], c = B a.
     const blasint a_step = trans_a == CblasNoTrans ? 1 : lda;
