@@ -3,7 +3,8 @@
 // is loaded (F16C's vcvtph2ps for float16, a shift for bfloat16) and multiplied in fp32, so the
 // weights are read once, at their own two bytes an element, and never converted into a buffer.
 // Four weight rows at a time, four independent sums, so that one activation row keeps the loads
-// busy. The including file defines ATTENTION_VECTOR_BYTES and HALF_ROWS_FN (half_rows_<isa>.cpp).
+// busy. The including file defines ATTENTION_VECTOR_BYTES, HALF_ROWS_FN and HALF_WIDEN_FN
+// (half_rows_<isa>.cpp).
 #include "attention_vector.h"
 #include "half_rows_kernel.h"
 
@@ -41,7 +42,19 @@ void rows(const float* x, int M, int K, const T* w, int64_t w_stride, int n0, in
   }
 }
 
+template <class T>
+void widen(const T* w, int64_t n, float* out) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) store(out + i, load(w + i));
+  for (; i < n; ++i) out[i] = to_float(w[i]);
+}
+
 }  // namespace
+
+void HALF_WIDEN_FN(Element type, const void* w, int64_t n, float* out) {
+  if (type == Element::f16) widen(static_cast<const _Float16*>(w), n, out);
+  else widen(static_cast<const BF16*>(w), n, out);
+}
 
 void HALF_ROWS_FN(Element type, const float* x, int M, int K, const void* w, int64_t w_stride, int n0, int n1,
                   float* y, int64_t ldy) {

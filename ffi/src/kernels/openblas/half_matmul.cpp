@@ -25,19 +25,24 @@ constexpr int kColumnsPerTask = 64;
 // Output columns per task of the half-rows kernel: its weights are read once, straight from memory.
 constexpr int kRowsColumnsPerTask = 128;
 
-HalfRows half_rows_for(Isa isa) {
+HalfKernels half_kernels_for(Isa isa) {
   switch (isa) {
 #if defined(KERNELS_HAVE_AVX512)
-    case Isa::avx512: return half_rows_avx512;
+    case Isa::avx512: return {half_rows_avx512, half_widen_avx512};
 #endif
 #if defined(KERNELS_HAVE_AVX2)
-    case Isa::avx2: return half_rows_avx2;
+    case Isa::avx2: return {half_rows_avx2, half_widen_avx2};
 #endif
 #if defined(KERNELS_HAVE_NEON)
-    case Isa::neon: return half_rows_neon;
+    case Isa::neon: return {half_rows_neon, half_widen_neon};
 #endif
-    default: return half_rows_portable;
+    default: return {half_rows_portable, half_widen_portable};
   }
+}
+
+const HalfKernels& half_kernels() {
+  static const HalfKernels kernels = half_kernels_for(best_isa());
+  return kernels;
 }
 
 bool half_type(mx::Dtype t) { return t == mx::float16 || t == mx::bfloat16; }
@@ -62,7 +67,13 @@ void multiply_blocks(const std::vector<float>& a32, const mx::array& b, float* c
         for (int k = 0; k < K; ++k) block[size_t(n) * K + k] = static_cast<float>(column[k * row_stride]);
       }
     };
-    if (b.dtype() == mx::float16) convert(b.data<mx::float16_t>());
+    if (row_stride == 1 && half_type(b.dtype())) {
+      // A transposed weight: each column is a contiguous row of it, widened a vector at a time.
+      const Element type = b.dtype() == mx::float16 ? Element::f16 : Element::bf16;
+      const char* base = static_cast<const char*>(b.data<void>());
+      for (int n = 0; n < count; ++n)
+        half_kernels().widen(type, base + int64_t(n0 + n) * column_stride * b.itemsize(), K, &block[size_t(n) * K]);
+    } else if (b.dtype() == mx::float16) convert(b.data<mx::float16_t>());
     else if (b.dtype() == mx::bfloat16) convert(b.data<mx::bfloat16_t>());
     else convert(b.data<float>());
     openblas_sgemm(CblasNoTrans, CblasTrans, M, count, K, 1.0f, a32.data(), K, block.data(), K, 0.0f, c + n0, N);
@@ -79,7 +90,7 @@ void multiply(const mx::array& a, const mx::array& b, mx::array& out) {
   float* c = direct ? out.data<float>() : c32.data();
   const int64_t row_stride = b.strides()[0], column_stride = b.strides()[1];
   if (M <= kDirectMaxRows && row_stride == 1 && half_type(b.dtype())) {
-    static const HalfRows rows = half_rows_for(best_isa());
+    const HalfRows rows = half_kernels().rows;
     const Element type = b.dtype() == mx::float16 ? Element::f16 : Element::bf16;
     const void* w = b.data<void>();
     parallel_for((N + kRowsColumnsPerTask - 1) / kRowsColumnsPerTask, [&](int task, int) {
