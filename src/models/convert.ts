@@ -114,6 +114,8 @@ function requantize(gguf: GGUFModel, header: GGUFHeader, q: { bits: number; grou
     const inputs = scales ? scales.shape.at(-1)! * 32 : stored.shape.at(-1)!;
     const groupSize = inputs % q.groupSize === 0 ? q.groupSize : inputs % 32 === 0 ? 32 : undefined;
     if (!groupSize) continue; // no group size fits: the layer stays as it was read
+    // A widened layer is 8-bit in groups of 32 already, exactly: quantizing it so again would only round it.
+    if (scales && q.bits === 8 && groupSize === 32) continue;
     const weight =
       scales && biases
         ? mx.dequantize(stored, scales, biases, { groupSize: 32, bits: 8, mode: "affine" }, mx.Dtype.float16)

@@ -188,6 +188,26 @@ export const widenedTypes = new Set(
     .map(([type]) => type),
 );
 
+/** The affine width each type is held at: MLX's own GGUF types, and those we keep quantized. */
+const affineBits: Record<string, number> = {
+  Q4_0: 4,
+  Q4_1: 4,
+  Q8_0: 8,
+  ...Object.fromEntries(Object.entries(affineReaders).map(([type, r]) => [type, r.bits])),
+};
+
+/**
+ * Bytes a tensor takes once loaded, which is not its size in the file (what a split across
+ * processes plans with): the affine types a code of their width per value and a float16 scale
+ * and bias per 32, the dequantized ones 16 bits a value, the rest (floats, MXFP4) as stored.
+ */
+export function loadedBytes(t: GGUFTensorInfo): number {
+  const values = t.dims.reduce((a, b) => a * b, 1);
+  const bits = affineBits[t.type];
+  if (bits !== undefined) return (values * bits) / 8 + (values / 32) * 4;
+  return keptQuantizedTypes.has(t.type) ? t.bytes : values * 2;
+}
+
 /**
  * The file's tensors and metadata, as mx.loadGGUF gives them, whatever their (readable) types;
  * only those `wanted` (by GGUF name) when given: MLX reads every tensor of a GGUF at once.

@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { parseConfig } from "./config";
 import { isGGUFFile } from "./gguf";
 import { readGGUFHeader } from "./gguf-header";
+import { loadedBytes } from "./gguf-tensors";
 import { ModelLoadError } from "./load";
 import { tensorPart } from "./stage";
 
@@ -100,7 +101,9 @@ interface TensorSize {
 
 function ggufSizes(path: string): Map<string, TensorSize> {
   if (!isGGUFFile(path)) throw new ModelLoadError(`${path} is neither a model directory nor a GGUF file`);
-  return new Map(readGGUFHeader(path).tensors.map((t) => [t.name, { bytes: t.bytes, dtype: t.type, shape: t.dims }]));
+  return new Map(
+    readGGUFHeader(path).tensors.map((t) => [t.name, { bytes: loadedBytes(t), dtype: t.type, shape: t.dims }]),
+  );
 }
 
 /** Each safetensors file starts with the length of a JSON table of its tensors' offsets. */

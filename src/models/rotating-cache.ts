@@ -16,10 +16,11 @@ import type { KVCache, KvQuantization, Mask, NewRows, Stored } from "./cache";
 /** Attention sinks kept by default, as mlx-lm's make_prompt_cache. */
 export const DEFAULT_KV_KEEP = 4;
 
-/** Columns per row after a compaction, and its left padding. */
+/** Columns per row after a compaction, its left padding, and the positions each row no longer holds. */
 interface Layout {
   width: number;
   padding: number[];
+  dropped: number[];
 }
 
 export class RotatingKVCache extends BatchKVCache {
@@ -77,6 +78,27 @@ export class RotatingKVCache extends BatchKVCache {
     return mx.logicalAnd(mx.logicalAnd(notPadding, mx.lessEqual(keys, queries)), mx.logicalOr(sink, recent));
   }
 
+  /**
+   * attentionMask narrowed to a sliding window (a sliding-window layer's, such as Gemma 3's local
+   * layers): each query sees only positions fewer than `window` back. Held columns are positions
+   * in order, except that a row's sinks lie its `dropped` positions further back than their columns.
+   */
+  windowedMask(length: number, window: number): Mask {
+    const mask = this.attentionMask(length);
+    const { width, padding, dropped } = this.#layoutFor(length);
+    if (width + length + Math.max(0, ...dropped) <= window) return mask;
+    const total = width + length;
+    const keys = mx.reshape(mx.arange(0, total), [1, 1, 1, total]);
+    const queries = mx.reshape(mx.arange(width, total), [1, 1, length, 1]);
+    const column = (values: number[]) => mx.reshape(mx.array(Int32Array.from(values)), [-1, 1, 1, 1]);
+    const sink = mx.less(keys, mx.add(column(padding), this.keep));
+    const distance = mx.add(mx.subtract(queries, keys), mx.multiply(sink, column(dropped)));
+    const inWindow = mx.less(distance, window);
+    return mask === undefined || mask === "causal"
+      ? mx.logicalAnd(mx.lessEqual(keys, queries), inWindow)
+      : mx.logicalAnd(mask, inWindow);
+  }
+
   /** Bounded: grows by steps only (KVCache.growsWithContext). */
   protected override get growsWithContext(): boolean {
     return false;
@@ -111,13 +133,16 @@ export class RotatingKVCache extends BatchKVCache {
   }
 
   #layoutFor(length: number): Layout {
-    return this.#mustCompact(length) ? this.#compacted() : { width: this.offset, padding: this.leftPadding };
+    return this.#mustCompact(length)
+      ? this.#compacted()
+      : { width: this.offset, padding: this.leftPadding, dropped: this.dropped };
   }
 
   #compacted(): Layout {
     const kept = this.leftPadding.map((pad) => this.#kept(this.offset - pad));
     const width = Math.max(...kept);
-    return { width, padding: kept.map((k) => width - k) };
+    const dropped = this.dropped.map((d, b) => d + this.offset - this.leftPadding[b]! - kept[b]!);
+    return { width, padding: kept.map((k) => width - k), dropped };
   }
 
   #compact(): void {

@@ -6,6 +6,7 @@
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import { KVCache, type AttentionCache, type Mask } from "./cache";
+import { RotatingKVCache } from "./rotating-cache";
 
 export class SlidingKVCache extends KVCache {
   /** Positions no longer held, from the start of the sequence. */
@@ -112,9 +113,11 @@ export function windowMask(length: number, context: number, window: number): MxA
 
 /**
  * The mask of a sliding-window layer for `length` new positions: its own cache's as it is; a
- * full cache's (a batch's, a quantized one's) narrowed to the last `window` positions for each.
+ * full cache's (a batch's, a quantized one's) narrowed to the last `window` positions for each; a
+ * rotating one's (--max-kv-size) by positions, as its columns are not.
  */
 export function slidingLayerMask(mask: Mask, cache: AttentionCache, length: number, window: number): Mask {
+  if (cache instanceof RotatingKVCache) return cache.windowedMask(length, window);
   if (cache instanceof SlidingKVCache || cache.offset + length <= window) return mask;
   const inWindow = windowMask(length, cache.offset, window);
   return mask === undefined || mask === "causal" ? inWindow : mx.logicalAnd(mask, inWindow);
