@@ -33,19 +33,41 @@ export function stackExperts(w: Weights, stacked: string, count: number, perExpe
   if (override !== undefined) w.config.quantizationOverrides[stacked] = override;
 }
 
+/**
+ * The plain experts' matrix `name`, as MLX's gather_mm can multiply it: on the CPU that is float32
+ * alone (a bfloat16 or float16 checkpoint failed at its first token), so a half-precision stack is
+ * widened once here and held in the map in place of the original.
+ */
+function cpuGatherable(w: Weights, name: string): MxArray {
+  const weight = w.get(name);
+  if (weight.dtype === mx.Dtype.float32 || !mx.defaultDeviceIsCpu()) return weight;
+  const wide = mx.keep(mx.scope(() => mx.astype(weight, mx.Dtype.float32)));
+  mx.evaluate(wide);
+  w.tensors.set(name, wide);
+  weight.free();
+  return wide;
+}
+
 /** The experts' matrices at `prefix`, with their per-expert output bias [experts, out] where they have one (gpt-oss). */
 function switchLinear(w: Weights, prefix: string): SwitchLinear {
-  const weight = w.get(`${prefix}.weight`);
   const quant = w.quantFor(prefix);
   let product: SwitchLinear;
   if (quant) {
+    const weight = w.get(`${prefix}.weight`);
     const scales = w.get(`${prefix}.scales`);
     const biases = w.optional(`${prefix}.biases`);
     product = (x, experts, sorted) =>
       mx.gatherQmm(x, weight, scales, biases, quant, { rhsIndices: experts, sortedIndices: sorted });
-  } else
-    product = (x, experts, sorted) =>
-      mx.gatherMm(x, mx.transpose(weight, [0, 2, 1]), { rhsIndices: experts, sortedIndices: sorted });
+  } else {
+    const plain = cpuGatherable(w, `${prefix}.weight`);
+    product = (x, experts, sorted) => {
+      const y = mx.gatherMm(mx.astype(x, plain.dtype), mx.transpose(plain, [0, 2, 1]), {
+        rhsIndices: experts,
+        sortedIndices: sorted,
+      });
+      return mx.astype(y, x.dtype);
+    };
+  }
   const bias = w.optional(`${prefix}.bias`);
   if (!bias) return product;
   return (x, experts, sorted) => mx.add(product(x, experts, sorted), mx.expandDims(mx.take(bias, experts, 0), -2));

@@ -23,6 +23,8 @@ export interface TinyOptions {
   window?: number;
   /** Other widths than tinyDims' (bench/synthetic-1b.ts writes a Llama-3.2-1B-shaped model). */
   dims?: Partial<Omit<typeof tinyDims, "headDim">>;
+  /** The float tensors' dtype, as a half-precision checkpoint stores them (float32 unless set). */
+  dtype?: "bfloat16" | "float16";
 }
 
 export const tinyDims = { hidden: 64, heads: 4, kvHeads: 2, headDim: 16, intermediate: 128 };
@@ -237,6 +239,16 @@ export function tinyWeights(o: TinyOptions = {}): Map<string, MxArray> {
   addNorm("model.norm", hidden);
   if (o.tied === false) addLinear("lm_head", vocab, hidden);
   key.free();
+  if (o.dtype) {
+    const dtype = mx.Dtype[o.dtype];
+    for (const [name, t] of w) {
+      if (t.dtype !== mx.Dtype.float32) continue;
+      const cast = mx.keep(mx.scope(() => mx.astype(t, dtype)));
+      mx.evaluate(cast);
+      w.set(name, cast);
+      t.free();
+    }
+  }
   mx.evaluate(...w.values());
   return w;
 }
