@@ -139,12 +139,15 @@ const digest = (s: string) => createHash("sha256").update(s).digest("hex");
 /** A stored model's digest: of its files' blobs, so that two names of the same files share it. */
 const storedDigest = (m: IndexEntry) => digest(Object.keys(m.blobs).sort().join(","));
 
-/** A loaded model's details; the quantization's name is the store's (a GGUF's "Q4_1") where it is stored. */
+/**
+ * A loaded model's details; the family and the quantization's name are the store's (a GGUF's
+ * "gemma3" and "Q4_K_M") where it is stored, as /api/tags gives them unloaded.
+ */
 function details(e: LoadedEntry, stored?: IndexEntry) {
   const q = e.lm.config.quantization;
   return ollamaDetails(
     e.lm.format,
-    e.lm.config.modelType,
+    stored?.architecture ?? e.lm.config.modelType,
     formatCount(parameterCount(e.lm.config)),
     stored?.quantization ?? (q ? `${q.bits}-bit` : ""),
   );
