@@ -158,20 +158,19 @@ function kQuantCodes(
   const d = b.getFloat16(p, true);
   const dmin = b.getFloat16(p + 2, true);
   const byte = (i: number) => b.getUint8(p + 4 + i);
-  for (let group = 0; group < 8; group++) {
+  for (let g = 0; g < 8; g++) {
     // get_scale_min_k4: the first four groups' values sit in the low 6 bits, the others are split.
-    const j = group;
     const [scale, min] =
-      j < 4
-        ? [byte(j) & 63, byte(j + 4) & 63]
-        : [(byte(j + 4) & 0xf) | ((byte(j - 4) >> 6) << 4), (byte(j + 4) >> 4) | ((byte(j) >> 6) << 4)];
-    scales[at / 32 + group] = d * scale;
-    biases[at / 32 + group] = -dmin * min;
-    const q = nibbles + (group >> 1) * 32;
-    const shift = 4 * (group & 1);
+      g < 4
+        ? [byte(g) & 63, byte(g + 4) & 63]
+        : [(byte(g + 4) & 0xf) | ((byte(g - 4) >> 6) << 4), (byte(g + 4) >> 4) | ((byte(g) >> 6) << 4)];
+    scales[at / 32 + g] = d * scale;
+    biases[at / 32 + g] = -dmin * min;
+    const q = nibbles + (g >> 1) * 32;
+    const shift = 4 * (g & 1);
     for (let l = 0; l < 32; l++) {
-      const high = highBits === undefined ? 0 : ((b.getUint8(highBits + l) >> group) & 1) << 4;
-      codes[at + group * 32 + l] = ((b.getUint8(q + l) >> shift) & 0xf) | high;
+      const high = highBits === undefined ? 0 : ((b.getUint8(highBits + l) >> g) & 1) << 4;
+      codes[at + g * 32 + l] = ((b.getUint8(q + l) >> shift) & 0xf) | high;
     }
   }
 }
