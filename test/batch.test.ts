@@ -6,6 +6,7 @@ import { BatchGenerator, generateTokens, type SequenceEvent } from "../src/engin
 import { defaultSampling } from "../src/engine/sampling";
 import { buildModel, KVCache, parseConfig, Weights, type DecoderModel } from "../src/models";
 import { BatchKVCache } from "../src/models/batch-cache";
+import { decodeJoining, type JoiningRequest } from "./helpers/generate";
 import { tinyConfig, tinyWeights, type TinyOptions } from "./helpers/tiny-model";
 
 let model: DecoderModel;
@@ -23,29 +24,8 @@ function alone(prompt: number[], maxTokens: number, m = model): number[] {
   return out;
 }
 
-function batched(
-  requests: { prompt: number[]; maxTokens: number; joinAt: number }[],
-  options = { maxBatch: 8, prefillChunk: 3 },
-  m = model,
-): number[][] {
-  const gen = new BatchGenerator(m, options);
-  const out = requests.map(() => [] as number[]);
-  let stepCount = 0;
-  const added = new Set<number>();
-  while (added.size < requests.length || !gen.idle) {
-    requests.forEach((r, i) => {
-      if (!added.has(i) && r.joinAt <= stepCount) {
-        gen.add(String(i), { promptIds: r.prompt, sampling: defaultSampling, maxTokens: r.maxTokens });
-        added.add(i);
-      }
-    });
-    for (const e of gen.step()) out[Number(e.id)]!.push(e.token);
-    stepCount++;
-    if (stepCount > 500) throw new Error("batch never finished");
-  }
-  gen.dispose();
-  return out;
-}
+const batched = (requests: JoiningRequest[], options = { maxBatch: 8, prefillChunk: 3 }, m = model) =>
+  decodeJoining(m, requests, options);
 
 describe("BatchGenerator on other architectures", () => {
   const plan = [

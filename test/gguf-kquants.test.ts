@@ -10,7 +10,7 @@ import { beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { BatchGenerator, generateTokens } from "../src/engine/batch";
+import { generateTokens } from "../src/engine/batch";
 import { defaultSampling } from "../src/engine/sampling";
 import * as mx from "../src/mlx";
 import { convertGGUF } from "../src/models/convert";
@@ -23,6 +23,7 @@ import { DEFAULT_KV_KEEP } from "../src/models/rotating-cache";
 import { stageHolds } from "../src/models/stage";
 import { resolveModelPath } from "../src/store/resolve";
 import { cliRunner } from "./helpers/cli";
+import { decodeJoining } from "./helpers/generate";
 import { tinyConfig, tinyWeights } from "./helpers/tiny-model";
 
 const WINDOW = 6;
@@ -86,20 +87,7 @@ describe("gemma3's sliding-window layers under --max-kv-size", () => {
       { prompt: prompt(2, 5), maxTokens: 40, joinAt: 3 },
       { prompt: prompt(13, 6), maxTokens: 45, joinAt: 11 },
     ];
-    const gen = new BatchGenerator(model, { maxBatch: 4, prefillChunk: 7, maxKvSize: 10 });
-    const out = plan.map(() => [] as number[]);
-    const added = new Set<number>();
-    for (let step = 0; added.size < plan.length || !gen.idle; step++) {
-      plan.forEach((r, i) => {
-        if (!added.has(i) && r.joinAt <= step) {
-          gen.add(String(i), { promptIds: r.prompt, sampling: defaultSampling, maxTokens: r.maxTokens });
-          added.add(i);
-        }
-      });
-      for (const e of gen.step()) out[Number(e.id)]!.push(e.token);
-      if (step > 1000) throw new Error("batch never finished");
-    }
-    gen.dispose();
+    const out = decodeJoining(model, plan, { maxBatch: 4, prefillChunk: 7, maxKvSize: 10 });
     expect(out).toEqual(plan.map((r) => reference(r.prompt, r.maxTokens, 10)));
   });
 

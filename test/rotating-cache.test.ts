@@ -6,7 +6,7 @@
 import { beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { BatchGenerator, generateTokens } from "../src/engine/batch";
+import { BatchGenerator, generateTokens, type BatchOptions } from "../src/engine/batch";
 import { PrefixCache } from "../src/engine/prefix-cache";
 import { defaultSampling } from "../src/engine/sampling";
 import * as mx from "../src/mlx";
@@ -16,6 +16,7 @@ import { loadModel } from "../src/models/load";
 import { RotatingKVCache } from "../src/models/rotating-cache";
 import { resolveModelPath } from "../src/store/resolve";
 import { cliRunner } from "./helpers/cli";
+import { decodeJoining, type JoiningRequest } from "./helpers/generate";
 import { post, serve, tinyModel } from "./helpers/serve";
 import { tinyConfig, tinyWeights } from "./helpers/tiny-model";
 
@@ -69,26 +70,7 @@ function greedy(prompt: number[], maxTokens: number, maxKvSize?: number, kv?: Kv
   return [...generateTokens(model, request, kv, { maxKvSize })].map((e) => e.token);
 }
 
-function batched(
-  requests: { prompt: number[]; maxTokens: number; joinAt: number }[],
-  options: ConstructorParameters<typeof BatchGenerator>[1],
-): number[][] {
-  const gen = new BatchGenerator(model, options);
-  const out = requests.map(() => [] as number[]);
-  const added = new Set<number>();
-  for (let step = 0; added.size < requests.length || !gen.idle; step++) {
-    requests.forEach((r, i) => {
-      if (!added.has(i) && r.joinAt <= step) {
-        gen.add(String(i), { promptIds: r.prompt, sampling: defaultSampling, maxTokens: r.maxTokens });
-        added.add(i);
-      }
-    });
-    for (const e of gen.step()) out[Number(e.id)]!.push(e.token);
-    if (step > 1000) throw new Error("batch never finished");
-  }
-  gen.dispose();
-  return out;
-}
+const batched = (requests: JoiningRequest[], options: BatchOptions) => decodeJoining(model, requests, options);
 
 describe("the rotating KV cache", () => {
   test("runs shorter than the size are token-identical to no rotation", () => {

@@ -3,6 +3,7 @@ import { complete, soloScheduler, type CompletionResult } from "../../src/engine
 import type { GenerationSpec } from "../../src/engine/request";
 import type { LoadedModel } from "../../src/models/load";
 import { BatchGenerator, type BatchOptions, type SequenceRequest } from "../../src/engine/batch";
+import { defaultSampling } from "../../src/engine/sampling";
 import * as mx from "../../src/mlx";
 import { forward, freeCaches, makeCaches, type DecoderModel } from "../../src/models";
 import { BatchKVCache } from "../../src/models/batch-cache";
@@ -19,6 +20,32 @@ export async function completeAlone(
   } finally {
     scheduler.dispose();
   }
+}
+
+/** A sequence of a batch test: its prompt ids, its budget, and the step at which it joins the batch. */
+export interface JoiningRequest {
+  prompt: number[];
+  maxTokens: number;
+  joinAt: number;
+}
+
+/** Each request's tokens, decoded together by one BatchGenerator with `options`, each joining at its step. */
+export function decodeJoining(model: DecoderModel, requests: JoiningRequest[], options: BatchOptions): number[][] {
+  const gen = new BatchGenerator(model, options);
+  const out = requests.map(() => [] as number[]);
+  const added = new Set<number>();
+  for (let step = 0; added.size < requests.length || !gen.idle; step++) {
+    requests.forEach((r, i) => {
+      if (!added.has(i) && r.joinAt <= step) {
+        gen.add(String(i), { promptIds: r.prompt, sampling: defaultSampling, maxTokens: r.maxTokens });
+        added.add(i);
+      }
+    });
+    for (const e of gen.step()) out[Number(e.id)]!.push(e.token);
+    if (step > 1000) throw new Error("batch never finished");
+  }
+  gen.dispose();
+  return out;
 }
 
 /** The tokens of one sequence decoded alone by a BatchGenerator with `options` (its prefill in chunks of 4). */
