@@ -14,15 +14,15 @@ import { generateTokens } from "../src/engine/batch";
 import { defaultSampling } from "../src/engine/sampling";
 import * as mx from "../src/mlx";
 import { convertGGUF } from "../src/models/convert";
-import { buildModel, forward, freeCaches, parseConfig, Weights, type DecoderModel } from "../src/models";
-import { KVCache, type Mask } from "../src/models/cache";
+import { buildModel, parseConfig, Weights, type DecoderModel } from "../src/models";
+import type { KvQuantization } from "../src/models/cache";
 import { readGGUFHeader } from "../src/models/gguf-header";
 import { loadedBytes, loadGGUFTensors } from "../src/models/gguf-tensors";
 import { readLayout } from "../src/models/layout";
-import { DEFAULT_KV_KEEP } from "../src/models/rotating-cache";
 import { stageHolds } from "../src/models/stage";
 import { resolveModelPath } from "../src/store/resolve";
 import { cliRunner } from "./helpers/cli";
+import { rotationReference } from "./helpers/rotation";
 import { decodeJoining } from "./helpers/generate";
 import { tinyConfig, tinyWeights } from "./helpers/tiny-model";
 
@@ -33,38 +33,8 @@ beforeAll(() => {
   model = buildModel(new Weights(tinyWeights(o), parseConfig(tinyConfig(o))));
 });
 
-/** A full cache masked as a rotating one of `maxSize` would (the sinks and the latest positions), by position. */
-class RotationMaskedCache extends KVCache {
-  constructor(readonly maxSize: number) {
-    super();
-  }
-
-  override attentionMask(length: number): Mask {
-    const total = this.offset + length;
-    const keys = mx.reshape(mx.arange(0, total), [1, total]);
-    const queries = mx.reshape(mx.arange(this.offset, total), [length, 1]);
-    const sink = mx.less(keys, DEFAULT_KV_KEEP);
-    const recent = mx.greater(mx.add(keys, this.maxSize - DEFAULT_KV_KEEP), queries);
-    return mx.logicalAnd(mx.lessEqual(keys, queries), mx.logicalOr(sink, recent));
-  }
-}
-
-/** Greedy tokens through full caches masked as rotation would: the prompt in one pass, then token by token. */
-function reference(prompt: number[], maxTokens: number, maxSize: number): number[] {
-  const caches = Array.from({ length: model.numLayers }, () => new RotationMaskedCache(maxSize));
-  const out: number[] = [];
-  let input = prompt;
-  while (out.length < maxTokens) {
-    const token = mx.scope(() => {
-      const logits = forward(model, mx.array(Int32Array.from(input), [1, input.length]), caches);
-      return mx.argmax(mx.slice(logits, [0, input.length - 1, 0], [1, input.length, logits.shape[2]!]), -1).item();
-    });
-    out.push(token);
-    input = [token];
-  }
-  freeCaches(caches);
-  return out;
-}
+const reference = (prompt: number[], maxTokens: number, maxSize: number, kv?: KvQuantization) =>
+  rotationReference(model, prompt, maxTokens, maxSize, kv);
 
 function greedy(prompt: number[], maxTokens: number, maxKvSize: number): number[] {
   const request = { promptIds: prompt, sampling: defaultSampling, maxTokens };

@@ -11,11 +11,12 @@ import { PrefixCache } from "../src/engine/prefix-cache";
 import { defaultSampling } from "../src/engine/sampling";
 import * as mx from "../src/mlx";
 import { buildModel, forward, freeCaches, parseConfig, Weights, type DecoderModel } from "../src/models";
-import { KVCache, type KvQuantization, type Mask } from "../src/models/cache";
+import type { KvQuantization } from "../src/models/cache";
 import { loadModel } from "../src/models/load";
 import { RotatingKVCache } from "../src/models/rotating-cache";
 import { resolveModelPath } from "../src/store/resolve";
 import { cliRunner } from "./helpers/cli";
+import { rotationReference } from "./helpers/rotation";
 import { decodeJoining, type JoiningRequest } from "./helpers/generate";
 import { post, serve, tinyModel } from "./helpers/serve";
 import { tinyConfig, tinyWeights } from "./helpers/tiny-model";
@@ -29,41 +30,8 @@ beforeAll(() => {
 const prompts = [[5, 17, 200, 3, 99, 42, 7], [12, 4], [150, 8, 1, 77, 23, 9, 100, 101, 102, 103, 104, 2], [33]];
 const eightBit: KvQuantization = { bits: 8, groupSize: 64 };
 
-/** A full cache whose mask hides what a rotating cache of `maxSize` no longer holds: the reference. */
-class MaskedFullCache extends KVCache {
-  constructor(
-    readonly maxSize: number,
-    quantization?: KvQuantization,
-  ) {
-    super(quantization);
-  }
-
-  override attentionMask(length: number): Mask {
-    const total = this.offset + length;
-    const keys = mx.reshape(mx.arange(0, total), [1, total]);
-    const queries = mx.reshape(mx.arange(this.offset, total), [length, 1]);
-    const sink = mx.less(keys, 4);
-    const recent = mx.greater(mx.add(keys, this.maxSize - 4), queries);
-    return mx.logicalAnd(mx.lessEqual(keys, queries), mx.logicalOr(sink, recent));
-  }
-}
-
-/** Greedy tokens through full caches masked as rotation would: the prompt in one pass, then token by token. */
-function reference(prompt: number[], maxTokens: number, maxSize: number, kv?: KvQuantization): number[] {
-  const caches = Array.from({ length: model.numLayers }, () => new MaskedFullCache(maxSize, kv));
-  const out: number[] = [];
-  let input = prompt;
-  while (out.length < maxTokens) {
-    const token = mx.scope(() => {
-      const logits = forward(model, mx.array(Int32Array.from(input), [1, input.length]), caches);
-      return mx.argmax(mx.slice(logits, [0, input.length - 1, 0], [1, input.length, logits.shape[2]!]), -1).item();
-    });
-    out.push(token);
-    input = [token];
-  }
-  freeCaches(caches);
-  return out;
-}
+const reference = (prompt: number[], maxTokens: number, maxSize: number, kv?: KvQuantization) =>
+  rotationReference(model, prompt, maxTokens, maxSize, kv);
 
 function greedy(prompt: number[], maxTokens: number, maxKvSize?: number, kv?: KvQuantization): number[] {
   const request = { promptIds: prompt, sampling: defaultSampling, maxTokens };
