@@ -8,7 +8,7 @@ import { basename, join } from "node:path";
 import { hashFile, removeBlob } from "./blobs";
 import { busyLockHolders, withStoreLock } from "./lock";
 import { loadIndex } from "./model-index";
-import { blobPath, blobsDir, downloadsDir, modelsDir, storeRoot } from "./paths";
+import { blobPath, blobsDir, downloadsDir, modelsDir, tmpDir } from "./paths";
 import { linkedBlobs } from "./store";
 
 export interface VerifyReport {
@@ -81,7 +81,7 @@ function removeLeftovers(): { files: number; bytes: number } {
   const leftovers = [
     ...filesIn(blobsDir()).filter((path) => !used.has(basename(path))),
     ...filesIn(downloadsDir()),
-    ...filesIn(join(storeRoot(), "tmp")),
+    ...filesIn(tmpDir()),
   ];
   let bytes = 0;
   for (const path of leftovers) {
