@@ -2,7 +2,7 @@
 // that are not what mlx.launch writes, a launcher killed by a signal it cannot pass on (no rank
 // left running), and a prompt cache saved by a split model (every rank's share written before it ends).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -93,6 +93,61 @@ describe("mlx launch: ports", () => {
     } finally {
       taken.close();
     }
+  }, 60_000);
+});
+
+/** A port free on both 127.0.0.1 and the next one on 127.0.0.2, as an mlx.launch hostfile numbers them. */
+async function freePortPair(): Promise<number> {
+  const bindable = (ip: string, port: number) =>
+    new Promise<boolean>((resolve) => {
+      const server = createServer();
+      server.once("error", () => resolve(false));
+      server.listen(port, ip, () => server.close(() => resolve(true)));
+    });
+  for (;;) {
+    const port = 20_000 + Math.floor(Math.random() * 40_000);
+    if ((await bindable("127.0.0.1", port)) && (await bindable("127.0.0.2", port + 1))) return port;
+  }
+}
+
+describe("mlx launch: a rank that fails after rank 0 answered", () => {
+  test("its connection dropping at the end is a failed launch, named, not a success", async () => {
+    // An ssh that runs the rank here as sshd would, then reports the connection lost (status 255).
+    const bin = join(dir, "bin");
+    mkdirSync(bin, { recursive: true });
+    writeFileSync(
+      join(bin, "ssh"),
+      '#!/bin/sh\nfor last; do :; done\nsh -c "$last"\necho "Connection to far-box closed by remote host." >&2\nexit 255\n',
+      { mode: 0o755 },
+    );
+    const file = join(dir, "far.json");
+    writeFileSync(
+      file,
+      JSON.stringify([
+        { ssh: "localhost", ips: ["127.0.0.1"] },
+        { ssh: "far-box", ips: ["127.0.0.2"] },
+      ]),
+    );
+    const viaFakeSsh = cliRunner(home, { PATH: `${bin}:${process.env.PATH}` });
+    const { stdout, stderr, code } = await viaFakeSsh([
+      "launch",
+      "--hostfile",
+      file,
+      "--starting-port",
+      String(await freePortPair()),
+      "--",
+      "run",
+      "-m",
+      tiny,
+      "--temp",
+      "0",
+      "--max-tokens",
+      "4",
+      "hi",
+    ]);
+    expect(stdout.length).toBeGreaterThan(0); // rank 0 answered
+    expect(stderr).toContain("error: rank 1 exited with status 255: Connection to far-box closed by remote host.\n");
+    expect(code).toBe(1);
   }, 60_000);
 });
 

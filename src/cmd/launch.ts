@@ -124,7 +124,24 @@ interface Rank {
   /** Its last line starting "error:" (without that), and its last line of any kind. */
   lastError: string;
   lastLine: string;
-  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  exit: Promise<RankStatus>;
+}
+
+interface RankStatus {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+/** The launcher's one line about a failed rank: how it ended and the last thing it said. */
+function reportFailure(r: Rank, status: RankStatus, forcedOut = false) {
+  const how = forcedOut
+    ? "did not stop within 10 s of rank 0 and was killed"
+    : status.signal
+      ? `was killed by ${status.signal}`
+      : `exited with status ${status.code}`;
+  const last = r.lastError || r.lastLine;
+  const why = last ? `: ${last}` : "";
+  process.stderr.write(`error: rank ${r.rank} ${how}${why}\n`);
 }
 
 async function launch(hosts: Host[], command: string[], sshConfig?: string): Promise<number> {
@@ -189,12 +206,10 @@ async function launch(hosts: Host[], command: string[], sshConfig?: string): Pro
     });
   try {
     // The first rank to fail ends the launch; rank 0 ending well ends it too (the others follow it).
-    const first = await new Promise<{ r: Rank; status: { code: number | null; signal: NodeJS.Signals | null } }>(
-      (resolve) => {
-        for (const r of ranks)
-          void r.exit.then((status) => (status.code !== 0 || r.rank === 0) && resolve({ r, status }));
-      },
-    );
+    const first = await new Promise<{ r: Rank; status: RankStatus }>((resolve) => {
+      for (const r of ranks)
+        void r.exit.then((status) => (status.code !== 0 || r.rank === 0) && resolve({ r, status }));
+    });
     // Rank 0 stopped by a signal we passed on (Ctrl-C, a stop) ends as it would alone: by its
     // handler's status, or killed by that signal (then it told no one: we stop the others).
     const killedAsAsked = first.r.rank === 0 && first.status.signal !== null && first.status.signal === passedOn;
@@ -204,19 +219,24 @@ async function launch(hosts: Host[], command: string[], sshConfig?: string): Pro
       const forced = setTimeout(() => stopAll("SIGKILL"), 2000);
       await Promise.all(ranks.map((r) => r.exit));
       clearTimeout(forced);
-      const how = first.status.signal
-        ? `was killed by ${first.status.signal}`
-        : `exited with status ${first.status.code}`;
-      const last = first.r.lastError || first.r.lastLine;
-      const why = last ? `: ${last}` : "";
-      process.stderr.write(`error: rank ${first.r.rank} ${how}${why}\n`);
+      reportFailure(first.r, first.status);
       return first.r.rank === 0 && first.status.code ? first.status.code : 1;
     }
     if (killedAsAsked) stopAll("SIGTERM");
     // Rank 0 is done and told the others to stop: give them a moment, then make sure.
-    const forced = setTimeout(() => stopAll("SIGKILL"), 10_000);
-    await Promise.all(ranks.map((r) => r.exit));
+    let forcedOut = false;
+    const forced = setTimeout(() => {
+      forcedOut = true;
+      stopAll("SIGKILL");
+    }, 10_000);
+    const statuses = await Promise.all(ranks.map((r) => r.exit));
     clearTimeout(forced);
+    // Rank 0 answered, but a rank that then failed (or would not stop) is still a failed launch.
+    const failed = passedOn ? -1 : statuses.findIndex((s) => s.code !== 0);
+    if (failed > 0) {
+      reportFailure(ranks[failed]!, statuses[failed]!, forcedOut && statuses[failed]!.signal === "SIGKILL");
+      return 1;
+    }
     // Killed by a signal: the status a shell gives a process killed by it.
     return first.status.code ?? 128 + constants.signals[first.status.signal!];
   } finally {

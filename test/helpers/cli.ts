@@ -5,9 +5,9 @@ import { join } from "node:path";
 
 const main = join(import.meta.dir, "..", "..", "src", "main.ts");
 
-/** A runner of `mlx <args>` with MLX_HOME set to `home`; stdin is closed unless given. */
-export function cliRunner(home: string) {
-  const env = { ...process.env, MLX_HOME: home, NO_COLOR: "1" };
+/** A runner of `mlx <args>` with MLX_HOME set to `home` (and `extraEnv`); stdin is closed unless given. */
+export function cliRunner(home: string, extraEnv: Record<string, string> = {}) {
+  const env = { ...process.env, MLX_HOME: home, NO_COLOR: "1", ...extraEnv };
   return async (args: string[], stdin?: string) => {
     const proc = Bun.spawn([process.execPath, main, ...args], {
       stdin: stdin === undefined ? "ignore" : new Blob([stdin]),
