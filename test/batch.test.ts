@@ -136,6 +136,40 @@ describe("BatchGenerator", () => {
     gen.dispose();
   });
 
+  test.each([
+    ["4-bit weights, float32 cache", { quantize: { groupSize: 32, bits: 4 } }],
+    ["float16 weights and cache", { dtype: "float16" }],
+    ["bfloat16 weights and cache", { dtype: "bfloat16" }],
+  ] as const)("%s: a long row's log-probabilities batched are its bits alone", (_, o: TinyOptions) => {
+    // Past the attention kernel's key chunks, padded by a count that is not a whole chunk.
+    const model = buildModel(new Weights(tinyWeights(o), parseConfig(tinyConfig(o))));
+    const long = Array.from({ length: 700 }, (_, i) => (i * 37) % 250);
+    const short = Array.from({ length: 250 }, (_, i) => (i * 11) % 250);
+    const request = (promptIds: number[]) => ({
+      promptIds,
+      sampling: defaultSampling,
+      maxTokens: 4,
+      keepLogprobs: true,
+    });
+    const rows = (events: Iterable<SequenceEvent>, into: number[][][]) => {
+      for (const e of events) {
+        into[Number(e.id ?? 0)]!.push(e.logprobs!.toArray());
+        e.logprobs!.free();
+      }
+    };
+    const expected = [long, short].map((p) => {
+      const out: number[][][] = [[]];
+      rows(generateTokens(model, request(p)), out);
+      return out[0]!;
+    });
+    const gen = new BatchGenerator(model);
+    [long, short].forEach((p, i) => gen.add(String(i), request(p)));
+    const got: number[][][] = [[], []];
+    while (!gen.idle) rows(gen.step(), got);
+    gen.dispose();
+    expect(got).toEqual(expected);
+  });
+
   test("a greedy batch returns each row's log-probabilities as decoded alone", () => {
     const request = (promptIds: number[]) => ({
       promptIds,

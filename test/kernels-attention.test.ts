@@ -157,6 +157,48 @@ describe("attention kernel", () => {
     compare({ qHeads: 9, kvHeads: 3, queries: 1, keys: 500, dim: 64, stridedKeys: true, kvDtype: mx.Dtype.float16 });
   });
 
+  // A sequence in a batch (left-padded to the longest, its padding hidden by the batch's mask)
+  // gets the bits it gets alone: its chunks and split ranges start at its first visible key.
+  test.each([
+    ["decode over keys split across the pool", { queries: 1, keys: 700 }],
+    ["decode over a short cache, one part", { queries: 1, keys: 90 }],
+    ["decode with sinks across split keys", { queries: 1, keys: 1100, sinks: true }],
+    ["a speculative check's few causal rows", { queries: 3, keys: 600 }],
+    ["a prefill chunk's many causal rows", { queries: 40, keys: 300 }],
+  ] as const)("batch invariance: %s", (_, c) => {
+    const sinks = "sinks" in c;
+    for (const dtype of [mx.Dtype.float16, mx.Dtype.bfloat16, mx.Dtype.float32])
+      mx.scope(() => {
+        const [heads, kvHeads, dim] = [9, 3, 64];
+        const normal = (shape: number[]) => mx.astype(mx.random.normal(shape), dtype);
+        const padding = [0, 37, 301]; // row 1 is the sequence; the others are longer and shorter
+        const longest = c.keys + 37;
+        const lengths = padding.map((p) => longest - p);
+        const q = normal([3, heads, c.queries, dim]);
+        const k = normal([3, kvHeads, longest, dim]);
+        const v = normal([3, kvHeads, longest, dim]);
+        const sink = sinks ? mx.random.normal([heads]) : undefined;
+        // Visible: past the row's padding and, causally, up to the query's own position.
+        const visible: number[] = [];
+        for (const p of padding)
+          for (let i = 0; i < c.queries; i++)
+            for (let j = 0; j < longest; j++) visible.push(j >= p && j <= i + longest - c.queries ? 1 : 0);
+        const mask = mx.array(visible, [3, 1, c.queries, longest], mx.Dtype.bool);
+        const batched = mx.fast.scaledDotProductAttention(q, k, v, dim ** -0.5, mask, sink);
+        const row = (a: mx.MxArray, from = 0) => mx.slice(a, [1, 0, from, 0], [2, a.shape[1]!, a.shape[2]!, dim]);
+        const alone = mx.fast.scaledDotProductAttention(
+          row(q),
+          row(k, padding[1]),
+          row(v, padding[1]),
+          dim ** -0.5,
+          c.queries > 1 ? "causal" : undefined,
+          sink,
+        );
+        expect(lengths[1]).toBe(c.keys);
+        expect(relativeError(row(batched), alone)).toBe(0);
+      });
+  });
+
   test("a lazy graph node like MLX's: the same result on a second stream", () => {
     mx.scope(() => {
       const { q, k, v, scale } = inputs({ qHeads: 9, kvHeads: 3, queries: 1, keys: 400, dim: 64 });

@@ -249,7 +249,7 @@ void ATTENTION_TILE_FN(const AttentionProblem& p, const AttentionTile& t, float*
     const float* q = p.q + ((size_t(t.b) * p.q_heads + head) * p.q_len + i) * D;
     for (int d = 0; d < D; ++d) s.queries[size_t(r) * padded(D) + d] = q[d] * p.scale;
     // A head's sink starts its rows' softmax (once: in the part that holds the first keys).
-    if (p.sinks != nullptr && t.key_begin == 0) {
+    if (p.sinks != nullptr && t.first_part) {
       s.max[r] = p.sinks[head];
       s.sum[r] = 1.0f;
     }

@@ -34,9 +34,11 @@ struct AttentionProblem {
 };
 
 // One task: query rows [row_begin, row_end) of every query head that reads kv head `kv_head` of
-// batch row `b`, against keys [key_begin, key_end).
+// batch row `b`, against keys [key_begin, key_end). `first_part`: the keys start at the rows'
+// first visible one (a head's sink joins the softmax there, once).
 struct AttentionTile {
   int b, kv_head, row_begin, row_end, key_begin, key_end;
+  bool first_part;
 };
 
 // The softmax state a tile leaves when its keys are only part of the row (split-K decode): for

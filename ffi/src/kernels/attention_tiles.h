@@ -17,6 +17,50 @@ constexpr int kRowsPerTile = 32;
 // A range of keys worth a task of its own when splitting one row's keys (decode).
 constexpr int kMinKeysPerSplit = 256;
 
+// Whether the mask hides key j from the row starting at `base` (false in a bool mask, -inf in an
+// additive one).
+template <class Problem>
+bool hidden_key(const Problem& p, int64_t base, int j) {
+  const int64_t at = base + int64_t(j) * p.mask.stride[3];
+  return p.bool_mask ? !static_cast<const bool*>(p.mask.data)[at]
+                     : static_cast<const float*>(p.mask.data)[at] == -INFINITY;
+}
+
+// The first key any query row of a tile can see: the mask hides the keys before it from all of
+// them (a left-padded batch row's padding, a window's past). A tile's work starts there, so its
+// key chunks and split ranges lie where they would for that sequence alone, and its output is
+// the same to the bit in a batch of any size (batch invariance); padding costs no work either.
+template <class Problem>
+int first_visible_key(const Problem& p, int b, int kv_head, int row_begin, int row_end) {
+  if (!p.has_mask) return 0;
+  const int group = p.q_heads / p.kv_heads;
+  int first = p.kv_len;
+  for (int head = kv_head * group; head < (kv_head + 1) * group; ++head)
+    for (int i = row_begin; i < row_end; ++i) {
+      const int64_t base = b * p.mask.stride[0] + head * p.mask.stride[1] + int64_t(i) * p.mask.stride[2];
+      for (int j = 0; j < first; ++j)
+        if (!hidden_key(p, base, j)) {
+          first = j;
+          break;
+        }
+    }
+  return first;
+}
+
+// The parts a row's `keys` are split into when one tile holds all its queries (decode, a
+// speculative check), which would leave threads idle. It depends on the row's own keys and the
+// model's heads, never on the batch: a row is split as it would be alone.
+template <class Problem>
+int parts_for(const Problem& p, int keys) {
+  const int threads = thread_count();
+  const int most = std::max(1, keys / kMinKeysPerSplit);
+  int parts = std::clamp((4 * threads + p.kv_heads - 1) / p.kv_heads, 1, most);
+  // Equal shares for every thread (3 kv heads on 2 threads: 12 tasks, not 9 that leave one
+  // thread a task more than the other while the other waits).
+  while ((p.kv_heads * parts) % threads != 0 && parts < most) ++parts;
+  return parts;
+}
+
 // Runs attend(tile, partial) over every tile of problem p (shape fields as AttentionProblem's)
 // and, for split keys, merges the parts into p.out. The stream thread calls it, one at a time.
 template <class Problem, class Attend>
@@ -25,54 +69,68 @@ void run_attention_tiles(const Problem& p, Attend attend) {
   const int positions = std::max(1, kRowsPerTile / group);
   const int row_tiles = (p.q_len + positions - 1) / positions;
   const int tiles = p.batch * p.kv_heads * row_tiles;
-  // Few tiles (decode: one query row per head) leave threads idle: split the keys too.
-  const int wanted = 4 * thread_count();
-  int splits = 1;
-  if (tiles < wanted) {
-    const int most = std::max(1, p.kv_len / kMinKeysPerSplit);
-    splits = std::clamp((wanted + tiles - 1) / tiles, 1, most);
-    // Equal shares for every thread (3 kv heads on 2 threads: 12 tasks, not 9 that leave one
-    // thread a task more than the other while the other waits).
-    while ((tiles * splits) % thread_count() != 0 && splits < most) ++splits;
-  }
-  const int keys_per_split = (p.kv_len + splits - 1) / splits;
+  const int shift = p.kv_len - p.q_len;
+  // A tile's keys: from the first any of its rows sees to the last (causal: its last row's).
   auto tile_at = [&](int index) {
     const int row_tile = index % row_tiles, head = (index / row_tiles) % p.kv_heads, b = index / (row_tiles * p.kv_heads);
-    return AttentionTile{b, head, row_tile * positions, std::min(p.q_len, (row_tile + 1) * positions), 0, p.kv_len};
+    const int row_begin = row_tile * positions, row_end = std::min(p.q_len, row_begin + positions);
+    const int key_end = p.causal ? std::min(p.kv_len, row_end + shift) : p.kv_len;
+    const int key_begin = std::min(key_end, first_visible_key(p, b, head, row_begin, row_end));
+    return AttentionTile{b, head, row_begin, row_end, key_begin, key_end, true};
   };
-  if (splits == 1) {
+  if (row_tiles > 1) {
     parallel_for(tiles, [&](int index, int) { attend(tile_at(index), nullptr); });
     return;
   }
 
-  // Split keys: each part leaves its softmax state; merging rescales them to the common max.
-  const int stride = partial_stride(p);
-  const int rows = group * positions;
-  const size_t part_size = size_t(rows) * stride;
-  thread_local std::vector<float> partials;  // the stream thread's: pass its address to the tasks
-  partials.resize(size_t(tiles) * splits * part_size);
-  float* const partial_base = partials.data();
-  parallel_for(tiles * splits, [&](int task, int) {
-    AttentionTile t = tile_at(task / splits);
-    t.key_begin = (task % splits) * keys_per_split;
-    t.key_end = std::min(p.kv_len, t.key_begin + keys_per_split);
-    attend(t, partial_base + size_t(task) * part_size);
-  });
-  // The merge is a few rows of Dv floats per tile (splitting only happens when tiles are few):
-  // done here, it saves waking the pool once more.
+  // One tile per row and head: each row's keys split in parts, whose softmax states merging
+  // rescales to the common max. A row of one part is normalised straight into p.out, as alone.
+  thread_local std::vector<AttentionTile> parts;  // the stream thread's, as the partials below
+  thread_local std::vector<int> parts_begin;      // each tile's first part, then the end
+  parts.clear();
+  parts_begin.clear();
   for (int index = 0; index < tiles; ++index) {
     const AttentionTile t = tile_at(index);
+    const int count = parts_for(p, t.key_end - t.key_begin);
+    const int per_part = (t.key_end - t.key_begin + count - 1) / count;
+    parts_begin.push_back(int(parts.size()));
+    for (int part = 0; part < count; ++part) {
+      AttentionTile range = t;
+      range.key_begin = std::min(t.key_end, t.key_begin + part * per_part);
+      range.key_end = std::min(t.key_end, range.key_begin + per_part);
+      range.first_part = part == 0;
+      parts.push_back(range);
+    }
+  }
+  parts_begin.push_back(int(parts.size()));
+  const int stride = partial_stride(p);
+  const size_t part_size = size_t(group) * positions * stride;
+  thread_local std::vector<float> partials;
+  partials.resize(parts.size() * part_size);
+  float* const partial_base = partials.data();
+  const int* const begin = parts_begin.data();
+  const AttentionTile* const all = parts.data();
+  parallel_for(int(parts.size()), [&](int task, int) {
+    const int tile = all[task].b * p.kv_heads + all[task].kv_head;
+    const bool alone = begin[tile + 1] - begin[tile] == 1;
+    attend(all[task], alone ? nullptr : partial_base + size_t(task) * part_size);
+  });
+  // The merge is a few rows of Dv floats per tile: done here, it saves waking the pool once more.
+  for (int index = 0; index < tiles; ++index) {
+    const int count = begin[index + 1] - begin[index];
+    if (count == 1) continue;
+    const AttentionTile& t = all[begin[index]];
     const int tile_positions = t.row_end - t.row_begin;
     for (int r = 0; r < group * tile_positions; ++r) {
-      const float* first = partial_base + size_t(index) * splits * part_size + size_t(r) * stride;
+      const float* first = partial_base + size_t(begin[index]) * part_size + size_t(r) * stride;
       float top = -INFINITY;
-      for (int s = 0; s < splits; ++s) top = std::max(top, first[s * part_size]);
+      for (int s = 0; s < count; ++s) top = std::max(top, first[s * part_size]);
       const int head = t.kv_head * group + r / tile_positions, i = t.row_begin + r % tile_positions;
       float* out = p.out + ((size_t(t.b) * p.q_heads + head) * p.q_len + i) * p.value_dim;
       std::fill(out, out + p.value_dim, 0.0f);
       if (top == -INFINITY) continue;  // every key hidden
       float sum = 0;
-      for (int s = 0; s < splits; ++s) {
+      for (int s = 0; s < count; ++s) {
         const float* state = first + s * part_size;
         if (state[0] == -INFINITY) continue;
         const float weight = std::exp(state[0] - top);
