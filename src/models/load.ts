@@ -135,7 +135,9 @@ function loadGGUFFile(file: string, stage?: Stage, shard?: Shard): LoadedModel {
   );
   const gguf = withModelErrors(file, () => ggufModel(loaded));
   const config = parseConfig(gguf.config);
-  const tokenizer = withModelErrors(file, () => Tokenizer.fromGGUFMetadata(gguf.metadata as Record<string, unknown>));
+  const tokenizer = withModelErrors(file, () =>
+    Tokenizer.fromGGUFMetadata(gguf.metadata as Record<string, unknown>, file),
+  );
   const dequantized = [...header.tensorTypes.keys()].filter((t) => !keptQuantizedTypes.has(t));
   const quantizedTypes = [...keptQuantizedTypes].filter((t) => !/^B?F\d+$/.test(t));
   const notes =

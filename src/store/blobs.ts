@@ -4,6 +4,7 @@
 import { existsSync, readdirSync } from "node:fs";
 import { copyFile, mkdir, rename, stat, unlink } from "node:fs/promises";
 import { dirname } from "node:path";
+import { forgetTokenizerFiles } from "../tokenizer/gguf-cache";
 import { blobPath, blobsDir, tempPathIn, tmpDir } from "./paths";
 import { syncToDisk } from "./sync";
 
@@ -69,6 +70,7 @@ export function blobsOnDisk(): Set<string> {
 }
 
 export async function removeBlob(sha256: string): Promise<void> {
+  forgetTokenizerFiles(blobPath(sha256));
   await unlink(blobPath(sha256)).catch((error: NodeJS.ErrnoException) => {
     if (error.code !== "ENOENT") throw error;
   });

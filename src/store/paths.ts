@@ -10,6 +10,7 @@
 //   <root>/in-use/<key>/<pid>      markers of processes using a model (never evicted meanwhile)
 //   <root>/locks/                  lock files (the store lock, one per model being pulled)
 //   <root>/tmp/                    files being written; anything here is garbage after a crash
+//   <root>/tokenizers/             tokenizer files rebuilt from GGUFs, kept to skip the rebuild
 import { mkdirSync } from "node:fs";
 import { homedir } from "node:os";
 import { join, resolve } from "node:path";
@@ -69,6 +70,10 @@ export function indexPath(): string {
 export function modelKey(name: string): string {
   const key = encodeURIComponent(name);
   return key.startsWith(".") ? `%2E${key.slice(1)}` : key;
+}
+
+export function tokenizersDir(): string {
+  return join(storeRoot(), "tokenizers");
 }
 
 /** The store's scratch directory, created on demand. */

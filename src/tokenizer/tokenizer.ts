@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { Tokenizer as HFTokenizer } from "@huggingface/tokenizers";
 import { Template } from "@huggingface/jinja";
 import { bosEosPostProcessor, byteToChar, tokenizerFilesFromGGUF } from "./gguf";
+import { cachedTokenizerFiles } from "./gguf-cache";
 
 export interface ChatMessage {
   role: string;
@@ -125,9 +126,14 @@ export class Tokenizer {
     }
   }
 
-  /** Builds the tokenizer a GGUF describes (see tokenizerFilesFromGGUF for what is supported). */
-  static fromGGUFMetadata(meta: Record<string, unknown>): Tokenizer {
-    const { tokenizerJson, tokenizerConfig, eosTokenIds } = tokenizerFilesFromGGUF(meta);
+  /**
+   * Builds the tokenizer a GGUF describes (see tokenizerFilesFromGGUF for what is supported);
+   * given the GGUF's `file`, through the cache of files built before (gguf-cache.ts).
+   */
+  static fromGGUFMetadata(meta: Record<string, unknown>, file?: string): Tokenizer {
+    const { tokenizerJson, tokenizerConfig, eosTokenIds } = file
+      ? cachedTokenizerFiles(file, meta)
+      : tokenizerFilesFromGGUF(meta);
     return new Tokenizer(tokenizerJson, tokenizerConfig, eosTokenIds);
   }
 

@@ -1,0 +1,89 @@
+// The tokenizer files rebuilt from a GGUF, kept on disk (src/tokenizer/gguf-cache.ts): read back
+// instead of rebuilt, never used for a changed file, rebuilt over a damaged entry, and never in
+// the way of a load when the disk refuses them.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { gunzipSync } from "node:zlib";
+import { tokenizerFilesFromGGUF } from "../src/tokenizer/gguf";
+import { cachedTokenizerFiles, forgetTokenizerFiles } from "../src/tokenizer/gguf-cache";
+import { Tokenizer } from "../src/tokenizer/tokenizer";
+
+const meta: Record<string, unknown> = JSON.parse(
+  gunzipSync(readFileSync(join(import.meta.dir, "fixtures", "tokenizer-smollm2-gguf-meta.json.gz"))).toString("utf8"),
+);
+// Metadata no tokenizer can be built from: a call given it succeeds only from the cache.
+const unbuildable = {};
+
+let root: string;
+let gguf: string;
+const savedHome = process.env.MLX_HOME;
+const entries = () => readdirSync(join(root, "home", "tokenizers")).filter((name) => name.endsWith(".json"));
+
+beforeAll(() => {
+  root = mkdtempSync(join(tmpdir(), "mlx-tokenizer-cache-"));
+  process.env.MLX_HOME = join(root, "home");
+  gguf = join(root, "model.gguf"); // the cache reads only its identity: path, size, time, inode
+  writeFileSync(gguf, "first version");
+});
+afterAll(() => {
+  process.env.MLX_HOME = savedHome;
+  rmSync(root, { recursive: true, force: true });
+});
+
+describe("the GGUF tokenizer cache", () => {
+  test("the first load writes the files built; the next reads them back without building", () => {
+    const built = cachedTokenizerFiles(gguf, meta);
+    expect(built).toEqual(tokenizerFilesFromGGUF(meta));
+    expect(entries()).toHaveLength(1);
+    expect(cachedTokenizerFiles(gguf, unbuildable)).toEqual(built);
+    // The tokenizer made from them encodes as the one built directly.
+    const text = "Caching 12,345 tokenizers: naïve? ✓ <|im_start|>";
+    expect(Tokenizer.fromGGUFMetadata(unbuildable, gguf).encode(text)).toEqual(
+      Tokenizer.fromGGUFMetadata(meta).encode(text),
+    );
+  });
+
+  test("a rewritten GGUF never reads the old entry, and its new entry replaces it", () => {
+    cachedTokenizerFiles(gguf, meta);
+    writeFileSync(gguf, "second, longer version");
+    expect(() => cachedTokenizerFiles(gguf, unbuildable)).toThrow("no tokenizer.ggml.tokens");
+    const [before] = entries();
+    expect(cachedTokenizerFiles(gguf, meta)).toEqual(tokenizerFilesFromGGUF(meta));
+    expect(entries()).toHaveLength(1);
+    expect(entries()[0]).not.toBe(before);
+  });
+
+  test("a damaged entry is rebuilt and written again", () => {
+    cachedTokenizerFiles(gguf, meta);
+    const entry = join(root, "home", "tokenizers", entries()[0]!);
+    for (const damage of ['{"tokenizerJson": {', '{"tokenizerJson": [], "tokenizerConfig": {}, "eosTokenIds": []}']) {
+      writeFileSync(entry, damage);
+      expect(cachedTokenizerFiles(gguf, meta)).toEqual(tokenizerFilesFromGGUF(meta));
+      expect(cachedTokenizerFiles(gguf, unbuildable)).toEqual(tokenizerFilesFromGGUF(meta));
+    }
+  });
+
+  test("a GGUF's entries go when it is forgotten (its blob removed)", () => {
+    cachedTokenizerFiles(gguf, meta);
+    const other = join(root, "other.gguf");
+    writeFileSync(other, "another model");
+    cachedTokenizerFiles(other, meta);
+    expect(entries()).toHaveLength(2);
+    forgetTokenizerFiles(gguf);
+    expect(entries()).toHaveLength(1);
+    expect(cachedTokenizerFiles(other, unbuildable)).toEqual(tokenizerFilesFromGGUF(meta));
+  });
+
+  test("a cache the disk refuses (its directory is a file) leaves loads working", () => {
+    process.env.MLX_HOME = join(root, "refused");
+    try {
+      writeFileSync(join(root, "refused"), "not a directory");
+      expect(cachedTokenizerFiles(gguf, meta)).toEqual(tokenizerFilesFromGGUF(meta));
+      expect(() => cachedTokenizerFiles(gguf, unbuildable)).toThrow("no tokenizer.ggml.tokens");
+    } finally {
+      process.env.MLX_HOME = join(root, "home");
+    }
+  });
+});
