@@ -14,10 +14,11 @@ import {
   writeFileSync,
   writeSync,
   closeSync,
+  existsSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
-import { cliRunner } from "./helpers/cli";
+import { cliRunner, interruptWhileInUse, mainScript } from "./helpers/cli";
 
 const TEST_TIMEOUT_MS = 30_000;
 const fixture = join(import.meta.dir, "fixtures", "gguf-quants.gguf");
@@ -198,6 +199,24 @@ describe("mlx convert errors", () => {
       expect(stderr).toEndWith(
         "; stored model 'quants' may be damaged: run `mlx verify`, then run `mlx pull quants`\n",
       );
+    },
+    TEST_TIMEOUT_MS,
+  );
+});
+
+describe("mlx convert interrupted", () => {
+  test(
+    "Ctrl-C stops the conversion before anything is written: exit 130, no output, the in-use marker gone",
+    async () => {
+      const out = join(work, "out");
+      const proc = Bun.spawn([process.execPath, mainScript, "convert", "smollm2", out], {
+        env: { ...process.env, MLX_HOME: sharedHome, NO_COLOR: "1" },
+        stdout: "ignore",
+        stderr: "ignore",
+      });
+      await interruptWhileInUse(proc, join(sharedHome, "in-use", "smollm2", String(proc.pid)));
+      expect(existsSync(out)).toBe(false);
+      expect(readdirSync(work).filter((name) => name.startsWith("out"))).toEqual([]); // no staging folder either
     },
     TEST_TIMEOUT_MS,
   );

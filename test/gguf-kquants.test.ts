@@ -127,7 +127,7 @@ describe("mlx convert gemma3", () => {
     const header = readGGUFHeader(path);
     const dir = mkdtempSync(join(tmpdir(), "mlx-kquants-"));
     try {
-      convertGGUF(path, join(dir, "out"), { bits: 8, groupSize: 32 });
+      await convertGGUF(path, join(dir, "out"), { bits: 8, groupSize: 32 });
       const converted = mx.loadSafetensors(join(dir, "out", "model.safetensors")).tensors;
       const read = loadGGUFTensors(path, header, (name) => name === "blk.0.attn_q.weight").tensors;
       expect(header.tensors.find((t) => t.name === "blk.0.attn_q.weight")!.type).toBe("Q5_0");

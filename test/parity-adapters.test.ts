@@ -54,7 +54,7 @@ describe(`adapters against mlx-lm ${reference.mlx_lm} (MLX ${reference.mlx})`, (
   });
 
   for (const [name, { model, adapter }] of Object.entries(adapterParityCases)) {
-    test(`${name}: greedy tokens with the adapter, and fused, as mlx-lm's`, () => {
+    test(`${name}: greedy tokens with the adapter, and fused, as mlx-lm's`, async () => {
       const expected = reference.tiny[name as keyof typeof reference.tiny];
       const modelDir = join(dir, name, "model");
       const adapterDir = join(dir, name, "adapter");
@@ -64,7 +64,7 @@ describe(`adapters against mlx-lm ${reference.mlx_lm} (MLX ${reference.mlx})`, (
         expected.adapter_sha256,
       );
       const fusedDir = join(dir, name, "fused");
-      fuseAdapter(modelDir, adapterDir, fusedDir);
+      await fuseAdapter(modelDir, adapterDir, fusedDir);
       // MLX's own kernels: exactly mlx-lm's numbers.
       withKernels(false, () => {
         const run = (lm: LoadedModel) => greedy(lm, adapterParityPrompt, adapterParityTokens, { untilEos: false });
@@ -86,7 +86,7 @@ describe(`adapters against mlx-lm ${reference.mlx_lm} (MLX ${reference.mlx})`, (
     expect(sha256(join(adapterDir, "adapters.safetensors"))).toBe(reference.smollm2.adapter_sha256);
     const gguf = await resolveModelPath(undefined);
     const fusedDir = join(dir, "smollm2-fused");
-    fuseAdapter(gguf, adapterDir, fusedDir);
+    await fuseAdapter(gguf, adapterDir, fusedDir);
     withKernels(false, () => {
       const answers = (lm: LoadedModel) =>
         reference.smollm2.cases.map((c) => greedy(lm, c.prompt_ids, smollm2AdapterTokens));

@@ -18,7 +18,7 @@ let lm: LoadedModel;
 
 beforeAll(async () => {
   const dir = join(storeRoot(), "test-parity", "gemma3-mlx");
-  if (!existsSync(join(dir, "config.json"))) convertGGUF(await resolveModelPath("gemma3"), dir, { force: true });
+  if (!existsSync(join(dir, "config.json"))) await convertGGUF(await resolveModelPath("gemma3"), dir, { force: true });
   lm = loadModel(dir);
 }, 600_000);
 

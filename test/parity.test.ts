@@ -45,7 +45,7 @@ let directory: LoadedModel;
 beforeAll(async () => {
   const ggufPath = await resolveModelPath(undefined);
   const dir = join(storeRoot(), "test-parity", "smollm2-mlx");
-  if (!existsSync(join(dir, "config.json"))) convertGGUF(ggufPath, dir, { force: true });
+  if (!existsSync(join(dir, "config.json"))) await convertGGUF(ggufPath, dir, { force: true });
   gguf = loadModel(ggufPath);
   directory = loadModel(dir);
 }, 600_000);

@@ -64,7 +64,7 @@ export default defineCommand({
       }
       refuseOutputOverlapping(args.output, path);
       // convertGGUF names the values it accepts.
-      const result = convertGGUF(path, args.output, { force: Boolean(args.force), bits, groupSize });
+      const result = await convertGGUF(path, args.output, { force: Boolean(args.force), bits, groupSize });
       log.success(`wrote ${result.tensors} tensors (${formatBytes(result.bytes)}) to ${result.dir}`);
       process.stdout.write(`${result.dir}\n`);
     } catch (error) {

@@ -7,7 +7,8 @@ import { ggufModel, hfTensorName, quantizationOf, type GGUFModel } from "./gguf"
 import { readGGUFHeader, refuseSplitGGUF, type GGUFHeader } from "./gguf-header";
 import { keptQuantizedTypes, loadGGUFTensors, widenedTypes } from "./gguf-tensors";
 import { withModelErrors } from "./load";
-import { tokenizerFilesFromGGUF } from "../tokenizer/gguf";
+import { nextTurn } from "../event-loop";
+import { cachedTokenizerFiles } from "../tokenizer/gguf-cache";
 import { writeErrorReason } from "../format";
 
 export interface ConvertResult {
@@ -26,11 +27,15 @@ export interface ConvertOptions {
   groupSize?: number;
 }
 
-export function convertGGUF(
+/**
+ * Writes the MLX directory. The event loop gets a turn between layers: Ctrl-C stops a long
+ * conversion there, before anything is written.
+ */
+export async function convertGGUF(
   ggufPath: string,
   outDir: string,
   { force = false, bits = 4, groupSize = 64 }: ConvertOptions = {},
-): ConvertResult {
+): Promise<ConvertResult> {
   const target = resolve(outDir);
   // --force replaces a directory of an earlier conversion, never a file given by mistake.
   if (existsSync(target) && !statSync(target).isDirectory()) throw new Error(`${target} exists and is not a directory`);
@@ -46,13 +51,18 @@ export function convertGGUF(
   refuseSplitGGUF(header, ggufPath);
   const gguf = ggufModel(withModelErrors(ggufPath, () => loadGGUFTensors(ggufPath, header)));
   try {
-    if (bits > 0) requantize(gguf, header, { bits, groupSize });
+    if (bits > 0) await requantize(gguf, header, { bits, groupSize });
     if (gguf.tensors.has("rope_freqs")) {
       throw new Error(
         "this GGUF stores precomputed rope frequencies (Llama 3 scaling), which config.json cannot express; run it as a .gguf instead",
       );
     }
-    const { tokenizerJson, tokenizerConfig, eosTokenIds } = tokenizerFilesFromGGUF(
+    for (const t of gguf.tensors.values()) {
+      mx.evaluate(t);
+      await nextTurn();
+    }
+    const { tokenizerJson, tokenizerConfig, eosTokenIds } = cachedTokenizerFiles(
+      ggufPath,
       gguf.metadata as Record<string, unknown>,
     );
     // Every end-of-generation id (eos, eot, eom), so generation stops where the GGUF says.
@@ -98,7 +108,7 @@ export function convertGGUF(
  * runs on quantized matmuls. Layers the GGUF kept quantized at their own width (Q8_0, Q4_0, Q4_1,
  * Q4_K, MXFP4) stay as they are.
  */
-function requantize(gguf: GGUFModel, header: GGUFHeader, q: { bits: number; groupSize: number }): void {
+async function requantize(gguf: GGUFModel, header: GGUFHeader, q: { bits: number; groupSize: number }) {
   const arch = String(gguf.metadata["general.architecture"]);
   const groupSizes = new Map<string, number>();
   for (const info of header.tensors) {
@@ -128,6 +138,7 @@ function requantize(gguf: GGUFModel, header: GGUFHeader, q: { bits: number; grou
     for (const t of [stored, scales, biases]) t?.free();
     if (weight !== stored) weight.free();
     groupSizes.set(prefix, groupSize);
+    await nextTurn();
   }
   if (groupSizes.size > 0) Object.assign(gguf.config, quantizationOf(gguf.tensors, groupSizes));
 }

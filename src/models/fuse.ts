@@ -5,6 +5,7 @@ import { copyFileSync, mkdirSync, readdirSync, rmSync, statSync } from "node:fs"
 import { join } from "node:path";
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
+import { nextTurn } from "../event-loop";
 import { convertGGUF } from "./convert";
 import { isGGUFFile } from "./gguf";
 import { Weights } from "./layers";
@@ -22,12 +23,12 @@ export interface FuseResult {
  * Writes `base` (an MLX directory, or a GGUF, converted first as `mlx convert` would) with the
  * adapter in `adapterDir` fused into it, as an MLX directory `outDir` (which must not exist).
  */
-export function fuseAdapter(base: string, adapterDir: string, outDir: string): FuseResult {
+export async function fuseAdapter(base: string, adapterDir: string, outDir: string): Promise<FuseResult> {
   if (!statSync(base).isDirectory() && isGGUFFile(base)) {
     const converted = `${outDir}.base-${process.pid}`;
     try {
-      convertGGUF(base, converted, { force: true });
-      return fuseAdapter(converted, adapterDir, outDir);
+      await convertGGUF(base, converted, { force: true });
+      return await fuseAdapter(converted, adapterDir, outDir);
     } finally {
       rmSync(converted, { recursive: true, force: true });
     }
@@ -57,6 +58,7 @@ export function fuseAdapter(base: string, adapterDir: string, outDir: string): F
         mx.evaluate(fused);
         replace("weight", fused);
       }
+      await nextTurn(); // Ctrl-C stops a long fuse here, before anything is written
     }
     mkdirSync(outDir, { recursive: true });
     mx.saveSafetensors(join(outDir, "model.safetensors"), tensors, { format: "mlx" });

@@ -16,6 +16,7 @@ import { listModels } from "../store/store";
 import type { IndexEntry } from "../store/model-index";
 import type { Scheduler } from "../engine/scheduler";
 import { ModelNotFoundError } from "../errors";
+import { nextTurn } from "../event-loop";
 import { ClientGoneError } from "./errors";
 
 /** The tag Ollama gives a model named without one. */
@@ -255,7 +256,7 @@ export class ModelRegistry {
     const promise = (async () => {
       try {
         // Let the event loop answer /health (503, loading) before the synchronous load.
-        await new Promise((resolve) => setImmediate(resolve));
+        await nextTurn();
         // A path that holds no model fails before a loaded model is unloaded to make room for it.
         checkModelPath(path);
         await this.#makeRoom(key);

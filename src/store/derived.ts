@@ -89,7 +89,7 @@ async function derivedModel(
   name: string,
   key: string,
   source: string,
-  produce: (staging: string) => void,
+  produce: (staging: string) => Promise<unknown>,
 ): Promise<ConvertedModel> {
   const refPath = join(refsDir(), "derived", `${key}.json`);
   const earlier = await openEarlier(refPath, key);
@@ -102,7 +102,7 @@ async function derivedModel(
       if (meanwhile) return meanwhile;
       const staging = tempPathIn(tmpDir(), "convert");
       try {
-        produce(staging);
+        await produce(staging);
         const files = [];
         for (const file of readdirSync(staging).sort())
           files.push({ name: file, ...(await addBlob(join(staging, file), { move: true })) });

@@ -1,6 +1,7 @@
 // Rank 0 of a pipeline: the model as the engine sees it. Its own layers run here; the hidden
 // states then go to rank 1 and come back from the last rank, so the batch generator, the
 // sampler and everything above them run unchanged. Cache operations follow the same path.
+import { nextTurn } from "../../event-loop";
 import * as mx from "../../mlx";
 import type { MxArray } from "../../mlx";
 import type { AttentionCache, KVCache } from "../../models/cache";
@@ -549,6 +550,5 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
 }
 
 /** A turn of the event loop (I/O included) before the caller goes on. */
-const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 const inSeconds = (ms: number) => (ms / 1000).toFixed(1);
