@@ -45,14 +45,22 @@ describe("the GGUF tokenizer cache", () => {
     );
   });
 
-  test("a rewritten GGUF never reads the old entry, and its new entry replaces it", () => {
-    cachedTokenizerFiles(gguf, meta);
-    writeFileSync(gguf, "second, longer version");
-    expect(() => cachedTokenizerFiles(gguf, unbuildable)).toThrow("no tokenizer.ggml.tokens");
-    const [before] = entries();
-    expect(cachedTokenizerFiles(gguf, meta)).toEqual(tokenizerFilesFromGGUF(meta));
-    expect(entries()).toHaveLength(1);
-    expect(entries()[0]).not.toBe(before);
+  test("a rewritten GGUF never reads an old entry; a GGUF keeps its two most recently used", () => {
+    const file = join(root, "rewritten.gguf");
+    const own = () => entries().filter((name) => !before.includes(name));
+    const before = entries();
+    writeFileSync(file, "first version");
+    cachedTokenizerFiles(file, meta);
+    const [first] = own();
+    writeFileSync(file, "second, longer version");
+    expect(() => cachedTokenizerFiles(file, unbuildable)).toThrow("no tokenizer.ggml.tokens");
+    expect(cachedTokenizerFiles(file, meta)).toEqual(tokenizerFilesFromGGUF(meta));
+    expect(own()).toHaveLength(2); // as two builds in use side by side would have them
+    writeFileSync(file, "a third version, longer still");
+    expect(cachedTokenizerFiles(file, meta)).toEqual(tokenizerFilesFromGGUF(meta));
+    expect(own()).toHaveLength(2);
+    expect(own()).not.toContain(first);
+    expect(cachedTokenizerFiles(file, unbuildable)).toEqual(tokenizerFilesFromGGUF(meta));
   });
 
   test("a damaged entry is rebuilt and written again", () => {
@@ -65,14 +73,15 @@ describe("the GGUF tokenizer cache", () => {
     }
   });
 
-  test("a GGUF's entries go when it is forgotten (its blob removed)", () => {
+  test("a GGUF's entries go when it is forgotten (its blob removed), no other's", () => {
     cachedTokenizerFiles(gguf, meta);
     const other = join(root, "other.gguf");
     writeFileSync(other, "another model");
     cachedTokenizerFiles(other, meta);
-    expect(entries()).toHaveLength(2);
+    const count = entries().length;
     forgetTokenizerFiles(gguf);
-    expect(entries()).toHaveLength(1);
+    expect(entries()).toHaveLength(count - 1);
+    expect(() => cachedTokenizerFiles(gguf, unbuildable)).toThrow("no tokenizer.ggml.tokens");
     expect(cachedTokenizerFiles(other, unbuildable)).toEqual(tokenizerFilesFromGGUF(meta));
   });
 

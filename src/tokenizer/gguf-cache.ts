@@ -3,7 +3,9 @@
 // scores) at every start; reading them back is one JSON parse. An entry is named by the GGUF
 // (its path, size, modification time and inode) and by the code that built it (the compiled
 // executable, or these sources when run from them): a changed file or another build never reads
-// an entry it did not write. A cache never fails a load: any error here only means a rebuild.
+// an entry it did not write. A GGUF keeps the entries of the last two builds that used it (an
+// installed executable and a checkout beside it), so that an upgrade's leftovers go. A cache
+// never fails a load: any error here only means a rebuild.
 import { createHash } from "node:crypto";
 import {
   mkdirSync,
@@ -13,6 +15,7 @@ import {
   renameSync,
   rmSync,
   statSync,
+  utimesSync,
   writeFileSync,
 } from "node:fs";
 import { join } from "node:path";
@@ -90,8 +93,10 @@ function readEntry(path: string): TokenizerFiles | undefined {
   }
   try {
     const files = JSON.parse(text) as TokenizerFiles;
-    if (isObject(files.tokenizerJson) && isObject(files.tokenizerConfig) && Array.isArray(files.eosTokenIds))
+    if (isObject(files.tokenizerJson) && isObject(files.tokenizerConfig) && Array.isArray(files.eosTokenIds)) {
+      markUsed(path);
       return files;
+    }
   } catch {}
   removeQuietly(path); // damaged: rebuilt and written again
   return undefined;
@@ -106,16 +111,29 @@ function removeQuietly(path: string): void {
 
 const isObject = (v: unknown) => typeof v === "object" && v !== null && !Array.isArray(v);
 
-/** Written whole or not at all (a temporary file renamed); the GGUF's older entries removed. */
+/** Entries a GGUF keeps: the builds that used it last. */
+const kEntriesPerFile = 2;
+
+/** A read entry is used: its time orders the GGUF's entries, the least recently used first out. */
+function markUsed(path: string): void {
+  try {
+    const now = new Date();
+    utimesSync(path, now, now);
+  } catch {}
+}
+
+/** Written whole or not at all (a temporary file renamed); the GGUF's least recently used entries beyond kEntriesPerFile removed. */
 function writeEntry(entry: Entry, files: TokenizerFiles): void {
   const temp = tempPathIn(entry.dir, entry.fileDigest);
   try {
     mkdirSync(entry.dir, { recursive: true });
     writeFileSync(temp, JSON.stringify(files));
     renameSync(temp, join(entry.dir, entry.name));
-    for (const old of readdirSync(entry.dir))
-      if (old.startsWith(`${entry.fileDigest}-`) && old.endsWith(".json") && old !== entry.name)
-        removeQuietly(join(entry.dir, old));
+    const used = (name: string) => statSync(join(entry.dir, name), { throwIfNoEntry: false })?.mtimeMs ?? 0;
+    const others = readdirSync(entry.dir)
+      .filter((name) => name.startsWith(`${entry.fileDigest}-`) && name.endsWith(".json") && name !== entry.name)
+      .sort((a, b) => used(b) - used(a));
+    for (const old of others.slice(kEntriesPerFile - 1)) removeQuietly(join(entry.dir, old));
   } catch {
     removeQuietly(temp); // a full or read-only disk: loads go on without a cache
   }
