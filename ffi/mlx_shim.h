@@ -286,6 +286,12 @@ MLXS_API const char* mlxs_bundle_meta_strings(const mlxs_bundle* b, int i, size_
 // names: n NUL-terminated strings laid end to end; meta_keys/meta_values: nmeta each.
 MLXS_API int mlxs_save_safetensors(const char* path, const char* names, mlxs_array* const* arrays, int n,
                           const char* meta_keys, const char* meta_values, int nmeta);
+// A GGUF tensor's raw blocks of `type` (Q4_K, Q5_0, Q5_1, Q5_K) as MLX's affine codes (Q4_K's
+// packed two a byte, the 5-bit types' one a byte) and a float scale and bias per group of 32, or
+// (Q3_K, IQ4_NL, IQ4_XS) as floats in `out`.
+MLXS_API int mlxs_gguf_affine_blocks(const char* type, const void* raw, uint64_t bytes, uint8_t* codes, float* scales,
+                            float* biases);
+MLXS_API int mlxs_gguf_dequantize_blocks(const char* type, const void* raw, uint64_t bytes, float* out);
 
 // ---- memory ----
 MLXS_API size_t mlxs_active_memory(void);

@@ -8,7 +8,15 @@ export * as random from "./random";
 export * as memory from "./memory";
 export * as distributed from "./distributed";
 export { defaultDeviceIsCpu, defaultStream, newStream, onStream } from "./stream";
-export { loadSafetensors, loadGGUF, saveSafetensors, type LoadedFile, type MetaValue } from "./io";
+export {
+  loadSafetensors,
+  loadGGUF,
+  saveSafetensors,
+  ggufAffineBlocks,
+  ggufDequantizeBlocks,
+  type LoadedFile,
+  type MetaValue,
+} from "./io";
 import { lib } from "./ffi";
 import { defaultDeviceIsCpu } from "./stream";
 

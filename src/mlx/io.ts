@@ -77,6 +77,48 @@ export function loadGGUF(path: string): LoadedFile {
   return readBundle(loadBundle(lib.mlxs_load_gguf(outPtr, cstr(path)), path, "cannot load GGUF"), true);
 }
 
+/**
+ * A GGUF tensor's raw blocks of a type kept quantized as MLX's affine layout (Q4_K, Q5_0, Q5_1,
+ * Q5_K): `values` codes of `bits` (Q4_K's 4, packed two a byte as MLX packs them; the 5-bit
+ * types' 8), and a scale and a bias for each group of 32.
+ */
+export function ggufAffineBlocks(
+  type: string,
+  raw: Uint8Array,
+  values: number,
+  bits: 4 | 8,
+): { codes: Uint8Array; scales: Float32Array; biases: Float32Array } {
+  const codes = new Uint8Array((values * bits) / 8);
+  const scales = new Float32Array(values / 32);
+  const biases = new Float32Array(values / 32);
+  check(
+    lib.mlxs_gguf_affine_blocks(
+      cstr(type),
+      nonEmpty(raw),
+      BigInt(raw.byteLength),
+      nonEmpty(codes),
+      nonEmpty(scales),
+      nonEmpty(biases),
+    ),
+    `cannot read ${type} blocks`,
+  );
+  return { codes, scales, biases };
+}
+
+/** A GGUF tensor's raw blocks of a type read as floats (Q3_K, IQ4_NL, IQ4_XS): `values` of them. */
+export function ggufDequantizeBlocks(type: string, raw: Uint8Array, values: number): Float32Array {
+  const out = new Float32Array(values);
+  check(
+    lib.mlxs_gguf_dequantize_blocks(cstr(type), nonEmpty(raw), BigInt(raw.byteLength), nonEmpty(out)),
+    `cannot read ${type} blocks`,
+  );
+  return out;
+}
+
+/** FFIs refuse an empty buffer as a pointer: one byte stands in (nothing is read from it). */
+const nonEmpty = <T extends Uint8Array | Float32Array>(data: T): T | Uint8Array =>
+  data.byteLength > 0 ? data : new Uint8Array(4);
+
 export function saveSafetensors(
   path: string,
   tensors: Map<string, MxArray>,

@@ -14,166 +14,23 @@ import * as mx from "../mlx";
 import type { LoadedFile, MxArray } from "../mlx";
 import { nativeTensorTypes, type GGUFHeader, type GGUFTensorInfo } from "./gguf-header";
 
-/** ggml block of `blockElements` → floats, for the types we read ourselves. */
-const dequantizers: Record<
-  string,
-  { blockBytes: number; blockElements: number; decode: (b: DataView, p: number, out: Float32Array, at: number) => void }
-> = {
-  Q3_K: { blockBytes: 110, blockElements: 256, decode: q3K },
-  // d: f16, then 16 bytes of nibbles indexing the non-linear IQ4 values.
-  IQ4_NL: {
-    blockBytes: 18,
-    blockElements: 32,
-    decode: (b, p, out, at) => iq4Group(b, p + 2, out, at, b.getFloat16(p, true)),
-  },
-  IQ4_XS: { blockBytes: 136, blockElements: 256, decode: iq4XS },
+/**
+ * The types we read ourselves (ffi/src/gguf_blocks.cpp reads their blocks). Dequantized to
+ * floats: Q3_K, IQ4_NL, IQ4_XS. Kept quantized as MLX's affine layout, value = code · scale + bias
+ * in groups of 32 exactly as llama.cpp's dequantize_row_* computes it: Q4_K, Q5_0, Q5_1, Q5_K,
+ * held at `bits` (their 5-bit codes in 8).
+ */
+const dequantizers: Record<string, { blockBytes: number; blockElements: number }> = {
+  Q3_K: { blockBytes: 110, blockElements: 256 },
+  IQ4_NL: { blockBytes: 18, blockElements: 32 },
+  IQ4_XS: { blockBytes: 136, blockElements: 256 },
 };
-
-/**
- * Q3_K: 32 bytes of high bits (hmask), 64 bytes of 2-bit lows, 12 bytes packing 16 6-bit
- * scales, d: f16. x = d · (scale − 32) · (low − (high bit ? 0 : 4)), 16 values per scale.
- */
-function q3K(b: DataView, p: number, out: Float32Array, at: number): void {
-  const hmask = p;
-  const qs = p + 32;
-  const scaleByte = (i: number) => b.getUint8(p + 96 + i);
-  const d = b.getFloat16(p + 108, true);
-  // Scale j: low 4 bits from byte j (its high nibble for j ≥ 8), high 2 bits from byte 8 + j % 4.
-  const scale = (j: number) =>
-    ((j < 8 ? scaleByte(j) & 0xf : scaleByte(j - 8) >> 4) | (((scaleByte(8 + (j % 4)) >> (2 * (j >> 2))) & 3) << 4)) -
-    32;
-  let j = 0;
-  for (let half = 0; half < 2; half++) {
-    for (let shift = 0; shift < 8; shift += 2) {
-      const bit = 1 << (half * 4 + shift / 2);
-      for (const offset of [0, 16]) {
-        const dl = d * scale(j);
-        for (let l = 0; l < 16; l++) {
-          const low = (b.getUint8(qs + half * 32 + offset + l) >> shift) & 3;
-          const high = b.getUint8(hmask + offset + l) & bit ? 0 : 4;
-          out[at + j * 16 + l] = dl * (low - high);
-        }
-        j++;
-      }
-    }
-  }
-}
-
-/** The IQ4 codebook: a 4-bit index → a signed 8-bit level. */
-const iq4Values = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
-
-/** 32 values from 16 bytes of nibbles at `p` (low nibbles first, then high ones), times `scale`. */
-function iq4Group(b: DataView, p: number, out: Float32Array, at: number, scale: number): void {
-  for (let j = 0; j < 16; j++) {
-    const q = b.getUint8(p + j);
-    out[at + j] = scale * iq4Values[q & 0xf]!;
-    out[at + j + 16] = scale * iq4Values[q >> 4]!;
-  }
-}
-
-/** IQ4_XS: d: f16, 8 groups of 32 with 6-bit scales (2 high bits in a u16, 4 low ones in 4 bytes), 128 bytes of nibbles. */
-function iq4XS(b: DataView, p: number, out: Float32Array, at: number): void {
-  const d = b.getFloat16(p, true);
-  const high = b.getUint16(p + 2, true);
-  for (let group = 0; group < 8; group++) {
-    const low = (b.getUint8(p + 4 + (group >> 1)) >> (4 * (group & 1))) & 0xf;
-    const scale = (low | (((high >> (2 * group)) & 3) << 4)) - 32;
-    iq4Group(b, p + 8 + group * 16, out, at + group * 32, d * scale);
-  }
-}
-
-/**
- * The types kept quantized as MLX's affine layout: a block of `blockElements` → its codes (one a
- * byte), and a scale and bias for each of its groups of 32, so that value = code · scale + bias
- * exactly as llama.cpp's dequantize_row_* computes it. `bits`: the width they are packed at.
- */
-const affineReaders: Record<
-  string,
-  {
-    blockBytes: number;
-    blockElements: number;
-    bits: 4 | 8;
-    read: (b: DataView, p: number, codes: Uint8Array, at: number, scales: Float32Array, biases: Float32Array) => void;
-  }
-> = {
-  // d: f16, qh: 32 high bits, qs: 16 bytes of low nibbles; x = d · q − 16 · d.
-  Q5_0: {
-    blockBytes: 22,
-    blockElements: 32,
-    bits: 8,
-    read: (b, p, codes, at, scales, biases) => {
-      const d = b.getFloat16(p, true);
-      fiveBitCodes(b, p + 2, codes, at);
-      scales[at / 32] = d;
-      biases[at / 32] = -16 * d;
-    },
-  },
-  // d, m: f16, then as Q5_0; x = d · q + m.
-  Q5_1: {
-    blockBytes: 24,
-    blockElements: 32,
-    bits: 8,
-    read: (b, p, codes, at, scales, biases) => {
-      fiveBitCodes(b, p + 4, codes, at);
-      scales[at / 32] = b.getFloat16(p, true);
-      biases[at / 32] = b.getFloat16(p + 2, true);
-    },
-  },
-  // d, dmin: f16; 12 bytes of 6-bit scales and mins for 8 groups of 32; 128 bytes of nibbles.
-  Q4_K: { blockBytes: 144, blockElements: 256, bits: 4, read: (b, p, ...out) => kQuantCodes(b, p, p + 16, ...out) },
-  // As Q4_K, with a fifth bit per value in 32 bytes of qh before the nibbles.
-  Q5_K: {
-    blockBytes: 176,
-    blockElements: 256,
-    bits: 8,
-    read: (b, p, ...out) => kQuantCodes(b, p, p + 48, ...out, p + 16),
-  },
+const affineReaders: Record<string, { blockBytes: number; blockElements: number; bits: 4 | 8 }> = {
+  Q5_0: { blockBytes: 22, blockElements: 32, bits: 8 },
+  Q5_1: { blockBytes: 24, blockElements: 32, bits: 8 },
+  Q4_K: { blockBytes: 144, blockElements: 256, bits: 4 },
+  Q5_K: { blockBytes: 176, blockElements: 256, bits: 8 },
 };
-
-/** The 5-bit codes at `p` (32 high bits, then 16 bytes of low nibbles: codes j and j + 16). */
-function fiveBitCodes(b: DataView, p: number, codes: Uint8Array, at: number): void {
-  const qh = b.getUint32(p, true);
-  for (let j = 0; j < 16; j++) {
-    const q = b.getUint8(p + 4 + j);
-    codes[at + j] = (q & 0x0f) | (((qh >>> j) << 4) & 0x10);
-    codes[at + j + 16] = (q >> 4) | ((qh >>> (j + 12)) & 0x10);
-  }
-}
-
-/**
- * Q4_K / Q5_K: 8 groups of 32 codes, each group with a 6-bit scale and min: x = d · scale · q −
- * dmin · min. Group 2i's codes are the low nibbles of 32 bytes, group 2i + 1's their high ones;
- * Q5_K's fifth bit of code l of group g is bit g of byte l of `highBits`.
- */
-function kQuantCodes(
-  b: DataView,
-  p: number,
-  nibbles: number,
-  codes: Uint8Array,
-  at: number,
-  scales: Float32Array,
-  biases: Float32Array,
-  highBits?: number,
-): void {
-  const d = b.getFloat16(p, true);
-  const dmin = b.getFloat16(p + 2, true);
-  const byte = (i: number) => b.getUint8(p + 4 + i);
-  for (let g = 0; g < 8; g++) {
-    // get_scale_min_k4: the first four groups' values sit in the low 6 bits, the others are split.
-    const [scale, min] =
-      g < 4
-        ? [byte(g) & 63, byte(g + 4) & 63]
-        : [(byte(g + 4) & 0xf) | ((byte(g - 4) >> 6) << 4), (byte(g + 4) >> 4) | ((byte(g) >> 6) << 4)];
-    scales[at / 32 + g] = d * scale;
-    biases[at / 32 + g] = -dmin * min;
-    const q = nibbles + (g >> 1) * 32;
-    const shift = 4 * (g & 1);
-    for (let l = 0; l < 32; l++) {
-      const high = highBits === undefined ? 0 : ((b.getUint8(highBits + l) >> g) & 1) << 4;
-      codes[at + g * 32 + l] = ((b.getUint8(q + l) >> shift) & 0xf) | high;
-    }
-  }
-}
 
 /** Types MLX reads right (Q2_K and Q6_K it dequantizes, checked against llama.cpp's gguf-py). */
 const mlxReads = new Set([...nativeTensorTypes, "Q2_K", "Q6_K"]);
@@ -257,32 +114,22 @@ function affine(
   dataStart: number,
   t: GGUFTensorInfo,
 ): { weight: MxArray; scales: MxArray; biases: MxArray } {
-  const { blockBytes, blockElements, bits, read } = affineReaders[t.type]!;
-  const raw = readTensor(fd, dataStart, t);
-  const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
-  const elements = (t.bytes / blockBytes) * blockElements;
-  const codes = new Uint8Array(elements);
-  const scales = new Float32Array(elements / 32);
-  const biases = new Float32Array(elements / 32);
-  for (let block = 0; block * blockBytes < t.bytes; block++)
-    read(view, block * blockBytes, codes, block * blockElements, scales, biases);
-  const packed = bits === 8 ? codes : nibblePairs(codes);
+  const { blockBytes, blockElements, bits } = affineReaders[t.type]!;
+  const { codes, scales, biases } = mx.ggufAffineBlocks(
+    t.type,
+    readTensor(fd, dataStart, t),
+    (t.bytes / blockBytes) * blockElements,
+    bits,
+  );
   const shape = [...t.dims].reverse();
   const inputs = shape.pop()!;
   const half = (values: Float32Array) =>
     mx.keep(mx.scope(() => mx.astype(mx.array(values, [...shape, inputs / 32]), mx.Dtype.float16)));
   return {
-    weight: mx.keep(mx.scope(() => mx.view(mx.array(packed, [...shape, (inputs * bits) / 8]), mx.Dtype.uint32))),
+    weight: mx.keep(mx.scope(() => mx.view(mx.array(codes, [...shape, (inputs * bits) / 8]), mx.Dtype.uint32))),
     scales: half(scales),
     biases: half(biases),
   };
-}
-
-/** 4-bit codes, one a byte, packed two a byte: byte k holds code 2k in its low nibble and 2k + 1. */
-function nibblePairs(codes: Uint8Array): Uint8Array {
-  const packed = new Uint8Array(codes.length / 2);
-  for (let k = 0; k < packed.length; k++) packed[k] = codes[2 * k]! | (codes[2 * k + 1]! << 4);
-  return packed;
 }
 
 function readTensor(fd: number, dataStart: number, t: GGUFTensorInfo): Buffer {
@@ -292,12 +139,8 @@ function readTensor(fd: number, dataStart: number, t: GGUFTensorInfo): Buffer {
 }
 
 function dequantize(fd: number, dataStart: number, t: GGUFTensorInfo): MxArray {
-  const { blockBytes, blockElements, decode } = dequantizers[t.type]!;
-  const raw = readTensor(fd, dataStart, t);
-  const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
-  const out = new Float32Array((t.bytes / blockBytes) * blockElements);
-  for (let block = 0; block * blockBytes < t.bytes; block++)
-    decode(view, block * blockBytes, out, block * blockElements);
+  const { blockBytes, blockElements } = dequantizers[t.type]!;
+  const out = mx.ggufDequantizeBlocks(t.type, readTensor(fd, dataStart, t), (t.bytes / blockBytes) * blockElements);
   return mx.keep(mx.scope(() => mx.astype(mx.array(out, [...t.dims].reverse()), mx.Dtype.float16)));
 }
 
