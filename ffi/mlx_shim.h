@@ -286,12 +286,14 @@ MLXS_API const char* mlxs_bundle_meta_strings(const mlxs_bundle* b, int i, size_
 // names: n NUL-terminated strings laid end to end; meta_keys/meta_values: nmeta each.
 MLXS_API int mlxs_save_safetensors(const char* path, const char* names, mlxs_array* const* arrays, int n,
                           const char* meta_keys, const char* meta_values, int nmeta);
-// A GGUF tensor's raw blocks of `type` (Q4_K, Q5_0, Q5_1, Q5_K) as MLX's affine codes (Q4_K's
-// packed two a byte, the 5-bit types' one a byte) and a float scale and bias per group of 32, or
-// (Q3_K, IQ4_NL, IQ4_XS) as floats in `out`.
-MLXS_API int mlxs_gguf_affine_blocks(const char* type, const void* raw, uint64_t bytes, uint8_t* codes, float* scales,
-                            float* biases);
-MLXS_API int mlxs_gguf_dequantize_blocks(const char* type, const void* raw, uint64_t bytes, float* out);
+// A GGUF tensor of `type`, its `bytes` of blocks at `offset` in the file at `path`, as values of
+// `shape` (MLX's order): Q4_K, Q5_0, Q5_1 and Q5_K as MLX's affine layout in outs[0..2] (uint32
+// codes, Q4_K's at 4 bits and the 5-bit types' at 8; float32 scales and biases per group of 32);
+// Q3_K, IQ4_NL and IQ4_XS as float32 values in *out.
+MLXS_API int mlxs_gguf_read_affine(mlxs_array** outs, const char* path, uint64_t offset, uint64_t bytes,
+                          const char* type, const int32_t* shape, int ndim);
+MLXS_API int mlxs_gguf_read_dequantized(mlxs_array** out, const char* path, uint64_t offset, uint64_t bytes,
+                               const char* type, const int32_t* shape, int ndim);
 
 // ---- memory ----
 MLXS_API size_t mlxs_active_memory(void);

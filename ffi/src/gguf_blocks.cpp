@@ -1,14 +1,20 @@
-// A GGUF's tensors of the types MLX's reader refuses or reads wrong, turned into what the loader
-// keeps (src/models/gguf-tensors.ts): the codes of the types whose values are code · scale + bias
-// in groups of 32 (Q4_K, Q5_0, Q5_1, Q5_K), and the values of the others (Q3_K, IQ4_NL, IQ4_XS),
-// as llama.cpp's dequantize_row_* compute them. Here rather than in TypeScript: a 7B Q4_K_M file
-// holds about 4 GB of such blocks, which a JavaScript loop read at under 0.2 GB/s.
+// A GGUF's tensors of the types MLX's reader refuses or reads wrong, read from the file into what
+// the loader keeps (src/models/gguf-tensors.ts): MLX's affine layout for the types whose values
+// are code · scale + bias in groups of 32 (Q4_K, Q5_0, Q5_1, Q5_K), and float values for the
+// others (Q3_K, IQ4_NL, IQ4_XS), as llama.cpp's dequantize_row_* compute them. Here rather than in
+// TypeScript: a 7B Q4_K_M file holds about 4 GB of such blocks, which a JavaScript loop read at
+// under 0.2 GB/s (0.8-0.9 GB/s here), through buffers of its own beside MLX's.
 //
 // Every value is computed in double and rounded to float once, as the TypeScript readers did
 // (and exactly: a scale is a float16 times a 6-bit integer, a value that times a code of at most
 // 8 bits).
+#include <algorithm>
+#include <cerrno>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
 #include <string>
 
@@ -169,41 +175,101 @@ Layout<FloatRead> float_layout(const std::string& type) {
   throw std::invalid_argument("no dequantizer for GGUF type " + type);
 }
 
-template <class Read>
-uint64_t block_count(const Layout<Read>& layout, uint64_t bytes, const std::string& type) {
-  if (bytes % layout.block_bytes != 0)
-    throw std::invalid_argument(type + " data of " + std::to_string(bytes) + " bytes is not whole blocks");
-  return bytes / layout.block_bytes;
+// Values in a tensor of `shape`; its last dimension is the rows' length (whole groups of 32).
+uint64_t values_of(const mx::Shape& shape) {
+  uint64_t n = 1;
+  for (int d : shape) n *= static_cast<uint64_t>(d);
+  return n;
 }
+
+// Reads `bytes` at `offset` of the file a few MiB of whole blocks at a time, handing each piece to
+// use(data, first_block, blocks): a tensor's raw bytes are never all in memory beside its arrays.
+template <class Use>
+void for_each_piece(const char* path, uint64_t offset, uint64_t bytes, int block_bytes, Use use) {
+  std::FILE* file = std::fopen(path, "rb");
+  if (!file) throw std::runtime_error(std::string("cannot open ") + path + ": " + std::strerror(errno));
+  const uint64_t per_piece = std::max<uint64_t>(1, std::min<uint64_t>((4u << 20) / block_bytes, bytes / block_bytes));
+  const std::unique_ptr<uint8_t[]> piece(new uint8_t[per_piece * block_bytes]);  // not zeroed: read over
+  try {
+    if (fseeko(file, static_cast<off_t>(offset), SEEK_SET) != 0) throw std::runtime_error("cannot seek in the file");
+    const uint64_t blocks = bytes / block_bytes;
+    for (uint64_t first = 0; first < blocks; first += per_piece) {
+      const uint64_t count = std::min(per_piece, blocks - first);
+      if (std::fread(piece.get(), block_bytes, count, file) != count)
+        throw std::runtime_error("the file ends inside a tensor");
+      use(piece.get(), first, count);
+    }
+  } catch (...) {
+    std::fclose(file);
+    throw;
+  }
+  std::fclose(file);
+}
+
+template <class Read>
+void check_blocks(const Layout<Read>& layout, uint64_t bytes, const mx::Shape& shape, const std::string& type) {
+  if (bytes % layout.block_bytes != 0 || shape.empty() || shape.back() % 32 != 0 ||
+      bytes / layout.block_bytes * layout.block_elements != values_of(shape))
+    throw std::invalid_argument(type + " data of " + std::to_string(bytes) + " bytes does not fit its shape");
+}
+
+// MLX memory for `count` T, filled here and then handed to an array as it is (no copy).
+template <class T>
+struct Filling {
+  explicit Filling(uint64_t count)
+      : memory(mx::allocator::malloc(std::max<uint64_t>(1, count) * sizeof(T))),
+        data(static_cast<T*>(memory.buffer().raw_ptr())) {}
+
+  mx::array array_of(const mx::Shape& shape, mx::Dtype dtype) { return mx::array(std::move(memory), shape, dtype); }
+
+  mx::allocator::Data memory;
+  T* data;
+};
 
 }  // namespace
 
-int mlxs_gguf_affine_blocks(const char* type, const void* raw, uint64_t bytes, uint8_t* codes, float* scales,
-                            float* biases) {
+int mlxs_gguf_read_affine(mlxs_array** outs, const char* path, uint64_t offset, uint64_t bytes, const char* type,
+                          const int32_t* dims, int ndim) {
   return shim::guard([&] {
     const auto layout = affine_layout(type);
-    const uint64_t blocks = block_count(layout, bytes, type);
+    const mx::Shape shape = shim::shape_of(dims, ndim);
+    check_blocks(layout, bytes, shape, type);
+    mx::Shape packed_shape = shape, group_shape = shape;
+    packed_shape.back() = shape.back() * layout.bits / 32;
+    group_shape.back() = shape.back() / 32;
+    const uint64_t values = values_of(shape);
+    Filling<uint32_t> codes(values * layout.bits / 32);
+    Filling<float> scales(values / 32), biases(values / 32);
     const int groups = layout.block_elements / 32, packed_bytes = layout.block_elements * layout.bits / 8;
-    uint8_t block_codes[256];
-    for (uint64_t b = 0; b < blocks; ++b) {
-      layout.read(static_cast<Bytes>(raw) + b * layout.block_bytes,
-                  {block_codes, scales + b * groups, biases + b * groups});
-      uint8_t* to = codes + b * packed_bytes;
-      if (layout.bits == 8) std::memcpy(to, block_codes, packed_bytes);
-      // MLX's 4-bit layout: byte k holds code 2k in its low nibble and 2k + 1 in its high one.
-      else
-        for (int k = 0; k < packed_bytes; ++k) to[k] = block_codes[2 * k] | (block_codes[2 * k + 1] << 4);
-    }
-    return 0;
+    uint8_t* const packed = reinterpret_cast<uint8_t*>(codes.data);
+    for_each_piece(path, offset, bytes, layout.block_bytes, [&](const uint8_t* data, uint64_t first, uint64_t count) {
+      uint8_t block_codes[256];
+      for (uint64_t b = first; b < first + count; ++b) {
+        layout.read(data + (b - first) * layout.block_bytes,
+                    {block_codes, scales.data + b * groups, biases.data + b * groups});
+        uint8_t* to = packed + b * packed_bytes;
+        if (layout.bits == 8) std::memcpy(to, block_codes, packed_bytes);
+        // MLX's 4-bit layout: byte k holds code 2k in its low nibble and 2k + 1 in its high one.
+        else
+          for (int k = 0; k < packed_bytes; ++k) to[k] = block_codes[2 * k] | (block_codes[2 * k + 1] << 4);
+      }
+    });
+    return shim::put_all(outs, {codes.array_of(packed_shape, mx::uint32), scales.array_of(group_shape, mx::float32),
+                                biases.array_of(group_shape, mx::float32)});
   });
 }
 
-int mlxs_gguf_dequantize_blocks(const char* type, const void* raw, uint64_t bytes, float* out) {
+int mlxs_gguf_read_dequantized(mlxs_array** out, const char* path, uint64_t offset, uint64_t bytes, const char* type,
+                               const int32_t* dims, int ndim) {
   return shim::guard([&] {
     const auto layout = float_layout(type);
-    const uint64_t blocks = block_count(layout, bytes, type);
-    for (uint64_t b = 0; b < blocks; ++b)
-      layout.read(static_cast<Bytes>(raw) + b * layout.block_bytes, out + b * layout.block_elements);
-    return 0;
+    const mx::Shape shape = shim::shape_of(dims, ndim);
+    check_blocks(layout, bytes, shape, type);
+    Filling<float> values(values_of(shape));
+    for_each_piece(path, offset, bytes, layout.block_bytes, [&](const uint8_t* data, uint64_t first, uint64_t count) {
+      for (uint64_t b = first; b < first + count; ++b)
+        layout.read(data + (b - first) * layout.block_bytes, values.data + b * layout.block_elements);
+    });
+    return shim::put(out, values.array_of(shape, mx::float32));
   });
 }

@@ -12,8 +12,9 @@ export {
   loadSafetensors,
   loadGGUF,
   saveSafetensors,
-  ggufAffineBlocks,
-  ggufDequantizeBlocks,
+  readGGUFAffine,
+  readGGUFDequantized,
+  type GGUFBlocks,
   type LoadedFile,
   type MetaValue,
 } from "./io";

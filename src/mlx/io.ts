@@ -77,47 +77,40 @@ export function loadGGUF(path: string): LoadedFile {
   return readBundle(loadBundle(lib.mlxs_load_gguf(outPtr, cstr(path)), path, "cannot load GGUF"), true);
 }
 
+/** Where a GGUF tensor's blocks are: its file, the bytes' offset and length, its type and MLX shape. */
+export interface GGUFBlocks {
+  path: string;
+  offset: number;
+  bytes: number;
+  type: string;
+  shape: number[];
+}
+
 /**
- * A GGUF tensor's raw blocks of a type kept quantized as MLX's affine layout (Q4_K, Q5_0, Q5_1,
- * Q5_K): `values` codes of `bits` (Q4_K's 4, packed two a byte as MLX packs them; the 5-bit
- * types' 8), and a scale and a bias for each group of 32.
+ * A GGUF tensor of a type kept quantized as MLX's affine layout (Q4_K, Q5_0, Q5_1, Q5_K), read
+ * from its file: uint32 codes (Q4_K's at 4 bits, the 5-bit types' at 8) and float32 scales and
+ * biases for each group of 32.
  */
-export function ggufAffineBlocks(
-  type: string,
-  raw: Uint8Array,
-  values: number,
-  bits: 4 | 8,
-): { codes: Uint8Array; scales: Float32Array; biases: Float32Array } {
-  const codes = new Uint8Array((values * bits) / 8);
-  const scales = new Float32Array(values / 32);
-  const biases = new Float32Array(values / 32);
+export function readGGUFAffine(t: GGUFBlocks): { weight: MxArray; scales: MxArray; biases: MxArray } {
   check(
-    lib.mlxs_gguf_affine_blocks(
-      cstr(type),
-      nonEmpty(raw),
-      BigInt(raw.byteLength),
-      nonEmpty(codes),
-      nonEmpty(scales),
-      nonEmpty(biases),
-    ),
-    `cannot read ${type} blocks`,
+    lib.mlxs_gguf_read_affine(outPtr, ...blocksArgs(t)),
+    `cannot read ${t.type} tensor at byte ${t.offset} of ${t.path}`,
   );
-  return { codes, scales, biases };
+  const [weight, scales, biases] = [0, 1, 2].map((slot) => new MxArray(readOut(slot)));
+  return { weight: weight!, scales: scales!, biases: biases! };
 }
 
-/** A GGUF tensor's raw blocks of a type read as floats (Q3_K, IQ4_NL, IQ4_XS): `values` of them. */
-export function ggufDequantizeBlocks(type: string, raw: Uint8Array, values: number): Float32Array {
-  const out = new Float32Array(values);
+/** A GGUF tensor of a type read as values (Q3_K, IQ4_NL, IQ4_XS), as float32. */
+export function readGGUFDequantized(t: GGUFBlocks): MxArray {
   check(
-    lib.mlxs_gguf_dequantize_blocks(cstr(type), nonEmpty(raw), BigInt(raw.byteLength), nonEmpty(out)),
-    `cannot read ${type} blocks`,
+    lib.mlxs_gguf_read_dequantized(outPtr, ...blocksArgs(t)),
+    `cannot read ${t.type} tensor at byte ${t.offset} of ${t.path}`,
   );
-  return out;
+  return new MxArray(readOut());
 }
 
-/** FFIs refuse an empty buffer as a pointer: one byte stands in (nothing is read from it). */
-const nonEmpty = <T extends Uint8Array | Float32Array>(data: T): T | Uint8Array =>
-  data.byteLength > 0 ? data : new Uint8Array(4);
+const blocksArgs = (t: GGUFBlocks) =>
+  [cstr(t.path), BigInt(t.offset), BigInt(t.bytes), cstr(t.type), Int32Array.from(t.shape), t.shape.length] as const;
 
 export function saveSafetensors(
   path: string,

@@ -92,7 +92,7 @@ export function loadGGUFTensors(path: string, header: GGUFHeader, wanted?: (name
     for (const t of ours) {
       const prefix = t.name.replace(/\.weight$/, "");
       if (t.type in affineReaders) {
-        const { weight, scales, biases } = affine(fd, header.dataStart, t);
+        const { weight, scales, biases } = affine(path, header.dataStart, t);
         loaded.tensors.set(t.name, weight);
         loaded.tensors.set(`${prefix}.scales`, scales);
         loaded.tensors.set(`${prefix}.biases`, biases);
@@ -100,7 +100,7 @@ export function loadGGUFTensors(path: string, header: GGUFHeader, wanted?: (name
         const { weight, scales } = mxfp4(fd, header.dataStart, t);
         loaded.tensors.set(t.name, weight);
         loaded.tensors.set(`${prefix}.scales`, scales);
-      } else loaded.tensors.set(t.name, dequantize(fd, header.dataStart, t));
+      } else loaded.tensors.set(t.name, dequantize(path, header.dataStart, t));
     }
   } finally {
     closeSync(fd);
@@ -110,38 +110,42 @@ export function loadGGUFTensors(path: string, header: GGUFHeader, wanted?: (name
 
 /** A tensor of a type in affineReaders as MLX's affine layout: codes packed into uint32 words along K, float16 scales and biases. */
 function affine(
-  fd: number,
+  path: string,
   dataStart: number,
   t: GGUFTensorInfo,
 ): { weight: MxArray; scales: MxArray; biases: MxArray } {
-  const { blockBytes, blockElements, bits } = affineReaders[t.type]!;
-  const { codes, scales, biases } = mx.ggufAffineBlocks(
-    t.type,
-    readTensor(fd, dataStart, t),
-    (t.bytes / blockBytes) * blockElements,
-    bits,
-  );
-  const shape = [...t.dims].reverse();
-  const inputs = shape.pop()!;
-  const half = (values: Float32Array) =>
-    mx.keep(mx.scope(() => mx.astype(mx.array(values, [...shape, inputs / 32]), mx.Dtype.float16)));
-  return {
-    weight: mx.keep(mx.scope(() => mx.view(mx.array(codes, [...shape, (inputs * bits) / 8]), mx.Dtype.uint32))),
-    scales: half(scales),
-    biases: half(biases),
-  };
+  const { weight, scales, biases } = mx.readGGUFAffine(blocksOf(path, dataStart, t));
+  const half = (values: MxArray) => mx.keep(mx.scope(() => mx.astype(values, mx.Dtype.float16)));
+  try {
+    return { weight, scales: half(scales), biases: half(biases) };
+  } finally {
+    scales.free();
+    biases.free();
+  }
 }
+
+function dequantize(path: string, dataStart: number, t: GGUFTensorInfo): MxArray {
+  const values = mx.readGGUFDequantized(blocksOf(path, dataStart, t));
+  try {
+    return mx.keep(mx.scope(() => mx.astype(values, mx.Dtype.float16)));
+  } finally {
+    values.free();
+  }
+}
+
+/** Where tensor t's blocks are in the file, and its values' shape in MLX's order. */
+const blocksOf = (path: string, dataStart: number, t: GGUFTensorInfo): mx.GGUFBlocks => ({
+  path,
+  offset: dataStart + t.offset,
+  bytes: t.bytes,
+  type: t.type,
+  shape: [...t.dims].reverse(),
+});
 
 function readTensor(fd: number, dataStart: number, t: GGUFTensorInfo): Buffer {
   const raw = Buffer.alloc(t.bytes);
   readSync(fd, raw, 0, t.bytes, dataStart + t.offset);
   return raw;
-}
-
-function dequantize(fd: number, dataStart: number, t: GGUFTensorInfo): MxArray {
-  const { blockBytes, blockElements } = dequantizers[t.type]!;
-  const out = mx.ggufDequantizeBlocks(t.type, readTensor(fd, dataStart, t), (t.bytes / blockBytes) * blockElements);
-  return mx.keep(mx.scope(() => mx.astype(mx.array(out, [...t.dims].reverse()), mx.Dtype.float16)));
 }
 
 /**

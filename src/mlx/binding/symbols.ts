@@ -131,8 +131,8 @@ export const symbols = {
   mlxs_bundle_meta_array: { args: [p, p, i32], returns: i32 },
   mlxs_bundle_meta_strings: { args: [p, i32, p], returns: p },
   mlxs_save_safetensors: { args: [cstring, p, p, i32, p, p, i32], returns: i32 },
-  mlxs_gguf_affine_blocks: { args: [cstring, p, u64, p, p, p], returns: i32 },
-  mlxs_gguf_dequantize_blocks: { args: [cstring, p, u64, p], returns: i32 },
+  mlxs_gguf_read_affine: { args: [p, cstring, u64, u64, cstring, p, i32], returns: i32 },
+  mlxs_gguf_read_dequantized: { args: [p, cstring, u64, u64, cstring, p, i32], returns: i32 },
 
   mlxs_active_memory: { args: [], returns: u64 },
   mlxs_peak_memory: { args: [], returns: u64 },
