@@ -12,7 +12,7 @@ interface Case {
   queries: number;
   keys: number;
   dim: number;
-  mask?: "causal" | "bool" | "additive";
+  mask?: "causal" | "bool" | "additive" | "prefix per head";
   dtype?: mx.DtypeCode;
   /** Keys' and values' dtype when not the queries' (a float16 cache under float32 activations). */
   kvDtype?: mx.DtypeCode;
@@ -37,6 +37,16 @@ function inputs(c: Case) {
   let mask: "causal" | mx.MxArray | undefined;
   if (c.mask === "causal") mask = "causal";
   else if (c.mask === "bool") mask = mx.greater(mx.random.normal([b, 1, c.queries, c.keys]), mx.scalar(-1));
+  // Each query head hides its first 40·(heads - 1 - h) keys: a group's first head sees the fewest.
+  else if (c.mask === "prefix per head")
+    mask = mx.array(
+      Array.from({ length: b * c.qHeads * c.queries * c.keys }, (_, i) => {
+        const head = Math.floor(i / (c.queries * c.keys)) % c.qHeads;
+        return i % c.keys >= 40 * (c.qHeads - 1 - head) ? 1 : 0;
+      }),
+      [b, c.qHeads, c.queries, c.keys],
+      mx.Dtype.bool,
+    );
   else if (c.mask === "additive") mask = mx.multiply(mx.random.uniform([b, 1, c.queries, c.keys]), mx.scalar(-4));
   const sinks = c.sinks ? mx.random.normal([c.qHeads]) : undefined;
   mx.evaluate(q, k, v, ...(mask && mask !== "causal" ? [mask] : []), ...(sinks ? [sinks] : []));
@@ -86,6 +96,9 @@ describe("attention kernel", () => {
     compare({ batch: 3, qHeads: 9, kvHeads: 3, queries: 1, keys: 75, dim: 64, mask: "bool" });
     compare({ batch: 2, qHeads: 4, kvHeads: 2, queries: 12, keys: 40, dim: 32, mask: "bool" });
     compare({ batch: 2, qHeads: 4, kvHeads: 1, queries: 3, keys: 500, dim: 64, mask: "additive" });
+    // Each head its own mask: a tile's work starts at the first key any head of its group sees.
+    compare({ batch: 2, qHeads: 6, kvHeads: 2, queries: 1, keys: 300, dim: 64, mask: "prefix per head" });
+    compare({ batch: 1, qHeads: 6, kvHeads: 2, queries: 40, keys: 300, dim: 64, mask: "prefix per head" });
   });
 
   test("bfloat16 and float16 inputs: fp32 inside, the output in the input's type", () => {

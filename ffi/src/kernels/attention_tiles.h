@@ -34,8 +34,10 @@ template <class Problem>
 int first_visible_key(const Problem& p, int b, int kv_head, int row_begin, int row_end) {
   if (!p.has_mask) return 0;
   const int group = p.q_heads / p.kv_heads;
+  // A mask broadcast over the heads (stride 0) is read for one of them.
+  const int heads = p.mask.stride[1] == 0 ? 1 : group;
   int first = p.kv_len;
-  for (int head = kv_head * group; head < (kv_head + 1) * group; ++head)
+  for (int head = kv_head * group; head < kv_head * group + heads; ++head)
     for (int i = row_begin; i < row_end; ++i) {
       const int64_t base = b * p.mask.stride[0] + head * p.mask.stride[1] + int64_t(i) * p.mask.stride[2];
       for (int j = 0; j < first; ++j)
