@@ -18,10 +18,13 @@ import {
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { BackgroundWrites, DiskPrefixCache } from "../src/engine/disk-prefix-cache";
+import { DEFAULT_PREFILL_CHUNK } from "../src/engine/batch";
+import { promptTokens } from "../src/engine/prompt";
 import { prefillPrompt, promptCacheOwner } from "../src/engine/prompt-cache-file";
 import { loadModel } from "../src/models/load";
 import type { ServerOptions } from "../src/server/app";
 import { cliRunner } from "./helpers/cli";
+import { lastLayers, writeRandomAdapter } from "./helpers/random-adapter";
 import { post, serve } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
 
@@ -100,6 +103,10 @@ describe("serve --prompt-cache-dir", () => {
     expect(again.text).toBe(first.text);
     // Each was removed (the same prompt may be written again at shutdown, sound this time).
     for (const f of damaged) expect(logged.some((m) => m.includes(`removing ${join(dir, f)}`))).toBe(true);
+    // Each warning names its file once, with the reason.
+    expect(logged).toContain(
+      `prompt cache: removing ${join(dir, `${"0".repeat(64)}.safetensors`)}: not a prompt cache file`,
+    );
     expect(files(dir)).toContain("junk.safetensors");
     expect(readFileSync(join(dir, "model.safetensors"))).toEqual(readFileSync(join(model, "model.safetensors")));
     expect(logged.some((m) => m.includes("junk") || m.includes("model.safetensors"))).toBe(false);
@@ -285,6 +292,52 @@ describe("disk prefix cache writes", () => {
     lm.free();
   }, 60_000);
 
+  test("cache-prompt prefills as the server does: with --kv-bits 4 its entry holds the bytes a server stores for the same prompt", async () => {
+    // A quantized KV cache needs heads as wide as its groups (64 values).
+    const wide = join(root, "tiny-wide");
+    writeTinyModel(wide, { contextLength: 1024, seed: 11, headDim: 64 });
+    const kvQuantization = { bits: 4, groupSize: 64 };
+    const dir = join(root, "quantized");
+    const server = serve({ promptCacheDir: dir, kvQuantization, prefixCacheBytes: 64 * 1024 * 1024 });
+    const document = Array.from({ length: 60 }, (_, i) => `Line ${i}: item ${i} is ${(i * 7) % 13}.`).join("\n");
+    try {
+      const r = await post(`${server.url}/v1/chat/completions`, {
+        model: wide,
+        messages: [{ role: "user", content: document }],
+        max_tokens: 1,
+      });
+      expect(r.status).toBe(200);
+    } finally {
+      await server.stop(); // writes the prompt's entry
+    }
+    const lm = loadModel(wide);
+    lm.kvQuantization = kvQuantization;
+    const tokens = promptTokens(lm.tokenizer, document);
+    expect(tokens.length).toBeGreaterThan(DEFAULT_PREFILL_CHUNK); // keys of one chunk attended by the next
+    const disk = new DiskPrefixCache(dir, 1024 ** 3, promptCacheOwner(lm), lm.path);
+    const served = disk.load(disk.fileName({ tokens, dropped: 0 }))!;
+    const prefilled = prefillPrompt(lm, tokens);
+    const bytes = (e: typeof served) => [...e.keys, ...e.values].flat().map((t) => t.bytes());
+    expect(bytes(prefilled)).toEqual(bytes(served));
+    for (const e of [served, prefilled]) for (const t of [...e.keys, ...e.values].flat()) t.free();
+    lm.free();
+  }, 60_000);
+
+  test("a process that exits while writing (Ctrl-C) leaves neither the file nor its temporary", async () => {
+    const dir = join(root, "interrupted");
+    mkdirSync(dir);
+    // As `mlx cache-prompt` ends on Ctrl-C (through exit), once the temporary file is there.
+    const writer = `
+      import { readdirSync } from "node:fs";
+      import { writePromptCacheFile } from "${join(import.meta.dir, "../src/engine/prompt-cache-file")}";
+      void writePromptCacheFile("${join(dir, "doc.cache")}", Array.from({ length: 8 }, () => new Uint8Array(16 * 1024 ** 2)));
+      while (readdirSync("${dir}").length === 0) await Bun.sleep(1);
+      process.exit(130);`;
+    const child = Bun.spawn([process.execPath, "-e", writer], { stderr: "pipe" });
+    expect(await child.exited).toBe(130);
+    expect(readdirSync(dir)).toEqual([]);
+  }, 60_000);
+
   test("two servers on one directory: a file the other one's bound removed is forgotten quietly, not reported as damaged", async () => {
     const lm = loadModel(model);
     const dir = join(root, "shared");
@@ -337,6 +390,19 @@ describe("mlx cache-prompt and mlx run --prompt-cache", () => {
     expect(a.stats.cached_tokens).toBeGreaterThan(b.stats.prompt_tokens - 20);
   }, 60_000);
 
+  test("with a --max-kv-size the document overflows, a run from the file starts from all of it and answers as one given the whole document", async () => {
+    const file = join(root, "rotating.cache");
+    const saved = await run(["cache-prompt", "-m", model, "--max-kv-size", "128", file], document);
+    expect(saved).toMatchObject({ code: 0, stderr: "" });
+    const ask = ["--max-tokens", "8", "--json", "-m", model, "--max-kv-size", "128"];
+    const fromCache = JSON.parse((await run(["run", "--prompt-cache", file, ...ask, "What is item 3?"])).stdout);
+    const whole = JSON.parse((await run(["run", ...ask, `${document}\n\nWhat is item 3?`])).stdout);
+    expect(whole.stats.prompt_tokens).toBeGreaterThan(2 * 128);
+    // A rotating cache continues exactly its own tokens only: the file holds none past the document.
+    expect(fromCache.stats.cached_tokens).toBeGreaterThan(whole.stats.prompt_tokens - 20);
+    expect(fromCache.token_ids).toEqual(whole.token_ids);
+  }, 60_000);
+
   test("a file cached under another --system or --raw is a one-line error, not the document prefilled again unsaid", async () => {
     const file = join(root, "system.cache");
     const saved = await run(["cache-prompt", "-m", model, "--system", "Answer briefly.", file], document);
@@ -348,6 +414,24 @@ describe("mlx cache-prompt and mlx run --prompt-cache", () => {
     const refusal = `error: ${file} holds the document under another system prompt or template: give mlx run the --system and --raw that mlx cache-prompt was given\n`;
     for (const other of [[], ["--system", "Answer at length."], ["--raw"]])
       expect(await run([...ask, ...other, "What is item 3?"])).toMatchObject({ code: 1, stdout: "", stderr: refusal });
+  }, 60_000);
+
+  test("with an adapter, which the file's base-model keys cannot serve, or with an empty FILE, --prompt-cache is a one-line error", async () => {
+    const file = join(root, "base.cache");
+    expect((await run(["cache-prompt", "-m", model, file], document)).code).toBe(0);
+    const adapter = join(root, "adapter");
+    writeRandomAdapter(adapter, { layers: lastLayers(2, 2, { "self_attn.q_proj": [64, 64] }), strength: 0.5 });
+    const ask = ["run", "-m", model, "--max-tokens", "4", "--json"];
+    // Without the check the run answered, the document prefilled again (cached_tokens 0), unsaid.
+    expect(await run([...ask, "--adapter", adapter, "--prompt-cache", file, "What is item 3?"])).toMatchObject({
+      code: 1,
+      stdout: "",
+      stderr: `error: --prompt-cache holds the base model's keys and values, which a run with an adapter (${adapter}) cannot use: give one or the other\n`,
+    });
+    expect(await run([...ask, "--prompt-cache", "", "What is item 3?"])).toMatchObject({
+      code: 1,
+      stderr: "error: --prompt-cache needs a file\n",
+    });
   }, 60_000);
 
   test("a damaged file, or one made with another KV cache layout, is a one-line error; so is a FILE that cannot be written", async () => {

@@ -3,9 +3,8 @@
 import { defineCommand } from "citty";
 import { existsSync, statSync } from "node:fs";
 import { dirname, resolve } from "node:path";
-import { prefillPrompt, savePrefilled } from "../engine/prompt-cache-file";
+import { documentTokens, prefillPrompt, savePrefilled } from "../engine/prompt-cache-file";
 import type { LoadedModel } from "../models/load";
-import { promptTokens } from "../engine/prompt";
 import { fail, log, setVerbose } from "./log";
 import { openModel } from "./open-model";
 import { distributedArgs, kvCacheArgs, kvQuantizationFrom, maxKvSizeFrom, modelArg, pipelineFrom } from "./options";
@@ -41,8 +40,7 @@ export default defineCommand({
       if (!text) throw new Error("the document on stdin is empty");
       const lm = await openModel(args.model, options);
       const started = performance.now();
-      // The document as `mlx run --prompt-cache` puts it first in its prompt.
-      const tokens = promptTokens(lm.tokenizer, text, { system: args.system, raw: args.raw });
+      const tokens = documentTokens(lm.tokenizer, text, { system: args.system, raw: args.raw });
       checkContext(lm, tokens.length);
       const entry = prefillPrompt(lm, tokens);
       await savePrefilled(lm, args.file, entry, text).catch((error: Error) => {

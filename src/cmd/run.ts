@@ -25,7 +25,7 @@ import {
 import { formatStats } from "./stats";
 import { remoteModel, remoteSampling, streamRemoteCompletion } from "../providers";
 import { checkThinkingBudget, pieceWriter, thinkingArgs, thinkingFrom } from "./thinking";
-import { openPromptCache as openPromptCacheFile } from "../engine/prompt-cache-file";
+import { documentTokens, openPromptCache as openPromptCacheFile } from "../engine/prompt-cache-file";
 import { PrefixCache } from "../engine/prefix-cache";
 import { promptTokens } from "../engine/prompt";
 import { repeatable, variadic } from "./strict-flags";
@@ -74,15 +74,15 @@ export default defineCommand({
       const thinking = thinkingFrom(args);
       const output = await formatFrom(args); // before loading the model: a bad schema fails fast
       const remote = remoteModel(args.model);
-      if (remote && args["prompt-cache"] !== undefined)
-        throw new Error(`--prompt-cache needs a local model; '${args.model}' is served by a remote provider`);
+      const adapter = remote ? undefined : adapterFrom(args, args.model);
+      checkPromptCache(args["prompt-cache"], { remote: remote !== undefined, adapter, model: args.model });
       const pipeline = pipelineFrom(args);
       const lm = remote
         ? undefined
         : await openModel(args.model, {
             kvQuantization: kvQuantizationFrom(args, args.model),
             maxKvSize: maxKvSizeFrom(args, args.model),
-            adapter: adapterFrom(args, args.model),
+            adapter,
             speculation: speculationFrom(args, args.model),
             pipeline,
           });
@@ -160,6 +160,20 @@ function jsonResult(r: CompletionResult, hideThinking: boolean) {
   };
 }
 
+/**
+ * --prompt-cache, before the model loads: a file of mlx cache-prompt holds the base model's keys
+ * and values, which a run under an adapter would never use (the whole document prefilled, unsaid).
+ */
+function checkPromptCache(file: string | undefined, o: { remote: boolean; adapter?: string; model?: string }): void {
+  if (file === undefined) return;
+  if (!file.trim()) throw new Error("--prompt-cache needs a file");
+  if (o.remote) throw new Error(`--prompt-cache needs a local model; '${o.model}' is served by a remote provider`);
+  if (o.adapter !== undefined)
+    throw new Error(
+      `--prompt-cache holds the base model's keys and values, which a run with an adapter (${o.adapter}) cannot use: give one or the other`,
+    );
+}
+
 /** A file of mlx cache-prompt, as the prefix cache a run starts from, and the document it holds. */
 function openPromptCache(
   lm: LoadedModel,
@@ -170,7 +184,9 @@ function openPromptCache(
   const entry = openPromptCacheFile(lm, file, prefixCache);
   // Under another system prompt or template the prompt starts with other tokens than the file
   // holds: every run would prefill the whole document again, the file of no use, unsaid.
-  if (entry.text !== undefined && !sameTokens(promptTokens(lm.tokenizer, entry.text, prompt), entry.tokens))
+  // Files of earlier builds hold the document's whole prompt, its end of turn included.
+  const made = (text: string) => [documentTokens(lm.tokenizer, text, prompt), promptTokens(lm.tokenizer, text, prompt)];
+  if (entry.text !== undefined && !made(entry.text).some((tokens) => sameTokens(tokens, entry.tokens)))
     throw new Error(
       `${file} holds the document under another system prompt or template: give mlx run the --system and --raw that mlx cache-prompt was given`,
     );

@@ -175,7 +175,9 @@ export class DiskPrefixCache {
 
   /** Forgets a damaged or unusable file and removes it (with its shares) where the directory lets us. */
   #discard(file: string, why: Error): void {
-    this.warn(`prompt cache: removing ${file}: ${why.message}`);
+    // A PromptCacheFileError names the file already: once is enough.
+    const reason = why.message.startsWith(file) ? why.message.slice(file.length).replace(/^:? /, "") : why.message;
+    this.warn(`prompt cache: removing ${file}: ${reason}`);
     this.#files.delete(file.slice(this.dir.length + 1));
     this.#remove(file);
     this.#removeShares(file);

@@ -30,7 +30,9 @@ import { perChannelKeys } from "../models/channel-keys";
 import type { LoadedModel } from "../models/load";
 import { RotatingKVCache } from "../models/rotating-cache";
 import { fileErrorReason } from "../format";
+import type { Tokenizer } from "../tokenizer/tokenizer";
 import { DEFAULT_PREFILL_CHUNK } from "./batch";
+import { promptTokens } from "./prompt";
 import { snapshotRow, type PrefixCache } from "./prefix-cache";
 
 const FORMAT = "mlx-prompt-cache/1";
@@ -152,12 +154,34 @@ export function encodePromptCache(
   return [head, ...data.values()];
 }
 
+/** Temporary files being written, removed if the process exits first (Ctrl-C), which runs no writer's `finally`. */
+const unfinished = new Set<string>();
+let exitHookInstalled = false;
+
+/** A temporary file to write `path` through, removed at exit unless the write ends first. */
+function unfinishedFile(path: string): string {
+  if (!exitHookInstalled) {
+    process.on("exit", () => unfinished.forEach(removeQuietly));
+    exitHookInstalled = true;
+  }
+  const temporary = `${path}.${process.pid}.${Date.now()}.tmp.safetensors`;
+  unfinished.add(temporary);
+  return temporary;
+}
+
+/** Removes a temporary file where the directory lets us: a read-only one refuses, and that is no error of the write. */
+function removeQuietly(file: string): void {
+  try {
+    rmSync(file, { force: true });
+  } catch {}
+}
+
 /**
  * Writes encoded bytes to `path` through a temporary file in the same directory: written in full,
  * synced to disk, then renamed over `path` (a crash leaves the old file or the new one, never half).
  */
 export async function writePromptCacheFile(path: string, parts: Uint8Array[]): Promise<void> {
-  const temporary = `${path}.${process.pid}.${Date.now()}.tmp.safetensors`;
+  const temporary = unfinishedFile(path);
   try {
     const file = await open(temporary, "wx");
     try {
@@ -176,6 +200,7 @@ export async function writePromptCacheFile(path: string, parts: Uint8Array[]): P
   } finally {
     // Never in place of the write's own error (a read-only directory refuses this too).
     await rm(temporary, { force: true }).catch(() => {});
+    unfinished.delete(temporary);
   }
 }
 
@@ -184,7 +209,7 @@ export async function writePromptCacheFile(path: string, parts: Uint8Array[]): P
  * ring without returning to the event loop, so async I/O would never run.
  */
 export function writePromptCacheFileSync(path: string, parts: Uint8Array[]): void {
-  const temporary = `${path}.${process.pid}.${Date.now()}.tmp.safetensors`;
+  const temporary = unfinishedFile(path);
   try {
     const fd = openSync(temporary, "wx");
     try {
@@ -196,10 +221,8 @@ export function writePromptCacheFileSync(path: string, parts: Uint8Array[]): voi
     }
     renameSync(temporary, path);
   } finally {
-    // Never in place of the write's own error (a read-only directory refuses this too).
-    try {
-      rmSync(temporary, { force: true });
-    } catch {}
+    removeQuietly(temporary);
+    unfinished.delete(temporary);
   }
 }
 
@@ -346,6 +369,23 @@ function shapeMismatch(entry: PromptCacheEntry, tensors: number, namesTokens: bo
   return undefined;
 }
 
+/** Questions of each kind of first character: what follows a document is found as what they all share. */
+const QUESTION_PROBES = ["a", "0", "?"];
+
+/**
+ * The tokens a prompt of `mlx run --prompt-cache` starts with whatever the question (run puts it
+ * after the document and a blank line): what mlx cache-prompt prefills. The document's prompt
+ * alone ends with the template's end of turn, which no run's prompt shares; a rotating cache
+ * (--max-kv-size) that dropped positions continues exactly its own tokens only, so a file of
+ * those was never used.
+ */
+export function documentTokens(tokenizer: Tokenizer, document: string, o: { system?: string; raw?: boolean }) {
+  const [first, ...others] = QUESTION_PROBES.map((q) => promptTokens(tokenizer, `${document}\n\n${q}`, o));
+  let length = 0;
+  while (length < first!.length && others.every((tokens) => tokens[length] === first![length])) length++;
+  return first!.slice(0, length);
+}
+
 /**
  * Prefills `tokens` (as the scheduler does, in chunks of its default size, with the model's KV
  * cache settings) into an entry to save. On a model split across processes, the others keep
@@ -353,7 +393,14 @@ function shapeMismatch(entry: PromptCacheEntry, tensors: number, namesTokens: bo
  */
 export function prefillPrompt(lm: LoadedModel, tokens: number[], chunk = DEFAULT_PREFILL_CHUNK): PromptCacheEntry {
   const { model } = lm;
-  const caches = makeCaches(model, { windowed: false, quantization: lm.kvQuantization, maxKvSize: lm.maxKvSize });
+  const caches = makeCaches(model, {
+    windowed: false,
+    quantization: lm.kvQuantization,
+    maxKvSize: lm.maxKvSize,
+    // As a server's prefill: quantized keys wait in float until the whole prompt is in, so the
+    // file holds the very bytes a run given the whole document would compute.
+    joining: true,
+  });
   try {
     for (let done = 0; done < tokens.length; done += chunk) {
       const ids = tokens.slice(done, done + chunk);
