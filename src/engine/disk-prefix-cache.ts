@@ -10,11 +10,12 @@
 // A model split across processes keeps each process's layers' share of an entry beside its
 // file (shareFile); rank 0 decides, and tells the others (the mirror) what to write, read back
 // and remove. A file whose shares cannot all be read back is removed, never used.
-import { existsSync, mkdirSync, readdirSync, rmSync, statSync, utimesSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, rmSync, statSync } from "node:fs";
 import { randomUUID } from "node:crypto";
 import { readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { RemoteLayers } from "../models/model";
+import { markUsed } from "../files";
 import { fileErrorReason } from "../format";
 import {
   encodePromptCache,
@@ -241,7 +242,7 @@ export class DiskPrefixCache {
     if (!stored) return undefined;
     try {
       const entry = loadPromptCache(stored.file, this.owner);
-      this.#touch(stored.file);
+      markUsed(stored.file);
       return entry;
     } catch (error) {
       if (!(error instanceof PromptCacheFileError)) throw error;
@@ -250,17 +251,6 @@ export class DiskPrefixCache {
       else this.#discard(stored.file, error);
       return undefined;
     }
-  }
-
-  /**
-   * Marks a file used now, for the least-recently-used bound. Best effort: in a read-only
-   * directory (one shared by several servers, say) the file is still used, only not marked.
-   */
-  #touch(file: string): void {
-    try {
-      const now = new Date();
-      utimesSync(file, now, now);
-    } catch {}
   }
 
   /** The file an entry is stored in (in `dir`). */

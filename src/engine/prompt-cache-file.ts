@@ -16,7 +16,6 @@ import {
   readSync,
   realpathSync,
   renameSync,
-  rmSync,
   statSync,
   writeSync,
 } from "node:fs";
@@ -29,6 +28,7 @@ import type { KvQuantization, Stored } from "../models/cache";
 import { perChannelKeys } from "../models/channel-keys";
 import type { LoadedModel } from "../models/load";
 import { RotatingKVCache } from "../models/rotating-cache";
+import { removeQuietly } from "../files";
 import { fileErrorReason } from "../format";
 import type { Tokenizer } from "../tokenizer/tokenizer";
 import { DEFAULT_PREFILL_CHUNK } from "./batch";
@@ -167,13 +167,6 @@ function unfinishedFile(path: string): string {
   const temporary = `${path}.${process.pid}.${Date.now()}.tmp.safetensors`;
   unfinished.add(temporary);
   return temporary;
-}
-
-/** Removes a temporary file where the directory lets us: a read-only one refuses, and that is no error of the write. */
-function removeQuietly(file: string): void {
-  try {
-    rmSync(file, { force: true });
-  } catch {}
 }
 
 /**

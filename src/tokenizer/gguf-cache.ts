@@ -7,19 +7,10 @@
 // installed executable and a checkout beside it), so that an upgrade's leftovers go. A cache
 // never fails a load: any error here only means a rebuild.
 import { createHash } from "node:crypto";
-import {
-  mkdirSync,
-  readdirSync,
-  readFileSync,
-  realpathSync,
-  renameSync,
-  rmSync,
-  statSync,
-  utimesSync,
-  writeFileSync,
-} from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { markUsed, removeQuietly } from "../files";
 import { tempPathIn, tokenizersDir } from "../store/paths";
 import { type TokenizerFiles, tokenizerFilesFromGGUF } from "./gguf";
 
@@ -102,25 +93,10 @@ function readEntry(path: string): TokenizerFiles | undefined {
   return undefined;
 }
 
-/** Removes `path` if it can: a cache on a refusing disk is simply not kept. */
-function removeQuietly(path: string): void {
-  try {
-    rmSync(path, { force: true });
-  } catch {}
-}
-
 const isObject = (v: unknown) => typeof v === "object" && v !== null && !Array.isArray(v);
 
 /** Entries a GGUF keeps: the builds that used it last. */
 const kEntriesPerFile = 2;
-
-/** A read entry is used: its time orders the GGUF's entries, the least recently used first out. */
-function markUsed(path: string): void {
-  try {
-    const now = new Date();
-    utimesSync(path, now, now);
-  } catch {}
-}
 
 /** Written whole or not at all (a temporary file renamed); the GGUF's least recently used entries beyond kEntriesPerFile removed. */
 function writeEntry(entry: Entry, files: TokenizerFiles): void {
