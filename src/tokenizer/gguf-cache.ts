@@ -11,7 +11,7 @@ import { mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, statSyn
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { markUsed, removeQuietly } from "../files";
-import { tempPathIn, tokenizersDir } from "../store/paths";
+import { tempPathIn, tmpDir, tokenizersDir } from "../store/paths";
 import { type TokenizerFiles, tokenizerFilesFromGGUF } from "./gguf";
 
 /** tokenizerFilesFromGGUF(meta) for the GGUF at `file`, from the cache when it holds them. */
@@ -96,12 +96,14 @@ function readEntry(path: string): TokenizerFiles | undefined {
 const isObject = (v: unknown) => typeof v === "object" && v !== null && !Array.isArray(v);
 
 /** Entries a GGUF keeps: the builds that used it last. */
-const kEntriesPerFile = 2;
+const ENTRIES_PER_FILE = 2;
 
-/** Written whole or not at all (a temporary file renamed); the GGUF's least recently used entries beyond kEntriesPerFile removed. */
+/** Written whole or not at all (a temporary file renamed); the GGUF's least recently used entries beyond ENTRIES_PER_FILE removed. */
 function writeEntry(entry: Entry, files: TokenizerFiles): void {
-  const temp = tempPathIn(entry.dir, entry.fileDigest);
+  let temp: string | undefined;
   try {
+    // In the store's scratch directory (on the same disk), where what a crash leaves is cleared.
+    temp = tempPathIn(tmpDir(), "tokenizer");
     mkdirSync(entry.dir, { recursive: true });
     writeFileSync(temp, JSON.stringify(files));
     renameSync(temp, join(entry.dir, entry.name));
@@ -109,8 +111,8 @@ function writeEntry(entry: Entry, files: TokenizerFiles): void {
     const others = readdirSync(entry.dir)
       .filter((name) => name.startsWith(`${entry.fileDigest}-`) && name.endsWith(".json") && name !== entry.name)
       .sort((a, b) => used(b) - used(a));
-    for (const old of others.slice(kEntriesPerFile - 1)) removeQuietly(join(entry.dir, old));
+    for (const old of others.slice(ENTRIES_PER_FILE - 1)) removeQuietly(join(entry.dir, old));
   } catch {
-    removeQuietly(temp); // a full or read-only disk: loads go on without a cache
+    if (temp) removeQuietly(temp); // a full or read-only disk: loads go on without a cache
   }
 }
