@@ -1,6 +1,7 @@
 // The Anthropic Messages API with Anthropic's official client against a real server on
-// loopback: create, stream (the event sequence), stop reasons, a tool round-trip (whole and
-// streamed), a call the budget cut, structured output (output_config), count_tokens, errors in
+// loopback: create, stream (the event sequence), stop reasons, consecutive turns of one role
+// combined, a tool round-trip (whole and streamed), a call the budget cut, what thinking excludes
+// (a forced call, a prefill), structured output (output_config), count_tokens, errors in
 // Anthropic's shape, x-api-key, and the prefix cache across system prompts that differ only in a
 // volatile last line. Tiny random-weight model: a required call is valid only because the grammar
 // makes it so.
@@ -47,6 +48,19 @@ beforeAll(() => {
 
 afterAll(() => server.stop());
 
+/** A tiny qwen3 whose template opens <think> (and writes an empty reasoning into the prompt with enable_thinking false). */
+function tinyThinker(): string {
+  const thinker = join(mkdtempSync(join(tmpdir(), "mlx-serve-anthropic-")), "thinker");
+  writeTinyModel(thinker, {
+    modelType: "qwen3",
+    contextLength: 1024,
+    chatTemplate:
+      "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endfor %}<|im_start|>assistant\n" +
+      "{%- if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{%- else %}<think>\n{%- endif %}",
+  });
+  return thinker;
+}
+
 /** Sampling fields the server reads, which this SDK's types no longer list. */
 const sampling = (fields: { temperature?: number; top_k?: number }): object => fields;
 
@@ -89,6 +103,39 @@ describe("messages.create", () => {
     const alone = await completeAlone(lm, ids, { sampling: defaultSampling, maxTokens: 6 });
     lm.free();
     expect((m.content[0] as Anthropic.TextBlock).text).toBe(alone.text);
+  });
+
+  test("consecutive turns of one role are combined into one, as Anthropic does: a template insisting on alternating roles takes them", async () => {
+    // Mistral-style: raises unless user and assistant turns alternate, starting with the user.
+    const alternating = join(mkdtempSync(join(tmpdir(), "mlx-serve-anthropic-")), "alternating");
+    writeTinyModel(alternating, {
+      contextLength: 1024,
+      chatTemplate:
+        "{% for m in messages %}{% if (m.role == 'user') != (loop.index0 % 2 == 0) %}" +
+        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}" +
+        "{% if m.role == 'user' %}[INST] {{ m.content }} [/INST]{% else %}{{ m.content }}</s>{% endif %}{% endfor %}",
+    });
+    const messages: Anthropic.MessageParam[] = [
+      { role: "user", content: "Hi" },
+      { role: "user", content: [{ type: "text", text: "Count" }] },
+      { role: "assistant", content: "One" },
+      { role: "assistant", content: "Two" },
+      { role: "user", content: "Go on" },
+    ];
+    const m = await client.messages.create({ model: alternating, max_tokens: 2, messages });
+    expect(m.usage.output_tokens).toBe(2);
+    const counted = await client.messages.countTokens({ model: alternating, messages });
+    expect(m.usage.input_tokens + m.usage.cache_read_input_tokens!).toBe(counted.input_tokens);
+    // Combined a line apart: the prompt of the same conversation written as alternating turns.
+    const combined = await client.messages.countTokens({
+      model: alternating,
+      messages: [
+        { role: "user", content: "Hi\nCount" },
+        { role: "assistant", content: "One\nTwo" },
+        { role: "user", content: "Go on" },
+      ],
+    });
+    expect(counted.input_tokens).toBe(combined.input_tokens);
   });
 
   test("models.list and models.retrieve in Anthropic's shapes", async () => {
@@ -269,6 +316,35 @@ describe("tools", () => {
   }, 60_000);
 });
 
+describe("thinking", () => {
+  test("thinking enabled takes tool_choice auto or none; a forced call ('any', 'tool') or a prefill is a 400, as Anthropic's", async () => {
+    const thinker = tinyThinker();
+    const thinking = { type: "enabled" as const, budget_tokens: 4 };
+    const request = { model: thinker, max_tokens: 60, messages: ask, tools, thinking };
+    for (const tool_choice of [{ type: "any" as const }, { type: "tool" as const, name: "forecast" }]) {
+      const refused = await client.messages.create({ ...request, tool_choice }).catch((e) => e);
+      expect(refused).toBeInstanceOf(Anthropic.BadRequestError);
+      expect(refused.error.error.message).toMatch(
+        /'tool_choice\.type' must be 'auto' or 'none' when thinking is enabled/,
+      );
+      const counted = await client.messages.countTokens({ ...request, tool_choice }).catch((e) => e);
+      expect(counted).toBeInstanceOf(Anthropic.BadRequestError);
+    }
+    const auto = await client.messages.create({ ...request, tool_choice: { type: "auto" } });
+    expect(auto.content[0]!.type).toBe("thinking");
+    // The reasoning would come after the prefill's text: none would be written.
+    const prefill = {
+      model: thinker,
+      max_tokens: 12,
+      thinking,
+      messages: [...ask, { role: "assistant" as const, content: "It" }],
+    };
+    const afterPrefill = await client.messages.create(prefill).catch((e) => e);
+    expect(afterPrefill).toBeInstanceOf(Anthropic.BadRequestError);
+    expect(afterPrefill.error.error.message).toMatch(/'thinking' enabled cannot be used with a prefill/);
+  });
+});
+
 describe("structured output", () => {
   test("output_config.format: the text is JSON the schema accepts (create, and the SDK's parse); effort is a 400", async () => {
     const output_config = { format: { type: "json_schema" as const, schema: input_schema } };
@@ -316,15 +392,7 @@ describe("count_tokens", () => {
   });
 
   test("takes a request's cache_control and output_config, and counts the prompt JSON output gets (thinking off)", async () => {
-    // A qwen3-style template whose enable_thinking false writes an empty reasoning into the prompt.
-    const thinker = join(mkdtempSync(join(tmpdir(), "mlx-serve-anthropic-")), "thinker");
-    writeTinyModel(thinker, {
-      modelType: "qwen3",
-      contextLength: 1024,
-      chatTemplate:
-        "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endfor %}<|im_start|>assistant\n" +
-        "{%- if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{%- else %}<think>\n{%- endif %}",
-    });
+    const thinker = tinyThinker();
     const params = {
       model: thinker,
       messages: ask,
@@ -366,6 +434,20 @@ describe("errors", () => {
       [{ tools: [{ name: "web", type: "web_search_20250305" }] }, /tool type 'web_search_20250305'/],
       [{ tools, tool_choice: { type: "tool", name: "nope" } }, /'nope', which is not among the tools/],
       [{ tool_choice: { type: "any" } }, /'any' needs 'tools'/],
+      // JSON output starts the answer afresh: with a prefill before it the text would not be JSON.
+      [
+        {
+          max_tokens: 40,
+          messages: [...ask, { role: "assistant", content: '{"city":' }],
+          output_config: { format: { type: "json_schema", schema: input_schema } },
+        },
+        /'output_config\.format' cannot be used with a prefill/,
+      ],
+      // A prefill ending in a space would have the model write a second one (Anthropic refuses it too).
+      [
+        { messages: [...ask, { role: "assistant", content: "It will be " }] },
+        /'messages\.1\.content' \(the final assistant message\) must not end with whitespace/,
+      ],
     ];
     for (const [change, message] of cases) {
       const r = await post(url, { model, max_tokens: 4, messages: ask, ...(change as object) });

@@ -161,6 +161,46 @@ describe("responses.create", () => {
     expect(image.status).toBe(400);
     expect(image.json.error.param).toBe("input.2.output.0.type");
   });
+
+  test("an output's message and the function_call after it, sent back as input, are one assistant turn (as in chat completions)", async () => {
+    const args = '{"city":"Oslo","days":2}';
+    const chat = await openai.chat.completions.create({
+      model,
+      max_tokens: 1,
+      tools: tools.map(({ name, description, parameters }) => ({
+        type: "function" as const,
+        function: { name, description: description!, parameters: parameters! },
+      })),
+      messages: [
+        { role: "user", content: "Weather in Oslo?" },
+        {
+          role: "assistant",
+          content: "Let me look.",
+          tool_calls: [{ id: "call_1", type: "function", function: { name: "forecast", arguments: args } }],
+        },
+        { role: "tool", tool_call_id: "call_1", content: "Snow" },
+      ],
+    });
+    const responded = await openai.responses.create({
+      model,
+      max_output_tokens: 1,
+      tools,
+      store: false,
+      input: [
+        { role: "user", content: "Weather in Oslo?" },
+        {
+          type: "message",
+          id: "msg_1",
+          status: "completed",
+          role: "assistant",
+          content: [{ type: "output_text", text: "Let me look.", annotations: [] }],
+        },
+        { type: "function_call", call_id: "call_1", name: "forecast", arguments: args },
+        { type: "function_call_output", call_id: "call_1", output: "Snow" },
+      ],
+    });
+    expect(responded.usage!.input_tokens).toBe(chat.usage!.prompt_tokens);
+  });
 });
 
 describe("echoed fields", () => {

@@ -62,8 +62,10 @@ export function parseMessagesRequest(body: unknown): AnthropicRequest {
   f.onlyKnown(MESSAGES_FIELDS);
   const maxTokens = f.integer("max_tokens", { min: 1 }) ?? f.fail("max_tokens", "is required");
   f.object("metadata")?.string("user_id"); // checked, then unused: it only tags the request for Anthropic
+  const request = { ...promptFields(f), thinking: thinkingParam(f, maxTokens), format: outputFormat(f) };
+  refuseConflicts(f, request);
   return {
-    ...promptFields(f),
+    ...request,
     stream: f.boolean("stream") ?? false,
     maxTokens,
     sampling: {
@@ -72,8 +74,6 @@ export function parseMessagesRequest(body: unknown): AnthropicRequest {
       topK: f.integer("top_k", { min: 0 }),
     },
     stop: stopSequences(f),
-    thinking: thinkingParam(f, maxTokens),
-    format: outputFormat(f),
   };
 }
 
@@ -97,20 +97,62 @@ export function parseCountTokensRequest(body: unknown): CountTokensRequest {
   const f = Fields.of(body);
   // The fields of a generation's request that shape its prompt pass, so a client can count what it sends.
   f.onlyKnown([...PROMPT_FIELDS, "thinking", "output_config", "cache_control"]);
-  return { ...promptFields(f), thinking: thinkingParam(f), format: outputFormat(f) };
+  const request = { ...promptFields(f), thinking: thinkingParam(f), format: outputFormat(f) };
+  refuseConflicts(f, request);
+  return request;
+}
+
+/**
+ * What Anthropic refuses together, as it does; here each would otherwise be silently lost.
+ * Thinking comes before the answer, so it cannot follow a prefill nor precede a forced call (a
+ * grammar shapes that answer from its first token); and JSON output starts the answer afresh,
+ * so a prefill would leave the text as a whole not JSON.
+ */
+function refuseConflicts(f: Fields, { prompt, tools, thinking, format }: CountTokensRequest): void {
+  const forcedCall = tools !== undefined && tools.choice !== "auto" && tools.choice !== "none";
+  if (thinking?.enabled && forcedCall) f.fail("tool_choice.type", "must be 'auto' or 'none' when thinking is enabled");
+  if (!prompt.continueFinal) return;
+  const prefill = "cannot be used with a prefill (a conversation that ends with an assistant message)";
+  if (thinking?.enabled) f.fail("thinking", `enabled ${prefill}`);
+  if (format) f.fail("output_config.format", prefill);
 }
 
 function promptFields(f: Fields): Omit<CountTokensRequest, "thinking" | "format"> {
   const system = systemPrompt(f);
   const raw = f.array("messages", { required: true, nonEmpty: true })!;
   const messages: ConversationMessage[] = system ? [{ role: "system", content: system }] : [];
-  raw.forEach((item, i) => messages.push(...conversationMessages(item, i, messages)));
+  raw.forEach((item, i) => {
+    for (const message of conversationMessages(item, i, messages)) appendTurn(messages, message);
+  });
   // A last message of the assistant's is the start of its answer, to go on with (a prefill).
   const continueFinal = messages.at(-1)?.role === "assistant";
+  // As Anthropic: the model would go on after the whitespace, not write its own word boundary.
+  if (continueFinal && /\s$/.test(messages.at(-1)!.content))
+    f.fail(`messages.${raw.length - 1}.content`, "(the final assistant message) must not end with whitespace");
   return {
     model: f.string("model", { nonEmpty: true }),
     prompt: { kind: "chat", messages, continueFinal },
     tools: toolRequest(f),
+  };
+}
+
+/**
+ * Adds a message to the conversation, combined with the one before when both are the user's or
+ * both the assistant's: Anthropic combines consecutive turns of one role into one, and chat
+ * templates that insist on alternating roles (Mistral's, Gemma's) would refuse them apart.
+ */
+function appendTurn(messages: ConversationMessage[], next: ConversationMessage): void {
+  const last = messages.at(-1);
+  if (!last || last.role !== next.role || (next.role !== "user" && next.role !== "assistant")) {
+    messages.push(next);
+    return;
+  }
+  const calls = [...(last.toolCalls ?? []), ...(next.toolCalls ?? [])];
+  messages[messages.length - 1] = {
+    role: last.role,
+    // A line apart, so that the turns' texts do not run into each other.
+    content: [last.content, next.content].filter(Boolean).join("\n"),
+    ...(calls.length > 0 ? { toolCalls: calls } : {}),
   };
 }
 

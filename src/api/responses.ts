@@ -134,9 +134,10 @@ function inputItem(item: Fields, messages: ConversationMessage[]): void {
       name: item.string("name", { required: true, nonEmpty: true })!,
       arguments: callArguments(item, "json-text"),
     };
-    // Calls in a row are one assistant turn.
+    // A call joins the assistant message before it (its text, the calls before it): one assistant
+    // turn, as a chat completion's message with tool_calls, and as a stored response keeps it.
     const last = messages.at(-1);
-    if (last?.role === "assistant" && last.toolCalls) last.toolCalls.push(call);
+    if (last?.role === "assistant") last.toolCalls = [...(last.toolCalls ?? []), call];
     else messages.push({ role: "assistant", content: "", toolCalls: [call] });
   } else if (type === "function_call_output") {
     const id = item.string("call_id", { required: true, nonEmpty: true })!;
