@@ -95,6 +95,18 @@ describe("chat templates and formats", () => {
     expect(hermes.parse("  plain answer  ")).toEqual({ content: "  plain answer  ", calls: [] });
   });
 
+  test("hermes: a string argument holding the closing tag is the call's, not its end", () => {
+    const tricky = { note: "ends with </tool_call> then <tool_call> again", n: 1 };
+    const block = (args: unknown) => `<tool_call>\n${JSON.stringify({ name: "save", arguments: args })}\n</tool_call>`;
+    const parsed = hermes.parse(`Saving.\n${block(tricky)}\n${block({ n: 2 })}`);
+    expect(parsed.content).toBe("Saving.");
+    expect(parsed.calls.map((c) => c.arguments)).toEqual([tricky, { n: 2 }]);
+    // Cut off before its own closing tag, after the JSON: still the call.
+    expect(hermes.parse(block(tricky).slice(0, -"\n</tool_call>".length)).calls.map((c) => c.arguments)).toEqual([
+      tricky,
+    ]);
+  });
+
   test("llama3: a JSON call, after <|python_tag|> or not, several joined by ';'; anything else is prose", () => {
     const one = llama3.parse(' {"name": "get_weather", "parameters": {"city": "Oslo"}}');
     expect(one.content).toBe("");

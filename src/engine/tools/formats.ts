@@ -104,19 +104,38 @@ function withoutCutCall(content: string, open: string, close: string): string {
   return content;
 }
 
+/**
+ * The call in a hermes block whose JSON starts at `from`: up to the first closing tag after which
+ * it reads as a call (a string argument may hold the tag itself), or to the end of the text (a
+ * last call cut off before its tag, the model having stopped right after the JSON).
+ */
+function hermesBlock(text: string, from: number): { call: ToolCall; end: number } | undefined {
+  const close = "</tool_call>";
+  for (let at = text.indexOf(close, from); ; at = text.indexOf(close, at + 1)) {
+    const call = readCall(parseJson(text.slice(from, at >= 0 ? at : undefined).trim()), openaiCallId);
+    if (call) return { call, end: at >= 0 ? at + close.length : text.length };
+    if (at < 0) return undefined;
+  }
+}
+
 const hermes: ToolCallFormat = {
   name: "hermes",
   markers: ["<tool_call>"],
   anywhere: true,
   parse(text) {
+    const open = "<tool_call>";
     const calls: ToolCall[] = [];
-    // A last call may be cut off before its closing tag (the model stopped right after the JSON).
-    const content = text.replace(/<tool_call>([\s\S]*?)(?:<\/tool_call>|$)/g, (block, inner: string) => {
-      const call = readCall(parseJson(inner.trim()), openaiCallId);
-      if (!call) return block;
-      calls.push(call);
-      return "";
-    });
+    let content = "";
+    let done = 0; // text before this is in `content` or a call
+    for (let at = text.indexOf(open); at >= 0; at = text.indexOf(open, at + open.length)) {
+      if (at < done) continue; // inside a call read already
+      const block = hermesBlock(text, at + open.length);
+      if (!block) continue; // no call: prose, as it is
+      calls.push(block.call);
+      content += text.slice(done, at);
+      done = block.end;
+    }
+    content += text.slice(done);
     return calls.length > 0
       ? { content: withoutCutCall(content.trim(), "<tool_call>", "</tool_call>"), calls }
       : { content: withoutOpenCall(text, "<tool_call>", "</tool_call>"), calls };
