@@ -14,6 +14,7 @@ import { cliRunner } from "./helpers/cli";
 import { post, serve } from "./helpers/serve";
 import { tinyDims, writeTinyModel } from "./helpers/tiny-model";
 import { embed, EmbeddingCancelled } from "../src/engine/embed";
+import { ContextLengthError } from "../src/errors";
 import * as mx from "../src/mlx";
 import { freeCaches, hiddenStates, makeCaches } from "../src/models";
 import { loadModel, type LoadedModel } from "../src/models/load";
@@ -107,6 +108,27 @@ describe("OpenAI /v1/embeddings", () => {
   });
 });
 
+describe("OpenAI /v1/embeddings: one list of token ids", () => {
+  test("is one input however many ids it holds (the 2,048 limit counts inputs), up to the context", async () => {
+    const long = join(home, "..", "tiny-4k");
+    writeTinyModel(long, { contextLength: 4096 });
+    const ids = Array.from({ length: 3000 }, (_, i) => 5 + (i % 400));
+    const flat = await post(`${server.url}/v1/embeddings`, { model: long, input: ids, encoding_format: "float" });
+    expect(flat.status).toBe(200);
+    expect(flat.json.data.length).toBe(1);
+    expect(flat.json.usage.prompt_tokens).toBe(3000);
+    const nested = await post(`${server.url}/v1/embeddings`, { model: long, input: [ids], encoding_format: "float" });
+    expect(flat.json.data[0].embedding).toEqual(nested.json.data[0].embedding);
+    const over = await post(`${server.url}/v1/embeddings`, { model: long, input: [...ids, ...ids] });
+    expect(over.status).toBe(400);
+    expect(over.json.error.message).toContain("context is 4096 tokens");
+    // Inputs are still at most 2,048.
+    const many = await post(`${server.url}/v1/embeddings`, { model: long, input: Array(2049).fill("hi") });
+    expect(many.status).toBe(400);
+    expect(many.json.error.message).toContain("at most 2048 inputs");
+  });
+});
+
 describe("Ollama /api/embed and /api/embeddings", () => {
   test("embed a batch (the same vectors as OpenAI's route); truncate by default; the older route", async () => {
     const ollama = new Ollama({ host: server.url });
@@ -185,7 +207,13 @@ describe("mlx embed", () => {
     lines.forEach((v, i) => v.forEach((x, j) => expect(x).toBeCloseTo(served[i]!.embedding[j]!, 5)));
     const bad = await run(["embed", "-m", model], "Hello\n\n");
     expect(bad.code).not.toBe(0);
-    expect(bad.stderr).toContain("line 2 is empty");
+    expect(bad.stderr).toContain("input line 2 is empty");
+    // Texts given as arguments are named as such, not as lines of stdin.
+    const args = await run(["embed", "-m", model, "Hello", ""]);
+    expect(args.code).not.toBe(0);
+    expect(args.stderr).toContain("argument 2 is empty");
+    const long = await run(["embed", "-m", model, "Hello", "word ".repeat(200)]);
+    expect(long.stderr).toContain("'argument 2' is 201 tokens");
   });
 });
 
@@ -201,6 +229,23 @@ describe("the default model", () => {
     expect(dot(cat!, cat2!)).toBeGreaterThan(dot(cat2!, stocks!) + 0.05);
   });
 });
+
+/** What `work` resolves to, and how many turns the event loop took meanwhile (the yields it made). */
+async function countingTurns<T>(work: () => Promise<T>): Promise<{ result: T; turns: number }> {
+  let turns = 0;
+  let ticking = true;
+  const tick = () => {
+    if (!ticking) return;
+    turns++;
+    setImmediate(tick);
+  };
+  setImmediate(tick);
+  try {
+    return { result: await work(), turns };
+  } finally {
+    ticking = false;
+  }
+}
 
 describe("a long input", () => {
   // Longer than a prefill chunk (512 positions): pooled a chunk at a time.
@@ -244,17 +289,9 @@ describe("a long input", () => {
     const lm = loadModel(join(root, "chunked"));
     const input = ids.slice(0, 100);
     const [whole] = (await embed(lm, [input])).vectors;
-    // Counts the event loop's turns: only a yield between two chunks lets one pass during embed().
-    let turns = 0;
-    let ticking = true;
-    const tick = () => {
-      if (!ticking) return;
-      turns++;
-      setImmediate(tick);
-    };
-    setImmediate(tick);
-    const [chunked] = (await embed(lm, [input], { chunk: 16 })).vectors;
-    ticking = false;
+    // Only a yield between two chunks lets a turn pass during embed().
+    const { result, turns } = await countingTurns(() => embed(lm, [input], { chunk: 16 }));
+    const [chunked] = result.vectors;
     expect(turns).toBeGreaterThanOrEqual(6); // 7 chunks of 16
     whole!.forEach((x, i) => expect(chunked![i]!).toBeCloseTo(x, 4));
     lm.free();
@@ -266,6 +303,34 @@ describe("a long input", () => {
     const controller = new AbortController();
     controller.abort();
     await expect(embed(lm, [ids], { signal: controller.signal })).rejects.toBeInstanceOf(EmbeddingCancelled);
+    lm.free();
+  });
+});
+
+describe("many inputs in one request", () => {
+  const root = mkdtempSync(join(tmpdir(), "mlx-embeddings-many-"));
+
+  test("many short inputs take a turn each: streams go on between two, and a cancel stops them", async () => {
+    writeTinyModel(join(root, "many"), { contextLength: 2048 });
+    const lm = loadModel(join(root, "many"));
+    const inputs = Array.from({ length: 8 }, (_, i) => `sentence number ${i}`);
+    const { turns } = await countingTurns(() => embed(lm, inputs));
+    expect(turns).toBeGreaterThanOrEqual(7);
+    const controller = new AbortController();
+    setImmediate(() => controller.abort());
+    await expect(embed(lm, inputs, { signal: controller.signal })).rejects.toBeInstanceOf(EmbeddingCancelled);
+    lm.free();
+  });
+
+  test("tokenizing many long inputs takes turns too, before an input over the context is refused", async () => {
+    writeTinyModel(join(root, "tokenizing"), { contextLength: 2048 });
+    const lm = loadModel(join(root, "tokenizing"));
+    // About 4 MB of text (the server's default largest body) to tokenize, and no pass at all.
+    const inputs = Array.from({ length: 2047 }, (_, i) => `word ${i} `.repeat(200));
+    inputs.push("word ".repeat(3000));
+    const { result, turns } = await countingTurns(() => embed(lm, inputs).catch((error: Error) => error));
+    expect(result).toBeInstanceOf(ContextLengthError);
+    expect(turns).toBeGreaterThan(0);
     lm.free();
   });
 });

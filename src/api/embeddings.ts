@@ -29,8 +29,10 @@ function inputs(f: Fields, field: string): EmbedInput[] {
   if (typeof raw === "string") return [raw];
   if (raw !== undefined && raw !== null && !Array.isArray(raw))
     f.fail(field, "must be a string, a list of strings, a list of token ids or a list of such lists");
-  const list = f.array(field, { required: true, nonEmpty: true, max: MAX_INPUTS })!;
+  const list = f.array(field, { required: true, nonEmpty: true })!;
+  // One list of token ids is one input, as long as the context allows: the limit counts inputs.
   if (list.every((t) => typeof t === "number")) return [tokenIds(list, field)];
+  if (list.length > MAX_INPUTS) f.fail(field, `may hold at most ${MAX_INPUTS} inputs, got ${list.length}`);
   return list.map((item, i) => {
     if (typeof item === "string") return item;
     if (Array.isArray(item)) return tokenIds(item, `${field}.${i}`);

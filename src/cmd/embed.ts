@@ -30,12 +30,14 @@ export default defineCommand({
       const texts = args._.length > 0 ? args._.map(String) : undefined;
       const lm = await openModel(args.model);
       const lines = texts ?? createInterface({ input: process.stdin, crlfDelay: Infinity });
+      // Errors name the text as the user gave it.
+      const source = texts ? "argument" : "input line";
       let count = 0;
       // Line by line, so a pipe gets each vector as soon as it is computed.
       for await (const line of lines) {
         count++;
-        if (!line) throw new Error(`input line ${count} is empty`);
-        const { vectors } = await embed(lm, [line], { dimensions, param: `line ${count}` });
+        if (!line) throw new Error(`${source} ${count} is empty`);
+        const { vectors } = await embed(lm, [line], { dimensions, param: `${source} ${count}` });
         process.stdout.write(`${JSON.stringify(vectors[0])}\n`);
       }
       if (count === 0) throw new Error('nothing to embed: give texts (mlx embed "...") or lines on stdin');

@@ -2,9 +2,10 @@
 // (after the final norm), pooled as the model's sentence-transformers config says (else on the
 // last token), optionally cut to fewer dimensions (Matryoshka style), and L2-normalised. Runs
 // on the engine's thread between the scheduler's steps, a prompt chunk at a time as a prefill
-// is, so that a long input holds up the answers being generated no longer than a chunk, and
-// stops at the chunk after its request is cancelled; each input is its own batch of one, so no
-// padding or masks can change a vector.
+// is, so that a long input, or many short ones, hold up the answers being generated no longer
+// than a chunk, and stops at the chunk after its request is cancelled; each input is its own
+// batch of one, so no padding or masks can change a vector.
+import { nextTurn } from "../event-loop";
 import { ContextLengthError, InvalidParameterError } from "../errors";
 import { cacheState, freeCaches, hiddenStates, makeCaches } from "../models";
 import type { LoadedModel } from "../models/load";
@@ -36,6 +37,10 @@ export class EmbeddingCancelled extends Error {
   override name = "EmbeddingCancelled";
 }
 
+function stopIfCancelled(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw new EmbeddingCancelled("the embedding request was cancelled");
+}
+
 export interface Embeddings {
   vectors: number[][];
   /** Tokens read, over all inputs. */
@@ -44,6 +49,9 @@ export interface Embeddings {
 
 const poolings = new WeakMap<LoadedModel, Pooling>();
 
+/** Longest stretch of tokenizing between two turns of the event loop (about a decode step). */
+const TOKENIZING_TURN_MS = 20;
+
 export async function embed(lm: LoadedModel, inputs: EmbedInput[], o: EmbedOptions = {}): Promise<Embeddings> {
   const param = o.param ?? "input";
   const width = lm.config.hiddenSize;
@@ -51,12 +59,30 @@ export async function embed(lm: LoadedModel, inputs: EmbedInput[], o: EmbedOptio
     throw new InvalidParameterError(`dimensions must be between 1 and the model's ${width}`, "dimensions");
   let pooling = poolings.get(lm);
   if (!pooling) poolings.set(lm, (pooling = modelPooling(lm.path)));
-  // Several inputs are named by their index in the list.
-  const sequences = inputs.map((input, i) => inputIds(lm, input, o, inputs.length > 1 ? `${param}.${i}` : param));
+  const sequences = await inputsIds(lm, inputs, o, param);
   const vectors: number[][] = [];
   for (const ids of sequences)
     vectors.push(normalized((await pooledHidden(lm, ids, pooling, o)).slice(0, o.dimensions ?? width)));
   return { vectors, promptTokens: sequences.reduce((n, ids) => n + ids.length, 0) };
+}
+
+/**
+ * Every input's token ids, checked before any pass; tokenizing many long inputs takes seconds, so
+ * the event loop gets a turn every TOKENIZING_TURN_MS (the streams go on, a cancel is seen).
+ */
+async function inputsIds(lm: LoadedModel, inputs: EmbedInput[], o: EmbedOptions, param: string): Promise<number[][]> {
+  const sequences: number[][] = [];
+  let turnStarted = performance.now();
+  for (const [i, input] of inputs.entries()) {
+    if (performance.now() - turnStarted > TOKENIZING_TURN_MS) {
+      await nextTurn();
+      stopIfCancelled(o.signal);
+      turnStarted = performance.now();
+    }
+    // Several inputs are named by their index in the list.
+    sequences.push(inputIds(lm, input, o, inputs.length > 1 ? `${param}.${i}` : param));
+  }
+  return sequences;
 }
 
 function inputIds(lm: LoadedModel, input: EmbedInput, o: EmbedOptions, at: string): number[] {
@@ -87,9 +113,10 @@ async function pooledHidden(lm: LoadedModel, ids: number[], pooling: Pooling, o:
   let pooled: MxArray | undefined;
   try {
     for (let start = 0; start < ids.length; start += chunk) {
-      // Between two chunks the scheduler's answers go on, and a cancel is seen.
-      if (start > 0) await new Promise((resolve) => setImmediate(resolve));
-      if (o.signal?.aborted) throw new EmbeddingCancelled("the embedding request was cancelled");
+      // Before each chunk, of each input, the scheduler's answers go on and a cancel is seen:
+      // a request of many short inputs holds up the streams no longer than one of them.
+      await nextTurn();
+      stopIfCancelled(o.signal);
       const part = ids.slice(start, start + chunk);
       const next = mx.scope(() => {
         const h = mx.astype(
