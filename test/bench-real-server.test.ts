@@ -4,6 +4,8 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import OpenAI from "openai";
+import { prose } from "../src/bench/model";
 import type { RunningServer } from "../src/server/app";
 import { cliRunner } from "./helpers/cli";
 import { serve, tinyModel } from "./helpers/serve";
@@ -56,6 +58,27 @@ describe("mlx bench -m remote -m local", () => {
       expect(local[key]).toBeGreaterThan(0);
     }
   }, 60_000);
+
+  test("--json: the prompt test counts the tokens the provider prefilled, not those it had cached", async () => {
+    const r = await mlx(["bench", "-m", "far", "-p", "16", "-g", "0", "-n", "1", "--json"]);
+    expect(r.code).toBe(0);
+    const [far] = JSON.parse(r.stdout).models;
+    // A prompt of the bench's shape (a fresh 8-character prefix, then 16 tokens' worth of its
+    // prose): the chat template's start is served from the prefix cache.
+    const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused" });
+    const { usage } = await client.chat.completions.create({
+      model,
+      messages: [{ role: "user", content: `${crypto.randomUUID().slice(0, 8)} ${prose.slice(0, 64)}` }],
+      max_tokens: 1,
+    });
+    const cached = usage!.prompt_tokens_details!.cached_tokens!;
+    expect(cached).toBeGreaterThan(2);
+    // The random prefix may take a token more or less.
+    expect(Math.abs(far.prompt_tokens - (usage!.prompt_tokens - cached))).toBeLessThanOrEqual(2);
+    const [rate] = far.prompt_tokens_per_second.samples;
+    const [seconds] = far.time_to_first_token_seconds.samples;
+    expect(rate * seconds).toBeCloseTo(far.prompt_tokens, 6);
+  }, 60_000);
 });
 
 describe("mlx bench --url", () => {
@@ -64,5 +87,78 @@ describe("mlx bench --url", () => {
     expect(r.code).toBe(1);
     expect(r.stderr.trim()).toBe("error: --prompt-tokens, --gen-tokens: not used by server mode (--url)");
     expect(r.stdout).toBe("");
+  }, 60_000);
+
+  test("no request is answered from the server's prefix cache: each prefills its whole prompt", async () => {
+    // A server of its own, so that its counters hold this bench's requests only.
+    const fresh = serve({ defaultModel: model });
+    try {
+      const words = "the lighthouse keeper watched the storm roll over the grey sea all night long ".repeat(5);
+      const file = join(home, "one-prompt.txt");
+      writeFileSync(file, `${words.trim()}\n`);
+      const r = await mlx([
+        "bench",
+        "--url",
+        fresh.url,
+        "--prompts",
+        file,
+        "--requests",
+        "3",
+        "--concurrency",
+        "1",
+        "--max-tokens",
+        "2",
+      ]);
+      expect(r.code).toBe(0);
+      const metrics = await (await fetch(`${fresh.url}/metrics`)).text();
+      const value = (series: string) => Number(metrics.match(new RegExp(`^${series} (\\S+)$`, "m"))![1]);
+      const prefilled =
+        value("mlx_prompt_tokens_total") - value(`mlx_prefix_cache_hit_tokens_total\\{model="${model}"\\}`);
+      // The warm-up and 3 requests of the same prompt: each prefills at least its 75 words.
+      expect(prefilled).toBeGreaterThanOrEqual(4 * 75);
+    } finally {
+      await fresh.stop();
+    }
+  }, 60_000);
+
+  test("requests that failed at a level where others completed are said on stderr with the server's reason", async () => {
+    // The second prompt does not fit the tiny model's context of 256 tokens: the server refuses it.
+    const file = join(home, "one-too-long.txt");
+    writeFileSync(file, `hello there\n${"a long prompt ".repeat(200)}\n`);
+    const args = ["--url", server.url, "-m", model, "--prompts", file, "--max-tokens", "2"];
+    const r = await mlx(["bench", ...args, "--requests", "4", "--concurrency", "1"]);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toMatch(/^warning: concurrency 1: 2 of 4 requests failed \(HTTP 400: .*context/m);
+  }, 60_000);
+
+  test("--csv: a figure without samples (one-token answers have no inter-token latency) is an empty cell", async () => {
+    const r = await mlx(["bench", "--url", server.url, "-m", model, "--requests", "2", "--max-tokens", "1", "--csv"]);
+    expect(r.code).toBe(0);
+    const [header, row] = r.stdout
+      .trim()
+      .split("\n")
+      .map((line) => line.split(","));
+    const cell = (name: string) => row![header!.indexOf(name)];
+    expect(cell("itl_ms_median")).toBe("");
+    expect(cell("tpot_ms_mean")).toBe("");
+    expect(Number(cell("ttft_ms_median"))).toBeGreaterThan(0);
+    expect(row!.filter((c) => c !== "" && !Number.isFinite(Number(c)))).toEqual([]);
+  }, 60_000);
+
+  test("--api-key: a server that requires a key is measured; without the key the 401 is the error", async () => {
+    const locked = serve({ defaultModel: model, apiKey: "bench-key" });
+    try {
+      const args = ["bench", "--url", locked.url, "--requests", "2", "--concurrency", "1", "--max-tokens", "2"];
+      const refused = await mlx(args);
+      expect(refused.code).toBe(1);
+      expect(refused.stderr).toContain("HTTP 401");
+      const r = await mlx([...args, "--api-key", "bench-key", "--json"]);
+      expect(r.code).toBe(0);
+      const [level] = JSON.parse(r.stdout).levels;
+      expect(level.completed).toBe(2);
+      expect(level.failed).toBe(0);
+    } finally {
+      await locked.stop();
+    }
   }, 60_000);
 });

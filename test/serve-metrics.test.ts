@@ -124,6 +124,21 @@ describe("memory", () => {
   });
 });
 
+describe("inter-token latency", () => {
+  test("a request counts one interval per token after its first, also when its whole prompt was cached", async () => {
+    const model = tinyModel();
+    server = serve({ defaultModel: model });
+    const { url } = server;
+    const intervals = () => sample(url, "mlx_inter_token_latency_seconds_count");
+    // The second request's prompt is all in the prefix cache: its last token rides a decode step.
+    for (const attempt of ["first", "repeated"]) {
+      const before = await intervals();
+      await complete(url, model, "Tell me about the sea", 6);
+      expect({ attempt, intervals: (await intervals()) - before }).toEqual({ attempt, intervals: 5 });
+    }
+  });
+});
+
 describe("the adaptive tuner", () => {
   // A target no step misses: every observation is "comfortably under".
   const easyTarget = 60_000;

@@ -1,11 +1,13 @@
 // Model mode of `mlx bench` on a remote model (models.toml `provider = ...`): the same two
 // tests, seen from here through the provider's API. Its tokenizer is not ours, so the prompt
-// is prose of about p tokens (the provider's usage says how many it counted, and that count
-// is reported), and the generation test asks for g tokens greedily, counted by the provider's
-// usage (an end-of-sequence may stop it earlier: no API lets us ignore it); with a depth, after
-// prose of about d tokens (the provider's count is reported), its speed timed from the first token.
+// is prose of about p tokens (the provider's usage says how many it counted and how many of
+// them it had cached: the tokens it prefilled are reported), and the generation test asks for
+// g tokens greedily, counted by the provider's usage (an end-of-sequence may stop it earlier:
+// no API lets us ignore it); with a depth, after prose of about d tokens (the provider's count
+// is reported), its speed timed from the first token.
 import { streamRemoteCompletion, type RemoteModel } from "../providers";
 import { prose, type ModelBenchOptions, type ModelBenchResult } from "./model";
+import { uncached } from "./server";
 import { summarize } from "./stats";
 
 async function answer(remote: RemoteModel, text: string, maxTokens: number) {
@@ -39,14 +41,14 @@ export async function benchRemoteModel(
   let depth = 0;
   for (let i = 1; i <= o.repetitions; i++) {
     if (o.promptTokens > 0) {
-      // A server's prefix cache (mlx serve's, vLLM's, llama.cpp's) answers a prompt it has seen,
-      // from an earlier run or bench, without prefilling it: each run's prompt starts anew.
-      const s = await answer(remote, `${crypto.randomUUID().slice(0, 8)} ${prompt}`, 1);
-      promptTokens = s.promptTokens;
-      pp.push(s.promptTokens / s.timeToFirstTokenSeconds);
+      // Each run's prompt is prefilled anew; what a chat template puts before it (a system
+      // prompt) may still be cached: the tokens the provider says it prefilled are those timed.
+      const s = await answer(remote, uncached(prompt), 1);
+      promptTokens = s.promptTokens - s.cachedTokens;
+      pp.push(s.promptTokensPerSecond);
       ttft.push(s.timeToFirstTokenSeconds);
       say(
-        `${name}: pp${s.promptTokens} ${i}/${o.repetitions}: ${pp.at(-1)!.toFixed(2)} tokens/s, first token after ${(s.timeToFirstTokenSeconds * 1000).toFixed(0)} ms`,
+        `${name}: pp${promptTokens} ${i}/${o.repetitions}: ${s.promptTokensPerSecond.toFixed(2)} tokens/s, first token after ${(s.timeToFirstTokenSeconds * 1000).toFixed(0)} ms`,
       );
     }
     if (o.genTokens > 0) {

@@ -62,6 +62,8 @@ const unlessRemote = (r: { format: string }, cell: string) => (r.format === "rem
 /** A summary as the JSON reports write it. */
 const meanAndSd = (s: Summary) => ({ mean: s.mean, sd: s.sd });
 const fixed = (v: number, digits = 2) => (Number.isFinite(v) ? v.toFixed(digits) : "-");
+/** A CSV figure: a figure without samples (NaN) is an empty cell, as csv() writes it, not "-". */
+const csvFixed = (v: number, digits: number) => (Number.isFinite(v) ? v.toFixed(digits) : undefined);
 
 function csvCell(v: unknown): string {
   const s = v === undefined || v === null || (typeof v === "number" && !Number.isFinite(v)) ? "" : String(v);
@@ -140,7 +142,9 @@ export function modelTable(models: Outcome<ModelBenchResult>[], t: ModelTests): 
       `tg: ${plural(t.genTokens, "generated token")}${t.depth ? `, timed after ${article(t.depth)} ${t.depth}-token context` : ""}`,
     );
   if (results.some((r) => !promptAsAsked(r) || !generationAsAsked(r)))
-    notes.push("(ppN, tgN @ dN): the tokens a remote model's provider counted, where they differ");
+    notes.push(
+      "(ppN, tgN @ dN): the tokens a remote model's provider counted (pp: prefilled, not cached), where they differ",
+    );
   const drafts = draftsColumns(results).length
     ? " Drafts accepted: draft tokens the model kept, of those drafted, over all tg runs."
     : "";
@@ -185,12 +189,12 @@ export function modelCsv(models: Outcome<ModelBenchResult>[]): string {
           r.promptTokens,
           r.genTokens,
           r.depth,
-          fixed(r.promptTokensPerSecond.mean, 4),
-          fixed(r.promptTokensPerSecond.sd, 4),
-          fixed(r.generationTokensPerSecond.mean, 4),
-          fixed(r.generationTokensPerSecond.sd, 4),
-          fixed(r.timeToFirstTokenSeconds.mean * 1000, 2),
-          fixed(r.timeToFirstTokenSeconds.sd * 1000, 2),
+          csvFixed(r.promptTokensPerSecond.mean, 4),
+          csvFixed(r.promptTokensPerSecond.sd, 4),
+          csvFixed(r.generationTokensPerSecond.mean, 4),
+          csvFixed(r.generationTokensPerSecond.sd, 4),
+          csvFixed(r.timeToFirstTokenSeconds.mean * 1000, 2),
+          csvFixed(r.timeToFirstTokenSeconds.sd * 1000, 2),
           r.peakMemoryBytes,
           r.speculation?.method,
           r.speculation?.drafted,
@@ -329,9 +333,9 @@ export function suiteCsv(models: Outcome<SuiteModelResult>[], prompts: SuiteProm
         o.reasons.join("; "),
         o.promptTokens,
         o.generatedTokens,
-        fixed(o.promptTokensPerSecond, 4),
-        fixed(o.generationTokensPerSecond, 4),
-        fixed(o.timeToFirstTokenSeconds * 1000, 2),
+        csvFixed(o.promptTokensPerSecond, 4),
+        csvFixed(o.generationTokensPerSecond, 4),
+        csvFixed(o.timeToFirstTokenSeconds * 1000, 2),
         o.text,
         "",
       ]);
@@ -434,13 +438,13 @@ export function serverCsv(r: ServerBenchResult): string {
       l.requests,
       l.completed,
       l.failed,
-      fixed(l.durationSeconds, 3),
-      fixed(l.requestsPerSecond, 4),
+      csvFixed(l.durationSeconds, 3),
+      csvFixed(l.requestsPerSecond, 4),
       l.outputTokens,
-      fixed(l.outputTokensPerSecond, 3),
+      csvFixed(l.outputTokensPerSecond, 3),
       ...latencyColumns.flatMap((k) => {
         const s = pickLatency(l, k);
-        return [fixed(s.mean, 2), fixed(s.median, 2), fixed(s.p99, 2)];
+        return [csvFixed(s.mean, 2), csvFixed(s.median, 2), csvFixed(s.p99, 2)];
       }),
     ]),
   );

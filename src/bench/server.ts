@@ -3,7 +3,8 @@
 // serving benchmark reports: completed/failed requests, duration, request and output-token
 // throughput, and mean/median/P99 of time to first token (TTFT), time per output token
 // after the first (TPOT), inter-token latency (ITL, between streamed chunks) and end-to-end
-// latency. Plain fetch and a small SSE reader: no client library.
+// latency. Each prompt is led by a fresh tag, so that no answer comes from a prefix cache.
+// Plain fetch and a small SSE reader: no client library.
 import { describeFetchError } from "../providers";
 import { summarize, type Summary } from "./stats";
 
@@ -17,6 +18,8 @@ export interface ServerBenchOptions {
   prompts: string[];
   /** Seconds one request may take. */
   timeoutSeconds: number;
+  /** Sent as a bearer token, to a server that requires a key (mlx serve --api-key, vLLM --api-key). */
+  apiKey?: string;
   onProgress?: (message: string) => void;
 }
 
@@ -54,6 +57,13 @@ export interface ServerBenchResult {
   levels: LevelResult[];
 }
 
+/**
+ * `prompt` led by a fresh tag. A server's prefix cache (mlx serve's, vLLM's, llama.cpp's) answers
+ * a prompt it has seen, from an earlier request, run or bench, without prefilling it: a tagged one
+ * is prefilled anew (but for what a chat template puts before it), as a new user's would be.
+ */
+export const uncached = (prompt: string): string => `${crypto.randomUUID().slice(0, 8)} ${prompt}`;
+
 /** "http://host:8080/", "http://host:8080/v1" → "http://host:8080" */
 export function serverBase(url: string): string {
   let parsed: URL;
@@ -67,14 +77,21 @@ export function serverBase(url: string): string {
   return parsed.href.replace(/\/+$/, "").replace(/\/v1$/, "");
 }
 
+/** The Authorization header for `apiKey`, if any. */
+const authorization = (apiKey?: string): Record<string, string> =>
+  apiKey ? { authorization: `Bearer ${apiKey}` } : {};
+
 /**
  * Checks that the server answers at all (GET /v1/models), and returns the first model it
  * lists. A server without /v1/models is fine; one that does not answer is an error.
  */
-export async function probeServer(base: string): Promise<string | undefined> {
+export async function probeServer(base: string, apiKey?: string): Promise<string | undefined> {
   let response: Response;
   try {
-    response = await fetch(`${base}/v1/models`, { signal: AbortSignal.timeout(10_000) });
+    response = await fetch(`${base}/v1/models`, {
+      headers: authorization(apiKey),
+      signal: AbortSignal.timeout(10_000),
+    });
   } catch (error) {
     throw new Error(`cannot reach ${base}: ${describeFetchError(error)}`);
   }
@@ -121,6 +138,7 @@ export async function timedRequest(
   prompt: string,
   maxTokens: number,
   timeoutSeconds: number,
+  apiKey?: string,
 ): Promise<RequestRecord> {
   const start = performance.now();
   const chunkTimes: number[] = [];
@@ -136,7 +154,7 @@ export async function timedRequest(
   try {
     const response = await fetch(`${base}/v1/chat/completions`, {
       method: "POST",
-      headers: { "content-type": "application/json", accept: "text/event-stream" },
+      headers: { "content-type": "application/json", accept: "text/event-stream", ...authorization(apiKey) },
       body: JSON.stringify({
         model,
         messages: [{ role: "user", content: prompt }],
@@ -209,10 +227,17 @@ export function summarizeLevel(concurrency: number, records: RequestRecord[], du
 export async function benchServer(o: ServerBenchOptions): Promise<ServerBenchResult> {
   const say = o.onProgress ?? (() => {});
   const base = serverBase(o.url);
-  const listed = await probeServer(base);
+  const listed = await probeServer(base, o.apiKey);
   const model = o.model ?? listed ?? "default";
   say(`${base}: model ${model}; warm-up request`);
-  const warm = await timedRequest(base, model, o.prompts[0]!, Math.min(o.maxTokens, 8), o.timeoutSeconds);
+  const warm = await timedRequest(
+    base,
+    model,
+    uncached(o.prompts[0]!),
+    Math.min(o.maxTokens, 8),
+    o.timeoutSeconds,
+    o.apiKey,
+  );
   if (!warm.ok) throw new Error(`the warm-up request to ${base}/v1/chat/completions failed: ${warm.error}`);
   const levels: LevelResult[] = [];
   for (const concurrency of o.concurrency) {
@@ -222,7 +247,8 @@ export async function benchServer(o: ServerBenchOptions): Promise<ServerBenchRes
     const worker = async () => {
       while (next < o.requests) {
         const i = next++;
-        records.push(await timedRequest(base, model, o.prompts[i % o.prompts.length]!, o.maxTokens, o.timeoutSeconds));
+        const prompt = uncached(o.prompts[i % o.prompts.length]!);
+        records.push(await timedRequest(base, model, prompt, o.maxTokens, o.timeoutSeconds, o.apiKey));
       }
     };
     await Promise.all(Array.from({ length: Math.min(concurrency, o.requests) }, worker));

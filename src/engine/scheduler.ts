@@ -298,7 +298,8 @@ export class Scheduler {
         const turn = this.#generator.lastTurn;
         const ms = turn?.ms ?? performance.now() - started;
         if (decoding > 0 && events.length > 0) {
-          this.options.onStep?.(ms, turn?.rows ?? decoding);
+          const intervals = this.#intervalsEnded(events);
+          if (intervals > 0) this.options.onStep?.(ms, intervals);
           const changed = this.options.tuner?.observe(ms, decoding);
           if (changed) Object.assign(this.#generator.options, changed);
         }
@@ -309,6 +310,15 @@ export class Scheduler {
     } finally {
       this.#looping = false;
     }
+  }
+
+  /**
+   * The sequences a step gave a further token: each ends an inter-token interval. A first token
+   * ends its sequence's time to first token instead (one whose prompt was all cached but its
+   * last token gets it from a decode step).
+   */
+  #intervalsEnded(events: SequenceEvent[]): number {
+    return new Set(events.filter((e) => this.#running.get(e.id)?.firstTokenAt !== undefined).map((e) => e.id)).size;
   }
 
   #deliver(event: SequenceEvent): void {
