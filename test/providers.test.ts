@@ -5,7 +5,7 @@
 // schema. The remote is killed mid-stream and restarted; an unreachable provider opens its
 // circuit.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Anthropic from "@anthropic-ai/sdk";
@@ -14,6 +14,7 @@ import OpenAI from "openai";
 import Ajv from "ajv";
 import type { Subprocess } from "bun";
 import type { RunningServer } from "../src/server/app";
+import { remoteModel, streamRemoteCompletion } from "../src/providers";
 import { retryAfterMs } from "../src/providers/model";
 import { loadAliases } from "../src/store/aliases";
 import { cliRunner, mainScript } from "./helpers/cli";
@@ -28,10 +29,14 @@ const root = mkdtempSync(join(tmpdir(), "mlx-providers-"));
 /** The proxy's store: only its models.toml matters. */
 const home = join(root, "home");
 const tiny = join(root, "tiny");
+/** A file the remote cannot load: asked for it, the remote answers a 500. */
+const corrupt = join(root, "corrupt.gguf");
 
 let remotePort: number;
 /** A port nothing listens on: the provider that opens its circuit. */
 let unreachable: number;
+/** Another port nothing listens on, for a provider with the default retries. */
+let unreachableRetried: number;
 let remote: Subprocess | undefined;
 let proxy: RunningServer;
 let openai: OpenAI;
@@ -80,6 +85,7 @@ function chatStream(text: string): string {
 
 beforeAll(async () => {
   writeTinyModel(tiny, { contextLength: 1024 });
+  writeFileSync(corrupt, "not a model");
   remotePort = freePort();
   await startRemote();
   const base = `http://127.0.0.1:${remotePort}`;
@@ -146,8 +152,15 @@ beforeAll(async () => {
       });
     },
   });
-  helpers.push(limited, offSchema, gated, silent, busy, whole);
+  // Moves the Messages API to another origin (localhost, not 127.0.0.1): the real remote's.
+  const moved = Bun.serve({
+    port: 0,
+    fetch: () =>
+      new Response(null, { status: 307, headers: { Location: `http://localhost:${remotePort}/v1/messages` } }),
+  });
+  helpers.push(limited, offSchema, gated, silent, busy, whole, moved);
   unreachable = freePort();
+  unreachableRetried = freePort();
 
   process.env.MLX_HOME = home;
   const { mkdirSync } = await import("node:fs");
@@ -205,6 +218,47 @@ provider = "openai"
 base_url = "http://127.0.0.1:${whole.port}/v1"
 model = "${tiny}"
 
+[models.moved]
+provider = "anthropic"
+base_url = "http://127.0.0.1:${moved.port}"
+model = "${tiny}"
+api_key_env = "MLX_TEST_MOVED_KEY"
+
+[models.cligood]
+provider = "openai"
+base_url = "${base}/v1?via=cli"
+model = "${tiny}"
+max_retries = 0
+circuit_failures = 2
+circuit_cooldown = 60
+
+[models.clibroken]
+provider = "openai"
+base_url = "${base}/v1?via=cli"
+model = "${corrupt}"
+max_retries = 0
+circuit_failures = 2
+circuit_cooldown = 60
+
+[models.secretive]
+provider = "openai"
+base_url = "http://mlx-user:pw-s3cret@127.0.0.1:${remotePort}/v1/?tenant=key-s3cret"
+model = "${tiny}"
+
+[models.keyless]
+provider = "openai"
+base_url = "${base}/v1"
+model = "${tiny}"
+api_key_env = "MLX_TEST_KEY_NEVER_SET"
+
+[models.downretried]
+provider = "openai"
+base_url = "http://127.0.0.1:${unreachableRetried}/v1"
+model = "anything"
+retry_base = 0.01
+circuit_failures = 2
+circuit_cooldown = 60
+
 [models.down]
 provider = "openai"
 base_url = "http://127.0.0.1:${unreachable}/v1"
@@ -214,6 +268,7 @@ circuit_failures = 2
 circuit_cooldown = 1
 `,
   );
+  process.env.MLX_TEST_MOVED_KEY = "sk-moved-s3cret";
   proxy = serve();
   openai = new OpenAI({ baseURL: `${proxy.url}/v1`, apiKey: "unused", maxRetries: 0 });
   anthropic = new Anthropic({ baseURL: proxy.url, apiKey: "unused", maxRetries: 0 });
@@ -442,6 +497,17 @@ describe("structured output", () => {
     expect(validForecast(JSON.parse(r.choices[0]!.message.content!))).toBe(true);
   });
 
+  test("a raw completion's schema is passed to the remote's /completions too, which enforces it", async () => {
+    const r = await post(`${proxy.url}/v1/completions`, {
+      model: "ro",
+      prompt: "A forecast:",
+      max_tokens: 60,
+      response_format: { type: "json_schema", json_schema: { name: "f", schema: forecastSchema, strict: true } },
+    });
+    expect(r.status).toBe(200);
+    expect(validForecast(JSON.parse(r.json.choices[0].text))).toBe(true);
+  });
+
   test("a tuple (prefixItems, items: false) is checked by its own draft: a valid answer passes", async () => {
     // Under draft-07 `items: false` refuses every item, and prefixItems means nothing.
     const schema = {
@@ -644,6 +710,44 @@ describe("failures", () => {
     expect((await ask()).status).toBe(503);
   });
 
+  test("a request whose own retries open the circuit reports why they failed, not the circuit", async () => {
+    const ask = () =>
+      post(`${proxy.url}/v1/chat/completions`, { model: "downretried", messages: [{ role: "user", content: "Hi" }] });
+    // Its first two tries (of three) fail, which opens the circuit (circuit_failures = 2).
+    const first = await ask();
+    expect(first.status).toBe(502);
+    expect(first.json.error.message).toContain("cannot be reached: connection refused");
+    const next = await ask();
+    expect(next.status).toBe(503);
+    expect(next.json.error.message).toContain("circuit is open after 2 consecutive failures");
+  });
+
+  test("an api_key_env that is not set is named with the models.toml line of its entry", async () => {
+    const file = join(home, "models.toml");
+    const line = readFileSync(file, "utf8").split("\n").indexOf("[models.keyless]") + 1;
+    const r = await post(`${proxy.url}/v1/chat/completions`, {
+      model: "keyless",
+      messages: [{ role: "user", content: "Hi" }],
+    });
+    expect(r.status).toBe(502);
+    expect(r.json.error.message).toBe(
+      `model 'keyless' (${file}:${line}): api_key_env names the environment variable MLX_TEST_KEY_NEVER_SET, which is not set`,
+    );
+  });
+
+  test("a provider's redirect is not followed (the key would go along to another host), and says where it points", async () => {
+    const r = await post(`${proxy.url}/v1/messages`, {
+      model: "moved",
+      max_tokens: 4,
+      messages: [{ role: "user", content: "Hi" }],
+    });
+    expect(r.status).toBe(502);
+    expect(r.json.error.message).toContain(
+      `answered 307: a redirect to http://localhost:${remotePort}/v1/messages, which is not followed`,
+    );
+    expect(r.json.error.message).not.toContain("s3cret");
+  });
+
   test("the remote killed mid-stream: the client gets a clean error, and the pool recovers once it is back", async () => {
     const stream = await openai.chat.completions.create({
       model: "rslow",
@@ -714,6 +818,42 @@ test("a streamed Responses answer whose provider dies ends with error, then resp
   expect(last.response.status).toBe("failed");
   expect(last.response.error.message).toContain("the connection was closed by the server");
 }, 120_000);
+
+test("base_url's user:password and query reach the provider, and are masked wherever the URL is shown", async () => {
+  // The query must stay a query: the API path goes before it, not into it.
+  const r = await openai.chat.completions.create({
+    model: "secretive",
+    messages: [{ role: "user", content: "Hi" }],
+    max_tokens: 4,
+  });
+  expect(r.choices[0]!.message.content!.length).toBeGreaterThan(0);
+  const refused = await openai.chat.completions
+    .create({ model: "secretive", max_tokens: 5000, messages: [{ role: "user", content: "Hi" }] })
+    .catch((e) => e);
+  expect(refused).toBeInstanceOf(OpenAI.BadRequestError);
+  expect(refused.message).toContain(`provider http://***@127.0.0.1:${remotePort}/v1?tenant=*** answered 400`);
+  const cli = await cliRunner(home)(["run", "-m", "secretive", "--max-tokens", "5000", "Hi"]);
+  expect(cli.stderr).toContain("answered 400");
+  const shown = [refused.message, await metrics(), await (await fetch(`${proxy.url}/api/tags`)).text(), cli.stderr];
+  for (const text of shown) expect(text).not.toContain("s3cret");
+  expect(shown[1]).toContain(`provider="http://***@127.0.0.1:${remotePort}/v1?tenant=***"`);
+}, 60_000);
+
+test("an answer the command line reads to its end counts as the provider's success for its circuit", async () => {
+  const ask = async (alias: string) => {
+    const pieces = streamRemoteCompletion(remoteModel(alias)!, {
+      prompt: { kind: "chat", messages: [{ role: "user", content: "Hi" }] },
+      sampling: {},
+      maxTokens: 3,
+    });
+    for (let next = await pieces.next(); !next.done; next = await pieces.next());
+  };
+  // The remote's 500s count against the circuit (2 consecutive failures open it); a success between them resets the count.
+  expect(await ask("clibroken").catch((e) => e.message)).toContain("answered 500");
+  await ask("cligood");
+  expect(await ask("clibroken").catch((e) => e.message)).toContain("answered 500");
+  await ask("cligood");
+});
 
 test("/metrics counts per provider and model", async () => {
   const m = await metrics();
@@ -809,6 +949,45 @@ describe("models.toml", () => {
       "unknown key 'source' for a remote model",
     );
     expect(aliasError('provider = "anthropic"\nmodel = "m"\nconnect_timeout = 2.5')).toBe("no error");
+  });
+
+  test("a timeout of 0, which would fail every request at once, is refused", () => {
+    for (const key of ["connect_timeout", "read_timeout"])
+      expect(aliasError(`provider = "openai"\nmodel = "m"\n${key} = 0`)).toContain(
+        `model 'x': ${key} must be more than 0 seconds`,
+      );
+  });
+
+  test("a remote entry's mistake names the file and the line of the entry", () => {
+    const dir = mkdtempSync(join(tmpdir(), "mlx-providers-toml-"));
+    const file = join(dir, "models.toml");
+    const entries = [
+      '[models.fine]\nprovider = "openai"\nmodel = "m"\n',
+      '[ models . "x" ]  # the broken one\nprovider = "cohere"\nmodel = "m"\n',
+    ];
+    writeFileSync(file, entries.join("\n"));
+    process.env.MLX_HOME = dir;
+    try {
+      expect(() => loadAliases()).toThrow(`${file}:5: model 'x': provider must be "openai" or "anthropic"`);
+    } finally {
+      process.env.MLX_HOME = home;
+    }
+  });
+
+  test("two entries on one base_url that disagree on its provider are refused, each named with its line", () => {
+    const dir = mkdtempSync(join(tmpdir(), "mlx-providers-toml-"));
+    const file = join(dir, "models.toml");
+    const entry = (name: string, kind: string) =>
+      `[models.${name}]\nprovider = "${kind}"\nbase_url = "http://127.0.0.1:${unreachable}"\nmodel = "m"\n`;
+    writeFileSync(file, [entry("chat", "openai"), entry("messages", "anthropic")].join("\n"));
+    process.env.MLX_HOME = dir;
+    try {
+      expect(() => loadAliases()).toThrow(
+        `${file}:6: model 'messages': its base_url http://127.0.0.1:${unreachable} is also that of model 'chat' (${file}:1), with another provider kind or other limits`,
+      );
+    } finally {
+      process.env.MLX_HOME = home;
+    }
   });
 
   test("a remote alias has no weights: pulling or loading it says so", async () => {

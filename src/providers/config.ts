@@ -7,8 +7,8 @@
 //   api_key_env = "OPENAI_API_KEY"         # the environment variable holding the key (none: no key sent)
 //   max_connections = 8                    # ... and the other limits below, all optional
 //
-// Models on the same endpoint (kind, base_url and key) share one provider: its connection
-// pool, its circuit and its metrics. Their limits must then agree.
+// Models on the same base_url share one provider: its connection pool, its circuit and its
+// metrics. Their kind and limits must then agree (checkSharedProviders).
 
 export type ProviderKind = "openai" | "anthropic";
 
@@ -37,7 +37,12 @@ export interface RemoteModelConfig {
   /** The alias. */
   name: string;
   kind: ProviderKind;
+  /** The provider's URL as it is shown (errors, logs, /metrics, listings): no credentials, no query values. */
   baseUrl: string;
+  /** The URL requests go to, with any user:password and query of base_url: never shown. */
+  endpoint: string;
+  /** Where the entry is written (file:line), which errors about its settings name. */
+  definedAt: string;
   /** The model name the provider knows. */
   model: string;
   apiKeyEnv?: string;
@@ -79,7 +84,7 @@ const LIMIT_KEYS: [string, keyof ProviderLimits, "count" | "seconds"][] = [
 const KNOWN_KEYS = new Set(["provider", "base_url", "model", "api_key_env", "max_tokens", "description"]);
 for (const [key] of LIMIT_KEYS) KNOWN_KEYS.add(key);
 
-/** Reads a remote entry of models.toml; `origin` (the file) and the alias name its errors. */
+/** Reads a remote entry of models.toml; `origin` (the file and the entry's line) and the alias name its errors. */
 export function parseRemoteModel(name: string, e: Record<string, unknown>, origin: string): RemoteModelConfig {
   const where = `${origin}: model '${name}'`;
   const kind = e.provider;
@@ -104,16 +109,57 @@ export function parseRemoteModel(name: string, e: Record<string, unknown>, origi
   }
   if (limits.maxConnections < 1) throw new Error(`${where}: max_connections must be at least 1`);
   if (limits.circuitFailures < 1) throw new Error(`${where}: circuit_failures must be at least 1`);
+  // A timeout of 0 would fail every request at once (it does not mean "none").
+  if (limits.connectTimeoutMs === 0) throw new Error(`${where}: connect_timeout must be more than 0 seconds`);
+  if (limits.readTimeoutMs === 0) throw new Error(`${where}: read_timeout must be more than 0 seconds`);
   const maxTokens = e.max_tokens ?? 4096;
   if (typeof maxTokens !== "number" || !Number.isInteger(maxTokens) || maxTokens < 1)
     throw new Error(`${where}: max_tokens must be a whole number >= 1`);
+  const endpoint = new URL(baseUrl);
+  endpoint.pathname = endpoint.pathname.replace(/\/+$/, ""); // ".../v1/" is ".../v1": one provider
   return {
     name,
     kind,
-    baseUrl: baseUrl.replace(/\/+$/, ""),
+    baseUrl: shownUrl(endpoint),
+    endpoint: endpoint.href,
+    definedAt: origin,
     model: e.model,
     apiKeyEnv: e.api_key_env as string | undefined,
     defaultMaxTokens: maxTokens,
     limits,
   };
 }
+
+/**
+ * A base URL as it may be shown: base_url may carry secrets (user:password, which fetch sends as
+ * Basic auth, or a key in its query, as some gateways take it), so those are masked.
+ */
+function shownUrl(url: URL): string {
+  const shown = new URL(url);
+  if (shown.username || shown.password) {
+    shown.username = "***";
+    shown.password = "";
+  }
+  for (const key of [...shown.searchParams.keys()]) shown.searchParams.set(key, "***");
+  return shown.href.replace(/\/+$/, "");
+}
+
+/**
+ * Models on one endpoint share its provider (pool, circuit, metrics), so they must agree on its
+ * kind and limits: a second entry that does not is named with its file and line.
+ */
+export function checkSharedProviders(remotes: Iterable<RemoteModelConfig>): void {
+  const first = new Map<string, RemoteModelConfig>();
+  for (const config of remotes) {
+    const owner = first.get(config.endpoint);
+    if (!owner) first.set(config.endpoint, config);
+    else if (!sameProvider(owner, config))
+      throw new Error(
+        `${config.definedAt}: model '${config.name}': its base_url ${config.baseUrl} is also that of model '${owner.name}' (${owner.definedAt}), with another provider kind or other limits: models on one base_url share its connections and circuit, so they must agree`,
+      );
+  }
+}
+
+/** Whether two entries on one base_url set up the same provider. */
+export const sameProvider = (a: RemoteModelConfig, b: RemoteModelConfig) =>
+  a.kind === b.kind && JSON.stringify(a.limits) === JSON.stringify(b.limits);

@@ -1,8 +1,10 @@
 // Remote models by alias, and their providers, shared by everything in this process (the
 // server's routes, run, chat, bench). A provider is its base URL: the models on it share one
 // connection pool, one circuit and one set of metrics, so they must agree on its limits.
+// Providers are told apart by their real endpoint (credentials included) and shown by their
+// base URL with the secrets masked.
 import { loadAliases } from "../store/aliases";
-import type { RemoteModelConfig } from "./config";
+import { sameProvider, type RemoteModelConfig } from "./config";
 import { Provider, RemoteModel } from "./model";
 
 export { Provider, RemoteModel, type StreamOptions } from "./model";
@@ -11,7 +13,7 @@ export { RemoteConversation } from "./conversation";
 export { describeFetchError } from "./types";
 export type { RemoteEvent, RemoteRequest, RemoteUsage } from "./types";
 
-const providers = new Map<string, { provider: Provider; owner: string; config: RemoteModelConfig }>();
+const providers = new Map<string, { provider: Provider; config: RemoteModelConfig }>();
 
 /** The remote model an alias names (none: the default model); undefined when it is not a remote alias. */
 export function remoteModel(name: string | undefined): RemoteModel | undefined {
@@ -36,16 +38,10 @@ export function activeProviders(): Provider[] {
 }
 
 function providerFor(config: RemoteModelConfig): Provider {
-  const known = providers.get(config.baseUrl);
-  const same = (a: RemoteModelConfig) =>
-    a.kind === config.kind && JSON.stringify(a.limits) === JSON.stringify(config.limits);
-  if (known && same(known.config)) return known.provider;
-  // Another model on this URL set other limits; its owner changing them (models.toml edited) replaces it.
-  if (known && known.owner !== config.name)
-    throw new Error(
-      `models '${known.owner}' and '${config.name}' use the same provider (${config.baseUrl}) with different provider or limits in models.toml: make them agree`,
-    );
+  const known = providers.get(config.endpoint);
+  if (known && sameProvider(known.config, config)) return known.provider;
+  // models.toml (whose entries on one base_url agree) was edited since: the provider is set up anew.
   const provider = new Provider(config.baseUrl, config.limits, config.kind);
-  providers.set(config.baseUrl, { provider, owner: config.name, config });
+  providers.set(config.endpoint, { provider, config });
   return provider;
 }

@@ -86,11 +86,11 @@ export class RemoteModel {
   async *#attempts(req: RemoteRequest, options: StreamOptions): AsyncGenerator<RemoteEvent> {
     const { adapter, pool, circuit, limits, label } = this.provider;
     const { path, body } = adapter.request(this.config, req);
-    const url = `${this.config.baseUrl}${path}`;
+    const url = requestUrl(this.config.endpoint, path);
     const key = this.config.apiKeyEnv ? process.env[this.config.apiKeyEnv] : undefined;
     if (this.config.apiKeyEnv && !key)
       throw new ProviderError(
-        `model '${this.config.name}': the environment variable ${this.config.apiKeyEnv} (its API key) is not set`,
+        `model '${this.config.name}' (${this.config.definedAt}): api_key_env names the environment variable ${this.config.apiKeyEnv}, which is not set`,
         "unavailable",
       );
     const init = { method: "POST", headers: adapter.headers(key), body: JSON.stringify(body) };
@@ -115,10 +115,13 @@ export class RemoteModel {
         const messages = serverSentEvents(response.body!, limits.readTimeoutMs, label);
         for await (const event of adapter.events(messages)) {
           handedOn = true;
+          // The answer is whole once its end arrives, also for a reader that stops there (the CLI).
+          if (event.type === "done") {
+            verdict = true;
+            circuit.succeeded();
+          }
           yield event;
         }
-        verdict = true;
-        circuit.succeeded();
         return;
       } catch (error) {
         if (options.signal?.aborted) throw error; // the client went away: no verdict on the provider
@@ -127,7 +130,9 @@ export class RemoteModel {
         if (failure.unhealthy) circuit.failed(failure.reason);
         else circuit.succeeded();
         const waitMs = failure.retryAfterMs ?? backoffMs(limits, attempt);
-        if (handedOn || !failure.retryable || attempt >= limits.maxRetries || waitMs > limits.retryMaxMs)
+        // A circuit this failure opened would refuse the retry: the client hears the failure itself.
+        const refused = circuit.state !== "closed";
+        if (handedOn || !failure.retryable || attempt >= limits.maxRetries || waitMs > limits.retryMaxMs || refused)
           throw failure.error;
         options.onRetry?.(failure.reason);
         release();
@@ -149,7 +154,8 @@ export class RemoteModel {
       connection.abort();
     }, this.provider.limits.connectTimeoutMs);
     try {
-      return await fetch(url, { ...init, signal: connection.signal });
+      // Not followed: fetch would resend a header key (Anthropic's x-api-key) to another host.
+      return await fetch(url, { ...init, redirect: "manual", signal: connection.signal });
     } catch (error) {
       if (timedOut)
         throw new ProviderError(
@@ -161,6 +167,13 @@ export class RemoteModel {
       clearTimeout(timer);
     }
   }
+}
+
+/** The URL of an API path under base_url, which may end with a slash or carry a query (Azure's api-version). */
+function requestUrl(endpoint: string, path: string): string {
+  const url = new URL(endpoint);
+  url.pathname = url.pathname.replace(/\/+$/, "") + path;
+  return url.href;
 }
 
 /** A provider that ignored `stream: true` and sent its whole answer: asking again gets the same. */
@@ -191,9 +204,13 @@ function statusKind(status: number): ProviderError["kind"] {
 
 async function statusFailure(response: Response, adapter: ProviderAdapter): Promise<StatusFailure> {
   const body = await response.text();
+  const location = response.headers.get("location");
+  const redirected = response.status >= 300 && response.status < 400 && location;
   return new StatusFailure(
     response.status,
-    adapter.errorMessage(body),
+    redirected
+      ? `a redirect to ${location}, which is not followed (it could take the API key elsewhere): set base_url to where it points`
+      : adapter.errorMessage(body),
     retryAfterMs(response.headers.get("retry-after")),
     errorBodyParam(body),
   );

@@ -25,6 +25,8 @@ export const openaiAdapter: ProviderAdapter = {
       max_tokens: req.maxTokens,
       ...sampling(req.sampling),
       ...(req.stop?.length ? { stop: req.stop } : {}),
+      // Raw completions too: vLLM and mlx serve constrain them (OpenAI's refusal names it).
+      ...(req.format ? { response_format: responseFormat(req.format) } : {}),
     };
     const prompt = req.prompt;
     if (prompt.kind === "ids")
@@ -46,7 +48,6 @@ export const openaiAdapter: ProviderAdapter = {
       body: {
         ...common,
         messages,
-        ...(req.format ? { response_format: responseFormat(req.format) } : {}),
         ...(req.tools?.tools.length ? tools(req.tools) : {}),
       },
     };

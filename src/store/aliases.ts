@@ -5,7 +5,7 @@ import { dirname, join, resolve } from "node:path";
 import { parse, TomlError } from "smol-toml";
 import shipped from "../../models.toml" with { type: "text" };
 import type { KvQuantization } from "../models/cache";
-import { parseRemoteModel, type RemoteModelConfig } from "../providers/config";
+import { checkSharedProviders, parseRemoteModel, type RemoteModelConfig } from "../providers/config";
 import type { SpeculationChoice } from "../models/load";
 import { storeRoot } from "./paths";
 
@@ -25,6 +25,12 @@ export interface ModelAlias {
 
 /** Tokens drafted per speculative step unless told otherwise (mlx-lm's default). */
 export const defaultNumDraft = 3;
+
+/**
+ * The most tokens a step may draft: a draft is kept whole only while every token of it is, so
+ * past a few dozen a step verifies positions that are never kept, and more is a typo (300 for 3).
+ */
+export const maxNumDraft = 64;
 
 export interface AliasTable {
   defaultModel: string;
@@ -57,7 +63,7 @@ function parseTable(
   for (const [name, entry] of Object.entries(table as Record<string, unknown>)) {
     const e = entry as Record<string, unknown>;
     if (typeof e === "object" && e !== null && e.provider !== undefined) {
-      remotes.push(parseRemoteModel(name, e, origin));
+      remotes.push(parseRemoteModel(name, e, withLine(origin, entryLine(text, name))));
       continue;
     }
     if (typeof e !== "object" || typeof e.source !== "string" || e.source.length === 0) {
@@ -84,6 +90,16 @@ function parseTable(
   return { defaultModel: doc.default as string | undefined, models, remotes };
 }
 
+/** The line (1-based) of an alias's `[models.NAME]` header; undefined when the entry is written otherwise. */
+function entryLine(text: string, name: string): number | undefined {
+  const headers = new Set([name, `"${name}"`, `'${name}'`].map((key) => `[models.${key}]`));
+  // Spaces are allowed around the dot and brackets, and a comment after them.
+  const at = text.split("\n").findIndex((line) => headers.has(line.split("#")[0]!.replace(/\s+/g, "")));
+  return at >= 0 ? at + 1 : undefined;
+}
+
+const withLine = (origin: string, line: number | undefined) => (line ? `${origin}:${line}` : origin);
+
 export function loadAliases(): AliasTable {
   const base = parseTable(shipped, "models.toml (built in)", process.cwd());
   const models = new Map(base.models.map((m) => [m.name, m]));
@@ -103,6 +119,7 @@ export function loadAliases(): AliasTable {
     }
     defaultModel = user.defaultModel ?? defaultModel;
   }
+  checkSharedProviders(remotes.values());
   return { defaultModel, models, remotes };
 }
 
@@ -115,6 +132,7 @@ function aliasSpeculationEntry(e: Record<string, unknown>, where: string): Specu
   if (draftModel && promptLookup) throw new Error(`${where}: give draft_model or prompt_lookup, not both`);
   if (numDraft !== undefined && !(Number.isInteger(numDraft) && (numDraft as number) > 0))
     throw new Error(`${where}: num_draft must be a whole number > 0`);
+  if ((numDraft as number) > maxNumDraft) throw new Error(`${where}: num_draft must be at most ${maxNumDraft}`);
   if (!draftModel && !promptLookup) return undefined;
   return { draftModel: draftModel as string | undefined, numDraft: (numDraft as number) ?? defaultNumDraft };
 }
