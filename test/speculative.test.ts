@@ -17,15 +17,17 @@ import type { KvQuantization } from "../src/models/cache";
 import { resolveModelPath } from "../src/store/resolve";
 import { speculationFlags } from "../src/cmd/options";
 import { cliRunner } from "./helpers/cli";
-import { serve, tinyModel } from "./helpers/serve";
-import { writeTinyModel } from "./helpers/tiny-model";
+import { post, serve, tinyModel } from "./helpers/serve";
+import { smolVocabSize, writeTinyModel } from "./helpers/tiny-model";
 
 const root = mkdtempSync(join(tmpdir(), "mlx-spec-"));
 let tiny: LoadedModel;
 let otherTiny: LoadedModel;
 beforeAll(() => {
   writeTinyModel(join(root, "tiny"));
-  writeTinyModel(join(root, "other"), { seed: 7 });
+  // Its embedding padded past the vocabulary (as Qwen2.5's smaller models against its larger):
+  // its logits are wider than the model's, and every draft it makes is within the model's.
+  writeTinyModel(join(root, "other"), { seed: 7, vocabSize: smolVocabSize + 64 });
   writeTinyModel(join(root, "wide"), { headDim: 32 });
   tiny = loadModel(join(root, "tiny"));
   otherTiny = loadModel(join(root, "other"));
@@ -92,6 +94,71 @@ describe("greedy speculation gives the model's own tokens", () => {
     } finally {
       quantized.free();
     }
+  });
+
+  test("per-channel quantized keys: no step fills a group after its first position, so every position reads the cache as one at a time", () => {
+    const quantized = loadModel(join(root, "wide"));
+    try {
+      for (const kv of [
+        { bits: 4, groupSize: 32 },
+        { bits: 8, groupSize: 32, start: 20 },
+      ]) {
+        quantized.kvQuantization = kv;
+        // Itself as its draft drafts every step, so steps land on every position of a group.
+        for (const numDraft of [3, 5]) {
+          const speculation = { numDraft, maxBatch: 1, draftModel: quantized.model };
+          const alone = tokens(quantized, defaultSampling, 80);
+          const events = tokens(quantized, defaultSampling, 80, speculation);
+          expect(drafted(events)).toBeGreaterThan(0);
+          expect(ids(events)).toEqual(ids(alone));
+          // The same cache read the same way: the same log-probabilities (to float32 rounding).
+          events.forEach((e, i) => expect(e.logprob).toBeCloseTo(alone[i]!.logprob, 4));
+        }
+      }
+    } finally {
+      quantized.free();
+    }
+  });
+
+  test("a prompt's first token comes out of its prefill's step alone, not after the draft model took in the prompt", () => {
+    const speculation = { numDraft: 3, maxBatch: 1, draftModel: otherTiny.model };
+    const generator = new BatchGenerator(tiny.model, { maxBatch: 1, prefillChunk: 64, speculation });
+    try {
+      generator.add("0", { promptIds: prompt, sampling: defaultSampling, maxTokens: 24 });
+      let first: SequenceEvent[] = [];
+      while (first.length === 0) first = generator.step();
+      const rest: SequenceEvent[] = [];
+      while (!generator.idle) rest.push(...generator.step());
+      expect(first.map((e) => e.drafted ?? 0)).toEqual([0]);
+      expect(ids([...first, ...rest])).toEqual(ids(tokens(tiny, defaultSampling, 24)));
+      expect(drafted(rest)).toBeGreaterThan(0);
+    } finally {
+      generator.dispose();
+    }
+  });
+
+  test("a draft stops at an end token: nothing after the answer's end is drafted or counted", () => {
+    const alone = ids(tokens(tiny, defaultSampling, 40));
+    // An end token the answer reaches a few tokens in (the generator itself does not stop at it).
+    const end = alone.slice(3).find((token) => token !== alone[0])!;
+    const endTokens = new Set([end]);
+    for (const speculation of [
+      { numDraft: 8, maxBatch: 1, draftModel: tiny.model, endTokens },
+      { numDraft: 8, maxBatch: 1, endTokens },
+    ]) {
+      const events = tokens(tiny, defaultSampling, 40, speculation);
+      expect(ids(events)).toEqual(alone);
+      // A step's events start with its kept draft: an end token there may only be the draft's last.
+      let ends = 0;
+      events.forEach((e, i) => {
+        const at = ids(events.slice(i, i + (e.accepted ?? 0))).indexOf(end);
+        if (at < 0) return;
+        ends++;
+        expect(at).toBe(e.drafted! - 1);
+      });
+      expect(ends).toBeGreaterThan(0);
+    }
+    expect(lookupDraft([1, 2, 3, 2, 7, 1, 2, 3], 4, new Set([7]))).toEqual([2, 7]);
   });
 
   test("in a batch, each sequence takes back its own rejected drafts", () => {
@@ -301,6 +368,62 @@ describe("requests", () => {
     }
   });
 
+  test("a draft model that cannot be found or loaded is said to be the draft model, not the model asked for", async () => {
+    // Before: a server's client got a 404 on `model` naming a model it never asked for.
+    const missing = join(root, "no-such-draft");
+    const server = serve({ speculation: { draftModel: missing, numDraft: 3 } });
+    try {
+      const r = await post(`${server.url}/v1/chat/completions`, {
+        model: tinyModel(),
+        messages: [{ role: "user", content: "Hi" }],
+        max_tokens: 3,
+      });
+      expect(r.status).toBe(400);
+      expect(r.json.error).toMatchObject({ param: "draft_model", code: "unsupported" });
+      expect(r.json.error.message).toStartWith("draft model: ");
+      expect(r.json.error.message).toContain(missing);
+    } finally {
+      await server.stop();
+    }
+    const mlx = cliRunner(join(root, "home"));
+    const unloadable = await mlx(["run", "-m", join(root, "tiny"), "--draft-model", root, "--max-tokens", "3", "Hi"]);
+    expect(unloadable.code).not.toBe(0);
+    expect(unloadable.stderr.trim()).toBe(
+      `error: draft model: ${root} has no config.json (expected an MLX-community model directory)`,
+    );
+  });
+
+  test("a draft model whose logits are narrower or wider than the model's (a padded embedding) drafts for it", async () => {
+    // Before: refused ("it scores 49216 tokens per step, the model 49152"), though the tokens agree.
+    const mlx = cliRunner(join(root, "home"));
+    const [tinyDir, otherDir] = [join(root, "tiny"), join(root, "other")];
+    for (const [model, draft] of [
+      [tinyDir, otherDir],
+      [otherDir, tinyDir],
+    ])
+      for (const temp of ["0", "0.9"]) {
+        const args = [
+          "run",
+          "-m",
+          model,
+          "--max-tokens",
+          "12",
+          "--temp",
+          temp,
+          "--seed",
+          "1",
+          "--raw",
+          "--json",
+          "one two",
+        ];
+        const drafting = await mlx([...args.slice(0, -1), "--draft-model", draft, "--verbose", "one two"]);
+        expect(drafting.stderr).toMatch(/speculation: \d+ of [1-9]\d* drafted tokens accepted/);
+        expect(drafting.code).toBe(0);
+        const ids = (out: string) => JSON.parse(out).token_ids as number[];
+        if (temp === "0") expect(ids(drafting.stdout)).toEqual(ids((await mlx(args)).stdout));
+      }
+  });
+
   test("mlx run and chat: a draft model of another vocabulary, or both methods, is a one-line error; counts shown", async () => {
     const mlx = cliRunner(join(root, "home"));
     const odd = join(root, "odd");
@@ -379,6 +502,28 @@ test("models.toml: prompt_lookup or draft_model with num_draft on an alias; both
   expect(rotating.stderr.trim()).toBe(
     "error: speculative decoding cannot go with a rotating KV cache (max_kv_size 64): it cannot take back rejected drafts; give one or the other",
   );
+});
+
+test("--num-draft past 64 (a typo for a small number) is an error, as num_draft in models.toml", async () => {
+  // Before: --num-draft 1000000 drafted as much as the answer had room for, every step.
+  for (const value of ["65", "1000000", "99999999999999999999"])
+    expect(() => speculationFlags({ "prompt-lookup": true, "num-draft": value })).toThrow(
+      `--num-draft must be at most 64 (got '${value}')`,
+    );
+  expect(speculationFlags({ "prompt-lookup": true, "num-draft": "64" })).toEqual({ numDraft: 64 });
+  for (const value of ["0", "-1", "abc", "1.5", ""])
+    expect(() => speculationFlags({ "prompt-lookup": true, "num-draft": value })).toThrow(
+      `--num-draft must be a whole number > 0 (got '${value}')`,
+    );
+  const home = join(root, "num-draft-home");
+  mkdirSync(home, { recursive: true });
+  writeFileSync(
+    join(home, "models.toml"),
+    `[models.spec]\nsource = "${join(root, "tiny")}"\nprompt_lookup = true\nnum_draft = 500\n`,
+  );
+  const huge = await cliRunner(home)(["run", "-m", "spec", "Hi"]);
+  expect(huge.code).not.toBe(0);
+  expect(huge.stderr).toContain("model 'spec': num_draft must be at most 64");
 });
 
 describe("the default model", () => {

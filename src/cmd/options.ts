@@ -5,7 +5,14 @@ import { readFileSync } from "node:fs";
 import { defaultSampling, validateSampling, type SamplingParams } from "../engine/sampling";
 import { validateSchema, type JsonFormat } from "../engine/grammar";
 import type { KvQuantization } from "../models/cache";
-import { aliasAdapter, aliasKvQuantization, aliasMaxKvSize, aliasSpeculation, defaultNumDraft } from "../store/aliases";
+import {
+  aliasAdapter,
+  aliasKvQuantization,
+  aliasMaxKvSize,
+  aliasSpeculation,
+  defaultNumDraft,
+  maxNumDraft,
+} from "../store/aliases";
 import type { SpeculationChoice } from "../models/load";
 import type { PipelineSpec } from "../engine/pipeline";
 import { fileErrorReason } from "../format";
@@ -209,12 +216,20 @@ export function speculationFlags(args: Record<string, unknown>): SpeculationChoi
     throw new Error(
       `${lookup ? "--prompt-lookup" : "--draft-model"} cannot speculate with --max-kv-size: the rotating cache cannot take back rejected drafts; give one or the other`,
     );
-  const numDraft = args["num-draft"] === undefined ? undefined : positiveInteger("num-draft", args["num-draft"]);
+  const numDraft = args["num-draft"] === undefined ? undefined : numDraftFlag(args["num-draft"]);
   if (draftModel === undefined && !lookup) {
     if (numDraft !== undefined) throw new Error("--num-draft needs --draft-model or --prompt-lookup");
     return undefined;
   }
   return { draftModel, numDraft: numDraft ?? defaultNumDraft };
+}
+
+/** --num-draft's value, checked: a whole number from 1 to maxNumDraft. */
+function numDraftFlag(value: unknown): number {
+  // Digits past the bound (even past 2^53) are a whole number, only too many.
+  if (/^\d+$/.test(String(value)) && Number(value) > maxNumDraft)
+    throw new Error(`--num-draft must be at most ${maxNumDraft} (got '${value}')`);
+  return positiveInteger("num-draft", value);
 }
 
 /**

@@ -8,6 +8,7 @@ import type { MxArray } from "../mlx";
 import { cacheState, freeCaches, makeCaches, type DecoderModel, type KVCache } from "../models";
 import { BatchKVCache } from "../models/batch-cache";
 import type { KvQuantization } from "../models/cache";
+import { isChannelLayout } from "../models/channel-keys";
 import type { Adapter } from "../models/lora";
 import { DEFAULT_KV_KEEP, RotatingKVCache } from "../models/rotating-cache";
 import { seedCaches, type PrefixCache } from "./prefix-cache";
@@ -154,9 +155,9 @@ export class BatchGenerator {
   readonly speculationCounts: SpeculationCounts = { steps: 0, drafted: 0, accepted: 0 };
   /**
    * Where groups take turns, the last step's tokens are one per sequence of one group, which
-   * waited a whole turn of the groups for them: that interval (ms) and those sequences.
+   * waited a whole turn of the groups for them: that interval (ms).
    */
-  lastTurn?: { ms: number; rows: number };
+  lastTurn?: { ms: number };
 
   constructor(
     readonly model: DecoderModel,
@@ -288,9 +289,11 @@ export class BatchGenerator {
     const group = this.#groups[0]!;
     for (const s of group.active) s.pause = Math.max(0, s.pause - 1);
     if (this.#speculating) {
+      // A prefill's first token goes out at once, not after the draft model has taken in the prompt.
+      if (events.length > 0) return events;
       // Drafting needs every sequence's last token on the host.
       if (group.ahead) events.push(...this.#read(group, this.#takeAhead(group)));
-      const room = this.#draftsBeforeQuantizing(group);
+      const room = this.#draftRoom(group);
       const drafts = group.active.map((s) => this.#draft(s, room));
       if (drafts.some((d) => d.tokens.length > 0)) {
         events.push(...this.#speculate(drafts));
@@ -351,7 +354,7 @@ export class BatchGenerator {
       events.push(...this.#read(group, this.#takeAhead(group), next));
       group.ahead = next;
       const now = performance.now();
-      this.lastTurn = { ms: now - (group.readAt ?? started), rows: events.length };
+      this.lastTurn = { ms: now - (group.readAt ?? started) };
       // A group left empty starts its next turns afresh.
       group.readAt = group.active.length > 0 ? now : undefined;
     }
@@ -383,15 +386,21 @@ export class BatchGenerator {
   }
 
   /**
-   * Draft tokens a step may verify while the KV cache is still float before --kv-quant-start: a
-   * step across that point quantizes the cache first, so its positions before the start would
-   * be read quantized, where decoding one token at a time reads them in float.
+   * Draft tokens a step may verify so that each of its positions reads the KV cache as decoding
+   * one token at a time would: a step that quantizes keys (the whole cache at --kv-quant-start,
+   * or a group of per-channel keys whose float tail fills) does so before attention, so its
+   * positions before that point would read quantized keys where one at a time reads them in float.
    */
-  #draftsBeforeQuantizing(group: DecodeGroup): number {
-    const start = this.options.kvQuantization?.start;
+  #draftRoom(group: DecodeGroup): number {
+    const q = this.options.kvQuantization;
     const cache = group.caches[0];
-    if (start === undefined || !cache || cache.quantized || cache.offset >= start) return Infinity;
-    return start - cache.offset - 1;
+    if (!q || !cache) return Infinity;
+    if (!cache.quantized)
+      return q.start === undefined || cache.offset >= q.start ? Infinity : q.start - cache.offset - 1;
+    if (!isChannelLayout(cache.keys)) return Infinity;
+    // The step's first position may fill the tail's group (one at a time, it reads it quantized too).
+    const untilFull = q.groupSize - cache.keys![3]!.shape[2]!;
+    return untilFull === 1 ? q.groupSize - 1 : untilFull - 2;
   }
 
   /**
@@ -404,8 +413,11 @@ export class BatchGenerator {
     const o = this.options.speculation!;
     const count = Math.min(o.numDraft, s.request.maxTokens - s.generated - 1, room);
     if (s.request.speculate === false || s.pause > 0 || s.generated === 0 || count <= 0) return { tokens: [] };
-    if (o.draftModel) return modelDraft(o.draftModel, s, count, this.options.prefillChunk);
-    const tokens = lookupDraft([...s.history, s.next], count);
+    if (o.draftModel) {
+      const width = this.model.config.vocabSize;
+      return modelDraft(o.draftModel, s, count, { chunk: this.options.prefillChunk, width, endTokens: o.endTokens });
+    }
+    const tokens = lookupDraft([...s.history, s.next], count, o.endTokens);
     if (tokens.length === 0) this.#missed(s);
     return { tokens };
   }

@@ -10,8 +10,8 @@
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import { freeCaches, makeCaches, type DecoderModel, type KVCache } from "../models";
-import type { LoadedModel, SpeculationChoice } from "../models/load";
-import { UnsupportedError } from "../errors";
+import { ModelLoadError, type LoadedModel, type SpeculationChoice } from "../models/load";
+import { ModelNotFoundError, UnsupportedError } from "../errors";
 import { samplingLogits, type LogitsProcessor, type RandomKeys, type Sampler, type SamplingParams } from "./sampling";
 
 export interface SpeculationOptions {
@@ -21,6 +21,8 @@ export interface SpeculationOptions {
   numDraft: number;
   /** Speculate only while at most this many sequences decode (see speculationMaxBatch). */
   maxBatch: number;
+  /** Tokens that end an answer: a draft stops at one, as nothing after it is ever shown. */
+  endTokens?: ReadonlySet<number>;
 }
 
 /**
@@ -54,7 +56,7 @@ export async function attachSpeculation(
     lm.speculation = { numDraft: choice.numDraft };
     return;
   }
-  const draft = await open(choice.draftModel);
+  const draft = await openDraft(choice.draftModel, open);
   const mismatch = vocabularyMismatch(lm, draft);
   if (mismatch) {
     draft.free();
@@ -71,6 +73,20 @@ export async function attachSpeculation(
   };
 }
 
+/**
+ * The draft model, its errors said to be the draft model's: a server's client would otherwise
+ * read that the model it asked for is unknown (a 404 on `model`), or failed to load.
+ */
+async function openDraft(name: string, open: (name: string) => Promise<LoadedModel>): Promise<LoadedModel> {
+  try {
+    return await open(name);
+  } catch (error) {
+    if (error instanceof ModelNotFoundError) throw new UnsupportedError(`draft model: ${error.message}`, "draft_model");
+    if (error instanceof ModelLoadError) throw new ModelLoadError(`draft model: ${error.message}`);
+    throw error;
+  }
+}
+
 /** The generator's speculation options for what attachSpeculation set on `lm` (none: undefined). */
 export function speculationOptions(lm: LoadedModel): SpeculationOptions | undefined {
   return (
@@ -78,16 +94,19 @@ export function speculationOptions(lm: LoadedModel): SpeculationOptions | undefi
       draftModel: lm.speculation.draft?.model,
       numDraft: lm.speculation.numDraft,
       maxBatch: speculationMaxBatch,
+      endTokens: lm.tokenizer.eosTokenIds,
     }
   );
 }
 
-/** Why two models' vocabularies differ (size, logits width, or a token), or undefined when they agree. */
+/**
+ * Why two models' vocabularies differ (size, or a token), or undefined when they agree. Their
+ * logits may still differ in width (an embedding padded past the vocabulary, as Qwen2.5's larger
+ * models pad theirs): modelDraft drafts within the target's.
+ */
 function vocabularyMismatch(target: LoadedModel, draft: LoadedModel): string | undefined {
   const [t, d] = [target.tokenizer, draft.tokenizer];
   if (t.vocabSize !== d.vocabSize) return `its vocabulary has ${d.vocabSize} tokens, the model's ${t.vocabSize}`;
-  if (target.config.vocabSize !== draft.config.vocabSize)
-    return `it scores ${draft.config.vocabSize} tokens per step, the model ${target.config.vocabSize}`;
   for (let id = 0; id < t.vocabSize; id++) {
     if (t.idToToken(id) !== d.idToToken(id))
       return `token ${id} is '${d.idToToken(id)}' in it but '${t.idToToken(id)}' in the model`;
@@ -123,14 +142,20 @@ export interface Draft {
 /** N-gram sizes prompt lookup tries, longest first; a shorter match drafts too often wrongly. */
 const lookupNgram = { max: 3, min: 2 };
 
-/** Up to `count` tokens that followed the latest earlier occurrence of the last few tokens of `context`. */
-export function lookupDraft(context: readonly number[], count: number): number[] {
+/**
+ * Up to `count` tokens that followed the latest earlier occurrence of the last few tokens of
+ * `context`, through the first of `endTokens` (an earlier turn's end in a chat's prompt).
+ */
+export function lookupDraft(context: readonly number[], count: number, endTokens?: ReadonlySet<number>): number[] {
   for (let n = Math.min(lookupNgram.max, context.length - 1); n >= lookupNgram.min; n--) {
     const tail = context.length - n;
     for (let start = tail - 1; start >= 0; start--) {
       let i = 0;
       while (i < n && context[start + i] === context[tail + i]) i++;
-      if (i === n) return context.slice(start + n, start + n + count);
+      if (i !== n) continue;
+      const found = context.slice(start + n, start + n + count);
+      const end = endTokens ? found.findIndex((token) => endTokens.has(token)) : -1;
+      return end < 0 ? found : found.slice(0, end + 1);
     }
   }
   return [];
@@ -148,19 +173,25 @@ const logSoftmax = (logits: MxArray) => mx.subtract(logits, mx.logsumexp(logits,
 
 /**
  * Drafts `count` tokens with the draft model, token by token, as the sequence's sampler would
- * with the draft's logits (same processors and sampling). The draft's cache first catches up
- * with what the target took since it last drafted, in chunks of `chunk` tokens.
+ * with the draft's logits (same processors and sampling) made `width` wide (the target's), or
+ * fewer when one of `endTokens` ends it. The draft's cache first catches up with what the target
+ * took since it last drafted, in chunks of `chunk` tokens.
  */
-export function modelDraft(model: DecoderModel, s: SpeculatingSequence, count: number, chunk: number): Draft {
+export function modelDraft(
+  model: DecoderModel,
+  s: SpeculatingSequence,
+  count: number,
+  o: { chunk: number; width: number; endTokens?: ReadonlySet<number> },
+): Draft {
   s.draft ??= { caches: makeCaches(model, { windowed: false }), fed: 0 };
   const { caches } = s.draft;
   const feed = (tokens: number[]) =>
     model.layers(model.embed(mx.array(Int32Array.from(tokens), [1, tokens.length])), caches);
   let pending = [...s.history.slice(s.draft.fed), s.next];
-  while (pending.length > chunk) {
-    mx.scope(() => void feed(pending.slice(0, chunk)));
+  while (pending.length > o.chunk) {
+    mx.scope(() => void feed(pending.slice(0, o.chunk)));
     mx.evaluate(...caches.flatMap((c) => c.state));
-    pending = pending.slice(chunk);
+    pending = pending.slice(o.chunk);
   }
   const tokens: number[] = [];
   const probabilities: MxArray[] = [];
@@ -168,7 +199,8 @@ export function modelDraft(model: DecoderModel, s: SpeculatingSequence, count: n
     const [token, probability] = mx.scope(() => {
       const hidden = feed(pending);
       const last = mx.slice(hidden, [0, pending.length - 1, 0], [1, pending.length, hidden.shape[2]!]);
-      const logprobs = logSoftmax(processed(s, mx.reshape(model.head(last), [1, -1]), tokens));
+      const logits = widened(mx.reshape(model.head(last), [1, -1]), o.width);
+      const logprobs = logSoftmax(processed(s, logits, tokens));
       const token = s.sample(logprobs);
       const probability = s.sampling.temperature > 0 ? mx.softmax(samplingLogits(s.sampling, logprobs)) : undefined;
       mx.evaluate(token, ...(probability ? [probability] : []));
@@ -176,14 +208,26 @@ export function modelDraft(model: DecoderModel, s: SpeculatingSequence, count: n
     });
     tokens.push(token);
     if (probability) probabilities.push(probability);
+    if (o.endTokens?.has(token)) break;
     pending = [token];
   }
   // It now holds history, next and every draft token but the last.
-  s.draft.fed = s.history.length + count;
+  s.draft.fed = s.history.length + tokens.length;
   if (probabilities.length === 0) return { tokens };
   const stacked = mx.concatenate(probabilities, 0);
   for (const p of probabilities) p.free();
   return { tokens, probabilities: stacked };
+}
+
+/**
+ * Draft logits [1, V] made [1, width]: ids the target has not are never drafted (sliced off),
+ * ids the draft has not never drafted either (-∞), so its probabilities line up with the target's.
+ */
+function widened(logits: MxArray, width: number): MxArray {
+  const have = logits.shape[1]!;
+  if (have === width) return logits;
+  if (have > width) return mx.slice(logits, [0, 0], [1, width]);
+  return mx.concatenate([logits, mx.full([1, width - have], -Infinity, logits.dtype)], 1);
 }
 
 /** After `accepted` of `drafted` tokens were kept: the draft cache forgets what the target rejected. */
