@@ -212,6 +212,31 @@ describe("attention kernel", () => {
       });
   });
 
+  // A speculative check's positions, causal over the cache, each get the bits of decoding that
+  // position alone: greedy output with and without speculation stays the same.
+  test.each([mx.Dtype.float16, mx.Dtype.bfloat16, mx.Dtype.float32])(
+    "a check's positions give decoding's bits (dtype %p)",
+    (dtype) => {
+      mx.scope(() => {
+        const [heads, kvHeads, dim, positions] = [9, 3, 64, 4];
+        for (const keys of [40, 700, 1300]) {
+          const normal = (shape: number[]) => mx.astype(mx.random.normal(shape), dtype);
+          const q = normal([1, heads, positions, dim]);
+          const k = normal([1, kvHeads, keys, dim]);
+          const v = normal([1, kvHeads, keys, dim]);
+          const checked = mx.fast.scaledDotProductAttention(q, k, v, dim ** -0.5, "causal");
+          for (let i = 0; i < positions; i++) {
+            const seen = keys - positions + i + 1;
+            const upTo = (a: mx.MxArray, n: number) => mx.slice(a, [0, 0, 0, 0], [1, a.shape[1]!, n, dim]);
+            const one = (a: mx.MxArray) => mx.slice(a, [0, 0, i, 0], [1, heads, i + 1, dim]);
+            const decoded = mx.fast.scaledDotProductAttention(one(q), upTo(k, seen), upTo(v, seen), dim ** -0.5);
+            expect(relativeError(one(checked), decoded)).toBe(0);
+          }
+        }
+      });
+    },
+  );
+
   test("a lazy graph node like MLX's: the same result on a second stream", () => {
     mx.scope(() => {
       const { q, k, v, scale } = inputs({ qHeads: 9, kvHeads: 3, queries: 1, keys: 400, dim: 64 });

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include "attention_kernel.h"
@@ -26,17 +27,18 @@ bool hidden_key(const Problem& p, int64_t base, int j) {
                      : static_cast<const float*>(p.mask.data)[at] == -INFINITY;
 }
 
-// The first key any query row of a tile can see: the mask hides the keys before it from all of
-// them (a left-padded batch row's padding, a window's past). A tile's work starts there, so its
-// key chunks and split ranges lie where they would for that sequence alone, and its output is
-// the same to the bit in a batch of any size (batch invariance); padding costs no work either.
+// The keys [first, end) some query row of a tile can see: the mask hides those before and after
+// from all of them (a left-padded batch row's padding, a window's past, a batch's later
+// positions). A tile's work covers just those, so its key chunks and split ranges lie where they
+// would for that sequence alone, or for one position decoded alone, and its output is the same to
+// the bit in a batch of any size (batch invariance); hidden keys cost no work either.
 template <class Problem>
-int first_visible_key(const Problem& p, int b, int kv_head, int row_begin, int row_end) {
-  if (!p.has_mask) return 0;
+std::pair<int, int> visible_keys(const Problem& p, int b, int kv_head, int row_begin, int row_end) {
+  if (!p.has_mask) return {0, p.kv_len};
   const int group = p.q_heads / p.kv_heads;
   // A mask broadcast over the heads (stride 0) is read for one of them.
   const int heads = p.mask.stride[1] == 0 ? 1 : group;
-  int first = p.kv_len;
+  int first = p.kv_len, end = 0;
   for (int head = kv_head * group; head < kv_head * group + heads; ++head)
     for (int i = row_begin; i < row_end; ++i) {
       const int64_t base = b * p.mask.stride[0] + head * p.mask.stride[1] + int64_t(i) * p.mask.stride[2];
@@ -45,8 +47,13 @@ int first_visible_key(const Problem& p, int b, int kv_head, int row_begin, int r
           first = j;
           break;
         }
+      for (int j = p.kv_len - 1; j >= std::max(end, first); --j)
+        if (!hidden_key(p, base, j)) {
+          end = j + 1;
+          break;
+        }
     }
-  return first;
+  return {first, std::max(first, end)};
 }
 
 // The parts a row's `keys` are split into when one tile holds all its queries (decode, a
@@ -68,25 +75,29 @@ int parts_for(const Problem& p, int keys) {
 template <class Problem, class Attend>
 void run_attention_tiles(const Problem& p, Attend attend) {
   const int group = p.q_heads / p.kv_heads;
-  const int positions = std::max(1, kRowsPerTile / group);
+  // A prompt's positions share tiles; a few (a decode step's one, a speculative check's) take a
+  // tile each, computed as decoding that position alone computes it: a checked draft's bits are
+  // those of decoding one token at a time.
+  const int widest = std::max(1, kRowsPerTile / group);
+  const int positions = p.q_len <= widest ? 1 : widest;
   const int row_tiles = (p.q_len + positions - 1) / positions;
   const int tiles = p.batch * p.kv_heads * row_tiles;
   const int shift = p.kv_len - p.q_len;
-  // A tile's keys: from the first any of its rows sees to the last (causal: its last row's).
+  // A tile's keys: those its rows see (causal: up to its last row's position).
   auto tile_at = [&](int index) {
     const int row_tile = index % row_tiles, head = (index / row_tiles) % p.kv_heads, b = index / (row_tiles * p.kv_heads);
     const int row_begin = row_tile * positions, row_end = std::min(p.q_len, row_begin + positions);
-    const int key_end = p.causal ? std::min(p.kv_len, row_end + shift) : p.kv_len;
-    const int key_begin = std::min(key_end, first_visible_key(p, b, head, row_begin, row_end));
-    return AttentionTile{b, head, row_begin, row_end, key_begin, key_end, true};
+    const auto [first, end] = visible_keys(p, b, head, row_begin, row_end);
+    const int key_end = p.causal ? std::min(end, row_end + shift) : end;
+    return AttentionTile{b, head, row_begin, row_end, std::min(first, key_end), key_end, true};
   };
-  if (row_tiles > 1) {
+  if (positions > 1) {
     parallel_for(tiles, [&](int index, int) { attend(tile_at(index), nullptr); });
     return;
   }
 
-  // One tile per row and head: each row's keys split in parts, whose softmax states merging
-  // rescales to the common max. A row of one part is normalised straight into p.out, as alone.
+  // One position per tile: each tile's keys split in parts, whose softmax states merging
+  // rescales to the common max. A tile of one part is normalised straight into p.out, as alone.
   thread_local std::vector<AttentionTile> parts;  // the stream thread's, as the partials below
   thread_local std::vector<int> parts_begin;      // each tile's first part, then the end
   parts.clear();
@@ -113,7 +124,7 @@ void run_attention_tiles(const Problem& p, Attend attend) {
   const int* const begin = parts_begin.data();
   const AttentionTile* const all = parts.data();
   parallel_for(int(parts.size()), [&](int task, int) {
-    const int tile = all[task].b * p.kv_heads + all[task].kv_head;
+    const int tile = (all[task].b * p.kv_heads + all[task].kv_head) * row_tiles + all[task].row_begin;
     const bool alone = begin[tile + 1] - begin[tile] == 1;
     attend(all[task], alone ? nullptr : partial_base + size_t(task) * part_size);
   });
