@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { Ollama } from "ollama";
 import { memoryFigures } from "../src/engine/device";
 import type { RunningServer } from "../src/server/app";
+import { modelUsers } from "../src/store/in-use";
 import { readManifest } from "../src/store/manifest";
 import { post, serve } from "./helpers/serve";
 import { startHfHub, type TestServer } from "./helpers/store";
@@ -67,6 +68,17 @@ describe("Ollama model management", () => {
     await ollama.generate({ model: "org/tiny", prompt: "", keep_alive: 0 }); // unloaded again
   });
 
+  test("a stored model loaded as 'name:latest' is listed once in /api/tags, and /api/ps reads it the same", async () => {
+    await ollama.generate({ model: "org/tiny:latest", prompt: "Hi", options: { num_predict: 1 } });
+    const tags = (await ollama.list()).models;
+    expect(tags.filter((m) => m.name.startsWith("org/tiny")).map((m) => m.name)).toEqual(["org/tiny"]);
+    const listed = tags.find((m) => m.name === "org/tiny")!;
+    const running = (await ollama.ps()).models.find((m) => m.name === "org/tiny:latest")!;
+    expect(running.digest).toBe(listed.digest);
+    expect(running.details).toEqual(listed.details);
+    await ollama.generate({ model: "org/tiny:latest", prompt: "", keep_alive: 0 });
+  });
+
   test("pull errors: a path on the server's disk is refused; a repo the hub lacks fails in the stream", async () => {
     await expect(ollama.pull({ model: local, stream: false })).rejects.toThrow("cannot pull");
     const statuses: string[] = [];
@@ -100,6 +112,47 @@ describe("Ollama model management", () => {
     await ollama.delete({ model: "tagged-copy:latest" });
     expect(readManifest("tagged-copy")).toBeUndefined();
     expect(readManifest("org/tiny")).toBeDefined();
+  });
+
+  test("copy refuses a name a request would not reach the copy by: an alias (built in or models.toml) or a source", async () => {
+    // Requests for an alias go to the model it names, which a copy under its name would replace.
+    for (const destination of ["smollm2", "smollm2:latest", "hf:org/other", "pypi:other"]) {
+      const error = await ollama.copy({ source: "org/tiny", destination }).catch((e) => e);
+      expect(error.status_code).toBe(400);
+      expect(error.message).toContain(destination.replace(":latest", ""));
+    }
+    expect(readManifest("smollm2")).toBeUndefined();
+    expect(readManifest("hf:org/other")).toBeUndefined();
+  });
+
+  test("show describes a stored model without using it, and pulls nothing", async () => {
+    await ollama.copy({ source: "org/tiny", destination: "shown-copy" });
+    const lastUsed = readManifest("shown-copy")!.lastUsedAt;
+    expect((await ollama.show({ model: "shown-copy:latest" })).details.format).toBe("mlx");
+    expect((await ollama.show({ model: "hf:org/tiny" })).details.format).toBe("mlx");
+    // Describing is not using: `mlx rm` may take it while the server runs, and its last use stays.
+    expect(modelUsers("shown-copy")).toEqual([]);
+    expect(readManifest("shown-copy")!.lastUsedAt).toBe(lastUsed);
+    const downloads = hub.hub.requests.length;
+    const missing = await ollama.show({ model: "hf:org/not-pulled" }).catch((e) => e);
+    expect(missing.status_code).toBe(404);
+    expect(missing.message).toContain("org/not-pulled");
+    expect(hub.hub.requests.length).toBe(downloads);
+    await ollama.delete({ model: "shown-copy" });
+  });
+
+  test("delete refuses a model answering requests (409) with why, and takes it once they end", async () => {
+    await ollama.copy({ source: "org/tiny", destination: "busy-copy" });
+    const lease = await server.state.models.acquire("busy-copy"); // as a request in flight holds it
+    const refused = await ollama
+      .delete({ model: "busy-copy" })
+      .catch((e) => e)
+      .finally(() => lease.release());
+    expect(refused.status_code).toBe(409);
+    // The process using it is this server: the client is told to wait, not to stop a process.
+    expect(refused.message).toBe("'busy-copy' is answering requests on this server; delete it once they end");
+    await ollama.delete({ model: "busy-copy" });
+    expect(readManifest("busy-copy")).toBeUndefined();
   });
 
   test("delete takes a model this server used and has unloaded since (its own in-use mark does not hold it)", async () => {

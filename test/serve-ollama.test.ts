@@ -2,9 +2,9 @@
 // the final figures in nanoseconds, options, tags/ps/show/version, keep_alive loading and
 // unloading.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { Ollama } from "ollama";
+import { Ollama, type GenerateResponse } from "ollama";
 import type { RunningServer } from "../src/server/app";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { eventually, post, serve, tinyModel } from "./helpers/serve";
@@ -111,6 +111,59 @@ describe("Ollama chat and generate", () => {
     expect(streamed).toBe(response);
   });
 
+  test("context goes on from an earlier answer with one BOS, at the start, as Ollama tokenizes them as one text", async () => {
+    const bosModel = join(mkdtempSync(join(tmpdir(), "mlx-bos-")), "tiny");
+    writeTinyModel(bosModel, { contextLength: 256 });
+    const configPath = join(bosModel, "tokenizer_config.json");
+    writeFileSync(configPath, JSON.stringify({ ...JSON.parse(readFileSync(configPath, "utf8")), add_bos_token: true }));
+    const options = { temperature: 0, num_predict: 3 };
+    /** The prompt's ids of a generation that goes on from `context`, and of the same prompt alone. */
+    const prompts = async (m: string, raw: boolean) => {
+      const first = await ollama.generate({ model: m, prompt: "Hello", raw, stream: false, options });
+      const alone = await ollama.generate({ model: m, prompt: " More", raw, stream: false, options });
+      const next = await ollama.generate({
+        model: m,
+        prompt: " More",
+        raw,
+        context: first.context,
+        stream: false,
+        options,
+      });
+      return {
+        first: first.context!,
+        alone: alone.context!.slice(0, alone.prompt_eval_count),
+        continued: next.context!.slice(0, next.prompt_eval_count),
+      };
+    };
+    // A tokenizer that adds a BOS: the earlier exchange has it, the prompt after it none.
+    const bos = await prompts(bosModel, true);
+    expect(bos.alone[0]).toBe(bos.first[0]!);
+    expect(bos.continued).toEqual([...bos.first, ...bos.alone.slice(1)]);
+    // SmolLM2's adds none, though its config names <|im_start|> as BOS: a templated turn keeps its opening.
+    const plain = await prompts(model, false);
+    expect(plain.continued).toEqual([...plain.first, ...plain.alone]);
+  });
+
+  test("context after an answer a stop string ended holds the answer's text only, as Ollama re-tokenizes it", async () => {
+    const options = { temperature: 0, num_predict: 16 };
+    const whole = (await ollama.generate({ model, prompt: "Hello", raw: true, stream: false, options })).response ?? "";
+    const stop = whole.slice(4, 7);
+    const request = { model, prompt: "Hello", raw: true, options: { ...options, stop: [stop] } };
+    const alone = await ollama.generate({ ...request, stream: false });
+    const streamed: GenerateResponse[] = [];
+    for await (const part of await ollama.generate({ ...request, stream: true })) streamed.push(part);
+    const answers = [
+      { text: alone.response ?? "", final: alone },
+      { text: streamed.map((p) => p.response).join(""), final: streamed.at(-1)! },
+    ];
+    for (const { text, final } of answers) {
+      expect(text).toBe(whole.slice(0, whole.indexOf(stop)));
+      const ids = final.context!.slice(final.prompt_eval_count);
+      // The stop string is not in it, nor anything after it.
+      expect((await post(`${server.url}/detokenize`, { model, tokens: ids })).json.content).toBe(text);
+    }
+  });
+
   test("sampling options: a seed repeats", async () => {
     const options = {
       temperature: 0.9,
@@ -205,6 +258,17 @@ describe("Ollama chat and generate", () => {
     expect(bad.status_code).toBe(400);
     expect(bad.message).toMatch(/temperature/);
   });
+
+  test("unloading an unknown model (keep_alive 0, no prompt) is a 404, not a done 'unload'", async () => {
+    const generate = await ollama.generate({ model: "no-such-model", prompt: "", keep_alive: 0 }).catch((e) => e);
+    expect(generate.status_code).toBe(404);
+    expect(generate.message).toMatch(/no-such-model/);
+    const chat = await ollama.chat({ model: "no-such-model", messages: [], keep_alive: 0 }).catch((e) => e);
+    expect(chat.status_code).toBe(404);
+    // A known model that is not loaded: unloaded already, as Ollama answers.
+    await post(`${server.url}/api/generate`, { model, keep_alive: 0 });
+    expect((await post(`${server.url}/api/generate`, { model, keep_alive: 0 })).json.done_reason).toBe("unload");
+  });
 });
 
 describe("Ollama model management", () => {
@@ -238,6 +302,20 @@ describe("Ollama model management", () => {
       readGGUFHeader(gguf).tensors.map((t) => ({ name: t.name, type: t.type, shape: t.dims })),
     );
     expect((await post(`${server.url}/api/show`, { model: gguf })).json.tensors).toBeUndefined();
+  });
+
+  test("show and unload take a name `serve --adapter` added (its base model's files), without loading it", async () => {
+    const adapted = serve({ adapters: new Map([["tuned", { base: model, dir: join(tmpdir(), "never-read") }]]) });
+    try {
+      const client = new Ollama({ host: adapted.url });
+      expect((await client.show({ model: "tuned" })).details.family).toBe("llama");
+      expect((await post(`${adapted.url}/api/generate`, { model: "tuned", keep_alive: 0 })).json.done_reason).toBe(
+        "unload",
+      );
+      expect((await client.ps()).models).toEqual([]);
+    } finally {
+      await adapted.stop();
+    }
   });
 
   test("keep_alive 0 unloads a model named with Ollama's default tag (:latest)", async () => {

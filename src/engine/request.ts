@@ -89,10 +89,11 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   const toolFormat = offered && template.format;
   const shaped = shapedAnswer(spec.format !== undefined, spec.tools);
   const thinking = settleThinking(lm.tokenizer, spec.prompt, spec.thinking, shaped);
-  const promptIds = [
-    ...(spec.prefixIds ?? []),
-    ...tokenize(lm.tokenizer, spec.prompt, template, offered, thinking?.templateVars),
-  ];
+  const promptIds = withPrefix(
+    spec.prefixIds ?? [],
+    tokenize(lm.tokenizer, spec.prompt, template, offered, thinking?.templateVars),
+    lm.tokenizer,
+  );
   if (promptIds.length === 0) throw new InvalidParameterError("the prompt is empty", "prompt");
   const badId = promptIds.find((id) => !(id >= 0 && id < vocab));
   if (badId !== undefined)
@@ -240,6 +241,18 @@ function tokenize(
         return chatTokens(tokenizer, messages, templateTools, templateVars, prompt.continueFinal);
       });
   }
+}
+
+/**
+ * Ids that go on from `prefix` (an earlier exchange's): as Ollama tokenizes the two as one text,
+ * the sequence starts with the BOS a tokenizer adds, not a second one between them. Only one the
+ * tokenizer adds: a config may name as BOS a token that opens every turn (SmolLM2's <|im_start|>).
+ */
+function withPrefix(prefix: number[], ids: number[], tokenizer: Tokenizer): number[] {
+  if (prefix.length === 0) return ids;
+  const bos = tokenizer.bosTokenId;
+  const addsBos = bos !== undefined && tokenizer.encode("")[0] === bos;
+  return [...prefix, ...(addsBos && ids[0] === bos ? ids.slice(1) : ids)];
 }
 
 function withTemplateErrors<T>(fn: () => T): T {

@@ -3,7 +3,7 @@
 import { Hono } from "hono";
 import { parseModelName, parseOllamaCopy, parseOllamaPull } from "../../api/ollama";
 import { readJson } from "../../api/validate";
-import { ModelPullError } from "../../errors";
+import { ModelInUseError, ModelPullError } from "../../errors";
 import { releaseModel } from "../../store/in-use";
 import { readManifest } from "../../store/manifest";
 import { isRemoteSource, modelRequest, pullModel, type ModelRequest } from "../../store/pull";
@@ -71,17 +71,18 @@ export function ollamaModelRoutes(s: ServerState): Hono {
     const manifest = readManifest(name);
     const path = manifest && loadPath(manifest);
     const holders = s.models.loaded.filter((e) => e.path === path);
-    if (holders.every((e) => e.active === 0)) {
-      for (const entry of holders) s.models.unload(entry);
-      releaseModel(name);
-    }
+    // The store would name this server's own process as the one using it.
+    if (holders.some((e) => e.active > 0))
+      throw new ModelInUseError(`'${name}' is answering requests on this server; delete it once they end`);
+    for (const entry of holders) s.models.unload(entry);
+    releaseModel(name);
     await removeModel(name);
     return c.body(null, 200);
   });
 
   r.post("/api/copy", async (c) => {
     const { source, destination } = parseOllamaCopy(await readJson(c.req));
-    await copyModel(storedName(source), storedName(destination));
+    await copyModel(storedName(source), copyDestination(storedName(destination)));
     return c.body(null, 200);
   });
   return r;
@@ -91,6 +92,23 @@ export function ollamaModelRoutes(s: ServerState): Hono {
 function storedName(name: string): string {
   if (!name.endsWith(LATEST_TAG) || readManifest(name)) return name;
   return name.slice(0, -LATEST_TAG.length);
+}
+
+/**
+ * The name a copy may be stored under: not an alias, which a request resolves to the model it
+ * names (that model's own stored copy, so a copy there would be replaced on its next use), nor a
+ * source, which names where a model comes from.
+ */
+function copyDestination(name: string): string {
+  const aliases = loadAliases();
+  if (aliases.models.has(name) || aliases.remotes.has(name))
+    throw badRequest(`cannot copy to '${name}': it is an alias in models.toml; choose another name`, "destination");
+  if (isRemoteSource(name))
+    throw badRequest(
+      `cannot copy to '${name}': an hf:/pypi: source is not a model name; choose another name`,
+      "destination",
+    );
+  return name;
 }
 
 /**

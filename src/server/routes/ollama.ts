@@ -1,7 +1,7 @@
 // Ollama-compatible routes: /api/chat and /api/generate (NDJSON streams or one object),
 // /api/tags, /api/ps, /api/show (from the model's files, without loading it), /api/version.
 import { createHash } from "node:crypto";
-import { statSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
 import { Hono, type Context } from "hono";
 import {
   nanos,
@@ -11,17 +11,20 @@ import {
   parseOllamaShow,
   type OllamaRequest,
 } from "../../api/ollama";
-import type { GenerationUsage } from "../../engine/scheduler";
-import { ApiError, errorBody } from "../errors";
-import { httpRequestBounds, startGeneration } from "../generation";
+import type { GenerationEvent } from "../../engine/scheduler";
+import { ApiError, errorBody, notFound } from "../errors";
+import { httpRequestBounds, startGeneration, type Generation } from "../generation";
 import { closedEarly, closedEarlyHeaders, collectGeneration, generationStream } from "../respond";
 import { ToolCallStream, type ToolCall } from "../../engine/tools";
 import { thinkingTemplate } from "../../engine/reasoning";
-import type { LoadedEntry } from "../model-registry";
+import { LATEST_TAG, type LoadedEntry } from "../model-registry";
+import { loadAliases, type AliasTable } from "../../store/aliases";
+import { isRemoteSource, modelRequest } from "../../store/pull";
+import { unknownModelError } from "../../store/resolve";
 import type { IndexEntry } from "../../store/model-index";
 import { readJson } from "../../api/validate";
 import type { ServerState } from "../state";
-import { remoteModelConfigs } from "../../providers";
+import { remoteModelConfigs, remoteModelNames } from "../../providers";
 import { formatCount } from "../../format";
 import type { ModelConfig } from "../../models/config";
 import { ggufParameterCount, readGGUFHeader, type GGUFHeader } from "../../models/gguf-header";
@@ -48,10 +51,10 @@ export function ollamaRoutes(s: ServerState): Hono {
 
   r.get("/api/tags", async (c) => {
     const models = [];
-    const seen = new Set<string>();
-    for (const m of await s.models.stored()) {
-      seen.add(m.name);
-      const loaded = s.models.loaded.find((e) => e.name === m.name);
+    const stored = await s.models.stored();
+    const byPath = storedByPath(stored);
+    for (const m of stored) {
+      const loaded = s.models.loaded.find((e) => byPath.get(e.path) === m);
       models.push({
         name: m.name,
         model: m.name,
@@ -61,8 +64,9 @@ export function ollamaRoutes(s: ServerState): Hono {
         details: loaded ? details(loaded, m) : ollamaDetails(m.format, m.architecture, "", m.quantization),
       });
     }
+    // A loaded model is listed apart only when its files are not a stored model's ("m:latest" is "m").
     for (const e of s.models.loaded)
-      if (!seen.has(e.name))
+      if (!byPath.has(e.path))
         models.push({
           name: e.name,
           model: e.name,
@@ -88,22 +92,26 @@ export function ollamaRoutes(s: ServerState): Hono {
   });
 
   r.get("/api/ps", async (c) => {
-    // A stored model reads as /api/tags lists it: the same digest and quantization's name.
-    const stored = new Map((await s.models.stored()).map((m) => [m.name, m]));
+    // A stored model reads as /api/tags lists it, whatever name it was loaded by: the same digest
+    // and quantization's name.
+    const byPath = storedByPath(await s.models.stored());
     return c.json({
-      models: s.models.loaded.map((e) => ({
-        name: e.name,
-        model: e.name,
-        size: e.lm.weightBytes,
-        digest: stored.has(e.name) ? storedDigest(stored.get(e.name)!) : digest(e.path),
-        details: details(e, stored.get(e.name)),
-        // Ollama writes a far-future time for a model kept forever.
-        expires_at: (
-          e.expiresAt ?? (e.keepAliveMs === Infinity || e.active > 0 ? new Date("2318-01-01T00:00:00Z") : new Date())
-        ).toISOString(),
-        size_vram: e.lm.weightBytes,
-        context_length: e.lm.config.maxPositionEmbeddings,
-      })),
+      models: s.models.loaded.map((e) => {
+        const stored = byPath.get(e.path);
+        return {
+          name: e.name,
+          model: e.name,
+          size: e.lm.weightBytes,
+          digest: stored ? storedDigest(stored) : digest(e.path),
+          details: details(e, stored),
+          // Ollama writes a far-future time for a model kept forever.
+          expires_at: (
+            e.expiresAt ?? (e.keepAliveMs === Infinity || e.active > 0 ? new Date("2318-01-01T00:00:00Z") : new Date())
+          ).toISOString(),
+          size_vram: e.lm.weightBytes,
+          context_length: e.lm.config.maxPositionEmbeddings,
+        };
+      }),
     });
   });
 
@@ -111,8 +119,8 @@ export function ollamaRoutes(s: ServerState): Hono {
     const { model, verbose } = parseOllamaShow(await readJson(c.req));
     // Read from the model's files: loading its weights only to describe it would take the place
     // of a loaded model (or wait until one is idle), and clients ask this of every model they list.
-    const path = await s.models.resolve(model);
-    return c.json(showModel(path, await storedAt(s, path), verbose));
+    const path = await modelFiles(s, model);
+    return c.json(showModel(path, storedByPath(await s.models.stored()).get(path), verbose));
   });
 
   // Known Ollama routes this server does not implement: a clear 501 rather than a 404.
@@ -264,13 +272,64 @@ function directoryFacts(dir: string): ModelFacts {
   };
 }
 
-/** The stored model whose files are at `path` (undefined for a path outside the store). */
-async function storedAt(s: ServerState, path: string): Promise<IndexEntry | undefined> {
-  for (const m of await s.models.stored()) {
-    const manifest = readManifest(m.name);
-    if (manifest && loadPath(manifest) === path) return m;
+/**
+ * Where a model's files are, found without using it (to describe or unload it): opening a stored
+ * model marks it in use by this server (so `mlx rm` refuses it) and pulls one not stored yet. As
+ * Ollama, these know the models pulled; "m:latest" is "m" where no model has that name.
+ */
+async function modelFiles(s: ServerState, name: string): Promise<string> {
+  const loaded = s.models.find(name);
+  if (loaded) return loaded.path;
+  const aliases = loadAliases();
+  // A remote alias has no files, which resolving it says; a name `serve --adapter` added is an
+  // adapter on a model the server names itself.
+  if (aliases.remotes.has(name) || s.models.adapterNames.includes(name)) return s.models.resolve(name);
+  const untagged = name.endsWith(LATEST_TAG) ? [name.slice(0, -LATEST_TAG.length)] : [];
+  for (const candidate of [name, ...untagged]) {
+    const path = storedFiles(candidate, aliases);
+    if (path) return path;
   }
-  return undefined;
+  const { source } = modelRequest(name);
+  if (isRemoteSource(source))
+    throw notFound(`model '${name}' is not in the store yet: pull it first (POST /api/pull)`, "model_not_found");
+  throw await unknownModelError(name);
+}
+
+/** The files of a stored model, an alias's or a path's, as resolving the name finds them, without opening it. */
+function storedFiles(name: string, aliases: AliasTable): string | undefined {
+  const alias = aliases.models.get(name);
+  // An alias may name another one as its source (a base model plus an adapter).
+  if (alias && alias.source !== name && aliases.models.has(alias.source)) return storedFiles(alias.source, aliases);
+  const request = modelRequest(name);
+  const manifest = readManifest(request.name);
+  // A source is pulled into the store under the request's name; an existing path is used where it is.
+  if (isRemoteSource(request.source)) return manifest?.source === request.source ? loadPath(manifest) : undefined;
+  if (existsSync(request.source)) return request.source;
+  // A model made here (converted, fused) is stored with no source to pull again.
+  return manifest && !alias ? loadPath(manifest) : undefined;
+}
+
+/** The stored models by the path their files load from: a loaded model's path, whatever name it was loaded by. */
+function storedByPath(stored: IndexEntry[]): Map<string, IndexEntry> {
+  const byPath = new Map<string, IndexEntry>();
+  for (const m of stored) {
+    const manifest = readManifest(m.name);
+    if (manifest) byPath.set(loadPath(manifest), m);
+  }
+  return byPath;
+}
+
+type GenerationDone = Extract<GenerationEvent, { type: "done" }>;
+
+/**
+ * The answer's ids in /api/generate's `context`: as Ollama tokenizes the text it answered, one a
+ * stop string ended holds the text before it, not the stop string (nor what its last token held after).
+ */
+function answerIds(gen: Generation, done: GenerationDone): number[] {
+  if (!done.stopSequence || !gen.tokenizer) return done.tokenIds;
+  const text = gen.tokenizer.decode(done.tokenIds);
+  const at = text.indexOf(done.stopSequence);
+  return at < 0 ? done.tokenIds : gen.tokenizer.encode(text.slice(0, at), { addSpecialTokens: false });
 }
 
 async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaRequest): Promise<Response> {
@@ -284,6 +343,8 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
     if (req.keepAlive === 0) {
       const entry = s.models.find(req.model) ?? s.models.loaded.find((e) => e.path === req.model);
       if (entry) s.models.setKeepAlive(entry, 0);
+      // An unknown model is a 404, as in Ollama; a remote one has nothing to unload.
+      else if (!remoteModelNames().includes(req.model)) await modelFiles(s, req.model);
       return c.json({ ...base(), ...empty, done_reason: "unload", done: true });
     }
     const lease = await s.models.acquire(req.model, req.keepAlive);
@@ -327,37 +388,26 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
         }
       : { response: text, ...thinking };
   };
-  const final = (
-    finishReason: string,
-    u: GenerationUsage,
-    tokenIds: number[],
-    text: string,
-    calls?: ToolCall[],
-    reasoning?: string,
-  ) => ({
+  const final = (done: GenerationDone, text: string, calls?: ToolCall[], reasoning?: string) => ({
     ...base(),
     ...piece(text, calls, reasoning),
     done: true,
-    done_reason: finishReason,
+    done_reason: done.finishReason,
     ...closedEarly(gen),
-    ...(kind === "generate" ? { context: [...gen.promptIds, ...tokenIds] } : {}),
+    ...(kind === "generate" ? { context: [...gen.promptIds, ...answerIds(gen, done)] } : {}),
     total_duration: nanos(performance.now() - started),
     load_duration: nanos(gen.loadMs),
-    prompt_eval_count: u.promptTokens,
-    prompt_eval_duration: nanos(u.timeToFirstTokenMs - u.queueMs),
-    eval_count: u.completionTokens,
-    eval_duration: nanos(u.totalMs - u.timeToFirstTokenMs),
+    prompt_eval_count: done.usage.promptTokens,
+    prompt_eval_duration: nanos(done.usage.timeToFirstTokenMs - done.usage.queueMs),
+    eval_count: done.usage.completionTokens,
+    eval_duration: nanos(done.usage.totalMs - done.usage.timeToFirstTokenMs),
   });
 
   if (!req.stream) {
     const result = await collectGeneration(gen);
     if (!result) return new Response(null, { status: 499 }); // the client is gone
     const { content, calls } = gen.toolFormat ? gen.toolFormat.parse(result.text) : { content: result.text, calls: [] };
-    return c.json(
-      final(result.done.finishReason, result.done.usage, result.done.tokenIds, content, calls, result.reasoning),
-      200,
-      closedEarlyHeaders(gen),
-    );
+    return c.json(final(result.done, content, calls, result.reasoning), 200, closedEarlyHeaders(gen));
   }
 
   const encoder = new TextEncoder();
@@ -374,7 +424,7 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
         // Ollama sends calls in a message of their own before the final one.
         const { content, calls } = toolCalls?.end() ?? { content: "", calls: [] };
         if (content || calls.length > 0) send(line({ ...base(), ...piece(content, calls), done: false }));
-        send(line(final(event.finishReason, event.usage, event.tokenIds, "")));
+        send(line(final(event, "")));
       },
       error: (e) => line(errorBody(e, "ollama")),
     },
