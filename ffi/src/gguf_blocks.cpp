@@ -153,8 +153,9 @@ template <class Read>
 struct Layout {
   int block_bytes, block_elements;
   Read read;
-  // The width its codes are held at (affine types): Q4_K's 4 bits, the 5-bit codes in 8.
-  int bits = 32;
+  // The width an affine type's codes are held at: Q4_K's 4 bits, the 5-bit codes in 8 (unused
+  // by the float types).
+  int bits = 0;
 };
 
 using AffineRead = void (*)(Bytes, const Affine&);
@@ -182,10 +183,10 @@ uint64_t values_of(const mx::Shape& shape) {
   return n;
 }
 
-// Reads `bytes` at `offset` of the file a few MiB of whole blocks at a time, handing each piece to
-// use(data, first_block, blocks): a tensor's raw bytes are never all in memory beside its arrays.
+// Hands each block of the `bytes` at `offset` of the file to use(block, index), reading a few MiB
+// of whole blocks at a time: a tensor's raw bytes are never all in memory beside its arrays.
 template <class Use>
-void for_each_piece(const char* path, uint64_t offset, uint64_t bytes, int block_bytes, Use use) {
+void for_each_block(const char* path, uint64_t offset, uint64_t bytes, int block_bytes, Use use) {
   std::FILE* file = std::fopen(path, "rb");
   if (!file) throw std::runtime_error(std::string("cannot open ") + path + ": " + std::strerror(errno));
   const uint64_t per_piece = std::max<uint64_t>(1, std::min<uint64_t>((4u << 20) / block_bytes, bytes / block_bytes));
@@ -197,7 +198,7 @@ void for_each_piece(const char* path, uint64_t offset, uint64_t bytes, int block
       const uint64_t count = std::min(per_piece, blocks - first);
       if (std::fread(piece.get(), block_bytes, count, file) != count)
         throw std::runtime_error("the file ends inside a tensor");
-      use(piece.get(), first, count);
+      for (uint64_t b = 0; b < count; ++b) use(piece.get() + b * block_bytes, first + b);
     }
   } catch (...) {
     std::fclose(file);
@@ -242,17 +243,14 @@ int mlxs_gguf_read_affine(mlxs_array** outs, const char* path, uint64_t offset, 
     Filling<float> scales(values / 32), biases(values / 32);
     const int groups = layout.block_elements / 32, packed_bytes = layout.block_elements * layout.bits / 8;
     uint8_t* const packed = reinterpret_cast<uint8_t*>(codes.data);
-    for_each_piece(path, offset, bytes, layout.block_bytes, [&](const uint8_t* data, uint64_t first, uint64_t count) {
+    for_each_block(path, offset, bytes, layout.block_bytes, [&](Bytes block, uint64_t b) {
       uint8_t block_codes[256];
-      for (uint64_t b = first; b < first + count; ++b) {
-        layout.read(data + (b - first) * layout.block_bytes,
-                    {block_codes, scales.data + b * groups, biases.data + b * groups});
-        uint8_t* to = packed + b * packed_bytes;
-        if (layout.bits == 8) std::memcpy(to, block_codes, packed_bytes);
-        // MLX's 4-bit layout: byte k holds code 2k in its low nibble and 2k + 1 in its high one.
-        else
-          for (int k = 0; k < packed_bytes; ++k) to[k] = block_codes[2 * k] | (block_codes[2 * k + 1] << 4);
-      }
+      layout.read(block, {block_codes, scales.data + b * groups, biases.data + b * groups});
+      uint8_t* to = packed + b * packed_bytes;
+      if (layout.bits == 8) std::memcpy(to, block_codes, packed_bytes);
+      // MLX's 4-bit layout: byte k holds code 2k in its low nibble and 2k + 1 in its high one.
+      else
+        for (int k = 0; k < packed_bytes; ++k) to[k] = block_codes[2 * k] | (block_codes[2 * k + 1] << 4);
     });
     return shim::put_all(outs, {codes.array_of(packed_shape, mx::uint32), scales.array_of(group_shape, mx::float32),
                                 biases.array_of(group_shape, mx::float32)});
@@ -266,10 +264,8 @@ int mlxs_gguf_read_dequantized(mlxs_array** out, const char* path, uint64_t offs
     const mx::Shape shape = shim::shape_of(dims, ndim);
     check_blocks(layout, bytes, shape, type);
     Filling<float> values(values_of(shape));
-    for_each_piece(path, offset, bytes, layout.block_bytes, [&](const uint8_t* data, uint64_t first, uint64_t count) {
-      for (uint64_t b = first; b < first + count; ++b)
-        layout.read(data + (b - first) * layout.block_bytes, values.data + b * layout.block_elements);
-    });
+    for_each_block(path, offset, bytes, layout.block_bytes,
+                   [&](Bytes block, uint64_t b) { layout.read(block, values.data + b * layout.block_elements); });
     return shim::put(out, values.array_of(shape, mx::float32));
   });
 }

@@ -15,32 +15,23 @@ import type { LoadedFile, MxArray } from "../mlx";
 import { nativeTensorTypes, type GGUFHeader, type GGUFTensorInfo } from "./gguf-header";
 
 /**
- * The types we read ourselves (ffi/src/gguf_blocks.cpp reads their blocks). Dequantized to
- * floats: Q3_K, IQ4_NL, IQ4_XS. Kept quantized as MLX's affine layout, value = code · scale + bias
- * in groups of 32 exactly as llama.cpp's dequantize_row_* computes it: Q4_K, Q5_0, Q5_1, Q5_K,
- * held at `bits` (their 5-bit codes in 8).
+ * The types we read ourselves (ffi/src/gguf_blocks.cpp reads their blocks). Kept quantized as
+ * MLX's affine layout, value = code · scale + bias in groups of 32 exactly as llama.cpp's
+ * dequantize_row_* computes it, at the width given (their 5-bit codes in 8); the others
+ * dequantized to floats.
  */
-const dequantizers: Record<string, { blockBytes: number; blockElements: number }> = {
-  Q3_K: { blockBytes: 110, blockElements: 256 },
-  IQ4_NL: { blockBytes: 18, blockElements: 32 },
-  IQ4_XS: { blockBytes: 136, blockElements: 256 },
-};
-const affineReaders: Record<string, { blockBytes: number; blockElements: number; bits: 4 | 8 }> = {
-  Q5_0: { blockBytes: 22, blockElements: 32, bits: 8 },
-  Q5_1: { blockBytes: 24, blockElements: 32, bits: 8 },
-  Q4_K: { blockBytes: 144, blockElements: 256, bits: 4 },
-  Q5_K: { blockBytes: 176, blockElements: 256, bits: 8 },
-};
+const ourAffineBits: Record<string, 4 | 8> = { Q5_0: 8, Q5_1: 8, Q4_K: 4, Q5_K: 8 };
+const ourDequantizedTypes = ["Q3_K", "IQ4_NL", "IQ4_XS"];
 
 /** Types MLX reads right (Q2_K and Q6_K it dequantizes, checked against llama.cpp's gguf-py). */
 const mlxReads = new Set([...nativeTensorTypes, "Q2_K", "Q6_K"]);
-export const readableTensorTypes = [...mlxReads, ...Object.keys(affineReaders), ...Object.keys(dequantizers), "MXFP4"];
+export const readableTensorTypes = [...mlxReads, ...Object.keys(ourAffineBits), ...ourDequantizedTypes, "MXFP4"];
 /** Types whose tensors come quantized (weight, scales and maybe biases), not as floats. */
-export const keptQuantizedTypes = new Set([...nativeTensorTypes, "MXFP4", ...Object.keys(affineReaders)]);
+export const keptQuantizedTypes = new Set([...nativeTensorTypes, "MXFP4", ...Object.keys(ourAffineBits)]);
 /** Kept quantized at 8 bits, wider than the file's codes (Q5_0, Q5_1, Q5_K: MLX's kernels take 4 or 8). */
 export const widenedTypes = new Set(
-  Object.entries(affineReaders)
-    .filter(([, r]) => r.bits === 8)
+  Object.entries(ourAffineBits)
+    .filter(([, bits]) => bits === 8)
     .map(([type]) => type),
 );
 
@@ -49,7 +40,7 @@ const affineBits: Record<string, number> = {
   Q4_0: 4,
   Q4_1: 4,
   Q8_0: 8,
-  ...Object.fromEntries(Object.entries(affineReaders).map(([type, r]) => [type, r.bits])),
+  ...ourAffineBits,
 };
 
 /**
@@ -91,7 +82,7 @@ export function loadGGUFTensors(path: string, header: GGUFHeader, wanted?: (name
   try {
     for (const t of ours) {
       const prefix = t.name.replace(/\.weight$/, "");
-      if (t.type in affineReaders) {
+      if (t.type in ourAffineBits) {
         const { weight, scales, biases } = affine(path, header.dataStart, t);
         loaded.tensors.set(t.name, weight);
         loaded.tensors.set(`${prefix}.scales`, scales);
@@ -108,7 +99,7 @@ export function loadGGUFTensors(path: string, header: GGUFHeader, wanted?: (name
   return loaded;
 }
 
-/** A tensor of a type in affineReaders as MLX's affine layout: codes packed into uint32 words along K, float16 scales and biases. */
+/** A tensor of a type in ourAffineBits as MLX's affine layout: codes packed into uint32 words along K, float16 scales and biases. */
 function affine(
   path: string,
   dataStart: number,

@@ -549,6 +549,4 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
   }
 }
 
-/** A turn of the event loop (I/O included) before the caller goes on. */
-
 const inSeconds = (ms: number) => (ms / 1000).toFixed(1);
