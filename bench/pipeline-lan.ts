@@ -179,7 +179,11 @@ async function measure(config: Config) {
   try {
     for (const size of sizes) {
       for (let i = 0; i < perSize; i++) {
-        const r = await timedRequest(url, model, prompt(size), maxTokens, 600);
+        const r = await timedRequest(
+          { base: url, model, endpoint: "chat", timeoutSeconds: 600 },
+          prompt(size),
+          maxTokens,
+        );
         if (!r.ok) throw new Error(`${config.name}: ${r.error}`);
         push(f.ttft, size, r.ttftMs);
         push(f.itl, size, ...r.itlMs);

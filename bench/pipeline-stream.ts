@@ -7,11 +7,11 @@
 // Decode tokens/s of a request: its tokens after the first over the time from first to last; and
 // the time from sending it to its first token.
 // The issue's aim: 2 ranks at ≥ 0.9× one process.
-//   MLX_HOME=$PWD/.cache/mlx-home bun bench/pipeline-stream.ts [--rounds 20] [--ranks 1,2] [--tokens 64]
+//   MLX_HOME=$PWD/.cache/mlx-home bun bench/pipeline-stream.ts [--rounds 20] [--ranks 1,2] [--tokens 64] [--model M] [--endpoint chat|completions]
 //     [--baseline /tmp/base --baseline-shim /tmp/base/libmlx_shim.so]
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { timedRequest } from "../src/bench/server";
+import { type Endpoint, timedRequest } from "../src/bench/server";
 import { percentile } from "../src/bench/stats";
 import { median, spawnServe } from "./lib";
 
@@ -21,11 +21,15 @@ const { values } = parseArgs({
     ranks: { type: "string", default: "1,2" },
     tokens: { type: "string", default: "64" },
     model: { type: "string", default: "smollm2" },
+    // completions for a base model (no chat template), such as gemma3
+    endpoint: { type: "string", default: "chat" },
     baseline: { type: "string", multiple: true },
     "baseline-shim": { type: "string" },
   },
 });
 const model = values.model!;
+if (values.endpoint !== "chat" && values.endpoint !== "completions") throw new Error("--endpoint: chat or completions");
+const endpoint: Endpoint = values.endpoint;
 const ranksList = values.ranks!.split(",").map(Number);
 const prompt = "Write a long story about the sea, the wind and a lighthouse keeper who counts the waves.";
 
@@ -73,7 +77,8 @@ try {
   }
   for (let round = 0; round < Number(values.rounds); round++) {
     for (const c of round % 2 ? [...configs].reverse() : configs) {
-      const r = await timedRequest(c.url!, model, prompt, Number(values.tokens), 600);
+      const target = { base: c.url!, model, endpoint, timeoutSeconds: 600 };
+      const r = await timedRequest(target, prompt, Number(values.tokens));
       if (!r.ok) throw new Error(`${c.label}: ${r.error}`);
       const decodeMs = r.itlMs.reduce((a, b) => a + b, 0);
       c.tps.push((r.itlMs.length / decodeMs) * 1000);

@@ -1,7 +1,7 @@
 // `mlx bench` against a real `mlx serve` on loopback (in this process, port 0, a tiny model):
 // a remote model (models.toml provider) measured side by side with a local one.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import OpenAI from "openai";
@@ -9,6 +9,7 @@ import { prose } from "../src/bench/model";
 import type { RunningServer } from "../src/server/app";
 import { cliRunner } from "./helpers/cli";
 import { serve, tinyModel } from "./helpers/serve";
+import { writeTinyModel } from "./helpers/tiny-model";
 
 const home = join(mkdtempSync(join(tmpdir(), "mlx-bench-real-")), "home");
 const mlx = cliRunner(home);
@@ -160,5 +161,44 @@ describe("mlx bench --url", () => {
     } finally {
       await locked.stop();
     }
+  }, 60_000);
+
+  test("a base model (no chat template) is measured through /v1/completions, and the report says so", async () => {
+    const base = join(home, "..", "tiny-base");
+    writeTinyModel(base, { contextLength: 256 });
+    const configFile = join(base, "tokenizer_config.json");
+    const { chat_template: _, ...withoutTemplate } = JSON.parse(readFileSync(configFile, "utf8"));
+    writeFileSync(configFile, JSON.stringify(withoutTemplate));
+    const plain = serve({ defaultModel: base });
+    try {
+      const args = ["bench", "--url", plain.url, "--requests", "2", "--concurrency", "1", "--max-tokens", "4"];
+      const r = await mlx([...args, "--json"]);
+      expect(r.code).toBe(0);
+      const report = JSON.parse(r.stdout);
+      expect(report.endpoint).toBe("/v1/completions");
+      expect(report.levels[0].completed).toBe(2);
+      expect(report.levels[0].output_tokens).toBe(8);
+      const table = await mlx(args);
+      expect(table.stdout).toContain("streaming /v1/completions");
+    } finally {
+      await plain.stop();
+    }
+  }, 60_000);
+
+  test("a chat model is measured through /v1/chat/completions", async () => {
+    const r = await mlx([
+      "bench",
+      "--url",
+      server.url,
+      "--requests",
+      "1",
+      "--concurrency",
+      "1",
+      "--max-tokens",
+      "2",
+      "--json",
+    ]);
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout).endpoint).toBe("/v1/chat/completions");
   }, 60_000);
 });

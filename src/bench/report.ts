@@ -1,7 +1,7 @@
 // What `mlx bench` prints: aligned Markdown tables for people, CSV and JSON for programs.
 import { formatBytes } from "../format";
 import type { ModelBenchResult, ModelInfo, SpeculationFigures } from "./model";
-import type { LevelResult, ServerBenchResult } from "./server";
+import { endpointPath, type LevelResult, type ServerBenchResult } from "./server";
 import { meanSd, type Summary } from "./stats";
 import type { SuiteModelResult, SuitePrompt } from "./suite";
 
@@ -408,7 +408,7 @@ export function serverTable(r: ServerBenchResult): string {
     ...lat("inter-token latency", (l) => l.itlMs),
     ...lat("end-to-end latency", (l) => l.e2eMs),
   ];
-  return `${r.url} · model ${r.model} · up to ${r.maxTokens} tokens per answer · streaming /v1/chat/completions\n\n${table(
+  return `${r.url} · model ${r.model} · up to ${r.maxTokens} tokens per answer · streaming ${endpointPath(r.endpoint)}\n\n${table(
     header,
     rows,
     header.map((_, i) => i > 0),
@@ -455,6 +455,7 @@ export function serverJson(r: ServerBenchResult) {
     mode: "server",
     url: r.url,
     model: r.model,
+    endpoint: endpointPath(r.endpoint),
     max_tokens: r.maxTokens,
     levels: r.levels.map((l) => ({
       concurrency: l.concurrency,

@@ -1,5 +1,6 @@
 // Server mode of `mlx bench`: drives any OpenAI-compatible server with streaming
-// /v1/chat/completions requests at several concurrency levels, and reports what vLLM's
+// /v1/chat/completions requests (or /v1/completions, for a model without a chat template) at
+// several concurrency levels, and reports what vLLM's
 // serving benchmark reports: completed/failed requests, duration, request and output-token
 // throughput, and mean/median/P99 of time to first token (TTFT), time per output token
 // after the first (TPOT), inter-token latency (ITL, between streamed chunks) and end-to-end
@@ -50,9 +51,24 @@ export interface LevelResult {
   errors: string[];
 }
 
+/** The OpenAI route a request goes to: chat, or plain text for a model without a chat template. */
+export type Endpoint = "chat" | "completions";
+export const endpointPath = (endpoint: Endpoint) => (endpoint === "chat" ? "/v1/chat/completions" : "/v1/completions");
+
+/** Where one bench's requests go, and how. */
+export interface RequestTarget {
+  base: string;
+  model: string;
+  endpoint: Endpoint;
+  /** Seconds one request may take. */
+  timeoutSeconds: number;
+  apiKey?: string;
+}
+
 export interface ServerBenchResult {
   url: string;
   model: string;
+  endpoint: Endpoint;
   maxTokens: number;
   levels: LevelResult[];
 }
@@ -131,15 +147,21 @@ export async function* sseEvents(body: ReadableStream<Uint8Array>): AsyncGenerat
   if (data.length > 0) yield data.join("\n");
 }
 
-/** One streamed chat completion, timed chunk by chunk. */
-export async function timedRequest(
-  base: string,
-  model: string,
-  prompt: string,
-  maxTokens: number,
-  timeoutSeconds: number,
-  apiKey?: string,
-): Promise<RequestRecord> {
+/** The body of one streamed request of `target`'s kind, greedy and with its usage at the end. */
+function streamedRequestBody(target: RequestTarget, prompt: string, maxTokens: number) {
+  const input = target.endpoint === "chat" ? { messages: [{ role: "user", content: prompt }] } : { prompt };
+  return {
+    model: target.model,
+    ...input,
+    max_tokens: maxTokens,
+    temperature: 0,
+    stream: true,
+    stream_options: { include_usage: true },
+  };
+}
+
+/** One streamed completion, timed chunk by chunk. */
+export async function timedRequest(target: RequestTarget, prompt: string, maxTokens: number): Promise<RequestRecord> {
   const start = performance.now();
   const chunkTimes: number[] = [];
   let usageTokens: number | undefined;
@@ -152,18 +174,11 @@ export async function timedRequest(
     itlMs: [],
   });
   try {
-    const response = await fetch(`${base}/v1/chat/completions`, {
+    const response = await fetch(`${target.base}${endpointPath(target.endpoint)}`, {
       method: "POST",
-      headers: { "content-type": "application/json", accept: "text/event-stream", ...authorization(apiKey) },
-      body: JSON.stringify({
-        model,
-        messages: [{ role: "user", content: prompt }],
-        max_tokens: maxTokens,
-        temperature: 0,
-        stream: true,
-        stream_options: { include_usage: true },
-      }),
-      signal: AbortSignal.timeout(timeoutSeconds * 1000),
+      headers: { "content-type": "application/json", accept: "text/event-stream", ...authorization(target.apiKey) },
+      body: JSON.stringify(streamedRequestBody(target, prompt, maxTokens)),
+      signal: AbortSignal.timeout(target.timeoutSeconds * 1000),
     });
     if (!response.ok || !response.body) {
       const text = (await response.text().catch(() => "")).trim().replace(/\s+/g, " ").slice(0, 200);
@@ -224,21 +239,31 @@ export function summarizeLevel(concurrency: number, records: RequestRecord[], du
   };
 }
 
+/**
+ * One short request, so that the measured ones find the model loaded. A chat request refused as
+ * bad (a base model has no chat template to apply: mlx serve, vLLM and llama.cpp's server all
+ * answer 400) is tried as a plain completion: the target that answered is the one measured.
+ */
+async function warmUp(chat: RequestTarget, o: ServerBenchOptions): Promise<RequestTarget> {
+  const prompt = uncached(o.prompts[0]!);
+  const maxTokens = Math.min(o.maxTokens, 8);
+  const warm = await timedRequest(chat, prompt, maxTokens);
+  if (warm.ok) return chat;
+  const failure = `the warm-up request to ${chat.base}${endpointPath("chat")} failed: ${warm.error}`;
+  if (!warm.error?.startsWith("HTTP 400")) throw new Error(failure);
+  const completions: RequestTarget = { ...chat, endpoint: "completions" };
+  if (!(await timedRequest(completions, prompt, maxTokens)).ok) throw new Error(failure);
+  o.onProgress?.(`chat refused (${warm.error}); timing ${endpointPath("completions")}`);
+  return completions;
+}
+
 export async function benchServer(o: ServerBenchOptions): Promise<ServerBenchResult> {
   const say = o.onProgress ?? (() => {});
   const base = serverBase(o.url);
   const listed = await probeServer(base, o.apiKey);
   const model = o.model ?? listed ?? "default";
   say(`${base}: model ${model}; warm-up request`);
-  const warm = await timedRequest(
-    base,
-    model,
-    uncached(o.prompts[0]!),
-    Math.min(o.maxTokens, 8),
-    o.timeoutSeconds,
-    o.apiKey,
-  );
-  if (!warm.ok) throw new Error(`the warm-up request to ${base}/v1/chat/completions failed: ${warm.error}`);
+  const target = await warmUp({ base, model, endpoint: "chat", timeoutSeconds: o.timeoutSeconds, apiKey: o.apiKey }, o);
   const levels: LevelResult[] = [];
   for (const concurrency of o.concurrency) {
     const records: RequestRecord[] = [];
@@ -248,7 +273,7 @@ export async function benchServer(o: ServerBenchOptions): Promise<ServerBenchRes
       while (next < o.requests) {
         const i = next++;
         const prompt = uncached(o.prompts[i % o.prompts.length]!);
-        records.push(await timedRequest(base, model, prompt, o.maxTokens, o.timeoutSeconds, o.apiKey));
+        records.push(await timedRequest(target, prompt, o.maxTokens));
       }
     };
     await Promise.all(Array.from({ length: Math.min(concurrency, o.requests) }, worker));
@@ -258,5 +283,5 @@ export async function benchServer(o: ServerBenchOptions): Promise<ServerBenchRes
       `concurrency ${concurrency}: ${level.completed}/${level.requests} completed in ${level.durationSeconds.toFixed(2)} s, ${level.outputTokensPerSecond.toFixed(1)} output tokens/s${level.errors.length ? `; errors: ${level.errors.join("; ")}` : ""}`,
     );
   }
-  return { url: base, model, maxTokens: o.maxTokens, levels };
+  return { url: base, model, endpoint: target.endpoint, maxTokens: o.maxTokens, levels };
 }

@@ -28,7 +28,7 @@ import {
   succeeded,
   type Outcome,
 } from "../bench/report";
-import { benchServer, type ServerBenchResult } from "../bench/server";
+import { benchServer, endpointPath, type ServerBenchResult } from "../bench/server";
 import {
   compileRegex,
   parsePromptFile,
@@ -425,7 +425,7 @@ function serverPlot(r: ServerBenchResult): string {
   const pick = (f: (l: ServerBenchResult["levels"][number]) => number) => r.levels.map(f);
   return lineChart(
     `mlx bench: ${r.url}`,
-    `model ${r.model} · up to ${r.maxTokens} tokens per answer · streaming chat completions`,
+    `model ${r.model} · up to ${r.maxTokens} tokens per answer · streaming ${endpointPath(r.endpoint)}`,
     "concurrent requests",
     xs,
     [
