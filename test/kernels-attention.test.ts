@@ -237,6 +237,34 @@ describe("attention kernel", () => {
     },
   );
 
+  // A rotating cache (--max-kv-size) shows a position its sinks and its window, with hidden
+  // columns between that come and go as the cache compacts (at other steps when speculating):
+  // the same visible keys give the same bits however many columns lie hidden between them.
+  test.each([mx.Dtype.float16, mx.Dtype.bfloat16, mx.Dtype.float32])(
+    "a rotating cache's sinks and window: the same bits whatever lies hidden between (dtype %p)",
+    (dtype) => {
+      mx.scope(() => {
+        const [heads, kvHeads, dim, sinks] = [9, 3, 64, 4];
+        for (const window of [60, 900]) {
+          const normal = (shape: number[]) => mx.astype(mx.random.normal(shape), dtype);
+          const q = normal([1, heads, 1, dim]);
+          const [k, v] = [normal([1, kvHeads, sinks + window, dim]), normal([1, kvHeads, sinks + window, dim])];
+          const withHidden = (hidden: number) => {
+            const part = (a: mx.MxArray, from: number, to: number) =>
+              mx.slice(a, [0, 0, from, 0], [1, kvHeads, to, dim]);
+            const spaced = (a: mx.MxArray) =>
+              mx.concatenate([part(a, 0, sinks), normal([1, kvHeads, hidden, dim]), part(a, sinks, sinks + window)], 2);
+            const visible = [...Array(sinks).fill(1), ...Array(hidden).fill(0), ...Array(window).fill(1)];
+            const mask = mx.array(visible, [1, 1, 1, visible.length], mx.Dtype.bool);
+            return mx.fast.scaledDotProductAttention(q, spaced(k), spaced(v), dim ** -0.5, mask);
+          };
+          const one = withHidden(1);
+          for (const hidden of [2, 31, 256]) expect(relativeError(withHidden(hidden), one)).toBe(0);
+        }
+      });
+    },
+  );
+
   test("a lazy graph node like MLX's: the same result on a second stream", () => {
     mx.scope(() => {
       const { q, k, v, scale } = inputs({ qHeads: 9, kvHeads: 3, queries: 1, keys: 400, dim: 64 });

@@ -10,6 +10,7 @@ import { BatchGenerator, generateTokens, type SequenceEvent } from "../src/engin
 import { complete, soloScheduler } from "../src/engine/generate";
 import { defaultSampling, makeSampler, randomKeys, samplingLogits, type SamplingParams } from "../src/engine/sampling";
 import { lookupDraft, verify, type SpeculatingSequence, type SpeculationOptions } from "../src/engine/speculative";
+import { defaultNumDraft } from "../src/store/aliases";
 import * as mx from "../src/mlx";
 import { loadModel, type LoadedModel } from "../src/models/load";
 import { forward, makeCaches } from "../src/models";
@@ -93,6 +94,32 @@ describe("greedy speculation gives the model's own tokens", () => {
       }
     } finally {
       quantized.free();
+    }
+  });
+
+  test("a rotating KV cache (--max-kv-size) takes back rejected drafts: the tokens decoded in turn, across its compactions", () => {
+    // 120 tokens through a 24-position cache compact it every 24 or so steps, at other steps
+    // with speculation (several positions at once) than without; the draft model's own rotating
+    // cache takes back what the target rejects. Float and quantized (keys per row) caches.
+    const wide = loadModel(join(root, "wide"));
+    const run = (lm: LoadedModel, speculation?: SpeculationOptions) => [
+      ...generateTokens(lm.model, { promptIds: prompt, sampling: defaultSampling, maxTokens: 120 }, lm.kvQuantization, {
+        speculation,
+        maxKvSize: 24,
+      }),
+    ];
+    try {
+      for (const kv of [undefined, { bits: 8, groupSize: 32 }]) {
+        wide.kvQuantization = kv;
+        const alone = run(wide);
+        for (const speculation of [lookup, { numDraft: 5, maxBatch: 2, draftModel: wide.model }]) {
+          const events = run(wide, speculation);
+          expect(drafted(events)).toBeGreaterThan(0);
+          expect(ids(events)).toEqual(ids(alone));
+        }
+      }
+    } finally {
+      wide.free();
     }
   });
 
@@ -453,22 +480,18 @@ describe("requests", () => {
   });
 });
 
-test("flags: an empty --draft-model, or speculation with --max-kv-size (never speculated), are errors", async () => {
-  // Before: '' fell back to prompt lookup, and with --max-kv-size nothing was ever drafted (the
-  // draft model loaded for nothing).
+test("flags: an empty --draft-model is an error; speculation goes with --max-kv-size", async () => {
+  // Before: '' fell back to prompt lookup.
   expect(() => speculationFlags({ "draft-model": "" })).toThrow("--draft-model needs a model");
-  expect(() => speculationFlags({ "prompt-lookup": true, "max-kv-size": "64" })).toThrow(
-    "--prompt-lookup cannot speculate with --max-kv-size",
-  );
-  expect(() => speculationFlags({ "draft-model": "small", "max-kv-size": "64" })).toThrow(
-    "--draft-model cannot speculate with --max-kv-size",
-  );
+  expect(speculationFlags({ "prompt-lookup": true, "max-kv-size": "64" })).toEqual({ numDraft: defaultNumDraft });
   expect(speculationFlags({ "max-kv-size": "64" })).toBeUndefined();
   const mlx = cliRunner(join(root, "home"));
-  const both = await mlx(["run", "-m", join(root, "tiny"), "--prompt-lookup", "--max-kv-size", "64", "Hi"]);
-  expect(both.code).toBe(1);
-  expect(both.stderr.trim().split("\n")).toHaveLength(1);
-  expect(both.stderr).toContain("cannot speculate with --max-kv-size");
+  const args = ["run", "-m", join(root, "tiny"), "--max-kv-size", "24", "--temp", "0", "--max-tokens", "60"];
+  const text = "one two three one two three one two three";
+  const rotating = await mlx([...args, "--prompt-lookup", "--verbose", text]);
+  expect(rotating.code).toBe(0);
+  expect(rotating.stderr).toMatch(/speculation: [1-9]\d* of \d+ drafted tokens accepted/);
+  expect(rotating.stdout).toBe((await mlx([...args, text])).stdout);
 });
 
 test("models.toml: prompt_lookup or draft_model with num_draft on an alias; both is an error", async () => {
@@ -495,13 +518,11 @@ test("models.toml: prompt_lookup or draft_model with num_draft on an alias; both
   const both = await mlx(["run", "-m", "spec", "Hi"]);
   expect(both.code).not.toBe(0);
   expect(both.stderr).toContain("model 'spec': give draft_model or prompt_lookup, not both");
-  // A rotating cache never speculates: said, rather than the alias's speculation silently not made.
-  write("prompt_lookup = true\nmax_kv_size = 64");
-  const rotating = await mlx(["run", "-m", "spec", "Hi"]);
-  expect(rotating.code).toBe(1);
-  expect(rotating.stderr.trim()).toBe(
-    "error: speculative decoding cannot go with a rotating KV cache (max_kv_size 64): it cannot take back rejected drafts; give one or the other",
-  );
+  // With a rotating cache the alias speculates too.
+  write("prompt_lookup = true\nmax_kv_size = 24");
+  const rotating = await mlx(["run", "-m", "spec", "--max-tokens", "40", "--verbose", "one two one two one two"]);
+  expect(rotating.code).toBe(0);
+  expect(rotating.stderr).toMatch(/speculation: \d+ of \d+ drafted tokens accepted/);
 });
 
 test("--num-draft past 64 (a typo for a small number) is an error, as num_draft in models.toml", async () => {
@@ -538,6 +559,26 @@ describe("the default model", () => {
         [
           ...generateTokens(lm.model, { promptIds, sampling: defaultSampling, maxTokens: 48 }, undefined, {
             speculation,
+          }),
+        ].map((e) => e.token);
+      const alone = run();
+      expect(run({ numDraft: 4, maxBatch: 2 })).toEqual(alone);
+      expect(run({ numDraft: 3, maxBatch: 2, draftModel: lm.model })).toEqual(alone);
+    } finally {
+      lm.free();
+    }
+  });
+
+  test("with a rotating KV cache (--max-kv-size 48), over 160 tokens: the same greedy answers", async () => {
+    const lm = loadModel(await resolveModelPath(undefined));
+    try {
+      const text = "The cat sat on the mat. The dog sat on the log. The cat sat on the log. ";
+      const promptIds = lm.tokenizer.encode(`Continue the pattern:\n\n${text.repeat(3)}`, { addSpecialTokens: true });
+      const run = (speculation?: SpeculationOptions) =>
+        [
+          ...generateTokens(lm.model, { promptIds, sampling: defaultSampling, maxTokens: 160 }, undefined, {
+            speculation,
+            maxKvSize: 48,
           }),
         ].map((e) => e.token);
       const alone = run();

@@ -210,12 +210,6 @@ export function speculationFlags(args: Record<string, unknown>): SpeculationChoi
   if (draftModel !== undefined && lookup) throw new Error("give --draft-model or --prompt-lookup, not both");
   // An empty one (--draft-model "$UNSET") would otherwise speculate by prompt lookup unasked.
   if (draftModel !== undefined && !draftModel.trim()) throw new Error("--draft-model needs a model");
-  // The rotating cache drops positions it cannot take back, so the batch never speculates with
-  // it: asked for both, the draft model would be loaded for nothing and no draft ever made.
-  if ((draftModel !== undefined || lookup) && args["max-kv-size"] !== undefined)
-    throw new Error(
-      `${lookup ? "--prompt-lookup" : "--draft-model"} cannot speculate with --max-kv-size: the rotating cache cannot take back rejected drafts; give one or the other`,
-    );
   const numDraft = args["num-draft"] === undefined ? undefined : numDraftFlag(args["num-draft"]);
   if (draftModel === undefined && !lookup) {
     if (numDraft !== undefined) throw new Error("--num-draft needs --draft-model or --prompt-lookup");

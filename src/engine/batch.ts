@@ -375,10 +375,8 @@ export class BatchGenerator {
   /** Speculation is on, some sequence takes it, and the batch is small enough for it to pay. */
   get #speculating(): boolean {
     const o = this.options.speculation;
-    // A rotating cache (--max-kv-size) cannot take back positions it has already dropped.
     return (
       o !== undefined &&
-      this.options.maxKvSize === undefined &&
       this.running > 0 &&
       this.running <= o.maxBatch &&
       this.#groups[0]!.active.some((s) => s.request.speculate !== false && s.pause === 0)
@@ -415,7 +413,14 @@ export class BatchGenerator {
     if (s.request.speculate === false || s.pause > 0 || s.generated === 0 || count <= 0) return { tokens: [] };
     if (o.draftModel) {
       const width = this.model.config.vocabSize;
-      return modelDraft(o.draftModel, s, count, { chunk: this.options.prefillChunk, width, endTokens: o.endTokens });
+      return modelDraft(o.draftModel, s, count, {
+        chunk: this.options.prefillChunk,
+        width,
+        endTokens: o.endTokens,
+        // A rotating draft cache keeps a draft's worth beyond its window, to take back what the target rejects.
+        maxKvSize: this.options.maxKvSize,
+        reserve: o.numDraft,
+      });
     }
     const tokens = lookupDraft([...s.history, s.next], count, o.endTokens);
     if (tokens.length === 0) this.#missed(s);

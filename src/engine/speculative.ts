@@ -45,13 +45,6 @@ export async function attachSpeculation(
   open: (name: string) => Promise<LoadedModel>,
 ): Promise<void> {
   if (!choice) return;
-  // The rotating cache drops positions it could not take back, so the batch never speculates
-  // with it: a draft model would be loaded, and the alias's speculation never happen, unsaid.
-  if (lm.maxKvSize !== undefined)
-    throw new UnsupportedError(
-      `speculative decoding cannot go with a rotating KV cache (max_kv_size ${lm.maxKvSize}): it cannot take back rejected drafts; give one or the other`,
-      choice.draftModel ? "draft_model" : "prompt_lookup",
-    );
   if (!choice.draftModel) {
     lm.speculation = { numDraft: choice.numDraft };
     return;
@@ -181,9 +174,9 @@ export function modelDraft(
   model: DecoderModel,
   s: SpeculatingSequence,
   count: number,
-  o: { chunk: number; width: number; endTokens?: ReadonlySet<number> },
+  o: { chunk: number; width: number; endTokens?: ReadonlySet<number>; maxKvSize?: number; reserve?: number },
 ): Draft {
-  s.draft ??= { caches: makeCaches(model, { windowed: false }), fed: 0 };
+  s.draft ??= { caches: makeCaches(model, { windowed: false, maxKvSize: o.maxKvSize, reserve: o.reserve }), fed: 0 };
   const { caches } = s.draft;
   const feed = (tokens: number[]) =>
     model.layers(model.embed(mx.array(Int32Array.from(tokens), [1, tokens.length])), caches);

@@ -143,11 +143,19 @@ export function makeCaches(
     windowed = true,
     quantization,
     maxKvSize,
+    reserve,
     joining = false,
-  }: { windowed?: boolean; quantization?: KvQuantization; maxKvSize?: number; joining?: boolean } = {},
+  }: {
+    windowed?: boolean;
+    quantization?: KvQuantization;
+    maxKvSize?: number;
+    /** Positions a rotating cache keeps beyond its window, for trim to take back. */
+    reserve?: number;
+    joining?: boolean;
+  } = {},
 ): KVCache[] {
   if (maxKvSize !== undefined)
-    return Array.from({ length: model.numLayers }, () => RotatingKVCache.forSequence(maxKvSize, quantization));
+    return Array.from({ length: model.numLayers }, () => RotatingKVCache.forSequence(maxKvSize, quantization, reserve));
   if (windowed && !quantization && model.makeCaches) return model.makeCaches();
   return Array.from({ length: model.numLayers }, () =>
     Object.assign(new KVCache(quantization), { deferKeys: joining }),

@@ -8,6 +8,12 @@
 // holds up to a step of columns more, hides the ones out of reach with the attention mask,
 // and compacts all rows at once when the slack is used up. Rotary positions keep counting
 // from the start of each sequence: `dropped` per row are no longer held.
+//
+// A compaction keeps at least one hidden column between the sinks and the window: positions
+// dropped leave a gap the attention kernel sees in the mask (attention_tiles.h cuts its parts
+// there), so a position gets the same bits whenever the cache compacted, one token at a time or
+// several at once (a speculative step). `reserve` keeps that many positions more, which trim can
+// then take back (a draft model's cache: the drafts its target rejected).
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import { BatchKVCache } from "./batch-cache";
@@ -31,6 +37,7 @@ export class RotatingKVCache extends BatchKVCache {
     readonly maxSize: number,
     readonly keep = DEFAULT_KV_KEEP,
     quantization?: KvQuantization,
+    readonly reserve = 0,
   ) {
     // Grow (and compact) in steps of at most maxSize, so a small cache never holds much more.
     // Keys per row: a compaction gathers each row's own columns, which would split the
@@ -39,9 +46,9 @@ export class RotatingKVCache extends BatchKVCache {
     if (maxSize <= keep) throw new Error(`the KV cache size (${maxSize}) must be larger than its ${keep} sinks`);
   }
 
-  /** A one-row cache for one sequence (a prefill, or `mlx run`). */
-  static forSequence(maxSize: number, quantization?: KvQuantization): RotatingKVCache {
-    const cache = new RotatingKVCache(maxSize, DEFAULT_KV_KEEP, quantization);
+  /** A one-row cache for one sequence (a prefill, `mlx run`, a draft model's). */
+  static forSequence(maxSize: number, quantization?: KvQuantization, reserve = 0): RotatingKVCache {
+    const cache = new RotatingKVCache(maxSize, DEFAULT_KV_KEEP, quantization, reserve);
     cache.leftPadding = [0];
     cache.dropped = [0];
     return cache;
@@ -120,16 +127,19 @@ export class RotatingKVCache extends BatchKVCache {
     return super.update(keys, values);
   }
 
-  // A step's slack used up: some row would hold more than `maxSize + step` columns after this update.
+  // A step's slack used up: some row would hold more than `maxSize + reserve + step` columns after this update.
   #mustCompact(length: number): boolean {
     if (!this.keys) return false;
     const longest = Math.max(0, ...this.leftPadding.map((pad) => this.offset - pad));
-    return longest + length > this.maxSize + this.step;
+    return longest + length > this.maxSize + this.reserve + this.step;
   }
 
-  /** Each row keeps its sinks and the newest positions the next query still sees. */
+  /**
+   * Each row keeps its sinks, the newest positions the next query still sees (maxSize - 1 with
+   * the sinks), one hidden before them, and `reserve` more.
+   */
   #kept(held: number): number {
-    return Math.min(held, this.maxSize - 1);
+    return Math.min(held, this.maxSize + this.reserve);
   }
 
   #layoutFor(length: number): Layout {
@@ -194,13 +204,22 @@ export class RotatingKVCache extends BatchKVCache {
     this.dropped = [dropped];
   }
 
+  /** One sequence's cache back to `length` positions (its columns are those not dropped). */
   override trim(length: number): void {
-    if (!this.canTrim(length)) throw new Error("a rotating KV cache that dropped positions cannot take tokens back");
-    super.trim(length);
+    if (!this.canTrim(length))
+      throw new Error(
+        `a rotating KV cache cannot go back to position ${length}: it no longer holds the window before it`,
+      );
+    super.trim(length - (this.dropped[0] ?? 0));
   }
 
-  override canTrim(_length: number): boolean {
-    return this.dropped.every((d) => d === 0);
+  /**
+   * Whether position `length` would still see what it sees decoded in turn: its window, after a
+   * hidden column when positions were dropped (the gap the kernel's bits depend on).
+   */
+  override canTrim(length: number): boolean {
+    const dropped = this.dropped[0] ?? 0;
+    return dropped === 0 || this.keep + dropped <= length - (this.maxSize - this.keep);
   }
 
   override free(forget = true): void {

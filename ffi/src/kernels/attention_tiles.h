@@ -56,6 +56,33 @@ std::pair<int, int> visible_keys(const Problem& p, int b, int kv_head, int row_b
   return {first, std::max(first, end)};
 }
 
+// The first run of keys [begin, end) inside a tile's keys that the mask hides from all its rows,
+// between keys they see (begin == end: none). A rotating cache (--max-kv-size) shows a position
+// its sinks, hides what has left the window, then shows the window. Those hidden columns come and
+// go as the cache compacts, which happens at other steps with a speculative check than when
+// decoding one token at a time: the tile's parts are cut at the run, so that they cover the same
+// visible keys whatever the columns in between (the cache keeps the run at least a column wide).
+template <class Problem>
+std::pair<int, int> hidden_run(const Problem& p, const AttentionTile& t) {
+  if (!p.has_mask) return {t.key_end, t.key_end};
+  const int group = p.q_heads / p.kv_heads;
+  const int heads = p.mask.stride[1] == 0 ? 1 : group;
+  auto hidden_from_all = [&](int j) {
+    for (int head = t.kv_head * group; head < t.kv_head * group + heads; ++head)
+      for (int i = t.row_begin; i < t.row_end; ++i) {
+        const int64_t base = t.b * p.mask.stride[0] + head * p.mask.stride[1] + int64_t(i) * p.mask.stride[2];
+        if (!hidden_key(p, base, j)) return false;
+      }
+    return true;
+  };
+  int begin = t.key_begin;
+  while (begin < t.key_end && !hidden_from_all(begin)) ++begin;
+  int end = begin;
+  while (end < t.key_end && hidden_from_all(end)) ++end;
+  // A hidden run that reaches the tile's last key is no run between visible keys.
+  return end == t.key_end ? std::pair{t.key_end, t.key_end} : std::pair{begin, end};
+}
+
 // The parts a row's `keys` are split into when one tile holds all its queries (decode, a
 // speculative check), which would leave threads idle. It depends on the row's own keys and the
 // model's heads, never on the batch: a row is split as it would be alone.
@@ -104,16 +131,22 @@ void run_attention_tiles(const Problem& p, Attend attend) {
   parts_begin.clear();
   for (int index = 0; index < tiles; ++index) {
     const AttentionTile t = tile_at(index);
-    const int count = parts_for(p, t.key_end - t.key_begin);
-    const int per_part = (t.key_end - t.key_begin + count - 1) / count;
     parts_begin.push_back(int(parts.size()));
-    for (int part = 0; part < count; ++part) {
-      AttentionTile range = t;
-      range.key_begin = std::min(t.key_end, t.key_begin + part * per_part);
-      range.key_end = std::min(t.key_end, range.key_begin + per_part);
-      range.first_part = part == 0;
-      parts.push_back(range);
-    }
+    // Keys [begin, end) of t split by their own count.
+    auto split = [&](int begin, int end) {
+      const int count = parts_for(p, end - begin);
+      const int per_part = (end - begin + count - 1) / count;
+      for (int part = 0; part < count; ++part) {
+        AttentionTile range = t;
+        range.key_begin = std::min(end, begin + part * per_part);
+        range.key_end = std::min(end, range.key_begin + per_part);
+        range.first_part = int(parts.size()) == parts_begin.back();
+        parts.push_back(range);
+      }
+    };
+    const auto [hidden_begin, hidden_end] = hidden_run(p, t);
+    split(t.key_begin, hidden_begin);
+    if (hidden_begin < t.key_end) split(hidden_end, t.key_end);
   }
   parts_begin.push_back(int(parts.size()));
   const int stride = partial_stride(p);

@@ -380,10 +380,13 @@ void attend(const QuantizedAttentionProblem& p, const AttentionTile& t, float* p
 
   // Causal: no row of the tile sees keys past its last position.
   const int key_end = p.causal ? std::min(t.key_end, t.row_end + shift) : t.key_end;
-  // Chunks start at multiples of kLanes (the first one ends at one), so each block of kLanes keys
-  // lies within one group of keys and on one side of the float tail.
+  // Per-channel keys: chunks start at multiples of kLanes (the first one ends at one), so each
+  // block of kLanes keys lies within one group of keys and on one side of the float tail. Keys
+  // per row: chunks start at the tile's first key, so they cover the same keys wherever the
+  // columns lie (a batch's padding, a rotating cache's compactions).
+  const bool aligned = p.channel_keys;
   for (int start = t.key_begin, n = 0; start < key_end; start += n) {
-    n = std::min(key_end, start % kLanes ? (start / kLanes + 1) * kLanes : start + kChunk) - start;
+    n = std::min(key_end, aligned && start % kLanes ? (start / kLanes + 1) * kLanes : start + kChunk) - start;
     // kLanes keys at a time: dequantized into L1, then scored against every row of the group.
     for (int first = 0; first < n; first += kLanes) {
       const int m = std::min(kLanes, n - first), block = start + first;
