@@ -4,6 +4,14 @@
 // (SchemaError, from engine/grammar.ts, BudgetError, from engine/budget/steering.ts, and
 // ModelLoadError, from models/load.ts, are three more.)
 
+/**
+ * The configuration ($MLX_HOME/models.toml) cannot be read or is malformed: the operator's to
+ * fix, not the request's. The message starts with the file (and line) and says what is wrong.
+ */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
 /** A model name that is no alias, stored model, source or path. */
 export class ModelNotFoundError extends Error {
   override name = "ModelNotFoundError";

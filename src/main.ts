@@ -3,6 +3,7 @@
 import { defineCommand, runMain, type ArgsDef } from "citty";
 import pkg from "../package.json" with { type: "json" };
 import { fail } from "./cmd/log";
+import { writeErrorReason } from "./format";
 import { flagProblem, showUsage, withLastValues, withNegativeValues } from "./cmd/strict-flags";
 
 const subCommands = {
@@ -49,10 +50,10 @@ if (name !== undefined && Object.hasOwn(subCommands, name)) {
 
 // A reader that went away (`mlx run ... | head -c 5`) ends the command quietly with SIGPIPE's
 // status, as it ends `cat` or `yes`: Bun reports the failed write as the stream's error
-// instead of raising the signal.
+// instead of raising the signal. Any other (`> /dev/full`) is one line, as every error.
 process.stdout.on("error", (error: NodeJS.ErrnoException) => {
   if (error.code === "EPIPE") process.exit(128 + 13);
-  throw error;
+  fail(new Error(`cannot write the output: ${writeErrorReason(error)}`));
 });
 
 runMain(main, { rawArgs: argv, showUsage });

@@ -1,7 +1,7 @@
 // `mlx chat` in a real terminal: the executable runs in a tmux pane (a pseudo-terminal),
 // driven with keystrokes and read back from the screen. Uses a tiny random-weight model.
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { writeTinyModel } from "./helpers/tiny-model";
@@ -150,6 +150,71 @@ describe.skipIf(!hasTmux)("mlx chat in a terminal, leaving from inside a block",
   });
 });
 
+describe.skipIf(!hasTmux)("mlx chat in a terminal: its history file", () => {
+  const historySession = `${session}-history`;
+  const historyModel = join(root, "history-model");
+  beforeAll(() => writeTinyModel(historyModel));
+  const view = () => tmux("capture-pane", "-p", "-t", historySession).stdout.toString();
+  const keysTo = (...k: string[]) => tmux("send-keys", "-t", historySession, ...k);
+  const until = async (pattern: RegExp) => {
+    for (const deadline = Date.now() + 20_000; !pattern.test(view()) && Date.now() < deadline; ) await Bun.sleep(100);
+    expect(view()).toMatch(pattern);
+  };
+  /** Starts a chat in a terminal on `historyHome`; `status` gets its exit status when it ends. */
+  const start = (historyHome: string, status: string) => {
+    const command = `MLX_HOME='${historyHome}' NO_COLOR=1 ${mlxCommand} chat -m '${historyModel}' --max-tokens 4; echo $? > '${status}'`;
+    // Wide enough that the note about an unreadable history, which names its path, stays on one line.
+    tmux("new-session", "-d", "-s", historySession, "-x", "300", "-y", "50", command);
+  };
+  const exitStatus = async (status: string) => {
+    for (const deadline = Date.now() + 20_000; !existsSync(status) && Date.now() < deadline; ) await Bun.sleep(100);
+    return existsSync(status) ? readFileSync(status, "utf8").trim() : `still running:\n${view()}`;
+  };
+  afterEach(() => {
+    if (tmux("has-session", "-t", historySession).exitCode === 0) tmux("kill-session", "-t", historySession);
+  });
+
+  test("lines that are not JSON strings are skipped (Up crashed on them); the file is left its owner's alone", async () => {
+    const historyHome = join(root, "history-corrupt");
+    mkdirSync(historyHome, { recursive: true });
+    const history = join(historyHome, "chat_history");
+    const invalidUtf8 = Buffer.from([0xff, 0xfe, 0x0a]);
+    writeFileSync(
+      history,
+      Buffer.concat([Buffer.from('"older line"\nnull\n{"a":1}\n42\n'), invalidUtf8, Buffer.from('"newest line"\n')]),
+      {
+        mode: 0o644,
+      },
+    );
+    const status = join(root, "history-corrupt-status");
+    start(historyHome, status);
+    await until(/^>>>\s*$/m);
+    keysTo("Up");
+    await until(/^>>> newest line$/m);
+    keysTo("Up");
+    await until(/^>>> older line$/m);
+    keysTo("C-u");
+    keysTo("C-d");
+    expect(await exitStatus(status)).toBe("0");
+    expect(readFileSync(history, "utf8")).toBe('"older line"\n"newest line"\n');
+    // What was typed may be private: readable by its owner alone, as shells and Ollama keep history.
+    expect(statSync(history).mode & 0o777).toBe(0o600);
+  });
+
+  test("a history that cannot be read (a directory) is a one-line note, and the chat goes on", async () => {
+    const historyHome = join(root, "history-unreadable");
+    mkdirSync(join(historyHome, "chat_history"), { recursive: true });
+    const status = join(root, "history-unreadable-status");
+    start(historyHome, status);
+    await until(/note: cannot read the chat history .*chat_history: .*; starting without it\n/);
+    await until(/^>>>\s*$/m);
+    keysTo("hello", "Enter");
+    await until(/^>>> hello\n.*\n>>>\s*$/m);
+    keysTo("C-d");
+    expect(await exitStatus(status)).toBe("0");
+  });
+});
+
 describe.skipIf(!hasTmux)("mlx chat in a terminal: /model's picker", () => {
   const picker = `${session}-picker`;
   const pickerHome = join(root, "picker-home");
@@ -244,6 +309,57 @@ describe("mlx chat with piped input", () => {
     expect(errors).toContain(`error: cannot read '${join(root, "nonexist.json")}': no such file\n`);
     expect(errors).toMatch(new RegExp(`error: '${notJson}' is not valid JSON: .+\\n`));
     expect(errors).toContain(`error: ${bad}: temperature must be >= 0 (got -1)`);
+  });
+
+  test("/load refuses JSON that is not a /save file (null, other roles) in one line; /set reads whole numbers as the flags do", async () => {
+    const piped = join(root, "piped-strict");
+    writeTinyModel(piped);
+    const nullFile = join(root, "null.json");
+    writeFileSync(nullFile, "null\n");
+    const roles = join(root, "roles.json");
+    writeFileSync(
+      roles,
+      JSON.stringify({
+        messages: [
+          { role: "system", content: "again" },
+          { role: "bogus", content: "x" },
+        ],
+      }),
+    );
+    const proc = Bun.spawn([process.execPath, main, "chat", "-m", piped, "--max-tokens", "2"], {
+      stdin: new Blob([
+        `/load ${nullFile}\n/load ${roles}\n/set max_tokens 1e2\n/set seed 0x10\n/set foo bar\n/show\n`,
+      ]),
+      stdout: "pipe",
+      stderr: "pipe",
+      env: { ...process.env, MLX_HOME: home },
+    });
+    const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+    expect(code).toBe(0);
+    const notSaved = (file: string) =>
+      `error: ${file} is not a conversation saved with /save (needs messages: [{role: "user" or "assistant", content}])\n`;
+    expect(stderr).toContain(notSaved(nullFile));
+    expect(stderr).toContain(notSaved(roles));
+    expect(stderr).toContain("error: /set max_tokens needs a whole number (got '1e2')\n");
+    expect(stderr).toContain("error: /set seed needs a whole number (got '0x10')\n");
+    expect(stderr).toContain("error: unknown setting 'foo'");
+    expect(stderr).toMatch(/max_tokens 2, seed random,/); // nothing was changed
+  });
+
+  test("--stats with a rotating cache names what bounds it, not the model's length the conversation outgrows", async () => {
+    const piped = join(root, "piped-rotating");
+    writeTinyModel(piped, { contextLength: 64 });
+    const turns = Array.from({ length: 4 }, (_, i) => `turn ${i} ${"blah ".repeat(10)}\n`).join("");
+    const proc = Bun.spawn(
+      [process.execPath, main, "chat", "-m", piped, "--max-tokens", "10", "--max-kv-size", "32", "--stats"],
+      { stdin: new Blob([turns]), stdout: "pipe", stderr: "pipe", env: { ...process.env, MLX_HOME: home } },
+    );
+    const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+    expect(code).toBe(0);
+    const contexts = [...stderr.matchAll(/context (\d+) \(the rotating cache keeps 32 positions\)\n/g)];
+    expect(contexts.length).toBe(4);
+    expect(Number(contexts.at(-1)![1])).toBeGreaterThan(64); // past the model's length: nothing was dropped
+    expect(stderr).not.toContain("dropped");
   });
 
   test("/set system keeps the prompt as typed; /save to a missing folder is one line naming the file", async () => {

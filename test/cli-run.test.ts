@@ -1,7 +1,16 @@
 // `mlx run` as a user drives it: the real CLI in a child process, on a tiny random-weight
 // model directory (SmolLM2's tokenizer), with pipes, flags, bad input and Ctrl-C.
 import { beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, truncateSync, copyFileSync, mkdirSync, writeFileSync, statSync } from "node:fs";
+import {
+  existsSync,
+  mkdtempSync,
+  truncateSync,
+  copyFileSync,
+  mkdirSync,
+  readFileSync,
+  writeFileSync,
+  statSync,
+} from "node:fs";
 import type { ArgsDef } from "citty";
 import { withLastValues } from "../src/cmd/strict-flags";
 import { tmpdir } from "node:os";
@@ -65,6 +74,17 @@ describe("mlx run", () => {
     );
     const onlyStdin = await mlx(["run", "-m", model, "--max-tokens", "1", "--json"], "just stdin");
     expect(onlyStdin.code).toBe(0);
+  });
+
+  test("piped code keeps its first line's indentation; blank lines around it go", async () => {
+    const ids = async (args: string[], stdin?: string) =>
+      JSON.parse((await mlx(["run", "-m", model, "--raw", "--max-tokens", "1", "--json", ...args], stdin)).stdout)
+        .prompt_token_ids as number[];
+    const indented = await ids(["    return a + b"]);
+    expect(await ids([], "\n\n    return a + b\n  \n")).toEqual(indented);
+    expect(indented).not.toEqual(await ids(["return a + b"]));
+    const blank = await mlx(["run", "-m", model, "--max-tokens", "1"], "\n  \n");
+    expect(blank.stderr.trim()).toStartWith("error: no prompt");
   });
 
   test("--verbose prints the figures on stderr, not stdout", async () => {
@@ -132,6 +152,25 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
       await mlx(["run", "-m", model, "word ".repeat(400)]),
       /the prompt is \d+ tokens, but the model's context is 256 tokens/,
     );
+  });
+
+  test("--system where no chat template would take it (--raw, a model without one) is refused, not dropped", async () => {
+    oneLineError(
+      await mlx(["run", "-m", model, "--raw", "--system", "Answer in French", "hi"]),
+      /--system needs the chat template, which --raw leaves out/,
+    );
+    const untemplated = join(root, "untemplated");
+    mkdirSync(untemplated, { recursive: true });
+    for (const f of ["config.json", "tokenizer.json", "model.safetensors"])
+      copyFileSync(join(model, f), join(untemplated, f));
+    const { chat_template: _, ...config } = JSON.parse(readFileSync(join(model, "tokenizer_config.json"), "utf8"));
+    writeFileSync(join(untemplated, "tokenizer_config.json"), JSON.stringify(config));
+    oneLineError(
+      await mlx(["run", "-m", untemplated, "--system", "Answer in French", "hi"]),
+      /this model has no chat template to put --system in/,
+    );
+    // Without --system, such a model still answers its prompt as plain text.
+    expect((await mlx(["run", "-m", untemplated, "--max-tokens", "1", "hi"])).code).toBe(0);
   });
 
   test("an invalid flag value", async () => {
@@ -245,8 +284,8 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
 
   test("words past a command's arguments are refused (citty dropped them); run joins its words, as Ollama's does", async () => {
     oneLineError(
-      await mlx(["rm", "a", "b"]),
-      /^error: mlx rm takes one argument \('b' is one too many; quote one with spaces in it\)$/m,
+      await mlx(["show", "a", "b"]),
+      /^error: mlx show takes one argument \('b' is one too many; quote one with spaces in it\)$/m,
     );
     oneLineError(await mlx(["convert", "a.gguf", "out", "extra"]), /mlx convert takes 2 arguments \('extra' is one/);
     const words = await mlx(["run", "-m", model, "--max-tokens", "6", "--json", "Hi", "there"]);
@@ -318,6 +357,17 @@ describe("mlx run: a reader that goes away", () => {
     expect(code).toBe(0);
     expect(stderr.trim()).toBe("status 141");
   });
+
+  test.skipIf(!existsSync("/dev/full"))(
+    "a stdout that cannot be written (`> /dev/full`) is one line, no stack trace",
+    async () => {
+      const command = `"${process.execPath}" "${main}" run -m "${model}" --max-tokens 5 "hi" > /dev/full`;
+      const proc = Bun.spawn(["bash", "-c", command], { stdout: "pipe", stderr: "pipe", env });
+      const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+      expect(code).toBe(1);
+      expect(stderr).toBe("error: cannot write the output: ENOSPC: no space left on device\n");
+    },
+  );
 });
 
 describe("mlx run: Ctrl-C", () => {

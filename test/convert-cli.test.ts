@@ -92,6 +92,40 @@ describe("mlx convert <gguf> <dir>", () => {
   );
 });
 
+describe("mlx convert --force", () => {
+  test(
+    "replaces an earlier conversion, never a directory that holds no model (., a project)",
+    async () => {
+      const project = join(work, "project");
+      mkdirSync(join(project, "src"), { recursive: true });
+      writeFileSync(join(project, "src", "main.c"), "int main;");
+      writeFileSync(join(project, "notes.md"), "mine");
+      const refused = await mlx(["convert", defaultGGUF(), project, "--force"]);
+      expect(refused.code).toBe(1);
+      expect(errorLines(refused.stderr)).toEqual([
+        `error: ${project} is not a model directory (no config.json and .safetensors): --force replaces only an earlier conversion; choose another directory`,
+      ]);
+      expect(readdirSync(project).sort()).toEqual(["notes.md", "src"]);
+      expect(readFileSync(join(project, "src", "main.c"), "utf8")).toBe("int main;");
+
+      const earlier = join(work, "earlier");
+      mkdirSync(earlier);
+      writeFileSync(join(earlier, "config.json"), "{}");
+      writeFileSync(join(earlier, "model.safetensors"), "stale");
+      const replaced = await mlx(["convert", defaultGGUF(), earlier, "--force"]);
+      expect(replaced.code).toBe(0);
+      expect(readdirSync(earlier).sort()).toEqual([
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+      ]);
+    },
+    TEST_TIMEOUT_MS,
+  );
+});
+
 describe("mlx convert errors", () => {
   test(
     "an option or an output it cannot use is its own error, with no word of damage",

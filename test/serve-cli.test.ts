@@ -4,31 +4,10 @@ import { expect, test } from "bun:test";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { tinyModel } from "./helpers/serve";
+import { startServe, tinyModel } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
 
 const main = join(import.meta.dir, "..", "src", "main.ts");
-
-/** `mlx serve --port 0 -m <model>` in a child process, with the URL it prints once its model is loaded. */
-async function startServe(model: string): Promise<{ proc: Bun.Subprocess<"ignore", "pipe", "pipe">; url: string }> {
-  const proc = Bun.spawn([process.execPath, main, "serve", "--port", "0", "-m", model], {
-    stdout: "pipe",
-    stderr: "pipe",
-    env: { ...process.env, NO_COLOR: "1" },
-  });
-  const reader = proc.stderr.getReader();
-  let err = "";
-  while (!/listening on (http:\S+)/.test(err)) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`serve exited: ${err}`);
-    err += new TextDecoder().decode(value);
-  }
-  reader.releaseLock();
-  const url = /listening on (http:\S+)/.exec(err)![1]!;
-  const deadline = performance.now() + 10_000;
-  while ((await fetch(`${url}/health`)).status !== 200 && performance.now() < deadline) await Bun.sleep(20);
-  return { proc, url };
-}
 
 test("serves on 127.0.0.1, prints the URL, uses -m by default, stops on SIGTERM", async () => {
   const model = tinyModel();

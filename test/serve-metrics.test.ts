@@ -143,14 +143,15 @@ describe("the adaptive tuner", () => {
   // A target no step misses: every observation is "comfortably under".
   const easyTarget = 60_000;
 
-  test("one client at a time never raises the batch limit, as nothing shows a bigger batch would keep up", async () => {
+  test("one client at a time moves no limit, as its decode steps show neither a bigger batch nor a prefill", async () => {
     const model = tinyModel();
     server = serve({ defaultModel: model, targetItlMs: easyTarget, maxBatch: 2, prefillChunk: 64 });
     for (let i = 0; i < 3; i++) await complete(server.url, model, `Story ${i}`, 20);
     const m = await modelStats(server.url);
-    expect(m.tuner.adjustments).toBeGreaterThan(0);
+    expect(m.tuner.estimated_p99_itl_ms).toBeGreaterThan(0); // it did observe the steps
+    expect(m.tuner.adjustments).toBe(0);
     expect(m.max_batch).toBe(2);
-    expect(m.prefill_chunk).toBeGreaterThan(64);
+    expect(m.prefill_chunk).toBe(64);
     expect(await sample(server.url, `mlx_batch_limit{model="${model}"}`)).toBe(2);
   });
 

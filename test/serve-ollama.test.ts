@@ -4,12 +4,14 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Ollama, type GenerateResponse } from "ollama";
 import type { RunningServer } from "../src/server/app";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { eventually, post, serve, tinyModel } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
 import { readGGUFHeader } from "../src/models/gguf-header";
+import { modelRequest, pullModel } from "../src/store/pull";
+import { readManifest } from "../src/store/manifest";
 
 let server: RunningServer;
 let ollama: Ollama;
@@ -23,6 +25,19 @@ beforeAll(() => {
   ollama = new Ollama({ host: server.url });
 });
 afterAll(() => server.stop());
+
+/** Runs `body` with the store (and models.toml) in a fresh directory, `root`/home. */
+async function withStore(body: (root: string) => Promise<void>): Promise<void> {
+  const savedHome = process.env.MLX_HOME;
+  const root = mkdtempSync(join(tmpdir(), "mlx-store-"));
+  process.env.MLX_HOME = join(root, "home");
+  mkdirSync(process.env.MLX_HOME);
+  try {
+    await body(root);
+  } finally {
+    process.env.MLX_HOME = savedHome;
+  }
+}
 
 const expectFigures = (r: {
   total_duration: number;
@@ -197,6 +212,27 @@ describe("Ollama chat and generate", () => {
     expect(zero.eval_count).toBe(unlimited.eval_count);
   });
 
+  test("num_ctx bounds the context: the answer ends where it is full, a longer prompt is a 400 naming it", async () => {
+    const whole = await ollama.generate({ model, prompt: "Hi", stream: false, options: { temperature: 0 } });
+    expect(whole.eval_count).toBeGreaterThan(4); // without num_ctx, it would run past the bound below
+    const numCtx = whole.prompt_eval_count + 4;
+    for (const stream of [false, true]) {
+      let last: GenerateResponse | undefined;
+      const request = { model, prompt: "Hi", options: { temperature: 0, num_predict: 100, num_ctx: numCtx } };
+      if (stream) for await (const part of await ollama.generate({ ...request, stream })) last = part;
+      else last = await ollama.generate({ ...request, stream });
+      expect(last!.prompt_eval_count + last!.eval_count).toBe(numCtx);
+      expect(last!.done_reason).toBe("length");
+    }
+    const long = [{ role: "user", content: "Why is the sky blue? ".repeat(20) }];
+    const tooLong = await ollama.chat({ model, messages: long, options: { num_ctx: 32 } }).catch((e) => e);
+    expect(tooLong.status_code).toBe(400);
+    expect(tooLong.message).toMatch(/options\.num_ctx is 32 tokens/);
+    // Above the model's own context (256), the model's holds: the same prompt fits.
+    const roomy = await ollama.chat({ model, messages: long, stream: false, options: { ...greedy, num_ctx: 1 << 20 } });
+    expect(roomy.done).toBe(true);
+  });
+
   test("options Ollama documents that change nothing here are taken; those that would are 400s", async () => {
     const neutral = {
       ...greedy,
@@ -318,6 +354,74 @@ describe("Ollama model management", () => {
     }
   });
 
+  test("show and a request read the same files for a model pulled from a directory that has changed since", async () => {
+    await withStore(async (root) => {
+      const original = join(root, "pulled-tiny");
+      writeTinyModel(original, { contextLength: 256 });
+      const { path: stored } = await pullModel(modelRequest(original));
+      writeTinyModel(original, { contextLength: 128 }); // the user's copy changes; the store's does not
+      const show = await ollama.show({ model: "pulled-tiny" });
+      expect(show.modelfile).toBe(`FROM ${stored}\n`);
+      expect((show.model_info as unknown as Record<string, number>)["llama.context_length"]).toBe(256);
+      await ollama.generate({ model: "pulled-tiny", prompt: "", keep_alive: -1 });
+      // The client's types know no `context_length`: raw HTTP.
+      const ps = (await (await fetch(`${server.url}/api/ps`)).json()) as {
+        models: { name: string; context_length: number }[];
+      };
+      expect(ps.models.find((m) => m.name === "pulled-tiny")?.context_length).toBe(256);
+      await ollama.generate({ model: "pulled-tiny", prompt: "", keep_alive: 0 });
+    });
+  });
+
+  test("pulling a model stored already streams its size, complete, before success (as Ollama does for the layers it has)", async () => {
+    await withStore(async (root) => {
+      const original = join(root, "stored-tiny");
+      writeTinyModel(original, { contextLength: 256 });
+      await pullModel(modelRequest(original));
+      const parts = [];
+      for await (const part of await ollama.pull({ model: "stored-tiny", stream: true })) parts.push(part);
+      const size = readManifest("stored-tiny")!.totalBytes;
+      expect(parts.map((p) => p.status)).toEqual([
+        "pulling manifest",
+        "pulling stored-tiny",
+        "verifying sha256 digest",
+        "writing manifest",
+        "success",
+      ]);
+      expect(parts[1]).toMatchObject({ total: size, completed: size });
+    });
+  });
+
+  test("show and a request say the same of a model path that is not there", async () => {
+    const missing = join(tmpdir(), "mlx-no-such-dir", "model.gguf");
+    const shown = await ollama.show({ model: missing }).catch((e) => e);
+    const asked = await ollama.chat({ model: missing, messages }).catch((e) => e);
+    expect(shown.status_code).toBe(404);
+    expect(shown.message).toBe(asked.message);
+  });
+
+  test("a remote model: a preload (as `ollama run` sends first) is done as a local one's, :latest names it; num_ctx is a 400", async () => {
+    await withStore(async (root) => {
+      const remote = `[models.far]\nprovider = "openai"\nbase_url = "${server.url}/v1"\nmodel = "${model}"\n`;
+      writeFileSync(join(root, "home", "models.toml"), remote);
+      const generate = await ollama.generate({ model: "far", prompt: "" });
+      expect(generate.done_reason).toBe("load");
+      const chat = await ollama.chat({ model: "far", messages: [] });
+      expect(chat.done_reason).toBe("load");
+      expect(chat.load_duration).toBe(0); // nothing loaded here for it
+      // Ollama's default tag names it too, as it does a local model.
+      expect((await ollama.generate({ model: "far:latest", prompt: "" })).done_reason).toBe("load");
+      const tagged = await ollama.chat({ model: "far:latest", messages, stream: false, options: greedy });
+      expect(tagged.message.content).toBe(
+        (await ollama.chat({ model, messages, stream: false, options: greedy })).message.content,
+      );
+      // Its context is the provider's: a bound on it cannot be kept, which is said rather than ignored.
+      const bounded = await ollama.chat({ model: "far", messages, options: { num_ctx: 64 } }).catch((e) => e);
+      expect(bounded.status_code).toBe(400);
+      expect(bounded.message).toContain("options.num_ctx");
+    });
+  });
+
   test("keep_alive 0 unloads a model named with Ollama's default tag (:latest)", async () => {
     const fresh = join(mkdtempSync(join(tmpdir(), "mlx-tagged-")), "tiny"); // never named with the tag before
     writeTinyModel(fresh, { contextLength: 256 });
@@ -342,6 +446,28 @@ describe("Ollama model management", () => {
     const bad = await post(`${server.url}/api/generate`, { model, keep_alive: "5 minutes" });
     expect(bad.status).toBe(400);
     expect(bad.json.error).toMatch(/keep_alive/);
+  });
+});
+
+describe("the model the server was started with (serve -m)", () => {
+  test("is kept loaded; keep_alive 0 unloads it, as Ollama does, and loaded again it is kept again", async () => {
+    const pinned = join(mkdtempSync(join(tmpdir(), "mlx-pinned-")), "tiny");
+    writeTinyModel(pinned, { contextLength: 256 });
+    const started = serve({ defaultModel: pinned });
+    try {
+      const client = new Ollama({ host: started.url });
+      const keptForever = async () => {
+        const [entry] = (await client.ps()).models;
+        return entry?.name === pinned && new Date(entry.expires_at).getFullYear() > 2200;
+      };
+      await eventually(keptForever, 60_000); // preloaded
+      await client.generate({ model: pinned, prompt: "", keep_alive: 0 });
+      expect((await client.ps()).models).toEqual([]);
+      await client.chat({ model: pinned, messages, stream: false, options: { num_predict: 1 } });
+      expect(await keptForever()).toBe(true);
+    } finally {
+      await started.stop();
+    }
   });
 });
 

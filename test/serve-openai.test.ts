@@ -276,6 +276,43 @@ describe("OpenAI completions and models", () => {
     expect(r.usage!.prompt_tokens).toBe(4);
   });
 
+  test("a batch of prompts: n choices per prompt, in order, each the answer its prompt gets alone; usage counts each prompt once", async () => {
+    const prompts = ["Once upon a time", "My cat"];
+    const ask = { model, max_tokens: 5, temperature: 0 };
+    const alone = await Promise.all(prompts.map((prompt) => client.completions.create({ ...ask, prompt })));
+    const batch = await client.completions.create({ ...ask, prompt: prompts, n: 2 });
+    expect(batch.choices.map((c) => [c.index, c.text])).toEqual([
+      [0, alone[0]!.choices[0]!.text],
+      [1, alone[0]!.choices[0]!.text],
+      [2, alone[1]!.choices[0]!.text],
+      [3, alone[1]!.choices[0]!.text],
+    ]);
+    const promptTokens = alone[0]!.usage!.prompt_tokens + alone[1]!.usage!.prompt_tokens;
+    expect(batch.usage!.prompt_tokens).toBe(promptTokens);
+    expect(batch.usage!.completion_tokens).toBe(
+      2 * (alone[0]!.usage!.completion_tokens + alone[1]!.usage!.completion_tokens),
+    );
+
+    const stream = await client.completions.create({
+      ...ask,
+      prompt: prompts,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    const texts = ["", ""];
+    let usage: OpenAI.CompletionUsage | undefined;
+    for await (const chunk of stream) {
+      for (const c of chunk.choices) texts[c.index] += c.text;
+      usage = chunk.usage ?? usage;
+    }
+    expect(texts).toEqual(alone.map((r) => r.choices[0]!.text));
+    expect(usage!.prompt_tokens).toBe(promptTokens);
+
+    const empty = await post(`${server.url}/v1/completions`, { model, prompt: ["fine", ""] });
+    expect(empty.status).toBe(400);
+    expect(empty.json.error.param).toBe("prompt.1");
+  });
+
   test("/v1/models lists the loaded model; /v1/models/{id} gives one (its id a path here), or a 404", async () => {
     const list = await client.models.list();
     expect(list.data.map((m) => m.id)).toContain(model);
@@ -442,7 +479,8 @@ describe("the adaptive tuner, through the server", () => {
       expect(m.tuner.target_itl_ms).toBe(1);
       expect(m.tuner.adjustments).toBeGreaterThan(0);
       expect(m.tuner.recent_adjustments[0].reason).toMatch(/> target 1 ms/);
-      expect(m.prefill_chunk).toBeLessThan(256);
+      // Its steps decode, with no prompt being prefilled by then: it sheds sequences.
+      expect(m.max_batch).toBeLessThan(4);
       const metrics = await (await fetch(`${tuned.url}/metrics`)).text();
       expect(metrics).toMatch(/^mlx_tuner_target_itl_seconds\{model="[^"]+"\} 0.001$/m);
       expect(metrics).toMatch(/^mlx_tuner_adjustments_total\{model="[^"]+"\} [1-9]\d*$/m);
@@ -476,6 +514,13 @@ describe("n against the server's capacity", () => {
     const full = await smallClient.chat.completions.create({ ...body, messages, n: 5 });
     expect(full.choices.map((c) => c.index)).toEqual([0, 1, 2, 3, 4]);
   });
+
+  test("a batch of prompts counts n choices for each against the same limit", async () => {
+    const r = await post(`${small.url}/v1/completions`, { model, prompt: ["a", "b", "c"], n: 2, max_tokens: 1 });
+    expect(r.status).toBe(400);
+    expect(r.json.error.param).toBe("prompt");
+    expect(r.json.error.message).toMatch(/3 prompts × 'n' 2/);
+  });
 });
 
 describe("logit_bias", () => {
@@ -499,6 +544,18 @@ describe("logit_bias", () => {
       logit_bias: { "28": 100 },
     });
     expect(forced.choices[0]!.message.content).toBe(",,");
+  });
+
+  test("a null bias is a 400 naming its key (it was a NaN bias that forced the token)", async () => {
+    const ask = { model, max_tokens: 2, temperature: 0, logit_bias: { "28": null } };
+    for (const [path, input] of [
+      ["/v1/chat/completions", { messages }],
+      ["/v1/completions", { prompt: "Once upon" }],
+    ] as const) {
+      const r = await post(`${server.url}${path}`, { ...ask, ...input });
+      expect(r.status).toBe(400);
+      expect(r.json.error).toMatchObject({ type: "invalid_request_error", param: "logit_bias.28" });
+    }
   });
 });
 
@@ -531,5 +588,21 @@ describe("completions logprobs", () => {
     let at = 0;
     expect(whole.text_offset).toEqual(whole.tokens!.map((token) => (at += token.length) - token.length));
     expect(offsets).toEqual(whole.text_offset!);
+  });
+});
+
+describe("stop strings", () => {
+  test("nothing after a stop string shows, not even the end of a character its token began", async () => {
+    // Token 459 is " " plus the first two bytes of a three-byte character (“, —): the stop string
+    // " " matches its space while the detokenizer still holds those bytes, which the end of the
+    // answer flushes (as U+FFFD).
+    const request = { model, prompt: "He said", max_tokens: 3, temperature: 0, logit_bias: { "459": 100 }, stop: " " };
+    const whole = (await client.completions.create(request)).choices[0]!;
+    expect(whole.text).toBe("");
+    expect(whole.finish_reason).toBe("stop");
+    const stream = await client.completions.create({ ...request, stream: true });
+    let streamed = "";
+    for await (const chunk of stream) streamed += chunk.choices[0]?.text ?? "";
+    expect(streamed).toBe("");
   });
 });

@@ -490,7 +490,7 @@ describe("previous_response_id", () => {
   });
 
   test("the store keeps at most its bound, each entry for its time to live", async () => {
-    const store = new ResponseStore(2, 50);
+    const store = new ResponseStore(2, 50, Infinity);
     for (const id of ["a", "b", "c"])
       store.set(id, { messages: [{ role: "user", content: id }], inputItems: [], response: { output: [] } });
     expect(store.get("a")).toBeUndefined();

@@ -2,15 +2,35 @@
 // naming the field), prompts past the context, oversized bodies, a full queue (429), timeouts,
 // 200 rapid connect/disconnects, and the server answering normally after each; plus CORS,
 // /health, /ready, /stats and the /metrics text format.
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, spyOn, test } from "bun:test";
 import OpenAI from "openai";
 import { createApp, createState, type RunningServer } from "../src/server/app";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { eventually, post, serve, tinyModel } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
+import * as mx from "../src/mlx";
+import { nextTurn } from "../src/event-loop";
+
+/** A tiny model whose weights are split into `files` safetensors files, named by an index as a hub's are. */
+function writeShardedTinyModel(dir: string, files: number): void {
+  writeTinyModel(dir);
+  const whole = join(dir, "model.safetensors");
+  const { tensors } = mx.loadSafetensors(whole);
+  rmSync(whole);
+  const names = [...tensors.keys()];
+  const weightMap: Record<string, string> = {};
+  for (let i = 0; i < files; i++) {
+    const file = `model-${i + 1}-of-${files}.safetensors`;
+    const part = new Map(names.filter((_, n) => n % files === i).map((name) => [name, tensors.get(name)!]));
+    mx.saveSafetensors(join(dir, file), part, { format: "mlx" });
+    for (const name of part.keys()) weightMap[name] = file;
+  }
+  writeFileSync(join(dir, "model.safetensors.index.json"), JSON.stringify({ weight_map: weightMap }));
+  for (const t of tensors.values()) t.free();
+}
 
 let server: RunningServer;
 let model: string;
@@ -286,6 +306,25 @@ describe("limits", () => {
     }
   });
 
+  test("stored responses are bounded by bytes too: the oldest go first, the latest stay", async () => {
+    // Each response's input is stored twice (conversation and input items): about 2 KB apiece.
+    const bounded = serve({ storedResponseBytes: 10_000 });
+    try {
+      const client = new OpenAI({ baseURL: `${bounded.url}/v1`, apiKey: "none", maxRetries: 0 });
+      const ids: string[] = [];
+      for (let i = 0; i < 8; i++) {
+        const input = `${i} ${"hello ".repeat(100)}`;
+        ids.push((await client.responses.create({ model, input, store: true, max_output_tokens: 16 })).id);
+      }
+      const oldest = await fetch(`${bounded.url}/v1/responses/${ids[0]}`);
+      expect(oldest.status).toBe(404);
+      expect(((await oldest.json()) as any).error.message).toMatch(/evicted/);
+      expect((await client.responses.retrieve(ids.at(-1)!)).id).toBe(ids.at(-1)!);
+    } finally {
+      await bounded.stop();
+    }
+  });
+
   test("an oversized body is a 413 in JSON", async () => {
     const big = JSON.stringify(chat({ messages: [{ role: "user", content: "x".repeat(5 * 1024 * 1024) }] }));
     const r = await post(`${server.url}/v1/chat/completions`, big);
@@ -391,8 +430,10 @@ describe("limits", () => {
   });
 
   test("a body that stops arriving part way is a 504 past the request timeout, sized or chunked", async () => {
-    const hasty = serve({ requestTimeoutMs: 300 });
+    // The model loaded first: its load is no part of the answer's 300 ms.
+    const hasty = serve({ requestTimeoutMs: 300, defaultModel: model });
     try {
+      await eventually(async () => (await fetch(`${hasty.url}/health`)).status === 200, 30_000);
       const head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n";
       for (const stalled of [
         `${head}Content-Length: 1000\r\n\r\n{"messages": [`,
@@ -407,6 +448,46 @@ describe("limits", () => {
       await hasty.stop();
     }
   }, 30_000);
+
+  test("a kept-alive connection left idle is closed after the idle timeout; a silent request is not cut", async () => {
+    const root = mkdtempSync(join(tmpdir(), "mlx-idle-"));
+    const next = join(root, "next");
+    writeTinyModel(next);
+    const idle = serve({ idleConnectionSeconds: 1, maxLoadedModels: 1 });
+    try {
+      // Its request waits, silent, for the one model slot longer than the idle timeout.
+      const held = await idle.state.models.acquire(model);
+      let answer = "";
+      let closed = false;
+      const body = JSON.stringify({ model: next, prompt: "Once", max_tokens: 2 });
+      const socket = connect(idle.port, "127.0.0.1", () =>
+        socket.write(`POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: ${body.length}\r\n\r\n${body}`),
+      );
+      socket.on("data", (bytes) => (answer += bytes.toString()));
+      socket.on("close", () => (closed = true));
+      await Bun.sleep(2500);
+      expect(closed).toBe(false);
+      held.release();
+      await eventually(() => answer.includes('"text_completion"'), 30_000);
+      expect(answer).toStartWith("HTTP/1.1 200");
+      // Answered, the connection stays open for another request, but not for ever.
+      await eventually(() => closed, 30_000);
+      // So too after a streamed answer.
+      const streamed = await new Promise<string>((resolve) => {
+        let text = "";
+        const stream = JSON.stringify({ model: next, prompt: "Once", max_tokens: 2, stream: true });
+        const s = connect(idle.port, "127.0.0.1", () =>
+          s.write(`POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: ${stream.length}\r\n\r\n${stream}`),
+        );
+        s.on("data", (bytes) => (text += bytes.toString()));
+        s.on("close", () => resolve(text));
+      });
+      expect(streamed).toContain("data: [DONE]");
+    } finally {
+      await idle.stop();
+      rmSync(root, { recursive: true, force: true });
+    }
+  }, 60_000);
 
   test("a timeout past a timer's range (24.8 days) is that long, not a timer that fires at once", async () => {
     const patient = serve({ requestTimeoutMs: 10 ** 11 });
@@ -553,6 +634,61 @@ describe("disconnects and the event loop", () => {
     }
   }, 60_000);
 
+  test("models requested at once load one at a time under --max-models 1: never two held", async () => {
+    const root = mkdtempSync(join(tmpdir(), "mlx-at-once-"));
+    const names = ["a", "b", "c"].map((name) => join(root, name));
+    for (const dir of names) writeTinyModel(dir);
+    const heldAtLoad: number[] = [];
+    const one = serve({ maxLoadedModels: 1, onLoad: () => heldAtLoad.push(one.state.models.loaded.length) });
+    try {
+      const complete = (m: string) => post(`${one.url}/v1/completions`, { model: m, prompt: "Once", max_tokens: 2 });
+      const answers = await Promise.all(names.flatMap((m) => [complete(m), complete(m)]));
+      expect(answers.map((r) => r.status)).toEqual([200, 200, 200, 200, 200, 200]);
+      expect(heldAtLoad).toEqual([1, 1, 1]);
+      expect(one.state.models.loaded.length).toBe(1);
+    } finally {
+      await one.stop();
+      rmSync(root, { recursive: true, force: true });
+    }
+  }, 60_000);
+
+  test("loading a model gives the event loop a turn between its weight files", async () => {
+    const root = mkdtempSync(join(tmpdir(), "mlx-sharded-"));
+    const sharded = join(root, "sharded");
+    writeShardedTinyModel(sharded, 6);
+    // The event loop's turn at each weight file read: one turn for all of them would mean the
+    // load held the loop (no /health, no other model's tokens) from the first file to the last.
+    let turn = 0;
+    let ticking = true;
+    void (async () => {
+      while (ticking) {
+        turn++;
+        await nextTurn();
+      }
+    })();
+    const turnsAtFile: number[] = [];
+    const read = mx.loadSafetensors;
+    const reads = spyOn(mx, "loadSafetensors").mockImplementation((path) => {
+      turnsAtFile.push(turn);
+      return read(path);
+    });
+    try {
+      const one = serve();
+      try {
+        const r = await post(`${one.url}/v1/completions`, { model: sharded, prompt: "Once", max_tokens: 2 });
+        expect(r.status).toBe(200);
+      } finally {
+        await one.stop();
+      }
+    } finally {
+      reads.mockRestore();
+      ticking = false;
+      rmSync(root, { recursive: true, force: true });
+    }
+    expect(turnsAtFile.length).toBe(6);
+    expect(new Set(turnsAtFile).size).toBe(6);
+  }, 60_000);
+
   test("/health answers promptly while a generation runs", async () => {
     const r = await fetch(`${server.url}/v1/completions`, {
       method: "POST",
@@ -572,6 +708,59 @@ describe("disconnects and the event loop", () => {
   });
 });
 
+describe("stopping", () => {
+  test("a model still loading when the server stops is freed once loaded, not kept", async () => {
+    const root = mkdtempSync(join(tmpdir(), "mlx-stop-loading-"));
+    const sharded = join(root, "sharded");
+    writeShardedTinyModel(sharded, 3);
+    const state = createState({ version: "t", logError: () => {} });
+    const read = mx.loadSafetensors;
+    // The server stops as the load reads its first weight file.
+    const reads = spyOn(mx, "loadSafetensors").mockImplementation((path) => {
+      if (reads.mock.calls.length === 1) state.models.dispose();
+      return read(path);
+    });
+    try {
+      await expect(state.models.acquire(sharded)).rejects.toThrow(/after the server stopped/);
+      expect(reads.mock.calls.length).toBe(3); // it did load
+      expect(state.models.loaded).toEqual([]);
+    } finally {
+      reads.mockRestore();
+      state.models.dispose();
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+
+  test("generations still running when the grace period ends get a 503 (an error event in a stream), not a cut connection", async () => {
+    const root = mkdtempSync(join(tmpdir(), "mlx-stopping-"));
+    const long = join(root, "long");
+    writeTinyModel(long, { contextLength: 8192 });
+    const stopping = serve({ defaultModel: long });
+    const body = { model: long, prompt: "Once", max_tokens: 8000, ignore_eos: true };
+    try {
+      const streamed = await fetch(`${stopping.url}/v1/completions`, {
+        method: "POST",
+        body: JSON.stringify({ ...body, stream: true }),
+      });
+      const reader = streamed.body!.getReader();
+      await reader.read(); // generating
+      const whole = post(`${stopping.url}/v1/completions`, body);
+      await eventually(() => stopping.state.inflight.list.length === 2, 30_000);
+      await stopping.stop(100);
+      let rest = "";
+      for (let part = await reader.read(); !part.done; part = await reader.read())
+        rest += new TextDecoder().decode(part.value);
+      expect(rest).toContain('"code":"server_shutting_down"');
+      const answer = await whole;
+      expect(answer.status).toBe(503);
+      expect(answer.json.error.code).toBe("server_shutting_down");
+    } finally {
+      await stopping.stop();
+      rmSync(root, { recursive: true, force: true });
+    }
+  }, 60_000);
+});
+
 describe("operations", () => {
   test("/health is 503 while the first model loads, 200 after", async () => {
     const state = createState({ version: "t", logError: () => {} });
@@ -584,6 +773,31 @@ describe("operations", () => {
     expect((await app.fetch(new Request("http://localhost/health"))).status).toBe(200);
     state.models.dispose();
   });
+
+  test("/ready is 503 naming why while the model the server was started with fails to load, 200 once it loads", async () => {
+    const root = mkdtempSync(join(tmpdir(), "mlx-broken-default-"));
+    const broken = join(root, "broken");
+    mkdirSync(broken);
+    writeFileSync(join(broken, "config.json"), "{}");
+    const started = serve({ defaultModel: broken });
+    const ready = async () => {
+      const r = await fetch(`${started.url}/ready`);
+      return { status: r.status, body: (await r.json()) as any };
+    };
+    try {
+      await eventually(async () => (await ready()).status === 503 && !started.state.models.startingUp, 30_000);
+      expect((await ready()).body.reason).toMatch(/^the default model failed to load: cannot load .*model_type/);
+      expect((await fetch(`${started.url}/health`)).status).toBe(200); // alive: other models can be served
+      // Repaired, the next request loads it: ready again.
+      rmSync(broken, { recursive: true });
+      writeTinyModel(broken);
+      expect((await post(`${started.url}/v1/completions`, { prompt: "Once", max_tokens: 2 })).status).toBe(200);
+      expect(await ready()).toEqual({ status: 200, body: { ready: true } });
+    } finally {
+      await started.stop();
+      rmSync(root, { recursive: true, force: true });
+    }
+  }, 60_000);
 
   test("/stats: queue, loaded models, request counts", async () => {
     const stats = (await (await fetch(`${server.url}/stats`)).json()) as any;

@@ -2,13 +2,15 @@
 // the conversion again by the hash of its inputs. Needs the default model (fetched into the
 // store on first use, like the parity test).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { lstatSync, mkdtempSync, readdirSync, rmSync, symlinkSync } from "node:fs";
+import { lstatSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadModel, type LoadedModel } from "../src/models/load";
 import { CONVERTER_VERSION, convertedModel } from "../src/store/derived";
 import { readManifest } from "../src/store/manifest";
+import { blobPath } from "../src/store/paths";
 import { resolveModelPath } from "../src/store/resolve";
+import { cliRunner } from "./helpers/cli";
 
 const main = join(import.meta.dir, "..", "src", "main.ts");
 const savedHome = process.env.MLX_HOME;
@@ -62,5 +64,32 @@ describe("convert into the store", () => {
     const [stdout, code] = await Promise.all([new Response(proc.stdout).text(), proc.exited]);
     expect(code).toBe(0);
     expect(stdout).toBe(`${join(process.env.MLX_HOME!, "models", "smol-mlx")}\n`);
+  }, 120_000);
+
+  test("a damaged conversion names the command that makes it again (mlx pull cannot)", async () => {
+    mkdirSync(process.env.MLX_HOME!, { recursive: true });
+    writeFileSync(join(process.env.MLX_HOME!, "models.toml"), `[models.smol]\nsource = ${JSON.stringify(gguf)}\n`);
+    const mlx = cliRunner(process.env.MLX_HOME!);
+    expect((await mlx(["convert", "smol"])).code).toBe(0);
+    const config = readManifest("smol-mlx")!.files.find((f) => f.name === "config.json")!;
+    writeFileSync(blobPath(config.sha256), "short");
+
+    const verify = await mlx(["verify"]);
+    expect(verify.code).toBe(1);
+    expect(verify.stdout).toEndWith("\nneeds a new conversion: mlx convert smol\n");
+    expect((await mlx(["show", "smol-mlx"])).stdout).toMatch(/^file config\.json .* missing: mlx convert smol$/m);
+    expect(await mlx(["pull", "smol-mlx"])).toMatchObject({
+      code: 1,
+      stderr: "error: 'smol-mlx' was made here, not pulled; run `mlx convert smol` to make it again\n",
+    });
+    await expect(resolveModelPath("smol-mlx")).rejects.toThrow(
+      /config\.json .* is missing or truncated; run `mlx convert smol` to store it again/,
+    );
+    // The command it names repairs it.
+    expect((await mlx(["convert", "smol"])).code).toBe(0);
+    expect(await mlx(["verify"])).toMatchObject({
+      code: 0,
+      stdout: expect.stringContaining("all stored models are intact"),
+    });
   }, 120_000);
 });

@@ -320,6 +320,26 @@ describe("pull from the hub", () => {
   );
 
   test(
+    "a mirror's credentials in HF_ENDPOINT never show in a message",
+    async () => {
+      const hub = await startHub({});
+      // The hub, answering "not found"; and a port nothing listens on (1), refusing the connection.
+      for (const endpoint of [hub.url.replace("http://", "http://user:s3cret@"), "http://user:s3cret@127.0.0.1:1"]) {
+        const proc = Bun.spawn([process.execPath, main, "pull", "hf:org/missing"], {
+          env: { ...process.env, HF_ENDPOINT: endpoint },
+          stdout: "pipe",
+          stderr: "pipe",
+        });
+        const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+        expect(code).toBe(1);
+        expect(stderr).toStartWith("error: ");
+        expect(stderr).not.toContain("s3cret");
+      }
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "a private repository: without HF_TOKEN, with a token the hub refuses, and with its own, each says what to do",
     async () => {
       await startHub({ "org/private": { files: tiny, token: "hf_right" } });

@@ -8,12 +8,16 @@ import {
   mkdtempSync,
   readdirSync,
   readFileSync,
+  renameSync,
   rmSync,
   symlinkSync,
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { Ollama } from "ollama";
+import OpenAI from "openai";
+import { ConfigError } from "../src/errors";
 import { aliasKvQuantization, aliasMaxKvSize, loadAliases } from "../src/store/aliases";
 import { markInUse, releaseModel } from "../src/store/in-use";
 import { LockTimeoutError, withStoreLock } from "../src/store/lock";
@@ -23,6 +27,7 @@ import { modelRequest, pullModel } from "../src/store/pull";
 import { resolveModelPath } from "../src/store/resolve";
 import { listModels, openStoredModel, removeModel, repairHint, StoreDamageError } from "../src/store/store";
 import { verifyStore } from "../src/store/verify";
+import { serve } from "./helpers/serve";
 import { fakeWeights, sha256Hex } from "./helpers/store";
 
 const TEST_TIMEOUT_MS = 30_000;
@@ -159,7 +164,7 @@ describe("storing models", () => {
 
 describe("eviction", () => {
   test(
-    "least recently used first, never a model in use, shared files kept",
+    "least recently used first, never a model in use, shared files kept; mlx pull says what it evicted",
     async () => {
       await pull(fakeModel("alpha"));
       await pull(fakeModel("beta"));
@@ -182,9 +187,27 @@ describe("eviction", () => {
         const tokenizer = readManifest("delta")!.files.find((f) => f.name === "tokenizer.json")!;
         expect(existsSync(blobPath(tokenizer.sha256))).toBe(true);
         expect(existsSync(join(process.env.MLX_HOME!, "models", "beta"))).toBe(false);
+        // From the CLI, off a terminal too, each eviction is said.
+        releaseModel("delta");
+        const epsilon = await cliResult(["pull", fakeModel("epsilon")]);
+        expect(epsilon.code).toBe(0);
+        expect(epsilon.stderr).toContain("evicted delta (least recently used) to stay under the store's size limit");
       } finally {
         holder.kill();
       }
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "a model larger than the limit on its own evicts no other: that would not bring the store under it",
+    async () => {
+      await pull(fakeModel("alpha"));
+      await pull(fakeModel("beta"));
+      for (const name of ["alpha", "beta"]) releaseModel(name);
+      process.env.MLX_CACHE_MAX_BYTES = String(readManifest("alpha")!.totalBytes / 2);
+      expect((await pull(fakeModel("gamma"))).evicted).toEqual([]);
+      expect(await names()).toEqual(["alpha", "beta", "gamma"]);
     },
     TEST_TIMEOUT_MS,
   );
@@ -234,6 +257,22 @@ describe("removing", () => {
     TEST_TIMEOUT_MS,
   );
 
+  test(
+    "mlx rm takes several models, as ollama rm does; an unknown one among them removes none",
+    async () => {
+      for (const name of ["alpha", "beta", "gamma"]) {
+        await pull(fakeModel(name));
+        releaseModel(name);
+      }
+      const typo = await cliResult(["rm", "-y", "alpha", "btea"]);
+      expect(typo).toMatchObject({ code: 1, stderr: "error: no stored model named 'btea' (see mlx list)\n" });
+      expect(await names()).toEqual(["alpha", "beta", "gamma"]);
+      expect((await cliResult(["rm", "-y", "alpha", "gamma"])).code).toBe(0);
+      expect(await names()).toEqual(["beta"]);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
   // A real full disk: a small tmpfs mounted in a user namespace (where the system allows one).
   test.skipIf(Bun.spawnSync(["unshare", "-rm", "true"], { stderr: "ignore" }).exitCode !== 0)(
     "on a full disk mlx list still reads the store and mlx rm frees space",
@@ -271,6 +310,34 @@ describe("removing", () => {
     },
     TEST_TIMEOUT_MS,
   );
+
+  // A full disk (a tmpfs in a user namespace, as above) where a stored model is opened for use.
+  test.skipIf(Bun.spawnSync(["unshare", "-rm", "true"], { stderr: "ignore" }).exitCode !== 0)(
+    "on a full disk a stored model still opens for use, its manifest intact",
+    async () => {
+      const disk = join(work, "disk");
+      mkdirSync(disk);
+      const home = join(disk, "home");
+      const open = join(work, "open.ts");
+      const store = JSON.stringify(join(import.meta.dir, "..", "src", "store", "store.ts"));
+      writeFileSync(open, `import { openStoredModel } from ${store};\nconsole.log(await openStoredModel("alpha"));\n`);
+      const script = `
+        mount -t tmpfs -o size=1m tmpfs ${disk}
+        export MLX_HOME=${home}
+        ${JSON.stringify(process.execPath)} ${JSON.stringify(main)} pull ${fakeModel("alpha", 200_000)} >/dev/null 2>&1 || exit 9
+        cp "$MLX_HOME/manifests/alpha.json" ${work}/manifest-before.json
+        head -c 2000000 /dev/zero > ${disk}/filler 2>/dev/null
+        ${JSON.stringify(process.execPath)} ${open}
+        cmp "$MLX_HOME/manifests/alpha.json" ${work}/manifest-before.json && ls "$MLX_HOME/tmp"`;
+      const proc = Bun.spawn(["unshare", "-rm", "sh", "-c", script], { stdout: "pipe", stderr: "pipe" });
+      const [stdout, stderr] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
+      expect(stderr).toBe("");
+      expect(await proc.exited).toBe(0);
+      // Its path, the manifest as it was (its last use not recorded), no temporary file left.
+      expect(stdout).toBe(`${join(home, "models", "alpha")}\n`);
+    },
+    TEST_TIMEOUT_MS,
+  );
 });
 
 describe("damage", () => {
@@ -296,7 +363,7 @@ describe("damage", () => {
       const damaged = resolveModelPath("alpha");
       await expect(damaged).rejects.toBeInstanceOf(StoreDamageError);
       await expect(resolveModelPath("alpha")).rejects.toThrow(
-        /model\.safetensors .* is missing or truncated; run `mlx pull alpha` to fetch it again \(`mlx verify` checks every model\)/,
+        /model\.safetensors .* is missing or truncated; run `mlx pull alpha` to store it again \(`mlx verify` checks every model\)/,
       );
 
       // What a command says when loading a stored model fails.
@@ -403,6 +470,28 @@ describe("an unreadable manifest", () => {
       expect((await cliResult(["list"])).stdout).not.toContain("org/beta");
       expect(await names()).toEqual(["alpha"]);
       expect(await openStoredModel("alpha")).toBeDefined(); // the config and tokenizer they shared stay
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "a manifest that parses but misses a file's hash is unreadable too: the other models list, run and verify",
+    async () => {
+      await pull(fakeModel("alpha"));
+      await pull(fakeModel("beta"));
+      releaseModel("beta");
+      const manifest = JSON.parse(readFileSync(manifestPath("beta"), "utf8"));
+      delete manifest.files[0].sha256;
+      writeFileSync(manifestPath("beta"), JSON.stringify(manifest));
+      rmSync(indexPath());
+
+      const list = await cliResult(["list"]);
+      expect(list.stderr).toBe("");
+      expect(list.stdout).toMatch(/^alpha +mlx .*\nbeta .*unreadable manifest: mlx rm beta +-$/m);
+      expect(await openStoredModel("alpha")).toBeDefined();
+      expect((await cliResult(["verify"])).stdout).toEndWith("all stored models are intact\n");
+      expect(await cliResult(["rm", "-y", "beta"])).toMatchObject({ code: 0, stderr: "" });
+      expect(await names()).toEqual(["alpha"]);
     },
     TEST_TIMEOUT_MS,
   );
@@ -516,6 +605,28 @@ describe("damage seen cheaply", () => {
 });
 
 describe("locks", () => {
+  // A store on a read-only mount (a bind mount in a user namespace, where the system allows one).
+  test.skipIf(Bun.spawnSync(["unshare", "-rm", "true"], { stderr: "ignore" }).exitCode !== 0)(
+    "a store mlx cannot write to is one line naming the lock and why",
+    async () => {
+      await pull(fakeModel("alpha"));
+      const home = process.env.MLX_HOME!;
+      const mlx = `${JSON.stringify(process.execPath)} ${JSON.stringify(main)}`;
+      const script = `mount --bind -o ro ${home} ${home} && ${mlx} rm -y alpha`;
+      const proc = Bun.spawn(["unshare", "-rm", "sh", "-c", script], {
+        env: process.env,
+        stdout: "pipe",
+        stderr: "pipe",
+      });
+      const stderr = await new Response(proc.stderr).text();
+      expect(await proc.exited).toBe(1);
+      expect(stderr).toBe(
+        `error: cannot create the lock ${join(locksDir(), "store.lock")} (EROFS: read-only file system): mlx needs write access to its store ($MLX_HOME)\n`,
+      );
+    },
+    TEST_TIMEOUT_MS,
+  );
+
   test("a lock left by a dead process is broken at once", async () => {
     mkdirSync(locksDir(), { recursive: true });
     writeFileSync(join(locksDir(), "store.lock"), `${await deadPid()}\n`);
@@ -611,6 +722,36 @@ describe("locks", () => {
 
 describe("commands and bad input", () => {
   test(
+    "mlx pull of a local directory never replaces an alias or a stored model of the same name from elsewhere",
+    async () => {
+      await pull(fakeModel("alpha"));
+      releaseModel("alpha");
+      const blobs = readdirSync(join(process.env.MLX_HOME!, "blobs")).sort();
+      const elsewhere = join(work, "elsewhere");
+      mkdirSync(elsewhere);
+      const other = join(elsewhere, "alpha");
+      renameSync(fakeModel("other"), other);
+      const stored = await cliResult(["pull", other]);
+      expect(stored).toMatchObject({
+        code: 1,
+        stderr: `error: 'alpha' is already a stored model (${join(work, "src", "alpha")}); storing ${other} under that name would replace it: rename it, or use it in place (mlx run -m ${other})\n`,
+      });
+      expect(readManifest("alpha")!.source).toBe(join(work, "src", "alpha"));
+      expect(readdirSync(join(process.env.MLX_HOME!, "blobs")).sort()).toEqual(blobs);
+
+      writeFileSync(join(process.env.MLX_HOME!, "models.toml"), `[models.beta]\nsource = "hf:org/beta"\n`);
+      const beta = join(elsewhere, "beta");
+      renameSync(fakeModel("beta"), beta);
+      expect((await cliResult(["pull", beta])).stderr).toStartWith(
+        `error: 'beta' is an alias in models.toml (hf:org/beta); storing ${beta} under that name would replace it`,
+      );
+      // The same directory again is the same model: pulled again, as before.
+      expect((await cliResult(["pull", join(work, "src", "alpha")])).code).toBe(0);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "mlx list --json and mlx show --json",
     async () => {
       await pull(fakeModel("alpha"));
@@ -662,6 +803,11 @@ describe("commands and bad input", () => {
       expect(stderr).toBe(
         "error: no such path: mlx-community/Llama-3.2-1B-Instruct-4bit; a Hugging Face repository is pulled as hf:mlx-community/Llama-3.2-1B-Instruct-4bit\n",
       );
+      // As Ollama users name one: hf.co/org/repo, or its URL.
+      for (const typed of ["hf.co/org/repo", "https://huggingface.co/org/repo"])
+        expect((await cliResult(["pull", typed])).stderr).toBe(
+          `error: no such path: ${typed}; a Hugging Face repository is pulled as hf:org/repo\n`,
+        );
     },
     TEST_TIMEOUT_MS,
   );
@@ -698,13 +844,68 @@ describe("commands and bad input", () => {
     const file = join(process.env.MLX_HOME!, "models.toml");
     writeFileSync(file, `default = "tiny"\n\n[models.tiny]\nsource = "hf:org/tiny\n`);
     expect(() => loadAliases()).toThrow(new RegExp(`^${file.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}:4:\\d+: `));
-    writeFileSync(file, `[models.tiny]\ndescription = "no source"\n`);
-    expect(() => loadAliases()).toThrow(`${file}: model 'tiny' needs a source = "..." string`);
+    writeFileSync(file, `# mine\n[models.tiny]\ndescription = "no source"\n`);
+    expect(() => loadAliases()).toThrow(`${file}:2: model 'tiny' needs a source = "..." string`);
     writeFileSync(file, `[models.tiny]\nsource = "hf:org/tiny"\nkv_bits = 3\n`);
-    expect(() => loadAliases()).toThrow(`${file}: model 'tiny': kv_bits must be 4 or 8`);
+    expect(() => loadAliases()).toThrow(`${file}:1: model 'tiny': kv_bits must be 4 or 8`);
     writeFileSync(file, `[models.tiny]\nsource = "hf:org/tiny"\nmax_kv_size = 4\n`);
-    expect(() => loadAliases()).toThrow(`${file}: model 'tiny': max_kv_size must be a whole number > 4`);
+    expect(() => loadAliases()).toThrow(`${file}:1: model 'tiny': max_kv_size must be a whole number > 4`);
+    // A misspelt key is refused, not ignored (the setting would silently not apply).
+    writeFileSync(file, `[models.tiny]\nsource = "hf:org/tiny"\nkv_bit = 8\n`);
+    expect(() => loadAliases()).toThrow(
+      `${file}:1: model 'tiny': unknown key 'kv_bit' (known: source, description, kv_bits, max_kv_size, adapter, draft_model, prompt_lookup, num_draft)`,
+    );
+    writeFileSync(file, `defualt = "tiny"\n[models.tiny]\nsource = "hf:org/tiny"\n`);
+    expect(() => loadAliases()).toThrow(`${file}:1: unknown key 'defualt' (known: default, [models.NAME])`);
+    writeFileSync(file, `[models.tiny]\nsource = "hf:org/tiny"\n\n[server]\nport = 1\n`);
+    expect(() => loadAliases()).toThrow(`${file}:4: unknown key 'server' (known: default, [models.NAME])`);
+    // Aliases naming each other in a ring would be followed for ever.
+    writeFileSync(file, `[models.a]\nsource = "b"\n\n[models.b]\nsource = "a"\n`);
+    expect(() => loadAliases()).toThrow(`${file}:1: model 'a': its source leads back to it (a -> b -> a)`);
+    writeFileSync(file, `# mine\n\ndefault = 3\n[models.tiny]\nsource = "hf:org/tiny"\n`);
+    expect(() => loadAliases()).toThrow(`${file}:3: 'default' must be a string`);
+    expect(() => loadAliases()).toThrow(ConfigError);
+    rmSync(file);
+    mkdirSync(file);
+    expect(() => loadAliases()).toThrow(`${file}: cannot read it (EISDIR)`);
   });
+
+  test(
+    "a broken models.toml stops mlx serve at start, and a running server names it in a JSON error",
+    async () => {
+      mkdirSync(process.env.MLX_HOME!, { recursive: true });
+      const file = join(process.env.MLX_HOME!, "models.toml");
+      writeFileSync(file, `default = 3\n`);
+      const start = await cliResult(["serve", "--port", "0"]);
+      expect(start.code).toBe(1);
+      expect(start.stderr).toBe(`error: ${file}:1: 'default' must be a string\n`);
+
+      writeFileSync(file, `default = "tiny"\n[models.tiny]\nsource = "hf:org/tiny"\n`);
+      const server = serve();
+      try {
+        // The operator breaks the file while the server runs: each route that reads it says so.
+        writeFileSync(file, `[models.tiny]\ndescription = "no source"\n`);
+        const problem = `${file}:1: model 'tiny' needs a source = "..." string`;
+        const openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0 });
+        const refused = await openai.models.list().catch((error: unknown) => error);
+        expect(refused).toBeInstanceOf(OpenAI.InternalServerError);
+        expect((refused as InstanceType<typeof OpenAI.InternalServerError>).error).toEqual({
+          message: problem,
+          type: "server_error",
+          param: null,
+          code: "invalid_config",
+        });
+        const ollama = new Ollama({ host: server.url });
+        await expect(ollama.list()).rejects.toThrow(problem);
+        // Fixed, it is read again at the next request.
+        writeFileSync(file, `default = "tiny"\n[models.tiny]\nsource = "hf:org/tiny"\n`);
+        expect((await ollama.list()).models).toEqual([]);
+      } finally {
+        await server.stop(0);
+      }
+    },
+    TEST_TIMEOUT_MS,
+  );
 
   test("an alias's max_kv_size asks for a rotating KV cache", () => {
     mkdirSync(process.env.MLX_HOME!, { recursive: true });

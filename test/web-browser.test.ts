@@ -7,7 +7,7 @@ import OpenAI from "openai";
 import type { Browser, Page } from "playwright-core";
 import type { RunningServer } from "../src/server/app";
 import { chromiumPath, launchBrowser, longTinyModel, openPage } from "./helpers/browser";
-import { eventually, serve } from "./helpers/serve";
+import { eventually, serve, startServe } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
 
 const stats = async (server: RunningServer): Promise<any> => (await fetch(`${server.url}/stats`)).json();
@@ -30,6 +30,15 @@ async function send(page: Page, text: string): Promise<void> {
   await page.press("#input", "Enter");
 }
 
+/** Imports `conversation` through the page's file picker, as a user does with an exported one. */
+async function importConversation(page: Page, conversation: { title: string; messages: unknown[] }): Promise<void> {
+  await page.setInputFiles("#import-file", {
+    name: `${conversation.title}.json`,
+    mimeType: "application/json",
+    buffer: Buffer.from(JSON.stringify(conversation)),
+  });
+}
+
 describe.skipIf(!chromiumPath)("in Chromium", () => {
   let browser: Browser;
   let server: RunningServer;
@@ -50,14 +59,21 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     const { page, errors } = await openPage(browser, `${server.url}/`);
     await page.waitForSelector("body[data-ready]");
     await setMaxTokens(page, "150");
+    // Streaming: text shows while the answer is still being written, and grows until it ends. The
+    // lengths are taken in the page as it draws (read from here, a fast answer could end first).
+    await page.evaluate(`
+      window.streamedLengths = [];
+      new MutationObserver(() => {
+        const text = document.querySelector(".message.assistant.streaming .markdown")?.textContent;
+        if (text) window.streamedLengths.push(text.length);
+      }).observe(document.getElementById("messages"), { subtree: true, childList: true, characterData: true });
+    `);
     await send(page, "Hello there");
-    // Streaming: text shows while the answer is still being written, and grows until it ends.
-    const streaming = page.locator(".message.assistant.streaming .markdown");
-    await streaming.filter({ hasText: /\S/ }).waitFor();
-    const early = ((await page.locator(".message.assistant .markdown").textContent()) ?? "").length;
     await page.waitForSelector(".message.assistant .figures");
     const done = (await page.locator(".message.assistant .markdown").textContent())!;
-    expect(done.length).toBeGreaterThan(early);
+    const streamed = (await page.evaluate("window.streamedLengths")) as number[];
+    expect(streamed.some((length) => length < done.length)).toBe(true);
+    expect(new Set(streamed).size).toBeGreaterThan(1);
     expect(await page.locator(".message.assistant .figures").textContent()).toMatch(
       /^150 tokens · [\d.]+ tok\/s · first token \d+ ms · \d+ cached$/,
     );
@@ -183,6 +199,10 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
   }, 60_000);
 
   test("a conversation past the model's context leaves out its oldest turns, and says so", async () => {
+    // The picker lists the models the server has loaded: this test's own, whatever ran before it.
+    const load = { model: other, prompt: "Hi", max_tokens: 1 };
+    const loaded = await fetch(`${server.url}/v1/completions`, { method: "POST", body: JSON.stringify(load) });
+    expect(loaded.status).toBe(200);
     const { page, errors } = await openPage(browser, `${server.url}/`);
     await page.waitForSelector("body[data-ready]");
     await page.click("#new-chat");
@@ -194,7 +214,11 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     const requests: unknown[] = [];
     page.on("request", (r) => r.url().endsWith("/v1/chat/completions") && requests.push(r.postDataJSON()));
     await send(page, "beta ".repeat(300));
-    const figures = page.locator(".message.assistant").nth(1).locator(".figures");
+    // The note shows while the answer streams; the token count once it has ended.
+    const figures = page
+      .locator(".message.assistant")
+      .nth(1)
+      .locator(".figures", { hasText: /tokens/ });
     await figures.waitFor();
     expect(await figures.textContent()).toMatch(
       /^3 tokens · .* · the 2 oldest messages were left out to fit the model's context$/,
@@ -219,11 +243,7 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
         { role: "assistant", content: answer },
       ],
     };
-    await page.setInputFiles("#import-file", {
-      name: "hostile.json",
-      mimeType: "application/json",
-      buffer: Buffer.from(JSON.stringify(conversation)),
-    });
+    await importConversation(page, conversation);
     await page.waitForSelector(".message.assistant .markdown pre");
     const markdown = page.locator(".message.assistant .markdown");
     expect(await markdown.textContent()).toContain("<script>window.pwned = 1</script>");
@@ -238,6 +258,92 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     expect(errors).toEqual([]);
   }, 60_000);
 
+  test("an answer's Markdown fetches nothing (images become links), its links open a new tab, and Copy buttons copy", async () => {
+    const { page, errors } = await openPage(browser, `${server.url}/`);
+    await page.context().grantPermissions(["clipboard-read", "clipboard-write"], { origin: server.url });
+    await page.waitForSelector("body[data-ready]");
+    const requests: string[] = [];
+    page.on("request", (r) => requests.push(r.url()));
+    const dot =
+      "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==";
+    const code = "def add(a, b):\n    return a + b";
+    const answer = `A pixel ![tracker](https://cdn.example.com/p.png), a call ![x](/v1/models?from=image), a dot ![dot](${dot}) and [the dashboard](/dashboard).\n\n\`\`\`python\n${code}\n\`\`\``;
+    const conversation = {
+      title: "Links",
+      model: "",
+      messages: [
+        { role: "user", content: "Hi" },
+        { role: "assistant", content: answer },
+      ],
+    };
+    await importConversation(page, conversation);
+    const markdown = page.locator(".message.assistant .markdown");
+    await markdown.locator("pre").waitFor();
+    // Only the data: image is drawn; the others are links to where they point, and nothing was fetched.
+    expect(await markdown.locator("img").evaluateAll((images) => images.map((i) => i.getAttribute("src")))).toEqual([
+      dot,
+    ]);
+    expect(await markdown.locator("a", { hasText: "tracker" }).getAttribute("href")).toBe(
+      "https://cdn.example.com/p.png",
+    );
+    await Bun.sleep(300);
+    expect(requests.filter((url) => url.includes("cdn.example.com") || url.includes("from=image"))).toEqual([]);
+    // Following a link leaves the chat where it is.
+    const link = markdown.locator("a", { hasText: "the dashboard" });
+    expect(await link.getAttribute("rel")).toBe("noopener noreferrer");
+    const popup = page.waitForEvent("popup");
+    await link.click();
+    expect((await popup).url()).toBe(`${server.url}/dashboard`);
+    expect(page.url()).toBe(`${server.url}/`);
+
+    const clipboard = () => page.evaluate("navigator.clipboard.readText()");
+    await page.getByRole("button", { name: "Copy code" }).click();
+    expect(await clipboard()).toBe(`${code}\n`);
+    expect(await page.getByRole("button", { name: "Copy code" }).textContent()).toBe("Copied");
+    await page.getByRole("button", { name: "Copy answer" }).click();
+    expect(await clipboard()).toBe(answer);
+    expect(errors).toEqual([]);
+  }, 60_000);
+
+  test("Send and Stop used with the mouse hand the focus back to the message box", async () => {
+    const { page, errors } = await openPage(browser, `${server.url}/`);
+    await page.waitForSelector("body[data-ready]");
+    await page.click("#new-chat");
+    await setMaxTokens(page, "");
+    // Greedy, so that the answer runs on until stopped rather than end by chance.
+    await page.fill("#temperature", "0");
+    await page.fill("#input", "Tell me a long story");
+    await page.click("#send");
+    // A loaded machine may be slow to start the answer.
+    await page.locator(".message.assistant.streaming .markdown").filter({ hasText: /\S/ }).waitFor({ timeout: 60_000 });
+    expect(await page.evaluate("document.activeElement?.id")).toBe("input");
+    // Screen readers are told to wait for the answer rather than read every redraw of it.
+    expect(await page.locator("#messages").getAttribute("aria-busy")).toBe("true");
+    await page.click("#stop");
+    await page.locator(".message.assistant .figures", { hasText: "stopped" }).waitFor();
+    expect(await page.evaluate("document.activeElement?.id")).toBe("input");
+    expect(await page.locator("#messages").getAttribute("aria-busy")).toBe("false");
+    expect(errors).toEqual([]);
+  }, 120_000);
+
+  test("with the keyboard, Tab reaches the rename, export and delete buttons of any conversation", async () => {
+    const { page, errors } = await openPage(browser, `${server.url}/`);
+    await page.waitForSelector("body[data-ready]");
+    for (const title of ["First", "Second"])
+      await importConversation(page, { title, messages: [{ role: "user", content: title }] });
+    await page.locator("#conversations li.current .open", { hasText: "Second" }).waitFor();
+    // The open one is told apart by more than its colour.
+    expect(await page.locator("#conversations [aria-current='true']").allTextContents()).toEqual(["Second"]);
+    // "First" is not the open conversation: its buttons show only while it is hovered or focused.
+    await page.locator("#conversations .open", { hasText: "First" }).focus();
+    const focused = () => page.evaluate("document.activeElement?.getAttribute('aria-label')");
+    for (const label of ["rename", "export", "delete"]) {
+      await page.keyboard.press("Tab");
+      expect(await focused()).toBe(label);
+    }
+    expect(errors).toEqual([]);
+  }, 30_000);
+
   test("conversations are renamed, exported as JSON and deleted; reasoning is folded; regenerate and edit the last question", async () => {
     const { page, errors } = await openPage(browser, `${server.url}/`);
     await page.waitForSelector("body[data-ready]");
@@ -249,11 +355,7 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
         { role: "assistant", content: "<think>Because of reasons.</think>The answer is **42**." },
       ],
     };
-    await page.setInputFiles("#import-file", {
-      name: "thinking.json",
-      mimeType: "application/json",
-      buffer: Buffer.from(JSON.stringify(imported)),
-    });
+    await importConversation(page, imported);
     await page.waitForSelector("#conversations li.current");
     // Reasoning: folded, apart from the answer.
     const reasoning = page.locator(".message.assistant details.reasoning");
@@ -281,6 +383,20 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     await page.click(".message.user .edit");
     expect(await page.locator("#input").inputValue()).toBe("Why?");
     await eventually(async () => (await page.locator(".message").count()) === 0);
+    // An edit not sent changes nothing: the reloaded conversation still has its turn.
+    await page.reload();
+    await page.waitForSelector("body[data-ready]");
+    expect(await page.locator(".message.user .body").allTextContents()).toEqual(["Why?"]);
+    expect(await page.locator(".message.assistant .figures").textContent()).toMatch(/^5 tokens/);
+    // Sent changed, it replaces the turn.
+    await page.click(".message.user .edit");
+    await page.fill("#input", "Why not?");
+    await page.press("#input", "Enter");
+    await page.locator(".message.assistant .figures", { hasText: /^5 tokens/ }).waitFor();
+    await page.reload();
+    await page.waitForSelector("body[data-ready]");
+    expect(await page.locator(".message.user .body").allTextContents()).toEqual(["Why not?"]);
+    expect(await page.locator(".message").count()).toBe(2);
 
     page.once("dialog", (d) => d.accept());
     await page.click("#conversations li.current .delete");
@@ -304,7 +420,7 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
       required: ["color"],
       additionalProperties: false,
     };
-    await page.fill("#schema", JSON.stringify(schema));
+    await page.getByRole("textbox", { name: "JSON Schema" }).fill(JSON.stringify(schema));
     const request = page.waitForRequest((r) => r.url().endsWith("/v1/chat/completions"));
     await send(page, "Pick a color");
     expect((await request).postDataJSON().response_format).toEqual({
@@ -337,6 +453,22 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     await eventually(async () => (await sidebar()).x + (await sidebar()).width <= 1);
     const input = (await page.locator("#input").boundingBox())!;
     expect(input.x + input.width).toBeLessThanOrEqual(390);
+
+    // A question without spaces wraps, and a wide table scrolls by itself: the page does not.
+    const table = `| ${"column | ".repeat(20)}\n|${"---|".repeat(20)}\n| ${"cell | ".repeat(20)}`;
+    const wide = {
+      title: "Wide",
+      messages: [
+        { role: "user", content: "word".repeat(200) },
+        { role: "assistant", content: table },
+      ],
+    };
+    await importConversation(page, wide);
+    await page.locator(".message.assistant .markdown table").waitFor();
+    expect(await page.locator("#messages").evaluate((m) => m.scrollWidth - m.clientWidth)).toBe(0);
+    const cell = (await page.locator(".message.assistant th").first().boundingBox())!;
+    expect(cell.height).toBeLessThan(40); // one line, not a letter a line
+    expect(await page.locator(".message.assistant table").evaluate((t) => t.scrollWidth > t.clientWidth)).toBe(true);
     expect(errors).toEqual([]);
   }, 30_000);
 
@@ -396,6 +528,14 @@ describe.skipIf(!chromiumPath)("in Chromium, a server that stops", () => {
       await page.locator("#status", { hasText: /^disconnected/ }).waitFor();
       expect(await page.locator("#tiles strong").allTextContents()).toEqual(Array(6).fill("–"));
       expect(await page.locator("#in-flight tbody").textContent()).toBe("unknown while disconnected");
+      // The note spans the table's four columns, no more.
+      expect(await page.locator("#in-flight tbody td").getAttribute("colspan")).toBe("4");
+      // Retrying, it says why in words, not the browser's "Failed to fetch".
+      await page
+        .locator("#status", {
+          hasText: /^disconnected: cannot reach the server \(is mlx serve running\?\); retrying…$/,
+        })
+        .waitFor();
       // The feed cut off, then reconnecting to a server that is gone: the browser logs those fetches.
       expect(
         errors.filter((e) => !/ERR_(CONNECTION_REFUSED|INCOMPLETE_CHUNKED_ENCODING)|Failed to fetch/.test(e)),
@@ -406,6 +546,63 @@ describe.skipIf(!chromiumPath)("in Chromium, a server that stops", () => {
     }
   }, 60_000);
 });
+
+describe.skipIf(!chromiumPath)("in Chromium, a server killed mid-answer", () => {
+  test("the answer says the connection was lost, the next question that the server cannot be reached, and nothing spins", async () => {
+    const { proc, url } = await startServe(longTinyModel());
+    const browser = await launchBrowser();
+    try {
+      const { page, errors } = await openPage(browser, `${url}/`);
+      await page.waitForSelector("body[data-ready]");
+      await setMaxTokens(page, "");
+      await page.fill("#temperature", "0");
+      await send(page, "Tell me a long story");
+      await page.locator(".message.assistant.streaming .markdown").filter({ hasText: /\S/ }).waitFor();
+      // Killed, as by the OOM killer or a crash: the stream stops without a word.
+      proc.kill("SIGKILL");
+      const figures = page.locator(".message.assistant .figures");
+      await figures.waitFor();
+      expect(await figures.textContent()).toBe("error: the connection to the server was lost");
+      expect(await page.locator("body.running, .streaming").count()).toBe(0);
+      await send(page, "Are you there?");
+      await page.locator(".message.assistant").nth(1).locator(".figures").waitFor();
+      expect(await page.locator(".message.assistant").nth(1).locator(".figures").textContent()).toBe(
+        "error: cannot reach the server (is mlx serve running?)",
+      );
+      expect(await page.locator("body.running, .streaming").count()).toBe(0);
+      // The browser logs the cut stream and the refused connection; nothing else.
+      expect(errors.filter((e) => !/ERR_(CONNECTION_REFUSED|INCOMPLETE_CHUNKED_ENCODING)/.test(e))).toEqual([]);
+    } finally {
+      await browser.close();
+      proc.kill("SIGKILL");
+    }
+  }, 60_000);
+});
+
+describe.skipIf(!chromiumPath)(
+  "in Chromium, with --api-key, a server that stops while the page asks for the key",
+  () => {
+    test("the page says it cannot list the models, and the conversation drawn after does not hide that", async () => {
+      const server = serve({ apiKey: "gone-key" });
+      const browser = await launchBrowser();
+      try {
+        const { page, errors } = await openPage(browser, `${server.url}/`);
+        await page.waitForSelector("#key-dialog[open]");
+        await server.stop();
+        await page.fill("#key-dialog input", "gone-key");
+        await page.press("#key-dialog input", "Enter");
+        await page.waitForSelector("body[data-ready]");
+        expect(await page.getByRole("alert").textContent()).toBe(
+          "Cannot list the models: cannot reach the server (is mlx serve running?)",
+        );
+        expect(errors.filter((e) => !/401|ERR_CONNECTION_REFUSED/.test(e))).toEqual([]);
+      } finally {
+        await browser.close();
+        await server.stop();
+      }
+    }, 60_000);
+  },
+);
 
 describe.skipIf(!chromiumPath)("in Chromium, with --api-key", () => {
   const key = "browser-key-456";

@@ -2,6 +2,7 @@
 // keep_alive durations, and the figures its final stream object carries.
 import type { ConversationMessage } from "../engine/tools";
 import type { FormatInput, PromptInput, SamplingInput, ThinkingRequest, ToolRequest } from "./common";
+import type { ContextBound } from "../engine/request";
 import { parseToolCalls, toolRequest, toolResultName } from "./tools";
 import { Fields, ValidationError, messageFields, unsupported } from "./validate";
 
@@ -14,6 +15,8 @@ export interface OllamaRequest {
   keepAlive?: number;
   /** undefined: until the context is full. */
   maxTokens?: number;
+  /** options.num_ctx: the context the prompt and answer share (undefined: the model's). */
+  contextBound?: ContextBound;
   sampling: SamplingInput;
   stop: string[];
   /** /api/generate's context: token ids of an earlier exchange to continue. */
@@ -53,8 +56,8 @@ const GENERATE_FIELDS = [
 ];
 /**
  * Ollama's options: those that shape the answer, and the runtime hints that cannot change it
- * here (memory mapping, threads, GPU layers: MLX decides; num_ctx: the context is the model's;
- * penalize_newline: Ollama itself no longer reads it). Options that would change sampling in
+ * here (memory mapping, threads, GPU layers: MLX decides; penalize_newline: Ollama itself no
+ * longer reads it). Options that would change sampling in
  * ways we do not implement (mirostat, typical_p, tfs_z) are 400s unless set to turn them off;
  * mirostat's tau and eta mean nothing without it.
  */
@@ -88,7 +91,7 @@ const OPTIONS = [
   "num_keep",
 ];
 
-function options(f: Fields): Pick<OllamaRequest, "maxTokens" | "sampling" | "stop"> {
+function options(f: Fields): Pick<OllamaRequest, "maxTokens" | "contextBound" | "sampling" | "stop"> {
   const o = f.object("options") ?? new Fields({}, "options");
   o.onlyKnown(OPTIONS);
   const numPredict = o.integer("num_predict", { min: -2 });
@@ -98,8 +101,12 @@ function options(f: Fields): Pick<OllamaRequest, "maxTokens" | "sampling" | "sto
   // 1 is the value at which typical and tail-free sampling keep every token.
   for (const name of ["typical_p", "tfs_z"])
     if ((o.number(name, { min: 0 }) ?? 1) !== 1) throw unsupported(`options.${name}`);
-  o.integer("num_ctx", { min: 1 }); // checked, but the context is the model's (it cannot grow here)
+  // The context a request fills, as Ollama's num_ctx: a longer prompt is a 400 (as Ollama's
+  // `truncate: false`; its silent default cuts the prompt's start, system prompt included), and
+  // the answer ends ("length") where the context is full. Above the model's own, the model's holds.
+  const numCtx = o.integer("num_ctx", { min: 1 });
   return {
+    contextBound: numCtx === undefined ? undefined : { tokens: numCtx, param: "options.num_ctx" },
     // As Ollama's runner, which limits only a positive count: 0, -1 and -2 all run until a stop or the context's end.
     maxTokens: numPredict === undefined || numPredict <= 0 ? undefined : numPredict,
     sampling: {

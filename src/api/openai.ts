@@ -12,7 +12,8 @@ export interface OpenAIRequest {
   n: number;
   /** vLLM's ignore_eos: generate up to max_tokens whatever the model says. */
   ignoreEos: boolean;
-  prompt: PromptInput;
+  /** One prompt (chat), or a completion request's batch: each gets `n` choices. */
+  prompts: PromptInput[];
   stream: boolean;
   includeUsage: boolean;
   maxTokens?: number;
@@ -92,7 +93,7 @@ const COMPLETION_FIELDS = [
 ];
 
 /** The fields both endpoints share: sampling, limits, stop, streaming. */
-function commonFields(f: Fields): Omit<OpenAIRequest, "prompt" | "logprobs" | "topLogprobs"> {
+function commonFields(f: Fields): Omit<OpenAIRequest, "prompts" | "logprobs" | "topLogprobs"> {
   const n = f.integer("n", { min: 1, max: MAX_CHOICES }) ?? 1;
   // Identifiers and hints that ask for nothing we would do differently.
   f.string("user");
@@ -188,7 +189,9 @@ function logitBias(f: Fields): Map<number, number> | undefined {
     // Decimal digits only: Number() would also read "", " 5", "0x10" and "1e2" as some other token's id.
     if (!/^\d+$/.test(key))
       throw new ValidationError(`'logit_bias' keys must be token ids, got '${key}'`, "logit_bias");
-    out.set(Number(key), bias.number(key, { min: -100, max: 100 })!);
+    // Fields read null as absent; here it would be a NaN bias, which wins every argmax.
+    const value = bias.number(key, { min: -100, max: 100 }) ?? bias.fail(key, "must be a number, got null");
+    out.set(Number(key), value);
   }
   return out.size > 0 ? out : undefined;
 }
@@ -243,7 +246,14 @@ export function parseChatRequest(body: unknown): OpenAIRequest {
   const topLogprobs = f.integer("top_logprobs", { min: 0, max: 20 }) ?? 0;
   if (topLogprobs > 0 && !logprobs)
     throw new ValidationError("'top_logprobs' needs 'logprobs' set to true", "top_logprobs");
-  return { ...common, prompt: { kind: "chat", messages }, logprobs, topLogprobs, tools, thinking: thinkingParams(f) };
+  return {
+    ...common,
+    prompts: [{ kind: "chat", messages }],
+    logprobs,
+    topLogprobs,
+    tools,
+    thinking: thinkingParams(f),
+  };
 }
 
 /**
@@ -283,25 +293,29 @@ export function parseCompletionRequest(body: unknown): OpenAIRequest {
   return {
     ...common,
     maxTokens: common.maxTokens ?? COMPLETION_MAX_TOKENS,
-    prompt: completionPrompt(f),
+    prompts: completionPrompts(f),
     logprobs: logprobs !== undefined,
     topLogprobs: logprobs ?? 0,
   };
 }
 
-function completionPrompt(f: Fields): PromptInput {
-  let p = f.raw("prompt");
+/** `prompt`: a string or a list of token ids, or a batch of them (a list of strings or of id lists). */
+function completionPrompts(f: Fields): PromptInput[] {
+  const p = f.raw("prompt");
   if (p === undefined || p === null) throw new ValidationError("'prompt' is required", "prompt");
-  if (Array.isArray(p) && p.length === 1 && (typeof p[0] === "string" || Array.isArray(p[0]))) p = p[0];
+  if (Array.isArray(p) && p.length > 0 && p.every((item) => typeof item === "string" || Array.isArray(item)))
+    return p.map((item, i) => completionPrompt(item, `prompt.${i}`));
+  return [completionPrompt(p, "prompt")];
+}
+
+function completionPrompt(p: unknown, param: string): PromptInput {
   if (typeof p === "string") {
-    if (p.length === 0) throw new ValidationError("'prompt' must not be empty", "prompt");
+    if (p.length === 0) throw new ValidationError(`'${param}' must not be empty`, param);
     return { kind: "text", text: p, template: false };
   }
   if (Array.isArray(p) && p.length > 0 && p.every((t) => Number.isInteger(t) && (t as number) >= 0))
     return { kind: "ids", ids: p as number[] };
-  if (Array.isArray(p) && p.length > 1 && p.every((t) => typeof t === "string" || Array.isArray(t)))
-    throw unsupported("prompt", "a batch of several prompts");
-  throw new ValidationError("'prompt' must be a non-empty string or a list of token ids", "prompt");
+  throw new ValidationError(`'${param}' must be a non-empty string or a list of token ids`, param);
 }
 
 // ---- responses ----

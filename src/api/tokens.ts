@@ -43,6 +43,6 @@ export function parseApplyTemplate(body: unknown): {
   const f = Fields.of(body);
   f.onlyKnown(["model", "messages", "tools", "tool_choice"]);
   const req = parseChatRequest(body);
-  const { messages } = req.prompt as Extract<PromptInput, { kind: "chat" }>;
+  const { messages } = req.prompts[0] as Extract<PromptInput, { kind: "chat" }>;
   return { model: req.model, messages, tools: req.tools };
 }

@@ -2,7 +2,7 @@
 // a directory, into the store, where a second conversion of the same file is a lookup.
 import { formatBytes } from "../format";
 import { defineCommand } from "citty";
-import { existsSync, realpathSync, statSync } from "node:fs";
+import { existsSync, readdirSync, realpathSync, statSync } from "node:fs";
 import { basename, dirname, isAbsolute, join, relative, resolve } from "node:path";
 import { convertGGUF } from "../models/convert";
 import { isGGUFFile } from "../models/gguf";
@@ -63,6 +63,7 @@ export default defineCommand({
         return;
       }
       refuseOutputOverlapping(args.output, path);
+      if (args.force) refuseReplacingNonModel(args.output);
       // convertGGUF names the values it accepts.
       const result = await convertGGUF(path, args.output, { force: Boolean(args.force), bits, groupSize });
       log.success(`wrote ${result.tensors} tensors (${formatBytes(result.bytes)}) to ${result.dir}`);
@@ -88,6 +89,19 @@ function refuseOutputOverlapping(output: string, source: string): void {
     throw new Error(
       `output directory ${resolve(output)} overlaps the model store (${storeRoot()}); choose a directory outside it`,
     );
+}
+
+/**
+ * --force deletes the output directory before the conversion takes its place: only a model
+ * directory (an earlier conversion) may go, never one typed by mistake (`.`, a project, ~).
+ */
+function refuseReplacingNonModel(output: string): void {
+  const entries = statSync(output, { throwIfNoEntry: false })?.isDirectory() ? readdirSync(output) : [];
+  if (entries.length === 0) return;
+  if (entries.includes("config.json") && entries.some((name) => name.endsWith(".safetensors"))) return;
+  throw new Error(
+    `${resolve(output)} is not a model directory (no config.json and .safetensors): --force replaces only an earlier conversion; choose another directory`,
+  );
 }
 
 /** Whether `path` is `dir` or lies inside it. */

@@ -3,10 +3,42 @@ import { defineCommand } from "citty";
 import { existsSync } from "node:fs";
 import { resolve } from "node:path";
 import { looksLikeHubRepo } from "../store/hf";
+import { readManifest } from "../store/manifest";
 import { createProgressReporter } from "../store/progress";
-import { modelRequest, pullModel } from "../store/pull";
+import { loadAliases } from "../store/aliases";
+import { isRemoteSource, modelRequest, pullModel, type ModelRequest } from "../store/pull";
 import { looksLikePath, unknownModelError } from "../store/resolve";
+import { repair } from "../store/store";
 import { fail, log, setVerbose } from "./log";
+
+/**
+ * The hub repository `typed` names the way mlx-lm (org/repo) or Ollama (hf.co/org/repo, or its
+ * huggingface.co URL) users write one; undefined when it names none.
+ */
+function hubRepoNamed(typed: string): string | undefined {
+  const repo = typed.replace(/^(https?:\/\/)?(hf\.co|huggingface\.co)\//, "");
+  return looksLikeHubRepo(repo) ? repo : undefined;
+}
+
+/**
+ * A local directory or file is stored under its own name (`./smollm2` as smollm2): never over
+ * an alias of that name or a model stored from elsewhere, which would be replaced without a word.
+ */
+function refuseTakenName(request: ModelRequest, typed: string): void {
+  if (isRemoteSource(request.source) || typed === request.name) return;
+  const alias = loadAliases().models.get(request.name);
+  const stored = readManifest(request.name);
+  const taken =
+    alias && resolve(alias.source) !== request.source
+      ? `an alias in models.toml (${alias.source})`
+      : stored && stored.source !== request.source
+        ? `already a stored model (${stored.source})`
+        : undefined;
+  if (taken)
+    throw new Error(
+      `'${request.name}' is ${taken}; storing ${typed} under that name would replace it: rename it, or use it in place (mlx run -m ${typed})`,
+    );
+}
 
 export default defineCommand({
   meta: {
@@ -25,21 +57,27 @@ export default defineCommand({
   async run({ args }) {
     setVerbose(Boolean(args.verbose));
     try {
+      // A converted or fused model has no source to pull from.
+      if (readManifest(args.model)?.derivedKey)
+        throw new Error(
+          `'${args.model}' was made here, not pulled; run \`${repair(args.model).command}\` to make it again`,
+        );
       const request = modelRequest(args.model);
       if (request.source === resolve(args.model) && !existsSync(request.source)) {
         // A bare word that names nothing: say so (with names like it) rather than "no such path".
         if (!looksLikePath(args.model)) throw await unknownModelError(args.model);
-        // mlx-lm and Ollama users name hub repositories without a prefix.
-        if (looksLikeHubRepo(args.model))
-          throw new Error(`no such path: ${args.model}; a Hugging Face repository is pulled as hf:${args.model}`);
+        const repo = hubRepoNamed(args.model);
+        if (repo) throw new Error(`no such path: ${args.model}; a Hugging Face repository is pulled as hf:${repo}`);
       }
+      refuseTakenName(request, args.model);
       const reporter = createProgressReporter(`pulling ${request.name}`);
       const result = await pullModel(request, {
         onProgress: reporter.update,
         onWait: (pid) => log.info(`waiting for process ${pid}, which is pulling ${request.name}`),
       }).finally(() => reporter.finish());
+      // Said even off a terminal: a script's user must learn that a model of theirs is gone.
       for (const name of result.evicted)
-        log.info(`evicted ${name} (least recently used) to stay under the store's size limit`);
+        log.warn(`evicted ${name} (least recently used) to stay under the store's size limit`);
       log.success(result.fromDisk ? `${request.name} is already in the store` : `pulled ${request.name}`);
       process.stdout.write(`${result.path}\n`);
     } catch (error) {

@@ -1,4 +1,4 @@
-// `mlx rm <model>`: remove a stored model (files other models share stay).
+// `mlx rm <model>...`: remove stored models (files other models share stay).
 import { confirm, isCancel } from "@clack/prompts";
 import { defineCommand } from "citty";
 import { existsSync } from "node:fs";
@@ -7,34 +7,42 @@ import { formatBytes } from "../format";
 import { modelRequest } from "../store/pull";
 import { removeModel } from "../store/store";
 import { fail, log } from "./log";
+import { variadic } from "./strict-flags";
 
 export default defineCommand({
-  meta: { name: "rm", description: "Remove a model from the store" },
+  meta: { name: "rm", description: "Remove models from the store" },
   args: {
-    model: { type: "positional", required: true, description: "Alias or stored model name" },
+    // Several at once, as `ollama rm a b` takes them.
+    model: variadic({ type: "positional", required: true, description: "Aliases or stored model names" }),
     yes: { type: "boolean", alias: "y", description: "Do not ask for confirmation" },
   },
   async run({ args }) {
     try {
-      const { name } = modelRequest(args.model);
+      // Every name is checked before any model goes, so a typo in one removes none.
+      const names = args._.map((what) => modelRequest(String(what)).name);
       // An unreadable manifest still names a model whose files take space: removing it is the repair.
-      if (!existsSync(manifestPath(name))) throw new Error(`no stored model named '${name}' (see mlx list)`);
-      const manifest = readManifest(name);
+      for (const name of names)
+        if (!existsSync(manifestPath(name))) throw new Error(`no stored model named '${name}' (see mlx list)`);
       // Only a person at a terminal can answer; scripts pass -y.
       if (!args.yes && process.stdin.isTTY) {
-        const answer = await confirm({
-          message: `Remove ${name} (${manifest ? formatBytes(manifest.totalBytes) : "unreadable manifest"})?`,
-          initialValue: false,
-        });
+        const answer = await confirm({ message: `Remove ${names.map(described).join(", ")}?`, initialValue: false });
         if (isCancel(answer) || !answer) {
           log.info("nothing removed");
           return;
         }
       }
-      const { freedBytes } = await removeModel(name);
-      log.success(`removed ${name}, freed ${formatBytes(freedBytes)}`);
+      for (const name of names) {
+        const { freedBytes } = await removeModel(name);
+        log.success(`removed ${name}, freed ${formatBytes(freedBytes)}`);
+      }
     } catch (error) {
       fail(error);
     }
   },
 });
+
+/** A model as the confirmation names it: with its size. */
+function described(name: string): string {
+  const manifest = readManifest(name);
+  return `${name} (${manifest ? formatBytes(manifest.totalBytes) : "unreadable manifest"})`;
+}

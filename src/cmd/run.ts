@@ -87,6 +87,10 @@ export default defineCommand({
             pipeline,
           });
       if (lm) checkThinkingBudget(lm, thinking);
+      checkSystemPrompt(args.system, {
+        raw: Boolean(args.raw),
+        template: lm ? Boolean(lm.tokenizer.chatTemplate) : true,
+      });
       const cached =
         lm && args["prompt-cache"] !== undefined
           ? openPromptCache(lm, args["prompt-cache"], { system: args.system, raw: args.raw })
@@ -132,10 +136,13 @@ export default defineCommand({
   },
 });
 
+/** `text` without its blank lines before and whitespace after: a first line's indentation (code) is kept. */
+const withoutBlankEdges = (text: string) => text.replace(/^\s*\n/, "").trimEnd();
+
 /** The prompt's words and piped stdin, after the cached document if there is one. */
 async function readPrompt(argument: string, document?: string): Promise<string> {
-  const piped = process.stdin.isTTY ? "" : (await Bun.stdin.text()).trim();
-  const prompt = [document, argument.trim(), piped].filter(Boolean).join("\n\n");
+  const piped = process.stdin.isTTY ? "" : withoutBlankEdges(await Bun.stdin.text());
+  const prompt = [document, withoutBlankEdges(argument), piped].filter((part) => part?.trim()).join("\n\n");
   if (!prompt) throw new Error('no prompt: give one as an argument (mlx run "...") or pipe it on stdin');
   return prompt;
 }
@@ -172,6 +179,17 @@ function checkPromptCache(file: string | undefined, o: { remote: boolean; adapte
     throw new Error(
       `--prompt-cache holds the base model's keys and values, which a run with an adapter (${o.adapter}) cannot use: give one or the other`,
     );
+}
+
+/**
+ * --system goes into the chat template: with --raw, or a model without a template, the prompt is
+ * sent as plain text and the system prompt would be dropped, unsaid.
+ */
+function checkSystemPrompt(system: string | undefined, o: { raw: boolean; template: boolean }): void {
+  if (system === undefined) return;
+  if (o.raw) throw new Error("--system needs the chat template, which --raw leaves out: give one or the other");
+  if (!o.template)
+    throw new Error("this model has no chat template to put --system in: write the system prompt into the prompt");
 }
 
 /** A file of mlx cache-prompt, as the prefix cache a run starts from, and the document it holds. */

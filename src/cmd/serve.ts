@@ -23,7 +23,7 @@ import {
 } from "./options";
 import { openPipeline, type CacheOptions, type PipelineSpec } from "../engine/pipeline";
 import type { LoadedModel } from "../models/load";
-import { aliasCacheSettings } from "../store/aliases";
+import { aliasCacheSettings, loadAliases } from "../store/aliases";
 import { resolveModelPath } from "../store/resolve";
 import { openModel } from "./open-model";
 import { repeatable } from "./strict-flags";
@@ -128,6 +128,8 @@ export default defineCommand({
       const adapters = servedAdapters(list(args.adapter), args.model);
       const speculation = speculationFlags(args);
       const maxKvSize = args["max-kv-size"] === undefined ? undefined : maxKvSizeFrom(args, undefined);
+      // A broken models.toml stops the server here, not as an error on every request later.
+      loadAliases();
       const pipeline = pipelineFrom(args);
       if (pipeline) {
         if (!args.model)

@@ -7,7 +7,7 @@ import { blobPath } from "../store/paths";
 import { formatBytes, formatCount } from "../format";
 import { ggufParameterCount, readGGUFHeader } from "../models/gguf-header";
 import { modelRequest } from "../store/pull";
-import { loadPath } from "../store/store";
+import { loadPath, repair } from "../store/store";
 import { fail } from "./log";
 
 // The config.json fields worth a glance; the whole file is one `cat` away in the model directory.
@@ -42,7 +42,7 @@ export default defineCommand({
         throw new Error(
           `'${name}' is not in the store (mlx pull ${args.model} fetches it; mlx list shows what is there)`,
         );
-      // A model with files gone is shown all the same: its source says what to pull again.
+      // A model with files gone is shown all the same, with the command that gets them back.
       const present = await Promise.all(manifest.files.map((f) => blobPresent(f)));
       const missing = new Set(manifest.files.filter((_, i) => !present[i]).map((f) => f.name));
       const config = configSummary(manifest, missing);
@@ -65,7 +65,7 @@ export default defineCommand({
         ...Object.entries(config ?? {}).map(([k, v]) => [k, typeof v === "object" ? JSON.stringify(v) : String(v)]),
         ...manifest.files.map((f) => [
           `file ${f.name}`,
-          `${formatBytes(f.size)}  sha256:${f.sha256}${missing.has(f.name) ? `  missing: mlx pull ${manifest.name}` : ""}`,
+          `${formatBytes(f.size)}  sha256:${f.sha256}${missing.has(f.name) ? `  missing: ${repair(manifest.name).command}` : ""}`,
         ]),
       ];
       const width = Math.max(...lines.map(([k]) => k!.length));

@@ -1,6 +1,7 @@
-// `mlx verify`: re-hash the store's blobs, remove corrupt ones, name the models to pull again.
+// `mlx verify`: re-hash the store's blobs, remove corrupt ones, say how to get damaged models back.
 import { defineCommand } from "citty";
 import { formatBytes } from "../format";
+import { repair } from "../store/store";
 import { verifyStore } from "../store/verify";
 import { fail, log, setVerbose } from "./log";
 
@@ -34,7 +35,8 @@ export default defineCommand({
         process.stdout.write("all stored models are intact\n");
         return;
       }
-      for (const name of report.damagedModels) process.stdout.write(`needs a new pull: mlx pull ${name}\n`);
+      for (const { need, command } of report.damagedModels.map(repair))
+        process.stdout.write(`needs ${need}: ${command}\n`);
       process.exit(1);
     } catch (error) {
       fail(error);

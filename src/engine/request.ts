@@ -52,6 +52,8 @@ export interface GenerationSpec {
   maxTokens?: number;
   /** Make a max_tokens beyond the model's context an error instead of clamping it (OpenAI). */
   strictMaxTokens?: boolean;
+  /** The request's own bound on its context, prompt and answer (Ollama's num_ctx); the model's is kept where smaller. */
+  contextBound?: ContextBound;
   /** The request's own name for maxTokens, in its errors (default max_tokens). */
   maxTokensParam?: string;
   stop?: string[];
@@ -81,6 +83,20 @@ export interface PreparedGeneration {
   dispose(): void;
 }
 
+/** A request's bound on its context: its size, and the field that set it (named in errors). */
+export interface ContextBound {
+  tokens: number;
+  param: string;
+}
+
+/** The context a request may fill: the model's, or less where the request bounds it. */
+function contextLimit(lm: LoadedModel, bound: ContextBound | undefined): { tokens: number; whose: string } {
+  const model = lm.config.maxPositionEmbeddings;
+  return bound && bound.tokens < model
+    ? { tokens: bound.tokens, whose: bound.param }
+    : { tokens: model, whose: "the model's context" };
+}
+
 export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): Promise<PreparedGeneration> {
   const vocab = lm.config.vocabSize;
   validateSampling(spec.sampling, vocab);
@@ -98,19 +114,19 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   const badId = promptIds.find((id) => !(id >= 0 && id < vocab));
   if (badId !== undefined)
     throw new InvalidParameterError(`token id ${badId} is outside the model's vocabulary (${vocab})`, "prompt");
-  const context = lm.config.maxPositionEmbeddings;
+  const { tokens: context, whose } = contextLimit(lm, spec.contextBound);
   // A rotating cache (--max-kv-size) holds a bounded part of any length: only max_tokens limits.
   const rotating = lm.maxKvSize !== undefined;
   if (!rotating && promptIds.length >= context) {
     throw new ContextLengthError(
-      `the prompt is ${promptIds.length} tokens, but the model's context is ${context} tokens (leave room for at least one generated token)`,
+      `the prompt is ${promptIds.length} tokens, but ${whose} is ${context} tokens (leave room for at least one generated token)`,
       spec.prompt.kind === "chat" ? "messages" : "prompt",
     );
   }
   const maxTokensParam = spec.maxTokensParam ?? "max_tokens";
   if (spec.strictMaxTokens && spec.maxTokens !== undefined && spec.maxTokens > context)
     throw new InvalidParameterError(
-      `${maxTokensParam} is ${spec.maxTokens}, more than the model's context of ${context} tokens`,
+      `${maxTokensParam} is ${spec.maxTokens}, more than ${whose} of ${context} tokens`,
       maxTokensParam,
     );
   const room = rotating ? context : context - promptIds.length;

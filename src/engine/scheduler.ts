@@ -287,6 +287,7 @@ export class Scheduler {
       while (!this.#generator.idle) {
         const started = performance.now();
         const decoding = this.#generator.running;
+        const prefilling = this.#prefillsThisStep;
         let events: SequenceEvent[];
         try {
           events = await this.#generator.stepAsync();
@@ -300,7 +301,7 @@ export class Scheduler {
         if (decoding > 0 && events.length > 0) {
           const intervals = this.#intervalsEnded(events);
           if (intervals > 0) this.options.onStep?.(ms, intervals);
-          const changed = this.options.tuner?.observe(ms, decoding);
+          const changed = this.options.tuner?.observe(ms, decoding, prefilling);
           if (changed) Object.assign(this.#generator.options, changed);
         }
         for (const event of events) this.#deliver(event);
@@ -310,6 +311,14 @@ export class Scheduler {
     } finally {
       this.#looping = false;
     }
+  }
+
+  /**
+   * Whether the next step prefills a prompt chunk: a request waits (or is part way through its
+   * prefill, which began with room in the batch) and the batch has room to start one.
+   */
+  get #prefillsThisStep(): boolean {
+    return this.#generator.waiting > 0 && this.#generator.running < this.limits.maxBatch;
   }
 
   /**

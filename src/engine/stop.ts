@@ -12,6 +12,9 @@ export class StopMatcher {
 
   /** Adds generated text; returns what may be shown now and whether a stop string was hit. */
   push(text: string): { text: string; stopped: boolean } {
+    // Text after a stop string is never shown: not the rest of its token, nor the end of an
+    // unfinished character the detokenizer flushes once the answer ends.
+    if (this.matched !== undefined) return { text: "", stopped: true };
     this.#pending += text;
     let cut = -1;
     for (const stop of this.#stops) {

@@ -2,6 +2,8 @@
 // adjusts the decode batch limit and the prefill chunk size within bounds. Too slow: fewer
 // sequences per step and smaller prefill chunks (shorter steps); comfortably fast: more, but a
 // bigger batch only once the batch is full (a fast step of fewer sequences says nothing of more).
+// It moves only a knob whose effect its observations show: the prefill chunk only while a
+// prompt is being prefilled (otherwise no step reads it, and a change would go unseen).
 export interface TunerLimits {
   maxBatch: number;
   prefillChunk: number;
@@ -64,10 +66,10 @@ export class AdaptiveTuner {
   }
 
   /**
-   * Records one inter-token latency, of a decode step of `batch` sequences; returns the new limits
-   * when they changed.
+   * Records one inter-token latency, of a decode step of `batch` sequences that `prefilling` tells
+   * whether a prompt chunk shared; returns the new limits when they changed.
    */
-  observe(itlMs: number, batch: number): TunerLimits | undefined {
+  observe(itlMs: number, batch: number, prefilling: boolean): TunerLimits | undefined {
     if (!Number.isFinite(itlMs) || itlMs < 0) return undefined;
     if (this.emaMs === undefined) this.emaMs = itlMs;
     else {
@@ -81,15 +83,16 @@ export class AdaptiveTuner {
     let reason: string;
     if (p99 > this.targetMs) {
       // Over target: halve the prefill chunk first (it stalls every stream), then shed a sequence.
-      if (this.limits.prefillChunk > bounds.minChunk)
+      if (prefilling && this.limits.prefillChunk > bounds.minChunk)
         this.limits.prefillChunk = Math.max(bounds.minChunk, Math.floor(this.limits.prefillChunk / 2));
       // One fewer than the batch that was too slow: a limit above it would shed nothing.
       else this.limits.maxBatch = Math.max(bounds.minBatch, Math.min(this.limits.maxBatch, batch) - 1);
       reason = `p99 ${p99.toFixed(1)} ms > target ${this.targetMs} ms`;
     } else if (p99 < 0.7 * this.targetMs) {
-      // Comfortably under: admit one more sequence when the batch is full, else grow the prefill chunk back.
+      // Comfortably under: admit one more sequence when the batch is full, else grow the prefill
+      // chunk back while one is in use.
       if (batch >= this.limits.maxBatch && this.limits.maxBatch < bounds.maxBatch) this.limits.maxBatch += 1;
-      else this.limits.prefillChunk = Math.min(bounds.maxChunk, this.limits.prefillChunk * 2);
+      else if (prefilling) this.limits.prefillChunk = Math.min(bounds.maxChunk, this.limits.prefillChunk * 2);
       reason = `p99 ${p99.toFixed(1)} ms < 70% of target ${this.targetMs} ms`;
     } else return undefined;
     if (from.maxBatch === this.limits.maxBatch && from.prefillChunk === this.limits.prefillChunk) return undefined;

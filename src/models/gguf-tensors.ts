@@ -13,6 +13,7 @@ import { join } from "node:path";
 import * as mx from "../mlx";
 import type { LoadedFile, MxArray } from "../mlx";
 import { nativeTensorTypes, type GGUFHeader, type GGUFTensorInfo } from "./gguf-header";
+import { runSteps, type Steps } from "../event-loop";
 
 /**
  * The types we read ourselves (ffi/src/gguf_blocks.cpp reads their blocks). Kept quantized as
@@ -60,6 +61,15 @@ export function loadedBytes(t: GGUFTensorInfo): number {
  * only those `wanted` (by GGUF name) when given: MLX reads every tensor of a GGUF at once.
  */
 export function loadGGUFTensors(path: string, header: GGUFHeader, wanted?: (name: string) => boolean): LoadedFile {
+  return runSteps(loadGGUFTensorSteps(path, header, wanted));
+}
+
+/** As loadGGUFTensors, pausing (yield) after each tensor it reads itself: see loadModelAsync. */
+export function* loadGGUFTensorSteps(
+  path: string,
+  header: GGUFHeader,
+  wanted?: (name: string) => boolean,
+): Steps<LoadedFile> {
   const tensors = wanted ? header.tensors.filter((t) => wanted(t.name)) : header.tensors;
   const unreadable = tensors.find((t) => !readableTensorTypes.includes(t.type));
   if (unreadable)
@@ -73,11 +83,12 @@ export function loadGGUFTensors(path: string, header: GGUFHeader, wanted?: (name
   try {
     const copy = join(dir, "rest.gguf");
     const skip = new Set(ours.map((t) => t.name));
-    writeSubset(path, header, (t) => !skip.has(t.name) && tensors.includes(t), copy);
+    yield* writeSubset(path, header, (t) => !skip.has(t.name) && tensors.includes(t), copy);
     loaded = mx.loadGGUF(copy);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+  yield;
   const fd = openSync(path, "r");
   try {
     for (const t of ours) {
@@ -92,6 +103,7 @@ export function loadGGUFTensors(path: string, header: GGUFHeader, wanted?: (name
         loaded.tensors.set(t.name, weight);
         loaded.tensors.set(`${prefix}.scales`, scales);
       } else loaded.tensors.set(t.name, dequantize(path, header.dataStart, t));
+      yield;
     }
   } finally {
     closeSync(fd);
@@ -167,7 +179,12 @@ function mxfp4(fd: number, dataStart: number, t: GGUFTensorInfo): { weight: MxAr
 }
 
 /** A GGUF with the same metadata and only the tensors `keep` says, their data laid out anew. */
-function writeSubset(path: string, header: GGUFHeader, keep: (t: GGUFTensorInfo) => boolean, target: string): void {
+function* writeSubset(
+  path: string,
+  header: GGUFHeader,
+  keep: (t: GGUFTensorInfo) => boolean,
+  target: string,
+): Steps<void> {
   const source = openSync(path, "r");
   const out = openSync(target, "w");
   const align = (n: number) => Math.ceil(n / header.alignment) * header.alignment;
@@ -209,6 +226,7 @@ function writeSubset(path: string, header: GGUFHeader, keep: (t: GGUFTensorInfo)
         if (n === 0) throw new Error(`${path} ends inside tensor '${t.name}'`);
         writeSync(out, chunk, 0, n, dataStart + offsets[i]! + done);
         done += n;
+        yield;
       }
     }
     // The padding after the last tensor, so the file ends where its table says.

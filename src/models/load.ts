@@ -9,7 +9,8 @@ import { buildModel, parseConfig, Weights, type DecoderModel, type ModelConfig }
 import type { QuantConfig } from "./config";
 import { ggufModel, isGGUFFile } from "./gguf";
 import { readGGUFHeader, refuseSplitGGUF } from "./gguf-header";
-import { keptQuantizedTypes, loadGGUFTensors } from "./gguf-tensors";
+import { keptQuantizedTypes, loadGGUFTensorSteps } from "./gguf-tensors";
+import { runSteps, runStepsAsync, type Steps } from "../event-loop";
 import { Tokenizer } from "../tokenizer/tokenizer";
 import type { Adapter } from "./lora";
 import { shardTensors, type Shard, type ShardCut } from "./shard";
@@ -57,6 +58,19 @@ export class ModelLoadError extends Error {
  * read), or of that only the slice of each layer `shard` names (tensor parallel).
  */
 export function loadModel(path: string, stage?: Stage, shard?: Shard): LoadedModel {
+  return runSteps(loadingSteps(path, stage, shard));
+}
+
+/**
+ * As loadModel, giving the event loop a turn between the pieces of the load (each weight file or
+ * tensor read, the tokenizer, the model's construction), so that a server loading a model keeps
+ * answering and streaming meanwhile.
+ */
+export function loadModelAsync(path: string): Promise<LoadedModel> {
+  return runStepsAsync(loadingSteps(path));
+}
+
+function loadingSteps(path: string, stage?: Stage, shard?: Shard): Steps<LoadedModel> {
   return checkModelPath(path) === "directory" ? loadDirectory(path, stage, shard) : loadGGUFFile(path, stage, shard);
 }
 
@@ -102,11 +116,12 @@ function weightFiles(dir: string): string[] {
   return files.map((f) => join(dir, f));
 }
 
-function loadDirectory(dir: string, stage?: Stage, shard?: Shard): LoadedModel {
-  const { config, tensors } = readDirectoryTensors(dir);
+function* loadDirectory(dir: string, stage?: Stage, shard?: Shard): Steps<LoadedModel> {
+  const { config, tensors } = yield* directoryTensorSteps(dir);
   sanitize(tensors, config);
   const tokenizer = withModelErrors(dir, () => Tokenizer.fromDirectory(dir));
-  return assemble(tensors, config, tokenizer, "mlx", dir, [], stage, shard);
+  yield;
+  return yield* assemble(tensors, config, tokenizer, "mlx", dir, [], stage, shard);
 }
 
 /** An MLX directory's config.json, read and checked (a ModelLoadError naming the directory otherwise). */
@@ -117,27 +132,35 @@ export function readDirectoryConfig(dir: string): ModelConfig {
 
 /** An MLX directory's config and weights, as its files hold them. */
 export function readDirectoryTensors(dir: string): { config: ModelConfig; tensors: Map<string, MxArray> } {
+  return runSteps(directoryTensorSteps(dir));
+}
+
+/** As readDirectoryTensors, pausing after each weight file. */
+function* directoryTensorSteps(dir: string): Steps<{ config: ModelConfig; tensors: Map<string, MxArray> }> {
   const config = readDirectoryConfig(dir);
   const tensors = new Map<string, MxArray>();
   for (const file of weightFiles(dir)) {
     if (!existsSync(file)) throw new ModelLoadError(`missing weight file ${file}`);
     const loaded = withModelErrors(file, () => mx.loadSafetensors(file));
     for (const [name, t] of loaded.tensors) tensors.set(name, t);
+    yield;
   }
   return { config, tensors };
 }
 
-function loadGGUFFile(file: string, stage?: Stage, shard?: Shard): LoadedModel {
+function* loadGGUFFile(file: string, stage?: Stage, shard?: Shard): Steps<LoadedModel> {
   const header = withModelErrors(file, () => readGGUFHeader(file));
   refuseSplitGGUF(header, file);
-  const loaded = withModelErrors(file, () =>
-    loadGGUFTensors(file, header, stage && ((name) => stageHolds(stage, name))),
+  yield;
+  const loaded = yield* withModelErrorSteps(file, () =>
+    loadGGUFTensorSteps(file, header, stage && ((name) => stageHolds(stage, name))),
   );
   const gguf = withModelErrors(file, () => ggufModel(loaded));
   const config = parseConfig(gguf.config);
-  const tokenizer = withModelErrors(file, () =>
-    Tokenizer.fromGGUFMetadata(gguf.metadata as Record<string, unknown>, file),
+  const tokenizer = yield* withModelErrorSteps(file, () =>
+    Tokenizer.fromGGUFMetadataSteps(gguf.metadata as Record<string, unknown>, file),
   );
+  yield;
   const dequantized = [...header.tensorTypes.keys()].filter((t) => !keptQuantizedTypes.has(t));
   const quantizedTypes = [...keptQuantizedTypes].filter((t) => !/^B?F\d+$/.test(t));
   const notes =
@@ -146,7 +169,7 @@ function loadGGUFFile(file: string, stage?: Stage, shard?: Shard): LoadedModel {
           `${basename(file)}: its ${dequantized.join(", ")} tensors were dequantized to 16-bit at load time (only ${quantizedTypes.join(", ")} stay quantized), so they take more memory; \`mlx convert\` re-quantizes them to 4-bit`,
         ]
       : [];
-  return assemble(gguf.tensors, config, tokenizer, "gguf", file, notes, stage, shard);
+  return yield* assemble(gguf.tensors, config, tokenizer, "gguf", file, notes, stage, shard);
 }
 
 /** Drops what mlx-lm drops: rotary caches and a tied output layer's duplicate. */
@@ -159,7 +182,7 @@ function sanitize(tensors: Map<string, MxArray>, config: ModelConfig): void {
   }
 }
 
-function assemble(
+function* assemble(
   tensors: Map<string, MxArray>,
   config: ModelConfig,
   tokenizer: Tokenizer,
@@ -168,7 +191,7 @@ function assemble(
   notes: string[],
   stage?: Stage,
   shard?: Shard,
-): LoadedModel {
+): Steps<LoadedModel> {
   // A stage drops the tensors it does not use before anything reads them (MLX loads lazily).
   if (stage)
     for (const [name, t] of tensors)
@@ -183,6 +206,7 @@ function assemble(
   const weights = new Weights(tensors, layersConfig, stage, shard);
   if (shard) weights.lora.cuts = cuts;
   const model = withModelErrors(path, () => buildModel(weights));
+  yield;
   // Read every weight now, so a truncated or corrupt file fails here rather than mid-answer.
   withModelErrors(path, () => mx.evaluate(...tensors.values()));
   // Every decode step streams all the weights: huge pages spare it a TLB miss every 4 KiB.
@@ -334,7 +358,18 @@ export function withModelErrors<T>(path: string, fn: () => T): T {
   try {
     return fn();
   } catch (error) {
-    if (error instanceof ModelLoadError) throw error;
-    throw new ModelLoadError(`cannot load ${path}: ${(error as Error).message}`);
+    throw modelError(path, error);
   }
 }
+
+/** As withModelErrors, for work done in steps. */
+function* withModelErrorSteps<T>(path: string, steps: () => Steps<T>): Steps<T> {
+  try {
+    return yield* steps();
+  } catch (error) {
+    throw modelError(path, error);
+  }
+}
+
+const modelError = (path: string, error: unknown) =>
+  error instanceof ModelLoadError ? error : new ModelLoadError(`cannot load ${path}: ${(error as Error).message}`);

@@ -65,6 +65,8 @@ export interface ServerOptions extends Partial<ServerConfig> {
   onLoad?: (name: string, path: string, seconds: number) => void;
   /** Loads a model in place of loadModel (a rank of a pipeline loads its part). */
   loadModel?: (path: string, settings: LoadSettings) => LoadedModel;
+  /** Seconds a kept-alive connection may sit idle between requests (default 60). */
+  idleConnectionSeconds?: number;
 }
 
 /**
@@ -131,6 +133,7 @@ export function createState(o: ServerOptions = {}): ServerState {
       // A timer takes at most 2^31 - 1 ms (24.8 days); past that it fires at once, so longer is that long.
       requestTimeoutMs: Math.min(o.requestTimeoutMs ?? 600_000, 2 ** 31 - 1),
       defaultModel: o.defaultModel,
+      storedResponseBytes: o.storedResponseBytes ?? 256 * 1024 * 1024,
       maxSequences: largestBatch + maxQueue,
       version: o.version ?? "0.0.0",
     },
@@ -140,6 +143,7 @@ export function createState(o: ServerOptions = {}): ServerState {
       makeScheduler,
       kvQuantization: o.kvQuantization,
       adapters: o.adapters,
+      pinned: o.defaultModel,
       speculation: o.speculation,
       maxKvSize: o.maxKvSize,
       load: o.loadModel,
@@ -150,6 +154,7 @@ export function createState(o: ServerOptions = {}): ServerState {
     inflight: new InFlight(),
     startedAt: performance.now(),
     stopping: false,
+    shutdown: new AbortController(),
     requests: { total: 0, byStatus: {}, byRoute: {} },
     logError: o.logError ?? ((error) => console.error(error)),
     promptCacheWrites: () => diskWrites.flush(),
@@ -303,20 +308,44 @@ export interface RunningServer {
   stop(graceMs?: number): Promise<void>;
 }
 
-/** Starts listening (127.0.0.1 by default); with `defaultModel`, loads it in the background. */
+/** How long generations ended by a shutdown have to write their last message before connections close. */
+const SHUTDOWN_SETTLE_MS = 2000;
+
 /** The most a request may send before the connection is cut (what is over maxBodyBytes is discarded, not kept). */
 const UPLOAD_CAP = 1024 * 1024 * 1024;
 
+/** How long a kept-alive connection may sit idle between requests (Bun allows at most 255). */
+const IDLE_CONNECTION_SECONDS = 60;
+
+/**
+ * `response`, calling `sent` once a streamed body (SSE, NDJSON: an answer written as it is
+ * generated) has all gone out; at once for any other, which is written out now.
+ */
+function onceSent(response: Response, sent: () => void): Response {
+  const type = response.headers.get("content-type") ?? "";
+  if (!response.body || !/^(text\/event-stream|application\/x-ndjson)/.test(type)) {
+    sent();
+    return response;
+  }
+  return new Response(response.body.pipeThrough(new TransformStream({ flush: sent })), response);
+}
+
+/** Starts listening (127.0.0.1 by default); with `defaultModel`, loads it in the background. */
 export function startServer(o: ServerOptions = {}): RunningServer {
   const state = createState(o);
   const app = createApp(state);
+  const idleSeconds = o.idleConnectionSeconds ?? IDLE_CONNECTION_SECONDS;
   const server = Bun.serve({
     hostname: o.host ?? "127.0.0.1",
     port: o.port ?? 11435,
-    fetch: app.fetch,
-    // Generations can be long and silent (non-streaming, or queued): no idle cut-off; the
-    // per-request timeout bounds them instead.
-    idleTimeout: 0,
+    // Generations can be long and silent (non-streaming, or queued): no idle cut-off while a
+    // request is answered (the per-request timeout bounds it); between requests, a connection
+    // kept alive and idle is closed after a while, so idle sockets cannot pile up without bound.
+    idleTimeout: idleSeconds,
+    fetch: async (request, bun) => {
+      bun.timeout(request, 0);
+      return onceSent(await app.fetch(request, bun), () => bun.timeout(request, idleSeconds));
+    },
     // Hono's body limit answers an oversized body with our JSON 413 as soon as it knows (from
     // Content-Length, or counting a chunked body), and Bun discards the rest of the upload
     // without buffering it, so a client still sending reads the answer. Bun's own cap must sit
@@ -324,9 +353,9 @@ export function startServer(o: ServerOptions = {}): RunningServer {
     maxRequestBodySize: Math.max(UPLOAD_CAP, state.config.maxBodyBytes * 2),
   });
   if (o.defaultModel && !remoteModel(o.defaultModel)) {
-    // Preloaded and kept (keep-alive -1) unless a request says otherwise (a remote model has nothing to load).
+    // Preloaded, and kept as the registry keeps its pinned model (a remote model has nothing to load).
     state.models
-      .acquire(o.defaultModel, Infinity)
+      .acquire(o.defaultModel)
       .then((lease) => lease.release())
       .catch((error) => state.logError(error));
   }
@@ -339,6 +368,10 @@ export function startServer(o: ServerOptions = {}): RunningServer {
       state.stopping = true;
       const drained = server.stop(false);
       if (graceMs > 0) await Promise.race([drained, Bun.sleep(graceMs)]);
+      // Generations still running end with their API's last error message (a 503) before the
+      // connections close, so that no client reads a cut stream or an empty reply.
+      state.shutdown.abort();
+      if (state.inflight.list.length > 0) await Promise.race([drained, Bun.sleep(SHUTDOWN_SETTLE_MS)]);
       await server.stop(true);
       state.models.dispose();
       await state.promptCacheWrites();

@@ -11,6 +11,7 @@ import { EmbeddingCancelled } from "../engine/embed";
 import { SchemaError } from "../engine/grammar";
 import {
   AdapterError,
+  ConfigError,
   ContextLengthError,
   InvalidParameterError,
   ModelNotFoundError,
@@ -50,6 +51,9 @@ export class ClientGoneError extends Error {
 }
 
 export const requestTimeout = () => new TimeoutError("the request took longer than the server's request timeout");
+/** A generation still running when a stopping server's grace period ended. */
+export const serverStopping = () =>
+  new ApiError(503, "the server is shutting down", "server_error", null, "server_shutting_down");
 
 export const notFound = (message: string, code = "not_found") =>
   new ApiError(404, message, "invalid_request_error", null, code);
@@ -91,6 +95,9 @@ export function toApiError(error: unknown, onInternal?: (error: unknown) => void
     return new ApiError(502, error.message, "server_error", "model", "model_pull_failed");
   if (error instanceof ProviderError) return providerError(error);
   if (error instanceof TimeoutError) return new ApiError(504, error.message, "timeout_error", null, "request_timeout");
+  // The operator's file, not the request, is at fault: a server error that names it (README, "The model store").
+  if (error instanceof ConfigError)
+    return new ApiError(500, error.message.split("\n")[0]!, "server_error", null, "invalid_config");
   if (error instanceof AdapterError)
     return new ApiError(500, error.message.split("\n")[0]!, "server_error", "model", "adapter_load_failed");
   if (error instanceof ModelLoadError)

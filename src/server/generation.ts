@@ -5,14 +5,20 @@
 // is a remote alias goes to its provider instead: remote-generation.ts). Also the per-request
 // figures that feed /metrics.
 import type { SamplingInput } from "../api/common";
-import { prepareGeneration, type FormatInput, type PreparedGeneration, type PromptInput } from "../engine/request";
+import {
+  prepareGeneration,
+  type ContextBound,
+  type FormatInput,
+  type PreparedGeneration,
+  type PromptInput,
+} from "../engine/request";
 import { defaultSampling, type SamplingParams } from "../engine/sampling";
 import type { GenerationEvent, GenerationUsage } from "../engine/scheduler";
 import type { ToolCallParser, ToolRequest } from "../engine/tools";
 import type { ThinkingRequest } from "../engine/reasoning";
 import type { Tokenizer } from "../tokenizer/tokenizer";
 import { remoteModel } from "../providers";
-import { badRequest, requestTimeout } from "./errors";
+import { badRequest, requestTimeout, serverStopping } from "./errors";
 import type { Lease, ModelRegistry } from "./model-registry";
 import { startRemoteGeneration } from "./remote-generation";
 import type { ServerMetrics } from "./metrics";
@@ -33,6 +39,8 @@ export interface GenerateInput {
   strictMaxTokens: boolean;
   /** The request's name for maxTokens, in its errors (default max_tokens). */
   maxTokensParam?: string;
+  /** The request's own bound on its context (Ollama's num_ctx). */
+  contextBound?: ContextBound;
   stop?: string[];
   /** Whether the answer's tokens' logprobs are asked for. */
   logprobs?: boolean;
@@ -61,7 +69,8 @@ export interface Generation {
   /** Set when the model was offered tools: how to read its calls out of the answer. */
   toolFormat?: ToolCallParser;
   events: AsyncIterable<GenerationEvent>;
-  timedOut: () => boolean;
+  /** Set once the server ended it (its timeout, its shutdown); a client gone is not. */
+  cutShort: () => CutShort | undefined;
   /** Stops the generation (client gone). */
   abort: () => void;
   /** Whether the token budget closed a structured answer early (to keep it valid). */
@@ -74,6 +83,8 @@ export interface GenerationContext {
   models: ModelRegistry;
   metrics: ServerMetrics;
   inflight: InFlight;
+  /** See ServerState.shutdown. */
+  shutdown: AbortController;
 }
 
 /** The model a request names, else the server's default; a 400 when there is neither. */
@@ -91,27 +102,39 @@ export function httpRequestBounds(
   return { route: req.path, clientSignal: req.raw.signal, timeoutMs: config.requestTimeoutMs };
 }
 
+/** Why the server ended a generation before its end, as its outcome in /metrics and its error. */
+export interface CutShort {
+  outcome: "timeout" | "shutdown";
+  error: Error;
+}
+
 /**
- * A request's own abort: its client going away, or its timeout, whose clock starts now (waiting
- * for a model, or for a remote provider, counts).
+ * A request's own abort: its client going away, its timeout, whose clock starts now (waiting
+ * for a model, or for a remote provider, counts), or the server's shutdown.
  */
-export function requestDeadline(input: Pick<GenerateInput, "clientSignal" | "timeoutMs">) {
+export function requestDeadline(input: Pick<GenerateInput, "clientSignal" | "timeoutMs">, shutdown?: AbortSignal) {
   const controller = new AbortController();
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
+  let cut: CutShort | undefined;
+  const cutShort = (reason: CutShort) => {
+    cut ??= reason;
     controller.abort();
-  }, input.timeoutMs);
+  };
+  const timer = setTimeout(() => cutShort({ outcome: "timeout", error: requestTimeout() }), input.timeoutMs);
+  const onShutdown = () => cutShort({ outcome: "shutdown", error: serverStopping() });
   const onClientAbort = () => controller.abort();
   input.clientSignal.addEventListener("abort", onClientAbort, { once: true });
+  shutdown?.addEventListener("abort", onShutdown, { once: true });
   if (input.clientSignal.aborted) controller.abort();
+  if (shutdown?.aborted) onShutdown();
   return {
     controller,
-    timedOut: () => timedOut,
-    /** Stops the clock and stops listening to the client; once the request has ended. */
+    timedOut: () => cut?.outcome === "timeout",
+    cutShort: () => cut,
+    /** Stops the clock and stops listening to the client and the server; once the request has ended. */
     release: () => {
       clearTimeout(timer);
       input.clientSignal.removeEventListener("abort", onClientAbort);
+      shutdown?.removeEventListener("abort", onShutdown);
     },
   };
 }
@@ -120,7 +143,7 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
   const remote = remoteModel(input.model);
   if (remote) return startRemoteGeneration(ctx, remote, input);
   // The request's clock starts now: waiting for a model to load (or for room to load it) counts.
-  const deadline = requestDeadline(input);
+  const deadline = requestDeadline(input, ctx.shutdown.signal);
   const controller = deadline.controller;
   let lease: Lease | undefined;
   let prepared: PreparedGeneration | undefined;
@@ -145,6 +168,7 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
       maxTokens: input.maxTokens,
       strictMaxTokens: input.strictMaxTokens,
       maxTokensParam: input.maxTokensParam,
+      contextBound: input.contextBound,
       stop: input.stop,
       topLogprobs: input.topLogprobs ?? 0,
       format: input.format,
@@ -166,7 +190,7 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
       promptIds: prepared.promptIds,
       toolFormat: prepared.toolFormat,
       events: tracked.events,
-      timedOut: deadline.timedOut,
+      cutShort: deadline.cutShort,
       abort: () => controller.abort(),
       closedEarly: () => constraint?.closedEarly() ?? false,
       finish,
@@ -176,7 +200,7 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
     prepared?.dispose();
     deadline.release();
     lease?.release();
-    throw deadline.timedOut() ? requestTimeout() : error;
+    throw deadline.cutShort()?.error ?? error;
   }
 }
 

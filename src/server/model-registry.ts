@@ -5,7 +5,14 @@
 // A name may stand for a base model plus a LoRA/DoRA adapter (models.toml's `adapter`, or
 // serve --adapter): it shares the base's entry (one copy of the weights, one scheduler, so
 // requests for the base and its adapters batch together); the adapter is loaded once per base.
-import { checkModelPath, loadModel, ModelLoadError, type LoadedModel, type SpeculationChoice } from "../models/load";
+import {
+  checkModelPath,
+  loadModel,
+  loadModelAsync,
+  ModelLoadError,
+  type LoadedModel,
+  type SpeculationChoice,
+} from "../models/load";
 import { resolveModelPath } from "../store/resolve";
 import { aliasAdapter, aliasCacheSettings, aliasSpeculation } from "../store/aliases";
 import { loadAdapter, type Adapter } from "../models/lora";
@@ -81,6 +88,11 @@ export interface ModelRegistryOptions {
   onUnload?: (entry: LoadedEntry) => void;
   /** Extra model names (serve --adapter): a base model (undefined: the default) plus an adapter directory. */
   adapters?: Map<string, { base: string | undefined; dir: string }>;
+  /**
+   * The model the server was started with (serve -m): kept loaded unless a request says otherwise
+   * (keep_alive 0 unloads it, as Ollama does), and kept again whenever it is loaded again.
+   */
+  pinned?: string;
 }
 
 export class ModelRegistry {
@@ -94,16 +106,29 @@ export class ModelRegistry {
   #waitingForRoom: (() => void)[] = [];
   /** Requests for a loaded model held back until the loads waiting for room have had their turn. */
   #waitingBehindLoads: (() => void)[] = [];
+  /** Why the pinned model's latest load failed (none since it loaded). */
+  #pinnedFailure?: string;
+  /** Set once the server stops: nothing loaded from then on is kept. */
+  #disposed = false;
+  /** Loads past #makeRoom, not yet in #byKey: each holds one of the maxLoaded slots. */
+  #loadsUnderWay = 0;
   /** Requests on their way to holding a model (by key): that model is not idle either. */
   readonly #claims = new Map<string, number>();
   /** The adapter directory each name stands for (undefined: none), read once. */
   readonly #adapterDirs = new Map<string, string | undefined>();
+  /** The key of the pinned model (options.pinned), once its name is resolved. */
+  #pinnedKey?: string;
 
   constructor(readonly options: ModelRegistryOptions) {}
 
   /** True while the server has not finished loading any model yet but is loading one. */
   get startingUp(): boolean {
     return !this.#everLoaded && this.#acquiring > 0;
+  }
+
+  /** Why the model the server was started with could not be loaded, until it loads. */
+  get pinnedFailure(): string | undefined {
+    return this.#pinnedFailure;
   }
 
   /** Requests waiting for their model: to be found, loaded, or for room to load it. */
@@ -165,6 +190,7 @@ export class ModelRegistry {
       const path = await this.resolve(name);
       const settings = this.#settings(name);
       const wanted = this.#key(path, settings);
+      if (name === this.options.pinned) this.#pinnedKey = wanted;
       // First come, first served: a request for a loaded model waits behind the loads that
       // wait for room, or a steady flow of requests would keep it busy and them waiting for ever.
       while (this.#byKey.has(wanted) && this.#waitingForRoom.length > 0)
@@ -177,6 +203,11 @@ export class ModelRegistry {
         entry = await untilAborted(this.#load(name, path, key, settings), signal);
         loadMs = performance.now() - started;
       }
+      if (name === this.options.pinned) this.#pinnedFailure = undefined;
+    } catch (error) {
+      if (name === this.options.pinned && !(error instanceof ClientGoneError))
+        this.#pinnedFailure = (error as Error).message;
+      throw error;
     } finally {
       this.#acquiring--;
       if (key !== undefined) this.#unclaim(key);
@@ -231,8 +262,9 @@ export class ModelRegistry {
     this.options.onUnload?.(entry);
   }
 
-  /** Unloads everything (the server is stopping). */
+  /** Unloads everything (the server is stopping); a load under way frees its model when done. */
   dispose(): void {
+    this.#disposed = true;
     for (const entry of this.loaded) this.unload(entry);
   }
 
@@ -254,14 +286,22 @@ export class ModelRegistry {
     const pending = this.#loading.get(key);
     if (pending) return pending;
     const promise = (async () => {
+      let reserved = false;
       try {
-        // Let the event loop answer /health (503, loading) before the synchronous load.
+        // Let the event loop answer /health (503, loading) before the load starts.
         await nextTurn();
         // A path that holds no model fails before a loaded model is unloaded to make room for it.
         checkModelPath(path);
         await this.#makeRoom(key);
+        reserved = true;
         const started = performance.now();
-        const lm = this.options.load ? this.options.load(path, settings) : loadModel(path);
+        // Loaded in pieces, the event loop taking a turn between them: /health and the other
+        // models' streams are served meanwhile.
+        const lm = this.options.load ? this.options.load(path, settings) : await loadModelAsync(path);
+        if (this.#disposed) {
+          lm.free();
+          throw new ModelLoadError(`${name} finished loading after the server stopped`);
+        }
         lm.kvQuantization = settings.kvQuantization;
         lm.maxKvSize = settings.maxKvSize;
         try {
@@ -290,7 +330,7 @@ export class ModelRegistry {
           loadedAt: new Date(),
           loadMs: performance.now() - started,
           active: 0,
-          keepAliveMs: this.options.defaultKeepAliveMs,
+          keepAliveMs: key === this.#pinnedKey ? Infinity : this.options.defaultKeepAliveMs,
           lastUsed: Date.now(),
           adapters: new Map(),
         };
@@ -302,6 +342,11 @@ export class ModelRegistry {
         return entry;
       } finally {
         this.#loading.delete(key);
+        if (reserved) {
+          this.#loadsUnderWay--;
+          // Its slot is a loaded model now, or free again (the load failed): loads waiting look again.
+          this.#wakeWaitingForRoom();
+        }
         for (const wake of this.#waitingBehindLoads.splice(0)) wake();
       }
     })();
@@ -326,15 +371,22 @@ export class ModelRegistry {
     else this.#claims.delete(key);
   }
 
-  /** Room for the model `key` names, unless no request wants it any more. */
+  /**
+   * Room for the model `key` names, unless no request wants it any more: a slot taken at once
+   * (#loadsUnderWay), so that a load woken with it finds none left.
+   */
   async #makeRoom(key: string): Promise<void> {
     for (;;) {
       if (!this.#claims.has(key)) throw new ClientGoneError();
       const idle = this.loaded
         .filter((e) => e.active === 0 && !this.#claims.has(e.key))
         .sort((a, b) => a.lastUsed - b.lastUsed);
-      while (this.#byKey.size >= this.options.maxLoaded && idle.length > 0) this.unload(idle.shift()!);
-      if (this.#byKey.size < this.options.maxLoaded) return;
+      const taken = () => this.#byKey.size + this.#loadsUnderWay;
+      while (taken() >= this.options.maxLoaded && idle.length > 0) this.unload(idle.shift()!);
+      if (taken() < this.options.maxLoaded) {
+        this.#loadsUnderWay++;
+        return;
+      }
       await new Promise<void>((resolve) => this.#waitingForRoom.push(resolve));
     }
   }

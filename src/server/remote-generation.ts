@@ -8,7 +8,7 @@ import type { GenerationEvent } from "../engine/scheduler";
 import type { ToolCall, ToolCallParser } from "../engine/tools";
 import { offeredTools } from "../engine/tools";
 import type { RemoteEvent, RemoteModel } from "../providers";
-import { ApiError, requestTimeout } from "./errors";
+import { ApiError } from "./errors";
 import {
   recordOutcome,
   requestDeadline,
@@ -42,9 +42,14 @@ export async function startRemoteGeneration(
     throw new UnsupportedError(`model '${name}' is remote: a context of token ids cannot be sent to it`, "context");
   if (input.logprobs || input.topLogprobs)
     throw new UnsupportedError(`model '${name}' is remote: logprobs are not available from it`, "logprobs");
+  if (input.contextBound)
+    throw new UnsupportedError(
+      `model '${name}' is remote: its context is the provider's, which ${input.contextBound.param} cannot bound`,
+      input.contextBound.param,
+    );
   const labels = { provider: remote.provider.label, model: name };
   const m = ctx.metrics;
-  const deadline = requestDeadline(input);
+  const deadline = requestDeadline(input, ctx.shutdown.signal);
   const controller = deadline.controller;
   const started = performance.now();
   let providerOutcome = "cancelled";
@@ -71,11 +76,11 @@ export async function startRemoteGeneration(
   } catch (error) {
     // The client went away before the first event (queued, between retries, or while a JSON
     // answer was being checked): a cancellation, not the provider's failure nor ours.
-    const gone = controller.signal.aborted && !deadline.timedOut();
+    const gone = controller.signal.aborted && !deadline.cutShort();
     providerOutcome = gone ? "cancelled" : outcomeOf(error, deadline.timedOut());
     finishedRemote();
     if (gone) throw new ApiError(499, "the client went away before the provider answered", "invalid_request_error");
-    throw deadline.timedOut() ? requestTimeout() : error;
+    throw deadline.cutShort()?.error ?? error;
   }
   const firstAt = performance.now();
   m.providerFirstByte.observe((firstAt - started) / 1000, labels);
@@ -129,7 +134,7 @@ export async function startRemoteGeneration(
       }
     } catch (error) {
       if (controller.signal.aborted) {
-        providerOutcome = deadline.timedOut() ? "timeout" : "cancelled";
+        providerOutcome = deadline.cutShort()?.outcome ?? "cancelled";
         yield cancelled();
       } else {
         providerOutcome = outcomeOf(error, false);
@@ -144,7 +149,7 @@ export async function startRemoteGeneration(
     promptIds: [],
     toolFormat: offeredTools(input.tools) && remoteCalls,
     events: tracked.events,
-    timedOut: deadline.timedOut,
+    cutShort: deadline.cutShort,
     abort: () => controller.abort(),
     closedEarly: () => false,
     finish: (outcome, usage) => {

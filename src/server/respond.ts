@@ -1,10 +1,11 @@
 // Answering with one generation, for both API families: whole (its events collected) or
 // streamed (a body whose writes stop the generation once the client is gone). Both end the
-// same way: a cancelled generation is either past the request timeout (a 504, or a last error
-// message in a stream) or a client that went away (nothing more to say), and the outcome
-// reaches /metrics exactly once.
+// same way: a cancelled generation is either cut short by the server (past the request timeout,
+// a 504, or still running when a stopping server's grace ended, a 503; in a stream, a last error
+// message) or a client that went away (nothing more to say), and the outcome reaches /metrics
+// exactly once.
 import type { GenerationEvent, TokenLogprob } from "../engine/scheduler";
-import { requestTimeout, toApiError, type ApiError } from "./errors";
+import { toApiError, type ApiError } from "./errors";
 import type { Generation } from "./generation";
 
 type TextEvent = Extract<GenerationEvent, { type: "text" }>;
@@ -20,7 +21,7 @@ export interface Collected {
   done: DoneEvent;
 }
 
-/** The whole generation; undefined when the client went away. Throws a TimeoutError past the request timeout. */
+/** The whole generation; undefined when the client went away. Throws why when the server cut it short. */
 export async function collectGeneration(gen: Generation): Promise<Collected | undefined> {
   let text = "";
   let reasoning = "";
@@ -40,8 +41,9 @@ export async function collectGeneration(gen: Generation): Promise<Collected | un
     }
     if (!done) throw new Error("the engine ended without a result");
     if (done.finishReason === "cancelled") {
-      outcome = gen.timedOut() ? "timeout" : "cancelled";
-      if (gen.timedOut()) throw requestTimeout();
+      const cut = gen.cutShort();
+      outcome = cut?.outcome ?? "cancelled";
+      if (cut) throw cut.error;
       return undefined;
     }
     outcome = done.finishReason;
@@ -102,8 +104,9 @@ export function generationStream(
           else {
             done = event;
             if (event.finishReason === "cancelled") {
-              outcome = gen.timedOut() ? "timeout" : "cancelled";
-              if (gen.timedOut()) send(writer.error(toApiError(requestTimeout())));
+              const cut = gen.cutShort();
+              outcome = cut?.outcome ?? "cancelled";
+              if (cut) send(writer.error(toApiError(cut.error)));
               break;
             }
             outcome = event.finishReason;

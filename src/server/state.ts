@@ -12,6 +12,8 @@ export interface ServerConfig {
   requestTimeoutMs: number;
   /** The model a request that names none gets (the one given to `mlx serve -m`). */
   defaultModel?: string;
+  /** Bytes the Responses API's stored responses (`store: true`) may hold in all; the oldest go first. */
+  storedResponseBytes: number;
   /** Most sequences a model's scheduler ever holds at once (its largest batch plus its queue). */
   maxSequences: number;
   version: string;
@@ -29,6 +31,11 @@ export interface ServerState {
   logError: (error: unknown) => void;
   /** Set once the server stops taking connections: the dashboard's feeds end rather than hold the stop up. */
   stopping: boolean;
+  /**
+   * Aborted when a stopping server's grace period ends: the generations still running end with
+   * their API's last error message (a 503) instead of a cut connection.
+   */
+  shutdown: AbortController;
   /** Resolves once the prompt cache files queued so far (serve --prompt-cache-dir) are written. */
   promptCacheWrites: () => Promise<void>;
 }

@@ -4,6 +4,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { parse, TomlError } from "smol-toml";
 import shipped from "../../models.toml" with { type: "text" };
+import { ConfigError } from "../errors";
 import type { KvQuantization } from "../models/cache";
 import { checkSharedProviders, parseRemoteModel, type RemoteModelConfig } from "../providers/config";
 import type { SpeculationChoice } from "../models/load";
@@ -39,6 +40,18 @@ export interface AliasTable {
   remotes: Map<string, RemoteModelConfig>;
 }
 
+/** The settings a local alias may have. */
+const ALIAS_KEYS = [
+  "source",
+  "description",
+  "kv_bits",
+  "max_kv_size",
+  "adapter",
+  "draft_model",
+  "prompt_lookup",
+  "num_draft",
+];
+
 /** `relativeTo`: the directory relative adapter paths start from (the file's own). */
 function parseTable(
   text: string,
@@ -62,32 +75,53 @@ function parseTable(
     throw new Error(`${origin}: [models] must be a table of aliases`);
   for (const [name, entry] of Object.entries(table as Record<string, unknown>)) {
     const e = entry as Record<string, unknown>;
+    const at = withLine(origin, entryLine(text, name));
     if (typeof e === "object" && e !== null && e.provider !== undefined) {
-      remotes.push(parseRemoteModel(name, e, withLine(origin, entryLine(text, name))));
+      remotes.push(parseRemoteModel(name, e, at));
       continue;
     }
     if (typeof e !== "object" || typeof e.source !== "string" || e.source.length === 0) {
-      throw new Error(`${origin}: model '${name}' needs a source = "..." string`);
+      throw new Error(`${at}: model '${name}' needs a source = "..." string`);
     }
+    // A misspelt setting (kv_bit = 8) would otherwise be ignored without a word, as remote entries' are not.
+    const unknown = Object.keys(e).find((key) => !ALIAS_KEYS.includes(key));
+    if (unknown !== undefined)
+      throw new Error(`${at}: model '${name}': unknown key '${unknown}' (known: ${ALIAS_KEYS.join(", ")})`);
     if (e.kv_bits !== undefined && e.kv_bits !== 4 && e.kv_bits !== 8)
-      throw new Error(`${origin}: model '${name}': kv_bits must be 4 or 8`);
+      throw new Error(`${at}: model '${name}': kv_bits must be 4 or 8`);
     if (e.adapter !== undefined && (typeof e.adapter !== "string" || e.adapter.length === 0))
-      throw new Error(`${origin}: model '${name}': adapter must be a directory path`);
+      throw new Error(`${at}: model '${name}': adapter must be a directory path`);
     if (e.max_kv_size !== undefined && !(Number.isInteger(e.max_kv_size) && (e.max_kv_size as number) > 4))
-      throw new Error(`${origin}: model '${name}': max_kv_size must be a whole number > 4`);
+      throw new Error(`${at}: model '${name}': max_kv_size must be a whole number > 4`);
     models.push({
       name,
       source: e.source,
       description: typeof e.description === "string" ? e.description : undefined,
       kvBits: e.kv_bits as number | undefined,
       adapter: e.adapter === undefined ? undefined : resolve(relativeTo, e.adapter as string),
-      speculation: aliasSpeculationEntry(e, `${origin}: model '${name}'`),
+      speculation: aliasSpeculationEntry(e, `${at}: model '${name}'`),
       maxKvSize: e.max_kv_size as number | undefined,
     });
   }
+  const unknownTopLevel = Object.keys(doc).find((key) => key !== "default" && key !== "models");
+  if (unknownTopLevel !== undefined)
+    throw new Error(
+      `${withLine(origin, topLevelKeyLine(text, unknownTopLevel))}: unknown key '${unknownTopLevel}' (known: default, [models.NAME])`,
+    );
   if (doc.default !== undefined && typeof doc.default !== "string")
-    throw new Error(`${origin}: 'default' must be a string`);
+    throw new Error(`${withLine(origin, topLevelKeyLine(text, "default"))}: 'default' must be a string`);
   return { defaultModel: doc.default as string | undefined, models, remotes };
+}
+
+/** The line (1-based) setting a top-level key: `key = ...` before the first table, or a `[key]` / `[key.NAME]` header. */
+function topLevelKeyLine(text: string, key: string): number | undefined {
+  const lines = text.split("\n");
+  const firstTable = lines.findIndex((line) => line.trimStart().startsWith("["));
+  const name = key.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"); // a quoted key may hold any character
+  const assignment = new RegExp(`^\\s*["']?${name}["']?\\s*=`);
+  const header = new RegExp(`^\\s*\\[+\\s*["']?${name}["']?\\s*[.\\]]`);
+  const at = lines.findIndex((line, i) => (firstTable < 0 || i < firstTable ? assignment : header).test(line));
+  return at >= 0 ? at + 1 : undefined;
 }
 
 /** The line (1-based) of an alias's `[models.NAME]` header; undefined when the entry is written otherwise. */
@@ -100,14 +134,27 @@ function entryLine(text: string, name: string): number | undefined {
 
 const withLine = (origin: string, line: number | undefined) => (line ? `${origin}:${line}` : origin);
 
+/**
+ * The aliases in force. A user file that cannot be read or is malformed is a ConfigError naming
+ * it (and the line): every command and request that reads models.toml fails alike until it is fixed.
+ */
 export function loadAliases(): AliasTable {
+  try {
+    return readAliases();
+  } catch (error) {
+    throw new ConfigError((error as Error).message, { cause: error });
+  }
+}
+
+function readAliases(): AliasTable {
   const base = parseTable(shipped, "models.toml (built in)", process.cwd());
   const models = new Map(base.models.map((m) => [m.name, m]));
   const remotes = new Map(base.remotes.map((m) => [m.name, m]));
   let defaultModel = base.defaultModel ?? "smollm2";
   const userFile = join(storeRoot(), "models.toml");
   if (existsSync(userFile)) {
-    const user = parseTable(readFileSync(userFile, "utf8"), userFile, dirname(userFile));
+    const text = readUserFile(userFile);
+    const user = parseTable(text, userFile, dirname(userFile));
     // A user's entry replaces the shipped one of that name, whichever kind either is.
     for (const m of user.models) {
       models.set(m.name, m);
@@ -118,9 +165,44 @@ export function loadAliases(): AliasTable {
       models.delete(m.name);
     }
     defaultModel = user.defaultModel ?? defaultModel;
+    // Only the user's entries can name other aliases (the shipped ones name sources).
+    refuseAliasCycles(models, (name) => withLine(userFile, entryLine(text, name)));
   }
   checkSharedProviders(remotes.values());
   return { defaultModel, models, remotes };
+}
+
+/**
+ * An alias may name another as its source (a base plus an adapter), but a chain that comes back
+ * to where it started would be followed for ever. (An alias naming itself names a stored model.)
+ */
+function refuseAliasCycles(models: Map<string, ModelAlias>, where: (name: string) => string): void {
+  // The alias that resolving `name` goes on to, as resolveModelPath follows them.
+  const next = (name: string) => {
+    const source = models.get(name)!.source;
+    return source !== name && models.has(source) ? source : undefined;
+  };
+  for (const start of models.keys()) {
+    const chain = [start];
+    let at = next(start);
+    while (at !== undefined && !chain.includes(at)) {
+      chain.push(at);
+      at = next(at);
+    }
+    if (at === start)
+      throw new Error(
+        `${where(start)}: model '${start}': its source leads back to it (${[...chain, start].join(" -> ")})`,
+      );
+  }
+}
+
+function readUserFile(file: string): string {
+  try {
+    return readFileSync(file, "utf8");
+  } catch (error) {
+    // Node's message does not always name the file (EISDIR does not).
+    throw new Error(`${file}: cannot read it (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`);
+  }
 }
 
 function aliasSpeculationEntry(e: Record<string, unknown>, where: string): SpeculationChoice | undefined {

@@ -8,7 +8,14 @@ import { readFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { join } from "node:path";
 import { addBlob, blobPresent } from "./blobs";
-import { describeNetworkError, downloadToFile, ensureFreeSpace, partialBytes, type DownloadProgress } from "./download";
+import {
+  describeNetworkError,
+  downloadToFile,
+  ensureFreeSpace,
+  partialBytes,
+  withoutCredentials,
+  type DownloadProgress,
+} from "./download";
 import type { ManifestFile } from "./manifest";
 import { indexedWeightFiles, neededFiles, WEIGHT_INDEX } from "./model-files";
 import { blobPath, downloadsDir, isSha256Hex } from "./paths";
@@ -54,6 +61,9 @@ export function parseHFSpec(spec: string): HFSpec {
 export function hfEndpoint(): string {
   return (process.env.HF_ENDPOINT || "https://huggingface.co").replace(/\/+$/, "");
 }
+
+/** The hub's address as messages show it: without the credentials a mirror's URL may hold. */
+const shownEndpoint = () => withoutCredentials(hfEndpoint()).replace(/\/+$/, "");
 
 /**
  * The token huggingface_hub would send, and what to call it in messages: $HF_TOKEN, else the
@@ -152,20 +162,20 @@ async function hubRequest(url: string, init: RequestInit, options: HFPullOptions
 
 async function fetchListing(spec: string, repo: string, revision: string, endpoint: string, options: HFPullOptions) {
   const url = `${endpoint}/api/models/${repo}/revision/${encodeURIComponent(revision)}`;
-  const response = await hubRequest(url, {}, options, `the Hugging Face hub at ${endpoint}`);
+  const response = await hubRequest(url, {}, options, `the Hugging Face hub at ${shownEndpoint()}`);
   if (!response.ok) throw hubError(response, spec, url);
   const body = (await response.json().catch(() => undefined)) as
     | { sha?: string; siblings?: { rfilename?: string }[] }
     | undefined;
   if (!body || !Array.isArray(body.siblings))
-    throw new Error(`${url} did not answer with a repository listing (JSON with siblings)`);
+    throw new Error(`${withoutCredentials(url)} did not answer with a repository listing (JSON with siblings)`);
   const siblings = body.siblings.filter((s): s is { rfilename: string } => typeof s.rfilename === "string");
   return { sha: typeof body.sha === "string" ? body.sha : undefined, siblings };
 }
 
 /** A HEAD request that stops at the redirect: the redirect is what carries the LFS file's sha256 and size. */
 async function locateFile(spec: string, url: string, name: string, options: HFPullOptions): Promise<RemoteFile> {
-  const response = await hubRequest(url, { method: "HEAD", redirect: "manual" }, options, url);
+  const response = await hubRequest(url, { method: "HEAD", redirect: "manual" }, options, withoutCredentials(url));
   const redirected = response.status >= 300 && response.status < 400 && response.headers.has("location");
   if (!redirected && !response.ok) throw hubError(response, spec, url);
   const sha256 = etagSha256(response.headers.get("x-linked-etag") ?? response.headers.get("etag"));
@@ -246,12 +256,12 @@ function hubError(response: Response, spec: string, url: string): Error {
     return new Error(`${spec}: ${file} not found in ${repo}@${revision}`);
   // A 401 that is no verdict on the repository is one on the token: invalid or expired.
   if (response.status === 401 && token && code !== "RepoNotFound")
-    return new Error(`${spec}: ${hfEndpoint()} refused ${token.named}${hubMessage ? ` (${hubMessage})` : ""}`);
+    return new Error(`${spec}: ${shownEndpoint()} refused ${token.named}${hubMessage ? ` (${hubMessage})` : ""}`);
   if (code === "RepoNotFound" || response.status === 401 || response.status === 404) {
     const hint = token ? `or ${token.named} gives no access to it` : "a private one needs HF_TOKEN";
-    return new Error(`${spec}: repository ${repo} not found on ${hfEndpoint()} (${hint})`);
+    return new Error(`${spec}: repository ${repo} not found on ${shownEndpoint()} (${hint})`);
   }
   return new Error(
-    `GET ${url}: HTTP ${response.status} ${response.statusText}${hubMessage ? `: ${hubMessage}` : ""}`.trim(),
+    `GET ${withoutCredentials(url)}: HTTP ${response.status} ${response.statusText}${hubMessage ? `: ${hubMessage}` : ""}`.trim(),
   );
 }

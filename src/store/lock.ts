@@ -96,7 +96,9 @@ function tryCreate(path: string): boolean {
     return true;
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === "EEXIST") return false;
-    throw error;
+    // Node's message names the pid as the link's target and the lock as its path: say what failed instead.
+    const reason = (error as Error).message.split(",")[0];
+    throw new Error(`cannot create the lock ${path} (${reason}): mlx needs write access to its store ($MLX_HOME)`);
   }
 }
 

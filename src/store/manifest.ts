@@ -4,7 +4,7 @@
 import { readFileSync, renameSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { readGGUFHeader, type GGUFHeader } from "../models/gguf-header";
-import { blobPath, manifestsDir, modelKey, tempPathIn, tmpDir } from "./paths";
+import { blobPath, isSha256Hex, manifestsDir, modelKey, tempPathIn, tmpDir } from "./paths";
 
 export type StoredFormat = "gguf" | "mlx";
 
@@ -49,10 +49,42 @@ export function readManifest(name: string): ModelManifest | undefined {
 export function readManifestFile(path: string): ModelManifest | undefined {
   try {
     const m = JSON.parse(readFileSync(path, "utf8")) as ModelManifest;
-    return m.schemaVersion === SCHEMA_VERSION && typeof m.name === "string" && Array.isArray(m.files) ? m : undefined;
+    return wellFormed(m) ? m : undefined;
   } catch {
     return undefined;
   }
+}
+
+/**
+ * Whether a parsed manifest has every field the store relies on: one edited by hand or written
+ * by another version, with a file's hash missing say, is unreadable (`mlx rm` removes it) rather
+ * than an error in every command that lists the store.
+ */
+function wellFormed(m: ModelManifest): boolean {
+  return (
+    m?.schemaVersion === SCHEMA_VERSION &&
+    typeof m.name === "string" &&
+    typeof m.source === "string" &&
+    (m.format === "mlx" || m.format === "gguf") &&
+    typeof m.lastUsedAt === "string" &&
+    Number.isSafeInteger(m.totalBytes) &&
+    Array.isArray(m.files) &&
+    m.files.every(wellFormedFile)
+  );
+}
+
+/** A file of the model's own directory (no path), named by a blob's hash, with its size. */
+function wellFormedFile(f: ManifestFile): boolean {
+  return (
+    typeof f?.name === "string" &&
+    /^[^/\\]+$/.test(f.name) &&
+    f.name !== "." &&
+    f.name !== ".." &&
+    typeof f.sha256 === "string" &&
+    isSha256Hex(f.sha256) &&
+    Number.isSafeInteger(f.size) &&
+    f.size >= 0
+  );
 }
 
 /** Atomic replace: a reader sees the old manifest or the new one, never half of one. */

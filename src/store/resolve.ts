@@ -3,11 +3,12 @@
 // file. Store models are pulled on first use and marked in use (with their last-used time).
 import { existsSync } from "node:fs";
 import { resolve } from "node:path";
-import { closeMatches, loadAliases } from "./aliases";
+import { closeMatches, loadAliases, type AliasTable } from "./aliases";
 import type { DownloadProgress } from "./download";
 import { createProgressReporter } from "./progress";
-import { isRemoteSource, modelRequest, pullModel } from "./pull";
-import { listModels, openStoredModel } from "./store";
+import { readManifest } from "./manifest";
+import { isRemoteSource, modelRequest, pullModel, type ModelRequest } from "./pull";
+import { listModels, loadPath, openStoredModel } from "./store";
 import { ModelNotFoundError, ModelPullError, UnsupportedError } from "../errors";
 
 export interface ResolveOptions {
@@ -17,8 +18,22 @@ export interface ResolveOptions {
 
 export const looksLikePath = (s: string) => s.includes("/") || s.startsWith(".") || s.endsWith(".gguf");
 
-export async function resolveModelPath(spec: string | undefined, options: ResolveOptions = {}): Promise<string> {
-  const aliases = loadAliases();
+/**
+ * Where a name's model is, found without side effects (nothing pulled, opened or marked in use):
+ * what resolveModelPath opens or pulls, and what describing a model without using it reads.
+ * `path`: its files, where they are on disk now.
+ */
+export type ModelLocation =
+  /** A source to pull from (an alias's, or named itself); `path` where the store holds it from that source. */
+  | { kind: "source"; request: ModelRequest; path?: string }
+  /** A local directory or .gguf file, used where it is. */
+  | { kind: "path"; path: string }
+  /** A model stored under this name with no source to pull again (converted or fused here), or pulled earlier. */
+  | { kind: "stored"; name: string; path: string }
+  /** Nothing there: an alias whose source is missing, a path that is not there, or an unknown name. */
+  | { kind: "missing"; name: string; source: string; alias: boolean; path?: undefined };
+
+export function locateModel(spec: string | undefined, aliases: AliasTable = loadAliases()): ModelLocation {
   const name = spec ?? aliases.defaultModel;
   const remote = aliases.remotes.get(name);
   if (remote)
@@ -29,27 +44,59 @@ export async function resolveModelPath(spec: string | undefined, options: Resolv
   const alias = aliases.models.get(name);
   const source = alias?.source ?? name;
   // An alias may name another one as its source (a base model plus an adapter).
-  if (alias && source !== name && aliases.models.has(source)) return resolveModelPath(source, options);
+  if (alias && source !== name && aliases.models.has(source)) return locateModel(source, aliases);
   if (isRemoteSource(source)) {
-    const reporter = options.onProgress ? undefined : createProgressReporter(`pulling ${name}`);
-    try {
-      const pulled = await pullModel(modelRequest(name), { onProgress: options.onProgress ?? reporter!.update });
-      return pulled.path;
-    } catch (error) {
-      throw new ModelPullError(
-        `model '${name}' is not in the store yet, and pulling it failed: ${(error as Error).message}`,
-        { cause: error },
-      );
-    } finally {
-      reporter?.finish();
-    }
+    const request = modelRequest(name);
+    const manifest = readManifest(request.name);
+    return { kind: "source", request, path: manifest?.source === request.source ? loadPath(manifest) : undefined };
   }
   // A local path is used where it is: copying a user's model into the store would double its disk cost.
-  if (existsSync(source)) return resolve(source);
-  const stored = alias ? undefined : await openStoredModel(name);
-  if (stored) return stored;
-  if (alias || looksLikePath(source)) throw new ModelNotFoundError(`model not found: ${source}`);
-  throw await unknownModelError(name);
+  if (existsSync(source)) return { kind: "path", path: resolve(source) };
+  const manifest = alias ? undefined : readManifest(name);
+  if (manifest) return { kind: "stored", name, path: loadPath(manifest) };
+  return { kind: "missing", name, source, alias: alias !== undefined };
+}
+
+export async function resolveModelPath(spec: string | undefined, options: ResolveOptions = {}): Promise<string> {
+  const location = locateModel(spec);
+  switch (location.kind) {
+    case "source":
+      return pullSource(location.request, options);
+    case "path":
+      return location.path;
+    case "stored": {
+      const opened = await openStoredModel(location.name);
+      if (opened) return opened;
+      throw await unknownModelError(location.name); // removed since it was located
+    }
+    case "missing":
+      throw await missingModelError(location);
+  }
+}
+
+/** What is wrong with a name that locates nothing: a missing path (an alias's source), or an unknown name. */
+export async function missingModelError(
+  location: Extract<ModelLocation, { kind: "missing" }>,
+): Promise<ModelNotFoundError> {
+  if (location.alias || looksLikePath(location.source))
+    return new ModelNotFoundError(`model not found: ${location.source}`);
+  return unknownModelError(location.name);
+}
+
+/** A source's model from the store, pulled first if it is not there (a bar on stderr unless told otherwise). */
+async function pullSource(request: ModelRequest, options: ResolveOptions): Promise<string> {
+  const reporter = options.onProgress ? undefined : createProgressReporter(`pulling ${request.name}`);
+  try {
+    const pulled = await pullModel(request, { onProgress: options.onProgress ?? reporter!.update });
+    return pulled.path;
+  } catch (error) {
+    throw new ModelPullError(
+      `model '${request.name}' is not in the store yet, and pulling it failed: ${(error as Error).message}`,
+      { cause: error },
+    );
+  } finally {
+    reporter?.finish();
+  }
 }
 
 /**

@@ -3,6 +3,7 @@
 // Every change happens under the store lock, so two mlx processes never interleave them.
 import { existsSync, mkdirSync, readdirSync, readlinkSync, renameSync, rmSync, statSync, symlinkSync } from "node:fs";
 import { basename, isAbsolute, join, relative, sep } from "node:path";
+import { loadAliases } from "./aliases";
 import { blobPresent, removeBlob } from "./blobs";
 import { markInUse, modelUsers } from "./in-use";
 import { withStoreLock } from "./lock";
@@ -44,8 +45,27 @@ export function repairHint(path: string): string | undefined {
   if (inside === "" || inside.startsWith("..") || isAbsolute(inside)) return undefined;
   const manifest = readManifest(decodeURIComponent(inside.split(sep)[0]!));
   if (!manifest) return undefined;
-  const again = manifest.derivedKey ? "convert its source again" : `run \`mlx pull ${manifest.name}\``;
-  return `stored model '${manifest.name}' may be damaged: run \`mlx verify\`, then ${again}`;
+  return `stored model '${manifest.name}' may be damaged: run \`mlx verify\`, then run \`${repair(manifest.name).command}\``;
+}
+
+/**
+ * What brings back a damaged stored model: a pulled one is pulled again; one made here (mlx
+ * convert, mlx fuse), which `mlx pull` does not know, is made again; one whose manifest is
+ * unreadable is removed (nothing says where it came from).
+ */
+export function repair(name: string): { need: string; command: string } {
+  const source = readManifest(name)?.source;
+  if (source === undefined) return { need: "removing", command: `mlx rm ${name}` };
+  if (source.startsWith("fuse:"))
+    return { need: "a new fusion", command: `mlx fuse <its base> --adapter <its adapter dir> ${name}` };
+  if (source.startsWith("convert:")) return { need: "a new conversion", command: `mlx convert ${convertInput(name)}` };
+  return { need: "a new pull", command: `mlx pull ${name}` };
+}
+
+/** `mlx convert X` stores its conversion as X-mlx (X an alias, a stored model or a file's name): the X to give again. */
+function convertInput(name: string): string {
+  const stem = name.replace(/-mlx$/, "");
+  return loadAliases().models.has(stem) || readManifest(stem) ? stem : `<path to ${stem}.gguf>`;
 }
 
 /**
@@ -60,13 +80,26 @@ export function openStoredModel(name: string, source?: string): Promise<string |
     await assertIntact(manifest);
     markInUse(name);
     materialize(manifest);
-    manifest.lastUsedAt = new Date().toISOString();
-    writeManifest(manifest);
-    const index = loadIndex();
-    index.set(name, indexEntry(manifest));
-    saveIndex(index);
+    recordUse(manifest);
     return loadPath(manifest);
   });
+}
+
+/**
+ * Records that a model was used now, for the eviction order. On a full disk this is skipped:
+ * the model is stored and usable, and a stale time only makes it a little likelier to go first.
+ */
+function recordUse(manifest: ModelManifest): void {
+  manifest.lastUsedAt = new Date().toISOString();
+  try {
+    writeManifest(manifest);
+    const index = loadIndex();
+    index.set(manifest.name, indexEntry(manifest));
+    saveIndex(index);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code !== "ENOSPC" && code !== "EDQUOT") throw error;
+  }
 }
 
 /**
@@ -174,13 +207,17 @@ export function distinctBytes(models: Iterable<IndexEntry>): number {
 
 async function evictToFit(index: Map<string, IndexEntry>, keep: string): Promise<string[]> {
   const limit = storeLimitBytes();
-  const evicted: string[] = [];
-  const oldestFirst = [...index.values()]
-    .filter((m) => m.name !== keep)
+  if (distinctBytes(index.values()) <= limit) return [];
+  const evictable = [...index.values()]
+    .filter((m) => m.name !== keep && modelUsers(m.name).length === 0)
     .sort((a, b) => a.lastUsedAt.localeCompare(b.lastUsedAt));
-  for (const candidate of oldestFirst) {
+  // Only when evicting brings the store under its limit: a model larger than the limit (with
+  // those in use) would otherwise cost every other model and still leave the store over it.
+  const kept = [...index.values()].filter((m) => !evictable.includes(m));
+  if (distinctBytes(kept) > limit) return [];
+  const evicted: string[] = [];
+  for (const candidate of evictable) {
     if (distinctBytes(index.values()) <= limit) break;
-    if (modelUsers(candidate.name).length > 0) continue;
     await deleteModel(index, candidate.name);
     evicted.push(candidate.name);
   }
@@ -224,7 +261,7 @@ async function assertIntact(manifest: ModelManifest): Promise<void> {
   for (const file of manifest.files) {
     if (!(await blobPresent(file))) {
       throw new StoreDamageError(
-        `stored model '${manifest.name}' is damaged: its ${file.name} (blob sha256-${file.sha256.slice(0, 12)}…) is missing or truncated; run \`mlx pull ${manifest.name}\` to fetch it again (\`mlx verify\` checks every model)`,
+        `stored model '${manifest.name}' is damaged: its ${file.name} (blob sha256-${file.sha256.slice(0, 12)}…) is missing or truncated; run \`${repair(manifest.name).command}\` to store it again (\`mlx verify\` checks every model)`,
       );
     }
   }

@@ -18,7 +18,7 @@ export interface VerifyReport {
   corrupt: string[];
   /** Blobs that were not there to begin with. */
   missing: string[];
-  /** Models that need `mlx pull <name>`. */
+  /** Models to pull (or convert, or fuse) again: see repair() in store.ts. */
   damagedModels: string[];
   /**
    * Files no stored model uses, left by interrupted or failed pulls (partial downloads, files of

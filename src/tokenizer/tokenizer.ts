@@ -7,6 +7,7 @@ import { Tokenizer as HFTokenizer } from "@huggingface/tokenizers";
 import { Template } from "@huggingface/jinja";
 import { bosEosPostProcessor, byteToChar, tokenizerFilesFromGGUF } from "./gguf";
 import { cachedTokenizerFiles } from "./gguf-cache";
+import { runSteps, type Steps } from "../event-loop";
 
 export interface ChatMessage {
   role: string;
@@ -131,9 +132,15 @@ export class Tokenizer {
    * given the GGUF's `file`, through the cache of files built before (gguf-cache.ts).
    */
   static fromGGUFMetadata(meta: Record<string, unknown>, file?: string): Tokenizer {
+    return runSteps(Tokenizer.fromGGUFMetadataSteps(meta, file));
+  }
+
+  /** As fromGGUFMetadata, pausing between its two long pieces: reading the files, building from them. */
+  static *fromGGUFMetadataSteps(meta: Record<string, unknown>, file?: string): Steps<Tokenizer> {
     const { tokenizerJson, tokenizerConfig, eosTokenIds } = file
       ? cachedTokenizerFiles(file, meta)
       : tokenizerFilesFromGGUF(meta);
+    yield;
     return new Tokenizer(tokenizerJson, tokenizerConfig, eosTokenIds);
   }
 

@@ -26,6 +26,7 @@ const ui = {
   maxTokens: $<HTMLInputElement>("#max-tokens"),
   structured: $<HTMLInputElement>("#structured"),
   schema: $<HTMLTextAreaElement>("#schema"),
+  notice: $("#notice"),
   messages: $("#messages"),
   composer: $<HTMLFormElement>("#composer"),
   input: $<HTMLTextAreaElement>("#input"),
@@ -97,6 +98,7 @@ async function showList(): Promise<void> {
       const item = document.createElement("li");
       item.classList.toggle("current", c.id === current.id);
       const open = button(c.title, "open", () => openConversation(c.id));
+      if (c.id === current.id) open.setAttribute("aria-current", "true");
       const rename = button("✎", "rename", async () => {
         const title = prompt("Rename the conversation", c.title)?.trim();
         if (title)
@@ -205,16 +207,19 @@ function messageView(m: Message, index: number): HTMLElement {
   body.className = "body";
   view.append(body);
   fillMessage(view, m);
+  const actions = document.createElement("div");
+  actions.className = "actions";
+  // The answer as its Markdown, without the reasoning.
+  if (m.role === "assistant" && m.content)
+    actions.append(copyButton("Copy answer", () => splitReasoning(m.content).content.trim()));
   const last = index >= current.messages.length - 2;
   if (last && !running) {
-    const actions = document.createElement("div");
-    actions.className = "actions";
     if (m.role === "assistant" && index === current.messages.length - 1)
       actions.append(button("Regenerate", "regenerate", regenerate));
     if (m.role === "user" && current.messages.slice(index + 1).every((n) => n.role === "assistant"))
       actions.append(button("Edit", "edit", editLast));
-    if (actions.childElementCount) view.append(actions);
   }
+  if (actions.childElementCount) view.append(actions);
   return view;
 }
 
@@ -239,6 +244,7 @@ function fillMessage(view: HTMLElement, m: Message): void {
     const markdown = document.createElement("div");
     markdown.className = "markdown";
     renderMarkdown(markdown, content);
+    addCodeCopyButtons(markdown);
     body.append(markdown);
   }
   view.querySelector(".figures")?.remove();
@@ -249,6 +255,47 @@ function fillMessage(view: HTMLElement, m: Message): void {
     line.textContent = figures;
     body.after(line);
   }
+}
+
+/** A Copy button on each code block of an answer. */
+function addCodeCopyButtons(markdown: HTMLElement): void {
+  for (const pre of markdown.querySelectorAll("pre")) {
+    const block = document.createElement("div");
+    block.className = "code-block";
+    pre.replaceWith(block);
+    block.append(
+      pre,
+      copyButton("Copy code", () => pre.textContent ?? ""),
+    );
+  }
+}
+
+/** A button that copies `text()` and says for a moment whether that worked. */
+function copyButton(label: string, text: () => string): HTMLButtonElement {
+  const b = button("Copy", "copy", async () => {
+    b.textContent = (await writeClipboard(text())) ? "Copied" : "Copy failed";
+    setTimeout(() => (b.textContent = "Copy"), 1500);
+  });
+  b.setAttribute("aria-label", label);
+  return b;
+}
+
+/**
+ * Puts text on the clipboard. The Clipboard API exists only on secure origins, so a page opened
+ * at http://<LAN address> copies the older way, through a selection.
+ */
+async function writeClipboard(text: string): Promise<boolean> {
+  if (navigator.clipboard)
+    return navigator.clipboard.writeText(text).then(
+      () => true,
+      () => false,
+    );
+  const area = Object.assign(document.createElement("textarea"), { value: text });
+  document.body.append(area);
+  area.select();
+  const copied = document.execCommand("copy");
+  area.remove();
+  return copied;
 }
 
 function statsText(s: AnswerStats): string {
@@ -431,9 +478,14 @@ function isScrolledToEnd(): boolean {
 }
 
 function setRunning(on: boolean): void {
+  const buttonFocused = document.activeElement === ui.send || document.activeElement === ui.stop;
   ui.send.hidden = on;
   ui.stop.hidden = !on;
   document.body.classList.toggle("running", on);
+  // Screen readers wait for the answer to end rather than read it again at every redraw.
+  ui.messages.setAttribute("aria-busy", String(on));
+  // The button just used is hidden now: the focus goes back to the message, not to the page.
+  if (buttonFocused) ui.input.focus();
 }
 
 function stop(): void {
@@ -462,7 +514,9 @@ async function editLast(): Promise<void> {
   if (!question) return;
   ui.input.value = question.content;
   ui.input.focus();
-  await persist();
+  // Saved only when the changed question is sent: until then a reload, or opening another
+  // conversation, finds the turn as it was.
+  await showConversation();
 }
 
 ui.composer.addEventListener("submit", (event) => {
@@ -482,7 +536,11 @@ ui.stop.addEventListener("click", stop);
 
 // ---- start ----
 
-await loadModels().catch((error) => (ui.messages.textContent = `Cannot list the models: ${error.message}`));
+// Said above the conversation (which is drawn after, and would wipe it from the messages).
+await loadModels().catch((error) => {
+  ui.notice.textContent = `Cannot list the models: ${error.message}`;
+  ui.notice.hidden = false;
+});
 const last = localStorage.getItem("mlx.conversation");
 if (last && (await getConversation(last))) await openConversation(last);
 else await showConversation();

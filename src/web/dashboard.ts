@@ -221,7 +221,7 @@ function fillTable(selector: string, rows: string[][], empty: string): void {
   const body = $(`${selector} tbody`);
   if (rows.length === 0) {
     const cell = document.createElement("td");
-    cell.colSpan = 5;
+    cell.colSpan = $(`${selector} thead tr`).childElementCount;
     cell.className = "empty";
     cell.textContent = empty;
     body.replaceChildren(document.createElement("tr"));
@@ -246,7 +246,7 @@ async function follow(): Promise<void> {
       for await (const data of events(response)) show(JSON.parse(data));
       throw new Error("the feed ended");
     } catch (error) {
-      $("#status").textContent = `disconnected (${(error as Error).message}), retrying…`;
+      $("#status").textContent = `disconnected: ${(error as Error).message}; retrying…`;
       // The last figures are no longer true: a stopped server is not still running requests.
       for (const tile of document.querySelectorAll("#tiles strong")) tile.textContent = "–";
       fillTable("#in-flight", [], "unknown while disconnected");

@@ -17,6 +17,31 @@ export function tinyModel(): string {
   return tinyPath;
 }
 
+const mainScript = join(import.meta.dir, "..", "..", "src", "main.ts");
+
+/** `mlx serve --port 0 -m <model>` in a child process, with the URL it prints once its model is loaded. */
+export async function startServe(
+  model: string,
+): Promise<{ proc: Bun.Subprocess<"ignore", "pipe", "pipe">; url: string }> {
+  const proc = Bun.spawn([process.execPath, mainScript, "serve", "--port", "0", "-m", model], {
+    stdout: "pipe",
+    stderr: "pipe",
+    env: { ...process.env, NO_COLOR: "1" },
+  });
+  const reader = proc.stderr.getReader();
+  let err = "";
+  while (!/listening on (http:\S+)/.test(err)) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`serve exited: ${err}`);
+    err += new TextDecoder().decode(value);
+  }
+  reader.releaseLock();
+  const url = /listening on (http:\S+)/.exec(err)![1]!;
+  const deadline = performance.now() + 10_000;
+  while ((await fetch(`${url}/health`)).status !== 200 && performance.now() < deadline) await Bun.sleep(20);
+  return { proc, url };
+}
+
 export function serve(o: ServerOptions = {}): RunningServer {
   return startServer({ port: 0, version: "0.1.0-test", logError: () => {}, ...o });
 }

@@ -79,13 +79,18 @@ const commands: Record<string, Handler> = {
     const file = args.trim();
     if (!file) return s.say("usage: /load <file>");
     const saved = readSaved(file);
+    // What /save writes: the user's messages and the answers (the system prompt is kept apart).
+    // Another role would be rendered as the template pleases, a "system" one twice.
     if (
-      !Array.isArray(saved.messages) ||
+      !Array.isArray(saved?.messages) ||
       saved.messages.some(
-        (m: { role?: unknown; content?: unknown }) => typeof m?.role !== "string" || typeof m?.content !== "string",
+        (m: { role?: unknown; content?: unknown }) =>
+          (m?.role !== "user" && m?.role !== "assistant") || typeof m?.content !== "string",
       )
     ) {
-      throw new Error(`${file} is not a conversation saved with /save (needs messages: [{role, content}])`);
+      throw new Error(
+        `${file} is not a conversation saved with /save (needs messages: [{role: "user" or "assistant", content}])`,
+      );
     }
     // Checked before anything changes: a bad file leaves the session as it was.
     const settings = saved.settings === undefined ? undefined : savedSettings(file, saved.settings, s.settings);

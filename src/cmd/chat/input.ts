@@ -3,7 +3,8 @@
 // When stdin is not a terminal, it reads plain lines.
 import { createInterface, type Interface } from "node:readline";
 import { Transform, type TransformCallback } from "node:stream";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { fileErrorReason } from "../../format";
 import { dirname } from "node:path";
 
 const pasteStart = "\x1b[200~";
@@ -182,14 +183,25 @@ function pasteAwareStdin(): Transform {
 }
 
 function loadHistory(file: string): string[] {
-  if (!existsSync(file)) return [];
-  // Stored oldest first, one JSON string per line; readline wants newest first.
-  return readFileSync(file, "utf8")
+  let text: string;
+  try {
+    text = existsSync(file) ? readFileSync(file, "utf8") : "";
+  } catch (error) {
+    // History is a convenience: one that cannot be read (a directory, no permission) must not stop the chat.
+    process.stderr.write(
+      `note: cannot read the chat history ${file}: ${fileErrorReason(error)}; starting without it\n`,
+    );
+    return [];
+  }
+  // Stored oldest first, one JSON string per line; readline wants newest first. Lines that are
+  // not a JSON string (a file edited by hand, cut short) are skipped: readline cannot recall them.
+  return text
     .split("\n")
     .filter(Boolean)
     .flatMap((line) => {
       try {
-        return [JSON.parse(line) as string];
+        const entry: unknown = JSON.parse(line);
+        return typeof entry === "string" ? [entry] : [];
       } catch {
         return [];
       }
@@ -198,14 +210,20 @@ function loadHistory(file: string): string[] {
 }
 
 function saveHistory(file: string, newestFirst: string[]): void {
+  // Written whole to a file of its own, then renamed over the old one: a chat that dies while
+  // writing leaves the old history, never half of it; and readable by its owner alone, as
+  // shells and Ollama keep theirs, since what was typed may be private.
+  const temporary = `${file}.${process.pid}.tmp`;
   try {
     mkdirSync(dirname(file), { recursive: true });
     const lines = newestFirst
       .slice(0, historyLimit)
       .reverse()
       .map((entry) => JSON.stringify(entry));
-    writeFileSync(file, lines.length ? `${lines.join("\n")}\n` : "");
+    writeFileSync(temporary, lines.length ? `${lines.join("\n")}\n` : "", { mode: 0o600 });
+    renameSync(temporary, file);
   } catch {
     // History is a convenience: a read-only or full disk must not break leaving the chat.
+    rmSync(temporary, { force: true });
   }
 }

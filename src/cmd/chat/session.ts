@@ -78,12 +78,22 @@ export class ChatSession {
     if (this.settings.stats) {
       const s = result.stats;
       const c = this.conversation;
-      const limit = c instanceof Conversation ? `/${c.lm.config.maxPositionEmbeddings}` : "";
+      const limit = c instanceof Conversation ? contextLimit(c.lm) : "";
       this.say(
         `${s.generationTokensPerSecond.toFixed(1)} tokens/s · first token ${s.timeToFirstTokenSeconds.toFixed(2)} s · prompt ${info.newTokens} new + ${info.reusedTokens} cached tokens · context ${c.contextUsed}${limit}${s.draftedTokens > 0 ? ` · ${s.acceptedTokens}/${s.draftedTokens} drafted tokens accepted` : ""}`,
       );
     }
   }
+}
+
+/**
+ * What bounds the context: the model's length, or with a rotating cache (--max-kv-size) the
+ * positions it keeps, which the conversation outgrows ("context 746/256" read as an overflow).
+ */
+function contextLimit(lm: LoadedModel): string {
+  return lm.maxKvSize === undefined
+    ? `/${lm.config.maxPositionEmbeddings}`
+    : ` (the rotating cache keeps ${lm.maxKvSize} positions)`;
 }
 
 /** Refuses a local model without a chat template: every message would fail (its conversation cannot be rendered). */

@@ -2,7 +2,7 @@
 import type { LoadedModel } from "../../models/load";
 import type { RemoteModel } from "../../providers";
 import { validateSampling, type SamplingParams } from "../../engine/sampling";
-import { readFormat, type OutputFormat } from "../options";
+import { parseWhole, readFormat, type OutputFormat } from "../options";
 import type { ThinkingRequest } from "../../engine/reasoning";
 
 export interface ChatSettings {
@@ -44,14 +44,21 @@ export async function applyFormat(s: ChatSettings, value: string): Promise<strin
     : `format = ${spec}: answers follow this JSON Schema`;
 }
 
+const unknownSetting = (name: string) => new Error(`unknown setting '${name}' (settings: ${settingNames.join(", ")})`);
+
 /** Applies `/set <name> <value>`; returns a confirmation line, or throws with what is wrong. */
 export function applySetting(s: ChatSettings, name: string, value: string): string {
   if (name === "system") {
     s.system = value || undefined;
     return value ? "system prompt set" : "system prompt cleared";
   }
-  const n = Number(value);
-  if (value.trim() === "" || !Number.isFinite(n)) throw new Error(`/set ${name} needs a number`);
+  // Named before the value is read: "/set foo bar" is an unknown setting, not a value to fix.
+  if (!(settingNames as readonly string[]).includes(name)) throw unknownSetting(name);
+  // Whole numbers as the flags read them: 1e2 or 0x10 is refused for max_tokens as for --max-tokens.
+  const whole = name === "top_k" || name === "seed" || name === "max_tokens";
+  const n = whole ? parseWhole(value.trim()) : Number(value);
+  if (value.trim() === "" || !Number.isFinite(n))
+    throw new Error(`/set ${name} needs a ${whole ? "whole number" : "number"} (got '${value}')`);
   const sampling = { ...s.sampling };
   switch (name) {
     case "temp":
@@ -77,7 +84,7 @@ export function applySetting(s: ChatSettings, name: string, value: string): stri
       s.maxTokens = n;
       return `max_tokens = ${n}`;
     default:
-      throw new Error(`unknown setting '${name}' (settings: ${settingNames.join(", ")})`);
+      throw unknownSetting(name);
   }
   validateSampling(sampling);
   s.sampling = sampling;

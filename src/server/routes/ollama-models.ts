@@ -38,14 +38,20 @@ export function ollamaModelRoutes(s: ServerState): Hono {
           }
         };
         let last = 0;
+        let reported = false;
+        const progress = (completed: number, total: number | undefined) => {
+          reported = true;
+          const now = performance.now();
+          if (now - last < PROGRESS_EVERY_MS && completed !== total) return;
+          last = now;
+          send({ status: `pulling ${request.name}`, digest: request.name, total, completed });
+        };
         send({ status: "pulling manifest" });
         try {
-          await pull(request, signal, (completed, total) => {
-            const now = performance.now();
-            if (now - last < PROGRESS_EVERY_MS && completed !== total) return;
-            last = now;
-            send({ status: `pulling ${request.name}`, digest: request.name, total, completed });
-          });
+          await pull(request, signal, progress);
+          // A model found stored reports nothing on the way: its size, complete, as Ollama reports the layers it has.
+          const stored = readManifest(request.name);
+          if (!reported && stored) progress(stored.totalBytes, stored.totalBytes);
           // The files were hashed as they arrived and the manifest written with the model.
           send({ status: "verifying sha256 digest" });
           send({ status: "writing manifest" });

@@ -1,7 +1,7 @@
 // Ollama-compatible routes: /api/chat and /api/generate (NDJSON streams or one object),
 // /api/tags, /api/ps, /api/show (from the model's files, without loading it), /api/version.
 import { createHash } from "node:crypto";
-import { existsSync, statSync } from "node:fs";
+import { statSync } from "node:fs";
 import { Hono, type Context } from "hono";
 import {
   nanos,
@@ -18,9 +18,7 @@ import { closedEarly, closedEarlyHeaders, collectGeneration, generationStream } 
 import { ToolCallStream, type ToolCall } from "../../engine/tools";
 import { thinkingTemplate } from "../../engine/reasoning";
 import { LATEST_TAG, type LoadedEntry } from "../model-registry";
-import { loadAliases, type AliasTable } from "../../store/aliases";
-import { isRemoteSource, modelRequest } from "../../store/pull";
-import { unknownModelError } from "../../store/resolve";
+import { locateModel, missingModelError } from "../../store/resolve";
 import type { IndexEntry } from "../../store/model-index";
 import { readJson } from "../../api/validate";
 import type { ServerState } from "../state";
@@ -280,33 +278,15 @@ function directoryFacts(dir: string): ModelFacts {
 async function modelFiles(s: ServerState, name: string): Promise<string> {
   const loaded = s.models.find(name);
   if (loaded) return loaded.path;
-  const aliases = loadAliases();
-  // A remote alias has no files, which resolving it says; a name `serve --adapter` added is an
-  // adapter on a model the server names itself.
-  if (aliases.remotes.has(name) || s.models.adapterNames.includes(name)) return s.models.resolve(name);
+  // A name `serve --adapter` added is an adapter on a model the server names itself.
+  if (s.models.adapterNames.includes(name)) return s.models.resolve(name);
   const untagged = name.endsWith(LATEST_TAG) ? [name.slice(0, -LATEST_TAG.length)] : [];
-  for (const candidate of [name, ...untagged]) {
-    const path = storedFiles(candidate, aliases);
-    if (path) return path;
-  }
-  const { source } = modelRequest(name);
-  if (isRemoteSource(source))
-    throw notFound(`model '${name}' is not in the store yet: pull it first (POST /api/pull)`, "model_not_found");
-  throw await unknownModelError(name);
-}
-
-/** The files of a stored model, an alias's or a path's, as resolving the name finds them, without opening it. */
-function storedFiles(name: string, aliases: AliasTable): string | undefined {
-  const alias = aliases.models.get(name);
-  // An alias may name another one as its source (a base model plus an adapter).
-  if (alias && alias.source !== name && aliases.models.has(alias.source)) return storedFiles(alias.source, aliases);
-  const request = modelRequest(name);
-  const manifest = readManifest(request.name);
-  // A source is pulled into the store under the request's name; an existing path is used where it is.
-  if (isRemoteSource(request.source)) return manifest?.source === request.source ? loadPath(manifest) : undefined;
-  if (existsSync(request.source)) return request.source;
-  // A model made here (converted, fused) is stored with no source to pull again.
-  return manifest && !alias ? loadPath(manifest) : undefined;
+  const located = [name, ...untagged].map((candidate) => locateModel(candidate));
+  const found = located.find((location) => location.path !== undefined);
+  if (found) return found.path!;
+  const location = located[0]!;
+  if (location.kind === "missing") throw await missingModelError(location);
+  throw notFound(`model '${name}' is not in the store yet: pull it first (POST /api/pull)`, "model_not_found");
 }
 
 /** The stored models by the path their files load from: a loaded model's path, whatever name it was loaded by. */
@@ -332,36 +312,55 @@ function answerIds(gen: Generation, done: GenerationDone): number[] {
   return at < 0 ? done.tokenIds : gen.tokenizer.encode(text.slice(0, at), { addSpecialTokens: false });
 }
 
+/** The remote alias a name stands for: "far:latest" (Ollama's default tag) is "far", as for a local model. */
+function remoteName(name: string): string | undefined {
+  const names = remoteModelNames();
+  const untagged = name.endsWith(LATEST_TAG) ? name.slice(0, -LATEST_TAG.length) : undefined;
+  if (names.includes(name)) return name;
+  return untagged !== undefined && names.includes(untagged) ? untagged : undefined;
+}
+
+/**
+ * Loads a model ahead of its requests (`ollama run` asks first), kept for `keepAlive`; a remote
+ * model is ready as it is, with nothing to load. Milliseconds spent loading.
+ */
+async function preload(s: ServerState, name: string, keepAlive: number | undefined): Promise<number> {
+  if (remoteModelNames().includes(name)) return 0;
+  const lease = await s.models.acquire(name, keepAlive);
+  lease.release();
+  return lease.loadMs;
+}
+
 async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaRequest): Promise<Response> {
   const started = performance.now();
   const createdAt = () => new Date().toISOString();
   const base = () => ({ model: req.model, created_at: createdAt() });
+  const model = remoteName(req.model) ?? req.model;
   const empty = kind === "chat" ? { message: { role: "assistant", content: "" } } : { response: "" };
 
   // No prompt: load the model (or with keep_alive 0, unload it), as Ollama does.
   if (!req.prompt && !req.context?.length) {
     if (req.keepAlive === 0) {
-      const entry = s.models.find(req.model) ?? s.models.loaded.find((e) => e.path === req.model);
+      const entry = s.models.find(model) ?? s.models.loaded.find((e) => e.path === model);
       if (entry) s.models.setKeepAlive(entry, 0);
       // An unknown model is a 404, as in Ollama; a remote one has nothing to unload.
-      else if (!remoteModelNames().includes(req.model)) await modelFiles(s, req.model);
+      else if (!remoteModelNames().includes(model)) await modelFiles(s, model);
       return c.json({ ...base(), ...empty, done_reason: "unload", done: true });
     }
-    const lease = await s.models.acquire(req.model, req.keepAlive);
-    lease.release();
+    const loadMs = await preload(s, model, req.keepAlive);
     return c.json({
       ...base(),
       ...empty,
       done_reason: "load",
       done: true,
       total_duration: nanos(performance.now() - started),
-      load_duration: nanos(lease.loadMs),
+      load_duration: nanos(loadMs),
     });
   }
 
   const gen = await startGeneration(s, {
     ...httpRequestBounds(s.config, c.req),
-    model: req.model,
+    model,
     keepAliveMs: req.keepAlive,
     prompt: req.prompt ?? { kind: "ids", ids: [] },
     prefixIds: req.context,
@@ -370,6 +369,7 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
     maxTokens: req.maxTokens,
     maxTokensParam: "options.num_predict",
     strictMaxTokens: false,
+    contextBound: req.contextBound,
     stop: req.stop,
     format: req.format,
     tools: req.tools,

@@ -82,11 +82,11 @@ async function complete(s: ServerState, c: Context, kind: Kind): Promise<Respons
   const body = await readJson(c.req);
   const req = kind === "chat" ? parseChatRequest(body) : parseCompletionRequest(body);
   const model = requestedModel(s.config, req.model);
-  if (!remoteModel(model)) checkChoicesFit(req.n, s.config.maxSequences);
+  const choices = req.prompts.length * req.n;
+  if (!remoteModel(model)) checkChoicesFit(req, s.config.maxSequences);
   const input = {
     ...httpRequestBounds(s.config, c.req),
     model,
-    prompt: req.prompt,
     // OpenAI's documented defaults: temperature 1, top_p 1.
     defaults: { temperature: 1, topP: 1 },
     maxTokens: req.maxTokens,
@@ -100,10 +100,15 @@ async function complete(s: ServerState, c: Context, kind: Kind): Promise<Respons
     ignoreEos: req.ignoreEos,
     topLogprobs: req.topLogprobs,
   };
-  // n choices are n sequences of the model's batch; a seed gives each its own (seed, seed + 1, ...).
+  // Each prompt's n choices are n sequences of the model's batch, choice i answering prompt
+  // ⌊i / n⌋ (OpenAI's and vLLM's order); a seed gives a prompt's choices their own (seed, seed + 1, ...).
   const seed = req.sampling.seed;
-  const gens = await startChoices(req.n, (i) =>
-    startGeneration(s, { ...input, sampling: { ...req.sampling, seed: seed === undefined ? undefined : seed + i } }),
+  const gens = await startChoices(choices, (i) =>
+    startGeneration(s, {
+      ...input,
+      prompt: req.prompts[Math.floor(i / req.n)]!,
+      sampling: { ...req.sampling, seed: seed === undefined ? undefined : seed + (i % req.n) },
+    }),
   );
   const meta = {
     id: newId(kind === "chat" ? "chatcmpl" : "cmpl"),
@@ -115,15 +120,18 @@ async function complete(s: ServerState, c: Context, kind: Kind): Promise<Respons
 }
 
 /**
- * A request's n choices are n sequences of one model's scheduler: more than it can ever hold
- * would be a 429 that no retry could clear, so it is a 400 naming the limit.
+ * A request's choices (n per prompt) are sequences of one model's scheduler: more than it can
+ * ever hold would be a 429 that no retry could clear, so it is a 400 naming the limit.
  */
-function checkChoicesFit(n: number, maxSequences: number): void {
-  if (n > maxSequences)
-    throw badRequest(
-      `'n' must be <= ${maxSequences} on this server: a model holds at most ${maxSequences} sequences at once (--max-batch plus --max-queue)`,
-      "n",
-    );
+function checkChoicesFit(req: OpenAIRequest, maxSequences: number): void {
+  const prompts = req.prompts.length;
+  if (req.n * prompts <= maxSequences) return;
+  const limit = `a model holds at most ${maxSequences} sequences at once (--max-batch plus --max-queue)`;
+  if (prompts === 1) throw badRequest(`'n' must be <= ${maxSequences} on this server: ${limit}`, "n");
+  throw badRequest(
+    `${prompts} prompts × 'n' ${req.n} is more choices than this server's ${maxSequences}: ${limit}`,
+    "prompt",
+  );
 }
 
 /** Starts `n` generations; if one cannot start, those already started are stopped. */
@@ -221,20 +229,20 @@ async function whole(gens: Generation[], req: OpenAIRequest, kind: Kind, meta: M
       ...meta,
       object: kind === "chat" ? "chat.completion" : "text_completion",
       choices,
-      usage: totalUsage(usages),
+      usage: totalUsage(usages, req.n),
     },
     { headers: closedEarlyHeaders(gens) },
   );
 }
 
-/** One usage for all choices: the prompt counted once, the completions together. */
-function totalUsage(usages: GenerationUsage[]) {
-  const sum = (pick: (u: GenerationUsage) => number) => usages.reduce((total, u) => total + pick(u), 0);
-  const first = usages[0]!;
+/** One usage for all choices (`n` per prompt): each prompt counted once, the completions together. */
+function totalUsage(usages: GenerationUsage[], n: number) {
+  const sum = (pick: (u: GenerationUsage) => number, of = usages) => of.reduce((total, u) => total + pick(u), 0);
+  const firstOfEachPrompt = usages.filter((_, i) => i % n === 0);
   return usage(
-    first.promptTokens,
+    sum((u) => u.promptTokens, firstOfEachPrompt),
     sum((u) => u.completionTokens),
-    first.cachedTokens,
+    sum((u) => u.cachedTokens, firstOfEachPrompt),
     sum((u) => u.reasoningTokens),
   );
 }
@@ -256,7 +264,7 @@ function streamed(s: ServerState, gens: Generation[], req: OpenAIRequest, kind: 
   );
   const body = mergeStreams(choices, (send) => {
     if (req.includeUsage && usages.length === gens.length && usages.every(Boolean))
-      send(sse({ ...meta, object, choices: [], usage: totalUsage(usages) }));
+      send(sse({ ...meta, object, choices: [], usage: totalUsage(usages, req.n) }));
     send(encoder.encode("data: [DONE]\n\n"));
   });
   return new Response(body, { headers: eventStreamHeaders });

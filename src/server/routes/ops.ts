@@ -28,6 +28,9 @@ export function opsRoutes(s: ServerState): Hono {
 
   r.get("/ready", (c) => {
     if (s.models.startingUp) return c.json({ ready: false, reason: "loading the first model" }, 503);
+    // Every request naming no model would fail: not ready, though other models may still be served.
+    const failure = s.models.pinnedFailure;
+    if (failure) return c.json({ ready: false, reason: `the default model failed to load: ${failure}` }, 503);
     const lost = lostPipeline(s);
     if (lost) return c.json({ ready: false, reason: lost }, 503);
     const busy = s.models.loaded.filter((e) => !e.scheduler.accepting).map((e) => e.name);

@@ -34,7 +34,7 @@ import {
 import type { ServerState } from "../state";
 import { unixSeconds } from "../../api/openai";
 
-/** Stored conversations: how many, and for how long. */
+/** Stored conversations: how many, and for how long (how many bytes: serve's config). */
 const STORED_RESPONSES = 1000;
 const STORED_FOR_MS = 60 * 60_000;
 
@@ -43,7 +43,7 @@ type Keep = (content: string, calls: ToolCall[], response: StoredResponse["respo
 
 export function responsesRoutes(s: ServerState): Hono {
   const r = new Hono();
-  const stored = new ResponseStore(STORED_RESPONSES, STORED_FOR_MS);
+  const stored = new ResponseStore(STORED_RESPONSES, STORED_FOR_MS, s.config.storedResponseBytes);
   r.post("/v1/responses", (c) => respond(s, c, stored));
   r.get("/v1/responses/:id", (c) => c.json(storedResponse(stored, c.req.param("id")).response));
   r.get("/v1/responses/:id/input_items", (c) =>
@@ -66,7 +66,7 @@ function storedResponse(stored: ResponseStore, id: string): StoredResponse {
 const responseNotFound = (id: string, param: string | null) =>
   new ApiError(
     404,
-    `no stored response '${id}' (unknown, expired, or created with store: false)`,
+    `no stored response '${id}' (unknown, expired, evicted to bound memory, or created with store: false)`,
     "invalid_request_error",
     param,
     "response_not_found",

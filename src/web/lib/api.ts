@@ -60,7 +60,9 @@ export async function api(path: string, init: RequestInit = {}): Promise<Respons
     const key = localStorage.getItem(KEY);
     const headers = new Headers(init.headers);
     if (key) headers.set("Authorization", `Bearer ${key}`);
-    const response = await fetch(path, { ...init, headers });
+    const response = await fetch(path, { ...init, headers }).catch((error) => {
+      throw networkFailure(error, "cannot reach the server (is mlx serve running?)");
+    });
     if (response.status !== 401) return response;
     await askForKey(key !== null);
   }
@@ -84,8 +86,18 @@ export async function* events(response: Response): AsyncGenerator<string> {
     .pipeThrough(new EventSourceParserStream())
     .getReader();
   for (;;) {
-    const { done, value } = await reader.read();
+    const { done, value } = await reader.read().catch((error) => {
+      throw networkFailure(error, "the connection to the server was lost");
+    });
     if (done) return;
     yield value.data;
   }
+}
+
+/**
+ * A failed fetch or read says only "Failed to fetch" or "network error" (a TypeError, in every
+ * browser): `message` says what that means here. Anything else (a stop: an AbortError) is kept.
+ */
+function networkFailure(error: unknown, message: string): unknown {
+  return error instanceof TypeError ? new Error(message) : error;
 }
