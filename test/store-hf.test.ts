@@ -22,6 +22,7 @@ import { modelRequest, pullModel } from "../src/store/pull";
 import { formatBytes } from "../src/format";
 import { createProgressReporter } from "../src/store/progress";
 import { listModels, openStoredModel } from "../src/store/store";
+import { resolveModelPath } from "../src/store/resolve";
 import { writeTinyModel } from "./helpers/tiny-model";
 import { sha256Hex, startHfHub, type TestServer } from "./helpers/store";
 
@@ -104,9 +105,79 @@ describe("parseHFSpec", () => {
   test("repo and revision", () => {
     expect(parseHFSpec("hf:org/model")).toEqual({ repo: "org/model", revision: "main" });
     expect(parseHFSpec("hf:org/model@v1.0")).toEqual({ repo: "org/model", revision: "v1.0" });
-    expect(() => parseHFSpec("hf:model")).toThrow("expected hf:<org>/<repo>[@revision]");
-    expect(() => parseHFSpec("hf:org/../x")).toThrow("expected hf:<org>/<repo>[@revision]");
+    expect(() => parseHFSpec("hf:model")).toThrow("expected hf:<org>/<repo>[@revision][:<quantization>]");
+    expect(() => parseHFSpec("hf:org/../x")).toThrow("expected hf:<org>/<repo>[@revision][:<quantization>]");
   });
+
+  test("a GGUF repository's quantization, after the revision", () => {
+    expect(parseHFSpec("hf:org/model-GGUF:Q4_K_M")).toEqual({
+      repo: "org/model-GGUF",
+      revision: "main",
+      quantization: "Q4_K_M",
+    });
+    expect(parseHFSpec("hf:org/model-GGUF@v1:q8_0")).toEqual({
+      repo: "org/model-GGUF",
+      revision: "v1",
+      quantization: "q8_0",
+    });
+    expect(() => parseHFSpec("hf:org/model:Q4:K")).toThrow("expected hf:<org>/<repo>[@revision][:<quantization>]");
+  });
+});
+
+describe("pull from a repository of GGUF files", () => {
+  // The default model's GGUF, from the store the tests run with (each test has a store of its own).
+  let real: Uint8Array;
+  beforeAll(async () => {
+    real = new Uint8Array(readFileSync(await resolveModelPath(undefined)));
+  });
+  const notThisOne = new TextEncoder().encode("GGUF: not the file asked for");
+
+  test(
+    "the file of the quantization named (any case), stored as a GGUF model that loads; no other file fetched",
+    async () => {
+      const files = new Map([
+        ["SmolLM2-135M-Instruct-Q4_1.gguf", real],
+        ["SmolLM2-135M-Instruct-Q8_0.gguf", notThisOne],
+        ["mmproj-SmolLM2-f16.gguf", notThisOne],
+      ]);
+      const s = await startHub({ "org/smol-GGUF": { files } });
+      const pulled = await pull("hf:org/smol-GGUF:q4_1");
+      const manifest = readManifest("org/smol-GGUF:q4_1")!;
+      expect(manifest).toMatchObject({ source: "hf:org/smol-GGUF:q4_1", format: "gguf", architecture: "llama" });
+      expect(manifest.files).toEqual([
+        { name: "SmolLM2-135M-Instruct-Q4_1.gguf", sha256: sha256Hex(real), size: real.length },
+      ]);
+      expect(paths(s).filter((p) => p.startsWith("GET /lfs/"))).toEqual([`GET /lfs/${sha256Hex(real)}`]);
+      expect(load(pulled.path).config.numHiddenLayers).toBe(30);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "without a quantization: Q4_K_M as Ollama, or the only file; a missing or split one is a one-line error naming the files",
+    async () => {
+      const files = new Map([
+        ["model-Q4_K_S.gguf", notThisOne],
+        ["model-Q8_0.gguf", notThisOne],
+        ["big/model-Q4_K_M-00001-of-00002.gguf", notThisOne],
+        ["big/model-Q4_K_M-00002-of-00002.gguf", notThisOne],
+      ]);
+      await startHub({
+        "org/several-GGUF": { files },
+        "org/one-GGUF": { files: new Map([["model-Q6_K.gguf", notThisOne]]) },
+      });
+      await expect(pull("hf:org/several-GGUF")).rejects.toThrow(
+        "the Q4_K_M model is split in several GGUF files, which mlx cannot load (one file only)",
+      );
+      await expect(pull("hf:org/several-GGUF:Q4_K")).rejects.toThrow(
+        "org/several-GGUF has no Q4_K GGUF file: name one as hf:org/several-GGUF:<quantization>, or by its file name without .gguf (model-Q4_K_S.gguf, model-Q8_0.gguf, big/model-Q4_K_M-00001-of-00002.gguf, big/model-Q4_K_M-00002-of-00002.gguf)",
+      );
+      // The only file is taken (it is no GGUF a model loads from: the error is the header's).
+      await expect(pull("hf:org/one-GGUF")).rejects.toThrow("GGUF");
+      await expect(pull("hf:org/one-GGUF")).rejects.not.toThrow("no Q4_K_M");
+    },
+    TEST_TIMEOUT_MS,
+  );
 });
 
 describe("pull from the hub", () => {

