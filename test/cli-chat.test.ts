@@ -86,6 +86,8 @@ describe.skipIf(!hasTmux)("mlx chat in a terminal", () => {
     await waitFor(/^\.\.\. half\^C\n>>>\s*$/m);
     // The same at an empty continuation line (before, the block was sent and the chat hung).
     keys('"""', "Enter");
+    // Typed once the continuation prompt shows (typed ahead, it echoes before the prompt).
+    await waitFor(/^\.\.\.\s*$/m);
     keys("second block", "Enter");
     await waitFor(/^\.\.\. second block\n\.\.\.\s*$/m);
     keys("C-c");

@@ -124,6 +124,30 @@ describe("parseHFSpec", () => {
   });
 });
 
+describe("a pulled model the store cannot open", () => {
+  test(
+    "is said to be in the store, not to be pulled (a read-only store: its lock cannot be taken)",
+    async () => {
+      await startHub({ "org/tiny": { files: tiny } });
+      await pull("hf:org/tiny");
+      const home = process.env.MLX_HOME!;
+      const run = `${JSON.stringify(process.execPath)} ${JSON.stringify(main)} run -m hf:org/tiny --max-tokens 1 Hi`;
+      const proc = Bun.spawn(["unshare", "-rm", "sh", "-c", `mount --bind -o ro ${home} ${home} && ${run}`], {
+        env: process.env,
+        stdout: "pipe",
+        stderr: "pipe",
+      });
+      const stderr = await new Response(proc.stderr).text();
+      expect(await proc.exited).toBe(1);
+      expect(stderr.trim().split("\n")).toHaveLength(1);
+      expect(stderr).toStartWith(
+        "error: model 'org/tiny' is in the store, but opening it failed: cannot create the lock",
+      );
+    },
+    TEST_TIMEOUT_MS,
+  );
+});
+
 describe("pull from a repository of GGUF files", () => {
   // The default model's GGUF, from the store the tests run with (each test has a store of its own).
   let real: Uint8Array;

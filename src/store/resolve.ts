@@ -61,7 +61,7 @@ export async function resolveModelPath(spec: string | undefined, options: Resolv
   const location = locateModel(spec);
   switch (location.kind) {
     case "source":
-      return pullSource(location.request, options);
+      return pullSource(location.request, options, location.path !== undefined);
     case "path":
       return location.path;
     case "stored": {
@@ -83,17 +83,18 @@ export async function missingModelError(
   return unknownModelError(location.name);
 }
 
-/** A source's model from the store, pulled first if it is not there (a bar on stderr unless told otherwise). */
-async function pullSource(request: ModelRequest, options: ResolveOptions): Promise<string> {
+/**
+ * A source's model from the store, pulled first if it is not there (a bar on stderr unless told
+ * otherwise). `stored`: the store held it when it was located, so a failure is in opening it.
+ */
+async function pullSource(request: ModelRequest, options: ResolveOptions, stored: boolean): Promise<string> {
   const reporter = options.onProgress ? undefined : createProgressReporter(`pulling ${request.name}`);
   try {
     const pulled = await pullModel(request, { onProgress: options.onProgress ?? reporter!.update });
     return pulled.path;
   } catch (error) {
-    throw new ModelPullError(
-      `model '${request.name}' is not in the store yet, and pulling it failed: ${(error as Error).message}`,
-      { cause: error },
-    );
+    const what = stored ? "is in the store, but opening it failed" : "is not in the store yet, and pulling it failed";
+    throw new ModelPullError(`model '${request.name}' ${what}: ${(error as Error).message}`, { cause: error });
   } finally {
     reporter?.finish();
   }
