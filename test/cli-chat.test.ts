@@ -203,6 +203,45 @@ describe.skipIf(!hasTmux)("mlx chat in a terminal: its history file", () => {
     expect(statSync(history).mode & 0o777).toBe(0o600);
   });
 
+  test("two chats at once: each one's lines are kept, whichever leaves last", async () => {
+    const historyHome = join(root, "history-two");
+    mkdirSync(historyHome, { recursive: true });
+    const history = join(historyHome, "chat_history");
+    writeFileSync(history, '"from before"\n');
+    const other = `${historySession}-other`;
+    const otherStatus = join(root, "history-two-other-status");
+    const status = join(root, "history-two-status");
+    try {
+      start(historyHome, status);
+      await until(/^>>>\s*$/m);
+      tmux(
+        "new-session",
+        "-d",
+        "-s",
+        other,
+        "-x",
+        "300",
+        "-y",
+        "50",
+        `MLX_HOME='${historyHome}' NO_COLOR=1 ${mlxCommand} chat -m '${historyModel}' --max-tokens 4; echo $? > '${otherStatus}'`,
+      );
+      const otherView = () => tmux("capture-pane", "-p", "-t", other).stdout.toString();
+      for (const deadline = Date.now() + 20_000; !/^>>>\s*$/m.test(otherView()) && Date.now() < deadline; )
+        await Bun.sleep(100);
+      keysTo("/show", "Enter");
+      await until(/system prompt/);
+      tmux("send-keys", "-t", other, "/help", "Enter");
+      tmux("send-keys", "-t", other, "C-d");
+      expect(await exitStatus(otherStatus)).toBe("0");
+      expect(readFileSync(history, "utf8")).toBe('"from before"\n"/help"\n');
+      keysTo("C-d");
+      expect(await exitStatus(status)).toBe("0");
+      expect(readFileSync(history, "utf8")).toBe('"from before"\n"/help"\n"/show"\n');
+    } finally {
+      if (tmux("has-session", "-t", other).exitCode === 0) tmux("kill-session", "-t", other);
+    }
+  });
+
   test("a history that cannot be read (a directory) is a one-line note, and the chat goes on", async () => {
     const historyHome = join(root, "history-unreadable");
     mkdirSync(join(historyHome, "chat_history"), { recursive: true });

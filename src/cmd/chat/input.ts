@@ -27,6 +27,8 @@ export class LineInput {
   // Piped input can end (and readline close) while queued lines are still to be answered.
   #closed = false;
   #inBlock = false;
+  /** The lines typed in this chat, oldest first, as readline adds them to its history. */
+  readonly #typed: string[] = [];
 
   constructor(private readonly historyFile: string) {
     this.interactive = Boolean(process.stdin.isTTY && process.stdout.isTTY);
@@ -39,7 +41,10 @@ export class LineInput {
       historySize: historyLimit,
       removeHistoryDuplicates: true,
     });
-    this.#rl.on("line", (line) => this.#push(line));
+    this.#rl.on("line", (line) => {
+      if (this.interactive && line.length > 0) this.#typed.push(line);
+      this.#push(line);
+    });
     this.#rl.on("close", () => {
       this.#closed = true;
       this.#push(null);
@@ -144,7 +149,7 @@ export class LineInput {
   close(): void {
     if (this.interactive) {
       process.stdout.write("\x1b[?2004l");
-      saveHistory(this.historyFile, (this.#rl as unknown as { history: string[] }).history ?? []);
+      saveHistory(this.historyFile, this.#typed);
     }
     if (!this.#closed) this.#rl.close();
     // Let go of the terminal so the process can exit.
@@ -183,9 +188,8 @@ function pasteAwareStdin(): Transform {
 }
 
 function loadHistory(file: string): string[] {
-  let text: string;
   try {
-    text = existsSync(file) ? readFileSync(file, "utf8") : "";
+    return readHistory(file);
   } catch (error) {
     // History is a convenience: one that cannot be read (a directory, no permission) must not stop the chat.
     process.stderr.write(
@@ -193,6 +197,11 @@ function loadHistory(file: string): string[] {
     );
     return [];
   }
+}
+
+/** The history on disk, newest first. */
+function readHistory(file: string): string[] {
+  const text = existsSync(file) ? readFileSync(file, "utf8") : "";
   // Stored oldest first, one JSON string per line; readline wants newest first. Lines that are
   // not a JSON string (a file edited by hand, cut short) are skipped: readline cannot recall them.
   return text
@@ -209,7 +218,19 @@ function loadHistory(file: string): string[] {
     .reverse();
 }
 
-function saveHistory(file: string, newestFirst: string[]): void {
+/**
+ * This chat's lines added to the history on disk as it is now: another chat that left since this
+ * one started keeps its lines (a whole history kept in memory would write over them).
+ */
+function saveHistory(file: string, typed: string[]): void {
+  let saved: string[] = [];
+  try {
+    saved = readHistory(file);
+  } catch {
+    // unreadable: this chat's lines start it anew
+  }
+  // As readline's removeHistoryDuplicates: a line typed again moves to the front.
+  const newestFirst = [...new Set([...typed.toReversed(), ...saved])];
   // Written whole to a file of its own, then renamed over the old one: a chat that dies while
   // writing leaves the old history, never half of it; and readable by its owner alone, as
   // shells and Ollama keep theirs, since what was typed may be private.
