@@ -8,6 +8,8 @@ import { completeAlone } from "./helpers/generate";
 import { defaultSampling } from "../src/engine/sampling";
 import { QueueFullError } from "../src/errors";
 import { Scheduler, type GenerationEvent, type GenerationRequest } from "../src/engine/scheduler";
+import { PrefixCache } from "../src/engine/prefix-cache";
+import * as mx from "../src/mlx";
 import { loadModel, type LoadedModel } from "../src/models/load";
 import { chatTokens } from "../src/engine/prompt";
 import { writeTinyModel } from "./helpers/tiny-model";
@@ -90,6 +92,53 @@ describe("Scheduler", () => {
     expect(after.text).toBe((await alone(prompt("Hi"), 12)).text);
     expect(scheduler.running + scheduler.waiting).toBe(0);
     scheduler.dispose();
+  });
+
+  test("a step that fails ends every stream with its error, and the next request is served (prefix cache on)", async () => {
+    // Before: ending the streams saved their prefixes from the failed step's caches, which
+    // evaluated the failure again and threw out of the engine loop (it took `mlx serve` down).
+    const scheduler = new Scheduler(lm, {
+      maxBatch: 4,
+      prefillChunk: 64,
+      maxQueue: 8,
+      prefixCache: new PrefixCache(1 << 30),
+    });
+    const embed = lm.model.embed;
+    let failNext = false;
+    // An operation MLX refuses only when it runs (bfloat16 GatherMM on the CPU), under the step's
+    // embeddings, so everything the step computes (its keys and values too) holds the failure.
+    lm.model.embed = (ids) => {
+      const h = embed.call(lm.model, ids);
+      if (!failNext) return h;
+      failNext = false;
+      const a = mx.astype(mx.ones([2, 1, 2, 2]), mx.Dtype.bfloat16);
+      const index = mx.array(Int32Array.from([0, 1]), [2, 1]);
+      const failing = mx.sum(mx.gatherMm(a, a, { lhsIndices: index, rhsIndices: index }));
+      return mx.add(h, mx.astype(mx.multiply(failing, 0), h.dtype));
+    };
+    const ending = async (stream: AsyncIterable<GenerationEvent>, arm: boolean) => {
+      for await (const e of stream) {
+        // Armed at the first token: the failing step is a decode step of both sequences.
+        if (arm && e.type === "text") {
+          failNext = true;
+          arm = false;
+        }
+        if (e.type === "error") return e.error.message;
+        if (e.type === "done") return "done";
+      }
+    };
+    try {
+      const armed = scheduler.submit(request("Hi", { maxTokens: 200 }));
+      const other = scheduler.submit(request("Hi", { maxTokens: 200 }));
+      const [first, second] = await Promise.all([ending(armed, true), ending(other, false)]);
+      expect(first).toContain("GatherMM");
+      expect(second).toContain("GatherMM");
+      const after = await collect(scheduler.submit(request("Hi")));
+      expect(after.text).toBe((await alone(prompt("Hi"), 12)).text);
+    } finally {
+      lm.model.embed = embed;
+      scheduler.dispose();
+    }
   });
 
   test("a full queue refuses new requests", () => {

@@ -157,7 +157,7 @@ interface Running {
 }
 
 export class Scheduler {
-  readonly #generator: BatchGenerator;
+  #generator: BatchGenerator;
   readonly #running = new Map<string, Running>();
   #nextId = 0;
   #looping = false;
@@ -399,14 +399,32 @@ export class Scheduler {
     s.channel.close();
   }
 
+  /**
+   * Ends every stream with a failed step's error. Their rows leave the batch as any finished
+   * sequence's do (other ranks of a split model told); when the rows' caches hold the failed
+   * computation, taking them out (or saving their prefixes) evaluates it again and throws, which
+   * took the server down: the batch is then let go whole, and a new one, with the limits the tuner
+   * set, takes the next requests.
+   */
   #failAll(error: Error): void {
-    for (const [id, s] of this.#running) {
+    const ids = [...this.#running.keys()];
+    for (const s of this.#running.values()) {
       s.finished = true;
-      this.#generator.remove(id);
       s.channel.push({ type: "error", error });
       s.channel.close();
     }
     this.#running.clear();
+    try {
+      for (const id of ids) this.#generator.remove(id);
+    } catch {
+      const failed = this.#generator;
+      this.#generator = new BatchGenerator(failed.model, failed.options);
+      try {
+        failed.dispose();
+      } catch {
+        // Its arrays hold the failure: letting go of them is all that is left to do.
+      }
+    }
   }
 
   dispose(): void {
