@@ -10,7 +10,7 @@
 //   await chat.send("Hi!"); await chat.send("And then?"); // the second turn reuses the first's cache
 //   model.close();
 import { Conversation } from "./engine/conversation";
-import { embed } from "./engine/embed";
+import { embed, EmbeddingCancelled } from "./engine/embed";
 import { complete, streamCompletion, type CompletionPiece, type CompletionResult } from "./engine/generate";
 import type { JsonFormat } from "./engine/grammar";
 import type { GenerationSpec, PromptInput } from "./engine/request";
@@ -20,6 +20,7 @@ import { loadModel, type LoadedModel } from "./models/load";
 import type { DownloadProgress } from "./store/download";
 import { resolveModelPath } from "./store/resolve";
 import { InvalidParameterError } from "./errors";
+import * as mx from "./mlx";
 
 export type { CompletionResult as Completion, CompletionStats } from "./engine/generate";
 export type { FinishReason } from "./engine/scheduler";
@@ -81,21 +82,63 @@ export interface Message {
 /** A text (through the chat template unless `raw`), or a whole conversation. */
 export type Prompt = string | Message[];
 
+/** Every option generate() and stream() read: any other key is a mistake (`max_tokens`), never a no-op. */
+const generateOptionNames = Object.keys({
+  maxTokens: true,
+  temperature: true,
+  topP: true,
+  topK: true,
+  minP: true,
+  repetitionPenalty: true,
+  seed: true,
+  stop: true,
+  format: true,
+  system: true,
+  raw: true,
+  think: true,
+  thinkingBudget: true,
+  signal: true,
+} satisfies Record<keyof GenerateOptions, true>);
+
+/** A chat's turn takes them all but those of a text prompt (its system prompt is model.chat()'s). */
+const turnOptionNames = generateOptionNames.filter((name) => name !== "system" && name !== "raw");
+
 /** Loads a model by name (an alias from models.toml, a stored model, a source, a directory or a .gguf file; default: the default model). */
 export async function load(name?: string, options: LoadOptions = {}): Promise<Model> {
   // Checked before anything is pulled: a batch of 0 would queue every call forever.
   if (name !== undefined && typeof name !== "string")
     throw new InvalidParameterError("the model name must be a string", "name");
+  checkOptionNames(options, ["onProgress", "maxBatch"]);
+  if (options.onProgress !== undefined && typeof options.onProgress !== "function")
+    throw new InvalidParameterError("onProgress must be a function", "onProgress");
   const maxBatch = options.maxBatch ?? 4;
   if (!(Number.isInteger(maxBatch) && maxBatch > 0))
     throw new InvalidParameterError(`maxBatch must be a whole number > 0 (got ${maxBatch})`, "maxBatch");
   const path = await resolveModelPath(name, { onProgress: options.onProgress ?? (() => {}) });
-  return new Model(loadModel(path), maxBatch);
+  const model = new Model(loadModel(path), maxBatch);
+  waitForMlxAtExit();
+  return model;
+}
+
+let waitsForMlxAtExit = false;
+
+/**
+ * Node's process.exit() runs the C++ static destructors at once, MLX's allocator's among them,
+ * while MLX's thread may still be evaluating a step sent ahead (asyncEvaluate): that step then
+ * writes into freed memory and the process dies (SIGSEGV, SIGABRT). 'exit' handlers run before
+ * those destructors: one small evaluation there waits for the work queued before it.
+ */
+function waitForMlxAtExit(): void {
+  if (waitsForMlxAtExit) return;
+  waitsForMlxAtExit = true;
+  process.once("exit", () => mx.scope(() => mx.evaluate(mx.add(mx.scalar(0), mx.scalar(0)))));
 }
 
 export class Model {
   readonly #scheduler: Scheduler;
   readonly #chats = new Set<Chat>();
+  /** Aborted by close(): an embedding in progress stops before its next pass reads the freed weights. */
+  readonly #closing = new AbortController();
   #closed = false;
 
   /** @internal use load() */
@@ -135,12 +178,22 @@ export class Model {
     this.#checkOpen();
     if (!Array.isArray(texts) || texts.some((t) => typeof t !== "string"))
       throw new InvalidParameterError("embed() takes an array of strings", "texts");
-    return (await embed(this.lm, texts, options)).vectors;
+    checkOptionNames(options, ["dimensions"]);
+    try {
+      // Errors about a text name it as the caller wrote it ("texts.1"), not as the server's "input".
+      const embedding = await embed(this.lm, texts, { ...options, param: "texts", signal: this.#closing.signal });
+      return embedding.vectors;
+    } catch (error) {
+      // Vectors are all or nothing: an embedding that close() cut short has none to give.
+      if (error instanceof EmbeddingCancelled) this.#checkOpen();
+      throw error;
+    }
   }
 
   /** A conversation whose turns reuse the keys and values of the turns before. */
   chat(options: { system?: string } = {}): Chat {
     this.#checkOpen();
+    checkOptionNames(options, ["system"]);
     if (options.system !== undefined && typeof options.system !== "string")
       throw new InvalidParameterError("system must be a string", "system");
     const chat = new Chat(new Conversation(this.lm, options.system), () => this.#chats.delete(chat));
@@ -148,10 +201,14 @@ export class Model {
     return chat;
   }
 
-  /** Frees the model and everything generating with it (those calls end "cancelled"); later calls throw ClosedError. */
+  /**
+   * Frees the model and everything generating with it (those calls end "cancelled", an embed()
+   * in progress throws ClosedError); later calls throw ClosedError.
+   */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#closing.abort();
     for (const chat of [...this.#chats]) chat.close();
     this.#scheduler.dispose();
     this.lm.free();
@@ -199,6 +256,7 @@ export class Chat {
   ): AsyncGenerator<string, CompletionResult> {
     this.#checkOpen();
     if (typeof text !== "string") throw new InvalidParameterError("a chat message must be a string", "text");
+    checkOptionNames(options, turnOptionNames);
     checkOptions(options);
     const previous = this.#lastTurn;
     let endTurn!: () => void;
@@ -250,6 +308,21 @@ function sampling(o: GenerateOptions): SamplingParams {
 }
 
 /**
+ * Options are an object of known keys: a TypeError on `null`, or a misspelt key silently left
+ * out (`max_tokens` would generate until the context is full), is what this spares the caller.
+ */
+function checkOptionNames(options: object, names: readonly string[]): void {
+  if (typeof options !== "object" || options === null || Array.isArray(options))
+    throw new InvalidParameterError(`the options must be an object (got ${JSON.stringify(options)})`, "options");
+  for (const key of Object.keys(options)) {
+    if (names.includes(key)) continue;
+    const camelCase = key.replace(/_([a-z])/g, (_, letter: string) => letter.toUpperCase());
+    const hint = names.includes(camelCase) ? `did you mean ${camelCase}?` : `the options are ${names.join(", ")}`;
+    throw new InvalidParameterError(`unknown option ${key} (${hint})`, key);
+  }
+}
+
+/**
  * The options the engine would take silently or fail on with a TypeError: a library user gets
  * the InvalidParameterError the server's 400 would name.
  */
@@ -257,6 +330,8 @@ function checkOptions(o: GenerateOptions): void {
   const fail = (message: string, param: string) => {
     throw new InvalidParameterError(message, param);
   };
+  for (const flag of ["raw", "think"] as const)
+    if (o[flag] !== undefined && typeof o[flag] !== "boolean") fail(`${flag} must be true or false`, flag);
   if (o.maxTokens !== undefined && !(Number.isInteger(o.maxTokens) && o.maxTokens > 0))
     fail(`maxTokens must be a whole number > 0 (got ${o.maxTokens})`, "maxTokens");
   if (o.thinkingBudget !== undefined && !(Number.isInteger(o.thinkingBudget) && o.thinkingBudget >= 0))
@@ -294,10 +369,15 @@ function checkSampling(o: GenerateOptions): void {
 
 const roles: readonly string[] = ["system", "user", "assistant"] satisfies Message["role"][];
 
-function checkPrompt(prompt: Prompt): void {
+function checkPrompt(prompt: Prompt, o: GenerateOptions): void {
   if (typeof prompt === "string") return;
   if (!Array.isArray(prompt))
     throw new InvalidParameterError("the prompt must be a string or an array of messages", "prompt");
+  if (prompt.length === 0) throw new InvalidParameterError("the prompt has no messages", "prompt");
+  // A list of messages is rendered as it is: these two would be dropped without a word.
+  if (o.system !== undefined)
+    throw new InvalidParameterError("system is for a text prompt: put a system message first in the list", "system");
+  if (o.raw) throw new InvalidParameterError("raw is for a text prompt, not a list of messages", "raw");
   prompt.forEach((m, i) => {
     if (!m || !roles.includes(m.role) || typeof m.content !== "string")
       throw new InvalidParameterError(
@@ -308,7 +388,8 @@ function checkPrompt(prompt: Prompt): void {
 }
 
 function spec(prompt: Prompt, o: GenerateOptions): GenerationSpec {
-  checkPrompt(prompt);
+  checkOptionNames(o, generateOptionNames);
+  checkPrompt(prompt, o);
   checkOptions(o);
   const input: PromptInput =
     typeof prompt === "string"

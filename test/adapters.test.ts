@@ -2,15 +2,17 @@
 // adapter, clear errors for a bad adapter, and `mlx serve` answering the base and two adapters
 // of one loaded model at once, each request exactly as it is answered alone.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { Ollama } from "ollama";
 import OpenAI from "openai";
+import * as mx from "../src/mlx";
 import type { RunningServer } from "../src/server/app";
-import { cliRunner } from "./helpers/cli";
+import { cliRunner, mainScript } from "./helpers/cli";
 import { lastLayers, writeRandomAdapter } from "./helpers/random-adapter";
 import { serve, tinyModel } from "./helpers/serve";
-import { tinyDims } from "./helpers/tiny-model";
+import { tinyDims, tinyMoE, writeTinyModel } from "./helpers/tiny-model";
 
 const { hidden, heads, kvHeads, headDim, intermediate } = tinyDims;
 const projections: Record<string, [number, number]> = {
@@ -22,6 +24,7 @@ const root = mkdtempSync(join(tmpdir(), "mlx-adapters-"));
 const home = join(root, "home");
 const adapterA = join(root, "adapter-a");
 const adapterB = join(root, "adapter-b");
+const adapterHalf = join(root, "adapter-half");
 let model: string;
 
 beforeAll(() => {
@@ -34,10 +37,12 @@ beforeAll(() => {
     rank: 8,
     strength: 0.5,
   });
+  writeRandomAdapter(adapterHalf, { layers: lastLayers(2, 2, projections), seed: 3, strength: 0.5, dtype: "bfloat16" });
   mkdirSync(home, { recursive: true });
   writeFileSync(
     join(home, "models.toml"),
-    `[models.tiny]\nsource = "${model}"\n\n[models.tiny-tuned]\nsource = "tiny"\nadapter = "${adapterA}"\n`,
+    `[models.tiny]\nsource = "${model}"\n\n[models.tiny-tuned]\nsource = "tiny"\nadapter = "${adapterA}"\n` +
+      `\n[models.tiny-tuned-again]\nsource = "tiny-tuned"\n`,
   );
 });
 afterAll(() => rmSync(root, { recursive: true, force: true }));
@@ -58,6 +63,35 @@ describe("mlx run with adapters", () => {
     expect(await ids(["-m", "tiny-tuned"])).toEqual(adapted);
   }, 60_000);
 
+  test("an alias whose source is a base-plus-adapter alias keeps that adapter; two adapters in a chain are refused", async () => {
+    expect(await ids(["-m", "tiny-tuned-again"])).toEqual(await ids(["-m", "tiny", "--adapter", adapterA]));
+    // Two adapters in one chain: models.toml is refused, as a chain that loops is.
+    const twiceHome = join(root, "twice-home");
+    mkdirSync(twiceHome, { recursive: true });
+    const toml = join(twiceHome, "models.toml");
+    writeFileSync(
+      toml,
+      `${readFileSync(join(home, "models.toml"), "utf8")}\n[models.tiny-tuned-twice]\nsource = "tiny-tuned"\nadapter = "${adapterB}"\n`,
+    );
+    const twice = await cliRunner(twiceHome)(["run", "-m", "tiny", "hi"]);
+    expect(twice.code).toBe(1);
+    expect(twice.stderr).toMatch(
+      new RegExp(
+        `^error: ${toml}:\\d+: model 'tiny-tuned-twice': 'tiny-tuned-twice' and its source 'tiny-tuned' both have an adapter \\(one at a time\\)\n$`,
+      ),
+    );
+  }, 60_000);
+
+  test("mlx cache-prompt refuses an alias with an adapter, whose keys and values it would not compute", async () => {
+    const file = join(root, "tuned.cache");
+    const r = await mlx(["cache-prompt", "-m", "tiny-tuned", file], "A document to cache.");
+    expect(r).toMatchObject({
+      code: 1,
+      stderr: `error: model 'tiny-tuned' applies an adapter (${adapterA}), but a prompt cache holds the base model's keys and values: give its base model\n`,
+    });
+    expect(existsSync(file)).toBe(false);
+  }, 60_000);
+
   test("mlx fuse stores the merged model, which answers as the base with the adapter", async () => {
     const fused = await mlx(["fuse", "tiny", "--adapter", adapterA, "tiny-fused"]);
     expect(fused.code).toBe(0);
@@ -67,6 +101,12 @@ describe("mlx run with adapters", () => {
     const again = await mlx(["fuse", "tiny-tuned", "tiny-fused"]);
     expect(again.code).toBe(0);
     expect(again.stdout).toBe(fused.stdout);
+    // Under another name, the earlier fuse is the answer: the name asked for is said not to exist.
+    const renamed = await mlx(["fuse", "tiny", "--adapter", adapterA, "tiny-fused-again"]);
+    expect(renamed.stdout).toBe(fused.stdout);
+    expect(renamed.stderr).toContain(
+      "the same base and adapter were fused before, as tiny-fused: use that name (tiny-fused-again was not stored)",
+    );
   }, 60_000);
 
   test("a bad adapter is one line and a non-zero exit", async () => {
@@ -82,6 +122,31 @@ describe("mlx run with adapters", () => {
     expect(r.code).not.toBe(0);
     expect(r.stderr).toContain("'model.layers.0.self_attn.q_proj' has lora_a [32,4]");
     expect(r.stderr.trim().split("\n")).toHaveLength(1);
+    // Integer tensors (a botched conversion) would round the update to nothing.
+    const integers = join(root, "integers");
+    writeRandomAdapter(integers, { layers: { "model.layers.1.self_attn.q_proj": projections["self_attn.q_proj"]! } });
+    const file = join(integers, "adapters.safetensors");
+    const { tensors } = mx.loadSafetensors(file);
+    const asIntegers = new Map([...tensors].map(([name, t]) => [name, mx.astype(t, mx.Dtype.int32)]));
+    mx.saveSafetensors(file, asIntegers, { format: "mlx" });
+    for (const t of [...tensors.values(), ...asIntegers.values()]) t.free();
+    const rounded = await mlx(["run", "-m", "tiny", "--adapter", integers, "hi"]);
+    expect(rounded.code).toBe(1);
+    expect(rounded.stderr).toMatch(
+      /^error: \S+integers\/adapters\.safetensors: 'model\.layers\.1\.self_attn\.q_proj\.lora_[ab]' holds int32 values, but an adapter's are floating point\n$/,
+    );
+    // mlx-lm's default keys on a mixture-of-experts model adapt its experts too (refused by name, before any shape).
+    const moe = join(root, "tiny-moe");
+    writeTinyModel(moe, { modelType: "qwen3_moe" });
+    const experts = join(root, "experts");
+    writeRandomAdapter(experts, {
+      layers: { "model.layers.1.mlp.switch_mlp.gate_proj": [hidden, tinyMoE.intermediate] },
+    });
+    const expertsRun = await mlx(["run", "-m", moe, "--adapter", experts, "hi"]);
+    expect(expertsRun.code).toBe(1);
+    expect(expertsRun.stderr).toMatch(
+      /^error: \S+experts\/adapters\.safetensors: 'model\.layers\.1\.mlp\.switch_mlp\.gate_proj\.lora_[ab]' adapts a mixture-of-experts layer's experts \(mlx-lm's LoRASwitchLinear\), which is not supported yet: train it with lora_parameters\.keys leaving the experts out\n$/,
+    );
     const both = await mlx(["run", "-m", "tiny-tuned", "--adapter", adapterB, "hi"]);
     expect(both.stderr).toContain("already has an adapter");
     const notObject = join(root, "not-object");
@@ -123,6 +188,42 @@ describe("mlx run with adapters", () => {
   }, 60_000);
 });
 
+/** `mlx serve` with `args`, which must exit at start: its exit code and stderr. */
+async function serveRefused(args: string[]): Promise<{ code: number; stderr: string }> {
+  // Before these checks the server started: the timeout ends it, and the test fails.
+  const proc = Bun.spawn([process.execPath, mainScript, "serve", "--port", "0", "-m", model, ...args], {
+    stdout: "ignore",
+    stderr: "pipe",
+    env: { ...process.env, MLX_HOME: home, NO_COLOR: "1" },
+    timeout: 60_000,
+  });
+  const stderr = await new Response(proc.stderr).text();
+  return { code: await proc.exited, stderr };
+}
+
+test("mlx serve refuses at start an --adapter whose config no request could load", async () => {
+  const full = join(root, "full-fine-tune");
+  writeRandomAdapter(full, { layers: lastLayers(2, 1, projections) });
+  const configPath = join(full, "adapter_config.json");
+  writeFileSync(
+    configPath,
+    JSON.stringify({ ...JSON.parse(readFileSync(configPath, "utf8")), fine_tune_type: "full" }),
+  );
+  // Before this check every request for the name was answered with a 500.
+  expect(await serveRefused(["--adapter", `x=${full}`])).toEqual({
+    code: 1,
+    stderr: `error: --adapter 'x=${full}': ${full} is a full fine-tune (fine_tune_type "full"): its adapters.safetensors replaces weights rather than adapting them; merge it with mlx_lm.fuse and load the result as a model\n`,
+  });
+}, 60_000);
+
+test("mlx serve refuses an --adapter name that already names a model, which it would hide", async () => {
+  for (const name of [model, "tiny-tuned"])
+    expect(await serveRefused(["--adapter", `${name}=${adapterB}`])).toEqual({
+      code: 1,
+      stderr: `error: --adapter '${name}=${adapterB}': '${name}' already names a model, which requests could then no longer reach: name the adapter otherwise (NAME=DIR)\n`,
+    });
+}, 150_000);
+
 describe("mlx serve with adapters", () => {
   let server: RunningServer;
   let client: OpenAI;
@@ -132,6 +233,7 @@ describe("mlx serve with adapters", () => {
       adapters: new Map([
         ["tuned-a", { base: model, dir: adapterA }],
         ["tuned-b", { base: model, dir: adapterB }],
+        ["tuned-half", { base: model, dir: adapterHalf }],
       ]),
     });
     client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
@@ -157,5 +259,25 @@ describe("mlx serve with adapters", () => {
     const listed = await client.models.list();
     expect(listed.data.map((m) => m.id)).toEqual(expect.arrayContaining(["tuned-a", "tuned-b"]));
     expect([...server.state.models.loaded[0]!.adapters.keys()].sort()).toEqual([adapterA, adapterB].sort());
+  }, 120_000);
+
+  test("an Ollama client's 'name:latest' of an adapter's name is that adapter, not its base", async () => {
+    const ollama = new Ollama({ host: server.url });
+    const generate = async (name: string) =>
+      (await ollama.generate({ model: name, prompt: "Once upon a time", options: { num_predict: 16, temperature: 0 } }))
+        .response;
+    const tuned = await generate("tuned-a");
+    expect(tuned).not.toBe(await generate(model));
+    expect(await generate("tuned-a:latest")).toBe(tuned);
+  }, 120_000);
+
+  test("a bfloat16 adapter batched with the base: each answer is its solo answer", async () => {
+    // On the CPU, MLX's gather_mm multiplies only float32: a half-precision stack failed the batch.
+    const names = ["tuned-half", model];
+    const alone = [];
+    for (const name of names) alone.push(await ask(name, "Once upon a time"));
+    expect(alone[0]).not.toBe(alone[1]);
+    const together = await Promise.all(names.map((name) => ask(name, "Once upon a time")));
+    expect(together).toEqual(alone);
   }, 120_000);
 });

@@ -185,6 +185,65 @@ describe("non-ASCII text in a schema is enforced as written", () => {
   });
 });
 
+describe("number bounds are enforced exactly", () => {
+  // xgrammar's own range grammars let through values past one side of a bound: an integer
+  // with only a minimum of 3 allowed 1, a number with a maximum of 10 allowed 10.5.
+  const validator = new Ajv({ strict: false });
+  const candidates: string[] = [];
+  for (let i = -25; i <= 25; i++) candidates.push(String(i), `${i}.5`, `${i}.05`);
+  candidates.push("-0.5", "123", "-123", "99.9", "1000.25");
+
+  const schemas: object[] = [
+    { type: "integer", minimum: 3 },
+    { type: "integer", maximum: -3 },
+    { type: "integer", minimum: -20 },
+    { type: "integer", exclusiveMinimum: -3, exclusiveMaximum: 12 },
+    { type: "integer", minimum: 1.5, maximum: 20.5 },
+    { type: "number", minimum: -5, maximum: 10 },
+    { type: "number", minimum: 3 },
+    { type: "number", maximum: -3 },
+    { type: "number", exclusiveMinimum: 0, exclusiveMaximum: 1 },
+    { type: "number", exclusiveMinimum: 5 },
+    { type: "number", exclusiveMaximum: -2 },
+    { type: "number", minimum: -20, maximum: -10 },
+    { type: ["integer", "null"], minimum: 7, maximum: 120 },
+  ];
+  for (const schema of schemas) {
+    test(JSON.stringify(schema), async () => {
+      const valid = validator.compile(schema);
+      const wronglyAllowed: string[] = [];
+      const wronglyRefused: string[] = [];
+      for (const text of candidates) {
+        const c = await createJsonConstraint(lm.tokenizer, { schema });
+        const accepted = c.accepted(lm.tokenizer.encode(text, { addSpecialTokens: false }));
+        c.dispose();
+        if (accepted !== valid(JSON.parse(text))) (accepted ? wronglyAllowed : wronglyRefused).push(text);
+      }
+      expect({ wronglyAllowed, wronglyRefused }).toEqual({ wronglyAllowed: [], wronglyRefused: [] });
+    });
+  }
+
+  test("whole values of a bounded integer are all allowed, with null where the type lists it", async () => {
+    const schema = { type: ["integer", "null"], minimum: 7, maximum: 120 };
+    const accepts = async (text: string) => {
+      const c = await createJsonConstraint(lm.tokenizer, { schema });
+      try {
+        return c.accepted(lm.tokenizer.encode(text, { addSpecialTokens: false }));
+      } finally {
+        c.dispose();
+      }
+    };
+    for (const text of ["7", "19", "99", "100", "120", "null"]) expect(await accepts(text)).toBe(true);
+    for (const text of ["6", "121", "07", "-7", "7.5"]) expect(await accepts(text)).toBe(false);
+  });
+
+  test("bounds no value meets are refused", async () => {
+    await expect(validateSchema({ type: "integer", minimum: 5, maximum: 4 })).rejects.toThrow(
+      /unsupported schema: no integer lies within the bounds/,
+    );
+  });
+});
+
 describe("--format json mode and limits", () => {
   test('"json" gives a parseable JSON object whenever it ends', async () => {
     let stopped = 0;
@@ -322,6 +381,11 @@ describe("invalid or unsupported schemas are a clear error naming the offending 
       /\/properties\/mail\/format "email" is not supported/,
     ],
     ["a fractional bound on a number", { type: "number", maximum: 1.5 }, /\/maximum must be a whole number/],
+    [
+      "a bound without a type (xgrammar would allow any value)",
+      { type: "object", properties: { n: { minimum: 3 } } },
+      /\/properties\/n\/minimum needs "type": "integer" or "number"/,
+    ],
     [
       "what xgrammar refuses",
       { type: "object", minProperties: 2, additionalProperties: false },

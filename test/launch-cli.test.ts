@@ -3,13 +3,15 @@
 // left running), and a prompt cache saved by a split model (every rank's share written before it ends).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { spawn } from "node:child_process";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loopbackHosts } from "../src/cmd/launch";
 import { readHostfile, ringHostfile } from "../src/cmd/launch-plan";
-import { cliRunner } from "./helpers/cli";
-import { launchServe } from "./helpers/launch";
+import OpenAI from "openai";
+import { cliRunner, mainScript } from "./helpers/cli";
+import { launchServe, rankPids } from "./helpers/launch";
 import { writeTinyModel } from "./helpers/tiny-model";
 
 const home = process.env.MLX_HOME ?? join(import.meta.dir, "..", ".cache", "mlx-home");
@@ -53,6 +55,41 @@ describe("mlx launch: the command after --", () => {
     }
   });
 
+  test("the command's own --rank or --hostfile (which would win over launch's) is refused at once, not left to hang", async () => {
+    const ring = join(dir, "own-ring.json");
+    writeFileSync(ring, JSON.stringify([["127.0.0.1:1"], ["127.0.0.1:2"], ["127.0.0.1:3"]]));
+    for (const [flag, ...value] of [["--rank", "1"], ["--rank=1"], ["--hostfile", ring]]) {
+      const { stdout, stderr, code } = await mlx(["launch", "-n", "2", "--", "run", "-m", tiny, flag!, ...value, "hi"]);
+      expect(stdout).toBe("");
+      expect(stderr).toBe(
+        `error: mlx launch gives each rank its --hostfile and --rank: leave '${flag!.split("=")[0]}' out of the command (mlx launch --hostfile FILE sets the hosts)\n`,
+      );
+      expect(code).toBe(1);
+    }
+  }, 60_000);
+
+  test("what would run whole on every rank (bench --url, a remote model) is refused before any rank starts", async () => {
+    const bench = await mlx(["launch", "-n", "2", "--", "bench", "--url", "http://127.0.0.1:9", "--requests", "1"]);
+    expect(bench.stdout).toBe("");
+    expect(bench.stderr).toBe(
+      "error: bench --url measures a server, with no model to split: run it without mlx launch\n",
+    );
+    expect(bench.code).toBe(1);
+    // A models.toml alias of a provider: each rank would send the provider its own request.
+    const remoteHome = join(dir, "remote-home");
+    mkdirSync(remoteHome, { recursive: true });
+    writeFileSync(
+      join(remoteHome, "models.toml"),
+      '[models.far]\nprovider = "openai"\nbase_url = "http://127.0.0.1:9/v1"\nmodel = "smollm2"\n',
+    );
+    const remote = await cliRunner(remoteHome)(["launch", "-n", "2", "--", "run", "-m", "far", "hi"]);
+    expect(remote.stdout).toBe("");
+    expect(remote.stderr).toBe(
+      "error: 'far' is a remote model (models.toml): its provider runs it, with nothing to split across ranks\n",
+    );
+    expect(remote.code).toBe(1);
+  }, 60_000);
+
   test("-- run --help shows run's help once, not launch's", async () => {
     const { stdout, stderr, code } = await mlx(["launch", "-n", "2", "--", "run", "--help"]);
     expect(code).toBe(0);
@@ -62,6 +99,45 @@ describe("mlx launch: the command after --", () => {
     // launch's own --help still shows launch's.
     expect((await mlx(["launch", "--help", "--", "run"])).stdout).toContain("USAGE mlx launch");
   });
+});
+
+describe("mlx launch: the ranks' split flags", () => {
+  test('an empty --layers (an unset "$SPLIT") is refused, in --plan and in a launched run, not taken as the default split', async () => {
+    const refusal = "error: --layers is empty: give one range of layers per rank, e.g. 0-9,10-29\n";
+    const plan = await mlx(["launch", "-n", "2", "--plan", "--", "run", "-m", tiny, "--layers", "", "hi"]);
+    expect(plan.stdout).toBe("");
+    expect(plan.stderr).toBe(refusal);
+    expect(plan.code).toBe(1);
+    const run = await mlx(["launch", "-n", "2", "--", "run", "-m", tiny, "--layers", " ", "--max-tokens", "2", "hi"]);
+    expect(run.stdout).toBe("");
+    expect(run.stderr).toContain(refusal);
+    expect(run.code).toBe(1);
+  }, 60_000);
+
+  test("a --peer-timeout past what the watchdog can count (about 24 days) is refused in one line", async () => {
+    for (const seconds of ["1e7", "1e12"]) {
+      const { stdout, stderr, code } = await mlx([
+        "launch",
+        "-n",
+        "2",
+        "--",
+        "run",
+        "-m",
+        tiny,
+        "--peer-timeout",
+        seconds,
+        "--max-tokens",
+        "2",
+        "hi",
+      ]);
+      expect(stdout).toBe("");
+      expect(stderr).toContain(
+        `error: --peer-timeout must be a number of seconds > 0 and at most 2147483 (got '${seconds}')\n`,
+      );
+      expect(stderr).not.toContain("TimeoutOverflowWarning");
+      expect(code).toBe(1);
+    }
+  }, 60_000);
 });
 
 describe("mlx launch: hostfiles", () => {
@@ -167,6 +243,102 @@ describe("mlx launch: the launcher ended", () => {
     },
     60_000,
   );
+});
+
+describe("mlx launch -- chat", () => {
+  test("/model is refused (the other ranks hold the first model's layers) and the chat goes on with the split model", async () => {
+    const chat = ["chat", "-m", tiny, "--temp", "0", "--max-tokens", "6"];
+    const alone = await mlx(chat, "Hello\nAnd again?\n");
+    const split = await mlx(["launch", "-n", "2", "--", ...chat], "Hello\n/model smollm2\nAnd again?\n");
+    expect(split.stderr).toBe(
+      "error: the model is split across processes (mlx launch): /model cannot switch it; launch again with -m smollm2\n",
+    );
+    expect(split.stdout).toBe(alone.stdout);
+    expect(split.code).toBe(0);
+  }, 120_000);
+});
+
+/** Collects a child's output as it comes. */
+function collect(stream: NodeJS.ReadableStream): { text: () => string } {
+  let text = "";
+  stream.on("data", (chunk: Buffer) => {
+    text += chunk.toString();
+  });
+  return { text: () => text };
+}
+
+/** Waits up to `ms` for `ready()`; whether it came. */
+async function until(ready: () => boolean, ms: number): Promise<boolean> {
+  for (const deadline = Date.now() + ms; Date.now() < deadline; await Bun.sleep(50)) if (ready()) return true;
+  return ready();
+}
+
+describe("mlx launch: signals reach rank 0 once each", () => {
+  test("every SIGINT to the launcher stops one chat answer, as Ctrl-C does alone: the second does not end the chat", async () => {
+    const launcher = spawn(
+      process.execPath,
+      [mainScript, "launch", "-n", "2", "--", "chat", "-m", tiny, "--max-tokens", "100000"],
+      { env: { ...process.env, MLX_HOME: home, NO_COLOR: "1" }, stdio: ["pipe", "pipe", "pipe"] },
+    );
+    const stdout = collect(launcher.stdout!);
+    const stderr = collect(launcher.stderr!);
+    const exited = new Promise<number | null>((resolve) => launcher.on("exit", (code) => resolve(code)));
+    let ranks: number[] = [];
+    try {
+      for (const turn of [1, 2]) {
+        const before = stdout.text().length;
+        launcher.stdin!.write(`Count to a million (${turn})\n`);
+        expect(await until(() => stdout.text().length > before, 30_000)).toBe(true); // answering
+        ranks = [...rankPids(launcher.pid!).values()];
+        expect(ranks.length).toBe(2);
+        launcher.kill("SIGINT");
+        const stopped = () => stderr.text().split("(stopped)").length - 1 === turn;
+        expect(await until(stopped, 20_000)).toBe(true);
+      }
+      launcher.stdin!.end();
+      expect(await exited).toBe(0);
+    } finally {
+      launcher.kill("SIGKILL");
+      for (const pid of rankPids(launcher.pid!).values()) process.kill(pid, "SIGKILL");
+    }
+    expect(await allGone(ranks, 15_000)).toBe(true);
+  }, 120_000);
+
+  test("a Ctrl-C to the launcher's process group (a terminal's) lets serve's request in flight finish, as alone", async () => {
+    // A group of its own, as a terminal's foreground job: the signal goes to every process in it.
+    const launcher = spawn(
+      process.execPath,
+      [mainScript, "launch", "-n", "2", "--", "serve", "--port", "0", "-m", tiny],
+      { env: { ...process.env, MLX_HOME: home, NO_COLOR: "1" }, stdio: ["ignore", "pipe", "pipe"], detached: true },
+    );
+    const stderr = collect(launcher.stderr!);
+    const exited = new Promise<number | null>((resolve) => launcher.on("exit", (code) => resolve(code)));
+    try {
+      expect(await until(() => /listening on http:\S+/.test(stderr.text()), 30_000)).toBe(true);
+      const url = /listening on (http:\S+)/.exec(stderr.text())![1]!;
+      const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: "none" });
+      const stream = await client.completions.create({
+        model: tiny,
+        prompt: "Count:",
+        max_tokens: 400,
+        stream: true,
+      });
+      let tokens = 0;
+      let finish: string | null = null;
+      for await (const chunk of stream) {
+        if (tokens++ === 0) process.kill(-launcher.pid!, "SIGINT");
+        finish = chunk.choices[0]?.finish_reason ?? finish;
+      }
+      expect(finish).toBe("length");
+      expect(await exited).toBe(0);
+    } finally {
+      try {
+        process.kill(-launcher.pid!, "SIGKILL");
+      } catch {
+        // Gone already.
+      }
+    }
+  }, 120_000);
 });
 
 describe("mlx launch -- cache-prompt", () => {

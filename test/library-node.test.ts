@@ -3,18 +3,22 @@
 // and answers greedily; both give the token ids `mlx run` gives. Needs the default model
 // (fetched into the store on first use) and dist/node/index.js (scripts/setup.sh builds it).
 import { describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync, symlinkSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { cliRunner } from "./helpers/cli";
 
 const root = join(import.meta.dir, "..");
 const script = join(import.meta.dir, "fixtures", "library-greedy.mjs");
 const lifecycle = join(import.meta.dir, "fixtures", "library-lifecycle.mjs");
+const exitScript = join(import.meta.dir, "fixtures", "library-exit.mjs");
 const home = process.env.MLX_HOME ?? join(root, ".cache", "mlx-home");
 const prompt = "Name three colours.";
 const maxTokens = 12;
 
-async function library(runtime: string, args = [script, prompt, String(maxTokens)]): Promise<any> {
-  const proc = Bun.spawn([runtime, ...args], {
+/** `command` run from the repository on the test's store, to its end: its output, status and signal. */
+async function runToEnd(command: string[]) {
+  const proc = Bun.spawn(command, {
     cwd: root,
     env: { ...process.env, MLX_HOME: home },
     stdout: "pipe",
@@ -25,6 +29,11 @@ async function library(runtime: string, args = [script, prompt, String(maxTokens
     new Response(proc.stderr).text(),
     proc.exited,
   ]);
+  return { stdout, stderr, code, signal: proc.signalCode };
+}
+
+async function library(runtime: string, args = [script, prompt, String(maxTokens)]): Promise<any> {
+  const { stdout, stderr, code } = await runToEnd([runtime, ...args]);
   if (code !== 0) throw new Error(`${runtime} exited with ${code}: ${stderr.trim()}`);
   return JSON.parse(stdout);
 }
@@ -63,6 +72,42 @@ describe("the library", () => {
         "ClosedError: the model is closed (close() was called); load it again to use it",
         "ClosedError: the chat is closed (close() was called on it or on its model)",
       ]);
+    }
+  }, 300_000);
+
+  test("on Node, process.exit() while a generation runs exits cleanly, run after run", async () => {
+    // This source built for Node as scripts/setup.sh builds dist/node, beside the package's modules (ffi-rs).
+    const dir = mkdtempSync(join(tmpdir(), "mlx-library-"));
+    try {
+      symlinkSync(join(root, "node_modules"), join(dir, "node_modules"));
+      const build = Bun.spawnSync(
+        [
+          process.execPath,
+          "build",
+          "--target",
+          "node",
+          "src/index.ts",
+          "--outfile",
+          join(dir, "index.js"),
+          "--external",
+          "ffi-rs",
+        ],
+        { cwd: root, stderr: "pipe" },
+      );
+      if (build.exitCode !== 0) throw new Error(`the Node build failed: ${build.stderr.toString()}`);
+      // The crash (MLX's allocator destroyed under its running thread) came in about half the runs.
+      for (let run = 0; run < 8; run++) {
+        const { stdout, stderr, code, signal } = await runToEnd(["node", exitScript, join(dir, "index.js")]);
+        expect({ run, stdout, code, signal, stderr: stderr.slice(-300) }).toEqual({
+          run,
+          stdout: "exiting\n",
+          code: 0,
+          signal: null,
+          stderr: "",
+        });
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   }, 300_000);
 });

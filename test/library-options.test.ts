@@ -1,7 +1,7 @@
 // The library's options as a caller writes them (Bun, in process; test/library-node.test.ts runs
 // the package on Node and Bun): a bad value is an InvalidParameterError that names the option by
 // its own name, before any generation starts, and never a TypeError from deep in the engine nor a
-// value quietly ignored. Needs the default model in the store.
+// value quietly ignored; close() stops what runs on the model. Needs the default model in the store.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { InvalidParameterError, load, type GenerateOptions, type Model } from "../src/index";
@@ -62,11 +62,94 @@ describe("the library's options", () => {
     expect(result.finishReason).toBe("length");
   }, 120_000);
 
+  test("a misspelt or unknown option, options that are no object and wrong-typed flags are refused, never ignored", async () => {
+    const bad = (o: unknown) => o as never;
+    // Left out, `max_tokens` let the answer run until the context was full.
+    expect(await errorOf(() => model.generate("Hi", bad({ max_tokens: 3 })))).toBe(
+      "max_tokens: unknown option max_tokens (did you mean maxTokens?)",
+    );
+    expect(await errorOf(async () => model.stream("Hi", bad({ maxTokens: 3, stop_sequences: ["."] })).next())).toMatch(
+      /^stop_sequences: unknown option stop_sequences \(the options are maxTokens, temperature, /,
+    );
+    expect(await errorOf(() => model.generate("Hi", bad(null)))).toBe(
+      "options: the options must be an object (got null)",
+    );
+    expect(await errorOf(() => model.generate("Hi", bad("fast")))).toBe(
+      'options: the options must be an object (got "fast")',
+    );
+    // "no" is truthy: taken as it was, it turned thinking on.
+    expect(await errorOf(() => model.generate("Hi", bad({ maxTokens: 3, think: "no" })))).toBe(
+      "think: think must be true or false",
+    );
+    expect(await errorOf(() => model.generate("Hi", bad({ maxTokens: 3, raw: "yes" })))).toBe(
+      "raw: raw must be true or false",
+    );
+    expect(await errorOf(() => model.embed(["Hi"], bad(null)))).toBe(
+      "options: the options must be an object (got null)",
+    );
+    expect(await errorOf(() => model.embed(["Hi"], bad({ dimension: 8 })))).toBe(
+      "dimension: unknown option dimension (the options are dimensions)",
+    );
+    expect(await errorOf(async () => model.chat(bad(null)))).toBe("options: the options must be an object (got null)");
+    // The text at fault is named as the caller wrote the argument, not as the server's `input`.
+    expect(await errorOf(() => model.embed(["Hi", ""]))).toBe("texts.1: 'texts.1' is empty");
+    expect(await errorOf(() => load(undefined, bad({ max_batch: 2 })))).toBe(
+      "max_batch: unknown option max_batch (did you mean maxBatch?)",
+    );
+    expect(await errorOf(() => load(undefined, bad({ onProgress: "yes" })))).toBe(
+      "onProgress: onProgress must be a function",
+    );
+    // A chat's system prompt is the chat's own; a turn that took one would drop it without a word.
+    const chat = model.chat();
+    expect(await errorOf(() => chat.send("Hi", bad({ maxTokens: 3, system: "Be brief." })))).toMatch(
+      /^system: unknown option system \(the options are /,
+    );
+    expect(chat.messages).toEqual([]);
+  }, 120_000);
+
+  test("a list of messages is refused empty, or with the options of a text prompt it would drop", async () => {
+    const hi = [{ role: "user" as const, content: "Hi" }];
+    expect(await errorOf(() => model.generate([], { maxTokens: 3 }))).toBe("prompt: the prompt has no messages");
+    expect(await errorOf(() => model.generate(hi, { maxTokens: 3, system: "Be brief." }))).toBe(
+      "system: system is for a text prompt: put a system message first in the list",
+    );
+    expect(await errorOf(() => model.generate(hi, { maxTokens: 3, raw: true }))).toBe(
+      "raw: raw is for a text prompt, not a list of messages",
+    );
+    const result = await model.generate(hi, { maxTokens: 3, raw: false });
+    expect(result.finishReason).toBe("length");
+  }, 120_000);
+
   test("load() refuses a batch size that would queue every call forever, and a name that is no string", async () => {
     for (const maxBatch of [0, -1, 1.5])
       expect(await errorOf(() => load(undefined, { maxBatch }))).toBe(
         `maxBatch: maxBatch must be a whole number > 0 (got ${maxBatch})`,
       );
     expect(await errorOf(() => load(5 as unknown as string))).toBe("name: the model name must be a string");
+  }, 120_000);
+});
+
+describe("the library's close() and clear()", () => {
+  test("a chat cleared while a turn streams starts again empty: the turn cut short writes nothing back", async () => {
+    const chat = model.chat();
+    await chat.send("My name is Ann.", { maxTokens: 5 });
+    for await (const _ of chat.stream("Write a long essay about Rome.", { maxTokens: 50 })) chat.clear();
+    expect(chat.messages).toEqual([]);
+    await chat.send("Hi", { maxTokens: 3 });
+    expect(chat.messages.map((m) => m.role)).toEqual(["user", "assistant"]);
+    chat.close();
+  }, 120_000);
+
+  test("close() while embed() is at work ends it with a ClosedError, and the next load works", async () => {
+    const own = await load();
+    const embedding = own.embed(["The first sentence.", "The second sentence."]);
+    // embed() has started and waits for its first pass: that pass would read the freed weights.
+    own.close();
+    expect(await errorOf(() => embedding)).toBe(
+      "ClosedError: the model is closed (close() was called); load it again to use it",
+    );
+    const again = await load();
+    expect((await again.embed(["The first sentence."]))[0]?.length).toBe(again.lm.config.hiddenSize);
+    again.close();
   }, 120_000);
 });

@@ -18,6 +18,7 @@ import { chatTokens } from "../src/engine/prompt";
 import { defaultSampling } from "../src/engine/sampling";
 import { loadModel } from "../src/models/load";
 import type { ChatMessage } from "../src/tokenizer/tokenizer";
+import { writeScriptedModel } from "./helpers/scripted-model";
 import { writeTinyModel } from "./helpers/tiny-model";
 
 let server: RunningServer;
@@ -271,6 +272,76 @@ describe("tools", () => {
     expect(counted.input_tokens).toBeGreaterThan(bare.input_tokens + 20);
   }, 60_000);
 
+  test("a tool_use the next message leaves unanswered (or that ends the conversation), or a tool_result for no tool_use, is a 400 as Anthropic's", async () => {
+    const use = (id: string): Anthropic.ToolUseBlockParam => ({
+      type: "tool_use",
+      id,
+      name: "forecast",
+      input: { city: "Oslo", days: 1 },
+    });
+    const result = (id: string): Anthropic.ToolResultBlockParam => ({
+      type: "tool_result",
+      tool_use_id: id,
+      content: "Snow",
+    });
+    const cases: [Anthropic.MessageParam[], RegExp][] = [
+      // Not a prefill to go on with: the model would write on as if the call had run.
+      [
+        [...ask, { role: "assistant", content: [use("t1")] }],
+        /'messages\.1\.content' has tool_use blocks without a tool_result in the next message: t1/,
+      ],
+      [
+        [
+          ...ask,
+          { role: "assistant", content: [use("t1"), use("t2")] },
+          { role: "user", content: [result("t1"), { type: "text", text: "Go on" }] },
+        ],
+        /'messages\.1\.content' has tool_use blocks without a tool_result in the next message: t2$/,
+      ],
+      [
+        [...ask, { role: "assistant", content: [use("t1")] }, { role: "user", content: [result("t1"), result("t9")] }],
+        /'messages\.2\.content' has tool_result blocks for no tool_use of the message before: t9/,
+      ],
+      [[{ role: "user", content: [result("t1")] }], /'messages\.0\.content' has tool_result blocks for no tool_use/],
+    ];
+    // count_tokens reads the conversation as a generation does.
+    for (const [messages, message] of cases) {
+      for (const [route, body] of [
+        ["/v1/messages", { model, max_tokens: 4, tools, messages }],
+        ["/v1/messages/count_tokens", { model, tools, messages }],
+      ] as const) {
+        const r = await post(`${server.url}${route}`, body);
+        expect(r.status).toBe(400);
+        expect(r.json.error.type).toBe("invalid_request_error");
+        expect(r.json.error.message).toMatch(message);
+      }
+    }
+  });
+
+  test("prose before a call streams as the message read whole: the SDK's finalMessage is the created message", async () => {
+    // A model that writes "Sure.", a blank line, then a call to `now` (the grammar lays it out).
+    const scripted = join(mkdtempSync(join(tmpdir(), "mlx-serve-anthropic-")), "scripted");
+    writeScriptedModel(scripted, ["Sure", ".", "\n\n", "<tool_call>"]);
+    const request = {
+      model: scripted,
+      max_tokens: 120,
+      messages: ask,
+      tools: [{ name: "now", input_schema: { type: "object" as const, properties: {}, additionalProperties: false } }],
+      // One call: the script would go on writing calls after it.
+      tool_choice: { type: "auto" as const, disable_parallel_tool_use: true },
+      ...sampling({ temperature: 0 }),
+    };
+    const whole = await client.messages.create(request);
+    expect(whole.stop_reason).toBe("tool_use");
+    expect(whole.content.map((b) => b.type)).toEqual(["text", "tool_use"]);
+    expect(textOf(whole)).toBe("Sure.");
+    const streamed = await client.messages.stream(request).finalMessage();
+    // The blank line before the call is not streamed as text the whole message drops.
+    const withoutIds = (m: Anthropic.Message) => m.content.map((b) => (b.type === "tool_use" ? { ...b, id: "" } : b));
+    expect(withoutIds(streamed)).toEqual(withoutIds(whole));
+    expect(streamed.stop_reason).toBe("tool_use");
+  });
+
   test("streamed: tool input arrives as input_json_delta, and tool_choice 'any' calls some tool", async () => {
     let kinds: string[] = [];
     let partial = "";
@@ -420,6 +491,8 @@ describe("errors", () => {
       [{ thinking: { type: "enabled", budget_tokens: 1024 } }, /'thinking.budget_tokens' must be less than max_tokens/],
       [{ thinking: { type: "enabled", budget_tokens: 2 } }, /this model does not think/],
       [{ service_tier: "auto" }, /'service_tier' is not supported/],
+      // Anthropic's metadata has user_id alone: another key would be dropped unseen.
+      [{ metadata: { user_id: "u1", session: "s1" } }, /'metadata.session' is not supported/],
       [{ messages: [{ role: "system", content: "x" }] }, /messages\.0\.role/],
       [
         { messages: [{ role: "user", content: [{ type: "image", source: {} }] }] },

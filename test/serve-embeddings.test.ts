@@ -183,6 +183,19 @@ describe("Ollama /api/embed and /api/embeddings", () => {
     expect(whole.prompt_eval_count).toBeGreaterThan(8);
   });
 
+  test("takes the options a generation takes (one set sent to both), as Ollama does; an unknown one is a 400", async () => {
+    const ollama = new Ollama({ host: server.url });
+    const plain = await ollama.embed({ model, input: "Hello there" });
+    const options = { temperature: 0, top_k: 20, num_thread: 4, num_gpu: 99, use_mmap: true, num_ctx: 64 };
+    const withOptions = await ollama.embed({ model, input: "Hello there", options });
+    expect(withOptions.embeddings).toEqual(plain.embeddings);
+    const legacy = await ollama.embeddings({ model, prompt: "Hello there", options });
+    expect(legacy.embedding).toEqual(plain.embeddings[0]!);
+    const unknown = await post(`${server.url}/api/embed`, { model, input: "Hello there", options: { warmth: 1 } });
+    expect(unknown.status).toBe(400);
+    expect(unknown.json.error).toContain("options.warmth");
+  });
+
   test("a sentence-transformers config's pooling: mean differs from last-token except on one token", async () => {
     const ollama = new Ollama({ host: server.url });
     const [last, mean] = await Promise.all(
@@ -190,6 +203,40 @@ describe("Ollama /api/embed and /api/embeddings", () => {
     );
     expect(dot(last!.embeddings[0]!, mean!.embeddings[0]!)).toBeLessThan(0.999);
     mean!.embeddings[1]!.forEach((x, j) => expect(x).toBeCloseTo(last!.embeddings[1]![j]!, 5));
+  });
+});
+
+describe("the request timeout", () => {
+  test("bounds an embedding request as it bounds a generation: a 504 once it passes, on both routes", async () => {
+    // The model loaded first; then 2,048 inputs, a pass each, take far longer than 200 ms.
+    const hasty = serve({ requestTimeoutMs: 200, defaultModel: model });
+    try {
+      await hasty.state.models.acquire(model).then((lease) => lease.release());
+      const input = Array.from({ length: 2048 }, (_, i) => `sentence ${i} `.repeat(8));
+      const openaiRoute = await post(`${hasty.url}/v1/embeddings`, { model, input });
+      expect(openaiRoute.status).toBe(504);
+      expect(openaiRoute.json.error.code).toBe("request_timeout");
+      const ollamaRoute = await post(`${hasty.url}/api/embed`, { model, input });
+      expect(ollamaRoute.status).toBe(504);
+      expect(ollamaRoute.json.error).toContain("request timeout");
+    } finally {
+      await hasty.stop();
+    }
+  });
+});
+
+describe("the server's shutdown", () => {
+  test("ends an embedding request in flight with a 503, as it ends a generation, not a cut connection", async () => {
+    const stopping = serve({ defaultModel: model });
+    await stopping.state.models.acquire(model).then((lease) => lease.release());
+    const input = Array.from({ length: 2048 }, (_, i) => `sentence ${i} `.repeat(8));
+    const answer = post(`${stopping.url}/v1/embeddings`, { model, input });
+    // Stopped once the request holds the model, its inputs part done.
+    while (!stopping.state.models.loaded.some((e) => e.active > 0)) await Bun.sleep(5);
+    await stopping.stop();
+    const { status, json } = await answer;
+    expect(status).toBe(503);
+    expect(json.error.code).toBe("server_shutting_down");
   });
 });
 

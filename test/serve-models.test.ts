@@ -7,6 +7,7 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSyn
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Ollama } from "ollama";
+import OpenAI from "openai";
 import { memoryFigures } from "../src/engine/device";
 import type { RunningServer } from "../src/server/app";
 import { modelUsers } from "../src/store/in-use";
@@ -161,6 +162,25 @@ describe("Ollama model management", () => {
     expect(server.state.models.find("used-copy")).toBeUndefined(); // unloaded after the answer
     await ollama.delete({ model: "used-copy" });
     expect(readManifest("used-copy")).toBeUndefined();
+  });
+});
+
+describe("OpenAI /v1/models", () => {
+  test("a stored model's 'created' is when it was stored, the same loaded or not, in the list and alone", async () => {
+    const openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0 });
+    await ollama.pull({ model: "hf:org/tiny", stream: false });
+    const stored = await openai.models.retrieve("org/tiny");
+    expect(stored).toMatchObject({ id: "org/tiny", object: "model", owned_by: "mlx" });
+    expect(stored.created).toBeGreaterThan(0);
+    expect(stored.created).toBeLessThanOrEqual(Date.now() / 1000);
+    // Loaded a second later at least, so that a load time would read differently.
+    await Bun.sleep(1100);
+    await ollama.generate({ model: "org/tiny", prompt: "Hi", options: { num_predict: 1 } });
+    expect(server.state.models.loaded.map((e) => e.name)).toContain("org/tiny");
+    expect((await openai.models.retrieve("org/tiny")).created).toBe(stored.created);
+    const listed = (await openai.models.list()).data.find((m) => m.id === "org/tiny")!;
+    expect(listed.created).toBe(stored.created);
+    await ollama.generate({ model: "org/tiny", prompt: "", keep_alive: 0 }); // unloaded again
   });
 });
 

@@ -13,6 +13,7 @@ import OpenAI from "openai";
 import type { RunningServer } from "../src/server/app";
 import { ResponseStore } from "../src/server/response-store";
 import { post, serve } from "./helpers/serve";
+import { writeScriptedModel } from "./helpers/scripted-model";
 import { writeTinyModel } from "./helpers/tiny-model";
 
 let server: RunningServer;
@@ -304,6 +305,33 @@ describe("responses.stream", () => {
     expect(call.arguments).toBe(deltas);
     expect(validArguments(JSON.parse(deltas))).toBe(true);
   }, 60_000);
+
+  test("prose before a call streams as the response read whole: the message's text, then the call", async () => {
+    // A model that writes "Sure.", a blank line, then a call to `now` (the grammar lays it out).
+    const scripted = join(mkdtempSync(join(tmpdir(), "mlx-serve-responses-")), "scripted");
+    writeScriptedModel(scripted, ["Sure", ".", "\n\n", "<tool_call>"]);
+    const request = {
+      model: scripted,
+      input: "What time is it?",
+      tools: [{ type: "function" as const, name: "now", parameters: { type: "object", properties: {} }, strict: true }],
+      // One call: the script would go on writing calls after it.
+      parallel_tool_calls: false,
+      max_output_tokens: 120,
+      temperature: 0,
+    };
+    const items = (r: OpenAI.Responses.Response) =>
+      r.output.map((o) => (o.type === "message" ? (o.content[0] as OpenAI.Responses.ResponseOutputText).text : o.type));
+    const whole = await openai.responses.create(request);
+    expect(whole.status).toBe("completed");
+    expect(items(whole)).toEqual(["Sure.", "function_call"]);
+    let streamedText = "";
+    const stream = openai.responses.stream(request);
+    stream.on("response.output_text.delta", (e) => (streamedText += e.delta));
+    const final = await stream.finalResponse();
+    // The blank line before the call is not streamed as text the whole response drops.
+    expect(streamedText).toBe("Sure.");
+    expect(items(final)).toEqual(items(whole));
+  });
 });
 
 describe("errors", () => {
@@ -321,6 +349,8 @@ describe("errors", () => {
         "input.0.arguments",
       ],
       [{ text: { format: { type: "json_schema", name: "x" } } }, /JSON Schema/, "text.format.schema"],
+      // As chat completions' `verbosity`: asked for, not honoured, so not silently dropped.
+      [{ text: { format: { type: "text" }, verbosity: "low" } }, /'text.verbosity' is not supported/, "text.verbosity"],
     ];
     for (const [change, message, param] of cases) {
       const r = await post(url, { model, input: "Hi", max_output_tokens: 2, ...(change as object) });

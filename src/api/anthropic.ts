@@ -61,7 +61,7 @@ export function parseMessagesRequest(body: unknown): AnthropicRequest {
   const f = Fields.of(body);
   f.onlyKnown(MESSAGES_FIELDS);
   const maxTokens = f.integer("max_tokens", { min: 1 }) ?? f.fail("max_tokens", "is required");
-  f.object("metadata")?.string("user_id"); // checked, then unused: it only tags the request for Anthropic
+  metadataUserId(f);
   const request = { ...promptFields(f), thinking: thinkingParam(f, maxTokens), format: outputFormat(f) };
   refuseConflicts(f, request);
   return {
@@ -75,6 +75,16 @@ export function parseMessagesRequest(body: unknown): AnthropicRequest {
     },
     stop: stopSequences(f),
   };
+}
+
+/**
+ * `metadata` holds only `user_id` (Anthropic refuses other keys): checked, then unused, as it
+ * only tags the request for Anthropic.
+ */
+function metadataUserId(f: Fields): void {
+  const metadata = f.object("metadata");
+  metadata?.onlyKnown(["user_id"]);
+  metadata?.string("user_id");
 }
 
 /**
@@ -121,9 +131,13 @@ function promptFields(f: Fields): Omit<CountTokensRequest, "thinking" | "format"
   const system = systemPrompt(f);
   const raw = f.array("messages", { required: true, nonEmpty: true })!;
   const messages: ConversationMessage[] = system ? [{ role: "system", content: system }] : [];
+  let calls: ToolUses | undefined;
   raw.forEach((item, i) => {
-    for (const message of conversationMessages(item, i, messages)) appendTurn(messages, message);
+    const turn = conversationMessages(item, i, messages);
+    calls = answerToolUses(f, calls, turn, i);
+    for (const message of turn) appendTurn(messages, message);
   });
+  if (calls) unansweredToolUses(f, calls);
   // A last message of the assistant's is the start of its answer, to go on with (a prefill).
   const continueFinal = messages.at(-1)?.role === "assistant";
   // As Anthropic: the model would go on after the whitespace, not write its own word boundary.
@@ -134,6 +148,39 @@ function promptFields(f: Fields): Omit<CountTokensRequest, "thinking" | "format"
     prompt: { kind: "chat", messages, continueFinal },
     tools: toolRequest(f),
   };
+}
+
+/** The tool_use ids of an assistant message (message `at`), which the next message must answer. */
+interface ToolUses {
+  ids: string[];
+  at: number;
+}
+
+/**
+ * Checks that `turn` (message `at`) answers each call of the message before it with a
+ * tool_result, and answers nothing else, as Anthropic does: a call left unanswered would have
+ * the model go on as if it had run (at the end, as a prefill after the call), and a result
+ * for no call is one the template cannot name. Returns the turn's own calls.
+ */
+function answerToolUses(f: Fields, before: ToolUses | undefined, turn: ConversationMessage[], at: number) {
+  const results = turn.flatMap((m) => (m.role === "tool" ? [m.toolCallId!] : []));
+  const unanswered = before?.ids.filter((id) => !results.includes(id)) ?? [];
+  if (unanswered.length > 0) unansweredToolUses(f, { ids: unanswered, at: before!.at });
+  const unexpected = results.filter((id) => !before?.ids.includes(id));
+  if (unexpected.length > 0)
+    f.fail(
+      `messages.${at}.content`,
+      `has tool_result blocks for no tool_use of the message before: ${unexpected.join(", ")}`,
+    );
+  const ids = turn.flatMap((m) => m.toolCalls?.map((c) => c.id) ?? []);
+  return ids.length > 0 ? { ids, at } : undefined;
+}
+
+function unansweredToolUses(f: Fields, { ids, at }: ToolUses): never {
+  return f.fail(
+    `messages.${at}.content`,
+    `has tool_use blocks without a tool_result in the next message: ${ids.join(", ")}`,
+  );
 }
 
 /**

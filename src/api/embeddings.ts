@@ -2,7 +2,7 @@
 // /api/embeddings; validated and reduced to the same inputs and options, and the base64 form
 // of a vector.
 import type { EmbedInput } from "../engine/embed";
-import { parseKeepAlive } from "./ollama";
+import { OPTIONS as OLLAMA_OPTIONS, parseKeepAlive } from "./ollama";
 import { Fields, ValidationError } from "./validate";
 
 export interface EmbeddingsRequest {
@@ -71,9 +71,10 @@ export function parseOllamaEmbed(body: unknown, legacy: boolean): EmbeddingsRequ
   const f = Fields.of(body);
   const param = legacy ? "prompt" : "input";
   f.onlyKnown(["model", param, "truncate", "dimensions", "keep_alive", "options"]);
-  // Options change sampling, which an embedding has none of; num_ctx can shorten the context, not grow it.
+  // Ollama takes the options a generation takes (clients send one set to both) and an embedding
+  // reads only num_ctx, which can shorten the context, not grow it: the others cannot change it.
   const options = f.object("options");
-  options?.onlyKnown(["num_ctx"]);
+  options?.onlyKnown(OLLAMA_OPTIONS);
   return {
     model: f.string("model", { required: true, nonEmpty: true })!,
     inputs: ollamaInputs(f, param),

@@ -61,7 +61,7 @@ const GENERATE_FIELDS = [
  * ways we do not implement (mirostat, typical_p, tfs_z) are 400s unless set to turn them off;
  * mirostat's tau and eta mean nothing without it.
  */
-const OPTIONS = [
+export const OPTIONS = [
   "num_predict",
   "seed",
   "repeat_last_n",

@@ -228,7 +228,10 @@ export function inputItemsPage(items: { id: string }[], query: Record<string, st
 
 /** text.format: text, json_object, or json_schema {name, schema, strict}; and how the response echoes it. */
 function textFormat(f: Fields): { format?: FormatInput; textFormat: Record<string, unknown> } {
-  const format = f.object("text")?.object("format");
+  const text = f.object("text");
+  // `verbosity` we cannot honour (chat completions refuses it too), so it is a 400, not ignored.
+  text?.onlyKnown(["format"]);
+  const format = text?.object("format");
   const type = format?.string("type", { required: true }) ?? "text";
   if (!format || type === "text") return { textFormat: { type: "text" } };
   if (type === "json_object") return { format: { format: "json", param: "text.format" }, textFormat: { type } };

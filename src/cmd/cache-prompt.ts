@@ -6,6 +6,7 @@ import { dirname, resolve } from "node:path";
 import { documentTokens, prefillPrompt, savePrefilled } from "../engine/prompt-cache-file";
 import type { LoadedModel } from "../models/load";
 import { fail, log, setVerbose } from "./log";
+import { aliasAdapter } from "../store/aliases";
 import { openModel } from "./open-model";
 import { distributedArgs, kvCacheArgs, kvQuantizationFrom, maxKvSizeFrom, modelArg, pipelineFrom } from "./options";
 
@@ -34,6 +35,12 @@ export default defineCommand({
       // A rank after the first of a split model holds layers and writes its share of the file
       // when rank 0 says (stdin is rank 0's): it returns only to exit.
       if (options.pipeline?.rank) await openModel(args.model, options);
+      // The prefill runs the base model alone, and run --prompt-cache refuses an adapter.
+      const adapter = aliasAdapter(args.model);
+      if (adapter !== undefined)
+        throw new Error(
+          `model '${args.model}' applies an adapter (${adapter}), but a prompt cache holds the base model's keys and values: give its base model`,
+        );
       if (process.stdin.isTTY) throw new Error("pipe the document on stdin: mlx cache-prompt FILE < document");
       checkWritable(args.file);
       const text = (await Bun.stdin.text()).trim();

@@ -62,18 +62,26 @@ export default defineCommand({
         maxKvSize: maxKvSizeFrom(args, name),
         speculation: speculationFrom(args, name),
       });
+      const pipeline = pipelineFrom(args);
       const model =
         remoteModel(args.model) ??
         (await openModel(args.model, {
           ...cacheAndSpeculation(args.model),
           adapter: adapterFrom(args, args.model),
-          pipeline: pipelineFrom(args),
+          pipeline,
         }));
       if (!(model instanceof RemoteModel)) checkThinkingBudget(model, settings.thinking);
       input = new LineInput(join(storeRoot(), "chat_history"));
       const say = (text: string) => process.stderr.write(`${text}\n`);
       // An --adapter is trained for the first model's weights: another model gets only its alias's.
-      const openSwitched = (name: string) => openModel(name, cacheAndSpeculation(name));
+      const openSwitched = async (name: string) => {
+        // The other ranks hold the first model's layers: another would load whole on rank 0 alone.
+        if (pipeline)
+          throw new Error(
+            `the model is split across processes (mlx launch): /model cannot switch it; launch again with -m ${name}`,
+          );
+        return openModel(name, cacheAndSpeculation(name));
+      };
       const session = new ChatSession(model, modelName, settings, say, openSwitched);
       if (input.interactive)
         say(`chatting with ${args.model ?? "the default model"}; /help for commands, Ctrl-D to leave`);

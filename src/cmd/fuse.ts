@@ -34,7 +34,12 @@ export default defineCommand({
       if (!/^[\w.-]+$/.test(name)) throw new Error(`'${name}' is not a model name (letters, digits, '.', '_', '-')`);
       refuseTakenName(name, "fuse", "give the fused model another name");
       const stored = await fusedModel(base, resolve(adapter), name);
-      log.success(stored.converted ? `fused into the store as ${stored.name}` : `${stored.name}: already fused`);
+      // A lookup answers with the earlier fuse's name: said even to a script, which would go on to use `name`.
+      if (stored.name !== name)
+        log.warn(
+          `the same base and adapter were fused before, as ${stored.name}: use that name (${name} was not stored)`,
+        );
+      else log.success(stored.converted ? `fused into the store as ${stored.name}` : `${stored.name}: already fused`);
       process.stdout.write(`${stored.path}\n`);
     } catch (error) {
       fail(error, Boolean(args.verbose));

@@ -129,7 +129,7 @@ function isLocal(host: string): boolean {
 }
 
 /** The value of a flag among a command's arguments (--name value, --name=value, or its alias). */
-function flag(command: string[], names: string[]): string | undefined {
+export function flag(command: string[], names: string[]): string | undefined {
   for (const [i, arg] of command.entries()) {
     for (const name of names) {
       if (arg === name) return command[i + 1];
@@ -148,7 +148,8 @@ export async function describePlan(hosts: Host[], command: string[]): Promise<st
   const layout = readLayout(path);
   const layers = flag(command, ["--layers"]);
   // Remote hosts' free memory is theirs to tell at start; here every rank counts as this one.
-  const stages = layers
+  const stagesByHand = layers !== undefined;
+  const stages = stagesByHand
     ? parseLayers(layers, layout.numLayers, hosts.length)
     : defaultSplit(
         layout,
@@ -157,7 +158,7 @@ export async function describePlan(hosts: Host[], command: string[]): Promise<st
   const hop = layout.hiddenSize * layout.activationBytes;
   const lines = [
     `model: ${path} (${layout.numLayers} layers, hidden size ${layout.hiddenSize})`,
-    ...(layers ? [] : [`rank 0's output layer counts as ${headLayers(layout).toFixed(1)} layers of work`]),
+    ...(stagesByHand ? [] : [`rank 0's output layer counts as ${headLayers(layout).toFixed(1)} layers of work`]),
     ...stages.map((stage, rank) => {
       const parts = `layers ${layerRange(stage)}${stage.ends ? " + embedding and output" : ""}`;
       return `rank ${rank}  ${hosts[rank]!.addresses.join(",")}${hosts[rank]!.ssh ? " (ssh)" : ""}  ${parts}  loads ${formatBytes(stageBytes(layout, stage))}`;

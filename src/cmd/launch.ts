@@ -14,7 +14,8 @@ import { createServer } from "node:net";
 import { availableParallelism, constants, tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
-import { describePlan, readHostfile, ringHostfile, type Host } from "./launch-plan";
+import { remoteModel } from "../providers";
+import { describePlan, flag, readHostfile, ringHostfile, type Host } from "./launch-plan";
 import { fail } from "./log";
 import { positiveInteger } from "./options";
 
@@ -59,6 +60,8 @@ export default defineCommand({
         throw new Error(
           `mlx launch runs ${commandsThatSplit.join(", ")} with the model split across ranks; '${command[0]}' is not one of them`,
         );
+      refuseRingFlags(command);
+      refuseWholeOnEveryRank(command);
       if ((args.n === undefined) === (args.hostfile === undefined))
         throw new Error("give -n N or --hostfile FILE (one of them)");
       const perIp = positiveInteger("connections-per-ip", args["connections-per-ip"]);
@@ -83,6 +86,36 @@ export default defineCommand({
  * whole on every rank (pull, rm or launch itself N times at once).
  */
 const commandsThatSplit = ["run", "chat", "serve", "bench", "cache-prompt"];
+
+/**
+ * The command's own --hostfile or --rank would win over the ring and rank launch gives each
+ * process (every rank the same rank, or another ring): the ranks then wait for peers that never
+ * come until --peer-timeout. Refused before any rank starts. Flags only: not past the command's
+ * own "--", where a prompt may say anything.
+ */
+function refuseRingFlags(command: string[]): void {
+  const end = command.indexOf("--");
+  const flags = end >= 0 ? command.slice(0, end) : command;
+  const given = flags.find((arg) => /^--(?:hostfile|rank)(?:=|$)/.test(arg));
+  if (given)
+    throw new Error(
+      `mlx launch gives each rank its --hostfile and --rank: leave '${given.split("=")[0]}' out of the command (mlx launch --hostfile FILE sets the hosts)`,
+    );
+}
+
+/**
+ * What splits no model and would run whole on every rank, each sending its own requests: a
+ * server's benchmark (bench --url), or a remote model (a models.toml alias of a provider).
+ */
+function refuseWholeOnEveryRank(command: string[]): void {
+  if (command[0] === "bench" && flag(command, ["--url"]) !== undefined)
+    throw new Error("bench --url measures a server, with no model to split: run it without mlx launch");
+  const model = flag(command, ["--model", "-m"]);
+  if (remoteModel(model))
+    throw new Error(
+      `${model ? `'${model}'` : "the default model"} is a remote model (models.toml): its provider runs it, with nothing to split across ranks`,
+    );
+}
 
 /**
  * N ranks on loopback, each on a port the OS says is free; with `links` > 1, each rank listens
@@ -151,6 +184,12 @@ async function launch(hosts: Host[], command: string[], sshConfig?: string): Pro
   writeFileSync(hostfile, ring);
   const self = selfCommand();
   const threads = sharedCoreThreads(hosts, command);
+  // Every rank in a process group of its own, so that a signal to ours (a terminal's Ctrl-C,
+  // kill -INT -PGID) reaches rank 0 once, passed on by us, not from both (which serve takes as
+  // "again: stop now" and chat as a second Ctrl-C), and no other rank at all. All but a local
+  // rank 0 on a terminal: it may read it (chat), which a background group may not; the
+  // terminal's Ctrl-C reaches it itself.
+  const rankZeroOnTerminal = !hosts[0]!.ssh && Boolean(process.stdin.isTTY);
   const ranks: Rank[] = hosts.map((host, rank) => {
     const env = {
       ...process.env,
@@ -164,11 +203,13 @@ async function launch(hosts: Host[], command: string[], sshConfig?: string): Pro
     const child = host.ssh
       ? spawn("ssh", [...sshOptions(sshConfig), host.ssh, remoteCommand(ring, rank, self, command, host.env)], {
           stdio: ["pipe", "pipe", "pipe"],
+          detached: true,
         })
       : spawn(self[0]!, [...self.slice(1), ...command], {
           env,
           // Rank 0's stdout is ours as it is: no copy through this process for each token it prints.
           stdio: [rank === 0 ? "inherit" : "ignore", rank === 0 ? "inherit" : "pipe", "pipe"],
+          detached: rank > 0 || !rankZeroOnTerminal,
         });
     // A remote rank that is gone already cannot be told anything: its exit says the rest.
     child.stdin?.on("error", () => {});
@@ -197,12 +238,13 @@ async function launch(hosts: Host[], command: string[], sshConfig?: string): Pro
   const stopAll = (signal: NodeJS.Signals) => {
     for (const r of ranks) r.signal(signal);
   };
-  // Ctrl-C or a stop goes to rank 0, which ends as it would alone and stops the others.
+  // Ctrl-C or a stop goes to rank 0, which ends as it would alone and stops the others; each
+  // one, as a second Ctrl-C in chat stops another answer and a second stop of serve cuts its requests.
   let passedOn: NodeJS.Signals | undefined;
   for (const signal of ["SIGINT", "SIGTERM"] as const)
-    process.once(signal, () => {
+    process.on(signal, () => {
       passedOn = signal;
-      ranks[0]!.signal(signal);
+      if (!(signal === "SIGINT" && rankZeroOnTerminal)) ranks[0]!.signal(signal);
     });
   try {
     // The first rank to fail ends the launch; rank 0 ending well ends it too (the others follow it).

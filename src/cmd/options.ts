@@ -323,6 +323,13 @@ export const distributedArgs = {
   },
 } as const satisfies ArgsDef;
 
+/**
+ * The longest --peer-timeout: the watchdog's native thread and the timers take milliseconds as a
+ * 32-bit integer (about 24 days); past it a timeout wraps round to fire at once, or every
+ * millisecond.
+ */
+const maxPeerTimeoutS = Math.floor((2 ** 31 - 1) / 1000);
+
 /** The pipeline this process is a rank of (--hostfile/--rank, or $MLX_HOSTFILE/$MLX_RANK), if any. */
 export function pipelineFrom(args: Record<string, unknown>): PipelineSpec | undefined {
   const hostfile = (args.hostfile as string | undefined) ?? process.env.MLX_HOSTFILE;
@@ -345,8 +352,10 @@ export function pipelineFrom(args: Record<string, unknown>): PipelineSpec | unde
     throw new Error(`--rank must be a whole number ≥ 0 (got '${rankText}'; or set $MLX_RANK)`);
   const rank = Number(rankText);
   const timeout = Number(args["peer-timeout"] ?? 30);
-  if (!Number.isFinite(timeout) || timeout <= 0)
-    throw new Error(`--peer-timeout must be a number of seconds > 0 (got '${args["peer-timeout"]}')`);
+  if (!Number.isFinite(timeout) || timeout <= 0 || timeout > maxPeerTimeoutS)
+    throw new Error(
+      `--peer-timeout must be a number of seconds > 0 and at most ${maxPeerTimeoutS} (got '${args["peer-timeout"]}')`,
+    );
   const tensorParallel = Boolean(args["tensor-parallel"]);
   if (tensorParallel && args.layers !== undefined)
     throw new Error("--layers splits the model into runs of layers; --tensor-parallel splits every layer: give one");

@@ -4,8 +4,7 @@ import pkg from "../../package.json" with { type: "json" };
 import { parseKeepAlive } from "../api/ollama";
 import { startServer } from "../server/app";
 import type { LoadSettings } from "../server/model-registry";
-import { existsSync } from "node:fs";
-import { basename, join, resolve } from "node:path";
+import { basename, resolve } from "node:path";
 import { UnsupportedError } from "../errors";
 import { fail, log, setVerbose } from "./log";
 import {
@@ -23,7 +22,9 @@ import {
 } from "./options";
 import { openPipeline, type CacheOptions, type PipelineSpec } from "../engine/pipeline";
 import type { LoadedModel } from "../models/load";
+import { readAdapterDirectory } from "../models/lora";
 import { aliasCacheSettings, loadAliases } from "../store/aliases";
+import { readManifest } from "../store/manifest";
 import { resolveModelPath } from "../store/resolve";
 import { openModel } from "./open-model";
 import { repeatable } from "./strict-flags";
@@ -42,11 +43,26 @@ function servedAdapters(
     const dir = resolve(eq > 0 ? spec.slice(eq + 1) : spec);
     const name = eq > 0 ? spec.slice(0, eq) : basename(dir);
     if (!name || served.has(name)) throw new Error(`--adapter '${spec}': the name '${name}' is empty or given twice`);
-    if (!existsSync(join(dir, "adapter_config.json")))
-      throw new Error(`--adapter '${spec}': ${dir} has no adapter_config.json (expected an mlx-lm adapter directory)`);
+    if (namesAModel(name, base))
+      throw new Error(
+        `--adapter '${spec}': '${name}' already names a model, which requests could then no longer reach: name the adapter otherwise (NAME=DIR)`,
+      );
+    try {
+      readAdapterDirectory(dir);
+    } catch (error) {
+      // Found now, not as a failure of every request for the name.
+      throw new Error(`--adapter '${spec}': ${(error as Error).message}`);
+    }
     served.set(name, { base, dir });
   }
   return served;
+}
+
+/** Whether requests naming `name` would mean another model than the base plus an adapter. */
+function namesAModel(name: string, base: string | undefined): boolean {
+  const aliases = loadAliases();
+  if (name === (base ?? aliases.defaultModel)) return true;
+  return aliases.models.has(name) || aliases.remotes.has(name) || readManifest(name) !== undefined;
 }
 
 export default defineCommand({

@@ -99,8 +99,10 @@ export class Conversation {
     // A turn that fails (a message the context cannot hold even alone), or whose reader stops
     // reading before the end (a `break` out of the stream), leaves the conversation as it was,
     // the messages dropped to make room for it included: never a question without its answer.
+    // A clear() while it runs (it ends the turn "cancelled") leaves the conversation empty.
     const before = this.messages;
     this.messages = [...before, { role: "user", content: userText }];
+    const asked = this.messages;
     let result: CompletionResult | undefined;
     let droppedMessages: number;
     try {
@@ -114,10 +116,12 @@ export class Conversation {
         signal: o.signal,
       });
     } finally {
-      if (!result) this.messages = before;
+      if (!result && this.messages === asked) this.messages = before;
     }
-    this.#contextUsed = result.stats.promptTokens + result.tokenIds.length;
-    this.messages.push({ role: "assistant", content: result.text });
+    if (this.messages === asked) {
+      this.#contextUsed = result.stats.promptTokens + result.tokenIds.length;
+      this.messages.push({ role: "assistant", content: result.text });
+    }
     const reusedTokens = result.stats.cachedTokens;
     return { result, info: { reusedTokens, newTokens: result.stats.promptTokens - reusedTokens, droppedMessages } };
   }

@@ -197,10 +197,7 @@ export async function validateSchema(schema: unknown, { strict = true }: { stric
   try {
     checkJsonSchema(schema);
     walkSchema(schema as Record<string, unknown>, "");
-    const inst = await instance();
-    await guarded(inst, "unsupported schema", () =>
-      inst.xg.Testings._jsonSchemaToEBNF(JSON.stringify(schema), false, -1, undefined, strict),
-    );
+    await schemaEbnf(schema, strict);
     validated.set(key, true);
   } catch (error) {
     const e = error instanceof SchemaError ? error : new SchemaError(`invalid schema: ${(error as Error).message}`);
@@ -253,6 +250,12 @@ function walkSchema(node: unknown, path: string): void {
         `unsupported schema: ${path}/${also} cannot be combined with a pattern in constrained decoding (put the length in the pattern)`,
       );
   }
+  // Without a type xgrammar allows any value, its numbers unbounded.
+  const untypedBound = NUMBER_BOUNDS.find((k) => k in s);
+  if (untypedBound && s.type === undefined && REPLACING.every((k) => !(k in s)))
+    throw new SchemaError(
+      `unsupported schema: ${path}/${untypedBound} needs "type": "integer" or "number" beside it in constrained decoding`,
+    );
   const isNumber = s.type === "number" || (Array.isArray(s.type) && s.type.includes("number"));
   for (const bound of ["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"]) {
     const v = s[bound];
@@ -515,10 +518,135 @@ function compiledGrammar(t: TokenizerGrammars, source: GrammarSource): Promise<X
 /** A JSON Schema as EBNF whose rule `root` is one JSON value matching it, on one line. */
 export async function schemaEbnf(schema: object, strict: boolean): Promise<string> {
   const inst = await instance();
-  const ebnf = await guarded(inst, "unsupported schema", () =>
-    inst.xg.Testings._jsonSchemaToEBNF(JSON.stringify(schema), false, -1, undefined, strict),
+  const rules: string[] = [];
+  const placeheld = replaceBoundedNumbers(schema, "", rules);
+  let ebnf = await guarded(inst, "unsupported schema", () =>
+    inst.xg.Testings._jsonSchemaToEBNF(JSON.stringify(placeheld), false, -1, undefined, strict),
   );
-  return jsonSafeStrings(ebnf);
+  rules.forEach((_, i) => (ebnf = ebnf.replaceAll(`"\\"${NUMBER_PLACEHOLDER}${i}\\""`, numberRuleName(i))));
+  return jsonSafeStrings([ebnf, ...rules.map((body, i) => `${numberRuleName(i)} ::= ${body}`)].join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Number bounds. xgrammar's range grammars let values past one side of a bound through (an
+// integer with only a minimum of 3 allowed 1 and 2, a number with a maximum of 10 allowed
+// 10.5, an exclusive minimum the bound itself). So each bounded integer or number goes to
+// xgrammar as a placeholder constant, whose literal in its EBNF becomes a rule of ours.
+
+const NUMBER_PLACEHOLDER = "mlx-bounded-number-";
+const numberRuleName = (i: number) => `mlx_bounded_number_${i}`;
+// A fraction that changes the value: at most 6 digits (as xgrammar's), the last not 0.
+const FRACTION = '"." [0-9]{0,5} [1-9]';
+
+/** A copy of `node` with each bounded number replaced by a placeholder; `rules` receives the grammar each stands for. */
+function replaceBoundedNumbers(node: unknown, path: string, rules: string[]): unknown {
+  if (typeof node !== "object" || node === null || Array.isArray(node)) return node;
+  const s: Record<string, unknown> = { ...(node as Record<string, unknown>) };
+  const inner = (value: unknown, at: string) => replaceBoundedNumbers(value, at, rules);
+  for (const name of SUBSCHEMA_MAPS) {
+    const map = s[name];
+    if (map && typeof map === "object" && !Array.isArray(map))
+      s[name] = Object.fromEntries(
+        Object.entries(map).map(([k, v]) => [k, inner(v, `${path}/${name}/${escapePointer(k)}`)]),
+      );
+  }
+  for (const name of [...SUBSCHEMA_LISTS, ...SUBSCHEMA_SINGLE]) {
+    const value = s[name];
+    if (Array.isArray(value)) s[name] = value.map((v, i) => inner(v, `${path}/${name}/${i}`));
+    else if (value !== undefined) s[name] = inner(value, `${path}/${name}`);
+  }
+  return boundedNumber(s, path, rules) ?? s;
+}
+
+/** The placeholder for `s` when it is a bounded integer or number (with the other types it lists beside it). */
+function boundedNumber(s: Record<string, unknown>, path: string, rules: string[]): object | undefined {
+  if (REPLACING.some((k) => k in s)) return undefined; // an enum or const: its values met the bounds already
+  const types = typeof s.type === "string" ? [s.type] : Array.isArray(s.type) ? (s.type as string[]) : [];
+  const isNumeric = (t: string) => t === "integer" || t === "number";
+  const numeric = types.filter(isNumeric);
+  if (numeric.length === 0 || !NUMBER_BOUNDS.some((k) => typeof s[k] === "number")) return undefined;
+  const kind: "integer" | "number" = numeric.includes("number") ? "number" : "integer";
+  const body = boundedNumberEbnf(s, kind);
+  if (!body) throw new SchemaError(`unsupported schema: no ${kind} lies within the bounds of ${path || "/"}`);
+  const placeholder = { const: `${NUMBER_PLACEHOLDER}${rules.length}` };
+  rules.push(body);
+  const others = types.filter((t) => !isNumeric(t));
+  return others.length === 0 ? placeholder : { anyOf: [placeholder, { ...s, type: others }] };
+}
+
+const NUMBER_BOUNDS = ["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"];
+
+/** The values `s`'s bounds allow, as an EBNF expression (undefined when none). */
+function boundedNumberEbnf(s: Record<string, unknown>, kind: "integer" | "number"): string | undefined {
+  const bound = (k: string) => (typeof s[k] === "number" ? (s[k] as number) : undefined);
+  const tighter = (pick: (a: bigint, b: bigint) => bigint, ...values: (bigint | undefined)[]) =>
+    values.reduce<bigint | undefined>((a, b) => (a === undefined ? b : b === undefined ? a : pick(a, b)), undefined);
+  const whole = (v: number | undefined, round: (x: number) => number, shift = 0) =>
+    v === undefined ? undefined : BigInt(round(v)) + BigInt(shift);
+  const max = (a: bigint, b: bigint) => (a > b ? a : b);
+  const min = (a: bigint, b: bigint) => (a < b ? a : b);
+  const [minimum, maximum] = [bound("minimum"), bound("maximum")];
+  const [above, below] = [bound("exclusiveMinimum"), bound("exclusiveMaximum")];
+  // The whole values allowed: from the smallest above every lower bound to the largest below every upper one.
+  const lowest = tighter(max, whole(minimum, Math.ceil), whole(above, Math.floor, 1));
+  const highest = tighter(min, whole(maximum, Math.floor), whole(below, Math.ceil, -1));
+  const parts = [integerRange(lowest, highest)];
+  if (kind === "number") {
+    // A number's bounds are whole (validateSchema): n.f (f > 0) lies strictly between n and
+    // n + 1, so it is allowed when both are within the bounds, exclusive or not; -n.f alike.
+    const low = tighter(max, whole(minimum, Math.floor), whole(above, Math.floor));
+    const high = tighter(min, whole(maximum, Math.ceil), whole(below, Math.ceil));
+    const positive = naturalRange(low === undefined || low < 0n ? 0n : low, high === undefined ? undefined : high - 1n);
+    const negative = naturalRange(
+      high === undefined || high > 0n ? 0n : -high,
+      low === undefined ? undefined : -low - 1n,
+    );
+    parts.push(positive && `(${positive}) ${FRACTION}`, negative && `"-" (${negative}) ${FRACTION}`);
+  }
+  const allowed = parts.filter((p): p is string => p !== undefined);
+  return allowed.length > 0 ? allowed.join(" | ") : undefined;
+}
+
+/** The whole numbers from `lo` to `hi` (undefined: unbounded), written as JSON writes them. */
+function integerRange(lo: bigint | undefined, hi: bigint | undefined): string | undefined {
+  const nonNegative =
+    hi === undefined || hi >= 0n ? naturalRange(lo === undefined || lo < 0n ? 0n : lo, hi) : undefined;
+  // -m for m from 1 (no "-0") or -hi up to -lo.
+  const magnitudes =
+    lo === undefined || lo < 0n
+      ? naturalRange(hi === undefined || hi >= 0n ? 1n : -hi, lo === undefined ? undefined : -lo)
+      : undefined;
+  const parts = [nonNegative, magnitudes && `"-" (${magnitudes})`].filter((p): p is string => p !== undefined);
+  return parts.length > 0 ? parts.join(" | ") : undefined;
+}
+
+/** The numbers from `a` >= 0 to `b` (undefined: unbounded) without leading zeros, or undefined when there are none. */
+function naturalRange(a: bigint, b: bigint | undefined): string | undefined {
+  if (b !== undefined && a > b) return undefined;
+  const shortest = String(a).length;
+  const longest = b === undefined ? shortest : String(b).length;
+  const parts: string[] = [];
+  for (let digits = shortest; digits <= longest; digits++) {
+    const from = digits === shortest ? a : 10n ** BigInt(digits - 1);
+    const to = b !== undefined && digits === longest ? b : 10n ** BigInt(digits) - 1n;
+    parts.push(sameLengthRange(String(from), String(to)));
+  }
+  if (b === undefined) parts.push(`[1-9] [0-9]{${shortest},}`);
+  return parts.join(" | ");
+}
+
+/** The digit strings from `from` to `to`, both of the same length. */
+function sameLengthRange(from: string, to: string): string {
+  if (from === to) return `"${from}"`;
+  if (/^0*$/.test(from) && /^9*$/.test(to)) return `[0-9]{${from.length}}`;
+  const [first, last] = [Number(from[0]), Number(to[0])];
+  if (from.length === 1) return `[${first}-${last}]`;
+  const [fromRest, toRest] = [from.slice(1), to.slice(1)];
+  if (first === last) return `"${first}" (${sameLengthRange(fromRest, toRest)})`;
+  const parts = [`"${first}" (${sameLengthRange(fromRest, "9".repeat(fromRest.length))})`];
+  if (last - first > 1) parts.push(`[${first + 1}-${last - 1}] [0-9]{${fromRest.length}}`);
+  parts.push(`"${last}" (${sameLengthRange("0".repeat(toRest.length), toRest)})`);
+  return parts.join(" | ");
 }
 
 /** The grammar of a JSON format ("json" is any object, laid out on one line like a schema's output). */

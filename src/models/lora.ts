@@ -219,15 +219,18 @@ function freeStacks(stacks: Map<string, Stack>): void {
 
 /**
  * The matrices of `adapters` for one layer stacked behind a zero slot, their ranks padded with
- * zeros to the largest (zero rows and columns add nothing), in the widest of their dtypes.
+ * zeros to the largest (zero rows and columns add nothing), in the widest of their dtypes; in
+ * float32 on the CPU, whose gather_mm multiplies nothing else (a half-precision adapter batched
+ * with another would fail the forward pass).
  */
 function buildStack(adapters: Adapter[], prefix: string, layer: AdaptableLayer): Stack | undefined {
   const parts = adapters.map((a) => a.layers.get(prefix));
   if (parts.every((p) => p === undefined)) return undefined;
   const rank = Math.max(...parts.map((p) => p?.a.shape[1] ?? 0));
-  const dtype = parts.some((p) => p && p.a.dtype === mx.Dtype.float32)
-    ? mx.Dtype.float32
-    : parts.find(Boolean)!.a.dtype;
+  const dtype =
+    mx.defaultDeviceIsCpu() || parts.some((p) => p && p.a.dtype === mx.Dtype.float32)
+      ? mx.Dtype.float32
+      : parts.find(Boolean)!.a.dtype;
   const { inputs, outputs } = layer;
   const stack = mx.scope(() => {
     const padded = (m: MxArray | undefined, rows: number, cols: number, rankAxis: 0 | 1) => {
@@ -253,6 +256,18 @@ function buildStack(adapters: Adapter[], prefix: string, layer: AdaptableLayer):
   return stack;
 }
 
+/**
+ * What can be checked of an adapter directory without its model: that it is one, its
+ * adapter_config.json, and that its adapters.safetensors is there (serve checks this at start).
+ */
+export function readAdapterDirectory(dir: string): { kind: AdapterKind; scale: number; file: string } {
+  if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new AdapterError(`adapter directory not found: ${dir}`);
+  const config = readConfig(dir);
+  const file = join(dir, "adapters.safetensors");
+  if (!existsSync(file)) throw new AdapterError(`${dir} has no adapters.safetensors`);
+  return { ...config, file };
+}
+
 function readConfig(dir: string): { kind: AdapterKind; scale: number } {
   const file = join(dir, "adapter_config.json");
   if (!existsSync(file))
@@ -267,8 +282,11 @@ function readConfig(dir: string): { kind: AdapterKind; scale: number } {
     throw new AdapterError(`${file} is not a JSON object (expected mlx-lm's adapter_config.json)`);
   // mlx-lm before fine_tune_type (0.18 and older) wrote DoRA as use_dora: true.
   const type = config.fine_tune_type ?? (config.use_dora === true ? "dora" : "lora");
+  // mlx-lm's full fine-tune saves the trained layers' whole weights there, not a model directory.
   if (type === "full")
-    throw new AdapterError(`${dir} is a full fine-tune (fine_tune_type "full"), not an adapter: load it as a model`);
+    throw new AdapterError(
+      `${dir} is a full fine-tune (fine_tune_type "full"): its adapters.safetensors replaces weights rather than adapting them; merge it with mlx_lm.fuse and load the result as a model`,
+    );
   if (type !== "lora" && type !== "dora")
     throw new AdapterError(`${file}: fine_tune_type must be "lora" or "dora" (got ${JSON.stringify(type)})`);
   const parameters = (config.lora_parameters ?? {}) as Record<string, unknown>;
@@ -280,15 +298,15 @@ function readConfig(dir: string): { kind: AdapterKind; scale: number } {
   return { kind: type, scale };
 }
 
+/** The stacked experts of a mixture-of-experts layer, as mlx-lm names them (SwitchGLU). */
+const EXPERTS = /\.(switch_mlp|experts)\.[^.]+$/;
+
 /**
  * Loads the adapter in `dir` for the model whose adaptable layers are `base`: every tensor must
  * name one of its linear layers with the right shape, or the load fails naming it.
  */
 export function loadAdapter(dir: string, base: LoraLayers): Adapter {
-  if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new AdapterError(`adapter directory not found: ${dir}`);
-  const { kind, scale } = readConfig(dir);
-  const file = join(dir, "adapters.safetensors");
-  if (!existsSync(file)) throw new AdapterError(`${dir} has no adapters.safetensors`);
+  const { kind, scale, file } = readAdapterDirectory(dir);
   let tensors: Map<string, MxArray>;
   try {
     tensors = mx.loadSafetensors(file).tensors;
@@ -312,8 +330,15 @@ export function loadAdapter(dir: string, base: LoraLayers): Adapter {
       const leaf = name.slice(dot + 1);
       if (leaf !== "lora_a" && leaf !== "lora_b" && !(leaf === "m" && kind === "dora"))
         throw new AdapterError(`${file}: '${name}' is not a ${kind === "dora" ? "DoRA" : "LoRA"} tensor`);
+      if (!base.layer(prefix) && EXPERTS.test(prefix))
+        throw new AdapterError(
+          `${file}: '${name}' adapts a mixture-of-experts layer's experts (mlx-lm's LoRASwitchLinear), which is not supported yet: train it with lora_parameters.keys leaving the experts out`,
+        );
       if (!base.layer(prefix))
         throw new AdapterError(`${file}: '${name}' names no linear layer this model can adapt ('${prefix}')`);
+      // Integers would be multiplied as integers: an update rounded to nothing, without a word.
+      if (!mx.isFloating(t.dtype))
+        throw new AdapterError(`${file}: '${name}' holds ${t.dtypeName} values, but an adapter's are floating point`);
       const entry = layers.get(prefix) ?? {};
       entry[leaf] = t;
       layers.set(prefix, entry);

@@ -368,10 +368,11 @@ export function startServer(o: ServerOptions = {}): RunningServer {
       state.stopping = true;
       const drained = server.stop(false);
       if (graceMs > 0) await Promise.race([drained, Bun.sleep(graceMs)]);
-      // Generations still running end with their API's last error message (a 503) before the
-      // connections close, so that no client reads a cut stream or an empty reply.
+      // Generations (and embeddings) still running end with their API's last error message (a
+      // 503) before the connections close, so that no client reads a cut stream or an empty reply.
       state.shutdown.abort();
-      if (state.inflight.list.length > 0) await Promise.race([drained, Bun.sleep(SHUTDOWN_SETTLE_MS)]);
+      if (state.inflight.list.length > 0 || server.pendingRequests > 0)
+        await Promise.race([drained, Bun.sleep(SHUTDOWN_SETTLE_MS)]);
       await server.stop(true);
       state.models.dispose();
       await state.promptCacheWrites();

@@ -114,6 +114,8 @@ export class ModelRegistry {
   #loadsUnderWay = 0;
   /** Requests on their way to holding a model (by key): that model is not idle either. */
   readonly #claims = new Map<string, number>();
+  /** Names that resolved as themselves without ":latest" (the name the settings and adapter are looked up by). */
+  readonly #untagged = new Map<string, string>();
   /** The adapter directory each name stands for (undefined: none), read once. */
   readonly #adapterDirs = new Map<string, string | undefined>();
   /** The key of the pinned model (options.pinned), once its name is resolved. */
@@ -170,6 +172,7 @@ export class ModelRegistry {
     const path = await resolveModelPath(served ? served.base : name, { onProgress: () => {} }).catch((error) => {
       // Ollama's clients may name a model with its default tag: "m:latest" is "m" where no model has that name.
       if (!(error instanceof ModelNotFoundError) || !name.endsWith(LATEST_TAG)) throw error;
+      this.#untagged.set(name, name.slice(0, -LATEST_TAG.length));
       return this.resolve(name.slice(0, -LATEST_TAG.length));
     });
     this.#pathOf.set(name, path);
@@ -188,7 +191,7 @@ export class ModelRegistry {
     this.#acquiring++;
     try {
       const path = await this.resolve(name);
-      const settings = this.#settings(name);
+      const settings = this.#settings(this.#untagged.get(name) ?? name);
       const wanted = this.#key(path, settings);
       if (name === this.options.pinned) this.#pinnedKey = wanted;
       // First come, first served: a request for a loaded model waits behind the loads that
@@ -215,7 +218,8 @@ export class ModelRegistry {
       if (signal?.aborted) this.#wakeWaitingForRoom();
     }
     const held = entry;
-    const adapter = this.#adapter(held, name);
+    // "m:latest" is "m" where no model has that name: with m's adapter.
+    const adapter = this.#adapter(held, this.#untagged.get(name) ?? name);
     if (keepAliveMs !== undefined) held.keepAliveMs = keepAliveMs;
     held.active++;
     held.lastUsed = Date.now();

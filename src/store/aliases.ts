@@ -166,7 +166,7 @@ function readAliases(): AliasTable {
     }
     defaultModel = user.defaultModel ?? defaultModel;
     // Only the user's entries can name other aliases (the shipped ones name sources).
-    refuseAliasCycles(models, (name) => withLine(userFile, entryLine(text, name)));
+    checkAliasChains(models, (name) => withLine(userFile, entryLine(text, name)));
   }
   checkSharedProviders(remotes.values());
   return { defaultModel, models, remotes };
@@ -174,9 +174,10 @@ function readAliases(): AliasTable {
 
 /**
  * An alias may name another as its source (a base plus an adapter), but a chain that comes back
- * to where it started would be followed for ever. (An alias naming itself names a stored model.)
+ * to where it started would be followed for ever (an alias naming itself names a stored model),
+ * and one with two adapters would need both applied at once.
  */
-function refuseAliasCycles(models: Map<string, ModelAlias>, where: (name: string) => string): void {
+function checkAliasChains(models: Map<string, ModelAlias>, where: (name: string) => string): void {
   // The alias that resolving `name` goes on to, as resolveModelPath follows them.
   const next = (name: string) => {
     const source = models.get(name)!.source;
@@ -192,6 +193,11 @@ function refuseAliasCycles(models: Map<string, ModelAlias>, where: (name: string
     if (at === start)
       throw new Error(
         `${where(start)}: model '${start}': its source leads back to it (${[...chain, start].join(" -> ")})`,
+      );
+    const tuned = chain.filter((name) => models.get(name)!.adapter !== undefined);
+    if (tuned.length > 1)
+      throw new Error(
+        `${where(start)}: model '${start}': '${tuned[0]}' and its source '${tuned[1]}' both have an adapter (one at a time)`,
       );
   }
 }
@@ -232,10 +238,21 @@ export function aliasKvQuantization(spec: string | undefined): KvQuantization | 
   return bits === undefined ? undefined : { bits, groupSize: 64 };
 }
 
-/** The adapter models.toml applies to the model named `spec` (default: the default model), if any. */
+/**
+ * The adapter models.toml applies to the model named `spec` (default: the default model), if
+ * any: its own, or that of the alias it names as its source (a base plus an adapter), as
+ * resolving the name follows that chain to the base's weights.
+ */
 export function aliasAdapter(spec: string | undefined): string | undefined {
   const table = loadAliases();
-  return table.models.get(spec ?? table.defaultModel)?.adapter;
+  // At most one alias of the chain has an adapter (checkAliasChains), and the chain ends.
+  for (let name = spec ?? table.defaultModel, alias = table.models.get(name); alias; ) {
+    if (alias.adapter) return alias.adapter;
+    if (alias.source === name) return undefined;
+    name = alias.source;
+    alias = table.models.get(name);
+  }
+  return undefined;
 }
 
 /** The rotating KV cache size models.toml asks for the model named `spec` (default: the default model). */

@@ -14,6 +14,8 @@ export interface RandomAdapterOptions {
   seed?: number;
   /** How far B departs from zero (mlx-lm starts it at zero; training moves it). */
   strength?: number;
+  /** The tensors' dtype as saved (float32 unless set), as an adapter trained or converted in half precision has them. */
+  dtype?: "bfloat16" | "float16";
 }
 
 /** The adapted layers of the last `count` of `numLayers` blocks, as mlx-lm's num_layers picks them. */
@@ -59,6 +61,11 @@ export function writeRandomAdapter(dir: string, o: RandomAdapterOptions): void {
       );
   }
   key.free();
+  if (o.dtype)
+    for (const [name, t] of tensors) {
+      tensors.set(name, mx.keep(mx.scope(() => mx.astype(t, mx.Dtype[o.dtype!]))));
+      t.free();
+    }
   mx.evaluate(...tensors.values());
   mx.saveSafetensors(join(dir, "adapters.safetensors"), tensors, { format: "mlx" });
   const numLayers = new Set(Object.keys(o.layers).map((p) => p.match(/layers\.(\d+)\./)?.[1])).size;

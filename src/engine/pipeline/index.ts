@@ -60,7 +60,7 @@ export function openPipeline(path: string, spec: PipelineSpec, caches: CacheOpti
   // Tensor parallel: every rank holds a slice of every layer; rank 0 the ends as well.
   const stages = tensorParallel
     ? undefined
-    : spec.layers
+    : spec.layers !== undefined
       ? parseLayers(spec.layers, layout.numLayers, size)
       : defaultSplit(layout, exchangeFreeMemory(group));
   const stage = stages?.[rank] ?? { start: 0, end: layout.numLayers, ends: rank === 0 };

@@ -5,6 +5,8 @@ import type { Stage } from "../../models/stage";
 
 /** "0-9,10-18,19-29": one contiguous run of layers per rank, in order, covering every layer. */
 export function parseLayers(spec: string, numLayers: number, ranks: number): Stage[] {
+  // Not the default split in its place: an empty --layers "$SPLIT" is a mistake to name.
+  if (!spec.trim()) throw new Error("--layers is empty: give one range of layers per rank, e.g. 0-9,10-29");
   const parts = spec.split(",").map((p) => p.trim());
   if (parts.length !== ranks)
     throw new Error(`--layers '${spec}' names ${parts.length} ranges for ${ranks} ranks (one range per rank)`);

@@ -1,10 +1,13 @@
 // Streaming an answer that may hold tool calls: prose goes out as it comes, but from the
 // moment a call may be starting the text is held, so a client never sees half a call as
-// prose. At the end the held text is read into calls (or released as prose if it is none).
+// prose. At the end the held text is read into calls (or released as prose if it is none), so
+// that the prose streamed is the content of the answer read whole.
 import type { ParsedAnswer, ToolCallParser } from "./formats";
 
 export class ToolCallStream {
   private held = "";
+  /** The prose released so far. */
+  private shown = "";
   private inCall = false;
   /** For formats whose calls open the answer: whether the answer is known to be prose. */
   private prose = false;
@@ -15,7 +18,9 @@ export class ToolCallStream {
   push(text: string): string {
     this.held += text;
     if (this.inCall) return "";
-    return this.format.anywhere ? this.pushAnywhere() : this.pushAtStart();
+    const prose = this.format.anywhere ? this.pushAnywhere() : this.pushAtStart();
+    this.shown += prose;
+    return prose;
   }
 
   /** The answer is complete: the prose not yet shown, and the calls. */
@@ -23,7 +28,13 @@ export class ToolCallStream {
     const rest = this.held;
     this.held = "";
     if (!this.inCall) return { content: rest, calls: [] };
-    return this.format.parse(rest);
+    // Read whole, as an answer that is not streamed: its content goes on from the prose shown
+    // (unless it drops whitespace that opened the answer, which was shown before any call).
+    const answer = this.format.parse(this.shown + rest);
+    const content = answer.content.startsWith(this.shown)
+      ? answer.content.slice(this.shown.length)
+      : this.format.parse(rest).content;
+    return { content, calls: answer.calls };
   }
 
   private pushAnywhere(): string {
@@ -31,11 +42,17 @@ export class ToolCallStream {
       const at = this.held.indexOf(marker);
       if (at >= 0) {
         this.inCall = true;
-        return this.release(at);
+        return this.release(this.proseLength(at));
       }
     }
-    // Hold back an ending that could grow into a marker.
-    return this.release(this.held.length - this.partialMarkerLength());
+    // Hold back an ending that could grow into a marker, and whitespace a call may follow (the
+    // content of an answer with calls does not end in whitespace).
+    return this.release(this.proseLength(this.held.length - this.partialMarkerLength()));
+  }
+
+  /** How much of the first `n` held characters is prose to show now: all but trailing whitespace. */
+  private proseLength(n: number): number {
+    return this.held.slice(0, n).trimEnd().length;
   }
 
   private pushAtStart(): string {

@@ -5,7 +5,8 @@ import { base64Vector, parseOllamaEmbed, parseOpenAIEmbeddings, type EmbeddingsR
 import { nanos } from "../../api/ollama";
 import { readJson } from "../../api/validate";
 import { embed, type Embeddings } from "../../engine/embed";
-import { requestedModel } from "../generation";
+import { requestDeadline, requestedModel } from "../generation";
+import type { Lease } from "../model-registry";
 import type { ServerState } from "../state";
 
 export function embeddingsRoutes(s: ServerState): Hono {
@@ -49,26 +50,35 @@ export function embeddingsRoutes(s: ServerState): Hono {
   return r;
 }
 
-/** The vectors, while the model is held; the work stops once `signal` says the client went away. */
+/**
+ * The vectors, while the model is held; the work stops once `signal` says the client went away,
+ * or, as a generation's, once the request timeout passes (a 504) or the server stops (a 503).
+ */
 async function embedWith(
   s: ServerState,
   model: string,
   req: EmbeddingsRequest,
   signal: AbortSignal,
 ): Promise<{ result: Embeddings; loadMs: number }> {
-  const lease = await s.models.acquire(model, req.keepAlive, signal);
+  // The request's clock starts now: waiting for the model to load counts.
+  const deadline = requestDeadline({ clientSignal: signal, timeoutMs: s.config.requestTimeoutMs }, s.shutdown.signal);
+  let lease: Lease | undefined;
   try {
+    lease = await s.models.acquire(model, req.keepAlive, deadline.controller.signal);
     const result = await embed(lease.entry.lm, req.inputs, {
       dimensions: req.dimensions,
       truncate: req.truncate,
       context: req.context,
       param: req.param,
-      signal,
+      signal: deadline.controller.signal,
       // A long input holds up the model's streams no longer than a prefill would (--prefill-chunk, or the tuner's).
       chunk: lease.entry.scheduler.limits.prefillChunk,
     });
     return { result, loadMs: lease.loadMs };
+  } catch (error) {
+    throw deadline.cutShort()?.error ?? error;
   } finally {
-    lease.release();
+    deadline.release();
+    lease?.release();
   }
 }

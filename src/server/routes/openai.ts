@@ -35,23 +35,26 @@ type Kind = "chat" | "completion";
 
 /** Every model a request may name: loaded, the default, adapters, stored, then remote ones. */
 async function servedModels(s: ServerState): Promise<ReturnType<typeof modelObject>[]> {
+  const stored = await s.models.stored();
+  // A stored model was created when it was stored, loaded or not: one `created` per model, however often asked.
+  const storedAt = new Map(stored.map((m) => [m.name, Math.floor(Date.parse(m.createdAt) / 1000) || 0]));
+  const created = (name: string, otherwise: number) => storedAt.get(name) ?? otherwise;
   const seen = new Set<string>();
   const data = [];
   for (const e of s.models.loaded) {
     seen.add(e.name);
-    data.push(modelObject(e.name, Math.floor(e.loadedAt.getTime() / 1000)));
+    data.push(modelObject(e.name, created(e.name, Math.floor(e.loadedAt.getTime() / 1000))));
   }
   if (s.config.defaultModel && !seen.has(s.config.defaultModel)) {
     seen.add(s.config.defaultModel);
-    data.push(modelObject(s.config.defaultModel, unixSeconds()));
+    data.push(modelObject(s.config.defaultModel, created(s.config.defaultModel, unixSeconds())));
   }
   for (const name of s.models.adapterNames)
     if (!seen.has(name)) {
       seen.add(name);
       data.push(modelObject(name, unixSeconds()));
     }
-  for (const m of await s.models.stored())
-    if (!seen.has(m.name)) data.push(modelObject(m.name, Math.floor(Date.parse(m.createdAt) / 1000) || 0));
+  for (const m of stored) if (!seen.has(m.name)) data.push(modelObject(m.name, storedAt.get(m.name)!));
   for (const name of remoteModelNames()) if (!seen.has(name)) data.push(modelObject(name, 0));
   return data;
 }
