@@ -62,6 +62,10 @@ std::pair<int, int> visible_keys(const Problem& p, int b, int kv_head, int row_b
 // go as the cache compacts, which happens at other steps with a speculative check than when
 // decoding one token at a time: the tile's parts are cut at the run, so that they cover the same
 // visible keys whatever the columns in between (the cache keeps the run at least a column wide).
+// Only a run after at most kMostSinks visible keys counts: a decode step reads each tile's mask
+// row once more, and a row that sees more before its first hidden key has no sinks to set apart.
+constexpr int kMostSinks = 64;
+
 template <class Problem>
 std::pair<int, int> hidden_run(const Problem& p, const AttentionTile& t) {
   if (!p.has_mask) return {t.key_end, t.key_end};
@@ -75,8 +79,10 @@ std::pair<int, int> hidden_run(const Problem& p, const AttentionTile& t) {
       }
     return true;
   };
+  const int sinks_end = std::min(t.key_end, t.key_begin + kMostSinks + 1);
   int begin = t.key_begin;
-  while (begin < t.key_end && !hidden_from_all(begin)) ++begin;
+  while (begin < sinks_end && !hidden_from_all(begin)) ++begin;
+  if (begin == sinks_end) return {t.key_end, t.key_end};
   int end = begin;
   while (end < t.key_end && hidden_from_all(end)) ++end;
   // A hidden run that reaches the tile's last key is no run between visible keys.
