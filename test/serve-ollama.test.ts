@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Ollama, type GenerateResponse } from "ollama";
 import type { RunningServer } from "../src/server/app";
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { eventually, post, serve, tinyModel } from "./helpers/serve";
@@ -351,6 +351,22 @@ describe("Ollama model management", () => {
       expect((await client.ps()).models).toEqual([]);
     } finally {
       await adapted.stop();
+    }
+  });
+
+  test("/api/tags lists a name `serve --adapter` added, its base as the parent model (clients pick models there)", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "mlx-tags-adapter-"));
+    writeFileSync(join(dir, "adapter_config.json"), "{}");
+    writeFileSync(join(dir, "adapters.safetensors"), new Uint8Array(1000));
+    const adapted = serve({ adapters: new Map([["tuned", { base: model, dir }]]) });
+    try {
+      const { models } = await new Ollama({ host: adapted.url }).list();
+      const tuned = models.find((m) => m.name === "tuned");
+      expect(tuned).toMatchObject({ model: "tuned", size: 1002, details: { parent_model: model } });
+      expect(tuned!.digest).toMatch(/^[0-9a-f]{64}$/);
+    } finally {
+      await adapted.stop();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 

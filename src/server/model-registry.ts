@@ -147,6 +147,11 @@ export class ModelRegistry {
     return [...(this.options.adapters?.keys() ?? [])];
   }
 
+  /** What each name serve --adapter added stands for: its base (undefined: the default model) and adapter directory. */
+  get servedAdapters(): ReadonlyMap<string, { base: string | undefined; dir: string }> {
+    return this.options.adapters ?? new Map();
+  }
+
   /** The loaded model a name refers to, if any (no resolving, no loading); "m:latest" is "m" as in resolve. */
   find(name: string): LoadedEntry | undefined {
     const path = this.#pathOf.get(name);

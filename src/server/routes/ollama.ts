@@ -1,7 +1,8 @@
 // Ollama-compatible routes: /api/chat and /api/generate (NDJSON streams or one object),
 // /api/tags, /api/ps, /api/show (from the model's files, without loading it), /api/version.
 import { createHash } from "node:crypto";
-import { statSync } from "node:fs";
+import { readdirSync, statSync } from "node:fs";
+import { join, resolve } from "node:path";
 import { Hono, type Context } from "hono";
 import {
   nanos,
@@ -73,6 +74,21 @@ export function ollamaRoutes(s: ServerState): Hono {
           digest: digest(e.path),
           details: details(e),
         });
+    // A name serve --adapter added is a model too, which Ollama clients (Open WebUI) pick from
+    // this list: its base as the parent model, the adapter's files as its size.
+    for (const [name, adapter] of s.models.servedAdapters)
+      if (!models.some((m) => m.name === name))
+        models.push({
+          name,
+          model: name,
+          modified_at: new Date(performance.timeOrigin + s.startedAt).toISOString(),
+          size: directoryBytes(adapter.dir),
+          digest: digest(`${adapter.base ?? ""}\n${resolve(adapter.dir)}`),
+          details: {
+            ...ollamaDetails("", undefined, "", undefined),
+            parent_model: adapter.base ?? s.config.defaultModel ?? "",
+          },
+        });
     // As Ollama lists its cloud models: where the answers come from, nothing stored here.
     for (const remote of remoteModelConfigs())
       if (!models.some((m) => m.name === remote.name))
@@ -141,6 +157,15 @@ const ollamaToolCalls = (calls: ToolCall[]) =>
   calls.map((c, index) => ({ id: c.id, function: { index, name: c.name, arguments: c.arguments } }));
 
 const digest = (s: string) => createHash("sha256").update(s).digest("hex");
+
+/** The bytes of the files in `dir` (0 where it cannot be read: listing never fails for it). */
+function directoryBytes(dir: string): number {
+  try {
+    return readdirSync(dir).reduce((n, name) => n + statSync(join(dir, name)).size, 0);
+  } catch {
+    return 0;
+  }
+}
 
 /** A stored model's digest: of its files' blobs, so that two names of the same files share it. */
 const storedDigest = (m: IndexEntry) => digest(Object.keys(m.blobs).sort().join(","));
