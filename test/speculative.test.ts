@@ -548,44 +548,35 @@ test("--num-draft past 64 (a typo for a small number) is an error, as num_draft 
 });
 
 describe("the default model", () => {
-  test("greedy answers are the same with prompt lookup and with itself as its draft", async () => {
+  /** Its greedy tokens for `text` alone, with prompt lookup and with itself as its draft. */
+  async function greedyThreeWays(text: string, maxTokens: number, maxKvSize?: number): Promise<number[][]> {
     const lm = loadModel(await resolveModelPath(undefined));
     try {
-      const code = "function add(a, b) {\n  // adds two numbers\n  return a + b;\n}\nconsole.log(add(1, 2));\n";
-      const promptIds = lm.tokenizer.encode(`Repeat this code, renaming add to sum:\n\n${code}`, {
-        addSpecialTokens: true,
-      });
+      const promptIds = lm.tokenizer.encode(text, { addSpecialTokens: true });
       const run = (speculation?: SpeculationOptions) =>
         [
-          ...generateTokens(lm.model, { promptIds, sampling: defaultSampling, maxTokens: 48 }, undefined, {
+          ...generateTokens(lm.model, { promptIds, sampling: defaultSampling, maxTokens }, undefined, {
             speculation,
+            maxKvSize,
           }),
         ].map((e) => e.token);
-      const alone = run();
-      expect(run({ numDraft: 4, maxBatch: 2 })).toEqual(alone);
-      expect(run({ numDraft: 3, maxBatch: 2, draftModel: lm.model })).toEqual(alone);
+      return [run(), run({ numDraft: 4, maxBatch: 2 }), run({ numDraft: 3, maxBatch: 2, draftModel: lm.model })];
     } finally {
       lm.free();
     }
+  }
+
+  test("greedy answers are the same with prompt lookup and with itself as its draft", async () => {
+    const code = "function add(a, b) {\n  // adds two numbers\n  return a + b;\n}\nconsole.log(add(1, 2));\n";
+    const [alone, lookup, drafted] = await greedyThreeWays(`Repeat this code, renaming add to sum:\n\n${code}`, 48);
+    expect(lookup).toEqual(alone!);
+    expect(drafted).toEqual(alone!);
   });
 
   test("with a rotating KV cache (--max-kv-size 48), over 160 tokens: the same greedy answers", async () => {
-    const lm = loadModel(await resolveModelPath(undefined));
-    try {
-      const text = "The cat sat on the mat. The dog sat on the log. The cat sat on the log. ";
-      const promptIds = lm.tokenizer.encode(`Continue the pattern:\n\n${text.repeat(3)}`, { addSpecialTokens: true });
-      const run = (speculation?: SpeculationOptions) =>
-        [
-          ...generateTokens(lm.model, { promptIds, sampling: defaultSampling, maxTokens: 160 }, undefined, {
-            speculation,
-            maxKvSize: 48,
-          }),
-        ].map((e) => e.token);
-      const alone = run();
-      expect(run({ numDraft: 4, maxBatch: 2 })).toEqual(alone);
-      expect(run({ numDraft: 3, maxBatch: 2, draftModel: lm.model })).toEqual(alone);
-    } finally {
-      lm.free();
-    }
+    const text = "The cat sat on the mat. The dog sat on the log. The cat sat on the log. ";
+    const [alone, lookup, drafted] = await greedyThreeWays(`Continue the pattern:\n\n${text.repeat(3)}`, 160, 48);
+    expect(lookup).toEqual(alone!);
+    expect(drafted).toEqual(alone!);
   });
 });
