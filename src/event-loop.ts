@@ -2,6 +2,9 @@
 // then, so signals, timers and sockets are served meanwhile (a server loading a model keeps
 // answering and streaming).
 
+/** The longest delay a timer takes (2^31 - 1 ms, about 24.8 days): past it, it fires at once. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /** Resolves after the event loop has run once: pending I/O, signals (Ctrl-C) and timers first. */
 export const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 

@@ -17,6 +17,7 @@ import type { SpeculationChoice } from "../models/load";
 import type { PipelineSpec } from "../engine/pipeline";
 import { fileErrorReason } from "../format";
 import { InvalidParameterError } from "../errors";
+import { MAX_TIMER_MS } from "../event-loop";
 
 export const modelArg = {
   model: {
@@ -328,7 +329,7 @@ export const distributedArgs = {
  * 32-bit integer (about 24 days); past it a timeout wraps round to fire at once, or every
  * millisecond.
  */
-const maxPeerTimeoutS = Math.floor((2 ** 31 - 1) / 1000);
+const maxPeerTimeoutS = Math.floor(MAX_TIMER_MS / 1000);
 
 /** The pipeline this process is a rank of (--hostfile/--rank, or $MLX_HOSTFILE/$MLX_RANK), if any. */
 export function pipelineFrom(args: Record<string, unknown>): PipelineSpec | undefined {

@@ -257,7 +257,7 @@ function walkSchema(node: unknown, path: string): void {
       `unsupported schema: ${path}/${untypedBound} needs "type": "integer" or "number" beside it in constrained decoding`,
     );
   const isNumber = s.type === "number" || (Array.isArray(s.type) && s.type.includes("number"));
-  for (const bound of ["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"]) {
+  for (const bound of NUMBER_BOUNDS) {
     const v = s[bound];
     // xgrammar's range grammar for fractional bounds is wrong (it can emit invalid numbers).
     if (isNumber && typeof v === "number" && !Number.isInteger(v)) {

@@ -32,6 +32,7 @@ import { promptCacheOwner } from "../engine/prompt-cache-file";
 import { AdaptiveTuner } from "../engine/tuner";
 import type { ServerConfig, ServerState } from "./state";
 import { activeProviders, remoteModel } from "../providers";
+import { MAX_TIMER_MS } from "../event-loop";
 
 export interface ServerOptions extends Partial<ServerConfig> {
   host?: string;
@@ -130,8 +131,8 @@ export function createState(o: ServerOptions = {}): ServerState {
       apiKey: o.apiKey || undefined,
       corsOrigins: o.corsOrigins ?? [],
       maxBodyBytes: o.maxBodyBytes ?? 4 * 1024 * 1024,
-      // A timer takes at most 2^31 - 1 ms (24.8 days); past that it fires at once, so longer is that long.
-      requestTimeoutMs: Math.min(o.requestTimeoutMs ?? 600_000, 2 ** 31 - 1),
+      // A timer fires at once past its longest delay: a longer timeout is that long.
+      requestTimeoutMs: Math.min(o.requestTimeoutMs ?? 600_000, MAX_TIMER_MS),
       defaultModel: o.defaultModel,
       storedResponseBytes: o.storedResponseBytes ?? 256 * 1024 * 1024,
       maxSequences: largestBatch + maxQueue,

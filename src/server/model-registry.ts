@@ -23,11 +23,15 @@ import { listModels } from "../store/store";
 import type { IndexEntry } from "../store/model-index";
 import type { Scheduler } from "../engine/scheduler";
 import { ModelNotFoundError } from "../errors";
-import { nextTurn } from "../event-loop";
+import { MAX_TIMER_MS, nextTurn } from "../event-loop";
 import { ClientGoneError } from "./errors";
 
 /** The tag Ollama gives a model named without one. */
-export const LATEST_TAG = ":latest";
+const LATEST_TAG = ":latest";
+
+/** `name` without Ollama's default tag ("m:latest" is "m"); undefined when it has none. */
+export const withoutLatestTag = (name: string): string | undefined =>
+  name.endsWith(LATEST_TAG) ? name.slice(0, -LATEST_TAG.length) : undefined;
 
 export interface LoadedEntry {
   /** The name it was first requested by. */
@@ -142,11 +146,6 @@ export class ModelRegistry {
     return [...this.#byKey.values()];
   }
 
-  /** The names serve --adapter added (a base plus an adapter each). */
-  get adapterNames(): string[] {
-    return [...(this.options.adapters?.keys() ?? [])];
-  }
-
   /** What each name serve --adapter added stands for: its base (undefined: the default model) and adapter directory. */
   get servedAdapters(): ReadonlyMap<string, { base: string | undefined; dir: string }> {
     return this.options.adapters ?? new Map();
@@ -158,7 +157,8 @@ export class ModelRegistry {
     const entry = path
       ? this.#byKey.get(this.#key(path, this.#settings(name)))
       : this.loaded.find((e) => e.name === name);
-    return entry ?? (name.endsWith(LATEST_TAG) ? this.find(name.slice(0, -LATEST_TAG.length)) : undefined);
+    const untagged = withoutLatestTag(name);
+    return entry ?? (untagged === undefined ? undefined : this.find(untagged));
   }
 
   /** The models the store holds, loaded or not (none when the store cannot be read). */
@@ -176,9 +176,10 @@ export class ModelRegistry {
     const served = this.options.adapters?.get(name);
     const path = await resolveModelPath(served ? served.base : name, { onProgress: () => {} }).catch((error) => {
       // Ollama's clients may name a model with its default tag: "m:latest" is "m" where no model has that name.
-      if (!(error instanceof ModelNotFoundError) || !name.endsWith(LATEST_TAG)) throw error;
-      this.#untagged.set(name, name.slice(0, -LATEST_TAG.length));
-      return this.resolve(name.slice(0, -LATEST_TAG.length));
+      const untagged = withoutLatestTag(name);
+      if (!(error instanceof ModelNotFoundError) || untagged === undefined) throw error;
+      this.#untagged.set(name, untagged);
+      return this.resolve(untagged);
     });
     this.#pathOf.set(name, path);
     return path;
@@ -415,7 +416,7 @@ export class ModelRegistry {
     if (entry.keepAliveMs === Infinity) return;
     if (entry.keepAliveMs <= 0) return this.unload(entry);
     // setTimeout holds at most ~24.8 days; longer keep-alives are as good as forever.
-    const ms = Math.min(entry.keepAliveMs, 2 ** 31 - 1);
+    const ms = Math.min(entry.keepAliveMs, MAX_TIMER_MS);
     entry.expiresAt = new Date(Date.now() + ms);
     entry.timer = setTimeout(() => {
       if (entry.active === 0) this.unload(entry);

@@ -10,7 +10,7 @@ import { isRemoteSource, modelRequest, pullModel, type ModelRequest } from "../.
 import { loadAliases } from "../../store/aliases";
 import { copyModel, loadPath, removeModel } from "../../store/store";
 import { badRequest, toApiError } from "../errors";
-import { LATEST_TAG } from "../model-registry";
+import { withoutLatestTag } from "../model-registry";
 import type { ServerState } from "../state";
 
 /** Progress lines at most this often (the last one always goes). */
@@ -96,8 +96,8 @@ export function ollamaModelRoutes(s: ServerState): Hono {
 
 /** The store's name for what a client names: "m:latest" (Ollama's default tag) is "m" unless a model has that very name. */
 function storedName(name: string): string {
-  if (!name.endsWith(LATEST_TAG) || readManifest(name)) return name;
-  return name.slice(0, -LATEST_TAG.length);
+  const untagged = withoutLatestTag(name);
+  return untagged === undefined || readManifest(name) ? name : untagged;
 }
 
 /**

@@ -18,7 +18,7 @@ import { httpRequestBounds, startGeneration, type Generation } from "../generati
 import { closedEarly, closedEarlyHeaders, collectGeneration, generationStream } from "../respond";
 import { ToolCallStream, type ToolCall } from "../../engine/tools";
 import { thinkingTemplate } from "../../engine/reasoning";
-import { LATEST_TAG, type LoadedEntry } from "../model-registry";
+import { withoutLatestTag, type LoadedEntry } from "../model-registry";
 import { locateModel, missingModelError } from "../../store/resolve";
 import type { IndexEntry } from "../../store/model-index";
 import { readJson } from "../../api/validate";
@@ -304,9 +304,9 @@ async function modelFiles(s: ServerState, name: string): Promise<string> {
   const loaded = s.models.find(name);
   if (loaded) return loaded.path;
   // A name `serve --adapter` added is an adapter on a model the server names itself.
-  if (s.models.adapterNames.includes(name)) return s.models.resolve(name);
-  const untagged = name.endsWith(LATEST_TAG) ? [name.slice(0, -LATEST_TAG.length)] : [];
-  const located = [name, ...untagged].map((candidate) => locateModel(candidate));
+  if (s.models.servedAdapters.has(name)) return s.models.resolve(name);
+  const untagged = withoutLatestTag(name);
+  const located = [name, ...(untagged === undefined ? [] : [untagged])].map((candidate) => locateModel(candidate));
   const found = located.find((location) => location.path !== undefined);
   if (found) return found.path!;
   const location = located[0]!;
@@ -340,17 +340,13 @@ function answerIds(gen: Generation, done: GenerationDone): number[] {
 /** The remote alias a name stands for: "far:latest" (Ollama's default tag) is "far", as for a local model. */
 function remoteName(name: string): string | undefined {
   const names = remoteModelNames();
-  const untagged = name.endsWith(LATEST_TAG) ? name.slice(0, -LATEST_TAG.length) : undefined;
+  const untagged = withoutLatestTag(name);
   if (names.includes(name)) return name;
   return untagged !== undefined && names.includes(untagged) ? untagged : undefined;
 }
 
-/**
- * Loads a model ahead of its requests (`ollama run` asks first), kept for `keepAlive`; a remote
- * model is ready as it is, with nothing to load. Milliseconds spent loading.
- */
+/** Loads a model ahead of its requests (`ollama run` asks first), kept for `keepAlive`. Milliseconds spent loading. */
 async function preload(s: ServerState, name: string, keepAlive: number | undefined): Promise<number> {
-  if (remoteModelNames().includes(name)) return 0;
   const lease = await s.models.acquire(name, keepAlive);
   lease.release();
   return lease.loadMs;
@@ -360,7 +356,8 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
   const started = performance.now();
   const createdAt = () => new Date().toISOString();
   const base = () => ({ model: req.model, created_at: createdAt() });
-  const model = remoteName(req.model) ?? req.model;
+  const remote = remoteName(req.model);
+  const model = remote ?? req.model;
   const empty = kind === "chat" ? { message: { role: "assistant", content: "" } } : { response: "" };
 
   // No prompt: load the model (or with keep_alive 0, unload it), as Ollama does.
@@ -369,10 +366,11 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
       const entry = s.models.find(model) ?? s.models.loaded.find((e) => e.path === model);
       if (entry) s.models.setKeepAlive(entry, 0);
       // An unknown model is a 404, as in Ollama; a remote one has nothing to unload.
-      else if (!remoteModelNames().includes(model)) await modelFiles(s, model);
+      else if (remote === undefined) await modelFiles(s, model);
       return c.json({ ...base(), ...empty, done_reason: "unload", done: true });
     }
-    const loadMs = await preload(s, model, req.keepAlive);
+    // A remote model is ready as it is, with nothing to load.
+    const loadMs = remote === undefined ? await preload(s, model, req.keepAlive) : 0;
     return c.json({
       ...base(),
       ...empty,

@@ -49,7 +49,7 @@ async function servedModels(s: ServerState): Promise<ReturnType<typeof modelObje
     seen.add(s.config.defaultModel);
     data.push(modelObject(s.config.defaultModel, created(s.config.defaultModel, unixSeconds())));
   }
-  for (const name of s.models.adapterNames)
+  for (const name of s.models.servedAdapters.keys())
     if (!seen.has(name)) {
       seen.add(name);
       data.push(modelObject(name, unixSeconds()));
