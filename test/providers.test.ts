@@ -512,7 +512,14 @@ describe("structured output", () => {
     // Under draft-07 `items: false` refuses every item, and prefixItems means nothing.
     const schema = {
       type: "object",
-      properties: { pair: { type: "array", prefixItems: [{ type: "integer" }, { type: "boolean" }], items: false } },
+      properties: {
+        // Bounded: a random-weight model's unbounded integer can run its digits past max_tokens.
+        pair: {
+          type: "array",
+          prefixItems: [{ type: "integer", minimum: 0, maximum: 99 }, { type: "boolean" }],
+          items: false,
+        },
+      },
       required: ["pair"],
     };
     const r = await post(`${proxy.url}/v1/chat/completions`, {

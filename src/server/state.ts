@@ -39,3 +39,6 @@ export interface ServerState {
   /** Resolves once the prompt cache files queued so far (serve --prompt-cache-dir) are written. */
   promptCacheWrites: () => Promise<void>;
 }
+
+/** When the server started, as a date: what a model with no stored date of its own is dated by. */
+export const serverStartDate = (s: ServerState): Date => new Date(performance.timeOrigin + s.startedAt);

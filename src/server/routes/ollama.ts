@@ -22,7 +22,7 @@ import { withoutLatestTag, type LoadedEntry } from "../model-registry";
 import { locateModel, missingModelError } from "../../store/resolve";
 import type { IndexEntry } from "../../store/model-index";
 import { readJson } from "../../api/validate";
-import type { ServerState } from "../state";
+import { type ServerState, serverStartDate } from "../state";
 import { remoteModelConfigs, remoteModelNames } from "../../providers";
 import { formatCount } from "../../format";
 import type { ModelConfig } from "../../models/config";
@@ -81,7 +81,7 @@ export function ollamaRoutes(s: ServerState): Hono {
         models.push({
           name,
           model: name,
-          modified_at: new Date(performance.timeOrigin + s.startedAt).toISOString(),
+          modified_at: serverStartDate(s).toISOString(),
           size: directoryBytes(adapter.dir),
           digest: digest(`${adapter.base ?? ""}\n${resolve(adapter.dir)}`),
           details: {
@@ -97,7 +97,7 @@ export function ollamaRoutes(s: ServerState): Hono {
           model: remote.name,
           remote_model: remote.model,
           remote_host: remote.baseUrl,
-          modified_at: new Date(performance.timeOrigin + s.startedAt).toISOString(),
+          modified_at: serverStartDate(s).toISOString(),
           size: 0,
           digest: digest(`${remote.baseUrl}\n${remote.model}`),
           details: ollamaDetails("", undefined, "", undefined),

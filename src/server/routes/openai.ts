@@ -25,7 +25,7 @@ import {
   type Send,
 } from "../respond";
 import { readJson } from "../../api/validate";
-import type { ServerState } from "../state";
+import { type ServerState, serverStartDate } from "../state";
 import type { Tokenizer } from "../../tokenizer/tokenizer";
 import { ToolCallStream, type ToolCall } from "../../engine/tools";
 import { remoteModel, remoteModelNames } from "../../providers";
@@ -39,6 +39,8 @@ async function servedModels(s: ServerState): Promise<ReturnType<typeof modelObje
   // A stored model was created when it was stored, loaded or not: one `created` per model, however often asked.
   const storedAt = new Map(stored.map((m) => [m.name, Math.floor(Date.parse(m.createdAt) / 1000) || 0]));
   const created = (name: string, otherwise: number) => storedAt.get(name) ?? otherwise;
+  // Not stored, not loaded: dated by the server's start, so that a list and a lookup agree.
+  const started = Math.floor(serverStartDate(s).getTime() / 1000);
   const seen = new Set<string>();
   const data = [];
   for (const e of s.models.loaded) {
@@ -47,12 +49,12 @@ async function servedModels(s: ServerState): Promise<ReturnType<typeof modelObje
   }
   if (s.config.defaultModel && !seen.has(s.config.defaultModel)) {
     seen.add(s.config.defaultModel);
-    data.push(modelObject(s.config.defaultModel, created(s.config.defaultModel, unixSeconds())));
+    data.push(modelObject(s.config.defaultModel, created(s.config.defaultModel, started)));
   }
   for (const name of s.models.servedAdapters.keys())
     if (!seen.has(name)) {
       seen.add(name);
-      data.push(modelObject(name, unixSeconds()));
+      data.push(modelObject(name, started));
     }
   for (const m of stored) if (!seen.has(m.name)) data.push(modelObject(m.name, storedAt.get(m.name)!));
   for (const name of remoteModelNames()) if (!seen.has(name)) data.push(modelObject(name, 0));
