@@ -5,6 +5,7 @@
 // its -d too: the generation test after a context of d tokens, prefilled before the clock starts.
 import type { LoadedModel } from "../models/load";
 import { readGGUFHeader } from "../models/gguf-header";
+import { modelBytes, readLayout } from "../models/layout";
 import { generateTokens } from "../engine/batch";
 import { memoryFigures, resetPeakMemory } from "../engine/device";
 import { defaultSampling, type SamplingParams } from "../engine/sampling";
@@ -99,7 +100,8 @@ export function describeModel(lm: LoadedModel, name: string): ModelInfo {
     format: lm.format,
     architecture: lm.config.modelType,
     quantization: quantizationOf(lm),
-    sizeBytes: lm.weightBytes,
+    // A rank of a split model holds only its share: the table gives the model's size, as alone.
+    sizeBytes: lm.stage || lm.weights.shard ? modelBytes(readLayout(lm.path)) : lm.weightBytes,
   };
 }
 

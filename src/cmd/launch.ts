@@ -240,11 +240,15 @@ async function launch(hosts: Host[], command: string[], sshConfig?: string): Pro
   };
   // Ctrl-C or a stop goes to rank 0, which ends as it would alone and stops the others; each
   // one, as a second Ctrl-C in chat stops another answer and a second stop of serve cuts its requests.
+  // Only serve handles a stop: any other command's rank 0 dies of it without a word to the
+  // others, which would each report the lost connection as their error. It goes to every rank.
+  const stopKillsRanks = command[0] !== "serve";
   let passedOn: NodeJS.Signals | undefined;
   for (const signal of ["SIGINT", "SIGTERM"] as const)
     process.on(signal, () => {
       passedOn = signal;
-      if (!(signal === "SIGINT" && rankZeroOnTerminal)) ranks[0]!.signal(signal);
+      if (signal === "SIGTERM" && stopKillsRanks) stopAll(signal);
+      else if (!(signal === "SIGINT" && rankZeroOnTerminal)) ranks[0]!.signal(signal);
     });
   try {
     // The first rank to fail ends the launch; rank 0 ending well ends it too (the others follow it).
@@ -253,8 +257,12 @@ async function launch(hosts: Host[], command: string[], sshConfig?: string): Pro
         void r.exit.then((status) => (status.code !== 0 || r.rank === 0) && resolve({ r, status }));
     });
     // Rank 0 stopped by a signal we passed on (Ctrl-C, a stop) ends as it would alone: by its
-    // handler's status, or killed by that signal (then it told no one: we stop the others).
-    const killedAsAsked = first.r.rank === 0 && first.status.signal !== null && first.status.signal === passedOn;
+    // handler's status, or killed by that signal (then it told no one: we stop the others); so
+    // does any rank killed by a stop we gave every rank.
+    const killedAsAsked =
+      first.status.signal !== null &&
+      first.status.signal === passedOn &&
+      (first.r.rank === 0 || (passedOn === "SIGTERM" && stopKillsRanks));
     const asked = killedAsAsked || (first.r.rank === 0 && first.status.code !== null && first.status.code > 128);
     if (first.status.code !== 0 && !asked) {
       stopAll("SIGTERM");

@@ -30,6 +30,10 @@ export interface ModelLayout {
   activationBytes: number;
 }
 
+/** Bytes of the whole model's weights as loaded: what one process holding all of it would hold. */
+export const modelBytes = (layout: ModelLayout): number =>
+  layout.layerBytes.reduce((a, b) => a + b, 0) + layout.endBytes + layout.sharedBytes;
+
 export function readLayout(path: string): ModelLayout {
   if (!existsSync(path)) throw new ModelLoadError(`model not found: ${path}`);
   const sizes = statSync(path).isDirectory() ? safetensorsSizes(path) : ggufSizes(path);
