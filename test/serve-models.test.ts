@@ -180,6 +180,10 @@ describe("OpenAI /v1/models", () => {
     expect((await openai.models.retrieve("org/tiny")).created).toBe(stored.created);
     const listed = (await openai.models.list()).data.find((m) => m.id === "org/tiny")!;
     expect(listed.created).toBe(stored.created);
+    // Loaded, it also gives its context length (vLLM's field), which only its config tells.
+    const context = server.state.models.find("org/tiny")!.lm.config.maxPositionEmbeddings;
+    expect(listed).toMatchObject({ max_model_len: context });
+    expect(stored).not.toHaveProperty("max_model_len");
     await ollama.generate({ model: "org/tiny", prompt: "", keep_alive: 0 }); // unloaded again
   });
 });

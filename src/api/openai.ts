@@ -367,6 +367,7 @@ export const systemFingerprint = (model: string, version: string) =>
 export const newId = (prefix: string) => `${prefix}-${crypto.randomUUID().replaceAll("-", "").slice(0, 24)}`;
 export const unixSeconds = () => Math.floor(Date.now() / 1000);
 
-export function modelObject(id: string, created: number) {
-  return { id, object: "model" as const, created, owned_by: "mlx" };
+/** A model as OpenAI lists one; a loaded model also gives its context length, as vLLM does. */
+export function modelObject(id: string, created: number, maxModelLen?: number) {
+  return { id, object: "model" as const, created, owned_by: "mlx", ...(maxModelLen && { max_model_len: maxModelLen }) };
 }

@@ -45,7 +45,8 @@ async function servedModels(s: ServerState): Promise<ReturnType<typeof modelObje
   const data = [];
   for (const e of s.models.loaded) {
     seen.add(e.name);
-    data.push(modelObject(e.name, created(e.name, Math.floor(e.loadedAt.getTime() / 1000))));
+    const loadedAt = Math.floor(e.loadedAt.getTime() / 1000);
+    data.push(modelObject(e.name, created(e.name, loadedAt), e.lm.config.maxPositionEmbeddings));
   }
   if (s.config.defaultModel && !seen.has(s.config.defaultModel)) {
     seen.add(s.config.defaultModel);
