@@ -70,6 +70,8 @@ cp -f "build/ffi/$lib" ".mlx/$lib.new" && mv -f ".mlx/$lib.new" ".mlx/$lib"
 mkdir -p dist
 node_modules/.bin/bun build --compile src/main.ts --outfile dist/mlx.new --external ffi-rs >/dev/null && mv -f dist/mlx.new dist/mlx
 # 5. The library for Node (package.json "exports"): one JavaScript file that node imports as it
-#    is; Bun imports the TypeScript source.
+#    is, and its types in one declaration file (the source's extensionless imports and Bun types
+#    would not check under a consumer's "moduleResolution": "nodenext"). Bun imports the source.
 node_modules/.bin/bun build --target node src/index.ts --outfile dist/node/index.js --external ffi-rs >/dev/null
+node_modules/.bin/dts-bundle-generator --silent --no-check --project tsconfig.json -o dist/node/index.d.ts src/index.ts
 say "ready: dist/mlx and dist/node/index.js ($backend backend, MLX $MLX_VERSION)"

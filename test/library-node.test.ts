@@ -3,7 +3,7 @@
 // and answers greedily; both give the token ids `mlx run` gives. Needs the default model
 // (fetched into the store on first use) and dist/node/index.js (scripts/setup.sh builds it).
 import { describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync, symlinkSync } from "node:fs";
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { cliRunner } from "./helpers/cli";
@@ -74,6 +74,57 @@ describe("the library", () => {
       ]);
     }
   }, 300_000);
+
+  test("a TypeScript consumer on Node (nodenext, strict, no Bun or Node types) checks against the package's types", () => {
+    // The package as installed: its package.json "exports", its declarations built as scripts/setup.sh builds them.
+    const dir = mkdtempSync(join(tmpdir(), "mlx-library-types-"));
+    try {
+      const pkg = join(dir, "node_modules", "mlx");
+      mkdirSync(join(pkg, "dist", "node"), { recursive: true });
+      copyFileSync(join(root, "package.json"), join(pkg, "package.json"));
+      const declarations = join(pkg, "dist", "node", "index.d.ts");
+      const generator = join(root, "node_modules", ".bin", "dts-bundle-generator");
+      const bundle = [
+        generator,
+        "--silent",
+        "--no-check",
+        "--project",
+        "tsconfig.json",
+        "-o",
+        declarations,
+        "src/index.ts",
+      ];
+      const built = Bun.spawnSync(bundle, { cwd: root, stderr: "pipe" });
+      if (built.exitCode !== 0) throw new Error(`the declarations failed: ${built.stderr.toString()}`);
+      writeFileSync(join(dir, "package.json"), JSON.stringify({ type: "module" }));
+      const compilerOptions = { module: "nodenext", target: "es2022", strict: true, noEmit: true, types: [] };
+      writeFileSync(join(dir, "tsconfig.json"), JSON.stringify({ compilerOptions, include: ["*.ts"] }));
+      writeFileSync(
+        join(dir, "main.ts"),
+        [
+          'import { load, ModelLoadError, type Message } from "mlx";',
+          'const model = await load("smollm2");',
+          'const messages: Message[] = [{ role: "user", content: "Hi" }];',
+          "const answer = await model.generate(messages, { maxTokens: 4, temperature: 0 });",
+          "const text: string = answer.text;",
+          'for await (const piece of model.stream("Hi", { maxTokens: 4 })) console.log(piece, text);',
+          'const chat = model.chat({ system: "Be brief." });',
+          'await chat.send("Hi");',
+          "model.close();",
+          'console.log(new ModelLoadError("x") instanceof Error);',
+          // A misuse the types must catch: the only error expected.
+          'await model.generate("Hi", { maxTokens: "4" });',
+        ].join("\n"),
+      );
+      const tsc = Bun.spawnSync([join(root, "node_modules", ".bin", "tsc"), "-p", "."], { cwd: dir, stdout: "pipe" });
+      const errors = tsc.stdout.toString().trim().split("\n");
+      expect(errors).toEqual([
+        expect.stringMatching(/^main\.ts\(11,\d+\): error TS2322: Type 'string' is not assignable to type 'number'/),
+      ]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 120_000);
 
   test("on Node, process.exit() while a generation runs exits cleanly, run after run", async () => {
     // This source built for Node as scripts/setup.sh builds dist/node, beside the package's modules (ffi-rs).
