@@ -7,6 +7,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Ollama } from "ollama";
+import OpenAI from "openai";
 import type { RunningServer } from "../src/server/app";
 import { eventually, post, serve, tinyModel } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
@@ -59,6 +60,43 @@ describe("per-model counters", () => {
     expect(await sample(url, hitTokens)).toBe(before.hitTokens);
     await ask(); // and a hit, counted on top
     expect(await sample(url, hits)).toBe(before.hits + 1);
+  });
+});
+
+describe("token counters", () => {
+  test("match the usage an OpenAI client gets, a prompt with n choices counted once", async () => {
+    const model = tinyModel();
+    server = serve({ defaultModel: model });
+    const { url } = server;
+    const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: "unused", maxRetries: 0 });
+    const counters = async () => ({
+      prompt: await sample(url, "mlx_prompt_tokens_total"),
+      completion: await sample(url, "mlx_generation_tokens_total"),
+    });
+    for (const n of [1, 3]) {
+      const before = await counters();
+      const answer = await client.completions.create({ model, prompt: ["Once upon", "The sea is"], max_tokens: 4, n });
+      const after = await counters();
+      expect({ n, prompt: after.prompt - before.prompt, completion: after.completion - before.completion }).toEqual({
+        n,
+        prompt: answer.usage!.prompt_tokens,
+        completion: answer.usage!.completion_tokens,
+      });
+    }
+    const before = await counters();
+    const stream = await client.chat.completions.create({
+      model,
+      messages: [{ role: "user", content: "Tell me about the sea" }],
+      max_tokens: 4,
+      n: 2,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    let usage: OpenAI.CompletionUsage | undefined;
+    for await (const chunk of stream) usage ??= chunk.usage ?? undefined;
+    const after = await counters();
+    expect(after.prompt - before.prompt).toBe(usage!.prompt_tokens);
+    expect(after.completion - before.completion).toBe(usage!.completion_tokens);
   });
 });
 

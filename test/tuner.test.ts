@@ -44,6 +44,15 @@ describe("AdaptiveTuner", () => {
     expect(t.limits.maxBatch).toBe(5);
   });
 
+  test("slow steps of a lone sequence leave the batch limit alone: there is nothing to shed", () => {
+    // One client over target (a latency spike, or a target no single stream meets): cutting the
+    // limit from 8 to 1 would not speed it up, and would queue the clients that come next.
+    const t = new AdaptiveTuner({ targetItlMs: 50, bounds, initial: { maxBatch: 8, prefillChunk: 64 }, settle: 2 });
+    for (let i = 0; i < 40; i++) expect(t.observe(120, 1, false)).toBeUndefined();
+    expect(t.limits).toEqual({ maxBatch: 8, prefillChunk: 64 });
+    expect(t.adjustmentCount).toBe(0);
+  });
+
   test("steps with no prompt prefilling never move the prefill chunk, whose effect they cannot show", () => {
     // Slow decode steps alone: a smaller chunk would not make them faster; shedding a sequence would.
     const slow = new AdaptiveTuner({ targetItlMs: 50, bounds, initial: { maxBatch: 8, prefillChunk: 512 }, settle: 2 });
@@ -55,6 +64,16 @@ describe("AdaptiveTuner", () => {
     for (let i = 0; i < 40; i++) expect(fast.observe(5, 1, false)).toBeUndefined();
     expect(fast.limits).toEqual({ maxBatch: 8, prefillChunk: 64 });
     expect(fast.adjustmentCount).toBe(0);
+  });
+
+  test("slow prefill steps cut the prefill chunk, not the batch, though the step it decides on was a plain decode", () => {
+    // A serve under load: steps sharing a prompt chunk are slow, the decode steps between them fast.
+    const t = new AdaptiveTuner({ targetItlMs: 40, bounds, initial: { maxBatch: 4, prefillChunk: 128 }, settle: 4 });
+    for (let i = 0; i < 3; i++) t.observe(300, 2, true);
+    expect(t.observe(20, 2, false)).toEqual({ maxBatch: 4, prefillChunk: 64 });
+    // Long after the last prefill, slow decode steps shed a sequence and leave the chunk alone.
+    for (let i = 0; i < 40; i++) t.observe(300, t.limits.maxBatch, false);
+    expect(t.limits).toEqual({ maxBatch: 1, prefillChunk: 64 });
   });
 
   test("counts every adjustment, also those past the latest 100 it keeps", () => {

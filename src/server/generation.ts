@@ -54,6 +54,11 @@ export interface GenerateInput {
   thinking?: ThinkingRequest;
   /** Generate past end-of-sequence tokens (vLLM's ignore_eos). */
   ignoreEos?: boolean;
+  /**
+   * Set on a prompt's further choices (n > 1): the client sent the prompt once, and /metrics
+   * counts its tokens once, as the answer's usage does.
+   */
+  repeatsPrompt?: boolean;
   /** Aborts when the client goes away. */
   clientSignal: AbortSignal;
   timeoutMs: number;
@@ -155,7 +160,7 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
     prepared?.dispose();
     if (flight) ctx.inflight.end(flight);
     deadline.release();
-    recordOutcome(ctx.metrics, input.route, outcome, usage);
+    recordOutcome(ctx.metrics, input, outcome, usage);
     lease?.release();
   };
   try {
@@ -206,13 +211,13 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
 
 export function recordOutcome(
   m: ServerMetrics,
-  route: string,
+  input: Pick<GenerateInput, "route" | "repeatsPrompt">,
   outcome: string,
   usage: GenerationUsage | undefined,
 ): void {
-  m.finished.inc({ route, finish_reason: outcome });
+  m.finished.inc({ route: input.route, finish_reason: outcome });
   if (!usage) return;
-  m.promptTokens.inc({}, usage.promptTokens);
+  if (!input.repeatsPrompt) m.promptTokens.inc({}, usage.promptTokens);
   m.generatedTokens.inc({}, usage.completionTokens);
   m.queueWait.observe(usage.queueMs / 1000);
   if (usage.completionTokens > 0) m.ttft.observe(usage.timeToFirstTokenMs / 1000);

@@ -114,6 +114,7 @@ async function complete(s: ServerState, c: Context, kind: Kind): Promise<Respons
       ...input,
       prompt: req.prompts[Math.floor(i / req.n)]!,
       sampling: { ...req.sampling, seed: seed === undefined ? undefined : seed + (i % req.n) },
+      repeatsPrompt: i % req.n > 0,
     }),
   );
   const meta = {
