@@ -345,6 +345,67 @@ describe("Ollama tools", () => {
   });
 });
 
+describe("Mistral's template, which takes only call ids of nine alphanumerics", () => {
+  test("calls and results with other ids (OpenAI's) or none (Ollama's) are rendered with one nine-character id each", async () => {
+    const mistralModel = join(mkdtempSync(join(tmpdir(), "mlx-serve-tools-mistral-")), "mistral");
+    writeTinyModel(mistralModel, {
+      modelType: "mistral",
+      contextLength: 1024,
+      chatTemplate: readFileSync(join(import.meta.dir, "fixtures", "templates", "mistral-tools.jinja"), "utf8"),
+    });
+    const history: OpenAI.ChatCompletionMessageParam[] = [
+      ...ask,
+      {
+        role: "assistant",
+        content: null,
+        tool_calls: [
+          { id: "call_Oslo-1", type: "function", function: { name: "forecast", arguments: '{"city": "Oslo"}' } },
+          { id: "call_Rome-2", type: "function", function: { name: "forecast", arguments: '{"city": "Rome"}' } },
+        ],
+      },
+      { role: "tool", tool_call_id: "call_Rome-2", content: "Sun" },
+      { role: "tool", tool_call_id: "call_Oslo-1", content: "Snow" },
+    ];
+    const rendered = await post(`${server.url}/apply-template`, { model: mistralModel, messages: history, tools });
+    expect(rendered.status).toBe(200);
+    const callIds = [...rendered.json.prompt.matchAll(/"city": "(\w+)"}, "id": "(\w+)"/g)].map((m) => [m[1], m[2]]);
+    const resultIds = [...rendered.json.prompt.matchAll(/"content": (\w+), "call_id": "(\w+)"/g)].map((m) => [
+      m[1],
+      m[2],
+    ]);
+    expect(callIds).toHaveLength(2);
+    for (const [, id] of callIds) expect(id).toMatch(/^[A-Za-z0-9]{9}$/);
+    expect(callIds[0]![1]).not.toBe(callIds[1]![1]);
+    const idOf = Object.fromEntries(callIds);
+    expect(resultIds).toEqual([
+      ["Sun", idOf.Rome],
+      ["Snow", idOf.Oslo],
+    ]);
+    const answer = await openai.chat.completions.create({
+      model: mistralModel,
+      messages: history,
+      tools,
+      max_tokens: 2,
+    });
+    expect(answer.choices[0]!.finish_reason).toBe("length");
+    const ollamaAnswer = await ollama.chat({
+      model: mistralModel,
+      messages: [
+        { role: "user", content: "What will the weather be in Oslo?" },
+        {
+          role: "assistant",
+          content: "",
+          tool_calls: [{ function: { name: "forecast", arguments: { city: "Oslo" } } }],
+        },
+        { role: "tool", content: "Snow", tool_name: "forecast" } as never,
+      ],
+      tools: tools as never,
+      options: { num_predict: 2 },
+    });
+    expect(ollamaAnswer.done_reason).toBe("length");
+  });
+});
+
 describe("a call a stop string cuts (the real default model, which calls when it has seen calls)", () => {
   const call = (id: string, city: string): OpenAI.ChatCompletionMessageParam => ({
     role: "assistant",

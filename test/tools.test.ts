@@ -125,6 +125,46 @@ describe("chat templates and formats", () => {
     expect(llama3.parse("Oslo is cold.")).toEqual({ content: "Oslo is cold.", calls: [] });
   });
 
+  test("llama3: calls one per line, calls then prose, and whole calls before a cut one are all read, whole and streamed", () => {
+    const now = '{"name": "now", "parameters": {}}';
+    const oslo = '{"name": "get_weather", "parameters": {"city": "Oslo; {Bergen}"}}';
+    const read = (text: string) => {
+      const answer = llama3.parse(text);
+      return { content: answer.content, calls: answer.calls.map((c) => [c.name, c.arguments]) };
+    };
+    const cases: [string, ReturnType<typeof read>][] = [
+      [
+        `${now}\n${oslo}`,
+        {
+          content: "",
+          calls: [
+            ["now", {}],
+            ["get_weather", { city: "Oslo; {Bergen}" }],
+          ],
+        },
+      ],
+      [
+        `<|python_tag|>${now};\n${oslo};`,
+        {
+          content: "",
+          calls: [
+            ["now", {}],
+            ["get_weather", { city: "Oslo; {Bergen}" }],
+          ],
+        },
+      ],
+      [`${now}\n\nI asked for the time.`, { content: "I asked for the time.", calls: [["now", {}]] }],
+      [`${now}; {"name": "get_weather", "param`, { content: "", calls: [["now", {}]] }],
+    ];
+    for (const [text, expected] of cases) {
+      expect(read(text)).toEqual(expected);
+      const s = new ToolCallStream(llama3);
+      const shown = [...text].map((c) => s.push(c)).join("");
+      const end = s.end();
+      expect({ content: shown + end.content, calls: end.calls.map((c) => [c.name, c.arguments]) }).toEqual(expected);
+    }
+  });
+
   test("mistral: a list of calls after [TOOL_CALLS] (or bare), with nine-character ids", () => {
     const parsed = mistral.parse(
       '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Rome"}}, {"name": "now", "arguments": {}}]',
@@ -310,6 +350,22 @@ describe("calls are valid by construction", () => {
       const { calls } = hermes.parse(r.text);
       expect(calls.map((c) => c.name)).toEqual(["search"]);
       expect(schemas.get("search")!(calls[0]!.arguments)).toBe(true);
+    }
+    expect(finished).toBeGreaterThan(0);
+  }, 120_000);
+
+  // Else the next turn's prompt differs from the answer the model wrote: a different example of
+  // the calls it is asked for, and a prompt cache that cannot reuse the answer's tokens.
+  test("a template without tools renders the model's calls in the next turn exactly as the grammar made it write them", async () => {
+    let finished = 0;
+    for (let seed = 1; seed <= 4; seed++) {
+      const r = await answer(hermes, [weather, search, noArguments], true, seed);
+      if (r.finishReason !== "stop") continue;
+      finished++;
+      const calls = hermes.parse(r.text).calls;
+      const turn = { role: "assistant", content: "", toolCalls: calls };
+      const { messages } = templateInput(toolTemplate(smolTemplate), [turn], undefined);
+      expect(messages[0]!.content).toBe(r.text.trim());
     }
     expect(finished).toBeGreaterThan(0);
   }, 120_000);

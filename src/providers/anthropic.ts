@@ -3,12 +3,11 @@
 // system prompt, and the answer is validated like every remote answer (see model.ts).
 import type { EventSourceMessage } from "eventsource-parser/stream";
 import { UnsupportedError } from "../errors";
-import type { ConversationMessage, ToolCall, ToolRequest } from "../engine/tools";
+import { pairToolResults, type ConversationMessage, type ToolCall, type ToolRequest } from "../engine/tools";
 import type { FormatInput, SamplingInput } from "../api/common";
 import {
   callArguments,
   errorBodyMessage,
-  pairToolResults,
   parseData,
   StreamFailure,
   type ProviderAdapter,

@@ -4,7 +4,7 @@
 // this and its own wire format, so any client API reaches any provider.
 import type { EventSourceMessage } from "eventsource-parser/stream";
 import type { FormatInput, PromptInput, SamplingInput } from "../api/common";
-import type { ConversationMessage, ToolCall, ToolRequest } from "../engine/tools";
+import type { ToolCall, ToolRequest } from "../engine/tools";
 import type { RemoteModelConfig } from "./config";
 
 export interface RemoteRequest {
@@ -108,22 +108,4 @@ export function errorBodyParam(body: string): string | undefined {
   } catch {
     return undefined;
   }
-}
-
-/**
- * The conversation with each tool result tied to its call, as both provider kinds require:
- * Ollama's clients send results with no call id (at most the function's name). A result
- * without one answers the first still unanswered call of the assistant turn before it, of the
- * function it names when it names one.
- */
-export function pairToolResults(conversation: ConversationMessage[]): ConversationMessage[] {
-  let open: ToolCall[] = [];
-  return conversation.map((m) => {
-    if (m.role === "assistant") open = [...(m.toolCalls ?? [])];
-    if (m.role !== "tool") return m;
-    const named = open.findIndex((c) => c.name === m.toolName);
-    const at = m.toolCallId ? open.findIndex((c) => c.id === m.toolCallId) : Math.max(named, 0);
-    const call = at >= 0 ? open.splice(at, 1)[0] : undefined;
-    return m.toolCallId || !call ? m : { ...m, toolCallId: call.id };
-  });
 }

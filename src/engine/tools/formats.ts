@@ -6,6 +6,7 @@
 //     <tool_call>\n{"name": "f", "arguments": {...}}\n</tool_call>
 // - llama3 (Llama 3.1+ JSON calls): {"name": "f", "parameters": {...}}, optionally after <|python_tag|>
 // - mistral: [TOOL_CALLS] [{"name": "f", "arguments": {...}}]
+import { createHash } from "node:crypto";
 import type { ToolCall } from "./types";
 
 export interface ParsedAnswer {
@@ -44,6 +45,17 @@ const openaiCallId = () => `call_${randomId(24)}`;
 // Mistral's templates accept exactly nine alphanumerics.
 const mistralCallId = () => randomId(9);
 
+/**
+ * A call id as Mistral's templates take it: nine alphanumerics, the id itself when it is one,
+ * else derived from it (the same for a call and its result), as clients send other ids
+ * (OpenAI's "call_…").
+ */
+export function mistralToolCallId(id: string): string {
+  if (/^[A-Za-z0-9]{9}$/.test(id)) return id;
+  const digest = createHash("sha256").update(id).digest();
+  return Array.from(digest.subarray(0, 9), (b) => alphanumeric[b % alphanumeric.length]).join("");
+}
+
 /** One call read from a parsed JSON value: `{name, arguments}` (or `parameters`; arguments may arrive as JSON text). */
 function readCall(value: unknown, newId: () => string): ToolCall | undefined {
   if (!value || typeof value !== "object" || Array.isArray(value)) return undefined;
@@ -72,6 +84,19 @@ function onlyCalls(text: string, values: unknown, newId: () => string): ParsedAn
 /** A call's JSON object around its arguments: `{"name": "f", "<key>": ` … `}`. */
 function jsonCall(name: string, key: "arguments" | "parameters"): { begin: string; end: string } {
   return { begin: `{"name": ${JSON.stringify(name)}, "${key}": `, end: "}" };
+}
+
+/**
+ * JSON with ", " and ": " between items, as the call grammar makes models write arguments (and
+ * as Python's json.dumps, and so the families' own templates, render them).
+ */
+export function spacedJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(spacedJson).join(", ")}]`;
+  if (value && typeof value === "object")
+    return `{${Object.entries(value)
+      .map(([key, item]) => `${JSON.stringify(key)}: ${spacedJson(item)}`)
+      .join(", ")}}`;
+  return JSON.stringify(value);
 }
 
 function parseJson(text: string): unknown {
@@ -148,17 +173,25 @@ const hermes: ToolCallFormat = {
   trigger: "<tool_call>",
 };
 
+/** JSON values read off the start of an answer's body, and the text after them. */
+interface LeadingValues {
+  /** One value (a call, or a list of them), or undefined when none reads. */
+  values: unknown;
+  rest: string;
+}
+
 /**
- * Reads an answer that, when it calls, is nothing but calls: an optional marker token, then
- * JSON that `read` turns into call values (anything else is prose). An answer that opened a
- * call (the marker, then JSON or nothing; or the family's `trigger`) whose JSON does not read
- * was cut off by a stop string or the token budget: it is neither a call nor prose.
+ * Reads an answer that opens with calls: an optional marker token, then JSON that `read` turns
+ * into call values (anything else is prose). An answer that opened a call (the marker, then
+ * JSON or nothing; or the family's `trigger`) whose JSON does not read was cut off by a stop
+ * string or the token budget: it is neither a call nor prose. After the calls, a call cut off
+ * the same way is dropped, and prose is the answer's content.
  */
 function leadingCalls(
   marker: string,
   trigger: string,
   opens: string[],
-  read: (body: string) => unknown,
+  read: (body: string) => LeadingValues,
   newId: () => string,
 ): (text: string) => ParsedAnswer {
   return (text) => {
@@ -166,10 +199,49 @@ function leadingCalls(
     const marked = trimmed.startsWith(marker);
     const body = (marked ? trimmed.slice(marker.length) : trimmed).trim();
     const json = opens.some((o) => body.startsWith(o));
-    const values = json ? read(body) : undefined;
+    const { values, rest } = json ? read(body) : { values: undefined, rest: body };
     const cut = values === undefined && ((marked && (json || !body)) || trimmed.startsWith(trigger));
-    return cut ? { content: "", calls: [] } : onlyCalls(text, values, newId);
+    if (cut) return { content: "", calls: [] };
+    const answer = onlyCalls(text, values, newId);
+    const cutCall = opens.some((o) => rest.startsWith(o));
+    return answer.calls.length > 0 && !cutCall ? { ...answer, content: rest.trim() } : answer;
   };
+}
+
+/** The whole body as one JSON value (a list of calls). */
+const wholeValue = (body: string): LeadingValues => ({ values: parseJson(body), rest: "" });
+
+/**
+ * The JSON objects that open `body`, one after another, apart by ";" (as Llama 3.2 writes
+ * parallel calls) or whitespace (one per line), and the text after them.
+ */
+function leadingObjects(body: string): LeadingValues {
+  const values: unknown[] = [];
+  let at = 0;
+  while (body.startsWith("{", at)) {
+    const end = jsonEnd(body, at);
+    const value = end < 0 ? undefined : parseJson(body.slice(at, end));
+    if (value === undefined) break;
+    values.push(value);
+    at = end + /^\s*;?\s*/.exec(body.slice(end))![0].length;
+  }
+  return { values: values.length > 1 ? values : values[0], rest: body.slice(at) };
+}
+
+/** Where the JSON object or list that opens `text` at `from` ends (past its closing bracket); -1 if it never closes. */
+function jsonEnd(text: string, from: number): number {
+  let depth = 0;
+  let inString = false;
+  for (let i = from; i < text.length; i++) {
+    const c = text[i];
+    if (inString) {
+      if (c === "\\") i++;
+      else if (c === '"') inString = false;
+    } else if (c === '"') inString = true;
+    else if (c === "{" || c === "[") depth++;
+    else if ((c === "}" || c === "]") && --depth === 0) return i + 1;
+  }
+  return -1;
 }
 
 const llama3Trigger = '{"name": ';
@@ -177,14 +249,7 @@ const llama3: ToolCallFormat = {
   name: "llama3",
   markers: ["<|python_tag|>", "{"],
   anywhere: false,
-  // One call, or several separated by ";" (as Llama 3.2 writes parallel calls).
-  parse: leadingCalls(
-    "<|python_tag|>",
-    llama3Trigger,
-    ["{"],
-    (body) => parseJson(body) ?? parseJson(`[${body.replace(/}\s*;\s*{/g, "},{")}]`),
-    openaiCallId,
-  ),
+  parse: leadingCalls("<|python_tag|>", llama3Trigger, ["{"], leadingObjects, openaiCallId),
   callLayout: (name) => jsonCall(name, "parameters"),
   separator: "; ",
   trigger: llama3Trigger,
@@ -196,7 +261,7 @@ const mistral: ToolCallFormat = {
   // A bare list of calls is read too.
   markers: [mistralMarker, "["],
   anywhere: false,
-  parse: leadingCalls(mistralMarker, mistralMarker, ["[", "{"], parseJson, mistralCallId),
+  parse: leadingCalls(mistralMarker, mistralMarker, ["[", "{"], wholeValue, mistralCallId),
   callLayout: (name) => jsonCall(name, "arguments"),
   separator: ", ",
   list: { begin: `${mistralMarker} [`, end: "]" },

@@ -3,7 +3,7 @@
 // tool support gets plain messages: the functions described in the system prompt, past calls
 // written as <tool_call> blocks, and results as <tool_response> blocks in a user turn.
 import type { ChatMessage } from "../../tokenizer/tokenizer";
-import type { ToolTemplate } from "./formats";
+import { mistralToolCallId, spacedJson, toolCallFormats, type ToolTemplate } from "./formats";
 import type { ConversationMessage, ToolCall, ToolSpec } from "./types";
 
 export interface TemplateInput {
@@ -20,10 +20,38 @@ export function templateInput(
 ): TemplateInput {
   const tools = offered && offered.length > 0 ? offered : undefined;
   if (template.native) {
-    return { messages: messages.map(nativeMessage), tools: tools?.map((t) => ({ type: "function", function: t })) };
+    const paired = pairToolResults(messages);
+    return {
+      messages: (template.format.name === "mistral" ? paired.map(withMistralIds) : paired).map(nativeMessage),
+      tools: tools?.map((t) => ({ type: "function", function: t })),
+    };
   }
   const plain = plainMessages(messages);
   return { messages: tools ? withToolsInSystemPrompt(plain, tools) : plain };
+}
+
+/**
+ * The conversation with each tool result tied to its call, as templates that render ids and
+ * remote providers require: Ollama's clients send results with no call id (at most the
+ * function's name). A result without one answers the first still unanswered call of the
+ * assistant turn before it, of the function it names when it names one.
+ */
+export function pairToolResults(conversation: ConversationMessage[]): ConversationMessage[] {
+  let open: ToolCall[] = [];
+  return conversation.map((m) => {
+    if (m.role === "assistant") open = [...(m.toolCalls ?? [])];
+    if (m.role !== "tool") return m;
+    const named = open.findIndex((c) => c.name === m.toolName);
+    const at = m.toolCallId ? open.findIndex((c) => c.id === m.toolCallId) : Math.max(named, 0);
+    const call = at >= 0 ? open.splice(at, 1)[0] : undefined;
+    return m.toolCallId || !call ? m : { ...m, toolCallId: call.id };
+  });
+}
+
+/** A message with its call ids as Mistral's templates take them (else they raise an exception). */
+function withMistralIds(m: ConversationMessage): ConversationMessage {
+  if (m.toolCalls?.length) return { ...m, toolCalls: m.toolCalls.map((c) => ({ ...c, id: mistralToolCallId(c.id) })) };
+  return m.toolCallId ? { ...m, toolCallId: mistralToolCallId(m.toolCallId) } : m;
 }
 
 function nativeMessage(m: ConversationMessage): ChatMessage {
@@ -42,8 +70,14 @@ function nativeMessage(m: ConversationMessage): ChatMessage {
   return { role: m.role, content: m.content };
 }
 
+/** Calls as a hermes answer holds them: laid out as the call grammar makes the model write them. */
 const writeCalls = (calls: ToolCall[]) =>
-  calls.map((c) => `<tool_call>\n${JSON.stringify({ name: c.name, arguments: c.arguments })}\n</tool_call>`).join("\n");
+  calls
+    .map((c) => {
+      const { begin, end } = toolCallFormats.hermes.callLayout(c.name);
+      return `${begin}${spacedJson(c.arguments)}${end}`;
+    })
+    .join(toolCallFormats.hermes.separator);
 
 /** Calls as text in the assistant's turn, results of consecutive tool messages merged into one user turn. */
 function plainMessages(messages: ConversationMessage[]): ChatMessage[] {
