@@ -339,10 +339,17 @@ describe("errors", () => {
     const url = `${server.url}/v1/responses`;
     const cases: [unknown, RegExp, string][] = [
       [{ background: true }, /'background' is not supported/, "background"],
-      [{ reasoning: { effort: "low", summary: "auto" } }, /'reasoning.summary' .*not supported/, "reasoning.summary"],
+      [{ reasoning: { summary: "brief" } }, /must be one of auto, concise, detailed/, "reasoning.summary"],
       [{ reasoning: { effort: "low" } }, /does not think/, "reasoning.effort"],
       [{ input: [{ type: "image_generation_call" }] }, /input items of type 'image_generation_call'/, "input.0.type"],
-      [{ tools: [{ type: "web_search" }] }, /tools of type 'web_search'/, "tools.0.type"],
+      // Client-side tools we cannot parse calls of (built-in ones are not offered: see "Codex").
+      [{ tools: [{ type: "custom", name: "apply_patch" }] }, /tools of type 'custom'/, "tools.0.type"],
+      [
+        { tools: [{ type: "namespace", name: "ns", tools: [{ type: "custom", name: "x" }] }] },
+        /namespace tools of type 'custom'/,
+        "tools.0.tools.0.type",
+      ],
+      [{ include: ["message.output_text.logprobs"] }, /'include' "message.output_text.logprobs"/, "include.0"],
       [
         { input: [{ type: "function_call", call_id: "c", name: "f", arguments: "{" }] },
         /JSON object/,
@@ -358,12 +365,88 @@ describe("errors", () => {
       expect(r.json.error.message).toMatch(message);
       expect(r.json.error.param).toBe(param);
     }
-    const e = await openai.responses
-      .create({ model, input: "Hi", include: ["reasoning.encrypted_content"] })
-      .catch((error) => error);
-    expect(e).toBeInstanceOf(OpenAI.BadRequestError);
     expect((await openai.responses.create({ model, input: "Hi", max_output_tokens: 1 })).usage!.output_tokens).toBe(1);
   });
+});
+
+describe("Codex", () => {
+  const functions = [
+    { type: "function", name: "exec_command", description: "Runs a command", parameters, strict: false },
+  ];
+  const agents = {
+    type: "namespace",
+    name: "multi_agent_v1",
+    description: "Tools for sub-agents.",
+    tools: [{ type: "function", name: "close_agent", description: "Close an agent", parameters, strict: false }],
+  };
+
+  test("its request (store false, streamed, include, reasoning.summary, client_metadata, a namespace, web_search) is answered", async () => {
+    const stream = await fetch(`${server.url}/v1/responses`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({
+        model,
+        instructions: "You are a coding agent.",
+        input: [{ type: "message", role: "developer", content: [{ type: "input_text", text: "Be brief." }] }],
+        tools: [...functions, agents, { type: "web_search", external_web_access: false }],
+        tool_choice: "auto",
+        parallel_tool_calls: true,
+        reasoning: { summary: "auto" },
+        store: false,
+        stream: true,
+        include: ["reasoning.encrypted_content"],
+        prompt_cache_key: "session",
+        client_metadata: { turn_id: "t1" },
+        max_output_tokens: 8,
+      }),
+    });
+    expect(stream.status).toBe(200);
+    const events = (await stream.text()).split("\n").filter((line) => line.startsWith("event: "));
+    expect(events.at(-1)).toMatch(/^event: response\.(completed|incomplete)$/);
+  });
+
+  test("a namespace's function is called by its name and namespace, and sent back so, as Codex routes it", async () => {
+    const asked = await openai.responses.create({
+      model,
+      input: "Close the agent",
+      tools: [agents] as never,
+      tool_choice: "required",
+      max_output_tokens: 120,
+    });
+    const call = asked.output.find((item) => item.type === "function_call") as Record<string, string> | undefined;
+    expect(call).toMatchObject({ type: "function_call", name: "close_agent", namespace: "multi_agent_v1" });
+    expect(validArguments(JSON.parse(call!.arguments!))).toBe(true);
+    // Forced by its name and namespace too, as the call came.
+    const forced = await openai.responses.create({
+      model,
+      input: "Close the agent",
+      tools: [...functions, agents] as never,
+      tool_choice: { type: "function", name: "close_agent", namespace: "multi_agent_v1" } as never,
+      max_output_tokens: 120,
+    });
+    expect(forced.output.find((item) => item.type === "function_call")).toMatchObject({ namespace: "multi_agent_v1" });
+    const { call_id, name, namespace, arguments: args } = call!;
+    const input = [
+      { role: "user", content: "Close the agent" },
+      { type: "function_call", call_id, name, namespace, arguments: args },
+      { type: "function_call_output", call_id, output: "closed" },
+    ];
+    const answer = await openai.responses.create({
+      model,
+      input: input as never,
+      tools: [agents] as never,
+      max_output_tokens: 2,
+    });
+    expect(answer.status).toBe("incomplete");
+    // Sent back without its namespace, the call names a function the model was never offered.
+    const other = await openai.responses.create({
+      model,
+      input: input.map((item) => ({ ...item, namespace: undefined })) as never,
+      tools: [agents] as never,
+      max_output_tokens: 2,
+    });
+    expect(other.usage!.input_tokens).not.toBe(answer.usage!.input_tokens);
+  }, 60_000);
 });
 
 describe("hints", () => {

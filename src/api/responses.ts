@@ -25,8 +25,33 @@ export interface ResponsesRequest {
   /** `text.format` as the response echoes it (json_schema's name included). */
   textFormat: Record<string, unknown>;
   tools?: ToolRequest;
+  /** The functions of `namespace` tools, by the name the model calls them (see namespacedName). */
+  namespaced: Map<string, NamespacedName>;
   thinking?: ThinkingRequest;
 }
+
+/** A function of a `namespace` tool (how Codex groups its multi-agent and MCP tools): its two names. */
+export interface NamespacedName {
+  namespace: string;
+  name: string;
+}
+
+/** The one name the model sees for a namespace's function, as MCP tools are named: `mcp__server__tool`. */
+const namespacedName = (n: NamespacedName) => `${n.namespace}__${n.name}`;
+
+/**
+ * Built-in tools, which OpenAI's servers run (search, files, code, images, remote MCP servers):
+ * this server runs none, so they are not offered to the model, as a model without them would not
+ * be. Clients such as Codex send web_search with every request.
+ */
+const HOSTED_TOOLS = new Set([
+  "web_search",
+  "web_search_preview",
+  "file_search",
+  "code_interpreter",
+  "image_generation",
+  "mcp",
+]);
 
 /**
  * Strings that change nothing here, so they pass (as Anthropic's `cache_control` does): `user`
@@ -34,6 +59,14 @@ export interface ResponsesRequest {
  * cache that our prefix cache, matching any shared prefix, does without.
  */
 const HINTS = ["user", "safety_identifier", "prompt_cache_key"];
+
+/**
+ * `include` values: the reasoning's encrypted content is what a client that stores nothing
+ * (store: false) passes back so that the next turn can go on from it; here no turn reads an
+ * earlier turn's reasoning (thinking templates drop it), so there is nothing to pass back, and
+ * reasoning items carry `encrypted_content: null`.
+ */
+const INCLUDABLE = ["reasoning.encrypted_content"];
 
 const KNOWN = new Set([
   "model",
@@ -54,6 +87,9 @@ const KNOWN = new Set([
   "reasoning",
   "background",
   "truncation",
+  "include",
+  // The client's own tags for its logs (Codex's turn ids), as `metadata` but not echoed.
+  "client_metadata",
 ]);
 const ROLES = new Set(["user", "assistant", "system", "developer"]);
 
@@ -62,6 +98,10 @@ export function parseResponsesRequest(body: unknown): ResponsesRequest {
   f.onlyKnown(KNOWN);
   onlyDefaults(f);
   for (const hint of HINTS) f.string(hint);
+  f.object("client_metadata");
+  for (const [i, value] of (f.array("include") ?? []).entries())
+    if (typeof value !== "string" || !INCLUDABLE.includes(value))
+      throw unsupported(`include.${i}`, `'include' ${JSON.stringify(value)} (only ${INCLUDABLE.join(", ")})`);
   const messages: ConversationMessage[] = [];
   const inputItems: InputItem[] = [];
   const input = f.raw("input");
@@ -92,7 +132,7 @@ export function parseResponsesRequest(body: unknown): ResponsesRequest {
       topP: f.number("top_p", { above: 0, max: 1 }),
     },
     ...textFormat(f),
-    tools: toolRequest(f),
+    ...toolRequest(f),
     thinking: reasoningParam(f),
   };
 }
@@ -109,11 +149,17 @@ function onlyDefaults(f: Fields): void {
     throw unsupported("truncation", `'truncation' '${truncation}' (only 'disabled')`);
 }
 
-/** `reasoning`: {effort} ("none" switches thinking off, any other effort on); summaries we cannot write. */
+/**
+ * `reasoning`: {effort} ("none" switches thinking off, any other effort on), and `summary`, which
+ * is accepted: no summary is written, the reasoning comes whole instead (its items' content).
+ */
 function reasoningParam(f: Fields): ThinkingRequest | undefined {
   const r = f.object("reasoning");
   if (!r) return undefined;
-  r.onlyKnown(["effort"]); // no summaries: the reasoning comes whole
+  r.onlyKnown(["effort", "summary"]);
+  const summary = r.string("summary");
+  if (summary !== undefined && !["auto", "concise", "detailed"].includes(summary))
+    r.fail("summary", `must be one of auto, concise, detailed; got '${summary}'`);
   const effort = r.string("effort");
   if (effort === undefined) return undefined;
   if (!["none", "minimal", "low", "medium", "high"].includes(effort))
@@ -129,9 +175,11 @@ function inputItem(item: Fields, messages: ConversationMessage[]): void {
     if (!ROLES.has(role)) item.fail("role", `must be one of ${[...ROLES].join(", ")}; got '${role}'`);
     messages.push({ role: role === "developer" ? "system" : role, content: textContent(item, "content") });
   } else if (type === "function_call") {
+    const name = item.string("name", { required: true, nonEmpty: true })!;
+    const namespace = item.string("namespace", { nonEmpty: true });
     const call: ToolCall = {
       id: item.string("call_id", { required: true, nonEmpty: true })!,
-      name: item.string("name", { required: true, nonEmpty: true })!,
+      name: namespace === undefined ? name : namespacedName({ namespace, name }),
       arguments: callArguments(item, "json-text"),
     };
     // A call joins the assistant message before it (its text, the calls before it): one assistant
@@ -245,14 +293,20 @@ function textFormat(f: Fields): { format?: FormatInput; textFormat: Record<strin
   };
 }
 
-/** `tools` ({type: "function", name, description, parameters}) and `tool_choice`. */
-function toolRequest(f: Fields): ToolRequest | undefined {
+/**
+ * `tools` ({type: "function", name, description, parameters}; a `namespace` of such functions;
+ * built-in tools, not offered) and `tool_choice`.
+ */
+function toolRequest(f: Fields): { tools?: ToolRequest; namespaced: Map<string, NamespacedName> } {
   const names = new Set<string>();
-  const tools: ToolSpec[] = (f.array("tools", { max: MAX_TOOLS }) ?? []).map((item, i) => {
+  const namespaced = new Map<string, NamespacedName>();
+  const tools: ToolSpec[] = (f.array("tools", { max: MAX_TOOLS }) ?? []).flatMap((item, i) => {
     const tool = Fields.item(item, `tools.${i}`);
     const type = tool.string("type", { required: true })!;
+    if (type === "namespace") return namespaceTools(tool, names, namespaced);
+    if (HOSTED_TOOLS.has(type)) return [];
     if (type !== "function") throw unsupported(tool.name("type"), `tools of type '${type}' (only 'function')`);
-    return toolSpec(tool, "parameters", names);
+    return [toolSpec(tool, "parameters", names)];
   });
   const raw = f.raw("tool_choice");
   let choice: ToolChoice = "auto";
@@ -264,13 +318,35 @@ function toolRequest(f: Fields): ToolRequest | undefined {
     const c = f.object("tool_choice")!;
     if (c.string("type", { required: true }) !== "function")
       throw unsupported("tool_choice.type", "a tool_choice other than a function");
-    choice = { name: c.string("name", { required: true, nonEmpty: true })! };
-    if (!names.has(choice.name)) c.fail("name", `names the function '${choice.name}', which is not among the tools`);
+    const name = c.string("name", { required: true, nonEmpty: true })!;
+    const namespace = c.string("namespace", { nonEmpty: true });
+    choice = { name: namespace === undefined ? name : namespacedName({ namespace, name }) };
+    if (!names.has(choice.name)) c.fail("name", `names the function '${name}', which is not among the tools`);
   }
   if (choice === "required" && tools.length === 0)
     throw new ValidationError("'tool_choice' 'required' needs 'tools'", "tool_choice");
-  if (tools.length === 0) return undefined;
-  return { tools, choice, parallel: f.boolean("parallel_tool_calls") ?? true };
+  if (tools.length === 0) return { namespaced };
+  return { tools: { tools, choice, parallel: f.boolean("parallel_tool_calls") ?? true }, namespaced };
+}
+
+/** A `namespace` tool's functions, each offered by its namespaced name, its description after the namespace's. */
+function namespaceTools(tool: Fields, names: Set<string>, namespaced: Map<string, NamespacedName>): ToolSpec[] {
+  tool.onlyKnown(["type", "name", "description", "tools"]);
+  const namespace = tool.string("name", { required: true, nonEmpty: true })!;
+  const about = tool.string("description");
+  return tool.array("tools", { required: true, max: MAX_TOOLS })!.map((item, j) => {
+    const fn = Fields.item(item, tool.name(`tools.${j}`));
+    const type = fn.string("type", { required: true })!;
+    if (type !== "function") throw unsupported(fn.name("type"), `namespace tools of type '${type}' (only 'function')`);
+    const spec = toolSpec(fn, "parameters", new Set());
+    const parts = { namespace, name: spec.name };
+    const name = namespacedName(parts);
+    if (names.has(name)) fn.fail("name", `repeats the function name '${name}'`);
+    names.add(name);
+    namespaced.set(name, parts);
+    const description = [about, spec.description].filter(Boolean).join("\n\n") || undefined;
+    return { ...spec, name, description };
+  });
 }
 
 // ---- responses ----
@@ -298,24 +374,31 @@ export const messageItem = (id: string, text: string, status: ItemStatus) => ({
   content: status === "in_progress" ? [] : [outputText(text)],
 });
 
-/** A thinking model's reasoning: whole, as reasoning_text (no summary). */
+/** A thinking model's reasoning: whole, as reasoning_text (no summary; nothing to pass back, see INCLUDABLE). */
 export const reasoningItem = (id: string, text: string, status: "in_progress" | "completed") => ({
   type: "reasoning" as const,
   id,
   status,
   summary: [],
   content: status === "completed" ? [reasoningText(text)] : [],
+  encrypted_content: null,
 });
 
 export const reasoningText = (text: string) => ({ type: "reasoning_text" as const, text });
 
 export const outputText = (text: string) => ({ type: "output_text" as const, text, annotations: [], logprobs: [] });
 
-export const functionCallItem = (call: ToolCall, status: ItemStatus, args = JSON.stringify(call.arguments)) => ({
+/** A call as its client knows the function: a namespace's by its own name and its namespace's. */
+export const functionCallItem = (
+  call: ToolCall,
+  status: ItemStatus,
+  namespaced: Map<string, NamespacedName>,
+  args = JSON.stringify(call.arguments),
+) => ({
   type: "function_call" as const,
   id: `fc_${call.id}`,
   call_id: call.id,
-  name: call.name,
+  ...(namespaced.get(call.name) ?? { name: call.name }),
   arguments: args,
   status,
 });

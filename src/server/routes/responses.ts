@@ -8,6 +8,7 @@ import {
   inputItemsPage,
   messageItem,
   type ItemStatus,
+  type NamespacedName,
   outputText,
   parseResponsesRequest,
   reasoningItem,
@@ -107,7 +108,7 @@ async function respond(s: ServerState, c: Context, stored: ResponseStore): Promi
         response,
       });
   };
-  return req.stream ? streamed(s, gen, base, keep) : whole(gen, base, keep);
+  return req.stream ? streamed(s, gen, base, keep, req.namespaced) : whole(gen, base, keep, req.namespaced);
 }
 
 /**
@@ -175,6 +176,7 @@ const itemStatus = (finishReason: string): ItemStatus => (finishReason === "leng
 function outputItems(
   content: string,
   calls: ToolCall[],
+  namespaced: Map<string, NamespacedName>,
   messageId: string,
   reasoning = "",
   status: ItemStatus = "completed",
@@ -183,18 +185,23 @@ function outputItems(
     ...(reasoning ? [reasoningItem(responseId("rs"), reasoning, "completed")] : []),
     // An empty answer is still a message, unless reasoning (the budget ran out in it) came instead.
     ...(content || (calls.length === 0 && !reasoning) ? [messageItem(messageId, content, status)] : []),
-    ...calls.map((call) => functionCallItem(call, status)),
+    ...calls.map((call) => functionCallItem(call, status, namespaced)),
   ];
 }
 
-async function whole(gen: Generation, base: Base, keep: Keep): Promise<Response> {
+async function whole(
+  gen: Generation,
+  base: Base,
+  keep: Keep,
+  namespaced: Map<string, NamespacedName>,
+): Promise<Response> {
   const result = await collectGeneration(gen);
   if (!result) return new Response(null, { status: 499 }); // the client is gone
   const { content, calls } = gen.toolFormat ? gen.toolFormat.parse(result.text) : { content: result.text, calls: [] };
   const { finishReason, usage } = result.done;
   const response = finished(
     base,
-    outputItems(content, calls, responseId("msg"), result.reasoning, itemStatus(finishReason)),
+    outputItems(content, calls, namespaced, responseId("msg"), result.reasoning, itemStatus(finishReason)),
     finishReason,
     usage,
   );
@@ -202,7 +209,13 @@ async function whole(gen: Generation, base: Base, keep: Keep): Promise<Response>
   return Response.json(response, { headers: closedEarlyHeaders(gen) });
 }
 
-function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep): Response {
+function streamed(
+  s: ServerState,
+  gen: Generation,
+  base: Base,
+  keep: Keep,
+  namespaced: Map<string, NamespacedName>,
+): Response {
   const toolCalls = gen.toolFormat && new ToolCallStream(gen.toolFormat);
   const messageId = responseId("msg");
   const reasoningId = responseId("rs");
@@ -279,11 +292,11 @@ function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep): Resp
         }
         for (const call of calls) {
           const output_index = output.length;
-          const item = functionCallItem(call, itemStatus(e.finishReason));
+          const item = functionCallItem(call, itemStatus(e.finishReason), namespaced);
           emit(send, {
             type: "response.output_item.added",
             output_index,
-            item: functionCallItem(call, "in_progress", ""),
+            item: functionCallItem(call, "in_progress", namespaced, ""),
           });
           emit(send, {
             type: "response.function_call_arguments.delta",
@@ -304,7 +317,7 @@ function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep): Resp
         const response = finished(
           base,
           // The items the events announced; an empty message when there were none.
-          output.length > 0 ? output : outputItems("", [], messageId, "", itemStatus(e.finishReason)),
+          output.length > 0 ? output : outputItems("", [], namespaced, messageId, "", itemStatus(e.finishReason)),
           e.finishReason,
           e.usage,
         );
