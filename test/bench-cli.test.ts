@@ -238,6 +238,15 @@ describe("mlx bench: model mode", () => {
     );
   }, 30_000);
 
+  test("--max-kv-size: a rotating cache measures past the model's context, as run and serve allow", async () => {
+    const r = await mlx(["-m", tiny, "-n", "1", "-p", "300", "-g", "8", "-d", "300", "--max-kv-size", "64", "--json"]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    const [m] = JSON.parse(r.stdout).models;
+    expect([m.prompt_tokens, m.depth, m.gen_tokens]).toEqual([300, 300, 8]);
+    expect(m.generation_tokens_per_second.samples).toHaveLength(1);
+  }, 30_000);
+
   test("bad flags are one-line errors", async () => {
     oneLineError(await mlx(["-m", tiny, "-n", "0"]), /--repetitions must be a whole number/);
     oneLineError(await mlx(["-m", tiny, "-p", "0", "-g", "0"]), /nothing to measure/);
@@ -251,6 +260,18 @@ describe("mlx bench: model mode", () => {
     const r = await mlx(["-m", tiny, "-n", "1", ...fast, "--plot", join(root, "no-such-folder", "speed.svg")]);
     oneLineError(r, /^error: cannot write the plot to .*speed\.svg: no such directory$/m);
     expect(r.stdout).toBe(""); // nothing was measured
+  }, 20_000);
+
+  test("--plot naming a folder, or under a file, fails before measuring too", async () => {
+    const aFile = file("not-a-folder.txt", "");
+    for (const [plot, reason] of [
+      [root, "it is a directory"],
+      [join(aFile, "speed.svg"), "a folder on its path is a file"],
+    ] as const) {
+      const r = await mlx(["-m", tiny, "-n", "1", ...fast, "--plot", plot]);
+      oneLineError(r, new RegExp(`^error: cannot write the plot to .*: ${reason}$`, "m"));
+      expect(r.stdout).toBe(""); // nothing was measured
+    }
   }, 20_000);
 
   test("a flag of another mode is refused, not silently left unused", async () => {
@@ -374,6 +395,23 @@ describe("bench library", () => {
     expect(summarize([1, Number.NaN, 3]).mean).toBe(2);
   });
 
+  test("statistics of a load test's millions of inter-token gaps: min and max too", () => {
+    const gaps = Array.from({ length: 2_000_000 }, (_, i) => (i * 7919) % 1000);
+    const s = summarize(gaps);
+    expect([s.min, s.max, s.n]).toEqual([0, 999, 2_000_000]);
+    expect(s.median).toBe(499.5);
+  });
+
+  test("a /g or /y expectation judges every answer alike, not from where the last match ended", () => {
+    for (const flags of ["g", "y", "gi"]) {
+      const regex = { source: `/the/${flags}`, test: compileRegex(`/the/${flags}`, "x") };
+      const verdicts = ["the answer is 4", "the answer is 4", "the answer is 4"].map(
+        (answer) => checkAnswer(answer, { regex }).passed,
+      );
+      expect(verdicts).toEqual([true, true, true]);
+    }
+  });
+
   test("answers: JSON found in fences or prose; regex with /flags/", () => {
     expect(extractJson('Sure:\n```json\n{"a": 1}\n```').value).toEqual({ a: 1 });
     expect(extractJson('The answer is {"a": [1, 2]} as asked.').value).toEqual({ a: [1, 2] });
@@ -401,5 +439,11 @@ describe("bench library", () => {
       parsePromptFile(file("typo.jsonl", `${JSON.stringify({ prompt: "x", "expect-regex": "a" })}\n`)),
     ).toThrow(/typo\.jsonl line 1: unknown key "expect-regex"/);
     expect(() => parsePromptFile(file("empty.txt", "\n\n"))).toThrow(/no prompts/);
+  });
+
+  test("a prompt or schema file that is a directory: an error that says so, not a JSON one", () => {
+    expect(() => parsePromptFile(root)).toThrow(`cannot read prompt file ${root}: it is a directory`);
+    const schemaIsFolder = file("folder-schema.jsonl", `${JSON.stringify({ prompt: "x", expect_schema: "." })}\n`);
+    expect(() => parsePromptFile(schemaIsFolder)).toThrow(`cannot read schema file ${root}: it is a directory`);
   });
 });

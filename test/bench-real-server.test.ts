@@ -133,6 +133,14 @@ describe("mlx bench --url", () => {
     expect(r.stderr).toMatch(/^warning: concurrency 1: 2 of 4 requests failed \(HTTP 400: .*context/m);
   }, 60_000);
 
+  test("a request the server refuses: its error message in full, not its JSON cut short", async () => {
+    const r = await mlx(["bench", "--url", server.url, "-m", "no-such-model", "--requests", "1", "--concurrency", "1"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim().split("\n")).toHaveLength(1);
+    expect(r.stderr).toMatch(/failed: HTTP 404: unknown model 'no-such-model' \(.*\)[^{}]*$/);
+    expect(r.stderr).not.toContain('{"error"');
+  }, 60_000);
+
   test("--csv: a figure without samples (one-token answers have no inter-token latency) is an empty cell", async () => {
     const r = await mlx(["bench", "--url", server.url, "-m", model, "--requests", "2", "--max-tokens", "1", "--csv"]);
     expect(r.code).toBe(0);

@@ -177,6 +177,68 @@ describe("mlx bench --url", () => {
     expect(bad.stderr.trim()).toMatch(/^error: --url must be an http\(s\) URL/);
   }, 20_000);
 
+  test("--url given as the endpoint itself (…/v1/chat/completions, as in an API's docs) measures that server", async () => {
+    for (const endpoint of ["/v1/chat/completions", "/v1/completions/"]) {
+      const r = await mlx(["--url", `${base}${endpoint}`, "--concurrency", "1", "--requests", "1", "--json"]);
+      expect(r.stderr).toBe("");
+      expect(r.code).toBe(0);
+      expect(JSON.parse(r.stdout)).toMatchObject({ url: base, levels: [{ completed: 1, failed: 0 }] });
+    }
+  }, 20_000);
+
+  test("a server that answers without streaming (JSON, an HTML page) is named as such, not as an empty stream", async () => {
+    const answers = {
+      "application/json": () => Response.json({ choices: [{ message: { role: "assistant", content: "hi" } }] }),
+      "text/html": () =>
+        new Response("<html><body>proxy login</body></html>", { headers: { "content-type": "text/html" } }),
+    };
+    for (const [type, answer] of Object.entries(answers)) {
+      const plain = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: answer });
+      try {
+        const r = await mlx(["--url", `http://127.0.0.1:${plain.port}`, "--concurrency", "1", "--requests", "1"]);
+        expect(r.code).not.toBe(0);
+        expect(r.stderr.trim().split("\n")).toHaveLength(1);
+        expect(r.stderr).toContain(`failed: the server answered ${type}, not a stream of server-sent events: `);
+      } finally {
+        plain.stop(true);
+      }
+    }
+  }, 20_000);
+
+  test("a thinking model on Ollama's /v1 (reasoning in `reasoning`, next to an empty `content`) is timed from its first thought", async () => {
+    // Ollama's chunks, as its openai package writes them; the answer never gets past the thinking.
+    const chunk = (delta: object) =>
+      `data: ${JSON.stringify({ object: "chat.completion.chunk", choices: [{ index: 0, delta, finish_reason: null }] })}\n\n`;
+    const thoughts = ["Okay", ",", " the", " user"].map((t) => chunk({ role: "assistant", content: "", reasoning: t }));
+    const usage = `data: ${JSON.stringify({ choices: [], usage: { prompt_tokens: 9, completion_tokens: 4, total_tokens: 13 } })}\n\n`;
+    const ollama = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      fetch: () =>
+        new Response([...thoughts, usage, "data: [DONE]\n\n"].join(""), {
+          headers: { "content-type": "text/event-stream" },
+        }),
+    });
+    try {
+      const r = await mlx([
+        "--url",
+        `http://127.0.0.1:${ollama.port}`,
+        "--concurrency",
+        "1",
+        "--requests",
+        "2",
+        "--json",
+      ]);
+      expect(r.stderr).toBe("");
+      expect(r.code).toBe(0);
+      const [level] = JSON.parse(r.stdout).levels;
+      expect(level).toMatchObject({ completed: 2, failed: 0, output_tokens: 8 });
+      expect(typeof level.itl_ms.mean).toBe("number"); // the gaps between thoughts were timed
+    } finally {
+      ollama.stop(true);
+    }
+  }, 20_000);
+
   test("a server that refuses the model: the warm-up's error is reported", async () => {
     const r = await mlx(["--url", `${base}`, "--model", "FAIL", "--concurrency", "1", "--requests", "1"]);
     expect(r.code).toBe(0); // the model name does not trip the fake server; only prompts do
@@ -233,6 +295,8 @@ describe("server-mode pieces", () => {
   test("base URLs and level summaries", () => {
     expect(serverBase("http://127.0.0.1:8080/v1/")).toBe("http://127.0.0.1:8080");
     expect(serverBase("http://h:1")).toBe("http://h:1");
+    expect(serverBase("http://h:1/v1/chat/completions")).toBe("http://h:1");
+    expect(serverBase("http://h:1/proxy/v1/completions")).toBe("http://h:1/proxy");
     const level = summarizeLevel(
       2,
       [

@@ -182,7 +182,8 @@ export function generationTest(
 
 export async function benchLoadedModel(lm: LoadedModel, name: string, o: ModelBenchOptions): Promise<ModelBenchResult> {
   const say = o.onProgress ?? (() => {});
-  const context = lm.config.maxPositionEmbeddings;
+  // A rotating cache (--max-kv-size) holds a window of any length, as in run and serve.
+  const context = lm.maxKvSize === undefined ? lm.config.maxPositionEmbeddings : Number.POSITIVE_INFINITY;
   if (o.promptTokens + 1 > context)
     throw new Error(`-p ${o.promptTokens} does not fit the model's context of ${context} tokens`);
   if (o.depth + o.genTokens + 1 > context)

@@ -7,6 +7,7 @@
 // latency. Each prompt is led by a fresh tag, so that no answer comes from a prefix cache.
 // Plain fetch and a small SSE reader: no client library.
 import { describeFetchError } from "../providers";
+import { errorBodyMessage } from "../providers/types";
 import { summarize, type Summary } from "./stats";
 
 export interface ServerBenchOptions {
@@ -80,7 +81,7 @@ export interface ServerBenchResult {
  */
 export const uncached = (prompt: string): string => `${crypto.randomUUID().slice(0, 8)} ${prompt}`;
 
-/** "http://host:8080/", "http://host:8080/v1" → "http://host:8080" */
+/** "http://host:8080/", "http://host:8080/v1", "http://host:8080/v1/chat/completions" → "http://host:8080" */
 export function serverBase(url: string): string {
   let parsed: URL;
   try {
@@ -90,7 +91,8 @@ export function serverBase(url: string): string {
   }
   if (parsed.protocol !== "http:" && parsed.protocol !== "https:")
     throw new Error(`--url must be an http(s) URL (got '${url}')`);
-  return parsed.href.replace(/\/+$/, "").replace(/\/v1$/, "");
+  // A pasted endpoint (…/v1/chat/completions) is taken as its server: the bench picks the route.
+  return parsed.href.replace(/\/+$/, "").replace(/\/v1(\/chat)?(\/completions)?$/, "");
 }
 
 /** The Authorization header for `apiKey`, if any. */
@@ -160,6 +162,9 @@ function streamedRequestBody(target: RequestTarget, prompt: string, maxTokens: n
   };
 }
 
+/** Text on one line, at most `length` characters, to quote in an error. */
+const oneLine = (text: string, length: number) => text.trim().replace(/\s+/g, " ").slice(0, length);
+
 /** One streamed completion, timed chunk by chunk. */
 export async function timedRequest(target: RequestTarget, prompt: string, maxTokens: number): Promise<RequestRecord> {
   const start = performance.now();
@@ -181,25 +186,37 @@ export async function timedRequest(target: RequestTarget, prompt: string, maxTok
       signal: AbortSignal.timeout(target.timeoutSeconds * 1000),
     });
     if (!response.ok || !response.body) {
-      const text = (await response.text().catch(() => "")).trim().replace(/\s+/g, " ").slice(0, 200);
-      return failed(`HTTP ${response.status}${text ? `: ${text}` : ""}`);
+      // The server's own words ({"error": {"message"}}), not its JSON cut off mid-field.
+      const body = await response.text().catch(() => "");
+      return failed(`HTTP ${response.status}${body.trim() ? `: ${oneLine(errorBodyMessage(body), 300)}` : ""}`);
+    }
+    // A server that ignores `stream` (a JSON answer) or is not an API (an HTML page) is named as
+    // such, rather than as a stream that ended empty.
+    const type = response.headers.get("content-type");
+    if (type && !type.toLowerCase().includes("text/event-stream")) {
+      return failed(
+        `the server answered ${type.split(";")[0]}, not a stream of server-sent events: ${oneLine(await response.text().catch(() => ""), 80)}`,
+      );
     }
     for await (const data of sseEvents(response.body)) {
       if (data.trim() === "[DONE]") break;
       let event: {
         error?: unknown;
         usage?: { completion_tokens?: number };
-        choices?: { delta?: { content?: string; reasoning_content?: string }; text?: string }[];
+        choices?: { delta?: { content?: string; reasoning_content?: string; reasoning?: string }; text?: string }[];
       };
       try {
         event = JSON.parse(data);
       } catch {
         return failed(`the server sent an event that is not JSON: ${data.slice(0, 80)}`);
       }
-      if (event.error) return failed(`the server sent an error: ${JSON.stringify(event.error).slice(0, 200)}`);
+      if (event.error) return failed(`the server sent an error: ${oneLine(errorBodyMessage(data), 300)}`);
       if (typeof event.usage?.completion_tokens === "number") usageTokens = event.usage.completion_tokens;
       const choice = event.choices?.[0];
-      const content = choice?.delta?.content ?? choice?.delta?.reasoning_content ?? choice?.text;
+      // Reasoning is output too: `reasoning_content` (vLLM, llama.cpp, mlx serve) or `reasoning`
+      // (Ollama, next to an empty `content`, hence || rather than ??).
+      const delta = choice?.delta;
+      const content = delta?.content || delta?.reasoning_content || delta?.reasoning || choice?.text;
       if (content) chunkTimes.push(performance.now());
     }
   } catch (error) {

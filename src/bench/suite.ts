@@ -5,6 +5,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { basename, dirname, resolve } from "node:path";
 import type { ValidateFunction } from "ajv";
 import { compileAnswerSchema } from "../engine/json-schema";
+import { fileErrorReason } from "../format";
 import { complete, soloScheduler } from "../engine/generate";
 import { defaultSampling } from "../engine/sampling";
 import type { LoadedModel } from "../models/load";
@@ -75,11 +76,22 @@ export function compileSchema(schema: unknown, where: string): ValidateFunction 
   }
 }
 
+/** A prompt or schema file's text, or a one-line error that names it: missing, a directory, unreadable. */
+function readUserFile(path: string, what: string): string {
+  if (!existsSync(path)) throw new PromptFileError(`${what} not found: ${path}`);
+  try {
+    return readFileSync(path, "utf8");
+  } catch (error) {
+    const reason = (error as NodeJS.ErrnoException).code === "EISDIR" ? "it is a directory" : fileErrorReason(error);
+    throw new PromptFileError(`cannot read ${what} ${path}: ${reason}`);
+  }
+}
+
 export function readSchemaFile(path: string): { source: string; validate: ValidateFunction } {
-  if (!existsSync(path)) throw new PromptFileError(`schema file not found: ${path}`);
+  const text = readUserFile(path, "schema file");
   let schema: unknown;
   try {
-    schema = JSON.parse(readFileSync(path, "utf8"));
+    schema = JSON.parse(text);
   } catch (error) {
     throw new PromptFileError(`${path}: not valid JSON: ${(error as Error).message}`);
   }
@@ -95,8 +107,7 @@ const knownKeys = new Set(["prompt", "expect_regex", "expect_schema", "id", "nam
  * expectation of their own.
  */
 export function parsePromptFile(path: string, defaults: Expectation = {}): SuitePrompt[] {
-  if (!existsSync(path)) throw new PromptFileError(`prompt file not found: ${path}`);
-  const lines = readFileSync(path, "utf8").split(/\r?\n/);
+  const lines = readUserFile(path, "prompt file").split(/\r?\n/);
   const prompts: SuitePrompt[] = [];
   lines.forEach((raw, i) => {
     const line = i + 1;
@@ -167,7 +178,11 @@ export function extractJson(text: string): { value?: unknown; found: boolean } {
 export function checkAnswer(text: string, e: Expectation): { passed: boolean | undefined; reasons: string[] } {
   if (!e.regex && !e.schema) return { passed: undefined, reasons: [] };
   const reasons: string[] = [];
-  if (e.regex && !e.regex.test.test(text)) reasons.push(`does not match ${e.regex.source}`);
+  if (e.regex) {
+    // A /g or /y expression keeps where its last match ended: each answer is searched from its start.
+    e.regex.test.lastIndex = 0;
+    if (!e.regex.test.test(text)) reasons.push(`does not match ${e.regex.source}`);
+  }
   if (e.schema) {
     const json = extractJson(text);
     if (!json.found) reasons.push("no JSON in the answer");

@@ -2,7 +2,7 @@
 // pass/fail expectations, or a load test of any OpenAI-compatible server. Progress goes to
 // stderr; a table (or --json / --csv) to stdout; --plot writes an SVG chart.
 import { defineCommand } from "citty";
-import { accessSync, constants, existsSync, writeFileSync } from "node:fs";
+import { accessSync, constants, existsSync, statSync, writeFileSync } from "node:fs";
 import { basename, dirname, resolve } from "node:path";
 import { writeErrorReason } from "../format";
 import { clearMemoryCache } from "../engine/device";
@@ -232,23 +232,30 @@ function emit(output: Output, asJson: () => unknown, asCsv: () => string, asTabl
   process.stdout.write(`${text}\n`);
 }
 
-const cannotWritePlot = (file: string, error: unknown) =>
-  new Error(`cannot write the plot to ${file}: ${writeErrorReason(error)}`);
+const cannotWritePlot = (file: string, reason: string) => new Error(`cannot write the plot to ${file}: ${reason}`);
 
-/** Before the measurements (minutes, maybe), not after them: the plot's folder can be written. */
+/**
+ * Before the measurements (minutes, maybe), not after them: the plot's folder is a folder that
+ * can be written, and the plot's name is not a folder's (write access alone passes both).
+ */
 function checkPlotFolder(file: string): void {
+  const path = resolve(file);
+  let reason: string | undefined;
   try {
-    accessSync(dirname(resolve(file)), constants.W_OK);
+    if (!statSync(dirname(path)).isDirectory()) reason = "a folder on its path is a file";
+    else if (statSync(path, { throwIfNoEntry: false })?.isDirectory()) reason = "it is a directory";
+    else accessSync(dirname(path), constants.W_OK);
   } catch (error) {
-    throw cannotWritePlot(file, error);
+    reason = writeErrorReason(error);
   }
+  if (reason) throw cannotWritePlot(file, reason);
 }
 
 function writePlot(file: string, svgText: string): void {
   try {
     writeFileSync(file, svgText);
   } catch (error) {
-    throw cannotWritePlot(file, error);
+    throw cannotWritePlot(file, writeErrorReason(error));
   }
   progress(`wrote ${file}`);
 }
