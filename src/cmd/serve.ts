@@ -91,6 +91,11 @@ export default defineCommand({
       description:
         "Require 'Authorization: Bearer <key>' (or 'x-api-key: <key>') on every route but /health (default: $MLX_API_KEY)",
     },
+    "model-paths": {
+      type: "boolean",
+      description:
+        "Let requests name a model by its path on this machine (default: only when --host is loopback; --no-model-paths: never)",
+    },
     cors: repeatable({ type: "string", description: "Allow this browser origin (repeatable; '*' for any)" }),
     "keep-alive": {
       type: "string",
@@ -159,6 +164,7 @@ export default defineCommand({
         defaultModel: args.model,
         apiKey: args["api-key"] ?? process.env.MLX_API_KEY,
         corsOrigins: list(args.cors),
+        requestPaths: args["model-paths"],
         keepAliveMs,
         maxQueue: positiveInteger("max-queue", args["max-queue"]),
         maxLoadedModels: positiveInteger("max-models", args["max-models"]),

@@ -9,7 +9,15 @@ import { Hono, type Context } from "hono";
 import { matchedRoutes } from "hono/route";
 import { bodyLimit } from "hono/body-limit";
 import { cors } from "hono/cors";
-import { ApiError, errorResponse, notFound, requestTimeout, toApiError, unauthorized } from "./errors";
+import {
+  ApiError,
+  errorResponse,
+  notFound,
+  originNotAllowed,
+  requestTimeout,
+  toApiError,
+  unauthorized,
+} from "./errors";
 import { serverMetrics } from "./metrics";
 import { ModelRegistry, type LoadSettings } from "./model-registry";
 import { anthropicRoutes } from "./routes/anthropic";
@@ -68,7 +76,17 @@ export interface ServerOptions extends Partial<ServerConfig> {
   loadModel?: (path: string, settings: LoadSettings) => LoadedModel;
   /** Seconds a kept-alive connection may sit idle between requests (default 60). */
   idleConnectionSeconds?: number;
+  /**
+   * Whether a request may name a model by its path on this machine (serve --model-paths); by
+   * default only when listening on loopback, where the clients are this machine's own.
+   */
+  requestPaths?: boolean;
 }
+
+const DEFAULT_HOST = "127.0.0.1";
+
+/** Addresses only this machine reaches: all of 127.0.0.0/8, ::1 and localhost. */
+const isLoopback = (host: string) => /^(127\.\d+\.\d+\.\d+|::1|\[::1\]|localhost)$/i.test(host);
 
 /**
  * The route a request went to, as registered ("/v1/models/:id"), for /metrics and /stats: a label
@@ -145,6 +163,7 @@ export function createState(o: ServerOptions = {}): ServerState {
       kvQuantization: o.kvQuantization,
       adapters: o.adapters,
       pinned: o.defaultModel,
+      requestPaths: o.requestPaths ?? isLoopback(o.host ?? DEFAULT_HOST),
       speculation: o.speculation,
       maxKvSize: o.maxKvSize,
       load: o.loadModel,
@@ -208,6 +227,17 @@ export function createApp(s: ServerState): Hono {
     );
   }
 
+  // 3b. Pages on other sites, unless allowed above: a browser sends their "simple" POSTs
+  // (text/plain, which our JSON routes read) without a preflight, so any page the user opens
+  // could otherwise pull, copy or load models on a server without an API key. API clients
+  // send no Origin; our own pages send theirs, which is this server's.
+  app.use("*", async (c, next) => {
+    const origin = c.req.header("origin");
+    if (origin === undefined || isLocalOrigin(origin, c.req.header("host")) || corsAllows(s.config.corsOrigins, origin))
+      return next();
+    throw originNotAllowed(origin);
+  });
+
   // 4. The API key, on every route but /health and the browser pages, compared in constant time.
   if (s.config.apiKey) {
     const expected = digest(s.config.apiKey);
@@ -264,6 +294,27 @@ export function createApp(s: ServerState): Hono {
   app.route("/", ollamaModelRoutes(s));
   app.route("/", tokenRoutes(s));
   return app;
+}
+
+const corsAllows = (allowed: string[], origin: string) => allowed.includes("*") || allowed.includes(origin);
+
+/**
+ * Pages of this machine, as Ollama allows them by default: this server as the request reached
+ * it (its Host header), a page served from loopback at any port (a local app in development),
+ * and the pages of desktop apps and editors (Electron's app:, Tauri's, VS Code's webviews).
+ */
+const LOCAL_APP_SCHEMES = new Set(["app:", "file:", "tauri:", "vscode-webview:", "vscode-file:"]);
+
+function isLocalOrigin(origin: string, host: string | undefined): boolean {
+  let url: URL;
+  try {
+    url = new URL(origin);
+  } catch {
+    return false; // "null" (a sandboxed page), or not a URL
+  }
+  if (LOCAL_APP_SCHEMES.has(url.protocol)) return true;
+  if (url.protocol !== "http:" && url.protocol !== "https:") return false;
+  return url.host === host?.toLowerCase() || isLoopback(url.hostname);
 }
 
 /**
@@ -337,7 +388,7 @@ export function startServer(o: ServerOptions = {}): RunningServer {
   const app = createApp(state);
   const idleSeconds = o.idleConnectionSeconds ?? IDLE_CONNECTION_SECONDS;
   const server = Bun.serve({
-    hostname: o.host ?? "127.0.0.1",
+    hostname: o.host ?? DEFAULT_HOST,
     port: o.port ?? 11435,
     // Generations can be long and silent (non-streaming, or queued): no idle cut-off while a
     // request is answered (the per-request timeout bounds it); between requests, a connection

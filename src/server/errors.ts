@@ -65,6 +65,15 @@ export const unauthorized = () =>
     null,
     "invalid_api_key",
   );
+/** A request a web page on another site sent: browsers send some without asking first (text/plain POSTs). */
+export const originNotAllowed = (origin: string) =>
+  new ApiError(
+    403,
+    `requests from pages at ${origin} are refused (serve --cors ${origin} allows them)`,
+    "permission_error",
+    null,
+    "origin_not_allowed",
+  );
 export const badRequest = (message: string, param: string | null = null, code: string | null = null) =>
   new ApiError(400, message, "invalid_request_error", param, code);
 

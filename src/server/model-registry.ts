@@ -97,6 +97,11 @@ export interface ModelRegistryOptions {
    * (keep_alive 0 unloads it, as Ollama does), and kept again whenever it is loaded again.
    */
   pinned?: string;
+  /**
+   * Whether a request may name a model by its path on this machine (default true); the names
+   * the operator gave (pinned, adapters' bases) always may.
+   */
+  requestPaths?: boolean;
 }
 
 export class ModelRegistry {
@@ -170,11 +175,17 @@ export class ModelRegistry {
     }
   }
 
+  /** Whether `name` may be a path on this machine: one the operator gave, or any where requests may. */
+  mayBePath(name: string): boolean {
+    return this.options.requestPaths !== false || name === this.options.pinned || this.servedAdapters.has(name);
+  }
+
   async resolve(name: string): Promise<string> {
     const known = this.#pathOf.get(name);
     if (known && this.loaded.some((e) => e.path === known)) return known;
     const served = this.options.adapters?.get(name);
-    const path = await resolveModelPath(served ? served.base : name, { onProgress: () => {} }).catch((error) => {
+    const resolving = { onProgress: () => {}, paths: this.mayBePath(name) };
+    const path = await resolveModelPath(served ? served.base : name, resolving).catch((error) => {
       // Ollama's clients may name a model with its default tag: "m:latest" is "m" where no model has that name.
       const untagged = withoutLatestTag(name);
       if (!(error instanceof ModelNotFoundError) || untagged === undefined) throw error;

@@ -11,9 +11,18 @@ import { isRemoteSource, modelRequest, pullModel, type ModelRequest } from "./pu
 import { listModels, loadPath, openStoredModel } from "./store";
 import { ModelNotFoundError, ModelPullError, UnsupportedError } from "../errors";
 
-export interface ResolveOptions {
+export interface ResolveOptions extends LocateOptions {
   /** Progress of a first-use download; by default a bar on stderr. */
   onProgress?: (progress: DownloadProgress) => void;
+}
+
+export interface LocateOptions {
+  /**
+   * Whether the name itself may be a path on this machine (default true). A server's clients
+   * may not: they could load any model file on its disk, or learn which files exist. An alias's
+   * source in models.toml is the operator's, and always may.
+   */
+  paths?: boolean;
 }
 
 export const looksLikePath = (s: string) => s.includes("/") || s.startsWith(".") || s.endsWith(".gguf");
@@ -30,10 +39,17 @@ export type ModelLocation =
   | { kind: "path"; path: string }
   /** A model stored under this name with no source to pull again (converted or fused here), or pulled earlier. */
   | { kind: "stored"; name: string; path: string }
-  /** Nothing there: an alias whose source is missing, a path that is not there, or an unknown name. */
-  | { kind: "missing"; name: string; source: string; alias: boolean; path?: undefined };
+  /**
+   * Nothing there: an alias whose source is missing, a path that is not there (or not looked
+   * at: `pathsRefused`), or an unknown name.
+   */
+  | { kind: "missing"; name: string; source: string; alias: boolean; pathsRefused: boolean; path?: undefined };
 
-export function locateModel(spec: string | undefined, aliases: AliasTable = loadAliases()): ModelLocation {
+export function locateModel(
+  spec: string | undefined,
+  aliases: AliasTable = loadAliases(),
+  { paths = true }: LocateOptions = {},
+): ModelLocation {
   const name = spec ?? aliases.defaultModel;
   const remote = aliases.remotes.get(name);
   if (remote)
@@ -51,14 +67,16 @@ export function locateModel(spec: string | undefined, aliases: AliasTable = load
     return { kind: "source", request, path: manifest?.source === request.source ? loadPath(manifest) : undefined };
   }
   // A local path is used where it is: copying a user's model into the store would double its disk cost.
-  if (existsSync(source)) return { kind: "path", path: resolve(source) };
+  // Where paths are refused the disk is not looked at, so the answer says nothing of what is there.
+  const pathsRefused = !paths && !alias;
+  if (!pathsRefused && existsSync(source)) return { kind: "path", path: resolve(source) };
   const manifest = alias ? undefined : readManifest(name);
   if (manifest) return { kind: "stored", name, path: loadPath(manifest) };
-  return { kind: "missing", name, source, alias: alias !== undefined };
+  return { kind: "missing", name, source, alias: alias !== undefined, pathsRefused };
 }
 
 export async function resolveModelPath(spec: string | undefined, options: ResolveOptions = {}): Promise<string> {
-  const location = locateModel(spec);
+  const location = locateModel(spec, undefined, options);
   switch (location.kind) {
     case "source":
       return pullSource(location.request, options, location.path !== undefined);
@@ -78,6 +96,10 @@ export async function resolveModelPath(spec: string | undefined, options: Resolv
 export async function missingModelError(
   location: Extract<ModelLocation, { kind: "missing" }>,
 ): Promise<ModelNotFoundError> {
+  if (location.pathsRefused && looksLikePath(location.source))
+    return new ModelNotFoundError(
+      `model not found: '${location.name}' (this server loads no model by a path on its machine; name an alias or a stored model)`,
+    );
   if (location.alias || looksLikePath(location.source))
     return new ModelNotFoundError(`model not found: ${location.source}`);
   return unknownModelError(location.name);

@@ -306,7 +306,9 @@ async function modelFiles(s: ServerState, name: string): Promise<string> {
   // A name `serve --adapter` added is an adapter on a model the server names itself.
   if (s.models.servedAdapters.has(name)) return s.models.resolve(name);
   const untagged = withoutLatestTag(name);
-  const located = [name, ...(untagged === undefined ? [] : [untagged])].map((candidate) => locateModel(candidate));
+  const located = [name, ...(untagged === undefined ? [] : [untagged])].map((candidate) =>
+    locateModel(candidate, undefined, { paths: s.models.mayBePath(candidate) }),
+  );
   const found = located.find((location) => location.path !== undefined);
   if (found) return found.path!;
   const location = located[0]!;

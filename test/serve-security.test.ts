@@ -1,0 +1,165 @@
+// `mlx serve` as an operator exposes it: what a client may make the server read from its disk.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { copyFileSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, relative } from "node:path";
+import { createState, type RunningServer } from "../src/server/app";
+import { modelRequest, pullModel } from "../src/store/pull";
+import { post, serve, tinyModel } from "./helpers/serve";
+import { writeTinyModel } from "./helpers/tiny-model";
+
+const mainScript = join(import.meta.dir, "..", "src", "main.ts");
+
+let root: string;
+/** A model directory on the server's disk that the operator did not name. */
+let otherModel: string;
+
+beforeAll(() => {
+  tinyModel(); // sets MLX_HOME to a scratch store unless the run gave one
+  root = mkdtempSync(join(tmpdir(), "mlx-security-"));
+  otherModel = join(root, "other");
+  writeTinyModel(otherModel, { contextLength: 256 });
+});
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+const chat = (model: string) => ({ model, messages: [{ role: "user", content: "Hi" }], max_tokens: 2 });
+
+describe("model names that are paths on the server's machine", () => {
+  let server: RunningServer;
+  beforeAll(() => {
+    server = serve({ defaultModel: tinyModel(), apiKey: "k", requestPaths: false });
+  });
+  afterAll(() => server.stop());
+  const auth = { Authorization: "Bearer k" };
+
+  test("are refused alike whether the file is a model, another file or nothing: no load, no clue", async () => {
+    const names = [
+      otherModel,
+      relative(process.cwd(), otherModel),
+      join(root, "..", "..", "etc", "passwd"),
+      "/etc/passwd",
+      join(root, "missing"),
+    ];
+    for (const name of names) {
+      const r = await post(`${server.url}/v1/chat/completions`, chat(name), auth);
+      expect([name, r.status, r.json.error.code]).toEqual([name, 404, "model_not_found"]);
+      expect(r.json.error.message).toBe(
+        `model not found: '${name}' (this server loads no model by a path on its machine; name an alias or a stored model)`,
+      );
+      const shown = await post(`${server.url}/api/show`, { model: name }, auth);
+      expect([name, shown.status]).toEqual([name, 404]);
+    }
+    expect(server.state.models.loaded.map((e) => e.path)).not.toContain(otherModel);
+  });
+
+  test("the model the operator named by its path still answers by that path", async () => {
+    const r = await post(`${server.url}/v1/chat/completions`, chat(tinyModel()), auth);
+    expect(r.status).toBe(200);
+  });
+
+  test("are refused by default only where the server listens beyond this machine", () => {
+    const exposed = createState({ host: "0.0.0.0", logError: () => {} });
+    const local = createState({ host: "127.0.0.1", logError: () => {} });
+    expect(exposed.models.mayBePath(otherModel)).toBe(false);
+    expect(local.models.mayBePath(otherModel)).toBe(true);
+    expect(createState({ host: "0.0.0.0", requestPaths: true }).models.mayBePath(otherModel)).toBe(true);
+  });
+
+  test("serve --no-model-paths refuses them on loopback too; without it they are described", async () => {
+    const show = async (flags: string[]) => {
+      const proc = Bun.spawn([process.execPath, mainScript, "serve", "--port", "0", ...flags], {
+        stdout: "ignore",
+        stderr: "pipe",
+        env: { ...process.env, NO_COLOR: "1" },
+      });
+      try {
+        const reader = proc.stderr.getReader();
+        let err = "";
+        while (!/listening on (http:\S+)/.test(err)) {
+          const { value, done } = await reader.read();
+          if (done) throw new Error(`serve exited: ${err}`);
+          err += new TextDecoder().decode(value);
+        }
+        const url = /listening on (http:\S+)/.exec(err)![1]!;
+        return await post(`${url}/api/show`, { model: otherModel });
+      } finally {
+        proc.kill();
+        await proc.exited;
+      }
+    };
+    expect((await show(["--no-model-paths"])).status).toBe(404);
+    expect((await show([])).status).toBe(200);
+  });
+});
+
+describe("/api/copy names the store cannot hold", () => {
+  let server: RunningServer;
+  let sharedHome: string | undefined;
+  beforeAll(async () => {
+    // A scratch store holding one model (a tiny GGUF stored as a pulled one is): nothing shared is touched.
+    sharedHome = process.env.MLX_HOME;
+    process.env.MLX_HOME = join(root, "home");
+    const gguf = join(root, "quants.gguf");
+    copyFileSync(join(import.meta.dir, "fixtures", "gguf-quants.gguf"), gguf);
+    await pullModel(modelRequest(gguf));
+    server = serve();
+  });
+  afterAll(async () => {
+    await server.stop();
+    process.env.MLX_HOME = sharedHome;
+  });
+
+  test("are a 400 naming the destination, and the store is left as it was", async () => {
+    const copy = (destination: string) => post(`${server.url}/api/copy`, { source: "quants", destination });
+    const long = await copy("m".repeat(300));
+    expect([long.status, long.json.error]).toEqual([
+      400,
+      "cannot copy to a name of 300 characters: too long; choose a shorter one",
+    ]);
+    const control = await copy("a\u0000b");
+    expect([control.status, control.json.error]).toEqual([
+      400,
+      "cannot copy to a name with control characters; choose another name",
+    ]);
+    const tags = (await (await fetch(`${server.url}/api/tags`)).json()) as { models: { name: string }[] };
+    expect(tags.models.map((m) => m.name)).toEqual(["quants"]);
+    expect((await copy("m".repeat(200))).status).toBe(200);
+  });
+});
+
+describe("requests from web pages on other sites", () => {
+  let server: RunningServer;
+  beforeAll(() => {
+    server = serve({ corsOrigins: ["http://app.example"] });
+  });
+  afterAll(() => server.stop());
+  // What a page's fetch(..., {method: "POST", body}) sends with no preflight: text/plain.
+  const show = (origin: string) =>
+    fetch(`${server.url}/api/show`, {
+      method: "POST",
+      body: JSON.stringify({ model: tinyModel() }),
+      headers: { "Content-Type": "text/plain", Origin: origin },
+    });
+
+  test("are refused with a 403 unless --cors names the site; this machine's pages and API clients pass", async () => {
+    const foreign = await show("http://evil.example");
+    expect(foreign.status).toBe(403);
+    expect(await foreign.json()).toEqual({
+      error: "requests from pages at http://evil.example are refused (serve --cors http://evil.example allows them)",
+    });
+    expect((await show("null")).status).toBe(403);
+    expect((await show(server.url)).status).toBe(200);
+    expect((await show("http://app.example")).status).toBe(200);
+    // This machine's pages, as Ollama allows them: a local app in development, an editor's panel.
+    for (const local of [
+      "http://localhost:5173",
+      "https://127.0.0.1:8443",
+      "http://[::1]:3000",
+      "vscode-webview://a1b2",
+    ])
+      expect([local, (await show(local)).status]).toEqual([local, 200]);
+    expect((await show("http://localhost.evil.example")).status).toBe(403);
+    const client = await post(`${server.url}/api/show`, { model: tinyModel() });
+    expect(client.status).toBe(200);
+  });
+});
