@@ -11,6 +11,7 @@ import {
   mkdtempSync,
   readdirSync,
   readFileSync,
+  rmSync,
   statSync,
   utimesSync,
   writeFileSync,
@@ -25,12 +26,22 @@ import { loadModel } from "../src/models/load";
 import type { ServerOptions } from "../src/server/app";
 import { cliRunner } from "./helpers/cli";
 import { lastLayers, writeRandomAdapter } from "./helpers/random-adapter";
-import { post, serve } from "./helpers/serve";
+import { eventually, post, serve } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
 
 const root = mkdtempSync(join(tmpdir(), "mlx-prompt-cache-"));
 const model = join(root, "tiny");
 writeTinyModel(model, { contextLength: 1024, seed: 11 });
+
+/** Whether this process may mount a tmpfs (a full disk, in a test): as root, where the system lets it. */
+const tmpfsMountable = (() => {
+  if (process.getuid?.() !== 0) return false;
+  const probe = mkdtempSync(join(tmpdir(), "mlx-tmpfs-"));
+  const mounted = Bun.spawnSync(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", probe], { stderr: "ignore" });
+  if (mounted.exitCode === 0) Bun.spawnSync(["umount", probe]);
+  rmSync(probe, { recursive: true, force: true });
+  return mounted.exitCode === 0;
+})();
 
 const system = Array.from({ length: 120 }, (_, i) => `rule ${i % 17}`).join("; ");
 const files = (dir: string) => readdirSync(dir).filter((f) => f.endsWith(".safetensors"));
@@ -148,6 +159,56 @@ describe("serve --prompt-cache-dir", () => {
     expect(dirBytes(dir) - statSync(foreign).size).toBeLessThanOrEqual(bound);
     expect(files(dir).length).toBeGreaterThanOrEqual(2);
   }, 60_000);
+
+  test("a stored prefix is not read for the few tokens a prompt shares with it (its chat template's first ones)", async () => {
+    const dir = join(root, "few-shared");
+    await askOnce({ promptCacheDir: dir });
+    const long = new Date(0);
+    for (const f of files(dir)) utimesSync(join(dir, f), long, long);
+    const server = serve({ promptCacheDir: dir, prefixCacheBytes: 64 * 1024 * 1024 });
+    try {
+      const r = await post(`${server.url}/v1/chat/completions`, {
+        model,
+        messages: [
+          { role: "system", content: "Be brief." },
+          { role: "user", content: "What is rule 3?" },
+        ],
+        max_tokens: 2,
+      });
+      // It was: the whole file read into memory (marked used) to skip three tokens.
+      expect(r.json.usage.prompt_tokens_details.cached_tokens).toBe(0);
+      for (const f of files(dir)) expect(statSync(join(dir, f)).mtimeMs).toBe(0);
+      // A prompt that shares the long system prompt still starts from it.
+      expect((await ask(server.url, "And rule 5?")).cached).toBeGreaterThan(system.length / 10);
+    } finally {
+      await server.stop();
+    }
+  }, 60_000);
+
+  test("a bound lowered since the files were written holds from the start, least recently used out", async () => {
+    const dir = join(root, "lowered");
+    // Memory holds no prefix: each question's goes straight to disk.
+    for (const q of ["one", "two", "three"])
+      await askOnce({ promptCacheDir: dir, prefixCacheBytes: 1024 }, `Question ${q}?`);
+    const written = files(dir);
+    expect(written.length).toBeGreaterThanOrEqual(3);
+    written.forEach((f, i) =>
+      utimesSync(join(dir, f), new Date(), new Date(Date.now() - (written.length - i) * 60_000)),
+    );
+    const newest = written.at(-1)!;
+    const bound = dirBytes(dir) - statSync(join(dir, written[0]!)).size;
+    // A server that neither writes (its prompt stays in memory) nor reads (no stored prefix fits it).
+    const server = serve({ promptCacheDir: dir, promptCacheMaxBytes: bound, prefixCacheBytes: 64 * 1024 * 1024 });
+    try {
+      const r = await post(`${server.url}/v1/completions`, { model, prompt: "Hello", max_tokens: 2 });
+      expect(r.json.usage.prompt_tokens_details.cached_tokens).toBe(0);
+      await eventually(() => dirBytes(dir) <= bound);
+      expect(files(dir)).not.toContain(written[0]);
+      expect(files(dir)).toContain(newest);
+    } finally {
+      await server.stop();
+    }
+  }, 60_000);
 });
 
 /** Rewrites the metadata of a prompt cache file's header (the tensors untouched). */
@@ -239,6 +300,7 @@ describe("disk prefix cache writes", () => {
     const warnings: string[] = [];
     const writes = new BackgroundWrites();
     const disk = new DiskPrefixCache(dir, 1024 ** 3, promptCacheOwner(lm), lm.path, (m) => warnings.push(m), writes);
+    await writes.flush(); // the directory's bound, checked once it is opened
     const tokens = Array.from({ length: 40 }, (_, i) => 3 + (i % 50));
     const entry = prefillPrompt(lm, tokens);
     const expected = entry.keys[0]![0]!.bytes();
@@ -280,6 +342,7 @@ describe("disk prefix cache writes", () => {
       (m) => warnings.push(m),
       small,
     );
+    await small.flush();
     const a = prefillPrompt(lm, tokens.slice(0, 10));
     const b = prefillPrompt(lm, tokens.slice(0, 12));
     bounded.save(a);
@@ -322,6 +385,74 @@ describe("disk prefix cache writes", () => {
     for (const e of [served, prefilled]) for (const t of [...e.keys, ...e.values].flat()) t.free();
     lm.free();
   }, 60_000);
+
+  test("a prefix larger than the whole bound is not written: the files within it stay", async () => {
+    const lm = loadModel(model);
+    const dir = join(root, "too-large");
+    const warnings: string[] = [];
+    const tokens = Array.from({ length: 200 }, (_, i) => 3 + (i % 50));
+    const small = [prefillPrompt(lm, tokens.slice(0, 10)), prefillPrompt(lm, tokens.slice(0, 12))];
+    const large = prefillPrompt(lm, tokens);
+    const bytes = (e: (typeof small)[number]) => [...e.keys, ...e.values].flat().reduce((n, t) => n + t.nbytes, 0);
+    // Room for the small ones (and their headers), not for the large one.
+    const bound = bytes(large) - 1;
+    const disk = new DiskPrefixCache(dir, bound, promptCacheOwner(lm), lm.path, (m) => warnings.push(m));
+    for (const e of small) disk.save(e);
+    await disk.writes.flush();
+    const kept = files(dir);
+    expect(kept).toHaveLength(2);
+    // It was: every other file removed to make room for it, then it too.
+    disk.save(large);
+    await disk.writes.flush();
+    expect(files(dir)).toEqual(kept);
+    expect(warnings).toEqual([
+      `prompt cache: not writing ${join(dir, disk.fileName(large))}: it is larger than the directory's bound`,
+    ]);
+    for (const e of [...small, large]) for (const t of [...e.keys, ...e.values].flat()) t.free();
+    lm.free();
+  }, 60_000);
+
+  // A disk of the bound's size (a small tmpfs; mounting one needs root).
+  test.skipIf(!tmpfsMountable)(
+    "on a disk no larger than the bound, room is made before a file is written, not after",
+    async () => {
+      const lm = loadModel(model);
+      const dir = join(root, "partition");
+      const warnings: string[] = [];
+      const entries = [3, 4, 5].map((first) =>
+        prefillPrompt(
+          lm,
+          Array.from({ length: 200 }, (_, i) => first + i),
+        ),
+      );
+      const disk = new DiskPrefixCache(dir, 1024 ** 3, promptCacheOwner(lm), lm.path, (m) => warnings.push(m));
+      disk.save(entries[0]!);
+      await disk.writes.flush();
+      // Room for two files, not three (tmpfs counts whole pages).
+      const size = 2 * Math.ceil(dirBytes(dir) / 4096) * 4096 + 4096;
+      rmSync(dir, { recursive: true });
+      mkdirSync(dir);
+      expect(Bun.spawnSync(["mount", "-t", "tmpfs", "-o", `size=${size}`, "tmpfs", dir]).exitCode).toBe(0);
+      try {
+        const full = new DiskPrefixCache(dir, size, promptCacheOwner(lm), lm.path, (m) => warnings.push(m));
+        for (const [i, e] of entries.entries()) {
+          full.save(e);
+          await full.writes.flush();
+          // The file system's clock may give two quick writes one time: the order of use is set here.
+          const used = new Date(Date.now() - (entries.length - i) * 60_000);
+          if (i < entries.length - 1) utimesSync(join(dir, full.fileName(e)), used, used);
+        }
+        // It was: the third write failed for want of space, and the bound, applied after a write, never ran again.
+        expect(warnings).toEqual([]);
+        expect(files(dir).sort()).toEqual([full.fileName(entries[1]!), full.fileName(entries[2]!)].sort());
+      } finally {
+        Bun.spawnSync(["umount", dir]);
+        for (const e of entries) for (const t of [...e.keys, ...e.values].flat()) t.free();
+        lm.free();
+      }
+    },
+    60_000,
+  );
 
   test("a process that exits while writing (Ctrl-C) leaves neither the file nor its temporary", async () => {
     const dir = join(root, "interrupted");
@@ -440,7 +571,10 @@ describe("mlx cache-prompt and mlx run --prompt-cache", () => {
     const layout = await run(["run", "--prompt-cache", file, "-m", model, "hi"]);
     expect(layout.code).not.toBe(0);
     expect(layout.stderr.trim().split("\n")).toHaveLength(1);
-    expect(layout.stderr).toContain("another KV cache layout");
+    // Named by the flags that give each layout: it was "(float-rotating100, not float)".
+    expect(layout.stderr).toBe(
+      `error: ${file} was made with another KV cache layout (--max-kv-size 100; this run has neither --kv-bits nor --max-kv-size)\n`,
+    );
     const nowhere = join(root, "no-such-dir", "doc.cache");
     const unwritable = await run(["cache-prompt", "-m", model, nowhere], document);
     expect(unwritable).toMatchObject({
@@ -459,6 +593,27 @@ describe("mlx cache-prompt and mlx run --prompt-cache", () => {
     const damaged = await run(["run", "--prompt-cache", file, "-m", model, "hi"]);
     expect(damaged.code).not.toBe(0);
     expect(damaged.stderr.trim()).toContain("not a prompt cache file");
+  }, 60_000);
+
+  test("a FILE whose folder is a file, or cannot be written, is refused before the model loads, not after the prefill", async () => {
+    // No such model: a refusal that names FILE was made before loading it.
+    const absent = join(root, "no-such-model");
+    const blocker = join(root, "not-a-folder");
+    writeFileSync(blocker, "a file");
+    const inFile = join(blocker, "doc.cache");
+    expect(await run(["cache-prompt", "-m", absent, inFile], document)).toMatchObject({
+      code: 1,
+      stderr: `error: cannot write ${inFile}: a folder on its path is a file\n`,
+    });
+    // Root writes a folder whatever its mode: only another user is refused.
+    if (process.getuid?.() === 0) return;
+    const readOnly = join(root, "read-only");
+    mkdirSync(readOnly, { mode: 0o555 });
+    const inReadOnly = join(readOnly, "doc.cache");
+    expect(await run(["cache-prompt", "-m", absent, inReadOnly], document)).toMatchObject({
+      code: 1,
+      stderr: `error: cannot write ${inReadOnly}: EACCES: permission denied\n`,
+    });
   }, 60_000);
 
   test("a damaged header is a one-line error; a document over the context is refused before the prefill", async () => {

@@ -434,7 +434,7 @@ describe("limits", () => {
     const hasty = serve({ requestTimeoutMs: 300, defaultModel: model });
     try {
       await eventually(async () => (await fetch(`${hasty.url}/health`)).status === 200, 30_000);
-      const head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n";
+      const head = "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n";
       for (const stalled of [
         `${head}Content-Length: 1000\r\n\r\n{"messages": [`,
         `${head}Transfer-Encoding: chunked\r\n\r\ne\r\n{"messages": [\r\n`,
@@ -461,7 +461,9 @@ describe("limits", () => {
       let closed = false;
       const body = JSON.stringify({ model: next, prompt: "Once", max_tokens: 2 });
       const socket = connect(idle.port, "127.0.0.1", () =>
-        socket.write(`POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: ${body.length}\r\n\r\n${body}`),
+        socket.write(
+          `POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: ${body.length}\r\n\r\n${body}`,
+        ),
       );
       socket.on("data", (bytes) => (answer += bytes.toString()));
       socket.on("close", () => (closed = true));
@@ -477,7 +479,9 @@ describe("limits", () => {
         let text = "";
         const stream = JSON.stringify({ model: next, prompt: "Once", max_tokens: 2, stream: true });
         const s = connect(idle.port, "127.0.0.1", () =>
-          s.write(`POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: ${stream.length}\r\n\r\n${stream}`),
+          s.write(
+            `POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: ${stream.length}\r\n\r\n${stream}`,
+          ),
         );
         s.on("data", (bytes) => (text += bytes.toString()));
         s.on("close", () => resolve(text));

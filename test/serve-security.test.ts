@@ -1,9 +1,10 @@
 // `mlx serve` as an operator exposes it: what a client may make the server read from its disk.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { copyFileSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { connect } from "node:net";
+import { hostname, tmpdir } from "node:os";
 import { join, relative } from "node:path";
-import { createState, type RunningServer } from "../src/server/app";
+import { createApp, createState, type RunningServer } from "../src/server/app";
 import { modelRequest, pullModel } from "../src/store/pull";
 import { post, serve, tinyModel } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
@@ -161,5 +162,43 @@ describe("requests from web pages on other sites", () => {
     expect((await show("http://localhost.evil.example")).status).toBe(403);
     const client = await post(`${server.url}/api/show`, { model: tinyModel() });
     expect(client.status).toBe(200);
+  });
+});
+
+describe("requests addressed to another host (DNS rebinding)", () => {
+  let server: RunningServer;
+  beforeAll(() => {
+    server = serve({});
+  });
+  afterAll(() => server.stop());
+  // A page on evil.example whose name was made to resolve to 127.0.0.1 sends its own name in Host,
+  // and its own origin: as "the server's own page" it would read every answer.
+  const addressed = (host: string) =>
+    new Promise<string>((resolve, reject) => {
+      const socket = connect(Number(new URL(server.url).port), "127.0.0.1", () =>
+        socket.write(`GET /api/tags HTTP/1.1\r\nHost: ${host}\r\nOrigin: http://${host}\r\nConnection: close\r\n\r\n`),
+      );
+      let response = "";
+      socket.on("data", (data) => (response += data));
+      socket.on("end", () => resolve(response.split("\r\n")[0]!));
+      socket.on("error", reject);
+    });
+
+  test("a loopback server answers only requests to this machine by name", async () => {
+    const port = new URL(server.url).port;
+    expect(await addressed(`evil.example:${port}`)).toBe("HTTP/1.1 403 Forbidden");
+    const refused = await fetch(`${server.url}/api/tags`, { headers: { Host: "evil.example" } });
+    expect(await refused.json()).toEqual({
+      error:
+        "requests addressed to evil.example are refused: this server listens on loopback and answers requests to this machine (serve --host makes it listen elsewhere)",
+    });
+    for (const host of [`127.0.0.1:${port}`, `localhost:${port}`, `app.localhost:${port}`, `[::1]:${port}`, hostname()])
+      expect([host, await addressed(host)]).toEqual([host, "HTTP/1.1 200 OK"]);
+  });
+
+  test("a server listening beyond this machine answers any Host (its clients name it as they reach it)", async () => {
+    const exposed = createApp(createState({ host: "0.0.0.0", logError: () => {} }));
+    const r = await exposed.request("http://models.lan:11435/api/version", { headers: { Host: "models.lan:11435" } });
+    expect(r.status).toBe(200);
   });
 });

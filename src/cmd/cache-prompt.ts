@@ -1,9 +1,10 @@
 // `mlx cache-prompt -m M FILE < document`, as mlx_lm.cache_prompt: prefill a long document once
 // and save its keys and values, so that `mlx run --prompt-cache FILE "question"` starts from them.
 import { defineCommand } from "citty";
-import { existsSync, statSync } from "node:fs";
+import { accessSync, constants, existsSync, statSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { documentTokens, prefillPrompt, savePrefilled } from "../engine/prompt-cache-file";
+import { writeErrorReason } from "../format";
 import type { LoadedModel } from "../models/load";
 import { fail, log, setVerbose } from "./log";
 import { aliasAdapter } from "../store/aliases";
@@ -52,7 +53,7 @@ export default defineCommand({
       const entry = prefillPrompt(lm, tokens);
       await savePrefilled(lm, args.file, entry, text).catch((error: Error) => {
         // Node's message names the temporary file written first; the user gave args.file.
-        throw new Error(`cannot write ${args.file}: ${error.message.split(",")[0]}`);
+        throw new Error(`cannot write ${args.file}: ${writeErrorReason(error)}`);
       });
       log.info(
         `cached ${tokens.length} tokens in ${((performance.now() - started) / 1000).toFixed(2)} s: ${args.file}`,
@@ -71,7 +72,14 @@ export default defineCommand({
 function checkWritable(file: string): void {
   if (!file.trim()) throw new Error("give the file to write: mlx cache-prompt FILE < document");
   if (existsSync(file) && statSync(file).isDirectory()) throw new Error(`cannot write ${file}: it is a directory`);
-  if (!existsSync(dirname(resolve(file)))) throw new Error(`cannot write ${file}: its directory does not exist`);
+  const dir = dirname(resolve(file));
+  if (!existsSync(dir)) throw new Error(`cannot write ${file}: its directory does not exist`);
+  try {
+    // A file in place of the directory passes the access check: asked with a trailing slash, it fails it.
+    accessSync(`${dir}/`, constants.W_OK);
+  } catch (error) {
+    throw new Error(`cannot write ${file}: ${writeErrorReason(error)}`);
+  }
 }
 
 /**

@@ -2,8 +2,9 @@
 // cache evicts, or still holds when its model unloads or the server stops, are written to a
 // directory, one prompt cache file each, named by the model's content digest, the cache
 // layout and the tokens; a later request, also after a restart, reloads the longest stored
-// prefix instead of prefilling it. The directory is kept under a byte bound, least recently
-// used files out first (a load touches its file). Files of several models may share it.
+// prefix instead of prefilling it, where it spares enough of the prefill to be worth reading.
+// The directory is kept under a byte bound, from the start and before each write, least
+// recently used files out first (a load touches its file). Files of several models may share it.
 // A save copies the entry's bytes out of MLX on the engine thread and writes them with async
 // file I/O, one file at a time, so decoding never waits for the disk; the file is looked up only
 // once it is complete.
@@ -76,6 +77,14 @@ export class BackgroundWrites {
 /** The file whose share (shareFile) `name` is, if it is one. */
 const shareOf = (name: string) => /^(.*)\.rank\d+$/.exec(name)?.[1];
 
+/**
+ * The most positions a file is read for (all it holds, into memory) per prompt token it spares
+ * the prefill: a file of a long document shares its chat template's first tokens with every
+ * request, and reading it for those would cost far more than they do, and push out of memory
+ * the prefixes held there.
+ */
+const READ_FOR_SKIPPED = 8;
+
 /** Whether a file nobody finished (or whose file is gone) is old enough to be no write in progress. */
 const stale = (file: string) => {
   const since = statSync(file, { throwIfNoEntry: false })?.mtimeMs;
@@ -120,7 +129,13 @@ export class DiskPrefixCache {
       this.#files.clear();
       this.unusable = (error as Error).message;
       this.warn(`prompt cache: cannot use ${dir}, going on without it: ${this.unusable}`);
+      return;
     }
+    // A bound lowered since the files were written holds from the start, not from the next
+    // write (a server that only reads would keep the directory over it for its whole life).
+    this.writes.add(0, () =>
+      this.#bound().catch((error) => this.warn(`prompt cache: cannot keep ${dir} within its bound: ${error.message}`)),
+    );
   }
 
   get entries(): number {
@@ -209,7 +224,10 @@ export class DiskPrefixCache {
     for (const other of names) if (shareOf(other) === name) this.#remove(join(this.dir, other));
   }
 
-  /** The stored entry sharing the longest prefix with `prompt` (at most `limit` tokens), if longer than `atLeast`. */
+  /**
+   * The stored entry sharing the longest prefix with `prompt` (at most `limit` tokens), if longer
+   * than `atLeast` by a share of its file worth reading (READ_FOR_SKIPPED).
+   */
   longest(prompt: number[], limit: number, atLeast: number): { name: string; length: number } | undefined {
     if (this.unusable !== undefined) return undefined;
     let best: { name: string; length: number } | undefined;
@@ -219,6 +237,7 @@ export class DiskPrefixCache {
       while (length < most && s.tokens[length] === prompt[length]) length++;
       // A rotated prefix continues exactly its own tokens only.
       if (s.dropped > 0 && length !== s.tokens.length) continue;
+      if ((length - atLeast) * READ_FOR_SKIPPED < s.tokens.length - s.dropped) continue;
       if (length > (best?.length ?? atLeast)) best = { name, length };
     }
     return best;
@@ -263,9 +282,9 @@ export class DiskPrefixCache {
   /**
    * Queues an entry's file unless it is stored or queued already; the bytes are copied now, so
    * the entry's arrays may be freed as soon as this returns (on a split model, after the other
-   * processes were told to write their shares of prefix entry `id`). The file is written in the
-   * background (writes.flush() waits for it), then the directory is kept within its bound; a
-   * failed write is a warning, and leaves no file.
+   * processes were told to write their shares of prefix entry `id`). In the background
+   * (writes.flush() waits for it), room is made within the directory's bound, then the file is
+   * written; a file larger than the bound, or a failed write, is a warning, and leaves no file.
    */
   save(entry: PromptCacheEntry, id = 0): void {
     if (this.unusable !== undefined) return;
@@ -282,11 +301,17 @@ export class DiskPrefixCache {
       return;
     }
     const bytes = parts.reduce((n, p) => n + p.byteLength, 0);
+    // Room for it would take every other file out, and still not be enough.
+    if (bytes > this.maxBytes) {
+      this.warn(`prompt cache: not writing ${file}: it is larger than the directory's bound`);
+      return;
+    }
     const queued = this.writes.add(bytes, async () => {
       try {
+        // Room first: on a disk no larger than the bound, the file would not fit beside the others.
+        await this.#bound(bytes);
         await writePromptCacheFile(file, parts);
         this.#files.set(name, { file, tokens: entry.tokens, dropped: entry.dropped });
-        await this.#bound();
       } catch (error) {
         this.warn(`prompt cache: cannot write ${file}: ${(error as Error).message}`);
         if (share) this.#removeShares(file);
@@ -302,8 +327,11 @@ export class DiskPrefixCache {
     if (share) this.mirror!.savePrefixFile(id, file, share.save);
   }
 
-  /** Removes the least recently used files (of any model, with their shares) until the directory fits its bound. */
-  async #bound(): Promise<void> {
+  /**
+   * Removes the least recently used files (of any model, with their shares) until the directory,
+   * and `incoming` bytes about to be written to it, fit its bound.
+   */
+  async #bound(incoming = 0): Promise<void> {
     const all = await readdir(this.dir);
     const names = all.filter((name) => name.endsWith(EXTENSION) && ownName(name) && !name.includes(".tmp."));
     const sizeOf = async (name: string) => (await stat(join(this.dir, name))).size;
@@ -323,7 +351,7 @@ export class DiskPrefixCache {
     )
       .flat()
       .sort((a, b) => a.used - b.used);
-    let total = files.reduce((n, f) => n + f.size, 0);
+    let total = files.reduce((n, f) => n + f.size, incoming);
     for (const f of files) {
       if (total <= this.maxBytes) break;
       await rm(join(this.dir, f.name), { force: true });

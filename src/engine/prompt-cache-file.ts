@@ -83,6 +83,20 @@ export function kvLayout(quantization: KvQuantization | undefined, maxKvSize: nu
   return maxKvSize === undefined ? stored : `${stored}-rotating${maxKvSize}`;
 }
 
+/** A layout (kvLayout) as the flags that give it, for a refusal to name: "--kv-bits 8 --max-kv-size 512". */
+function layoutFlags(kv: string): string {
+  const match = /^(?:q(\d+)g(\d+)s(\d+)-\w+-keys|float)(?:-rotating(\d+))?$/.exec(kv);
+  if (!match) return `the layout of an earlier build (${kv})`;
+  const [, bits, group, start, window] = match;
+  const flags = [
+    bits && `--kv-bits ${bits}`,
+    group && group !== "64" && `--kv-group-size ${group}`,
+    start && start !== "0" && `--kv-quant-start ${start}`,
+    window && `--max-kv-size ${window}`,
+  ].filter(Boolean);
+  return flags.length > 0 ? flags.join(" ") : "neither --kv-bits nor --max-kv-size";
+}
+
 /** sha256 over each tensor's name and bytes, in name order. */
 function checksum(tensors: Map<string, Uint8Array>): string {
   const hasher = new Bun.CryptoHasher("sha256");
@@ -272,7 +286,9 @@ export function loadPromptCache(path: string, owner: PromptCacheOwner): PromptCa
   const metadata = readPromptCacheHeader(path);
   if (metadata.model !== owner.model) throw new PromptCacheFileError(`${path} was made with another model`);
   if (metadata.kv !== owner.kv)
-    throw new PromptCacheFileError(`${path} was made with another KV cache layout (${metadata.kv}, not ${owner.kv})`);
+    throw new PromptCacheFileError(
+      `${path} was made with another KV cache layout (${layoutFlags(metadata.kv)}; this run has ${layoutFlags(owner.kv)})`,
+    );
   if (metadata.split !== owner.split) {
     const name = (split?: string) => (split === undefined ? "one process" : split);
     throw new PromptCacheFileError(

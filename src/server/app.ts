@@ -5,6 +5,7 @@
 import type { KvQuantization } from "../models/cache";
 import type { SpeculationChoice } from "../models/load";
 import { timingSafeEqual, createHash } from "node:crypto";
+import { hostname } from "node:os";
 import { Hono, type Context } from "hono";
 import { matchedRoutes } from "hono/route";
 import { bodyLimit } from "hono/body-limit";
@@ -12,6 +13,7 @@ import { cors } from "hono/cors";
 import {
   ApiError,
   errorResponse,
+  hostNotAllowed,
   notFound,
   originNotAllowed,
   requestTimeout,
@@ -148,6 +150,7 @@ export function createState(o: ServerOptions = {}): ServerState {
     config: {
       apiKey: o.apiKey || undefined,
       corsOrigins: o.corsOrigins ?? [],
+      loopbackOnly: isLoopback(o.host ?? DEFAULT_HOST),
       maxBodyBytes: o.maxBodyBytes ?? 4 * 1024 * 1024,
       // A timer fires at once past its longest delay: a longer timeout is that long.
       requestTimeoutMs: Math.min(o.requestTimeoutMs ?? 600_000, MAX_TIMER_MS),
@@ -210,6 +213,16 @@ export function createApp(s: ServerState): Hono {
   // 2. Errors: one mapping for everything thrown below, and for unknown routes.
   app.onError((error, c) => errorResponse(c, toApiError(error, s.logError)));
   app.notFound((c) => errorResponse(c, notFound(`no route ${c.req.method} ${c.req.path}`)));
+
+  // 2b. On loopback, only requests addressed to this machine: a web page whose own domain was
+  // made to resolve to 127.0.0.1 (DNS rebinding) reaches the server with that domain in Host,
+  // and as "its own origin" would read the answers (as Ollama's CVE-2024-28224).
+  if (s.config.loopbackOnly)
+    app.use("*", async (c, next) => {
+      const host = c.req.header("host");
+      if (host === undefined || isLocalHost(host)) return next();
+      throw hostNotAllowed(host);
+    });
 
   // 3. CORS, only for the origins given.
   if (s.config.corsOrigins.length > 0) {
@@ -294,6 +307,17 @@ export function createApp(s: ServerState): Hono {
   app.route("/", ollamaModelRoutes(s));
   app.route("/", tokenRoutes(s));
   return app;
+}
+
+/** A Host header naming this machine: a loopback address or localhost (and its subdomains), or its own name. */
+function isLocalHost(host: string): boolean {
+  let name: string;
+  try {
+    name = new URL(`http://${host}`).hostname;
+  } catch {
+    return false;
+  }
+  return isLoopback(name) || name.endsWith(".localhost") || name === hostname().toLowerCase();
 }
 
 const corsAllows = (allowed: string[], origin: string) => allowed.includes("*") || allowed.includes(origin);

@@ -65,6 +65,15 @@ export const unauthorized = () =>
     null,
     "invalid_api_key",
   );
+/** A request to a loopback server that names another host: a page on a domain rebound to 127.0.0.1. */
+export const hostNotAllowed = (host: string) =>
+  new ApiError(
+    403,
+    `requests addressed to ${host} are refused: this server listens on loopback and answers requests to this machine (serve --host makes it listen elsewhere)`,
+    "permission_error",
+    null,
+    "host_not_allowed",
+  );
 /** A request a web page on another site sent: browsers send some without asking first (text/plain POSTs). */
 export const originNotAllowed = (origin: string) =>
   new ApiError(

@@ -8,6 +8,8 @@ export interface ServerConfig {
   apiKey?: string;
   /** Origins allowed by CORS (none: no CORS headers at all). */
   corsOrigins: string[];
+  /** Whether the server listens on loopback only: then only requests addressed to this machine by name are answered. */
+  loopbackOnly: boolean;
   maxBodyBytes: number;
   requestTimeoutMs: number;
   /** The model a request that names none gets (the one given to `mlx serve -m`). */
