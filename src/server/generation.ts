@@ -18,6 +18,9 @@ import type { ToolCallParser, ToolRequest } from "../engine/tools";
 import type { ThinkingRequest } from "../engine/reasoning";
 import type { Tokenizer } from "../tokenizer/tokenizer";
 import { remoteModel } from "../providers";
+import { readGenerationDefaults, type SamplingDefaults } from "../models/generation-config";
+import type { LoadedModel } from "../models/load";
+import { aliasSampling } from "../store/aliases";
 import { badRequest, requestTimeout, serverStopping } from "./errors";
 import type { Lease, ModelRegistry } from "./model-registry";
 import { startRemoteGeneration } from "./remote-generation";
@@ -169,7 +172,7 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
     prepared = await prepareGeneration(lm, {
       prompt: input.prompt,
       prefixIds: input.prefixIds,
-      sampling: settleSampling(input.sampling, input.defaults),
+      sampling: settleSampling(input.sampling, input.defaults, modelSamplingDefaults(lm, input.model)),
       maxTokens: input.maxTokens,
       strictMaxTokens: input.strictMaxTokens,
       maxTokensParam: input.maxTokensParam,
@@ -224,9 +227,30 @@ export function recordOutcome(
   m.e2e.observe(usage.totalMs / 1000);
 }
 
-/** The request's values, else the model's defaults (Ollama's Modelfile options), else ours. */
-function settleSampling(input: SamplingInput, defaults: Partial<SamplingParams>): SamplingParams {
-  const params: SamplingParams = { ...defaultSampling, ...withoutUndefined(defaults), ...withoutUndefined(input) };
+const recommended = new WeakMap<LoadedModel, SamplingDefaults>();
+
+/** The sampling values of the model a request names: its alias's in models.toml over its generation_config.json's. */
+export function modelSamplingDefaults(lm: LoadedModel, name: string): SamplingDefaults {
+  let own = recommended.get(lm);
+  if (!own) recommended.set(lm, (own = readGenerationDefaults(lm.path)));
+  return { ...own, ...aliasSampling(name) };
+}
+
+/**
+ * The request's values, else the model's (its alias in models.toml, else its
+ * generation_config.json, as vLLM's server applies it), else the API's defaults, else ours.
+ */
+function settleSampling(
+  input: SamplingInput,
+  apiDefaults: Partial<SamplingParams>,
+  modelDefaults: SamplingDefaults,
+): SamplingParams {
+  const params: SamplingParams = {
+    ...defaultSampling,
+    ...withoutUndefined(apiDefaults),
+    ...modelDefaults,
+    ...withoutUndefined(input),
+  };
   if (params.repetitionContext === 0) params.repetitionPenalty = 1;
   return params;
 }

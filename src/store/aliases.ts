@@ -8,6 +8,7 @@ import { ConfigError } from "../errors";
 import type { KvQuantization } from "../models/cache";
 import { checkSharedProviders, parseRemoteModel, type RemoteModelConfig } from "../providers/config";
 import type { SpeculationChoice } from "../models/load";
+import { SAMPLING_DEFAULT_KEYS, type SamplingDefaults } from "../models/generation-config";
 import { storeRoot } from "./paths";
 
 export interface ModelAlias {
@@ -22,6 +23,8 @@ export interface ModelAlias {
   speculation?: SpeculationChoice;
   /** Most positions its KV cache holds (max_kv_size): a rotating cache, as --max-kv-size. */
   maxKvSize?: number;
+  /** Sampling values serve's requests get when they set none (temperature = 0.6, ...). */
+  sampling: SamplingDefaults;
 }
 
 /** Tokens drafted per speculative step unless told otherwise (mlx-lm's default). */
@@ -50,6 +53,7 @@ const ALIAS_KEYS = [
   "draft_model",
   "prompt_lookup",
   "num_draft",
+  ...SAMPLING_DEFAULT_KEYS.map((k) => k.name),
 ];
 
 /** `relativeTo`: the directory relative adapter paths start from (the file's own). */
@@ -101,6 +105,7 @@ function parseTable(
       adapter: e.adapter === undefined ? undefined : resolve(relativeTo, e.adapter as string),
       speculation: aliasSpeculationEntry(e, `${at}: model '${name}'`),
       maxKvSize: e.max_kv_size as number | undefined,
+      sampling: aliasSamplingEntry(e, `${at}: model '${name}'`),
     });
   }
   const unknownTopLevel = Object.keys(doc).find((key) => key !== "default" && key !== "models");
@@ -229,6 +234,24 @@ function aliasSpeculationEntry(e: Record<string, unknown>, where: string): Specu
 export function aliasSpeculation(spec: string | undefined): SpeculationChoice | undefined {
   const table = loadAliases();
   return table.models.get(spec ?? table.defaultModel)?.speculation;
+}
+
+/** An alias's sampling values (temperature, top_p, top_k, min_p, repetition_penalty), each checked. */
+function aliasSamplingEntry(e: Record<string, unknown>, where: string): SamplingDefaults {
+  const sampling: SamplingDefaults = {};
+  for (const { key, name, valid, range } of SAMPLING_DEFAULT_KEYS) {
+    const value = e[name];
+    if (value === undefined) continue;
+    if (typeof value !== "number" || !valid(value)) throw new Error(`${where}: ${name} must be ${range}`);
+    sampling[key] = value;
+  }
+  return sampling;
+}
+
+/** The sampling values models.toml gives the model named `spec` (default: the default model). */
+export function aliasSampling(spec: string | undefined): SamplingDefaults {
+  const table = loadAliases();
+  return table.models.get(spec ?? table.defaultModel)?.sampling ?? {};
 }
 
 /** The KV cache quantization models.toml asks for the model named `spec` (default: the default model). */

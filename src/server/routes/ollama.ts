@@ -22,6 +22,12 @@ import { withoutLatestTag, type LoadedEntry } from "../model-registry";
 import { locateModel, missingModelError } from "../../store/resolve";
 import type { IndexEntry } from "../../store/model-index";
 import { readJson } from "../../api/validate";
+import {
+  describeSamplingDefaults,
+  readGenerationDefaults,
+  SAMPLING_DEFAULT_KEYS,
+} from "../../models/generation-config";
+import { aliasSampling } from "../../store/aliases";
 import { type ServerState, serverStartDate } from "../state";
 import { remoteModelConfigs, remoteModelNames } from "../../providers";
 import { formatCount } from "../../format";
@@ -134,7 +140,15 @@ export function ollamaRoutes(s: ServerState): Hono {
     // Read from the model's files: loading its weights only to describe it would take the place
     // of a loaded model (or wait until one is idle), and clients ask this of every model they list.
     const path = await modelFiles(s, model);
-    return c.json(showModel(path, storedByPath(await s.models.stored()).get(path), verbose));
+    const shown = showModel(path, storedByPath(await s.models.stored()).get(path), verbose);
+    // The sampling values its requests get when they set none, as Ollama shows a Modelfile's.
+    const defaults = { ...readGenerationDefaults(path), ...aliasSampling(model) };
+    const parameters = SAMPLING_DEFAULT_KEYS.filter(({ key }) => defaults[key] !== undefined);
+    return c.json({
+      ...shown,
+      modelfile: shown.modelfile + parameters.map(({ key, name }) => `PARAMETER ${name} ${defaults[key]}\n`).join(""),
+      parameters: describeSamplingDefaults(defaults),
+    });
   });
 
   // Known Ollama routes this server does not implement: a clear 501 rather than a 404.
