@@ -6,10 +6,8 @@ import { hostname, tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { createApp, createState, type RunningServer } from "../src/server/app";
 import { modelRequest, pullModel } from "../src/store/pull";
-import { post, serve, tinyModel } from "./helpers/serve";
+import { post, serve, startServe, tinyModel } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
-
-const mainScript = join(import.meta.dir, "..", "src", "main.ts");
 
 let root: string;
 /** A model directory on the server's disk that the operator did not name. */
@@ -68,20 +66,8 @@ describe("model names that are paths on the server's machine", () => {
 
   test("serve --no-model-paths refuses them on loopback too; without it they are described", async () => {
     const show = async (flags: string[]) => {
-      const proc = Bun.spawn([process.execPath, mainScript, "serve", "--port", "0", ...flags], {
-        stdout: "ignore",
-        stderr: "pipe",
-        env: { ...process.env, NO_COLOR: "1" },
-      });
+      const { proc, url } = await startServe(undefined, flags);
       try {
-        const reader = proc.stderr.getReader();
-        let err = "";
-        while (!/listening on (http:\S+)/.test(err)) {
-          const { value, done } = await reader.read();
-          if (done) throw new Error(`serve exited: ${err}`);
-          err += new TextDecoder().decode(value);
-        }
-        const url = /listening on (http:\S+)/.exec(err)![1]!;
         return await post(`${url}/api/show`, { model: otherModel });
       } finally {
         proc.kill();

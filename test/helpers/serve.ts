@@ -19,11 +19,16 @@ export function tinyModel(): string {
 
 const mainScript = join(import.meta.dir, "..", "..", "src", "main.ts");
 
-/** `mlx serve --port 0 -m <model>` in a child process, with the URL it prints once its model is loaded. */
+/**
+ * `mlx serve --port 0 -m <model> <flags>` in a child process (no -m when `model` is undefined),
+ * with the URL it prints once its model is loaded.
+ */
 export async function startServe(
-  model: string,
+  model: string | undefined,
+  flags: string[] = [],
 ): Promise<{ proc: Bun.Subprocess<"ignore", "pipe", "pipe">; url: string }> {
-  const proc = Bun.spawn([process.execPath, mainScript, "serve", "--port", "0", "-m", model], {
+  const modelFlags = model === undefined ? [] : ["-m", model];
+  const proc = Bun.spawn([process.execPath, mainScript, "serve", "--port", "0", ...modelFlags, ...flags], {
     stdout: "pipe",
     stderr: "pipe",
     env: { ...process.env, NO_COLOR: "1" },
