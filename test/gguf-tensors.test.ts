@@ -107,6 +107,27 @@ describe("a GGUF header that is not one", () => {
     );
   });
 
+  test("an alignment of 0 or not a power of 2 is an invalid header (0 crashed the process in MLX's reader)", () => {
+    for (const alignment of [0, 3, 48]) {
+      const value = Buffer.alloc(8);
+      value.writeUInt32LE(4); // GGUF's uint32
+      value.writeUInt32LE(alignment, 4);
+      const key = "general.alignment";
+      const path = header(Buffer.concat([u64(0n), u64(1n), u64(BigInt(key.length)), Buffer.from(key), value]));
+      expect(() => readGGUFHeader(path)).toThrow(
+        `invalid GGUF header: general.alignment is ${alignment}, not a power of 2`,
+      );
+    }
+  });
+
+  test("a big-endian GGUF is named so, not as an unknown version", () => {
+    const path = join(mkdtempSync(join(tmpdir(), "mlx-gguf-")), "big-endian.gguf");
+    writeFileSync(path, Buffer.concat([Buffer.from("GGUF\0\0\0\x03", "latin1"), Buffer.alloc(200)]));
+    expect(() => loadModel(path)).toThrow(
+      `cannot load ${path}: a big-endian GGUF, and only little-endian ones are read (gguf-py's gguf-convert-endian FILE little converts it)`,
+    );
+  });
+
   test("a string longer than the file is an invalid header too", () => {
     const path = header(Buffer.concat([u64(1n), u64(1n), u64(0x7a7a7a7a7a7an), Buffer.alloc(200, 0x7a)]));
     expect(() => readGGUFHeader(path)).toThrow(

@@ -6,6 +6,7 @@ import * as mx from "../src/mlx";
 import { buildModel, forward, makeCaches, parseConfig, Weights, freeCaches, type KVCache } from "../src/models";
 import { SlidingKVCache } from "../src/models/sliding-cache";
 import { ggufModel, hfTensorName } from "../src/models/gguf";
+import { llama3RopeScaling } from "../src/models/convert";
 import type { MetaValue } from "../src/mlx";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -423,6 +424,57 @@ describe("GGUF layout", () => {
     });
   });
 
+  test("a Llama 3 GGUF's rope_freqs become the llama3 rope_scaling mlx-lm computes them from (mlx convert)", () => {
+    // As llama.cpp's convert_hf_to_gguf writes rope_freqs: a divisor per frequency.
+    const ropeFreqs = (dims: number, base: number, s: typeof llama31) =>
+      Float32Array.from({ length: dims / 2 }, (_, i) => {
+        const wavelength = 2 * Math.PI * base ** ((2 * i) / dims);
+        const [low, high] = [
+          s.original_max_position_embeddings / s.low_freq_factor,
+          s.original_max_position_embeddings / s.high_freq_factor,
+        ];
+        if (wavelength < high) return 1;
+        if (wavelength > low) return s.factor;
+        const smooth =
+          (s.original_max_position_embeddings / wavelength - s.low_freq_factor) /
+          (s.high_freq_factor - s.low_freq_factor);
+        return 1 / ((1 - smooth) / s.factor + smooth);
+      });
+    const llama31 = {
+      rope_type: "llama3",
+      factor: 8,
+      low_freq_factor: 1,
+      high_freq_factor: 4,
+      original_max_position_embeddings: 8192,
+    };
+    const llama32 = { ...llama31, factor: 32 };
+    const derived = (dims: number, base: number, divisors: Float32Array) => {
+      const metadata = {
+        "general.architecture": "llama",
+        "llama.attention.head_count": 4,
+        "llama.embedding_length": 4 * dims,
+        "llama.attention.key_length": dims,
+        "llama.rope.freq_base": base,
+        "llama.block_count": 1,
+        "llama.feed_forward_length": 8 * dims,
+        "llama.vocab_size": 300,
+      };
+      const tensors = new Map([["rope_freqs.weight", mx.array(divisors)]]);
+      // ggufModel holds them as MLX's rope wants them: periods.
+      const periods = ggufModel({ tensors, metadata }).tensors.get("rope_freqs")!;
+      return llama3RopeScaling(
+        mx.scope(() => periods.toArray()),
+        dims,
+        base,
+      );
+    };
+    expect(derived(128, 500_000, ropeFreqs(128, 500_000, llama31))).toEqual(llama31); // Llama 3.1 8B
+    expect(derived(64, 500_000, ropeFreqs(64, 500_000, llama32))).toEqual(llama32); // Llama 3.2 1B
+    // Divisors no llama3 parameters give are not passed off as some.
+    const other = ropeFreqs(128, 500_000, llama31).map((d, i) => (i % 3 === 0 ? d * 1.5 : d));
+    expect(derived(128, 500_000, other)).toBeUndefined();
+  });
+
   test("an unsupported architecture names the supported ones", () => {
     expect(() => ggufModel({ tensors: new Map(), metadata: { "general.architecture": "gpt2" } })).toThrow(
       /unsupported GGUF architecture 'gpt2' \(supported: llama/,
@@ -436,15 +488,17 @@ describe("GGUF layout", () => {
   });
 });
 
+/** The logits of `sequence` from the model directory `dir`. */
+const logits = (dir: string) => {
+  const lm = loadModel(dir);
+  try {
+    return mx.scope(() => forward(lm.model, ids(sequence), makeCaches(lm.model)).toArray());
+  } finally {
+    lm.free();
+  }
+};
+
 describe("a config.json without tie_word_embeddings", () => {
-  const logits = (dir: string) => {
-    const lm = loadModel(dir);
-    try {
-      return mx.scope(() => forward(lm.model, ids(sequence), makeCaches(lm.model)).toArray());
-    } finally {
-      lm.free();
-    }
-  };
   // mlx-lm's defaults: tied for llama, mistral and qwen2; an output layer of its own for phi3,
   // mixtral, qwen3_moe and gpt-oss (and qwen3, where mlx-lm needs the key and transformers unties).
   for (const modelType of ["phi3", "mixtral", "qwen3", "qwen3_moe", "gpt_oss"] as const)
@@ -468,6 +522,36 @@ describe("a config.json without tie_word_embeddings", () => {
       expect(parseConfig(config).tieWordEmbeddings).toBe(true);
     }
   });
+});
+
+describe("a config.json written by transformers 5 (rope_theta and rope_scaling in rope_parameters)", () => {
+  const rewritten = (dir: string, change: (config: Record<string, unknown>) => Record<string, unknown>) => {
+    const configPath = join(dir, "config.json");
+    writeFileSync(configPath, JSON.stringify(change(JSON.parse(readFileSync(configPath, "utf8")))));
+    return logits(dir);
+  };
+  const yarn = { rope_type: "yarn", factor: 4, original_max_position_embeddings: 4 };
+  for (const [name, scaling] of [
+    ["no scaling", undefined],
+    ["YaRN", yarn],
+  ] as const)
+    test(`${name}: the same model as with them at the top level`, () => {
+      const dir = mkdtempSync(join(tmpdir(), "mlx-rope-parameters-"));
+      try {
+        writeTinyModel(dir, { modelType: "qwen3", tied: false });
+        const { rope_theta: _, rope_scaling: __, ...rest } = JSON.parse(readFileSync(join(dir, "config.json"), "utf8"));
+        const topLevel = rewritten(dir, () => ({ ...rest, rope_theta: 1_000_000, rope_scaling: scaling }));
+        const nested = rewritten(dir, () => ({
+          ...rest,
+          rope_parameters: { rope_theta: 1_000_000, ...(scaling ?? { rope_type: "default" }) },
+        }));
+        expect(nested).toEqual(topLevel);
+        // The base matters here: the default one answers otherwise.
+        expect(rewritten(dir, () => ({ ...rest, rope_scaling: scaling }))).not.toEqual(topLevel);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
 });
 
 describe("a config.json that does not describe the weights", () => {
@@ -496,6 +580,17 @@ describe("a config.json that does not describe the weights", () => {
       { quantization: undefined, quantization_config: { quant_method: "gptq", bits: 4, group_size: 32 } },
       /: quant_method 'gptq' is not a quantization we read \(MLX's own and mxfp4 are; its tensor [\w.]+ is uint32\); use an MLX-quantized or GGUF version of this model$/,
       { quantize: { groupSize: 32, bits: 4 } },
+    ],
+    [
+      "tie_word_embeddings false, but no lm_head in the weights",
+      { tie_word_embeddings: false },
+      "does not match the weights: missing tensor lm_head.weight (tie_word_embeddings is false)",
+    ],
+    [
+      "an architecture untied by default (qwen3), but no lm_head in the weights",
+      { tie_word_embeddings: undefined },
+      "does not match the weights: missing tensor lm_head.weight (qwen3 does not tie it unless tie_word_embeddings is true)",
+      { modelType: "qwen3" },
     ],
     [
       "more layers than the weights hold",
@@ -549,4 +644,50 @@ describe("a config.json that does not describe the weights", () => {
       expect(error?.message.split("\n")).toHaveLength(1);
     });
   }
+});
+
+describe("a model directory's weight files", () => {
+  test("an index naming no file, or one outside the directory, is refused by name", () => {
+    const dir = mkdtempSync(join(tmpdir(), "mlx-weight-index-"));
+    try {
+      const model = join(dir, "tiny");
+      writeTinyModel(model);
+      const index = join(model, "model.safetensors.index.json");
+      const refusal = (weightMap: Record<string, string>) => {
+        writeFileSync(index, JSON.stringify({ weight_map: weightMap }));
+        return () => loadModel(model).free();
+      };
+      expect(refusal({})).toThrow(`${index} names no weight files`);
+      // Another model's weights, beside this one.
+      writeTinyModel(join(dir, "other"));
+      expect(refusal({ "model.norm.weight": "../other/model.safetensors" })).toThrow(
+        `${model}: model.safetensors.index.json names '../other/model.safetensors', which is not a file beside it`,
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("without an index, only model*.safetensors are read: a consolidated copy beside them is not loaded too", () => {
+    const dir = mkdtempSync(join(tmpdir(), "mlx-weight-files-"));
+    try {
+      writeTinyModel(dir);
+      const alone = loadModel(dir);
+      const [names, bytes] = [[...alone.weights.tensors.keys()].sort(), alone.weightBytes];
+      alone.free();
+      // As Mistral's repositories ship it: the same weights again, under its own names.
+      const model = mx.loadSafetensors(join(dir, "model.safetensors"));
+      const consolidated = new Map([...model.tensors].map(([name, t]) => [name.replace(/^model\./, ""), t]));
+      mx.saveSafetensors(join(dir, "consolidated.safetensors"), consolidated);
+      for (const t of model.tensors.values()) t.free();
+      const beside = loadModel(dir);
+      try {
+        expect([[...beside.weights.tensors.keys()].sort(), beside.weightBytes]).toEqual([names, bytes]);
+      } finally {
+        beside.free();
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });

@@ -137,12 +137,24 @@ function eosIds(value: unknown): number[] {
   return [];
 }
 
+/**
+ * transformers 5 writes rope_theta and rope_scaling inside one rope_parameters section (its
+ * rope_type "default" when there is no scaling), as mlx-lm reads them: the flat form, one
+ * section for every layer.
+ */
+function ropeParameters(raw: Record<string, unknown>): Record<string, unknown> | undefined {
+  const section = raw.rope_parameters;
+  if (!section || typeof section !== "object" || Array.isArray(section)) return undefined;
+  return section as Record<string, unknown>;
+}
+
 export function parseConfig(json: unknown): ModelConfig {
   if (!json || typeof json !== "object" || Array.isArray(json)) throw new Error("config.json is not a JSON object");
   const raw = json as Record<string, unknown>;
   if (typeof raw.model_type !== "string") throw new Error("config.json: 'model_type' is missing");
   const hiddenSize = field(raw, "hidden_size");
   const numAttentionHeads = field(raw, "num_attention_heads");
+  const rope = ropeParameters(raw);
   return {
     modelType: raw.model_type,
     hiddenSize,
@@ -153,9 +165,9 @@ export function parseConfig(json: unknown): ModelConfig {
     headDim: typeof raw.head_dim === "number" ? raw.head_dim : hiddenSize / numAttentionHeads,
     rmsNormEps: field(raw, "rms_norm_eps", 1e-6),
     vocabSize: field(raw, "vocab_size"),
-    ropeTheta: field(raw, "rope_theta", 10000),
+    ropeTheta: field(raw.rope_theta === undefined && rope ? rope : raw, "rope_theta", 10000),
     ropeTraditional: raw.rope_traditional === true,
-    ropeScaling: parseRopeScaling(raw.rope_scaling, raw.original_max_position_embeddings),
+    ropeScaling: parseRopeScaling(raw.rope_scaling ?? rope, raw.original_max_position_embeddings),
     maxPositionEmbeddings: field(raw, "max_position_embeddings", 4096),
     tieWordEmbeddings: tiedWordEmbeddings(raw, raw.model_type),
     attentionBias: raw.attention_bias === true,

@@ -52,11 +52,7 @@ export async function convertGGUF(
   const gguf = ggufModel(withModelErrors(ggufPath, () => loadGGUFTensors(ggufPath, header)));
   try {
     if (bits > 0) await requantize(gguf, header, { bits, groupSize });
-    if (gguf.tensors.has("rope_freqs")) {
-      throw new Error(
-        "this GGUF stores precomputed rope frequencies (Llama 3 scaling), which config.json cannot express; run it as a .gguf instead",
-      );
-    }
+    if (gguf.tensors.has("rope_freqs")) ropeFreqsAsConfig(gguf);
     for (const t of gguf.tensors.values()) {
       mx.evaluate(t);
       await nextTurn();
@@ -100,6 +96,78 @@ export async function convertGGUF(
   } finally {
     for (const t of gguf.tensors.values()) t.free();
   }
+}
+
+/**
+ * A GGUF of a Llama 3 model holds its RoPE scaling as rope_freqs, a period per frequency (the
+ * loader's form of llama.cpp's divisors), where config.json gives the parameters mlx-lm computes
+ * them from: those are written in their place, or the conversion refused when none give them.
+ */
+function ropeFreqsAsConfig(gguf: GGUFModel): void {
+  const periods = gguf.tensors.get("rope_freqs")!;
+  const values = mx.scope(() => mx.astype(periods, mx.Dtype.float32).toArray());
+  const scaling = llama3RopeScaling(values, Number(gguf.config.head_dim), Number(gguf.config.rope_theta));
+  if (!scaling)
+    throw new Error(
+      "this GGUF's precomputed rope frequencies (rope_freqs) are not Llama 3's scaling, the one config.json can express; run it as a .gguf instead",
+    );
+  gguf.config.rope_scaling = scaling;
+  periods.free();
+  gguf.tensors.delete("rope_freqs");
+}
+
+/** Llama 3's usual original context: its parameters are known only up to a common scale of it and both factors. */
+const LLAMA3_CONTEXT = 8192;
+
+/**
+ * The rope_scaling (rope_type llama3) whose periods, as mlx-lm computes them, are `periods` for
+ * a head of `dims` and rope base `base`; undefined when none is. Periods between the unscaled
+ * and the fully scaled ones lie on a line (in the context over the wavelength) that gives the
+ * two frequency factors; at least two are needed.
+ */
+export function llama3RopeScaling(periods: number[], dims: number, base: number): Record<string, unknown> | undefined {
+  const unscaled = periods.map((_, i) => base ** ((2 * i) / dims));
+  const divisors = periods.map((p, i) => p / unscaled[i]!);
+  const factor = Math.max(...divisors);
+  const close = (a: number, b: number) => Math.abs(a - b) <= 1e-3 * Math.abs(b);
+  // Each blended divisor is 1 / ((1 − smooth) / factor + smooth), smooth = (context / wavelength − low) / (high − low).
+  const blended = divisors
+    .map((d, i) => ({ x: LLAMA3_CONTEXT / (2 * Math.PI * unscaled[i]!), d }))
+    .filter(({ d }) => !close(d, 1) && !close(d, factor))
+    .map(({ x, d }) => ({ x, smooth: (1 / d - 1 / factor) / (1 - 1 / factor) }));
+  if (blended.length < 2) return undefined;
+  const [first, last] = [blended[0]!, blended.at(-1)!];
+  const slope = (last.smooth - first.smooth) / (last.x - first.x);
+  const low = first.x - first.smooth / slope;
+  // To six digits, as config.json writes them (the file's float32 periods give no more).
+  const rounded = (value: number) => Number(value.toPrecision(6));
+  const scaling = {
+    rope_type: "llama3",
+    factor: rounded(factor),
+    low_freq_factor: rounded(low),
+    high_freq_factor: rounded(low + 1 / slope),
+    original_max_position_embeddings: LLAMA3_CONTEXT,
+  };
+  return llama3Periods(scaling, unscaled).every((p, i) => close(p, periods[i]!)) ? scaling : undefined;
+}
+
+/** mlx-lm's Llama 3 periods (rope_utils.Llama3RoPE), from the unscaled ones. */
+function llama3Periods(
+  s: { factor: number; low_freq_factor: number; high_freq_factor: number; original_max_position_embeddings: number },
+  unscaled: number[],
+): number[] {
+  const [lowWavelength, highWavelength] = [
+    s.original_max_position_embeddings / s.low_freq_factor,
+    s.original_max_position_embeddings / s.high_freq_factor,
+  ];
+  return unscaled.map((period) => {
+    const wavelength = 2 * Math.PI * period;
+    if (wavelength < highWavelength) return period;
+    if (wavelength > lowWavelength) return period * s.factor;
+    const smooth =
+      (s.original_max_position_embeddings / wavelength - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+    return period / ((1 - smooth) / s.factor + smooth);
+  });
 }
 
 /**

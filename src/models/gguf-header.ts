@@ -186,14 +186,24 @@ function skipArray(c: Cursor): number {
 export const ggufParameterCount = (tensors: GGUFTensorInfo[]) =>
   tensors.reduce((n, t) => n + t.dims.reduce((a, b) => a * b, 1), 0);
 
+const isSupportedVersion = (version: number) => version === 2 || version === 3;
+const isPowerOfTwo = (n: number) => n > 0 && (n & (n - 1)) === 0;
+
 /** Reads the header, checking that every tensor lies inside the file; throws a clear error otherwise. */
 export function readGGUFHeader(path: string): GGUFHeader {
   const fd = openSync(path, "r");
   try {
     const c = new Cursor(fd, fstatSync(fd).size);
     if (c.bytes(4).toString("latin1") !== "GGUF") throw new GGUFFormatError("not a GGUF file (bad magic)");
-    const version = c.u32();
-    if (version < 2 || version > 3) throw new GGUFFormatError(`unsupported GGUF version ${version} (supported: 2, 3)`);
+    const versionBytes = c.bytes(4);
+    const version = versionBytes.readUInt32LE(0);
+    // gguf-py writes big-endian files for s390x; llama.cpp names them so rather than as a version.
+    if (isSupportedVersion(versionBytes.readUInt32BE(0)))
+      throw new GGUFFormatError(
+        "a big-endian GGUF, and only little-endian ones are read (gguf-py's gguf-convert-endian FILE little converts it)",
+      );
+    if (!isSupportedVersion(version))
+      throw new GGUFFormatError(`unsupported GGUF version ${version} (supported: 2, 3)`);
     const tensorCount = c.u64();
     const kvCount = c.u64();
     if (tensorCount * MIN_TENSOR_ENTRY_BYTES + kvCount * MIN_METADATA_ENTRY_BYTES > c.size - c.position)
@@ -210,6 +220,9 @@ export function readGGUFHeader(path: string): GGUFHeader {
       return typeof value === "number" && Number.isInteger(value) ? value : fallback;
     };
     const alignment = whole("general.alignment", 32);
+    // Tensors start at multiples of it: 0 would crash MLX's reader (a division by zero), another non-power of 2 misplace them.
+    if (!isPowerOfTwo(alignment))
+      throw new GGUFFormatError(`invalid GGUF header: general.alignment is ${alignment}, not a power of 2`);
     const split = { index: whole("split.no", 0), count: whole("split.count", 1) };
     const tensorTableStart = c.position;
     const tensors: GGUFTensorInfo[] = [];

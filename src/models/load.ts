@@ -15,6 +15,7 @@ import { Tokenizer } from "../tokenizer/tokenizer";
 import type { Adapter } from "./lora";
 import { shardTensors, type Shard, type ShardCut } from "./shard";
 import { stageHolds, tensorPart, type Stage } from "./stage";
+import { indexedWeightFiles, WEIGHT_INDEX } from "../store/model-files";
 
 export type ModelFormat = "mlx" | "gguf";
 
@@ -101,19 +102,34 @@ function readJson(path: string): Record<string, unknown> {
   }
 }
 
-/** The safetensors files of a directory: those named by the index when there is one. */
+/**
+ * The safetensors files of a directory: those named by the index when there is one, else the
+ * model*.safetensors that mlx-lm reads. Others beside them (Mistral's consolidated.safetensors,
+ * a LoRA's adapters.safetensors) are not the model's weights, or hold them a second time; only
+ * a directory with no model* file has its weights under other names.
+ */
 function weightFiles(dir: string): string[] {
-  const indexPath = join(dir, "model.safetensors.index.json");
+  const indexPath = join(dir, WEIGHT_INDEX);
   if (existsSync(indexPath)) {
-    const map = readJson(indexPath).weight_map as Record<string, string> | undefined;
-    if (!map) throw new ModelLoadError(`${indexPath} has no weight_map`);
-    return [...new Set(Object.values(map))].sort().map((f) => join(dir, f));
+    const files = indexFiles(dir, indexPath);
+    if (files.length === 0) throw new ModelLoadError(`${indexPath} names no weight files`);
+    return files.sort().map((f) => join(dir, f));
   }
   const files = readdirSync(dir)
     .filter((f) => f.endsWith(".safetensors"))
     .sort();
   if (files.length === 0) throw new ModelLoadError(`no .safetensors files in ${dir}`);
-  return files.map((f) => join(dir, f));
+  const modelFiles = files.filter((f) => f.startsWith("model"));
+  return (modelFiles.length > 0 ? modelFiles : files).map((f) => join(dir, f));
+}
+
+/** The shards an index names, checked as a download checks them (each a file beside it); a ModelLoadError otherwise. */
+function indexFiles(dir: string, indexPath: string): string[] {
+  try {
+    return indexedWeightFiles(readFileSync(indexPath, "utf8"), dir);
+  } catch (error) {
+    throw new ModelLoadError((error as Error).message);
+  }
 }
 
 function* loadDirectory(dir: string, stage?: Stage, shard?: Shard): Steps<LoadedModel> {
@@ -280,6 +296,7 @@ function checkTensorsFitConfig(
   // Token ids past vocab_size would be refused as if the prompt were wrong, ids past the embedding read garbage.
   expectSize("model.embed_tokens.weight", config.vocabSize, "vocab_size");
   expectSize("lm_head.weight", config.vocabSize, "vocab_size");
+  checkOutputLayer(tensors, config, stage, mismatch);
   checkQuantizedShapes(tensors, config, source, mismatch);
   for (let layer = start; layer < end; layer++) {
     const prefix = `model.layers.${layer}`;
@@ -309,6 +326,27 @@ function checkTensorsFitConfig(
     expectSize(`${prefix}.mlp.down_proj.weight`, config.hiddenSize, "hidden_size");
     expectInputs(`${prefix}.mlp.down_proj.weight`, config.intermediateSize, "intermediate_size");
   }
+}
+
+/**
+ * A model that does not tie its output layer to the embedding needs lm_head.weight: without it
+ * the model would answer through the embedding, garbage for an untied model (mlx-lm refuses it
+ * too). Gemma 3 ties exactly when the weights have no lm_head, so it cannot lack one.
+ */
+function checkOutputLayer(
+  tensors: Map<string, MxArray>,
+  config: ModelConfig,
+  stage: Stage | undefined,
+  mismatch: (problem: string) => ModelLoadError,
+): void {
+  const holdsOutput = !stage || stageHolds(stage, "lm_head.weight");
+  if (config.tieWordEmbeddings || config.modelType === "gemma3_text" || !holdsOutput || tensors.has("lm_head.weight"))
+    return;
+  const why =
+    config.raw.tie_word_embeddings === false
+      ? "tie_word_embeddings is false"
+      : `${config.modelType} does not tie it unless tie_word_embeddings is true`;
+  throw mismatch(`missing tensor lm_head.weight (${why})`);
 }
 
 /**
