@@ -8,10 +8,12 @@ import { SlidingKVCache } from "../src/models/sliding-cache";
 import { ggufModel, hfTensorName } from "../src/models/gguf";
 import { llama3RopeScaling } from "../src/models/convert";
 import type { MetaValue } from "../src/mlx";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadModel } from "../src/models/load";
+import { modelBytes, readLayout } from "../src/models/layout";
+import { neededFiles } from "../src/store/model-files";
 import { tinyConfig, tinyDims, tinyMoE, tinyWeights, writeTinyModel, type TinyOptions } from "./helpers/tiny-model";
 
 // The cache's mechanics are checked to 1e-4, so in float32: a float16 cache (the default for a
@@ -668,7 +670,7 @@ describe("a model directory's weight files", () => {
     }
   });
 
-  test("without an index, only model*.safetensors are read: a consolidated copy beside them is not loaded too", () => {
+  test("without an index, only model*.safetensors are read, planned and pulled: a consolidated copy beside them is not loaded too", () => {
     const dir = mkdtempSync(join(tmpdir(), "mlx-weight-files-"));
     try {
       writeTinyModel(dir);
@@ -686,6 +688,19 @@ describe("a model directory's weight files", () => {
       } finally {
         beside.free();
       }
+      // The split plan counts the same files, and a pull would fetch only those.
+      expect(modelBytes(readLayout(dir))).toBe(bytes);
+      expect(neededFiles(readdirSync(dir))).toEqual([
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "model.safetensors",
+      ]);
+      expect(neededFiles(["config.json", "weights.safetensors", "adapters.safetensors"])).toEqual([
+        "config.json",
+        "adapters.safetensors",
+        "weights.safetensors",
+      ]);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

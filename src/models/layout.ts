@@ -1,12 +1,12 @@
 // How a model's bytes fall across its layers, read from the file headers alone (nothing is
 // loaded): what splitting its layers across processes needs to plan who holds what.
-import { closeSync, existsSync, openSync, readFileSync, readSync, readdirSync, statSync } from "node:fs";
+import { closeSync, existsSync, openSync, readFileSync, readSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { parseConfig } from "./config";
 import { isGGUFFile } from "./gguf";
 import { readGGUFHeader } from "./gguf-header";
 import { loadedBytes } from "./gguf-tensors";
-import { ModelLoadError } from "./load";
+import { directoryWeightFiles, ModelLoadError } from "./load";
 import { tensorPart } from "./stage";
 
 export interface ModelLayout {
@@ -113,8 +113,9 @@ function ggufSizes(path: string): Map<string, TensorSize> {
 /** Each safetensors file starts with the length of a JSON table of its tensors' offsets. */
 function safetensorsSizes(dir: string): Map<string, TensorSize> {
   const sizes = new Map<string, TensorSize>();
-  for (const file of readdirSync(dir).filter((f) => f.endsWith(".safetensors"))) {
-    const fd = openSync(join(dir, file), "r");
+  // The files the loader reads: not a consolidated copy beside them, counted twice.
+  for (const file of directoryWeightFiles(dir)) {
+    const fd = openSync(file, "r");
     try {
       const length = Buffer.alloc(8);
       readSync(fd, length, 0, 8, 0);

@@ -15,7 +15,7 @@ import { Tokenizer } from "../tokenizer/tokenizer";
 import type { Adapter } from "./lora";
 import { shardTensors, type Shard, type ShardCut } from "./shard";
 import { stageHolds, tensorPart, type Stage } from "./stage";
-import { indexedWeightFiles, WEIGHT_INDEX } from "../store/model-files";
+import { indexedWeightFiles, unindexedWeightFiles, WEIGHT_INDEX } from "../store/model-files";
 
 export type ModelFormat = "mlx" | "gguf";
 
@@ -102,25 +102,17 @@ function readJson(path: string): Record<string, unknown> {
   }
 }
 
-/**
- * The safetensors files of a directory: those named by the index when there is one, else the
- * model*.safetensors that mlx-lm reads. Others beside them (Mistral's consolidated.safetensors,
- * a LoRA's adapters.safetensors) are not the model's weights, or hold them a second time; only
- * a directory with no model* file has its weights under other names.
- */
-function weightFiles(dir: string): string[] {
+/** The safetensors files of a directory: those named by the index when there is one, else unindexedWeightFiles'. */
+export function directoryWeightFiles(dir: string): string[] {
   const indexPath = join(dir, WEIGHT_INDEX);
   if (existsSync(indexPath)) {
     const files = indexFiles(dir, indexPath);
     if (files.length === 0) throw new ModelLoadError(`${indexPath} names no weight files`);
     return files.sort().map((f) => join(dir, f));
   }
-  const files = readdirSync(dir)
-    .filter((f) => f.endsWith(".safetensors"))
-    .sort();
+  const files = unindexedWeightFiles(readdirSync(dir));
   if (files.length === 0) throw new ModelLoadError(`no .safetensors files in ${dir}`);
-  const modelFiles = files.filter((f) => f.startsWith("model"));
-  return (modelFiles.length > 0 ? modelFiles : files).map((f) => join(dir, f));
+  return files.map((f) => join(dir, f));
 }
 
 /** The shards an index names, checked as a download checks them (each a file beside it); a ModelLoadError otherwise. */
@@ -155,7 +147,7 @@ export function readDirectoryTensors(dir: string): { config: ModelConfig; tensor
 function* directoryTensorSteps(dir: string): Steps<{ config: ModelConfig; tensors: Map<string, MxArray> }> {
   const config = readDirectoryConfig(dir);
   const tensors = new Map<string, MxArray>();
-  for (const file of weightFiles(dir)) {
+  for (const file of directoryWeightFiles(dir)) {
     if (!existsSync(file)) throw new ModelLoadError(`missing weight file ${file}`);
     const loaded = withModelErrors(file, () => mx.loadSafetensors(file));
     for (const [name, t] of loaded.tensors) tensors.set(name, t);

@@ -18,11 +18,21 @@ const METADATA_FILES = [
  */
 export function neededFiles(available: string[], indexedWeights?: string[]): string[] {
   const present = new Set(available);
-  const weights = indexedWeights
-    ? [...new Set(indexedWeights)]
-    : available.filter((name) => name.endsWith(".safetensors") && !name.includes("/"));
+  const weights = indexedWeights ? [...new Set(indexedWeights)] : unindexedWeightFiles(available);
   const metadata = [...METADATA_FILES, WEIGHT_INDEX].filter((name) => present.has(name));
   return [...metadata, ...weights.sort()];
+}
+
+/**
+ * The weight files among `names` (top-level file names) where no index names them: the
+ * model*.safetensors that mlx-lm reads, or every .safetensors where none is named so. Others
+ * beside model* files hold the weights a second time (Mistral's consolidated.safetensors) or
+ * are not the model's (a LoRA's adapters.safetensors).
+ */
+export function unindexedWeightFiles(names: string[]): string[] {
+  const files = names.filter((name) => name.endsWith(".safetensors") && !name.includes("/")).sort();
+  const model = files.filter((name) => name.startsWith("model"));
+  return model.length > 0 ? model : files;
 }
 
 /** Shard names from a model.safetensors.index.json. */
