@@ -38,3 +38,18 @@ export function writeErrorReason(error: unknown): string {
   if (code === "EISDIR") return "it is a directory";
   return code ? (error as Error).message.split(",")[0]! : fileErrorReason(error);
 }
+
+/** Columns padded to their widest cell, two spaces apart, a header first (as `ollama list` prints them). */
+export function plainTable(header: string[], rows: string[][]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  return (
+    [header, ...rows]
+      .map((r) =>
+        r
+          .map((cell, i) => cell.padEnd(widths[i]!))
+          .join("  ")
+          .trimEnd(),
+      )
+      .join("\n") + "\n"
+  );
+}

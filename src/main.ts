@@ -21,6 +21,8 @@ const subCommands = {
   bench: () => import("./cmd/bench").then((m) => m.default),
   embed: () => import("./cmd/embed").then((m) => m.default),
   launch: () => import("./cmd/launch").then((m) => m.default),
+  ps: () => import("./cmd/ps").then((m) => m.default),
+  stop: () => import("./cmd/stop").then((m) => m.default),
 };
 type Name = keyof typeof subCommands;
 

@@ -1,6 +1,6 @@
 // `mlx list`: the stored models, from the store's index.
 import { defineCommand } from "citty";
-import { formatBytes } from "../format";
+import { formatBytes, plainTable } from "../format";
 import { blobsPresent, listModels, unreadableModels } from "../store/store";
 import { fail } from "./log";
 
@@ -37,26 +37,12 @@ export default defineCommand({
         timeAgo(m.lastUsedAt),
       ]);
       const damaged = unreadable.map((name) => [name, "-", "-", `unreadable manifest: mlx rm ${name}`, "-"]);
-      process.stdout.write(table(["NAME", "FORMAT", "QUANTIZATION", "SIZE", "LAST USED"], [...rows, ...damaged]));
+      process.stdout.write(plainTable(["NAME", "FORMAT", "QUANTIZATION", "SIZE", "LAST USED"], [...rows, ...damaged]));
     } catch (error) {
       fail(error);
     }
   },
 });
-
-function table(header: string[], rows: string[][]): string {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  return (
-    [header, ...rows]
-      .map((r) =>
-        r
-          .map((cell, i) => cell.padEnd(widths[i]!))
-          .join("  ")
-          .trimEnd(),
-      )
-      .join("\n") + "\n"
-  );
-}
 
 function timeAgo(iso: string): string {
   const seconds = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);

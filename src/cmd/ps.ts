@@ -1,0 +1,51 @@
+// `mlx ps`: the models a running `mlx serve` holds in memory, as `ollama ps` lists them.
+import { defineCommand } from "citty";
+import { formatBytes, plainTable } from "../format";
+import { fail } from "./log";
+import { askServer, serverArgs } from "./server-client";
+
+/** A model as Ollama's /api/ps lists it (the fields this command reads). */
+export interface RunningModel {
+  name: string;
+  size: number;
+  context_length: number;
+  expires_at: string;
+}
+
+export default defineCommand({
+  meta: { name: "ps", description: "List the models a running mlx serve holds in memory" },
+  args: {
+    ...serverArgs,
+    json: { type: "boolean", description: "One JSON array: name, size, context_length, expires_at" },
+  },
+  async run({ args }) {
+    try {
+      const { models } = (await askServer(args, "/api/ps")) as { models: RunningModel[] };
+      if (args.json) {
+        process.stdout.write(`${JSON.stringify(models, null, 2)}\n`);
+        return;
+      }
+      const rows = models.map((m) => [m.name, formatBytes(m.size), String(m.context_length), until(m.expires_at)]);
+      process.stdout.write(plainTable(["NAME", "SIZE", "CONTEXT", "UNTIL"], rows));
+    } catch (error) {
+      fail(error);
+    }
+  },
+});
+
+/** When an idle model unloads, in words: Ollama's far-future date is a model kept for good. */
+function until(iso: string): string {
+  const seconds = (Date.parse(iso) - Date.now()) / 1000;
+  if (seconds > 100 * 365 * 86400) return "forever";
+  if (seconds < 1) return "now";
+  const [amount, unit] =
+    seconds < 60
+      ? [seconds, "second"]
+      : seconds < 3600
+        ? [seconds / 60, "minute"]
+        : seconds < 86400
+          ? [seconds / 3600, "hour"]
+          : [seconds / 86400, "day"];
+  const n = Math.round(amount);
+  return `${n} ${unit}${n === 1 ? "" : "s"} from now`;
+}

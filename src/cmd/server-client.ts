@@ -1,0 +1,61 @@
+// What `mlx ps` and `mlx stop` share: they ask a running `mlx serve` (Ollama's routes), as
+// `ollama ps` and `ollama stop` ask theirs. Where it is, its key, and one request with its
+// failures in one line.
+import type { ArgsDef } from "citty";
+import { errorBodyMessage } from "../providers/types";
+
+export const DEFAULT_SERVER = "http://127.0.0.1:11435";
+
+export const serverArgs = {
+  url: { type: "string", description: `The mlx serve to ask (default: ${DEFAULT_SERVER})` },
+  "api-key": {
+    type: "string",
+    description: "Its API key, when it requires one, sent as 'Authorization: Bearer <key>' (default: $MLX_API_KEY)",
+  },
+} as const satisfies ArgsDef;
+
+/** How long a request may take: these routes answer at once, unless the server is stuck. */
+const TIMEOUT_MS = 10_000;
+
+/** A running server's answer to `path` (JSON), or an Error of one line saying what went wrong. */
+export async function askServer(
+  args: { url?: string; "api-key"?: string },
+  path: string,
+  body?: unknown,
+): Promise<unknown> {
+  const base = serverUrl(args.url);
+  const apiKey = args["api-key"] ?? process.env.MLX_API_KEY;
+  let response: Response;
+  try {
+    response = await fetch(`${base}${path}`, {
+      method: body === undefined ? "GET" : "POST",
+      headers: { "content-type": "application/json", ...(apiKey ? { authorization: `Bearer ${apiKey}` } : {}) },
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal: AbortSignal.timeout(TIMEOUT_MS),
+    });
+  } catch (error) {
+    const reason =
+      (error as Error).name === "TimeoutError" ? `no answer within ${TIMEOUT_MS / 1000} s` : "nothing answers";
+    throw new Error(`cannot reach mlx serve at ${base}: ${reason} (start one with \`mlx serve\`, or give --url)`);
+  }
+  const text = await response.text();
+  if (!response.ok) throw new Error(`${base}: HTTP ${response.status}: ${errorBodyMessage(text)}`);
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new Error(`${base} answered ${path} with something other than JSON: is it mlx serve?`);
+  }
+}
+
+function serverUrl(url: string | undefined): string {
+  const given = url ?? DEFAULT_SERVER;
+  let parsed: URL;
+  try {
+    parsed = new URL(given);
+  } catch {
+    throw new Error(`--url must be an http(s) URL like ${DEFAULT_SERVER} (got '${given}')`);
+  }
+  if (parsed.protocol !== "http:" && parsed.protocol !== "https:")
+    throw new Error(`--url must be an http(s) URL (got '${given}')`);
+  return parsed.href.replace(/\/+$/, "");
+}

@@ -1,0 +1,71 @@
+// `mlx ps` and `mlx stop` against a real `mlx serve` on loopback, as `ollama ps` and `ollama stop`
+// ask Ollama: the models it holds, and one unloaded on request; a server that is not there, or
+// that wants a key, is one line and status 1.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { RunningServer } from "../src/server/app";
+import { cliRunner } from "./helpers/cli";
+import { post, serve } from "./helpers/serve";
+import { writeTinyModel } from "./helpers/tiny-model";
+
+let server: RunningServer;
+let model: string;
+let mlx: ReturnType<typeof cliRunner>;
+
+beforeAll(() => {
+  const root = mkdtempSync(join(tmpdir(), "mlx-ps-"));
+  model = join(root, "tiny");
+  writeTinyModel(model, { contextLength: 640 });
+  server = serve({});
+  mlx = cliRunner(join(root, "home"));
+});
+
+afterAll(() => server.stop());
+
+describe("mlx ps and mlx stop", () => {
+  test("ps lists what the server holds; stop unloads it; then ps lists nothing", async () => {
+    expect((await mlx(["ps", "--url", server.url])).stdout).toBe("NAME  SIZE  CONTEXT  UNTIL\n");
+    await post(`${server.url}/api/generate`, { model, prompt: "Hi", stream: false, options: { num_predict: 1 } });
+    const listed = await mlx(["ps", "--url", server.url]);
+    expect(listed.code).toBe(0);
+    const [header, row] = listed.stdout.trimEnd().split("\n");
+    expect(header!.split(/ {2,}/)).toEqual(["NAME", "SIZE", "CONTEXT", "UNTIL"]);
+    expect(row!.split(/ {2,}/)).toEqual([model, expect.stringMatching(/^[\d.]+ [KM]B$/), "640", "5 minutes from now"]);
+    const json = JSON.parse((await mlx(["ps", "--url", server.url, "--json"])).stdout);
+    expect(json).toEqual([expect.objectContaining({ name: model, context_length: 640 })]);
+    const stopped = await mlx(["stop", model, "--url", server.url]);
+    expect([stopped.code, stopped.stderr]).toEqual([0, ""]);
+    expect(server.state.models.loaded).toHaveLength(0);
+  });
+
+  test("stop of a model the server does not hold is an error that names what it holds, and loads nothing", async () => {
+    const r = await mlx(["stop", model, "--url", server.url]);
+    expect([r.code, r.stderr.trim()]).toEqual([1, `error: model '${model}' is not loaded there (none is)`]);
+    expect(server.state.models.loaded).toHaveLength(0);
+  });
+
+  test("a server that is not there, a bad URL, or one that wants a key: one line, status 1", async () => {
+    const gone = serve({});
+    const url = gone.url;
+    await gone.stop();
+    const down = await mlx(["ps", "--url", url]);
+    expect([down.code, down.stderr.trim()]).toEqual([
+      1,
+      `error: cannot reach mlx serve at ${url}: nothing answers (start one with \`mlx serve\`, or give --url)`,
+    ]);
+    const bad = await mlx(["ps", "--url", "ftp://x"]);
+    expect([bad.code, bad.stderr.trim()]).toEqual([1, "error: --url must be an http(s) URL (got 'ftp://x')"]);
+    const locked = serve({ apiKey: "s3cret" });
+    try {
+      const refused = await mlx(["ps", "--url", locked.url]);
+      expect(refused.code).toBe(1);
+      expect(refused.stderr).toStartWith(`error: ${locked.url}: HTTP 401: `);
+      expect(refused.stderr.trim().split("\n")).toHaveLength(1);
+      expect((await mlx(["ps", "--url", locked.url, "--api-key", "s3cret"])).code).toBe(0);
+    } finally {
+      await locked.stop();
+    }
+  });
+});
