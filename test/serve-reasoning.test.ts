@@ -4,7 +4,7 @@
 // reasoning is deterministic: greedy gibberish inside the tags until the thinking budget
 // forces </think>, then the answer. Official clients against a real server on loopback.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import Anthropic from "@anthropic-ai/sdk";
@@ -15,6 +15,7 @@ import type { RunningServer } from "../src/server/app";
 import { cliRunner } from "./helpers/cli";
 import { post, serve } from "./helpers/serve";
 import { forecastTools } from "./helpers/forecast-tools";
+import { writeScriptedModel } from "./helpers/scripted-model";
 import { writeTinyModel } from "./helpers/tiny-model";
 
 /** Qwen3-style: `enable_thinking` false writes an empty reasoning; otherwise the prompt opens <think>. */
@@ -27,6 +28,21 @@ const thinkingTemplate =
 const alwaysThinkingTemplate =
   "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endfor %}" +
   "{%- if add_generation_prompt %}<|im_start|>assistant\n<think>\n{%- endif %}";
+
+/** Qwen3's own template (the hybrid models': the model opens <think> itself, `enable_thinking` false closes it at once). */
+const qwen3Template = readFileSync(join(import.meta.dir, "fixtures", "templates", "qwen3.jinja"), "utf8");
+
+/** Qwen3's template as its Thinking-2507 models ship it: the prompt opens <think> (no switch). */
+const qwen3ThinkingTemplate = qwen3Template.replace(
+  /\{%- if add_generation_prompt %\}[\s\S]*$/,
+  "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n<think>\\n' }}{%- endif %}",
+);
+
+/** A function that takes nothing, so a call the grammar lays out is short. */
+const nowTool = {
+  type: "function" as const,
+  function: { name: "now", parameters: { type: "object", properties: {}, additionalProperties: false } },
+};
 
 function split(pieces: string[], startsInside: boolean) {
   const s = new ReasoningSplitter(startsInside);
@@ -198,6 +214,147 @@ describe("OpenAI chat", () => {
     });
     expect(bad.status).toBe(400);
     expect(bad.json.error.param).toBe("chat_template_kwargs.add_vision_id");
+  });
+});
+
+describe("grammars after the reasoning", () => {
+  test("a reasoning that mentions <tool_call> stays reasoning: the call the grammar shapes comes after it", async () => {
+    // Qwen3's template. The model opens its reasoning and writes " <tool_call>" (its ">" goes on
+    // with " <"), until its thinking budget closes the reasoning; then it starts the same words
+    // again, and the tool grammar, active only now, makes them a call.
+    const scripted = join(dirname(model), "mentions-a-call");
+    writeScriptedModel(scripted, ["<think>", " <tool_call>", "</think>"], qwen3Template);
+    const body = {
+      model: scripted,
+      messages: hi,
+      tools: [nowTool],
+      tool_choice: "auto" as const,
+      parallel_tool_calls: false,
+      max_tokens: 200,
+      temperature: 0,
+      thinking_budget: 5,
+    };
+    const r = await post(`${server.url}/v1/chat/completions`, body);
+    expect(r.status).toBe(200);
+    const choice = r.json.choices[0];
+    expect(choice.message.reasoning_content).toBe("<tool_call>");
+    expect(choice.message.tool_calls.map((c: { function: unknown }) => c.function)).toEqual([
+      { name: "now", arguments: "{}" },
+    ]);
+    expect(choice.finish_reason).toBe("tool_calls");
+    expect(choice.closed_early).toBeUndefined();
+  });
+
+  test("a JSON schema shapes the answer after a reasoning with braces in it, and max_tokens counts the reasoning", async () => {
+    // A template that always thinks; thinking asked for, so the model reasons "Maybe {}?" first,
+    // and closes it. (Its prompt ends in "<think>": the script goes on from that ">".)
+    const scripted = join(dirname(model), "braces");
+    const reasoning = ["Maybe", " {", "}", "?", "</think>"];
+    writeScriptedModel(scripted, [">", ...reasoning], alwaysThinkingTemplate);
+    const schema = {
+      type: "object",
+      properties: { a: { enum: ["x", "y"] } },
+      required: ["a"],
+      additionalProperties: false,
+    };
+    const ask = (max_tokens: number) =>
+      post(`${server.url}/v1/chat/completions`, {
+        model: scripted,
+        messages: hi,
+        max_tokens,
+        temperature: 0,
+        reasoning_effort: "high",
+        response_format: { type: "json_schema", json_schema: { name: "a", schema } },
+      });
+    const r = await ask(60);
+    expect(r.status).toBe(200);
+    const message = r.json.choices[0].message;
+    expect(message.reasoning_content).toBe("Maybe {}?");
+    expect(["x", "y"]).toContain(JSON.parse(message.content).a);
+    // The shortest valid answer (the 400 names it), right after the reasoning: the budget steering
+    // counts the reasoning's tokens against max_tokens and closes the JSON in time.
+    const shortest = Number((await ask(1)).json.error.message.match(/takes (\d+) tokens/)[1]);
+    const reasoningTokens = (
+      await Promise.all(reasoning.map((content) => post(`${server.url}/tokenize`, { model: scripted, content })))
+    ).reduce((n, t) => n + t.json.tokens.length, 0);
+    const tight = await ask(reasoningTokens + shortest);
+    expect(tight.status).toBe(200);
+    expect(tight.json.choices[0].message.reasoning_content).toBe("Maybe {}?");
+    expect(["x", "y"]).toContain(JSON.parse(tight.json.choices[0].message.content).a);
+  });
+});
+
+describe("reasoning sent back", () => {
+  test("a multi-step tool call's next prompt is the last prompt and what the model wrote, on the OpenAI and Ollama routes", async () => {
+    // Qwen3's template renders the reasoning of the turns since the user's question: the client
+    // sends it back (reasoning_content, vLLM's newer `reasoning`, Ollama's `thinking`). The model
+    // reasons "Ask the clock.", its thinking budget closes that, and the grammar lays out its call.
+    // (The grammar's choices are not the ids a tokenizer makes of the text: the prompts are
+    // compared as text, and as the tokenizer reads that text.)
+    const scripted = join(dirname(model), "calls-after-reasoning");
+    writeScriptedModel(
+      scripted,
+      ["Ask", " the", " clock", ".", "\n", "</think>", "\n\n", "<tool_call>"],
+      qwen3ThinkingTemplate,
+    );
+    const first = [{ role: "user" as const, content: "What time is it?" }];
+    const turn = await openai.chat.completions.create({
+      model: scripted,
+      messages: first,
+      tools: [nowTool],
+      parallel_tool_calls: false,
+      max_tokens: 60,
+      temperature: 0,
+      logprobs: true,
+      thinking_budget: 5,
+    } as never);
+    const { message, logprobs } = (turn as OpenAI.ChatCompletion).choices[0]!;
+    const reasoning = (message as { reasoning_content?: string }).reasoning_content!;
+    expect(reasoning.trim()).toBe("Ask the clock.");
+    expect(message.tool_calls).toHaveLength(1);
+    const written = Buffer.from(logprobs!.content!.flatMap((t) => t.bytes!)).toString("utf8");
+    const call = message.tool_calls![0] as OpenAI.ChatCompletionMessageFunctionToolCall;
+    const result = { role: "tool" as const, tool_call_id: call.id, content: "12:00" };
+    const template = async (messages: unknown[]) =>
+      (await post(`${server.url}/apply-template`, { model: scripted, messages, tools: [nowTool] })).json.prompt;
+    const tokenize = async (content: string) =>
+      (await post(`${server.url}/tokenize`, { model: scripted, content })).json.tokens as number[];
+    const before = await template(first);
+    expect((await tokenize(before)).length).toBe(turn.usage!.prompt_tokens);
+    const promptTokens = async (messages: unknown[]) => {
+      const answer = await openai.chat.completions.create({
+        model: scripted,
+        messages,
+        tools: [nowTool],
+        max_tokens: 1,
+      } as never);
+      return (answer as OpenAI.ChatCompletion).usage!.prompt_tokens;
+    };
+    let ids: number[] = [];
+    for (const name of ["reasoning_content", "reasoning"]) {
+      const next = [...first, { role: "assistant", content: null, [name]: reasoning, tool_calls: [call] }, result];
+      const after = await template(next);
+      expect(after.startsWith(before + written)).toBe(true);
+      ids = await tokenize(after);
+      const prefix = await tokenize(before + written);
+      expect(ids.slice(0, prefix.length)).toEqual(prefix);
+      expect(await promptTokens(next)).toBe(ids.length);
+    }
+    // Ollama's chat, the same conversation in its shapes: the same prompt.
+    const assistant = {
+      role: "assistant",
+      content: "",
+      thinking: reasoning,
+      tool_calls: [{ function: { name: call.function.name, arguments: JSON.parse(call.function.arguments) } }],
+    };
+    const viaOllama = await new Ollama({ host: server.url }).chat({
+      model: scripted,
+      messages: [...first, assistant, { role: "tool", content: result.content }],
+      tools: [nowTool],
+      stream: false,
+      options: { num_predict: 1 },
+    });
+    expect(viaOllama.prompt_eval_count).toBe(ids.length);
   });
 });
 

@@ -174,7 +174,11 @@ export function parseOllamaChat(body: unknown): OllamaRequest {
     const images = m.array("images");
     if (images && images.length > 0) throw imagesRefused(`${at}.images`);
     const message: ConversationMessage = { role, content: m.string("content") ?? "" };
-    if (role === "assistant") message.toolCalls = parseToolCalls(m, "object");
+    if (role === "assistant") {
+      message.toolCalls = parseToolCalls(m, "object");
+      const thinking = m.string("thinking");
+      if (thinking) message.reasoning = thinking;
+    }
     if (role === "tool") {
       message.toolCallId = m.string("tool_call_id");
       message.toolName =

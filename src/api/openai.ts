@@ -227,7 +227,12 @@ export function parseChatRequest(body: unknown): OpenAIRequest {
       role: role === "developer" ? "system" : role,
       content: messageContent(m, at),
     };
-    if (role === "assistant") message.toolCalls = parseToolCalls(m, "json-text");
+    if (role === "assistant") {
+      message.toolCalls = parseToolCalls(m, "json-text");
+      // vLLM's name for it, and its newer one.
+      const reasoning = m.string("reasoning_content") ?? m.string("reasoning");
+      if (reasoning) message.reasoning = reasoning;
+    }
     if (role === "tool") {
       message.toolCallId = m.string("tool_call_id", { required: true, nonEmpty: true });
       message.toolName = m.string("name") ?? toolResultName(messages, message.toolCallId!);

@@ -29,6 +29,13 @@ export interface GrammarConstraint {
   /** The logits processor for a request (GenerationSpec.processors); it follows the sequence's history itself. */
   processor: LogitsProcessor;
   /**
+   * The processor for an answer the grammar shapes in part: the tokens `shaped` refuses (a
+   * reasoning before the answer) are the model's own, and a step that writes one keeps its
+   * logits. The token budget still counts every generated token, as max_tokens does. (A
+   * constraint serves one sequence: use this processor or `processor`, not both.)
+   */
+  processorShaping(shaped: ShapedTokens): LogitsProcessor;
+  /**
    * Whether `answer` (the generated tokens, without the end-of-sequence token) is complete under
    * the grammar. The processor never sees an answer's last token (no step follows it), so the
    * caller hands over the whole answer.
@@ -39,6 +46,9 @@ export interface GrammarConstraint {
   /** Frees the matcher (the constraint must not be used afterwards). Safe to call twice. */
   dispose(): void;
 }
+
+/** Whether the grammar shapes the token at `index` of a sequence's history (the next one's at `history.length`); asked in order. */
+export type ShapedTokens = (history: readonly number[], index: number) => boolean;
 
 export class SchemaError extends Error {
   override name = "SchemaError";
@@ -748,6 +758,7 @@ class Constraint implements GrammarConstraint {
   private seen = 0;
   /** Where the generated tokens start in the history (after the prompt). */
   private start = 0;
+  private shaped: ShapedTokens = () => true;
   private mask: Uint8Array | undefined;
   private disposed = false;
   readonly processor: LogitsProcessor;
@@ -760,6 +771,11 @@ class Constraint implements GrammarConstraint {
     this.processor = (history, logits) => this.process(history, logits);
   }
 
+  processorShaping(shaped: ShapedTokens): LogitsProcessor {
+    this.shaped = shaped;
+    return this.processor;
+  }
+
   private process(history: readonly number[], logits: MxArray): MxArray {
     if (this.disposed) throw new Error("this grammar constraint was disposed");
     // The first step sees the prompt: the grammar starts after it. Later steps may pass the
@@ -767,7 +783,7 @@ class Constraint implements GrammarConstraint {
     if (!this.history) this.seen = this.start = history.length;
     this.history = history;
     this.catchUp();
-    if (this.matcher.isTerminated()) return logits;
+    if (this.matcher.isTerminated() || !this.shaped(history, history.length)) return logits;
     const vocab = logits.shape.at(-1)!;
     const mask = this.unpack(readBitmask(this.t, this.matcher), vocab);
     this.steering?.narrow(mask, this.seen - this.start);
@@ -780,7 +796,7 @@ class Constraint implements GrammarConstraint {
     const history = this.history;
     if (!history) return;
     for (; this.seen < history.length; this.seen++) {
-      if (this.matcher.isTerminated()) continue;
+      if (this.matcher.isTerminated() || !this.shaped(history, this.seen)) continue;
       const token = history[this.seen]!;
       if (!this.matcher.acceptToken(token))
         throw new Error(`the grammar rejected token ${token}: it was sampled despite the mask`);

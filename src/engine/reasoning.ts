@@ -124,6 +124,27 @@ export class ReasoningSplitter {
   }
 }
 
+/**
+ * Whether a token of a sequence is its answer's rather than its reasoning's, read as the
+ * ReasoningSplitter reads the text: the reasoning runs from the prompt's end where the prompt
+ * opened it (`startsInside`), or from a <think> that opens the answer, up to the token that
+ * writes </think>. Asked in order of `index` (the next token's at `history.length`). A grammar
+ * shapes the answer's tokens only, as vLLM applies structured output and tool grammars once
+ * the reasoning ends.
+ */
+export function answerTokens(
+  tokenizer: Tokenizer,
+  promptLength: number,
+  startsInside: boolean,
+): (history: readonly number[], index: number) => boolean {
+  const splitter = new ReasoningSplitter(startsInside);
+  let next = promptLength;
+  return (history, index) => {
+    for (; next < index; next++) splitter.push(tokenizer.decode([history[next]!]));
+    return !splitter.inside;
+  };
+}
+
 /** The tokens a thinking budget forces once it is spent: `</think>`'s (the answer goes on from there). */
 export const forcedClose = (tokenizer: Tokenizer) => tokenizer.encode(THINK_CLOSE, { addSpecialTokens: false });
 

@@ -15,7 +15,14 @@ import {
   type LogitsProcessor,
   type SamplingParams,
 } from "./sampling";
-import { forcedClose, opensThinking, thinkingBudget, thinkingTemplate, type ThinkingRequest } from "./reasoning";
+import {
+  answerTokens,
+  forcedClose,
+  opensThinking,
+  thinkingBudget,
+  thinkingTemplate,
+  type ThinkingRequest,
+} from "./reasoning";
 import type { GenerationRequest } from "./scheduler";
 import {
   createToolCallConstraint,
@@ -144,10 +151,17 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
     thinking?.budget !== undefined
       ? [thinkingBudget(lm.tokenizer, promptIds.length, thinking.budget, startsInside)]
       : [];
+  // The grammar shapes the answer, not a reasoning before it: one the prompt opened, or one the
+  // answer opens where the grammar allows prose (a grammar that shapes the answer from its first token does not).
+  const grammar =
+    constraint &&
+    (thinking
+      ? constraint.processorShaping(answerTokens(lm.tokenizer, promptIds.length, startsInside))
+      : constraint.processor);
   const processors = logitsProcessors(spec.sampling, promptIds.length, [
     ...(spec.processors ?? []),
     ...budget,
-    ...(constraint ? [startingAt(promptIds.length + forced, constraint.processor)] : []),
+    ...(grammar ? [startingAt(promptIds.length + forced, grammar)] : []),
   ]);
   return {
     request: {
@@ -201,9 +215,10 @@ export function countPromptTokens(
 /**
  * How a templated prompt thinks: the template variables that switch thinking, and the budget
  * (a template that cannot switch it off gets a budget of 0). Undefined when the answer is not
- * split: a model whose template has no <think>, raw text or ids, or an answer a grammar shapes
- * from its first token, JSON or required calls (`shaped`: it leaves no room for reasoning, so
- * thinking is switched off where the template allows).
+ * split: a model whose template has no <think>, or raw text or ids. An answer a grammar shapes
+ * whole, JSON or required calls (`shaped`), switches thinking off where the template allows;
+ * where it cannot, the reasoning gets a budget of 0 unless the request asks for thinking (the
+ * grammar then shapes what follows the reasoning).
  */
 function settleThinking(
   tokenizer: Tokenizer,
@@ -220,7 +235,7 @@ function settleThinking(
     );
   const templated = prompt.kind === "chat" || (prompt.kind === "text" && prompt.template);
   if (!thinks || !templated) return undefined;
-  const enabled = shaped ? false : asked.enabled;
+  const enabled = shaped && (switchable || !asked.enabled) ? false : asked.enabled;
   if (enabled === undefined) return { budget: asked.budget };
   if (switchable) return { templateVars: { enable_thinking: enabled }, budget: enabled ? asked.budget : undefined };
   return { budget: enabled ? asked.budget : 0 };

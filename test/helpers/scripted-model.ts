@@ -8,13 +8,13 @@ import { smolVocabSize, tinyDims, tinyWeights, writeTinyModel } from "./tiny-mod
 const options = { layers: 1, tied: false, vocabSize: smolVocabSize };
 
 /**
- * Writes a model whose greedy answer to a chat prompt (ending in "\n", as SmolLM2's template's
- * does) is `pieces` (each tokenized apart), then <|im_end|>. Its layers add nothing, so each
- * token's embedding alone picks the next: a token met twice goes on as it did first (a grammar
- * may still choose otherwise), and tokens not in the script have no preference.
+ * Writes a model whose greedy answer to a chat prompt ending in "\n" (as SmolLM2's template's
+ * do; `chatTemplate` replaces it) is `pieces` (each tokenized apart), then <|im_end|>. Its layers
+ * add nothing, so each token's embedding alone picks the next: a token met twice goes on as it did
+ * first (a grammar may still choose otherwise), and tokens not in the script have no preference.
  */
-export function writeScriptedModel(dir: string, pieces: string[]): void {
-  writeTinyModel(dir, { ...options, contextLength: 2048 });
+export function writeScriptedModel(dir: string, pieces: string[], chatTemplate?: string): void {
+  writeTinyModel(dir, { ...options, contextLength: 2048, chatTemplate });
   const lm = loadModel(dir);
   const ids = ["\n", ...pieces, "<|im_end|>"].flatMap((piece) => lm.tokenizer.encode(piece));
   lm.free();

@@ -56,7 +56,7 @@ function withMistralIds(m: ConversationMessage): ConversationMessage {
 
 function nativeMessage(m: ConversationMessage): ChatMessage {
   if (m.toolCalls?.length) {
-    return {
+    return withReasoning(m, {
       role: m.role,
       content: m.content,
       tool_calls: m.toolCalls.map((c) => ({
@@ -64,11 +64,19 @@ function nativeMessage(m: ConversationMessage): ChatMessage {
         type: "function",
         function: { name: c.name, arguments: c.arguments },
       })),
-    };
+    });
   }
   if (m.role === "tool") return { role: "tool", content: m.content, tool_call_id: m.toolCallId, name: m.toolName };
-  return { role: m.role, content: m.content };
+  return withReasoning(m, { role: m.role, content: m.content });
 }
+
+/**
+ * The message with the reasoning `m` carries, as `reasoning_content`: the name Qwen3's and
+ * DeepSeek's templates read (Qwen3's renders it in the turns of a multi-step tool call, so the
+ * prompt goes on from what the model wrote).
+ */
+const withReasoning = (m: ConversationMessage, message: ChatMessage): ChatMessage =>
+  m.reasoning ? { ...message, reasoning_content: m.reasoning } : message;
 
 /** Calls as a hermes answer holds them: laid out as the call grammar makes the model write them. */
 const writeCalls = (calls: ToolCall[]) =>
@@ -93,8 +101,10 @@ function plainMessages(messages: ConversationMessage[]): ChatMessage[] {
     }
     results = undefined;
     if (m.toolCalls?.length)
-      out.push({ role: m.role, content: [m.content, writeCalls(m.toolCalls)].filter(Boolean).join("\n") });
-    else out.push({ role: m.role, content: m.content });
+      out.push(
+        withReasoning(m, { role: m.role, content: [m.content, writeCalls(m.toolCalls)].filter(Boolean).join("\n") }),
+      );
+    else out.push(withReasoning(m, { role: m.role, content: m.content }));
   }
   return out;
 }

@@ -32,4 +32,6 @@ export interface ConversationMessage {
   toolCallId?: string;
   /** The function a tool message answers (looked up from the call when the client did not say). */
   toolName?: string;
+  /** The reasoning before an assistant's answer, as the client sends it back (templates of models that think render it). */
+  reasoning?: string;
 }
