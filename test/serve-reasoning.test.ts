@@ -285,7 +285,7 @@ describe("grammars after the reasoning", () => {
 });
 
 describe("reasoning sent back", () => {
-  test("a multi-step tool call's next prompt is the last prompt and what the model wrote, on the OpenAI and Ollama routes", async () => {
+  test("a multi-step tool call's next prompt is the last prompt and what the model wrote, on every API", async () => {
     // Qwen3's template renders the reasoning of the turns since the user's question: the client
     // sends it back (reasoning_content, vLLM's newer `reasoning`, Ollama's `thinking`). The model
     // reasons "Ask the clock.", its thinking budget closes that, and the grammar lays out its call.
@@ -355,6 +355,40 @@ describe("reasoning sent back", () => {
       options: { num_predict: 1 },
     });
     expect(viaOllama.prompt_eval_count).toBe(ids.length);
+    // Anthropic's messages (a thinking block before the tool_use) and the Responses API's items
+    // (a reasoning item before the function_call): the same prompt again.
+    const args = JSON.parse(call.function.arguments);
+    const viaAnthropic = await post(`${server.url}/v1/messages`, {
+      model: scripted,
+      max_tokens: 1,
+      tools: [{ name: "now", input_schema: nowTool.function.parameters }],
+      messages: [
+        ...first,
+        {
+          role: "assistant",
+          content: [
+            { type: "thinking", thinking: reasoning, signature: "" },
+            { type: "tool_use", id: call.id, name: "now", input: args },
+          ],
+        },
+        { role: "user", content: [{ type: "tool_result", tool_use_id: call.id, content: result.content }] },
+      ],
+    });
+    // Anthropic counts the tokens read from the prompt cache apart.
+    const { input_tokens, cache_read_input_tokens } = viaAnthropic.json.usage;
+    expect(input_tokens + cache_read_input_tokens).toBe(ids.length);
+    const viaResponses = await post(`${server.url}/v1/responses`, {
+      model: scripted,
+      max_output_tokens: 1,
+      tools: [{ type: "function", name: "now", parameters: nowTool.function.parameters }],
+      input: [
+        ...first,
+        { type: "reasoning", summary: [], content: [{ type: "reasoning_text", text: reasoning }] },
+        { type: "function_call", call_id: call.id, name: "now", arguments: call.function.arguments },
+        { type: "function_call_output", call_id: call.id, output: result.content },
+      ],
+    });
+    expect(viaResponses.json.usage.input_tokens).toBe(ids.length);
   });
 });
 

@@ -229,13 +229,16 @@ function conversationMessages(item: unknown, i: number, earlier: ConversationMes
   const blocks = m.array("content", { required: true, nonEmpty: true })!;
   const out: ConversationMessage[] = [];
   let text = "";
+  let reasoning = "";
   const calls: ToolCall[] = [];
   blocks.forEach((raw, j) => {
     const b = Fields.item(raw, `${at}.content.${j}`);
     const type = b.string("type", { required: true })!;
     if (type === "text") text += b.string("text", { required: true })!;
-    // Earlier turns' reasoning is not part of the prompt (thinking templates drop it too).
-    else if ((type === "thinking" || type === "redacted_thinking") && role === "assistant") return;
+    // A thinking template renders the reasoning of the turns after the last user message (a
+    // thinking model's multi-step tool calls); a redacted one has no text to give it.
+    else if (type === "thinking" && role === "assistant") reasoning += b.string("thinking") ?? "";
+    else if (type === "redacted_thinking" && role === "assistant") return;
     else if (type === "tool_use" && role === "assistant") {
       calls.push({
         id: b.string("id", { required: true, nonEmpty: true })!,
@@ -255,7 +258,13 @@ function conversationMessages(item: unknown, i: number, earlier: ConversationMes
       b.fail("type", `'${type}' blocks belong in ${type === "tool_use" ? "assistant" : "user"} messages`);
     } else throw unsupported(b.name("type"), `content of type '${type}'`);
   });
-  if (role === "assistant") out.push({ role, content: text, ...(calls.length > 0 ? { toolCalls: calls } : {}) });
+  if (role === "assistant")
+    out.push({
+      role,
+      content: text,
+      ...(calls.length > 0 ? { toolCalls: calls } : {}),
+      ...(reasoning ? { reasoning } : {}),
+    });
   else if (text || out.length === 0) out.push({ role, content: text });
   return out;
 }

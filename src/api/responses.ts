@@ -173,7 +173,11 @@ function inputItem(item: Fields, messages: ConversationMessage[]): void {
   if (type === "message") {
     const role = item.string("role", { required: true })!;
     if (!ROLES.has(role)) item.fail("role", `must be one of ${[...ROLES].join(", ")}; got '${role}'`);
-    messages.push({ role: role === "developer" ? "system" : role, content: textContent(item, "content") });
+    const content = textContent(item, "content");
+    // The answer after a reasoning item is the same assistant turn.
+    const last = messages.at(-1);
+    if (role === "assistant" && last && reasoningAlone(last)) last.content = content;
+    else messages.push({ role: role === "developer" ? "system" : role, content });
   } else if (type === "function_call") {
     const name = item.string("name", { required: true, nonEmpty: true })!;
     const namespace = item.string("namespace", { nonEmpty: true });
@@ -196,9 +200,18 @@ function inputItem(item: Fields, messages: ConversationMessage[]): void {
       toolName: toolResultName(messages, id),
     });
   } else if (type === "reasoning") {
-    // Earlier reasoning is not part of the prompt (thinking templates drop it too).
+    // The reasoning of the assistant turn that follows: a thinking template renders that of the
+    // turns after the last user message (a thinking model's multi-step tool calls).
+    const text = (item.array("content") ?? [])
+      .map((raw, j) => Fields.item(raw, item.name(`content.${j}`)).string("text") ?? "")
+      .join("");
+    if (text) messages.push({ role: "assistant", content: "", reasoning: text });
   } else throw unsupported(item.name("type"), `input items of type '${type}'`);
 }
+
+/** An assistant turn so far made of a reasoning item alone: its answer or calls come next. */
+const reasoningAlone = (m: ConversationMessage) =>
+  m.role === "assistant" && m.reasoning !== undefined && !m.content && !m.toolCalls;
 
 /** A message's `content` or a call's `output`: a string, or text parts (no images or files). */
 function textContent(item: Fields, field: "content" | "output"): string {
