@@ -229,6 +229,37 @@ describe("OpenAI chat completions", () => {
     const r = await client.chat.completions.create({ model, messages, max_completion_tokens: 3, temperature: 0 });
     expect(r.usage!.completion_tokens).toBeLessThanOrEqual(3);
   });
+
+  test("continue_final_message (vLLM's) goes on with the assistant's start, as Anthropic's prefill does", async () => {
+    const started = [...messages, { role: "assistant" as const, content: "Once upon" }];
+    const go = (fields: object) =>
+      post(`${server.url}/v1/chat/completions`, { model, messages: started, max_tokens: 6, temperature: 0, ...fields });
+    const continued = await go({ continue_final_message: true, add_generation_prompt: false });
+    expect(continued.status).toBe(200);
+    const prefill = await post(`${server.url}/v1/messages`, {
+      model,
+      messages: started,
+      max_tokens: 6,
+      temperature: 0,
+    });
+    expect(continued.json.choices[0].message.content).toBe(prefill.json.content[0].text);
+    // Without it, the assistant's message is a turn of its own, and a new one answers it.
+    expect((await go({})).json.usage.prompt_tokens).toBeGreaterThan(continued.json.usage.prompt_tokens);
+    for (const [fields, param] of [
+      [{ continue_final_message: true, add_generation_prompt: true }, "continue_final_message"],
+      [{ add_generation_prompt: false }, "add_generation_prompt"],
+    ] as const) {
+      const refused = await go(fields);
+      expect([refused.status, refused.json.error.param]).toEqual([400, param]);
+    }
+    const afterUser = await post(`${server.url}/v1/chat/completions`, {
+      model,
+      messages,
+      max_tokens: 1,
+      continue_final_message: true,
+    });
+    expect(afterUser.json.error.message).toContain("needs the last message to be the assistant's text");
+  });
 });
 
 describe("OpenAI completions and models", () => {

@@ -78,6 +78,8 @@ const CHAT_FIELDS = [
   "thinking_budget",
   "metadata",
   "prompt_cache_key",
+  "continue_final_message",
+  "add_generation_prompt",
 ];
 const COMPLETION_FIELDS = [
   ...COMMON_FIELDS,
@@ -253,12 +255,33 @@ export function parseChatRequest(body: unknown): OpenAIRequest {
     throw new ValidationError("'top_logprobs' needs 'logprobs' set to true", "top_logprobs");
   return {
     ...common,
-    prompts: [{ kind: "chat", messages }],
+    prompts: [{ kind: "chat", messages, continueFinal: continueFinalMessage(f, messages) }],
     logprobs,
     topLogprobs,
     tools,
     thinking: thinkingParams(f),
   };
+}
+
+/**
+ * vLLM's `continue_final_message` (with `add_generation_prompt: false`): the last message is the
+ * assistant's start of its answer, which the model goes on with (Anthropic's prefill). A prompt
+ * without a generation prompt that continues nothing we do not render.
+ */
+function continueFinalMessage(f: Fields, messages: ConversationMessage[]): boolean {
+  const continues = f.boolean("continue_final_message") ?? false;
+  const generationPrompt = f.boolean("add_generation_prompt");
+  if (continues && generationPrompt === true)
+    f.fail("continue_final_message", "cannot be combined with 'add_generation_prompt': true");
+  if (!continues && generationPrompt === false)
+    throw unsupported("add_generation_prompt", "'add_generation_prompt': false without 'continue_final_message'");
+  const last = messages.at(-1)!;
+  if (continues && (last.role !== "assistant" || last.toolCalls?.length))
+    f.fail(
+      "continue_final_message",
+      "needs the last message to be the assistant's text, which the answer goes on with",
+    );
+  return continues;
 }
 
 /**
