@@ -13,6 +13,7 @@ import { completeAlone } from "./helpers/generate";
 import { defaultSampling, type LogitsProcessor } from "../src/engine/sampling";
 import * as mx from "../src/mlx";
 import { chatTokens } from "../src/engine/prompt";
+import { defaultChatTemplate } from "../src/tokenizer/default-templates";
 import { initGrammar } from "../src/engine/grammar";
 import {
   createToolCallConstraint,
@@ -255,6 +256,16 @@ describe("conversations with tools, as the template gets them", () => {
     expect(Object.keys(messages[3]!)).toEqual(["role", "content"]);
     // No tools offered (tool_choice "none"): no tools block, the history still renders.
     expect(templateInput(toolTemplate(smolTemplate), conversation, undefined).messages[0]!.content).toBe("Be brief.");
+  });
+
+  test("a user message right after the results joins their turn: Gemma's template, which needs turns to alternate, renders it", () => {
+    const followed = [...conversation, { role: "user", content: "And Oslo?" }];
+    const { messages } = templateInput(toolTemplate(smolTemplate), followed, [weather]);
+    expect(messages.map((m) => m.role)).toEqual(["system", "user", "assistant", "user"]);
+    expect(messages[3]!.content).toEndWith("</tool_response>\n\nAnd Oslo?");
+    const gemma = defaultChatTemplate("gemma3")!.template;
+    const rendered = new Template(gemma).render({ messages, bos_token: "<bos>", add_generation_prompt: true });
+    expect(rendered).toContain("</tool_response>\n\nAnd Oslo?<end_of_turn>\n<start_of_turn>model\n");
   });
 
   test("a template with tools gets them, and the calls and results, in transformers' shapes", () => {

@@ -87,7 +87,11 @@ const writeCalls = (calls: ToolCall[]) =>
     })
     .join(toolCallFormats.hermes.separator);
 
-/** Calls as text in the assistant's turn, results of consecutive tool messages merged into one user turn. */
+/**
+ * Calls as text in the assistant's turn, results of consecutive tool messages merged into one
+ * user turn, and a user message right after them into that turn too: two user turns in a row
+ * are what templates that need turns to alternate (Gemma's) refuse.
+ */
 function plainMessages(messages: ConversationMessage[]): ChatMessage[] {
   const out: ChatMessage[] = [];
   // The user turn that collects the results of the tool messages just seen.
@@ -97,6 +101,11 @@ function plainMessages(messages: ConversationMessage[]): ChatMessage[] {
       const result = `<tool_response>\n${m.content}\n</tool_response>`;
       if (results) results.content = `${results.content}\n${result}`;
       else out.push((results = { role: "user", content: result }));
+      continue;
+    }
+    if (m.role === "user" && results) {
+      results.content = `${results.content}\n\n${m.content}`;
+      results = undefined;
       continue;
     }
     results = undefined;
