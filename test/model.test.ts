@@ -8,7 +8,7 @@ import { SlidingKVCache } from "../src/models/sliding-cache";
 import { ggufModel, hfTensorName } from "../src/models/gguf";
 import { llama3RopeScaling } from "../src/models/convert";
 import type { MetaValue } from "../src/mlx";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadModel } from "../src/models/load";
@@ -646,6 +646,57 @@ describe("a config.json that does not describe the weights", () => {
       expect(error?.message.split("\n")).toHaveLength(1);
     });
   }
+});
+
+describe("a multimodal Gemma 3 checkpoint (google/gemma-3-*-it, mlx-community's conversions)", () => {
+  test("loads as its language model: text_config over Gemma 3's defaults, language_model.* weights, no vision tower", () => {
+    const root = mkdtempSync(join(tmpdir(), "mlx-gemma3-vlm-"));
+    try {
+      const text = join(root, "text");
+      writeTinyModel(text, { modelType: "gemma3_text", layers: 2, chatTemplate: "{{ messages[0]['content'] }}" });
+      // The same model as the multimodal checkpoint holds it: its text settings in text_config
+      // (without those that are Gemma 3's defaults), a vision tower and projector beside it, the
+      // chat template in the processor's chat_template.json.
+      const multimodal = join(root, "multimodal");
+      mkdirSync(multimodal);
+      const config = JSON.parse(readFileSync(join(text, "config.json"), "utf8"));
+      const { rms_norm_eps: _, rope_local_base_freq: __, ...textConfig } = config;
+      writeFileSync(
+        join(multimodal, "config.json"),
+        JSON.stringify({
+          model_type: "gemma3",
+          architectures: ["Gemma3ForConditionalGeneration"],
+          text_config: { ...textConfig, model_type: "gemma3_text" },
+          vision_config: { model_type: "siglip_vision_model", hidden_size: 8 },
+          eos_token_id: [1, 106],
+        }),
+      );
+      const { tensors } = mx.loadSafetensors(join(text, "model.safetensors"));
+      const prefixed = new Map([...tensors].map(([name, t]) => [`language_model.${name}`, t]));
+      prefixed.set("vision_tower.vision_model.embeddings.patch_embedding.weight", mx.zeros([8, 3, 2, 2]));
+      prefixed.set("multi_modal_projector.mm_input_projection_weight", mx.zeros([8, 64]));
+      mx.saveSafetensors(join(multimodal, "model.safetensors"), prefixed, { format: "mlx" });
+      for (const t of prefixed.values()) t.free();
+      cpSync(join(text, "tokenizer.json"), join(multimodal, "tokenizer.json"));
+      const { chat_template, ...tokenizerConfig } = JSON.parse(
+        readFileSync(join(text, "tokenizer_config.json"), "utf8"),
+      );
+      writeFileSync(join(multimodal, "tokenizer_config.json"), JSON.stringify(tokenizerConfig));
+      writeFileSync(join(multimodal, "chat_template.json"), JSON.stringify({ chat_template }));
+      const lm = loadModel(multimodal);
+      try {
+        expect(lm.config.modelType).toBe("gemma3_text");
+        expect(lm.config.eosTokenIds).toEqual([1, 106]);
+        expect(lm.tokenizer.chatTemplate).toBe(chat_template);
+        expect([...lm.weights.tensors.keys()].filter((name) => !name.startsWith("model."))).toEqual([]);
+      } finally {
+        lm.free();
+      }
+      expect(logits(multimodal)).toEqual(logits(text));
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
 });
 
 describe("a model directory's weight files", () => {

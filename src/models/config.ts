@@ -119,6 +119,59 @@ function parseQuantization(
 }
 
 /**
+ * Gemma 3's text settings that its multimodal checkpoints leave out of text_config, as
+ * transformers' Gemma3TextConfig and mlx-lm's gemma3 take them (google/gemma-3-4b-it and the
+ * mlx-community conversions of it give only what differs).
+ */
+const GEMMA3_TEXT_DEFAULTS = {
+  num_attention_heads: 8,
+  num_key_value_heads: 4,
+  head_dim: 256,
+  rms_norm_eps: 1e-6,
+  vocab_size: 262208,
+  rope_theta: 1_000_000,
+  rope_local_base_freq: 10_000,
+  query_pre_attn_scalar: 256,
+  sliding_window: 4096,
+  sliding_window_pattern: 6,
+  max_position_embeddings: 131072,
+};
+
+/** The language model's part of a multimodal model (its vision tower is not loaded), as mlx-lm's gemma3 reads it. */
+export const LANGUAGE_MODEL_PREFIX = "language_model.";
+export const VISION_PREFIXES = ["vision_tower.", "multi_modal_projector."];
+
+/**
+ * A multimodal Gemma 3 checkpoint (model_type "gemma3" with a text_config, the weights under
+ * language_model.) read as its language model: its text settings over Gemma 3's defaults, with
+ * the checkpoint's own quantization (per-layer entries named as the loader names the weights)
+ * and end tokens. Text only: its images are not read.
+ */
+function languageModelConfig(raw: Record<string, unknown>): Record<string, unknown> {
+  const text = raw.text_config;
+  if (raw.model_type !== "gemma3" || !text || typeof text !== "object" || Array.isArray(text)) return raw;
+  const quantization = raw.quantization ?? raw.quantization_config;
+  return {
+    ...GEMMA3_TEXT_DEFAULTS,
+    ...(text as Record<string, unknown>),
+    model_type: "gemma3_text",
+    ...(raw.eos_token_id !== undefined && { eos_token_id: raw.eos_token_id }),
+    ...(quantization && typeof quantization === "object" ? { quantization: languageModelEntries(quantization) } : {}),
+  };
+}
+
+/** A quantization section's entries for the language model, named without its prefix; the vision tower's dropped. */
+function languageModelEntries(section: object): Record<string, unknown> {
+  const entries = Object.entries(section).filter(([key]) => !VISION_PREFIXES.some((p) => key.startsWith(p)));
+  return Object.fromEntries(
+    entries.map(([key, value]) => [
+      key.startsWith(LANGUAGE_MODEL_PREFIX) ? key.slice(LANGUAGE_MODEL_PREFIX.length) : key,
+      value,
+    ]),
+  );
+}
+
+/**
  * Architectures whose output layer is its own unless config.json says otherwise: mlx-lm's default
  * for phi3, mixtral and qwen3_moe, gpt-oss never ties, and transformers' for qwen3 (mlx-lm requires
  * the key there). Elsewhere mlx-lm ties by default (llama, mistral, qwen2); gemma3 decides by
@@ -150,7 +203,7 @@ function ropeParameters(raw: Record<string, unknown>): Record<string, unknown> |
 
 export function parseConfig(json: unknown): ModelConfig {
   if (!json || typeof json !== "object" || Array.isArray(json)) throw new Error("config.json is not a JSON object");
-  const raw = json as Record<string, unknown>;
+  const raw = languageModelConfig(json as Record<string, unknown>);
   if (typeof raw.model_type !== "string") throw new Error("config.json: 'model_type' is missing");
   const hiddenSize = field(raw, "hidden_size");
   const numAttentionHeads = field(raw, "num_attention_heads");

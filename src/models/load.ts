@@ -6,7 +6,7 @@ import { basename, join } from "node:path";
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import { buildModel, parseConfig, Weights, type DecoderModel, type ModelConfig } from "./index";
-import type { QuantConfig } from "./config";
+import { LANGUAGE_MODEL_PREFIX, VISION_PREFIXES, type QuantConfig } from "./config";
 import { ggufModel, isGGUFFile } from "./gguf";
 import { readGGUFHeader, refuseSplitGGUF } from "./gguf-header";
 import { keptQuantizedTypes, loadGGUFTensorSteps } from "./gguf-tensors";
@@ -180,13 +180,24 @@ function* loadGGUFFile(file: string, stage?: Stage, shard?: Shard): Steps<Loaded
   return yield* assemble(gguf.tensors, config, tokenizer, "gguf", file, notes, stage, shard);
 }
 
-/** Drops what mlx-lm drops: rotary caches and a tied output layer's duplicate. */
+/**
+ * Drops what mlx-lm drops: rotary caches, a tied output layer's duplicate, and a multimodal
+ * model's vision tower, whose language model's weights lose their prefix.
+ */
 function sanitize(tensors: Map<string, MxArray>, config: ModelConfig): void {
-  for (const name of [...tensors.keys()]) {
-    if (name.includes("rotary_emb.inv_freq") || (config.tieWordEmbeddings && name.startsWith("lm_head."))) {
-      tensors.get(name)!.free();
-      tensors.delete(name);
-    }
+  for (const [name, t] of [...tensors]) {
+    if (!name.startsWith(LANGUAGE_MODEL_PREFIX)) continue;
+    tensors.delete(name);
+    tensors.set(name.slice(LANGUAGE_MODEL_PREFIX.length), t);
+  }
+  for (const [name, t] of [...tensors]) {
+    const unused =
+      name.includes("rotary_emb.inv_freq") ||
+      (config.tieWordEmbeddings && name.startsWith("lm_head.")) ||
+      VISION_PREFIXES.some((prefix) => name.startsWith(prefix));
+    if (!unused) continue;
+    t.free();
+    tensors.delete(name);
   }
 }
 

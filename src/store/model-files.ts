@@ -10,6 +10,8 @@ const METADATA_FILES = [
   "generation_config.json",
   "special_tokens_map.json",
   "chat_template.jinja",
+  // A multimodal model's processor keeps its chat template here.
+  "chat_template.json",
 ];
 
 /**

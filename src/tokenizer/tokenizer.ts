@@ -106,15 +106,18 @@ export class Tokenizer {
     this.byteFallback = (tokenizerJson.model as Json | undefined)?.byte_fallback === true;
   }
 
-  /** Loads tokenizer.json, tokenizer_config.json, chat_template.jinja and eos ids from a model directory. */
+  /** Loads tokenizer.json, tokenizer_config.json, chat_template.jinja (or .json) and eos ids from a model directory. */
   static fromDirectory(dir: string): Tokenizer {
     const tokenizerJson = readJson(join(dir, "tokenizer.json"), "tokenizer.json");
     if (!tokenizerJson) throw new Error(`no tokenizer.json in ${dir}`);
     const config = readJson(join(dir, "tokenizer_config.json"), "tokenizer_config.json") ?? {};
 
-    // transformers v5 saves the template beside the config, and that file wins.
+    // transformers v5 saves the template beside the config, and that file wins; a multimodal
+    // model's processor saved it in chat_template.json (google/gemma-3-*-it), read where the
+    // config has none.
     const templatePath = join(dir, "chat_template.jinja");
     if (existsSync(templatePath)) config.chat_template = readFileSync(templatePath, "utf8");
+    config.chat_template ??= readJson(join(dir, "chat_template.json"), "chat_template.json")?.chat_template;
 
     const eosIds = [
       ...idList(readJson(join(dir, "generation_config.json"), "generation_config.json")?.eos_token_id),
