@@ -349,7 +349,7 @@ describe("errors", () => {
         /namespace tools of type 'custom'/,
         "tools.0.tools.0.type",
       ],
-      [{ include: ["message.output_text.logprobs"] }, /'include' "message.output_text.logprobs"/, "include.0"],
+      [{ include: ["file_search_call.results"] }, /'include' "file_search_call.results"/, "include.0"],
       [
         { input: [{ type: "function_call", call_id: "c", name: "f", arguments: "{" }] },
         /JSON object/,
@@ -366,6 +366,47 @@ describe("errors", () => {
       expect(r.json.error.param).toBe(param);
     }
     expect((await openai.responses.create({ model, input: "Hi", max_output_tokens: 1 })).usage!.output_tokens).toBe(1);
+  });
+});
+
+describe("logprobs", () => {
+  test("include message.output_text.logprobs: each answer token's, with top_logprobs, as chat completions gives them; streamed the same", async () => {
+    const asked = { model, input: "Hi", max_output_tokens: 5, temperature: 0, top_logprobs: 2 };
+    const include = ["message.output_text.logprobs"];
+    const r = await post(`${server.url}/v1/responses`, { ...asked, include });
+    expect(r.status).toBe(200);
+    const { logprobs } = r.json.output[0].content[0];
+    expect(logprobs).toHaveLength(r.json.usage.output_tokens);
+    expect(r.json.top_logprobs).toBe(2);
+    for (const t of logprobs) {
+      expect(t.top_logprobs).toHaveLength(2);
+      expect(t.top_logprobs[0].token).toBe(t.token); // greedy: the likeliest
+    }
+    const chat = await post(`${server.url}/v1/chat/completions`, {
+      model,
+      messages: [{ role: "user", content: "Hi" }],
+      max_tokens: 5,
+      temperature: 0,
+      logprobs: true,
+      top_logprobs: 2,
+    });
+    expect(logprobs).toEqual(chat.json.choices[0].logprobs.content);
+    const stream = await fetch(`${server.url}/v1/responses`, {
+      method: "POST",
+      body: JSON.stringify({ ...asked, include, stream: true }),
+    });
+    const events = (await stream.text())
+      .split("\n")
+      .filter((line) => line.startsWith("data: "))
+      .map((line) => JSON.parse(line.slice(6)));
+    const deltas = events.filter((e) => e.type === "response.output_text.delta").flatMap((e) => e.logprobs);
+    expect(deltas).toEqual(logprobs);
+    expect(events.find((e) => e.type === "response.output_text.done").logprobs).toEqual(logprobs);
+    // Not asked for: none; top_logprobs alone asks for nothing it could give.
+    const plain = await post(`${server.url}/v1/responses`, { model, input: "Hi", max_output_tokens: 2 });
+    expect(plain.json.output[0].content[0].logprobs).toEqual([]);
+    const alone = await post(`${server.url}/v1/responses`, { ...asked });
+    expect([alone.status, alone.json.error.param]).toEqual([400, "top_logprobs"]);
   });
 });
 

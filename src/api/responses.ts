@@ -25,6 +25,9 @@ export interface ResponsesRequest {
   /** `text.format` as the response echoes it (json_schema's name included). */
   textFormat: Record<string, unknown>;
   tools?: ToolRequest;
+  /** Whether each answer token's logprob is asked for (include message.output_text.logprobs), and how many alternatives. */
+  logprobs: boolean;
+  topLogprobs: number;
   /** The functions of `namespace` tools, by the name the model calls them (see namespacedName). */
   namespaced: Map<string, NamespacedName>;
   thinking?: ThinkingRequest;
@@ -60,13 +63,16 @@ const HOSTED_TOOLS = new Set([
  */
 const HINTS = ["user", "safety_identifier", "prompt_cache_key"];
 
+/** The include value that asks for each answer token's logprob (and `top_logprobs` alternatives). */
+const LOGPROBS = "message.output_text.logprobs";
+
 /**
- * `include` values: the reasoning's encrypted content is what a client that stores nothing
+ * `include` values: each answer token's logprob, as chat completions' logprobs; and the reasoning's encrypted content is what a client that stores nothing
  * (store: false) passes back so that the next turn can go on from it; here no turn reads an
  * earlier turn's reasoning (thinking templates drop it), so there is nothing to pass back, and
  * reasoning items carry `encrypted_content: null`.
  */
-const INCLUDABLE = ["reasoning.encrypted_content"];
+const INCLUDABLE = ["reasoning.encrypted_content", LOGPROBS];
 
 const KNOWN = new Set([
   "model",
@@ -88,6 +94,7 @@ const KNOWN = new Set([
   "background",
   "truncation",
   "include",
+  "top_logprobs",
   // The client's own tags for its logs (Codex's turn ids), as `metadata` but not echoed.
   "client_metadata",
 ]);
@@ -99,9 +106,14 @@ export function parseResponsesRequest(body: unknown): ResponsesRequest {
   onlyDefaults(f);
   for (const hint of HINTS) f.string(hint);
   f.object("client_metadata");
-  for (const [i, value] of (f.array("include") ?? []).entries())
+  const include = f.array("include") ?? [];
+  for (const [i, value] of include.entries())
     if (typeof value !== "string" || !INCLUDABLE.includes(value))
       throw unsupported(`include.${i}`, `'include' ${JSON.stringify(value)} (only ${INCLUDABLE.join(", ")})`);
+  const logprobs = include.includes(LOGPROBS);
+  const topLogprobs = f.integer("top_logprobs", { min: 0, max: 20 }) ?? 0;
+  if (topLogprobs > 0 && !logprobs)
+    throw new ValidationError(`'top_logprobs' needs 'include' to name ${LOGPROBS}`, "top_logprobs");
   const messages: ConversationMessage[] = [];
   const inputItems: InputItem[] = [];
   const input = f.raw("input");
@@ -134,6 +146,8 @@ export function parseResponsesRequest(body: unknown): ResponsesRequest {
     ...textFormat(f),
     ...toolRequest(f),
     thinking: reasoningParam(f),
+    logprobs,
+    topLogprobs,
   };
 }
 
@@ -378,13 +392,13 @@ export function responsesUsage(promptTokens: number, outputTokens: number, cache
 
 export type ItemStatus = "in_progress" | "completed" | "incomplete";
 
-export const messageItem = (id: string, text: string, status: ItemStatus) => ({
+export const messageItem = (id: string, text: string, status: ItemStatus, logprobs: unknown[] = []) => ({
   type: "message" as const,
   id,
   status,
   role: "assistant" as const,
   // An item just added (in progress) has no content yet; a finished one, whole or cut, has its text.
-  content: status === "in_progress" ? [] : [outputText(text)],
+  content: status === "in_progress" ? [] : [outputText(text, logprobs)],
 });
 
 /** A thinking model's reasoning: whole, as reasoning_text (no summary; nothing to pass back, see INCLUDABLE). */
@@ -399,7 +413,12 @@ export const reasoningItem = (id: string, text: string, status: "in_progress" | 
 
 export const reasoningText = (text: string) => ({ type: "reasoning_text" as const, text });
 
-export const outputText = (text: string) => ({ type: "output_text" as const, text, annotations: [], logprobs: [] });
+export const outputText = (text: string, logprobs: unknown[] = []) => ({
+  type: "output_text" as const,
+  text,
+  annotations: [],
+  logprobs,
+});
 
 /** A call as its client knows the function: a namespace's by its own name and its namespace's. */
 export const functionCallItem = (

@@ -13,7 +13,8 @@ import {
   type PromptInput,
 } from "../engine/request";
 import { defaultSampling, type SamplingParams } from "../engine/sampling";
-import type { GenerationEvent, GenerationUsage } from "../engine/scheduler";
+import type { GenerationEvent, GenerationUsage, TokenLogprob } from "../engine/scheduler";
+import type { ChatLogprob } from "../api/openai";
 import type { ToolCallParser, ToolRequest } from "../engine/tools";
 import type { ThinkingRequest } from "../engine/reasoning";
 import type { Tokenizer } from "../tokenizer/tokenizer";
@@ -257,6 +258,19 @@ function settleSampling(
 
 const withoutUndefined = <T extends object>(o: T): Partial<T> =>
   Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+
+/** Each token's logprob and its alternatives', as OpenAI's chat completions and Responses give them. */
+export function chatLogprobs(
+  tokenizer: Tokenizer,
+  tokens: TokenLogprob[],
+  top: TokenLogprob[][] | undefined,
+): ChatLogprob[] {
+  return tokens.map((t, i) => ({
+    ...tokenText(tokenizer, t.token),
+    logprob: t.logprob,
+    top_logprobs: (top?.[i] ?? []).map((a) => ({ ...tokenText(tokenizer, a.token), logprob: a.logprob })),
+  }));
+}
 
 /**
  * A token as OpenAI's logprobs show it: its bytes (a SentencePiece byte token's one byte, a word's

@@ -9,13 +9,12 @@ import {
   systemFingerprint,
   unixSeconds,
   usage,
-  type ChatLogprob,
   type CompletionLogprobs,
   type OpenAIRequest,
 } from "../../api/openai";
 import type { GenerationUsage, TokenLogprob } from "../../engine/scheduler";
 import { badRequest, errorBody, notFound } from "../errors";
-import { httpRequestBounds, requestedModel, startGeneration, tokenText, type Generation } from "../generation";
+import { chatLogprobs, httpRequestBounds, requestedModel, startGeneration, type Generation } from "../generation";
 import {
   closedEarly,
   closedEarlyHeaders,
@@ -161,14 +160,6 @@ interface Meta {
   created: number;
   model: string;
   system_fingerprint: string;
-}
-
-function chatLogprobs(tokenizer: Tokenizer, tokens: TokenLogprob[], top: TokenLogprob[][] | undefined): ChatLogprob[] {
-  return tokens.map((t, i) => ({
-    ...tokenText(tokenizer, t.token),
-    logprob: t.logprob,
-    top_logprobs: (top?.[i] ?? []).map((a) => ({ ...tokenText(tokenizer, a.token), logprob: a.logprob })),
-  }));
 }
 
 function completionLogprobs(

@@ -23,7 +23,7 @@ import type { GenerationUsage } from "../../engine/scheduler";
 import { ToolCallStream, type ConversationMessage, type ToolCall } from "../../engine/tools";
 import { ApiError, errorBody } from "../errors";
 import { ResponseStore, type StoredResponse } from "../response-store";
-import { httpRequestBounds, requestedModel, startGeneration, type Generation } from "../generation";
+import { chatLogprobs, httpRequestBounds, requestedModel, startGeneration, type Generation } from "../generation";
 import {
   closedEarlyHeaders,
   collectGeneration,
@@ -33,7 +33,7 @@ import {
   type Send,
 } from "../respond";
 import type { ServerState } from "../state";
-import { unixSeconds } from "../../api/openai";
+import { unixSeconds, type ChatLogprob } from "../../api/openai";
 
 /** Stored conversations: how many, and for how long (how many bytes: serve's config). */
 const STORED_RESPONSES = 1000;
@@ -98,6 +98,8 @@ async function respond(s: ServerState, c: Context, stored: ResponseStore): Promi
     format: req.format,
     tools: req.tools,
     thinking: req.thinking,
+    logprobs: req.logprobs,
+    topLogprobs: req.topLogprobs,
   });
   const base = responseBase(req, model);
   const keep: Keep = (content, calls, response) => {
@@ -108,7 +110,7 @@ async function respond(s: ServerState, c: Context, stored: ResponseStore): Promi
         response,
       });
   };
-  return req.stream ? streamed(s, gen, base, keep, req.namespaced) : whole(gen, base, keep, req.namespaced);
+  return req.stream ? streamed(s, gen, base, keep, req) : whole(gen, base, keep, req);
 }
 
 /**
@@ -153,6 +155,7 @@ function responseBase(req: ResponsesRequest, model: string) {
     })),
     text: { format: req.textFormat },
     max_output_tokens: req.maxTokens ?? null,
+    top_logprobs: req.topLogprobs,
     // The only values we take (see onlyDefaults).
     background: false,
     truncation: "disabled",
@@ -180,28 +183,32 @@ function outputItems(
   messageId: string,
   reasoning = "",
   status: ItemStatus = "completed",
+  logprobs: ChatLogprob[] = [],
 ) {
   return [
     ...(reasoning ? [reasoningItem(responseId("rs"), reasoning, "completed")] : []),
     // An empty answer is still a message, unless reasoning (the budget ran out in it) came instead.
-    ...(content || (calls.length === 0 && !reasoning) ? [messageItem(messageId, content, status)] : []),
+    ...(content || (calls.length === 0 && !reasoning) ? [messageItem(messageId, content, status, logprobs)] : []),
     ...calls.map((call) => functionCallItem(call, status, namespaced)),
   ];
 }
 
-async function whole(
-  gen: Generation,
-  base: Base,
-  keep: Keep,
-  namespaced: Map<string, NamespacedName>,
-): Promise<Response> {
+async function whole(gen: Generation, base: Base, keep: Keep, req: ResponsesRequest): Promise<Response> {
   const result = await collectGeneration(gen);
   if (!result) return new Response(null, { status: 499 }); // the client is gone
   const { content, calls } = gen.toolFormat ? gen.toolFormat.parse(result.text) : { content: result.text, calls: [] };
   const { finishReason, usage } = result.done;
   const response = finished(
     base,
-    outputItems(content, calls, namespaced, responseId("msg"), result.reasoning, itemStatus(finishReason)),
+    outputItems(
+      content,
+      calls,
+      req.namespaced,
+      responseId("msg"),
+      result.reasoning,
+      itemStatus(finishReason),
+      req.logprobs ? chatLogprobs(gen.tokenizer!, result.tokens, result.top) : [],
+    ),
     finishReason,
     usage,
   );
@@ -209,13 +216,8 @@ async function whole(
   return Response.json(response, { headers: closedEarlyHeaders(gen) });
 }
 
-function streamed(
-  s: ServerState,
-  gen: Generation,
-  base: Base,
-  keep: Keep,
-  namespaced: Map<string, NamespacedName>,
-): Response {
+function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep, req: ResponsesRequest): Response {
+  const { namespaced } = req;
   const toolCalls = gen.toolFormat && new ToolCallStream(gen.toolFormat);
   const messageId = responseId("msg");
   const reasoningId = responseId("rs");
@@ -252,6 +254,10 @@ function streamed(
     reasoning += delta;
     emit(send, { type: "response.reasoning_text.delta", ...reasoningPart, delta });
   };
+  // Each token's logprob goes out with the next answer text (a call's or the reasoning's tokens
+  // with what follows them, or at the end), so the deltas' add up to the whole answer's.
+  const logprobs: ChatLogprob[] = [];
+  let pending: ChatLogprob[] = [];
   const sendText = (delta: string, send: Send) => {
     if (!delta) return;
     if (!messageOpen) {
@@ -266,7 +272,9 @@ function streamed(
       emit(send, { type: "response.content_part.added", ...part, part: outputText("") });
     }
     text += delta;
-    emit(send, { type: "response.output_text.delta", ...part, delta, logprobs: [] });
+    logprobs.push(...pending);
+    emit(send, { type: "response.output_text.delta", ...part, delta, logprobs: pending });
+    pending = [];
   };
   const body = generationStream(
     gen,
@@ -277,6 +285,7 @@ function streamed(
         emit(send, { type: "response.in_progress", response });
       },
       text: (e, send) => {
+        if (req.logprobs) pending.push(...chatLogprobs(gen.tokenizer!, e.tokens, e.top));
         sendReasoning(e.reasoning, send);
         sendText(toolCalls ? toolCalls.push(e.text) : e.text, send);
       },
@@ -285,9 +294,10 @@ function streamed(
         sendText(content, send);
         closeReasoning(send);
         if (messageOpen) {
-          emit(send, { type: "response.output_text.done", ...part, text, logprobs: [] });
-          emit(send, { type: "response.content_part.done", ...part, part: outputText(text) });
-          output.push(messageItem(messageId, text, itemStatus(e.finishReason)));
+          logprobs.push(...pending);
+          emit(send, { type: "response.output_text.done", ...part, text, logprobs });
+          emit(send, { type: "response.content_part.done", ...part, part: outputText(text, logprobs) });
+          output.push(messageItem(messageId, text, itemStatus(e.finishReason), logprobs));
           emit(send, { type: "response.output_item.done", output_index: part.output_index, item: output.at(-1) });
         }
         for (const call of calls) {
