@@ -21,7 +21,7 @@ import { join } from "node:path";
 import { BackgroundWrites, DiskPrefixCache } from "../src/engine/disk-prefix-cache";
 import { DEFAULT_PREFILL_CHUNK } from "../src/engine/batch";
 import { promptTokens } from "../src/engine/prompt";
-import { prefillPrompt, promptCacheOwner } from "../src/engine/prompt-cache-file";
+import { prefillPrompt, promptCacheOwner, writePromptCacheFile } from "../src/engine/prompt-cache-file";
 import { loadModel } from "../src/models/load";
 import type { ServerOptions } from "../src/server/app";
 import { cliRunner } from "./helpers/cli";
@@ -468,6 +468,19 @@ describe("disk prefix cache writes", () => {
     expect(await child.exited).toBe(130);
     expect(readdirSync(dir)).toEqual([]);
   }, 60_000);
+
+  test("a process killed while writing (SIGKILL) leaves its temporary: the next write of that file removes it, not a live writer's", async () => {
+    const dir = join(root, "killed");
+    mkdirSync(dir);
+    const dead = Bun.spawn(["true"]);
+    await dead.exited;
+    const left = `doc.cache.${dead.pid}.1764800000000.tmp.safetensors`;
+    const live = `doc.cache.${process.pid}.1764800000001.tmp.safetensors`;
+    const other = `other.cache.${dead.pid}.1764800000002.tmp.safetensors`;
+    for (const name of [left, live, other]) writeFileSync(join(dir, name), "partial");
+    await writePromptCacheFile(join(dir, "doc.cache"), [new Uint8Array(8)]);
+    expect(readdirSync(dir).sort()).toEqual(["doc.cache", live, other].sort());
+  });
 
   test("two servers on one directory: a file the other one's bound removed is forgotten quietly, not reported as damaged", async () => {
     const lm = loadModel(model);

@@ -20,8 +20,8 @@ import {
   writeSync,
 } from "node:fs";
 import { randomUUID } from "node:crypto";
-import { open, rename, rm } from "node:fs/promises";
-import { basename, join } from "node:path";
+import { open, readdir, rename, rm } from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
 import * as mx from "../mlx";
 import { cacheState, freeCaches, makeCaches } from "../models";
 import type { KvQuantization, Stored } from "../models/cache";
@@ -29,6 +29,7 @@ import { perChannelKeys } from "../models/channel-keys";
 import type { LoadedModel } from "../models/load";
 import { RotatingKVCache } from "../models/rotating-cache";
 import { removeQuietly } from "../files";
+import { isProcessAlive } from "../store/lock";
 import { fileErrorReason } from "../format";
 import type { Tokenizer } from "../tokenizer/tokenizer";
 import { DEFAULT_PREFILL_CHUNK } from "./batch";
@@ -184,10 +185,26 @@ function unfinishedFile(path: string): string {
 }
 
 /**
+ * Temporary files of `path` that a process killed mid-write left (SIGKILL runs no exit hook):
+ * those whose writer, named in the file's name, is gone. A live one's write is under way.
+ */
+async function removeLeftovers(path: string): Promise<void> {
+  const [prefix, suffix] = [`${basename(path)}.`, ".tmp.safetensors"];
+  for (const name of await readdir(dirname(path)).catch(() => [])) {
+    if (!name.startsWith(prefix) || !name.endsWith(suffix)) continue;
+    // `${path}.${pid}.${ms}.tmp.safetensors`, as unfinishedFile names them.
+    const [pid, ms, ...rest] = name.slice(prefix.length, -suffix.length).split(".");
+    if (rest.length > 0 || !/^\d+$/.test(pid ?? "") || !/^\d+$/.test(ms ?? "")) continue;
+    if (!isProcessAlive(Number(pid))) removeQuietly(join(dirname(path), name));
+  }
+}
+
+/**
  * Writes encoded bytes to `path` through a temporary file in the same directory: written in full,
  * synced to disk, then renamed over `path` (a crash leaves the old file or the new one, never half).
  */
 export async function writePromptCacheFile(path: string, parts: Uint8Array[]): Promise<void> {
+  await removeLeftovers(path);
   const temporary = unfinishedFile(path);
   try {
     const file = await open(temporary, "wx");
