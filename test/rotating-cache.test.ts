@@ -111,9 +111,29 @@ describe("the rotating KV cache", () => {
     gen.dispose();
     expect(prefixCache.hitTokens).toBeGreaterThanOrEqual(first.length + answer.length - 1);
     expect(cont).toEqual(reference(followUp, 10, 12));
-    // A shorter prefix of a rotated entry cannot be rebuilt from it: a miss.
-    expect(prefixCache.lookup([...first, ...answer.slice(0, 5), 9], 100)).toBeUndefined();
+    // A shorter prefix of a rotated entry cannot be rebuilt from it: only an entry that holds all its positions serves.
+    expect(prefixCache.lookup([...first, ...answer.slice(0, 5), 9], 100)?.dropped ?? 0).toBe(0);
     prefixCache.clear();
+  });
+
+  test("a prompt asked again reuses its stored keys and values, which the longer entry of its rotated answer does not hide", () => {
+    // Prefilled 8 tokens a step, the prompt's last token left to the first decode step: one prompt
+    // the cache holds whole (shorter than the size), one it rotated while prefilling.
+    for (const length of [9, 33]) {
+      const prefixCache = new PrefixCache(64 * 1024 * 1024);
+      const gen = new BatchGenerator(model, { maxBatch: 1, prefillChunk: 8, prefixCache, maxKvSize: 12 });
+      const prompt = Array.from({ length }, (_, i) => 3 + ((i * 37) % 200));
+      const ask = () => {
+        gen.add("a", { promptIds: prompt, sampling: defaultSampling, maxTokens: 20 });
+        while (!gen.idle) gen.step();
+      };
+      ask(); // stores the prompt (its last token aside), then the prompt and its answer, rotated
+      const before = prefixCache.hitTokens;
+      ask();
+      gen.dispose();
+      expect(prefixCache.hitTokens - before).toBe(length - 1);
+      prefixCache.clear();
+    }
   });
 });
 

@@ -31,8 +31,14 @@ interface Entry {
 
 interface TrieNode {
   children: Map<number, TrieNode>;
-  /** An entry whose tokens pass through this node (the latest stored). */
+  /** An entry holding all its positions whose tokens pass through this node (the latest stored). */
   entry?: Entry;
+  /**
+   * An entry whose tokens end at this node (the latest stored). One from a rotating cache that
+   * dropped positions continues only its own tokens, so it is found here, where a longer entry
+   * through the node (a prompt's answer stored after the prompt) cannot hide it.
+   */
+  ends?: Entry;
 }
 
 export interface PrefixMatch {
@@ -91,8 +97,8 @@ export class PrefixCache {
       if (!next) break;
       node = next;
       depth++;
-      const entry = node.entry;
-      if (entry && (entry.dropped === 0 || entry.tokens.length === depth)) best = { entry, depth };
+      const entry = node.entry ?? node.ends;
+      if (entry) best = { entry, depth };
     }
     // The disk holds the base model's prefixes only: its files are keyed by the model, not by adapter.
     const restored = namespace === 0 ? this.#restore(prompt, limit, best?.depth ?? 0) : undefined;
@@ -210,8 +216,7 @@ export class PrefixCache {
       if (!next) return false;
       node = next;
     }
-    const entry = node.entry;
-    return entry !== undefined && (entry.dropped === 0 || entry.tokens.length === tokens.length);
+    return node.entry !== undefined || node.ends !== undefined;
   }
 
   #root(namespace: number): TrieNode {
@@ -225,9 +230,10 @@ export class PrefixCache {
     for (const t of entry.tokens) {
       let next = node.children.get(t);
       if (!next) node.children.set(t, (next = { children: new Map() }));
-      next.entry = entry;
+      if (entry.dropped === 0) next.entry = entry;
       node = next;
     }
+    node.ends = entry;
   }
 
   #evict(): void {
