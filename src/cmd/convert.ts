@@ -27,7 +27,7 @@ export default defineCommand({
     bits: {
       type: "string",
       description:
-        "Re-quantize the tensors a load dequantizes (Q6_K, Q3_K, ...) or widens to 8 bits (Q5_0, Q5_1, Q5_K) to this many bits (default 4; 0 keeps them as loaded)",
+        "Re-quantize the tensors a load dequantizes (Q6_K, Q3_K, ...) or widens to 8 bits (Q5_0, Q5_1, Q5_K) to this many bits (default 4; 0 keeps them as loaded); given, an F16/BF16/F32 file's matrices too",
     },
     "group-size": { type: "string", description: "Group size of that quantization (default 64)" },
     verbose: { type: "boolean", alias: "v", description: "Stack traces on errors" },

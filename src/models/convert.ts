@@ -22,6 +22,8 @@ export interface ConvertOptions {
   /**
    * Tensors MLX dequantized at load (K-quants, Q5_0, ...) are quantized again, to MLX's affine
    * `bits` (default 4; 0 keeps them 16-bit) in groups of `groupSize` (default 64, as mlx-lm).
+   * Asked for (not the default), the float matrices of an F16, BF16 or F32 file too, as
+   * `mlx_lm.convert -q` quantizes a model; by default they stay as they are.
    */
   bits?: number;
   groupSize?: number;
@@ -34,8 +36,9 @@ export interface ConvertOptions {
 export async function convertGGUF(
   ggufPath: string,
   outDir: string,
-  { force = false, bits = 4, groupSize = 64 }: ConvertOptions = {},
+  { force = false, bits: asked, groupSize = 64 }: ConvertOptions = {},
 ): Promise<ConvertResult> {
+  const bits = asked ?? 4;
   const target = resolve(outDir);
   // --force replaces a directory of an earlier conversion, never a file given by mistake.
   if (existsSync(target) && !statSync(target).isDirectory()) throw new Error(`${target} exists and is not a directory`);
@@ -51,7 +54,7 @@ export async function convertGGUF(
   refuseSplitGGUF(header, ggufPath);
   const gguf = ggufModel(withModelErrors(ggufPath, () => loadGGUFTensors(ggufPath, header)));
   try {
-    if (bits > 0) await requantize(gguf, header, { bits, groupSize });
+    if (bits > 0) await requantize(gguf, header, { bits, groupSize, floats: asked !== undefined });
     if (gguf.tensors.has("rope_freqs")) ropeFreqsAsConfig(gguf);
     for (const t of gguf.tensors.values()) {
       mx.evaluate(t);
@@ -176,12 +179,20 @@ function llama3Periods(
  * runs on quantized matmuls. Layers the GGUF kept quantized at their own width (Q8_0, Q4_0, Q4_1,
  * Q4_K, MXFP4) stay as they are.
  */
-async function requantize(gguf: GGUFModel, header: GGUFHeader, q: { bits: number; groupSize: number }) {
+/** GGUF tensor types that hold plain floats. */
+const FLOAT_TYPES = new Set(["F16", "BF16", "F32"]);
+
+async function requantize(
+  gguf: GGUFModel,
+  header: GGUFHeader,
+  q: { bits: number; groupSize: number; floats: boolean },
+) {
   const arch = String(gguf.metadata["general.architecture"]);
   const groupSizes = new Map<string, number>();
   for (const info of header.tensors) {
-    // Matrices, and the experts' stacks of them.
-    const ownWidth = keptQuantizedTypes.has(info.type) && !widenedTypes.has(info.type);
+    // Matrices, and the experts' stacks of them; float ones when asked.
+    const float = FLOAT_TYPES.has(info.type);
+    const ownWidth = keptQuantizedTypes.has(info.type) && !widenedTypes.has(info.type) && !(float && q.floats);
     if (ownWidth || info.dims.length < 2 || info.dims.length > 3) continue;
     const name = hfTensorName(info.name, arch);
     const stored = name && gguf.tensors.get(name);
