@@ -556,6 +556,38 @@ describe("a config.json written by transformers 5 (rope_theta and rope_scaling i
     });
 });
 
+test("transformers 5's Gemma 3: rope_parameters per kind of layer (full_attention, sliding_attention)", () => {
+  const dir = mkdtempSync(join(tmpdir(), "mlx-rope-parameters-"));
+  try {
+    writeTinyModel(dir, { modelType: "gemma3_text", layers: 6 });
+    const configPath = join(dir, "config.json");
+    const {
+      rope_theta: _,
+      rope_scaling: __,
+      rope_local_base_freq: ___,
+      ...rest
+    } = JSON.parse(readFileSync(configPath, "utf8"));
+    const rewritten = (config: object) => {
+      writeFileSync(configPath, JSON.stringify(config));
+      return logits(dir);
+    };
+    const scaling = { rope_type: "linear", factor: 8 };
+    const topLevel = rewritten({ ...rest, rope_theta: 1_000_000, rope_scaling: scaling, rope_local_base_freq: 500 });
+    const perKind = rewritten({
+      ...rest,
+      rope_parameters: {
+        full_attention: { rope_theta: 1_000_000, ...scaling },
+        sliding_attention: { rope_type: "default", rope_theta: 500 },
+      },
+    });
+    expect(perKind).toEqual(topLevel);
+    // Each value matters: the defaults answer otherwise.
+    expect(rewritten({ ...rest, rope_theta: 1_000_000, rope_scaling: scaling })).not.toEqual(topLevel);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 describe("a config.json that does not describe the weights", () => {
   // tinyDims: 2 layers, hidden 64, 4 heads of 16, 2 key-value heads.
   const cases: [string, unknown, string | RegExp, TinyOptions?][] = [

@@ -193,12 +193,21 @@ function eosIds(value: unknown): number[] {
 /**
  * transformers 5 writes rope_theta and rope_scaling inside one rope_parameters section (its
  * rope_type "default" when there is no scaling), as mlx-lm reads them: the flat form, one
- * section for every layer.
+ * section for every layer; or one section per kind of layer (Gemma 3's full_attention and
+ * sliding_attention), of which the global layers' is the model's rope_theta and scaling (the
+ * sliding layers' base is rope_local_base_freq: see ropeSection).
  */
 function ropeParameters(raw: Record<string, unknown>): Record<string, unknown> | undefined {
+  return ropeSection(raw, "full_attention") ?? ropeSection(raw);
+}
+
+/** rope_parameters, or its section for one kind of layer (`kind`), when it has one. */
+export function ropeSection(raw: Record<string, unknown>, kind?: string): Record<string, unknown> | undefined {
+  const isObject = (v: unknown): v is Record<string, unknown> => !!v && typeof v === "object" && !Array.isArray(v);
   const section = raw.rope_parameters;
-  if (!section || typeof section !== "object" || Array.isArray(section)) return undefined;
-  return section as Record<string, unknown>;
+  if (!isObject(section)) return undefined;
+  if (kind === undefined) return section;
+  return isObject(section[kind]) ? section[kind] : undefined;
 }
 
 export function parseConfig(json: unknown): ModelConfig {

@@ -4,7 +4,7 @@
 // norms that scale by (1 + weight).
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
-import type { RopeScaling } from "./config";
+import { ropeSection, type RopeScaling } from "./config";
 import { KVCache } from "./cache";
 import { embedding, linear, Weights } from "./layers";
 import { attention, endlessDecoder, heldElsewhere, mlp } from "./llama";
@@ -40,13 +40,19 @@ export interface Gemma3Options {
   finalLogitSoftcapping?: number;
 }
 
+const slidingTheta = (raw: Record<string, unknown>): number | undefined => {
+  const theta = ropeSection(raw, "sliding_attention")?.rope_theta;
+  return typeof theta === "number" ? theta : undefined;
+};
+
 export function gemma3Options(raw: Record<string, unknown>): Gemma3Options {
   const num = (key: string, fallback: number) => (typeof raw[key] === "number" ? (raw[key] as number) : fallback);
   return {
     slidingWindow: num("sliding_window", 512),
     slidingWindowPattern: num("sliding_window_pattern", 6),
     queryPreAttnScalar: num("query_pre_attn_scalar", 256),
-    ropeLocalBase: num("rope_local_base_freq", 10_000),
+    // transformers 5 writes it as the sliding layers' own rope_theta.
+    ropeLocalBase: num("rope_local_base_freq", slidingTheta(raw) ?? 10_000),
     finalLogitSoftcapping: typeof raw.final_logit_softcapping === "number" ? raw.final_logit_softcapping : undefined,
   };
 }
