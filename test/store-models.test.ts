@@ -496,6 +496,23 @@ describe("an unreadable manifest", () => {
     TEST_TIMEOUT_MS,
   );
 
+  test("mlx show of a model directory or GGUF file on disk: what its files say; a file that is neither, one line", async () => {
+    const dir = fakeModel("on-disk", 4096);
+    const shown = await cliResult(["show", dir]);
+    expect(shown.code).toBe(0);
+    expect(shown.stdout).toMatch(new RegExp(`^path +${dir}\nformat +mlx\nsize +4\.1 KB\nmodel_type +llama\n`));
+    expect(JSON.parse((await cliResult(["show", dir, "--json"])).stdout)).toEqual({
+      path: dir,
+      format: "mlx",
+      sizeBytes: 4096,
+      config: { model_type: "llama", quantization: { group_size: 64, bits: 4 } },
+    });
+    const notModel = join(dir, "README.md");
+    expect((await cliResult(["show", notModel])).stderr).toBe(
+      `error: ${notModel} is neither a model directory nor a GGUF file\n`,
+    );
+  });
+
   test("a name with a slash that is not stored is named whole", async () => {
     await pull(fakeModel("alpha"));
     expect((await cliResult(["rm", "-y", "org/missing"])).stderr).toBe(

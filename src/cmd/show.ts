@@ -1,12 +1,17 @@
-// `mlx show <model>`: a stored model's manifest and what its config says.
+// `mlx show <model>`: a stored model's manifest and what its config says; of a model directory
+// or GGUF file on disk, what its files say.
 import { defineCommand } from "citty";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
+import { join, resolve } from "node:path";
 import { manifestPath, readManifest, type ModelManifest } from "../store/manifest";
 import { blobPresent } from "../store/blobs";
 import { blobPath } from "../store/paths";
 import { formatBytes, formatCount } from "../format";
 import { ggufParameterCount, readGGUFHeader } from "../models/gguf-header";
 import { modelRequest } from "../store/pull";
+import { looksLikePath } from "../store/resolve";
+import { isGGUFFile } from "../models/gguf";
+import { directoryWeightFiles } from "../models/load";
 import { loadPath, repair } from "../store/store";
 import { fail } from "./log";
 
@@ -27,11 +32,17 @@ const CONFIG_FIELDS = [
 export default defineCommand({
   meta: { name: "show", description: "Show a stored model: files, format, quantization, sizes, source, config" },
   args: {
-    model: { type: "positional", required: true, description: "Alias or stored model name" },
+    model: {
+      type: "positional",
+      required: true,
+      description: "Alias, stored model name, or a model directory or GGUF file",
+    },
     json: { type: "boolean", description: "One JSON object: the manifest and a config summary" },
   },
   async run({ args }) {
     try {
+      // A model on disk where it is (as `mlx run -m ./dir` takes it): what its files say.
+      if (looksLikePath(args.model) && existsSync(args.model)) return showFiles(args.model, Boolean(args.json));
       const { name } = modelRequest(args.model);
       const manifest = readManifest(name);
       if (!manifest && existsSync(manifestPath(name)))
@@ -68,13 +79,46 @@ export default defineCommand({
           `${formatBytes(f.size)}  sha256:${f.sha256}${missing.has(f.name) ? `  missing: ${repair(manifest.name).command}` : ""}`,
         ]),
       ];
-      const width = Math.max(...lines.map(([k]) => k!.length));
-      process.stdout.write(lines.map(([k, v]) => `${k!.padEnd(width)}  ${v}`).join("\n") + "\n");
+      printFields(lines);
     } catch (error) {
       fail(error);
     }
   },
 });
+
+function printFields(lines: string[][]): void {
+  const width = Math.max(...lines.map(([k]) => k!.length));
+  process.stdout.write(lines.map(([k, v]) => `${k!.padEnd(width)}  ${v}`).join("\n") + "\n");
+}
+
+/** A model directory or GGUF file outside the store: its format, size and config (no manifest: nothing stored). */
+function showFiles(given: string, json: boolean): void {
+  const path = resolve(given);
+  const directory = statSync(path).isDirectory();
+  if (!directory && !isGGUFFile(path)) throw new Error(`${path} is neither a model directory nor a GGUF file`);
+  const config = directory ? directoryConfig(path) : ggufSummary(path);
+  const size = directory ? directoryWeightFiles(path).reduce((n, f) => n + statSync(f).size, 0) : statSync(path).size;
+  const format = directory ? "mlx" : "gguf";
+  if (json) {
+    process.stdout.write(`${JSON.stringify({ path, format, sizeBytes: size, config }, null, 2)}\n`);
+    return;
+  }
+  const fields = Object.entries(config).map(([k, v]) => [k, typeof v === "object" ? JSON.stringify(v) : String(v)]);
+  printFields([["path", path], ["format", format], ["size", formatBytes(size)], ...fields]);
+}
+
+/** A model directory's config.json fields worth a glance, as the file has them. */
+function directoryConfig(dir: string): Record<string, unknown> {
+  const file = join(dir, "config.json");
+  if (!existsSync(file)) throw new Error(`${dir} has no config.json: it is no model directory`);
+  let config: Record<string, unknown>;
+  try {
+    config = JSON.parse(readFileSync(file, "utf8"));
+  } catch (error) {
+    throw new Error(`${file} is not JSON: ${(error as Error).message}`);
+  }
+  return Object.fromEntries(CONFIG_FIELDS.filter((k) => config[k] !== undefined).map((k) => [k, config[k]]));
+}
 
 /** What the model's config.json (or GGUF header) says; nothing when that file is missing. */
 function configSummary(manifest: ModelManifest, missing: Set<string>): Record<string, unknown> | undefined {
