@@ -230,6 +230,32 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     expect(errors).toEqual(["Failed to load resource: the server responded with a status of 400 (Bad Request)"]);
   }, 60_000);
 
+  test("an answer the model's context cuts short says so; one cut by Max tokens does not", async () => {
+    const load = { model: other, prompt: "Hi", max_tokens: 1 };
+    expect((await fetch(`${server.url}/v1/completions`, { method: "POST", body: JSON.stringify(load) })).status).toBe(
+      200,
+    );
+    const { page, errors } = await openPage(browser, `${server.url}/`);
+    await page.waitForSelector("body[data-ready]");
+    await page.click("#new-chat");
+    await page.selectOption("#model", other); // a context of 512 tokens
+    await setMaxTokens(page, "3");
+    await send(page, "gamma ".repeat(300)); // ~330 tokens
+    const first = page.locator(".message.assistant").nth(0).locator(".figures");
+    await first.waitFor();
+    expect(await first.textContent()).toMatch(/^3 tokens · [^·]+ · [^·]+ · \d+ cached$/);
+    // Greedy, with no Max tokens: the answer runs on until the context is full.
+    await setMaxTokens(page, "");
+    await page.fill("#temperature", "0");
+    await send(page, "Go on");
+    const second = page.locator(".message.assistant").nth(1).locator(".figures");
+    await second.waitFor({ timeout: 60_000 });
+    expect(await second.textContent()).toMatch(
+      /^\d+ tokens · .* · cut off: the conversation has filled the model's context$/,
+    );
+    expect(errors).toEqual([]);
+  }, 90_000);
+
   test("HTML in an answer shows as text and runs nothing", async () => {
     const { page, errors } = await openPage(browser, `${server.url}/`);
     await page.waitForSelector("body[data-ready]");
@@ -512,6 +538,73 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
       await Promise.all(load);
     }
     await eventually(async () => (await page.locator("#running").textContent()) === "0", 10_000);
+    expect(errors).toEqual([]);
+  }, 120_000);
+});
+
+describe.skipIf(!chromiumPath)("in Chromium, a model that reasons", () => {
+  /** DeepSeek-R1-style: the prompt opens <think>, so random weights reason until the answer's end. */
+  const thinkingTemplate =
+    "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endfor %}" +
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n<think>\n{%- endif %}";
+  let browser: Browser;
+  let server: RunningServer;
+  beforeAll(async () => {
+    const thinker = join(mkdtempSync(join(tmpdir(), "mlx-web-")), "thinker");
+    writeTinyModel(thinker, { contextLength: 4096, chatTemplate: thinkingTemplate });
+    server = serve({ defaultModel: thinker });
+    browser = await launchBrowser();
+    await eventually(async () => (await fetch(`${server.url}/health`)).status === 200, 60_000);
+  }, 90_000);
+  afterAll(async () => {
+    await browser?.close();
+    await server?.stop();
+  });
+
+  test("the reasoning opened while it streams stays open as it grows and after; the next question goes without it", async () => {
+    const { page, errors } = await openPage(browser, `${server.url}/`);
+    await page.waitForSelector("body[data-ready]");
+    await setMaxTokens(page, "2000");
+    await page.fill("#temperature", "0");
+    await send(page, "Think hard");
+    const reasoning = page.locator(".message.assistant details.reasoning");
+    const reasoningLength = async () => ((await reasoning.locator("div").textContent()) ?? "").length;
+    await eventually(async () => (await reasoningLength()) > 0, 30_000);
+    expect(await reasoning.locator("summary").textContent()).toBe("Reasoning…");
+    // Opened as a person clicks: a press, then a release a moment later, while tokens keep coming.
+    let box: { x: number; y: number; height: number } | null = null;
+    await eventually(async () => (box = await reasoning.locator("summary").boundingBox()) !== null);
+    await page.mouse.move(box!.x + 10, box!.y + box!.height / 2);
+    await page.mouse.down();
+    await Bun.sleep(150);
+    await page.mouse.up();
+    const opened = await reasoningLength();
+    await eventually(async () => (await reasoningLength()) > opened + 100, 30_000);
+    expect(await page.locator(".message.assistant.streaming").count()).toBe(1);
+    expect(await reasoning.evaluate((d) => (d as unknown as { open: boolean }).open)).toBe(true);
+    // Ended inside its reasoning (at Max tokens): open still, and no longer said to be going on.
+    await page.locator(".message.assistant .figures").waitFor({ timeout: 60_000 });
+    expect(await reasoning.evaluate((d) => (d as unknown as { open: boolean }).open)).toBe(true);
+    expect(await reasoning.locator("summary").textContent()).toBe("Reasoning");
+
+    // Earlier answers go back to the model without their reasoning.
+    await importConversation(page, {
+      title: "Reasoned",
+      messages: [
+        { role: "user", content: "Why?" },
+        { role: "assistant", content: "<think>Because of reasons.</think>The answer is 42." },
+      ],
+    });
+    await page.locator("#conversations li.current .open", { hasText: "Reasoned" }).waitFor();
+    await setMaxTokens(page, "3");
+    const request = page.waitForRequest((r) => r.url().endsWith("/v1/chat/completions"));
+    await send(page, "And then?");
+    expect((await request).postDataJSON().messages).toEqual([
+      { role: "user", content: "Why?" },
+      { role: "assistant", content: "The answer is 42." },
+      { role: "user", content: "And then?" },
+    ]);
+    await page.locator(".message.assistant").nth(1).locator(".figures").waitFor();
     expect(errors).toEqual([]);
   }, 120_000);
 });

@@ -230,22 +230,24 @@ function fillMessage(view: HTMLElement, m: Message): void {
     body.textContent = m.content;
   } else {
     const { reasoning, content } = splitReasoning(m.content);
-    body.replaceChildren();
-    if (reasoning !== null) {
-      const details = document.createElement("details");
-      details.className = "reasoning";
-      const summary = document.createElement("summary");
-      summary.textContent = content ? "Reasoning" : "Reasoning…";
-      const text = document.createElement("div");
-      text.textContent = reasoning;
-      details.append(summary, text);
-      body.append(details);
+    const details = body.querySelector<HTMLDetailsElement>(":scope > details.reasoning");
+    if (reasoning === null) details?.remove();
+    else {
+      const fold = details ?? reasoningView(m);
+      if (!details) body.prepend(fold);
+      // "…" while it is being written; an answer that ended inside its reasoning has none to wait for.
+      const writing = !content && view.classList.contains("streaming");
+      fold.querySelector("summary")!.textContent = writing ? "Reasoning…" : "Reasoning";
+      fold.querySelector("div")!.textContent = reasoning;
     }
-    const markdown = document.createElement("div");
-    markdown.className = "markdown";
+    let markdown = body.querySelector<HTMLElement>(":scope > .markdown");
+    if (!markdown) {
+      markdown = document.createElement("div");
+      markdown.className = "markdown";
+      body.append(markdown);
+    }
     renderMarkdown(markdown, content);
     addCodeCopyButtons(markdown);
-    body.append(markdown);
   }
   view.querySelector(".figures")?.remove();
   const figures = [m.stats && statsText(m.stats), m.note].filter(Boolean).join(" · ");
@@ -255,6 +257,22 @@ function fillMessage(view: HTMLElement, m: Message): void {
     line.textContent = figures;
     body.after(line);
   }
+}
+
+/** The answers whose reasoning the reader opened: it stays open when the page draws them anew. */
+const openReasoning = new WeakSet<Message>();
+
+/**
+ * The folded reasoning of an answer. A streaming answer updates it in place rather than draw it
+ * anew each frame: a click on it (press and release) lands on the same element, and it stays open.
+ */
+function reasoningView(m: Message): HTMLDetailsElement {
+  const details = document.createElement("details");
+  details.className = "reasoning";
+  details.open = openReasoning.has(m);
+  details.addEventListener("toggle", () => (details.open ? openReasoning.add(m) : openReasoning.delete(m)));
+  details.append(document.createElement("summary"), document.createElement("div"));
+  return details;
 }
 
 /** A Copy button on each code block of an answer. */
@@ -310,9 +328,11 @@ function statsText(s: AnswerStats): string {
 
 function requestBody(): Record<string, unknown> {
   const number = (field: HTMLInputElement) => (field.value.trim() === "" ? undefined : Number(field.value));
+  // Earlier answers go back without their reasoning (as Open WebUI and llama.cpp's page send
+  // them): the model needs what it answered, and the reasoning would fill the context.
   const messages: { role: string; content: string }[] = current.messages
-    .filter((m) => m.content || m.role === "user")
-    .map((m) => ({ role: m.role, content: m.content }));
+    .map((m) => ({ role: m.role, content: m.role === "assistant" ? splitReasoning(m.content).content : m.content }))
+    .filter((m) => m.content || m.role === "user");
   if (ui.system.value.trim()) messages.unshift({ role: "system", content: ui.system.value.trim() });
   const body: Record<string, unknown> = {
     model: ui.model.value,
@@ -337,6 +357,8 @@ function requestBody(): Record<string, unknown> {
 
 /** The note an answer keeps in storage while it is written: what a reload mid-answer finds. */
 const UNFINISHED = "unfinished (the page was closed or reloaded while it was written)";
+/** The note on an answer the model's context cut short. */
+const CONTEXT_FULL = "cut off: the conversation has filled the model's context";
 /** How often a streaming answer is saved, so that a reload keeps most of it. */
 const SAVE_EVERY_MS = 1000;
 
@@ -373,6 +395,7 @@ async function answer(): Promise<void> {
     const { response, leftOut } = await requestFitting(body, controller.signal);
     if (!response.ok) throw new Error(await errorMessage(response));
     if (leftOut > 0) reply.note = `the ${leftOut} oldest messages were left out to fit the model's context`;
+    let finishReason: string | undefined;
     for await (const data of events(response)) {
       if (data === "[DONE]") break;
       const chunk = JSON.parse(data);
@@ -380,6 +403,7 @@ async function answer(): Promise<void> {
       // The server sends reasoning apart; the message keeps it in <think> tags, as splitReasoning reads them.
       const reasoning: string = chunk.choices?.[0]?.delta?.reasoning_content ?? "";
       const answer: string = chunk.choices?.[0]?.delta?.content ?? "";
+      finishReason = chunk.choices?.[0]?.finish_reason ?? finishReason;
       const thinking = reply.content.startsWith("<think>") && !reply.content.includes("</think>");
       const delta =
         (reasoning ? (reply.content ? "" : "<think>") + reasoning : "") +
@@ -413,6 +437,10 @@ async function answer(): Promise<void> {
         };
       }
     }
+    // Cut short, and not by the Max tokens asked for: the conversation has filled the context.
+    const maxTokens = body.max_tokens as number | undefined;
+    if (finishReason === "length" && !(maxTokens && (reply.stats?.completionTokens ?? 0) >= maxTokens))
+      reply.note = [reply.note, CONTEXT_FULL].filter(Boolean).join(" · ");
   } catch (error) {
     reply.note = controller.signal.aborted ? "stopped" : `error: ${(error as Error).message}`;
   } finally {
