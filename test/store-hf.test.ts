@@ -24,7 +24,7 @@ import { createProgressReporter } from "../src/store/progress";
 import { listModels, openStoredModel } from "../src/store/store";
 import { resolveModelPath } from "../src/store/resolve";
 import { writeTinyModel } from "./helpers/tiny-model";
-import { sha256Hex, startHfHub, type TestServer } from "./helpers/store";
+import { sha256Hex, startHfHub, startServer, type TestServer } from "./helpers/store";
 
 const TEST_TIMEOUT_MS = 60_000;
 const main = join(import.meta.dir, "..", "src", "main.ts");
@@ -81,12 +81,15 @@ afterEach(async () => {
   process.env = { ...savedEnv };
 });
 
-/** The hub and its storage (two origins); the requests of both, in order, are on the hub's list. */
-async function startHub(repos: Parameters<typeof startHfHub>[0]): Promise<TestServer> {
-  const { hub, storage } = await startHfHub(repos);
+/**
+ * The hub and its storage (two origins); the requests of both, in order, are on the hub's list.
+ * `expireLinks` expires the signed storage links given so far (of repositories with signedLinks).
+ */
+async function startHub(repos: Parameters<typeof startHfHub>[0]): Promise<TestServer & { expireLinks(): void }> {
+  const { hub, storage, expireLinks } = await startHfHub(repos);
   servers = [hub, storage];
   process.env.HF_ENDPOINT = hub.url;
-  return hub;
+  return Object.assign(hub, { expireLinks });
 }
 
 const pull = (spec: string) => pullModel(modelRequest(spec), {});
@@ -199,6 +202,31 @@ describe("pull from a repository of GGUF files", () => {
       // The only file is taken (it is no GGUF a model loads from: the error is the header's).
       await expect(pull("hf:org/one-GGUF")).rejects.toThrow("GGUF");
       await expect(pull("hf:org/one-GGUF")).rejects.not.toThrow("no Q4_K_M");
+    },
+    TEST_TIMEOUT_MS,
+  );
+  test(
+    "a projector named after its model (llava-v1.5-7b-mmproj-model-f16.gguf) is not taken for the model of its quantization",
+    async () => {
+      const files = new Map([
+        ["llava-v1.5-7b-f16.gguf", real],
+        ["llava-v1.5-7b-mmproj-model-f16.gguf", notThisOne],
+      ]);
+      const s = await startHub({ "org/llava-GGUF": { files } });
+      await pull("hf:org/llava-GGUF:f16");
+      expect(readManifest("org/llava-GGUF:f16")!.files.map((f) => f.name)).toEqual(["llava-v1.5-7b-f16.gguf"]);
+      expect(paths(s).filter((p) => p.startsWith("GET /lfs/"))).toEqual([`GET /lfs/${sha256Hex(real)}`]);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "a quantization asked of a repository without GGUF files says so, not an empty list of files",
+    async () => {
+      await startHub({ "org/tiny": { files: tiny } });
+      await expect(pull("hf:org/tiny:Q8_0")).rejects.toThrow(
+        "hf:org/tiny:Q8_0: org/tiny has no GGUF files to choose a quantization from: pull it without ':Q8_0'",
+      );
     },
     TEST_TIMEOUT_MS,
   );
@@ -332,6 +360,39 @@ describe("pull from the hub", () => {
   );
 
   test(
+    "signed storage links that expired before a file's turn or before a resume are asked of the hub again",
+    async () => {
+      const first = "model-00001-of-00002.safetensors";
+      const second = "model-00002-of-00002.safetensors";
+      const s = await startHub({ "org/sharded": { files: sharded, signedLinks: true, dropFirst: first } });
+      let expired = false;
+      const pulled = await pullModel(modelRequest("hf:org/sharded"), {
+        onProgress: (p) => {
+          // Every link is given before the first shard starts; on the hub's CDN they expire
+          // within the hour that a large shard's download may take.
+          if (p.file === first && !expired) {
+            expired = true;
+            s.expireLinks();
+          }
+        },
+      });
+      load(pulled.path);
+      const storageGets = (data: Uint8Array) =>
+        s.requests
+          .filter((r) => r.method === "GET" && r.path.startsWith(`/lfs/${sha256Hex(data)}`))
+          .map((r) => `${r.path.split("?")[1]} ${r.headers.range ?? "whole"}`);
+      // The first shard, cut short, resumes from a fresh link where the old one is refused.
+      expect(storageGets(sharded.get(first)!)).toEqual([
+        "expires=0 whole",
+        expect.stringMatching(/^expires=0 bytes=\d+-$/),
+        expect.stringMatching(/^expires=1 bytes=\d+-$/),
+      ]);
+      expect(storageGets(sharded.get(second)!)).toEqual(["expires=0 whole", "expires=1 whole"]);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "two models that share a weights file, pulled at once, both arrive intact",
     async () => {
       // A fork or mirror of a repository holds the same LFS file: both pulls want the same blob.
@@ -391,6 +452,25 @@ describe("pull from the hub", () => {
       const started = pullHFRepo("hf:org/tiny", { hubTimeoutMs: 500 });
       await expect(started).rejects.toThrow(
         `cannot reach ${servers[0]!.url}/org/tiny/resolve/${"a".repeat(40)}/model.safetensors: no answer in 0.5 s`,
+      );
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "a hub that goes quiet halfway through the listing fails the pull in time, saying so",
+    async () => {
+      const listing = JSON.stringify({ sha: "a".repeat(40), siblings: [{ rfilename: "config.json" }] });
+      const hub = await startServer(() => ({
+        status: 200,
+        headers: { "Content-Type": "application/json" },
+        body: listing,
+        stallAfter: 10,
+      }));
+      servers = [hub];
+      process.env.HF_ENDPOINT = hub.url;
+      await expect(pullHFRepo("hf:org/tiny", { hubTimeoutMs: 500 })).rejects.toThrow(
+        `cannot reach the Hugging Face hub at ${hub.url}: no complete answer in 0.5 s`,
       );
     },
     TEST_TIMEOUT_MS,

@@ -13,11 +13,14 @@ import { basename, join } from "node:path";
 import { addBlob, blobPresent } from "./blobs";
 import {
   describeNetworkError,
+  DownloadError,
   downloadToFile,
   ensureFreeSpace,
   partialBytes,
   withoutCredentials,
+  type DownloadOptions,
   type DownloadProgress,
+  type DownloadResult,
 } from "./download";
 import type { ManifestFile } from "./manifest";
 import { indexedWeightFiles, neededFiles, WEIGHT_INDEX } from "./model-files";
@@ -45,8 +48,12 @@ interface RemoteFile {
   name: string;
   /** Where the bytes are: the resolve URL, or the storage it redirects to. */
   url: string;
+  /** The file's URL on the hub, which answers with `url`. */
+  resolveUrl: string;
   sha256?: string;
   size?: number;
+  /** Asks the hub again: the storage's links are signed and expire. */
+  relocate: () => Promise<RemoteFile>;
 }
 
 const REPO = /^[A-Za-z0-9][A-Za-z0-9_.-]*\/[A-Za-z0-9][A-Za-z0-9_.-]*$/;
@@ -143,8 +150,11 @@ export async function pullHFRepo(
   return { files: [...stored.values(), ...(await fetchFiles(remote, commit, options))], revision: commit };
 }
 
-/** A vision model's projector (llava's mmproj-*.gguf): no language model of its own. */
-const isProjector = (name: string) => /(^|\/)mmproj/i.test(name);
+/**
+ * A vision model's projector: no language model of its own. Repositories name it mmproj-*.gguf
+ * or after the model (llava-v1.5-7b-mmproj-model-f16.gguf), its quantization in the name too.
+ */
+const isProjector = (name: string) => /mmproj/i.test(basename(name));
 
 /**
  * The GGUF file of `quantization` (by default Q4_K_M, else a repository's only file): the one
@@ -154,6 +164,8 @@ const isProjector = (name: string) => /(^|\/)mmproj/i.test(name);
 function chooseGGUF(spec: string, ggufs: string[], quantization: string | undefined): string {
   const { repo } = parseHFSpec(spec);
   const wanted = quantization ?? DEFAULT_GGUF_QUANTIZATION;
+  if (ggufs.length === 0)
+    throw new Error(`${spec}: ${repo} has no GGUF files to choose a quantization from: pull it without ':${wanted}'`);
   const stem = (name: string) => name.replace(/\.gguf$/, "");
   const exact = ggufs.filter((name) => basename(stem(name)).toLowerCase() === wanted.toLowerCase());
   const word = new RegExp(`(^|[-_./])${wanted.replace(/[.]/g, "\\.")}([-./]|$)`, "i");
@@ -197,7 +209,7 @@ async function fetchFiles(remote: RemoteFile[], commit: string, options: HFPullO
 
 /** A request to the hub that fails when no answer comes in time, rather than hanging the pull. */
 async function hubRequest(url: string, init: RequestInit, options: HFPullOptions, reaching: string): Promise<Response> {
-  const timeoutMs = options.hubTimeoutMs ?? HUB_TIMEOUT_MS;
+  const timeoutMs = hubTimeoutMs(options);
   const timeout = AbortSignal.timeout(timeoutMs);
   try {
     return await fetch(url, {
@@ -212,17 +224,35 @@ async function hubRequest(url: string, init: RequestInit, options: HFPullOptions
   }
 }
 
+const hubTimeoutMs = (options: HFPullOptions) => options.hubTimeoutMs ?? HUB_TIMEOUT_MS;
+
 async function fetchListing(spec: string, repo: string, revision: string, endpoint: string, options: HFPullOptions) {
   const url = `${endpoint}/api/models/${repo}/revision/${encodeURIComponent(revision)}`;
-  const response = await hubRequest(url, {}, options, `the Hugging Face hub at ${shownEndpoint()}`);
+  const reaching = `the Hugging Face hub at ${shownEndpoint()}`;
+  const response = await hubRequest(url, {}, options, reaching);
   if (!response.ok) throw hubError(response, spec, url);
-  const body = (await response.json().catch(() => undefined)) as
+  const body = (await listingJson(response, options, reaching)) as
     | { sha?: string; siblings?: { rfilename?: string }[] }
     | undefined;
   if (!body || !Array.isArray(body.siblings))
     throw new Error(`${withoutCredentials(url)} did not answer with a repository listing (JSON with siblings)`);
   const siblings = body.siblings.filter((s): s is { rfilename: string } => typeof s.rfilename === "string");
   return { sha: typeof body.sha === "string" ? body.sha : undefined, siblings };
+}
+
+/**
+ * The listing's JSON, undefined when it is none. Its body comes under the request's timeout: a
+ * hub that goes quiet halfway is said to, not taken for one that answered something else.
+ */
+async function listingJson(response: Response, options: HFPullOptions, reaching: string): Promise<unknown> {
+  try {
+    return await response.json();
+  } catch (error) {
+    if (options.signal?.aborted) throw options.signal.reason;
+    if (error instanceof DOMException && error.name === "TimeoutError")
+      throw new Error(`cannot reach ${reaching}: no complete answer in ${hubTimeoutMs(options) / 1000} s`);
+    return undefined;
+  }
 }
 
 /** A HEAD request that stops at the redirect: the redirect is what carries the LFS file's sha256 and size. */
@@ -236,6 +266,8 @@ async function locateFile(spec: string, url: string, name: string, options: HFPu
   return {
     name,
     url: redirected ? new URL(response.headers.get("location")!, url).href : url,
+    resolveUrl: url,
+    relocate: () => locateFile(spec, url, name, options),
     sha256,
     size: sizeHeader !== null && /^\d+$/.test(sizeHeader) ? Number(sizeHeader) : undefined,
   };
@@ -250,27 +282,54 @@ async function fetchFile(file: RemoteFile, commit: string, options: HFPullOption
   if (file.sha256 && file.size !== undefined && (await blobPresent({ sha256: file.sha256, size: file.size }))) {
     return { name: file.name, sha256: file.sha256, size: file.size };
   }
-  // Credentials go to the hub only, never to the storage it redirects to (its URLs are signed).
-  const headers = new URL(file.url).origin === new URL(hfEndpoint()).origin ? hubHeaders() : {};
   const download = {
     expectedSha256: file.sha256,
     expectedSize: file.size,
-    headers,
     onProgress: options.onProgress,
     signal: options.signal,
   };
   if (file.sha256) {
-    const result = await downloadToFile(file.url, blobPath(file.sha256), download);
+    const result = await downloadFromStorage(file, blobPath(file.sha256), download);
     return { name: file.name, sha256: result.sha256, size: result.size };
   }
+  // Named after the hub's URL, which stays the same where a storage link changes each time.
   const staging = join(
     downloadsDir(),
     "hf",
-    `${commit}-${new Bun.CryptoHasher("sha256").update(file.url).digest("hex").slice(0, 16)}`,
+    `${commit}-${new Bun.CryptoHasher("sha256").update(file.resolveUrl).digest("hex").slice(0, 16)}`,
   );
-  await downloadToFile(file.url, staging, download);
+  await downloadFromStorage(file, staging, download);
   return { name: file.name, ...(await addBlob(staging, { move: true })) };
 }
+
+/**
+ * downloadToFile from where the hub sends it. The storage's links are signed and expire (within
+ * an hour on the hub's CDN): files located together wait for those before them, and a resume may
+ * come after the expiry. A link the storage refuses is asked of the hub again and the download
+ * resumes from the fresh one; a fresh link refused before it gave a byte is a refusal meant.
+ */
+async function downloadFromStorage(
+  file: RemoteFile,
+  destPath: string,
+  download: Omit<DownloadOptions, "headers">,
+): Promise<DownloadResult> {
+  for (let link = file; ; ) {
+    const bytesBefore = await partialBytes(destPath);
+    const onHub = new URL(link.url).origin === new URL(hfEndpoint()).origin;
+    try {
+      // Credentials go to the hub only, never to the storage it redirects to (its URLs are signed).
+      return await downloadToFile(link.url, destPath, { ...download, headers: onHub ? hubHeaders() : {} });
+    } catch (error) {
+      // The hub's own refusal is a verdict on the token, not an expired link.
+      const expired = !onHub && error instanceof DownloadError && LINK_REFUSED.has(error.status ?? 0);
+      if (!expired || (link !== file && (await partialBytes(destPath)) === bytesBefore)) throw error;
+      link = await link.relocate();
+    }
+  }
+}
+
+/** What a storage answers a signed link past its expiry (S3 and CloudFront: 403). */
+const LINK_REFUSED = new Set([401, 403, 410]);
 
 /** What the files still need on disk: nothing for a blob already stored, less what a partial download holds. */
 async function bytesStillNeeded(files: RemoteFile[]): Promise<number> {

@@ -30,6 +30,7 @@ export interface TestServer {
 const STATUS_TEXT: Record<number, string> = {
   200: "OK",
   401: "Unauthorized",
+  403: "Forbidden",
   206: "Partial Content",
   404: "Not Found",
   416: "Range Not Satisfiable",
@@ -192,6 +193,8 @@ export interface Repo {
   silentAbout?: string;
   /** Claim these sizes for files in X-Linked-Size instead of the real ones. */
   claimSizes?: Record<string, number>;
+  /** Redirect to signed storage links, which the storage refuses once `expireLinks` has been called after they were given. */
+  signedLinks?: boolean;
 }
 
 const isLfs = (name: string) => name.endsWith(".safetensors") || name.endsWith(".gguf");
@@ -202,10 +205,12 @@ const isLfs = (name: string) => name.endsWith(".safetensors") || name.endsWith("
  */
 function hub(repos: Map<string, Repo>, storage: () => string) {
   const dropped = new Set<string>();
+  // A signed link names the generation it was given in; expiring links starts a new one.
+  let linkGeneration = 0;
   const stored = new Map<string, Uint8Array>();
   for (const repo of repos.values()) for (const data of repo.files.values()) stored.set(sha256Hex(data), data);
-  return (request: RecordedRequest): Reply => {
-    const path = decodeURIComponent(request.path);
+  const handle = (request: RecordedRequest): Reply => {
+    const [path = "", query = ""] = decodeURIComponent(request.path).split("?");
     const refused = refusal(repos.get(path.match(/^\/(?:api\/models\/)?([^/]+\/[^/]+)\//)?.[1] ?? ""), request);
     if (refused) return refused;
     const listing = path.match(/^\/api\/models\/([^/]+\/[^/]+)\/revision\/(.+)$/);
@@ -235,7 +240,7 @@ function hub(repos: Map<string, Repo>, storage: () => string) {
         return {
           status: 302,
           headers: {
-            Location: `${storage()}/lfs/${sha}`,
+            Location: `${storage()}/lfs/${sha}${repo.signedLinks ? `?expires=${linkGeneration}` : ""}`,
             "X-Linked-Etag": `"${claimed}"`,
             "X-Linked-Size": String(repo.claimSizes?.[resolve[3]!] ?? data.length),
           },
@@ -248,6 +253,13 @@ function hub(repos: Map<string, Repo>, storage: () => string) {
     }
     const lfs = path.match(/^\/lfs\/([0-9a-f]{64})$/);
     const data = lfs && stored.get(lfs[1]!);
+    const expires = query.match(/^expires=(\d+)$/);
+    if (data && expires && Number(expires[1]) < linkGeneration)
+      return {
+        status: 403,
+        headers: { "Content-Type": "application/xml" },
+        body: "<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>",
+      };
     if (data) {
       const repo = [...repos.values()].find((r) => r.dropFirst && sha256Hex(r.files.get(r.dropFirst)!) === lfs![1]);
       if (repo && !dropped.has(lfs![1]!)) {
@@ -258,6 +270,7 @@ function hub(repos: Map<string, Repo>, storage: () => string) {
     }
     return { status: 404 };
   };
+  return { handle, expireLinks: () => void linkGeneration++ };
 }
 
 /** What the hub answers a request for a private repository without its token. */
@@ -272,15 +285,15 @@ function refusal(repo: Repo | undefined, request: RecordedRequest): Reply | unde
 /** A Hugging Face hub serving `repos` on loopback, LFS files from a second origin (its storage). */
 export async function startHfHub(
   repos: Record<string, Omit<Repo, "sha"> & { sha?: string }>,
-): Promise<{ hub: TestServer; storage: TestServer }> {
+): Promise<{ hub: TestServer; storage: TestServer; expireLinks: () => void }> {
   const table = new Map(Object.entries(repos).map(([name, r]) => [name, { sha: "a".repeat(40), ...r }]));
   let storageUrl = "";
-  const handle = hub(table, () => storageUrl);
+  const { handle, expireLinks } = hub(table, () => storageUrl);
   const hubServer = await startServer(handle);
   const storage = await startServer((request) => {
     hubServer.requests.push(request);
     return handle(request);
   });
   storageUrl = storage.url;
-  return { hub: hubServer, storage };
+  return { hub: hubServer, storage, expireLinks };
 }
