@@ -181,6 +181,23 @@ describe("pull from a repository of GGUF files", () => {
   );
 
   test(
+    "a file in a folder of the repository (Q8_0/...) is asked for by its path, slashes kept, as huggingface_hub asks",
+    async () => {
+      const files = new Map([
+        ["Q4_1/SmolLM2-135M-Instruct-Q4_1.gguf", real],
+        ["Q8_0/SmolLM2-135M-Instruct-Q8_0.gguf", notThisOne],
+      ]);
+      const s = await startHub({ "org/folders-GGUF": { files } });
+      const pulled = await pull("hf:org/folders-GGUF:Q4_1");
+      // The sha the hub gives a repository unless told (startHfHub).
+      const asked = `/org/folders-GGUF/resolve/${"a".repeat(40)}/Q4_1/SmolLM2-135M-Instruct-Q4_1.gguf`;
+      expect(s.requests.map((r) => r.path)).toContain(asked);
+      expect(load(pulled.path).config.numHiddenLayers).toBe(30);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "without a quantization: Q4_K_M as Ollama, or the only file; a missing or split one is a one-line error naming the files",
     async () => {
       const files = new Map([

@@ -115,14 +115,17 @@ export async function pullHFRepo(
   const locate = (name: string) =>
     locateFile(
       spec,
-      `${endpoint}/${repo}/resolve/${encodeURIComponent(commit)}/${encodeURIComponent(name)}`,
+      `${endpoint}/${repo}/resolve/${encodeURIComponent(commit)}/${name.split("/").map(encodeURIComponent).join("/")}`,
       name,
       options,
     );
   const ggufs = available.filter((name) => name.endsWith(".gguf") && !isProjector(name));
   const hasWeights = available.includes("config.json") && available.some((name) => name.endsWith(".safetensors"));
   if (quantization !== undefined || (!hasWeights && ggufs.length > 0)) {
-    const file = await locate(chooseGGUF(spec, ggufs, quantization));
+    // A GGUF is the whole model, in one file: stored by its own name, whatever folder the
+    // repository keeps it in (Q8_0/...).
+    const file = { ...(await locate(chooseGGUF(spec, ggufs, quantization))) };
+    file.name = basename(file.name);
     await ensureFreeSpace(await bytesStillNeeded([file]), spec);
     return { files: await fetchFiles([file], commit, options), revision: commit };
   }
