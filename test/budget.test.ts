@@ -136,6 +136,55 @@ const schemas: Record<string, { schema: Record<string, unknown>; sample: unknown
     },
     sample: { reporter: { name: "Al", email: "al at x" }, witness: null, text: "seen" },
   },
+  "a union of objects told apart by a const": {
+    schema: {
+      type: "object",
+      properties: {
+        shape: {
+          anyOf: [
+            {
+              type: "object",
+              properties: { kind: { const: "circle" }, r: { type: "number" } },
+              required: ["kind", "r"],
+              additionalProperties: false,
+            },
+            {
+              type: "object",
+              properties: { kind: { const: "rect" }, w: { type: "integer" }, h: { type: "integer" } },
+              required: ["kind", "w", "h"],
+              additionalProperties: false,
+            },
+          ],
+        },
+        label: { type: "string" },
+      },
+      required: ["shape", "label"],
+      additionalProperties: false,
+    },
+    sample: { shape: { kind: "rect", w: -18, h: 4 }, label: "box" },
+  },
+  // Strings a random model never ends by itself, whose every prefix is not yet a match: only
+  // the budget closes them.
+  "patterns and formats": {
+    schema: {
+      type: "object",
+      properties: {
+        code: { type: "string", pattern: "^[A-Z]{2}-[0-9]{3,4}$" },
+        slug: { type: "string", pattern: "^[a-z]+(-[a-z]+)*$" },
+        id: { type: "string", format: "uuid" },
+        at: { type: "string", format: "date-time" },
+        host: { type: "string", format: "ipv4" },
+      },
+      required: ["code", "slug", "id", "at", "host"],
+    },
+    sample: {
+      code: "AB-1234",
+      slug: "fire-drill",
+      id: "0f8fad5b-d9cb-469f-a165-70867728950e",
+      at: "2024-03-31T23:59:59.5+01:00",
+      host: "192.168.0.10",
+    },
+  },
 };
 
 describe("the shortest completion of every prefix parses and validates", () => {
@@ -162,6 +211,21 @@ describe("the shortest completion of every prefix parses and validates", () => {
       }
     });
   }
+
+  test("a string's minLength counts code points: a surrogate pair is one character", () => {
+    const schema = { type: "object", properties: { s: { type: "string", minLength: 3 } }, required: ["s"] };
+    const validate = ajv.compile(schema);
+    const shapes = new SchemaShapes(schema, true);
+    for (const typed of ['{"s": "😀', '{"s": "a😀', '{"s": "😀😀']) {
+      const progress = new JsonProgress(shapes, schema);
+      progress.feed(typed);
+      const whole = typed + progress.completion();
+      expect({ whole, valid: validate(JSON.parse(whole)) }).toEqual({
+        whole: `${typed}${"a".repeat(3 - [...typed.slice(7)].length)}"}`,
+        valid: true,
+      });
+    }
+  });
 
   test("a tool call (hermes layout), from every prefix", () => {
     const format = toolCallFormats.hermes;

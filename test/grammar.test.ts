@@ -244,6 +244,41 @@ describe("number bounds are enforced exactly", () => {
   });
 });
 
+describe("formats allow only the values they name", () => {
+  // xgrammar's own format grammars let through minute 60, second 60 at any hour, 31 February,
+  // IPv4 parts with leading zeros and hostname labels past 63 characters: values that JSON
+  // Schema's formats (RFC 3339, RFC 1123) and ajv-formats refuse.
+  const cases: Record<string, { valid: string[]; invalid: string[] }> = {
+    "date-time": {
+      valid: ["2024-12-31T23:59:59Z", "2024-02-28T00:00:00.125+05:30", "1999-04-30T12:00:00-11:00"],
+      invalid: ["2024-01-01T12:60:00Z", "2024-02-31T00:00:00Z", "2024-04-31T00:00:00Z", "2024-01-01T10:30:60Z"],
+    },
+    date: { valid: ["2024-01-31", "2023-11-30"], invalid: ["2024-02-30", "2023-06-31", "2024-13-01"] },
+    time: { valid: ["00:00:00Z", "23:59:59.5+01:00"], invalid: ["12:30:60Z", "12:60:00Z", "24:00:00Z"] },
+    ipv4: { valid: ["0.0.0.0", "255.255.255.255", "192.168.1.10"], invalid: ["01.2.3.4", "1.2.3.004", "256.1.1.1"] },
+    hostname: { valid: ["a", "mail-1.example.com"], invalid: [`${"a".repeat(64)}.com`, "-a.com", "a-.com"] },
+    uuid: { valid: ["0f8fad5b-d9cb-469f-a165-70867728950e"], invalid: ["0f8fad5b-d9cb-469f-a165-70867728950"] },
+  };
+  for (const [format, { valid, invalid }] of Object.entries(cases)) {
+    test(format, async () => {
+      const schema = { type: "string", format };
+      const accepts = async (value: string) => {
+        const c = await createJsonConstraint(lm.tokenizer, { schema });
+        try {
+          return c.accepted(lm.tokenizer.encode(JSON.stringify(value), { addSpecialTokens: false }));
+        } finally {
+          c.dispose();
+        }
+      };
+      const refused = [];
+      for (const value of valid) if (!(await accepts(value))) refused.push(value);
+      const allowed = [];
+      for (const value of invalid) if (await accepts(value)) allowed.push(value);
+      expect({ refused, allowed }).toEqual({ refused: [], allowed: [] });
+    });
+  }
+});
+
 describe("--format json mode and limits", () => {
   test('"json" gives a parseable JSON object whenever it ends', async () => {
     let stopped = 0;
@@ -369,6 +404,11 @@ describe("invalid or unsupported schemas are a clear error naming the offending 
       "a pattern with a length",
       { type: "object", properties: { slug: { type: "string", pattern: "^[a-z]+$", maxLength: 9 } } },
       /\/properties\/slug\/maxLength cannot be combined with a pattern/,
+    ],
+    [
+      "a format with a length (the format's grammar would drop it)",
+      { type: "object", properties: { day: { type: "string", format: "date", maxLength: 5 } } },
+      /\/properties\/day\/maxLength cannot be combined with a format/,
     ],
     [
       "a pattern that names a quote",

@@ -20,6 +20,7 @@ import type { MxArray } from "../mlx";
 import type { Tokenizer } from "../tokenizer/tokenizer";
 import type { LogitsProcessor } from "./sampling";
 import { JsonProgress, SchemaShapes } from "./budget/json-progress";
+import { formatPattern } from "./budget/pattern";
 import { budgetSteering, type BudgetSteering } from "./budget/steering";
 
 /** "json": any JSON object. A schema: JSON matching it (`strict`, default true: no properties or items the schema does not name). */
@@ -258,6 +259,13 @@ function walkSchema(node: unknown, path: string): void {
     if (also)
       throw new SchemaError(
         `unsupported schema: ${path}/${also} cannot be combined with a pattern in constrained decoding (put the length in the pattern)`,
+      );
+  } else if (typeof s.format === "string") {
+    // A format's grammar would silently drop the length.
+    const length = ["minLength", "maxLength"].find((k) => k in s);
+    if (length)
+      throw new SchemaError(
+        `unsupported schema: ${path}/${length} cannot be combined with a format in constrained decoding (use a pattern instead)`,
       );
   }
   // Without a type xgrammar allows any value, its numbers unbounded.
@@ -548,7 +556,10 @@ const numberRuleName = (i: number) => `mlx_bounded_number_${i}`;
 // A fraction that changes the value: at most 6 digits (as xgrammar's), the last not 0.
 const FRACTION = '"." [0-9]{0,5} [1-9]';
 
-/** A copy of `node` with each bounded number replaced by a placeholder; `rules` receives the grammar each stands for. */
+/**
+ * A copy of `node` with each bounded number replaced by a placeholder (`rules` receives the
+ * grammar each stands for) and each format with a pattern of ours replaced by it.
+ */
 function replaceBoundedNumbers(node: unknown, path: string, rules: string[]): unknown {
   if (typeof node !== "object" || node === null || Array.isArray(node)) return node;
   const s: Record<string, unknown> = { ...(node as Record<string, unknown>) };
@@ -565,7 +576,15 @@ function replaceBoundedNumbers(node: unknown, path: string, rules: string[]): un
     if (Array.isArray(value)) s[name] = value.map((v, i) => inner(v, `${path}/${name}/${i}`));
     else if (value !== undefined) s[name] = inner(value, `${path}/${name}`);
   }
-  return boundedNumber(s, path, rules) ?? s;
+  return boundedNumber(s, path, rules) ?? formatAsPattern(s);
+}
+
+/** `s` with its `format` written as the pattern constrained decoding enforces for it (see formatPattern). */
+function formatAsPattern(s: Record<string, unknown>): Record<string, unknown> {
+  const pattern = typeof s.format === "string" ? formatPattern(s.format) : undefined;
+  if (pattern === undefined) return s;
+  const { format: _replaced, ...rest } = s;
+  return { ...rest, pattern };
 }
 
 /** The placeholder for `s` when it is a bounded integer or number (with the other types it lists beside it). */

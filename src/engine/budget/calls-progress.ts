@@ -55,6 +55,10 @@ export class CallsProgress {
     return this.state.t === "args" && this.state.json.inFreeString();
   }
 
+  inPatternString(): boolean {
+    return this.state.t === "args" && this.state.json.inPatternString();
+  }
+
   feed(text: string): void {
     for (let i = 0; i < text.length && !this.lost; ) {
       const s = this.state;

@@ -9,6 +9,8 @@
 // of it against xgrammar's matcher, so a schema this reading gets wrong costs the steering,
 // never validity.
 
+import { formatPattern, PatternAutomaton } from "./pattern";
+
 type Schema = Record<string, unknown>;
 
 /** A schema the shortest-completion reading does not cover (so the budget cannot be steered). */
@@ -38,6 +40,7 @@ export class SchemaShapes {
   private readonly shortest = new Map<Schema, string>();
   private readonly visiting = new Set<Schema>();
   private readonly resolved = new Map<object, Schema>();
+  private readonly automata = new Map<Schema, PatternAutomaton | undefined>();
 
   constructor(
     private readonly root: Schema,
@@ -149,7 +152,7 @@ export class SchemaShapes {
         return `[${items.join(", ")}]`;
       }
       case "string":
-        return `"${stringPadding(s, 0)}"`;
+        return `"${this.stringRest(s, 0, undefined)}"`;
       case "integer":
       case "number":
         return numberCompletion(s, "");
@@ -170,6 +173,8 @@ export class SchemaShapes {
   largestOpening(root: unknown): number {
     let value = 0;
     let key = 2;
+    // What typing inside a pattern's string can add to its completion.
+    let growth = 0;
     const seen = new Set<Schema>();
     const visit = (node: unknown, opened: boolean): void => {
       let s: Schema;
@@ -185,6 +190,7 @@ export class SchemaShapes {
         throw error;
       }
       for (const b of this.branches(s)) {
+        if (this.kind(b) === "string") growth = Math.max(growth, this.typingGrowth(b));
         for (const [k, v] of Object.entries(properties(b))) {
           key = Math.max(key, Buffer.byteLength(JSON.stringify(k)));
           visit(v, true);
@@ -208,7 +214,46 @@ export class SchemaShapes {
       if (!(error instanceof UnsteerableSchemaError)) throw error;
     }
     visit(root, alternatives > 1);
-    return value + key + 6;
+    return value + key + 6 + growth;
+  }
+
+  /** The most typing inside a string of `s` can add to its completion (0 for free text, or where the steering cannot follow it). */
+  private typingGrowth(s: Schema): number {
+    try {
+      return this.automaton(s)?.longestCompletion ?? 0;
+    } catch (error) {
+      if (error instanceof UnsteerableSchemaError) return 0;
+      throw error;
+    }
+  }
+
+  /** The automaton of a string's pattern or format (undefined for free text), made once per schema. */
+  automaton(s: Schema): PatternAutomaton | undefined {
+    if (this.automata.has(s)) return this.automata.get(s);
+    let pattern: string | undefined;
+    if (typeof s.pattern === "string") pattern = s.pattern;
+    else if (typeof s.format === "string") {
+      pattern = formatPattern(s.format);
+      if (pattern === undefined) throw new UnsteerableSchemaError(`a string of format ${s.format}`);
+    }
+    const automaton = pattern === undefined ? undefined : new PatternAutomaton(pattern);
+    this.automata.set(s, automaton);
+    return automaton;
+  }
+
+  /**
+   * The text that completes a string of `s` (before its closing quote), `length` characters
+   * in: for a pattern, the shortest match from the automaton's states `at` (its start when undefined).
+   */
+  stringRest(s: Schema, length: number, at: readonly number[] | undefined): string {
+    const automaton = this.automaton(s);
+    if (!automaton) {
+      const min = typeof s.minLength === "number" ? s.minLength : 0;
+      return "a".repeat(Math.max(0, min - length));
+    }
+    const rest = automaton.completion(at ?? automaton.start);
+    if (rest === undefined) throw new UnsteerableSchemaError("the string left its pattern");
+    return rest;
   }
 
   /** Each required property not in `seen`, as `"key": value`, in the schema's order. */
@@ -254,13 +299,6 @@ const properties = (s: Schema) => (s.properties ?? {}) as Record<string, unknown
 const minItems = (s: Schema) => (typeof s.minItems === "number" ? s.minItems : 0);
 const shortestOf = (texts: string[]) => texts.reduce((a, b) => (b.length < a.length ? b : a));
 
-function stringPadding(s: Schema, length: number): string {
-  if (typeof s.pattern === "string" || typeof s.format === "string")
-    throw new UnsteerableSchemaError("a string with a pattern or format");
-  const min = typeof s.minLength === "number" ? s.minLength : 0;
-  return "a".repeat(Math.max(0, min - length));
-}
-
 /** The digits that finish `typed` (a number's start) as the shortest number in the schema's range. */
 function numberCompletion(s: Schema, typed: string): string {
   let head = typed;
@@ -298,12 +336,94 @@ type Frame =
   | { t: "value"; schema: unknown }
   | { t: "object"; s: Schema; seen: string[]; state: "open" | "key" | "colon" | "value" | "after"; key: string }
   | { t: "array"; s: Schema; count: number; state: "open" | "item" | "after" }
-  | { t: "string"; s: Schema; key: boolean; text: string; length: number; escape: string | undefined }
+  | {
+      t: "string";
+      s: Schema;
+      key: boolean;
+      text: string;
+      length: number;
+      escape: string | undefined;
+      /** For a pattern's string: the automaton's states so far, and a high surrogate awaiting its pair. */
+      at: readonly number[] | undefined;
+      high: string;
+    }
   | { t: "number"; s: Schema; text: string }
   | { t: "literal"; texts: string[]; text: string };
 
-/** The progress of one JSON value through `shapes`' schema. */
+// Readings of one text followed at once, at most: past that, later unions' other branches are dropped.
+const MAX_READINGS = 16;
+
+/**
+ * The progress of one JSON value through `shapes`' schema. Where a union has several branches
+ * of the kind the text opens (objects told apart by a `const` discriminator, say), each is
+ * followed as its own reading; those the text leaves are dropped, and the completion is the
+ * shortest of those left.
+ */
 export class JsonProgress {
+  private readings: Reading[];
+
+  constructor(shapes: SchemaShapes, schema: unknown) {
+    this.readings = [new Reading(shapes, schema)];
+  }
+
+  /** The value is complete (what follows is not part of it). */
+  get done(): boolean {
+    return this.readings.some((r) => r.done);
+  }
+
+  /** The text did not follow the schema as read here: the completion is unknown. */
+  get lost(): boolean {
+    return this.readings.every((r) => r.lost);
+  }
+
+  clone(): JsonProgress {
+    const copy = Object.create(JsonProgress.prototype) as JsonProgress;
+    copy.readings = this.readings.map((r) => r.clone());
+    return copy;
+  }
+
+  /** Whether the innermost open value is a free-text string: text without a quote or a backslash leaves the completion as it is. */
+  inFreeString(): boolean {
+    return this.readings.every((r) => r.inFreeString());
+  }
+
+  /** Whether the innermost open value is a string under a pattern (each character typed may change its completion). */
+  inPatternString(): boolean {
+    return this.readings.some((r) => r.inPatternString());
+  }
+
+  /** Feeds text; returns how many characters of it belonged to the value (all of them unless it ended). */
+  feed(text: string): number {
+    for (let i = 0; i < text.length; i++) {
+      if (this.done || this.lost) return i;
+      const next: Reading[] = [];
+      for (const reading of this.readings) next.push(reading, ...reading.char(text[i]!));
+      const followed = next.filter((r) => !r.lost);
+      this.readings = followed.length > 0 ? followed.slice(0, MAX_READINGS) : next.slice(0, 1);
+    }
+    return text.length;
+  }
+
+  /** The shortest text that makes the value complete ("" once it is); throws if unknown. */
+  completion(): string {
+    let best: string | undefined;
+    let failure: unknown;
+    for (const reading of this.readings) {
+      try {
+        const text = reading.completion();
+        if (best === undefined || text.length < best.length) best = text;
+      } catch (error) {
+        if (!(error instanceof UnsteerableSchemaError)) throw error;
+        failure ??= error;
+      }
+    }
+    if (best === undefined) throw failure;
+    return best;
+  }
+}
+
+/** One reading of the text: the open values, each under the schema (one union branch) it was read by. */
+class Reading {
   private stack: Frame[];
   /** A ", " or ": " whose space is still to come. */
   private space = false;
@@ -312,6 +432,9 @@ export class JsonProgress {
   /** The text did not follow the schema as read here: the completion is unknown. */
   lost = false;
 
+  /** Readings this one split into at the last character (other branches of a union opened there). */
+  private forks: Reading[] = [];
+
   constructor(
     private readonly shapes: SchemaShapes,
     schema: unknown,
@@ -319,38 +442,40 @@ export class JsonProgress {
     this.stack = [{ t: "value", schema }];
   }
 
-  clone(): JsonProgress {
-    const copy = Object.create(JsonProgress.prototype) as JsonProgress;
+  clone(): Reading {
+    const copy = Object.create(Reading.prototype) as Reading;
     Object.assign(copy, this);
     copy.stack = this.stack.map((f) => ("seen" in f ? { ...f, seen: [...f.seen] } : { ...f }));
     return copy;
   }
 
-  /** Whether the innermost open value is a free-text string: text without a quote or a backslash leaves the completion as it is. */
   inFreeString(): boolean {
     const top = this.stack.at(-1);
-    if (top?.t !== "string" || top.escape !== undefined) return false;
+    if (top?.t !== "string" || top.escape !== undefined || top.at) return false;
     if (!top.key) return true;
     // A key is free text only where the object names no properties (any key will do).
     const object = this.stack.at(-2);
     return object?.t === "object" && Object.keys(properties(object.s)).length === 0;
   }
 
-  /** Feeds text; returns how many characters of it belonged to the value (all of them unless it ended). */
-  feed(text: string): number {
-    for (let i = 0; i < text.length; i++) {
-      if (this.done || this.lost) return i;
-      try {
-        this.char(text[i]!);
-      } catch (error) {
-        if (!(error instanceof UnsteerableSchemaError)) throw error;
-        this.lost = true;
-      }
-    }
-    return text.length;
+  inPatternString(): boolean {
+    const top = this.stack.at(-1);
+    return top?.t === "string" && top.at !== undefined;
   }
 
-  private char(c: string): void {
+  /** Follows one character; returns the readings it split into beside this one. */
+  char(c: string): Reading[] {
+    this.forks = [];
+    try {
+      this.follow(c);
+    } catch (error) {
+      if (!(error instanceof UnsteerableSchemaError)) throw error;
+      this.lost = true;
+    }
+    return this.forks;
+  }
+
+  private follow(c: string): void {
     const top = this.stack.at(-1)!;
     if (top.t === "string") return this.stringChar(top, c);
     if (top.t === "number") {
@@ -359,7 +484,7 @@ export class JsonProgress {
         return;
       }
       this.close();
-      return this.char(c);
+      return this.follow(c);
     }
     if (top.t === "literal") {
       const text = top.text + c;
@@ -371,7 +496,7 @@ export class JsonProgress {
       }
       if (!top.texts.includes(top.text)) return void (this.lost = true);
       this.close();
-      return this.char(c);
+      return this.follow(c);
     }
     if (c === " " || c === "\n" || c === "\t" || c === "\r") {
       this.space = false;
@@ -393,7 +518,16 @@ export class JsonProgress {
         return;
       }
       if (c === '"' && (top.state === "open" || top.state === "key")) {
-        this.stack.push({ t: "string", s: ANY, key: true, text: "", length: 0, escape: undefined });
+        this.stack.push({
+          t: "string",
+          s: ANY,
+          key: true,
+          text: "",
+          length: 0,
+          escape: undefined,
+          at: undefined,
+          high: "",
+        });
         return;
       }
       return void (this.lost = true);
@@ -407,7 +541,7 @@ export class JsonProgress {
       }
       if (top.state === "after") return void (this.lost = true);
       this.stack.push({ t: "value", schema: this.shapes.itemSchema(top.s, top.count) });
-      return this.char(c);
+      return this.follow(c);
     }
   }
 
@@ -419,21 +553,47 @@ export class JsonProgress {
       .filter((t) => t.startsWith(c));
     const kind =
       c === "{" ? "object" : c === "[" ? "array" : c === '"' ? "string" : /[-0-9]/.test(c) ? "number" : undefined;
-    const open = kind && branches.find((b) => !this.shapes.literals(b) && matchesKind(this.shapes.kind(b), kind));
+    const opened = kind
+      ? branches.filter((b) => !this.shapes.literals(b) && matchesKind(this.shapes.kind(b), kind))
+      : [];
     this.stack.pop();
-    if (open) {
-      if (kind === "object") this.stack.push({ t: "object", s: open, seen: [], state: "open", key: "" });
-      else if (kind === "array") this.stack.push({ t: "array", s: open, count: 0, state: "open" });
-      else if (kind === "string")
-        this.stack.push({ t: "string", s: open, key: false, text: "", length: 0, escape: undefined });
-      else this.stack.push({ t: "number", s: open, text: c });
-      return;
+    if (kind && opened.length > 0) {
+      // Each other branch is read on a copy of this reading, from where the value opens.
+      for (const other of opened.slice(1)) {
+        const fork = this.clone();
+        fork.forks = [];
+        try {
+          fork.open(other, kind, c);
+          this.forks.push(fork);
+        } catch (error) {
+          if (!(error instanceof UnsteerableSchemaError)) throw error;
+        }
+      }
+      return this.open(opened[0]!, kind, c);
     }
     if (texts.length > 0) {
       this.stack.push({ t: "literal", texts, text: c });
       return;
     }
     this.lost = true;
+  }
+
+  /** Opens a value of `kind` under `s`, `c` its first character. */
+  private open(s: Schema, kind: "object" | "array" | "string" | "number", c: string): void {
+    if (kind === "object") this.stack.push({ t: "object", s, seen: [], state: "open", key: "" });
+    else if (kind === "array") this.stack.push({ t: "array", s, count: 0, state: "open" });
+    else if (kind === "string")
+      this.stack.push({
+        t: "string",
+        s,
+        key: false,
+        text: "",
+        length: 0,
+        escape: undefined,
+        at: this.shapes.automaton(s)?.start,
+        high: "",
+      });
+    else this.stack.push({ t: "number", s, text: c });
   }
 
   private stringChar(top: Extract<Frame, { t: "string" }>, c: string): void {
@@ -449,8 +609,23 @@ export class JsonProgress {
       return;
     }
     if (c === '"') return this.close();
-    top.length++;
+    if (top.at) return this.patternChar(top, c);
+    // A length counts code points, as JSON Schema (and the grammar) do: a surrogate pair is one.
+    if (!isLowSurrogate(c)) top.length++;
     if (top.key) top.text += c;
+  }
+
+  /** A character of a pattern's string: the automaton follows whole code points. */
+  private patternChar(top: Extract<Frame, { t: "string" }>, c: string): void {
+    if (c >= "\ud800" && c <= "\udbff") {
+      top.high = c;
+      return;
+    }
+    const automaton = this.shapes.automaton(top.s)!;
+    top.at = automaton.step(top.at!, top.high + c);
+    top.high = "";
+    top.length++;
+    if (top.at.length === 0) this.lost = true;
   }
 
   /** The innermost value is complete: hand it to its container. */
@@ -504,7 +679,7 @@ export class JsonProgress {
                 ? "0".repeat(5 - f.escape.length)
                 : "";
         if (f.key) return escape; // the object completes the key (see below)
-        return `${escape}${stringPadding(f.s, f.length + (f.escape === undefined ? 0 : 1))}"`;
+        return `${escape}${this.shapes.stringRest(f.s, f.length + (f.escape === undefined ? 0 : 1), f.at)}"`;
       }
       case "array": {
         const count = f.count + (inner ? 1 : 0);
@@ -558,6 +733,8 @@ export class JsonProgress {
     return shortestOf(candidates);
   }
 }
+
+const isLowSurrogate = (c: string) => c >= "\udc00" && c <= "\udfff";
 
 function matchesKind(kind: Kind | "any", opened: "object" | "array" | "string" | "number"): boolean {
   return kind === "any" || kind === opened || (opened === "number" && kind === "integer");

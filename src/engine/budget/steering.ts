@@ -21,6 +21,8 @@ export interface Progress {
   clone(): Progress;
   /** Whether text without a quote or backslash would leave the completion as it is. */
   inFreeString(): boolean;
+  /** Whether inside a string under a pattern, where any character may lengthen the completion (by at most the schema's opening). */
+  inPatternString(): boolean;
 }
 
 /**
@@ -215,7 +217,9 @@ export class BudgetSteering {
     // string only those past a quote open anything. Far from the budget, nothing to narrow.
     const left = remaining - 1;
     const bytes = utf8Length(completion);
-    const safe = (openers: number) => bytes + openers * this.perOpener + 8 <= left;
+    // Inside a pattern's string every token counts as one opener more: its characters may lengthen the match's completion.
+    const typed = this.progress.inPatternString() ? 1 : 0;
+    const safe = (openers: number) => bytes + (openers + typed) * this.perOpener + 8 <= left;
     const free = this.progress.inFreeString();
     const openers = free ? this.vocab.openersAfterQuote : this.vocab.openers;
     if (safe(free ? this.vocab.mostOpenersAfterQuote : this.vocab.mostOpeners)) return;
