@@ -218,7 +218,8 @@ describe("sampled speculation keeps the model's distribution", () => {
     const logits = [2, 1, 0.5, 0, -1];
     const p = softmax(logits);
     const q = [0.05, 0.05, 0.1, 0.2, 0.6];
-    const sampling = { ...defaultSampling, temperature: 1, seed: 3 };
+    // No seed: a seeded sequence keeps a draft while it is its own draw (tested below).
+    const sampling = { ...defaultSampling, temperature: 1 };
     const keys = randomKeys(11);
     const s: SpeculatingSequence = {
       history: [],
@@ -287,6 +288,64 @@ describe("sampled speculation keeps the model's distribution", () => {
       // Four standard deviations of a frequency over `draws` draws.
       const tolerance = 4 * Math.sqrt((p * (1 - p)) / draws) + 0.005;
       expect(Math.abs((counts.get(key) ?? 0) / draws - p)).toBeLessThan(tolerance);
+    }
+  });
+});
+
+describe("a seeded sampled answer is the one the model gives alone", () => {
+  // Before: the speculative sampling rule drew from the seed's keys in its own order, so the
+  // answer changed with speculation, and on a server with how many other requests ran with it.
+  test("token for token, with prompt lookup and with a draft model (itself, another)", () => {
+    const lookup = { numDraft: 4, maxBatch: 2 };
+    const speculations = [lookup, { ...lookup, draftModel: tiny.model }, { ...lookup, draftModel: otherTiny.model }];
+    let [draftedTokens, acceptedTokens] = [0, 0];
+    for (let seed = 0; seed < 4; seed++) {
+      // Top-k keeps random weights' draws few, so drafts are kept as well as rejected.
+      const sampling = { ...defaultSampling, temperature: 0.8, topK: 3, seed };
+      const alone = ids(tokens(tiny, sampling, 24));
+      for (const speculation of speculations) {
+        const events = tokens(tiny, sampling, 24, speculation);
+        expect(ids(events)).toEqual(alone);
+        draftedTokens += drafted(events);
+        acceptedTokens += events.reduce((n, e) => n + (e.accepted ?? 0), 0);
+      }
+    }
+    expect(acceptedTokens).toBeGreaterThan(0);
+    expect(acceptedTokens).toBeLessThan(draftedTokens);
+  });
+
+  test("serve --prompt-lookup: alone, beside another request, and as a server without speculation", async () => {
+    const model = tinyModel();
+    const plain = serve();
+    const speculating = serve({ speculation: { numDraft: 4 } });
+    try {
+      const client = (url: string) => new OpenAI({ baseURL: `${url}/v1`, apiKey: "none" });
+      const ask = async (url: string) => {
+        const r = await client(url).completions.create({
+          model,
+          prompt: "one two three one two three one two",
+          max_tokens: 24,
+          temperature: 0.8,
+          top_k: 3,
+          seed: 5,
+        } as OpenAI.CompletionCreateParamsNonStreaming);
+        return r.choices[0]!.text;
+      };
+      const alone = await ask(plain.url);
+      expect(await ask(speculating.url)).toBe(alone);
+      // Two sequences decode together for a while: speculation pauses, then resumes.
+      const [beside] = await Promise.all([
+        ask(speculating.url),
+        client(speculating.url).completions.create({ model, prompt: "four five", max_tokens: 8, temperature: 0 }),
+      ]);
+      expect(beside).toBe(alone);
+      const stats = (await (await fetch(`${speculating.url}/stats`)).json()) as {
+        models: { speculation: { drafted_tokens: number } }[];
+      };
+      expect(stats.models[0]!.speculation.drafted_tokens).toBeGreaterThan(0);
+    } finally {
+      await plain.stop();
+      await speculating.stop();
     }
   });
 });

@@ -149,18 +149,36 @@ function minP(logprobs: MxArray, p: number): MxArray {
 /** A sampler: logprobs [B, vocab] → token ids [B]. */
 export type Sampler = (logprobs: MxArray) => MxArray;
 
-/** A stream of random keys from a seed (a fresh key per call), or no keys (MLX's global state). */
-export type RandomKeys = () => MxArray | undefined;
+/**
+ * A stream of random keys from a seed (a fresh key per call), or no keys (MLX's global state).
+ * `ahead(n)` gives the next n keys without taking them: speculative decoding draws a draft's
+ * tokens with the keys that decoding them one at a time would take.
+ */
+export interface RandomKeys {
+  (): MxArray | undefined;
+  ahead(n: number): (MxArray | undefined)[];
+}
 
 export function randomKeys(seed: number | undefined): RandomKeys {
-  if (seed === undefined) return () => undefined;
+  if (seed === undefined) return Object.assign(() => undefined, { ahead: (n: number) => Array(n).fill(undefined) });
   let key = mx.keep(mx.random.key(seed));
-  return () => {
+  const take = () => {
     const [next, sub] = mx.random.split(key);
     key.free();
     key = mx.keep(next);
     return sub;
   };
+  const ahead = (n: number) => {
+    const keys: MxArray[] = [];
+    let at = key;
+    for (let i = 0; i < n; i++) {
+      const [next, sub] = mx.random.split(at);
+      keys.push(sub);
+      at = next;
+    }
+    return keys;
+  };
+  return Object.assign(take, { ahead });
 }
 
 /**
@@ -179,5 +197,10 @@ export function samplingLogits(p: SamplingParams, logprobs: MxArray): MxArray {
 
 export function makeSampler(p: SamplingParams, keys: RandomKeys = randomKeys(p.seed)): Sampler {
   if (p.temperature === 0) return (logprobs) => mx.argmax(logprobs, -1);
-  return (logprobs) => mx.random.categorical(samplingLogits(p, logprobs), -1, keys());
+  return (logprobs) => drawToken(p, logprobs, keys());
+}
+
+/** Tokens [B] drawn from logprobs [B, vocab] with temperature > 0, as a sampler draws them with `key`. */
+export function drawToken(p: SamplingParams, logprobs: MxArray, key: MxArray | undefined): MxArray {
+  return mx.random.categorical(samplingLogits(p, logprobs), -1, key);
 }

@@ -6,13 +6,21 @@
 // Verification keeps the output exactly what the target alone would produce: greedy, the same
 // tokens; sampled, the same distribution, by the speculative sampling rule (Leviathan et al.
 // 2023, Chen et al. 2023): accept a draft token d with probability min(1, p(d)/q(d)), and on
-// rejection sample from the normalised max(0, p - q).
+// rejection sample from the normalised max(0, p - q); sampled with a seed, the same tokens (see
+// drawsAsAlone).
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import { freeCaches, makeCaches, type DecoderModel, type KVCache } from "../models";
 import { ModelLoadError, type LoadedModel, type SpeculationChoice } from "../models/load";
 import { ModelNotFoundError, UnsupportedError } from "../errors";
-import { samplingLogits, type LogitsProcessor, type RandomKeys, type Sampler, type SamplingParams } from "./sampling";
+import {
+  drawToken,
+  samplingLogits,
+  type LogitsProcessor,
+  type RandomKeys,
+  type Sampler,
+  type SamplingParams,
+} from "./sampling";
 
 export interface SpeculationOptions {
   /** A smaller model of the target's vocabulary that drafts; else prompt lookup drafts. */
@@ -165,6 +173,17 @@ function processed(s: SpeculatingSequence, row: MxArray, drafted: number[]): MxA
 const logSoftmax = (logits: MxArray) => mx.subtract(logits, mx.logsumexp(logits, -1, true));
 
 /**
+ * Whether the sequence's tokens are drawn with the keys of its seed: its drafts are then drawn,
+ * and checked, with the keys that decoding one token at a time would take for them, and a draft
+ * token is kept while it is the token the model draws with that key. Its answer is then the one
+ * it gives without speculation, token for token, whether or not each step speculated (which a
+ * server decides by how many sequences run), and each token still follows the model's
+ * distribution; a certain draft (prompt lookup) is kept with probability p(d), as by the
+ * speculative sampling rule.
+ */
+const drawsAsAlone = (s: SpeculatingSequence) => s.sampling.temperature > 0 && s.sampling.seed !== undefined;
+
+/**
  * Drafts `count` tokens with the draft model, token by token, as the sequence's sampler would
  * with the draft's logits (same processors and sampling) made `width` wide (the target's), or
  * fewer when one of `endTokens` ends it. The draft's cache first catches up with what the target
@@ -188,14 +207,17 @@ export function modelDraft(
   }
   const tokens: number[] = [];
   const probabilities: MxArray[] = [];
+  const keys = drawsAsAlone(s) ? mx.scope(() => s.keys.ahead(count)) : undefined;
   while (tokens.length < count) {
     const [token, probability] = mx.scope(() => {
       const hidden = feed(pending);
       const last = mx.slice(hidden, [0, pending.length - 1, 0], [1, pending.length, hidden.shape[2]!]);
       const logits = widened(mx.reshape(model.head(last), [1, -1]), o.width);
       const logprobs = logSoftmax(processed(s, logits, tokens));
-      const token = s.sample(logprobs);
-      const probability = s.sampling.temperature > 0 ? mx.softmax(samplingLogits(s.sampling, logprobs)) : undefined;
+      const token = keys ? drawToken(s.sampling, logprobs, keys[tokens.length]) : s.sample(logprobs);
+      // Only the speculative sampling rule weighs a draft by its probability.
+      const probability =
+        s.sampling.temperature > 0 && !keys ? mx.softmax(samplingLogits(s.sampling, logprobs)) : undefined;
       mx.evaluate(token, ...(probability ? [probability] : []));
       return [token.item(), probability] as const;
     });
@@ -204,6 +226,7 @@ export function modelDraft(
     if (o.endTokens?.has(token)) break;
     pending = [token];
   }
+  for (const key of keys ?? []) key?.free();
   // It now holds history, next and every draft token but the last.
   s.draft.fed = s.history.length + tokens.length;
   if (probabilities.length === 0) return { tokens };
@@ -251,8 +274,10 @@ export interface Verified {
 /**
  * Verifies a draft against the target's logits [k + 1, vocab] at the positions of next and
  * each draft token. Greedy: draft tokens are kept while they are the target's argmax.
- * Sampled: the speculative sampling rule, with q the draft model's probabilities, or certainty
- * of the looked-up token (then max(0, p - q) is p without that token).
+ * Sampled with a seed: while they are the tokens the target draws with the keys that decoding
+ * one at a time would take (drawsAsAlone). Sampled: the speculative sampling rule, with q the
+ * draft model's probabilities, or certainty of the looked-up token (then max(0, p - q) is p
+ * without that token).
  */
 export function verify(s: SpeculatingSequence, logits: MxArray, draft: Draft, keepRows: boolean): Verified {
   const k = draft.tokens.length;
@@ -267,8 +292,8 @@ export function verify(s: SpeculatingSequence, logits: MxArray, draft: Draft, ke
     // The target's own choice at each position, were the draft rejected there (or all kept, at k).
     let own: MxArray;
     let keep: MxArray;
-    if (s.sampling.temperature === 0) {
-      own = mx.argmax(logprobs, -1);
+    if (s.sampling.temperature === 0 || drawsAsAlone(s)) {
+      own = s.sampling.temperature === 0 ? mx.argmax(logprobs, -1) : drawnAsAlone(s, logprobs);
       keep = mx.equal(mx.slice(own, [0], [k]), mx.reshape(drafted, [k]));
     } else {
       const p = mx.softmax(samplingLogits(s.sampling, logprobs));
@@ -292,6 +317,8 @@ export function verify(s: SpeculatingSequence, logits: MxArray, draft: Draft, ke
     const draftLp = draftLogprob.toArray();
     let accepted = 0;
     while (accepted < k && keptList[accepted]) accepted++;
+    // The keys its emitted tokens were drawn with are taken, as decoding them one at a time takes them.
+    if (drawsAsAlone(s)) for (let i = 0; i <= accepted; i++) s.keys();
     const tokens = [...draft.tokens.slice(0, accepted), ownList[accepted]!];
     const emitted = [...draftLp.slice(0, accepted), ownLp[accepted]!];
     const kept = keepRows
@@ -299,6 +326,16 @@ export function verify(s: SpeculatingSequence, logits: MxArray, draft: Draft, ke
       : undefined;
     return { tokens, logprobs: emitted, rows: kept, accepted };
   });
+}
+
+/** Each position's token [k + 1] of logprobs [k + 1, vocab], drawn with the next k + 1 keys of its seed (not taken). */
+function drawnAsAlone(s: SpeculatingSequence, logprobs: MxArray): MxArray {
+  const [positions, vocab] = logprobs.shape as [number, number];
+  const keys = s.keys.ahead(positions);
+  return mx.concatenate(
+    keys.map((key, i) => drawToken(s.sampling, mx.slice(logprobs, [i, 0], [i + 1, vocab]), key)),
+    0,
+  );
 }
 
 /** No draft: the sequence's own sampler on the first position, as a plain decode step. */
