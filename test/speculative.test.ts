@@ -632,6 +632,16 @@ describe("the default model", () => {
     expect(drafted).toEqual(alone!);
   });
 
+  test("mlx run --json counts what prompt lookup drafted and the model kept; without speculation, no counts", async () => {
+    const mlx = cliRunner(process.env.MLX_HOME ?? join(import.meta.dir, "..", ".cache", "mlx-home"));
+    const code = "function add(a, b) {\n  return a + b;\n}\n";
+    const ask = ["run", "--json", "--temp", "0", "--max-tokens", "32", `Repeat this code:\n\n${code}`];
+    const drafted = JSON.parse((await mlx([...ask, "--prompt-lookup"])).stdout).stats;
+    expect(drafted.drafted_tokens).toBeGreaterThan(0);
+    expect(drafted.accepted_tokens).toBeLessThanOrEqual(drafted.drafted_tokens);
+    expect(JSON.parse((await mlx(ask)).stdout).stats).not.toHaveProperty("drafted_tokens");
+  });
+
   test("with a rotating KV cache (--max-kv-size 48), over 160 tokens: the same greedy answers", async () => {
     const text = "The cat sat on the mat. The dog sat on the log. The cat sat on the log. ";
     const [alone, lookup, drafted] = await greedyThreeWays(`Continue the pattern:\n\n${text.repeat(3)}`, 160, 48);

@@ -163,6 +163,10 @@ function jsonResult(r: CompletionResult, hideThinking: boolean) {
       generation_tokens_per_second: r.stats.generationTokensPerSecond,
       time_to_first_token_seconds: r.stats.timeToFirstTokenSeconds,
       peak_memory_bytes: r.stats.peakMemoryBytes,
+      // Speculative decoding's counts, where it drafted (--prompt-lookup, --draft-model).
+      ...(r.stats.draftedTokens > 0
+        ? { drafted_tokens: r.stats.draftedTokens, accepted_tokens: r.stats.acceptedTokens }
+        : {}),
     },
   };
 }
