@@ -39,6 +39,18 @@ async function importConversation(page: Page, conversation: { title: string; mes
   });
 }
 
+/** A browser and a started server, once the server is healthy. */
+async function browserAndServer(server: RunningServer): Promise<{ browser: Browser; server: RunningServer }> {
+  const browser = await launchBrowser();
+  await eventually(async () => (await fetch(`${server.url}/health`)).status === 200, 60_000);
+  return { browser, server };
+}
+
+async function closeBoth(browser: Browser | undefined, server: RunningServer | undefined): Promise<void> {
+  await browser?.close();
+  await server?.stop();
+}
+
 describe.skipIf(!chromiumPath)("in Chromium", () => {
   let browser: Browser;
   let server: RunningServer;
@@ -46,14 +58,11 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
   beforeAll(async () => {
     other = join(mkdtempSync(join(tmpdir(), "mlx-web-")), "tiny-other");
     writeTinyModel(other, { contextLength: 512, seed: 7 });
-    server = serve({ defaultModel: longTinyModel(), maxLoadedModels: 2, maxBatch: 16 });
-    browser = await launchBrowser();
-    await eventually(async () => (await fetch(`${server.url}/health`)).status === 200, 60_000);
+    ({ browser, server } = await browserAndServer(
+      serve({ defaultModel: longTinyModel(), maxLoadedModels: 2, maxBatch: 16 }),
+    ));
   }, 90_000);
-  afterAll(async () => {
-    await browser?.close();
-    await server?.stop();
-  });
+  afterAll(() => closeBoth(browser, server));
 
   test("an answer streams in, survives a reload (IndexedDB), and can be stopped (the server cancels it)", async () => {
     const { page, errors } = await openPage(browser, `${server.url}/`);
@@ -552,14 +561,9 @@ describe.skipIf(!chromiumPath)("in Chromium, a model that reasons", () => {
   beforeAll(async () => {
     const thinker = join(mkdtempSync(join(tmpdir(), "mlx-web-")), "thinker");
     writeTinyModel(thinker, { contextLength: 4096, chatTemplate: thinkingTemplate });
-    server = serve({ defaultModel: thinker });
-    browser = await launchBrowser();
-    await eventually(async () => (await fetch(`${server.url}/health`)).status === 200, 60_000);
+    ({ browser, server } = await browserAndServer(serve({ defaultModel: thinker })));
   }, 90_000);
-  afterAll(async () => {
-    await browser?.close();
-    await server?.stop();
-  });
+  afterAll(() => closeBoth(browser, server));
 
   test("the reasoning opened while it streams stays open as it grows and after; the next question goes without it", async () => {
     const { page, errors } = await openPage(browser, `${server.url}/`);
