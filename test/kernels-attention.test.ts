@@ -213,27 +213,41 @@ describe("attention kernel", () => {
   });
 
   // A speculative check's positions, causal over the cache, each get the bits of decoding that
-  // position alone: greedy output with and without speculation stays the same.
+  // position alone: greedy output with and without speculation stays the same, and so do its
+  // logprobs, up to --num-draft's most (64 drafted, 65 checked), where many query heads share a
+  // key-value head too (8 per head: a shared tile's 32 rows are 4 positions).
   test.each([mx.Dtype.float16, mx.Dtype.bfloat16, mx.Dtype.float32])(
     "a check's positions give decoding's bits (dtype %p)",
     (dtype) => {
-      mx.scope(() => {
-        const [heads, kvHeads, dim, positions] = [9, 3, 64, 4];
-        for (const keys of [40, 700, 1300]) {
-          const normal = (shape: number[]) => mx.astype(mx.random.normal(shape), dtype);
-          const q = normal([1, heads, positions, dim]);
-          const k = normal([1, kvHeads, keys, dim]);
-          const v = normal([1, kvHeads, keys, dim]);
-          const checked = mx.fast.scaledDotProductAttention(q, k, v, dim ** -0.5, "causal");
-          for (let i = 0; i < positions; i++) {
-            const seen = keys - positions + i + 1;
-            const upTo = (a: mx.MxArray, n: number) => mx.slice(a, [0, 0, 0, 0], [1, a.shape[1]!, n, dim]);
-            const one = (a: mx.MxArray) => mx.slice(a, [0, 0, i, 0], [1, heads, i + 1, dim]);
-            const decoded = mx.fast.scaledDotProductAttention(one(q), upTo(k, seen), upTo(v, seen), dim ** -0.5);
-            expect(relativeError(one(checked), decoded)).toBe(0);
+      for (const [heads, kvHeads, positions] of [
+        [9, 3, 4],
+        [9, 3, 17],
+        [9, 3, 65],
+        [16, 2, 5],
+      ] as const)
+        mx.scope(() => {
+          const dim = 64;
+          for (const keys of [70, 700, 1300]) {
+            const normal = (shape: number[]) => mx.astype(mx.random.normal(shape), dtype);
+            const q = normal([1, heads, positions, dim]);
+            const k = normal([1, kvHeads, keys, dim]);
+            const v = normal([1, kvHeads, keys, dim]);
+            const checked = mx.fast.scaledDotProductAttention(q, k, v, dim ** -0.5, "causal");
+            for (let i = 0; i < positions; i++) {
+              const seen = keys - positions + i + 1;
+              const upTo = (a: mx.MxArray, n: number) => mx.slice(a, [0, 0, 0, 0], [1, a.shape[1]!, n, dim]);
+              const one = (a: mx.MxArray) => mx.slice(a, [0, 0, i, 0], [1, heads, i + 1, dim]);
+              const decoded = mx.fast.scaledDotProductAttention(one(q), upTo(k, seen), upTo(v, seen), dim ** -0.5);
+              expect([heads, positions, keys, i, relativeError(one(checked), decoded)]).toEqual([
+                heads,
+                positions,
+                keys,
+                i,
+                0,
+              ]);
+            }
           }
-        }
-      });
+        });
     },
   );
 

@@ -17,6 +17,9 @@ namespace kernels {
 constexpr int kRowsPerTile = 32;
 // A range of keys worth a task of its own when splitting one row's keys (decode).
 constexpr int kMinKeysPerSplit = 256;
+// The most positions a speculative step checks at once: 64 drafted tokens (maxNumDraft in
+// src/store/aliases.ts) and the one before them.
+constexpr int kMostCheckedPositions = 65;
 
 // Whether the mask hides key j from the row starting at `base` (false in a bool mask, -inf in an
 // additive one).
@@ -110,9 +113,11 @@ void run_attention_tiles(const Problem& p, Attend attend) {
   const int group = p.q_heads / p.kv_heads;
   // A prompt's positions share tiles; a few (a decode step's one, a speculative check's) take a
   // tile each, computed as decoding that position alone computes it: a checked draft's bits are
-  // those of decoding one token at a time.
+  // those of decoding one token at a time. A check holds up to kMostCheckedPositions positions
+  // (--num-draft's most, and the token before), more than a shared tile's rows where many query
+  // heads share a key-value head; a chunk that few positions long costs little either way.
   const int widest = std::max(1, kRowsPerTile / group);
-  const int positions = p.q_len <= widest ? 1 : widest;
+  const int positions = p.q_len <= std::max(widest, kMostCheckedPositions) ? 1 : widest;
   const int row_tiles = (p.q_len + positions - 1) / positions;
   const int tiles = p.batch * p.kv_heads * row_tiles;
   const int shift = p.kv_len - p.q_len;
