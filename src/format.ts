@@ -53,3 +53,17 @@ export function plainTable(header: string[], rows: string[][]): string {
       .join("\n") + "\n"
   );
 }
+
+/** A span of time in words, in its largest unit: "1 second", "5 minutes", "2 days" (`round` picks the whole number). */
+export function durationInWords(seconds: number, round: (n: number) => number = Math.floor): string {
+  const [amount, unit] =
+    seconds < 60
+      ? [seconds, "second"]
+      : seconds < 3600
+        ? [seconds / 60, "minute"]
+        : seconds < 86400
+          ? [seconds / 3600, "hour"]
+          : [seconds / 86400, "day"];
+  const n = round(amount);
+  return `${n} ${unit}${n === 1 ? "" : "s"}`;
+}

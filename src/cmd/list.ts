@@ -1,6 +1,6 @@
 // `mlx list`: the stored models, from the store's index.
 import { defineCommand } from "citty";
-import { formatBytes, plainTable } from "../format";
+import { durationInWords, formatBytes, plainTable } from "../format";
 import { blobsPresent, listModels, unreadableModels } from "../store/store";
 import { fail } from "./log";
 
@@ -46,9 +46,5 @@ export default defineCommand({
 
 function timeAgo(iso: string): string {
   const seconds = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
-  if (seconds < 60) return "just now";
-  const [amount, unit] =
-    seconds < 3600 ? [seconds / 60, "minute"] : seconds < 86400 ? [seconds / 3600, "hour"] : [seconds / 86400, "day"];
-  const n = Math.floor(amount);
-  return `${n} ${unit}${n === 1 ? "" : "s"} ago`;
+  return seconds < 60 ? "just now" : `${durationInWords(seconds)} ago`;
 }

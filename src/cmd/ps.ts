@@ -1,6 +1,6 @@
 // `mlx ps`: the models a running `mlx serve` holds in memory, as `ollama ps` lists them.
 import { defineCommand } from "citty";
-import { formatBytes, plainTable } from "../format";
+import { durationInWords, formatBytes, plainTable } from "../format";
 import { fail } from "./log";
 import { askServer, serverArgs } from "./server-client";
 
@@ -37,15 +37,5 @@ export default defineCommand({
 function until(iso: string): string {
   const seconds = (Date.parse(iso) - Date.now()) / 1000;
   if (seconds > 100 * 365 * 86400) return "forever";
-  if (seconds < 1) return "now";
-  const [amount, unit] =
-    seconds < 60
-      ? [seconds, "second"]
-      : seconds < 3600
-        ? [seconds / 60, "minute"]
-        : seconds < 86400
-          ? [seconds / 3600, "hour"]
-          : [seconds / 86400, "day"];
-  const n = Math.round(amount);
-  return `${n} ${unit}${n === 1 ? "" : "s"} from now`;
+  return seconds < 1 ? "now" : `${durationInWords(seconds, Math.round)} from now`;
 }

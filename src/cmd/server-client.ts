@@ -2,6 +2,7 @@
 // `ollama ps` and `ollama stop` ask theirs. Where it is, its key, and one request with its
 // failures in one line.
 import type { ArgsDef } from "citty";
+import { serverBase } from "../bench/server";
 import { errorBodyMessage } from "../providers/types";
 
 export const DEFAULT_SERVER = "http://127.0.0.1:11435";
@@ -23,7 +24,7 @@ export async function askServer(
   path: string,
   body?: unknown,
 ): Promise<unknown> {
-  const base = serverUrl(args.url);
+  const base = serverBase(args.url ?? DEFAULT_SERVER);
   const apiKey = args["api-key"] ?? process.env.MLX_API_KEY;
   let response: Response;
   try {
@@ -45,17 +46,4 @@ export async function askServer(
   } catch {
     throw new Error(`${base} answered ${path} with something other than JSON: is it mlx serve?`);
   }
-}
-
-function serverUrl(url: string | undefined): string {
-  const given = url ?? DEFAULT_SERVER;
-  let parsed: URL;
-  try {
-    parsed = new URL(given);
-  } catch {
-    throw new Error(`--url must be an http(s) URL like ${DEFAULT_SERVER} (got '${given}')`);
-  }
-  if (parsed.protocol !== "http:" && parsed.protocol !== "https:")
-    throw new Error(`--url must be an http(s) URL (got '${given}')`);
-  return parsed.href.replace(/\/+$/, "");
 }

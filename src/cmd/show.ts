@@ -111,13 +111,11 @@ function showFiles(given: string, json: boolean): void {
 function directoryConfig(dir: string): Record<string, unknown> {
   const file = join(dir, "config.json");
   if (!existsSync(file)) throw new Error(`${dir} has no config.json: it is no model directory`);
-  let config: Record<string, unknown>;
   try {
-    config = JSON.parse(readFileSync(file, "utf8"));
+    return glanceFields(JSON.parse(readFileSync(file, "utf8")));
   } catch (error) {
     throw new Error(`${file} is not JSON: ${(error as Error).message}`);
   }
-  return Object.fromEntries(CONFIG_FIELDS.filter((k) => config[k] !== undefined).map((k) => [k, config[k]]));
 }
 
 /** What the model's config.json (or GGUF header) says; nothing when that file is missing. */
@@ -128,9 +126,12 @@ function configSummary(manifest: ModelManifest, missing: Set<string>): Record<st
     return gguf && !missing.has(gguf.name) ? ggufSummary(blobPath(gguf.sha256)) : undefined;
   }
   if (missing.has(file.name)) return undefined;
-  const config = JSON.parse(readFileSync(blobPath(file.sha256), "utf8")) as Record<string, unknown>;
-  return Object.fromEntries(CONFIG_FIELDS.filter((k) => config[k] !== undefined).map((k) => [k, config[k]]));
+  return glanceFields(JSON.parse(readFileSync(blobPath(file.sha256), "utf8")));
 }
+
+/** The CONFIG_FIELDS a config.json sets. */
+const glanceFields = (config: Record<string, unknown>) =>
+  Object.fromEntries(CONFIG_FIELDS.filter((k) => config[k] !== undefined).map((k) => [k, config[k]]));
 
 /** A GGUF's metadata in config.json's words (the fields a directory shows), its parameters, license and template. */
 function ggufSummary(path: string): Record<string, unknown> {

@@ -45,9 +45,10 @@ export function readGenerationDefaults(path: string): SamplingDefaults {
   return defaults;
 }
 
-/** As Ollama shows a model's parameters: one per line, the name padded to a column. */
-export function describeSamplingDefaults(defaults: SamplingDefaults): string {
-  return SAMPLING_DEFAULT_KEYS.filter(({ key }) => defaults[key] !== undefined)
-    .map(({ key, name }) => `${name.padEnd(30)} ${defaults[key]}`)
-    .join("\n");
+/** The values `defaults` sets, each by its name in generation_config.json (and models.toml, and Ollama's PARAMETERs). */
+export function samplingValues(defaults: SamplingDefaults): [name: string, value: number][] {
+  return SAMPLING_DEFAULT_KEYS.filter(({ key }) => defaults[key] !== undefined).map(({ key, name }) => [
+    name,
+    defaults[key]!,
+  ]);
 }

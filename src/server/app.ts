@@ -322,13 +322,14 @@ function isLocalHost(host: string): boolean {
 
 const corsAllows = (allowed: string[], origin: string) => allowed.includes("*") || allowed.includes(origin);
 
+/** Desktop apps' and editors' pages: Electron's app:, Tauri's, VS Code's webviews. */
+const LOCAL_APP_SCHEMES = new Set(["app:", "file:", "tauri:", "vscode-webview:", "vscode-file:"]);
+
 /**
  * Pages of this machine, as Ollama allows them by default: this server as the request reached
  * it (its Host header), a page served from loopback at any port (a local app in development),
- * and the pages of desktop apps and editors (Electron's app:, Tauri's, VS Code's webviews).
+ * and desktop apps' and editors' pages.
  */
-const LOCAL_APP_SCHEMES = new Set(["app:", "file:", "tauri:", "vscode-webview:", "vscode-file:"]);
-
 function isLocalOrigin(origin: string, host: string | undefined): boolean {
   let url: URL;
   try {

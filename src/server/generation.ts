@@ -173,7 +173,7 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
     prepared = await prepareGeneration(lm, {
       prompt: input.prompt,
       prefixIds: input.prefixIds,
-      sampling: settleSampling(input.sampling, input.defaults, modelSamplingDefaults(lm, input.model)),
+      sampling: settleSampling(input.sampling, input.defaults, loadedSamplingDefaults(lm, input.model)),
       maxTokens: input.maxTokens,
       strictMaxTokens: input.strictMaxTokens,
       maxTokensParam: input.maxTokensParam,
@@ -230,10 +230,19 @@ export function recordOutcome(
 
 const recommended = new WeakMap<LoadedModel, SamplingDefaults>();
 
-/** The sampling values of the model a request names: its alias's in models.toml over its generation_config.json's. */
-export function modelSamplingDefaults(lm: LoadedModel, name: string): SamplingDefaults {
+/** A loaded model's sampling values for requests naming it `name` (its generation_config.json read once per load). */
+function loadedSamplingDefaults(lm: LoadedModel, name: string): SamplingDefaults {
   let own = recommended.get(lm);
   if (!own) recommended.set(lm, (own = readGenerationDefaults(lm.path)));
+  return modelSamplingDefaults(lm.path, name, own);
+}
+
+/** The sampling values of the model at `path` named `name`: its alias's in models.toml over its generation_config.json's. */
+export function modelSamplingDefaults(
+  path: string,
+  name: string,
+  own: SamplingDefaults = readGenerationDefaults(path),
+): SamplingDefaults {
   return { ...own, ...aliasSampling(name) };
 }
 

@@ -124,8 +124,8 @@ export async function pullHFRepo(
   if (quantization !== undefined || (!hasWeights && ggufs.length > 0)) {
     // A GGUF is the whole model, in one file: stored by its own name, whatever folder the
     // repository keeps it in (Q8_0/...).
-    const file = { ...(await locate(chooseGGUF(spec, ggufs, quantization))) };
-    file.name = basename(file.name);
+    const located = await locate(chooseGGUF(spec, ggufs, quantization));
+    const file = { ...located, name: basename(located.name) };
     await ensureFreeSpace(await bytesStillNeeded([file]), spec);
     return { files: await fetchFiles([file], commit, options), revision: commit };
   }

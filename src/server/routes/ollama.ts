@@ -14,7 +14,7 @@ import {
 } from "../../api/ollama";
 import type { GenerationEvent } from "../../engine/scheduler";
 import { ApiError, errorBody, notFound } from "../errors";
-import { httpRequestBounds, startGeneration, type Generation } from "../generation";
+import { httpRequestBounds, modelSamplingDefaults, startGeneration, type Generation } from "../generation";
 import { closedEarly, closedEarlyHeaders, collectGeneration, generationStream } from "../respond";
 import { ToolCallStream, type ToolCall } from "../../engine/tools";
 import { thinkingTemplate } from "../../engine/reasoning";
@@ -22,12 +22,7 @@ import { withoutLatestTag, type LoadedEntry } from "../model-registry";
 import { locateModel, missingModelError } from "../../store/resolve";
 import type { IndexEntry } from "../../store/model-index";
 import { readJson } from "../../api/validate";
-import {
-  describeSamplingDefaults,
-  readGenerationDefaults,
-  SAMPLING_DEFAULT_KEYS,
-} from "../../models/generation-config";
-import { aliasSampling } from "../../store/aliases";
+import { samplingValues, type SamplingDefaults } from "../../models/generation-config";
 import { type ServerState, serverStartDate } from "../state";
 import { remoteModelConfigs, remoteModelNames } from "../../providers";
 import { formatCount } from "../../format";
@@ -140,15 +135,8 @@ export function ollamaRoutes(s: ServerState): Hono {
     // Read from the model's files: loading its weights only to describe it would take the place
     // of a loaded model (or wait until one is idle), and clients ask this of every model they list.
     const path = await modelFiles(s, model);
-    const shown = showModel(path, storedByPath(await s.models.stored()).get(path), verbose);
-    // The sampling values its requests get when they set none, as Ollama shows a Modelfile's.
-    const defaults = { ...readGenerationDefaults(path), ...aliasSampling(model) };
-    const parameters = SAMPLING_DEFAULT_KEYS.filter(({ key }) => defaults[key] !== undefined);
-    return c.json({
-      ...shown,
-      modelfile: shown.modelfile + parameters.map(({ key, name }) => `PARAMETER ${name} ${defaults[key]}\n`).join(""),
-      parameters: describeSamplingDefaults(defaults),
-    });
+    const defaults = modelSamplingDefaults(path, model);
+    return c.json(showModel(path, storedByPath(await s.models.stored()).get(path), defaults, verbose));
   });
 
   // Known Ollama routes this server does not implement: a clear 501 rather than a 404.
@@ -234,14 +222,16 @@ interface ModelFacts {
 }
 
 /** /api/show's answer for the model at `path`, from its files (its weights are not read). */
-function showModel(path: string, stored: IndexEntry | undefined, verbose: boolean) {
+function showModel(path: string, stored: IndexEntry | undefined, defaults: SamplingDefaults, verbose: boolean) {
   const facts = withModelErrors(path, () =>
     statSync(path).isDirectory() ? directoryFacts(path) : ggufFacts(readGGUFHeader(path)),
   );
+  // The sampling values its requests get when they set none, as Ollama shows a Modelfile's.
+  const values = samplingValues(defaults);
   return {
     license: "",
-    modelfile: `FROM ${path}\n`,
-    parameters: "",
+    modelfile: `FROM ${path}\n${values.map(([name, value]) => `PARAMETER ${name} ${value}\n`).join("")}`,
+    parameters: values.map(([name, value]) => `${name.padEnd(30)} ${value}`).join("\n"),
     template: facts.template,
     details: ollamaDetails(
       facts.format,
