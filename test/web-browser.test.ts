@@ -549,6 +549,50 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     await eventually(async () => (await page.locator("#running").textContent()) === "0", 10_000);
     expect(errors).toEqual([]);
   }, 120_000);
+
+  test("behind a proxy that serves the server under /mlx/, the chat answers and the dashboard follows", async () => {
+    // A reverse proxy as nginx's `location /mlx/ { proxy_pass http://server/; }`: the prefix
+    // is cut off on the way in; responses, streams among them, pass through unchanged.
+    const proxy = Bun.serve({
+      port: 0,
+      hostname: "127.0.0.1",
+      async fetch(request) {
+        const url = new URL(request.url);
+        if (!url.pathname.startsWith("/mlx/")) return new Response("not proxied", { status: 404 });
+        const upstream = `${server.url}${url.pathname.slice("/mlx".length)}${url.search}`;
+        const headers = new Headers(request.headers);
+        headers.delete("host");
+        // Compressed bodies pass as they are, with their Content-Encoding and length.
+        return fetch(upstream, {
+          method: request.method,
+          headers,
+          body: request.body,
+          redirect: "manual",
+          decompress: false,
+        });
+      },
+    });
+    try {
+      const { page, errors } = await openPage(browser, `http://127.0.0.1:${proxy.port}/mlx/`);
+      const outside: string[] = [];
+      page.on("request", (r) => {
+        if (!new URL(r.url()).pathname.startsWith("/mlx/")) outside.push(r.url());
+      });
+      await page.waitForSelector("body[data-ready]");
+      expect(await page.locator("#model option").count()).toBeGreaterThan(0);
+      await setMaxTokens(page, "8");
+      await send(page, "Hi");
+      await page.waitForSelector(".message.assistant .figures");
+      expect(await page.locator(".message.assistant .figures").textContent()).toMatch(/^8 tokens/);
+      await page.click("a[href='dashboard']");
+      await page.waitForURL(`http://127.0.0.1:${proxy.port}/mlx/dashboard`);
+      await eventually(async () => Number(await page.locator("#loaded").textContent()) >= 1, 10_000);
+      expect(outside).toEqual([]);
+      expect(errors).toEqual([]);
+    } finally {
+      proxy.stop(true);
+    }
+  }, 60_000);
 });
 
 describe.skipIf(!chromiumPath)("in Chromium, a model that reasons", () => {

@@ -71,8 +71,8 @@ function blankConversation(): Conversation {
 
 async function loadModels(): Promise<void> {
   const [models, loaded] = await Promise.all([
-    api("/v1/models").then((r) => r.json()),
-    api("/api/ps").then((r) => r.json()),
+    api("v1/models").then((r) => r.json()),
+    api("api/ps").then((r) => r.json()),
   ]);
   const loadedNames = new Set<string>((loaded.models ?? []).map((m: { name: string }) => m.name));
   const wanted = current.model || localStorage.getItem("mlx.model") || "";
@@ -464,7 +464,7 @@ async function requestFitting(
 ): Promise<{ response: Response; leftOut: number }> {
   const messages = body.messages as { role: string }[];
   for (let leftOut = 0; ; ) {
-    const response = await api("/v1/chat/completions", {
+    const response = await api("v1/chat/completions", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify(body),

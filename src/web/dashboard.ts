@@ -241,7 +241,7 @@ function fillTable(selector: string, rows: string[][], empty: string): void {
 async function follow(): Promise<void> {
   for (;;) {
     try {
-      const response = await api("/dashboard/events");
+      const response = await api("dashboard/events");
       if (!response.ok) throw new Error(await errorMessage(response));
       for await (const data of events(response)) show(JSON.parse(data));
       throw new Error("the feed ended");

@@ -54,7 +54,10 @@ function askForKey(wrong: boolean): Promise<void> {
   return asking;
 }
 
-/** fetch() with the API key; a 401 asks for the key and tries again. */
+/**
+ * fetch() with the API key; a 401 asks for the key and tries again. `path` is relative to the
+ * page (no leading slash), so the pages also work behind a proxy that serves them under a sub-path.
+ */
 export async function api(path: string, init: RequestInit = {}): Promise<Response> {
   for (;;) {
     const key = localStorage.getItem(KEY);
