@@ -176,10 +176,25 @@ describe("requests addressed to another host (DNS rebinding)", () => {
     const refused = await fetch(`${server.url}/api/tags`, { headers: { Host: "evil.example" } });
     expect(await refused.json()).toEqual({
       error:
-        "requests addressed to evil.example are refused: this server listens on loopback and answers requests to this machine (serve --host makes it listen elsewhere)",
+        "requests addressed to evil.example are refused: this server listens on loopback and answers requests to this machine (serve --allowed-host evil.example answers them too; serve --host makes it listen elsewhere)",
     });
     for (const host of [`127.0.0.1:${port}`, `localhost:${port}`, `app.localhost:${port}`, `[::1]:${port}`, hostname()])
       expect([host, await addressed(host)]).toEqual([host, "HTTP/1.1 200 OK"]);
+  });
+
+  test("--allowed-host: a reverse proxy that passes its own Host on is answered, its page's requests too; no other name is", async () => {
+    const proxied = serve({ allowedHosts: ["Models.Example"] });
+    try {
+      const port = Number(new URL(proxied.url).port);
+      const addressedTo = (host: string) =>
+        fetch(`${proxied.url}/api/tags`, { headers: { Host: host, Origin: `https://${host}` } });
+      for (const host of ["models.example", `models.example:${port}`, "MODELS.EXAMPLE"])
+        expect([host, (await addressedTo(host)).status]).toEqual([host, 200]);
+      for (const host of ["evil.example", "models.example.evil.example", `evil.example:${port}`])
+        expect([host, (await addressedTo(host)).status]).toEqual([host, 403]);
+    } finally {
+      await proxied.stop();
+    }
   });
 
   test("a server listening beyond this machine answers any Host (its clients name it as they reach it)", async () => {

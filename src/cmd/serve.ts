@@ -97,6 +97,11 @@ export default defineCommand({
         "Let requests name a model by its path on this machine (default: only when --host is loopback; --no-model-paths: never)",
     },
     cors: repeatable({ type: "string", description: "Allow this browser origin (repeatable; '*' for any)" }),
+    "allowed-host": repeatable({
+      type: "string",
+      description:
+        "On loopback, also answer requests addressed to this host name (a reverse proxy that passes its own Host on; repeatable)",
+    }),
     "keep-alive": {
       type: "string",
       description: "How long an idle model stays loaded: 5m, 1h, 30s, 0, -1 (forever)",
@@ -164,6 +169,7 @@ export default defineCommand({
         defaultModel: args.model,
         apiKey: args["api-key"] ?? process.env.MLX_API_KEY,
         corsOrigins: list(args.cors),
+        allowedHosts: list(args["allowed-host"]),
         requestPaths: args["model-paths"],
         keepAliveMs,
         maxQueue: positiveInteger("max-queue", args["max-queue"]),

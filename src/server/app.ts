@@ -151,6 +151,7 @@ export function createState(o: ServerOptions = {}): ServerState {
       apiKey: o.apiKey || undefined,
       corsOrigins: o.corsOrigins ?? [],
       loopbackOnly: isLoopback(o.host ?? DEFAULT_HOST),
+      allowedHosts: (o.allowedHosts ?? []).map((name) => name.toLowerCase()),
       maxBodyBytes: o.maxBodyBytes ?? 4 * 1024 * 1024,
       // A timer fires at once past its longest delay: a longer timeout is that long.
       requestTimeoutMs: Math.min(o.requestTimeoutMs ?? 600_000, MAX_TIMER_MS),
@@ -221,7 +222,9 @@ export function createApp(s: ServerState): Hono {
     app.use("*", async (c, next) => {
       const host = c.req.header("host");
       if (host === undefined || isLocalHost(host)) return next();
-      throw hostNotAllowed(host);
+      const name = hostName(host);
+      if (name !== undefined && s.config.allowedHosts.includes(name)) return next();
+      throw hostNotAllowed(host, name ?? host);
     });
 
   // 3. CORS, only for the origins given.
@@ -311,13 +314,17 @@ export function createApp(s: ServerState): Hono {
 
 /** A Host header naming this machine: a loopback address or localhost (and its subdomains), or its own name. */
 function isLocalHost(host: string): boolean {
-  let name: string;
+  const name = hostName(host);
+  return name !== undefined && (isLoopback(name) || name.endsWith(".localhost") || name === hostname().toLowerCase());
+}
+
+/** A Host header's name, lower case and without its port (undefined when it is not a host). */
+function hostName(host: string): string | undefined {
   try {
-    name = new URL(`http://${host}`).hostname;
+    return new URL(`http://${host}`).hostname;
   } catch {
-    return false;
+    return undefined;
   }
-  return isLoopback(name) || name.endsWith(".localhost") || name === hostname().toLowerCase();
 }
 
 const corsAllows = (allowed: string[], origin: string) => allowed.includes("*") || allowed.includes(origin);

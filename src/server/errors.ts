@@ -66,10 +66,10 @@ export const unauthorized = () =>
     "invalid_api_key",
   );
 /** A request to a loopback server that names another host: a page on a domain rebound to 127.0.0.1. */
-export const hostNotAllowed = (host: string) =>
+export const hostNotAllowed = (host: string, name: string) =>
   new ApiError(
     403,
-    `requests addressed to ${host} are refused: this server listens on loopback and answers requests to this machine (serve --host makes it listen elsewhere)`,
+    `requests addressed to ${host} are refused: this server listens on loopback and answers requests to this machine (serve --allowed-host ${name} answers them too; serve --host makes it listen elsewhere)`,
     "permission_error",
     null,
     "host_not_allowed",

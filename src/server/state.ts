@@ -10,6 +10,8 @@ export interface ServerConfig {
   corsOrigins: string[];
   /** Whether the server listens on loopback only: then only requests addressed to this machine by name are answered. */
   loopbackOnly: boolean;
+  /** Host names a loopback server answers besides this machine's (a reverse proxy that passes its own Host on). */
+  allowedHosts: string[];
   maxBodyBytes: number;
   requestTimeoutMs: number;
   /** The model a request that names none gets (the one given to `mlx serve -m`). */
