@@ -2,7 +2,7 @@
 // --json, --csv, -n, several -m with a broken one, the prompt suite with regex and schema
 // expectations, bad prompt and schema files, and --plot.
 import { beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { writeTinyModel } from "./helpers/tiny-model";
@@ -149,6 +149,27 @@ describe("mlx bench: model mode", () => {
     const marker = join(root, "home", "in-use", "tiny", String(proc.pid));
     await interruptWhileInUse(proc, marker);
   }, 30_000);
+
+  test("Ctrl-C inside one long test (a million tokens to generate): exit 130 at once, not after the test", async () => {
+    const long = join(root, "tiny-long");
+    writeTinyModel(long, { contextLength: 2_000_000 });
+    expect((await run(["pull", long])).code).toBe(0);
+    const proc = Bun.spawn(
+      [process.execPath, mainScript, "bench", "-m", "tiny-long", "-n", "1", "-p", "0", "-g", "1000000"],
+      {
+        stdout: "pipe",
+        stderr: "pipe",
+        env: { ...process.env, MLX_HOME: join(root, "home") },
+      },
+    );
+    const marker = join(root, "home", "in-use", "tiny-long", String(proc.pid));
+    for (const deadline = Date.now() + 20_000; !existsSync(marker) && Date.now() < deadline; ) await Bun.sleep(10);
+    await Bun.sleep(1500); // past the warm-up, into the test
+    proc.kill("SIGINT");
+    const ended = await Promise.race([proc.exited, Bun.sleep(10_000).then(() => "still running")]);
+    proc.kill("SIGKILL");
+    expect(ended).toBe(130);
+  }, 60_000);
 
   test("--plot writes a well-formed SVG with one bar and one error bar per model and test", async () => {
     const svg = join(root, "models.svg");

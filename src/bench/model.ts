@@ -6,7 +6,7 @@
 import type { LoadedModel } from "../models/load";
 import { readGGUFHeader } from "../models/gguf-header";
 import { modelBytes, readLayout } from "../models/layout";
-import { generateTokens } from "../engine/batch";
+import { generateSteps, type SequenceEvent } from "../engine/batch";
 import { memoryFigures, resetPeakMemory } from "../engine/device";
 import { defaultSampling, type SamplingParams } from "../engine/sampling";
 import { acceptanceRate, speculationOptions } from "../engine/speculative";
@@ -134,19 +134,34 @@ export function quantizationOf(lm: LoadedModel): string {
   return text;
 }
 
-/** The model's token loop with its KV cache settings and speculative decoding, as run and serve use them. */
-function tokens(lm: LoadedModel, promptIds: number[], maxTokens: number) {
-  return generateTokens(lm.model, { promptIds, sampling: greedy, maxTokens }, lm.kvQuantization, {
+/** How often the token loop lets the event loop run: a Ctrl-C's handler (it ends the process) waits at most this, or a step. */
+const TURN_EVERY_MS = 100;
+
+/**
+ * The model's token loop with its KV cache settings and speculative decoding, as run and serve
+ * use them. Between steps (a long prompt's prefill is several), at most every TURN_EVERY_MS, it
+ * gives the event loop a turn: the loop itself never returns to it, so Ctrl-C would otherwise
+ * wait for the whole test.
+ */
+async function* tokens(lm: LoadedModel, promptIds: number[], maxTokens: number): AsyncGenerator<SequenceEvent> {
+  let lastTurn = performance.now();
+  const steps = generateSteps(lm.model, { promptIds, sampling: greedy, maxTokens }, lm.kvQuantization, {
     speculation: speculationOptions(lm),
     maxKvSize: lm.maxKvSize,
   });
+  for (const events of steps) {
+    yield* events;
+    if (performance.now() - lastTurn < TURN_EVERY_MS) continue;
+    await new Promise((resolve) => setImmediate(resolve));
+    lastTurn = performance.now();
+  }
 }
 
 /** Prefills `prompt` on a fresh cache; seconds to the first generated token. */
-export function promptTest(lm: LoadedModel, prompt: number[]): { seconds: number; peakBytes: number } {
+async function promptTest(lm: LoadedModel, prompt: number[]): Promise<{ seconds: number; peakBytes: number }> {
   resetPeakMemory();
   const start = performance.now();
-  for (const _ of tokens(lm, prompt, 1));
+  for await (const _ of tokens(lm, prompt, 1));
   return { seconds: (performance.now() - start) / 1000, peakBytes: memoryFigures().peak };
 }
 
@@ -156,11 +171,11 @@ export function promptTest(lm: LoadedModel, prompt: number[]): { seconds: number
  * first token sampled before the clock starts, so that `count` decode steps at that depth are
  * timed. Seconds for them, and the draft tokens proposed and kept when the model speculates.
  */
-export function generationTest(
+async function generationTest(
   lm: LoadedModel,
   context: number[],
   count: number,
-): { seconds: number; tokens: number; peakBytes: number; drafted: number; accepted: number } {
+): Promise<{ seconds: number; tokens: number; peakBytes: number; drafted: number; accepted: number }> {
   resetPeakMemory();
   const untimed = context.length > 1 ? 1 : 0;
   let start = performance.now();
@@ -168,7 +183,7 @@ export function generationTest(
   let n = 0;
   let drafted = 0;
   let accepted = 0;
-  for (const event of tokens(lm, context, count + untimed)) {
+  for await (const event of tokens(lm, context, count + untimed)) {
     if (++seen <= untimed) {
       start = performance.now();
       continue;
@@ -195,8 +210,8 @@ export async function benchLoadedModel(lm: LoadedModel, name: string, o: ModelBe
   const genContext = syntheticPrompt(lm, Math.max(1, o.depth));
 
   say(`${name}: warm-up`);
-  if (prompt.length > 0) promptTest(lm, prompt.slice(0, Math.min(prompt.length, 32)));
-  if (o.genTokens > 0) generationTest(lm, genContext, Math.min(o.genTokens, 4));
+  if (prompt.length > 0) await promptTest(lm, prompt.slice(0, Math.min(prompt.length, 32)));
+  if (o.genTokens > 0) await generationTest(lm, genContext, Math.min(o.genTokens, 4));
 
   const pp: number[] = [];
   const ttft: number[] = [];
@@ -205,10 +220,8 @@ export async function benchLoadedModel(lm: LoadedModel, name: string, o: ModelBe
   let tgPeak = 0;
   const drafts = { drafted: 0, accepted: 0 };
   for (let i = 1; i <= o.repetitions; i++) {
-    // The tests run without a pause: here a Ctrl-C's handler gets its turn (it ends the process).
-    await new Promise((resolve) => setImmediate(resolve));
     if (prompt.length > 0) {
-      const r = promptTest(lm, prompt);
+      const r = await promptTest(lm, prompt);
       pp.push(prompt.length / r.seconds);
       ttft.push(r.seconds);
       ppPeak = Math.max(ppPeak, r.peakBytes);
@@ -217,7 +230,7 @@ export async function benchLoadedModel(lm: LoadedModel, name: string, o: ModelBe
       );
     }
     if (o.genTokens > 0) {
-      const r = generationTest(lm, genContext, o.genTokens);
+      const r = await generationTest(lm, genContext, o.genTokens);
       tg.push(r.tokens / r.seconds);
       tgPeak = Math.max(tgPeak, r.peakBytes);
       drafts.drafted += r.drafted;

@@ -862,10 +862,20 @@ export function* generateTokens(
   kvQuantization?: KvQuantization,
   options: Pick<BatchOptions, "speculation" | "maxKvSize"> = {},
 ): Generator<SequenceEvent> {
+  for (const events of generateSteps(model, request, kvQuantization, options)) yield* events;
+}
+
+/** generateTokens step by step: each step's events, none for a chunk of the prompt's prefill. */
+export function* generateSteps(
+  model: DecoderModel,
+  request: SequenceRequest,
+  kvQuantization?: KvQuantization,
+  options: Pick<BatchOptions, "speculation" | "maxKvSize"> = {},
+): Generator<SequenceEvent[]> {
   const generator = new BatchGenerator(model, { maxBatch: 1, prefillChunk: 2048, kvQuantization, ...options });
   try {
     generator.add("0", request);
-    while (!generator.idle) yield* generator.step();
+    while (!generator.idle) yield generator.step();
   } finally {
     generator.dispose();
   }
