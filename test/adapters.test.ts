@@ -47,6 +47,8 @@ beforeAll(() => {
 });
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
+const maxDifference = (a: number[], b: number[]) => Math.max(...a.map((x, i) => Math.abs(x - b[i]!)));
+
 describe("mlx run with adapters", () => {
   const mlx = cliRunner(home);
   const ids = async (args: string[]) => {
@@ -107,6 +109,20 @@ describe("mlx run with adapters", () => {
     expect(renamed.stderr).toContain(
       "the same base and adapter were fused before, as tiny-fused: use that name (tiny-fused-again was not stored)",
     );
+  }, 60_000);
+
+  test("mlx embed of a base-plus-adapter alias embeds with the adapter: the fused model's vectors", async () => {
+    const vectors = async (name: string) => {
+      const r = await mlx(["embed", "-m", name, "Once upon a time"]);
+      expect(r).toMatchObject({ code: 0, stderr: "" });
+      return JSON.parse(r.stdout) as number[];
+    };
+    const fused = await mlx(["fuse", "tiny", "--adapter", adapterA, "tiny-fused"]);
+    expect(fused.code).toBe(0);
+    const tuned = await vectors("tiny-tuned");
+    // Before, the adapter was left out: the base model's vector.
+    expect(maxDifference(tuned, await vectors("tiny"))).toBeGreaterThan(0.1);
+    expect(maxDifference(tuned, await vectors(fused.stdout.trim()))).toBeLessThan(1e-4);
   }, 60_000);
 
   test("a bad adapter is one line and a non-zero exit", async () => {
@@ -269,6 +285,21 @@ describe("mlx serve with adapters", () => {
     const tuned = await generate("tuned-a");
     expect(tuned).not.toBe(await generate(model));
     expect(await generate("tuned-a:latest")).toBe(tuned);
+  }, 120_000);
+
+  test("embeddings of an adapter's name are the adapter's, on OpenAI's and Ollama's routes, as mlx embed gives them", async () => {
+    const input = "Once upon a time";
+    const openai = async (name: string) =>
+      (await client.embeddings.create({ model: name, input, encoding_format: "float" })).data[0]!.embedding;
+    const tuned = await openai("tuned-a");
+    // Before, every adapter's name embedded as its base.
+    expect(maxDifference(tuned, await openai(model))).toBeGreaterThan(0.1);
+    expect(maxDifference(tuned, await openai("tuned-b"))).toBeGreaterThan(0.1);
+    const ollama = new Ollama({ host: server.url });
+    expect(maxDifference(tuned, (await ollama.embed({ model: "tuned-a", input })).embeddings[0]!)).toBeLessThan(1e-6);
+    const cli = await cliRunner(home)(["embed", "-m", "tiny-tuned", input]);
+    expect(cli.code).toBe(0);
+    expect(maxDifference(tuned, JSON.parse(cli.stdout))).toBeLessThan(1e-6);
   }, 120_000);
 
   test("a bfloat16 adapter batched with the base: each answer is its solo answer", async () => {

@@ -9,6 +9,7 @@ import { nextTurn } from "../event-loop";
 import { ContextLengthError, InvalidParameterError } from "../errors";
 import { cacheState, freeCaches, hiddenStates, makeCaches } from "../models";
 import type { LoadedModel } from "../models/load";
+import type { Adapter } from "../models/lora";
 import { modelPooling, type Pooling } from "../models/pooling";
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
@@ -30,6 +31,8 @@ export interface EmbedOptions {
   signal?: AbortSignal;
   /** Positions per pass, the server's current prefill chunk: the answers being generated go on between two. */
   chunk?: number;
+  /** The LoRA/DoRA adapter the model name stands for (default: the model's own, as a generation's). */
+  adapter?: Adapter;
 }
 
 /** The embedding's request was cancelled before its vectors were done. */
@@ -110,6 +113,12 @@ async function pooledHidden(lm: LoadedModel, ids: number[], pooling: Pooling, o:
   // Split across processes: the other ranks' layers run too, and their hidden states come back.
   lm.model.remote?.wholePass(caches);
   const chunk = lm.model.remote ? ids.length : (o.chunk ?? DEFAULT_PREFILL_CHUNK);
+  // A name that stands for a base plus an adapter embeds with the adapter, as it generates.
+  const adapter = o.adapter ?? lm.adapter;
+  const forward = (tokens: MxArray) => {
+    const pass = () => hiddenStates(lm.model, tokens, caches);
+    return adapter ? adapter.base.run([adapter], pass) : pass();
+  };
   let pooled: MxArray | undefined;
   try {
     for (let start = 0; start < ids.length; start += chunk) {
@@ -119,10 +128,7 @@ async function pooledHidden(lm: LoadedModel, ids: number[], pooling: Pooling, o:
       stopIfCancelled(o.signal);
       const part = ids.slice(start, start + chunk);
       const next = mx.scope(() => {
-        const h = mx.astype(
-          hiddenStates(lm.model, mx.array(Int32Array.from(part), [1, part.length]), caches),
-          mx.Dtype.float32,
-        );
+        const h = mx.astype(forward(mx.array(Int32Array.from(part), [1, part.length])), mx.Dtype.float32);
         const [, length, width] = h.shape as [number, number, number];
         const at = (position: number) =>
           mx.reshape(mx.slice(h, [0, position, 0], [1, position + 1, width]), [1, width]);

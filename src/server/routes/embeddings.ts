@@ -71,6 +71,7 @@ async function embedWith(
       context: req.context,
       param: req.param,
       signal: deadline.controller.signal,
+      adapter: lease.adapter,
       // A long input holds up the model's streams no longer than a prefill would (--prefill-chunk, or the tuner's).
       chunk: lease.entry.scheduler.limits.prefillChunk,
     });
