@@ -17,6 +17,8 @@ import type { GenerationSpec, PromptInput } from "./engine/request";
 import { defaultSampling, validateSampling, type SamplingParams } from "./engine/sampling";
 import { Scheduler } from "./engine/scheduler";
 import { loadModel, type LoadedModel } from "./models/load";
+import { loadAdapter } from "./models/lora";
+import { aliasAdapter } from "./store/aliases";
 import type { DownloadProgress } from "./store/download";
 import { resolveModelPath } from "./store/resolve";
 import { InvalidParameterError } from "./errors";
@@ -26,6 +28,7 @@ export type { CompletionResult as Completion, CompletionStats } from "./engine/g
 export type { FinishReason } from "./engine/scheduler";
 export type { JsonFormat } from "./engine/grammar";
 export {
+  AdapterError,
   ContextLengthError,
   InvalidParameterError,
   ModelNotFoundError,
@@ -115,7 +118,17 @@ export async function load(name?: string, options: LoadOptions = {}): Promise<Mo
   if (!(Number.isInteger(maxBatch) && maxBatch > 0))
     throw new InvalidParameterError(`maxBatch must be a whole number > 0 (got ${maxBatch})`, "maxBatch");
   const path = await resolveModelPath(name, { onProgress: options.onProgress ?? (() => {}) });
-  const model = new Model(loadModel(path), maxBatch);
+  const lm = loadModel(path);
+  // An alias of a base plus an adapter (models.toml) is that model everywhere, as in `mlx run -m`.
+  const adapter = aliasAdapter(name);
+  if (adapter)
+    try {
+      lm.adapter = loadAdapter(adapter, lm.weights.lora);
+    } catch (error) {
+      lm.free();
+      throw error;
+    }
+  const model = new Model(lm, maxBatch);
   waitForMlxAtExit();
   return model;
 }

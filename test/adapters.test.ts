@@ -7,6 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Ollama } from "ollama";
 import OpenAI from "openai";
+import { load } from "../src/index";
 import * as mx from "../src/mlx";
 import type { RunningServer } from "../src/server/app";
 import { cliRunner, mainScript } from "./helpers/cli";
@@ -123,6 +124,27 @@ describe("mlx run with adapters", () => {
     // Before, the adapter was left out: the base model's vector.
     expect(maxDifference(tuned, await vectors("tiny"))).toBeGreaterThan(0.1);
     expect(maxDifference(tuned, await vectors(fused.stdout.trim()))).toBeLessThan(1e-4);
+  }, 60_000);
+
+  test("the library's load() of a base-plus-adapter alias answers and embeds with the adapter, as mlx run does", async () => {
+    const answer = await ids(["-m", "tiny-tuned"]);
+    const embedded = await mlx(["embed", "-m", "tiny-tuned", "Once upon a time"]);
+    const storeBefore = process.env.MLX_HOME;
+    process.env.MLX_HOME = home;
+    try {
+      const tuned = await load("tiny-tuned");
+      try {
+        const r = await tuned.generate("Once upon a time", { raw: true, maxTokens: 12, temperature: 0 });
+        // Before, the alias's adapter was left out: the base model's answer and vector.
+        expect(r.tokenIds).toEqual(answer);
+        const [vector] = await tuned.embed(["Once upon a time"]);
+        expect(maxDifference(vector!, JSON.parse(embedded.stdout))).toBeLessThan(1e-6);
+      } finally {
+        tuned.close();
+      }
+    } finally {
+      process.env.MLX_HOME = storeBefore;
+    }
   }, 60_000);
 
   test("a bad adapter is one line and a non-zero exit", async () => {
