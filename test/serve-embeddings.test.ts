@@ -206,6 +206,30 @@ describe("Ollama /api/embed and /api/embeddings", () => {
   });
 });
 
+describe("a sentence-transformers module past the pooling (Dense)", () => {
+  test("is refused naming it, on the server (a 400, and it keeps serving) and in mlx embed, not left out", async () => {
+    const denseModel = join(home, "..", "tiny-dense");
+    cpSync(meanModel, denseModel, { recursive: true });
+    writeFileSync(
+      join(denseModel, "modules.json"),
+      JSON.stringify([
+        { idx: 0, name: "0", path: "", type: "sentence_transformers.models.Transformer" },
+        { idx: 1, name: "1", path: "1_Pooling", type: "sentence_transformers.models.Pooling" },
+        { idx: 2, name: "2", path: "2_Dense", type: "sentence_transformers.models.Dense" },
+        { idx: 3, name: "3", path: "3_Normalize", type: "sentence_transformers.models.Normalize" },
+      ]),
+    );
+    const expected = `${denseModel}: modules.json has a sentence_transformers.models.Dense module ('2_Dense'), which embeddings here do not apply (only the model, its pooling and normalisation)`;
+    // Before, the vector was the pooled hidden state, of another size than the model's embeddings.
+    const r = await post(`${server.url}/v1/embeddings`, { model: denseModel, input: "Hello" });
+    expect(r.status).toBe(400);
+    expect(r.json.error).toMatchObject({ message: expected, param: "model" });
+    expect((await openai.embeddings.create({ model, input: "Hello" })).data).toHaveLength(1);
+    const cli = await cliRunner(home)(["embed", "-m", denseModel, "Hello"]);
+    expect(cli).toMatchObject({ code: 1, stdout: "", stderr: `error: ${expected}\n` });
+  });
+});
+
 describe("the request timeout", () => {
   test("bounds an embedding request as it bounds a generation: a 504 once it passes, on both routes", async () => {
     // The model loaded first; then 2,048 inputs, a pass each, take far longer than 200 ms.

@@ -3,6 +3,7 @@
 // model is pooled on its last token, as decoder embedding models (Qwen3-Embedding, e5-mistral) are.
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
+import { UnsupportedError } from "../errors";
 import { ModelLoadError } from "./load";
 
 export type Pooling = "last" | "mean" | "cls" | "max";
@@ -14,11 +15,24 @@ const POOLING_MODES: [string, Pooling][] = [
   ["pooling_mode_max_tokens", "max"],
 ];
 
+/** The sentence-transformers modules an embedding here applies: the model itself, its pooling, L2 normalisation (always). */
+const APPLIED_MODULES = ["models.Transformer", "models.Pooling", "models.Normalize"];
+
 /** The pooling of the model at `path` (a directory or a GGUF file). */
 export function modelPooling(path: string): Pooling {
   const modulesPath = join(path, "modules.json");
   if (!statSync(path).isDirectory() || !existsSync(modulesPath)) return "last";
   const modules = readJsonFile(modulesPath);
+  // A module past the pooling that changes the vector (Dense, LayerNorm, ...) is not applied here:
+  // refused, rather than giving the pooled vector as if it were the model's embedding.
+  const unapplied = Array.isArray(modules)
+    ? modules.find((m) => typeof m?.type === "string" && !APPLIED_MODULES.some((kind) => m.type.endsWith(kind)))
+    : undefined;
+  if (unapplied)
+    throw new UnsupportedError(
+      `${path}: modules.json has a ${unapplied.type} module ('${unapplied.path ?? unapplied.name}'), which embeddings here do not apply (only the model, its pooling and normalisation)`,
+      "model",
+    );
   const pooling = Array.isArray(modules)
     ? modules.find((m) => typeof m?.type === "string" && m.type.endsWith("models.Pooling"))
     : undefined;
