@@ -153,6 +153,17 @@ describe("mlx run with adapters", () => {
     expect(missing.stderr.trim()).toBe(`error: adapter directory not found: ${join(root, "nope")}`);
     const unfused = await mlx(["fuse", "tiny", "--adapter", join(root, "nope"), "never"]);
     expect(unfused).toMatchObject({ code: 1, stderr: `error: adapter directory not found: ${join(root, "nope")}\n` });
+    // The adapter's file given for its directory (as PEFT's tools take it) is said to be one, not "not found".
+    const weightsFile = join(adapterA, "adapters.safetensors");
+    const fileError = `error: ${weightsFile} is a file, not an adapter directory: give the directory that holds adapter_config.json and adapters.safetensors\n`;
+    expect(await mlx(["run", "-m", "tiny", "--adapter", weightsFile, "hi"])).toMatchObject({
+      code: 1,
+      stderr: fileError,
+    });
+    expect(await mlx(["fuse", "tiny", "--adapter", weightsFile, "never"])).toMatchObject({
+      code: 1,
+      stderr: fileError,
+    });
     // An adapter for other shapes: the layer and both shapes are named.
     const wrong = join(root, "wrong");
     writeRandomAdapter(wrong, { layers: { "model.layers.0.self_attn.q_proj": [32, 64] } });

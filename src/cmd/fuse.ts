@@ -2,8 +2,8 @@
 // weights (re-quantized as the base was), stored as a model of its own that runs without the
 // adapter; a second fuse of the same base and adapter is a lookup.
 import { defineCommand } from "citty";
-import { statSync } from "node:fs";
 import { basename, resolve } from "node:path";
+import { readAdapterDirectory } from "../models/lora";
 import { fusedModel, refuseTakenName } from "../store/derived";
 import { resolveModelPath } from "../store/resolve";
 import { fail, log, setVerbose } from "./log";
@@ -26,9 +26,8 @@ export default defineCommand({
     try {
       const adapter = adapterFrom(args, args.model);
       if (!adapter) throw new Error("give the adapter to fuse with --adapter DIR");
-      // Checked before the base is pulled or hashed; the message is run --adapter's.
-      if (!statSync(adapter, { throwIfNoEntry: false })?.isDirectory())
-        throw new Error(`adapter directory not found: ${adapter}`);
+      // Checked before the base is pulled or hashed, as run --adapter checks it.
+      readAdapterDirectory(adapter);
       const base = await resolveModelPath(args.model);
       const name = args.name ?? `${basename(args.model).replace(/\.gguf$/, "")}-${basename(resolve(adapter))}`;
       if (!/^[\w.-]+$/.test(name)) throw new Error(`'${name}' is not a model name (letters, digits, '.', '_', '-')`);

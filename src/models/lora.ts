@@ -261,7 +261,11 @@ function buildStack(adapters: Adapter[], prefix: string, layer: AdaptableLayer):
  * adapter_config.json, and that its adapters.safetensors is there (serve checks this at start).
  */
 export function readAdapterDirectory(dir: string): { kind: AdapterKind; scale: number; file: string } {
-  if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new AdapterError(`adapter directory not found: ${dir}`);
+  if (!existsSync(dir)) throw new AdapterError(`adapter directory not found: ${dir}`);
+  if (!statSync(dir).isDirectory())
+    throw new AdapterError(
+      `${dir} is a file, not an adapter directory: give the directory that holds adapter_config.json and adapters.safetensors`,
+    );
   const config = readConfig(dir);
   const file = join(dir, "adapters.safetensors");
   if (!existsSync(file)) throw new AdapterError(`${dir} has no adapters.safetensors`);
