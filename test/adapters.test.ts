@@ -196,6 +196,18 @@ describe("mlx run with adapters", () => {
     expect(expertsRun.stderr).toMatch(
       /^error: \S+experts\/adapters\.safetensors: 'model\.layers\.1\.mlp\.switch_mlp\.gate_proj\.lora_[ab]' adapts a mixture-of-experts layer's experts \(mlx-lm's LoRASwitchLinear\), which is not supported yet: train it with lora_parameters\.keys leaving the experts out\n$/,
     );
+    // A Hugging Face PEFT adapter is named as one, not as an mlx-lm config without lora_parameters.scale.
+    const peft = join(root, "peft");
+    mkdirSync(peft, { recursive: true });
+    cpSync(join(adapterA, "adapters.safetensors"), join(peft, "adapter_model.safetensors"));
+    writeFileSync(
+      join(peft, "adapter_config.json"),
+      JSON.stringify({ peft_type: "LORA", r: 4, lora_alpha: 8, target_modules: ["q_proj", "v_proj"] }),
+    );
+    expect(await mlx(["run", "-m", "tiny", "--adapter", peft, "hi"])).toMatchObject({
+      code: 1,
+      stderr: `error: ${join(peft, "adapter_config.json")} is a Hugging Face PEFT adapter (peft_type "LORA"); adapters here are mlx-lm's (mlx_lm.lora's output): merge it into its base with PEFT's merge_and_unload and load the result as a model\n`,
+    });
     const both = await mlx(["run", "-m", "tiny-tuned", "--adapter", adapterB, "hi"]);
     expect(both.stderr).toContain("already has an adapter");
     const notObject = join(root, "not-object");

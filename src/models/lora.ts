@@ -284,6 +284,12 @@ function readConfig(dir: string): { kind: AdapterKind; scale: number } {
   }
   if (!config || typeof config !== "object" || Array.isArray(config))
     throw new AdapterError(`${file} is not a JSON object (expected mlx-lm's adapter_config.json)`);
+  // Hugging Face PEFT's adapters (adapter_model.safetensors, lora_A/lora_B transposed, scale from
+  // lora_alpha) are another format: named as such, not as an mlx-lm config lacking its scale.
+  if (config.peft_type !== undefined)
+    throw new AdapterError(
+      `${file} is a Hugging Face PEFT adapter (peft_type ${JSON.stringify(config.peft_type)}); adapters here are mlx-lm's (mlx_lm.lora's output): merge it into its base with PEFT's merge_and_unload and load the result as a model`,
+    );
   // mlx-lm before fine_tune_type (0.18 and older) wrote DoRA as use_dora: true.
   const type = config.fine_tune_type ?? (config.use_dora === true ? "dora" : "lora");
   // mlx-lm's full fine-tune saves the trained layers' whole weights there, not a model directory.
