@@ -38,6 +38,18 @@ afterAll(() => {
   otherTiny.free();
 });
 
+/** The tiny model with its token 300 renamed: a vocabulary the tiny model cannot draft for. Returns that id. */
+function writeRenamedTokenModel(dir: string): number {
+  writeTinyModel(dir);
+  const file = join(dir, "tokenizer.json");
+  const tokenizer = JSON.parse(readFileSync(file, "utf8"));
+  const [word, id] = Object.entries(tokenizer.model.vocab as Record<string, number>).find(([, i]) => i === 300)!;
+  delete tokenizer.model.vocab[word];
+  tokenizer.model.vocab[`${word}_renamed`] = id;
+  writeFileSync(file, JSON.stringify(tokenizer));
+  return id;
+}
+
 // Repeats, so prompt lookup finds drafts in it (random weights also repeat themselves).
 const prompt = [1, 5, 9, 12, 5, 9, 33, 44, 5, 9, 12, 7, 8, 5, 9];
 
@@ -454,6 +466,41 @@ describe("requests", () => {
     }
   });
 
+  test("serve --draft-model: another model it cannot draft for is served without speculation; the server's own model speculates, and refuses a draft it cannot use", async () => {
+    // Before: every request for the other model failed ("cannot draft for this model").
+    const model = join(root, "tiny");
+    const other = join(root, "odd-served");
+    writeRenamedTokenModel(other);
+    const speculation = { draftModel: model, numDraft: 3 };
+    const plain = serve({ maxLoadedModels: 2 });
+    const server = serve({ defaultModel: model, speculation, maxLoadedModels: 2 });
+    const refusing = serve({ defaultModel: other, speculation });
+    const ask = (url: string, name: string) =>
+      post(`${url}/v1/completions`, { model: name, prompt: "one two one two one two", max_tokens: 12, temperature: 0 });
+    const drafted = async (name: string) => {
+      const metrics = await (await fetch(`${server.url}/metrics`)).text();
+      const line = metrics
+        .split("\n")
+        .find((l) => l.startsWith(`mlx_speculative_drafted_tokens_total{model="${name}"}`));
+      return Number(line?.split(" ").at(-1) ?? 0);
+    };
+    try {
+      for (const name of [other, model]) {
+        const r = await ask(server.url, name);
+        expect([name, r.status]).toEqual([name, 200]);
+        expect(r.json.choices[0].text).toBe((await ask(plain.url, name)).json.choices[0].text);
+      }
+      expect(await drafted(other)).toBe(0);
+      expect(await drafted(model)).toBeGreaterThan(0);
+      // The server's own model (-m) is what --draft-model is for: there a mismatch stays an error.
+      const refused = await ask(refusing.url, other);
+      expect(refused.status).toBe(400);
+      expect(refused.json.error.message).toContain("cannot draft for this model");
+    } finally {
+      await Promise.all([plain.stop(), server.stop(), refusing.stop()]);
+    }
+  });
+
   test("a draft model that cannot be found or loaded is said to be the draft model, not the model asked for", async () => {
     // Before: a server's client got a 404 on `model` naming a model it never asked for.
     const missing = join(root, "no-such-draft");
@@ -513,13 +560,7 @@ describe("requests", () => {
   test("mlx run and chat: a draft model of another vocabulary, or both methods, is a one-line error; counts shown", async () => {
     const mlx = cliRunner(join(root, "home"));
     const odd = join(root, "odd");
-    writeTinyModel(odd);
-    const file = join(odd, "tokenizer.json");
-    const tokenizer = JSON.parse(readFileSync(file, "utf8"));
-    const [word, id] = Object.entries(tokenizer.model.vocab as Record<string, number>).find(([, i]) => i === 300)!;
-    delete tokenizer.model.vocab[word];
-    tokenizer.model.vocab[`${word}_renamed`] = id;
-    writeFileSync(file, JSON.stringify(tokenizer));
+    const id = writeRenamedTokenModel(odd);
     const model = join(root, "tiny");
     const mismatch = await mlx(["run", "-m", model, "--draft-model", odd, "--max-tokens", "3", "Hi"]);
     expect(mismatch.code).not.toBe(0);

@@ -193,7 +193,10 @@ export default defineCommand({
           process.stderr.write(`error: ${e?.message ?? String(error)}\n`);
           if (verbose && e?.stack) process.stderr.write(`${e.stack}\n`);
         },
-        onLoad: (name, path, seconds) => log.info(`loaded ${name} (${path}) in ${seconds.toFixed(2)} s`),
+        onLoad: (name, path, seconds, speculationSkipped) => {
+          log.info(`loaded ${name} (${path}) in ${seconds.toFixed(2)} s`);
+          if (speculationSkipped) log.warn(`${name} decodes without speculation: ${speculationSkipped}`);
+        },
       });
       // Always said, even when stderr is not a terminal: scripts read the bound port from it.
       process.stderr.write(

@@ -46,12 +46,15 @@ export const speculationMaxBatch = 1;
 /**
  * Turns speculation on for `lm` as chosen: a draft model (opened with `open`, freed with `lm`)
  * must share the target's vocabulary, token for token, or its drafts would mean other words.
+ * One that does not is an error; or, with `otherVocabulary: "skip"` (a server's --draft-model,
+ * and a model it serves besides its own), `lm` goes without speculation and the reason is returned.
  */
 export async function attachSpeculation(
   lm: LoadedModel,
   choice: SpeculationChoice | undefined,
   open: (name: string) => Promise<LoadedModel>,
-): Promise<void> {
+  o: { otherVocabulary?: "refuse" | "skip" } = {},
+): Promise<string | undefined> {
   if (!choice) return;
   if (!choice.draftModel) {
     lm.speculation = { numDraft: choice.numDraft };
@@ -61,10 +64,9 @@ export async function attachSpeculation(
   const mismatch = vocabularyMismatch(lm, draft);
   if (mismatch) {
     draft.free();
-    throw new UnsupportedError(
-      `the draft model '${choice.draftModel}' cannot draft for this model: ${mismatch}`,
-      "draft_model",
-    );
+    const reason = `the draft model '${choice.draftModel}' cannot draft for this model: ${mismatch}`;
+    if (o.otherVocabulary === "skip") return reason;
+    throw new UnsupportedError(reason, "draft_model");
   }
   lm.speculation = { draft, numDraft: choice.numDraft };
   const free = lm.free;

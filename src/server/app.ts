@@ -73,7 +73,8 @@ export interface ServerOptions extends Partial<ServerConfig> {
   /** Bound of that directory, in bytes (--prompt-cache-max-gb). */
   promptCacheMaxBytes?: number;
   logError?: (error: unknown) => void;
-  onLoad?: (name: string, path: string, seconds: number) => void;
+  /** A model was loaded; `speculationSkipped` says why the server's draft model does not draft for it, if it does not. */
+  onLoad?: (name: string, path: string, seconds: number, speculationSkipped?: string) => void;
   /** Loads a model in place of loadModel (a rank of a pipeline loads its part). */
   loadModel?: (path: string, settings: LoadSettings) => LoadedModel;
   /** Seconds a kept-alive connection may sit idle between requests (default 60). */
@@ -171,7 +172,7 @@ export function createState(o: ServerOptions = {}): ServerState {
       speculation: o.speculation,
       maxKvSize: o.maxKvSize,
       load: o.loadModel,
-      onLoad: (e) => o.onLoad?.(e.name, e.path, e.loadMs / 1000),
+      onLoad: (e) => o.onLoad?.(e.name, e.path, e.loadMs / 1000, e.speculationSkipped),
       onUnload: (e) => state.metrics.retireModel(e.name, e.scheduler.stats),
     }),
     metrics: undefined!,

@@ -53,6 +53,8 @@ export interface LoadedEntry {
   timer?: ReturnType<typeof setTimeout>;
   /** Adapters of this model loaded so far, by directory. */
   adapters: Map<string, Adapter>;
+  /** Why the server's --draft-model does not draft for this model, if it does not. */
+  speculationSkipped?: string;
 }
 
 export interface Lease {
@@ -325,9 +327,16 @@ export class ModelRegistry {
         }
         lm.kvQuantization = settings.kvQuantization;
         lm.maxKvSize = settings.maxKvSize;
+        let speculationSkipped: string | undefined;
         try {
-          await attachSpeculation(lm, settings.speculation, async (draft) =>
-            loadModel(await resolveModelPath(draft, { onProgress: () => {} })),
+          // The server's --draft-model is for its own model (-m); another model it serves that the
+          // draft cannot draft for goes without speculation rather than failing every request.
+          const serverWide = this.options.speculation !== undefined && key !== this.#pinnedKey;
+          speculationSkipped = await attachSpeculation(
+            lm,
+            settings.speculation,
+            async (draft) => loadModel(await resolveModelPath(draft, { onProgress: () => {} })),
+            { otherVocabulary: serverWide ? "skip" : "refuse" },
           );
         } catch (error) {
           lm.free();
@@ -354,6 +363,7 @@ export class ModelRegistry {
           keepAliveMs: key === this.#pinnedKey ? Infinity : this.options.defaultKeepAliveMs,
           lastUsed: Date.now(),
           adapters: new Map(),
+          speculationSkipped,
         };
         this.#byKey.set(key, entry);
         this.#everLoaded = true;
