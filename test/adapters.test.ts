@@ -12,7 +12,7 @@ import * as mx from "../src/mlx";
 import type { RunningServer } from "../src/server/app";
 import { cliRunner, mainScript } from "./helpers/cli";
 import { lastLayers, writeRandomAdapter } from "./helpers/random-adapter";
-import { serve, tinyModel } from "./helpers/serve";
+import { eventually, post, serve, tinyModel } from "./helpers/serve";
 import { tinyDims, tinyMoE, writeTinyModel } from "./helpers/tiny-model";
 
 const { hidden, heads, kvHeads, headDim, intermediate } = tinyDims;
@@ -277,6 +277,30 @@ test("mlx serve refuses at start an --adapter whose config no request could load
   });
 }, 60_000);
 
+test("mlx serve loads its adapters with its model at start: one whose shapes do not fit is in the log without a request", async () => {
+  const wrong = join(root, "wrong-at-start");
+  writeRandomAdapter(wrong, { layers: { "model.layers.0.self_attn.q_proj": [32, 64] } });
+  const logged: string[] = [];
+  const server = serve({
+    defaultModel: model,
+    adapters: new Map([
+      ["fits", { base: model, dir: adapterA }],
+      ["misfit", { base: model, dir: wrong }],
+    ]),
+    logError: (error) => logged.push((error as Error).message),
+  });
+  try {
+    // Before, nothing was said until a request for it got a 500.
+    await eventually(async () => logged.length > 0, 60_000);
+    expect(logged).toHaveLength(1);
+    expect(logged[0]).toContain("'model.layers.0.self_attn.q_proj' has lora_a [32,4]");
+    const r = await post(`${server.url}/v1/completions`, { model: "fits", prompt: "Hi", max_tokens: 2 });
+    expect(r.status).toBe(200);
+  } finally {
+    await server.stop();
+  }
+}, 90_000);
+
 test("mlx serve refuses an --adapter name that already names a model, which it would hide", async () => {
   for (const name of [model, "tiny-tuned"])
     expect(await serveRefused(["--adapter", `${name}=${adapterB}`])).toEqual({
@@ -319,7 +343,10 @@ describe("mlx serve with adapters", () => {
     expect(server.state.models.loaded).toHaveLength(1);
     const listed = await client.models.list();
     expect(listed.data.map((m) => m.id)).toEqual(expect.arrayContaining(["tuned-a", "tuned-b"]));
-    expect([...server.state.models.loaded[0]!.adapters.keys()].sort()).toEqual([adapterA, adapterB].sort());
+    // Each adapter once, on the one copy of the base (all that it serves: they load with it at start).
+    expect([...server.state.models.loaded[0]!.adapters.keys()].sort()).toEqual(
+      [adapterA, adapterB, adapterHalf].sort(),
+    );
   }, 120_000);
 
   test("an Ollama client's 'name:latest' of an adapter's name is that adapter, not its base", async () => {

@@ -438,10 +438,12 @@ export function startServer(o: ServerOptions = {}): RunningServer {
     maxRequestBodySize: Math.max(UPLOAD_CAP, state.config.maxBodyBytes * 2),
   });
   if (o.defaultModel && !remoteModel(o.defaultModel)) {
-    // Preloaded, and kept as the registry keeps its pinned model (a remote model has nothing to load).
-    state.models
-      .acquire(o.defaultModel)
-      .then((lease) => lease.release())
+    // Preloaded, and kept as the registry keeps its pinned model (a remote model has nothing to load);
+    // then the adapters served on it, so that one that does not fit it is in the log at start,
+    // not only in the 500s of its requests.
+    const preload = async (name: string) => (await state.models.acquire(name)).release();
+    preload(o.defaultModel)
+      .then(() => Promise.all([...(o.adapters?.keys() ?? [])].map((name) => preload(name).catch(state.logError))))
       .catch((error) => state.logError(error));
   }
   const host = server.hostname?.includes(":") ? `[${server.hostname}]` : server.hostname;
