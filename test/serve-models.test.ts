@@ -126,6 +126,20 @@ describe("Ollama model management", () => {
     expect(readManifest("hf:org/other")).toBeUndefined();
   });
 
+  test("copy refuses a path on the server's disk: a request naming it would load the path, never the copy", async () => {
+    await ollama.pull({ model: "hf:org/tiny", stream: false });
+    for (const destination of [local, join(local, "config.json"), `${local}:latest`]) {
+      const error = await ollama.copy({ source: "org/tiny", destination }).catch((e) => e);
+      expect(error.status_code).toBe(400);
+      expect(error.message).toContain("loads the path on the server's disk");
+      expect(readManifest(destination.replace(":latest", ""))).toBeUndefined();
+    }
+    // A name that is no path there is copied as before.
+    await ollama.copy({ source: "org/tiny", destination: join(local, "not-there") });
+    expect(readManifest(join(local, "not-there"))).toBeDefined();
+    await ollama.delete({ model: join(local, "not-there") });
+  });
+
   test("show describes a stored model without using it, and pulls nothing", async () => {
     await ollama.copy({ source: "org/tiny", destination: "shown-copy" });
     const lastUsed = readManifest("shown-copy")!.lastUsedAt;

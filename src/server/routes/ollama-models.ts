@@ -1,5 +1,6 @@
 // Ollama's model management over HTTP: POST /api/pull (NDJSON progress as Ollama streams it, or
 // one object with stream: false), DELETE /api/delete, POST /api/copy; all on the model store.
+import { existsSync } from "node:fs";
 import { Hono } from "hono";
 import { parseModelName, parseOllamaCopy, parseOllamaPull } from "../../api/ollama";
 import { readJson } from "../../api/validate";
@@ -89,7 +90,7 @@ export function ollamaModelRoutes(s: ServerState): Hono {
 
   r.post("/api/copy", async (c) => {
     const { source, destination } = parseOllamaCopy(await readJson(c.req));
-    await copyModel(storedName(source), copyDestination(storedName(destination)));
+    await copyModel(storedName(source), copyDestination(s, storedName(destination)));
     return c.body(null, 200);
   });
   return r;
@@ -107,10 +108,11 @@ const NAME_MAX = 255;
 /**
  * The name a copy may be stored under: not an alias, which a request resolves to the model it
  * names (that model's own stored copy, so a copy there would be replaced on its next use), nor a
- * source, which names where a model comes from; one the store's files can be named after (its
- * manifest is the escaped name plus ".json"), without control characters no one could type.
+ * source, which names where a model comes from, nor a path on the server's disk where requests may
+ * name paths (a request loads what is there, never the copy); one the store's files can be named
+ * after (its manifest is the escaped name plus ".json"), without control characters no one could type.
  */
-function copyDestination(name: string): string {
+function copyDestination(s: ServerState, name: string): string {
   if (/[\u0000-\u001f\u007f]/.test(name))
     throw badRequest("cannot copy to a name with control characters; choose another name", "destination");
   if (`${modelKey(name)}.json`.length > NAME_MAX)
@@ -124,6 +126,11 @@ function copyDestination(name: string): string {
   if (isRemoteSource(name))
     throw badRequest(
       `cannot copy to '${name}': an hf:/pypi: source is not a model name; choose another name`,
+      "destination",
+    );
+  if (s.models.mayBePath(name) && existsSync(name))
+    throw badRequest(
+      `cannot copy to '${name}': a request naming it loads the path on the server's disk; choose another name`,
       "destination",
     );
   return name;
