@@ -812,7 +812,7 @@ describe("operations", () => {
     expect(stats.memory.active).toBeGreaterThan(0);
   });
 
-  test("CORS only for the origins given", async () => {
+  test("CORS only for the origins given (and this machine's pages: serve-security.test.ts)", async () => {
     const plain = await fetch(`${server.url}/v1/models`, { headers: { Origin: "http://evil.example" } });
     expect(plain.headers.get("access-control-allow-origin")).toBeNull();
     const open = serve({ corsOrigins: ["http://app.example"], apiKey: "k" });

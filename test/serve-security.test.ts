@@ -149,6 +149,37 @@ describe("requests from web pages on other sites", () => {
     const client = await post(`${server.url}/api/show`, { model: tinyModel() });
     expect(client.status).toBe(200);
   });
+
+  test("this machine's pages can use the API from a browser, as with Ollama: their preflight and answers carry CORS headers", async () => {
+    const plain = serve({}); // no --cors
+    try {
+      for (const url of [plain.url, server.url]) {
+        const origin = "http://localhost:5173";
+        // What a browser asks before a page's JSON POST (the ollama client's).
+        const preflight = await fetch(`${url}/api/chat`, {
+          method: "OPTIONS",
+          headers: {
+            Origin: origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+          },
+        });
+        expect(preflight.status).toBe(204);
+        expect(preflight.headers.get("access-control-allow-origin")).toBe(origin);
+        expect(preflight.headers.get("access-control-allow-methods")).toContain("POST");
+        expect(preflight.headers.get("access-control-allow-headers")).toContain("content-type");
+        const tags = await fetch(`${url}/api/tags`, { headers: { Origin: origin } });
+        expect(tags.status).toBe(200);
+        expect(tags.headers.get("access-control-allow-origin")).toBe(origin);
+        // A page elsewhere is told nothing it could read.
+        const foreign = await fetch(`${url}/api/tags`, { headers: { Origin: "http://evil.example" } });
+        expect(foreign.status).toBe(403);
+        expect(foreign.headers.get("access-control-allow-origin")).toBeNull();
+      }
+    } finally {
+      await plain.stop();
+    }
+  });
 });
 
 describe("requests addressed to another host (DNS rebinding)", () => {

@@ -228,21 +228,26 @@ export function createApp(s: ServerState): Hono {
       throw hostNotAllowed(host, name ?? host);
     });
 
-  // 3. CORS, only for the origins given.
-  if (s.config.corsOrigins.length > 0) {
-    const allowed = s.config.corsOrigins;
-    app.use(
-      "*",
-      cors({
-        origin: (origin) => (allowed.includes("*") ? "*" : allowed.includes(origin) ? origin : null),
-        // Whatever headers the preflight asks for (as vLLM allows by default): the OpenAI and
-        // Anthropic SDKs in a browser send their own (x-stainless-*, anthropic-dangerous-...).
-        // Our own response headers are readable by the page.
-        exposeHeaders: ["Retry-After", "X-Mlx-Closed-Early"],
-        maxAge: 600,
-      }),
-    );
-  }
+  // 3. CORS for the origins given and, as Ollama's default origins, this machine's pages (3b lets
+  // them through): without it a browser would neither send their JSON requests (the preflight
+  // failed) nor let them read an answer.
+  const allowed = s.config.corsOrigins;
+  app.use(
+    "*",
+    cors({
+      origin: (origin, c) =>
+        allowed.includes("*")
+          ? "*"
+          : allowed.includes(origin) || isLocalOrigin(origin, c.req.header("host"))
+            ? origin
+            : null,
+      // Whatever headers the preflight asks for (as vLLM allows by default): the OpenAI and
+      // Anthropic SDKs in a browser send their own (x-stainless-*, anthropic-dangerous-...).
+      // Our own response headers are readable by the page.
+      exposeHeaders: ["Retry-After", "X-Mlx-Closed-Early"],
+      maxAge: 600,
+    }),
+  );
 
   // 3b. Pages on other sites, unless allowed above: a browser sends their "simple" POSTs
   // (text/plain, which our JSON routes read) without a preflight, so any page the user opens
