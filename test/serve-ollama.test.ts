@@ -325,6 +325,19 @@ describe("Ollama model management", () => {
     expect((show.model_info as unknown as Record<string, number>)["llama.context_length"]).toBe(256);
   });
 
+  test("show, copy, delete and pull refuse a field they do not read (a misspelt 'verbose' is not ignored)", async () => {
+    for (const [method, path, body, field] of [
+      ["POST", "/api/show", { model, verbos: true }, "verbos"],
+      ["POST", "/api/copy", { source: "no-such-model", destination: "x", force: true }, "force"],
+      ["DELETE", "/api/delete", { model: "no-such-model", force: true }, "force"],
+      ["POST", "/api/pull", { model: "no-such-model", stream: false, force: true }, "force"],
+    ] as const) {
+      const r = await fetch(`${server.url}${path}`, { method, body: JSON.stringify(body) });
+      expect([path, r.status]).toEqual([path, 400]);
+      expect(await r.json()).toEqual({ error: `'${field}' is not supported by this server` });
+    }
+  });
+
   test("show reads a model's files: it loads nothing, and verbose lists a GGUF's tensors", async () => {
     await post(`${server.url}/api/generate`, { model, keep_alive: 0 }); // not loaded
     const show = await ollama.show({ model });

@@ -224,9 +224,10 @@ export function parseOllamaGenerate(body: unknown): OllamaRequest {
   };
 }
 
-/** /api/show and friends: `model` (or the older `name`). */
-export function parseModelName(body: unknown): string {
+/** /api/show and friends: `model` (or the older `name`); any field but those and `fields` is a 400 naming it. */
+export function parseModelName(body: unknown, fields: string[] = []): string {
   const f = Fields.of(body);
+  f.onlyKnown(["model", "name", ...fields]);
   const name = f.string("model") || f.string("name");
   if (!name) throw new ValidationError("'model' is required", "model");
   return name;
@@ -234,7 +235,7 @@ export function parseModelName(body: unknown): string {
 
 /** /api/show: the model, and `verbose` (also list its tensors). */
 export function parseOllamaShow(body: unknown): { model: string; verbose: boolean } {
-  return { model: parseModelName(body), verbose: Fields.of(body).boolean("verbose") ?? false };
+  return { model: parseModelName(body, ["verbose"]), verbose: Fields.of(body).boolean("verbose") ?? false };
 }
 
 /**
@@ -272,14 +273,15 @@ export const nanos = (ms: number) => Math.max(0, Math.round(ms * 1e6));
 /** /api/pull: `model` (or `name`) and `stream` (default true); `insecure` is accepted (we check every file's hash anyway). */
 export function parseOllamaPull(body: unknown): { model: string; stream: boolean } {
   const f = Fields.of(body);
-  f.onlyKnown(["model", "name", "stream", "insecure"]);
+  const model = parseModelName(body, ["stream", "insecure"]);
   f.boolean("insecure");
-  return { model: parseModelName(body), stream: f.boolean("stream") ?? true };
+  return { model, stream: f.boolean("stream") ?? true };
 }
 
 /** /api/copy: `source` and `destination`, both model names. */
 export function parseOllamaCopy(body: unknown): { source: string; destination: string } {
   const f = Fields.of(body);
+  f.onlyKnown(["source", "destination"]);
   return {
     source: f.string("source", { required: true, nonEmpty: true })!,
     destination: f.string("destination", { required: true, nonEmpty: true })!,
