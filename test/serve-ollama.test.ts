@@ -12,6 +12,7 @@ import { writeTinyModel } from "./helpers/tiny-model";
 import { readGGUFHeader } from "../src/models/gguf-header";
 import { modelRequest, pullModel } from "../src/store/pull";
 import { readManifest } from "../src/store/manifest";
+import { blobPath } from "../src/store/paths";
 
 let server: RunningServer;
 let ollama: Ollama;
@@ -418,6 +419,20 @@ describe("Ollama model management", () => {
         "success",
       ]);
       expect(parts[1]).toMatchObject({ total: size, completed: size });
+    });
+  });
+
+  test("a stored model whose files are gone: a request says so and how to repair it, not a bare 500", async () => {
+    await withStore(async (root) => {
+      const original = join(root, "damaged-tiny");
+      writeTinyModel(original, { contextLength: 256 });
+      await pullModel(modelRequest(original));
+      for (const file of readManifest("damaged-tiny")!.files) rmSync(blobPath(file.sha256));
+      const r = await post(`${server.url}/api/generate`, { model: "damaged-tiny", prompt: "Hi", stream: false });
+      expect(r.status).toBe(500);
+      expect(r.json.error).toMatch(/^stored model 'damaged-tiny' is damaged: .* run `mlx pull damaged-tiny`/);
+      const chat = await ollama.chat({ model: "damaged-tiny", messages }).catch((e) => e);
+      expect(chat.message).toBe(r.json.error);
     });
   });
 

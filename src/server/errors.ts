@@ -22,6 +22,7 @@ import {
   UnsupportedError,
 } from "../errors";
 import { ModelLoadError } from "../models/load";
+import { StoreDamageError } from "../store/store";
 import { anthropicErrorType } from "../api/anthropic";
 
 export class ApiError extends Error {
@@ -120,6 +121,9 @@ export function toApiError(error: unknown, onInternal?: (error: unknown) => void
     return new ApiError(500, error.message.split("\n")[0]!, "server_error", "model", "adapter_load_failed");
   if (error instanceof ModelLoadError)
     return new ApiError(500, error.message.split("\n")[0]!, "server_error", "model", "model_load_failed");
+  // The store's files, not the request, are at fault: the message names the model and its repair.
+  if (error instanceof StoreDamageError)
+    return new ApiError(500, error.message, "server_error", "model", "model_damaged");
   onInternal?.(error);
   return new ApiError(500, "internal server error", "server_error", null, "internal_error");
 }
