@@ -403,6 +403,22 @@ describe("Ollama model management", () => {
     });
   });
 
+  test("tags and ps give a stored model's parameter size as show does, loaded or not (clients show it in their model lists)", async () => {
+    await withStore(async (root) => {
+      const original = join(root, "sized-tiny");
+      writeTinyModel(original, { contextLength: 256 });
+      await pullModel(modelRequest(original));
+      const shown = (await ollama.show({ model: "sized-tiny" })).details.parameter_size;
+      expect(shown).not.toBe("");
+      const listed = async () => (await ollama.list()).models.find((m) => m.name === "sized-tiny")!.details;
+      expect((await listed()).parameter_size).toBe(shown);
+      await ollama.generate({ model: "sized-tiny", prompt: "", keep_alive: -1 });
+      expect((await listed()).parameter_size).toBe(shown);
+      expect((await ollama.ps()).models.find((m) => m.name === "sized-tiny")!.details.parameter_size).toBe(shown);
+      await ollama.generate({ model: "sized-tiny", prompt: "", keep_alive: 0 });
+    });
+  });
+
   test("pulling a model stored already streams its size, complete, before success (as Ollama does for the layers it has)", async () => {
     await withStore(async (root) => {
       const original = join(root, "stored-tiny");

@@ -53,15 +53,19 @@ export function ollamaRoutes(s: ServerState): Hono {
     const models = [];
     const stored = await s.models.stored();
     const byPath = storedByPath(stored);
+    const pathOf = new Map([...byPath].map(([path, m]) => [m, path]));
     for (const m of stored) {
       const loaded = s.models.loaded.find((e) => byPath.get(e.path) === m);
+      const path = pathOf.get(m);
       models.push({
         name: m.name,
         model: m.name,
         modified_at: m.lastUsedAt ?? m.createdAt,
         size: m.totalBytes,
         digest: storedDigest(m),
-        details: loaded ? details(loaded, m) : ollamaDetails(m.format, m.architecture, "", m.quantization),
+        details: loaded
+          ? details(loaded, m)
+          : ollamaDetails(m.format, m.architecture, path ? parameterSize(path) : "", m.quantization),
       });
     }
     // A loaded model is listed apart only when its files are not a stored model's ("m:latest" is "m").
@@ -181,7 +185,7 @@ function details(e: LoadedEntry, stored?: IndexEntry) {
   return ollamaDetails(
     e.lm.format,
     stored?.architecture ?? e.lm.config.modelType,
-    formatCount(parameterCount(e.lm.config)),
+    parameterSize(e.path),
     stored?.quantization ?? (q ? `${q.bits}-bit` : ""),
   );
 }
@@ -208,6 +212,30 @@ function parameterCount(c: ModelConfig): number {
   const mlp = 3 * c.hiddenSize * c.intermediateSize;
   const embed = c.vocabSize * c.hiddenSize * (c.tieWordEmbeddings ? 1 : 2);
   return c.numHiddenLayers * (attention + mlp) + embed;
+}
+
+/** Parameter counts read from models' files, by path and modification time: clients list models often. */
+const parameterCounts = new Map<string, { mtimeMs: number; count: number }>();
+
+/**
+ * A model's parameter size as /api/show gives it, from its files (a GGUF's tensors, a directory's
+ * config), loaded or not; "" where they cannot be read (listing never fails for it).
+ */
+function parameterSize(path: string): string {
+  try {
+    const stat = statSync(path);
+    let known = parameterCounts.get(path);
+    if (known?.mtimeMs !== stat.mtimeMs) {
+      const count = stat.isDirectory()
+        ? parameterCount(readDirectoryConfig(path))
+        : ggufParameterCount(readGGUFHeader(path).tensors);
+      known = { mtimeMs: stat.mtimeMs, count };
+      parameterCounts.set(path, known);
+    }
+    return formatCount(known.count);
+  } catch {
+    return "";
+  }
 }
 
 /** What /api/show tells of a model that its files say. */
