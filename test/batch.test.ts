@@ -3,7 +3,7 @@
 import { beforeAll, describe, expect, test } from "bun:test";
 import * as mx from "../src/mlx";
 import { BatchGenerator, generateTokens, type SequenceEvent } from "../src/engine/batch";
-import { defaultSampling } from "../src/engine/sampling";
+import { defaultSampling, logitsProcessors, type LogitsProcessor, type SamplingParams } from "../src/engine/sampling";
 import { buildModel, KVCache, parseConfig, Weights, type DecoderModel } from "../src/models";
 import { BatchKVCache } from "../src/models/batch-cache";
 import { decodeJoining, type JoiningRequest } from "./helpers/generate";
@@ -120,6 +120,41 @@ describe("BatchGenerator", () => {
     while (!gen.idle) for (const e of gen.step()) if (e.id === "a") got.push(e.token);
     expect(got).toEqual(soloTokens);
     gen.dispose();
+  });
+
+  test("penalties and logit_bias take the latest token lazily: the step is built ahead, with the tokens and log-probabilities of the host's path", () => {
+    // A processor that needs the host's history (as a grammar's) keeps a step from being built
+    // ahead: with one that changes nothing, the same penalties run on the host's path.
+    const onHost: LogitsProcessor = (_history, logits) => logits;
+    const penalties: Partial<SamplingParams>[] = [
+      { repetitionPenalty: 1.3, repetitionContext: 4 },
+      { presencePenalty: 0.8, frequencyPenalty: 0.6 },
+      { logitBias: new Map([[17, 3]]) },
+      { repetitionPenalty: 1.1, presencePenalty: 0.5, frequencyPenalty: 1, logitBias: new Map([[5, -2]]) },
+    ];
+    for (const temperature of [0, 1])
+      for (const penalty of penalties) {
+        const sampling = { ...defaultSampling, temperature, seed: 3, ...penalty };
+        const run = (extra: LogitsProcessor[]) => {
+          const gen = new BatchGenerator(model);
+          gen.add("a", {
+            promptIds: prompts[0]!,
+            sampling,
+            maxTokens: 16,
+            processors: logitsProcessors(sampling, prompts[0]!.length, extra),
+          });
+          const steps: SequenceEvent[][] = [];
+          while (!gen.idle) steps.push(gen.step());
+          gen.dispose();
+          return steps;
+        };
+        const [ahead, onHostPath] = [run([]), run([onHost])];
+        const flat = (steps: SequenceEvent[][]) => steps.flat().map((e) => [e.token, e.logprob]);
+        expect([temperature, penalty, flat(ahead)]).toEqual([temperature, penalty, flat(onHostPath)]);
+        // Built ahead, the prompt's first token comes out alone, not a decode step later with the second.
+        expect(ahead.find((events) => events.length > 0)).toHaveLength(1);
+        expect(onHostPath.find((events) => events.length > 0)).toHaveLength(2);
+      }
   });
 
   test("newcomers join together within the prefill budget, and no more than the batch has room for", () => {

@@ -64,7 +64,9 @@ describe("sampler", () => {
   });
 
   test("repetition penalty divides positive and multiplies negative logits of recent tokens", () => {
-    const out = mx.scope(() => penalizeRepetition(mx.array([2, -2, 4], [1, 3]), [0, 1], 2).toArray());
+    const out = mx.scope(() =>
+      penalizeRepetition(mx.array([2, -2, 4], [1, 3]), mx.array(Int32Array.from([0, 1]), [1, 2]), 2).toArray(),
+    );
     expect(out).toEqual([1, -4, 4]);
   });
 

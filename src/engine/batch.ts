@@ -686,12 +686,17 @@ export class BatchGenerator {
         const hidden = this.model.layers(this.model.embed(mx.reshape(input, [batch.length, 1])), group.caches);
         return mx.reshape(this.model.head(hidden), [batch.length, -1]);
       });
-      return this.#sample(batch, logits);
+      // A row's input still in the step ahead is its history's latest token, not yet on the host.
+      const pending = batch.map((_, b) => (fromAhead[b]! >= 0 ? mx.slice(input, [b], [b + 1]) : undefined));
+      return this.#sample(batch, logits, pending);
     });
   }
 
-  /** Each sequence's next token from its row of `logits` [rows, vocab], by its own sampling and processors. */
-  #sample(batch: Sequence[], logits: MxArray): PendingStep {
+  /**
+   * Each sequence's next token from its row of `logits` [rows, vocab], by its own sampling and
+   * processors; `pending` holds each row's latest token where it is not yet in its history.
+   */
+  #sample(batch: Sequence[], logits: MxArray, pending: (MxArray | undefined)[] = []): PendingStep {
     const vocab = logits.shape[1]!;
     const wantLogprobs = batch.some((s) => s.request.keepLogprobs);
     // Every row greedy and unprocessed (the common case when serving): the rows are sampled
@@ -710,7 +715,7 @@ export class BatchGenerator {
     }
     const rows = batch.map((s, b) => {
       let row = mx.slice(logits, [b, 0], [b + 1, vocab]);
-      for (const process of s.processors) row = process(s.history, row);
+      for (const process of s.processors) row = process(s.history, row, pending[b]);
       const logprobs = mx.subtract(row, mx.logsumexp(row, undefined, true));
       const token = s.sample(logprobs);
       return { token, chosen: mx.reshape(mx.takeAlongAxis(logprobs, mx.reshape(token, [1, 1]), -1), [1]), logprobs };
@@ -836,9 +841,11 @@ function adapted<T>(rows: Sequence[], forward: () => T): T {
 
 /**
  * Whether a group's next step can be built on the step ahead's tokens before they are read: not
- * when a logits processor must see each sequence's history, last token included, on the host.
+ * when a logits processor must see each sequence's history, last token included, on the host
+ * (a grammar's); the sampling's penalties and logit_bias take it lazily.
  */
-const buildsAhead = (group: DecodeGroup): boolean => group.active.every((s) => s.processors.length === 0);
+const buildsAhead = (group: DecodeGroup): boolean =>
+  group.active.every((s) => s.processors.every((process) => process.takesPending));
 
 /** Where a sequence's keys and values go in the prefix cache: the base model's, or its adapter's. */
 const namespace = (s: Sequence): number => s.request.adapter?.id ?? 0;

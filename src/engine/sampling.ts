@@ -62,8 +62,21 @@ const GREEDY_BELOW = 1e-20;
 export const settleTemperature = (p: SamplingParams): SamplingParams =>
   p.temperature > 0 && p.temperature < GREEDY_BELOW ? { ...p, temperature: 0 } : p;
 
-/** Adjusts logits [1, vocab] given every token so far (prompt and generated), as mlx-lm's logits processors do. */
-export type LogitsProcessor = (history: readonly number[], logits: MxArray) => MxArray;
+/**
+ * Adjusts logits [1, vocab] given every token so far (prompt and generated), as mlx-lm's logits
+ * processors do. `history` holds them all, unless the processor `takesPending`: then the latest
+ * may still be on its way (the step ahead computes it while this one is built) and comes as
+ * `pending`, a lazy [1] array, the rest in `history`. Only such processors let a sequence's next
+ * step be built before its last token is read (the pipelined step); the others need it on the host.
+ */
+export type LogitsProcessor = {
+  (history: readonly number[], logits: MxArray, pending?: MxArray): MxArray;
+  takesPending?: true;
+};
+
+/** `process` marked as taking the latest token lazily (see LogitsProcessor). */
+const takingPending = (process: (history: readonly number[], logits: MxArray, pending?: MxArray) => MxArray) =>
+  Object.assign(process, { takesPending: true as const });
 
 /**
  * Every processor a sequence's sampling asks for, in order: repetition penalty, logit_bias,
@@ -76,41 +89,65 @@ export function logitsProcessors(
   extra: LogitsProcessor[] = [],
 ): LogitsProcessor[] {
   const processors: LogitsProcessor[] = [];
-  if (p.repetitionPenalty !== 1)
-    processors.push((history, logits) =>
-      penalizeRepetition(logits, history.slice(-p.repetitionContext), p.repetitionPenalty),
+  if (p.repetitionPenalty !== 1 && p.repetitionContext > 0)
+    processors.push(
+      takingPending((history, logits, pending) => {
+        const recent = history.slice(-(p.repetitionContext - (pending ? 1 : 0)));
+        return penalizeRepetition(logits, recentIndex(recent, pending), p.repetitionPenalty);
+      }),
     );
   if (p.logitBias && p.logitBias.size > 0) {
     const ids = Int32Array.from(p.logitBias.keys());
     const bias = Float32Array.from(p.logitBias.values());
-    processors.push((_history, logits) => addAt(logits, ids, bias));
+    processors.push(takingPending((_history, logits) => addAt(logits, mx.array(ids, [1, ids.length]), bias)));
   }
   const presence = p.presencePenalty ?? 0;
   const frequency = p.frequencyPenalty ?? 0;
-  if (presence !== 0 || frequency !== 0) {
-    processors.push((history, logits) => {
-      if (history.length <= promptLength) return logits;
-      const counts = new Map<number, number>();
-      for (let i = promptLength; i < history.length; i++) counts.set(history[i]!, (counts.get(history[i]!) ?? 0) + 1);
-      const penalty = Float32Array.from(counts.values(), (n) => -(presence + frequency * n));
-      return addAt(logits, Int32Array.from(counts.keys()), penalty);
-    });
-  }
+  if (presence !== 0 || frequency !== 0)
+    processors.push(
+      takingPending((history, logits, pending) => {
+        const counts = new Map<number, number>();
+        for (let i = promptLength; i < history.length; i++) counts.set(history[i]!, (counts.get(history[i]!) ?? 0) + 1);
+        const ids = Int32Array.from(counts.keys());
+        const penalized =
+          counts.size === 0
+            ? logits
+            : addAt(
+                logits,
+                mx.array(ids, [1, ids.length]),
+                Float32Array.from(counts.values(), (n) => -(presence + frequency * n)),
+              );
+        if (!pending) return penalized;
+        // The pending token (a generated one) counts once more: the frequency penalty again,
+        // and the presence penalty too where the host's tokens did not hold it yet.
+        const index = mx.reshape(mx.astype(pending, mx.Dtype.int32), [1, 1]);
+        const held = counts.size > 0 ? mx.any(mx.equal(mx.array(ids), mx.reshape(index, [1]))) : undefined;
+        const extra = held
+          ? mx.negative(mx.add(mx.multiply(mx.logicalNot(held), presence), frequency))
+          : mx.array([-(presence + frequency)]);
+        return addAt(penalized, index, extra);
+      }),
+    );
   return [...processors, ...extra];
 }
 
-/** logits [1, vocab] with `values` added at the positions `ids`. */
-function addAt(logits: MxArray, ids: Int32Array, values: Float32Array): MxArray {
-  const index = mx.array(ids, [1, ids.length]);
+/** logits [1, vocab] with `values` ([ids' length], host or lazy) added at the positions `index` [1, n]. */
+function addAt(logits: MxArray, index: MxArray, values: Float32Array | MxArray): MxArray {
   const at = mx.takeAlongAxis(logits, index, -1);
-  const adjusted = mx.astype(mx.add(at, mx.array(values, [1, values.length])), logits.dtype);
-  return mx.putAlongAxis(logits, index, adjusted, -1);
+  const added = values instanceof Float32Array ? mx.array(values, [1, values.length]) : mx.reshape(values, at.shape);
+  return mx.putAlongAxis(logits, index, mx.astype(mx.add(at, added), logits.dtype), -1);
 }
 
-/** Applies the repetition penalty in place of the logits of recently seen tokens. */
-export function penalizeRepetition(logits: MxArray, recent: number[], penalty: number): MxArray {
-  if (penalty === 1 || recent.length === 0) return logits;
-  const index = mx.array(Int32Array.from(recent), [1, recent.length]);
+/** The positions of the recent tokens [1, n]: those on the host, then the pending one (lazy) if any. */
+function recentIndex(recent: readonly number[], pending: MxArray | undefined): MxArray | undefined {
+  const known = recent.length > 0 ? mx.array(Int32Array.from(recent), [1, recent.length]) : undefined;
+  const latest = pending && mx.reshape(mx.astype(pending, mx.Dtype.int32), [1, 1]);
+  return known && latest ? mx.concatenate([known, latest], 1) : (known ?? latest);
+}
+
+/** Applies the repetition penalty in place of the logits of recently seen tokens (`index` [1, n]). */
+export function penalizeRepetition(logits: MxArray, index: MxArray | undefined, penalty: number): MxArray {
+  if (penalty === 1 || index === undefined) return logits;
   const seen = mx.takeAlongAxis(logits, index, -1);
   const penalized = mx.where(mx.less(seen, 0), mx.multiply(seen, penalty), mx.divide(seen, penalty));
   return mx.putAlongAxis(logits, index, penalized, -1);
