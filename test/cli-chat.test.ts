@@ -63,6 +63,13 @@ describe.skipIf(!hasTmux)("mlx chat in a terminal", () => {
     keys("Enter");
     const text = await waitFor(/>>> pasted one↵pasted two\n[\s\S]*tokens\/s[^\n]*\n>>>\s*$/m);
     expect(text).not.toMatch(/>>> pasted two/);
+    // Pasted code that opens with a comment is a message too, not an unknown command.
+    tmux("set-buffer", "-b", session, "// pasted code\nrun()");
+    tmux("paste-buffer", "-p", "-b", session, "-t", session);
+    await waitFor(/>>> \/\/ pasted code↵run\(\)/);
+    keys("Enter");
+    const code = await waitFor(/>>> \/\/ pasted code↵run\(\)\n[\s\S]*tokens\/s[^\n]*\n>>>\s*$/m);
+    expect(code).not.toContain("unknown command");
   });
 
   test("slash commands: /help lists commands, an unknown one points to /help, /show describes the model", async () => {
@@ -417,6 +424,22 @@ describe("mlx chat with piped input", () => {
     expect(code).toBe(0);
     expect(stderr).toContain("system prompt:  Be  brief:\tone line.\n");
     expect(stderr).toContain(`error: cannot write '${missing}': no such directory\n`);
+  });
+
+  test('a """ block that starts with / is a message, not a command (code opening with a // comment was lost)', async () => {
+    const piped = join(root, "piped-slash-block");
+    writeTinyModel(piped);
+    const proc = Bun.spawn([process.execPath, main, "chat", "-m", piped, "--max-tokens", "2", "--stats"], {
+      stdin: new Blob(['"""\n// add two numbers\nconst add = (a, b) => a + b;\n"""\n"""/help"""\n']),
+      stdout: "pipe",
+      stderr: "pipe",
+      env: { ...process.env, MLX_HOME: home },
+    });
+    const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+    expect(code).toBe(0);
+    expect(stderr).not.toContain("unknown command");
+    expect(stderr).not.toContain("commands:");
+    expect([...stderr.matchAll(/tokens\/s/g)].length).toBe(2); // both blocks answered
   });
 });
 

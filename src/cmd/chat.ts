@@ -89,9 +89,10 @@ export default defineCommand({
       for (;;) {
         const message = await input.read();
         if (message === null) break;
-        if (message.trim() === "") continue;
-        if (message.startsWith("/")) {
-          if (!(await input.lendTerminal(() => runCommand(session, message)))) break;
+        const { text } = message;
+        if (text.trim() === "") continue;
+        if (message.command && text.startsWith("/")) {
+          if (!(await input.lendTerminal(() => runCommand(session, text)))) break;
           continue;
         }
         const controller = new AbortController();
@@ -99,7 +100,7 @@ export default defineCommand({
         process.on("SIGINT", stop);
         input.pauseForAnswer();
         try {
-          await session.answer(message, (chunk) => process.stdout.write(chunk), controller.signal);
+          await session.answer(text, (chunk) => process.stdout.write(chunk), controller.signal);
         } catch (error) {
           say(`error: ${errorLine(error)}`);
         } finally {

@@ -17,6 +17,15 @@ const historyLimit = 1000;
 const cancelBlock = Symbol("cancel block");
 type Line = string | null | typeof cancelBlock;
 
+/**
+ * A message as read. Only a line typed alone can be a slash command: a """ block or a paste of
+ * several lines is text to send whatever it starts with (code opening with // or a path), as in Ollama.
+ */
+export interface Message {
+  text: string;
+  command: boolean;
+}
+
 export class LineInput {
   readonly interactive: boolean;
   readonly #rl: Interface;
@@ -83,13 +92,16 @@ export class LineInput {
     return new Promise((resolve) => (this.#waiting = resolve));
   }
 
-  /** One message: a line, a """-fenced block, or a bracketed paste. null at the end of input; "" for a dropped block. */
-  async read(prompt = ">>> ", continuation = "... "): Promise<string | null> {
+  /** One message: a line, a """-fenced block, or a bracketed paste. null at the end of input; empty text for a dropped block. */
+  async read(prompt = ">>> ", continuation = "... "): Promise<Message | null> {
     let first = await this.#nextLine(prompt);
     while (first === cancelBlock) first = await this.#nextLine(prompt); // a Ctrl-C that came after its block ended
     if (first === null) return null;
-    if (first.trimStart().startsWith(fence)) return this.#fenced(first.trimStart().slice(fence.length), continuation);
-    return first.replaceAll(pastedNewline, "\n");
+    if (first.trimStart().startsWith(fence)) {
+      const text = await this.#fenced(first.trimStart().slice(fence.length), continuation);
+      return text === null ? null : { text, command: false };
+    }
+    return { text: first.replaceAll(pastedNewline, "\n"), command: !first.includes(pastedNewline) };
   }
 
   async #fenced(firstLine: string, continuation: string): Promise<string | null> {
