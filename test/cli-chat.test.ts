@@ -504,6 +504,43 @@ describe("mlx chat /model", () => {
     expect(stdout.trim()).not.toBe("");
   });
 
+  test("--think for a model that does not think is refused in one line: at the start, and by /model", async () => {
+    const thinking = join(root, "switch-thinking");
+    // A template with <think>: a model that thinks, for the chat to start with.
+    writeTinyModel(thinking, {
+      chatTemplate:
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n<think>\n",
+    });
+    const refusal = "error: this model does not think (its chat template has no <think> section)\n";
+
+    // Before, the chat started and every message failed with this line (exit status 0).
+    const start = Bun.spawn([process.execPath, main, "chat", "-m", first, "--think"], {
+      stdin: new Blob(["hello\nagain\n"]),
+      stderr: "pipe",
+      env: { ...process.env, MLX_HOME: aliasHome },
+    });
+    expect(await new Response(start.stderr).text()).toBe(refusal);
+    expect(await start.exited).toBe(1);
+
+    const proc = Bun.spawn([process.execPath, main, "chat", "-m", thinking, "--think", "--max-tokens", "3"], {
+      stdin: new Blob([`/model ${first}\n/show\nhello\n`]),
+      stdout: "pipe",
+      stderr: "pipe",
+      env: { ...process.env, MLX_HOME: aliasHome },
+    });
+    const [stdout, stderr, code] = await Promise.all([
+      new Response(proc.stdout).text(),
+      new Response(proc.stderr).text(),
+      proc.exited,
+    ]);
+    expect(code).toBe(0);
+    expect(stderr).toStartWith(refusal);
+    expect(stderr).not.toContain("now chatting with");
+    expect(stderr).toContain(`model:          ${thinking} (mlx)`);
+    expect(stderr.split(refusal).length).toBe(2); // only /model was refused: the message was answered
+    expect(stdout.trim()).not.toBe("");
+  });
+
   test("a model without a chat template is refused in one line: at the start, and by /model", async () => {
     const untemplated = join(root, "switch-untemplated");
     writeTinyModel(untemplated);

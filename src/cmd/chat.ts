@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { storeRoot } from "../store/paths";
 import { fail, setVerbose } from "./log";
 import { openModel, type OpenOptions } from "./open-model";
-import { RemoteModel, remoteModel } from "../providers";
+import { remoteModel } from "../providers";
 import {
   adapterArg,
   adapterFrom,
@@ -22,7 +22,7 @@ import {
   speculationFrom,
 } from "./options";
 import { ChatSession } from "./chat/session";
-import { checkThinkingBudget, thinkingArgs, thinkingFrom } from "./thinking";
+import { thinkingArgs, thinkingFrom } from "./thinking";
 import { LineInput } from "./chat/input";
 import { runCommand } from "./chat/commands";
 
@@ -70,7 +70,6 @@ export default defineCommand({
           adapter: adapterFrom(args, args.model),
           pipeline,
         }));
-      if (!(model instanceof RemoteModel)) checkThinkingBudget(model, settings.thinking);
       input = new LineInput(join(storeRoot(), "chat_history"));
       const say = (text: string) => process.stderr.write(`${text}\n`);
       // An --adapter is trained for the first model's weights: another model gets only its alias's.

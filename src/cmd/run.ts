@@ -24,7 +24,7 @@ import {
 } from "./options";
 import { formatStats } from "./stats";
 import { remoteModel, remoteSampling, streamRemoteCompletion } from "../providers";
-import { checkThinkingBudget, pieceWriter, thinkingArgs, thinkingFrom } from "./thinking";
+import { checkThinking, pieceWriter, thinkingArgs, thinkingFrom } from "./thinking";
 import { documentTokens, openPromptCache as openPromptCacheFile } from "../engine/prompt-cache-file";
 import { PrefixCache } from "../engine/prefix-cache";
 import { promptTokens } from "../engine/prompt";
@@ -86,7 +86,7 @@ export default defineCommand({
             speculation: speculationFrom(args, args.model),
             pipeline,
           });
-      if (lm) checkThinkingBudget(lm, thinking);
+      if (lm) checkThinking(lm, thinking);
       checkSystemPrompt(args.system, {
         raw: Boolean(args.raw),
         template: lm ? Boolean(lm.tokenizer.chatTemplate) : true,

@@ -25,12 +25,16 @@ export function thinkingFrom(args: Record<string, unknown>): ThinkingRequest | u
   return enabled === undefined && budget === undefined ? undefined : { enabled, budget };
 }
 
-/** A budget for a model that does not think is refused, as the engine refuses --think for it. */
-export function checkThinkingBudget(lm: LoadedModel, thinking: ThinkingRequest | undefined): void {
-  if (thinking?.budget !== undefined && !thinkingTemplate(lm.tokenizer.chatTemplate).thinks)
-    throw new UnsupportedError(
-      "this model does not think (its chat template has no <think> section), so --thinking-budget has nothing to bound",
-    );
+/**
+ * --think or a budget for a model that does not think is refused before any prompt: the engine
+ * refuses --think too, but only once asked, which in a chat is at every message.
+ */
+export function checkThinking(lm: LoadedModel, thinking: ThinkingRequest | undefined): void {
+  if (!thinking || thinking.enabled === false || thinkingTemplate(lm.tokenizer.chatTemplate).thinks) return;
+  const refusal = "this model does not think (its chat template has no <think> section)";
+  throw new UnsupportedError(
+    thinking.budget === undefined ? refusal : `${refusal}, so --thinking-budget has nothing to bound`,
+  );
 }
 
 const DIM = "\x1b[2m";

@@ -5,7 +5,7 @@ import { Conversation } from "../../engine/conversation";
 import type { LoadedModel } from "../../models/load";
 import { RemoteConversation, RemoteModel, remoteModel } from "../../providers";
 import type { ChatSettings } from "./settings";
-import { pieceWriter } from "../thinking";
+import { checkThinking, pieceWriter } from "../thinking";
 
 export class ChatSession {
   conversation: Conversation | RemoteConversation;
@@ -18,7 +18,7 @@ export class ChatSession {
     /** Opens a local model /model switches to, with the settings the chat was started with. */
     private readonly openLocal: (name: string) => Promise<LoadedModel>,
   ) {
-    checkChatTemplate(model);
+    checkModel(model, settings);
     this.conversation = conversationWith(model, settings.system);
   }
 
@@ -27,7 +27,7 @@ export class ChatSession {
     const current = this.conversation;
     const model = remoteModel(name) ?? (await this.openLocal(name));
     try {
-      checkChatTemplate(model);
+      checkModel(model, this.settings);
       if (current instanceof Conversation && !(model instanceof RemoteModel)) {
         const previous = current.lm;
         current.useModel(model);
@@ -96,10 +96,15 @@ function contextLimit(lm: LoadedModel): string {
     : ` (the rotating cache keeps ${lm.maxKvSize} positions)`;
 }
 
-/** Refuses a local model without a chat template: every message would fail (its conversation cannot be rendered). */
-function checkChatTemplate(model: LoadedModel | RemoteModel): void {
-  if (model instanceof RemoteModel || model.tokenizer.chatTemplate) return;
-  throw new Error(`${model.path} has no chat template to chat with (mlx run sends it prompts as plain text)`);
+/**
+ * Refuses a local model every message would fail on: one without a chat template (its
+ * conversation cannot be rendered), or one asked to think (--think, --thinking-budget) that cannot.
+ */
+function checkModel(model: LoadedModel | RemoteModel, settings: ChatSettings): void {
+  if (model instanceof RemoteModel) return;
+  if (!model.tokenizer.chatTemplate)
+    throw new Error(`${model.path} has no chat template to chat with (mlx run sends it prompts as plain text)`);
+  checkThinking(model, settings.thinking);
 }
 
 function conversationWith(model: LoadedModel | RemoteModel, system: string | undefined) {
