@@ -99,6 +99,15 @@ describe.skipIf(!hasTmux)("mlx chat in a terminal", () => {
     await waitFor(/^\.\.\. second block\n\.\.\.\s*$/m);
     keys("C-c");
     await waitFor(/^\.\.\. \^C\n>>>\s*$/m);
+    // A system prompt's block too: dropped, the system prompt is left as it was.
+    keys('/set system """', "Enter");
+    await waitFor(/^\.\.\.\s*$/m);
+    keys("never set", "Enter");
+    await waitFor(/^\.\.\. never set\n\.\.\.\s*$/m);
+    keys("C-c");
+    await waitFor(/^\.\.\. never set\n\.\.\. \^C\n>>>\s*$/m);
+    keys("/show", "Enter");
+    await waitFor(/system prompt:  \(none\)/);
     // Still taking commands, and no answer was written.
     keys("/stats off", "Enter");
     await waitFor(/stats off\n>>>\s*$/m);
@@ -424,6 +433,28 @@ describe("mlx chat with piped input", () => {
     expect(code).toBe(0);
     expect(stderr).toContain("system prompt:  Be  brief:\tone line.\n");
     expect(stderr).toContain(`error: cannot write '${missing}': no such directory\n`);
+  });
+
+  test('/set system """ takes a system prompt of several lines, as in Ollama', async () => {
+    const piped = join(root, "piped-system-block");
+    writeTinyModel(piped);
+    const proc = Bun.spawn([process.execPath, main, "chat", "-m", piped, "--max-tokens", "2"], {
+      stdin: new Blob([
+        '/set system """You are a pirate.\nAlways say arr.\n"""\n/show\n/set system Say """hi"""\n/show\n',
+      ]),
+      stdout: "pipe",
+      stderr: "pipe",
+      env: { ...process.env, MLX_HOME: home },
+    });
+    const [stdout, stderr, code] = await Promise.all([
+      new Response(proc.stdout).text(),
+      new Response(proc.stderr).text(),
+      proc.exited,
+    ]);
+    expect(code).toBe(0);
+    expect(stdout).toBe(""); // nothing was sent to the model
+    expect(stderr).toContain("system prompt:  You are a pirate.\nAlways say arr.\nchat template:");
+    expect(stderr).toContain('system prompt:  Say """hi"""\n'); // a value that only holds fences is kept as typed
   });
 
   test('a """ block that starts with / is a message, not a command (code opening with a // comment was lost)', async () => {

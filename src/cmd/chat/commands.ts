@@ -29,7 +29,7 @@ const help = `commands:
   /model [name]         switch model (pick from a list without a name)
   /stats on|off         show tokens/s, time to first token and context use after each answer
   /bye                  leave (also Ctrl-D, or Ctrl-C at an empty prompt)
-multi-line input: start and end it with """`;
+multi-line input: start and end it with """ (a multi-line system prompt: /set system """ ... """)`;
 
 const commands: Record<string, Handler> = {
   help: (s) => s.say(help),

@@ -98,18 +98,27 @@ export class LineInput {
     while (first === cancelBlock) first = await this.#nextLine(prompt); // a Ctrl-C that came after its block ended
     if (first === null) return null;
     if (first.trimStart().startsWith(fence)) {
-      const text = await this.#fenced(first.trimStart().slice(fence.length), continuation);
-      return text === null ? null : { text, command: false };
+      const block = await this.#fenced(first.trimStart().slice(fence.length), continuation);
+      return block === null ? null : { text: block === cancelBlock ? "" : block, command: false };
     }
-    return { text: first.replaceAll(pastedNewline, "\n"), command: !first.includes(pastedNewline) };
+    const command = !first.includes(pastedNewline);
+    // A system prompt of several lines, as in Ollama: /set system """ opens a block that is its value.
+    const systemBlock = command ? /^\/set\s+system\s+"""/.exec(first) : null;
+    if (systemBlock) {
+      const block = await this.#fenced(first.slice(systemBlock[0].length), continuation);
+      if (block === null) return null;
+      return block === cancelBlock ? { text: "", command: false } : { text: `/set system ${block}`, command };
+    }
+    return { text: first.replaceAll(pastedNewline, "\n"), command };
   }
 
-  async #fenced(firstLine: string, continuation: string): Promise<string | null> {
+  /** The text of a """ block; null at the end of input, cancelBlock when Ctrl-C dropped it. */
+  async #fenced(firstLine: string, continuation: string): Promise<string | null | typeof cancelBlock> {
     const lines: string[] = [];
     this.#inBlock = true;
     try {
       for (let line: Line = firstLine; ; line = await this.#nextLine(continuation)) {
-        if (line === cancelBlock) return "";
+        if (line === cancelBlock) return cancelBlock;
         // Ctrl-D in a terminal leaves without sending the block; piped input that ends inside one answers it.
         if (line === null) return this.interactive ? null : lines.join("\n").trim();
         if (line.trimEnd().endsWith(fence)) {
