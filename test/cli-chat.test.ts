@@ -168,6 +168,41 @@ describe.skipIf(!hasTmux)("mlx chat in a terminal, leaving from inside a block",
   });
 });
 
+describe.skipIf(!hasTmux)("mlx chat in a terminal, Ctrl-C while a command runs", () => {
+  const during = `${session}-command`;
+  const commandModel = join(root, "command-model");
+  beforeAll(() => writeTinyModel(commandModel));
+  afterAll(() => {
+    if (tmux("has-session", "-t", during).exitCode === 0) tmux("kill-session", "-t", during);
+  });
+
+  test("is ignored: it does not reach the prompt afterwards and leave the chat", async () => {
+    const status = join(root, "command-status");
+    const command = `MLX_HOME='${home}' NO_COLOR=1 ${mlxCommand} chat -m '${commandModel}' --max-tokens 4; echo $? > '${status}'`;
+    tmux("new-session", "-d", "-s", during, "-x", "150", "-y", "50", command);
+    const view = () => tmux("capture-pane", "-p", "-t", during).stdout.toString();
+    const until = async (pattern: RegExp) => {
+      for (const deadline = Date.now() + 20_000; !pattern.test(view()) && Date.now() < deadline; ) await Bun.sleep(100);
+      expect(view()).toMatch(pattern);
+    };
+    await until(/^>>>\s*$/m);
+    // A command that takes its time, as loading a model does: /load reads a pipe until it is written.
+    const pipe = join(root, "slow-load");
+    expect(Bun.spawnSync(["mkfifo", pipe]).exitCode).toBe(0);
+    tmux("send-keys", "-t", during, `/load ${pipe}`, "Enter");
+    await Bun.sleep(500);
+    tmux("send-keys", "-t", during, "C-c");
+    await Bun.sleep(500);
+    writeFileSync(pipe, JSON.stringify({ messages: [] }));
+    await until(/loaded 0 messages from .*\n(\^C)?>>>\s*$/m);
+    await Bun.sleep(500); // time for a Ctrl-C that waited to reach the prompt, and leave
+    expect(existsSync(status)).toBe(false);
+    tmux("send-keys", "-t", during, "hello", "Enter");
+    await until(/>>> hello\n.*\n>>>\s*$/m);
+    expect(existsSync(status)).toBe(false);
+  });
+});
+
 describe.skipIf(!hasTmux)("mlx chat in a terminal: its history file", () => {
   const historySession = `${session}-history`;
   const historyModel = join(root, "history-model");

@@ -157,10 +157,17 @@ export class LineInput {
     if (!input || this.#closed) return use();
     process.stdin.unpipe(input);
     this.#rl.pause();
+    // A Ctrl-C while the command runs (a model loading) is ignored: in raw mode it would wait in
+    // stdin and reach the prompt afterwards as a Ctrl-C there, which leaves the chat. In cooked
+    // mode (the picker sets raw mode while it draws) the terminal makes it a signal and drops it.
+    process.stdin.setRawMode(false);
+    const ignore = () => {};
+    process.on("SIGINT", ignore);
     try {
       return await use();
     } finally {
-      // The picker leaves the terminal in cooked mode; readline edits in raw mode.
+      process.off("SIGINT", ignore);
+      // Readline edits in raw mode.
       process.stdin.setRawMode(true);
       process.stdin.pipe(input);
       this.#rl.resume();
