@@ -103,6 +103,18 @@ const generateOptionNames = Object.keys({
   signal: true,
 } satisfies Record<keyof GenerateOptions, true>);
 
+/** The options that take a number. */
+const numberOptionNames = [
+  "maxTokens",
+  "temperature",
+  "topP",
+  "topK",
+  "minP",
+  "repetitionPenalty",
+  "seed",
+  "thinkingBudget",
+] as const satisfies (keyof GenerateOptions)[];
+
 /** A chat's turn takes them all but those of a text prompt (its system prompt is model.chat()'s). */
 const turnOptionNames = generateOptionNames.filter((name) => name !== "system" && name !== "raw");
 
@@ -345,6 +357,10 @@ function checkOptions(o: GenerateOptions): void {
   };
   for (const flag of ["raw", "think"] as const)
     if (o[flag] !== undefined && typeof o[flag] !== "boolean") fail(`${flag} must be true or false`, flag);
+  // The range checks below compare: "0.5" <= 1 and null >= 0 hold, and would let them through.
+  for (const name of numberOptionNames)
+    if (o[name] !== undefined && typeof o[name] !== "number")
+      fail(`${name} must be a number (got ${JSON.stringify(o[name])})`, name);
   if (o.maxTokens !== undefined && !(Number.isInteger(o.maxTokens) && o.maxTokens > 0))
     fail(`maxTokens must be a whole number > 0 (got ${o.maxTokens})`, "maxTokens");
   if (o.thinkingBudget !== undefined && !(Number.isInteger(o.thinkingBudget) && o.thinkingBudget >= 0))

@@ -44,6 +44,31 @@ describe("the library's options", () => {
     expect(chat.messages).toEqual([]);
   }, 120_000);
 
+  test("a number option of another type (a string, null) is refused as such, never compared or used as it is", async () => {
+    const bad = (o: object) => o as GenerateOptions;
+    // "0.5" <= 1 and null >= 0 are true in JavaScript: topP "0.5" and minP null used to go through
+    // to the sampler, and temperature "0.5" was refused as "must be >= 0 (got 0.5)".
+    const cases: [object, string][] = [
+      [{ topP: "0.5" }, 'topP: topP must be a number (got "0.5")'],
+      [{ minP: null }, "minP: minP must be a number (got null)"],
+      [{ minP: "0.1" }, 'minP: minP must be a number (got "0.1")'],
+      [{ temperature: "0.5" }, 'temperature: temperature must be a number (got "0.5")'],
+      [{ repetitionPenalty: "1.2" }, 'repetitionPenalty: repetitionPenalty must be a number (got "1.2")'],
+      [{ topK: "5" }, 'topK: topK must be a number (got "5")'],
+      [{ seed: "1" }, 'seed: seed must be a number (got "1")'],
+      [{ maxTokens: "3" }, 'maxTokens: maxTokens must be a number (got "3")'],
+      [{ thinkingBudget: "5" }, 'thinkingBudget: thinkingBudget must be a number (got "5")'],
+    ];
+    const chat = model.chat();
+    for (const [options, expected] of cases) {
+      const o = bad({ maxTokens: 3, ...options });
+      expect(await errorOf(() => model.generate("Hi", o))).toBe(expected);
+      expect(await errorOf(async () => model.stream("Hi", o).next())).toBe(expected);
+      expect(await errorOf(() => chat.send("Hi", o))).toBe(expected);
+    }
+    expect(chat.messages).toEqual([]);
+  }, 120_000);
+
   test("an empty stop string, a signal that is no AbortSignal and a system prompt that is no string are refused", async () => {
     const bad = (o: object) => o as GenerateOptions;
     expect(await errorOf(() => model.generate("Hi", { maxTokens: 3, stop: "" }))).toBe(
