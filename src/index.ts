@@ -36,6 +36,7 @@ export {
   QueueFullError,
   UnsupportedError,
 } from "./errors";
+export { BudgetError } from "./engine/budget/steering";
 export { SchemaError } from "./engine/grammar";
 export { ModelLoadError } from "./models/load";
 
@@ -292,6 +293,7 @@ export class Chat {
       const turn = this.conversation.turn(text, {
         sampling: sampling(options),
         maxTokens: options.maxTokens ?? this.conversation.lm.config.maxPositionEmbeddings,
+        maxTokensParam: "maxTokens",
         format: options.format && { format: options.format, param: "format" },
         thinking: { enabled: options.think, budget: options.thinkingBudget, param: "think" },
         signal: options.signal,
@@ -428,6 +430,7 @@ function spec(prompt: Prompt, o: GenerateOptions): GenerationSpec {
     prompt: input,
     sampling: sampling(o),
     maxTokens: o.maxTokens,
+    maxTokensParam: "maxTokens",
     stop: typeof o.stop === "string" ? [o.stop] : o.stop,
     format: o.format && { format: o.format, param: "format" },
     thinking: { enabled: o.think, budget: o.thinkingBudget, param: "think" },

@@ -4,7 +4,7 @@
 // value quietly ignored; close() stops what runs on the model. Needs the default model in the store.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import { InvalidParameterError, load, type GenerateOptions, type Model } from "../src/index";
+import { BudgetError, InvalidParameterError, load, type GenerateOptions, type Model } from "../src/index";
 
 process.env.MLX_HOME ??= join(import.meta.dir, "..", ".cache", "mlx-home");
 
@@ -66,6 +66,26 @@ describe("the library's options", () => {
       expect(await errorOf(async () => model.stream("Hi", o).next())).toBe(expected);
       expect(await errorOf(() => chat.send("Hi", o))).toBe(expected);
     }
+    expect(chat.messages).toEqual([]);
+  }, 120_000);
+
+  test("a format that maxTokens cannot hold is a BudgetError that names maxTokens, in generate and chat", async () => {
+    const schema = { type: "object", properties: { name: { type: "string", minLength: 30 } }, required: ["name"] };
+    const budgetError = async (call: () => Promise<unknown>) => {
+      try {
+        await call();
+        return "no error";
+      } catch (error) {
+        // Exported, so that a caller can tell it from other failures.
+        if (!(error instanceof BudgetError)) return `${(error as Error).name}: ${(error as Error).message}`;
+        return `${error.option}: ${error.message}`;
+      }
+    };
+    const expected =
+      /^maxTokens: maxTokens 5 is too small for this format: the shortest valid answer takes \d+ tokens$/;
+    expect(await budgetError(() => model.generate("A person", { maxTokens: 5, format: { schema } }))).toMatch(expected);
+    const chat = model.chat();
+    expect(await budgetError(() => chat.send("A person", { maxTokens: 5, format: { schema } }))).toMatch(expected);
     expect(chat.messages).toEqual([]);
   }, 120_000);
 

@@ -17,6 +17,8 @@ import type { Scheduler } from "./scheduler";
 export interface TurnOptions {
   sampling: SamplingParams;
   maxTokens: number;
+  /** The caller's own name for maxTokens, in its errors (default max_tokens). */
+  maxTokensParam?: string;
   /** JSON the answer must be. */
   format?: FormatInput;
   /** Thinking on or off, and its budget, for models that think. */
@@ -111,6 +113,7 @@ export class Conversation {
         prompt: { kind: "chat", messages: this.#withSystem() as ConversationMessage[] },
         sampling: o.sampling,
         maxTokens: o.maxTokens,
+        maxTokensParam: o.maxTokensParam,
         format: o.format,
         thinking: o.thinking,
         signal: o.signal,
