@@ -29,6 +29,7 @@ export type { FinishReason } from "./engine/scheduler";
 export type { JsonFormat } from "./engine/grammar";
 export {
   AdapterError,
+  ConfigError,
   ContextLengthError,
   InvalidParameterError,
   ModelNotFoundError,

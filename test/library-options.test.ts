@@ -3,8 +3,10 @@
 // its own name, before any generation starts, and never a TypeError from deep in the engine nor a
 // value quietly ignored; close() stops what runs on the model. Needs the default model in the store.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { BudgetError, InvalidParameterError, load, type GenerateOptions, type Model } from "../src/index";
+import { BudgetError, ConfigError, InvalidParameterError, load, type GenerateOptions, type Model } from "../src/index";
 
 process.env.MLX_HOME ??= join(import.meta.dir, "..", ".cache", "mlx-home");
 
@@ -171,6 +173,23 @@ describe("the library's options", () => {
         `maxBatch: maxBatch must be a whole number > 0 (got ${maxBatch})`,
       );
     expect(await errorOf(() => load(5 as unknown as string))).toBe("name: the model name must be a string");
+  }, 120_000);
+
+  test("a malformed models.toml is a ConfigError the caller can import and tell apart", async () => {
+    const home = mkdtempSync(join(tmpdir(), "mlx-library-config-"));
+    writeFileSync(join(home, "models.toml"), "[models.foo\n");
+    const before = process.env.MLX_HOME;
+    process.env.MLX_HOME = home;
+    try {
+      const error = await load("smollm2").then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(error).toBeInstanceOf(ConfigError);
+      expect((error as Error).message).toStartWith(join(home, "models.toml"));
+    } finally {
+      process.env.MLX_HOME = before;
+    }
   }, 120_000);
 });
 
