@@ -11,7 +11,13 @@
 //   model.close();
 import { Conversation } from "./engine/conversation";
 import { embed, EmbeddingCancelled } from "./engine/embed";
-import { complete, streamCompletion, type CompletionPiece, type CompletionResult } from "./engine/generate";
+import {
+  cancelledBeforeStart,
+  complete,
+  streamCompletion,
+  type CompletionPiece,
+  type CompletionResult,
+} from "./engine/generate";
 import type { JsonFormat } from "./engine/grammar";
 import type { GenerationSpec, PromptInput } from "./engine/request";
 import { defaultSampling, validateSampling, type SamplingParams } from "./engine/sampling";
@@ -276,6 +282,7 @@ export class Chat {
    * Answers `text` as it is written (reasoning left out); the generator's return value is the
    * whole result. Overlapping calls answer one after another, in the order they started (a
    * turn reads every turn before it), so a stream left unfinished holds back the next turn.
+   * A turn whose signal aborts before it starts ends at once, "cancelled", and asks nothing.
    */
   async *stream(
     text: string,
@@ -289,8 +296,10 @@ export class Chat {
     let endTurn!: () => void;
     this.#lastTurn = new Promise((resolve) => (endTurn = resolve));
     try {
-      await previous;
+      await settledOrAborted(previous, options.signal);
       this.#checkOpen();
+      // Cancelled before it started: nothing was asked, so the conversation stays as it was.
+      if (options.signal?.aborted) return cancelledBeforeStart();
       const turn = this.conversation.turn(text, {
         sampling: sampling(options),
         maxTokens: options.maxTokens ?? this.conversation.lm.config.maxPositionEmbeddings,
@@ -301,7 +310,8 @@ export class Chat {
       });
       return (yield* answerText(turn)).result;
     } finally {
-      endTurn();
+      // A turn cancelled while it waited ends before the turn it waited for: the next one still waits for that.
+      void previous.then(endTurn);
     }
   }
 
@@ -321,6 +331,20 @@ export class Chat {
   #checkOpen(): void {
     if (this.#closed) throw new ClosedError("the chat is closed (close() was called on it or on its model)");
   }
+}
+
+/** Settles when `turn` has, or as soon as `signal` aborts (at once if it has). */
+function settledOrAborted(turn: Promise<void>, signal?: AbortSignal): Promise<void> {
+  if (!signal) return turn;
+  if (signal.aborted) return Promise.resolve();
+  return new Promise((resolve) => {
+    const onAbort = () => resolve();
+    signal.addEventListener("abort", onAbort, { once: true });
+    void turn.then(() => {
+      signal.removeEventListener("abort", onAbort);
+      resolve();
+    });
+  });
 }
 
 function sampling(o: GenerateOptions): SamplingParams {

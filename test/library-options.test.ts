@@ -204,6 +204,32 @@ describe("the library's close() and clear()", () => {
     chat.close();
   }, 120_000);
 
+  test("a turn cancelled before it starts (its signal aborts while the turn before runs, or before the call) ends at once and asks nothing", async () => {
+    const chat = model.chat();
+    const first = chat.send("Write a long essay about Rome.", { maxTokens: 200 });
+    let firstDone = false;
+    void first.then(() => (firstDone = true));
+    const controller = new AbortController();
+    const second = chat.send("And then?", { maxTokens: 5, signal: controller.signal });
+    const third = chat.send("Thanks.", { maxTokens: 3 });
+    controller.abort();
+    // It waited for the whole first turn, then left an unanswered "And then?" in the conversation.
+    const cancelled = await second;
+    expect([cancelled.finishReason, cancelled.text, cancelled.tokenIds, firstDone]).toEqual([
+      "cancelled",
+      "",
+      [],
+      false,
+    ]);
+    // The turn after it still waits for the first.
+    await third;
+    const turns = () => chat.messages.map((m) => `${m.role}${m.role === "user" ? `:${m.content}` : ""}`);
+    expect(turns()).toEqual(["user:Write a long essay about Rome.", "assistant", "user:Thanks.", "assistant"]);
+    expect((await chat.send("Hi", { maxTokens: 3, signal: controller.signal })).finishReason).toBe("cancelled");
+    expect(turns()).toHaveLength(4);
+    chat.close();
+  }, 120_000);
+
   test("close() while embed() is at work ends it with a ClosedError, and the next load works", async () => {
     const own = await load();
     const embedding = own.embed(["The first sentence.", "The second sentence."]);

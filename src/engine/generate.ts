@@ -109,6 +109,30 @@ function followSignal(outer?: AbortSignal): AbortController {
   return controller;
 }
 
+/** The result of a generation cancelled before it was submitted: no prompt read, nothing generated. */
+export function cancelledBeforeStart(): CompletionResult {
+  const usage = {
+    promptTokens: 0,
+    completionTokens: 0,
+    reasoningTokens: 0,
+    cachedTokens: 0,
+    queueMs: 0,
+    timeToFirstTokenMs: 0,
+    totalMs: 0,
+    draftedTokens: 0,
+    acceptedTokens: 0,
+  } satisfies GenerationUsage;
+  return {
+    text: "",
+    reasoning: "",
+    promptTokenIds: [],
+    tokenIds: [],
+    finishReason: "cancelled",
+    closedEarly: false,
+    stats: completionStats(usage),
+  };
+}
+
 /** The whole answer to `spec`, when nothing needs the text as it streams. */
 export async function complete(scheduler: Scheduler, spec: GenerationSpec): Promise<CompletionResult> {
   const stream = streamCompletion(scheduler, spec);
