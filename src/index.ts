@@ -135,6 +135,8 @@ export async function load(name?: string, options: LoadOptions = {}): Promise<Mo
   if (options.onProgress !== undefined && typeof options.onProgress !== "function")
     throw new InvalidParameterError("onProgress must be a function", "onProgress");
   const maxBatch = options.maxBatch ?? 4;
+  if (typeof maxBatch !== "number")
+    throw new InvalidParameterError(`maxBatch must be a number (got ${JSON.stringify(maxBatch)})`, "maxBatch");
   if (!(Number.isInteger(maxBatch) && maxBatch > 0))
     throw new InvalidParameterError(`maxBatch must be a whole number > 0 (got ${maxBatch})`, "maxBatch");
   const path = await resolveModelPath(name, { onProgress: options.onProgress ?? (() => {}) });

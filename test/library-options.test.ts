@@ -172,6 +172,10 @@ describe("the library's options", () => {
       expect(await errorOf(() => load(undefined, { maxBatch }))).toBe(
         `maxBatch: maxBatch must be a whole number > 0 (got ${maxBatch})`,
       );
+    // "2" was refused as "must be a whole number > 0 (got 2)".
+    expect(await errorOf(() => load(undefined, { maxBatch: "2" as unknown as number }))).toBe(
+      'maxBatch: maxBatch must be a number (got "2")',
+    );
     expect(await errorOf(() => load(5 as unknown as string))).toBe("name: the model name must be a string");
   }, 120_000);
 
