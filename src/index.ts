@@ -32,6 +32,7 @@ import * as mx from "./mlx";
 
 export type { CompletionResult as Completion, CompletionStats } from "./engine/generate";
 export type { FinishReason } from "./engine/scheduler";
+export type { DownloadProgress } from "./store/download";
 export type { JsonFormat } from "./engine/grammar";
 export {
   AdapterError,

@@ -102,8 +102,10 @@ describe("the library", () => {
       writeFileSync(
         join(dir, "main.ts"),
         [
-          'import { load, ModelLoadError, type Message } from "mlx";',
-          'const model = await load("smollm2");',
+          'import { load, ModelLoadError, type DownloadProgress, type Message } from "mlx";',
+          // The type of load()'s onProgress argument, named as a caller writes its own handler.
+          "const onProgress = (progress: DownloadProgress) => console.log(progress.received, progress.total);",
+          'const model = await load("smollm2", { onProgress });',
           'const messages: Message[] = [{ role: "user", content: "Hi" }];',
           "const answer = await model.generate(messages, { maxTokens: 4, temperature: 0 });",
           "const text: string = answer.text;",
@@ -119,7 +121,7 @@ describe("the library", () => {
       const tsc = Bun.spawnSync([join(root, "node_modules", ".bin", "tsc"), "-p", "."], { cwd: dir, stdout: "pipe" });
       const errors = tsc.stdout.toString().trim().split("\n");
       expect(errors).toEqual([
-        expect.stringMatching(/^main\.ts\(11,\d+\): error TS2322: Type 'string' is not assignable to type 'number'/),
+        expect.stringMatching(/^main\.ts\(12,\d+\): error TS2322: Type 'string' is not assignable to type 'number'/),
       ]);
     } finally {
       rmSync(dir, { recursive: true, force: true });
