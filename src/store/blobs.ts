@@ -1,7 +1,8 @@
 // The content-addressed half of the store: <root>/blobs/sha256-<hex>. A blob is only ever
 // created by renaming a complete, hashed file into place, so a name always matches its bytes
 // unless the disk itself corrupts them (which `mlx verify` finds).
-import { existsSync, readdirSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { createReadStream, existsSync, readdirSync } from "node:fs";
 import { copyFile, mkdir, rename, stat, unlink } from "node:fs/promises";
 import { dirname } from "node:path";
 import { forgetTokenizerFiles } from "../tokenizer/gguf-cache";
@@ -14,9 +15,9 @@ export interface BlobRef {
 }
 
 export async function hashFile(path: string): Promise<BlobRef> {
-  const hasher = new Bun.CryptoHasher("sha256");
+  const hasher = createHash("sha256");
   let size = 0;
-  for await (const chunk of Bun.file(path).stream()) {
+  for await (const chunk of createReadStream(path)) {
     hasher.update(chunk);
     size += chunk.byteLength;
   }

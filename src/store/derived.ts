@@ -1,6 +1,7 @@
 // Prepared artifacts: work done once to make a model ready (GGUF -> MLX directory, an adapter
 // fused into its base) is stored as a model of its own, found again by the hash of its inputs
 // (the input files' sha256 and the code's version), so doing it a second time costs a lookup.
+import { createHash } from "node:crypto";
 import { existsSync, readFileSync, readdirSync, realpathSync, rmSync, statSync } from "node:fs";
 import { basename, join } from "node:path";
 import { convertGGUF } from "../models/convert";
@@ -82,7 +83,7 @@ export function refuseTakenName(name: string, kind: "convert" | "fuse", remedy: 
     );
 }
 
-const sha256 = (text: string) => new Bun.CryptoHasher("sha256").update(text).digest("hex");
+const sha256 = (text: string) => createHash("sha256").update(text).digest("hex");
 
 /** Runs `produce` into a staging directory and stores what it wrote as `name`, unless stored before under `key`. */
 async function derivedModel(

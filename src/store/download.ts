@@ -2,6 +2,8 @@
 // Bytes land in "<dest>.partial", which survives interruptions so the next attempt (in this
 // process or a later run) resumes with an HTTP Range request; the file is renamed to <dest>
 // only once its size and SHA-256 check out.
+import { createHash } from "node:crypto";
+import { createReadStream } from "node:fs";
 import { mkdir, open, rename, stat, statfs, truncate, unlink } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { withLock } from "./lock";
@@ -64,10 +66,7 @@ const DOWNLOAD_LOCK_TIMEOUT_MS = 6 * 3600_000;
  * hashing only its own bytes, and keep a file whose name does not match its content.
  */
 export function downloadToFile(url: string, destPath: string, options: DownloadOptions = {}): Promise<DownloadResult> {
-  const lock = join(
-    locksDir(),
-    `download-${new Bun.CryptoHasher("sha256").update(destPath).digest("hex").slice(0, 16)}.lock`,
-  );
+  const lock = join(locksDir(), `download-${createHash("sha256").update(destPath).digest("hex").slice(0, 16)}.lock`);
   return withLock(
     lock,
     async () => (await finishedMeanwhile(destPath, options)) ?? downloadUnlocked(url, destPath, options),
@@ -260,7 +259,7 @@ async function copyBody(
 /** The .partial file, with a running SHA-256 of exactly the bytes it holds. */
 class PartialFile {
   size = 0;
-  private hasher = new Bun.CryptoHasher("sha256");
+  private hasher = createHash("sha256");
 
   constructor(readonly path: string) {}
 
@@ -272,9 +271,9 @@ class PartialFile {
     );
     if (onDisk === this.size) return;
     if (expectedSize !== undefined && onDisk > expectedSize) return this.reset();
-    this.hasher = new Bun.CryptoHasher("sha256");
+    this.hasher = createHash("sha256");
     this.size = 0;
-    for await (const chunk of Bun.file(this.path).stream()) {
+    for await (const chunk of createReadStream(this.path)) {
       this.hasher.update(chunk);
       this.size += chunk.byteLength;
     }
@@ -282,7 +281,7 @@ class PartialFile {
 
   async reset(): Promise<void> {
     await truncate(this.path, 0).catch(ignoreMissing);
-    this.hasher = new Bun.CryptoHasher("sha256");
+    this.hasher = createHash("sha256");
     this.size = 0;
   }
 

@@ -7,7 +7,9 @@
 // A repository of MLX or transformers weights gives its config, tokenizer and safetensors; one of
 // GGUF files (llama.cpp's, as Ollama pulls from hf.co/<org>/<repo>:<quantization>) gives the one
 // file of the quantization asked for, Q4_K_M by default as Ollama's.
+import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
+import { readFile } from "node:fs/promises";
 import { homedir } from "node:os";
 import { basename, join } from "node:path";
 import { addBlob, blobPresent } from "./blobs";
@@ -140,7 +142,7 @@ export async function pullHFRepo(
   if (available.includes(WEIGHT_INDEX)) {
     const index = await fetchFile(await locate(WEIGHT_INDEX), commit, options);
     stored.set(WEIGHT_INDEX, index);
-    indexed = indexedWeightFiles(await Bun.file(blobPath(index.sha256)).text(), spec);
+    indexed = indexedWeightFiles(await readFile(blobPath(index.sha256), "utf8"), spec);
   }
   const wanted = neededFiles(available, indexed).filter((name) => !stored.has(name));
   if (!wanted.some((name) => name.endsWith(".safetensors"))) throw new Error(`${spec} has no .safetensors weights`);
@@ -299,7 +301,7 @@ async function fetchFile(file: RemoteFile, commit: string, options: HFPullOption
   const staging = join(
     downloadsDir(),
     "hf",
-    `${commit}-${new Bun.CryptoHasher("sha256").update(file.resolveUrl).digest("hex").slice(0, 16)}`,
+    `${commit}-${createHash("sha256").update(file.resolveUrl).digest("hex").slice(0, 16)}`,
   );
   await downloadFromStorage(file, staging, download);
   return { name: file.name, ...(await addBlob(staging, { move: true })) };

@@ -7,6 +7,7 @@
 // because the file alone cannot tell two async tasks of the same pid apart.
 import { mkdirSync, readdirSync, readFileSync, readlinkSync, symlinkSync, unlinkSync } from "node:fs";
 import { dirname, join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { locksDir } from "./paths";
 
 export interface LockOptions {
@@ -85,7 +86,7 @@ async function acquireFileLock(path: string, { timeoutMs = 10_000, onWait }: Loc
         `${path} is held by process ${holder}; waited ${(timeoutMs / 1000).toFixed(0)} s (delete the file if no mlx process is running)`,
       );
     }
-    await Bun.sleep(pause);
+    await sleep(pause);
     pause = Math.min(pause * 2, MAX_POLL_MS);
   }
 }

@@ -2,6 +2,7 @@
 // without touching the network. Sources: pypi:..., hf:org/repo[@rev], or a local directory /
 // .gguf file (copied into blobs, so the stored model outlives the original).
 import { existsSync, readdirSync, statSync } from "node:fs";
+import { readFile } from "node:fs/promises";
 import { basename, join, resolve } from "node:path";
 import { loadAliases } from "./aliases";
 import { addBlob, blobsOnDisk } from "./blobs";
@@ -143,7 +144,7 @@ async function importLocal(path: string, imported: Set<string>): Promise<Manifes
 async function modelFiles(dir: string): Promise<string[]> {
   const available = readdirSync(dir);
   const indexed = available.includes(WEIGHT_INDEX)
-    ? indexedWeightFiles(await Bun.file(join(dir, WEIGHT_INDEX)).text(), dir)
+    ? indexedWeightFiles(await readFile(join(dir, WEIGHT_INDEX), "utf8"), dir)
     : undefined;
   return neededFiles(available, indexed);
 }

