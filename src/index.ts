@@ -401,6 +401,14 @@ function checkOptions(o: GenerateOptions): void {
   const format = o.format as unknown;
   if (format !== undefined && format !== "json" && !(typeof format === "object" && format && "schema" in format))
     fail(`format must be "json" or { schema } (got ${JSON.stringify(format)})`, "format");
+  if (typeof format === "object" && format) {
+    // A misspelt `strict` would be left out without a word, and "no" taken as strict.
+    for (const key of Object.keys(format))
+      if (key !== "schema" && key !== "strict") fail(`format takes schema and strict, not ${key}`, "format");
+    const { strict } = format as { strict?: unknown };
+    if (strict !== undefined && typeof strict !== "boolean")
+      fail(`format.strict must be true or false (got ${JSON.stringify(strict)})`, "format");
+  }
   if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) fail("signal must be an AbortSignal", "signal");
   if (o.system !== undefined && typeof o.system !== "string") fail("system must be a string", "system");
   checkSampling(o);

@@ -154,6 +154,23 @@ describe("the library's options", () => {
     expect(chat.messages).toEqual([]);
   }, 120_000);
 
+  test("a format with a key it does not take, or a strict that is no boolean, is refused, never ignored", async () => {
+    const schema = { type: "object", properties: { name: { type: "string" } }, required: ["name"] };
+    const bad = (format: object) => ({ maxTokens: 3, format }) as GenerateOptions;
+    // Both went through: the misspelt key ignored, "no" taken as a strict schema.
+    expect(await errorOf(() => model.generate("Hi", bad({ schema, stict: false })))).toBe(
+      "format: format takes schema and strict, not stict",
+    );
+    expect(await errorOf(() => model.generate("Hi", bad({ schema, strict: "no" })))).toBe(
+      'format: format.strict must be true or false (got "no")',
+    );
+    expect(await errorOf(() => model.chat().send("Hi", bad({ schema, name: "person" })))).toBe(
+      "format: format takes schema and strict, not name",
+    );
+    const result = await model.generate("A person", { maxTokens: 20, format: { schema, strict: false } });
+    expect(JSON.parse(result.text)).toHaveProperty("name");
+  }, 120_000);
+
   test("a list of messages is refused empty, or with the options of a text prompt it would drop", async () => {
     const hi = [{ role: "user" as const, content: "Hi" }];
     expect(await errorOf(() => model.generate([], { maxTokens: 3 }))).toBe("prompt: the prompt has no messages");
