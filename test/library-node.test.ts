@@ -93,7 +93,7 @@ describe("the library", () => {
     }
   }, 300_000);
 
-  test("a TypeScript consumer on Node (nodenext, strict, no Bun or Node types) checks against the package's types", () => {
+  test("a TypeScript consumer on Node (nodenext or node10, strict, no Bun or Node types) checks against the package's types", () => {
     // The package as installed: its package.json "exports", its declarations built as scripts/setup.sh builds them.
     const dir = mkdtempSync(join(tmpdir(), "mlx-library-types-"));
     try {
@@ -115,8 +115,6 @@ describe("the library", () => {
       const built = Bun.spawnSync(bundle, { cwd: root, stderr: "pipe" });
       if (built.exitCode !== 0) throw new Error(`the declarations failed: ${built.stderr.toString()}`);
       writeFileSync(join(dir, "package.json"), JSON.stringify({ type: "module" }));
-      const compilerOptions = { module: "nodenext", target: "es2022", strict: true, noEmit: true, types: [] };
-      writeFileSync(join(dir, "tsconfig.json"), JSON.stringify({ compilerOptions, include: ["*.ts"] }));
       writeFileSync(
         join(dir, "main.ts"),
         [
@@ -136,11 +134,21 @@ describe("the library", () => {
           'await model.generate("Hi", { maxTokens: "4" });',
         ].join("\n"),
       );
-      const tsc = Bun.spawnSync([join(root, "node_modules", ".bin", "tsc"), "-p", "."], { cwd: dir, stdout: "pipe" });
-      const errors = tsc.stdout.toString().trim().split("\n");
-      expect(errors).toEqual([
-        expect.stringMatching(/^main\.ts\(12,\d+\): error TS2322: Type 'string' is not assignable to type 'number'/),
-      ]);
+      // Under node10 (moduleResolution "node"), which reads no "exports", the package's top-level "types" leads there.
+      for (const resolution of [{ module: "nodenext" }, { module: "esnext", moduleResolution: "node10" }]) {
+        const compilerOptions = { ...resolution, target: "es2022", strict: true, noEmit: true, types: [] };
+        writeFileSync(join(dir, "tsconfig.json"), JSON.stringify({ compilerOptions, include: ["*.ts"] }));
+        const tsc = Bun.spawnSync([join(root, "node_modules", ".bin", "tsc"), "-p", "."], { cwd: dir, stdout: "pipe" });
+        const errors = tsc.stdout.toString().trim().split("\n");
+        expect({ resolution, errors }).toEqual({
+          resolution,
+          errors: [
+            expect.stringMatching(
+              /^main\.ts\(12,\d+\): error TS2322: Type 'string' is not assignable to type 'number'/,
+            ),
+          ],
+        });
+      }
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
