@@ -307,6 +307,7 @@ export class Chat {
         sampling: sampling(options),
         maxTokens: options.maxTokens ?? this.conversation.lm.config.maxPositionEmbeddings,
         maxTokensParam: "maxTokens",
+        stop: stopList(options),
         format: options.format && { format: options.format, param: "format" },
         thinking: { enabled: options.think, budget: options.thinkingBudget, param: "think" },
         signal: options.signal,
@@ -395,7 +396,7 @@ function checkOptions(o: GenerateOptions): void {
     fail(`maxTokens must be a whole number > 0 (got ${o.maxTokens})`, "maxTokens");
   if (o.thinkingBudget !== undefined && !(Number.isInteger(o.thinkingBudget) && o.thinkingBudget >= 0))
     fail(`thinkingBudget must be a whole number >= 0 (got ${o.thinkingBudget})`, "thinkingBudget");
-  const stops = o.stop === undefined ? [] : typeof o.stop === "string" ? [o.stop] : o.stop;
+  const stops = stopList(o) ?? [];
   if (!Array.isArray(stops) || stops.some((s) => typeof s !== "string" || s === ""))
     fail("stop must be a non-empty string or an array of them", "stop");
   const format = o.format as unknown;
@@ -454,6 +455,9 @@ function checkPrompt(prompt: Prompt, o: GenerateOptions): void {
   });
 }
 
+/** `stop` as the engine takes it: a list. */
+const stopList = (o: GenerateOptions): string[] | undefined => (typeof o.stop === "string" ? [o.stop] : o.stop);
+
 function spec(prompt: Prompt, o: GenerateOptions): GenerationSpec {
   checkOptionNames(o, generateOptionNames);
   checkPrompt(prompt, o);
@@ -467,7 +471,7 @@ function spec(prompt: Prompt, o: GenerateOptions): GenerationSpec {
     sampling: sampling(o),
     maxTokens: o.maxTokens,
     maxTokensParam: "maxTokens",
-    stop: typeof o.stop === "string" ? [o.stop] : o.stop,
+    stop: stopList(o),
     format: o.format && { format: o.format, param: "format" },
     thinking: { enabled: o.think, budget: o.thinkingBudget, param: "think" },
     signal: o.signal,

@@ -171,6 +171,21 @@ describe("the library's options", () => {
     expect(JSON.parse(result.text)).toHaveProperty("name");
   }, 120_000);
 
+  test("a chat turn's stop ends its answer where a stop string first appears, as generate's does", async () => {
+    const free = await model.chat().send("Name three colours.", { maxTokens: 12 });
+    const word = free.text.trim().split(/\s+/)[2]!;
+    const expected = [free.text.slice(0, free.text.indexOf(word)), "stop"];
+    // The option was taken, and then left out of the turn: the answer ran on to maxTokens.
+    const chat = model.chat();
+    const stopped = await chat.send("Name three colours.", { maxTokens: 12, stop: word });
+    expect([stopped.text, stopped.finishReason]).toEqual(expected);
+    expect(chat.messages[1]?.content).toBe(expected[0]);
+    let streamed = "";
+    for await (const piece of model.chat().stream("Name three colours.", { maxTokens: 12, stop: ["\u0000", word] }))
+      streamed += piece;
+    expect(streamed).toBe(expected[0]!);
+  }, 120_000);
+
   test("a list of messages is refused empty, or with the options of a text prompt it would drop", async () => {
     const hi = [{ role: "user" as const, content: "Hi" }];
     expect(await errorOf(() => model.generate([], { maxTokens: 3 }))).toBe("prompt: the prompt has no messages");

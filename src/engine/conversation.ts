@@ -19,6 +19,8 @@ export interface TurnOptions {
   maxTokens: number;
   /** The caller's own name for maxTokens, in its errors (default max_tokens). */
   maxTokensParam?: string;
+  /** Strings that end the answer (not included). */
+  stop?: string[];
   /** JSON the answer must be. */
   format?: FormatInput;
   /** Thinking on or off, and its budget, for models that think. */
@@ -114,6 +116,7 @@ export class Conversation {
         sampling: o.sampling,
         maxTokens: o.maxTokens,
         maxTokensParam: o.maxTokensParam,
+        stop: o.stop,
         format: o.format,
         thinking: o.thinking,
         signal: o.signal,
