@@ -438,7 +438,12 @@ function checkSampling(o: GenerateOptions): void {
 const roles: readonly string[] = ["system", "user", "assistant"] satisfies Message["role"][];
 
 function checkPrompt(prompt: Prompt, o: GenerateOptions): void {
-  if (typeof prompt === "string") return;
+  if (typeof prompt === "string") {
+    // The engine drops a raw request's system prompt (as Ollama does): here it is a mistake to say so.
+    if (o.raw && o.system !== undefined)
+      throw new InvalidParameterError("system goes through the chat template, which raw leaves out", "system");
+    return;
+  }
   if (!Array.isArray(prompt))
     throw new InvalidParameterError("the prompt must be a string or an array of messages", "prompt");
   if (prompt.length === 0) throw new InvalidParameterError("the prompt has no messages", "prompt");

@@ -186,7 +186,7 @@ describe("the library's options", () => {
     expect(streamed).toBe(expected[0]!);
   }, 120_000);
 
-  test("a list of messages is refused empty, or with the options of a text prompt it would drop", async () => {
+  test("a list of messages is refused empty, or with the options of a text prompt it would drop, and a raw text with a system prompt", async () => {
     const hi = [{ role: "user" as const, content: "Hi" }];
     expect(await errorOf(() => model.generate([], { maxTokens: 3 }))).toBe("prompt: the prompt has no messages");
     expect(await errorOf(() => model.generate(hi, { maxTokens: 3, system: "Be brief." }))).toBe(
@@ -197,6 +197,11 @@ describe("the library's options", () => {
     );
     const result = await model.generate(hi, { maxTokens: 3, raw: false });
     expect(result.finishReason).toBe("length");
+    // A raw text goes without the template, the system prompt with it: the system prompt was dropped.
+    expect(await errorOf(() => model.generate("Hi", { maxTokens: 3, raw: true, system: "Be brief." }))).toBe(
+      "system: system goes through the chat template, which raw leaves out",
+    );
+    expect((await model.generate("Hi", { maxTokens: 3, raw: false, system: "Be brief." })).finishReason).toBe("length");
   }, 120_000);
 
   test("load() refuses a batch size that would queue every call forever, and a name that is no string", async () => {
