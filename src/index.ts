@@ -27,7 +27,7 @@ import { loadAdapter } from "./models/lora";
 import { aliasAdapter } from "./store/aliases";
 import type { DownloadProgress } from "./store/download";
 import { resolveModelPath } from "./store/resolve";
-import { InvalidParameterError } from "./errors";
+import { InvalidParameterError, UnsupportedError } from "./errors";
 import * as mx from "./mlx";
 
 export type { CompletionResult as Completion, CompletionStats } from "./engine/generate";
@@ -197,7 +197,7 @@ export class Model {
   /** The whole answer to `prompt`. */
   async generate(prompt: Prompt, options: GenerateOptions = {}): Promise<CompletionResult> {
     this.#checkOpen();
-    return complete(this.#scheduler, spec(prompt, options));
+    return complete(this.#scheduler, spec(this.lm, prompt, options));
   }
 
   /**
@@ -206,7 +206,7 @@ export class Model {
    */
   async *stream(prompt: Prompt, options: GenerateOptions = {}): AsyncGenerator<string, CompletionResult> {
     this.#checkOpen();
-    return yield* answerText(streamCompletion(this.#scheduler, spec(prompt, options)));
+    return yield* answerText(streamCompletion(this.#scheduler, spec(this.lm, prompt, options)));
   }
 
   /** Normalised embeddings of `texts` (pooled final hidden states; see README), optionally cut to `dimensions`. */
@@ -232,6 +232,9 @@ export class Model {
     checkOptionNames(options, ["system"]);
     if (options.system !== undefined && typeof options.system !== "string")
       throw new InvalidParameterError("system must be a string", "system");
+    // Said here, in the library's terms: each turn would fail with the server's hint (its endpoints).
+    if (!this.lm.tokenizer.chatTemplate)
+      throw new UnsupportedError("this model has no chat template, so it cannot chat: give generate() a text prompt");
     const chat = new Chat(new Conversation(this.lm, options.system), () => this.#chats.delete(chat));
     this.#chats.add(chat);
     return chat;
@@ -463,10 +466,16 @@ function checkPrompt(prompt: Prompt, o: GenerateOptions): void {
 /** `stop` as the engine takes it: a list. */
 const stopList = (o: GenerateOptions): string[] | undefined => (typeof o.stop === "string" ? [o.stop] : o.stop);
 
-function spec(prompt: Prompt, o: GenerateOptions): GenerationSpec {
+function spec(lm: LoadedModel, prompt: Prompt, o: GenerateOptions): GenerationSpec {
   checkOptionNames(o, generateOptionNames);
   checkPrompt(prompt, o);
   checkOptions(o);
+  // A text prompt goes as it is without one; the engine's error would name the server's endpoints.
+  if (typeof prompt !== "string" && !lm.tokenizer.chatTemplate)
+    throw new UnsupportedError(
+      "this model has no chat template: give it a text prompt, not a list of messages",
+      "prompt",
+    );
   const input: PromptInput =
     typeof prompt === "string"
       ? { kind: "text", text: prompt, template: !o.raw, system: o.system }

@@ -3,10 +3,19 @@
 // its own name, before any generation starts, and never a TypeError from deep in the engine nor a
 // value quietly ignored; close() stops what runs on the model. Needs the default model in the store.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { BudgetError, ConfigError, InvalidParameterError, load, type GenerateOptions, type Model } from "../src/index";
+import {
+  BudgetError,
+  ConfigError,
+  InvalidParameterError,
+  load,
+  UnsupportedError,
+  type GenerateOptions,
+  type Model,
+} from "../src/index";
+import { writeTinyModel } from "./helpers/tiny-model";
 
 process.env.MLX_HOME ??= join(import.meta.dir, "..", ".cache", "mlx-home");
 
@@ -230,6 +239,37 @@ describe("the library's options", () => {
       expect((error as Error).message).toStartWith(join(home, "models.toml"));
     } finally {
       process.env.MLX_HOME = before;
+    }
+  }, 120_000);
+});
+
+describe("a model without a chat template", () => {
+  test("refuses a list of messages and a chat in the library's own terms, and answers a text prompt", async () => {
+    const dir = join(mkdtempSync(join(tmpdir(), "mlx-library-template-")), "model");
+    writeTinyModel(dir);
+    const configPath = join(dir, "tokenizer_config.json");
+    const { chat_template: _, ...config } = JSON.parse(readFileSync(configPath, "utf8"));
+    writeFileSync(configPath, JSON.stringify(config));
+    const plain = await load(dir);
+    try {
+      const failure = async (call: () => Promise<unknown>) => {
+        try {
+          await call();
+          return "no error";
+        } catch (error) {
+          return `${(error as Error).name} ${(error as UnsupportedError).param}: ${(error as Error).message}`;
+        }
+      };
+      // The engine's error pointed at the server's endpoints ("use /v1/completions ...") and its "messages".
+      expect(await failure(() => plain.generate([{ role: "user", content: "Hi" }], { maxTokens: 3 }))).toBe(
+        "UnsupportedError prompt: this model has no chat template: give it a text prompt, not a list of messages",
+      );
+      expect(await failure(async () => plain.chat())).toBe(
+        "UnsupportedError null: this model has no chat template, so it cannot chat: give generate() a text prompt",
+      );
+      expect((await plain.generate("Hi", { maxTokens: 3 })).finishReason).toBe("length");
+    } finally {
+      plain.close();
     }
   }, 120_000);
 });
