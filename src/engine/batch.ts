@@ -301,6 +301,9 @@ export class BatchGenerator {
       }
     }
     const pipelined = buildsAhead(group);
+    // A prompt's first token goes out now: where each step is read as soon as it is queued (a
+    // grammar's group), the decode step would hold it back a step, to come out with the second.
+    if (!pipelined && events.length > 0) return events;
     if (!pipelined && group.ahead) events.push(...this.#read(group, this.#takeAhead(group)));
     // The step ahead holds every sequence's last token: a step on top of it would be thrown away.
     if (this.#endsWithAhead(group)) events.push(...this.#read(group, this.#takeAhead(group)));

@@ -283,6 +283,9 @@ export class Scheduler {
   async #loop(): Promise<void> {
     if (this.#looping) return;
     this.#looping = true;
+    // A step that only gave newcomers their first tokens ended no decoding stream's wait: they
+    // wait on through the next step, and the tuner and the inter-token figures see both as one.
+    let carried = { ms: 0, prefilling: false };
     try {
       while (!this.#generator.idle) {
         const started = performance.now();
@@ -297,12 +300,18 @@ export class Scheduler {
           break;
         }
         const turn = this.#generator.lastTurn;
-        const ms = turn?.ms ?? performance.now() - started;
-        if (decoding > 0 && events.length > 0) {
+        const ms = (turn?.ms ?? performance.now() - started) + carried.ms;
+        if (decoding === 0) carried = { ms: 0, prefilling: false };
+        else if (events.length > 0) {
           const intervals = this.#intervalsEnded(events);
-          if (intervals > 0) this.options.onStep?.(ms, intervals);
-          const changed = this.options.tuner?.observe(ms, decoding, prefilling);
-          if (changed) Object.assign(this.#generator.options, changed);
+          // (A split model's turn already spans the time since the group's last read.)
+          if (intervals === 0 && turn === undefined) carried = { ms, prefilling: carried.prefilling || prefilling };
+          else {
+            if (intervals > 0) this.options.onStep?.(ms, intervals);
+            const changed = this.options.tuner?.observe(ms, decoding, prefilling || carried.prefilling);
+            if (changed) Object.assign(this.#generator.options, changed);
+            carried = { ms: 0, prefilling: false };
+          }
         }
         for (const event of events) this.#deliver(event);
         // Let HTTP handlers run (new requests, disconnects) between engine steps.
