@@ -13,6 +13,7 @@ import { readGGUFHeader } from "../src/models/gguf-header";
 import { modelRequest, pullModel } from "../src/store/pull";
 import { readManifest } from "../src/store/manifest";
 import { blobPath } from "../src/store/paths";
+import { parseKeepAlive } from "../src/api/ollama";
 
 let server: RunningServer;
 let ollama: Ollama;
@@ -306,6 +307,27 @@ describe("Ollama chat and generate", () => {
     await post(`${server.url}/api/generate`, { model, keep_alive: 0 });
     expect((await post(`${server.url}/api/generate`, { model, keep_alive: 0 })).json.done_reason).toBe("unload");
   });
+});
+
+test("keep_alive durations as Go's time.ParseDuration reads them", () => {
+  const cases: [unknown, number][] = [
+    ["5m", 300_000],
+    ["1h30m", 5_400_000],
+    ["300ms", 300],
+    ["+5m", 300_000],
+    [".5h", 1_800_000],
+    ["1.m", 60_000],
+    ["1.5s", 1500],
+    ["2\u00b5s", 0.002],
+    ["2\u03bcs", 0.002],
+    ["10", 10_000],
+    [0, 0],
+    ["-1m", Infinity],
+    [-1, Infinity],
+  ];
+  for (const [value, ms] of cases) expect([value, parseKeepAlive(value)]).toEqual([value, ms]);
+  for (const bad of ["m", "5 m", "5d", "+", "1h-5m", ".m", "--5m"])
+    expect(() => parseKeepAlive(bad)).toThrow(/'keep_alive' must be a number of seconds or a duration/);
 });
 
 describe("Ollama model management", () => {

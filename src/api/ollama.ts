@@ -239,8 +239,9 @@ export function parseOllamaShow(body: unknown): { model: string; verbose: boolea
 }
 
 /**
- * keep_alive: a number of seconds or a duration string ("5m", "1h30m", "300ms", "10"); 0
- * unloads at once, a negative value keeps the model loaded. Returns milliseconds (Infinity: keep).
+ * keep_alive: a number of seconds or a duration string as Go's time.ParseDuration reads it
+ * ("5m", "1h30m", "300ms", ".5h", "+5m"), or a number of seconds as a string ("10"); 0 unloads
+ * at once, a negative value keeps the model loaded. Returns milliseconds (Infinity: keep).
  */
 export function parseKeepAlive(value: unknown, param = "keep_alive"): number | undefined {
   if (value === undefined || value === null || value === "") return undefined;
@@ -248,12 +249,25 @@ export function parseKeepAlive(value: unknown, param = "keep_alive"): number | u
   if (typeof value === "string") {
     const s = value.trim();
     if (/^-?\d+(\.\d+)?$/.test(s)) return parseKeepAlive(Number(s), param);
-    const match = /^(-)?((?:\d+(?:\.\d+)?(?:h|m|s|ms|us|µs|ns))+)$/.exec(s);
+    // Go's units, micro as "us", U+00B5 or U+03BC; a number may be "1.", ".5" or "1.5".
+    const number = String.raw`(?:\d+\.?\d*|\.\d+)`;
+    const units = "h|ms|m|s|us|\u00b5s|\u03bcs|ns";
+    const match = new RegExp(`^([-+])?((?:${number}(?:${units}))+)$`).exec(s);
     if (match) {
-      if (match[1]) return Infinity;
-      const unit: Record<string, number> = { h: 3_600_000, m: 60_000, s: 1000, ms: 1, us: 1e-3, µs: 1e-3, ns: 1e-6 };
+      if (match[1] === "-") return Infinity;
+      const micro = 1e-3;
+      const unit: Record<string, number> = {
+        h: 3_600_000,
+        m: 60_000,
+        s: 1000,
+        ms: 1,
+        us: micro,
+        "\u00b5s": micro,
+        "\u03bcs": micro,
+        ns: 1e-6,
+      };
       let ms = 0;
-      for (const [, n, u] of match[2]!.matchAll(/(\d+(?:\.\d+)?)(h|ms|m|s|us|µs|ns)/g)) ms += Number(n) * unit[u!]!;
+      for (const [, n, u] of match[2]!.matchAll(new RegExp(`(${number})(${units})`, "g"))) ms += Number(n) * unit[u!]!;
       return ms;
     }
   }
