@@ -512,6 +512,14 @@ describe("Ollama model management", () => {
     expect((await ollama.ps()).models).toEqual([]);
   });
 
+  test("a keep_alive past setTimeout's ~24.8 days ('720h') expires when it says, not at 24.8 days", async () => {
+    await ollama.generate({ model, prompt: "", keep_alive: "720h" });
+    const [loaded] = (await ollama.ps()).models;
+    const thirtyDays = 30 * 24 * 3_600_000;
+    expect(Math.abs(new Date(loaded!.expires_at).getTime() - (Date.now() + thirtyDays))).toBeLessThan(60_000);
+    await ollama.generate({ model, prompt: "", keep_alive: 0 });
+  });
+
   test("keep_alive: 0 unloads at once, an empty request loads, -1 keeps, '50ms' expires", async () => {
     await ollama.generate({ model, prompt: "", keep_alive: -1 }); // a load request
     let ps = await ollama.ps();

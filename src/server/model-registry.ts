@@ -436,13 +436,21 @@ export class ModelRegistry {
     this.#cancelExpiry(entry);
     if (entry.keepAliveMs === Infinity) return;
     if (entry.keepAliveMs <= 0) return this.unload(entry);
-    // setTimeout holds at most ~24.8 days; longer keep-alives are as good as forever.
-    const ms = Math.min(entry.keepAliveMs, MAX_TIMER_MS);
-    entry.expiresAt = new Date(Date.now() + ms);
-    entry.timer = setTimeout(() => {
-      if (entry.active === 0) this.unload(entry);
-    }, ms);
-    entry.timer.unref?.();
+    const deadline = Date.now() + entry.keepAliveMs;
+    entry.expiresAt = new Date(deadline);
+    // setTimeout waits at most ~24.8 days: a longer keep-alive (Ollama's "720h") waits in turns.
+    const wait = () => {
+      const left = deadline - Date.now();
+      entry.timer = setTimeout(
+        () => {
+          if (left > MAX_TIMER_MS) wait();
+          else if (entry.active === 0) this.unload(entry);
+        },
+        Math.min(left, MAX_TIMER_MS),
+      );
+      entry.timer.unref?.();
+    };
+    wait();
   }
 }
 
