@@ -547,6 +547,24 @@ describe("mlx cache-prompt and mlx run --prompt-cache", () => {
     expect(fromCache.token_ids).toEqual(whole.token_ids);
   }, 60_000);
 
+  test("a file saved inside the model's directory (or a note added there) still belongs to the model", async () => {
+    const dir = join(root, "tiny-with-files");
+    writeTinyModel(dir, { contextLength: 1024, seed: 11 });
+    const file = join(dir, "doc.cache");
+    expect(await run(["cache-prompt", "-m", dir, file], document)).toMatchObject({ code: 0, stderr: "" });
+    writeFileSync(join(dir, "NOTES.md"), "where this model came from");
+    // It was "made with another model": the directory's digest counted the file itself.
+    const fromCache = await run(["run", "--prompt-cache", file, "-m", dir, "--max-tokens", "4", "--json", "Item 3?"]);
+    expect(fromCache).toMatchObject({ code: 0, stderr: "" });
+    expect(JSON.parse(fromCache.stdout).stats.cached_tokens).toBeGreaterThan(100);
+    // What the model is made of still counts.
+    writeFileSync(join(dir, "generation_config.json"), JSON.stringify({ temperature: 0.5 }));
+    expect(await run(["run", "--prompt-cache", file, "-m", dir, "Item 3?"])).toMatchObject({
+      code: 1,
+      stderr: `error: ${file} was made with another model\n`,
+    });
+  }, 60_000);
+
   test("a file cached under another --system or --raw is a one-line error, not the document prefilled again unsaid", async () => {
     const file = join(root, "system.cache");
     const saved = await run(["cache-prompt", "-m", model, "--system", "Answer briefly.", file], document);

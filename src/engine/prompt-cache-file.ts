@@ -26,10 +26,11 @@ import * as mx from "../mlx";
 import { cacheState, freeCaches, makeCaches } from "../models";
 import type { KvQuantization, Stored } from "../models/cache";
 import { perChannelKeys } from "../models/channel-keys";
-import type { LoadedModel } from "../models/load";
+import { directoryWeightFiles, type LoadedModel } from "../models/load";
 import { RotatingKVCache } from "../models/rotating-cache";
 import { removeQuietly } from "../files";
 import { isProcessAlive } from "../store/lock";
+import { neededFiles } from "../store/model-files";
 import { fileErrorReason } from "../format";
 import type { Tokenizer } from "../tokenizer/tokenizer";
 import { DEFAULT_PREFILL_CHUNK } from "./batch";
@@ -492,17 +493,18 @@ export function promptCacheOwner(lm: LoadedModel): PromptCacheOwner {
 }
 
 /**
- * The content digest of a model (a file, or a directory's files): a store blob is named by its
- * sha256 already; anything else is hashed, once per load.
+ * The content digest of a model (a file, or the files of a directory that its loader reads): a
+ * store blob is named by its sha256 already; anything else is hashed, once per load. Other files
+ * in a directory are not the model: a prompt cache saved beside the weights would otherwise
+ * change the digest it was saved under, and be refused as another model's.
  */
 export function modelDigest(path: string): string {
   const real = realpathSync(path);
   if (statSync(real).isDirectory()) {
     const hasher = new Bun.CryptoHasher("sha256");
-    for (const name of readdirSync(real).sort()) {
-      const file = join(real, name);
-      if (statSync(file).isFile()) hasher.update(`${name}\0${modelDigest(file)}\n`);
-    }
+    const weights = directoryWeightFiles(real).map((file) => basename(file));
+    for (const name of neededFiles(readdirSync(real), weights).sort())
+      hasher.update(`${name}\0${modelDigest(join(real, name))}\n`);
     return hasher.digest("hex");
   }
   const named = basename(real).match(/^sha256-([0-9a-f]{64})$/)?.[1];
