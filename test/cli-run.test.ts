@@ -209,6 +209,25 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
 
   test("no prompt at all", async () => oneLineError(await mlx(["run", "-m", model], ""), /no prompt/));
 
+  test("a --stop that would change nothing (with --format or --schema, or empty) is refused, not ignored", async () => {
+    const schema = join(root, "word.schema.json");
+    writeFileSync(schema, JSON.stringify({ type: "string" }));
+    // The grammar ends a JSON answer itself: a stop string inside it was dropped, unsaid.
+    for (const format of [
+      ["--format", "json"],
+      ["--schema", schema],
+    ])
+      oneLineError(
+        await mlx(["run", "-m", model, ...format, "--stop", ",", "--max-tokens", "20", "hi"]),
+        /^error: --stop cannot end a JSON answer \(--format, --schema\): the grammar ends it; give one or the other$/m,
+      );
+    // An unset variable (--stop "$STOP") stopped nothing, unsaid.
+    oneLineError(
+      await mlx(["run", "-m", model, "--stop", "", "--max-tokens", "2", "hi"]),
+      /^error: --stop needs text$/m,
+    );
+  });
+
   test("--kv-group-size and --kv-quant-start without --kv-bits would change nothing: refused, as in chat, serve and bench", async () => {
     for (const command of ["run", "chat", "bench"]) {
       oneLineError(

@@ -15,6 +15,7 @@ import {
   maxKvSizeFrom,
   list,
   modelArg,
+  type OutputFormat,
   pipelineFrom,
   positiveInteger,
   samplingArgs,
@@ -73,6 +74,7 @@ export default defineCommand({
       const maxTokens = positiveInteger("max-tokens", args["max-tokens"]);
       const thinking = thinkingFrom(args);
       const output = await formatFrom(args); // before loading the model: a bad schema fails fast
+      const stop = stopStrings(args.stop, output);
       const remote = remoteModel(args.model);
       const adapter = remote ? undefined : adapterFrom(args, args.model);
       checkPromptCache(args["prompt-cache"], { remote: remote !== undefined, adapter, model: args.model });
@@ -102,7 +104,7 @@ export default defineCommand({
       const spec = {
         prompt: { kind: "text", text, template: !args.raw, system: args.system } as const,
         maxTokens,
-        stop: list(args.stop),
+        stop,
         format: output && { format: output.format, param: "--schema" },
       };
       // A batch of one through the scheduler that serves `mlx serve`, or the remote provider.
@@ -169,6 +171,19 @@ function jsonResult(r: CompletionResult, hideThinking: boolean) {
         : {}),
     },
   };
+}
+
+/**
+ * --stop's strings, checked: each would change nothing, unsaid, where it is empty (--stop "$UNSET"
+ * matches nothing) or the answer is JSON (the grammar ends it, and the engine drops stop strings
+ * there, which would cut it into something invalid).
+ */
+function stopStrings(value: unknown, output: OutputFormat | undefined): string[] {
+  const stops = list(value);
+  if (stops.includes("")) throw new Error("--stop needs text");
+  if (stops.length > 0 && output)
+    throw new Error("--stop cannot end a JSON answer (--format, --schema): the grammar ends it; give one or the other");
+  return stops;
 }
 
 /**
