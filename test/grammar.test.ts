@@ -462,6 +462,17 @@ describe("invalid or unsupported schemas are a clear error naming the offending 
       { type: "object", properties: { n: { type: "string", enum: [1, "a"] } } },
       /\/properties\/n\/type cannot be combined with enum in constrained decoding \(it would not be enforced; not every value listed meets it\)/,
     ],
+    // xgrammar's grammar then allows no token at all: the run failed with "the grammar rejected
+    // token 0", or wrote {"child": {"child": ... until --max-tokens cut it, invalid and unflagged.
+    ["a schema that is only a reference to itself", { $ref: "#" }, /no finite JSON value matches it/],
+    [
+      "a schema that requires itself in every branch",
+      {
+        $defs: { node: { type: "object", properties: { child: { $ref: "#/$defs/node" } }, required: ["child"] } },
+        anyOf: [{ $ref: "#/$defs/node" }, { type: "array", items: { $ref: "#/$defs/node" }, minItems: 1 }],
+      },
+      /no finite JSON value matches it/,
+    ],
     [
       "a required property that properties does not define",
       { type: "object", properties: { a: { type: "integer" } }, required: ["a", "b"] },
@@ -506,6 +517,10 @@ describe("invalid or unsupported schemas are a clear error naming the offending 
       { type: "string", enum: ["S", "M"], maxLength: 1 },
       { type: ["string", "null"], enum: ["a", null] },
       { type: "string", const: "x" },
+      // Recursive schemas with a way out: an optional child, a branch of another type, an empty list.
+      { type: "object", properties: { child: { $ref: "#" } } },
+      { anyOf: [{ type: "object", properties: { c: { $ref: "#" } }, required: ["c"] }, { type: "null" }] },
+      { type: "object", properties: { kids: { type: "array", items: { $ref: "#" } } }, required: ["kids"] },
     ])
       await validateSchema(schema);
   });

@@ -19,7 +19,7 @@ import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { Tokenizer } from "../tokenizer/tokenizer";
 import type { LogitsProcessor } from "./sampling";
-import { JsonProgress, SchemaShapes } from "./budget/json-progress";
+import { InfiniteSchemaError, JsonProgress, SchemaShapes, UnsteerableSchemaError } from "./budget/json-progress";
 import { formatPattern } from "./budget/pattern";
 import { budgetSteering, type BudgetSteering } from "./budget/steering";
 
@@ -209,11 +209,27 @@ export async function validateSchema(schema: unknown, { strict = true }: { stric
     checkJsonSchema(schema);
     walkSchema(schema as Record<string, unknown>, "");
     await schemaEbnf(schema, strict);
+    checkFiniteValue(schema as Record<string, unknown>, strict);
     validated.set(key, true);
   } catch (error) {
     const e = error instanceof SchemaError ? error : new SchemaError(`invalid schema: ${(error as Error).message}`);
     validated.set(key, e);
     throw e;
+  }
+}
+
+/**
+ * A schema that needs itself in every branch ({"$ref": "#"}, a required child of its own kind)
+ * has no finite value: xgrammar's grammar of it would allow no token at all, or none that ends.
+ * What the shortest-value reading cannot follow otherwise is left to the grammar alone.
+ */
+function checkFiniteValue(schema: Record<string, unknown>, strict: boolean): void {
+  try {
+    new SchemaShapes(schema, strict).minText(schema);
+  } catch (error) {
+    if (error instanceof InfiniteSchemaError)
+      throw new SchemaError(`unsupported schema: no finite JSON value matches it (${error.message})`);
+    if (!(error instanceof UnsteerableSchemaError)) throw error;
   }
 }
 

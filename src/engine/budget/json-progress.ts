@@ -18,6 +18,11 @@ export class UnsteerableSchemaError extends Error {
   override name = "UnsteerableSchemaError";
 }
 
+/** A schema that no finite JSON value meets: it needs itself (through a $ref) in every branch. */
+export class InfiniteSchemaError extends UnsteerableSchemaError {
+  override name = "InfiniteSchemaError";
+}
+
 /** The compact layout of a JSON value as xgrammar writes constants: ", " and ": " separators. */
 export function layout(value: unknown): string {
   if (Array.isArray(value)) return `[${value.map(layout).join(", ")}]`;
@@ -60,9 +65,12 @@ export class SchemaShapes {
   }
 
   private follow(s: Schema): Schema {
+    const followed = new Set<string>();
     for (let depth = 0; depth < 32; depth++) {
       if (typeof s.$ref === "string") {
         const { $ref, ...rest } = s;
+        if (followed.has($ref)) throw new InfiniteSchemaError(`$ref ${$ref} leads back to itself`);
+        followed.add($ref);
         s = { ...rest, ...this.pointer($ref) };
       } else if (Array.isArray(s.allOf) && s.allOf.length === 1) {
         const { allOf, ...rest } = s;
@@ -117,20 +125,24 @@ export class SchemaShapes {
     if (known !== undefined) return known;
     // A schema that needs itself (a recursive $ref with required recursion) has no finite value
     // along that branch: another branch, if any, gives the answer.
-    if (this.visiting.has(s)) throw new UnsteerableSchemaError("a recursive schema with no finite value");
+    if (this.visiting.has(s)) throw new InfiniteSchemaError("a recursive schema with no finite value");
     this.visiting.add(s);
     try {
       let best: string | undefined;
+      let infinite = true; // whether every branch failed for needing itself
       for (const branch of this.branches(s)) {
         let text: string;
         try {
           text = this.branchMinText(branch);
         } catch (error) {
-          if (error instanceof UnsteerableSchemaError) continue;
-          throw error;
+          if (!(error instanceof UnsteerableSchemaError)) throw error;
+          infinite &&= error instanceof InfiniteSchemaError;
+          continue;
         }
         if (best === undefined || text.length < best.length) best = text;
       }
+      if (best === undefined && infinite)
+        throw new InfiniteSchemaError("every branch requires a value of its own schema inside it");
       if (best === undefined)
         throw new UnsteerableSchemaError("no branch of the schema has a value the steering can write");
       this.shortest.set(s, best);
