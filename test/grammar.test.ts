@@ -395,6 +395,18 @@ describe("invalid or unsupported schemas are a clear error naming the offending 
       { type: "object", properties: { code: { type: "string", pattern: "(?<=x)y" } } },
       /\/properties\/code\/pattern uses a lookaround/,
     ],
+    // Refused only once a model's tokenizer compiled it: "invalid option: unsupported grammar:
+    // Negative Character class contains byte greater than 127", naming neither file nor pattern.
+    [
+      "a pattern with \\S (not whitespace)",
+      { type: "object", properties: { email: { type: "string", pattern: "^\\S+@\\S+$" } } },
+      /\/properties\/email\/pattern uses \\S, or \\s, \\W or \\D in a negated class/,
+    ],
+    [
+      "a pattern with \\s in a negated class",
+      { type: "string", pattern: "^[^,\\s]+$" },
+      /\/pattern uses \\S, or \\s, \\W or \\D in a negated class/,
+    ],
     [
       "a keyword that would not be enforced",
       { type: "object", properties: { n: { type: "integer", multipleOf: 3 } } },

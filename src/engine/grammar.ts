@@ -406,6 +406,13 @@ function checkPattern(pattern: string, where: string): void {
     throw new SchemaError(`unsupported schema: ${where} uses a lookaround assertion, which is not supported`);
   if (/\\[1-9]|\\k</.test(pattern))
     throw new SchemaError(`unsupported schema: ${where} uses a backreference, which is not supported`);
+  // xgrammar writes \S, and a negated class of \s, \W or \D, as classes reaching past ASCII,
+  // which its grammar parser then refuses ("Negative Character class contains byte greater than
+  // 127") only once a model's tokenizer compiles it.
+  if (/\\S/.test(pattern) || characterClasses(pattern).some((cls) => cls.startsWith("[^") && /\\[sWD]/.test(cls)))
+    throw new SchemaError(
+      `unsupported schema: ${where} uses \\S, or \\s, \\W or \\D in a negated class, which constrained decoding cannot enforce (list the characters allowed instead, e.g. [!-~] for visible ASCII)`,
+    );
   if (characterClasses(pattern).some((cls) => /[^\x00-\x7f]|\\u(?!00[0-7][0-9a-f])|\\x[89a-f]|\\p/i.test(cls)))
     throw new SchemaError(
       `unsupported schema: ${where} has a non-ASCII character in a character class, which constrained decoding cannot enforce (list the characters as alternatives instead)`,
