@@ -230,6 +230,19 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
 
   test("no prompt at all", async () => oneLineError(await mlx(["run", "-m", model], ""), /no prompt/));
 
+  test("stdin that cannot be read (`< folder`) is named as stdin, in run and cache-prompt", async () => {
+    for (const command of [`run -m "${model}" hi`, `cache-prompt -m "${model}" "${join(root, "x.cache")}"`]) {
+      const proc = Bun.spawn(["bash", "-c", `"${process.execPath}" "${main}" ${command} < "${root}"`], {
+        stdout: "pipe",
+        stderr: "pipe",
+        env,
+      });
+      const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+      // It was "error: Directories cannot be read like files".
+      expect({ code, stderr }).toEqual({ code: 1, stderr: "error: cannot read stdin: it is a directory\n" });
+    }
+  });
+
   test("a --stop that would change nothing (with --format or --schema, or empty) is refused, not ignored", async () => {
     const schema = join(root, "word.schema.json");
     writeFileSync(schema, JSON.stringify({ type: "string" }));

@@ -9,7 +9,15 @@ import type { LoadedModel } from "../models/load";
 import { fail, log, setVerbose } from "./log";
 import { aliasAdapter } from "../store/aliases";
 import { openModel } from "./open-model";
-import { distributedArgs, kvCacheArgs, kvQuantizationFrom, maxKvSizeFrom, modelArg, pipelineFrom } from "./options";
+import {
+  distributedArgs,
+  kvCacheArgs,
+  kvQuantizationFrom,
+  maxKvSizeFrom,
+  modelArg,
+  pipelineFrom,
+  readStdin,
+} from "./options";
 
 export default defineCommand({
   meta: {
@@ -44,7 +52,7 @@ export default defineCommand({
         );
       if (process.stdin.isTTY) throw new Error("pipe the document on stdin: mlx cache-prompt FILE < document");
       checkWritable(args.file);
-      const text = (await Bun.stdin.text()).trim();
+      const text = (await readStdin()).trim();
       if (!text) throw new Error("the document on stdin is empty");
       const lm = await openModel(args.model, options);
       const started = performance.now();

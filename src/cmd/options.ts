@@ -244,6 +244,16 @@ export function promptCacheDirFrom(args: Record<string, unknown>): {
   return { promptCacheDir: dir, promptCacheMaxBytes: numberFlag("prompt-cache-max-gb", gb) * 1024 ** 3 };
 }
 
+/** All of stdin as text (a prompt, a document); named as stdin where it cannot be read (`< folder`). */
+export async function readStdin(): Promise<string> {
+  try {
+    return await Bun.stdin.text();
+  } catch (error) {
+    const reason = (error as NodeJS.ErrnoException).code === "EISDIR" ? "it is a directory" : fileErrorReason(error);
+    throw new Error(`cannot read stdin: ${reason}`);
+  }
+}
+
 /** citty gives a repeated string flag as an array, a single one as a string. */
 export function list(value: unknown): string[] {
   if (value === undefined) return [];

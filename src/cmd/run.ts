@@ -18,6 +18,7 @@ import {
   type OutputFormat,
   pipelineFrom,
   positiveInteger,
+  readStdin,
   samplingArgs,
   samplingFrom,
   speculationArgs,
@@ -143,7 +144,7 @@ const withoutBlankEdges = (text: string) => text.replace(/^\s*\n/, "").trimEnd()
 
 /** The prompt's words and piped stdin, after the cached document if there is one. */
 async function readPrompt(argument: string, document?: string): Promise<string> {
-  const piped = process.stdin.isTTY ? "" : withoutBlankEdges(await Bun.stdin.text());
+  const piped = process.stdin.isTTY ? "" : withoutBlankEdges(await readStdin());
   const prompt = [document, withoutBlankEdges(argument), piped].filter((part) => part?.trim()).join("\n\n");
   if (!prompt) throw new Error('no prompt: give one as an argument (mlx run "...") or pipe it on stdin');
   return prompt;
