@@ -626,6 +626,23 @@ describe("mlx cache-prompt and mlx run --prompt-cache", () => {
     expect(damaged.stderr.trim()).toContain("not a prompt cache file");
   }, 60_000);
 
+  test("an existing FILE that is no prompt cache (the document itself, given as FILE) is refused, not overwritten; an earlier cache is", async () => {
+    const notes = join(root, "notes.md");
+    writeFileSync(notes, document);
+    // `mlx cache-prompt notes.md < notes.md` replaced the document with its keys and values.
+    expect(await run(["cache-prompt", "-m", model, notes], document)).toMatchObject({
+      code: 1,
+      stderr: `error: ${notes} exists and is not a prompt cache file: give another FILE to write (mlx cache-prompt FILE < document)\n`,
+    });
+    expect(readFileSync(notes, "utf8")).toBe(document);
+    const file = join(root, "again.cache");
+    expect((await run(["cache-prompt", "-m", model, file], document)).code).toBe(0);
+    expect(await run(["cache-prompt", "-m", model, file], `${document}\nOne more line.`)).toMatchObject({
+      code: 0,
+      stderr: "",
+    });
+  }, 60_000);
+
   test("a FILE whose folder is a file, or cannot be written, is refused before the model loads, not after the prefill", async () => {
     // No such model: a refusal that names FILE was made before loading it.
     const absent = join(root, "no-such-model");

@@ -3,7 +3,7 @@
 import { defineCommand } from "citty";
 import { accessSync, constants, existsSync, statSync } from "node:fs";
 import { dirname, resolve } from "node:path";
-import { documentTokens, prefillPrompt, savePrefilled } from "../engine/prompt-cache-file";
+import { documentTokens, isPromptCacheFile, prefillPrompt, savePrefilled } from "../engine/prompt-cache-file";
 import { writeErrorReason } from "../format";
 import type { LoadedModel } from "../models/load";
 import { fail, log, setVerbose } from "./log";
@@ -75,11 +75,18 @@ export default defineCommand({
 
 /**
  * Before the prefill, which a path that cannot be written would waste (and then report by a
- * temporary file's name): an empty one, a directory, or one in a directory that does not exist.
+ * temporary file's name): an empty one, a directory, or one in a directory that does not exist;
+ * nor is a file of something else written over.
  */
 function checkWritable(file: string): void {
   if (!file.trim()) throw new Error("give the file to write: mlx cache-prompt FILE < document");
   if (existsSync(file) && statSync(file).isDirectory()) throw new Error(`cannot write ${file}: it is a directory`);
+  // FILE comes first and the document on stdin: `mlx cache-prompt notes.md < notes.md` would
+  // replace the document with its keys and values.
+  if (existsSync(file) && statSync(file).size > 0 && !isPromptCacheFile(file))
+    throw new Error(
+      `${file} exists and is not a prompt cache file: give another FILE to write (mlx cache-prompt FILE < document)`,
+    );
   const dir = dirname(resolve(file));
   if (!existsSync(dir)) throw new Error(`cannot write ${file}: its directory does not exist`);
   try {

@@ -279,6 +279,16 @@ export function readPromptCacheHeader(path: string): Record<string, string> {
   }
 }
 
+/** Whether `path` holds a prompt cache file, damaged or not (what mlx cache-prompt may write over). */
+export function isPromptCacheFile(path: string): boolean {
+  try {
+    readPromptCacheHeader(path);
+    return true;
+  } catch (error) {
+    return error instanceof PromptCacheFileError && !error.message.includes(": not a prompt cache file");
+  }
+}
+
 /**
  * What is wrong with a header's token list, count of dropped positions or layer count, if
  * anything: the checksum covers the tensors only, and a reader must not trip over these later.
