@@ -150,6 +150,12 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
   test("a missing path", async () =>
     oneLineError(await mlx(["run", "-m", join(root, "nope"), "hi"]), /model not found/));
 
+  test("a Hugging Face repository named as mlx-lm takes it (org/repo) points at hf:", async () =>
+    oneLineError(
+      await mlx(["run", "-m", "mlx-community/SmolLM2-135M-Instruct-4bit", "hi"]),
+      /^error: model not found: mlx-community\/SmolLM2-135M-Instruct-4bit; for the Hugging Face repository, give hf:mlx-community\/SmolLM2-135M-Instruct-4bit /m,
+    ));
+
   test("an unknown alias suggests close ones", async () =>
     oneLineError(await mlx(["run", "-m", "smollm", "hi"]), /unknown model 'smollm'.*did you mean 'smollm2'/));
 

@@ -118,8 +118,14 @@ export async function missingModelError(
     return new ModelNotFoundError(
       `model not found: '${location.name}' (this server loads no model by a path on its machine; name an alias or a stored model)`,
     );
-  if (location.alias || looksLikePath(location.source))
-    return new ModelNotFoundError(`model not found: ${location.source}`);
+  if (location.alias || looksLikePath(location.source)) {
+    // mlx-lm takes a hub repository as org/repo; here that is a path unless hf: says otherwise.
+    const hub =
+      !location.alias && /^[\w.-]+\/[\w.-]+$/.test(location.source)
+        ? `; for the Hugging Face repository, give hf:${location.source}`
+        : "";
+    return new ModelNotFoundError(`model not found: ${location.source}${hub}`);
+  }
   return unknownModelError(location.name);
 }
 
