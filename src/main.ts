@@ -57,5 +57,8 @@ process.stdout.on("error", (error: NodeJS.ErrnoException) => {
   if (error.code === "EPIPE") process.exit(128 + 13);
   fail(new Error(`cannot write the output: ${writeErrorReason(error)}`));
 });
+// Likewise a reader of stderr (logs, --verbose figures) that went away; other errors there have
+// nowhere to be told.
+process.stderr.on("error", (error: NodeJS.ErrnoException) => process.exit(error.code === "EPIPE" ? 128 + 13 : 1));
 
 runMain(main, { rawArgs: argv, showUsage });

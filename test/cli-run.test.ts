@@ -417,6 +417,15 @@ describe("mlx run: a reader that goes away", () => {
     expect(stderr.trim()).toBe("status 141");
   });
 
+  test("a stderr reader that goes away (`2>&1 >/dev/null | head -c 1` under --verbose): SIGPIPE's status too", async () => {
+    const command = `"${process.execPath}" "${main}" run -v -m "${model}" --max-tokens 20 "hi" 2>&1 >/dev/null | head -c 1 > /dev/null; echo "status \${PIPESTATUS[0]}" >&2`;
+    const proc = Bun.spawn(["bash", "-c", command], { stdout: "pipe", stderr: "pipe", env });
+    const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+    expect(code).toBe(0);
+    // It was status 1: the figures' write to the closed stderr failed as an unhandled error.
+    expect(stderr.trim()).toBe("status 141");
+  });
+
   test.skipIf(!existsSync("/dev/full"))(
     "a stdout that cannot be written (`> /dev/full`) is one line, no stack trace",
     async () => {
