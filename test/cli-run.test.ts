@@ -236,6 +236,23 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
 
   test("no prompt at all", async () => oneLineError(await mlx(["run", "-m", model], ""), /no prompt/));
 
+  test("--think, --no-think or --thinking-budget with --raw (no chat template to switch or split thinking) is refused, not ignored", async () => {
+    const thinker = join(root, "tiny-thinks");
+    writeTinyModel(thinker, {
+      chatTemplate:
+        "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endfor %}" +
+        "{%- if add_generation_prompt %}<|im_start|>assistant\n<think>\n{%- endif %}",
+    });
+    const budgeted = await mlx(["run", "-m", thinker, "--thinking-budget", "2", "--max-tokens", "6", "--json", "hi"]);
+    expect(JSON.parse(budgeted.stdout).reasoning).toBeDefined();
+    // With --raw each answered as if it were not given, unsaid.
+    for (const flags of [["--thinking-budget", "2"], ["--think"], ["--no-think"]])
+      oneLineError(
+        await mlx(["run", "-m", thinker, "--raw", ...flags, "--max-tokens", "6", "hi"]),
+        /^error: --think, --no-think and --thinking-budget need the chat template, which --raw leaves out: give one or the other$/m,
+      );
+  });
+
   test("stdin that cannot be read (`< folder`) is named as stdin, in run and cache-prompt", async () => {
     for (const command of [`run -m "${model}" hi`, `cache-prompt -m "${model}" "${join(root, "x.cache")}"`]) {
       const proc = Bun.spawn(["bash", "-c", `"${process.execPath}" "${main}" ${command} < "${root}"`], {

@@ -30,6 +30,7 @@ import { checkThinking, pieceWriter, thinkingArgs, thinkingFrom } from "./thinki
 import { documentTokens, openPromptCache as openPromptCacheFile } from "../engine/prompt-cache-file";
 import { PrefixCache } from "../engine/prefix-cache";
 import { promptTokens } from "../engine/prompt";
+import type { ThinkingRequest } from "../engine/reasoning";
 import { repeatable, variadic } from "./strict-flags";
 
 export default defineCommand({
@@ -74,6 +75,7 @@ export default defineCommand({
       const sampling = samplingFrom(args);
       const maxTokens = positiveInteger("max-tokens", args["max-tokens"]);
       const thinking = thinkingFrom(args);
+      checkRawThinking(thinking, Boolean(args.raw));
       const output = await formatFrom(args); // before loading the model: a bad schema fails fast
       const stop = stopStrings(args.stop, output);
       const remote = remoteModel(args.model);
@@ -210,6 +212,17 @@ function checkSystemPrompt(system: string | undefined, o: { raw: boolean; templa
   if (o.raw) throw new Error("--system needs the chat template, which --raw leaves out: give one or the other");
   if (!o.template)
     throw new Error("this model has no chat template to put --system in: write the system prompt into the prompt");
+}
+
+/**
+ * --think/--no-think switch thinking in the chat template, and a budget bounds the reasoning the
+ * template opens: with --raw there is none, and each would change nothing, unsaid.
+ */
+function checkRawThinking(thinking: ThinkingRequest | undefined, raw: boolean): void {
+  if (raw && thinking)
+    throw new Error(
+      "--think, --no-think and --thinking-budget need the chat template, which --raw leaves out: give one or the other",
+    );
 }
 
 /** A file of mlx cache-prompt, as the prefix cache a run starts from, and the document it holds. */
