@@ -18,7 +18,7 @@ import { completeAlone } from "./helpers/generate";
 import { serve } from "./helpers/serve";
 import { forecastParameters, forecastTools } from "./helpers/forecast-tools";
 import { cliRunner } from "./helpers/cli";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 
 const ajv = new Ajv({ strict: false, validateFormats: false });
 let path: string;
@@ -48,6 +48,11 @@ describe("the default model", () => {
       license: "apache-2.0",
       chat_template: "yes",
     });
+    // Its folder in the store (one GGUF file, no config.json) shows as that file, as run loads it.
+    const file = JSON.parse((await cliRunner(home)(["show", path, "--json"])).stdout);
+    const folder = await cliRunner(home)(["show", dirname(path), "--json"]);
+    expect(folder.code).toBe(0);
+    expect(JSON.parse(folder.stdout)).toEqual(file);
   });
 
   test("under a schema, answers with JSON that matches it", async () => {

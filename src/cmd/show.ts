@@ -9,7 +9,7 @@ import { blobPath } from "../store/paths";
 import { formatBytes, formatCount } from "../format";
 import { ggufParameterCount, readGGUFHeader } from "../models/gguf-header";
 import { modelRequest } from "../store/pull";
-import { looksLikePath } from "../store/resolve";
+import { ggufOfDirectory, looksLikePath } from "../store/resolve";
 import { isGGUFFile } from "../models/gguf";
 import { directoryWeightFiles } from "../models/load";
 import { loadPath, repair } from "../store/store";
@@ -93,7 +93,8 @@ function printFields(lines: string[][]): void {
 
 /** A model directory or GGUF file outside the store: its format, size and config (no manifest: nothing stored). */
 function showFiles(given: string, json: boolean): void {
-  const path = resolve(given);
+  // A folder holding one GGUF file and no config.json is that file, as run loads it.
+  const path = ggufOfDirectory(resolve(given));
   const directory = statSync(path).isDirectory();
   if (!directory && !isGGUFFile(path)) throw new Error(`${path} is neither a model directory nor a GGUF file`);
   const config = directory ? directoryConfig(path) : ggufSummary(path);

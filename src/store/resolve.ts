@@ -80,7 +80,7 @@ export function locateModel(
  * models/<name>/ of a GGUF model, or a download of one file from a GGUF repository. Of several,
  * the user picks (else the loader's "has no config.json" would say nothing of them).
  */
-function ggufOfDirectory(path: string): string {
+export function ggufOfDirectory(path: string): string {
   if (!statSync(path).isDirectory() || existsSync(join(path, "config.json"))) return path;
   const ggufs = readdirSync(path)
     .filter((name) => name.endsWith(".gguf"))
