@@ -37,6 +37,14 @@ beforeAll(() => {
 
 const fast = ["-p", "16", "-g", "8"];
 
+/** `mlx bench <args>` started in a child process of its own (to be interrupted). */
+const startBench = (args: string[]) =>
+  Bun.spawn([process.execPath, mainScript, "bench", ...args], {
+    stdout: "pipe",
+    stderr: "pipe",
+    env: { ...process.env, MLX_HOME: join(root, "home") },
+  });
+
 describe("mlx bench: model mode", () => {
   test("a table on stdout: tokens/s as mean ± sd, first token, peak memory, size, quantization", async () => {
     const r = await mlx(["-m", tiny, "-n", "2", ...fast]);
@@ -138,14 +146,7 @@ describe("mlx bench: model mode", () => {
 
   test("Ctrl-C mid-benchmark: exit 130, and the in-use marker is gone", async () => {
     expect((await run(["pull", tiny])).code).toBe(0);
-    const proc = Bun.spawn(
-      [process.execPath, mainScript, "bench", "-m", "tiny", "-n", "100000", "-p", "16", "-g", "8"],
-      {
-        stdout: "pipe",
-        stderr: "pipe",
-        env: { ...process.env, MLX_HOME: join(root, "home") },
-      },
-    );
+    const proc = startBench(["-m", "tiny", "-n", "100000", "-p", "16", "-g", "8"]);
     const marker = join(root, "home", "in-use", "tiny", String(proc.pid));
     await interruptWhileInUse(proc, marker);
   }, 30_000);
@@ -154,14 +155,7 @@ describe("mlx bench: model mode", () => {
     const long = join(root, "tiny-long");
     writeTinyModel(long, { contextLength: 2_000_000 });
     expect((await run(["pull", long])).code).toBe(0);
-    const proc = Bun.spawn(
-      [process.execPath, mainScript, "bench", "-m", "tiny-long", "-n", "1", "-p", "0", "-g", "1000000"],
-      {
-        stdout: "pipe",
-        stderr: "pipe",
-        env: { ...process.env, MLX_HOME: join(root, "home") },
-      },
-    );
+    const proc = startBench(["-m", "tiny-long", "-n", "1", "-p", "0", "-g", "1000000"]);
     const marker = join(root, "home", "in-use", "tiny-long", String(proc.pid));
     for (const deadline = Date.now() + 20_000; !existsSync(marker) && Date.now() < deadline; ) await Bun.sleep(10);
     await Bun.sleep(1500); // past the warm-up, into the test

@@ -30,6 +30,16 @@ async function send(page: Page, text: string): Promise<void> {
   await page.press("#input", "Enter");
 }
 
+/** Once the page is ready: the model list loaded, and a question answered in 8 tokens (its figures shown). */
+async function answersInEightTokens(page: Page): Promise<void> {
+  await page.waitForSelector("body[data-ready]");
+  expect(await page.locator("#model option").count()).toBeGreaterThan(0);
+  await setMaxTokens(page, "8");
+  await send(page, "Hi");
+  await page.waitForSelector(".message.assistant .figures");
+  expect(await page.locator(".message.assistant .figures").textContent()).toMatch(/^8 tokens/);
+}
+
 /** Imports `conversation` through the page's file picker, as a user does with an exported one. */
 async function importConversation(page: Page, conversation: { title: string; messages: unknown[] }): Promise<void> {
   await page.setInputFiles("#import-file", {
@@ -578,12 +588,7 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
       page.on("request", (r) => {
         if (!new URL(r.url()).pathname.startsWith("/mlx/")) outside.push(r.url());
       });
-      await page.waitForSelector("body[data-ready]");
-      expect(await page.locator("#model option").count()).toBeGreaterThan(0);
-      await setMaxTokens(page, "8");
-      await send(page, "Hi");
-      await page.waitForSelector(".message.assistant .figures");
-      expect(await page.locator(".message.assistant .figures").textContent()).toMatch(/^8 tokens/);
+      await answersInEightTokens(page);
       await page.click("a[href='dashboard']");
       await page.waitForURL(`http://127.0.0.1:${proxy.port}/mlx/dashboard`);
       await eventually(async () => Number(await page.locator("#loaded").textContent()) >= 1, 10_000);
@@ -765,12 +770,7 @@ describe.skipIf(!chromiumPath)("in Chromium, with --api-key", () => {
     await page.waitForSelector("#key-dialog[open]");
     await page.fill("#key-dialog input", key);
     await page.press("#key-dialog input", "Enter");
-    await page.waitForSelector("body[data-ready]");
-    expect(await page.locator("#model option").count()).toBeGreaterThan(0);
-    await setMaxTokens(page, "8");
-    await send(page, "Hi");
-    await page.waitForSelector(".message.assistant .figures");
-    expect(await page.locator(".message.assistant .figures").textContent()).toMatch(/^8 tokens/);
+    await answersInEightTokens(page);
     // Kept: a reload asks nothing.
     await page.reload();
     await page.waitForSelector("body[data-ready]");
