@@ -5,6 +5,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, statSync, writeFileSy
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { writeTinyModel } from "./helpers/tiny-model";
+import { cliRunner } from "./helpers/cli";
 
 const hasTmux = Bun.spawnSync(["which", "tmux"]).exitCode === 0;
 const root = mkdtempSync(join(tmpdir(), "mlx-chat-"));
@@ -473,19 +474,10 @@ describe("mlx chat with piped input", () => {
   test('/set system """ takes a system prompt of several lines, as in Ollama', async () => {
     const piped = join(root, "piped-system-block");
     writeTinyModel(piped);
-    const proc = Bun.spawn([process.execPath, main, "chat", "-m", piped, "--max-tokens", "2"], {
-      stdin: new Blob([
-        '/set system """You are a pirate.\nAlways say arr.\n"""\n/show\n/set system Say """hi"""\n/show\n',
-      ]),
-      stdout: "pipe",
-      stderr: "pipe",
-      env: { ...process.env, MLX_HOME: home },
-    });
-    const [stdout, stderr, code] = await Promise.all([
-      new Response(proc.stdout).text(),
-      new Response(proc.stderr).text(),
-      proc.exited,
-    ]);
+    const { stdout, stderr, code } = await cliRunner(home)(
+      ["chat", "-m", piped, "--max-tokens", "2"],
+      '/set system """You are a pirate.\nAlways say arr.\n"""\n/show\n/set system Say """hi"""\n/show\n',
+    );
     expect(code).toBe(0);
     expect(stdout).toBe(""); // nothing was sent to the model
     expect(stderr).toContain("system prompt:  You are a pirate.\nAlways say arr.\nchat template:");
@@ -495,13 +487,10 @@ describe("mlx chat with piped input", () => {
   test('a """ block that starts with / is a message, not a command (code opening with a // comment was lost)', async () => {
     const piped = join(root, "piped-slash-block");
     writeTinyModel(piped);
-    const proc = Bun.spawn([process.execPath, main, "chat", "-m", piped, "--max-tokens", "2", "--stats"], {
-      stdin: new Blob(['"""\n// add two numbers\nconst add = (a, b) => a + b;\n"""\n"""/help"""\n']),
-      stdout: "pipe",
-      stderr: "pipe",
-      env: { ...process.env, MLX_HOME: home },
-    });
-    const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+    const { stderr, code } = await cliRunner(home)(
+      ["chat", "-m", piped, "--max-tokens", "2", "--stats"],
+      '"""\n// add two numbers\nconst add = (a, b) => a + b;\n"""\n"""/help"""\n',
+    );
     expect(code).toBe(0);
     expect(stderr).not.toContain("unknown command");
     expect(stderr).not.toContain("commands:");
