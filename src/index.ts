@@ -23,8 +23,7 @@ import type { GenerationSpec, PromptInput } from "./engine/request";
 import { defaultSampling, validateSampling, type SamplingParams } from "./engine/sampling";
 import { Scheduler } from "./engine/scheduler";
 import { loadModel, type LoadedModel } from "./models/load";
-import { loadAdapter } from "./models/lora";
-import { aliasAdapter } from "./store/aliases";
+import { aliasSettings, applySettings } from "./engine/model-settings";
 import type { DownloadProgress } from "./store/download";
 import { resolveModelPath } from "./store/resolve";
 import { InvalidParameterError, UnsupportedError } from "./errors";
@@ -140,17 +139,13 @@ export async function load(name?: string, options: LoadOptions = {}): Promise<Mo
     throw new InvalidParameterError(`maxBatch must be a number (got ${JSON.stringify(maxBatch)})`, "maxBatch");
   if (!(Number.isInteger(maxBatch) && maxBatch > 0))
     throw new InvalidParameterError(`maxBatch must be a whole number > 0 (got ${maxBatch})`, "maxBatch");
-  const path = await resolveModelPath(name, { onProgress: options.onProgress ?? (() => {}) });
+  const onProgress = options.onProgress ?? (() => {});
+  const path = await resolveModelPath(name, { onProgress });
   const lm = loadModel(path);
-  // An alias of a base plus an adapter (models.toml) is that model everywhere, as in `mlx run -m`.
-  const adapter = aliasAdapter(name);
-  if (adapter)
-    try {
-      lm.adapter = loadAdapter(adapter, lm.weights.lora);
-    } catch (error) {
-      lm.free();
-      throw error;
-    }
+  // An alias is that model everywhere, as in `mlx run -m`: its KV cache, adapter and speculation.
+  await applySettings(lm, aliasSettings(name), async (draft) =>
+    loadModel(await resolveModelPath(draft, { onProgress })),
+  );
   const model = new Model(lm, maxBatch);
   waitForMlxAtExit();
   return model;

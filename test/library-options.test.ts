@@ -241,6 +241,34 @@ describe("the library's options", () => {
       process.env.MLX_HOME = before;
     }
   }, 120_000);
+
+  test("an alias's KV cache, rotating cache and speculation apply, as in mlx run -m", async () => {
+    // Before, load() took the alias's weights alone.
+    const home = mkdtempSync(join(tmpdir(), "mlx-library-alias-"));
+    const tiny = join(home, "tiny");
+    writeTinyModel(tiny, { headDim: 64, contextLength: 48 });
+    writeFileSync(
+      join(home, "models.toml"),
+      `[models.tiny-tuned]\nsource = "${tiny}"\nkv_bits = 8\nmax_kv_size = 64\nprompt_lookup = true\nnum_draft = 5\n`,
+    );
+    const before = process.env.MLX_HOME;
+    process.env.MLX_HOME = home;
+    try {
+      const tuned = await load("tiny-tuned");
+      try {
+        expect(tuned.lm.kvQuantization).toEqual({ bits: 8, groupSize: 64 });
+        expect(tuned.lm.maxKvSize).toBe(64);
+        expect(tuned.lm.speculation).toEqual({ numDraft: 5 });
+        const r = await tuned.generate("one two one two one two", { raw: true, maxTokens: 100, temperature: 0 });
+        // Past the model's 48 positions: the cache rotates.
+        expect(r.tokenIds).toHaveLength(100);
+      } finally {
+        tuned.close();
+      }
+    } finally {
+      process.env.MLX_HOME = before;
+    }
+  }, 120_000);
 });
 
 describe("a model without a chat template", () => {

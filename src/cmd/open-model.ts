@@ -1,24 +1,18 @@
 // Opening the model a command was asked for: resolve the name (pulling on first use), load
 // it, pass on its notes, and point a failed load of a stored model at the repair commands.
-import { loadModel, ModelLoadError, type LoadedModel, type SpeculationChoice } from "../models/load";
-import { attachSpeculation } from "../engine/speculative";
+import { loadModel, ModelLoadError, type LoadedModel } from "../models/load";
+import { applySettings, type ModelSettings } from "../engine/model-settings";
 import { openPipeline, type PipelineSpec } from "../engine/pipeline";
 import { resolveModelPath } from "../store/resolve";
 import { repairHint } from "../store/store";
 import { aliasAdapter, aliasKvQuantization, aliasMaxKvSize } from "../store/aliases";
-import { loadAdapter } from "../models/lora";
-import type { KvQuantization } from "../models/cache";
 import { log } from "./log";
 
-export interface OpenOptions {
-  /** Default: the alias's kv_bits. */
-  kvQuantization?: KvQuantization;
-  /** Most positions the KV cache holds per sequence, a rotating cache (default: the alias's max_kv_size). */
-  maxKvSize?: number;
-  /** A LoRA/DoRA adapter directory applied to every generation (default: the alias's adapter). */
-  adapter?: string;
-  /** Speculative decoding: a draft model or prompt lookup (default: none). */
-  speculation?: SpeculationChoice;
+/**
+ * The KV cache settings and adapter default to the alias's (kv_bits, max_kv_size, adapter);
+ * speculation to none (the commands read the alias's with their flags).
+ */
+export interface OpenOptions extends ModelSettings {
   /** This process's part of a model split across processes (--hostfile/--rank). */
   pipeline?: PipelineSpec;
 }
@@ -53,24 +47,9 @@ export async function openModel(
     if (!hint) throw error;
     throw new Error(`${(error as Error).message}; ${hint}`);
   }
-  lm.kvQuantization = kvQuantization;
-  lm.maxKvSize = maxKvSize;
-  if (adapter) {
-    try {
-      lm.adapter = loadAdapter(adapter, lm.weights.lora);
-    } catch (error) {
-      lm.free();
-      throw error;
-    }
-    log.debug(`adapter ${adapter}: ${lm.adapter.layers.size} layers (${lm.adapter.kind})`);
-  }
+  await applySettings(lm, { kvQuantization, maxKvSize, adapter, speculation }, (name) => openModel(name));
+  if (lm.adapter) log.debug(`adapter ${adapter}: ${lm.adapter.layers.size} layers (${lm.adapter.kind})`);
   for (const note of lm.notes) log.warn(note);
-  try {
-    await attachSpeculation(lm, speculation, (name) => openModel(name));
-  } catch (error) {
-    lm.free();
-    throw error;
-  }
   log.debug(`loaded ${path} in ${((performance.now() - started) / 1000).toFixed(2)} s`);
   return lm;
 }

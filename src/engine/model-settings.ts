@@ -1,0 +1,48 @@
+// What a model runs with beyond its weights: its KV cache's quantization and size, a LoRA/DoRA
+// adapter and speculative decoding, as models.toml's alias gives them or a caller sets them. The
+// CLI's commands and the library put them on a loaded model here, alike.
+import type { KvQuantization } from "../models/cache";
+import type { LoadedModel, SpeculationChoice } from "../models/load";
+import { loadAdapter } from "../models/lora";
+import { aliasAdapter, aliasKvQuantization, aliasMaxKvSize, aliasSpeculation } from "../store/aliases";
+import { attachSpeculation } from "./speculative";
+
+export interface ModelSettings {
+  kvQuantization?: KvQuantization;
+  /** Most positions the KV cache holds per sequence, a rotating cache. */
+  maxKvSize?: number;
+  /** A LoRA/DoRA adapter directory applied to every generation. */
+  adapter?: string;
+  /** A draft model or prompt lookup. */
+  speculation?: SpeculationChoice;
+}
+
+/** What models.toml's alias `spec` (default: the default model) asks for. */
+export function aliasSettings(spec: string | undefined): ModelSettings {
+  return {
+    kvQuantization: aliasKvQuantization(spec),
+    maxKvSize: aliasMaxKvSize(spec),
+    adapter: aliasAdapter(spec),
+    speculation: aliasSpeculation(spec),
+  };
+}
+
+/**
+ * Puts `settings` on `lm`, a draft model opened with `openDraft`. `lm` is freed when one cannot
+ * be applied (an adapter that does not fit it, a draft model of another vocabulary).
+ */
+export async function applySettings(
+  lm: LoadedModel,
+  settings: ModelSettings,
+  openDraft: (name: string) => Promise<LoadedModel>,
+): Promise<void> {
+  lm.kvQuantization = settings.kvQuantization;
+  lm.maxKvSize = settings.maxKvSize;
+  try {
+    if (settings.adapter) lm.adapter = loadAdapter(settings.adapter, lm.weights.lora);
+    await attachSpeculation(lm, settings.speculation, openDraft);
+  } catch (error) {
+    lm.free();
+    throw error;
+  }
+}
