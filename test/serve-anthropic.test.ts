@@ -149,6 +149,18 @@ describe("messages.create", () => {
     expect(await client.models.retrieve(model)).toEqual(listed);
   });
 
+  test("models.retrieve of an unknown model is a 404 in Anthropic's error shape (and in OpenAI's without anthropic-version)", async () => {
+    const missing = await client.models.retrieve("no-such-model").catch((e) => e);
+    expect(missing).toBeInstanceOf(Anthropic.NotFoundError);
+    expect(missing.error).toEqual({
+      type: "error",
+      error: { type: "not_found_error", message: expect.stringContaining("'no-such-model'") },
+    });
+    const openai = await fetch(`${server.url}/v1/models/no-such-model`);
+    expect(openai.status).toBe(404);
+    expect(((await openai.json()) as { error: { code: string } }).error.code).toBe("model_not_found");
+  });
+
   test("max_tokens and stop_sequences end the answer with their stop reasons", async () => {
     const messages: Anthropic.MessageParam[] = [{ role: "user", content: [{ type: "text", text: "Count" }] }];
     // Random weights rarely pick EOS: with greedy decoding the answer runs to max_tokens.

@@ -157,12 +157,17 @@ function providerError(e: ProviderError): ApiError {
 /** The API family whose error shape a path answers with. */
 export type ApiFamily = "openai" | "ollama" | "anthropic";
 
-export const apiFamily = (path: string): ApiFamily =>
-  path.startsWith("/api/")
-    ? "ollama"
-    : path === "/v1/messages" || path.startsWith("/v1/messages/")
-      ? "anthropic"
-      : "openai";
+/**
+ * The family a request's errors are written in: by its path, except the models routes, which
+ * Anthropic's client shares with OpenAI's and which answer it in its shapes (it sends
+ * `anthropic-version`), its errors included: its client reads `error.type` from them.
+ */
+export function apiFamily(path: string, anthropicVersion?: string): ApiFamily {
+  if (path.startsWith("/api/")) return "ollama";
+  if (path === "/v1/messages" || path.startsWith("/v1/messages/")) return "anthropic";
+  const modelsRoute = path === "/v1/models" || path.startsWith("/v1/models/");
+  return modelsRoute && anthropicVersion !== undefined ? "anthropic" : "openai";
+}
 
 export function errorBody(e: ApiError, family: ApiFamily): unknown {
   if (family === "ollama") return { error: e.message };
@@ -173,5 +178,5 @@ export function errorBody(e: ApiError, family: ApiFamily): unknown {
 
 export function errorResponse(c: Context, e: ApiError): Response {
   for (const [name, value] of Object.entries(e.headers)) c.header(name, value);
-  return c.json(errorBody(e, apiFamily(c.req.path)) as object, e.status as 400);
+  return c.json(errorBody(e, apiFamily(c.req.path, c.req.header("anthropic-version"))) as object, e.status as 400);
 }
