@@ -521,6 +521,11 @@ describe("errors", () => {
       [{ tools: [{ name: "web", type: "web_search_20250305" }] }, /tool type 'web_search_20250305'/],
       [{ tools, tool_choice: { type: "tool", name: "nope" } }, /'nope', which is not among the tools/],
       [{ tool_choice: { type: "any" } }, /'any' needs 'tools'/],
+      // A call's input is an object: under another schema a forced call came back as raw call text.
+      [
+        { max_tokens: 40, tools: [{ name: "echo", input_schema: { type: "string" } }], tool_choice: { type: "any" } },
+        /'tools\.0\.input_schema\.type' must be 'object'/,
+      ],
       // JSON output starts the answer afresh: with a prefill before it the text would not be JSON.
       [
         {

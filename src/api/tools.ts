@@ -30,6 +30,14 @@ export function toolSpec(fn: Fields, schemaField: string, names: Set<string>): T
   if (names.has(name)) fn.fail("name", `repeats the function name '${name}'`);
   names.add(name);
   const parameters = fn.object(schemaField)?.body ?? {};
+  // A call's arguments are an object in every API: under a schema of another type a forced call
+  // wrote a value no call can hold, which reached the client as the raw call text. OpenAI and
+  // Anthropic refuse such a schema too.
+  if ("type" in parameters && parameters.type !== "object")
+    fn.fail(
+      `${schemaField}.type`,
+      `must be 'object' (a call's arguments are an object); got ${JSON.stringify(parameters.type)}`,
+    );
   try {
     checkJsonSchema(parameters);
   } catch (error) {
