@@ -512,6 +512,27 @@ describe("errors", () => {
         { messages: [{ role: "user", content: [{ type: "image", source: {} }] }] },
         /content of type 'image' is not supported/,
       ],
+      // Anthropic's error shape has no param: the message says which block, in a long history too.
+      [
+        {
+          messages: [
+            ...ask,
+            { role: "assistant", content: "Here is a chart." },
+            {
+              role: "user",
+              content: [
+                { type: "text", text: "And this?" },
+                { type: "document", source: {} },
+              ],
+            },
+          ],
+        },
+        /content of type 'document' is not supported by this server \(at 'messages\.2\.content\.1\.type'\)/,
+      ],
+      [
+        { system: [{ type: "image", source: {} }] },
+        /a block of type 'image' here is not supported by this server \(at 'system\.0\.type'\)/,
+      ],
       [
         { messages: [{ role: "assistant", content: [{ type: "tool_result", tool_use_id: "a" }] }] },
         /belong in user messages/,

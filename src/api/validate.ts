@@ -50,9 +50,15 @@ function nestingDepth(value: unknown): number {
   return deepest;
 }
 
-/** A request feature we understand but do not implement: a 400 that says so. */
-export const unsupported = (param: string, what = `'${param}'`) =>
-  new ValidationError(`${what} is not supported by this server`, param, "unsupported_parameter");
+/**
+ * A request feature we understand but do not implement: a 400 that says so, and where when
+ * `what` does not (Anthropic's and Ollama's error shapes carry no param, and an image deep in a
+ * long conversation must be found).
+ */
+export function unsupported(param: string, what = `'${param}'`): ValidationError {
+  const where = what.includes(`'${param}'`) ? "" : ` (at '${param}')`;
+  return new ValidationError(`${what} is not supported by this server${where}`, param, "unsupported_parameter");
+}
 
 type Json = Record<string, unknown>;
 
