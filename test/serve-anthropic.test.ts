@@ -149,6 +149,24 @@ describe("messages.create", () => {
     expect(await client.models.retrieve(model)).toEqual(listed);
   });
 
+  test("models.list pages by limit, after_id and before_id, as Anthropic's (a client that pages on until an empty page stops)", async () => {
+    const all = (await client.models.list({ limit: 1000 })).data.map((m) => m.id);
+    const first = await client.models.list({ limit: 1 });
+    expect(first.data.map((m) => m.id)).toEqual(all.slice(0, 1));
+    expect(first.has_more).toBe(all.length > 1);
+    // The SDK's iterator follows last_id page by page: every model once.
+    const paged: string[] = [];
+    for await (const m of client.models.list({ limit: 1 })) paged.push(m.id);
+    expect(paged).toEqual(all);
+    const after = await client.models.list({ after_id: all.at(-1)! });
+    expect([after.data, after.has_more, after.first_id]).toEqual([[], false, null]);
+    const before = await client.models.list({ before_id: all.at(-1)!, limit: 1 });
+    expect(before.data.map((m) => m.id)).toEqual(all.slice(-2, -1));
+    const bad = await client.models.list({ limit: 0 }).catch((e) => e);
+    expect(bad).toBeInstanceOf(Anthropic.BadRequestError);
+    expect(bad.error.error.message).toContain("'limit' must be a whole number from 1 to 1000");
+  });
+
   test("models.retrieve of an unknown model is a 404 in Anthropic's error shape (and in OpenAI's without anthropic-version)", async () => {
     const missing = await client.models.retrieve("no-such-model").catch((e) => e);
     expect(missing).toBeInstanceOf(Anthropic.NotFoundError);

@@ -382,8 +382,27 @@ export const anthropicModel = (m: { id: string; created: number }) => ({
   created_at: new Date(m.created * 1000).toISOString(),
 });
 
-/** Anthropic's page of models: all of them, in one page. */
-export function anthropicModelList(models: { id: string; created: number }[]) {
-  const data = models.map(anthropicModel);
-  return { data, has_more: false, first_id: data[0]?.id ?? null, last_id: data.at(-1)?.id ?? null };
+/**
+ * Anthropic's page of models: `limit` of them (default 20, up to 1,000), from the start, after
+ * `after_id`, or the last ones before `before_id`; `has_more` says whether that direction holds more.
+ */
+export function anthropicModelList(models: { id: string; created: number }[], query: Record<string, string> = {}) {
+  Fields.of(query).onlyKnown(["limit", "after_id", "before_id"]);
+  const limit = Number(query.limit ?? 20);
+  if (!Number.isInteger(limit) || limit < 1 || limit > 1000)
+    throw new ValidationError(`'limit' must be a whole number from 1 to 1000, got '${query.limit}'`, "limit");
+  const { after_id: after, before_id: before } = query;
+  if (after !== undefined && before !== undefined)
+    throw new ValidationError("'after_id' and 'before_id' cannot be given together", "before_id");
+  const position = (param: string, id: string) => {
+    const i = models.findIndex((m) => m.id === id);
+    if (i < 0) throw new ValidationError(`'${param}' names no model served here: '${id}'`, param);
+    return i;
+  };
+  const end = before === undefined ? models.length : position("before_id", before);
+  const start = after === undefined ? 0 : position("after_id", after) + 1;
+  const [from, to] = before === undefined ? [start, Math.min(end, start + limit)] : [Math.max(0, end - limit), end];
+  const data = models.slice(from, to).map(anthropicModel);
+  const has_more = before === undefined ? to < models.length : from > 0;
+  return { data, has_more, first_id: data[0]?.id ?? null, last_id: data.at(-1)?.id ?? null };
 }

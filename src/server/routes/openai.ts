@@ -68,7 +68,7 @@ export function openaiRoutes(s: ServerState): Hono {
   const anthropic = (c: Context) => c.req.header("anthropic-version") !== undefined;
   r.get("/v1/models", async (c) => {
     const data = await servedModels(s);
-    return c.json(anthropic(c) ? anthropicModelList(data) : { object: "list", data });
+    return c.json(anthropic(c) ? anthropicModelList(data, c.req.query()) : { object: "list", data });
   });
   // A model's name may be a path: its slashes are the id's.
   r.get("/v1/models/:id{.+}", async (c) => {
