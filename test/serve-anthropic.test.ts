@@ -304,7 +304,7 @@ describe("tools", () => {
     expect(counted.input_tokens).toBeGreaterThan(bare.input_tokens + 20);
   }, 60_000);
 
-  test("a tool_use the next message leaves unanswered (or that ends the conversation), or a tool_result for no tool_use, is a 400 as Anthropic's", async () => {
+  test("a tool_use the next message leaves unanswered (or that ends the conversation), a tool_result for no tool_use, or a repeated id, is a 400 as Anthropic's", async () => {
     const use = (id: string): Anthropic.ToolUseBlockParam => ({
       type: "tool_use",
       id,
@@ -335,6 +335,15 @@ describe("tools", () => {
         /'messages\.2\.content' has tool_result blocks for no tool_use of the message before: t9/,
       ],
       [[{ role: "user", content: [result("t1")] }], /'messages\.0\.content' has tool_result blocks for no tool_use/],
+      // Which call would one result answer, or which result answer a call?
+      [
+        [...ask, { role: "assistant", content: [use("t1"), use("t1")] }, { role: "user", content: [result("t1")] }],
+        /'messages\.1\.content' has tool_use blocks that share an id \(ids must be unique\): t1$/,
+      ],
+      [
+        [...ask, { role: "assistant", content: [use("t1")] }, { role: "user", content: [result("t1"), result("t1")] }],
+        /'messages\.2\.content' has more than one tool_result for: t1$/,
+      ],
     ];
     // count_tokens reads the conversation as a generation does.
     for (const [messages, message] of cases) {

@@ -164,6 +164,11 @@ interface ToolUses {
  */
 function answerToolUses(f: Fields, before: ToolUses | undefined, turn: ConversationMessage[], at: number) {
   const results = turn.flatMap((m) => (m.role === "tool" ? [m.toolCallId!] : []));
+  // One result per call, and calls apart by their ids, as Anthropic requires: a second result,
+  // or a result for an id two calls share, leaves the template no way to tell which call it answers.
+  const repeatedResults = repeated(results);
+  if (repeatedResults.length > 0)
+    f.fail(`messages.${at}.content`, `has more than one tool_result for: ${repeatedResults.join(", ")}`);
   const unanswered = before?.ids.filter((id) => !results.includes(id)) ?? [];
   if (unanswered.length > 0) unansweredToolUses(f, { ids: unanswered, at: before!.at });
   const unexpected = results.filter((id) => !before?.ids.includes(id));
@@ -173,8 +178,17 @@ function answerToolUses(f: Fields, before: ToolUses | undefined, turn: Conversat
       `has tool_result blocks for no tool_use of the message before: ${unexpected.join(", ")}`,
     );
   const ids = turn.flatMap((m) => m.toolCalls?.map((c) => c.id) ?? []);
+  const repeatedIds = repeated(ids);
+  if (repeatedIds.length > 0)
+    f.fail(
+      `messages.${at}.content`,
+      `has tool_use blocks that share an id (ids must be unique): ${repeatedIds.join(", ")}`,
+    );
   return ids.length > 0 ? { ids, at } : undefined;
 }
+
+/** The values that occur more than once, each once. */
+const repeated = (values: string[]) => [...new Set(values.filter((v, i) => values.indexOf(v) !== i))];
 
 function unansweredToolUses(f: Fields, { ids, at }: ToolUses): never {
   return f.fail(
