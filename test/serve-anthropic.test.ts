@@ -569,6 +569,10 @@ describe("errors", () => {
       [{ tools: [{ name: "web", type: "web_search_20250305" }] }, /tool type 'web_search_20250305'/],
       [{ tools, tool_choice: { type: "tool", name: "nope" } }, /'nope', which is not among the tools/],
       [{ tool_choice: { type: "any" } }, /'any' needs 'tools'/],
+      [
+        { tools, tool_choice: { type: "auto", disable_parallel_tool_calls: true } },
+        /'tool_choice\.disable_parallel_tool_calls' is not supported/,
+      ],
       // A call's input is an object: under another schema a forced call came back as raw call text.
       [
         { max_tokens: 40, tools: [{ name: "echo", input_schema: { type: "string" } }], tool_choice: { type: "any" } },

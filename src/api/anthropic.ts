@@ -313,6 +313,8 @@ function toolRequest(f: Fields): ToolRequest | undefined {
     return toolSpec(tool, "input_schema", names);
   });
   const c = f.object("tool_choice");
+  // A misspelt disable_parallel_tool_use would otherwise be dropped unseen.
+  c?.onlyKnown(["type", "name", "disable_parallel_tool_use"]);
   const type = c?.string("type", { required: true }) ?? "auto";
   let choice: ToolChoice;
   if (type === "auto" || type === "none") choice = type;
