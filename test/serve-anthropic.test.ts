@@ -139,6 +139,31 @@ describe("messages.create", () => {
     expect(counted.input_tokens).toBe(combined.input_tokens);
   });
 
+  test("consecutive assistant turns combined keep their thinking blocks' reasoning for the template", async () => {
+    const reasoner = join(mkdtempSync(join(tmpdir(), "mlx-serve-anthropic-")), "reasoner");
+    writeTinyModel(reasoner, {
+      contextLength: 1024,
+      chatTemplate:
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.reasoning_content %}<think>{{ m.reasoning_content }}</think>{% endif %}" +
+        "{{ m.content }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n",
+    });
+    const count = async (messages: Anthropic.MessageParam[]) =>
+      (await client.messages.countTokens({ model: reasoner, messages })).input_tokens;
+    const thought: Anthropic.ThinkingBlockParam = { type: "thinking", thinking: "Count up from one", signature: "" };
+    const apart = await count([
+      { role: "user", content: "Count" },
+      { role: "assistant", content: [thought, { type: "text", text: "One" }] },
+      { role: "assistant", content: "Two" },
+      { role: "user", content: "Go on" },
+    ]);
+    const together = await count([
+      { role: "user", content: "Count" },
+      { role: "assistant", content: [thought, { type: "text", text: "One\nTwo" }] },
+      { role: "user", content: "Go on" },
+    ]);
+    expect(apart).toBe(together);
+  });
+
   test("models.list and models.retrieve in Anthropic's shapes", async () => {
     const page = await client.models.list();
     const listed = page.data.find((m) => m.id === model)!;

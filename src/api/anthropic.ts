@@ -209,11 +209,14 @@ function appendTurn(messages: ConversationMessage[], next: ConversationMessage):
     return;
   }
   const calls = [...(last.toolCalls ?? []), ...(next.toolCalls ?? [])];
+  // A line apart, so that the turns' texts (and their reasonings) do not run into each other.
+  const joined = (a: string | undefined, b: string | undefined) => [a, b].filter(Boolean).join("\n");
+  const reasoning = joined(last.reasoning, next.reasoning);
   messages[messages.length - 1] = {
     role: last.role,
-    // A line apart, so that the turns' texts do not run into each other.
-    content: [last.content, next.content].filter(Boolean).join("\n"),
+    content: joined(last.content, next.content),
     ...(calls.length > 0 ? { toolCalls: calls } : {}),
+    ...(reasoning ? { reasoning } : {}),
   };
 }
 
