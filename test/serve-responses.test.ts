@@ -367,6 +367,31 @@ describe("errors", () => {
     }
     expect((await openai.responses.create({ model, input: "Hi", max_output_tokens: 1 })).usage!.output_tokens).toBe(1);
   });
+
+  test("input, a message's content and a call's output of the wrong type: the 400 says a string is taken too", async () => {
+    const cases: [unknown, string, RegExp][] = [
+      [5, "input", /'input' must be a string or a list of input items, got number/],
+      [
+        [{ role: "user", content: 5 }],
+        "input.0.content",
+        /'input.0.content' must be a string or a list of content parts/,
+      ],
+      [
+        [
+          { type: "function_call", call_id: "c1", name: "forecast", arguments: "{}" },
+          { type: "function_call_output", call_id: "c1", output: { temperature: 21 } },
+        ],
+        "input.1.output",
+        /'input.1.output' must be a string or a list of content parts, got object/,
+      ],
+    ];
+    for (const [input, param, message] of cases) {
+      const r = await post(`${server.url}/v1/responses`, { model, input, max_output_tokens: 1 });
+      expect(r.status).toBe(400);
+      expect(r.json.error.param).toBe(param);
+      expect(r.json.error.message).toMatch(message);
+    }
+  });
 });
 
 describe("logprobs", () => {

@@ -122,11 +122,13 @@ export function parseResponsesRequest(body: unknown): ResponsesRequest {
     messages.push({ role: "user", content: input });
     inputItems.push(listedMessage("user", input));
   } else {
-    f.array("input", { required: true, nonEmpty: true })!.forEach((raw, i) => {
-      const item = Fields.item(raw, `input.${i}`);
-      inputItem(item, messages);
-      inputItems.push(listedItem(item));
-    });
+    f.array("input", { required: true, nonEmpty: true, expected: "a string or a list of input items" })!.forEach(
+      (raw, i) => {
+        const item = Fields.item(raw, `input.${i}`);
+        inputItem(item, messages);
+        inputItems.push(listedItem(item));
+      },
+    );
   }
   return {
     model: f.string("model", { nonEmpty: true }),
@@ -232,7 +234,7 @@ function textContent(item: Fields, field: "content" | "output"): string {
   const content = item.raw(field);
   if (typeof content === "string") return content;
   return item
-    .array(field, { required: true })!
+    .array(field, { required: true, expected: "a string or a list of content parts" })!
     .map((raw, j) => {
       const part = Fields.item(raw, item.name(`${field}.${j}`));
       const type = part.string("type", { required: true })!;

@@ -162,13 +162,17 @@ export class Fields {
     return new Fields(v as Json, this.name(field));
   }
 
-  array(field: string, o: { required?: boolean; nonEmpty?: boolean; max?: number } = {}): unknown[] | undefined {
+  /** A list; `expected` says what the field takes where the caller has read the other forms it takes (a string). */
+  array(
+    field: string,
+    o: { required?: boolean; nonEmpty?: boolean; max?: number; expected?: string } = {},
+  ): unknown[] | undefined {
     const v = this.body[field];
     if (v === undefined || v === null) {
       if (o.required) this.fail(field, "is required");
       return undefined;
     }
-    if (!Array.isArray(v)) this.fail(field, `must be an array, got ${describe(v)}`);
+    if (!Array.isArray(v)) this.fail(field, `must be ${o.expected ?? "an array"}, got ${describe(v)}`);
     if (o.nonEmpty && v.length === 0) this.fail(field, "must not be empty");
     if (o.max !== undefined && v.length > o.max) this.fail(field, `may hold at most ${o.max} items, got ${v.length}`);
     return v;
