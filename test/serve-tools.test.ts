@@ -209,6 +209,17 @@ describe("OpenAI tools", () => {
         "tool_choice.function.name",
       ],
       [{ messages, tools: fn({}), tool_choice: "sometimes" }, /must be one of none, auto, required/, "tool_choice"],
+      // OpenAI's newer choices (a subset of the tools, a custom tool): refused as what they are.
+      [
+        { messages, tools: fn({}), tool_choice: { type: "allowed_tools", allowed_tools: { mode: "auto", tools: [] } } },
+        /a tool_choice of type 'allowed_tools' is not supported/,
+        "tool_choice.type",
+      ],
+      [
+        { messages, tools: fn({}), tool_choice: { type: "custom", function: { name: "f" } } },
+        /a tool_choice of type 'custom' is not supported/,
+        "tool_choice.type",
+      ],
       [
         { messages, tools: fn({ parameters: { type: "object", properties: { n: { type: 7 } } } }) },
         /invalid schema/,

@@ -3,7 +3,7 @@
 // (arguments as JSON text in OpenAI, as an object in Ollama).
 import { checkJsonSchema, SchemaError } from "../engine/grammar";
 import type { ConversationMessage, ToolCall, ToolChoice, ToolRequest, ToolSpec } from "../engine/tools";
-import { Fields, ValidationError } from "./validate";
+import { Fields, ValidationError, unsupported } from "./validate";
 
 const FUNCTION_NAME = /^[A-Za-z0-9_-]{1,64}$/;
 export const MAX_TOOLS = 128;
@@ -66,6 +66,9 @@ function parseToolChoice(f: Fields, tools: ToolSpec[] | undefined): ToolChoice {
     choice = raw;
   } else {
     const c = f.object("tool_choice")!;
+    // Only a named function: OpenAI's allowed_tools (a subset of the tools) and custom tools we do not implement.
+    const type = c.string("type") ?? "function";
+    if (type !== "function") throw unsupported("tool_choice.type", `a tool_choice of type '${type}'`);
     const fn = c.object("function");
     if (!fn) throw new ValidationError("'tool_choice.function' is required", "tool_choice.function");
     choice = { name: fn.string("name", { required: true })! };
