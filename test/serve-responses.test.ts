@@ -526,6 +526,36 @@ describe("hints", () => {
   });
 });
 
+describe("service_tier and stream_options", () => {
+  test("taken as on chat completions: the default tiers and include_obfuscation pass; another tier, or stream_options unstreamed, is a 400", async () => {
+    const r = await openai.responses.create({ model, input: "Hi", max_output_tokens: 1, service_tier: "auto" });
+    expect(r.usage!.output_tokens).toBe(1);
+    const stream = await openai.responses.create({
+      model,
+      input: "Hi",
+      max_output_tokens: 1,
+      service_tier: "default",
+      stream: true,
+      stream_options: { include_obfuscation: false },
+    });
+    const types: string[] = [];
+    for await (const event of stream) types.push(event.type);
+    expect(types.at(-1)).toBe("response.incomplete");
+    const url = `${server.url}/v1/responses`;
+    const cases: [object, RegExp, string][] = [
+      [{ service_tier: "flex" }, /'service_tier' 'flex' is not supported/, "service_tier"],
+      [{ stream_options: { include_obfuscation: false } }, /only allowed when 'stream' is true/, "stream_options"],
+      [{ stream: true, stream_options: { include_usage: true } }, /not supported/, "stream_options.include_usage"],
+    ];
+    for (const [change, message, param] of cases) {
+      const bad = await post(url, { model, input: "Hi", max_output_tokens: 1, ...change });
+      expect(bad.status).toBe(400);
+      expect(bad.json.error.message).toMatch(message);
+      expect(bad.json.error.param).toBe(param);
+    }
+  });
+});
+
 describe("previous_response_id", () => {
   test("a stored response is continued (its conversation, not its instructions); unknown or unstored ids are a 404", async () => {
     const first = await openai.responses.create({

@@ -101,19 +101,10 @@ function commonFields(f: Fields): Omit<OpenAIRequest, "prompts" | "logprobs" | "
   f.string("user");
   f.string("safety_identifier");
   f.string("prompt_cache_key"); // our prefix cache needs no key
-  const tier = f.string("service_tier");
-  if (tier !== undefined && tier !== "auto" && tier !== "default")
-    throw unsupported("service_tier", `'service_tier' '${tier}'`);
+  serviceTier(f);
   if (f.boolean("store")) throw unsupported("store", "'store' true (stored chat completions)");
   const stream = f.boolean("stream") ?? false;
-  const streamOptions = f.object("stream_options");
-  if (streamOptions && !stream)
-    throw new ValidationError("'stream_options' is only allowed when 'stream' is true", "stream_options");
-  streamOptions?.onlyKnown(["include_usage", "include_obfuscation"]);
-  const includeUsage = streamOptions?.boolean("include_usage") ?? false;
-  // OpenAI pads its chunks against side channels over the internet, on by default; a local server
-  // adds none, which changes no chunk's meaning: either value is taken.
-  streamOptions?.boolean("include_obfuscation");
+  const includeUsage = streamOptions(f, stream, ["include_usage"])?.boolean("include_usage") ?? false;
   const newer = f.integer("max_completion_tokens", { min: 1 });
   const maxTokens = newer ?? f.integer("max_tokens", { min: 1 });
   let topK = f.integer("top_k", { min: -1 });
@@ -149,6 +140,27 @@ function commonFields(f: Fields): Omit<OpenAIRequest, "prompts" | "logprobs" | "
     stop,
     format,
   };
+}
+
+/** service_tier (chat completions and Responses): "auto" and "default" are how every request here is served. */
+export function serviceTier(f: Fields): void {
+  const tier = f.string("service_tier");
+  if (tier !== undefined && tier !== "auto" && tier !== "default")
+    throw unsupported("service_tier", `'service_tier' '${tier}'`);
+}
+
+/**
+ * stream_options, only with stream: the endpoint's own options (`known`), and include_obfuscation.
+ * OpenAI pads its events against side channels over the internet, on by default; a local server
+ * adds none, which changes no event's meaning: either value is taken.
+ */
+export function streamOptions(f: Fields, stream: boolean, known: string[]): Fields | undefined {
+  const options = f.object("stream_options");
+  if (options && !stream)
+    throw new ValidationError("'stream_options' is only allowed when 'stream' is true", "stream_options");
+  options?.onlyKnown([...known, "include_obfuscation"]);
+  options?.boolean("include_obfuscation");
+  return options;
 }
 
 /** response_format: text (nothing to enforce), json_object, or json_schema {name, schema, strict}. */

@@ -3,6 +3,7 @@
 // function tools and text format; and the builders of output items and usage.
 import type { ConversationMessage, ToolCall, ToolChoice, ToolRequest, ToolSpec } from "../engine/tools";
 import type { FormatInput, SamplingInput, ThinkingRequest } from "./common";
+import { serviceTier, streamOptions } from "./openai";
 import { MAX_TOOLS, callArguments, toolResultName, toolSpec } from "./tools";
 import { Fields, ValidationError, unsupported } from "./validate";
 
@@ -95,6 +96,8 @@ const KNOWN = new Set([
   "truncation",
   "include",
   "top_logprobs",
+  "service_tier",
+  "stream_options",
   // The client's own tags for its logs (Codex's turn ids), as `metadata` but not echoed.
   "client_metadata",
 ]);
@@ -105,6 +108,10 @@ export function parseResponsesRequest(body: unknown): ResponsesRequest {
   f.onlyKnown(KNOWN);
   onlyDefaults(f);
   for (const hint of HINTS) f.string(hint);
+  // As on chat completions: the default tiers, and stream_options' include_obfuscation, pass.
+  serviceTier(f);
+  const stream = f.boolean("stream") ?? false;
+  streamOptions(f, stream, []);
   f.object("client_metadata");
   const include = f.array("include") ?? [];
   for (const [i, value] of include.entries())
@@ -139,7 +146,7 @@ export function parseResponsesRequest(body: unknown): ResponsesRequest {
     // OpenAI's default is to store; a client that says nothing gets a response it can continue.
     store: f.boolean("store") ?? true,
     previousResponseId: f.string("previous_response_id", { nonEmpty: true }),
-    stream: f.boolean("stream") ?? false,
+    stream,
     maxTokens: f.integer("max_output_tokens", { min: 1 }),
     sampling: {
       temperature: f.number("temperature", { min: 0, max: 2 }),
