@@ -107,6 +107,14 @@ describe("Ollama model management", () => {
     await expect(ollama.copy({ source: "nothing", destination: "x" })).rejects.toMatchObject({ status_code: 404 });
   });
 
+  test("/v1/models/{id} finds a stored model named 'name:latest', as a chat completion takes it, under the id asked", async () => {
+    const openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0 });
+    const listed = (await openai.models.list()).data.find((m) => m.id === "org/tiny")!;
+    expect(await openai.models.retrieve("org/tiny:latest")).toEqual({ ...listed, id: "org/tiny:latest" });
+    const other = await openai.models.retrieve("org/tiny:v2").catch((e) => e);
+    expect(other).toBeInstanceOf(OpenAI.NotFoundError);
+  });
+
   test("copy and delete take Ollama's default tag (:latest): 'm:latest' is the model stored as 'm'", async () => {
     await ollama.copy({ source: "org/tiny:latest", destination: "tagged-copy:latest" });
     expect(readManifest("tagged-copy")).toBeDefined();

@@ -29,6 +29,7 @@ import type { Tokenizer } from "../../tokenizer/tokenizer";
 import { ToolCallStream, type ToolCall } from "../../engine/tools";
 import { remoteModel, remoteModelNames } from "../../providers";
 import { anthropicModel, anthropicModelList } from "../../api/anthropic";
+import { withoutLatestTag } from "../model-registry";
 
 type Kind = "chat" | "completion";
 
@@ -73,8 +74,12 @@ export function openaiRoutes(s: ServerState): Hono {
   // A model's name may be a path: its slashes are the id's.
   r.get("/v1/models/:id{.+}", async (c) => {
     const id = c.req.param("id");
-    const found = (await servedModels(s)).find((m) => m.id === id);
-    if (!found) throw notFound(`model '${id}' is not served here (GET /v1/models lists them)`, "model_not_found");
+    // "m:latest" is "m" where no model has that name, as in a request's `model`: found under the id asked.
+    const untagged = withoutLatestTag(id);
+    const served = await servedModels(s);
+    const model = served.find((m) => m.id === id) ?? served.find((m) => m.id === untagged);
+    if (!model) throw notFound(`model '${id}' is not served here (GET /v1/models lists them)`, "model_not_found");
+    const found = { ...model, id };
     return c.json(anthropic(c) ? anthropicModel(found) : found);
   });
 
