@@ -62,6 +62,21 @@ describe("a model's sampling defaults", () => {
     expect(await answer(recommended, { seed: 1, temperature: 1 })).toBe(await answer(plain, { seed: 1 }));
   });
 
+  test("a Responses object gives the temperature its answer was sampled at: the model's where the request sets none", async () => {
+    const url = `${server.url}/v1/responses`;
+    const recommendedAt = await post(url, { model: recommended, input: "Hi", max_output_tokens: 1 });
+    expect(recommendedAt.status).toBe(200);
+    expect(recommendedAt.json.temperature).toBe(0);
+    expect((await post(url, { model: "warm", input: "Hi", max_output_tokens: 1 })).json.temperature).toBe(1);
+    expect(
+      (await post(url, { model: recommended, input: "Hi", max_output_tokens: 1, temperature: 0.5 })).json.temperature,
+    ).toBe(0.5);
+    expect((await post(url, { model: plain, input: "Hi", max_output_tokens: 1 })).json).toMatchObject({
+      temperature: 1,
+      top_p: 1,
+    });
+  });
+
   test("an alias's values in models.toml come before the model's own", async () => {
     const greedy = await answer(plain, { temperature: 0 });
     expect(await answer("cold", { seed: 3 })).toBe(greedy);

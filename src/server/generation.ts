@@ -77,6 +77,8 @@ export interface Generation {
   promptIds: number[];
   /** Set when the model was offered tools: how to read its calls out of the answer. */
   toolFormat?: ToolCallParser;
+  /** The sampling it runs with, defaults settled (none for a remote model: its provider settles them). */
+  sampling?: SamplingParams;
   events: AsyncIterable<GenerationEvent>;
   /** Set once the server ended it (its timeout, its shutdown); a client gone is not. */
   cutShort: () => CutShort | undefined;
@@ -170,10 +172,11 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
   try {
     lease = await ctx.models.acquire(input.model, input.keepAliveMs, controller.signal);
     const lm = lease.entry.lm;
+    const sampling = settleSampling(input.sampling, input.defaults, loadedSamplingDefaults(lm, input.model));
     prepared = await prepareGeneration(lm, {
       prompt: input.prompt,
       prefixIds: input.prefixIds,
-      sampling: settleSampling(input.sampling, input.defaults, loadedSamplingDefaults(lm, input.model)),
+      sampling,
       maxTokens: input.maxTokens,
       strictMaxTokens: input.strictMaxTokens,
       maxTokensParam: input.maxTokensParam,
@@ -198,6 +201,7 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
       tokenizer: lm.tokenizer,
       promptIds: prepared.promptIds,
       toolFormat: prepared.toolFormat,
+      sampling,
       events: tracked.events,
       cutShort: deadline.cutShort,
       abort: () => controller.abort(),

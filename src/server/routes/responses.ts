@@ -101,7 +101,7 @@ async function respond(s: ServerState, c: Context, stored: ResponseStore): Promi
     logprobs: req.logprobs,
     topLogprobs: req.topLogprobs,
   });
-  const base = responseBase(req, model);
+  const base = responseBase(req, model, gen.sampling);
   const keep: Keep = (content, calls, response) => {
     if (req.store)
       stored.set(base.id, {
@@ -127,7 +127,8 @@ const withCallNames = (history: ConversationMessage[], input: ConversationMessag
 type Base = ReturnType<typeof responseBase>;
 
 /** The fields every response object repeats from its request. */
-function responseBase(req: ResponsesRequest, model: string) {
+/** `sampling`: what the generation runs with (a request that sets no temperature gets the model's, not 1). */
+function responseBase(req: ResponsesRequest, model: string, sampling?: { temperature: number; topP: number }) {
   return {
     id: responseId("resp"),
     object: "response" as const,
@@ -139,8 +140,8 @@ function responseBase(req: ResponsesRequest, model: string) {
     error: null,
     metadata: req.metadata,
     parallel_tool_calls: req.tools?.parallel ?? true,
-    temperature: req.sampling.temperature ?? 1,
-    top_p: req.sampling.topP ?? 1,
+    temperature: sampling?.temperature ?? req.sampling.temperature ?? 1,
+    top_p: sampling?.topP ?? req.sampling.topP ?? 1,
     tool_choice: req.tools
       ? typeof req.tools.choice === "object"
         ? { type: "function", name: req.tools.choice.name }
