@@ -416,6 +416,9 @@ describe("mlx launch -- serve", () => {
         expect(await pipeline()).toMatchObject({ ranks, micro_batches: inFlight });
         if (inFlight === 1) expect((await pipeline()).max_in_flight).toBe(1);
         else expect((await pipeline()).max_in_flight).toBeGreaterThan(1);
+        // A group's next step built while its last is still on the ring is held until that one
+        // is back: never more in flight than the micro-batches.
+        expect((await pipeline()).max_in_flight).toBeLessThanOrEqual(inFlight);
         // Once a heartbeat has been round, each stage says how busy it was.
         await eventually(async () => {
           const { stages } = await pipeline();

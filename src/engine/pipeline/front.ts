@@ -152,8 +152,7 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
     mx.keep(back);
     this.#arriving.push(back);
     if (last) this.#lastPositions.add(back);
-    const steps = this.#arriving.filter((a) => typeof a !== "number" && !this.#lastPositions.has(a));
-    this.#maxInFlight = Math.max(this.#maxInFlight, steps.length);
+    this.#countInFlight();
     return back;
   }
 
@@ -280,6 +279,18 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
     mx.evaluate(...this.#held);
     for (const sent of this.#held) sent.free();
     this.#held = [];
+    this.#countInFlight();
+  }
+
+  /**
+   * Keeps the most decode steps on the ring at once: those on their way back and not yet received,
+   * less those built ahead and held (beforeArrival), which go out only once the step they are
+   * built on is back.
+   */
+  #countInFlight(): void {
+    const onRing = this.#arriving.slice(this.#received);
+    const steps = onRing.filter((a) => typeof a !== "number" && !this.#lastPositions.has(a));
+    this.#maxInFlight = Math.max(this.#maxInFlight, steps.length - (this.#held?.length ?? 0));
   }
 
   get figures(): PipelineFigures {
