@@ -256,6 +256,29 @@ describe("mlx launch -- chat", () => {
     expect(split.stdout).toBe(alone.stdout);
     expect(split.code).toBe(0);
   }, 120_000);
+
+  test("/show counts the whole model's parameters, not rank 0's share of them", async () => {
+    // A 4-bit MLX directory wide enough that a share shows in /show's tenths of a million, and the default GGUF.
+    const quantized = join(dir, "wide-4bit");
+    writeTinyModel(quantized, {
+      layers: 3,
+      vocabSize: 4096,
+      headDim: 64,
+      dims: { hidden: 256, intermediate: 512 },
+      quantize: { groupSize: 64, bits: 4 },
+    });
+    // /show's answer goes to stderr, as chat's other command output.
+    const parameters = (stderr: string) => /^parameters: +(.*)$/m.exec(stderr)?.[1];
+    for (const model of [["-m", quantized], []]) {
+      const alone = parameters((await mlx(["chat", ...model], "/show\n")).stderr);
+      expect(alone).toMatch(/^\d+\.\dM$/);
+      for (const split of [[], ["--tensor-parallel"]]) {
+        const launched = await mlx(["launch", "-n", "2", "--", "chat", ...model, ...split], "/show\n");
+        expect(launched.code).toBe(0);
+        expect(parameters(launched.stderr)).toBe(alone);
+      }
+    }
+  }, 120_000);
 });
 
 /** Collects a child's output as it comes. */

@@ -28,6 +28,8 @@ export interface ModelLayout {
   sharedBytes: number;
   /** Bytes per value of the hidden states passed between stages (the embedding's float type). */
   activationBytes: number;
+  /** The whole model's parameters, quantized matrices counted by the values they stand for. */
+  parameters: number;
 }
 
 /** Bytes of the whole model's weights as loaded: what one process holding all of it would hold. */
@@ -51,18 +53,22 @@ export function readLayout(path: string): ModelLayout {
     headWeights: 0,
     sharedBytes: 0,
     activationBytes: 2,
+    parameters: 0,
   };
   const directory = statSync(path).isDirectory();
   const config = directory ? JSON.parse(readFileSync(join(path, "config.json"), "utf8")) : undefined;
   const groupSize = (config?.quantization ?? config?.quantization_config)?.group_size ?? 64;
   const weights = (name: string) => matrixWeights(name, sizes, groupSize);
-  for (const [name, { bytes }] of sizes) {
+  for (const [name, { bytes, shape }] of sizes) {
+    const matrix = weights(name);
+    // A vector's elements; a quantized matrix's scales and biases are no parameters of their own.
+    if (!/\.(?:scales|biases)$/.test(name)) layout.parameters += shape.length < 2 ? elements(shape) : matrix;
     const part = tensorPart(name);
     if (part === "ends") layout.endBytes += bytes;
     else if (part === "shared") layout.sharedBytes += bytes;
     else {
       layout.layerBytes[part] += bytes;
-      layout.layerWeights[part] += weights(name);
+      layout.layerWeights[part] += matrix;
     }
   }
   const outputLayer = [...sizes.keys()].filter((name) => /^(?:lm_head|output)\./.test(name));
@@ -91,9 +97,10 @@ function matrixWeights(name: string, sizes: Map<string, TensorSize>, groupSize: 
   const t = sizes.get(name)!;
   if (t.shape.length < 2 || /\.(?:scales|biases)$/.test(name)) return 0;
   const scales = name.endsWith(".weight") ? sizes.get(`${name.slice(0, -".weight".length)}.scales`) : undefined;
-  const count = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
-  return scales ? count(scales.shape) * groupSize : count(t.shape);
+  return scales ? elements(scales.shape) * groupSize : elements(t.shape);
 }
+
+const elements = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
 
 interface TensorSize {
   bytes: number;

@@ -1,4 +1,5 @@
 // What a chat session can change with /set, and how /show describes the model.
+import { readLayout } from "../../models/layout";
 import type { LoadedModel } from "../../models/load";
 import type { RemoteModel } from "../../providers";
 import { validateSampling, type SamplingParams } from "../../engine/sampling";
@@ -128,7 +129,8 @@ function speculationOf(lm: LoadedModel): string {
 
 export function describeModel(lm: LoadedModel, s: ChatSettings): string {
   const c = lm.config;
-  const params = parameterCount(lm);
+  // Split across processes, this one holds only its share of the weights: the files tell the whole.
+  const params = lm.stage || lm.weights.shard ? readLayout(lm.path).parameters : parameterCount(lm);
   const template = lm.tokenizer.chatTemplate ?? "(none)";
   return [
     `model:          ${lm.path} (${lm.format})`,
