@@ -55,6 +55,19 @@ describe("mlx launch: the command after --", () => {
     }
   });
 
+  test("launch's unknown flags suggest only what is close: not -n for every flag with an n in it", async () => {
+    for (const [given, hint] of [
+      ["--tensor-parallel", ""],
+      ["--json", ""],
+      ["--planned", " (did you mean --plan?)"],
+      ["--connections", " (did you mean --connections-per-ip?)"],
+    ]) {
+      const { stderr, code } = await mlx(["launch", "-n", "2", given!, "--", "run", "hi"]);
+      expect(code).toBe(1);
+      expect(stderr).toBe(`error: unknown option ${given} for mlx launch${hint}; mlx launch --help lists them\n`);
+    }
+  });
+
   test("the command's own --rank or --hostfile (which would win over launch's) is refused at once, not left to hang", async () => {
     const ring = join(dir, "own-ring.json");
     writeFileSync(ring, JSON.stringify([["127.0.0.1:1"], ["127.0.0.1:2"], ["127.0.0.1:3"]]));

@@ -298,8 +298,10 @@ export function aliasCacheSettings(
 /** Aliases that look like what the user typed, closest first (for "did you mean"). */
 export function closeMatches(name: string, candidates: string[], limit = 3): string[] {
   const scored = candidates.map((c) => ({ c, d: editDistance(name.toLowerCase(), c.toLowerCase()) }));
+  // One name inside the other, when it has a few letters: every word holds an "n" (launch's -n).
+  const within = (outer: string, inner: string) => inner.length >= 3 && outer.includes(inner);
   return scored
-    .filter(({ c, d }) => d <= Math.max(2, Math.floor(c.length / 3)) || c.includes(name) || name.includes(c))
+    .filter(({ c, d }) => d <= Math.max(2, Math.floor(c.length / 3)) || within(c, name) || within(name, c))
     .sort((a, b) => a.d - b.d)
     .slice(0, limit)
     .map(({ c }) => c);
