@@ -163,6 +163,25 @@ describe("mlx launch: hostfiles", () => {
     writeFileSync(file, JSON.stringify([{ ssh: "" }, { ssh: "127.0.0.1" }]));
     expect(() => readHostfile(file, 5000)).toThrow('entry 0 needs "ssh"');
   });
+
+  test("an IPv6 address (which MLX's ring cannot parse) is refused before any rank starts, not taken for a remote host", () => {
+    const file = join(dir, "hosts-v6.json");
+    for (const [hosts, address] of [
+      [[["127.0.0.1:5000"], ["[::1]:5001"]], "[::1]:5001"],
+      [
+        [
+          { ssh: "localhost", ips: ["127.0.0.1"] },
+          { ssh: "localhost", ips: ["::1"] },
+        ],
+        "::1:5001",
+      ],
+    ] as const) {
+      writeFileSync(file, JSON.stringify(hosts));
+      expect(() => readHostfile(file, 5000)).toThrow(
+        `hostfile ${file}: rank 1's address '${address}' is IPv6, which MLX's ring backend cannot connect: give an IPv4 address or a host name`,
+      );
+    }
+  });
 });
 
 describe("mlx launch: ports", () => {

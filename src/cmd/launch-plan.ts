@@ -86,6 +86,12 @@ export function readHostfile(path: string, startingPort: number, connectionsPerI
       const listening = Number(portText);
       if (!/^\d+$/.test(portText) || listening < 1 || listening > 65535)
         throw new Error(`hostfile ${path}: rank ${rank}'s address '${address}' needs a port 1-65535`);
+      // MLX's ring takes no IPv6 address (each rank fails with "Can't parse address"), and "[::1]"
+      // would be taken for a remote host to ssh to.
+      if (address.slice(0, address.lastIndexOf(":")).includes(":"))
+        throw new Error(
+          `hostfile ${path}: rank ${rank}'s address '${address}' is IPv6, which MLX's ring backend cannot connect: give an IPv4 address or a host name`,
+        );
       const other = ranksByAddress.get(address);
       if (other !== undefined)
         throw new Error(
