@@ -813,6 +813,29 @@ describe("commands and bad input", () => {
   );
 
   test(
+    "mlx pull of an alias whose source is another alias (a base plus an adapter) pulls that one's weights",
+    async () => {
+      const base = fakeModel("base");
+      const adapter = join(work, "adapter");
+      mkdirSync(adapter);
+      mkdirSync(process.env.MLX_HOME!, { recursive: true });
+      writeFileSync(
+        join(process.env.MLX_HOME!, "models.toml"),
+        `[models.base]\nsource = "${base}"\n\n[models.tuned]\nsource = "base"\nadapter = "${adapter}"\n`,
+      );
+      const { code, stdout, stderr } = await cliResult(["pull", "tuned"]);
+      expect({ code, stdout, stderr }).toEqual({
+        code: 0,
+        stdout: `${join(process.env.MLX_HOME!, "models", "base")}\n`,
+        stderr: "",
+      });
+      expect(await names()).toEqual(["base"]);
+      expect(readManifest("base")!.source).toBe(base);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "mlx pull of org/repo that is no path points at hf:org/repo",
     async () => {
       const { code, stderr } = await cliResult(["pull", "mlx-community/Llama-3.2-1B-Instruct-4bit"]);

@@ -6,7 +6,7 @@ import { looksLikeHubRepo } from "../store/hf";
 import { readManifest } from "../store/manifest";
 import { createProgressReporter } from "../store/progress";
 import { loadAliases } from "../store/aliases";
-import { isRemoteSource, modelRequest, pullModel, type ModelRequest } from "../store/pull";
+import { isRemoteSource, pullModel, weightsRequest, type ModelRequest } from "../store/pull";
 import { looksLikePath, unknownModelError } from "../store/resolve";
 import { repair } from "../store/store";
 import { fail, log, setVerbose } from "./log";
@@ -63,7 +63,7 @@ export default defineCommand({
         throw new Error(
           `'${args.model}' was made here, not pulled; run \`${repair(args.model).command}\` to make it again`,
         );
-      const request = modelRequest(args.model);
+      const request = weightsRequest(args.model);
       if (request.source === resolve(args.model) && !existsSync(request.source)) {
         // A bare word that names nothing: say so (with names like it) rather than "no such path".
         if (!looksLikePath(args.model)) throw await unknownModelError(args.model);

