@@ -518,7 +518,7 @@ describe("an unreadable manifest", () => {
     expect((await cliResult(["rm", "-y", "org/missing"])).stderr).toBe(
       "error: no stored model named 'org/missing' (see mlx list)\n",
     );
-    expect((await cliResult(["show", "org/missing"])).stderr).toStartWith("error: 'org/missing' is not in the store");
+    expect((await cliResult(["show", "org/missing"])).stderr).toStartWith("error: model not found: org/missing ");
   });
 });
 
@@ -831,6 +831,24 @@ describe("commands and bad input", () => {
       });
       expect(await names()).toEqual(["base"]);
       expect(readManifest("base")!.source).toBe(base);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "mlx show of a name that is no model says so, with close names, rather than offering a pull that fails",
+    async () => {
+      await pull(fakeModel("alpha"));
+      const unknown = await cliResult(["show", "alpah"]);
+      expect(unknown).toMatchObject({ code: 1, stdout: "" });
+      expect(unknown.stderr).toStartWith(
+        "error: unknown model 'alpah' (not an alias, a stored model, a source or an existing path); did you mean 'alpha'?",
+      );
+      expect(unknown.stderr.trim().split("\n")).toHaveLength(1);
+      // An alias or a source not stored yet is one a pull fetches.
+      expect((await cliResult(["show", "hf:org/repo"])).stderr).toBe(
+        "error: 'org/repo' is not in the store (mlx pull hf:org/repo fetches it; mlx list shows what is there)\n",
+      );
     },
     TEST_TIMEOUT_MS,
   );

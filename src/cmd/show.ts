@@ -9,7 +9,7 @@ import { blobPath } from "../store/paths";
 import { formatBytes, formatCount } from "../format";
 import { ggufParameterCount, readGGUFHeader } from "../models/gguf-header";
 import { modelRequest } from "../store/pull";
-import { ggufOfDirectory, looksLikePath } from "../store/resolve";
+import { ggufOfDirectory, locateModel, looksLikePath, missingModelError } from "../store/resolve";
 import { isGGUFFile } from "../models/gguf";
 import { directoryWeightFiles } from "../models/load";
 import { loadPath, repair } from "../store/store";
@@ -49,10 +49,15 @@ export default defineCommand({
         throw new Error(
           `the manifest of '${name}' is unreadable (cut short, or from a newer mlx); mlx rm ${name} removes it`,
         );
-      if (!manifest)
+      if (!manifest) {
+        // Only an alias or a source can be fetched: a name that is neither is unknown (a remote
+        // provider's alias has no weights), and pulling it would fail too.
+        const location = locateModel(args.model);
+        if (location.kind === "missing") throw await missingModelError(location);
         throw new Error(
           `'${name}' is not in the store (mlx pull ${args.model} fetches it; mlx list shows what is there)`,
         );
+      }
       // A model with files gone is shown all the same, with the command that gets them back.
       const present = await Promise.all(manifest.files.map((f) => blobPresent(f)));
       const missing = new Set(manifest.files.filter((_, i) => !present[i]).map((f) => f.name));
