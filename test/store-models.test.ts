@@ -924,6 +924,15 @@ describe("commands and bad input", () => {
     // Aliases naming each other in a ring would be followed for ever.
     writeFileSync(file, `[models.a]\nsource = "b"\n\n[models.b]\nsource = "a"\n`);
     expect(() => loadAliases()).toThrow(`${file}:1: model 'a': its source leads back to it (a -> b -> a)`);
+    // An entry written as an inline table is named by its line too, as a [models.NAME] header is.
+    writeFileSync(file, `# mine\n[models]\ntiny = { description = "no source" }\n`);
+    expect(() => loadAliases()).toThrow(`${file}:3: model 'tiny' needs a source = "..." string`);
+    writeFileSync(file, `\nmodels.tiny = { source = "hf:org/tiny", kv_bit = 8 }\n`);
+    expect(() => loadAliases()).toThrow(`${file}:2: model 'tiny': unknown key 'kv_bit'`);
+    writeFileSync(file, `[models]\n"my model" = { source = "" }\n`);
+    expect(() => loadAliases()).toThrow(`${file}:2: model 'my model' needs a source = "..." string`);
+    writeFileSync(file, `# mine\nmodels = 3\n`);
+    expect(() => loadAliases()).toThrow(`${file}:2: [models] must be a table of aliases`);
     writeFileSync(file, `# mine\n\ndefault = 3\n[models.tiny]\nsource = "hf:org/tiny"\n`);
     expect(() => loadAliases()).toThrow(`${file}:3: 'default' must be a string`);
     expect(() => loadAliases()).toThrow(ConfigError);

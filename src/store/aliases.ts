@@ -76,7 +76,7 @@ function parseTable(
   const remotes: RemoteModelConfig[] = [];
   const table = doc.models ?? {};
   if (typeof table !== "object" || Array.isArray(table))
-    throw new Error(`${origin}: [models] must be a table of aliases`);
+    throw new Error(`${withLine(origin, topLevelKeyLine(text, "models"))}: [models] must be a table of aliases`);
   for (const [name, entry] of Object.entries(table as Record<string, unknown>)) {
     const e = entry as Record<string, unknown>;
     const at = withLine(origin, entryLine(text, name));
@@ -129,11 +129,28 @@ function topLevelKeyLine(text: string, key: string): number | undefined {
   return at >= 0 ? at + 1 : undefined;
 }
 
-/** The line (1-based) of an alias's `[models.NAME]` header; undefined when the entry is written otherwise. */
+/**
+ * The line (1-based) of an alias's entry: its `[models.NAME]` header, or an inline table
+ * (`NAME = { ... }` under `[models]`, or `models.NAME = { ... }` before any table); undefined
+ * when it is written otherwise.
+ */
 function entryLine(text: string, name: string): number | undefined {
-  const headers = new Set([name, `"${name}"`, `'${name}'`].map((key) => `[models.${key}]`));
-  // Spaces are allowed around the dot and brackets, and a comment after them.
-  const at = text.split("\n").findIndex((line) => headers.has(line.split("#")[0]!.replace(/\s+/g, "")));
+  // Compared as the lines are, without spaces (a quoted name may hold some).
+  const keys = [name, `"${name}"`, `'${name}'`].map((key) => key.replace(/\s+/g, ""));
+  const headers = new Set(keys.map((key) => `[models.${key}]`));
+  let table: string | undefined; // the [header] the line is under; undefined before the first
+  // Spaces are allowed around the dot, brackets and =, and a comment after them.
+  const at = text.split("\n").findIndex((line) => {
+    const bare = line.split("#")[0]!.replace(/\s+/g, "");
+    if (bare.startsWith("[")) {
+      table = bare;
+      return headers.has(bare);
+    }
+    if (!bare.includes("=")) return false;
+    const key = bare.split("=")[0]!;
+    if (table === "[models]") return keys.includes(key);
+    return table === undefined && keys.some((k) => key === `models.${k}`);
+  });
   return at >= 0 ? at + 1 : undefined;
 }
 
