@@ -103,6 +103,12 @@ describe("/api/copy names the store cannot hold", () => {
       400,
       "cannot copy to a name of 300 characters: too long; choose a shorter one",
     ]);
+    // Short enough for its manifest's file name, too long for the directory staged while linking it.
+    const nearly = await copy("m".repeat(248));
+    expect([nearly.status, nearly.json.error]).toEqual([
+      400,
+      "cannot copy to a name of 248 characters: too long; choose a shorter one",
+    ]);
     const control = await copy("a\u0000b");
     expect([control.status, control.json.error]).toEqual([
       400,

@@ -854,6 +854,21 @@ describe("commands and bad input", () => {
   );
 
   test(
+    "mlx pull of a file whose name is too long for the store's file names says so, and stores nothing",
+    async () => {
+      const gguf = join(work, `${"y".repeat(250)}.gguf`);
+      writeFileSync(gguf, readFileSync(join(import.meta.dir, "fixtures", "gguf-quants.gguf")));
+      const { code, stderr } = await cliResult(["pull", gguf]);
+      expect({ code, stderr }).toEqual({
+        code: 1,
+        stderr: `error: cannot store a model named '${"y".repeat(250)}': 250 characters is too long for the store's file names; rename it\n`,
+      });
+      expect(existsSync(join(process.env.MLX_HOME!, "blobs"))).toBe(false);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "mlx pull of org/repo that is no path points at hf:org/repo",
     async () => {
       const { code, stderr } = await cliResult(["pull", "mlx-community/Llama-3.2-1B-Instruct-4bit"]);

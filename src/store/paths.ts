@@ -72,6 +72,15 @@ export function modelKey(name: string): string {
   return key.startsWith(".") ? `%2E${key.slice(1)}` : key;
 }
 
+/**
+ * Whether a model can be stored under `name`: the longest file name the store makes of its key
+ * (`models/<key>.<pid>.tmp` while linking its files; `locks/pull-<key>.lock` is shorter) must
+ * fit in the 255 bytes ext4, APFS and NTFS allow (pids go up to 4194304).
+ */
+export function modelNameFits(name: string): boolean {
+  return modelKey(name).length <= 255 - ".4194304.tmp".length;
+}
+
 export function tokenizersDir(): string {
   return join(storeRoot(), "tokenizers");
 }

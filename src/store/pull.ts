@@ -11,7 +11,7 @@ import { pullHFRepo } from "./hf";
 import { withLock } from "./lock";
 import { describeFiles, newManifest, readManifest, type ManifestFile, type ModelManifest } from "./manifest";
 import { indexedWeightFiles, neededFiles, WEIGHT_INDEX } from "./model-files";
-import { locksDir, modelKey } from "./paths";
+import { locksDir, modelKey, modelNameFits } from "./paths";
 import { pullPyPIFile } from "./pypi";
 import { commitModel, discardBlobs, openStoredModel, StoreDamageError } from "./store";
 
@@ -71,6 +71,11 @@ export function weightsRequest(what: string): ModelRequest {
 }
 
 export async function pullModel(request: ModelRequest, options: PullOptions = {}): Promise<PullResult> {
+  // Else its lock or directory could not be created, which reads as a store mlx may not write to.
+  if (!modelNameFits(request.name))
+    throw new Error(
+      `cannot store a model named '${request.name}': ${request.name.length} characters is too long for the store's file names; rename it`,
+    );
   const present = await openIfIntact(request);
   if (present) return { path: present, fromDisk: true, evicted: [] };
   const lock = join(locksDir(), `pull-${modelKey(request.name)}.lock`);

@@ -9,7 +9,7 @@ import { releaseModel } from "../../store/in-use";
 import { readManifest } from "../../store/manifest";
 import { isRemoteSource, pullModel, weightsRequest, type ModelRequest } from "../../store/pull";
 import { loadAliases } from "../../store/aliases";
-import { modelKey } from "../../store/paths";
+import { modelNameFits } from "../../store/paths";
 import { copyModel, loadPath, removeModel } from "../../store/store";
 import { badRequest, toApiError } from "../errors";
 import { withoutLatestTag } from "../model-registry";
@@ -102,20 +102,17 @@ function storedName(name: string): string {
   return untagged === undefined || readManifest(name) ? name : untagged;
 }
 
-/** The longest file name most filesystems hold (ext4, APFS, NTFS: 255). */
-const NAME_MAX = 255;
-
 /**
  * The name a copy may be stored under: not an alias, which a request resolves to the model it
  * names (that model's own stored copy, so a copy there would be replaced on its next use), nor a
  * source, which names where a model comes from, nor a path on the server's disk where requests may
  * name paths (a request loads what is there, never the copy); one the store's files can be named
- * after (its manifest is the escaped name plus ".json"), without control characters no one could type.
+ * after (modelNameFits), without control characters no one could type.
  */
 function copyDestination(s: ServerState, name: string): string {
   if (/[\u0000-\u001f\u007f]/.test(name))
     throw badRequest("cannot copy to a name with control characters; choose another name", "destination");
-  if (`${modelKey(name)}.json`.length > NAME_MAX)
+  if (!modelNameFits(name))
     throw badRequest(
       `cannot copy to a name of ${name.length} characters: too long; choose a shorter one`,
       "destination",
