@@ -67,3 +67,11 @@ export function durationInWords(seconds: number, round: (n: number) => number = 
   const n = round(amount);
   return `${n} ${unit}${n === 1 ? "" : "s"}`;
 }
+
+/**
+ * `word` as a shell reads it back whole, for a command we tell the user to run (a model named
+ * `my model#2` would otherwise be cut at the space and the rest taken as a comment).
+ */
+export function shellWord(word: string): string {
+  return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`;
+}

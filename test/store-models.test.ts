@@ -393,6 +393,29 @@ describe("damage", () => {
     },
     TEST_TIMEOUT_MS,
   );
+
+  test(
+    "the command mlx verify prints for a model whose name a shell would split (a space, a #) is quoted, and runs",
+    async () => {
+      const dir = fakeModel("my model #2");
+      await pull(dir);
+      releaseModel("my model #2");
+      const weights = readManifest("my model #2")!.files.find((f) => f.name === "model.safetensors")!;
+      writeFileSync(blobPath(weights.sha256), "short");
+      const r = await cliResult(["verify"]);
+      expect(r.stdout).toContain("needs a new pull: mlx pull 'my model #2'\n");
+      // As the user pastes it into a shell.
+      const command = r.stdout.match(/needs a new pull: mlx (.*)\n/)![1]!;
+      const shell = Bun.spawn(["bash", "-c", `"${process.execPath}" "${main}" ${command}`], {
+        env: process.env,
+        stdout: "pipe",
+        stderr: "pipe",
+      });
+      expect(await shell.exited).toBe(0);
+      expect((await cliResult(["verify"])).stdout).toContain("all stored models are intact");
+    },
+    TEST_TIMEOUT_MS,
+  );
 });
 
 /**

@@ -1,6 +1,6 @@
 // `mlx convert <model.gguf> [dir]`: write an MLX-community directory from a GGUF file; without
 // a directory, into the store, where a second conversion of the same file is a lookup.
-import { formatBytes } from "../format";
+import { formatBytes, shellWord } from "../format";
 import { defineCommand } from "citty";
 import { existsSync, readdirSync, realpathSync, statSync } from "node:fs";
 import { basename, dirname, isAbsolute, join, relative, resolve } from "node:path";
@@ -52,7 +52,11 @@ export default defineCommand({
             "--bits and --group-size need an output directory: a conversion into the store keeps the default quantization",
           );
         const name = `${basename(args.source).replace(/\.gguf$/, "")}-mlx`;
-        refuseTakenName(name, "convert", `convert into a directory instead (mlx convert ${args.source} DIR)`);
+        refuseTakenName(
+          name,
+          "convert",
+          `convert into a directory instead (mlx convert ${shellWord(args.source)} DIR)`,
+        );
         const stored = await convertedModel(path, name);
         log.success(
           stored.converted

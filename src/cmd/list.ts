@@ -1,6 +1,6 @@
 // `mlx list`: the stored models, from the store's index.
 import { defineCommand } from "citty";
-import { durationInWords, formatBytes, plainTable } from "../format";
+import { durationInWords, formatBytes, plainTable, shellWord } from "../format";
 import { blobsPresent, listModels, unreadableModels } from "../store/store";
 import { fail } from "./log";
 
@@ -36,7 +36,7 @@ export default defineCommand({
         m.missingFiles ? "missing files: run mlx verify" : formatBytes(m.totalBytes),
         timeAgo(m.lastUsedAt),
       ]);
-      const damaged = unreadable.map((name) => [name, "-", "-", `unreadable manifest: mlx rm ${name}`, "-"]);
+      const damaged = unreadable.map((name) => [name, "-", "-", `unreadable manifest: mlx rm ${shellWord(name)}`, "-"]);
       process.stdout.write(plainTable(["NAME", "FORMAT", "QUANTIZATION", "SIZE", "LAST USED"], [...rows, ...damaged]));
     } catch (error) {
       fail(error);

@@ -9,6 +9,7 @@ import { loadAliases } from "../store/aliases";
 import { isRemoteSource, pullModel, weightsRequest, type ModelRequest } from "../store/pull";
 import { looksLikePath, unknownModelError } from "../store/resolve";
 import { repair } from "../store/store";
+import { shellWord } from "../format";
 import { fail, log, setVerbose } from "./log";
 
 /**
@@ -37,7 +38,7 @@ function refuseTakenName(request: ModelRequest, typed: string): void {
         : undefined;
   if (taken)
     throw new Error(
-      `'${request.name}' is ${taken}; storing ${typed} under that name would replace it: rename it, or use it in place (mlx run -m ${typed})`,
+      `'${request.name}' is ${taken}; storing ${typed} under that name would replace it: rename it, or use it in place (mlx run -m ${shellWord(typed)})`,
     );
 }
 

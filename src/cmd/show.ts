@@ -6,7 +6,7 @@ import { join, resolve } from "node:path";
 import { manifestPath, readManifest, type ModelManifest } from "../store/manifest";
 import { blobPresent } from "../store/blobs";
 import { blobPath } from "../store/paths";
-import { formatBytes, formatCount } from "../format";
+import { formatBytes, formatCount, shellWord } from "../format";
 import { ggufParameterCount, readGGUFHeader } from "../models/gguf-header";
 import { modelRequest } from "../store/pull";
 import { ggufOfDirectory, locateModel, looksLikePath, missingModelError } from "../store/resolve";
@@ -47,7 +47,7 @@ export default defineCommand({
       const manifest = readManifest(name);
       if (!manifest && existsSync(manifestPath(name)))
         throw new Error(
-          `the manifest of '${name}' is unreadable (cut short, or from a newer mlx); mlx rm ${name} removes it`,
+          `the manifest of '${name}' is unreadable (cut short, or from a newer mlx); mlx rm ${shellWord(name)} removes it`,
         );
       if (!manifest) {
         // Only an alias or a source can be fetched: a name that is neither is unknown (a remote
@@ -55,7 +55,7 @@ export default defineCommand({
         const location = locateModel(args.model);
         if (location.kind === "missing") throw await missingModelError(location);
         throw new Error(
-          `'${name}' is not in the store (mlx pull ${args.model} fetches it; mlx list shows what is there)`,
+          `'${name}' is not in the store (mlx pull ${shellWord(args.model)} fetches it; mlx list shows what is there)`,
         );
       }
       // A model with files gone is shown all the same, with the command that gets them back.

@@ -6,6 +6,7 @@ import { existsSync, readFileSync, readdirSync, realpathSync, rmSync, statSync }
 import { basename, join } from "node:path";
 import { convertGGUF } from "../models/convert";
 import { fuseAdapter } from "../models/fuse";
+import { shellWord } from "../format";
 import { sourceHash } from "./source-hash" with { type: "macro" };
 import { loadAliases } from "./aliases";
 import { addBlob, hashFile } from "./blobs";
@@ -79,7 +80,7 @@ export function refuseTakenName(name: string, kind: "convert" | "fuse", remedy: 
   const stored = readManifest(name);
   if (stored && !stored.source.startsWith(`${kind}:`))
     throw new Error(
-      `'${name}' is already a stored model (${stored.source}); ${remedy}, or remove that one first (mlx rm ${name})`,
+      `'${name}' is already a stored model (${stored.source}); ${remedy}, or remove that one first (mlx rm ${shellWord(name)})`,
     );
 }
 

@@ -3,6 +3,7 @@
 // Every change happens under the store lock, so two mlx processes never interleave them.
 import { existsSync, mkdirSync, readdirSync, readlinkSync, renameSync, rmSync, statSync, symlinkSync } from "node:fs";
 import { basename, isAbsolute, join, relative, sep } from "node:path";
+import { shellWord } from "../format";
 import { loadAliases } from "./aliases";
 import { blobPresent, removeBlob } from "./blobs";
 import { markInUse, modelUsers } from "./in-use";
@@ -55,17 +56,17 @@ export function repairHint(path: string): string | undefined {
  */
 export function repair(name: string): { need: string; command: string } {
   const source = readManifest(name)?.source;
-  if (source === undefined) return { need: "removing", command: `mlx rm ${name}` };
+  if (source === undefined) return { need: "removing", command: `mlx rm ${shellWord(name)}` };
   if (source.startsWith("fuse:"))
-    return { need: "a new fusion", command: `mlx fuse <its base> --adapter <its adapter dir> ${name}` };
+    return { need: "a new fusion", command: `mlx fuse <its base> --adapter <its adapter dir> ${shellWord(name)}` };
   if (source.startsWith("convert:")) return { need: "a new conversion", command: `mlx convert ${convertInput(name)}` };
-  return { need: "a new pull", command: `mlx pull ${name}` };
+  return { need: "a new pull", command: `mlx pull ${shellWord(name)}` };
 }
 
 /** `mlx convert X` stores its conversion as X-mlx (X an alias, a stored model or a file's name): the X to give again. */
 function convertInput(name: string): string {
   const stem = name.replace(/-mlx$/, "");
-  return loadAliases().models.has(stem) || readManifest(stem) ? stem : `<path to ${stem}.gguf>`;
+  return loadAliases().models.has(stem) || readManifest(stem) ? shellWord(stem) : `<path to ${stem}.gguf>`;
 }
 
 /**
