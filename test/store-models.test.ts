@@ -311,6 +311,37 @@ describe("removing", () => {
     TEST_TIMEOUT_MS,
   );
 
+  // A full disk (a tmpfs in a user namespace, as above) where a local model is pulled.
+  test.skipIf(Bun.spawnSync(["unshare", "-rm", "true"], { stderr: "ignore" }).exitCode !== 0)(
+    "mlx pull of a local model onto a full disk says so in one line, and keeps what was stored",
+    async () => {
+      const disk = join(work, "disk");
+      mkdirSync(disk);
+      const mlx = `${JSON.stringify(process.execPath)} ${JSON.stringify(main)}`;
+      const big = fakeModel("big", 2_000_000);
+      const script = `
+        mount -t tmpfs -o size=1m tmpfs ${disk}
+        export MLX_HOME=${disk}/home
+        ${mlx} pull ${fakeModel("alpha", 200_000)} >/dev/null 2>&1 || exit 9
+        ${mlx} pull ${big}; echo "pull: $?"
+        ${mlx} list; ls "$MLX_HOME/tmp"`;
+      const proc = Bun.spawn(["unshare", "-rm", "sh", "-c", script], {
+        env: { ...process.env, NO_COLOR: "1" },
+        stdout: "pipe",
+        stderr: "pipe",
+      });
+      const [stdout, stderr] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
+      expect(await proc.exited).toBe(0);
+      expect(stderr).toBe(
+        `error: no space left on device while storing ${join(big, "model.safetensors")} in ${disk}/home; free some space and run again\n`,
+      );
+      const lines = stdout.trim().split("\n");
+      expect(lines[0]).toBe("pull: 1");
+      expect(lines.slice(2).map((line) => line.split(/\s+/)[0])).toEqual(["alpha"]);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
   // A full disk (a tmpfs in a user namespace, as above) where a stored model is opened for use.
   test.skipIf(Bun.spawnSync(["unshare", "-rm", "true"], { stderr: "ignore" }).exitCode !== 0)(
     "on a full disk a stored model still opens for use, its manifest intact",

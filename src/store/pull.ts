@@ -11,7 +11,7 @@ import { pullHFRepo } from "./hf";
 import { withLock } from "./lock";
 import { describeFiles, newManifest, readManifest, type ManifestFile, type ModelManifest } from "./manifest";
 import { indexedWeightFiles, neededFiles, WEIGHT_INDEX } from "./model-files";
-import { locksDir, modelKey, modelNameFits } from "./paths";
+import { locksDir, modelKey, modelNameFits, storeRoot } from "./paths";
 import { pullPyPIFile } from "./pypi";
 import { commitModel, discardBlobs, openStoredModel, StoreDamageError } from "./store";
 
@@ -151,7 +151,17 @@ async function importLocal(path: string, imported: Set<string>): Promise<Manifes
   const names = info.isDirectory() ? await modelFiles(path) : [basename(path)];
   const files: ManifestFile[] = [];
   for (const name of names) {
-    const blob = await addBlob(info.isDirectory() ? join(path, name) : path);
+    const file = info.isDirectory() ? join(path, name) : path;
+    const blob = await addBlob(file).catch((error: NodeJS.ErrnoException) => {
+      // Node's message names the store's scratch file, not what was being stored, nor the way out.
+      if (error.code !== "ENOSPC" && error.code !== "EDQUOT") throw error;
+      throw new Error(
+        `no space left on device while storing ${file} in ${storeRoot()}; free some space and run again`,
+        {
+          cause: error,
+        },
+      );
+    });
     imported.add(blob.sha256);
     files.push({ name, ...blob });
   }
