@@ -258,7 +258,7 @@ describe("removing", () => {
   );
 
   test(
-    "mlx rm takes several models, as ollama rm does; an unknown one among them removes none",
+    "mlx rm takes several models, as ollama rm does; an unknown one, or one in use, among them removes none",
     async () => {
       for (const name of ["alpha", "beta", "gamma"]) {
         await pull(fakeModel(name));
@@ -267,6 +267,15 @@ describe("removing", () => {
       const typo = await cliResult(["rm", "-y", "alpha", "btea"]);
       expect(typo).toMatchObject({ code: 1, stderr: "error: no stored model named 'btea' (see mlx list)\n" });
       expect(await names()).toEqual(["alpha", "beta", "gamma"]);
+      // Nor does one in use (a server's): the request is refused whole, not done up to it.
+      markInUse("gamma");
+      const busy = await cliResult(["rm", "-y", "alpha", "gamma"]);
+      expect(busy).toMatchObject({
+        code: 1,
+        stderr: `error: 'gamma' is in use by process ${process.pid}; stop it first\n`,
+      });
+      expect(await names()).toEqual(["alpha", "beta", "gamma"]);
+      releaseModel("gamma");
       expect((await cliResult(["rm", "-y", "alpha", "gamma"])).code).toBe(0);
       expect(await names()).toEqual(["beta"]);
     },
@@ -681,6 +690,7 @@ describe("locks", () => {
     "a store mlx cannot write to is one line naming the lock and why",
     async () => {
       await pull(fakeModel("alpha"));
+      releaseModel("alpha"); // else rm refuses it as in use by this process, before taking the lock
       const home = process.env.MLX_HOME!;
       const mlx = `${JSON.stringify(process.execPath)} ${JSON.stringify(main)}`;
       const script = `mount --bind -o ro ${home} ${home} && ${mlx} rm -y alpha`;

@@ -5,7 +5,7 @@ import { existsSync } from "node:fs";
 import { manifestPath, readManifest } from "../store/manifest";
 import { formatBytes } from "../format";
 import { modelRequest } from "../store/pull";
-import { removeModel } from "../store/store";
+import { refuseInUse, removeModel } from "../store/store";
 import { fail, log } from "./log";
 import { variadic } from "./strict-flags";
 
@@ -18,11 +18,12 @@ export default defineCommand({
   },
   async run({ args }) {
     try {
-      // Every name is checked before any model goes, so a typo in one removes none.
+      // Every name is checked before any model goes, so a typo in one, or one in use, removes none.
       const names = args._.map((what) => modelRequest(String(what)).name);
       // An unreadable manifest still names a model whose files take space: removing it is the repair.
       for (const name of names)
         if (!existsSync(manifestPath(name))) throw new Error(`no stored model named '${name}' (see mlx list)`);
+      for (const name of names) refuseInUse(name);
       // Only a person at a terminal can answer; scripts pass -y.
       if (!args.yes && process.stdin.isTTY) {
         const answer = await confirm({ message: `Remove ${names.map(described).join(", ")}?`, initialValue: false });

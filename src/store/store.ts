@@ -164,13 +164,17 @@ export function removeModel(name: string): Promise<{ freedBytes: number }> {
     const index = loadIndex();
     if (!index.has(name) && !existsSync(manifestPath(name)))
       throw new ModelNotFoundError(`no stored model named '${name}'`);
-    const users = modelUsers(name);
-    if (users.length > 0)
-      throw new ModelInUseError(`'${name}' is in use by process ${users.join(", ")}; stop it first`);
+    refuseInUse(name);
     const freedBytes = await deleteModel(index, name);
     saveIndex(index);
     return { freedBytes };
   });
+}
+
+/** Throws ModelInUseError when a process is using the model (removing it would pull its files from under it). */
+export function refuseInUse(name: string): void {
+  const users = modelUsers(name);
+  if (users.length > 0) throw new ModelInUseError(`'${name}' is in use by process ${users.join(", ")}; stop it first`);
 }
 
 /**
