@@ -435,6 +435,26 @@ describe("damage", () => {
   );
 
   test(
+    "mlx show of a stored model whose GGUF header was damaged on disk says how to repair it",
+    async () => {
+      const gguf = join(work, "quants.gguf");
+      writeFileSync(gguf, readFileSync(join(import.meta.dir, "fixtures", "gguf-quants.gguf")));
+      await pull(gguf);
+      const blob = blobPath(readManifest("quants")!.files[0]!.sha256);
+      const bytes = readFileSync(blob);
+      bytes[100] = 0x58; // a tensor's offset, same size: only hashing would see it
+      writeFileSync(blob, bytes);
+      const { code, stdout, stderr } = await cliResult(["show", "quants"]);
+      expect({ code, stdout }).toEqual({ code: 1, stdout: "" });
+      expect(stderr).toEndWith(
+        "; stored model 'quants' may be damaged: run `mlx verify`, then run `mlx pull quants`\n",
+      );
+      expect(stderr.trim().split("\n")).toHaveLength(1);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "the command mlx verify prints for a model whose name a shell would split (a space, a #) is quoted, and runs",
     async () => {
       const dir = fakeModel("my model #2");

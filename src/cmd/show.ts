@@ -12,7 +12,7 @@ import { modelRequest } from "../store/pull";
 import { ggufOfDirectory, locateModel, looksLikePath, missingModelError } from "../store/resolve";
 import { isGGUFFile } from "../models/gguf";
 import { directoryWeightFiles } from "../models/load";
-import { loadPath, repair } from "../store/store";
+import { loadPath, repair, repairHint } from "../store/store";
 import { fail } from "./log";
 
 // The config.json fields worth a glance; the whole file is one `cat` away in the model directory.
@@ -61,7 +61,7 @@ export default defineCommand({
       // A model with files gone is shown all the same, with the command that gets them back.
       const present = await Promise.all(manifest.files.map((f) => blobPresent(f)));
       const missing = new Set(manifest.files.filter((_, i) => !present[i]).map((f) => f.name));
-      const config = configSummary(manifest, missing);
+      const config = describedStored(manifest, missing);
       if (args.json) {
         const shown = { manifest, config, path: loadPath(manifest), missingFiles: [...missing] };
         process.stdout.write(`${JSON.stringify(shown, null, 2)}\n`);
@@ -121,6 +121,18 @@ function directoryConfig(dir: string): Record<string, unknown> {
     return glanceFields(JSON.parse(readFileSync(file, "utf8")));
   } catch (error) {
     throw new Error(`${file} is not JSON: ${(error as Error).message}`);
+  }
+}
+
+/**
+ * configSummary, a failure to read it saying how to repair the model: its blobs were checked when
+ * stored, so a config or GGUF header that does not read now was damaged on disk.
+ */
+function describedStored(manifest: ModelManifest, missing: Set<string>): Record<string, unknown> | undefined {
+  try {
+    return configSummary(manifest, missing);
+  } catch (error) {
+    throw new Error(`${(error as Error).message}; ${repairHint(loadPath(manifest))}`, { cause: error });
   }
 }
 
