@@ -953,6 +953,25 @@ describe("commands and bad input", () => {
   );
 
   test(
+    "mlx pull of a directory that holds no model (no weights beside its config.json, or no files) says so, and stores nothing",
+    async () => {
+      const weightless = fakeModel("weightless");
+      rmSync(join(weightless, "model.safetensors"));
+      expect(await cliResult(["pull", weightless])).toMatchObject({
+        code: 1,
+        stderr: `error: ${weightless}: no .safetensors weights beside config.json\n`,
+      });
+      const empty = join(work, "empty");
+      mkdirSync(empty);
+      expect((await cliResult(["pull", empty])).stderr).toBe(
+        `error: ${empty}: a model needs a config.json or a .gguf file (got no files)\n`,
+      );
+      expect(await names()).toEqual([]);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "mlx pull of org/repo that is no path points at hf:org/repo",
     async () => {
       const { code, stderr } = await cliResult(["pull", "mlx-community/Llama-3.2-1B-Instruct-4bit"]);

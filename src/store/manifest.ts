@@ -117,6 +117,9 @@ export function newManifest(
 export function describeFiles(files: ManifestFile[]): Pick<ModelManifest, "format" | "architecture" | "quantization"> {
   const config = files.find((f) => f.name === "config.json");
   if (config) {
+    // Loading it reads the .safetensors beside config.json: without any, a model that cannot load would be stored.
+    if (!files.some((f) => f.name.endsWith(".safetensors")))
+      throw new Error("no .safetensors weights beside config.json");
     let c: Record<string, unknown>;
     try {
       c = JSON.parse(readFileSync(blobPath(config.sha256), "utf8"));
@@ -132,7 +135,9 @@ export function describeFiles(files: ManifestFile[]): Pick<ModelManifest, "forma
   }
   const gguf = files.find((f) => f.name.endsWith(".gguf"));
   if (!gguf)
-    throw new Error(`a model needs a config.json or a .gguf file (got ${files.map((f) => f.name).join(", ")})`);
+    throw new Error(
+      `a model needs a config.json or a .gguf file (got ${files.map((f) => f.name).join(", ") || "no files"})`,
+    );
   const header = readGGUFHeader(blobPath(gguf.sha256));
   const architecture = header.metadata.get("general.architecture");
   return {
