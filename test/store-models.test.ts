@@ -601,7 +601,9 @@ describe("an unreadable manifest", () => {
     expect((await cliResult(["rm", "-y", "org/missing"])).stderr).toBe(
       "error: no stored model named 'org/missing' (see mlx list)\n",
     );
-    expect((await cliResult(["show", "org/missing"])).stderr).toStartWith("error: model not found: org/missing ");
+    expect((await cliResult(["show", "org/missing"])).stderr).toBe(
+      "error: model not found: org/missing; for the Hugging Face repository, give hf:org/missing (mlx list shows the stored models)\n",
+    );
   });
 });
 
