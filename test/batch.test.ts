@@ -128,6 +128,7 @@ describe("BatchGenerator", () => {
     const onHost: LogitsProcessor = (_history, logits) => logits;
     const penalties: Partial<SamplingParams>[] = [
       { repetitionPenalty: 1.3, repetitionContext: 4 },
+      { repetitionPenalty: 1.5, repetitionContext: 1 },
       { presencePenalty: 0.8, frequencyPenalty: 0.6 },
       { logitBias: new Map([[17, 3]]) },
       { repetitionPenalty: 1.1, presencePenalty: 0.5, frequencyPenalty: 1, logitBias: new Map([[5, -2]]) },

@@ -92,7 +92,9 @@ export function logitsProcessors(
   if (p.repetitionPenalty !== 1 && p.repetitionContext > 0)
     processors.push(
       takingPending((history, logits, pending) => {
-        const recent = history.slice(-(p.repetitionContext - (pending ? 1 : 0)));
+        // The window's tokens on the host: all but the pending one (none of a window of 1).
+        const onHost = p.repetitionContext - (pending ? 1 : 0);
+        const recent = onHost > 0 ? history.slice(-onHost) : [];
         return penalizeRepetition(logits, recentIndex(recent, pending), p.repetitionPenalty);
       }),
     );
