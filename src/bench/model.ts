@@ -136,6 +136,8 @@ export function quantizationOf(lm: LoadedModel): string {
 
 /** How often the token loop lets the event loop run: a Ctrl-C's handler (it ends the process) waits at most this, or a step. */
 const TURN_EVERY_MS = 100;
+/** When the event loop last had a turn: kept across tests, so that many short tests give it one too. */
+let lastTurn = 0;
 
 /**
  * The model's token loop with its KV cache settings and speculative decoding, as run and serve
@@ -144,7 +146,6 @@ const TURN_EVERY_MS = 100;
  * wait for the whole test.
  */
 async function* tokens(lm: LoadedModel, promptIds: number[], maxTokens: number): AsyncGenerator<SequenceEvent> {
-  let lastTurn = performance.now();
   const steps = generateSteps(lm.model, { promptIds, sampling: greedy, maxTokens }, lm.kvQuantization, {
     speculation: speculationOptions(lm),
     maxKvSize: lm.maxKvSize,
