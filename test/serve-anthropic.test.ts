@@ -137,6 +137,24 @@ describe("messages.create", () => {
       ],
     });
     expect(counted.input_tokens).toBe(combined.input_tokens);
+    // A message's text blocks go a line apart too (glued, a reminder block ran into the user's words).
+    const blocks = await client.messages.countTokens({
+      model: alternating,
+      messages: [
+        {
+          role: "user",
+          content: [
+            { type: "text", text: "<reminder>Be brief</reminder>" },
+            { type: "text", text: "Hi" },
+          ],
+        },
+      ],
+    });
+    const lines = await client.messages.countTokens({
+      model: alternating,
+      messages: [{ role: "user", content: "<reminder>Be brief</reminder>\nHi" }],
+    });
+    expect(blocks.input_tokens).toBe(lines.input_tokens);
   });
 
   test("consecutive assistant turns combined keep their thinking blocks' reasoning for the template", async () => {

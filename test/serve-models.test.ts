@@ -228,6 +228,14 @@ describe("llama.cpp utilities", () => {
     const promptIds = (await post(`${server.url}/tokenize`, { content: prompt })).json.tokens;
     const chat = await post(`${server.url}/v1/chat/completions`, { messages, max_tokens: 1 });
     expect(chat.json.usage.prompt_tokens).toBe(promptIds.length);
+    // Text parts go a line apart, as vLLM joins them (glued, "Hi" and "there" ran into "Hithere").
+    const parts = [
+      { type: "text", text: "Hi" },
+      { type: "text", text: "there" },
+    ];
+    const rendered = (await post(`${server.url}/apply-template`, { messages: [{ role: "user", content: parts }] }))
+      .json;
+    expect(rendered.prompt).toContain("<|im_start|>user\nHi\nthere<|im_end|>");
   });
 
   test("bad requests are 400s naming the field", async () => {

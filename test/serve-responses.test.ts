@@ -136,7 +136,7 @@ describe("responses.create", () => {
     expect(streamed.output).toEqual([expect.objectContaining({ type: "function_call", status: "incomplete" })]);
   });
 
-  test("a function_call_output's output as input_text parts reads as the same text; an image there is a 400", async () => {
+  test("a function_call_output's output as input_text parts reads as the same text, a line apart; an image there is a 400", async () => {
     const call = { type: "function_call", call_id: "call_1", name: "forecast", arguments: '{"city":"Oslo","days":2}' };
     const withOutput = (output: unknown) =>
       [
@@ -145,11 +145,11 @@ describe("responses.create", () => {
         { type: "function_call_output", call_id: "call_1", output },
       ] as OpenAI.Responses.ResponseInput;
     const request = { model, tools, max_output_tokens: 3, temperature: 0, store: false };
-    const asString = await openai.responses.create({ ...request, input: withOutput("Snow, -3 degrees") });
+    const asString = await openai.responses.create({ ...request, input: withOutput("Snow\n-3 degrees") });
     const asParts = await openai.responses.create({
       ...request,
       input: withOutput([
-        { type: "input_text", text: "Snow, " },
+        { type: "input_text", text: "Snow" },
         { type: "input_text", text: "-3 degrees" },
       ]),
     });

@@ -3,6 +3,7 @@
 // sampling and tools as the other API families, and the builders of messages and usage.
 import type { ConversationMessage, ToolCall, ToolChoice, ToolRequest, ToolSpec } from "../engine/tools";
 import type { FormatInput, PromptInput, SamplingInput, ThinkingRequest } from "./common";
+import { TEXT_PARTS_SEPARATOR } from "./common";
 import { MAX_TOOLS, toolResultName, toolSpec } from "./tools";
 import { Fields, ValidationError, messageFields, unsupported } from "./validate";
 
@@ -245,13 +246,13 @@ function conversationMessages(item: unknown, i: number, earlier: ConversationMes
   if (typeof content === "string") return [{ role, content }];
   const blocks = m.array("content", { required: true, nonEmpty: true })!;
   const out: ConversationMessage[] = [];
-  let text = "";
+  const texts: string[] = [];
   let reasoning = "";
   const calls: ToolCall[] = [];
   blocks.forEach((raw, j) => {
     const b = Fields.item(raw, `${at}.content.${j}`);
     const type = b.string("type", { required: true })!;
-    if (type === "text") text += b.string("text", { required: true })!;
+    if (type === "text") texts.push(b.string("text", { required: true })!);
     // A thinking template renders the reasoning of the turns after the last user message (a
     // thinking model's multi-step tool calls); a redacted one has no text to give it.
     else if (type === "thinking" && role === "assistant") reasoning += b.string("thinking") ?? "";
@@ -275,6 +276,7 @@ function conversationMessages(item: unknown, i: number, earlier: ConversationMes
       b.fail("type", `'${type}' blocks belong in ${type === "tool_use" ? "assistant" : "user"} messages`);
     } else throw unsupported(b.name("type"), `content of type '${type}'`);
   });
+  const text = texts.join(TEXT_PARTS_SEPARATOR);
   if (role === "assistant")
     out.push({
       role,

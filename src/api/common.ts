@@ -9,3 +9,9 @@ export type { ToolRequest } from "../engine/tools";
 export type SamplingInput = Partial<SamplingParams>;
 
 export type { ThinkingRequest } from "../engine/reasoning";
+
+/**
+ * Between a message's text parts or blocks, as vLLM joins them: glued together, the last word of
+ * one part ran into the first of the next (an agent's reminder block into the user's text).
+ */
+export const TEXT_PARTS_SEPARATOR = "\n";

@@ -3,6 +3,7 @@
 import { createHash } from "node:crypto";
 import type { ConversationMessage } from "../engine/tools";
 import type { FormatInput, PromptInput, SamplingInput, ThinkingRequest, ToolRequest } from "./common";
+import { TEXT_PARTS_SEPARATOR } from "./common";
 import { parseToolCalls, toolRequest, toolResultName } from "./tools";
 import { Fields, ValidationError, messageFields, unsupported } from "./validate";
 
@@ -226,7 +227,7 @@ function messageContent(m: Fields, at: string): string {
       if (type !== "text") throw unsupported(`${at}.content.${i}.type`, `content of type '${type}'`);
       return p.string("text", { required: true })!;
     })
-    .join("");
+    .join(TEXT_PARTS_SEPARATOR);
 }
 
 export function parseChatRequest(body: unknown): OpenAIRequest {

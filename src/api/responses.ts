@@ -3,6 +3,7 @@
 // function tools and text format; and the builders of output items and usage.
 import type { ConversationMessage, ToolCall, ToolChoice, ToolRequest, ToolSpec } from "../engine/tools";
 import type { FormatInput, SamplingInput, ThinkingRequest } from "./common";
+import { TEXT_PARTS_SEPARATOR } from "./common";
 import { serviceTier, streamOptions } from "./openai";
 import { MAX_TOOLS, callArguments, toolResultName, toolSpec } from "./tools";
 import { Fields, ValidationError, unsupported } from "./validate";
@@ -249,7 +250,7 @@ function textContent(item: Fields, field: "content" | "output"): string {
         throw unsupported(part.name("type"), `content of type '${type}'`);
       return part.string("text", { required: true })!;
     })
-    .join("");
+    .join(TEXT_PARTS_SEPARATOR);
 }
 
 export interface InputItem {
