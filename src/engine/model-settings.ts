@@ -29,18 +29,20 @@ export function aliasSettings(spec: string | undefined): ModelSettings {
 
 /**
  * Puts `settings` on `lm`, a draft model opened with `openDraft`. `lm` is freed when one cannot
- * be applied (an adapter that does not fit it, a draft model of another vocabulary).
+ * be applied (an adapter that does not fit it, a draft model of another vocabulary, unless
+ * `speculation` says to skip it: then the reason is returned, as attachSpeculation's).
  */
 export async function applySettings(
   lm: LoadedModel,
   settings: ModelSettings,
   openDraft: (name: string) => Promise<LoadedModel>,
-): Promise<void> {
+  speculation?: Parameters<typeof attachSpeculation>[3],
+): Promise<string | undefined> {
   lm.kvQuantization = settings.kvQuantization;
   lm.maxKvSize = settings.maxKvSize;
   try {
     if (settings.adapter) lm.adapter = loadAdapter(settings.adapter, lm.weights.lora);
-    await attachSpeculation(lm, settings.speculation, openDraft);
+    return await attachSpeculation(lm, settings.speculation, openDraft, speculation);
   } catch (error) {
     lm.free();
     throw error;

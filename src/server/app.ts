@@ -232,15 +232,14 @@ export function createApp(s: ServerState): Hono {
   // them through): without it a browser would neither send their JSON requests (the preflight
   // failed) nor let them read an answer.
   const allowed = s.config.corsOrigins;
+  // The pages this server answers: the origins given, and this machine's.
+  const originAllowed = (origin: string, host: string | undefined) =>
+    corsAllows(allowed, origin) || isLocalOrigin(origin, host);
   app.use(
     "*",
     cors({
       origin: (origin, c) =>
-        allowed.includes("*")
-          ? "*"
-          : allowed.includes(origin) || isLocalOrigin(origin, c.req.header("host"))
-            ? origin
-            : null,
+        allowed.includes("*") ? "*" : originAllowed(origin, c.req.header("host")) ? origin : null,
       // Whatever headers the preflight asks for (as vLLM allows by default): the OpenAI and
       // Anthropic SDKs in a browser send their own (x-stainless-*, anthropic-dangerous-...).
       // Our own response headers are readable by the page.
@@ -255,8 +254,7 @@ export function createApp(s: ServerState): Hono {
   // send no Origin; our own pages send theirs, which is this server's.
   app.use("*", async (c, next) => {
     const origin = c.req.header("origin");
-    if (origin === undefined || isLocalOrigin(origin, c.req.header("host")) || corsAllows(s.config.corsOrigins, origin))
-      return next();
+    if (origin === undefined || originAllowed(origin, c.req.header("host"))) return next();
     throw originNotAllowed(origin);
   });
 

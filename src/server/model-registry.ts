@@ -16,7 +16,7 @@ import {
 import { resolveModelPath } from "../store/resolve";
 import { aliasAdapter, aliasCacheSettings, aliasSpeculation } from "../store/aliases";
 import { loadAdapter, type Adapter } from "../models/lora";
-import { attachSpeculation } from "../engine/speculative";
+import { applySettings } from "../engine/model-settings";
 import { clearMemoryCache } from "../engine/device";
 import type { KvQuantization } from "../models/cache";
 import { listModels } from "../store/store";
@@ -325,23 +325,15 @@ export class ModelRegistry {
           lm.free();
           throw new ModelLoadError(`${name} finished loading after the server stopped`);
         }
-        lm.kvQuantization = settings.kvQuantization;
-        lm.maxKvSize = settings.maxKvSize;
-        let speculationSkipped: string | undefined;
-        try {
-          // The server's --draft-model is for its own model (-m); another model it serves that the
-          // draft cannot draft for goes without speculation rather than failing every request.
-          const serverWide = this.options.speculation !== undefined && key !== this.#pinnedKey;
-          speculationSkipped = await attachSpeculation(
-            lm,
-            settings.speculation,
-            async (draft) => loadModel(await resolveModelPath(draft, { onProgress: () => {} })),
-            { otherVocabulary: serverWide ? "skip" : "refuse" },
-          );
-        } catch (error) {
-          lm.free();
-          throw error;
-        }
+        // The server's --draft-model is for its own model (-m); another model it serves that the
+        // draft cannot draft for goes without speculation rather than failing every request.
+        const serverWide = this.options.speculation !== undefined && key !== this.#pinnedKey;
+        const speculationSkipped = await applySettings(
+          lm,
+          settings,
+          async (draft) => loadModel(await resolveModelPath(draft, { onProgress: () => {} })),
+          { otherVocabulary: serverWide ? "skip" : "refuse" },
+        );
         let scheduler: Scheduler;
         try {
           scheduler = this.options.makeScheduler(lm);
