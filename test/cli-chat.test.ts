@@ -124,7 +124,11 @@ describe.skipIf(!hasTmux)("mlx chat in a terminal", () => {
     await waitFor(/conversation cleared/);
     keys("tell me everything", "Enter");
     await Bun.sleep(1500);
+    // Typed while the answer streams: it waits for the next prompt, and the Ctrl-C after it still stops the answer.
+    keys("next");
     keys("C-c");
+    await waitFor(/\(stopped\)\n(.*tokens\/s.*\n)?>>> next$/m);
+    keys("C-u");
     await waitFor(/\(stopped\)\n(.*tokens\/s.*\n)?>>>\s*$/m);
     expect(alive()).toBe(true);
   });
@@ -169,38 +173,58 @@ describe.skipIf(!hasTmux)("mlx chat in a terminal, leaving from inside a block",
   });
 });
 
-describe.skipIf(!hasTmux)("mlx chat in a terminal, Ctrl-C while a command runs", () => {
+describe.skipIf(!hasTmux)("mlx chat in a terminal, keys typed while a command runs", () => {
   const during = `${session}-command`;
   const commandModel = join(root, "command-model");
-  beforeAll(() => writeTinyModel(commandModel));
+  const status = join(root, "command-status");
+  const view = () => tmux("capture-pane", "-p", "-t", during).stdout.toString();
+  const keysTo = (...k: string[]) => tmux("send-keys", "-t", during, ...k);
+  const until = async (pattern: RegExp) => {
+    for (const deadline = Date.now() + 20_000; !pattern.test(view()) && Date.now() < deadline; ) await Bun.sleep(100);
+    expect(view()).toMatch(pattern);
+  };
+  let pipes = 0;
+  /**
+   * Types `keys` while a command that takes its time runs, as loading a model does: /load reads a
+   * pipe until it is written.
+   */
+  const whileLoading = async (...keys: string[]) => {
+    const pipe = join(root, `slow-load-${++pipes}`);
+    expect(Bun.spawnSync(["mkfifo", pipe]).exitCode).toBe(0);
+    keysTo("C-u", `/load ${pipe}`, "Enter");
+    await Bun.sleep(500);
+    keysTo(...keys);
+    await Bun.sleep(500);
+    writeFileSync(pipe, JSON.stringify({ messages: [] }));
+  };
+  beforeAll(() => {
+    writeTinyModel(commandModel);
+    const command = `MLX_HOME='${home}' NO_COLOR=1 ${mlxCommand} chat -m '${commandModel}' --max-tokens 4; echo $? > '${status}'`;
+    tmux("new-session", "-d", "-s", during, "-x", "150", "-y", "50", command);
+  });
   afterAll(() => {
     if (tmux("has-session", "-t", during).exitCode === 0) tmux("kill-session", "-t", during);
   });
 
-  test("is ignored: it does not reach the prompt afterwards and leave the chat", async () => {
-    const status = join(root, "command-status");
-    const command = `MLX_HOME='${home}' NO_COLOR=1 ${mlxCommand} chat -m '${commandModel}' --max-tokens 4; echo $? > '${status}'`;
-    tmux("new-session", "-d", "-s", during, "-x", "150", "-y", "50", command);
-    const view = () => tmux("capture-pane", "-p", "-t", during).stdout.toString();
-    const until = async (pattern: RegExp) => {
-      for (const deadline = Date.now() + 20_000; !pattern.test(view()) && Date.now() < deadline; ) await Bun.sleep(100);
-      expect(view()).toMatch(pattern);
-    };
+  test("Ctrl-C is ignored: it does not reach the prompt afterwards and leave the chat", async () => {
     await until(/^>>>\s*$/m);
-    // A command that takes its time, as loading a model does: /load reads a pipe until it is written.
-    const pipe = join(root, "slow-load");
-    expect(Bun.spawnSync(["mkfifo", pipe]).exitCode).toBe(0);
-    tmux("send-keys", "-t", during, `/load ${pipe}`, "Enter");
-    await Bun.sleep(500);
-    tmux("send-keys", "-t", during, "C-c");
-    await Bun.sleep(500);
-    writeFileSync(pipe, JSON.stringify({ messages: [] }));
+    await whileLoading("C-c");
     await until(/loaded 0 messages from .*\n(\^C)?>>>\s*$/m);
     await Bun.sleep(500); // time for a Ctrl-C that waited to reach the prompt, and leave
     expect(existsSync(status)).toBe(false);
-    tmux("send-keys", "-t", during, "hello", "Enter");
+    keysTo("hello", "Enter");
     await until(/>>> hello\n.*\n>>>\s*$/m);
     expect(existsSync(status)).toBe(false);
+  });
+
+  test("other keys wait for the prompt: a line typed ahead is there, and a Ctrl-D then leaves", async () => {
+    keysTo("C-l");
+    await whileLoading("typed ahead");
+    await until(/loaded 0 messages from .*\n>>> typed ahead$/m);
+    // In cooked mode the terminal took a Ctrl-D typed meanwhile as the end of input, and it was lost.
+    await whileLoading("C-d");
+    for (const deadline = Date.now() + 20_000; !existsSync(status) && Date.now() < deadline; ) await Bun.sleep(100);
+    expect(existsSync(status) ? readFileSync(status, "utf8").trim() : `still running:\n${view()}`).toBe("0");
   });
 });
 

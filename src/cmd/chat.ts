@@ -91,20 +91,21 @@ export default defineCommand({
         const { text } = message;
         if (text.trim() === "") continue;
         if (message.command && text.startsWith("/")) {
-          if (!(await input.lendTerminal(() => runCommand(session, text)))) break;
+          if (!(await input.runCommand((lendKeys) => runCommand(session, text, lendKeys)))) break;
           continue;
         }
         const controller = new AbortController();
         const stop = () => controller.abort();
+        // Ctrl-C typed in the terminal is a key (it stays in raw mode); the signal can still come from kill.
         process.on("SIGINT", stop);
-        input.pauseForAnswer();
+        input.pauseForAnswer(stop);
         try {
           await session.answer(text, (chunk) => process.stdout.write(chunk), controller.signal);
         } catch (error) {
           say(`error: ${errorLine(error)}`);
         } finally {
           process.off("SIGINT", stop);
-          input.resumeAfterAnswer();
+          await input.resumeAfterAnswer();
         }
       }
       input.close();

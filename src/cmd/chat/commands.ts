@@ -4,6 +4,7 @@ import { errorLine } from "../errors";
 import { readFileSync, writeFileSync } from "node:fs";
 import * as p from "@clack/prompts";
 import type { ChatSession } from "./session";
+import type { KeyLender } from "./input";
 import {
   applyFormat,
   applySetting,
@@ -17,7 +18,8 @@ import { fileErrorReason, writeErrorReason } from "../../format";
 import { Conversation } from "../../engine/conversation";
 import { loadAliases } from "../../store/aliases";
 
-type Handler = (session: ChatSession, args: string) => Promise<boolean | void> | boolean | void;
+/** `lendKeys` lends the terminal's keys to a prompt of the command's own; absent without a terminal. */
+type Handler = (session: ChatSession, args: string, lendKeys?: KeyLender) => Promise<boolean | void> | boolean | void;
 
 const help = `commands:
   /set <name> <value>   change a setting: ${settingNames.join(", ")}
@@ -101,7 +103,7 @@ const commands: Record<string, Handler> = {
     if (settings) Object.assign(s.settings, settings);
     s.say(`loaded ${saved.messages.length} messages${settings ? " and the settings" : ""} from ${file}`);
   },
-  model: async (s, args) => {
+  model: async (s, args, lendKeys) => {
     let name = args.trim();
     if (!name) {
       const table = loadAliases();
@@ -109,12 +111,14 @@ const commands: Record<string, Handler> = {
         ...table.models.values(),
         ...[...table.remotes.values()].map((r) => ({ name: r.name, description: `remote ${r.kind}: ${r.model}` })),
       ];
-      if (!process.stdin.isTTY)
-        return s.say(`usage: /model <name> (aliases: ${aliases.map((a) => a.name).join(", ")})`);
-      const choice = await p.select({
-        message: "Switch to which model?",
-        options: aliases.map((a) => ({ value: a.name, label: a.name, hint: a.description })),
-      });
+      if (!lendKeys) return s.say(`usage: /model <name> (aliases: ${aliases.map((a) => a.name).join(", ")})`);
+      const choice = await lendKeys((input) =>
+        p.select({
+          message: "Switch to which model?",
+          options: aliases.map((a) => ({ value: a.name, label: a.name, hint: a.description })),
+          input,
+        }),
+      );
       if (p.isCancel(choice)) return s.say("kept the current model");
       name = choice as string;
     }
@@ -163,7 +167,7 @@ function savedSettings(
 }
 
 /** Runs a line that starts with "/"; unknown commands point to /help. */
-export async function runCommand(session: ChatSession, line: string): Promise<boolean> {
+export async function runCommand(session: ChatSession, line: string, lendKeys?: KeyLender): Promise<boolean> {
   const [, name = "", args = ""] = /^\/(\S*)\s*([\s\S]*)$/.exec(line.trim()) ?? [];
   const handler = commands[name.toLowerCase()];
   if (!handler) {
@@ -171,7 +175,7 @@ export async function runCommand(session: ChatSession, line: string): Promise<bo
     return true;
   }
   try {
-    return (await handler(session, args)) !== false;
+    return (await handler(session, args, lendKeys)) !== false;
   } catch (error) {
     session.say(`error: ${errorLine(error)}`);
     return true;

@@ -2,7 +2,7 @@
 // multi-line input between """ fences, bracketed paste, and Ctrl-C / Ctrl-D at the prompt.
 // When stdin is not a terminal, it reads plain lines.
 import { createInterface, type Interface } from "node:readline";
-import { Transform, type TransformCallback } from "node:stream";
+import { PassThrough, type Readable, Transform, type TransformCallback } from "node:stream";
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { fileErrorReason } from "../../format";
 import { dirname } from "node:path";
@@ -16,6 +16,11 @@ const historyLimit = 1000;
 /** Ctrl-C inside a """ block: the block is dropped, and the prompt comes back. */
 const cancelBlock = Symbol("cancel block");
 type Line = string | null | typeof cancelBlock;
+const ctrlC = 0x03;
+const keysSettleMs = 20;
+
+/** Lends the terminal's keys to a command's own prompt (/model's picker) while `prompt` runs. */
+export type KeyLender = <T>(prompt: (keys: Readable) => Promise<T>) => Promise<T>;
 
 /**
  * A message as read. Only a line typed alone can be a slash command: a """ block or a paste of
@@ -29,8 +34,18 @@ export interface Message {
 export class LineInput {
   readonly interactive: boolean;
   readonly #rl: Interface;
-  /** What readline reads in a terminal: stdin piped through the bracketed-paste filter. */
+  /** What readline reads in a terminal: the keys typed at the prompt, through the bracketed-paste filter. */
   readonly #terminalInput?: Transform;
+  /**
+   * Where the terminal's keys go. The terminal stays in raw mode throughout, so every key is a
+   * byte read here: at the prompt readline gets them; while an answer or a command runs they are
+   * held for the prompt that follows (type-ahead, and a Ctrl-D typed meanwhile still leaves),
+   * except Ctrl-C, which stops the answer or is dropped; a command's own prompt gets its own stream.
+   */
+  #keysTo: "readline" | "held" | PassThrough = "readline";
+  #heldKeys: Buffer[] = [];
+  #onCtrlC?: () => void;
+  readonly #readKeys = (chunk: Buffer) => this.#routeKeys(chunk);
   readonly #queue: Line[] = [];
   #waiting?: (line: Line) => void;
   // Piped input can end (and readline close) while queued lines are still to be answered.
@@ -41,7 +56,10 @@ export class LineInput {
 
   constructor(private readonly historyFile: string) {
     this.interactive = Boolean(process.stdin.isTTY && process.stdout.isTTY);
-    if (this.interactive) this.#terminalInput = pasteAwareStdin();
+    if (this.interactive) {
+      this.#terminalInput = pasteAwareInput();
+      process.stdin.on("data", this.#readKeys);
+    }
     this.#rl = createInterface({
       input: this.#terminalInput ?? process.stdin,
       output: this.interactive ? process.stdout : undefined,
@@ -84,7 +102,8 @@ export class LineInput {
   #nextLine(prompt: string): Promise<Line> {
     if (this.interactive && !this.#closed) {
       this.#rl.setPrompt(prompt);
-      this.#rl.prompt();
+      // Keeps the cursor after keys typed ahead while an answer or a command ran.
+      this.#rl.prompt(true);
     }
     if (this.#queue.length > 0) return Promise.resolve(this.#queue.shift()!);
     // The end of input stays the end: a read after the one that saw it must not wait forever.
@@ -132,45 +151,77 @@ export class LineInput {
     }
   }
 
-  /** While an answer streams: let Ctrl-C reach the process as a signal instead of readline. */
-  pauseForAnswer(): void {
-    if (this.#closed) return;
-    this.#rl.pause();
-    process.stdin.pause();
-    if (this.interactive) process.stdin.setRawMode(false);
+  #routeKeys(chunk: Buffer): void {
+    const to = this.#keysTo;
+    if (to === "readline") this.#terminalInput?.write(chunk);
+    else if (to !== "held") to.write(chunk);
+    else
+      for (let start = 0; start < chunk.length; ) {
+        const at = chunk.indexOf(ctrlC, start);
+        const end = at < 0 ? chunk.length : at;
+        if (end > start) this.#heldKeys.push(chunk.subarray(start, end));
+        if (at < 0) break;
+        this.#onCtrlC?.();
+        start = at + 1;
+      }
   }
 
-  resumeAfterAnswer(): void {
-    if (this.#closed) return;
-    if (this.interactive) process.stdin.setRawMode(true);
-    process.stdin.resume();
+  /** Holds the keys typed from now on (Ctrl-C calls `onCtrlC`, or is dropped) until `#releaseKeys`. */
+  #holdKeys(onCtrlC?: () => void): void {
+    this.#keysTo = "held";
+    this.#onCtrlC = onCtrlC;
+    // Paused, readline leaves the screen alone (it redraws its line when the terminal is resized).
+    this.#rl.pause();
+  }
+
+  /** Gives readline the keys held meanwhile, and those typed from now on. */
+  async #releaseKeys(): Promise<void> {
+    // Work that held the event loop (a model loading, a file read) leaves the keys typed meanwhile
+    // unread in the terminal: give them a turn to arrive while they are still held.
+    await Bun.sleep(keysSettleMs);
+    const held = Buffer.concat(this.#heldKeys);
+    this.#heldKeys = [];
+    this.#keysTo = "readline";
+    this.#onCtrlC = undefined;
     this.#rl.resume();
+    if (held.length > 0) this.#terminalInput?.write(held);
+  }
+
+  /** While an answer streams: Ctrl-C calls `stop`; other keys wait for the next prompt. */
+  pauseForAnswer(stop: () => void): void {
+    if (this.interactive && !this.#closed) this.#holdKeys(stop);
+  }
+
+  async resumeAfterAnswer(): Promise<void> {
+    if (this.interactive && !this.#closed) await this.#releaseKeys();
   }
 
   /**
-   * Runs `use` (a command that draws its own prompt: /model's picker) with the terminal's keys
-   * its alone: fed to readline too, they would edit the line behind it and send it (an Up, then
-   * the Enter that picks, would run the recalled command again).
+   * Runs a command. A Ctrl-C typed meanwhile (a model loading) is dropped, rather than reaching
+   * the prompt afterwards and leaving the chat; other keys wait for the prompt. The command gets a
+   * KeyLender for a prompt of its own, whose keys are that prompt's alone: fed to readline too,
+   * they would edit the line behind it and send it (an Up, then the Enter that picks, would run
+   * the recalled command again). Without a terminal it gets none.
    */
-  async lendTerminal<T>(use: () => Promise<T>): Promise<T> {
-    const input = this.#terminalInput;
-    if (!input || this.#closed) return use();
-    process.stdin.unpipe(input);
-    this.#rl.pause();
-    // A Ctrl-C while the command runs (a model loading) is ignored: in raw mode it would wait in
-    // stdin and reach the prompt afterwards as a Ctrl-C there, which leaves the chat. In cooked
-    // mode (the picker sets raw mode while it draws) the terminal makes it a signal and drops it.
-    process.stdin.setRawMode(false);
-    const ignore = () => {};
-    process.on("SIGINT", ignore);
+  async runCommand<T>(command: (lendKeys?: KeyLender) => Promise<T>): Promise<T> {
+    if (!this.interactive || this.#closed) return command();
+    this.#holdKeys();
+    const lendKeys: KeyLender = async (prompt) => {
+      const keys = new PassThrough();
+      // The prompt's library puts the terminal in raw mode and back; it stays raw for readline.
+      Object.assign(keys, { isTTY: true, setRawMode: () => keys });
+      this.#keysTo = keys;
+      try {
+        return await prompt(keys);
+      } finally {
+        this.#keysTo = "held";
+        keys.destroy();
+      }
+    };
     try {
-      return await use();
+      return await command(lendKeys);
     } finally {
-      process.off("SIGINT", ignore);
-      // Readline edits in raw mode.
-      process.stdin.setRawMode(true);
-      process.stdin.pipe(input);
-      this.#rl.resume();
+      await this.#releaseKeys();
     }
   }
 
@@ -181,17 +232,17 @@ export class LineInput {
     }
     if (!this.#closed) this.#rl.close();
     // Let go of the terminal so the process can exit.
-    process.stdin.unpipe();
+    process.stdin.off("data", this.#readKeys);
     process.stdin.pause();
   }
 }
 
 /**
- * stdin as readline should see it: a bracketed paste (the terminal wraps it in ESC[200~ …
+ * The keys as readline should see them: a bracketed paste (the terminal wraps it in ESC[200~ …
  * ESC[201~) becomes one line, its newlines replaced by a placeholder, so pasting a block
  * does not send each of its lines as a message.
  */
-function pasteAwareStdin(): Transform {
+function pasteAwareInput(): Transform {
   let pasting = false;
   const transform = new Transform({
     transform(chunk: Buffer, _encoding: string, done: TransformCallback) {
@@ -211,7 +262,6 @@ function pasteAwareStdin(): Transform {
   });
   // readline drives the terminal through its input: forward what it needs to the real stdin.
   Object.assign(transform, { isTTY: true, setRawMode: (mode: boolean) => process.stdin.setRawMode(mode) });
-  process.stdin.pipe(transform);
   return transform;
 }
 
