@@ -23,6 +23,7 @@ import { formatBytes } from "../src/format";
 import { createProgressReporter } from "../src/store/progress";
 import { listModels, openStoredModel } from "../src/store/store";
 import { resolveModelPath } from "../src/store/resolve";
+import { modelPooling } from "../src/models/pooling";
 import { writeTinyModel } from "./helpers/tiny-model";
 import { sha256Hex, startHfHub, startServer, type TestServer } from "./helpers/store";
 
@@ -278,6 +279,40 @@ describe("pull from the hub", () => {
       expect(manifest.totalBytes).toBe([...tiny.values()].reduce((n, d) => n + d.length, 0));
       const [listed] = await listModels();
       expect(listed).toMatchObject({ name: "org/tiny", format: "mlx", totalBytes: manifest.totalBytes });
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "a sentence-transformers model keeps its Pooling folder: pulled or stored from a directory, it embeds as the directory does",
+    async () => {
+      const modules = [
+        { idx: 0, name: "0", path: "", type: "sentence_transformers.models.Transformer" },
+        { idx: 1, name: "1", path: "1_Pooling", type: "sentence_transformers.models.Pooling" },
+        { idx: 2, name: "2", path: "2_Normalize", type: "sentence_transformers.models.Normalize" },
+      ];
+      const files = new Map(tiny);
+      const text = (value: unknown) => new TextEncoder().encode(JSON.stringify(value));
+      files.set("modules.json", text(modules));
+      files.set("1_Pooling/config.json", text({ pooling_mode_mean_tokens: true }));
+      files.set("1_Pooling/README.md", text("not needed"));
+      await startHub({ "org/mean": { files } });
+      const pulled = await pull("hf:org/mean");
+      // Before, the folder was dropped: the model was pooled on its last token.
+      expect(modelPooling(pulled.path)).toBe("mean");
+      const names = readManifest("org/mean")!.files.map((f) => f.name);
+      expect(names).toContain("1_Pooling/config.json");
+      expect(names).not.toContain("1_Pooling/README.md");
+
+      const dir = join(work, "mean-dir");
+      mkdirSync(join(dir, "1_Pooling"), { recursive: true });
+      for (const [name, data] of files) writeFileSync(join(dir, name), data);
+      const stored = await pull(dir);
+      expect(modelPooling(stored.path)).toBe("mean");
+      // Opened again, the directory of links is kept as it is, its folder's links counted with it.
+      const linked = lstatSync(join(stored.path, "1_Pooling", "config.json")).mtimeMs;
+      expect(await openStoredModel("mean-dir")).toBe(stored.path);
+      expect(lstatSync(join(stored.path, "1_Pooling", "config.json")).mtimeMs).toBe(linked);
     },
     TEST_TIMEOUT_MS,
   );

@@ -5,6 +5,7 @@ import { existsSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { UnsupportedError } from "../errors";
 import { ModelLoadError } from "./load";
+import { poolingModule } from "../store/model-files";
 
 export type Pooling = "last" | "mean" | "cls" | "max";
 
@@ -33,11 +34,9 @@ export function modelPooling(path: string): Pooling {
       `${path}: modules.json has a ${unapplied.type} module ('${unapplied.path ?? unapplied.name}'), which embeddings here do not apply (only the model, its pooling and normalisation)`,
       "model",
     );
-  const pooling = Array.isArray(modules)
-    ? modules.find((m) => typeof m?.type === "string" && m.type.endsWith("models.Pooling"))
-    : undefined;
+  const pooling = poolingModule(modules);
   if (!pooling) return "last";
-  const config = readJsonFile(join(path, String(pooling.path ?? ""), "config.json"));
+  const config = readJsonFile(join(path, pooling.configFile));
   const modes = POOLING_MODES.filter(([key]) => config?.[key] === true).map(([, mode]) => mode);
   if (modes.length !== 1)
     throw new ModelLoadError(

@@ -25,7 +25,13 @@ import {
   type DownloadResult,
 } from "./download";
 import type { ManifestFile } from "./manifest";
-import { indexedWeightFiles, neededFiles, WEIGHT_INDEX } from "./model-files";
+import {
+  indexedWeightFiles,
+  neededFiles,
+  poolingConfigFile,
+  SENTENCE_TRANSFORMERS_MODULES,
+  WEIGHT_INDEX,
+} from "./model-files";
 import { blobPath, downloadsDir, isSha256Hex } from "./paths";
 
 export interface HFSpec {
@@ -144,7 +150,13 @@ export async function pullHFRepo(
     stored.set(WEIGHT_INDEX, index);
     indexed = indexedWeightFiles(await readFile(blobPath(index.sha256), "utf8"), spec);
   }
-  const wanted = neededFiles(available, indexed).filter((name) => !stored.has(name));
+  let poolingConfig: string | undefined;
+  if (available.includes(SENTENCE_TRANSFORMERS_MODULES)) {
+    const modules = await fetchFile(await locate(SENTENCE_TRANSFORMERS_MODULES), commit, options);
+    stored.set(SENTENCE_TRANSFORMERS_MODULES, modules);
+    poolingConfig = poolingConfigFile(await readFile(blobPath(modules.sha256), "utf8"));
+  }
+  const wanted = neededFiles(available, indexed, poolingConfig).filter((name) => !stored.has(name));
   if (!wanted.some((name) => name.endsWith(".safetensors"))) throw new Error(`${spec} has no .safetensors weights`);
   const missing = wanted.filter((name) => !available.includes(name));
   if (missing.length > 0)

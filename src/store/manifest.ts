@@ -5,11 +5,12 @@ import { readFileSync, renameSync, mkdirSync, rmSync, writeFileSync } from "node
 import { join } from "node:path";
 import { readGGUFHeader, type GGUFHeader } from "../models/gguf-header";
 import { blobPath, isSha256Hex, manifestsDir, modelKey, tempPathIn, tmpDir } from "./paths";
+import { isModelFileName } from "./model-files";
 
 export type StoredFormat = "gguf" | "mlx";
 
 export interface ManifestFile {
-  /** File name inside the model (e.g. "model-00001-of-00002.safetensors"). */
+  /** File name inside the model (e.g. "model-00001-of-00002.safetensors", "1_Pooling/config.json"). */
   name: string;
   sha256: string;
   size: number;
@@ -73,13 +74,11 @@ function wellFormed(m: ModelManifest): boolean {
   );
 }
 
-/** A file of the model's own directory (no path), named by a blob's hash, with its size. */
+/** A file of the model's own directory (or of one folder in it), named by a blob's hash, with its size. */
 function wellFormedFile(f: ManifestFile): boolean {
   return (
     typeof f?.name === "string" &&
-    /^[^/\\]+$/.test(f.name) &&
-    f.name !== "." &&
-    f.name !== ".." &&
+    isModelFileName(f.name) &&
     typeof f.sha256 === "string" &&
     isSha256Hex(f.sha256) &&
     Number.isSafeInteger(f.size) &&

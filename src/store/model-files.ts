@@ -2,6 +2,8 @@
 // and nothing else, so READMEs, PyTorch .bin copies, ONNX exports and images are never fetched.
 
 export const WEIGHT_INDEX = "model.safetensors.index.json";
+/** A sentence-transformers model's list of modules: how its hidden states become an embedding. */
+export const SENTENCE_TRANSFORMERS_MODULES = "modules.json";
 
 const METADATA_FILES = [
   "config.json",
@@ -12,17 +14,52 @@ const METADATA_FILES = [
   "chat_template.jinja",
   // A multimodal model's processor keeps its chat template here.
   "chat_template.json",
+  SENTENCE_TRANSFORMERS_MODULES,
 ];
 
 /**
- * The needed subset of `available` (top-level file names). With a weight index, only the
- * shards it names: repositories often also hold a consolidated copy of the same weights.
+ * The needed subset of `available` (file names, a folder's files as "folder/name"). With a weight
+ * index, only the shards it names: repositories often also hold a consolidated copy of the same
+ * weights. `poolingConfig`: the config of the Pooling module that modules.json names.
  */
-export function neededFiles(available: string[], indexedWeights?: string[]): string[] {
+export function neededFiles(available: string[], indexedWeights?: string[], poolingConfig?: string): string[] {
   const present = new Set(available);
   const weights = indexedWeights ? [...new Set(indexedWeights)] : unindexedWeightFiles(available);
-  const metadata = [...METADATA_FILES, WEIGHT_INDEX].filter((name) => present.has(name));
+  const metadata = [...METADATA_FILES, WEIGHT_INDEX, ...(poolingConfig ? [poolingConfig] : [])].filter((name) =>
+    present.has(name),
+  );
   return [...metadata, ...weights.sort()];
+}
+
+/**
+ * The sentence-transformers Pooling module among a modules.json's entries (`modules`, as parsed),
+ * and the file its settings are in ("1_Pooling/config.json": a folder beside modules.json).
+ */
+export function poolingModule(modules: unknown): { type: string; configFile: string } | undefined {
+  const entry = Array.isArray(modules)
+    ? modules.find((m) => typeof m?.type === "string" && m.type.endsWith("models.Pooling"))
+    : undefined;
+  if (!entry) return undefined;
+  const folder = String(entry.path ?? "");
+  return { type: entry.type, configFile: folder ? `${folder}/config.json` : "config.json" };
+}
+
+/** The Pooling module's config file that a modules.json (its text) names; undefined when none, or not a folder beside it. */
+export function poolingConfigFile(modulesJson: string): string | undefined {
+  let modules: unknown;
+  try {
+    modules = JSON.parse(modulesJson);
+  } catch {
+    return undefined; // the loader names what is wrong with it
+  }
+  const file = poolingModule(modules)?.configFile;
+  return file && isModelFileName(file) && file.includes("/") ? file : undefined;
+}
+
+/** A file of a model: a name, or one folder and a name ("1_Pooling/config.json"); never a path out of it. */
+export function isModelFileName(name: string): boolean {
+  const parts = name.split("/");
+  return parts.length <= 2 && parts.every((part) => /^[^/\\]+$/.test(part) && part !== "." && part !== "..");
 }
 
 /**

@@ -10,7 +10,13 @@ import type { DownloadProgress } from "./download";
 import { pullHFRepo } from "./hf";
 import { withLock } from "./lock";
 import { describeFiles, newManifest, readManifest, type ManifestFile, type ModelManifest } from "./manifest";
-import { indexedWeightFiles, neededFiles, WEIGHT_INDEX } from "./model-files";
+import {
+  indexedWeightFiles,
+  neededFiles,
+  poolingConfigFile,
+  SENTENCE_TRANSFORMERS_MODULES,
+  WEIGHT_INDEX,
+} from "./model-files";
 import { locksDir, modelKey, modelNameFits, storeRoot } from "./paths";
 import { pullPyPIFile } from "./pypi";
 import { commitModel, discardBlobs, openStoredModel, StoreDamageError } from "./store";
@@ -174,5 +180,9 @@ async function modelFiles(dir: string): Promise<string[]> {
   const indexed = available.includes(WEIGHT_INDEX)
     ? indexedWeightFiles(await readFile(join(dir, WEIGHT_INDEX), "utf8"), dir)
     : undefined;
-  return neededFiles(available, indexed);
+  const poolingConfig = available.includes(SENTENCE_TRANSFORMERS_MODULES)
+    ? poolingConfigFile(await readFile(join(dir, SENTENCE_TRANSFORMERS_MODULES), "utf8"))
+    : undefined;
+  if (poolingConfig && existsSync(join(dir, poolingConfig))) available.push(poolingConfig);
+  return neededFiles(available, indexed, poolingConfig);
 }

@@ -2,13 +2,20 @@
 // removing, and evicting the least recently used ones when the store outgrows its limit.
 // Every change happens under the store lock, so two mlx processes never interleave them.
 import { existsSync, mkdirSync, readdirSync, readlinkSync, renameSync, rmSync, statSync, symlinkSync } from "node:fs";
-import { basename, isAbsolute, join, relative, sep } from "node:path";
+import { basename, dirname, isAbsolute, join, relative, sep } from "node:path";
 import { shellWord } from "../format";
 import { loadAliases } from "./aliases";
 import { blobPresent, removeBlob } from "./blobs";
 import { markInUse, modelUsers } from "./in-use";
 import { withStoreLock } from "./lock";
-import { manifestPath, newManifest, readManifest, writeManifest, type ModelManifest } from "./manifest";
+import {
+  manifestPath,
+  newManifest,
+  readManifest,
+  writeManifest,
+  type ManifestFile,
+  type ModelManifest,
+} from "./manifest";
 import { ModelInUseError, ModelNotFoundError } from "../errors";
 import { indexEntry, loadIndex, manifestKeys, saveIndex, type IndexEntry } from "./model-index";
 import { blobPath, isSha256Hex, modelKey, modelsDir } from "./paths";
@@ -247,8 +254,8 @@ export function linkedBlobs(name: string): Record<string, number> {
   const dir = join(modelsDir(), modelKey(name));
   const blobs: Record<string, number> = {};
   if (!existsSync(dir)) return blobs;
-  for (const file of readdirSync(dir, { withFileTypes: true }).filter((f) => f.isSymbolicLink())) {
-    const sha256 = basename(readlinkSync(join(dir, file.name))).replace(/^sha256-/, "");
+  for (const link of modelLinks(dir)) {
+    const sha256 = basename(readlinkSync(join(dir, link))).replace(/^sha256-/, "");
     if (isSha256Hex(sha256)) blobs[sha256] = statSync(blobPath(sha256), { throwIfNoEntry: false })?.size ?? 0;
   }
   return blobs;
@@ -279,22 +286,33 @@ async function assertIntact(manifest: ModelManifest): Promise<void> {
  */
 function materialize(manifest: ModelManifest): void {
   const dir = join(modelsDir(), modelKey(manifest.name));
-  const target = (sha256: string) => join("..", "..", "blobs", `sha256-${sha256}`);
+  // From the link's own folder: the model's, or one in it (1_Pooling/).
+  const target = (file: ManifestFile) => relative(dirname(join(dir, file.name)), blobPath(file.sha256));
   if (linksMatch(dir, manifest, target)) return;
   const staging = `${dir}.${process.pid}.tmp`;
   rmSync(staging, { recursive: true, force: true });
   mkdirSync(staging, { recursive: true });
-  for (const file of manifest.files) symlinkSync(target(file.sha256), join(staging, file.name));
+  for (const file of manifest.files) {
+    mkdirSync(dirname(join(staging, file.name)), { recursive: true });
+    symlinkSync(target(file), join(staging, file.name));
+  }
   rmSync(dir, { recursive: true, force: true });
   renameSync(staging, dir);
 }
 
-function linksMatch(dir: string, manifest: ModelManifest, target: (sha256: string) => string): boolean {
+function linksMatch(dir: string, manifest: ModelManifest, target: (file: ManifestFile) => string): boolean {
   if (!existsSync(dir)) return false;
   try {
-    if (readdirSync(dir).length !== manifest.files.length) return false;
-    return manifest.files.every((f) => readlinkSync(join(dir, f.name)) === target(f.sha256));
+    if (modelLinks(dir).length !== manifest.files.length) return false;
+    return manifest.files.every((f) => readlinkSync(join(dir, f.name)) === target(f));
   } catch {
     return false;
   }
+}
+
+/** The links of a model's directory, its folders' too, as paths from it. */
+function modelLinks(dir: string): string[] {
+  return readdirSync(dir, { recursive: true, withFileTypes: true })
+    .filter((entry) => entry.isSymbolicLink())
+    .map((entry) => relative(dir, join(entry.parentPath, entry.name)));
 }
