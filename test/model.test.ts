@@ -13,7 +13,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadModel } from "../src/models/load";
 import { modelBytes, readLayout } from "../src/models/layout";
-import { neededFiles } from "../src/store/model-files";
+import { neededOf } from "../src/store/model-files";
 import { tinyConfig, tinyDims, tinyMoE, tinyWeights, writeTinyModel, type TinyOptions } from "./helpers/tiny-model";
 
 // The cache's mechanics are checked to 1e-4, so in float32: a float16 cache (the default for a
@@ -773,13 +773,13 @@ describe("a model directory's weight files", () => {
       }
       // The split plan counts the same files, and a pull would fetch only those.
       expect(modelBytes(readLayout(dir))).toBe(bytes);
-      expect(neededFiles(readdirSync(dir))).toEqual([
+      expect(neededOf(readdirSync(dir))).toEqual([
         "config.json",
         "tokenizer.json",
         "tokenizer_config.json",
         "model.safetensors",
       ]);
-      expect(neededFiles(["config.json", "weights.safetensors", "adapters.safetensors"])).toEqual([
+      expect(neededOf(["config.json", "weights.safetensors", "adapters.safetensors"])).toEqual([
         "config.json",
         "adapters.safetensors",
         "weights.safetensors",

@@ -30,7 +30,7 @@ import { directoryWeightFiles, type LoadedModel } from "../models/load";
 import { RotatingKVCache } from "../models/rotating-cache";
 import { removeQuietly } from "../files";
 import { isProcessAlive } from "../store/lock";
-import { neededFiles } from "../store/model-files";
+import { neededOf } from "../store/model-files";
 import { fileErrorReason } from "../format";
 import type { Tokenizer } from "../tokenizer/tokenizer";
 import { DEFAULT_PREFILL_CHUNK } from "./batch";
@@ -513,7 +513,7 @@ export function modelDigest(path: string): string {
   if (statSync(real).isDirectory()) {
     const hasher = new Bun.CryptoHasher("sha256");
     const weights = directoryWeightFiles(real).map((file) => basename(file));
-    for (const name of neededFiles(readdirSync(real), weights).sort())
+    for (const name of neededOf(readdirSync(real), weights).sort())
       hasher.update(`${name}\0${modelDigest(join(real, name))}\n`);
     return hasher.digest("hex");
   }

@@ -25,13 +25,7 @@ import {
   type DownloadResult,
 } from "./download";
 import type { ManifestFile } from "./manifest";
-import {
-  indexedWeightFiles,
-  neededFiles,
-  poolingConfigFile,
-  SENTENCE_TRANSFORMERS_MODULES,
-  WEIGHT_INDEX,
-} from "./model-files";
+import { neededFiles, WEIGHT_INDEX } from "./model-files";
 import { blobPath, downloadsDir, isSha256Hex } from "./paths";
 
 export interface HFSpec {
@@ -144,19 +138,13 @@ export async function pullHFRepo(
   }
 
   const stored = new Map<string, ManifestFile>();
-  let indexed: string[] | undefined;
-  if (available.includes(WEIGHT_INDEX)) {
-    const index = await fetchFile(await locate(WEIGHT_INDEX), commit, options);
-    stored.set(WEIGHT_INDEX, index);
-    indexed = indexedWeightFiles(await readFile(blobPath(index.sha256), "utf8"), spec);
-  }
-  let poolingConfig: string | undefined;
-  if (available.includes(SENTENCE_TRANSFORMERS_MODULES)) {
-    const modules = await fetchFile(await locate(SENTENCE_TRANSFORMERS_MODULES), commit, options);
-    stored.set(SENTENCE_TRANSFORMERS_MODULES, modules);
-    poolingConfig = poolingConfigFile(await readFile(blobPath(modules.sha256), "utf8"));
-  }
-  const wanted = neededFiles(available, indexed, poolingConfig).filter((name) => !stored.has(name));
+  // The files that say which others are needed are fetched first, and kept.
+  const readFetched = async (name: string) => {
+    const file = await fetchFile(await locate(name), commit, options);
+    stored.set(name, file);
+    return readFile(blobPath(file.sha256), "utf8");
+  };
+  const wanted = (await neededFiles(available, readFetched, spec)).filter((name) => !stored.has(name));
   if (!wanted.some((name) => name.endsWith(".safetensors"))) throw new Error(`${spec} has no .safetensors weights`);
   const missing = wanted.filter((name) => !available.includes(name));
   if (missing.length > 0)

@@ -3,7 +3,7 @@
 
 export const WEIGHT_INDEX = "model.safetensors.index.json";
 /** A sentence-transformers model's list of modules: how its hidden states become an embedding. */
-export const SENTENCE_TRANSFORMERS_MODULES = "modules.json";
+const SENTENCE_TRANSFORMERS_MODULES = "modules.json";
 
 const METADATA_FILES = [
   "config.json",
@@ -20,9 +20,24 @@ const METADATA_FILES = [
 /**
  * The needed subset of `available` (file names, a folder's files as "folder/name"). With a weight
  * index, only the shards it names: repositories often also hold a consolidated copy of the same
- * weights. `poolingConfig`: the config of the Pooling module that modules.json names.
+ * weights. A sentence-transformers model's modules.json names the folder of its pooling settings.
+ * `read` gives the text of one of the files (the index, modules.json); `origin` names the model in errors.
  */
-export function neededFiles(available: string[], indexedWeights?: string[], poolingConfig?: string): string[] {
+export async function neededFiles(
+  available: string[],
+  read: (name: string) => Promise<string>,
+  origin: string,
+): Promise<string[]> {
+  const present = new Set(available);
+  const indexed = present.has(WEIGHT_INDEX) ? indexedWeightFiles(await read(WEIGHT_INDEX), origin) : undefined;
+  const poolingConfig = present.has(SENTENCE_TRANSFORMERS_MODULES)
+    ? poolingConfigFile(await read(SENTENCE_TRANSFORMERS_MODULES))
+    : undefined;
+  return neededOf(available, indexed, poolingConfig);
+}
+
+/** neededFiles, given the weights the index names (when there is one) and the pooling module's config file. */
+export function neededOf(available: string[], indexedWeights?: string[], poolingConfig?: string): string[] {
   const present = new Set(available);
   const weights = indexedWeights ? [...new Set(indexedWeights)] : unindexedWeightFiles(available);
   const metadata = [...METADATA_FILES, WEIGHT_INDEX, ...(poolingConfig ? [poolingConfig] : [])].filter((name) =>
@@ -45,7 +60,7 @@ export function poolingModule(modules: unknown): { type: string; configFile: str
 }
 
 /** The Pooling module's config file that a modules.json (its text) names; undefined when none, or not a folder beside it. */
-export function poolingConfigFile(modulesJson: string): string | undefined {
+function poolingConfigFile(modulesJson: string): string | undefined {
   let modules: unknown;
   try {
     modules = JSON.parse(modulesJson);

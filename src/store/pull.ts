@@ -10,13 +10,7 @@ import type { DownloadProgress } from "./download";
 import { pullHFRepo } from "./hf";
 import { withLock } from "./lock";
 import { describeFiles, newManifest, readManifest, type ManifestFile, type ModelManifest } from "./manifest";
-import {
-  indexedWeightFiles,
-  neededFiles,
-  poolingConfigFile,
-  SENTENCE_TRANSFORMERS_MODULES,
-  WEIGHT_INDEX,
-} from "./model-files";
+import { neededFiles } from "./model-files";
 import { locksDir, modelKey, modelNameFits, storeRoot } from "./paths";
 import { pullPyPIFile } from "./pypi";
 import { commitModel, discardBlobs, openStoredModel, StoreDamageError } from "./store";
@@ -175,14 +169,7 @@ async function importLocal(path: string, imported: Set<string>): Promise<Manifes
 }
 
 /** The files of a model directory that the model needs. */
-async function modelFiles(dir: string): Promise<string[]> {
-  const available = readdirSync(dir);
-  const indexed = available.includes(WEIGHT_INDEX)
-    ? indexedWeightFiles(await readFile(join(dir, WEIGHT_INDEX), "utf8"), dir)
-    : undefined;
-  const poolingConfig = available.includes(SENTENCE_TRANSFORMERS_MODULES)
-    ? poolingConfigFile(await readFile(join(dir, SENTENCE_TRANSFORMERS_MODULES), "utf8"))
-    : undefined;
-  if (poolingConfig && existsSync(join(dir, poolingConfig))) available.push(poolingConfig);
-  return neededFiles(available, indexed, poolingConfig);
+function modelFiles(dir: string): Promise<string[]> {
+  const available = readdirSync(dir, { recursive: true, encoding: "utf8" });
+  return neededFiles(available, (name) => readFile(join(dir, name), "utf8"), dir);
 }
