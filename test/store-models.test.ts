@@ -14,7 +14,7 @@ import {
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, relative } from "node:path";
 import { Ollama } from "ollama";
 import OpenAI from "openai";
 import { ConfigError } from "../src/errors";
@@ -917,6 +917,30 @@ describe("commands and bad input", () => {
       });
       expect(await names()).toEqual(["base"]);
       expect(readManifest("base")!.source).toBe(base);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "an alias's relative source is a path from its models.toml's folder, not from where mlx runs",
+    async () => {
+      const base = fakeModel("beside");
+      mkdirSync(process.env.MLX_HOME!, { recursive: true });
+      writeFileSync(
+        join(process.env.MLX_HOME!, "models.toml"),
+        `[models.near]\nsource = "${relative(process.env.MLX_HOME!, base)}"\n\n[models.gone]\nsource = "./gone"\n`,
+      );
+      expect(await cliResult(["pull", "near"])).toEqual({
+        code: 0,
+        stdout: `${join(process.env.MLX_HOME!, "models", "near")}\n`,
+        stderr: "",
+      });
+      expect(readManifest("near")!.source).toBe(base);
+      // A missing one is named as the path looked at.
+      expect(await cliResult(["show", "gone"])).toMatchObject({
+        code: 1,
+        stderr: `error: model not found: ${join(process.env.MLX_HOME!, "gone")} (mlx list shows the stored models)\n`,
+      });
     },
     TEST_TIMEOUT_MS,
   );

@@ -13,7 +13,10 @@ import { storeRoot } from "./paths";
 
 export interface ModelAlias {
   name: string;
+  /** A pull spec (hf:, pypi:, a URL), another alias, or a model's path. */
   source: string;
+  /** The source taken as a path: a relative one is from the models.toml's own folder, not the working directory. */
+  sourcePath: string;
   description?: string;
   /** Bits per cached key/value (kv_bits: 4 or 8): the model's KV cache stored quantized. */
   kvBits?: number;
@@ -56,7 +59,7 @@ const ALIAS_KEYS = [
   ...SAMPLING_DEFAULT_KEYS.map((k) => k.name),
 ];
 
-/** `relativeTo`: the directory relative adapter paths start from (the file's own). */
+/** `relativeTo`: the directory relative source and adapter paths start from (the file's own). */
 function parseTable(
   text: string,
   origin: string,
@@ -100,6 +103,7 @@ function parseTable(
     models.push({
       name,
       source: e.source,
+      sourcePath: resolve(relativeTo, e.source),
       description: typeof e.description === "string" ? e.description : undefined,
       kvBits: e.kv_bits as number | undefined,
       adapter: e.adapter === undefined ? undefined : resolve(relativeTo, e.adapter as string),

@@ -46,7 +46,7 @@ export const isRemoteSource = (source: string) => source.startsWith("pypi:") || 
  */
 export function modelRequest(what: string): ModelRequest {
   const alias = loadAliases().models.get(what);
-  if (alias) return { name: alias.name, source: isRemoteSource(alias.source) ? alias.source : resolve(alias.source) };
+  if (alias) return { name: alias.name, source: isRemoteSource(alias.source) ? alias.source : alias.sourcePath };
   const stored = readManifest(what);
   // A converted or fused model is made here, not pulled.
   if (stored && !/^(convert|fuse):/.test(stored.source)) return { name: what, source: stored.source };

@@ -69,10 +69,12 @@ export function locateModel(
   // A local path is used where it is: copying a user's model into the store would double its disk cost.
   // Where paths are refused the disk is not looked at, so the answer says nothing of what is there.
   const pathsRefused = !paths && !alias;
-  if (!pathsRefused && existsSync(source)) return { kind: "path", path: ggufOfDirectory(resolve(source)) };
+  const path = alias?.sourcePath ?? resolve(name);
+  if (!pathsRefused && existsSync(path)) return { kind: "path", path: ggufOfDirectory(path) };
   const manifest = alias ? undefined : readManifest(name);
   if (manifest) return { kind: "stored", name, path: loadPath(manifest) };
-  return { kind: "missing", name, source, alias: alias !== undefined, pathsRefused };
+  // An alias's source is named as the path looked at: a relative one is from its models.toml's folder.
+  return { kind: "missing", name, source: alias ? path : source, alias: alias !== undefined, pathsRefused };
 }
 
 /**
