@@ -55,7 +55,7 @@ if (values.rank === undefined) {
   process.exit(Math.max(...codes));
 }
 
-const group = distributed.init({ hostfile: values.hostfile, rank: Number(values.rank) });
+const group = await distributed.init({ hostfile: values.hostfile, rank: Number(values.rank) });
 const other = 1 - group.rank;
 const timeout = 30_000;
 

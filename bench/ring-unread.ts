@@ -39,7 +39,7 @@ if (values.rank === undefined) {
   process.exit(Math.max(...(await Promise.all(ranks.map((r) => r.exited)))));
 }
 
-const group = distributed.init({ hostfile: values.hostfile, rank: Number(values.rank) });
+const group = await distributed.init({ hostfile: values.hostfile, rank: Number(values.rank) });
 if (group.rank === 0) {
   await Bun.sleep(pauseMs);
   const started = performance.now();

@@ -319,10 +319,13 @@ MLXS_API int mlxs_gather_qmm(mlxs_array** out, const mlxs_array* x, const mlxs_a
                              int transpose, int group_size, int bits, const char* mode, int sorted_indices);
 
 // ---- distributed (mlx::core::distributed) ----
-// Initialises this process's group once (strict: an error when the backend cannot start).
-// backend: "ring", "mpi", "any"...; hostfile (may be NULL) and rank (< 0: none) override
-// MLX_HOSTFILE and MLX_RANK. The ring backend connects to its neighbours here (retrying ~30 s).
-MLXS_API int mlxs_distributed_init(int* rank, int* size, const char* backend, const char* hostfile, int explicit_rank);
+// Starts joining this process's group, once, on a thread of its own (strict: an error when the
+// backend cannot start). backend: "ring", "mpi", "any"...; hostfile (may be NULL) and rank (< 0:
+// none) override MLX_HOSTFILE and MLX_RANK. The ring backend connects to its neighbours then
+// (retrying ~30 s). Poll until *joined is 1: then rank and size are set, or the status and last
+// error say why it failed. No other distributed call before that.
+MLXS_API int mlxs_distributed_init_start(const char* backend, const char* hostfile, int explicit_rank);
+MLXS_API int mlxs_distributed_init_poll(int* joined, int* rank, int* size);
 MLXS_API int mlxs_distributed_all_sum(mlxs_array** out, const mlxs_array* x);
 // Lazy like every op: the transfer happens when the result is evaluated. The ring backend
 // sends and receives only to and from the left and right neighbours.

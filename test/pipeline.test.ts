@@ -474,6 +474,30 @@ describe("mlx launch -- serve", () => {
     for (const pid of ranks.values()) expect(() => process.kill(pid, 0)).toThrow();
   }, 60_000);
 
+  test("a rank 0 started by hand answers /health (503, loading) while it waits for the other ranks to join", async () => {
+    const ring = await writeLoopbackRing(join(dir, "ring-waiting.json"), 2);
+    const args = ["serve", "--port", "0", "-m", tiny, "--peer-timeout", "30"];
+    const zero = startRank(home, ring, 0, args);
+    let one: ReturnType<typeof startRank> | undefined;
+    let stderr = "";
+    void (async () => {
+      for await (const chunk of zero.stderr) stderr += new TextDecoder().decode(chunk);
+    })();
+    try {
+      await eventually(() => /listening on http:\S+/.test(stderr), 30_000);
+      const url = /listening on (http:\S+)/.exec(stderr)![1]!;
+      // Before, joining the ring held the event loop: /health did not answer until rank 1 came.
+      await Bun.sleep(500);
+      const waiting = await fetch(`${url}/health`, { signal: AbortSignal.timeout(2000) });
+      expect([waiting.status, await waiting.json()]).toEqual([503, { status: "loading" }]);
+      one = startRank(home, ring, 1, args);
+      await eventually(async () => (await fetch(`${url}/health`)).status === 200, 30_000);
+    } finally {
+      zero.kill("SIGKILL");
+      one?.kill("SIGKILL");
+    }
+  }, 60_000);
+
   test("ranks started by hand: when one dies, rank 0's /health and /ready say 503, then every rank exits within the timeout", async () => {
     const args = ["serve", "--port", "0", "-m", tiny, "--peer-timeout", "3"];
     await expectKilledRankOneNoticed(home, join(dir, "ring-hand.json"), args, "lost a rank of the pipeline", 3000);

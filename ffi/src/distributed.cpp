@@ -342,25 +342,74 @@ Watchdog& watchdog() {
   return *w;
 }
 
+// Joins the group and finds the ring's connections. Runs on a thread of its own, so that the
+// caller's goes on while the ring waits for its peers (a server answers /health meanwhile); the
+// caller makes no use of the group until it has seen `done`.
+void join(const std::string& backend) {
+  auto before = sockets();
+  group = md::init(true, backend);
+  auto ranks = ring_hostfile();
+  auto made = ring_connections(before, ranks);
+  {
+    // The watchdog, armed while this rank joins, reads them on its thread.
+    std::lock_guard lock(watchdog().mutex);
+    group_sockets = std::move(made);
+  }
+  find_previous(group->rank(), group->size(), ranks);
+}
+
+// The join in progress: started once per process; done when it ended, with `error` if it failed.
+struct Joining {
+  std::mutex mutex;
+  bool started = false;
+  bool done = false;
+  std::string error;
+};
+
+Joining& joining() {
+  static Joining* j = new Joining();  // never destroyed: the joining thread may outlive static destructors
+  return *j;
+}
+
 }  // namespace
 
 extern "C" {
 
-int mlxs_distributed_init(int* rank, int* size, const char* backend, const char* hostfile, int explicit_rank) {
+int mlxs_distributed_init_start(const char* backend, const char* hostfile, int explicit_rank) {
   return guard([&] {
-    // Explicit arguments win over the environment MLX reads them from.
+    auto& j = joining();
+    std::lock_guard lock(j.mutex);
+    if (j.started) throw std::runtime_error("this process has joined a distributed group already");
+    // Explicit arguments win over the environment MLX reads them from (set here, on the caller's
+    // thread: setenv is not safe while another thread may read the environment).
     if (hostfile != nullptr && hostfile[0] != '\0') setenv("MLX_HOSTFILE", hostfile, 1);
     if (explicit_rank >= 0) setenv("MLX_RANK", std::to_string(explicit_rank).c_str(), 1);
-    auto before = sockets();
-    group = md::init(true, backend);
-    auto ranks = ring_hostfile();
-    auto made = ring_connections(before, ranks);
-    {
-      // The watchdog, armed while this rank joins, reads them on its thread.
-      std::lock_guard lock(watchdog().mutex);
-      group_sockets = std::move(made);
-    }
-    find_previous(group->rank(), group->size(), ranks);
+    j.started = true;
+    std::thread([backend = std::string(backend)] {
+      std::string error;
+      try {
+        join(backend);
+      } catch (const std::exception& e) {
+        error = e.what();
+      } catch (...) {
+        error = "unknown C++ exception in MLX";
+      }
+      auto& j = joining();
+      std::lock_guard lock(j.mutex);
+      j.error = std::move(error);
+      j.done = true;
+    }).detach();
+    return 0;
+  });
+}
+
+int mlxs_distributed_init_poll(int* joined, int* rank, int* size) {
+  return guard([&] {
+    auto& j = joining();
+    std::lock_guard lock(j.mutex);
+    *joined = j.done ? 1 : 0;
+    if (!j.done) return 0;
+    if (!j.error.empty()) throw std::runtime_error(j.error);
     *rank = group->rank();
     *size = group->size();
     return 0;

@@ -36,7 +36,7 @@ export async function openModel(
   let lm: LoadedModel;
   try {
     if (pipeline) {
-      const front = openPipeline(path, pipeline, { kvQuantization, maxKvSize });
+      const front = await openPipeline(path, pipeline, { kvQuantization, maxKvSize });
       if (!front) process.exit(0);
       lm = front;
     } else lm = loadModel(path);

@@ -227,12 +227,12 @@ async function pipelineLoader(
   spec: string,
   pipeline: PipelineSpec,
   flags: CacheOptions,
-): Promise<(path: string, settings: LoadSettings) => LoadedModel> {
+): Promise<(path: string, settings: LoadSettings) => Promise<LoadedModel>> {
   const own = await resolveModelPath(spec);
   // The settings the other ranks open theirs with (openModel's): every rank checks them.
   const caches = aliasCacheSettings(spec, flags);
-  let lm: LoadedModel | undefined;
-  return (path, settings) => {
+  let lm: Promise<LoadedModel> | undefined;
+  return async (path, settings) => {
     if (path !== own)
       throw new UnsupportedError(`this server holds ${spec} split across processes; it cannot load another model`);
     // Another alias of it (models.toml) with other KV cache settings would need other ranks.
@@ -241,7 +241,7 @@ async function pipelineLoader(
       throw new UnsupportedError(
         `this server holds ${spec} split across processes with the ranks' KV cache settings; an alias asking for other kv_bits or max_kv_size cannot share it`,
       );
-    lm ??= { ...openPipeline(path, pipeline, caches)!, free: () => {} };
+    lm ??= openPipeline(path, pipeline, caches).then((front) => ({ ...front!, free: () => {} }));
     return lm;
   };
 }

@@ -3,7 +3,11 @@
 // lazy arrays like any other: a transfer happens when its result is evaluated.
 import { wrap, type MxArray } from "./array";
 import type { DtypeCode } from "./dtype";
-import { binding, check, cstr, lib, outPtr, outPtr2 } from "./ffi";
+import { setTimeout as sleep } from "node:timers/promises";
+import { binding, check, cstr, lib, outPtr, outPtr2, outPtr3 } from "./ffi";
+
+/** How often a join in progress, or a socket, is looked at while the event loop goes on. */
+const pollMs = 20;
 
 export interface Group {
   rank: number;
@@ -15,25 +19,23 @@ let group: Group | undefined;
 /**
  * Joins the group once per process. The ring backend reads the hostfile (MLX's ring format,
  * one list of "host:port" per rank) and connects to its two neighbours, once per address,
- * retrying for about 30 s.
+ * retrying for about 30 s. It waits on a native thread: the event loop goes on meanwhile (a
+ * server answers /health), and no other distributed call may be made until it settles.
  * `hostfile` and `rank` override MLX_HOSTFILE and MLX_RANK.
  */
-export function init(options: { backend?: string; hostfile?: string; rank?: number } = {}): Group {
+export async function init(options: { backend?: string; hostfile?: string; rank?: number } = {}): Promise<Group> {
   if (group) return group;
   check(
-    lib.mlxs_distributed_init(
-      outPtr,
-      outPtr2,
-      cstr(options.backend ?? "ring"),
-      cstr(options.hostfile ?? ""),
-      options.rank ?? -1,
-    ),
+    lib.mlxs_distributed_init_start(cstr(options.backend ?? "ring"), cstr(options.hostfile ?? ""), options.rank ?? -1),
     "distributed init",
   );
-  // Two int slots, 8 bytes apart.
-  const slots = new Int32Array(binding.readBytes(outPtr, 12).buffer);
-  group = { rank: slots[0]!, size: slots[2]! };
-  return group;
+  for (;;) {
+    check(lib.mlxs_distributed_init_poll(outPtr, outPtr2, outPtr3), "distributed init");
+    // Three int slots, 8 bytes apart: joined, rank, size.
+    const slots = new Int32Array(binding.readBytes(outPtr, 20).buffer);
+    if (slots[0]) return (group = { rank: slots[2]!, size: slots[4]! });
+    await sleep(pollMs);
+  }
 }
 
 /** The element-wise sum of `x` over every rank (each gets the result). */
@@ -122,4 +124,9 @@ export function silence(): { next?: number; ring?: number } {
  */
 export function waitReadable(timeoutMs: number): boolean {
   return lib.mlxs_wait_readable(Math.max(0, Math.round(timeoutMs))) === 1;
+}
+
+/** As waitReadable without a timeout, with the event loop free meanwhile (a server answers). */
+export async function readable(): Promise<void> {
+  while (!waitReadable(0)) await sleep(pollMs);
 }

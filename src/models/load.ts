@@ -67,8 +67,8 @@ export function loadModel(path: string, stage?: Stage, shard?: Shard): LoadedMod
  * tensor read, the tokenizer, the model's construction), so that a server loading a model keeps
  * answering and streaming meanwhile.
  */
-export function loadModelAsync(path: string): Promise<LoadedModel> {
-  return runStepsAsync(loadingSteps(path));
+export function loadModelAsync(path: string, stage?: Stage, shard?: Shard): Promise<LoadedModel> {
+  return runStepsAsync(loadingSteps(path, stage, shard));
 }
 
 function loadingSteps(path: string, stage?: Stage, shard?: Shard): Steps<LoadedModel> {

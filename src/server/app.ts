@@ -76,7 +76,7 @@ export interface ServerOptions extends Partial<ServerConfig> {
   /** A model was loaded; `speculationSkipped` says why the server's draft model does not draft for it, if it does not. */
   onLoad?: (name: string, path: string, seconds: number, speculationSkipped?: string) => void;
   /** Loads a model in place of loadModel (a rank of a pipeline loads its part). */
-  loadModel?: (path: string, settings: LoadSettings) => LoadedModel;
+  loadModel?: (path: string, settings: LoadSettings) => LoadedModel | Promise<LoadedModel>;
   /** Seconds a kept-alive connection may sit idle between requests (default 60). */
   idleConnectionSeconds?: number;
   /**

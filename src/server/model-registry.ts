@@ -89,7 +89,7 @@ export interface ModelRegistryOptions {
   /** Every model's rotating KV cache size (serve --max-kv-size); else each alias's max_kv_size. */
   maxKvSize?: number;
   /** Loads a model in place of loadModel (a rank of a pipeline loads its part). */
-  load?: (path: string, settings: LoadSettings) => LoadedModel;
+  load?: (path: string, settings: LoadSettings) => LoadedModel | Promise<LoadedModel>;
   onLoad?: (entry: LoadedEntry) => void;
   onUnload?: (entry: LoadedEntry) => void;
   /** Extra model names (serve --adapter): a base model (undefined: the default) plus an adapter directory. */
@@ -320,7 +320,7 @@ export class ModelRegistry {
         const started = performance.now();
         // Loaded in pieces, the event loop taking a turn between them: /health and the other
         // models' streams are served meanwhile.
-        const lm = this.options.load ? this.options.load(path, settings) : await loadModelAsync(path);
+        const lm = this.options.load ? await this.options.load(path, settings) : await loadModelAsync(path);
         if (this.#disposed) {
           lm.free();
           throw new ModelLoadError(`${name} finished loading after the server stopped`);

@@ -7,7 +7,7 @@ import { readFileSync } from "node:fs";
 import { constants, freemem } from "node:os";
 import * as mx from "../../mlx";
 import { readLayout } from "../../models/layout";
-import { loadModel, type LoadedModel } from "../../models/load";
+import { loadModelAsync, type LoadedModel } from "../../models/load";
 import type { CacheOptions } from "./cache-sets";
 import { PipelineFront } from "./front";
 import { defaultSplit, layerRange, parseLayers } from "./plan";
@@ -41,9 +41,13 @@ export interface PipelineSpec {
  * the model (the front of the pipeline); every other rank serves its layers until rank 0 shuts
  * the pipeline down, then gets undefined.
  */
-export function openPipeline(path: string, spec: PipelineSpec, caches: CacheOptions = {}): LoadedModel | undefined {
+export async function openPipeline(
+  path: string,
+  spec: PipelineSpec,
+  caches: CacheOptions = {},
+): Promise<LoadedModel | undefined> {
   const layout = readLayout(path); // before joining: a missing or unreadable model fails at once
-  const group = joinRing(spec);
+  const group = await joinRing(spec);
   if (group.size < 2) throw new Error("a pipeline needs at least 2 ranks (the hostfile lists one)");
   const { rank, size } = group;
   const { tensorParallel, peerTimeoutMs } = spec;
@@ -62,16 +66,16 @@ export function openPipeline(path: string, spec: PipelineSpec, caches: CacheOpti
     ? undefined
     : spec.layers !== undefined
       ? parseLayers(spec.layers, layout.numLayers, size)
-      : defaultSplit(layout, exchangeFreeMemory(group));
+      : defaultSplit(layout, await exchangeFreeMemory(group));
   const stage = stages?.[rank] ?? { start: 0, end: layout.numLayers, ends: rank === 0 };
   // What a prompt cache file records: a file saved under another split is not used.
   const split = stages ? `layers ${stages.map(layerRange).join(",")}` : `tensor-parallel ${size}`;
-  const lm = loadModel(path, stage, tensorParallel ? group : undefined);
+  const lm = await loadModelAsync(path, stage, tensorParallel ? group : undefined);
   lm.kvQuantization = caches.kvQuantization;
   // Everyone loaded: a rank that failed has exited, and this says so (a lost peer).
   if (tensorParallel) mx.scope(() => distributed.allSum(mx.array(Float32Array.from([1]))).toArray());
   else
-    expectOneSplit(
+    await expectOneSplit(
       group,
       `${split} of ${layout.numLayers} layers, hidden size ${layout.hiddenSize}, ${cacheWords(caches)}`,
     );
@@ -129,7 +133,7 @@ function stopWithLauncher(): void {
  * accept a rank that never comes (rank 0 started by hand alone), and its connect errors name no
  * address.
  */
-function joinRing(spec: PipelineSpec): mx.distributed.Group {
+async function joinRing(spec: PipelineSpec): Promise<mx.distributed.Group> {
   const hostfile = spec.hostfile ?? process.env.MLX_HOSTFILE;
   const hosts = readRingHostfile(hostfile);
   const rank = String(spec.rank ?? process.env.MLX_RANK);
@@ -146,7 +150,7 @@ function joinRing(spec: PipelineSpec): mx.distributed.Group {
     `error: rank ${rank}: the other ranks did not all join within ${seconds} s (--peer-timeout)${waitedFor}; stopping`,
   );
   try {
-    return distributed.init({ hostfile: spec.hostfile, rank: spec.rank });
+    return await distributed.init({ hostfile: spec.hostfile, rank: spec.rank });
   } catch (error) {
     const message = (error as Error).message;
     // MLX's ring names only the errno of an address of ours that is taken, and this is not about the others.
@@ -182,9 +186,9 @@ function readRingHostfile(path: string | undefined): string[][] | undefined {
 }
 
 /** Every rank's free memory (bytes), by rank: the default split follows it. */
-function exchangeFreeMemory(group: mx.distributed.Group): number[] {
+async function exchangeFreeMemory(group: mx.distributed.Group): Promise<number[]> {
   // In MiB: float32 holds that exactly enough.
-  return gatherRound(group, freemem() / 2 ** 20).map((mib) => mib * 2 ** 20);
+  return (await gatherRound(group, freemem() / 2 ** 20)).map((mib) => mib * 2 ** 20);
 }
 
 /**
@@ -192,9 +196,9 @@ function exchangeFreeMemory(group: mx.distributed.Group): number[] {
  * and waits for them all. Ranks started by hand each parse their own --layers and model: ranks
  * that disagree would pass each other the wrong layers' hidden states and print garbage.
  */
-function expectOneSplit(group: mx.distributed.Group, split: string): void {
+async function expectOneSplit(group: mx.distributed.Group, split: string): Promise<void> {
   // 24 bits of a digest: a float32 holds them exactly.
-  const splits = gatherRound(group, createHash("sha256").update(split).digest().readUIntBE(0, 3));
+  const splits = await gatherRound(group, createHash("sha256").update(split).digest().readUIntBE(0, 3));
   const other = splits.findIndex((digest) => digest !== splits[group.rank]);
   if (other >= 0)
     throw new Error(
@@ -207,29 +211,27 @@ function expectOneSplit(group: mx.distributed.Group, split: string): void {
  * messages go (rank 0 to 1, ..., the last to 0), each rank adding its own the first time, so no
  * collective mixes with the ranks' signs of life (watchNeighbours). A barrier too.
  */
-function gatherRound(group: mx.distributed.Group, value: number): number[] {
+async function gatherRound(group: mx.distributed.Group, value: number): Promise<number[]> {
   const { rank, size } = group;
   const [previous, next] = [(rank + size - 1) % size, (rank + 1) % size];
-  return mx.scope(() => {
-    const mine = new Float32Array(size);
-    mine[rank] = value;
-    const pass = (x: mx.MxArray) => mx.evaluate(distributed.send(x, next));
-    const receive = () => {
-      // Off the CPU until the bytes come (the ring's receive spins): the ranks still loading need it.
-      while (!distributed.waitReadable(1000));
-      return distributed.recv([size], mx.Dtype.float32, previous);
-    };
-    if (rank === 0) {
-      pass(mx.array(mine));
-      const all = receive();
-      mx.evaluate(all);
-      pass(all);
-      return all.toArray();
-    }
-    pass(mx.add(receive(), mx.array(mine)));
-    const all = receive();
-    mx.evaluate(all);
-    if (next !== 0) pass(all);
-    return all.toArray();
-  });
+  const mine = new Float32Array(size);
+  mine[rank] = value;
+  const pass = (values: Float32Array) => mx.scope(() => mx.evaluate(distributed.send(mx.array(values), next)));
+  const receive = async () => {
+    // Off the CPU until the bytes come (the ring's receive spins: the ranks still loading need
+    // it), and with the event loop free (rank 0's server answers /health meanwhile).
+    await distributed.readable();
+    return mx.scope(() => Float32Array.from(distributed.recv([size], mx.Dtype.float32, previous).toArray()));
+  };
+  if (rank === 0) {
+    pass(mine);
+    const all = await receive();
+    pass(all);
+    return [...all];
+  }
+  // Each rank's value is in a slot of its own: the sum is exact.
+  pass((await receive()).map((sum, r) => sum + mine[r]!));
+  const all = await receive();
+  if (next !== 0) pass(all);
+  return [...all];
 }

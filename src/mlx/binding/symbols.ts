@@ -146,7 +146,8 @@ export const symbols = {
   mlxs_gather_mm: { args: [p, p, p, p, p, i32], returns: i32 },
   mlxs_gather_qmm: { args: [p, p, p, p, p, p, p, i32, i32, i32, cstring, i32], returns: i32 },
 
-  mlxs_distributed_init: { args: [p, p, cstring, cstring, i32], returns: i32 },
+  mlxs_distributed_init_start: { args: [cstring, cstring, i32], returns: i32 },
+  mlxs_distributed_init_poll: { args: [p, p, p], returns: i32 },
   mlxs_distributed_all_sum: { args: [p, p], returns: i32 },
   mlxs_distributed_send: { args: [p, p, i32], returns: i32 },
   mlxs_distributed_recv: { args: [p, p, i32, i32, i32], returns: i32 },
