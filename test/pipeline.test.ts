@@ -217,6 +217,13 @@ describe("mlx launch -- run", () => {
       [["--layers", "0-1,2-4"], ["--layers", "0-2,3-4"], "layers 0-1,2-4 of 5 layers, hidden size 64, float KV cache"],
       [[], ["-m", wide], "layers 0,1-4 of 5 layers, hidden size 64, float KV cache"],
       [["--kv-bits", "8"], [], "layers 0,1-4 of 5 layers, hidden size 64, 8-bit KV cache, group 64"],
+      // Tensor parallel's ranks too (they only waited for each other), and one rank without it.
+      [
+        ["--tensor-parallel", "--kv-bits", "8"],
+        ["--tensor-parallel"],
+        "tensor-parallel 2 of 5 layers, hidden size 64, 8-bit KV cache, group 64",
+      ],
+      [["--tensor-parallel"], ["--layers", "0,1-4"], "tensor-parallel 2 of 5 layers, hidden size 64, float KV cache"],
     ] as const) {
       const ring = await writeLoopbackRing(join(dir, "ring-mismatch.json"), 2);
       const args = ["run", "-m", tiny, "--max-tokens", "4", "hi"];

@@ -72,13 +72,13 @@ export async function openPipeline(
   const split = stages ? `layers ${stages.map(layerRange).join(",")}` : `tensor-parallel ${size}`;
   const lm = await loadModelAsync(path, stage, tensorParallel ? group : undefined);
   lm.kvQuantization = caches.kvQuantization;
-  // Everyone loaded: a rank that failed has exited, and this says so (a lost peer).
-  if (tensorParallel) mx.scope(() => distributed.allSum(mx.array(Float32Array.from([1]))).toArray());
-  else
-    await expectOneSplit(
-      group,
-      `${split} of ${layout.numLayers} layers, hidden size ${layout.hiddenSize}, ${cacheWords(caches)}`,
-    );
+  // Everyone loaded (a rank that failed has exited, and this says so: a lost peer), and split the
+  // model alike: tensor parallel's ranks too, whose slices and caches must match (a rank started
+  // by hand with other KV cache flags, or without --tensor-parallel, answered otherwise or hung).
+  await expectOneSplit(
+    group,
+    `${split} of ${layout.numLayers} layers, hidden size ${layout.hiddenSize}, ${cacheWords(caches)}`,
+  );
   if (rank > 0) {
     try {
       if (tensorParallel) serveShard(lm.model, { rank, split, caches, lora: lm.weights.lora, peerTimeoutMs });
