@@ -29,6 +29,12 @@ const root = mkdtempSync(join(tmpdir(), "mlx-providers-"));
 /** The proxy's store: only its models.toml matters. */
 const home = join(root, "home");
 const tiny = join(root, "tiny");
+/** A tiny model with a Qwen3-style template: `enable_thinking` false writes an empty reasoning, else the prompt opens <think>. */
+const thinker = join(root, "thinker");
+const thinkingTemplate =
+  "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endfor %}" +
+  "{%- if add_generation_prompt %}<|im_start|>assistant\n" +
+  "{%- if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{%- else %}<think>\n{%- endif %}{%- endif %}";
 /** A file the remote cannot load: asked for it, the remote answers a 500. */
 const corrupt = join(root, "corrupt.gguf");
 
@@ -53,7 +59,7 @@ function freePort(): number {
 
 async function startRemote(): Promise<void> {
   remote = Bun.spawn(
-    [process.execPath, mainScript, "serve", "--port", String(remotePort), "--max-models", "2", "--keep-alive", "-1"],
+    [process.execPath, mainScript, "serve", "--port", String(remotePort), "--max-models", "3", "--keep-alive", "-1"],
     { env: { ...process.env, MLX_HOME: modelHome, NO_COLOR: "1" }, stdout: "ignore", stderr: "ignore" },
   );
   await eventually(async () => {
@@ -85,6 +91,7 @@ function chatStream(text: string): string {
 
 beforeAll(async () => {
   writeTinyModel(tiny, { contextLength: 1024 });
+  writeTinyModel(thinker, { modelType: "qwen3", contextLength: 512, chatTemplate: thinkingTemplate });
   writeFileSync(corrupt, "not a model");
   remotePort = freePort();
   await startRemote();
@@ -182,6 +189,16 @@ model = "smollm2"
 provider = "anthropic"
 base_url = "${base}"
 model = "${tiny}"
+
+[models.rthink]
+provider = "openai"
+base_url = "${base}/v1"
+model = "${thinker}"
+
+[models.rathink]
+provider = "anthropic"
+base_url = "${base}"
+model = "${thinker}"
 
 [models.limited]
 provider = "openai"
@@ -483,6 +500,83 @@ describe("every API family reaches either provider kind", () => {
     });
     expect(logprobs.status).toBe(400);
     expect(logprobs.json.error.param).toBe("logprobs");
+  });
+});
+
+describe("thinking", () => {
+  const hi = [{ role: "user" as const, content: "Hi" }];
+  /** The remote's own answer to a chat request, for the proxy's to equal. */
+  const direct = async (body: Record<string, unknown>) =>
+    (await post(`http://127.0.0.1:${remotePort}/v1/chat/completions`, { model: thinker, messages: hi, ...body })).json
+      .choices[0].message;
+
+  test("is asked of either provider kind and its reasoning comes back apart from the answer", async () => {
+    // Before, --think and a budget were not sent, and a provider's reasoning was dropped.
+    const expected = await direct({ max_tokens: 24, temperature: 0, thinking_budget: 4 });
+    expect(expected.reasoning_content.length).toBeGreaterThan(0);
+    for (const model of ["rthink", "rathink"]) {
+      const r = await post(`${proxy.url}/v1/chat/completions`, {
+        model,
+        messages: hi,
+        max_tokens: 24,
+        temperature: 0,
+        reasoning_effort: "high",
+        thinking_budget: 4,
+      });
+      expect(r.status).toBe(200);
+      expect([r.json.choices[0].message.reasoning_content, r.json.choices[0].message.content]).toEqual([
+        expected.reasoning_content,
+        expected.content,
+      ]);
+    }
+    // An Anthropic client's thinking block, from the OpenAI-compatible provider.
+    const m = await anthropic.messages.create({
+      model: "rthink",
+      max_tokens: 24,
+      ...({ temperature: 0 } as object), // this SDK's types list no sampling fields
+      thinking: { type: "enabled", budget_tokens: 4 },
+      messages: hi,
+    });
+    expect(m.content[0]).toMatchObject({ type: "thinking", thinking: expected.reasoning_content });
+  });
+
+  test("switched off, the provider's template leaves it out", async () => {
+    for (const model of ["rthink", "rathink"]) {
+      const r = await post(`${proxy.url}/v1/chat/completions`, {
+        model,
+        messages: hi,
+        max_tokens: 8,
+        temperature: 0,
+        reasoning_effort: "none",
+      });
+      expect(r.status).toBe(200);
+      expect(r.json.choices[0].message.reasoning_content).toBeUndefined();
+      expect(r.json.choices[0].message.content).toBe(
+        (await direct({ max_tokens: 8, temperature: 0, reasoning_effort: "none" })).content,
+      );
+    }
+  });
+
+  test("mlx run and chat send --think and --thinking-budget, and show the reasoning", async () => {
+    const expected = await direct({ max_tokens: 24, temperature: 0, thinking_budget: 4 });
+    const cli = cliRunner(home);
+    const run = await cli([
+      "run",
+      "-m",
+      "rathink",
+      "--think",
+      "--thinking-budget",
+      "4",
+      "--max-tokens",
+      "24",
+      "--json",
+      "Hi",
+    ]);
+    expect(run.code).toBe(0);
+    expect(JSON.parse(run.stdout)).toMatchObject({ reasoning: expected.reasoning_content, text: expected.content });
+    const chat = await cli(["chat", "-m", "rthink", "--thinking-budget", "4", "--max-tokens", "24"], "Hi\n");
+    expect(chat.code).toBe(0);
+    expect(chat.stdout).toContain(expected.reasoning_content.trim());
   });
 });
 

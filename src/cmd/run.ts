@@ -120,7 +120,7 @@ export default defineCommand({
             signal: controller.signal,
             maxTokensParam: "--max-tokens", // a budget too small is named as the command line names it
           })
-        : streamRemoteCompletion(remote!, { ...spec, sampling: remoteSampling(sampling) }, controller.signal);
+        : streamRemoteCompletion(remote!, { ...spec, sampling: remoteSampling(sampling), thinking }, controller.signal);
       const writer = pieceWriter({ hide: Boolean(args["hide-thinking"]), terminal: Boolean(process.stdout.isTTY) });
       let step = await stream.next();
       while (!step.done) {

@@ -5,6 +5,7 @@ import type { EventSourceMessage } from "eventsource-parser/stream";
 import { UnsupportedError } from "../errors";
 import { pairToolResults, type ConversationMessage, type ToolCall, type ToolRequest } from "../engine/tools";
 import type { FormatInput, SamplingInput } from "../api/common";
+import type { ThinkingRequest } from "../engine/reasoning";
 import {
   callArguments,
   errorBodyMessage,
@@ -17,6 +18,8 @@ import {
 
 /** The API version our requests are written for (the header every Anthropic request carries). */
 const ANTHROPIC_VERSION = "2023-06-01";
+/** The smallest thinking budget Anthropic takes: the one sent for thinking asked without a budget. */
+const MIN_THINKING_BUDGET = 1024;
 
 type Block = Record<string, unknown>;
 
@@ -50,6 +53,7 @@ export const anthropicAdapter: ProviderAdapter = {
         ...sampling(config.name, req.sampling),
         ...(req.stop?.length ? { stop_sequences: req.stop } : {}),
         ...(req.tools?.tools.length ? tools(req.tools) : {}),
+        ...thinking(req.thinking),
       },
     };
   },
@@ -63,7 +67,7 @@ export const anthropicAdapter: ProviderAdapter = {
 
   async *events(stream: AsyncIterable<EventSourceMessage>): AsyncGenerator<RemoteEvent> {
     const calls: { id: string; name: string; json: string }[] = [];
-    const blockKinds = new Map<number, "text" | "tool">();
+    const blockKinds = new Map<number, "text" | "thinking" | "tool">();
     let usage: RemoteUsage = { promptTokens: 0, completionTokens: 0, cachedTokens: 0 };
     let stopReason: string | undefined;
     let stopSequence: string | undefined;
@@ -81,12 +85,13 @@ export const anthropicAdapter: ProviderAdapter = {
           if (block.type === "tool_use") {
             blockKinds.set(event.index as number, "tool");
             calls.push({ id: block.id ?? `toolu_${crypto.randomUUID()}`, name: block.name ?? "", json: "" });
-          } else blockKinds.set(event.index as number, "text");
+          } else blockKinds.set(event.index as number, block.type === "thinking" ? "thinking" : "text");
           break;
         }
         case "content_block_delta": {
-          const delta = event.delta as { type: string; text?: string; partial_json?: string };
+          const delta = event.delta as { type: string; text?: string; thinking?: string; partial_json?: string };
           if (delta.type === "text_delta" && delta.text) yield { type: "text", text: delta.text };
+          else if (delta.type === "thinking_delta" && delta.thinking) yield { type: "reasoning", text: delta.thinking };
           else if (delta.type === "input_json_delta" && blockKinds.get(event.index as number) === "tool")
             calls[calls.length - 1]!.json += delta.partial_json ?? "";
           break;
@@ -134,6 +139,16 @@ const readUsage = (u: AnthropicUsage, before: RemoteUsage): RemoteUsage => {
     cachedTokens: cached,
   };
 };
+
+/**
+ * Thinking on (with its budget: Anthropic requires one, at least 1,024 tokens) or off; unset,
+ * the provider's default.
+ */
+function thinking(t: ThinkingRequest | undefined): Record<string, unknown> {
+  if (t?.enabled === false) return { thinking: { type: "disabled" } };
+  if (t?.enabled === undefined && t?.budget === undefined) return {};
+  return { thinking: { type: "enabled", budget_tokens: t.budget ?? MIN_THINKING_BUDGET } };
+}
 
 /** Anthropic's sampling: temperature, top_p and top_k; anything else set is a 400 naming it. */
 function sampling(name: string, s: SamplingInput): Record<string, unknown> {

@@ -15,6 +15,7 @@ export async function* streamRemoteCompletion(
   const started = performance.now();
   let firstAt: number | undefined;
   let text = "";
+  let reasoning = "";
   const result = (
     finishReason: CompletionResult["finishReason"],
     usage = { promptTokens: 0, completionTokens: 0, cachedTokens: 0 },
@@ -24,7 +25,7 @@ export async function* streamRemoteCompletion(
     const generationSeconds = (end - (firstAt ?? end)) / 1000;
     return {
       text,
-      reasoning: "", // a provider's reasoning is not passed through
+      reasoning,
       promptTokenIds: [],
       tokenIds: [],
       finishReason,
@@ -49,11 +50,15 @@ export async function* streamRemoteCompletion(
   };
   try {
     for await (const event of remote.stream(req, { signal })) {
-      if (event.type === "text") {
-        firstAt ??= performance.now();
+      if (event.type === "done") return result(event.finishReason, event.usage);
+      firstAt ??= performance.now();
+      if (event.type === "reasoning") {
+        reasoning += event.text;
+        yield { text: "", reasoning: event.text };
+      } else {
         text += event.text;
         yield { text: event.text };
-      } else return result(event.finishReason, event.usage);
+      }
     }
   } catch (error) {
     if (signal?.aborted) return result("cancelled");

@@ -48,6 +48,7 @@ export class RemoteConversation {
           sampling: remoteSampling(o.sampling),
           maxTokens: o.maxTokens,
           format: o.format,
+          thinking: o.thinking,
         },
         o.signal,
       );

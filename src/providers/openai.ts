@@ -5,6 +5,7 @@ import type { EventSourceMessage } from "eventsource-parser/stream";
 import { UnsupportedError } from "../errors";
 import { pairToolResults, type ConversationMessage, type ToolCall, type ToolRequest } from "../engine/tools";
 import type { FormatInput, SamplingInput } from "../api/common";
+import type { ThinkingRequest } from "../engine/reasoning";
 import {
   callArguments,
   errorBodyMessage,
@@ -48,6 +49,7 @@ export const openaiAdapter: ProviderAdapter = {
         ...common,
         messages,
         ...(req.tools?.tools.length ? tools(req.tools) : {}),
+        ...thinking(req.thinking),
       },
     };
   },
@@ -71,6 +73,9 @@ export const openaiAdapter: ProviderAdapter = {
       if (chunk.usage) usage = readUsage(chunk.usage as OpenAIUsage);
       const choice = (chunk.choices as OpenAIChoice[] | undefined)?.[0];
       if (!choice) continue;
+      // vLLM, llama.cpp and we name it reasoning_content; newer vLLM and OpenRouter reasoning.
+      const reasoning = choice.delta?.reasoning_content ?? choice.delta?.reasoning;
+      if (reasoning) yield { type: "reasoning", text: reasoning };
       const text = choice.delta?.content ?? choice.text;
       if (text) yield { type: "text", text };
       for (const piece of choice.delta?.tool_calls ?? []) {
@@ -105,6 +110,8 @@ export const openaiAdapter: ProviderAdapter = {
 interface OpenAIChoice {
   delta?: {
     content?: string | null;
+    reasoning_content?: string | null;
+    reasoning?: string | null;
     tool_calls?: { index?: number; id?: string; function?: { name?: string; arguments?: string } }[];
   };
   text?: string;
@@ -140,6 +147,18 @@ function sampling(s: SamplingInput): Record<string, unknown> {
     frequency_penalty: s.frequencyPenalty,
     seed: s.seed,
     logit_bias: s.logitBias && Object.fromEntries(s.logitBias),
+  };
+}
+
+/**
+ * Thinking as the servers that host thinking models take it: the chat template's
+ * `enable_thinking` (vLLM, SGLang, llama.cpp and we), and our `thinking_budget`. Like top_k
+ * above, OpenAI itself answers a 400 naming them, which the client then sees.
+ */
+function thinking(t: ThinkingRequest | undefined): Record<string, unknown> {
+  return {
+    ...(t?.enabled !== undefined ? { chat_template_kwargs: { enable_thinking: t.enabled } } : {}),
+    ...(t?.budget !== undefined ? { thinking_budget: t.budget } : {}),
   };
 }
 

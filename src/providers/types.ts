@@ -5,6 +5,7 @@
 import type { EventSourceMessage } from "eventsource-parser/stream";
 import type { FormatInput, PromptInput, SamplingInput } from "../api/common";
 import type { ToolCall, ToolRequest } from "../engine/tools";
+import type { ThinkingRequest } from "../engine/reasoning";
 import type { RemoteModelConfig } from "./config";
 
 export interface RemoteRequest {
@@ -15,6 +16,8 @@ export interface RemoteRequest {
   stop?: string[];
   format?: FormatInput;
   tools?: ToolRequest;
+  /** Thinking on or off, and its budget, as the client asked (else the provider's default). */
+  thinking?: ThinkingRequest;
 }
 
 export interface RemoteUsage {
@@ -26,6 +29,8 @@ export interface RemoteUsage {
 
 export type RemoteEvent =
   | { type: "text"; text: string }
+  /** A thinking model's reasoning, apart from its answer. */
+  | { type: "reasoning"; text: string }
   | {
       type: "done";
       finishReason: "stop" | "length";

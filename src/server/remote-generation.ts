@@ -61,6 +61,7 @@ export async function startRemoteGeneration(
       stop: input.stop,
       format: input.format,
       tools: input.tools,
+      thinking: input.thinking,
     },
     { signal: controller.signal, onRetry: (reason) => m.providerRetries.inc({ ...labels, reason }) },
   );
@@ -109,6 +110,7 @@ export async function startRemoteGeneration(
       while (!next.done) {
         const event = next.value;
         if (event.type === "text") yield { type: "text", text: event.text, tokens: [] };
+        else if (event.type === "reasoning") yield { type: "text", text: "", reasoning: event.text, tokens: [] };
         else {
           providerOutcome = "ok";
           if (event.calls.length > 0)
