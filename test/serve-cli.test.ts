@@ -63,3 +63,24 @@ test("a bad flag is one line and a non-zero exit", async () => {
   expect(code).not.toBe(0);
   expect(stderr).toMatch(/^error: --port/m);
 });
+
+test("an address it cannot listen on is one line naming the address and why, and a non-zero exit", async () => {
+  const taken = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("") });
+  try {
+    for (const [flags, why] of [
+      [["--host", "nonexistent.invalid", "--port", "0"], /^error: cannot listen on nonexistent\.invalid:0: /],
+      [
+        ["--port", String(taken.port)],
+        new RegExp(`^error: cannot listen on 127\\.0\\.0\\.1:${taken.port}: port ${taken.port} is in use`),
+      ],
+    ] as const) {
+      const proc = Bun.spawn([process.execPath, main, "serve", ...flags], { stdout: "pipe", stderr: "pipe" });
+      const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+      expect(code).toBe(1);
+      expect(stderr).toMatch(why);
+      expect(stderr.trim().split("\n")).toHaveLength(1);
+    }
+  } finally {
+    taken.stop(true);
+  }
+});

@@ -418,28 +418,52 @@ function onceSent(response: Response, sent: () => void): Response {
   return new Response(response.body.pipeThrough(new TransformStream({ flush: sent })), response);
 }
 
+/** Why the server cannot listen there, in words that name the address (Bun's errno alone names neither). */
+const LISTEN_FAILURES: Record<string, (port: number) => string> = {
+  EADDRINUSE: (port) => `port ${port} is in use (--port 0 picks a free one)`,
+  EADDRNOTAVAIL: () => "no network interface of this machine has that address",
+  EACCES: (port) => `port ${port} needs more privileges`,
+  EINVAL: () => "not an address or host name this machine can listen on",
+  ENOTFOUND: () => "no such host (give an address or a host name, without scheme or port)",
+};
+
+/** The server `serve` starts on `hostname`:`port`, or an error that says which address failed and why. */
+function listening<T>(hostname: string, port: number, serve: () => T): T {
+  try {
+    return serve();
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code ?? "";
+    const reason = LISTEN_FAILURES[code]?.(port) ?? (error as Error).message;
+    throw new Error(`cannot listen on ${hostname.includes(":") ? `[${hostname}]` : hostname}:${port}: ${reason}`);
+  }
+}
+
 /** Starts listening (127.0.0.1 by default); with `defaultModel`, loads it in the background. */
 export function startServer(o: ServerOptions = {}): RunningServer {
   const state = createState(o);
   const app = createApp(state);
   const idleSeconds = o.idleConnectionSeconds ?? IDLE_CONNECTION_SECONDS;
-  const server = Bun.serve({
-    hostname: o.host ?? DEFAULT_HOST,
-    port: o.port ?? 11435,
-    // Generations can be long and silent (non-streaming, or queued): no idle cut-off while a
-    // request is answered (the per-request timeout bounds it); between requests, a connection
-    // kept alive and idle is closed after a while, so idle sockets cannot pile up without bound.
-    idleTimeout: idleSeconds,
-    fetch: async (request, bun) => {
-      bun.timeout(request, 0);
-      return onceSent(await app.fetch(request, bun), () => bun.timeout(request, idleSeconds));
-    },
-    // Hono's body limit answers an oversized body with our JSON 413 as soon as it knows (from
-    // Content-Length, or counting a chunked body), and Bun discards the rest of the upload
-    // without buffering it, so a client still sending reads the answer. Bun's own cap must sit
-    // far above ours: past it, Bun cuts the request with an empty 413.
-    maxRequestBodySize: Math.max(UPLOAD_CAP, state.config.maxBodyBytes * 2),
-  });
+  const hostname = o.host ?? DEFAULT_HOST;
+  const port = o.port ?? 11435;
+  const server = listening(hostname, port, () =>
+    Bun.serve({
+      hostname,
+      port,
+      // Generations can be long and silent (non-streaming, or queued): no idle cut-off while a
+      // request is answered (the per-request timeout bounds it); between requests, a connection
+      // kept alive and idle is closed after a while, so idle sockets cannot pile up without bound.
+      idleTimeout: idleSeconds,
+      fetch: async (request, bun) => {
+        bun.timeout(request, 0);
+        return onceSent(await app.fetch(request, bun), () => bun.timeout(request, idleSeconds));
+      },
+      // Hono's body limit answers an oversized body with our JSON 413 as soon as it knows (from
+      // Content-Length, or counting a chunked body), and Bun discards the rest of the upload
+      // without buffering it, so a client still sending reads the answer. Bun's own cap must sit
+      // far above ours: past it, Bun cuts the request with an empty 413.
+      maxRequestBodySize: Math.max(UPLOAD_CAP, state.config.maxBodyBytes * 2),
+    }),
+  );
   if (o.defaultModel && !remoteModel(o.defaultModel)) {
     // Preloaded, and kept as the registry keeps its pinned model (a remote model has nothing to load);
     // then the adapters served on it, so that one that does not fit it is in the log at start,
