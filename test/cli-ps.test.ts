@@ -40,6 +40,18 @@ describe("mlx ps and mlx stop", () => {
     expect(server.state.models.loaded).toHaveLength(0);
   });
 
+  test("a model in use lists when it will unload once idle (its keep-alive from now), not 'forever'", async () => {
+    const lease = await server.state.models.acquire(model);
+    try {
+      const listed = await mlx(["ps", "--url", server.url]);
+      const [, row] = listed.stdout.trimEnd().split("\n");
+      expect(row!.split(/ {2,}/).at(-1)).toBe("5 minutes from now");
+    } finally {
+      lease.release();
+      server.state.models.unload(lease.entry);
+    }
+  });
+
   test("stop of a model the server does not hold is an error that names what it holds, and loads nothing", async () => {
     const r = await mlx(["stop", model, "--url", server.url]);
     expect([r.code, r.stderr.trim()]).toEqual([1, `error: model '${model}' is not loaded there (none is)`]);

@@ -123,9 +123,13 @@ export function ollamaRoutes(s: ServerState): Hono {
           size: e.lm.weightBytes,
           digest: stored ? storedDigest(stored) : digest(e.path),
           details: details(e, stored),
-          // Ollama writes a far-future time for a model kept forever.
+          // Ollama writes a far-future time for a model kept forever; for one in use (its clock
+          // not started), when it would unload were it idle from now, as Ollama's /api/ps does.
           expires_at: (
-            e.expiresAt ?? (e.keepAliveMs === Infinity || e.active > 0 ? new Date("2318-01-01T00:00:00Z") : new Date())
+            e.expiresAt ??
+            (e.keepAliveMs === Infinity
+              ? new Date("2318-01-01T00:00:00Z")
+              : new Date(Date.now() + (e.active > 0 ? e.keepAliveMs : 0)))
           ).toISOString(),
           size_vram: e.lm.weightBytes,
           context_length: e.lm.config.maxPositionEmbeddings,
