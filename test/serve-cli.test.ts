@@ -84,3 +84,21 @@ test("an address it cannot listen on is one line naming the address and why, and
     taken.stop(true);
   }
 });
+
+test("--cors and --allowed-host values no request could match are refused at start, in one line", async () => {
+  for (const [flag, value] of [
+    ["--cors", "http://localhost:3000/"], // browsers send no trailing slash
+    ["--cors", "localhost:3000"], // nor an origin without its scheme
+    ["--allowed-host", "proxy.internal:8080"], // the port is not part of the name compared
+    ["--allowed-host", "https://proxy.internal"],
+  ]) {
+    const proc = Bun.spawn([process.execPath, main, "serve", "--port", "0", flag!, value!], {
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+    expect(code).toBe(1);
+    expect(stderr.trim()).toStartWith(`error: ${flag} '${value}' must be `);
+    expect(stderr.trim().split("\n")).toHaveLength(1);
+  }
+});

@@ -58,6 +58,18 @@ function servedAdapters(
   return served;
 }
 
+// Values a request's Origin or Host header can equal: the server compares them as they are, so
+// another form (a trailing slash, a port) would be taken and never match, every request refused.
+const isOrigin = (value: string) => value === "*" || /^[a-z][a-z0-9+.-]*:\/\/[^/?#\s]+$/i.test(value);
+const isHostName = (value: string) => /^([a-z0-9_-]+(\.[a-z0-9_-]+)*\.?|\[[0-9a-f:.]+\])$/i.test(value);
+
+/** The values of a repeatable flag, each one that `valid` refuses an error saying what it should be. */
+function checked(flag: string, values: string[], valid: (value: string) => boolean, should: string): string[] {
+  const bad = values.find((value) => !valid(value));
+  if (bad !== undefined) throw new Error(`--${flag} '${bad}' must be ${should}`);
+  return values;
+}
+
 /** Whether requests naming `name` would mean another model than the base plus an adapter. */
 function namesAModel(name: string, base: string | undefined): boolean {
   const aliases = loadAliases();
@@ -168,8 +180,18 @@ export default defineCommand({
         port,
         defaultModel: args.model,
         apiKey: args["api-key"] ?? process.env.MLX_API_KEY,
-        corsOrigins: list(args.cors),
-        allowedHosts: list(args["allowed-host"]),
+        corsOrigins: checked(
+          "cors",
+          list(args.cors),
+          isOrigin,
+          "an origin as a browser sends it (http://localhost:3000: no path, no trailing slash) or '*'",
+        ),
+        allowedHosts: checked(
+          "allowed-host",
+          list(args["allowed-host"]),
+          isHostName,
+          "a host name alone (proxy.internal: no scheme, port or path)",
+        ),
         requestPaths: args["model-paths"],
         keepAliveMs,
         maxQueue: positiveInteger("max-queue", args["max-queue"]),
