@@ -249,6 +249,39 @@ describe("the request timeout", () => {
   });
 });
 
+describe("the queue bound (--max-batch plus --max-queue)", () => {
+  test("holds for embedding requests too: past it a 429 with Retry-After; a request cancelled frees its place", async () => {
+    const bounded = serve({ maxBatch: 1, maxQueue: 1, defaultModel: model });
+    try {
+      await bounded.state.models.acquire(model).then((lease) => lease.release());
+      const input = Array.from({ length: 2048 }, (_, i) => `sentence ${i} `.repeat(8));
+      const clients = [new AbortController(), new AbortController()];
+      const longOnes = clients.map((client) =>
+        fetch(`${bounded.url}/v1/embeddings`, {
+          method: "POST",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ model, input }),
+          signal: client.signal,
+        }).catch(() => undefined),
+      );
+      const [entry] = bounded.state.models.loaded;
+      while (entry!.active < 2) await Bun.sleep(5);
+      const refused = await post(`${bounded.url}/v1/embeddings`, { model, input: "one more" });
+      expect(refused.status).toBe(429);
+      expect(refused.json.error.code).toBe("queue_full");
+      expect(refused.headers.get("retry-after")).toBe("1");
+      expect((await post(`${bounded.url}/api/embed`, { model, input: "one more" })).status).toBe(429);
+      clients[0]!.abort();
+      while (entry!.active > 1) await Bun.sleep(5);
+      expect((await post(`${bounded.url}/v1/embeddings`, { model, input: "now" })).status).toBe(200);
+      clients[1]!.abort();
+      await Promise.all(longOnes);
+    } finally {
+      await bounded.stop();
+    }
+  });
+});
+
 describe("the server's shutdown", () => {
   test("ends an embedding request in flight with a 503, as it ends a generation, not a cut connection", async () => {
     const stopping = serve({ defaultModel: model });

@@ -6,7 +6,8 @@ import { nanos } from "../../api/ollama";
 import { readJson } from "../../api/validate";
 import { embed, type Embeddings } from "../../engine/embed";
 import { requestDeadline, requestedModel } from "../generation";
-import type { Lease } from "../model-registry";
+import type { LoadedEntry, Lease } from "../model-registry";
+import { QueueFullError } from "../../errors";
 import type { ServerState } from "../state";
 
 export function embeddingsRoutes(s: ServerState): Hono {
@@ -51,6 +52,13 @@ export function embeddingsRoutes(s: ServerState): Hono {
 }
 
 /**
+ * Embedding requests under way per loaded model. They run beside its scheduler, not in its queue:
+ * bounded here as its generations are (--max-batch plus --max-queue), past that a 429, or a
+ * flood of them would all be taken, each slower the more there are, holding its inputs meanwhile.
+ */
+const embeddingsUnderWay = new WeakMap<LoadedEntry, number>();
+
+/**
  * The vectors, while the model is held; the work stops once `signal` says the client went away,
  * or, as a generation's, once the request timeout passes (a 504) or the server stops (a 503).
  */
@@ -63,8 +71,15 @@ async function embedWith(
   // The request's clock starts now: waiting for the model to load counts.
   const deadline = requestDeadline({ clientSignal: signal, timeoutMs: s.config.requestTimeoutMs }, s.shutdown.signal);
   let lease: Lease | undefined;
+  let counted: LoadedEntry | undefined;
   try {
     lease = await s.models.acquire(model, req.keepAlive, deadline.controller.signal);
+    const entry = lease.entry;
+    const underWay = embeddingsUnderWay.get(entry) ?? 0;
+    if (underWay >= s.config.maxSequences)
+      throw new QueueFullError(`the queue is full (${underWay} embedding requests under way)`);
+    embeddingsUnderWay.set(entry, underWay + 1);
+    counted = entry;
     const result = await embed(lease.entry.lm, req.inputs, {
       dimensions: req.dimensions,
       truncate: req.truncate,
@@ -79,6 +94,7 @@ async function embedWith(
   } catch (error) {
     throw deadline.cutShort()?.error ?? error;
   } finally {
+    if (counted) embeddingsUnderWay.set(counted, embeddingsUnderWay.get(counted)! - 1);
     deadline.release();
     lease?.release();
   }
