@@ -611,6 +611,36 @@ describe("disconnects and the event loop", () => {
     }
   }, 60_000);
 
+  test("requests that generate nothing (tokenize, count tokens, a preload) wait for their model no longer than the request timeout", async () => {
+    const root = mkdtempSync(join(tmpdir(), "mlx-wait-timeout-"));
+    const [busy, next] = [join(root, "busy"), join(root, "next")];
+    writeTinyModel(busy);
+    writeTinyModel(next);
+    const one = serve({ maxLoadedModels: 1, requestTimeoutMs: 300 });
+    try {
+      const held = await one.state.models.acquire(busy);
+      const waiting = [
+        ["/tokenize", { model: next, content: "Once" }],
+        ["/detokenize", { model: next, tokens: [1] }],
+        ["/apply-template", { model: next, messages: [{ role: "user", content: "Hi" }] }],
+        ["/v1/messages/count_tokens", { model: next, messages: [{ role: "user", content: "Hi" }] }],
+        ["/api/generate", { model: next }], // Ollama's preload
+      ] as const;
+      const answers = await Promise.all(
+        waiting.map(([path, body]) =>
+          Promise.race([post(`${one.url}${path}`, body), Bun.sleep(5000).then(() => ({ status: "still waiting" }))]),
+        ),
+      );
+      expect(answers.map((a) => a.status)).toEqual(waiting.map(() => 504));
+      held.release();
+      await Bun.sleep(0); // a load that waited for room would have run by now
+      expect(one.state.models.loaded.map((e) => e.path)).toEqual([busy]);
+    } finally {
+      await one.stop();
+      rmSync(root, { recursive: true, force: true });
+    }
+  }, 60_000);
+
   test("a request for another model is served in its turn, not after every later one for the busy model", async () => {
     const root = mkdtempSync(join(tmpdir(), "mlx-turns-"));
     const [busy, next] = [join(root, "busy"), join(root, "next")];

@@ -150,6 +150,26 @@ export function requestDeadline(input: Pick<GenerateInput, "clientSignal" | "tim
   };
 }
 
+/**
+ * The model named, held for a request that generates nothing (tokenizing, counting tokens, a
+ * preload): its wait for the model, or for room to load it, ends as a generation's would, at the
+ * request timeout (a 504), when the client goes away, or when the server stops (a 503).
+ */
+export async function holdModel(
+  ctx: Pick<GenerationContext, "models" | "shutdown">,
+  name: string,
+  input: Pick<GenerateInput, "clientSignal" | "timeoutMs" | "keepAliveMs">,
+): Promise<Lease> {
+  const deadline = requestDeadline(input, ctx.shutdown.signal);
+  try {
+    return await ctx.models.acquire(name, input.keepAliveMs, deadline.controller.signal);
+  } catch (error) {
+    throw deadline.cutShort()?.error ?? error;
+  } finally {
+    deadline.release();
+  }
+}
+
 export async function startGeneration(ctx: GenerationContext, input: GenerateInput): Promise<Generation> {
   const remote = remoteModel(input.model);
   if (remote) return startRemoteGeneration(ctx, remote, input);

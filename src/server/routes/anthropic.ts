@@ -14,7 +14,7 @@ import { readJson } from "../../api/validate";
 import { countPromptTokens } from "../../engine/request";
 import { ToolCallStream } from "../../engine/tools";
 import { errorBody } from "../errors";
-import { httpRequestBounds, requestedModel, startGeneration, type Generation } from "../generation";
+import { holdModel, httpRequestBounds, requestedModel, startGeneration, type Generation } from "../generation";
 import {
   closedEarlyHeaders,
   collectGeneration,
@@ -30,7 +30,7 @@ export function anthropicRoutes(s: ServerState): Hono {
   r.post("/v1/messages", (c) => messages(s, c));
   r.post("/v1/messages/count_tokens", async (c) => {
     const req = parseCountTokensRequest(await readJson(c.req));
-    const lease = await s.models.acquire(requestedModel(s.config, req.model));
+    const lease = await holdModel(s, requestedModel(s.config, req.model), httpRequestBounds(s.config, c.req));
     try {
       const jsonOutput = req.format !== undefined;
       return c.json({

@@ -14,7 +14,7 @@ import {
 } from "../../api/ollama";
 import type { GenerationEvent } from "../../engine/scheduler";
 import { ApiError, errorBody, notFound } from "../errors";
-import { httpRequestBounds, modelSamplingDefaults, startGeneration, type Generation } from "../generation";
+import { holdModel, httpRequestBounds, modelSamplingDefaults, startGeneration, type Generation } from "../generation";
 import { closedEarly, closedEarlyHeaders, collectGeneration, generationStream } from "../respond";
 import { ToolCallStream, type ToolCall } from "../../engine/tools";
 import { thinkingTemplate } from "../../engine/reasoning";
@@ -384,8 +384,8 @@ function remoteName(name: string): string | undefined {
 }
 
 /** Loads a model ahead of its requests (`ollama run` asks first), kept for `keepAlive`. Milliseconds spent loading. */
-async function preload(s: ServerState, name: string, keepAlive: number | undefined): Promise<number> {
-  const lease = await s.models.acquire(name, keepAlive);
+async function preload(s: ServerState, c: Context, name: string, keepAlive: number | undefined): Promise<number> {
+  const lease = await holdModel(s, name, { ...httpRequestBounds(s.config, c.req), keepAliveMs: keepAlive });
   lease.release();
   return lease.loadMs;
 }
@@ -408,7 +408,7 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
       return c.json({ ...base(), ...empty, done_reason: "unload", done: true });
     }
     // A remote model is ready as it is, with nothing to load.
-    const loadMs = remote === undefined ? await preload(s, model, req.keepAlive) : 0;
+    const loadMs = remote === undefined ? await preload(s, c, model, req.keepAlive) : 0;
     return c.json({
       ...base(),
       ...empty,

@@ -1,19 +1,19 @@
 // llama.cpp-style utilities: POST /tokenize (ids, or ids with their text pieces), POST
 // /detokenize, POST /apply-template (the prompt text the chat template makes of messages).
-import { Hono } from "hono";
+import { Hono, type Context } from "hono";
 import { parseApplyTemplate, parseDetokenize, parseTokenize } from "../../api/tokens";
 import { readJson } from "../../api/validate";
 import { InvalidParameterError } from "../../errors";
 import { renderChat } from "../../engine/request";
 import type { LoadedModel } from "../../models/load";
-import { requestedModel } from "../generation";
+import { holdModel, httpRequestBounds, requestedModel } from "../generation";
 import type { ServerState } from "../state";
 
 export function tokenRoutes(s: ServerState): Hono {
   const r = new Hono();
   /** Runs `use` with the model the request names (or the default) held. */
-  const withModel = async <T>(name: string | undefined, use: (lm: LoadedModel) => T): Promise<T> => {
-    const lease = await s.models.acquire(requestedModel(s.config, name));
+  const withModel = async <T>(c: Context, name: string | undefined, use: (lm: LoadedModel) => T): Promise<T> => {
+    const lease = await holdModel(s, requestedModel(s.config, name), httpRequestBounds(s.config, c.req));
     try {
       return use(lease.entry.lm);
     } finally {
@@ -23,7 +23,7 @@ export function tokenRoutes(s: ServerState): Hono {
 
   r.post("/tokenize", async (c) => {
     const req = parseTokenize(await readJson(c.req));
-    const tokens = await withModel(req.model, (lm) => {
+    const tokens = await withModel(c, req.model, (lm) => {
       const ids = lm.tokenizer.encode(req.content, { addSpecialTokens: req.addSpecial });
       return req.withPieces ? ids.map((id) => ({ id, piece: piece(lm.tokenizer.pieceBytes(id)) })) : ids;
     });
@@ -32,7 +32,7 @@ export function tokenRoutes(s: ServerState): Hono {
 
   r.post("/detokenize", async (c) => {
     const req = parseDetokenize(await readJson(c.req));
-    const content = await withModel(req.model, (lm) => {
+    const content = await withModel(c, req.model, (lm) => {
       const vocab = lm.config.vocabSize;
       const bad = req.tokens.findIndex((id) => id >= vocab);
       if (bad >= 0)
@@ -47,7 +47,7 @@ export function tokenRoutes(s: ServerState): Hono {
 
   r.post("/apply-template", async (c) => {
     const req = parseApplyTemplate(await readJson(c.req));
-    const prompt = await withModel(req.model, (lm) => renderChat(lm, req.messages, req.tools));
+    const prompt = await withModel(c, req.model, (lm) => renderChat(lm, req.messages, req.tools));
     return c.json({ prompt });
   });
   return r;
