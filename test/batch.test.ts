@@ -130,6 +130,9 @@ describe("BatchGenerator", () => {
       { repetitionPenalty: 1.3, repetitionContext: 4 },
       { repetitionPenalty: 1.5, repetitionContext: 1 },
       { presencePenalty: 0.8, frequencyPenalty: 0.6 },
+      // Penalties of 0 and 1: a bool of the pending token's presence times 1 stayed a bool.
+      { presencePenalty: 1 },
+      { frequencyPenalty: 1 },
       { logitBias: new Map([[17, 3]]) },
       { repetitionPenalty: 1.1, presencePenalty: 0.5, frequencyPenalty: 1, logitBias: new Map([[5, -2]]) },
     ];

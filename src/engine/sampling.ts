@@ -124,8 +124,9 @@ export function logitsProcessors(
         // and the presence penalty too where the host's tokens did not hold it yet.
         const index = mx.reshape(mx.astype(pending, mx.Dtype.int32), [1, 1]);
         const held = counts.size > 0 ? mx.any(mx.equal(mx.array(ids), mx.reshape(index, [1]))) : undefined;
+        // As a number: a bool times a scalar 0 or 1 stays a bool (a weak scalar), which cannot be negated.
         const extra = held
-          ? mx.negative(mx.add(mx.multiply(mx.logicalNot(held), presence), frequency))
+          ? mx.negative(mx.add(mx.multiply(mx.astype(mx.logicalNot(held), mx.Dtype.float32), presence), frequency))
           : mx.array([-(presence + frequency)]);
         return addAt(penalized, index, extra);
       }),
