@@ -259,6 +259,27 @@ describe("serve --prompt-cache-dir, when things go wrong", () => {
     expect(logged.some((m) => m.includes(`cannot use ${join(blocker, "cache")}, going on without it`))).toBe(true);
   }, 60_000);
 
+  test("a directory removed while the server runs (a cache cleared by hand) is made again for the next write", async () => {
+    const dir = join(root, "removed-meanwhile");
+    const logged: string[] = [];
+    const server = serve({
+      promptCacheDir: dir,
+      prefixCacheBytes: 64 * 1024 * 1024,
+      logError: (e) => logged.push(`${e}`),
+    });
+    let first: Awaited<ReturnType<typeof ask>>;
+    try {
+      first = await ask(server.url, "What is rule 3?"); // the model loads: its disk cache opens the directory
+      rmSync(dir, { recursive: true });
+    } finally {
+      await server.stop(); // writes what it holds
+    }
+    expect(logged).toEqual([]);
+    expect(files(dir).length).toBeGreaterThan(0);
+    const again = await askOnce({ promptCacheDir: dir });
+    expect(again.cached).toBeGreaterThanOrEqual(first.prompt - 1);
+    expect(again.text).toBe(first.text);
+  }, 60_000);
   test("--prompt-cache-max-gb without --prompt-cache-dir, or an empty directory, is a one-line error", async () => {
     // Both once started a server that kept no prompt cache on disk, unsaid.
     const mlx = cliRunner(join(root, "home"));

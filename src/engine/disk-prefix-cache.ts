@@ -13,7 +13,7 @@
 // and remove. A file whose shares cannot all be read back is removed, never used.
 import { existsSync, mkdirSync, readdirSync, rmSync, statSync } from "node:fs";
 import { randomUUID } from "node:crypto";
-import { readdir, rm, stat } from "node:fs/promises";
+import { mkdir, readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { RemoteLayers } from "../models/model";
 import { markUsed } from "../files";
@@ -308,6 +308,8 @@ export class DiskPrefixCache {
     }
     const queued = this.writes.add(bytes, async () => {
       try {
+        // The directory may have been removed since (a cache cleared by hand while the server runs).
+        await mkdir(this.dir, { recursive: true });
         // Room first: on a disk no larger than the bound, the file would not fit beside the others.
         await this.#bound(bytes);
         await writePromptCacheFile(file, parts);
