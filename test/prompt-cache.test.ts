@@ -5,6 +5,7 @@
 // --prompt-cache` answer as a run without them does.
 import { describe, expect, test } from "bun:test";
 import {
+  chmodSync,
   copyFileSync,
   existsSync,
   mkdirSync,
@@ -280,6 +281,39 @@ describe("serve --prompt-cache-dir, when things go wrong", () => {
     expect(again.cached).toBeGreaterThanOrEqual(first.prompt - 1);
     expect(again.text).toBe(first.text);
   }, 60_000);
+  // Root writes a folder whatever its mode: there, a read-only file system (a tmpfs remounted so).
+  test.skipIf(process.getuid?.() === 0 && !tmpfsMountable)(
+    "a read-only directory is read, and a warning said once, not once per prefix the server could not write",
+    async () => {
+      const dir = join(root, "read-only-dir");
+      mkdirSync(dir);
+      const asRoot = process.getuid?.() === 0;
+      if (asRoot) expect(Bun.spawnSync(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", dir]).exitCode).toBe(0);
+      try {
+        const first = await askOnce({ promptCacheDir: dir });
+        if (asRoot) expect(Bun.spawnSync(["mount", "-o", "remount,ro", dir]).exitCode).toBe(0);
+        else chmodSync(dir, 0o555);
+        const logged: string[] = [];
+        // No room in memory: each prefix would go to disk at once.
+        const server = serve({ promptCacheDir: dir, prefixCacheBytes: 1024, logError: (e) => logged.push(`${e}`) });
+        try {
+          const again = await ask(server.url, "What is rule 3?");
+          expect(again.cached).toBeGreaterThanOrEqual(first.prompt - 1);
+          expect(again.text).toBe(first.text);
+          for (const question of ["And rule 5?", "And rule 7?", "And rule 9?"]) await ask(server.url, question);
+        } finally {
+          await server.stop();
+        }
+        expect(logged).toHaveLength(1);
+        expect(logged[0]).toStartWith(`Error: prompt cache: cannot write to ${dir}, going on reading it only: `);
+      } finally {
+        if (asRoot) Bun.spawnSync(["umount", dir]);
+        else chmodSync(dir, 0o755);
+      }
+    },
+    60_000,
+  );
+
   test("--prompt-cache-max-gb without --prompt-cache-dir, or an empty directory, is a one-line error", async () => {
     // Both once started a server that kept no prompt cache on disk, unsaid.
     const mlx = cliRunner(join(root, "home"));

@@ -17,7 +17,7 @@ import { mkdir, readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { RemoteLayers } from "../models/model";
 import { markUsed } from "../files";
-import { fileErrorReason } from "../format";
+import { fileErrorReason, writeErrorReason } from "../format";
 import {
   encodePromptCache,
   loadPromptCache,
@@ -74,6 +74,9 @@ export class BackgroundWrites {
   }
 }
 
+/** Whether a write failed because the directory takes none (read-only, or not ours to write). */
+const refusesWrites = (error: unknown) => ["EACCES", "EPERM", "EROFS"].includes((error as NodeJS.ErrnoException).code!);
+
 /** The file whose share (shareFile) `name` is, if it is one. */
 const shareOf = (name: string) => /^(.*)\.rank\d+$/.exec(name)?.[1];
 
@@ -106,6 +109,8 @@ export class DiskPrefixCache {
   restoredTokens = 0;
   /** Why the directory cannot be used at all (it cannot be made or listed): then nothing is read or written. */
   readonly unusable?: string;
+  /** Why the directory refuses writes (read-only): then its files are still read, and nothing more is written. */
+  #readOnly?: string;
   /** The other processes of a split model: each writes, reads and removes its share of every file. */
   mirror?: Pick<RemoteLayers, "savePrefixFile" | "loadPrefixFile" | "removePrefixFile">;
 
@@ -287,7 +292,7 @@ export class DiskPrefixCache {
    * written; a file larger than the bound, or a failed write, is a warning, and leaves no file.
    */
   save(entry: PromptCacheEntry, id = 0): void {
-    if (this.unusable !== undefined) return;
+    if (this.unusable !== undefined || this.#readOnly !== undefined) return;
     const name = this.fileName(entry);
     const file = join(this.dir, name);
     if (this.#writing.has(name) || (this.#files.has(name) && existsSync(file))) return;
@@ -308,6 +313,11 @@ export class DiskPrefixCache {
     }
     const queued = this.writes.add(bytes, async () => {
       try {
+        // Queued before the directory refused an earlier write: not tried.
+        if (this.#readOnly !== undefined) {
+          if (share) this.#removeShares(file);
+          return;
+        }
         // The directory may have been removed since (a cache cleared by hand while the server runs).
         await mkdir(this.dir, { recursive: true });
         // Room first: on a disk no larger than the bound, the file would not fit beside the others.
@@ -315,7 +325,11 @@ export class DiskPrefixCache {
         await writePromptCacheFile(file, parts);
         this.#files.set(name, { file, tokens: entry.tokens, dropped: entry.dropped });
       } catch (error) {
-        this.warn(`prompt cache: cannot write ${file}: ${(error as Error).message}`);
+        if (refusesWrites(error)) {
+          // Said once: every later write would fail alike.
+          this.#readOnly = writeErrorReason(error);
+          this.warn(`prompt cache: cannot write to ${this.dir}, going on reading it only: ${this.#readOnly}`);
+        } else this.warn(`prompt cache: cannot write ${file}: ${(error as Error).message}`);
         if (share) this.#removeShares(file);
       } finally {
         this.#writing.delete(name);
