@@ -1,7 +1,7 @@
 // `mlx serve` as a user starts it: the real CLI in a child process on port 0, the bound URL on
 // stderr, a preloaded default model, a clean stop on SIGTERM, bad flags refused.
 import { expect, test } from "bun:test";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startServe, tinyModel } from "./helpers/serve";
@@ -102,3 +102,28 @@ test("--cors and --allowed-host values no request could match are refused at sta
     expect(stderr.trim().split("\n")).toHaveLength(1);
   }
 });
+
+test("what the server works around and goes on from (a prompt cache directory it cannot use) is a warning, not an error", async () => {
+  const root = mkdtempSync(join(tmpdir(), "mlx-serve-cli-"));
+  const blocker = join(root, "a-file");
+  writeFileSync(blocker, "not a directory");
+  const { proc, url } = await startServe(tinyModel(), ["--prompt-cache-dir", join(blocker, "cache")]);
+  try {
+    const r = await fetch(`${url}/v1/chat/completions`, {
+      method: "POST",
+      body: JSON.stringify({ messages: [{ role: "user", content: "Hi" }], max_tokens: 3 }),
+    });
+    expect(r.status).toBe(200);
+    proc.kill("SIGTERM");
+    // What the server said after its URL (startServe read up to it).
+    let stderr = "";
+    const reader = proc.stderr.getReader();
+    for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read())
+      stderr += new TextDecoder().decode(chunk.value);
+    expect(await proc.exited).toBe(0);
+    expect(stderr).toMatch(/warn.*prompt cache: cannot use .*, going on without it/i);
+    expect(stderr).not.toMatch(/^error:/m);
+  } finally {
+    proc.kill();
+  }
+}, 20_000);

@@ -215,6 +215,7 @@ export default defineCommand({
           process.stderr.write(`error: ${e?.message ?? String(error)}\n`);
           if (verbose && e?.stack) process.stderr.write(`${e.stack}\n`);
         },
+        logWarning: (message) => log.warn(message),
         onLoad: (name, path, seconds, speculationSkipped) => {
           log.info(`loaded ${name} (${path}) in ${seconds.toFixed(2)} s`);
           if (speculationSkipped) log.warn(`${name} decodes without speculation: ${speculationSkipped}`);

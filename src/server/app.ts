@@ -73,6 +73,8 @@ export interface ServerOptions extends Partial<ServerConfig> {
   /** Bound of that directory, in bytes (--prompt-cache-max-gb). */
   promptCacheMaxBytes?: number;
   logError?: (error: unknown) => void;
+  /** Told what the server works around and goes on (a prompt cache file removed or not written); default: logError. */
+  logWarning?: (message: string) => void;
   /** A model was loaded; `speculationSkipped` says why the server's draft model does not draft for it, if it does not. */
   onLoad?: (name: string, path: string, seconds: number, speculationSkipped?: string) => void;
   /** Loads a model in place of loadModel (a rank of a pipeline loads its part). */
@@ -119,7 +121,7 @@ export function createState(o: ServerOptions = {}): ServerState {
           o.promptCacheMaxBytes ?? 10 * 1024 ** 3,
           promptCacheOwner(lm),
           lm.path,
-          (message) => o.logError?.(new Error(message)),
+          o.logWarning ?? ((message) => o.logError?.(new Error(message))),
           diskWrites,
         );
   // Each loaded model gets its own continuous-batching scheduler.
