@@ -10,6 +10,7 @@ import { BatchGenerator, generateTokens, type SequenceEvent } from "../src/engin
 import { complete, soloScheduler } from "../src/engine/generate";
 import { defaultSampling, makeSampler, randomKeys, samplingLogits, type SamplingParams } from "../src/engine/sampling";
 import { lookupDraft, verify, type SpeculatingSequence, type SpeculationOptions } from "../src/engine/speculative";
+import { PrefixCache } from "../src/engine/prefix-cache";
 import { defaultNumDraft } from "../src/store/aliases";
 import * as mx from "../src/mlx";
 import { loadModel, type LoadedModel } from "../src/models/load";
@@ -301,6 +302,24 @@ describe("sampled speculation keeps the model's distribution", () => {
       const tolerance = 4 * Math.sqrt((p * (1 - p)) / draws) + 0.005;
       expect(Math.abs((counts.get(key) ?? 0) / draws - p)).toBeLessThan(tolerance);
     }
+  });
+});
+
+describe("the draft model's prefix cache", () => {
+  test("a follow-up request's draft starts from what the draft computed for the one before; the answer is unchanged", () => {
+    const draftPrefixCache = new PrefixCache(Number.MAX_SAFE_INTEGER, 1);
+    const speculation = { numDraft: 4, maxBatch: 2, draftModel: tiny.model, draftPrefixCache };
+    const run = (promptIds: number[], o?: { speculation: SpeculationOptions }) => [
+      ...generateTokens(tiny.model, { promptIds, sampling: defaultSampling, maxTokens: 16 }, tiny.kvQuantization, o),
+    ];
+    const first = ids(run(prompt, { speculation }));
+    expect(draftPrefixCache.entries).toBe(1);
+    const followUp = [...prompt, ...first, 7, 8, 5, 9];
+    const events = run(followUp, { speculation });
+    // Before, the draft model prefilled the whole follow-up again (a long conversation's every turn).
+    expect(draftPrefixCache.hitTokens).toBeGreaterThan(prompt.length);
+    expect(ids(events)).toEqual(ids(run(followUp)));
+    expect(drafted(events)).toBeGreaterThan(0);
   });
 });
 

@@ -11,10 +11,11 @@ import type { KvQuantization } from "../models/cache";
 import { isChannelLayout } from "../models/channel-keys";
 import type { Adapter } from "../models/lora";
 import { DEFAULT_KV_KEEP, RotatingKVCache } from "../models/rotating-cache";
-import { seedCaches, type PrefixCache } from "./prefix-cache";
+import { droppedBy, seedCaches, type PrefixCache } from "./prefix-cache";
 import { makeSampler, randomKeys, type LogitsProcessor, type SamplingParams } from "./sampling";
 import {
   freeDraft,
+  keepDraft,
   lookupDraft,
   modelDraft,
   rollbackDraft,
@@ -423,6 +424,7 @@ export class BatchGenerator {
         // A rotating draft cache keeps a draft's worth beyond its window, to take back what the target rejects.
         maxKvSize: this.options.maxKvSize,
         reserve: o.numDraft,
+        prefixCache: o.draftPrefixCache,
       });
     }
     const tokens = lookupDraft([...s.history, s.next], count, o.endTokens);
@@ -758,6 +760,7 @@ export class BatchGenerator {
   #dropRows(group: DecodeGroup, rows: number[]): void {
     for (const row of rows) {
       group.active[row]!.done = true;
+      keepDraft(group.active[row]!, this.options.speculation?.draftPrefixCache);
       freeDraft(group.active[row]!);
     }
     // What a leaving sequence computed (its prompt and answer) may start a follow-up request.
@@ -855,12 +858,6 @@ const namespace = (s: Sequence): number => s.request.adapter?.id ?? 0;
 
 /** The rows as one array (a batch of one needs no copy). */
 const joined = (rows: MxArray[]): MxArray => (rows.length === 1 ? rows[0]! : mx.concatenate(rows, 0));
-
-/** Positions of `row` a rotating cache no longer holds (0 for a cache that keeps everything). */
-function droppedBy(caches: KVCache[], row: number): number {
-  const first = caches[0];
-  return first instanceof RotatingKVCache ? first.dropped[row]! : 0;
-}
 
 /**
  * One sequence through a BatchGenerator of its own, token by token, for exactly `maxTokens`

@@ -301,3 +301,9 @@ export function seedCaches(caches: KVCache[], keys: Stored[], values: Stored[], 
     else c.seed(keys[layer]!, values[layer]!, length);
   });
 }
+
+/** Positions of `row` a rotating cache no longer holds (0 for a cache that keeps everything). */
+export function droppedBy(caches: KVCache[], row: number): number {
+  const first = caches[0];
+  return first instanceof RotatingKVCache ? first.dropped[row]! : 0;
+}

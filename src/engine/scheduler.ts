@@ -171,7 +171,7 @@ export class Scheduler {
       prefillChunk: options.prefillChunk,
       prefixCache: options.prefixCache,
       kvQuantization: lm.kvQuantization,
-      speculation: speculationOptions(lm),
+      speculation: speculationOptions(lm, options.prefixCache),
       maxKvSize: lm.maxKvSize,
       onStart: (id, cachedTokens) => {
         const s = this.#running.get(id);
@@ -440,6 +440,7 @@ export class Scheduler {
     for (const id of [...this.#running.keys()]) this.#finish(id, "cancelled");
     this.#generator.dispose();
     this.options.prefixCache?.clear();
+    this.#generator.options.speculation?.draftPrefixCache?.clear();
   }
 }
 

@@ -11,6 +11,7 @@
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import { freeCaches, makeCaches, type DecoderModel, type KVCache } from "../models";
+import { droppedBy, PrefixCache, seedCaches } from "./prefix-cache";
 import { ModelLoadError, type LoadedModel, type SpeculationChoice } from "../models/load";
 import { ModelNotFoundError, UnsupportedError } from "../errors";
 import {
@@ -31,6 +32,12 @@ export interface SpeculationOptions {
   maxBatch: number;
   /** Tokens that end an answer: a draft stops at one, as nothing after it is ever shown. */
   endTokens?: ReadonlySet<number>;
+  /**
+   * The draft model's keys and values of sequences that ended, as the target's prefix cache
+   * keeps the target's: a follow-up request's draft starts from them rather than prefilling its
+   * whole history again (a long conversation's every turn).
+   */
+  draftPrefixCache?: PrefixCache;
 }
 
 /**
@@ -90,16 +97,28 @@ async function openDraft(name: string, open: (name: string) => Promise<LoadedMod
   }
 }
 
-/** The generator's speculation options for what attachSpeculation set on `lm` (none: undefined). */
-export function speculationOptions(lm: LoadedModel): SpeculationOptions | undefined {
-  return (
-    lm.speculation && {
-      draftModel: lm.speculation.draft?.model,
-      numDraft: lm.speculation.numDraft,
-      maxBatch: speculationMaxBatch,
-      endTokens: lm.tokenizer.eosTokenIds,
-    }
-  );
+/**
+ * The generator's speculation options for what attachSpeculation set on `lm` (none: undefined).
+ * With a prefix cache for the target, the draft model gets one too, bounded alike: as many
+ * bytes for each position the draft's cache holds as the target's budget gives each of its own.
+ */
+export function speculationOptions(lm: LoadedModel, prefixCache?: PrefixCache): SpeculationOptions | undefined {
+  if (!lm.speculation) return undefined;
+  const draft = lm.speculation.draft;
+  const positionWidth = (m: LoadedModel) => m.config.numHiddenLayers * m.config.numKeyValueHeads * m.config.headDim;
+  return {
+    draftModel: draft?.model,
+    numDraft: lm.speculation.numDraft,
+    maxBatch: speculationMaxBatch,
+    endTokens: lm.tokenizer.eosTokenIds,
+    draftPrefixCache:
+      draft && prefixCache
+        ? new PrefixCache(
+            Math.round((prefixCache.maxBytes * positionWidth(draft)) / positionWidth(lm)),
+            prefixCache.maxEntries,
+          )
+        : undefined,
+  };
 }
 
 /**
@@ -195,9 +214,16 @@ export function modelDraft(
   model: DecoderModel,
   s: SpeculatingSequence,
   count: number,
-  o: { chunk: number; width: number; endTokens?: ReadonlySet<number>; maxKvSize?: number; reserve?: number },
+  o: {
+    chunk: number;
+    width: number;
+    endTokens?: ReadonlySet<number>;
+    maxKvSize?: number;
+    reserve?: number;
+    prefixCache?: PrefixCache;
+  },
 ): Draft {
-  s.draft ??= { caches: makeCaches(model, { windowed: false, maxKvSize: o.maxKvSize, reserve: o.reserve }), fed: 0 };
+  s.draft ??= startDraft(model, s.history, o);
   const { caches } = s.draft;
   const feed = (tokens: number[]) =>
     model.layers(model.embed(mx.array(Int32Array.from(tokens), [1, tokens.length])), caches);
@@ -235,6 +261,29 @@ export function modelDraft(
   const stacked = mx.concatenate(probabilities, 0);
   for (const p of probabilities) p.free();
   return { tokens, probabilities: stacked };
+}
+
+/** A sequence's draft cache, from the longest prefix of its history the draft's prefix cache holds. */
+function startDraft(
+  model: DecoderModel,
+  history: number[],
+  o: { maxKvSize?: number; reserve?: number; prefixCache?: PrefixCache },
+): NonNullable<SpeculatingSequence["draft"]> {
+  const caches = makeCaches(model, { windowed: false, maxKvSize: o.maxKvSize, reserve: o.reserve });
+  const stored = o.prefixCache?.lookup(history, history.length);
+  if (!stored) return { caches, fed: 0 };
+  seedCaches(caches, stored.keys, stored.values, stored.length, stored.dropped);
+  return { caches, fed: stored.length };
+}
+
+/**
+ * What a sequence that ends leaves in the draft's prefix cache: the positions its draft cache
+ * holds of its history and next token (the rejected drafts were taken back).
+ */
+export function keepDraft(s: SpeculatingSequence, prefixCache: PrefixCache | undefined): void {
+  if (!s.draft || !prefixCache) return;
+  const tokens = [...s.history, s.next].slice(0, s.draft.fed);
+  prefixCache.insert(tokens, s.draft.caches, 0, 0, droppedBy(s.draft.caches, 0));
 }
 
 /**
