@@ -271,6 +271,12 @@ describe("the queue bound (--max-batch plus --max-queue)", () => {
       expect(refused.json.error.code).toBe("queue_full");
       expect(refused.headers.get("retry-after")).toBe("1");
       expect((await post(`${bounded.url}/api/embed`, { model, input: "one more" })).status).toBe(429);
+      // Not ready meanwhile, as with its generations' queue full: a balancer sends the next one elsewhere.
+      const ready = await fetch(`${bounded.url}/ready`);
+      expect([ready.status, ((await ready.json()) as { reason: string }).reason]).toEqual([
+        503,
+        `queue full for ${model}`,
+      ]);
       clients[0]!.abort();
       while (entry!.active > 1) await Bun.sleep(5);
       expect((await post(`${bounded.url}/v1/embeddings`, { model, input: "now" })).status).toBe(200);

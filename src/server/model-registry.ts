@@ -45,6 +45,12 @@ export interface LoadedEntry {
   loadMs: number;
   /** Requests holding it now. */
   active: number;
+  /**
+   * Embedding requests under way. They run beside its scheduler, not in its queue: bounded as its
+   * generations are (--max-batch plus --max-queue), past that a 429, or a flood of them would all
+   * be taken, each slower the more there are, holding its inputs meanwhile.
+   */
+  embeddings: number;
   /** How long it stays loaded once idle (ms; Infinity: until the server stops). */
   keepAliveMs: number;
   /** When it will be unloaded (undefined while in use or kept forever). */
@@ -352,6 +358,7 @@ export class ModelRegistry {
           loadedAt: new Date(),
           loadMs: performance.now() - started,
           active: 0,
+          embeddings: 0,
           keepAliveMs: key === this.#pinnedKey ? Infinity : this.options.defaultKeepAliveMs,
           lastUsed: Date.now(),
           adapters: new Map(),

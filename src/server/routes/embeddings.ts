@@ -52,13 +52,6 @@ export function embeddingsRoutes(s: ServerState): Hono {
 }
 
 /**
- * Embedding requests under way per loaded model. They run beside its scheduler, not in its queue:
- * bounded here as its generations are (--max-batch plus --max-queue), past that a 429, or a
- * flood of them would all be taken, each slower the more there are, holding its inputs meanwhile.
- */
-const embeddingsUnderWay = new WeakMap<LoadedEntry, number>();
-
-/**
  * The vectors, while the model is held; the work stops once `signal` says the client went away,
  * or, as a generation's, once the request timeout passes (a 504) or the server stops (a 503).
  */
@@ -75,10 +68,9 @@ async function embedWith(
   try {
     lease = await s.models.acquire(model, req.keepAlive, deadline.controller.signal);
     const entry = lease.entry;
-    const underWay = embeddingsUnderWay.get(entry) ?? 0;
-    if (underWay >= s.config.maxSequences)
-      throw new QueueFullError(`the queue is full (${underWay} embedding requests under way)`);
-    embeddingsUnderWay.set(entry, underWay + 1);
+    if (entry.embeddings >= s.config.maxSequences)
+      throw new QueueFullError(`the queue is full (${entry.embeddings} embedding requests under way)`);
+    entry.embeddings++;
     counted = entry;
     const result = await embed(lease.entry.lm, req.inputs, {
       dimensions: req.dimensions,
@@ -94,7 +86,7 @@ async function embedWith(
   } catch (error) {
     throw deadline.cutShort()?.error ?? error;
   } finally {
-    if (counted) embeddingsUnderWay.set(counted, embeddingsUnderWay.get(counted)! - 1);
+    if (counted) counted.embeddings--;
     deadline.release();
     lease?.release();
   }

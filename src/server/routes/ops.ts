@@ -33,7 +33,9 @@ export function opsRoutes(s: ServerState): Hono {
     if (failure) return c.json({ ready: false, reason: `the default model failed to load: ${failure}` }, 503);
     const lost = lostPipeline(s);
     if (lost) return c.json({ ready: false, reason: lost }, 503);
-    const busy = s.models.loaded.filter((e) => !e.scheduler.accepting).map((e) => e.name);
+    const busy = s.models.loaded
+      .filter((e) => !e.scheduler.accepting || e.embeddings >= s.config.maxSequences)
+      .map((e) => e.name);
     if (busy.length > 0) return c.json({ ready: false, reason: `queue full for ${busy.join(", ")}` }, 503);
     return c.json({ ready: true });
   });
