@@ -81,6 +81,21 @@ describe("mlx bench -m remote -m local", () => {
     const [seconds] = far.time_to_first_token_seconds.samples;
     expect(rate * seconds).toBeCloseTo(far.prompt_tokens, 6);
   }, 60_000);
+
+  test("a one-token answer has no decode time to measure: its generation speed is '-' and null, not 0 tokens/s", async () => {
+    const table = await mlx(["bench", "-m", "far", "-p", "0", "-g", "1", "-n", "2"]);
+    expect(table.code).toBe(0);
+    expect(rowOf(table.stdout, "far").at(-3)).toBe("-"); // the tg1 column, before peak memory
+    const r = await mlx(["bench", "-m", "far", "-p", "0", "-g", "1", "-n", "2", "--json"]);
+    expect(r.code).toBe(0);
+    const [far] = JSON.parse(r.stdout).models;
+    expect(far.gen_tokens).toBe(1);
+    expect(far.generation_tokens_per_second.mean).toBeNull();
+    expect(far.generation_tokens_per_second.samples).toEqual([null, null]);
+    // Two tokens give one decode interval: a figure again.
+    const two = JSON.parse((await mlx(["bench", "-m", "far", "-p", "0", "-g", "2", "-n", "1", "--json"])).stdout);
+    expect(two.models[0].generation_tokens_per_second.mean).toBeGreaterThan(0);
+  }, 60_000);
 });
 
 describe("mlx bench --url", () => {

@@ -55,8 +55,13 @@ export async function benchRemoteModel(
       const s = await answer(remote, genPrompt, o.genTokens);
       generated = s.generatedTokens;
       if (o.depth > 0) depth = s.promptTokens;
-      tg.push(s.generationTokensPerSecond);
-      say(`${name}: tg${s.generatedTokens} ${i}/${o.repetitions}: ${s.generationTokensPerSecond.toFixed(2)} tokens/s`);
+      // Speed is timed from the first token: an answer of one token (-g 1, or an early
+      // end-of-sequence) has no decode time, and its 0 tokens/s would be no measurement.
+      const speed = s.generatedTokens > 1 ? s.generationTokensPerSecond : Number.NaN;
+      tg.push(speed);
+      say(
+        `${name}: tg${s.generatedTokens} ${i}/${o.repetitions}: ${Number.isFinite(speed) ? `${speed.toFixed(2)} tokens/s` : "one token, no decode speed to measure"}`,
+      );
     }
   }
   return {
