@@ -289,6 +289,14 @@ describe("mlx bench: model mode", () => {
     }
   }, 20_000);
 
+  test("--plot with an empty name (--plot '', --plot=) is refused before measuring, not silently left unused", async () => {
+    for (const plot of [["--plot", ""], ["--plot="], ["--plot", " "]]) {
+      const r = await mlx(["-m", tiny, "-n", "1", ...fast, ...plot]);
+      oneLineError(r, /^error: --plot needs a file name$/m);
+      expect(r.stdout).toBe(""); // nothing was measured
+    }
+  }, 20_000);
+
   test("a flag of another mode is refused, not silently left unused", async () => {
     oneLineError(
       await mlx(["-m", tiny, ...fast, "--requests", "4", "--max-tokens", "9"]),

@@ -136,7 +136,8 @@ export default defineCommand({
     try {
       if (args.json && args.csv) throw new Error("choose one of --json and --csv");
       const output = args.json ? "json" : args.csv ? "csv" : "table";
-      const plot = args.plot ? String(args.plot) : undefined;
+      // `--plot ''` (or `--plot=`) is given, and refused below, not taken for no --plot.
+      const plot = args.plot === undefined ? undefined : String(args.plot);
       if (plot !== undefined && !plot.trim()) throw new Error("--plot needs a file name");
       if (plot !== undefined) checkPlotFolder(plot);
       // The flags' combinations, checked before any model loads.
