@@ -297,6 +297,12 @@ describe("server-mode pieces", () => {
     expect(serverBase("http://h:1")).toBe("http://h:1");
     expect(serverBase("http://h:1/v1/chat/completions")).toBe("http://h:1");
     expect(serverBase("http://h:1/proxy/v1/completions")).toBe("http://h:1/proxy");
+    // Routes are added to the base: a fragment (never sent) is dropped, a query cannot be kept in
+    // place (it would carry the route: POST /?x=1/v1/chat/completions), so it is refused.
+    expect(serverBase("http://h:1/v1#models")).toBe("http://h:1");
+    expect(() => serverBase("http://h:1/v1?api-version=1")).toThrow(
+      "--url is a server's base URL, without a query (got 'http://h:1/v1?api-version=1')",
+    );
     const level = summarizeLevel(
       2,
       [

@@ -91,6 +91,10 @@ export function serverBase(url: string): string {
   }
   if (parsed.protocol !== "http:" && parsed.protocol !== "https:")
     throw new Error(`--url must be an http(s) URL (got '${url}')`);
+  // The routes (/v1/models, /v1/chat/completions) are appended to the base: a query would end up
+  // before them, and the requests go to another path. A fragment is never sent: it goes.
+  if (parsed.search) throw new Error(`--url is a server's base URL, without a query (got '${url}')`);
+  parsed.hash = "";
   // A pasted endpoint (…/v1/chat/completions) is taken as its server: the bench picks the route.
   return parsed.href.replace(/\/+$/, "").replace(/\/v1(\/chat)?(\/completions)?$/, "");
 }
