@@ -37,6 +37,7 @@ let inFlight = 0;
 let maxInFlight = 0;
 const seenModels = new Set<string>();
 const seenPrompts: string[] = [];
+const seenAuthorizations = new Set<string>();
 
 beforeAll(() => {
   server = Bun.serve({
@@ -55,6 +56,7 @@ beforeAll(() => {
         messages: { content: string }[];
       };
       seenModels.add(body.model);
+      seenAuthorizations.add(req.headers.get("authorization") ?? "");
       seenPrompts.push(body.messages.at(-1)!.content);
       if (body.messages[0]!.content.includes("FAIL"))
         return Response.json({ error: { message: "asked to fail" } }, { status: 500 });
@@ -152,6 +154,21 @@ describe("mlx bench --url", () => {
     expect(text).toContain("<polyline");
     expect(text).toContain("output tokens/s");
     expect(text).toContain("time to first token P99");
+  }, 20_000);
+
+  test("a user:password in --url is sent (as Basic auth) but masked wherever the report shows the URL", async () => {
+    const withSecret = base.replace("http://", "http://bench:s3cret@");
+    const svg = join(root, "secret.svg");
+    const asked = ["--url", withSecret, "--concurrency", "1", "--requests", "1", "-v"];
+    const table = await mlx([...asked, "--plot", svg]);
+    const json = await mlx([...asked, "--json"]);
+    expect([table.code, json.code]).toEqual([0, 0]);
+    expect(seenAuthorizations.has(`Basic ${btoa("bench:s3cret")}`)).toBe(true);
+    const shown = base.replace("http://", "http://***@");
+    expect(JSON.parse(json.stdout).url).toBe(shown);
+    expect(table.stdout.split("\n")[0]).toStartWith(`${shown} · model fake-model`);
+    for (const text of [table.stdout, table.stderr, json.stdout, json.stderr, readFileSync(svg, "utf8")])
+      expect(text).not.toContain("s3cret");
   }, 20_000);
 
   test("--csv: one row per concurrency level", async () => {

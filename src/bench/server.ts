@@ -6,7 +6,7 @@
 // after the first (TPOT), inter-token latency (ITL, between streamed chunks) and end-to-end
 // latency. Each prompt is led by a fresh tag, so that no answer comes from a prefix cache.
 // Plain fetch and a small SSE reader: no client library.
-import { describeFetchError } from "../providers";
+import { describeFetchError, shownUrl } from "../providers";
 import { errorBodyMessage } from "../providers/types";
 import { summarize, type Summary } from "./stats";
 
@@ -67,6 +67,7 @@ export interface RequestTarget {
 }
 
 export interface ServerBenchResult {
+  /** The server's base URL, credentials masked (the report may be shared). */
   url: string;
   model: string;
   endpoint: Endpoint;
@@ -99,6 +100,9 @@ export function serverBase(url: string): string {
   return parsed.href.replace(/\/+$/, "").replace(/\/v1(\/chat)?(\/completions)?$/, "");
 }
 
+/** A base as the report and the errors show it: a user:password in it (sent as Basic auth) masked. */
+const shownBase = (base: string): string => shownUrl(new URL(base));
+
 /** The Authorization header for `apiKey`, if any. */
 const authorization = (apiKey?: string): Record<string, string> =>
   apiKey ? { authorization: `Bearer ${apiKey}` } : {};
@@ -115,7 +119,7 @@ export async function probeServer(base: string, apiKey?: string): Promise<string
       signal: AbortSignal.timeout(10_000),
     });
   } catch (error) {
-    throw new Error(`cannot reach ${base}: ${describeFetchError(error)}`);
+    throw new Error(`cannot reach ${shownBase(base)}: ${describeFetchError(error)}`);
   }
   if (!response.ok) {
     await response.body?.cancel();
@@ -270,7 +274,7 @@ async function warmUp(chat: RequestTarget, o: ServerBenchOptions): Promise<Reque
   const maxTokens = Math.min(o.maxTokens, 8);
   const warm = await timedRequest(chat, prompt, maxTokens);
   if (warm.ok) return chat;
-  const failure = `the warm-up request to ${chat.base}${endpointPath("chat")} failed: ${warm.error}`;
+  const failure = `the warm-up request to ${shownBase(chat.base)}${endpointPath("chat")} failed: ${warm.error}`;
   if (!warm.error?.startsWith("HTTP 400")) throw new Error(failure);
   const completions: RequestTarget = { ...chat, endpoint: "completions" };
   if (!(await timedRequest(completions, prompt, maxTokens)).ok) throw new Error(failure);
@@ -283,7 +287,7 @@ export async function benchServer(o: ServerBenchOptions): Promise<ServerBenchRes
   const base = serverBase(o.url);
   const listed = await probeServer(base, o.apiKey);
   const model = o.model ?? listed ?? "default";
-  say(`${base}: model ${model}; warm-up request`);
+  say(`${shownBase(base)}: model ${model}; warm-up request`);
   const target = await warmUp({ base, model, endpoint: "chat", timeoutSeconds: o.timeoutSeconds, apiKey: o.apiKey }, o);
   const levels: LevelResult[] = [];
   for (const concurrency of o.concurrency) {
@@ -304,5 +308,5 @@ export async function benchServer(o: ServerBenchOptions): Promise<ServerBenchRes
       `concurrency ${concurrency}: ${level.completed}/${level.requests} completed in ${level.durationSeconds.toFixed(2)} s, ${level.outputTokensPerSecond.toFixed(1)} output tokens/s${level.errors.length ? `; errors: ${level.errors.join("; ")}` : ""}`,
     );
   }
-  return { url: base, model, endpoint: target.endpoint, maxTokens: o.maxTokens, levels };
+  return { url: shownBase(base), model, endpoint: target.endpoint, maxTokens: o.maxTokens, levels };
 }

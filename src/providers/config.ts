@@ -134,7 +134,7 @@ export function parseRemoteModel(name: string, e: Record<string, unknown>, origi
  * A base URL as it may be shown: base_url may carry secrets (user:password, which fetch sends as
  * Basic auth, or a key in its query, as some gateways take it), so those are masked.
  */
-function shownUrl(url: URL): string {
+export function shownUrl(url: URL): string {
   const shown = new URL(url);
   if (shown.username || shown.password) {
     shown.username = "***";

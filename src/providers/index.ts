@@ -11,6 +11,7 @@ export { Provider, RemoteModel, type StreamOptions } from "./model";
 export { remoteSampling, streamRemoteCompletion } from "./completion";
 export { RemoteConversation } from "./conversation";
 export { describeFetchError } from "./types";
+export { shownUrl } from "./config";
 export type { RemoteEvent, RemoteRequest, RemoteUsage } from "./types";
 
 const providers = new Map<string, { provider: Provider; config: RemoteModelConfig }>();
