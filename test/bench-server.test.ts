@@ -76,9 +76,11 @@ beforeAll(() => {
               );
             }
             controller.enqueue(chunk({ choices: [{ index: 0, delta: {}, finish_reason: "length" }] }));
-            controller.enqueue(
-              chunk({ choices: [], usage: { prompt_tokens: 5, completion_tokens: n, total_tokens: 5 + n } }),
-            );
+            // A server that counts no tokens (no usage in its stream) is asked for by the model's name.
+            if (body.model !== "no-usage")
+              controller.enqueue(
+                chunk({ choices: [], usage: { prompt_tokens: 5, completion_tokens: n, total_tokens: 5 + n } }),
+              );
             controller.enqueue(encoder.encode("data: [DONE]\n\n"));
             inFlight--;
             controller.close();
@@ -292,6 +294,22 @@ describe("mlx bench -m on a remote model (models.toml provider)", () => {
       "-",
       "",
     ]);
+  }, 20_000);
+
+  test("a provider that counts no tokens (no usage): its speeds are '-' and null, not a measured 0 tokens/s", async () => {
+    mkdirSync(env.MLX_HOME, { recursive: true });
+    writeFileSync(
+      join(env.MLX_HOME, "models.toml"),
+      `[models.uncounted]\nprovider = "openai"\nbase_url = "${base}/v1"\nmodel = "no-usage"\n`,
+    );
+    const r = await mlx(["-m", "uncounted", "-p", "64", "-g", "4", "-n", "2", "--json"]);
+    expect(r.code).toBe(0);
+    const [far] = JSON.parse(r.stdout).models;
+    expect([far.prompt_tokens, far.gen_tokens]).toEqual([0, 0]);
+    for (const speed of [far.prompt_tokens_per_second, far.generation_tokens_per_second])
+      expect(speed).toEqual({ mean: null, sd: null, samples: [null, null] });
+    // The first token was seen, and timed.
+    expect(far.time_to_first_token_seconds.mean).toBeGreaterThan(0);
   }, 20_000);
 });
 

@@ -21,6 +21,15 @@ async function answer(remote: RemoteModel, text: string, maxTokens: number) {
   return step.value.stats;
 }
 
+/**
+ * A speed from the provider's counts, or NaN (no sample: "-" in the table, null in --json) where
+ * it counted too few tokens to time: none (a stream without usage), or, for the generation test
+ * (timed from its first token), one, which leaves no decode time. Its 0 tokens/s measured nothing.
+ */
+const counted = (speed: number, tokens: number, fewest: number) => (tokens >= fewest ? speed : Number.NaN);
+const speedText = (speed: number) =>
+  Number.isFinite(speed) ? `${speed.toFixed(2)} tokens/s` : "too few tokens counted to time";
+
 export async function benchRemoteModel(
   remote: RemoteModel,
   name: string,
@@ -45,23 +54,21 @@ export async function benchRemoteModel(
       // prompt) may still be cached: the tokens the provider says it prefilled are those timed.
       const s = await answer(remote, uncached(prompt), 1);
       promptTokens = s.promptTokens - s.cachedTokens;
-      pp.push(s.promptTokensPerSecond);
+      const speed = counted(s.promptTokensPerSecond, promptTokens, 1);
+      pp.push(speed);
       ttft.push(s.timeToFirstTokenSeconds);
       say(
-        `${name}: pp${promptTokens} ${i}/${o.repetitions}: ${s.promptTokensPerSecond.toFixed(2)} tokens/s, first token after ${(s.timeToFirstTokenSeconds * 1000).toFixed(0)} ms`,
+        `${name}: pp${promptTokens} ${i}/${o.repetitions}: ${speedText(speed)}, first token after ${(s.timeToFirstTokenSeconds * 1000).toFixed(0)} ms`,
       );
     }
     if (o.genTokens > 0) {
       const s = await answer(remote, genPrompt, o.genTokens);
       generated = s.generatedTokens;
       if (o.depth > 0) depth = s.promptTokens;
-      // Speed is timed from the first token: an answer of one token (-g 1, or an early
-      // end-of-sequence) has no decode time, and its 0 tokens/s would be no measurement.
-      const speed = s.generatedTokens > 1 ? s.generationTokensPerSecond : Number.NaN;
+      // -g 1, or an early end-of-sequence, answers one token: no decode time.
+      const speed = counted(s.generationTokensPerSecond, s.generatedTokens, 2);
       tg.push(speed);
-      say(
-        `${name}: tg${s.generatedTokens} ${i}/${o.repetitions}: ${Number.isFinite(speed) ? `${speed.toFixed(2)} tokens/s` : "one token, no decode speed to measure"}`,
-      );
+      say(`${name}: tg${s.generatedTokens} ${i}/${o.repetitions}: ${speedText(speed)}`);
     }
   }
   return {
