@@ -349,6 +349,23 @@ describe("mlx bench: prompt suite", () => {
     expect(table.stdout).toMatch(/\|\s+2 \| Say something impossible\s+\| regex \^IMPOSSIBLE-\\d\{9\}\$\s+\| FAIL \|/);
   }, 20_000);
 
+  test("a one-token answer has no generation speed: null in --json, empty in --csv, as in the summary, not 0", async () => {
+    const prompts = file("short.txt", "first prompt\nsecond prompt\n");
+    const r = await mlx(["--prompts", prompts, "-m", tiny, "--max-tokens", "1", "--json"]);
+    expect(r.code).toBe(0);
+    const out = JSON.parse(r.stdout);
+    expect(out.models[0].generation_tokens_per_second).toEqual({ mean: null, sd: null });
+    for (const p of out.prompts) {
+      expect(p.results.tiny.generated_tokens).toBeLessThanOrEqual(1);
+      expect(p.results.tiny.generation_tokens_per_second).toBeNull();
+      expect(p.results.tiny.prompt_tokens_per_second).toBeGreaterThan(0);
+    }
+    const csv = await mlx(["--prompts", prompts, "-m", tiny, "--max-tokens", "1", "--csv"]);
+    const [header, ...rows] = csv.stdout.trim().split("\n");
+    const column = header!.split(",").indexOf("generation_tokens_per_second");
+    expect(rows.map((row) => row.split(",")[column])).toEqual(["", ""]);
+  }, 20_000);
+
   test("a prompt with '|' keeps the Markdown table's columns (escaped as \\|)", async () => {
     const prompts = file("pipes.txt", "a | b || c\n");
     const r = await mlx(["--prompts", prompts, "-m", tiny, "--max-tokens", "2", "--expect-regex", "x|y"]);

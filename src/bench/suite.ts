@@ -32,6 +32,7 @@ export interface PromptOutcome {
   promptTokens: number;
   generatedTokens: number;
   promptTokensPerSecond: number;
+  /** NaN for an answer of one token: its first token comes from the prefill, nothing was decoded. */
   generationTokensPerSecond: number;
   timeToFirstTokenSeconds: number;
 }
@@ -221,6 +222,9 @@ export async function runSuite(
     for (const [i, p] of prompts.entries()) {
       const r = await answer(p.prompt, o.maxTokens);
       const check = checkAnswer(r.text, p);
+      // An answer of one token has no generation speed (the first token comes from the prefill):
+      // no sample (null, an empty cell), not the 0 tokens/s the stats hold for it.
+      const generationSpeed = r.stats.generatedTokens > 1 ? r.stats.generationTokensPerSecond : Number.NaN;
       peak = Math.max(peak, r.stats.peakMemoryBytes);
       drafts.drafted += r.stats.draftedTokens;
       drafts.accepted += r.stats.acceptedTokens;
@@ -231,13 +235,13 @@ export async function runSuite(
         promptTokens: r.stats.promptTokens,
         generatedTokens: r.stats.generatedTokens,
         promptTokensPerSecond: r.stats.promptTokensPerSecond,
-        generationTokensPerSecond: r.stats.generationTokensPerSecond,
+        generationTokensPerSecond: generationSpeed,
         timeToFirstTokenSeconds: r.stats.timeToFirstTokenSeconds,
       });
       const verdict =
         check.passed === undefined ? "" : check.passed ? ", passed" : `, failed (${check.reasons.join("; ")})`;
       say(
-        `${name}: prompt ${i + 1}/${prompts.length}: ${r.stats.generatedTokens} tokens, ${r.stats.generationTokensPerSecond.toFixed(2)} tokens/s${verdict}`,
+        `${name}: prompt ${i + 1}/${prompts.length}: ${r.stats.generatedTokens} tokens${Number.isFinite(generationSpeed) ? `, ${generationSpeed.toFixed(2)} tokens/s` : ""}${verdict}`,
       );
     }
   } finally {
@@ -250,10 +254,7 @@ export async function runSuite(
     passed: checked.filter((o) => o.passed).length,
     checked: checked.length,
     promptTokensPerSecond: summarize(outcomes.map((o) => o.promptTokensPerSecond)),
-    // An answer of one token has no generation speed (the first token comes from the prefill).
-    generationTokensPerSecond: summarize(
-      outcomes.filter((o) => o.generatedTokens > 1).map((o) => o.generationTokensPerSecond),
-    ),
+    generationTokensPerSecond: summarize(outcomes.map((o) => o.generationTokensPerSecond)),
     timeToFirstTokenSeconds: summarize(outcomes.map((o) => o.timeToFirstTokenSeconds)),
     peakMemoryBytes: peak,
     speculation: speculationFigures(lm, drafts),
