@@ -921,6 +921,18 @@ describe("commands and bad input", () => {
     TEST_TIMEOUT_MS,
   );
 
+  test("an empty model name is refused in one line, not taken for the working directory", async () => {
+    for (const command of [
+      ["run", "-m", "", "hi"],
+      ["show", ""],
+    ]) {
+      const { code, stderr } = await cliResult(command);
+      expect(code).toBe(1);
+      expect(stderr).toContain("the model name is empty");
+      expect(stderr.trim().split("\n")).toHaveLength(1);
+    }
+  });
+
   test(
     "an alias's relative source is a path from its models.toml's folder, not from where mlx runs",
     async () => {
