@@ -580,6 +580,23 @@ describe("thinking", () => {
   });
 });
 
+describe("the command line", () => {
+  test("mlx run and chat refuse a flag for a model loaded here (a KV cache, an adapter, drafting), which was ignored", async () => {
+    const cli = cliRunner(home);
+    const refusal = (flag: string) =>
+      `error: --${flag} is for a model loaded here; 'rthink' is served by a remote provider (models.toml)\n`;
+    expect(await cli(["run", "-m", "rthink", "--kv-bits", "8", "Hi"])).toMatchObject({
+      code: 1,
+      stdout: "",
+      stderr: refusal("kv-bits"),
+    });
+    expect(await cli(["chat", "-m", "rthink", "--prompt-lookup"], "Hi\n")).toMatchObject({
+      code: 1,
+      stderr: refusal("prompt-lookup"),
+    });
+  });
+});
+
 describe("structured output", () => {
   test("the schema is passed to an OpenAI-compatible remote, which enforces it", async () => {
     const r = await openai.chat.completions.create({

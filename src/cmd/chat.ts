@@ -16,6 +16,7 @@ import {
   modelArg,
   pipelineFrom,
   positiveInteger,
+  refuseLocalModelFlags,
   samplingArgs,
   samplingFrom,
   speculationArgs,
@@ -63,8 +64,10 @@ export default defineCommand({
         speculation: speculationFrom(args, name),
       });
       const pipeline = pipelineFrom(args);
+      const remote = remoteModel(args.model);
+      if (remote) refuseLocalModelFlags(args, args.model);
       const model =
-        remoteModel(args.model) ??
+        remote ??
         (await openModel(args.model, {
           ...cacheAndSpeculation(args.model),
           adapter: adapterFrom(args, args.model),

@@ -47,6 +47,25 @@ export function adapterFrom(args: Record<string, unknown>, spec: string | undefi
   return flag ?? alias;
 }
 
+/** Flags about a loaded model's weights, KV cache or drafting: a remote model has none of these here. */
+const LOCAL_MODEL_FLAGS = [
+  "adapter",
+  "kv-bits",
+  "kv-group-size",
+  "kv-quant-start",
+  "max-kv-size",
+  "draft-model",
+  "prompt-lookup",
+  "num-draft",
+];
+
+/** Refuses a flag of LOCAL_MODEL_FLAGS given for `model`, served by a remote provider (else it is ignored without a word). */
+export function refuseLocalModelFlags(args: Record<string, unknown>, model: string | undefined): void {
+  const given = LOCAL_MODEL_FLAGS.find((flag) => args[flag] !== undefined && args[flag] !== false);
+  if (given)
+    throw new Error(`--${given} is for a model loaded here; '${model}' is served by a remote provider (models.toml)`);
+}
+
 export const samplingArgs = {
   temp: { type: "string", description: "Sampling temperature; 0 is greedy", default: "0" },
   "top-p": {

@@ -19,6 +19,7 @@ import {
   pipelineFrom,
   positiveInteger,
   readStdin,
+  refuseLocalModelFlags,
   samplingArgs,
   samplingFrom,
   speculationArgs,
@@ -79,6 +80,7 @@ export default defineCommand({
       const output = await formatFrom(args); // before loading the model: a bad schema fails fast
       const stop = stopStrings(args.stop, output);
       const remote = remoteModel(args.model);
+      if (remote) refuseLocalModelFlags(args, args.model);
       const adapter = remote ? undefined : adapterFrom(args, args.model);
       checkPromptCache(args["prompt-cache"], { remote: remote !== undefined, adapter, model: args.model });
       const pipeline = pipelineFrom(args);
