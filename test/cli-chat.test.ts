@@ -221,6 +221,10 @@ describe.skipIf(!hasTmux)("mlx chat in a terminal, keys typed while a command ru
     keysTo("C-l");
     await whileLoading("typed ahead");
     await until(/loaded 0 messages from .*\n>>> typed ahead$/m);
+    // Sent ahead with its Enter: it shows behind the prompt, not before it, and is answered.
+    keysTo("C-u", "C-l");
+    await whileLoading("sent ahead", "Enter");
+    await until(/loaded 0 messages from .*\n>>> sent ahead\n.+\n>>>\s*$/m);
     // In cooked mode the terminal took a Ctrl-D typed meanwhile as the end of input, and it was lost.
     await whileLoading("C-d");
     for (const deadline = Date.now() + 20_000; !existsSync(status) && Date.now() < deadline; ) await Bun.sleep(100);

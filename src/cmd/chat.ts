@@ -108,7 +108,7 @@ export default defineCommand({
           say(`error: ${errorLine(error)}`);
         } finally {
           process.off("SIGINT", stop);
-          await input.resumeAfterAnswer();
+          input.resumeAfterAnswer();
         }
       }
       input.close();

@@ -99,15 +99,23 @@ export class LineInput {
     } else this.#queue.push(line);
   }
 
-  #nextLine(prompt: string): Promise<Line> {
+  async #nextLine(prompt: string): Promise<Line> {
     if (this.interactive && !this.#closed) {
+      // Work that held the event loop (a model loading, a file read) leaves the keys typed
+      // meanwhile unread in the terminal: a turn for them to arrive while they are still held.
+      const held = this.#keysTo === "held";
+      if (held) {
+        await Bun.sleep(keysSettleMs);
+        this.#rl.resume();
+      }
       this.#rl.setPrompt(prompt);
-      // Keeps the cursor after keys typed ahead while an answer or a command ran.
-      this.#rl.prompt(true);
+      this.#rl.prompt();
+      // After the prompt, as if typed at it: a line typed ahead shows behind it, and is sent by its Enter.
+      if (held) this.#releaseKeys();
     }
-    if (this.#queue.length > 0) return Promise.resolve(this.#queue.shift()!);
+    if (this.#queue.length > 0) return this.#queue.shift()!;
     // The end of input stays the end: a read after the one that saw it must not wait forever.
-    if (this.#closed) return Promise.resolve(null);
+    if (this.#closed) return null;
     return new Promise((resolve) => (this.#waiting = resolve));
   }
 
@@ -166,7 +174,7 @@ export class LineInput {
       }
   }
 
-  /** Holds the keys typed from now on (Ctrl-C calls `onCtrlC`, or is dropped) until `#releaseKeys`. */
+  /** Holds the keys typed from now on (Ctrl-C calls `onCtrlC`, or is dropped) until the next prompt. */
   #holdKeys(onCtrlC?: () => void): void {
     this.#keysTo = "held";
     this.#onCtrlC = onCtrlC;
@@ -175,15 +183,11 @@ export class LineInput {
   }
 
   /** Gives readline the keys held meanwhile, and those typed from now on. */
-  async #releaseKeys(): Promise<void> {
-    // Work that held the event loop (a model loading, a file read) leaves the keys typed meanwhile
-    // unread in the terminal: give them a turn to arrive while they are still held.
-    await Bun.sleep(keysSettleMs);
+  #releaseKeys(): void {
     const held = Buffer.concat(this.#heldKeys);
     this.#heldKeys = [];
     this.#keysTo = "readline";
     this.#onCtrlC = undefined;
-    this.#rl.resume();
     if (held.length > 0) this.#terminalInput?.write(held);
   }
 
@@ -192,8 +196,9 @@ export class LineInput {
     if (this.interactive && !this.#closed) this.#holdKeys(stop);
   }
 
-  async resumeAfterAnswer(): Promise<void> {
-    if (this.interactive && !this.#closed) await this.#releaseKeys();
+  /** The answer is over: a Ctrl-C before the next prompt has nothing to stop, and is dropped. */
+  resumeAfterAnswer(): void {
+    this.#onCtrlC = undefined;
   }
 
   /**
@@ -218,11 +223,7 @@ export class LineInput {
         keys.destroy();
       }
     };
-    try {
-      return await command(lendKeys);
-    } finally {
-      await this.#releaseKeys();
-    }
+    return command(lendKeys);
   }
 
   close(): void {
