@@ -43,7 +43,7 @@ import {
   adapterArg,
   adapterFrom,
   distributedArgs,
-  flagName,
+  givenFlags,
   kvCacheArgs,
   kvQuantizationFlags,
   kvQuantizationFrom,
@@ -267,7 +267,7 @@ const expectationFlags = ["expect-regex", "expect-schema"];
 
 /** Flags of another mode are refused: this mode would silently leave them unused. */
 function refuseFlags(args: Args, names: string[], mode: string): void {
-  const given = names.filter((name) => args[name] !== undefined).map(flagName);
+  const given = givenFlags(args, names);
   if (given.length > 0) throw new Error(`${given.join(", ")}: not used by ${mode}`);
 }
 

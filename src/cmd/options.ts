@@ -61,9 +61,9 @@ const LOCAL_MODEL_FLAGS = [
 
 /** Refuses a flag of LOCAL_MODEL_FLAGS given for `model`, served by a remote provider (else it is ignored without a word). */
 export function refuseLocalModelFlags(args: Record<string, unknown>, model: string | undefined): void {
-  const given = LOCAL_MODEL_FLAGS.find((flag) => args[flag] !== undefined && args[flag] !== false);
+  const [given] = givenFlags(args, LOCAL_MODEL_FLAGS);
   if (given)
-    throw new Error(`--${given} is for a model loaded here; '${model}' is served by a remote provider (models.toml)`);
+    throw new Error(`${given} is for a model loaded here; '${model}' is served by a remote provider (models.toml)`);
 }
 
 export const samplingArgs = {
@@ -85,6 +85,10 @@ export const samplingArgs = {
 
 /** How a flag is typed: `-n` for a one-letter name (launch's), `--max-tokens` otherwise. */
 export const flagName = (name: string) => (name.length === 1 ? `-${name}` : `--${name}`);
+
+/** Which of the flags `names` were given (a boolean one given as --no-NAME is not), as written. */
+export const givenFlags = (args: Record<string, unknown>, names: string[]): string[] =>
+  names.filter((name) => args[name] !== undefined && args[name] !== false).map(flagName);
 
 /** A whole number as people write one: decimal digits, with a sign (never 1e2, 0x10 or 5.0); else NaN. */
 export function parseWhole(value: unknown): number {

@@ -5,7 +5,7 @@ import { existsSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { UnsupportedError } from "../errors";
 import { ModelLoadError } from "./load";
-import { poolingModule } from "../store/model-files";
+import { poolingConfigOf } from "../store/model-files";
 
 export type Pooling = "last" | "mean" | "cls" | "max";
 
@@ -34,9 +34,9 @@ export function modelPooling(path: string): Pooling {
       `${path}: modules.json has a ${unapplied.type} module ('${unapplied.path ?? unapplied.name}'), which embeddings here do not apply (only the model, its pooling and normalisation)`,
       "model",
     );
-  const pooling = poolingModule(modules);
-  if (!pooling) return "last";
-  const config = readJsonFile(join(path, pooling.configFile));
+  const poolingConfig = poolingConfigOf(modules);
+  if (!poolingConfig) return "last";
+  const config = readJsonFile(join(path, poolingConfig));
   const modes = POOLING_MODES.filter(([key]) => config?.[key] === true).map(([, mode]) => mode);
   if (modes.length !== 1)
     throw new ModelLoadError(

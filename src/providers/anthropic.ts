@@ -67,7 +67,7 @@ export const anthropicAdapter: ProviderAdapter = {
 
   async *events(stream: AsyncIterable<EventSourceMessage>): AsyncGenerator<RemoteEvent> {
     const calls: { id: string; name: string; json: string }[] = [];
-    const blockKinds = new Map<number, "text" | "thinking" | "tool">();
+    const blockKinds = new Map<number, "text" | "tool">();
     let usage: RemoteUsage = { promptTokens: 0, completionTokens: 0, cachedTokens: 0 };
     let stopReason: string | undefined;
     let stopSequence: string | undefined;
@@ -85,7 +85,7 @@ export const anthropicAdapter: ProviderAdapter = {
           if (block.type === "tool_use") {
             blockKinds.set(event.index as number, "tool");
             calls.push({ id: block.id ?? `toolu_${crypto.randomUUID()}`, name: block.name ?? "", json: "" });
-          } else blockKinds.set(event.index as number, block.type === "thinking" ? "thinking" : "text");
+          } else blockKinds.set(event.index as number, "text");
           break;
         }
         case "content_block_delta": {

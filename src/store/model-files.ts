@@ -47,16 +47,16 @@ export function neededOf(available: string[], indexedWeights?: string[], pooling
 }
 
 /**
- * The sentence-transformers Pooling module among a modules.json's entries (`modules`, as parsed),
- * and the file its settings are in ("1_Pooling/config.json": a folder beside modules.json).
+ * The file a sentence-transformers Pooling module keeps its settings in, among a modules.json's
+ * entries (`modules`, as parsed): "1_Pooling/config.json", a folder beside modules.json.
  */
-export function poolingModule(modules: unknown): { type: string; configFile: string } | undefined {
+export function poolingConfigOf(modules: unknown): string | undefined {
   const entry = Array.isArray(modules)
     ? modules.find((m) => typeof m?.type === "string" && m.type.endsWith("models.Pooling"))
     : undefined;
   if (!entry) return undefined;
   const folder = String(entry.path ?? "");
-  return { type: entry.type, configFile: folder ? `${folder}/config.json` : "config.json" };
+  return folder ? `${folder}/config.json` : "config.json";
 }
 
 /** The Pooling module's config file that a modules.json (its text) names; undefined when none, or not a folder beside it. */
@@ -67,7 +67,7 @@ function poolingConfigFile(modulesJson: string): string | undefined {
   } catch {
     return undefined; // the loader names what is wrong with it
   }
-  const file = poolingModule(modules)?.configFile;
+  const file = poolingConfigOf(modules);
   return file && isModelFileName(file) && file.includes("/") ? file : undefined;
 }
 
