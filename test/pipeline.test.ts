@@ -63,6 +63,18 @@ describe("mlx launch -- run", () => {
     }
   }, 120_000);
 
+  test("the ring forms without MLX's 1 s wait after a refused connect", async () => {
+    // The next-to-last rank connects while the last one is still connecting to rank 0; MLX's ring
+    // waited 1 s after that refusal in most launches (7 of 8 in bench/launch-start.ts).
+    const verbose = cliRunner(home, { MLX_RING_VERBOSE: "1" });
+    for (const n of ["2", "3", "2", "3"]) {
+      const split = await verbose(["launch", "-n", n, "--", "run", "-m", tiny, "--max-tokens", "1", "Hi"]);
+      expect(split.code).toBe(0);
+      expect(split.stderr).toContain("[ring] Rank 0 accepting");
+      expect(split.stderr).not.toMatch(/\[ring\] Attempt \d+ wait/);
+    }
+  }, 60_000);
+
   test("an odd layer count, split by default and by hand, sampling with a seed: the same tokens", async () => {
     const prompt = ["run", "-m", tiny, "--json", "--max-tokens", "16", "--temp", "0.9", "--seed", "7", "Hello"];
     const alone = await mlx(prompt);

@@ -24,6 +24,13 @@ void set_last_error(const char* message);
 // blocks freed into the heap stay mapped for reuse (malloc_reuse.cpp) until asked here.
 void return_free_heap();
 
+// While one lives, MLX's ring tries a refused connect again within milliseconds rather than after
+// its backoff's first second (ring_connect.cpp): the ring's own order makes that refusal common.
+struct FastRingConnects {
+  FastRingConnects();
+  ~FastRingConnects();
+};
+
 inline const mx::array& ref(const mlxs_array* a) { return a->value; }
 
 inline std::optional<mx::array> opt(const mlxs_array* a) {

@@ -347,7 +347,10 @@ Watchdog& watchdog() {
 // caller makes no use of the group until it has seen `done`.
 void join(const std::string& backend) {
   auto before = sockets();
-  group = md::init(true, backend);
+  {
+    FastRingConnects connects;
+    group = md::init(true, backend);
+  }
   auto ranks = ring_hostfile();
   auto made = ring_connections(before, ranks);
   {

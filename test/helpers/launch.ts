@@ -41,7 +41,8 @@ export async function launchServe(home: string, n: number | string, model: strin
   }
   const url = /listening on (http:\S+)/.exec(stderr)![1]!;
   while ((await healthStatus(url)) !== 200) {
-    if (Date.now() > deadline) throw new Error(`the model did not load: ${stderr}`);
+    // Rank 0 listens while its ring forms: a rank that fails to join ends the launch after that.
+    if (Date.now() > deadline || proc.exitCode !== null) throw new Error(`the model did not load: ${stderr}`);
     await Bun.sleep(50);
   }
   return { proc, url, ranks: () => rankPids(proc.pid), stderr: () => stderr, reading };
