@@ -10,5 +10,11 @@ node_modules/.bin/tsc --noEmit -p .
 # The layout is Biome's (biome.json); `node_modules/.bin/biome format --write .` applies it.
 node_modules/.bin/biome format .
 node_modules/.bin/tsc --noEmit -p src/web
-# Model-backed tests load real weights on a 2-core CPU: allow them minutes, not seconds.
-exec node_modules/.bin/bun test --timeout 600000 "$@"
+# Model-backed tests load real weights on a 2-core CPU: allow them minutes, not seconds. A failed
+# test's error is printed again at the end (from the JUnit report), where a log's tail keeps it.
+report="$(mktemp -d)/junit.xml"
+status=0
+node_modules/.bin/bun test --timeout 600000 --reporter=junit --reporter-outfile="$report" "$@" || status=$?
+if [ "$status" -ne 0 ] && [ -f "$report" ]; then node_modules/.bin/bun scripts/test-failures.ts "$report"; fi
+rm -rf "$(dirname "$report")"
+exit "$status"
