@@ -226,3 +226,47 @@ describe("mlx bench --url", () => {
     expect(JSON.parse(r.stdout).endpoint).toBe("/v1/chat/completions");
   }, 60_000);
 });
+
+describe("mlx bench --prompts -m remote -m local", () => {
+  test("a remote model runs the prompt suite as a local one: pass counts, verdicts, timings from the stream", async () => {
+    const prompts = join(home, "suite.jsonl");
+    writeFileSync(
+      prompts,
+      [
+        JSON.stringify({ prompt: "Say something.", expect_regex: "[\\s\\S]" }),
+        JSON.stringify({ prompt: "Say nothing at all.", expect_regex: "^never answered$" }),
+        "Count to three.",
+      ].join("\n"),
+    );
+    const args = ["bench", "--prompts", prompts, "-m", "far", "-m", model, "--max-tokens", "6"];
+    const r = await mlx([...args, "--json"]);
+    expect(r.stderr).not.toMatch(/error/);
+    expect(r.code).toBe(0);
+    const report = JSON.parse(r.stdout);
+    const [far, local] = report.models;
+    expect(far).toMatchObject({ model: "far", format: "remote", passed: 1, checked: 2, size_bytes: null });
+    expect(far.peak_memory_bytes).toBeNull();
+    expect(local).toMatchObject({ passed: 1, checked: 2 });
+    for (const p of report.prompts) {
+      const [remote, here] = [p.results.far, p.results[local.model]];
+      // The same weights, greedy, through the same chat template: the same answer and verdict.
+      expect(remote.answer).toBe(here.answer);
+      expect(remote.passed).toBe(here.passed);
+      expect(remote.generated_tokens).toBe(6);
+      expect(remote.prompt_tokens).toBeGreaterThan(0);
+      expect(remote.time_to_first_token_seconds).toBeGreaterThan(0);
+      expect(remote.generation_tokens_per_second).toBeGreaterThan(0);
+      // Its speed is the tokens it prefilled over the wait for its first token.
+      expect(remote.prompt_tokens_per_second * remote.time_to_first_token_seconds).toBeCloseTo(remote.prompt_tokens, 6);
+    }
+    expect(far.generation_tokens_per_second.mean).toBeGreaterThan(0);
+    const table = await mlx(args);
+    expect(table.code).toBe(0);
+    const summary = rowOf(table.stdout, "far");
+    expect(summary.at(-2)).toBe("1/2"); // passed
+    expect(summary[3]).toBe("-"); // size, unseen from here
+    const verdicts = table.stdout.split("\n").filter((line) => /^\|\s+[12] \|/.test(line));
+    expect(verdicts[0]).toMatch(/\| pass \| pass \|$/);
+    expect(verdicts[1]).toMatch(/\| FAIL \| FAIL \|$/);
+  }, 60_000);
+});

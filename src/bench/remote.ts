@@ -6,11 +6,13 @@
 // no API lets us ignore it); with a depth, after prose of about d tokens (the provider's count
 // is reported), its speed timed from the first token.
 import { streamRemoteCompletion, type RemoteModel } from "../providers";
-import { prose, type ModelBenchOptions, type ModelBenchResult } from "./model";
+import type { CompletionResult } from "../engine/generate";
+import { prose, type ModelBenchOptions, type ModelBenchResult, type ModelInfo } from "./model";
 import { uncached } from "./server";
 import { summarize } from "./stats";
 
-async function answer(remote: RemoteModel, text: string, maxTokens: number) {
+/** A greedy answer through the chat template, streamed: its text and its figures timed from the stream. */
+export async function remoteAnswer(remote: RemoteModel, text: string, maxTokens: number): Promise<CompletionResult> {
   const stream = streamRemoteCompletion(remote, {
     prompt: { kind: "text", text, template: true },
     sampling: { temperature: 0 },
@@ -18,7 +20,24 @@ async function answer(remote: RemoteModel, text: string, maxTokens: number) {
   });
   let step = await stream.next();
   while (!step.done) step = await stream.next();
-  return step.value.stats;
+  return step.value;
+}
+
+const answer = async (remote: RemoteModel, text: string, maxTokens: number) =>
+  (await remoteAnswer(remote, text, maxTokens)).stats;
+
+/** What the reports say of a remote model: where it is served, not weights seen from here. */
+export function remoteModelInfo(remote: RemoteModel, name: string): ModelInfo {
+  return {
+    model: name,
+    path: `${remote.config.baseUrl} (${remote.config.model})`,
+    format: "remote",
+    architecture: remote.config.kind,
+    quantization: "-",
+    // The provider's weights and memory are unseen from here: NaN, which the reports write as
+    // null (JSON), an empty cell (CSV) and "-" (table), never as a measured 0 bytes.
+    sizeBytes: Number.NaN,
+  };
 }
 
 /**
@@ -72,14 +91,7 @@ export async function benchRemoteModel(
     }
   }
   return {
-    model: name,
-    path: `${remote.config.baseUrl} (${remote.config.model})`,
-    format: "remote",
-    architecture: remote.config.kind,
-    quantization: "-",
-    // The provider's weights and memory are unseen from here: NaN, which the reports write as
-    // null (JSON), an empty cell (CSV) and "-" (table), never as a measured 0 bytes.
-    sizeBytes: Number.NaN,
+    ...remoteModelInfo(remote, name),
     repetitions: o.repetitions,
     promptTokens,
     genTokens: generated,

@@ -6,10 +6,12 @@ import { basename, dirname, resolve } from "node:path";
 import type { ValidateFunction } from "ajv";
 import { compileAnswerSchema } from "../engine/json-schema";
 import { fileErrorReason } from "../format";
-import { complete, soloScheduler } from "../engine/generate";
+import { complete, soloScheduler, type CompletionResult } from "../engine/generate";
 import { defaultSampling } from "../engine/sampling";
 import type { LoadedModel } from "../models/load";
+import type { RemoteModel } from "../providers";
 import { describeModel, speculationFigures, type ModelInfo, type SpeculationFigures } from "./model";
+import { remoteAnswer, remoteModelInfo } from "./remote";
 import { summarize, type Summary } from "./stats";
 
 export interface Expectation {
@@ -202,61 +204,109 @@ export interface SuiteOptions {
   onProgress?: (message: string) => void;
 }
 
-export async function runSuite(
-  lm: LoadedModel,
+/** One answer, greedy, through the chat template: the whole text and its figures. */
+type Answer = (prompt: string, maxTokens: number) => Promise<CompletionResult>;
+
+/**
+ * The suite on one model, local or remote alike: a warm-up, then each prompt answered and
+ * judged, with the speed figures of its answer.
+ */
+async function answerPrompts(
   name: string,
   prompts: SuitePrompt[],
   o: SuiteOptions,
-): Promise<SuiteModelResult> {
+  answer: Answer,
+): Promise<{ outcomes: PromptOutcome[]; peak: number; drafts: { drafted: number; accepted: number } }> {
   const say = o.onProgress ?? (() => {});
-  const sampling = { ...defaultSampling, temperature: 0 };
-  const scheduler = soloScheduler(lm);
-  const answer = (prompt: string, maxTokens: number) =>
-    complete(scheduler, { prompt: { kind: "text", text: prompt, template: true }, sampling, maxTokens });
   const outcomes: PromptOutcome[] = [];
   let peak = 0;
   const drafts = { drafted: 0, accepted: 0 };
-  try {
-    say(`${name}: warm-up`);
-    await answer("Hi", Math.min(o.maxTokens, 2));
-    for (const [i, p] of prompts.entries()) {
-      const r = await answer(p.prompt, o.maxTokens);
-      const check = checkAnswer(r.text, p);
-      // An answer of one token has no generation speed (the first token comes from the prefill):
-      // no sample (null, an empty cell), not the 0 tokens/s the stats hold for it.
-      const generationSpeed = r.stats.generatedTokens > 1 ? r.stats.generationTokensPerSecond : Number.NaN;
-      peak = Math.max(peak, r.stats.peakMemoryBytes);
-      drafts.drafted += r.stats.draftedTokens;
-      drafts.accepted += r.stats.acceptedTokens;
-      outcomes.push({
-        line: p.line,
-        text: r.text,
-        ...check,
-        promptTokens: r.stats.promptTokens,
-        generatedTokens: r.stats.generatedTokens,
-        promptTokensPerSecond: r.stats.promptTokensPerSecond,
-        generationTokensPerSecond: generationSpeed,
-        timeToFirstTokenSeconds: r.stats.timeToFirstTokenSeconds,
-      });
-      const verdict =
-        check.passed === undefined ? "" : check.passed ? ", passed" : `, failed (${check.reasons.join("; ")})`;
-      say(
-        `${name}: prompt ${i + 1}/${prompts.length}: ${r.stats.generatedTokens} tokens${Number.isFinite(generationSpeed) ? `, ${generationSpeed.toFixed(2)} tokens/s` : ""}${verdict}`,
-      );
-    }
-  } finally {
-    scheduler.dispose();
+  say(`${name}: warm-up`);
+  await answer("Hi", Math.min(o.maxTokens, 2));
+  for (const [i, p] of prompts.entries()) {
+    const r = await answer(p.prompt, o.maxTokens);
+    const check = checkAnswer(r.text, p);
+    // The tokens prefilled are those timed (a remote provider may hold the chat template's start
+    // in its prefix cache); none counted (a provider that sends no usage) is no sample, not 0 tokens/s.
+    const prefilled = r.stats.promptTokens - r.stats.cachedTokens;
+    const promptSpeed = prefilled > 0 ? r.stats.promptTokensPerSecond : Number.NaN;
+    // An answer of one token has no generation speed (the first token comes from the prefill):
+    // no sample (null, an empty cell), not the 0 tokens/s the stats hold for it.
+    const generationSpeed = r.stats.generatedTokens > 1 ? r.stats.generationTokensPerSecond : Number.NaN;
+    peak = Math.max(peak, r.stats.peakMemoryBytes);
+    drafts.drafted += r.stats.draftedTokens;
+    drafts.accepted += r.stats.acceptedTokens;
+    outcomes.push({
+      line: p.line,
+      text: r.text,
+      ...check,
+      promptTokens: prefilled,
+      generatedTokens: r.stats.generatedTokens,
+      promptTokensPerSecond: promptSpeed,
+      generationTokensPerSecond: generationSpeed,
+      timeToFirstTokenSeconds: r.stats.timeToFirstTokenSeconds,
+    });
+    const verdict =
+      check.passed === undefined ? "" : check.passed ? ", passed" : `, failed (${check.reasons.join("; ")})`;
+    say(
+      `${name}: prompt ${i + 1}/${prompts.length}: ${r.stats.generatedTokens} tokens${Number.isFinite(generationSpeed) ? `, ${generationSpeed.toFixed(2)} tokens/s` : ""}${verdict}`,
+    );
   }
+  return { outcomes, peak, drafts };
+}
+
+/** A model's result: its pass count over the prompts that had an expectation, its speeds over all of them. */
+function suiteResult(
+  info: ModelInfo,
+  outcomes: PromptOutcome[],
+  peakMemoryBytes: number,
+  speculation?: SpeculationFigures,
+): SuiteModelResult {
   const checked = outcomes.filter((o) => o.passed !== undefined);
   return {
-    ...describeModel(lm, name),
+    ...info,
     prompts: outcomes,
     passed: checked.filter((o) => o.passed).length,
     checked: checked.length,
     promptTokensPerSecond: summarize(outcomes.map((o) => o.promptTokensPerSecond)),
     generationTokensPerSecond: summarize(outcomes.map((o) => o.generationTokensPerSecond)),
     timeToFirstTokenSeconds: summarize(outcomes.map((o) => o.timeToFirstTokenSeconds)),
-    peakMemoryBytes: peak,
-    speculation: speculationFigures(lm, drafts),
+    peakMemoryBytes,
+    speculation,
   };
+}
+
+export async function runSuite(
+  lm: LoadedModel,
+  name: string,
+  prompts: SuitePrompt[],
+  o: SuiteOptions,
+): Promise<SuiteModelResult> {
+  const sampling = { ...defaultSampling, temperature: 0 };
+  const scheduler = soloScheduler(lm);
+  try {
+    const { outcomes, peak, drafts } = await answerPrompts(name, prompts, o, (prompt, maxTokens) =>
+      complete(scheduler, { prompt: { kind: "text", text: prompt, template: true }, sampling, maxTokens }),
+    );
+    return suiteResult(describeModel(lm, name), outcomes, peak, speculationFigures(lm, drafts));
+  } finally {
+    scheduler.dispose();
+  }
+}
+
+/**
+ * The suite on a remote model (models.toml provider), judged as a local one: its answers, and
+ * its speeds timed from the stream with the token counts of the provider's usage. Its memory is
+ * the provider's, unseen from here (NaN).
+ */
+export async function runRemoteSuite(
+  remote: RemoteModel,
+  name: string,
+  prompts: SuitePrompt[],
+  o: SuiteOptions,
+): Promise<SuiteModelResult> {
+  const { outcomes } = await answerPrompts(name, prompts, o, (prompt, maxTokens) =>
+    remoteAnswer(remote, prompt, maxTokens),
+  );
+  return suiteResult(remoteModelInfo(remote, name), outcomes, Number.NaN);
 }

@@ -33,6 +33,7 @@ import {
   compileRegex,
   parsePromptFile,
   readSchemaFile,
+  runRemoteSuite,
   runSuite,
   type Expectation,
   type SuiteModelResult,
@@ -191,7 +192,7 @@ function displayName(spec: string): string {
 async function eachModel<T extends object>(
   args: Args,
   bench: (lm: LoadedModel, name: string) => T | Promise<T>,
-  benchRemote?: (remote: RemoteModel, name: string) => Promise<T>,
+  benchRemote: (remote: RemoteModel, name: string) => Promise<T>,
 ): Promise<Outcome<T>[]> {
   const outcomes: Outcome<T>[] = [];
   const pipeline = pipelineFrom(args);
@@ -202,7 +203,6 @@ async function eachModel<T extends object>(
     try {
       const remote = remoteModel(spec);
       if (remote) {
-        if (!benchRemote) throw new Error("it is a remote model: this mode measures local models only");
         outcomes.push(await benchRemote(remote, name));
         continue;
       }
@@ -337,8 +337,11 @@ async function suiteMode(args: Args, output: Output, plot: string | undefined): 
   }
   if (args["expect-schema"] !== undefined) defaults.schema = readSchemaFile(String(args["expect-schema"]));
   const prompts = parsePromptFile(String(args.prompts), defaults);
-  const outcomes = await eachModel(args, (lm, name) =>
-    runSuite(lm, name, prompts, { maxTokens, onProgress: progress }),
+  const options = { maxTokens, onProgress: progress };
+  const outcomes = await eachModel(
+    args,
+    (lm, name) => runSuite(lm, name, prompts, options),
+    (remote, name) => runRemoteSuite(remote, name, prompts, options),
   );
   if (outcomes.length > 0)
     emit(
