@@ -98,6 +98,55 @@ describe("mlx bench -m remote -m local", () => {
   }, 60_000);
 });
 
+describe("mlx bench: flags of a model loaded here, with a remote model", () => {
+  test("a remote model alone refuses them, as run and chat do", async () => {
+    for (const flags of [["--kv-bits", "8"], ["--max-kv-size", "64"], ["--prompt-lookup"]]) {
+      const r = await mlx(["bench", "-m", "far", ...flags, "-p", "16", "-g", "0", "-n", "1"]);
+      expect(r.code).toBe(1);
+      expect(r.stdout).toBe("");
+      expect(r.stderr.trim()).toBe(
+        `error: ${flags[0]} is for a model loaded here; 'far' is served by a remote provider (models.toml)`,
+      );
+    }
+    const suite = join(home, "one-prompt.txt");
+    writeFileSync(suite, "Say hi.\n");
+    const r = await mlx(["bench", "--prompts", suite, "-m", "far", "--kv-bits", "8", "--max-tokens", "2"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim()).toMatch(/^error: --kv-bits is for a model loaded here; 'far' is served/);
+  }, 60_000);
+
+  test("beside a local model they apply to it, and one line on stderr names the remote model they skip", async () => {
+    const r = await mlx([
+      "bench",
+      "-m",
+      "far",
+      "-m",
+      model,
+      "--max-kv-size",
+      "64",
+      "--prompt-lookup",
+      "-p",
+      "16",
+      "-g",
+      "4",
+      "-n",
+      "1",
+      "--json",
+    ]);
+    expect(r.stderr).not.toMatch(/error/);
+    expect(r.code).toBe(0);
+    const warnings = r.stderr.split("\n").filter((line) => line.startsWith("warning:"));
+    expect(warnings).toEqual([
+      "warning: --max-kv-size, --prompt-lookup apply to the models loaded here, not to 'far' (served by a remote provider)",
+    ]);
+    const [far, local] = JSON.parse(r.stdout).models;
+    // The local row speculated; the remote row does not claim drafts it never made.
+    expect(local.speculation.method).toBe("prompt-lookup");
+    expect(far.speculation).toBeUndefined();
+    expect(far.generation_tokens_per_second.mean).toBeGreaterThan(0);
+  }, 60_000);
+});
+
 describe("mlx bench --url", () => {
   test("model-mode flags (-p, -g, -d, -n) are refused rather than ignored", async () => {
     const r = await mlx(["bench", "--url", server.url, "-m", model, "-p", "64", "-g", "8", "--requests", "1"]);
@@ -222,6 +271,7 @@ describe("mlx bench --url", () => {
       "2",
       "--json",
     ]);
+    expect(r.stderr).not.toMatch(/error/);
     expect(r.code).toBe(0);
     expect(JSON.parse(r.stdout).endpoint).toBe("/v1/chat/completions");
   }, 60_000);

@@ -49,10 +49,12 @@ import {
   kvQuantizationFlags,
   kvQuantizationFrom,
   list,
+  localModelFlags,
   maxKvSizeFrom,
   numberFlag,
   pipelineFrom,
   positiveInteger,
+  refuseLocalModelFlags,
   speculationArgs,
   speculationFlags,
   speculationFrom,
@@ -196,12 +198,13 @@ async function eachModel<T extends object>(
 ): Promise<Outcome<T>[]> {
   const outcomes: Outcome<T>[] = [];
   const pipeline = pipelineFrom(args);
-  if (pipeline && modelSpecs(args).length > 1)
+  const models = modelSpecs(args).map((m) => ({ ...m, remote: remoteModel(m.spec) }));
+  if (pipeline && models.length > 1)
     throw new Error("a model split across processes is benchmarked alone: give one -m");
-  for (const { spec, name } of modelSpecs(args)) {
+  tellLocalModelFlags(args, models);
+  for (const { spec, name, remote } of models) {
     let lm: LoadedModel | undefined;
     try {
-      const remote = remoteModel(spec);
       if (remote) {
         outcomes.push(await benchRemote(remote, name));
         continue;
@@ -226,6 +229,22 @@ async function eachModel<T extends object>(
     }
   }
   return outcomes;
+}
+
+/**
+ * The flags of a model loaded here (--kv-bits, --adapter, --draft-model, ...), which a remote
+ * model does not take: refused when every model is remote, as run and chat refuse them; in a
+ * comparison with local models they apply to those, and one line says which they skip.
+ */
+function tellLocalModelFlags(args: Args, models: { spec: string | undefined; name: string; remote?: RemoteModel }[]) {
+  const flags = localModelFlags(args);
+  const remotes = models.filter((m) => m.remote);
+  if (flags.length === 0 || remotes.length === 0) return;
+  if (remotes.length === models.length) refuseLocalModelFlags(args, remotes[0]!.name);
+  const names = remotes.map((m) => `'${m.name}'`).join(", ");
+  process.stderr.write(
+    `warning: ${flags.join(", ")} ${flags.length === 1 ? "applies" : "apply"} to the models loaded here, not to ${names} (served by a remote provider)\n`,
+  );
 }
 
 function emit(output: Output, asJson: () => unknown, asCsv: () => string, asTable: () => string): void {

@@ -59,9 +59,12 @@ const LOCAL_MODEL_FLAGS = [
   "num-draft",
 ];
 
+/** Which flags of LOCAL_MODEL_FLAGS were given, as written. */
+export const localModelFlags = (args: Record<string, unknown>): string[] => givenFlags(args, LOCAL_MODEL_FLAGS);
+
 /** Refuses a flag of LOCAL_MODEL_FLAGS given for `model`, served by a remote provider (else it is ignored without a word). */
 export function refuseLocalModelFlags(args: Record<string, unknown>, model: string | undefined): void {
-  const [given] = givenFlags(args, LOCAL_MODEL_FLAGS);
+  const [given] = localModelFlags(args);
   if (given)
     throw new Error(`${given} is for a model loaded here; '${model}' is served by a remote provider (models.toml)`);
 }
