@@ -165,6 +165,31 @@ describe("mlx bench: model mode", () => {
     expect(ended).toBe(130);
   }, 60_000);
 
+  test("Ctrl-C while the second model is measured: the first model's row is printed, the run is said stopped, exit 130", async () => {
+    const second = join(root, "tiny-second");
+    writeTinyModel(second, { contextLength: 256, seed: 2 });
+    expect((await run(["pull", second])).code).toBe(0);
+    const interruptSecond = async (output: string[]) => {
+      const proc = startBench(["-m", tinyQ, "-m", "tiny-second", "-n", "100", ...fast, ...output]);
+      const marker = join(root, "home", "in-use", "tiny-second", String(proc.pid));
+      // The second model marks itself in use once the first is measured: it has 100 runs ahead.
+      await interruptWhileInUse(proc, marker);
+      return { stdout: await new Response(proc.stdout).text(), stderr: await new Response(proc.stderr).text() };
+    };
+    const asJson = await interruptSecond(["--json"]);
+    expect(asJson.stderr).toMatch(
+      /stopped \(Ctrl-C\) while measuring 'tiny-second': the models that finished are reported/,
+    );
+    const report = JSON.parse(asJson.stdout);
+    expect(report.models.map((m: { model: string }) => m.model)).toEqual(["tiny-q4"]);
+    expect(report.models[0].prompt_tokens_per_second.samples).toHaveLength(100);
+    expect(report.errors).toEqual([]); // the model in progress is neither measured nor failed
+    const asTable = await interruptSecond([]);
+    expect(asTable.stdout).toMatch(/^\| model /);
+    expect(asTable.stdout).toMatch(/\n\| tiny-q4 /);
+    expect(asTable.stdout).not.toMatch(/tiny-second/);
+  }, 120_000);
+
   test("--plot writes a well-formed SVG with one bar and one error bar per model and test", async () => {
     const svg = join(root, "models.svg");
     const r = await mlx(["-m", tiny, "-m", tinyQ, "-n", "2", ...fast, "--plot", svg]);

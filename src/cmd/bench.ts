@@ -190,43 +190,62 @@ function displayName(spec: string): string {
 /**
  * Loads and benchmarks each model in turn (one in memory at a time). A model that fails is
  * reported on stderr right away, and the others still run. Outcomes in command-line order.
+ * Ctrl-C reports the models that finished (`report`), not the one in progress, and exits 130.
  */
 async function eachModel<T extends object>(
   args: Args,
   bench: (lm: LoadedModel, name: string) => T | Promise<T>,
   benchRemote: (remote: RemoteModel, name: string) => Promise<T>,
+  report: (outcomes: Outcome<T>[]) => void,
 ): Promise<Outcome<T>[]> {
   const outcomes: Outcome<T>[] = [];
+  let current = "";
+  const interrupted = () => {
+    const finished = outcomes.length > 0 ? "the models that finished are reported" : "no model finished";
+    process.stderr.write(`stopped (Ctrl-C) while measuring '${current}': ${finished}\n`);
+    try {
+      if (outcomes.length > 0) report(outcomes);
+    } catch (error) {
+      process.stderr.write(`error: ${error instanceof Error ? error.message : String(error)}\n`);
+    }
+    process.exit(130);
+  };
   const pipeline = pipelineFrom(args);
   const models = modelSpecs(args).map((m) => ({ ...m, remote: remoteModel(m.spec) }));
   if (pipeline && models.length > 1)
     throw new Error("a model split across processes is benchmarked alone: give one -m");
   tellLocalModelFlags(args, models);
-  for (const { spec, name, remote } of models) {
-    let lm: LoadedModel | undefined;
-    try {
-      if (remote) {
-        outcomes.push(await benchRemote(remote, name));
-        continue;
+  process.on("SIGINT", interrupted);
+  try {
+    for (const { spec, name, remote } of models) {
+      current = name;
+      let lm: LoadedModel | undefined;
+      try {
+        if (remote) {
+          outcomes.push(await benchRemote(remote, name));
+          continue;
+        }
+        progress(`${name}: loading`);
+        lm = await openModel(spec, {
+          kvQuantization: kvQuantizationFrom(args, spec),
+          maxKvSize: maxKvSizeFrom(args, spec),
+          adapter: adapterFrom(args, spec),
+          speculation: speculationFrom(args, spec),
+          pipeline,
+        });
+        outcomes.push(await bench(lm, name));
+      } catch (error) {
+        const message = (error instanceof Error ? error.message : String(error)).split("\n")[0]!;
+        outcomes.push({ model: name, error: message });
+        process.stderr.write(`error: model '${spec ?? name}' failed: ${message}\n`);
+        if (args.verbose && error instanceof Error && error.stack) process.stderr.write(`${error.stack}\n`);
+      } finally {
+        lm?.free();
+        clearMemoryCache();
       }
-      progress(`${name}: loading`);
-      lm = await openModel(spec, {
-        kvQuantization: kvQuantizationFrom(args, spec),
-        maxKvSize: maxKvSizeFrom(args, spec),
-        adapter: adapterFrom(args, spec),
-        speculation: speculationFrom(args, spec),
-        pipeline,
-      });
-      outcomes.push(await bench(lm, name));
-    } catch (error) {
-      const message = (error instanceof Error ? error.message : String(error)).split("\n")[0]!;
-      outcomes.push({ model: name, error: message });
-      process.stderr.write(`error: model '${spec ?? name}' failed: ${message}\n`);
-      if (args.verbose && error instanceof Error && error.stack) process.stderr.write(`${error.stack}\n`);
-    } finally {
-      lm?.free();
-      clearMemoryCache();
     }
+  } finally {
+    process.off("SIGINT", interrupted);
   }
   return outcomes;
 }
@@ -299,21 +318,24 @@ async function modelMode(args: Args, output: Output, plot: string | undefined): 
   const depth = numberFlag("depth", args.depth ?? "0", { whole: true, zero: true });
   if (depth > 0 && genTokens === 0) throw new Error("--depth sets the generation test's context: give -g too");
   const options = { repetitions, promptTokens, genTokens, depth, onProgress: progress };
-  const outcomes = await eachModel(
-    args,
-    (lm, name) => benchLoadedModel(lm, name, options),
-    (remote, name) => benchRemoteModel(remote, name, options),
-  );
-  if (outcomes.length > 0)
+  const report = (outcomes: Outcome<ModelBenchResult>[]) => {
     emit(
       output,
       () => modelJson(outcomes),
       () => modelCsv(outcomes),
       () => modelTable(outcomes, options),
     );
-  const results = succeeded(outcomes);
-  if (plot && results.length > 0) writePlot(plot, modelPlot(results));
-  return results.length < outcomes.length;
+    const results = succeeded(outcomes);
+    if (plot && results.length > 0) writePlot(plot, modelPlot(results));
+  };
+  const outcomes = await eachModel(
+    args,
+    (lm, name) => benchLoadedModel(lm, name, options),
+    (remote, name) => benchRemoteModel(remote, name, options),
+    report,
+  );
+  if (outcomes.length > 0) report(outcomes);
+  return succeeded(outcomes).length < outcomes.length;
 }
 
 function modelPlot(results: ModelBenchResult[]): string {
@@ -357,21 +379,24 @@ async function suiteMode(args: Args, output: Output, plot: string | undefined): 
   if (args["expect-schema"] !== undefined) defaults.schema = readSchemaFile(String(args["expect-schema"]));
   const prompts = parsePromptFile(String(args.prompts), defaults);
   const options = { maxTokens, onProgress: progress };
-  const outcomes = await eachModel(
-    args,
-    (lm, name) => runSuite(lm, name, prompts, options),
-    (remote, name) => runRemoteSuite(remote, name, prompts, options),
-  );
-  if (outcomes.length > 0)
+  const report = (outcomes: Outcome<SuiteModelResult>[]) => {
     emit(
       output,
       () => suiteJson(outcomes, prompts),
       () => suiteCsv(outcomes, prompts),
       () => suiteTables(outcomes, prompts),
     );
-  const results = succeeded(outcomes);
-  if (plot && results.length > 0) writePlot(plot, suitePlot(results, prompts));
-  return results.length < outcomes.length;
+    const results = succeeded(outcomes);
+    if (plot && results.length > 0) writePlot(plot, suitePlot(results, prompts));
+  };
+  const outcomes = await eachModel(
+    args,
+    (lm, name) => runSuite(lm, name, prompts, options),
+    (remote, name) => runRemoteSuite(remote, name, prompts, options),
+    report,
+  );
+  if (outcomes.length > 0) report(outcomes);
+  return succeeded(outcomes).length < outcomes.length;
 }
 
 function suitePlot(results: SuiteModelResult[], prompts: SuitePrompt[]): string {
