@@ -252,7 +252,7 @@ describe("mlx bench: model mode", () => {
     );
     oneLineError(
       await mlx(["--url", "http://127.0.0.1:9", "--prompt-lookup"]),
-      /a server speculates as it was started/,
+      /--prompt-lookup: not used by server mode \(--url\): a server runs its model as it was started/,
     );
   }, 60_000);
 

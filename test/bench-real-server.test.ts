@@ -155,6 +155,17 @@ describe("mlx bench --url", () => {
     expect(r.stdout).toBe("");
   }, 60_000);
 
+  test("the flags of a model loaded here, or split across processes, are refused rather than ignored", async () => {
+    for (const flags of [["--kv-bits", "8"], ["--max-kv-size", "64"], ["--adapter", home], ["--tensor-parallel"]]) {
+      const r = await mlx(["bench", "--url", server.url, "--concurrency", "1", "--requests", "1", ...flags]);
+      expect(r.code).toBe(1);
+      expect(r.stdout).toBe("");
+      expect(r.stderr.trim()).toBe(
+        `error: ${flags[0]}: not used by server mode (--url): a server runs its model as it was started`,
+      );
+    }
+  }, 30_000);
+
   test("no request is answered from the server's prefix cache: each prefills its whole prompt", async () => {
     // A server of its own, so that its counters hold this bench's requests only.
     const fresh = serve({ defaultModel: model });

@@ -49,9 +49,10 @@ import {
   kvQuantizationFlags,
   kvQuantizationFrom,
   list,
-  localModelFlags,
+  LOCAL_MODEL_FLAGS,
   maxKvSizeFrom,
   numberFlag,
+  PIPELINE_FLAGS,
   pipelineFrom,
   positiveInteger,
   refuseLocalModelFlags,
@@ -146,10 +147,6 @@ export default defineCommand({
       // The flags' combinations, checked before any model loads.
       speculationFlags(args);
       kvQuantizationFlags(args);
-      if (args.url !== undefined && (args["draft-model"] !== undefined || args["prompt-lookup"]))
-        throw new Error(
-          "--draft-model and --prompt-lookup measure local models; a server speculates as it was started",
-        );
       let failed = false;
       if (args.url !== undefined) failed = await serverMode(args, output, plot);
       else if (args.prompts !== undefined) failed = await suiteMode(args, output, plot);
@@ -256,7 +253,7 @@ async function eachModel<T extends object>(
  * comparison with local models they apply to those, and one line says which they skip.
  */
 function tellLocalModelFlags(args: Args, models: { spec: string | undefined; name: string; remote?: RemoteModel }[]) {
-  const flags = localModelFlags(args);
+  const flags = givenFlags(args, LOCAL_MODEL_FLAGS);
   const remotes = models.filter((m) => m.remote);
   if (flags.length === 0 || remotes.length === 0) return;
   if (remotes.length === models.length) refuseLocalModelFlags(args, remotes[0]!.name);
@@ -431,6 +428,12 @@ async function serverMode(args: Args, output: Output, plot: string | undefined):
   const models = list(args.model);
   if (models.length > 1) throw new Error("server mode takes one --model (the name the server knows it by)");
   refuseFlags(args, [...modelTestFlags, ...expectationFlags], "server mode (--url)");
+  // A server's KV cache, adapter, speculation and split are those it was started with.
+  refuseFlags(
+    args,
+    [...LOCAL_MODEL_FLAGS, ...PIPELINE_FLAGS],
+    "server mode (--url): a server runs its model as it was started",
+  );
   const concurrency = String(args.concurrency ?? "1,2,4,8,16")
     .split(",")
     .map((s) => s.trim())

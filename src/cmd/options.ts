@@ -48,7 +48,7 @@ export function adapterFrom(args: Record<string, unknown>, spec: string | undefi
 }
 
 /** Flags about a loaded model's weights, KV cache or drafting: a remote model has none of these here. */
-const LOCAL_MODEL_FLAGS = [
+export const LOCAL_MODEL_FLAGS = [
   "adapter",
   "kv-bits",
   "kv-group-size",
@@ -59,12 +59,9 @@ const LOCAL_MODEL_FLAGS = [
   "num-draft",
 ];
 
-/** Which flags of LOCAL_MODEL_FLAGS were given, as written. */
-export const localModelFlags = (args: Record<string, unknown>): string[] => givenFlags(args, LOCAL_MODEL_FLAGS);
-
 /** Refuses a flag of LOCAL_MODEL_FLAGS given for `model`, served by a remote provider (else it is ignored without a word). */
 export function refuseLocalModelFlags(args: Record<string, unknown>, model: string | undefined): void {
-  const [given] = localModelFlags(args);
+  const [given] = givenFlags(args, LOCAL_MODEL_FLAGS);
   if (given)
     throw new Error(`${given} is for a model loaded here; '${model}' is served by a remote provider (models.toml)`);
 }
@@ -359,6 +356,9 @@ export const distributedArgs = {
       "Decode groups rank 0 keeps in flight round the ranks, so they compute at once (default: one per rank)",
   },
 } as const satisfies ArgsDef;
+
+/** The flags that split a model across processes (--peer-timeout, which has a default, aside). */
+export const PIPELINE_FLAGS = ["hostfile", "rank", "layers", "tensor-parallel", "micro-batches"];
 
 /**
  * The longest --peer-timeout: the watchdog's native thread and the timers take milliseconds as a
