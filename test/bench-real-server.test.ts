@@ -8,6 +8,7 @@ import OpenAI from "openai";
 import { prose } from "../src/bench/model";
 import type { RunningServer } from "../src/server/app";
 import { cliRunner } from "./helpers/cli";
+import { wellFormed } from "./helpers/svg";
 import { serve, tinyModel } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
 
@@ -48,6 +49,32 @@ describe("mlx bench -m remote -m local", () => {
     expect(Number(counted?.[1])).toBeGreaterThan(16);
     // The local model ran exactly what was asked: a plain measurement.
     expect(rowOf(r.stdout, "tiny")[pp]).toMatch(/^\d+\.\d+ ± \d+\.\d+$/);
+  }, 60_000);
+
+  test("--plot: the panels are the tests asked for, not the prompt tokens a remote model's provider counted", async () => {
+    const plot = join(home, "speed.svg");
+    const r = await mlx([
+      "bench",
+      "-m",
+      "far",
+      "-m",
+      model,
+      "-p",
+      "16",
+      "-g",
+      "4",
+      "-d",
+      "8",
+      "-n",
+      "1",
+      "--plot",
+      plot,
+    ]);
+    expect(r.code).toBe(0);
+    const svg = readFileSync(plot, "utf8");
+    expect(wellFormed(svg)).toBe(true);
+    const titles = [...svg.matchAll(/font-size="15"[^>]*>([^<]*)</g)].map((m) => m[1]);
+    expect(titles).toEqual(["Prompt processing (16-token prompt)", "Generation (4 tokens after 8 of context)"]);
   }, 60_000);
 
   test("--json: a remote model's size and memory, unseen from here, are null, not 0 bytes", async () => {

@@ -26,6 +26,7 @@ import {
   suiteJson,
   suiteTables,
   succeeded,
+  type ModelTests,
   type Outcome,
 } from "../bench/report";
 import { benchServer, endpointPath, type ServerBenchResult } from "../bench/server";
@@ -323,7 +324,7 @@ async function modelMode(args: Args, output: Output, plot: string | undefined): 
       () => modelTable(outcomes, options),
     );
     const results = succeeded(outcomes);
-    if (plot && results.length > 0) writePlot(plot, modelPlot(results));
+    if (plot && results.length > 0) writePlot(plot, modelPlot(results, options));
   };
   const outcomes = await eachModel(
     args,
@@ -335,12 +336,12 @@ async function modelMode(args: Args, output: Output, plot: string | undefined): 
   return succeeded(outcomes).length < outcomes.length;
 }
 
-function modelPlot(results: ModelBenchResult[]): string {
-  const r0 = results[0]!;
+/** The panels of the tests asked for (`t`), as the table's headers: a remote row's counts are its provider's. */
+function modelPlot(results: ModelBenchResult[], t: ModelTests): string {
   const panels = [];
-  if (r0.promptTokens > 0)
+  if (t.promptTokens > 0)
     panels.push({
-      title: `Prompt processing (${r0.promptTokens}-token prompt)`,
+      title: `Prompt processing (${t.promptTokens}-token prompt)`,
       yLabel: "tokens/s",
       bars: results.map((r) => ({
         label: r.model,
@@ -348,9 +349,9 @@ function modelPlot(results: ModelBenchResult[]): string {
         sd: r.promptTokensPerSecond.sd,
       })),
     });
-  if (r0.genTokens > 0)
+  if (t.genTokens > 0)
     panels.push({
-      title: `Generation (${r0.genTokens} tokens${r0.depth > 0 ? ` after ${r0.depth} of context` : ""})`,
+      title: `Generation (${t.genTokens} tokens${t.depth > 0 ? ` after ${t.depth} of context` : ""})`,
       yLabel: "tokens/s",
       bars: results.map((r) => ({
         label: r.model,
@@ -360,7 +361,7 @@ function modelPlot(results: ModelBenchResult[]): string {
     });
   return barChart(
     "mlx bench: tokens per second",
-    `mean ± standard deviation of ${r0.repetitions} runs · higher is better · ${new Date().toISOString().slice(0, 10)}`,
+    `mean ± standard deviation of ${t.repetitions} runs · higher is better · ${new Date().toISOString().slice(0, 10)}`,
     panels,
   );
 }
