@@ -60,6 +60,14 @@ beforeAll(() => {
       seenPrompts.push(body.messages.at(-1)!.content);
       if (body.messages[0]!.content.includes("FAIL"))
         return Response.json({ error: { message: "asked to fail" } }, { status: 500 });
+      // A server that stops mid-answer: two tokens, then the stream closes, without a finish_reason or [DONE].
+      if (body.messages[0]!.content.includes("CUT SHORT"))
+        return new Response(
+          [" tok0", " tok1"]
+            .map((content) => `data: ${JSON.stringify({ choices: [{ index: 0, delta: { content } }] })}\n\n`)
+            .join(""),
+          { headers: { "content-type": "text/event-stream" } },
+        );
       const n = Math.min(TOKENS, body.max_tokens);
       const encoder = new TextEncoder();
       const chunk = (o: unknown) => encoder.encode(`data: ${JSON.stringify(o)}\n\n`);
@@ -171,6 +179,19 @@ describe("mlx bench --url", () => {
     expect(table.stdout.split("\n")[0]).toStartWith(`${shown} · model fake-model`);
     for (const text of [table.stdout, table.stderr, json.stdout, json.stderr, readFileSync(svg, "utf8")])
       expect(text).not.toContain("s3cret");
+  }, 20_000);
+
+  test("a stream cut short (no finish_reason, no [DONE]) is a failed request, not a completed one", async () => {
+    const prompts = join(root, "cut-prompts.txt");
+    writeFileSync(prompts, "hello there\nplease stop CUT SHORT\n");
+    const r = await mlx(["--url", base, "--concurrency", "1", "--requests", "4", "--prompts", prompts, "--json"]);
+    expect(r.code).toBe(0);
+    const [level] = JSON.parse(r.stdout).levels;
+    expect(level).toMatchObject({ completed: 2, failed: 2, output_tokens: 2 * TOKENS });
+    expect(level.errors).toEqual(["the stream ended before the answer did (no finish_reason, no [DONE])"]);
+    expect(r.stderr).toContain(
+      "warning: concurrency 1: 2 of 4 requests failed (the stream ended before the answer did",
+    );
   }, 20_000);
 
   test("--csv: one row per concurrency level", async () => {

@@ -178,6 +178,8 @@ export async function timedRequest(target: RequestTarget, prompt: string, maxTok
   const start = performance.now();
   const chunkTimes: number[] = [];
   let usageTokens: number | undefined;
+  /** The answer's end was said: a finish_reason, or [DONE]. */
+  let finished = false;
   const failed = (error: string): RequestRecord => ({
     ok: false,
     error,
@@ -207,11 +209,18 @@ export async function timedRequest(target: RequestTarget, prompt: string, maxTok
       );
     }
     for await (const data of sseEvents(response.body)) {
-      if (data.trim() === "[DONE]") break;
+      if (data.trim() === "[DONE]") {
+        finished = true;
+        break;
+      }
       let event: {
         error?: unknown;
         usage?: { completion_tokens?: number };
-        choices?: { delta?: { content?: string; reasoning_content?: string; reasoning?: string }; text?: string }[];
+        choices?: {
+          delta?: { content?: string; reasoning_content?: string; reasoning?: string };
+          text?: string;
+          finish_reason?: string | null;
+        }[];
       };
       try {
         event = JSON.parse(data);
@@ -221,6 +230,7 @@ export async function timedRequest(target: RequestTarget, prompt: string, maxTok
       if (event.error) return failed(`the server sent an error: ${oneLine(errorBodyMessage(data), 300)}`);
       if (typeof event.usage?.completion_tokens === "number") usageTokens = event.usage.completion_tokens;
       const choice = event.choices?.[0];
+      if (choice?.finish_reason) finished = true;
       // Reasoning is output too: `reasoning_content` (vLLM, llama.cpp, mlx serve) or `reasoning`
       // (Ollama, next to an empty `content`, hence || rather than ??).
       const delta = choice?.delta;
@@ -232,6 +242,9 @@ export async function timedRequest(target: RequestTarget, prompt: string, maxTok
   }
   const end = performance.now();
   if (chunkTimes.length === 0) return failed("the stream ended without any content");
+  // A server that stopped mid-answer (it crashed, a proxy cut the connection) sent neither: its
+  // answer, cut short, is no completed request (its tokens would count, its latency look short).
+  if (!finished) return failed("the stream ended before the answer did (no finish_reason, no [DONE])");
   const itl = chunkTimes.slice(1).map((t, i) => t - chunkTimes[i]!);
   return {
     ok: true,
