@@ -38,6 +38,8 @@ let maxInFlight = 0;
 const seenModels = new Set<string>();
 const seenPrompts: string[] = [];
 const seenAuthorizations = new Set<string>();
+let stallingRequests = 0;
+let stalled = () => {};
 
 beforeAll(() => {
   server = Bun.serve({
@@ -56,6 +58,11 @@ beforeAll(() => {
         messages: { content: string }[];
       };
       seenModels.add(body.model);
+      // A server that stops answering after its first four requests (the warm-up and a level of three).
+      if (body.model === "stalls" && ++stallingRequests > 4) {
+        stalled();
+        return new Promise<Response>(() => {});
+      }
       seenAuthorizations.add(req.headers.get("authorization") ?? "");
       seenPrompts.push(body.messages.at(-1)!.content);
       if (body.messages[0]!.content.includes("FAIL"))
@@ -192,6 +199,28 @@ describe("mlx bench --url", () => {
     expect(r.stderr).toContain(
       "warning: concurrency 1: 2 of 4 requests failed (the stream ended before the answer did",
     );
+  }, 20_000);
+
+  test("Ctrl-C during a concurrency level: the levels that finished are printed, the run is said stopped, exit 130", async () => {
+    const stalledNow = new Promise<void>((resolve) => {
+      stalled = resolve;
+    });
+    const args = ["--url", base, "-m", "stalls", "--concurrency", "1,2", "--requests", "3", "--json"];
+    const proc = Bun.spawn([process.execPath, main, "bench", ...args], { stdout: "pipe", stderr: "pipe", env });
+    await stalledNow; // the second level's first request: the server no longer answers
+    proc.kill("SIGINT");
+    const [stdout, stderr, code] = await Promise.all([
+      new Response(proc.stdout).text(),
+      new Response(proc.stderr).text(),
+      proc.exited,
+    ]);
+    expect(code).toBe(130);
+    expect(stderr).toContain(
+      "stopped (Ctrl-C) during concurrency 2: the concurrency levels that finished are reported",
+    );
+    const { levels } = JSON.parse(stdout);
+    expect(levels).toHaveLength(1);
+    expect(levels[0]).toMatchObject({ concurrency: 1, requests: 3, completed: 3, failed: 0 });
   }, 20_000);
 
   test("--csv: one row per concurrency level", async () => {

@@ -23,6 +23,8 @@ export interface ServerBenchOptions {
   /** Sent as a bearer token, to a server that requires a key (mlx serve --api-key, vLLM --api-key). */
   apiKey?: string;
   onProgress?: (message: string) => void;
+  /** As each concurrency level starts: its level, and the result of the levels before it (none before the first). */
+  onLevel?: (concurrency: number, finished: ServerBenchResult | undefined) => void;
 }
 
 export interface RequestRecord {
@@ -303,7 +305,15 @@ export async function benchServer(o: ServerBenchOptions): Promise<ServerBenchRes
   say(`${shownBase(base)}: model ${model}; warm-up request`);
   const target = await warmUp({ base, model, endpoint: "chat", timeoutSeconds: o.timeoutSeconds, apiKey: o.apiKey }, o);
   const levels: LevelResult[] = [];
+  const result = (): ServerBenchResult => ({
+    url: shownBase(base),
+    model,
+    endpoint: target.endpoint,
+    maxTokens: o.maxTokens,
+    levels: [...levels],
+  });
   for (const concurrency of o.concurrency) {
+    o.onLevel?.(concurrency, levels.length > 0 ? result() : undefined);
     const records: RequestRecord[] = [];
     let next = 0;
     const started = performance.now();
@@ -321,5 +331,5 @@ export async function benchServer(o: ServerBenchOptions): Promise<ServerBenchRes
       `concurrency ${concurrency}: ${level.completed}/${level.requests} completed in ${level.durationSeconds.toFixed(2)} s, ${level.outputTokensPerSecond.toFixed(1)} output tokens/s${level.errors.length ? `; errors: ${level.errors.join("; ")}` : ""}`,
     );
   }
-  return { url: shownBase(base), model, endpoint: target.endpoint, maxTokens: o.maxTokens, levels };
+  return result();
 }

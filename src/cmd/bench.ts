@@ -198,23 +198,16 @@ async function eachModel<T extends object>(
 ): Promise<Outcome<T>[]> {
   const outcomes: Outcome<T>[] = [];
   let current = "";
-  const interrupted = () => {
-    const finished = outcomes.length > 0 ? "the models that finished are reported" : "no model finished";
-    process.stderr.write(`stopped (Ctrl-C) while measuring '${current}': ${finished}\n`);
-    try {
-      if (outcomes.length > 0) report(outcomes);
-    } catch (error) {
-      process.stderr.write(`error: ${error instanceof Error ? error.message : String(error)}\n`);
-    }
-    process.exit(130);
+  const stop = () => {
+    if (outcomes.length > 0) report(outcomes);
+    return `while measuring '${current}': ${outcomes.length > 0 ? "the models that finished are reported" : "no model finished"}`;
   };
   const pipeline = pipelineFrom(args);
   const models = modelSpecs(args).map((m) => ({ ...m, remote: remoteModel(m.spec) }));
   if (pipeline && models.length > 1)
     throw new Error("a model split across processes is benchmarked alone: give one -m");
   tellLocalModelFlags(args, models);
-  process.on("SIGINT", interrupted);
-  try {
+  await reportingOnInterrupt(stop, async () => {
     for (const { spec, name, remote } of models) {
       current = name;
       let lm: LoadedModel | undefined;
@@ -242,10 +235,30 @@ async function eachModel<T extends object>(
         clearMemoryCache();
       }
     }
+  });
+  return outcomes;
+}
+
+/**
+ * Runs `work`; a Ctrl-C meanwhile reports what had finished (`stop`, which says what was in
+ * progress), says that the run was stopped, and exits 130: the user keeps what was measured.
+ */
+async function reportingOnInterrupt<R>(stop: () => string, work: () => Promise<R>): Promise<R> {
+  const interrupted = () => {
+    try {
+      process.stderr.write(`stopped (Ctrl-C) ${stop()}\n`);
+    } catch (error) {
+      // The report itself failed (a plot that cannot be written): said, and the run still stops.
+      process.stderr.write(`error: ${error instanceof Error ? error.message : String(error)}\nstopped (Ctrl-C)\n`);
+    }
+    process.exit(130);
+  };
+  process.on("SIGINT", interrupted);
+  try {
+    return await work();
   } finally {
     process.off("SIGINT", interrupted);
   }
-  return outcomes;
 }
 
 /**
@@ -446,24 +459,39 @@ async function serverMode(args: Args, output: Output, plot: string | undefined):
   const timeoutSeconds = positiveInteger("timeout", args.timeout ?? "600");
   const prompts =
     args.prompts === undefined ? defaultServerPrompts : parsePromptFile(String(args.prompts)).map((p) => p.prompt);
-  const result = await benchServer({
-    url: String(args.url),
-    concurrency,
-    requests,
-    model: models[0],
-    maxTokens,
-    prompts,
-    timeoutSeconds,
-    apiKey: args["api-key"] === undefined ? process.env.MLX_API_KEY : String(args["api-key"]),
-    onProgress: progress,
-  });
-  emit(
-    output,
-    () => serverJson(result),
-    () => serverCsv(result),
-    () => serverTable(result),
+  const report = (result: ServerBenchResult) => {
+    emit(
+      output,
+      () => serverJson(result),
+      () => serverCsv(result),
+      () => serverTable(result),
+    );
+    if (plot) writePlot(plot, serverPlot(result));
+  };
+  let finished: ServerBenchResult | undefined;
+  let level = "the warm-up";
+  const stop = () => {
+    if (finished) report(finished);
+    return `during ${level}: ${finished ? "the concurrency levels that finished are reported" : "no concurrency level finished"}`;
+  };
+  const result = await reportingOnInterrupt(stop, () =>
+    benchServer({
+      url: String(args.url),
+      concurrency,
+      requests,
+      model: models[0],
+      maxTokens,
+      prompts,
+      timeoutSeconds,
+      apiKey: args["api-key"] === undefined ? process.env.MLX_API_KEY : String(args["api-key"]),
+      onProgress: progress,
+      onLevel: (concurrency, sofar) => {
+        level = `concurrency ${concurrency}`;
+        finished = sofar;
+      },
+    }),
   );
-  if (plot) writePlot(plot, serverPlot(result));
+  report(result);
   // The reasons are otherwise only in --json's errors: a level that completed nothing fails the run.
   for (const l of result.levels.filter((l) => l.failed > 0))
     process.stderr.write(
