@@ -127,7 +127,9 @@ describe("mlx bench -m remote -m local", () => {
 
 describe("mlx bench: flags of a model loaded here, with a remote model", () => {
   test("a remote model alone refuses them, as run and chat do", async () => {
-    for (const flags of [["--kv-bits", "8"], ["--max-kv-size", "64"], ["--prompt-lookup"]]) {
+    const hostfile = join(home, "hosts.json");
+    writeFileSync(hostfile, JSON.stringify([["127.0.0.1:1"], ["127.0.0.1:2"]]));
+    for (const flags of [["--kv-bits", "8"], ["--max-kv-size", "64"], ["--prompt-lookup"], ["--hostfile", hostfile]]) {
       const r = await mlx(["bench", "-m", "far", ...flags, "-p", "16", "-g", "0", "-n", "1"]);
       expect(r.code).toBe(1);
       expect(r.stdout).toBe("");

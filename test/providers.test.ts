@@ -594,6 +594,12 @@ describe("the command line", () => {
       code: 1,
       stderr: refusal("prompt-lookup"),
     });
+    // Nor is a remote model split across processes here: --hostfile was ignored too.
+    expect(await cli(["run", "-m", "rthink", "--hostfile", "hosts.json", "--rank", "0", "Hi"])).toMatchObject({
+      code: 1,
+      stdout: "",
+      stderr: refusal("hostfile"),
+    });
   });
 });
 

@@ -53,7 +53,6 @@ import {
   LOCAL_MODEL_FLAGS,
   maxKvSizeFrom,
   numberFlag,
-  PIPELINE_FLAGS,
   pipelineFrom,
   positiveInteger,
   refuseLocalModelFlags,
@@ -202,11 +201,11 @@ async function eachModel<T extends object>(
     if (outcomes.length > 0) report(outcomes);
     return `while measuring '${current}': ${outcomes.length > 0 ? "the models that finished are reported" : "no model finished"}`;
   };
-  const pipeline = pipelineFrom(args);
   const models = modelSpecs(args).map((m) => ({ ...m, remote: remoteModel(m.spec) }));
+  tellLocalModelFlags(args, models);
+  const pipeline = pipelineFrom(args);
   if (pipeline && models.length > 1)
     throw new Error("a model split across processes is benchmarked alone: give one -m");
-  tellLocalModelFlags(args, models);
   await reportingOnInterrupt(stop, async () => {
     for (const { spec, name, remote } of models) {
       current = name;
@@ -443,11 +442,7 @@ async function serverMode(args: Args, output: Output, plot: string | undefined):
   if (models.length > 1) throw new Error("server mode takes one --model (the name the server knows it by)");
   refuseFlags(args, [...modelTestFlags, ...expectationFlags], "server mode (--url)");
   // A server's KV cache, adapter, speculation and split are those it was started with.
-  refuseFlags(
-    args,
-    [...LOCAL_MODEL_FLAGS, ...PIPELINE_FLAGS],
-    "server mode (--url): a server runs its model as it was started",
-  );
+  refuseFlags(args, LOCAL_MODEL_FLAGS, "server mode (--url): a server runs its model as it was started");
   const concurrency = String(args.concurrency ?? "1,2,4,8,16")
     .split(",")
     .map((s) => s.trim())

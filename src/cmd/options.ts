@@ -47,7 +47,10 @@ export function adapterFrom(args: Record<string, unknown>, spec: string | undefi
   return flag ?? alias;
 }
 
-/** Flags about a loaded model's weights, KV cache or drafting: a remote model has none of these here. */
+/**
+ * Flags about a loaded model's weights, KV cache, drafting or split across processes
+ * (--peer-timeout, which has a default, aside): a remote model has none of these here.
+ */
 export const LOCAL_MODEL_FLAGS = [
   "adapter",
   "kv-bits",
@@ -57,6 +60,11 @@ export const LOCAL_MODEL_FLAGS = [
   "draft-model",
   "prompt-lookup",
   "num-draft",
+  "hostfile",
+  "rank",
+  "layers",
+  "tensor-parallel",
+  "micro-batches",
 ];
 
 /** Refuses a flag of LOCAL_MODEL_FLAGS given for `model`, served by a remote provider (else it is ignored without a word). */
@@ -356,9 +364,6 @@ export const distributedArgs = {
       "Decode groups rank 0 keeps in flight round the ranks, so they compute at once (default: one per rank)",
   },
 } as const satisfies ArgsDef;
-
-/** The flags that split a model across processes (--peer-timeout, which has a default, aside). */
-export const PIPELINE_FLAGS = ["hostfile", "rank", "layers", "tensor-parallel", "micro-batches"];
 
 /**
  * The longest --peer-timeout: the watchdog's native thread and the timers take milliseconds as a
