@@ -4,7 +4,8 @@
 // them it had cached: the tokens it prefilled are reported), and the generation test asks for
 // g tokens greedily, counted by the provider's usage (an end-of-sequence may stop it earlier:
 // no API lets us ignore it); with a depth, after prose of about d tokens (the provider's count
-// is reported), its speed timed from the first token.
+// is reported), its speed timed from the first token. Its answers and what the reports say of
+// it serve the prompt suite too (runRemoteSuite).
 import { streamRemoteCompletion, type RemoteModel } from "../providers";
 import type { CompletionResult } from "../engine/generate";
 import { prose, type ModelBenchOptions, type ModelBenchResult, type ModelInfo } from "./model";
