@@ -402,6 +402,14 @@ describe("mlx bench: prompt suite", () => {
     expect(new Set(bars).size).toBe(1);
   }, 20_000);
 
+  test("every model failed: their rows alone, without a note on figures or an empty table of verdicts", async () => {
+    const prompts = file("all-failed.txt", "Say hi\nSay bye\n");
+    const r = await mlx(["--prompts", prompts, "-m", join(root, "missing-model")]);
+    expect(r.code).toBe(1);
+    expect(r.stdout.trim().split("\n")).toHaveLength(3); // header, rule, the failed row
+    expect(r.stdout).toMatch(/^\| missing-model \| -\s+\| +- \| +failed \|/m);
+  }, 20_000);
+
   test("plain lines with --expect-schema on every prompt, and --csv", async () => {
     const schema = file("any.schema.json", JSON.stringify({}));
     const prompts = file("plain.txt", "first prompt\nsecond prompt\n");

@@ -284,6 +284,8 @@ export function suiteTables(models: Outcome<SuiteModelResult>[], prompts: SuiteP
     ],
     models,
   );
+  // No model answered: no figures to explain, no verdicts to list (as model mode shows its failures alone).
+  if (results.length === 0) return table_;
   const perPrompt = table(
     ["line", "prompt", "expectation", ...results.map((r) => r.model)],
     prompts.map((p, i) => [
