@@ -201,6 +201,17 @@ describe("mlx bench --url", () => {
     );
   }, 20_000);
 
+  test("a prompt file with expectations: its prompts are sent, and one line says the expectations are not checked", async () => {
+    const prompts = join(root, "judged.jsonl");
+    writeFileSync(prompts, `${JSON.stringify({ prompt: "hello there", expect_regex: "tok" })}\nplain prompt\n`);
+    const r = await mlx(["--url", base, "--concurrency", "1", "--requests", "2", "--prompts", prompts, "--json"]);
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout).levels[0].completed).toBe(2);
+    expect(r.stderr.trim()).toBe(
+      `warning: ${prompts}: the expectations of 1 prompt are not checked in server mode (--url), which measures load; the prompt suite (without --url) checks them`,
+    );
+  }, 20_000);
+
   test("Ctrl-C during a concurrency level: the levels that finished are printed, the run is said stopped, exit 130", async () => {
     const stalledNow = new Promise<void>((resolve) => {
       stalled = resolve;
