@@ -402,6 +402,15 @@ describe("mlx bench: prompt suite", () => {
     expect(new Set(bars).size).toBe(1);
   }, 20_000);
 
+  test("a prompt the model cannot answer (longer than its context) is named by its line", async () => {
+    const prompts = file("too-long.txt", `Say hi\n\n${"word ".repeat(400)}\n`);
+    const r = await mlx(["--prompts", prompts, "-m", tiny, "--max-tokens", "2"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(
+      /^error: model '.*tiny' failed: prompt on line 3: the prompt is \d+ tokens, but the model's context is 256 tokens/m,
+    );
+  }, 20_000);
+
   test("every model failed: their rows alone, without a note on figures or an empty table of verdicts", async () => {
     const prompts = file("all-failed.txt", "Say hi\nSay bye\n");
     const r = await mlx(["--prompts", prompts, "-m", join(root, "missing-model")]);

@@ -224,7 +224,15 @@ async function answerPrompts(
   say(`${name}: warm-up`);
   await answer("Hi", Math.min(o.maxTokens, 2));
   for (const [i, p] of prompts.entries()) {
-    const r = await answer(p.prompt, o.maxTokens);
+    let r: CompletionResult;
+    try {
+      r = await answer(p.prompt, o.maxTokens);
+    } catch (error) {
+      // Which of the file's prompts the model could not answer (too long for its context, ...).
+      throw new Error(`prompt on line ${p.line}: ${error instanceof Error ? error.message : String(error)}`, {
+        cause: error,
+      });
+    }
     const check = checkAnswer(r.text, p);
     // The tokens prefilled are those timed (a remote provider may hold the chat template's start
     // in its prefix cache); none counted (a provider that sends no usage) is no sample, not 0 tokens/s.
