@@ -197,11 +197,23 @@ export class Model {
 
   /**
    * The answer to `prompt` as it is written (text pieces, a thinking model's reasoning left
-   * out); the generator's return value is the whole result, reasoning included.
+   * out); the generator's return value is the whole result, reasoning included. A stream left
+   * unfinished and let go of (no `break`, no return()) is cancelled once it is garbage-collected.
    */
-  async *stream(prompt: Prompt, options: GenerateOptions = {}): AsyncGenerator<string, CompletionResult> {
+  stream(prompt: Prompt, options: GenerateOptions = {}): AsyncGenerator<string, CompletionResult> {
+    return cancelledWhenDropped((dropped) => this.#stream(prompt, options, dropped.signal));
+  }
+
+  async *#stream(
+    prompt: Prompt,
+    options: GenerateOptions,
+    dropped: AbortSignal,
+  ): AsyncGenerator<string, CompletionResult> {
     this.#checkOpen();
-    return yield* answerText(streamCompletion(this.#scheduler, spec(this.lm, prompt, options)));
+    const request = spec(this.lm, prompt, options);
+    return yield* answerText(
+      streamCompletion(this.#scheduler, { ...request, signal: eitherSignal(request.signal, dropped) }),
+    );
   }
 
   /** Normalised embeddings of `texts` (pooled final hidden states; see README), optionally cut to `dimensions`. */
@@ -284,10 +296,20 @@ export class Chat {
    * whole result. Overlapping calls answer one after another, in the order they started (a
    * turn reads every turn before it), so a stream left unfinished holds back the next turn.
    * A turn whose signal aborts before it starts ends at once, "cancelled", and asks nothing.
+   * A stream left unfinished and let go of is cancelled once it is garbage-collected, as an
+   * abandoned turn: the next turn goes on from the conversation as it was.
    */
-  async *stream(
+  stream(
     text: string,
     options: Omit<GenerateOptions, "system" | "raw"> = {},
+  ): AsyncGenerator<string, CompletionResult> {
+    return cancelledWhenDropped((dropped) => this.#stream(text, options, dropped));
+  }
+
+  async *#stream(
+    text: string,
+    options: Omit<GenerateOptions, "system" | "raw">,
+    dropped: DroppedStream,
   ): AsyncGenerator<string, CompletionResult> {
     this.#checkOpen();
     if (typeof text !== "string") throw new InvalidParameterError("a chat message must be a string", "text");
@@ -296,6 +318,9 @@ export class Chat {
     const previous = this.#lastTurn;
     let endTurn!: () => void;
     this.#lastTurn = new Promise((resolve) => (endTurn = resolve));
+    const before = this.conversation.messages;
+    // A stream collected unfinished runs no `finally`: its turn is undone and let go of here.
+    dropped.onDropped(undoTurn(this.conversation, before, previous, endTurn));
     try {
       await settledOrAborted(previous, options.signal);
       this.#checkOpen();
@@ -308,7 +333,7 @@ export class Chat {
         stop: stopList(options),
         format: options.format && { format: options.format, param: "format" },
         thinking: { enabled: options.think, budget: options.thinkingBudget, param: "think" },
-        signal: options.signal,
+        signal: eitherSignal(options.signal, dropped.signal),
       });
       return (yield* answerText(turn)).result;
     } finally {
@@ -334,6 +359,71 @@ export class Chat {
     if (this.#closed) throw new ClosedError("the chat is closed (close() was called on it or on its model)");
   }
 }
+
+/**
+ * What a stream learns of its caller letting it go unfinished: `signal` aborts (which cancels its
+ * generation), and what it gave onDropped() runs.
+ */
+interface DroppedStream {
+  readonly signal: AbortSignal;
+  onDropped(undo: () => void): void;
+}
+
+/**
+ * A caller that stops reading a stream without a `break` or return() (it keeps only what it read,
+ * or drops the stream after a few pieces) would leave its generation decoding, unread, up to
+ * maxTokens, in a batch slot other calls wait for: once the stream is collected, it is cancelled.
+ */
+const droppedStreams = new FinalizationRegistry<() => void>((cancel) => cancel());
+
+/** The stream `start` makes, cancelled if it is collected before it ends. */
+function cancelledWhenDropped<R>(
+  start: (dropped: DroppedStream) => AsyncGenerator<string, R>,
+): AsyncGenerator<string, R> {
+  const controller = new AbortController();
+  const undos: (() => void)[] = [];
+  const registration = {};
+  async function* tracked(): AsyncGenerator<string, R> {
+    try {
+      return yield* start({ signal: controller.signal, onDropped: (undo) => undos.push(undo) });
+    } finally {
+      // Ended (read to the end, left with `break`, failed): its turn is over, nothing to undo.
+      droppedStreams.unregister(registration);
+    }
+  }
+  const stream = tracked();
+  // What runs must not hold on to `stream` itself, which it would then keep from being collected.
+  droppedStreams.register(
+    stream,
+    () => {
+      controller.abort();
+      for (const undo of undos) undo();
+    },
+    registration,
+  );
+  return stream;
+}
+
+/**
+ * Undoes a turn whose stream was let go of: the question it left unanswered goes, and the next
+ * turn may start once the one before has ended. Made out of the stream's body, whose scope
+ * would hold on to the stream.
+ */
+function undoTurn(
+  conversation: Conversation,
+  before: Conversation["messages"],
+  previous: Promise<void>,
+  endTurn: () => void,
+) {
+  return () => {
+    if (conversation.messages.at(-1)?.role === "user") conversation.messages = before;
+    void previous.then(endTurn);
+  };
+}
+
+/** A signal that aborts when either does (the caller's is optional). */
+const eitherSignal = (signal: AbortSignal | undefined, other: AbortSignal): AbortSignal =>
+  signal ? AbortSignal.any([signal, other]) : other;
 
 /** Settles when `turn` has, or as soon as `signal` aborts (at once if it has). */
 function settledOrAborted(turn: Promise<void>, signal?: AbortSignal): Promise<void> {

@@ -352,3 +352,55 @@ describe("the library's close() and clear()", () => {
     again.close();
   }, 120_000);
 });
+
+describe("a stream let go of unfinished", () => {
+  /** Reads the stream's first piece, then lets go of it (no `break`, no return()), as a caller that lost interest. */
+  async function readOnePieceAndDrop(stream: AsyncGenerator<string, unknown>): Promise<string> {
+    const first = await stream.next();
+    return first.done ? "" : first.value;
+  }
+
+  /** `pending` settled within `ms` while the collector ran (a stream is cancelled once collected); "still waiting" if not. */
+  async function settledWhileCollecting<T>(pending: Promise<T>, ms: number): Promise<T | "still waiting"> {
+    const late = Symbol("late");
+    let result: T | typeof late = late;
+    void pending.then((value) => (result = value));
+    for (const deadline = performance.now() + ms; result === late && performance.now() < deadline; ) {
+      Bun.gc(true);
+      await Bun.sleep(50);
+    }
+    return result === late ? "still waiting" : result;
+  }
+
+  test("is cancelled once collected: its batch slot goes to the next call instead of decoding to maxTokens unread", async () => {
+    const solo = await load(undefined, { maxBatch: 1 });
+    try {
+      // Unread, it would decode 4,000 tokens (a minute or more here) before the next call had its slot.
+      expect(
+        await readOnePieceAndDrop(solo.stream("Write a very long essay about Rome.", { maxTokens: 4000 })),
+      ).not.toBe("");
+      const next = solo.generate("Name a colour.", { maxTokens: 3 }).then((r) => r.finishReason);
+      expect(await settledWhileCollecting(next, 20_000)).toBe("length");
+    } finally {
+      solo.close();
+    }
+  }, 120_000);
+
+  test("a chat's turn let go of is cancelled and undone: the next turn runs, on the conversation as it was", async () => {
+    const chat = model.chat();
+    await chat.send("My name is Ann.", { maxTokens: 5 });
+    expect(await readOnePieceAndDrop(chat.stream("Write a very long essay about Rome.", { maxTokens: 4000 }))).not.toBe(
+      "",
+    );
+    // It held back every later turn for good: the finally that lets the next one go never ran.
+    const next = chat.send("Hi", { maxTokens: 3 }).then((r) => r.finishReason);
+    expect(await settledWhileCollecting(next, 20_000)).toBe("length");
+    expect(chat.messages.map((m) => `${m.role}${m.role === "user" ? `:${m.content}` : ""}`)).toEqual([
+      "user:My name is Ann.",
+      "assistant",
+      "user:Hi",
+      "assistant",
+    ]);
+    chat.close();
+  }, 120_000);
+});
