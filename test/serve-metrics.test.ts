@@ -3,7 +3,7 @@
 // their model, the peak memory after an unload, and the adaptive tuner's limits as it moves them
 // under a light load and under a full batch.
 import { afterEach, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Ollama } from "ollama";
@@ -123,6 +123,53 @@ describe("queue depth", () => {
       stop.abort();
       expect((await waiting).status).toBe(200);
       expect(await sample(url, "mlx_requests_waiting_for_model")).toBe(0);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("generations by outcome", () => {
+  test("count a request that ended before it started once: its client gone while it waited for its model, a model that does not load", async () => {
+    const root = mkdtempSync(join(tmpdir(), "mlx-serve-metrics-"));
+    const [busy, next, broken] = [join(root, "busy"), join(root, "next"), join(root, "broken")];
+    writeTinyModel(busy, { contextLength: 8192 });
+    writeTinyModel(next);
+    writeTinyModel(broken);
+    writeFileSync(join(broken, "model.safetensors"), "not a safetensors file");
+    server = serve({ maxLoadedModels: 1 });
+    const { url } = server;
+    const generations = (outcome: string) =>
+      sample(url, `mlx_generations_total{route="/v1/completions",finish_reason="${outcome}"}`);
+    try {
+      // A long stream holds the one model slot until it is stopped.
+      const stop = new AbortController();
+      const long = await fetch(`${url}/v1/completions`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ model: busy, prompt: "Once", max_tokens: 8000, ignore_eos: true, stream: true }),
+        signal: stop.signal,
+      });
+      await long.body!.getReader().read();
+      const gone = new AbortController();
+      const waiting = fetch(`${url}/v1/completions`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ model: next, prompt: "Once", max_tokens: 2 }),
+        signal: gone.signal,
+      }).catch(() => "gone");
+      await eventually(async () => (await sample(url, "mlx_requests_waiting_for_model")) === 1);
+      gone.abort();
+      expect(await waiting).toBe("gone");
+      await eventually(async () => (await sample(url, "mlx_requests_waiting_for_model")) === 0);
+      stop.abort();
+      // The long stream and the request whose client left while it waited: it was not counted at all.
+      await eventually(async () => (await generations("cancelled")) === 2);
+      expect((await post(`${url}/v1/completions`, { model: broken, prompt: "Once", max_tokens: 2 })).status).toBe(500);
+      expect(await generations("error")).toBe(1);
+      expect((await post(`${url}/v1/completions`, { model: next, prompt: "Once", max_tokens: 2 })).status).toBe(200);
+      expect(await generations("length")).toBe(1);
+      expect(await generations("cancelled")).toBe(2);
     } finally {
       rmSync(root, { recursive: true, force: true });
     }

@@ -22,7 +22,7 @@ import { remoteModel } from "../providers";
 import { readGenerationDefaults, type SamplingDefaults } from "../models/generation-config";
 import type { LoadedModel } from "../models/load";
 import { aliasSampling } from "../store/aliases";
-import { badRequest, requestTimeout, serverStopping } from "./errors";
+import { badRequest, requestTimeout, serverStopping, toApiError } from "./errors";
 import type { Lease, ModelRegistry } from "./model-registry";
 import { startRemoteGeneration } from "./remote-generation";
 import type { ServerMetrics } from "./metrics";
@@ -233,8 +233,30 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
     prepared?.dispose();
     deadline.release();
     lease?.release();
+    recordUnstarted(ctx.metrics, input, error, deadline);
     throw deadline.cutShort()?.error ?? error;
   }
+}
+
+/**
+ * Counts in /metrics a generation that ended before its first event: its client gone
+ * ("cancelled"), cut short ("timeout", "shutdown") while it waited for its model (its load, or
+ * room to load it) or for its provider, or failed on the server's side ("error": a model that
+ * does not load, a provider that fails). A request refused (a 4xx: a prompt too long, an
+ * unknown model) was never a generation.
+ */
+export function recordUnstarted(
+  m: ServerMetrics,
+  input: Pick<GenerateInput, "route" | "repeatsPrompt">,
+  error: unknown,
+  deadline: Pick<ReturnType<typeof requestDeadline>, "controller" | "cutShort">,
+): void {
+  const outcome = deadline.controller.signal.aborted
+    ? (deadline.cutShort()?.outcome ?? "cancelled")
+    : toApiError(error).status >= 500
+      ? "error"
+      : undefined;
+  if (outcome) recordOutcome(m, input, outcome, undefined);
 }
 
 export function recordOutcome(

@@ -204,7 +204,7 @@ export function serverMetrics(live: {
     finished: registry.add(
       new Counter(
         "mlx_generations_total",
-        "Generations by route and finish reason (stop, length, cancelled, timeout, error)",
+        "Generations by route and finish reason (stop, length, cancelled, timeout, shutdown, error), each once, those that ended before they started included",
       ),
     ),
     promptTokens: registry.add(new Counter("mlx_prompt_tokens_total", "Prompt tokens processed")),

@@ -11,6 +11,7 @@ import type { RemoteEvent, RemoteModel } from "../providers";
 import { ApiError } from "./errors";
 import {
   recordOutcome,
+  recordUnstarted,
   requestDeadline,
   type GenerateInput,
   type Generation,
@@ -80,6 +81,7 @@ export async function startRemoteGeneration(
     const gone = controller.signal.aborted && !deadline.cutShort();
     providerOutcome = gone ? "cancelled" : outcomeOf(error, deadline.timedOut());
     finishedRemote();
+    recordUnstarted(m, input, error, deadline);
     if (gone) throw new ApiError(499, "the client went away before the provider answered", "invalid_request_error");
     throw deadline.cutShort()?.error ?? error;
   }
