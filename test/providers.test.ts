@@ -1015,6 +1015,32 @@ test("mlx run, chat and bench take a remote alias", async () => {
   expect(row.depth).toBeGreaterThan(32);
 }, 60_000);
 
+test("mlx chat with a remote model, stopped mid-answer, shows the tokens and time it measured: no usage came", async () => {
+  const proc = Bun.spawn([process.execPath, mainScript, "chat", "-m", "rslow", "--max-tokens", "2000", "--stats"], {
+    stdin: "pipe",
+    stdout: "pipe",
+    stderr: "pipe",
+    env: { ...process.env, MLX_HOME: home, NO_COLOR: "1" },
+  });
+  proc.stdin.write("Tell me a long story about the sea.\n");
+  proc.stdin.flush();
+  // Stopped once a good part of the answer has come (Ctrl-C from the terminal is SIGINT for a piped chat).
+  const reader = proc.stdout.getReader();
+  let answered = "";
+  while (answered.length < 100) answered += new TextDecoder().decode((await reader.read()).value);
+  proc.kill("SIGINT");
+  proc.stdin.end();
+  reader.releaseLock();
+  const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+  expect(code).toBe(0);
+  expect(stderr).toContain("(stopped)");
+  const stats = /([\d.]+) tokens\/s · first token ([\d.]+) s .* context (\d+)/.exec(stderr);
+  // It said "0.0 tokens/s ... context 0", as if nothing had been generated.
+  expect(Number(stats?.[1])).toBeGreaterThan(0);
+  expect(Number(stats?.[2])).toBeGreaterThan(0);
+  expect(Number(stats?.[3])).toBeGreaterThan(0);
+}, 60_000);
+
 const hasPromtool = Bun.spawnSync(["which", "promtool"]).exitCode === 0;
 test.skipIf(!hasPromtool)("promtool accepts /metrics with the providers' series", async () => {
   const check = Bun.spawnSync(["promtool", "check", "metrics"], { stdin: new Blob([await metrics()]), stderr: "pipe" });

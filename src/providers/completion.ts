@@ -16,9 +16,14 @@ export async function* streamRemoteCompletion(
   let firstAt: number | undefined;
   let text = "";
   let reasoning = "";
+  /**
+   * Text deltas received, one token each as OpenAI-compatible servers stream them: the count
+   * of a stopped answer, whose usage never comes (as `mlx bench` counts a stream without usage).
+   */
+  let deltas = 0;
   const result = (
     finishReason: CompletionResult["finishReason"],
-    usage = { promptTokens: 0, completionTokens: 0, cachedTokens: 0 },
+    usage = { promptTokens: 0, completionTokens: deltas, cachedTokens: 0 },
   ) => {
     const end = performance.now();
     const ttft = ((firstAt ?? end) - started) / 1000;
@@ -52,6 +57,7 @@ export async function* streamRemoteCompletion(
     for await (const event of remote.stream(req, { signal })) {
       if (event.type === "done") return result(event.finishReason, event.usage);
       firstAt ??= performance.now();
+      if (event.text) deltas++;
       if (event.type === "reasoning") {
         reasoning += event.text;
         yield { text: "", reasoning: event.text };

@@ -57,7 +57,9 @@ export class RemoteConversation {
       throw error;
     }
     const s = result.stats;
-    this.#contextUsed = s.promptTokens + s.generatedTokens;
+    // A stopped answer's prompt was never counted (the provider's usage did not come): the
+    // context is at least the last turn's and what this one generated.
+    this.#contextUsed = (s.promptTokens || this.#contextUsed) + s.generatedTokens;
     this.messages.push({ role: "assistant", content: result.text });
     return {
       result,
