@@ -1027,7 +1027,11 @@ test("mlx chat with a remote model, stopped mid-answer, shows the tokens and tim
   // Stopped once a good part of the answer has come (Ctrl-C from the terminal is SIGINT for a piped chat).
   const reader = proc.stdout.getReader();
   let answered = "";
-  while (answered.length < 100) answered += new TextDecoder().decode((await reader.read()).value);
+  while (answered.length < 100) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`the chat ended before it was stopped: ${answered}`);
+    answered += new TextDecoder().decode(value);
+  }
   proc.kill("SIGINT");
   proc.stdin.end();
   reader.releaseLock();
