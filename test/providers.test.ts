@@ -1045,6 +1045,32 @@ test("mlx chat with a remote model, stopped mid-answer, shows the tokens and tim
   expect(Number(stats?.[3])).toBeGreaterThan(0);
 }, 60_000);
 
+test("a remote stream its client leaves counts the tokens it streamed in /metrics, as a local one does", async () => {
+  const series = async (name: string) => Number(new RegExp(`^${name} (\\S+)$`, "m").exec(await metrics())?.[1] ?? 0);
+  const generated = () => series("mlx_generation_tokens_total");
+  const firstToken = async () => [
+    await series("mlx_time_to_first_token_seconds_count"),
+    await series("mlx_time_to_first_token_seconds_sum"),
+  ];
+  const before = await generated();
+  const [countBefore, sumBefore] = await firstToken();
+  const stop = new AbortController();
+  const stream = await openai.chat.completions.create(
+    { model: "rslow", messages: [{ role: "user", content: "Tell me a long story." }], max_tokens: 1000, stream: true },
+    { signal: stop.signal },
+  );
+  let chunks = 0;
+  await (async () => {
+    for await (const chunk of stream) if (chunk.choices[0]?.delta.content && ++chunks === 20) stop.abort();
+  })().catch(() => {});
+  // Nothing was counted: the usage that would have said never came.
+  await eventually(async () => (await generated()) - before >= 20);
+  // Its time to first token is the one it had (a 0 would pull the histogram down).
+  const [count, sum] = await firstToken();
+  expect(count).toBe(countBefore! + 1);
+  expect(sum! - sumBefore!).toBeGreaterThan(0);
+}, 60_000);
+
 const hasPromtool = Bun.spawnSync(["which", "promtool"]).exitCode === 0;
 test.skipIf(!hasPromtool)("promtool accepts /metrics with the providers' series", async () => {
   const check = Bun.spawnSync(["promtool", "check", "metrics"], { stdin: new Blob([await metrics()]), stderr: "pipe" });

@@ -103,7 +103,7 @@ export async function startRemoteGeneration(
         draftedTokens: 0,
         acceptedTokens: 0,
         queueMs: 0,
-        timeToFirstTokenMs: 0,
+        timeToFirstTokenMs: firstAt - started,
         totalMs: ms(),
       },
       tokenIds: [],
@@ -111,6 +111,9 @@ export async function startRemoteGeneration(
     try {
       while (!next.done) {
         const event = next.value;
+        // A delta a token, as `mlx chat` counts them: what a stream its client left generated
+        // (its usage never comes), until the provider's usage says.
+        if (event.type !== "done" && event.text) completionTokens++;
         if (event.type === "text") yield { type: "text", text: event.text, tokens: [] };
         else if (event.type === "reasoning") yield { type: "text", text: "", reasoning: event.text, tokens: [] };
         else {
