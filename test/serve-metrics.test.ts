@@ -101,7 +101,7 @@ describe("token counters", () => {
 });
 
 describe("queue depth", () => {
-  test("a request waiting for its model, while another model is busy, shows as waiting for a model", async () => {
+  test("a request waiting for its model, while another model is busy, shows as waiting for a model, in /metrics and /stats", async () => {
     const root = mkdtempSync(join(tmpdir(), "mlx-serve-metrics-"));
     const [busy, next] = [join(root, "busy"), join(root, "next")];
     writeTinyModel(busy, { contextLength: 8192 });
@@ -120,9 +120,13 @@ describe("queue depth", () => {
       await long.body!.getReader().read();
       const waiting = post(`${url}/v1/completions`, { model: next, prompt: "Once", max_tokens: 2 });
       await eventually(async () => (await sample(url, "mlx_requests_waiting_for_model")) === 1);
+      // /stats showed no request pending at all: it is in no model's queue yet.
+      const queue = async () => ((await (await fetch(`${url}/stats`)).json()) as any).queue;
+      expect(await queue()).toMatchObject({ running: 1, waiting: 0, waiting_for_model: 1 });
       stop.abort();
       expect((await waiting).status).toBe(200);
       expect(await sample(url, "mlx_requests_waiting_for_model")).toBe(0);
+      expect(await queue()).toMatchObject({ running: 0, waiting: 0, waiting_for_model: 0 });
     } finally {
       rmSync(root, { recursive: true, force: true });
     }

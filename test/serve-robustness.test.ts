@@ -835,7 +835,7 @@ describe("operations", () => {
 
   test("/stats: queue, loaded models, request counts", async () => {
     const stats = (await (await fetch(`${server.url}/stats`)).json()) as any;
-    expect(stats.queue).toEqual({ running: 0, waiting: 0, max_queue: 64 });
+    expect(stats.queue).toEqual({ running: 0, waiting: 0, max_queue: 64, waiting_for_model: 0 });
     expect(stats.models[0].name).toBe(model);
     expect(stats.requests.total).toBeGreaterThan(10);
     expect(stats.requests.by_status["400"]).toBeGreaterThan(10);

@@ -63,7 +63,8 @@ function lostPipeline(s: ServerState): string | undefined {
 export function stats(s: ServerState) {
   return {
     uptime_seconds: (performance.now() - s.startedAt) / 1000,
-    queue: queueFigures(s),
+    // A request waiting for its model (its load, or room to load it) is in no scheduler's queue yet.
+    queue: { ...queueFigures(s), waiting_for_model: s.models.acquiring },
     models: s.models.loaded.map((e) => ({
       name: e.name,
       path: e.path,
