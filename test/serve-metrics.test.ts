@@ -44,22 +44,31 @@ describe("per-model counters", () => {
     const ollama = new Ollama({ host: url });
     const hits = `mlx_prefix_cache_hits_total{model="${model}"}`;
     const hitTokens = `mlx_prefix_cache_hit_tokens_total{model="${model}"}`;
+    const misses = `mlx_prefix_cache_misses_total{model="${model}"}`;
     // The same prompt twice: the second starts from the first's cached prefix.
     const ask = (keepAlive?: number) =>
       ollama.generate({ model, prompt: "Tell me about the sea", options: { num_predict: 2 }, keep_alive: keepAlive });
     await ask();
     await ask(0);
     await eventually(async () => (await sample(url, "mlx_models_loaded")) === 0);
-    const before = { hits: await sample(url, hits), hitTokens: await sample(url, hitTokens) };
+    const before = {
+      hits: await sample(url, hits),
+      hitTokens: await sample(url, hitTokens),
+      misses: await sample(url, misses),
+    };
     expect(before.hits).toBeGreaterThan(0);
     expect(before.hitTokens).toBeGreaterThan(0);
+    // The first request's miss: /metrics had the hits, not the misses to set them against (/stats had both).
+    expect(before.misses).toBe(1);
 
     await ask(); // loads the model again, with an empty prefix cache: a miss
     expect(await sample(url, "mlx_models_loaded")).toBe(1);
     expect(await sample(url, hits)).toBe(before.hits);
     expect(await sample(url, hitTokens)).toBe(before.hitTokens);
+    expect(await sample(url, misses)).toBe(before.misses + 1);
     await ask(); // and a hit, counted on top
     expect(await sample(url, hits)).toBe(before.hits + 1);
+    expect(await sample(url, misses)).toBe(before.misses + 1);
   });
 });
 

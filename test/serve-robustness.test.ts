@@ -897,6 +897,7 @@ describe("operations", () => {
       mlx_memory_peak_bytes: "gauge",
       // Counts a loaded model keeps: counters, as Prometheus' rate() and increase() expect.
       mlx_prefix_cache_hits_total: "counter",
+      mlx_prefix_cache_misses_total: "counter",
       mlx_prefix_cache_hit_tokens_total: "counter",
       mlx_tuner_adjustments_total: "counter",
       mlx_speculative_drafted_tokens_total: "counter",

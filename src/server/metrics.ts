@@ -283,6 +283,12 @@ export function serverMetrics(live: {
       "Requests that started from a cached prefix, per model",
       (s) => s.prefixCache?.hits,
     ),
+    // With the hits, the lookups (and the hit rate) /stats gives.
+    prefixMisses: modelCount(
+      "mlx_prefix_cache_misses_total",
+      "Requests that found no cached prefix, per model",
+      (s) => s.prefixCache?.misses,
+    ),
     prefixHitTokens: modelCount(
       "mlx_prefix_cache_hit_tokens_total",
       "Prompt tokens served from the prefix cache, per model",
