@@ -109,6 +109,44 @@ describe("token counters", () => {
   });
 });
 
+describe("prompt tokens processed", () => {
+  test("leave out a prompt whose client left while it waited for a batch slot: it was never read", async () => {
+    const root = mkdtempSync(join(tmpdir(), "mlx-serve-metrics-"));
+    const model = join(root, "model");
+    writeTinyModel(model, { contextLength: 8192 });
+    server = serve({ defaultModel: model, maxBatch: 1 });
+    const { url } = server;
+    try {
+      // A long stream holds the one batch slot until it is stopped.
+      const stop = new AbortController();
+      const long = await fetch(`${url}/v1/completions`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ prompt: "Once", max_tokens: 8000, ignore_eos: true, stream: true }),
+        signal: stop.signal,
+      });
+      await long.body!.getReader().read();
+      const gone = new AbortController();
+      const queued = fetch(`${url}/v1/completions`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ prompt: "word ".repeat(500), max_tokens: 2 }),
+        signal: gone.signal,
+      }).catch(() => "gone");
+      await eventually(async () => (await sample(url, "mlx_requests_waiting")) === 1);
+      gone.abort();
+      expect(await queued).toBe("gone");
+      stop.abort();
+      const cancelled = `mlx_generations_total{route="/v1/completions",finish_reason="cancelled"}`;
+      await eventually(async () => (await sample(url, cancelled)) === 2);
+      // The long stream's few prompt tokens: the 500 words' were counted too.
+      expect(await sample(url, "mlx_prompt_tokens_total")).toBeLessThan(20);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+});
+
 describe("queue depth", () => {
   test("a request waiting for its model, while another model is busy, shows as waiting for a model, in /metrics and /stats", async () => {
     const root = mkdtempSync(join(tmpdir(), "mlx-serve-metrics-"));

@@ -75,6 +75,8 @@ export interface GenerationUsage {
   /** Speculative decoding: tokens drafted for this answer, and how many the model kept. */
   draftedTokens: number;
   acceptedTokens: number;
+  /** Set when it ended before its prefill began (cancelled while it waited for a batch slot): its prompt was never read. */
+  unstarted?: boolean;
 }
 
 export interface SchedulerStats {
@@ -401,6 +403,7 @@ export class Scheduler {
         totalMs: now - s.submittedAt,
         draftedTokens: s.drafted,
         acceptedTokens: s.accepted,
+        ...(s.startedAt === undefined && { unstarted: true }),
       },
       tokenIds: s.tokenIds,
       stopSequence: s.stops.matched,

@@ -267,7 +267,8 @@ export function recordOutcome(
 ): void {
   m.finished.inc({ route: input.route, finish_reason: outcome });
   if (!usage) return;
-  if (!input.repeatsPrompt) m.promptTokens.inc({}, usage.promptTokens);
+  // "Processed": a prompt still waiting for its batch slot when its generation ended was never read.
+  if (!input.repeatsPrompt && !usage.unstarted) m.promptTokens.inc({}, usage.promptTokens);
   m.generatedTokens.inc({}, usage.completionTokens);
   m.queueWait.observe(usage.queueMs / 1000);
   if (usage.completionTokens > 0) m.ttft.observe(usage.timeToFirstTokenMs / 1000);
