@@ -1071,6 +1071,13 @@ test("a remote stream its client leaves counts the tokens it streamed in /metric
   expect(sum! - sumBefore!).toBeGreaterThan(0);
 }, 60_000);
 
+test("mlx run with a provider that sends no usage counts the pieces it streamed, not 0 tokens", async () => {
+  const answer = await cliRunner(home)(["run", "-m", "offschema", "--json", "Hi"]);
+  expect(answer.code).toBe(0);
+  // One piece of text, and a finish without usage.
+  expect(JSON.parse(answer.stdout).stats.generated_tokens).toBe(1);
+});
+
 const hasPromtool = Bun.spawnSync(["which", "promtool"]).exitCode === 0;
 test.skipIf(!hasPromtool)("promtool accepts /metrics with the providers' series", async () => {
   const check = Bun.spawnSync(["promtool", "check", "metrics"], { stdin: new Blob([await metrics()]), stderr: "pipe" });

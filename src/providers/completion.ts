@@ -18,7 +18,8 @@ export async function* streamRemoteCompletion(
   let reasoning = "";
   /**
    * Text deltas received, one token each as OpenAI-compatible servers stream them: the count
-   * of a stopped answer, whose usage never comes (as `mlx bench` counts a stream without usage).
+   * of a stopped answer, whose usage never comes, or of one from a provider that sends none (as
+   * `mlx bench` counts a stream without usage).
    */
   let deltas = 0;
   const result = (
@@ -55,7 +56,12 @@ export async function* streamRemoteCompletion(
   };
   try {
     for await (const event of remote.stream(req, { signal })) {
-      if (event.type === "done") return result(event.finishReason, event.usage);
+      // A provider that sends no usage (some OpenAI-compatible servers ignore include_usage) counts 0.
+      if (event.type === "done")
+        return result(event.finishReason, {
+          ...event.usage,
+          completionTokens: event.usage.completionTokens || deltas,
+        });
       firstAt ??= performance.now();
       if (event.text) deltas++;
       if (event.type === "reasoning") {
