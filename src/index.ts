@@ -318,11 +318,12 @@ export class Chat {
     const previous = this.#lastTurn;
     let endTurn!: () => void;
     this.#lastTurn = new Promise((resolve) => (endTurn = resolve));
-    const before = this.conversation.messages;
-    // A stream collected unfinished runs no `finally`: its turn is undone and let go of here.
-    dropped.onDropped(undoTurn(this.conversation, before, previous, endTurn));
     try {
+      // (While it waits, the turn before holds on to it: it cannot be collected before this.)
       await settledOrAborted(previous, options.signal);
+      // A stream collected unfinished runs no `finally`: its turn is undone, to the conversation
+      // as it is now that the turns before have ended, and let go of here.
+      dropped.onDropped(undoTurn(this.conversation, this.conversation.messages, previous, endTurn));
       this.#checkOpen();
       // Cancelled before it started: nothing was asked, so the conversation stays as it was.
       if (options.signal?.aborted) return cancelledBeforeStart();
