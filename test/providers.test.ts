@@ -1071,6 +1071,22 @@ test("a remote stream its client leaves counts the tokens it streamed in /metric
   expect(sum! - sumBefore!).toBeGreaterThan(0);
 }, 60_000);
 
+test("the dashboard counts a remote stream's tokens as they come (its events carry no token ids)", async () => {
+  const generatedBefore = proxy.state.inflight.generatedTokens;
+  const stop = new AbortController();
+  const stream = await openai.chat.completions.create(
+    { model: "rslow", messages: [{ role: "user", content: "Tell me a long story." }], max_tokens: 1000, stream: true },
+    { signal: stop.signal },
+  );
+  let chunks = 0;
+  for await (const chunk of stream) if (chunk.choices[0]?.delta.content && ++chunks === 10) break;
+  const [flight] = proxy.state.inflight.list.filter((f) => f.model === "rslow");
+  expect(flight!.tokens).toBeGreaterThanOrEqual(10);
+  expect(proxy.state.inflight.generatedTokens - generatedBefore).toBeGreaterThanOrEqual(10);
+  stop.abort();
+  await eventually(() => proxy.state.inflight.list.length === 0);
+}, 60_000);
+
 test("mlx run with a provider that sends no usage counts the pieces it streamed, not 0 tokens", async () => {
   const answer = await cliRunner(home)(["run", "-m", "offschema", "--json", "Hi"]);
   expect(answer.code).toBe(0);

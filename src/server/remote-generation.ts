@@ -150,7 +150,11 @@ export async function startRemoteGeneration(
     }
   }
 
-  const tracked = ctx.inflight.track(name, 0, events());
+  // The dashboard's live count: a delta a token, as the events' own count above (not the calls,
+  // which come with the end).
+  const deltas = (event: { text: string; reasoning?: string }) =>
+    event.reasoning || (event.text && !event.text.startsWith(CALLS_MARKER)) ? 1 : 0;
+  const tracked = ctx.inflight.track(name, 0, events(), deltas);
   return {
     loadMs: 0,
     promptIds: [],
