@@ -111,8 +111,35 @@ describe("the rotating KV cache", () => {
     gen.dispose();
     expect(prefixCache.hitTokens).toBeGreaterThanOrEqual(first.length + answer.length - 1);
     expect(cont).toEqual(reference(followUp, 10, 12));
-    // A shorter prefix of a rotated entry cannot be rebuilt from it: only an entry that holds all its positions serves.
+    // A prefix of a rotated entry shorter than its window cannot be rebuilt from it: only an entry that holds all its positions serves.
     expect(prefixCache.lookup([...first, ...answer.slice(0, 5), 9], 100)?.dropped ?? 0).toBe(0);
+    prefixCache.clear();
+  });
+
+  test("a prompt rotated while prefilled, asked again, reuses all of it but the last token (computed anew), and answers as a fresh run", () => {
+    // Prefilled 8 tokens a step, the last chunk ending the prompt: its entry is the whole prompt,
+    // rotated, longer than a lookup may take (the prompt less one token).
+    const prefixCache = new PrefixCache(64 * 1024 * 1024);
+    const gen = new BatchGenerator(model, { maxBatch: 1, prefillChunk: 8, prefixCache, maxKvSize: 12 });
+    const ask = (prompt: number[], maxTokens: number) => {
+      const out: number[] = [];
+      gen.add("a", { promptIds: prompt, sampling: defaultSampling, maxTokens });
+      while (!gen.idle) for (const e of gen.step()) out.push(e.token);
+      return out;
+    };
+    const prompt = Array.from({ length: 30 }, (_, i) => 3 + ((i * 41) % 200));
+    const fresh = ask(prompt, 20);
+    let before = prefixCache.hitTokens;
+    expect(ask(prompt, 20)).toEqual(fresh);
+    expect(prefixCache.hitTokens - before).toBe(prompt.length - 1);
+    expect(fresh).toEqual(reference(prompt, 20, 12));
+    // A follow-up whose chat template changed the answer's last token: the rotated entry of the
+    // prompt and answer goes back one position, its window still held.
+    const followUp = [...prompt, ...fresh.slice(0, -2), 7, 8, 9];
+    before = prefixCache.hitTokens;
+    expect(ask(followUp, 10)).toEqual(reference(followUp, 10, 12));
+    expect(prefixCache.hitTokens - before).toBe(prompt.length + fresh.length - 2);
+    gen.dispose();
     prefixCache.clear();
   });
 
@@ -183,6 +210,34 @@ describe("serve --max-kv-size", () => {
       const together = await Promise.all(prompts.map((p) => ask(server.url, p)));
       expect(together.map((r) => r.json.choices[0].message.content)).toEqual(alone);
     } finally {
+      await server.stop();
+    }
+  }, 60_000);
+
+  test("a long prompt asked again hits the prefix cache, all but its last token, and answers as a fresh server", async () => {
+    const model = tinyModel();
+    const content = Array.from({ length: 120 }, (_, i) => `word${(i * 7) % 31}`).join(" ");
+    const ask = (url: string) =>
+      post(`${url}/v1/chat/completions`, {
+        model,
+        messages: [{ role: "user", content }],
+        max_tokens: 16,
+        temperature: 0,
+      });
+    // Prefilled 32 tokens a step, the prompt rotates before its last chunk.
+    const options = { maxKvSize: 48, prefillChunk: 32 };
+    const fresh = serve(options);
+    const server = serve(options);
+    try {
+      const first = (await ask(fresh.url)).json;
+      expect(first.usage.prompt_tokens).toBeGreaterThan(100);
+      expect(first.usage.prompt_tokens % 32).not.toBe(1); // the last chunk ends the prompt
+      await ask(server.url);
+      const again = (await ask(server.url)).json;
+      expect(again.usage.prompt_tokens_details.cached_tokens).toBe(first.usage.prompt_tokens - 1);
+      expect(again.choices[0].message.content).toBe(first.choices[0].message.content);
+    } finally {
+      await fresh.stop();
       await server.stop();
     }
   }, 60_000);

@@ -2,9 +2,11 @@
 // turn of a conversation, or many requests with one system prompt, start from the longest
 // stored prefix instead of prefilling it again. Entries are found through a token trie, kept
 // within a byte budget, and evicted least recently used first. An entry from a rotating cache
-// (--max-kv-size) that dropped positions holds only what that cache kept: it can continue
-// exactly its own tokens, not a shorter prefix of them. With a DiskPrefixCache behind it, what
-// is evicted or still held at the end goes to disk, and a longer prefix on disk is reloaded.
+// (--max-kv-size) that dropped positions holds only what that cache kept: it can continue its
+// own tokens, or a prefix of them no shorter than the cache could go back to (its window and
+// the hidden column before it still held, RotatingKVCache.canTrim), which is what lets the same
+// prompt asked again (whose last token is computed anew) reuse it. With a DiskPrefixCache behind
+// it, what is evicted or still held at the end goes to disk, and a longer prefix on disk is reloaded.
 import * as mx from "../mlx";
 import type { KVCache } from "../models";
 import type { Stored } from "../models/cache";
@@ -25,20 +27,21 @@ interface Entry {
   values: Stored[];
   /** Positions the rotating cache it came from no longer held. */
   dropped: number;
+  /** The shortest prefix of its tokens it can serve: 0 when it holds all its positions. */
+  shortest: number;
   bytes: number;
   lastUsed: number;
 }
 
 interface TrieNode {
   children: Map<number, TrieNode>;
-  /** An entry holding all its positions whose tokens pass through this node (the latest stored). */
-  entry?: Entry;
   /**
-   * An entry whose tokens end at this node (the latest stored). One from a rotating cache that
-   * dropped positions continues only its own tokens, so it is found here, where a longer entry
-   * through the node (a prompt's answer stored after the prompt) cannot hide it.
+   * The latest stored entry whose tokens pass through this node and that can serve the prefix
+   * ending here: one from a rotating cache that dropped positions is indexed only from its
+   * `shortest` on, so a longer one stored after it (a prompt's answer) hides it only where the
+   * longer one serves as well.
    */
-  ends?: Entry;
+  entry?: Entry;
 }
 
 export interface PrefixMatch {
@@ -97,8 +100,7 @@ export class PrefixCache {
       if (!next) break;
       node = next;
       depth++;
-      const entry = node.entry ?? node.ends;
-      if (entry) best = { entry, depth };
+      if (node.entry) best = { entry: node.entry, depth };
     }
     // The disk holds the base model's prefixes only: its files are keyed by the model, not by adapter.
     const restored = namespace === 0 ? this.#restore(prompt, limit, best?.depth ?? 0) : undefined;
@@ -156,7 +158,19 @@ export class PrefixCache {
     for (const t of arrays) mx.keep(t);
     const { tokens, dropped, keys, values } = loaded;
     const bytes = arrays.reduce((sum, t) => sum + t.nbytes, 0);
-    return { id: this.#nextId++, namespace: 0, tokens, dropped, keys, values, bytes, lastUsed: ++this.#clock };
+    // A file does not say how far its rotating cache could go back: a rotated one serves its own tokens only.
+    const shortest = dropped > 0 ? tokens.length : 0;
+    return {
+      id: this.#nextId++,
+      namespace: 0,
+      tokens,
+      dropped,
+      shortest,
+      keys,
+      values,
+      bytes,
+      lastUsed: ++this.#clock,
+    };
   }
 
   #releaseLent(): void {
@@ -201,14 +215,25 @@ export class PrefixCache {
       return;
     }
     const id = this.#nextId++;
-    const entry: Entry = { id, namespace, tokens: [...tokens], keys, values, dropped, bytes, lastUsed: ++this.#clock };
+    const shortest = shortestPrefix(caches, row);
+    const entry: Entry = {
+      id,
+      namespace,
+      tokens: [...tokens],
+      keys,
+      values,
+      dropped,
+      shortest,
+      bytes,
+      lastUsed: ++this.#clock,
+    };
     this.#entries.push(entry);
     this.#index(entry);
     this.mirror?.savePrefix(id, caches, row, skip, n);
     this.#evict();
   }
 
-  // An entry already holding these tokens (or a longer run starting with them, all of it held) makes a new one useless.
+  // An entry already serving these tokens (they or a longer run starting with them) makes a new one useless.
   #covered(tokens: number[], namespace: number): boolean {
     let node = this.#root(namespace);
     for (const t of tokens) {
@@ -216,7 +241,7 @@ export class PrefixCache {
       if (!next) return false;
       node = next;
     }
-    return node.entry !== undefined || node.ends !== undefined;
+    return node.entry !== undefined;
   }
 
   #root(namespace: number): TrieNode {
@@ -227,13 +252,13 @@ export class PrefixCache {
 
   #index(entry: Entry): void {
     let node = this.#root(entry.namespace);
+    let depth = 0;
     for (const t of entry.tokens) {
       let next = node.children.get(t);
       if (!next) node.children.set(t, (next = { children: new Map() }));
-      if (entry.dropped === 0) next.entry = entry;
+      if (++depth >= Math.min(entry.shortest, entry.tokens.length)) next.entry = entry;
       node = next;
     }
-    node.ends = entry;
   }
 
   #evict(): void {
@@ -300,6 +325,12 @@ export function seedCaches(caches: KVCache[], keys: Stored[], values: Stored[], 
     if (c instanceof RotatingKVCache) c.seed(keys[layer]!, values[layer]!, length, dropped);
     else c.seed(keys[layer]!, values[layer]!, length);
   });
+}
+
+/** The shortest prefix `row` of a cache can go back to (0 for a cache that keeps everything). */
+function shortestPrefix(caches: KVCache[], row: number): number {
+  const first = caches[0];
+  return first instanceof RotatingKVCache ? first.shortestTrim(row) : 0;
 }
 
 /** Positions of `row` a rotating cache no longer holds (0 for a cache that keeps everything). */

@@ -218,8 +218,16 @@ export class RotatingKVCache extends BatchKVCache {
    * hidden column when positions were dropped (the gap the kernel's bits depend on).
    */
   override canTrim(length: number): boolean {
-    const dropped = this.dropped[0] ?? 0;
-    return dropped === 0 || this.keep + dropped <= length - (this.maxSize - this.keep);
+    return length >= this.shortestTrim();
+  }
+
+  /**
+   * The shortest length `row` can go back to (canTrim): the window of the position after it
+   * lies past the dropped positions, with the hidden column between (0 when none was dropped).
+   */
+  shortestTrim(row = 0): number {
+    const dropped = this.dropped[row] ?? 0;
+    return dropped === 0 ? 0 : this.keep + dropped + (this.maxSize - this.keep);
   }
 
   override free(forget = true): void {
