@@ -238,6 +238,34 @@ describe("llama.cpp utilities", () => {
     expect(rendered.prompt).toContain("<|im_start|>user\nHi\nthere<|im_end|>");
   });
 
+  test("a text of megabytes is tokenized (and its pieces written) a part at a time: the server answers meanwhile, the ids those of the text in one go", async () => {
+    const unit = "Héllo wörld, 12345 times!\n\n  indented\tcode() {x = 3.14;}  <|im_start|>user 日本 😀 don't ";
+    const content = unit.repeat(Math.ceil(3_000_000 / unit.length));
+    await post(`${server.url}/tokenize`, { content: "warm" }); // the default model loaded
+    const tokenizer = server.state.models.loaded[0]!.lm.tokenizer;
+    // The server runs in this process: a tokenization holding the event loop shows as a gap between two answers.
+    let slowest = 0;
+    let done = false;
+    const tokenized = post(`${server.url}/tokenize`, { content, with_pieces: true }).finally(() => (done = true));
+    for (let last = performance.now(); !done; ) {
+      expect((await fetch(`${server.url}/health`)).status).toBe(200);
+      await Bun.sleep(10);
+      const now = performance.now();
+      slowest = Math.max(slowest, now - last);
+      last = now;
+    }
+    const { status, json } = await tokenized;
+    expect(status).toBe(200);
+    expect(json.tokens.map((t: { id: number }) => t.id)).toEqual(tokenizer.encode(content));
+    expect(
+      json.tokens
+        .slice(0, 3)
+        .map((t: { piece: string }) => t.piece)
+        .join(""),
+    ).toBe("Héllo");
+    expect(slowest).toBeLessThan(500);
+  });
+
   test("bad requests are 400s naming the field", async () => {
     const cases: [string, unknown, string][] = [
       ["/tokenize", {}, "content"],

@@ -51,6 +51,7 @@ const ggufTok = Tokenizer.fromGGUFMetadata(ggufMeta);
 
 // Building a 49k-token tokenizer takes ~0.5 s on a slow machine; tests that build several get room.
 const SLOW = 60_000;
+const withBosTok = (flag: boolean) => Tokenizer.fromGGUFMetadata({ ...ggufMeta, "tokenizer.ggml.add_bos_token": flag });
 
 const label = (text: string) => JSON.stringify(text.length > 40 ? `${text.slice(0, 40)}…` : text);
 
@@ -257,8 +258,41 @@ describe("chat template", () => {
   });
 });
 
+describe("encodeSteps: a long text a piece at a time", () => {
+  const unit = "Héllo wörld, 12345 times!\n\n  indented\tcode() {x = 3.14;}  <|im_start|>user 日本 😀 don't ";
+  const text = unit.repeat(Math.ceil(100_000 / unit.length));
+  const steps = (tok: Tokenizer, addSpecialTokens?: boolean) => {
+    const run = tok.encodeSteps(text, { addSpecialTokens });
+    let pauses = 0;
+    for (let step = run.next(); ; step = run.next(), pauses++) if (step.done) return { ids: step.value, pauses };
+  };
+  test(
+    "the ids of the text in one go, the BOS added once",
+    () => {
+      for (const tok of [hfTok, withBosTok(true)])
+        for (const addSpecialTokens of [true, false]) {
+          const { ids, pauses } = steps(tok, addSpecialTokens);
+          expect(pauses).toBeGreaterThan(3);
+          expect(ids).toEqual(tok.encode(text, { addSpecialTokens }));
+        }
+    },
+    SLOW,
+  );
+  test(
+    "a tokenizer that cannot be cut (a normalizer that prepends to every text) encodes it whole",
+    () => {
+      const prepending = new Tokenizer(
+        { ...hfTokenizerJson, normalizer: { type: "Prepend", prepend: "\u0120" } },
+        fixture.hf_tokenizer_config,
+      );
+      expect(steps(prepending).ids).toEqual(prepending.encode(text));
+    },
+    SLOW,
+  );
+});
+
 describe("BOS handling", () => {
-  const withBos = (flag: boolean) => Tokenizer.fromGGUFMetadata({ ...ggufMeta, "tokenizer.ggml.add_bos_token": flag });
+  const withBos = withBosTok;
   test(
     "adds BOS only when the metadata says so",
     () => {

@@ -4,6 +4,7 @@ import { Hono, type Context } from "hono";
 import { parseApplyTemplate, parseDetokenize, parseTokenize } from "../../api/tokens";
 import { readJson } from "../../api/validate";
 import { InvalidParameterError } from "../../errors";
+import { runStepsAsync, type Steps } from "../../event-loop";
 import { renderChat } from "../../engine/request";
 import type { LoadedModel } from "../../models/load";
 import { holdModel, httpRequestBounds, requestedModel } from "../generation";
@@ -12,10 +13,14 @@ import type { ServerState } from "../state";
 export function tokenRoutes(s: ServerState): Hono {
   const r = new Hono();
   /** Runs `use` with the model the request names (or the default) held. */
-  const withModel = async <T>(c: Context, name: string | undefined, use: (lm: LoadedModel) => T): Promise<T> => {
+  const withModel = async <T>(
+    c: Context,
+    name: string | undefined,
+    use: (lm: LoadedModel) => T | Promise<T>,
+  ): Promise<T> => {
     const lease = await holdModel(s, requestedModel(s.config, name), httpRequestBounds(s.config, c.req));
     try {
-      return use(lease.entry.lm);
+      return await use(lease.entry.lm);
     } finally {
       lease.release();
     }
@@ -23,11 +28,16 @@ export function tokenRoutes(s: ServerState): Hono {
 
   r.post("/tokenize", async (c) => {
     const req = parseTokenize(await readJson(c.req));
-    const tokens = await withModel(c, req.model, (lm) => {
-      const ids = lm.tokenizer.encode(req.content, { addSpecialTokens: req.addSpecial });
-      return req.withPieces ? ids.map((id) => ({ id, piece: piece(lm.tokenizer.pieceBytes(id)) })) : ids;
-    });
-    return c.json({ tokens });
+    // In pieces, the event loop served between them: a text of megabytes takes seconds, and
+    // its million tokens (with their pieces) a second more to write out.
+    const body = await withModel(c, req.model, (lm) =>
+      runStepsAsync(
+        tokensJson(lm.tokenizer.encodeSteps(req.content, { addSpecialTokens: req.addSpecial }), (id) =>
+          req.withPieces ? { id, piece: piece(lm.tokenizer.pieceBytes(id)) } : id,
+        ),
+      ),
+    );
+    return c.body(body, 200, { "Content-Type": "application/json" });
   });
 
   r.post("/detokenize", async (c) => {
@@ -51,6 +61,20 @@ export function tokenRoutes(s: ServerState): Hono {
     return c.json({ prompt });
   });
   return r;
+}
+
+/** Tokens written out between two pauses of tokensJson. */
+const TOKENS_PER_PIECE = 64 * 1024;
+
+/** `{"tokens": [...]}` of the ids `encoding` gives, each as `shown`, written a piece at a time. */
+function* tokensJson(encoding: Steps<number[]>, shown: (id: number) => unknown): Steps<string> {
+  const ids = yield* encoding;
+  const parts: string[] = [];
+  for (let start = 0; start < ids.length; start += TOKENS_PER_PIECE) {
+    parts.push(JSON.stringify(ids.slice(start, start + TOKENS_PER_PIECE).map(shown)).slice(1, -1));
+    yield;
+  }
+  return `{"tokens":[${parts.join(",")}]}`;
 }
 
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
