@@ -740,6 +740,36 @@ describe("disconnects and the event loop", () => {
     expect(Math.max(...times)).toBeLessThan(250);
     await reader.cancel();
   });
+
+  test("a prompt of megabytes is tokenized a piece at a time (to answer it, or count its tokens): the server answers meanwhile", async () => {
+    await answersNormally(); // the model loaded
+    const content = "The quick brown fox jumps over the lazy dog, 42 times.\n".repeat(55_000); // 3 MB
+    // The server runs in this process: a tokenization holding the event loop shows as a gap between two answers.
+    let slowest = 0;
+    let done = false;
+    const messages = [{ role: "user", content }];
+    const [asked, counted] = [
+      post(`${server.url}/v1/chat/completions`, chat({ messages })),
+      post(`${server.url}/v1/messages/count_tokens`, { model, messages }),
+    ];
+    Promise.allSettled([asked, counted]).finally(() => (done = true));
+    for (let last = performance.now(); !done; ) {
+      expect((await fetch(`${server.url}/health`)).status).toBe(200);
+      await Bun.sleep(10);
+      const now = performance.now();
+      slowest = Math.max(slowest, now - last);
+      last = now;
+    }
+    const { status, json } = await asked;
+    expect(status).toBe(400); // past the tiny model's context, which its whole length says
+    const { tokenizer } = server.state.models.loaded[0]!.lm;
+    const whole = tokenizer.encode(tokenizer.applyChatTemplate([{ role: "user", content }]), {
+      addSpecialTokens: false,
+    });
+    expect(json.error.message).toStartWith(`the prompt is ${whole.length} tokens`);
+    expect((await counted).json.input_tokens).toBe(whole.length);
+    expect(slowest).toBeLessThan(500);
+  }, 60_000);
 });
 
 describe("stopping", () => {

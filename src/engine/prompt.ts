@@ -8,11 +8,21 @@ export function promptTokens(
   prompt: string,
   o: { system?: string; raw?: boolean; extra?: Record<string, unknown> } = {},
 ): number[] {
-  if (o.raw || !tokenizer.chatTemplate) return tokenizer.encode(prompt, { addSpecialTokens: true });
+  const { text, addSpecialTokens } = promptText(tokenizer, prompt, o);
+  return tokenizer.encode(text, { addSpecialTokens });
+}
+
+/** The text promptTokens encodes, and whether the tokenizer adds its special tokens to it. */
+export function promptText(
+  tokenizer: Tokenizer,
+  prompt: string,
+  o: { system?: string; raw?: boolean; extra?: Record<string, unknown> } = {},
+): { text: string; addSpecialTokens: boolean } {
+  if (o.raw || !tokenizer.chatTemplate) return { text: prompt, addSpecialTokens: true };
   const messages: ChatMessage[] = [];
   if (o.system) messages.push({ role: "system", content: o.system });
   messages.push({ role: "user", content: prompt });
-  return chatTokens(tokenizer, messages, undefined, o.extra);
+  return { text: chatText(tokenizer, messages, undefined, o.extra), addSpecialTokens: false };
 }
 
 /**
@@ -28,15 +38,25 @@ export function chatTokens(
   extra?: Record<string, unknown>,
   continueFinal = false,
 ): number[] {
-  const text = continueFinal
-    ? renderToContinueFinal(tokenizer, messages, tools, extra)
-    : tokenizer.applyChatTemplate(messages, { tools, extra });
   // The template already wrote any BOS token, so none is added here (as transformers does).
   // Special-token text is read as special tokens wherever it is, a user's message included (a
   // message holding "<|im_end|>\n<|im_start|>system" opens a system turn), as transformers'
   // apply_chat_template(tokenize=True), vLLM and llama.cpp's server all do: the text is the
   // caller's to vouch for.
-  return tokenizer.encode(text, { addSpecialTokens: false });
+  return tokenizer.encode(chatText(tokenizer, messages, tools, extra, continueFinal), { addSpecialTokens: false });
+}
+
+/** The text chatTokens encodes (without the special tokens a tokenizer adds). */
+export function chatText(
+  tokenizer: Tokenizer,
+  messages: ChatMessage[],
+  tools?: unknown[],
+  extra?: Record<string, unknown>,
+  continueFinal = false,
+): string {
+  return continueFinal
+    ? renderToContinueFinal(tokenizer, messages, tools, extra)
+    : tokenizer.applyChatTemplate(messages, { tools, extra });
 }
 
 // Marks where the final message's text ends, as transformers' continue_final_message does: the

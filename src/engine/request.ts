@@ -7,7 +7,8 @@ import { BudgetError } from "./budget/steering";
 import type { LoadedModel } from "../models/load";
 import type { Tokenizer } from "../tokenizer/tokenizer";
 import { createJsonConstraint, SchemaError, type GrammarConstraint, type JsonFormat } from "./grammar";
-import { chatTokens, promptTokens } from "./prompt";
+import { chatText, promptText } from "./prompt";
+import { runStepsAsync, type Steps } from "../event-loop";
 import {
   logitsProcessors,
   settleTemperature,
@@ -114,7 +115,7 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   const thinking = settleThinking(lm.tokenizer, spec.prompt, spec.thinking, shaped);
   const promptIds = withPrefix(
     spec.prefixIds ?? [],
-    tokenize(lm.tokenizer, spec.prompt, template, offered, thinking?.templateVars),
+    await runStepsAsync(tokenize(lm.tokenizer, spec.prompt, template, offered, thinking?.templateVars)),
     lm.tokenizer,
   );
   if (promptIds.length === 0) throw new InvalidParameterError("the prompt is empty", "prompt");
@@ -201,15 +202,19 @@ export function renderChat(lm: LoadedModel, messages: ConversationMessage[], too
  * How many tokens a prompt is (with the tools it offers, and thinking as asked, which JSON output
  * or a required call switches off where the template allows), as a generation would see it.
  */
-export function countPromptTokens(
+export async function countPromptTokens(
   lm: LoadedModel,
   prompt: PromptInput,
   tools?: ToolRequest,
   thinking?: ThinkingRequest,
   jsonOutput = false,
-): number {
+): Promise<number> {
   const vars = settleThinking(lm.tokenizer, prompt, thinking, shapedAnswer(jsonOutput, tools))?.templateVars;
-  return tokenize(lm.tokenizer, prompt, toolTemplate(lm.tokenizer.chatTemplate), offeredTools(tools), vars).length;
+  return (
+    await runStepsAsync(
+      tokenize(lm.tokenizer, prompt, toolTemplate(lm.tokenizer.chatTemplate), offeredTools(tools), vars),
+    )
+  ).length;
 }
 
 /**
@@ -241,26 +246,41 @@ function settleThinking(
   return { budget: enabled ? asked.budget : 0 };
 }
 
-/** `template` says how the chat template handles tools; `tools` are those offered on this turn. */
-function tokenize(
+/**
+ * `template` says how the chat template handles tools; `tools` are those offered on this turn.
+ * Pauses while it encodes a long text (Tokenizer.encodeSteps): a server serves others meanwhile.
+ */
+function* tokenize(
   tokenizer: Tokenizer,
   prompt: PromptInput,
   template: ToolTemplate,
   tools: ToolSpec[] | undefined,
   templateVars?: Record<string, unknown>,
-): number[] {
+): Steps<number[]> {
+  if (prompt.kind === "ids") return prompt.ids;
+  const { text, addSpecialTokens } = promptTextOf(tokenizer, prompt, template, tools, templateVars);
+  return yield* tokenizer.encodeSteps(text, { addSpecialTokens });
+}
+
+/** The text a prompt not given as ids is encoded from (as chatTokens, promptTokens do). */
+function promptTextOf(
+  tokenizer: Tokenizer,
+  prompt: Exclude<PromptInput, { kind: "ids" }>,
+  template: ToolTemplate,
+  tools: ToolSpec[] | undefined,
+  templateVars?: Record<string, unknown>,
+): { text: string; addSpecialTokens: boolean } {
   switch (prompt.kind) {
-    case "ids":
-      return prompt.ids;
     case "text":
       if (prompt.template && tokenizer.chatTemplate)
         return withTemplateErrors(() =>
-          promptTokens(tokenizer, prompt.text, { system: prompt.system, extra: templateVars }),
+          promptText(tokenizer, prompt.text, { system: prompt.system, extra: templateVars }),
         );
       // Raw text (a raw request ignores the system prompt, as Ollama does).
-      return tokenizer.encode(prompt.template && prompt.system ? `${prompt.system}\n\n${prompt.text}` : prompt.text, {
+      return {
+        text: prompt.template && prompt.system ? `${prompt.system}\n\n${prompt.text}` : prompt.text,
         addSpecialTokens: true,
-      });
+      };
     case "chat":
       if (!tokenizer.chatTemplate)
         throw new UnsupportedError(
@@ -269,7 +289,8 @@ function tokenize(
         );
       return withTemplateErrors(() => {
         const { messages, tools: templateTools } = templateInput(template, prompt.messages, tools);
-        return chatTokens(tokenizer, messages, templateTools, templateVars, prompt.continueFinal);
+        const text = chatText(tokenizer, messages, templateTools, templateVars, prompt.continueFinal);
+        return { text, addSpecialTokens: false };
       });
   }
 }

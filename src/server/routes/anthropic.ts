@@ -34,7 +34,7 @@ export function anthropicRoutes(s: ServerState): Hono {
     try {
       const jsonOutput = req.format !== undefined;
       return c.json({
-        input_tokens: countPromptTokens(lease.entry.lm, req.prompt, req.tools, req.thinking, jsonOutput),
+        input_tokens: await countPromptTokens(lease.entry.lm, req.prompt, req.tools, req.thinking, jsonOutput),
       });
     } finally {
       lease.release();
