@@ -167,7 +167,10 @@ export class BatchGenerator {
     const kv = options.kvQuantization;
     if (kv && model.config.headDim % kv.groupSize !== 0) {
       throw new InvalidParameterError(
-        `${kv.bits === 8 ? "an" : "a"} ${kv.bits}-bit KV cache needs the head size (${model.config.headDim}) to be a multiple of its group size (${kv.groupSize}); try --kv-group-size 32`,
+        `${kv.bits === 8 ? "an" : "a"} ${kv.bits}-bit KV cache needs the head size (${model.config.headDim}) to be a multiple of its group size (${kv.groupSize}); ${
+          // 32 is the smallest group size there is: a head it does not divide takes none.
+          model.config.headDim % 32 === 0 ? "try --kv-group-size 32" : "this model's KV cache cannot be quantized"
+        }`,
         "kv_group_size",
       );
     }
