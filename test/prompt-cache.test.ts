@@ -93,6 +93,16 @@ describe("serve --prompt-cache-dir", () => {
     expect(other.text).toBe(fresh.text);
   }, 60_000);
 
+  test("with --max-kv-size, the prompt rotated while prefilled comes back from disk too: all but its last token, a fresh server's answer", async () => {
+    const dir = join(root, "restart-rotating");
+    const rotating = { maxKvSize: 64, prefillChunk: 32 };
+    const first = await askOnce({ ...rotating, promptCacheDir: dir });
+    expect(first.prompt).toBeGreaterThan(200);
+    const again = await askOnce({ ...rotating, promptCacheDir: dir });
+    expect(again.cached).toBe(first.prompt - 1);
+    expect(again.text).toBe(first.text);
+  }, 60_000);
+
   test("a damaged file is ignored and removed", async () => {
     const dir = join(root, "damaged");
     const first = await askOnce({ promptCacheDir: dir });

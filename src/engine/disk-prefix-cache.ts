@@ -17,6 +17,7 @@ import { mkdir, readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { RemoteLayers } from "../models/model";
 import { markUsed } from "../files";
+import { shortestServed } from "./prefix-cache";
 import { fileErrorReason, writeErrorReason } from "../format";
 import {
   encodePromptCache,
@@ -98,6 +99,8 @@ interface Stored {
   file: string;
   tokens: number[];
   dropped: number;
+  /** The shortest prefix of its tokens it serves (shortestServed). */
+  shortest: number;
 }
 
 export class DiskPrefixCache {
@@ -182,7 +185,12 @@ export class DiskPrefixCache {
         );
         continue;
       }
-      this.#files.set(name, { file, tokens: JSON.parse(metadata.tokens!), dropped: Number(metadata.dropped ?? 0) });
+      const stored = {
+        tokens: JSON.parse(metadata.tokens!) as number[],
+        dropped: Number(metadata.dropped ?? 0),
+        shortest: metadata.shortest === undefined ? undefined : Number(metadata.shortest),
+      };
+      this.#files.set(name, { file, ...stored, shortest: shortestServed(stored) });
     }
     // Shares whose file is gone. A share is written before its file is renamed into place: only
     // an old one is an orphan.
@@ -240,8 +248,8 @@ export class DiskPrefixCache {
       let length = 0;
       const most = Math.min(limit, s.tokens.length);
       while (length < most && s.tokens[length] === prompt[length]) length++;
-      // A rotated prefix continues exactly its own tokens only.
-      if (s.dropped > 0 && length !== s.tokens.length) continue;
+      // A rotated prefix serves those its rotating cache could go back to only.
+      if (length < s.shortest) continue;
       if ((length - atLeast) * READ_FOR_SKIPPED < s.tokens.length - s.dropped) continue;
       if (length > (best?.length ?? atLeast)) best = { name, length };
     }
@@ -323,7 +331,7 @@ export class DiskPrefixCache {
         // Room first: on a disk no larger than the bound, the file would not fit beside the others.
         await this.#bound(bytes);
         await writePromptCacheFile(file, parts);
-        this.#files.set(name, { file, tokens: entry.tokens, dropped: entry.dropped });
+        this.#files.set(name, { file, tokens: entry.tokens, dropped: entry.dropped, shortest: shortestServed(entry) });
       } catch (error) {
         if (refusesWrites(error)) {
           // Said once: every later write would fail alike.

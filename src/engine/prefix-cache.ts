@@ -158,8 +158,7 @@ export class PrefixCache {
     for (const t of arrays) mx.keep(t);
     const { tokens, dropped, keys, values } = loaded;
     const bytes = arrays.reduce((sum, t) => sum + t.nbytes, 0);
-    // A file does not say how far its rotating cache could go back: a rotated one serves its own tokens only.
-    const shortest = dropped > 0 ? tokens.length : 0;
+    const shortest = shortestServed(loaded);
     return {
       id: this.#nextId++,
       namespace: 0,
@@ -200,6 +199,7 @@ export class PrefixCache {
   insert(tokens: number[], caches: KVCache[], row = 0, skip = 0, dropped = 0, namespace = 0): void {
     if (tokens.length === 0 || this.#covered(tokens, namespace)) return;
     const n = tokens.length - dropped;
+    const shortest = shortestPrefix(caches, row);
     const { keys, values } = snapshotRow(caches, row, skip, n);
     const arrays = [...keys, ...values].flat();
     const bytes = arrays.reduce((sum, t) => sum + t.nbytes, 0);
@@ -208,14 +208,13 @@ export class PrefixCache {
         // Straight to disk; the other processes of a split model hold their share just for that.
         const id = this.#nextId++;
         this.mirror?.savePrefix(id, caches, row, skip, n);
-        this.disk.save({ tokens, dropped, keys, values }, id);
+        this.disk.save({ tokens, dropped, shortest, keys, values }, id);
         this.mirror?.dropPrefix(id);
       }
       for (const t of arrays) t.free();
       return;
     }
     const id = this.#nextId++;
-    const shortest = shortestPrefix(caches, row);
     const entry: Entry = {
       id,
       namespace,
@@ -325,6 +324,11 @@ export function seedCaches(caches: KVCache[], keys: Stored[], values: Stored[], 
     if (c instanceof RotatingKVCache) c.seed(keys[layer]!, values[layer]!, length, dropped);
     else c.seed(keys[layer]!, values[layer]!, length);
   });
+}
+
+/** The shortest prefix of its tokens `entry` serves: any when it holds all its positions. */
+export function shortestServed(entry: Pick<PromptCacheEntry, "tokens" | "dropped" | "shortest">): number {
+  return entry.dropped === 0 ? 0 : Math.min(entry.shortest ?? entry.tokens.length, entry.tokens.length);
 }
 
 /** The shortest prefix `row` of a cache can go back to (0 for a cache that keeps everything). */

@@ -44,6 +44,11 @@ export interface PromptCacheEntry {
   tokens: number[];
   /** Positions a rotating cache (--max-kv-size) no longer held. */
   dropped: number;
+  /**
+   * The shortest prefix of its tokens it can serve, when positions were dropped: how far back
+   * its rotating cache could go (RotatingKVCache.shortestTrim). Unsaid, all its tokens.
+   */
+  shortest?: number;
   keys: Stored[];
   values: Stored[];
   /** The document, for `mlx run --prompt-cache` to build its prompt from (mlx cache-prompt). */
@@ -145,6 +150,7 @@ export function encodePromptCache(
     source,
     tokens: JSON.stringify(entry.tokens),
     dropped: String(entry.dropped),
+    ...(entry.shortest === undefined ? {} : { shortest: String(entry.shortest) }),
     checksum: checksum(data),
     // Layers held elsewhere (a split model) have no tensors: the count says how many there are.
     layers: String(entry.keys.length),
@@ -305,6 +311,8 @@ function damagedMetadata(metadata: Record<string, string>): string | undefined {
   const whole = (value: string | undefined) => value === undefined || /^\d+$/.test(value);
   if (!whole(metadata.dropped) || Number(metadata.dropped ?? 0) > tokens.length)
     return `it drops ${metadata.dropped} of ${tokens.length} positions`;
+  if (!whole(metadata.shortest) || Number(metadata.shortest ?? 0) > tokens.length)
+    return `it serves prefixes from ${metadata.shortest} of ${tokens.length} positions`;
   if (!whole(metadata.layers)) return `its layer count is '${metadata.layers}'`;
   return undefined;
 }
@@ -373,6 +381,7 @@ function readEntry(path: string, metadata: Record<string, string>): PromptCacheE
   const entry: PromptCacheEntry = {
     tokens: JSON.parse(metadata.tokens!) as number[],
     dropped: Number(metadata.dropped ?? 0),
+    shortest: metadata.shortest === undefined ? undefined : Number(metadata.shortest),
     keys,
     values,
     text: metadata.text,
