@@ -9,7 +9,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { eventually, post, serve, tinyModel } from "./helpers/serve";
+import { eventually, post, serve, slowestHealthGap, tinyModel } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
 import * as mx from "../src/mlx";
 import { nextTurn } from "../src/event-loop";
@@ -251,6 +251,20 @@ describe("limits", () => {
     expect(o.json.error).toMatch(/context/);
     await answersNormally();
   });
+
+  test("a body of two million token ids is read in a moment: the server answers meanwhile", async () => {
+    const big = serve({ maxBodyBytes: 16 * 1024 * 1024 });
+    try {
+      await answersNormally(big.url);
+      const prompt = Array.from({ length: 2_000_000 }, (_, i) => i % 1000);
+      const asked = post(`${big.url}/v1/completions`, { model, prompt, max_tokens: 1 });
+      const slowest = await slowestHealthGap(big.url, asked);
+      expect((await asked).json.error).toMatchObject({ code: "context_length_exceeded", param: "prompt" });
+      expect(slowest).toBeLessThan(500);
+    } finally {
+      await big.stop();
+    }
+  }, 60_000);
 
   test("a request near the context is clamped: finish_reason length", async () => {
     const r = await post(`${server.url}/v1/completions`, {
@@ -744,22 +758,12 @@ describe("disconnects and the event loop", () => {
   test("a prompt of megabytes is tokenized a piece at a time (to answer it, or count its tokens): the server answers meanwhile", async () => {
     await answersNormally(); // the model loaded
     const content = "The quick brown fox jumps over the lazy dog, 42 times.\n".repeat(55_000); // 3 MB
-    // The server runs in this process: a tokenization holding the event loop shows as a gap between two answers.
-    let slowest = 0;
-    let done = false;
     const messages = [{ role: "user", content }];
     const [asked, counted] = [
       post(`${server.url}/v1/chat/completions`, chat({ messages })),
       post(`${server.url}/v1/messages/count_tokens`, { model, messages }),
     ];
-    Promise.allSettled([asked, counted]).finally(() => (done = true));
-    for (let last = performance.now(); !done; ) {
-      expect((await fetch(`${server.url}/health`)).status).toBe(200);
-      await Bun.sleep(10);
-      const now = performance.now();
-      slowest = Math.max(slowest, now - last);
-      last = now;
-    }
+    const slowest = await slowestHealthGap(server.url, Promise.all([asked, counted]));
     const { status, json } = await asked;
     expect(status).toBe(400); // past the tiny model's context, which its whole length says
     const { tokenizer } = server.state.models.loaded[0]!.lm;

@@ -45,7 +45,9 @@ function nestingDepth(value: unknown): number {
     if (v === null || typeof v !== "object") continue;
     deepest = Math.max(deepest, depth + 1);
     if (deepest > MAX_JSON_DEPTH) return deepest;
-    for (const child of Object.values(v)) pending.push([child, depth + 1]);
+    // Only what nests further is queued: a list of a million ids (a /detokenize) took a second.
+    for (const child of Array.isArray(v) ? v : Object.values(v))
+      if (child !== null && typeof child === "object") pending.push([child, depth + 1]);
   }
   return deepest;
 }

@@ -79,3 +79,25 @@ export async function eventually(check: () => boolean | Promise<boolean>, ms = 5
     await Bun.sleep(10);
   }
 }
+
+/**
+ * The longest wait between two answers of `url`/health, asked again and again until `work` is
+ * settled. With the server in this process, work that holds the event loop shows as such a gap.
+ */
+export async function slowestHealthGap(url: string, work: Promise<unknown>): Promise<number> {
+  let done = false;
+  const settled = work.then(
+    () => (done = true),
+    () => (done = true),
+  );
+  let slowest = 0;
+  for (let last = performance.now(); !done; ) {
+    if ((await fetch(`${url}/health`)).status !== 200) throw new Error("/health did not answer 200");
+    await Bun.sleep(10);
+    const now = performance.now();
+    slowest = Math.max(slowest, now - last);
+    last = now;
+  }
+  await settled;
+  return slowest;
+}
