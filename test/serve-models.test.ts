@@ -12,7 +12,7 @@ import { memoryFigures } from "../src/engine/device";
 import type { RunningServer } from "../src/server/app";
 import { modelUsers } from "../src/store/in-use";
 import { readManifest } from "../src/store/manifest";
-import { post, serve } from "./helpers/serve";
+import { post, serve, slowestHealthGap } from "./helpers/serve";
 import { startHfHub, type TestServer } from "./helpers/store";
 import { writeTinyModel } from "./helpers/tiny-model";
 
@@ -243,17 +243,8 @@ describe("llama.cpp utilities", () => {
     const content = unit.repeat(Math.ceil(3_000_000 / unit.length));
     await post(`${server.url}/tokenize`, { content: "warm" }); // the default model loaded
     const tokenizer = server.state.models.loaded[0]!.lm.tokenizer;
-    // The server runs in this process: a tokenization holding the event loop shows as a gap between two answers.
-    let slowest = 0;
-    let done = false;
-    const tokenized = post(`${server.url}/tokenize`, { content, with_pieces: true }).finally(() => (done = true));
-    for (let last = performance.now(); !done; ) {
-      expect((await fetch(`${server.url}/health`)).status).toBe(200);
-      await Bun.sleep(10);
-      const now = performance.now();
-      slowest = Math.max(slowest, now - last);
-      last = now;
-    }
+    const tokenized = post(`${server.url}/tokenize`, { content, with_pieces: true });
+    const slowest = await slowestHealthGap(server.url, tokenized);
     const { status, json } = await tokenized;
     expect(status).toBe(200);
     expect(json.tokens.map((t: { id: number }) => t.id)).toEqual(tokenizer.encode(content));
@@ -264,6 +255,24 @@ describe("llama.cpp utilities", () => {
         .join(""),
     ).toBe("Héllo");
     expect(slowest).toBeLessThan(500);
+  });
+
+  test("two million ids are detokenized a part at a time: the server answers meanwhile, the text that of the ids in one go", async () => {
+    const big = serve({ defaultModel: local, maxBodyBytes: 16 * 1024 * 1024 });
+    try {
+      await post(`${big.url}/tokenize`, { content: "warm" }); // the default model loaded
+      const tokenizer = big.state.models.loaded[0]!.lm.tokenizer;
+      const tokens = tokenizer.encode("Héllo wörld, 12345 times! 日本 😀 don't\n".repeat(120_000));
+      expect(tokens.length).toBeGreaterThan(2_000_000);
+      const detokenized = post(`${big.url}/detokenize`, { tokens });
+      const slowest = await slowestHealthGap(big.url, detokenized);
+      const { status, json } = await detokenized;
+      expect(status).toBe(200);
+      expect(json.content).toBe(tokenizer.decode(tokens));
+      expect(slowest).toBeLessThan(500);
+    } finally {
+      await big.stop();
+    }
   });
 
   test("bad requests are 400s naming the field", async () => {

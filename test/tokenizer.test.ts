@@ -279,6 +279,22 @@ describe("encodeSteps: a long text a piece at a time", () => {
     SLOW,
   );
   test(
+    "decodeSteps: the text of the ids in one go, characters split across tokens and all",
+    () => {
+      // Characters of several tokens each, one of the lists cut inside one wherever it is cut.
+      const emoji = hfTok.encode("😀".repeat(50_000), { addSpecialTokens: false });
+      for (const ids of [hfTok.encode(text), emoji, [hfTok.encode("a")[0]!, ...emoji]]) {
+        const run = hfTok.decodeSteps(ids);
+        let pauses = 0;
+        let step = run.next();
+        for (; !step.done; step = run.next()) pauses++;
+        expect(pauses).toBeGreaterThan(1);
+        expect(step.value).toBe(hfTok.decode(ids));
+      }
+    },
+    SLOW,
+  );
+  test(
     "a tokenizer that cannot be cut (a normalizer that prepends to every text) encodes it whole",
     () => {
       const prepending = new Tokenizer(

@@ -50,7 +50,8 @@ export function tokenRoutes(s: ServerState): Hono {
           `token id ${req.tokens[bad]} is outside the model's vocabulary (${vocab})`,
           `tokens.${bad}`,
         );
-      return lm.tokenizer.decode(req.tokens);
+      // In pieces, the event loop served between them, as /tokenize.
+      return runStepsAsync(lm.tokenizer.decodeSteps(req.tokens));
     });
     return c.json({ content });
   });
