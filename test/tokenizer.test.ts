@@ -258,11 +258,45 @@ describe("chat template", () => {
   });
 });
 
+// A SentencePiece vocabulary (Gemma's kind), as a GGUF gives it: control tokens, byte tokens for
+// "\n" and "!", then pieces whose score says which merge comes first.
+const sentencePieceTokens = [
+  "<pad>",
+  "<eos>",
+  "<bos>",
+  "<unk>",
+  "<0x0A>",
+  "<0x21>",
+  "▁",
+  "a",
+  "b",
+  "c",
+  "ab",
+  "bc",
+  "▁a",
+  "▁ab",
+  "abc",
+];
+const sentencePieceTypes = [3, 3, 3, 2, 6, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1];
+const sentencePieceScores = [0, 0, 0, 0, 0, 0, -1, -2, -2, -2, -3, -9, -4, -5, -6];
+const sentencePieceMeta = {
+  "general.architecture": "gemma3",
+  "tokenizer.ggml.model": "llama",
+  "tokenizer.ggml.tokens": sentencePieceTokens,
+  "tokenizer.ggml.token_type": sentencePieceTypes,
+  "tokenizer.ggml.scores": sentencePieceScores,
+  "tokenizer.ggml.bos_token_id": 2,
+  "tokenizer.ggml.eos_token_id": 1,
+  "tokenizer.ggml.unknown_token_id": 3,
+  "tokenizer.ggml.add_bos_token": true,
+  "tokenizer.ggml.add_space_prefix": false,
+};
+
 describe("encodeSteps: a long text a piece at a time", () => {
   const unit = "Héllo wörld, 12345 times!\n\n  indented\tcode() {x = 3.14;}  <|im_start|>user 日本 😀 don't ";
   const text = unit.repeat(Math.ceil(100_000 / unit.length));
-  const steps = (tok: Tokenizer, addSpecialTokens?: boolean) => {
-    const run = tok.encodeSteps(text, { addSpecialTokens });
+  const steps = (tok: Tokenizer, addSpecialTokens?: boolean, of = text) => {
+    const run = tok.encodeSteps(of, { addSpecialTokens });
     let pauses = 0;
     for (let step = run.next(); ; step = run.next(), pauses++) if (step.done) return { ids: step.value, pauses };
   };
@@ -275,6 +309,21 @@ describe("encodeSteps: a long text a piece at a time", () => {
           expect(pauses).toBeGreaterThan(3);
           expect(ids).toEqual(tok.encode(text, { addSpecialTokens }));
         }
+    },
+    SLOW,
+  );
+  test(
+    "text without spaces (Chinese), and a SentencePiece tokenizer's (no pre-tokenizer: BPE over the whole text)",
+    () => {
+      const chinese = "中文没有空格的文本，很长很长。".repeat(8_000);
+      const chineseSteps = steps(hfTok, true, chinese);
+      expect(chineseSteps.pauses).toBeGreaterThan(3);
+      expect(chineseSteps.ids).toEqual(hfTok.encode(chinese));
+      const sentencePiece = Tokenizer.fromGGUFMetadata(sentencePieceMeta);
+      const abc = "abc ab\n!cab  bca,abc\n\n".repeat(8_000);
+      const abcSteps = steps(sentencePiece, true, abc);
+      expect(abcSteps.pauses).toBeGreaterThan(3);
+      expect(abcSteps.ids).toEqual(sentencePiece.encode(abc));
     },
     SLOW,
   );
@@ -411,38 +460,7 @@ describe("tokenizerFilesFromGGUF", () => {
   test(
     "a SentencePiece vocabulary (Gemma's kind): merges rebuilt from the scores, spaces as ▁, bytes for unknown characters",
     () => {
-      // Control tokens, byte tokens for "\n" and "!", then pieces whose score says which merge comes first.
-      const tokens = [
-        "<pad>",
-        "<eos>",
-        "<bos>",
-        "<unk>",
-        "<0x0A>",
-        "<0x21>",
-        "▁",
-        "a",
-        "b",
-        "c",
-        "ab",
-        "bc",
-        "▁a",
-        "▁ab",
-        "abc",
-      ];
-      const types = [3, 3, 3, 2, 6, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1];
-      const scores = [0, 0, 0, 0, 0, 0, -1, -2, -2, -2, -3, -9, -4, -5, -6];
-      const meta = {
-        "general.architecture": "gemma3",
-        "tokenizer.ggml.model": "llama",
-        "tokenizer.ggml.tokens": tokens,
-        "tokenizer.ggml.token_type": types,
-        "tokenizer.ggml.scores": scores,
-        "tokenizer.ggml.bos_token_id": 2,
-        "tokenizer.ggml.eos_token_id": 1,
-        "tokenizer.ggml.unknown_token_id": 3,
-        "tokenizer.ggml.add_bos_token": true,
-        "tokenizer.ggml.add_space_prefix": false,
-      };
+      const meta = sentencePieceMeta;
       const files = tokenizerFilesFromGGUF(meta);
       // "ab" (score -3) outranks "bc" (-9): "abc" is reached through ab + c.
       const merges = (files.tokenizerJson.model as { merges: string[][] }).merges;

@@ -172,18 +172,19 @@ export class Tokenizer {
   }
 
   /**
-   * Where a piece of `text` may end, at `from` or after: a space between a letter or digit and
-   * a letter (where pre-tokenizers split), once the text around it is seen to tokenize the same
+   * Where a piece of `text` may end, at `from` or after: after a letter or digit that a space
+   * and a letter follow, or after a letter that punctuation follows (text without spaces, as
+   * Chinese), where pre-tokenizers split; once the text around it is seen to tokenize the same
    * cut there or not (a normalizer that prepends to or strips each text does not, nor a token
-   * spanning a space). The end of the text when no nearby place does.
+   * spanning the place). The end of the text when no nearby place does.
    */
   #cutFrom(text: string, from: number): number {
-    const places = /[\p{L}\p{N}] \p{L}/gu;
+    const places = /[\p{L}\p{N}](?= \p{L})|\p{L}(?=[^\s\p{L}\p{N}])/gu;
     places.lastIndex = from;
     for (let tries = 0; tries < CUT_TRIES; tries++) {
       const found = places.exec(text);
       if (!found) break;
-      const cut = found.index + 1;
+      const cut = found.index + found[0].length;
       const [left, right] = [text.slice(cut - CUT_CHECK, cut), text.slice(cut, cut + CUT_CHECK)];
       const apart = [
         ...this.encode(left, { addSpecialTokens: false }),
@@ -191,7 +192,6 @@ export class Tokenizer {
       ];
       const whole = this.encode(left + right, { addSpecialTokens: false });
       if (apart.length === whole.length && apart.every((id, i) => id === whole[i])) return cut;
-      places.lastIndex = cut;
     }
     return text.length;
   }
@@ -319,8 +319,8 @@ export class Tokenizer {
 
 const utf8 = new TextEncoder();
 
-/** Characters of text encodeSteps encodes between two pauses (about 10 ms of a BPE tokenizer's time). */
-const ENCODE_PIECE = 16 * 1024;
+/** Characters of text encodeSteps encodes between two pauses: a few ms (a BPE without pre-tokenizer, as Gemma's, takes more than linear time in a piece's length). */
+const ENCODE_PIECE = 4 * 1024;
 /** Characters (or ids) each side of a piece's end checked to tokenize (or decode) the same cut or not. */
 const CUT_CHECK = 64;
 /** Ids decodeSteps decodes between two pauses. */
