@@ -328,6 +328,20 @@ describe("encodeSteps: a long text a piece at a time", () => {
     SLOW,
   );
   test(
+    "an added token longer than the text checked around a cut is never cut",
+    () => {
+      const marker = `<|${"a tool's marker, with words and punctuation. ".repeat(4)}|>`;
+      const added = [...(hfTokenizerJson.added_tokens as object[]), { id: 49152, content: marker, special: true }];
+      const tok = new Tokenizer({ ...hfTokenizerJson, added_tokens: added }, fixture.hf_tokenizer_config);
+      const marked = `Some words before it ${marker} and after it.\n`.repeat(2_000);
+      const { ids, pauses } = steps(tok, true, marked);
+      expect(pauses).toBeGreaterThan(3);
+      expect(ids).toEqual(tok.encode(marked));
+      expect(ids.filter((id) => id === 49152)).toHaveLength(2_000);
+    },
+    SLOW,
+  );
+  test(
     "decodeSteps: the text of the ids in one go, characters split across tokens and all",
     () => {
       // Characters of several tokens each, one of the lists cut inside one wherever it is cut.

@@ -63,6 +63,8 @@ export class Tokenizer {
   private readonly hf: HFTokenizer;
   private readonly specialIds: Set<number>;
   private readonly addedIds: Set<number>;
+  /** Characters each side of a place encodeSteps may cut checked: more than any added token spans. */
+  private readonly cutCheck: number;
   private readonly cleanUpSpaces: boolean;
   /** SentencePiece-style: "▁" stands for a space, and <0xNN> tokens for single bytes (byte_fallback). */
   private readonly metaspace: boolean;
@@ -85,6 +87,7 @@ export class Tokenizer {
 
     const added = (tokenizerJson.added_tokens as { id: number; content: string; special?: boolean }[]) ?? [];
     this.addedIds = new Set(added.map((t) => t.id));
+    this.cutCheck = added.reduce((most, t) => Math.max(most, t.content.length + 1), CUT_CHECK);
     this.specialIds = new Set(added.filter((t) => t.special).map((t) => t.id));
     for (const token of asList(tokenizerConfig.additional_special_tokens)) {
       const id = this.tokenToId(tokenString(token));
@@ -185,7 +188,7 @@ export class Tokenizer {
       const found = places.exec(text);
       if (!found) break;
       const cut = found.index + found[0].length;
-      const [left, right] = [text.slice(cut - CUT_CHECK, cut), text.slice(cut, cut + CUT_CHECK)];
+      const [left, right] = [text.slice(cut - this.cutCheck, cut), text.slice(cut, cut + this.cutCheck)];
       const apart = [
         ...this.encode(left, { addSpecialTokens: false }),
         ...this.encode(right, { addSpecialTokens: false }),
@@ -321,12 +324,12 @@ const utf8 = new TextEncoder();
 
 /** Characters of text encodeSteps encodes between two pauses: a few ms (a BPE without pre-tokenizer, as Gemma's, takes more than linear time in a piece's length). */
 const ENCODE_PIECE = 4 * 1024;
-/** Characters (or ids) each side of a piece's end checked to tokenize (or decode) the same cut or not. */
+/** Characters (or ids) each side of a piece's end checked to tokenize (or decode) the same cut or not, at least. */
 const CUT_CHECK = 64;
 /** Ids decodeSteps decodes between two pauses. */
 const DECODE_PIECE = 32 * 1024;
-/** Places to end a piece tried before the rest of the text is encoded in one go (a tokenizer that never cuts). */
-const CUT_TRIES = 8;
+/** Places to end a piece tried before the rest of the text is encoded in one go (a tokenizer that never cuts; a long added token in the way). */
+const CUT_TRIES = 64;
 
 let charToByte: Map<string, number> | undefined;
 
