@@ -63,7 +63,7 @@ export class Tokenizer {
   private readonly hf: HFTokenizer;
   private readonly specialIds: Set<number>;
   private readonly addedIds: Set<number>;
-  /** Characters each side of a place encodeSteps may cut checked: more than any added token spans. */
+  /** Characters each side of a place encodeSteps may cut that are checked: more than any added token spans. */
   private readonly cutCheck: number;
   private readonly cleanUpSpaces: boolean;
   /** SentencePiece-style: "▁" stands for a space, and <0xNN> tokens for single bytes (byte_fallback). */
@@ -322,13 +322,19 @@ export class Tokenizer {
 
 const utf8 = new TextEncoder();
 
-/** Characters of text encodeSteps encodes between two pauses: a few ms (a BPE without pre-tokenizer, as Gemma's, takes more than linear time in a piece's length). */
+/**
+ * Characters of text encodeSteps encodes between two pauses: a few ms (a BPE without
+ * pre-tokenizer, as Gemma's, takes more than linear time in a piece's length).
+ */
 const ENCODE_PIECE = 4 * 1024;
-/** Characters (or ids) each side of a piece's end checked to tokenize (or decode) the same cut or not, at least. */
+/** Characters (or ids) at least each side of a piece's end checked to tokenize (or decode) the same cut or not. */
 const CUT_CHECK = 64;
 /** Ids decodeSteps decodes between two pauses. */
 const DECODE_PIECE = 32 * 1024;
-/** Places to end a piece tried before the rest of the text is encoded in one go (a tokenizer that never cuts; a long added token in the way). */
+/**
+ * Places to end a piece tried before the rest is encoded (or decoded) in one go: a tokenizer
+ * that never cuts, or a long added token in the way.
+ */
 const CUT_TRIES = 64;
 
 let charToByte: Map<string, number> | undefined;
