@@ -139,6 +139,12 @@ describe("the rotating KV cache", () => {
     before = prefixCache.hitTokens;
     expect(ask(followUp, 10)).toEqual(reference(followUp, 10, 12));
     expect(prefixCache.hitTokens - before).toBe(prompt.length + fresh.length - 2);
+    // One that leaves the answer early, before the rotated entry of the prompt and answer can
+    // go back to (it no longer holds what those tokens see): only the prompt's entry serves.
+    const early = [...prompt, ...fresh.slice(0, 2), 7, 8, 9];
+    before = prefixCache.hitTokens;
+    expect(ask(early, 10)).toEqual(reference(early, 10, 12));
+    expect(prefixCache.hitTokens - before).toBe(prompt.length);
     gen.dispose();
     prefixCache.clear();
   });
