@@ -21,6 +21,9 @@ let ollama: Ollama;
 let hub: { hub: TestServer; storage: TestServer };
 let local: string;
 
+// This file's store and hub, given back to the files after it (bun test runs them in one process).
+const savedEnv = { MLX_HOME: process.env.MLX_HOME, HF_ENDPOINT: process.env.HF_ENDPOINT };
+
 beforeAll(async () => {
   const root = mkdtempSync(join(tmpdir(), "mlx-serve-models-"));
   process.env.MLX_HOME = join(root, "home");
@@ -36,6 +39,10 @@ beforeAll(async () => {
 afterAll(async () => {
   await server.stop();
   await Promise.all([hub.hub.close(), hub.storage.close()]);
+  for (const [name, value] of Object.entries(savedEnv)) {
+    if (value === undefined) delete process.env[name];
+    else process.env[name] = value;
+  }
 });
 
 describe("Ollama model management", () => {
