@@ -155,18 +155,19 @@ describe("JSON Schema outputs are valid by construction (tiny random-weight mode
   }
 });
 
+/** Whether the constraint for `schema` takes `answer` as a complete answer. */
+async function accepts(schema: object, answer: string): Promise<boolean> {
+  const constraint = await createJsonConstraint(lm.tokenizer, { schema });
+  try {
+    return constraint.accepted(lm.tokenizer.encode(answer, { addSpecialTokens: false }));
+  } finally {
+    constraint.dispose();
+  }
+}
+
 describe("non-ASCII text in a schema is enforced as written", () => {
   // xgrammar's compiler cache keys a grammar by its printed text, where "ß" before "e" prints
   // as "\xdfe" and reads back as another character: the constraint must compile the text itself.
-  const accepts = async (schema: object, answer: string) => {
-    const constraint = await createJsonConstraint(lm.tokenizer, { schema });
-    try {
-      return constraint.accepted(lm.tokenizer.encode(answer, { addSpecialTokens: false }));
-    } finally {
-      constraint.dispose();
-    }
-  };
-
   test("property names, enum values and consts", async () => {
     const schema = {
       type: "object",
@@ -182,6 +183,32 @@ describe("non-ASCII text in a schema is enforced as written", () => {
     const schema = { type: "string", pattern: "^(α|β)+ße$" };
     expect(await accepts(schema, '"αβße"')).toBe(true);
     expect(await accepts(schema, '"¿ße"')).toBe(false);
+  });
+});
+
+describe("property names that JSON escapes", () => {
+  // xgrammar writes a property name into its grammar as it is, unescaped: a quote or a
+  // backslash broke the grammar's text (an 'EBNF lexer error'), a tab or a control character
+  // went into the answer raw, which is not JSON.
+  const names = ['say "hi"', "C:\\dir", "two\nlines", "a\tb", "bell\u0007"];
+  const schema = {
+    type: "object",
+    properties: Object.fromEntries(names.map((name) => [name, { enum: [1] }])),
+    required: names,
+    additionalProperties: false,
+  };
+
+  test("are written escaped, as JSON writes them", async () => {
+    const answer = `{${names.map((name) => `${JSON.stringify(name)}: 1`).join(", ")}}`;
+    expect(await accepts(schema, answer)).toBe(true);
+    const raw = `{${names.map((name) => `"${name}": 1`).join(", ")}}`;
+    expect(await accepts(schema, raw)).toBe(false);
+  });
+
+  test("a generated answer parses, the names as the schema spells them", async () => {
+    const { result } = await generate({ schema }, { temperature: 0 }, 100);
+    expect(result.finishReason).toBe("stop");
+    expect(Object.keys(JSON.parse(result.text))).toEqual(names);
   });
 });
 

@@ -581,7 +581,8 @@ const FRACTION = '"." [0-9]{0,5} [1-9]';
 
 /**
  * A copy of `node` with each bounded number replaced by a placeholder (`rules` receives the
- * grammar each stands for) and each format with a pattern of ours replaced by it.
+ * grammar each stands for), each format with a pattern of ours replaced by it, and each
+ * property name written as its grammar literal must hold it (see grammarPropertyName).
  */
 function replaceBoundedNumbers(node: unknown, path: string, rules: string[]): unknown {
   if (typeof node !== "object" || node === null || Array.isArray(node)) return node;
@@ -589,17 +590,30 @@ function replaceBoundedNumbers(node: unknown, path: string, rules: string[]): un
   const inner = (value: unknown, at: string) => replaceBoundedNumbers(value, at, rules);
   for (const name of SUBSCHEMA_MAPS) {
     const map = s[name];
+    const key = name === "properties" ? grammarPropertyName : (k: string) => k;
     if (map && typeof map === "object" && !Array.isArray(map))
       s[name] = Object.fromEntries(
-        Object.entries(map).map(([k, v]) => [k, inner(v, `${path}/${name}/${escapePointer(k)}`)]),
+        Object.entries(map).map(([k, v]) => [key(k), inner(v, `${path}/${name}/${escapePointer(k)}`)]),
       );
   }
+  if (Array.isArray(s.required))
+    s.required = s.required.map((k) => (typeof k === "string" ? grammarPropertyName(k) : k));
   for (const name of [...SUBSCHEMA_LISTS, ...SUBSCHEMA_SINGLE]) {
     const value = s[name];
     if (Array.isArray(value)) s[name] = value.map((v, i) => inner(v, `${path}/${name}/${i}`));
     else if (value !== undefined) s[name] = inner(value, `${path}/${name}`);
   }
   return boundedNumber(s, path, rules) ?? formatAsPattern(s);
+}
+
+/**
+ * xgrammar writes a property name into its grammar unescaped, between the quotes of an EBNF
+ * literal: a quote or a backslash in it broke the grammar's text, and a tab or a control
+ * character went into the answer as it is, which is not JSON. So it is given the name as JSON
+ * writes it, escaped once more for the EBNF literal.
+ */
+function grammarPropertyName(name: string): string {
+  return JSON.stringify(name).slice(1, -1).replace(/["\\]/g, "\\$&");
 }
 
 /** `s` with its `format` written as the pattern constrained decoding enforces for it (see formatPattern). */
