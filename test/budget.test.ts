@@ -163,6 +163,21 @@ const schemas: Record<string, { schema: Record<string, unknown>; sample: unknown
     },
     sample: { shape: { kind: "rect", w: -18, h: 4 }, label: "box" },
   },
+  // Names JSON writes with escapes: the completion follows them as written.
+  "property names that JSON escapes": {
+    schema: {
+      type: "object",
+      properties: {
+        'say "hi"': { type: "string" },
+        "C:\\dir": { type: "integer" },
+        "two\nlines": { type: "boolean" },
+        "a\tb": { type: "string" },
+      },
+      required: ['say "hi"', "C:\\dir", "two\nlines", "a\tb"],
+      additionalProperties: false,
+    },
+    sample: { 'say "hi"': "x", "C:\\dir": 7, "two\nlines": true, "a\tb": "y" },
+  },
   // Strings a random model never ends by itself, whose every prefix is not yet a match: only
   // the budget closes them.
   "patterns and formats": {

@@ -352,6 +352,7 @@ type Frame =
       t: "string";
       s: Schema;
       key: boolean;
+      /** A key's text as typed, escapes as written (JSON's spelling of the name). */
       text: string;
       length: number;
       escape: string | undefined;
@@ -609,6 +610,7 @@ class Reading {
   }
 
   private stringChar(top: Extract<Frame, { t: "string" }>, c: string): void {
+    if (top.key && (top.escape !== undefined || c !== '"')) top.text += c;
     if (top.escape !== undefined) {
       top.escape += c;
       if (top.escape[0] === "u" && top.escape.length < 5) return;
@@ -624,7 +626,6 @@ class Reading {
     if (top.at) return this.patternChar(top, c);
     // A length counts code points, as JSON Schema (and the grammar) do: a surrogate pair is one.
     if (!isLowSurrogate(c)) top.length++;
-    if (top.key) top.text += c;
   }
 
   /** A character of a pattern's string: the automaton follows whole code points. */
@@ -650,7 +651,7 @@ class Reading {
     }
     if (parent.t === "object") {
       if (closed.t === "string" && closed.key) {
-        parent.key = closed.text;
+        parent.key = keyName(closed.text);
         parent.state = "colon";
       } else {
         parent.seen.push(parent.key);
@@ -681,18 +682,9 @@ class Reading {
         return shortestOf(f.texts).slice(f.text.length);
       case "number":
         return numberCompletion(f.s, f.text);
-      case "string": {
-        const escape =
-          f.escape === undefined
-            ? ""
-            : f.escape === ""
-              ? "n"
-              : f.escape.startsWith("u")
-                ? "0".repeat(5 - f.escape.length)
-                : "";
-        if (f.key) return escape; // the object completes the key (see below)
-        return `${escape}${this.shapes.stringRest(f.s, f.length + (f.escape === undefined ? 0 : 1), f.at)}"`;
-      }
+      case "string":
+        if (f.key) return ""; // the object completes the key (see below)
+        return `${escapeRest(f)}${this.shapes.stringRest(f.s, f.length + (f.escape === undefined ? 0 : 1), f.at)}"`;
       case "array": {
         const count = f.count + (inner ? 1 : 0);
         const items: string[] = [];
@@ -703,7 +695,7 @@ class Reading {
         return items.length > 0 ? `${lead}${items.join(", ")}]` : "]";
       }
       case "object": {
-        if (inner?.t === "string" && inner.key) return this.cheapestMember(f, f.seen, inner.text);
+        if (inner?.t === "string" && inner.key) return this.cheapestMember(f, f.seen, inner.text, escapeRest(inner));
         const seen = inner ? [...f.seen, f.key] : f.seen;
         if (f.state === "colon")
           return `: ${shapes.minText(shapes.propertySchema(f.s, f.key))}${this.membersAfter(f.s, [...seen, f.key], true)}`;
@@ -720,8 +712,12 @@ class Reading {
     return `${lead ? ", " : ""}${members.join(", ")}}`;
   }
 
-  /** Inside a key (after its opening quote): the cheapest property it can name, the rest, and "}". */
-  private cheapestMember(f: Extract<Frame, { t: "object" }>, seen: string[], typed: string): string {
+  /**
+   * Inside a key (after its opening quote, `typed` written since, escapes as written): the
+   * cheapest property it can name, the rest, and "}". `escapeRest` finishes an escape `typed`
+   * ends inside, for a name the object does not define.
+   */
+  private cheapestMember(f: Extract<Frame, { t: "object" }>, seen: string[], typed: string, escapeRest = ""): string {
     const shapes = this.shapes;
     const names = Object.keys(properties(f.s));
     const last = Math.max(-1, ...seen.map((k) => names.indexOf(k)));
@@ -733,17 +729,33 @@ class Reading {
       (k, i) =>
         !seen.includes(k) &&
         (!shapes.strict || (i > last && (firstMissing < 0 || i <= firstMissing))) &&
-        k.startsWith(typed),
+        JSON.stringify(k).startsWith(`"${typed}`),
     );
     const candidates = next.map(
       (k) =>
         `${JSON.stringify(k).slice(1 + typed.length)}: ${shapes.minText(shapes.propertySchema(f.s, k))}${this.membersAfter(f.s, [...seen, k], true)}`,
     );
     if (shapes.additional(f.s) !== undefined)
-      candidates.push(`": ${shapes.minText(shapes.additional(f.s))}${this.membersAfter(f.s, seen, true)}`);
+      candidates.push(`${escapeRest}": ${shapes.minText(shapes.additional(f.s))}${this.membersAfter(f.s, seen, true)}`);
     if (candidates.length === 0) throw new UnsteerableSchemaError("no property may come next");
     return shortestOf(candidates);
   }
+}
+
+/** The property name a key's text (as typed, without its quotes) spells. */
+function keyName(typed: string): string {
+  try {
+    return JSON.parse(`"${typed}"`) as string;
+  } catch {
+    throw new UnsteerableSchemaError("a key JSON does not read");
+  }
+}
+
+/** What finishes the escape a string's text ends inside ("" when none is open). */
+function escapeRest(f: Extract<Frame, { t: "string" }>): string {
+  if (f.escape === undefined) return "";
+  if (f.escape === "") return "n";
+  return f.escape.startsWith("u") ? "0".repeat(5 - f.escape.length) : "";
 }
 
 const isLowSurrogate = (c: string) => c >= "\udc00" && c <= "\udfff";
