@@ -470,6 +470,23 @@ describe("invalid or unsupported schemas are a clear error naming the offending 
       { type: "object", minProperties: 2, additionalProperties: false },
       /unsupported schema: minProperties is greater than the number of properties/,
     ],
+    // xgrammar then wrote any value for any name propertyNames allows: {"a": "text"} under
+    // additionalProperties {"type": "integer"}.
+    [
+      "propertyNames beside additionalProperties",
+      { type: "object", propertyNames: { pattern: "^[a-c]$" }, additionalProperties: { type: "integer" } },
+      /\/additionalProperties cannot be combined with propertyNames/,
+    ],
+    [
+      "propertyNames beside properties",
+      {
+        type: "object",
+        properties: { a: { type: "integer" } },
+        required: ["a"],
+        propertyNames: { maxLength: 3 },
+      },
+      /\/properties cannot be combined with propertyNames/,
+    ],
     ["not an object", ["type", "string"], /must be a JSON object/],
     [
       "a non-ASCII character class in a pattern (xgrammar matches classes on ASCII only)",
@@ -560,6 +577,8 @@ describe("invalid or unsupported schemas are a clear error naming the offending 
       { type: "object", properties: { child: { $ref: "#" } } },
       { anyOf: [{ type: "object", properties: { c: { $ref: "#" } }, required: ["c"] }, { type: "null" }] },
       { type: "object", properties: { kids: { type: "array", items: { $ref: "#" } } }, required: ["kids"] },
+      // propertyNames with what xgrammar enforces beside it.
+      { type: "object", propertyNames: { enum: ["a", "b"] }, additionalProperties: true, maxProperties: 2 },
     ])
       await validateSchema(schema);
   });

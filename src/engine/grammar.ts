@@ -268,6 +268,7 @@ function walkSchema(node: unknown, path: string): void {
   if (Array.isArray(s.allOf) && s.allOf.length > 1)
     throw new SchemaError(`unsupported schema: ${path}/allOf with more than one schema is not supported`);
   checkIgnoredSiblings(s, path);
+  checkPropertyNamesAlone(s, path);
   checkRequiredDefined(s, path);
   if (typeof s.pattern === "string") {
     checkPattern(s.pattern, `${path}/pattern`);
@@ -383,6 +384,22 @@ function meets(schema: Record<string, unknown>, value: unknown): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * Refuses what describes an object's properties beside `propertyNames`: xgrammar then writes
+ * any name that propertyNames allows followed by any value, so `properties`,
+ * `patternProperties` and `additionalProperties` (a schema, or false) would not be enforced.
+ */
+function checkPropertyNamesAlone(s: Record<string, unknown>, path: string): void {
+  if (!("propertyNames" in s)) return;
+  const ignored = ["properties", "patternProperties", "additionalProperties"].find(
+    (k) => k in s && !(k === "additionalProperties" && s[k] === true),
+  );
+  if (ignored)
+    throw new SchemaError(
+      `unsupported schema: ${path}/${ignored} cannot be combined with propertyNames in constrained decoding (it would not be enforced)`,
+    );
 }
 
 /** Refuses `required` names that `properties` does not define: xgrammar would not require them. */
