@@ -157,7 +157,7 @@ export class SchemaShapes {
     if (literals) return shortestOf(literals);
     switch (this.kind(s)) {
       case "object":
-        return `{${this.requiredMembers(s, []).join(", ")}}`;
+        return `{${this.neededMembers(s, []).join(", ")}}`;
       case "array": {
         const items: string[] = [];
         for (let i = 0; i < minItems(s); i++) items.push(this.minText(this.itemSchema(s, i)));
@@ -268,11 +268,51 @@ export class SchemaShapes {
     return rest;
   }
 
-  /** Each required property not in `seen`, as `"key": value`, in the schema's order. */
-  requiredMembers(s: Schema, seen: readonly string[]): string[] {
-    return this.requiredKeys(s)
-      .filter((k) => !seen.includes(k))
-      .map((k) => this.member(s, k));
+  /**
+   * The members an object that holds `seen` still needs, as `"key": value`: each required
+   * property not in `seen`, in the schema's order, and as many more as `minProperties` asks
+   * for: the cheapest properties the schema names that may still come (in strict mode, those
+   * after the last one written, as the grammar writes them in the schema's order), then
+   * properties it does not name, under the shortest names not yet used.
+   */
+  neededMembers(s: Schema, seen: readonly string[]): string[] {
+    const names = Object.keys(properties(s));
+    const required = this.requiredKeys(s).filter((k) => !seen.includes(k));
+    // A name written twice counts once, as JSON readers keep one of them.
+    let extra = (typeof s.minProperties === "number" ? s.minProperties : 0) - new Set(seen).size - required.length;
+    if (extra <= 0) return required.map((k) => this.member(s, k));
+    const last = Math.max(-1, ...seen.map((k) => names.indexOf(k)));
+    const optional = names
+      .filter((k, i) => !seen.includes(k) && !required.includes(k) && (!this.strict || i > last))
+      .map((k) => ({ k, text: this.member(s, k) }))
+      .sort((a, b) => a.text.length - b.text.length)
+      .slice(0, extra)
+      .map(({ k }) => k);
+    const named = names.filter((k) => required.includes(k) || optional.includes(k)).map((k) => this.member(s, k));
+    extra -= optional.length;
+    if (extra <= 0) return named;
+    // Properties the schema does not name: where their names are free, and can be told apart
+    // from those written (the same name twice would count once).
+    const unnamed = this.additional(s);
+    if (unnamed === undefined || s.patternProperties !== undefined || s.propertyNames !== undefined)
+      throw new UnsteerableSchemaError("minProperties asks for more properties than the steering can name");
+    const value = this.minText(unnamed);
+    const taken = [...names, ...seen];
+    const added: string[] = [];
+    while (added.length < extra) {
+      const name = this.freshName("", taken);
+      taken.push(name);
+      added.push(`${JSON.stringify(name)}: ${value}`);
+    }
+    return [...named, ...added];
+  }
+
+  /** The shortest text that makes a name starting with `start` none of `taken` ("" when `start` is free already). */
+  freshName(start: string, taken: readonly string[]): string {
+    for (let n = 0; ; n++) {
+      const rest = n === 0 ? "" : (n - 1).toString(36);
+      if (!taken.includes(start + rest)) return rest;
+    }
   }
 
   member(s: Schema, key: string): string {
@@ -707,7 +747,7 @@ class Reading {
 
   /** The required members not in `seen`, then "}" (after a ", " when members came before). */
   private membersAfter(s: Schema, seen: string[], lead: boolean): string {
-    const members = this.shapes.requiredMembers(s, seen);
+    const members = this.shapes.neededMembers(s, seen);
     if (members.length === 0) return "}";
     return `${lead ? ", " : ""}${members.join(", ")}}`;
   }
@@ -731,12 +771,28 @@ class Reading {
         (!shapes.strict || (i > last && (firstMissing < 0 || i <= firstMissing))) &&
         JSON.stringify(k).startsWith(`"${typed}`),
     );
-    const candidates = next.map(
-      (k) =>
-        `${JSON.stringify(k).slice(1 + typed.length)}: ${shapes.minText(shapes.propertySchema(f.s, k))}${this.membersAfter(f.s, [...seen, k], true)}`,
-    );
-    if (shapes.additional(f.s) !== undefined)
-      candidates.push(`${escapeRest}": ${shapes.minText(shapes.additional(f.s))}${this.membersAfter(f.s, seen, true)}`);
+    const candidates: string[] = [];
+    // A member the object cannot be completed after (minProperties asking for more than may follow it) is no candidate.
+    const consider = (candidate: () => string) => {
+      try {
+        candidates.push(candidate());
+      } catch (error) {
+        if (!(error instanceof UnsteerableSchemaError)) throw error;
+      }
+    };
+    for (const k of next)
+      consider(
+        () =>
+          `${JSON.stringify(k).slice(1 + typed.length)}: ${shapes.minText(shapes.propertySchema(f.s, k))}${this.membersAfter(f.s, [...seen, k], true)}`,
+      );
+    const unnamed = shapes.additional(f.s);
+    if (unnamed !== undefined)
+      consider(() => {
+        // A name not written yet: the same name twice counts once (minProperties).
+        const rest = shapes.freshName(keyName(typed + escapeRest), [...Object.keys(properties(f.s)), ...seen]);
+        const name = `${escapeRest}${JSON.stringify(rest).slice(1, -1)}`;
+        return `${name}": ${shapes.minText(unnamed)}${this.membersAfter(f.s, [...seen, keyName(typed + name)], true)}`;
+      });
     if (candidates.length === 0) throw new UnsteerableSchemaError("no property may come next");
     return shortestOf(candidates);
   }
