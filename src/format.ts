@@ -22,7 +22,10 @@ export function formatCount(n: number): string {
 
 /** Why a file could not be opened or read, as the tail of a one-line error ("no such file" for the common case). */
 export function fileErrorReason(error: unknown): string {
-  return (error as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (error as Error).message;
+  const code = (error as NodeJS.ErrnoException).code;
+  if (code === "ENOENT") return "no such file";
+  if (code === "EISDIR") return "it is a directory";
+  return (error as Error).message;
 }
 
 /**

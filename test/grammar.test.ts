@@ -677,6 +677,11 @@ describe("mlx run --schema / --format json, and /set format in mlx chat", () => 
       await mlx(["run", "-m", modelDir, "--schema", join(root, "nope.json"), "hi"]),
       /cannot read schema file '.*nope\.json': no such file/,
     ));
+  test("a schema file that is a directory", async () =>
+    oneLineError(
+      await mlx(["run", "-m", modelDir, "--schema", root, "hi"]),
+      /cannot read schema file '.*': it is a directory$/m,
+    ));
   test("a schema file that is not JSON", async () =>
     oneLineError(
       await mlx(["run", "-m", modelDir, "--schema", join(root, "broken.json"), "hi"]),

@@ -85,8 +85,7 @@ function readUserFile(path: string, what: string): string {
   try {
     return readFileSync(path, "utf8");
   } catch (error) {
-    const reason = (error as NodeJS.ErrnoException).code === "EISDIR" ? "it is a directory" : fileErrorReason(error);
-    throw new PromptFileError(`cannot read ${what} ${path}: ${reason}`);
+    throw new PromptFileError(`cannot read ${what} ${path}: ${fileErrorReason(error)}`);
   }
 }
 

@@ -280,8 +280,7 @@ export async function readStdin(): Promise<string> {
   try {
     return await Bun.stdin.text();
   } catch (error) {
-    const reason = (error as NodeJS.ErrnoException).code === "EISDIR" ? "it is a directory" : fileErrorReason(error);
-    throw new Error(`cannot read stdin: ${reason}`);
+    throw new Error(`cannot read stdin: ${fileErrorReason(error)}`);
   }
 }
 
