@@ -579,6 +579,7 @@ describe("invalid or unsupported schemas are a clear error naming the offending 
       { type: "object", properties: { kids: { type: "array", items: { $ref: "#" } } }, required: ["kids"] },
       // propertyNames with what xgrammar enforces beside it.
       { type: "object", propertyNames: { enum: ["a", "b"] }, additionalProperties: true, maxProperties: 2 },
+      { type: "object", propertyNames: { maxLength: 4 }, properties: {} },
     ])
       await validateSchema(schema);
   });

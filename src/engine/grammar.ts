@@ -393,9 +393,11 @@ function meets(schema: Record<string, unknown>, value: unknown): boolean {
  */
 function checkPropertyNamesAlone(s: Record<string, unknown>, path: string): void {
   if (!("propertyNames" in s)) return;
-  const ignored = ["properties", "patternProperties", "additionalProperties"].find(
-    (k) => k in s && !(k === "additionalProperties" && s[k] === true),
-  );
+  const describes = (k: string) =>
+    k === "additionalProperties"
+      ? s[k] !== undefined && s[k] !== true
+      : s[k] !== undefined && Object.keys(s[k] as object).length > 0;
+  const ignored = ["properties", "patternProperties", "additionalProperties"].find(describes);
   if (ignored)
     throw new SchemaError(
       `unsupported schema: ${path}/${ignored} cannot be combined with propertyNames in constrained decoding (it would not be enforced)`,
