@@ -255,6 +255,20 @@ describe("the shortest completion of every prefix parses and validates", () => {
     }
   });
 
+  // A model that keeps writing digits: past 309 of them Number reads Infinity, which is no
+  // integer, and the steering gave up (the answer was cut, invalid and not flagged).
+  test("an integer longer than a double holds", () => {
+    for (const [n, digits] of [
+      [{ type: "integer", minimum: 1 }, "9".repeat(400)],
+      [{ type: "integer" }, `-${"1".repeat(400)}`],
+    ] as const) {
+      const schema = { type: "object", properties: { n }, required: ["n"] };
+      const progress = new JsonProgress(new SchemaShapes(schema, true), schema);
+      progress.feed(`{"n": ${digits}`);
+      expect(progress.completion()).toBe("}");
+    }
+  });
+
   test("a string's minLength counts code points: a surrogate pair is one character", () => {
     const schema = { type: "object", properties: { s: { type: "string", minLength: 3 } }, required: ["s"] };
     const validate = ajv.compile(schema);

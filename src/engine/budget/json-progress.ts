@@ -357,7 +357,8 @@ function numberCompletion(s: Schema, typed: string): string {
   if (head === "" || head === "-" || /[.eE+-]$/.test(head)) head += head === "-" ? "1" : "0";
   const inRange = (text: string) => {
     const v = Number(text);
-    if (s.type === "integer" && !Number.isInteger(v)) return false;
+    // Digits alone are a whole number however many: past 309 of them Number reads Infinity.
+    if (s.type === "integer" && !Number.isInteger(v) && !/^-?[0-9]+$/.test(text)) return false;
     if (typeof s.minimum === "number" && v < s.minimum) return false;
     if (typeof s.maximum === "number" && v > s.maximum) return false;
     if (typeof s.exclusiveMinimum === "number" && v <= s.exclusiveMinimum) return false;
