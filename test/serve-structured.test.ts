@@ -157,6 +157,31 @@ describe("structured output through the server", () => {
     for (const j of objects) expect(typeof JSON.parse(j.response ?? "")).toBe("object");
   });
 
+  // Where the grammar leaves fewer tokens than asked for, the others' logprob was -Infinity,
+  // written null: [{"token": "<|endoftext|>", "logprob": null}, ...].
+  test("top_logprobs under a schema: only tokens the grammar allows, each with a number", async () => {
+    const r = await openai.chat.completions.create({
+      model,
+      messages: [{ role: "user", content: "Yes or no?" }],
+      max_tokens: 20,
+      temperature: 0,
+      logprobs: true,
+      top_logprobs: 5,
+      response_format: {
+        type: "json_schema",
+        json_schema: { name: "answer", schema: { enum: ["yes", "no"] }, strict: true },
+      },
+    });
+    const entries = r.choices[0]!.logprobs!.content!;
+    expect(entries.length).toBeGreaterThan(0);
+    // Past the opening quote, only a few tokens can continue "yes" or "no".
+    expect(entries.some((e) => e.top_logprobs.length < 5)).toBe(true);
+    for (const e of entries) {
+      expect(e.top_logprobs.map((t) => t.token)).toContain(e.token);
+      for (const t of e.top_logprobs) expect(Number.isFinite(t.logprob)).toBe(true);
+    }
+  });
+
   test("an invalid schema is a 400 naming the offending part, and the server carries on", async () => {
     const r = await fetch(`${server.url}/v1/chat/completions`, {
       method: "POST",

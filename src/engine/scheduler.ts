@@ -447,13 +447,19 @@ export class Scheduler {
   }
 }
 
-/** The k most likely tokens of a logprobs row, most likely first. */
+/**
+ * The k most likely tokens of a logprobs row, most likely first. Tokens a grammar ruled
+ * out (JSON output, tool calls) have a logprob of -Infinity: they are no alternatives, and JSON
+ * would write their logprob as null, which clients read as a number (Math.exp(null) is 1).
+ */
 function topTokens(logprobs: mx.MxArray, k: number): TokenLogprob[] {
   return mx.scope(() => {
     const ids = mx.slice(mx.argsort(mx.negative(logprobs), -1), [0], [k]);
     const values = mx.take(logprobs, ids, 0);
     const idList = ids.toArray();
     const valueList = values.toArray();
-    return idList.map((token, i) => ({ token, logprob: valueList[i]! }));
+    return idList
+      .map((token, i) => ({ token, logprob: valueList[i]! }))
+      .filter(({ logprob }) => logprob > Number.NEGATIVE_INFINITY);
   });
 }
