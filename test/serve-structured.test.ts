@@ -5,7 +5,7 @@ import Ajv from "ajv";
 import OpenAI from "openai";
 import { Ollama } from "ollama";
 import type { RunningServer } from "../src/server/app";
-import { serve, tinyModel } from "./helpers/serve";
+import { post, serve, tinyModel } from "./helpers/serve";
 
 let server: RunningServer;
 let openai: OpenAI;
@@ -180,6 +180,47 @@ describe("structured output through the server", () => {
       expect(e.top_logprobs.map((t) => t.token)).toContain(e.token);
       for (const t of e.top_logprobs) expect(Number.isFinite(t.logprob)).toBe(true);
     }
+  });
+
+  // They were dropped: json_object ran with its schema ignored ({} came back), a misspelt
+  // strict ran non-strict.
+  test("a key the format's type does not read is a 400 naming it, on every API", async () => {
+    const schema = { type: "object", properties: { a: { type: "integer" } }, required: ["a"] };
+    const messages = [{ role: "user", content: "x" }];
+    const cases: [string, object, string][] = [
+      [
+        "/v1/chat/completions",
+        { messages, response_format: { type: "json_object", json_schema: { name: "x", schema } } },
+        "response_format.json_schema",
+      ],
+      [
+        "/v1/chat/completions",
+        { messages, response_format: { type: "json_schema", json_schema: { name: "x", schema, strictt: true } } },
+        "response_format.json_schema.strictt",
+      ],
+      ["/v1/responses", { input: "x", text: { format: { type: "json_object", schema } } }, "text.format.schema"],
+      [
+        "/v1/messages",
+        { messages, max_tokens: 5, output_config: { format: { type: "json_schema", schema, strict: true } } },
+        "output_config.format.strict",
+      ],
+    ];
+    for (const [route, body, param] of cases) {
+      const r = await post(`${server.url}${route}`, { model, ...body });
+      expect({ route, status: r.status, message: JSON.stringify(r.json) }).toMatchObject({
+        route,
+        status: 400,
+        message: expect.stringContaining(`'${param}'`),
+      });
+    }
+    // What the types read is taken, a json_schema's description included.
+    const ok = await post(`${server.url}/v1/chat/completions`, {
+      model,
+      messages,
+      max_tokens: 40,
+      response_format: { type: "json_schema", json_schema: { name: "x", description: "an a", schema, strict: true } },
+    });
+    expect(ok.status).toBe(200);
   });
 
   test("an invalid schema is a 400 naming the offending part, and the server carries on", async () => {

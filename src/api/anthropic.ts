@@ -99,6 +99,7 @@ function outputFormat(f: Fields): FormatInput | undefined {
   const format = config?.object("format");
   if (!format) return undefined;
   const type = format.string("type", { required: true });
+  format.onlyKnown(["type", "schema"]);
   if (type !== "json_schema") format.fail("type", `must be 'json_schema'; got '${type}'`);
   const schema = format.object("schema") ?? format.fail("schema", "is required (a JSON Schema object)");
   return { format: { schema: schema.body }, param: "output_config.format.schema" };

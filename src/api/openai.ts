@@ -169,6 +169,9 @@ function responseFormat(f: Fields): FormatInput | undefined {
   const format = f.object("response_format");
   if (!format) return undefined;
   const type = format.string("type", { required: true });
+  // A key the type does not read is refused, not dropped: a json_schema beside type json_object,
+  // or a misspelt strict, would leave the answer less constrained than the client believes.
+  format.onlyKnown(type === "json_schema" ? ["type", "json_schema"] : ["type"]);
   if (type === "text") return undefined;
   if (type === "json_object") return { format: "json", param: "response_format" };
   if (type === "json_schema") {
@@ -178,6 +181,7 @@ function responseFormat(f: Fields): FormatInput | undefined {
         "'response_format.json_schema' is required when type is 'json_schema'",
         "response_format.json_schema",
       );
+    spec.onlyKnown(["name", "description", "schema", "strict"]);
     spec.string("name", { required: true, nonEmpty: true });
     const schema = spec.object("schema");
     if (!schema)

@@ -318,6 +318,8 @@ function textFormat(f: Fields): { format?: FormatInput; textFormat: Record<strin
   text?.onlyKnown(["format"]);
   const format = text?.object("format");
   const type = format?.string("type", { required: true }) ?? "text";
+  // As response_format's: a key the type does not read (a schema beside json_object) is refused.
+  format?.onlyKnown(type === "json_schema" ? ["type", "name", "description", "schema", "strict"] : ["type"]);
   if (!format || type === "text") return { textFormat: { type: "text" } };
   if (type === "json_object") return { format: { format: "json", param: "text.format" }, textFormat: { type } };
   if (type !== "json_schema") format.fail("type", `must be one of text, json_object, json_schema; got '${type}'`);
