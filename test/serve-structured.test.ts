@@ -223,6 +223,32 @@ describe("structured output through the server", () => {
     expect(ok.status).toBe(200);
   });
 
+  // It said "max_tokens 6 is too small for this format" to a request that sent no max_tokens.
+  test("a prompt that leaves the context too little room for the format's shortest answer is named as such", async () => {
+    const schema = {
+      type: "object",
+      properties: { name: { type: "string" }, age: { type: "integer" } },
+      required: ["name", "age"],
+    };
+    const response_format = { type: "json_schema", json_schema: { name: "x", schema } };
+    // The tiny model's context is 256 tokens: a prompt of 250 leaves 6.
+    const full = await post(`${server.url}/v1/completions`, {
+      model,
+      prompt: Array.from({ length: 250 }, (_, i) => 100 + i),
+      response_format,
+    });
+    expect(full.status).toBe(400);
+    expect(full.json.error.param).toBe("prompt");
+    expect(full.json.error.message).toMatch(
+      /^the prompt is 250 tokens of the model's context of 256: the 6 left are too few for this format, whose shortest valid answer takes \d+$/,
+    );
+    // Where max_tokens sets the budget, it is what the error names.
+    const short = await post(`${server.url}/v1/completions`, { model, prompt: "x", max_tokens: 6, response_format });
+    expect(short.status).toBe(400);
+    expect(short.json.error.param).toBe("max_tokens");
+    expect(short.json.error.message).toMatch(/^max_tokens 6 is too small for this format/);
+  });
+
   test("an invalid schema is a 400 naming the offending part, and the server carries on", async () => {
     const r = await fetch(`${server.url}/v1/chat/completions`, {
       method: "POST",

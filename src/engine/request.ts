@@ -146,6 +146,12 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   const forced = startsInside && thinking?.budget === 0 && shaped ? forcedClose(lm.tokenizer).length : 0;
   const constraint = await grammarConstraint(lm, spec, toolFormat, maxTokens - forced).catch((error) => {
     if (!(error instanceof BudgetError)) throw error;
+    // Where the context, not max_tokens, set the budget, the prompt is what leaves too little room.
+    if (maxTokens < (spec.maxTokens ?? Infinity))
+      throw new ContextLengthError(
+        `the prompt is ${promptIds.length} tokens of ${whose} of ${context}: the ${maxTokens} left are too few for this format, whose shortest valid answer takes ${error.minimum + forced}`,
+        spec.prompt.kind === "chat" ? "messages" : "prompt",
+      );
     throw new BudgetError(error.maxTokens + forced, error.minimum + forced, maxTokensParam);
   });
   const budget =
