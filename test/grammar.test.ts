@@ -487,6 +487,17 @@ describe("invalid or unsupported schemas are a clear error naming the offending 
       },
       /\/properties cannot be combined with propertyNames/,
     ],
+    // xgrammar then wrote only names the patterns match: {} for a required age.
+    [
+      "patternProperties beside properties",
+      {
+        type: "object",
+        properties: { age: { type: "integer" } },
+        required: ["age"],
+        patternProperties: { "^x[0-9]$": { type: "boolean" } },
+      },
+      /\/properties cannot be combined with patternProperties/,
+    ],
     ["not an object", ["type", "string"], /must be a JSON object/],
     [
       "a non-ASCII character class in a pattern (xgrammar matches classes on ASCII only)",
@@ -580,6 +591,8 @@ describe("invalid or unsupported schemas are a clear error naming the offending 
       // propertyNames with what xgrammar enforces beside it.
       { type: "object", propertyNames: { enum: ["a", "b"] }, additionalProperties: true, maxProperties: 2 },
       { type: "object", propertyNames: { maxLength: 4 }, properties: {} },
+      { type: "object", patternProperties: { "^x$": { type: "integer" } }, additionalProperties: false },
+      { type: "object", properties: { a: { type: "integer" } }, required: ["a"], patternProperties: {} },
     ])
       await validateSchema(schema);
   });

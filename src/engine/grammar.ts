@@ -268,7 +268,7 @@ function walkSchema(node: unknown, path: string): void {
   if (Array.isArray(s.allOf) && s.allOf.length > 1)
     throw new SchemaError(`unsupported schema: ${path}/allOf with more than one schema is not supported`);
   checkIgnoredSiblings(s, path);
-  checkPropertyNamesAlone(s, path);
+  checkPropertyListReplaced(s, path);
   checkRequiredDefined(s, path);
   if (typeof s.pattern === "string") {
     checkPattern(s.pattern, `${path}/pattern`);
@@ -387,20 +387,27 @@ function meets(schema: Record<string, unknown>, value: unknown): boolean {
 }
 
 /**
- * Refuses what describes an object's properties beside `propertyNames`: xgrammar then writes
- * any name that propertyNames allows followed by any value, so `properties`,
- * `patternProperties` and `additionalProperties` (a schema, or false) would not be enforced.
+ * Refuses what xgrammar drops where `propertyNames` or `patternProperties` replace an object's
+ * list of properties: under propertyNames it writes any name propertyNames allows followed by
+ * any value, under patternProperties only names its patterns match. So `properties` (and the
+ * `required` among them: `{}` came out where one was required) would not be enforced beside
+ * either, nor `patternProperties` and `additionalProperties` (a schema, or false) beside
+ * propertyNames.
  */
-function checkPropertyNamesAlone(s: Record<string, unknown>, path: string): void {
-  if (!("propertyNames" in s)) return;
+function checkPropertyListReplaced(s: Record<string, unknown>, path: string): void {
   const describes = (k: string) =>
     k === "additionalProperties"
       ? s[k] !== undefined && s[k] !== true
       : s[k] !== undefined && Object.keys(s[k] as object).length > 0;
-  const ignored = ["properties", "patternProperties", "additionalProperties"].find(describes);
+  const replacing =
+    "propertyNames" in s ? "propertyNames" : describes("patternProperties") ? "patternProperties" : undefined;
+  if (!replacing) return;
+  const dropped =
+    replacing === "propertyNames" ? ["properties", "patternProperties", "additionalProperties"] : ["properties"];
+  const ignored = dropped.find(describes);
   if (ignored)
     throw new SchemaError(
-      `unsupported schema: ${path}/${ignored} cannot be combined with propertyNames in constrained decoding (it would not be enforced)`,
+      `unsupported schema: ${path}/${ignored} cannot be combined with ${replacing} in constrained decoding (it would not be enforced)`,
     );
 }
 
