@@ -186,6 +186,34 @@ describe("non-ASCII text in a schema is enforced as written", () => {
   });
 });
 
+describe("a tuple as drafts before 2020-12 write it (items as a list)", () => {
+  // xgrammar refused it: "unsupported schema: items must be a boolean or an object".
+  test("its items in order, then additionalItems", async () => {
+    const closed = {
+      type: "array",
+      items: [{ type: "integer" }, { enum: ["a", "b"] }],
+      additionalItems: false,
+    };
+    expect(await accepts(closed, '[3, "a"]')).toBe(true);
+    expect(await accepts(closed, '[3, "a", 4]')).toBe(false);
+    expect(await accepts(closed, '["a", 3]')).toBe(false);
+    const open = { type: "array", items: [{ type: "integer" }], additionalItems: { type: "boolean" } };
+    expect(await accepts(open, "[3, true, false]")).toBe(true);
+    expect(await accepts(open, "[3, 4]")).toBe(false);
+  });
+
+  test("a generated answer validates", async () => {
+    const schema = {
+      type: "array",
+      items: [{ type: "integer", maximum: 99 }, { type: "boolean" }],
+      additionalItems: false,
+    };
+    const { result } = await generate({ schema }, { temperature: 0 }, 50);
+    expect(result.finishReason).toBe("stop");
+    expect(ajv.validate(schema, JSON.parse(result.text))).toBe(true);
+  });
+});
+
 describe("property names that JSON escapes", () => {
   // xgrammar writes a property name into its grammar as it is, unescaped: a quote or a
   // backslash broke the grammar's text (an 'EBNF lexer error'), a tab or a control character

@@ -607,8 +607,9 @@ const FRACTION = '"." [0-9]{0,5} [1-9]';
 
 /**
  * A copy of `node` with each bounded number replaced by a placeholder (`rules` receives the
- * grammar each stands for), each format with a pattern of ours replaced by it, and each
- * property name written as its grammar literal must hold it (see grammarPropertyName).
+ * grammar each stands for), each format with a pattern of ours replaced by it, each
+ * property name written as its grammar literal must hold it (see grammarPropertyName), and
+ * each tuple written with prefixItems.
  */
 function replaceBoundedNumbers(node: unknown, path: string, rules: string[]): unknown {
   if (typeof node !== "object" || node === null || Array.isArray(node)) return node;
@@ -624,6 +625,14 @@ function replaceBoundedNumbers(node: unknown, path: string, rules: string[]): un
   }
   if (Array.isArray(s.required))
     s.required = s.required.map((k) => (typeof k === "string" ? grammarPropertyName(k) : k));
+  // A tuple as drafts before 2020-12 write it, which xgrammar refuses ("items must be a boolean
+  // or an object", naming no place): its items are the prefixItems, additionalItems the rest.
+  if (Array.isArray(s.items) && s.prefixItems === undefined) {
+    s.prefixItems = s.items;
+    if (s.additionalItems === undefined) delete s.items;
+    else s.items = s.additionalItems;
+    delete s.additionalItems;
+  }
   for (const name of [...SUBSCHEMA_LISTS, ...SUBSCHEMA_SINGLE]) {
     const value = s[name];
     if (Array.isArray(value)) s[name] = value.map((v, i) => inner(v, `${path}/${name}/${i}`));
