@@ -1,5 +1,6 @@
 // How sizes are shown everywhere (the store, `mlx list`/`show`, bench reports, run and chat
-// figures): decimal units (1 MB = 1,000,000 bytes), as download sizes and Ollama show them.
+// figures, the web dashboard): decimal units (1 MB = 1,000,000 bytes), as download sizes and
+// Ollama show them. The dashboard bundles this file for the browser: no Node types here.
 const units = ["B", "KB", "MB", "GB", "TB"];
 
 export function formatBytes(bytes: number): string {
@@ -22,7 +23,7 @@ export function formatCount(n: number): string {
 
 /** Why a file could not be opened or read, as the tail of a one-line error ("no such file" for the common case). */
 export function fileErrorReason(error: unknown): string {
-  const code = (error as NodeJS.ErrnoException).code;
+  const code = (error as { code?: string }).code;
   if (code === "ENOENT") return "no such file";
   if (code === "EISDIR") return "it is a directory";
   return (error as Error).message;
@@ -35,7 +36,7 @@ export function fileErrorReason(error: unknown): string {
  * names what it was writing.
  */
 export function writeErrorReason(error: unknown): string {
-  const code = (error as NodeJS.ErrnoException).code;
+  const code = (error as { code?: string }).code;
   if (code === "ENOENT") return "no such directory";
   if (code === "ENOTDIR" || code === "EEXIST") return "a folder on its path is a file";
   if (code === "EISDIR") return "it is a directory";

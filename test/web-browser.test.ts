@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import OpenAI from "openai";
 import type { Browser, Page } from "playwright-core";
+import { formatBytes } from "../src/format";
 import type { RunningServer } from "../src/server/app";
 import { chromiumPath, launchBrowser, longTinyModel, openPage } from "./helpers/browser";
 import { eventually, serve, startServe } from "./helpers/serve";
@@ -552,6 +553,10 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
           .then(Number),
       ).toBeGreaterThan(0);
       expect(await page.locator("#models tbody tr td:first-child").allTextContents()).toContain(longTinyModel());
+      // Sizes in the decimal units of /stats' bytes, as `mlx list` and Ollama show them (not MiB called MB).
+      const weights = (await stats(server)).models.find((m: any) => m.name === longTinyModel()).weight_bytes;
+      const row = page.locator("#models tbody tr", { hasText: longTinyModel() });
+      expect(await row.locator("td").nth(1).textContent()).toBe(formatBytes(weights));
     } finally {
       controller.abort();
       await Promise.all(load);

@@ -1,6 +1,7 @@
 // The dashboard: one frame a second from /dashboard/events (the figures of /stats, tokens
 // generated, latency percentiles, the requests in flight), drawn as uPlot charts and tables.
 import uPlot from "uplot";
+import { formatBytes } from "../format";
 import { api, errorMessage, events } from "./lib/api";
 
 interface ModelStats {
@@ -150,9 +151,8 @@ class ModelPanel {
 const panels = new Map<string, ModelPanel>();
 
 const ms = (p: Percentiles, k: "p50" | "p90" | "p99") => (p ? p[k] * 1000 : null);
-const mb = (bytes: number) => bytes / 1024 / 1024;
-const formatBytes = (bytes: number) =>
-  bytes >= 1024 ** 3 ? `${(bytes / 1024 ** 3).toFixed(2)} GB` : `${mb(bytes).toFixed(1)} MB`;
+/** Megabytes in the decimal units formatBytes shows (those of `mlx list` and Ollama). */
+const mb = (bytes: number) => bytes / 1e6;
 
 let previous: Frame | undefined;
 
