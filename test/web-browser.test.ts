@@ -679,6 +679,8 @@ describe.skipIf(!chromiumPath)("in Chromium, a server that stops", () => {
       await page.locator("#status", { hasText: /^disconnected/ }).waitFor();
       expect(await page.locator("#tiles strong").allTextContents()).toEqual(Array(6).fill("–"));
       expect(await page.locator("#in-flight tbody").textContent()).toBe("unknown while disconnected");
+      // Nor the models it had loaded (a restarted server has loaded none of them).
+      expect(await page.locator("#models tbody").textContent()).toBe("unknown while disconnected");
       // The note spans the table's four columns, no more.
       expect(await page.locator("#in-flight tbody td").getAttribute("colspan")).toBe("4");
       // Retrying, it says why in words, not the browser's "Failed to fetch".

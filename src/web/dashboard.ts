@@ -250,6 +250,7 @@ async function follow(): Promise<void> {
       // The last figures are no longer true: a stopped server is not still running requests.
       for (const tile of document.querySelectorAll("#tiles strong")) tile.textContent = "–";
       fillTable("#in-flight", [], "unknown while disconnected");
+      fillTable("#models", [], "unknown while disconnected");
       previous = undefined;
       await new Promise((resolve) => setTimeout(resolve, 2000));
     }
