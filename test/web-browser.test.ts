@@ -218,6 +218,31 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     expect(errors).toEqual([]);
   }, 60_000);
 
+  test("after each answer the picker lists the models as the server now has them, loaded or not", async () => {
+    const load = (model: string) =>
+      fetch(`${server.url}/v1/completions`, {
+        method: "POST",
+        body: JSON.stringify({ model, prompt: "Hi", max_tokens: 1 }),
+      }).then((r) => r.status);
+    expect(await load(other)).toBe(200);
+    const { page, errors } = await openPage(browser, `${server.url}/`);
+    await page.waitForSelector("body[data-ready]");
+    await page.click("#new-chat");
+    expect(await page.locator("#model option").allTextContents()).toContain(`${other} (loaded)`);
+    // Another client loads a third model: the server holds two, so one of the others goes.
+    const third = join(mkdtempSync(join(tmpdir(), "mlx-web-")), "tiny-third");
+    writeTinyModel(third, { contextLength: 512, seed: 11 });
+    expect(await load(third)).toBe(200);
+    await answersInEightTokens(page);
+    const loaded = (await stats(server)).models.map((m: { name: string }) => `${m.name} (loaded)`);
+    expect(loaded).toContain(`${third} (loaded)`);
+    const marked = (await page.locator("#model option").allTextContents()).filter((o) => o.endsWith(" (loaded)"));
+    expect(marked.sort()).toEqual(loaded.sort());
+    // The model the conversation used is still the one picked.
+    expect(await page.locator("#model").inputValue()).toBe(longTinyModel());
+    expect(errors).toEqual([]);
+  }, 60_000);
+
   test("a conversation past the model's context leaves out its oldest turns, and says so", async () => {
     // The picker lists the models the server has loaded: this test's own, whatever ran before it.
     const load = { model: other, prompt: "Hi", max_tokens: 1 };

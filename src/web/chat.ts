@@ -84,6 +84,20 @@ async function loadModels(): Promise<void> {
     }),
   );
 }
+/**
+ * Lists the models anew, or says above the conversation why it cannot. Done at start and after
+ * each answer: answers load and unload models (one model in, the idle one out, past
+ * --max-models), and other clients do too, so "(loaded)" would otherwise go stale.
+ */
+async function refreshModels(): Promise<void> {
+  try {
+    await loadModels();
+    ui.notice.hidden = true;
+  } catch (error) {
+    ui.notice.textContent = `Cannot list the models: ${(error as Error).message}`;
+    ui.notice.hidden = false;
+  }
+}
 ui.model.addEventListener("change", () => {
   localStorage.setItem("mlx.model", ui.model.value);
   current.model = ui.model.value;
@@ -450,6 +464,7 @@ async function answer(): Promise<void> {
       setRunning(false);
     }
     await persist(conversation);
+    await refreshModels();
   }
 }
 
@@ -565,10 +580,7 @@ ui.stop.addEventListener("click", stop);
 // ---- start ----
 
 // Said above the conversation (which is drawn after, and would wipe it from the messages).
-await loadModels().catch((error) => {
-  ui.notice.textContent = `Cannot list the models: ${error.message}`;
-  ui.notice.hidden = false;
-});
+await refreshModels();
 const last = localStorage.getItem("mlx.conversation");
 if (last && (await getConversation(last))) await openConversation(last);
 else await showConversation();
