@@ -192,6 +192,50 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     expect(errors).toEqual([]);
   }, 60_000);
 
+  test("two tabs: while one writes an answer, the other does not send on top of it (and so lose it)", async () => {
+    const { page: first, errors } = await openPage(browser, `${server.url}/`);
+    await first.waitForSelector("body[data-ready]");
+    await first.click("#new-chat");
+    await setMaxTokens(first, "");
+    await send(first, "Tell me a long story");
+    await first.locator(".message.assistant .markdown").filter({ hasText: /\S/ }).waitFor();
+    // Opened meanwhile, a second tab shows the answer as it is saved (once a second), and tries to go on.
+    const second = await first.context().newPage();
+    second.on("pageerror", (e) => errors.push(e.message));
+    await second.goto(`${server.url}/`);
+    await second.waitForSelector("body[data-ready]");
+    await second.locator(".message.assistant .markdown").filter({ hasText: /\S/ }).waitFor();
+    const requests: unknown[] = [];
+    second.on("request", (r) => r.url().endsWith("/v1/chat/completions") && requests.push(r.postDataJSON()));
+    await send(second, "Next question");
+    await second.locator("#notice", { hasText: "being written in another tab" }).waitFor();
+    await second.locator(".regenerate").click();
+    expect(requests).toEqual([]);
+    expect(await second.inputValue("#input")).toBe("Next question"); // kept, to send once the answer is done
+    await first.keyboard.press("Escape");
+    await first.locator(".message.assistant .figures", { hasText: /^stopped$/ }).waitFor();
+    const answered = (await first.locator(".message.assistant .markdown").textContent())!;
+    // Once it is done, the question goes after the whole answer, which stays as written.
+    await second.locator(".message.assistant .figures", { hasText: /^stopped$/ }).waitFor();
+    await setMaxTokens(second, "3");
+    await second.press("#input", "Enter");
+    await second
+      .locator(".message.assistant")
+      .nth(1)
+      .locator(".figures", { hasText: /^3 tokens/ })
+      .waitFor();
+    expect(await second.locator("#notice").isHidden()).toBe(true);
+    await first.reload();
+    await first.waitForSelector("body[data-ready]");
+    expect(await first.locator(".message.user .body").allTextContents()).toEqual([
+      "Tell me a long story",
+      "Next question",
+    ]);
+    expect(await first.locator(".message.assistant .markdown").first().textContent()).toBe(answered);
+    expect(await first.locator(".message.assistant .figures").first().textContent()).toBe("stopped");
+    expect(errors).toEqual([]);
+  }, 60_000);
+
   test("switching models sends the next question to the model picked", async () => {
     // Load the second model so that the picker lists it.
     expect(

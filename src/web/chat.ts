@@ -535,21 +535,71 @@ function stop(): void {
   running?.abort();
 }
 
+/**
+ * The tab that writes an answer holds a Web Lock named after its conversation until the answer
+ * ends (the browser lets it go when the tab is closed or reloaded). Each tab saves its whole copy
+ * of a conversation: another tab that sent or regenerated meanwhile would, saving after,
+ * drop that answer's end or the turns that follow it. Web Locks exist on secure origins only
+ * (localhost, https): a page opened at http://<LAN address> goes unguarded.
+ */
+const answerLock = (conversationId: string) => `mlx-chat-answer:${conversationId}`;
+const WRITTEN_ELSEWHERE =
+  "An answer to this conversation is being written in another tab: wait for it to end, or stop it there.";
+
+/** Takes the conversation's lock: a function that lets it go, or null while another tab holds it. */
+function lockConversation(conversationId: string): Promise<(() => void) | null> {
+  if (!navigator.locks) return Promise.resolve(() => {});
+  return new Promise((resolve) => {
+    void navigator.locks.request(answerLock(conversationId), { ifAvailable: true }, (lock) =>
+      lock ? new Promise<void>((release) => resolve(release)) : resolve(null),
+    );
+  });
+}
+
+/** Set while a turn waits for its lock, so that a double click does not start a second one. */
+let taking = false;
+
+/** Changes the conversation and answers (`turn`) under its lock; says so when another tab holds it. */
+async function takeTurn(turn: () => Promise<void>): Promise<void> {
+  if (running || taking) return;
+  taking = true;
+  const release = await lockConversation(current.id).finally(() => (taking = false));
+  if (!release) {
+    ui.notice.textContent = WRITTEN_ELSEWHERE;
+    ui.notice.hidden = false;
+    return;
+  }
+  if (ui.notice.textContent === WRITTEN_ELSEWHERE) ui.notice.hidden = true;
+  try {
+    await turn();
+  } finally {
+    release();
+  }
+}
+
 async function sendInput(): Promise<void> {
   const text = ui.input.value.trim();
-  if (!text || running) return;
-  ui.input.value = "";
-  current.messages.push({ role: "user", content: text });
-  await answer();
+  if (!text) return;
+  await takeTurn(async () => {
+    ui.input.value = "";
+    current.messages.push({ role: "user", content: text });
+    await answer();
+  });
 }
 
 async function regenerate(): Promise<void> {
-  if (running || current.messages.at(-1)?.role !== "assistant") return;
-  current.messages.pop();
-  await answer();
+  if (current.messages.at(-1)?.role !== "assistant") return;
+  await takeTurn(async () => {
+    current.messages.pop();
+    await answer();
+  });
 }
 
-/** Takes the last question back into the composer (dropping its answer) to be changed and sent. */
+/**
+ * Takes the last question back into the composer (dropping its answer) to be changed and sent.
+ * Saved only when the changed question is sent (under the conversation's lock): until then a
+ * reload, opening another conversation, or another tab's save finds the turn as it was.
+ */
 async function editLast(): Promise<void> {
   if (running) return;
   while (current.messages.at(-1)?.role === "assistant") current.messages.pop();
@@ -557,8 +607,6 @@ async function editLast(): Promise<void> {
   if (!question) return;
   ui.input.value = question.content;
   ui.input.focus();
-  // Saved only when the changed question is sent: until then a reload, or opening another
-  // conversation, finds the turn as it was.
   await showConversation();
 }
 
