@@ -158,6 +158,38 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     expect(errors).toEqual([]);
   }, 90_000);
 
+  test("a conversation deleted while its answer is written, here or in another tab, stays deleted and its answer stops", async () => {
+    const { page, errors } = await openPage(browser, `${server.url}/`);
+    page.on("dialog", (d) => d.accept()); // "Delete …?"
+    await page.waitForSelector("body[data-ready]");
+    await page.click("#new-chat");
+    await setMaxTokens(page, "");
+    const before = await cancelled(server);
+    await send(page, "Doomed here");
+    await page.locator(".message.assistant.streaming .markdown").filter({ hasText: /\S/ }).waitFor();
+    await page.locator("#conversations li.current .delete").click();
+    await eventually(async () => (await cancelled(server)) === before + 1, 5000);
+    await page.waitForSelector("body:not(.running)");
+    expect(await page.locator("#conversations .open", { hasText: "Doomed here" }).count()).toBe(0);
+
+    // Deleted in a second tab: the first, writing its answer, stops it and does not save it back.
+    await send(page, "Doomed elsewhere");
+    await page.locator(".message.assistant.streaming .markdown").filter({ hasText: /\S/ }).waitFor();
+    const second = await page.context().newPage();
+    second.on("dialog", (d) => d.accept());
+    second.on("pageerror", (e) => errors.push(e.message));
+    await second.goto(`${server.url}/`);
+    await second.waitForSelector("body[data-ready]");
+    await second.locator("#conversations li.current .delete").click();
+    await eventually(async () => (await cancelled(server)) === before + 2, 5000);
+    await page.waitForSelector("body:not(.running)");
+    await page.reload();
+    await page.waitForSelector("body[data-ready]");
+    expect(await page.locator("#conversations .open").allTextContents()).not.toContain("Doomed elsewhere");
+    expect(await page.locator("#conversations .open").allTextContents()).not.toContain("Doomed here");
+    expect(errors).toEqual([]);
+  }, 60_000);
+
   test("two tabs: each shows what the other saved, and neither overwrites the other's turns", async () => {
     const { page: first, errors } = await openPage(browser, `${server.url}/`);
     await first.waitForSelector("body[data-ready]");

@@ -8,6 +8,7 @@ import {
   onChangeElsewhere,
   parseConversation,
   saveConversation,
+  updateConversation,
   type AnswerStats,
   type Conversation,
   type Message,
@@ -436,7 +437,9 @@ async function answer(): Promise<void> {
         });
         if (performance.now() - savedAt > SAVE_EVERY_MS) {
           savedAt = performance.now();
-          void saveConversation({ ...conversation, messages: withLast(conversation, { ...reply, note: UNFINISHED }) });
+          // Deleted meanwhile (here or in another tab): the answer has nowhere to go, and stops.
+          const unfinished = { ...conversation, messages: withLast(conversation, { ...reply, note: UNFINISHED }) };
+          void updateConversation(unfinished).then((kept) => kept || controller.abort());
         }
       }
       if (chunk.usage) {
@@ -463,7 +466,7 @@ async function answer(): Promise<void> {
       running = undefined;
       setRunning(false);
     }
-    await persist(conversation);
+    await persist(conversation, undefined, { update: true });
     await refreshModels();
   }
 }
@@ -504,14 +507,19 @@ async function requestFitting(
 /** The conversation's messages with the last one replaced by `last` (a copy to save). */
 const withLast = (c: Conversation, last: Message): Message[] => [...c.messages.slice(0, -1), last];
 
-/** Saves a conversation (its last message as `last`, if given) and redraws what shows it. */
-async function persist(conversation = current, last?: Message): Promise<void> {
+/**
+ * Saves a conversation (its last message as `last`, if given) and redraws what shows it. With
+ * `update` (an answer's last save) only one still stored: deleted while its answer was written,
+ * here or in another tab, it stays deleted.
+ */
+async function persist(conversation = current, last?: Message, o: { update?: boolean } = {}): Promise<void> {
   conversation.updatedAt = Date.now();
   if (conversation.title === "New chat")
     conversation.title = conversation.messages.find((m) => m.role === "user")?.content.slice(0, 48) || "New chat";
-  await saveConversation(last ? { ...conversation, messages: withLast(conversation, last) } : conversation);
+  const saved = last ? { ...conversation, messages: withLast(conversation, last) } : conversation;
+  const kept = o.update ? await updateConversation(saved) : (await saveConversation(saved), true);
   if (conversation !== current) return showList();
-  localStorage.setItem("mlx.conversation", conversation.id);
+  if (kept) localStorage.setItem("mlx.conversation", conversation.id);
   await showConversation();
 }
 

@@ -47,6 +47,19 @@ export async function saveConversation(c: Conversation): Promise<void> {
   changes.postMessage(c.id);
 }
 
+/**
+ * Saves a conversation only if it is still stored (not deleted meanwhile, here or in another
+ * tab), in one transaction: whether it was.
+ */
+export async function updateConversation(c: Conversation): Promise<boolean> {
+  const tx = (await db).transaction("conversations", "readwrite");
+  const kept = (await tx.store.getKey(c.id)) !== undefined;
+  if (kept) await tx.store.put(c);
+  await tx.done;
+  if (kept) changes.postMessage(c.id);
+  return kept;
+}
+
 export async function deleteConversation(id: string): Promise<void> {
   await (await db).delete("conversations", id);
   changes.postMessage(id);
