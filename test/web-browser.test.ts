@@ -801,6 +801,30 @@ describe.skipIf(!chromiumPath)("in Chromium, a server that stops", () => {
   }, 60_000);
 });
 
+describe.skipIf(!chromiumPath)("in Chromium, a server with no model", () => {
+  test("the page says there is none to chat with and how to get one, not that 'model' must not be empty", async () => {
+    // No -m, and a store of its own, empty.
+    const home = process.env.MLX_HOME;
+    process.env.MLX_HOME = mkdtempSync(join(tmpdir(), "mlx-web-empty-"));
+    const started = startServe(undefined).finally(() => (process.env.MLX_HOME = home));
+    const { proc, url } = await started;
+    const browser = await launchBrowser();
+    try {
+      const { page, errors } = await openPage(browser, `${url}/`);
+      await page.waitForSelector("body[data-ready]");
+      expect(await page.locator("#model option").count()).toBe(0);
+      expect(await page.locator("#notice").textContent()).toBe(
+        "This server has no model to chat with: store one (mlx pull smollm2), or start mlx serve with -m MODEL.",
+      );
+      expect(errors).toEqual([]);
+    } finally {
+      await browser.close();
+      proc.kill();
+      await proc.exited;
+    }
+  }, 60_000);
+});
+
 describe.skipIf(!chromiumPath)("in Chromium, a server killed mid-answer", () => {
   test("the answer says the connection was lost, the next question that the server cannot be reached, and nothing spins", async () => {
     const { proc, url } = await startServe(longTinyModel());

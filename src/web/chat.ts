@@ -85,6 +85,9 @@ async function loadModels(): Promise<void> {
     }),
   );
 }
+const NO_MODELS =
+  "This server has no model to chat with: store one (mlx pull smollm2), or start mlx serve with -m MODEL.";
+
 /**
  * Lists the models anew, or says above the conversation why it cannot. Done at start and after
  * each answer: answers load and unload models (one model in, the idle one out, past
@@ -93,7 +96,9 @@ async function loadModels(): Promise<void> {
 async function refreshModels(): Promise<void> {
   try {
     await loadModels();
-    ui.notice.hidden = true;
+    // Said now, rather than by the server's "'model' must not be empty" at the first question.
+    ui.notice.textContent = NO_MODELS;
+    ui.notice.hidden = ui.model.options.length > 0;
   } catch (error) {
     ui.notice.textContent = `Cannot list the models: ${(error as Error).message}`;
     ui.notice.hidden = false;
