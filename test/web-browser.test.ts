@@ -268,6 +268,35 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     expect(errors).toEqual([]);
   }, 60_000);
 
+  test("a question sent as the last answer ends waits for it to be saved, rather than being refused", async () => {
+    const { page, errors } = await openPage(browser, `${server.url}/`);
+    await page.waitForSelector("body[data-ready]");
+    await page.click("#new-chat");
+    // After an answer the page lists the models anew: slow here, as from a busy server.
+    await page.route(/\/api\/ps$/, async (route) => {
+      await Bun.sleep(1500);
+      await route.continue();
+    });
+    await setMaxTokens(page, "");
+    await send(page, "Tell me a long story");
+    await page.locator(".message.assistant.streaming .markdown").filter({ hasText: /\S/ }).waitFor();
+    await page.keyboard.press("Escape");
+    await page.waitForSelector("body:not(.running)");
+    await setMaxTokens(page, "3");
+    await send(page, "Next question");
+    await page
+      .locator(".message.assistant")
+      .nth(1)
+      .locator(".figures", { hasText: /^3 tokens/ })
+      .waitFor();
+    expect(await page.locator("#notice").isHidden()).toBe(true);
+    expect(await page.locator(".message.user .body").allTextContents()).toEqual([
+      "Tell me a long story",
+      "Next question",
+    ]);
+    expect(errors).toEqual([]);
+  }, 60_000);
+
   test("switching models sends the next question to the model picked", async () => {
     // Load the second model so that the picker lists it.
     expect(

@@ -571,23 +571,26 @@ function lockConversation(conversationId: string): Promise<(() => void) | null> 
 
 /** Set while a turn waits for its lock, so that a double click does not start a second one. */
 let taking = false;
+/**
+ * This tab's last turn, until its answer is saved and its lock let go (Send shows again as soon
+ * as the answer ends): a question sent meanwhile waits for it, rather than find the lock taken.
+ */
+let lastTurn: Promise<void> = Promise.resolve();
 
 /** Changes the conversation and answers (`turn`) under its lock; says so when another tab holds it. */
 async function takeTurn(turn: () => Promise<void>): Promise<void> {
   if (running || taking) return;
   taking = true;
-  const release = await lockConversation(current.id).finally(() => (taking = false));
+  const release = await lastTurn.then(() => lockConversation(current.id)).finally(() => (taking = false));
   if (!release) {
     ui.notice.textContent = WRITTEN_ELSEWHERE;
     ui.notice.hidden = false;
     return;
   }
   if (ui.notice.textContent === WRITTEN_ELSEWHERE) ui.notice.hidden = true;
-  try {
-    await turn();
-  } finally {
-    release();
-  }
+  const done = turn().finally(release);
+  lastTurn = done.catch(() => {});
+  await done;
 }
 
 async function sendInput(): Promise<void> {
