@@ -190,6 +190,35 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     expect(errors).toEqual([]);
   }, 60_000);
 
+  test("a conversation imported mid-answer is shown ready to use: the answer stops, as opening another does", async () => {
+    const { page, errors } = await openPage(browser, `${server.url}/`);
+    await page.waitForSelector("body[data-ready]");
+    await page.click("#new-chat");
+    await setMaxTokens(page, "");
+    const before = await cancelled(server);
+    await send(page, "A long story, interrupted");
+    await page.locator(".message.assistant.streaming .markdown").filter({ hasText: /\S/ }).waitFor();
+    await importConversation(page, {
+      title: "Imported mid-answer",
+      messages: [
+        { role: "user", content: "Hi" },
+        { role: "assistant", content: "Hello" },
+      ],
+    });
+    await page.locator("#conversations li.current .open", { hasText: "Imported mid-answer" }).waitFor();
+    await eventually(async () => (await cancelled(server)) === before + 1, 5000);
+    await page.waitForSelector("body:not(.running)");
+    expect(await page.locator("#send").isVisible()).toBe(true);
+    expect(await page.locator(".message.assistant .regenerate").count()).toBe(1);
+    // As an opened conversation, it is the one a reload shows.
+    await page.reload();
+    await page.waitForSelector("body[data-ready]");
+    expect(await page.locator("#conversations li.current .open").textContent()).toBe("Imported mid-answer");
+    await page.locator("#conversations .open", { hasText: "A long story, interrupted" }).click();
+    await page.locator(".message.assistant .figures", { hasText: /^stopped$/ }).waitFor();
+    expect(errors).toEqual([]);
+  }, 60_000);
+
   test("two tabs: each shows what the other saved, and neither overwrites the other's turns", async () => {
     const { page: first, errors } = await openPage(browser, `${server.url}/`);
     await first.waitForSelector("body[data-ready]");

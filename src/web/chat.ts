@@ -164,13 +164,18 @@ ui.importFile.addEventListener("change", async () => {
   const file = ui.importFile.files?.[0];
   ui.importFile.value = "";
   if (!file) return;
+  let imported: Conversation;
   try {
-    current = parseConversation(JSON.parse(await file.text()));
+    imported = parseConversation(JSON.parse(await file.text()));
   } catch (error) {
     alert(`Cannot import ${file.name}: ${(error as Error).message}`);
     return;
   }
+  // Shown in place of the open conversation: its answer stops, as when another one is opened.
+  stop();
+  current = imported;
   await saveConversation(current);
+  localStorage.setItem("mlx.conversation", current.id);
   selectModel(current.model);
   await showConversation();
 });
