@@ -266,6 +266,8 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     await second.goto(`${server.url}/`);
     await second.waitForSelector("body[data-ready]");
     await second.locator(".message.assistant .markdown").filter({ hasText: /\S/ }).waitFor();
+    // Said as it is: not "unfinished (the page was closed or reloaded…)", which a reload leaves.
+    await second.locator(".message.assistant .figures", { hasText: "being written in another tab" }).waitFor();
     const requests: unknown[] = [];
     second.on("request", (r) => r.url().endsWith("/v1/chat/completions") && requests.push(r.postDataJSON()));
     await send(second, "Next question");

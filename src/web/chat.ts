@@ -220,7 +220,12 @@ $("#new-chat").addEventListener("click", newConversation);
 // ---- messages ----
 
 async function showConversation(): Promise<void> {
-  ui.messages.replaceChildren(...current.messages.map((m, i) => messageView(m, i)));
+  // An answer saved unfinished that another tab is still writing: said so, not that a reload cut it.
+  const last = current.messages.at(-1);
+  const elsewhere = last?.note === UNFINISHED && (await writtenElsewhere(current.id));
+  ui.messages.replaceChildren(
+    ...current.messages.map((m, i) => messageView(m === last && elsewhere ? { ...m, note: WRITING_ELSEWHERE } : m, i)),
+  );
   ui.messages.scrollTop = ui.messages.scrollHeight;
   await showList();
 }
@@ -382,6 +387,8 @@ function requestBody(): Record<string, unknown> {
 
 /** The note an answer keeps in storage while it is written: what a reload mid-answer finds. */
 const UNFINISHED = "unfinished (the page was closed or reloaded while it was written)";
+/** What shows in place of UNFINISHED while another tab writes the answer. */
+const WRITING_ELSEWHERE = "being written in another tab…";
 /** The note on an answer the model's context cut short. */
 const CONTEXT_FULL = "cut off: the conversation has filled the model's context";
 /** How often a streaming answer is saved, so that a reload keeps most of it. */
@@ -572,6 +579,13 @@ function lockConversation(conversationId: string): Promise<(() => void) | null> 
       lock ? new Promise<void>((release) => resolve(release)) : resolve(null),
     );
   });
+}
+
+/** Whether another tab writes an answer to this conversation now (it holds the lock). */
+async function writtenElsewhere(conversationId: string): Promise<boolean> {
+  if (!navigator.locks) return false;
+  const { held = [] } = await navigator.locks.query();
+  return held.some((lock) => lock.name === answerLock(conversationId));
 }
 
 /** Set while a turn waits for its lock, so that a double click does not start a second one. */
