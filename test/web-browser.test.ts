@@ -908,8 +908,11 @@ describe.skipIf(!chromiumPath)("in Chromium, a server killed mid-answer", () => 
         "error: cannot reach the server (is mlx serve running?)",
       );
       expect(await page.locator("body.running, .streaming").count()).toBe(0);
-      // The browser logs the cut stream and the refused connection; nothing else.
-      expect(errors.filter((e) => !/ERR_(CONNECTION_REFUSED|INCOMPLETE_CHUNKED_ENCODING)/.test(e))).toEqual([]);
+      // The browser logs the cut stream and the refused connections (or reset, from a server
+      // still dying when the page lists the models after the cut answer); nothing else.
+      expect(
+        errors.filter((e) => !/ERR_(CONNECTION_REFUSED|CONNECTION_RESET|INCOMPLETE_CHUNKED_ENCODING)/.test(e)),
+      ).toEqual([]);
     } finally {
       await browser.close();
       proc.kill("SIGKILL");
