@@ -614,6 +614,35 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     expect(errors).toEqual([]);
   }, 60_000);
 
+  test("a file that is no exported conversation is refused with a message saying why, and leaves the page working", async () => {
+    const { page, errors } = await openPage(browser, `${server.url}/`);
+    await page.waitForSelector("body[data-ready]");
+    const alerts: string[] = [];
+    page.on("dialog", (d) => {
+      alerts.push(d.message());
+      void d.accept();
+    });
+    // Figures not as the page writes them (hand-edited, or from another tool): drawn, they threw,
+    // and the conversation, saved and reopened at each load, kept the page from starting.
+    await importConversation(page, {
+      title: "Odd figures",
+      messages: [
+        { role: "user", content: "Hi" },
+        { role: "assistant", content: "Hello", stats: { tokens: 5 } },
+      ],
+    });
+    await importConversation(page, { title: "No messages", messages: "Hi" as unknown as unknown[] });
+    await eventually(() => alerts.length === 2);
+    expect(alerts).toEqual([
+      "Cannot import Odd figures.json: message 2 has stats that are not the figures this page exports",
+      "Cannot import No messages.json: not an exported conversation (no messages)",
+    ]);
+    await page.reload();
+    await page.waitForSelector("body[data-ready]");
+    expect(await page.locator("#conversations .open", { hasText: "Odd figures" }).count()).toBe(0);
+    expect(errors).toEqual([]);
+  }, 30_000);
+
   test("structured output: the answer follows the JSON Schema pasted in the settings", async () => {
     const { page, errors } = await openPage(browser, `${server.url}/`);
     await page.waitForSelector("body[data-ready]");

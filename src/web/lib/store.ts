@@ -70,6 +70,19 @@ export function onChangeElsewhere(listener: (id: string) => void): void {
   changes.addEventListener("message", (event: MessageEvent<string>) => listener(event.data));
 }
 
+function isAnswerStats(value: unknown): value is AnswerStats {
+  const s = value as Record<keyof AnswerStats, unknown> | null;
+  const count = (v: unknown) => typeof v === "number" && Number.isFinite(v);
+  return (
+    typeof s === "object" &&
+    s !== null &&
+    count(s.completionTokens) &&
+    count(s.cachedTokens) &&
+    (s.tokensPerSecond === null || count(s.tokensPerSecond)) &&
+    (s.timeToFirstTokenMs === null || count(s.timeToFirstTokenMs))
+  );
+}
+
 /** A conversation read from an exported file, or an error saying what is wrong with it. */
 export function parseConversation(value: unknown): Conversation {
   const c = value as Partial<Conversation>;
@@ -78,6 +91,9 @@ export function parseConversation(value: unknown): Conversation {
   const messages = c.messages.map((m, i) => {
     if (!m || (m.role !== "user" && m.role !== "assistant") || typeof m.content !== "string")
       throw new Error(`message ${i + 1} needs a role (user or assistant) and text content`);
+    // Drawn as they are: other figures would throw, at every load once the conversation is saved.
+    if (m.stats !== undefined && !isAnswerStats(m.stats))
+      throw new Error(`message ${i + 1} has stats that are not the figures this page exports`);
     return {
       role: m.role,
       content: m.content,
