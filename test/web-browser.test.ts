@@ -914,6 +914,36 @@ describe.skipIf(!chromiumPath)("in Chromium, a server with no model", () => {
   }, 60_000);
 });
 
+describe.skipIf(!chromiumPath)("in Chromium, at an address that is not localhost, over http", () => {
+  test("the chat starts and answers, without the APIs browsers keep to secure origins", async () => {
+    // As at http://<LAN address> (mlx serve --host 0.0.0.0): a name the browser resolves to this
+    // machine is not a secure origin, so crypto.randomUUID, the Clipboard API and Web Locks are missing.
+    const server = serve({ defaultModel: longTinyModel(), allowedHosts: ["mlx.test"] });
+    const browser = await launchBrowser(["--host-resolver-rules=MAP mlx.test 127.0.0.1"]);
+    try {
+      await eventually(async () => (await fetch(`${server.url}/health`)).status === 200, 60_000);
+      const { page, errors } = await openPage(browser, server.url.replace("127.0.0.1", "mlx.test") + "/");
+      await page.waitForSelector("body[data-ready]");
+      expect(await page.evaluate("[isSecureContext, typeof crypto.randomUUID, typeof navigator.locks]")).toEqual([
+        false,
+        "undefined",
+        "undefined",
+      ]);
+      await answersInEightTokens(page);
+      await page.click(".message.assistant .regenerate");
+      await page.locator(".message.assistant .figures", { hasText: /^8 tokens/ }).waitFor();
+      await page.reload();
+      await page.waitForSelector("body[data-ready]");
+      expect(await page.locator(".message.user .body").textContent()).toBe("Hi");
+      // Chromium says that it ignores the Cross-Origin-Opener-Policy header off secure origins; nothing else.
+      expect(errors.filter((e) => !e.startsWith("The Cross-Origin-Opener-Policy header has been ignored"))).toEqual([]);
+    } finally {
+      await browser.close();
+      await server.stop();
+    }
+  }, 90_000);
+});
+
 describe.skipIf(!chromiumPath)("in Chromium, a server killed mid-answer", () => {
   test("the answer says the connection was lost, the next question that the server cannot be reached, and nothing spins", async () => {
     const { proc, url } = await startServe(longTinyModel());

@@ -5,6 +5,7 @@ import {
   deleteConversation,
   getConversation,
   listConversations,
+  newConversationId,
   onChangeElsewhere,
   parseConversation,
   saveConversation,
@@ -65,7 +66,7 @@ let current: Conversation = blankConversation();
 let running: AbortController | undefined;
 
 function blankConversation(): Conversation {
-  return { id: crypto.randomUUID(), title: "New chat", model: ui.model.value, messages: [], updatedAt: Date.now() };
+  return { id: newConversationId(), title: "New chat", model: ui.model.value, messages: [], updatedAt: Date.now() };
 }
 
 // ---- models ----

@@ -8,9 +8,10 @@ import { writeTinyModel } from "./tiny-model";
 
 export const chromiumPath = Bun.which("chromium") ?? Bun.which("chromium-browser") ?? Bun.which("google-chrome");
 
-export function launchBrowser(): Promise<Browser> {
+/** Chromium, with `args` added to its command line. */
+export function launchBrowser(args: string[] = []): Promise<Browser> {
   // The sandbox needs user namespaces, which containers and root often lack.
-  return chromium.launch({ executablePath: chromiumPath!, args: ["--no-sandbox"], timeout: 30_000 });
+  return chromium.launch({ executablePath: chromiumPath!, args: ["--no-sandbox", ...args], timeout: 30_000 });
 }
 
 /** A page that records its console errors (CSP violations among them) and uncaught exceptions. */

@@ -24,6 +24,19 @@ export interface Conversation {
   updatedAt: number;
 }
 
+/**
+ * A new conversation id. crypto.randomUUID exists on secure origins only (localhost, https): a
+ * page opened at http://<LAN address> makes the same kind of id (UUID v4) from getRandomValues.
+ */
+export function newConversationId(): string {
+  if (typeof crypto.randomUUID === "function") return crypto.randomUUID();
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  bytes[6] = (bytes[6]! & 0x0f) | 0x40; // version 4
+  bytes[8] = (bytes[8]! & 0x3f) | 0x80; // variant 1
+  const hex = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
 const db = openDB("mlx-chat", 1, {
   upgrade(d) {
     d.createObjectStore("conversations", { keyPath: "id" });
@@ -102,7 +115,7 @@ export function parseConversation(value: unknown): Conversation {
     };
   });
   return {
-    id: crypto.randomUUID(),
+    id: newConversationId(),
     title: String(c.title ?? "Imported"),
     model: String(c.model ?? ""),
     messages,
