@@ -624,8 +624,11 @@ async function sendInput(): Promise<void> {
 }
 
 async function regenerate(): Promise<void> {
-  if (current.messages.at(-1)?.role !== "assistant") return;
+  const endsInAnswer = () => current.messages.at(-1)?.role === "assistant";
+  if (!endsInAnswer()) return;
   await takeTurn(async () => {
+    // Looked at again: another tab may have changed the conversation while the lock was taken.
+    if (!endsInAnswer()) return;
     current.messages.pop();
     await answer();
   });
