@@ -865,8 +865,12 @@ describe.skipIf(!chromiumPath)("in Chromium, a server that stops", () => {
       const { page, errors } = await openPage(browser, `${server.url}/dashboard`);
       await page.locator("#running", { hasText: /^0$/ }).waitFor();
       await page.locator("#loaded", { hasText: /^1$/ }).waitFor();
+      const points = () => page.locator(".chart[data-title='Requests']").getAttribute("data-points").then(Number);
+      const before = await points();
       await server.stop();
       await page.locator("#status", { hasText: /^disconnected/ }).waitFor();
+      // One point of no values: the line breaks there, not joining the figures either side of the outage.
+      expect(await points()).toBe(before + 1);
       expect(await page.locator("#tiles strong").allTextContents()).toEqual(Array(6).fill("–"));
       expect(await page.locator("#in-flight tbody").textContent()).toBe("unknown while disconnected");
       // Nor the models it had loaded (a restarted server has loaded none of them).
@@ -879,6 +883,7 @@ describe.skipIf(!chromiumPath)("in Chromium, a server that stops", () => {
           hasText: /^disconnected: cannot reach the server \(is mlx serve running\?\); retrying…$/,
         })
         .waitFor();
+      expect(await points()).toBe(before + 1); // one break, not one a retry
       // The feed cut off, then reconnecting to a server that is gone: the browser logs those fetches.
       expect(
         errors.filter((e) => !/ERR_(CONNECTION_REFUSED|INCOMPLETE_CHUNKED_ENCODING)|Failed to fetch/.test(e)),

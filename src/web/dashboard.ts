@@ -104,6 +104,14 @@ class Chart {
     this.element.dataset.points = String(this.#data[0]!.length);
   }
 
+  /** A point of no values: the line breaks there rather than join the figures either side. */
+  gap(time: number): void {
+    this.push(
+      time,
+      this.#series.map(() => null),
+    );
+  }
+
   remove(): void {
     darkScheme.removeEventListener("change", this.#redraw);
     this.#resize.disconnect();
@@ -143,8 +151,11 @@ class ModelPanel {
     this.chunk = new Chart(grid, "Prefill chunk", ["chunk limit"], "tokens");
     this.cache = new Chart(grid, "Prefix cache hit rate", ["hit rate"], "%");
   }
+  get charts(): Chart[] {
+    return [this.batch, this.tuner, this.chunk, this.cache].filter((chart) => chart !== undefined);
+  }
   remove(): void {
-    for (const chart of [this.batch, this.tuner, this.chunk, this.cache]) chart?.remove();
+    for (const chart of this.charts) chart.remove();
     this.element.remove();
   }
 }
@@ -251,6 +262,12 @@ async function follow(): Promise<void> {
       for (const tile of document.querySelectorAll("#tiles strong")) tile.textContent = "–";
       fillTable("#in-flight", [], "unknown while disconnected");
       fillTable("#models", [], "unknown while disconnected");
+      // The charts break after the last frame: no line across the time nothing was known.
+      if (previous) {
+        const gapAt = previous.time + 0.5; // before any frame of the server's, once back
+        for (const chart of [...Object.values(charts), ...[...panels.values()].flatMap((p) => p.charts)])
+          chart.gap(gapAt);
+      }
       previous = undefined;
       await new Promise((resolve) => setTimeout(resolve, 2000));
     }
