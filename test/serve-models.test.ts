@@ -299,15 +299,19 @@ describe("llama.cpp utilities", () => {
 });
 
 describe("models.toml settings", () => {
-  test("aliases of one model with other settings are loaded apart, each with its own", async () => {
+  test("aliases of one model with other settings are listed, and loaded apart, each with its own", async () => {
     const aliases = join(process.env.MLX_HOME!, "models.toml");
     mkdirSync(process.env.MLX_HOME!, { recursive: true });
     writeFileSync(
       aliases,
-      `[models.windowed]\nsource = "${local}"\nmax_kv_size = 8\n\n[models.whole]\nsource = "${local}"\n`,
+      `[models.windowed]\nsource = "${local}"\nmax_kv_size = 8\n\n[models.whole]\nsource = "${local}"\n\n[models.gone]\nsource = "${local}-gone"\n`,
     );
     const two = serve({ maxLoadedModels: 2 });
     try {
+      // Listed (the chat page's picker reads this list) while their weights are here; not one whose path is gone.
+      const listed = ((await (await fetch(`${two.url}/v1/models`)).json()) as { data: { id: string }[] }).data;
+      expect(listed.map((m) => m.id)).toEqual(expect.arrayContaining(["windowed", "whole"]));
+      expect(listed.map((m) => m.id)).not.toContain("gone");
       for (const model of ["windowed", "whole"])
         expect((await post(`${two.url}/v1/completions`, { model, prompt: "Hi", max_tokens: 2 })).status).toBe(200);
       const maxKvSizes = Object.fromEntries(two.state.models.loaded.map((e) => [e.name, e.lm.maxKvSize ?? null]));

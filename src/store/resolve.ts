@@ -84,6 +84,21 @@ export function locateModel(
 }
 
 /**
+ * The aliases of models.toml whose weights are on this machine now, usable without a download:
+ * a local path, or a model the store holds (under settings of the alias's own).
+ */
+export function localAliasNames(aliases: AliasTable = loadAliases()): string[] {
+  return [...aliases.models.keys()].filter((name) => {
+    try {
+      const location = locateModel(name, aliases);
+      return location.kind === "path" || location.path !== undefined;
+    } catch {
+      return false; // a folder of several GGUF files: not usable by that name until one is given
+    }
+  });
+}
+
+/**
  * A directory without config.json that holds one GGUF file is that file: the store's own
  * models/<name>/ of a GGUF model, or a download of one file from a GGUF repository. Of several,
  * the user picks (else the loader's "has no config.json" would say nothing of them).

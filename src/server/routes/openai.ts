@@ -30,6 +30,7 @@ import { ToolCallStream, type ToolCall } from "../../engine/tools";
 import { remoteModel, remoteModelNames } from "../../providers";
 import { anthropicModel, anthropicModelList } from "../../api/anthropic";
 import { withoutLatestTag } from "../model-registry";
+import { localAliasNames } from "../../store/resolve";
 
 type Kind = "chat" | "completion";
 
@@ -57,7 +58,13 @@ async function servedModels(s: ServerState): Promise<ReturnType<typeof modelObje
       seen.add(name);
       data.push(modelObject(name, started));
     }
-  for (const m of stored) if (!seen.has(m.name)) data.push(modelObject(m.name, storedAt.get(m.name)!));
+  for (const m of stored)
+    if (!seen.has(m.name)) {
+      seen.add(m.name);
+      data.push(modelObject(m.name, storedAt.get(m.name)!));
+    }
+  // An alias whose weights are here (a path, a stored model under its own settings) is served by its name.
+  for (const name of localAliasNames()) if (!seen.has(name)) data.push(modelObject(name, started));
   for (const name of remoteModelNames()) if (!seen.has(name)) data.push(modelObject(name, 0));
   return data;
 }
