@@ -698,6 +698,8 @@ describe("failures", () => {
     gatedPorts.length = 0;
     const ask = () =>
       post(`${proxy.url}/v1/chat/completions`, { model: "gated", messages: [{ role: "user", content: "Hi" }] });
+    const queueWaited = async () => Number(/^mlx_queue_wait_seconds_sum (\S+)$/m.exec(await metrics())?.[1] ?? 0);
+    const waitedBefore = await queueWaited();
     const first = ask();
     const second = ask();
     await eventually(async () => /mlx_provider_queue_waiting\{[^}]+\} 1$/m.test(await metrics()));
@@ -707,6 +709,7 @@ describe("failures", () => {
     expect(refused.status).toBe(429);
     expect(refused.json.error.message).toContain("all 1 connections are busy and 1 requests already wait");
     expect(refused.headers.get("retry-after")).toBe("1");
+    await Bun.sleep(200); // the second request waits in the queue meanwhile
     gate.resolve();
     for (const r of await Promise.all([first, second])) {
       expect(r.status).toBe(200);
@@ -715,6 +718,8 @@ describe("failures", () => {
     // The second request went out over the connection the first one had used.
     expect(gatedPorts.length).toBe(2);
     expect(gatedPorts[1]).toBe(gatedPorts[0]!);
+    // Its wait for that connection is its queue wait (a remote request's was always 0).
+    expect((await queueWaited()) - waitedBefore).toBeGreaterThan(0.15);
   });
 
   test("a client gone before the provider's first event is counted as cancelled, and its request ends", async () => {

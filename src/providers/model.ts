@@ -43,6 +43,8 @@ export interface StreamOptions {
   signal?: AbortSignal;
   /** Called before each retry, with why (an HTTP status, "connection", "timeout", "invalid_answer"). */
   onRetry?: (reason: string) => void;
+  /** Called when an attempt has its connection from the provider's pool (the wait before it is the request's queue). */
+  onConnection?: () => void;
 }
 
 /** Why an attempt failed, and whether another may follow. */
@@ -97,6 +99,7 @@ export class RemoteModel {
     for (let attempt = 0; ; attempt++) {
       circuit.admit();
       const release = await pool.acquire(options.signal);
+      options.onConnection?.();
       const connection = new AbortController();
       const onClientAbort = () => connection.abort(options.signal?.reason);
       options.signal?.addEventListener("abort", onClientAbort, { once: true });

@@ -53,6 +53,9 @@ export async function startRemoteGeneration(
   const deadline = requestDeadline(input, ctx.shutdown.signal);
   const controller = deadline.controller;
   const started = performance.now();
+  // When its first attempt had a connection of the provider's pool: the wait before is its queue's.
+  let connectedAt: number | undefined;
+  const queueMs = () => (connectedAt ?? performance.now()) - started;
   let providerOutcome = "cancelled";
   const remoteEvents = remote.stream(
     {
@@ -64,7 +67,11 @@ export async function startRemoteGeneration(
       tools: input.tools,
       thinking: input.thinking,
     },
-    { signal: controller.signal, onRetry: (reason) => m.providerRetries.inc({ ...labels, reason }) },
+    {
+      signal: controller.signal,
+      onRetry: (reason) => m.providerRetries.inc({ ...labels, reason }),
+      onConnection: () => (connectedAt ??= performance.now()),
+    },
   );
   let finished = false;
   const finishedRemote = () => {
@@ -102,7 +109,7 @@ export async function startRemoteGeneration(
         reasoningTokens: 0,
         draftedTokens: 0,
         acceptedTokens: 0,
-        queueMs: 0,
+        queueMs: queueMs(),
         timeToFirstTokenMs: firstAt - started,
         totalMs: ms(),
       },
@@ -131,7 +138,7 @@ export async function startRemoteGeneration(
               reasoningTokens: 0,
               draftedTokens: 0,
               acceptedTokens: 0,
-              queueMs: 0,
+              queueMs: queueMs(),
               timeToFirstTokenMs: firstAt - started,
               totalMs: ms(),
             },
