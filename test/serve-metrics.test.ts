@@ -25,6 +25,22 @@ async function sample(url: string, series: string): Promise<number> {
   return line === undefined ? 0 : Number(line.slice(series.length + 1));
 }
 
+/**
+ * A long stream (of `model`, else the server's own) started and read from: it holds the one slot
+ * of a batch (maxBatch 1) or of a model (maxLoadedModels 1) until the controller returned aborts.
+ */
+async function longStream(url: string, model?: string): Promise<AbortController> {
+  const stop = new AbortController();
+  const long = await fetch(`${url}/v1/completions`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ model, prompt: "Once", max_tokens: 8000, ignore_eos: true, stream: true }),
+    signal: stop.signal,
+  });
+  await long.body!.getReader().read();
+  return stop;
+}
+
 /** A completion of exactly `tokens` tokens (the tiny model's end token does not stop it). */
 async function complete(url: string, model: string, prompt: string, tokens: number): Promise<void> {
   const r = await post(`${url}/v1/completions`, { model, prompt, max_tokens: tokens, ignore_eos: true });
@@ -117,15 +133,7 @@ describe("prompt tokens processed", () => {
     server = serve({ defaultModel: model, maxBatch: 1 });
     const { url } = server;
     try {
-      // A long stream holds the one batch slot until it is stopped.
-      const stop = new AbortController();
-      const long = await fetch(`${url}/v1/completions`, {
-        method: "POST",
-        headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ prompt: "Once", max_tokens: 8000, ignore_eos: true, stream: true }),
-        signal: stop.signal,
-      });
-      await long.body!.getReader().read();
+      const stop = await longStream(url);
       const gone = new AbortController();
       const queued = fetch(`${url}/v1/completions`, {
         method: "POST",
@@ -156,15 +164,7 @@ describe("queue depth", () => {
     server = serve({ maxLoadedModels: 1 });
     const { url } = server;
     try {
-      // A long stream holds the one model slot until it is stopped.
-      const stop = new AbortController();
-      const long = await fetch(`${url}/v1/completions`, {
-        method: "POST",
-        headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ model: busy, prompt: "Once", max_tokens: 8000, ignore_eos: true, stream: true }),
-        signal: stop.signal,
-      });
-      await long.body!.getReader().read();
+      const stop = await longStream(url, busy);
       const waiting = post(`${url}/v1/completions`, { model: next, prompt: "Once", max_tokens: 2 });
       await eventually(async () => (await sample(url, "mlx_requests_waiting_for_model")) === 1);
       // /stats showed no request pending at all: it is in no model's queue yet.
@@ -193,15 +193,7 @@ describe("generations by outcome", () => {
     const generations = (outcome: string) =>
       sample(url, `mlx_generations_total{route="/v1/completions",finish_reason="${outcome}"}`);
     try {
-      // A long stream holds the one model slot until it is stopped.
-      const stop = new AbortController();
-      const long = await fetch(`${url}/v1/completions`, {
-        method: "POST",
-        headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ model: busy, prompt: "Once", max_tokens: 8000, ignore_eos: true, stream: true }),
-        signal: stop.signal,
-      });
-      await long.body!.getReader().read();
+      const stop = await longStream(url, busy);
       const gone = new AbortController();
       const waiting = fetch(`${url}/v1/completions`, {
         method: "POST",
