@@ -1092,6 +1092,13 @@ test("the dashboard counts a remote stream's tokens as they come (its events car
   await eventually(() => proxy.state.inflight.list.length === 0);
 }, 60_000);
 
+test("a provider that sends no usage: the server's usage counts the pieces it streamed, not 0 tokens", async () => {
+  const r = await openai.chat.completions.create({ model: "offschema", messages: [{ role: "user", content: "Hi" }] });
+  expect(r.choices[0]!.message.content).toBe('{"age": "old"}');
+  // One piece of text, and a finish without usage.
+  expect(r.usage!.completion_tokens).toBe(1);
+});
+
 test("mlx run with a provider that sends no usage counts the pieces it streamed, not 0 tokens", async () => {
   const answer = await cliRunner(home)(["run", "-m", "offschema", "--json", "Hi"]);
   expect(answer.code).toBe(0);

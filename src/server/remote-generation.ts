@@ -127,7 +127,8 @@ export async function startRemoteGeneration(
           providerOutcome = "ok";
           if (event.calls.length > 0)
             yield { type: "text", text: CALLS_MARKER + JSON.stringify(event.calls), tokens: [] };
-          completionTokens = event.usage.completionTokens;
+          // A provider that sends no usage (include_usage ignored) leaves its deltas' count, as run and chat take it.
+          completionTokens = event.usage.completionTokens || completionTokens;
           yield {
             type: "done",
             finishReason: event.finishReason,
@@ -135,6 +136,7 @@ export async function startRemoteGeneration(
             tokenIds: [],
             usage: {
               ...event.usage,
+              completionTokens,
               reasoningTokens: 0,
               draftedTokens: 0,
               acceptedTokens: 0,
