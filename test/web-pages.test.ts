@@ -57,6 +57,14 @@ describe("the pages", () => {
     expect(r.headers.get("content-type")).toContain("javascript");
   });
 
+  test("/dashboard/ (typed with a slash) is sent to /dashboard, by a relative address", async () => {
+    const slashed = await fetch(`${server.url}/dashboard/`, { redirect: "manual" });
+    expect([slashed.status, slashed.headers.get("location")]).toEqual([301, "../dashboard"]);
+    const followed = await fetch(`${server.url}/dashboard/`);
+    expect([followed.url, followed.status]).toEqual([`${server.url}/dashboard`, 200]);
+    expect(await followed.text()).toContain("<html");
+  });
+
   test("an unknown asset is a JSON 404", async () => {
     const r = await fetch(`${server.url}/web/nope.js`);
     expect(r.status).toBe(404);
@@ -69,7 +77,7 @@ describe("the pages", () => {
   });
 
   test("with --api-key: the pages and assets need no key, the feed and the API do", async () => {
-    for (const path of ["/", "/dashboard", "/web/chat.js", "/web/dashboard.css"])
+    for (const path of ["/", "/dashboard", "/dashboard/", "/web/chat.js", "/web/dashboard.css"])
       expect((await fetch(`${locked.url}${path}`, { headers: html })).status).toBe(200);
     expect((await fetch(`${locked.url}/dashboard/events`)).status).toBe(401);
     expect((await fetch(`${locked.url}/v1/models`)).status).toBe(401);

@@ -41,8 +41,9 @@ const pageHeaders = secureHeaders({
   referrerPolicy: "no-referrer",
 });
 
-/** Paths served without the API key. */
-export const isPublicPage = (path: string) => Object.hasOwn(webPages, path) || path.startsWith("/web/");
+/** Paths served without the API key: the pages (the dashboard's with a slash too), their assets. */
+export const isPublicPage = (path: string) =>
+  Object.hasOwn(webPages, path) || path === "/dashboard/" || path.startsWith("/web/");
 
 /** How often the dashboard feed sends a frame. */
 const FEED_INTERVAL_MS = 1000;
@@ -56,6 +57,9 @@ export function webRoutes(s: ServerState): Hono {
   // A browser asking for / gets the chat; API clients (curl, Ollama's) still get the plain text.
   r.get("/", async (c, next) => ((c.req.header("accept") ?? "").includes("text/html") ? c.html(chatPage) : next()));
   r.get("/dashboard", (c) => c.html(dashboardPage));
+  // Typed with a slash, its relative assets would be looked for under /dashboard/: sent to the page,
+  // by a relative address that holds behind a proxy's sub-path too.
+  r.get("/dashboard/", (c) => c.redirect("../dashboard", 301));
   r.get("/web/:file", (c) => {
     const asset = webAssets[c.req.param("file")];
     if (!asset) return c.notFound();
