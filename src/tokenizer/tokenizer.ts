@@ -161,8 +161,9 @@ export class Tokenizer {
    * tokens the post-processor adds around a text are added once, around all of them.
    */
   *encodeSteps(text: string, { addSpecialTokens = true }: EncodeOptions = {}): Steps<number[]> {
+    if (text.length <= ENCODE_PIECE) return this.encode(text, { addSpecialTokens });
     const around = addSpecialTokens ? this.#specialsAround() : { before: [], after: [] };
-    if (text.length <= ENCODE_PIECE || !around) return this.encode(text, { addSpecialTokens });
+    if (!around) return this.encode(text, { addSpecialTokens });
     const ids = [...around.before];
     for (let start = 0; start < text.length; ) {
       const end = this.#cutFrom(text, start + ENCODE_PIECE);
