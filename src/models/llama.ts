@@ -36,6 +36,8 @@ export interface AttentionOptions {
   fusedQkv?: boolean;
   /** gpt-oss: a learned logit per head (`${prefix}.sinks`) that joins each softmax without a value. */
   sinks?: boolean;
+  /** How many of each head's features the rotary embedding turns, when not all (Phi-4-mini's partial_rotary_factor). */
+  ropeDims?: number;
 }
 
 /**
@@ -56,7 +58,7 @@ export function attention(
   const qNorm = options.qkNorm ? norm(w, `${prefix}.q_norm`, c.rmsNormEps) : undefined;
   const kNorm = options.qkNorm ? norm(w, `${prefix}.k_norm`, c.rmsNormEps) : undefined;
   const rope = initializeRope({
-    dims: c.headDim,
+    dims: options.ropeDims ?? c.headDim,
     base: options.rope?.base ?? c.ropeTheta,
     traditional: c.ropeTraditional,
     scaling: options.rope ? options.rope.scaling : c.ropeScaling,

@@ -73,7 +73,7 @@ function yarn(p: RopeParams): Rope {
     }),
   );
   const rope = withFreqs(dims, p.traditional, freqs);
-  return (x, offset) => rope(mscale === 1 ? x : mx.multiply(x, mscale), offset);
+  return (x, offset) => rope(scaleRotated(x, dims, mscale), offset);
 }
 
 /**
@@ -98,7 +98,19 @@ function suScaled(p: RopeParams): Rope {
     }),
   );
   const rope = withFreqs(p.dims, false, freqs);
-  return (x, offset) => rope(scale === 1 ? x : mx.multiply(x, scale), offset);
+  return (x, offset) => rope(scaleRotated(x, p.dims, scale), offset);
+}
+
+/** x with its first `dims` features (the rotated ones; the rest pass through, as Phi-4-mini's partial rotary has them) times `scale`. */
+function scaleRotated(x: MxArray, dims: number, scale: number): MxArray {
+  if (scale === 1) return x;
+  const last = x.shape.length - 1;
+  if (dims === x.shape[last]) return mx.multiply(x, scale);
+  const origin = x.shape.map(() => 0);
+  const rotatedEnd = x.shape.map((d, i) => (i === last ? dims : d));
+  const passStart = x.shape.map((_, i) => (i === last ? dims : 0));
+  const rotated = mx.multiply(mx.slice(x, origin, rotatedEnd), scale);
+  return mx.concatenate([rotated, mx.slice(x, passStart, x.shape)], -1);
 }
 
 function withFreqs(dims: number, traditional: boolean, freqs: MxArray): Rope {

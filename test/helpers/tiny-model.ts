@@ -25,6 +25,8 @@ export interface TinyOptions {
   dims?: Partial<Omit<typeof tinyDims, "headDim">>;
   /** The float tensors' dtype, as a half-precision checkpoint stores them (float32 unless set). */
   dtype?: "bfloat16" | "float16";
+  /** phi3: the share of each head's features the rotary embedding turns (Phi-4-mini's 0.75; all unless set). */
+  partialRotaryFactor?: number;
 }
 
 export const tinyDims = { hidden: 64, heads: 4, kvHeads: 2, headDim: 16, intermediate: 128 };
@@ -72,8 +74,10 @@ export function tinyConfig(o: TinyOptions = {}): Record<string, unknown> {
   if (o.modelType === "mixtral")
     Object.assign(config, { num_local_experts: tinyMoE.experts, num_experts_per_tok: 2, rope_theta: 1_000_000 });
   if (o.modelType === "phi3") {
-    // LongRoPE with a context 4× the original one, so its scale is not 1.
-    const factors = Array.from({ length: tinyDims.headDim / 2 }, (_, i) => 1 + i * 0.5);
+    // LongRoPE with a context 4× the original one, so its scale is not 1; a factor per rotated pair.
+    const rotated = Math.floor(tinyDims.headDim * (o.partialRotaryFactor ?? 1));
+    const factors = Array.from({ length: rotated / 2 }, (_, i) => 1 + i * 0.5);
+    if (o.partialRotaryFactor !== undefined) config.partial_rotary_factor = o.partialRotaryFactor;
     Object.assign(config, {
       original_max_position_embeddings: 128,
       rope_scaling: { type: "longrope", long_factor: factors, short_factor: factors.map(() => 1) },

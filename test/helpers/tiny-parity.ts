@@ -20,6 +20,8 @@ export const tinyParityModels: Record<string, TinyOptions> = {
     quantize: { groupSize: 32, bits: 4, mode: "mxfp4" },
   },
   phi3: { modelType: "phi3", layers: 2, seed: 6, tied: false },
+  // Phi-4-mini's partial rotary embedding (three quarters of each head's features turned).
+  "phi3-partial": { modelType: "phi3", layers: 2, seed: 6, tied: false, partialRotaryFactor: 0.75 },
   "phi3-4bit": { modelType: "phi3", layers: 2, seed: 6, tied: false, quantize: { groupSize: 32, bits: 4 } },
 };
 
