@@ -518,6 +518,23 @@ describe("a config.json without tie_word_embeddings", () => {
       }
     });
 
+  // mlx-lm's gemma3_text ties exactly when the weights have no lm_head, whatever config.json says.
+  test("gemma3_text: an lm_head in the weights is used, tie_word_embeddings true or missing", () => {
+    const dir = mkdtempSync(join(tmpdir(), "mlx-untied-"));
+    try {
+      writeTinyModel(dir, { modelType: "gemma3_text", tied: false, layers: 2 });
+      const untied = logits(dir);
+      const configPath = join(dir, "config.json");
+      const { tie_word_embeddings: _, ...config } = JSON.parse(readFileSync(configPath, "utf8"));
+      writeFileSync(configPath, JSON.stringify({ ...config, tie_word_embeddings: true }));
+      expect(logits(dir)).toEqual(untied);
+      writeFileSync(configPath, JSON.stringify(config));
+      expect(logits(dir)).toEqual(untied);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test("llama, mistral and qwen2 tie it, as mlx-lm does", () => {
     for (const modelType of ["llama", "mistral", "qwen2"] as const) {
       const { tie_word_embeddings: _, ...config } = tinyConfig({ modelType, tied: false });

@@ -182,9 +182,12 @@ function* loadGGUFFile(file: string, stage?: Stage, shard?: Shard): Steps<Loaded
 
 /**
  * Drops what mlx-lm drops: rotary caches, a tied output layer's duplicate, and a multimodal
- * model's vision tower, whose language model's weights lose their prefix.
+ * model's vision tower, whose language model's weights lose their prefix. Gemma 3 ties exactly
+ * when the weights have no lm_head (mlx-lm's gemma3_text), so its lm_head is kept whatever
+ * tie_word_embeddings says.
  */
 function sanitize(tensors: Map<string, MxArray>, config: ModelConfig): void {
+  const tiedDuplicate = config.tieWordEmbeddings && config.modelType !== "gemma3_text";
   for (const [name, t] of [...tensors]) {
     if (!name.startsWith(LANGUAGE_MODEL_PREFIX)) continue;
     tensors.delete(name);
@@ -193,7 +196,7 @@ function sanitize(tensors: Map<string, MxArray>, config: ModelConfig): void {
   for (const [name, t] of [...tensors]) {
     const unused =
       name.includes("rotary_emb.inv_freq") ||
-      (config.tieWordEmbeddings && name.startsWith("lm_head.")) ||
+      (tiedDuplicate && name.startsWith("lm_head.")) ||
       VISION_PREFIXES.some((prefix) => name.startsWith(prefix));
     if (!unused) continue;
     t.free();
