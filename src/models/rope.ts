@@ -1,4 +1,4 @@
-// Rotary position embeddings and their scaling variants (default, linear, llama3, longrope, yarn).
+// Rotary position embeddings and their scaling variants (default, linear, dynamic, llama3, longrope, yarn).
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { RopeScaling } from "./config";
@@ -23,7 +23,10 @@ export interface RopeParams {
 export function initializeRope(p: RopeParams): Rope {
   if (p.freqs) return withFreqs(p.dims, p.traditional, mx.keep(p.freqs));
   const type = p.scaling?.type ?? "default";
-  if (type === "default" || type === "linear") {
+  // Dynamic NTK raises the base only past max_position_embeddings (mlx-lm's DynamicNTKScalingRoPE:
+  // base · (factor · length / max − factor + 1)^(dims / (dims − 2)), the base itself up to max),
+  // where no request goes: the engine bounds each one by the model's context. Plain RoPE within it.
+  if (type === "default" || type === "linear" || type === "dynamic") {
     const settings = {
       dims: p.dims,
       traditional: p.traditional,
@@ -37,7 +40,7 @@ export function initializeRope(p: RopeParams): Rope {
   if (type === "llama3") return withFreqs(p.dims, p.traditional, llama3Freqs(p.dims, p.base, p.scaling!));
   if (type === "longrope" || type === "su") return suScaled(p);
   if (type === "yarn") return yarn(p);
-  throw new Error(`unsupported rope scaling '${type}' (supported: default, linear, llama3, longrope, yarn)`);
+  throw new Error(`unsupported rope scaling '${type}' (supported: default, linear, dynamic, llama3, longrope, yarn)`);
 }
 
 /**

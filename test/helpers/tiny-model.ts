@@ -25,6 +25,8 @@ export interface TinyOptions {
   dims?: Partial<Omit<typeof tinyDims, "headDim">>;
   /** The float tensors' dtype, as a half-precision checkpoint stores them (float32 unless set). */
   dtype?: "bfloat16" | "float16";
+  /** config.json's rope_scaling (llama3, linear, dynamic, yarn, ...), where the architecture's own does not set one. */
+  ropeScaling?: Record<string, unknown>;
   /** phi3: the share of each head's features the rotary embedding turns (Phi-4-mini's 0.75; all unless set). */
   partialRotaryFactor?: number;
 }
@@ -49,6 +51,7 @@ export function tinyConfig(o: TinyOptions = {}): Record<string, unknown> {
     tie_word_embeddings: o.tied ?? true,
     eos_token_id: 2,
   };
+  if (o.ropeScaling) config.rope_scaling = o.ropeScaling;
   if (o.modelType === "gemma3_text") {
     // A window shorter than the test sequences, and a global layer among local ones.
     Object.assign(config, {

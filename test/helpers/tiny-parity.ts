@@ -4,6 +4,28 @@
 import type { TinyOptions } from "./tiny-model";
 
 export const tinyParityModels: Record<string, TinyOptions> = {
+  // Llama 3.1's rotary scaling, its original context short enough that the smooth blend is reached.
+  "llama-llama3": {
+    layers: 2,
+    seed: 8,
+    ropeScaling: {
+      rope_type: "llama3",
+      factor: 8,
+      low_freq_factor: 1,
+      high_freq_factor: 4,
+      original_max_position_embeddings: 64,
+    },
+  },
+  // Dynamic NTK scaling, which mlx-lm runs (as plain RoPE within the model's context).
+  "llama-dynamic": { layers: 2, seed: 8, ropeScaling: { type: "dynamic", factor: 2 } },
+  // Qwen2.5 / Qwen3's long-context YaRN.
+  "qwen2-yarn": {
+    modelType: "qwen2",
+    layers: 2,
+    seed: 9,
+    tied: false,
+    ropeScaling: { type: "yarn", factor: 4, original_max_position_embeddings: 128 },
+  },
   gemma3_text: { modelType: "gemma3_text", layers: 4, seed: 3 },
   "gemma3_text-4bit": { modelType: "gemma3_text", layers: 4, seed: 3, quantize: { groupSize: 32, bits: 4 } },
   qwen3_moe: { modelType: "qwen3_moe", layers: 3, seed: 4 },
