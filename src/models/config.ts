@@ -108,10 +108,12 @@ function parseQuantization(
     if (value === false) overrides[key] = false;
     else if (value && typeof value === "object") {
       const o = value as Record<string, unknown>;
+      // A layer's override is MLX's to_quantized arguments, whose mode is affine unless named: mlx-lm
+      // writes its 8-bit routers so in an mxfp4 (nvfp4, mxfp8) conversion of a mixture of experts.
       overrides[key] = {
         groupSize: num(o.group_size, base.groupSize),
         bits: num(o.bits, base.bits),
-        mode: String(o.mode ?? base.mode),
+        mode: String(o.mode ?? "affine"),
       };
     }
   }

@@ -9,8 +9,9 @@ import type { MxArray } from "../../src/mlx";
 export interface TinyOptions {
   modelType?: "llama" | "mistral" | "qwen2" | "qwen3" | "gemma3_text" | "qwen3_moe" | "mixtral" | "phi3" | "gpt_oss";
   /**
-   * MLX's affine quantization of every linear layer, or (gpt-oss) `mxfp4`: its experts in MX FP4
-   * blocks and the rest plain, as OpenAI ships gpt-oss.
+   * MLX's quantization of every linear layer, affine unless `mode` says (a Qwen3-MoE's routers in
+   * mxfp4 are 8-bit affine, as mlx-lm converts it); gpt-oss in `mxfp4` has its experts in MX FP4
+   * blocks and the rest plain, as OpenAI ships it.
    */
   quantize?: { groupSize: number; bits: number; mode?: "affine" | "mxfp4" };
   tied?: boolean;
@@ -121,7 +122,15 @@ export function tinyConfig(o: TinyOptions = {}): Record<string, unknown> {
     }
   }
   if (o.quantize) {
-    config.quantization = { group_size: o.quantize.groupSize, bits: o.quantize.bits, mode: "affine" };
+    config.quantization = {
+      group_size: o.quantize.groupSize,
+      bits: o.quantize.bits,
+      mode: o.quantize.mode ?? "affine",
+    };
+    // As mlx-lm converts Qwen3-MoE in mxfp4: its routers in 8 bits, an override that names no mode (affine, then).
+    if (o.modelType === "qwen3_moe" && o.quantize.mode === "mxfp4")
+      for (let i = 1; i < (o.layers ?? 2); i++)
+        (config.quantization as Record<string, unknown>)[`model.layers.${i}.mlp.gate`] = { group_size: 64, bits: 8 };
     // As mlx-lm quantizes gpt-oss: its routers in 8 bits.
     if (o.modelType === "gpt_oss")
       for (let i = 0; i < (o.layers ?? 2); i++)
@@ -145,7 +154,8 @@ export function tinyWeights(o: TinyOptions = {}): Map<string, MxArray> {
     return t;
   };
   const w = new Map<string, MxArray>();
-  const affine = o.quantize?.mode === "mxfp4" ? undefined : o.quantize;
+  // gpt-oss in mxfp4 is as OpenAI ships it (addFp4Experts); other models have every linear layer in the mode.
+  const affine = o.quantize?.mode === "mxfp4" && o.modelType === "gpt_oss" ? undefined : o.quantize;
   const addLinear = (
     name: string,
     out: number,
@@ -219,7 +229,8 @@ export function tinyWeights(o: TinyOptions = {}): Map<string, MxArray> {
         addLinear(`${p}.mlp.experts.down_proj`, hidden, tinyMoE.intermediate, true, tinyMoE.experts);
       }
     } else if (moe) {
-      addLinear(`${p}.${moe}.gate`, tinyMoE.experts, hidden);
+      const mxfp4Router = o.modelType === "qwen3_moe" && o.quantize?.mode === "mxfp4" && { groupSize: 64, bits: 8 };
+      addLinear(`${p}.${moe}.gate`, tinyMoE.experts, hidden, false, undefined, mxfp4Router || affine);
       // Mixtral's experts are intermediate_size wide, Qwen3-MoE's moe_intermediate_size.
       const expertHidden = o.modelType === "mixtral" ? intermediate : tinyMoE.intermediate;
       const projections: [string, string, number, number][] = [

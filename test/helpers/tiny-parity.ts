@@ -30,6 +30,13 @@ export const tinyParityModels: Record<string, TinyOptions> = {
   "gemma3_text-4bit": { modelType: "gemma3_text", layers: 4, seed: 3, quantize: { groupSize: 32, bits: 4 } },
   qwen3_moe: { modelType: "qwen3_moe", layers: 3, seed: 4 },
   "qwen3_moe-4bit": { modelType: "qwen3_moe", layers: 3, seed: 4, quantize: { groupSize: 32, bits: 4 } },
+  // As mlx-lm converts it with --q-mode mxfp4: the routers' 8-bit override names no mode.
+  "qwen3_moe-mxfp4": {
+    modelType: "qwen3_moe",
+    layers: 3,
+    seed: 4,
+    quantize: { groupSize: 32, bits: 4, mode: "mxfp4" },
+  },
   mixtral: { modelType: "mixtral", layers: 2, seed: 5, tied: false },
   "mixtral-4bit": { modelType: "mixtral", layers: 2, seed: 5, tied: false, quantize: { groupSize: 32, bits: 4 } },
   gpt_oss: { modelType: "gpt_oss", layers: 4, seed: 7, tied: false },
