@@ -627,6 +627,12 @@ describe("a config.json that does not describe the weights", () => {
       { quantize: { groupSize: 32, bits: 4 } },
     ],
     [
+      "a quantization mode MLX does not have",
+      { quantization: { group_size: 32, bits: 4, mode: "fp3" } },
+      /: '[\w.]+' is quantized in mode 'fp3', which MLX does not have \(affine, mxfp4, nvfp4, mxfp8\)$/,
+      { quantize: { groupSize: 32, bits: 4 } },
+    ],
+    [
       "weights packed by a Hugging Face scheme we do not read (GPTQ)",
       { quantization: undefined, quantization_config: { quant_method: "gptq", bits: 4, group_size: 32 } },
       /: quant_method 'gptq' is not a quantization we read \(MLX's own and mxfp4 are; its tensor [\w.]+ is uint32\); use an MLX-quantized or GGUF version of this model$/,

@@ -380,12 +380,20 @@ function checkQuantizedShapes(
     const weight = tensors.get(`${prefix}.weight`);
     const quant = quantizationAt(config, prefix);
     if (!weight || !quant) continue;
+    // Else MLX's own words at the first product, naming neither the file nor the layer.
+    if (!MLX_QUANTIZATION_MODES.includes(quant.mode))
+      throw new ModelLoadError(
+        `${source}: '${prefix}' is quantized in mode '${quant.mode}', which MLX does not have (${MLX_QUANTIZATION_MODES.join(", ")})`,
+      );
     if (linearInputs(weight, quant) !== scales.shape.at(-1)! * quant.groupSize)
       throw mismatch(
         `'${prefix}' has weight [${weight.shape}] and scales [${scales.shape}], which do not fit ${quant.bits}-bit quantization in groups of ${quant.groupSize}`,
       );
   }
 }
+
+/** The quantization modes MLX's quantized products take. */
+const MLX_QUANTIZATION_MODES = ["affine", "mxfp4", "nvfp4", "mxfp8"];
 
 /** How config.json quantizes the layer at `prefix` (its own override, else the model's), if at all. */
 function quantizationAt(config: ModelConfig, prefix: string): QuantConfig | undefined {
