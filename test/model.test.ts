@@ -543,6 +543,31 @@ describe("a config.json without tie_word_embeddings", () => {
   });
 });
 
+describe("a config.json without rope_theta, rms_norm_eps or max_position_embeddings", () => {
+  // mlx-lm's ModelArgs defaults per architecture: a checkpoint that leaves them out means these.
+  const expected = {
+    llama: [10000, 1e-6, 4096],
+    qwen2: [1_000_000, 1e-6, 32768],
+    mixtral: [1_000_000, 1e-5, 4096],
+    gemma3_text: [1_000_000, 1e-6, 32768],
+    gpt_oss: [150_000, 1e-5, 4096],
+    phi3: [10000, 1e-6, 131072],
+  } as const;
+  for (const [modelType, [theta, eps, context]] of Object.entries(expected))
+    test(`${modelType}: ${theta}, ${eps}, ${context}, as mlx-lm takes them`, () => {
+      const {
+        rope_theta: _t,
+        rms_norm_eps: _e,
+        max_position_embeddings: _m,
+        ...config
+      } = tinyConfig({
+        modelType: modelType as keyof typeof expected,
+      });
+      const parsed = parseConfig(config);
+      expect([parsed.ropeTheta, parsed.rmsNormEps, parsed.maxPositionEmbeddings]).toEqual([theta, eps, context]);
+    });
+});
+
 describe("a config.json written by transformers 5 (rope_theta and rope_scaling in rope_parameters)", () => {
   const rewritten = (dir: string, change: (config: Record<string, unknown>) => Record<string, unknown>) => {
     const configPath = join(dir, "config.json");

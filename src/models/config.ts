@@ -139,6 +139,22 @@ const GEMMA3_TEXT_DEFAULTS = {
   max_position_embeddings: 131072,
 };
 
+/**
+ * Settings a config.json may leave out whose default depends on the architecture, as mlx-lm's
+ * ModelArgs give them (for any other: RoPE base 10,000, norm epsilon 1e-6, a 4,096-token context).
+ */
+const ARCHITECTURE_DEFAULTS: Record<
+  string,
+  { rope_theta?: number; rms_norm_eps?: number; max_position_embeddings?: number }
+> = {
+  qwen2: { rope_theta: 1_000_000, max_position_embeddings: 32768 },
+  mixtral: { rope_theta: 1_000_000, rms_norm_eps: 1e-5 },
+  gemma3_text: { rope_theta: 1_000_000, max_position_embeddings: 32768 },
+  gpt_oss: { rope_theta: 150_000, rms_norm_eps: 1e-5 },
+  // Phi-3's LongRoPE scale is computed from it, beside original_max_position_embeddings.
+  phi3: { max_position_embeddings: 131072 },
+};
+
 /** The language model's part of a multimodal model (its vision tower is not loaded), as mlx-lm's gemma3 reads it. */
 export const LANGUAGE_MODEL_PREFIX = "language_model.";
 export const VISION_PREFIXES = ["vision_tower.", "multi_modal_projector."];
@@ -219,6 +235,7 @@ export function parseConfig(json: unknown): ModelConfig {
   const hiddenSize = field(raw, "hidden_size");
   const numAttentionHeads = field(raw, "num_attention_heads");
   const rope = ropeParameters(raw);
+  const defaults = ARCHITECTURE_DEFAULTS[raw.model_type] ?? {};
   return {
     modelType: raw.model_type,
     hiddenSize,
@@ -227,12 +244,12 @@ export function parseConfig(json: unknown): ModelConfig {
     numAttentionHeads,
     numKeyValueHeads: field(raw, "num_key_value_heads", numAttentionHeads),
     headDim: typeof raw.head_dim === "number" ? raw.head_dim : hiddenSize / numAttentionHeads,
-    rmsNormEps: field(raw, "rms_norm_eps", 1e-6),
+    rmsNormEps: field(raw, "rms_norm_eps", defaults.rms_norm_eps ?? 1e-6),
     vocabSize: field(raw, "vocab_size"),
-    ropeTheta: field(raw.rope_theta === undefined && rope ? rope : raw, "rope_theta", 10000),
+    ropeTheta: field(raw.rope_theta === undefined && rope ? rope : raw, "rope_theta", defaults.rope_theta ?? 10000),
     ropeTraditional: raw.rope_traditional === true,
     ropeScaling: parseRopeScaling(raw.rope_scaling ?? rope, raw.original_max_position_embeddings),
-    maxPositionEmbeddings: field(raw, "max_position_embeddings", 4096),
+    maxPositionEmbeddings: field(raw, "max_position_embeddings", defaults.max_position_embeddings ?? 4096),
     tieWordEmbeddings: tiedWordEmbeddings(raw, raw.model_type),
     attentionBias: raw.attention_bias === true,
     mlpBias: raw.mlp_bias === true,
