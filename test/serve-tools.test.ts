@@ -3,7 +3,7 @@
 // requests as 400s. Tiny random-weight models: a required call is valid only because the
 // grammar makes it so. (The real default model's call: default-model.test.ts.)
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Ajv from "ajv";
@@ -353,6 +353,40 @@ describe("Ollama tools", () => {
     const generate = await post(`${server.url}/api/generate`, { model, prompt: "x", tools });
     expect(generate.status).toBe(400);
     expect(generate.json.error).toMatch(/tools/);
+  });
+});
+
+// Hermes 2 Pro's and 3's tokenizer_config name two templates: "default", without tools, and
+// "tool_use", which transformers (so vLLM and mlx-lm) and llama.cpp's server render when tools are given.
+describe("a model whose tool_use template is named beside its default one", () => {
+  test("renders the tool_use template when tools are offered, the default one otherwise", async () => {
+    const namedModel = join(mkdtempSync(join(tmpdir(), "mlx-serve-tools-named-")), "named");
+    writeTinyModel(namedModel, { contextLength: 1024 });
+    const configPath = join(namedModel, "tokenizer_config.json");
+    const config = JSON.parse(readFileSync(configPath, "utf8"));
+    const toolUse = readFileSync(join(import.meta.dir, "fixtures", "templates", "hermes-tools.jinja"), "utf8");
+    config.chat_template = [
+      { name: "default", template: config.chat_template },
+      { name: "tool_use", template: toolUse },
+    ];
+    writeFileSync(configPath, JSON.stringify(config));
+    const withTools = await post(`${server.url}/apply-template`, { model: namedModel, messages: ask, tools });
+    expect(withTools.status).toBe(200);
+    expect(withTools.json.prompt).toStartWith("<|im_start|>system\n# Tools\n\n<tools>\n");
+    expect(withTools.json.prompt).toContain("Call a function like this:");
+    const without = await post(`${server.url}/apply-template`, { model: namedModel, messages: ask });
+    expect(without.json.prompt).not.toContain("<tools>");
+    expect(without.json.prompt).toContain("named SmolLM");
+    const answer = await openai.chat.completions.create({
+      model: namedModel,
+      messages: ask,
+      tools,
+      tool_choice: { type: "function", function: { name: "forecast" } },
+      temperature: 1,
+      seed: 1,
+      max_tokens: 120,
+    });
+    expectForecastCalls(answer.choices[0]!.message.tool_calls as never);
   });
 });
 

@@ -2,9 +2,19 @@
 // scripts/reference/tokenizer_ids.py): ids, decodes and chat renderings must match exactly.
 import { tokenText } from "../src/server/generation";
 import { describe, expect, test } from "bun:test";
-import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeFileSync, existsSync, readFileSync } from "node:fs";
+import {
+  closeSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readSync,
+  rmSync,
+  writeFileSync,
+  existsSync,
+  readFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { gunzipSync } from "node:zlib";
 import { Tokenizer } from "../src/tokenizer/tokenizer";
 import { tokenizerFilesFromGGUF } from "../src/tokenizer/gguf";
@@ -244,6 +254,21 @@ describe("chat template", () => {
     ];
     expect(tok.decode(chatTokens(tok, messages, undefined, undefined, true))).toBe("[user]hi<|im_end|>[assistant]Sure");
   });
+  // Expected renderings from transformers' apply_chat_template: given tools, get_chat_template picks
+  // the template named "tool_use" of a model's named templates (Hermes 2 Pro's and 3's tokenizer_config).
+  test("named templates: the tool_use one renders when tools are given, the default one otherwise", () => {
+    const tok = new Tokenizer(hfTokenizerJson, {
+      ...fixture.hf_tokenizer_config,
+      chat_template: [
+        { name: "default", template: fixture.hf_tokenizer_config.chat_template },
+        { name: "tool_use", template: hermesToolsTemplate },
+      ],
+    });
+    expect(tok.applyChatTemplate(namedTemplateChat)).toBe(namedTemplateDefault);
+    expect(tok.applyChatTemplate(namedTemplateChat, { tools: namedTemplateTools })).toBe(namedTemplateToolUse);
+    expect(tok.chatTemplateFor(undefined)).toBe(fixture.hf_tokenizer_config.chat_template as string);
+    expect(tok.chatTemplateFor(namedTemplateTools)).toBe(hermesToolsTemplate);
+  });
   // Decided: special-token text is parsed wherever it is, as transformers' apply_chat_template(tokenize=True),
   // vLLM and llama.cpp do, so these ids are transformers' own.
   test("special-token text in a user's message is read as special tokens, as transformers does", () => {
@@ -257,6 +282,23 @@ describe("chat template", () => {
     ]);
   });
 });
+
+const hermesToolsTemplate = readFileSync(join(FIXTURES, "templates", "hermes-tools.jinja"), "utf8");
+const namedTemplateChat = [{ role: "user", content: "Weather in Oslo?" }];
+const namedTemplateTools = [
+  {
+    type: "function",
+    function: { name: "forecast", description: "d", parameters: { type: "object", properties: {} } },
+  },
+];
+const namedTemplateDefault =
+  "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n" +
+  "<|im_start|>user\nWeather in Oslo?<|im_end|>\n<|im_start|>assistant\n";
+const namedTemplateToolUse =
+  '<|im_start|>system\n# Tools\n\n<tools>\n{"type": "function", "function": {"name": "forecast", "description": "d", ' +
+  '"parameters": {"type": "object", "properties": {}}}}\n</tools>\n\nCall a function like this:\n<tool_call>\n' +
+  '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call><|im_end|>\n' +
+  "<|im_start|>user\nWeather in Oslo?<|im_end|>\n<|im_start|>assistant\n";
 
 // A SentencePiece vocabulary (Gemma's kind), as a GGUF gives it: control tokens, byte tokens for
 // "\n" and "!", then pieces whose score says which merge comes first.
@@ -395,7 +437,10 @@ describe("fromDirectory", () => {
   const withDir = (files: Record<string, string>, fn: (dir: string) => void) => {
     const dir = mkdtempSync(join(tmpdir(), "mlx-tok-"));
     try {
-      for (const [name, content] of Object.entries(files)) writeFileSync(join(dir, name), content);
+      for (const [name, content] of Object.entries(files)) {
+        mkdirSync(dirname(join(dir, name)), { recursive: true });
+        writeFileSync(join(dir, name), content);
+      }
       fn(dir);
     } finally {
       rmSync(dir, { recursive: true, force: true });
@@ -434,6 +479,25 @@ describe("fromDirectory", () => {
         },
         (dir) => {
           expect(Tokenizer.fromDirectory(dir).applyChatTemplate([{ role: "user", content: "hi" }])).toBe("[user]hi");
+        },
+      );
+    },
+    SLOW,
+  );
+  test(
+    "additional_chat_templates/tool_use.jinja renders when tools are given (transformers v5 layout)",
+    () => {
+      withDir(
+        {
+          "tokenizer.json": JSON.stringify(hfTokenizerJson),
+          "tokenizer_config.json": JSON.stringify({ ...fixture.hf_tokenizer_config, chat_template: undefined }),
+          "chat_template.jinja": fixture.hf_tokenizer_config.chat_template as string,
+          "additional_chat_templates/tool_use.jinja": hermesToolsTemplate,
+        },
+        (dir) => {
+          const tok = Tokenizer.fromDirectory(dir);
+          expect(tok.applyChatTemplate(namedTemplateChat)).toBe(namedTemplateDefault);
+          expect(tok.applyChatTemplate(namedTemplateChat, { tools: namedTemplateTools })).toBe(namedTemplateToolUse);
         },
       );
     },
@@ -497,6 +561,22 @@ describe("tokenizerFilesFromGGUF", () => {
         { token: "\n", bytes: [0x0a] },
         { token: " ab", bytes: [0x20, 0x61, 0x62] },
       ]);
+    },
+    SLOW,
+  );
+
+  // llama.cpp's converter writes a model's named templates as tokenizer.chat_template.<name>, and its
+  // server renders with tokenizer.chat_template.tool_use when tools are given, as transformers does.
+  test(
+    "a GGUF's tokenizer.chat_template.tool_use renders when tools are given",
+    () => {
+      const tok = Tokenizer.fromGGUFMetadata({
+        ...ggufMeta,
+        "tokenizer.chat_template": fixture.hf_tokenizer_config.chat_template,
+        "tokenizer.chat_template.tool_use": hermesToolsTemplate,
+      });
+      expect(tok.applyChatTemplate(namedTemplateChat)).toBe(namedTemplateDefault);
+      expect(tok.applyChatTemplate(namedTemplateChat, { tools: namedTemplateTools })).toBe(namedTemplateToolUse);
     },
     SLOW,
   );

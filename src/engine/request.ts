@@ -109,7 +109,7 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   const vocab = lm.config.vocabSize;
   validateSampling(spec.sampling, vocab);
   const offered = offeredTools(spec.tools);
-  const template = toolTemplate(lm.tokenizer.chatTemplate);
+  const template = toolTemplate(lm.tokenizer.chatTemplateFor(offered));
   const toolFormat = offered && template.format;
   const shaped = shapedAnswer(spec.format !== undefined, spec.tools);
   const thinking = settleThinking(lm.tokenizer, spec.prompt, spec.thinking, shaped);
@@ -198,7 +198,8 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
 /** A conversation (with the tools it offers) as the text the chat template makes of it for a generation. */
 export function renderChat(lm: LoadedModel, messages: ConversationMessage[], tools?: ToolRequest): string {
   if (!lm.tokenizer.chatTemplate) throw new UnsupportedError("this model has no chat template", "messages");
-  const input = templateInput(toolTemplate(lm.tokenizer.chatTemplate), messages, offeredTools(tools));
+  const offered = offeredTools(tools);
+  const input = templateInput(toolTemplate(lm.tokenizer.chatTemplateFor(offered)), messages, offered);
   return withTemplateErrors(() =>
     lm.tokenizer.applyChatTemplate(input.messages, { addGenerationPrompt: true, tools: input.tools }),
   );
@@ -216,9 +217,10 @@ export async function countPromptTokens(
   jsonOutput = false,
 ): Promise<number> {
   const vars = settleThinking(lm.tokenizer, prompt, thinking, shapedAnswer(jsonOutput, tools))?.templateVars;
+  const offered = offeredTools(tools);
   return (
     await runStepsAsync(
-      tokenize(lm.tokenizer, prompt, toolTemplate(lm.tokenizer.chatTemplate), offeredTools(tools), vars),
+      tokenize(lm.tokenizer, prompt, toolTemplate(lm.tokenizer.chatTemplateFor(offered)), offered, vars),
     )
   ).length;
 }

@@ -113,7 +113,15 @@ export function tokenizerFilesFromGGUF(meta: Record<string, unknown>): Tokenizer
   const arch = str(meta, "general.architecture");
   const chatTemplate = str(meta, "tokenizer.chat_template");
   const eosTokenIds = ["eos", "eot", "eom"].flatMap((name) => special(name)?.id ?? []);
-  if (chatTemplate) tokenizerConfig.chat_template = chatTemplate;
+  // llama.cpp's converter writes a model's other named templates as tokenizer.chat_template.<name>.
+  const toolUseTemplate = str(meta, "tokenizer.chat_template.tool_use");
+  if (chatTemplate)
+    tokenizerConfig.chat_template = toolUseTemplate
+      ? [
+          { name: "default", template: chatTemplate },
+          { name: "tool_use", template: toolUseTemplate },
+        ]
+      : chatTemplate;
   else if (instructionTuned(meta)) {
     // None in the file: the family's own turn format, whose end-of-turn token then ends generation.
     // (Not for a base model, such as the `gemma3` alias: turns it was never taught make it ramble.)

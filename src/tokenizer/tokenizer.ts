@@ -1,7 +1,7 @@
 // The tokenizer the engine talks to: Hugging Face tokenizer.json semantics (via
 // @huggingface/tokenizers), chat templates (via @huggingface/jinja), and the special ids
 // generation needs. Loads either a model directory or a GGUF's metadata.
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Tokenizer as HFTokenizer } from "@huggingface/tokenizers";
 import { Template } from "@huggingface/jinja";
@@ -55,6 +55,8 @@ export class Tokenizer {
   readonly vocabSize: number;
   /** The raw chat template, if the model has one. */
   readonly chatTemplate: string | undefined;
+  /** The template a model names "tool_use" beside its default one (Hermes 2 Pro's, 3's), for a conversation that offers tools. */
+  readonly toolUseChatTemplate: string | undefined;
   /** The tokenizer_config.json contents. */
   readonly config: Json;
   /** True when decoding is byte-level BPE, so `tokenBytes` gives each token's exact bytes. */
@@ -69,7 +71,7 @@ export class Tokenizer {
   /** SentencePiece-style: "▁" stands for a space, and <0xNN> tokens for single bytes (byte_fallback). */
   private readonly metaspace: boolean;
   private readonly byteFallback: boolean;
-  private template: Template | undefined;
+  private readonly templates = new Map<string, Template>();
   private bytesCache: (Uint8Array | undefined)[] = [];
 
   /**
@@ -101,6 +103,7 @@ export class Tokenizer {
     this.eosTokenIds = new Set([...(eos === undefined ? [] : [eos]), ...extraEosIds]);
 
     this.chatTemplate = pickChatTemplate(tokenizerConfig.chat_template);
+    this.toolUseChatTemplate = namedChatTemplate(tokenizerConfig.chat_template, "tool_use");
     this.isByteLevel = (tokenizerJson.decoder as Json | null)?.type === "ByteLevel";
     // transformers (v5) never cleans up after BPE: it would delete real spaces before punctuation.
     const modelType = (tokenizerJson.model as Json | undefined)?.type;
@@ -121,6 +124,10 @@ export class Tokenizer {
     const templatePath = join(dir, "chat_template.jinja");
     if (existsSync(templatePath)) config.chat_template = readFileSync(templatePath, "utf8");
     config.chat_template ??= readJson(join(dir, "chat_template.json"), "chat_template.json")?.chat_template;
+    // v5 saves a model's other named templates (Hermes' tool_use) in a folder beside it.
+    const named = namedTemplateFiles(join(dir, "additional_chat_templates"));
+    if (named.length > 0 && typeof config.chat_template === "string")
+      config.chat_template = [{ name: "default", template: config.chat_template }, ...named];
 
     const eosIds = [
       ...idList(readJson(join(dir, "generation_config.json"), "generation_config.json")?.eos_token_id),
@@ -293,19 +300,29 @@ export class Tokenizer {
     return utf8.encode(this.metaspace ? token.replaceAll("\u2581", " ") : this.decode([id]));
   }
 
+  /**
+   * The chat template a conversation is rendered with: given tools, the model's "tool_use" one
+   * where it names one, as transformers' get_chat_template and llama.cpp's server pick it.
+   */
+  chatTemplateFor(tools: unknown[] | undefined): string | undefined {
+    return (tools !== undefined && this.toolUseChatTemplate) || this.chatTemplate;
+  }
+
   /** Renders a conversation with the model's chat template, as transformers' apply_chat_template(tokenize=False). */
   applyChatTemplate(
     messages: ChatMessage[],
     { addGenerationPrompt = true, tools, extra }: ChatTemplateOptions = {},
   ): string {
-    if (!this.chatTemplate) throw new Error("this model has no chat template");
-    this.template ??= new Template(this.chatTemplate);
+    const source = this.chatTemplateFor(tools);
+    if (!source) throw new Error("this model has no chat template");
+    let template = this.templates.get(source);
+    if (!template) this.templates.set(source, (template = new Template(source)));
     const specialTokens: Record<string, string> = {};
     for (const name of NAMED_SPECIAL_TOKENS) {
       const token = tokenString(this.config[name]);
       if (token !== undefined) specialTokens[name] = token;
     }
-    return this.template.render({
+    return template.render({
       ...specialTokens,
       // transformers always passes these, as None when absent; templates test `tools is defined`.
       messages,
@@ -458,6 +475,20 @@ function pickChatTemplate(value: unknown): string | undefined {
     return (named.find((t) => t.name === "default") ?? named[0])?.template;
   }
   return undefined;
+}
+
+/** The template of a list of named ones (see pickChatTemplate) called `name`, if there is one. */
+function namedChatTemplate(value: unknown, name: string): string | undefined {
+  if (!Array.isArray(value)) return undefined;
+  return (value as { name?: string; template?: string }[]).find((t) => t.name === name)?.template;
+}
+
+/** `<dir>/<name>.jinja` files as named templates; none when there is no such folder. */
+function namedTemplateFiles(dir: string): { name: string; template: string }[] {
+  if (!existsSync(dir)) return [];
+  return readdirSync(dir)
+    .filter((file) => file.endsWith(".jinja"))
+    .map((file) => ({ name: file.slice(0, -".jinja".length), template: readFileSync(join(dir, file), "utf8") }));
 }
 
 function asList(value: unknown): unknown[] {
