@@ -269,6 +269,32 @@ describe("chat template", () => {
     expect(tok.chatTemplateFor(undefined)).toBe(fixture.hf_tokenizer_config.chat_template as string);
     expect(tok.chatTemplateFor(namedTemplateTools)).toBe(hermesToolsTemplate);
   });
+  // Expected renderings from transformers (Python's str methods): @huggingface/jinja's strip,
+  // lstrip and rstrip ignore the characters they are given and strip whitespace instead.
+  test("strip, lstrip and rstrip strip the characters they are given, as Python's do", () => {
+    const template =
+      "[{{ s.lstrip('\\n') }}][{{ s.rstrip('\\n') }}][{{ s.strip('\\n') }}][{{ s.strip() }}]" +
+      "[{{ 'xxaxx'.strip('x') }}][{{ '<<a>'.lstrip('<') }}][{{ '😀a😀'.strip('😀') }}][{{ ' a '.strip(none) }}]";
+    const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template: template });
+    expect(tok.applyChatTemplate([], { extra: { s: "\n\n  x  \n\n" } })).toBe(
+      "[  x  \n\n][\n\n  x  ][  x  ][x][a][a>][a][a]",
+    );
+    // Qwen3's template keeps a past answer's text after its reasoning with .lstrip('\n'): an answer
+    // that opens with indented code keeps its indentation.
+    const qwen3 = new Tokenizer(hfTokenizerJson, {
+      ...fixture.hf_tokenizer_config,
+      chat_template: readFileSync(join(FIXTURES, "templates", "qwen3.jinja"), "utf8"),
+    });
+    const messages = [
+      { role: "user", content: "code?" },
+      { role: "assistant", content: "<think>\nplan  \n</think>\n\n    x = 1\n" },
+      { role: "user", content: "more" },
+    ];
+    expect(qwen3.applyChatTemplate(messages)).toBe(
+      "<|im_start|>user\ncode?<|im_end|>\n<|im_start|>assistant\n    x = 1\n<|im_end|>\n" +
+        "<|im_start|>user\nmore<|im_end|>\n<|im_start|>assistant\n",
+    );
+  });
   // Decided: special-token text is parsed wherever it is, as transformers' apply_chat_template(tokenize=True),
   // vLLM and llama.cpp do, so these ids are transformers' own.
   test("special-token text in a user's message is read as special tokens, as transformers does", () => {

@@ -316,7 +316,7 @@ export class Tokenizer {
     const source = this.chatTemplateFor(tools);
     if (!source) throw new Error("this model has no chat template");
     let template = this.templates.get(source);
-    if (!template) this.templates.set(source, (template = new Template(source)));
+    if (!template) this.templates.set(source, (template = withPythonStrips(new Template(source))));
     const specialTokens: Record<string, string> = {};
     for (const name of NAMED_SPECIAL_TOKENS) {
       const token = tokenString(this.config[name]);
@@ -330,6 +330,7 @@ export class Tokenizer {
       documents: null,
       add_generation_prompt: addGenerationPrompt,
       ...extra,
+      ...PYTHON_STRIPS,
     });
   }
 
@@ -475,6 +476,62 @@ function pickChatTemplate(value: unknown): string | undefined {
     return (named.find((t) => t.name === "default") ?? named[0])?.template;
   }
   return undefined;
+}
+
+type StripSide = "strip" | "lstrip" | "rstrip";
+
+/** Python's str.strip, lstrip and rstrip: without characters (or None), whitespace. */
+function pythonStrip(side: StripSide, value: unknown, chars: unknown): string {
+  if (typeof value !== "string") throw new Error(`${side}() is a method of strings`);
+  if (chars === undefined || chars === null)
+    return side === "strip" ? value.trim() : side === "lstrip" ? value.trimStart() : value.trimEnd();
+  if (typeof chars !== "string") throw new Error(`${side}() takes a string of the characters to strip`);
+  const strip = new Set(chars);
+  const points = [...value];
+  let [start, end] = [0, points.length];
+  if (side !== "rstrip") while (start < end && strip.has(points[start]!)) start++;
+  if (side !== "lstrip") while (end > start && strip.has(points[end - 1]!)) end--;
+  return points.slice(start, end).join("");
+}
+
+/** What a rewritten call (see withPythonStrips) calls, by its name in the template's variables. */
+const PYTHON_STRIPS: Record<string, (value: unknown, chars?: unknown) => string> = Object.fromEntries(
+  (["strip", "lstrip", "rstrip"] as const).map((side) => [
+    `__python_${side}`,
+    (value: unknown, chars?: unknown) => pythonStrip(side, value, chars),
+  ]),
+);
+
+/**
+ * @huggingface/jinja's strip, lstrip and rstrip ignore the characters they are given and strip
+ * whitespace: Qwen3's template keeps an answer with `.lstrip('\n')`, and lost the indentation of
+ * one that opens with code. Each such call with an argument, `x.lstrip(c)`, is rewritten in the
+ * parsed template into `__python_lstrip(x, c)` (see PYTHON_STRIPS), Python's own.
+ */
+function withPythonStrips(template: Template): Template {
+  type Node = { type?: string; [key: string]: unknown };
+  const visit = (node: unknown): void => {
+    if (!node || typeof node !== "object") return;
+    if (Array.isArray(node)) return node.forEach(visit);
+    const n = node as Node;
+    const callee = n.callee as Node | undefined;
+    const method = callee?.property as Node | undefined;
+    if (
+      n.type === "CallExpression" &&
+      callee?.type === "MemberExpression" &&
+      !callee.computed &&
+      method?.type === "Identifier" &&
+      ["strip", "lstrip", "rstrip"].includes(method.value as string) &&
+      (n.args as unknown[]).length > 0
+    ) {
+      n.args = [callee.object, ...(n.args as unknown[])];
+      method.value = `__python_${method.value}`;
+      n.callee = method;
+    }
+    for (const child of Object.values(n)) visit(child);
+  };
+  visit(template.parsed);
+  return template;
 }
 
 /** The template of a list of named ones (see pickChatTemplate) called `name`, if there is one. */
