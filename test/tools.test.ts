@@ -282,6 +282,26 @@ describe("conversations with tools, as the template gets them", () => {
     expect(messages[3]).toEqual({ role: "tool", content: "18C", tool_call_id: "call_1", name: "get_weather" });
   });
 
+  // transformers (5.x) hands a message's reasoning to templates under both names: Qwen3's and
+  // DeepSeek's read reasoning_content, gpt-oss's thinking (its multi-step tool calls' analysis).
+  test("a message's reasoning reaches the template as reasoning_content and as thinking", () => {
+    const reasoned = [
+      { role: "user", content: "Weather in Paris?" },
+      { role: "assistant", content: "", reasoning: "Ask the tool.", toolCalls: [conversation[2]!.toolCalls![0]!] },
+      { role: "tool", content: "18C", toolCallId: "call_1" },
+      { role: "assistant", content: "18C.", reasoning: "It said 18C." },
+    ];
+    for (const template of [hermesTemplate, smolTemplate]) {
+      const assistants = templateInput(toolTemplate(template), reasoned, [weather]).messages.filter(
+        (m) => m.role === "assistant",
+      );
+      expect(assistants.map((m) => [m.reasoning_content, m.thinking])).toEqual([
+        ["Ask the tool.", "Ask the tool."],
+        ["It said 18C.", "It said 18C."],
+      ]);
+    }
+  });
+
   test("each rendering is one the model can read back: our calls parse out of the rendered text", () => {
     for (const template of [hermesTemplate, smolTemplate]) {
       const tt = toolTemplate(template);

@@ -71,12 +71,13 @@ function nativeMessage(m: ConversationMessage): ChatMessage {
 }
 
 /**
- * The message with the reasoning `m` carries, as `reasoning_content`: the name Qwen3's and
+ * The message with the reasoning `m` carries, as `reasoning_content`, the name Qwen3's and
  * DeepSeek's templates read (Qwen3's renders it in the turns of a multi-step tool call, so the
- * prompt goes on from what the model wrote).
+ * prompt goes on from what the model wrote), and as `thinking`, gpt-oss's: transformers gives
+ * templates both.
  */
 const withReasoning = (m: ConversationMessage, message: ChatMessage): ChatMessage =>
-  m.reasoning ? { ...message, reasoning_content: m.reasoning } : message;
+  m.reasoning ? { ...message, reasoning_content: m.reasoning, thinking: m.reasoning } : message;
 
 /** Calls as a hermes answer holds them: laid out as the call grammar makes the model write them. */
 const writeCalls = (calls: ToolCall[]) =>
