@@ -295,6 +295,43 @@ describe("chat template", () => {
         "<|im_start|>user\nmore<|im_end|>\n<|im_start|>assistant\n",
     );
   });
+  // Python's strftime (transformers' strftime_now) in the C locale, as Llama 3.2's, Granite's and
+  // gpt-oss's templates date their system prompts: @huggingface/jinja's knows only %Y %m %d %b %B
+  // %H %M, and names months in the process's locale (under Node, "Dez" for LANG=de_DE).
+  test("strftime_now formats as Python's strftime, in English", () => {
+    const template = "{{ strftime_now('%A|%a|%B|%b|%d|%-d|%e|%Y|%y|%m|%-m|%H|%-H|%I|%p|%M|%j|%%') }}";
+    const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template: template });
+    const rendered = tok.applyChatTemplate([]);
+    const now = new Date();
+    const english = (o: Intl.DateTimeFormatOptions) => now.toLocaleString("en-US", o);
+    const pad = (n: number, fill = "0") => String(n).padStart(2, fill);
+    const dayOfYear =
+      Math.round(
+        (+new Date(now.getFullYear(), now.getMonth(), now.getDate()) - +new Date(now.getFullYear(), 0, 1)) / 864e5,
+      ) + 1;
+    expect(rendered).toBe(
+      [
+        english({ weekday: "long" }),
+        english({ weekday: "short" }),
+        english({ month: "long" }),
+        english({ month: "short" }),
+        pad(now.getDate()),
+        now.getDate(),
+        pad(now.getDate(), " "),
+        now.getFullYear(),
+        pad(now.getFullYear() % 100),
+        pad(now.getMonth() + 1),
+        now.getMonth() + 1,
+        pad(now.getHours()),
+        now.getHours(),
+        pad(now.getHours() % 12 || 12),
+        now.getHours() < 12 ? "AM" : "PM",
+        pad(now.getMinutes()),
+        String(dayOfYear).padStart(3, "0"),
+        "%",
+      ].join("|"),
+    );
+  });
   // Decided: special-token text is parsed wherever it is, as transformers' apply_chat_template(tokenize=True),
   // vLLM and llama.cpp do, so these ids are transformers' own.
   test("special-token text in a user's message is read as special tokens, as transformers does", () => {

@@ -316,7 +316,7 @@ export class Tokenizer {
     const source = this.chatTemplateFor(tools);
     if (!source) throw new Error("this model has no chat template");
     let template = this.templates.get(source);
-    if (!template) this.templates.set(source, (template = withPythonStrips(new Template(source))));
+    if (!template) this.templates.set(source, (template = withPythonBuiltins(new Template(source))));
     const specialTokens: Record<string, string> = {};
     for (const name of NAMED_SPECIAL_TOKENS) {
       const token = tokenString(this.config[name]);
@@ -330,7 +330,7 @@ export class Tokenizer {
       documents: null,
       add_generation_prompt: addGenerationPrompt,
       ...extra,
-      ...PYTHON_STRIPS,
+      ...PYTHON_BUILTINS,
     });
   }
 
@@ -478,6 +478,52 @@ function pickChatTemplate(value: unknown): string | undefined {
   return undefined;
 }
 
+const DAYS = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"];
+const MONTHS = [
+  ...["January", "February", "March", "April", "May", "June"],
+  ...["July", "August", "September", "October", "November", "December"],
+];
+
+/**
+ * transformers' strftime_now: Python's strftime of the local time, in the C locale (English
+ * names), with glibc's and macOS's "-" flag (%-d: no padding). @huggingface/jinja's knows only
+ * %Y %m %d %b %B %H %M and names months in the process's locale ("Dez" under Node for LANG=de_DE):
+ * Llama 3.2's and gpt-oss's templates date their system prompts with it.
+ */
+function strftimeNow(format: string): string {
+  const now = new Date();
+  const dayOfYear =
+    Math.round(
+      (new Date(now.getFullYear(), now.getMonth(), now.getDate()).getTime() -
+        new Date(now.getFullYear(), 0, 1).getTime()) /
+        86_400_000,
+    ) + 1;
+  const fields: Record<string, [value: number | string, width: number, fill?: string]> = {
+    a: [DAYS[now.getDay()]!.slice(0, 3), 0],
+    A: [DAYS[now.getDay()]!, 0],
+    b: [MONTHS[now.getMonth()]!.slice(0, 3), 0],
+    B: [MONTHS[now.getMonth()]!, 0],
+    d: [now.getDate(), 2],
+    e: [now.getDate(), 2, " "],
+    H: [now.getHours(), 2],
+    I: [now.getHours() % 12 || 12, 2],
+    j: [dayOfYear, 3],
+    m: [now.getMonth() + 1, 2],
+    M: [now.getMinutes(), 2],
+    p: [now.getHours() < 12 ? "AM" : "PM", 0],
+    S: [now.getSeconds(), 2],
+    y: [now.getFullYear() % 100, 2],
+    Y: [now.getFullYear(), 0],
+    "%": ["%", 0],
+  };
+  return format.replace(/%(-?)([a-zA-Z%])/g, (directive, unpadded: string, name: string) => {
+    const field = fields[name];
+    if (!field) return directive; // as the C library leaves one it does not know
+    const [value, width, fill = "0"] = field;
+    return unpadded ? String(value) : String(value).padStart(width, fill);
+  });
+}
+
 type StripSide = "strip" | "lstrip" | "rstrip";
 
 /** Python's str.strip, lstrip and rstrip: without characters (or None), whitespace. */
@@ -494,21 +540,26 @@ function pythonStrip(side: StripSide, value: unknown, chars: unknown): string {
   return points.slice(start, end).join("");
 }
 
-/** What a rewritten call (see withPythonStrips) calls, by its name in the template's variables. */
-const PYTHON_STRIPS: Record<string, (value: unknown, chars?: unknown) => string> = Object.fromEntries(
-  (["strip", "lstrip", "rstrip"] as const).map((side) => [
-    `__python_${side}`,
-    (value: unknown, chars?: unknown) => pythonStrip(side, value, chars),
-  ]),
-);
+/** What a rewritten call (see withPythonBuiltins) calls, by its name in the template's variables. */
+const PYTHON_BUILTINS: Record<string, (...args: unknown[]) => string> = {
+  ...Object.fromEntries(
+    (["strip", "lstrip", "rstrip"] as const).map((side) => [
+      `__python_${side}`,
+      (value: unknown, chars?: unknown) => pythonStrip(side, value, chars),
+    ]),
+  ),
+  __python_strftime_now: (format: unknown) => strftimeNow(String(format)),
+};
 
 /**
- * @huggingface/jinja's strip, lstrip and rstrip ignore the characters they are given and strip
- * whitespace: Qwen3's template keeps an answer with `.lstrip('\n')`, and lost the indentation of
- * one that opens with code. Each such call with an argument, `x.lstrip(c)`, is rewritten in the
- * parsed template into `__python_lstrip(x, c)` (see PYTHON_STRIPS), Python's own.
+ * Where @huggingface/jinja's builtins part from Python's, which templates are written for, the
+ * parsed template is rewritten to call Python's (PYTHON_BUILTINS; the library lets no variable
+ * replace its own): `x.lstrip(c)` (also strip, rstrip) becomes `__python_lstrip(x, c)`, as the
+ * library's ignore the characters given and strip whitespace (Qwen3's template keeps an answer
+ * with `.lstrip('\n')`, and lost the indentation of one that opens with code); `strftime_now(f)`
+ * becomes `__python_strftime_now(f)` (see strftimeNow).
  */
-function withPythonStrips(template: Template): Template {
+function withPythonBuiltins(template: Template): Template {
   type Node = { type?: string; [key: string]: unknown };
   const visit = (node: unknown): void => {
     if (!node || typeof node !== "object") return;
@@ -516,6 +567,8 @@ function withPythonStrips(template: Template): Template {
     const n = node as Node;
     const callee = n.callee as Node | undefined;
     const method = callee?.property as Node | undefined;
+    if (n.type === "CallExpression" && callee?.type === "Identifier" && callee.value === "strftime_now")
+      callee.value = "__python_strftime_now";
     if (
       n.type === "CallExpression" &&
       callee?.type === "MemberExpression" &&
