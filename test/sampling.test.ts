@@ -3,6 +3,7 @@ import { describe, expect, test } from "bun:test";
 import * as mx from "../src/mlx";
 import {
   defaultSampling,
+  logitsProcessors,
   makeSampler,
   penalizeRepetition,
   validateSampling,
@@ -68,6 +69,17 @@ describe("sampler", () => {
       penalizeRepetition(mx.array([2, -2, 4], [1, 3]), mx.array(Int32Array.from([0, 1]), [1, 2]), 2).toArray(),
     );
     expect(out).toEqual([1, -4, 4]);
+  });
+
+  test("logit_bias is added before the repetition penalty scales a logit, as mlx-lm, llama.cpp and vLLM apply them", () => {
+    // Token 0 (logit -1) was seen and is biased by +5: (-1 + 5) / 2 = 2, where penalizing first gave -1 × 2 + 5 = 3.
+    const p = params({ repetitionPenalty: 2, repetitionContext: 20, logitBias: new Map([[0, 5]]) });
+    const out = mx.scope(() => {
+      let logits = mx.array([-1, 0.5, 0.25], [1, 3]);
+      for (const process of logitsProcessors(p, 1)) logits = process([0], logits);
+      return logits.toArray();
+    });
+    expect(out).toEqual([2, 0.5, 0.25]);
   });
 
   test("invalid values are refused with the parameter named", () => {

@@ -79,9 +79,10 @@ const takingPending = (process: (history: readonly number[], logits: MxArray, pe
   Object.assign(process, { takesPending: true as const });
 
 /**
- * Every processor a sequence's sampling asks for, in order: repetition penalty, logit_bias,
+ * Every processor a sequence's sampling asks for, in order: logit_bias, repetition penalty,
  * presence/frequency penalties (over the `promptLength` tokens' continuation), then `extra`
- * (a grammar's mask, last, so nothing re-allows a token it forbids).
+ * (a grammar's mask, last, so nothing re-allows a token it forbids). The bias comes first, as
+ * in mlx-lm, llama.cpp and vLLM: the repetition penalty scales the biased logit.
  */
 export function logitsProcessors(
   p: SamplingParams,
@@ -89,6 +90,11 @@ export function logitsProcessors(
   extra: LogitsProcessor[] = [],
 ): LogitsProcessor[] {
   const processors: LogitsProcessor[] = [];
+  if (p.logitBias && p.logitBias.size > 0) {
+    const ids = Int32Array.from(p.logitBias.keys());
+    const bias = Float32Array.from(p.logitBias.values());
+    processors.push(takingPending((_history, logits) => addAt(logits, mx.array(ids, [1, ids.length]), bias)));
+  }
   if (p.repetitionPenalty !== 1 && p.repetitionContext > 0)
     processors.push(
       takingPending((history, logits, pending) => {
@@ -98,11 +104,6 @@ export function logitsProcessors(
         return penalizeRepetition(logits, recentIndex(recent, pending), p.repetitionPenalty);
       }),
     );
-  if (p.logitBias && p.logitBias.size > 0) {
-    const ids = Int32Array.from(p.logitBias.keys());
-    const bias = Float32Array.from(p.logitBias.values());
-    processors.push(takingPending((_history, logits) => addAt(logits, mx.array(ids, [1, ids.length]), bias)));
-  }
   const presence = p.presencePenalty ?? 0;
   const frequency = p.frequencyPenalty ?? 0;
   if (presence !== 0 || frequency !== 0)
