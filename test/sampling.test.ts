@@ -64,6 +64,13 @@ describe("sampler", () => {
     expect([...picks].sort()).toEqual([5, 7]);
   });
 
+  test("a huge temperature draws among the tokens the filters keep, never one they dropped", () => {
+    // 1 / 1e50 is 0 in float32: a dropped token's -Infinity times it was NaN, and the draw noise.
+    const p = [0.1, 0.5, 0.3, 0.1];
+    expect(new Set(draw({ temperature: 1e50, topK: 1, seed: 1 }, p, 30))).toEqual(new Set([1]));
+    expect(new Set(draw({ temperature: 1e50, topK: 2, seed: 2 }, p, 60))).toEqual(new Set([1, 2]));
+  });
+
   test("repetition penalty divides positive and multiplies negative logits of recent tokens", () => {
     const out = mx.scope(() =>
       penalizeRepetition(mx.array([2, -2, 4], [1, 3]), mx.array(Int32Array.from([0, 1]), [1, 2]), 2).toArray(),

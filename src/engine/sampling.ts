@@ -58,6 +58,14 @@ export function validateSampling(p: SamplingParams, vocab = Infinity): void {
  */
 const GREEDY_BELOW = 1e-20;
 
+/**
+ * Above this a temperature draws as uniformly as it ever will among the tokens the filters keep:
+ * logits (tens apart at most) times 1e-30 differ by far less than the draw's noise. It also
+ * bounds the scale: 1 / 1e50 is 0 in float32, and a dropped token's -Infinity times 0 is NaN,
+ * which the draw then took for a token (one that top-k, top-p or a grammar had dropped).
+ */
+const UNIFORM_ABOVE = 1e30;
+
 /** `p` with a temperature too small to sample by (GREEDY_BELOW) made greedy's 0. */
 export const settleTemperature = (p: SamplingParams): SamplingParams =>
   p.temperature > 0 && p.temperature < GREEDY_BELOW ? { ...p, temperature: 0 } : p;
@@ -233,7 +241,7 @@ export function samplingLogits(p: SamplingParams, logprobs: MxArray): MxArray {
   if (p.topP > 0 && p.topP < 1) filtered = topP(filtered, p.topP);
   if (p.minP > 0) filtered = minP(filtered, p.minP);
   if (p.topK > 0) filtered = topK(filtered, p.topK);
-  return mx.multiply(filtered, 1 / p.temperature);
+  return mx.multiply(filtered, 1 / Math.min(p.temperature, UNIFORM_ABOVE));
 }
 
 export function makeSampler(p: SamplingParams, keys: RandomKeys = randomKeys(p.seed)): Sampler {
