@@ -620,6 +620,24 @@ describe("completions logprobs", () => {
     expect(whole.text_offset).toEqual(whole.tokens!.map((token) => (at += token.length) - token.length));
     expect(offsets).toEqual(whole.text_offset!);
   });
+
+  test("top_logprobs always hold the sampled token, as OpenAI's and vLLM's (up to logprobs + 1 entries)", async () => {
+    // A high temperature on random weights: most sampled tokens are not among the most likely one.
+    for (const logprobs of [0, 1]) {
+      const body = { model, prompt: "Once upon", max_tokens: 12, temperature: 2, seed: 4, logprobs };
+      const choice = (await client.completions.create(body)).choices[0]!.logprobs!;
+      expect(choice.top_logprobs!.length).toBe(choice.tokens!.length);
+      choice.tokens!.forEach((token, i) => {
+        const top = choice.top_logprobs![i]!;
+        expect(Object.keys(top).length).toBeLessThanOrEqual(logprobs + 1);
+        expect(top[token]).toBe(choice.token_logprobs![i]!);
+      });
+      const streamed: Record<string, number>[] = [];
+      for await (const chunk of await client.completions.create({ ...body, stream: true }))
+        streamed.push(...(chunk.choices[0]?.logprobs?.top_logprobs ?? []));
+      expect(streamed).toEqual(choice.top_logprobs!);
+    }
+  });
 });
 
 describe("stop strings", () => {

@@ -398,7 +398,7 @@ export interface ChatLogprob {
 export interface CompletionLogprobs {
   tokens: string[];
   token_logprobs: number[];
-  top_logprobs: Record<string, number>[] | null;
+  top_logprobs: Record<string, number>[];
   text_offset: number[];
 }
 

@@ -174,22 +174,27 @@ interface Meta {
   system_fingerprint: string;
 }
 
+/**
+ * A completion's logprobs. Each position's top_logprobs hold the `logprobs` most likely tokens and
+ * the sampled one, as OpenAI documents ("up to logprobs+1 elements") and vLLM gives them: with
+ * logprobs 0, the sampled token alone.
+ */
 function completionLogprobs(
   tokenizer: Tokenizer,
   tokens: TokenLogprob[],
   top: TokenLogprob[][] | undefined,
   offset: number,
-  k: number,
 ): CompletionLogprobs {
-  const out: CompletionLogprobs = { tokens: [], token_logprobs: [], top_logprobs: k > 0 ? [] : null, text_offset: [] };
+  const out: CompletionLogprobs = { tokens: [], token_logprobs: [], top_logprobs: [], text_offset: [] };
   tokens.forEach((t, i) => {
     const text = tokenizer.decode([t.token]);
     out.tokens.push(text);
     out.token_logprobs.push(t.logprob);
     out.text_offset.push(offset);
     offset += text.length;
-    if (out.top_logprobs)
-      out.top_logprobs.push(Object.fromEntries((top?.[i] ?? []).map((a) => [tokenizer.decode([a.token]), a.logprob])));
+    const likeliest = top?.[i] ?? [];
+    const shown = likeliest.some((a) => a.token === t.token) ? likeliest : [...likeliest, t];
+    out.top_logprobs.push(Object.fromEntries(shown.map((a) => [tokenizer.decode([a.token]), a.logprob])));
   });
   return out;
 }
@@ -219,7 +224,7 @@ async function whole(gens: Generation[], req: OpenAIRequest, kind: Kind, meta: M
     const { text, reasoning, tokens, top, done } = result!;
     const alternatives = top.length ? top : undefined;
     if (kind === "completion") {
-      const logprobs = req.logprobs ? completionLogprobs(tokenizer, tokens, alternatives, 0, req.topLogprobs) : null;
+      const logprobs = req.logprobs ? completionLogprobs(tokenizer, tokens, alternatives, 0) : null;
       return { index, text, logprobs, ...finish(done), ...closedEarly(gen) };
     }
     const { content, calls } = gen.toolFormat ? gen.toolFormat.parse(text) : { content: text, calls: [] };
@@ -338,9 +343,7 @@ function choiceStream(
           const logprobs = req.logprobs ? { content: chatLogprobs(tokenizer, event.tokens, event.top) } : null;
           send(sse(chunk({ delta: { content: text }, logprobs })));
         } else {
-          const logprobs = req.logprobs
-            ? completionLogprobs(tokenizer, event.tokens, event.top, offset, req.topLogprobs)
-            : null;
+          const logprobs = req.logprobs ? completionLogprobs(tokenizer, event.tokens, event.top, offset) : null;
           // Offsets count every token's text, shown yet or not (a stop string's first characters
           // or part of a character wait): as the whole answer's offsets do.
           offset += logprobs?.tokens.reduce((length, token) => length + token.length, 0) ?? 0;
