@@ -425,6 +425,18 @@ describe("n choices", () => {
     expect(usage!.completion_tokens).toBe(24);
   });
 
+  test("n > 1 with the largest seed: each choice has a seed of its own, wrapped round to 0 past it", async () => {
+    const top = Number.MAX_SAFE_INTEGER;
+    const body = { model, prompt: "Once upon", max_tokens: 8, temperature: 1 };
+    const r = await client.completions.create({ ...body, n: 4, seed: top });
+    // Past 2^53, seed + 1 and seed + 2 were the same float: choices 1 and 2 drew the same answer.
+    const texts = r.choices.map((c) => c.text);
+    expect(new Set(texts).size).toBe(4);
+    const alone = async (seed: number) => (await client.completions.create({ ...body, seed })).choices[0]!.text;
+    expect(texts[1]).toBe(await alone(0));
+    expect(texts[2]).toBe(await alone(1));
+  });
+
   test("ignore_eos (vLLM's) generates up to max_tokens past the end-of-sequence token", async () => {
     const body = { model, prompt: "Once", max_tokens: 5, logit_bias: { "2": 100 } };
     const ends = await post(`${server.url}/v1/completions`, body);

@@ -120,11 +120,16 @@ async function complete(s: ServerState, c: Context, kind: Kind): Promise<Respons
   // Each prompt's n choices are n sequences of the model's batch, choice i answering prompt
   // ⌊i / n⌋ (OpenAI's and vLLM's order); a seed gives a prompt's choices their own (seed, seed + 1, ...).
   const seed = req.sampling.seed;
+  // Past the largest seed (2^53 - 1) the next ones wrap round to 0: above it, float64 gave
+  // seed + 1 and seed + 2 the same value, and two choices the same answer.
+  const seedsLeft = seed === undefined ? 0 : Number.MAX_SAFE_INTEGER + 1 - seed;
+  const choiceSeed = (choice: number) =>
+    seed === undefined ? undefined : choice < seedsLeft ? seed + choice : choice - seedsLeft;
   const gens = await startChoices(choices, (i) =>
     startGeneration(s, {
       ...input,
       prompt: req.prompts[Math.floor(i / req.n)]!,
-      sampling: { ...req.sampling, seed: seed === undefined ? undefined : seed + (i % req.n) },
+      sampling: { ...req.sampling, seed: choiceSeed(i % req.n) },
       repeatsPrompt: i % req.n > 0,
     }),
   );
