@@ -1,6 +1,8 @@
 // Sampling filters, seeds and stop strings.
-import { describe, expect, test } from "bun:test";
+import { beforeAll, describe, expect, test } from "bun:test";
 import * as mx from "../src/mlx";
+import { generateTokens } from "../src/engine/batch";
+import { buildModel, freeCaches, makeCaches, parseConfig, Weights, type DecoderModel } from "../src/models";
 import {
   defaultSampling,
   logitsProcessors,
@@ -10,6 +12,7 @@ import {
   type SamplingParams,
 } from "../src/engine/sampling";
 import { StopMatcher } from "../src/engine/stop";
+import { tinyConfig, tinyWeights } from "./helpers/tiny-model";
 
 const logprobsOf = (p: number[]) => mx.log(mx.array(p, [1, p.length]));
 const params = (o: Partial<SamplingParams>): SamplingParams => ({ ...defaultSampling, ...o });
@@ -95,6 +98,107 @@ describe("sampler", () => {
     expect(() => validateSampling(params({ topK: 1.5 }))).toThrow(/top_k/);
     expect(() => validateSampling(params({ minP: 1 }))).toThrow(/min_p/);
     expect(() => validateSampling(params({ repetitionPenalty: 0 }))).toThrow(/repetition/);
+  });
+});
+
+describe("sampling a tiny model, against the distribution computed from its logits", () => {
+  let model: DecoderModel;
+  beforeAll(() => {
+    const o = { vocabSize: 64 };
+    model = buildModel(new Weights(tinyWeights(o), parseConfig(tinyConfig(o))));
+  });
+  const prompt = [5, 17, 20, 3, 17, 5];
+
+  /** The model's logits after `ids`. */
+  function logitsAfter(ids: number[]): number[] {
+    const caches = makeCaches(model);
+    const logits: number[] = mx.scope(() => {
+      const hidden = model.layers(model.embed(mx.array(Int32Array.from(ids), [1, ids.length])), caches);
+      return mx.reshape(model.head(mx.slice(hidden, [0, ids.length - 1], [1, ids.length])), [-1]).toArray();
+    });
+    freeCaches(caches);
+    return logits;
+  }
+
+  function logSoftmax(logits: number[]): number[] {
+    const most = Math.max(...logits);
+    const total = most + Math.log(logits.reduce((sum, x) => sum + Math.exp(x - most), 0));
+    return logits.map((x) => x - total);
+  }
+
+  /** The distribution a sampler should draw from: top-p, min-p and top-k as mlx-lm applies them, then the temperature. */
+  function expected(p: SamplingParams, logprobs: number[]): number[] {
+    const order = [...logprobs.keys()].sort((a, b) => logprobs[b]! - logprobs[a]!);
+    let kept = order;
+    if (p.topP < 1) {
+      let above = 0; // the mass of the tokens more likely than this one
+      kept = kept.filter((id) => (above += Math.exp(logprobs[id]!)) - Math.exp(logprobs[id]!) < p.topP);
+    }
+    if (p.minP > 0) kept = kept.filter((id) => logprobs[id]! >= logprobs[order[0]!]! + Math.log(p.minP));
+    if (p.topK > 0) kept = kept.slice(0, p.topK);
+    const weights = logprobs.map((x, id) => (kept.includes(id) ? Math.exp(x / p.temperature) : 0));
+    const total = weights.reduce((a, b) => a + b, 0);
+    return weights.map((w) => w / total);
+  }
+
+  test.each([
+    { temperature: 1.5 },
+    { temperature: 0.7, topK: 10, topP: 0.8, minP: 0.05 },
+    { temperature: 1, topP: 0.5 },
+    { temperature: 1, minP: 0.3 },
+  ])("the first tokens of 2,000 seeded answers are drawn from softmax(logits / T) after the filters: %o", (o) => {
+    const p = params(o);
+    const draws = 2000;
+    const counts = new Array<number>(64).fill(0);
+    for (let seed = 0; seed < draws; seed++)
+      for (const { token } of generateTokens(model, { promptIds: prompt, sampling: { ...p, seed }, maxTokens: 1 }))
+        counts[token]!++;
+    const q = expected(p, logSoftmax(logitsAfter(prompt)));
+    // Never a token the filters dropped; and a chi-square far below what a wrong distribution gives.
+    expect(counts.filter((_, id) => q[id] === 0).every((n) => n === 0)).toBe(true);
+    const cells = q.map((x, id) => [x * draws, counts[id]!] as const).filter(([e]) => e > 0);
+    const chi = cells.reduce((sum, [e, n]) => sum + (n - e) ** 2 / e, 0);
+    const df = cells.length - 1;
+    expect(chi).toBeLessThan(df + 5 * Math.sqrt(2 * df));
+  });
+
+  test("each step's logprobs are the log-softmax of the logits after logit_bias, then the penalties, as computed here", () => {
+    const p = params({
+      temperature: 1,
+      seed: 1,
+      repetitionPenalty: 1.5,
+      repetitionContext: 4,
+      presencePenalty: 0.5,
+      frequencyPenalty: 0.7,
+      logitBias: new Map([
+        [5, 2],
+        [17, 1.5],
+        [9, -1],
+      ]),
+    });
+    const history = [...prompt];
+    const request = {
+      promptIds: prompt,
+      sampling: p,
+      maxTokens: 12,
+      processors: logitsProcessors(p, prompt.length),
+      keepLogprobs: true,
+    };
+    for (const event of generateTokens(model, request)) {
+      const row = event.logprobs!.toArray();
+      event.logprobs!.free();
+      const logits = logitsAfter(history);
+      for (const [id, bias] of p.logitBias!) logits[id]! += bias;
+      for (const id of new Set(history.slice(-p.repetitionContext)))
+        logits[id] = logits[id]! < 0 ? logits[id]! * p.repetitionPenalty : logits[id]! / p.repetitionPenalty;
+      const answer = history.slice(prompt.length);
+      for (const id of new Set(answer))
+        logits[id]! -= p.presencePenalty! + p.frequencyPenalty! * answer.filter((t) => t === id).length;
+      const reference = logSoftmax(logits);
+      row.forEach((x, id) => expect(x).toBeCloseTo(reference[id]!, 4));
+      expect(event.logprob).toBeCloseTo(row[event.token]!, 6);
+      history.push(event.token);
+    }
   });
 });
 
