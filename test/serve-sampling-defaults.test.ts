@@ -23,10 +23,11 @@ beforeAll(() => {
   process.env.MLX_HOME = home;
   plain = join(root, "plain");
   writeTinyModel(plain, { contextLength: 512 });
-  // The same weights, with a maker's recommendation of greedy decoding and a value out of range.
+  // The same weights, with a maker's recommendation of greedy decoding and values out of range
+  // (min_p 1 keeps no token but the most likely, and requests refuse it).
   recommended = join(root, "recommended");
   cpSync(plain, recommended, { recursive: true });
-  writeFileSync(join(recommended, "generation_config.json"), JSON.stringify({ temperature: 0, top_p: 7 }));
+  writeFileSync(join(recommended, "generation_config.json"), JSON.stringify({ temperature: 0, top_p: 7, min_p: 1 }));
   writeAliases(
     `[models.cold]\nsource = "${plain}"\ntop_k = 1\n\n[models.warm]\nsource = "${recommended}"\ntemperature = 1\n`,
   );
@@ -56,7 +57,7 @@ describe("a model's sampling defaults", () => {
     const greedy = await answer(plain, { temperature: 0 });
     // OpenAI's default, temperature 1, where the model recommends nothing: two seeds, two answers.
     expect(await answer(plain, { seed: 1 })).not.toBe(await answer(plain, { seed: 2 }));
-    // Its recommendation (temperature 0; top_p 7 is out of range and left out): greedy, whatever the seed.
+    // Its recommendation (temperature 0; top_p 7 and min_p 1 are out of range and left out): greedy, whatever the seed.
     expect(await answer(recommended, { seed: 1 })).toBe(greedy);
     expect(await answer(recommended, { seed: 2 })).toBe(greedy);
     expect(await answer(recommended, { seed: 1, temperature: 1 })).toBe(await answer(plain, { seed: 1 }));
@@ -100,6 +101,10 @@ describe("a model's sampling defaults", () => {
       ["top_p = 0", "top_p must be a number in (0, 1]"],
       ["top_k = 2.5", "top_k must be a whole number >= 0"],
       ['repetition_penalty = "1.1"', "repetition_penalty must be a number > 0"],
+      // Values a request would refuse: every request to the model was a 400 naming a field it never sent.
+      ["min_p = 1", "min_p must be a number in [0, 1)"],
+      ["temperature = inf", "temperature must be a number >= 0"],
+      ["repetition_penalty = inf", "repetition_penalty must be a number > 0"],
     ]) {
       writeAliases(`[models.bad]\nsource = "${plain}"\n${line}\n`);
       expect(() => loadAliases()).toThrow(`${join(home, "models.toml")}:1: model 'bad': ${error}`);

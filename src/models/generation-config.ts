@@ -10,18 +10,26 @@ export type SamplingDefaults = Partial<
   Pick<SamplingParams, "temperature" | "topP" | "topK" | "minP" | "repetitionPenalty">
 >;
 
-/** Each value's name in generation_config.json and models.toml, and the values it may take. */
+/**
+ * Each value's name in generation_config.json and models.toml, and the values it may take: those
+ * validateSampling takes, or every request to the model would be refused over a field it never sent.
+ */
 export const SAMPLING_DEFAULT_KEYS: {
   key: keyof SamplingDefaults;
   name: string;
   valid: (v: number) => boolean;
   range: string;
 }[] = [
-  { key: "temperature", name: "temperature", valid: (v) => v >= 0, range: "a number >= 0" },
+  { key: "temperature", name: "temperature", valid: (v) => v >= 0 && v < Infinity, range: "a number >= 0" },
   { key: "topP", name: "top_p", valid: (v) => v > 0 && v <= 1, range: "a number in (0, 1]" },
   { key: "topK", name: "top_k", valid: (v) => Number.isInteger(v) && v >= 0, range: "a whole number >= 0" },
-  { key: "minP", name: "min_p", valid: (v) => v >= 0 && v <= 1, range: "a number in [0, 1]" },
-  { key: "repetitionPenalty", name: "repetition_penalty", valid: (v) => v > 0, range: "a number > 0" },
+  { key: "minP", name: "min_p", valid: (v) => v >= 0 && v < 1, range: "a number in [0, 1)" },
+  {
+    key: "repetitionPenalty",
+    name: "repetition_penalty",
+    valid: (v) => v > 0 && v < Infinity,
+    range: "a number > 0",
+  },
 ];
 
 /**
