@@ -92,6 +92,23 @@ describe("sampler", () => {
     expect(out).toEqual([2, 0.5, 0.25]);
   });
 
+  test("presence and frequency penalties count the answer (OpenAI's), or the repetition window, prompt included (Ollama's)", () => {
+    const penalized = (o: Partial<SamplingParams>, history: number[], pending?: number) =>
+      mx.scope(() => {
+        const p = params({ presencePenalty: 1, frequencyPenalty: 0.5, repetitionContext: 3, ...o });
+        let logits = mx.zeros([1, 4]);
+        const latest = pending === undefined ? undefined : mx.array(Int32Array.from([pending]));
+        for (const process of logitsProcessors(p, 2)) logits = process(history, logits, latest);
+        return logits.toArray();
+      });
+    // A prompt of [0, 1], an answer of [1, 2]: the window of 3 holds 1, 1, 2.
+    expect(penalized({}, [0, 1, 1, 2])).toEqual([0, -1.5, -1.5, 0]);
+    expect(penalized({ penaltiesInWindow: true }, [0, 1, 1, 2])).toEqual([0, -2, -1.5, 0]);
+    // The same with the latest token still on its way (the pipelined step).
+    expect(penalized({ penaltiesInWindow: true }, [0, 1, 1], 2)).toEqual([0, -2, -1.5, 0]);
+    expect(penalized({ penaltiesInWindow: true, repetitionContext: 0 }, [0, 1, 1], 2)).toEqual([0, 0, 0, 0]);
+  });
+
   test("invalid values are refused with the parameter named", () => {
     expect(() => validateSampling(params({ temperature: -1 }))).toThrow(/temperature/);
     expect(() => validateSampling(params({ topP: 0 }))).toThrow(/top_p/);
@@ -162,44 +179,50 @@ describe("sampling a tiny model, against the distribution computed from its logi
     expect(chi).toBeLessThan(df + 5 * Math.sqrt(2 * df));
   });
 
-  test("each step's logprobs are the log-softmax of the logits after logit_bias, then the penalties, as computed here", () => {
-    const p = params({
-      temperature: 1,
-      seed: 1,
-      repetitionPenalty: 1.5,
-      repetitionContext: 4,
-      presencePenalty: 0.5,
-      frequencyPenalty: 0.7,
-      logitBias: new Map([
-        [5, 2],
-        [17, 1.5],
-        [9, -1],
-      ]),
-    });
-    const history = [...prompt];
-    const request = {
-      promptIds: prompt,
-      sampling: p,
-      maxTokens: 12,
-      processors: logitsProcessors(p, prompt.length),
-      keepLogprobs: true,
-    };
-    for (const event of generateTokens(model, request)) {
-      const row = event.logprobs!.toArray();
-      event.logprobs!.free();
-      const logits = logitsAfter(history);
-      for (const [id, bias] of p.logitBias!) logits[id]! += bias;
-      for (const id of new Set(history.slice(-p.repetitionContext)))
-        logits[id] = logits[id]! < 0 ? logits[id]! * p.repetitionPenalty : logits[id]! / p.repetitionPenalty;
-      const answer = history.slice(prompt.length);
-      for (const id of new Set(answer))
-        logits[id]! -= p.presencePenalty! + p.frequencyPenalty! * answer.filter((t) => t === id).length;
-      const reference = logSoftmax(logits);
-      row.forEach((x, id) => expect(x).toBeCloseTo(reference[id]!, 4));
-      expect(event.logprob).toBeCloseTo(row[event.token]!, 6);
-      history.push(event.token);
-    }
-  });
+  // The presence and frequency penalties over the answer (OpenAI's), or over the repetition window (Ollama's).
+  test.each([false, true])(
+    "each step's logprobs are the log-softmax of the logits after logit_bias, then the penalties, as computed here (penalties in the window: %p)",
+    (penaltiesInWindow) => {
+      const p = params({
+        temperature: 1,
+        seed: 1,
+        repetitionPenalty: 1.5,
+        repetitionContext: 4,
+        presencePenalty: 0.5,
+        frequencyPenalty: 0.7,
+        penaltiesInWindow,
+        logitBias: new Map([
+          [5, 2],
+          [17, 1.5],
+          [9, -1],
+        ]),
+      });
+      const history = [...prompt];
+      const request = {
+        promptIds: prompt,
+        sampling: p,
+        maxTokens: 12,
+        processors: logitsProcessors(p, prompt.length),
+        keepLogprobs: true,
+      };
+      for (const event of generateTokens(model, request)) {
+        const row = event.logprobs!.toArray();
+        event.logprobs!.free();
+        const logits = logitsAfter(history);
+        for (const [id, bias] of p.logitBias!) logits[id]! += bias;
+        const recent = history.slice(-p.repetitionContext);
+        for (const id of new Set(recent))
+          logits[id] = logits[id]! < 0 ? logits[id]! * p.repetitionPenalty : logits[id]! / p.repetitionPenalty;
+        const counted = penaltiesInWindow ? recent : history.slice(prompt.length);
+        for (const id of new Set(counted))
+          logits[id]! -= p.presencePenalty! + p.frequencyPenalty! * counted.filter((t) => t === id).length;
+        const reference = logSoftmax(logits);
+        row.forEach((x, id) => expect(x).toBeCloseTo(reference[id]!, 4));
+        expect(event.logprob).toBeCloseTo(row[event.token]!, 6);
+        history.push(event.token);
+      }
+    },
+  );
 });
 
 describe("stop strings", () => {

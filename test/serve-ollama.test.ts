@@ -13,7 +13,7 @@ import { readGGUFHeader } from "../src/models/gguf-header";
 import { modelRequest, pullModel } from "../src/store/pull";
 import { readManifest } from "../src/store/manifest";
 import { blobPath } from "../src/store/paths";
-import { parseKeepAlive } from "../src/api/ollama";
+import { parseKeepAlive, parseOllamaGenerate } from "../src/api/ollama";
 
 let server: RunningServer;
 let ollama: Ollama;
@@ -194,6 +194,13 @@ describe("Ollama chat and generate", () => {
     const a = await ollama.generate({ model, prompt: "Hi", stream: false, options });
     const b = await ollama.generate({ model, prompt: "Hi", stream: false, options });
     expect(a.response).toBe(b.response);
+  });
+
+  test("presence and frequency penalties count the last repeat_last_n tokens, prompt included, as Ollama's", () => {
+    const options = { presence_penalty: 1, frequency_penalty: 0.5, repeat_last_n: 16 };
+    const { sampling } = parseOllamaGenerate({ model, prompt: "Hi", options });
+    expect(sampling).toMatchObject({ presencePenalty: 1, frequencyPenalty: 0.5, repetitionContext: 16 });
+    expect(sampling.penaltiesInWindow).toBe(true);
   });
 
   test("num_predict 0 sets no limit, as -1 does (Ollama limits only a positive count)", async () => {

@@ -120,6 +120,8 @@ function options(f: Fields): Pick<OllamaRequest, "maxTokens" | "contextBound" | 
       seed: seed === undefined || seed < 0 ? undefined : seed,
       presencePenalty: o.number("presence_penalty", { min: -2, max: 2 }),
       frequencyPenalty: o.number("frequency_penalty", { min: -2, max: 2 }),
+      // As Ollama (and llama.cpp) count them: over the last repeat_last_n tokens, prompt included.
+      penaltiesInWindow: true,
     },
     stop: o.stop("stop"),
   };

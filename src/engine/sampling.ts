@@ -20,6 +20,11 @@ export interface SamplingParams {
   presencePenalty?: number;
   /** OpenAI semantics: subtracted per occurrence from the logit of every token already generated. */
   frequencyPenalty?: number;
+  /**
+   * Ollama's and llama.cpp's semantics of the two penalties above: they count the tokens of the
+   * repetition window (repetitionContext), prompt included, rather than the whole answer.
+   */
+  penaltiesInWindow?: boolean;
   /** token id → bias added to its logit. */
   logitBias?: Map<number, number>;
 }
@@ -88,7 +93,8 @@ const takingPending = (process: (history: readonly number[], logits: MxArray, pe
 
 /**
  * Every processor a sequence's sampling asks for, in order: logit_bias, repetition penalty,
- * presence/frequency penalties (over the `promptLength` tokens' continuation), then `extra`
+ * presence/frequency penalties (over the `promptLength` tokens' continuation, or the repetition
+ * window where `penaltiesInWindow`), then `extra`
  * (a grammar's mask, last, so nothing re-allows a token it forbids). The bias comes first, as
  * in mlx-lm, llama.cpp and vLLM: the repetition penalty scales the biased logit.
  */
@@ -114,11 +120,14 @@ export function logitsProcessors(
     );
   const presence = p.presencePenalty ?? 0;
   const frequency = p.frequencyPenalty ?? 0;
-  if (presence !== 0 || frequency !== 0)
+  const window = p.penaltiesInWindow ? p.repetitionContext : undefined;
+  if ((presence !== 0 || frequency !== 0) && window !== 0)
     processors.push(
       takingPending((history, logits, pending) => {
+        // The answer's tokens, or the window's (all but the pending one on the host).
+        const from = window === undefined ? promptLength : Math.max(0, history.length - window + (pending ? 1 : 0));
         const counts = new Map<number, number>();
-        for (let i = promptLength; i < history.length; i++) counts.set(history[i]!, (counts.get(history[i]!) ?? 0) + 1);
+        for (let i = from; i < history.length; i++) counts.set(history[i]!, (counts.get(history[i]!) ?? 0) + 1);
         const ids = Int32Array.from(counts.keys());
         const penalized =
           counts.size === 0
@@ -129,7 +138,7 @@ export function logitsProcessors(
                 Float32Array.from(counts.values(), (n) => -(presence + frequency * n)),
               );
         if (!pending) return penalized;
-        // The pending token (a generated one) counts once more: the frequency penalty again,
+        // The pending token (a generated one, in any window) counts once more: the frequency penalty again,
         // and the presence penalty too where the host's tokens did not hold it yet.
         const index = mx.reshape(mx.astype(pending, mx.Dtype.int32), [1, 1]);
         const held = counts.size > 0 ? mx.any(mx.equal(mx.array(ids), mx.reshape(index, [1]))) : undefined;
