@@ -103,6 +103,20 @@ test("--cors and --allowed-host values no request could match are refused at sta
   }
 });
 
+test('an empty --api-key (an unset "$KEY") is refused, not a server open to every request', async () => {
+  const proc = Bun.spawn([process.execPath, main, "serve", "--port", "0", "--api-key", ""], {
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  // Were it taken for no key, the server would listen: stop it then, so the test ends either way.
+  const timer = setTimeout(() => proc.kill(), 10_000);
+  const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+  clearTimeout(timer);
+  expect(stderr).not.toContain("listening");
+  expect(code).toBe(1);
+  expect(stderr.trim()).toBe("error: --api-key needs a key (an empty one would leave the server open)");
+}, 20_000);
+
 test("what the server works around and goes on from (a prompt cache directory it cannot use) is a warning, not an error", async () => {
   const root = mkdtempSync(join(tmpdir(), "mlx-serve-cli-"));
   const blocker = join(root, "a-file");

@@ -161,6 +161,9 @@ export default defineCommand({
       const port = Number(args.port);
       if (!Number.isInteger(port) || port < 0 || port > 65535)
         throw new Error(`--port must be 0-65535 (got '${args.port}')`);
+      // An unset variable (--api-key "$KEY") must not start a server that any request may use.
+      if (args["api-key"] !== undefined && !args["api-key"].trim())
+        throw new Error("--api-key needs a key (an empty one would leave the server open)");
       const keepAliveMs = parseKeepAlive(args["keep-alive"], "--keep-alive") ?? 5 * 60_000;
       const kvQuantization = kvQuantizationFlags(args);
       const adapters = servedAdapters(list(args.adapter), args.model);
