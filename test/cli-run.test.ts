@@ -371,6 +371,29 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
     expect(JSON.parse(words.stdout).prompt_token_ids).toEqual(JSON.parse(quoted.stdout).prompt_token_ids);
   });
 
+  test("a missing argument is one line on stderr naming it, not the usage on stdout", async () => {
+    for (const [args, line] of [
+      [["rm"], "error: mlx rm needs MODEL: aliases or stored model names; mlx rm --help shows its usage"],
+      [
+        ["cache-prompt", "-m", model],
+        "error: mlx cache-prompt needs FILE: the prompt cache file to write; mlx cache-prompt --help shows its usage",
+      ],
+      [
+        ["convert", "--bits", "8"],
+        "error: mlx convert needs SOURCE: a .gguf file, or an alias whose source is one; mlx convert --help shows its usage",
+      ],
+    ] as const) {
+      const r = await mlx([...args]);
+      expect(r.code).toBe(1);
+      expect(r.stdout).toBe("");
+      expect(r.stderr).toBe(`${line}\n`);
+    }
+    // --help still shows the usage, on stdout.
+    const help = await mlx(["rm", "--help"]);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toContain("USAGE mlx rm");
+  });
+
   test("launch's -n is -n in its help and its errors (not --n)", async () => {
     // Help is printed whatever the environment: consola's level would drop it under TEST or NODE_ENV=test.
     const proc = Bun.spawn([process.execPath, main, "launch", "--help"], {

@@ -74,13 +74,20 @@ export function flagProblem(command: string, args: ArgsDef, argv: string[]): str
   const options = declaredOptions(args);
   const end = argv.indexOf("--");
   try {
-    const { positionals } = parseArgs({
+    const { values, positionals } = parseArgs({
       args: end < 0 ? argv : argv.slice(0, end),
       options,
       strict: true,
       allowPositionals: true,
       allowNegative: true,
     });
+    // citty would print the whole usage to stdout, where only answers go, and its error apart.
+    const required = Object.entries(args).filter(([, def]) => def.type === "positional" && def.required);
+    const missing = required[positionals.length];
+    if (missing && !values.help) {
+      const [name, def] = missing;
+      return `mlx ${command} needs ${name.toUpperCase()}: ${def.description?.replace(/^./, (c) => c.toLowerCase())}; mlx ${command} --help shows its usage`;
+    }
     // citty would drop the words past the declared ones: `mlx rm a b` would keep b, unsaid.
     const declared = Object.values(args).filter((def) => def.type === "positional");
     if (declared.some((def) => variadicArgs.has(def)) || positionals.length <= declared.length) return undefined;
