@@ -5,6 +5,7 @@ import pkg from "../package.json" with { type: "json" };
 import { fail } from "./cmd/log";
 import { writeErrorReason } from "./format";
 import { flagProblem, showUsage, withLastValues, withNegativeValues } from "./cmd/strict-flags";
+import { closeMatches } from "./store/aliases";
 
 const subCommands = {
   run: () => import("./cmd/run").then((m) => m.default),
@@ -48,6 +49,11 @@ if (name !== undefined && Object.hasOwn(subCommands, name)) {
   const problem = flagProblem(name, args, argv.slice(at + 1));
   if (problem) fail(new Error(problem));
   argv = [...argv.slice(0, at + 1), ...withLastValues(args, argv.slice(at + 1))];
+} else if (name !== undefined) {
+  // citty would print the whole usage to stdout, where only answers go, and its error apart.
+  const close = closeMatches(name, Object.keys(subCommands), 2);
+  const hint = close.length > 0 ? ` (did you mean ${close.join(" or ")}?)` : "";
+  fail(new Error(`unknown command '${name}'${hint}; mlx --help lists the commands`));
 }
 
 // A reader that went away (`mlx run ... | head -c 5`) ends the command quietly with SIGPIPE's

@@ -394,6 +394,18 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
     expect(help.stdout).toContain("USAGE mlx rm");
   });
 
+  test("an unknown command is one line on stderr, with the commands it looks like", async () => {
+    for (const [word, line] of [
+      ["serv", "error: unknown command 'serv' (did you mean serve?); mlx --help lists the commands"],
+      ["frobnicate", "error: unknown command 'frobnicate'; mlx --help lists the commands"],
+    ]) {
+      const r = await mlx([word!, "-m", model]);
+      expect(r.code).toBe(1);
+      expect(r.stdout).toBe("");
+      expect(r.stderr).toBe(`${line}\n`);
+    }
+  });
+
   test("launch's -n is -n in its help and its errors (not --n)", async () => {
     // Help is printed whatever the environment: consola's level would drop it under TEST or NODE_ENV=test.
     const proc = Bun.spawn([process.execPath, main, "launch", "--help"], {
