@@ -1073,6 +1073,9 @@ describe("commands and bad input", () => {
     expect(() => loadAliases()).toThrow(
       `${file}:1: model 'tiny': unknown key 'kv_bit' (known: source, description, kv_bits, max_kv_size, adapter, draft_model, prompt_lookup, num_draft, temperature, top_p, top_k, min_p, repetition_penalty)`,
     );
+    // A misspelt source is named as such, not as a source missing.
+    writeFileSync(file, `[models.tiny]\nsorce = "hf:org/tiny"\n`);
+    expect(() => loadAliases()).toThrow(`${file}:1: model 'tiny': unknown key 'sorce' (known: source, description,`);
     writeFileSync(file, `defualt = "tiny"\n[models.tiny]\nsource = "hf:org/tiny"\n`);
     expect(() => loadAliases()).toThrow(`${file}:1: unknown key 'defualt' (known: default, [models.NAME])`);
     writeFileSync(file, `[models.tiny]\nsource = "hf:org/tiny"\n\n[server]\nport = 1\n`);

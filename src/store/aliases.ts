@@ -87,13 +87,17 @@ function parseTable(
       remotes.push(parseRemoteModel(name, e, at));
       continue;
     }
+    // A misspelt setting (kv_bit = 8) would otherwise be ignored without a word, as remote entries' are not;
+    // named first, so a misspelt source (sorce = ...) is told as such, not as a source missing.
+    const unknown =
+      typeof e === "object" && e !== null && !Array.isArray(e)
+        ? Object.keys(e).find((key) => !ALIAS_KEYS.includes(key))
+        : undefined;
+    if (unknown !== undefined)
+      throw new Error(`${at}: model '${name}': unknown key '${unknown}' (known: ${ALIAS_KEYS.join(", ")})`);
     if (typeof e !== "object" || typeof e.source !== "string" || e.source.length === 0) {
       throw new Error(`${at}: model '${name}' needs a source = "..." string`);
     }
-    // A misspelt setting (kv_bit = 8) would otherwise be ignored without a word, as remote entries' are not.
-    const unknown = Object.keys(e).find((key) => !ALIAS_KEYS.includes(key));
-    if (unknown !== undefined)
-      throw new Error(`${at}: model '${name}': unknown key '${unknown}' (known: ${ALIAS_KEYS.join(", ")})`);
     if (e.kv_bits !== undefined && e.kv_bits !== 4 && e.kv_bits !== 8)
       throw new Error(`${at}: model '${name}': kv_bits must be 4 or 8`);
     if (e.adapter !== undefined && (typeof e.adapter !== "string" || e.adapter.length === 0))
