@@ -1076,6 +1076,9 @@ describe("commands and bad input", () => {
     // A misspelt source is named as such, not as a source missing.
     writeFileSync(file, `[models.tiny]\nsorce = "hf:org/tiny"\n`);
     expect(() => loadAliases()).toThrow(`${file}:1: model 'tiny': unknown key 'sorce' (known: source, description,`);
+    // num_draft alone would draft nothing, unsaid (as --num-draft alone is refused).
+    writeFileSync(file, `[models.tiny]\nsource = "hf:org/tiny"\nnum_draft = 4\n`);
+    expect(() => loadAliases()).toThrow(`${file}:1: model 'tiny': num_draft needs draft_model or prompt_lookup`);
     writeFileSync(file, `defualt = "tiny"\n[models.tiny]\nsource = "hf:org/tiny"\n`);
     expect(() => loadAliases()).toThrow(`${file}:1: unknown key 'defualt' (known: default, [models.NAME])`);
     writeFileSync(file, `[models.tiny]\nsource = "hf:org/tiny"\n\n[server]\nport = 1\n`);

@@ -251,6 +251,9 @@ function aliasSpeculationEntry(e: Record<string, unknown>, where: string): Specu
   if (numDraft !== undefined && !(Number.isInteger(numDraft) && (numDraft as number) > 0))
     throw new Error(`${where}: num_draft must be a whole number > 0`);
   if ((numDraft as number) > maxNumDraft) throw new Error(`${where}: num_draft must be at most ${maxNumDraft}`);
+  // Alone it would draft nothing, unsaid, as --num-draft alone is refused (prompt_lookup = false keeps it, switched off).
+  if (numDraft !== undefined && draftModel === undefined && promptLookup === undefined)
+    throw new Error(`${where}: num_draft needs draft_model or prompt_lookup`);
   if (!draftModel && !promptLookup) return undefined;
   return { draftModel: draftModel as string | undefined, numDraft: (numDraft as number) ?? defaultNumDraft };
 }
