@@ -219,6 +219,10 @@ describe("eviction", () => {
       await expect(pull(fakeModel("alpha"))).rejects.toThrow(
         "MLX_CACHE_MAX_BYTES must be a size like 50000000000 or 50GB (got 'lots')",
       );
+      // The pull failed: nothing of it is stored (the model was stored, the error said otherwise).
+      expect(await names()).toEqual([]);
+      expect(readManifest("alpha")).toBeUndefined();
+      expect(existsSync(join(process.env.MLX_HOME!, "models", "alpha"))).toBe(false);
       process.env.MLX_CACHE_MAX_BYTES = "1GB";
       expect((await pull(fakeModel("alpha"))).evicted).toEqual([]);
     },

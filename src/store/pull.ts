@@ -13,7 +13,7 @@ import { describeFiles, newManifest, readManifest, type ManifestFile, type Model
 import { neededFiles } from "./model-files";
 import { locksDir, modelKey, modelNameFits, storeRoot } from "./paths";
 import { pullPyPIFile } from "./pypi";
-import { commitModel, discardBlobs, openStoredModel, StoreDamageError } from "./store";
+import { commitModel, discardBlobs, openStoredModel, StoreDamageError, storeLimitBytes } from "./store";
 
 /** A model as the store knows it: the name it is kept under and where it comes from. */
 export interface ModelRequest {
@@ -78,6 +78,8 @@ export async function pullModel(request: ModelRequest, options: PullOptions = {}
     );
   const present = await openIfIntact(request);
   if (present) return { path: present, fromDisk: true, evicted: [] };
+  // Told before a download of gigabytes, not after it.
+  storeLimitBytes();
   const lock = join(locksDir(), `pull-${modelKey(request.name)}.lock`);
   return withLock(
     lock,

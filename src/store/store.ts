@@ -115,6 +115,8 @@ function recordUse(manifest: ModelManifest): void {
  * recently used models (never one in use). Returns its load path and the evicted names.
  */
 export function commitModel(manifest: ModelManifest): Promise<{ path: string; evicted: string[] }> {
+  // Read before anything is written: a bad $MLX_CACHE_MAX_BYTES must leave no model behind its error.
+  const limit = storeLimitBytes();
   return withStoreLock(async () => {
     // A concurrent eviction may have removed a blob this model shares with the evicted one.
     await assertIntact(manifest);
@@ -129,7 +131,7 @@ export function commitModel(manifest: ModelManifest): Promise<{ path: string; ev
         previous.files.map((f) => f.sha256),
         index,
       );
-    const evicted = await evictToFit(index, manifest.name);
+    const evicted = await evictToFit(index, manifest.name, limit);
     saveIndex(index);
     return { path: loadPath(manifest), evicted };
   });
@@ -217,8 +219,7 @@ export function distinctBytes(models: Iterable<IndexEntry>): number {
   return total;
 }
 
-async function evictToFit(index: Map<string, IndexEntry>, keep: string): Promise<string[]> {
-  const limit = storeLimitBytes();
+async function evictToFit(index: Map<string, IndexEntry>, keep: string, limit: number): Promise<string[]> {
   if (distinctBytes(index.values()) <= limit) return [];
   const evictable = [...index.values()]
     .filter((m) => m.name !== keep && modelUsers(m.name).length === 0)
