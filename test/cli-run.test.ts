@@ -373,7 +373,7 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
 
   test("a missing argument is one line on stderr naming it, not the usage on stdout", async () => {
     for (const [args, line] of [
-      [["rm"], "error: mlx rm needs MODEL: aliases or stored model names; mlx rm --help shows its usage"],
+      [["rm"], "error: mlx rm needs MODEL: aliases or stored model names (one or more); mlx rm --help shows its usage"],
       [
         ["cache-prompt", "-m", model],
         "error: mlx cache-prompt needs FILE: the prompt cache file to write; mlx cache-prompt --help shows its usage",

@@ -13,7 +13,7 @@ export default defineCommand({
   meta: { name: "rm", description: "Remove models from the store" },
   args: {
     // Several at once, as `ollama rm a b` takes them.
-    model: variadic({ type: "positional", required: true, description: "Aliases or stored model names" }),
+    model: variadic({ type: "positional", required: true, description: "Aliases or stored model names (one or more)" }),
     yes: { type: "boolean", alias: "y", description: "Do not ask for confirmation" },
   },
   async run({ args }) {

@@ -30,14 +30,21 @@ const CONFIG_FIELDS = [
 ];
 
 export default defineCommand({
-  meta: { name: "show", description: "Show a stored model: files, format, quantization, sizes, source, config" },
+  meta: {
+    name: "show",
+    description:
+      "Show a stored model (files, format, quantization, sizes, source, config), or what a model directory or GGUF file on disk says",
+  },
   args: {
     model: {
       type: "positional",
       required: true,
       description: "Alias, stored model name, or a model directory or GGUF file",
     },
-    json: { type: "boolean", description: "One JSON object: the manifest and a config summary" },
+    json: {
+      type: "boolean",
+      description: "One JSON object: the manifest and a config summary (for a path: its format, size and config)",
+    },
   },
   async run({ args }) {
     try {
