@@ -594,6 +594,23 @@ describe("an unreadable manifest", () => {
       sizeBytes: 4096,
       config: { model_type: "llama", quantization: { group_size: 64, bits: 4 } },
     });
+    // A quantization in words, its per-layer overrides counted (as JSON, one line of kilobytes for a real model).
+    expect(shown.stdout).toMatch(/^quantization +4-bit, group 64\n/m);
+    const config = JSON.parse(readFileSync(join(dir, "config.json"), "utf8"));
+    config.quantization = {
+      group_size: 64,
+      bits: 4,
+      mode: "affine",
+      "model.embed_tokens": { group_size: 32, bits: 8 },
+    };
+    writeFileSync(join(dir, "config.json"), JSON.stringify(config));
+    expect((await cliResult(["show", dir])).stdout).toMatch(
+      /^quantization +4-bit affine, group 64 \(1 layers differ\)\n/m,
+    );
+    // A stored model's says it once, on the manifest's line.
+    await pull(dir);
+    const stored = (await cliResult(["show", "on-disk"])).stdout;
+    expect(stored.match(/^quantization .*$/gm)).toEqual([expect.stringMatching(/^quantization +4-bit, group 64$/)]);
     const notModel = join(dir, "README.md");
     expect((await cliResult(["show", notModel])).stderr).toBe(
       `error: ${notModel} is neither a model directory nor a GGUF file\n`,

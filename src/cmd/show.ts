@@ -85,7 +85,8 @@ export default defineCommand({
         ["created", manifest.createdAt],
         ["last used", manifest.lastUsedAt],
         ["path", loadPath(manifest)],
-        ...Object.entries(config ?? {}).map(([k, v]) => [k, typeof v === "object" ? JSON.stringify(v) : String(v)]),
+        // The manifest's quantization line above says it already.
+        ...configLines(config ?? {}).filter(([k]) => k !== "quantization"),
         ...manifest.files.map((f) => [
           `file ${f.name}`,
           `${formatBytes(f.size)}  sha256:${f.sha256}${missing.has(f.name) ? `  missing: ${repair(manifest.name).command}` : ""}`,
@@ -116,8 +117,23 @@ function showFiles(given: string, json: boolean): void {
     process.stdout.write(`${JSON.stringify({ path, format, sizeBytes: size, config }, null, 2)}\n`);
     return;
   }
-  const fields = Object.entries(config).map(([k, v]) => [k, typeof v === "object" ? JSON.stringify(v) : String(v)]);
-  printFields([["path", path], ["format", format], ["size", formatBytes(size)], ...fields]);
+  printFields([["path", path], ["format", format], ["size", formatBytes(size)], ...configLines(config)]);
+}
+
+/**
+ * Config fields as lines of the table: a quantization as a summary (with its per-layer overrides
+ * counted), not the JSON object, which lists every overridden layer on one line of kilobytes.
+ */
+function configLines(config: Record<string, unknown>): string[][] {
+  return Object.entries(config).map(([k, v]) => {
+    if (k === "quantization" && v && typeof v === "object") {
+      const { bits, group_size: groupSize, mode, ...rest } = v as Record<string, unknown>;
+      const layers = Object.values(rest).filter((o) => o && typeof o === "object").length;
+      const text = `${bits}-bit${mode ? ` ${mode}` : ""}${groupSize ? `, group ${groupSize}` : ""}`;
+      return [k, layers ? `${text} (${layers} layers differ)` : text];
+    }
+    return [k, typeof v === "object" ? JSON.stringify(v) : String(v)];
+  });
 }
 
 /** A model directory's config.json fields worth a glance, as the file has them. */
