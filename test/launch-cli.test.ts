@@ -151,6 +151,26 @@ describe("mlx launch: the ranks' split flags", () => {
       expect(code).toBe(1);
     }
   }, 60_000);
+
+  test("a bad --peer-timeout is refused without a hostfile too, not ignored because it has a default", async () => {
+    for (const seconds of ["0", "abc"]) {
+      const { stdout, stderr, code } = await mlx([
+        "run",
+        "-m",
+        tiny,
+        "--peer-timeout",
+        seconds,
+        "--max-tokens",
+        "2",
+        "hi",
+      ]);
+      expect(stdout).toBe("");
+      expect(stderr).toBe(
+        `error: --peer-timeout must be a number of seconds > 0 and at most 2147483 (got '${seconds}')\n`,
+      );
+      expect(code).toBe(1);
+    }
+  }, 60_000);
 });
 
 describe("mlx launch: hostfiles", () => {

@@ -373,6 +373,12 @@ const maxPeerTimeoutS = Math.floor(MAX_TIMER_MS / 1000);
 
 /** The pipeline this process is a rank of (--hostfile/--rank, or $MLX_HOSTFILE/$MLX_RANK), if any. */
 export function pipelineFrom(args: Record<string, unknown>): PipelineSpec | undefined {
+  // Checked with a hostfile or not: having a default, a bad one could not be told from one not given.
+  const timeout = Number(args["peer-timeout"] ?? 30);
+  if (!Number.isFinite(timeout) || timeout <= 0 || timeout > maxPeerTimeoutS)
+    throw new Error(
+      `--peer-timeout must be a number of seconds > 0 and at most ${maxPeerTimeoutS} (got '${args["peer-timeout"]}')`,
+    );
   const hostfile = (args.hostfile as string | undefined) ?? process.env.MLX_HOSTFILE;
   if (!hostfile) {
     if (
@@ -392,11 +398,6 @@ export function pipelineFrom(args: Record<string, unknown>): PipelineSpec | unde
   if (!/^\d+$/.test(rankText.trim()))
     throw new Error(`--rank must be a whole number ≥ 0 (got '${rankText}'; or set $MLX_RANK)`);
   const rank = Number(rankText);
-  const timeout = Number(args["peer-timeout"] ?? 30);
-  if (!Number.isFinite(timeout) || timeout <= 0 || timeout > maxPeerTimeoutS)
-    throw new Error(
-      `--peer-timeout must be a number of seconds > 0 and at most ${maxPeerTimeoutS} (got '${args["peer-timeout"]}')`,
-    );
   const tensorParallel = Boolean(args["tensor-parallel"]);
   if (tensorParallel && args.layers !== undefined)
     throw new Error("--layers splits the model into runs of layers; --tensor-parallel splits every layer: give one");
