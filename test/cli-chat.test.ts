@@ -449,7 +449,7 @@ describe("mlx chat with piped input", () => {
     );
     const proc = Bun.spawn([process.execPath, main, "chat", "-m", piped, "--max-tokens", "2"], {
       stdin: new Blob([
-        `/load ${nullFile}\n/load ${roles}\n/set max_tokens 1e2\n/set seed 0x10\n/set foo bar\n/show\n`,
+        `/load ${nullFile}\n/load ${roles}\n/set max_tokens 1e2\n/set seed 0x10\n/set foo bar\n/set temp -1\n/set repeat_penalty 0\n/set top_p 2\n/show\n`,
       ]),
       stdout: "pipe",
       stderr: "pipe",
@@ -464,6 +464,10 @@ describe("mlx chat with piped input", () => {
     expect(stderr).toContain("error: /set max_tokens needs a whole number (got '1e2')\n");
     expect(stderr).toContain("error: /set seed needs a whole number (got '0x10')\n");
     expect(stderr).toContain("error: unknown setting 'foo'");
+    // Named as /set takes them (temp, not temperature, which /set calls an unknown setting).
+    expect(stderr).toContain("error: /set temp must be >= 0 (got -1)\n");
+    expect(stderr).toContain("error: /set repeat_penalty must be > 0 (got 0)\n");
+    expect(stderr).toContain("error: /set top_p must be in (0, 1] (got 2)\n");
     expect(stderr).toMatch(/max_tokens 2, seed random,/); // nothing was changed
   });
 

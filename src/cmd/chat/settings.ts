@@ -5,6 +5,7 @@ import type { RemoteModel } from "../../providers";
 import { validateSampling, type SamplingParams } from "../../engine/sampling";
 import { parseWhole, readFormat, type OutputFormat } from "../options";
 import type { ThinkingRequest } from "../../engine/reasoning";
+import { InvalidParameterError } from "../../errors";
 
 export interface ChatSettings {
   sampling: SamplingParams;
@@ -87,7 +88,13 @@ export function applySetting(s: ChatSettings, name: string, value: string): stri
     default:
       throw unknownSetting(name);
   }
-  validateSampling(sampling);
+  try {
+    validateSampling(sampling);
+  } catch (error) {
+    if (!(error instanceof InvalidParameterError)) throw error;
+    // Named as /set takes it: "temperature must be >= 0 (got -1)" → "/set temp must be >= 0 (got -1)".
+    throw new Error(error.message.replace(/^.*? must /, `/set ${name} must `));
+  }
   s.sampling = sampling;
   return `${name} = ${n}`;
 }
