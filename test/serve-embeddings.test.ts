@@ -322,6 +322,10 @@ describe("mlx embed", () => {
     const args = await run(["embed", "-m", model, "Hello", ""]);
     expect(args.code).not.toBe(0);
     expect(args.stderr).toContain("argument 2 is empty");
+    // More dimensions than the model has: named as the flag, in one line.
+    const wide = await run(["embed", "-m", model, "--dimensions", "100000", "Hello"]);
+    expect(wide.code).toBe(1);
+    expect(wide.stderr).toMatch(/^error: --dimensions must be between 1 and the model's \d+ \(got 100000\)\n$/);
     const long = await run(["embed", "-m", model, "Hello", "word ".repeat(200)]);
     expect(long.stderr).toContain("'argument 2' is 201 tokens");
   });

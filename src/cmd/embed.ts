@@ -2,6 +2,7 @@
 import { defineCommand } from "citty";
 import { createInterface } from "node:readline";
 import { embed } from "../engine/embed";
+import { InvalidParameterError } from "../errors";
 import { fail, setVerbose } from "./log";
 import { openModel } from "./open-model";
 import { modelArg, positiveInteger } from "./options";
@@ -25,8 +26,9 @@ export default defineCommand({
   async run({ args }) {
     const verbose = Boolean(args.verbose);
     setVerbose(verbose);
+    let dimensions: number | undefined;
     try {
-      const dimensions = args.dimensions === undefined ? undefined : positiveInteger("dimensions", args.dimensions);
+      dimensions = args.dimensions === undefined ? undefined : positiveInteger("dimensions", args.dimensions);
       const texts = args._.length > 0 ? args._.map(String) : undefined;
       const lm = await openModel(args.model);
       const lines = texts ?? createInterface({ input: process.stdin, crlfDelay: Infinity });
@@ -43,6 +45,9 @@ export default defineCommand({
       if (count === 0) throw new Error('nothing to embed: give texts (mlx embed "...") or lines on stdin');
       lm.free();
     } catch (error) {
+      // Past the model's width: named as the flag, as its other errors are, not as an "invalid option: dimensions".
+      if (error instanceof InvalidParameterError && error.param === "dimensions")
+        fail(new Error(`--${error.message} (got ${dimensions})`), verbose);
       fail(error, verbose);
     }
   },
