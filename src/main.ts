@@ -6,6 +6,7 @@ import { fail } from "./cmd/log";
 import { writeErrorReason } from "./format";
 import { flagProblem, showUsage, withLastValues, withNegativeValues } from "./cmd/strict-flags";
 import { closeMatches } from "./store/aliases";
+import { kernelEnvironmentProblem } from "./mlx/environment";
 
 const subCommands = {
   run: () => import("./cmd/run").then((m) => m.default),
@@ -55,6 +56,9 @@ if (name !== undefined && Object.hasOwn(subCommands, name)) {
   const hint = close.length > 0 ? ` (did you mean ${close.join(" or ")}?)` : "";
   fail(new Error(`unknown command '${name}'${hint}; mlx --help lists the commands`));
 }
+
+const environmentProblem = kernelEnvironmentProblem();
+if (environmentProblem) fail(new Error(environmentProblem));
 
 // A reader that went away (`mlx run ... | head -c 5`) ends the command quietly with SIGPIPE's
 // status, as it ends `cat` or `yes`: Bun reports the failed write as the stream's error

@@ -406,6 +406,27 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
     }
   });
 
+  test("a kernel variable of the environment with a value the shim does not know is one line, not ignored", async () => {
+    for (const [name, value, line] of [
+      ["MLX_KERNELS", "off", "error: MLX_KERNELS must be 'mlx' (MLX's own kernels) or unset (ours), not 'off'"],
+      ["MLX_CPU_ISA", "sse", "error: MLX_CPU_ISA must be portable, neon, avx2, avx512 or unset, not 'sse'"],
+      ["MLX_CPU_THREADS", "two", "error: MLX_CPU_THREADS must be a number of threads (1 or more) or unset, not 'two'"],
+      ["MLX_CPU_INT8", "yes", "error: MLX_CPU_INT8 must be 1, 0 or unset, not 'yes'"],
+    ]) {
+      const r = await cliRunner(join(root, "home"), { [name!]: value! })([
+        "run",
+        "-m",
+        model,
+        "--max-tokens",
+        "1",
+        "Hi",
+      ]);
+      expect(r.code).toBe(1);
+      expect(r.stdout).toBe("");
+      expect(r.stderr).toBe(`${line}\n`);
+    }
+  });
+
   test("launch's -n is -n in its help and its errors (not --n)", async () => {
     // Help is printed whatever the environment: consola's level would drop it under TEST or NODE_ENV=test.
     const proc = Bun.spawn([process.execPath, main, "launch", "--help"], {
