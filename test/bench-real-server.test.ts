@@ -266,6 +266,7 @@ describe("mlx bench --url", () => {
       const refused = await mlx(args);
       expect(refused.code).toBe(1);
       expect(refused.stderr).toContain("HTTP 401");
+      expect(refused.stderr).toContain("(the server wants a key: give it with --api-key or $MLX_API_KEY)");
       const r = await mlx([...args, "--api-key", "bench-key", "--json"]);
       expect(r.code).toBe(0);
       const [level] = JSON.parse(r.stdout).levels;

@@ -74,7 +74,10 @@ describe("mlx ps and mlx stop", () => {
       const refused = await mlx(["ps", "--url", locked.url]);
       expect(refused.code).toBe(1);
       expect(refused.stderr).toStartWith(`error: ${locked.url}: HTTP 401: `);
+      expect(refused.stderr).toEndWith(" (the server wants a key: give it with --api-key or $MLX_API_KEY)\n");
       expect(refused.stderr.trim().split("\n")).toHaveLength(1);
+      const wrong = await mlx(["ps", "--url", locked.url, "--api-key", "nope"]);
+      expect(wrong.stderr).toEndWith(" (the key given by --api-key or $MLX_API_KEY is not the server's)\n");
       expect((await mlx(["ps", "--url", locked.url, "--api-key", "s3cret"])).code).toBe(0);
     } finally {
       await locked.stop();

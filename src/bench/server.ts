@@ -172,6 +172,17 @@ function streamedRequestBody(target: RequestTarget, prompt: string, maxTokens: n
   };
 }
 
+/**
+ * What a client of ours says beside a server's 401: the flag and variable that carry the key, as
+ * the server's own words name only the headers.
+ */
+export const keyHint = (status: number, apiKey: string | undefined): string =>
+  status !== 401
+    ? ""
+    : apiKey
+      ? " (the key given by --api-key or $MLX_API_KEY is not the server's)"
+      : " (the server wants a key: give it with --api-key or $MLX_API_KEY)";
+
 /** Text on one line, at most `length` characters, to quote in an error. */
 const oneLine = (text: string, length: number) => text.trim().replace(/\s+/g, " ").slice(0, length);
 
@@ -200,7 +211,8 @@ export async function timedRequest(target: RequestTarget, prompt: string, maxTok
     if (!response.ok || !response.body) {
       // The server's own words ({"error": {"message"}}), not its JSON cut off mid-field.
       const body = await response.text().catch(() => "");
-      return failed(`HTTP ${response.status}${body.trim() ? `: ${oneLine(errorBodyMessage(body), 300)}` : ""}`);
+      const words = body.trim() ? `: ${oneLine(errorBodyMessage(body), 300)}` : "";
+      return failed(`HTTP ${response.status}${words}${keyHint(response.status, target.apiKey)}`);
     }
     // A server that ignores `stream` (a JSON answer) or is not an API (an HTML page) is named as
     // such, rather than as a stream that ended empty.

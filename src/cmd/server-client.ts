@@ -2,7 +2,7 @@
 // `ollama ps` and `ollama stop` ask theirs. Where it is, its key, and one request with its
 // failures in one line.
 import type { ArgsDef } from "citty";
-import { serverBase } from "../bench/server";
+import { keyHint, serverBase } from "../bench/server";
 import { errorBodyMessage } from "../providers/types";
 
 export const DEFAULT_SERVER = "http://127.0.0.1:11435";
@@ -40,7 +40,8 @@ export async function askServer(
     throw new Error(`cannot reach mlx serve at ${base}: ${reason} (start one with \`mlx serve\`, or give --url)`);
   }
   const text = await response.text();
-  if (!response.ok) throw new Error(`${base}: HTTP ${response.status}: ${errorBodyMessage(text)}`);
+  if (!response.ok)
+    throw new Error(`${base}: HTTP ${response.status}: ${errorBodyMessage(text)}${keyHint(response.status, apiKey)}`);
   try {
     return JSON.parse(text);
   } catch {
