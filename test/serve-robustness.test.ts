@@ -827,6 +827,26 @@ describe("stopping", () => {
       rmSync(root, { recursive: true, force: true });
     }
   }, 60_000);
+
+  test("a request whose body is still arriving when the grace period ends gets the 503 too, at once", async () => {
+    const stopping = serve();
+    try {
+      const started = performance.now();
+      const answer = rawExchange(
+        stopping.port,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" +
+          'Content-Length: 1000\r\n\r\n{"messages": [',
+      );
+      await Bun.sleep(200); // its headers read, its body awaited
+      await stopping.stop(100);
+      // Not a connection cut with nothing said, after the request timeout or the settling time.
+      expect(await answer).toStartWith("HTTP/1.1 503");
+      expect(await answer).toContain('"code":"server_shutting_down"');
+      expect(performance.now() - started).toBeLessThan(1500);
+    } finally {
+      await stopping.stop();
+    }
+  }, 30_000);
 });
 
 describe("operations", () => {

@@ -17,6 +17,7 @@ import {
   notFound,
   originNotAllowed,
   requestTimeout,
+  serverStopping,
   toApiError,
   unauthorized,
 } from "./errors";
@@ -274,10 +275,11 @@ export function createApp(s: ServerState): Hono {
   }
 
   // 5. The body must arrive within the request timeout: a client that stops sending part way
-  // gets a 504 instead of holding its request open forever (the server has no idle cut-off).
+  // gets a 504 instead of holding its request open forever (the server has no idle cut-off);
+  // one still sending when a stopping server's grace ends gets its 503, as generations do.
   app.use("*", async (c, next) => {
     if (!c.req.raw.body) return next();
-    const body = bodyWithin(c.req.raw.body, s.config.requestTimeoutMs);
+    const body = bodyWithin(c.req.raw.body, s.config.requestTimeoutMs, s.shutdown.signal);
     c.req.raw = new Request(c.req.raw, { body: body.stream, duplex: "half" } as RequestInit);
     try {
       await next();
@@ -357,34 +359,44 @@ function isLocalOrigin(origin: string, host: string | undefined): boolean {
 
 /**
  * A request body that fails with the request's TimeoutError (a 504) when it has not all arrived
- * `ms` after the request began.
+ * `ms` after the request began, or with the server stopping's 503 when `shutdown` aborts first.
  */
-function bodyWithin(body: ReadableStream<Uint8Array>, ms: number) {
+function bodyWithin(body: ReadableStream<Uint8Array>, ms: number, shutdown: AbortSignal) {
   const reader = body.getReader();
   let late = false;
   let timer: ReturnType<typeof setTimeout> | undefined;
+  let onShutdown: (() => void) | undefined;
+  const stopClock = () => {
+    clearTimeout(timer);
+    if (onShutdown) shutdown.removeEventListener("abort", onShutdown);
+  };
   const stream = new ReadableStream<Uint8Array>({
     start(controller) {
-      timer = setTimeout(() => {
+      const fail = (error: Error) => {
         late = true;
-        controller.error(requestTimeout());
+        stopClock();
+        controller.error(error);
         reader.cancel().catch(() => {});
-      }, ms);
+      };
+      timer = setTimeout(() => fail(requestTimeout()), ms);
+      onShutdown = () => fail(serverStopping());
+      if (shutdown.aborted) onShutdown();
+      else shutdown.addEventListener("abort", onShutdown, { once: true });
     },
     async pull(controller) {
       const { done, value } = await reader.read();
       if (late) return;
       if (done) {
-        clearTimeout(timer);
+        stopClock();
         controller.close();
       } else controller.enqueue(value);
     },
     cancel(reason) {
-      clearTimeout(timer);
+      stopClock();
       return reader.cancel(reason);
     },
   });
-  return { stream, stopClock: () => clearTimeout(timer) };
+  return { stream, stopClock };
 }
 
 export interface RunningServer {
