@@ -578,6 +578,27 @@ describe("disconnects and the event loop", () => {
     await answersNormally();
   }, 30_000);
 
+  test("a client that leaves part way through sending its body is counted as gone (499), not as a server error", async () => {
+    const logged: unknown[] = [];
+    const uploads = serve({ logError: (error) => logged.push(error) });
+    try {
+      const head = "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n";
+      for (const partial of [
+        `${head}Content-Length: 1000\r\n\r\n{"messages": [`,
+        `${head}Transfer-Encoding: chunked\r\n\r\ne\r\n{"messages": [\r\n`,
+      ]) {
+        const socket = connect(uploads.port, "127.0.0.1", () => socket.write(partial));
+        await Bun.sleep(100); // its headers read, its body awaited
+        socket.destroy();
+      }
+      await eventually(() => uploads.state.requests.total === 2);
+      expect(uploads.state.requests.byStatus).toEqual({ "499": 2 });
+      expect(logged).toEqual([]);
+    } finally {
+      await uploads.stop();
+    }
+  });
+
   test("clients that leave while waiting for their model stop waiting, and nothing is loaded for them", async () => {
     const root = mkdtempSync(join(tmpdir(), "mlx-wait-model-"));
     const [busy, next] = [join(root, "busy"), join(root, "next")];

@@ -12,6 +12,7 @@ import { bodyLimit } from "hono/body-limit";
 import { cors } from "hono/cors";
 import {
   ApiError,
+  ClientGoneError,
   errorResponse,
   hostNotAllowed,
   notFound,
@@ -359,7 +360,8 @@ function isLocalOrigin(origin: string, host: string | undefined): boolean {
 
 /**
  * A request body that fails with the request's TimeoutError (a 504) when it has not all arrived
- * `ms` after the request began, or with the server stopping's 503 when `shutdown` aborts first.
+ * `ms` after the request began, or with the server stopping's 503 when `shutdown` aborts first;
+ * with a ClientGoneError (a 499) when its client goes away before sending it all.
  */
 function bodyWithin(body: ReadableStream<Uint8Array>, ms: number, shutdown: AbortSignal) {
   const reader = body.getReader();
@@ -384,7 +386,16 @@ function bodyWithin(body: ReadableStream<Uint8Array>, ms: number, shutdown: Abor
       else shutdown.addEventListener("abort", onShutdown, { once: true });
     },
     async pull(controller) {
-      const { done, value } = await reader.read();
+      let part: Awaited<ReturnType<typeof reader.read>>;
+      try {
+        part = await reader.read();
+      } catch {
+        // The upload broke off: its connection closed (a 499), not the server failing (a 500 logged).
+        if (late) return;
+        stopClock();
+        throw new ClientGoneError("the client went away while sending its request");
+      }
+      const { done, value } = part;
       if (late) return;
       if (done) {
         stopClock();

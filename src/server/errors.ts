@@ -43,11 +43,11 @@ export class TimeoutError extends Error {
   override name = "TimeoutError";
 }
 
-/** The client went away while its request waited (for its model): nobody reads the answer. */
+/** The client went away while its request waited (for its model, or for the rest of its body): nobody reads the answer. */
 export class ClientGoneError extends Error {
   override name = "ClientGoneError";
-  constructor() {
-    super("the client went away while its request waited for its model");
+  constructor(message = "the client went away while its request waited for its model") {
+    super(message);
   }
 }
 
