@@ -871,6 +871,18 @@ describe("stopping", () => {
 });
 
 describe("operations", () => {
+  test("HTTP/1.0 requests without a Host header (a load balancer's health check) reach their routes", async () => {
+    for (const [request, expected] of [
+      ["GET /health HTTP/1.0\r\n\r\n", '{"status":"ok"}'],
+      ["GET /api/version HTTP/1.0\r\n\r\n", '"mlx_version":"0.1.0-test"'],
+      [`POST /api/show HTTP/1.0\r\nContent-Length: 2\r\n\r\n{}`, '{"error":"\'model\' is required"}'],
+    ]) {
+      const answer = await rawExchange(server.port, request!);
+      expect(answer).toStartWith("HTTP/1.1 ");
+      expect(answer.slice(answer.indexOf("\r\n\r\n") + 4)).toContain(expected!);
+    }
+  });
+
   test("/health is 503 while the first model loads, 200 after", async () => {
     const state = createState({ version: "t", logError: () => {} });
     const app = createApp(state);

@@ -443,6 +443,15 @@ function onceSent(response: Response, sent: () => void): Response {
   return new Response(response.body.pipeThrough(new TransformStream({ flush: sent })), response);
 }
 
+/**
+ * `request` with an absolute URL, this server's where it has none: Bun gives an HTTP/1.0 request
+ * without a Host header (a load balancer's health check) its bare path, which the router misreads
+ * ("GET /health" was a 404 for a route "h"). The copy keeps the body and the client's abort signal.
+ */
+function withAbsoluteUrl(request: Request, server: URL): Request {
+  return request.url.startsWith("/") ? new Request(new URL(request.url, server).href, request) : request;
+}
+
 /** Why the server cannot listen there, in words that name the address (Bun's errno alone names neither). */
 const LISTEN_FAILURES: Record<string, (port: number) => string> = {
   EADDRINUSE: (port) => `port ${port} is in use (--port 0 picks a free one)`,
@@ -480,7 +489,9 @@ export function startServer(o: ServerOptions = {}): RunningServer {
       idleTimeout: idleSeconds,
       fetch: async (request, bun) => {
         bun.timeout(request, 0);
-        return onceSent(await app.fetch(request, bun), () => bun.timeout(request, idleSeconds));
+        return onceSent(await app.fetch(withAbsoluteUrl(request, bun.url), bun), () =>
+          bun.timeout(request, idleSeconds),
+        );
       },
       // Hono's body limit answers an oversized body with our JSON 413 as soon as it knows (from
       // Content-Length, or counting a chunked body), and Bun discards the rest of the upload
