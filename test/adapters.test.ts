@@ -110,6 +110,19 @@ describe("mlx run with adapters", () => {
     expect(renamed.stderr).toContain(
       "the same base and adapter were fused before, as tiny-fused: use that name (tiny-fused-again was not stored)",
     );
+    // Pulled by name, it is there (it was an error, with a repair command of placeholders).
+    expect(await mlx(["pull", "tiny-fused"])).toMatchObject({ code: 0, stdout: fused.stdout });
+    // Damaged, the command that makes it again is named with its own base and adapter, and repairs it.
+    const manifest = JSON.parse(readFileSync(join(home, "manifests", "tiny-fused.json"), "utf8"));
+    const config = manifest.files.find((f: { name: string }) => f.name === "config.json");
+    writeFileSync(join(home, "blobs", `sha256-${config.sha256}`), "short");
+    const command = `mlx fuse tiny --adapter ${adapterA} tiny-fused`;
+    expect(await mlx(["pull", "tiny-fused"])).toMatchObject({
+      code: 1,
+      stderr: `error: 'tiny-fused' was made here, not pulled; run \`${command}\` to make it again\n`,
+    });
+    expect((await mlx(command.split(" ").slice(1))).code).toBe(0);
+    expect(await ids(["-m", "tiny-fused"])).toEqual(await ids(["-m", "tiny", "--adapter", adapterA]));
   }, 60_000);
 
   test("mlx embed of a base-plus-adapter alias embeds with the adapter: the fused model's vectors", async () => {

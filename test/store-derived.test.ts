@@ -70,7 +70,10 @@ describe("convert into the store", () => {
     mkdirSync(process.env.MLX_HOME!, { recursive: true });
     writeFileSync(join(process.env.MLX_HOME!, "models.toml"), `[models.smol]\nsource = ${JSON.stringify(gguf)}\n`);
     const mlx = cliRunner(process.env.MLX_HOME!);
-    expect((await mlx(["convert", "smol"])).code).toBe(0);
+    const converted = await mlx(["convert", "smol"]);
+    expect(converted.code).toBe(0);
+    // Pulled by name while intact, it is there.
+    expect(await mlx(["pull", "smol-mlx"])).toMatchObject({ code: 0, stdout: converted.stdout });
     const config = readManifest("smol-mlx")!.files.find((f) => f.name === "config.json")!;
     writeFileSync(blobPath(config.sha256), "short");
 

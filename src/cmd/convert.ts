@@ -57,7 +57,7 @@ export default defineCommand({
           "convert",
           `convert into a directory instead (mlx convert ${shellWord(args.source)} DIR)`,
         );
-        const stored = await convertedModel(path, name);
+        const stored = await convertedModel(path, name, args.source);
         log.success(
           stored.converted
             ? `converted into the store as ${stored.name}`

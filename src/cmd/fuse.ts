@@ -32,7 +32,7 @@ export default defineCommand({
       const name = args.name ?? `${basename(args.model).replace(/\.gguf$/, "")}-${basename(resolve(adapter))}`;
       if (!/^[\w.-]+$/.test(name)) throw new Error(`'${name}' is not a model name (letters, digits, '.', '_', '-')`);
       refuseTakenName(name, "fuse", "give the fused model another name");
-      const stored = await fusedModel(base, resolve(adapter), name);
+      const stored = await fusedModel(base, resolve(adapter), name, args.model);
       // A lookup answers with the earlier fuse's name: said even to a script, which would go on to use `name`.
       if (stored.name !== name)
         log.warn(

@@ -8,7 +8,7 @@ import { createProgressReporter } from "../store/progress";
 import { loadAliases } from "../store/aliases";
 import { isRemoteSource, pullModel, weightsRequest, type ModelRequest } from "../store/pull";
 import { looksLikePath, unknownModelError } from "../store/resolve";
-import { repair } from "../store/store";
+import { openStoredModel, repair, StoreDamageError } from "../store/store";
 import { shellWord } from "../format";
 import { fail, log, setVerbose } from "./log";
 
@@ -59,11 +59,19 @@ export default defineCommand({
   async run({ args }) {
     setVerbose(Boolean(args.verbose));
     try {
-      // A converted or fused model has no source to pull from.
-      if (readManifest(args.model)?.derivedKey)
-        throw new Error(
-          `'${args.model}' was made here, not pulled; run \`${repair(args.model).command}\` to make it again`,
-        );
+      // A converted or fused model has no source to pull from: it is there, or made again.
+      if (readManifest(args.model)?.derivedKey) {
+        const path = await openStoredModel(args.model).catch((error) => {
+          if (!(error instanceof StoreDamageError)) throw error;
+        });
+        if (!path)
+          throw new Error(
+            `'${args.model}' was made here, not pulled; run \`${repair(args.model).command}\` to make it again`,
+          );
+        log.success(`${args.model} is already in the store (made here, not pulled)`);
+        process.stdout.write(`${path}\n`);
+        return;
+      }
       const request = weightsRequest(args.model);
       if (request.source === resolve(args.model) && !existsSync(request.source)) {
         // A bare word that names nothing: say so (with names like it) rather than "no such path".

@@ -3,7 +3,7 @@
 // (the input files' sha256 and the code's version), so doing it a second time costs a lookup.
 import { createHash } from "node:crypto";
 import { existsSync, readFileSync, readdirSync, realpathSync, rmSync, statSync } from "node:fs";
-import { basename, join } from "node:path";
+import { basename, join, resolve } from "node:path";
 import { convertGGUF } from "../models/convert";
 import { fuseAdapter } from "../models/fuse";
 import { shellWord } from "../format";
@@ -49,22 +49,31 @@ export interface ConvertedModel {
 
 /**
  * The MLX directory converted from `ggufPath`, converting only when no earlier conversion of
- * the same bytes by the same converter is stored under `name` (or any other name).
+ * the same bytes by the same converter is stored under `name` (or any other name). `given`: the
+ * GGUF as the user named it (see ModelManifest.madeFrom).
  */
-export async function convertedModel(ggufPath: string, name: string): Promise<ConvertedModel> {
+export async function convertedModel(ggufPath: string, name: string, given = ggufPath): Promise<ConvertedModel> {
   const inputSha256 = await fileSha256(ggufPath);
   const key = sha256(`${inputSha256}\n${CONVERTER_VERSION}`);
-  return derivedModel(name, key, `convert:sha256-${inputSha256}`, (staging) => convertGGUF(ggufPath, staging));
+  return derivedModel(name, key, `convert:sha256-${inputSha256}`, [given], (staging) => convertGGUF(ggufPath, staging));
 }
 
 /**
  * The MLX directory of `base` (a directory or a GGUF) with the adapter in `adapterDir` fused in,
  * stored under `name`; fusing only when the same base and adapter were not fused before.
+ * `givenBase`: the base as the user named it (see ModelManifest.madeFrom).
  */
-export async function fusedModel(base: string, adapterDir: string, name: string): Promise<ConvertedModel> {
+export async function fusedModel(
+  base: string,
+  adapterDir: string,
+  name: string,
+  givenBase = base,
+): Promise<ConvertedModel> {
   const inputs = [await treeSha256(base), await treeSha256(adapterDir)];
   const key = sha256(`fuse\n${inputs.join("\n")}\n${FUSER_VERSION}`);
-  return derivedModel(name, key, `fuse:sha256-${key}`, (staging) => fuseAdapter(base, adapterDir, staging));
+  return derivedModel(name, key, `fuse:sha256-${key}`, [givenBase, adapterDir], (staging) =>
+    fuseAdapter(base, adapterDir, staging),
+  );
 }
 
 /**
@@ -86,11 +95,15 @@ export function refuseTakenName(name: string, kind: "convert" | "fuse", remedy: 
 
 const sha256 = (text: string) => createHash("sha256").update(text).digest("hex");
 
-/** Runs `produce` into a staging directory and stores what it wrote as `name`, unless stored before under `key`. */
+/**
+ * Runs `produce` into a staging directory and stores what it wrote as `name`, unless stored before
+ * under `key`. `inputs`: what it is made from, as named (a path is recorded absolute).
+ */
 async function derivedModel(
   name: string,
   key: string,
   source: string,
+  inputs: string[],
   produce: (staging: string) => Promise<unknown>,
 ): Promise<ConvertedModel> {
   const refPath = join(refsDir(), "derived", `${key}.json`);
@@ -108,7 +121,8 @@ async function derivedModel(
         const files = [];
         for (const file of readdirSync(staging).sort())
           files.push({ name: file, ...(await addBlob(join(staging, file), { move: true })) });
-        const manifest = newManifest({ name, source, ...describeFiles(files), files, derivedKey: key });
+        const madeFrom = inputs.map((input) => (existsSync(input) ? resolve(input) : input));
+        const manifest = newManifest({ name, source, ...describeFiles(files), files, derivedKey: key, madeFrom });
         const { path } = await commitModel(manifest);
         writeJsonAtomic(refPath, { name, source });
         return { path, name, converted: true };

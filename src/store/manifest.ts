@@ -32,6 +32,12 @@ export interface ModelManifest {
   revision?: string;
   /** For a prepared artifact: the hash of its inputs (see derived.ts). */
   derivedKey?: string;
+  /**
+   * For one made here, what it was made from as `mlx convert` or `mlx fuse` took it (a GGUF; a
+   * base and an adapter directory): a name, or a path made absolute, for the command that makes
+   * it again.
+   */
+  madeFrom?: string[];
   createdAt: string;
   lastUsedAt: string;
 }
@@ -70,7 +76,8 @@ function wellFormed(m: ModelManifest): boolean {
     typeof m.lastUsedAt === "string" &&
     Number.isSafeInteger(m.totalBytes) &&
     Array.isArray(m.files) &&
-    m.files.every(wellFormedFile)
+    m.files.every(wellFormedFile) &&
+    (m.madeFrom === undefined || (Array.isArray(m.madeFrom) && m.madeFrom.every((s) => typeof s === "string")))
   );
 }
 

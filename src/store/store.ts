@@ -62,18 +62,26 @@ export function repairHint(path: string): string | undefined {
  * unreadable is removed (nothing says where it came from).
  */
 export function repair(name: string): { need: string; command: string } {
-  const source = readManifest(name)?.source;
-  if (source === undefined) return { need: "removing", command: `mlx rm ${shellWord(name)}` };
-  if (source.startsWith("fuse:"))
-    return { need: "a new fusion", command: `mlx fuse <its base> --adapter <its adapter dir> ${shellWord(name)}` };
-  if (source.startsWith("convert:")) return { need: "a new conversion", command: `mlx convert ${convertInput(name)}` };
+  const manifest = readManifest(name);
+  if (manifest === undefined) return { need: "removing", command: `mlx rm ${shellWord(name)}` };
+  const { source, madeFrom = [] } = manifest;
+  if (source.startsWith("fuse:")) {
+    const [base = "<its base>", adapter = "<its adapter dir>"] = madeFrom.map(shellWord);
+    return { need: "a new fusion", command: `mlx fuse ${base} --adapter ${adapter} ${shellWord(name)}` };
+  }
+  if (source.startsWith("convert:"))
+    return { need: "a new conversion", command: `mlx convert ${convertInput(name, madeFrom[0])}` };
   return { need: "a new pull", command: `mlx pull ${shellWord(name)}` };
 }
 
-/** `mlx convert X` stores its conversion as X-mlx (X an alias, a stored model or a file's name): the X to give again. */
-function convertInput(name: string): string {
+/**
+ * `mlx convert X` stores its conversion as X-mlx (X an alias, a stored model or a file's name): the
+ * X to give again; `given`, the GGUF as it was named, where the manifest records it.
+ */
+function convertInput(name: string, given: string | undefined): string {
   const stem = name.replace(/-mlx$/, "");
-  return loadAliases().models.has(stem) || readManifest(stem) ? shellWord(stem) : `<path to ${stem}.gguf>`;
+  if (loadAliases().models.has(stem) || readManifest(stem)) return shellWord(stem);
+  return given === undefined ? `<path to ${stem}.gguf>` : shellWord(given);
 }
 
 /**
