@@ -213,9 +213,9 @@ describe("mlx convert errors", () => {
         [[join(work, "out"), "--bits", "abc"], "error: --bits must be a whole number ≥ 0 (got 'abc')"],
         [
           [join(work, "out"), "--bits", "7"],
-          "error: bits must be 2, 3, 4, 5, 6 or 8 (or 0 to keep 16-bit weights), got 7",
+          "error: --bits must be 2, 3, 4, 5, 6 or 8 (or 0 to keep 16-bit weights) (got 7)",
         ],
-        [[join(work, "out"), "--group-size", "7"], "error: group size must be 32, 64 or 128, got 7"],
+        [[join(work, "out"), "--group-size", "7"], "error: --group-size must be 32, 64 or 128 (got 7)"],
       ];
       for (const [args, line] of cases) {
         const { code, stderr } = await mlx(["convert", "quants", ...args]);

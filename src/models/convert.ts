@@ -46,8 +46,8 @@ export async function convertGGUF(
     throw new Error(`${target} exists and is not empty (use --force to replace it)`);
   }
   if (bits !== 0 && ![2, 3, 4, 5, 6, 8].includes(bits))
-    throw new Error(`bits must be 2, 3, 4, 5, 6 or 8 (or 0 to keep 16-bit weights), got ${bits}`);
-  if (![32, 64, 128].includes(groupSize)) throw new Error(`group size must be 32, 64 or 128, got ${groupSize}`);
+    throw new Error(`--bits must be 2, 3, 4, 5, 6 or 8 (or 0 to keep 16-bit weights) (got ${bits})`);
+  if (![32, 64, 128].includes(groupSize)) throw new Error(`--group-size must be 32, 64 or 128 (got ${groupSize})`);
   // A file that cannot be read is a ModelLoadError, as at load: the CLI tells it from a bad
   // option or an output it cannot write. The header check refuses a corrupt file before MLX reads it.
   const header = withModelErrors(ggufPath, () => readGGUFHeader(ggufPath));
