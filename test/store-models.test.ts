@@ -480,6 +480,38 @@ describe("damage", () => {
     },
     TEST_TIMEOUT_MS,
   );
+
+  test(
+    "a blob replaced by a directory: mlx verify removes it and names the model, mlx rm removes the model, a pull stores it again",
+    async () => {
+      await pull(fakeModel("alpha"));
+      await pull(fakeModel("beta"));
+      releaseModel("alpha");
+      const weights = readManifest("alpha")!.files.find((f) => f.name === "model.safetensors")!;
+      rmSync(blobPath(weights.sha256));
+      mkdirSync(join(blobPath(weights.sha256), "inside"), { recursive: true });
+
+      const verify = await cliResult(["verify"]);
+      expect(verify).toMatchObject({ code: 1, stderr: `corrupt: sha256-${weights.sha256} (removed)\n` });
+      expect(verify.stdout).toContain("needs a new pull: mlx pull alpha");
+      expect(existsSync(blobPath(weights.sha256))).toBe(false);
+      expect((await pull("alpha")).fromDisk).toBe(false);
+      expect(sha256Hex(readFileSync(blobPath(weights.sha256)))).toBe(weights.sha256);
+
+      // Found by a pull (it cannot rename the file it fetched onto a directory) or by mlx rm.
+      rmSync(blobPath(weights.sha256));
+      mkdirSync(blobPath(weights.sha256));
+      expect((await pull("alpha")).fromDisk).toBe(false);
+      expect(sha256Hex(readFileSync(blobPath(weights.sha256)))).toBe(weights.sha256);
+      releaseModel("alpha");
+      rmSync(blobPath(weights.sha256));
+      mkdirSync(blobPath(weights.sha256));
+      expect(await cliResult(["rm", "-y", "alpha"])).toMatchObject({ code: 0, stderr: "" });
+      expect(existsSync(blobPath(weights.sha256))).toBe(false);
+      expect(await names()).toEqual(["beta"]);
+    },
+    TEST_TIMEOUT_MS,
+  );
 });
 
 /**
@@ -533,6 +565,26 @@ describe("a GGUF's quantization", () => {
 });
 
 describe("an unreadable manifest", () => {
+  test(
+    "a manifest replaced by a directory is unreadable: mlx rm removes it as mlx list says, with the files only it used",
+    async () => {
+      await pull(fakeModel("alpha"));
+      await pull(fakeModel("beta"));
+      releaseModel("beta");
+      const weights = readManifest("beta")!.files.find((f) => f.name === "model.safetensors")!;
+      rmSync(manifestPath("beta"));
+      mkdirSync(join(manifestPath("beta"), "inside"), { recursive: true });
+
+      expect((await cliResult(["list"])).stdout).toMatch(/^beta .*unreadable manifest: mlx rm beta +-$/m);
+      expect(await cliResult(["rm", "-y", "beta"])).toMatchObject({ code: 0, stderr: "" });
+      expect(existsSync(manifestPath("beta"))).toBe(false);
+      expect(existsSync(blobPath(weights.sha256))).toBe(false);
+      expect(await names()).toEqual(["alpha"]);
+      expect(await openStoredModel("alpha")).toBeDefined();
+    },
+    TEST_TIMEOUT_MS,
+  );
+
   test(
     "its model is listed as such, show says so, and mlx rm removes it with the files only it used",
     async () => {

@@ -3,7 +3,7 @@
 // unless the disk itself corrupts them (which `mlx verify` finds).
 import { createHash } from "node:crypto";
 import { createReadStream, existsSync, readdirSync } from "node:fs";
-import { copyFile, mkdir, rename, stat, unlink } from "node:fs/promises";
+import { copyFile, lstat, mkdir, rename, rm, stat, unlink } from "node:fs/promises";
 import { dirname } from "node:path";
 import { forgetTokenizerFiles } from "../tokenizer/gguf-cache";
 import { blobPath, blobsDir, tempPathIn, tmpDir } from "./paths";
@@ -56,6 +56,8 @@ export async function addBlob(path: string, { move = false } = {}): Promise<Blob
   const dest = blobPath(ref.sha256);
   await mkdir(dirname(dest), { recursive: true });
   await syncToDisk(path);
+  // rename() replaces a damaged file at the name, but not a directory there.
+  if ((await lstat(dest).catch(() => undefined))?.isDirectory()) await removeBlob(ref.sha256);
   await rename(path, dest);
   return ref;
 }
@@ -70,9 +72,8 @@ export function blobsOnDisk(): Set<string> {
   );
 }
 
+/** Removes what is at the blob's name: its file, or a directory put there by damage or by hand. */
 export async function removeBlob(sha256: string): Promise<void> {
   forgetTokenizerFiles(blobPath(sha256));
-  await unlink(blobPath(sha256)).catch((error: NodeJS.ErrnoException) => {
-    if (error.code !== "ENOENT") throw error;
-  });
+  await rm(blobPath(sha256), { recursive: true, force: true });
 }

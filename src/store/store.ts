@@ -251,7 +251,8 @@ async function evictToFit(index: Map<string, IndexEntry>, keep: string, limit: n
  */
 async function deleteModel(index: Map<string, IndexEntry>, name: string): Promise<number> {
   const blobs = index.get(name)?.blobs ?? linkedBlobs(name);
-  rmSync(manifestPath(name), { force: true });
+  // recursive: an unreadable manifest may be a directory in its place.
+  rmSync(manifestPath(name), { recursive: true, force: true });
   index.delete(name);
   rmSync(join(modelsDir(), modelKey(name)), { recursive: true, force: true });
   const removed = await removeUnreferencedBlobs(Object.keys(blobs), index);
