@@ -143,6 +143,20 @@ describe("storing models", () => {
       delete index.models.beta;
       writeFileSync(indexPath(), JSON.stringify(index));
       expect(await names()).toEqual(["alpha", "beta"]);
+      // A directory in its place: opening a model (which records its use there) and pulling one rewrite it.
+      rmSync(indexPath());
+      mkdirSync(join(indexPath(), "inside"), { recursive: true });
+      expect(await names()).toEqual(["alpha", "beta"]);
+      expect(await openStoredModel("alpha")).toBe(join(process.env.MLX_HOME!, "models", "alpha"));
+      expect(Object.keys(JSON.parse(readFileSync(indexPath(), "utf8")).models).sort()).toEqual(["alpha", "beta"]);
+      rmSync(indexPath());
+      mkdirSync(indexPath());
+      await pull(fakeModel("gamma"));
+      expect(Object.keys(JSON.parse(readFileSync(indexPath(), "utf8")).models).sort()).toEqual([
+        "alpha",
+        "beta",
+        "gamma",
+      ]);
     },
     TEST_TIMEOUT_MS,
   );

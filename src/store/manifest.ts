@@ -1,7 +1,7 @@
 // One JSON manifest per model, <root>/manifests/<key>.json: the truth about a stored model.
 // It names the model's files (name inside the model -> blob) and says what the model is; the
 // index (model-index.ts) is only a summary of all manifests and is rebuilt from them.
-import { readFileSync, renameSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { readFileSync, renameSync, mkdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { readGGUFHeader, type GGUFHeader } from "../models/gguf-header";
 import { blobPath, isSha256Hex, manifestsDir, modelKey, tempPathIn, tmpDir } from "./paths";
@@ -103,6 +103,8 @@ export function writeJsonAtomic(path: string, value: unknown): void {
   try {
     writeFileSync(tmp, `${JSON.stringify(value, null, 2)}\n`);
     mkdirSync(join(path, ".."), { recursive: true });
+    // The store's own record: a directory in its place is damage, which rename() would not replace.
+    if (statSync(path, { throwIfNoEntry: false })?.isDirectory()) rmSync(path, { recursive: true, force: true });
     renameSync(tmp, path);
   } catch (error) {
     // A full disk leaves the temporary file empty or cut short: nothing to keep.
