@@ -266,6 +266,54 @@ describe("mlx convert errors", () => {
     TEST_TIMEOUT_MS,
   );
 
+  // A real full disk: a small tmpfs mounted in a user namespace (where the system allows one).
+  test.skipIf(Bun.spawnSync(["unshare", "-rm", "true"], { stderr: "ignore" }).exitCode !== 0)(
+    "a full disk is one line naming the output directory, or the store, that is full; nothing is left on it",
+    async () => {
+      const disk = join(work, "disk");
+      mkdirSync(disk);
+      const mlxCommand = `${JSON.stringify(process.execPath)} ${JSON.stringify(mainScript)}`;
+      const script = `
+        mount -t tmpfs -o size=2m tmpfs ${disk} || exit 9
+        ${mlxCommand} convert ${defaultGGUF()} ${disk}/out; echo "dir: $?"
+        MLX_HOME=${disk}/home ${mlxCommand} convert ${defaultGGUF()}; echo "store: $?"
+        ls ${disk}; ls -A ${disk}/home/tmp; ls ${disk}/home/manifests/*.json 2>/dev/null | wc -l`;
+      const proc = Bun.spawn(["unshare", "-rm", "sh", "-c", script], {
+        env: { ...process.env, MLX_HOME: home, NO_COLOR: "1" },
+        stdout: "pipe",
+        stderr: "pipe",
+      });
+      const [stdout, stderr] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
+      expect(await proc.exited).toBe(0);
+      expect(errorLines(stderr)).toEqual([
+        `error: cannot write ${disk}/out: ENOSPC: no space left on device`,
+        `error: no space left on device while storing ${basename(defaultGGUF(), ".gguf")}-mlx in ${disk}/home; free some space and run again`,
+      ]);
+      // Only the store's folders: no output, staging folder or temporary file, no manifest.
+      expect(stdout).toBe("dir: 1\nstore: 1\nhome\n0\n");
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "a file size limit (ulimit -f) is one line naming the output directory, not its staging folder",
+    async () => {
+      const out = join(work, "out");
+      const script = `ulimit -f 1000 && exec ${JSON.stringify(process.execPath)} ${JSON.stringify(mainScript)} convert ${defaultGGUF()} ${out}`;
+      const proc = Bun.spawn(["sh", "-c", script], {
+        env: { ...process.env, MLX_HOME: home, NO_COLOR: "1" },
+        stdout: "pipe",
+        stderr: "pipe",
+      });
+      const stderr = await new Response(proc.stderr).text();
+      expect(await proc.exited).toBe(1);
+      expect(errorLines(stderr)).toHaveLength(1);
+      expect(stderr).toStartWith(`error: cannot write ${out}: `);
+      expect(readdirSync(work).filter((name) => name.startsWith("out"))).toEqual([]);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
   test(
     "into the store, never over a model of that name that was pulled",
     async () => {

@@ -1,5 +1,7 @@
 // Weight files through MLX's own loaders: safetensors and GGUF (tensors and metadata),
 // and safetensors saving.
+import { statfsSync } from "node:fs";
+import { dirname } from "node:path";
 import { binding, check, cstr, lib, outPtr, packStrings, readOut, type Pointer } from "./ffi";
 import { MxArray } from "./array";
 import { handles } from "./ops";
@@ -120,16 +122,28 @@ export function saveSafetensors(
   const names = [...tensors.keys()];
   const arrays = names.map((n) => tensors.get(n)!);
   const keys = Object.keys(metadata);
-  check(
-    lib.mlxs_save_safetensors(
-      cstr(path),
-      packStrings(names),
-      handles(arrays),
-      arrays.length,
-      packStrings(keys),
-      packStrings(keys.map((k) => metadata[k]!)),
-      keys.length,
-    ),
-    `cannot save ${path}`,
+  const status = lib.mlxs_save_safetensors(
+    cstr(path),
+    packStrings(names),
+    handles(arrays),
+    arrays.length,
+    packStrings(keys),
+    packStrings(keys.map((k) => metadata[k]!)),
+    keys.length,
   );
+  // MLX says only that a write failed ("Unable to write N bytes"), not why: where the disk has no
+  // room left for the tensors, it says so as Node's writes do (ENOSPC), which callers explain.
+  if (status !== 0 && freeBytes(dirname(path)) < arrays.reduce((n, a) => n + a.nbytes, 0))
+    throw Object.assign(new Error(`ENOSPC: no space left on device, write '${path}'`), { code: "ENOSPC" });
+  check(status, `cannot save ${path}`);
+}
+
+/** The bytes this process may still write on the file system holding `dir` (Infinity when it cannot be asked). */
+function freeBytes(dir: string): number {
+  try {
+    const { bavail, bsize } = statfsSync(dir);
+    return bavail * bsize;
+  } catch {
+    return Number.POSITIVE_INFINITY;
+  }
 }

@@ -90,9 +90,12 @@ export async function convertGGUF(
       // (existsSync: on a path through a file, rmSync fails even with `force`.)
       if (existsSync(staging)) rmSync(staging, { recursive: true, force: true });
       // One line naming the output directory, not the staging folder beside it.
-      throw (error as NodeJS.ErrnoException).code
-        ? new Error(`cannot write ${target}: ${writeErrorReason(error)}`)
-        : error;
+      const weights = `cannot save ${join(staging, "model.safetensors")}: `;
+      if ((error as NodeJS.ErrnoException).code)
+        throw new Error(`cannot write ${target}: ${writeErrorReason(error)}`, { cause: error });
+      if ((error as Error).message.startsWith(weights))
+        throw new Error(`cannot write ${target}: ${(error as Error).message.slice(weights.length)}`, { cause: error });
+      throw error;
     }
     const bytes = [...gguf.tensors.values()].reduce((n, t) => n + t.nbytes, 0);
     return { dir: target, tensors: gguf.tensors.size, bytes };

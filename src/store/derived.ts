@@ -12,7 +12,7 @@ import { loadAliases } from "./aliases";
 import { addBlob, hashFile } from "./blobs";
 import { describeFiles, newManifest, readManifest, writeJsonAtomic } from "./manifest";
 import { withLock } from "./lock";
-import { blobPath, locksDir, refsDir, tempPathIn, tmpDir } from "./paths";
+import { blobPath, locksDir, refsDir, storeRoot, tempPathIn, tmpDir } from "./paths";
 import { commitModel, openStoredModel, StoreDamageError } from "./store";
 
 // Converting a large model takes minutes; a second process asking for it waits that long.
@@ -126,6 +126,15 @@ async function derivedModel(
         const { path } = await commitModel(manifest);
         writeJsonAtomic(refPath, { name, source });
         return { path, name, converted: true };
+      } catch (error) {
+        // Else the message names the staging folder in the store's tmp/, not the store that is full.
+        if (!noSpaceLeft(error)) throw error;
+        throw new Error(
+          `no space left on device while storing ${name} in ${storeRoot()}; free some space and run again`,
+          {
+            cause: error,
+          },
+        );
       } finally {
         rmSync(staging, { recursive: true, force: true });
       }
@@ -167,4 +176,11 @@ async function fileSha256(path: string): Promise<string> {
   const named = basename(real).match(/^sha256-([0-9a-f]{64})$/)?.[1];
   if (named && existsSync(blobPath(named)) && realpathSync(blobPath(named)) === real) return named;
   return (await hashFile(real)).sha256;
+}
+
+/** Whether `error`, or the error it wraps, is a full disk or an exhausted quota. */
+function noSpaceLeft(error: unknown): boolean {
+  for (let e = error as { code?: string; cause?: unknown } | undefined; e; e = e.cause as typeof e)
+    if (e.code === "ENOSPC" || e.code === "EDQUOT") return true;
+  return false;
 }
