@@ -817,6 +817,24 @@ describe("locks", () => {
     TEST_TIMEOUT_MS,
   );
 
+  test(
+    "an MLX_HOME that is a file is one line naming the lock and why, in every command that writes the store",
+    async () => {
+      const home = join(work, "home-file");
+      writeFileSync(home, "not a store");
+      const lock = join(home, "locks", "store.lock");
+      const why = `cannot create the lock ${lock} (a folder on its path is a file): mlx needs write access to its store ($MLX_HOME)`;
+      for (const args of [["list"], ["verify"], ["pull", fakeModel("alpha")]]) {
+        const proc = cli(args, { MLX_HOME: home });
+        const stderr = await new Response(proc.stderr).text();
+        expect(await proc.exited).toBe(1);
+        expect(stderr).toBe(`error: ${why}\n`);
+      }
+      expect(readFileSync(home, "utf8")).toBe("not a store");
+    },
+    TEST_TIMEOUT_MS,
+  );
+
   test("a lock left by a dead process is broken at once", async () => {
     mkdirSync(locksDir(), { recursive: true });
     writeFileSync(join(locksDir(), "store.lock"), `${await deadPid()}\n`);

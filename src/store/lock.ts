@@ -8,6 +8,7 @@
 import { mkdirSync, readdirSync, readFileSync, readlinkSync, symlinkSync, unlinkSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import { writeErrorReason } from "../format";
 import { locksDir } from "./paths";
 
 export interface LockOptions {
@@ -65,7 +66,11 @@ export function withStoreLock<T>(fn: () => T | Promise<T>, options?: LockOptions
 }
 
 async function acquireFileLock(path: string, { timeoutMs = 10_000, onWait }: LockOptions): Promise<() => void> {
-  mkdirSync(dirname(path), { recursive: true });
+  try {
+    mkdirSync(dirname(path), { recursive: true });
+  } catch (error) {
+    throw cannotCreate(path, error);
+  }
   const deadline = Date.now() + timeoutMs;
   let pause = POLL_MS;
   let told = false;
@@ -97,10 +102,18 @@ function tryCreate(path: string): boolean {
     return true;
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === "EEXIST") return false;
-    // Node's message names the pid as the link's target and the lock as its path: say what failed instead.
-    const reason = (error as Error).message.split(",")[0];
-    throw new Error(`cannot create the lock ${path} (${reason}): mlx needs write access to its store ($MLX_HOME)`);
+    throw cannotCreate(path, error);
   }
+}
+
+/**
+ * Node's message names the pid as the link's target and the lock as its path, or the folder it
+ * could not make ($MLX_HOME a file): say what failed instead.
+ */
+function cannotCreate(path: string, error: unknown): Error {
+  return new Error(
+    `cannot create the lock ${path} (${writeErrorReason(error)}): mlx needs write access to its store ($MLX_HOME)`,
+  );
 }
 
 /** The pids of live processes holding any of the store's locks but the store lock (pulls, downloads, conversions). */
