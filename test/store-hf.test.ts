@@ -21,11 +21,12 @@ import { readManifest } from "../src/store/manifest";
 import { modelRequest, pullModel } from "../src/store/pull";
 import { formatBytes } from "../src/format";
 import { createProgressReporter } from "../src/store/progress";
+import { releaseModel } from "../src/store/in-use";
 import { listModels, openStoredModel } from "../src/store/store";
 import { resolveModelPath } from "../src/store/resolve";
 import { modelPooling } from "../src/models/pooling";
 import { writeTinyModel } from "./helpers/tiny-model";
-import { sha256Hex, startHfHub, startServer, type TestServer } from "./helpers/store";
+import { fakeWeights, sha256Hex, startHfHub, startServer, type TestServer } from "./helpers/store";
 
 const TEST_TIMEOUT_MS = 60_000;
 const main = join(import.meta.dir, "..", "src", "main.ts");
@@ -313,6 +314,33 @@ describe("pull from the hub", () => {
       const linked = lstatSync(join(stored.path, "1_Pooling", "config.json")).mtimeMs;
       expect(await openStoredModel("mean-dir")).toBe(stored.path);
       expect(lstatSync(join(stored.path, "1_Pooling", "config.json")).mtimeMs).toBe(linked);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "a model removed (mlx rm) while another that shares its files downloads: the shared files are fetched again and the pull stores its model",
+    async () => {
+      // Tiny's config and tokenizer, weights of its own.
+      const other = new Map([...tiny].filter(([name]) => name !== "model.safetensors"));
+      other.set("model.safetensors", fakeWeights(200_000));
+      await startHub({ "org/tiny": { files: tiny }, "org/other": { files: other } });
+      await pull("hf:org/tiny");
+      releaseModel("org/tiny"); // pulled by this test process, not in use
+      let removed = false;
+      const pulled = await pullModel(modelRequest("hf:org/other"), {
+        onProgress: ({ file }) => {
+          if (removed || file !== "model.safetensors") return;
+          removed = true;
+          const rm = Bun.spawnSync([process.execPath, main, "rm", "-y", "org/tiny"], { env: process.env });
+          expect(rm.stderr.toString()).toBe("");
+        },
+      });
+      expect(removed).toBe(true);
+      expect(pulled.fromDisk).toBe(false);
+      expect((await listModels()).map((m) => m.name)).toEqual(["org/other"]);
+      for (const file of readManifest("org/other")!.files)
+        expect(sha256Hex(readFileSync(join(pulled.path, file.name)))).toBe(file.sha256);
     },
     TEST_TIMEOUT_MS,
   );

@@ -5,7 +5,7 @@ import { existsSync, readdirSync, statSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { basename, join, resolve } from "node:path";
 import { loadAliases } from "./aliases";
-import { addBlob, blobsOnDisk } from "./blobs";
+import { addBlob, blobPresent, blobsOnDisk } from "./blobs";
 import type { DownloadProgress } from "./download";
 import { pullHFRepo } from "./hf";
 import { withLock } from "./lock";
@@ -93,17 +93,25 @@ export async function pullModel(request: ModelRequest, options: PullOptions = {}
       const blobsBefore = blobsOnDisk();
       const pulled = new Set<string>();
       try {
-        const { files, revision } = await fetchFiles(request.source, options, pulled);
-        for (const file of files) pulled.add(file.sha256);
-        const manifest: ModelManifest = newManifest({
-          name: request.name,
-          source: request.source,
-          ...describeSource(request.source, files),
-          files,
-          revision,
-        });
-        const { path, evicted } = await commitModel(manifest);
-        return { path, fromDisk: false, evicted };
+        for (let attempt = 1; ; attempt++) {
+          const { files, revision } = await fetchFiles(request.source, options, pulled);
+          for (const file of files) pulled.add(file.sha256);
+          try {
+            const manifest: ModelManifest = newManifest({
+              name: request.name,
+              source: request.source,
+              ...describeSource(request.source, files),
+              files,
+              revision,
+            });
+            const { path, evicted } = await commitModel(manifest);
+            return { path, fromDisk: false, evicted };
+          } catch (error) {
+            // A file this model shares with a stored one was there when the fetch began, and is
+            // gone now (that model removed or evicted meanwhile): fetched again, the rest kept.
+            if (attempt === MAX_FETCHES || !(await someBlobMissing(files))) throw error;
+          }
+        }
       } catch (error) {
         await discardBlobs([...pulled].filter((sha256) => !blobsBefore.has(sha256)));
         throw error;
@@ -111,6 +119,13 @@ export async function pullModel(request: ModelRequest, options: PullOptions = {}
     },
     { timeoutMs: PULL_LOCK_TIMEOUT_MS, onWait: options.onWait },
   );
+}
+
+// Fetches of a model whose shared files other processes keep removing, before giving up.
+const MAX_FETCHES = 3;
+
+async function someBlobMissing(files: ManifestFile[]): Promise<boolean> {
+  return (await Promise.all(files.map(blobPresent))).includes(false);
 }
 
 /** A damaged model is pulled again: the download replaces exactly the blobs that are missing. */
