@@ -736,6 +736,36 @@ describe("what interrupted pulls leave", () => {
     },
     TEST_TIMEOUT_MS,
   );
+
+  test(
+    "a model whose manifest is missing (mlx rm killed between its steps) is not kept by its directory: mlx verify frees its files",
+    async () => {
+      await pull(fakeModel("alpha"));
+      await pull(fakeModel("beta"));
+      releaseModel("beta");
+      const home = process.env.MLX_HOME!;
+      const weights = readManifest("beta")!.files.find((f) => f.name === "model.safetensors")!;
+      rmSync(manifestPath("beta"));
+      // And a directory of links that a killed process left while linking a model's files.
+      const orphan = join(home, "models", `alpha.${await deadPid()}.tmp`);
+      mkdirSync(orphan);
+      symlinkSync(join("..", "..", "blobs", `sha256-${weights.sha256}`), join(orphan, "model.safetensors"));
+
+      expect((await cliResult(["rm", "-y", "beta"])).stderr).toBe(
+        "error: no stored model named 'beta' (see mlx list)\n",
+      );
+      const r = await cliResult(["verify"]);
+      expect(r).toMatchObject({ code: 0, stderr: "" });
+      expect(r.stdout).toBe(
+        "checked 3 files (10.1 KB)\nremoved 1 file that interrupted or failed pulls left (10.0 KB)\nall stored models are intact\n",
+      );
+      expect(existsSync(blobPath(weights.sha256))).toBe(false);
+      expect(readdirSync(join(home, "models"))).toEqual(["alpha"]);
+      expect(await openStoredModel("alpha")).toBeDefined(); // the files it shared with beta stay
+      expect((await cliResult(["verify"])).stdout).toBe("checked 3 files (10.1 KB)\nall stored models are intact\n");
+    },
+    TEST_TIMEOUT_MS,
+  );
 });
 
 describe("damage seen cheaply", () => {

@@ -8,7 +8,7 @@ import { basename, join } from "node:path";
 import { hashFile, removeBlob } from "./blobs";
 import { busyLockHolders, withStoreLock } from "./lock";
 import { loadIndex } from "./model-index";
-import { blobPath, blobsDir, downloadsDir, modelsDir, tmpDir } from "./paths";
+import { blobPath, blobsDir, downloadsDir, manifestsDir, modelsDir, tmpDir } from "./paths";
 import { linkedBlobs } from "./store";
 
 export interface VerifyReport {
@@ -77,7 +77,13 @@ export async function verifyStore(
 
 /** Removes what no stored model uses: unreferenced blobs, partial downloads, scratch files. Under the store lock. */
 function removeLeftovers(): { files: number; bytes: number } {
-  const used = usedBlobNames();
+  const modelDirs = existsSync(modelsDir()) ? readdirSync(modelsDir()) : [];
+  // A directory of links with no manifest: what `mlx rm` killed after removing the manifest, or a
+  // process killed while linking a model's files (<key>.<pid>.tmp), left. Under the store lock,
+  // which every change to a model holds, no live process is making one.
+  const orphans = modelDirs.filter((key) => !existsSync(join(manifestsDir(), `${key}.json`)));
+  for (const key of orphans) rmSync(join(modelsDir(), key), { recursive: true, force: true });
+  const used = usedBlobNames(modelDirs.filter((key) => !orphans.includes(key)));
   const leftovers = [
     ...filesIn(blobsDir()).filter((path) => !used.has(basename(path))),
     ...filesIn(downloadsDir()),
@@ -92,10 +98,10 @@ function removeLeftovers(): { files: number; bytes: number } {
 }
 
 /** The blob file names stored models use: their manifests', and their directories' links (a model whose manifest is unreadable keeps its files until `mlx rm`). */
-function usedBlobNames(): Set<string> {
+function usedBlobNames(modelDirs: string[]): Set<string> {
   const models = [
     ...[...loadIndex().values()].map((m) => m.blobs),
-    ...(existsSync(modelsDir()) ? readdirSync(modelsDir()) : []).map((key) => linkedBlobs(decodeURIComponent(key))),
+    ...modelDirs.map((key) => linkedBlobs(decodeURIComponent(key))),
   ];
   return new Set(models.flatMap((blobs) => Object.keys(blobs).map((sha256) => basename(blobPath(sha256)))));
 }
