@@ -874,6 +874,19 @@ describe("locks", () => {
     expect(existsSync(join(locksDir(), "store.lock"))).toBe(false);
   });
 
+  test("a lock that is no lock (a directory in its place) is one line saying so, not a wait that never ends", async () => {
+    mkdirSync(join(locksDir(), "store.lock", "inside"), { recursive: true });
+    // In another process: the wait spun without yielding, so this one could not even time it out.
+    const proc = cli(["list"]);
+    const timer = setTimeout(() => proc.kill(), 5_000);
+    const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+    clearTimeout(timer);
+    expect({ code, stderr }).toEqual({
+      code: 1,
+      stderr: `error: cannot read the lock ${join(locksDir(), "store.lock")} (it is a directory): remove it if no mlx process is running\n`,
+    });
+  });
+
   test("a lock naming this very process was left by an earlier one that had its pid (a restarted container)", async () => {
     mkdirSync(locksDir(), { recursive: true });
     // This process waits for no lock of its own: its callers queue before they reach the file.

@@ -8,7 +8,7 @@
 import { mkdirSync, readdirSync, readFileSync, readlinkSync, symlinkSync, unlinkSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { writeErrorReason } from "../format";
+import { fileErrorReason, writeErrorReason } from "../format";
 import { locksDir } from "./paths";
 
 export interface LockOptions {
@@ -140,8 +140,12 @@ function readHolder(path: string): number | "dead" | "gone" {
     // A plain file: the lock of an earlier mlx, which wrote its pid into it.
     try {
       holder = readFileSync(path, "utf8");
-    } catch {
-      return "gone";
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === "ENOENT") return "gone";
+      // Something no mlx made (a directory): taken for released, the wait would spin for ever.
+      throw new Error(
+        `cannot read the lock ${path} (${fileErrorReason(error)}): remove it if no mlx process is running`,
+      );
     }
   }
   const pid = Number.parseInt(holder, 10);
