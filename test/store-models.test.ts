@@ -766,6 +766,20 @@ describe("what interrupted pulls leave", () => {
     },
     TEST_TIMEOUT_MS,
   );
+  test(
+    "a manifests folder mlx verify cannot read (a file in its place) does not make every model's files leftovers",
+    async () => {
+      await pull(fakeModel("alpha"));
+      const home = process.env.MLX_HOME!;
+      const blobs = readdirSync(join(home, "blobs"));
+      renameSync(join(home, "manifests"), join(work, "manifests-aside"));
+      writeFileSync(join(home, "manifests"), "");
+      expect((await cliResult(["verify"])).code).toBe(0);
+      expect(readdirSync(join(home, "blobs"))).toEqual(blobs);
+      expect(readdirSync(join(home, "models"))).toEqual(["alpha"]);
+    },
+    TEST_TIMEOUT_MS,
+  );
 });
 
 describe("damage seen cheaply", () => {

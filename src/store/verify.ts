@@ -81,7 +81,8 @@ function removeLeftovers(): { files: number; bytes: number } {
   // A directory of links with no manifest: what `mlx rm` killed after removing the manifest, or a
   // process killed while linking a model's files (<key>.<pid>.tmp), left. Under the store lock,
   // which every change to a model holds, no live process is making one.
-  const orphans = modelDirs.filter((key) => !existsSync(join(manifestsDir(), `${key}.json`)));
+  const manifests = manifestFileNames();
+  const orphans = manifests ? modelDirs.filter((key) => !manifests.has(`${key}.json`)) : [];
   for (const key of orphans) rmSync(join(modelsDir(), key), { recursive: true, force: true });
   const used = usedBlobNames(modelDirs.filter((key) => !orphans.includes(key)));
   const leftovers = [
@@ -95,6 +96,18 @@ function removeLeftovers(): { files: number; bytes: number } {
     rmSync(path, { force: true });
   }
   return { files: leftovers.length, bytes };
+}
+
+/**
+ * The manifests folder's file names; none when there is no folder. Undefined when it cannot be
+ * read (its permissions, say): then every model's directory would look orphaned, its files unused.
+ */
+function manifestFileNames(): Set<string> | undefined {
+  try {
+    return new Set(readdirSync(manifestsDir()));
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "ENOENT" ? new Set() : undefined;
+  }
 }
 
 /** The blob file names stored models use: their manifests', and their directories' links (a model whose manifest is unreadable keeps its files until `mlx rm`). */
