@@ -473,6 +473,23 @@ describe("damage", () => {
   );
 
   test(
+    "mlx show of a stored model whose config.json was damaged on disk names the file, and how to repair it",
+    async () => {
+      await pull(fakeModel("alpha"));
+      const config = blobPath(readManifest("alpha")!.files.find((f) => f.name === "config.json")!.sha256);
+      const bytes = readFileSync(config);
+      bytes.write("x", 0); // same size: only reading or hashing it would see it
+      writeFileSync(config, bytes);
+      const { code, stdout, stderr } = await cliResult(["show", "alpha"]);
+      expect({ code, stdout }).toEqual({ code: 1, stdout: "" });
+      expect(stderr).toBe(
+        `error: ${join(process.env.MLX_HOME!, "models", "alpha", "config.json")} is not JSON: JSON Parse error: Unexpected identifier "x"; stored model 'alpha' may be damaged: run \`mlx verify\`, then run \`mlx pull alpha\`\n`,
+      );
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "the command mlx verify prints for a model whose name a shell would split (a space, a #) is quoted, and runs",
     async () => {
       const dir = fakeModel("my model #2");

@@ -167,7 +167,12 @@ function configSummary(manifest: ModelManifest, missing: Set<string>): Record<st
     return gguf && !missing.has(gguf.name) ? ggufSummary(blobPath(gguf.sha256)) : undefined;
   }
   if (missing.has(file.name)) return undefined;
-  return glanceFields(JSON.parse(readFileSync(blobPath(file.sha256), "utf8")));
+  try {
+    return glanceFields(JSON.parse(readFileSync(blobPath(file.sha256), "utf8")));
+  } catch (error) {
+    // Named as the model's directory has it (a blob's name tells the user nothing), as directoryConfig does.
+    throw new Error(`${join(loadPath(manifest), file.name)} is not JSON: ${(error as Error).message}`);
+  }
 }
 
 /** The CONFIG_FIELDS a config.json sets. */
