@@ -905,6 +905,27 @@ describe("locks", () => {
     expect(existsSync(join(locksDir(), "store.lock"))).toBe(false);
   });
 
+  // A disk whose inodes are used up (a tmpfs with few, in a user namespace, where the system allows one).
+  test.skipIf(Bun.spawnSync(["unshare", "-rm", "true"], { stderr: "ignore" }).exitCode !== 0)(
+    "a disk with no room for even a lock says so, not that mlx needs write access",
+    async () => {
+      const disk = join(work, "disk");
+      mkdirSync(disk);
+      const script = `
+        mount -t tmpfs -o size=10m,nr_inodes=20 tmpfs ${disk} || exit 9
+        i=0; while touch ${disk}/f$i 2>/dev/null; do i=$((i+1)); done
+        MLX_HOME=${disk}/home ${JSON.stringify(process.execPath)} ${JSON.stringify(main)} list`;
+      const proc = Bun.spawn(["unshare", "-rm", "sh", "-c", script], { stdout: "pipe", stderr: "pipe" });
+      const stderr = await new Response(proc.stderr).text();
+      expect(await proc.exited).toBe(1);
+      expect(stderr).toStartWith("error: cannot create the lock ");
+      expect(stderr).toEndWith(
+        ": the disk holding $MLX_HOME has no room left even for an empty file (no free inodes, or a full quota); free some space on it\n",
+      );
+    },
+    TEST_TIMEOUT_MS,
+  );
+
   test("a lock that is no lock (a directory in its place) is one line saying so, not a wait that never ends", async () => {
     mkdirSync(join(locksDir(), "store.lock", "inside"), { recursive: true });
     // In another process: the wait spun without yielding, so this one could not even time it out.

@@ -111,6 +111,12 @@ function tryCreate(path: string): boolean {
  * could not make ($MLX_HOME a file): say what failed instead.
  */
 function cannotCreate(path: string, error: unknown): Error {
+  // Write access is not what is missing there: the disk has no room for even an empty file (its inodes used up).
+  const code = (error as NodeJS.ErrnoException).code;
+  if (code === "ENOSPC" || code === "EDQUOT")
+    return new Error(
+      `cannot create the lock ${path}: the disk holding $MLX_HOME has no room left even for an empty file (no free inodes, or a full quota); free some space on it`,
+    );
   return new Error(
     `cannot create the lock ${path} (${writeErrorReason(error)}): mlx needs write access to its store ($MLX_HOME)`,
   );
