@@ -490,6 +490,31 @@ describe("damage", () => {
   );
 
   test(
+    "mlx pull of a damaged model stored from a directory that is gone says so, from any working directory",
+    async () => {
+      const source = fakeModel("alpha");
+      await pull(source);
+      rmSync(source, { recursive: true });
+      expect(await cliResult(["pull", "alpha"])).toMatchObject({
+        code: 0,
+        stdout: `${join(process.env.MLX_HOME!, "models", "alpha")}\n`,
+      });
+      const weights = readManifest("alpha")!.files.find((f) => f.name === "model.safetensors")!;
+      writeFileSync(blobPath(weights.sha256), "short");
+      // From the directory it was in (where 'alpha' is its path), and from another.
+      for (const cwd of [join(work, "src"), work]) {
+        const proc = Bun.spawn([process.execPath, main, "pull", "alpha"], { cwd, env: process.env, stderr: "pipe" });
+        const stderr = await new Response(proc.stderr).text();
+        expect(await proc.exited).toBe(1);
+        expect(stderr).toBe(
+          `error: 'alpha' was stored from ${source}, which is gone: pull it from where its files are now (mlx pull PATH), or remove it (mlx rm alpha)\n`,
+        );
+      }
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "the command mlx verify prints for a model whose name a shell would split (a space, a #) is quoted, and runs",
     async () => {
       const dir = fakeModel("my model #2");

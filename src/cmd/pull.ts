@@ -3,6 +3,7 @@ import { defineCommand } from "citty";
 import { existsSync } from "node:fs";
 import { resolve } from "node:path";
 import { looksLikeHubRepo } from "../store/hf";
+import { blobPresent } from "../store/blobs";
 import { readManifest } from "../store/manifest";
 import { createProgressReporter } from "../store/progress";
 import { loadAliases } from "../store/aliases";
@@ -73,6 +74,13 @@ export default defineCommand({
         return;
       }
       const request = weightsRequest(args.model);
+      // A damaged model stored from a directory or file on this machine is stored again from there.
+      const stored = readManifest(args.model);
+      const gone = stored?.source === request.source && !isRemoteSource(request.source) && !existsSync(request.source);
+      if (gone && (await Promise.all(stored.files.map(blobPresent))).includes(false))
+        throw new Error(
+          `'${args.model}' was stored from ${request.source}, which is gone: pull it from where its files are now (mlx pull PATH), or remove it (mlx rm ${shellWord(args.model)})`,
+        );
       if (request.source === resolve(args.model) && !existsSync(request.source)) {
         // A bare word that names nothing: say so (with names like it) rather than "no such path".
         if (!looksLikePath(args.model)) throw await unknownModelError(args.model);
