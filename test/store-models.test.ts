@@ -780,7 +780,7 @@ describe("what interrupted pulls leave", () => {
   );
 
   test(
-    "a model whose manifest is missing (mlx rm killed between its steps) is not kept by its directory: mlx verify frees its files",
+    "a model whose manifest is missing (mlx rm killed between its steps) is not kept by its directory: mlx verify frees its files, and a killed conversion's staging folder",
     async () => {
       await pull(fakeModel("alpha"));
       await pull(fakeModel("beta"));
@@ -804,6 +804,13 @@ describe("what interrupted pulls leave", () => {
       expect(existsSync(blobPath(weights.sha256))).toBe(false);
       expect(readdirSync(join(home, "models"))).toEqual(["alpha"]);
       expect(await openStoredModel("alpha")).toBeDefined(); // the files it shared with beta stay
+
+      // The staging folder of a conversion killed while it wrote.
+      const staging = join(home, "tmp", "convert.123.abcd1234.tmp.partial-123");
+      mkdirSync(staging, { recursive: true });
+      writeFileSync(join(staging, "model.safetensors"), fakeWeights(1_000));
+      expect((await cliResult(["verify"])).stdout).toContain("removed 1 file that interrupted or failed pulls left");
+      expect(readdirSync(join(home, "tmp"))).toEqual([]);
       expect((await cliResult(["verify"])).stdout).toBe("checked 3 files (10.1 KB)\nall stored models are intact\n");
     },
     TEST_TIMEOUT_MS,

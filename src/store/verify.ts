@@ -95,6 +95,9 @@ function removeLeftovers(): { files: number; bytes: number } {
     bytes += lstatSync(path).size;
     rmSync(path, { force: true });
   }
+  // The folders they were in: a conversion's staging folder (<tmp>/convert.*.tmp.partial-<pid>/).
+  for (const entry of readdirSync(tmpDir(), { withFileTypes: true }))
+    if (entry.isDirectory()) rmSync(join(tmpDir(), entry.name), { recursive: true, force: true });
   return { files: leftovers.length, bytes };
 }
 
