@@ -1248,6 +1248,25 @@ describe("commands and bad input", () => {
   );
 
   test(
+    "mlx pull of a directory whose weights were cut short (a copy interrupted) says so, and stores nothing",
+    async () => {
+      const dir = fakeModel("cut");
+      // A safetensors file of one float32 tensor of 4 values, its last 8 bytes missing.
+      const table = Buffer.from(JSON.stringify({ w: { dtype: "F32", shape: [4], data_offsets: [0, 16] } }));
+      const length = Buffer.alloc(8);
+      length.writeBigUInt64LE(BigInt(table.length));
+      writeFileSync(join(dir, "model.safetensors"), Buffer.concat([length, table, Buffer.alloc(8)]));
+      expect(await cliResult(["pull", dir])).toMatchObject({
+        code: 1,
+        stderr: `error: ${dir}: model.safetensors is truncated: tensor 'w' ends at byte ${8 + table.length + 16}, file has ${8 + table.length + 8}\n`,
+      });
+      expect(await names()).toEqual([]);
+      expect(blobCount()).toBe(0);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "mlx pull of org/repo that is no path points at hf:org/repo",
     async () => {
       const { code, stderr } = await cliResult(["pull", "mlx-community/Llama-3.2-1B-Instruct-4bit"]);
