@@ -1248,7 +1248,7 @@ describe("commands and bad input", () => {
   );
 
   test(
-    "mlx pull of a directory whose weights were cut short (a copy interrupted) says so, and stores nothing",
+    "mlx pull of a directory whose weights or tokenizer were cut short (a copy interrupted) says so, and stores nothing",
     async () => {
       const dir = fakeModel("cut");
       // A safetensors file of one float32 tensor of 4 values, its last 8 bytes missing.
@@ -1262,6 +1262,14 @@ describe("commands and bad input", () => {
       });
       expect(await names()).toEqual([]);
       expect(blobCount()).toBe(0);
+
+      const tokenizer = fakeModel("cut-tokenizer");
+      writeFileSync(join(tokenizer, "tokenizer.json"), SHARED_TOKENIZER.slice(0, 20));
+      const { code, stderr } = await cliResult(["pull", tokenizer]);
+      expect(code).toBe(1);
+      expect(stderr).toStartWith(`error: ${tokenizer}: tokenizer.json is not JSON (cut short?): JSON Parse error`);
+      expect(stderr.trim().split("\n")).toHaveLength(1);
+      expect(await names()).toEqual([]);
     },
     TEST_TIMEOUT_MS,
   );

@@ -139,6 +139,14 @@ export function describeFiles(files: ManifestFile[]): Pick<ModelManifest, "forma
     if (!files.some((f) => f.name.endsWith(".safetensors")))
       throw new Error("no .safetensors weights beside config.json");
     for (const f of files) if (f.name.endsWith(".safetensors")) refuseCutShort(f);
+    // Likewise the tokenizer's and other JSON files the loader parses: one cut short fails every load.
+    for (const f of files)
+      if (f.name.endsWith(".json") && f.name !== "config.json")
+        try {
+          JSON.parse(readFileSync(blobPath(f.sha256), "utf8"));
+        } catch (error) {
+          throw new Error(`${f.name} is not JSON (cut short?): ${(error as Error).message}`);
+        }
     let c: Record<string, unknown>;
     try {
       c = JSON.parse(readFileSync(blobPath(config.sha256), "utf8"));
