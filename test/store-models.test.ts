@@ -515,6 +515,26 @@ describe("damage", () => {
   );
 
   test(
+    "a model removed (mlx rm) while mlx verify hashes the store is not reported missing: its files went on purpose",
+    async () => {
+      await pull(fakeModel("alpha"));
+      await pull(fakeModel("beta"));
+      releaseModel("beta");
+      let removed = false;
+      const report = await verifyStore(() => {
+        if (removed) return;
+        removed = true;
+        const rm = Bun.spawnSync([process.execPath, main, "rm", "-y", "beta"], { env: process.env });
+        expect(rm.stderr.toString()).toBe("");
+      });
+      expect(removed).toBe(true);
+      expect(report).toMatchObject({ missing: [], corrupt: [], damagedModels: [] });
+      expect(await names()).toEqual(["alpha"]);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "the command mlx verify prints for a model whose name a shell would split (a space, a #) is quoted, and runs",
     async () => {
       const dir = fakeModel("my model #2");

@@ -64,13 +64,22 @@ export async function verifyStore(
     // A wrong size is proof enough; hashing is only needed when the size agrees.
     if (onDisk !== size || (await hashFile(blobPath(sha256))).sha256 !== sha256) report.corrupt.push(sha256);
   }
+  let current = models;
   await withStoreLock(async () => {
+    // A model removed (or evicted) while the blobs were hashed: its files went on purpose, and
+    // one it shared may have gone with it; what no stored model uses now is only left over.
+    current = loadIndex();
+    const used = new Set([...current.values()].flatMap((m) => Object.keys(m.blobs)));
+    report.missing = report.missing.filter((sha) => used.has(sha));
+    report.corrupt = report.corrupt.filter((sha) => used.has(sha));
     for (const sha of report.corrupt) await removeBlob(sha);
     // A running pull's files are not a model's yet: they only look left over.
     const runningPulls = busyLockHolders();
     report.leftovers = runningPulls.length > 0 ? { runningPulls: [...new Set(runningPulls)] } : removeLeftovers();
   });
-  const damaged = new Set([...report.corrupt, ...report.missing].flatMap((sha) => users.get(sha) ?? []));
+  const damaged = new Set(
+    [...report.corrupt, ...report.missing].flatMap((sha) => users.get(sha) ?? []).filter((name) => current.has(name)),
+  );
   report.damagedModels = [...damaged].sort();
   return report;
 }
