@@ -67,6 +67,15 @@ export class UnsupportedError extends Error {
   }
 }
 
+/**
+ * The model's chat template uses what our renderer (@huggingface/jinja) lacks of Python's Jinja2,
+ * which transformers and vLLM render it with: the server's limit, not the request's fault (a
+ * template's own raise_exception, refusing the messages, is an InvalidParameterError).
+ */
+export class ChatTemplateUnsupportedError extends Error {
+  override name = "ChatTemplateUnsupportedError";
+}
+
 /** An adapter directory that is missing, malformed, or does not fit the model it is applied to. */
 export class AdapterError extends Error {
   override name = "AdapterError";

@@ -4,6 +4,7 @@ import { describe, expect, test } from "bun:test";
 import { errorLine } from "../src/cmd/errors";
 import { SchemaError } from "../src/engine/grammar";
 import {
+  ChatTemplateUnsupportedError,
   ContextLengthError,
   InvalidParameterError,
   ModelNotFoundError,
@@ -31,6 +32,14 @@ const cases: [Error, number, string | null, RegExp][] = [
     /^invalid input: the model's chat template/,
   ],
   [new UnsupportedError("this model has no chat template", "messages"), 400, "unsupported", /no chat template/],
+  [
+    new ChatTemplateUnsupportedError(
+      "the model's chat template uses what this server's template renderer does not support: x",
+    ),
+    500,
+    "chat_template_unsupported",
+    /^the model's chat template uses what/,
+  ],
   [new SchemaError("invalid schema: x"), 400, "invalid_schema", /^invalid schema/],
   [new QueueFullError("the queue is full"), 429, "queue_full", /try again/],
   [new ModelLoadError("cannot load x\nmore detail"), 500, "model_load_failed", /^cannot load x$/],
@@ -46,6 +55,10 @@ describe("typed errors", () => {
       expect(errorLine(error)).not.toContain("\n");
     });
   }
+
+  test("a chat template the renderer cannot render is not retried by OpenAI's and Anthropic's clients", () => {
+    expect(toApiError(new ChatTemplateUnsupportedError("x")).headers).toEqual({ "x-should-retry": "false" });
+  });
 
   test("an invalid parameter names it in the HTTP error", () => {
     expect(toApiError(new InvalidParameterError("bad", "logit_bias")).param).toBe("logit_bias");

@@ -16,9 +16,12 @@ import {
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { gunzipSync } from "node:zlib";
-import { Tokenizer } from "../src/tokenizer/tokenizer";
+import { TemplateRaisedError, Tokenizer } from "../src/tokenizer/tokenizer";
 import { tokenizerFilesFromGGUF } from "../src/tokenizer/gguf";
 import { chatTokens } from "../src/engine/prompt";
+import { renderChat } from "../src/engine/request";
+import { ChatTemplateUnsupportedError, InvalidParameterError } from "../src/errors";
+import type { LoadedModel } from "../src/models/load";
 
 const FIXTURES = join(import.meta.dir, "fixtures");
 
@@ -203,7 +206,7 @@ describe("chat template", () => {
         "{{ enable_thinking }}|{% if add_generation_prompt %}gen{% endif %}";
       const tok = new Tokenizer(tokenizerJson, { ...tokenizerConfig, chat_template: template });
       expect(tok.applyChatTemplate([], { extra: { enable_thinking: false } })).toBe(
-        "<|im_start|>|<|im_end|>|<|im_end|>|<|endoftext|>|no tools|false|gen",
+        "<|im_start|>|<|im_end|>|<|im_end|>|<|endoftext|>|no tools|False|gen",
       );
       expect(
         tok.applyChatTemplate([], {
@@ -211,7 +214,7 @@ describe("chat template", () => {
           addGenerationPrompt: false,
           extra: { enable_thinking: true },
         }),
-      ).toBe("<|im_start|>|<|im_end|>|<|im_end|>|<|endoftext|>|1 tools|true|");
+      ).toBe("<|im_start|>|<|im_end|>|<|im_end|>|<|endoftext|>|1 tools|True|");
     },
     SLOW,
   );
@@ -293,6 +296,53 @@ describe("chat template", () => {
     expect(qwen3.applyChatTemplate(messages)).toBe(
       "<|im_start|>user\ncode?<|im_end|>\n<|im_start|>assistant\n    x = 1\n<|im_end|>\n" +
         "<|im_start|>user\nmore<|im_end|>\n<|im_start|>assistant\n",
+    );
+  });
+  // Expected renderings from transformers (Python's Jinja2 prints str() of a value): @huggingface/jinja
+  // printed true, nothing for None and JSON for dicts and lists, and threw on `none | string`.
+  test("values print, and `| string` and `~` convert them, as Python's str() does", () => {
+    const template =
+      "{{ true }}|{{ none }}|{{ x }}|{{ x | string }}|{{ 'a' ~ none ~ 1.0 ~ f }}|{{ u }}|{{ (1, 2) }}|" +
+      "{{ d.q }}|{{ 0.1 }}|{{ 123.5 }}|{% if true %}{{ false }}{% endif %}|{{ 12345678901234.5 }}|{{ [1.0, -0.0] }}";
+    const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template: template });
+    const extra = {
+      x: { a: null, b: [1, 2.5, "it's", true], c: 'q"x\n' },
+      f: 0.00001,
+      d: { q: `say "hi" it's` },
+    };
+    expect(tok.applyChatTemplate([], { extra })).toBe(
+      `True|None|{'a': None, 'b': [1, 2.5, "it's", True], 'c': 'q"x\\n'}|` +
+        `{'a': None, 'b': [1, 2.5, "it's", True], 'c': 'q"x\\n'}|aNone1.01e-05||(1, 2)|` +
+        `say "hi" it's|0.1|123.5|False|12345678901234.5|[1.0, -0.0]`,
+    );
+  });
+  // Qwen3-Coder's template writes each tool's schema values with `| string` (a "default": null
+  // threw, a 400 for the request) and a call's arguments too: expected from transformers.
+  test("Qwen3-Coder's template renders a tool schema's null and booleans as transformers does", () => {
+    const qwen3Coder = new Tokenizer(hfTokenizerJson, {
+      ...fixture.hf_tokenizer_config,
+      chat_template: readFileSync(join(FIXTURES, "templates", "qwen3-coder.jinja"), "utf8"),
+    });
+    const chat = JSON.parse(readFileSync(join(FIXTURES, "templates", "qwen3-coder-chat.json"), "utf8"));
+    expect(qwen3Coder.applyChatTemplate(chat.messages, { tools: chat.tools })).toBe(chat.expected);
+  });
+  // A template's raise_exception refuses the request (400); a feature of Python's Jinja2 the
+  // renderer lacks is the server's limit, told apart (it was the same 400 blaming the messages).
+  test("raise_exception is told apart from what the renderer does not support", () => {
+    const withTemplate = (chat_template: string) => ({
+      tokenizer: new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template }),
+    });
+    const messages = [{ role: "user" as const, content: "hi" }];
+    const raising = withTemplate("{{ raise_exception('roles must alternate') }}");
+    expect(() => raising.tokenizer.applyChatTemplate(messages)).toThrow(TemplateRaisedError);
+    expect(() => renderChat(raising as LoadedModel, messages)).toThrow(InvalidParameterError);
+    expect(() => renderChat(raising as LoadedModel, messages)).toThrow(
+      "the model's chat template rejected the messages: roles must alternate",
+    );
+    const unsupported = withTemplate("{{ messages[0].content | wordcount }}");
+    expect(() => renderChat(unsupported as LoadedModel, messages)).toThrow(ChatTemplateUnsupportedError);
+    expect(() => renderChat(unsupported as LoadedModel, messages)).toThrow(
+      "the model's chat template uses what this server's template renderer does not support: ",
     );
   });
   // Python's strftime (transformers' strftime_now) in the C locale, as Llama 3.2's, Granite's and

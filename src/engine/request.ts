@@ -2,10 +2,10 @@
 // APIs, `mlx run`, `mlx chat`, the library): the prompt turned into token ids (chat template,
 // tools), checked against the vocabulary and the context, max_tokens settled, the grammar the
 // answer must follow and every logits processor.
-import { ContextLengthError, InvalidParameterError, UnsupportedError } from "../errors";
+import { ChatTemplateUnsupportedError, ContextLengthError, InvalidParameterError, UnsupportedError } from "../errors";
 import { BudgetError } from "./budget/steering";
 import type { LoadedModel } from "../models/load";
-import type { Tokenizer } from "../tokenizer/tokenizer";
+import { TemplateRaisedError, type Tokenizer } from "../tokenizer/tokenizer";
 import { createJsonConstraint, SchemaError, type GrammarConstraint, type JsonFormat } from "./grammar";
 import { chatText, promptText } from "./prompt";
 import { runStepsAsync, type Steps } from "../event-loop";
@@ -320,9 +320,11 @@ function withTemplateErrors<T>(fn: () => T): T {
     return fn();
   } catch (error) {
     // A template's raise_exception (e.g. roles that must alternate) is the request's fault.
-    throw new InvalidParameterError(
-      `the model's chat template rejected the messages: ${(error as Error).message}`,
-      "messages",
+    if (error instanceof TemplateRaisedError)
+      throw new InvalidParameterError(`the model's chat template rejected the messages: ${error.message}`, "messages");
+    // Anything else is our renderer failing where Python's Jinja2 (transformers, vLLM) renders.
+    throw new ChatTemplateUnsupportedError(
+      `the model's chat template uses what this server's template renderer does not support: ${(error as Error).message}`,
     );
   }
 }

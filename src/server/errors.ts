@@ -11,6 +11,7 @@ import { EmbeddingCancelled } from "../engine/embed";
 import { SchemaError } from "../engine/grammar";
 import {
   AdapterError,
+  ChatTemplateUnsupportedError,
   ConfigError,
   ContextLengthError,
   InvalidParameterError,
@@ -121,6 +122,11 @@ export function toApiError(error: unknown, onInternal?: (error: unknown) => void
     return new ApiError(500, error.message.split("\n")[0]!, "server_error", "model", "adapter_load_failed");
   if (error instanceof ModelLoadError)
     return new ApiError(500, error.message.split("\n")[0]!, "server_error", "model", "model_load_failed");
+  // The same request fails the same way again: OpenAI's and Anthropic's clients retry a 500 unless told not to.
+  if (error instanceof ChatTemplateUnsupportedError)
+    return new ApiError(500, error.message, "server_error", "messages", "chat_template_unsupported", {
+      "x-should-retry": "false",
+    });
   // The store's files, not the request, are at fault: the message names the model and its repair.
   if (error instanceof StoreDamageError)
     return new ApiError(500, error.message, "server_error", "model", "model_damaged");

@@ -540,6 +540,88 @@ function pythonStrip(side: StripSide, value: unknown, chars: unknown): string {
   return points.slice(start, end).join("");
 }
 
+/** A value as the library holds it while rendering (a string, number, list, dict...). */
+type TemplateValue = { type: string; value: unknown };
+
+/**
+ * A chat template's raise_exception: the template refuses the messages (roles that do not
+ * alternate, a tool call without a name...), which is the request's fault, unlike a feature of
+ * Python's Jinja2 the library lacks.
+ */
+export class TemplateRaisedError extends Error {
+  override name = "TemplateRaisedError";
+}
+
+/** Python's repr of a float: the shortest digits, positional from 1e-4 up to 1e16, else 1e-05 or 1.5e+16. */
+function pythonFloat(x: number): string {
+  if (!Number.isFinite(x)) return Number.isNaN(x) ? "nan" : x > 0 ? "inf" : "-inf";
+  if (Object.is(x, -0)) return "-0.0";
+  const [mantissa, exponentText] = Math.abs(x).toExponential().split("e") as [string, string];
+  const exponent = Number(exponentText);
+  const digits = mantissa.replace(".", "");
+  const sign = x < 0 ? "-" : "";
+  if (exponent < -4 || exponent >= 16)
+    return `${sign}${mantissa}e${exponent < 0 ? "-" : "+"}${String(Math.abs(exponent)).padStart(2, "0")}`;
+  if (exponent < 0) return `${sign}0.${"0".repeat(-exponent - 1)}${digits}`;
+  const whole = digits.slice(0, exponent + 1).padEnd(exponent + 1, "0");
+  return `${sign}${whole}.${digits.slice(exponent + 1) || "0"}`;
+}
+
+/** Python's repr of a str: single quotes unless it holds one and no double quote; escapes as Python's. */
+function pythonStringRepr(text: string): string {
+  const quote = text.includes("'") && !text.includes('"') ? '"' : "'";
+  const escapes: Record<string, string> = {
+    "\\": "\\\\",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    [quote]: `\\${quote}`,
+  };
+  let out = "";
+  for (const char of text) {
+    const code = char.codePointAt(0)!;
+    out +=
+      escapes[char] ??
+      (code < 0x20 || (code >= 0x7f && code < 0xa0) ? `\\x${code.toString(16).padStart(2, "0")}` : char);
+  }
+  return quote + out + quote;
+}
+
+/** Python's str() of a value, as Jinja2 prints it ({{ x }}, x | string, x ~ y): True, None, {'a': 1}. */
+function pythonStr(value: TemplateValue | undefined): string {
+  if (value?.type === "StringValue") return value.value as string;
+  return value?.type === "UndefinedValue" || value === undefined ? "" : pythonRepr(value);
+}
+
+function pythonRepr(value: TemplateValue): string {
+  switch (value.type) {
+    case "StringValue":
+      return pythonStringRepr(value.value as string);
+    case "BooleanValue":
+      return value.value ? "True" : "False";
+    case "NullValue":
+    case "UndefinedValue":
+      return "None";
+    case "FloatValue":
+      return pythonFloat(value.value as number);
+    case "ArrayValue":
+      return `[${(value.value as TemplateValue[]).map(pythonRepr).join(", ")}]`;
+    case "TupleValue": {
+      const items = (value.value as TemplateValue[]).map(pythonRepr);
+      return `(${items.join(", ")}${items.length === 1 ? "," : ""})`;
+    }
+    case "ObjectValue":
+    case "KeywordArgumentsValue": {
+      const entries = [...(value.value as Map<string, TemplateValue>)].map(
+        ([key, item]) => `${pythonStringRepr(key)}: ${pythonRepr(item)}`,
+      );
+      return `{${entries.join(", ")}}`;
+    }
+    default:
+      return String(value.value);
+  }
+}
+
 /** What a rewritten call (see withPythonBuiltins) calls, by its name in the template's variables. */
 const PYTHON_BUILTINS: Record<string, (...args: unknown[]) => string> = {
   ...Object.fromEntries(
@@ -549,7 +631,25 @@ const PYTHON_BUILTINS: Record<string, (...args: unknown[]) => string> = {
     ]),
   ),
   __python_strftime_now: (format: unknown) => strftimeNow(String(format)),
+  // Given its value in a list: the library hands a function a value's contents, and 1.0's are 1's.
+  __python_str: (boxed: unknown) => pythonStr((boxed as TemplateValue[])[0]),
+  __python_raise_exception: (message: unknown) => {
+    throw new TemplateRaisedError(String(message));
+  },
 };
+
+/** The statements of a template's body; anything else there is an expression it prints ({{ x }}). */
+const STATEMENTS = new Set([
+  "Set",
+  "If",
+  "For",
+  "Macro",
+  "CallStatement",
+  "Break",
+  "Continue",
+  "FilterStatement",
+  "Comment",
+]);
 
 /**
  * Where @huggingface/jinja's builtins part from Python's, which templates are written for, the
@@ -557,18 +657,42 @@ const PYTHON_BUILTINS: Record<string, (...args: unknown[]) => string> = {
  * replace its own): `x.lstrip(c)` (also strip, rstrip) becomes `__python_lstrip(x, c)`, as the
  * library's ignore the characters given and strip whitespace (Qwen3's template keeps an answer
  * with `.lstrip('\n')`, and lost the indentation of one that opens with code); `strftime_now(f)`
- * becomes `__python_strftime_now(f)` (see strftimeNow).
+ * becomes `__python_strftime_now(f)` (see strftimeNow); what the template prints (`{{ x }}`),
+ * `x | string` and both sides of `x ~ y` become `__python_str([x])`, as the library writes
+ * JavaScript's true, null (or nothing) and JSON where Python writes True, None and {'a': 1}, and
+ * throws on `none | string` (Qwen3-Coder's template writes a tool's schema values with it); and
+ * `raise_exception(m)` throws a TemplateRaisedError, told apart from the library's own errors.
  */
 function withPythonBuiltins(template: Template): Template {
   type Node = { type?: string; [key: string]: unknown };
+  const call = (name: string, args: unknown[]): Node => ({
+    type: "CallExpression",
+    callee: { type: "Identifier", value: name },
+    args,
+  });
+  const str = (node: unknown): Node => call("__python_str", [{ type: "ArrayLiteral", value: [node] }]);
+  const printed = (node: Node) => (STATEMENTS.has(node.type!) || node.type === "StringLiteral" ? node : str(node));
   const visit = (node: unknown): void => {
     if (!node || typeof node !== "object") return;
     if (Array.isArray(node)) return node.forEach(visit);
     const n = node as Node;
+    for (const child of Object.values(n)) visit(child);
     const callee = n.callee as Node | undefined;
     const method = callee?.property as Node | undefined;
+    for (const block of ["body", "alternate", "defaultBlock"])
+      if (Array.isArray(n[block])) n[block] = (n[block] as Node[]).map(printed);
     if (n.type === "CallExpression" && callee?.type === "Identifier" && callee.value === "strftime_now")
       callee.value = "__python_strftime_now";
+    if (n.type === "CallExpression" && callee?.type === "Identifier" && callee.value === "raise_exception")
+      callee.value = "__python_raise_exception";
+    if (n.type === "BinaryExpression" && (n.operator as Node).value === "~")
+      [n.left, n.right] = [str(n.left), str(n.right)];
+    if (
+      n.type === "FilterExpression" &&
+      (n.filter as Node).type === "Identifier" &&
+      (n.filter as Node).value === "string"
+    )
+      Object.assign(n, str(n.operand), { operand: undefined, filter: undefined });
     if (
       n.type === "CallExpression" &&
       callee?.type === "MemberExpression" &&
@@ -581,7 +705,6 @@ function withPythonBuiltins(template: Template): Template {
       method.value = `__python_${method.value}`;
       n.callee = method;
     }
-    for (const child of Object.values(n)) visit(child);
   };
   visit(template.parsed);
   return template;
