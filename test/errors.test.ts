@@ -34,11 +34,11 @@ const cases: [Error, number, string | null, RegExp][] = [
   [new UnsupportedError("this model has no chat template", "messages"), 400, "unsupported", /no chat template/],
   [
     new ChatTemplateUnsupportedError(
-      "the model's chat template uses what this server's template renderer does not support: x",
+      "the model's chat template uses a feature of Python's Jinja2 that mlx's template renderer lacks: x",
     ),
     500,
     "chat_template_unsupported",
-    /^the model's chat template uses what/,
+    /^the model's chat template uses a feature/,
   ],
   [new SchemaError("invalid schema: x"), 400, "invalid_schema", /^invalid schema/],
   [new QueueFullError("the queue is full"), 429, "queue_full", /try again/],

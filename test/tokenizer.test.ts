@@ -342,7 +342,7 @@ describe("chat template", () => {
     const unsupported = withTemplate("{{ messages[0].content | wordcount }}");
     expect(() => renderChat(unsupported as LoadedModel, messages)).toThrow(ChatTemplateUnsupportedError);
     expect(() => renderChat(unsupported as LoadedModel, messages)).toThrow(
-      "the model's chat template uses what this server's template renderer does not support: ",
+      "the model's chat template uses a feature of Python's Jinja2 that mlx's template renderer lacks: ",
     );
   });
   // Python's strftime (transformers' strftime_now) in the C locale, as Llama 3.2's, Granite's and

@@ -324,7 +324,7 @@ function withTemplateErrors<T>(fn: () => T): T {
       throw new InvalidParameterError(`the model's chat template rejected the messages: ${error.message}`, "messages");
     // Anything else is our renderer failing where Python's Jinja2 (transformers, vLLM) renders.
     throw new ChatTemplateUnsupportedError(
-      `the model's chat template uses what this server's template renderer does not support: ${(error as Error).message}`,
+      `the model's chat template uses a feature of Python's Jinja2 that mlx's template renderer lacks: ${(error as Error).message}`,
     );
   }
 }
