@@ -316,6 +316,13 @@ describe("chat template", () => {
         `say "hi" it's|0.1|123.5|False|12345678901234.5|[1.0, -0.0]`,
     );
   });
+  // Expected from transformers: Python's len() counts a string's code points (the library counted
+  // UTF-16 units, 2 for an emoji) and an undefined value's as 0 (the library threw).
+  test("| length counts as Python's len()", () => {
+    const template = "{{ 'héllo😀' | length }}|{{ [1, 2] | length }}|{{ d | length }}|{{ u | length }}";
+    const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template: template });
+    expect(tok.applyChatTemplate([], { extra: { d: { k: "v", j: [true] } } })).toBe("6|2|2|0");
+  });
   // Qwen3-Coder's template writes each tool's schema values with `| string` (a "default": null
   // threw, a 400 for the request) and a call's arguments too: expected from transformers.
   test("Qwen3-Coder's template renders a tool schema's null and booleans as transformers does", () => {

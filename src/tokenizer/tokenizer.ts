@@ -622,8 +622,27 @@ function pythonRepr(value: TemplateValue): string {
   }
 }
 
+/** Python's len(): a string's code points (JavaScript's length counts an emoji twice); undefined's 0, as Jinja2's. */
+function pythonLen(value: TemplateValue | undefined): number {
+  switch (value?.type) {
+    case "StringValue":
+      return [...(value.value as string)].length;
+    case "ArrayValue":
+    case "TupleValue":
+      return (value.value as unknown[]).length;
+    case "ObjectValue":
+    case "KeywordArgumentsValue":
+      return (value.value as Map<string, unknown>).size;
+    case "UndefinedValue":
+    case undefined:
+      return 0;
+    default:
+      throw new Error(`object of type ${value!.type} has no length`);
+  }
+}
+
 /** What a rewritten call (see withPythonBuiltins) calls, by its name in the template's variables. */
-const PYTHON_BUILTINS: Record<string, (...args: unknown[]) => string> = {
+const PYTHON_BUILTINS: Record<string, (...args: unknown[]) => string | number> = {
   ...Object.fromEntries(
     (["strip", "lstrip", "rstrip"] as const).map((side) => [
       `__python_${side}`,
@@ -631,12 +650,15 @@ const PYTHON_BUILTINS: Record<string, (...args: unknown[]) => string> = {
     ]),
   ),
   __python_strftime_now: (format: unknown) => strftimeNow(String(format)),
-  // Given its value in a list: the library hands a function a value's contents, and 1.0's are 1's.
   __python_str: (boxed: unknown) => pythonStr((boxed as TemplateValue[])[0]),
+  __python_len: (boxed: unknown) => pythonLen((boxed as TemplateValue[])[0]),
   __python_raise_exception: (message: unknown) => {
     throw new TemplateRaisedError(String(message));
   },
 };
+
+/** Filters of a whole value rewritten to call Python's (see withPythonBuiltins). */
+const VALUE_FILTERS: Record<string, string> = { string: "__python_str", length: "__python_len" };
 
 /** The statements of a template's body; anything else there is an expression it prints ({{ x }}). */
 const STATEMENTS = new Set([
@@ -660,7 +682,8 @@ const STATEMENTS = new Set([
  * becomes `__python_strftime_now(f)` (see strftimeNow); what the template prints (`{{ x }}`),
  * `x | string` and both sides of `x ~ y` become `__python_str([x])`, as the library writes
  * JavaScript's true, null (or nothing) and JSON where Python writes True, None and {'a': 1}, and
- * throws on `none | string` (Qwen3-Coder's template writes a tool's schema values with it); and
+ * throws on `none | string` (Qwen3-Coder's template writes a tool's schema values with it);
+ * `x | length` becomes `__python_len([x])`, a string's code points (not UTF-16 units); and
  * `raise_exception(m)` throws a TemplateRaisedError, told apart from the library's own errors.
  */
 function withPythonBuiltins(template: Template): Template {
@@ -670,7 +693,9 @@ function withPythonBuiltins(template: Template): Template {
     callee: { type: "Identifier", value: name },
     args,
   });
-  const str = (node: unknown): Node => call("__python_str", [{ type: "ArrayLiteral", value: [node] }]);
+  // Given its value in a list: the library hands a function a value's contents, and 1.0's are 1's.
+  const boxedCall = (name: string, node: unknown) => call(name, [{ type: "ArrayLiteral", value: [node] }]);
+  const str = (node: unknown): Node => boxedCall("__python_str", node);
   const printed = (node: Node) => (STATEMENTS.has(node.type!) || node.type === "StringLiteral" ? node : str(node));
   const visit = (node: unknown): void => {
     if (!node || typeof node !== "object") return;
@@ -687,12 +712,12 @@ function withPythonBuiltins(template: Template): Template {
       callee.value = "__python_raise_exception";
     if (n.type === "BinaryExpression" && (n.operator as Node).value === "~")
       [n.left, n.right] = [str(n.left), str(n.right)];
-    if (
-      n.type === "FilterExpression" &&
-      (n.filter as Node).type === "Identifier" &&
-      (n.filter as Node).value === "string"
-    )
-      Object.assign(n, str(n.operand), { operand: undefined, filter: undefined });
+    const filter = n.filter as Node | undefined;
+    if (n.type === "FilterExpression" && filter?.type === "Identifier" && (filter.value as string) in VALUE_FILTERS)
+      Object.assign(n, boxedCall(VALUE_FILTERS[filter.value as string]!, n.operand), {
+        operand: undefined,
+        filter: undefined,
+      });
     if (
       n.type === "CallExpression" &&
       callee?.type === "MemberExpression" &&
