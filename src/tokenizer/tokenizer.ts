@@ -658,7 +658,10 @@ const PYTHON_BUILTINS: Record<string, (...args: unknown[]) => string | number> =
 };
 
 /** Filters of a whole value rewritten to call Python's (see withPythonBuiltins). */
-const VALUE_FILTERS: Record<string, string> = { string: "__python_str", length: "__python_len" };
+const VALUE_FILTERS = new Map([
+  ["string", "__python_str"],
+  ["length", "__python_len"],
+]);
 
 /** The statements of a template's body; anything else there is an expression it prints ({{ x }}). */
 const STATEMENTS = new Set([
@@ -713,8 +716,9 @@ function withPythonBuiltins(template: Template): Template {
     if (n.type === "BinaryExpression" && (n.operator as Node).value === "~")
       [n.left, n.right] = [str(n.left), str(n.right)];
     const filter = n.filter as Node | undefined;
-    if (n.type === "FilterExpression" && filter?.type === "Identifier" && (filter.value as string) in VALUE_FILTERS)
-      Object.assign(n, boxedCall(VALUE_FILTERS[filter.value as string]!, n.operand), {
+    const pythonFilter = filter?.type === "Identifier" ? VALUE_FILTERS.get(filter.value as string) : undefined;
+    if (n.type === "FilterExpression" && pythonFilter)
+      Object.assign(n, boxedCall(pythonFilter, n.operand), {
         operand: undefined,
         filter: undefined,
       });
