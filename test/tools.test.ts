@@ -178,6 +178,24 @@ describe("chat templates and formats", () => {
       expect(mistral.parse(cut)).toEqual({ content: "", calls: [] });
     expect(mistral.parse("[1, 2")).toEqual({ content: "[1, 2", calls: [] });
   });
+
+  test("mistral: prose after the list of calls is the content, whole and streamed (the calls were lost with it)", () => {
+    const answer = '[TOOL_CALLS] [{"name": "now", "arguments": {}}]\nI asked for the time.';
+    const parsed = mistral.parse(answer);
+    expect({ content: parsed.content, calls: parsed.calls.map((c) => c.name) }).toEqual({
+      content: "I asked for the time.",
+      calls: ["now"],
+    });
+    const s = new ToolCallStream(mistral);
+    const shown = [...answer].map((c) => s.push(c)).join("");
+    const end = s.end();
+    expect({ content: shown + end.content, calls: end.calls.map((c) => c.name) }).toEqual({
+      content: "I asked for the time.",
+      calls: ["now"],
+    });
+    // A list cut off after whole calls is still no call.
+    expect(mistral.parse('[TOOL_CALLS] [{"name": "now", "arguments": {}}, {"na')).toEqual({ content: "", calls: [] });
+  });
 });
 
 describe("streaming an answer that may hold calls", () => {

@@ -208,8 +208,13 @@ function leadingCalls(
   };
 }
 
-/** The whole body as one JSON value (a list of calls). */
-const wholeValue = (body: string): LeadingValues => ({ values: parseJson(body), rest: "" });
+/** The JSON value that opens the body (a list of calls), and the text after it (prose the model went on with). */
+function leadingValue(body: string): LeadingValues {
+  const end = jsonEnd(body, 0);
+  return end < 0
+    ? { values: undefined, rest: body }
+    : { values: parseJson(body.slice(0, end)), rest: body.slice(end).trimStart() };
+}
 
 /**
  * The JSON objects that open `body`, one after another, apart by ";" (as Llama 3.2 writes
@@ -261,7 +266,7 @@ const mistral: ToolCallFormat = {
   // A bare list of calls is read too.
   markers: [mistralMarker, "["],
   anywhere: false,
-  parse: leadingCalls(mistralMarker, mistralMarker, ["[", "{"], wholeValue, mistralCallId),
+  parse: leadingCalls(mistralMarker, mistralMarker, ["[", "{"], leadingValue, mistralCallId),
   callLayout: (name) => jsonCall(name, "arguments"),
   separator: ", ",
   list: { begin: `${mistralMarker} [`, end: "]" },
