@@ -312,6 +312,38 @@ describe("the shortest completion of every prefix parses and validates", () => {
       else expect(c!.arguments).toEqual({});
     }
   });
+
+  for (const format of [toolCallFormats.hermes, toolCallFormats.mistralArgs])
+    test(`a call in free text (${format.name} layout, calls not required), from every prefix`, () => {
+      const parameters = schemas["nested objects, required fields deep in the structure"]!.schema;
+      const calls = [
+        {
+          ...format.callLayout("report"),
+          schema: parameters,
+          shapes: new SchemaShapes(parameters as Record<string, unknown>, true),
+        },
+      ];
+      const call = format.callLayout("report");
+      const prose = "Let me see.";
+      const opened = `${prose}${format.list?.begin ?? ""}${call.begin}`;
+      const text = `${opened}${layout(schemas["nested objects, required fields deep in the structure"]!.sample)}${call.end}`;
+      const validate = ajv.compile(parameters);
+      for (let i = 0; i <= text.length; i++) {
+        const progress = new CallsProgress({
+          calls,
+          separator: format.separator,
+          list: format.list,
+          trigger: format.trigger,
+        });
+        progress.feed(text.slice(0, i));
+        const parsed = format.parse(text.slice(0, i) + progress.completion());
+        // Nothing is owed before the trigger is whole; from there on, a whole valid call.
+        if (i < prose.length + format.trigger.length) continue;
+        expect(parsed.content).toBe(prose);
+        expect(parsed.calls).toHaveLength(1);
+        expect(validate(parsed.calls[0]!.arguments)).toBe(true);
+      }
+    });
 });
 
 function generate(format: JsonFormat, maxTokens: number, seed: number) {

@@ -26,7 +26,7 @@ import {
 } from "../src/engine/tools";
 import { smolTokenizerFiles, writeTinyModel } from "./helpers/tiny-model";
 
-const { hermes, llama3, mistral } = toolCallFormats;
+const { hermes, llama3, mistral, mistralArgs } = toolCallFormats;
 const templates = join(import.meta.dir, "fixtures", "templates");
 const hermesTemplate = readFileSync(join(templates, "hermes-tools.jinja"), "utf8");
 const llama3Template = readFileSync(join(templates, "llama3-tools.jinja"), "utf8");
@@ -177,6 +177,46 @@ describe("chat templates and formats", () => {
     for (const cut of ["[TOOL_CALLS]", '[TOOL_CALLS] [{"name": "now", "argu'])
       expect(mistral.parse(cut)).toEqual({ content: "", calls: [] });
     expect(mistral.parse("[1, 2")).toEqual({ content: "[1, 2", calls: [] });
+  });
+
+  test("mistral v11+ (Mistral Small 3.2, Devstral, Magistral): [TOOL_CALLS]name[ARGS]{...} per call, after prose or not, whole and streamed", () => {
+    // The assistant turn of their templates (trimmed): each call as its name, [ARGS], its arguments.
+    const template =
+      "{%- if tools %}[AVAILABLE_TOOLS]{{ tools | tojson }}[/AVAILABLE_TOOLS]{%- endif %}" +
+      "{%- for tool in message.tool_calls %}{{- '[TOOL_CALLS]' + tool.function.name + '[ARGS]' + tool.function.arguments | tojson }}{%- endfor %}";
+    expect(toolTemplate(template)).toEqual({ native: true, format: mistralArgs });
+    const cases: [string, { content: string; calls: [string, Record<string, unknown>][] }][] = [
+      ['[TOOL_CALLS]get_weather[ARGS]{"city": "Rome"}', { content: "", calls: [["get_weather", { city: "Rome" }]] }],
+      [
+        'Let me look.[TOOL_CALLS]get_weather[ARGS]{"city": "[ARGS] \\"}"}[TOOL_CALLS]now[ARGS]{}',
+        {
+          content: "Let me look.",
+          calls: [
+            ["get_weather", { city: '[ARGS] "}' }],
+            ["now", {}],
+          ],
+        },
+      ],
+      // Magistral's ids between the name and the arguments.
+      [
+        '[TOOL_CALLS]now[CALL_ID]a1b2c3d4e[ARGS]{"x": {"y": [1, null]}}',
+        { content: "", calls: [["now", { x: { y: [1, null] } }]] },
+      ],
+      ["[TOOL_CALLS]now[ARGS]{}\nDone.", { content: "Done.", calls: [["now", {}]] }],
+      // Cut off by the token budget: the cut call is dropped, the whole ones kept.
+      ['Sure.[TOOL_CALLS]now[ARGS]{}[TOOL_CALLS]get_weather[ARGS]{"ci', { content: "Sure.", calls: [["now", {}]] }],
+      ["Sure.[TOOL_CALLS]get_wea", { content: "Sure.", calls: [] }],
+      ["No calls [here].", { content: "No calls [here].", calls: [] }],
+    ];
+    for (const [answer, expected] of cases) {
+      const parsed = mistralArgs.parse(answer);
+      expect({ content: parsed.content, calls: parsed.calls.map((c) => [c.name, c.arguments]) }).toEqual(expected);
+      for (const c of parsed.calls) expect(c.id).toMatch(/^[A-Za-z0-9]{9}$/);
+      const s = new ToolCallStream(mistralArgs);
+      const shown = [...answer].map((c) => s.push(c)).join("");
+      const end = s.end();
+      expect({ content: shown + end.content, calls: end.calls.map((c) => [c.name, c.arguments]) }).toEqual(expected);
+    }
   });
 
   test("mistral: prose after the list of calls is the content, whole and streamed (the calls were lost with it)", () => {
@@ -370,7 +410,7 @@ describe("calls are valid by construction", () => {
     }
   }
 
-  for (const format of [hermes, llama3, mistral]) {
+  for (const format of [hermes, llama3, mistral, mistralArgs]) {
     test(`${format.name}, required: every finished answer is calls to offered functions with valid arguments`, async () => {
       let finished = 0;
       for (let seed = 1; seed <= 6; seed++) {
@@ -476,5 +516,30 @@ describe("calls are valid by construction", () => {
     expect(finished).toBeGreaterThan(0);
     // Without the grammar the same random model never completes a call.
     for (let seed = 1; seed <= 2; seed++) expect(hermes.parse((await autoAnswer(seed, false)).text).calls).toEqual([]);
+  }, 120_000);
+
+  test("auto, mistral v11+: prose, then [TOOL_CALLS] opens a call that reads, within the token budget", async () => {
+    let finished = 0;
+    for (let seed = 1; seed <= 4; seed++) {
+      const constraint = await createToolCallConstraint(lm.tokenizer, mistralArgs, [weather, search], {
+        required: false,
+        parallel: false,
+        maxTokens: 100,
+      });
+      const r = await completeAlone(lm, chatTokens(lm.tokenizer, [{ role: "user", content: "Hi" }]), {
+        sampling: { ...defaultSampling, temperature: 1, seed },
+        maxTokens: 100,
+        processors: [writesAfter("[TOOL_CALLS]", 3), constraint.processor],
+      }).finally(() => constraint.dispose());
+      expect(r.text.indexOf("[TOOL_CALLS]")).toBeGreaterThan(0);
+      // Even where the budget ran out: once opened, the call was steered to its end in time.
+      const { calls } = mistralArgs.parse(r.text);
+      expect(calls).toHaveLength(1);
+      expect(schemas.get(calls[0]!.name)!(calls[0]!.arguments)).toBe(true);
+      if (r.finishReason !== "stop") continue;
+      finished++;
+      expect(r.text.trimEnd()).toEndWith("}"); // no parallel calls: the answer ends with the call
+    }
+    expect(finished).toBeGreaterThan(0);
   }, 120_000);
 });

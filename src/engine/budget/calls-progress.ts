@@ -40,8 +40,11 @@ export class CallsProgress {
     this.state = layout.trigger !== undefined ? { t: "free", tail: "" } : this.opening("");
   }
 
+  /** The state once `typed` (the trigger, or nothing) opened the calls: the trigger may be the whole list opening. */
   private opening(typed: string): State {
-    return this.layout.list ? { t: "list", typed } : { t: "begin", typed };
+    const list = this.layout.list;
+    if (!list) return { t: "begin", typed };
+    return typed === list.begin ? { t: "begin", typed: "" } : { t: "list", typed };
   }
 
   clone(): CallsProgress {
@@ -65,7 +68,8 @@ export class CallsProgress {
       if (s.t === "args") {
         i += s.json.feed(text.slice(i));
         if (s.json.lost) this.lost = true;
-        else if (s.json.done) this.state = { t: "end", call: s.call, typed: "" };
+        // A call with no closing (Mistral's v11+ calls) is over with its arguments.
+        else if (s.json.done) this.state = s.call.end ? { t: "end", call: s.call, typed: "" } : { t: "after" };
         continue;
       }
       try {
@@ -104,7 +108,8 @@ export class CallsProgress {
       case "after":
         if (list?.end.startsWith(c)) this.state = { t: "listEnd", typed: "" };
         else if (separator.startsWith(c) && (list || trigger === undefined)) this.state = { t: "separator", typed: "" };
-        else if (trigger !== undefined && !list) this.state = { t: "free", tail: "" };
+        // Free text again after a call, unless a list it is in must be closed.
+        else if (trigger !== undefined && !list?.end) this.state = { t: "free", tail: "" };
         else throw new UnsteerableSchemaError("text after a call that the layout does not allow");
         return this.char(c);
       case "separator":

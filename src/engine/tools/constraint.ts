@@ -106,6 +106,27 @@ async function callsFormat(
     ),
   );
   const stopAfterFirst = !parallel;
+  if (format.list && !format.list.end) {
+    // A list no text closes (Mistral's v11+ calls, each after [TOOL_CALLS]): xgrammar takes its
+    // calls only after its opening as plain text, and in free text each call whole, trigger first.
+    const { begin } = format.list;
+    if (required)
+      return {
+        type: "sequence",
+        elements: [
+          { type: "const_string", value: begin },
+          {
+            type: "tags_with_separator",
+            tags: calls,
+            separator: format.separator,
+            at_least_one: true,
+            stop_after_first: stopAfterFirst,
+          },
+        ],
+      };
+    const wholeCalls = calls.map((c) => ({ ...c, begin: begin + c.begin }));
+    return { type: "triggered_tags", triggers: [format.trigger], tags: wholeCalls, stop_after_first: stopAfterFirst };
+  }
   if (format.list) {
     // One tagged list of calls (mistral): required, or opened by the trigger in free text.
     const list: TagFormat = {

@@ -6,6 +6,8 @@
 //     <tool_call>\n{"name": "f", "arguments": {...}}\n</tool_call>
 // - llama3 (Llama 3.1+ JSON calls): {"name": "f", "parameters": {...}}, optionally after <|python_tag|>
 // - mistral: [TOOL_CALLS] [{"name": "f", "arguments": {...}}]
+// - mistralArgs (Mistral's v11+ templates: Mistral Small 3.2, Devstral, Magistral):
+//     [TOOL_CALLS]f[ARGS]{...} for each call, optionally after prose
 import { createHash } from "node:crypto";
 import type { ToolCall } from "./types";
 
@@ -19,7 +21,7 @@ export interface ParsedAnswer {
 export type ToolCallParser = Pick<ToolCallFormat, "markers" | "anywhere" | "parse">;
 
 export interface ToolCallFormat {
-  name: "hermes" | "llama3" | "mistral";
+  name: "hermes" | "llama3" | "mistral" | "mistral-args";
   /** Texts that open a call. */
   markers: string[];
   /** Whether a call may follow prose (hermes) or only opens the answer (llama3, mistral). */
@@ -273,7 +275,48 @@ const mistral: ToolCallFormat = {
   trigger: mistralMarker,
 };
 
-export const toolCallFormats = { hermes, llama3, mistral };
+/** A v11+ Mistral call's head after [TOOL_CALLS]: the name, an optional [CALL_ID] (Magistral's), then [ARGS]. */
+const mistralArgsHead = /^([^[\]\s]+)(?:\[CALL_ID\][A-Za-z0-9]*)?\[ARGS\]/;
+
+const mistralArgs: ToolCallFormat = {
+  name: "mistral-args",
+  markers: [mistralMarker],
+  anywhere: true,
+  // Prose, then calls from the first [TOOL_CALLS] on; the first that does not read was cut off
+  // by a stop string or the token budget, and is dropped with what follows it (as for the other
+  // families); prose after the last call is the content's.
+  parse(text) {
+    const first = text.indexOf(mistralMarker);
+    if (first < 0) return { content: text, calls: [] };
+    const calls: ToolCall[] = [];
+    let at = first;
+    let after = "";
+    while (text.startsWith(mistralMarker, at)) {
+      const headAt = at + mistralMarker.length;
+      const head = mistralArgsHead.exec(text.slice(headAt));
+      const argsAt = head ? headAt + head[0].length : -1;
+      const end = head ? jsonEnd(text, argsAt) : -1;
+      const call =
+        end < 0
+          ? undefined
+          : readCall({ name: head![1], arguments: parseJson(text.slice(argsAt, end)) }, mistralCallId);
+      if (!call) break;
+      calls.push(call);
+      at = end + /^\s*/.exec(text.slice(end))![0].length;
+      after = text.slice(at);
+    }
+    if (text.startsWith(mistralMarker, at)) after = "";
+    const content = [text.slice(0, first).trim(), after.trim()].filter(Boolean).join("\n");
+    return { content, calls };
+  },
+  // Laid out for the grammar as a list: [TOOL_CALLS] opens it and goes between its calls.
+  callLayout: (name) => ({ begin: `${name}[ARGS]`, end: "" }),
+  separator: mistralMarker,
+  list: { begin: mistralMarker, end: "" },
+  trigger: mistralMarker,
+};
+
+export const toolCallFormats = { hermes, llama3, mistral, mistralArgs };
 
 /** How a chat template handles tools: natively (it renders `tools` itself) in one format, or not at all. */
 export interface ToolTemplate {
@@ -285,7 +328,7 @@ export function toolTemplate(chatTemplate: string | undefined): ToolTemplate {
   const t = chatTemplate ?? "";
   if (/\btools\b/.test(t)) {
     if (t.includes("<tool_call>")) return { native: true, format: hermes };
-    if (t.includes("[TOOL_CALLS]")) return { native: true, format: mistral };
+    if (t.includes("[TOOL_CALLS]")) return { native: true, format: t.includes("[ARGS]") ? mistralArgs : mistral };
     if (t.includes("<|python_tag|>") || t.includes("ipython")) return { native: true, format: llama3 };
   }
   // A template without tools (or in a format we do not read): we describe the tools in the

@@ -22,7 +22,7 @@ export function templateInput(
   if (template.native) {
     const paired = pairToolResults(messages);
     return {
-      messages: (template.format.name === "mistral" ? paired.map(withMistralIds) : paired).map(nativeMessage),
+      messages: (template.format.name.startsWith("mistral") ? paired.map(withMistralIds) : paired).map(nativeMessage),
       tools: tools?.map((t) => ({ type: "function", function: t })),
     };
   }
