@@ -451,6 +451,67 @@ describe("Mistral's template, which takes only call ids of nine alphanumerics", 
   });
 });
 
+describe("Mistral's v11+ template ([TOOL_CALLS]name[ARGS]{...} for each call)", () => {
+  test("its past calls are rendered in that layout, and the model's calls in it come back as tool_calls, whole and streamed", async () => {
+    const v11Model = join(mkdtempSync(join(tmpdir(), "mlx-serve-tools-mistral-v11-")), "mistral-v11");
+    writeTinyModel(v11Model, {
+      modelType: "mistral",
+      contextLength: 1024,
+      chatTemplate: readFileSync(join(import.meta.dir, "fixtures", "templates", "mistral-v11-tools.jinja"), "utf8"),
+    });
+    const history: OpenAI.ChatCompletionMessageParam[] = [
+      ...ask,
+      {
+        role: "assistant",
+        content: null,
+        tool_calls: [{ id: "call_1", type: "function", function: { name: "forecast", arguments: '{"city": "Oslo"}' } }],
+      },
+      { role: "tool", tool_call_id: "call_1", content: "Snow" },
+      { role: "user", content: "And in Rome?" },
+    ];
+    const rendered = await post(`${server.url}/apply-template`, { model: v11Model, messages: history, tools });
+    expect(rendered.json.prompt).toContain('[TOOL_CALLS]forecast[ARGS]{"city": "Oslo"}');
+    const request = {
+      model: v11Model,
+      messages: history,
+      tools: tools.slice(0, 1),
+      tool_choice: "required" as const,
+      parallel_tool_calls: false,
+      temperature: 1,
+      max_tokens: 60,
+    };
+    let finished = 0;
+    for (const seed of [1, 2, 3]) {
+      const whole = (await openai.chat.completions.create({ ...request, seed, logprobs: true })).choices[0]!;
+      const stream = await openai.chat.completions.create({ ...request, seed, stream: true });
+      const streamed: { function: { name: string; arguments: string } }[] = [];
+      let finish: string | null = null;
+      for await (const chunk of stream) {
+        const choice = chunk.choices[0];
+        for (const d of choice?.delta.tool_calls ?? []) {
+          streamed[d.index] ??= { function: { name: "", arguments: "" } };
+          streamed[d.index]!.function.name += d.function?.name ?? "";
+          streamed[d.index]!.function.arguments += d.function?.arguments ?? "";
+        }
+        finish = choice?.finish_reason ?? finish;
+      }
+      expect(finish).toBe(whole.finish_reason);
+      if (whole.finish_reason === "length") continue;
+      finished++;
+      expect(whole.finish_reason).toBe("tool_calls");
+      expect(whole.message.content).toBeNull();
+      expect(whole.message.tool_calls).toHaveLength(1);
+      expectForecastCalls(whole.message.tool_calls as never);
+      // Written as the template showed the model its calls (the tokens' text is the raw answer).
+      const raw = whole.logprobs!.content!.map((t) => t.token).join("");
+      expect(raw).toStartWith("[TOOL_CALLS]forecast[ARGS]{");
+      const calls = whole.message.tool_calls as { function: { name: string; arguments: string } }[];
+      expect(streamed.map((c) => c.function)).toEqual(calls.map((c) => c.function));
+    }
+    expect(finished).toBeGreaterThan(0);
+  });
+});
+
 describe("a call a stop string cuts (the real default model, which calls when it has seen calls)", () => {
   const call = (id: string, city: string): OpenAI.ChatCompletionMessageParam => ({
     role: "assistant",
