@@ -11,6 +11,7 @@ import {
   renameSync,
   rmSync,
   symlinkSync,
+  unlinkSync,
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
@@ -990,6 +991,30 @@ describe("locks", () => {
       stderr: `error: cannot read the lock ${join(locksDir(), "store.lock")} (it is a directory): remove it if no mlx process is running\n`,
     });
   });
+
+  // Linux says when a process started: the lock records it beside the pid.
+  test.skipIf(!existsSync("/proc/self/stat"))(
+    "a lock whose pid now belongs to another process (started after the owner) is broken at once",
+    async () => {
+      mkdirSync(locksDir(), { recursive: true });
+      const other = Bun.spawn(["sleep", "30"]);
+      try {
+        // The owner's start time, earlier than the process that has its pid now.
+        symlinkSync(`${other.pid}:1`, join(locksDir(), "store.lock"));
+        expect(await withStoreLock(() => "got it", { timeoutMs: 2_000 })).toBe("got it");
+        // The same pid with its own start time is a live owner: waited for.
+        const stat = readFileSync(`/proc/${other.pid}/stat`, "utf8");
+        const started = stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
+        symlinkSync(`${other.pid}:${started}`, join(locksDir(), "store.lock"));
+        await expect(withStoreLock(() => "got it", { timeoutMs: 300 })).rejects.toThrow(
+          `is held by process ${other.pid}`,
+        );
+        unlinkSync(join(locksDir(), "store.lock"));
+      } finally {
+        other.kill();
+      }
+    },
+  );
 
   test("a lock naming this very process was left by an earlier one that had its pid (a restarted container)", async () => {
     mkdirSync(locksDir(), { recursive: true });

@@ -1,5 +1,7 @@
 // Locks shared by every mlx process on the machine. A lock is a symbolic link whose target is
-// its owner's pid, created atomically with that pid (exactly one creator wins) and needing no
+// its owner's pid (and, on Linux, when that process started: "pid:start", so that a pid the
+// system gave again to another process after the owner died is not taken for the owner),
+// created atomically with that pid (exactly one creator wins) and needing no
 // data block, so locks still work on a full disk, where `mlx rm` must run to free space (a
 // file's pid, written after creating it, failed there). A lock whose owner has died is broken,
 // so a crash never wedges the store; waiting is bounded, so a live but stuck owner gives a
@@ -96,9 +98,26 @@ async function acquireFileLock(path: string, { timeoutMs = 10_000, onWait }: Loc
   }
 }
 
+/**
+ * When process `pid` started (clock ticks after boot, /proc/PID/stat's 22nd field), where the
+ * system says (Linux); undefined elsewhere, or when it is gone.
+ */
+function startTime(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // Fields from the 3rd on follow the command's name, which is in parentheses and may hold spaces.
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
+  } catch {
+    return undefined;
+  }
+}
+
+const ownStart = startTime(process.pid);
+const ownMark = ownStart === undefined ? String(process.pid) : `${process.pid}:${ownStart}`;
+
 function tryCreate(path: string): boolean {
   try {
-    symlinkSync(String(process.pid), path);
+    symlinkSync(ownMark, path);
     return true;
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === "EEXIST") return false;
@@ -154,12 +173,16 @@ function readHolder(path: string): number | "dead" | "gone" {
       );
     }
   }
-  const pid = Number.parseInt(holder, 10);
+  const [pidText, started] = holder.trim().split(":");
+  const pid = Number.parseInt(pidText!, 10);
   if (!Number.isInteger(pid) || pid <= 0) return "dead";
   // Our own pid: a lock of an earlier process that had it (a restarted container's pid 1); this
   // process never waits for itself, as its own callers queue before they reach the file.
   if (pid === process.pid) return "dead";
-  return isProcessAlive(pid) ? pid : "dead";
+  if (!isProcessAlive(pid)) return "dead";
+  // Its pid given to a process that started after the owner (checked where both are known).
+  const now = started === undefined ? undefined : startTime(pid);
+  return now !== undefined && now !== started ? "dead" : pid;
 }
 
 /**
