@@ -23,6 +23,9 @@ let server: RunningServer;
 let openai: OpenAI;
 let model: string;
 let meanModel: string;
+let clsModel: string;
+let maxModel: string;
+let lastTokenModel: string;
 let home: string;
 
 const norm = (v: number[]) => Math.hypot(...v);
@@ -34,27 +37,35 @@ beforeAll(() => {
   process.env.MLX_HOME ??= home;
   model = join(root, "tiny");
   writeTinyModel(model, { contextLength: 64 });
-  // The same weights as a sentence-transformers model that mean-pools.
-  meanModel = join(root, "tiny-mean");
-  cpSync(model, meanModel, { recursive: true });
+  // The same weights as sentence-transformers models that pool otherwise.
+  meanModel = sentenceTransformersCopy(join(root, "tiny-mean"), "pooling_mode_mean_tokens");
+  clsModel = sentenceTransformersCopy(join(root, "tiny-cls"), "pooling_mode_cls_token");
+  maxModel = sentenceTransformersCopy(join(root, "tiny-max"), "pooling_mode_max_tokens");
+  lastTokenModel = sentenceTransformersCopy(join(root, "tiny-lasttoken"), "pooling_mode_lasttoken");
+  server = serve({ defaultModel: model, maxLoadedModels: 3 });
+  openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0 });
+});
+
+afterAll(() => server.stop());
+
+/** A copy of the tiny model as a sentence-transformers model: its pooling (the one mode set), then Normalize. */
+function sentenceTransformersCopy(dir: string, poolingMode: string): string {
+  cpSync(model, dir, { recursive: true });
   writeFileSync(
-    join(meanModel, "modules.json"),
+    join(dir, "modules.json"),
     JSON.stringify([
       { idx: 0, name: "0", path: "", type: "sentence_transformers.models.Transformer" },
       { idx: 1, name: "1", path: "1_Pooling", type: "sentence_transformers.models.Pooling" },
       { idx: 2, name: "2", path: "2_Normalize", type: "sentence_transformers.models.Normalize" },
     ]),
   );
-  mkdirSync(join(meanModel, "1_Pooling"));
+  mkdirSync(join(dir, "1_Pooling"));
   writeFileSync(
-    join(meanModel, "1_Pooling", "config.json"),
-    JSON.stringify({ word_embedding_dimension: tinyDims.hidden, pooling_mode_mean_tokens: true }),
+    join(dir, "1_Pooling", "config.json"),
+    JSON.stringify({ word_embedding_dimension: tinyDims.hidden, [poolingMode]: true }),
   );
-  server = serve({ defaultModel: model, maxLoadedModels: 3 });
-  openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0 });
-});
-
-afterAll(() => server.stop());
+  return dir;
+}
 
 describe("OpenAI /v1/embeddings", () => {
   test("a batch: one normalised vector per input, in order; base64 (the client's default) equals float", async () => {
@@ -203,6 +214,51 @@ describe("Ollama /api/embed and /api/embeddings", () => {
     );
     expect(dot(last!.embeddings[0]!, mean!.embeddings[0]!)).toBeLessThan(0.999);
     mean!.embeddings[1]!.forEach((x, j) => expect(x).toBeCloseTo(last!.embeddings[1]![j]!, 5));
+  });
+});
+
+describe("sentence-transformers' numbers", () => {
+  // Its Transformer, Pooling and Normalize on this tiny model's weights, computed in float64 (numpy,
+  // from model.safetensors, as transformers' LlamaModel): the first 8 values of each vector.
+  const inputs = ["Hello there, friend", "The quick brown fox jumps over the lazy dog"];
+  const reference = {
+    mean: [
+      [-0.029263, -0.013863, 0.178535, -0.01105, 0.076964, -0.019156, -0.060478, -0.030144],
+      [0.090417, 0.02142, 0.178748, -0.053604, 0.083852, -0.09598, -0.118512, 0.165961],
+    ],
+    cls: [
+      [-0.023788, 0.049381, 0.17311, 0.034002, -0.120733, 0.081936, 0.114935, -0.160879],
+      [0.390883, 0.090541, 0.08805, -0.020177, 0.083351, -0.094761, 0.122208, -0.020697],
+    ],
+    max: [
+      [-0.014415, 0.048765, 0.216557, 0.03111, 0.185325, 0.074967, 0.105159, 0.058162],
+      [0.310553, 0.071934, 0.16768, 0.12269, 0.181383, 0.001094, 0.097093, 0.179744],
+    ],
+    last: [
+      [-0.02736, -0.105574, 0.035709, -0.002896, 0.133415, -0.086269, -0.170201, 0.062593],
+      [-0.054858, 0.068137, 0.211761, 0.154944, -0.010255, -0.109865, -0.069236, 0.159487],
+    ],
+    // truncate_dim 16, normalised again.
+    mean16: [
+      [-0.068151, -0.032285, 0.415795, -0.025734, 0.179243, -0.044612, -0.140848, -0.070202],
+      [0.191195, 0.045296, 0.377978, -0.11335, 0.177313, -0.202957, -0.250604, 0.35094],
+    ],
+  };
+  // 1e-4 of the vectors' largest values (about 0.3 to 0.4), as float32 arithmetic keeps them.
+  const close = (got: number[][], expected: number[][]) =>
+    expected.forEach((row, i) => row.forEach((x, j) => expect(Math.abs(got[i]![j]! - x)).toBeLessThan(3e-5)));
+
+  test("mean, CLS, max and last-token pooling, in one batch; no modules.json pools the last token", async () => {
+    const ollama = new Ollama({ host: server.url });
+    const cases: [string, number[][]][] = [
+      [meanModel, reference.mean],
+      [clsModel, reference.cls],
+      [maxModel, reference.max],
+      [lastTokenModel, reference.last],
+      [model, reference.last],
+    ];
+    for (const [m, expected] of cases) close((await ollama.embed({ model: m, input: inputs })).embeddings, expected);
+    close((await ollama.embed({ model: meanModel, input: inputs, dimensions: 16 })).embeddings, reference.mean16);
   });
 });
 
@@ -368,7 +424,8 @@ describe("a long input", () => {
 
   /** The pooled hidden states of one pass over all of `ids`, normalised: what chunking must give. */
   const onePass = (lm: LoadedModel, pooling: "mean" | "last") => {
-    const caches = makeCaches(lm.model);
+    // Keys and values in float32, as embed keeps them.
+    const caches = makeCaches(lm.model).map((cache) => Object.assign(cache, { keepsActivationsDtype: true }));
     const vector = mx.scope(() => {
       const h = mx.astype(
         hiddenStates(lm.model, mx.array(Int32Array.from(ids), [1, ids.length]), caches),

@@ -109,7 +109,9 @@ function inputIds(lm: LoadedModel, input: EmbedInput, o: EmbedOptions, at: strin
  * last position. A model split across processes takes the whole input in one pass.
  */
 async function pooledHidden(lm: LoadedModel, ids: number[], pooling: Pooling, o: EmbedOptions): Promise<number[]> {
-  const caches = makeCaches(lm.model);
+  // Keys and values as computed, not narrowed to float16 as a generation's float32 ones are:
+  // sentence-transformers' vectors within float32's rounding, not float16's.
+  const caches = makeCaches(lm.model).map((cache) => Object.assign(cache, { keepsActivationsDtype: true }));
   // Split across processes: the other ranks' layers run too, and their hidden states come back.
   lm.model.remote?.wholePass(caches);
   const chunk = lm.model.remote ? ids.length : (o.chunk ?? DEFAULT_PREFILL_CHUNK);

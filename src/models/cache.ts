@@ -104,6 +104,12 @@ export class KVCache implements AttentionCache {
    * there are some: what it leaves is the cache's own.
    */
   ownsBuffers = false;
+  /**
+   * Keys and values kept in the activations' dtype even where floatCacheDtype would narrow them
+   * (float16 under float32 activations): an embedding's cache, which lives for one input, so
+   * narrowing saves nothing that lasts and would move its vector by float16's rounding.
+   */
+  keepsActivationsDtype = false;
 
   constructor(
     readonly quantization?: KvQuantization,
@@ -265,7 +271,7 @@ export class KVCache implements AttentionCache {
     const { batch, heads, length, dim } = rows;
     const like = {
       shape: [batch, heads, length, dim],
-      dtype: this.keys?.[0]!.dtype ?? floatCacheDtype(rows.activations),
+      dtype: this.keys?.[0]!.dtype ?? this.floatDtype(rows.activations),
     };
     if (!this.values || this.offset + length > this.values[0]!.shape[2]!) this.grow([like], [like], length);
     return { keys: this.keys![0]!, values: this.values![0]!, at: this.offset, owned: this.ownsBuffers };
@@ -365,8 +371,13 @@ export class KVCache implements AttentionCache {
    */
   private asHeld(x: MxArray): MxArray {
     if (this.quantization) return x;
-    const dtype = this.keys?.[0]?.dtype ?? floatCacheDtype(x.dtype);
+    const dtype = this.keys?.[0]?.dtype ?? this.floatDtype(x.dtype);
     return x.dtype === dtype ? x : mx.astype(x, dtype);
+  }
+
+  /** The dtype new float keys and values computed in `activations` are held in. */
+  private floatDtype(activations: mx.DtypeCode): mx.DtypeCode {
+    return this.keepsActivationsDtype ? activations : floatCacheDtype(activations);
   }
 
   /** Stored keys or values as float, in `like`'s dtype (read only to dequantize: it is an FFI call). */
