@@ -3,7 +3,7 @@
 // the pooling a sentence-transformers config names, and on the real default model: similar
 // sentences closer than unrelated ones.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { cpSync, mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Ollama } from "ollama";
@@ -192,6 +192,27 @@ describe("Ollama /api/embed and /api/embeddings", () => {
     // A num_ctx above the model's context leaves the model's.
     const whole = await ollama.embed({ model, input, options: { num_ctx: 4096 } });
     expect(whole.prompt_eval_count).toBeGreaterThan(8);
+  });
+
+  test("a text cut to the context keeps the tokens its tokenizer adds (an EOS, pooled on by Qwen3-Embedding)", async () => {
+    // As Qwen3-Embedding's tokenizer: <|endoftext|> after each text, the last token pooled.
+    const eosModel = join(home, "..", "tiny-eos");
+    cpSync(model, eosModel, { recursive: true });
+    const tokenizerConfig = JSON.parse(readFileSync(join(eosModel, "tokenizer_config.json"), "utf8"));
+    writeFileSync(
+      join(eosModel, "tokenizer_config.json"),
+      JSON.stringify({ ...tokenizerConfig, eos_token: "<|endoftext|>", add_eos_token: true }),
+    );
+    const input = "word ".repeat(30);
+    const { json } = await post(`${server.url}/tokenize`, { model: eosModel, content: input, add_special: true });
+    const ids = json.tokens as number[];
+    expect(ids.length).toBeGreaterThan(8);
+    // sentence-transformers' (and Ollama's) cut: the text's first tokens, then the EOS.
+    const expected = [...ids.slice(0, 7), ids.at(-1)!];
+    const cut = await new Ollama({ host: server.url }).embed({ model: eosModel, input, options: { num_ctx: 8 } });
+    expect(cut.prompt_eval_count).toBe(8);
+    const byIds = await openai.embeddings.create({ model: eosModel, input: expected, encoding_format: "float" });
+    cut.embeddings[0]!.forEach((x, j) => expect(x).toBeCloseTo(byIds.data[0]!.embedding[j]!, 6));
   });
 
   test("takes the options a generation takes (one set sent to both), as Ollama does; an unknown one is a 400", async () => {

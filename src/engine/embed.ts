@@ -98,9 +98,21 @@ function inputIds(lm: LoadedModel, input: EmbedInput, o: EmbedOptions, at: strin
   const model = lm.config.maxPositionEmbeddings;
   const context = Math.min(model, o.context ?? model);
   if (ids.length <= context) return ids;
-  if (o.truncate) return ids.slice(0, context);
+  if (o.truncate) return typeof input === "string" ? cutKeepingSpecials(lm, ids, context) : ids.slice(0, context);
   const whose = context < model ? "the requested" : "the model's";
   throw new ContextLengthError(`'${at}' is ${ids.length} tokens, but ${whose} context is ${context} tokens`, at);
+}
+
+/**
+ * A text's ids cut to `context` as sentence-transformers' tokenizer (and Ollama) cut them: the
+ * text's own tokens are cut, those the tokenizer adds around them kept (Qwen3-Embedding's EOS,
+ * the token it pools on).
+ */
+function cutKeepingSpecials(lm: LoadedModel, ids: number[], context: number): number[] {
+  const { before, after } = lm.tokenizer.specialsAround() ?? { before: [], after: [] };
+  const kept = before.length + after.length;
+  if (kept >= context) return ids.slice(0, context);
+  return [...before, ...ids.slice(before.length, context - after.length), ...after];
 }
 
 /**

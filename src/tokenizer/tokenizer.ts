@@ -169,7 +169,7 @@ export class Tokenizer {
    */
   *encodeSteps(text: string, { addSpecialTokens = true }: EncodeOptions = {}): Steps<number[]> {
     if (text.length <= ENCODE_PIECE) return this.encode(text, { addSpecialTokens });
-    const around = addSpecialTokens ? this.#specialsAround() : { before: [], after: [] };
+    const around = addSpecialTokens ? this.specialsAround() : { before: [], after: [] };
     if (!around) return this.encode(text, { addSpecialTokens });
     const ids = [...around.before];
     for (let start = 0; start < text.length; ) {
@@ -208,7 +208,7 @@ export class Tokenizer {
   }
 
   /** The ids the post-processor adds before and after a text's; undefined when it does more than that. */
-  #specialsAround(): { before: number[]; after: number[] } | undefined {
+  specialsAround(): { before: number[]; after: number[] } | undefined {
     const bare = this.encode("a", { addSpecialTokens: false });
     const full = this.encode("a");
     for (let at = 0; at + bare.length <= full.length; at++)
