@@ -307,6 +307,26 @@ describe("a sentence-transformers module past the pooling (Dense)", () => {
   });
 });
 
+describe("a sentence-transformers pooling mode not applied here", () => {
+  test("is refused naming it (a 400), alone or beside a mode applied here, not pooled by the other", async () => {
+    for (const [name, modes] of [
+      ["tiny-weighted", { pooling_mode_weightedmean_tokens: true }],
+      ["tiny-mean-sqrt", { pooling_mode_mean_tokens: true, pooling_mode_mean_sqrt_len_tokens: true }],
+    ] as const) {
+      const dir = join(home, "..", name);
+      cpSync(meanModel, dir, { recursive: true });
+      writeFileSync(
+        join(dir, "1_Pooling", "config.json"),
+        JSON.stringify({ word_embedding_dimension: tinyDims.hidden, ...modes }),
+      );
+      const other = Object.keys(modes).at(-1);
+      const r = await post(`${server.url}/v1/embeddings`, { model: dir, input: "Hello" });
+      expect(r.status).toBe(400);
+      expect(r.json.error.message).toStartWith(`${dir}: its sentence-transformers pooling sets ${other}, which`);
+    }
+  });
+});
+
 describe("the request timeout", () => {
   test("bounds an embedding request as it bounds a generation: a 504 once it passes, on both routes", async () => {
     // The model loaded first; then 2,048 inputs, a pass each, take far longer than 200 ms.

@@ -37,6 +37,16 @@ export function modelPooling(path: string): Pooling {
   const poolingConfig = poolingConfigOf(modules);
   if (!poolingConfig) return "last";
   const config = readJsonFile(join(path, poolingConfig));
+  // Weighted mean, mean by √length, or several modes at once (sentence-transformers joins their
+  // vectors): refused, rather than pooled by the one mode known here among them.
+  const otherMode = Object.keys(config ?? {}).find(
+    (key) => key.startsWith("pooling_mode_") && config[key] === true && !POOLING_MODES.some(([known]) => known === key),
+  );
+  if (otherMode)
+    throw new UnsupportedError(
+      `${path}: its sentence-transformers pooling sets ${otherMode}, which embeddings here do not apply (only ${POOLING_MODES.map(([k]) => k).join(", ")}, one of them)`,
+      "model",
+    );
   const modes = POOLING_MODES.filter(([key]) => config?.[key] === true).map(([, mode]) => mode);
   if (modes.length !== 1)
     throw new ModelLoadError(
