@@ -215,6 +215,24 @@ describe("Ollama /api/embed and /api/embeddings", () => {
     cut.embeddings[0]!.forEach((x, j) => expect(x).toBeCloseTo(byIds.data[0]!.embedding[j]!, 6));
   });
 
+  test("a sentence-transformers max_seq_length shorter than the model's context is the context", async () => {
+    // sentence-transformers cuts at it (and vLLM takes it as the context): a longer input is refused or cut there.
+    const limited = join(home, "..", "tiny-max-seq");
+    cpSync(meanModel, limited, { recursive: true });
+    writeFileSync(
+      join(limited, "sentence_bert_config.json"),
+      JSON.stringify({ max_seq_length: 8, do_lower_case: false }),
+    );
+    const input = "word ".repeat(30);
+    const refused = await post(`${server.url}/v1/embeddings`, { model: limited, input });
+    expect(refused.status).toBe(400);
+    expect(refused.json.error.message).toBe(
+      "'input' is 31 tokens, but the model's context is 8 tokens (its sentence-transformers max_seq_length)",
+    );
+    const cut = await new Ollama({ host: server.url }).embed({ model: limited, input });
+    expect(cut.prompt_eval_count).toBe(8);
+  });
+
   test("takes the options a generation takes (one set sent to both), as Ollama does; an unknown one is a 400", async () => {
     const ollama = new Ollama({ host: server.url });
     const plain = await ollama.embed({ model, input: "Hello there" });

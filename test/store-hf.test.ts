@@ -297,6 +297,7 @@ describe("pull from the hub", () => {
       files.set("modules.json", text(modules));
       files.set("1_Pooling/config.json", text({ pooling_mode_mean_tokens: true }));
       files.set("1_Pooling/README.md", text("not needed"));
+      files.set("sentence_bert_config.json", text({ max_seq_length: 32, do_lower_case: false }));
       await startHub({ "org/mean": { files } });
       const pulled = await pull("hf:org/mean");
       // Before, the folder was dropped: the model was pooled on its last token.
@@ -304,6 +305,8 @@ describe("pull from the hub", () => {
       const names = readManifest("org/mean")!.files.map((f) => f.name);
       expect(names).toContain("1_Pooling/config.json");
       expect(names).not.toContain("1_Pooling/README.md");
+      // Its input length, which the embeddings' context is cut to.
+      expect(names).toContain("sentence_bert_config.json");
 
       const dir = join(work, "mean-dir");
       mkdirSync(join(dir, "1_Pooling"), { recursive: true });

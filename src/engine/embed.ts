@@ -10,7 +10,7 @@ import { ContextLengthError, InvalidParameterError } from "../errors";
 import { cacheState, freeCaches, hiddenStates, makeCaches } from "../models";
 import type { LoadedModel } from "../models/load";
 import type { Adapter } from "../models/lora";
-import { modelPooling, type Pooling } from "../models/pooling";
+import { modelPooling, sentenceTransformersMaxLength, type Pooling } from "../models/pooling";
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import { DEFAULT_PREFILL_CHUNK } from "./batch";
@@ -50,7 +50,14 @@ export interface Embeddings {
   promptTokens: number;
 }
 
-const poolings = new WeakMap<LoadedModel, Pooling>();
+/** How a model embeds, read once from its sentence-transformers files. */
+interface EmbeddingConfig {
+  pooling: Pooling;
+  /** The most tokens an input has (max_seq_length): the model's context when it says none or more. */
+  maxLength?: number;
+}
+
+const embeddingConfigs = new WeakMap<LoadedModel, EmbeddingConfig>();
 
 /** Longest stretch of tokenizing between two turns of the event loop (about a decode step). */
 const TOKENIZING_TURN_MS = 20;
@@ -60,9 +67,14 @@ export async function embed(lm: LoadedModel, inputs: EmbedInput[], o: EmbedOptio
   const width = lm.config.hiddenSize;
   if (o.dimensions !== undefined && !(Number.isInteger(o.dimensions) && o.dimensions >= 1 && o.dimensions <= width))
     throw new InvalidParameterError(`dimensions must be between 1 and the model's ${width}`, "dimensions");
-  let pooling = poolings.get(lm);
-  if (!pooling) poolings.set(lm, (pooling = modelPooling(lm.path)));
-  const sequences = await inputsIds(lm, inputs, o, param);
+  let config = embeddingConfigs.get(lm);
+  if (!config)
+    embeddingConfigs.set(
+      lm,
+      (config = { pooling: modelPooling(lm.path), maxLength: sentenceTransformersMaxLength(lm.path) }),
+    );
+  const { pooling, maxLength } = config;
+  const sequences = await inputsIds(lm, inputs, maxLength, o, param);
   const vectors: number[][] = [];
   for (const ids of sequences)
     vectors.push(normalized((await pooledHidden(lm, ids, pooling, o)).slice(0, o.dimensions ?? width)));
@@ -73,7 +85,13 @@ export async function embed(lm: LoadedModel, inputs: EmbedInput[], o: EmbedOptio
  * Every input's token ids, checked before any pass; tokenizing many long inputs takes seconds, so
  * the event loop gets a turn every TOKENIZING_TURN_MS (the streams go on, a cancel is seen).
  */
-async function inputsIds(lm: LoadedModel, inputs: EmbedInput[], o: EmbedOptions, param: string): Promise<number[][]> {
+async function inputsIds(
+  lm: LoadedModel,
+  inputs: EmbedInput[],
+  maxLength: number | undefined,
+  o: EmbedOptions,
+  param: string,
+): Promise<number[][]> {
   const sequences: number[][] = [];
   let turnStarted = performance.now();
   for (const [i, input] of inputs.entries()) {
@@ -83,24 +101,32 @@ async function inputsIds(lm: LoadedModel, inputs: EmbedInput[], o: EmbedOptions,
       turnStarted = performance.now();
     }
     // Several inputs are named by their index in the list.
-    sequences.push(inputIds(lm, input, o, inputs.length > 1 ? `${param}.${i}` : param));
+    sequences.push(inputIds(lm, input, maxLength, o, inputs.length > 1 ? `${param}.${i}` : param));
   }
   return sequences;
 }
 
-function inputIds(lm: LoadedModel, input: EmbedInput, o: EmbedOptions, at: string): number[] {
+function inputIds(
+  lm: LoadedModel,
+  input: EmbedInput,
+  maxLength: number | undefined,
+  o: EmbedOptions,
+  at: string,
+): number[] {
   const ids = typeof input === "string" ? lm.tokenizer.encode(input, { addSpecialTokens: true }) : input;
   if (ids.length === 0) throw new InvalidParameterError(`'${at}' is empty`, at);
   const vocab = lm.config.vocabSize;
   const bad = ids.find((id) => !(Number.isInteger(id) && id >= 0 && id < vocab));
   if (bad !== undefined)
     throw new InvalidParameterError(`'${at}' holds token id ${bad}, outside the model's vocabulary (${vocab})`, at);
-  const model = lm.config.maxPositionEmbeddings;
+  // A sentence-transformers model's max_seq_length, where shorter, is its context for embeddings.
+  const model = Math.min(lm.config.maxPositionEmbeddings, maxLength ?? Infinity);
   const context = Math.min(model, o.context ?? model);
   if (ids.length <= context) return ids;
   if (o.truncate) return typeof input === "string" ? cutKeepingSpecials(lm, ids, context) : ids.slice(0, context);
   const whose = context < model ? "the requested" : "the model's";
-  throw new ContextLengthError(`'${at}' is ${ids.length} tokens, but ${whose} context is ${context} tokens`, at);
+  const why = context === maxLength ? " (its sentence-transformers max_seq_length)" : "";
+  throw new ContextLengthError(`'${at}' is ${ids.length} tokens, but ${whose} context is ${context} tokens${why}`, at);
 }
 
 /**

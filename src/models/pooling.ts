@@ -55,6 +55,17 @@ export function modelPooling(path: string): Pooling {
   return modes[0]!;
 }
 
+/**
+ * The most tokens a sentence-transformers model at `path` embeds (sentence_bert_config.json's
+ * max_seq_length, which sentence-transformers cuts its inputs to); undefined when it says none.
+ */
+export function sentenceTransformersMaxLength(path: string): number | undefined {
+  const configPath = join(path, "sentence_bert_config.json");
+  if (!statSync(path).isDirectory() || !existsSync(configPath)) return undefined;
+  const max = readJsonFile(configPath)?.max_seq_length;
+  return Number.isInteger(max) && max > 0 ? max : undefined;
+}
+
 function readJsonFile(path: string): any {
   try {
     return JSON.parse(readFileSync(path, "utf8"));

@@ -15,6 +15,8 @@ const METADATA_FILES = [
   // A multimodal model's processor keeps its chat template here.
   "chat_template.json",
   SENTENCE_TRANSFORMERS_MODULES,
+  // Its max_seq_length: the longest input a sentence-transformers model embeds.
+  "sentence_bert_config.json",
 ];
 
 /**
