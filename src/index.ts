@@ -10,6 +10,7 @@
 //   await chat.send("Hi!"); await chat.send("And then?"); // the second turn reuses the first's cache
 //   model.close();
 import { Conversation } from "./engine/conversation";
+import { clearMemoryCache } from "./engine/device";
 import { embed, EmbeddingCancelled } from "./engine/embed";
 import {
   cancelledBeforeStart,
@@ -258,6 +259,8 @@ export class Model {
     for (const chat of [...this.#chats]) chat.close();
     this.#scheduler.dispose();
     this.lm.free();
+    // The model's buffers go back to the system, not to MLX's cache and the heap (as serve's unload).
+    clearMemoryCache();
   }
 
   // Past close() the weights are freed: MLX would only say "use of a freed MLX array".

@@ -15,6 +15,7 @@ import {
   type GenerateOptions,
   type Model,
 } from "../src/index";
+import { memoryFigures } from "../src/engine/device";
 import { writeTinyModel } from "./helpers/tiny-model";
 
 process.env.MLX_HOME ??= join(import.meta.dir, "..", ".cache", "mlx-home");
@@ -350,6 +351,16 @@ describe("the library's close() and clear()", () => {
     const again = await load();
     expect((await again.embed(["The first sentence."]))[0]?.length).toBe(again.lm.config.hiddenSize);
     again.close();
+  }, 120_000);
+  test("close() gives the model's memory back: its weights and MLX's cache, as serve's unload does", async () => {
+    const before = memoryFigures().active;
+    const own = await load();
+    await own.generate("Hi", { maxTokens: 3 });
+    expect(memoryFigures().active).toBeGreaterThan(before);
+    own.close();
+    // The freed weights and the step's buffers stayed in MLX's cache and the heap: a process
+    // that loaded and closed models kept hundreds of MB it no longer used.
+    expect(memoryFigures()).toMatchObject({ active: before, cache: 0 });
   }, 120_000);
 });
 
