@@ -15,10 +15,14 @@ import { defaultSampling, type SamplingParams } from "../src/engine/sampling";
 import { promptTokens } from "../src/engine/prompt";
 import {
   canonicalJson,
+  compiledGrammarCount,
   createJsonConstraint,
   initGrammar,
   jsonSafeStrings,
+  MAX_COMPILED_GRAMMARS,
+  MAX_VALIDATED_SCHEMAS,
   SchemaError,
+  validatedSchemaCount,
   validateSchema,
   type GrammarConstraint,
   type JsonFormat,
@@ -431,6 +435,36 @@ describe("--format json mode and limits", () => {
     // The answer must open the object: every allowed first token starts with "{".
     for (const id of allowed) expect(lm.tokenizer.decode([id])).toMatch(/^\{/);
   });
+});
+
+describe("what constrained answers keep in memory", () => {
+  // A schema of its own per request (a field named after the request), as clients that put ids
+  // or enum values of the moment into their schemas send.
+  const schemaNumbered = (i: number) => ({
+    type: "object",
+    properties: { [`field${i}`]: { type: "integer", minimum: 0, maximum: 9 } },
+    required: [`field${i}`],
+  });
+
+  test("compiled grammars and schema checks stay within their bounds over many different schemas; a grammar in use is kept", async () => {
+    // Held over the whole run: its grammar, the least recently used, must outlive the others' turnover.
+    const held = await createJsonConstraint(lm.tokenizer, { schema: schemaNumbered(-1) });
+    for (let i = 0; i < MAX_COMPILED_GRAMMARS + 40; i++) {
+      (await createJsonConstraint(lm.tokenizer, { schema: schemaNumbered(i) })).dispose();
+    }
+    // Every grammar compiled so far was kept (and every schema checked): one more per new schema, for good.
+    expect(await compiledGrammarCount(lm.tokenizer)).toBe(MAX_COMPILED_GRAMMARS);
+    const { result, accepted } = await generate(held, { temperature: 0.8, seed: 3 }, 40);
+    expect([result.finishReason, accepted]).toEqual(["stop", true]);
+    expect(Object.keys(JSON.parse(result.text))).toEqual(["field-1"]);
+    held.dispose();
+    // Asked again, an evicted schema compiles anew and constrains as before.
+    const again = await generate({ schema: schemaNumbered(0) }, { temperature: 0.8, seed: 3 }, 40);
+    expect(Object.keys(JSON.parse(again.result.text))).toEqual(["field0"]);
+    expect(await compiledGrammarCount(lm.tokenizer)).toBe(MAX_COMPILED_GRAMMARS);
+    for (let i = 0; i <= MAX_VALIDATED_SCHEMAS; i++) await validateSchema(schemaNumbered(1000 + i));
+    expect(validatedSchemaCount()).toBe(MAX_VALIDATED_SCHEMAS);
+  }, 120_000);
 });
 
 describe("invalid or unsupported schemas are a clear error naming the offending part", () => {

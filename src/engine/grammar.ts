@@ -7,10 +7,10 @@
 //
 // Use: `const c = await createJsonConstraint(tokenizer, { schema }, { maxTokens })`, pass
 // `c.processor` in `logitsProcessors`, `c.dispose()` when the sequence is done. Each constraint
-// carries its own matcher, so sequences are constrained independently; compiled grammars are
-// cached per tokenizer and grammar. Given the sequence's max_tokens, the constraint also
-// steers to the shortest valid completion as the budget runs out (see budget/), so an answer
-// cut by the budget still parses.
+// carries its own matcher, so sequences are constrained independently; the latest compiled
+// grammars are cached per tokenizer and grammar. Given the sequence's max_tokens, the
+// constraint also steers to the shortest valid completion as the budget runs out (see
+// budget/), so an answer cut by the budget still parses.
 import Ajv, { type ErrorObject } from "ajv";
 import type * as XG from "@mlc-ai/web-xgrammar";
 // The library's text, evaluated by us (see loadInstance): one WASM instance per evaluation.
@@ -191,7 +191,17 @@ const SUBSCHEMA_MAPS = ["properties", "$defs", "definitions", "patternProperties
 const SUBSCHEMA_LISTS = ["anyOf", "oneOf", "allOf", "prefixItems"];
 const SUBSCHEMA_SINGLE = ["items", "additionalProperties", "propertyNames", "additionalItems", "unevaluatedProperties"];
 
+/** Schemas checked, by `strict` and canonical text; the latest MAX_VALIDATED_SCHEMAS kept (a client may send a new one each request). */
 const validated = new Map<string, SchemaError | true>();
+export const MAX_VALIDATED_SCHEMAS = 1024;
+
+function rememberValidation(key: string, result: SchemaError | true): void {
+  validated.set(key, result);
+  if (validated.size > MAX_VALIDATED_SCHEMAS) validated.delete(validated.keys().next().value!);
+}
+
+/** How many schema checks are remembered (for tests). */
+export const validatedSchemaCount = (): number => validated.size;
 
 /**
  * Checks that `schema` is a JSON Schema this engine can enforce; throws a SchemaError whose
@@ -210,10 +220,10 @@ export async function validateSchema(schema: unknown, { strict = true }: { stric
     walkSchema(schema as Record<string, unknown>, "");
     await schemaEbnf(schema, strict);
     checkFiniteValue(schema as Record<string, unknown>, strict);
-    validated.set(key, true);
+    rememberValidation(key, true);
   } catch (error) {
     const e = error instanceof SchemaError ? error : new SchemaError(`invalid schema: ${(error as Error).message}`);
-    validated.set(key, e);
+    rememberValidation(key, e);
     throw e;
   }
 }
@@ -488,8 +498,22 @@ interface TokenizerGrammars {
   compiler: XG.GrammarCompiler;
   vocabSize: number;
   stopIds: number[];
-  compiled: Map<string, Promise<XG.CompiledGrammar>>;
+  /** By key, the least recently used first. */
+  compiled: Map<string, CompiledEntry>;
 }
+
+interface CompiledEntry {
+  grammar: Promise<XG.CompiledGrammar>;
+  /** Constraints taking it and not yet disposed: it is not freed while one of them may still use it. */
+  users: number;
+}
+
+/**
+ * Compiled grammars kept per tokenizer. Each holds its token masks in xgrammar's memory, and a
+ * client may send a schema (or tools) of its own with every request: unbounded, they grew the
+ * server's memory for good with each new one.
+ */
+export const MAX_COMPILED_GRAMMARS = 64;
 
 let perTokenizer = new WeakMap<Tokenizer, Promise<TokenizerGrammars>>();
 
@@ -567,19 +591,47 @@ export type GrammarSource = { key: string } & (
   | { structuralTag: () => Promise<XG.StructuralTag> }
 );
 
-function compiledGrammar(t: TokenizerGrammars, source: GrammarSource): Promise<XG.CompiledGrammar> {
-  let grammar = t.compiled.get(source.key);
-  if (!grammar) {
-    grammar =
+/** The compiled grammar for `source`, taken for one constraint until releaseGrammar. */
+function takeGrammar(t: TokenizerGrammars, source: GrammarSource): CompiledEntry {
+  let entry = t.compiled.get(source.key);
+  if (entry) t.compiled.delete(source.key);
+  else {
+    const grammar =
       "ebnf" in source
         ? source.ebnf().then((ebnf) => guarded(t.inst, "unsupported grammar", () => t.compiler.compileGrammar(ebnf)))
         : source
             .structuralTag()
             .then((tag) => guarded(t.inst, "unsupported grammar", () => t.compiler.compileStructuralTag(tag)));
-    t.compiled.set(source.key, grammar);
-    grammar.catch(() => t.compiled.delete(source.key));
+    const failed = (entry = { grammar, users: 0 });
+    grammar.catch(() => t.compiled.get(source.key) === failed && t.compiled.delete(source.key));
   }
-  return grammar;
+  t.compiled.set(source.key, entry);
+  entry.users++;
+  letGoOfUnused(t);
+  return entry;
+}
+
+function releaseGrammar(t: TokenizerGrammars, entry: CompiledEntry): void {
+  entry.users--;
+  letGoOfUnused(t);
+}
+
+/** Past MAX_COMPILED_GRAMMARS, frees the least recently used grammars no constraint holds. */
+function letGoOfUnused(t: TokenizerGrammars): void {
+  for (const [key, entry] of t.compiled) {
+    if (t.compiled.size <= MAX_COMPILED_GRAMMARS) return;
+    if (entry.users > 0) continue;
+    t.compiled.delete(key);
+    entry.grammar.then(
+      (grammar) => grammar.dispose(),
+      () => {},
+    );
+  }
+}
+
+/** How many compiled grammars `tokenizer`'s model keeps (for tests). */
+export async function compiledGrammarCount(tokenizer: Tokenizer): Promise<number> {
+  return (await grammarsFor(tokenizer)).compiled.size;
 }
 
 /** A JSON Schema as EBNF whose rule `root` is one JSON value matching it, on one line. */
@@ -837,9 +889,14 @@ export async function createGrammarConstraint(
   steering?: BudgetSteering,
 ): Promise<GrammarConstraint> {
   const t = await grammarsFor(tokenizer);
-  const grammar = await compiledGrammar(t, source);
-  const matcher = await t.inst.xg.GrammarMatcher.createGrammarMatcher(grammar, t.stopIds);
-  return new Constraint(t, matcher, steering);
+  const entry = takeGrammar(t, source);
+  try {
+    const matcher = await t.inst.xg.GrammarMatcher.createGrammarMatcher(await entry.grammar, t.stopIds);
+    return new Constraint(t, matcher, steering, () => releaseGrammar(t, entry));
+  } catch (error) {
+    releaseGrammar(t, entry);
+    throw error;
+  }
 }
 
 const words = (vocab: number) => Math.ceil(vocab / 32);
@@ -858,6 +915,7 @@ class Constraint implements GrammarConstraint {
     private readonly t: TokenizerGrammars,
     private readonly matcher: XG.GrammarMatcher,
     private readonly steering: BudgetSteering | undefined,
+    private readonly release: () => void,
   ) {
     this.processor = (history, logits) => this.process(history, logits);
   }
@@ -933,6 +991,7 @@ class Constraint implements GrammarConstraint {
     if (this.disposed) return;
     this.disposed = true;
     this.matcher.dispose();
+    this.release();
   }
 }
 
