@@ -37,4 +37,32 @@ describe("compileAnswerSchema", () => {
     first({ a: "x", b: "y" });
     expect(first.errors?.length).toBe(1);
   });
+
+  test("each schema is compiled on its own: two with the same $id each check their own answer", () => {
+    // Ajv registered every schema it compiled under its $id (and kept it for good): a second
+    // schema with the same $id was refused ("schema with key or id ... already exists").
+    const $id = "https://example.com/answer";
+    const first = compileAnswerSchema({ $id, type: "object", required: ["a"] });
+    const second = compileAnswerSchema({ $id, type: "object", required: ["b"] });
+    expect([first({ a: 1 }), first({ b: 1 }), second({ b: 1 }), second({ a: 1 })]).toEqual([true, false, true, false]);
+    const recursive = compileAnswerSchema({
+      $id,
+      type: "object",
+      properties: { child: { $ref: "#" } },
+      required: ["c"],
+    });
+    expect([recursive({ c: 1, child: { c: 2 } }), recursive({ c: 1, child: {} })]).toEqual([true, false]);
+  });
+
+  test("many different schemas compiled leave no memory behind (Ajv's instance is renewed)", () => {
+    const heapAfter = (from: number, count: number) => {
+      for (let i = from; i < from + count; i++)
+        compileAnswerSchema({ type: "object", properties: { [`field${i}`]: { type: "string" } } });
+      Bun.gc(true);
+      return process.memoryUsage().heapUsed;
+    };
+    const warm = heapAfter(0, 600);
+    // Ajv kept each compiled schema and its code in its instance: ~5.5 MB more per 2,000.
+    expect(heapAfter(600, 2000) - warm).toBeLessThan(2_000_000);
+  }, 60_000);
 });

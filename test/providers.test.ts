@@ -15,7 +15,7 @@ import Ajv from "ajv";
 import type { Subprocess } from "bun";
 import type { RunningServer } from "../src/server/app";
 import { remoteModel, streamRemoteCompletion } from "../src/providers";
-import { retryAfterMs } from "../src/providers/model";
+import { answerValidator, answerValidatorCount, MAX_ANSWER_VALIDATORS, retryAfterMs } from "../src/providers/model";
 import { loadAliases } from "../src/store/aliases";
 import { cliRunner, mainScript } from "./helpers/cli";
 import { eventually, post, serve } from "./helpers/serve";
@@ -674,6 +674,17 @@ describe("structured output", () => {
     });
     expect(anthropicFormat.status).toBe(502);
     expect(anthropicFormat.json.error).toMatch(/does not match format, twice: (the answer is not JSON|\/)/);
+  });
+});
+
+describe("answer validators", () => {
+  test("kept for the latest schemas only: a schema of its own per request does not grow the server's memory", () => {
+    const schemaNumbered = (i: number) => ({ type: "object", properties: { [`field${i}`]: { type: "integer" } } });
+    for (let i = 0; i < MAX_ANSWER_VALIDATORS + 20; i++) answerValidator({ schema: schemaNumbered(i) });
+    expect(answerValidatorCount()).toBe(MAX_ANSWER_VALIDATORS);
+    // One let go is compiled again when asked, and checks as before.
+    expect(answerValidator({ schema: schemaNumbered(0) })('{"field0": "x"}')).toContain("/field0 must be integer");
+    expect(answerValidatorCount()).toBe(MAX_ANSWER_VALIDATORS);
   });
 });
 

@@ -3,7 +3,11 @@
 import Ajv, { type ValidateFunction } from "ajv";
 import Ajv2020 from "ajv/dist/2020";
 
-const instances = new Map<string, Ajv>();
+// Ajv keeps what each compile makes in its instance for good (the generated code's scope), and
+// answers' schemas come from requests: an instance is let go after this many compiles (the
+// validators made on it keep working), so a server's memory does not grow with every new schema.
+export const COMPILES_PER_INSTANCE = 256;
+const instances = new Map<string, { ajv: Ajv; compiles: number }>();
 
 /**
  * Compiles `schema` under its own draft: 2020-12 where it says so (zod's schemas do) or uses
@@ -16,15 +20,21 @@ export function compileAnswerSchema(schema: object | boolean, o: { allErrors?: b
   // The draft picks the validator; the declaration itself would send Ajv looking for its meta-schema.
   const { $schema: declared, ...rest } = schema as Record<string, unknown>;
   const draft2020 = /2020-12|2019-09/.test(String(declared ?? "")) || JSON.stringify(rest).includes('"prefixItems"');
-  return draftAjv(draft2020, o.allErrors).compile(rest);
+  const ajv = draftAjv(draft2020, o.allErrors);
+  const validate = ajv.compile(rest);
+  // Ajv registers what it compiles (by object and $id) for good: a second schema with the same
+  // $id was refused, and each schema compiled stayed in memory. The function needs none of it.
+  ajv.removeSchema(rest);
+  return validate;
 }
 
 function draftAjv(draft2020: boolean, allErrors = false): Ajv {
   const key = `${draft2020 ? "2020-12" : "draft-07"}/${allErrors}`;
-  let ajv = instances.get(key);
-  if (!ajv) {
+  let entry = instances.get(key);
+  if (!entry || entry.compiles >= COMPILES_PER_INSTANCE) {
     const options = { strict: false, validateFormats: false, allErrors };
-    instances.set(key, (ajv = draft2020 ? new Ajv2020(options) : new Ajv(options)));
+    instances.set(key, (entry = { ajv: draft2020 ? new Ajv2020(options) : new Ajv(options), compiles: 0 }));
   }
-  return ajv;
+  entry.compiles++;
+  return entry.ajv;
 }

@@ -310,20 +310,31 @@ async function* serverSentEvents(
   }
 }
 
+/**
+ * Validators by schema text, the least recently used first; the MAX_ANSWER_VALIDATORS latest
+ * kept: a client may send a schema of its own with every request.
+ */
 const compiled = new Map<string, ValidateFunction>();
+export const MAX_ANSWER_VALIDATORS = 64;
+
+/** How many answer validators are kept (for tests). */
+export const answerValidatorCount = (): number => compiled.size;
 
 /** A check of an answer against the format asked for: undefined when it passes, else what failed and where. */
-function answerValidator(format: "json" | { schema: object }): (text: string) => string | undefined {
+export function answerValidator(format: "json" | { schema: object }): (text: string) => string | undefined {
   const validate =
     format === "json"
       ? undefined
       : (() => {
           const key = JSON.stringify(format.schema);
           let fn = compiled.get(key);
-          if (!fn) {
+          if (fn) compiled.delete(key);
+          else {
             checkJsonSchema(format.schema); // a schema that is not JSON Schema is the client's error (a SchemaError)
-            compiled.set(key, (fn = compileAnswerSchema(format.schema)));
+            fn = compileAnswerSchema(format.schema);
           }
+          compiled.set(key, fn);
+          if (compiled.size > MAX_ANSWER_VALIDATORS) compiled.delete(compiled.keys().next().value!);
           return fn;
         })();
   return (text) => {
