@@ -168,7 +168,8 @@ function waitForMlxAtExit(): void {
 
 export class Model {
   readonly #scheduler: Scheduler;
-  readonly #chats = new Set<Chat>();
+  /** Its chats, held weakly: one let go of without close() is disposed once collected (droppedChats). */
+  readonly #chats = new Map<WeakRef<Chat>, Conversation>();
   /** Aborted by close(): an embedding in progress stops before its next pass reads the freed weights. */
   readonly #closing = new AbortController();
   #closed = false;
@@ -243,8 +244,22 @@ export class Model {
     // Said here, in the library's terms: each turn would fail with the server's hint (its endpoints).
     if (!this.lm.tokenizer.chatTemplate)
       throw new UnsupportedError("this model has no chat template, so it cannot chat: give generate() a text prompt");
-    const chat = new Chat(new Conversation(this.lm, options.system), () => this.#chats.delete(chat));
-    this.#chats.add(chat);
+    const conversation = new Conversation(this.lm, options.system);
+    const chat = new Chat(conversation, () => {
+      this.#chats.delete(ref);
+      droppedChats.unregister(ref);
+    });
+    const ref = new WeakRef(chat);
+    this.#chats.set(ref, conversation);
+    // What runs must not hold on to `chat` itself, which it would then keep from being collected.
+    droppedChats.register(
+      chat,
+      () => {
+        this.#chats.delete(ref);
+        conversation.dispose();
+      },
+      ref,
+    );
     return chat;
   }
 
@@ -256,7 +271,15 @@ export class Model {
     if (this.#closed) return;
     this.#closed = true;
     this.#closing.abort();
-    for (const chat of [...this.#chats]) chat.close();
+    for (const [ref, conversation] of [...this.#chats]) {
+      const chat = ref.deref();
+      if (chat) chat.close();
+      else {
+        // Collected, its finalizer not run yet: its caches go now, before the weights they were made with.
+        droppedChats.unregister(ref);
+        conversation.dispose();
+      }
+    }
     this.#scheduler.dispose();
     this.lm.free();
     // The model's buffers go back to the system, not to MLX's cache and the heap (as serve's unload).
@@ -372,6 +395,13 @@ interface DroppedStream {
   readonly signal: AbortSignal;
   onDropped(undo: () => void): void;
 }
+
+/**
+ * A chat let go of without close() would keep its KV cache (and its conversation) until the
+ * model's close(), a chat per user or per task growing the process for good: once the chat is
+ * collected, its conversation is disposed. A turn in progress holds its chat.
+ */
+const droppedChats = new FinalizationRegistry<() => void>((dispose) => dispose());
 
 /**
  * A caller that stops reading a stream without a `break` or return() (it keeps only what it read,

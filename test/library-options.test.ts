@@ -453,4 +453,18 @@ describe("a stream let go of unfinished", () => {
     ]);
     chat.close();
   }, 120_000);
+
+  test("a chat let go of without close() gives its KV cache back once collected", async () => {
+    const before = memoryFigures().active;
+    // A chat per task, used and dropped (never closed), as a bot might.
+    const chatAndDrop = (name: string) => model.chat().send(`My name is ${name}.`, { maxTokens: 5 });
+    for (const name of ["Ann", "Bob", "Cy"]) await chatAndDrop(name);
+    expect(memoryFigures().active).toBeGreaterThan(before);
+    // Each kept its KV cache until the model's close(): the model held every chat it made.
+    const given = (async () => {
+      while (memoryFigures().active > before) await Bun.sleep(20);
+      return "given back";
+    })();
+    expect(await settledWhileCollecting(given, 20_000)).toBe("given back");
+  }, 120_000);
 });
