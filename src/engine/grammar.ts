@@ -11,6 +11,7 @@
 // grammars are cached per tokenizer and grammar. Given the sequence's max_tokens, the
 // constraint also steers to the shortest valid completion as the budget runs out (see
 // budget/), so an answer cut by the budget still parses.
+import { createHash } from "node:crypto";
 import Ajv, { type ErrorObject } from "ajv";
 import type * as XG from "@mlc-ai/web-xgrammar";
 // The library's text, evaluated by us (see loadInstance): one WASM instance per evaluation.
@@ -149,6 +150,7 @@ async function guarded<T>(inst: Instance, what: string, call: () => Promise<T> |
       // Retire this instance; compiled grammars made on it stay usable by their matchers.
       current = undefined;
       perTokenizer = new WeakMap();
+      perVocabulary = new Map();
     }
     throw new SchemaError(`${what}: ${fatal ? diagnostic(fatal) : (error as Error).message}`);
   } finally {
@@ -517,35 +519,49 @@ export const MAX_COMPILED_GRAMMARS = 64;
 
 let perTokenizer = new WeakMap<Tokenizer, Promise<TokenizerGrammars>>();
 
+/**
+ * The same, by what xgrammar is given of the vocabulary: a model loaded again (keep_alive 0,
+ * another model loaded between) brings a new Tokenizer of the same vocabulary. xgrammar never
+ * gives all of a TokenizerInfo's and a compiler's memory back, even disposed (~2.5 MB each for
+ * SmolLM2's), so one made per load grew the server for good; one per vocabulary is made once.
+ */
+let perVocabulary = new Map<string, Promise<TokenizerGrammars>>();
+
 function grammarsFor(tokenizer: Tokenizer): Promise<TokenizerGrammars> {
   let entry = perTokenizer.get(tokenizer);
   if (!entry) {
-    entry = buildTokenizerGrammars(tokenizer);
+    const described = describeVocabulary(tokenizer);
+    const stopIds = [...tokenizer.eosTokenIds].filter((id) => id < tokenizer.vocabSize);
+    const key = createHash("sha256")
+      .update(JSON.stringify([described, tokenizer.vocabSize, stopIds]))
+      .digest("hex");
+    entry = perVocabulary.get(key);
+    if (!entry) {
+      const made = (entry = buildTokenizerGrammars(described, tokenizer.vocabSize, stopIds));
+      perVocabulary.set(key, made);
+      made.catch(() => perVocabulary.get(key) === made && perVocabulary.delete(key));
+    }
     perTokenizer.set(tokenizer, entry);
     entry.catch(() => perTokenizer.delete(tokenizer));
   }
   return entry;
 }
 
-async function buildTokenizerGrammars(tokenizer: Tokenizer): Promise<TokenizerGrammars> {
+async function buildTokenizerGrammars(
+  { vocab, vocabType, prependSpace }: ReturnType<typeof describeVocabulary>,
+  vocabSize: number,
+  stopIds: number[],
+): Promise<TokenizerGrammars> {
   const inst = await instance();
-  const { vocab, vocabType, prependSpace } = describeVocabulary(tokenizer);
-  const stopIds = [...tokenizer.eosTokenIds].filter((id) => id < tokenizer.vocabSize);
   if (stopIds.length === 0)
     throw new Error("the model's tokenizer has no end-of-sequence token, so constrained output could not end");
-  const info = await inst.xg.TokenizerInfo.createTokenizerInfo(
-    vocab,
-    vocabType,
-    prependSpace,
-    tokenizer.vocabSize,
-    stopIds,
-  );
+  const info = await inst.xg.TokenizerInfo.createTokenizerInfo(vocab, vocabType, prependSpace, vocabSize, stopIds);
   // Without xgrammar's own cache (ours, `compiled`, keys by grammar already): that cache keys a
   // grammar by its printed text, which writes a non-ASCII character as a hex escape of no fixed
   // width ("ß" then "e" prints as "\xdfe", read back as U+0DFE), so a property name, enum value
   // or literal with such a character would be compiled into another text.
   const compiler = await inst.xg.GrammarCompiler.createGrammarCompiler(info, false);
-  return { inst, info, compiler, vocabSize: tokenizer.vocabSize, stopIds, compiled: new Map() };
+  return { inst, info, compiler, vocabSize, stopIds, compiled: new Map() };
 }
 
 // Special tokens some families write their tool calls with: a grammar must be able to pick them.
@@ -627,6 +643,11 @@ function letGoOfUnused(t: TokenizerGrammars): void {
       () => {},
     );
   }
+}
+
+/** Bytes of xgrammar's instance memory (for tests: it grows and never shrinks). */
+export async function grammarMemoryBytes(): Promise<number> {
+  return (await instance()).memory?.buffer.byteLength ?? 0;
 }
 
 /** How many compiled grammars `tokenizer`'s model keeps (for tests). */
