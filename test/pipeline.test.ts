@@ -376,6 +376,31 @@ describe("mlx launch -- serve", () => {
     expect(await server.proc.exited).toBe(0);
   }, 120_000);
 
+  test("embeddings under --kv-bits 4 --max-kv-size 8, split by layers and --tensor-parallel: one process's vectors", async () => {
+    // Longer than the rotating cache: one process embeds on plain caches of the whole input.
+    const text = "one two three four five six seven eight nine ten eleven twelve";
+    const alone = await mlx(["embed", "-m", wide, text]);
+    expect(alone.code).toBe(0);
+    const expected = JSON.parse(alone.stdout) as number[];
+    const kv = ["--kv-bits", "4", "--kv-group-size", "32", "--max-kv-size", "8"];
+    for (const [n, flags] of [
+      [3, kv],
+      [2, [...kv, "--tensor-parallel"]],
+    ] as const) {
+      const server = await launchServe(n, [...flags], wide);
+      try {
+        const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
+        const vector = (await client.embeddings.create({ model: wide, input: [text] })).data[0]!.embedding;
+        // The openai client asks for base64 float32s; tensor parallel sums in another order.
+        const digits = flags.includes("--tensor-parallel") ? 4 : 6;
+        vector.forEach((v, i) => expect(v).toBeCloseTo(expected[i]!, digits));
+      } finally {
+        server.proc.kill("SIGTERM");
+      }
+      expect(await server.proc.exited).toBe(0);
+    }
+  }, 120_000);
+
   test("adapters: run --adapter, and serve with rows of the base and of an adapter in one batch, as one process", async () => {
     const { hidden, heads, headDim, intermediate } = tinyDims;
     const adapter = join(dir, "adapter");

@@ -47,18 +47,24 @@ export class CacheSets {
     return this.#sets.get(set);
   }
 
-  /** Set `set`'s caches, made on first use: a batch's for a decode step, else a prefill's. */
-  of(set: number, decode: boolean): KVCache[] {
+  /**
+   * Set `set`'s caches, made on first use: a batch's for a decode step, else a prefill's; a whole
+   * pass's (embeddings) plain ones, as rank 0's embed() makes them: a vector does not depend on
+   * --kv-bits or --max-kv-size.
+   */
+  of(set: number, decode: boolean, whole = false): KVCache[] {
     let caches = this.#sets.get(set);
     if (!caches) {
       const { kvQuantization: quantization, maxKvSize } = this.options;
-      caches = decode
-        ? Array.from({ length: this.model.numLayers }, () =>
-            maxKvSize === undefined
-              ? new BatchKVCache(quantization)
-              : new RotatingKVCache(maxKvSize, DEFAULT_KV_KEEP, quantization),
-          )
-        : makeCaches(this.model, { windowed: false, quantization, maxKvSize, joining: true });
+      caches = whole
+        ? makeCaches(this.model)
+        : decode
+          ? Array.from({ length: this.model.numLayers }, () =>
+              maxKvSize === undefined
+                ? new BatchKVCache(quantization)
+                : new RotatingKVCache(maxKvSize, DEFAULT_KV_KEEP, quantization),
+            )
+          : makeCaches(this.model, { windowed: false, quantization, maxKvSize, joining: true });
       this.#sets.set(set, caches);
     }
     return caches;

@@ -101,7 +101,7 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
   // sending the result on are then one evaluation, without a return to JavaScript between.
   const buildForward = (h: Header): Forward => {
     const hidden = distributed.recv([h.rows, h.length, h.width], h.dtype, previous);
-    const caches = sets.of(h.set, (h.flags & Flag.decode) !== 0);
+    const caches = sets.of(h.set, (h.flags & Flag.decode) !== 0, (h.flags & Flag.whole) !== 0);
     const forward = () => model.layers(hidden, caches, o.stage.start, o.stage.end);
     const out = adapters.run(forward);
     // The last rank sends back decode steps and whole passes (embeddings) alone: a prefill's

@@ -46,7 +46,8 @@ export class TensorParallelFront extends RankZeroFront implements DecoderModel {
     const adapters = this.lora?.selectedIds;
     if (adapters) this.post({ op: Op.adapters, rows }, () => mx.array(Int32Array.from(adapters)));
     const fields = { op: Op.forward, set: this.id(caches), rows, length, width, dtype: h.dtype };
-    return this.#step({ ...fields, flags: decode ? Flag.decode : Flag.prefill }, h, (hidden) => {
+    const flags = decode ? Flag.decode : this.isWhole(caches) ? Flag.whole : Flag.prefill;
+    return this.#step({ ...fields, flags }, h, (hidden) => {
       const out = this.local.layers(hidden!, caches);
       mx.evaluate(out, ...cacheState(caches as KVCache[]));
       this.#tokens += rows * length;
@@ -191,7 +192,7 @@ export function serveShard(model: DecoderModel, o: ShardOptions): void {
       switch (h.op) {
         case Op.forward: {
           const hidden = receive([h.rows, h.length, h.width], h.dtype);
-          const caches = sets.of(h.set, (h.flags & Flag.decode) !== 0);
+          const caches = sets.of(h.set, (h.flags & Flag.decode) !== 0, (h.flags & Flag.whole) !== 0);
           mx.evaluate(
             adapters.run(() => model.layers(hidden, caches)),
             ...cacheState(caches),
