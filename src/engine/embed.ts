@@ -7,7 +7,7 @@
 // batch of one, so no padding or masks can change a vector.
 import { nextTurn } from "../event-loop";
 import { ContextLengthError, InvalidParameterError } from "../errors";
-import { cacheState, freeCaches, hiddenStates, makeCaches } from "../models";
+import { cacheState, embeddingCaches, freeCaches, hiddenStates } from "../models";
 import type { LoadedModel } from "../models/load";
 import type { Adapter } from "../models/lora";
 import { modelPooling, sentenceTransformersMaxLength, type Pooling } from "../models/pooling";
@@ -149,7 +149,7 @@ function cutKeepingSpecials(lm: LoadedModel, ids: number[], context: number): nu
 async function pooledHidden(lm: LoadedModel, ids: number[], pooling: Pooling, o: EmbedOptions): Promise<number[]> {
   // Keys and values as computed, not narrowed to float16 as a generation's float32 ones are:
   // sentence-transformers' vectors within float32's rounding, not float16's.
-  const caches = makeCaches(lm.model).map((cache) => Object.assign(cache, { keepsActivationsDtype: true }));
+  const caches = embeddingCaches(lm.model);
   // Split across processes: the other ranks' layers run too, and their hidden states come back.
   lm.model.remote?.wholePass(caches);
   const chunk = lm.model.remote ? ids.length : (o.chunk ?? DEFAULT_PREFILL_CHUNK);

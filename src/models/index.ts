@@ -34,7 +34,7 @@ export function buildModel(w: Weights): DecoderModel {
   return build(w);
 }
 
-export { forward, hiddenStates, makeCaches, freeCaches, cacheState, type DecoderModel } from "./model";
+export { forward, hiddenStates, makeCaches, embeddingCaches, freeCaches, cacheState, type DecoderModel } from "./model";
 export { KVCache } from "./cache";
 export { parseConfig, type ModelConfig } from "./config";
 export { Weights } from "./layers";

@@ -162,6 +162,13 @@ export function makeCaches(
   );
 }
 
+/**
+ * An embedding pass's caches, on every rank: plain ones (a vector depends on no --kv-bits or
+ * --max-kv-size), whose keys and values stay as computed (KVCache.keepsActivationsDtype).
+ */
+export const embeddingCaches = (model: DecoderModel): KVCache[] =>
+  makeCaches(model).map((cache) => Object.assign(cache, { keepsActivationsDtype: true }));
+
 export function freeCaches(caches: KVCache[]): void {
   for (const c of caches) c.free();
 }

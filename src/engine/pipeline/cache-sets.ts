@@ -7,7 +7,7 @@ import { rmSync } from "node:fs";
 import * as mx from "../../mlx";
 import { BatchKVCache } from "../../models/batch-cache";
 import type { KVCache, KvQuantization, Stored } from "../../models/cache";
-import { freeCaches, makeCaches, type DecoderModel } from "../../models/model";
+import { embeddingCaches, freeCaches, makeCaches, type DecoderModel } from "../../models/model";
 import { DEFAULT_KV_KEEP, RotatingKVCache } from "../../models/rotating-cache";
 import { seedCaches, snapshotRow } from "../prefix-cache";
 import {
@@ -49,15 +49,14 @@ export class CacheSets {
 
   /**
    * Set `set`'s caches, made on first use: a batch's for a decode step, else a prefill's; a whole
-   * pass's (embeddings) plain ones, as rank 0's embed() makes them: a vector does not depend on
-   * --kv-bits or --max-kv-size.
+   * pass's (embeddings) as rank 0's embed() makes them.
    */
   of(set: number, decode: boolean, whole = false): KVCache[] {
     let caches = this.#sets.get(set);
     if (!caches) {
       const { kvQuantization: quantization, maxKvSize } = this.options;
       caches = whole
-        ? makeCaches(this.model)
+        ? embeddingCaches(this.model)
         : decode
           ? Array.from({ length: this.model.numLayers }, () =>
               maxKvSize === undefined
