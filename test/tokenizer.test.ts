@@ -16,7 +16,8 @@ import {
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { gunzipSync } from "node:zlib";
-import { TemplateRaisedError, Tokenizer } from "../src/tokenizer/tokenizer";
+import { TemplateRaisedError } from "../src/tokenizer/python-jinja";
+import { Tokenizer } from "../src/tokenizer/tokenizer";
 import { tokenizerFilesFromGGUF } from "../src/tokenizer/gguf";
 import { chatTokens } from "../src/engine/prompt";
 import { renderChat } from "../src/engine/request";

@@ -5,7 +5,8 @@
 import { ChatTemplateUnsupportedError, ContextLengthError, InvalidParameterError, UnsupportedError } from "../errors";
 import { BudgetError } from "./budget/steering";
 import type { LoadedModel } from "../models/load";
-import { TemplateRaisedError, type Tokenizer } from "../tokenizer/tokenizer";
+import { TemplateRaisedError } from "../tokenizer/python-jinja";
+import type { Tokenizer } from "../tokenizer/tokenizer";
 import { createJsonConstraint, SchemaError, type GrammarConstraint, type JsonFormat } from "./grammar";
 import { chatText, promptText } from "./prompt";
 import { runStepsAsync, type Steps } from "../event-loop";

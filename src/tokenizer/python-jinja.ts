@@ -1,0 +1,265 @@
+// Chat templates are written for Python's Jinja2 (transformers renders them); we render with
+// @huggingface/jinja, and where its builtins part from Python's, the parsed template is
+// rewritten to call Python's (withPythonBuiltins), given to the render as PYTHON_BUILTINS.
+import type { Template } from "@huggingface/jinja";
+
+const DAYS = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"];
+const MONTHS = [
+  ...["January", "February", "March", "April", "May", "June"],
+  ...["July", "August", "September", "October", "November", "December"],
+];
+
+/**
+ * transformers' strftime_now: Python's strftime of the local time, in the C locale (English
+ * names), with glibc's and macOS's "-" flag (%-d: no padding). @huggingface/jinja's knows only
+ * %Y %m %d %b %B %H %M and names months in the process's locale ("Dez" under Node for LANG=de_DE):
+ * Llama 3.2's and gpt-oss's templates date their system prompts with it.
+ */
+function strftimeNow(format: string): string {
+  const now = new Date();
+  const dayOfYear =
+    Math.round(
+      (new Date(now.getFullYear(), now.getMonth(), now.getDate()).getTime() -
+        new Date(now.getFullYear(), 0, 1).getTime()) /
+        86_400_000,
+    ) + 1;
+  const fields: Record<string, [value: number | string, width: number, fill?: string]> = {
+    a: [DAYS[now.getDay()]!.slice(0, 3), 0],
+    A: [DAYS[now.getDay()]!, 0],
+    b: [MONTHS[now.getMonth()]!.slice(0, 3), 0],
+    B: [MONTHS[now.getMonth()]!, 0],
+    d: [now.getDate(), 2],
+    e: [now.getDate(), 2, " "],
+    H: [now.getHours(), 2],
+    I: [now.getHours() % 12 || 12, 2],
+    j: [dayOfYear, 3],
+    m: [now.getMonth() + 1, 2],
+    M: [now.getMinutes(), 2],
+    p: [now.getHours() < 12 ? "AM" : "PM", 0],
+    S: [now.getSeconds(), 2],
+    y: [now.getFullYear() % 100, 2],
+    Y: [now.getFullYear(), 0],
+    "%": ["%", 0],
+  };
+  return format.replace(/%(-?)([a-zA-Z%])/g, (directive, unpadded: string, name: string) => {
+    const field = fields[name];
+    if (!field) return directive; // as the C library leaves one it does not know
+    const [value, width, fill = "0"] = field;
+    return unpadded ? String(value) : String(value).padStart(width, fill);
+  });
+}
+
+type StripSide = "strip" | "lstrip" | "rstrip";
+
+/** Python's str.strip, lstrip and rstrip: without characters (or None), whitespace. */
+function pythonStrip(side: StripSide, value: unknown, chars: unknown): string {
+  if (typeof value !== "string") throw new Error(`${side}() is a method of strings`);
+  if (chars === undefined || chars === null)
+    return side === "strip" ? value.trim() : side === "lstrip" ? value.trimStart() : value.trimEnd();
+  if (typeof chars !== "string") throw new Error(`${side}() takes a string of the characters to strip`);
+  const strip = new Set(chars);
+  const points = [...value];
+  let [start, end] = [0, points.length];
+  if (side !== "rstrip") while (start < end && strip.has(points[start]!)) start++;
+  if (side !== "lstrip") while (end > start && strip.has(points[end - 1]!)) end--;
+  return points.slice(start, end).join("");
+}
+
+/** A value as the library holds it while rendering (a string, number, list, dict...). */
+type TemplateValue = { type: string; value: unknown };
+
+/**
+ * A chat template's raise_exception: the template refuses the messages (roles that do not
+ * alternate, a tool call without a name...), which is the request's fault, unlike a feature of
+ * Python's Jinja2 the library lacks.
+ */
+export class TemplateRaisedError extends Error {
+  override name = "TemplateRaisedError";
+}
+
+/** Python's repr of a float: the shortest digits, positional from 1e-4 up to 1e16, else 1e-05 or 1.5e+16. */
+function pythonFloat(x: number): string {
+  if (!Number.isFinite(x)) return Number.isNaN(x) ? "nan" : x > 0 ? "inf" : "-inf";
+  if (Object.is(x, -0)) return "-0.0";
+  const [mantissa, exponentText] = Math.abs(x).toExponential().split("e") as [string, string];
+  const exponent = Number(exponentText);
+  const digits = mantissa.replace(".", "");
+  const sign = x < 0 ? "-" : "";
+  if (exponent < -4 || exponent >= 16)
+    return `${sign}${mantissa}e${exponent < 0 ? "-" : "+"}${String(Math.abs(exponent)).padStart(2, "0")}`;
+  if (exponent < 0) return `${sign}0.${"0".repeat(-exponent - 1)}${digits}`;
+  const whole = digits.slice(0, exponent + 1).padEnd(exponent + 1, "0");
+  return `${sign}${whole}.${digits.slice(exponent + 1) || "0"}`;
+}
+
+/** Python's repr of a str: single quotes unless it holds one and no double quote; escapes as Python's. */
+function pythonStringRepr(text: string): string {
+  const quote = text.includes("'") && !text.includes('"') ? '"' : "'";
+  const escapes: Record<string, string> = {
+    "\\": "\\\\",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    [quote]: `\\${quote}`,
+  };
+  let out = "";
+  for (const char of text) {
+    const code = char.codePointAt(0)!;
+    out +=
+      escapes[char] ??
+      (code < 0x20 || (code >= 0x7f && code < 0xa0) ? `\\x${code.toString(16).padStart(2, "0")}` : char);
+  }
+  return quote + out + quote;
+}
+
+/** Python's str() of a value, as Jinja2 prints it ({{ x }}, x | string, x ~ y): True, None, {'a': 1}. */
+function pythonStr(value: TemplateValue | undefined): string {
+  if (value?.type === "StringValue") return value.value as string;
+  return value?.type === "UndefinedValue" || value === undefined ? "" : pythonRepr(value);
+}
+
+function pythonRepr(value: TemplateValue): string {
+  switch (value.type) {
+    case "StringValue":
+      return pythonStringRepr(value.value as string);
+    case "BooleanValue":
+      return value.value ? "True" : "False";
+    case "NullValue":
+    case "UndefinedValue":
+      return "None";
+    case "FloatValue":
+      return pythonFloat(value.value as number);
+    case "ArrayValue":
+      return `[${(value.value as TemplateValue[]).map(pythonRepr).join(", ")}]`;
+    case "TupleValue": {
+      const items = (value.value as TemplateValue[]).map(pythonRepr);
+      return `(${items.join(", ")}${items.length === 1 ? "," : ""})`;
+    }
+    case "ObjectValue":
+    case "KeywordArgumentsValue": {
+      const entries = [...(value.value as Map<string, TemplateValue>)].map(
+        ([key, item]) => `${pythonStringRepr(key)}: ${pythonRepr(item)}`,
+      );
+      return `{${entries.join(", ")}}`;
+    }
+    default:
+      return String(value.value);
+  }
+}
+
+/** Python's len(): a string's code points (JavaScript's length counts an emoji twice); undefined's 0, as Jinja2's. */
+function pythonLen(value: TemplateValue | undefined): number {
+  switch (value?.type) {
+    case "StringValue":
+      return [...(value.value as string)].length;
+    case "ArrayValue":
+    case "TupleValue":
+      return (value.value as unknown[]).length;
+    case "ObjectValue":
+    case "KeywordArgumentsValue":
+      return (value.value as Map<string, unknown>).size;
+    case "UndefinedValue":
+    case undefined:
+      return 0;
+    default:
+      throw new Error(`object of type ${value!.type} has no length`);
+  }
+}
+
+/** What a rewritten call (see withPythonBuiltins) calls, by its name in the template's variables. */
+export const PYTHON_BUILTINS: Record<string, (...args: unknown[]) => string | number> = {
+  ...Object.fromEntries(
+    (["strip", "lstrip", "rstrip"] as const).map((side) => [
+      `__python_${side}`,
+      (value: unknown, chars?: unknown) => pythonStrip(side, value, chars),
+    ]),
+  ),
+  __python_strftime_now: (format: unknown) => strftimeNow(String(format)),
+  __python_str: (boxed: unknown) => pythonStr((boxed as TemplateValue[])[0]),
+  __python_len: (boxed: unknown) => pythonLen((boxed as TemplateValue[])[0]),
+  __python_raise_exception: (message: unknown) => {
+    throw new TemplateRaisedError(String(message));
+  },
+};
+
+/** Filters of a whole value rewritten to call Python's (see withPythonBuiltins). */
+const VALUE_FILTERS = new Map([
+  ["string", "__python_str"],
+  ["length", "__python_len"],
+]);
+
+/** The statements of a template's body; anything else there is an expression it prints ({{ x }}). */
+const STATEMENTS = new Set([
+  "Set",
+  "If",
+  "For",
+  "Macro",
+  "CallStatement",
+  "Break",
+  "Continue",
+  "FilterStatement",
+  "Comment",
+]);
+
+/**
+ * Where @huggingface/jinja's builtins part from Python's, which templates are written for, the
+ * parsed template is rewritten to call Python's (PYTHON_BUILTINS; the library lets no variable
+ * replace its own): `x.lstrip(c)` (also strip, rstrip) becomes `__python_lstrip(x, c)`, as the
+ * library's ignore the characters given and strip whitespace (Qwen3's template keeps an answer
+ * with `.lstrip('\n')`, and lost the indentation of one that opens with code); `strftime_now(f)`
+ * becomes `__python_strftime_now(f)` (see strftimeNow); what the template prints (`{{ x }}`),
+ * `x | string` and both sides of `x ~ y` become `__python_str([x])`, as the library writes
+ * JavaScript's true, null (or nothing) and JSON where Python writes True, None and {'a': 1}, and
+ * throws on `none | string` (Qwen3-Coder's template writes a tool's schema values with it);
+ * `x | length` becomes `__python_len([x])`, a string's code points (not UTF-16 units); and
+ * `raise_exception(m)` throws a TemplateRaisedError, told apart from the library's own errors.
+ */
+export function withPythonBuiltins(template: Template): Template {
+  type Node = { type?: string; [key: string]: unknown };
+  const call = (name: string, args: unknown[]): Node => ({
+    type: "CallExpression",
+    callee: { type: "Identifier", value: name },
+    args,
+  });
+  // Given its value in a list: the library hands a function a value's contents, and 1.0's are 1's.
+  const boxedCall = (name: string, node: unknown) => call(name, [{ type: "ArrayLiteral", value: [node] }]);
+  const str = (node: unknown): Node => boxedCall("__python_str", node);
+  const printed = (node: Node) => (STATEMENTS.has(node.type!) || node.type === "StringLiteral" ? node : str(node));
+  const visit = (node: unknown): void => {
+    if (!node || typeof node !== "object") return;
+    if (Array.isArray(node)) return node.forEach(visit);
+    const n = node as Node;
+    for (const child of Object.values(n)) visit(child);
+    const callee = n.callee as Node | undefined;
+    const method = callee?.property as Node | undefined;
+    for (const block of ["body", "alternate", "defaultBlock"])
+      if (Array.isArray(n[block])) n[block] = (n[block] as Node[]).map(printed);
+    if (n.type === "CallExpression" && callee?.type === "Identifier" && callee.value === "strftime_now")
+      callee.value = "__python_strftime_now";
+    if (n.type === "CallExpression" && callee?.type === "Identifier" && callee.value === "raise_exception")
+      callee.value = "__python_raise_exception";
+    if (n.type === "BinaryExpression" && (n.operator as Node).value === "~")
+      [n.left, n.right] = [str(n.left), str(n.right)];
+    const filter = n.filter as Node | undefined;
+    const pythonFilter = filter?.type === "Identifier" ? VALUE_FILTERS.get(filter.value as string) : undefined;
+    if (n.type === "FilterExpression" && pythonFilter)
+      Object.assign(n, boxedCall(pythonFilter, n.operand), {
+        operand: undefined,
+        filter: undefined,
+      });
+    if (
+      n.type === "CallExpression" &&
+      callee?.type === "MemberExpression" &&
+      !callee.computed &&
+      method?.type === "Identifier" &&
+      ["strip", "lstrip", "rstrip"].includes(method.value as string) &&
+      (n.args as unknown[]).length > 0
+    ) {
+      n.args = [callee.object, ...(n.args as unknown[])];
+      method.value = `__python_${method.value}`;
+      n.callee = method;
+    }
+  };
+  visit(template.parsed);
+  return template;
+}
