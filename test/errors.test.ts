@@ -23,6 +23,14 @@ const cases: [Error, number, string | null, RegExp][] = [
     "model_pull_failed",
     /not in the store yet/,
   ],
+  [
+    new ModelPullError("pulling 'x' failed: not enough disk space in /store for x", {
+      cause: Object.assign(new Error("not enough disk space in /store for x"), { code: "ENOSPC" }),
+    }),
+    507,
+    "insufficient_storage",
+    /not enough disk space/,
+  ],
   [new ContextLengthError("the prompt is 300 tokens"), 400, "context_length_exceeded", /; shorten the prompt/],
   [new InvalidParameterError("top_p must be in (0, 1]", "top_p"), 400, null, /^invalid option: top_p/],
   [

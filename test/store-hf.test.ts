@@ -522,6 +522,8 @@ describe("pull from the hub", () => {
       await expect(pull("hf:org/huge")).rejects.toThrow(
         /^not enough disk space in .* for hf:org\/huge: about 100000\d{4} MB needed, \d+ MB free$/,
       );
+      // As the system's full disk: a server answers it 507, not as the hub's failure (502).
+      await expect(pull("hf:org/huge")).rejects.toMatchObject({ code: "ENOSPC" });
       expect(paths(s).some((p) => p.startsWith("GET /lfs/"))).toBe(false);
       expect(readManifest("org/huge")).toBeUndefined();
     },

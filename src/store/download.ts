@@ -141,7 +141,11 @@ export async function ensureFreeSpace(bytes: number, what: string): Promise<void
   const { bavail, bsize } = await statfs(root);
   const free = bavail * bsize;
   if (free < bytes) {
-    throw new Error(`not enough disk space in ${root} for ${what}: about ${mb(bytes)} MB needed, ${mb(free)} MB free`);
+    // ENOSPC as the system's own: a server answers it as its want of room (507).
+    throw Object.assign(
+      new Error(`not enough disk space in ${root} for ${what}: about ${mb(bytes)} MB needed, ${mb(free)} MB free`),
+      { code: "ENOSPC" },
+    );
   }
 }
 
@@ -366,8 +370,11 @@ export function describeNetworkError(error: unknown): string {
 
 function fileError(error: unknown, path: string): Error {
   const code = (error as NodeJS.ErrnoException).code;
-  if (code === "ENOSPC")
-    return new DownloadError(`no space left on device while writing ${path}; free some space and run again to resume`);
+  if (code === "ENOSPC" || code === "EDQUOT")
+    return Object.assign(
+      new DownloadError(`no space left on device while writing ${path}; free some space and run again to resume`),
+      { code },
+    );
   const reason = error instanceof Error ? error.message : String(error);
   return new DownloadError(`cannot write ${path}: ${reason}`);
 }

@@ -273,7 +273,8 @@ async function readAt(zip: FileHandle, position: number, length: number): Promis
 function explainStreamError(error: unknown, zipPath: string, member: string, tmpPath: string): Error {
   if (error instanceof ZipError) return error;
   const code = (error as NodeJS.ErrnoException).code ?? "";
-  if (code === "ENOSPC") return new ZipError(`no space left on device while extracting '${member}' to ${tmpPath}`);
+  if (code === "ENOSPC" || code === "EDQUOT")
+    return Object.assign(new ZipError(`no space left on device while extracting '${member}' to ${tmpPath}`), { code });
   if (code.startsWith("Z_") || code.startsWith("ERR_ZLIB"))
     return corrupt(zipPath, `member '${member}' does not inflate (${(error as Error).message})`);
   return error instanceof Error ? error : new Error(String(error));
