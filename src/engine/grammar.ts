@@ -657,14 +657,61 @@ export async function compiledGrammarCount(tokenizer: Tokenizer): Promise<number
 
 /** A JSON Schema as EBNF whose rule `root` is one JSON value matching it, on one line. */
 export async function schemaEbnf(schema: object, strict: boolean): Promise<string> {
+  return jsonSafeStrings(await boundedSchemaEbnf(schema, strict, "json"));
+}
+
+/**
+ * The JSON Schema of an arguments object as EBNF whose rule `root` is its properties as Qwen's
+ * XML parameters, as Qwen3-Coder's template writes them: `<parameter=p>\nvalue\n</parameter>\n`
+ * for each, in the schema's order, a string's value as its text and any other as JSON.
+ * xgrammar's layout lets any whitespace around a parameter and its value (which a model can
+ * fill forever) and quotes a string const or enum value as JSON: both are made the template's.
+ */
+export async function xmlParametersEbnf(schema: object): Promise<string> {
+  const ebnf = (await boundedSchemaEbnf(schema, true, "xml"))
+    .replace(/\[ \\n\\t\]\* (\(*)"<parameter=/g, '$1"<parameter=')
+    .replace(/("<parameter=[^"]*>") \[ \\n\\t\]\*/g, '$1 "\\n"')
+    .replace(/\[ \\n\\t\]\* "<\/parameter>"/g, '"\\n</parameter>\\n"')
+    // Rules xgrammar prints but cannot read back: an empty lookahead (its XML string's), and an
+    // empty root (a function without parameters).
+    .replace(/ \(= \)$/gm, "")
+    .replace(/^root ::= *$/m, 'root ::= ""');
+  return [
+    ...ebnf.split("\n").map((line) => {
+      if (/^root_prop_\d+ ::= /.test(line)) return line.replace(/"\\"((?:[^"\\]|\\.)*?)\\""/g, '"$1"');
+      // A string's text is any text (code, on many lines) up to the </parameter> that ends it,
+      // as the template writes it and vLLM reads it; xgrammar's allowed no newline, "<" or "&".
+      return line.startsWith("xml_string ::= ") ? "xml_string ::= xml_text_0" : line;
+    }),
+    ...textBeforeRules("</parameter>", "xml_text_"),
+  ].join("\n");
+}
+
+/**
+ * Rules `<prefix>0`... for any text that does not hold `end` (whose first character it holds
+ * nowhere else): rule `<prefix>i` is the text after `i` characters of `end` were matched.
+ */
+function textBeforeRules(end: string, prefix: string): string[] {
+  const literal = (c: string) => JSON.stringify(c);
+  const first = end[0]!;
+  return Array.from(end, (c, i) => {
+    const others = i === 0 ? `[^${first}]` : `[^${first}${c}]`;
+    const alternatives = ['""', `${others} ${prefix}0`, `${literal(first)} ${prefix}1`];
+    if (i > 0 && i + 1 < end.length) alternatives.push(`${literal(c)} ${prefix}${i + 1}`);
+    return `${prefix}${i} ::= ${alternatives.join(" | ")}`;
+  });
+}
+
+/** xgrammar's EBNF for `schema` (JSON, or Qwen's XML parameters), with each bounded number's grammar ours (see replaceBoundedNumbers). */
+async function boundedSchemaEbnf(schema: object, strict: boolean, layout: "json" | "xml"): Promise<string> {
   const inst = await instance();
   const rules: string[] = [];
   const placeheld = replaceBoundedNumbers(schema, "", rules);
   let ebnf = await guarded(inst, "unsupported schema", () =>
-    inst.xg.Testings._jsonSchemaToEBNF(JSON.stringify(placeheld), false, -1, undefined, strict),
+    inst.xg.Testings._jsonSchemaToEBNF(JSON.stringify(placeheld), false, -1, undefined, strict, undefined, layout),
   );
   rules.forEach((_, i) => (ebnf = ebnf.replaceAll(`"\\"${NUMBER_PLACEHOLDER}${i}\\""`, numberRuleName(i))));
-  return jsonSafeStrings([ebnf, ...rules.map((body, i) => `${numberRuleName(i)} ::= ${body}`)].join("\n"));
+  return [ebnf, ...rules.map((body, i) => `${numberRuleName(i)} ::= ${body}`)].join("\n");
 }
 
 // ---------------------------------------------------------------------------------------------

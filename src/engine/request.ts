@@ -111,7 +111,8 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   validateSampling(spec.sampling, vocab);
   const offered = offeredTools(spec.tools);
   const template = toolTemplate(lm.tokenizer.chatTemplateFor(offered));
-  const toolFormat = offered && template.format;
+  // A format that types arguments by the functions' schemas reads them from the offered ones.
+  const toolFormat = offered && (template.format.withTools?.(offered) ?? template.format);
   const shaped = shapedAnswer(spec.format !== undefined, spec.tools);
   const thinking = settleThinking(lm.tokenizer, spec.prompt, spec.thinking, shaped);
   const promptIds = withPrefix(

@@ -8,6 +8,7 @@ import {
   createGrammarConstraint,
   schemaEbnf,
   SchemaError,
+  xmlParametersEbnf,
   validateSchema,
   type BudgetOptions,
   type GrammarConstraint,
@@ -42,8 +43,10 @@ export async function createToolCallConstraint(
       throw error;
     }
   }
+  // The budget steering follows JSON arguments only: XML parameters go unsteered (a call the
+  // budget cuts is dropped when the answer is read).
   const steering =
-    o.maxTokens === undefined
+    o.maxTokens === undefined || format.xmlParameters
       ? undefined
       : budgetSteering(tokenizer, o.maxTokens, () => callsProgress(format, functions, o.required));
   const source = {
@@ -85,6 +88,8 @@ function callsProgress(format: ToolCallFormat, functions: ToolSpec[], required: 
   };
 }
 
+const jsonArgumentsEbnf = (schema: object) => schemaEbnf(schema, true);
+
 /** An empty parameter schema still means an arguments object. */
 function argumentsSchema(f: ToolSpec): Record<string, unknown> {
   return Object.keys(f.parameters).length > 0 ? f.parameters : { type: "object", properties: {} };
@@ -95,13 +100,17 @@ async function callsFormat(
   functions: ToolSpec[],
   { required, parallel }: ToolCallConstraintOptions,
 ): Promise<StructuralTagFormat> {
-  // Each call's arguments as our JSON-safe EBNF for its schema (see schemaEbnf).
+  // Each call's arguments as our JSON-safe EBNF for its schema (see schemaEbnf), or as Qwen's
+  // XML parameters (see xmlParametersEbnf).
   const calls = await Promise.all(
     functions.map(
       async (f): Promise<TagFormat> => ({
         type: "tag",
         ...format.callLayout(f.name),
-        content: { type: "grammar", grammar: await schemaEbnf(argumentsSchema(f), true) },
+        content: {
+          type: "grammar",
+          grammar: await (format.xmlParameters ? xmlParametersEbnf : jsonArgumentsEbnf)(argumentsSchema(f)),
+        },
       }),
     ),
   );

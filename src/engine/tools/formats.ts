@@ -8,8 +8,10 @@
 // - mistral: [TOOL_CALLS] [{"name": "f", "arguments": {...}}]
 // - mistralArgs (Mistral's v11+ templates: Mistral Small 3.2, Devstral, Magistral):
 //     [TOOL_CALLS]f[ARGS]{...} for each call, optionally after prose
+// - qwen3coder (Qwen3-Coder, Qwen3.5): XML parameters, each typed by the function's schema:
+//     <tool_call>\n<function=f>\n<parameter=p>\nvalue\n</parameter>\n</function>\n</tool_call>
 import { createHash } from "node:crypto";
-import type { ToolCall } from "./types";
+import type { ToolCall, ToolSpec } from "./types";
 
 export interface ParsedAnswer {
   /** The prose around the calls (the whole answer when it holds none). */
@@ -21,7 +23,7 @@ export interface ParsedAnswer {
 export type ToolCallParser = Pick<ToolCallFormat, "markers" | "anywhere" | "parse">;
 
 export interface ToolCallFormat {
-  name: "hermes" | "llama3" | "mistral" | "mistral-args";
+  name: "hermes" | "llama3" | "mistral" | "mistral-args" | "qwen3coder";
   /** Texts that open a call. */
   markers: string[];
   /** Whether a call may follow prose (hermes) or only opens the answer (llama3, mistral). */
@@ -36,6 +38,10 @@ export interface ToolCallFormat {
   list?: { begin: string; end: string };
   /** The text that opens calls in free text (a prefix of every call's layout, list included). */
   trigger: string;
+  /** Whether a call's arguments are Qwen's XML parameters (`<parameter=p>\nvalue\n</parameter>`), not a JSON object. */
+  xmlParameters?: boolean;
+  /** The format reading calls to `tools` (for a format whose arguments are typed by the functions' schemas). */
+  withTools?(tools: ToolSpec[]): ToolCallFormat;
 }
 
 const alphanumeric = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
@@ -316,7 +322,143 @@ const mistralArgs: ToolCallFormat = {
   trigger: mistralMarker,
 };
 
-export const toolCallFormats = { hermes, llama3, mistral, mistralArgs };
+/** A function's parameter schemas by name (an unknown function's parameters have none). */
+type ParameterSchemas = Map<string, Record<string, unknown>>;
+
+/** The JSON types a parameter schema allows (its `type`, or its anyOf/oneOf branches'); empty when it names none. */
+function schemaTypes(schema: Record<string, unknown> | undefined): string[] {
+  if (!schema) return [];
+  const own = schema.type;
+  const types = typeof own === "string" ? [own] : Array.isArray(own) ? own.filter((t) => typeof t === "string") : [];
+  for (const key of ["anyOf", "oneOf"]) {
+    const branches = schema[key];
+    if (Array.isArray(branches))
+      for (const b of branches) if (b && typeof b === "object") types.push(...schemaTypes(b));
+  }
+  return types;
+}
+
+/**
+ * A parameter's text as the value its schema types it, as vLLM's qwen3coder parser reads it: a
+ * string verbatim, an integer, number or boolean parsed, an object or array read as JSON, "null"
+ * as null unless the parameter is a string only. Text that does not read as its type stays
+ * text (and a parameter with no schema, of an unknown function or name, stays text too).
+ */
+function typedParameter(text: string, schema: Record<string, unknown> | undefined): unknown {
+  const types = schemaTypes(schema);
+  const value = text.trim();
+  if (value.toLowerCase() === "null" && !(types.length > 0 && types.every((t) => t === "string"))) return null;
+  for (const type of types) {
+    if (type === "integer" && /^-?\d+$/.test(value)) return Number(value);
+    if (type === "number" && value !== "" && Number.isFinite(Number(value))) return Number(value);
+    if (type === "boolean" && /^(true|false)$/i.test(value)) return value.toLowerCase() === "true";
+    if (type === "object" || type === "array") {
+      const json = parseJson(value);
+      if (type === "array" ? Array.isArray(json) : json && typeof json === "object" && !Array.isArray(json))
+        return json;
+    }
+  }
+  // An enum or const of other values than strings, with no type named.
+  if (types.length === 0 && schema && (Array.isArray(schema.enum) || "const" in schema)) {
+    const json = parseJson(value);
+    const allowed = Array.isArray(schema.enum) ? schema.enum : [schema.const];
+    if (json !== undefined && typeof json !== "string" && allowed.includes(json)) return json;
+  }
+  return text;
+}
+
+/**
+ * The parameters in a Qwen XML function body: each `<parameter=p>` up to its `</parameter>` (or
+ * the next parameter, or the body's end, as vLLM reads a missing one), its value without the
+ * one newline after the opening tag and the one before the closing one.
+ */
+function xmlParameters(body: string, schemas: ParameterSchemas | undefined): Record<string, unknown> | undefined {
+  const open = "<parameter=";
+  const args: Record<string, unknown> = {};
+  for (let at = body.indexOf(open); at >= 0; ) {
+    const nameEnd = body.indexOf(">", at);
+    if (nameEnd < 0) return undefined;
+    const name = body.slice(at + open.length, nameEnd).trim();
+    const next = body.indexOf(open, nameEnd);
+    const close = body.indexOf("</parameter>", nameEnd);
+    const end = [close, next, body.length].filter((i) => i >= 0).reduce((a, b) => Math.min(a, b));
+    let value = body.slice(nameEnd + 1, end);
+    if (value.startsWith("\n")) value = value.slice(1);
+    if (value.endsWith("\n")) value = value.slice(0, -1);
+    if (!name) return undefined;
+    args[name] = typedParameter(value, schemas?.get(name));
+    at = next;
+  }
+  return args;
+}
+
+/** The call whose `<function=` is at `at`, and where it ends (past `</function>`, and `</tool_call>` when it follows); none if `</function>` never comes (a cut call). */
+function xmlCall(
+  text: string,
+  at: number,
+  schemas: Map<string, ParameterSchemas>,
+): { call: ToolCall; end: number } | undefined {
+  const head = /^<function=([^>\n<]+)>/.exec(text.slice(at));
+  const close = "</function>";
+  const closed = text.indexOf(close, at);
+  if (!head || closed < 0) return undefined;
+  const name = head[1]!.trim();
+  const args = xmlParameters(text.slice(at + head[0].length, closed), schemas.get(name));
+  if (!name || !args) return undefined;
+  const after = /^\s*<\/tool_call>/.exec(text.slice(closed + close.length));
+  return { call: { id: openaiCallId(), name, arguments: args }, end: closed + close.length + (after?.[0].length ?? 0) };
+}
+
+/** Qwen3-Coder's format, reading parameters as `tools` type them. */
+function qwen3coderFormat(tools: ToolSpec[]): ToolCallFormat {
+  const schemas = new Map(
+    tools.map((t): [string, ParameterSchemas] => {
+      const properties = (t.parameters.properties ?? {}) as Record<string, Record<string, unknown>>;
+      return [t.name, new Map(Object.entries(properties))];
+    }),
+  );
+  return {
+    name: "qwen3coder",
+    // vLLM reads a <function=...> block without <tool_call> around it too.
+    markers: ["<tool_call>", "<function="],
+    anywhere: true,
+    // Prose, calls (each in <tool_call>, or bare), prose: the prose around them is the content.
+    // A call that does not close (cut off by a stop string or the token budget) is neither.
+    parse(text) {
+      const calls: ToolCall[] = [];
+      let content = "";
+      let done = 0; // text before this is in `content` or a call
+      const fn = "<function=";
+      for (let at = text.indexOf(fn); at >= 0; at = text.indexOf(fn, at + fn.length)) {
+        if (at < done) continue; // inside a call read already
+        const read = xmlCall(text, at, schemas);
+        if (!read) continue;
+        const opened = /<tool_call>\s*$/.exec(text.slice(done, at));
+        const start = opened ? done + opened.index : at;
+        calls.push(read.call);
+        content += text.slice(done, start);
+        done = read.end;
+      }
+      content += text.slice(done);
+      const withoutCut = (t: string) =>
+        withoutOpenCall(withoutOpenCall(t, "<tool_call>", "</tool_call>"), fn, "</function>");
+      return calls.length > 0
+        ? { content: withoutCut(withoutCutCall(content.trim(), "<tool_call>", "</tool_call>")), calls }
+        : { content: withoutCut(text), calls };
+    },
+    // As the template writes calls: each parameter ends in a newline, up to </function>.
+    callLayout: (name) => ({ begin: `<tool_call>\n<function=${name}>\n`, end: "</function>\n</tool_call>" }),
+    separator: "\n",
+    trigger: "<tool_call>",
+    xmlParameters: true,
+    withTools: qwen3coderFormat,
+  };
+}
+
+/** Without the offered tools: every parameter read as text. */
+const qwen3coder = qwen3coderFormat([]);
+
+export const toolCallFormats = { hermes, llama3, mistral, mistralArgs, qwen3coder };
 
 /** How a chat template handles tools: natively (it renders `tools` itself) in one format, or not at all. */
 export interface ToolTemplate {
@@ -327,6 +469,8 @@ export interface ToolTemplate {
 export function toolTemplate(chatTemplate: string | undefined): ToolTemplate {
   const t = chatTemplate ?? "";
   if (/\btools\b/.test(t)) {
+    // Qwen3-Coder's and Qwen3.5's templates show calls as XML inside <tool_call>.
+    if (t.includes("<tool_call>") && t.includes("<function=")) return { native: true, format: qwen3coder };
     if (t.includes("<tool_call>")) return { native: true, format: hermes };
     if (t.includes("[TOOL_CALLS]")) return { native: true, format: t.includes("[ARGS]") ? mistralArgs : mistral };
     if (t.includes("<|python_tag|>") || t.includes("ipython")) return { native: true, format: llama3 };

@@ -1,0 +1,125 @@
+// A model with Qwen3-Coder's template through the server and the openai client: past calls are
+// rendered as the template's XML, and a required call is written in that XML (by the grammar:
+// the model has random weights) and comes back as the same tool_calls, whole and streamed, its
+// arguments typed by the function's schema.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import Ajv from "ajv";
+import OpenAI from "openai";
+import type { RunningServer } from "../src/server/app";
+import { post, serve } from "./helpers/serve";
+import { writeTinyModel } from "./helpers/tiny-model";
+import { forecastParameters, forecastTools } from "./helpers/forecast-tools";
+
+let server: RunningServer;
+let openai: OpenAI;
+let model: string;
+const validArguments = new Ajv().compile(forecastParameters);
+
+beforeAll(() => {
+  const root = mkdtempSync(join(tmpdir(), "mlx-serve-tools-qwen3coder-"));
+  process.env.MLX_HOME ??= join(root, "home");
+  model = join(root, "qwen3-coder");
+  writeTinyModel(model, {
+    contextLength: 2048,
+    chatTemplate: readFileSync(join(import.meta.dir, "fixtures", "templates", "qwen3-coder.jinja"), "utf8"),
+  });
+  server = serve({ defaultModel: model });
+  openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused" });
+});
+
+afterAll(() => server.stop());
+
+type Call = { function: { name: string; arguments: string } };
+
+describe("Qwen3-Coder's template (XML calls: <function=f> with a <parameter=p> for each argument)", () => {
+  const history: OpenAI.ChatCompletionMessageParam[] = [
+    { role: "user", content: "What will the weather be in Oslo?" },
+    {
+      role: "assistant",
+      content: null,
+      tool_calls: [
+        { id: "call_1", type: "function", function: { name: "forecast", arguments: '{"city": "Oslo", "days": 2}' } },
+      ],
+    },
+    { role: "tool", tool_call_id: "call_1", content: "Snow" },
+    { role: "user", content: "And in Rome?" },
+  ];
+
+  test("its past calls are rendered as the template's XML", async () => {
+    const rendered = await post(`${server.url}/apply-template`, { model, messages: history, tools: forecastTools });
+    expect(rendered.status).toBe(200);
+    expect(rendered.json.prompt).toContain(
+      "<tool_call>\n<function=forecast>\n<parameter=city>\nOslo\n</parameter>\n<parameter=days>\n2\n</parameter>\n</function>\n</tool_call>",
+    );
+  });
+
+  for (const choice of ["required", { type: "function", function: { name: "forecast" } }] as const) {
+    test(`tool_choice ${JSON.stringify(choice)}: written in the XML layout, typed tool_calls, whole and streamed alike`, async () => {
+      const request = {
+        model,
+        messages: history,
+        tools: forecastTools,
+        tool_choice: choice,
+        parallel_tool_calls: false,
+        temperature: 1,
+        max_tokens: 80,
+      };
+      let finished = 0;
+      for (const seed of [1, 2, 3]) {
+        const whole = (await openai.chat.completions.create({ ...request, seed, logprobs: true })).choices[0]!;
+        const stream = await openai.chat.completions.create({ ...request, seed, stream: true });
+        const streamed: Call[] = [];
+        let finish: string | null = null;
+        let streamedContent = "";
+        for await (const chunk of stream) {
+          const c = chunk.choices[0];
+          streamedContent += c?.delta.content ?? "";
+          for (const d of c?.delta.tool_calls ?? []) {
+            streamed[d.index] ??= { function: { name: "", arguments: "" } };
+            streamed[d.index]!.function.name += d.function?.name ?? "";
+            streamed[d.index]!.function.arguments += d.function?.arguments ?? "";
+          }
+          finish = c?.finish_reason ?? finish;
+        }
+        expect(finish).toBe(whole.finish_reason);
+        if (whole.finish_reason === "length") continue;
+        finished++;
+        expect(whole.finish_reason).toBe("tool_calls");
+        expect(whole.message.content).toBeNull();
+        expect(streamedContent).toBe("");
+        const calls = whole.message.tool_calls as Call[];
+        expect(calls).toHaveLength(1);
+        expect(calls[0]!.function.name).toBe(typeof choice === "string" ? calls[0]!.function.name : "forecast");
+        if (calls[0]!.function.name === "forecast") {
+          const args = JSON.parse(calls[0]!.function.arguments);
+          // days is a number, not the text "3"; the unit (an enum of strings) is the bare word.
+          expect({ args, valid: validArguments(args) }).toEqual({ args, valid: true });
+        } else expect(JSON.parse(calls[0]!.function.arguments)).toEqual({});
+        const raw = whole.logprobs!.content!.map((t) => t.token).join("");
+        expect(raw).toStartWith(`<tool_call>\n<function=${calls[0]!.function.name}>\n`);
+        expect(raw.trimEnd()).toEndWith("</function>\n</tool_call>");
+        expect(streamed.map((c) => c.function)).toEqual(calls.map((c) => c.function));
+      }
+      expect(finished).toBeGreaterThan(0);
+    }, 120_000);
+  }
+
+  test("tool_choice auto: an answer in prose is the content, and the server's prompt offers the tools", async () => {
+    const rendered = await post(`${server.url}/apply-template`, { model, messages: history, tools: forecastTools });
+    expect(rendered.json.prompt).toContain("<function>\n<name>forecast</name>");
+    const answer = await openai.chat.completions.create({
+      model,
+      messages: history,
+      tools: forecastTools,
+      temperature: 0,
+      max_tokens: 8,
+    });
+    const choice = answer.choices[0]!;
+    expect(choice.finish_reason).toBe("length");
+    expect(choice.message.tool_calls ?? []).toEqual([]);
+    expect(typeof choice.message.content).toBe("string");
+  });
+});
