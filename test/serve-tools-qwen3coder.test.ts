@@ -107,6 +107,18 @@ describe("Qwen3-Coder's template (XML calls: <function=f> with a <parameter=p> f
     }, 120_000);
   }
 
+  test("a max_tokens no call fits is a 400 naming the shortest call's length, as for the other formats; the server carries on", async () => {
+    const request = { model, messages: history, tools: forecastTools, tool_choice: "required" as const };
+    const refused = await post(`${server.url}/v1/chat/completions`, { ...request, max_tokens: 5 });
+    expect(refused.status).toBe(400);
+    expect(refused.json.error.message).toMatch(
+      /max_tokens 5 is too small for this format: the shortest valid answer takes \d+ tokens/,
+    );
+    const needed = Number(/takes (\d+) tokens/.exec(refused.json.error.message)![1]);
+    const answer = await openai.chat.completions.create({ ...request, max_tokens: needed, seed: 1 });
+    expect(answer.choices[0]!.finish_reason).toMatch(/^(tool_calls|length)$/);
+  });
+
   test("tool_choice auto: an answer in prose is the content, and the server's prompt offers the tools", async () => {
     const rendered = await post(`${server.url}/apply-template`, { model, messages: history, tools: forecastTools });
     expect(rendered.json.prompt).toContain("<function>\n<name>forecast</name>");

@@ -14,8 +14,8 @@ import {
   type GrammarConstraint,
 } from "../grammar";
 import { CallsProgress } from "../budget/calls-progress";
-import { SchemaShapes } from "../budget/json-progress";
-import { budgetSteering } from "../budget/steering";
+import { SchemaShapes, UnsteerableSchemaError } from "../budget/json-progress";
+import { budgetSteering, type Progress } from "../budget/steering";
 import type { StructuralTag, StructuralTagFormat, TagFormat } from "@mlc-ai/web-xgrammar";
 import type { Tokenizer } from "../../tokenizer/tokenizer";
 import type { ToolCallFormat } from "./formats";
@@ -44,11 +44,13 @@ export async function createToolCallConstraint(
     }
   }
   // The budget steering follows JSON arguments only: XML parameters go unsteered (a call the
-  // budget cuts is dropped when the answer is read).
+  // budget cuts is dropped when the answer is read), but a budget no call fits is refused.
   const steering =
-    o.maxTokens === undefined || format.xmlParameters
+    o.maxTokens === undefined || (format.xmlParameters && !o.required)
       ? undefined
-      : budgetSteering(tokenizer, o.maxTokens, () => callsProgress(format, functions, o.required));
+      : budgetSteering(tokenizer, o.maxTokens, () =>
+          format.xmlParameters ? xmlCallsStart(format, functions) : callsProgress(format, functions, o.required),
+        );
   const source = {
     key: `tools:${format.name}:${o.required}:${o.parallel}:${canonicalJson(functions.map((f) => [f.name, argumentsSchema(f)]))}`,
     structuralTag: async (): Promise<StructuralTag> => ({
@@ -86,6 +88,61 @@ function callsProgress(format: ToolCallFormat, functions: ToolSpec[], required: 
     // What opens another call: the trigger in free text, the separator after a call.
     openers: required ? (format.separator.trim()[0] ?? format.separator[0]) : format.trigger[0],
   };
+}
+
+/**
+ * Required XML calls as the budget steering can read them: the shortest whole call before any
+ * text (so a budget it does not fit is refused up front), nothing once the answer has begun
+ * (the grammar alone decides from there).
+ */
+function xmlCallsStart(format: ToolCallFormat, functions: ToolSpec[]): { progress: Progress; opening: number } {
+  const calls = functions.map((f) => {
+    const schema = argumentsSchema(f);
+    const shapes = new SchemaShapes(schema, true);
+    const properties = (schema.properties ?? {}) as Record<string, unknown>;
+    const required = new Set(Array.isArray(schema.required) ? schema.required : []);
+    const parameters = Object.entries(properties)
+      .filter(([name]) => required.has(name))
+      .map(([name, property]) => {
+        // A string's value is its text, any other value its JSON.
+        const text = shapes.minText(property);
+        const value = parseJsonString(text) ?? text;
+        return `<parameter=${name}>\n${value}\n</parameter>\n`;
+      });
+    const { begin, end } = format.callLayout(f.name);
+    return begin + parameters.join("") + end;
+  });
+  const shortest = calls.reduce((a, b) => (b.length < a.length ? b : a));
+  return { progress: new StartOnly(shortest), opening: 0 };
+}
+
+function parseJsonString(text: string): string | undefined {
+  try {
+    const value = JSON.parse(text);
+    return typeof value === "string" ? value : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** An answer whose shortest completion is known before its first character only. */
+class StartOnly implements Progress {
+  private begun = false;
+  constructor(private readonly whole: string) {}
+  feed(text: string): void {
+    if (text) this.begun = true;
+  }
+  completion(): string {
+    if (this.begun) throw new UnsteerableSchemaError("XML parameters are not followed by the budget steering");
+    return this.whole;
+  }
+  clone(): StartOnly {
+    const copy = new StartOnly(this.whole);
+    copy.begun = this.begun;
+    return copy;
+  }
+  inFreeString = () => false;
+  inPatternString = () => false;
 }
 
 const jsonArgumentsEbnf = (schema: object) => schemaEbnf(schema, true);
