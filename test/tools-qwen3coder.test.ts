@@ -116,9 +116,14 @@ describe("qwen3coder: the format", () => {
 
   test('"null" is null unless the parameter is a string; text that is not its type stays text', () => {
     const parsed = format.parse(
-      call("get_weather", param("city", "null") + param("days", "null") + param("ratio", "lots")),
+      call("get_weather", param("city", "null") + param("days", "null") + param("ratio", "lots") + param("level", "9")),
     );
-    expect(parsed.calls[0]!.arguments).toEqual({ city: "null", days: null, ratio: "lots" });
+    expect(parsed.calls[0]!.arguments).toEqual({ city: "null", days: null, ratio: "lots", level: "9" });
+    // A number as JSON writes it (as Python's float() reads it), not JavaScript's other forms.
+    const numbers = ["1e3", "-0.25", ".5", "0x10", "Infinity", "1,5", ""].map(
+      (n) => format.parse(call("get_weather", param("ratio", n))).calls[0]!.arguments.ratio,
+    );
+    expect(numbers).toEqual([1000, -0.25, 0.5, "0x10", "Infinity", "1,5", ""]);
   });
 
   test("an unknown function or parameter: its values stay text (but null), as vLLM reads them", () => {

@@ -350,7 +350,7 @@ function typedParameter(text: string, schema: Record<string, unknown> | undefine
   if (value.toLowerCase() === "null" && !(types.length > 0 && types.every((t) => t === "string"))) return null;
   for (const type of types) {
     if (type === "integer" && /^-?\d+$/.test(value)) return Number(value);
-    if (type === "number" && value !== "" && Number.isFinite(Number(value))) return Number(value);
+    if (type === "number" && /^-?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/.test(value)) return Number(value);
     if (type === "boolean" && /^(true|false)$/i.test(value)) return value.toLowerCase() === "true";
     if (type === "object" || type === "array") {
       const json = parseJson(value);
