@@ -284,6 +284,8 @@ describe("qwen3coder: calls are valid by construction", () => {
           content: { type: "string" },
           mode: { enum: ["create", "append"] },
           lines: { type: "array", items: { type: "integer" } },
+          options: { type: "object", properties: { force: { type: "boolean" } }, required: ["force"] },
+          level: { enum: ['a "b"', 2] },
         },
         required: ["path", "content"],
       },
@@ -302,6 +304,11 @@ describe("qwen3coder: calls are valid by construction", () => {
       call("write_file", param("path", "a.js") + param("content", content) + more);
     expect(await accepts(answer(code, param("mode", "append") + param("lines", "[1, 2]")))).toBe(true);
     expect(await accepts(`${answer("x")}\n${answer("y")}`)).toBe(true);
+    // An object's keys stay JSON; a string enum value is bare (quotes in it included), another one JSON.
+    expect(await accepts(answer("x", param("options", '{"force": true}') + param("level", 'a "b"')))).toBe(true);
+    expect(await accepts(answer("x", param("options", "{force: true}")))).toBe(false);
+    expect(await accepts(answer("x", param("level", "2")))).toBe(true);
+    expect(await accepts(answer("x", param("level", '"a \\"b\\""')))).toBe(false);
     expect(await accepts(answer(code, param("mode", '"append"')))).toBe(false);
     expect(await accepts(answer("a </parameter> b"))).toBe(false);
     expect(await accepts(call("write_file", param("content", "x") + param("path", "a.js")))).toBe(false);

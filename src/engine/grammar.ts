@@ -678,13 +678,34 @@ export async function xmlParametersEbnf(schema: object): Promise<string> {
     .replace(/^root ::= *$/m, 'root ::= ""');
   return [
     ...ebnf.split("\n").map((line) => {
-      if (/^root_prop_\d+ ::= /.test(line)) return line.replace(/"\\"((?:[^"\\]|\\.)*?)\\""/g, '"$1"');
+      if (/^root_prop_\d+ ::= /.test(line)) return withBareStringLiterals(line);
       // A string's text is any text (code, on many lines) up to the </parameter> that ends it,
       // as the template writes it and vLLM reads it; xgrammar's allowed no newline, "<" or "&".
       return line.startsWith("xml_string ::= ") ? "xml_string ::= xml_text_0" : line;
     }),
     ...textBeforeRules("</parameter>", "xml_text_"),
   ].join("\n");
+}
+
+/**
+ * A parameter's rule that is only literals (a const or an enum) with its strings' quotes taken
+ * off: a string's value is its bare text. (A rule with anything else, an object, stays JSON.)
+ */
+function withBareStringLiterals(line: string): string {
+  const [name, body] = line.split(" ::= ", 2) as [string, string];
+  const alternatives = body.trim().split(" | ");
+  if (!alternatives.every((a) => /^\(?"(?:[^"\\]|\\.)*"\)?$/.test(a))) return line;
+  try {
+    // The literal's text is the value's JSON: a string's comes back as the string, in a literal.
+    const bare = alternatives.map((a) => {
+      const literal = a.replace(/^\((.*)\)$/, "$1");
+      const value: unknown = JSON.parse(JSON.parse(literal));
+      return typeof value === "string" ? JSON.stringify(value) : literal;
+    });
+    return `${name} ::= ${bare.join(" | ")}`;
+  } catch {
+    return line;
+  }
 }
 
 /**
