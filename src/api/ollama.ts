@@ -140,12 +140,13 @@ function common(f: Fields): Omit<OllamaRequest, "prompt" | "context"> {
   };
 }
 
-/** `think`: true or false, or an effort ("low", "medium", "high"), which here means true. */
+/** `think`: true or false, or an effort ("low", "medium", "high": thinking on, as hard as gpt-oss's template takes it). */
 function think(f: Fields): ThinkingRequest | undefined {
   const value = f.raw("think");
   if (value === undefined || value === null) return undefined;
   if (typeof value === "boolean") return { enabled: value, param: "think" };
-  if (value === "low" || value === "medium" || value === "high") return { enabled: true, param: "think" };
+  if (value === "low" || value === "medium" || value === "high")
+    return { enabled: true, param: "think", effort: value };
   throw new ValidationError(`'think' must be true, false, "low", "medium" or "high"`, "think");
 }
 

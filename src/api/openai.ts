@@ -317,7 +317,8 @@ function thinkingParams(f: Fields): ThinkingRequest | undefined {
   if (enabled === false && budget !== undefined)
     f.fail("thinking_budget", "cannot be combined with thinking switched off");
   const param = kwargs?.has("enable_thinking") ? "chat_template_kwargs.enable_thinking" : "reasoning_effort";
-  return enabled === undefined && budget === undefined ? undefined : { enabled, budget, param };
+  if (enabled === undefined && budget === undefined) return undefined;
+  return { enabled, budget, param, ...(effort && effort !== "none" && { effort }) };
 }
 
 /** max_tokens when a completion request names none: 16, OpenAI's (and vLLM's) default, not the whole context. */

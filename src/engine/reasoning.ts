@@ -6,10 +6,20 @@
 // thinking budgets do), so the answer always comes.
 import * as mx from "../mlx";
 import type { Tokenizer } from "../tokenizer/tokenizer";
+import { harmonyReasoningTags, HarmonySplitter, isHarmonyTemplate } from "./harmony";
 import type { LogitsProcessor } from "./sampling";
 
 export const THINK_OPEN = "<think>";
 export const THINK_CLOSE = "</think>";
+
+/** Where a model's reasoning opens and closes, and what a spent thinking budget makes it write. */
+export interface ReasoningTags {
+  open: string;
+  close: string;
+  forced: string;
+}
+
+export const thinkTags: ReasoningTags = { open: THINK_OPEN, close: THINK_CLOSE, forced: THINK_CLOSE };
 
 /** What a request asks of a thinking model (undefined fields: the model's own default). */
 export interface ThinkingRequest {
@@ -19,13 +29,47 @@ export interface ThinkingRequest {
   budget?: number;
   /** The request field that asked (named in errors). */
   param?: string;
+  /** How hard to think (OpenAI's reasoning_effort: low, medium, high), for templates that take it (gpt-oss's). */
+  effort?: string;
 }
 
-/** How a chat template handles thinking: whether it knows the tags, and whether `enable_thinking` switches it. */
-export function thinkingTemplate(chatTemplate: string | undefined): { thinks: boolean; switchable: boolean } {
+/**
+ * How a chat template handles thinking: whether it knows the tags (or writes harmony, gpt-oss's
+ * format, whose analysis channel is the reasoning), and whether `enable_thinking` switches it.
+ */
+export function thinkingTemplate(chatTemplate: string | undefined): {
+  thinks: boolean;
+  switchable: boolean;
+  harmony: boolean;
+} {
   const t = chatTemplate ?? "";
-  return { thinks: t.includes(THINK_OPEN) || t.includes(THINK_CLOSE), switchable: t.includes("enable_thinking") };
+  const harmony = isHarmonyTemplate(t);
+  return {
+    thinks: harmony || t.includes(THINK_OPEN) || t.includes(THINK_CLOSE),
+    switchable: t.includes("enable_thinking"),
+    harmony,
+  };
 }
+
+/** What splits a sequence's text into reasoning and answer (a ReasoningSplitter, or a HarmonySplitter). */
+export interface TextSplitter {
+  readonly inside: boolean;
+  push(piece: string): SplitText;
+  flush(): SplitText;
+}
+
+/** How a request's text is split: by <think> tags, or as harmony messages (from where the prompt leaves off). */
+export interface ReasoningFormat {
+  startsInside: boolean;
+  harmony: boolean;
+  /** The prompt's end (harmony: the message it leaves the model in, if any). */
+  promptTail: string;
+}
+
+export const newSplitter = (f: ReasoningFormat): TextSplitter =>
+  f.harmony ? new HarmonySplitter(f.promptTail) : new ReasoningSplitter(f.startsInside);
+
+export const reasoningTags = (f: ReasoningFormat): ReasoningTags => (f.harmony ? harmonyReasoningTags : thinkTags);
 
 /** Whether a rendered prompt ends inside an open <think> (templates that start the reasoning themselves). */
 export function opensThinking(promptTail: string): boolean {
@@ -135,9 +179,9 @@ export class ReasoningSplitter {
 export function answerTokens(
   tokenizer: Tokenizer,
   promptLength: number,
-  startsInside: boolean,
+  format: ReasoningFormat,
 ): (history: readonly number[], index: number) => boolean {
-  const splitter = new ReasoningSplitter(startsInside);
+  const splitter = newSplitter(format);
   let next = promptLength;
   return (history, index) => {
     for (; next < index; next++) splitter.push(tokenizer.decode([history[next]!]));
@@ -146,7 +190,8 @@ export function answerTokens(
 }
 
 /** The tokens a thinking budget forces once it is spent: `</think>`'s (the answer goes on from there). */
-export const forcedClose = (tokenizer: Tokenizer) => tokenizer.encode(THINK_CLOSE, { addSpecialTokens: false });
+export const forcedClose = (tokenizer: Tokenizer, tags: ReasoningTags = thinkTags) =>
+  tokenizer.encode(tags.forced, { addSpecialTokens: false });
 
 /**
  * A logits processor that lets the reasoning run `budget` tokens, then forces the tokens of
@@ -159,19 +204,21 @@ export function thinkingBudget(
   promptLength: number,
   budget: number,
   startsInside: boolean,
+  tags: ReasoningTags = thinkTags,
 ): LogitsProcessor {
-  const close = forcedClose(tokenizer);
+  const close = forcedClose(tokenizer, tags);
+  const tailLength = 2 * Math.max(tags.open.length, tags.close.length);
   let seen = promptLength;
   let tail = "";
   let openedAt: number | undefined = startsInside ? promptLength : undefined;
   let closed = false;
   return (history, logits) => {
     for (; seen < history.length && !closed; seen++) {
-      tail = (tail + tokenizer.decode([history[seen]!])).slice(-2 * THINK_CLOSE.length);
-      if (openedAt === undefined && tail.includes(THINK_OPEN)) {
+      tail = (tail + tokenizer.decode([history[seen]!])).slice(-tailLength);
+      if (openedAt === undefined && tail.includes(tags.open)) {
         openedAt = seen + 1;
         tail = "";
-      } else if (openedAt !== undefined && tail.includes(THINK_CLOSE)) closed = true;
+      } else if (openedAt !== undefined && seen < openedAt + budget && tail.includes(tags.close)) closed = true;
     }
     if (closed || openedAt === undefined) return logits;
     const forced = history.length - openedAt - budget;

@@ -21,10 +21,13 @@ import {
   answerTokens,
   forcedClose,
   opensThinking,
+  reasoningTags,
   thinkingBudget,
   thinkingTemplate,
+  type ReasoningFormat,
   type ThinkingRequest,
 } from "./reasoning";
+import { HARMONY } from "./harmony";
 import type { GenerationRequest } from "./scheduler";
 import {
   createToolCallConstraint,
@@ -143,6 +146,11 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   const maxTokens = Math.min(spec.maxTokens ?? room, rotating ? Infinity : room);
   // Where the template starts the reasoning itself, the answer begins inside it.
   const startsInside = thinking !== undefined && opensThinking(lm.tokenizer.decode(promptIds.slice(-16)));
+  const reasoning: ReasoningFormat | undefined = thinking && {
+    startsInside,
+    harmony: thinking.harmony,
+    promptTail: thinking.harmony ? harmonyPromptTail(lm.tokenizer, promptIds) : "",
+  };
   // A template that opens the reasoning and cannot switch it off gets a budget of 0 under a grammar
   // that shapes the whole answer: `</think>` is forced first, and the grammar shapes what follows.
   const forced = startsInside && thinking?.budget === 0 && shaped ? forcedClose(lm.tokenizer).length : 0;
@@ -158,14 +166,14 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   });
   const budget =
     thinking?.budget !== undefined
-      ? [thinkingBudget(lm.tokenizer, promptIds.length, thinking.budget, startsInside)]
+      ? [thinkingBudget(lm.tokenizer, promptIds.length, thinking.budget, startsInside, reasoningTags(reasoning!))]
       : [];
   // The grammar shapes the answer, not a reasoning before it: one the prompt opened, or one the
   // answer opens where the grammar allows prose (a grammar that shapes the answer from its first token does not).
   const grammar =
     constraint &&
     (thinking
-      ? constraint.processorShaping(answerTokens(lm.tokenizer, promptIds.length, startsInside))
+      ? constraint.processorShaping(answerTokens(lm.tokenizer, promptIds.length, reasoning!))
       : constraint.processor);
   const processors = logitsProcessors(spec.sampling, promptIds.length, [
     ...(spec.processors ?? []),
@@ -182,7 +190,7 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
       stop: shaped ? undefined : spec.stop,
       topLogprobs: spec.topLogprobs,
       processors,
-      reasoning: thinking && { startsInside },
+      reasoning,
       ignoreEos: spec.ignoreEos,
       // A grammar, a thinking budget (or a caller's processor) keeps state from step to step and
       // must see only tokens that were chosen, never drafts: such a request decodes without speculation.
@@ -240,8 +248,8 @@ function settleThinking(
   prompt: PromptInput,
   thinking: ThinkingRequest | undefined,
   shaped: boolean,
-): { templateVars?: Record<string, unknown>; budget?: number } | undefined {
-  const { thinks, switchable } = thinkingTemplate(tokenizer.chatTemplate);
+): { templateVars?: Record<string, unknown>; budget?: number; harmony: boolean } | undefined {
+  const { thinks, switchable, harmony } = thinkingTemplate(tokenizer.chatTemplate);
   const asked = thinking ?? {};
   if (asked.enabled && !thinks)
     throw new UnsupportedError(
@@ -250,10 +258,36 @@ function settleThinking(
     );
   const templated = prompt.kind === "chat" || (prompt.kind === "text" && prompt.template);
   if (!thinks || !templated) return undefined;
+  if (harmony) return settleHarmony(asked, shaped);
   const enabled = shaped && (switchable || !asked.enabled) ? false : asked.enabled;
-  if (enabled === undefined) return { budget: asked.budget };
-  if (switchable) return { templateVars: { enable_thinking: enabled }, budget: enabled ? asked.budget : undefined };
-  return { budget: enabled ? asked.budget : 0 };
+  if (enabled === undefined) return { budget: asked.budget, harmony };
+  if (switchable)
+    return { templateVars: { enable_thinking: enabled }, budget: enabled ? asked.budget : undefined, harmony };
+  return { budget: enabled ? asked.budget : 0, harmony };
+}
+
+/**
+ * gpt-oss always reasons first, as hard as its template's `reasoning_effort` says (low, medium,
+ * high; "minimal" is its low). Thinking switched off is a budget of 0: the analysis is closed at
+ * once and the final answer's header forced. An answer a grammar shapes whole (JSON, required
+ * calls) is not split: the grammar has the model write it from the first token, as a harmony
+ * message of its own (a call) or as the text the model writes for it.
+ */
+function settleHarmony(asked: ThinkingRequest, shaped: boolean) {
+  if (shaped) return undefined;
+  const effort = asked.effort === "minimal" ? "low" : asked.effort;
+  const templateVars = effort && effort !== "none" ? { reasoning_effort: effort } : undefined;
+  return { templateVars, budget: asked.enabled === false ? 0 : asked.budget, harmony: true };
+}
+
+/**
+ * The prompt from its last message's start on: where it leaves a harmony model (at a new
+ * message's header, or inside the message continue_final_message goes on with).
+ */
+function harmonyPromptTail(tokenizer: Tokenizer, promptIds: number[]): string {
+  const start = tokenizer.encode(HARMONY.start, { addSpecialTokens: false });
+  const at = start.length === 1 ? promptIds.lastIndexOf(start[0]!) : -1;
+  return tokenizer.decode(promptIds.slice(at >= 0 ? at : -64));
 }
 
 /**
@@ -367,7 +401,9 @@ async function grammarConstraint(
     );
   if (format)
     return withSchemaErrors(format.param, () => createJsonConstraint(lm.tokenizer, format.format, { maxTokens }));
-  if (tools)
+  // Harmony's calls are messages of their own, headed by special tokens a grammar's free text
+  // does not take: calls the model may make are read, not shaped.
+  if (tools && toolFormat.name !== "harmony")
     return withSchemaErrors(null, () =>
       createToolCallConstraint(lm.tokenizer, toolFormat, tools.tools, {
         required: false,

@@ -8,7 +8,7 @@ import { BatchGenerator, type SequenceEvent } from "./batch";
 import type { LogitsProcessor, SamplingParams } from "./sampling";
 import { QueueFullError } from "../errors";
 import { StopMatcher } from "./stop";
-import { ReasoningSplitter } from "./reasoning";
+import { newSplitter, type ReasoningFormat, type TextSplitter } from "./reasoning";
 import { speculationOptions } from "./speculative";
 import type { AdaptiveTuner, TunerAdjustment } from "./tuner";
 import type { PrefixCache } from "./prefix-cache";
@@ -29,7 +29,7 @@ export interface GenerationRequest {
   /** Generate past end-of-sequence tokens, up to maxTokens (vLLM's ignore_eos, for benchmarks). */
   ignoreEos?: boolean;
   /** Set for a model that thinks: its text is split into reasoning and answer. */
-  reasoning?: { startsInside: boolean };
+  reasoning?: ReasoningFormat;
   /** Whether speculative decoding may draft for it (see SequenceRequest.speculate). */
   speculate?: boolean;
   /**
@@ -146,7 +146,7 @@ interface Running {
   channel: Channel<GenerationEvent>;
   detokenizer: StreamingDetokenizer;
   stops: StopMatcher;
-  reasoning?: ReasoningSplitter;
+  reasoning?: TextSplitter;
   reasoningTokens: number;
   submittedAt: number;
   startedAt?: number;
@@ -256,7 +256,7 @@ export class Scheduler {
       channel,
       detokenizer: createDetokenizer(this.lm.tokenizer),
       stops: new StopMatcher(request.stop ?? []),
-      reasoning: request.reasoning && new ReasoningSplitter(request.reasoning.startsInside),
+      reasoning: request.reasoning && newSplitter(request.reasoning),
       reasoningTokens: 0,
       submittedAt: performance.now(),
       cachedTokens: 0,

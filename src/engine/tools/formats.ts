@@ -10,6 +10,8 @@
 //     [TOOL_CALLS]f[ARGS]{...} for each call, optionally after prose
 // - qwen3coder (Qwen3-Coder, Qwen3.5): XML parameters, each typed by the function's schema:
 //     <tool_call>\n<function=f>\n<parameter=p>\nvalue\n</parameter>\n</function>\n</tool_call>
+// - harmony (gpt-oss): <|channel|>commentary to=functions.f <|constrain|>json<|message|>{...}<|call|>,
+//     as the HarmonySplitter (engine/harmony.ts) passes calls on from the model's messages
 import { createHash } from "node:crypto";
 import type { ToolCall, ToolSpec } from "./types";
 
@@ -23,7 +25,7 @@ export interface ParsedAnswer {
 export type ToolCallParser = Pick<ToolCallFormat, "markers" | "anywhere" | "parse">;
 
 export interface ToolCallFormat {
-  name: "hermes" | "llama3" | "mistral" | "mistral-args" | "qwen3coder";
+  name: "hermes" | "llama3" | "mistral" | "mistral-args" | "qwen3coder" | "harmony";
   /** Texts that open a call. */
   markers: string[];
   /** Whether a call may follow prose (hermes) or only opens the answer (llama3, mistral). */
@@ -458,7 +460,41 @@ function qwen3coderFormat(tools: ToolSpec[]): ToolCallFormat {
 /** Without the offered tools: every parameter read as text. */
 const qwen3coder = qwen3coderFormat([]);
 
-export const toolCallFormats = { hermes, llama3, mistral, mistralArgs, qwen3coder };
+const harmonyTrigger = "<|channel|>commentary to=";
+/** A harmony call's head: its function, an optional content type (`<|constrain|>json`, or `json`), then <|message|>. */
+const harmonyHead = /^functions\.([^\s<]+)\s*(?:<\|constrain\|>\s*\w+|\w+)?\s*<\|message\|>/;
+
+const harmony: ToolCallFormat = {
+  name: "harmony",
+  markers: [harmonyTrigger],
+  anywhere: true,
+  // Prose (the final answer, a preamble) around calls; a call whose arguments do not read was
+  // cut off by a stop string or the token budget, and is dropped with what follows it.
+  parse(text) {
+    const calls: ToolCall[] = [];
+    let content = "";
+    let done = 0;
+    for (let at = text.indexOf(harmonyTrigger); at >= 0; at = text.indexOf(harmonyTrigger, done)) {
+      content += text.slice(done, at);
+      const headAt = at + harmonyTrigger.length;
+      const head = harmonyHead.exec(text.slice(headAt));
+      const argsAt = head ? headAt + head[0].length : -1;
+      const end = head ? jsonEnd(text, argsAt) : -1;
+      const call =
+        end < 0 ? undefined : readCall({ name: head![1], arguments: parseJson(text.slice(argsAt, end)) }, openaiCallId);
+      if (!call) return { content: content.trim(), calls };
+      calls.push(call);
+      done = end + (text.startsWith("<|call|>", end) ? "<|call|>".length : 0);
+    }
+    content += text.slice(done);
+    return { content: calls.length > 0 ? content.trim() : content, calls };
+  },
+  callLayout: (name) => ({ begin: `${harmonyTrigger}functions.${name} <|constrain|>json<|message|>`, end: "<|call|>" }),
+  separator: "",
+  trigger: harmonyTrigger,
+};
+
+export const toolCallFormats = { hermes, llama3, mistral, mistralArgs, qwen3coder, harmony };
 
 /** How a chat template handles tools: natively (it renders `tools` itself) in one format, or not at all. */
 export interface ToolTemplate {
@@ -469,6 +505,7 @@ export interface ToolTemplate {
 export function toolTemplate(chatTemplate: string | undefined): ToolTemplate {
   const t = chatTemplate ?? "";
   if (/\btools\b/.test(t)) {
+    if (t.includes("<|channel|>")) return { native: true, format: harmony };
     // Qwen3-Coder's and Qwen3.5's templates show calls as XML inside <tool_call>.
     if (t.includes("<tool_call>") && t.includes("<function=")) return { native: true, format: qwen3coder };
     if (t.includes("<tool_call>")) return { native: true, format: hermes };

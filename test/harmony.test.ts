@@ -1,0 +1,378 @@
+// gpt-oss's harmony format: the analysis channel read as reasoning, the final channel as the
+// answer, commentary to=functions.NAME as tool calls, whole and cut into random pieces (markers
+// split across them); its template detected, and past reasoning and calls fed back through it.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import OpenAI from "openai";
+import { HarmonySplitter } from "../src/engine/harmony";
+import { thinkingTemplate } from "../src/engine/reasoning";
+import { prepareGeneration } from "../src/engine/request";
+import { defaultSampling } from "../src/engine/sampling";
+import { toolCallFormats, toolTemplate, ToolCallStream, type ParsedAnswer } from "../src/engine/tools";
+import { loadModel } from "../src/models/load";
+import type { RunningServer } from "../src/server/app";
+import { cliRunner } from "./helpers/cli";
+import { forecastTools } from "./helpers/forecast-tools";
+import { harmonyId, harmonyTokens, writeScriptedHarmonyModel } from "./helpers/scripted-model";
+import { post, serve } from "./helpers/serve";
+import { writeTinyModel } from "./helpers/tiny-model";
+
+const template = readFileSync(join(import.meta.dir, "fixtures", "templates", "gpt-oss.jinja"), "utf8");
+const { harmony } = toolCallFormats;
+
+/** The text cut at random places (a fixed seed per run, so a failure reproduces). */
+function randomPieces(text: string, seed: number): string[] {
+  let state = seed;
+  const random = () => (state = (state * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+  const pieces: string[] = [];
+  for (let at = 0; at < text.length; ) {
+    const n = 1 + Math.floor(random() * 6);
+    pieces.push(text.slice(at, at + n));
+    at += n;
+  }
+  return pieces;
+}
+
+/** The generated text (the prompt ended with `<|start|>assistant`) as a route reads it: reasoning, then content and calls, streamed. */
+function read(
+  pieces: string[],
+  promptTail = "<|start|>assistant",
+): ParsedAnswer & { reasoning: string; streamed: string } {
+  const splitter = new HarmonySplitter(promptTail);
+  const calls = new ToolCallStream(harmony);
+  let reasoning = "";
+  let text = "";
+  let streamed = "";
+  for (const piece of pieces) {
+    const split = splitter.push(piece);
+    reasoning += split.reasoning;
+    text += split.text;
+    streamed += calls.push(split.text);
+  }
+  const rest = splitter.flush();
+  text += rest.text;
+  streamed += calls.push(rest.text);
+  const end = calls.end();
+  const whole = harmony.parse(text);
+  expect(streamed + end.content).toBe(whole.content);
+  expect(end.calls.map(({ name, arguments: a }) => ({ name, a }))).toEqual(
+    whole.calls.map(({ name, arguments: a }) => ({ name, a })),
+  );
+  return { ...whole, reasoning, streamed };
+}
+
+const answer =
+  "<|channel|>analysis<|message|>The user greets. Reply kindly.<|end|><|start|>assistant<|channel|>final<|message|>Hello! How can I help?";
+// As gpt-oss writes a call (the <|call|> that ends it is an end token: never text).
+const call =
+  '<|channel|>analysis<|message|>Need the weather in Oslo.<|end|><|start|>assistant<|channel|>commentary to=functions.forecast <|constrain|>json<|message|>{"city": "Oslo", "days": 2}';
+
+describe("reading harmony", () => {
+  test("the analysis channel is the reasoning, the final channel the answer, whole and in random pieces", () => {
+    for (const pieces of [[answer], ...[1, 2, 3, 4, 5].map((seed) => randomPieces(answer, seed))]) {
+      const out = read(pieces);
+      expect(out.reasoning).toBe("The user greets. Reply kindly.");
+      expect(out.content).toBe("Hello! How can I help?");
+      expect(out.calls).toEqual([]);
+    }
+  });
+
+  test("a commentary message to functions.NAME is a call (the header either way round), whole and in random pieces", () => {
+    const headerFirst =
+      '<|channel|>analysis<|message|>Need the weather in Oslo.<|end|><|start|>assistant to=functions.forecast<|channel|>commentary json<|message|>{"city": "Oslo", "days": 2}<|call|>';
+    for (const text of [call, headerFirst])
+      for (const pieces of [[text], ...[6, 7, 8, 9].map((seed) => randomPieces(text, seed))]) {
+        const out = read(pieces);
+        expect(out.reasoning).toBe("Need the weather in Oslo.");
+        expect(out.content).toBe("");
+        expect(out.streamed).toBe("");
+        expect(out.calls.map((c) => [c.name, c.arguments])).toEqual([["forecast", { city: "Oslo", days: 2 }]]);
+        expect(out.calls[0]!.id).toMatch(/^call_/);
+      }
+  });
+
+  test("a preamble on the commentary channel is content; calls ended by <|call|> follow one another", () => {
+    const text =
+      '<|channel|>analysis<|message|>Two cities.<|end|><|start|>assistant<|channel|>commentary<|message|>Checking both.<|end|><|start|>assistant<|channel|>commentary to=functions.forecast <|constrain|>json<|message|>{"city": "Oslo"}<|call|><|start|>assistant<|channel|>commentary to=functions.forecast <|constrain|>json<|message|>{"city": "Rome"}<|call|>';
+    for (const pieces of [[text], randomPieces(text, 11), randomPieces(text, 12)]) {
+      const out = read(pieces);
+      expect(out.content).toBe("Checking both.");
+      expect(out.calls.map((c) => c.arguments)).toEqual([{ city: "Oslo" }, { city: "Rome" }]);
+    }
+  });
+
+  test("a call the token budget cut off is neither a call nor prose; reasoning the end cut off stays reasoning", () => {
+    const cut = read([
+      '<|channel|>analysis<|message|>Hm.<|end|><|start|>assistant<|channel|>commentary to=functions.forecast <|constrain|>json<|message|>{"city": "Os',
+    ]);
+    expect(cut).toMatchObject({ reasoning: "Hm.", content: "", calls: [] });
+    const thinking = read(randomPieces("<|channel|>analysis<|message|>Still thinking about", 3));
+    expect(thinking).toMatchObject({ reasoning: "Still thinking about", content: "", calls: [] });
+  });
+
+  test("a prompt that leaves the model inside the final message (continue_final_message) goes on in the answer", () => {
+    const out = read([" world<|end|>"], "<|start|>assistant<|channel|>final<|message|>Hello");
+    expect(out).toMatchObject({ reasoning: "", content: " world" });
+  });
+
+  test("text that is no harmony (a model that does not follow it) is the answer as it is", () => {
+    const prose = "Just prose, no channels at all. ".repeat(12);
+    expect(read(randomPieces(prose, 5))).toMatchObject({ reasoning: "", content: prose, calls: [] });
+    expect(read(["Short prose."])).toMatchObject({ content: "Short prose." });
+  });
+});
+
+describe("gpt-oss's template", () => {
+  test("is detected as harmony, for reasoning and tools", () => {
+    expect(thinkingTemplate(template)).toEqual({ thinks: true, switchable: false, harmony: true });
+    expect(toolTemplate(template)).toEqual({ native: true, format: harmony });
+  });
+});
+
+// Token ids of the harmony markers (a second marker in an answer takes the marker's second id).
+const marker = (content: string, second = false) =>
+  harmonyId(second ? harmonyTokens.lastIndexOf(content as never) : harmonyTokens.indexOf(content as never));
+const [START, END, CHANNEL, MESSAGE, CONSTRAIN, CALL] = [
+  "<|start|>",
+  "<|end|>",
+  "<|channel|>",
+  "<|message|>",
+  "<|constrain|>",
+  "<|call|>",
+].map((m) => marker(m));
+
+let root: string;
+let home: string;
+let server: RunningServer;
+let openai: OpenAI;
+/** Reasons "The user greets.", then answers "Hello!" on the final channel. */
+let greeter: string;
+/** Reasons "Check weather", then calls forecast({"city": "Oslo"}). */
+let caller: string;
+const hi: OpenAI.ChatCompletionMessageParam[] = [{ role: "user", content: "Hi" }];
+
+beforeAll(() => {
+  root = mkdtempSync(join(tmpdir(), "mlx-harmony-"));
+  home = join(root, "home");
+  process.env.MLX_HOME ??= home;
+  greeter = join(root, "greeter");
+  writeScriptedHarmonyModel(
+    greeter,
+    [
+      CHANNEL,
+      "analysis",
+      MESSAGE,
+      "The",
+      " user",
+      " greets",
+      ".",
+      END,
+      START,
+      "as",
+      "sis",
+      "tant",
+      marker("<|channel|>", true),
+      "final",
+      marker("<|message|>", true),
+      "Hello",
+      "!",
+    ],
+    template,
+  );
+  caller = join(root, "caller");
+  writeScriptedHarmonyModel(
+    caller,
+    [
+      CHANNEL,
+      "analysis",
+      MESSAGE,
+      "Check",
+      " weather",
+      END,
+      START,
+      "as",
+      "sis",
+      "tant",
+      marker("<|channel|>", true),
+      "commentary",
+      " to",
+      "=",
+      "functions",
+      ".",
+      "forecast",
+      " ",
+      CONSTRAIN,
+      "json",
+      marker("<|message|>", true),
+      '{"',
+      "city",
+      '":',
+      ' "',
+      "Os",
+      "lo",
+      '"}',
+      CALL,
+    ],
+    template,
+  );
+  server = serve({ defaultModel: greeter, maxLoadedModels: 3 });
+  openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0 });
+});
+
+afterAll(() => server.stop());
+
+describe("a harmony model through /v1/chat/completions (the openai client)", () => {
+  test("the analysis channel comes back as reasoning_content, the final channel as content, whole and streamed", async () => {
+    const request = { model: greeter, messages: hi, temperature: 0, max_tokens: 40 };
+    const whole = (await openai.chat.completions.create({ ...request, logprobs: true })).choices[0]!;
+    // The model wrote harmony: its tokens' text holds every marker.
+    const raw = whole.logprobs!.content!.map((t) => t.token).join("");
+    expect(raw).toBe(
+      "<|channel|>analysis<|message|>The user greets.<|end|><|start|>assistant<|channel|>final<|message|>Hello!",
+    );
+    const message = whole.message as typeof whole.message & { reasoning_content?: string };
+    expect(message.reasoning_content).toBe("The user greets.");
+    expect(message.content).toBe("Hello!");
+    expect(whole.finish_reason).toBe("stop");
+    let reasoning = "";
+    let content = "";
+    for await (const chunk of await openai.chat.completions.create({ ...request, stream: true })) {
+      const delta = chunk.choices[0]?.delta as { content?: string; reasoning_content?: string } | undefined;
+      reasoning += delta?.reasoning_content ?? "";
+      content += delta?.content ?? "";
+    }
+    expect({ reasoning, content }).toEqual({ reasoning: "The user greets.", content: "Hello!" });
+  });
+
+  test("the same split on Ollama's /api/chat (thinking) and Anthropic's /v1/messages (a thinking block)", async () => {
+    const ollama = await post(`${server.url}/api/chat`, {
+      model: greeter,
+      messages: hi,
+      stream: false,
+      options: { temperature: 0 },
+    });
+    expect(ollama.json.message).toMatchObject({ thinking: "The user greets.", content: "Hello!" });
+    const anthropic = await post(`${server.url}/v1/messages`, {
+      model: greeter,
+      messages: hi,
+      max_tokens: 40,
+      temperature: 0,
+    });
+    expect(anthropic.json.content).toEqual([
+      { type: "thinking", thinking: "The user greets.", signature: "" },
+      { type: "text", text: "Hello!" },
+    ]);
+  });
+
+  test("a commentary message to functions.forecast comes back as tool_calls, whole and streamed", async () => {
+    const request = { model: caller, messages: hi, tools: forecastTools, temperature: 0, max_tokens: 60 };
+    const whole = (await openai.chat.completions.create(request)).choices[0]!;
+    expect((whole.message as { reasoning_content?: string }).reasoning_content).toBe("Check weather");
+    expect(whole.message.content).toBeNull();
+    expect(whole.finish_reason).toBe("tool_calls");
+    const calls = whole.message.tool_calls as OpenAI.ChatCompletionMessageFunctionToolCall[];
+    expect(calls.map((c) => [c.function.name, JSON.parse(c.function.arguments)])).toEqual([
+      ["forecast", { city: "Oslo" }],
+    ]);
+    const streamed: { name: string; arguments: string }[] = [];
+    let content = "";
+    let finish: string | null = null;
+    for await (const chunk of await openai.chat.completions.create({ ...request, stream: true })) {
+      const choice = chunk.choices[0];
+      content += choice?.delta.content ?? "";
+      for (const d of choice?.delta.tool_calls ?? []) {
+        streamed[d.index] ??= { name: "", arguments: "" };
+        streamed[d.index]!.name += d.function?.name ?? "";
+        streamed[d.index]!.arguments += d.function?.arguments ?? "";
+      }
+      finish = choice?.finish_reason ?? finish;
+    }
+    expect(content).toBe("");
+    expect(finish).toBe("tool_calls");
+    expect(streamed).toEqual(calls.map((c) => c.function));
+  });
+
+  test("past reasoning and calls go back through the template as harmony messages", async () => {
+    const history = [
+      ...hi,
+      {
+        role: "assistant",
+        content: null,
+        reasoning_content: "I check the weather.",
+        tool_calls: [{ id: "call_1", type: "function", function: { name: "forecast", arguments: '{"city": "Oslo"}' } }],
+      },
+      { role: "tool", tool_call_id: "call_1", content: "Snow" },
+    ];
+    const rendered = await post(`${server.url}/apply-template`, {
+      model: caller,
+      messages: history,
+      tools: forecastTools,
+    });
+    expect(rendered.status).toBe(200);
+    expect(rendered.json.prompt).toContain("type forecast = (_: {");
+    expect(rendered.json.prompt).toContain(
+      '<|start|>assistant<|channel|>analysis<|message|>I check the weather.<|end|><|start|>assistant to=functions.forecast<|channel|>commentary json<|message|>{"city": "Oslo"}<|call|><|start|>functions.forecast to=assistant<|channel|>commentary<|message|>"Snow"<|end|><|start|>assistant',
+    );
+  });
+});
+
+test("reasoning_effort is the template's reasoning_effort; thinking off closes the analysis at once", async () => {
+  const lm = loadModel(greeter);
+  try {
+    const promptOf = async (thinking: { enabled?: boolean; effort?: string }) => {
+      const prepared = await prepareGeneration(lm, {
+        prompt: { kind: "chat", messages: [{ role: "user", content: "Hi" }] },
+        sampling: { ...defaultSampling, temperature: 0 },
+        maxTokens: 8,
+        thinking,
+      });
+      prepared.dispose();
+      return lm.tokenizer.decode(prepared.promptIds);
+    };
+    expect(await promptOf({ enabled: true, effort: "high" })).toContain("Reasoning: high");
+    expect(await promptOf({ enabled: true, effort: "minimal" })).toContain("Reasoning: low");
+    expect(await promptOf({})).toContain("Reasoning: medium");
+  } finally {
+    lm.free();
+  }
+  const r = await post(`${server.url}/v1/chat/completions`, {
+    model: greeter,
+    messages: hi,
+    temperature: 0,
+    max_tokens: 40,
+    reasoning_effort: "none",
+  });
+  expect(r.status).toBe(200);
+  // The budget of 0 forces the end of the analysis and the final header: no reasoning, an answer.
+  expect(r.json.choices[0].message.reasoning_content).toBeUndefined();
+  expect(r.json.choices[0].message.content.length).toBeGreaterThan(0);
+});
+
+describe("mlx run", () => {
+  test("shows the reasoning apart from the answer; --hide-thinking drops it", async () => {
+    const run = cliRunner(home);
+    const args = ["run", "-m", greeter, "--max-tokens", "40", "--temp", "0", "Hi"];
+    const shown = await run(args);
+    expect(shown.stderr).toBe("");
+    expect(shown.code).toBe(0);
+    expect(shown.stdout).toBe("The user greets.\n\nHello!\n");
+    const hidden = await run([...args, "--hide-thinking"]);
+    expect(hidden.stdout).toBe("Hello!\n");
+  });
+});
+
+test("a tiny gpt_oss model with gpt-oss's template runs, its answer split (gibberish: whatever it is, no marker leaks)", async () => {
+  const tiny = join(root, "gpt-oss");
+  writeTinyModel(tiny, { modelType: "gpt_oss", contextLength: 1024, chatTemplate: template });
+  const r = await post(`${server.url}/v1/chat/completions`, {
+    model: tiny,
+    messages: hi,
+    temperature: 0,
+    max_tokens: 16,
+    reasoning_effort: "low",
+  });
+  expect(r.status).toBe(200);
+  expect(r.json.choices[0].message.content ?? "").not.toContain("<|channel|>");
+});
