@@ -294,6 +294,40 @@ describe("a harmony model through /v1/chat/completions (the openai client)", () 
     expect(streamed).toEqual(calls.map((c) => c.function));
   });
 
+  test("a required call is laid out by the grammar as a harmony call message, and read back whole and streamed", async () => {
+    const request = {
+      model: greeter,
+      messages: hi,
+      tools: forecastTools.slice(0, 1),
+      tool_choice: "required" as const,
+      temperature: 1,
+      max_tokens: 300,
+    };
+    for (const seed of [1, 2]) {
+      const whole = (await openai.chat.completions.create({ ...request, seed, logprobs: true })).choices[0]!;
+      expect(whole.finish_reason).toBe("tool_calls");
+      expect(whole.message.content).toBeNull();
+      // Written with the harmony special tokens, as the template shows the model calls.
+      const tokens = whole.logprobs!.content!.map((t) => t.token);
+      expect(tokens[0]).toBe("<|channel|>");
+      expect(tokens.join("")).toStartWith("<|channel|>commentary to=functions.forecast <|constrain|>json<|message|>{");
+      const calls = whole.message.tool_calls as OpenAI.ChatCompletionMessageFunctionToolCall[];
+      expect(calls).toHaveLength(1);
+      expect(calls[0]!.function.name).toBe("forecast");
+      const args = JSON.parse(calls[0]!.function.arguments);
+      expect(typeof args.city).toBe("string");
+      expect(args.days).toBeGreaterThanOrEqual(1);
+      const streamed: { name: string; arguments: string }[] = [];
+      for await (const chunk of await openai.chat.completions.create({ ...request, seed, stream: true }))
+        for (const d of chunk.choices[0]?.delta.tool_calls ?? []) {
+          streamed[d.index] ??= { name: "", arguments: "" };
+          streamed[d.index]!.name += d.function?.name ?? "";
+          streamed[d.index]!.arguments += d.function?.arguments ?? "";
+        }
+      expect(streamed).toEqual(calls.map((c) => c.function));
+    }
+  });
+
   test("past reasoning and calls go back through the template as harmony messages", async () => {
     const history = [
       ...hi,

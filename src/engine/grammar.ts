@@ -564,8 +564,17 @@ async function buildTokenizerGrammars(
   return { inst, info, compiler, vocabSize, stopIds, compiled: new Map() };
 }
 
-// Special tokens some families write their tool calls with: a grammar must be able to pick them.
-const TOOL_MARKER_TOKENS = new Set(["<tool_call>", "</tool_call>", "<|python_tag|>", "[TOOL_CALLS]"]);
+// Special tokens some families write their tool calls with: a grammar must be able to pick them
+// (gpt-oss's harmony heads each call's message with them).
+const TOOL_MARKER_TOKENS = new Set([
+  "<tool_call>",
+  "</tool_call>",
+  "<|python_tag|>",
+  "[TOOL_CALLS]",
+  "<|channel|>",
+  "<|constrain|>",
+  "<|message|>",
+]);
 
 /**
  * The vocabulary as xgrammar wants it: each id's token text in the tokenizer's own encoding

@@ -395,7 +395,8 @@ async function grammarConstraint(
     return withSchemaErrors("tools", () =>
       createToolCallConstraint(lm.tokenizer, toolFormat, required, {
         required: true,
-        parallel: tools.parallel,
+        // gpt-oss ends its answer at a call's <|call|>: one call an answer.
+        parallel: tools.parallel && toolFormat.name !== "harmony",
         maxTokens,
       }),
     );

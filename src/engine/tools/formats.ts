@@ -489,8 +489,10 @@ const harmony: ToolCallFormat = {
     content += text.slice(done);
     return { content: calls.length > 0 ? content.trim() : content, calls };
   },
-  callLayout: (name) => ({ begin: `${harmonyTrigger}functions.${name} <|constrain|>json<|message|>`, end: "<|call|>" }),
-  separator: "",
+  // The <|call|> that ends a call is an end token: once the arguments close, the grammar lets
+  // the model end there. Each call is a message of its own, the answer's last: one call an answer.
+  callLayout: (name) => ({ begin: `${harmonyTrigger}functions.${name} <|constrain|>json<|message|>`, end: "" }),
+  separator: "<|start|>assistant",
   trigger: harmonyTrigger,
 };
 
