@@ -6,6 +6,9 @@ import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import OpenAI from "openai";
+import { parseOllamaChat } from "../src/api/ollama";
+import { parseChatRequest } from "../src/api/openai";
+import { parseResponsesRequest } from "../src/api/responses";
 import { HarmonySplitter } from "../src/engine/harmony";
 import { thinkingTemplate } from "../src/engine/reasoning";
 import { prepareGeneration } from "../src/engine/request";
@@ -371,6 +374,14 @@ test("reasoning_effort is the template's reasoning_effort; thinking off closes t
   } finally {
     lm.free();
   }
+  // Each API's effort reaches the engine.
+  expect(parseChatRequest({ model: "m", messages: hi, reasoning_effort: "high" }).thinking).toMatchObject({
+    effort: "high",
+  });
+  expect(parseOllamaChat({ model: "m", messages: hi, think: "low" }).thinking).toMatchObject({ effort: "low" });
+  expect(parseResponsesRequest({ model: "m", input: "Hi", reasoning: { effort: "medium" } }).thinking).toMatchObject({
+    effort: "medium",
+  });
   const r = await post(`${server.url}/v1/chat/completions`, {
     model: greeter,
     messages: hi,

@@ -188,7 +188,7 @@ function reasoningParam(f: Fields): ThinkingRequest | undefined {
   if (effort === undefined) return undefined;
   if (!["none", "minimal", "low", "medium", "high"].includes(effort))
     r.fail("effort", `must be one of none, minimal, low, medium, high; got '${effort}'`);
-  return { enabled: effort !== "none", param: "reasoning.effort" };
+  return { enabled: effort !== "none", param: "reasoning.effort", ...(effort !== "none" && { effort }) };
 }
 
 /** One input item: a message, a function call the model made, or a call's output. */
