@@ -331,6 +331,21 @@ describe("a harmony model through /v1/chat/completions (the openai client)", () 
     }
   });
 
+  test("continue_final_message goes on inside the final message: the answer, not a new header", async () => {
+    const r = await post(`${server.url}/v1/chat/completions`, {
+      model: greeter,
+      // The model goes on "." and ends that message, then writes another final one, "Hello!".
+      messages: [...hi, { role: "assistant", content: "The user greets" }],
+      continue_final_message: true,
+      add_generation_prompt: false,
+      temperature: 0,
+      max_tokens: 20,
+    });
+    expect(r.status).toBe(200);
+    expect(r.json.choices[0].message).toMatchObject({ content: ".\n\nHello!" });
+    expect(r.json.choices[0].message.reasoning_content).toBeUndefined();
+  });
+
   test("past reasoning and calls go back through the template as harmony messages", async () => {
     const history = [
       ...hi,
