@@ -295,6 +295,35 @@ describe("a harmony model through /v1/chat/completions (the openai client)", () 
     expect(content).toBe("");
     expect(finish).toBe("tool_calls");
     expect(streamed).toEqual(calls.map((c) => c.function));
+    // The same call on Ollama's /api/chat and as an Anthropic tool_use block.
+    const ollama = await post(`${server.url}/api/chat`, {
+      model: caller,
+      messages: hi,
+      tools: forecastTools,
+      stream: false,
+      options: { temperature: 0 },
+    });
+    expect(ollama.json.message).toMatchObject({
+      thinking: "Check weather",
+      content: "",
+      tool_calls: [{ function: { name: "forecast", arguments: { city: "Oslo" } } }],
+    });
+    const anthropicTools = forecastTools.map((t) => {
+      const f = (t as OpenAI.ChatCompletionFunctionTool).function;
+      return { name: f.name, description: f.description, input_schema: f.parameters };
+    });
+    const anthropic = await post(`${server.url}/v1/messages`, {
+      model: caller,
+      messages: hi,
+      tools: anthropicTools,
+      max_tokens: 60,
+      temperature: 0,
+    });
+    expect(anthropic.json.stop_reason).toBe("tool_use");
+    expect(anthropic.json.content).toMatchObject([
+      { type: "thinking", thinking: "Check weather" },
+      { type: "tool_use", name: "forecast", input: { city: "Oslo" } },
+    ]);
   });
 
   test("a required call is laid out by the grammar as a harmony call message, and read back whole and streamed", async () => {
