@@ -113,6 +113,9 @@ describe("reading harmony", () => {
     expect(cut).toMatchObject({ reasoning: "Hm.", content: "", calls: [] });
     const thinking = read(randomPieces("<|channel|>analysis<|message|>Still thinking about", 3));
     expect(thinking).toMatchObject({ reasoning: "Still thinking about", content: "", calls: [] });
+    // An answer that ends in what could start a marker keeps it.
+    const answer = read(["<|channel|>final<|message|>Is 1 <", "|"]);
+    expect(answer).toMatchObject({ content: "Is 1 <|" });
   });
 
   test("a prompt that leaves the model inside the final message (continue_final_message) goes on in the answer", () => {

@@ -144,7 +144,9 @@ export class HarmonySplitter {
       if (rest.trim() && !rest.includes(HARMONY.channel) && !rest.trimStart().startsWith("<|")) out.text = rest;
       return out;
     }
-    // A body the end cut off: the end token (<|return|>, <|call|>) is never text.
+    // A body the end cut off (the end token, <|return|> or <|call|>, is never text): what was
+    // held as the start of a marker is the body's own text (gpt-oss writes each marker as one token).
+    this.#write(this.#pending, out);
     this.#pending = "";
     this.#close(out);
     return out;
