@@ -363,6 +363,38 @@ describe("a harmony model through /v1/chat/completions (the openai client)", () 
     }
   });
 
+  test("JSON output is the final message's, after the reasoning; with thinking off, right after the forced final header", async () => {
+    const schema = {
+      type: "object",
+      properties: { a: { enum: ["x", "y"] } },
+      required: ["a"],
+      additionalProperties: false,
+    };
+    const ask = (extra: Record<string, unknown>) =>
+      post(`${server.url}/v1/chat/completions`, {
+        model: greeter,
+        messages: hi,
+        temperature: 0,
+        max_tokens: 60,
+        logprobs: true,
+        response_format: { type: "json_schema", json_schema: { name: "a", schema } },
+        ...extra,
+      });
+    const r = await ask({});
+    expect(r.status).toBe(200);
+    const message = r.json.choices[0].message;
+    expect(message.reasoning_content).toBe("The user greets.");
+    expect(["x", "y"]).toContain(JSON.parse(message.content).a);
+    const raw = r.json.choices[0].logprobs.content.map((t: { token: string }) => t.token).join("");
+    expect(raw).toStartWith(
+      "<|channel|>analysis<|message|>The user greets.<|end|><|start|>assistant<|channel|>final<|message|>{",
+    );
+    const off = await ask({ reasoning_effort: "none" });
+    expect(off.status).toBe(200);
+    expect(off.json.choices[0].message.reasoning_content).toBeUndefined();
+    expect(["x", "y"]).toContain(JSON.parse(off.json.choices[0].message.content).a);
+  });
+
   test("continue_final_message goes on inside the final message: the answer, not a new header", async () => {
     const r = await post(`${server.url}/v1/chat/completions`, {
       model: greeter,

@@ -97,6 +97,11 @@ export class HarmonySplitter {
     return this.#body === "reasoning";
   }
 
+  /** Whether the text so far ends in a message the user reads (the final answer, a preamble): not in a header or a call. */
+  get answering(): boolean {
+    return this.#body === "text";
+  }
+
   push(piece: string): SplitText {
     let buffer = this.#pending + piece;
     this.#pending = "";

@@ -53,7 +53,10 @@ export function thinkingTemplate(chatTemplate: string | undefined): {
 
 /** What splits a sequence's text into reasoning and answer (a ReasoningSplitter, or a HarmonySplitter). */
 export interface TextSplitter {
+  /** Whether the text so far ends inside the reasoning. */
   readonly inside: boolean;
+  /** Whether the text so far ends in the answer (which a grammar shapes). */
+  readonly answering: boolean;
   push(piece: string): SplitText;
   flush(): SplitText;
 }
@@ -108,6 +111,10 @@ export class ReasoningSplitter {
   /** Whether the text so far ends inside the reasoning. */
   get inside(): boolean {
     return this.#inside;
+  }
+
+  get answering(): boolean {
+    return !this.#inside;
   }
 
   push(piece: string): SplitText {
@@ -185,7 +192,7 @@ export function answerTokens(
   let next = promptLength;
   return (history, index) => {
     for (; next < index; next++) splitter.push(tokenizer.decode([history[next]!]));
-    return !splitter.inside;
+    return splitter.answering;
   };
 }
 

@@ -153,7 +153,7 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   };
   // A template that opens the reasoning and cannot switch it off gets a budget of 0 under a grammar
   // that shapes the whole answer: `</think>` is forced first, and the grammar shapes what follows.
-  const forced = startsInside && thinking?.budget === 0 && shaped ? forcedClose(lm.tokenizer).length : 0;
+  const forced = startsInside && thinking?.budget === 0 && shaped !== undefined ? forcedClose(lm.tokenizer).length : 0;
   const constraint = await grammarConstraint(lm, spec, toolFormat, maxTokens - forced).catch((error) => {
     if (!(error instanceof BudgetError)) throw error;
     // Where the context, not max_tokens, set the budget, the prompt is what leaves too little room.
@@ -187,7 +187,7 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
       maxTokens,
       // A schema or a required call fixes the answer's whole shape, and the grammar ends it there:
       // a stop string met inside (a quote, a newline) would only cut it into something invalid.
-      stop: shaped ? undefined : spec.stop,
+      stop: shaped !== undefined ? undefined : spec.stop,
       topLogprobs: spec.topLogprobs,
       processors,
       reasoning,
@@ -239,7 +239,7 @@ export async function countPromptTokens(
  * How a templated prompt thinks: the template variables that switch thinking, and the budget
  * (a template that cannot switch it off gets a budget of 0). Undefined when the answer is not
  * split: a model whose template has no <think>, or raw text or ids. An answer a grammar shapes
- * whole, JSON or required calls (`shaped`), switches thinking off where the template allows;
+ * whole, JSON or required calls (`shaped` says which), switches thinking off where the template allows;
  * where it cannot, the reasoning gets a budget of 0 unless the request asks for thinking (the
  * grammar then shapes what follows the reasoning).
  */
@@ -247,7 +247,7 @@ function settleThinking(
   tokenizer: Tokenizer,
   prompt: PromptInput,
   thinking: ThinkingRequest | undefined,
-  shaped: boolean,
+  shaped: ShapedAnswer | undefined,
 ): { templateVars?: Record<string, unknown>; budget?: number; harmony: boolean } | undefined {
   const { thinks, switchable, harmony } = thinkingTemplate(tokenizer.chatTemplate);
   const asked = thinking ?? {};
@@ -259,7 +259,7 @@ function settleThinking(
   const templated = prompt.kind === "chat" || (prompt.kind === "text" && prompt.template);
   if (!thinks || !templated) return undefined;
   if (harmony) return settleHarmony(asked, shaped);
-  const enabled = shaped && (switchable || !asked.enabled) ? false : asked.enabled;
+  const enabled = shaped !== undefined && (switchable || !asked.enabled) ? false : asked.enabled;
   if (enabled === undefined) return { budget: asked.budget, harmony };
   if (switchable)
     return { templateVars: { enable_thinking: enabled }, budget: enabled ? asked.budget : undefined, harmony };
@@ -269,12 +269,12 @@ function settleThinking(
 /**
  * gpt-oss always reasons first, as hard as its template's `reasoning_effort` says (low, medium,
  * high; "minimal" is its low). Thinking switched off is a budget of 0: the analysis is closed at
- * once and the final answer's header forced. An answer a grammar shapes whole (JSON, required
- * calls) is not split: the grammar has the model write it from the first token, as a harmony
- * message of its own (a call) or as the text the model writes for it.
+ * once and the final answer's header forced. JSON output is the final message's, after the
+ * reasoning (as vLLM shapes it). Required calls are not split: the grammar has the model write
+ * its call message from the first token.
  */
-function settleHarmony(asked: ThinkingRequest, shaped: boolean) {
-  if (shaped) return undefined;
+function settleHarmony(asked: ThinkingRequest, shaped: ShapedAnswer | undefined) {
+  if (shaped === "calls") return undefined;
   const effort = asked.effort === "minimal" ? "low" : asked.effort;
   const templateVars = effort && effort !== "none" ? { reasoning_effort: effort } : undefined;
   return { templateVars, budget: asked.enabled === false ? 0 : asked.budget, harmony: true };
@@ -372,8 +372,13 @@ const startingAt =
     history.length < length ? logits : processor(history, logits);
 
 /** Whether a grammar fixes the answer's whole shape from its first token: JSON output, or calls the request requires. */
-const shapedAnswer = (jsonOutput: boolean, tools: ToolRequest | undefined) =>
-  jsonOutput || (offeredTools(tools) !== undefined && requiredFunctions(tools!) !== undefined);
+/** What a grammar shapes whole: required calls (which take precedence), or JSON output. */
+type ShapedAnswer = "calls" | "json";
+
+function shapedAnswer(jsonOutput: boolean, tools: ToolRequest | undefined): ShapedAnswer | undefined {
+  if (offeredTools(tools) !== undefined && requiredFunctions(tools!) !== undefined) return "calls";
+  return jsonOutput ? "json" : undefined;
+}
 
 /**
  * The grammar the answer must follow: calls when the request requires one, the request's JSON
