@@ -127,26 +127,24 @@ describe("mlx launch: the ranks' split flags", () => {
     expect(run.code).toBe(1);
   }, 60_000);
 
+  const runWithPeerTimeout = (seconds: string) => [
+    "run",
+    "-m",
+    tiny,
+    "--peer-timeout",
+    seconds,
+    "--max-tokens",
+    "2",
+    "hi",
+  ];
+  const peerTimeoutRefused = (seconds: string) =>
+    `error: --peer-timeout must be a number of seconds > 0 and at most 2147483 (got '${seconds}')\n`;
+
   test("a --peer-timeout past what the watchdog can count (about 24 days) is refused in one line", async () => {
     for (const seconds of ["1e7", "1e12"]) {
-      const { stdout, stderr, code } = await mlx([
-        "launch",
-        "-n",
-        "2",
-        "--",
-        "run",
-        "-m",
-        tiny,
-        "--peer-timeout",
-        seconds,
-        "--max-tokens",
-        "2",
-        "hi",
-      ]);
+      const { stdout, stderr, code } = await mlx(["launch", "-n", "2", "--", ...runWithPeerTimeout(seconds)]);
       expect(stdout).toBe("");
-      expect(stderr).toContain(
-        `error: --peer-timeout must be a number of seconds > 0 and at most 2147483 (got '${seconds}')\n`,
-      );
+      expect(stderr).toContain(peerTimeoutRefused(seconds));
       expect(stderr).not.toContain("TimeoutOverflowWarning");
       expect(code).toBe(1);
     }
@@ -154,20 +152,9 @@ describe("mlx launch: the ranks' split flags", () => {
 
   test("a bad --peer-timeout is refused without a hostfile too, not ignored because it has a default", async () => {
     for (const seconds of ["0", "abc"]) {
-      const { stdout, stderr, code } = await mlx([
-        "run",
-        "-m",
-        tiny,
-        "--peer-timeout",
-        seconds,
-        "--max-tokens",
-        "2",
-        "hi",
-      ]);
+      const { stdout, stderr, code } = await mlx(runWithPeerTimeout(seconds));
       expect(stdout).toBe("");
-      expect(stderr).toBe(
-        `error: --peer-timeout must be a number of seconds > 0 and at most 2147483 (got '${seconds}')\n`,
-      );
+      expect(stderr).toBe(peerTimeoutRefused(seconds));
       expect(code).toBe(1);
     }
   }, 60_000);

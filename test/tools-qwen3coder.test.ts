@@ -9,9 +9,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Ajv from "ajv";
 import { loadModel, type LoadedModel } from "../src/models/load";
-import { completeAlone } from "./helpers/generate";
-import { defaultSampling, type LogitsProcessor } from "../src/engine/sampling";
-import * as mx from "../src/mlx";
+import { completeAlone, writesAfter } from "./helpers/generate";
+import { defaultSampling } from "../src/engine/sampling";
 import { chatTokens } from "../src/engine/prompt";
 import { initGrammar } from "../src/engine/grammar";
 import {
@@ -235,20 +234,6 @@ describe("qwen3coder: calls are valid by construction", () => {
     }
   }
 
-  /** A stand-in for a model deciding to call: after `after` tokens of its own, it writes `text`. */
-  function writesAfter(text: string, after: number): LogitsProcessor {
-    const ids = lm.tokenizer.encode(text, { addSpecialTokens: false });
-    let start: number | undefined;
-    return (history, logits) => {
-      start ??= history.length + after;
-      const id = ids[history.length - start];
-      if (id === undefined) return logits;
-      const only = new Uint8Array(logits.shape.at(-1)!);
-      only[id] = 1;
-      return mx.where(mx.array(only, [1, only.length], mx.Dtype.bool), logits, mx.full([], -Infinity, logits.dtype));
-    };
-  }
-
   test("auto: free text first, and once the model opens <tool_call> it can only write a valid XML call", async () => {
     const f = qwen3coder.withTools!([forecast, clock]);
     let finished = 0;
@@ -260,7 +245,7 @@ describe("qwen3coder: calls are valid by construction", () => {
       const r = await completeAlone(lm, chatTokens(lm.tokenizer, [{ role: "user", content: "Hi" }]), {
         sampling: { ...defaultSampling, temperature: 1, seed },
         maxTokens: 200,
-        processors: [writesAfter("<tool_call>", 3), constraint.processor],
+        processors: [writesAfter(lm, "<tool_call>", 3), constraint.processor],
       }).finally(() => constraint.dispose());
       expect(r.text.indexOf("<tool_call>")).toBeGreaterThan(0); // its own words came first
       if (r.finishReason !== "stop") continue;

@@ -9,9 +9,8 @@ import { join } from "node:path";
 import Ajv from "ajv";
 import { Template } from "@huggingface/jinja";
 import { loadModel, type LoadedModel } from "../src/models/load";
-import { completeAlone } from "./helpers/generate";
-import { defaultSampling, type LogitsProcessor } from "../src/engine/sampling";
-import * as mx from "../src/mlx";
+import { completeAlone, writesAfter } from "./helpers/generate";
+import { defaultSampling } from "../src/engine/sampling";
 import { chatTokens } from "../src/engine/prompt";
 import { defaultChatTemplate } from "../src/tokenizer/default-templates";
 import { initGrammar } from "../src/engine/grammar";
@@ -469,26 +468,12 @@ describe("calls are valid by construction", () => {
     ).rejects.toThrow(/function 'odd' parameters: .*multipleOf/);
   });
 
-  /** A stand-in for a model deciding to call: after `after` tokens of its own, it writes `text`. */
-  function writesAfter(text: string, after: number): LogitsProcessor {
-    const ids = lm.tokenizer.encode(text, { addSpecialTokens: false });
-    let start: number | undefined;
-    return (history, logits) => {
-      start ??= history.length + after;
-      const id = ids[history.length - start];
-      if (id === undefined) return logits;
-      const only = new Uint8Array(logits.shape.at(-1)!);
-      only[id] = 1;
-      return mx.where(mx.array(only, [1, only.length], mx.Dtype.bool), logits, mx.full([], -Infinity, logits.dtype));
-    };
-  }
-
   async function autoAnswer(seed: number, constrained: boolean) {
     const constraint = constrained
       ? await createToolCallConstraint(lm.tokenizer, hermes, [weather, search], { required: false, parallel: false })
       : undefined;
     try {
-      const processors = [writesAfter("<tool_call>", 3), ...(constraint ? [constraint.processor] : [])];
+      const processors = [writesAfter(lm, "<tool_call>", 3), ...(constraint ? [constraint.processor] : [])];
       return await completeAlone(lm, chatTokens(lm.tokenizer, [{ role: "user", content: "Hi" }]), {
         sampling: { ...defaultSampling, temperature: 1, seed },
         maxTokens: 120,
@@ -529,7 +514,7 @@ describe("calls are valid by construction", () => {
       const r = await completeAlone(lm, chatTokens(lm.tokenizer, [{ role: "user", content: "Hi" }]), {
         sampling: { ...defaultSampling, temperature: 1, seed },
         maxTokens: 100,
-        processors: [writesAfter("[TOOL_CALLS]", 3), constraint.processor],
+        processors: [writesAfter(lm, "[TOOL_CALLS]", 3), constraint.processor],
       }).finally(() => constraint.dispose());
       expect(r.text.indexOf("[TOOL_CALLS]")).toBeGreaterThan(0);
       // Even where the budget ran out: once opened, the call was steered to its end in time.

@@ -3,11 +3,25 @@ import { complete, soloScheduler, type CompletionResult } from "../../src/engine
 import type { GenerationSpec } from "../../src/engine/request";
 import type { LoadedModel } from "../../src/models/load";
 import { BatchGenerator, type BatchOptions, type SequenceRequest } from "../../src/engine/batch";
-import { defaultSampling } from "../../src/engine/sampling";
+import { defaultSampling, type LogitsProcessor } from "../../src/engine/sampling";
 import * as mx from "../../src/mlx";
 import { forward, freeCaches, makeCaches, type DecoderModel } from "../../src/models";
 import { BatchKVCache } from "../../src/models/batch-cache";
 import type { KVCache, KvQuantization } from "../../src/models/cache";
+
+/** A stand-in for a model deciding to call: after `after` tokens of its own, it writes `text`. */
+export function writesAfter(lm: LoadedModel, text: string, after: number): LogitsProcessor {
+  const ids = lm.tokenizer.encode(text, { addSpecialTokens: false });
+  let start: number | undefined;
+  return (history, logits) => {
+    start ??= history.length + after;
+    const id = ids[history.length - start];
+    if (id === undefined) return logits;
+    const only = new Uint8Array(logits.shape.at(-1)!);
+    only[id] = 1;
+    return mx.where(mx.array(only, [1, only.length], mx.Dtype.bool), logits, mx.full([], -Infinity, logits.dtype));
+  };
+}
 
 export async function completeAlone(
   lm: LoadedModel,
