@@ -8,6 +8,7 @@
 // canonical `<|channel|>commentary to=functions.NAME<|message|>ARGS<|call|>` that the harmony
 // tool-call format (tools/formats.ts) reads.
 import type { SplitText } from "./reasoning";
+import { partialMarker } from "./stop";
 
 export const HARMONY = {
   start: "<|start|>",
@@ -45,18 +46,6 @@ export function harmonyHeader(header: string): { channel: string; recipient?: st
 /** A canonical call message, as the splitter passes a call on (and the harmony format reads it). */
 export const harmonyCall = (recipient: string, args: string) =>
   `${HARMONY.channel}commentary to=${recipient}${HARMONY.message}${args}${HARMONY.call}`;
-
-/** The length of the longest end of `s` that begins one of `tags`. */
-function partialTag(s: string, tags: readonly string[]): number {
-  let longest = 0;
-  for (const tag of tags)
-    for (let n = Math.min(tag.length - 1, s.length); n > longest; n--)
-      if (tag.startsWith(s.slice(-n))) {
-        longest = n;
-        break;
-      }
-  return longest;
-}
 
 type Body = "reasoning" | "text" | { call: string };
 
@@ -125,7 +114,7 @@ export class HarmonySplitter {
       }
       const ends = BODY_ENDS.map((end) => buffer.indexOf(end)).filter((at) => at >= 0);
       const endAt = ends.length > 0 ? Math.min(...ends) : -1;
-      const cut = endAt >= 0 ? endAt : buffer.length - partialTag(buffer, BODY_ENDS);
+      const cut = endAt >= 0 ? endAt : buffer.length - partialMarker(buffer, BODY_ENDS);
       this.#write(buffer.slice(0, cut), out);
       if (endAt < 0) {
         this.#pending = buffer.slice(cut);

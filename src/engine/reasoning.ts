@@ -8,6 +8,7 @@ import * as mx from "../mlx";
 import type { Tokenizer } from "../tokenizer/tokenizer";
 import { harmonyReasoningTags, HarmonySplitter, isHarmonyTemplate } from "./harmony";
 import type { LogitsProcessor } from "./sampling";
+import { partialMarker } from "./stop";
 
 export const THINK_OPEN = "<think>";
 export const THINK_CLOSE = "</think>";
@@ -84,12 +85,6 @@ export interface SplitText {
   reasoning: string;
 }
 
-/** The length of the longest end of `s` that begins `tag` (text to hold back until it is known). */
-function partialTag(s: string, tag: string): number {
-  for (let n = Math.min(tag.length - 1, s.length); n > 0; n--) if (tag.startsWith(s.slice(-n))) return n;
-  return 0;
-}
-
 /**
  * Streamed text → reasoning and answer. Reasoning is what comes between <think> and </think>,
  * where <think> is either the answer's first words or already in the prompt (`startsInside`);
@@ -124,7 +119,7 @@ export class ReasoningSplitter {
     while (buffer) {
       if (this.#inside) {
         const close = buffer.indexOf(THINK_CLOSE);
-        const end = close >= 0 ? close : buffer.length - partialTag(buffer, THINK_CLOSE);
+        const end = close >= 0 ? close : buffer.length - partialMarker(buffer, [THINK_CLOSE]);
         out.reasoning += this.#reasoning(buffer.slice(0, end));
         if (close < 0) {
           this.#pending = buffer.slice(end);

@@ -1,5 +1,21 @@
 // Stop strings over streamed text: text is released as soon as it cannot be the start of a
 // stop string, and everything from a stop string on is withheld.
+
+/**
+ * The length of the longest end of `text` that begins one of `markers` (a stop string, a
+ * reasoning or harmony tag): text to hold back until the next piece says whether it is one.
+ */
+export function partialMarker(text: string, markers: readonly string[]): number {
+  let longest = 0;
+  for (const marker of markers)
+    for (let n = Math.min(marker.length - 1, text.length); n > longest; n--)
+      if (text.endsWith(marker.slice(0, n))) {
+        longest = n;
+        break;
+      }
+  return longest;
+}
+
 export class StopMatcher {
   #pending = "";
   readonly #stops: string[];
@@ -29,7 +45,7 @@ export class StopMatcher {
       this.#pending = "";
       return { text: shown, stopped: true };
     }
-    const hold = this.#heldBack();
+    const hold = partialMarker(this.#pending, this.#stops);
     const shown = this.#pending.slice(0, this.#pending.length - hold);
     this.#pending = this.#pending.slice(this.#pending.length - hold);
     return { text: shown, stopped: false };
@@ -40,19 +56,5 @@ export class StopMatcher {
     const rest = this.#pending;
     this.#pending = "";
     return rest;
-  }
-
-  // Length of the longest tail of the pending text that some stop string starts with.
-  #heldBack(): number {
-    let longest = 0;
-    for (const stop of this.#stops) {
-      for (let n = Math.min(stop.length - 1, this.#pending.length); n > longest; n--) {
-        if (this.#pending.endsWith(stop.slice(0, n))) {
-          longest = n;
-          break;
-        }
-      }
-    }
-    return longest;
   }
 }

@@ -2,6 +2,7 @@
 // moment a call may be starting the text is held, so a client never sees half a call as
 // prose. At the end the held text is read into calls (or released as prose if it is none), so
 // that the prose streamed is the content of the answer read whole.
+import { partialMarker } from "../stop";
 import type { ParsedAnswer, ToolCallParser } from "./formats";
 
 export class ToolCallStream {
@@ -47,7 +48,7 @@ export class ToolCallStream {
     }
     // Hold back an ending that could grow into a marker, and whitespace a call may follow (the
     // content of an answer with calls does not end in whitespace).
-    return this.release(this.proseLength(this.held.length - this.partialMarkerLength()));
+    return this.release(this.proseLength(this.held.length - partialMarker(this.held, this.format.markers)));
   }
 
   /** How much of the first `n` held characters is prose to show now: all but trailing whitespace. */
@@ -66,20 +67,6 @@ export class ToolCallStream {
     if (this.format.markers.some((m) => m.startsWith(start))) return "";
     this.prose = true;
     return this.release(this.held.length);
-  }
-
-  /** The longest ending of the held text that is the start of a marker. */
-  private partialMarkerLength(): number {
-    let longest = 0;
-    for (const marker of this.format.markers) {
-      for (let n = Math.min(marker.length - 1, this.held.length); n > longest; n--) {
-        if (this.held.endsWith(marker.slice(0, n))) {
-          longest = n;
-          break;
-        }
-      }
-    }
-    return longest;
   }
 
   /** Returns the first `n` held characters, keeping the rest. */
