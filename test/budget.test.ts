@@ -11,7 +11,7 @@ import OpenAI from "openai";
 import * as mx from "../src/mlx";
 import { Ollama } from "ollama";
 import { loadModel, type LoadedModel } from "../src/models/load";
-import { completeAlone } from "./helpers/generate";
+import { completeAlone, writesAfter } from "./helpers/generate";
 import { complete, soloScheduler } from "../src/engine/generate";
 import { defaultSampling } from "../src/engine/sampling";
 import { promptTokens } from "../src/engine/prompt";
@@ -344,7 +344,85 @@ describe("the shortest completion of every prefix parses and validates", () => {
         expect(validate(parsed.calls[0]!.arguments)).toBe(true);
       }
     });
+
+  // Qwen3-Coder's XML calls: a string is its bare text (code on many lines, "<" and a
+  // "\n</par" that is no closing included), one under a length or pattern one line, an enum
+  // its bare word, anything else JSON; optional parameters may be left out, required ones not.
+  for (const required of [true, false])
+    test(`a call in XML parameters (qwen3coder layout, calls ${required ? "required" : "in free text"}), from every prefix`, () => {
+      const tools = [{ name: "write_file", parameters: xmlParameters }];
+      const format = toolCallFormats.qwen3coder.withTools!(tools);
+      const calls = [
+        {
+          ...format.callLayout("write_file"),
+          schema: xmlParameters,
+          shapes: new SchemaShapes(xmlParameters, true),
+          xml: true,
+        },
+      ];
+      const validate = ajv.compile(xmlParameters);
+      const prose = required ? "" : "Let me see.";
+      for (const text of xmlCallSamples) {
+        const answer = prose + text;
+        for (let i = 0; i <= answer.length; i++) {
+          const progress = new CallsProgress({
+            calls,
+            separator: format.separator,
+            trigger: required ? undefined : format.trigger,
+          });
+          progress.feed(answer.slice(0, i));
+          const whole = answer.slice(0, i) + progress.completion();
+          // Nothing is owed before the trigger is whole; from there on, a whole valid call.
+          if (!required && i < prose.length + format.trigger.length) continue;
+          const parsed = format.parse(whole);
+          expect({ whole, content: parsed.content, calls: parsed.calls.length }).toEqual({
+            whole,
+            content: prose,
+            calls: 1,
+          });
+          if (!validate(parsed.calls[0]!.arguments))
+            throw new Error(
+              `invalid after ${JSON.stringify(answer.slice(0, i))}: ${whole}: ${ajv.errorsText(validate.errors)}`,
+            );
+        }
+      }
+    });
 });
+
+const xmlParameters = {
+  type: "object",
+  properties: {
+    path: { type: "string", pattern: "^[a-z/]+[.][a-z]+$" },
+    content: { type: "string" },
+    mode: { enum: ["create", "append"] },
+    title: { type: "string", minLength: 2 },
+    lines: { type: "array", items: { type: "integer", minimum: 1 }, minItems: 1 },
+    options: { type: "object", properties: { force: { type: "boolean" } }, required: ["force"] },
+    level: { type: "integer", minimum: 3, maximum: 9 },
+  },
+  required: ["path", "content", "lines", "level"],
+  additionalProperties: false,
+} as Record<string, unknown>;
+
+const xmlParameter = (name: string, value: string) => `<parameter=${name}>\n${value}\n</parameter>\n`;
+const xmlCall = (params: string) => `<tool_call>\n<function=write_file>\n${params}</function>\n</tool_call>`;
+const xmlCallSamples = [
+  xmlCall(
+    xmlParameter("path", "src/a.js") +
+      xmlParameter("content", 'if (a < b) {\n  x("<div>\n</p>\n</param");\n}\n') +
+      xmlParameter("mode", "append") +
+      xmlParameter("title", "Two") +
+      xmlParameter("lines", "[1, 22]") +
+      xmlParameter("options", '{"force": true}') +
+      xmlParameter("level", "7"),
+  ),
+  xmlCall(
+    xmlParameter("path", "a.b") +
+      xmlParameter("content", "") +
+      xmlParameter("lines", "[3]") +
+      xmlParameter("level", "3"),
+  ),
+];
 
 function generate(format: JsonFormat, maxTokens: number, seed: number) {
   return (async () => {
@@ -512,6 +590,47 @@ describe("schemas × small budgets × seeds on the tiny model: every answer pars
         expect(calls.length).toBeGreaterThan(0);
         for (const call of calls)
           if (!validate(call.arguments)) throw new Error(`${name}, max_tokens ${maxTokens}: ${result.text}`);
+      }
+    }
+  }, 120_000);
+
+  // Free text in a string parameter runs until the budget does: before the steering read XML
+  // parameters, such an answer ended with its call cut (and dropped when read).
+  test("an XML call (qwen3coder) closes within the budget, its arguments valid: required, or opened in free text", async () => {
+    const tools = [{ name: "write_file", description: "", parameters: xmlParameters }];
+    const format = toolCallFormats.qwen3coder.withTools!(tools);
+    const validate = ajv.compile(xmlParameters);
+    const small = await createToolCallConstraint(lm.tokenizer, format, tools, {
+      required: true,
+      parallel: false,
+      maxTokens: 5,
+    }).catch((e) => e);
+    expect(small).toBeInstanceOf(BudgetError);
+    const minimum = (small as BudgetError).minimum;
+    for (const required of [true, false]) {
+      for (const extra of [0, 5, 20]) {
+        for (const seed of [1, 2]) {
+          const maxTokens = minimum + extra + (required ? 0 : 12);
+          const constraint = await createToolCallConstraint(lm.tokenizer, format, tools, {
+            required,
+            parallel: true,
+            maxTokens,
+          });
+          const result = await completeAlone(lm, promptTokens(lm.tokenizer, "Write a file."), {
+            sampling: { ...defaultSampling, temperature: 1, seed },
+            maxTokens,
+            // Not required: the model's own words, then a call it opens.
+            processors: required ? [constraint.processor] : [writesAfter(lm, "<tool_call>", 3), constraint.processor],
+          });
+          const accepted = constraint.accepted(result.tokenIds);
+          constraint.dispose();
+          const where = `required ${required}, max_tokens ${maxTokens}, seed ${seed}, ${result.finishReason}: ${result.text}`;
+          const { calls } = format.parse(result.text);
+          if (calls.length === 0 || !accepted) throw new Error(`no whole call (${where})`);
+          for (const call of calls)
+            if (!validate(call.arguments)) throw new Error(`invalid (${where}): ${ajv.errorsText(validate.errors)}`);
+          expect(result.tokenIds.length).toBeLessThanOrEqual(maxTokens);
+        }
       }
     }
   }, 120_000);

@@ -115,9 +115,31 @@ describe("Qwen3-Coder's template (XML calls: <function=f> with a <parameter=p> f
       /max_tokens 5 is too small for this format: the shortest valid answer takes \d+ tokens/,
     );
     const needed = Number(/takes (\d+) tokens/.exec(refused.json.error.message)![1]);
-    const answer = await openai.chat.completions.create({ ...request, max_tokens: needed, seed: 1 });
-    expect(answer.choices[0]!.finish_reason).toMatch(/^(tool_calls|length)$/);
-  });
+    // From the shortest call's length on, a budget that runs out mid-call closes it in time
+    // (closed_early): a whole call comes back, its arguments valid, never a cut one dropped.
+    for (const extra of [0, 4, 12]) {
+      for (const seed of [1, 2]) {
+        const answer = await post(`${server.url}/v1/chat/completions`, {
+          ...request,
+          max_tokens: needed + extra,
+          temperature: 1,
+          seed,
+        });
+        const choice = answer.json.choices[0];
+        const where = `max_tokens ${needed + extra}, seed ${seed}: ${JSON.stringify(choice)}`;
+        const calls = (choice.message.tool_calls ?? []) as Call[];
+        if (calls.length === 0) throw new Error(`no call (${where})`);
+        expect(choice.finish_reason).toMatch(/^(tool_calls|length)$/);
+        if (choice.finish_reason === "length") expect(choice.closed_early).toBe(true);
+        for (const call of calls) {
+          const args = JSON.parse(call.function.arguments);
+          if (call.function.name === "forecast")
+            expect({ args, valid: validArguments(args) }).toEqual({ args, valid: true });
+          else expect(args).toEqual({});
+        }
+      }
+    }
+  }, 120_000);
 
   test("tool_choice auto: an answer in prose is the content, and the server's prompt offers the tools", async () => {
     const rendered = await post(`${server.url}/apply-template`, { model, messages: history, tools: forecastTools });

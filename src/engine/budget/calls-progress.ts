@@ -1,15 +1,18 @@
 // Where an answer that calls tools stands in its structural tag, and the shortest text that
 // completes it validly: finish the call's opening ("<tool_call>\n{"name": "f", ...), its
-// arguments (a JsonProgress on the function's parameter schema), its closing, and the list
-// around the calls where the family writes one. Outside a call in free text (calls not
-// required) nothing is owed.
+// arguments (a JsonProgress on the function's parameter schema, or an XmlParametersProgress for
+// Qwen's XML parameters), its closing, and the list around the calls where the family writes
+// one. Outside a call in free text (calls not required) nothing is owed.
 import { JsonProgress, SchemaShapes, UnsteerableSchemaError } from "./json-progress";
+import { minXmlParameters, XmlParametersProgress } from "./xml-progress";
 
 export interface CallShape {
   begin: string;
   end: string;
   shapes: SchemaShapes;
   schema: object;
+  /** Whether the arguments are Qwen's XML parameters (read with the call's end), not a JSON object. */
+  xml?: boolean;
 }
 
 export interface CallsLayout {
@@ -24,7 +27,7 @@ type State =
   | { t: "free"; tail: string }
   | { t: "list"; typed: string }
   | { t: "begin"; typed: string }
-  | { t: "args"; call: CallShape; json: JsonProgress }
+  | { t: "args"; call: CallShape; args: JsonProgress | XmlParametersProgress }
   | { t: "end"; call: CallShape; typed: string }
   | { t: "after" }
   | { t: "separator"; typed: string }
@@ -50,26 +53,28 @@ export class CallsProgress {
   clone(): CallsProgress {
     const copy = new CallsProgress(this.layout);
     copy.lost = this.lost;
-    copy.state = this.state.t === "args" ? { ...this.state, json: this.state.json.clone() } : { ...this.state };
+    copy.state = this.state.t === "args" ? { ...this.state, args: this.state.args.clone() } : { ...this.state };
     return copy;
   }
 
   inFreeString(): boolean {
-    return this.state.t === "args" && this.state.json.inFreeString();
+    return this.state.t === "args" && this.state.args.inFreeString();
   }
 
   inPatternString(): boolean {
-    return this.state.t === "args" && this.state.json.inPatternString();
+    return this.state.t === "args" && this.state.args.inPatternString();
   }
 
   feed(text: string): void {
     for (let i = 0; i < text.length && !this.lost; ) {
       const s = this.state;
       if (s.t === "args") {
-        i += s.json.feed(text.slice(i));
-        if (s.json.lost) this.lost = true;
-        // A call with no closing (Mistral's v11+ calls) is over with its arguments.
-        else if (s.json.done) this.state = s.call.end ? { t: "end", call: s.call, typed: "" } : { t: "after" };
+        i += s.args.feed(text.slice(i));
+        if (s.args.lost) this.lost = true;
+        // A call with no closing (Mistral's v11+ calls), or whose XML parameters read the
+        // closing with them, is over with its arguments.
+        else if (s.args.done)
+          this.state = s.call.end && !s.call.xml ? { t: "end", call: s.call, typed: "" } : { t: "after" };
         continue;
       }
       try {
@@ -98,7 +103,7 @@ export class CallsProgress {
       case "begin": {
         s.typed += c;
         const call = calls.find((f) => f.begin === s.typed);
-        if (call) this.state = { t: "args", call, json: new JsonProgress(call.shapes, call.schema) };
+        if (call) this.state = { t: "args", call, args: this.arguments(call) };
         return;
       }
       case "end":
@@ -140,7 +145,7 @@ export class CallsProgress {
       case "begin":
         return this.cheapestCall(s.typed) + closeList;
       case "args":
-        return s.json.completion() + s.call.end + closeList;
+        return s.args.completion() + (s.call.xml ? "" : s.call.end) + closeList;
       case "end":
         return s.call.end.slice(s.typed.length) + closeList;
       case "separator":
@@ -150,6 +155,13 @@ export class CallsProgress {
     }
   }
 
+  /** A reader of `call`'s arguments, from their first character. */
+  private arguments(call: CallShape): JsonProgress | XmlParametersProgress {
+    return call.xml
+      ? new XmlParametersProgress(call.shapes, call.schema as Record<string, unknown>, call.end)
+      : new JsonProgress(call.shapes, call.schema);
+  }
+
   /** The shortest whole call whose opening starts with `typed`, from there on. */
   private cheapestCall(typed: string): string {
     let best: string | undefined;
@@ -157,7 +169,10 @@ export class CallsProgress {
       if (!call.begin.startsWith(typed)) continue;
       let text: string;
       try {
-        text = call.begin.slice(typed.length) + call.shapes.minText(call.schema) + call.end;
+        const args = call.xml
+          ? minXmlParameters(call.shapes, call.schema as Record<string, unknown>)
+          : call.shapes.minText(call.schema);
+        text = call.begin.slice(typed.length) + args + call.end;
       } catch (error) {
         if (error instanceof UnsteerableSchemaError) continue;
         throw error;

@@ -14,8 +14,9 @@ import {
   type GrammarConstraint,
 } from "../grammar";
 import { CallsProgress } from "../budget/calls-progress";
-import { SchemaShapes, UnsteerableSchemaError } from "../budget/json-progress";
-import { budgetSteering, type Progress } from "../budget/steering";
+import { SchemaShapes } from "../budget/json-progress";
+import { minXmlParameters, xmlLargestOpening } from "../budget/xml-progress";
+import { budgetSteering } from "../budget/steering";
 import type { StructuralTag, StructuralTagFormat, TagFormat } from "@mlc-ai/web-xgrammar";
 import type { Tokenizer } from "../../tokenizer/tokenizer";
 import type { ToolCallFormat } from "./formats";
@@ -43,14 +44,10 @@ export async function createToolCallConstraint(
       throw error;
     }
   }
-  // The budget steering follows JSON arguments only: XML parameters go unsteered (a call the
-  // budget cuts is dropped when the answer is read), but a budget no call fits is refused.
   const steering =
-    o.maxTokens === undefined || (format.xmlParameters && !o.required)
+    o.maxTokens === undefined
       ? undefined
-      : budgetSteering(tokenizer, o.maxTokens, () =>
-          format.xmlParameters ? xmlCallsStart(format, functions) : callsProgress(format, functions, o.required),
-        );
+      : budgetSteering(tokenizer, o.maxTokens, () => callsProgress(format, functions, o.required));
   const source = {
     key: `tools:${format.name}:${o.required}:${o.parallel}:${canonicalJson(functions.map((f) => [f.name, argumentsSchema(f)]))}`,
     structuralTag: async (): Promise<StructuralTag> => ({
@@ -65,18 +62,25 @@ export async function createToolCallConstraint(
 function callsProgress(format: ToolCallFormat, functions: ToolSpec[], required: boolean) {
   const calls = functions.map((f) => {
     const schema = argumentsSchema(f);
-    return { ...format.callLayout(f.name), schema, shapes: new SchemaShapes(schema, true) };
+    return { ...format.callLayout(f.name), schema, shapes: new SchemaShapes(schema, true), xml: format.xmlParameters };
   });
   const wrapper = (format.list?.begin.length ?? 0) + (format.list?.end.length ?? 0);
   // Opening a call (the trigger in free text, or a separator) owes a whole smallest call.
+  // In XML parameters "<" opens a parameter: it may owe the longest one whole.
   const opening = Math.max(
     ...calls.map((c) =>
-      Math.max(
-        c.shapes.largestOpening(c.schema),
-        c.begin.length + c.shapes.minText(c.schema).length + c.end.length + wrapper,
-      ),
+      c.xml
+        ? Math.max(
+            xmlLargestOpening(c.shapes, c.schema),
+            c.begin.length + minXmlParameters(c.shapes, c.schema).length + c.end.length + wrapper,
+          )
+        : Math.max(
+            c.shapes.largestOpening(c.schema),
+            c.begin.length + c.shapes.minText(c.schema).length + c.end.length + wrapper,
+          ),
     ),
   );
+  const opener = required ? (format.separator.trim()[0] ?? format.separator[0]) : format.trigger[0];
   return {
     progress: new CallsProgress({
       calls,
@@ -85,64 +89,10 @@ function callsProgress(format: ToolCallFormat, functions: ToolSpec[], required: 
       trigger: required ? undefined : format.trigger,
     }),
     opening,
-    // What opens another call: the trigger in free text, the separator after a call.
-    openers: required ? (format.separator.trim()[0] ?? format.separator[0]) : format.trigger[0],
+    // What opens another call: the trigger in free text, the separator after a call; and in
+    // XML parameters another parameter.
+    openers: `${opener}${format.xmlParameters && opener !== "<" ? "<" : ""}`,
   };
-}
-
-/**
- * Required XML calls as the budget steering can read them: the shortest whole call before any
- * text (so a budget it does not fit is refused up front), nothing once the answer has begun
- * (the grammar alone decides from there).
- */
-function xmlCallsStart(format: ToolCallFormat, functions: ToolSpec[]): { progress: Progress; opening: number } {
-  const calls = functions.map((f) => {
-    const schema = argumentsSchema(f);
-    const shapes = new SchemaShapes(schema, true);
-    const properties = (schema.properties ?? {}) as Record<string, unknown>;
-    const required = new Set(Array.isArray(schema.required) ? schema.required : []);
-    const parameters = Object.entries(properties)
-      .filter(([name]) => required.has(name))
-      .map(([name, property]) => {
-        // A string's value is its text, any other value its JSON.
-        const text = shapes.minText(property);
-        const value = parseJsonString(text) ?? text;
-        return `<parameter=${name}>\n${value}\n</parameter>\n`;
-      });
-    const { begin, end } = format.callLayout(f.name);
-    return begin + parameters.join("") + end;
-  });
-  const shortest = calls.reduce((a, b) => (b.length < a.length ? b : a));
-  return { progress: new StartOnly(shortest), opening: 0 };
-}
-
-function parseJsonString(text: string): string | undefined {
-  try {
-    const value = JSON.parse(text);
-    return typeof value === "string" ? value : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-/** An answer whose shortest completion is known before its first character only. */
-class StartOnly implements Progress {
-  private begun = false;
-  constructor(private readonly whole: string) {}
-  feed(text: string): void {
-    if (text) this.begun = true;
-  }
-  completion(): string {
-    if (this.begun) throw new UnsteerableSchemaError("XML parameters are not followed by the budget steering");
-    return this.whole;
-  }
-  clone(): StartOnly {
-    const copy = new StartOnly(this.whole);
-    copy.begun = this.begun;
-    return copy;
-  }
-  inFreeString = () => false;
-  inPatternString = () => false;
 }
 
 const jsonArgumentsEbnf = (schema: object) => schemaEbnf(schema, true);
