@@ -565,8 +565,13 @@ async function buildTokenizerGrammars(
 }
 
 // Special tokens some families write their tool calls with: a grammar must be able to pick them
-// (gpt-oss's harmony heads each call's message with them).
+// (gpt-oss's harmony heads each call's message with them; DeepSeek's wrap calls in theirs).
 const TOOL_MARKER_TOKENS = new Set([
+  "<｜tool▁calls▁begin｜>",
+  "<｜tool▁call▁begin｜>",
+  "<｜tool▁sep｜>",
+  "<｜tool▁call▁end｜>",
+  "<｜tool▁calls▁end｜>",
   "<tool_call>",
   "</tool_call>",
   "<|python_tag|>",

@@ -12,6 +12,11 @@
 //     <tool_call>\n<function=f>\n<parameter=p>\nvalue\n</parameter>\n</function>\n</tool_call>
 // - harmony (gpt-oss): <|channel|>commentary to=functions.f <|constrain|>json<|message|>{...}<|call|>,
 //     as the HarmonySplitter (engine/harmony.ts) passes calls on from the model's messages
+// - deepseekV3 (DeepSeek V3, R1): <｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n{...}\n```<｜tool▁call▁end｜>
+//     (calls apart by "\n"), then <｜tool▁calls▁end｜>, optionally after prose
+// - deepseekV31 (DeepSeek V3.1): <｜tool▁calls▁begin｜><｜tool▁call▁begin｜>f<｜tool▁sep｜>{...}<｜tool▁call▁end｜>
+//     (calls chained with nothing between), then <｜tool▁calls▁end｜>, optionally after prose
+// - phi4mini (Phi-4-mini, with vLLM's template): functools[{"name": "f", "arguments": {...}}, ...]
 import { createHash } from "node:crypto";
 import type { ToolCall, ToolSpec } from "./types";
 
@@ -25,7 +30,16 @@ export interface ParsedAnswer {
 export type ToolCallParser = Pick<ToolCallFormat, "markers" | "anywhere" | "parse">;
 
 export interface ToolCallFormat {
-  name: "hermes" | "llama3" | "mistral" | "mistral-args" | "qwen3coder" | "harmony";
+  name:
+    | "hermes"
+    | "llama3"
+    | "mistral"
+    | "mistral-args"
+    | "qwen3coder"
+    | "harmony"
+    | "deepseek-v3"
+    | "deepseek-v31"
+    | "phi4mini";
   /** Texts that open a call. */
   markers: string[];
   /** Whether a call may follow prose (hermes) or only opens the answer (llama3, mistral). */
@@ -496,7 +510,153 @@ const harmony: ToolCallFormat = {
   trigger: harmonyTrigger,
 };
 
-export const toolCallFormats = { hermes, llama3, mistral, mistralArgs, qwen3coder, harmony };
+const deepseek = {
+  callsBegin: "<｜tool▁calls▁begin｜>",
+  callsEnd: "<｜tool▁calls▁end｜>",
+  callBegin: "<｜tool▁call▁begin｜>",
+  callEnd: "<｜tool▁call▁end｜>",
+  sep: "<｜tool▁sep｜>",
+};
+
+/**
+ * `text` without a <｜tool▁calls▁begin｜> the answer's end cut off (the token budget, with no
+ * steering for this layout): its start up to the full-width bar at least, or "<" and a bar cut
+ * within its bytes (left as U+FFFD). A "<" alone is prose's.
+ */
+function withoutCutMarker(text: string): string {
+  const cutChar = text.endsWith("\uFFFD");
+  const whole = cutChar ? text.slice(0, -1) : text;
+  for (let n = Math.min(deepseek.callsBegin.length - 1, whole.length); n >= (cutChar ? 1 : 2); n--)
+    if (whole.endsWith(deepseek.callsBegin.slice(0, n))) return whole.slice(0, -n).trimEnd();
+  return text;
+}
+
+/**
+ * A DeepSeek format: each call's head after <｜tool▁call▁begin｜> (`head`: the function's name
+ * in its group 1, up to where the arguments' JSON starts), what closes it up to
+ * <｜tool▁call▁end｜> (`tail`), and the calls' layout for the grammar.
+ */
+function deepseekFormat(
+  name: "deepseek-v3" | "deepseek-v31",
+  head: RegExp,
+  tail: RegExp,
+  layout: Pick<ToolCallFormat, "callLayout" | "separator" | "list">,
+): ToolCallFormat {
+  /** The call whose head is at `at` (past <｜tool▁call▁begin｜>), and where it ends (past <｜tool▁call▁end｜>); none if it does not read (cut off). */
+  function readOne(text: string, at: number): { call: ToolCall; end: number } | undefined {
+    const h = head.exec(text.slice(at));
+    const argsAt = h ? at + h[0].length : -1;
+    const end = h ? jsonEnd(text, argsAt) : -1;
+    const closing = end < 0 ? null : tail.exec(text.slice(end));
+    const call = closing
+      ? readCall({ name: h![1]!.trim(), arguments: parseJson(text.slice(argsAt, end)) }, openaiCallId)
+      : undefined;
+    return call && { call, end: end + closing![0].length };
+  }
+  return {
+    name,
+    markers: [deepseek.callsBegin],
+    anywhere: true,
+    // As vLLM's deepseekv3/deepseekv31 parsers: prose before <｜tool▁calls▁begin｜>, then each
+    // call in turn. The first call that does not read was cut off by a stop string or the token
+    // budget, and is dropped with what follows it; prose after <｜tool▁calls▁end｜> is kept too.
+    parse(text) {
+      const first = text.indexOf(deepseek.callsBegin);
+      if (first < 0) return { content: withoutCutMarker(text), calls: [] };
+      const calls: ToolCall[] = [];
+      let at = first + deepseek.callsBegin.length;
+      let cut = false;
+      for (;;) {
+        at += /^\s*/.exec(text.slice(at))![0].length;
+        if (!text.startsWith(deepseek.callBegin, at)) break;
+        const read = readOne(text, at + deepseek.callBegin.length);
+        if (!read) {
+          cut = true;
+          break;
+        }
+        calls.push(read.call);
+        at = read.end;
+      }
+      let after = cut ? "" : text.slice(at);
+      // A marker the answer's end cut off (maybe within a character, left as U+FFFD) is dropped.
+      const stub = after.replace(/\uFFFD$/, "");
+      if (after.startsWith(deepseek.callsEnd)) after = after.slice(deepseek.callsEnd.length);
+      else if (deepseek.callsEnd.startsWith(stub) || deepseek.callBegin.startsWith(stub)) after = "";
+      const content = [text.slice(0, first).trim(), after.trim()].filter(Boolean).join("\n");
+      return { content, calls };
+    },
+    ...layout,
+    trigger: deepseek.callsBegin,
+  };
+}
+
+const deepseekV3 = deepseekFormat(
+  "deepseek-v3",
+  // vLLM reads `type<｜tool▁sep｜>name\n```json\n`; the fence is optional here.
+  /^[^\n<]*<｜tool▁sep｜>([^\n<`]+)\s*(?:```(?:json)?\s*)?/,
+  /^\s*(?:```)?\s*<｜tool▁call▁end｜>/,
+  {
+    callLayout: (name) => ({
+      begin: `${deepseek.callBegin}function${deepseek.sep}${name}\n\`\`\`json\n`,
+      end: `\n\`\`\`${deepseek.callEnd}`,
+    }),
+    separator: "\n",
+    list: { begin: deepseek.callsBegin, end: deepseek.callsEnd },
+  },
+);
+
+const deepseekV31 = deepseekFormat(
+  "deepseek-v31",
+  /^([^\n<]+)<｜tool▁sep｜>\s*/,
+  /^\s*<｜tool▁call▁end｜>/,
+  // Laid out for the grammar with <｜tool▁call▁begin｜> between calls (xgrammar takes no empty
+  // separator): the first call's opens the list.
+  {
+    callLayout: (name) => ({ begin: `${name}${deepseek.sep}`, end: deepseek.callEnd }),
+    separator: deepseek.callBegin,
+    list: { begin: deepseek.callsBegin + deepseek.callBegin, end: deepseek.callsEnd },
+  },
+);
+
+const phi4Marker = "functools[";
+const phi4mini: ToolCallFormat = {
+  name: "phi4mini",
+  markers: [phi4Marker],
+  anywhere: true,
+  // One JSON list of calls after "functools" (vLLM's phi4mini parser). Unlike vLLM, which drops
+  // it, prose around the list is the content, as for the other families; a list that does not
+  // close was cut off by a stop string or the token budget, and is dropped.
+  parse(text) {
+    const at = text.indexOf(phi4Marker);
+    if (at < 0) return { content: text, calls: [] };
+    const listAt = at + phi4Marker.length - 1;
+    const end = jsonEnd(text, listAt);
+    if (end < 0) {
+      const cut = /^\s*(\{|$)/.test(text.slice(listAt + 1));
+      return cut ? { content: text.slice(0, at).trim(), calls: [] } : { content: text, calls: [] };
+    }
+    const answer = onlyCalls(text, parseJson(text.slice(listAt, end)), openaiCallId);
+    if (answer.calls.length === 0) return answer;
+    const content = [text.slice(0, at).trim(), text.slice(end).trim()].filter(Boolean).join("\n");
+    return { content, calls: answer.calls };
+  },
+  callLayout: (name) => jsonCall(name, "arguments"),
+  separator: ", ",
+  list: { begin: phi4Marker, end: "]" },
+  trigger: phi4Marker,
+};
+
+export const toolCallFormats = {
+  hermes,
+  llama3,
+  mistral,
+  mistralArgs,
+  qwen3coder,
+  harmony,
+  deepseekV3,
+  deepseekV31,
+  phi4mini,
+};
 
 /** How a chat template handles tools: natively (it renders `tools` itself) in one format, or not at all. */
 export interface ToolTemplate {
@@ -508,6 +668,11 @@ export function toolTemplate(chatTemplate: string | undefined): ToolTemplate {
   const t = chatTemplate ?? "";
   if (/\btools\b/.test(t)) {
     if (t.includes("<|channel|>")) return { native: true, format: harmony };
+    // DeepSeek V3's and R1's templates fence each call's JSON in ```json; V3.1's writes it bare.
+    if (t.includes(deepseek.callsBegin))
+      return { native: true, format: t.includes("```json") ? deepseekV3 : deepseekV31 };
+    // vLLM's Phi-4-mini template asks for calls as functools[...].
+    if (t.includes("functools[")) return { native: true, format: phi4mini };
     // Qwen3-Coder's and Qwen3.5's templates show calls as XML inside <tool_call>.
     if (t.includes("<tool_call>") && t.includes("<function=")) return { native: true, format: qwen3coder };
     if (t.includes("<tool_call>")) return { native: true, format: hermes };

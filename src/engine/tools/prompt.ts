@@ -21,8 +21,11 @@ export function templateInput(
   const tools = offered && offered.length > 0 ? offered : undefined;
   if (template.native) {
     const paired = pairToolResults(messages);
+    const ids = template.format.name.startsWith("mistral") ? paired.map(withMistralIds) : paired;
+    // DeepSeek's templates join a call's arguments to their text with "+": they take them as JSON text.
+    const argumentsAsText = template.format.name.startsWith("deepseek");
     return {
-      messages: (template.format.name.startsWith("mistral") ? paired.map(withMistralIds) : paired).map(nativeMessage),
+      messages: ids.map((m) => nativeMessage(m, argumentsAsText)),
       tools: tools?.map((t) => ({ type: "function", function: t })),
     };
   }
@@ -54,7 +57,8 @@ function withMistralIds(m: ConversationMessage): ConversationMessage {
   return m.toolCallId ? { ...m, toolCallId: mistralToolCallId(m.toolCallId) } : m;
 }
 
-function nativeMessage(m: ConversationMessage): ChatMessage {
+/** `argumentsAsText`: each call's arguments as JSON text, laid out as the call grammar makes the model write them. */
+function nativeMessage(m: ConversationMessage, argumentsAsText: boolean): ChatMessage {
   if (m.toolCalls?.length) {
     return withReasoning(m, {
       role: m.role,
@@ -62,7 +66,7 @@ function nativeMessage(m: ConversationMessage): ChatMessage {
       tool_calls: m.toolCalls.map((c) => ({
         id: c.id,
         type: "function",
-        function: { name: c.name, arguments: c.arguments },
+        function: { name: c.name, arguments: argumentsAsText ? spacedJson(c.arguments) : c.arguments },
       })),
     });
   }

@@ -28,7 +28,12 @@ export class ToolCallStream {
   end(): ParsedAnswer {
     const rest = this.held;
     this.held = "";
-    if (!this.inCall) return { content: rest, calls: [] };
+    if (!this.inCall) {
+      // No call opened, but the held end may be a marker's start that the token budget cut off
+      // (DeepSeek's <｜tool▁calls▁begin｜>): the content is what the answer read whole leaves.
+      const whole = this.format.parse(this.shown + rest).content;
+      return { content: whole.startsWith(this.shown) ? whole.slice(this.shown.length) : rest, calls: [] };
+    }
     // Read whole, as an answer that is not streamed: its content goes on from the prose shown
     // (unless it drops whitespace that opened the answer, which was shown before any call).
     const answer = this.format.parse(this.shown + rest);
@@ -48,7 +53,7 @@ export class ToolCallStream {
     }
     // Hold back an ending that could grow into a marker, and whitespace a call may follow (the
     // content of an answer with calls does not end in whitespace).
-    return this.release(this.proseLength(this.held.length - partialMarker(this.held, this.format.markers)));
+    return this.release(this.proseLength(this.held.length - this.partialMarkerLength()));
   }
 
   /** How much of the first `n` held characters is prose to show now: all but trailing whitespace. */
@@ -67,6 +72,16 @@ export class ToolCallStream {
     if (this.format.markers.some((m) => m.startsWith(start))) return "";
     this.prose = true;
     return this.release(this.held.length);
+  }
+
+  /**
+   * The held text's ending that may begin a marker, with a character after it cut within its
+   * bytes (U+FFFD: the answer's end cut a marker's ｜ or ▁ in two).
+   */
+  private partialMarkerLength(): number {
+    const cutChar = this.held.endsWith("\uFFFD") ? 1 : 0;
+    const longest = partialMarker(this.held.slice(0, this.held.length - cutChar), this.format.markers);
+    return longest > 0 ? longest + cutChar : 0;
   }
 
   /** Returns the first `n` held characters, keeping the rest. */

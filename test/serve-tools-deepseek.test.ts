@@ -1,0 +1,154 @@
+// A model with DeepSeek V3.1's template through the server and the openai client: past calls are
+// rendered as the template writes them (NAME<｜tool▁sep｜>{...} inside <｜tool▁calls▁begin｜>),
+// and a required call is written in that layout (by the grammar: the model has random weights)
+// and comes back as the same tool_calls, whole and streamed.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import Ajv from "ajv";
+import OpenAI from "openai";
+import type { RunningServer } from "../src/server/app";
+import { post, serve } from "./helpers/serve";
+import { writeTinyModel } from "./helpers/tiny-model";
+import { forecastParameters, forecastTools } from "./helpers/forecast-tools";
+
+let server: RunningServer;
+let openai: OpenAI;
+let model: string;
+const validArguments = new Ajv().compile(forecastParameters);
+
+beforeAll(() => {
+  const root = mkdtempSync(join(tmpdir(), "mlx-serve-tools-deepseek-"));
+  process.env.MLX_HOME ??= join(root, "home");
+  model = join(root, "deepseek-v3.1");
+  writeTinyModel(model, {
+    contextLength: 2048,
+    chatTemplate: readFileSync(join(import.meta.dir, "fixtures", "templates", "deepseek-v3.1.jinja"), "utf8"),
+  });
+  server = serve({ defaultModel: model });
+  openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused" });
+});
+
+afterAll(() => server.stop());
+
+type Call = { function: { name: string; arguments: string } };
+
+describe("DeepSeek V3.1's template (<｜tool▁call▁begin｜>NAME<｜tool▁sep｜>{...}<｜tool▁call▁end｜>)", () => {
+  const history: OpenAI.ChatCompletionMessageParam[] = [
+    { role: "user", content: "What will the weather be in Oslo?" },
+    {
+      role: "assistant",
+      content: null,
+      tool_calls: [
+        { id: "call_1", type: "function", function: { name: "forecast", arguments: '{"city": "Oslo", "days": 2}' } },
+        { id: "call_2", type: "function", function: { name: "clock", arguments: "{}" } },
+      ],
+    },
+    { role: "tool", tool_call_id: "call_1", content: "Snow" },
+    { role: "tool", tool_call_id: "call_2", content: "Noon" },
+    { role: "user", content: "And in Rome?" },
+  ];
+
+  test("its past calls are rendered as the template writes them, arguments as JSON text", async () => {
+    const rendered = await post(`${server.url}/apply-template`, { model, messages: history, tools: forecastTools });
+    expect(rendered.status).toBe(200);
+    expect(rendered.json.prompt).toContain(
+      '<｜Assistant｜></think><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>forecast<｜tool▁sep｜>{"city": "Oslo", "days": 2}<｜tool▁call▁end｜><｜tool▁call▁begin｜>clock<｜tool▁sep｜>{}<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜>' +
+        "<｜tool▁output▁begin｜>Snow<｜tool▁output▁end｜><｜tool▁output▁begin｜>Noon<｜tool▁output▁end｜><｜User｜>And in Rome?",
+    );
+    // The template's own tools section, not our hermes prompt.
+    expect(rendered.json.prompt).toContain("### forecast\nDescription: The weather forecast for a city");
+    expect(rendered.json.prompt).not.toContain("<tool_call>");
+  });
+
+  for (const choice of ["required", { type: "function", function: { name: "forecast" } }] as const) {
+    test(`tool_choice ${JSON.stringify(choice)}: written in DeepSeek's layout, read back as tool_calls, whole and streamed alike`, async () => {
+      const request = {
+        model,
+        messages: history,
+        tools: forecastTools,
+        tool_choice: choice,
+        temperature: 1,
+        max_tokens: 160,
+      };
+      let finished = 0;
+      for (const seed of [1, 2, 3]) {
+        const whole = (await openai.chat.completions.create({ ...request, seed, logprobs: true })).choices[0]!;
+        const stream = await openai.chat.completions.create({ ...request, seed, stream: true });
+        const streamed: Call[] = [];
+        let finish: string | null = null;
+        let streamedContent = "";
+        for await (const chunk of stream) {
+          const c = chunk.choices[0];
+          streamedContent += c?.delta.content ?? "";
+          for (const d of c?.delta.tool_calls ?? []) {
+            streamed[d.index] ??= { function: { name: "", arguments: "" } };
+            streamed[d.index]!.function.name += d.function?.name ?? "";
+            streamed[d.index]!.function.arguments += d.function?.arguments ?? "";
+          }
+          finish = c?.finish_reason ?? finish;
+        }
+        expect(finish).toBe(whole.finish_reason);
+        expect(streamedContent).toBe("");
+        if (whole.finish_reason === "length") continue;
+        finished++;
+        expect(whole.finish_reason).toBe("tool_calls");
+        expect(whole.message.content).toBeNull();
+        const calls = whole.message.tool_calls as Call[];
+        expect(calls.length).toBeGreaterThan(0);
+        for (const call of calls) {
+          if (typeof choice !== "string") expect(call.function.name).toBe("forecast");
+          const args = JSON.parse(call.function.arguments);
+          if (call.function.name === "forecast")
+            expect({ args, valid: validArguments(args) }).toEqual({ args, valid: true });
+          else expect(args).toEqual({});
+        }
+        // The answer's tokens as bytes: a token holding part of a ｜ or ▁ has no text of its own.
+        const raw = Buffer.from(whole.logprobs!.content!.flatMap((t) => t.bytes ?? [])).toString("utf8");
+        expect(raw).toStartWith(`<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>${calls[0]!.function.name}<｜tool▁sep｜>{`);
+        expect(raw.trimEnd()).toEndWith("<｜tool▁call▁end｜><｜tool▁calls▁end｜>");
+        expect(streamed.map((c) => c.function)).toEqual(calls.map((c) => c.function));
+      }
+      expect(finished).toBeGreaterThan(0);
+    }, 120_000);
+  }
+
+  // DeepSeek's layout goes without the budget steering: no budget is refused up front, and a call
+  // the budget cuts off is dropped, never shown as text.
+  test("a max_tokens no call fits: the cut call is neither a call nor content, whole and streamed; the server carries on", async () => {
+    const request = {
+      model,
+      messages: history,
+      tools: forecastTools,
+      tool_choice: "required" as const,
+      max_tokens: 12,
+    };
+    const whole = (await openai.chat.completions.create({ ...request, seed: 1 })).choices[0]!;
+    expect(whole.finish_reason).toBe("length");
+    expect(whole.message.tool_calls ?? []).toEqual([]);
+    expect(whole.message.content ?? "").toBe("");
+    let streamedContent = "";
+    for await (const chunk of await openai.chat.completions.create({ ...request, seed: 1, stream: true })) {
+      streamedContent += chunk.choices[0]?.delta.content ?? "";
+      expect(chunk.choices[0]?.delta.tool_calls ?? []).toEqual([]);
+    }
+    expect(streamedContent).toBe("");
+    const next = await openai.chat.completions.create({ ...request, max_tokens: 160, seed: 2 });
+    expect(next.choices[0]!.finish_reason).toMatch(/^(tool_calls|length)$/);
+  });
+
+  test("tool_choice auto: an answer in prose is the content", async () => {
+    const answer = await openai.chat.completions.create({
+      model,
+      messages: history,
+      tools: forecastTools,
+      temperature: 0,
+      max_tokens: 8,
+    });
+    const choice = answer.choices[0]!;
+    expect(choice.finish_reason).toBe("length");
+    expect(choice.message.tool_calls ?? []).toEqual([]);
+    expect(typeof choice.message.content).toBe("string");
+  });
+});
