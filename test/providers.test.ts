@@ -1139,6 +1139,21 @@ test("/v1/models lists the remote aliases; /api/tags too, as Ollama lists its cl
   expect(models.map((m) => m.name)).toEqual(expect.arrayContaining(["ra", "rslow"]));
 });
 
+test("/api/show describes a remote alias, as Ollama shows a cloud model, rather than refusing a model /api/tags lists", async () => {
+  // Ollama clients (Copilot, Open WebUI) ask /api/show of every model /api/tags lists, for its capabilities.
+  const ollama = new Ollama({ host: proxy.url });
+  for (const name of ["ro", "ro:latest"]) {
+    const shown = (await ollama.show({ model: name })) as Awaited<ReturnType<Ollama["show"]>> & Record<string, unknown>;
+    expect(shown).toMatchObject({
+      remote_model: tiny,
+      remote_host: `http://127.0.0.1:${remotePort}/v1`,
+      capabilities: ["completion", "tools"],
+      model_info: {},
+    });
+    expect(shown.details.format).toBe("");
+  }
+});
+
 describe("models.toml", () => {
   /** loadAliases' error for a user models.toml holding `entry` as model 'x'. */
   function aliasError(entry: string): string {

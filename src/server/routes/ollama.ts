@@ -25,6 +25,7 @@ import { readJson } from "../../api/validate";
 import { samplingValues, type SamplingDefaults } from "../../models/generation-config";
 import { type ServerState, serverStartDate } from "../state";
 import { remoteModelConfigs, remoteModelNames } from "../../providers";
+import type { RemoteModelConfig } from "../../providers/config";
 import { formatCount } from "../../format";
 import type { ModelConfig } from "../../models/config";
 import { ggufParameterCount, readGGUFHeader, type GGUFHeader } from "../../models/gguf-header";
@@ -140,6 +141,11 @@ export function ollamaRoutes(s: ServerState): Hono {
 
   r.post("/api/show", async (c) => {
     const { model, verbose } = parseOllamaShow(await readJson(c.req));
+    // A remote alias, which /api/tags lists, is shown as Ollama shows a cloud model: where its
+    // answers come from, no files. Clients ask this of every listed model (for its capabilities)
+    // and drop one it refuses.
+    const remote = remoteModelConfigs().find((r) => r.name === model || r.name === withoutLatestTag(model));
+    if (remote) return c.json(showRemoteModel(remote, serverStartDate(s)));
     // Read from the model's files: loading its weights only to describe it would take the place
     // of a loaded model (or wait until one is idle), and clients ask this of every model they list.
     const path = await modelFiles(s, model);
@@ -282,6 +288,22 @@ function showModel(path: string, stored: IndexEntry | undefined, defaults: Sampl
       ...(thinkingTemplate(facts.template).thinks ? ["thinking"] : []),
     ],
     modified_at: stored ? (stored.lastUsedAt ?? stored.createdAt) : statSync(path).mtime.toISOString(),
+  };
+}
+
+/** /api/show's answer for a remote alias: no files to describe; any chat model of a provider takes tools. */
+function showRemoteModel(remote: RemoteModelConfig, listedAt: Date) {
+  return {
+    license: "",
+    modelfile: "",
+    parameters: "",
+    template: "",
+    details: ollamaDetails("", undefined, "", undefined),
+    model_info: {},
+    remote_model: remote.model,
+    remote_host: remote.baseUrl,
+    capabilities: ["completion", "tools"],
+    modified_at: listedAt.toISOString(),
   };
 }
 
