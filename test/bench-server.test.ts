@@ -266,6 +266,54 @@ describe("mlx bench --url", () => {
     }
   }, 20_000);
 
+  test("a server that lists no model (mlx_lm.server without a Hugging Face cache) gets requests without a model, for its own", async () => {
+    // As mlx_lm.server 0.32.2 answered: /v1/models a 200 with no body (its listing failed after the
+    // headers went), any `model` it cannot find a 404 from the Hub, and a request without one its
+    // --model. A made-up name ("default") is a model no server has.
+    const seen: string[] = [];
+    const peer = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      async fetch(req) {
+        if (new URL(req.url).pathname === "/v1/models")
+          return new Response("", { headers: { "Content-type": "application/json" } });
+        const body = (await req.json()) as { model?: string };
+        seen.push(body.model ?? "(none)");
+        if (body.model !== undefined && body.model !== "default_model")
+          return new Response(
+            '{"error": "Got: ConnectError: [Errno -2] Name or service not known\\nAn error happened while trying to locate the files on the Hub."}',
+            { status: 404, headers: { "Content-type": "application/json" } },
+          );
+        const chunk = (o: object) =>
+          `data: ${JSON.stringify({ object: "chat.completion.chunk", model: "default_model", ...o })}\n\n`;
+        return new Response(
+          `${chunk({ choices: [{ index: 0, finish_reason: null, delta: { role: "assistant", content: "Hi" } }] })}${chunk({ choices: [{ index: 0, finish_reason: "stop", delta: { role: "assistant" } }] })}data: [DONE]\n\n`,
+          { headers: { "Content-type": "text/event-stream" } },
+        );
+      },
+    });
+    try {
+      const r = await mlx([
+        "--url",
+        `http://127.0.0.1:${peer.port}`,
+        "--concurrency",
+        "1",
+        "--requests",
+        "1",
+        "--json",
+      ]);
+      expect(r.stderr).toBe("");
+      expect(r.code).toBe(0);
+      expect(JSON.parse(r.stdout)).toMatchObject({
+        model: "(the server's default)",
+        levels: [{ completed: 1, failed: 0 }],
+      });
+      expect(new Set(seen)).toEqual(new Set(["(none)"]));
+    } finally {
+      peer.stop(true);
+    }
+  }, 20_000);
+
   test("a server that answers without streaming (JSON, an HTML page) is named as such, not as an empty stream", async () => {
     const answers = {
       "application/json": () => Response.json({ choices: [{ message: { role: "assistant", content: "hi" } }] }),

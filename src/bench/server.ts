@@ -61,7 +61,8 @@ export const endpointPath = (endpoint: Endpoint) => (endpoint === "chat" ? "/v1/
 /** Where one bench's requests go, and how. */
 export interface RequestTarget {
   base: string;
-  model: string;
+  /** None when the server lists none and -m names none: the request has no `model`, for the server's own. */
+  model?: string;
   endpoint: Endpoint;
   /** Seconds one request may take. */
   timeoutSeconds: number;
@@ -313,13 +314,17 @@ export async function benchServer(o: ServerBenchOptions): Promise<ServerBenchRes
   const say = o.onProgress ?? (() => {});
   const base = serverBase(o.url);
   const listed = await probeServer(base, o.apiKey);
-  const model = o.model ?? listed ?? "default";
-  say(`${shownBase(base)}: model ${model}; warm-up request`);
+  // A server that lists no model (mlx_lm.server whose listing fails) is sent none: mlx_lm.server,
+  // vLLM and llama.cpp's server then answer with the model they serve, where a made-up name would
+  // be a 404 (and mlx serve and Ollama say that a model is required).
+  const model = o.model ?? listed;
+  const shownModel = model ?? "(the server's default)";
+  say(`${shownBase(base)}: model ${shownModel}; warm-up request`);
   const target = await warmUp({ base, model, endpoint: "chat", timeoutSeconds: o.timeoutSeconds, apiKey: o.apiKey }, o);
   const levels: LevelResult[] = [];
   const result = (): ServerBenchResult => ({
     url: shownBase(base),
-    model,
+    model: shownModel,
     endpoint: target.endpoint,
     maxTokens: o.maxTokens,
     levels: [...levels],
