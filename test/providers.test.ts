@@ -159,13 +159,37 @@ beforeAll(async () => {
       });
     },
   });
+  // As mlx_lm.server streams a long prompt's prefill: a comment per prefill step, each sooner than
+  // the read timeout, all of them longer; then its answer (its exact bytes: a role on every delta).
+  const keptAlive = Bun.serve({
+    port: 0,
+    fetch: () =>
+      new Response(
+        new ReadableStream({
+          async start(controller) {
+            const send = (text: string) => controller.enqueue(new TextEncoder().encode(text));
+            for (let step = 1; step <= 8; step++) {
+              send(`: keepalive ${step * 512}/4096\n\n`);
+              await Bun.sleep(100);
+            }
+            const chunk = (choice: object) =>
+              `data: ${JSON.stringify({ id: "chatcmpl-1", object: "chat.completion.chunk", model: "default_model", created: 1, choices: [{ index: 0, ...choice }] })}\n\n`;
+            send(chunk({ finish_reason: null, delta: { role: "assistant", content: "Hi" } }));
+            send(chunk({ finish_reason: "stop", delta: { role: "assistant" } }));
+            send("data: [DONE]\n\n");
+            controller.close();
+          },
+        }),
+        { headers: { "Content-type": "text/event-stream" } },
+      ),
+  });
   // Moves the Messages API to another origin (localhost, not 127.0.0.1): the real remote's.
   const moved = Bun.serve({
     port: 0,
     fetch: () =>
       new Response(null, { status: 307, headers: { Location: `http://localhost:${remotePort}/v1/messages` } }),
   });
-  helpers.push(limited, offSchema, gated, silent, busy, whole, moved);
+  helpers.push(limited, offSchema, gated, silent, keptAlive, busy, whole, moved);
   unreachable = freePort();
   unreachableRetried = freePort();
 
@@ -222,6 +246,13 @@ max_queue = 1
 provider = "openai"
 base_url = "http://127.0.0.1:${silent.port}/v1"
 model = "anything"
+read_timeout = 0.3
+max_retries = 0
+
+[models.keptalive]
+provider = "openai"
+base_url = "http://127.0.0.1:${keptAlive.port}/v1"
+model = "default_model"
 read_timeout = 0.3
 max_retries = 0
 
@@ -763,6 +794,14 @@ describe("failures", () => {
     });
     expect(r.status).toBe(504);
     expect(r.json.error).toContain("sent nothing for 0.3 s");
+  });
+
+  test("a provider's keep-alive comments (mlx_lm.server's while it prefills a long prompt) are not silence", async () => {
+    const answer = await openai.chat.completions.create({
+      model: "keptalive",
+      messages: [{ role: "user", content: "Hi" }],
+    });
+    expect(answer.choices[0]!.message.content).toBe("Hi");
   });
 
   test("a request the provider refuses is a 400 in the client's shape, naming the problem, not a 502", async () => {

@@ -278,24 +278,42 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
-/** The body's server-sent events; a silence longer than `readTimeoutMs` is a timeout. */
+/**
+ * The body's server-sent events; a silence longer than `readTimeoutMs` is a timeout. Any bytes
+ * break a silence, comments too: mlx_lm.server sends one per prefill step of a long prompt
+ * (`: keepalive 512/4096`) so that its clients wait for the first event.
+ */
 async function* serverSentEvents(
   body: ReadableStream<Uint8Array>,
   readTimeoutMs: number,
   label: string,
 ): AsyncGenerator<EventSourceMessage> {
+  let heardAt = 0;
+  const heard = new TransformStream<Uint8Array, Uint8Array>({
+    transform(chunk, controller) {
+      heardAt = performance.now();
+      controller.enqueue(chunk);
+    },
+  });
   const reader = body
+    .pipeThrough(heard)
     .pipeThrough(new TextDecoderStream() as unknown as TransformStream<Uint8Array, string>)
     .pipeThrough(new EventSourceParserStream())
     .getReader();
   try {
     for (;;) {
+      // Silence is counted from this read on (not while we were busy with the last event), and
+      // from each chunk of bytes since.
+      heardAt = performance.now();
       let timer: ReturnType<typeof setTimeout> | undefined;
       const silence = new Promise<never>((_, reject) => {
-        timer = setTimeout(
-          () => reject(new ProviderError(`provider ${label} sent nothing for ${readTimeoutMs / 1000} s`, "timeout")),
-          readTimeoutMs,
-        );
+        const watch = () => {
+          const quietMs = performance.now() - heardAt;
+          if (quietMs >= readTimeoutMs)
+            reject(new ProviderError(`provider ${label} sent nothing for ${readTimeoutMs / 1000} s`, "timeout"));
+          else timer = setTimeout(watch, readTimeoutMs - quietMs);
+        };
+        timer = setTimeout(watch, readTimeoutMs);
       });
       try {
         const { done, value } = await Promise.race([reader.read(), silence]);
