@@ -76,6 +76,8 @@ let limitedHits: number[] = [];
 /** Requests the always rate-limited server has seen. */
 let busyHits = 0;
 let wholeHits = 0;
+/** Requests the server that ignores tool_choice has seen. */
+let ignoresToolsHits = 0;
 /** Requests the server that answers off the schema has seen. */
 let offSchemaHits = 0;
 /** The gated server's requests wait for this; and the client port each came from. */
@@ -183,13 +185,27 @@ beforeAll(async () => {
         { headers: { "Content-type": "text/event-stream" } },
       ),
   });
+  // As mlx_lm.server answered a request whose tool_choice is "required" (SmolLM2, whose template
+  // has no tools): text, its exact chunks, no call.
+  const ignoresTools = Bun.serve({
+    port: 0,
+    fetch() {
+      ignoresToolsHits++;
+      const chunk = (choice: object) =>
+        `data: ${JSON.stringify({ id: "chatcmpl-1", object: "chat.completion.chunk", model: "default_model", created: 1, choices: [{ index: 0, ...choice }] })}\n\n`;
+      return new Response(
+        `: keepalive 34/34\n\n${chunk({ finish_reason: null, delta: { role: "assistant", content: "Bienvenue" } })}${chunk({ finish_reason: "length", delta: { role: "assistant" } })}data: [DONE]\n\n`,
+        { headers: { "Content-type": "text/event-stream" } },
+      );
+    },
+  });
   // Moves the Messages API to another origin (localhost, not 127.0.0.1): the real remote's.
   const moved = Bun.serve({
     port: 0,
     fetch: () =>
       new Response(null, { status: 307, headers: { Location: `http://localhost:${remotePort}/v1/messages` } }),
   });
-  helpers.push(limited, offSchema, gated, silent, keptAlive, busy, whole, moved);
+  helpers.push(limited, offSchema, gated, silent, keptAlive, ignoresTools, busy, whole, moved);
   unreachable = freePort();
   unreachableRetried = freePort();
 
@@ -254,6 +270,12 @@ provider = "openai"
 base_url = "http://127.0.0.1:${keptAlive.port}/v1"
 model = "default_model"
 read_timeout = 0.3
+max_retries = 0
+
+[models.notools]
+provider = "openai"
+base_url = "http://127.0.0.1:${ignoresTools.port}/v1"
+model = "default_model"
 max_retries = 0
 
 [models.busy]
@@ -679,6 +701,28 @@ describe("structured output", () => {
     expect(r.status).toBe(200);
     const { pair } = JSON.parse(r.json.choices[0].message.content);
     expect([typeof pair[0], typeof pair[1], pair.length]).toEqual(["number", "boolean", 2]);
+  });
+
+  test("a provider that ignores tool_choice 'required' (mlx_lm.server) is asked once more, then it is a 502 saying so, not text", async () => {
+    const error = await openai.chat.completions
+      .create({
+        model: "notools",
+        messages: [{ role: "user", content: "Weather in Paris?" }],
+        tools: [{ type: "function", function: { name: "get_weather", parameters: { type: "object" } } }],
+        tool_choice: "required",
+      })
+      .catch((e) => e);
+    expect(error).toBeInstanceOf(OpenAI.APIError);
+    expect(error.status).toBe(502);
+    expect(error.message).toContain("answered without the tool call tool_choice requires, twice: it answered text");
+    expect(ignoresToolsHits).toBe(2);
+    // Under "auto" its text is an answer.
+    const answer = await openai.chat.completions.create({
+      model: "notools",
+      messages: [{ role: "user", content: "Weather in Paris?" }],
+      tools: [{ type: "function", function: { name: "get_weather", parameters: { type: "object" } } }],
+    });
+    expect(answer.choices[0]!.message.content).toBe("Bienvenue");
   });
 
   test("an answer off the schema is retried once, then a 502 names where it failed", async () => {

@@ -2,7 +2,8 @@
 // connection pool, the circuit, the timeouts and retry policy. A request goes out streamed;
 // connection errors, timeouts, 429 and 5xx are retried with backoff (Retry-After honoured) as
 // long as nothing of the answer has been handed on; a failure after that ends the stream
-// with an error. Answers to a JSON format are validated against it (ajv), retried once.
+// with an error. Answers to a JSON format are validated against it (ajv), and answers to a
+// tool_choice that requires a call checked for one, retried once.
 import type { ValidateFunction } from "ajv";
 import { compileAnswerSchema } from "../engine/json-schema";
 import { EventSourceParserStream, type EventSourceMessage } from "eventsource-parser/stream";
@@ -21,6 +22,7 @@ import {
   type RemoteEvent,
   type RemoteRequest,
 } from "./types";
+import type { ToolCall } from "../engine/tools";
 
 export class Provider {
   readonly pool: ConnectionPool;
@@ -64,20 +66,23 @@ export class RemoteModel {
     readonly provider: Provider,
   ) {}
 
-  /** The answer as it arrives; with a JSON format, whole once it validates. Throws ProviderError. */
+  /**
+   * The answer as it arrives; with a JSON format or a tool call the client requires, whole once
+   * it holds what was asked. Throws ProviderError.
+   */
   async *stream(req: RemoteRequest, options: StreamOptions = {}): AsyncGenerator<RemoteEvent> {
-    if (!req.format) return yield* this.#attempts(req, options);
-    const validate = answerValidator(req.format.format);
+    const check = answerCheck(req);
+    if (!check) return yield* this.#attempts(req, options);
     for (let tries = 1; ; tries++) {
       const events: RemoteEvent[] = [];
       for await (const event of this.#attempts(req, options)) events.push(event);
       const done = events.at(-1);
       const text = events.flatMap((e) => (e.type === "text" ? [e.text] : [])).join("");
-      const problem = done?.type === "done" && done.calls.length > 0 ? undefined : validate(text);
+      const problem = check.problem(text, done?.type === "done" ? done.calls : []);
       if (!problem) return yield* events;
       if (tries === 2)
         throw new ProviderError(
-          `model '${this.config.name}' (${this.provider.label}) answered JSON that does not match ${req.format.param}, twice: ${problem}`,
+          `model '${this.config.name}' (${this.provider.label}) answered ${check.wanted}, twice: ${problem}`,
           "invalid_answer",
         );
       options.onRetry?.("invalid_answer");
@@ -170,6 +175,36 @@ export class RemoteModel {
       clearTimeout(timer);
     }
   }
+}
+
+/**
+ * What a remote answer must hold, where the client asked for more than text: a tool call when
+ * `tool_choice` requires one (or names one), and JSON of the format. A provider that ignores
+ * either (mlx_lm.server ignores `tool_choice` and `response_format`) is asked once more.
+ */
+function answerCheck(
+  req: RemoteRequest,
+): { wanted: string; problem: (text: string, calls: ToolCall[]) => string | undefined } | undefined {
+  const choice = req.tools?.choice;
+  if (choice === "required" || typeof choice === "object") {
+    const name = typeof choice === "object" ? choice.name : undefined;
+    return {
+      wanted: `without the tool call tool_choice requires`,
+      problem: (text, calls) =>
+        calls.length === 0
+          ? `it answered text: ${JSON.stringify(text.slice(0, 80))}`
+          : name !== undefined && calls.some((call) => call.name !== name)
+            ? `it called '${calls.find((call) => call.name !== name)!.name}', not '${name}'`
+            : undefined,
+    };
+  }
+  if (!req.format) return undefined;
+  const validate = answerValidator(req.format.format);
+  return {
+    wanted: `JSON that does not match ${req.format.param}`,
+    // An answer that is a tool call holds no JSON to check.
+    problem: (text, calls) => (calls.length > 0 ? undefined : validate(text)),
+  };
 }
 
 /** The URL of an API path under base_url, which may end with a slash or carry a query (Azure's api-version). */
