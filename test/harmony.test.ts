@@ -17,7 +17,7 @@ import { toolCallFormats, toolTemplate, ToolCallStream, type ParsedAnswer } from
 import { loadModel } from "../src/models/load";
 import type { RunningServer } from "../src/server/app";
 import { cliRunner } from "./helpers/cli";
-import { forecastTools } from "./helpers/forecast-tools";
+import { forecastTools, readToolStream } from "./helpers/forecast-tools";
 import { harmonyId, harmonyTokens, writeScriptedHarmonyModel } from "./helpers/scripted-model";
 import { post, serve } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
@@ -282,19 +282,11 @@ describe("a harmony model through /v1/chat/completions (the openai client)", () 
     expect(calls.map((c) => [c.function.name, JSON.parse(c.function.arguments)])).toEqual([
       ["forecast", { city: "Oslo" }],
     ]);
-    const streamed: { name: string; arguments: string }[] = [];
-    let content = "";
-    let finish: string | null = null;
-    for await (const chunk of await openai.chat.completions.create({ ...request, stream: true })) {
-      const choice = chunk.choices[0];
-      content += choice?.delta.content ?? "";
-      for (const d of choice?.delta.tool_calls ?? []) {
-        streamed[d.index] ??= { name: "", arguments: "" };
-        streamed[d.index]!.name += d.function?.name ?? "";
-        streamed[d.index]!.arguments += d.function?.arguments ?? "";
-      }
-      finish = choice?.finish_reason ?? finish;
-    }
+    const {
+      content,
+      calls: streamed,
+      finish,
+    } = await readToolStream(await openai.chat.completions.create({ ...request, stream: true }));
     expect(content).toBe("");
     expect(finish).toBe("tool_calls");
     expect(streamed).toEqual(calls.map((c) => c.function));
@@ -352,13 +344,9 @@ describe("a harmony model through /v1/chat/completions (the openai client)", () 
       const args = JSON.parse(calls[0]!.function.arguments);
       expect(typeof args.city).toBe("string");
       expect(args.days).toBeGreaterThanOrEqual(1);
-      const streamed: { name: string; arguments: string }[] = [];
-      for await (const chunk of await openai.chat.completions.create({ ...request, seed, stream: true }))
-        for (const d of chunk.choices[0]?.delta.tool_calls ?? []) {
-          streamed[d.index] ??= { name: "", arguments: "" };
-          streamed[d.index]!.name += d.function?.name ?? "";
-          streamed[d.index]!.arguments += d.function?.arguments ?? "";
-        }
+      const { calls: streamed } = await readToolStream(
+        await openai.chat.completions.create({ ...request, seed, stream: true }),
+      );
       expect(streamed).toEqual(calls.map((c) => c.function));
     }
   });

@@ -3,15 +3,11 @@
 // the model has random weights) and comes back as the same tool_calls, whole and streamed, its
 // arguments typed by the function's schema.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, readFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import Ajv from "ajv";
 import OpenAI from "openai";
 import type { RunningServer } from "../src/server/app";
-import { post, serve } from "./helpers/serve";
-import { writeTinyModel } from "./helpers/tiny-model";
-import { forecastParameters, forecastTools } from "./helpers/forecast-tools";
+import { post } from "./helpers/serve";
+import { forecastParameters, forecastTools, readToolStream, serveTemplateModel } from "./helpers/forecast-tools";
 
 let server: RunningServer;
 let openai: OpenAI;
@@ -19,15 +15,7 @@ let model: string;
 const validArguments = new Ajv().compile(forecastParameters);
 
 beforeAll(() => {
-  const root = mkdtempSync(join(tmpdir(), "mlx-serve-tools-qwen3coder-"));
-  process.env.MLX_HOME ??= join(root, "home");
-  model = join(root, "qwen3-coder");
-  writeTinyModel(model, {
-    contextLength: 2048,
-    chatTemplate: readFileSync(join(import.meta.dir, "fixtures", "templates", "qwen3-coder.jinja"), "utf8"),
-  });
-  server = serve({ defaultModel: model });
-  openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused" });
+  ({ server, openai, model } = serveTemplateModel("qwen3-coder.jinja"));
 });
 
 afterAll(() => server.stop());
@@ -70,20 +58,11 @@ describe("Qwen3-Coder's template (XML calls: <function=f> with a <parameter=p> f
       let finished = 0;
       for (const seed of [1, 2, 3]) {
         const whole = (await openai.chat.completions.create({ ...request, seed, logprobs: true })).choices[0]!;
-        const stream = await openai.chat.completions.create({ ...request, seed, stream: true });
-        const streamed: Call[] = [];
-        let finish: string | null = null;
-        let streamedContent = "";
-        for await (const chunk of stream) {
-          const c = chunk.choices[0];
-          streamedContent += c?.delta.content ?? "";
-          for (const d of c?.delta.tool_calls ?? []) {
-            streamed[d.index] ??= { function: { name: "", arguments: "" } };
-            streamed[d.index]!.function.name += d.function?.name ?? "";
-            streamed[d.index]!.function.arguments += d.function?.arguments ?? "";
-          }
-          finish = c?.finish_reason ?? finish;
-        }
+        const {
+          content: streamedContent,
+          calls: streamed,
+          finish,
+        } = await readToolStream(await openai.chat.completions.create({ ...request, seed, stream: true }));
         expect(finish).toBe(whole.finish_reason);
         if (whole.finish_reason === "length") continue;
         finished++;
@@ -101,7 +80,7 @@ describe("Qwen3-Coder's template (XML calls: <function=f> with a <parameter=p> f
         const raw = whole.logprobs!.content!.map((t) => t.token).join("");
         expect(raw).toStartWith(`<tool_call>\n<function=${calls[0]!.function.name}>\n`);
         expect(raw.trimEnd()).toEndWith("</function>\n</tool_call>");
-        expect(streamed.map((c) => c.function)).toEqual(calls.map((c) => c.function));
+        expect(streamed).toEqual(calls.map((c) => c.function));
       }
       expect(finished).toBeGreaterThan(0);
     }, 120_000);

@@ -1,6 +1,12 @@
 // The tools the tool-call tests offer: a forecast function with a constrained parameter schema,
 // and a clock that takes nothing.
-import type OpenAI from "openai";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import OpenAI from "openai";
+import type { RunningServer } from "../../src/server/app";
+import { serve } from "./serve";
+import { writeTinyModel } from "./tiny-model";
 
 export const forecastParameters = {
   type: "object",
@@ -23,3 +29,41 @@ export const forecastTools: OpenAI.ChatCompletionTool[] = [
     function: { name: "clock", description: "The time now", parameters: { type: "object", properties: {} } },
   },
 ];
+
+/**
+ * A tiny random-weight model with the chat template test/fixtures/templates/`fixture` (a family's
+ * tool-call layout), served, and the openai client on it.
+ */
+export function serveTemplateModel(fixture: string): { server: RunningServer; openai: OpenAI; model: string } {
+  const root = mkdtempSync(join(tmpdir(), "mlx-serve-tools-"));
+  process.env.MLX_HOME ??= join(root, "home");
+  const model = join(root, fixture.replace(/\.jinja$/, ""));
+  writeTinyModel(model, {
+    contextLength: 2048,
+    chatTemplate: readFileSync(join(import.meta.dir, "..", "fixtures", "templates", fixture), "utf8"),
+  });
+  const server = serve({ defaultModel: model });
+  return { server, openai: new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused" }), model };
+}
+
+/** A streamed chat completion's first choice, put together: its content, its calls (by index) and its finish reason. */
+export async function readToolStream(stream: AsyncIterable<OpenAI.ChatCompletionChunk>): Promise<{
+  content: string;
+  calls: { name: string; arguments: string }[];
+  finish: string | null;
+}> {
+  const calls: { name: string; arguments: string }[] = [];
+  let content = "";
+  let finish: string | null = null;
+  for await (const chunk of stream) {
+    const choice = chunk.choices[0];
+    content += choice?.delta.content ?? "";
+    for (const d of choice?.delta.tool_calls ?? []) {
+      calls[d.index] ??= { name: "", arguments: "" };
+      calls[d.index]!.name += d.function?.name ?? "";
+      calls[d.index]!.arguments += d.function?.arguments ?? "";
+    }
+    finish = choice?.finish_reason ?? finish;
+  }
+  return { content, calls, finish };
+}
