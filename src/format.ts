@@ -43,6 +43,13 @@ export function writeErrorReason(error: unknown): string {
   return code ? (error as Error).message.split(",")[0]! : fileErrorReason(error);
 }
 
+/** Whether `error`, or an error it wraps (its cause), is a disk with no room left: ENOSPC, or EDQUOT (a full quota). */
+export function noSpaceLeft(error: unknown): boolean {
+  for (let e = error as { code?: unknown; cause?: unknown } | undefined; e; e = e.cause as typeof e)
+    if (e.code === "ENOSPC" || e.code === "EDQUOT") return true;
+  return false;
+}
+
 /** Columns padded to their widest cell, two spaces apart, a header first (as `ollama list` prints them). */
 export function plainTable(header: string[], rows: string[][]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));

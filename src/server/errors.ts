@@ -24,6 +24,7 @@ import {
 } from "../errors";
 import { ModelLoadError } from "../models/load";
 import { StoreDamageError } from "../store/store";
+import { noSpaceLeft } from "../format";
 import { anthropicErrorType } from "../api/anthropic";
 
 export class ApiError extends Error {
@@ -89,12 +90,6 @@ export const badRequest = (message: string, param: string | null = null, code: s
   new ApiError(400, message, "invalid_request_error", param, code);
 
 /** Maps anything thrown to the answer the client gets; unknown errors become a bare 500. */
-/** An error of a disk with no room left: the system's ENOSPC or EDQUOT, or the store's own check (ensureFreeSpace). */
-const noSpace = (error: unknown): boolean => {
-  const code = (error as NodeJS.ErrnoException | undefined)?.code;
-  return code === "ENOSPC" || code === "EDQUOT";
-};
-
 export function toApiError(error: unknown, onInternal?: (error: unknown) => void): ApiError {
   if (error instanceof ApiError) return error;
   if (error instanceof ValidationError)
@@ -119,7 +114,7 @@ export function toApiError(error: unknown, onInternal?: (error: unknown) => void
     return new ApiError(409, error.message, "invalid_request_error", "model", "model_in_use");
   // A full disk here is this server's want of room (507), not a failure of the place pulled from.
   if (error instanceof ModelPullError)
-    return noSpace(error.cause)
+    return noSpaceLeft(error.cause)
       ? new ApiError(507, error.message, "server_error", "model", "insufficient_storage")
       : new ApiError(502, error.message, "server_error", "model", "model_pull_failed");
   if (error instanceof ProviderError) return providerError(error);

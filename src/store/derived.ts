@@ -12,8 +12,8 @@ import { loadAliases } from "./aliases";
 import { addBlob, hashFile } from "./blobs";
 import { describeFiles, newManifest, readManifest, writeJsonAtomic } from "./manifest";
 import { withLock } from "./lock";
-import { blobPath, locksDir, refsDir, storeRoot, tempPathIn, tmpDir } from "./paths";
-import { commitModel, openStoredModel, StoreDamageError } from "./store";
+import { blobPath, locksDir, refsDir, tempPathIn, tmpDir } from "./paths";
+import { commitModel, openStoredModel, StoreDamageError, storingFailed } from "./store";
 
 // Converting a large model takes minutes; a second process asking for it waits that long.
 const CONVERT_LOCK_TIMEOUT_MS = 3600_000;
@@ -127,14 +127,7 @@ async function derivedModel(
         writeJsonAtomic(refPath, { name, source });
         return { path, name, converted: true };
       } catch (error) {
-        // Else the message names the staging folder in the store's tmp/, not the store that is full.
-        if (!noSpaceLeft(error)) throw error;
-        throw new Error(
-          `no space left on device while storing ${name} in ${storeRoot()}; free some space and run again`,
-          {
-            cause: error,
-          },
-        );
+        throw storingFailed(name, error);
       } finally {
         rmSync(staging, { recursive: true, force: true });
       }
@@ -176,11 +169,4 @@ async function fileSha256(path: string): Promise<string> {
   const named = basename(real).match(/^sha256-([0-9a-f]{64})$/)?.[1];
   if (named && existsSync(blobPath(named)) && realpathSync(blobPath(named)) === real) return named;
   return (await hashFile(real)).sha256;
-}
-
-/** Whether `error`, or the error it wraps, is a full disk or an exhausted quota. */
-function noSpaceLeft(error: unknown): boolean {
-  for (let e = error as { code?: string; cause?: unknown } | undefined; e; e = e.cause as typeof e)
-    if (e.code === "ENOSPC" || e.code === "EDQUOT") return true;
-  return false;
 }

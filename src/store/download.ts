@@ -6,6 +6,7 @@ import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { mkdir, open, rename, stat, statfs, truncate, unlink } from "node:fs/promises";
 import { dirname, join } from "node:path";
+import { noSpaceLeft } from "../format";
 import { withLock } from "./lock";
 import { locksDir, storeRoot } from "./paths";
 import { syncToDisk } from "./sync";
@@ -369,11 +370,10 @@ export function describeNetworkError(error: unknown): string {
 }
 
 function fileError(error: unknown, path: string): Error {
-  const code = (error as NodeJS.ErrnoException).code;
-  if (code === "ENOSPC" || code === "EDQUOT")
+  if (noSpaceLeft(error))
     return Object.assign(
       new DownloadError(`no space left on device while writing ${path}; free some space and run again to resume`),
-      { code },
+      { code: (error as NodeJS.ErrnoException).code },
     );
   const reason = error instanceof Error ? error.message : String(error);
   return new DownloadError(`cannot write ${path}: ${reason}`);

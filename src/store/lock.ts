@@ -10,7 +10,7 @@
 import { mkdirSync, readdirSync, readFileSync, readlinkSync, symlinkSync, unlinkSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { fileErrorReason, writeErrorReason } from "../format";
+import { fileErrorReason, noSpaceLeft, writeErrorReason } from "../format";
 import { locksDir } from "./paths";
 
 export interface LockOptions {
@@ -131,8 +131,7 @@ function tryCreate(path: string): boolean {
  */
 function cannotCreate(path: string, error: unknown): Error {
   // Write access is not what is missing there: the disk has no room for even an empty file (its inodes used up).
-  const code = (error as NodeJS.ErrnoException).code;
-  if (code === "ENOSPC" || code === "EDQUOT")
+  if (noSpaceLeft(error))
     return new Error(
       `cannot create the lock ${path}: the disk holding $MLX_HOME has no room left even for an empty file (no free inodes, or a full quota); free some space on it`,
     );

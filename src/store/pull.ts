@@ -11,9 +11,9 @@ import { pullHFRepo } from "./hf";
 import { withLock } from "./lock";
 import { describeFiles, newManifest, readManifest, type ManifestFile, type ModelManifest } from "./manifest";
 import { neededFiles } from "./model-files";
-import { locksDir, modelKey, modelNameFits, storeRoot } from "./paths";
+import { locksDir, modelKey, modelNameFits } from "./paths";
 import { pullPyPIFile } from "./pypi";
-import { commitModel, discardBlobs, openStoredModel, StoreDamageError, storeLimitBytes } from "./store";
+import { commitModel, discardBlobs, openStoredModel, StoreDamageError, storeLimitBytes, storingFailed } from "./store";
 
 /** A model as the store knows it: the name it is kept under and where it comes from. */
 export interface ModelRequest {
@@ -169,15 +169,8 @@ async function importLocal(path: string, imported: Set<string>): Promise<Manifes
   const files: ManifestFile[] = [];
   for (const name of names) {
     const file = info.isDirectory() ? join(path, name) : path;
-    const blob = await addBlob(file).catch((error: NodeJS.ErrnoException) => {
-      // Node's message names the store's scratch file, not what was being stored, nor the way out.
-      if (error.code !== "ENOSPC" && error.code !== "EDQUOT") throw error;
-      throw new Error(
-        `no space left on device while storing ${file} in ${storeRoot()}; free some space and run again`,
-        {
-          cause: error,
-        },
-      );
+    const blob = await addBlob(file).catch((error) => {
+      throw storingFailed(file, error);
     });
     imported.add(blob.sha256);
     files.push({ name, ...blob });

@@ -3,7 +3,7 @@
 // Every change happens under the store lock, so two mlx processes never interleave them.
 import { existsSync, mkdirSync, readdirSync, readlinkSync, renameSync, rmSync, statSync, symlinkSync } from "node:fs";
 import { basename, dirname, isAbsolute, join, relative, sep } from "node:path";
-import { shellWord } from "../format";
+import { noSpaceLeft, shellWord } from "../format";
 import { loadAliases } from "./aliases";
 import { blobPresent, removeBlob } from "./blobs";
 import { markInUse, modelUsers } from "./in-use";
@@ -18,7 +18,7 @@ import {
 } from "./manifest";
 import { ModelInUseError, ModelNotFoundError } from "../errors";
 import { indexEntry, loadIndex, manifestKeys, saveIndex, type IndexEntry } from "./model-index";
-import { blobPath, isSha256Hex, modelKey, modelsDir } from "./paths";
+import { blobPath, isSha256Hex, modelKey, modelsDir, storeRoot } from "./paths";
 
 export const DEFAULT_MAX_BYTES = 100e9;
 
@@ -113,9 +113,19 @@ function recordUse(manifest: ModelManifest): void {
     index.set(manifest.name, indexEntry(manifest));
     saveIndex(index);
   } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    if (code !== "ENOSPC" && code !== "EDQUOT") throw error;
+    if (!noSpaceLeft(error)) throw error;
   }
+}
+
+/**
+ * A full disk while storing `what` (a file, a model), said of the store: Node's message names
+ * the store's scratch file or staging folder, not what was being stored, nor the way out.
+ */
+export function storingFailed(what: string, error: unknown): unknown {
+  if (!noSpaceLeft(error)) return error;
+  return new Error(`no space left on device while storing ${what} in ${storeRoot()}; free some space and run again`, {
+    cause: error,
+  });
 }
 
 /**

@@ -8,6 +8,7 @@ import { dirname } from "node:path";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { crc32, createInflateRaw } from "node:zlib";
+import { noSpaceLeft } from "../format";
 import { tempPathIn, tmpDir as storeTmpDir } from "./paths";
 import { syncToDisk } from "./sync";
 
@@ -273,7 +274,7 @@ async function readAt(zip: FileHandle, position: number, length: number): Promis
 function explainStreamError(error: unknown, zipPath: string, member: string, tmpPath: string): Error {
   if (error instanceof ZipError) return error;
   const code = (error as NodeJS.ErrnoException).code ?? "";
-  if (code === "ENOSPC" || code === "EDQUOT")
+  if (noSpaceLeft(error))
     return Object.assign(new ZipError(`no space left on device while extracting '${member}' to ${tmpPath}`), { code });
   if (code.startsWith("Z_") || code.startsWith("ERR_ZLIB"))
     return corrupt(zipPath, `member '${member}' does not inflate (${(error as Error).message})`);
