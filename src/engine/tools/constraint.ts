@@ -44,11 +44,8 @@ export async function createToolCallConstraint(
       throw error;
     }
   }
-  // DeepSeek's calls go unsteered: on their layout (multi-byte ｜ and ▁ in both the list's and
-  // the calls' markers) the steering masked every token, and the token sampled then failed the
-  // grammar; a call the budget cuts is dropped when the answer is read.
   const steering =
-    o.maxTokens === undefined || format.name.startsWith("deepseek")
+    o.maxTokens === undefined || format.unsteered
       ? undefined
       : budgetSteering(tokenizer, o.maxTokens, () => callsProgress(format, functions, o.required));
   const source = {

@@ -58,6 +58,15 @@ export interface ToolCallFormat {
   xmlParameters?: boolean;
   /** The format reading calls to `tools` (for a format whose arguments are typed by the functions' schemas). */
   withTools?(tools: ToolSpec[]): ToolCallFormat;
+  /** Whether the family's templates take only call ids of nine alphanumerics (Mistral's): others are mapped to such. */
+  nineCharacterIds?: boolean;
+  /** Whether the family's templates take a call's arguments as JSON text, not an object (DeepSeek's join them with "+"). */
+  argumentsAsText?: boolean;
+  /**
+   * Whether the budget steering cannot follow this layout, so calls go unsteered (a call the
+   * budget cuts is dropped when the answer is read).
+   */
+  unsteered?: boolean;
 }
 
 const alphanumeric = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
@@ -295,6 +304,7 @@ const mistral: ToolCallFormat = {
   separator: ", ",
   list: { begin: `${mistralMarker} [`, end: "]" },
   trigger: mistralMarker,
+  nineCharacterIds: true,
 };
 
 /** A v11+ Mistral call's head after [TOOL_CALLS]: the name, an optional [CALL_ID] (Magistral's), then [ARGS]. */
@@ -336,6 +346,7 @@ const mistralArgs: ToolCallFormat = {
   separator: mistralMarker,
   list: { begin: mistralMarker, end: "" },
   trigger: mistralMarker,
+  nineCharacterIds: true,
 };
 
 /** A function's parameter schemas by name (an unknown function's parameters have none). */
@@ -587,6 +598,11 @@ function deepseekFormat(
     },
     ...layout,
     trigger: deepseek.callsBegin,
+    // Their templates join a call's arguments to their text with "+".
+    argumentsAsText: true,
+    // On their layout (multi-byte ｜ and ▁ in both the list's and the calls' markers) the
+    // steering masked every token, and the token sampled then failed the grammar.
+    unsteered: true,
   };
 }
 

@@ -21,11 +21,9 @@ export function templateInput(
   const tools = offered && offered.length > 0 ? offered : undefined;
   if (template.native) {
     const paired = pairToolResults(messages);
-    const ids = template.format.name.startsWith("mistral") ? paired.map(withMistralIds) : paired;
-    // DeepSeek's templates join a call's arguments to their text with "+": they take them as JSON text.
-    const argumentsAsText = template.format.name.startsWith("deepseek");
+    const ids = template.format.nineCharacterIds ? paired.map(withMistralIds) : paired;
     return {
-      messages: ids.map((m) => nativeMessage(m, argumentsAsText)),
+      messages: ids.map((m) => nativeMessage(m, template.format.argumentsAsText ?? false)),
       tools: tools?.map((t) => ({ type: "function", function: t })),
     };
   }
