@@ -13,6 +13,7 @@
 // budget/), so an answer cut by the budget still parses.
 import { createHash } from "node:crypto";
 import Ajv, { type ErrorObject } from "ajv";
+import { setNewest } from "../bounded-map";
 import type * as XG from "@mlc-ai/web-xgrammar";
 // The library's text, evaluated by us (see loadInstance): one WASM instance per evaluation.
 import xgrammarSource from "@mlc-ai/web-xgrammar/lib/index.js" with { type: "text" };
@@ -197,10 +198,8 @@ const SUBSCHEMA_SINGLE = ["items", "additionalProperties", "propertyNames", "add
 const validated = new Map<string, SchemaError | true>();
 export const MAX_VALIDATED_SCHEMAS = 1024;
 
-function rememberValidation(key: string, result: SchemaError | true): void {
-  validated.set(key, result);
-  if (validated.size > MAX_VALIDATED_SCHEMAS) validated.delete(validated.keys().next().value!);
-}
+const rememberValidation = (key: string, result: SchemaError | true) =>
+  setNewest(validated, key, result, MAX_VALIDATED_SCHEMAS);
 
 /** How many schema checks are remembered (for tests). */
 export const validatedSchemaCount = (): number => validated.size;

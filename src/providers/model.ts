@@ -5,6 +5,7 @@
 // with an error. Answers to a JSON format are validated against it (ajv), and answers to a
 // tool_choice that requires a call checked for one, retried once.
 import type { ValidateFunction } from "ajv";
+import { setNewest } from "../bounded-map";
 import { compileAnswerSchema } from "../engine/json-schema";
 import { EventSourceParserStream, type EventSourceMessage } from "eventsource-parser/stream";
 import { ProviderError } from "../errors";
@@ -381,13 +382,11 @@ export function answerValidator(format: "json" | { schema: object }): (text: str
       : (() => {
           const key = JSON.stringify(format.schema);
           let fn = compiled.get(key);
-          if (fn) compiled.delete(key);
-          else {
+          if (!fn) {
             checkJsonSchema(format.schema); // a schema that is not JSON Schema is the client's error (a SchemaError)
             fn = compileAnswerSchema(format.schema);
           }
-          compiled.set(key, fn);
-          if (compiled.size > MAX_ANSWER_VALIDATORS) compiled.delete(compiled.keys().next().value!);
+          setNewest(compiled, key, fn, MAX_ANSWER_VALIDATORS);
           return fn;
         })();
   return (text) => {
