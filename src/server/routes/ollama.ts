@@ -144,8 +144,9 @@ export function ollamaRoutes(s: ServerState): Hono {
     // A remote alias, which /api/tags lists, is shown as Ollama shows a cloud model: where its
     // answers come from, no files. Clients ask this of every listed model (for its capabilities)
     // and drop one it refuses.
-    const remote = remoteModelConfigs().find((r) => r.name === model || r.name === withoutLatestTag(model));
-    if (remote) return c.json(showRemoteModel(remote, serverStartDate(s)));
+    const remote = remoteName(model);
+    if (remote !== undefined)
+      return c.json(showRemoteModel(remoteModelConfigs().find((r) => r.name === remote)!, serverStartDate(s)));
     // Read from the model's files: loading its weights only to describe it would take the place
     // of a loaded model (or wait until one is idle), and clients ask this of every model they list.
     const path = await modelFiles(s, model);
