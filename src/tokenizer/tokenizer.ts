@@ -472,11 +472,8 @@ function tokenString(value: unknown): string | undefined {
 /** chat_template is a string, or (older files) a list of {name, template} where "default" is the one to use. */
 function pickChatTemplate(value: unknown): string | undefined {
   if (typeof value === "string") return value;
-  if (Array.isArray(value)) {
-    const named = value as { name?: string; template?: string }[];
-    return (named.find((t) => t.name === "default") ?? named[0])?.template;
-  }
-  return undefined;
+  if (!Array.isArray(value)) return undefined;
+  return namedChatTemplate(value, "default") ?? (value[0] as { template?: string } | undefined)?.template;
 }
 
 /** The template of a list of named ones (see pickChatTemplate) called `name`, if there is one. */
