@@ -106,6 +106,29 @@ function readCall(value: unknown, newId: () => string): ToolCall | undefined {
   return { id: newId(), name: v.name, arguments: args as Record<string, unknown> };
 }
 
+/**
+ * The call written at `at` in `text` as a head, then its arguments' JSON (`head` matches from the
+ * call's start to where the JSON starts, the function's name in its group 1), and where the JSON
+ * ends; undefined when it does not read (cut off by a stop string or the token budget).
+ */
+function headedCall(
+  text: string,
+  at: number,
+  head: RegExp,
+  newId: () => string,
+): { call: ToolCall; end: number } | undefined {
+  const h = head.exec(text.slice(at));
+  if (!h) return undefined;
+  const argsAt = at + h[0].length;
+  const end = jsonEnd(text, argsAt);
+  const call =
+    end < 0 ? undefined : readCall({ name: h[1]!.trim(), arguments: parseJson(text.slice(argsAt, end)) }, newId);
+  return call && { call, end };
+}
+
+/** The prose before and after an answer's calls, as its content: a line apart, where both are. */
+const proseAround = (before: string, after: string) => [before.trim(), after.trim()].filter(Boolean).join("\n");
+
 /** An answer that is nothing but calls, or, if any value is not a call, nothing but prose. */
 function onlyCalls(text: string, values: unknown, newId: () => string): ParsedAnswer {
   const list = Array.isArray(values) ? values : values === undefined ? [] : [values];
@@ -324,22 +347,14 @@ const mistralArgs: ToolCallFormat = {
     let at = first;
     let after = "";
     while (text.startsWith(mistralMarker, at)) {
-      const headAt = at + mistralMarker.length;
-      const head = mistralArgsHead.exec(text.slice(headAt));
-      const argsAt = head ? headAt + head[0].length : -1;
-      const end = head ? jsonEnd(text, argsAt) : -1;
-      const call =
-        end < 0
-          ? undefined
-          : readCall({ name: head![1], arguments: parseJson(text.slice(argsAt, end)) }, mistralCallId);
-      if (!call) break;
-      calls.push(call);
-      at = end + /^\s*/.exec(text.slice(end))![0].length;
+      const read = headedCall(text, at + mistralMarker.length, mistralArgsHead, mistralCallId);
+      if (!read) break;
+      calls.push(read.call);
+      at = read.end + /^\s*/.exec(text.slice(read.end))![0].length;
       after = text.slice(at);
     }
     if (text.startsWith(mistralMarker, at)) after = "";
-    const content = [text.slice(0, first).trim(), after.trim()].filter(Boolean).join("\n");
-    return { content, calls };
+    return { content: proseAround(text.slice(0, first), after), calls };
   },
   // Laid out for the grammar as a list: [TOOL_CALLS] opens it and goes between its calls.
   callLayout: (name) => ({ begin: `${name}[ARGS]`, end: "" }),
@@ -501,15 +516,10 @@ const harmony: ToolCallFormat = {
     let done = 0;
     for (let at = text.indexOf(harmonyTrigger); at >= 0; at = text.indexOf(harmonyTrigger, done)) {
       content += text.slice(done, at);
-      const headAt = at + harmonyTrigger.length;
-      const head = harmonyHead.exec(text.slice(headAt));
-      const argsAt = head ? headAt + head[0].length : -1;
-      const end = head ? jsonEnd(text, argsAt) : -1;
-      const call =
-        end < 0 ? undefined : readCall({ name: head![1], arguments: parseJson(text.slice(argsAt, end)) }, openaiCallId);
-      if (!call) return { content: content.trim(), calls };
-      calls.push(call);
-      done = end + (text.startsWith("<|call|>", end) ? "<|call|>".length : 0);
+      const read = headedCall(text, at + harmonyTrigger.length, harmonyHead, openaiCallId);
+      if (!read) return { content: content.trim(), calls };
+      calls.push(read.call);
+      done = read.end + (text.startsWith("<|call|>", read.end) ? "<|call|>".length : 0);
     }
     content += text.slice(done);
     return { content: calls.length > 0 ? content.trim() : content, calls };
@@ -555,14 +565,10 @@ function deepseekFormat(
 ): ToolCallFormat {
   /** The call whose head is at `at` (past <｜tool▁call▁begin｜>), and where it ends (past <｜tool▁call▁end｜>); none if it does not read (cut off). */
   function readOne(text: string, at: number): { call: ToolCall; end: number } | undefined {
-    const h = head.exec(text.slice(at));
-    const argsAt = h ? at + h[0].length : -1;
-    const end = h ? jsonEnd(text, argsAt) : -1;
-    const closing = end < 0 ? null : tail.exec(text.slice(end));
-    const call = closing
-      ? readCall({ name: h![1]!.trim(), arguments: parseJson(text.slice(argsAt, end)) }, openaiCallId)
-      : undefined;
-    return call && { call, end: end + closing![0].length };
+    const read = headedCall(text, at, head, openaiCallId);
+    if (!read) return undefined;
+    const closing = tail.exec(text.slice(read.end));
+    return closing ? { call: read.call, end: read.end + closing[0].length } : undefined;
   }
   return {
     name,
@@ -593,8 +599,7 @@ function deepseekFormat(
       const stub = after.replace(/\uFFFD$/, "");
       if (after.startsWith(deepseek.callsEnd)) after = after.slice(deepseek.callsEnd.length);
       else if (deepseek.callsEnd.startsWith(stub) || deepseek.callBegin.startsWith(stub)) after = "";
-      const content = [text.slice(0, first).trim(), after.trim()].filter(Boolean).join("\n");
-      return { content, calls };
+      return { content: proseAround(text.slice(0, first), after), calls };
     },
     ...layout,
     trigger: deepseek.callsBegin,
@@ -653,8 +658,7 @@ const phi4mini: ToolCallFormat = {
     }
     const answer = onlyCalls(text, parseJson(text.slice(listAt, end)), openaiCallId);
     if (answer.calls.length === 0) return answer;
-    const content = [text.slice(0, at).trim(), text.slice(end).trim()].filter(Boolean).join("\n");
-    return { content, calls: answer.calls };
+    return { content: proseAround(text.slice(0, at), text.slice(end)), calls: answer.calls };
   },
   callLayout: (name) => jsonCall(name, "arguments"),
   separator: ", ",
