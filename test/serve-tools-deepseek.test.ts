@@ -93,29 +93,42 @@ describe("DeepSeek V3.1's template (<｜tool▁call▁begin｜>NAME<｜tool▁se
     }, 120_000);
   }
 
-  // DeepSeek's layout goes without the budget steering: no budget is refused up front, and a call
-  // the budget cuts off is dropped, never shown as text.
-  test("a max_tokens no call fits: the cut call is neither a call nor content, whole and streamed; the server carries on", async () => {
-    const request = {
-      model,
-      messages: history,
-      tools: forecastTools,
-      tool_choice: "required" as const,
-      max_tokens: 12,
-    };
-    const whole = (await openai.chat.completions.create({ ...request, seed: 1 })).choices[0]!;
-    expect(whole.finish_reason).toBe("length");
-    expect(whole.message.tool_calls ?? []).toEqual([]);
-    expect(whole.message.content ?? "").toBe("");
-    let streamedContent = "";
-    for await (const chunk of await openai.chat.completions.create({ ...request, seed: 1, stream: true })) {
-      streamedContent += chunk.choices[0]?.delta.content ?? "";
-      expect(chunk.choices[0]?.delta.tool_calls ?? []).toEqual([]);
+  // Steered like the other layouts (its markers' ｜ and ▁ cut between tokens once made the
+  // steering mask every token, so it went without, and a call the budget cut was dropped).
+  test("a max_tokens no call fits is a 400 naming the shortest call's length; from there on a whole call comes back, whole and streamed", async () => {
+    const request = { model, messages: history, tools: forecastTools, tool_choice: "required" as const };
+    const refused = await post(`${server.url}/v1/chat/completions`, { ...request, max_tokens: 12 });
+    expect(refused.status).toBe(400);
+    expect(refused.json.error.message).toMatch(
+      /max_tokens 12 is too small for this format: the shortest valid answer takes \d+ tokens/,
+    );
+    const needed = Number(/takes (\d+) tokens/.exec(refused.json.error.message)![1]);
+    // A budget that runs out mid-call closes it in time (closed_early): a whole call comes
+    // back, its arguments valid, never a cut one dropped.
+    for (const extra of [0, 6, 24]) {
+      const seed = extra;
+      const sized = { ...request, max_tokens: needed + extra, temperature: 1, seed };
+      const answer = await post(`${server.url}/v1/chat/completions`, sized);
+      const choice = answer.json.choices[0];
+      const where = `max_tokens ${needed + extra}: ${JSON.stringify(choice)}`;
+      const calls = (choice.message.tool_calls ?? []) as Call[];
+      if (calls.length === 0) throw new Error(`no call (${where})`);
+      expect(choice.finish_reason).toMatch(/^(tool_calls|length)$/);
+      if (choice.finish_reason === "length") expect(choice.closed_early).toBe(true);
+      for (const call of calls) {
+        const args = JSON.parse(call.function.arguments);
+        if (call.function.name === "forecast")
+          expect({ args, valid: validArguments(args) }).toEqual({ args, valid: true });
+        else expect(args).toEqual({});
+      }
+      const streamed = await readToolStream(await openai.chat.completions.create({ ...sized, stream: true }));
+      expect(streamed).toEqual({
+        content: "",
+        calls: calls.map((c) => c.function),
+        finish: choice.finish_reason,
+      });
     }
-    expect(streamedContent).toBe("");
-    const next = await openai.chat.completions.create({ ...request, max_tokens: 160, seed: 2 });
-    expect(next.choices[0]!.finish_reason).toMatch(/^(tool_calls|length)$/);
-  });
+  }, 120_000);
 
   test("tool_choice auto: an answer in prose is the content", async () => {
     const answer = await openai.chat.completions.create({

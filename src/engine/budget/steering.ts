@@ -9,7 +9,10 @@
 // out of reach: a token can add to the shortest completion at most what the openers it holds
 // ({ [ " , :) can open, e.g. "[{" in a list of objects with required fields (a layout of tool
 // calls adds the characters that open a call: its trigger's and its separator's). A token that
-// ends inside a UTF-8 character owes the tokens that finish it (the grammar allows nothing else).
+// ends inside a UTF-8 character owes the tokens that finish it (the grammar allows nothing else),
+// and the Progress reads that character once they do: what is left to write, and the plan that
+// writes it, are counted in bytes (DeepSeek's markers hold ｜ and ▁, which a byte-level BPE
+// cuts between tokens).
 import type { Tokenizer } from "../../tokenizer/tokenizer";
 import { UnsteerableSchemaError } from "./json-progress";
 
@@ -85,19 +88,26 @@ export interface VocabularyText {
 
 const CONTINUATION_ONLY = 255;
 
-/** The continuation bytes owed after `bytes`, or CONTINUATION_ONLY; and how many continuation bytes lead them. */
-function utf8Owed(bytes: Uint8Array): { owes: number; continuations: number } {
+/**
+ * The continuation bytes owed after `bytes`, or CONTINUATION_ONLY; how many continuation bytes
+ * lead them; and how many bytes end them in the character cut short (0 when none is).
+ */
+function utf8Owed(bytes: Uint8Array): { owes: number; continuations: number; cut: number } {
   let continuations = 0;
   while (continuations < bytes.length && (bytes[continuations]! & 0xc0) === 0x80) continuations++;
-  if (continuations === bytes.length) return { owes: CONTINUATION_ONLY, continuations };
+  if (continuations === bytes.length) return { owes: CONTINUATION_ONLY, continuations, cut: 0 };
   let owes = 0;
+  let cut = 0;
   for (let i = continuations; i < bytes.length; i++) {
     const b = bytes[i]!;
     if (b < 0x80) owes = 0;
-    else if (b >= 0xc0) owes = b >= 0xf0 ? 3 : b >= 0xe0 ? 2 : 1;
-    else owes = Math.max(0, owes - 1);
+    else if (b >= 0xc0) {
+      owes = b >= 0xf0 ? 3 : b >= 0xe0 ? 2 : 1;
+      cut = 0;
+    } else owes = Math.max(0, owes - 1);
+    cut = owes > 0 ? cut + 1 : 0;
   }
-  return { owes, continuations };
+  return { owes, continuations, cut };
 }
 
 const vocabularies = new WeakMap<Tokenizer, Map<string, VocabularyText>>();
@@ -108,7 +118,6 @@ export function vocabularyText(tokenizer: Tokenizer, extra = ""): VocabularyText
   if (!byOpeners) vocabularies.set(tokenizer, (byOpeners = new Map()));
   let v = byOpeners.get(extra);
   if (!v) {
-    const utf8 = new TextDecoder();
     const texts = new Array<string>(tokenizer.vocabSize);
     const owes = new Uint8Array(tokenizer.vocabSize);
     const continuations = new Uint8Array(tokenizer.vocabSize);
@@ -148,14 +157,51 @@ export function vocabularyText(tokenizer: Tokenizer, extra = ""): VocabularyText
 // is left out (the answer stays valid; only the model's choice narrows further).
 const MAX_SIMULATED = 4096;
 
-const utf8Length = (text: string) => Buffer.byteLength(text, "utf8");
+export const utf8Length = (text: string) => Buffer.byteLength(text, "utf8");
+
+const utf8 = new TextDecoder();
+const NO_BYTES = new Uint8Array(0);
+
+/**
+ * What is left to write: the rest of the character the text so far cut short (`owed`
+ * continuation bytes, each of which may take a token), then `text`.
+ */
+interface Ahead {
+  owed: number;
+  text: string;
+}
+
+/**
+ * What is left once `completion` (read from whole characters) follows the text so far, whose
+ * last character `pending` (its first bytes) is cut short: the completion past that character
+ * where it starts the completion (a marker's ｜ the tokens cut), else all of it (the character
+ * is a string's content, say).
+ */
+function aheadOf(completion: string, pending: Uint8Array): Ahead {
+  if (pending.length === 0) return { owed: 0, text: completion };
+  const owed = utf8Owed(pending).owes;
+  const first = String.fromCodePoint(completion.codePointAt(0) ?? 0);
+  const firstBytes = Buffer.from(first);
+  const continues =
+    completion !== "" &&
+    firstBytes.length === pending.length + owed &&
+    firstBytes.subarray(0, pending.length).equals(pending);
+  return { owed, text: continues ? completion.slice(first.length) : completion };
+}
 
 interface Plan {
-  text: string;
+  /** The Ahead it writes (see aheadKey). */
+  key: string;
+  /** The owed continuation bytes it leaves to whichever tokens finish the character (0: `tokens` write them too). */
+  unspelled: number;
   tokens: number[];
-  /** Where each token starts in `text` (and its length last), when the tokens' texts spell it exactly. */
+  /** The bytes `tokens` write. */
+  bytes: Buffer;
+  /** Where each token starts in `bytes` (and its length last), when the tokens spell it exactly. */
   starts: number[] | undefined;
 }
+
+const aheadKey = (ahead: Ahead) => `${ahead.owed}:${ahead.text}`;
 
 export class BudgetSteering {
   /** Whether the budget narrowed the grammar's choices at least once. */
@@ -164,6 +210,8 @@ export class BudgetSteering {
   private last: number | undefined;
   /** UTF-8 continuation bytes the text so far owes (a character cut between tokens). */
   private owed = 0;
+  /** The first bytes of that character, which the progress reads once it is whole. */
+  private pending: Uint8Array = NO_BYTES;
   private readonly stopIds: ReadonlySet<number>;
   /** The most one opener can add to the shortest completion, in bytes (separators and a literal's start included). */
   private readonly perOpener: number;
@@ -185,14 +233,35 @@ export class BudgetSteering {
 
   /** Tokens the shortest valid answer takes from the start (checked against max_tokens up front). */
   minimum(): number {
-    return this.planFor(this.progress.completion()).tokens.length;
+    return this.planFor(aheadOf(this.progress.completion(), NO_BYTES)).tokens.length;
   }
 
   /** Follows a sampled token. */
   observe(token: number): void {
-    this.progress.feed(this.vocab.texts[token] ?? "");
+    const { text, pending } = this.textAfter(token);
+    this.progress.feed(text);
+    this.pending = pending;
     this.last = token;
     this.owed = this.owedAfter(token);
+  }
+
+  /**
+   * The whole characters `token` writes after the text so far (finishing the character it cut
+   * short), and the first bytes of a character it cuts short in turn.
+   */
+  private textAfter(token: number): { text: string; pending: Uint8Array } {
+    const whole = this.pending.length === 0 && this.vocab.owes[token] === 0 && this.vocab.continuations[token] === 0;
+    if (whole) return { text: this.vocab.texts[token] ?? "", pending: NO_BYTES };
+    const bytes = Buffer.concat([this.pending, this.tokenizer.pieceBytes(token)]);
+    const end = bytes.length - utf8Owed(bytes).cut;
+    return { text: utf8.decode(bytes.subarray(0, end)), pending: bytes.subarray(end) };
+  }
+
+  /** The bytes `token` writes, as the steering reads them (its text's, unless it cuts a character). */
+  private tokenBytes(token: number): Uint8Array {
+    return this.vocab.owes[token] === 0 && this.vocab.continuations[token] === 0
+      ? Buffer.from(this.vocab.texts[token] ?? "")
+      : this.tokenizer.pieceBytes(token);
   }
 
   /** The continuation bytes owed once `token` follows the text so far (each may take a token). */
@@ -227,9 +296,9 @@ export class BudgetSteering {
     for (let id = 0; id < mask.length; id++)
       if (mask[id] && openers[id]! > most && !this.stopIds.has(id)) most = openers[id]!;
     if (safe(most)) return;
-    const plan = this.planFor(completion);
+    const plan = this.planFor(aheadOf(completion, this.pending));
     // The plan's first token, or (a complete answer) the end of sequence, always stays.
-    const first = plan.tokens[0];
+    const first = plan.unspelled === 0 ? plan.tokens[0] : undefined;
     // The reading disagrees with the grammar: better the grammar's choice than a wrong one.
     // (Inside a UTF-8 character only its continuation can follow: the plan waits for it.)
     if (first !== undefined && !mask[first] && this.owed === 0) return;
@@ -241,7 +310,7 @@ export class BudgetSteering {
       if (
         free && this.vocab.plain[id]
           ? plan.tokens.length + owed <= left
-          : safe(openers[id]!) || (simulated++ < MAX_SIMULATED && this.fitsAfter(id, plan, left - owed))
+          : safe(openers[id]!) || (simulated++ < MAX_SIMULATED && this.fitsAfter(id, plan, left))
       )
         continue;
       mask[id] = 0;
@@ -253,16 +322,19 @@ export class BudgetSteering {
 
   /** Whether after token `id` a valid completion surely fits `left` tokens. */
   private fitsAfter(id: number, plan: Plan, left: number): boolean {
-    const text = this.vocab.texts[id];
-    if (!text) return false;
+    if (!this.vocab.texts[id]) return false;
+    const { text, pending } = this.textAfter(id);
     const next = this.progress.clone();
     next.feed(text);
     try {
-      const completion = next.completion();
-      if (tokensAtMost(completion, plan) <= left) return true;
+      const ahead = aheadOf(next.completion(), pending);
+      if (ahead.owed + tokensAtMost(ahead.text, plan) <= left) return true;
       // From a complete answer (no plan), a token that opens more (another call) owes all of
       // it: the plan the next step makes of it is its encoding, which is followed from there.
-      return plan.tokens.length === 0 && this.tokenizer.encode(completion, { addSpecialTokens: false }).length <= left;
+      return (
+        plan.tokens.length === 0 &&
+        ahead.owed + this.tokenizer.encode(ahead.text, { addSpecialTokens: false }).length <= left
+      );
     } catch (error) {
       if (error instanceof UnsteerableSchemaError) return false;
       throw error;
@@ -270,27 +342,37 @@ export class BudgetSteering {
   }
 
   /**
-   * The completion in tokens: the tokenizer's own encoding, or what is left of the previous
-   * plan when the last token was its first (whichever is shorter), so following a plan never
-   * needs more tokens than it promised.
+   * What is left to write in tokens: the tokenizer's encoding of its text (the rest of a cut
+   * character left to the tokens that finish it), or what is left of the previous plan when the
+   * last token was its first (whichever is shorter), so following a plan never needs more
+   * tokens than it promised.
    */
-  private planFor(text: string): Plan {
-    if (this.plan?.text === text) return this.plan;
-    let tokens = this.tokenizer.encode(text, { addSpecialTokens: false });
+  private planFor(ahead: Ahead): Plan {
+    const key = aheadKey(ahead);
+    if (this.plan?.key === key) return this.plan;
+    let tokens = this.tokenizer.encode(ahead.text, { addSpecialTokens: false });
+    let bytes: Buffer = Buffer.from(ahead.text);
+    let unspelled = ahead.owed;
     const previous = this.plan;
-    const taken = this.last !== undefined ? this.vocab.texts[this.last] : undefined;
     if (
       previous &&
-      taken !== undefined &&
+      this.last !== undefined &&
+      previous.unspelled === 0 &&
       previous.tokens[0] === this.last &&
-      previous.text.slice(taken.length) === text &&
-      previous.tokens.length - 1 < tokens.length
+      previous.tokens.length - 1 < ahead.owed + tokens.length
     ) {
-      tokens = previous.tokens.slice(1);
+      // The previous plan's tail writes the cut character's rest too, if it is the same text.
+      const tail = previous.bytes.subarray(this.tokenBytes(this.last).length);
+      if (tail.length === ahead.owed + bytes.length && tail.subarray(ahead.owed).equals(bytes)) {
+        tokens = previous.tokens.slice(1);
+        bytes = tail;
+        unspelled = 0;
+      }
     }
+    const spelt = tokens.map((t) => this.tokenBytes(t));
     const starts = [0];
-    for (const token of tokens) starts.push(starts.at(-1)! + (this.vocab.texts[token]?.length ?? 0));
-    this.plan = { text, tokens, starts: tokens.map((t) => this.vocab.texts[t]).join("") === text ? starts : undefined };
+    for (const piece of spelt) starts.push(starts.at(-1)! + piece.length);
+    this.plan = { key, unspelled, tokens, bytes, starts: Buffer.concat(spelt).equals(bytes) ? starts : undefined };
     return this.plan;
   }
 }
@@ -301,13 +383,17 @@ export class BudgetSteering {
  * the rest.
  */
 function tokensAtMost(text: string, plan: Plan): number {
+  const bytes = Buffer.from(text);
   const starts = plan.starts;
-  if (starts) {
-    for (let i = 0; i < starts.length; i++) {
-      const tail = plan.text.length - starts[i]!;
-      if (tail <= text.length && text.endsWith(plan.text.slice(starts[i])))
-        return utf8Length(text.slice(0, text.length - tail)) + plan.tokens.length - i;
-    }
-  }
-  return utf8Length(text);
+  if (!starts) return bytes.length;
+  let shared = 0;
+  while (
+    shared < bytes.length &&
+    shared < plan.bytes.length &&
+    bytes[bytes.length - 1 - shared] === plan.bytes[plan.bytes.length - 1 - shared]
+  )
+    shared++;
+  // The first token from which the plan's tail is all shared.
+  const from = starts.findIndex((start) => plan.bytes.length - start <= shared);
+  return bytes.length - (plan.bytes.length - starts[from]!) + plan.tokens.length - from;
 }

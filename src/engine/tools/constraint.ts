@@ -16,7 +16,7 @@ import {
 import { CallsProgress } from "../budget/calls-progress";
 import { SchemaShapes } from "../budget/json-progress";
 import { minXmlParameters, xmlLargestOpening } from "../budget/xml-progress";
-import { budgetSteering } from "../budget/steering";
+import { budgetSteering, utf8Length } from "../budget/steering";
 import type { StructuralTag, StructuralTagFormat, TagFormat } from "@mlc-ai/web-xgrammar";
 import type { Tokenizer } from "../../tokenizer/tokenizer";
 import type { ToolCallFormat } from "./formats";
@@ -45,7 +45,7 @@ export async function createToolCallConstraint(
     }
   }
   const steering =
-    o.maxTokens === undefined || format.unsteered
+    o.maxTokens === undefined
       ? undefined
       : budgetSteering(tokenizer, o.maxTokens, () => callsProgress(format, functions, o.required));
   const source = {
@@ -64,19 +64,20 @@ function callsProgress(format: ToolCallFormat, functions: ToolSpec[], required: 
     const schema = argumentsSchema(f);
     return { ...format.callLayout(f.name), schema, shapes: new SchemaShapes(schema, true), xml: format.xmlParameters };
   });
-  const wrapper = (format.list?.begin.length ?? 0) + (format.list?.end.length ?? 0);
-  // Opening a call (the trigger in free text, or a separator) owes a whole smallest call.
-  // In XML parameters "<" opens a parameter: it may owe the longest one whole.
+  const wrapper = utf8Length((format.list?.begin ?? "") + (format.list?.end ?? ""));
+  // Opening a call (the trigger in free text, or a separator) owes a whole smallest call, in
+  // bytes (DeepSeek's markers hold three-byte characters). In XML parameters "<" opens a
+  // parameter: it may owe the longest one whole.
   const opening = Math.max(
     ...calls.map((c) =>
       c.xml
         ? Math.max(
             xmlLargestOpening(c.shapes, c.schema),
-            c.begin.length + minXmlParameters(c.shapes, c.schema).length + c.end.length + wrapper,
+            utf8Length(c.begin + minXmlParameters(c.shapes, c.schema) + c.end) + wrapper,
           )
         : Math.max(
             c.shapes.largestOpening(c.schema),
-            c.begin.length + c.shapes.minText(c.schema).length + c.end.length + wrapper,
+            utf8Length(c.begin + c.shapes.minText(c.schema) + c.end) + wrapper,
           ),
     ),
   );

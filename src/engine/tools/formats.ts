@@ -62,11 +62,6 @@ export interface ToolCallFormat {
   nineCharacterIds?: boolean;
   /** Whether the family's templates take a call's arguments as JSON text, not an object (DeepSeek's join them with "+"). */
   argumentsAsText?: boolean;
-  /**
-   * Whether the budget steering cannot follow this layout, so calls go unsteered (a call the
-   * budget cuts is dropped when the answer is read).
-   */
-  unsteered?: boolean;
 }
 
 const alphanumeric = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
@@ -605,9 +600,6 @@ function deepseekFormat(
     trigger: deepseek.callsBegin,
     // Their templates join a call's arguments to their text with "+".
     argumentsAsText: true,
-    // On their layout (multi-byte ｜ and ▁ in both the list's and the calls' markers) the
-    // steering masked every token, and the token sampled then failed the grammar.
-    unsteered: true,
   };
 }
 
