@@ -634,6 +634,52 @@ describe("schemas × small budgets × seeds on the tiny model: every answer pars
       }
     }
   }, 120_000);
+
+  // A parameter that may be a string or another value is JSON in the grammar (a string quoted),
+  // and one of any type bare text or JSON: the steering read neither, so once such a parameter
+  // opened, the call ran on until the budget cut it (and it was dropped when read).
+  test("an XML call (qwen3coder) with parameters of mixed or any type closes within the budget, its arguments valid", async () => {
+    const parameters = {
+      type: "object",
+      properties: {
+        note: { type: ["string", "null"] },
+        size: { anyOf: [{ type: "integer" }, { type: "string" }] },
+        extra: {},
+      },
+      required: ["note", "size", "extra"],
+    };
+    const tools = [{ name: "annotate", description: "", parameters }];
+    const format = toolCallFormats.qwen3coder.withTools!(tools);
+    const validate = ajv.compile(parameters);
+    const small = await createToolCallConstraint(lm.tokenizer, format, tools, {
+      required: true,
+      parallel: false,
+      maxTokens: 5,
+    }).catch((e) => e);
+    expect(small).toBeInstanceOf(BudgetError);
+    const minimum = (small as BudgetError).minimum;
+    for (const extra of [0, 4, 12, 30]) {
+      for (const seed of [1, 2]) {
+        const maxTokens = minimum + extra;
+        const constraint = await createToolCallConstraint(lm.tokenizer, format, tools, {
+          required: true,
+          parallel: false,
+          maxTokens,
+        });
+        const result = await completeAlone(lm, promptTokens(lm.tokenizer, "Annotate."), {
+          sampling: { ...defaultSampling, temperature: 1, seed },
+          maxTokens,
+          processors: [constraint.processor],
+        });
+        const accepted = constraint.accepted(result.tokenIds);
+        constraint.dispose();
+        const where = `max_tokens ${maxTokens}, seed ${seed}, ${result.finishReason}: ${result.text}`;
+        const { calls } = format.parse(result.text);
+        if (calls.length !== 1 || !accepted) throw new Error(`no whole call (${where})`);
+        if (!validate(calls[0]!.arguments)) throw new Error(`invalid (${where}): ${ajv.errorsText(validate.errors)}`);
+      }
+    }
+  }, 120_000);
 });
 
 describe("through mlx run and the server", () => {

@@ -268,7 +268,10 @@ const opening = (name: string) => `<parameter=${name}>\n`;
 
 type Kind = { t: "text"; s: Schema; free: boolean } | { t: "literal"; texts: string[] } | { t: "json" };
 
-/** How a parameter's value is written: bare text (a string), bare literals (a const or enum), or JSON. */
+/**
+ * How a parameter's value is written, as xmlParametersEbnf lays it out: bare text (a string, or
+ * a value of any type), bare literals (a const or enum), or JSON.
+ */
 function valueKind(shapes: SchemaShapes, node: unknown): Kind {
   const branches = shapes.branches(node);
   const values = branches.map((b) =>
@@ -276,32 +279,21 @@ function valueKind(shapes: SchemaShapes, node: unknown): Kind {
   );
   if (values.every((v) => v !== undefined))
     return { t: "literal", texts: values.flat().map((v) => (typeof v === "string" ? v : layout(v))) };
-  if (branches.length === 1 && shapes.kind(branches[0]!) === "string") {
-    const s = branches[0]!;
-    const free = ["minLength", "maxLength", "pattern", "format"].every((k) => s[k] === undefined);
-    return { t: "text", s, free };
+  const only = branches.length === 1 ? branches[0]! : undefined;
+  if (only && shapes.kind(only) === "string") {
+    const free = ["minLength", "maxLength", "pattern", "format"].every((k) => only[k] === undefined);
+    return { t: "text", s: only, free };
   }
-  // Strings (bare) among other values: the grammar's layout for these is not followed here.
-  const stringy = branches.some(
-    (b, i) => ["string", "any"].includes(shapes.kind(b)) || (values[i] ?? []).some((v) => typeof v === "string"),
-  );
-  if (stringy) throw new UnsteerableSchemaError("a parameter that may be text or another value");
+  // A value of any type is bare text or JSON (xgrammar's xml_any): any text up to the closing
+  // is one, as a free string's is.
+  if (only && shapes.kind(only) === "any") return { t: "text", s: only, free: true };
+  // Anything else is JSON, a string among other values too (["string", "null"]: quoted).
   return { t: "json" };
 }
 
-/**
- * The shortest value text of a parameter. One whose layout is not followed here (text or another
- * value) still has one: its shortest JSON value, bare where that is a string.
- */
+/** The shortest value text of a parameter. */
 function minValue(shapes: SchemaShapes, node: unknown): string {
-  let kind: Kind;
-  try {
-    kind = valueKind(shapes, node);
-  } catch (error) {
-    if (!(error instanceof UnsteerableSchemaError)) throw error;
-    const text = shapes.minText(node);
-    return text.startsWith('"') ? (JSON.parse(text) as string) : text;
-  }
+  const kind = valueKind(shapes, node);
   if (kind.t === "literal") return kind.texts.reduce((a, b) => (b.length < a.length ? b : a));
   if (kind.t === "text") return shapes.stringRest(kind.s, 0, undefined);
   return shapes.minText(node);
