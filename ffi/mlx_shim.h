@@ -143,6 +143,9 @@ MLXS_API int mlxs_quantize(mlxs_array** out_w, mlxs_array** out_scales, mlxs_arr
 // Our CPU kernels (ffi/src/kernels/) for the ops built from now on: on (1) or off (0, MLX's
 // own ops); returns the previous setting. They start on unless MLX_KERNELS=mlx.
 MLXS_API int mlxs_use_cpu_kernels(int on);
+// 1 where a product of `rows` outputs runs on our CPU kernels in 8-bit groups of 16 (GGUF's Q6_K
+// kept quantized; MLX's ops refuse that group size), else 0.
+MLXS_API int mlxs_kernels_read_half_groups(int rows);
 // The instruction set and thread count our CPU kernels run with, e.g. "avx2, 2 threads".
 MLXS_API const char* mlxs_cpu_kernels_describe(void);
 // An affine-quantized weight (transposed, group_size, bits) with its scales and biases, repacked

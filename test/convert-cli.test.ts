@@ -18,9 +18,8 @@ import {
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
-import { gunzipSync } from "node:zlib";
 import { cliRunner, interruptWhileInUse, mainScript } from "./helpers/cli";
-import { writeGGUF, type GGUFTensor } from "./helpers/gguf-writer";
+import { tinyLlamaGGUF, writeGGUF } from "./helpers/gguf-writer";
 
 const TEST_TIMEOUT_MS = 30_000;
 const fixture = join(import.meta.dir, "fixtures", "gguf-quants.gguf");
@@ -54,61 +53,20 @@ function defaultGGUF(): string {
 
 const errorLines = (stderr: string) => stderr.trim().split("\n");
 
-/** A two-layer llama as an F16 GGUF (random weights), with SmolLM2's tokenizer. */
-function f16GGUF(path: string): void {
-  const [hidden, heads, kvHeads, ffn, layers] = [64, 4, 2, 128, 2];
-  const tokenizer = JSON.parse(
-    gunzipSync(readFileSync(join(import.meta.dir, "fixtures", "tokenizer-smollm2-gguf-meta.json.gz"))).toString("utf8"),
-  );
-  const vocab = tokenizer["tokenizer.ggml.tokens"].length;
-  const random = (n: number) => Float32Array.from({ length: n }, () => (Math.random() - 0.5) * 0.2);
-  const matrix = (name: string, inputs: number, outputs: number): GGUFTensor => ({
-    name,
-    type: "F16",
-    dims: [inputs, outputs],
-    values: random(inputs * outputs),
-  });
-  const norm = (name: string): GGUFTensor => ({
-    name,
-    type: "F32",
-    dims: [hidden],
-    values: new Float32Array(hidden).fill(1),
-  });
-  const kv = (hidden / heads) * kvHeads;
-  const tensors = [matrix("token_embd.weight", hidden, vocab), norm("output_norm.weight")];
-  for (let i = 0; i < layers; i++)
-    tensors.push(
-      norm(`blk.${i}.attn_norm.weight`),
-      norm(`blk.${i}.ffn_norm.weight`),
-      matrix(`blk.${i}.attn_q.weight`, hidden, hidden),
-      matrix(`blk.${i}.attn_k.weight`, hidden, kv),
-      matrix(`blk.${i}.attn_v.weight`, hidden, kv),
-      matrix(`blk.${i}.attn_output.weight`, hidden, hidden),
-      matrix(`blk.${i}.ffn_gate.weight`, hidden, ffn),
-      matrix(`blk.${i}.ffn_up.weight`, hidden, ffn),
-      matrix(`blk.${i}.ffn_down.weight`, ffn, hidden),
-    );
-  const metadata = {
-    ...tokenizer,
-    "general.file_type": 1, // MOSTLY_F16
-    "llama.context_length": 512,
-    "llama.embedding_length": hidden,
-    "llama.block_count": layers,
-    "llama.feed_forward_length": ffn,
-    "llama.attention.head_count": heads,
-    "llama.attention.head_count_kv": kvHeads,
-    "llama.rope.freq_base": 10000.5,
-    "llama.attention.layer_norm_rms_epsilon": 0.00001,
-  };
-  writeGGUF(path, metadata, tensors);
-}
-
 describe("mlx convert <gguf> <dir>", () => {
   test(
     "--bits on an F16 GGUF quantizes its matrices, as mlx_lm.convert -q; by default they stay 16-bit",
     async () => {
       const gguf = join(work, "f16.gguf");
-      f16GGUF(gguf);
+      const { metadata, tensors } = tinyLlamaGGUF({
+        hidden: 64,
+        heads: 4,
+        kvHeads: 2,
+        ffn: 128,
+        layers: 2,
+        type: "F16",
+      });
+      writeGGUF(gguf, metadata, tensors);
       const config = (dir: string) => JSON.parse(readFileSync(join(dir, "config.json"), "utf8"));
       const [plain, four] = [join(work, "plain"), join(work, "four")];
       expect((await mlx(["convert", gguf, plain])).code).toBe(0);

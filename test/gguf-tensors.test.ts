@@ -52,6 +52,31 @@ describe("GGUF tensor types", () => {
     });
   }
 
+  // Where our CPU kernels run 8-bit products in groups of 16, the loader keeps a Q6_K matrix so
+  // (its own groups, codes q + 96 with the bias -128 · scale): exactly llama.cpp's values.
+  test("Q6_K reads as 8-bit codes in groups of 16 with float32 scales, exactly llama.cpp's values", () => {
+    const header = readGGUFHeader(path);
+    const t = header.tensors.find((t) => t.name === "Q6_K")!;
+    const { weight, scales, biases } = mx.readGGUFAffine({
+      path,
+      offset: header.dataStart + t.offset,
+      bytes: t.bytes,
+      type: t.type,
+      shape: [...t.dims].reverse(),
+    });
+    expect([weight.dtypeName, weight.shape, scales.dtypeName, scales.shape]).toEqual([
+      "uint32",
+      [1, 64],
+      "float32",
+      [1, 16],
+    ]);
+    expect(biases.toArray()).toEqual(mx.multiply(scales, -128).toArray());
+    const read = floats(mx.dequantize(weight, scales, biases, { groupSize: 16, bits: 8, mode: "affine" }));
+    read.forEach((v, i) => expect(Math.abs(v - expected.values.Q6_K[i]!)).toBeLessThanOrEqual(5e-7)); // the fixture's 6 decimals
+    // This one-row matrix is not a product our kernels run in groups of 16: it comes dequantized.
+    expect(loaded.tensors.get("Q6_K")!.dtypeName).toBe("float16");
+  });
+
   test("MXFP4 stays quantized as MLX's mxfp4 (uint32 words, a scale byte per 32), with llama.cpp's values", () => {
     const [weight, scales] = [loaded.tensors.get("MXFP4")!, loaded.tensors.get("MXFP4.scales")!];
     expect([weight.dtypeName, weight.shape, scales.dtypeName, scales.shape]).toEqual([

@@ -79,6 +79,37 @@ describe("fused MLP block", () => {
     }
   });
 
+  // A GGUF's Q6_K down projection, held as 8-bit codes in groups of 16 where our kernels run them
+  // (repacked: MLX's ops refuse that group size, and dequantize it where our kernels are off).
+  test("a down projection in 8-bit groups of 16, repacked: identical to the composition; MLX's kernels within tolerance", () => {
+    const [dim, hidden] = [64, 256];
+    if (!mx.cpuKernelsReadHalfGroups(dim)) return;
+    const p = mlpCase(dim, hidden, { groupSize: 32, bits: 4 }, { groupSize: 32, bits: 4 }, mx.Dtype.float32);
+    const codes = mx.astype(mx.multiply(mx.random.uniform([dim, hidden]), 63.99), mx.Dtype.uint8);
+    const scales = mx.multiply(mx.random.uniform([dim, hidden / 16]), 0.002);
+    const quant = { groupSize: 16, bits: 8 };
+    const halfGroups = { weight: mx.view(codes, mx.Dtype.uint32), scales, biases: mx.multiply(scales, -32) };
+    const repack = (w: mx.QuantizedArrays, q: mx.QuantSpec) => {
+      const r = mx.repackQuantized(w, q)!;
+      mx.evaluate(r.weight, r.scales, r.biases);
+      return { ...r, quant: q };
+    };
+    const q = { ...p, gateUp: repack(p.gateUp, p.gateUp.quant), down: repack(halfGroups, quant) };
+    for (const rows of [1, 5, 40]) {
+      const h = normal([1, rows, dim]);
+      mx.scope(() => {
+        const ours = fused(h, q);
+        expect(mx.max(mx.abs(mx.subtract(ours, composed(h, q.norm, 1e-5, q)))).item()).toBe(0);
+        expect(
+          relativeError(
+            ours,
+            withMlxKernels(() => fused(h, q)),
+          ),
+        ).toBeLessThan(1e-4);
+      });
+    }
+  });
+
   test("bfloat16 activations and weights: every intermediate rounded as the composition rounds it", () => {
     const p = mlpCase(192, 224, { groupSize: 64, bits: 4 }, { groupSize: 32, bits: 4 }, mx.Dtype.bfloat16);
     for (const rows of [1, 9]) {

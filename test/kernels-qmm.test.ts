@@ -349,6 +349,61 @@ describe("quantized matmul kernel", () => {
     });
   });
 
+  // 8-bit codes in groups of 16 (a GGUF's Q6_K as the loader keeps it where our kernels run it):
+  // MLX's ops refuse that group size; our int16 kernel reads it repacked, a scale per half block.
+  test("8-bit weights in groups of 16: the int16 kernel within its rounding, rows alone = rows in a batch; dequantized and off, exactly", () => {
+    mx.scope(() => {
+      const layout = { bits: 8, groupSize: 16 };
+      for (const [n, k, symmetric] of [
+        [16, 256, true],
+        [48, 96, false],
+        [640, 2048, true],
+      ] as const) {
+        const codes = mx.astype(
+          mx.multiply(mx.random.uniform([n, k], mx.Dtype.float32, mx.random.key(n)), 255.99),
+          mx.Dtype.uint8,
+        );
+        const scales = mx.multiply(mx.random.uniform([n, k / 16], mx.Dtype.float32, mx.random.key(k)), 0.01);
+        const biases = symmetric
+          ? mx.multiply(scales, -128)
+          : mx.random.normal([n, k / 16], mx.Dtype.float32, mx.random.key(n + k));
+        const w = { weight: mx.view(mx.reshape(codes, [n, k]), mx.Dtype.uint32), scales, biases };
+        // Each value code · its group's scale + its group's bias, computed apart from the shim.
+        const perValue = (a: mx.MxArray) => mx.reshape(mx.repeat(mx.expandDims(a, -1), 16, -1), [n, k]);
+        const values = mx.add(mx.multiply(mx.astype(codes, mx.Dtype.float32), perValue(scales)), perValue(biases));
+        expect(mx.dequantize(w.weight, w.scales, w.biases, layout).toArray()).toEqual(values.toArray());
+        const repacked = mx.repackQuantized(w, layout);
+        if (!int16) {
+          expect(repacked).toBeUndefined();
+          expect(mx.cpuKernelsReadHalfGroups(n)).toBe(false);
+          continue;
+        }
+        expect(mx.cpuKernelsReadHalfGroups(n)).toBe(true);
+        expect(() =>
+          mx.evaluate(mx.dequantize(repacked!.weight, repacked!.scales, repacked!.biases, layout)),
+        ).toThrow();
+        const back = mx.unrepackQuantized(repacked!);
+        for (const part of ["weight", "scales", "biases"] as const)
+          expect(back[part].toArray()).toEqual(w[part].toArray());
+        const x = mx.random.normal([512, k], mx.Dtype.float32, mx.random.key(7));
+        const rows = (m: number) => mx.slice(x, [0, 0], [m, k]);
+        const alone = Array.from({ length: 17 }, (_, r) =>
+          product(mx.slice(x, [r, 0], [r + 1, k]), repacked!, layout, true).toArray(),
+        );
+        for (const m of [1, 3, 8, 17, 512]) {
+          const reference = mx.matmul(rows(m), mx.transpose(values));
+          const ours = product(rows(m), repacked!, layout, true);
+          expect(roundingExcess(ours, reference, rows(m), values, INT16_LEVELS)).toBeLessThanOrEqual(0);
+          for (let r = 0; r < Math.min(m, 17); r++)
+            expect(mx.slice(ours, [r, 0], [r + 1, n]).toArray()).toEqual(alone[r]!);
+          // Our kernels off: the product of the dequantized weights, from either layout.
+          for (const weights of [repacked!, w])
+            expect(relativeError(product(rows(m), weights, layout, false), reference)).toBeLessThan(1e-5);
+        }
+      }
+    });
+  });
+
   test("weights that stay in MLX's layout: rows not a multiple of 16, our kernels off; MLX's ops refuse repacked ones, the lookup reads them", () => {
     mx.scope(() => {
       const layout = { bits: 4, groupSize: 32 };

@@ -1,7 +1,8 @@
 // A GGUF's tensors of the types MLX's reader refuses or reads wrong, read from the file into what
 // the loader keeps (src/models/gguf-tensors.ts): MLX's affine layout for the types whose values
-// are code · scale + bias in groups of 32 (Q4_K, Q5_0, Q5_1, Q5_K), and float values for the
-// others (Q3_K, IQ4_NL, IQ4_XS), as llama.cpp's dequantize_row_* compute them. Here rather than in
+// are code · scale + bias in groups of 32 (Q4_K, Q5_0, Q5_1, Q5_K) or, for our CPU kernels alone,
+// of 16 (Q6_K), and float values for the others (Q3_K, IQ4_NL, IQ4_XS), as llama.cpp's
+// dequantize_row_* compute them. Here rather than in
 // TypeScript: a 7B Q4_K_M file holds about 4 GB of such blocks, which a JavaScript loop read at
 // under 0.2 GB/s (0.8-0.9 GB/s here), through buffers of its own beside MLX's.
 //
@@ -36,7 +37,7 @@ uint32_t u32(Bytes p) {
   return v;
 }
 
-// ---- kept quantized: codes, a scale and a bias per group of 32 ----
+// ---- kept quantized: codes, a scale and a bias per group (of 32, or Q6_K's 16) ----
 
 struct Affine {
   uint8_t* codes;
@@ -92,6 +93,28 @@ void k_quant_codes(Bytes p, Bytes nibbles, const Affine& out, Bytes high_bits) {
 
 void q4_k(Bytes p, const Affine& out) { k_quant_codes(p, p + 16, out, nullptr); }
 void q5_k(Bytes p, const Affine& out) { k_quant_codes(p, p + 48, out, p + 16); }
+
+// Q6_K: 128 bytes of low nibbles, 64 of high bit pairs, 16 int8 scales, d: f16; x = d · scale ·
+// (q − 32), a scale per 16 values. Of each half of 128 values, value 32j + l (j < 4, l < 32) takes
+// the low (j < 2) or high nibble of low byte l + 32 (j & 1) and bits 2j of high byte l. Held as
+// 8-bit codes q + 96 with the bias −128 · scale, so that the weights are symmetric (bias = −2^7 ·
+// scale: a kernel need not read the biases) and code · scale + bias is still d · scale · (q − 32).
+void q6_k(Bytes p, const Affine& out) {
+  const Bytes low = p, high = p + 128;
+  const auto* scales = reinterpret_cast<const int8_t*>(p + 192);
+  const double d = half(p + 208);
+  for (int g = 0; g < 16; ++g) {
+    out.scales[g] = static_cast<float>(d * scales[g]);
+    out.biases[g] = -128.0f * out.scales[g];
+  }
+  for (int h = 0; h < 2; ++h)
+    for (int j = 0; j < 4; ++j)
+      for (int l = 0; l < 32; ++l) {
+        const int nibble = (low[64 * h + l + 32 * (j & 1)] >> (4 * (j >> 1))) & 0xf;
+        const int pair = (high[32 * h + l] >> (2 * j)) & 3;
+        out.codes[128 * h + 32 * j + l] = static_cast<uint8_t>((nibble | (pair << 4)) + 96);
+      }
+}
 
 // ---- dequantized: floats ----
 
@@ -153,9 +176,10 @@ template <class Read>
 struct Layout {
   int block_bytes, block_elements;
   Read read;
-  // The width an affine type's codes are held at: Q4_K's 4 bits, the 5-bit codes in 8 (unused
-  // by the float types).
+  // The width an affine type's codes are held at: Q4_K's 4 bits, the 5- and 6-bit codes in 8, and
+  // the values a scale covers (unused by the float types).
   int bits = 0;
+  int group = 32;
 };
 
 using AffineRead = void (*)(Bytes, const Affine&);
@@ -166,6 +190,7 @@ Layout<AffineRead> affine_layout(const std::string& type) {
   if (type == "Q5_1") return {24, 32, q5_1, 8};
   if (type == "Q4_K") return {144, 256, q4_k, 4};
   if (type == "Q5_K") return {176, 256, q5_k, 8};
+  if (type == "Q6_K") return {210, 256, q6_k, 8, 16};
   throw std::invalid_argument("no affine reader for GGUF type " + type);
 }
 
@@ -237,11 +262,11 @@ int mlxs_gguf_read_affine(mlxs_array** outs, const char* path, uint64_t offset, 
     check_blocks(layout, bytes, shape, type);
     mx::Shape packed_shape = shape, group_shape = shape;
     packed_shape.back() = shape.back() * layout.bits / 32;
-    group_shape.back() = shape.back() / 32;
+    group_shape.back() = shape.back() / layout.group;
     const uint64_t values = values_of(shape);
     Filling<uint32_t> codes(values * layout.bits / 32);
-    Filling<float> scales(values / 32), biases(values / 32);
-    const int groups = layout.block_elements / 32, packed_bytes = layout.block_elements * layout.bits / 8;
+    Filling<float> scales(values / layout.group), biases(values / layout.group);
+    const int groups = layout.block_elements / layout.group, packed_bytes = layout.block_elements * layout.bits / 8;
     uint8_t* const packed = reinterpret_cast<uint8_t*>(codes.data);
     for_each_block(path, offset, bytes, layout.block_bytes, [&](Bytes block, uint64_t b) {
       uint8_t block_codes[256];

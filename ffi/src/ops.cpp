@@ -232,6 +232,8 @@ int mlxs_quantized_matmul(mlxs_array** out, const mlxs_array* x, const mlxs_arra
 
 int mlxs_use_cpu_kernels(int on) { return kernels::set_enabled(on != 0) ? 1 : 0; }
 
+int mlxs_kernels_read_half_groups(int rows) { return kernels::reads_half_groups(rows) ? 1 : 0; }
+
 const char* mlxs_cpu_kernels_describe(void) { return kernels::describe(); }
 
 int mlxs_quantize(mlxs_array** out_w, mlxs_array** out_scales, mlxs_array** out_biases,
@@ -285,8 +287,9 @@ int mlxs_dequantize(mlxs_array** out, const mlxs_array* w, const mlxs_array* sca
   return guard([&] {
     std::optional<mx::Dtype> t;
     if (dtype >= 0) t = dtype_of(dtype);
-    return put(out, mx::dequantize(ref(w), ref(scales), opt(biases), group_size, bits,
-                                   mode_or_affine(mode), std::nullopt, t));
+    const std::string m = mode_or_affine(mode);
+    if (m == "affine") return put(out, kernels::dequantize_affine(ref(w), ref(scales), opt(biases), group_size, bits, t));
+    return put(out, mx::dequantize(ref(w), ref(scales), opt(biases), group_size, bits, m, std::nullopt, t));
   });
 }
 

@@ -4,6 +4,7 @@
 // on a fresh KV cache with MLX's peak-memory counter reset before it. As llama-bench does, with
 // its -d too: the generation test after a context of d tokens, prefilled before the clock starts.
 import type { LoadedModel } from "../models/load";
+import type { QuantConfig } from "../models/config";
 import { readGGUFHeader } from "../models/gguf-header";
 import { modelBytes, readLayout } from "../models/layout";
 import { generateSteps, type SequenceEvent } from "../engine/batch";
@@ -105,15 +106,16 @@ export function describeModel(lm: LoadedModel, name: string): ModelInfo {
   };
 }
 
-/** "Q4_1 (4-bit, group 32; embed_tokens 8-bit)", "4-bit, group 64", or the float type. */
+/** "Q4_1 (4-bit, group 32; embed_tokens 8-bit)", "Q5_0 (8-bit, group 32; down_proj 8-bit group 16, …)", "4-bit, group 64", or the float type. */
 export function quantizationOf(lm: LoadedModel): string {
   const q = lm.config.quantization;
   let text = "";
   if (q) {
     text = `${q.bits}-bit, group ${q.groupSize}`;
+    const layout = (o: QuantConfig) => `${o.bits}-bit${o.groupSize === q.groupSize ? "" : ` group ${o.groupSize}`}`;
     const others = Object.entries(lm.config.quantizationOverrides)
-      .filter(([, o]) => o === false || o.bits !== q.bits)
-      .map(([name, o]) => `${name.split(".").at(-1)} ${o === false ? "float" : `${o.bits}-bit`}`);
+      .filter(([, o]) => o === false || o.bits !== q.bits || o.groupSize !== q.groupSize)
+      .map(([name, o]) => `${name.split(".").at(-1)} ${o === false ? "float" : layout(o)}`);
     const distinct = [...new Set(others)];
     if (distinct.length > 0) text += `; ${distinct.slice(0, 3).join(", ")}${distinct.length > 3 ? ", …" : ""}`;
   } else {

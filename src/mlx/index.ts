@@ -36,6 +36,11 @@ let cpuKernelsOn = lib.mlxs_use_cpu_kernels(1) === 1;
 lib.mlxs_use_cpu_kernels(cpuKernelsOn ? 1 : 0);
 /** Whether our CPU kernels build the ops from now on: they are on and the default device is the CPU. */
 export const cpuKernelsActive = (): boolean => cpuKernelsOn && defaultDeviceIsCpu();
+/**
+ * Whether a product of `rows` outputs runs on our CPU kernels in 8-bit groups of 16, which MLX's
+ * own ops refuse (a GGUF's Q6_K weights may then stay quantized).
+ */
+export const cpuKernelsReadHalfGroups = (rows: number): boolean => lib.mlxs_kernels_read_half_groups(rows) === 1;
 /** The instruction set and thread count our CPU kernels run with, e.g. "avx2, 2 threads" (", int16 activations" by default on AVX-512 VNNI, ", int8 activations" with MLX_CPU_INT8=1). */
 export const cpuKernels = (): string => String(lib.mlxs_cpu_kernels_describe());
 export function setDefaultDevice(kind: "cpu" | "gpu"): void {

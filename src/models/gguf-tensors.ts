@@ -5,8 +5,10 @@
 // MLX reads a copy of the file without those tensors, and we read them ourselves: those whose
 // values are code · scale + bias in groups of 32 (Q4_K, Q5_0, Q5_1, Q5_K) stay quantized, as
 // MLX's affine layout at 4 bits (Q4_K) or their 5-bit codes in 8 (the rest), so they run on the
-// quantized kernels at no loss; MXFP4 is MLX's mxfp4 in another byte order and stays quantized
-// too; the others we dequantize to float16, as llama.cpp's dequantize_row_* do.
+// quantized kernels at no loss; Q6_K (a scale per 16 values) stays quantized too, as 8-bit codes
+// in groups of 16, where our CPU kernels run such products (MLX's ops refuse that group size;
+// elsewhere MLX's reader dequantizes it); MXFP4 is MLX's mxfp4 in another byte order and stays
+// quantized too; the others we dequantize to float16, as llama.cpp's dequantize_row_* do.
 import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -26,6 +28,17 @@ const ourDequantizedTypes = ["Q3_K", "IQ4_NL", "IQ4_XS"];
 
 /** Types MLX reads right (Q2_K and Q6_K it dequantizes, checked against llama.cpp's gguf-py). */
 const mlxReads = new Set([...nativeTensorTypes, "Q2_K", "Q6_K"]);
+
+/** The values a scale covers where our CPU kernels hold a type in groups of 16 (8-bit codes). */
+export const HALF_GROUP = 16;
+
+/**
+ * Whether tensor t stays quantized as 8-bit codes in groups of 16 (Q6_K's own groups, exactly):
+ * a matrix whose product runs on our CPU kernels in that layout on this machine.
+ */
+export function heldInHalfGroups(t: GGUFTensorInfo): boolean {
+  return t.type === "Q6_K" && t.dims.length === 2 && mx.cpuKernelsReadHalfGroups(t.dims[1]!);
+}
 export const readableTensorTypes = [...mlxReads, ...Object.keys(ourAffineBits), ...ourDequantizedTypes, "MXFP4"];
 /** Types whose tensors come quantized (weight, scales and maybe biases), not as floats. */
 export const keptQuantizedTypes = new Set([...nativeTensorTypes, "MXFP4", ...Object.keys(ourAffineBits)]);
@@ -51,17 +64,32 @@ const affineBits: Record<string, number> = {
  */
 export function loadedBytes(t: GGUFTensorInfo): number {
   const values = t.dims.reduce((a, b) => a * b, 1);
+  // A code a byte, and a float32 scale and bias per 16.
+  if (heldInHalfGroups(t)) return values + (values / HALF_GROUP) * 8;
   const bits = affineBits[t.type];
   if (bits !== undefined) return (values * bits) / 8 + (values / 32) * 4;
   return keptQuantizedTypes.has(t.type) ? t.bytes : values * 2;
 }
 
+/** A GGUF's tensors as loaded, and the group size of those kept quantized in groups other than 32. */
+export interface GGUFTensors extends LoadedFile {
+  /** By GGUF name without its ".weight". */
+  groupSizes: Map<string, number>;
+}
+
 /**
  * The file's tensors and metadata, as mx.loadGGUF gives them, whatever their (readable) types;
  * only those `wanted` (by GGUF name) when given: MLX reads every tensor of a GGUF at once.
+ * `halfGroups: false` dequantizes Q6_K even where our kernels would hold it in groups of 16
+ * (what `mlx convert` writes must be MLX's layout).
  */
-export function loadGGUFTensors(path: string, header: GGUFHeader, wanted?: (name: string) => boolean): LoadedFile {
-  return runSteps(loadGGUFTensorSteps(path, header, wanted));
+export function loadGGUFTensors(
+  path: string,
+  header: GGUFHeader,
+  wanted?: (name: string) => boolean,
+  options: { halfGroups?: boolean } = {},
+): GGUFTensors {
+  return runSteps(loadGGUFTensorSteps(path, header, wanted, options));
 }
 
 /** As loadGGUFTensors, pausing (yield) after each tensor it reads itself: see loadModelAsync. */
@@ -69,15 +97,18 @@ export function* loadGGUFTensorSteps(
   path: string,
   header: GGUFHeader,
   wanted?: (name: string) => boolean,
-): Steps<LoadedFile> {
+  { halfGroups = true }: { halfGroups?: boolean } = {},
+): Steps<GGUFTensors> {
   const tensors = wanted ? header.tensors.filter((t) => wanted(t.name)) : header.tensors;
   const unreadable = tensors.find((t) => !readableTensorTypes.includes(t.type));
   if (unreadable)
     throw new Error(
       `tensor '${unreadable.name}' is ${unreadable.type}, a type we cannot read (readable: ${readableTensorTypes.join(", ")})`,
     );
-  const ours = tensors.filter((t) => !mlxReads.has(t.type));
-  if (ours.length === 0 && tensors.length === header.tensors.length) return mx.loadGGUF(path);
+  const inHalfGroups = new Set(tensors.filter((t) => halfGroups && heldInHalfGroups(t)));
+  const ours = tensors.filter((t) => !mlxReads.has(t.type) || inHalfGroups.has(t));
+  const groupSizes = new Map([...inHalfGroups].map((t) => [t.name.replace(/\.weight$/, ""), HALF_GROUP]));
+  if (ours.length === 0 && tensors.length === header.tensors.length) return { ...mx.loadGGUF(path), groupSizes };
   const dir = mkdtempSync(join(tmpdir(), "mlx-gguf-"));
   let loaded: LoadedFile;
   try {
@@ -93,7 +124,13 @@ export function* loadGGUFTensorSteps(
   try {
     for (const t of ours) {
       const prefix = t.name.replace(/\.weight$/, "");
-      if (t.type in ourAffineBits) {
+      if (inHalfGroups.has(t)) {
+        // Exact float32 scales (a float16 times an int8): float16 would round them.
+        const { weight, scales, biases } = mx.readGGUFAffine(blocksOf(path, header.dataStart, t));
+        loaded.tensors.set(t.name, weight);
+        loaded.tensors.set(`${prefix}.scales`, scales);
+        loaded.tensors.set(`${prefix}.biases`, biases);
+      } else if (t.type in ourAffineBits) {
         const { weight, scales, biases } = affine(path, header.dataStart, t);
         loaded.tensors.set(t.name, weight);
         loaded.tensors.set(`${prefix}.scales`, scales);
@@ -108,7 +145,7 @@ export function* loadGGUFTensorSteps(
   } finally {
     closeSync(fd);
   }
-  return loaded;
+  return { ...loaded, groupSizes };
 }
 
 /** A tensor of a type in ourAffineBits as MLX's affine layout: codes packed into uint32 words along K, float16 scales and biases. */

@@ -96,7 +96,7 @@ function metaNumber(m: Record<string, MetaValue>, key: string, fallback?: number
   throw new Error(`GGUF metadata '${key}' is missing`);
 }
 
-export function ggufModel(file: LoadedFile): GGUFModel {
+export function ggufModel(file: LoadedFile & { groupSizes?: Map<string, number> }): GGUFModel {
   const m = file.metadata;
   const arch = String(meta(m, "general.architecture") ?? "");
   // Mixtral is a llama with experts to llama.cpp.
@@ -119,6 +119,11 @@ export function ggufModel(file: LoadedFile): GGUFModel {
     const hf = hfTensorName(name, arch);
     if (hf) tensors.set(hf, tensor);
     else tensor.free();
+  }
+  const groupSizes = new Map<string, number>();
+  for (const [prefix, size] of file.groupSizes ?? []) {
+    const hf = hfTensorName(`${prefix}.weight`, arch);
+    if (hf) groupSizes.set(hf.slice(0, -".weight".length), size);
   }
   // llama.cpp stores llama's q/k rows interleaved for its rotary layout; undo that so the
   // weights match the Hugging Face layout that mlx-lm and our model code use.
@@ -167,7 +172,7 @@ export function ggufModel(file: LoadedFile): GGUFModel {
     tie_word_embeddings: !tensors.has("lm_head.weight"),
     bos_token_id: meta(m, "tokenizer.ggml.bos_token_id"),
     eos_token_id: eos.length === 1 ? eos[0] : eos,
-    ...quantizationOf(tensors),
+    ...quantizationOf(tensors, groupSizes),
     ...ropeScalingConfig(m, arch),
     ...(arch === "gemma3" ? gemma3Config(m, headDim) : {}),
     ...(experts > 0 ? expertsConfig(m, arch, modelType, experts, tensors) : {}),
@@ -309,7 +314,8 @@ function ropeFrequencies(factors: MxArray, dims: number, base: number): MxArray 
 /**
  * Derives mlx-lm's "quantization" section from the packed shapes: the most common bits as the
  * default, the other layers by name. Every GGUF type MLX keeps quantized uses groups of 32;
- * `groupSizes` names layers quantized otherwise (re-quantized by `mlx convert`). Scales of one
+ * `groupSizes` names layers quantized otherwise (re-quantized by `mlx convert`, or Q6_K's groups
+ * of 16 held for our kernels). Scales of one
  * byte each are MX FP4's (mode mxfp4), float ones affine.
  */
 export function quantizationOf(

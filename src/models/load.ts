@@ -8,7 +8,7 @@ import type { MxArray } from "../mlx";
 import { buildModel, parseConfig, Weights, type DecoderModel, type ModelConfig } from "./index";
 import { LANGUAGE_MODEL_PREFIX, VISION_PREFIXES, type QuantConfig } from "./config";
 import { ggufModel, isGGUFFile } from "./gguf";
-import { readGGUFHeader, refuseSplitGGUF } from "./gguf-header";
+import { readGGUFHeader, refuseSplitGGUF, type GGUFTensorInfo } from "./gguf-header";
 import { keptQuantizedTypes, loadGGUFTensorSteps } from "./gguf-tensors";
 import { runSteps, runStepsAsync, type Steps } from "../event-loop";
 import { Tokenizer } from "../tokenizer/tokenizer";
@@ -169,7 +169,10 @@ function* loadGGUFFile(file: string, stage?: Stage, shard?: Shard): Steps<Loaded
     Tokenizer.fromGGUFMetadataSteps(gguf.metadata as Record<string, unknown>, file),
   );
   yield;
-  const dequantized = [...header.tensorTypes.keys()].filter((t) => !keptQuantizedTypes.has(t));
+  const kept = (t: GGUFTensorInfo) =>
+    keptQuantizedTypes.has(t.type) || loaded.groupSizes.has(t.name.replace(/\.weight$/, ""));
+  const held = header.tensors.filter((t) => !stage || stageHolds(stage, t.name));
+  const dequantized = [...new Set(held.filter((t) => !kept(t)).map((t) => t.type))];
   const quantizedTypes = [...keptQuantizedTypes].filter((t) => !/^B?F\d+$/.test(t));
   const notes =
     dequantized.length > 0

@@ -93,12 +93,22 @@ mx::array quantized_matmul(const mx::array& x, const mx::array& w, const mx::arr
 // An affine-quantized weight (transposed, MLX's layout) with its scales and biases.
 using QuantizedWeight = std::tuple<mx::array, mx::array, mx::array>;
 
+// mx::dequantize, and also of 8-bit weights in groups of 16 (GGUF's Q6_K as the loader keeps it
+// for our kernels), which MLX's op refuses: in MLX's layout, of the scales' type unless `dtype`.
+mx::array dequantize_affine(const mx::array& w, const mx::array& scales, const std::optional<mx::array>& biases,
+                            int group, int bits, std::optional<mx::Dtype> dtype);
+
 // The weight repacked for our int16 decode rows (kRepackColumns in quantized_matmul.h: same bytes,
 // marked int32), where our kernels are on for the default stream and read that layout for it on
 // this CPU (AVX-512 VNNI in the default int16 mode, 4 bits, rows a multiple of 16); else nothing.
 // Only our quantized matmul reads the result (unevaluated: a transpose of the weights).
 std::optional<QuantizedWeight> repack_for_kernels(const mx::array& w, const mx::array& scales,
                                                   const mx::array& biases, int group, int bits);
+
+// Whether a product of `rows` outputs runs on our kernels in 8-bit groups of 16 (kHalfGroup), so
+// that a GGUF's Q6_K weights may stay quantized: our kernels on for the default stream, and its
+// weights repacked for the int16 rows (as repack_for_kernels).
+bool reads_half_groups(int rows);
 
 // Rows `ids` (any shape) of a weight in MLX's layout or repacked, in MLX's layout ([...ids, ·]):
 // an embedding's lookup.

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <unordered_map>
 #include <vector>
 
@@ -214,6 +215,13 @@ void run(const mx::array& x, const mx::array& w, const mx::array& scales, const 
   else if (out.dtype() == mx::bfloat16) from_float(yp, out.data<mx::bfloat16_t>(), out.size());
 }
 
+// x · wᵀ's shape: x's with its last dimension w's rows.
+mx::Shape output_shape(const mx::array& x, const mx::array& w) {
+  mx::Shape shape = x.shape();
+  shape.back() = w.shape(0);
+  return shape;
+}
+
 class QuantizedMatmul : public mx::UnaryPrimitive {
  public:
   QuantizedMatmul(mx::Stream stream, int group, int bits) : mx::UnaryPrimitive(stream), group_(group), bits_(bits) {}
@@ -242,9 +250,7 @@ class QuantizedMatmul : public mx::UnaryPrimitive {
   }
 
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
-    mx::Shape shape = inputs[0].shape();
-    shape.back() = inputs[1].shape(0);
-    return {shape};
+    return {output_shape(inputs[0], inputs[1])};
   }
 
  private:
@@ -256,7 +262,10 @@ class QuantizedMatmul : public mx::UnaryPrimitive {
 bool supported(const mx::array& x, const mx::array& w, const mx::array& scales, const std::optional<mx::array>& biases,
                bool transpose, int group, int bits, const std::string& mode) {
   if (mode != "affine" || !transpose || !biases || (bits != 4 && bits != 8)) return false;
-  if (group != 32 && group != 64 && group != 128) return false;
+  // Groups of 16: only the int16 kernel on repacked weights, whose blocks of 32 a row must fill.
+  if (group == kHalfGroup ? !(bits == 8 && is_repacked(w) && x.shape(-1) % 32 == 0)
+                          : group != 32 && group != 64 && group != 128)
+    return false;
   if (!float_type(x.dtype()) || !float_type(scales.dtype()) || biases->dtype() != scales.dtype()) return false;
   if (w.ndim() != 2 || scales.ndim() != 2 || x.ndim() < 1) return false;
   const int K = x.shape(-1), N = w.shape(0);
@@ -350,10 +359,15 @@ std::optional<QuantizedWeight> repack_for_kernels(const mx::array& w, const mx::
   if (w.ndim() != 2 || w.dtype() != mx::uint32 || !repack_readable(w.shape(0), bits)) return std::nullopt;
   if (!enabled_on(mx::default_stream(mx::default_device()))) return std::nullopt;
   const int N = w.shape(0), K = w.shape(1) * 32 / bits;
-  if (K % group != 0 || (group != 32 && group != 64 && group != 128) || !float_type(scales.dtype()) ||
+  const bool group_read = group == kHalfGroup ? bits == 8 && K % 32 == 0 : group == 32 || group == 64 || group == 128;
+  if (K % group != 0 || !group_read || !float_type(scales.dtype()) ||
       biases.dtype() != scales.dtype() || scales.shape() != mx::Shape{N, K / group} || biases.shape() != scales.shape())
     return std::nullopt;
   return QuantizedWeight{mx::view(interleave(w, false), mx::int32), interleave(scales, false), interleave(biases, false)};
+}
+
+bool reads_half_groups(int rows) {
+  return repack_readable(rows, 8) && enabled_on(mx::default_stream(mx::default_device()));
 }
 
 QuantizedWeight take_quantized_rows(const QuantizedWeight& weight, const mx::array& ids) {
@@ -378,6 +392,23 @@ QuantizedWeight mlx_layout(const QuantizedWeight& weight) {
   const auto& [w, scales, biases] = weight;
   if (!is_repacked(w)) return weight;
   return {mx::view(interleave(w, true), mx::uint32), interleave(scales, true), interleave(biases, true)};
+}
+
+mx::array dequantize_affine(const mx::array& w, const mx::array& scales, const std::optional<mx::array>& biases,
+                            int group, int bits, std::optional<mx::Dtype> dtype) {
+  if (group != kHalfGroup || bits != 8 || !biases)
+    return mx::dequantize(w, scales, biases, group, bits, "affine", std::nullopt, dtype);
+  // As MLX's op, refuse what is not MLX's layout (repacked weights are marked int32).
+  if (w.dtype() != mx::uint32 || w.ndim() < 2 || scales.shape() != biases->shape() ||
+      static_cast<int64_t>(w.shape(-1)) * 4 != static_cast<int64_t>(scales.shape(-1)) * group)
+    throw std::invalid_argument("[dequantize] 8-bit weights in groups of 16 must be uint32 words in MLX's layout");
+  // Each byte a code, each group's codes times its scale plus its bias, in the scales' type.
+  const mx::Dtype type = dtype.value_or(scales.dtype());
+  mx::Shape grouped = scales.shape();
+  grouped.push_back(group);
+  const mx::array codes = mx::reshape(mx::astype(mx::view(w, mx::uint8), scales.dtype()), grouped);
+  const mx::array values = mx::add(mx::multiply(codes, mx::expand_dims(scales, -1)), mx::expand_dims(*biases, -1));
+  return mx::astype(mx::flatten(values, -2, -1), type);
 }
 
 namespace {
@@ -419,6 +450,14 @@ mx::array quantized_matmul(const mx::array& x, const mx::array& w, const mx::arr
   mx::Stream stream = mx::default_stream(mx::default_device());
   const bool ours = enabled_on(stream) && supported(x, w, scales, biases, transpose, group, bits, mode);
   const bool repacked = is_repacked(w) && biases.has_value();
+  if (group == kHalfGroup && mode == "affine" && transpose && biases) {
+    // MLX's op refuses groups of 16: our kernel, or the product with the weights dequantized.
+    if (ours)
+      return mx::array(output_shape(x, w), mx::promote_types(x.dtype(), scales.dtype()),
+                       std::make_shared<QuantizedMatmul>(stream, group, bits), {x, w, scales, *biases});
+    const auto [mlx_w, mlx_scales, mlx_biases] = mlx_layout({w, scales, *biases});
+    return mx::matmul(x, mx::transpose(dequantize_affine(mlx_w, mlx_scales, mlx_biases, group, bits, std::nullopt)));
+  }
   if (repacked && !ours) {
     const auto [mlx_w, mlx_scales, mlx_biases] = mlx_layout_for_mlx_op(w, scales, *biases, enabled_on(stream));
     return mx::quantized_matmul(x, mlx_w, mlx_scales, mlx_biases, transpose, group, bits, mode);

@@ -8,6 +8,10 @@ namespace kernels {
 
 enum class ScaleType { f32, f16, bf16 };
 
+// Groups of 16 (GGUF's Q6_K, 8-bit codes): MLX's ops refuse them; only the int16 kernel on
+// repacked weights reads them, with a scale per half of each block of 32.
+constexpr int kHalfGroup = 16;
+
 // One product, in the form the per-instruction-set kernels take. Rows are contiguous.
 struct QmmProblem {
   const float* x;          // [M, K] activations, fp32

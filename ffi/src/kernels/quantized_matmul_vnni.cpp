@@ -344,13 +344,17 @@ void int16_tile(const QmmProblem& p, int n0, int n1) {
 // (the rows' float accumulators, touched once per block, are kept on the stack instead). Each
 // column's operations are the same whatever NC, so NC changes no bit. Faster on weights in L2
 // (a prompt's slices), slower on weights streamed from memory (a decode step's; bench/RESULTS.md).
-template <int Bits, ScaleType S, bool Symmetric, int MR, int NC>
+// HalfGroups (8 bits, groups of kHalfGroup): each half of a block is a group, its int32 sums
+// converted and scaled on their own, and its bias added at once.
+template <int Bits, ScaleType S, bool Symmetric, int MR, int NC, bool HalfGroups = false>
 void repacked_rows(const QmmProblem& p, int n0, int n1) {
+  static_assert(!HalfGroups || Bits == 8, "groups of 16 are 8-bit only");
   constexpr int per_dword = 32 / Bits, pairs = per_dword / 2, block_vectors = Bits;
+  constexpr int parts = HalfGroups ? 2 : 1, part_vectors = block_vectors / parts;
   constexpr int chains = MR * NC >= 4 ? 1 : 4 / (MR * NC);
   const int K = p.K, groups = K / p.group, vectors = K / per_dword, blocks = K / 32;
-  // Blocks of 32 per group, a power of two (groups of 32, 64 or 128).
-  const int group_blocks = p.group / 32;
+  // Blocks of 32 per group, a power of two (groups of 32, 64 or 128; a half group counts as one).
+  const int group_blocks = HalfGroups ? 1 : p.group / 32;
   const __m512i mask = _mm512_set1_epi32(Bits == 4 ? 0x000F000F : 0x00FF00FF);
   // Row r's pairs of x as dwords, from r · K / 2.
   const int32_t* x = reinterpret_cast<const int32_t*>(p.x_int16);
@@ -364,69 +368,72 @@ void repacked_rows(const QmmProblem& p, int n0, int n1) {
 #pragma GCC unroll 2
       for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_setzero_ps();
     for (int block = 0; block < blocks; ++block) {
-      __m512i dot[MR][NC][chains];
-#pragma GCC unroll 8
-      for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 2
-        for (int c = 0; c < NC; ++c)
-#pragma GCC unroll 4
-          for (int h = 0; h < chains; ++h) dot[r][c][h] = _mm512_setzero_si512();
+      for (int part = 0; part < parts; ++part) {
+        __m512i dot[MR][NC][chains];
 #pragma GCC unroll 8
-      for (int i = 0; i < block_vectors; ++i) {
-        const int vector = block * block_vectors + i;
-        __m512i v[NC];
-#pragma GCC unroll 2
-        for (int c = 0; c < NC; ++c) {
-          _mm_prefetch(reinterpret_cast<const char*>(w + c * vectors + vector + ahead), _MM_HINT_T0);
-          v[c] = _mm512_loadu_si512(w + c * vectors + vector);
-        }
-#pragma GCC unroll 4
-        for (int t = 0; t < pairs; ++t) {
-          __m512i q[NC];
+        for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 2
           for (int c = 0; c < NC; ++c)
-            // The top pair of each word needs no mask: a 16-bit shift leaves it alone.
-            q[c] = t == 0           ? _mm512_and_si512(v[c], mask)
-                   : t == pairs - 1 ? _mm512_srli_epi16(v[c], Bits * t)
-                                    : _mm512_and_si512(_mm512_srli_epi32(v[c], Bits * t), mask);
-          const int pair = vector * pairs + t, h = (i * pairs + t) % chains;
+#pragma GCC unroll 4
+            for (int h = 0; h < chains; ++h) dot[r][c][h] = _mm512_setzero_si512();
 #pragma GCC unroll 8
-          for (int r = 0; r < MR; ++r) {
-            const __m512i xr = _mm512_set1_epi32(x[static_cast<long>(r) * K / 2 + pair]);
+        for (int i = part * part_vectors; i < (part + 1) * part_vectors; ++i) {
+          const int vector = block * block_vectors + i;
+          __m512i v[NC];
 #pragma GCC unroll 2
-            for (int c = 0; c < NC; ++c) dot[r][c][h] = _mm512_dpwssd_epi32(dot[r][c][h], q[c], xr);
+          for (int c = 0; c < NC; ++c) {
+            _mm_prefetch(reinterpret_cast<const char*>(w + c * vectors + vector + ahead), _MM_HINT_T0);
+            v[c] = _mm512_loadu_si512(w + c * vectors + vector);
+          }
+#pragma GCC unroll 4
+          for (int t = 0; t < pairs; ++t) {
+            __m512i q[NC];
+#pragma GCC unroll 2
+            for (int c = 0; c < NC; ++c)
+              // The top pair of each word needs no mask: a 16-bit shift leaves it alone.
+              q[c] = t == 0           ? _mm512_and_si512(v[c], mask)
+                     : t == pairs - 1 ? _mm512_srli_epi16(v[c], Bits * t)
+                                      : _mm512_and_si512(_mm512_srli_epi32(v[c], Bits * t), mask);
+            const int pair = vector * pairs + t, h = (i * pairs + t) % chains;
+#pragma GCC unroll 8
+            for (int r = 0; r < MR; ++r) {
+              const __m512i xr = _mm512_set1_epi32(x[static_cast<long>(r) * K / 2 + pair]);
+#pragma GCC unroll 2
+              for (int c = 0; c < NC; ++c) dot[r][c][h] = _mm512_dpwssd_epi32(dot[r][c][h], q[c], xr);
+            }
           }
         }
-      }
-      const int g = block / group_blocks;
-      // Where block b + c's scales and biases of group g start.
-      const auto at = [&](int c) { return ((static_cast<long>(b) + c) * groups + g) * kRepackColumns; };
-      __m512 s[NC];
+        const int g = HalfGroups ? 2 * block + part : block / group_blocks;
+        // Where block b + c's scales and biases of group g start.
+        const auto at = [&](int c) { return ((static_cast<long>(b) + c) * groups + g) * kRepackColumns; };
+        __m512 s[NC];
 #pragma GCC unroll 2
-      for (int c = 0; c < NC; ++c) s[c] = lane_biases<S>(p.scales, at(c), 0xFFFF);
+        for (int c = 0; c < NC; ++c) s[c] = lane_biases<S>(p.scales, at(c), 0xFFFF);
 #pragma GCC unroll 8
-      for (int r = 0; r < MR; ++r) {
-        const __m512 step = _mm512_set1_ps(p.x_int16_steps[static_cast<long>(r) * blocks + block]);
+        for (int r = 0; r < MR; ++r) {
+          const __m512 step = _mm512_set1_ps(p.x_int16_steps[static_cast<long>(r) * blocks + block]);
 #pragma GCC unroll 2
-        for (int c = 0; c < NC; ++c) {
-          __m512i sum = dot[r][c][0];
+          for (int c = 0; c < NC; ++c) {
+            __m512i sum = dot[r][c][0];
 #pragma GCC unroll 4
-          for (int h = 1; h < chains; ++h) sum = _mm512_add_epi32(sum, dot[r][c][h]);
-          acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(s[c], step), acc[r][c]);
+            for (int h = 1; h < chains; ++h) sum = _mm512_add_epi32(sum, dot[r][c][h]);
+            acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(s[c], step), acc[r][c]);
+          }
         }
-      }
-      if ((block + 1) % group_blocks != 0) continue;
-      // The codes are unsigned: symmetric weights' offset, -2^(Bits-1) · scale, is their bias.
-      __m512 bias[NC];
+        if ((block + 1) % group_blocks != 0) continue;
+        // The codes are unsigned: symmetric weights' offset, -2^(Bits-1) · scale, is their bias.
+        __m512 bias[NC];
 #pragma GCC unroll 2
-      for (int c = 0; c < NC; ++c)
-        bias[c] = Symmetric ? _mm512_mul_ps(s[c], _mm512_set1_ps(-static_cast<float>(1 << (Bits - 1))))
-                            : lane_biases<S>(p.biases, at(c), 0xFFFF);
+        for (int c = 0; c < NC; ++c)
+          bias[c] = Symmetric ? _mm512_mul_ps(s[c], _mm512_set1_ps(-static_cast<float>(1 << (Bits - 1))))
+                              : lane_biases<S>(p.biases, at(c), 0xFFFF);
 #pragma GCC unroll 8
-      for (int r = 0; r < MR; ++r) {
-        const __m512 sums = _mm512_set1_ps(p.x_group_sums[static_cast<long>(r) * groups + g]);
+        for (int r = 0; r < MR; ++r) {
+          const __m512 sums = _mm512_set1_ps(p.x_group_sums[static_cast<long>(r) * groups + g]);
 #pragma GCC unroll 2
-        for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_fmadd_ps(bias[c], sums, acc[r][c]);
+          for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_fmadd_ps(bias[c], sums, acc[r][c]);
+        }
       }
     }
 #pragma GCC unroll 8
@@ -445,9 +452,9 @@ void repacked_pairs(const QmmProblem& p, int n0, int n1) {
   if (paired < n1) repacked_rows<Bits, S, Symmetric, kDirectMaxRows, 1>(p, paired, n1);
 }
 
-template <int Bits, ScaleType S, bool Symmetric>
+template <int Bits, ScaleType S, bool Symmetric, bool HalfGroups>
 void repacked_decode_rows(const QmmProblem& p, int n0, int n1) {
-  with_count<kDirectMaxRows>(p.M, [&]<int MR>() { repacked_rows<Bits, S, Symmetric, MR, 1>(p, n0, n1); });
+  with_count<kDirectMaxRows>(p.M, [&]<int MR>() { repacked_rows<Bits, S, Symmetric, MR, 1, HalfGroups>(p, n0, n1); });
 }
 
 // The weights of a slice of columns that prompt rows read while they stay in L2.
@@ -457,9 +464,9 @@ constexpr long kPromptSliceBytes = 256 * 1024;
 // over slices of columns whose weights stay in L2 while every chunk reads them (4-bit chunks of 8
 // by pairs of blocks). Each row takes the operations it takes alone, so a prompt's row gives the
 // bits a decode step gives it.
-template <int Bits, ScaleType S, bool Symmetric>
+template <int Bits, ScaleType S, bool Symmetric, bool HalfGroups>
 void repacked_tile(const QmmProblem& p, int n0, int n1) {
-  if (p.M <= kDirectMaxRows) return repacked_decode_rows<Bits, S, Symmetric>(p, n0, n1);
+  if (p.M <= kDirectMaxRows) return repacked_decode_rows<Bits, S, Symmetric, HalfGroups>(p, n0, n1);
   const long column_bytes = static_cast<long>(p.K) * Bits / 8;
   // Whole pairs of blocks (repacked_pairs), as the tasks' columns are (kPanelMaxColumns).
   const int slice = std::max<long>(1, kPromptSliceBytes / column_bytes / (2 * kRepackColumns)) * 2 * kRepackColumns;
@@ -474,7 +481,7 @@ void repacked_tile(const QmmProblem& p, int n0, int n1) {
       rows.x_group_sums += static_cast<long>(r0) * groups;
       rows.y += static_cast<long>(r0) * p.N;
       if (Bits == 4 && rows.M == kDirectMaxRows) repacked_pairs<Bits, S, Symmetric>(rows, s0, s1);
-      else repacked_decode_rows<Bits, S, Symmetric>(rows, s0, s1);
+      else repacked_decode_rows<Bits, S, Symmetric, HalfGroups>(rows, s0, s1);
     }
   }
 }
@@ -482,11 +489,14 @@ void repacked_tile(const QmmProblem& p, int n0, int n1) {
 template <ScaleType S>
 void repacked_tile(const QmmProblem& p, int n0, int n1) {
   if (p.bits == 4) {
-    if (p.symmetric) repacked_tile<4, S, true>(p, n0, n1);
-    else repacked_tile<4, S, false>(p, n0, n1);
+    if (p.symmetric) repacked_tile<4, S, true, false>(p, n0, n1);
+    else repacked_tile<4, S, false, false>(p, n0, n1);
+  } else if (p.group == kHalfGroup) {
+    if (p.symmetric) repacked_tile<8, S, true, true>(p, n0, n1);
+    else repacked_tile<8, S, false, true>(p, n0, n1);
   } else {
-    if (p.symmetric) repacked_tile<8, S, true>(p, n0, n1);
-    else repacked_tile<8, S, false>(p, n0, n1);
+    if (p.symmetric) repacked_tile<8, S, true, false>(p, n0, n1);
+    else repacked_tile<8, S, false, false>(p, n0, n1);
   }
 }
 
@@ -606,8 +616,13 @@ void quantize_rows_int16_pairs(const float* x, int M, int K, int bits, int group
           _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(qa)), _mm512_cvtepi32_epi16(qb), 1);
       _mm512_storeu_si512(x_pairs + at, _mm512_permutexvar_epi16(pair_order, words));
       steps[static_cast<long>(r) * blocks + block] = step;
-      group_sums[static_cast<long>(r) * groups + 32 * block / group] +=
-          step * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb)));
+      float* sums = group_sums + static_cast<long>(r) * groups;
+      if (group == kHalfGroup) {
+        sums[2 * block] = step * static_cast<float>(_mm512_reduce_add_epi32(qa));
+        sums[2 * block + 1] = step * static_cast<float>(_mm512_reduce_add_epi32(qb));
+      } else {
+        sums[32 * block / group] += step * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb)));
+      }
     }
   }
 }

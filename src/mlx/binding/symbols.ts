@@ -83,6 +83,7 @@ export const symbols = {
 
   mlxs_quantized_matmul: { args: [p, p, p, p, p, i32, i32, i32, cstring], returns: i32 },
   mlxs_use_cpu_kernels: { args: [i32], returns: i32 },
+  mlxs_kernels_read_half_groups: { args: [i32], returns: i32 },
   mlxs_cpu_kernels_describe: { args: [], returns: cstring },
   mlxs_quantize: { args: [p, p, p, p, i32, i32, cstring], returns: i32 },
   mlxs_dequantize: { args: [p, p, p, p, i32, i32, cstring, i32], returns: i32 },

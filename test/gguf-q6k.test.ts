@@ -1,0 +1,68 @@
+// A GGUF whose matrices are Q6_K (as a Q6_K file is, and the output layers and half the down
+// projections of a Q4_K_M one): where our CPU kernels run 8-bit products in groups of 16, its
+// matrices stay quantized in Q6_K's own groups of 16 (exactly, float32 scales), through every
+// fused block op and the tied embedding's lookup; elsewhere they are dequantized at load, as
+// before. Either way the model answers as the same weights in float32 do.
+import { afterAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import * as mx from "../src/mlx";
+import { loadModel } from "../src/models/load";
+import { tinyLlamaGGUF, writeGGUF } from "./helpers/gguf-writer";
+import { firstStepLogits, greedy } from "./helpers/parity";
+
+const work = mkdtempSync(join(tmpdir(), "mlx-q6k-"));
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+/** A seeded uniform generator (mulberry32), so a failure reproduces. */
+function seeded(seed: number): () => number {
+  return () => {
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+describe("a Q6_K GGUF", () => {
+  // Rows of 256 (Q6_K's blocks), and outputs a multiple of 16 (the kernels' repacked columns).
+  const { metadata, tensors } = tinyLlamaGGUF(
+    { hidden: 256, heads: 4, kvHeads: 2, ffn: 512, layers: 2, type: "Q6_K" },
+    seeded(6),
+  );
+  const [q6k, f32] = [join(work, "q6k.gguf"), join(work, "f32.gguf")];
+  writeGGUF(q6k, metadata, tensors);
+  writeGGUF(
+    f32,
+    { ...metadata, "general.file_type": 0 },
+    tensors.map((t) => ({ ...t, type: "F32" })),
+  );
+
+  test("its matrices stay 8-bit in groups of 16 where our kernels run them, and it answers as its values in float32", () => {
+    const [quantized, reference] = [loadModel(q6k), loadModel(f32)];
+    try {
+      const halfGroups = mx.cpuKernelsReadHalfGroups(16);
+      for (const layer of ["model.layers.0.self_attn.o_proj", "model.layers.1.mlp.down_proj", "model.embed_tokens"])
+        expect([layer, quantized.weights.quantFor(layer)]).toEqual([
+          layer,
+          halfGroups ? { bits: 8, groupSize: 16, mode: "affine" } : undefined,
+        ]);
+      expect(quantized.notes.join("\n")).toEqual(
+        halfGroups ? "" : expect.stringContaining("its Q6_K tensors were dequantized to 16-bit at load time"),
+      );
+      if (halfGroups) expect(quantized.weightBytes).toBeLessThan(reference.weightBytes / 2);
+      const prompt = quantized.tokenizer.encode("The quick brown fox jumps over the lazy dog");
+      const ids = Array.from({ length: 64 }, (_, i) => i * 701);
+      const [ours, theirs] = [firstStepLogits(quantized, prompt, ids), firstStepLogits(reference, prompt, ids)];
+      const largest = Math.max(...theirs.map(Math.abs));
+      ours.forEach((v, i) => expect(Math.abs(v - theirs[i]!)).toBeLessThan(1e-3 * largest + 1e-3));
+      expect(greedy(quantized, prompt, 12, { untilEos: false })).toEqual(
+        greedy(reference, prompt, 12, { untilEos: false }),
+      );
+    } finally {
+      quantized.free();
+      reference.free();
+    }
+  }, 120_000);
+});
