@@ -30,7 +30,7 @@ const ourDequantizedTypes = ["Q3_K", "IQ4_NL", "IQ4_XS"];
 const mlxReads = new Set([...nativeTensorTypes, "Q2_K", "Q6_K"]);
 
 /** The values a scale covers where our CPU kernels hold a type in groups of 16 (8-bit codes). */
-export const HALF_GROUP = 16;
+const HALF_GROUP = 16;
 
 /**
  * Whether tensor t stays quantized as 8-bit codes in groups of 16 (Q6_K's own groups, exactly):
@@ -39,6 +39,7 @@ export const HALF_GROUP = 16;
 export function heldInHalfGroups(t: GGUFTensorInfo): boolean {
   return t.type === "Q6_K" && t.dims.length === 2 && mx.cpuKernelsReadHalfGroups(t.dims[1]!);
 }
+
 export const readableTensorTypes = [...mlxReads, ...Object.keys(ourAffineBits), ...ourDequantizedTypes, "MXFP4"];
 /** Types whose tensors come quantized (weight, scales and maybe biases), not as floats. */
 export const keptQuantizedTypes = new Set([...nativeTensorTypes, "MXFP4", ...Object.keys(ourAffineBits)]);
