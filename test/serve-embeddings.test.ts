@@ -11,10 +11,11 @@ import OpenAI from "openai";
 import type { RunningServer } from "../src/server/app";
 import { resolveModelPath } from "../src/store/resolve";
 import { cliRunner } from "./helpers/cli";
+import { tinyLlamaGGUF, writeGGUF } from "./helpers/gguf-writer";
 import { post, serve } from "./helpers/serve";
 import { tinyDims, writeTinyModel } from "./helpers/tiny-model";
 import { embed, EmbeddingCancelled } from "../src/engine/embed";
-import { ContextLengthError } from "../src/errors";
+import { ContextLengthError, UnsupportedError } from "../src/errors";
 import * as mx from "../src/mlx";
 import { freeCaches, hiddenStates, makeCaches } from "../src/models";
 import { loadModel, type LoadedModel } from "../src/models/load";
@@ -345,6 +346,51 @@ describe("a sentence-transformers pooling mode not applied here", () => {
   });
 });
 
+describe("a GGUF's pooling (llama.cpp's <arch>.pooling_type)", () => {
+  const root = mkdtempSync(join(tmpdir(), "mlx-embeddings-gguf-"));
+  const { metadata, tensors } = tinyLlamaGGUF({ hidden: 64, heads: 4, kvHeads: 2, ffn: 128, layers: 2, type: "F32" });
+  /** The same tiny llama, its metadata saying `pooling_type` (llama.cpp's enum) or nothing. */
+  const gguf = (name: string, poolingType?: number) => {
+    const path = join(root, `${name}.gguf`);
+    writeGGUF(path, poolingType === undefined ? metadata : { ...metadata, "llama.pooling_type": poolingType }, tensors);
+    return path;
+  };
+  const text = "Hello there, friend";
+
+  test("mean (1), CLS (2) and last (3) pool as they say; a GGUF that says none pools the last token", async () => {
+    const cases: [string, number | undefined, "mean" | "cls" | "last"][] = [
+      ["mean", 1, "mean"],
+      ["cls", 2, "cls"],
+      ["last", 3, "last"],
+      ["unsaid", undefined, "last"],
+    ];
+    for (const [name, poolingType, pooling] of cases) {
+      const lm = loadModel(gguf(name, poolingType));
+      const [vector] = (await embed(lm, [text])).vectors;
+      const expected = onePass(lm, lm.tokenizer.encode(text, { addSpecialTokens: true }), pooling);
+      expect([name, vector!.length]).toEqual([name, expected.length]);
+      expected.forEach((x, i) => expect(vector![i]!).toBeCloseTo(x, 5));
+      lm.free();
+    }
+  });
+
+  test("none (0) and rank (4) are refused naming the key once an embedding is asked for (a 400 on the server)", async () => {
+    for (const [name, poolingType, meaning] of [
+      ["none", 0, "none"],
+      ["rank", 4, "rank"],
+    ] as const) {
+      const path = gguf(name, poolingType);
+      const expected = `${path}: its llama.pooling_type is ${poolingType} (${meaning}), which embeddings here do not apply (only 1 mean, 2 cls or 3 last)`;
+      const lm = loadModel(path);
+      await expect(embed(lm, [text])).rejects.toThrow(new UnsupportedError(expected, "model"));
+      lm.free();
+      const r = await post(`${server.url}/v1/embeddings`, { model: path, input: text });
+      expect([r.status, r.json.error]).toMatchObject([400, { message: expected, param: "model" }]);
+    }
+    expect((await openai.embeddings.create({ model, input: "Hello" })).data).toHaveLength(1);
+  });
+});
+
 describe("the request timeout", () => {
   test("bounds an embedding request as it bounds a generation: a 504 once it passes, on both routes", async () => {
     // The model loaded first; then 2,048 inputs, a pass each, take far longer than 200 ms.
@@ -460,6 +506,24 @@ describe("the default model", () => {
 });
 
 /** What `work` resolves to, and how many turns the event loop took meanwhile (the yields it made). */
+/** The pooled hidden states of one pass over all of `ids`, normalised: what embed must give, chunked or not. */
+function onePass(lm: LoadedModel, ids: number[], pooling: "mean" | "last" | "cls"): number[] {
+  // Keys and values in float32, as embed keeps them.
+  const caches = makeCaches(lm.model).map((cache) => Object.assign(cache, { keepsActivationsDtype: true }));
+  const vector = mx.scope(() => {
+    const h = mx.astype(
+      hiddenStates(lm.model, mx.array(Int32Array.from(ids), [1, ids.length]), caches),
+      mx.Dtype.float32,
+    );
+    const position = (p: number) => mx.slice(h, [0, p, 0], [1, p + 1, h.shape[2]!]);
+    const pooled = pooling === "mean" ? mx.mean(h, [1]) : position(pooling === "cls" ? 0 : ids.length - 1);
+    return mx.reshape(pooled, [-1]).toArray();
+  });
+  freeCaches(caches);
+  const n = norm(vector);
+  return vector.map((x) => x / n);
+}
+
 async function countingTurns<T>(work: () => Promise<T>): Promise<{ result: T; turns: number }> {
   let turns = 0;
   let ticking = true;
@@ -481,36 +545,18 @@ describe("a long input", () => {
   const root = mkdtempSync(join(tmpdir(), "mlx-embeddings-long-"));
   const ids = Array.from({ length: 1300 }, (_, i) => 5 + ((i * 37) % 400));
 
-  /** The pooled hidden states of one pass over all of `ids`, normalised: what chunking must give. */
-  const onePass = (lm: LoadedModel, pooling: "mean" | "last") => {
-    // Keys and values in float32, as embed keeps them.
-    const caches = makeCaches(lm.model).map((cache) => Object.assign(cache, { keepsActivationsDtype: true }));
-    const vector = mx.scope(() => {
-      const h = mx.astype(
-        hiddenStates(lm.model, mx.array(Int32Array.from(ids), [1, ids.length]), caches),
-        mx.Dtype.float32,
-      );
-      const pooled =
-        pooling === "mean" ? mx.mean(h, [1]) : mx.slice(h, [0, ids.length - 1, 0], [1, ids.length, h.shape[2]!]);
-      return mx.reshape(pooled, [-1]).toArray();
-    });
-    freeCaches(caches);
-    const n = norm(vector);
-    return vector.map((x) => x / n);
-  };
-
   test("is pooled a chunk at a time as in one pass (mean and last token)", async () => {
     writeTinyModel(join(root, "last"), { contextLength: 2048 });
     const last = loadModel(join(root, "last"));
     const [chunked] = (await embed(last, [ids])).vectors;
-    onePass(last, "last").forEach((x, i) => expect(chunked![i]!).toBeCloseTo(x, 4));
+    onePass(last, ids, "last").forEach((x, i) => expect(chunked![i]!).toBeCloseTo(x, 4));
     last.free();
     cpSync(join(root, "last"), join(root, "mean"), { recursive: true });
     cpSync(join(meanModel, "modules.json"), join(root, "mean", "modules.json"));
     cpSync(join(meanModel, "1_Pooling"), join(root, "mean", "1_Pooling"), { recursive: true });
     const mean = loadModel(join(root, "mean"));
     const [pooled] = (await embed(mean, [ids])).vectors;
-    onePass(mean, "mean").forEach((x, i) => expect(pooled![i]!).toBeCloseTo(x, 4));
+    onePass(mean, ids, "mean").forEach((x, i) => expect(pooled![i]!).toBeCloseTo(x, 4));
     mean.free();
   });
 

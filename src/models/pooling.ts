@@ -1,9 +1,11 @@
 // How a model's hidden states become one embedding: a sentence-transformers directory says so
-// in modules.json and its Pooling module's config.json (e.g. 1_Pooling/config.json); any other
-// model is pooled on its last token, as decoder embedding models (Qwen3-Embedding, e5-mistral) are.
+// in modules.json and its Pooling module's config.json (e.g. 1_Pooling/config.json), a GGUF in
+// llama.cpp's <arch>.pooling_type; any other model is pooled on its last token, as decoder
+// embedding models (Qwen3-Embedding, e5-mistral) are.
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { UnsupportedError } from "../errors";
+import { readGGUFHeader } from "./gguf-header";
 import { ModelLoadError } from "./load";
 import { poolingConfigOf } from "../store/model-files";
 
@@ -16,13 +18,18 @@ const POOLING_MODES: [string, Pooling][] = [
   ["pooling_mode_max_tokens", "max"],
 ];
 
+/** llama.cpp's llama_pooling_type (a GGUF's <arch>.pooling_type): the ones applied here, the others' names. */
+const GGUF_POOLINGS: Record<number, Pooling> = { 1: "mean", 2: "cls", 3: "last" };
+const GGUF_POOLING_NAMES: Record<number, string> = { 0: "none", 4: "rank" };
+
 /** The sentence-transformers modules an embedding here applies: the model itself, its pooling, L2 normalisation (always). */
 const APPLIED_MODULES = ["models.Transformer", "models.Pooling", "models.Normalize"];
 
 /** The pooling of the model at `path` (a directory or a GGUF file). */
 export function modelPooling(path: string): Pooling {
+  if (!statSync(path).isDirectory()) return ggufPooling(path);
   const modulesPath = join(path, "modules.json");
-  if (!statSync(path).isDirectory() || !existsSync(modulesPath)) return "last";
+  if (!existsSync(modulesPath)) return "last";
   const modules = readJsonFile(modulesPath);
   // A module past the pooling that changes the vector (Dense, LayerNorm, ...) is not applied here:
   // refused, rather than giving the pooled vector as if it were the model's embedding.
@@ -53,6 +60,25 @@ export function modelPooling(path: string): Pooling {
       `${path}: the sentence-transformers pooling must set exactly one of ${POOLING_MODES.map(([k]) => k).join(", ")}`,
     );
   return modes[0]!;
+}
+
+/**
+ * The pooling a GGUF's metadata names, as llama.cpp reads it (Qwen3-Embedding's GGUFs say last,
+ * nomic-embed's mean); the last token where it names none. No pooling (a vector per token) and
+ * rank (a reranker's score) are refused, rather than pooled some other way.
+ */
+function ggufPooling(path: string): Pooling {
+  const { metadata } = readGGUFHeader(path);
+  const key = `${metadata.get("general.architecture")}.pooling_type`;
+  const type = metadata.get(key);
+  if (type === undefined) return "last";
+  const pooling = typeof type === "number" ? GGUF_POOLINGS[type] : undefined;
+  if (pooling) return pooling;
+  const name = typeof type === "number" ? (GGUF_POOLING_NAMES[type] ?? "unknown") : "not a number";
+  throw new UnsupportedError(
+    `${path}: its ${key} is ${JSON.stringify(type)} (${name}), which embeddings here do not apply (only 1 mean, 2 cls or 3 last)`,
+    "model",
+  );
 }
 
 /**
