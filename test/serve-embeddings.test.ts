@@ -346,6 +346,66 @@ describe("a sentence-transformers pooling mode not applied here", () => {
   });
 });
 
+describe("a sentence-transformers model's prompts (config_sentence_transformers.json)", () => {
+  /** The mean-pooled tiny model, with `config` as its config_sentence_transformers.json. */
+  const withPrompts = (name: string, config: unknown) => {
+    const dir = join(home, "..", name);
+    cpSync(meanModel, dir, { recursive: true });
+    writeFileSync(join(dir, "config_sentence_transformers.json"), JSON.stringify(config));
+    return dir;
+  };
+  const prompts = { query: "query: ", document: "passage: " };
+
+  test("the default prompt is put before every text, as SentenceTransformer.encode does; token ids are kept as they are", async () => {
+    const prompted = withPrompts("tiny-prompted", { prompts, default_prompt_name: "query" });
+    const inputs = ["Hello there, friend", "a"];
+    const [got, expected] = await Promise.all([
+      openai.embeddings.create({ model: prompted, input: inputs, encoding_format: "float" }),
+      openai.embeddings.create({ model: meanModel, input: inputs.map((t) => `query: ${t}`), encoding_format: "float" }),
+    ]);
+    expect(got.data.map((d) => d.embedding)).toEqual(expected.data.map((d) => d.embedding));
+    expect(got.usage.prompt_tokens).toBe(expected.usage.prompt_tokens);
+    const ids = [5, 6, 7];
+    const [idsPrompted, idsPlain] = await Promise.all(
+      [prompted, meanModel].map((m) => openai.embeddings.create({ model: m, input: ids, encoding_format: "float" })),
+    );
+    expect(idsPrompted.data[0]!.embedding).toEqual(idsPlain.data[0]!.embedding);
+  });
+
+  test("prompts without a default name are not applied (encode names none); a default name it lacks is an error", async () => {
+    const named = withPrompts("tiny-prompts-only", { prompts });
+    const [got, expected] = await Promise.all(
+      [named, meanModel].map((m) => openai.embeddings.create({ model: m, input: "Hello", encoding_format: "float" })),
+    );
+    expect(got.data[0]!.embedding).toEqual(expected.data[0]!.embedding);
+    const missing = withPrompts("tiny-prompt-missing", { prompts, default_prompt_name: "classification" });
+    // The model's files, not the request, are at fault: a model load error (500), as a bad pooling config is.
+    const r = await post(`${server.url}/v1/embeddings`, { model: missing, input: "Hello" });
+    expect([r.status, r.json.error.code]).toEqual([500, "model_load_failed"]);
+    expect(r.json.error.message).toBe(
+      `${missing}: config_sentence_transformers.json's default_prompt_name 'classification' is not among its prompts (query, document)`,
+    );
+  });
+
+  test("a prompt its mean pooling leaves out (include_prompt false, as INSTRUCTOR's) is refused, not pooled with it", async () => {
+    const instructor = withPrompts("tiny-instructor", { prompts, default_prompt_name: "query" });
+    writeFileSync(
+      join(instructor, "1_Pooling", "config.json"),
+      JSON.stringify({
+        word_embedding_dimension: tinyDims.hidden,
+        pooling_mode_mean_tokens: true,
+        include_prompt: false,
+      }),
+    );
+    const r = await post(`${server.url}/v1/embeddings`, { model: instructor, input: "Hello" });
+    expect(r.status).toBe(400);
+    expect(r.json.error).toMatchObject({
+      message: `${instructor}: its sentence-transformers pooling leaves the prompt's tokens out (include_prompt false), which embeddings here do not do`,
+      param: "model",
+    });
+  });
+});
+
 describe("a GGUF's pooling (llama.cpp's <arch>.pooling_type)", () => {
   const root = mkdtempSync(join(tmpdir(), "mlx-embeddings-gguf-"));
   const { metadata, tensors } = tinyLlamaGGUF({ hidden: 64, heads: 4, kvHeads: 2, ffn: 128, layers: 2, type: "F32" });

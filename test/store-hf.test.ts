@@ -285,7 +285,7 @@ describe("pull from the hub", () => {
   );
 
   test(
-    "a sentence-transformers model keeps its Pooling folder: pulled or stored from a directory, it embeds as the directory does",
+    "a sentence-transformers model keeps its Pooling folder and prompts: pulled or stored from a directory, it embeds as the directory does",
     async () => {
       const modules = [
         { idx: 0, name: "0", path: "", type: "sentence_transformers.models.Transformer" },
@@ -298,6 +298,10 @@ describe("pull from the hub", () => {
       files.set("1_Pooling/config.json", text({ pooling_mode_mean_tokens: true }));
       files.set("1_Pooling/README.md", text("not needed"));
       files.set("sentence_bert_config.json", text({ max_seq_length: 32, do_lower_case: false }));
+      files.set(
+        "config_sentence_transformers.json",
+        text({ prompts: { query: "query: " }, default_prompt_name: "query" }),
+      );
       await startHub({ "org/mean": { files } });
       const pulled = await pull("hf:org/mean");
       // Before, the folder was dropped: the model was pooled on its last token.
@@ -307,12 +311,15 @@ describe("pull from the hub", () => {
       expect(names).not.toContain("1_Pooling/README.md");
       // Its input length, which the embeddings' context is cut to.
       expect(names).toContain("sentence_bert_config.json");
+      // Its prompts, the default one put before every input.
+      expect(names).toContain("config_sentence_transformers.json");
 
       const dir = join(work, "mean-dir");
       mkdirSync(join(dir, "1_Pooling"), { recursive: true });
       for (const [name, data] of files) writeFileSync(join(dir, name), data);
       const stored = await pull(dir);
       expect(modelPooling(stored.path)).toBe("mean");
+      expect(existsSync(join(stored.path, "config_sentence_transformers.json"))).toBe(true);
       // Opened again, the directory of links is kept as it is, its folder's links counted with it.
       const linked = lstatSync(join(stored.path, "1_Pooling", "config.json")).mtimeMs;
       expect(await openStoredModel("mean-dir")).toBe(stored.path);

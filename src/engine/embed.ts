@@ -10,7 +10,12 @@ import { ContextLengthError, InvalidParameterError } from "../errors";
 import { cacheState, embeddingCaches, freeCaches, hiddenStates } from "../models";
 import type { LoadedModel } from "../models/load";
 import type { Adapter } from "../models/lora";
-import { modelPooling, sentenceTransformersMaxLength, type Pooling } from "../models/pooling";
+import {
+  modelPooling,
+  sentenceTransformersMaxLength,
+  sentenceTransformersPrompt,
+  type Pooling,
+} from "../models/pooling";
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import { DEFAULT_PREFILL_CHUNK } from "./batch";
@@ -55,6 +60,8 @@ interface EmbeddingConfig {
   pooling: Pooling;
   /** The most tokens an input has (max_seq_length): the model's context when it says none or more. */
   maxLength?: number;
+  /** Put before every text input (its default prompt, e.g. "query: "); token ids are taken as they are. */
+  prompt?: string;
 }
 
 const embeddingConfigs = new WeakMap<LoadedModel, EmbeddingConfig>();
@@ -67,18 +74,26 @@ export async function embed(lm: LoadedModel, inputs: EmbedInput[], o: EmbedOptio
   const width = lm.config.hiddenSize;
   if (o.dimensions !== undefined && !(Number.isInteger(o.dimensions) && o.dimensions >= 1 && o.dimensions <= width))
     throw new InvalidParameterError(`dimensions must be between 1 and the model's ${width}`, "dimensions");
-  let config = embeddingConfigs.get(lm);
-  if (!config)
-    embeddingConfigs.set(
-      lm,
-      (config = { pooling: modelPooling(lm.path), maxLength: sentenceTransformersMaxLength(lm.path) }),
-    );
-  const { pooling, maxLength } = config;
-  const sequences = await inputsIds(lm, inputs, maxLength, o, param);
+  const config = embeddingConfig(lm);
+  const sequences = await inputsIds(lm, inputs, config, o, param);
+  const { pooling } = config;
   const vectors: number[][] = [];
   for (const ids of sequences)
     vectors.push(normalized((await pooledHidden(lm, ids, pooling, o)).slice(0, o.dimensions ?? width)));
   return { vectors, promptTokens: sequences.reduce((n, ids) => n + ids.length, 0) };
+}
+
+function embeddingConfig(lm: LoadedModel): EmbeddingConfig {
+  let config = embeddingConfigs.get(lm);
+  if (config) return config;
+  const pooling = modelPooling(lm.path);
+  config = {
+    pooling,
+    maxLength: sentenceTransformersMaxLength(lm.path),
+    prompt: sentenceTransformersPrompt(lm.path, pooling),
+  };
+  embeddingConfigs.set(lm, config);
+  return config;
 }
 
 /**
@@ -88,7 +103,7 @@ export async function embed(lm: LoadedModel, inputs: EmbedInput[], o: EmbedOptio
 async function inputsIds(
   lm: LoadedModel,
   inputs: EmbedInput[],
-  maxLength: number | undefined,
+  config: EmbeddingConfig,
   o: EmbedOptions,
   param: string,
 ): Promise<number[][]> {
@@ -101,7 +116,7 @@ async function inputsIds(
       turnStarted = performance.now();
     }
     // Several inputs are named by their index in the list.
-    sequences.push(inputIds(lm, input, maxLength, o, inputs.length > 1 ? `${param}.${i}` : param));
+    sequences.push(inputIds(lm, input, config, o, inputs.length > 1 ? `${param}.${i}` : param));
   }
   return sequences;
 }
@@ -109,11 +124,12 @@ async function inputsIds(
 function inputIds(
   lm: LoadedModel,
   input: EmbedInput,
-  maxLength: number | undefined,
+  { maxLength, prompt }: EmbeddingConfig,
   o: EmbedOptions,
   at: string,
 ): number[] {
-  const ids = typeof input === "string" ? lm.tokenizer.encode(input, { addSpecialTokens: true }) : input;
+  const ids =
+    typeof input === "string" ? lm.tokenizer.encode((prompt ?? "") + input, { addSpecialTokens: true }) : input;
   if (ids.length === 0) throw new InvalidParameterError(`'${at}' is empty`, at);
   const vocab = lm.config.vocabSize;
   const bad = ids.find((id) => !(Number.isInteger(id) && id >= 0 && id < vocab));

@@ -82,6 +82,38 @@ function ggufPooling(path: string): Pooling {
 }
 
 /**
+ * The prompt a sentence-transformers model at `path` puts before every text it embeds: its
+ * config_sentence_transformers.json's prompts[default_prompt_name], as SentenceTransformer.encode
+ * applies it when asked for no other; undefined when it names none (nor do our APIs name one).
+ */
+export function sentenceTransformersPrompt(path: string, pooling: Pooling): string | undefined {
+  const configPath = join(path, "config_sentence_transformers.json");
+  if (!statSync(path).isDirectory() || !existsSync(configPath)) return undefined;
+  const { prompts, default_prompt_name: name } = readJsonFile(configPath) ?? {};
+  if (name === undefined || name === null) return undefined;
+  const prompt = typeof prompts === "object" && prompts !== null ? prompts[name] : undefined;
+  if (typeof prompt !== "string")
+    throw new ModelLoadError(
+      `${path}: config_sentence_transformers.json's default_prompt_name '${name}' is not among its prompts (${Object.keys(prompts ?? {}).join(", ")})`,
+    );
+  // Its tokens, which such a pooling would leave out of the mean or maximum, are pooled here:
+  // refused, rather than pooled with them.
+  if (prompt && (pooling === "mean" || pooling === "max") && poolingModuleConfig(path)?.include_prompt === false)
+    throw new UnsupportedError(
+      `${path}: its sentence-transformers pooling leaves the prompt's tokens out (include_prompt false), which embeddings here do not do`,
+      "model",
+    );
+  return prompt || undefined;
+}
+
+/** The settings of the Pooling module a sentence-transformers directory's modules.json names, if any. */
+function poolingModuleConfig(path: string): any {
+  const modulesPath = join(path, "modules.json");
+  const poolingConfig = existsSync(modulesPath) ? poolingConfigOf(readJsonFile(modulesPath)) : undefined;
+  return poolingConfig ? readJsonFile(join(path, poolingConfig)) : undefined;
+}
+
+/**
  * The most tokens a sentence-transformers model at `path` embeds (sentence_bert_config.json's
  * max_seq_length, which sentence-transformers cuts its inputs to); undefined when it says none.
  */

@@ -17,6 +17,8 @@ const METADATA_FILES = [
   SENTENCE_TRANSFORMERS_MODULES,
   // Its max_seq_length: the longest input a sentence-transformers model embeds.
   "sentence_bert_config.json",
+  // Its prompts: the default one goes before every input a sentence-transformers model embeds.
+  "config_sentence_transformers.json",
 ];
 
 /**
