@@ -406,6 +406,34 @@ describe("a sentence-transformers model's prompts (config_sentence_transformers.
   });
 });
 
+describe("a sentence-transformers model's do_lower_case (sentence_bert_config.json)", () => {
+  test("lower-cases each text, its prompt too, before tokenizing, as its Transformer module does", async () => {
+    const lower = join(home, "..", "tiny-lower");
+    cpSync(meanModel, lower, { recursive: true });
+    writeFileSync(
+      join(lower, "sentence_bert_config.json"),
+      JSON.stringify({ max_seq_length: 64, do_lower_case: true }),
+    );
+    const embedded = async (m: string, input: string[]) =>
+      (await openai.embeddings.create({ model: m, input, encoding_format: "float" })).data.map((d) => d.embedding);
+    const [got, lowered, asWritten] = await Promise.all([
+      embedded(lower, ["Hello THERE, Friend", "a"]),
+      embedded(meanModel, ["hello there, friend", "a"]),
+      embedded(meanModel, ["Hello THERE, Friend"]),
+    ]);
+    expect(got).toEqual(lowered);
+    expect(dot(got[0]!, asWritten[0]!)).toBeLessThan(0.999);
+    // SentenceTransformer.encode puts the prompt first; the Transformer module lower-cases the whole.
+    writeFileSync(
+      join(lower, "config_sentence_transformers.json"),
+      JSON.stringify({ prompts: { query: "Query: " }, default_prompt_name: "query" }),
+    );
+    const prompted = join(home, "..", "tiny-lower-prompted");
+    cpSync(lower, prompted, { recursive: true });
+    expect(await embedded(prompted, ["Hello"])).toEqual(await embedded(meanModel, ["query: hello"]));
+  });
+});
+
 describe("a GGUF's pooling (llama.cpp's <arch>.pooling_type)", () => {
   const root = mkdtempSync(join(tmpdir(), "mlx-embeddings-gguf-"));
   const { metadata, tensors } = tinyLlamaGGUF({ hidden: 64, heads: 4, kvHeads: 2, ffn: 128, layers: 2, type: "F32" });

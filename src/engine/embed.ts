@@ -12,6 +12,7 @@ import type { LoadedModel } from "../models/load";
 import type { Adapter } from "../models/lora";
 import {
   modelPooling,
+  sentenceTransformersLowerCase,
   sentenceTransformersMaxLength,
   sentenceTransformersPrompt,
   type Pooling,
@@ -62,6 +63,8 @@ interface EmbeddingConfig {
   maxLength?: number;
   /** Put before every text input (its default prompt, e.g. "query: "); token ids are taken as they are. */
   prompt?: string;
+  /** Texts, prompt included, are lower-cased before tokenizing (do_lower_case). */
+  lowerCase: boolean;
 }
 
 const embeddingConfigs = new WeakMap<LoadedModel, EmbeddingConfig>();
@@ -91,6 +94,7 @@ function embeddingConfig(lm: LoadedModel): EmbeddingConfig {
     pooling,
     maxLength: sentenceTransformersMaxLength(lm.path),
     prompt: sentenceTransformersPrompt(lm.path, pooling),
+    lowerCase: sentenceTransformersLowerCase(lm.path),
   };
   embeddingConfigs.set(lm, config);
   return config;
@@ -124,12 +128,14 @@ async function inputsIds(
 function inputIds(
   lm: LoadedModel,
   input: EmbedInput,
-  { maxLength, prompt }: EmbeddingConfig,
+  { maxLength, prompt, lowerCase }: EmbeddingConfig,
   o: EmbedOptions,
   at: string,
 ): number[] {
   const ids =
-    typeof input === "string" ? lm.tokenizer.encode((prompt ?? "") + input, { addSpecialTokens: true }) : input;
+    typeof input === "string"
+      ? lm.tokenizer.encode(modelText(input, prompt, lowerCase), { addSpecialTokens: true })
+      : input;
   if (ids.length === 0) throw new InvalidParameterError(`'${at}' is empty`, at);
   const vocab = lm.config.vocabSize;
   const bad = ids.find((id) => !(Number.isInteger(id) && id >= 0 && id < vocab));
@@ -143,6 +149,12 @@ function inputIds(
   const whose = context < model ? "the requested" : "the model's";
   const why = context === maxLength ? " (its sentence-transformers max_seq_length)" : "";
   throw new ContextLengthError(`'${at}' is ${ids.length} tokens, but ${whose} context is ${context} tokens${why}`, at);
+}
+
+/** A text as a sentence-transformers model tokenizes it: after its prompt, lower-cased where it says so. */
+function modelText(input: string, prompt: string | undefined, lowerCase: boolean): string {
+  const text = (prompt ?? "") + input;
+  return lowerCase ? text.toLowerCase() : text;
 }
 
 /**

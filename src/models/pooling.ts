@@ -118,10 +118,23 @@ function poolingModuleConfig(path: string): any {
  * max_seq_length, which sentence-transformers cuts its inputs to); undefined when it says none.
  */
 export function sentenceTransformersMaxLength(path: string): number | undefined {
+  const max = sentenceBertConfig(path).max_seq_length;
+  return typeof max === "number" && Number.isInteger(max) && max > 0 ? max : undefined;
+}
+
+/**
+ * Whether a sentence-transformers model at `path` lower-cases its texts (prompt included) before
+ * tokenizing them: sentence_bert_config.json's do_lower_case, which its Transformer module applies.
+ */
+export function sentenceTransformersLowerCase(path: string): boolean {
+  return sentenceBertConfig(path).do_lower_case === true;
+}
+
+/** A sentence-transformers Transformer module's settings (sentence_bert_config.json); none where it has none. */
+function sentenceBertConfig(path: string): Record<string, unknown> {
   const configPath = join(path, "sentence_bert_config.json");
-  if (!statSync(path).isDirectory() || !existsSync(configPath)) return undefined;
-  const max = readJsonFile(configPath)?.max_seq_length;
-  return Number.isInteger(max) && max > 0 ? max : undefined;
+  if (!statSync(path).isDirectory() || !existsSync(configPath)) return {};
+  return readJsonFile(configPath) ?? {};
 }
 
 function readJsonFile(path: string): any {
