@@ -227,8 +227,9 @@ describe("Ollama /api/embed and /api/embeddings", () => {
     const input = "word ".repeat(30);
     const refused = await post(`${server.url}/v1/embeddings`, { model: limited, input });
     expect(refused.status).toBe(400);
+    // 30 words: the space after the last is stripped, as sentence-transformers strips it.
     expect(refused.json.error.message).toBe(
-      "'input' is 31 tokens, but the model's context is 8 tokens (its sentence-transformers max_seq_length)",
+      "'input' is 30 tokens, but the model's context is 8 tokens (its sentence-transformers max_seq_length)",
     );
     const cut = await new Ollama({ host: server.url }).embed({ model: limited, input });
     expect(cut.prompt_eval_count).toBe(8);
@@ -403,6 +404,23 @@ describe("a sentence-transformers model's prompts (config_sentence_transformers.
       message: `${instructor}: its sentence-transformers pooling leaves the prompt's tokens out (include_prompt false), which embeddings here do not do`,
       param: "model",
     });
+  });
+});
+
+describe("a sentence-transformers model's text", () => {
+  test("is stripped of the white space around it before tokenizing, as its Transformer module does; another model's is not", async () => {
+    const embedded = async (m: string, input: string[]) =>
+      (await openai.embeddings.create({ model: m, input, encoding_format: "float" })).data.map((d) => d.embedding);
+    const [spaced, plain] = await Promise.all([
+      embedded(meanModel, [" Hello there\n", "\ta  "]),
+      embedded(meanModel, ["Hello there", "a"]),
+    ]);
+    expect(spaced).toEqual(plain);
+    const [otherSpaced, otherPlain] = await Promise.all([
+      embedded(model, [" Hello there\n"]),
+      embedded(model, ["Hello there"]),
+    ]);
+    expect(dot(otherSpaced[0]!, otherPlain[0]!)).toBeLessThan(0.999);
   });
 });
 

@@ -11,6 +11,7 @@ import { cacheState, embeddingCaches, freeCaches, hiddenStates } from "../models
 import type { LoadedModel } from "../models/load";
 import type { Adapter } from "../models/lora";
 import {
+  isSentenceTransformersModel,
   modelPooling,
   sentenceTransformersLowerCase,
   sentenceTransformersMaxLength,
@@ -63,6 +64,8 @@ interface EmbeddingConfig {
   maxLength?: number;
   /** Put before every text input (its default prompt, e.g. "query: "); token ids are taken as they are. */
   prompt?: string;
+  /** Texts, prompt included, lose the white space around them before tokenizing (a sentence-transformers model). */
+  stripped: boolean;
   /** Texts, prompt included, are lower-cased before tokenizing (do_lower_case). */
   lowerCase: boolean;
 }
@@ -94,6 +97,7 @@ function embeddingConfig(lm: LoadedModel): EmbeddingConfig {
     pooling,
     maxLength: sentenceTransformersMaxLength(lm.path),
     prompt: sentenceTransformersPrompt(lm.path, pooling),
+    stripped: isSentenceTransformersModel(lm.path),
     lowerCase: sentenceTransformersLowerCase(lm.path),
   };
   embeddingConfigs.set(lm, config);
@@ -125,23 +129,16 @@ async function inputsIds(
   return sequences;
 }
 
-function inputIds(
-  lm: LoadedModel,
-  input: EmbedInput,
-  { maxLength, prompt, lowerCase }: EmbeddingConfig,
-  o: EmbedOptions,
-  at: string,
-): number[] {
+function inputIds(lm: LoadedModel, input: EmbedInput, config: EmbeddingConfig, o: EmbedOptions, at: string): number[] {
   const ids =
-    typeof input === "string"
-      ? lm.tokenizer.encode(modelText(input, prompt, lowerCase), { addSpecialTokens: true })
-      : input;
+    typeof input === "string" ? lm.tokenizer.encode(modelText(input, config), { addSpecialTokens: true }) : input;
   if (ids.length === 0) throw new InvalidParameterError(`'${at}' is empty`, at);
   const vocab = lm.config.vocabSize;
   const bad = ids.find((id) => !(Number.isInteger(id) && id >= 0 && id < vocab));
   if (bad !== undefined)
     throw new InvalidParameterError(`'${at}' holds token id ${bad}, outside the model's vocabulary (${vocab})`, at);
   // A sentence-transformers model's max_seq_length, where shorter, is its context for embeddings.
+  const { maxLength } = config;
   const model = Math.min(lm.config.maxPositionEmbeddings, maxLength ?? Infinity);
   const context = Math.min(model, o.context ?? model);
   if (ids.length <= context) return ids;
@@ -151,9 +148,13 @@ function inputIds(
   throw new ContextLengthError(`'${at}' is ${ids.length} tokens, but ${whose} context is ${context} tokens${why}`, at);
 }
 
-/** A text as a sentence-transformers model tokenizes it: after its prompt, lower-cased where it says so. */
-function modelText(input: string, prompt: string | undefined, lowerCase: boolean): string {
-  const text = (prompt ?? "") + input;
+/**
+ * A text as a sentence-transformers model tokenizes it (SentenceTransformer.encode, then its
+ * Transformer module): after its prompt, stripped, lower-cased where it says so.
+ */
+function modelText(input: string, { prompt, stripped, lowerCase }: EmbeddingConfig): string {
+  const prompted = (prompt ?? "") + input;
+  const text = stripped ? prompted.trim() : prompted;
   return lowerCase ? text.toLowerCase() : text;
 }
 

@@ -62,6 +62,11 @@ export function modelPooling(path: string): Pooling {
   return modes[0]!;
 }
 
+/** Whether the model at `path` is a sentence-transformers model: a directory with a modules.json. */
+export function isSentenceTransformersModel(path: string): boolean {
+  return statSync(path).isDirectory() && existsSync(join(path, "modules.json"));
+}
+
 /**
  * The pooling a GGUF's metadata names, as llama.cpp reads it (Qwen3-Embedding's GGUFs say last,
  * nomic-embed's mean); the last token where it names none. No pooling (a vector per token) and
