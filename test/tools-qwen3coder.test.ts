@@ -305,6 +305,73 @@ describe("qwen3coder: calls are valid by construction", () => {
     });
   });
 
+  test("every schema type: a value as the grammar lets the model write it reads back as that value (a string among other types is JSON)", async () => {
+    // [the parameter's schema, the value, its text as the grammar lays it out]
+    const cases: [Record<string, unknown>, unknown, string][] = [
+      [{ type: "string" }, 'say "hi"\\n', 'say "hi"\\n'],
+      [{ type: "integer" }, -3, "-3"],
+      [{ type: "number" }, 1.5, "1.5"],
+      [{ type: "boolean" }, false, "false"],
+      [{ type: "null" }, null, "null"],
+      [{ type: "array", items: { type: "string" } }, ["a", "é\n\u0001"], '["a", "é\\n\\u0001"]'],
+      [{ type: "object", properties: {} }, {}, "{}"],
+      [
+        {
+          type: "object",
+          properties: { a: { type: "array", items: { type: "object", properties: { b: { type: "null" } } } } },
+        },
+        { a: [{ b: null }] },
+        '{"a": [{"b": null}]}',
+      ],
+      [{ type: ["string", "null"] }, "hi", '"hi"'],
+      [{ type: ["string", "null"] }, "null", '"null"'],
+      [{ type: ["string", "null"] }, null, "null"],
+      [{ type: ["string", "null"] }, 'a\n"ü"', '"a\\n\\"ü\\""'],
+      [{ anyOf: [{ type: "string" }, { type: "integer" }] }, "hi", '"hi"'],
+      [{ anyOf: [{ type: "string" }, { type: "integer" }] }, "5", '"5"'],
+      [{ anyOf: [{ type: "string" }, { type: "integer" }] }, 5, "5"],
+      [{ oneOf: [{ type: "object", properties: { k: { type: "string" } } }, { type: "string" }] }, "s", '"s"'],
+      [
+        { oneOf: [{ type: "object", properties: { k: { type: "string" } } }, { type: "string" }] },
+        { k: "v" },
+        '{"k": "v"}',
+      ],
+      [{ $ref: "#/$defs/point" }, { x: 1 }, '{"x": 1}'],
+      [{ properties: { x: { type: "integer" } } }, { x: 2 }, '{"x": 2}'],
+      [{ enum: ["null", 7] }, "null", "null"],
+      [{ enum: ["null", 7] }, 7, "7"],
+    ];
+    for (const [schema, value, written] of cases) {
+      const f: ToolSpec = {
+        name: "f",
+        parameters: {
+          type: "object",
+          properties: { p: schema },
+          required: ["p"],
+          $defs: { point: { type: "object", properties: { x: { type: "integer" } } } },
+        },
+      };
+      const text = call("f", param("p", written));
+      const c = await createToolCallConstraint(lm.tokenizer, qwen3coder.withTools!([f]), [f], {
+        required: true,
+        parallel: false,
+      });
+      try {
+        const where = `${JSON.stringify(schema)}: ${written}`;
+        expect({ where, accepted: c.accepted(lm.tokenizer.encode(text, { addSpecialTokens: false })) }).toEqual({
+          where,
+          accepted: true,
+        });
+        expect({ where, read: qwen3coder.withTools!([f]).parse(text).calls[0]!.arguments.p }).toEqual({
+          where,
+          read: value,
+        });
+      } finally {
+        c.dispose();
+      }
+    }
+  });
+
   test("required: every finished answer is XML calls to offered functions, with arguments typed and valid", async () => {
     let finished = 0;
     for (let seed = 1; seed <= 6; seed++) {

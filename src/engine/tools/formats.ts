@@ -18,6 +18,8 @@
 //     (calls chained with nothing between), then <｜tool▁calls▁end｜>, optionally after prose
 // - phi4mini (Phi-4-mini, with vLLM's template): functools[{"name": "f", "arguments": {...}}, ...]
 import { createHash } from "node:crypto";
+import { isDeepStrictEqual } from "node:util";
+import { SchemaShapes, UnsteerableSchemaError } from "../budget/json-progress";
 import type { ToolCall, ToolSpec } from "./types";
 
 export interface ParsedAnswer {
@@ -359,47 +361,60 @@ const mistralArgs: ToolCallFormat = {
   nineCharacterIds: true,
 };
 
-/** A function's parameter schemas by name (an unknown function's parameters have none). */
-type ParameterSchemas = Map<string, Record<string, unknown>>;
+/** A function's parameter schemas by name (an unknown function's parameters have none), and its schema's shapes that read them. */
+interface ParameterSchemas {
+  properties: Map<string, unknown>;
+  shapes: SchemaShapes;
+}
 
-/** The JSON types a parameter schema allows (its `type`, or its anyOf/oneOf branches'); empty when it names none. */
-function schemaTypes(schema: Record<string, unknown> | undefined): string[] {
-  if (!schema) return [];
-  const own = schema.type;
-  const types = typeof own === "string" ? [own] : Array.isArray(own) ? own.filter((t) => typeof t === "string") : [];
-  for (const key of ["anyOf", "oneOf"]) {
-    const branches = schema[key];
-    if (Array.isArray(branches))
-      for (const b of branches) if (b && typeof b === "object") types.push(...schemaTypes(b));
+/** The alternatives a parameter's value may take ($ref followed, unions and type lists split); none without a schema. */
+function parameterBranches(node: unknown, shapes: SchemaShapes | undefined): Record<string, unknown>[] {
+  if (node === undefined || !shapes) return [];
+  try {
+    return shapes.branches(node);
+  } catch (error) {
+    if (error instanceof UnsteerableSchemaError) return [];
+    throw error;
   }
-  return types;
 }
 
 /**
- * A parameter's text as the value its schema types it, as vLLM's qwen3coder parser reads it: a
- * string verbatim, an integer, number or boolean parsed, an object or array read as JSON, "null"
- * as null unless the parameter is a string only. Text that does not read as its type stays
- * text (and a parameter with no schema, of an unknown function or name, stays text too).
+ * A parameter's text as the value its schema types it, as the call grammar lays values out
+ * (xmlParametersEbnf) and vLLM's qwen3coder parser reads them: a string alone verbatim; a const
+ * or an enum bare (a string as its text, another value as JSON); every other value JSON, a
+ * string among other types included (["string", "null"], or anyOf string and integer: quoted).
+ * Written without the grammar, an integer, number or boolean (True too) is parsed and "null" is
+ * null unless the parameter is a string only, as vLLM reads them. Text that does not read as
+ * its type stays text (as does a parameter with no schema, of an unknown function or name, or
+ * of any type).
  */
-function typedParameter(text: string, schema: Record<string, unknown> | undefined): unknown {
-  const types = schemaTypes(schema);
+function typedParameter(text: string, node: unknown, shapes: SchemaShapes | undefined): unknown {
+  const branches = parameterBranches(node, shapes);
   const value = text.trim();
-  if (value.toLowerCase() === "null" && !(types.length > 0 && types.every((t) => t === "string"))) return null;
-  for (const type of types) {
-    if (type === "integer" && /^-?\d+$/.test(value)) return Number(value);
-    if (type === "number" && /^-?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/.test(value)) return Number(value);
-    if (type === "boolean" && /^(true|false)$/i.test(value)) return value.toLowerCase() === "true";
-    if (type === "object" || type === "array") {
+  const literals = branches.map((b) => ("const" in b ? [b.const] : Array.isArray(b.enum) ? b.enum : undefined));
+  if (literals.length > 0 && literals.every((l) => l !== undefined)) {
+    const allowed = literals.flat();
+    if (allowed.includes(text)) return text;
+    const json = parseJson(value);
+    if (json !== undefined && typeof json !== "string" && allowed.some((a) => isDeepStrictEqual(a, json))) return json;
+  }
+  const kinds = branches.map((b) => shapes!.kind(b));
+  if (value.toLowerCase() === "null" && !(kinds.length > 0 && kinds.every((k) => k === "string"))) return null;
+  for (const kind of kinds) {
+    if (kind === "string" || kind === "any") {
+      // Alone, its text is the value; among other alternatives the grammar writes it as JSON.
+      if (branches.length === 1) return text;
       const json = parseJson(value);
-      if (type === "array" ? Array.isArray(json) : json && typeof json === "object" && !Array.isArray(json))
+      if (kind === "any" ? json !== undefined : typeof json === "string") return json;
+    }
+    if (kind === "integer" && /^-?\d+$/.test(value)) return Number(value);
+    if (kind === "number" && /^-?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/.test(value)) return Number(value);
+    if (kind === "boolean" && /^(true|false)$/i.test(value)) return value.toLowerCase() === "true";
+    if (kind === "object" || kind === "array") {
+      const json = parseJson(value);
+      if (kind === "array" ? Array.isArray(json) : json && typeof json === "object" && !Array.isArray(json))
         return json;
     }
-  }
-  // An enum or const of other values than strings, with no type named.
-  if (types.length === 0 && schema && (Array.isArray(schema.enum) || "const" in schema)) {
-    const json = parseJson(value);
-    const allowed = Array.isArray(schema.enum) ? schema.enum : [schema.const];
-    if (json !== undefined && typeof json !== "string" && allowed.includes(json)) return json;
   }
   return text;
 }
@@ -423,7 +438,7 @@ function xmlParameters(body: string, schemas: ParameterSchemas | undefined): Rec
     if (value.startsWith("\n")) value = value.slice(1);
     if (value.endsWith("\n")) value = value.slice(0, -1);
     if (!name) return undefined;
-    args[name] = typedParameter(value, schemas?.get(name));
+    args[name] = typedParameter(value, schemas?.properties.get(name), schemas?.shapes);
     at = next;
   }
   return args;
@@ -450,8 +465,11 @@ function xmlCall(
 function qwen3coderFormat(tools: ToolSpec[]): ToolCallFormat {
   const schemas = new Map(
     tools.map((t): [string, ParameterSchemas] => {
-      const properties = (t.parameters.properties ?? {}) as Record<string, Record<string, unknown>>;
-      return [t.name, new Map(Object.entries(properties))];
+      const properties = (t.parameters.properties ?? {}) as Record<string, unknown>;
+      return [
+        t.name,
+        { properties: new Map(Object.entries(properties)), shapes: new SchemaShapes(t.parameters, true) },
+      ];
     }),
   );
   return {
