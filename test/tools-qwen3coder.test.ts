@@ -119,10 +119,10 @@ describe("qwen3coder: the format", () => {
     );
     expect(parsed.calls[0]!.arguments).toEqual({ city: "null", days: null, ratio: "lots", level: "9" });
     // A number as JSON writes it (as Python's float() reads it), not JavaScript's other forms.
-    const numbers = ["1e3", "-0.25", ".5", "0x10", "Infinity", "1,5", ""].map(
+    const numbers = ["1e3", "-0.25", ".5", "0x10", "Infinity", "1e400", "1,5", ""].map(
       (n) => format.parse(call("get_weather", param("ratio", n))).calls[0]!.arguments.ratio,
     );
-    expect(numbers).toEqual([1000, -0.25, 0.5, "0x10", "Infinity", "1,5", ""]);
+    expect(numbers).toEqual([1000, -0.25, 0.5, "0x10", "Infinity", "1e400", "1,5", ""]);
   });
 
   test("an unknown function or parameter: its values stay text (but null), as vLLM reads them", () => {

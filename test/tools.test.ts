@@ -25,7 +25,7 @@ import {
 } from "../src/engine/tools";
 import { smolTokenizerFiles, writeTinyModel } from "./helpers/tiny-model";
 
-const { hermes, llama3, mistral, mistralArgs } = toolCallFormats;
+const { hermes, llama3, mistral, mistralArgs, deepseekV3, phi4mini } = toolCallFormats;
 const templates = join(import.meta.dir, "fixtures", "templates");
 const hermesTemplate = readFileSync(join(templates, "hermes-tools.jinja"), "utf8");
 const llama3Template = readFileSync(join(templates, "llama3-tools.jinja"), "utf8");
@@ -457,6 +457,68 @@ describe("calls are valid by construction", () => {
     }
     expect(finished).toBeGreaterThan(0);
   }, 120_000);
+
+  // A call's arguments are read into JavaScript values and sent on as JSON, which has no
+  // Infinity: a number past a double's range (1e400, or 400 digits) came back as null, against
+  // the parameter's schema.
+  test("every number the call grammar lets through stays a number in the arguments sent on", async () => {
+    const f: ToolSpec = {
+      name: "f",
+      parameters: {
+        type: "object",
+        properties: { n: { type: "number" }, i: { type: "integer" }, any: {} },
+        required: ["n", "i", "any"],
+      },
+    };
+    const formats = [
+      hermes,
+      llama3,
+      mistral,
+      mistralArgs,
+      deepseekV3,
+      phi4mini,
+      toolCallFormats.qwen3coder.withTools!([f]),
+    ];
+    for (const format of formats) {
+      const text = (n: string, i: string) => {
+        const layout = format.callLayout("f");
+        const args = format.xmlParameters
+          ? `<parameter=n>\n${n}\n</parameter>\n<parameter=i>\n${i}\n</parameter>\n<parameter=any>\n${n}\n</parameter>\n`
+          : `{"n": ${n}, "i": ${i}, "any": ${n}}`;
+        return (format.list?.begin ?? "") + layout.begin + args + layout.end + (format.list?.end ?? "");
+      };
+      const accepted = async (n: string, i: string) => {
+        const c = await createToolCallConstraint(lm.tokenizer, format, [f], { required: true, parallel: false });
+        try {
+          return c.accepted(lm.tokenizer.encode(text(n, i), { addSpecialTokens: false }));
+        } finally {
+          c.dispose();
+        }
+      };
+      const where = (n: string, i: string) =>
+        `${format.name}: n ${n.slice(0, 12)}… (${n.length}), i ${i.slice(0, 12)}… (${i.length})`;
+      for (const [n, i] of [
+        ["-1.5e99", "12345"],
+        [`9${"9".repeat(199)}.5E+99`, `-9${"9".repeat(199)}`],
+        ["1e400", "1"],
+        ["-1e-400", "1"],
+        [`1${"0".repeat(400)}`, "1"],
+        ["1", `1${"0".repeat(400)}`],
+      ]) {
+        if (!(await accepted(n, i))) continue;
+        const args = JSON.parse(JSON.stringify(format.parse(text(n, i)).calls[0]!.arguments));
+        expect({ at: where(n, i), args }).toEqual({
+          at: where(n, i),
+          args: { n: expect.any(Number), i: expect.any(Number), any: format.xmlParameters ? n : expect.any(Number) },
+        });
+      }
+      // Numbers as large as JSON readers take are still written.
+      expect({ at: format.name, accepted: await accepted("-1.5e99", "12345") }).toEqual({
+        at: format.name,
+        accepted: true,
+      });
+    }
+  });
 
   test("a parameter schema constrained decoding cannot enforce is refused, naming the function", async () => {
     const bad: ToolSpec = {

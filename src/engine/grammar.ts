@@ -700,6 +700,23 @@ export async function xmlParametersEbnf(schema: object): Promise<string> {
   ].join("\n");
 }
 
+/** xgrammar's integer and number, as its EBNF writes them (basic_integer, basic_number, and inlined). */
+const UNBOUNDED_INTEGER = '("0" | "-"? [1-9] [0-9]*)';
+const UNBOUNDED_NUMBER = '"-"? ("0" | [1-9] [0-9]*) ("." [0-9]+)? ([eE] [+-]? [0-9]+)?';
+
+/**
+ * `ebnf` with its integers and numbers held within a double's range: at most 200 digits before
+ * the point and two in the exponent (up to about 1e299). A tool call's arguments are read into
+ * JavaScript values and sent on as JSON, which has no Infinity: a number past that range
+ * (1e400, 400 digits) came back as null, against its schema. (An answer in a JSON format goes
+ * out as the model wrote it, so its numbers need no bound.)
+ */
+export function finiteNumbers(ebnf: string): string {
+  return ebnf
+    .replaceAll(UNBOUNDED_INTEGER, '("0" | "-"? [1-9] [0-9]{0,199})')
+    .replaceAll(UNBOUNDED_NUMBER, '"-"? ("0" | [1-9] [0-9]{0,199}) ("." [0-9]+)? ([eE] [+-]? [0-9] [0-9]?)?');
+}
+
 /**
  * A parameter's rule that is only literals (a const or an enum) with its strings' quotes taken
  * off: a string's value is its bare text. (A rule with anything else, an object, stays JSON.)

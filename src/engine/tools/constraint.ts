@@ -6,6 +6,7 @@
 import {
   canonicalJson,
   createGrammarConstraint,
+  finiteNumbers,
   schemaEbnf,
   SchemaError,
   xmlParametersEbnf,
@@ -96,7 +97,10 @@ function callsProgress(format: ToolCallFormat, functions: ToolSpec[], required: 
   };
 }
 
-const jsonArgumentsEbnf = (schema: object) => schemaEbnf(schema, true);
+/** A call's arguments as our JSON-safe EBNF for its schema (see schemaEbnf), or as Qwen's XML parameters (see xmlParametersEbnf), with numbers that stay finite once read (see finiteNumbers). */
+async function argumentsEbnf(format: ToolCallFormat, schema: object): Promise<string> {
+  return finiteNumbers(await (format.xmlParameters ? xmlParametersEbnf(schema) : schemaEbnf(schema, true)));
+}
 
 /** An empty parameter schema still means an arguments object. */
 function argumentsSchema(f: ToolSpec): Record<string, unknown> {
@@ -108,8 +112,6 @@ async function callsFormat(
   functions: ToolSpec[],
   { required, parallel }: ToolCallConstraintOptions,
 ): Promise<StructuralTagFormat> {
-  // Each call's arguments as our JSON-safe EBNF for its schema (see schemaEbnf), or as Qwen's
-  // XML parameters (see xmlParametersEbnf).
   const calls = await Promise.all(
     functions.map(
       async (f): Promise<TagFormat> => ({
@@ -117,7 +119,7 @@ async function callsFormat(
         ...format.callLayout(f.name),
         content: {
           type: "grammar",
-          grammar: await (format.xmlParameters ? xmlParametersEbnf : jsonArgumentsEbnf)(argumentsSchema(f)),
+          grammar: await argumentsEbnf(format, argumentsSchema(f)),
         },
       }),
     ),

@@ -407,8 +407,10 @@ function typedParameter(text: string, node: unknown, shapes: SchemaShapes | unde
       const json = parseJson(value);
       if (kind === "any" ? json !== undefined : typeof json === "string") return json;
     }
-    if (kind === "integer" && /^-?\d+$/.test(value)) return Number(value);
-    if (kind === "number" && /^-?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/.test(value)) return Number(value);
+    // A number past a double's range stays text: JSON has no Infinity.
+    const finite = Number.isFinite(Number(value));
+    if (kind === "integer" && finite && /^-?\d+$/.test(value)) return Number(value);
+    if (kind === "number" && finite && /^-?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/.test(value)) return Number(value);
     if (kind === "boolean" && /^(true|false)$/i.test(value)) return value.toLowerCase() === "true";
     if (kind === "object" || kind === "array") {
       const json = parseJson(value);
