@@ -65,4 +65,35 @@ describe("a Q6_K GGUF", () => {
       reference.free();
     }
   }, 120_000);
+
+  test("split over 3 ranks by --tensor-parallel, each down projection keeps whole blocks of 32 inputs, which our kernel reads", () => {
+    // 512 MLP columns in groups of 16 over 3 ranks: 176 + 176 + 160 would leave two ranks a slice
+    // the kernel cannot read (an odd number of groups), its matrix dequantized for every product.
+    const { metadata, tensors } = tinyLlamaGGUF(
+      { hidden: 768, heads: 12, kvHeads: 3, ffn: 512, layers: 1, type: "Q6_K" },
+      seeded(7),
+    );
+    const path = join(work, "three-ranks.gguf");
+    writeGGUF(path, metadata, tensors);
+    const halfGroups = mx.cpuKernelsReadHalfGroups(16);
+    const columns = [0, 1, 2].map((rank) => {
+      const lm = loadModel(path, undefined, { rank, size: 3 });
+      try {
+        const prefix = "model.layers.0.mlp.down_proj";
+        // Held in groups of 16, or dequantized at load (float, its columns the inputs).
+        const inputs = halfGroups
+          ? lm.weights.get(`${prefix}.scales`).shape[1]! * 16
+          : lm.weights.get(`${prefix}.weight`).shape[1]!;
+        if (halfGroups) {
+          expect([rank, lm.weights.quantFor(prefix)?.groupSize, inputs % 32]).toEqual([rank, 16, 0]);
+          // Repacked for our kernel (marked int32), so the product runs on it.
+          expect([rank, lm.weights.get(`${prefix}.weight`).dtype]).toEqual([rank, mx.Dtype.int32]);
+        }
+        return inputs;
+      } finally {
+        lm.free();
+      }
+    });
+    expect(columns.reduce((a, b) => a + b)).toBe(512);
+  }, 120_000);
 });

@@ -6,6 +6,7 @@ import { UnsupportedError } from "../errors";
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { ModelConfig } from "./config";
+import { HALF_GROUP } from "./gguf-tensors";
 
 export interface Shard {
   rank: number;
@@ -76,9 +77,12 @@ export function shardTensors(
       groups.set(name.slice(0, -".scales".length), inputsOf(m[2], config) / scales.shape[1]!);
   }
   const groupOf = (prefix: string) => groups.get(prefix) ?? 1;
-  // Each layer's MLP is split in whole quantization groups of its down_proj (its input columns).
+  // Each layer's MLP is split in whole quantization groups of its down_proj (its input columns);
+  // a GGUF's Q6_K groups of 16 in pairs, the blocks of 32 inputs our CPU kernel reads them in (a
+  // slice of an odd number of them it cannot read: the product would dequantize the whole slice).
   const mlpOf = (layer: number): [number, number] => {
-    const unit = groupOf(`model.layers.${layer}.mlp.down_proj`);
+    const group = groupOf(`model.layers.${layer}.mlp.down_proj`);
+    const unit = group === HALF_GROUP ? 2 * HALF_GROUP : group;
     const [u0, u1] = evenRange(config.intermediateSize / unit, size, rank);
     return [u0 * unit, u1 * unit];
   };
