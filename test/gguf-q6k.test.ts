@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as mx from "../src/mlx";
 import { loadModel } from "../src/models/load";
-import { tinyLlamaGGUF, writeGGUF } from "./helpers/gguf-writer";
+import { quantizeQ6K, tinyLlamaGGUF, writeGGUF } from "./helpers/gguf-writer";
 import { firstStepLogits, greedy } from "./helpers/parity";
 
 const work = mkdtempSync(join(tmpdir(), "mlx-q6k-"));
@@ -57,6 +57,57 @@ describe("a Q6_K GGUF", () => {
       const [ours, theirs] = [firstStepLogits(quantized, prompt, ids), firstStepLogits(reference, prompt, ids)];
       const largest = Math.max(...theirs.map(Math.abs));
       ours.forEach((v, i) => expect(Math.abs(v - theirs[i]!)).toBeLessThan(1e-3 * largest + 1e-3));
+      expect(greedy(quantized, prompt, 12, { untilEos: false })).toEqual(
+        greedy(reference, prompt, 12, { untilEos: false }),
+      );
+    } finally {
+      quantized.free();
+      reference.free();
+    }
+  }, 120_000);
+
+  test("a Q6_K matrix our kernels cannot hold (rows not a multiple of 16) is dequantized, and the note names it alone", () => {
+    // A vocabulary of 49160 (a few added tokens, as fine-tunes add them): the tied embedding's
+    // rows do not fill the kernels' columns of 16; the other matrices stay quantized.
+    const random = seeded(8);
+    const { metadata, tensors } = tinyLlamaGGUF(
+      { hidden: 256, heads: 4, kvHeads: 2, ffn: 512, layers: 1, type: "Q6_K" },
+      random,
+    );
+    const added = Array.from({ length: 8 }, (_, i) => `<added_${i}>`);
+    const tokens = [...(metadata["tokenizer.ggml.tokens"] as string[]), ...added];
+    const types = [...(metadata["tokenizer.ggml.token_type"] as number[]), ...added.map(() => 4)];
+    const embedding = tensors.find((t) => t.name === "token_embd.weight")!;
+    const values = Float32Array.from({ length: 256 * tokens.length }, (_, i) =>
+      i < embedding.values.length ? embedding.values[i]! : (random() - 0.5) * 0.2,
+    );
+    Object.assign(embedding, { dims: [256, tokens.length], values: quantizeQ6K(values).values });
+    const [q6k, f32] = [join(work, "added-tokens.gguf"), join(work, "added-tokens-f32.gguf")];
+    const withTokens = { ...metadata, "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types };
+    writeGGUF(q6k, withTokens, tensors);
+    writeGGUF(
+      f32,
+      { ...withTokens, "general.file_type": 0 },
+      tensors.map((t) => ({ ...t, type: "F32" })),
+    );
+    const [quantized, reference] = [loadModel(q6k), loadModel(f32)];
+    try {
+      const note = quantized.notes.join("\n");
+      if (mx.cpuKernelsReadHalfGroups(16)) {
+        expect(quantized.weights.quantFor("model.embed_tokens")).toBeUndefined();
+        expect(quantized.weights.quantFor("model.layers.0.mlp.down_proj")).toEqual({
+          bits: 8,
+          groupSize: 16,
+          mode: "affine",
+        });
+        expect(note).toStartWith(
+          "added-tokens.gguf: 1 of its 8 Q6_K tensors (token_embd.weight) was dequantized to 16-bit at load time",
+        );
+        expect(note).toContain(
+          "Q5_K stay quantized, and Q6_K matrices of rows a multiple of 16), so it takes more memory",
+        );
+      } else expect(note).toContain("added-tokens.gguf: its Q6_K tensors were dequantized to 16-bit at load time");
+      const prompt = quantized.tokenizer.encode("The quick brown fox jumps over the lazy dog");
       expect(greedy(quantized, prompt, 12, { untilEos: false })).toEqual(
         greedy(reference, prompt, 12, { untilEos: false }),
       );

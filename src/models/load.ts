@@ -9,7 +9,7 @@ import { buildModel, parseConfig, Weights, type DecoderModel, type ModelConfig }
 import { LANGUAGE_MODEL_PREFIX, VISION_PREFIXES, type QuantConfig } from "./config";
 import { ggufModel, isGGUFFile } from "./gguf";
 import { readGGUFHeader, refuseSplitGGUF, type GGUFTensorInfo } from "./gguf-header";
-import { keptQuantizedTypes, loadGGUFTensorSteps } from "./gguf-tensors";
+import { HALF_GROUP, keptQuantizedTypes, loadGGUFTensorSteps } from "./gguf-tensors";
 import { runSteps, runStepsAsync, type Steps } from "../event-loop";
 import { Tokenizer } from "../tokenizer/tokenizer";
 import type { Adapter } from "./lora";
@@ -172,15 +172,40 @@ function* loadGGUFFile(file: string, stage?: Stage, shard?: Shard): Steps<Loaded
   const kept = (t: GGUFTensorInfo) =>
     keptQuantizedTypes.has(t.type) || loaded.groupSizes.has(t.name.replace(/\.weight$/, ""));
   const held = header.tensors.filter((t) => !stage || stageHolds(stage, t.name));
-  const dequantized = [...new Set(held.filter((t) => !kept(t)).map((t) => t.type))];
-  const quantizedTypes = [...keptQuantizedTypes].filter((t) => !/^B?F\d+$/.test(t));
-  const notes =
-    dequantized.length > 0
-      ? [
-          `${basename(file)}: its ${dequantized.join(", ")} tensors were dequantized to 16-bit at load time (only ${quantizedTypes.join(", ")} stay quantized), so they take more memory; \`mlx convert\` re-quantizes them to 4-bit`,
-        ]
-      : [];
+  const notes = dequantizedNote(
+    basename(file),
+    held.filter((t) => !kept(t)),
+    held,
+  );
   return yield* assemble(gguf.tensors, config, tokenizer, "gguf", file, notes, stage, shard);
+}
+
+/**
+ * The note on a GGUF's tensors dequantized at load: by type, or by name where others of their
+ * type stay quantized (a Q6_K matrix our kernels do not hold in groups of 16 beside those they do).
+ */
+function dequantizedNote(file: string, dequantized: GGUFTensorInfo[], held: GGUFTensorInfo[]): string[] {
+  if (dequantized.length === 0) return [];
+  const wholeTypes: string[] = [];
+  const someOfType: string[] = [];
+  for (const type of new Set(dequantized.map((t) => t.type))) {
+    const names = dequantized.filter((t) => t.type === type).map((t) => t.name);
+    const all = held.filter((t) => t.type === type).length;
+    if (names.length === all) wholeTypes.push(type);
+    else
+      someOfType.push(
+        `${names.length} of its ${all} ${type} tensors (${names.slice(0, 3).join(", ")}${names.length > 3 ? ", …" : ""})`,
+      );
+  }
+  const subject = [...(wholeTypes.length > 0 ? [`its ${wholeTypes.join(", ")} tensors`] : []), ...someOfType];
+  const one = wholeTypes.length === 0 && dequantized.length === 1;
+  const quantizedTypes = [...keptQuantizedTypes].filter((t) => !/^B?F\d+$/.test(t));
+  const halfGroups = mx.cpuKernelsReadHalfGroups(HALF_GROUP)
+    ? `, and Q6_K matrices of rows a multiple of ${HALF_GROUP}`
+    : "";
+  return [
+    `${file}: ${subject.join(" and ")} ${one ? "was" : "were"} dequantized to 16-bit at load time (only ${quantizedTypes.join(", ")} stay quantized${halfGroups}), so ${one ? "it takes" : "they take"} more memory; \`mlx convert\` re-quantizes ${one ? "it" : "them"} to 4-bit`,
+  ];
 }
 
 /**
