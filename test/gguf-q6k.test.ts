@@ -117,7 +117,7 @@ describe("a Q6_K GGUF", () => {
     }
   }, 120_000);
 
-  test("split over 3 ranks by --tensor-parallel, each down projection keeps whole blocks of 32 inputs, which our kernel reads", () => {
+  test("split over 3 ranks by --tensor-parallel, each down projection keeps whole blocks of 32 inputs, which our kernel reads, and a rank that dequantizes Q6_K cuts the same columns", () => {
     // 512 MLP columns in groups of 16 over 3 ranks: 176 + 176 + 160 would leave two ranks a slice
     // the kernel cannot read (an odd number of groups), its matrix dequantized for every product.
     const { metadata, tensors } = tinyLlamaGGUF(
@@ -126,25 +126,35 @@ describe("a Q6_K GGUF", () => {
     );
     const path = join(work, "three-ranks.gguf");
     writeGGUF(path, metadata, tensors);
-    const halfGroups = mx.cpuKernelsReadHalfGroups(16);
-    const columns = [0, 1, 2].map((rank) => {
-      const lm = loadModel(path, undefined, { rank, size: 3 });
-      try {
-        const prefix = "model.layers.0.mlp.down_proj";
-        // Held in groups of 16, or dequantized at load (float, its columns the inputs).
-        const inputs = halfGroups
-          ? lm.weights.get(`${prefix}.scales`).shape[1]! * 16
-          : lm.weights.get(`${prefix}.weight`).shape[1]!;
-        if (halfGroups) {
-          expect([rank, lm.weights.quantFor(prefix)?.groupSize, inputs % 32]).toEqual([rank, 16, 0]);
+    const prefix = "model.layers.0.mlp.down_proj";
+    /** Each rank's down projection: its inputs, and whether it is held in groups of 16. */
+    const cuts = () =>
+      [0, 1, 2].map((rank) => {
+        const lm = loadModel(path, undefined, { rank, size: 3 });
+        try {
+          const held = lm.weights.quantFor(prefix) !== undefined;
+          if (!held) return { inputs: lm.weights.get(`${prefix}.weight`).shape[1]!, held };
+          expect([rank, lm.weights.quantFor(prefix)?.groupSize]).toEqual([rank, 16]);
           // Repacked for our kernel (marked int32), so the product runs on it.
           expect([rank, lm.weights.get(`${prefix}.weight`).dtype]).toEqual([rank, mx.Dtype.int32]);
+          return { inputs: lm.weights.get(`${prefix}.scales`).shape[1]! * 16, held };
+        } finally {
+          lm.free();
         }
-        return inputs;
-      } finally {
-        lm.free();
-      }
-    });
-    expect(columns.reduce((a, b) => a + b)).toBe(512);
+      });
+    const ours = cuts();
+    expect(ours.map((c) => c.held)).toEqual([0, 1, 2].map(() => mx.cpuKernelsReadHalfGroups(16)));
+    expect(ours.map((c) => c.inputs % 32)).toEqual([0, 0, 0]);
+    expect(ours.reduce((n, c) => n + c.inputs, 0)).toBe(512);
+    // A rank on another machine (no AVX-512 VNNI, a GPU, MLX_KERNELS=mlx) dequantizes Q6_K at load;
+    // it must cut the same columns, or the ranks' partial sums overlap and the answer is wrong.
+    const previous = mx.useCpuKernels(false);
+    try {
+      const elsewhere = cuts();
+      expect(elsewhere.map((c) => c.held)).toEqual([false, false, false]);
+      expect(elsewhere.map((c) => c.inputs)).toEqual(ours.map((c) => c.inputs));
+    } finally {
+      mx.useCpuKernels(previous);
+    }
   }, 120_000);
 });

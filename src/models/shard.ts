@@ -77,12 +77,15 @@ export function shardTensors(
       groups.set(name.slice(0, -".scales".length), inputsOf(m[2], config) / scales.shape[1]!);
   }
   const groupOf = (prefix: string) => groups.get(prefix) ?? 1;
-  // Each layer's MLP is split in whole quantization groups of its down_proj (its input columns);
-  // a GGUF's Q6_K groups of 16 in pairs, the blocks of 32 inputs our CPU kernel reads them in (a
-  // slice of an odd number of them it cannot read: the product would dequantize the whole slice).
+  // Each layer's MLP is split in whole quantization groups of its down_proj (its input columns),
+  // and in blocks of 32 wherever the width allows. Every rank cuts from its own loaded layout,
+  // which for a GGUF's Q6_K depends on the machine: groups of 16 where our CPU kernels hold them
+  // (which read them in pairs, a block of 32: a slice of an odd number of groups would dequantize
+  // the whole slice for every product), floats elsewhere. Blocks of 32 either way, so that ranks
+  // on different machines cut the same columns (else their partial sums overlap).
+  const block = config.intermediateSize % (2 * HALF_GROUP) === 0 ? 2 * HALF_GROUP : 1;
   const mlpOf = (layer: number): [number, number] => {
-    const group = groupOf(`model.layers.${layer}.mlp.down_proj`);
-    const unit = group === HALF_GROUP ? 2 * HALF_GROUP : group;
+    const unit = Math.max(groupOf(`model.layers.${layer}.mlp.down_proj`), block);
     const [u0, u1] = evenRange(config.intermediateSize / unit, size, rank);
     return [u0 * unit, u1 * unit];
   };
