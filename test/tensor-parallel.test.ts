@@ -157,6 +157,18 @@ describe("shards", () => {
     );
   });
 
+  test("a float MLP narrower than a block of 32 columns a rank still gives every rank columns", () => {
+    // 64 columns over 4 ranks: in blocks of 32 two ranks would get none.
+    const model = join(dir, "tiny-narrow");
+    writeTinyModel(model, { layers: 1, seed: 3, dims: { heads: 4, kvHeads: 4, intermediate: 64 } });
+    const columns = [0, 1, 2, 3].map((rank) => {
+      const { config, tensors } = readDirectoryTensors(model);
+      shardTensors(tensors, config, { rank, size: 4 });
+      return tensors.get("model.layers.0.mlp.down_proj.weight")!.shape[1]!;
+    });
+    expect(columns).toEqual([16, 16, 16, 16]);
+  });
+
   test("uneven counts go to the first ranks", () => {
     expect([0, 1].map((r) => evenRange(3, 2, r))).toEqual([
       [0, 2],

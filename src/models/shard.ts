@@ -82,8 +82,10 @@ export function shardTensors(
   // which for a GGUF's Q6_K depends on the machine: groups of 16 where our CPU kernels hold them
   // (which read them in pairs, a block of 32: a slice of an odd number of groups would dequantize
   // the whole slice for every product), floats elsewhere. Blocks of 32 either way, so that ranks
-  // on different machines cut the same columns (else their partial sums overlap).
-  const block = config.intermediateSize % (2 * HALF_GROUP) === 0 ? 2 * HALF_GROUP : 1;
+  // on different machines cut the same columns (else their partial sums overlap); by columns in an
+  // MLP too narrow to give every rank a block.
+  const blocks = config.intermediateSize / (2 * HALF_GROUP);
+  const block = Number.isInteger(blocks) && blocks >= size ? 2 * HALF_GROUP : 1;
   const mlpOf = (layer: number): [number, number] => {
     const unit = Math.max(groupOf(`model.layers.${layer}.mlp.down_proj`), block);
     const [u0, u1] = evenRange(config.intermediateSize / unit, size, rank);
