@@ -30,7 +30,7 @@ const ourDequantizedTypes = ["Q3_K", "IQ4_NL", "IQ4_XS"];
 const mlxReads = new Set([...nativeTensorTypes, "Q2_K", "Q6_K"]);
 
 /** The values a scale covers where our CPU kernels hold a type in groups of 16 (8-bit codes). */
-const HALF_GROUP = 16;
+export const HALF_GROUP = 16;
 
 /**
  * Whether tensor t stays quantized as 8-bit codes in groups of 16 (Q6_K's own groups, exactly):
