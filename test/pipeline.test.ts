@@ -8,7 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import OpenAI from "openai";
 import { readHostfile } from "../src/cmd/launch-plan";
-import { headLayers, parseLayers, splitLayers } from "../src/engine/pipeline";
+import { defaultSplit, headLayers, layerRange, layerRoom, parseLayers, splitLayers } from "../src/engine/pipeline";
 import { readLayout } from "../src/models/layout";
 import { resolveModelPath } from "../src/store/resolve";
 import { cliRunner, mainScript } from "./helpers/cli";
@@ -617,6 +617,40 @@ describe("planning", () => {
       [19, 30, false],
     ]);
     expect(() => parseLayers("0-9,10-18", 30, 2)).toThrow("covers layers 0-18; the model has 30");
+  });
+
+  // A GGUF's Q6_K output layer is held quantized on one machine and dequantized on another
+  // (other kernels, a GPU): the ends weigh otherwise on each. Each rank counts its own room and
+  // the ranks share those, so they agree; each splitting the shared free memory by its own
+  // layout's ends, two ranks took 0-1,2-3 and 0,1-3 of one model and refused to run.
+  test("the default split is one on every machine, however each loads rank 0's ends", () => {
+    const layout = (endBytes: number) => ({
+      numLayers: 4,
+      hiddenSize: 256,
+      layerBytes: [5, 5, 5, 5].map((mb) => mb * 2 ** 20),
+      endBytes,
+      layerWeights: [3, 3, 3, 3].map((m) => m * 1e6),
+      headWeights: 12e6,
+      sharedBytes: 0,
+      activationBytes: 4,
+      parameters: 24e6,
+    });
+    const [quantized, dequantized] = [layout(19 * 2 ** 20), layout(25 * 2 ** 20)];
+    const free = [33 * 2 ** 20, 5 * 2 ** 20];
+    // Rank 0 holds the quantized ends, rank 1 would have dequantized them.
+    const room = [layerRoom(quantized, 0, free[0]!), layerRoom(dequantized, 1, free[1]!)];
+    const split = (l: ReturnType<typeof layout>) => defaultSplit(l, room).map(layerRange).join(",");
+    expect(split(quantized)).toBe(split(dequantized));
+    // What each rank would have split on its own count of the ends.
+    expect(
+      defaultSplit(quantized, [layerRoom(quantized, 0, free[0]!), free[1]!])
+        .map(layerRange)
+        .join(","),
+    ).not.toBe(
+      defaultSplit(dequantized, [layerRoom(dequantized, 0, free[0]!), free[1]!])
+        .map(layerRange)
+        .join(","),
+    );
   });
 
   test("rank 0's output layer counts as the layers its work is worth", async () => {

@@ -2,7 +2,7 @@
 // and `mlx launch --plan`: who holds which layers, what each loads, what each hop carries.
 import { readFileSync } from "node:fs";
 import { freemem, hostname, networkInterfaces } from "node:os";
-import { defaultSplit, headLayers, layerRange, parseLayers, stageBytes } from "../engine/pipeline";
+import { defaultSplit, headLayers, layerRange, layerRoom, parseLayers, stageBytes } from "../engine/pipeline";
 import { headerBytes } from "../engine/pipeline/protocol";
 import { formatBytes } from "../format";
 import { readLayout } from "../models/layout";
@@ -159,7 +159,7 @@ export async function describePlan(hosts: Host[], command: string[]): Promise<st
     ? parseLayers(layers, layout.numLayers, hosts.length)
     : defaultSplit(
         layout,
-        hosts.map(() => freemem()),
+        hosts.map((_, rank) => layerRoom(layout, rank, freemem())),
       );
   const hop = layout.hiddenSize * layout.activationBytes;
   const lines = [

@@ -10,14 +10,14 @@ import { readLayout } from "../../models/layout";
 import { loadModelAsync, type LoadedModel } from "../../models/load";
 import type { CacheOptions } from "./cache-sets";
 import { PipelineFront } from "./front";
-import { defaultSplit, layerRange, parseLayers } from "./plan";
+import { defaultSplit, layerRange, layerRoom, parseLayers } from "./plan";
 import { serveStage } from "./stage";
 import { serveShard, TensorParallelFront } from "./tensor-parallel";
 
 export { PipelineFront, type PipelineFigures } from "./front";
 export { TensorParallelFront } from "./tensor-parallel";
 export type { CacheOptions } from "./cache-sets";
-export { defaultSplit, headLayers, layerRange, parseLayers, splitLayers, stageBytes } from "./plan";
+export { defaultSplit, headLayers, layerRange, layerRoom, parseLayers, splitLayers, stageBytes } from "./plan";
 export { busyFraction } from "./protocol";
 
 const { distributed } = mx;
@@ -66,7 +66,7 @@ export async function openPipeline(
     ? undefined
     : spec.layers !== undefined
       ? parseLayers(spec.layers, layout.numLayers, size)
-      : defaultSplit(layout, await exchangeFreeMemory(group));
+      : defaultSplit(layout, await exchangeLayerRoom(group, layerRoom(layout, rank, freemem())));
   const stage = stages?.[rank] ?? { start: 0, end: layout.numLayers, ends: rank === 0 };
   // What a prompt cache file records: a file saved under another split is not used.
   const split = stages ? `layers ${stages.map(layerRange).join(",")}` : `tensor-parallel ${size}`;
@@ -185,10 +185,10 @@ function readRingHostfile(path: string | undefined): string[][] | undefined {
   return hosts as string[][];
 }
 
-/** Every rank's free memory (bytes), by rank: the default split follows it. */
-async function exchangeFreeMemory(group: mx.distributed.Group): Promise<number[]> {
+/** Every rank's room for layers (layerRoom, bytes), by rank: the default split follows it. */
+async function exchangeLayerRoom(group: mx.distributed.Group, roomBytes: number): Promise<number[]> {
   // In MiB: float32 holds that exactly enough.
-  return (await gatherRound(group, freemem() / 2 ** 20)).map((mib) => mib * 2 ** 20);
+  return (await gatherRound(group, roomBytes / 2 ** 20)).map((mib) => mib * 2 ** 20);
 }
 
 /**

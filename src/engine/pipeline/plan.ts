@@ -73,16 +73,21 @@ export function headLayers(layout: ModelLayout): number {
 }
 
 /**
- * The default split: layers in proportion to each rank's free memory (bytes), once rank 0 has
- * room for the embedding and output layer it holds as well, with the output head's compute
- * counted in rank 0's share.
+ * A rank's room for layers: its free memory (bytes), less the embedding and output layer that
+ * rank 0 holds as well, in the bytes this machine loads them in (a GGUF's Q6_K matrices take
+ * fewer where our kernels hold them quantized). Each rank counts its own and they share the
+ * results, so machines that load the ends in different sizes still agree on one split.
  */
-export function defaultSplit(layout: ModelLayout, freeBytes: number[]): Stage[] {
-  return splitLayers(
-    layout.numLayers,
-    freeBytes.map((free, rank) => (rank === 0 ? free - layout.endBytes : free)),
-    headLayers(layout),
-  );
+export function layerRoom(layout: ModelLayout, rank: number, freeBytes: number): number {
+  return rank === 0 ? freeBytes - layout.endBytes : freeBytes;
+}
+
+/**
+ * The default split: layers in proportion to each rank's room for them (layerRoom), with the
+ * output head's compute (counted in parameters, the same on every machine) in rank 0's share.
+ */
+export function defaultSplit(layout: ModelLayout, roomBytes: number[]): Stage[] {
+  return splitLayers(layout.numLayers, roomBytes, headLayers(layout));
 }
 
 /** The bytes of weights a stage loads. */
