@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as mx from "../src/mlx";
-import { loadModel } from "../src/models/load";
+import { loadModel, type LoadedModel } from "../src/models/load";
 import { quantizeQ6K, tinyLlamaGGUF, writeGGUF } from "./helpers/gguf-writer";
 import { firstStepLogits, greedy } from "./helpers/parity";
 
@@ -25,22 +25,33 @@ function seeded(seed: number): () => number {
   };
 }
 
-describe("a Q6_K GGUF", () => {
-  // Rows of 256 (Q6_K's blocks), and outputs a multiple of 16 (the kernels' repacked columns).
-  const { metadata, tensors } = tinyLlamaGGUF(
-    { hidden: 256, heads: 4, kvHeads: 2, ffn: 512, layers: 2, type: "Q6_K" },
-    seeded(6),
-  );
-  const [q6k, f32] = [join(work, "q6k.gguf"), join(work, "f32.gguf")];
+/** A Q6_K GGUF `name` and its float32 twin (the values its blocks hold), written and loaded. */
+function loadTwins(name: string, { metadata, tensors }: ReturnType<typeof tinyLlamaGGUF>): [LoadedModel, LoadedModel] {
+  const [q6k, f32] = [join(work, `${name}.gguf`), join(work, `${name}-f32.gguf`)];
   writeGGUF(q6k, metadata, tensors);
   writeGGUF(
     f32,
     { ...metadata, "general.file_type": 0 },
     tensors.map((t) => ({ ...t, type: "F32" })),
   );
+  return [loadModel(q6k), loadModel(f32)];
+}
 
+/** Both models' greedy answers to one prompt, 12 tokens: the same. */
+function expectOneAnswer(quantized: LoadedModel, reference: LoadedModel): void {
+  const prompt = quantized.tokenizer.encode("The quick brown fox jumps over the lazy dog");
+  expect(greedy(quantized, prompt, 12, { untilEos: false })).toEqual(
+    greedy(reference, prompt, 12, { untilEos: false }),
+  );
+}
+
+describe("a Q6_K GGUF", () => {
   test("its matrices stay 8-bit in groups of 16 where our kernels run them, and it answers as its values in float32", () => {
-    const [quantized, reference] = [loadModel(q6k), loadModel(f32)];
+    // Rows of 256 (Q6_K's blocks), and outputs a multiple of 16 (the kernels' repacked columns).
+    const [quantized, reference] = loadTwins(
+      "q6k",
+      tinyLlamaGGUF({ hidden: 256, heads: 4, kvHeads: 2, ffn: 512, layers: 2, type: "Q6_K" }, seeded(6)),
+    );
     try {
       const halfGroups = mx.cpuKernelsReadHalfGroups(16);
       for (const layer of ["model.layers.0.self_attn.o_proj", "model.layers.1.mlp.down_proj", "model.embed_tokens"])
@@ -57,9 +68,7 @@ describe("a Q6_K GGUF", () => {
       const [ours, theirs] = [firstStepLogits(quantized, prompt, ids), firstStepLogits(reference, prompt, ids)];
       const largest = Math.max(...theirs.map(Math.abs));
       ours.forEach((v, i) => expect(Math.abs(v - theirs[i]!)).toBeLessThan(1e-3 * largest + 1e-3));
-      expect(greedy(quantized, prompt, 12, { untilEos: false })).toEqual(
-        greedy(reference, prompt, 12, { untilEos: false }),
-      );
+      expectOneAnswer(quantized, reference);
     } finally {
       quantized.free();
       reference.free();
@@ -82,15 +91,8 @@ describe("a Q6_K GGUF", () => {
       i < embedding.values.length ? embedding.values[i]! : (random() - 0.5) * 0.2,
     );
     Object.assign(embedding, { dims: [256, tokens.length], values: quantizeQ6K(values).values });
-    const [q6k, f32] = [join(work, "added-tokens.gguf"), join(work, "added-tokens-f32.gguf")];
     const withTokens = { ...metadata, "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types };
-    writeGGUF(q6k, withTokens, tensors);
-    writeGGUF(
-      f32,
-      { ...withTokens, "general.file_type": 0 },
-      tensors.map((t) => ({ ...t, type: "F32" })),
-    );
-    const [quantized, reference] = [loadModel(q6k), loadModel(f32)];
+    const [quantized, reference] = loadTwins("added-tokens", { metadata: withTokens, tensors });
     try {
       const note = quantized.notes.join("\n");
       if (mx.cpuKernelsReadHalfGroups(16)) {
@@ -107,10 +109,7 @@ describe("a Q6_K GGUF", () => {
           "Q5_K stay quantized, and Q6_K matrices of rows a multiple of 16), so it takes more memory",
         );
       } else expect(note).toContain("added-tokens.gguf: its Q6_K tensors were dequantized to 16-bit at load time");
-      const prompt = quantized.tokenizer.encode("The quick brown fox jumps over the lazy dog");
-      expect(greedy(quantized, prompt, 12, { untilEos: false })).toEqual(
-        greedy(reference, prompt, 12, { untilEos: false }),
-      );
+      expectOneAnswer(quantized, reference);
     } finally {
       quantized.free();
       reference.free();
