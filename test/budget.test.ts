@@ -24,6 +24,7 @@ import type { RunningServer } from "../src/server/app";
 import { writeTinyModel } from "./helpers/tiny-model";
 import { cliRunner } from "./helpers/cli";
 import { post, serve } from "./helpers/serve";
+import { smallestCallBudget } from "./helpers/forecast-tools";
 
 const root = mkdtempSync(join(tmpdir(), "mlx-budget-"));
 const modelDir = join(root, "tiny");
@@ -567,14 +568,9 @@ describe("schemas × small budgets × seeds on the tiny model: every answer pars
     const functions = [{ name: "file_report", description: "", parameters: parameters as Record<string, unknown> }];
     for (const name of ["hermes", "llama3", "mistral"] as const) {
       const format = toolCallFormats[name];
-      const small = await createToolCallConstraint(lm.tokenizer, format, functions, {
-        required: true,
-        parallel: false,
-        maxTokens: 5,
-      }).catch((e) => e);
-      expect(small).toBeInstanceOf(BudgetError);
+      const minimum = await smallestCallBudget(lm.tokenizer, format, functions);
       for (const extra of [0, 6, 30]) {
-        const maxTokens = (small as BudgetError).minimum + extra;
+        const maxTokens = minimum + extra;
         const constraint = await createToolCallConstraint(lm.tokenizer, format, functions, {
           required: true,
           parallel: true,
@@ -600,13 +596,7 @@ describe("schemas × small budgets × seeds on the tiny model: every answer pars
     const tools = [{ name: "write_file", description: "", parameters: xmlParameters }];
     const format = toolCallFormats.qwen3coder.withTools!(tools);
     const validate = ajv.compile(xmlParameters);
-    const small = await createToolCallConstraint(lm.tokenizer, format, tools, {
-      required: true,
-      parallel: false,
-      maxTokens: 5,
-    }).catch((e) => e);
-    expect(small).toBeInstanceOf(BudgetError);
-    const minimum = (small as BudgetError).minimum;
+    const minimum = await smallestCallBudget(lm.tokenizer, format, tools);
     for (const required of [true, false]) {
       for (const extra of [0, 5, 20]) {
         for (const seed of [1, 2]) {
@@ -651,13 +641,7 @@ describe("schemas × small budgets × seeds on the tiny model: every answer pars
     const tools = [{ name: "annotate", description: "", parameters }];
     const format = toolCallFormats.qwen3coder.withTools!(tools);
     const validate = ajv.compile(parameters);
-    const small = await createToolCallConstraint(lm.tokenizer, format, tools, {
-      required: true,
-      parallel: false,
-      maxTokens: 5,
-    }).catch((e) => e);
-    expect(small).toBeInstanceOf(BudgetError);
-    const minimum = (small as BudgetError).minimum;
+    const minimum = await smallestCallBudget(lm.tokenizer, format, tools);
     for (const extra of [0, 4, 12, 30]) {
       for (const seed of [1, 2]) {
         const maxTokens = minimum + extra;

@@ -1,9 +1,13 @@
 // The tools the tool-call tests offer: a forecast function with a constrained parameter schema,
-// and a clock that takes nothing.
+// and a clock that takes nothing; the fewest tokens a call takes.
 import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { expect } from "bun:test";
 import OpenAI from "openai";
+import { BudgetError } from "../../src/engine/budget/steering";
+import { createToolCallConstraint, type ToolCallFormat, type ToolSpec } from "../../src/engine/tools";
+import type { Tokenizer } from "../../src/tokenizer/tokenizer";
 import type { RunningServer } from "../../src/server/app";
 import { serve } from "./serve";
 import { writeTinyModel } from "./tiny-model";
@@ -66,4 +70,19 @@ export async function readToolStream(stream: AsyncIterable<OpenAI.ChatCompletion
     finish = choice?.finish_reason ?? finish;
   }
   return { content, calls, finish };
+}
+
+/** The fewest tokens one required call of `format` to `tools` takes: what a budget of 5 is refused with. */
+export async function smallestCallBudget(
+  tokenizer: Tokenizer,
+  format: ToolCallFormat,
+  tools: ToolSpec[],
+): Promise<number> {
+  const small = await createToolCallConstraint(tokenizer, format, tools, {
+    required: true,
+    parallel: false,
+    maxTokens: 5,
+  }).catch((e) => e);
+  expect(small).toBeInstanceOf(BudgetError);
+  return (small as BudgetError).minimum;
 }
