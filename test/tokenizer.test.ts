@@ -353,6 +353,36 @@ describe("chat template", () => {
       "the model's chat template uses a feature of Python's Jinja2 that mlx's template renderer lacks: ",
     );
   });
+  // Expected renderings from transformers (Jinja2's loopcontrols): @huggingface/jinja's {% break %}
+  // and {% continue %} threw away what the loop's body had rendered in that pass (the last user
+  // message came out empty), and a loop whose every pass ended early skipped its {% else %}.
+  test("break and continue keep what the pass rendered before them, as Jinja2's do", () => {
+    const template =
+      "{% for m in messages[::-1] %}{% if m.role == 'user' %}{{ m.content }}{% break %}{% endif %}{% endfor %}|" +
+      "{% for x in [1, 2, 3] %}{{ x }}{% if x == 2 %}{% continue %}{% endif %}!{% endfor %}|" +
+      "{% for x in [1, 2] %}{{ x }}{% if x == 2 %}{% break %}{% endif %}{% else %}E{% endfor %}|" +
+      "{% for x in [1, 2] %}{% continue %}{% else %}E{% endfor %}|" +
+      "{% for x in [1, 2] %}{{ x }}{% break %}{% else %}E{% endfor %}|" +
+      "{% for a in [1, 2] %}{% for b in [1, 2, 3] %}{{ a }}{{ b }}" +
+      "{% if b == 2 %}{% break %}{% elif b == 1 %}-{% continue %}{% endif %},{% endfor %};{% endfor %}";
+    const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template: template });
+    const messages = [
+      { role: "user" as const, content: "first" },
+      { role: "assistant" as const, content: "b" },
+      { role: "user" as const, content: "last" },
+      { role: "assistant" as const, content: "c" },
+    ];
+    expect(tok.applyChatTemplate(messages)).toBe("last|1!23!|12|E|1E|11-12;21-22;");
+  });
+  // Expected from transformers: a macro that prints `kwargs` (or varargs) takes them; the library
+  // looks for them only in its own nodes, and missed those the Python rewrite makes ({{ kwargs }}).
+  test("a macro that prints kwargs takes keyword arguments", () => {
+    const template =
+      "{% macro tag(name) %}<{{ name }}{% for k, v in kwargs.items() %} {{ k }}={{ v }}{% endfor %}>{% endmacro %}" +
+      "{{ tag('a', href='x', id=2) }}|{% macro f() %}{{ kwargs }}{% endmacro %}{{ f(b=1) }}";
+    const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template: template });
+    expect(tok.applyChatTemplate([])).toBe("<a href=x id=2>|{'b': 1}");
+  });
   // Python's strftime (transformers' strftime_now) in the C locale, as Llama 3.2's, Granite's and
   // gpt-oss's templates date their system prompts: @huggingface/jinja's knows only %Y %m %d %b %B
   // %H %M, and names months in the process's locale (under Node, "Dez" for LANG=de_DE).

@@ -1,7 +1,7 @@
 // Chat templates are written for Python's Jinja2 (transformers renders them); we render with
 // @huggingface/jinja, and where its builtins part from Python's, the parsed template is
 // rewritten to call Python's (withPythonBuiltins), given to the render as PYTHON_BUILTINS.
-import type { Template } from "@huggingface/jinja";
+import { Environment, Interpreter, type Template } from "@huggingface/jinja";
 
 const DAYS = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"];
 const MONTHS = [
@@ -166,6 +166,15 @@ function pythonLen(value: TemplateValue | undefined): number {
   }
 }
 
+/** Python's range(stop) and range(start, stop[, step]). */
+function pythonRange(start: number, stop?: number, step = 1): number[] {
+  if (stop === undefined) [start, stop] = [0, start];
+  if (step === 0) throw new Error("range() arg 3 must not be zero");
+  const numbers: number[] = [];
+  for (let i = start; step > 0 ? i < stop : i > stop; i += step) numbers.push(i);
+  return numbers;
+}
+
 /** What a rewritten call (see withPythonBuiltins) calls, by its name in the template's variables. */
 export const PYTHON_BUILTINS: Record<string, (...args: unknown[]) => string | number> = {
   ...Object.fromEntries(
@@ -199,6 +208,8 @@ const STATEMENTS = new Set([
   "Continue",
   "FilterStatement",
   "Comment",
+  "PythonBlock",
+  "PythonLoopBody",
 ]);
 
 /**
@@ -216,24 +227,29 @@ const STATEMENTS = new Set([
  */
 export function withPythonBuiltins(template: Template): Template {
   type Node = { type?: string; [key: string]: unknown };
-  const call = (name: string, args: unknown[]): Node => ({
-    type: "CallExpression",
-    callee: { type: "Identifier", value: name },
-    args,
-  });
+  // The library looks for a macro's varargs and kwargs only in nodes of its Statement class: a
+  // rewritten node is made one (a plain object hid `{{ varargs }}`, and the call was refused).
+  const statement = Object.getPrototypeOf(Object.getPrototypeOf(template.parsed)) as object;
+  const node = (fields: Node): Node => Object.assign(Object.create(statement) as Node, fields);
+  const call = (name: string, args: unknown[]): Node =>
+    node({ type: "CallExpression", callee: node({ type: "Identifier", value: name }), args });
   // Given its value in a list: the library hands a function a value's contents, and 1.0's are 1's.
-  const boxedCall = (name: string, node: unknown) => call(name, [{ type: "ArrayLiteral", value: [node] }]);
-  const str = (node: unknown): Node => boxedCall("__python_str", node);
-  const printed = (node: Node) => (STATEMENTS.has(node.type!) || node.type === "StringLiteral" ? node : str(node));
-  const visit = (node: unknown): void => {
-    if (!node || typeof node !== "object") return;
-    if (Array.isArray(node)) return node.forEach(visit);
-    const n = node as Node;
+  const boxedCall = (name: string, value: unknown) => call(name, [node({ type: "ArrayLiteral", value: [value] })]);
+  const str = (value: unknown): Node => boxedCall("__python_str", value);
+  const printed = (item: Node) => (STATEMENTS.has(item.type!) || item.type === "StringLiteral" ? item : str(item));
+  const visit = (value: unknown): void => {
+    if (!value || typeof value !== "object") return;
+    if (Array.isArray(value)) return value.forEach(visit);
+    const n = value as Node;
     for (const child of Object.values(n)) visit(child);
     const callee = n.callee as Node | undefined;
     const method = callee?.property as Node | undefined;
     for (const block of ["body", "alternate", "defaultBlock"])
       if (Array.isArray(n[block])) n[block] = (n[block] as Node[]).map(printed);
+    // A loop's body and an if's branches keep what they rendered before a break or continue (see PythonInterpreter).
+    if (n.type === "For") n.body = [node({ type: "PythonLoopBody", body: n.body })];
+    if (n.type === "If")
+      for (const branch of ["body", "alternate"]) n[branch] = [node({ type: "PythonBlock", body: n[branch] })];
     if (n.type === "CallExpression" && callee?.type === "Identifier" && callee.value === "strftime_now")
       callee.value = "__python_strftime_now";
     if (n.type === "CallExpression" && callee?.type === "Identifier" && callee.value === "raise_exception")
@@ -262,4 +278,97 @@ export function withPythonBuiltins(template: Template): Template {
   };
   visit(template.parsed);
   return template;
+}
+
+/** A {% break %} or {% continue %} on its way out of its loop's body, with what the body rendered before it. */
+class LoopControl {
+  constructor(
+    readonly kind: "Break" | "Continue",
+    public rendered = "",
+  ) {}
+}
+
+type Statement = Parameters<Interpreter["evaluate"]>[0];
+type Rendered = ReturnType<Interpreter["evaluate"]>;
+
+/**
+ * The library's interpreter, but for Python's loop controls: its {% break %} and {% continue %}
+ * threw away what the loop's body had rendered in that pass (`{{ m.content }}{% break %}` wrote
+ * nothing). The bodies withPythonBuiltins marks (PythonLoopBody, PythonBlock) keep it, and a loop
+ * whose every pass ended early renders its {% else %}, as Jinja2's does.
+ */
+class PythonInterpreter extends Interpreter {
+  /** The loops being rendered, innermost last. */
+  private readonly loops: { entered: boolean; broken: boolean; completed: boolean }[] = [];
+
+  override evaluate(statement: Statement, environment: Environment): Rendered {
+    const node = statement as unknown as { type: string; body: Statement[]; defaultBlock: Statement[] };
+    switch (node?.type) {
+      case "Break":
+      case "Continue":
+        throw new LoopControl(node.type);
+      case "PythonBlock":
+        return this.text(this.block(node.body, environment), environment);
+      case "PythonLoopBody": {
+        const loop = this.loops.at(-1)!;
+        if (loop.broken) return this.text("", environment); // the library goes on through the rest
+        loop.entered = true;
+        try {
+          const rendered = this.block(node.body, environment);
+          loop.completed = true;
+          return this.text(rendered, environment);
+        } catch (error) {
+          if (!(error instanceof LoopControl)) throw error;
+          loop.broken ||= error.kind === "Break";
+          return this.text(error.rendered, environment);
+        }
+      }
+      case "For": {
+        const loop = { entered: false, broken: false, completed: false };
+        this.loops.push(loop);
+        let rendered: string;
+        try {
+          rendered = super.evaluate(statement, environment).value as string;
+        } finally {
+          this.loops.pop();
+        }
+        // The library renders the else of a loop over nothing; Jinja2's, of a loop no pass of which ran to its end.
+        if (loop.entered && !loop.completed && node.defaultBlock.length > 0)
+          rendered += this.block(node.defaultBlock, environment);
+        return this.text(rendered, environment);
+      }
+      default:
+        return super.evaluate(statement, environment);
+    }
+  }
+
+  /** Renders statements as the library's evaluateBlock does, a loop control taking along what they rendered. */
+  private block(statements: Statement[], environment: Environment): string {
+    let rendered = "";
+    for (const statement of statements) {
+      let value: Rendered;
+      try {
+        value = this.evaluate(statement, environment);
+      } catch (error) {
+        if (error instanceof LoopControl) error.rendered = rendered + error.rendered;
+        throw error;
+      }
+      if (value.type !== "NullValue" && value.type !== "UndefinedValue") rendered += value.toString();
+    }
+    return rendered;
+  }
+
+  /** A string value of the library's (its classes are not exported). */
+  private text(value: string, environment: Environment): Rendered {
+    return super.evaluate({ type: "StringLiteral", value } as unknown as Statement, environment);
+  }
+}
+
+/** Renders a template (withPythonBuiltins') with these variables, as Python's Jinja2 renders it. */
+export function renderTemplate(template: Template, variables: Record<string, unknown>): string {
+  const environment = new Environment();
+  const globals = { true: true, false: false, none: null, True: true, False: false, None: null, range: pythonRange };
+  for (const [name, value] of Object.entries({ ...globals, ...variables, ...PYTHON_BUILTINS }))
+    environment.set(name, value);
+  return new PythonInterpreter(environment).run(template.parsed).value as string;
 }

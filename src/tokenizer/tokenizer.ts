@@ -8,7 +8,7 @@ import { Template } from "@huggingface/jinja";
 import { bosEosPostProcessor, byteToChar, tokenizerFilesFromGGUF } from "./gguf";
 import { cachedTokenizerFiles } from "./gguf-cache";
 import { runSteps, type Steps } from "../event-loop";
-import { PYTHON_BUILTINS, withPythonBuiltins } from "./python-jinja";
+import { renderTemplate, withPythonBuiltins } from "./python-jinja";
 
 export interface ChatMessage {
   role: string;
@@ -323,7 +323,7 @@ export class Tokenizer {
       const token = tokenString(this.config[name]);
       if (token !== undefined) specialTokens[name] = token;
     }
-    return template.render({
+    return renderTemplate(template, {
       ...specialTokens,
       // transformers always passes these, as None when absent; templates test `tools is defined`.
       messages,
@@ -331,7 +331,6 @@ export class Tokenizer {
       documents: null,
       add_generation_prompt: addGenerationPrompt,
       ...extra,
-      ...PYTHON_BUILTINS,
     });
   }
 
