@@ -383,6 +383,31 @@ describe("chat template", () => {
     const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template: template });
     expect(tok.applyChatTemplate([])).toBe("<a href=x id=2>|{'b': 1}");
   });
+  // Expected renderings from transformers (Python's str methods): the library has none of these
+  // (the render failed, a 500), and its capitalize and title keep the other letters' case.
+  test("str methods render as Python's", () => {
+    const template =
+      "{{ 'abcabc'.count('b') }}|{{ 'abcabc'.find('c') }}|{{ 'abc'.find('z') }}|{{ 'abcabc'.rfind('c') }}|" +
+      "{{ 'é😀a😀'.find('a') }}|{{ 'a,b,c'.rsplit(',', 1) }}|{{ '  a  b  c '.rsplit(none, 1) }}|" +
+      "{{ 'a=b=c'.partition('=') }}|{{ 'a=b=c'.rpartition('=') }}|{{ 'hELLO wORLD'.capitalize() }}|" +
+      "{{ '1st place éa'.title() }}|{{ '{} is {x}'.format('a', x=none) }}|{{ ', '.join(['a', 'b']) }}|" +
+      "{{ '-5'.zfill(4) }}|{{ 'ab'.center(5) }}|{{ 'a'.ljust(3, '.') }}|{{ 'a\\r\\nb\\n'.splitlines() }}|" +
+      "{{ 'abc'.removeprefix('a') }}|{{ '12'.isdigit() }}|{{ m.content.find('</think>') }}";
+    const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template: template });
+    expect(tok.applyChatTemplate([], { extra: { m: { content: "x</think>y" } } })).toBe(
+      "2|2|-1|5|2|['a,b', 'c']|['  a  b', 'c']|('a', '=', 'b=c')|('a=b', '=', 'c')|Hello world|1St Place Éa|" +
+        "a is None|a, b|-005|  ab |a..|['a', 'b']|bc|True|1",
+    );
+  });
+  // Expected renderings from transformers: the library knew `%` and `*` only between numbers (a
+  // string's formatting or repetition failed the render), and its `%` took the dividend's sign.
+  test("% formats strings and * repeats them, as Python's operators do", () => {
+    const template =
+      "{{ '%s-%d' % ('a', 3) }}|{{ 'x=%s' % none }}|{{ '%(a)s!' % {'a': 1} }}|{{ '%05.1f|%-3s|%x' % (2.25, 'b', 255) }}|" +
+      "{{ '=' * 3 }}|{{ 2 * 'ab' }}|{{ [1, 2] * 2 }}|{{ -7 % 3 }}|{{ 7.5 % -2 }}|{{ 7 % 3 }}|{{ 2.5 * 2 }}";
+    const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template: template });
+    expect(tok.applyChatTemplate([])).toBe("a-3|x=None|1!|002.2|b  |ff|===|abab|[1, 2, 1, 2]|2|-0.5|1|5.0");
+  });
   // Python's strftime (transformers' strftime_now) in the C locale, as Llama 3.2's, Granite's and
   // gpt-oss's templates date their system prompts: @huggingface/jinja's knows only %Y %m %d %b %B
   // %H %M, and names months in the process's locale (under Node, "Dez" for LANG=de_DE).

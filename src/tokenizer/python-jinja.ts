@@ -280,6 +280,217 @@ export function withPythonBuiltins(template: Template): Template {
   return template;
 }
 
+/** Python's str.rsplit: without a separator, at runs of whitespace, the part left over keeping its own. */
+function pythonRsplit(text: string, separator: string | null = null, maxsplit = -1): string[] {
+  if (separator === "") throw new Error("empty separator");
+  if (separator !== null) {
+    const parts = text.split(separator);
+    if (maxsplit < 0 || parts.length <= maxsplit + 1) return parts;
+    const kept = parts.length - maxsplit;
+    return [parts.slice(0, kept).join(separator), ...parts.slice(kept)];
+  }
+  const words: string[] = [];
+  let rest = text.trimEnd();
+  while (rest !== "") {
+    if (words.length === maxsplit) {
+      words.unshift(rest);
+      break;
+    }
+    const word = /\S+$/.exec(rest)![0];
+    words.unshift(word);
+    rest = rest.slice(0, -word.length).trimEnd();
+  }
+  return words;
+}
+
+/** Python's str.center, ljust and rjust: pads with fill to width, code points counted. */
+function pythonPad(text: string, width: number, fill: string, side: "left" | "right" | "center"): string {
+  const room = Math.max(0, width - [...text].length);
+  const left = side === "right" ? room : side === "center" ? Math.floor(room / 2) + (room & width & 1) : 0;
+  return fill.repeat(left) + text + fill.repeat(room - left);
+}
+
+/** Python's str.find and str.index (rfind, rindex from the right), in code points. */
+function pythonFind(text: string, sub: string, fromRight: boolean): number {
+  const at = fromRight ? text.lastIndexOf(sub) : text.indexOf(sub);
+  return at < 0 ? -1 : [...text.slice(0, at)].length;
+}
+
+/** Python's str.count: non-overlapping occurrences ("" counts the gaps between code points). */
+function pythonCount(text: string, sub: string): number {
+  return sub === "" ? [...text].length + 1 : text.split(sub).length - 1;
+}
+
+/** Python's str.format with {}, {0} and {name} fields (no format specs: those are refused). */
+function pythonFormat(format: string, args: TemplateValue[], kwargs: Map<string, TemplateValue>): string {
+  let next = 0;
+  return format.replace(/\{\{|\}\}|\{([^{}]*)\}/g, (field, name: string | undefined) => {
+    if (name === undefined) return field[0]!;
+    if (/[:!]/.test(name)) throw new Error(`str.format() with a conversion or format spec is not supported: ${field}`);
+    const value = name === "" ? args[next++] : /^\d+$/.test(name) ? args[Number(name)] : kwargs.get(name);
+    if (value === undefined) throw new Error(`str.format(): no argument for ${field}`);
+    return pythonStr(value);
+  });
+}
+
+/** Python's fixed-point digits of a float: a tie rounds to the even digit (JavaScript's toFixed rounds it up: 0.5 → "1"). */
+function pythonFixed(x: number, digits: number): string {
+  const exactDigits = Math.min(100, digits + 25);
+  const exact = x.toFixed(exactDigits); // the double's exact decimal digits this far
+  const [kept, rest] = [
+    exact.slice(0, exact.length - (exactDigits - digits)),
+    exact.slice(exact.length - (exactDigits - digits)),
+  ];
+  if (/^50*$/.test(rest) && /[02468]\.?$/.test(kept)) return kept.replace(/\.$/, "");
+  return x.toFixed(digits);
+}
+
+/** Python's printf-style `format % values`: %s %r %d %i %f %x %o %c %% with flags, width, precision, and %(name)s. */
+function pythonPercentFormat(format: string, values: TemplateValue): string {
+  const positional = values.type === "TupleValue" ? (values.value as TemplateValue[]) : [values];
+  const named = values.type === "ObjectValue" ? (values.value as Map<string, TemplateValue>) : undefined;
+  let next = 0;
+  const text = format.replace(
+    /%(?:\(([^)]*)\))?([-+ 0#]*)(\d+)?(?:\.(\d+))?(.)/gs,
+    (
+      _,
+      name: string | undefined,
+      flags: string,
+      width: string | undefined,
+      precision: string | undefined,
+      kind: string,
+    ) => {
+      if (kind === "%") return "%";
+      const value = name !== undefined ? named?.get(name) : positional[next++];
+      if (value === undefined) throw new Error("not enough arguments for format string");
+      const number = () => {
+        if (!["IntegerValue", "FloatValue", "BooleanValue"].includes(value.type))
+          throw new Error(`%${kind} format: a real number is required, not ${value.type}`);
+        return Number(value.value);
+      };
+      let out: string;
+      if (kind === "s") out = pythonStr(value);
+      else if (kind === "r" || kind === "a") out = pythonRepr(value);
+      else if (kind === "d" || kind === "i" || kind === "u") out = Math.trunc(number()).toString();
+      else if (kind === "f" || kind === "F")
+        out = pythonFixed(number(), precision === undefined ? 6 : Number(precision));
+      else if (kind === "x" || kind === "X" || kind === "o") {
+        const digits = Math.trunc(number()).toString(kind === "o" ? 8 : 16);
+        out = kind === "X" ? digits.toUpperCase() : digits;
+      } else if (kind === "c")
+        out = typeof value.value === "number" ? String.fromCodePoint(value.value) : pythonStr(value);
+      else throw new Error(`unsupported format character '${kind}'`);
+      if (precision !== undefined && (kind === "s" || kind === "r"))
+        out = [...out].slice(0, Number(precision)).join("");
+      if (flags.includes("+") && /^[dfFi]$/.test(kind) && !out.startsWith("-")) out = `+${out}`;
+      const pad = Math.max(0, Number(width ?? 0) - [...out].length);
+      if (flags.includes("-")) return out + " ".repeat(pad);
+      if (flags.includes("0") && kind !== "s" && kind !== "r") {
+        const sign = /^[-+]/.test(out) ? out[0]! : "";
+        return sign + "0".repeat(pad) + out.slice(sign.length);
+      }
+      return " ".repeat(pad) + out;
+    },
+  );
+  if (named === undefined && next < positional.length && values.type === "TupleValue")
+    throw new Error("not all arguments converted during string formatting");
+  return text;
+}
+
+type MethodArgs = { args: TemplateValue[]; kwargs: Map<string, TemplateValue> };
+/** A method's argument that must be a string. */
+const stringArgument = (value: TemplateValue | undefined, what: string): string => {
+  if (value?.type !== "StringValue") throw new Error(`${what} must be a string`);
+  return value.value as string;
+};
+/** A method's integer argument, or its default when not given (or None). */
+const integer = (value: TemplateValue | undefined, fallback: number): number =>
+  value === undefined || value.type === "NullValue" ? fallback : Number(value.value);
+/** rsplit's sep and maxsplit, by position or keyword. */
+const splitArgs = ({ args, kwargs }: MethodArgs): [string | null, number] => {
+  const separator = args[0] ?? kwargs.get("sep");
+  return [
+    separator === undefined || separator.type === "NullValue" ? null : stringArgument(separator, "sep"),
+    integer(args[1] ?? kwargs.get("maxsplit"), -1),
+  ];
+};
+
+/**
+ * Python's str methods that the library lacks, or has otherwise than Python (capitalize and
+ * title leave the other letters' case): by name, given the string and the call's arguments.
+ */
+const STRING_METHODS: Record<string, (self: string, call: MethodArgs) => unknown> = {
+  count: (self, { args }) => pythonCount(self, stringArgument(args[0], "count()'s argument")),
+  find: (self, { args }) => pythonFind(self, stringArgument(args[0], "find()'s argument"), false),
+  rfind: (self, { args }) => pythonFind(self, stringArgument(args[0], "rfind()'s argument"), true),
+  index: (self, { args }) => {
+    const at = pythonFind(self, stringArgument(args[0], "index()'s argument"), false);
+    if (at < 0) throw new Error("substring not found");
+    return at;
+  },
+  rindex: (self, { args }) => {
+    const at = pythonFind(self, stringArgument(args[0], "rindex()'s argument"), true);
+    if (at < 0) throw new Error("substring not found");
+    return at;
+  },
+  rsplit: (self, call) => pythonRsplit(self, ...splitArgs(call)),
+  splitlines: (self) => {
+    const lines = self.split(/\r\n|[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]/);
+    if (lines.at(-1) === "") lines.pop(); // no line after the last break, nor in ""
+    return lines;
+  },
+  partition: (self, { args }) => {
+    const separator = stringArgument(args[0], "partition()'s separator");
+    const at = self.indexOf(separator);
+    return at < 0 ? [self, "", ""] : [self.slice(0, at), separator, self.slice(at + separator.length)];
+  },
+  rpartition: (self, { args }) => {
+    const separator = stringArgument(args[0], "rpartition()'s separator");
+    const at = self.lastIndexOf(separator);
+    return at < 0 ? ["", "", self] : [self.slice(0, at), separator, self.slice(at + separator.length)];
+  },
+  capitalize: (self) => {
+    const [first = "", ...rest] = [...self];
+    return first.toUpperCase() + rest.join("").toLowerCase();
+  },
+  title: (self) => self.replace(/\p{L}+/gu, (word) => word[0]!.toUpperCase() + word.slice(1).toLowerCase()),
+  swapcase: (self) => [...self].map((c) => (c === c.toUpperCase() ? c.toLowerCase() : c.toUpperCase())).join(""),
+  casefold: (self) => self.toLowerCase(),
+  format: (self, { args, kwargs }) => pythonFormat(self, args, kwargs),
+  join: (self, { args }) => {
+    const items = args[0];
+    if (items?.type === "StringValue") return [...(items.value as string)].join(self);
+    if (items?.type !== "ArrayValue" && items?.type !== "TupleValue") throw new Error("join() takes a list of strings");
+    return (items.value as TemplateValue[]).map((item) => stringArgument(item, "join()'s items")).join(self);
+  },
+  zfill: (self, { args }) => {
+    const sign = /^[-+]/.test(self) ? self[0]! : "";
+    return sign + self.slice(sign.length).padStart(integer(args[0], 0) - sign.length, "0");
+  },
+  ljust: (self, { args }) =>
+    pythonPad(self, integer(args[0], 0), args[1] ? stringArgument(args[1], "fill") : " ", "left"),
+  rjust: (self, { args }) =>
+    pythonPad(self, integer(args[0], 0), args[1] ? stringArgument(args[1], "fill") : " ", "right"),
+  center: (self, { args }) =>
+    pythonPad(self, integer(args[0], 0), args[1] ? stringArgument(args[1], "fill") : " ", "center"),
+  removeprefix: (self, { args }) => {
+    const prefix = stringArgument(args[0], "removeprefix()'s argument");
+    return self.startsWith(prefix) ? self.slice(prefix.length) : self;
+  },
+  removesuffix: (self, { args }) => {
+    const suffix = stringArgument(args[0], "removesuffix()'s argument");
+    return suffix && self.endsWith(suffix) ? self.slice(0, -suffix.length) : self;
+  },
+  isdigit: (self) => /^\p{Nd}+$/u.test(self),
+  isnumeric: (self) => /^\p{N}+$/u.test(self),
+  isdecimal: (self) => /^\p{Nd}+$/u.test(self),
+  isalpha: (self) => /^\p{L}+$/u.test(self),
+  isalnum: (self) => /^[\p{L}\p{N}]+$/u.test(self),
+  isspace: (self) => /^\s+$/.test(self),
+  isupper: (self) => /\p{Lu}/u.test(self) && !/\p{Ll}/u.test(self),
+  islower: (self) => /\p{Ll}/u.test(self) && !/\p{Lu}/u.test(self),
+};
+
 /** A {% break %} or {% continue %} on its way out of its loop's body, with what the body rendered before it. */
 class LoopControl {
   constructor(
@@ -290,12 +501,22 @@ class LoopControl {
 
 type Statement = Parameters<Interpreter["evaluate"]>[0];
 type Rendered = ReturnType<Interpreter["evaluate"]>;
+type BinaryNode = { type: "BinaryExpression"; operator: { value: string }; left: Statement; right: Statement };
+type CallNode = {
+  type: "CallExpression";
+  callee: { type: string; computed?: boolean; object: Statement; property: { value: string } };
+  args: { type: string; key?: { value: string }; value: Statement }[];
+};
+/** A node that stands for a value already evaluated (see PythonInterpreter's evaluate). */
+const evaluated = (value: Rendered) => ({ type: "PythonValue", value }) as unknown as Statement;
 
 /**
- * The library's interpreter, but for Python's loop controls: its {% break %} and {% continue %}
- * threw away what the loop's body had rendered in that pass (`{{ m.content }}{% break %}` wrote
- * nothing). The bodies withPythonBuiltins marks (PythonLoopBody, PythonBlock) keep it, and a loop
- * whose every pass ended early renders its {% else %}, as Jinja2's does.
+ * The library's interpreter, with Python's loop controls, str methods and operators. Its {% break %}
+ * and {% continue %} threw away what the loop's body had rendered in that pass (`{{ m.content }}{%
+ * break %}` wrote nothing): the bodies withPythonBuiltins marks (PythonLoopBody, PythonBlock) keep
+ * it, and a loop whose every pass ended early renders its {% else %}, as Jinja2's does. A string's
+ * methods the library lacks are STRING_METHODS; `%` formats a string and `*` repeats a string or
+ * list (the library knew both only between numbers), and `%` takes the divisor's sign.
  */
 class PythonInterpreter extends Interpreter {
   /** The loops being rendered, innermost last. */
@@ -308,19 +529,19 @@ class PythonInterpreter extends Interpreter {
       case "Continue":
         throw new LoopControl(node.type);
       case "PythonBlock":
-        return this.text(this.block(node.body, environment), environment);
+        return this.value(this.block(node.body, environment));
       case "PythonLoopBody": {
         const loop = this.loops.at(-1)!;
-        if (loop.broken) return this.text("", environment); // the library goes on through the rest
+        if (loop.broken) return this.value(""); // the library goes on through the rest
         loop.entered = true;
         try {
           const rendered = this.block(node.body, environment);
           loop.completed = true;
-          return this.text(rendered, environment);
+          return this.value(rendered);
         } catch (error) {
           if (!(error instanceof LoopControl)) throw error;
           loop.broken ||= error.kind === "Break";
-          return this.text(error.rendered, environment);
+          return this.value(error.rendered);
         }
       }
       case "For": {
@@ -335,11 +556,84 @@ class PythonInterpreter extends Interpreter {
         // The library renders the else of a loop over nothing; Jinja2's, of a loop no pass of which ran to its end.
         if (loop.entered && !loop.completed && node.defaultBlock.length > 0)
           rendered += this.block(node.defaultBlock, environment);
-        return this.text(rendered, environment);
+        return this.value(rendered);
       }
+      case "PythonValue":
+        return (node as unknown as { value: Rendered }).value;
+      case "BinaryExpression":
+        return this.binary(node as unknown as BinaryNode, environment);
+      case "CallExpression":
+        return this.call(node as unknown as CallNode, environment);
       default:
         return super.evaluate(statement, environment);
     }
+  }
+
+  /** Python's `%` (string formatting, and a modulo with the divisor's sign) and `*` (repeating a string or list). */
+  private binary(node: BinaryNode, environment: Environment): Rendered {
+    const operator = node.operator.value;
+    if (operator !== "%" && operator !== "*") return super.evaluate(node as unknown as Statement, environment);
+    const [left, right] = [this.evaluate(node.left, environment), this.evaluate(node.right, environment)];
+    const operands = { ...node, left: evaluated(left), right: evaluated(right) };
+    if (operator === "%" && left.type === "StringValue")
+      return this.value(pythonPercentFormat(left.value as string, right as TemplateValue));
+    if (operator === "*") {
+      const [sequence, times] = right.type === "IntegerValue" ? [left, right] : [right, left];
+      const count = times.type === "IntegerValue" ? Math.max(0, times.value as number) : undefined;
+      if (count !== undefined && sequence.type === "StringValue")
+        return this.value((sequence.value as string).repeat(count));
+      if (count !== undefined && sequence.type === "ArrayValue") {
+        const items = Array.from({ length: count }, () => (sequence.value as Rendered[]).map(evaluated)).flat();
+        return super.evaluate({ type: "ArrayLiteral", value: items } as unknown as Statement, environment);
+      }
+    }
+    const result = super.evaluate(operands as unknown as Statement, environment);
+    const divisor = right.value as number;
+    // JavaScript's remainder takes the dividend's sign, Python's modulo the divisor's: -7 % 3 is 2.
+    if (operator === "%" && typeof result.value === "number" && result.value !== 0 && result.value < 0 !== divisor < 0)
+      return super.evaluate(
+        { ...operands, operator: { value: "+" }, left: evaluated(result) } as unknown as Statement,
+        environment,
+      );
+    return result;
+  }
+
+  /** Python's str methods the library lacks (STRING_METHODS), called on a string. */
+  private call(node: CallNode, environment: Environment): Rendered {
+    const { callee } = node;
+    const method = callee.type === "MemberExpression" && !callee.computed ? callee.property.value : undefined;
+    if (method === undefined || !Object.hasOwn(STRING_METHODS, method))
+      return super.evaluate(node as unknown as Statement, environment);
+    const self = this.evaluate(callee.object, environment);
+    if (self.type !== "StringValue")
+      return super.evaluate(
+        { ...node, callee: { ...callee, object: evaluated(self) } } as unknown as Statement,
+        environment,
+      );
+    const args: TemplateValue[] = [];
+    const kwargs = new Map<string, TemplateValue>();
+    for (const arg of node.args) {
+      if (arg.type === "KeywordArgumentExpression") kwargs.set(arg.key!.value, this.evaluate(arg.value, environment));
+      else args.push(this.evaluate(arg as unknown as Statement, environment));
+    }
+    const result = STRING_METHODS[method]!(self.value as string, { args, kwargs });
+    // partition and rpartition give tuples, as Python's do
+    if (method.endsWith("partition"))
+      return super.evaluate(
+        {
+          type: "TupleLiteral",
+          value: (result as string[]).map((part) => evaluated(this.value(part))),
+        } as unknown as Statement,
+        environment,
+      );
+    return this.value(result);
+  }
+
+  /** A JavaScript value as the library holds it (its classes are not exported; its Environment converts). */
+  private value(value: unknown): Rendered {
+    const scratch = new Environment();
+    scratch.set("value", value);
+    return scratch.lookupVariable("value");
   }
 
   /** Renders statements as the library's evaluateBlock does, a loop control taking along what they rendered. */
@@ -356,11 +650,6 @@ class PythonInterpreter extends Interpreter {
       if (value.type !== "NullValue" && value.type !== "UndefinedValue") rendered += value.toString();
     }
     return rendered;
-  }
-
-  /** A string value of the library's (its classes are not exported). */
-  private text(value: string, environment: Environment): Rendered {
-    return super.evaluate({ type: "StringLiteral", value } as unknown as Statement, environment);
   }
 }
 
