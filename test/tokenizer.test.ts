@@ -347,7 +347,7 @@ describe("chat template", () => {
     expect(() => renderChat(raising as LoadedModel, messages)).toThrow(
       "the model's chat template rejected the messages: roles must alternate",
     );
-    const unsupported = withTemplate("{{ messages[0].content | wordcount }}");
+    const unsupported = withTemplate("{{ messages[0] | xmlattr }}");
     expect(() => renderChat(unsupported as LoadedModel, messages)).toThrow(ChatTemplateUnsupportedError);
     expect(() => renderChat(unsupported as LoadedModel, messages)).toThrow(
       "the model's chat template uses a feature of Python's Jinja2 that mlx's template renderer lacks: ",
@@ -407,6 +407,35 @@ describe("chat template", () => {
       "{{ '=' * 3 }}|{{ 2 * 'ab' }}|{{ [1, 2] * 2 }}|{{ -7 % 3 }}|{{ 7.5 % -2 }}|{{ 7 % 3 }}|{{ 2.5 * 2 }}";
     const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template: template });
     expect(tok.applyChatTemplate([])).toBe("a-3|x=None|1!|002.2|b  |ff|===|abab|[1, 2, 1, 2]|2|-0.5|1|5.0");
+  });
+  // Expected renderings from transformers (Jinja2's filters): the library has no select, reject,
+  // sum, round of a float, wordcount, batch, d or count, takes map only with attribute=, first and
+  // last of no string, selectattr with no test but its own ("==" and "in" failed), trim with no
+  // characters, and joins None as nothing.
+  test("filters render as Jinja2's", () => {
+    const template =
+      "{{ ['a', 'b']|map('upper')|join }}|{{ [' a ', 'b ']|map('trim')|list }}|{{ [1, none]|map('string')|join(',') }}|" +
+      "{{ t|map('tojson')|join(';') }}|{{ [1, 2, 3, 4]|select('even')|list }}|{{ [1, 2, 3]|reject('odd')|list }}|" +
+      "{{ [0, 1, '', none, 'a']|select|list }}|{{ l|selectattr('type', 'equalto', 'text')|map(attribute='text')|join }}|" +
+      "{{ l|selectattr('type', '==', 'text')|list|length }}|{{ l|rejectattr('type', 'in', ['text'])|list|length }}|" +
+      "{{ l|selectattr('function.name')|list|length }}|{{ [1, 2]|sum }}|{{ l2|sum(attribute='x') }}|" +
+      "{{ 2.567|round(2) }}|{{ 2.5|round }}|{{ 3|round }}|{{ 2.4|round(0, 'ceil') }}|{{ 'abc'|first }}{{ 'abc'|last }}|" +
+      "{{ [3, 1]|max }}{{ ['b', 'A']|min }}|{{ 'abc'|reverse }}|{{ 'ab'|list }}|{{ 'xax'|trim('x') }}|" +
+      "{{ '%s=%d'|format('a', 1) }}|{{ 'a b  c'|wordcount }}|{{ [1, 2, 3]|batch(2)|list }}|{{ ['a', none, 1]|join(',') }}|" +
+      "{{ u|d('x') }}|{{ [1, 2]|count }}";
+    const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template: template });
+    const extra = {
+      t: [{ a: 1 }, { b: "é" }],
+      l: [
+        { type: "text", text: "hi", function: { name: "" } },
+        { type: "image", function: { name: "f" } },
+      ],
+      l2: [{ x: 1 }, { x: 2.5 }],
+    };
+    expect(tok.applyChatTemplate([], { extra })).toBe(
+      `AB|['a', 'b']|1,None|{"a": 1};{"b": "é"}|[2, 4]|[2]|[1, 'a']|hi|1|1|1|3|3.5|2.57|2.0|3|3.0|ac|3A|cba|` +
+        "['a', 'b']|a|a=1|3|[[1, 2], [3]]|a,None,1|x|2",
+    );
   });
   // Python's strftime (transformers' strftime_now) in the C locale, as Llama 3.2's, Granite's and
   // gpt-oss's templates date their system prompts: @huggingface/jinja's knows only %Y %m %d %b %B

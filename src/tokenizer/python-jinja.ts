@@ -397,7 +397,7 @@ function pythonPercentFormat(format: string, values: TemplateValue): string {
   return text;
 }
 
-type MethodArgs = { args: TemplateValue[]; kwargs: Map<string, TemplateValue> };
+type MethodArgs = { args: Rendered[]; kwargs: Map<string, Rendered> };
 /** A method's argument that must be a string. */
 const stringArgument = (value: TemplateValue | undefined, what: string): string => {
   if (value?.type !== "StringValue") throw new Error(`${what} must be a string`);
@@ -492,11 +492,13 @@ const STRING_METHODS: Record<string, (self: string, call: MethodArgs) => unknown
 };
 
 /** A {% break %} or {% continue %} on its way out of its loop's body, with what the body rendered before it. */
-class LoopControl {
+class LoopControl extends Error {
   constructor(
     readonly kind: "Break" | "Continue",
     public rendered = "",
-  ) {}
+  ) {
+    super(`{% ${kind.toLowerCase()} %} outside a loop`); // the message of one no loop caught
+  }
 }
 
 type Statement = Parameters<Interpreter["evaluate"]>[0];
@@ -505,8 +507,60 @@ type BinaryNode = { type: "BinaryExpression"; operator: { value: string }; left:
 type CallNode = {
   type: "CallExpression";
   callee: { type: string; computed?: boolean; object: Statement; property: { value: string } };
-  args: { type: string; key?: { value: string }; value: Statement }[];
+  args: ArgumentNode[];
 };
+type ArgumentNode = { type: string; key?: { value: string }; value: Statement };
+type FilterNode = {
+  type: "FilterExpression";
+  operand: Statement;
+  filter: { type: string; value?: string; callee?: { value: string }; args?: ArgumentNode[] };
+};
+/** The comparisons Jinja2's select, reject, selectattr and rejectattr take as tests, by operator. */
+const COMPARISON_TESTS: Record<string, string> = {
+  "==": "==",
+  eq: "==",
+  equalto: "==",
+  sameas: "==",
+  "!=": "!=",
+  ne: "!=",
+  ">": ">",
+  gt: ">",
+  greaterthan: ">",
+  ">=": ">=",
+  ge: ">=",
+  "<": "<",
+  lt: "<",
+  lessthan: "<",
+  "<=": "<=",
+  le: "<=",
+  in: "in",
+};
+/** Jinja2's filters that the library lacks, or has only for some values or forms (see PythonInterpreter.pythonFilter). */
+const PYTHON_FILTERS = new Set([
+  "map",
+  "select",
+  "reject",
+  "selectattr",
+  "rejectattr",
+  "sum",
+  "round",
+  "first",
+  "last",
+  "min",
+  "max",
+  "reverse",
+  "list",
+  "trim",
+  "center",
+  "format",
+  "wordcount",
+  "batch",
+  "join",
+  "string",
+  "length",
+  "count",
+  "d",
+]);
 /** A node that stands for a value already evaluated (see PythonInterpreter's evaluate). */
 const evaluated = (value: Rendered) => ({ type: "PythonValue", value }) as unknown as Statement;
 
@@ -564,6 +618,8 @@ class PythonInterpreter extends Interpreter {
         return this.binary(node as unknown as BinaryNode, environment);
       case "CallExpression":
         return this.call(node as unknown as CallNode, environment);
+      case "FilterExpression":
+        return this.filter(node as unknown as FilterNode, environment);
       default:
         return super.evaluate(statement, environment);
     }
@@ -610,23 +666,258 @@ class PythonInterpreter extends Interpreter {
         { ...node, callee: { ...callee, object: evaluated(self) } } as unknown as Statement,
         environment,
       );
-    const args: TemplateValue[] = [];
-    const kwargs = new Map<string, TemplateValue>();
-    for (const arg of node.args) {
+    const result = STRING_METHODS[method]!(self.value as string, this.arguments(node.args, environment));
+    // partition and rpartition give tuples, as Python's do
+    if (method.endsWith("partition")) return this.tuple((result as string[]).map((part) => this.value(part)));
+    return this.value(result);
+  }
+
+  /** A call's positional and keyword arguments, evaluated. */
+  private arguments(nodes: ArgumentNode[], environment: Environment): MethodArgs {
+    const args: Rendered[] = [];
+    const kwargs = new Map<string, Rendered>();
+    for (const arg of nodes) {
       if (arg.type === "KeywordArgumentExpression") kwargs.set(arg.key!.value, this.evaluate(arg.value, environment));
       else args.push(this.evaluate(arg as unknown as Statement, environment));
     }
-    const result = STRING_METHODS[method]!(self.value as string, { args, kwargs });
-    // partition and rpartition give tuples, as Python's do
-    if (method.endsWith("partition"))
-      return super.evaluate(
+    return { args, kwargs };
+  }
+
+  private filter(node: FilterNode, environment: Environment): Rendered {
+    const name = node.filter.type === "CallExpression" ? node.filter.callee!.value : node.filter.value!;
+    if (!PYTHON_FILTERS.has(name)) return super.evaluate(node as unknown as Statement, environment);
+    const operand = this.evaluate(node.operand, environment);
+    const call = this.arguments(node.filter.args ?? [], environment);
+    return (
+      this.pythonFilter(name, operand, call, environment) ??
+      super.evaluate({ ...node, operand: evaluated(operand) } as unknown as Statement, environment)
+    );
+  }
+
+  /**
+   * Jinja2's filters where the library lacks them, or has them only for some values or forms
+   * (map with a filter's name, select and reject, a test taking an argument, trim with
+   * characters, first and last of a string...); undefined where the library's does as Jinja2's.
+   */
+  private pythonFilter(name: string, operand: Rendered, { args, kwargs }: MethodArgs, environment: Environment) {
+    const items = (): Rendered[] => {
+      if (operand.type === "StringValue") return [...(operand.value as string)].map((char) => this.value(char));
+      if (operand.type === "ArrayValue" || operand.type === "TupleValue") return operand.value as Rendered[];
+      if (operand.type === "ObjectValue")
+        return [...(operand.value as Map<string, Rendered>).keys()].map((key) => this.value(key));
+      throw new Error(`'${operand.type}' is not iterable for the ${name} filter`);
+    };
+    const isString = operand.type === "StringValue";
+    const argument = (position: number, keyword: string) => args[position] ?? kwargs.get(keyword);
+    switch (name) {
+      case "d": // Jinja2's short name for default
+        return this.filtered(operand, "default", args, kwargs, environment);
+      // As withPythonBuiltins rewrites them where a template names them, for map's.
+      case "string":
+        return this.value(pythonStr(operand));
+      case "length":
+      case "count":
+        return this.value(pythonLen(operand));
+      case "join": {
+        const path = argument(1, "attribute");
+        const parts = items().map((item) =>
+          pythonStr(path === undefined ? item : this.attribute(item, stringArgument(path, "join()'s attribute"))),
+        );
+        return this.value(
+          parts.join(argument(0, "d") === undefined ? "" : stringArgument(argument(0, "d"), "join()'s separator")),
+        );
+      }
+      case "map": {
+        if (kwargs.has("attribute") || args.length === 0) return undefined;
+        const [filterName, ...rest] = args;
+        const mapped = stringArgument(filterName, "map()'s filter");
+        return this.list(items().map((item) => this.filtered(item, mapped, rest, kwargs, environment)));
+      }
+      case "select":
+      case "reject":
+      case "selectattr":
+      case "rejectattr": {
+        const byAttribute = name.endsWith("attr");
+        const [attribute, test, ...testArgs] = byAttribute ? args : [undefined, ...args];
+        const testArgument = testArgs[0];
+        const path = byAttribute ? stringArgument(attribute, `${name}()'s attribute`) : undefined;
+        const keep = name.startsWith("select");
+        return this.list(
+          items().filter(
+            (item) =>
+              this.passes(path === undefined ? item : this.attribute(item, path), test, testArgument, environment) ===
+              keep,
+          ),
+        );
+      }
+      case "sum": {
+        const path = kwargs.get("attribute");
+        let total: Rendered = argument(1, "start") ?? this.value(0);
+        for (const item of items()) {
+          const value = path === undefined ? item : this.attribute(item, stringArgument(path, "sum()'s attribute"));
+          total = this.evaluate(
+            {
+              type: "BinaryExpression",
+              operator: { value: "+" },
+              left: evaluated(total),
+              right: evaluated(value),
+            } as unknown as Statement,
+            environment,
+          );
+        }
+        return total;
+      }
+      case "round": {
+        if (operand.type !== "IntegerValue" && operand.type !== "FloatValue") return undefined;
+        const precision = integer(argument(0, "precision"), 0);
+        const method = argument(1, "method")?.value ?? "common";
+        const x = operand.value as number;
+        if (method === "common")
+          return operand.type === "IntegerValue" ? operand : this.float(Number(pythonFixed(x, precision)));
+        const scale = 10 ** precision;
+        if (method === "ceil" || method === "floor") return this.float(Math[method](x * scale) / scale);
+        throw new Error("round(): method must be 'common', 'ceil' or 'floor'");
+      }
+      case "first":
+      case "last":
+        if (!isString) return undefined;
+        return items().at(name === "first" ? 0 : -1) ?? this.value(undefined);
+      case "reverse":
+        return isString ? this.value([...(operand.value as string)].reverse().join("")) : undefined;
+      case "list":
+        return isString || operand.type === "ObjectValue" ? this.list(items()) : undefined;
+      case "min":
+      case "max": {
+        const caseSensitive = argument(0, "case_sensitive")?.value === true;
+        const key = (value: Rendered) =>
+          value.type === "StringValue" && !caseSensitive ? (value.value as string).toLowerCase() : value.value;
+        const candidates = items();
+        if (candidates.length === 0) return this.value(undefined);
+        return candidates.reduce((best, item) => {
+          const [a, b] = [key(item) as number, key(best) as number];
+          return (name === "min" ? a < b : a > b) ? item : best;
+        });
+      }
+      case "trim":
+        return this.value(pythonStrip("strip", pythonStr(operand as TemplateValue), argument(0, "chars")?.value));
+      case "center":
+        return this.value(
+          pythonPad(pythonStr(operand as TemplateValue), integer(argument(0, "width"), 80), " ", "center"),
+        );
+      case "format": {
+        const values =
+          kwargs.size > 0
+            ? this.value(Object.fromEntries([...kwargs].map(([k, v]) => [k, v.value])))
+            : this.tuple(args);
+        return this.value(
+          pythonPercentFormat(stringArgument(operand as TemplateValue, "format's value"), values as TemplateValue),
+        );
+      }
+      case "wordcount":
+        return this.value(pythonStr(operand as TemplateValue).match(/\w+/gu)?.length ?? 0);
+      case "batch": {
+        const size = integer(argument(0, "linecount"), 1);
+        const fill = argument(1, "fill_with");
+        const all = items();
+        const batches: Rendered[] = [];
+        for (let at = 0; at < all.length; at += size) {
+          const batch = all.slice(at, at + size);
+          while (fill !== undefined && fill.type !== "NullValue" && batch.length < size) batch.push(fill);
+          batches.push(this.list(batch));
+        }
+        return this.list(batches);
+      }
+    }
+    return undefined;
+  }
+
+  /** A filter by name (map's, or default for d), given a value and its arguments. */
+  private filtered(
+    operand: Rendered,
+    name: string,
+    args: Rendered[],
+    kwargs: Map<string, Rendered>,
+    environment: Environment,
+  ): Rendered {
+    const keywords = [...kwargs].map(([key, value]) => ({
+      type: "KeywordArgumentExpression",
+      key: { value: key },
+      value: evaluated(value),
+    }));
+    const identifier = { type: "Identifier", value: name };
+    const filter =
+      args.length + keywords.length > 0
+        ? { type: "CallExpression", callee: identifier, args: [...args.map(evaluated), ...keywords] }
+        : identifier;
+    return this.evaluate(
+      { type: "FilterExpression", operand: evaluated(operand), filter } as unknown as Statement,
+      environment,
+    );
+  }
+
+  /** Whether a value passes a select/reject test: a test's name (with its argument), or its truth without one. */
+  private passes(
+    value: Rendered,
+    test: Rendered | undefined,
+    testArgument: Rendered | undefined,
+    environment: Environment,
+  ): boolean {
+    if (test === undefined) return value.__bool__().value as boolean;
+    const name = stringArgument(test as TemplateValue, "a test's name");
+    const operator = COMPARISON_TESTS[name];
+    if (operator !== undefined && testArgument !== undefined)
+      return (
+        this.evaluate(
+          {
+            type: "BinaryExpression",
+            operator: { value: operator },
+            left: evaluated(value),
+            right: evaluated(testArgument),
+          } as unknown as Statement,
+          environment,
+        ).value === true
+      );
+    if (name === "divisibleby") return (value.value as number) % (testArgument?.value as number) === 0;
+    return (
+      this.evaluate(
         {
-          type: "TupleLiteral",
-          value: (result as string[]).map((part) => evaluated(this.value(part))),
+          type: "TestExpression",
+          operand: evaluated(value),
+          negate: false,
+          test: { type: "Identifier", value: name },
         } as unknown as Statement,
         environment,
-      );
-    return this.value(result);
+      ).value === true
+    );
+  }
+
+  /** Jinja2's attribute by a dotted path (selectattr's "function.name"), undefined where there is none. */
+  private attribute(item: Rendered, path: string): Rendered {
+    let value = item;
+    for (const part of path.split(".")) {
+      const map = value.value instanceof Map ? (value.value as Map<string, Rendered>) : undefined;
+      const list = Array.isArray(value.value) && /^\d+$/.test(part) ? (value.value as Rendered[]) : undefined;
+      value = map?.get(part) ?? list?.[Number(part)] ?? this.value(undefined);
+    }
+    return value;
+  }
+
+  private list(items: Rendered[]): Rendered {
+    return super.evaluate(
+      { type: "ArrayLiteral", value: items.map(evaluated) } as unknown as Statement,
+      new Environment(),
+    );
+  }
+
+  private tuple(items: Rendered[]): Rendered {
+    return super.evaluate(
+      { type: "TupleLiteral", value: items.map(evaluated) } as unknown as Statement,
+      new Environment(),
+    );
+  }
+
+  private float(value: number): Rendered {
+    return super.evaluate({ type: "FloatLiteral", value } as unknown as Statement, new Environment());
   }
 
   /** A JavaScript value as the library holds it (its classes are not exported; its Environment converts). */
