@@ -437,6 +437,21 @@ describe("chat template", () => {
         "['a', 'b']|a|a=1|3|[[1, 2], [3]]|a,None,1|x|2",
     );
   });
+  // Expected renderings from transformers: the library compared lists and dicts by identity ([1, 2] ==
+  // [1, 2] was False) and other values with JavaScript's == (1 == '1' was True), refused to order
+  // strings, had no float test nor loop.cycle, counted True no number, and its capitalize, title,
+  // lower and upper filters kept case or refused what is not a string.
+  test("comparisons, tests, loop.cycle and case filters render as Jinja2's", () => {
+    const template =
+      "{{ [1, 2] == [1, 2] }}|{{ {'a': [1]} == {'a': [1.0]} }}|{{ m.tool_calls != [] }}|{{ 1 == '1' }}|{{ none == u }}|" +
+      "{{ true == 1 }}|{{ 'a' < 'b' }}|{{ 'é' > 'z' }}|{{ 'ab' <= 'a' }}|{{ 2.0 is float }}|{{ 2 is float }}|" +
+      "{{ true is number }}|{{ 'x' is number }}|{% for m in [1, 2, 3] %}{{ loop.cycle('odd', 'even') }} {% endfor %}|" +
+      "{{ 'aB cD'|capitalize }}|{{ 'aB cD'|title }}|{{ none|lower }}|{{ 1|upper }}";
+    const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template: template });
+    expect(tok.applyChatTemplate([], { extra: { m: { tool_calls: [] } } })).toBe(
+      "True|True|False|False|False|True|True|True|False|True|False|True|False|odd even odd |Ab cd|Ab Cd|none|1",
+    );
+  });
   // Python's strftime (transformers' strftime_now) in the C locale, as Llama 3.2's, Granite's and
   // gpt-oss's templates date their system prompts: @huggingface/jinja's knows only %Y %m %d %b %B
   // %H %M, and names months in the process's locale (under Node, "Dez" for LANG=de_DE).

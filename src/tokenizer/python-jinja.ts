@@ -147,6 +147,36 @@ function pythonRepr(value: TemplateValue): string {
   }
 }
 
+const NUMERIC = new Set(["IntegerValue", "FloatValue", "BooleanValue"]);
+
+/**
+ * Python's ==: lists, tuples and dicts by their items (the library compared them by identity, so
+ * [1] == [1] was False), numbers by value (True == 1), and no two values of other types equal (the
+ * library's JavaScript == made 1 == '1' and None == an undefined value True).
+ */
+function pythonEqual(a: TemplateValue, b: TemplateValue): boolean {
+  if (NUMERIC.has(a.type) && NUMERIC.has(b.type)) return Number(a.value) === Number(b.value);
+  const mapping = (value: TemplateValue) => value.type === "ObjectValue" || value.type === "KeywordArgumentsValue";
+  if (mapping(a) && mapping(b)) {
+    const [x, y] = [a.value as Map<string, TemplateValue>, b.value as Map<string, TemplateValue>];
+    return x.size === y.size && [...x].every(([key, item]) => y.has(key) && pythonEqual(item, y.get(key)!));
+  }
+  if (a.type !== b.type) return false;
+  if (a.type === "ArrayValue" || a.type === "TupleValue") {
+    const [x, y] = [a.value as TemplateValue[], b.value as TemplateValue[]];
+    return x.length === y.length && x.every((item, i) => pythonEqual(item, y[i]!));
+  }
+  return a.value === b.value;
+}
+
+/** Python's order of two strings: by code points (JavaScript's < orders UTF-16 units). */
+function compareCodePoints(a: string, b: string): number {
+  const [x, y] = [[...a], [...b]];
+  for (let i = 0; i < Math.min(x.length, y.length); i++)
+    if (x[i] !== y[i]) return x[i]!.codePointAt(0)! - y[i]!.codePointAt(0)!;
+  return x.length - y.length;
+}
+
 /** Python's len(): a string's code points (JavaScript's length counts an emoji twice); undefined's 0, as Jinja2's. */
 function pythonLen(value: TemplateValue | undefined): number {
   switch (value?.type) {
@@ -250,6 +280,37 @@ export function withPythonBuiltins(template: Template): Template {
     if (n.type === "For") n.body = [node({ type: "PythonLoopBody", body: n.body })];
     if (n.type === "If")
       for (const branch of ["body", "alternate"]) n[branch] = [node({ type: "PythonBlock", body: n[branch] })];
+    // loop.cycle(a, b), which the library's loop lacks, is [a, b][loop.index0 % 2].
+    const loopObject = callee?.object as Node | undefined;
+    if (
+      n.type === "CallExpression" &&
+      callee?.type === "MemberExpression" &&
+      loopObject?.type === "Identifier" &&
+      loopObject.value === "loop" &&
+      method?.value === "cycle"
+    ) {
+      const index0 = node({
+        type: "MemberExpression",
+        object: loopObject,
+        property: node({ type: "Identifier", value: "index0" }),
+        computed: false,
+      });
+      const cycle = (n.args as unknown[]).length;
+      const position = node({
+        type: "BinaryExpression",
+        operator: { value: "%" },
+        left: index0,
+        right: node({ type: "IntegerLiteral", value: cycle }),
+      });
+      Object.assign(n, {
+        type: "MemberExpression",
+        object: node({ type: "ArrayLiteral", value: n.args }),
+        property: position,
+        computed: true,
+      });
+      delete n.callee;
+      delete n.args;
+    }
     if (n.type === "CallExpression" && callee?.type === "Identifier" && callee.value === "strftime_now")
       callee.value = "__python_strftime_now";
     if (n.type === "CallExpression" && callee?.type === "Identifier" && callee.value === "raise_exception")
@@ -535,6 +596,11 @@ const COMPARISON_TESTS: Record<string, string> = {
   le: "<=",
   in: "in",
 };
+/** Jinja2's tests that the library lacks (float), or has otherwise (its number test refused True, a Python int). */
+const PYTHON_TESTS: Record<string, (value: TemplateValue) => boolean> = {
+  float: (value) => value.type === "FloatValue",
+  number: (value) => NUMERIC.has(value.type),
+};
 /** Jinja2's filters that the library lacks, or has only for some values or forms (see PythonInterpreter.pythonFilter). */
 const PYTHON_FILTERS = new Set([
   "map",
@@ -560,6 +626,10 @@ const PYTHON_FILTERS = new Set([
   "length",
   "count",
   "d",
+  "capitalize",
+  "title",
+  "upper",
+  "lower",
 ]);
 /** A node that stands for a value already evaluated (see PythonInterpreter's evaluate). */
 const evaluated = (value: Rendered) => ({ type: "PythonValue", value }) as unknown as Statement;
@@ -620,6 +690,12 @@ class PythonInterpreter extends Interpreter {
         return this.call(node as unknown as CallNode, environment);
       case "FilterExpression":
         return this.filter(node as unknown as FilterNode, environment);
+      case "TestExpression": {
+        const test = node as unknown as { operand: Statement; negate: boolean; test: { value: string } };
+        const pythonTest = PYTHON_TESTS[test.test.value];
+        if (!pythonTest) return super.evaluate(statement, environment);
+        return this.value(pythonTest(this.evaluate(test.operand, environment)) !== test.negate);
+      }
       default:
         return super.evaluate(statement, environment);
     }
@@ -628,8 +704,17 @@ class PythonInterpreter extends Interpreter {
   /** Python's `%` (string formatting, and a modulo with the divisor's sign) and `*` (repeating a string or list). */
   private binary(node: BinaryNode, environment: Environment): Rendered {
     const operator = node.operator.value;
-    if (operator !== "%" && operator !== "*") return super.evaluate(node as unknown as Statement, environment);
+    if (!["%", "*", "==", "!=", "<", ">", "<=", ">="].includes(operator))
+      return super.evaluate(node as unknown as Statement, environment);
     const [left, right] = [this.evaluate(node.left, environment), this.evaluate(node.right, environment)];
+    if (operator === "==" || operator === "!=") return this.value(pythonEqual(left, right) === (operator === "=="));
+    // Strings are ordered by their code points (the library refused to compare them).
+    if (left.type === "StringValue" && right.type === "StringValue") {
+      const order = compareCodePoints(left.value as string, right.value as string);
+      return this.value(
+        operator === "<" ? order < 0 : operator === ">" ? order > 0 : operator === "<=" ? order <= 0 : order >= 0,
+      );
+    }
     const operands = { ...node, left: evaluated(left), right: evaluated(right) };
     if (operator === "%" && left.type === "StringValue")
       return this.value(pythonPercentFormat(left.value as string, right as TemplateValue));
@@ -718,6 +803,14 @@ class PythonInterpreter extends Interpreter {
       case "length":
       case "count":
         return this.value(pythonLen(operand));
+      // Of str() of any value (lower of None is "none"), and capitalize and title as Python's.
+      case "capitalize":
+      case "title":
+        return this.value(STRING_METHODS[name]!(pythonStr(operand), { args: [], kwargs: new Map() }));
+      case "upper":
+        return this.value(pythonStr(operand).toUpperCase());
+      case "lower":
+        return this.value(pythonStr(operand).toLowerCase());
       case "join": {
         const path = argument(1, "attribute");
         const parts = items().map((item) =>
