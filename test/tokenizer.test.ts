@@ -374,6 +374,13 @@ describe("chat template", () => {
     ];
     expect(tok.applyChatTemplate(messages)).toBe("last|1!23!|12|E|1E|11-12;21-22;");
   });
+  // Expected from transformers: a string's index counts code points (the library's counted UTF-16
+  // units: the last character of a text ending in an emoji was half of it).
+  test("a string's characters are indexed by code point, as Python's", () => {
+    const template = "{{ '😀a'[1] }}|{{ s[-1] }}|{{ s[0] }}|{{ s[9] is defined }}|{{ s[-1] == '😀' }}";
+    const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template: template });
+    expect(tok.applyChatTemplate([], { extra: { s: "hi😀" } })).toBe("a|😀|h|False|True");
+  });
   // Expected from transformers: a macro that prints `kwargs` (or varargs) takes them; the library
   // looks for them only in its own nodes, and missed those the Python rewrite makes ({{ kwargs }}).
   test("a macro that prints kwargs takes keyword arguments", () => {

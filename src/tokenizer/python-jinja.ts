@@ -690,6 +690,30 @@ class PythonInterpreter extends Interpreter {
         return this.call(node as unknown as CallNode, environment);
       case "FilterExpression":
         return this.filter(node as unknown as FilterNode, environment);
+      case "MemberExpression": {
+        // A string's character by its index in code points (the library's indexed UTF-16 units:
+        // the last of a text ending in an emoji was half of it), as its slices already are.
+        const member = node as unknown as {
+          object: Statement;
+          property: Statement & { type: string };
+          computed: boolean;
+        };
+        if (!member.computed || member.property.type === "SliceExpression")
+          return super.evaluate(statement, environment);
+        const [object, property] = [
+          this.evaluate(member.object, environment),
+          this.evaluate(member.property, environment),
+        ];
+        if (object.type === "StringValue" && property.type === "IntegerValue") {
+          const points = [...(object.value as string)];
+          const index = property.value as number;
+          return this.value(points[index < 0 ? points.length + index : index]);
+        }
+        return super.evaluate(
+          { ...member, object: evaluated(object), property: evaluated(property) } as unknown as Statement,
+          environment,
+        );
+      }
       case "TestExpression": {
         const test = node as unknown as { operand: Statement; negate: boolean; test: { value: string } };
         const pythonTest = PYTHON_TESTS[test.test.value];
