@@ -374,6 +374,18 @@ describe("chat template", () => {
     ];
     expect(tok.applyChatTemplate(messages)).toBe("last|1!23!|12|E|1E|11-12;21-22;");
   });
+  // Expected from transformers: Jinja2 reads \r\n and \r in a template as \n (a template saved with
+  // Windows line endings rendered with \r\n everywhere and blank lines trim_blocks had not trimmed).
+  test("a template's Windows line endings render as Jinja2's \\n", () => {
+    const template =
+      "{% for m in messages %}\r\n  {% if true %}\r\n{{ m.content }}\r\n  {% endif %}\r\n{% endfor %}\r\nend\r\n\r\n";
+    const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template: template });
+    const messages = [
+      { role: "user" as const, content: "a" },
+      { role: "user" as const, content: "b" },
+    ];
+    expect(tok.applyChatTemplate(messages)).toBe("a\nb\nend\n");
+  });
   // Expected from transformers: a string's index counts code points (the library's counted UTF-16
   // units: the last character of a text ending in an emoji was half of it).
   test("a string's characters are indexed by code point, as Python's", () => {

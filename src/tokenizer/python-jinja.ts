@@ -1,7 +1,7 @@
 // Chat templates are written for Python's Jinja2 (transformers renders them); we render with
 // @huggingface/jinja, and where its builtins part from Python's, the parsed template is
 // rewritten to call Python's (withPythonBuiltins), given to the render as PYTHON_BUILTINS.
-import { Environment, Interpreter, type Template } from "@huggingface/jinja";
+import { Environment, Interpreter, Template } from "@huggingface/jinja";
 
 const DAYS = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"];
 const MONTHS = [
@@ -1059,6 +1059,16 @@ class PythonInterpreter extends Interpreter {
     }
     return rendered;
   }
+}
+
+/**
+ * A chat template's source parsed as Python's Jinja2 reads it, rewritten by withPythonBuiltins:
+ * its line breaks are "\n" whatever they were (Jinja2's lexer writes \r\n and \r as \n; the
+ * library kept them, and its trim_blocks and lstrip_blocks, which look for \n, left a template
+ * saved with Windows line endings full of blank lines).
+ */
+export function parseTemplate(source: string): Template {
+  return withPythonBuiltins(new Template(source.replace(/\r\n?/g, "\n")));
 }
 
 /** Renders a template (withPythonBuiltins') with these variables, as Python's Jinja2 renders it. */

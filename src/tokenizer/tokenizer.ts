@@ -4,11 +4,11 @@
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Tokenizer as HFTokenizer } from "@huggingface/tokenizers";
-import { Template } from "@huggingface/jinja";
+import type { Template } from "@huggingface/jinja";
 import { bosEosPostProcessor, byteToChar, tokenizerFilesFromGGUF } from "./gguf";
 import { cachedTokenizerFiles } from "./gguf-cache";
 import { runSteps, type Steps } from "../event-loop";
-import { renderTemplate, withPythonBuiltins } from "./python-jinja";
+import { parseTemplate, renderTemplate } from "./python-jinja";
 
 export interface ChatMessage {
   role: string;
@@ -317,7 +317,7 @@ export class Tokenizer {
     const source = this.chatTemplateFor(tools);
     if (!source) throw new Error("this model has no chat template");
     let template = this.templates.get(source);
-    if (!template) this.templates.set(source, (template = withPythonBuiltins(new Template(source))));
+    if (!template) this.templates.set(source, (template = parseTemplate(source)));
     const specialTokens: Record<string, string> = {};
     for (const name of NAMED_SPECIAL_TOKENS) {
       const token = tokenString(this.config[name]);
