@@ -386,6 +386,22 @@ describe("chat template", () => {
     ];
     expect(tok.applyChatTemplate(messages)).toBe("a\nb\nend\n");
   });
+  // Expected from transformers (its tojson is Python's json.dumps): floats are written as Python's
+  // repr (the library wrote 0.00005 and 1e-7 for 5e-05 and 1e-07, in a tool's schema or a call's
+  // arguments), and sort_keys orders keys by code point ("B" before "a"; the library's by locale).
+  test("tojson writes floats and sorts keys as Python's json.dumps", () => {
+    const template =
+      "{{ t|tojson }}|{{ t|tojson(sort_keys=true) }}|{{ t|tojson(indent=2, ensure_ascii=true) }}|" +
+      "{{ [1.5, 2.0, none]|tojson(separators=(',', ':')) }}|{{ []|tojson(indent=2) }}";
+    const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template: template });
+    const t = { b: { min: 0.00005, eps: [1e-7] }, a: "é😀", B: true };
+    expect(tok.applyChatTemplate([], { extra: { t } })).toBe(
+      '{"b": {"min": 5e-05, "eps": [1e-07]}, "a": "é😀", "B": true}|' +
+        '{"B": true, "a": "é😀", "b": {"eps": [1e-07], "min": 5e-05}}|' +
+        '{\n  "b": {\n    "min": 5e-05,\n    "eps": [\n      1e-07\n    ]\n  },\n  "a": "\\u00e9\\ud83d\\ude00",\n  "B": true\n}|' +
+        "[1.5,2.0,null]|[]",
+    );
+  });
   // Expected from transformers: a string's index counts code points (the library's counted UTF-16
   // units: the last character of a text ending in an emoji was half of it).
   test("a string's characters are indexed by code point, as Python's", () => {

@@ -112,6 +112,62 @@ function pythonStringRepr(text: string): string {
   return quote + out + quote;
 }
 
+type JsonOptions = { indent: number | null; separators: [string, string]; sortKeys: boolean; ensureAscii: boolean };
+
+/**
+ * transformers' tojson: Python's json.dumps, whose floats are their repr (1e-05, where the
+ * library wrote JSON.stringify's 0.00001) and whose sort_keys orders keys by code point (the
+ * library's by locale: "a" before "B").
+ */
+function pythonJson(value: TemplateValue, options: JsonOptions, depth = 0): string {
+  const { indent, separators, sortKeys, ensureAscii } = options;
+  const string = (text: string) =>
+    ensureAscii
+      ? JSON.stringify(text).replace(/[\u007f-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`)
+      : JSON.stringify(text);
+  const lines = (items: string[], open: string, close: string) => {
+    if (items.length === 0) return open + close;
+    if (indent === null) return open + items.join(separators[0]) + close;
+    const [inner, outer] = [`\n${" ".repeat(indent * (depth + 1))}`, `\n${" ".repeat(indent * depth)}`];
+    return open + inner + items.join(separators[0] + inner) + outer + close;
+  };
+  switch (value.type) {
+    case "NullValue":
+    case "UndefinedValue":
+      return "null";
+    case "BooleanValue":
+      return value.value ? "true" : "false";
+    case "IntegerValue":
+      return String(value.value);
+    case "FloatValue": {
+      const x = value.value as number;
+      return Number.isFinite(x) ? pythonFloat(x) : Number.isNaN(x) ? "NaN" : x > 0 ? "Infinity" : "-Infinity";
+    }
+    case "StringValue":
+      return string(value.value as string);
+    case "ArrayValue":
+    case "TupleValue":
+      return lines(
+        (value.value as TemplateValue[]).map((item) => pythonJson(item, options, depth + 1)),
+        "[",
+        "]",
+      );
+    case "ObjectValue":
+    case "KeywordArgumentsValue":
+    case "NamespaceValue": {
+      const entries = [...(value.value as Map<string, TemplateValue>)];
+      if (sortKeys) entries.sort(([a], [b]) => compareCodePoints(a, b));
+      return lines(
+        entries.map(([key, item]) => string(key) + separators[1] + pythonJson(item, options, depth + 1)),
+        "{",
+        "}",
+      );
+    }
+    default:
+      throw new Error(`Object of type ${value.type} is not JSON serializable`);
+  }
+}
+
 /** Python's str() of a value, as Jinja2 prints it ({{ x }}, x | string, x ~ y): True, None, {'a': 1}. */
 function pythonStr(value: TemplateValue | undefined): string {
   if (value?.type === "StringValue") return value.value as string;
@@ -630,6 +686,7 @@ const PYTHON_FILTERS = new Set([
   "title",
   "upper",
   "lower",
+  "tojson",
 ]);
 /** A node that stands for a value already evaluated (see PythonInterpreter's evaluate). */
 const evaluated = (value: Rendered) => ({ type: "PythonValue", value }) as unknown as Statement;
@@ -835,6 +892,26 @@ class PythonInterpreter extends Interpreter {
         return this.value(pythonStr(operand).toUpperCase());
       case "lower":
         return this.value(pythonStr(operand).toLowerCase());
+      case "tojson": {
+        // transformers' tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)
+        const indent = argument(1, "indent");
+        const separators = argument(2, "separators");
+        const indentWidth = indent === undefined || indent.type === "NullValue" ? null : Number(indent.value);
+        return this.value(
+          pythonJson(operand, {
+            ensureAscii: argument(0, "ensure_ascii")?.value === true,
+            indent: indentWidth,
+            separators:
+              separators === undefined || separators.type === "NullValue"
+                ? [indentWidth === null ? ", " : ",", ": "]
+                : ((separators.value as Rendered[]).map((part) => stringArgument(part, "a separator")) as [
+                    string,
+                    string,
+                  ]),
+            sortKeys: argument(3, "sort_keys")?.value === true,
+          }),
+        );
+      }
       case "join": {
         const path = argument(1, "attribute");
         const parts = items().map((item) =>
