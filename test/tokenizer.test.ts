@@ -457,7 +457,7 @@ describe("chat template", () => {
       "{{ 2.567|round(2) }}|{{ 2.5|round }}|{{ 3|round }}|{{ 2.4|round(0, 'ceil') }}|{{ 'abc'|first }}{{ 'abc'|last }}|" +
       "{{ [3, 1]|max }}{{ ['b', 'A']|min }}|{{ 'abc'|reverse }}|{{ 'ab'|list }}|{{ 'xax'|trim('x') }}|" +
       "{{ '%s=%d'|format('a', 1) }}|{{ 'a b  c'|wordcount }}|{{ [1, 2, 3]|batch(2)|list }}|{{ ['a', none, 1]|join(',') }}|" +
-      "{{ u|d('x') }}|{{ [1, 2]|count }}";
+      "{{ u|d('x') }}|{{ [1, 2]|count }}|{{ l2|sum('x', 10) }}|{{ '%(a)s-%(b)s'|format(a=[1, 'x'], b={'k': none}) }}";
     const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template: template });
     const extra = {
       t: [{ a: 1 }, { b: "é" }],
@@ -469,7 +469,7 @@ describe("chat template", () => {
     };
     expect(tok.applyChatTemplate([], { extra })).toBe(
       `AB|['a', 'b']|1,None|{"a": 1};{"b": "é"}|[2, 4]|[2]|[1, 'a']|hi|1|1|1|3|3.5|2.57|2.0|3|3.0|ac|3A|cba|` +
-        "['a', 'b']|a|a=1|3|[[1, 2], [3]]|a,None,1|x|2",
+        "['a', 'b']|a|a=1|3|[[1, 2], [3]]|a,None,1|x|2|13.5|[1, 'x']-{'k': None}",
     );
   });
   // Expected renderings from transformers: the library compared lists and dicts by identity ([1, 2] ==

@@ -945,7 +945,7 @@ class PythonInterpreter extends Interpreter {
         );
       }
       case "sum": {
-        const path = kwargs.get("attribute");
+        const path = argument(0, "attribute");
         let total: Rendered = argument(1, "start") ?? this.value(0);
         for (const item of items()) {
           const value = path === undefined ? item : this.attribute(item, stringArgument(path, "sum()'s attribute"));
@@ -999,13 +999,9 @@ class PythonInterpreter extends Interpreter {
           pythonPad(pythonStr(operand as TemplateValue), integer(argument(0, "width"), 80), " ", "center"),
         );
       case "format": {
-        const values =
-          kwargs.size > 0
-            ? this.value(Object.fromEntries([...kwargs].map(([k, v]) => [k, v.value])))
-            : this.tuple(args);
-        return this.value(
-          pythonPercentFormat(stringArgument(operand as TemplateValue, "format's value"), values as TemplateValue),
-        );
+        // Jinja2's format filter is `value % kwargs` given keywords, else `value % args`.
+        const values: TemplateValue = kwargs.size > 0 ? { type: "ObjectValue", value: kwargs } : this.tuple(args);
+        return this.value(pythonPercentFormat(stringArgument(operand, "format's value"), values));
       }
       case "wordcount":
         return this.value(pythonStr(operand as TemplateValue).match(/\w+/gu)?.length ?? 0);
