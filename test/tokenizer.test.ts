@@ -402,6 +402,19 @@ describe("chat template", () => {
         "[1.5,2.0,null]|[]",
     );
   });
+  // Expected from transformers: `in` a list compares as Python's == (the library refused None, a
+  // list or a dict on its left, so `content not in [none, '']` failed the render), and a list has
+  // Python's count and index.
+  test("in a list, and a list's count and index, compare as Python's ==", () => {
+    const template =
+      "{{ {'a': 1} in [{'a': 1}] }}|{{ [1] in [[1]] }}|{{ 1 in [1.0] }}|{{ '1' in [1] }}|{{ none in [none, ''] }}|" +
+      "{{ m.content not in [none, ''] }}|{{ 'a' in ('a', 'b') }}|{{ 'a' in 'cat' }}|{{ 'k' in m }}|" +
+      "{{ [1, 2, 1].count(1) }}|{{ ['a', 'b'].index('b') }}";
+    const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template: template });
+    expect(tok.applyChatTemplate([], { extra: { m: { content: null } } })).toBe(
+      "True|True|True|False|True|False|True|True|False|2|1",
+    );
+  });
   // Expected from transformers: a string's index counts code points (the library's counted UTF-16
   // units: the last character of a text ending in an emoji was half of it).
   test("a string's characters are indexed by code point, as Python's", () => {

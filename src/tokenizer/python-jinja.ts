@@ -785,12 +785,15 @@ class PythonInterpreter extends Interpreter {
   /** Python's `%` (string formatting, and a modulo with the divisor's sign) and `*` (repeating a string or list). */
   private binary(node: BinaryNode, environment: Environment): Rendered {
     const operator = node.operator.value;
-    if (!["%", "*", "==", "!=", "<", ">", "<=", ">="].includes(operator))
+    if (!["%", "*", "==", "!=", "<", ">", "<=", ">=", "in", "not in"].includes(operator))
       return super.evaluate(node as unknown as Statement, environment);
     const [left, right] = [this.evaluate(node.left, environment), this.evaluate(node.right, environment)];
     if (operator === "==" || operator === "!=") return this.value(pythonEqual(left, right) === (operator === "=="));
+    // A list holds a value equal to it (the library refused None and lists and dicts there, and compared numbers by type).
+    if ((operator === "in" || operator === "not in") && (right.type === "ArrayValue" || right.type === "TupleValue"))
+      return this.value((right.value as Rendered[]).some((item) => pythonEqual(item, left)) === (operator === "in"));
     // Strings are ordered by their code points (the library refused to compare them).
-    if (left.type === "StringValue" && right.type === "StringValue") {
+    if (["<", ">", "<=", ">="].includes(operator) && left.type === "StringValue" && right.type === "StringValue") {
       const order = compareCodePoints(left.value as string, right.value as string);
       return this.value(
         operator === "<" ? order < 0 : operator === ">" ? order > 0 : operator === "<=" ? order <= 0 : order >= 0,
@@ -827,6 +830,15 @@ class PythonInterpreter extends Interpreter {
     if (method === undefined || !Object.hasOwn(STRING_METHODS, method))
       return super.evaluate(node as unknown as Statement, environment);
     const self = this.evaluate(callee.object, environment);
+    // A list's count and index, by Python's ==.
+    if ((self.type === "ArrayValue" || self.type === "TupleValue") && (method === "count" || method === "index")) {
+      const [wanted] = this.arguments(node.args, environment).args;
+      const items = self.value as Rendered[];
+      if (method === "count") return this.value(items.filter((item) => pythonEqual(item, wanted!)).length);
+      const at = items.findIndex((item) => pythonEqual(item, wanted!));
+      if (at < 0) throw new Error(`${pythonStr(wanted)} is not in list`);
+      return this.value(at);
+    }
     if (self.type !== "StringValue")
       return super.evaluate(
         { ...node, callee: { ...callee, object: evaluated(self) } } as unknown as Statement,
