@@ -415,6 +415,15 @@ describe("chat template", () => {
       "True|True|True|False|True|False|True|True|False|2|1",
     );
   });
+  // Expected from transformers: Jinja2's map, select, reject, selectattr and rejectattr give nothing
+  // of None or an undefined value (a client's "tool_calls": null failed the render).
+  test("map and select of None or an undefined value are empty, as Jinja2's", () => {
+    const template =
+      "{{ none|map('upper')|list }}|{{ m.tool_calls|selectattr('type', '==', 'function')|list }}|" +
+      "{{ m.tool_calls|map(attribute='id')|list }}|{{ none|reject|list }}|{{ u|map(attribute='x')|list }}|{{ u|select|list }}";
+    const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template: template });
+    expect(tok.applyChatTemplate([], { extra: { m: { tool_calls: null } } })).toBe("[]|[]|[]|[]|[]|[]");
+  });
   // Expected from transformers: a string's index counts code points (the library's counted UTF-16
   // units: the last character of a text ending in an emoji was half of it).
   test("a string's characters are indexed by code point, as Python's", () => {

@@ -883,6 +883,7 @@ class PythonInterpreter extends Interpreter {
       if (operand.type === "ArrayValue" || operand.type === "TupleValue") return operand.value as Rendered[];
       if (operand.type === "ObjectValue")
         return [...(operand.value as Map<string, Rendered>).keys()].map((key) => this.value(key));
+      if (operand.type === "UndefinedValue") return []; // Jinja2's undefined iterates as nothing
       throw new Error(`'${operand.type}' is not iterable for the ${name} filter`);
     };
     const isString = operand.type === "StringValue";
@@ -934,6 +935,7 @@ class PythonInterpreter extends Interpreter {
         );
       }
       case "map": {
+        if (!operand.__bool__().value) return this.list([]); // Jinja2 maps nothing of a false value, None included
         if (kwargs.has("attribute") || args.length === 0) return undefined;
         const [filterName, ...rest] = args;
         const mapped = stringArgument(filterName, "map()'s filter");
@@ -943,6 +945,7 @@ class PythonInterpreter extends Interpreter {
       case "reject":
       case "selectattr":
       case "rejectattr": {
+        if (!operand.__bool__().value) return this.list([]); // as map, of None (tool_calls: null) too
         const byAttribute = name.endsWith("attr");
         const [attribute, test, ...testArgs] = byAttribute ? args : [undefined, ...args];
         const testArgument = testArgs[0];
