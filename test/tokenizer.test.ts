@@ -424,6 +424,19 @@ describe("chat template", () => {
     const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template: template });
     expect(tok.applyChatTemplate([], { extra: { m: { tool_calls: null } } })).toBe("[]|[]|[]|[]|[]|[]");
   });
+  // Expected from transformers: Jinja2 loops over an undefined value as over nothing (a loop over an
+  // assistant message's missing tool_calls failed the render) and over a string by its characters.
+  test("a loop over an undefined value is empty, and over a string goes by character, as Jinja2's", () => {
+    const template =
+      "{% for tc in m.tool_calls %}x{% else %}E{% endfor %}|{% for c in 'ab' if c != 'b' %}{{ c }}.{% endfor %}|" +
+      "{% for m in messages %}{% for tc in m.tool_calls %}[{{ tc.function.name }}]{% endfor %}{% endfor %}";
+    const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template: template });
+    const messages = [
+      { role: "user", content: "hi" },
+      { role: "assistant", content: "", tool_calls: [{ type: "function", function: { name: "f", arguments: {} } }] },
+    ];
+    expect(tok.applyChatTemplate(messages, { extra: { m: {} } })).toBe("E|a.|[f]");
+  });
   // Expected from transformers: a string's index counts code points (the library's counted UTF-16
   // units: the last character of a text ending in an emoji was half of it).
   test("a string's characters are indexed by code point, as Python's", () => {

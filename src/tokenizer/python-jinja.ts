@@ -730,7 +730,7 @@ class PythonInterpreter extends Interpreter {
         this.loops.push(loop);
         let rendered: string;
         try {
-          rendered = super.evaluate(statement, environment).value as string;
+          rendered = super.evaluate(this.iterated(statement, environment), environment).value as string;
         } finally {
           this.loops.pop();
         }
@@ -780,6 +780,24 @@ class PythonInterpreter extends Interpreter {
       default:
         return super.evaluate(statement, environment);
     }
+  }
+
+  /**
+   * A loop with what it goes over as Jinja2 iterates it: an undefined value as nothing (a loop
+   * over a message's missing tool_calls failed the render) and a string by its characters.
+   */
+  private iterated(statement: Statement, environment: Environment): Statement {
+    const loop = statement as unknown as { iterable: { type: string; lhs?: Statement } };
+    const select = loop.iterable.type === "SelectExpression" ? loop.iterable : undefined; // for x in y if z
+    const source = this.evaluate((select?.lhs ?? loop.iterable) as Statement, environment);
+    const iterable =
+      source.type === "UndefinedValue"
+        ? this.list([])
+        : source.type === "StringValue"
+          ? this.list([...(source.value as string)].map((char) => this.value(char)))
+          : source;
+    const replaced = select ? { ...select, lhs: evaluated(iterable) } : evaluated(iterable);
+    return { ...loop, iterable: replaced } as unknown as Statement;
   }
 
   /** Python's `%` (string formatting, and a modulo with the divisor's sign) and `*` (repeating a string or list). */
