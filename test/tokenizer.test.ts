@@ -437,6 +437,23 @@ describe("chat template", () => {
     ];
     expect(tok.applyChatTemplate(messages, { extra: { m: {} } })).toBe("E|a.|[f]");
   });
+  // Expected from transformers: Jinja2's unique ignores case unless told (and takes attribute=), its
+  // int and float give their default for None, and it has escape (e); the library had none of these.
+  test("unique, int and float of None, and escape render as Jinja2's", () => {
+    const template =
+      "{{ 'a<b&\"\\''|escape }}|{{ 5|e }}|{{ ['a','A','b']|unique|list }}|{{ ['a','A']|unique(true)|list }}|" +
+      "{{ [1, 1.0, true, 2]|unique|list }}|{{ l|unique(attribute='r')|map(attribute='n')|list }}|" +
+      "{{ none|int }}|{{ none|float }}|{{ none|int(7) }}|{{ 'x'|int }}";
+    const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template: template });
+    const l = [
+      { r: "A", n: 1 },
+      { r: "a", n: 2 },
+      { r: "b", n: 3 },
+    ];
+    expect(tok.applyChatTemplate([], { extra: { l } })).toBe(
+      "a&lt;b&amp;&#34;&#39;|5|['a', 'b']|['a', 'A']|[1, 2]|[1, 3]|0|0.0|7|0",
+    );
+  });
   // Expected from transformers: a string's index counts code points (the library's counted UTF-16
   // units: the last character of a text ending in an emoji was half of it).
   test("a string's characters are indexed by code point, as Python's", () => {

@@ -687,6 +687,11 @@ const PYTHON_FILTERS = new Set([
   "upper",
   "lower",
   "tojson",
+  "unique",
+  "int",
+  "float",
+  "escape",
+  "e",
 ]);
 /** A node that stands for a value already evaluated (see PythonInterpreter's evaluate). */
 const evaluated = (value: Rendered) => ({ type: "PythonValue", value }) as unknown as Statement;
@@ -923,6 +928,32 @@ class PythonInterpreter extends Interpreter {
         return this.value(pythonStr(operand).toUpperCase());
       case "lower":
         return this.value(pythonStr(operand).toLowerCase());
+      case "unique": {
+        // Jinja2's: the first of each value, strings compared without case unless case_sensitive.
+        const caseSensitive = argument(0, "case_sensitive")?.value === true;
+        const path = argument(1, "attribute");
+        const seen = new Set<string>();
+        return this.list(
+          items().filter((item) => {
+            let key = path === undefined ? item : this.attribute(item, stringArgument(path, "unique()'s attribute"));
+            if (key.type === "StringValue" && !caseSensitive) key = this.value((key.value as string).toLowerCase());
+            const identity = NUMERIC.has(key.type) ? `number ${Number(key.value)}` : pythonRepr(key);
+            return !seen.has(identity) && Boolean(seen.add(identity));
+          }),
+        );
+      }
+      case "int":
+      case "float": {
+        // Jinja2's int and float give their default (0) for what they cannot convert, None too.
+        if (operand.type !== "NullValue" && operand.type !== "UndefinedValue") return undefined;
+        const fallback = argument(0, "default");
+        return fallback ?? (name === "int" ? this.value(0) : this.float(0));
+      }
+      case "escape":
+      case "e": {
+        const html: Record<string, string> = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&#34;", "'": "&#39;" };
+        return this.value(pythonStr(operand).replace(/[&<>"']/g, (char) => html[char]!));
+      }
       case "tojson": {
         // transformers' tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)
         const indent = argument(1, "indent");
