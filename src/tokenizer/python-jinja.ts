@@ -1,6 +1,7 @@
 // Chat templates are written for Python's Jinja2 (transformers renders them); we render with
-// @huggingface/jinja, and where its builtins part from Python's, the parsed template is
-// rewritten to call Python's (withPythonBuiltins), given to the render as PYTHON_BUILTINS.
+// @huggingface/jinja, and where it parts from Python's, the parsed template is rewritten to call
+// Python's builtins (withPythonBuiltins, PYTHON_BUILTINS), and rendered by an interpreter that does
+// as Jinja2 where the library's does not (PythonInterpreter): parseTemplate, then renderTemplate.
 import { Environment, Interpreter, Template } from "@huggingface/jinja";
 
 const DAYS = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"];
@@ -697,12 +698,17 @@ const PYTHON_FILTERS = new Set([
 const evaluated = (value: Rendered) => ({ type: "PythonValue", value }) as unknown as Statement;
 
 /**
- * The library's interpreter, with Python's loop controls, str methods and operators. Its {% break %}
- * and {% continue %} threw away what the loop's body had rendered in that pass (`{{ m.content }}{%
- * break %}` wrote nothing): the bodies withPythonBuiltins marks (PythonLoopBody, PythonBlock) keep
- * it, and a loop whose every pass ended early renders its {% else %}, as Jinja2's does. A string's
- * methods the library lacks are STRING_METHODS; `%` formats a string and `*` repeats a string or
- * list (the library knew both only between numbers), and `%` takes the divisor's sign.
+ * The library's interpreter, with Jinja2's loop controls, str methods, operators, filters and tests.
+ * Its {% break %} and {% continue %} threw away what the loop's body had rendered in that pass
+ * (`{{ m.content }}{% break %}` wrote nothing): the bodies withPythonBuiltins marks (PythonLoopBody,
+ * PythonBlock) keep it, and a loop whose every pass ended early renders its {% else %}, as Jinja2's
+ * does; a loop goes over an undefined value as over nothing. A string's methods the library lacks
+ * are STRING_METHODS; `%` formats a string and `*` repeats a string or list (the library knew both
+ * only between numbers), `%` takes the divisor's sign, and ==, `in` and string order are Python's.
+ * Filters and tests it lacks or has otherwise are PYTHON_FILTERS (pythonFilter) and PYTHON_TESTS.
+ * Where a value is looked at before the library's own evaluation, the library is handed it as a
+ * PythonValue node (`evaluated`) rather than evaluating it again (only a filter's arguments are,
+ * where the library's filter takes over: they are expressions without side effects).
  */
 class PythonInterpreter extends Interpreter {
   /** The loops being rendered, innermost last. */
