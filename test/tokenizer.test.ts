@@ -486,6 +486,21 @@ describe("chat template", () => {
         "a is None|a, b|-005|  ab |a..|['a', 'b']|bc|True|1",
     );
   });
+  // Expected renderings from transformers (Python's str methods): the library's split took no
+  // keywords and, like strip and wordcount, went by JavaScript's whitespace and word characters
+  // (a byte order mark stripped, U+001C kept, "héllo" two words), and its startswith and endswith
+  // ignored where to look.
+  test("split, strip, startswith and wordcount go by Python's whitespace and arguments", () => {
+    const template =
+      "{{ ' a b  '.split(none, 1) }}|{{ 'a b c'.split(maxsplit=1) }}|{{ 'a,b,c'.split(sep=',') }}|" +
+      "{{ 'a\\u3000b\\x1cc'.split() }}|{{ ''.split(',') }}|{{ ' a  b c '.rsplit(none, 1) }}|" +
+      "{{ '\\ufeffx\\x1c'.strip()|length }}|{{ '\\x1c\\ufeffx'.lstrip()|length }}|{{ 'hello'.startswith('l', 2) }}|" +
+      "{{ 'hello'.endswith(('x', 'l'), 0, 4) }}|{{ ' '.isspace() }}|{{ 'héllo wörld_1'|wordcount }}";
+    const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template: template });
+    expect(tok.applyChatTemplate([])).toBe(
+      "['a', 'b  ']|['a', 'b c']|['a', 'b', 'c']|['a', 'b', 'c']|['']|[' a  b', 'c']|2|2|True|True|True|2",
+    );
+  });
   // Expected renderings from transformers: the library knew `%` and `*` only between numbers (a
   // string's formatting or repetition failed the render), and its `%` took the dividend's sign.
   test("% formats strings and * repeats them, as Python's operators do", () => {

@@ -52,11 +52,21 @@ function strftimeNow(format: string): string {
 
 type StripSide = "strip" | "lstrip" | "rstrip";
 
+/** Python's whitespace (str.isspace): JavaScript's \s but U+FEFF, and U+001C-U+001F and U+0085 too. */
+const SPACE = "\\t\\n\\v\\f\\r\\x1c-\\x1f \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000";
+const LEADING_SPACE = new RegExp(`^[${SPACE}]+`);
+const TRAILING_SPACE = new RegExp(`[${SPACE}]+$`);
+const ALL_SPACE = new RegExp(`^[${SPACE}]+$`);
+const FIRST_WORD = new RegExp(`^[^${SPACE}]+`);
+const LAST_WORD = new RegExp(`[^${SPACE}]+$`);
+
 /** Python's str.strip, lstrip and rstrip: without characters (or None), whitespace. */
 function pythonStrip(side: StripSide, value: unknown, chars: unknown): string {
   if (typeof value !== "string") throw new Error(`${side}() is a method of strings`);
-  if (chars === undefined || chars === null)
-    return side === "strip" ? value.trim() : side === "lstrip" ? value.trimStart() : value.trimEnd();
+  if (chars === undefined || chars === null) {
+    const start = side === "rstrip" ? value : value.replace(LEADING_SPACE, "");
+    return side === "lstrip" ? start : start.replace(TRAILING_SPACE, "");
+  }
   if (typeof chars !== "string") throw new Error(`${side}() takes a string of the characters to strip`);
   const strip = new Set(chars);
   const points = [...value];
@@ -304,7 +314,8 @@ const STATEMENTS = new Set([
  * parsed template is rewritten to call Python's (PYTHON_BUILTINS; the library lets no variable
  * replace its own): `x.lstrip(c)` (also strip, rstrip) becomes `__python_lstrip(x, c)`, as the
  * library's ignore the characters given and strip whitespace (Qwen3's template keeps an answer
- * with `.lstrip('\n')`, and lost the indentation of one that opens with code); `strftime_now(f)`
+ * with `.lstrip('\n')`, and lost the indentation of one that opens with code), and JavaScript's
+ * whitespace at that (a byte order mark, not U+001C); `strftime_now(f)`
  * becomes `__python_strftime_now(f)` (see strftimeNow); what the template prints (`{{ x }}`),
  * `x | string` and both sides of `x ~ y` become `__python_str([x])`, as the library writes
  * JavaScript's true, null (or nothing) and JSON where Python writes True, None and {'a': 1}, and
@@ -386,8 +397,7 @@ export function withPythonBuiltins(template: Template): Template {
       callee?.type === "MemberExpression" &&
       !callee.computed &&
       method?.type === "Identifier" &&
-      ["strip", "lstrip", "rstrip"].includes(method.value as string) &&
-      (n.args as unknown[]).length > 0
+      ["strip", "lstrip", "rstrip"].includes(method.value as string)
     ) {
       n.args = [callee.object, ...(n.args as unknown[])];
       method.value = `__python_${method.value}`;
@@ -398,27 +408,49 @@ export function withPythonBuiltins(template: Template): Template {
   return template;
 }
 
-/** Python's str.rsplit: without a separator, at runs of whitespace, the part left over keeping its own. */
-function pythonRsplit(text: string, separator: string | null = null, maxsplit = -1): string[] {
+/**
+ * Python's str.split (rsplit from the right): at each separator, or without one at runs of
+ * whitespace, at most maxsplit times, the part left over keeping its own (the library's split
+ * took no keywords, and split at JavaScript's whitespace).
+ */
+function pythonSplit(text: string, separator: string | null, maxsplit: number, fromRight: boolean): string[] {
   if (separator === "") throw new Error("empty separator");
   if (separator !== null) {
     const parts = text.split(separator);
     if (maxsplit < 0 || parts.length <= maxsplit + 1) return parts;
-    const kept = parts.length - maxsplit;
-    return [parts.slice(0, kept).join(separator), ...parts.slice(kept)];
+    return fromRight
+      ? [parts.slice(0, parts.length - maxsplit).join(separator), ...parts.slice(parts.length - maxsplit)]
+      : [...parts.slice(0, maxsplit), parts.slice(maxsplit).join(separator)];
   }
   const words: string[] = [];
-  let rest = text.trimEnd();
-  while (rest !== "") {
+  const trim = (rest: string) => rest.replace(fromRight ? TRAILING_SPACE : LEADING_SPACE, "");
+  for (let rest = trim(text); rest !== ""; ) {
     if (words.length === maxsplit) {
-      words.unshift(rest);
+      words.push(rest);
       break;
     }
-    const word = /\S+$/.exec(rest)![0];
-    words.unshift(word);
-    rest = rest.slice(0, -word.length).trimEnd();
+    const word = (fromRight ? LAST_WORD : FIRST_WORD).exec(rest)![0];
+    words.push(word);
+    rest = trim(fromRight ? rest.slice(0, -word.length) : rest.slice(word.length));
   }
-  return words;
+  return fromRight ? words.reverse() : words;
+}
+
+/** Python's str.startswith and endswith: of a string or any of a tuple's, within [start:end] if given. */
+function pythonAffix(self: string, { args, kwargs }: MethodArgs, atEnd: boolean): boolean {
+  const affixes = args[0]?.type === "StringValue" ? [args[0]] : ((args[0]?.value ?? []) as TemplateValue[]);
+  const points = [...self];
+  const [start, end] = [args[1] ?? kwargs.get("start"), args[2] ?? kwargs.get("end")];
+  const text =
+    start === undefined && end === undefined
+      ? self
+      : points
+          .slice(integer(start, 0), end === undefined || end.type === "NullValue" ? undefined : Number(end.value))
+          .join("");
+  return affixes.some((affix) => {
+    const value = stringArgument(affix, `${atEnd ? "endswith" : "startswith"}()'s argument`);
+    return atEnd ? text.endsWith(value) : text.startsWith(value);
+  });
 }
 
 /** Python's str.center, ljust and rjust: pads with fill to width, code points counted. */
@@ -524,7 +556,7 @@ const stringArgument = (value: TemplateValue | undefined, what: string): string 
 /** A method's integer argument, or its default when not given (or None). */
 const integer = (value: TemplateValue | undefined, fallback: number): number =>
   value === undefined || value.type === "NullValue" ? fallback : Number(value.value);
-/** rsplit's sep and maxsplit, by position or keyword. */
+/** split's and rsplit's sep and maxsplit, by position or keyword. */
 const splitArgs = ({ args, kwargs }: MethodArgs): [string | null, number] => {
   const separator = args[0] ?? kwargs.get("sep");
   return [
@@ -551,7 +583,10 @@ const STRING_METHODS: Record<string, (self: string, call: MethodArgs) => unknown
     if (at < 0) throw new Error("substring not found");
     return at;
   },
-  rsplit: (self, call) => pythonRsplit(self, ...splitArgs(call)),
+  split: (self, call) => pythonSplit(self, ...splitArgs(call), false),
+  rsplit: (self, call) => pythonSplit(self, ...splitArgs(call), true),
+  startswith: (self, call) => pythonAffix(self, call, false),
+  endswith: (self, call) => pythonAffix(self, call, true),
   splitlines: (self) => {
     const lines = self.split(/\r\n|[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]/);
     if (lines.at(-1) === "") lines.pop(); // no line after the last break, nor in ""
@@ -604,7 +639,7 @@ const STRING_METHODS: Record<string, (self: string, call: MethodArgs) => unknown
   isdecimal: (self) => /^\p{Nd}+$/u.test(self),
   isalpha: (self) => /^\p{L}+$/u.test(self),
   isalnum: (self) => /^[\p{L}\p{N}]+$/u.test(self),
-  isspace: (self) => /^\s+$/.test(self),
+  isspace: (self) => ALL_SPACE.test(self),
   isupper: (self) => /\p{Lu}/u.test(self) && !/\p{Ll}/u.test(self),
   islower: (self) => /\p{Ll}/u.test(self) && !/\p{Lu}/u.test(self),
 };
@@ -1074,7 +1109,7 @@ class PythonInterpreter extends Interpreter {
         return this.value(pythonPercentFormat(stringArgument(operand, "format's value"), values));
       }
       case "wordcount":
-        return this.value(pythonStr(operand as TemplateValue).match(/\w+/gu)?.length ?? 0);
+        return this.value(pythonStr(operand as TemplateValue).match(/[\p{L}\p{N}_]+/gu)?.length ?? 0); // Python's \w
       case "batch": {
         const size = integer(argument(0, "linecount"), 1);
         const fill = argument(1, "fill_with");
