@@ -273,7 +273,7 @@ function pythonRange(start: number, stop?: number, step = 1): number[] {
 }
 
 /** What a rewritten call (see withPythonBuiltins) calls, by its name in the template's variables. */
-export const PYTHON_BUILTINS: Record<string, (...args: unknown[]) => string | number> = {
+const PYTHON_BUILTINS: Record<string, (...args: unknown[]) => string | number> = {
   ...Object.fromEntries(
     (["strip", "lstrip", "rstrip"] as const).map((side) => [
       `__python_${side}`,
@@ -323,7 +323,7 @@ const STATEMENTS = new Set([
  * `x | length` becomes `__python_len([x])`, a string's code points (not UTF-16 units); and
  * `raise_exception(m)` throws a TemplateRaisedError, told apart from the library's own errors.
  */
-export function withPythonBuiltins(template: Template): Template {
+function withPythonBuiltins(template: Template): Template {
   type Node = { type?: string; [key: string]: unknown };
   // The library looks for a macro's varargs and kwargs only in nodes of its Statement class: a
   // rewritten node is made one (a plain object hid `{{ varargs }}`, and the call was refused).
