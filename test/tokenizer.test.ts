@@ -454,6 +454,26 @@ describe("chat template", () => {
       "a&lt;b&amp;&#34;&#39;|5|['a', 'b']|['a', 'A']|[1, 2]|[1, 3]|0|0.0|7|0",
     );
   });
+  // As transformers (Python's TypeError): a string adds only a string; the library wrote a call's
+  // arguments added to one as "[object Map]" (DeepSeek V3's template given them as a dict), a list
+  // as "[object Object]", and 'a' + 1 as "a1".
+  test("a string added to what is not a string fails the render, as in Python", () => {
+    for (const [template, type] of [
+      ["{{ 'args: ' + m.arguments }}", "dict"],
+      ["{{ m.parts + '!' }}", "list"],
+      ["{{ 'n' + 1 }}", "int"],
+    ] as const) {
+      const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template: template });
+      expect(() =>
+        tok.applyChatTemplate([], { extra: { m: { arguments: { city: "Oslo" }, parts: [{ type: "text" }] } } }),
+      ).toThrow(`can only concatenate str (not "${type}") to str`);
+    }
+    const tok = new Tokenizer(hfTokenizerJson, {
+      ...fixture.hf_tokenizer_config,
+      chat_template: "{{ 'a' + 'b' }}{{ 1 + 2 }}",
+    });
+    expect(tok.applyChatTemplate([])).toBe("ab3");
+  });
   // Expected from transformers: a string's index counts code points (the library's counted UTF-16
   // units: the last character of a text ending in an emoji was half of it).
   test("a string's characters are indexed by code point, as Python's", () => {

@@ -216,6 +216,19 @@ function pythonRepr(value: TemplateValue): string {
 
 const NUMERIC = new Set(["IntegerValue", "FloatValue", "BooleanValue"]);
 
+/** Python's names of the library's types, for errors that say what Python's say. */
+const PYTHON_TYPE_NAMES: Record<string, string> = {
+  IntegerValue: "int",
+  FloatValue: "float",
+  BooleanValue: "bool",
+  StringValue: "str",
+  ArrayValue: "list",
+  TupleValue: "tuple",
+  ObjectValue: "dict",
+  NullValue: "NoneType",
+  UndefinedValue: "Undefined",
+};
+
 /**
  * Python's ==: lists, tuples and dicts by their items (the library compared them by identity, so
  * [1] == [1] was False), numbers by value (True == 1), and no two values of other types equal (the
@@ -849,9 +862,14 @@ class PythonInterpreter extends Interpreter {
   /** Python's `%` (string formatting, and a modulo with the divisor's sign) and `*` (repeating a string or list). */
   private binary(node: BinaryNode, environment: Environment): Rendered {
     const operator = node.operator.value;
-    if (!["%", "*", "==", "!=", "<", ">", "<=", ">=", "in", "not in"].includes(operator))
+    if (!["%", "*", "+", "==", "!=", "<", ">", "<=", ">=", "in", "not in"].includes(operator))
       return super.evaluate(node as unknown as Statement, environment);
     const [left, right] = [this.evaluate(node.left, environment), this.evaluate(node.right, environment)];
+    // A string adds only a string, as in Python (the library wrote a dict added to one as "[object Map]").
+    if (operator === "+" && (left.type === "StringValue") !== (right.type === "StringValue")) {
+      const other = left.type === "StringValue" ? right : left;
+      throw new Error(`can only concatenate str (not "${PYTHON_TYPE_NAMES[other.type] ?? other.type}") to str`);
+    }
     if (operator === "==" || operator === "!=") return this.value(pythonEqual(left, right) === (operator === "=="));
     // A list holds a value equal to it (the library refused None and lists and dicts there, and compared numbers by type).
     if ((operator === "in" || operator === "not in") && (right.type === "ArrayValue" || right.type === "TupleValue"))
