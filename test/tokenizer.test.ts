@@ -474,6 +474,20 @@ describe("chat template", () => {
     });
     expect(tok.applyChatTemplate([])).toBe("ab3");
   });
+  // Expected from transformers: the library's loop had no changed() (the render failed) and no depth.
+  test("loop.changed and loop.depth render as Jinja2's", () => {
+    const template =
+      "{% for a in [1] %}{% for b in [2] %}{{ loop.depth }}{{ loop.depth0 }}{% endfor %}{% endfor %}|" +
+      "{% for x in [1, 1, 2, 2, 1] %}{{ loop.changed(x) }},{% endfor %}|" +
+      "{% for m in ms %}{% if loop.changed(m.role, 1) %}[{{ m.role }}]{% endif %}{{ m.c }}{% endfor %}";
+    const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template: template });
+    const ms = [
+      { role: "u", c: "a" },
+      { role: "u", c: "b" },
+      { role: "a", c: "c" },
+    ];
+    expect(tok.applyChatTemplate([], { extra: { ms } })).toBe("10|True,False,True,False,True,|[u]ab[a]c");
+  });
   // Expected from transformers: a string's index counts code points (the library's counted UTF-16
   // units: the last character of a text ending in an emoji was half of it).
   test("a string's characters are indexed by code point, as Python's", () => {

@@ -361,6 +361,22 @@ function withPythonBuiltins(template: Template): Template {
     if (n.type === "For") n.body = [node({ type: "PythonLoopBody", body: n.body })];
     if (n.type === "If")
       for (const branch of ["body", "alternate"]) n[branch] = [node({ type: "PythonBlock", body: n[branch] })];
+    // loop.depth and loop.depth0, which the library's loop lacks, are 1 and 0 but in recursive loops (which it lacks too).
+    const member = n.object as Node | undefined;
+    const depth = (n.property as Node | undefined)?.value;
+    if (
+      n.type === "MemberExpression" &&
+      !n.computed &&
+      member?.type === "Identifier" &&
+      member.value === "loop" &&
+      (depth === "depth" || depth === "depth0")
+    )
+      Object.assign(n, {
+        type: "IntegerLiteral",
+        value: depth === "depth" ? 1 : 0,
+        object: undefined,
+        property: undefined,
+      });
     // loop.cycle(a, b), which the library's loop lacks, is [a, b][loop.index0 % 2].
     const loopObject = callee?.object as Node | undefined;
     if (
@@ -760,7 +776,7 @@ const evaluated = (value: Rendered) => ({ type: "PythonValue", value }) as unkno
  */
 class PythonInterpreter extends Interpreter {
   /** The loops being rendered, innermost last. */
-  private readonly loops: { entered: boolean; broken: boolean; completed: boolean }[] = [];
+  private readonly loops: { entered: boolean; broken: boolean; completed: boolean; changed?: Rendered }[] = [];
 
   override evaluate(statement: Statement, environment: Environment): Rendered {
     const node = statement as unknown as { type: string; body: Statement[]; defaultBlock: Statement[] };
@@ -909,6 +925,15 @@ class PythonInterpreter extends Interpreter {
   private call(node: CallNode, environment: Environment): Rendered {
     const { callee } = node;
     const method = callee.type === "MemberExpression" && !callee.computed ? callee.property.value : undefined;
+    // loop.changed(value...), which the library's loop lacks: whether the values differ from the last call's.
+    const loop = this.loops.at(-1);
+    const object = callee.object as unknown as { type: string; value: unknown } | undefined;
+    if (method === "changed" && object?.type === "Identifier" && object.value === "loop" && loop) {
+      const values = this.tuple(this.arguments(node.args, environment).args);
+      const changed = loop.changed === undefined || !pythonEqual(loop.changed, values);
+      loop.changed = values;
+      return this.value(changed);
+    }
     if (method === undefined || !Object.hasOwn(STRING_METHODS, method))
       return super.evaluate(node as unknown as Statement, environment);
     const self = this.evaluate(callee.object, environment);
