@@ -425,17 +425,19 @@ describe("chat template", () => {
     expect(tok.applyChatTemplate([], { extra: { m: { tool_calls: null } } })).toBe("[]|[]|[]|[]|[]|[]");
   });
   // Expected from transformers: Jinja2 loops over an undefined value as over nothing (a loop over an
-  // assistant message's missing tool_calls failed the render) and over a string by its characters.
-  test("a loop over an undefined value is empty, and over a string goes by character, as Jinja2's", () => {
+  // assistant message's missing tool_calls failed the render), over a string by its characters, and
+  // unpacks tuples into `for a, b in ...` (the library unpacked only lists).
+  test("a loop over an undefined value is empty, over a string goes by character, and unpacks tuples, as Jinja2's", () => {
     const template =
       "{% for tc in m.tool_calls %}x{% else %}E{% endfor %}|{% for c in 'ab' if c != 'b' %}{{ c }}.{% endfor %}|" +
-      "{% for m in messages %}{% for tc in m.tool_calls %}[{{ tc.function.name }}]{% endfor %}{% endfor %}";
+      "{% for m in messages %}{% for tc in m.tool_calls %}[{{ tc.function.name }}]{% endfor %}{% endfor %}|" +
+      "{% for a, b in [(1, 2)] %}{{ a }}{{ b }}{% endfor %}|{% for k, s, v in ['a=b'.partition('=')] %}{{ k }}{{ v }}{% endfor %}";
     const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template: template });
     const messages = [
       { role: "user", content: "hi" },
       { role: "assistant", content: "", tool_calls: [{ type: "function", function: { name: "f", arguments: {} } }] },
     ];
-    expect(tok.applyChatTemplate(messages, { extra: { m: {} } })).toBe("E|a.|[f]");
+    expect(tok.applyChatTemplate(messages, { extra: { m: {} } })).toBe("E|a.|[f]|12|ab");
   });
   // Expected from transformers: Jinja2's unique ignores case unless told (and takes attribute=), its
   // int and float give their default for None, and it has escape (e); the library had none of these.

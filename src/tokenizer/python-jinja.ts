@@ -859,18 +859,26 @@ class PythonInterpreter extends Interpreter {
 
   /**
    * A loop with what it goes over as Jinja2 iterates it: an undefined value as nothing (a loop
-   * over a message's missing tool_calls failed the render) and a string by its characters.
+   * over a message's missing tool_calls failed the render), a string by its characters, and
+   * tuples unpacked into its variables.
    */
   private iterated(statement: Statement, environment: Environment): Statement {
-    const loop = statement as unknown as { iterable: { type: string; lhs?: Statement } };
+    const loop = statement as unknown as { iterable: { type: string; lhs?: Statement }; loopvar: { type: string } };
     const select = loop.iterable.type === "SelectExpression" ? loop.iterable : undefined; // for x in y if z
     const source = this.evaluate((select?.lhs ?? loop.iterable) as Statement, environment);
-    const iterable =
+    let iterable =
       source.type === "UndefinedValue"
         ? this.list([])
         : source.type === "StringValue"
           ? this.list([...(source.value as string)].map((char) => this.value(char)))
           : source;
+    // The library unpacks only lists into `for a, b in ...`: a tuple ((1, 2), a partition) is one here.
+    if (loop.loopvar.type === "TupleLiteral" && (iterable.type === "ArrayValue" || iterable.type === "TupleValue"))
+      iterable = this.list(
+        (iterable.value as Rendered[]).map((item) =>
+          item.type === "TupleValue" ? this.list(item.value as Rendered[]) : item,
+        ),
+      );
     const replaced = select ? { ...select, lhs: evaluated(iterable) } : evaluated(iterable);
     return { ...loop, iterable: replaced } as unknown as Statement;
   }
