@@ -336,7 +336,7 @@ describe("chat template", () => {
   });
   // A template's raise_exception refuses the request (400); a feature of Python's Jinja2 the
   // renderer lacks is the server's limit, told apart (it was the same 400 blaming the messages).
-  test("raise_exception is told apart from what the renderer does not support", () => {
+  test("raise_exception, and a value the template cannot use, are told apart from what the renderer does not support", () => {
     const withTemplate = (chat_template: string) => ({
       tokenizer: new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template }),
     });
@@ -346,6 +346,13 @@ describe("chat template", () => {
     expect(() => renderChat(raising as LoadedModel, messages)).toThrow(InvalidParameterError);
     expect(() => renderChat(raising as LoadedModel, messages)).toThrow(
       "the model's chat template rejected the messages: roles must alternate",
+    );
+    // A value the template adds to a string that the request does not give (DeepSeek V3's template
+    // adds each tool's description): Python's Jinja2 fails too, and vLLM answers 400.
+    const missing = withTemplate("{{ 'Tool: ' + messages[0]['description'] }}");
+    expect(() => renderChat(missing as LoadedModel, messages)).toThrow(InvalidParameterError);
+    expect(() => renderChat(missing as LoadedModel, messages)).toThrow(
+      `the model's chat template failed on the messages: can only concatenate str (not "Undefined") to str (a field the template reads is missing from the request)`,
     );
     const unsupported = withTemplate("{{ messages[0] | xmlattr }}");
     expect(() => renderChat(unsupported as LoadedModel, messages)).toThrow(ChatTemplateUnsupportedError);

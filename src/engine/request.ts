@@ -5,7 +5,7 @@
 import { ChatTemplateUnsupportedError, ContextLengthError, InvalidParameterError, UnsupportedError } from "../errors";
 import { BudgetError } from "./budget/steering";
 import type { LoadedModel } from "../models/load";
-import { TemplateRaisedError } from "../tokenizer/python-jinja";
+import { TemplateRaisedError, TemplateTypeError } from "../tokenizer/python-jinja";
 import type { Tokenizer } from "../tokenizer/tokenizer";
 import { createJsonConstraint, SchemaError, type GrammarConstraint, type JsonFormat } from "./grammar";
 import { chatText, promptText } from "./prompt";
@@ -358,6 +358,9 @@ function withTemplateErrors<T>(fn: () => T): T {
     // A template's raise_exception (e.g. roles that must alternate) is the request's fault.
     if (error instanceof TemplateRaisedError)
       throw new InvalidParameterError(`the model's chat template rejected the messages: ${error.message}`, "messages");
+    // So is a value the template cannot use, where Python's Jinja2 fails alike (a tool without the description it adds).
+    if (error instanceof TemplateTypeError)
+      throw new InvalidParameterError(`the model's chat template failed on the messages: ${error.message}`, "messages");
     // Anything else is our renderer failing where Python's Jinja2 (transformers, vLLM) renders.
     throw new ChatTemplateUnsupportedError(
       `the model's chat template uses a feature of Python's Jinja2 that mlx's template renderer lacks: ${(error as Error).message}`,

@@ -82,6 +82,15 @@ export class TemplateRaisedError extends Error {
   override name = "TemplateRaisedError";
 }
 
+/**
+ * An operation the template makes on the request's values that Python's Jinja2 refuses too (a
+ * string added to a field the request does not give, or to a dict): the request's fault, as
+ * transformers and vLLM take it, not a feature our renderer lacks.
+ */
+export class TemplateTypeError extends Error {
+  override name = "TemplateTypeError";
+}
+
 /** What a rewritten call (see withPythonBuiltins) calls, by its name in the template's variables. */
 const PYTHON_BUILTINS: Record<string, (...args: unknown[]) => string | number> = {
   ...Object.fromEntries(
@@ -452,7 +461,11 @@ class PythonInterpreter extends Interpreter {
     // A string adds only a string, as in Python (the library wrote a dict added to one as "[object Map]").
     if (operator === "+" && (left.type === "StringValue") !== (right.type === "StringValue")) {
       const other = left.type === "StringValue" ? right : left;
-      throw new Error(`can only concatenate str (not "${PYTHON_TYPE_NAMES[other.type] ?? other.type}") to str`);
+      const missing =
+        other.type === "UndefinedValue" ? " (a field the template reads is missing from the request)" : "";
+      throw new TemplateTypeError(
+        `can only concatenate str (not "${PYTHON_TYPE_NAMES[other.type] ?? other.type}") to str${missing}`,
+      );
     }
     if (operator === "==" || operator === "!=") return this.value(pythonEqual(left, right) === (operator === "=="));
     // A list holds a value equal to it (the library refused None and lists and dicts there, and compared numbers by type).
