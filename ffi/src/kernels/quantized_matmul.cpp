@@ -258,14 +258,18 @@ class QuantizedMatmul : public mx::UnaryPrimitive {
   int bits_;
 };
 
+// The group sizes our kernels read for `bits`-bit rows of K: MLX's (32, 64, 128), and groups of
+// 16 at 8 bits (kHalfGroup) where a row fills the int16 kernel's blocks of 32.
+bool group_read(int group, int bits, int K) {
+  return group == kHalfGroup ? bits == 8 && K % 32 == 0 : group == 32 || group == 64 || group == 128;
+}
+
 // The layouts our kernel covers; anything else goes to MLX's own op.
 bool supported(const mx::array& x, const mx::array& w, const mx::array& scales, const std::optional<mx::array>& biases,
                bool transpose, int group, int bits, const std::string& mode) {
   if (mode != "affine" || !transpose || !biases || (bits != 4 && bits != 8)) return false;
-  // Groups of 16: only the int16 kernel on repacked weights, whose blocks of 32 a row must fill.
-  if (group == kHalfGroup ? !(bits == 8 && is_repacked(w) && x.shape(-1) % 32 == 0)
-                          : group != 32 && group != 64 && group != 128)
-    return false;
+  // Groups of 16: only the int16 kernel on repacked weights reads them.
+  if (!group_read(group, bits, x.shape(-1)) || (group == kHalfGroup && !is_repacked(w))) return false;
   if (!float_type(x.dtype()) || !float_type(scales.dtype()) || biases->dtype() != scales.dtype()) return false;
   if (w.ndim() != 2 || scales.ndim() != 2 || x.ndim() < 1) return false;
   const int K = x.shape(-1), N = w.shape(0);
@@ -359,8 +363,7 @@ std::optional<QuantizedWeight> repack_for_kernels(const mx::array& w, const mx::
   if (w.ndim() != 2 || w.dtype() != mx::uint32 || !repack_readable(w.shape(0), bits)) return std::nullopt;
   if (!enabled_on(mx::default_stream(mx::default_device()))) return std::nullopt;
   const int N = w.shape(0), K = w.shape(1) * 32 / bits;
-  const bool group_read = group == kHalfGroup ? bits == 8 && K % 32 == 0 : group == 32 || group == 64 || group == 128;
-  if (K % group != 0 || !group_read || !float_type(scales.dtype()) ||
+  if (K % group != 0 || !group_read(group, bits, K) || !float_type(scales.dtype()) ||
       biases.dtype() != scales.dtype() || scales.shape() != mx::Shape{N, K / group} || biases.shape() != scales.shape())
     return std::nullopt;
   return QuantizedWeight{mx::view(interleave(w, false), mx::int32), interleave(scales, false), interleave(biases, false)};
