@@ -250,8 +250,8 @@ export class BudgetSteering {
    * short), and the first bytes of a character it cuts short in turn.
    */
   private textAfter(token: number): { text: string; pending: Uint8Array } {
-    const whole = this.pending.length === 0 && this.vocab.owes[token] === 0 && this.vocab.continuations[token] === 0;
-    if (whole) return { text: this.vocab.texts[token] ?? "", pending: NO_BYTES };
+    if (this.pending.length === 0 && this.wholeCharacters(token))
+      return { text: this.vocab.texts[token] ?? "", pending: NO_BYTES };
     const bytes = Buffer.concat([this.pending, this.tokenizer.pieceBytes(token)]);
     const end = bytes.length - utf8Owed(bytes).cut;
     return { text: utf8.decode(bytes.subarray(0, end)), pending: bytes.subarray(end) };
@@ -259,9 +259,12 @@ export class BudgetSteering {
 
   /** The bytes `token` writes, as the steering reads them (its text's, unless it cuts a character). */
   private tokenBytes(token: number): Uint8Array {
-    return this.vocab.owes[token] === 0 && this.vocab.continuations[token] === 0
-      ? Buffer.from(this.vocab.texts[token] ?? "")
-      : this.tokenizer.pieceBytes(token);
+    return this.wholeCharacters(token) ? Buffer.from(this.vocab.texts[token] ?? "") : this.tokenizer.pieceBytes(token);
+  }
+
+  /** Whether `token` writes whole characters: none cut short at its end, no continuation bytes at its start. */
+  private wholeCharacters(token: number): boolean {
+    return this.vocab.owes[token] === 0 && this.vocab.continuations[token] === 0;
   }
 
   /** The continuation bytes owed once `token` follows the text so far (each may take a token). */
