@@ -125,14 +125,11 @@ export function* loadGGUFTensorSteps(
   try {
     for (const t of ours) {
       const prefix = t.name.replace(/\.weight$/, "");
-      if (inHalfGroups.has(t)) {
-        // Exact float32 scales (a float16 times an int8): float16 would round them.
-        const { weight, scales, biases } = mx.readGGUFAffine(blocksOf(path, header.dataStart, t));
-        loaded.tensors.set(t.name, weight);
-        loaded.tensors.set(`${prefix}.scales`, scales);
-        loaded.tensors.set(`${prefix}.biases`, biases);
-      } else if (t.type in ourAffineBits) {
-        const { weight, scales, biases } = affine(path, header.dataStart, t);
+      if (inHalfGroups.has(t) || t.type in ourAffineBits) {
+        // Q6_K's scales stay float32, exactly (a float16 times an int8): float16 would round them.
+        const { weight, scales, biases } = inHalfGroups.has(t)
+          ? mx.readGGUFAffine(blocksOf(path, header.dataStart, t))
+          : affine(path, header.dataStart, t);
         loaded.tensors.set(t.name, weight);
         loaded.tensors.set(`${prefix}.scales`, scales);
         loaded.tensors.set(`${prefix}.biases`, biases);
