@@ -391,11 +391,14 @@ function parameterBranches(node: unknown, shapes: SchemaShapes | undefined): Rec
 function typedParameter(text: string, node: unknown, shapes: SchemaShapes | undefined): unknown {
   const branches = parameterBranches(node, shapes);
   const value = text.trim();
+  // The value read as JSON (undefined where it is not), and as a number (a number past a
+  // double's range stays text: JSON has no Infinity).
+  const json = parseJson(value);
+  const finite = Number.isFinite(Number(value));
   const literals = branches.map((b) => ("const" in b ? [b.const] : Array.isArray(b.enum) ? b.enum : undefined));
   if (literals.length > 0 && literals.every((l) => l !== undefined)) {
     const allowed = literals.flat();
     if (allowed.includes(text)) return text;
-    const json = parseJson(value);
     if (json !== undefined && typeof json !== "string" && allowed.some((a) => isDeepStrictEqual(a, json))) return json;
   }
   const kinds = branches.map((b) => shapes!.kind(b));
@@ -404,16 +407,12 @@ function typedParameter(text: string, node: unknown, shapes: SchemaShapes | unde
     if (kind === "string" || kind === "any") {
       // Alone, its text is the value; among other alternatives the grammar writes it as JSON.
       if (branches.length === 1) return text;
-      const json = parseJson(value);
       if (kind === "any" ? json !== undefined : typeof json === "string") return json;
     }
-    // A number past a double's range stays text: JSON has no Infinity.
-    const finite = Number.isFinite(Number(value));
     if (kind === "integer" && finite && /^-?\d+$/.test(value)) return Number(value);
     if (kind === "number" && finite && /^-?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/.test(value)) return Number(value);
     if (kind === "boolean" && /^(true|false)$/i.test(value)) return value.toLowerCase() === "true";
     if (kind === "object" || kind === "array") {
-      const json = parseJson(value);
       if (kind === "array" ? Array.isArray(json) : json && typeof json === "object" && !Array.isArray(json))
         return json;
     }
