@@ -576,6 +576,9 @@ class PythonInterpreter extends Interpreter {
     };
     const isString = operand.type === "StringValue";
     const argument = (position: number, keyword: string) => args[position] ?? kwargs.get(keyword);
+    // An item, or its attribute at `path` where the filter names one.
+    const itemAt = (item: Rendered, path: Rendered | undefined) =>
+      path === undefined ? item : this.attribute(item, stringArgument(path, `${name}()'s attribute`));
     switch (name) {
       case "d": // Jinja2's short name for default
         return this.filtered(operand, "default", args, kwargs, environment);
@@ -600,7 +603,7 @@ class PythonInterpreter extends Interpreter {
         const seen = new Set<string>();
         return this.list(
           items().filter((item) => {
-            let key = path === undefined ? item : this.attribute(item, stringArgument(path, "unique()'s attribute"));
+            let key = itemAt(item, path);
             if (key.type === "StringValue" && !caseSensitive) key = this.value((key.value as string).toLowerCase());
             const identity = NUMERIC.has(key.type) ? `number ${Number(key.value)}` : pythonRepr(key);
             return !seen.has(identity) && Boolean(seen.add(identity));
@@ -641,9 +644,7 @@ class PythonInterpreter extends Interpreter {
       }
       case "join": {
         const path = argument(1, "attribute");
-        const parts = items().map((item) =>
-          pythonStr(path === undefined ? item : this.attribute(item, stringArgument(path, "join()'s attribute"))),
-        );
+        const parts = items().map((item) => pythonStr(itemAt(item, path)));
         return this.value(
           parts.join(argument(0, "d") === undefined ? "" : stringArgument(argument(0, "d"), "join()'s separator")),
         );
@@ -677,16 +678,8 @@ class PythonInterpreter extends Interpreter {
         const path = argument(0, "attribute");
         let total: Rendered = argument(1, "start") ?? this.value(0);
         for (const item of items()) {
-          const value = path === undefined ? item : this.attribute(item, stringArgument(path, "sum()'s attribute"));
-          total = this.evaluate(
-            {
-              type: "BinaryExpression",
-              operator: { value: "+" },
-              left: evaluated(total),
-              right: evaluated(value),
-            } as unknown as Statement,
-            environment,
-          );
+          const value = itemAt(item, path);
+          total = this.operation("+", total, value, environment);
         }
         return total;
       }
@@ -785,17 +778,7 @@ class PythonInterpreter extends Interpreter {
     const name = stringArgument(test as TemplateValue, "a test's name");
     const operator = COMPARISON_TESTS[name];
     if (operator !== undefined && testArgument !== undefined)
-      return (
-        this.evaluate(
-          {
-            type: "BinaryExpression",
-            operator: { value: operator },
-            left: evaluated(value),
-            right: evaluated(testArgument),
-          } as unknown as Statement,
-          environment,
-        ).value === true
-      );
+      return this.operation(operator, value, testArgument, environment).value === true;
     if (name === "divisibleby") return (value.value as number) % (testArgument?.value as number) === 0;
     return (
       this.evaluate(
@@ -807,6 +790,19 @@ class PythonInterpreter extends Interpreter {
         } as unknown as Statement,
         environment,
       ).value === true
+    );
+  }
+
+  /** `left operator right` of two values, as the template would write it (Python's +, ==, in...). */
+  private operation(operator: string, left: Rendered, right: Rendered, environment: Environment): Rendered {
+    return this.evaluate(
+      {
+        type: "BinaryExpression",
+        operator: { value: operator },
+        left: evaluated(left),
+        right: evaluated(right),
+      } as unknown as Statement,
+      environment,
     );
   }
 
