@@ -374,8 +374,7 @@ const startingAt =
   (history, logits) =>
     history.length < length ? logits : processor(history, logits);
 
-/** Whether a grammar fixes the answer's whole shape from its first token: JSON output, or calls the request requires. */
-/** What a grammar shapes whole: required calls (which take precedence), or JSON output. */
+/** What a grammar shapes whole, from the answer's first token: required calls (which take precedence), or JSON output. */
 type ShapedAnswer = "calls" | "json";
 
 function shapedAnswer(jsonOutput: boolean, tools: ToolRequest | undefined): ShapedAnswer | undefined {
