@@ -3,24 +3,26 @@
 // and a required call is written in that layout (by the grammar: the model has random weights)
 // and comes back as the same tool_calls, whole and streamed.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import Ajv from "ajv";
 import OpenAI from "openai";
 import type { RunningServer } from "../src/server/app";
 import { post } from "./helpers/serve";
-import { forecastParameters, forecastTools, readToolStream, serveTemplateModel } from "./helpers/forecast-tools";
+import {
+  expectForecastArguments,
+  forecastTools,
+  readToolStream,
+  serveTemplateModel,
+  type ReturnedCall,
+} from "./helpers/forecast-tools";
 
 let server: RunningServer;
 let openai: OpenAI;
 let model: string;
-const validArguments = new Ajv().compile(forecastParameters);
 
 beforeAll(() => {
   ({ server, openai, model } = serveTemplateModel("deepseek-v3.1.jinja"));
 });
 
 afterAll(() => server.stop());
-
-type Call = { function: { name: string; arguments: string } };
 
 describe("DeepSeek V3.1's template (<｜tool▁call▁begin｜>NAME<｜tool▁sep｜>{...}<｜tool▁call▁end｜>)", () => {
   const history: OpenAI.ChatCompletionMessageParam[] = [
@@ -74,15 +76,10 @@ describe("DeepSeek V3.1's template (<｜tool▁call▁begin｜>NAME<｜tool▁se
         finished++;
         expect(whole.finish_reason).toBe("tool_calls");
         expect(whole.message.content).toBeNull();
-        const calls = whole.message.tool_calls as Call[];
+        const calls = whole.message.tool_calls as ReturnedCall[];
         expect(calls.length).toBeGreaterThan(0);
-        for (const call of calls) {
-          if (typeof choice !== "string") expect(call.function.name).toBe("forecast");
-          const args = JSON.parse(call.function.arguments);
-          if (call.function.name === "forecast")
-            expect({ args, valid: validArguments(args) }).toEqual({ args, valid: true });
-          else expect(args).toEqual({});
-        }
+        if (typeof choice !== "string") for (const call of calls) expect(call.function.name).toBe("forecast");
+        expectForecastArguments(calls);
         // The answer's tokens as bytes: a token holding part of a ｜ or ▁ has no text of its own.
         const raw = Buffer.from(whole.logprobs!.content!.flatMap((t) => t.bytes ?? [])).toString("utf8");
         expect(raw).toStartWith(`<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>${calls[0]!.function.name}<｜tool▁sep｜>{`);
@@ -111,16 +108,11 @@ describe("DeepSeek V3.1's template (<｜tool▁call▁begin｜>NAME<｜tool▁se
       const answer = await post(`${server.url}/v1/chat/completions`, sized);
       const choice = answer.json.choices[0];
       const where = `max_tokens ${needed + extra}: ${JSON.stringify(choice)}`;
-      const calls = (choice.message.tool_calls ?? []) as Call[];
+      const calls = (choice.message.tool_calls ?? []) as ReturnedCall[];
       if (calls.length === 0) throw new Error(`no call (${where})`);
       expect(choice.finish_reason).toMatch(/^(tool_calls|length)$/);
       if (choice.finish_reason === "length") expect(choice.closed_early).toBe(true);
-      for (const call of calls) {
-        const args = JSON.parse(call.function.arguments);
-        if (call.function.name === "forecast")
-          expect({ args, valid: validArguments(args) }).toEqual({ args, valid: true });
-        else expect(args).toEqual({});
-      }
+      expectForecastArguments(calls);
       const streamed = await readToolStream(await openai.chat.completions.create({ ...sized, stream: true }));
       expect(streamed).toEqual({
         content: "",

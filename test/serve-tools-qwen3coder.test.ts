@@ -3,24 +3,26 @@
 // the model has random weights) and comes back as the same tool_calls, whole and streamed, its
 // arguments typed by the function's schema.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import Ajv from "ajv";
 import OpenAI from "openai";
 import type { RunningServer } from "../src/server/app";
 import { post } from "./helpers/serve";
-import { forecastParameters, forecastTools, readToolStream, serveTemplateModel } from "./helpers/forecast-tools";
+import {
+  expectForecastArguments,
+  forecastTools,
+  readToolStream,
+  serveTemplateModel,
+  type ReturnedCall,
+} from "./helpers/forecast-tools";
 
 let server: RunningServer;
 let openai: OpenAI;
 let model: string;
-const validArguments = new Ajv().compile(forecastParameters);
 
 beforeAll(() => {
   ({ server, openai, model } = serveTemplateModel("qwen3-coder.jinja"));
 });
 
 afterAll(() => server.stop());
-
-type Call = { function: { name: string; arguments: string } };
 
 describe("Qwen3-Coder's template (XML calls: <function=f> with a <parameter=p> for each argument)", () => {
   const history: OpenAI.ChatCompletionMessageParam[] = [
@@ -69,14 +71,11 @@ describe("Qwen3-Coder's template (XML calls: <function=f> with a <parameter=p> f
         expect(whole.finish_reason).toBe("tool_calls");
         expect(whole.message.content).toBeNull();
         expect(streamedContent).toBe("");
-        const calls = whole.message.tool_calls as Call[];
+        const calls = whole.message.tool_calls as ReturnedCall[];
         expect(calls).toHaveLength(1);
         expect(calls[0]!.function.name).toBe(typeof choice === "string" ? calls[0]!.function.name : "forecast");
-        if (calls[0]!.function.name === "forecast") {
-          const args = JSON.parse(calls[0]!.function.arguments);
-          // days is a number, not the text "3"; the unit (an enum of strings) is the bare word.
-          expect({ args, valid: validArguments(args) }).toEqual({ args, valid: true });
-        } else expect(JSON.parse(calls[0]!.function.arguments)).toEqual({});
+        // days is a number, not the text "3"; the unit (an enum of strings) is the bare word.
+        expectForecastArguments(calls);
         const raw = whole.logprobs!.content!.map((t) => t.token).join("");
         expect(raw).toStartWith(`<tool_call>\n<function=${calls[0]!.function.name}>\n`);
         expect(raw.trimEnd()).toEndWith("</function>\n</tool_call>");
@@ -106,16 +105,11 @@ describe("Qwen3-Coder's template (XML calls: <function=f> with a <parameter=p> f
         });
         const choice = answer.json.choices[0];
         const where = `max_tokens ${needed + extra}, seed ${seed}: ${JSON.stringify(choice)}`;
-        const calls = (choice.message.tool_calls ?? []) as Call[];
+        const calls = (choice.message.tool_calls ?? []) as ReturnedCall[];
         if (calls.length === 0) throw new Error(`no call (${where})`);
         expect(choice.finish_reason).toMatch(/^(tool_calls|length)$/);
         if (choice.finish_reason === "length") expect(choice.closed_early).toBe(true);
-        for (const call of calls) {
-          const args = JSON.parse(call.function.arguments);
-          if (call.function.name === "forecast")
-            expect({ args, valid: validArguments(args) }).toEqual({ args, valid: true });
-          else expect(args).toEqual({});
-        }
+        expectForecastArguments(calls);
       }
     }
   }, 120_000);

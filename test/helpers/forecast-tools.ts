@@ -4,6 +4,7 @@ import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { expect } from "bun:test";
+import Ajv from "ajv";
 import OpenAI from "openai";
 import { BudgetError } from "../../src/engine/budget/steering";
 import { createToolCallConstraint, type ToolCallFormat, type ToolSpec } from "../../src/engine/tools";
@@ -85,4 +86,18 @@ export async function smallestCallBudget(
   }).catch((e) => e);
   expect(small).toBeInstanceOf(BudgetError);
   return (small as BudgetError).minimum;
+}
+
+/** A tool call as the OpenAI client gives it back. */
+export type ReturnedCall = { function: { name: string; arguments: string } };
+
+const validForecast = new Ajv().compile(forecastParameters);
+
+/** Each call's arguments: a forecast's valid against its parameters (days a number, not "3"), a clock's empty. */
+export function expectForecastArguments(calls: ReturnedCall[]): void {
+  for (const call of calls) {
+    const args = JSON.parse(call.function.arguments);
+    if (call.function.name === "forecast") expect({ args, valid: validForecast(args) }).toEqual({ args, valid: true });
+    else expect(args).toEqual({});
+  }
 }
