@@ -7,6 +7,7 @@
 //   node_modules/.bin/bun bench/qmm-half-groups.ts [--runs 21]
 import { parseArgs } from "node:util";
 import * as mx from "../src/mlx";
+import { evaluationMs } from "./evaluation-time";
 import { median, ratio } from "./lib";
 
 const { values } = parseArgs({ options: { runs: { type: "string", default: "21" } } });
@@ -23,12 +24,6 @@ const rowCounts = [1, 8, 256];
 if (!mx.cpuKernelsReadHalfGroups(16)) {
   console.error("our kernels do not run 8-bit groups of 16 here (they need AVX-512 VNNI, int16 mode)");
   process.exit(1);
-}
-
-function time(op: () => mx.MxArray): number {
-  const started = performance.now();
-  mx.scope(() => mx.evaluate(op()));
-  return performance.now() - started;
 }
 
 console.log("| M × (N, K) | float16 (before) | 8-bit, groups of 16 (now) | now / before | 8-bit, groups of 32 |");
@@ -61,8 +56,8 @@ for (const [n, k, what] of shapes) {
           mx.quantizedMatmul(x, held[1]!.weight, held[1]!.scales, held[1]!.biases, { bits: 8, groupSize: 32 }, true),
       ];
       const times = ops.map(() => [] as number[]);
-      for (const op of ops) time(op); // warm-up
-      for (let r = 0; r < runs; r++) ops.forEach((op, i) => times[i]!.push(time(op)));
+      for (const op of ops) evaluationMs(op); // warm-up
+      for (let r = 0; r < runs; r++) ops.forEach((op, i) => times[i]!.push(evaluationMs(op)));
       const [before, now, g32ms] = times.map(median) as [number, number, number];
       console.log(
         `| ${m} × (${n}, ${k}), ${what} | ${before.toFixed(3)} | ${now.toFixed(3)} | ${ratio(now, before)} | ${g32ms.toFixed(3)} |`,

@@ -6,6 +6,7 @@
 //   node_modules/.bin/bun bench/qmm.ts [--runs 20] [--threads 1,2] [--mlx-max-ms 2000]
 import { parseArgs } from "node:util";
 import * as mx from "../src/mlx";
+import { evaluationMs } from "./evaluation-time";
 import { median, ratio } from "./lib";
 
 const { values } = parseArgs({
@@ -38,12 +39,6 @@ interface Row {
   mlx: number;
 }
 
-function time(fn: () => mx.MxArray): number {
-  const started = performance.now();
-  mx.scope(() => mx.evaluate(fn()));
-  return performance.now() - started;
-}
-
 function measure(): Row[] {
   return cases.map(([m, n, k, bits, groupSize]) =>
     mx.scope(() => {
@@ -58,14 +53,14 @@ function measure(): Row[] {
       };
       const ours: number[] = [];
       const theirs: number[] = [];
-      time(op(true));
-      time(op(false));
+      evaluationMs(op(true));
+      evaluationMs(op(false));
       // MLX's op on a large M takes seconds: fewer runs once it has used its time budget.
       let mlxSpent = 0;
       for (let r = 0; r < runs; r++) {
-        ours.push(time(op(true)));
+        ours.push(evaluationMs(op(true)));
         if (r < 3 || mlxSpent < Number(values["mlx-max-ms"])) {
-          const t = time(op(false));
+          const t = evaluationMs(op(false));
           mlxSpent += t;
           theirs.push(t);
         }
