@@ -123,6 +123,9 @@ describe("qwen3coder: the format", () => {
       (n) => format.parse(call("get_weather", param("ratio", n))).calls[0]!.arguments.ratio,
     );
     expect(numbers).toEqual([1000, -0.25, 0.5, "0x10", "Infinity", "1e400", "1,5", ""]);
+    // An integer past 2^53 keeps its digits (vLLM's int()), leading zeros dropped.
+    const days = format.parse(call("get_weather", param("days", "-0012345678901234567890"))).calls[0]!.arguments;
+    expect(JSON.stringify(days)).toBe('{"days":-12345678901234567890}');
   });
 
   test("an unknown function or parameter: its values stay text (but null), as vLLM reads them", () => {

@@ -20,10 +20,13 @@ import {
   toolCallFormats,
   toolTemplate,
   ToolCallStream,
+  type ConversationMessage,
   type ToolCallFormat,
   type ToolSpec,
 } from "../src/engine/tools";
 import { smolTokenizerFiles, writeTinyModel } from "./helpers/tiny-model";
+import { parseChatRequest } from "../src/api/openai";
+import { parseTemplate, renderTemplate } from "../src/tokenizer/python-jinja";
 
 const { hermes, llama3, mistral, mistralArgs, deepseekV3, phi4mini } = toolCallFormats;
 const templates = join(import.meta.dir, "fixtures", "templates");
@@ -375,6 +378,57 @@ describe("conversations with tools, as the template gets them", () => {
         { city: "Rome" },
       ]);
     }
+  });
+});
+
+describe("integers past 2^53 keep their digits, as in vLLM", () => {
+  const digits = "12345678901234567890";
+  const call = `<tool_call>\n{"name": "get_weather", "arguments": {"id": ${digits}, "ids": [-9007199254740993, 7]}}\n</tool_call>`;
+
+  test("read from the model's call and written on as JSON", () => {
+    const [parsed] = hermes.parse(call).calls;
+    expect(JSON.stringify(parsed!.arguments)).toBe(`{"id":${digits},"ids":[-9007199254740993,7]}`);
+    // Arguments that are JSON text, and a number in place of the arguments object: not a call.
+    expect(JSON.stringify(hermes.parse(call.replace(`${digits}`, `"${digits}"`)).calls[0]!.arguments.id)).toBe(
+      `"${digits}"`,
+    );
+    expect(hermes.parse(`<tool_call>{"name": "now", "arguments": ${digits}}</tool_call>`).calls).toEqual([]);
+  });
+
+  test("a client's arguments text reaches the template exact, and renders as the model wrote it", () => {
+    const request = parseChatRequest({
+      model: "m",
+      messages: [
+        { role: "user", content: "Weather?" },
+        {
+          role: "assistant",
+          content: null,
+          tool_calls: [
+            { id: "c1", type: "function", function: { name: "get_weather", arguments: `{"id": ${digits}}` } },
+          ],
+        },
+        { role: "tool", tool_call_id: "c1", content: "18C" },
+      ],
+    });
+    const conversation = (request.prompts[0] as { messages: ConversationMessage[] }).messages;
+    const input = templateInput(toolTemplate(hermesTemplate), conversation, [weather]);
+    const text = renderTemplate(parseTemplate(hermesTemplate), { messages: input.messages, tools: input.tools });
+    expect(text).toContain(`"arguments": {"id": ${digits}}`);
+    // The prompt our own tools block writes for a template without tools, too.
+    const own = templateInput(toolTemplate(smolTemplate), conversation, [weather]);
+    expect(own.messages[2]!.content).toContain(`"arguments": {"id": ${digits}}`);
+    // Arguments text that is a number, however large, is not an object.
+    expect(() =>
+      parseChatRequest({
+        model: "m",
+        messages: [
+          {
+            role: "assistant",
+            tool_calls: [{ id: "c1", type: "function", function: { name: "f", arguments: digits } }],
+          },
+        ],
+      }),
+    ).toThrow("must be a JSON object written as a string");
   });
 });
 

@@ -1,6 +1,7 @@
 // Reading tools from requests, shared by both API families: `tools` (the same shape in OpenAI
 // and Ollama), OpenAI's `tool_choice`, and the tool calls of earlier assistant messages
 // (arguments as JSON text in OpenAI, as an object in Ollama).
+import { isJsonObject, parseExactJson } from "../exact-json";
 import { checkJsonSchema, SchemaError } from "../engine/grammar";
 import type { ConversationMessage, ToolCall, ToolChoice, ToolRequest, ToolSpec } from "../engine/tools";
 import { Fields, ValidationError, unsupported } from "./validate";
@@ -112,12 +113,11 @@ export function callArguments(fn: Fields, argumentsAs: "json-text" | "object"): 
   const text = fn.string("arguments") ?? "{}";
   let value: unknown;
   try {
-    value = JSON.parse(text);
+    value = parseExactJson(text);
   } catch {
     fn.fail("arguments", "must be a JSON object written as a string");
   }
-  if (!value || typeof value !== "object" || Array.isArray(value))
-    fn.fail("arguments", "must be a JSON object written as a string");
+  if (!isJsonObject(value)) fn.fail("arguments", "must be a JSON object written as a string");
   return value as Record<string, unknown>;
 }
 

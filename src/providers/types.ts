@@ -2,6 +2,7 @@
 // request (what the HTTP routes and the CLI already reduce every request to) and a stream of
 // events (text as it arrives, then how it ended). Each provider kind translates only between
 // this and its own wire format, so any client API reaches any provider.
+import { isJsonObject, parseExactJson } from "../exact-json";
 import type { EventSourceMessage } from "eventsource-parser/stream";
 import type { FormatInput, PromptInput, SamplingInput } from "../api/common";
 import type { ToolCall, ToolRequest } from "../engine/tools";
@@ -84,8 +85,8 @@ export function parseData(data: string): Record<string, unknown> {
 export function callArguments(json: string): Record<string, unknown> {
   if (json.trim() === "") return {};
   try {
-    const value = JSON.parse(json);
-    return value && typeof value === "object" && !Array.isArray(value) ? value : { value };
+    const value = parseExactJson(json);
+    return isJsonObject(value) ? value : { value };
   } catch {
     throw new StreamFailure(`a tool call's arguments are not JSON: ${json.slice(0, 120)}`);
   }

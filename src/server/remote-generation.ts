@@ -3,6 +3,7 @@
 // the end), so each API family's route serves any provider unchanged. The first event is
 // awaited here, so a provider that fails before answering (unreachable, circuit open, queue
 // full, an error status after the retries) is an HTTP error status, not a broken stream.
+import { parseExactJson } from "../exact-json";
 import { ProviderError, UnsupportedError } from "../errors";
 import type { GenerationEvent } from "../engine/scheduler";
 import type { ToolCall, ToolCallParser } from "../engine/tools";
@@ -29,7 +30,7 @@ const remoteCalls: ToolCallParser = {
   parse(text) {
     const at = text.indexOf(CALLS_MARKER);
     if (at < 0) return { content: text, calls: [] };
-    return { content: text.slice(0, at), calls: JSON.parse(text.slice(at + CALLS_MARKER.length)) as ToolCall[] };
+    return { content: text.slice(0, at), calls: parseExactJson(text.slice(at + CALLS_MARKER.length)) as ToolCall[] };
   },
 };
 

@@ -3,6 +3,7 @@
 // Python's builtins (withPythonBuiltins, PYTHON_BUILTINS), and rendered by an interpreter that does
 // as Jinja2 where the library's does not (PythonInterpreter): parseTemplate, then renderTemplate.
 import { Environment, Interpreter, Template } from "@huggingface/jinja";
+import { isExactInteger } from "../exact-json";
 import {
   integer,
   pythonFixed,
@@ -874,6 +875,27 @@ export function renderTemplate(template: Template, variables: Record<string, unk
   const environment = new Environment();
   const globals = { true: true, false: false, none: null, True: true, False: false, None: null, range: pythonRange };
   for (const [name, value] of Object.entries({ ...globals, ...variables, ...PYTHON_BUILTINS }))
-    environment.set(name, value);
+    withExactIntegers(value, environment.set(name, value));
   return new PythonInterpreter(environment).run(template.parsed).value as string;
+}
+
+/** The library's class of integers (not exported), taken from one it made. */
+const IntegerValue = new Environment().set("one", 1).constructor as new (value: bigint) => Rendered;
+
+/**
+ * Gives the template the integers past 2^53 that tool calls' arguments kept exact (exact-json.ts)
+ * as Python's ints, exact: the library's conversion made each a dict of its digits.
+ */
+function withExactIntegers(input: unknown, converted: Rendered): Rendered {
+  if (isExactInteger(input)) return new IntegerValue(BigInt(input.rawJSON));
+  if (Array.isArray(input)) {
+    const items = converted.value as Rendered[];
+    input.forEach((item, i) => {
+      items[i] = withExactIntegers(item, items[i]!);
+    });
+  } else if (input && typeof input === "object") {
+    const entries = converted.value as Map<string, Rendered>;
+    for (const [key, item] of Object.entries(input)) entries.set(key, withExactIntegers(item, entries.get(key)!));
+  }
+  return converted;
 }

@@ -19,6 +19,7 @@
 // - phi4mini (Phi-4-mini, with vLLM's template): functools[{"name": "f", "arguments": {...}}, ...]
 import { createHash } from "node:crypto";
 import { isDeepStrictEqual } from "node:util";
+import { exactInteger, isExactInteger, isJsonObject, parseExactJson } from "../../exact-json";
 import { SchemaShapes, UnsteerableSchemaError } from "../budget/json-progress";
 import type { ToolCall, ToolSpec } from "./types";
 
@@ -91,16 +92,16 @@ function readCall(value: unknown, newId: () => string): ToolCall | undefined {
   if (!value || typeof value !== "object" || Array.isArray(value)) return undefined;
   const v = value as Record<string, unknown>;
   if (typeof v.name !== "string" || !v.name) return undefined;
-  let args = v.arguments ?? v.parameters ?? {};
+  let args: unknown = v.arguments ?? v.parameters ?? {};
   if (typeof args === "string") {
     try {
-      args = JSON.parse(args);
+      args = parseExactJson(args);
     } catch {
       return undefined;
     }
   }
-  if (!args || typeof args !== "object" || Array.isArray(args)) return undefined;
-  return { id: newId(), name: v.name, arguments: args as Record<string, unknown> };
+  if (!isJsonObject(args)) return undefined;
+  return { id: newId(), name: v.name, arguments: args };
 }
 
 /**
@@ -145,7 +146,7 @@ function jsonCall(name: string, key: "arguments" | "parameters"): { begin: strin
  */
 export function spacedJson(value: unknown): string {
   if (Array.isArray(value)) return `[${value.map(spacedJson).join(", ")}]`;
-  if (value && typeof value === "object")
+  if (value && typeof value === "object" && !isExactInteger(value))
     return `{${Object.entries(value)
       .map(([key, item]) => `${JSON.stringify(key)}: ${spacedJson(item)}`)
       .join(", ")}}`;
@@ -154,7 +155,7 @@ export function spacedJson(value: unknown): string {
 
 function parseJson(text: string): unknown {
   try {
-    return JSON.parse(text);
+    return parseExactJson(text);
   } catch {
     return undefined;
   }
@@ -409,7 +410,7 @@ function typedParameter(text: string, node: unknown, shapes: SchemaShapes | unde
       if (branches.length === 1) return text;
       if (kind === "any" ? json !== undefined : typeof json === "string") return json;
     }
-    if (kind === "integer" && finite && /^-?\d+$/.test(value)) return Number(value);
+    if (kind === "integer" && finite && /^-?\d+$/.test(value)) return exactInteger(value);
     if (kind === "number" && finite && /^-?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/.test(value)) return Number(value);
     if (kind === "boolean" && /^(true|false)$/i.test(value)) return value.toLowerCase() === "true";
     if (kind === "object" || kind === "array") {
