@@ -3,7 +3,7 @@
 // the pooling a sentence-transformers config names, and on the real default model: similar
 // sentences closer than unrelated ones.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Ollama } from "ollama";
@@ -19,6 +19,8 @@ import { ContextLengthError, UnsupportedError } from "../src/errors";
 import * as mx from "../src/mlx";
 import { freeCaches, hiddenStates, makeCaches } from "../src/models";
 import { loadModel, type LoadedModel } from "../src/models/load";
+import { convertGGUF } from "../src/models/convert";
+import { modelPooling } from "../src/models/pooling";
 
 let server: RunningServer;
 let openai: OpenAI;
@@ -477,6 +479,24 @@ describe("a GGUF's pooling (llama.cpp's <arch>.pooling_type)", () => {
       expect([name, vector!.length]).toEqual([name, expected.length]);
       expected.forEach((x, i) => expect(vector![i]!).toBeCloseTo(x, 5));
       lm.free();
+    }
+  });
+
+  test("a directory converted from the GGUF keeps its pooling (sentence-transformers' files); one that says none needs none", async () => {
+    for (const [name, poolingType] of [
+      ["cls", 2],
+      ["unsaid", undefined],
+    ] as const) {
+      const path = gguf(name, poolingType);
+      const dir = join(root, `${name}-converted`);
+      await convertGGUF(path, dir, { bits: 0 });
+      expect([name, existsSync(join(dir, "modules.json"))]).toEqual([name, poolingType !== undefined]);
+      const [fromGGUF, converted] = [loadModel(path), loadModel(dir)];
+      const [[a], [b]] = [(await embed(fromGGUF, [text])).vectors, (await embed(converted, [text])).vectors];
+      a!.forEach((x, i) => expect(b![i]!).toBeCloseTo(x, 5));
+      expect(modelPooling(dir)).toBe(poolingType === undefined ? "last" : "cls");
+      fromGGUF.free();
+      converted.free();
     }
   });
 

@@ -5,6 +5,7 @@ import { dirname, join, resolve } from "node:path";
 import * as mx from "../mlx";
 import { ggufModel, hfTensorName, quantizationOf, type GGUFModel } from "./gguf";
 import { readGGUFHeader, refuseSplitGGUF, type GGUFHeader } from "./gguf-header";
+import { sentenceTransformersPoolingFiles } from "./pooling";
 import { keptQuantizedTypes, loadGGUFTensors, widenedTypes } from "./gguf-tensors";
 import { withModelErrors } from "./load";
 import { nextTurn } from "../event-loop";
@@ -86,6 +87,11 @@ export async function convertGGUF(
       json("tokenizer.json", tokenizerJson);
       json("tokenizer_config.json", tokenizerConfig);
       json("generation_config.json", generationConfig);
+      const pooling = sentenceTransformersPoolingFiles(header.metadata, Number(gguf.config.hidden_size));
+      for (const [name, value] of Object.entries(pooling ?? {})) {
+        mkdirSync(dirname(join(staging, name)), { recursive: true });
+        json(name, value);
+      }
       rmSync(target, { recursive: true, force: true });
       renameSync(staging, target);
     } catch (error) {

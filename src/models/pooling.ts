@@ -73,17 +73,44 @@ export function isSentenceTransformersModel(path: string): boolean {
  * rank (a reranker's score) are refused, rather than pooled some other way.
  */
 function ggufPooling(path: string): Pooling {
-  const { metadata } = readGGUFHeader(path);
-  const key = `${metadata.get("general.architecture")}.pooling_type`;
-  const type = metadata.get(key);
+  const { key, type, pooling } = ggufPoolingType(readGGUFHeader(path).metadata);
   if (type === undefined) return "last";
-  const pooling = typeof type === "number" ? GGUF_POOLINGS[type] : undefined;
   if (pooling) return pooling;
   const name = typeof type === "number" ? (GGUF_POOLING_NAMES[type] ?? "unknown") : "not a number";
   throw new UnsupportedError(
     `${path}: its ${key} is ${JSON.stringify(type)} (${name}), which embeddings here do not apply (only 1 mean, 2 cls or 3 last)`,
     "model",
   );
+}
+
+/** A GGUF's <arch>.pooling_type: its key, its value, and the pooling it means here (undefined for none, rank or other values). */
+function ggufPoolingType(metadata: Map<string, unknown>): { key: string; type: unknown; pooling?: Pooling } {
+  const key = `${metadata.get("general.architecture")}.pooling_type`;
+  const type = metadata.get(key);
+  return { key, type, pooling: typeof type === "number" ? GGUF_POOLINGS[type] : undefined };
+}
+
+/**
+ * The files that keep a GGUF's pooling in a directory converted from it, as sentence-transformers
+ * writes them (modules.json, 1_Pooling/config.json), so the directory embeds as the GGUF did;
+ * none where the GGUF names no pooling applied here (the directory then pools the last token).
+ */
+export function sentenceTransformersPoolingFiles(
+  metadata: Map<string, unknown>,
+  hiddenSize: number,
+): Record<string, unknown> | undefined {
+  const { pooling } = ggufPoolingType(metadata);
+  if (!pooling) return undefined;
+  const modules = [
+    { idx: 0, name: "0", path: "", type: "sentence_transformers.models.Transformer" },
+    { idx: 1, name: "1", path: "1_Pooling", type: "sentence_transformers.models.Pooling" },
+    { idx: 2, name: "2", path: "2_Normalize", type: "sentence_transformers.models.Normalize" },
+  ];
+  const modes = Object.fromEntries(POOLING_MODES.map(([key, mode]) => [key, mode === pooling]));
+  return {
+    "modules.json": modules,
+    "1_Pooling/config.json": { word_embedding_dimension: hiddenSize, ...modes, include_prompt: true },
+  };
 }
 
 /**
