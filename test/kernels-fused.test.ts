@@ -2,7 +2,12 @@
 // ops on the same inputs: odd sizes, strided inputs, every RoPE variant the models use.
 import { describe, expect, test } from "bun:test";
 import * as mx from "../src/mlx";
-import { numbersPerInstructionSet, relativeError, withMlxKernels } from "./helpers/kernels";
+import {
+  errorsAgainstMlxPerInstructionSet,
+  numbersPerInstructionSet,
+  relativeError,
+  withMlxKernels,
+} from "./helpers/kernels";
 
 /** Ours and MLX's on the same inputs, within `tolerance`; returns the relative error. */
 function compare(op: () => mx.MxArray, tolerance: number): number {
@@ -48,6 +53,30 @@ describe("RMSNorm kernel", () => {
     const [halfWeight, weight] = [normal([576], mx.Dtype.bfloat16), normal([576])];
     compare(() => mx.fast.rmsNorm(x, halfWeight, 1e-5), 1e-2);
     compare(() => mx.fast.rmsNorm(x, weight, 1e-5), 1e-2);
+  });
+
+  test("float16 activations (Gemma's) with a float16 or float32 weight, and without one", () => {
+    const x = normal([2, 5, 640], mx.Dtype.float16);
+    const [halfWeight, weight] = [normal([640], mx.Dtype.float16), normal([640])];
+    compare(() => mx.fast.rmsNorm(x, halfWeight, 1e-6), 2e-3);
+    compare(() => mx.fast.rmsNorm(x, weight, 1e-6), 2e-3);
+    compare(() => mx.fast.rmsNorm(x, undefined, 1e-6), 2e-3);
+  });
+
+  test("every instruction set's path (MLX_CPU_ISA) agrees with MLX's op", () => {
+    // Each set's vector code is its own (rms_norm_<isa>.cpp): run each, in a process of its own,
+    // on rows of whole and partial vectors, in each type, with and without a weight.
+    const cases = `[mx.Dtype.float32, mx.Dtype.float16, mx.Dtype.bfloat16].flatMap((dtype) => [640, 1539].map((dim) => {
+      const x = mx.astype(mx.multiply(mx.random.normal([9, dim], mx.Dtype.float32, mx.random.key(1)), 4), dtype);
+      const w = mx.astype(mx.random.normal([dim], mx.Dtype.float32, mx.random.key(2)), dtype);
+      return () => [mx.fast.rmsNorm(x, w, 1e-6), mx.fast.rmsNorm(x, undefined, 1e-6)];
+    }))`;
+    // float32 twice (two widths), then float16 and bfloat16: within a rounding of each.
+    const tolerances = [1e-6, 1e-6, 2e-3, 2e-3, 1e-2, 1e-2];
+    for (const errors of errorsAgainstMlxPerInstructionSet(cases)) {
+      expect(errors).toHaveLength(tolerances.length);
+      errors.forEach((error, i) => expect(error).toBeLessThan(tolerances[i]!));
+    }
   });
 });
 
@@ -182,20 +211,12 @@ describe("SiLU·mul and GELU·mul (gated activation) kernel", () => {
   test("every instruction set's path (MLX_CPU_ISA) agrees with MLX's op", () => {
     // Each set's vector code is its own (silu_mul_<isa>.cpp): run each, in a process of its own
     // (the set is chosen at start), on 1 and 8 rows with partial vectors, in each type, both activations.
-    const script = `
-      import * as mx from "./src/mlx";
-      const errors = [mx.Dtype.float32, mx.Dtype.float16, mx.Dtype.bfloat16].map((dtype) => {
-        const [gate, up] = [1, 2].map((k) => mx.astype(mx.multiply(mx.random.normal([9, 1539], mx.Dtype.float32, mx.random.key(k)), 4), dtype));
-        const all = () => [mx.fast.siluMul, mx.fast.geluApproxMul].flatMap((op) => [mx.slice(gate, [0, 0], [1, 1539]), gate].map((g, i) => mx.astype(op(g, i === 0 ? mx.slice(up, [0, 0], [1, 1539]) : up), mx.Dtype.float32)));
-        const ours = all();
-        mx.useCpuKernels(false);
-        const theirs = all();
-        mx.useCpuKernels(true);
-        return Math.max(...ours.map((o, i) => mx.max(mx.abs(mx.subtract(o, theirs[i]))).item() / mx.max(mx.abs(theirs[i])).item()));
-      });
-      console.log(mx.cpuKernels().split(",")[0], errors.join(" "));
-    `;
-    for (const errors of numbersPerInstructionSet(script))
+    const cases = `[mx.Dtype.float32, mx.Dtype.float16, mx.Dtype.bfloat16].map((dtype) => {
+      const [gate, up] = [1, 2].map((k) => mx.astype(mx.multiply(mx.random.normal([9, 1539], mx.Dtype.float32, mx.random.key(k)), 4), dtype));
+      const row = (a) => mx.slice(a, [0, 0], [1, 1539]);
+      return () => [mx.fast.siluMul, mx.fast.geluApproxMul].flatMap((op) => [op(row(gate), row(up)), op(gate, up)]);
+    })`;
+    for (const errors of errorsAgainstMlxPerInstructionSet(cases))
       errors.forEach((error, i) => expect(error).toBeLessThan(tolerances[i]![1]));
   });
 });

@@ -66,3 +66,23 @@ export function numbersPerInstructionSet(script: string): number[][] {
     return numbers.map(Number);
   });
 }
+
+/**
+ * Our kernels against MLX's ops once per instruction set (numbersPerInstructionSet): `cases` is
+ * script text for an array of functions, each giving one case's outputs; each case's number is
+ * the largest difference of any of its outputs from MLX's, relative to that output's largest value.
+ */
+export function errorsAgainstMlxPerInstructionSet(cases: string): number[][] {
+  return numbersPerInstructionSet(`
+    import * as mx from "./src/mlx";
+    const errors = (${cases}).map((outputs) => {
+      const widened = () => outputs().map((y) => mx.astype(y, mx.Dtype.float32));
+      const ours = widened();
+      mx.useCpuKernels(false);
+      const theirs = widened();
+      mx.useCpuKernels(true);
+      return Math.max(...ours.map((o, i) => mx.max(mx.abs(mx.subtract(o, theirs[i]))).item() / mx.max(mx.abs(theirs[i])).item()));
+    });
+    console.log(mx.cpuKernels().split(",")[0], errors.join(" "));
+  `);
+}
