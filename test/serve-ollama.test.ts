@@ -304,6 +304,18 @@ describe("Ollama chat and generate", () => {
     expect(bad.message).toMatch(/temperature/);
   });
 
+  test("a keep_alive of centuries keeps the model loaded, and /api/ps and /stats still answer", async () => {
+    for (const keepAlive of [1e20, "9999999999h"]) {
+      await ollama.generate({ model, prompt: "Hi", options: { num_predict: 1 }, keep_alive: keepAlive });
+      const ps = await fetch(`${server.url}/api/ps`);
+      expect(ps.status).toBe(200);
+      const [loaded] = ((await ps.json()) as { models: { expires_at: string }[] }).models;
+      expect(new Date(loaded.expires_at).getUTCFullYear()).toBeGreaterThan(2200);
+      expect((await fetch(`${server.url}/stats`)).status).toBe(200);
+    }
+    await ollama.generate({ model, prompt: "", keep_alive: 0 });
+  });
+
   test("unloading an unknown model (keep_alive 0, no prompt) is a 404, not a done 'unload'", async () => {
     const generate = await ollama.generate({ model: "no-such-model", prompt: "", keep_alive: 0 }).catch((e) => e);
     expect(generate.status_code).toBe(404);
@@ -331,6 +343,9 @@ test("keep_alive durations as Go's time.ParseDuration reads them", () => {
     [0, 0],
     ["-1m", Infinity],
     [-1, Infinity],
+    // Past Go's longest duration (about 292 years): forever, as a Date cannot hold the expiry.
+    [1e20, Infinity],
+    ["9999999999h", Infinity],
   ];
   for (const [value, ms] of cases) expect([value, parseKeepAlive(value)]).toEqual([value, ms]);
   for (const bad of ["m", "5 m", "5d", "+", "1h-5m", ".m", "--5m"])

@@ -241,17 +241,27 @@ export function parseOllamaShow(body: unknown): { model: string; verbose: boolea
   return { model: parseModelName(body, ["verbose"]), verbose: Fields.of(body).boolean("verbose") ?? false };
 }
 
+/** Go's longest time.Duration, 2^63 - 1 ns (about 292 years), in ms. */
+const LONGEST_DURATION_MS = 2 ** 63 / 1e6;
+
 /**
  * keep_alive: a number of seconds or a duration string as Go's time.ParseDuration reads it
  * ("5m", "1h30m", "300ms", ".5h", "+5m"), or a number of seconds as a string ("10"); 0 unloads
  * at once, a negative value keeps the model loaded. Returns milliseconds (Infinity: keep).
  */
 export function parseKeepAlive(value: unknown, param = "keep_alive"): number | undefined {
+  const ms = keepAliveMs(value, param);
+  // Longer than Go's durations hold (Ollama's keep-alive for "forever"), and than a Date reaches
+  // (an expiry past it made /api/ps and /stats fail): forever.
+  return ms !== undefined && ms > LONGEST_DURATION_MS ? Infinity : ms;
+}
+
+function keepAliveMs(value: unknown, param: string): number | undefined {
   if (value === undefined || value === null || value === "") return undefined;
   if (typeof value === "number" && Number.isFinite(value)) return value < 0 ? Infinity : value * 1000;
   if (typeof value === "string") {
     const s = value.trim();
-    if (/^-?\d+(\.\d+)?$/.test(s)) return parseKeepAlive(Number(s), param);
+    if (/^-?\d+(\.\d+)?$/.test(s)) return keepAliveMs(Number(s), param);
     // Go's units, micro as "us", U+00B5 or U+03BC; a number may be "1.", ".5" or "1.5".
     const number = String.raw`(?:\d+\.?\d*|\.\d+)`;
     const units = "h|ms|m|s|us|\u00b5s|\u03bcs|ns";
