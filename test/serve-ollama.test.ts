@@ -203,6 +203,21 @@ describe("Ollama chat and generate", () => {
     expect(sampling.penaltiesInWindow).toBe(true);
   });
 
+  test("runtime hints (num_batch, use_mmap...) are unused but typed, as Ollama types them", () => {
+    expect(() =>
+      parseOllamaGenerate({ model, prompt: "Hi", options: { num_batch: 512, use_mmap: true } }),
+    ).not.toThrow();
+    for (const [name, value, message] of [
+      ["num_batch", "512", "must be a number, got a string"],
+      ["num_keep", 1.5, "must be a whole number, got 1.5"],
+      ["use_mmap", "yes", "must be true or false, got a string"],
+      ["mirostat_tau", "5", "must be a number, got a string"],
+    ] as const)
+      expect(() => parseOllamaGenerate({ model, prompt: "Hi", options: { [name]: value } })).toThrow(
+        `'options.${name}' ${message}`,
+      );
+  });
+
   test("num_predict 0 sets no limit, as -1 does (Ollama limits only a positive count)", async () => {
     const unlimited = await ollama.generate({
       model,

@@ -432,6 +432,14 @@ describe("integers past 2^53 keep their digits, as in vLLM", () => {
   });
 });
 
+test("parallel_tool_calls is typed whether or not the request offers tools", () => {
+  const messages = [{ role: "user", content: "Hi" }];
+  expect(() => parseChatRequest({ model: "m", messages, parallel_tool_calls: "no" })).toThrow(
+    "'parallel_tool_calls' must be true or false, got a string",
+  );
+  expect(parseChatRequest({ model: "m", messages, parallel_tool_calls: false }).tools).toBeUndefined();
+});
+
 describe("calls are valid by construction", () => {
   const root = mkdtempSync(join(tmpdir(), "mlx-tools-"));
   let lm: LoadedModel;

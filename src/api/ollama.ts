@@ -105,6 +105,10 @@ function options(f: Fields): Pick<OllamaRequest, "maxTokens" | "contextBound" | 
   // `truncate: false`; its silent default cuts the prompt's start, system prompt included), and
   // the answer ends ("length") where the context is full. Above the model's own, the model's holds.
   const numCtx = o.integer("num_ctx", { min: 1 });
+  // Hints to Ollama's runner that this engine has no use for: typed as Ollama types them, then unused.
+  for (const name of ["num_batch", "num_gpu", "main_gpu", "num_thread", "num_keep"]) o.integer(name);
+  for (const name of ["penalize_newline", "use_mlock", "use_mmap", "numa", "low_vram"]) o.boolean(name);
+  for (const name of ["mirostat_tau", "mirostat_eta"]) o.number(name);
   return {
     contextBound: numCtx === undefined ? undefined : { tokens: numCtx, param: "options.num_ctx" },
     // As Ollama's runner, which limits only a positive count: 0, -1 and -2 all run until a stop or the context's end.

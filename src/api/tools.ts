@@ -52,8 +52,9 @@ export function toolSpec(fn: Fields, schemaField: string, names: Set<string>): T
 export function toolRequest(f: Fields, { withChoice }: { withChoice: boolean }): ToolRequest | undefined {
   const tools = parseTools(f);
   const choice = withChoice ? parseToolChoice(f, tools) : "auto";
+  const parallel = f.boolean("parallel_tool_calls") ?? true;
   if (!tools) return undefined;
-  return { tools, choice, parallel: f.boolean("parallel_tool_calls") ?? true };
+  return { tools, choice, parallel };
 }
 
 /** OpenAI's tool_choice: "none", "auto", "required", or {type: "function", function: {name}}. */
