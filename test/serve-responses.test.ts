@@ -625,6 +625,16 @@ describe("previous_response_id", () => {
     expect((await openai.responses.retrieve(unstored.id).catch((e) => e)).status).toBe(404);
   });
 
+  test("retrieve refuses what it cannot do (the SDK's retrieve with stream: true) instead of an empty stream", async () => {
+    const created = await openai.responses.create({ model, input: "Hi", max_output_tokens: 1 });
+    const streamed = await openai.responses.retrieve(created.id, { stream: true }).catch((e) => e);
+    expect(streamed).toBeInstanceOf(OpenAI.BadRequestError);
+    expect(streamed.error).toMatchObject({ param: "stream", code: "unsupported_parameter" });
+    const r = await fetch(`${server.url}/v1/responses/${created.id}?starting_after=3`);
+    expect(r.status).toBe(400);
+    expect(((await r.json()) as { error: { param: string } }).error.param).toBe("starting_after");
+  });
+
   test("input_items lists what a response read, earlier turns included, a page at a time (the SDK's inputItems.list)", async () => {
     const first = await openai.responses.create({ model, input: "My name is Ada.", max_output_tokens: 2 });
     const second = await openai.responses.create({

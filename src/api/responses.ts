@@ -283,6 +283,15 @@ const listedMessage = (role: string, text: string, id = responseId("msg")): Inpu
 });
 
 /**
+ * GET /v1/responses/{id} returns the stored response as it is: its query fields (`stream` to
+ * replay the events, `starting_after`, `include`) are refused, else the SDK's
+ * `retrieve(id, { stream: true })` would read the JSON as an empty stream, without an error.
+ */
+export function checkRetrieveQuery(query: Record<string, string>): void {
+  Fields.of(query).onlyKnown([]);
+}
+
+/**
  * One page of a stored response's input items (GET /v1/responses/{id}/input_items): `order`
  * desc (the newest first, OpenAI's default) or asc, the items `after` an item id, `limit` 1 to 100 (default 20).
  */

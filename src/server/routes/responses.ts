@@ -4,6 +4,7 @@
 // A stored response's conversation can be continued with `previous_response_id`.
 import { Hono, type Context } from "hono";
 import {
+  checkRetrieveQuery,
   functionCallItem,
   inputItemsPage,
   messageItem,
@@ -46,7 +47,10 @@ export function responsesRoutes(s: ServerState): Hono {
   const r = new Hono();
   const stored = new ResponseStore(STORED_RESPONSES, STORED_FOR_MS, s.config.storedResponseBytes);
   r.post("/v1/responses", (c) => respond(s, c, stored));
-  r.get("/v1/responses/:id", (c) => c.json(storedResponse(stored, c.req.param("id")).response));
+  r.get("/v1/responses/:id", (c) => {
+    checkRetrieveQuery(c.req.query());
+    return c.json(storedResponse(stored, c.req.param("id")).response);
+  });
   r.get("/v1/responses/:id/input_items", (c) =>
     c.json(inputItemsPage(storedResponse(stored, c.req.param("id")).inputItems, c.req.query())),
   );
