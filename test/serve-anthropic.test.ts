@@ -10,6 +10,7 @@ import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Anthropic from "@anthropic-ai/sdk";
+import { betaTool } from "@anthropic-ai/sdk/helpers/beta/json-schema";
 import Ajv from "ajv";
 import type { RunningServer } from "../src/server/app";
 import { post, serve } from "./helpers/serve";
@@ -345,6 +346,42 @@ describe("tools", () => {
     const bare = await client.messages.countTokens({ model, messages: ask });
     expect(answer.usage.input_tokens + answer.usage.cache_read_input_tokens!).toBe(counted.input_tokens);
     expect(counted.input_tokens).toBeGreaterThan(bare.input_tokens + 20);
+  }, 60_000);
+
+  test("the SDK's toolRunner: its default message thread is a 400 that says how to run without one; with thread: false it runs the tool and sends its result", async () => {
+    const inputs: unknown[] = [];
+    const forecast = betaTool({
+      name: "forecast",
+      description: "The weather forecast for a city",
+      // The schema's types are the SDK's to infer the input from; the server's check is validInput.
+      inputSchema: input_schema as { type: "object" },
+      run: (input) => {
+        inputs.push(input);
+        return "Snow, -3 degrees";
+      },
+    });
+    const request = {
+      model,
+      max_tokens: 120,
+      max_iterations: 2,
+      messages: ask,
+      tools: [forecast],
+      tool_choice: { type: "tool" as const, name: "forecast", disable_parallel_tool_use: true },
+      ...sampling({ temperature: 0 }),
+    };
+    const threaded = await client.beta.messages
+      .toolRunner(request)
+      .runUntilDone()
+      .catch((e) => e);
+    expect(threaded).toBeInstanceOf(Anthropic.BadRequestError);
+    expect(threaded.message).toContain("thread: false");
+    const runner = client.beta.messages.toolRunner({ ...request, thread: false });
+    const stops = [];
+    for await (const m of runner) stops.push(m.stop_reason);
+    expect(stops).toEqual(["tool_use", "tool_use"]);
+    expect(inputs).toHaveLength(2);
+    for (const input of inputs) expect(validInput(input)).toBe(true);
+    expect(runner.params.messages.map((m) => m.role)).toEqual(["user", "assistant", "user", "assistant", "user"]);
   }, 60_000);
 
   test("a tool_use the next message leaves unanswered (or that ends the conversation), a tool_result for no tool_use, or a repeated id, is a 400 as Anthropic's", async () => {

@@ -60,6 +60,13 @@ function thinkingParam(f: Fields, maxTokens = Infinity): ThinkingRequest | undef
 
 export function parseMessagesRequest(body: unknown): AnthropicRequest {
   const f = Fields.of(body);
+  // The SDK's toolRunner sends one by default, and its own error (a bare "'thread' is not
+  // supported") would leave its user without the way out, which is the runner's option.
+  if (f.has("thread"))
+    throw unsupported(
+      "thread",
+      "'thread' (a message thread kept on the server: pass thread: false to the SDK's toolRunner)",
+    );
   f.onlyKnown(MESSAGES_FIELDS);
   const maxTokens = f.integer("max_tokens", { min: 1 }) ?? f.fail("max_tokens", "is required");
   metadataUserId(f);
