@@ -517,6 +517,30 @@ describe("a GGUF's pooling (llama.cpp's <arch>.pooling_type)", () => {
   });
 });
 
+describe("Ollama /api/show's capabilities", () => {
+  test("an embedding model (sentence-transformers, or a GGUF naming a pooling) is 'embedding' alone, any other 'completion' without 'embedding', as Ollama's", async () => {
+    // Ollama's CLI runs a model whose capabilities hold "embedding" as an embedding model
+    // (`ollama run` prints a vector instead of chatting).
+    const root = mkdtempSync(join(tmpdir(), "mlx-embeddings-show-"));
+    const { metadata, tensors } = tinyLlamaGGUF({ hidden: 64, heads: 4, kvHeads: 2, ffn: 128, layers: 2, type: "F32" });
+    const pooledGGUF = join(root, "pooled.gguf");
+    writeGGUF(pooledGGUF, { ...metadata, "llama.pooling_type": 1 }, tensors);
+    const plainGGUF = join(root, "plain.gguf");
+    writeGGUF(plainGGUF, metadata, tensors);
+    const capabilities = async (name: string) =>
+      (await post(`${server.url}/api/show`, { model: name })).json.capabilities;
+    expect(await capabilities(meanModel)).toEqual(["embedding"]);
+    expect(await capabilities(pooledGGUF)).toEqual(["embedding"]);
+    for (const name of [model, plainGGUF]) {
+      const listed = await capabilities(name);
+      expect(listed).toContain("completion");
+      expect(listed).not.toContain("embedding");
+    }
+    // Any model still embeds when asked.
+    expect((await new Ollama({ host: server.url }).embed({ model, input: "Hello" })).embeddings).toHaveLength(1);
+  });
+});
+
 describe("the request timeout", () => {
   test("bounds an embedding request as it bounds a generation: a 504 once it passes, on both routes", async () => {
     // The model loaded first; then 2,048 inputs, a pass each, take far longer than 200 ms.

@@ -67,6 +67,10 @@ export function isSentenceTransformersModel(path: string): boolean {
   return statSync(path).isDirectory() && existsSync(join(path, "modules.json"));
 }
 
+/** The GGUF metadata key naming a model's pooling: llama.cpp's (and Ollama's) sign of an embedding model. */
+export const ggufPoolingKey = (metadata: ReadonlyMap<string, unknown>) =>
+  `${metadata.get("general.architecture")}.pooling_type`;
+
 /**
  * The pooling a GGUF's metadata names, as llama.cpp reads it (Qwen3-Embedding's GGUFs say last,
  * nomic-embed's mean); the last token where it names none. No pooling (a vector per token) and
@@ -84,8 +88,8 @@ function ggufPooling(path: string): Pooling {
 }
 
 /** A GGUF's <arch>.pooling_type: its key, its value, and the pooling it means here (undefined for none, rank or other values). */
-function ggufPoolingType(metadata: Map<string, unknown>): { key: string; type: unknown; pooling?: Pooling } {
-  const key = `${metadata.get("general.architecture")}.pooling_type`;
+function ggufPoolingType(metadata: ReadonlyMap<string, unknown>): { key: string; type: unknown; pooling?: Pooling } {
+  const key = ggufPoolingKey(metadata);
   const type = metadata.get(key);
   return { key, type, pooling: typeof type === "number" ? GGUF_POOLINGS[type] : undefined };
 }
@@ -96,7 +100,7 @@ function ggufPoolingType(metadata: Map<string, unknown>): { key: string; type: u
  * none where the GGUF names no pooling applied here (the directory then pools the last token).
  */
 export function sentenceTransformersPoolingFiles(
-  metadata: Map<string, unknown>,
+  metadata: ReadonlyMap<string, unknown>,
   hiddenSize: number,
 ): Record<string, unknown> | undefined {
   const { pooling } = ggufPoolingType(metadata);

@@ -30,6 +30,7 @@ import { formatCount } from "../../format";
 import type { ModelConfig } from "../../models/config";
 import { ggufParameterCount, readGGUFHeader, type GGUFHeader } from "../../models/gguf-header";
 import { readDirectoryConfig, withModelErrors } from "../../models/load";
+import { ggufPoolingKey, isSentenceTransformersModel } from "../../models/pooling";
 import { readManifest } from "../../store/manifest";
 import { loadPath } from "../../store/store";
 import { Tokenizer } from "../../tokenizer/tokenizer";
@@ -256,6 +257,8 @@ interface ModelFacts {
   parameterCount: number;
   quantization: string;
   template: string;
+  /** Made for embeddings: a sentence-transformers directory, or a GGUF naming its pooling. */
+  embedding: boolean;
   modelInfo: Record<string, unknown>;
   tensors?: { name: string; type: string; shape: number[] }[];
 }
@@ -280,14 +283,17 @@ function showModel(path: string, stored: IndexEntry | undefined, defaults: Sampl
     ),
     model_info: facts.modelInfo,
     ...(verbose && facts.tensors ? { tensors: facts.tensors } : {}),
-    // Any chat model takes tools: a template without them gets the functions in its system prompt.
-    // Any model embeds (its pooled final hidden states).
-    capabilities: [
-      "completion",
-      "embedding",
-      ...(facts.template ? ["chat", "tools"] : []),
-      ...(thinkingTemplate(facts.template).thinks ? ["thinking"] : []),
-    ],
+    // As Ollama's: an embedding model's is "embedding" alone, any other's "completion" (Ollama's
+    // CLI runs a model that lists "embedding" as an embedding model, printing a vector for a
+    // prompt); any model still embeds when asked. Any chat model takes tools: a template without
+    // them gets the functions in its system prompt.
+    capabilities: facts.embedding
+      ? ["embedding"]
+      : [
+          "completion",
+          ...(facts.template ? ["chat", "tools"] : []),
+          ...(thinkingTemplate(facts.template).thinks ? ["thinking"] : []),
+        ],
     modified_at: stored ? (stored.lastUsedAt ?? stored.createdAt) : statSync(path).mtime.toISOString(),
   };
 }
@@ -325,6 +331,7 @@ function ggufFacts({ metadata, tensors }: GGUFHeader): ModelFacts {
     parameterCount,
     quantization: "",
     template: text("tokenizer.chat_template"),
+    embedding: metadata.has(ggufPoolingKey(metadata)),
     modelInfo,
     tensors: tensors.map((t) => ({ name: t.name, type: t.type, shape: t.dims })),
   };
@@ -341,6 +348,7 @@ function directoryFacts(dir: string): ModelFacts {
     parameterCount: count,
     quantization: config.quantization ? `${config.quantization.bits}-bit` : "",
     template: Tokenizer.fromDirectory(dir).chatTemplate ?? "",
+    embedding: isSentenceTransformersModel(dir),
     modelInfo: {
       "general.architecture": arch,
       "general.parameter_count": count,
