@@ -64,6 +64,21 @@ test("a bad flag is one line and a non-zero exit", async () => {
   expect(stderr).toMatch(/^error: --port/m);
 });
 
+test("a -m that names no model (a typo) is one line with a suggestion and a non-zero exit, not a server", async () => {
+  const home = mkdtempSync(join(tmpdir(), "mlx-serve-cli-"));
+  const proc = Bun.spawn([process.execPath, main, "serve", "-m", "smolm2", "--port", "0"], {
+    stdout: "pipe",
+    stderr: "pipe",
+    env: { ...process.env, MLX_HOME: home },
+  });
+  const timer = setTimeout(() => proc.kill(), 10_000);
+  const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+  clearTimeout(timer);
+  expect(stderr).not.toContain("listening");
+  expect(stderr).toMatch(/^error: unknown model 'smolm2' .*did you mean 'smollm2'\?/m);
+  expect(code).toBe(1);
+}, 20_000);
+
 test("an address it cannot listen on is one line naming the address and why, and a non-zero exit", async () => {
   const taken = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("") });
   try {

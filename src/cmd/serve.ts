@@ -25,7 +25,7 @@ import type { LoadedModel } from "../models/load";
 import { readAdapterDirectory } from "../models/lora";
 import { aliasCacheSettings, loadAliases } from "../store/aliases";
 import { readManifest } from "../store/manifest";
-import { resolveModelPath } from "../store/resolve";
+import { locateModel, missingModelError, resolveModelPath } from "../store/resolve";
 import { openModel } from "./open-model";
 import { repeatable } from "./strict-flags";
 
@@ -170,7 +170,13 @@ export default defineCommand({
       const speculation = speculationFlags(args);
       const maxKvSize = args["max-kv-size"] === undefined ? undefined : maxKvSizeFrom(args, undefined);
       // A broken models.toml stops the server here, not as an error on every request later.
-      loadAliases();
+      const aliases = loadAliases();
+      // So does a -m that names nothing (a typo), with the names it may have meant: preloaded in
+      // the background, it would only be a line in the log of a server that fails every request.
+      if (args.model && !aliases.remotes.has(args.model)) {
+        const location = locateModel(args.model, aliases);
+        if (location.kind === "missing") throw await missingModelError(location);
+      }
       const pipeline = pipelineFrom(args);
       if (pipeline) {
         if (!args.model)
