@@ -35,12 +35,33 @@ const main = defineCommand({
 
 // The subcommand as citty finds it (the first word that is not a flag): its flags checked first.
 let argv = process.argv.slice(2);
+// `mlx help [command]`, as `ollama help` and `git help` take it: that command's --help.
+if (argv[0] === "help") argv = [...argv.slice(1), "--help"];
 // `mlx launch ... -- run --help` asks for run's help: shown once, as `mlx run --help` shows it
 // (citty finds --help anywhere, and would show launch's).
 const launched = argv.indexOf("--");
 if (argv.find((a) => !a.startsWith("-")) === "launch" && launched >= 0) {
   const command = argv.slice(launched + 1);
   if (command.includes("--help") || command.includes("-h")) argv = command;
+}
+const helpOrVersion = argv.includes("--help") || argv.includes("-h") || (argv.length === 1 && argv[0] === "--version");
+// A bare `mlx` is asked what it does, as a bare `ollama` is (citty would add an error, styled apart).
+if (argv.length === 0) {
+  await showUsage(main);
+  process.exit(0);
+}
+// citty would drop an option before the command unsaid (`mlx --json list` printed the table), or,
+// with no command after it, print the usage and an error styled apart.
+if (argv[0]!.startsWith("-") && !helpOrVersion) {
+  const word = argv.find((a) => !a.startsWith("-"));
+  const command = word !== undefined && Object.hasOwn(subCommands, word) ? word : "<command>";
+  fail(
+    new Error(
+      word === undefined
+        ? `unknown option '${argv[0]}' for mlx (it takes --help and --version); mlx --help lists the commands`
+        : `'${argv[0]}' comes before the command: options go after it (mlx ${command} ${argv[0]} ...); mlx --help lists the commands`,
+    ),
+  );
 }
 const at = argv.findIndex((a) => !a.startsWith("-"));
 const name = argv[at];

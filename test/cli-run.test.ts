@@ -406,6 +406,28 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
     }
   });
 
+  test("an option before the command is one line, not dropped unsaid; a bare mlx and mlx help show the usage", async () => {
+    for (const [args, line] of [
+      [["--json", "list"], "error: '--json' comes before the command: options go after it (mlx list --json ...)"],
+      [["--bogus"], "error: unknown option '--bogus' for mlx (it takes --help and --version)"],
+    ] as const) {
+      const r = await mlx([...args]);
+      expect(r.code).toBe(1);
+      expect(r.stdout).toBe("");
+      expect(r.stderr).toBe(`${line}; mlx --help lists the commands\n`);
+    }
+    for (const [args, usage] of [
+      [[], "USAGE mlx run|chat|"],
+      [["help"], "USAGE mlx run|chat|"],
+      [["help", "rm"], "USAGE mlx rm"],
+    ] as const) {
+      const r = await mlx([...args]);
+      expect(r.code).toBe(0);
+      expect(r.stdout).toContain(usage);
+      expect(r.stderr).toBe("");
+    }
+  });
+
   test("a kernel variable of the environment with a value the shim does not know is one line, not ignored", async () => {
     for (const [name, value, line] of [
       ["MLX_KERNELS", "off", "error: MLX_KERNELS must be 'mlx' (MLX's own kernels) or unset (ours), not 'off'"],
