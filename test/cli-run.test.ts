@@ -434,6 +434,7 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
       ["MLX_CPU_ISA", "sse", "error: MLX_CPU_ISA must be portable, neon, avx2, avx512 or unset, not 'sse'"],
       ["MLX_CPU_THREADS", "two", "error: MLX_CPU_THREADS must be a number of threads (1 or more) or unset, not 'two'"],
       ["MLX_CPU_INT8", "yes", "error: MLX_CPU_INT8 must be 1, 0 or unset, not 'yes'"],
+      ["MLX_HUGE_PAGES", "off", "error: MLX_HUGE_PAGES must be 1, 0 or unset, not 'off'"],
     ]) {
       const r = await cliRunner(join(root, "home"), { [name!]: value! })([
         "run",

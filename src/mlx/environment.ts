@@ -1,9 +1,10 @@
 // The environment variables our shim's kernels read in C++ (ffi/src/kernels/, malloc_reuse.cpp),
-// checked where a command starts: C++ takes a value it does not know as unset, without a word, so
-// MLX_CPU_THREADS=two would run on every core and MLX_KERNELS=off with our kernels on.
+// and the huge pages' switch (src/mlx/memory.ts), checked where a command starts: each takes a
+// value it does not know as unset, without a word, so MLX_CPU_THREADS=two would run on every
+// core, MLX_KERNELS=off with our kernels on and MLX_HUGE_PAGES=off with huge pages on.
 
 const ISAS = ["portable", "neon", "avx2", "avx512"];
-const SWITCHES = ["MLX_CPU_EXACT", "MLX_CPU_INT8", "MLX_MALLOC_REUSE"];
+const SWITCHES = ["MLX_CPU_EXACT", "MLX_CPU_INT8", "MLX_MALLOC_REUSE", "MLX_HUGE_PAGES"];
 
 /** What is wrong with the kernels' variables in `env`, in one line; undefined when nothing is. */
 export function kernelEnvironmentProblem(env: Record<string, string | undefined> = process.env): string | undefined {
