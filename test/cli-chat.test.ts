@@ -487,6 +487,22 @@ describe("mlx chat with piped input", () => {
     expect(stderr).not.toContain("dropped");
   });
 
+  test("an answer the full context cuts short before --max-tokens says so, and the next turn makes room", async () => {
+    const piped = join(root, "piped-small");
+    writeTinyModel(piped, { contextLength: 64 });
+    const proc = Bun.spawn([process.execPath, main, "chat", "-m", piped, "--max-tokens", "1000", "--stats"], {
+      stdin: new Blob(["Tell me a story\nAnd another one\n"]),
+      stdout: "pipe",
+      stderr: "pipe",
+      env: { ...process.env, MLX_HOME: home },
+    });
+    const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+    expect(code).toBe(0);
+    expect(stderr).toContain("(context full: the answer was cut short)\n");
+    expect(stderr).toMatch(/context 64\/64\n/);
+    expect(stderr).toContain("(context full: dropped the 2 oldest messages)");
+  });
+
   test("/set system keeps the prompt as typed; /save to a missing folder is one line naming the file", async () => {
     const piped = join(root, "piped-set");
     writeTinyModel(piped);

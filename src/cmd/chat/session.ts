@@ -75,6 +75,14 @@ export class ChatSession {
     if (result.finishReason === "cancelled") this.say("(stopped)");
     else if (result.closedEarly) this.say("(max_tokens ran out: the JSON was closed early, valid but cut short)");
     else if (format && result.finishReason === "length") this.say("(max_tokens reached before the JSON was complete)");
+    // A local model's answer cut short before max_tokens: the context is full (the oldest messages
+    // make room at the next turn). A remote provider's own limits are not known here.
+    else if (
+      this.conversation instanceof Conversation &&
+      result.finishReason === "length" &&
+      result.stats.generatedTokens < this.settings.maxTokens
+    )
+      this.say("(context full: the answer was cut short)");
     if (this.settings.stats) {
       const s = result.stats;
       const c = this.conversation;
