@@ -156,6 +156,12 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
       /^error: model not found: mlx-community\/SmolLM2-135M-Instruct-4bit; for the Hugging Face repository, give hf:mlx-community\/SmolLM2-135M-Instruct-4bit /m,
     ));
 
+  test("a Hugging Face repository named as Ollama takes it (hf.co/org/repo:quantization) points at hf:", async () =>
+    oneLineError(
+      await mlx(["run", "-m", "hf.co/bartowski/SmolLM2-135M-Instruct-GGUF:Q8_0", "hi"]),
+      /^error: model not found: hf\.co\/bartowski\/SmolLM2-135M-Instruct-GGUF:Q8_0; for the Hugging Face repository, give hf:bartowski\/SmolLM2-135M-Instruct-GGUF:Q8_0 /m,
+    ));
+
   test("an unknown alias suggests close ones", async () =>
     oneLineError(await mlx(["run", "-m", "smollm", "hi"]), /unknown model 'smollm'.*did you mean 'smollm2'/));
 

@@ -2,7 +2,7 @@
 import { defineCommand } from "citty";
 import { existsSync } from "node:fs";
 import { resolve } from "node:path";
-import { looksLikeHubRepo } from "../store/hf";
+import { hubRepoNamed } from "../store/hf";
 import { blobPresent } from "../store/blobs";
 import { readManifest } from "../store/manifest";
 import { createProgressReporter } from "../store/progress";
@@ -12,16 +12,6 @@ import { looksLikePath, unknownModelError } from "../store/resolve";
 import { openStoredModel, repair, StoreDamageError } from "../store/store";
 import { shellWord } from "../format";
 import { fail, log, setVerbose } from "./log";
-
-/**
- * The hub repository `typed` names the way mlx-lm (org/repo) or Ollama (hf.co/org/repo[:Q4_K_M],
- * or its huggingface.co URL) users write one, with its quantization; undefined when it names none.
- */
-function hubRepoNamed(typed: string): string | undefined {
-  const [repo, quantization] = typed.replace(/^(https?:\/\/)?(hf\.co|huggingface\.co)\//, "").split(":");
-  if (!looksLikeHubRepo(repo!)) return undefined;
-  return quantization ? `${repo}:${quantization}` : repo;
-}
 
 /**
  * A local directory or file is stored under its own name (`./smollm2` as smollm2): never over

@@ -67,6 +67,16 @@ export function looksLikeHubRepo(name: string): boolean {
   return REPO.test(repo) && !repo.includes("..");
 }
 
+/**
+ * The hub repository `typed` names the way mlx-lm (org/repo) or Ollama (hf.co/org/repo[:Q4_K_M],
+ * or its huggingface.co URL) users write one, with its quantization; undefined when it names none.
+ */
+export function hubRepoNamed(typed: string): string | undefined {
+  const [repo, quantization] = typed.replace(/^(https?:\/\/)?(hf\.co|huggingface\.co)\//, "").split(":");
+  if (!looksLikeHubRepo(repo!)) return undefined;
+  return quantization ? `${repo}:${quantization}` : repo;
+}
+
 export function parseHFSpec(spec: string): HFSpec {
   const match = spec.match(/^hf:([^@:]+)(?:@([^:]+))?(?::([A-Za-z0-9_.-]+))?$/);
   if (!match || !REPO.test(match[1]!) || match[1]!.includes("..")) {

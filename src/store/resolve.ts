@@ -4,6 +4,7 @@
 import { existsSync, readdirSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { closeMatches, loadAliases, type AliasTable } from "./aliases";
+import { hubRepoNamed } from "./hf";
 import type { DownloadProgress } from "./download";
 import { createProgressReporter } from "./progress";
 import { readManifest } from "./manifest";
@@ -142,11 +143,9 @@ export async function missingModelError(
       `model not found: '${location.name}' (this server loads no model by a path on its machine; name an alias or a stored model)`,
     );
   if (location.alias || looksLikePath(location.source)) {
-    // mlx-lm takes a hub repository as org/repo; here that is a path unless hf: says otherwise.
-    const hub =
-      !location.alias && /^[\w.-]+\/[\w.-]+$/.test(location.source)
-        ? `; for the Hugging Face repository, give hf:${location.source}`
-        : "";
+    // mlx-lm and Ollama users name a hub repository their ways; here it is a path unless hf: says otherwise.
+    const repository = hubRepoNamed(location.source);
+    const hub = !location.alias && repository ? `; for the Hugging Face repository, give hf:${repository}` : "";
     return new ModelNotFoundError(`model not found: ${location.source}${hub}`);
   }
   return unknownModelError(location.name);
