@@ -67,6 +67,23 @@ describe("mlx ps and mlx stop", () => {
       1,
       `error: cannot reach mlx serve at ${url}: nothing answers (start one with \`mlx serve\`, or give --url)`,
     ]);
+    // Another server on that port: its page is not the error (whose first line it was); stop asks /api/ps first.
+    const page = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      fetch: () => new Response("<!DOCTYPE HTML>\n<html>Not Found</html>", { status: 404 }),
+    });
+    try {
+      for (const command of [["ps"], ["stop", model]]) {
+        const other = await mlx([...command, "--url", page.url.origin]);
+        expect([other.code, other.stderr]).toEqual([
+          1,
+          `error: ${page.url.origin} answered /api/ps with HTTP 404 and something other than JSON: is it mlx serve?\n`,
+        ]);
+      }
+    } finally {
+      page.stop(true);
+    }
     const bad = await mlx(["ps", "--url", "ftp://x"]);
     expect([bad.code, bad.stderr.trim()]).toEqual([1, "error: --url must be an http(s) URL (got 'ftp://x')"]);
     const locked = serve({ apiKey: "s3cret" });

@@ -40,11 +40,22 @@ export async function askServer(
     throw new Error(`cannot reach mlx serve at ${base}: ${reason} (start one with \`mlx serve\`, or give --url)`);
   }
   const text = await response.text();
+  const json = parsedJson(text);
+  // Another server (a web server on that port) answers with a page, whose first line ("<!DOCTYPE
+  // HTML>") would be all the error said.
+  if (json === undefined)
+    throw new Error(
+      `${base} answered ${path} with ${response.ok ? "" : `HTTP ${response.status} and `}something other than JSON: is it mlx serve?${keyHint(response.status, apiKey)}`,
+    );
   if (!response.ok)
     throw new Error(`${base}: HTTP ${response.status}: ${errorBodyMessage(text)}${keyHint(response.status, apiKey)}`);
+  return json;
+}
+
+function parsedJson(text: string): unknown {
   try {
     return JSON.parse(text);
   } catch {
-    throw new Error(`${base} answered ${path} with something other than JSON: is it mlx serve?`);
+    return undefined;
   }
 }
