@@ -434,6 +434,14 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
     }
   });
 
+  test("--help has no trailing blanks (citty padded every line to the longest description)", async () => {
+    for (const args of [["--help"], ["run", "--help"], ["serve", "--help"]]) {
+      const r = await mlx(args);
+      expect(r.code).toBe(0);
+      expect(r.stdout.split("\n").filter((line) => line.endsWith(" "))).toEqual([]);
+    }
+  });
+
   test("a kernel variable of the environment with a value the shim does not know is one line, not ignored", async () => {
     for (const [name, value, line] of [
       ["MLX_KERNELS", "off", "error: MLX_KERNELS must be 'mlx' (MLX's own kernels) or unset (ours), not 'off'"],

@@ -155,7 +155,8 @@ const oneDash = (text: string) => text.replace(/(?<![\w-])--([A-Za-z])(?![\w-])/
  */
 export async function showUsage<T extends ArgsDef>(cmd: CommandDef<T>, parent?: CommandDef<T>): Promise<void> {
   // The option column is right-aligned: a space in front of each shortened flag keeps it so.
-  const usage = (await renderUsage(cmd, parent)).replace(/ `--([A-Za-z])(?=[`=])/g, "  `-$1");
+  // citty pads every description to the longest one's width: trailing blanks, cut.
+  const usage = (await renderUsage(cmd, parent)).replace(/ `--([A-Za-z])(?=[`=])/g, "  `-$1").replace(/ +(`?)$/gm, "$1");
   // citty marks names with backquotes for consola to colour; colors is plain where colour is off.
   process.stdout.write(`${usage.replace(/`([^`]+)`/g, (_, name: string) => colors.cyan(name))}\n\n`);
 }
