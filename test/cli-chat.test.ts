@@ -416,7 +416,13 @@ describe("mlx chat with piped input", () => {
       `/set temp 0.5\n/set top_p 0.9\n/set repeat_penalty 1.3\n/set seed 9\n/set max_tokens 3\n/set system be brief\nhi\n/save ${saved}\n`,
     );
     const loaded = await chat(`/load ${saved}\n/show\n`);
-    expect(loaded).toContain(`loaded 2 messages and the settings from ${saved}`);
+    expect(loaded).toContain(`loaded 2 messages and the settings from ${saved}\n`);
+    // A conversation saved with another model says so, and which one is still talking.
+    const other = join(root, "saved-other.json");
+    writeFileSync(other, JSON.stringify({ ...JSON.parse(readFileSync(saved, "utf8")), model: "smollm2" }));
+    expect(await chat(`/load ${other}\n`)).toContain(
+      `loaded 2 messages and the settings from ${other} (saved with smollm2; still ${piped}: /model smollm2 to switch)`,
+    );
     expect(loaded).toMatch(
       /settings: +temp 0\.5, top_p 0\.9, top_k 0, min_p 0, repeat_penalty 1\.3, max_tokens 3, seed 9,/,
     );

@@ -101,7 +101,12 @@ const commands: Record<string, Handler> = {
     s.settings.system = typeof saved.system === "string" ? saved.system : undefined;
     s.conversation.system = s.settings.system;
     if (settings) Object.assign(s.settings, settings);
-    s.say(`loaded ${saved.messages.length} messages${settings ? " and the settings" : ""} from ${file}`);
+    // The model it was saved with is not loaded in its place (that can take long); said, so the answers' change is no surprise.
+    const otherModel =
+      typeof saved.model === "string" && saved.model !== s.modelName
+        ? ` (saved with ${saved.model}; still ${s.modelName}: /model ${saved.model} to switch)`
+        : "";
+    s.say(`loaded ${saved.messages.length} messages${settings ? " and the settings" : ""} from ${file}${otherModel}`);
   },
   model: async (s, args, lendKeys) => {
     let name = args.trim();
