@@ -199,6 +199,9 @@ describe("OpenAI chat completions", () => {
       } as never) as Promise<OpenAI.ChatCompletion>;
     const [a, b] = [await sampled(7), await sampled(7)];
     expect(a.choices[0]!.message.content).toBe(b.choices[0]!.message.content);
+    // A negative seed (OpenAI's and vLLM's take any integer) repeats too.
+    const [c, d] = [await sampled(-7), await sampled(-7)];
+    expect(c.choices[0]!.message.content).toBe(d.choices[0]!.message.content);
     const plain = await client.chat.completions.create({ model, messages, max_tokens: 30, temperature: 0 });
     const penalized = await client.chat.completions.create({
       model,

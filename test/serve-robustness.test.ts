@@ -88,7 +88,7 @@ describe("bad input: a clear 4xx naming the field, and the server carries on", (
     ["min_p of 1", v1, { min_p: 1 }, 400, "min_p"],
     ["repetition_penalty of 0", v1, { repetition_penalty: 0 }, 400, "repetition_penalty"],
     ["presence_penalty out of range", v1, { presence_penalty: 3 }, 400, "presence_penalty"],
-    ["a negative seed", v1, { seed: -5 }, 400, "seed"],
+    ["a fractional seed", v1, { seed: -5.5 }, 400, "seed"],
     ["stop as a number", v1, { stop: 5 }, 400, "stop"],
     ["stop holding a number", v1, { stop: ["a", 1] }, 400, "stop.1"],
     ["stream as a string", v1, { stream: "yes" }, 400, "stream"],

@@ -116,7 +116,8 @@ function commonFields(f: Fields): Omit<OpenAIRequest, "prompts" | "logprobs" | "
     topK,
     minP: f.number("min_p", { min: 0, below: 1 }),
     repetitionPenalty: f.number("repetition_penalty", { above: 0, max: 10 }),
-    seed: f.integer("seed", { min: 0, max: Number.MAX_SAFE_INTEGER }),
+    // Any integer, as OpenAI's and vLLM's (a negative one too: its 64 bits make the key).
+    seed: f.integer("seed", { min: -Number.MAX_SAFE_INTEGER, max: Number.MAX_SAFE_INTEGER }),
     presencePenalty: f.number("presence_penalty", { min: -2, max: 2 }),
     frequencyPenalty: f.number("frequency_penalty", { min: -2, max: 2 }),
     logitBias: logitBias(f),
