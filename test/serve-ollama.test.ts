@@ -203,6 +203,48 @@ describe("Ollama chat and generate", () => {
     expect(sampling.penaltiesInWindow).toBe(true);
   });
 
+  test("logprobs and top_logprobs (Ollama 0.12's): each answer token, its logprob and likeliest alternatives, whole and streamed", async () => {
+    const request = { model, messages, options: greedy, logprobs: true, top_logprobs: 3 };
+    const whole = await ollama.chat({ ...request, stream: false });
+    const entries = whole.logprobs!;
+    expect(entries.length).toBeGreaterThan(0);
+    const bytes = entries.flatMap((e) => (e as { bytes?: number[] }).bytes ?? []);
+    expect(Buffer.from(bytes).toString()).toBe(whole.message.content);
+    for (const e of entries) {
+      expect(e.logprob).toBeLessThanOrEqual(0);
+      expect(e.top_logprobs).toHaveLength(3);
+      // Greedy: the token is the likeliest.
+      expect(e.top_logprobs![0]).toMatchObject({ token: e.token, logprob: e.logprob });
+    }
+    const streamed = [];
+    for await (const part of await ollama.chat({ ...request, stream: true })) streamed.push(...(part.logprobs ?? []));
+    // The same tokens; their logprobs to float32's rounding (the second request reads its prompt from the prefix cache).
+    expect(streamed.map((e) => e.token)).toEqual(entries.map((e) => e.token));
+    streamed.forEach((e, i) => expect(e.logprob).toBeCloseTo(entries[i]!.logprob, 4));
+    // Without alternatives asked for, none are listed (Ollama omits the empty list).
+    const generated = await ollama.generate({ model, prompt: "Hello", options: greedy, logprobs: true, stream: false });
+    expect(generated.logprobs!.length).toBeGreaterThan(0);
+    expect(generated.logprobs!.every((e) => !("top_logprobs" in e))).toBe(true);
+    expect(
+      (await ollama.generate({ model, prompt: "Hello", options: greedy, stream: false })).logprobs,
+    ).toBeUndefined();
+  });
+
+  test("top_logprobs without logprobs, and truncate or shift true (a context is never cut here), are a 400; false is taken", async () => {
+    const body = { model, prompt: "Hi", stream: false, options: greedy };
+    for (const [extra, message] of [
+      [{ top_logprobs: 2 }, "'top_logprobs' needs 'logprobs' set to true"],
+      [{ logprobs: true, top_logprobs: 21 }, "'top_logprobs' must be <= 20, got 21"],
+      [{ truncate: true }, "'truncate' true is not supported by this server"],
+      [{ shift: true }, "'shift' true is not supported by this server"],
+    ] as const) {
+      const r = await post(`${server.url}/api/generate`, { ...body, ...extra });
+      expect([r.status, r.json.error]).toEqual([400, expect.stringContaining(message)]);
+    }
+    const r = await post(`${server.url}/api/generate`, { ...body, truncate: false, shift: false, logprobs: false });
+    expect(r.status).toBe(200);
+  });
+
   test("runtime hints (num_batch, use_mmap...) are unused but typed, as Ollama types them", () => {
     expect(() =>
       parseOllamaGenerate({ model, prompt: "Hi", options: { num_batch: 512, use_mmap: true } }),

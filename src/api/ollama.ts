@@ -25,6 +25,9 @@ export interface OllamaRequest {
   /** /api/chat's tools (the model decides whether to call them). */
   tools?: ToolRequest;
   thinking?: ThinkingRequest;
+  /** Whether to return each answer token's logprob, and how many likeliest alternatives with it. */
+  logprobs: boolean;
+  topLogprobs: number;
 }
 
 /** Ollama's documented defaults, used when a request does not set an option. */
@@ -41,7 +44,18 @@ const ROLES = new Set(["system", "user", "assistant", "tool"]);
 
 // The fields each endpoint reads; any other is a 400 naming it. Those refused with their own
 // message (images, suffix, template, tools on /api/generate) are listed so it is the one given.
-const COMMON_FIELDS = ["model", "format", "options", "stream", "keep_alive", "think"];
+const COMMON_FIELDS = [
+  "model",
+  "format",
+  "options",
+  "stream",
+  "keep_alive",
+  "think",
+  "logprobs",
+  "top_logprobs",
+  "truncate",
+  "shift",
+];
 const CHAT_FIELDS = [...COMMON_FIELDS, "messages", "tools"];
 const GENERATE_FIELDS = [
   ...COMMON_FIELDS,
@@ -134,12 +148,22 @@ function options(f: Fields): Pick<OllamaRequest, "maxTokens" | "contextBound" | 
 function common(f: Fields): Omit<OllamaRequest, "prompt" | "context"> {
   const model = f.string("model", { required: true, nonEmpty: true })!;
   const format = ollamaFormat(f.raw("format"));
+  // What Ollama does by default past the context, cutting the prompt's start (truncate) or the
+  // answer's context (shift), this server does not: a prompt over it is a 400, an answer ends
+  // ("length") where it is full. So only their "off" forms are taken.
+  for (const name of ["truncate", "shift"]) if (f.boolean(name)) throw unsupported(name, `'${name}' true`);
+  const logprobs = f.boolean("logprobs") ?? false;
+  const topLogprobs = f.integer("top_logprobs", { min: 0, max: 20 }) ?? 0;
+  if (topLogprobs > 0 && !logprobs)
+    throw new ValidationError("'top_logprobs' needs 'logprobs' set to true", "top_logprobs");
   return {
     model,
     stream: f.boolean("stream") ?? true,
     keepAlive: keepAlive(f),
     format,
     thinking: think(f),
+    logprobs,
+    topLogprobs,
     ...options(f),
   };
 }

@@ -12,9 +12,16 @@ import {
   parseOllamaShow,
   type OllamaRequest,
 } from "../../api/ollama";
-import type { GenerationEvent } from "../../engine/scheduler";
+import type { GenerationEvent, TokenLogprob } from "../../engine/scheduler";
 import { ApiError, errorBody, notFound } from "../errors";
-import { holdModel, httpRequestBounds, modelSamplingDefaults, startGeneration, type Generation } from "../generation";
+import {
+  chatLogprobs,
+  holdModel,
+  httpRequestBounds,
+  modelSamplingDefaults,
+  startGeneration,
+  type Generation,
+} from "../generation";
 import { closedEarly, closedEarlyHeaders, collectGeneration, generationStream } from "../respond";
 import { ToolCallStream, type ToolCall } from "../../engine/tools";
 import { thinkingTemplate } from "../../engine/reasoning";
@@ -466,7 +473,18 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
     format: req.format,
     tools: req.tools,
     thinking: req.thinking,
+    logprobs: req.logprobs,
+    topLogprobs: req.topLogprobs,
   });
+  // Ollama's logprobs: OpenAI's chat ones, without an empty list of alternatives (Go's omitempty).
+  const logprobs = (tokens: TokenLogprob[], top: TokenLogprob[][] | undefined) =>
+    req.logprobs
+      ? {
+          logprobs: chatLogprobs(gen.tokenizer!, tokens, top).map(({ top_logprobs, ...entry }) =>
+            top_logprobs.length > 0 ? { ...entry, top_logprobs } : entry,
+          ),
+        }
+      : {};
   const piece = (text: string, calls: ToolCall[] = [], reasoning = "") => {
     const thinking = reasoning ? { thinking: reasoning } : {};
     return kind === "chat"
@@ -499,7 +517,8 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
     const result = await collectGeneration(gen);
     if (!result) return new Response(null, { status: 499 }); // the client is gone
     const { content, calls } = gen.toolFormat ? gen.toolFormat.parse(result.text) : { content: result.text, calls: [] };
-    return c.json(final(result.done, content, calls, result.reasoning), 200, closedEarlyHeaders(gen));
+    const answer = { ...final(result.done, content, calls, result.reasoning), ...logprobs(result.tokens, result.top) };
+    return c.json(answer, 200, closedEarlyHeaders(gen));
   }
 
   const encoder = new TextEncoder();
@@ -510,7 +529,11 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
     {
       text: (event, send) => {
         const text = toolCalls ? toolCalls.push(event.text) : event.text;
-        if (text || event.reasoning) send(line({ ...base(), ...piece(text, [], event.reasoning), done: false }));
+        // Tokens whose text is held back (a possible stop string or call) still carry their logprobs.
+        if (text || event.reasoning || (req.logprobs && event.tokens.length > 0))
+          send(
+            line({ ...base(), ...piece(text, [], event.reasoning), ...logprobs(event.tokens, event.top), done: false }),
+          );
       },
       done: (event, send) => {
         // Ollama sends calls in a message of their own before the final one.
