@@ -15,9 +15,9 @@ import { completeAlone, writesAfter } from "./helpers/generate";
 import { complete, soloScheduler } from "../src/engine/generate";
 import { defaultSampling } from "../src/engine/sampling";
 import { promptTokens } from "../src/engine/prompt";
-import { createJsonConstraint, initGrammar, type JsonFormat } from "../src/engine/grammar";
+import { createJsonConstraint, initGrammar, type JsonFormat, schemaEbnf } from "../src/engine/grammar";
 import { BudgetError } from "../src/engine/budget/steering";
-import { JsonProgress, layout, SchemaShapes } from "../src/engine/budget/json-progress";
+import { constantText, JsonProgress, layout, SchemaShapes } from "../src/engine/budget/json-progress";
 import { CallsProgress } from "../src/engine/budget/calls-progress";
 import { createToolCallConstraint, toolCallFormats } from "../src/engine/tools";
 import type { RunningServer } from "../src/server/app";
@@ -484,6 +484,31 @@ describe("schemas × small budgets × seeds on the tiny model: every answer pars
       }
     }
   }, 120_000);
+
+  // The steering read a const or enum as `layout` writes values ({"a": 1, "b": 0.1}), where the
+  // grammar writes {"a":1,"b":0.10000000000000001}: the reading was lost at the first
+  // difference, so a long const could be cut unparsed, and a token the reading could not follow
+  // was masked as if out of budget: a complete answer well within max_tokens ended with finish
+  // reason length and closed_early.
+  test("a const or enum is read as the grammar writes it: a complete answer is not flagged closed early", async () => {
+    const values = [
+      { a: "x/y\u007f\b\u0001é😀", b: [2, 0.1, 1e300, 1e21, 1e-7, 1e-5, 100, 1.5e16, 2 ** 63] },
+      { 10: 1, 9: 2, b: [], c: {} },
+      [1.5, "s", null, true],
+      0.1,
+      -9007199254740993,
+      "a/b",
+    ];
+    const ebnf = await schemaEbnf({ enum: values }, true);
+    const root = ebnf.split("\n").find((line) => line.startsWith("root ::= "))!;
+    expect(root).toBe(`root ::= ${values.map((v) => `(${JSON.stringify(constantText(v))})`).join(" | ")}`);
+    for (const value of values.slice(0, 3)) {
+      const schema = { type: "object", properties: { v: { const: value } }, required: ["v"] };
+      const { result, closedEarly } = await generate({ schema }, 200, 1);
+      expect({ finishReason: result.finishReason, closedEarly }).toEqual({ finishReason: "stop", closedEarly: false });
+      expect(JSON.parse(result.text)).toEqual({ v: value });
+    }
+  }, 60_000);
 
   test("below the minimum for any valid value: a BudgetError naming the minimum", async () => {
     const { schema } = schemas["nested objects, required fields deep in the structure"]!;

@@ -23,7 +23,7 @@ export class InfiniteSchemaError extends UnsteerableSchemaError {
   override name = "InfiniteSchemaError";
 }
 
-/** The compact layout of a JSON value as xgrammar writes constants: ", " and ": " separators. */
+/** A JSON value laid out as xgrammar's schema grammars write one: ", " and ": " separators. */
 export function layout(value: unknown): string {
   if (Array.isArray(value)) return `[${value.map(layout).join(", ")}]`;
   if (value && typeof value === "object")
@@ -31,6 +31,39 @@ export function layout(value: unknown): string {
       .map(([k, v]) => `${JSON.stringify(k)}: ${layout(v)}`)
       .join(", ")}}`;
   return JSON.stringify(value);
+}
+
+/**
+ * A const or enum value as xgrammar's grammar writes it, which is not `layout`: no spaces, "/"
+ * and DEL escaped in strings, and a number as its JSON reader kept it (a whole number within
+ * 64 bits as written, any other as C's "%.17g": 0.1 is 0.10000000000000001).
+ */
+export function constantText(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(constantText).join(",")}]`;
+  if (value && typeof value === "object")
+    return `{${Object.entries(value)
+      .map(([k, v]) => `${constantString(k)}:${constantText(v)}`)
+      .join(",")}}`;
+  if (typeof value === "string") return constantString(value);
+  if (typeof value === "number") return constantNumber(value);
+  return JSON.stringify(value);
+}
+
+const constantString = (s: string) => JSON.stringify(s).replaceAll("/", "\\/").replaceAll("\x7f", "\\u007f");
+
+const INT64 = { min: -(2n ** 63n), max: 2n ** 63n - 1n };
+
+function constantNumber(n: number): string {
+  const text = JSON.stringify(n);
+  if (/^-?[0-9]+$/.test(text) && BigInt(text) >= INT64.min && BigInt(text) <= INT64.max) return text;
+  // "%.17g": 17 significant digits, trailing zeros dropped, an exponent (two digits at least) below 1e-4 or from 1e17.
+  const exponent = Number(n.toExponential(16).split("e")[1]);
+  const trim = (digits: string) => (digits.includes(".") ? digits.replace(/\.?0+$/, "") : digits);
+  if (exponent < -4 || exponent >= 17) {
+    const mantissa = trim(n.toExponential(16).split("e")[0]!);
+    return `${mantissa}e${exponent < 0 ? "-" : "+"}${String(Math.abs(exponent)).padStart(2, "0")}`;
+  }
+  return trim(n.toFixed(16 - exponent));
 }
 
 const ANY: Schema = {};
@@ -106,8 +139,8 @@ export class SchemaShapes {
 
   /** The literal texts a branch allows, when it is an enum or a const. */
   literals(s: Schema): string[] | undefined {
-    if ("const" in s) return [layout(s.const)];
-    if (Array.isArray(s.enum)) return s.enum.map(layout);
+    if ("const" in s) return [constantText(s.const)];
+    if (Array.isArray(s.enum)) return s.enum.map(constantText);
     return undefined;
   }
 

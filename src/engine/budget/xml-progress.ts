@@ -6,7 +6,7 @@
 // length, pattern or format, one line of text), a const or enum value is bare too where it is a
 // string, and anything else is JSON, followed by a JsonProgress. The reader takes the call's end
 // too: only there does a call end (after a parameter, `<` opens another one or the end).
-import { JsonProgress, layout, SchemaShapes, UnsteerableSchemaError } from "./json-progress";
+import { constantText, JsonProgress, SchemaShapes, UnsteerableSchemaError } from "./json-progress";
 
 type Schema = Record<string, unknown>;
 
@@ -278,7 +278,7 @@ function valueKind(shapes: SchemaShapes, node: unknown): Kind {
     "const" in b ? [b.const] : Array.isArray(b.enum) ? (b.enum as unknown[]) : undefined,
   );
   if (values.every((v) => v !== undefined))
-    return { t: "literal", texts: values.flat().map((v) => (typeof v === "string" ? v : layout(v))) };
+    return { t: "literal", texts: values.flat().map((v) => (typeof v === "string" ? v : constantText(v))) };
   const only = branches.length === 1 ? branches[0]! : undefined;
   if (only && shapes.kind(only) === "string") {
     const free = ["minLength", "maxLength", "pattern", "format"].every((k) => only[k] === undefined);
