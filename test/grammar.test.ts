@@ -161,8 +161,8 @@ describe("JSON Schema outputs are valid by construction (tiny random-weight mode
 });
 
 /** Whether the constraint for `schema` takes `answer` as a complete answer. */
-async function accepts(schema: object, answer: string): Promise<boolean> {
-  const constraint = await createJsonConstraint(lm.tokenizer, { schema });
+async function accepts(schema: object, answer: string, strict = true): Promise<boolean> {
+  const constraint = await createJsonConstraint(lm.tokenizer, { schema, strict });
   try {
     return constraint.accepted(lm.tokenizer.encode(answer, { addSpecialTokens: false }));
   } finally {
@@ -243,6 +243,68 @@ describe("property names that JSON escapes", () => {
     expect(result.finishReason).toBe("stop");
     expect(Object.keys(JSON.parse(result.text))).toEqual(names);
   });
+});
+
+describe("a property the schema does not name never takes a name it does", () => {
+  // xgrammar wrote another property's name as any string: under strict: false, or beside
+  // additionalProperties, a model wrote {"b": 16, "b": "undefined"}, which a JSON reader takes
+  // as its last "b", a string where the schema asks for an integer.
+  const properties = {
+    ab: { type: "string" },
+    b: { type: "integer" },
+    'q"x': { type: "boolean" },
+    é: { type: "boolean" },
+  };
+  const formats = [
+    { schema: { type: "object", properties, required: ["b"] }, strict: false },
+    {
+      schema: { type: "object", properties, required: ["b"], additionalProperties: { type: "integer" } },
+      strict: true,
+    },
+  ];
+
+  test("any other name is allowed: a defined name's prefix or extension, an escape past it, the empty name", async () => {
+    for (const { schema, strict } of formats)
+      for (const other of ["c", "a", "abc", "bb", "b\\n", "q", 'q\\"', "é1", "e", ""])
+        expect({ other, strict, accepted: await accepts(schema, `{"b": 1, "${other}": 2}`, strict) }).toEqual({
+          other,
+          strict,
+          accepted: true,
+        });
+  });
+
+  test("a defined name, however it is spelled, is not", async () => {
+    for (const { schema, strict } of formats)
+      for (const defined of ["b", "ab", 'q\\"x', "é", "\\u0062", "a\\u0062", "\\u00e9"])
+        expect({ defined, strict, accepted: await accepts(schema, `{"b": 1, "${defined}": 2}`, strict) }).toEqual({
+          defined,
+          strict,
+          accepted: false,
+        });
+  });
+
+  test("generated answers name each property once and validate", async () => {
+    const schema = {
+      type: "object",
+      properties: { b: { type: "integer" }, c: { enum: ["x", "y"] } },
+      required: ["b"],
+      additionalProperties: { enum: [true, false] },
+    };
+    const validate = ajv.compile(schema);
+    let stopped = 0;
+    for (const seed of [1, 2, 3, 4, 5, 6]) {
+      const { result } = await generate({ schema, strict: true }, { temperature: 1, seed }, 150);
+      if (result.finishReason !== "stop") continue;
+      stopped++;
+      const keys = [...result.text.matchAll(/"((?:[^"\\]|\\.)*)": /g)].map((m) => JSON.parse(`"${m[1]}"`));
+      expect({ text: result.text, repeated: keys.length - new Set(keys).size }).toEqual({
+        text: result.text,
+        repeated: 0,
+      });
+      expect(validate(JSON.parse(result.text))).toBe(true);
+    }
+    expect(stopped).toBeGreaterThan(0);
+  }, 60_000);
 });
 
 describe("number bounds are enforced exactly", () => {

@@ -670,7 +670,101 @@ export async function compiledGrammarCount(tokenizer: Tokenizer): Promise<number
 
 /** A JSON Schema as EBNF whose rule `root` is one JSON value matching it, on one line. */
 export async function schemaEbnf(schema: object, strict: boolean): Promise<string> {
-  return jsonSafeStrings(await boundedSchemaEbnf(schema, strict, "json"));
+  return unrepeatedPropertyNames(jsonSafeStrings(await boundedSchemaEbnf(schema, strict, "json")));
+}
+
+/**
+ * `ebnf` with each object's other properties (additionalProperties, or any under strict: false)
+ * named by anything but the names its properties define. xgrammar writes such a name as any
+ * string, so the model could write a defined property again with any value ({"b": 1, "b": "x"}
+ * where b is an integer), which a JSON reader takes last: the answer failed its schema. An
+ * object's rule and its `_part_<n>` rules hold its property names (as key literals) and its other
+ * names (`basic_string ": "`).
+ */
+function unrepeatedPropertyNames(ebnf: string): string {
+  const lines = ebnf.split("\n");
+  const objectOf = (line: string) => line.slice(0, line.indexOf(" ::= ")).replace(/_part_\d+$/, "");
+  const names = new Map<string, Set<string>>();
+  for (const line of lines) {
+    if (line.startsWith("basic_") || !line.includes('basic_string ": "')) continue;
+    names.set(objectOf(line), new Set());
+  }
+  for (const line of lines) {
+    const defined = names.get(objectOf(line));
+    // A key literal: the name as JSON spells it, in an EBNF literal ("\"name\""), then ": ".
+    for (const [, literal] of defined ? line.matchAll(/"((?:[^"\\]|\\.)*)" ": "/g) : []) {
+      const key = JSON.parse(`"${literal}"`) as string;
+      if (/^".*"$/s.test(key)) defined!.add(JSON.parse(key) as string);
+    }
+  }
+  const rules: string[] = [];
+  const out = lines.map((line) => {
+    const object = objectOf(line);
+    const defined = names.get(object);
+    if (!defined || defined.size === 0 || line.startsWith("basic_")) return line;
+    if (!rules.some((r) => r.startsWith(`${object}_other_name_0 ::= `))) rules.push(...otherNameRules(object, defined));
+    return line.replaceAll('basic_string ": "', `${object}_other_name_0 ": "`);
+  });
+  return [...out, ...rules].join("\n");
+}
+
+/**
+ * Rules `<object>_other_name_<i>` for a JSON string (quotes included) that is none of `names`:
+ * a trie of the names as JSON spells them, one character (or escape) a step; a string leaves it
+ * by a character no name has there (then it is free), or closes where no name ends. An escape
+ * leaves it only past a whole name that none goes on from (elsewhere "\u0061" could spell a
+ * name's "a").
+ */
+function otherNameRules(object: string, names: Set<string>): string[] {
+  interface Node {
+    ends: boolean;
+    next: Map<string, Node>;
+  }
+  const root: Node = { ends: false, next: new Map() };
+  for (const name of names) {
+    let node = root;
+    for (const c of name) {
+      const spelled = JSON.stringify(c).slice(1, -1);
+      let child = node.next.get(spelled);
+      if (!child) node.next.set(spelled, (child = { ends: false, next: new Map() }));
+      node = child;
+    }
+    node.ends = true;
+  }
+  // Rule 0 is the opening quote; each node of the trie is a rule after it.
+  const rules = [""];
+  const rule = (node: Node): string => {
+    const index = rules.length;
+    rules.push("");
+    const alternatives = [
+      ...(node.ends ? [] : ['"\\""']),
+      ...[...node.next].map(([spelled, child]) => `${JSON.stringify(spelled)} ${rule(child)}`),
+      `${freeCharacterClass([...node.next.keys()].map((spelled) => spelled[0]!))} basic_string_sub`,
+      // Past a whole name where none goes on, any escape makes another name.
+      ...(node.next.size === 0 ? ['"\\\\" basic_escape basic_string_sub'] : []),
+    ];
+    rules[index] = `${object}_other_name_${index} ::= ${alternatives.join(" | ")}`;
+    return `${object}_other_name_${index}`;
+  };
+  rules[0] = `${object}_other_name_0 ::= "\\"" ${rule(root)}`;
+  return rules;
+}
+
+/**
+ * A class of the characters a JSON string may hold unescaped, but for `taken`. xgrammar matches
+ * a class on ASCII only, so where a non-ASCII character is taken the class lists ASCII alone.
+ */
+function freeCharacterClass(taken: string[]): string {
+  const member = (c: string) => (/[\\\]\[^-]/.test(c) ? `\\${c}` : c);
+  const ascii = taken
+    .filter((c) => c < "\x80")
+    .map(member)
+    .join("");
+  if (taken.every((c) => c < "\x80")) return `[^${JSON_UNSAFE}${ascii}]`;
+  const allowed = Array.from({ length: 0x7f - 0x20 }, (_, i) => String.fromCharCode(0x20 + i)).filter(
+    (c) => c !== '"' && c !== "\\" && !taken.includes(c),
+  );
+  return `[${allowed.map(member).join("")}]`;
 }
 
 /**
