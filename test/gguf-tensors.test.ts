@@ -153,6 +153,27 @@ describe("a GGUF header that is not one", () => {
     );
   });
 
+  test("a metadata key or a tensor name given twice is an invalid header (llama.cpp refuses both)", () => {
+    const text = (s: string) => Buffer.concat([u64(BigInt(s.length)), Buffer.from(s)]);
+    const u32 = (n: number) => {
+      const b = Buffer.alloc(4);
+      b.writeUInt32LE(n);
+      return b;
+    };
+    const blockCount = (n: number) => Buffer.concat([text("llama.block_count"), u32(4), u32(n)]); // GGUF's uint32
+    const keys = header(Buffer.concat([u64(0n), u64(2n), blockCount(2), blockCount(1)]));
+    expect(() => readGGUFHeader(keys)).toThrow("invalid GGUF header: metadata key 'llama.block_count' appears twice");
+    // Two F32 tensors of 8 values under one name (MLX's reader failed on them naming their values, not the tensor).
+    const tensor = (offset: bigint) =>
+      Buffer.concat([text("output_norm.weight"), u32(1), u64(8n), u32(0), u64(offset)]);
+    const table = Buffer.concat([u64(2n), u64(0n), tensor(0n), tensor(32n)]);
+    const padding = Buffer.alloc((32 - ((8 + table.length) % 32)) % 32);
+    const tensors = header(Buffer.concat([table, padding, Buffer.alloc(64)]));
+    expect(() => loadModel(tensors)).toThrow(
+      `cannot load ${tensors}: invalid GGUF header: tensor 'output_norm.weight' appears twice`,
+    );
+  });
+
   test("a string longer than the file is an invalid header too", () => {
     const path = header(Buffer.concat([u64(1n), u64(1n), u64(0x7a7a7a7a7a7an), Buffer.alloc(200, 0x7a)]));
     expect(() => readGGUFHeader(path)).toThrow(

@@ -213,6 +213,8 @@ export function readGGUFHeader(path: string): GGUFHeader {
     const metadata = new Map<string, GGUFValue>();
     for (let i = 0; i < kvCount; i++) {
       const key = c.string();
+      // MLX's reader keeps one of the two and llama.cpp refuses the file: which value counts is not the file's to say.
+      if (metadata.has(key)) throw new GGUFFormatError(`invalid GGUF header: metadata key '${key}' appears twice`);
       metadata.set(key, readValue(c, c.u32()));
     }
     const whole = (key: string, fallback: number) => {
@@ -227,8 +229,12 @@ export function readGGUFHeader(path: string): GGUFHeader {
     const tensorTableStart = c.position;
     const tensors: GGUFTensorInfo[] = [];
     const types = new Map<string, number>();
+    const names = new Set<string>();
     for (let i = 0; i < tensorCount; i++) {
       const name = c.string();
+      // As llama.cpp refuses it; MLX's reader fails on it with the tensor's values, not its name.
+      if (names.has(name)) throw new GGUFFormatError(`invalid GGUF header: tensor '${name}' appears twice`);
+      names.add(name);
       const rank = c.u32();
       if (rank > 8) throw new GGUFFormatError(`tensor '${name}' has ${rank} dimensions`);
       const dims = Array.from({ length: rank }, () => c.u64());
