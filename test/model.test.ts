@@ -483,6 +483,19 @@ describe("GGUF layout", () => {
     );
   });
 
+  test("a GGUF without a tokenizer is told so, not that its vocab_size is missing", () => {
+    const metadata = {
+      "general.architecture": "llama",
+      "llama.attention.head_count": 4,
+      "llama.embedding_length": 64,
+      "llama.block_count": 1,
+      "llama.feed_forward_length": 128,
+    };
+    expect(() => ggufModel({ tensors: new Map(), metadata })).toThrow(
+      "GGUF metadata has no tokenizer.ggml.tokens: the file carries no tokenizer",
+    );
+  });
+
   test("an unsupported model_type names the supported ones", () => {
     expect(() => buildModel(new Weights(new Map(), parseConfig({ ...tinyConfig({}), model_type: "falcon" })))).toThrow(
       /unsupported model_type 'falcon' \(supported: gemma3_text, gpt_oss, llama, mistral, mixtral, phi3, qwen2, qwen3, qwen3_moe\)/,

@@ -109,7 +109,6 @@ export function ggufModel(file: LoadedFile & { groupSizes?: Map<string, number> 
   const kvHeads = metaNumber(m, `${arch}.attention.head_count_kv`, heads);
   const hidden = metaNumber(m, `${arch}.embedding_length`);
   const headDim = metaNumber(m, `${arch}.attention.key_length`, hidden / heads);
-  const tokens = meta(m, "tokenizer.ggml.tokens");
   const eos = [meta(m, "tokenizer.ggml.eos_token_id"), meta(m, "tokenizer.ggml.eot_token_id")].filter(
     (v) => typeof v === "number",
   );
@@ -166,7 +165,7 @@ export function ggufModel(file: LoadedFile & { groupSizes?: Map<string, number> 
     num_key_value_heads: kvHeads,
     head_dim: headDim,
     rms_norm_eps: metaNumber(m, `${arch}.attention.layer_norm_rms_epsilon`, 1e-6),
-    vocab_size: Array.isArray(tokens) ? tokens.length : metaNumber(m, `${arch}.vocab_size`),
+    vocab_size: vocabularySize(m, arch),
     rope_theta: ropeBase,
     max_position_embeddings: metaNumber(m, `${arch}.context_length`, 4096),
     tie_word_embeddings: !tensors.has("lm_head.weight"),
@@ -179,6 +178,15 @@ export function ggufModel(file: LoadedFile & { groupSizes?: Map<string, number> 
     ...(arch === "gpt-oss" ? gptOssConfig(m) : {}),
   };
   return { config, tensors, metadata: m };
+}
+
+/** Its tokens' count, else `<arch>.vocab_size`; a file with neither has no tokenizer, which is what to tell. */
+function vocabularySize(m: Record<string, MetaValue>, arch: string): number {
+  const tokens = meta(m, "tokenizer.ggml.tokens");
+  if (Array.isArray(tokens)) return tokens.length;
+  if (meta(m, `${arch}.vocab_size`) === undefined)
+    throw new Error("GGUF metadata has no tokenizer.ggml.tokens: the file carries no tokenizer");
+  return metaNumber(m, `${arch}.vocab_size`);
 }
 
 function archClass(modelType: string): string {
