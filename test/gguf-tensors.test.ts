@@ -11,6 +11,7 @@ import * as mx from "../src/mlx";
 import { readGGUFHeader } from "../src/models/gguf-header";
 import { loadGGUFTensors } from "../src/models/gguf-tensors";
 import { loadModel } from "../src/models/load";
+import { writeGGUF } from "./helpers/gguf-writer";
 import expected from "./fixtures/gguf-quants.json";
 
 const fixture = (name: string) => join(import.meta.dir, "fixtures", name);
@@ -88,6 +89,21 @@ describe("GGUF tensor types", () => {
     const values = floats(mx.dequantize(weight, scales, undefined, { groupSize: 32, bits: 4, mode: "mxfp4" }));
     expect(values.length).toBe(256);
     values.forEach((v, i) => expect(Math.abs(v - expected.values.MXFP4[i]!)).toBeLessThanOrEqual(1e-6)); // the fixture's 6 decimals
+  });
+
+  test("BF16 reads as the bfloat16 it is: MLX's reader made float16 of it, past ±65504 infinite", () => {
+    // Values bfloat16 holds exactly: beyond float16's range, below its normal numbers, and ordinary ones.
+    const values = Float32Array.from([99_840, -(2 ** 127), 2 ** -30, -1.5, 70_144, 3.140625, 2 ** -126, 0]);
+    const path = join(mkdtempSync(join(tmpdir(), "mlx-gguf-")), "bf16.gguf");
+    writeGGUF(path, { "general.architecture": "llama" }, [
+      { name: "F32", type: "F32", dims: [8], values },
+      { name: "BF16", type: "BF16", dims: [4, 2], values },
+    ]);
+    const { tensors } = loadGGUFTensors(path, readGGUFHeader(path));
+    const bf16 = tensors.get("BF16")!;
+    expect([bf16.dtypeName, bf16.shape]).toEqual(["bfloat16", [2, 4]]);
+    expect(floats(bf16)).toEqual([...values]);
+    expect(floats(tensors.get("F32")!)).toEqual([...values]); // read by MLX beside it
   });
 
   test("a type nothing here reads is named, with those that are", () => {

@@ -1,7 +1,8 @@
 // Reading a GGUF's tensors, including types MLX's reader gets wrong or refuses: it fails on the
 // whole file for Q5_0 and Q5_1, and reads Q4_K with wrong values (off by up to half the weights'
-// range; Q2_K, Q6_K and Q8_0 it reads right). Q3_K, Q5_K, IQ4_NL and IQ4_XS it refuses too, and
-// a file with MXFP4 tensors it reads as empty.
+// range; Q2_K, Q6_K and Q8_0 it reads right). Q3_K, Q5_K, IQ4_NL and IQ4_XS it refuses too,
+// a file with MXFP4 tensors it reads as empty, and BF16 it converts to float16 (values past
+// ±65504 become infinite, small ones lose their bits): we read BF16 as the bfloat16 it is.
 // MLX reads a copy of the file without those tensors, and we read them ourselves: those whose
 // values are code · scale + bias in groups of 32 (Q4_K, Q5_0, Q5_1, Q5_K) stay quantized, as
 // MLX's affine layout at 4 bits (Q4_K) or their 5-bit codes in 8 (the rest), so they run on the
@@ -26,7 +27,10 @@ import { runSteps, type Steps } from "../event-loop";
 const ourAffineBits: Record<string, 4 | 8> = { Q5_0: 8, Q5_1: 8, Q4_K: 4, Q5_K: 8 };
 const ourDequantizedTypes = ["Q3_K", "IQ4_NL", "IQ4_XS"];
 
-/** Types MLX reads right (Q2_K and Q6_K it dequantizes, checked against llama.cpp's gguf-py). */
+/**
+ * Types MLX reads: right (Q2_K and Q6_K it dequantizes, checked against llama.cpp's gguf-py),
+ * but for BF16, which it converts to float16 and we read ourselves.
+ */
 const mlxReads = new Set([...nativeTensorTypes, "Q2_K", "Q6_K"]);
 
 /** The values a scale covers where our CPU kernels hold a type in groups of 16 (8-bit codes). */
@@ -107,7 +111,7 @@ export function* loadGGUFTensorSteps(
       `tensor '${unreadable.name}' is ${unreadable.type}, a type we cannot read (readable: ${readableTensorTypes.join(", ")})`,
     );
   const inHalfGroups = new Set(tensors.filter((t) => halfGroups && heldInHalfGroups(t)));
-  const ours = tensors.filter((t) => !mlxReads.has(t.type) || inHalfGroups.has(t));
+  const ours = tensors.filter((t) => !mlxReads.has(t.type) || t.type === "BF16" || inHalfGroups.has(t));
   const groupSizes = new Map([...inHalfGroups].map((t) => [t.name.replace(/\.weight$/, ""), HALF_GROUP]));
   if (ours.length === 0 && tensors.length === header.tensors.length) return { ...mx.loadGGUF(path), groupSizes };
   const dir = mkdtempSync(join(tmpdir(), "mlx-gguf-"));
@@ -137,7 +141,8 @@ export function* loadGGUFTensorSteps(
         const { weight, scales } = mxfp4(fd, header.dataStart, t);
         loaded.tensors.set(t.name, weight);
         loaded.tensors.set(`${prefix}.scales`, scales);
-      } else loaded.tensors.set(t.name, dequantize(path, header.dataStart, t));
+      } else if (t.type === "BF16") loaded.tensors.set(t.name, bfloat16(fd, header.dataStart, t));
+      else loaded.tensors.set(t.name, dequantize(path, header.dataStart, t));
       yield;
     }
   } finally {
@@ -182,8 +187,20 @@ const blocksOf = (path: string, dataStart: number, t: GGUFTensorInfo): mx.GGUFBl
 
 function readTensor(fd: number, dataStart: number, t: GGUFTensorInfo): Buffer {
   const raw = Buffer.alloc(t.bytes);
-  readSync(fd, raw, 0, t.bytes, dataStart + t.offset);
+  // In pieces: one read returns at most 2 GiB (a BF16 embedding can hold more).
+  for (let done = 0; done < t.bytes; ) {
+    const n = readSync(fd, raw, done, Math.min(t.bytes - done, 1 << 30), dataStart + t.offset + done);
+    if (n === 0) throw new Error(`the file ends inside tensor '${t.name}'`);
+    done += n;
+  }
   return raw;
+}
+
+/** A BF16 tensor as bfloat16, its bits as they are. */
+function bfloat16(fd: number, dataStart: number, t: GGUFTensorInfo): MxArray {
+  const raw = readTensor(fd, dataStart, t);
+  const bits = new Uint16Array(raw.buffer, raw.byteOffset, t.bytes / 2);
+  return mx.keep(mx.scope(() => mx.view(mx.array(bits, [...t.dims].reverse()), mx.Dtype.bfloat16)));
 }
 
 /**

@@ -1,6 +1,6 @@
 // A GGUF file written as llama.cpp's gguf-py writes one (version 3, little-endian, 32-byte
 // alignment): for tests that need a model file of a tensor type no stored model has (F16, F32,
-// and Q6_K matrices of any shape).
+// BF16, and Q6_K matrices of any shape).
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { gunzipSync } from "node:zlib";
@@ -9,13 +9,13 @@ export type GGUFValue = string | number | boolean | string[] | number[];
 
 export interface GGUFTensor {
   name: string;
-  type: "F32" | "F16" | "Q6_K";
+  type: "F32" | "F16" | "BF16" | "Q6_K";
   /** Innermost dimension first, as GGUF orders them (an MLX [out, in] matrix is [in, out]). */
   dims: number[];
   values: Float32Array;
 }
 
-const TYPE_IDS = { F32: 0, F16: 1, Q6_K: 14 } as const;
+const TYPE_IDS = { F32: 0, F16: 1, Q6_K: 14, BF16: 30 } as const;
 const VALUE = { uint32: 4, int32: 5, float32: 6, bool: 7, string: 8, array: 9 } as const;
 const ALIGNMENT = 32;
 
@@ -56,7 +56,9 @@ export function writeGGUF(path: string, metadata: Record<string, GGUFValue>, ten
         ? Buffer.from(t.values.buffer)
         : t.type === "F16"
           ? float16Bytes(t.values)
-          : quantizeQ6K(t.values).bytes;
+          : t.type === "BF16"
+            ? bfloat16Bytes(t.values)
+            : quantizeQ6K(t.values).bytes;
     const padded = Buffer.concat([bytes, Buffer.alloc((ALIGNMENT - (bytes.length % ALIGNMENT)) % ALIGNMENT)]);
     data.push(padded);
     offset += padded.length;
@@ -70,6 +72,12 @@ function float16Bytes(values: Float32Array): Buffer {
   const view = new DataView(new ArrayBuffer(values.length * 2));
   values.forEach((v, i) => view.setFloat16(i * 2, v, true));
   return Buffer.from(view.buffer);
+}
+
+/** Values as bfloat16: each float32's top 16 bits (exact for values bfloat16 holds). */
+function bfloat16Bytes(values: Float32Array): Buffer {
+  const words = new Uint32Array(values.buffer, values.byteOffset, values.length);
+  return Buffer.from(Uint16Array.from(words, (w) => w >>> 16).buffer);
 }
 
 /**
