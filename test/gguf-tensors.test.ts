@@ -169,6 +169,31 @@ describe("a GGUF header that is not one", () => {
     );
   });
 
+  test("a tensor whose rows are not whole blocks is refused (a block across two rows read one row's values into the other)", () => {
+    const text = (s: string) => Buffer.concat([u64(BigInt(s.length)), Buffer.from(s)]);
+    const u32 = (n: number) => {
+      const b = Buffer.alloc(4);
+      b.writeUInt32LE(n);
+      return b;
+    };
+    // Q4_K (type 12) in 2 rows of 128: one 256-value block of 144 bytes, across both rows.
+    const table = Buffer.concat([
+      u64(1n),
+      u64(0n),
+      text("blk.0.ffn_up.weight"),
+      u32(2),
+      u64(128n),
+      u64(2n),
+      u32(12),
+      u64(0n),
+    ]);
+    const padding = Buffer.alloc((32 - ((8 + table.length) % 32)) % 32);
+    const path = header(Buffer.concat([table, padding, Buffer.alloc(144)]));
+    expect(() => readGGUFHeader(path)).toThrow(
+      "tensor 'blk.0.ffn_up.weight': its rows of 128 values are not a whole number of Q4_K blocks (256 values each)",
+    );
+  });
+
   test("a metadata key or a tensor name given twice is an invalid header (llama.cpp refuses both)", () => {
     const text = (s: string) => Buffer.concat([u64(BigInt(s.length)), Buffer.from(s)]);
     const u32 = (n: number) => {

@@ -243,8 +243,12 @@ export function readGGUFHeader(path: string): GGUFHeader {
       const type = tensorTypes[typeCode];
       if (!type) throw new GGUFFormatError(`tensor '${name}' has unknown ggml type ${typeCode}`);
       const [typeName, blockElements, blockBytes] = type;
-      if (elements % blockElements !== 0)
-        throw new GGUFFormatError(`tensor '${name}': ${elements} elements is not a whole number of ${typeName} blocks`);
+      // Per row, as llama.cpp checks it: a block across two rows reads one row's values into the other (or no scales at all).
+      const row = dims[0] ?? 1;
+      if (row % blockElements !== 0)
+        throw new GGUFFormatError(
+          `tensor '${name}': its rows of ${row} values are not a whole number of ${typeName} blocks (${blockElements} values each)`,
+        );
       tensors.push({
         name,
         dims,
