@@ -2,7 +2,7 @@
 // instead of rebuilt, never used for a changed file, rebuilt over a damaged entry, and never in
 // the way of a load when the disk refuses them.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gunzipSync } from "node:zlib";
@@ -83,6 +83,25 @@ describe("the GGUF tokenizer cache", () => {
     expect(entries()).toHaveLength(count - 1);
     expect(() => cachedTokenizerFiles(gguf, unbuildable)).toThrow("no tokenizer.ggml.tokens");
     expect(cachedTokenizerFiles(other, unbuildable)).toEqual(tokenizerFilesFromGGUF(meta));
+  });
+
+  test("the cache keeps the 32 most recently used entries, whatever GGUFs they are of (those outside the store are never forgotten)", () => {
+    // Entries of 40 GGUFs long gone, the older the higher their number.
+    const dir = join(root, "home", "tokenizers");
+    const gone = Array.from({ length: 40 }, (_, i) => `${String(i).padStart(32, "0")}-gone.json`);
+    gone.forEach((name, i) => {
+      writeFileSync(join(dir, name), "{}");
+      const used = new Date(Date.now() - (i + 1) * 60_000);
+      utimesSync(join(dir, name), used, used);
+    });
+    const fresh = join(root, "fresh.gguf");
+    writeFileSync(fresh, "a model loaded for the first time");
+    cachedTokenizerFiles(fresh, meta);
+    expect(entries()).toHaveLength(32);
+    // The newest stays, with the most recently used of the rest.
+    expect(cachedTokenizerFiles(fresh, unbuildable)).toEqual(tokenizerFilesFromGGUF(meta));
+    expect(entries()).not.toContain(gone.at(-1));
+    expect(entries()).toContain(gone[0]);
   });
 
   test("a cache the disk refuses (its directory is a file) leaves loads working", () => {

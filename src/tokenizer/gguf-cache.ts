@@ -4,8 +4,9 @@
 // (its path, size, modification time and inode) and by the code that built it (the compiled
 // executable, or these sources when run from them): a changed file or another build never reads
 // an entry it did not write. A GGUF keeps the entries of the last two builds that used it (an
-// installed executable and a checkout beside it), so that an upgrade's leftovers go. A cache
-// never fails a load: any error here only means a rebuild.
+// installed executable and a checkout beside it), so that an upgrade's leftovers go, and the
+// cache keeps the MAX_ENTRIES most recently used in all. A cache never fails a load: any error
+// here only means a rebuild.
 import { createHash } from "node:crypto";
 import { mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -98,7 +99,14 @@ const isObject = (v: unknown) => typeof v === "object" && v !== null && !Array.i
 /** Entries a GGUF keeps: the builds that used it last. */
 const ENTRIES_PER_FILE = 2;
 
-/** Written whole or not at all (a temporary file renamed); the GGUF's least recently used entries beyond ENTRIES_PER_FILE removed. */
+/**
+ * Entries the cache keeps in all, the least recently used going first: a GGUF outside the store
+ * (a download folder, a temporary file) is never forgotten with its blob, and its entries (a few
+ * megabytes each, tens for a large vocabulary) would stay after the file is gone.
+ */
+const MAX_ENTRIES = 32;
+
+/** Written whole or not at all (a temporary file renamed); the least recently used entries beyond ENTRIES_PER_FILE (the GGUF's) and MAX_ENTRIES (all) removed. */
 function writeEntry(entry: Entry, files: TokenizerFiles): void {
   let temp: string | undefined;
   try {
@@ -108,10 +116,14 @@ function writeEntry(entry: Entry, files: TokenizerFiles): void {
     writeFileSync(temp, JSON.stringify(files));
     renameSync(temp, join(entry.dir, entry.name));
     const used = (name: string) => statSync(join(entry.dir, name), { throwIfNoEntry: false })?.mtimeMs ?? 0;
-    const others = readdirSync(entry.dir)
-      .filter((name) => name.startsWith(`${entry.fileDigest}-`) && name.endsWith(".json") && name !== entry.name)
-      .sort((a, b) => used(b) - used(a));
-    for (const old of others.slice(ENTRIES_PER_FILE - 1)) removeQuietly(join(entry.dir, old));
+    const byUse = readdirSync(entry.dir)
+      .filter((name) => name.endsWith(".json") && name !== entry.name)
+      .map((name) => ({ name, used: used(name) }))
+      .sort((a, b) => b.used - a.used)
+      .map(({ name }) => name);
+    const others = byUse.filter((name) => name.startsWith(`${entry.fileDigest}-`));
+    const stale = [...others.slice(ENTRIES_PER_FILE - 1), ...byUse.slice(MAX_ENTRIES - 1)];
+    for (const old of new Set(stale)) removeQuietly(join(entry.dir, old));
   } catch {
     if (temp) removeQuietly(temp); // a full or read-only disk: loads go on without a cache
   }
