@@ -792,6 +792,25 @@ describe("a multimodal Gemma 3 checkpoint (google/gemma-3-*-it, mlx-community's 
   });
 });
 
+test("a pipe given as the model is refused as one, not read (it failed with ESPIPE, or waited for a writer)", () => {
+  const dir = mkdtempSync(join(tmpdir(), "mlx-pipe-"));
+  try {
+    const fifo = join(dir, "model.gguf");
+    expect(Bun.spawnSync(["mkfifo", fifo]).exitCode).toBe(0);
+    // As `-m <(cat model.gguf)` gives it: a writer sending GGUF's magic and more.
+    const writer = Bun.spawn(["sh", "-c", `printf 'GGUF\\003\\0\\0\\0' > ${fifo}`]);
+    try {
+      expect(() => loadModel(fifo)).toThrow(
+        `${fifo} is not a file on disk (a pipe or a device): a model is read at offsets, give its file`,
+      );
+    } finally {
+      writer.kill();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}, 10_000);
+
 describe("a model directory's weight files", () => {
   test("an index naming no file, or one outside the directory, is refused by name", () => {
     const dir = mkdtempSync(join(tmpdir(), "mlx-weight-index-"));

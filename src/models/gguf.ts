@@ -1,6 +1,6 @@
 // Reading a llama.cpp GGUF file as a model: its tensor names mapped to Hugging Face names,
 // a config.json built from its metadata, and llama's query/key rows put back in HF order.
-import { closeSync, openSync, readSync } from "node:fs";
+import { closeSync, openSync, readSync, statSync } from "node:fs";
 import * as mx from "../mlx";
 import type { LoadedFile, MetaValue, MxArray } from "../mlx";
 
@@ -350,8 +350,9 @@ export function quantizationOf(
   return { quantization };
 }
 
-/** Whether a file starts with GGUF's magic bytes (store blobs have no extension to go by). */
+/** Whether a file starts with GGUF's magic bytes (store blobs have no extension to go by); a pipe is none (opening one with no writer would wait). */
 export function isGGUFFile(path: string): boolean {
+  if (!statSync(path).isFile()) return false;
   const fd = openSync(path, "r");
   try {
     const magic = Buffer.alloc(4);

@@ -82,6 +82,11 @@ export function checkModelPath(path: string): "directory" | "gguf" {
     configFile(path);
     return "directory";
   }
+  // A pipe (`-m <(curl ...)`) failed with "ESPIPE: invalid seek", or hung with no writer.
+  if (!statSync(path).isFile())
+    throw new ModelLoadError(
+      `${path} is not a file on disk (a pipe or a device): a model is read at offsets, give its file`,
+    );
   if (!isGGUFFile(path)) throw new ModelLoadError(`${path} is neither a model directory nor a GGUF file`);
   return "gguf";
 }
