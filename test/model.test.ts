@@ -14,6 +14,7 @@ import { join } from "node:path";
 import { loadModel } from "../src/models/load";
 import { modelBytes, readLayout } from "../src/models/layout";
 import { neededOf } from "../src/store/model-files";
+import { tinyLlamaGGUF, writeGGUF } from "./helpers/gguf-writer";
 import { tinyConfig, tinyDims, tinyMoE, tinyWeights, writeTinyModel, type TinyOptions } from "./helpers/tiny-model";
 
 // The cache's mechanics are checked to 1e-4, so in float32: a float16 cache (the default for a
@@ -183,6 +184,28 @@ describe("a loaded model's memory", () => {
       lm.free();
       expect(mx.memory.activeMemory() - before).toBeLessThan(lm.weightBytes * 0.01);
     });
+  }
+});
+
+test("a GGUF that fails to load gives back the weights it read (MLX reads them at once)", () => {
+  const dir = mkdtempSync(join(tmpdir(), "mlx-failed-load-"));
+  try {
+    const { metadata, tensors } = tinyLlamaGGUF({ hidden: 64, heads: 4, kvHeads: 2, ffn: 128, layers: 2, type: "F16" });
+    const [wrongLayers, wrongArchitecture] = [join(dir, "layers.gguf"), join(dir, "architecture.gguf")];
+    writeGGUF(wrongLayers, { ...metadata, "llama.block_count": 3 }, tensors);
+    writeGGUF(wrongArchitecture, { ...metadata, "general.architecture": "phi3" }, tensors);
+    for (const [path, error] of [
+      [wrongLayers, "missing tensor model.layers.2."],
+      [wrongArchitecture, "unsupported GGUF architecture 'phi3'"],
+    ]) {
+      mx.memory.clearCache();
+      const before = mx.memory.activeMemory();
+      expect(() => loadModel(path!)).toThrow(error);
+      // Not left to the garbage collector, which a server's small heap may not run for long.
+      expect(mx.memory.activeMemory() - before).toBeLessThan(100_000); // the weights are 6 MB
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });
 

@@ -168,21 +168,30 @@ function* loadGGUFFile(file: string, stage?: Stage, shard?: Shard): Steps<Loaded
   const loaded = yield* withModelErrorSteps(file, () =>
     loadGGUFTensorSteps(file, header, stage && ((name) => stageHolds(stage, name))),
   );
-  const gguf = withModelErrors(file, () => ggufModel(loaded));
-  const config = parseConfig(gguf.config);
-  const tokenizer = yield* withModelErrorSteps(file, () =>
-    Tokenizer.fromGGUFMetadataSteps(gguf.metadata as Record<string, unknown>, file),
-  );
-  yield;
-  const kept = (t: GGUFTensorInfo) =>
-    keptQuantizedTypes.has(t.type) || loaded.groupSizes.has(t.name.replace(/\.weight$/, ""));
-  const held = header.tensors.filter((t) => !stage || stageHolds(stage, t.name));
-  const notes = dequantizedNote(
-    basename(file),
-    held.filter((t) => !kept(t)),
-    held,
-  );
-  return yield* assemble(gguf.tensors, config, tokenizer, "gguf", file, notes, stage, shard);
+  let named: Map<string, MxArray> | undefined;
+  try {
+    const gguf = withModelErrors(file, () => ggufModel(loaded));
+    named = gguf.tensors;
+    const config = parseConfig(gguf.config);
+    const tokenizer = yield* withModelErrorSteps(file, () =>
+      Tokenizer.fromGGUFMetadataSteps(gguf.metadata as Record<string, unknown>, file),
+    );
+    yield;
+    const kept = (t: GGUFTensorInfo) =>
+      keptQuantizedTypes.has(t.type) || loaded.groupSizes.has(t.name.replace(/\.weight$/, ""));
+    const held = header.tensors.filter((t) => !stage || stageHolds(stage, t.name));
+    const notes = dequantizedNote(
+      basename(file),
+      held.filter((t) => !kept(t)),
+      held,
+    );
+    return yield* assemble(gguf.tensors, config, tokenizer, "gguf", file, notes, stage, shard);
+  } catch (error) {
+    // The weights are read by now (MLX reads a GGUF's at once): left to the garbage collector, a
+    // failed load's would stay in memory, each time a server is asked for the model.
+    for (const t of [...loaded.tensors.values(), ...(named?.values() ?? [])]) t.free();
+    throw error;
+  }
 }
 
 /**
