@@ -161,6 +161,22 @@ describe("a GGUF header that is not one", () => {
     }
   });
 
+  test("an alignment of a type other than uint32 is an invalid header (MLX's reader read the tensors 32-aligned)", () => {
+    const key = "general.alignment";
+    for (const [type, bytes] of [
+      [5, [64, 0, 0, 0]], // int32
+      [10, [64, 0, 0, 0, 0, 0, 0, 0]], // uint64
+    ] as const) {
+      const value = Buffer.alloc(4);
+      value.writeUInt32LE(type);
+      const entry = Buffer.concat([u64(BigInt(key.length)), Buffer.from(key), value, Buffer.from(bytes)]);
+      const path = header(Buffer.concat([u64(0n), u64(1n), entry]));
+      expect(() => readGGUFHeader(path)).toThrow(
+        `invalid GGUF header: general.alignment is of value type ${type}, not a uint32 (4)`,
+      );
+    }
+  });
+
   test("a big-endian GGUF is named so, not as an unknown version", () => {
     const path = join(mkdtempSync(join(tmpdir(), "mlx-gguf-")), "big-endian.gguf");
     writeFileSync(path, Buffer.concat([Buffer.from("GGUF\0\0\0\x03", "latin1"), Buffer.alloc(200)]));

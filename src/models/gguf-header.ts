@@ -44,6 +44,7 @@ const tensorTypes: Record<number, [string, number, number]> = {
 export const nativeTensorTypes = new Set(["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q8_0"]);
 
 // Sizes of GGUF metadata value types (8 = string, 9 = array are variable).
+const UINT32 = 4;
 const scalarSizes: Record<number, number> = { 0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8 };
 
 export interface GGUFTensorInfo {
@@ -215,7 +216,12 @@ export function readGGUFHeader(path: string): GGUFHeader {
       const key = c.string();
       // MLX's reader keeps one of the two and llama.cpp refuses the file: which value counts is not the file's to say.
       if (metadata.has(key)) throw new GGUFFormatError(`invalid GGUF header: metadata key '${key}' appears twice`);
-      metadata.set(key, readValue(c, c.u32()));
+      const type = c.u32();
+      // MLX's reader takes the alignment only as a uint32 (llama.cpp refuses another type): of another, it
+      // would read every tensor at offsets of 32 where this header places them at the file's.
+      if (key === "general.alignment" && type !== UINT32)
+        throw new GGUFFormatError(`invalid GGUF header: general.alignment is of value type ${type}, not a uint32 (4)`);
+      metadata.set(key, readValue(c, type));
     }
     const whole = (key: string, fallback: number) => {
       const value = metadata.get(key);
