@@ -788,6 +788,27 @@ describe("BOS handling", () => {
     },
     SLOW,
   );
+  test("a GGUF that does not say whether to add BOS adds it where llama.cpp does: SentencePiece and Llama 3 vocabularies", () => {
+    const { "tokenizer.ggml.add_bos_token": _, ...unsaid } = ggufMeta;
+    const addsBos = (meta: Record<string, unknown>) => tokenizerFilesFromGGUF(meta).tokenizerConfig.add_bos_token;
+    // As llama.cpp's llama_vocab_get_add_bos answers for SmolLM2's GGUF with the key removed and these pre types.
+    expect(
+      ["smollm", "llama-bpe", "llama3", "llama-v3", "qwen2", "gpt-4o"].map((pre) =>
+        addsBos({ ...unsaid, "tokenizer.ggml.pre": pre }),
+      ),
+    ).toEqual([false, true, true, true, false, false]);
+    const sentencePiece = {
+      "tokenizer.ggml.model": "llama",
+      "tokenizer.ggml.tokens": ["<unk>", "<s>", "</s>", "▁", "a", "b"],
+      "tokenizer.ggml.token_type": [2, 3, 3, 1, 1, 1],
+      "tokenizer.ggml.scores": [0, 0, 0, -1, -2, -2],
+      "tokenizer.ggml.bos_token_id": 1,
+      "tokenizer.ggml.eos_token_id": 2,
+    };
+    expect(Tokenizer.fromGGUFMetadata(sentencePiece).encode("ab")[0]).toBe(1);
+    expect(addsBos({ ...sentencePiece, "tokenizer.ggml.add_bos_token": false })).toBe(false);
+  });
+
   test(
     "tokenizer_config add_bos_token overrides tokenizer.json's post-processor, as in transformers",
     () => {

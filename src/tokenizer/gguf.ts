@@ -45,6 +45,8 @@ interface PreTokenizerSpec {
   isolateDigits?: boolean;
   /** Use a word whole when the vocabulary has it, before trying merges (llama.cpp does for llama3). */
   ignoreMerges?: boolean;
+  /** Add BOS where the file does not say (tokenizer.ggml.add_bos_token), as llama.cpp does for llama3. */
+  addBos?: boolean;
 }
 
 /** tokenizer.ggml.pre → how to split text before BPE. */
@@ -53,9 +55,9 @@ const PRE_TOKENIZERS: Record<string, PreTokenizerSpec> = {
   gpt2: { split: GPT2_SPLIT },
   smollm: { split: GPT2_SPLIT, isolateDigits: true },
   starcoder: { split: GPT2_SPLIT, isolateDigits: true },
-  "llama-bpe": { split: LLAMA3_SPLIT, ignoreMerges: true },
-  llama3: { split: LLAMA3_SPLIT, ignoreMerges: true },
-  "llama-v3": { split: LLAMA3_SPLIT, ignoreMerges: true },
+  "llama-bpe": { split: LLAMA3_SPLIT, ignoreMerges: true, addBos: true },
+  llama3: { split: LLAMA3_SPLIT, ignoreMerges: true, addBos: true },
+  "llama-v3": { split: LLAMA3_SPLIT, ignoreMerges: true, addBos: true },
   qwen2: { split: QWEN2_SPLIT },
   "deepseek-r1-qwen": { split: QWEN2_SPLIT },
   "gpt-4o": { split: GPT4O_SPLIT },
@@ -81,7 +83,10 @@ export function tokenizerFilesFromGGUF(meta: Record<string, unknown>): Tokenizer
   };
   const bos = special("bos");
   const eos = special("eos");
-  const addBos = bool(meta, "tokenizer.ggml.add_bos_token") ?? false;
+  // Where the file does not say (converted before llama.cpp wrote the key: Llama 2, Mistral), llama.cpp's
+  // default: BOS for a SentencePiece vocabulary and Llama 3's, which answer worse without it.
+  const pre = PRE_TOKENIZERS[str(meta, "tokenizer.ggml.pre") ?? "default"];
+  const addBos = bool(meta, "tokenizer.ggml.add_bos_token") ?? (sentencePiece || (pre?.addBos ?? false));
   const addEos = bool(meta, "tokenizer.ggml.add_eos_token") ?? false;
   const addedTokens = buildAddedTokens(tokens, types);
 
