@@ -506,6 +506,17 @@ describe("GGUF layout", () => {
     );
   });
 
+  test("a LoRA adapter or vision projector GGUF is told as one, not by a key it lacks", () => {
+    const file = (type: string) => ({
+      tensors: new Map(),
+      metadata: { "general.architecture": "llama", "general.type": type },
+    });
+    expect(() => ggufModel(file("adapter"))).toThrow(
+      "the file is a GGUF adapter (general.type), not a model; --adapter takes mlx-lm's adapter directories",
+    );
+    expect(() => ggufModel(file("mmproj"))).toThrow(/^the file is a GGUF mmproj \(general\.type\), not a model$/);
+  });
+
   test("a GGUF without a tokenizer is told so, not that its vocab_size is missing", () => {
     const metadata = {
       "general.architecture": "llama",

@@ -98,6 +98,12 @@ function metaNumber(m: Record<string, MetaValue>, key: string, fallback?: number
 
 export function ggufModel(file: LoadedFile & { groupSizes?: Map<string, number> }): GGUFModel {
   const m = file.metadata;
+  // llama.cpp's LoRA adapters and vision projectors (mmproj) are GGUFs too: told as such, not by the first key they lack.
+  const kind = meta(m, "general.type");
+  if (typeof kind === "string" && kind !== "model")
+    throw new Error(
+      `the file is a GGUF ${kind} (general.type), not a model${kind === "adapter" ? "; --adapter takes mlx-lm's adapter directories" : ""}`,
+    );
   const arch = String(meta(m, "general.architecture") ?? "");
   // Mixtral is a llama with experts to llama.cpp.
   const experts = metaNumber(m, `${arch}.expert_count`, 0);
