@@ -177,6 +177,21 @@ describe("a GGUF header that is not one", () => {
     }
   });
 
+  test("a float64 metadata value, or array of them, is refused (MLX's reader crashed the process on it)", () => {
+    const key = "some.ratio";
+    const u32 = (n: number) => Buffer.from(new Uint32Array([n]).buffer);
+    const float64 = Buffer.from(new Float64Array([1.5]).buffer);
+    const text = (s: string) => Buffer.concat([u64(BigInt(s.length)), Buffer.from(s)]);
+    const architecture = Buffer.concat([text("general.architecture"), u32(8), text("llama")]);
+    // GGUF's float64 (12), and an array (9) of one, with an entry after it (which MLX's reader then misread).
+    for (const value of [Buffer.concat([u32(12), float64]), Buffer.concat([u32(9), u32(12), u64(1n), float64])]) {
+      const path = header(Buffer.concat([u64(0n), u64(2n), text(key), value, architecture]));
+      expect(() => loadModel(path)).toThrow(
+        `cannot load ${path}: metadata key 'some.ratio' holds float64 values, which MLX's GGUF reader cannot read (it crashes the process)`,
+      );
+    }
+  });
+
   test("a big-endian GGUF is named so, not as an unknown version", () => {
     const path = join(mkdtempSync(join(tmpdir(), "mlx-gguf-")), "big-endian.gguf");
     writeFileSync(path, Buffer.concat([Buffer.from("GGUF\0\0\0\x03", "latin1"), Buffer.alloc(200)]));

@@ -45,6 +45,8 @@ export const nativeTensorTypes = new Set(["F32", "F16", "BF16", "Q4_0", "Q4_1", 
 
 // Sizes of GGUF metadata value types (8 = string, 9 = array are variable).
 const UINT32 = 4;
+const ARRAY = 9;
+const FLOAT64 = 12;
 const scalarSizes: Record<number, number> = { 0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8 };
 
 export interface GGUFTensorInfo {
@@ -115,6 +117,12 @@ class Cursor {
   }
 
   u32 = () => this.bytes(4).readUInt32LE(0);
+  /** The next uint32, left to read again. */
+  peekU32 = () => {
+    const value = this.u32();
+    this.position -= 4;
+    return value;
+  };
   u64 = () => Number(this.bytes(8).readBigUInt64LE(0));
   string = () => {
     const at = this.position;
@@ -221,6 +229,11 @@ export function readGGUFHeader(path: string): GGUFHeader {
       // would read every tensor at offsets of 32 where this header places them at the file's.
       if (key === "general.alignment" && type !== UINT32)
         throw new GGUFFormatError(`invalid GGUF header: general.alignment is of value type ${type}, not a uint32 (4)`);
+      // MLX's reader misreads a float64 (or an array of them) and what follows it, and the process dies of it.
+      if (type === FLOAT64 || (type === ARRAY && c.peekU32() === FLOAT64))
+        throw new GGUFFormatError(
+          `metadata key '${key}' holds float64 values, which MLX's GGUF reader cannot read (it crashes the process)`,
+        );
       metadata.set(key, readValue(c, type));
     }
     const whole = (key: string, fallback: number) => {
