@@ -43,10 +43,12 @@ const tensorTypes: Record<number, [string, number, number]> = {
 /** Types MLX loads as they are (or keeps quantized); every other type it dequantizes. */
 export const nativeTensorTypes = new Set(["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q8_0"]);
 
-// Sizes of GGUF metadata value types (8 = string, 9 = array are variable).
+// GGUF metadata value types the header walk looks out for (see readGGUFHeader).
 const UINT32 = 4;
 const ARRAY = 9;
 const FLOAT64 = 12;
+
+// Sizes of GGUF metadata value types (8 = string, 9 = array are variable).
 const scalarSizes: Record<number, number> = { 0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8 };
 
 export interface GGUFTensorInfo {
