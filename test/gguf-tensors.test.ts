@@ -106,6 +106,17 @@ describe("GGUF tensor types", () => {
     expect(floats(tensors.get("F32")!)).toEqual([...values]); // read by MLX beside it
   });
 
+  test("a string list holding a NUL byte is refused, not read shifted (MLX's reader split it in two)", () => {
+    const path = join(mkdtempSync(join(tmpdir(), "mlx-gguf-")), "nul.gguf");
+    const tokens = ["<s>", "a\0b", "c"];
+    writeGGUF(path, { "general.architecture": "llama", "tokenizer.ggml.tokens": tokens }, [
+      { name: "output_norm.weight", type: "F32", dims: [8], values: new Float32Array(8) },
+    ]);
+    expect(() => loadGGUFTensors(path, readGGUFHeader(path))).toThrow(
+      "metadata 'tokenizer.ggml.tokens' holds a string with a NUL byte, which MLX's GGUF reader splits in two (3 strings read as 4)",
+    );
+  });
+
   test("a type nothing here reads is named, with those that are", () => {
     const unreadable = fixture("gguf-unreadable.gguf");
     expect(() => loadGGUFTensors(unreadable, readGGUFHeader(unreadable))).toThrow(

@@ -113,14 +113,15 @@ export function* loadGGUFTensorSteps(
   const inHalfGroups = new Set(tensors.filter((t) => halfGroups && heldInHalfGroups(t)));
   const ours = tensors.filter((t) => !mlxReads.has(t.type) || t.type === "BF16" || inHalfGroups.has(t));
   const groupSizes = new Map([...inHalfGroups].map((t) => [t.name.replace(/\.weight$/, ""), HALF_GROUP]));
-  if (ours.length === 0 && tensors.length === header.tensors.length) return { ...mx.loadGGUF(path), groupSizes };
+  if (ours.length === 0 && tensors.length === header.tensors.length)
+    return { ...checkedMetadata(header, mx.loadGGUF(path)), groupSizes };
   const dir = mkdtempSync(join(tmpdir(), "mlx-gguf-"));
   let loaded: LoadedFile;
   try {
     const copy = join(dir, "rest.gguf");
     const skip = new Set(ours.map((t) => t.name));
     yield* writeSubset(path, header, (t) => !skip.has(t.name) && tensors.includes(t), copy);
-    loaded = mx.loadGGUF(copy);
+    loaded = checkedMetadata(header, mx.loadGGUF(copy));
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -149,6 +150,23 @@ export function* loadGGUFTensorSteps(
     closeSync(fd);
   }
   return { ...loaded, groupSizes };
+}
+
+/**
+ * `loaded`, once its string lists are found as long as the header counts them: MLX hands them
+ * over joined by NUL bytes, so a string holding one (a token "a\0b") splits in two and shifts
+ * every id after it.
+ */
+function checkedMetadata(header: GGUFHeader, loaded: LoadedFile): LoadedFile {
+  for (const [key, value] of header.metadata) {
+    const read = loaded.metadata[key];
+    if (typeof value !== "object" || !Array.isArray(read) || read.length === value.arrayLength) continue;
+    for (const t of loaded.tensors.values()) t.free();
+    throw new Error(
+      `metadata '${key}' holds a string with a NUL byte, which MLX's GGUF reader splits in two (${value.arrayLength} strings read as ${read.length})`,
+    );
+  }
+  return loaded;
 }
 
 /** A tensor of a type in ourAffineBits as MLX's affine layout: codes packed into uint32 words along K, float16 scales and biases. */
