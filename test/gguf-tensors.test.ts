@@ -236,6 +236,31 @@ describe("a GGUF header that is not one", () => {
     );
   });
 
+  test("a type llama.cpp once wrote (ARM's Q4_0_4_4) or has newly (Q1_0) is named, not an unknown number", () => {
+    const text = (s: string) => Buffer.concat([u64(BigInt(s.length)), Buffer.from(s)]);
+    const u32 = (n: number) => Buffer.from(new Uint32Array([n]).buffer);
+    for (const [code, name, bytes] of [
+      [31, "Q4_0_4_4", 18],
+      [41, "Q1_0", 18],
+    ] as const) {
+      const values = code === 41 ? 128n : 32n;
+      const table = Buffer.concat([
+        u64(1n),
+        u64(0n),
+        text("blk.0.ffn_up.weight"),
+        u32(1),
+        u64(values),
+        u32(code),
+        u64(0n),
+      ]);
+      const padding = Buffer.alloc((32 - ((8 + table.length) % 32)) % 32);
+      const path = header(Buffer.concat([table, padding, Buffer.alloc(bytes)]));
+      expect(() => loadGGUFTensors(path, readGGUFHeader(path))).toThrow(
+        `tensor 'blk.0.ffn_up.weight' is ${name}, a type we cannot read`,
+      );
+    }
+  });
+
   test("a metadata key or a tensor name given twice is an invalid header (llama.cpp refuses both)", () => {
     const text = (s: string) => Buffer.concat([u64(BigInt(s.length)), Buffer.from(s)]);
     const u32 = (n: number) => {

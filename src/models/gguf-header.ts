@@ -34,10 +34,18 @@ const tensorTypes: Record<number, [string, number, number]> = {
   28: ["F64", 1, 8],
   29: ["IQ1_M", 256, 56],
   30: ["BF16", 1, 2],
+  // Q4_0 and IQ4_NL repacked for ARM, in files of late 2024 (llama.cpp no longer reads them either).
+  31: ["Q4_0_4_4", 32, 18],
+  32: ["Q4_0_4_8", 32, 18],
+  33: ["Q4_0_8_8", 32, 18],
   34: ["TQ1_0", 256, 54],
   35: ["TQ2_0", 256, 66],
+  36: ["IQ4_NL_4_4", 32, 18],
+  37: ["IQ4_NL_4_8", 32, 18],
+  38: ["IQ4_NL_8_8", 32, 18],
   39: ["MXFP4", 32, 17],
   40: ["NVFP4", 64, 36],
+  41: ["Q1_0", 128, 18],
 };
 
 /** Types MLX loads as they are (or keeps quantized); every other type it dequantizes. */
