@@ -530,6 +530,28 @@ describe("GGUF layout", () => {
     );
   });
 
+  test("a GGUF's sizes and counts are whole numbers of at least 1, of a number type, or it is told which is not", () => {
+    const metadata = {
+      "general.architecture": "llama",
+      "llama.attention.head_count": 4,
+      "llama.embedding_length": 64,
+      "llama.block_count": 1,
+      "llama.feed_forward_length": 128,
+      "tokenizer.ggml.tokens": ["a", "b"],
+    };
+    for (const [key, value, message] of [
+      ["llama.context_length", -5, "must be a whole number of at least 1, not -5"],
+      ["llama.attention.head_count", 0, "must be a whole number of at least 1, not 0"],
+      ["llama.attention.key_length", 2.5, "must be a whole number of at least 1, not 2.5"],
+      ["llama.block_count", "3", 'must be a number, not "3"'],
+      ["llama.rope.freq_base", [1, 2], "must be a number, not a list"],
+    ] as const)
+      expect(() => ggufModel({ tensors: new Map(), metadata: { ...metadata, [key]: value } })).toThrow(
+        `GGUF metadata '${key}' ${message}`,
+      );
+    expect(ggufModel({ tensors: new Map(), metadata }).config.max_position_embeddings).toBe(4096);
+  });
+
   test("an unsupported model_type names the supported ones", () => {
     expect(() => buildModel(new Weights(new Map(), parseConfig({ ...tinyConfig({}), model_type: "falcon" })))).toThrow(
       /unsupported model_type 'falcon' \(supported: gemma3_text, gpt_oss, llama, mistral, mixtral, phi3, qwen2, qwen3, qwen3_moe\)/,

@@ -92,8 +92,24 @@ function metaNumber(m: Record<string, MetaValue>, key: string, fallback?: number
   const v = meta(m, key);
   if (typeof v === "number") return v;
   if (typeof v === "bigint") return Number(v);
+  if (v !== undefined)
+    throw new Error(
+      `GGUF metadata '${key}' must be a number, not ${Array.isArray(v) ? "a list" : JSON.stringify(v).slice(0, 40)}`,
+    );
   if (fallback !== undefined) return fallback;
   throw new Error(`GGUF metadata '${key}' is missing`);
+}
+
+/**
+ * A size or a count from the metadata: a whole number of at least `least`. Checked here, as
+ * llama.cpp checks it at load, rather than found out later (a negative context, or heads of
+ * zero giving a head size of Infinity).
+ */
+function metaCount(m: Record<string, MetaValue>, key: string, fallback?: number, least = 1): number {
+  const n = metaNumber(m, key, fallback);
+  if (!Number.isInteger(n) || n < least)
+    throw new Error(`GGUF metadata '${key}' must be a whole number of at least ${least}, not ${n}`);
+  return n;
 }
 
 export function ggufModel(file: LoadedFile & { groupSizes?: Map<string, number> }): GGUFModel {
@@ -106,15 +122,15 @@ export function ggufModel(file: LoadedFile & { groupSizes?: Map<string, number> 
     );
   const arch = String(meta(m, "general.architecture") ?? "");
   // Mixtral is a llama with experts to llama.cpp.
-  const experts = metaNumber(m, `${arch}.expert_count`, 0);
+  const experts = metaCount(m, `${arch}.expert_count`, 0, 0);
   const modelType = arch === "llama" && experts > 0 ? "mixtral" : architectures[arch];
   if (!modelType) {
     throw new Error(`unsupported GGUF architecture '${arch}' (supported: ${Object.keys(architectures).join(", ")})`);
   }
-  const heads = metaNumber(m, `${arch}.attention.head_count`);
-  const kvHeads = metaNumber(m, `${arch}.attention.head_count_kv`, heads);
-  const hidden = metaNumber(m, `${arch}.embedding_length`);
-  const headDim = metaNumber(m, `${arch}.attention.key_length`, hidden / heads);
+  const heads = metaCount(m, `${arch}.attention.head_count`);
+  const kvHeads = metaCount(m, `${arch}.attention.head_count_kv`, heads);
+  const hidden = metaCount(m, `${arch}.embedding_length`);
+  const headDim = metaCount(m, `${arch}.attention.key_length`, hidden / heads);
   const eos = [meta(m, "tokenizer.ggml.eos_token_id"), meta(m, "tokenizer.ggml.eot_token_id")].filter(
     (v) => typeof v === "number",
   );
@@ -165,15 +181,15 @@ export function ggufModel(file: LoadedFile & { groupSizes?: Map<string, number> 
     architectures: [archClass(modelType)],
     model_type: modelType,
     hidden_size: hidden,
-    num_hidden_layers: metaNumber(m, `${arch}.block_count`),
-    intermediate_size: metaNumber(m, `${arch}.feed_forward_length`),
+    num_hidden_layers: metaCount(m, `${arch}.block_count`),
+    intermediate_size: metaCount(m, `${arch}.feed_forward_length`, undefined, 0),
     num_attention_heads: heads,
     num_key_value_heads: kvHeads,
     head_dim: headDim,
     rms_norm_eps: metaNumber(m, `${arch}.attention.layer_norm_rms_epsilon`, 1e-6),
     vocab_size: vocabularySize(m, arch),
     rope_theta: ropeBase,
-    max_position_embeddings: metaNumber(m, `${arch}.context_length`, 4096),
+    max_position_embeddings: metaCount(m, `${arch}.context_length`, 4096),
     tie_word_embeddings: !tensors.has("lm_head.weight"),
     bos_token_id: meta(m, "tokenizer.ggml.bos_token_id"),
     eos_token_id: eos.length === 1 ? eos[0] : eos,
@@ -192,7 +208,7 @@ function vocabularySize(m: Record<string, MetaValue>, arch: string): number {
   if (Array.isArray(tokens)) return tokens.length;
   if (meta(m, `${arch}.vocab_size`) === undefined)
     throw new Error("GGUF metadata has no tokenizer.ggml.tokens: the file carries no tokenizer");
-  return metaNumber(m, `${arch}.vocab_size`);
+  return metaCount(m, `${arch}.vocab_size`);
 }
 
 function archClass(modelType: string): string {
@@ -216,19 +232,19 @@ function expertsConfig(
   experts: number,
   tensors: Map<string, MxArray>,
 ): Record<string, unknown> {
-  const perToken = metaNumber(m, `${arch}.expert_used_count`);
+  const perToken = metaCount(m, `${arch}.expert_used_count`);
   if (modelType === "mixtral") return { num_local_experts: experts, num_experts_per_tok: perToken };
   if (modelType === "gpt_oss")
     return {
       num_local_experts: experts,
       num_experts_per_tok: perToken,
-      intermediate_size: metaNumber(m, `${arch}.expert_feed_forward_length`),
+      intermediate_size: metaCount(m, `${arch}.expert_feed_forward_length`),
     };
-  const layers = metaNumber(m, `${arch}.block_count`);
+  const layers = metaCount(m, `${arch}.block_count`);
   return {
     num_experts: experts,
     num_experts_per_tok: perToken,
-    moe_intermediate_size: metaNumber(m, `${arch}.expert_feed_forward_length`),
+    moe_intermediate_size: metaCount(m, `${arch}.expert_feed_forward_length`),
     decoder_sparse_step: 1,
     mlp_only_layers: Array.from({ length: layers }, (_, i) => i).filter(
       (i) => !tensors.has(`model.layers.${i}.mlp.gate.weight`),
@@ -264,7 +280,7 @@ function ropeScalingConfig(m: Record<string, MetaValue>, arch: string): Record<s
 /** Gemma 3's own config keys; llama.cpp fixes the layer pattern (a global layer every 6) and the local rope base. */
 function gemma3Config(m: Record<string, MetaValue>, headDim: number): Record<string, unknown> {
   return {
-    sliding_window: metaNumber(m, "gemma3.attention.sliding_window", 512),
+    sliding_window: metaCount(m, "gemma3.attention.sliding_window", 512),
     sliding_window_pattern: 6,
     query_pre_attn_scalar: headDim,
     rope_local_base_freq: 10_000,
@@ -273,10 +289,10 @@ function gemma3Config(m: Record<string, MetaValue>, headDim: number): Record<str
 
 /** gpt-oss's own config keys; llama.cpp fixes the layer pattern (sliding first, then every other layer). */
 function gptOssConfig(m: Record<string, MetaValue>): Record<string, unknown> {
-  const layers = metaNumber(m, "gpt-oss.block_count");
+  const layers = metaCount(m, "gpt-oss.block_count");
   const scaling = meta(m, "gpt-oss.rope.scaling.type");
   return {
-    sliding_window: metaNumber(m, "gpt-oss.attention.sliding_window", 128),
+    sliding_window: metaCount(m, "gpt-oss.attention.sliding_window", 128),
     layer_types: Array.from({ length: layers }, (_, i) => (i % 2 === 0 ? "sliding_attention" : "full_attention")),
     ...(scaling === "yarn"
       ? {
