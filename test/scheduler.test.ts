@@ -184,6 +184,21 @@ describe("prefix cache across requests", () => {
     scheduler.dispose();
   });
 
+  test("a finished answer's entry takes the place of its prompt's, which it serves as well: one entry per conversation", async () => {
+    const prefixCache = new PrefixCache(64 * 1024 * 1024);
+    const scheduler = new Scheduler(lm, { maxBatch: 2, prefillChunk: 16, maxQueue: 4, prefixCache });
+    const promptIds = prompt("Hello there, how are you?");
+    const one = await collect(scheduler.submit({ promptIds, sampling: defaultSampling, maxTokens: 8 }));
+    // It was two: the prompt's entry, stored for requests arriving while it decoded, stayed
+    // beside its answer's, never looked up again, holding half the budget.
+    expect(prefixCache.entries).toBe(1);
+    const again = await collect(scheduler.submit({ promptIds, sampling: defaultSampling, maxTokens: 8 }));
+    expect(again.done.usage.cachedTokens).toBe(promptIds.length - 1);
+    expect(again.text).toBe(one.text);
+    expect(prefixCache.entries).toBe(1);
+    scheduler.dispose();
+  });
+
   test("the byte budget evicts the least recently used entries", async () => {
     const { PrefixCache } = await import("../src/engine/prefix-cache");
     const probe = new PrefixCache(1e9);

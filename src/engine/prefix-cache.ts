@@ -13,7 +13,7 @@ import type { Stored } from "../models/cache";
 import { isChannelLayout, rowKeys } from "../models/channel-keys";
 import type { RemoteLayers } from "../models/model";
 import { RotatingKVCache } from "../models/rotating-cache";
-import type { DiskPrefixCache } from "./disk-prefix-cache";
+import { worthReading, type DiskPrefixCache } from "./disk-prefix-cache";
 import type { PromptCacheEntry } from "./prompt-cache-file";
 
 interface Entry {
@@ -188,6 +188,7 @@ export class PrefixCache {
   #admit(entry: Entry): Entry | undefined {
     this.#entries.push(entry);
     this.#index(entry);
+    this.#dropHidden(entry);
     this.#evict();
     return this.#entries.includes(entry) ? entry : undefined;
   }
@@ -229,7 +230,35 @@ export class PrefixCache {
     this.#entries.push(entry);
     this.#index(entry);
     this.mirror?.savePrefix(id, caches, row, skip, n);
+    this.#dropHidden(entry);
     this.#evict();
+  }
+
+  /**
+   * Drops the entries `entry` now hides in the trie: those of its namespace whose tokens start
+   * its own and that it serves from as short a prefix on (a prompt's entry, once the entry of
+   * its prompt and answer is stored). No lookup could return them again, yet they held their
+   * bytes until evicted (half the budget, a prompt and its answer per conversation), and went
+   * to disk then, beside the file that serves them.
+   */
+  #dropHidden(entry: Entry): void {
+    const servedFrom = (e: Entry) => Math.max(1, Math.min(e.shortest, e.tokens.length));
+    const hidden = this.#entries.filter(
+      (e) =>
+        e !== entry &&
+        e.namespace === entry.namespace &&
+        e.tokens.length <= entry.tokens.length &&
+        servedFrom(entry) <= servedFrom(e) &&
+        e.tokens.every((t, i) => t === entry.tokens[i]),
+    );
+    if (hidden.length === 0) return;
+    this.#entries = this.#entries.filter((e) => !hidden.includes(e));
+    for (const e of hidden) {
+      // On disk, the file of `entry` is read only where it spares enough of its length: a
+      // prompt much shorter than its answer still gets a file of its own.
+      if (e.namespace === 0 && !worthReading(entry, e.tokens.length)) this.disk?.save(e, e.id);
+      this.#free(e);
+    }
   }
 
   // An entry already serving these tokens (they or a longer run starting with them) makes a new one useless.
