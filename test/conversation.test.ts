@@ -67,6 +67,21 @@ describe("Conversation", () => {
     c.dispose();
   });
 
+  test("a full context drops down to half of it, so the turns after a drop reuse the cache instead of each prefilling all again", async () => {
+    const c = new Conversation(small, "Sys");
+    const turns = [];
+    for (let i = 0; i < 16; i++) turns.push((await say(c, `message number ${i} with several words in it`, 8)).info);
+    const firstDrop = turns.findIndex((t) => t.droppedMessages > 0);
+    expect(firstDrop).toBeGreaterThan(0);
+    const after = turns.slice(firstDrop);
+    // It was every turn from the first drop on: each dropped one exchange and prefilled the rest.
+    expect(after.filter((t) => t.droppedMessages > 0).length).toBeLessThan(after.length / 2);
+    expect(turns[firstDrop + 1]!.droppedMessages).toBe(0);
+    expect(turns[firstDrop + 1]!.reusedTokens).toBeGreaterThan(turns[firstDrop + 1]!.newTokens);
+    expect(c.contextUsed).toBeLessThan(160);
+    c.dispose();
+  });
+
   test("a message longer than the context is refused and the conversation is kept as it was, its cache too", async () => {
     const c = new Conversation(small, "Sys");
     await say(c, "Hello there");

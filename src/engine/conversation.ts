@@ -1,8 +1,8 @@
 // A chat that keeps its KV cache between turns: each turn renders the whole conversation with
 // the chat template and goes through the scheduler like any request; the scheduler's prefix
 // cache (one entry: the latest turn) holds the keys and values of what was said, so only what
-// a new rendering changed is prefilled. When the context fills up, the oldest turns go (the
-// system prompt stays), or with a rotating cache (--max-kv-size) the oldest positions.
+// a new rendering changed is prefilled. When the context fills up, the oldest turns go, down
+// to half of it (the system prompt stays), or with a rotating cache (--max-kv-size) the oldest positions.
 import type { LoadedModel } from "../models/load";
 import type { ChatMessage } from "../tokenizer/tokenizer";
 import { soloScheduler, streamCompletion, type CompletionPiece, type CompletionResult } from "./generate";
@@ -133,15 +133,21 @@ export class Conversation {
   }
 
   /**
-   * Drops the oldest exchanges until the prompt plus room for an answer fits the context. With a
-   * rotating cache (--max-kv-size) nothing is dropped: the cache keeps the first and latest positions.
+   * When the prompt plus room for an answer does not fit the context, drops the oldest exchanges
+   * until the prompt holds at most half of it. With a rotating cache (--max-kv-size) nothing is
+   * dropped: the cache keeps the first and latest positions.
    */
   #fitContext(maxTokens: number): number {
     if (this.lm.maxKvSize !== undefined) return 0;
     const limit = this.lm.config.maxPositionEmbeddings;
     const room = Math.min(maxTokens, Math.floor(limit / 4));
+    if (this.#render().length + room <= limit) return 0;
+    // What is kept after a drop is prefilled again in full (its start changed): dropping only
+    // what this turn needed left every later turn to drop an exchange and prefill all the rest
+    // again. Down to half the context (llama.cpp's and Ollama's context shift discard half), the
+    // next turns reuse the cache until it fills again; the room, at most a quarter, still fits.
     let dropped = 0;
-    while (this.messages.length > 1 && this.#render().length + room > limit) {
+    while (this.messages.length > 1 && this.#render().length > limit / 2) {
       this.messages.shift();
       dropped++;
       // Never start the kept history with an assistant reply.
