@@ -93,17 +93,6 @@ describe("serve --prompt-cache-dir", () => {
     expect(other.text).toBe(fresh.text);
   }, 60_000);
 
-  test("a request's prompt and answer go to disk as one file, which serves the prompt alone as well", async () => {
-    const dir = join(root, "one-file");
-    const first = await askOnce({ promptCacheDir: dir });
-    // It was two: the prompt's file beside the one of its prompt and answer, which holds it,
-    // each taking room in the directory's bound.
-    expect(files(dir).length).toBe(1);
-    const again = await askOnce({ promptCacheDir: dir });
-    expect(again.cached).toBe(first.prompt - 1);
-    expect(again.text).toBe(first.text);
-  }, 60_000);
-
   test("with --max-kv-size, the prompt rotated while prefilled comes back from disk too: all but its last token, a fresh server's answer", async () => {
     const dir = join(root, "restart-rotating");
     const rotating = { maxKvSize: 64, prefillChunk: 32 };
@@ -292,6 +281,8 @@ describe("serve --prompt-cache-dir, when things go wrong", () => {
     let first: Awaited<ReturnType<typeof ask>>;
     try {
       first = await ask(server.url, "What is rule 3?"); // the model loads: its disk cache opens the directory
+      // The prompt's file, which the answer's entry took the place of in memory, written first.
+      await eventually(() => files(dir).length > 0 && !files(dir).some((f) => f.includes(".tmp.")));
       rmSync(dir, { recursive: true });
     } finally {
       await server.stop(); // writes what it holds
@@ -351,11 +342,9 @@ describe("serve --prompt-cache-dir, when things go wrong", () => {
 
   test("a file whose header is damaged (its token list, or tokens its tensors do not hold) is removed, never used", async () => {
     const dir = join(root, "damaged-header");
-    // Two files, one for each kind of damage.
-    await askOnce({ promptCacheDir: dir }, "And rule 5?");
     const first = await askOnce({ promptCacheDir: dir });
     const damaged = files(dir);
-    expect(damaged.length).toBe(2);
+    expect(damaged.length).toBeGreaterThan(1);
     damaged.forEach((f, i) =>
       editMetadata(join(dir, f), (m) => {
         const tokens = JSON.parse(m.tokens!) as number[];

@@ -89,10 +89,6 @@ const shareOf = (name: string) => /^(.*)\.rank\d+$/.exec(name)?.[1];
  */
 const READ_FOR_SKIPPED = 8;
 
-/** Whether a stored prefix is worth reading for `spared` prompt tokens beyond `atLeast` already held (READ_FOR_SKIPPED). */
-export const worthReading = (stored: { tokens: number[]; dropped: number }, spared: number, atLeast = 0) =>
-  (spared - atLeast) * READ_FOR_SKIPPED >= stored.tokens.length - stored.dropped;
-
 /** Whether a file nobody finished (or whose file is gone) is old enough to be no write in progress. */
 const stale = (file: string) => {
   const since = statSync(file, { throwIfNoEntry: false })?.mtimeMs;
@@ -254,7 +250,7 @@ export class DiskPrefixCache {
       while (length < most && s.tokens[length] === prompt[length]) length++;
       // A rotated prefix serves those its rotating cache could go back to only.
       if (length < s.shortest) continue;
-      if (!worthReading(s, length, atLeast)) continue;
+      if ((length - atLeast) * READ_FOR_SKIPPED < s.tokens.length - s.dropped) continue;
       if (length > (best?.length ?? atLeast)) best = { name, length };
     }
     return best;

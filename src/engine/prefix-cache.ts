@@ -13,7 +13,7 @@ import type { Stored } from "../models/cache";
 import { isChannelLayout, rowKeys } from "../models/channel-keys";
 import type { RemoteLayers } from "../models/model";
 import { RotatingKVCache } from "../models/rotating-cache";
-import { worthReading, type DiskPrefixCache } from "./disk-prefix-cache";
+import type { DiskPrefixCache } from "./disk-prefix-cache";
 import type { PromptCacheEntry } from "./prompt-cache-file";
 
 interface Entry {
@@ -238,8 +238,9 @@ export class PrefixCache {
    * Drops the entries `entry` now hides in the trie: those of its namespace whose tokens start
    * its own and that it serves from as short a prefix on (a prompt's entry, once the entry of
    * its prompt and answer is stored). No lookup could return them again, yet they held their
-   * bytes until evicted (half the budget, a prompt and its answer per conversation), and went
-   * to disk then, beside the file that serves them.
+   * bytes until evicted (half the budget, a prompt and its answer per conversation). They go to
+   * disk as an evicted entry does: a file is read only for a prefix that spares an eighth of it,
+   * so the prompt's serves requests that share less of it than its answer's would need.
    */
   #dropHidden(entry: Entry): void {
     const servedFrom = (e: Entry) => Math.max(1, Math.min(e.shortest, e.tokens.length));
@@ -254,9 +255,7 @@ export class PrefixCache {
     if (hidden.length === 0) return;
     this.#entries = this.#entries.filter((e) => !hidden.includes(e));
     for (const e of hidden) {
-      // On disk, the file of `entry` is read only where it spares enough of its length: a
-      // prompt much shorter than its answer still gets a file of its own.
-      if (e.namespace === 0 && !worthReading(entry, e.tokens.length)) this.disk?.save(e, e.id);
+      if (e.namespace === 0) this.disk?.save(e, e.id);
       this.#free(e);
     }
   }
