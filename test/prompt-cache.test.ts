@@ -267,7 +267,9 @@ describe("serve --prompt-cache-dir, when things go wrong", () => {
       logError: (e) => logged.push((e as Error).message),
     });
     expect(answer.cached).toBe(0);
-    expect(logged.some((m) => m.includes(`cannot use ${join(blocker, "cache")}, going on without it`))).toBe(true);
+    expect(logged).toContain(
+      `prompt cache: cannot use ${join(blocker, "cache")}, going on without it: a folder on its path is a file`,
+    );
   }, 60_000);
 
   test("a directory removed while the server runs (a cache cleared by hand) is made again for the next write", async () => {
@@ -337,6 +339,12 @@ describe("serve --prompt-cache-dir, when things go wrong", () => {
     expect(await serveWith(["--prompt-cache-dir", ""])).toMatchObject({
       code: 1,
       stderr: "error: --prompt-cache-dir needs a directory\n",
+    });
+    const file = join(root, "a-cache-file");
+    writeFileSync(file, "");
+    expect(await serveWith(["--prompt-cache-dir", file])).toMatchObject({
+      code: 1,
+      stderr: `error: --prompt-cache-dir ${file} is a file, not a directory\n`,
     });
   }, 30_000); // refused at once; without the check the server would run on
 

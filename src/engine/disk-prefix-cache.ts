@@ -135,7 +135,7 @@ export class DiskPrefixCache {
       this.#scan();
     } catch (error) {
       this.#files.clear();
-      this.unusable = (error as Error).message;
+      this.unusable = writeErrorReason(error);
       this.warn(`prompt cache: cannot use ${dir}, going on without it: ${this.unusable}`);
       return;
     }
