@@ -634,6 +634,16 @@ describe("chat template", () => {
       ].join("|"),
     );
   });
+  // Expected from transformers: strftime_now and raise_exception are globals a template may test for.
+  // Llama 3.2's template dates its system prompt with `strftime_now("%d %b %Y")` only where
+  // `strftime_now is defined`, and dated every prompt "26 Jul 2024", its fallback.
+  test("strftime_now and raise_exception are defined, as transformers' globals", () => {
+    const template =
+      "{{ strftime_now is defined }}|{{ raise_exception is defined }}|" +
+      "{% if strftime_now is defined %}{{ strftime_now('%Y') }}{% else %}26 Jul 2024{% endif %}";
+    const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template: template });
+    expect(tok.applyChatTemplate([])).toBe(`True|True|${new Date().getFullYear()}`);
+  });
   // Decided: special-token text is parsed wherever it is, as transformers' apply_chat_template(tokenize=True),
   // vLLM and llama.cpp do, so these ids are transformers' own.
   test("special-token text in a user's message is read as special tokens, as transformers does", () => {

@@ -92,7 +92,11 @@ export class TemplateTypeError extends Error {
   override name = "TemplateTypeError";
 }
 
-/** What a rewritten call (see withPythonBuiltins) calls, by its name in the template's variables. */
+/**
+ * What a rewritten call (see withPythonBuiltins) calls, by its name in the template's variables,
+ * and transformers' globals, by theirs: a template tests `strftime_now is defined` (Llama 3.2's
+ * dated its system prompt "26 Jul 2024", its fallback, when only the call was rewritten).
+ */
 const PYTHON_BUILTINS: Record<string, (...args: unknown[]) => string | number> = {
   ...Object.fromEntries(
     (["strip", "lstrip", "rstrip"] as const).map((side) => [
@@ -100,10 +104,10 @@ const PYTHON_BUILTINS: Record<string, (...args: unknown[]) => string | number> =
       (value: unknown, chars?: unknown) => pythonStrip(side, value, chars),
     ]),
   ),
-  __python_strftime_now: (format: unknown) => strftimeNow(String(format)),
+  strftime_now: (format: unknown) => strftimeNow(String(format)),
   __python_str: (boxed: unknown) => pythonStr((boxed as TemplateValue[])[0]),
   __python_len: (boxed: unknown) => pythonLen((boxed as TemplateValue[])[0]),
-  __python_raise_exception: (message: unknown) => {
+  raise_exception: (message: unknown) => {
     throw new TemplateRaisedError(String(message));
   },
 };
@@ -135,13 +139,11 @@ const STATEMENTS = new Set([
  * replace its own): `x.lstrip(c)` (also strip, rstrip) becomes `__python_lstrip(x, c)`, as the
  * library's ignore the characters given and strip whitespace (Qwen3's template keeps an answer
  * with `.lstrip('\n')`, and lost the indentation of one that opens with code), and JavaScript's
- * whitespace at that (a byte order mark, not U+001C); `strftime_now(f)`
- * becomes `__python_strftime_now(f)` (see strftimeNow); what the template prints (`{{ x }}`),
+ * whitespace at that (a byte order mark, not U+001C); what the template prints (`{{ x }}`),
  * `x | string` and both sides of `x ~ y` become `__python_str([x])`, as the library writes
  * JavaScript's true, null (or nothing) and JSON where Python writes True, None and {'a': 1}, and
  * throws on `none | string` (Qwen3-Coder's template writes a tool's schema values with it);
- * `x | length` becomes `__python_len([x])`, a string's code points (not UTF-16 units); and
- * `raise_exception(m)` throws a TemplateRaisedError, told apart from the library's own errors.
+ * and `x | length` becomes `__python_len([x])`, a string's code points (not UTF-16 units).
  */
 function withPythonBuiltins(template: Template): Template {
   type Node = { type?: string; [key: string]: unknown };
@@ -215,10 +217,6 @@ function withPythonBuiltins(template: Template): Template {
       delete n.callee;
       delete n.args;
     }
-    if (n.type === "CallExpression" && callee?.type === "Identifier" && callee.value === "strftime_now")
-      callee.value = "__python_strftime_now";
-    if (n.type === "CallExpression" && callee?.type === "Identifier" && callee.value === "raise_exception")
-      callee.value = "__python_raise_exception";
     if (n.type === "BinaryExpression" && (n.operator as Node).value === "~")
       [n.left, n.right] = [str(n.left), str(n.right)];
     const filter = n.filter as Node | undefined;
