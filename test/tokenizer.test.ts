@@ -634,6 +634,22 @@ describe("chat template", () => {
       ].join("|"),
     );
   });
+  // Expected from transformers: Jinja2's iterable takes dicts, tuples and undefined values, and its
+  // undefined is a sequence and callable. vLLM's Gemma 3 pythonic tool template writes a call's
+  // arguments `is iterable and is mapping` as name=value (the library's iterable refused dicts: they
+  // came out as one JSON dict), and Llama 4's JSON one tests an undefined value `is iterable`.
+  test("is iterable, sequence and callable test as Jinja2's", () => {
+    const template =
+      "{{ d is iterable }}{{ (1, 2) is iterable }}{{ u is iterable }}{{ u is sequence }}{{ u is callable }}" +
+      "{{ none is iterable }}{{ 1 is sequence }}|{% macro f(a) %}{% if a is iterable and a is mapping %}" +
+      "{% for k, v in a.items() %}{{ k }}={{ v | tojson }} {% endfor %}{% elif a is iterable %}" +
+      "{{ a | map('tojson') | join(', ') }}{% else %}{{ a | tojson }}{% endif %}{% endmacro %}" +
+      "{{ f(d) }}|{{ f((1, 'x')) }}|{{ f(2) }}";
+    const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template: template });
+    expect(tok.applyChatTemplate([], { extra: { d: { city: "Paris", days: 3 } } })).toBe(
+      'TrueTrueTrueTrueTrueFalseFalse|city="Paris" days=3 |1, "x"|2',
+    );
+  });
   // Expected from transformers: strftime_now and raise_exception are globals a template may test for.
   // Llama 3.2's template dates its system prompt with `strftime_now("%d %b %Y")` only where
   // `strftime_now is defined`, and dated every prompt "26 Jul 2024", its fallback.

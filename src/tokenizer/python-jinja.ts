@@ -285,10 +285,27 @@ const COMPARISON_TESTS: Record<string, string> = {
   le: "<=",
   in: "in",
 };
-/** Jinja2's tests that the library lacks (float), or has otherwise (its number test refused True, a Python int). */
+/** What Jinja2 iterates (a dict by its keys; its undefined as nothing), and what also has a length and items. */
+const ITERABLE = new Set([
+  "ArrayValue",
+  "TupleValue",
+  "StringValue",
+  "ObjectValue",
+  "KeywordArgumentsValue",
+  "UndefinedValue",
+]);
+/**
+ * Jinja2's tests that the library lacks (float), or has otherwise: its number test refused True
+ * (a Python int), its iterable refused dicts, tuples and undefined values (Gemma 3's pythonic
+ * tool template wrote a call's arguments `is iterable and is mapping` as a JSON dict, and Llama
+ * 4's JSON one a message's content parts as JSON), and Jinja2's undefined is a sequence and callable.
+ */
 const PYTHON_TESTS: Record<string, (value: TemplateValue) => boolean> = {
   float: (value) => value.type === "FloatValue",
   number: (value) => NUMERIC.has(value.type),
+  iterable: (value) => ITERABLE.has(value.type),
+  sequence: (value) => ITERABLE.has(value.type),
+  callable: (value) => value.type === "FunctionValue" || value.type === "UndefinedValue",
 };
 /** Jinja2's filters that the library lacks, or has only for some values or forms (see PythonInterpreter.pythonFilter). */
 const PYTHON_FILTERS = new Set([
