@@ -16,7 +16,7 @@ import {
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { gunzipSync } from "node:zlib";
-import { TemplateRaisedError } from "../src/tokenizer/python-jinja";
+import { TemplateRaisedError, TemplateTypeError } from "../src/tokenizer/python-jinja";
 import { Tokenizer } from "../src/tokenizer/tokenizer";
 import { tokenizerFilesFromGGUF } from "../src/tokenizer/gguf";
 import { chatTokens } from "../src/engine/prompt";
@@ -648,6 +648,22 @@ describe("chat template", () => {
     const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template: template });
     expect(tok.applyChatTemplate([], { extra: { d: { city: "Paris", days: 3 } } })).toBe(
       'TrueTrueTrueTrueTrueFalseFalse|city="Paris" days=3 |1, "x"|2',
+    );
+  });
+  // Expected from transformers: Jinja2's undefined has no attributes nor items, and reading one fails
+  // the render (SmolLM3's template reads `messages[0]['role']`: of no messages, the library gave
+  // another undefined and rendered on); None's attributes are undefined.
+  test("an attribute or item of an undefined value fails the render, as in Jinja2", () => {
+    const template = (chat_template: string) =>
+      new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template });
+    expect(() => template("{% if messages[0]['role'] == 'system' %}s{% endif %}").applyChatTemplate([])).toThrow(
+      new TemplateTypeError("messages[0] is undefined (a field the template reads is missing from the request)"),
+    );
+    expect(() => template("{{ m.a.b }}").applyChatTemplate([], { extra: { m: {} } })).toThrow("m.a is undefined");
+    expect(() => template("{{ u.x is defined }}").applyChatTemplate([])).toThrow("u is undefined");
+    const reads = template("{{ m.a is defined }}|{{ m.n.x }}|{{ m.s[1:] }}{{ m.s[-1] }}|{{ messages[-1].content }}");
+    expect(reads.applyChatTemplate([{ role: "user", content: "hi" }], { extra: { m: { n: null, s: "abc" } } })).toBe(
+      "False||bcc|hi",
     );
   });
   // Expected from transformers: strftime_now and raise_exception are globals a template may test for.

@@ -343,6 +343,23 @@ const PYTHON_FILTERS = new Set([
   "escape",
   "e",
 ]);
+/** An expression as the template writes it (`messages[0].role`), for errors; "a value" where it is no plain path. */
+function expressionText(expression: Statement): string {
+  const node = expression as unknown as {
+    type: string;
+    value?: unknown;
+    object?: Statement;
+    property?: Statement & { value?: unknown; type: string };
+    computed?: boolean;
+  };
+  if (node.type === "Identifier") return String(node.value);
+  if (node.type !== "MemberExpression") return "a value";
+  const object = expressionText(node.object!);
+  if (!node.computed) return `${object}.${String(node.property!.value)}`;
+  const literal = ["IntegerLiteral", "StringLiteral"].includes(node.property!.type) ? node.property!.value : undefined;
+  return `${object}[${literal === undefined ? "..." : JSON.stringify(literal)}]`;
+}
+
 /** A node that stands for a value already evaluated (see PythonInterpreter's evaluate). */
 const evaluated = (value: Rendered) => ({ type: "PythonValue", value }) as unknown as Statement;
 
@@ -415,12 +432,16 @@ class PythonInterpreter extends Interpreter {
           property: Statement & { type: string };
           computed: boolean;
         };
+        const object = this.evaluate(member.object, environment);
+        // Jinja2's undefined has no attributes nor items: `messages[0].role` of no messages fails
+        // the render in transformers (the library's gave another undefined, and rendered on).
+        if (object.type === "UndefinedValue")
+          throw new TemplateTypeError(
+            `${expressionText(member.object)} is undefined (a field the template reads is missing from the request)`,
+          );
         if (!member.computed || member.property.type === "SliceExpression")
-          return super.evaluate(statement, environment);
-        const [object, property] = [
-          this.evaluate(member.object, environment),
-          this.evaluate(member.property, environment),
-        ];
+          return super.evaluate({ ...member, object: evaluated(object) } as unknown as Statement, environment);
+        const property = this.evaluate(member.property, environment);
         if (object.type === "StringValue" && property.type === "IntegerValue") {
           const points = [...(object.value as string)];
           const index = property.value as number;
