@@ -666,6 +666,18 @@ describe("chat template", () => {
       "False||bcc|hi",
     );
   });
+  // Expected from transformers: what a loop's pass sets is gone at its next pass and after the loop
+  // (Jinja2's scoping; a namespace keeps it). vLLM's Gemma 3 pythonic template sets `first = false`
+  // after a call's first argument: the library kept it, and wrote a ", " Jinja2 does not.
+  test("what a loop's pass sets is its own, as in Jinja2", () => {
+    const template =
+      "{% set x = 0 %}{% for i in [1, 2, 3] %}{{ x }}{% set x = i %}{{ x }},{% endfor %}|{{ x }}|" +
+      "{% set first = true %}{% for i in [1, 2, 3] %}{% if not first %}, {% endif %}{{ i }}{% set first = false %}{% endfor %}|" +
+      "{% set ns = namespace(n=0) %}{% for i in [1, 2, 3] %}{% set ns.n = ns.n + i %}{% endfor %}{{ ns.n }}|" +
+      "{% for i in [1, 2] %}{% set y = i %}{% for j in [1] %}{{ y }}{% set y = 9 %}{{ y }}{% endfor %}{{ y }}{% endfor %}";
+    const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template: template });
+    expect(tok.applyChatTemplate([])).toBe("01,02,03,|0|123|6|191292");
+  });
   // Expected from transformers: strftime_now and raise_exception are globals a template may test for.
   // Llama 3.2's template dates its system prompt with `strftime_now("%d %b %Y")` only where
   // `strftime_now is defined`, and dated every prompt "26 Jul 2024", its fallback.

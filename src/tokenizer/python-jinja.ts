@@ -393,7 +393,10 @@ class PythonInterpreter extends Interpreter {
         if (loop.broken) return this.value(""); // the library goes on through the rest
         loop.entered = true;
         try {
-          const rendered = this.block(node.body, environment);
+          // Each pass in a scope of its own, as Jinja2's: what a pass sets is gone at the next (the
+          // library's one scope for the loop kept it: vLLM's Gemma 3 pythonic template, which sets
+          // `first = false` after a call's first argument, wrote the ", " Jinja2 does not).
+          const rendered = this.block(node.body, new Environment(environment));
           loop.completed = true;
           return this.value(rendered);
         } catch (error) {
