@@ -678,6 +678,19 @@ describe("chat template", () => {
     const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template: template });
     expect(tok.applyChatTemplate([])).toBe("01,02,03,|0|123|6|191292");
   });
+  // Expected from transformers (the request's JSON has no such key): a field the server leaves
+  // undefined, as a tool result's name and call id where the client gave none, is no key of the
+  // message. The library kept it as None: Kimi K2's `message.get('name', 'unknown')` gave nothing.
+  test("a message's undefined field is no key of it, as JSON carries the message to transformers", () => {
+    const template =
+      "{% for m in messages %}{{ m.get('name', 'unknown') }}|{{ 'tool_call_id' in m }}|{{ m | tojson }}|" +
+      "{{ m | length }}|{{ m.keys() | list }}{% endfor %}";
+    const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template: template });
+    const messages = [{ role: "tool", content: "sunny", tool_call_id: undefined, name: undefined }];
+    expect(tok.applyChatTemplate(messages)).toBe(
+      `unknown|False|{"role": "tool", "content": "sunny"}|2|['role', 'content']`,
+    );
+  });
   // Expected from transformers: strftime_now and raise_exception are globals a template may test for.
   // Llama 3.2's template dates its system prompt with `strftime_now("%d %b %Y")` only where
   // `strftime_now is defined`, and dated every prompt "26 Jul 2024", its fallback.

@@ -914,7 +914,7 @@ export function renderTemplate(template: Template, variables: Record<string, unk
   const environment = new Environment();
   const globals = { true: true, false: false, none: null, True: true, False: false, None: null, range: pythonRange };
   for (const [name, value] of Object.entries({ ...globals, ...variables, ...PYTHON_BUILTINS }))
-    withExactIntegers(value, environment.set(name, value));
+    withPythonValues(value, environment.set(name, value));
   return new PythonInterpreter(environment).run(template.parsed).value as string;
 }
 
@@ -923,18 +923,25 @@ const IntegerValue = new Environment().set("one", 1).constructor as new (value: 
 
 /**
  * Gives the template the integers past 2^53 that tool calls' arguments kept exact (exact-json.ts)
- * as Python's ints, exact: the library's conversion made each a dict of its digits.
+ * as Python's ints, exact: the library's conversion made each a dict of its digits. And a field
+ * whose value is undefined is no key of its dict, as JSON would carry it to transformers: the
+ * library kept it, so a tool result without a name (`name: undefined`) had one, None, and Kimi
+ * K2's `message.get('name', 'unknown')` gave nothing, `'name' in message` was True, and tojson
+ * wrote it as null.
  */
-function withExactIntegers(input: unknown, converted: Rendered): Rendered {
+function withPythonValues(input: unknown, converted: Rendered): Rendered {
   if (isExactInteger(input)) return new IntegerValue(BigInt(input.rawJSON));
   if (Array.isArray(input)) {
     const items = converted.value as Rendered[];
     input.forEach((item, i) => {
-      items[i] = withExactIntegers(item, items[i]!);
+      items[i] = withPythonValues(item, items[i]!);
     });
   } else if (input && typeof input === "object") {
     const entries = converted.value as Map<string, Rendered>;
-    for (const [key, item] of Object.entries(input)) entries.set(key, withExactIntegers(item, entries.get(key)!));
+    for (const [key, item] of Object.entries(input)) {
+      if (item === undefined) entries.delete(key);
+      else entries.set(key, withPythonValues(item, entries.get(key)!));
+    }
   }
   return converted;
 }
