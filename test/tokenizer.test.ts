@@ -691,6 +691,22 @@ describe("chat template", () => {
       `unknown|False|{"role": "tool", "content": "sunny"}|2|['role', 'content']`,
     );
   });
+  // As transformers (Python's json.dumps refuses Jinja2's undefined): tojson of a field the request
+  // does not give fails the render; the library wrote null (Muse Glimmer's template writes each
+  // tool's description with tojson: a tool without one rendered, where vLLM answers 400).
+  test("tojson of an undefined value fails the render, as in Python", () => {
+    const template = (chat_template: string) =>
+      new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template });
+    for (const source of ["{{ t.description | tojson }}", "{{ {'d': t.description} | tojson }}"])
+      expect(() => template(source).applyChatTemplate([], { extra: { t: { name: "ping" } } })).toThrow(
+        new TemplateTypeError(
+          "Object of type Undefined is not JSON serializable (a field the template reads is missing from the request)",
+        ),
+      );
+    expect(
+      template("{{ t.name | tojson }}|{{ none | tojson }}").applyChatTemplate([], { extra: { t: { name: "ping" } } }),
+    ).toBe('"ping"|null');
+  });
   // Expected from transformers: strftime_now and raise_exception are globals a template may test for.
   // Llama 3.2's template dates its system prompt with `strftime_now("%d %b %Y")` only where
   // `strftime_now is defined`, and dated every prompt "26 Jul 2024", its fallback.

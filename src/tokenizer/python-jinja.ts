@@ -24,9 +24,12 @@ import {
   pythonRepr,
   pythonStr,
   PYTHON_TYPE_NAMES,
+  TemplateTypeError,
   type Rendered,
   type TemplateValue,
 } from "./python-values";
+
+export { TemplateTypeError };
 
 const DAYS = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"];
 const MONTHS = [
@@ -81,15 +84,6 @@ function strftimeNow(format: string): string {
  */
 export class TemplateRaisedError extends Error {
   override name = "TemplateRaisedError";
-}
-
-/**
- * An operation the template makes on the request's values that Python's Jinja2 refuses too (a
- * string added to a field the request does not give, or to a dict): the request's fault, as
- * transformers and vLLM take it, not a feature our renderer lacks.
- */
-export class TemplateTypeError extends Error {
-  override name = "TemplateTypeError";
 }
 
 /**

@@ -9,6 +9,15 @@ export type Rendered = ReturnType<Interpreter["evaluate"]>;
 /** A value as the library holds it while rendering (a string, number, list, dict...). */
 export type TemplateValue = { type: string; value: unknown };
 
+/**
+ * An operation the template makes on the request's values that Python's Jinja2 refuses too (a
+ * string added to a field the request does not give, or to a dict): the request's fault, as
+ * transformers and vLLM take it, not a feature our renderer lacks.
+ */
+export class TemplateTypeError extends Error {
+  override name = "TemplateTypeError";
+}
+
 /** Python's repr of a float: the shortest digits, positional from 1e-4 up to 1e16, else 1e-05 or 1.5e+16. */
 function pythonFloat(x: number): string {
   if (!Number.isFinite(x)) return Number.isNaN(x) ? "nan" : x > 0 ? "inf" : "-inf";
@@ -65,8 +74,12 @@ export function pythonJson(value: TemplateValue, options: JsonOptions, depth = 0
   };
   switch (value.type) {
     case "NullValue":
-    case "UndefinedValue":
       return "null";
+    // Python's json.dumps refuses Jinja2's undefined (a tool without the description a template writes)
+    case "UndefinedValue":
+      throw new TemplateTypeError(
+        "Object of type Undefined is not JSON serializable (a field the template reads is missing from the request)",
+      );
     case "BooleanValue":
       return value.value ? "true" : "false";
     case "IntegerValue":
