@@ -707,6 +707,42 @@ describe("chat template", () => {
       template("{{ t.name | tojson }}|{{ none | tojson }}").applyChatTemplate([], { extra: { t: { name: "ping" } } }),
     ).toBe('"ping"|null');
   });
+  // As transformers (Python's TypeError, Jinja2's UndefinedError): a template's loop over None, `in`
+  // or length of None, a method a value's Python type lacks (Qwen3's `content.startswith` of a list
+  // of parts, GLM's `arguments.items()` of arguments given as text) fail on the request's values, a
+  // 400 as in vLLM; they were the library's errors, read as a feature mlx's renderer lacks.
+  test("a template's TypeErrors on the request's values are the request's fault, as in Python", () => {
+    const withTemplate = (chat_template: string) => ({
+      tokenizer: new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template }),
+    });
+    const messages = [
+      { role: "user", content: [{ type: "text", text: "hi" }] },
+      { role: "assistant", content: null, tool_calls: [{ function: { name: "f", arguments: '{"a": 1}' } }] },
+    ];
+    for (const [template, error] of [
+      ["{% for d in documents %}{% endfor %}", "'NoneType' object is not iterable"],
+      ["{{ '</think>' in messages[1].content }}", "argument of type 'NoneType' is not iterable"],
+      ["{{ messages[1].content | length }}", "object of type 'NoneType' has no len()"],
+      ["{{ messages[1].content.split('x') }}", "'None' has no attribute 'split'"],
+      ["{{ messages[0].content.startswith('<') }}", "'list object' has no attribute 'startswith'"],
+      ["{{ messages[1].tool_calls[0].function.arguments.items() }}", "'str object' has no attribute 'items'"],
+      [
+        "{% for k, v in messages[1].tool_calls[0].function.arguments | items %}{% endfor %}",
+        "Can only get item pairs from a mapping.",
+      ],
+      ["{% set ids = [] %}{{ ids.append(1) }}", "access to attribute 'append' of 'list' object is unsafe."],
+    ] as const) {
+      expect(() => withTemplate(template).tokenizer.applyChatTemplate(messages)).toThrow(new TemplateTypeError(error));
+    }
+    const noDocuments = withTemplate("{% for d in documents %}{% endfor %}");
+    expect(() => renderChat(noDocuments as LoadedModel, [{ role: "user", content: "hi" }])).toThrow(
+      new InvalidParameterError("the model's chat template failed on the messages: 'NoneType' object is not iterable"),
+    );
+    const fine = withTemplate(
+      "{{ 'a b'.split() }}{{ (1, 2).count(1) }}{{ [1].index(1) }}{{ {'a': 1} | items | list | length }}",
+    );
+    expect(fine.tokenizer.applyChatTemplate([])).toBe("['a', 'b']101");
+  });
   // Expected from transformers: strftime_now and raise_exception are globals a template may test for.
   // Llama 3.2's template dates its system prompt with `strftime_now("%d %b %Y")` only where
   // `strftime_now is defined`, and dated every prompt "26 Jul 2024", its fallback.

@@ -336,6 +336,7 @@ const PYTHON_FILTERS = new Set([
   "float",
   "escape",
   "e",
+  "items",
 ]);
 /** An expression as the template writes it (`messages[0].role`), for errors; "a value" where it is no plain path. */
 function expressionText(expression: Statement): string {
@@ -352,6 +353,42 @@ function expressionText(expression: Statement): string {
   if (!node.computed) return `${object}.${String(node.property!.value)}`;
   const literal = ["IntegerLiteral", "StringLiteral"].includes(node.property!.type) ? node.property!.value : undefined;
   return `${object}[${literal === undefined ? "..." : JSON.stringify(literal)}]`;
+}
+
+/**
+ * The methods Python's str, None, list and tuple have, which Jinja2's sandbox lets a template call:
+ * a call of any other on one fails in transformers too (a message's list of content parts given to
+ * `content.startswith(...)`, a call's arguments given as text to `arguments.items()`), the
+ * request's fault, not a feature the library lacks. List methods that change the list are refused.
+ */
+const PYTHON_METHODS: Record<string, { methods: Set<string>; unsafe?: Set<string> }> = {
+  StringValue: {
+    methods: new Set([
+      ...["capitalize", "casefold", "center", "count", "encode", "endswith", "expandtabs", "find", "format"],
+      ...["format_map", "index", "isalnum", "isalpha", "isascii", "isdecimal", "isdigit", "isidentifier"],
+      ...["islower", "isnumeric", "isprintable", "isspace", "istitle", "isupper", "join", "ljust", "lower"],
+      ...["lstrip", "maketrans", "partition", "removeprefix", "removesuffix", "replace", "rfind", "rindex"],
+      ...["rjust", "rpartition", "rsplit", "rstrip", "split", "splitlines", "startswith", "strip", "swapcase"],
+      ...["title", "translate", "upper", "zfill"],
+    ]),
+  },
+  NullValue: { methods: new Set() },
+  ArrayValue: {
+    methods: new Set(["count", "index", "copy"]),
+    unsafe: new Set(["append", "clear", "extend", "insert", "pop", "remove", "reverse", "sort"]),
+  },
+  TupleValue: { methods: new Set(["count", "index"]) },
+};
+
+/** Jinja2's error for a call of a method that `self`'s Python type lacks or the sandbox refuses, if it is one. */
+function missingMethod(self: Rendered, method: string): string | undefined {
+  const python = PYTHON_METHODS[self.type];
+  if (!python || python.methods.has(method)) return undefined;
+  const type = PYTHON_TYPE_NAMES[self.type]!;
+  if (python.unsafe?.has(method)) return `access to attribute '${method}' of '${type}' object is unsafe.`;
+  return self.type === "NullValue"
+    ? `'None' has no attribute '${method}'`
+    : `'${type} object' has no attribute '${method}'`;
 }
 
 /** A node that stands for a value already evaluated (see PythonInterpreter's evaluate). */
@@ -469,6 +506,9 @@ class PythonInterpreter extends Interpreter {
     const loop = statement as unknown as { iterable: { type: string; lhs?: Statement }; loopvar: { type: string } };
     const select = loop.iterable.type === "SelectExpression" ? loop.iterable : undefined; // for x in y if z
     const source = this.evaluate((select?.lhs ?? loop.iterable) as Statement, environment);
+    // Python's TypeError (the library's error read as a feature it lacks): a loop over None, a number...
+    if (!ITERABLE.has(source.type))
+      throw new TemplateTypeError(`'${PYTHON_TYPE_NAMES[source.type] ?? source.type}' object is not iterable`);
     let iterable =
       source.type === "UndefinedValue"
         ? this.list([])
@@ -502,6 +542,9 @@ class PythonInterpreter extends Interpreter {
       );
     }
     if (operator === "==" || operator === "!=") return this.value(pythonEqual(left, right) === (operator === "=="));
+    // `x in none` (a message's content None): Python's TypeError, not a feature the library lacks.
+    if ((operator === "in" || operator === "not in") && !ITERABLE.has(right.type))
+      throw new TemplateTypeError(`argument of type '${PYTHON_TYPE_NAMES[right.type] ?? right.type}' is not iterable`);
     // A list holds a value equal to it (the library refused None and lists and dicts there, and compared numbers by type).
     if ((operator === "in" || operator === "not in") && (right.type === "ArrayValue" || right.type === "TupleValue"))
       return this.value((right.value as Rendered[]).some((item) => pythonEqual(item, left)) === (operator === "in"));
@@ -549,9 +592,15 @@ class PythonInterpreter extends Interpreter {
       loop.changed = values;
       return this.value(changed);
     }
-    if (method === undefined || !Object.hasOwn(STRING_METHODS, method))
-      return super.evaluate(node as unknown as Statement, environment);
+    if (method === undefined) return super.evaluate(node as unknown as Statement, environment);
     const self = this.evaluate(callee.object, environment);
+    const missing = missingMethod(self, method);
+    if (missing !== undefined) throw new TemplateTypeError(missing);
+    if (!Object.hasOwn(STRING_METHODS, method))
+      return super.evaluate(
+        { ...node, callee: { ...callee, object: evaluated(self) } } as unknown as Statement,
+        environment,
+      );
     // A list's count and index, by Python's ==.
     if ((self.type === "ArrayValue" || self.type === "TupleValue") && (method === "count" || method === "index")) {
       const [wanted] = this.arguments(node.args, environment).args;
@@ -614,6 +663,10 @@ class PythonInterpreter extends Interpreter {
     const itemAt = (item: Rendered, path: Rendered | undefined) =>
       path === undefined ? item : this.attribute(item, stringArgument(path, `${name}()'s attribute`));
     switch (name) {
+      case "items": // of a mapping (the library's), of undefined nothing; of a call's arguments given as text, Python's TypeError
+        if (operand.type === "UndefinedValue") return this.list([]);
+        if (operand.type === "ObjectValue" || operand.type === "KeywordArgumentsValue") return undefined;
+        throw new TemplateTypeError("Can only get item pairs from a mapping.");
       case "d": // Jinja2's short name for default
         return this.filtered(operand, "default", args, kwargs, environment);
       // As withPythonBuiltins rewrites them where a template names them, for map's.

@@ -205,8 +205,8 @@ export function pythonLen(value: TemplateValue | undefined): number {
     case "UndefinedValue":
     case undefined:
       return 0;
-    default:
-      throw new Error(`object of type ${value!.type} has no length`);
+    default: // None's, a number's: Python's TypeError
+      throw new TemplateTypeError(`object of type '${PYTHON_TYPE_NAMES[value!.type] ?? value!.type}' has no len()`);
   }
 }
 
