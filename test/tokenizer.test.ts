@@ -661,9 +661,15 @@ describe("chat template", () => {
     );
     expect(() => template("{{ m.a.b }}").applyChatTemplate([], { extra: { m: {} } })).toThrow("m.a is undefined");
     expect(() => template("{{ u.x is defined }}").applyChatTemplate([])).toThrow("u is undefined");
-    const reads = template("{{ m.a is defined }}|{{ m.n.x }}|{{ m.s[1:] }}{{ m.s[-1] }}|{{ messages[-1].content }}");
+    // Devstral's template reads `content[0]` of a message whose content is None: undefined, as None's attributes.
+    expect(() => template("{{ m.n[0].type }}").applyChatTemplate([], { extra: { m: { n: null } } })).toThrow(
+      "m.n[0] is undefined",
+    );
+    const reads = template(
+      "{{ m.a is defined }}|{{ m.n.x }}|{{ m.s[1:] }}{{ m.s[-1] }}|{{ messages[-1].content }}|{{ m.n[0] is defined }}",
+    );
     expect(reads.applyChatTemplate([{ role: "user", content: "hi" }], { extra: { m: { n: null, s: "abc" } } })).toBe(
-      "False||bcc|hi",
+      "False||bcc|hi|False",
     );
   });
   // Expected from transformers: what a loop's pass sets is gone at its next pass and after the loop

@@ -476,6 +476,8 @@ class PythonInterpreter extends Interpreter {
         if (!member.computed || member.property.type === "SliceExpression")
           return super.evaluate({ ...member, object: evaluated(object) } as unknown as Statement, environment);
         const property = this.evaluate(member.property, environment);
+        // None's item is undefined, as Jinja2's (the library refused an index of None).
+        if (object.type === "NullValue") return this.value(undefined);
         if (object.type === "StringValue" && property.type === "IntegerValue") {
           const points = [...(object.value as string)];
           const index = property.value as number;
