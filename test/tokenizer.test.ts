@@ -749,6 +749,23 @@ describe("chat template", () => {
     );
     expect(fine.tokenizer.applyChatTemplate([])).toBe("['a', 'b']101");
   });
+  // Expected from transformers: a dict's keys may be ints. Seed-OSS's template looks its thinking
+  // budget's reflection interval up in {0: 0, 512: 128, ...} (by dictsort and by key): the library
+  // took only string keys, and every render of Seed-OSS failed.
+  test("a dict's int keys are ints, as Python's", () => {
+    const template =
+      "{% set d = {0: 0, 512: 128, 16384: 1024, 2048: 512} %}{{ d[16384] }}|{{ d[1] is defined }}|" +
+      "{% for k, v in d | dictsort %}{{ k + 1 }}={{ v }},{% endfor %}|{% for k, v in d.items() %}{{ k }}{% endfor %}|" +
+      "{{ d.keys() | list }}|{{ d }}|{{ d | tojson }}|{{ {'a': 1, 'b': 2}['b'] }}|" +
+      "{% for k, v in {'b': 1, 'a': 2} | dictsort %}{{ k }}{% endfor %}|" +
+      "{% for k, v in d | dictsort(by='value', reverse=true) %}{{ k }},{% endfor %}|{{ d | length }}";
+    const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template: template });
+    expect(tok.applyChatTemplate([])).toBe(
+      "1024|False|1=0,513=128,2049=512,16385=1024,|0512163842048|[0, 512, 16384, 2048]|" +
+        '{0: 0, 512: 128, 16384: 1024, 2048: 512}|{"0": 0, "512": 128, "16384": 1024, "2048": 512}|2|ab|' +
+        "16384,2048,512,0,|4",
+    );
+  });
   // Expected from transformers: strftime_now and raise_exception are globals a template may test for.
   // Llama 3.2's template dates its system prompt with `strftime_now("%d %b %Y")` only where
   // `strftime_now is defined`, and dated every prompt "26 Jul 2024", its fallback.

@@ -337,6 +337,7 @@ const PYTHON_FILTERS = new Set([
   "escape",
   "e",
   "items",
+  "dictsort",
 ]);
 /** An expression as the template writes it (`messages[0].role`), for errors; "a value" where it is no plain path. */
 function expressionText(expression: Statement): string {
@@ -390,6 +391,10 @@ function missingMethod(self: Rendered, method: string): string | undefined {
     ? `'None' has no attribute '${method}'`
     : `'${type} object' has no attribute '${method}'`;
 }
+
+/** Whether a dict has int keys (a literal's: see PythonInterpreter's ObjectLiteral), which the library's own methods would give as strings. */
+const hasIntKeys = (dict: Rendered) =>
+  [...(dict.value as Map<unknown, Rendered>).keys()].some((key) => typeof key === "number");
 
 /** A node that stands for a value already evaluated (see PythonInterpreter's evaluate). */
 const evaluated = (value: Rendered) => ({ type: "PythonValue", value }) as unknown as Statement;
@@ -452,6 +457,21 @@ class PythonInterpreter extends Interpreter {
       }
       case "PythonValue":
         return (node as unknown as { value: Rendered }).value;
+      case "ObjectLiteral": {
+        // A dict's keys may be ints, as Python's (the library's took only strings: Seed-OSS's
+        // template looks up its thinking budget's reflection interval in {0: 0, 512: 128, ...}).
+        const dict = super.evaluate({ type: "ObjectLiteral", value: new Map() } as unknown as Statement, environment);
+        const entries = dict.value as Map<string | number, Rendered>;
+        for (const [key, value] of (node as unknown as { value: Map<Statement, Statement> }).value) {
+          const evaluatedKey = this.evaluate(key, environment);
+          if (evaluatedKey.type !== "StringValue" && evaluatedKey.type !== "IntegerValue")
+            throw new Error(`Object keys must be strings or ints: got ${evaluatedKey.type}`);
+          const name =
+            evaluatedKey.type === "IntegerValue" ? Number(evaluatedKey.value) : (evaluatedKey.value as string);
+          entries.set(name, this.evaluate(value, environment));
+        }
+        return dict;
+      }
       case "BinaryExpression":
         return this.binary(node as unknown as BinaryNode, environment);
       case "CallExpression":
@@ -478,6 +498,8 @@ class PythonInterpreter extends Interpreter {
         const property = this.evaluate(member.property, environment);
         // None's item is undefined, as Jinja2's (the library refused an index of None).
         if (object.type === "NullValue") return this.value(undefined);
+        if (object.type === "ObjectValue" && property.type === "IntegerValue")
+          return (object.value as Map<unknown, Rendered>).get(Number(property.value)) ?? this.value(undefined);
         if (object.type === "StringValue" && property.type === "IntegerValue") {
           const points = [...(object.value as string)];
           const index = property.value as number;
@@ -598,6 +620,11 @@ class PythonInterpreter extends Interpreter {
     const self = this.evaluate(callee.object, environment);
     const missing = missingMethod(self, method);
     if (missing !== undefined) throw new TemplateTypeError(missing);
+    // A dict with int keys gives them as ints (the library's items and keys made them strings).
+    if (self.type === "ObjectValue" && hasIntKeys(self) && (method === "items" || method === "keys")) {
+      const items = this.items(self);
+      return this.list(method === "items" ? items : items.map((pair) => (pair.value as Rendered[])[0]!));
+    }
     if (!Object.hasOwn(STRING_METHODS, method))
       return super.evaluate(
         { ...node, callee: { ...callee, object: evaluated(self) } } as unknown as Statement,
@@ -667,8 +694,21 @@ class PythonInterpreter extends Interpreter {
     switch (name) {
       case "items": // of a mapping (the library's), of undefined nothing; of a call's arguments given as text, Python's TypeError
         if (operand.type === "UndefinedValue") return this.list([]);
+        if (operand.type === "ObjectValue" && hasIntKeys(operand)) return this.list(this.items(operand));
         if (operand.type === "ObjectValue" || operand.type === "KeywordArgumentsValue") return undefined;
         throw new TemplateTypeError("Can only get item pairs from a mapping.");
+      case "dictsort": {
+        // The library's, but of a dict with int keys (which it would give as strings), sorted by key or value.
+        if (operand.type !== "ObjectValue" || !hasIntKeys(operand)) return undefined;
+        const position = argument(1, "by")?.value === "value" ? 1 : 0;
+        const sign = argument(2, "reverse")?.value === true ? -1 : 1;
+        const pairs = this.items(operand).map((pair) => pair.value as Rendered[]);
+        pairs.sort(([...a], [...b]) => {
+          const [x, y] = [a[position]!.value as number | string, b[position]!.value as number | string];
+          return sign * (x < y ? -1 : x > y ? 1 : 0);
+        });
+        return this.list(pairs.map((pair) => this.tuple(pair)));
+      }
       case "d": // Jinja2's short name for default
         return this.filtered(operand, "default", args, kwargs, environment);
       // As withPythonBuiltins rewrites them where a template names them, for map's.
@@ -904,6 +944,13 @@ class PythonInterpreter extends Interpreter {
       value = map?.get(part) ?? list?.[Number(part)] ?? this.value(undefined);
     }
     return value;
+  }
+
+  /** A dict's items as (key, value) tuples, an int key as an int. */
+  private items(dict: Rendered): Rendered[] {
+    return [...(dict.value as Map<string | number, Rendered>)].map(([key, value]) =>
+      this.tuple([this.value(key), value]),
+    );
   }
 
   private list(items: Rendered[]): Rendered {

@@ -103,7 +103,7 @@ export function pythonJson(value: TemplateValue, options: JsonOptions, depth = 0
       const entries = [...(value.value as Map<string, TemplateValue>)];
       if (sortKeys) entries.sort(([a], [b]) => compareCodePoints(a, b));
       return lines(
-        entries.map(([key, item]) => string(key) + separators[1] + pythonJson(item, options, depth + 1)),
+        entries.map(([key, item]) => string(String(key)) + separators[1] + pythonJson(item, options, depth + 1)), // an int key as "1", as json.dumps writes it
         "{",
         "}",
       );
@@ -139,7 +139,7 @@ export function pythonRepr(value: TemplateValue): string {
     case "ObjectValue":
     case "KeywordArgumentsValue": {
       const entries = [...(value.value as Map<string, TemplateValue>)].map(
-        ([key, item]) => `${pythonStringRepr(key)}: ${pythonRepr(item)}`,
+        ([key, item]) => `${typeof key === "number" ? key : pythonStringRepr(key)}: ${pythonRepr(item)}`, // an int key's repr is its digits
       );
       return `{${entries.join(", ")}}`;
     }
