@@ -766,6 +766,22 @@ describe("chat template", () => {
         "16384,2048,512,0,|4",
     );
   });
+  // Expected from transformers: `| safe` and `| escape` make Jinja2's Markup, and what `+` adds to
+  // Markup is escaped. functionary-medium-v3.1's template adds each tool's JSON to "..."|safe, which
+  // transformers writes with its quotes as &#34;; we wrote them as they were.
+  test("a string added to Markup (| safe, | escape) is escaped, as Jinja2's Markup", () => {
+    const template =
+      '{% for t in tools %}{{ "Use the function \'"|safe + t.function.name + "\' to \'"|safe + ' +
+      't.function.description + "\'\\n"|safe + t.function | tojson() }}{% endfor %}|' +
+      "{{ '<'|safe ~ '<' }}|{{ '<' + '<'|safe }}|{{ '<'|safe|e }}|{{ '<'|e + '>' }}|{{ 'x'|safe + 'y'|safe + '&' }}";
+    const tok = new Tokenizer(hfTokenizerJson, { ...fixture.hf_tokenizer_config, chat_template: template });
+    const tools = [{ type: "function", function: { name: "get_weather", description: "Weather <now>" } }];
+    expect(tok.applyChatTemplate([], { tools })).toBe(
+      "Use the function 'get_weather' to 'Weather &lt;now&gt;'\n" +
+        "{&#34;name&#34;: &#34;get_weather&#34;, &#34;description&#34;: &#34;Weather &lt;now&gt;&#34;}|" +
+        "<<|&lt;<|<|&lt;&gt;|xy&amp;",
+    );
+  });
   // Expected from transformers: strftime_now and raise_exception are globals a template may test for.
   // Llama 3.2's template dates its system prompt with `strftime_now("%d %b %Y")` only where
   // `strftime_now is defined`, and dated every prompt "26 Jul 2024", its fallback.

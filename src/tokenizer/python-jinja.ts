@@ -338,6 +338,7 @@ const PYTHON_FILTERS = new Set([
   "e",
   "items",
   "dictsort",
+  "safe",
 ]);
 /** An expression as the template writes it (`messages[0].role`), for errors; "a value" where it is no plain path. */
 function expressionText(expression: Statement): string {
@@ -413,6 +414,23 @@ const evaluated = (value: Rendered) => ({ type: "PythonValue", value }) as unkno
  * where the library's filter takes over: they are expressions without side effects).
  */
 class PythonInterpreter extends Interpreter {
+  /** The strings that are Jinja2's Markup (safe: what `+` adds to one is escaped). */
+  private readonly markups = new WeakSet<Rendered>();
+
+  /** Jinja2's escape: str() of a value with its HTML characters escaped, Markup as it is. */
+  private escaped(value: Rendered): string {
+    if (this.markups.has(value)) return value.value as string;
+    const html: Record<string, string> = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&#34;", "'": "&#39;" };
+    return pythonStr(value).replace(/[&<>"']/g, (char) => html[char]!);
+  }
+
+  /** Text as Markup (see markups). */
+  private markup(text: string): Rendered {
+    const value = this.value(text);
+    this.markups.add(value);
+    return value;
+  }
+
   /** The loops being rendered, innermost last. */
   private readonly loops: { entered: boolean; broken: boolean; completed: boolean; changed?: Rendered }[] = [];
 
@@ -557,6 +575,15 @@ class PythonInterpreter extends Interpreter {
       return super.evaluate(node as unknown as Statement, environment);
     const [left, right] = [this.evaluate(node.left, environment), this.evaluate(node.right, environment)];
     // A string adds only a string, as in Python (the library wrote a dict added to one as "[object Map]").
+    // Markup (`| safe`, `| escape`) added to a str escapes the str, as Jinja2's Markup: functionary
+    // v3.1's template adds each tool's JSON to "..."|safe, and transformers writes its quotes as &#34;.
+    if (
+      operator === "+" &&
+      left.type === "StringValue" &&
+      right.type === "StringValue" &&
+      (this.markups.has(left) || this.markups.has(right))
+    )
+      return this.markup(this.escaped(left) + this.escaped(right));
     if (operator === "+" && (left.type === "StringValue") !== (right.type === "StringValue")) {
       const other = left.type === "StringValue" ? right : left;
       const missing =
@@ -747,10 +774,10 @@ class PythonInterpreter extends Interpreter {
         return fallback ?? (name === "int" ? this.value(0) : this.float(0));
       }
       case "escape":
-      case "e": {
-        const html: Record<string, string> = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&#34;", "'": "&#39;" };
-        return this.value(pythonStr(operand).replace(/[&<>"']/g, (char) => html[char]!));
-      }
+      case "e":
+        return this.markup(this.escaped(operand));
+      case "safe":
+        return this.markup(operand.type === "StringValue" ? (operand.value as string) : pythonStr(operand));
       case "tojson": {
         // transformers' tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)
         const indent = argument(1, "indent");
