@@ -12,6 +12,8 @@ import { wellFormed } from "./helpers/svg";
 import { cliRunner, interruptWhileInUse, mainScript } from "./helpers/cli";
 import { article } from "../src/bench/report";
 import { pullModel } from "../src/store/pull";
+import { loadModel } from "../src/models/load";
+import { benchLoadedModel } from "../src/bench/model";
 
 const root = mkdtempSync(join(tmpdir(), "mlx-bench-"));
 const tiny = join(root, "tiny");
@@ -522,6 +524,33 @@ describe("bench library", () => {
     ).toThrow(/typo\.jsonl line 1: unknown key "expect-regex"/);
     expect(() => parsePromptFile(file("empty.txt", "\n\n"))).toThrow(/no prompts/);
   });
+
+  test("-d with a draft model: the draft's catch-up on the context is untimed, as the model's prefill is", async () => {
+    const lm = loadModel(tiny);
+    const draft = loadModel(tiny);
+    lm.speculation = { draft, numDraft: 2 };
+    // The draft model reads the context at its first draft (its cache catches up then), many
+    // positions at once: made slow here, 1.5 s, so that it shows if it is timed.
+    const layers = draft.model.layers.bind(draft.model);
+    let catchUps = 0;
+    draft.model.layers = (h, caches, start, end) => {
+      if (h.shape[1]! > 16) {
+        catchUps++;
+        Bun.sleepSync(1500);
+      }
+      return layers(h, caches, start, end);
+    };
+    try {
+      const r = await benchLoadedModel(lm, "tiny", { repetitions: 1, promptTokens: 0, genTokens: 8, depth: 100 });
+      expect(catchUps).toBe(2); // the warm-up's and the run's
+      expect(r.speculation!.drafted).toBeGreaterThan(0);
+      // 8 tokens of a tiny model after the context: well under the catch-up's 1.5 s.
+      expect(r.generationTokensPerSecond.mean).toBeGreaterThan(8);
+    } finally {
+      lm.free();
+      draft.free();
+    }
+  }, 30_000);
 
   test("a prompt or schema file that is a directory: an error that says so, not a JSON one", () => {
     expect(() => parsePromptFile(root)).toThrow(`cannot read prompt file ${root}: it is a directory`);

@@ -143,17 +143,17 @@ let lastTurn = 0;
 
 /**
  * The model's token loop with its KV cache settings and speculative decoding, as run and serve
- * use them. Between steps (a long prompt's prefill is several), at most every TURN_EVERY_MS, it
- * gives the event loop a turn: the loop itself never returns to it, so Ctrl-C would otherwise
- * wait for the whole test.
+ * use them, step by step (each step's tokens; none for a chunk of a long prompt's prefill).
+ * Between steps, at most every TURN_EVERY_MS, it gives the event loop a turn: the loop itself
+ * never returns to it, so Ctrl-C would otherwise wait for the whole test.
  */
-async function* tokens(lm: LoadedModel, promptIds: number[], maxTokens: number): AsyncGenerator<SequenceEvent> {
-  const steps = generateSteps(lm.model, { promptIds, sampling: greedy, maxTokens }, lm.kvQuantization, {
+async function* steps(lm: LoadedModel, promptIds: number[], maxTokens: number): AsyncGenerator<SequenceEvent[]> {
+  const loop = generateSteps(lm.model, { promptIds, sampling: greedy, maxTokens }, lm.kvQuantization, {
     speculation: speculationOptions(lm),
     maxKvSize: lm.maxKvSize,
   });
-  for (const events of steps) {
-    yield* events;
+  for (const events of loop) {
+    yield events;
     if (performance.now() - lastTurn < TURN_EVERY_MS) continue;
     await new Promise((resolve) => setImmediate(resolve));
     lastTurn = performance.now();
@@ -164,15 +164,18 @@ async function* tokens(lm: LoadedModel, promptIds: number[], maxTokens: number):
 async function promptTest(lm: LoadedModel, prompt: number[]): Promise<{ seconds: number; peakBytes: number }> {
   resetPeakMemory();
   const start = performance.now();
-  for await (const _ of tokens(lm, prompt, 1));
+  for await (const _ of steps(lm, prompt, 1));
   return { seconds: (performance.now() - start) / 1000, peakBytes: memoryFigures().peak };
 }
 
 /**
- * Generates exactly `count` tokens after `context` (EOS does not stop it): a one-token prompt,
- * whose step is timed as the first of them, or a longer context (--depth), prefilled and its
- * first token sampled before the clock starts, so that `count` decode steps at that depth are
- * timed. Seconds for them, and the draft tokens proposed and kept when the model speculates.
+ * Generates `count` tokens after `context` (EOS does not stop it): a one-token prompt, whose step
+ * is timed as the first of them, or a longer context (--depth), prefilled and its first token
+ * sampled before the clock starts, so that `count` decode steps at that depth are timed. A draft
+ * model reads that context at its first draft, not at the prefill (its cache catches up then):
+ * that step is untimed too, and the timed steps give `count` tokens or a few more (a step's
+ * accepted drafts come together). Seconds for them, and the draft tokens proposed and kept when
+ * the model speculates.
  */
 async function generationTest(
   lm: LoadedModel,
@@ -180,20 +183,29 @@ async function generationTest(
   count: number,
 ): Promise<{ seconds: number; tokens: number; peakBytes: number; drafted: number; accepted: number }> {
   resetPeakMemory();
-  const untimed = context.length > 1 ? 1 : 0;
+  const deep = context.length > 1;
+  const draftCatchesUp = deep && lm.speculation?.draft !== undefined;
+  // Room for the untimed tokens: the prefill's, and those of the step where the draft caught up.
+  const untimedTokens = (deep ? 1 : 0) + (draftCatchesUp ? lm.speculation!.numDraft + 1 : 0);
+  let timing = !deep;
   let start = performance.now();
-  let seen = 0;
   let n = 0;
   let drafted = 0;
   let accepted = 0;
-  for await (const event of tokens(lm, context, count + untimed)) {
-    if (++seen <= untimed) {
+  for await (const events of steps(lm, context, count + untimedTokens)) {
+    if (events.length === 0) continue;
+    if (!timing) {
+      // The prefill's step, then (with a draft model) the first step that drafted.
+      timing = !draftCatchesUp || events.some((e) => e.drafted !== undefined);
       start = performance.now();
       continue;
     }
-    n++;
-    drafted += event.drafted ?? 0;
-    accepted += event.accepted ?? 0;
+    n += events.length;
+    for (const event of events) {
+      drafted += event.drafted ?? 0;
+      accepted += event.accepted ?? 0;
+    }
+    if (n >= count) break;
   }
   return { seconds: (performance.now() - start) / 1000, tokens: n, peakBytes: memoryFigures().peak, drafted, accepted };
 }
