@@ -135,7 +135,8 @@ export default defineCommand({
     },
     "target-itl-ms": {
       type: "string",
-      description: "Turn on the adaptive tuner: aim at this P99 inter-token latency (ms)",
+      description:
+        "Turn on the adaptive tuner: aim at this P99 inter-token latency (ms), moving the batch limit (1 to 32, or --max-batch if higher) and the prefill chunk (32 to 2048, or --prefill-chunk if higher) from where --max-batch and --prefill-chunk set them",
     },
     "prefix-cache-mb": {
       type: "string",
