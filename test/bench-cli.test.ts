@@ -6,7 +6,14 @@ import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { writeTinyModel } from "./helpers/tiny-model";
-import { checkAnswer, compileRegex, extractJson, parsePromptFile, readSchemaFile } from "../src/bench/suite";
+import {
+  checkAnswer,
+  compileRegex,
+  compileSchema,
+  extractJson,
+  parsePromptFile,
+  readSchemaFile,
+} from "../src/bench/suite";
 import { percentile, sd, summarize } from "../src/bench/stats";
 import { wellFormed } from "./helpers/svg";
 import { cliRunner, interruptWhileInUse, mainScript } from "./helpers/cli";
@@ -512,6 +519,13 @@ describe("bench library", () => {
     expect(wrong.passed).toBe(false);
     expect(wrong.reasons[0]).toMatch(/\/city must be string/);
     expect(checkAnswer("anything", {}).passed).toBeUndefined();
+  });
+
+  test("JSON in prose: the outermost value, an array of one object too (not the object inside it)", () => {
+    expect(extractJson('Here is the list: [{"city": "Paris"}]').value).toEqual([{ city: "Paris" }]);
+    expect(extractJson('Here: {"cities": [1, 2]} done').value).toEqual({ cities: [1, 2] });
+    const schema = { source: "list", validate: compileSchema({ type: "array", items: { type: "object" } }, "x") };
+    expect(checkAnswer('Sure, the cities: [{"city": "Paris"}]', { schema }).passed).toBe(true);
   });
 
   test("prompt files: inline schemas, unknown keys named", () => {

@@ -159,14 +159,17 @@ export function extractJson(text: string): { value?: unknown; found: boolean } {
   const candidates = [text.trim()];
   const fence = /```(?:json)?\s*\n([\s\S]*?)```/.exec(text);
   if (fence) candidates.push(fence[1]!.trim());
-  for (const [open, close] of [
-    ["{", "}"],
-    ["[", "]"],
-  ] as const) {
-    const a = text.indexOf(open);
-    const b = text.lastIndexOf(close);
-    if (a >= 0 && b > a) candidates.push(text.slice(a, b + 1));
-  }
+  // The outermost first: of `[{"city": "Paris"}]` in prose, the array, not the object inside it.
+  const spans = (
+    [
+      ["{", "}"],
+      ["[", "]"],
+    ] as const
+  )
+    .map(([open, close]) => [text.indexOf(open), text.lastIndexOf(close)] as const)
+    .filter(([a, b]) => a >= 0 && b > a)
+    .sort((x, y) => x[0] - y[0]);
+  for (const [a, b] of spans) candidates.push(text.slice(a, b + 1));
   for (const c of candidates) {
     try {
       return { value: JSON.parse(c), found: true };
