@@ -525,6 +525,10 @@ describe("the adaptive tuner, through the server", () => {
       expect(m.tuner.target_itl_ms).toBe(1);
       expect(m.tuner.adjustments).toBeGreaterThan(0);
       expect(m.tuner.recent_adjustments[0].reason).toMatch(/> target 1 ms/);
+      // Its moves in the keys /stats names the limits by, the latest ending where the limits are.
+      const latest = m.tuner.recent_adjustments.at(-1);
+      expect(Object.keys(latest.from).sort()).toEqual(["max_batch", "prefill_chunk"]);
+      expect(latest.to).toEqual({ max_batch: m.max_batch, prefill_chunk: m.prefill_chunk });
       // Its steps decode, with no prompt being prefilled by then: it sheds sequences.
       expect(m.max_batch).toBeLessThan(4);
       const metrics = await (await fetch(`${tuned.url}/metrics`)).text();

@@ -4,6 +4,7 @@ import { Hono } from "hono";
 import { memoryFigures } from "../../engine/device";
 import { acceptanceRate } from "../../engine/speculative";
 import { busyFraction, type PipelineFigures } from "../../engine/pipeline";
+import type { TunerLimits } from "../../engine/tuner";
 import type { ServerState } from "../state";
 
 export function queueFigures(s: ServerState) {
@@ -60,6 +61,9 @@ function lostPipeline(s: ServerState): string | undefined {
 }
 
 /** The figures of /stats (also sent once a second to the dashboard). */
+/** A tuner's limits under the names /stats gives them beside (max_batch, prefill_chunk). */
+const limits = (l: TunerLimits) => ({ max_batch: l.maxBatch, prefill_chunk: l.prefillChunk });
+
 export function stats(s: ServerState) {
   return {
     uptime_seconds: (performance.now() - s.startedAt) / 1000,
@@ -81,8 +85,8 @@ export function stats(s: ServerState) {
         recent_adjustments: e.scheduler.stats.tuner.recent.map((a) => ({
           at: new Date(a.at).toISOString(),
           reason: a.reason,
-          from: a.from,
-          to: a.to,
+          from: limits(a.from),
+          to: limits(a.to),
         })),
       },
       prefix_cache: e.scheduler.stats.prefixCache && {
