@@ -76,6 +76,16 @@ describe("AdaptiveTuner", () => {
     expect(t.limits).toEqual({ maxBatch: 1, prefillChunk: 64 });
   });
 
+  test("a cut waits for the batch to come down to it: the limit turns new sequences away, it sheds none", () => {
+    // Eight long answers decode on, slowly: the batch stays 8 whatever the limit, until one ends.
+    const t = new AdaptiveTuner({ targetItlMs: 50, bounds, initial: { maxBatch: 8, prefillChunk: 64 }, settle: 2 });
+    for (let i = 0; i < 40; i++) t.observe(120, 8, false);
+    expect(t.limits.maxBatch).toBe(7);
+    // One of them ended: a batch of 7 still slow is the next cut's cue.
+    for (let i = 0; i < 4; i++) t.observe(120, 7, false);
+    expect(t.limits.maxBatch).toBe(6);
+  });
+
   test("counts every adjustment, also those past the latest 100 it keeps", () => {
     const t = new AdaptiveTuner({ targetItlMs: 50, bounds, initial: { maxBatch: 16, prefillChunk: 32 }, settle: 1 });
     // Turns of slow and fast steps of a full batch, each long enough to move the limits end to end.

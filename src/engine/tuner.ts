@@ -94,9 +94,10 @@ export class AdaptiveTuner {
         this.limits.prefillChunk = Math.max(bounds.minChunk, Math.floor(this.limits.prefillChunk / 2));
       // One fewer than the batch that was too slow: a limit above it would shed nothing. A batch
       // already at the smallest has nothing to shed, and says nothing of what a lower limit would
-      // do to a bigger one: the limit stays.
-      else if (batch > bounds.minBatch)
-        this.limits.maxBatch = Math.max(bounds.minBatch, Math.min(this.limits.maxBatch, batch) - 1);
+      // do to a bigger one: the limit stays. So does a batch above the limit: the limit turns new
+      // sequences away but sheds none, and until running ones end the last cut is yet to be seen.
+      else if (batch > bounds.minBatch && batch <= this.limits.maxBatch)
+        this.limits.maxBatch = Math.max(bounds.minBatch, batch - 1);
       reason = `p99 ${p99.toFixed(1)} ms > target ${this.targetMs} ms`;
     } else if (p99 < 0.7 * this.targetMs) {
       // Comfortably under: admit one more sequence when the batch is full, else grow the prefill
