@@ -244,6 +244,16 @@ describe("mlx bench --url", () => {
     expect(rows.slice(1).map((row) => row.split(",")[0])).toEqual(["1", "2", "3"]);
   }, 20_000);
 
+  test("a level above --requests is said to run only that many at once, not shown as what it did not measure", async () => {
+    const r = await mlx(["--url", base, "--concurrency", "1,2,4,8", "--requests", "2", "--csv"]);
+    expect(r.code).toBe(0);
+    expect(r.stderr.trim()).toBe(
+      "warning: --concurrency 4, 8: more than --requests 2, so those levels run at most 2 requests at once",
+    );
+    const within = await mlx(["--url", base, "--concurrency", "1,2", "--requests", "2", "--csv"]);
+    expect(within.stderr).toBe("");
+  }, 20_000);
+
   test("an unreachable --url is a clear one-line error", async () => {
     const closed = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("") });
     const port = closed.port;

@@ -450,6 +450,12 @@ async function serverMode(args: Args, output: Output, plot: string | undefined):
     .map((s) => positiveInteger("concurrency", s));
   if (concurrency.length === 0) throw new Error("--concurrency needs at least one level, e.g. 1,2,4");
   const requests = positiveInteger("requests", args.requests ?? "32");
+  // Workers beyond the requests of a level have none to send: such a level measures less concurrency than its label.
+  const above = concurrency.filter((c) => c > requests);
+  if (above.length > 0)
+    process.stderr.write(
+      `warning: --concurrency ${above.join(", ")}: more than --requests ${requests}, so ${above.length === 1 ? "that level runs" : "those levels run"} at most ${requests} request${requests === 1 ? "" : "s"} at once\n`,
+    );
   const maxTokens = positiveInteger("max-tokens", args["max-tokens"] ?? "128");
   const timeoutSeconds = positiveInteger("timeout", args.timeout ?? "600");
   const prompts = args.prompts === undefined ? defaultServerPrompts : serverPrompts(String(args.prompts));
