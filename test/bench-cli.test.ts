@@ -20,7 +20,8 @@ import { cliRunner, interruptWhileInUse, mainScript } from "./helpers/cli";
 import { article } from "../src/bench/report";
 import { pullModel } from "../src/store/pull";
 import { loadModel } from "../src/models/load";
-import { benchLoadedModel } from "../src/bench/model";
+import { benchLoadedModel, quantizationOf } from "../src/bench/model";
+import { tinyLlamaGGUF, writeGGUF } from "./helpers/gguf-writer";
 
 const root = mkdtempSync(join(tmpdir(), "mlx-bench-"));
 const tiny = join(root, "tiny");
@@ -68,6 +69,19 @@ describe("mlx bench: model mode", () => {
     expect(r.stdout).toMatch(/2 runs each/);
     expect(r.stderr).not.toMatch(/error/);
   }, 20_000);
+
+  test("a GGUF's quantization is named first as `mlx list` names it (its declared file type), then what MLX holds", () => {
+    // Tensors of one type, a file type declared as another (as a Q4_K_M file holds Q6_K and Q5_0 tensors too).
+    const { metadata, tensors } = tinyLlamaGGUF({ hidden: 64, heads: 4, kvHeads: 2, ffn: 128, layers: 1, type: "F16" });
+    const path = join(root, "declared.gguf");
+    writeGGUF(path, { ...metadata, "general.file_type": 15 }, tensors);
+    const lm = loadModel(path);
+    try {
+      expect(quantizationOf(lm)).toBe("Q4_K_M (float16)");
+    } finally {
+      lm.free();
+    }
+  });
 
   test("--json: -n samples of each test, exactly -p prompt tokens, peak memory; quantization of a 4-bit model", async () => {
     const r = await mlx(["-m", tinyQ, "-n", "3", ...fast, "--json"]);

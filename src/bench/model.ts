@@ -6,6 +6,7 @@
 import type { LoadedModel } from "../models/load";
 import type { QuantConfig } from "../models/config";
 import { readGGUFHeader } from "../models/gguf-header";
+import { ggufQuantization } from "../store/manifest";
 import { modelBytes, readLayout } from "../models/layout";
 import { generateSteps, type SequenceEvent } from "../engine/batch";
 import { memoryFigures, resetPeakMemory } from "../engine/device";
@@ -106,7 +107,7 @@ export function describeModel(lm: LoadedModel, name: string): ModelInfo {
   };
 }
 
-/** "Q4_1 (4-bit, group 32; embed_tokens 8-bit)", "Q5_0 (8-bit, group 32; down_proj 8-bit group 16, …)", "4-bit, group 64", or the float type. */
+/** "Q4_1 (4-bit, group 32; embed_tokens 8-bit)", "Q4_K_M (8-bit, group 32; down_proj 8-bit group 16, …)", "4-bit, group 64", or the float type. */
 export function quantizationOf(lm: LoadedModel): string {
   const q = lm.config.quantization;
   let text = "";
@@ -126,8 +127,8 @@ export function quantizationOf(lm: LoadedModel): string {
   }
   if (lm.format === "gguf") {
     try {
-      const types = [...readGGUFHeader(lm.path).tensorTypes].sort((a, b) => b[1] - a[1]);
-      const main = (types.find(([t]) => t !== "F32") ?? types[0])?.[0];
+      // Named as `mlx list` names it (Q4_K_M), then what MLX holds.
+      const main = ggufQuantization(readGGUFHeader(lm.path));
       if (main) text = `${main} (${text})`;
     } catch {
       // The loaded config already says what MLX holds.

@@ -170,7 +170,7 @@ export function describeFiles(files: ManifestFile[]): Pick<ModelManifest, "forma
   return {
     format: "gguf",
     architecture: typeof architecture === "string" ? architecture : undefined,
-    quantization: declaredFileType(header) ?? dominantQuantType(header),
+    quantization: ggufQuantization(header),
   };
 }
 
@@ -244,6 +244,11 @@ const FILE_TYPES: Record<number, string> = {
   36: "TQ1_0",
   37: "TQ2_0",
 };
+
+/** A GGUF's quantization as Ollama names it: its declared file type, else its most common quantized tensor type. */
+export function ggufQuantization(header: GGUFHeader): string | undefined {
+  return declaredFileType(header) ?? dominantQuantType(header);
+}
 
 function declaredFileType(header: GGUFHeader): string | undefined {
   const fileType = header.metadata.get("general.file_type");
