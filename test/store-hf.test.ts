@@ -569,6 +569,29 @@ describe("pull from the hub", () => {
   );
 
   test(
+    "a busy hub (429, 503) is asked again, as huggingface_hub does; one that stays busy is one line saying it gave up",
+    async () => {
+      // Its listing and each file's lookup answered busy twice: each is asked again, and the pull completes.
+      const s = await startHub({ "org/tiny": { files: tiny, busy: 2 }, "org/down": { files: tiny, busy: 100 } });
+      load((await pull("hf:org/tiny")).path);
+      expect(paths(s).filter((p) => p.startsWith("GET /api/models/org/tiny/"))).toHaveLength(3);
+      expect(paths(s).filter((p) => p.startsWith("HEAD /org/tiny/resolve/"))).toHaveLength(3 * tiny.size);
+      const proc = Bun.spawn([process.execPath, main, "pull", "hf:org/down"], {
+        env: process.env,
+        stdout: "pipe",
+        stderr: "pipe",
+      });
+      const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+      expect(code).toBe(1);
+      expect(stderr).toMatch(
+        /^error: GET http:\/\/127\.0\.0\.1:\d+\/api\/models\/org\/down\/revision\/main: HTTP (429 Too Many Requests|503 Service Unavailable) \(gave up after 4 retries\)\n$/,
+      );
+      expect(readManifest("org/down")).toBeUndefined();
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "a missing repository is one clear line from the CLI",
     async () => {
       await startHub({});

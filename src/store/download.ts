@@ -56,7 +56,7 @@ export class DownloadError extends Error {
   }
 }
 
-const MAX_RETRY_DELAY_MS = 10_000;
+export const MAX_RETRY_DELAY_MS = 10_000;
 
 // Another process fetching the same file may take as long as the download does.
 const DOWNLOAD_LOCK_TIMEOUT_MS = 6 * 3600_000;
@@ -412,7 +412,8 @@ export function withoutCredentials(url: string): string {
   }
 }
 
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+/** A pause that an abort ends early, rejecting with its reason. */
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
     const onAbort = () => {
       clearTimeout(timer);

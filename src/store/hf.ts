@@ -18,7 +18,9 @@ import {
   DownloadError,
   downloadToFile,
   ensureFreeSpace,
+  MAX_RETRY_DELAY_MS,
   partialBytes,
+  sleep,
   withoutCredentials,
   type DownloadOptions,
   type DownloadProgress,
@@ -222,8 +224,38 @@ async function fetchFiles(remote: RemoteFile[], commit: string, options: HFPullO
   return fetched;
 }
 
-/** A request to the hub that fails when no answer comes in time, rather than hanging the pull. */
+/**
+ * A request to the hub, asked again while the hub says it is busy (429: its rate limit, which
+ * anonymous pulls reach first; 5xx: a node or gateway down for a moment), as huggingface_hub
+ * does, rather than failing a pull that its downloads would have retried.
+ */
 async function hubRequest(url: string, init: RequestInit, options: HFPullOptions, reaching: string): Promise<Response> {
+  for (let attempt = 1; ; attempt++) {
+    const response = await hubRequestOnce(url, init, options, reaching);
+    if (!hubBusy(response.status) || attempt > HUB_RETRIES) return response;
+    await response.body?.cancel();
+    await sleep(hubRetryDelayMs(response, attempt), options.signal);
+  }
+}
+
+const HUB_RETRIES = 4;
+const HUB_RETRY_DELAY_MS = 500;
+const hubBusy = (status: number) => status === 429 || status >= 500;
+
+/** The pause before asking again: the hub's Retry-After (seconds) where it gives one, else doubling from 0.5 s; 10 s at most. */
+function hubRetryDelayMs(response: Response, attempt: number): number {
+  const retryAfter = response.headers.get("retry-after");
+  const asked = retryAfter !== null && /^\d+$/.test(retryAfter) ? Number(retryAfter) * 1000 : undefined;
+  return Math.min(asked ?? HUB_RETRY_DELAY_MS * 2 ** (attempt - 1), MAX_RETRY_DELAY_MS);
+}
+
+/** One request to the hub, which fails when no answer comes in time rather than hanging the pull. */
+async function hubRequestOnce(
+  url: string,
+  init: RequestInit,
+  options: HFPullOptions,
+  reaching: string,
+): Promise<Response> {
   const timeoutMs = hubTimeoutMs(options);
   const timeout = AbortSignal.timeout(timeoutMs);
   try {
@@ -387,7 +419,9 @@ function hubError(response: Response, spec: string, url: string): Error {
     const hint = token ? `or ${token.named} gives no access to it` : "a private one needs HF_TOKEN";
     return new Error(`${spec}: repository ${repo} not found on ${shownEndpoint()} (${hint})`);
   }
+  const retried = hubBusy(response.status) ? ` (gave up after ${HUB_RETRIES} retries)` : "";
   return new Error(
-    `GET ${withoutCredentials(url)}: HTTP ${response.status} ${response.statusText}${hubMessage ? `: ${hubMessage}` : ""}`.trim(),
+    `GET ${withoutCredentials(url)}: HTTP ${response.status} ${response.statusText}${hubMessage ? `: ${hubMessage}` : ""}`.trim() +
+      retried,
   );
 }

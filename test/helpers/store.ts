@@ -34,6 +34,7 @@ const STATUS_TEXT: Record<number, string> = {
   206: "Partial Content",
   404: "Not Found",
   416: "Range Not Satisfiable",
+  429: "Too Many Requests",
   500: "Internal Server Error",
   503: "Service Unavailable",
 };
@@ -195,6 +196,8 @@ export interface Repo {
   claimSizes?: Record<string, number>;
   /** Redirect to signed storage links, which the storage refuses once `expireLinks` has been called after they were given. */
   signedLinks?: boolean;
+  /** Answer each request for the repository to the hub (its listing, each lookup) this many times as a busy hub first: 429 (Retry-After: 0) and 503 in turn. */
+  busy?: number;
 }
 
 const isLfs = (name: string) => name.endsWith(".safetensors") || name.endsWith(".gguf");
@@ -205,13 +208,23 @@ const isLfs = (name: string) => name.endsWith(".safetensors") || name.endsWith("
  */
 function hub(repos: Map<string, Repo>, storage: () => string) {
   const dropped = new Set<string>();
+  const busyAnswers = new Map<string, number>();
   // A signed link names the generation it was given in; expiring links starts a new one.
   let linkGeneration = 0;
   const stored = new Map<string, Uint8Array>();
   for (const repo of repos.values()) for (const data of repo.files.values()) stored.set(sha256Hex(data), data);
   const handle = (request: RecordedRequest): Reply => {
     const [path = "", query = ""] = decodeURIComponent(request.path).split("?");
-    const refused = refusal(repos.get(path.match(/^\/(?:api\/models\/)?([^/]+\/[^/]+)\//)?.[1] ?? ""), request);
+    const asked = repos.get(path.match(/^\/(?:api\/models\/)?([^/]+\/[^/]+)\//)?.[1] ?? "");
+    if (asked?.busy) {
+      const key = `${request.method} ${request.path}`;
+      const turn = (busyAnswers.get(key) ?? 0) + 1;
+      if (turn <= asked.busy) {
+        busyAnswers.set(key, turn);
+        return turn % 2 === 1 ? { status: 429, headers: { "Retry-After": "0" } } : { status: 503 };
+      }
+    }
+    const refused = refusal(asked, request);
     if (refused) return refused;
     const listing = path.match(/^\/api\/models\/([^/]+\/[^/]+)\/revision\/(.+)$/);
     if (listing) {
