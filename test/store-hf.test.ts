@@ -665,6 +665,20 @@ describe("pull from the hub", () => {
   );
 
   test(
+    "a repository without tokenizer.json is refused before its weights are fetched (it was stored, and every load called it damaged)",
+    async () => {
+      const tokenizerless = new Map([...tiny].filter(([name]) => !name.startsWith("tokenizer")));
+      const s = await startHub({ "org/tokenizerless": { files: tokenizerless } });
+      await expect(pull("hf:org/tokenizerless")).rejects.toThrow(
+        "hf:org/tokenizerless: no tokenizer.json beside config.json: mlx reads the model's tokenizer from it",
+      );
+      expect(paths(s).some((p) => p.startsWith("GET /lfs/"))).toBe(false);
+      expect(readManifest("org/tokenizerless")).toBeUndefined();
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "a file missing from the revision is named",
     async () => {
       const broken = new Map(sharded);

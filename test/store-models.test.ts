@@ -1274,7 +1274,7 @@ describe("commands and bad input", () => {
   );
 
   test(
-    "mlx pull of a directory that holds no model (no weights beside its config.json, or no files) says so, and stores nothing",
+    "mlx pull of a directory that holds no model (no weights or tokenizer beside its config.json, or no files) says so, and stores nothing",
     async () => {
       const weightless = fakeModel("weightless");
       rmSync(join(weightless, "model.safetensors"));
@@ -1287,7 +1287,15 @@ describe("commands and bad input", () => {
       expect((await cliResult(["pull", empty])).stderr).toBe(
         `error: ${empty}: a model needs a config.json or a .gguf file (got no files)\n`,
       );
+      // Without its tokenizer it cannot load either (it was stored, and every load said it was damaged).
+      const tokenizerless = fakeModel("tokenizerless");
+      rmSync(join(tokenizerless, "tokenizer.json"));
+      expect(await cliResult(["pull", tokenizerless])).toMatchObject({
+        code: 1,
+        stderr: `error: ${tokenizerless}: no tokenizer.json beside config.json: mlx reads the model's tokenizer from it\n`,
+      });
       expect(await names()).toEqual([]);
+      expect(blobCount()).toBe(0);
     },
     TEST_TIMEOUT_MS,
   );

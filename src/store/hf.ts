@@ -26,7 +26,7 @@ import {
   type DownloadProgress,
   type DownloadResult,
 } from "./download";
-import type { ManifestFile } from "./manifest";
+import { NO_TOKENIZER, TOKENIZER_FILE, type ManifestFile } from "./manifest";
 import { neededFiles, WEIGHT_INDEX } from "./model-files";
 import { blobPath, downloadsDir, isSha256Hex } from "./paths";
 
@@ -148,6 +148,9 @@ export async function pullHFRepo(
       `${spec} has no config.json: mlx pulls MLX or transformers model repositories, or GGUF ones (files: ${available.slice(0, 6).join(", ") || "none"})`,
     );
   }
+
+  // Refused before gigabytes of weights are fetched, not when they are stored (describeFiles).
+  if (!available.includes(TOKENIZER_FILE)) throw new Error(`${spec}: ${NO_TOKENIZER}`);
 
   const stored = new Map<string, ManifestFile>();
   // The files that say which others are needed are fetched first, and kept.

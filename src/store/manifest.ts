@@ -131,6 +131,9 @@ export function newManifest(
   return { schemaVersion: SCHEMA_VERSION, ...fields, totalBytes, createdAt: now, lastUsedAt: now };
 }
 
+export const TOKENIZER_FILE = "tokenizer.json";
+export const NO_TOKENIZER = `no ${TOKENIZER_FILE} beside config.json: mlx reads the model's tokenizer from it`;
+
 /** Format, architecture and quantization, read from the blobs of a model's files. */
 export function describeFiles(files: ManifestFile[]): Pick<ModelManifest, "format" | "architecture" | "quantization"> {
   const config = files.find((f) => f.name === "config.json");
@@ -139,6 +142,9 @@ export function describeFiles(files: ManifestFile[]): Pick<ModelManifest, "forma
     if (!files.some((f) => f.name.endsWith(".safetensors")))
       throw new Error("no .safetensors weights beside config.json");
     for (const f of files) if (f.name.endsWith(".safetensors")) refuseCutShort(f);
+    // And its tokenizer, which only tokenizer.json gives such a model (a sentencepiece
+    // tokenizer.model alone is not read).
+    if (!files.some((f) => f.name === TOKENIZER_FILE)) throw new Error(NO_TOKENIZER);
     // Likewise the tokenizer's and other JSON files the loader parses: one cut short fails every load.
     for (const f of files)
       if (f.name.endsWith(".json") && f.name !== "config.json")
