@@ -228,6 +228,23 @@ describe("eviction", () => {
   );
 
   test(
+    "a model whose files the store keeps anyway (the same weights under a second name) is not evicted: that frees nothing",
+    async () => {
+      const alpha = fakeModel("alpha", 100_000);
+      await pull(alpha);
+      await Bun.sleep(5);
+      await pull(fakeModel("beta", 100_000));
+      for (const name of ["alpha", "beta"]) releaseModel(name);
+      // Room for one model's weights: alpha, the least recently used, has all its files in the model pulled.
+      process.env.MLX_CACHE_MAX_BYTES = String(1.5 * readManifest("beta")!.totalBytes);
+      expect((await pullModel({ name: "alpha-copy", source: alpha })).evicted).toEqual(["beta"]);
+      expect(await names()).toEqual(["alpha", "alpha-copy"]);
+      expect(await openStoredModel("alpha")).toBe(join(process.env.MLX_HOME!, "models", "alpha"));
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "MLX_CACHE_MAX_BYTES accepts units and rejects nonsense",
     async () => {
       process.env.MLX_CACHE_MAX_BYTES = "lots";

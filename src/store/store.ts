@@ -246,12 +246,22 @@ async function evictToFit(index: Map<string, IndexEntry>, keep: string, limit: n
   // those in use) would otherwise cost every other model and still leave the store over it.
   const kept = [...index.values()].filter((m) => !evictable.includes(m));
   if (distinctBytes(kept) > limit) return [];
-  const evicted: string[] = [];
+  const remaining = new Map(index);
+  const chosen: IndexEntry[] = [];
   for (const candidate of evictable) {
-    if (distinctBytes(index.values()) <= limit) break;
-    await deleteModel(index, candidate.name);
-    evicted.push(candidate.name);
+    if (distinctBytes(remaining.values()) <= limit) break;
+    remaining.delete(candidate.name);
+    chosen.push(candidate);
   }
+  // Not one whose files the remaining models hold anyway (a second name for the same weights, a
+  // fork of them): evicting it would free nothing, and only lose the model.
+  for (const candidate of chosen.toReversed()) {
+    const without = distinctBytes(remaining.values());
+    remaining.set(candidate.name, candidate);
+    if (distinctBytes(remaining.values()) > without) remaining.delete(candidate.name);
+  }
+  const evicted = chosen.filter((m) => !remaining.has(m.name)).map((m) => m.name);
+  for (const name of evicted) await deleteModel(index, name);
   return evicted;
 }
 
