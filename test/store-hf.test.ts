@@ -679,6 +679,29 @@ describe("pull from the hub", () => {
   );
 
   test(
+    "a renamed repository: its files' lookups follow the hub's redirect to the new name, so its weights are checked and those stored are not fetched again",
+    async () => {
+      const s = await startHub({
+        "org/tiny": { files: tiny },
+        "old-org/tiny": { files: new Map(), movedTo: "org/tiny" },
+        "old-org/liar": { files: new Map(), movedTo: "org/liar" },
+        "org/liar": { files: tiny, lieAbout: "model.safetensors" },
+      });
+      await pull("hf:org/tiny");
+      const before = s.requests.length;
+      load((await pull("hf:old-org/tiny")).path);
+      expect(
+        paths(s)
+          .slice(before)
+          .filter((p) => p.startsWith("GET /lfs/")),
+      ).toEqual([]);
+      // The sha256 the hub gives past the redirect is the one the download is checked against.
+      await expect(pull("hf:old-org/liar")).rejects.toThrow(/checksum mismatch .* expected sha256 0{64}/);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "a file missing from the revision is named",
     async () => {
       const broken = new Map(sharded);

@@ -60,6 +60,8 @@ interface RemoteFile {
   relocate: () => Promise<RemoteFile>;
 }
 
+/** Redirects within the hub followed for one file's lookup (a repository renamed more than once). */
+const MAX_HUB_REDIRECTS = 5;
 const REPO = /^[A-Za-z0-9][A-Za-z0-9_.-]*\/[A-Za-z0-9][A-Za-z0-9_.-]*$/;
 const HUB_TIMEOUT_MS = 30_000;
 
@@ -305,17 +307,32 @@ async function listingJson(response: Response, options: HFPullOptions, reaching:
   }
 }
 
-/** A HEAD request that stops at the redirect: the redirect is what carries the LFS file's sha256 and size. */
-async function locateFile(spec: string, url: string, name: string, options: HFPullOptions): Promise<RemoteFile> {
+/**
+ * A HEAD request that stops at the redirect to storage: that redirect is what carries the LFS
+ * file's sha256 and size. One to the hub itself without them (a renamed repository's, to its
+ * new name) is followed to the answer that has them, as huggingface_hub follows it.
+ */
+async function locateFile(
+  spec: string,
+  url: string,
+  name: string,
+  options: HFPullOptions,
+  hops = 0,
+): Promise<RemoteFile> {
   const response = await hubRequest(url, { method: "HEAD", redirect: "manual" }, options, withoutCredentials(url));
   const redirected = response.status >= 300 && response.status < 400 && response.headers.has("location");
+  // A Location naming no host is on the hub (huggingface_hub's test too); storage is elsewhere.
+  const location = response.headers.get("location") ?? "";
+  const withinHub = !/^([a-z][a-z\d+.-]*:)?\/\//i.test(location);
+  if (redirected && withinHub && !response.headers.has("x-linked-etag") && hops < MAX_HUB_REDIRECTS)
+    return locateFile(spec, new URL(location, url).href, name, options, hops + 1);
   if (!redirected && !response.ok) throw hubError(response, spec, url);
   const sha256 = etagSha256(response.headers.get("x-linked-etag") ?? response.headers.get("etag"));
   const sizeHeader =
     response.headers.get("x-linked-size") ?? (redirected ? null : response.headers.get("content-length"));
   return {
     name,
-    url: redirected ? new URL(response.headers.get("location")!, url).href : url,
+    url: redirected ? new URL(location, url).href : url,
     resolveUrl: url,
     relocate: () => locateFile(spec, url, name, options),
     sha256,

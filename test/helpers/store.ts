@@ -196,6 +196,8 @@ export interface Repo {
   claimSizes?: Record<string, number>;
   /** Redirect to signed storage links, which the storage refuses once `expireLinks` has been called after they were given. */
   signedLinks?: boolean;
+  /** A repository renamed: the hub redirects its requests (307, to a path on the hub) to this one's. */
+  movedTo?: string;
   /** Answer each request for the repository to the hub (its listing, each lookup) this many times as a busy hub first: 429 (Retry-After: 0) and 503 in turn. */
   busy?: number;
 }
@@ -215,7 +217,10 @@ function hub(repos: Map<string, Repo>, storage: () => string) {
   for (const repo of repos.values()) for (const data of repo.files.values()) stored.set(sha256Hex(data), data);
   const handle = (request: RecordedRequest): Reply => {
     const [path = "", query = ""] = decodeURIComponent(request.path).split("?");
-    const asked = repos.get(path.match(/^\/(?:api\/models\/)?([^/]+\/[^/]+)\//)?.[1] ?? "");
+    const askedName = path.match(/^\/(?:api\/models\/)?([^/]+\/[^/]+)\//)?.[1] ?? "";
+    const asked = repos.get(askedName);
+    if (asked?.movedTo)
+      return { status: 307, headers: { Location: request.path.replace(`/${askedName}/`, `/${asked.movedTo}/`) } };
     if (asked?.busy) {
       const key = `${request.method} ${request.path}`;
       const turn = (busyAnswers.get(key) ?? 0) + 1;
