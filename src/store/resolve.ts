@@ -8,9 +8,9 @@ import { hubRepoNamed } from "./hf";
 import type { DownloadProgress } from "./download";
 import { createProgressReporter } from "./progress";
 import { readManifest } from "./manifest";
-import { isRemoteSource, modelRequest, pullModel, type ModelRequest } from "./pull";
+import { isRemoteSource, modelRequest, pullModel, refuseEmptyName, type ModelRequest } from "./pull";
 import { listModels, loadPath, openStoredModel } from "./store";
-import { InvalidParameterError, ModelNotFoundError, ModelPullError, UnsupportedError } from "../errors";
+import { ModelNotFoundError, ModelPullError, UnsupportedError } from "../errors";
 
 export interface ResolveOptions extends LocateOptions {
   /** Progress of a first-use download; by default a bar on stderr. */
@@ -51,12 +51,7 @@ export function locateModel(
   aliases: AliasTable = loadAliases(),
   { paths = true }: LocateOptions = {},
 ): ModelLocation {
-  // As a path it would be the working directory, whatever model that holds or lacks.
-  if (spec?.trim() === "")
-    throw new InvalidParameterError(
-      "the model name is empty: give an alias, a stored model, a source or a path",
-      "model",
-    );
+  refuseEmptyName(spec);
   const name = spec ?? aliases.defaultModel;
   const remote = aliases.remotes.get(name);
   if (remote)
