@@ -11,6 +11,7 @@ import { readManifest } from "../src/store/manifest";
 import { blobPath } from "../src/store/paths";
 import { resolveModelPath } from "../src/store/resolve";
 import { cliRunner } from "./helpers/cli";
+import { writeTinyModel } from "./helpers/tiny-model";
 
 const main = join(import.meta.dir, "..", "src", "main.ts");
 const savedHome = process.env.MLX_HOME;
@@ -46,7 +47,7 @@ describe("convert into the store", () => {
     const elsewhere = join(work, "copy.gguf");
     symlinkSync(gguf, elsewhere);
     const second = await convertedModel(elsewhere, "other-name");
-    expect(second).toEqual({ path: first.path, name: "smol-mlx", converted: false });
+    expect(second).toEqual({ path: first.path, name: "smol-mlx", converted: false, evicted: [] });
     expect(performance.now() - started).toBeLessThan(5_000);
 
     const lm = loadModel(second.path);
@@ -94,5 +95,17 @@ describe("convert into the store", () => {
       code: 0,
       stdout: expect.stringContaining("all stored models are intact"),
     });
+  }, 120_000);
+  test("a conversion that makes the store evict a model says so, as mlx pull does (it was silent)", async () => {
+    const home = join(work, "home-evicting");
+    const tiny = join(work, "tiny");
+    writeTinyModel(tiny);
+    // Room for the conversion (102 MB), not for it and the tiny model (14 MB) both.
+    const mlx = cliRunner(home, { MLX_CACHE_MAX_BYTES: "110MB" });
+    expect((await mlx(["pull", tiny])).code).toBe(0);
+    const converted = await mlx(["convert", gguf]);
+    expect(converted.code).toBe(0);
+    expect(converted.stderr).toContain("evicted tiny (least recently used) to stay under the store's size limit");
+    expect((await mlx(["list"])).stdout).not.toMatch(/^tiny /m);
   }, 120_000);
 });

@@ -11,7 +11,7 @@ import { convertedModel, refuseTakenName } from "../store/derived";
 import { storeRoot } from "../store/paths";
 import { resolveModelPath } from "../store/resolve";
 import { repairHint } from "../store/store";
-import { fail, log, setVerbose } from "./log";
+import { fail, log, setVerbose, warnEvicted } from "./log";
 import { numberFlag } from "./options";
 
 export default defineCommand({
@@ -58,6 +58,7 @@ export default defineCommand({
           `convert into a directory instead (mlx convert ${shellWord(args.source)} DIR)`,
         );
         const stored = await convertedModel(path, name, args.source);
+        warnEvicted(stored.evicted);
         log.success(
           stored.converted
             ? `converted into the store as ${stored.name}`

@@ -6,7 +6,7 @@ import { basename, resolve } from "node:path";
 import { readAdapterDirectory } from "../models/lora";
 import { fusedModel, refuseTakenName } from "../store/derived";
 import { resolveModelPath } from "../store/resolve";
-import { fail, log, setVerbose } from "./log";
+import { fail, log, setVerbose, warnEvicted } from "./log";
 import { adapterFrom } from "./options";
 
 export default defineCommand({
@@ -33,6 +33,7 @@ export default defineCommand({
       if (!/^[\w.-]+$/.test(name)) throw new Error(`'${name}' is not a model name (letters, digits, '.', '_', '-')`);
       refuseTakenName(name, "fuse", "give the fused model another name");
       const stored = await fusedModel(base, resolve(adapter), name, args.model);
+      warnEvicted(stored.evicted);
       // A lookup answers with the earlier fuse's name: said even to a script, which would go on to use `name`.
       if (stored.name !== name)
         log.warn(

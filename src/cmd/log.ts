@@ -19,3 +19,8 @@ export function fail(error: unknown, verbose = false): never {
   if (verbose && error instanceof Error && error.stack) process.stderr.write(`${error.stack}\n`);
   process.exit(1);
 }
+
+/** Models the store evicted to stay under its size limit: a warning, so said even off a terminal (a script's user must learn that a model of theirs is gone). */
+export function warnEvicted(names: string[]): void {
+  for (const name of names) log.warn(`evicted ${name} (least recently used) to stay under the store's size limit`);
+}

@@ -11,7 +11,7 @@ import { isRemoteSource, pullModel, weightsRequest, type ModelRequest } from "..
 import { looksLikePath, unknownModelError } from "../store/resolve";
 import { openStoredModel, repair, StoreDamageError } from "../store/store";
 import { shellWord } from "../format";
-import { fail, log, setVerbose } from "./log";
+import { fail, log, setVerbose, warnEvicted } from "./log";
 
 /**
  * A local directory or file is stored under its own name (`./smollm2` as smollm2): never over
@@ -88,9 +88,7 @@ export default defineCommand({
         onProgress: reporter.update,
         onWait: (pid) => log.info(`waiting for process ${pid}, which is pulling ${request.name}`),
       }).finally(() => reporter.finish());
-      // Said even off a terminal: a script's user must learn that a model of theirs is gone.
-      for (const name of result.evicted)
-        log.warn(`evicted ${name} (least recently used) to stay under the store's size limit`);
+      warnEvicted(result.evicted);
       log.success(result.fromDisk ? `${request.name} is already in the store` : `pulled ${request.name}`);
       process.stdout.write(`${result.path}\n`);
     } catch (error) {

@@ -45,6 +45,8 @@ export interface ConvertedModel {
   name: string;
   /** False when an earlier conversion of the same input was reused. */
   converted: boolean;
+  /** The models evicted to keep the store under its size limit once it was stored. */
+  evicted: string[];
 }
 
 /**
@@ -123,9 +125,9 @@ async function derivedModel(
           files.push({ name: file, ...(await addBlob(join(staging, file), { move: true })) });
         const madeFrom = inputs.map((input) => (existsSync(input) ? resolve(input) : input));
         const manifest = newManifest({ name, source, ...describeFiles(files), files, derivedKey: key, madeFrom });
-        const { path } = await commitModel(manifest);
+        const { path, evicted } = await commitModel(manifest);
         writeJsonAtomic(refPath, { name, source });
-        return { path, name, converted: true };
+        return { path, name, converted: true, evicted };
       } catch (error) {
         throw storingFailed(name, error);
       } finally {
@@ -147,7 +149,7 @@ async function openEarlier(refPath: string, key: string): Promise<ConvertedModel
   if (typeof name !== "string" || readManifest(name)?.derivedKey !== key) return undefined;
   try {
     const path = await openStoredModel(name);
-    return path ? { path, name, converted: false } : undefined;
+    return path ? { path, name, converted: false, evicted: [] } : undefined;
   } catch (error) {
     if (error instanceof StoreDamageError) return undefined;
     throw error;
