@@ -702,6 +702,29 @@ describe("pull from the hub", () => {
   );
 
   test(
+    "mlx run of a model not stored yet says which models its pull evicted, as mlx pull says them (it was silent)",
+    async () => {
+      // The same tiny model with weights of its own.
+      writeTinyModel(join(work, "other"), { seed: 5 });
+      await startHub({ "org/tiny": { files: tiny }, "org/other": { files: filesOf(join(work, "other")) } });
+      await pull("hf:org/tiny");
+      releaseModel("org/tiny"); // pulled by this test process, not in use
+      const proc = Bun.spawn([process.execPath, main, "run", "-m", "hf:org/other", "--max-tokens", "1", "Hi"], {
+        env: { ...process.env, MLX_CACHE_MAX_BYTES: String(readManifest("org/tiny")!.totalBytes + 1000) },
+        stdout: "pipe",
+        stderr: "pipe",
+      });
+      const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+      expect(stderr).toContain(
+        "warning: evicted org/tiny (least recently used) to stay under the store's size limit\n",
+      );
+      expect(code).toBe(0);
+      expect((await listModels()).map((m) => m.name)).toEqual(["org/other"]);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "a file missing from the revision is named",
     async () => {
       const broken = new Map(sharded);

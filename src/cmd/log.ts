@@ -1,6 +1,7 @@
 // Logging for the CLI: everything goes to stderr (stdout carries only answers), and stays
 // quiet unless stderr is a terminal or --verbose was given.
 import { createConsola } from "consola";
+import { evictionNote } from "../store/store";
 import { errorLine } from "./errors";
 
 export const log = createConsola({
@@ -22,5 +23,5 @@ export function fail(error: unknown, verbose = false): never {
 
 /** Models the store evicted to stay under its size limit: a warning, so said even off a terminal (a script's user must learn that a model of theirs is gone). */
 export function warnEvicted(names: string[]): void {
-  for (const name of names) log.warn(`evicted ${name} (least recently used) to stay under the store's size limit`);
+  for (const name of names) log.warn(evictionNote(name));
 }

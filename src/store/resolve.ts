@@ -8,8 +8,8 @@ import { hubRepoNamed } from "./hf";
 import type { DownloadProgress } from "./download";
 import { createProgressReporter } from "./progress";
 import { readManifest } from "./manifest";
-import { isRemoteSource, modelRequest, pullModel, refuseEmptyName, type ModelRequest } from "./pull";
-import { listModels, loadPath, openStoredModel } from "./store";
+import { isRemoteSource, modelRequest, pullModel, refuseEmptyName, type ModelRequest, type PullResult } from "./pull";
+import { evictionNote, listModels, loadPath, openStoredModel } from "./store";
 import { ModelNotFoundError, ModelPullError, UnsupportedError } from "../errors";
 
 export interface ResolveOptions extends LocateOptions {
@@ -152,15 +152,18 @@ export async function missingModelError(
  */
 async function pullSource(request: ModelRequest, options: ResolveOptions, stored: boolean): Promise<string> {
   const reporter = options.onProgress ? undefined : createProgressReporter(`pulling ${request.name}`);
+  let pulled: PullResult;
   try {
-    const pulled = await pullModel(request, { onProgress: options.onProgress ?? reporter!.update });
-    return pulled.path;
+    pulled = await pullModel(request, { onProgress: options.onProgress ?? reporter!.update });
   } catch (error) {
     const what = stored ? "is in the store, but opening it failed" : "is not in the store yet, and pulling it failed";
     throw new ModelPullError(`model '${request.name}' ${what}: ${(error as Error).message}`, { cause: error });
   } finally {
     reporter?.finish();
   }
+  // Where the download is told on stderr, so are the models it evicted, as `mlx pull` tells them.
+  if (reporter) for (const name of pulled.evicted) process.stderr.write(`warning: ${evictionNote(name)}\n`);
+  return pulled.path;
 }
 
 /**

@@ -237,6 +237,10 @@ export function distinctBytes(models: Iterable<IndexEntry>): number {
   return total;
 }
 
+/** How a model evicted by a pull or a conversion is told to the user. */
+export const evictionNote = (name: string) =>
+  `evicted ${name} (least recently used) to stay under the store's size limit`;
+
 async function evictToFit(index: Map<string, IndexEntry>, keep: string, limit: number): Promise<string[]> {
   if (distinctBytes(index.values()) <= limit) return [];
   const evictable = [...index.values()]
