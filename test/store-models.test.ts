@@ -387,6 +387,44 @@ describe("removing", () => {
     TEST_TIMEOUT_MS,
   );
 
+  // A disk that fills up at each step of a pull in turn: a tmpfs with room for a few more files each time.
+  test.skipIf(Bun.spawnSync(["unshare", "-rm", "true"], { stderr: "ignore" }).exitCode !== 0)(
+    "a pull the disk cannot take at any step fails in one line and lists nothing, or succeeds: never both (a full disk while storing the manifest, links or index failed the pull with Node's ENOSPC line, the model listed)",
+    async () => {
+      const disk = join(work, "disk");
+      mkdirSync(disk);
+      const mlx = `${JSON.stringify(process.execPath)} ${JSON.stringify(main)}`;
+      const script = `
+        for n in $(seq 8 30); do
+          mount -t tmpfs -o size=10m,nr_inodes=$n tmpfs ${disk} || exit 9
+          MLX_HOME=${disk}/home ${mlx} pull ${fakeModel("alpha", 200_000)} >/dev/null 2>${work}/err
+          echo "$? $(ls ${disk}/home/manifests 2>/dev/null | wc -l) $(ls ${disk}/home/models 2>/dev/null | wc -l) $(wc -l < ${work}/err) $(cat ${work}/err)"
+          umount ${disk}
+        done`;
+      const proc = Bun.spawn(["unshare", "-rm", "sh", "-c", script], { stdout: "pipe", stderr: "pipe" });
+      const [stdout, stderr] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
+      expect(stderr).toBe("");
+      expect(await proc.exited).toBe(0);
+      const outcomes = stdout
+        .trim()
+        .split("\n")
+        .map((line) => line.match(/^(\d+) (\d+) (\d+) (\d+) ?(.*)$/)!.slice(1));
+      expect(outcomes).toHaveLength(23);
+      for (const [code, manifests, links, lines, error] of outcomes) {
+        if (code === "0") expect([manifests, links, lines]).toEqual(["1", "1", "0"]);
+        else {
+          expect([code, manifests, links, lines]).toEqual(["1", "0", "0", "1"]);
+          expect(error).toMatch(
+            /^error: (cannot create the lock .* no room left even for an empty file|no space left on device while storing .*; free some space and run again)/,
+          );
+        }
+      }
+      // Both ends were reached: a disk too full for the pull, and one with room for it.
+      expect(new Set(outcomes.map(([code]) => code))).toEqual(new Set(["0", "1"]));
+    },
+    TEST_TIMEOUT_MS,
+  );
+
   // A full disk (a tmpfs in a user namespace, as above) where a stored model is opened for use.
   test.skipIf(Bun.spawnSync(["unshare", "-rm", "true"], { stderr: "ignore" }).exitCode !== 0)(
     "on a full disk a stored model still opens for use, its manifest intact",

@@ -3,8 +3,9 @@
 // are the truth, and when the index is missing, damaged or names a different set of models
 // than the manifests directory holds (a crash between the two writes), it is rebuilt from them.
 // Callers hold the store lock.
-import { readdirSync, readFileSync } from "node:fs";
+import { readdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
+import { noSpaceLeft } from "../format";
 import { readManifestFile, writeJsonAtomic, type ModelManifest } from "./manifest";
 import { indexPath, manifestsDir, modelKey } from "./paths";
 
@@ -34,6 +35,19 @@ export function loadIndex(): Map<string, IndexEntry> {
 export function saveIndex(models: Map<string, IndexEntry>): void {
   const file: IndexFile = { version: 1, models: Object.fromEntries(models) };
   writeJsonAtomic(indexPath(), file);
+}
+
+/**
+ * saveIndex, where a full disk has no room for it: the file, now stale, is removed instead
+ * (which needs none), for the next read to rebuild it from the manifests.
+ */
+export function saveIndexIfRoom(models: Map<string, IndexEntry>): void {
+  try {
+    saveIndex(models);
+  } catch (error) {
+    if (!noSpaceLeft(error)) throw error;
+    rmSync(indexPath(), { force: true });
+  }
 }
 
 function rebuildIndex(keys: string[]): Map<string, IndexEntry> {

@@ -123,7 +123,8 @@ export async function pullModel(request: ModelRequest, options: PullOptions = {}
           } catch (error) {
             // A file this model shares with a stored one was there when the fetch began, and is
             // gone now (that model removed or evicted meanwhile): fetched again, the rest kept.
-            if (attempt === MAX_FETCHES || !(await someBlobMissing(files))) throw error;
+            // A full disk here is said of the model, not of the store's file that failed.
+            if (attempt === MAX_FETCHES || !(await someBlobMissing(files))) throw storingFailed(request.name, error);
           }
         }
       } catch (error) {

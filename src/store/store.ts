@@ -17,7 +17,7 @@ import {
   type ModelManifest,
 } from "./manifest";
 import { ModelInUseError, ModelNotFoundError } from "../errors";
-import { indexEntry, loadIndex, manifestKeys, saveIndex, type IndexEntry } from "./model-index";
+import { indexEntry, loadIndex, manifestKeys, saveIndex, saveIndexIfRoom, type IndexEntry } from "./model-index";
 import { blobPath, isSha256Hex, modelKey, modelsDir, storeRoot } from "./paths";
 
 export const DEFAULT_MAX_BYTES = 100e9;
@@ -140,8 +140,16 @@ export function commitModel(manifest: ModelManifest): Promise<{ path: string; ev
     await assertIntact(manifest);
     markInUse(manifest.name);
     const previous = readManifest(manifest.name);
-    writeManifest(manifest);
+    // The manifest last, as what makes the model stored: a full disk that fails its directory
+    // fails the pull with no model listed.
     materialize(manifest);
+    try {
+      writeManifest(manifest);
+    } catch (error) {
+      // Not stored: its directory goes too (a previous model's own is linked again when opened).
+      if (!previous) rmSync(join(modelsDir(), modelKey(manifest.name)), { recursive: true, force: true });
+      throw error;
+    }
     const index = loadIndex();
     index.set(manifest.name, indexEntry(manifest));
     if (previous)
@@ -150,7 +158,8 @@ export function commitModel(manifest: ModelManifest): Promise<{ path: string; ev
         index,
       );
     const evicted = await evictToFit(index, manifest.name, limit);
-    saveIndex(index);
+    // The model is stored now: the index, a cache, is not worth failing the pull for.
+    saveIndexIfRoom(index);
     return { path: loadPath(manifest), evicted };
   });
 }
@@ -325,10 +334,15 @@ function materialize(manifest: ModelManifest): void {
   if (linksMatch(dir, manifest, target)) return;
   const staging = `${dir}.${process.pid}.tmp`;
   rmSync(staging, { recursive: true, force: true });
-  mkdirSync(staging, { recursive: true });
-  for (const file of manifest.files) {
-    mkdirSync(dirname(join(staging, file.name)), { recursive: true });
-    symlinkSync(target(file), join(staging, file.name));
+  try {
+    mkdirSync(staging, { recursive: true });
+    for (const file of manifest.files) {
+      mkdirSync(dirname(join(staging, file.name)), { recursive: true });
+      symlinkSync(target(file), join(staging, file.name));
+    }
+  } catch (error) {
+    rmSync(staging, { recursive: true, force: true });
+    throw error;
   }
   rmSync(dir, { recursive: true, force: true });
   renameSync(staging, dir);
