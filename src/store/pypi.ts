@@ -348,7 +348,8 @@ async function fetchProjectFiles(
       const reason = timeout.aborted ? "timed out" : describeNetworkError(error);
       throw new Error(`cannot reach the package index ${url}: ${reason}`);
     }
-    if (response.status >= 500 && attempt < INDEX_ATTEMPTS) {
+    // 429: a rate limit (a private index's, or PyPI's CDN under load), which a moment's wait lifts too.
+    if ((response.status >= 500 || response.status === 429) && attempt < INDEX_ATTEMPTS) {
       await response.body?.cancel();
       await sleep(INDEX_RETRY_DELAY_MS * attempt);
       continue;
