@@ -4,7 +4,7 @@ import { defineCommand, runMain, type ArgsDef } from "citty";
 import pkg from "../package.json" with { type: "json" };
 import { fail } from "./cmd/log";
 import { writeErrorReason } from "./format";
-import { flagProblem, showUsage, withLastValues, withNegativeValues } from "./cmd/strict-flags";
+import { flagProblem, showUsage, withLastValues, withNegativeValues, withSwitchesJoined } from "./cmd/strict-flags";
 import { closeMatches } from "./store/aliases";
 import { kernelEnvironmentProblem } from "./mlx/environment";
 
@@ -70,7 +70,7 @@ if (name !== undefined && Object.hasOwn(subCommands, name)) {
   argv = [...argv.slice(0, at + 1), ...withNegativeValues(args, argv.slice(at + 1))];
   const problem = flagProblem(name, args, argv.slice(at + 1));
   if (problem) fail(new Error(problem));
-  argv = [...argv.slice(0, at + 1), ...withLastValues(args, argv.slice(at + 1))];
+  argv = [...argv.slice(0, at + 1), ...withSwitchesJoined(args, withLastValues(args, argv.slice(at + 1)))];
 } else if (name !== undefined) {
   // citty would print the whole usage to stdout, where only answers go, and its error apart.
   const close = closeMatches(name, Object.keys(subCommands), 2);

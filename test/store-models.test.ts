@@ -1272,6 +1272,20 @@ describe("commands and bad input", () => {
   });
 
   test(
+    "a model name after a switch is taken as typed, not as a number (mlx rm -y 007 removed '7', mlx pull -v \"\" pulled '0')",
+    async () => {
+      await pull(fakeModel("007"));
+      releaseModel("007");
+      expect(await cliResult(["rm", "-y", "007"])).toMatchObject({ code: 0, stderr: "" });
+      expect(await names()).toEqual([]);
+      const { code, stderr } = await cliResult(["pull", "-v", ""]);
+      expect(code).toBe(1);
+      expect(stderr).toStartWith("error: invalid option: the model name is empty");
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "mlx pull of an empty name, run in a model's directory, stores nothing (it stored that directory under '', its links over the store's models folder)",
     async () => {
       const stored = await pull(fakeModel("alpha"));

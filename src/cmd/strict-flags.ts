@@ -146,6 +146,35 @@ export function withLastValues(args: ArgsDef, argv: string[]): string[] {
   return argv.filter((_, i) => !dropped.has(i));
 }
 
+/**
+ * `argv` (checked by flagProblem) with each switch written `--name=true` (`-y` → `--yes=true`):
+ * citty's parser takes the word after a bare switch for a number where it can, so `mlx rm -y 007`
+ * removed '7' and `mlx pull -v ""` pulled '0'. What follows `--`, and --help, are kept as they are.
+ */
+export function withSwitchesJoined(args: ArgsDef, argv: string[]): string[] {
+  const end = argv.indexOf("--");
+  const head = end < 0 ? argv : argv.slice(0, end);
+  const options = declaredOptions(args);
+  const { tokens } = parseArgs({
+    args: head,
+    options,
+    strict: true,
+    allowPositionals: true,
+    allowNegative: true,
+    tokens: true,
+  });
+  const perWord = new Map<number, number>();
+  for (const t of tokens) perWord.set(t.index, (perWord.get(t.index) ?? 0) + 1);
+  const out = [...argv];
+  for (const t of tokens) {
+    if (t.kind !== "option" || t.name === "help" || options[t.name]?.type !== "boolean") continue;
+    // A group of short flags (-vy) shares its word, and --no-x says false: left as they are.
+    if (perWord.get(t.index)! > 1 || t.rawName.startsWith("--no-") || t.inlineValue) continue;
+    out[t.index] = `--${t.name}=true`;
+  }
+  return out;
+}
+
 /** A message with each one-letter flag written as it is typed (launch's -n, not --n). */
 const oneDash = (text: string) => text.replace(/(?<![\w-])--([A-Za-z])(?![\w-])/g, "-$1");
 
@@ -156,7 +185,9 @@ const oneDash = (text: string) => text.replace(/(?<![\w-])--([A-Za-z])(?![\w-])/
 export async function showUsage<T extends ArgsDef>(cmd: CommandDef<T>, parent?: CommandDef<T>): Promise<void> {
   // The option column is right-aligned: a space in front of each shortened flag keeps it so.
   // citty pads every description to the longest one's width: trailing blanks, cut.
-  const usage = (await renderUsage(cmd, parent)).replace(/ `--([A-Za-z])(?=[`=])/g, "  `-$1").replace(/ +(`?)$/gm, "$1");
+  const usage = (await renderUsage(cmd, parent))
+    .replace(/ `--([A-Za-z])(?=[`=])/g, "  `-$1")
+    .replace(/ +(`?)$/gm, "$1");
   // citty marks names with backquotes for consola to colour; colors is plain where colour is off.
   process.stdout.write(`${usage.replace(/`([^`]+)`/g, (_, name: string) => colors.cyan(name))}\n\n`);
 }
