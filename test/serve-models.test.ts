@@ -64,6 +64,8 @@ describe("Ollama model management", () => {
     expect(hub.hub.requests.length).toBe(downloads);
     const tags = await ollama.list();
     expect(tags.models.map((m) => m.name)).toContain("org/tiny");
+    // Stored for later, not held: `mlx rm` and eviction may take it while the server runs.
+    expect(modelUsers("org/tiny")).toEqual([]);
   });
 
   test("a loaded stored model reads the same in /api/ps as in /api/tags: digest and details", async () => {
@@ -189,6 +191,8 @@ describe("Ollama model management", () => {
     await ollama.copy({ source: "org/tiny", destination: "used-copy" });
     await ollama.generate({ model: "used-copy", prompt: "Hi", keep_alive: 0, options: { num_predict: 1 } });
     expect(server.state.models.find("used-copy")).toBeUndefined(); // unloaded after the answer
+    // Unloaded, it is no longer this server's in use: another process's `mlx rm` or eviction may take it.
+    expect(modelUsers("used-copy")).toEqual([]);
     await ollama.delete({ model: "used-copy" });
     expect(readManifest("used-copy")).toBeUndefined();
   });

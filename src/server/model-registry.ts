@@ -19,7 +19,7 @@ import { loadAdapter, type Adapter } from "../models/lora";
 import { applySettings } from "../engine/model-settings";
 import { clearMemoryCache } from "../engine/device";
 import type { KvQuantization } from "../models/cache";
-import { listModels } from "../store/store";
+import { listModels, releaseStoredModels } from "../store/store";
 import type { IndexEntry } from "../store/model-index";
 import type { Scheduler } from "../engine/scheduler";
 import { ModelNotFoundError } from "../errors";
@@ -62,6 +62,9 @@ export interface LoadedEntry {
   /** Why the server's --draft-model does not draft for this model, if it does not. */
   speculationSkipped?: string;
 }
+
+/** Whether a loaded model drafts with the model at `path`. */
+const usesDraft = (entry: LoadedEntry, path: string) => entry.lm.speculation?.draft?.path === path;
 
 export interface Lease {
   entry: LoadedEntry;
@@ -285,9 +288,12 @@ export class ModelRegistry {
     entry.scheduler.dispose();
     for (const adapter of entry.adapters.values()) adapter.free();
     entry.adapters.clear();
+    const paths = [entry.path, entry.lm.speculation?.draft?.path].filter((p) => p !== undefined);
     entry.lm.free();
     // The model's buffers go back to the system, not to MLX's cache and the heap.
     clearMemoryCache();
+    // Its files (and its draft's) no longer in use here, unless another loaded model uses them.
+    releaseStoredModels(paths.filter((path) => !this.loaded.some((e) => e.path === path || usesDraft(e, path))));
     this.options.onUnload?.(entry);
   }
 

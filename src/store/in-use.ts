@@ -8,7 +8,8 @@ import { join } from "node:path";
 import { isProcessAlive } from "./lock";
 import { inUseDir, modelKey } from "./paths";
 
-const held = new Set<string>();
+/** This process's markers, each with the model it marks. */
+const held = new Map<string, string>();
 let exitHookInstalled = false;
 
 /** Marks `name` as used by this process until it exits (or `releaseModel` is called). */
@@ -24,7 +25,7 @@ export function markInUse(name: string): void {
   }
   mkdirSync(dir, { recursive: true });
   writeFileSync(marker, "");
-  held.add(marker);
+  held.set(marker, name);
 }
 
 /** SIGINT's own ending (status 128 + 2), through exit so the markers go; unless a command handles it (stopping an answer). */
@@ -36,6 +37,11 @@ export function releaseModel(name: string): void {
   const marker = join(inUseDir(), modelKey(name), String(process.pid));
   if (!held.delete(marker)) return;
   removeQuietly(marker);
+}
+
+/** The models this process marks as in use. */
+export function modelsHeld(): string[] {
+  return [...new Set(held.values())];
 }
 
 /** The pids of live processes using `name`. */
@@ -64,7 +70,7 @@ export function modelUsers(name: string): number[] {
 }
 
 function releaseAll(): void {
-  for (const marker of held) removeQuietly(marker);
+  for (const marker of held.keys()) removeQuietly(marker);
   held.clear();
 }
 

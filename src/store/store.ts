@@ -6,7 +6,7 @@ import { basename, dirname, isAbsolute, join, relative, sep } from "node:path";
 import { noSpaceLeft, shellWord } from "../format";
 import { loadAliases } from "./aliases";
 import { blobPresent, removeBlob } from "./blobs";
-import { markInUse, modelUsers } from "./in-use";
+import { markInUse, modelsHeld, modelUsers, releaseModel } from "./in-use";
 import { withStoreLock } from "./lock";
 import {
   manifestPath,
@@ -42,6 +42,18 @@ export function loadPath(manifest: Pick<ModelManifest, "name" | "format" | "file
   const dir = join(modelsDir(), modelKey(manifest.name));
   if (manifest.format === "mlx") return dir;
   return join(dir, manifest.files.find((f) => f.name.endsWith(".gguf"))!.name);
+}
+
+/**
+ * Ends this process's use of the stored models that load from one of `paths` (a server that
+ * unloaded them, or pulled one it does not hold): from then on `mlx rm` and eviction may take
+ * them, as they could not while the server ran.
+ */
+export function releaseStoredModels(paths: string[]): void {
+  for (const name of modelsHeld()) {
+    const manifest = readManifest(name);
+    if (!manifest || paths.includes(loadPath(manifest))) releaseModel(name);
+  }
 }
 
 /**

@@ -10,7 +10,7 @@ import { readManifest } from "../../store/manifest";
 import { isRemoteSource, pullModel, weightsRequest, type ModelRequest } from "../../store/pull";
 import { loadAliases } from "../../store/aliases";
 import { modelNameFits } from "../../store/paths";
-import { copyModel, loadPath, removeModel } from "../../store/store";
+import { copyModel, loadPath, releaseStoredModels, removeModel } from "../../store/store";
 import { badRequest, toApiError } from "../errors";
 import { withoutLatestTag } from "../model-registry";
 import type { ServerState } from "../state";
@@ -26,7 +26,7 @@ export function ollamaModelRoutes(s: ServerState): Hono {
     const request = pullRequest(req.model);
     const signal = c.req.raw.signal;
     if (!req.stream) {
-      await pull(request, signal);
+      await pull(s, request, signal);
       return c.json({ status: "success" });
     }
     const encoder = new TextEncoder();
@@ -50,7 +50,7 @@ export function ollamaModelRoutes(s: ServerState): Hono {
         };
         send({ status: "pulling manifest" });
         try {
-          await pull(request, signal, progress);
+          await pull(s, request, signal, progress);
           // A model found stored reports nothing on the way: its size, complete, as Ollama reports the layers it has.
           const stored = readManifest(request.name);
           if (!reported && stored) progress(stored.totalBytes, stored.totalBytes);
@@ -147,13 +147,21 @@ function pullRequest(name: string): ModelRequest {
 }
 
 async function pull(
+  s: ServerState,
   request: ModelRequest,
   signal: AbortSignal,
   onProgress?: (completed: number, total: number | undefined) => void,
 ): Promise<void> {
+  let path: string;
   try {
-    await pullModel(request, { signal, onProgress: onProgress && ((p) => onProgress(p.received, p.total)) });
+    ({ path } = await pullModel(request, {
+      signal,
+      onProgress: onProgress && ((p) => onProgress(p.received, p.total)),
+    }));
   } catch (error) {
     throw new ModelPullError(`pulling '${request.name}' failed: ${(error as Error).message}`, { cause: error });
   }
+  // Stored for later: the store marked it in use by this server as it kept it, which only a
+  // model the server holds loaded should be (else `mlx rm` and eviction left it until the server stopped).
+  if (!s.models.loaded.some((e) => e.path === path)) releaseStoredModels([path]);
 }
