@@ -517,28 +517,23 @@ describe("GGUF layout", () => {
     expect(() => ggufModel(file("mmproj"))).toThrow(/^the file is a GGUF mmproj \(general\.type\), not a model$/);
   });
 
+  /** The metadata of a tiny llama GGUF, without its tokenizer. */
+  const llamaMetadata = {
+    "general.architecture": "llama",
+    "llama.attention.head_count": 4,
+    "llama.embedding_length": 64,
+    "llama.block_count": 1,
+    "llama.feed_forward_length": 128,
+  };
+
   test("a GGUF without a tokenizer is told so, not that its vocab_size is missing", () => {
-    const metadata = {
-      "general.architecture": "llama",
-      "llama.attention.head_count": 4,
-      "llama.embedding_length": 64,
-      "llama.block_count": 1,
-      "llama.feed_forward_length": 128,
-    };
-    expect(() => ggufModel({ tensors: new Map(), metadata })).toThrow(
+    expect(() => ggufModel({ tensors: new Map(), metadata: llamaMetadata })).toThrow(
       "GGUF metadata has no tokenizer.ggml.tokens: the file carries no tokenizer",
     );
   });
 
   test("a GGUF's sizes and counts are whole numbers of at least 1, of a number type, or it is told which is not", () => {
-    const metadata = {
-      "general.architecture": "llama",
-      "llama.attention.head_count": 4,
-      "llama.embedding_length": 64,
-      "llama.block_count": 1,
-      "llama.feed_forward_length": 128,
-      "tokenizer.ggml.tokens": ["a", "b"],
-    };
+    const metadata = { ...llamaMetadata, "tokenizer.ggml.tokens": ["a", "b"] };
     for (const [key, value, message] of [
       ["llama.context_length", -5, "must be a whole number of at least 1, not -5"],
       ["llama.attention.head_count", 0, "must be a whole number of at least 1, not 0"],

@@ -115,25 +115,14 @@ export function flagProblem(command: string, args: ArgsDef, argv: string[]): str
  * it is repeatable. What follows `--` is kept as it is.
  */
 export function withLastValues(args: ArgsDef, argv: string[]): string[] {
-  const end = argv.indexOf("--");
-  const head = end < 0 ? argv : argv.slice(0, end);
   const canonical = new Map<string, string>([["help", "help"]]);
   for (const [name, def] of Object.entries(args)) {
     if ((def.type !== "string" && def.type !== "boolean") || repeatableFlags.has(def)) continue;
     const aliases = def.alias === undefined ? [] : [def.alias].flat();
     for (const long of [name, ...aliases.filter((a) => a.length > 1)]) canonical.set(long, name);
   }
-  const { tokens } = parseArgs({
-    args: head,
-    options: declaredOptions(args),
-    strict: true,
-    allowPositionals: true,
-    allowNegative: true,
-    tokens: true,
-  });
   // A group of short flags (-vm x) shares its word: such a word is left as it is.
-  const perWord = new Map<number, number>();
-  for (const t of tokens) perWord.set(t.index, (perWord.get(t.index) ?? 0) + 1);
+  const { tokens, perWord } = optionTokens(args, argv);
   const last = new Map<string, number>();
   for (const t of tokens) if (t.kind === "option" && canonical.has(t.name)) last.set(canonical.get(t.name)!, t.index);
   const dropped = new Set<number>();
@@ -152,19 +141,8 @@ export function withLastValues(args: ArgsDef, argv: string[]): string[] {
  * removed '7' and `mlx pull -v ""` pulled '0'. What follows `--`, and --help, are kept as they are.
  */
 export function withSwitchesJoined(args: ArgsDef, argv: string[]): string[] {
-  const end = argv.indexOf("--");
-  const head = end < 0 ? argv : argv.slice(0, end);
   const options = declaredOptions(args);
-  const { tokens } = parseArgs({
-    args: head,
-    options,
-    strict: true,
-    allowPositionals: true,
-    allowNegative: true,
-    tokens: true,
-  });
-  const perWord = new Map<number, number>();
-  for (const t of tokens) perWord.set(t.index, (perWord.get(t.index) ?? 0) + 1);
+  const { tokens, perWord } = optionTokens(args, argv);
   const out = [...argv];
   for (const t of tokens) {
     if (t.kind !== "option" || t.name === "help" || options[t.name]?.type !== "boolean") continue;
@@ -173,6 +151,25 @@ export function withSwitchesJoined(args: ArgsDef, argv: string[]): string[] {
     out[t.index] = `--${t.name}=true`;
   }
   return out;
+}
+
+/**
+ * The words of `argv` before `--` (checked by flagProblem) as node:util's parser reads them, and
+ * how many options each word holds (a group of short flags, -vy, holds several).
+ */
+function optionTokens(args: ArgsDef, argv: string[]) {
+  const end = argv.indexOf("--");
+  const { tokens } = parseArgs({
+    args: end < 0 ? argv : argv.slice(0, end),
+    options: declaredOptions(args),
+    strict: true,
+    allowPositionals: true,
+    allowNegative: true,
+    tokens: true,
+  });
+  const perWord = new Map<number, number>();
+  for (const t of tokens) perWord.set(t.index, (perWord.get(t.index) ?? 0) + 1);
+  return { tokens, perWord };
 }
 
 /** A message with each one-letter flag written as it is typed (launch's -n, not --n). */
