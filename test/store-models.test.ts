@@ -746,7 +746,7 @@ describe("an unreadable manifest", () => {
   );
 
   test(
-    "a manifest that parses but misses a file's hash is unreadable too: the other models list, run and verify",
+    "a manifest that parses but misses a file's hash is unreadable too: the other models list, run and verify, which names it",
     async () => {
       await pull(fakeModel("alpha"));
       await pull(fakeModel("beta"));
@@ -760,8 +760,13 @@ describe("an unreadable manifest", () => {
       expect(list.stderr).toBe("");
       expect(list.stdout).toMatch(/^alpha +mlx .*\nbeta .*unreadable manifest: mlx rm beta +-$/m);
       expect(await openStoredModel("alpha")).toBeDefined();
-      expect((await cliResult(["verify"])).stdout).toEndWith("all stored models are intact\n");
+      // verify checks the other models' files, and names the one to remove.
+      expect(await cliResult(["verify"])).toMatchObject({
+        code: 1,
+        stdout: expect.stringMatching(/^checked .*\nneeds removing: mlx rm beta\n$/),
+      });
       expect(await cliResult(["rm", "-y", "beta"])).toMatchObject({ code: 0, stderr: "" });
+      expect((await cliResult(["verify"])).stdout).toEndWith("all stored models are intact\n");
       expect(await names()).toEqual(["alpha"]);
     },
     TEST_TIMEOUT_MS,

@@ -9,7 +9,7 @@ import { hashFile, removeBlob } from "./blobs";
 import { busyLockHolders, withStoreLock } from "./lock";
 import { loadIndex } from "./model-index";
 import { blobPath, blobsDir, downloadsDir, manifestsDir, modelsDir, tmpDir } from "./paths";
-import { linkedBlobs } from "./store";
+import { linkedBlobs, unreadableModels } from "./store";
 
 export interface VerifyReport {
   checkedBlobs: number;
@@ -80,7 +80,8 @@ export async function verifyStore(
   const damaged = new Set(
     [...report.corrupt, ...report.missing].flatMap((sha) => users.get(sha) ?? []).filter((name) => current.has(name)),
   );
-  report.damagedModels = [...damaged].sort();
+  // A manifest that cannot be read is damage too (its files take space), which only `mlx rm` mends.
+  report.damagedModels = [...new Set([...damaged, ...(await unreadableModels())])].sort();
   return report;
 }
 
