@@ -290,6 +290,31 @@ test("mlx serve refuses at start an --adapter whose config no request could load
   });
 }, 60_000);
 
+test("mlx serve reads an --adapter directory whose path holds '=' as that directory, and refuses an empty NAME or DIR", async () => {
+  // A training sweep's run directory (lr=1e-4), here one no request could load, so that the error names what was read.
+  const sweep = join(root, "runs", "lr=1e-4");
+  writeRandomAdapter(sweep, { layers: lastLayers(2, 1, projections) });
+  const configPath = join(sweep, "adapter_config.json");
+  writeFileSync(
+    configPath,
+    JSON.stringify({ ...JSON.parse(readFileSync(configPath, "utf8")), fine_tune_type: "bogus" }),
+  );
+  // Before, it was split at '=' into the name '…/runs/lr' and the directory '1e-4', "not found".
+  expect(await serveRefused(["--adapter", sweep])).toEqual({
+    code: 1,
+    stderr: `error: --adapter '${sweep}': ${configPath}: fine_tune_type must be "lora" or "dora" (got "bogus")\n`,
+  });
+  // '=DIR' was a directory named '=DIR' and 'NAME=' the working directory.
+  expect(await serveRefused(["--adapter", `=${adapterA}`])).toEqual({
+    code: 1,
+    stderr: `error: --adapter '=${adapterA}': the name '' is empty or given twice\n`,
+  });
+  expect(await serveRefused(["--adapter", "tuned="])).toEqual({
+    code: 1,
+    stderr: "error: --adapter 'tuned=': no adapter directory after '=' (NAME=DIR)\n",
+  });
+}, 120_000);
+
 test("mlx serve loads its adapters with its model at start: one whose shapes do not fit is in the log without a request", async () => {
   const wrong = join(root, "wrong-at-start");
   writeRandomAdapter(wrong, { layers: { "model.layers.0.self_attn.q_proj": [32, 64] } });

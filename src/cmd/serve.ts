@@ -5,6 +5,7 @@ import { parseKeepAlive } from "../api/ollama";
 import { startServer } from "../server/app";
 import type { LoadSettings } from "../server/model-registry";
 import { basename, resolve } from "node:path";
+import { existsSync } from "node:fs";
 import { UnsupportedError } from "../errors";
 import { fail, log, setVerbose } from "./log";
 import {
@@ -39,9 +40,13 @@ function servedAdapters(
 ): Map<string, { base: string | undefined; dir: string }> {
   const served = new Map<string, { base: string | undefined; dir: string }>();
   for (const spec of specs) {
-    const eq = spec.indexOf("=");
-    const dir = resolve(eq > 0 ? spec.slice(eq + 1) : spec);
-    const name = eq > 0 ? spec.slice(0, eq) : basename(dir);
+    // A directory given whole may hold '=' (a sweep's runs/lr=1e-4): it is a DIR, not NAME=DIR.
+    const eq = existsSync(spec) ? -1 : spec.indexOf("=");
+    const given = eq >= 0 ? spec.slice(eq + 1) : spec;
+    // Resolved, an empty DIR would be the working directory, and '=DIR' a directory named so.
+    if (!given) throw new Error(`--adapter '${spec}': no adapter directory after '=' (NAME=DIR)`);
+    const dir = resolve(given);
+    const name = eq >= 0 ? spec.slice(0, eq) : basename(dir);
     if (!name || served.has(name)) throw new Error(`--adapter '${spec}': the name '${name}' is empty or given twice`);
     if (namesAModel(name, base))
       throw new Error(
