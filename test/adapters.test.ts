@@ -263,9 +263,9 @@ describe("mlx run with adapters", () => {
 });
 
 /** `mlx serve` with `args`, which must exit at start: its exit code and stderr. */
-async function serveRefused(args: string[]): Promise<{ code: number; stderr: string }> {
+async function serveRefused(args: string[], name = model): Promise<{ code: number; stderr: string }> {
   // Before these checks the server started: the timeout ends it, and the test fails.
-  const proc = Bun.spawn([process.execPath, mainScript, "serve", "--port", "0", "-m", model, ...args], {
+  const proc = Bun.spawn([process.execPath, mainScript, "serve", "--port", "0", "-m", name, ...args], {
     stdout: "ignore",
     stderr: "pipe",
     env: { ...process.env, MLX_HOME: home, NO_COLOR: "1" },
@@ -314,6 +314,14 @@ test("mlx serve reads an --adapter directory whose path holds '=' as that direct
     stderr: "error: --adapter 'tuned=': no adapter directory after '=' (NAME=DIR)\n",
   });
 }, 120_000);
+
+test("mlx serve refuses --adapter on an alias that has an adapter, as mlx run does: it would be dropped, not chained", async () => {
+  // Before, 'b' answered as the alias's base plus adapterB, without adapterA and without a word.
+  expect(await serveRefused(["--adapter", `b=${adapterB}`], "tiny-tuned")).toEqual({
+    code: 1,
+    stderr: `error: model 'tiny-tuned' already has an adapter in models.toml (${adapterA}); serve its base model to serve adapters with --adapter\n`,
+  });
+}, 60_000);
 
 test("mlx serve loads its adapters with its model at start: one whose shapes do not fit is in the log without a request", async () => {
   const wrong = join(root, "wrong-at-start");

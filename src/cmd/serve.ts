@@ -24,7 +24,7 @@ import {
 import { openPipeline, type CacheOptions, type PipelineSpec } from "../engine/pipeline";
 import type { LoadedModel } from "../models/load";
 import { readAdapterDirectory } from "../models/lora";
-import { aliasCacheSettings, loadAliases } from "../store/aliases";
+import { aliasAdapter, aliasCacheSettings, loadAliases } from "../store/aliases";
 import { readManifest } from "../store/manifest";
 import { locateModel, missingModelError, resolveModelPath } from "../store/resolve";
 import { openModel } from "./open-model";
@@ -39,6 +39,13 @@ function servedAdapters(
   base: string | undefined,
 ): Map<string, { base: string | undefined; dir: string }> {
   const served = new Map<string, { base: string | undefined; dir: string }>();
+  // Each adapter is applied to the base's own weights: an alias's adapter would be dropped, not chained.
+  const model = base ?? loadAliases().defaultModel;
+  const own = specs.length > 0 ? aliasAdapter(model) : undefined;
+  if (own !== undefined)
+    throw new Error(
+      `model '${model}' already has an adapter in models.toml (${own}); serve its base model to serve adapters with --adapter`,
+    );
   for (const spec of specs) {
     // A directory given whole may hold '=' (a sweep's runs/lr=1e-4): it is a DIR, not NAME=DIR.
     const eq = existsSync(spec) ? -1 : spec.indexOf("=");
