@@ -233,6 +233,28 @@ describe("mlx run with adapters", () => {
     });
   }, 60_000);
 
+  test("an adapter whose matrices hold NaN or infinities (a training that diverged) is a one-line error naming the tensor", async () => {
+    for (const [name, value] of [
+      ["nan", Number.NaN],
+      ["infinite", Number.POSITIVE_INFINITY],
+    ] as const) {
+      const dir = join(root, `diverged-${name}`);
+      writeRandomAdapter(dir, { layers: lastLayers(2, 1, projections) });
+      const file = join(dir, "adapters.safetensors");
+      const { tensors } = mx.loadSafetensors(file);
+      const b = "model.layers.1.mlp.down_proj.lora_b";
+      tensors.get(b)!.free();
+      tensors.set(b, mx.full([4, hidden], value, mx.Dtype.float32));
+      mx.saveSafetensors(file, tensors, { format: "mlx" });
+      for (const t of tensors.values()) t.free();
+      // Before, it loaded and every answer was noise.
+      expect(await mlx(["run", "-m", "tiny", "--adapter", dir, "hi"])).toMatchObject({
+        code: 1,
+        stderr: `error: ${file}: '${b}' holds NaN or infinite values (did its training diverge?)\n`,
+      });
+    }
+  }, 60_000);
+
   test("a DoRA adapter from mlx-lm 0.18 and older (use_dora, lora_layers) is DoRA, as that mlx-lm read it", async () => {
     const older = join(root, "older-dora");
     cpSync(adapterB, older, { recursive: true });

@@ -369,6 +369,12 @@ export function loadAdapter(dir: string, base: LoraLayers): Adapter {
         );
       if (m && (m.ndim !== 1 || m.shape[0] !== outputs))
         throw new AdapterError(`${file}: '${prefix}.m' has shape [${m.shape}], but this model needs [${outputs}]`);
+      // A training that diverged (loss nan) still saves its matrices: every answer would be noise.
+      for (const [leaf, t] of Object.entries(parts))
+        if (!allFinite(t))
+          throw new AdapterError(
+            `${file}: '${prefix}.${leaf}' holds NaN or infinite values (did its training diverge?)`,
+          );
       const share = cut ? shareOf({ a, b, m }, cut) : { a, b, m };
       mx.evaluate(share.a, share.b);
       if (kind === "dora") trained.set(prefix, share.m);
@@ -392,6 +398,9 @@ export function loadAdapter(dir: string, base: LoraLayers): Adapter {
     throw error;
   }
 }
+
+/** Whether every value of `t` is a finite number (NaN compares false). */
+const allFinite = (t: MxArray): boolean => mx.scope(() => mx.all(mx.less(mx.abs(t), Infinity)).item() === 1);
 
 /**
  * This rank's share of one layer's update under tensor parallel: for a projection cut by
