@@ -8,6 +8,8 @@ import { join } from "node:path";
 import { Ollama } from "ollama";
 import OpenAI from "openai";
 import { load } from "../src/index";
+import { loadModel } from "../src/models/load";
+import { loadAdapter } from "../src/models/lora";
 import * as mx from "../src/mlx";
 import type { RunningServer } from "../src/server/app";
 import { cliRunner, mainScript } from "./helpers/cli";
@@ -344,6 +346,36 @@ test("mlx serve refuses --adapter on an alias that has an adapter, as mlx run do
     stderr: `error: model 'tiny-tuned' already has an adapter in models.toml (${adapterA}); serve its base model to serve adapters with --adapter\n`,
   });
 }, 60_000);
+
+test("a half-precision adapter's product in a decode step is the same bits alone as batched with the base or another adapter", () => {
+  const lm = loadModel(model);
+  const lora = lm.weights.lora;
+  const half = loadAdapter(adapterHalf, lora);
+  const other = loadAdapter(adapterA, lora);
+  try {
+    for (const [name, [inputs, outputs]] of Object.entries(projections)) {
+      const prefix = `model.layers.1.${name}`;
+      const differences = mx.scope(() => {
+        const x = mx.random.normal([1, 1, inputs], mx.Dtype.float32, mx.random.key(7));
+        const y = mx.random.normal([1, 1, outputs], mx.Dtype.float32, mx.random.key(8));
+        const alone = lora.run([half], () => lora.apply(prefix, x, y));
+        // Alone, its product multiplied float32 activations by bfloat16 matrices; batched, by the stacks' float32.
+        return [undefined, other].map((second) => {
+          const rows = lora.run([half, second], () =>
+            lora.apply(prefix, mx.concatenate([x, x], 0), mx.concatenate([y, y], 0)),
+          );
+          const first = mx.slice(rows, [0, 0, 0], [1, 1, outputs]);
+          return mx.max(mx.abs(mx.subtract(first, alone))).item();
+        });
+      });
+      expect({ prefix, differences }).toEqual({ prefix, differences: [0, 0] });
+    }
+  } finally {
+    half.free();
+    other.free();
+    lm.free();
+  }
+});
 
 test("mlx serve loads its adapters with its model at start: one whose shapes do not fit is in the log without a request", async () => {
   const wrong = join(root, "wrong-at-start");

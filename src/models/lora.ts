@@ -164,8 +164,10 @@ export class LoraLayers {
       const { adapter } = selection;
       const layer = adapter.layers.get(prefix);
       if (!layer) return y;
-      // As mlx-lm's LoRALinear: the product in the adapter's precision, cast back to x's.
-      const z = mx.multiply(mx.matmul(mx.matmul(x, layer.a), layer.b), adapter.scale);
+      // As mlx-lm's LoRALinear: the product in the adapter's precision, cast back to x's. A
+      // float32 adapter (any on the CPU) takes x as float32, as a batch's stacks take it.
+      const input = layer.a.dtype === mx.Dtype.float32 ? asFloat32(x) : x;
+      const z = mx.multiply(mx.matmul(mx.matmul(input, layer.a), layer.b), adapter.scale);
       const out = mx.add(y, mx.astype(z, y.dtype));
       return layer.magnitude ? mx.multiply(mx.astype(layer.magnitude, y.dtype), out) : out;
     }
@@ -376,7 +378,15 @@ export function loadAdapter(dir: string, base: LoraLayers): Adapter {
             `${file}: '${prefix}.${leaf}' holds NaN or infinite values (did its training diverge?)`,
           );
       const share = cut ? shareOf({ a, b, m }, cut) : { a, b, m };
+      // On the CPU a batch of adapters multiplies in float32 (gather_mm takes nothing else, see
+      // buildStack): held so, a request alone gets the same bits as in a batch, where our CPU
+      // kernels multiply float32 activations by half-precision matrices in another order.
+      const uncast = { ...share };
+      if (mx.defaultDeviceIsCpu()) for (const leaf of ["a", "b"] as const) share[leaf] = asFloat32(share[leaf]);
       mx.evaluate(share.a, share.b);
+      // A share cut above is a copy of its own (the file's tensors are freed below).
+      for (const leaf of ["a", "b"] as const)
+        if (share[leaf] !== uncast[leaf] && uncast[leaf] !== parts[`lora_${leaf}`]) uncast[leaf].free();
       if (kind === "dora") trained.set(prefix, share.m);
       // Held for the adapter's life, even when loaded inside a scope (a rank of a split model).
       lowRanks.set(prefix, { a: mx.keep(share.a), b: mx.keep(share.b) });
@@ -398,6 +408,9 @@ export function loadAdapter(dir: string, base: LoraLayers): Adapter {
     throw error;
   }
 }
+
+/** `t` in float32 (itself when it is). */
+const asFloat32 = (t: MxArray): MxArray => (t.dtype === mx.Dtype.float32 ? t : mx.astype(t, mx.Dtype.float32));
 
 /** Whether every value of `t` is a finite number (NaN compares false). */
 const allFinite = (t: MxArray): boolean => mx.scope(() => mx.all(mx.less(mx.abs(t), Infinity)).item() === 1);
