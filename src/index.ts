@@ -518,7 +518,8 @@ function checkOptions(o: GenerateOptions): void {
     fail(`maxTokens must be a whole number > 0 (got ${o.maxTokens})`, "maxTokens");
   if (o.thinkingBudget !== undefined && !(Number.isInteger(o.thinkingBudget) && o.thinkingBudget >= 0))
     fail(`thinkingBudget must be a whole number >= 0 (got ${o.thinkingBudget})`, "thinkingBudget");
-  const stops = stopList(o) ?? [];
+  // null too: as every other option, it is refused rather than taken as none.
+  const stops = o.stop === undefined ? [] : stopList(o);
   if (!Array.isArray(stops) || stops.some((s) => typeof s !== "string" || s === ""))
     fail("stop must be a non-empty string or an array of them", "stop");
   const format = o.format as unknown;

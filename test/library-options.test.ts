@@ -106,6 +106,11 @@ describe("the library's options", () => {
     expect(await errorOf(() => model.generate("Hi", { maxTokens: 3, stop: "" }))).toBe(
       "stop: stop must be a non-empty string or an array of them",
     );
+    // null was taken as no stop at all, where every other option refuses it.
+    for (const stop of [null, 5, { text: "\n" }])
+      expect(await errorOf(() => model.generate("Hi", bad({ maxTokens: 3, stop })))).toBe(
+        "stop: stop must be a non-empty string or an array of them",
+      );
     expect(await errorOf(() => model.generate("Hi", bad({ maxTokens: 3, signal: "stop" })))).toBe(
       "signal: signal must be an AbortSignal",
     );
