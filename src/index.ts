@@ -224,6 +224,13 @@ export class Model {
     if (!Array.isArray(texts) || texts.some((t) => typeof t !== "string"))
       throw new InvalidParameterError("embed() takes an array of strings", "texts");
     checkOptionNames(options, ["dimensions"]);
+    // The engine checks the range only: "8" or 1.5 were "must be between 1 and the model's 576".
+    const { dimensions } = options as { dimensions?: unknown };
+    if (dimensions !== undefined && !Number.isInteger(dimensions))
+      throw new InvalidParameterError(
+        `dimensions must be a whole number (got ${JSON.stringify(dimensions)})`,
+        "dimensions",
+      );
     try {
       // Errors about a text name it as the caller wrote it ("texts.1"), not as the server's "input".
       const embedding = await embed(this.lm, texts, { ...options, param: "texts", signal: this.#closing.signal });

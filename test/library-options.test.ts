@@ -101,7 +101,7 @@ describe("the library's options", () => {
     expect(chat.messages).toEqual([]);
   }, 120_000);
 
-  test("an empty stop string, a signal that is no AbortSignal and a system prompt that is no string are refused", async () => {
+  test("an empty or null stop, a signal that is no AbortSignal, a system prompt that is no string and dimensions that are no whole number are refused", async () => {
     const bad = (o: object) => o as GenerateOptions;
     expect(await errorOf(() => model.generate("Hi", { maxTokens: 3, stop: "" }))).toBe(
       "stop: stop must be a non-empty string or an array of them",
@@ -118,6 +118,15 @@ describe("the library's options", () => {
       "system: system must be a string",
     );
     expect(await errorOf(async () => model.chat(bad({ system: 5 })))).toBe("system: system must be a string");
+    // The range alone was said of them ("must be between 1 and the model's 576"), which "8" is.
+    for (const [dimensions, shown] of [
+      ["8", '"8"'],
+      [1.5, "1.5"],
+      [null, "null"],
+    ] as const)
+      expect(await errorOf(() => model.embed(["Hi"], { dimensions } as { dimensions: number }))).toBe(
+        `dimensions: dimensions must be a whole number (got ${shown})`,
+      );
     // The good values still work.
     const controller = new AbortController();
     const result = await model.generate("Hi", { maxTokens: 3, stop: "\n\n", signal: controller.signal, system: "Hi" });
