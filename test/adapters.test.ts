@@ -228,6 +228,18 @@ describe("mlx run with adapters", () => {
     const notObject = join(root, "not-object");
     writeRandomAdapter(notObject, { layers: lastLayers(2, 1, projections) });
     writeFileSync(join(notObject, "adapter_config.json"), "null");
+    // A tensor without its layer's name was said to name a layer 'lora_'.
+    const bare = join(root, "bare");
+    writeRandomAdapter(bare, { layers: lastLayers(2, 1, projections) });
+    const bareFile = join(bare, "adapters.safetensors");
+    const loaded = mx.loadSafetensors(bareFile).tensors;
+    loaded.set("lora_a", mx.zeros([hidden, 4], mx.Dtype.float32));
+    mx.saveSafetensors(bareFile, loaded, { format: "mlx" });
+    for (const t of loaded.values()) t.free();
+    expect(await mlx(["run", "-m", "tiny", "--adapter", bare, "hi"])).toMatchObject({
+      code: 1,
+      stderr: `error: ${bareFile}: 'lora_a' names no layer (an adapter's tensors are <layer>.lora_a and <layer>.lora_b)\n`,
+    });
     const nulled = await mlx(["run", "-m", "tiny", "--adapter", notObject, "hi"]);
     expect(nulled).toMatchObject({
       code: 1,

@@ -338,6 +338,11 @@ export function loadAdapter(dir: string, base: LoraLayers): Adapter {
         continue;
       }
       const dot = name.lastIndexOf(".");
+      // A bare 'lora_a' names no layer: said so, rather than as a layer named 'lora_'.
+      if (dot < 0)
+        throw new AdapterError(
+          `${file}: '${name}' names no layer (an adapter's tensors are <layer>.lora_a and <layer>.lora_b)`,
+        );
       const prefix = name.slice(0, dot);
       const leaf = name.slice(dot + 1);
       if (leaf !== "lora_a" && leaf !== "lora_b" && !(leaf === "m" && kind === "dora"))
