@@ -191,6 +191,40 @@ describe("mlx launch: hostfiles", () => {
   });
 });
 
+describe("a rank started by hand (--hostfile, --rank)", () => {
+  test("a ring hostfile that could never form a ring is refused in one line at once, as mlx launch refuses it, not waited on until --peer-timeout", async () => {
+    const file = join(dir, "by-hand.json");
+    for (const [hosts, refusal] of [
+      [[["127.0.0.1:42690"]], "a pipeline needs at least 2 ranks (got 1)"],
+      [
+        [["127.0.0.1:42690"], ["127.0.0.1:42690"]],
+        "127.0.0.1:42690 is listed twice (rank 0 and rank 1): give each its own port",
+      ],
+      [[["127.0.0.1:99999"], ["127.0.0.1:42691"]], "rank 0's address '127.0.0.1:99999' needs a port 1-65535"],
+      [[[], ["127.0.0.1:42691"]], "rank 0 lists no address"],
+    ] as const) {
+      writeFileSync(file, JSON.stringify(hosts));
+      for (const rank of ["0", "1"].slice(0, hosts.length)) {
+        const { stdout, stderr, code } = await mlx([
+          "run",
+          "-m",
+          tiny,
+          "--hostfile",
+          file,
+          "--rank",
+          rank,
+          "--peer-timeout",
+          "2",
+          "hi",
+        ]);
+        expect(stdout).toBe("");
+        expect(stderr).toBe(`error: hostfile ${file}: ${refusal}\n`);
+        expect(code).toBe(1);
+      }
+    }
+  }, 60_000);
+});
+
 describe("mlx launch: ports", () => {
   test("a rank's port that another process holds: one line naming that rank and its address", async () => {
     const taken = createServer();

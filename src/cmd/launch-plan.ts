@@ -2,7 +2,15 @@
 // and `mlx launch --plan`: who holds which layers, what each loads, what each hop carries.
 import { readFileSync } from "node:fs";
 import { freemem, hostname, networkInterfaces } from "node:os";
-import { defaultSplit, headLayers, layerRange, layerRoom, parseLayers, stageBytes } from "../engine/pipeline";
+import {
+  checkRingAddresses,
+  defaultSplit,
+  headLayers,
+  layerRange,
+  layerRoom,
+  parseLayers,
+  stageBytes,
+} from "../engine/pipeline";
 import { headerBytes } from "../engine/pipeline/protocol";
 import { formatBytes } from "../format";
 import { readLayout } from "../models/layout";
@@ -77,28 +85,10 @@ export function readHostfile(path: string, startingPort: number, connectionsPerI
       env: form.env,
     };
   });
-  // MLX's ring would take a port past 65535 modulo 65536, and two ranks on one address never
-  // form a ring (every rank waits for ever): refused here, before any rank starts.
-  const ranksByAddress = new Map<string, number>();
-  for (const [rank, host] of ranks.entries())
-    for (const address of host.addresses) {
-      const portText = address.slice(address.lastIndexOf(":") + 1);
-      const listening = Number(portText);
-      if (!/^\d+$/.test(portText) || listening < 1 || listening > 65535)
-        throw new Error(`hostfile ${path}: rank ${rank}'s address '${address}' needs a port 1-65535`);
-      // MLX's ring takes no IPv6 address (each rank fails with "Can't parse address"), and "[::1]"
-      // would be taken for a remote host to ssh to.
-      if (address.slice(0, address.lastIndexOf(":")).includes(":"))
-        throw new Error(
-          `hostfile ${path}: rank ${rank}'s address '${address}' is IPv6, which MLX's ring backend cannot connect: give an IPv4 address or a host name`,
-        );
-      const other = ranksByAddress.get(address);
-      if (other !== undefined)
-        throw new Error(
-          `hostfile ${path}: ${address} is listed twice (rank ${other} and rank ${rank}): give each its own port`,
-        );
-      ranksByAddress.set(address, rank);
-    }
+  checkRingAddresses(
+    path,
+    ranks.map((host) => host.addresses),
+  );
   return ranks;
 }
 

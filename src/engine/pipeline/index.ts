@@ -10,14 +10,23 @@ import { readLayout } from "../../models/layout";
 import { loadModelAsync, type LoadedModel } from "../../models/load";
 import type { CacheOptions } from "./cache-sets";
 import { PipelineFront } from "./front";
-import { defaultSplit, layerRange, layerRoom, parseLayers } from "./plan";
+import { checkRingAddresses, defaultSplit, layerRange, layerRoom, parseLayers } from "./plan";
 import { serveStage } from "./stage";
 import { serveShard, TensorParallelFront } from "./tensor-parallel";
 
 export { PipelineFront, type PipelineFigures } from "./front";
 export { TensorParallelFront } from "./tensor-parallel";
 export type { CacheOptions } from "./cache-sets";
-export { defaultSplit, headLayers, layerRange, layerRoom, parseLayers, splitLayers, stageBytes } from "./plan";
+export {
+  checkRingAddresses,
+  defaultSplit,
+  headLayers,
+  layerRange,
+  layerRoom,
+  parseLayers,
+  splitLayers,
+  stageBytes,
+} from "./plan";
 export { busyFraction } from "./protocol";
 
 const { distributed } = mx;
@@ -182,6 +191,8 @@ function readRingHostfile(path: string | undefined): string[][] | undefined {
     throw new Error(
       `hostfile ${path}: a rank started by hand reads MLX's ring hostfile ([["host:port", ...], ...], a list per rank); mlx.launch's form is for mlx launch`,
     );
+  // As mlx launch refuses them: started by hand, each rank would wait out --peer-timeout instead.
+  checkRingAddresses(path, hosts as string[][]);
   return hosts as string[][];
 }
 

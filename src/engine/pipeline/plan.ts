@@ -3,6 +3,39 @@
 import type { ModelLayout } from "../../models/layout";
 import type { Stage } from "../../models/stage";
 
+/**
+ * Refuses a ring hostfile's addresses (one list per rank) that could never form a ring, before
+ * the rank joins it: fewer than 2 ranks, or two ranks on one address, leave every rank waiting
+ * for peers until --peer-timeout; MLX's ring would take a port past 65535 modulo 65536, parses
+ * no IPv6 address, and names no rank in its own errors.
+ */
+export function checkRingAddresses(path: string, ranks: string[][]): void {
+  if (ranks.length < 2) throw new Error(`hostfile ${path}: a pipeline needs at least 2 ranks (got ${ranks.length})`);
+  const ranksByAddress = new Map<string, number>();
+  for (const [rank, addresses] of ranks.entries()) {
+    if (addresses.length === 0) throw new Error(`hostfile ${path}: rank ${rank} lists no address`);
+    for (const address of addresses) {
+      const host = address.slice(0, Math.max(0, address.lastIndexOf(":")));
+      if (!host) throw new Error(`hostfile ${path}: rank ${rank}'s address '${address}' is not host:port`);
+      const portText = address.slice(address.lastIndexOf(":") + 1);
+      const port = Number(portText);
+      if (!/^\d+$/.test(portText) || port < 1 || port > 65535)
+        throw new Error(`hostfile ${path}: rank ${rank}'s address '${address}' needs a port 1-65535`);
+      // "[::1]" would also be taken for a remote host to ssh to.
+      if (host.includes(":"))
+        throw new Error(
+          `hostfile ${path}: rank ${rank}'s address '${address}' is IPv6, which MLX's ring backend cannot connect: give an IPv4 address or a host name`,
+        );
+      const other = ranksByAddress.get(address);
+      if (other !== undefined)
+        throw new Error(
+          `hostfile ${path}: ${address} is listed twice (rank ${other} and rank ${rank}): give each its own port`,
+        );
+      ranksByAddress.set(address, rank);
+    }
+  }
+}
+
 /** "0-9,10-18,19-29": one contiguous run of layers per rank, in order, covering every layer. */
 export function parseLayers(spec: string, numLayers: number, ranks: number): Stage[] {
   // Not the default split in its place: an empty --layers "$SPLIT" is a mistake to name.
