@@ -68,6 +68,18 @@ describe("mlx launch: the command after --", () => {
     }
   });
 
+  test("-n followed by a value starting with '-' says what is wrong with it, as any other flag does (not 'Option '-n' argument is ambiguous.')", async () => {
+    for (const [value, refusal] of [
+      ["-1", "-n must be a whole number > 0 (got '-1')"],
+      ["-x", "-n takes a value: write one that starts with '-' as -n=<value>"],
+    ]) {
+      const { stdout, stderr, code } = await mlx(["launch", "-n", value!, "--", "run", "hi"]);
+      expect(stdout).toBe("");
+      expect(stderr).toBe(`error: ${refusal}\n`);
+      expect(code).toBe(1);
+    }
+  });
+
   test("the command's own --rank or --hostfile (which would win over launch's) is refused at once, not left to hang", async () => {
     const ring = join(dir, "own-ring.json");
     writeFileSync(ring, JSON.stringify([["127.0.0.1:1"], ["127.0.0.1:2"], ["127.0.0.1:3"]]));

@@ -52,6 +52,8 @@ export function withNegativeValues(args: ArgsDef, argv: string[]): string[] {
     if (option.type !== "string") continue;
     takesValue.add(`--${name}`);
     if (option.short) takesValue.add(`-${option.short}`);
+    // A one-letter flag's name (launch's n) is typed with one dash, and both parsers read it so.
+    if (name.length === 1) takesValue.add(`-${name}`);
   }
   const out: string[] = [];
   for (let i = 0; i < argv.length; i++) {
@@ -104,7 +106,7 @@ export function flagProblem(command: string, args: ArgsDef, argv: string[]): str
       const hint = close.length > 0 ? ` (did you mean ${close.map((c) => `--${c}`).join(" or ")}?)` : "";
       return `unknown option ${dashes}${name} for mlx ${command}${hint}; mlx ${command} --help lists them`;
     }
-    const ambiguous = /^Option '(?:-\w, )?(--[^' ]+)[^']*' argument is ambiguous/.exec(message);
+    const ambiguous = /^Option '(?:-\w, )?(--?[^' ]+)[^']*' argument is ambiguous/.exec(message);
     if (ambiguous) return `${ambiguous[1]} takes a value: write one that starts with '-' as ${ambiguous[1]}=<value>`;
     return oneDash(message.split("\n")[0]!);
   }
