@@ -70,12 +70,16 @@ export async function openPipeline(
     const message = `error: rank ${rank}: no word from rank ${next} for ${seconds} s (--peer-timeout); stopping`;
     distributed.watchNeighbours(peerTimeoutMs, message);
   }
+  // Exchanged whatever the split, used only by the default one: ranks started by hand with other
+  // --layers or --tensor-parallel flags then pass the same messages until expectOneSplit names
+  // the difference (one that skipped it read the others' room as their split, and they lost it).
+  const room = await exchangeLayerRoom(group, layerRoom(layout, rank, freemem()));
   // Tensor parallel: every rank holds a slice of every layer; rank 0 the ends as well.
   const stages = tensorParallel
     ? undefined
     : spec.layers !== undefined
       ? parseLayers(spec.layers, layout.numLayers, size)
-      : defaultSplit(layout, await exchangeLayerRoom(group, layerRoom(layout, rank, freemem())));
+      : defaultSplit(layout, room);
   const stage = stages?.[rank] ?? { start: 0, end: layout.numLayers, ends: rank === 0 };
   // What a prompt cache file records: a file saved under another split is not used.
   const split = stages ? `layers ${stages.map(layerRange).join(",")}` : `tensor-parallel ${size}`;
