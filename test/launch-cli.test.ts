@@ -444,6 +444,44 @@ describe("mlx launch: signals reach rank 0 once each", () => {
       }
     }
   }, 120_000);
+
+  test("a stop while serve's ranks are still joining ends every rank at once, without a word from them, as alone", async () => {
+    const launcher = spawn(
+      process.execPath,
+      [mainScript, "launch", "-n", "3", "--", "serve", "--port", "0", "-m", tiny],
+      { env: { ...process.env, MLX_HOME: home, NO_COLOR: "1" }, stdio: ["ignore", "pipe", "pipe"] },
+    );
+    const stderr = collect(launcher.stderr!);
+    const exited = new Promise<number | null>((resolve) => launcher.on("exit", (code) => resolve(code)));
+    let ranks: number[] = [];
+    try {
+      // Rank 1 held before it joins (a slow machine): the ring cannot form, rank 0 says it is loading.
+      expect(await until(() => rankPids(launcher.pid!).has(1), 30_000)).toBe(true);
+      process.kill(rankPids(launcher.pid!).get(1)!, "SIGSTOP");
+      expect(await until(() => /listening on http:\S+/.test(stderr.text()), 30_000)).toBe(true);
+      const url = /listening on (http:\S+)/.exec(stderr.text())![1]!;
+      expect(await (await fetch(`${url}/health`)).json()).toEqual({ status: "loading" });
+      ranks = [...rankPids(launcher.pid!).values()];
+      expect(ranks.length).toBe(3);
+      const stoppedAt = performance.now();
+      launcher.kill("SIGTERM");
+      for (const pid of ranks) process.kill(pid, "SIGCONT");
+      expect(await exited).toBe(0);
+      // Not the 10 s the launcher gives ranks that rank 0 told to stop.
+      expect(performance.now() - stoppedAt).toBeLessThan(5000);
+      expect(stderr.text()).not.toContain("[rank");
+    } finally {
+      launcher.kill("SIGKILL");
+      for (const pid of ranks) {
+        try {
+          process.kill(pid, "SIGKILL");
+        } catch {
+          // Gone already.
+        }
+      }
+    }
+    expect(await allGone(ranks, 15_000)).toBe(true);
+  }, 120_000);
 });
 
 describe("mlx launch -- cache-prompt", () => {

@@ -229,10 +229,13 @@ async function launch(hosts: Host[], command: string[], sshConfig?: string): Pro
       exit: new Promise((resolve) => child.on("exit", (code, signal) => resolve({ code, signal }))),
     };
     const prefix = rank === 0 ? "" : `[rank ${rank}] `;
+    // Once serve's rank 0 is asked to stop, the others' words are of the ring closing under them:
+    // rank 0 ends as asked, and those still joining it (loading) it cannot tell first.
+    const quiet = () => rank > 0 && stoppingServer();
     if (rank === 0)
       child.stdout?.pipe(process.stdout); // over ssh
-    else relay(child.stdout!, prefix, r);
-    relay(child.stderr!, prefix, r);
+    else relay(child.stdout!, prefix, r, quiet);
+    relay(child.stderr!, prefix, r, quiet);
     return r;
   });
   const stopAll = (signal: NodeJS.Signals) => {
@@ -244,6 +247,10 @@ async function launch(hosts: Host[], command: string[], sshConfig?: string): Pro
   // others, which would each report the lost connection as their error. It goes to every rank.
   const stopKillsRanks = command[0] !== "serve";
   let passedOn: NodeJS.Signals | undefined;
+  // Any signal passed on to serve's rank 0 stops the server.
+  function stoppingServer() {
+    return passedOn !== undefined && !stopKillsRanks;
+  }
   for (const signal of ["SIGINT", "SIGTERM"] as const)
     process.on(signal, () => {
       passedOn = signal;
@@ -272,7 +279,9 @@ async function launch(hosts: Host[], command: string[], sshConfig?: string): Pro
       reportFailure(first.r, first.status);
       return first.r.rank === 0 && first.status.code ? first.status.code : 1;
     }
-    if (killedAsAsked) stopAll("SIGTERM");
+    // Serve's rank 0 stopped as asked told the others, unless they were still joining it: those
+    // are stopped now, not left to find the ring gone (or killed 10 s later).
+    if (killedAsAsked || (first.r.rank === 0 && stoppingServer())) stopAll("SIGTERM");
     // Rank 0 is done and told the others to stop: give them a moment, then make sure.
     let forcedOut = false;
     const forced = setTimeout(() => {
@@ -305,9 +314,13 @@ function sharedCoreThreads(hosts: Host[], command: string[]): { MLX_CPU_THREADS?
   return { MLX_CPU_THREADS: String(Math.max(1, Math.floor(availableParallelism() / local))) };
 }
 
-/** Copies a rank's output to our stderr line by line, prefixed, keeping its last error line. */
-function relay(stream: NodeJS.ReadableStream, prefix: string, r: Rank): void {
+/**
+ * Copies a rank's output to our stderr line by line, prefixed, keeping its last error line;
+ * none while `quiet` says so.
+ */
+function relay(stream: NodeJS.ReadableStream, prefix: string, r: Rank, quiet: () => boolean): void {
   createInterface({ input: stream, crlfDelay: Infinity }).on("line", (line) => {
+    if (quiet()) return;
     if (line.startsWith("error:")) r.lastError = line.slice("error:".length).trim();
     if (line.trim()) r.lastLine = line.trim();
     process.stderr.write(`${prefix}${line}\n`);
