@@ -14,7 +14,10 @@ import { createServer } from "node:net";
 import { availableParallelism, constants, tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
+import { parseLayers } from "../engine/pipeline";
+import { readLayout } from "../models/layout";
 import { remoteModel } from "../providers";
+import { locateModel } from "../store/resolve";
 import { describePlan, flag, readHostfile, ringHostfile, type Host } from "./launch-plan";
 import { fail } from "./log";
 import { positiveInteger } from "./options";
@@ -74,6 +77,7 @@ export default defineCommand({
         process.stdout.write(await describePlan(hosts, command));
         return;
       }
+      refuseLayersThatDoNotFit(hosts, command);
       process.exitCode = await launch(hosts, command, args["ssh-config"]);
     } catch (error) {
       fail(error, false);
@@ -115,6 +119,18 @@ function refuseWholeOnEveryRank(command: string[]): void {
     throw new Error(
       `${model ? `'${model}'` : "the default model"} is a remote model (models.toml): its provider runs it, with nothing to split across ranks`,
     );
+}
+
+/**
+ * A --layers that does not fit the ranks or the model, refused once before any rank starts (each
+ * rank would refuse it in the same words, and the launcher say it again). Only when every rank
+ * is on this machine, and the model they load is here already (nothing pulled or opened).
+ */
+function refuseLayersThatDoNotFit(hosts: Host[], command: string[]): void {
+  const layers = flag(command, ["--layers"]);
+  if (layers === undefined || hosts.some((h) => h.ssh)) return;
+  const { path } = locateModel(flag(command, ["--model", "-m"]));
+  if (path) parseLayers(layers, readLayout(path).numLayers, hosts.length);
 }
 
 /**
