@@ -139,26 +139,17 @@ describe("mlx launch: the ranks' split flags", () => {
     expect(run.code).toBe(1);
   }, 60_000);
 
-  test("a --layers that does not fit the ranks or the model is one line before any rank starts, not each rank's and the launcher's", async () => {
-    for (const [layers, refusal] of [
-      ["0-1,1-2", "--layers: rank 1's range '1-2' should start at layer 2 (contiguous, in order)"],
-      ["0,2", "--layers: rank 1's range '2' should start at layer 1 (contiguous, in order)"],
-      ["0-1,2-3", "--layers '0-1,2-3' covers layers 0-3; the model has 3 (0-2)"],
-      ["0-2,3-2", "--layers: '3-2' ends before it starts"],
-      ["0-2", "--layers '0-2' names 1 ranges for 2 ranks (one range per rank)"],
-    ]) {
-      const { stdout, stderr, code } = await mlx([
-        "launch",
-        "-n",
-        "2",
-        "--",
-        "run",
-        "-m",
-        tiny,
-        "--layers",
-        layers!,
-        "hi",
-      ]);
+  test("a split that does not fit the ranks or the model is one line before any rank starts, not each rank's and the launcher's", async () => {
+    for (const [ranks, layers, refusal] of [
+      ["2", "0-1,1-2", "--layers: rank 1's range '1-2' should start at layer 2 (contiguous, in order)"],
+      ["2", "0,2", "--layers: rank 1's range '2' should start at layer 1 (contiguous, in order)"],
+      ["2", "0-1,2-3", "--layers '0-1,2-3' covers layers 0-3; the model has 3 (0-2)"],
+      ["2", "0-2,3-2", "--layers: '3-2' ends before it starts"],
+      ["2", "0-2", "--layers '0-2' names 1 ranges for 2 ranks (one range per rank)"],
+      ["4", undefined, "the model has 3 layers, fewer than the 4 ranks"],
+    ] as const) {
+      const split = layers === undefined ? [] : ["--layers", layers];
+      const { stdout, stderr, code } = await mlx(["launch", "-n", ranks, "--", "run", "-m", tiny, ...split, "hi"]);
       expect(stdout).toBe("");
       expect(stderr).toBe(`error: ${refusal}\n`);
       expect(code).toBe(1);

@@ -14,7 +14,7 @@ import { createServer } from "node:net";
 import { availableParallelism, constants, tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
-import { parseLayers } from "../engine/pipeline";
+import { parseLayers, splitLayers } from "../engine/pipeline";
 import { readLayout } from "../models/layout";
 import { remoteModel } from "../providers";
 import { locateModel } from "../store/resolve";
@@ -77,7 +77,7 @@ export default defineCommand({
         process.stdout.write(await describePlan(hosts, command));
         return;
       }
-      refuseLayersThatDoNotFit(hosts, command);
+      refuseSplitThatDoesNotFit(hosts, command);
       process.exitCode = await launch(hosts, command, args["ssh-config"]);
     } catch (error) {
       fail(error, false);
@@ -122,15 +122,19 @@ function refuseWholeOnEveryRank(command: string[]): void {
 }
 
 /**
- * A --layers that does not fit the ranks or the model, refused once before any rank starts (each
- * rank would refuse it in the same words, and the launcher say it again). Only when every rank
- * is on this machine, and the model they load is here already (nothing pulled or opened).
+ * A split that does not fit the model, refused once before any rank starts (each rank would
+ * refuse it in the same words, and the launcher say it again): a --layers that does not fit the
+ * ranks or the model, more ranks than layers. Only when every rank is on this machine, and the
+ * model they load is here already (nothing pulled or opened).
  */
-function refuseLayersThatDoNotFit(hosts: Host[], command: string[]): void {
-  const layers = flag(command, ["--layers"]);
-  if (layers === undefined || hosts.some((h) => h.ssh)) return;
+function refuseSplitThatDoesNotFit(hosts: Host[], command: string[]): void {
+  if (hosts.some((h) => h.ssh) || command.includes("--tensor-parallel")) return;
   const { path } = locateModel(flag(command, ["--model", "-m"]));
-  if (path) parseLayers(layers, readLayout(path).numLayers, hosts.length);
+  if (!path) return;
+  const { numLayers } = readLayout(path);
+  const layers = flag(command, ["--layers"]);
+  if (layers !== undefined) parseLayers(layers, numLayers, hosts.length);
+  else splitLayers(numLayers, Array(hosts.length).fill(1)); // refuses more ranks than layers
 }
 
 /**
