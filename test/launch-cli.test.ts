@@ -329,6 +329,41 @@ describe("mlx launch: a rank that fails after rank 0 answered", () => {
   }, 60_000);
 });
 
+describe("mlx launch: a rank that fails while another is stopped (SIGSTOP)", () => {
+  test("the stopped rank ends with the others at once, not when the launcher kills it 2 s later", async () => {
+    const launcher = spawn(
+      process.execPath,
+      [mainScript, "launch", "-n", "3", "--", "run", "-m", tiny, "--max-tokens", "100000", "Count:"],
+      { env: { ...process.env, MLX_HOME: home, NO_COLOR: "1" }, stdio: ["ignore", "pipe", "pipe"] },
+    );
+    const stdout = collect(launcher.stdout!);
+    const stderr = collect(launcher.stderr!);
+    const exited = new Promise<number | null>((resolve) => launcher.on("exit", (code) => resolve(code)));
+    let ranks = new Map<number, number>();
+    try {
+      expect(await until(() => stdout.text().length > 0, 30_000)).toBe(true); // answering
+      ranks = rankPids(launcher.pid!);
+      expect(ranks.size).toBe(3);
+      process.kill(ranks.get(1)!, "SIGSTOP");
+      const failedAt = performance.now();
+      process.kill(ranks.get(2)!, "SIGKILL");
+      expect(await exited).toBe(1);
+      expect(performance.now() - failedAt).toBeLessThan(1500);
+      expect(stderr.text()).toEndWith("error: rank 2 was killed by SIGKILL\n");
+    } finally {
+      launcher.kill("SIGKILL");
+      for (const pid of ranks.values()) {
+        try {
+          process.kill(pid, "SIGKILL");
+        } catch {
+          // Gone already.
+        }
+      }
+    }
+    expect(await allGone([...ranks.values()], 15_000)).toBe(true);
+  }, 60_000);
+});
+
 describe("mlx launch: the launcher ended", () => {
   test.each(["SIGKILL", "SIGHUP"] as const)(
     "a launcher killed by %s (it passes nothing on) leaves no rank serving",

@@ -293,6 +293,9 @@ async function launch(hosts: Host[], command: string[], sshConfig?: string): Pro
     const asked = killedAsAsked || (first.r.rank === 0 && first.status.code !== null && first.status.code > 128);
     if (first.status.code !== 0 && !asked) {
       stopAll("SIGTERM");
+      // A rank that is stopped (SIGSTOP: often the silent peer the others gave up on) takes the
+      // stop only once continued: now, not when it is killed 2 s later.
+      stopAll("SIGCONT");
       const forced = setTimeout(() => stopAll("SIGKILL"), 2000);
       await Promise.all(ranks.map((r) => r.exit));
       clearTimeout(forced);
