@@ -359,6 +359,12 @@ describe("chat template", () => {
     expect(() => renderChat(unsupported as LoadedModel, messages)).toThrow(
       "the model's chat template uses a feature of Python's Jinja2 that mlx's template renderer lacks: ",
     );
+    // One the parser cannot read (a block left open, which Jinja2 refuses too) says so.
+    const unreadable = withTemplate("{% if messages %}hi");
+    expect(() => renderChat(unreadable as LoadedModel, messages)).toThrow(ChatTemplateUnsupportedError);
+    expect(() => renderChat(unreadable as LoadedModel, messages)).toThrow(
+      "the model's chat template cannot be parsed (a syntax error in it, or Jinja2 syntax mlx's template renderer lacks): ",
+    );
   });
   // Expected renderings from transformers (Jinja2's loopcontrols): @huggingface/jinja's {% break %}
   // and {% continue %} threw away what the loop's body had rendered in that pass (the last user

@@ -5,7 +5,7 @@
 import { ChatTemplateUnsupportedError, ContextLengthError, InvalidParameterError, UnsupportedError } from "../errors";
 import { BudgetError } from "./budget/steering";
 import type { LoadedModel } from "../models/load";
-import { TemplateRaisedError, TemplateTypeError } from "../tokenizer/python-jinja";
+import { TemplateParseError, TemplateRaisedError, TemplateTypeError } from "../tokenizer/python-jinja";
 import type { Tokenizer } from "../tokenizer/tokenizer";
 import { createJsonConstraint, SchemaError, type GrammarConstraint, type JsonFormat } from "./grammar";
 import { chatText, promptText } from "./prompt";
@@ -361,6 +361,10 @@ function withTemplateErrors<T>(fn: () => T): T {
     // So is a value the template cannot use, where Python's Jinja2 fails alike (a tool without the description it adds).
     if (error instanceof TemplateTypeError)
       throw new InvalidParameterError(`the model's chat template failed on the messages: ${error.message}`, "messages");
+    if (error instanceof TemplateParseError)
+      throw new ChatTemplateUnsupportedError(
+        `the model's chat template cannot be parsed (a syntax error in it, or Jinja2 syntax mlx's template renderer lacks): ${error.message}`,
+      );
     // Anything else is our renderer failing where Python's Jinja2 (transformers, vLLM) renders.
     throw new ChatTemplateUnsupportedError(
       `the model's chat template uses a feature of Python's Jinja2 that mlx's template renderer lacks: ${(error as Error).message}`,

@@ -1029,7 +1029,22 @@ class PythonInterpreter extends Interpreter {
  * saved with Windows line endings full of blank lines).
  */
 export function parseTemplate(source: string): Template {
-  return withPythonBuiltins(new Template(source.replace(/\r\n?/g, "\n")));
+  let template: Template;
+  try {
+    template = new Template(source.replace(/\r\n?/g, "\n"));
+  } catch (error) {
+    throw new TemplateParseError((error as Error).message, { cause: error });
+  }
+  return withPythonBuiltins(template);
+}
+
+/**
+ * A template the library's parser could not read: a syntax error in it, or syntax of Jinja2's the
+ * parser lacks, which cannot be told apart here (its message for a block left open is
+ * JavaScript's own, "undefined is not an object").
+ */
+export class TemplateParseError extends Error {
+  override name = "TemplateParseError";
 }
 
 /** Renders a template (withPythonBuiltins') with these variables, as Python's Jinja2 renders it. */
