@@ -390,6 +390,40 @@ describe("reasoning sent back", () => {
     });
     expect(viaResponses.json.usage.input_tokens).toBe(ids.length);
   });
+  test("Responses: previous_response_id continues with the reasoning the response's output held, as its items sent back do", async () => {
+    // A stored response's conversation is what its output items say: continuing it by id reads
+    // the same prompt as sending those items back (the reasoning item included), whole or streamed.
+    const scripted = join(dirname(model), "responses-reasoning-then-call");
+    // No token twice (a scripted model would loop): it closes its reasoning itself, no budget needed.
+    writeScriptedModel(
+      scripted,
+      ["Ask", " the", " clock", ".", "</think>", "\n\n", "<tool_call>"],
+      qwen3ThinkingTemplate,
+    );
+    const tools = [{ type: "function" as const, name: "now", parameters: nowTool.function.parameters, strict: false }];
+    const question = "What time is it?";
+    const ask = {
+      model: scripted,
+      input: question,
+      tools,
+      parallel_tool_calls: false,
+      max_output_tokens: 60,
+      temperature: 0,
+    };
+    const streamedTurn = await openai.responses.stream(ask).finalResponse();
+    for (const turn of [await openai.responses.create(ask), streamedTurn]) {
+      expect(turn.output.map((o) => o.type)).toEqual(["reasoning", "function_call"]);
+      const call = turn.output[1] as OpenAI.Responses.ResponseFunctionToolCall;
+      const result = { type: "function_call_output" as const, call_id: call.call_id, output: "12:00" };
+      const next = { model: scripted, tools, max_output_tokens: 1 };
+      const sentBack = await openai.responses.create({
+        ...next,
+        input: [{ role: "user", content: question }, ...(turn.output as OpenAI.Responses.ResponseInputItem[]), result],
+      });
+      const continued = await openai.responses.create({ ...next, previous_response_id: turn.id, input: [result] });
+      expect(continued.usage!.input_tokens).toBe(sentBack.usage!.input_tokens);
+    }
+  });
 });
 
 describe("the other API families", () => {

@@ -40,8 +40,11 @@ import { unixSeconds, type ChatLogprob } from "../../api/openai";
 const STORED_RESPONSES = 1000;
 const STORED_FOR_MS = 60 * 60_000;
 
-/** Keeps a finished response and the conversation it ended (when its request asked to store it). */
-type Keep = (content: string, calls: ToolCall[], response: StoredResponse["response"]) => void;
+/**
+ * Keeps a finished response and the conversation it ended (when its request asked to store it),
+ * its reasoning included: continuing it reads what sending its output items back would.
+ */
+type Keep = (content: string, calls: ToolCall[], reasoning: string, response: StoredResponse["response"]) => void;
 
 export function responsesRoutes(s: ServerState): Hono {
   const r = new Hono();
@@ -106,10 +109,18 @@ async function respond(s: ServerState, c: Context, stored: ResponseStore): Promi
     topLogprobs: req.topLogprobs,
   });
   const base = responseBase(req, model, gen.sampling);
-  const keep: Keep = (content, calls, response) => {
+  const keep: Keep = (content, calls, reasoning, response) => {
     if (req.store)
       stored.set(base.id, {
-        messages: [...conversation, { role: "assistant", content, ...(calls.length > 0 ? { toolCalls: calls } : {}) }],
+        messages: [
+          ...conversation,
+          {
+            role: "assistant",
+            content,
+            ...(calls.length > 0 ? { toolCalls: calls } : {}),
+            ...(reasoning ? { reasoning } : {}),
+          },
+        ],
         inputItems,
         response,
       });
@@ -217,7 +228,7 @@ async function whole(gen: Generation, base: Base, keep: Keep, req: ResponsesRequ
     finishReason,
     usage,
   );
-  keep(content, calls, response);
+  keep(content, calls, result.reasoning, response);
   return Response.json(response, { headers: closedEarlyHeaders(gen) });
 }
 
@@ -336,7 +347,7 @@ function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep, req: 
           e.finishReason,
           e.usage,
         );
-        keep(text, calls, response);
+        keep(text, calls, reasoning, response);
         emit(send, { type: e.finishReason === "length" ? "response.incomplete" : "response.completed", response });
       },
       // The stream's error, then the response's own end as OpenAI's ends a failed one: clients
