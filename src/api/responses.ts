@@ -70,9 +70,9 @@ const LOGPROBS = "message.output_text.logprobs";
 
 /**
  * `include` values: each answer token's logprob, as chat completions' logprobs; and the reasoning's encrypted content is what a client that stores nothing
- * (store: false) passes back so that the next turn can go on from it; here no turn reads an
- * earlier turn's reasoning (thinking templates drop it), so there is nothing to pass back, and
- * reasoning items carry `encrypted_content: null`.
+ * (store: false) passes back so that the next turn can go on from it; here the reasoning item
+ * holds its text whole (reasoning_text content), which such a client (Codex) sends back and the
+ * next turn reads, so there is nothing to encrypt, and reasoning items carry `encrypted_content: null`.
  */
 const INCLUDABLE = ["reasoning.encrypted_content", LOGPROBS];
 
