@@ -1,7 +1,7 @@
 // Arguments shared by the commands that generate text, and their translation into the
 // engine's sampling parameters.
 import type { ArgsDef } from "citty";
-import { readFileSync, statSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import { defaultSampling, validateSampling, type SamplingParams } from "../engine/sampling";
 import { validateSchema, type JsonFormat } from "../engine/grammar";
 import type { KvQuantization } from "../models/cache";
@@ -272,7 +272,7 @@ export function promptCacheDirFrom(args: Record<string, unknown>): {
   if (dir !== undefined && !dir.trim()) throw new Error("--prompt-cache-dir needs a directory");
   // A file given by mistake is told at once (a folder that cannot be made later only warns: the
   // server answers without its disk cache).
-  if (dir !== undefined && statSync(dir, { throwIfNoEntry: false })?.isDirectory() === false)
+  if (dir !== undefined && existsSync(dir) && !statSync(dir).isDirectory())
     throw new Error(`--prompt-cache-dir ${dir} is a file, not a directory`);
   if (gb === undefined) return { promptCacheDir: dir };
   if (dir === undefined) throw new Error("--prompt-cache-max-gb needs --prompt-cache-dir");
