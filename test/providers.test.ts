@@ -1282,6 +1282,14 @@ describe("models.toml", () => {
       );
   });
 
+  test("a duration past a timer's limit, which would fire at once (every request timed out), is refused", () => {
+    for (const key of ["connect_timeout", "read_timeout", "retry_base", "retry_max", "circuit_cooldown"])
+      expect(aliasError(`provider = "openai"\nmodel = "m"\n${key} = 3000000`)).toContain(
+        `model 'x': ${key} must be at most 2147483 seconds (about 24 days)`,
+      );
+    expect(aliasError('provider = "openai"\nmodel = "m"\nread_timeout = 2147483')).toBe("no error");
+  });
+
   test("a remote entry's mistake names the file and the line of the entry", () => {
     const dir = mkdtempSync(join(tmpdir(), "mlx-providers-toml-"));
     const file = join(dir, "models.toml");

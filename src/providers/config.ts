@@ -68,6 +68,9 @@ const defaultBaseUrl: Record<ProviderKind, string> = {
   anthropic: "https://api.anthropic.com",
 };
 
+/** The longest delay setTimeout takes (2^31 - 1 ms); a longer one fires at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /** The TOML keys of the limits, their field, and whether they count seconds (turned into ms). */
 const LIMIT_KEYS: [string, keyof ProviderLimits, "count" | "seconds"][] = [
   ["max_connections", "maxConnections", "count"],
@@ -105,6 +108,9 @@ export function parseRemoteModel(name: string, e: Record<string, unknown>, origi
     const ok = typeof value === "number" && Number.isFinite(value) && value >= 0;
     if (!ok || (unit === "count" && !Number.isInteger(value)))
       throw new Error(`${where}: ${key} must be a ${unit === "count" ? "whole number" : "number of seconds"} >= 0`);
+    // A wait past a timer's limit would fire at once (every request "timed out", no backoff).
+    if (unit === "seconds" && value * 1000 > MAX_TIMER_MS)
+      throw new Error(`${where}: ${key} must be at most ${Math.floor(MAX_TIMER_MS / 1000)} seconds (about 24 days)`);
     limits[field] = unit === "seconds" ? value * 1000 : value;
   }
   if (limits.maxConnections < 1) throw new Error(`${where}: max_connections must be at least 1`);
