@@ -1329,6 +1329,14 @@ describe("models.toml", () => {
     });
     expect(r.status).toBe(400);
     expect(r.json.error.message).toContain("model 'ro' is served by a remote openai provider");
+    // Pulling it was "unknown model 'ro' (not an alias, ...)", over HTTP "name an alias": it is one.
+    const pulled = await post(`${proxy.url}/api/pull`, { model: "ro", stream: false });
+    expect(pulled.status).toBe(400);
+    expect(pulled.json.error).toContain("model 'ro' is served by a remote openai provider");
+    const cli = await cliRunner(home)(["pull", "ro"]);
+    expect(cli.code).toBe(1);
+    expect(cli.stderr).toContain("model 'ro' is served by a remote openai provider");
+    expect(cli.stderr).toContain("it has no weights to load or pull");
   });
 });
 

@@ -8,7 +8,7 @@ import { readManifest } from "../store/manifest";
 import { createProgressReporter } from "../store/progress";
 import { loadAliases } from "../store/aliases";
 import { isRemoteSource, pullModel, weightsRequest, type ModelRequest } from "../store/pull";
-import { looksLikePath, unknownModelError } from "../store/resolve";
+import { looksLikePath, refuseRemoteAlias, unknownModelError } from "../store/resolve";
 import { openStoredModel, repair, StoreDamageError } from "../store/store";
 import { shellWord } from "../format";
 import { fail, log, setVerbose, warnEvicted } from "./log";
@@ -50,6 +50,7 @@ export default defineCommand({
   async run({ args }) {
     setVerbose(Boolean(args.verbose));
     try {
+      refuseRemoteAlias(args.model);
       // A converted or fused model has no source to pull from: it is there, or made again.
       if (readManifest(args.model)?.derivedKey) {
         const path = await openStoredModel(args.model).catch((error) => {

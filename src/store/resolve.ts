@@ -46,6 +46,16 @@ export type ModelLocation =
    */
   | { kind: "missing"; name: string; source: string; alias: boolean; pathsRefused: boolean; path?: undefined };
 
+/** A remote alias has no weights: loading or pulling it is an error that says so (not "unknown model"). */
+export function refuseRemoteAlias(name: string, aliases: AliasTable = loadAliases()): void {
+  const remote = aliases.remotes.get(name);
+  if (remote)
+    throw new UnsupportedError(
+      `model '${name}' is served by a remote ${remote.kind} provider (${remote.baseUrl}): it has no weights to load or pull`,
+      "model",
+    );
+}
+
 export function locateModel(
   spec: string | undefined,
   aliases: AliasTable = loadAliases(),
@@ -53,12 +63,7 @@ export function locateModel(
 ): ModelLocation {
   refuseEmptyName(spec);
   const name = spec ?? aliases.defaultModel;
-  const remote = aliases.remotes.get(name);
-  if (remote)
-    throw new UnsupportedError(
-      `model '${name}' is served by a remote ${remote.kind} provider (${remote.baseUrl}): it has no weights to load or pull`,
-      "model",
-    );
+  refuseRemoteAlias(name, aliases);
   const alias = aliases.models.get(name);
   const source = alias?.source ?? name;
   // An alias may name another one as its source (a base model plus an adapter).

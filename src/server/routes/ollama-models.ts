@@ -9,6 +9,7 @@ import { releaseModel } from "../../store/in-use";
 import { readManifest } from "../../store/manifest";
 import { isRemoteSource, pullModel, weightsRequest, type ModelRequest } from "../../store/pull";
 import { loadAliases } from "../../store/aliases";
+import { refuseRemoteAlias } from "../../store/resolve";
 import { modelNameFits } from "../../store/paths";
 import { copyModel, loadPath, releaseStoredModels, removeModel } from "../../store/store";
 import { badRequest, toApiError } from "../errors";
@@ -138,6 +139,7 @@ function copyDestination(s: ServerState, name: string): string {
  * an hf:/pypi: source; never a path on the server's disk.
  */
 function pullRequest(name: string): ModelRequest {
+  refuseRemoteAlias(name);
   if (!loadAliases().models.has(name) && !readManifest(name) && !isRemoteSource(name))
     throw badRequest(
       `cannot pull '${name}': name an alias from models.toml, a stored model, or an hf:/pypi: source`,
