@@ -15,7 +15,15 @@ import Ajv from "ajv";
 import type { Subprocess } from "bun";
 import type { RunningServer } from "../src/server/app";
 import { remoteModel, streamRemoteCompletion } from "../src/providers";
-import { answerValidator, answerValidatorCount, MAX_ANSWER_VALIDATORS, retryAfterMs } from "../src/providers/model";
+import { defaultLimits } from "../src/providers/config";
+import {
+  answerValidator,
+  answerValidatorCount,
+  MAX_ANSWER_VALIDATORS,
+  Provider,
+  RemoteModel,
+  retryAfterMs,
+} from "../src/providers/model";
 import { loadAliases } from "../src/store/aliases";
 import { cliRunner, mainScript } from "./helpers/cli";
 import { eventually, post, serve } from "./helpers/serve";
@@ -1338,6 +1346,86 @@ describe("models.toml", () => {
     expect(cli.stderr).toContain("model 'ro' is served by a remote openai provider");
     expect(cli.stderr).toContain("it has no weights to load or pull");
   });
+});
+
+test("the half-open circuit's trial request, gone while it waited for a connection, lets the next request try", async () => {
+  // Requests for "hold" wait for the gate; one for "fail" waits for its own, then is a 500.
+  const hold = Promise.withResolvers<void>();
+  const failing = Promise.withResolvers<void>();
+  const server = Bun.serve({
+    port: 0,
+    async fetch(req) {
+      const { model } = (await req.json()) as { model: string };
+      if (model === "fail") {
+        await failing.promise;
+        return Response.json({ error: { message: "overloaded" } }, { status: 500 });
+      }
+      await hold.promise;
+      return new Response(chatStream("done"), { headers: { "Content-Type": "text/event-stream" } });
+    },
+  });
+  helpers.push(server);
+  const limits = {
+    ...defaultLimits,
+    maxConnections: 2,
+    maxQueue: 1,
+    maxRetries: 0,
+    circuitFailures: 1,
+    circuitCooldownMs: 50,
+  };
+  const provider = new Provider("test", limits, "openai");
+  const model = (name: string) =>
+    new RemoteModel(
+      {
+        name,
+        kind: "openai",
+        baseUrl: "test",
+        endpoint: `http://127.0.0.1:${server.port}/v1`,
+        definedAt: "test",
+        model: name,
+        defaultMaxTokens: 16,
+        limits,
+      },
+      provider,
+    );
+  const answer = async (name: string, signal?: AbortSignal) => {
+    let text = "";
+    const request = {
+      prompt: { kind: "chat" as const, messages: [{ role: "user" as const, content: "Hi" }] },
+      sampling: {},
+    };
+    for await (const event of model(name).stream(request, { signal })) if (event.type === "text") text += event.text;
+    return text;
+  };
+  const settled = (p: Promise<string>) =>
+    p.then(
+      (text) => text,
+      (error: Error) => error.message,
+    );
+  // Both connections in use: one held, one failing; a third request waits for one.
+  const first = settled(answer("hold"));
+  const failed = settled(answer("fail"));
+  await eventually(async () => provider.pool.inUse === 2);
+  const queued = settled(answer("hold"));
+  await eventually(async () => provider.pool.waiting === 1);
+  failing.resolve();
+  expect(await failed).toContain("answered 500: overloaded");
+  // The circuit opened; the queued request took the freed connection; both are in use again.
+  await eventually(async () => provider.pool.inUse === 2 && provider.circuit.state === "half_open");
+  // The trial request waits for a connection, and its client goes away.
+  const client = new AbortController();
+  const trial = settled(answer("hold", client.signal));
+  await eventually(async () => provider.pool.waiting === 1);
+  client.abort(new Error("client gone"));
+  expect(await trial).toBe("client gone");
+  // The next request is the trial now (it was refused: "its circuit is open").
+  const next = settled(answer("hold"));
+  await Bun.sleep(50);
+  hold.resolve();
+  expect(await next).toBe("done");
+  expect(await first).toBe("done");
+  expect(await queued).toBe("done");
+  expect(provider.circuit.state).toBe("closed");
 });
 
 test("Retry-After is read as seconds or as an HTTP date", () => {

@@ -104,7 +104,12 @@ export class RemoteModel {
     const init = { method: "POST", headers: adapter.headers(key), body: JSON.stringify(body) };
     for (let attempt = 0; ; attempt++) {
       circuit.admit();
-      const release = await pool.acquire(options.signal);
+      // A half-open circuit's trial that gets no connection (its client gone while it waited, or
+      // the queue full) is no verdict: else the circuit would refuse every request after it.
+      const release = await pool.acquire(options.signal).catch((error: unknown) => {
+        circuit.abandoned();
+        throw error;
+      });
       options.onConnection?.();
       const connection = new AbortController();
       const onClientAbort = () => connection.abort(options.signal?.reason);
