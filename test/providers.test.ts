@@ -323,6 +323,11 @@ provider = "openai"
 base_url = "http://mlx-user:pw-s3cret@127.0.0.1:${remotePort}/v1/?tenant=key-s3cret"
 model = "${tiny}"
 
+[models.secretive2]
+provider = "openai"
+base_url = "http://mlx-user:pw-other@127.0.0.1:${remotePort}/v1/?tenant=key-other"
+model = "${tiny}"
+
 [models.keyless]
 provider = "openai"
 base_url = "${base}/v1"
@@ -1068,6 +1073,19 @@ test("base_url's user:password and query reach the provider, and are masked wher
   const shown = [refused.message, await metrics(), await (await fetch(`${proxy.url}/api/tags`)).text(), cli.stderr];
   for (const text of shown) expect(text).not.toContain("s3cret");
   expect(shown[1]).toContain(`provider="http://***@127.0.0.1:${remotePort}/v1?tenant=***"`);
+  // Another account on that URL shows alike, masked: its series are told apart, not listed twice
+  // (a scrape with two samples of one series is refused whole by Prometheus).
+  await openai.chat.completions.create({
+    model: "secretive2",
+    messages: [{ role: "user", content: "Hi" }],
+    max_tokens: 4,
+  });
+  const samples = (await metrics()).split("\n").filter((line) => line.startsWith("mlx_provider_"));
+  const series = samples.map((line) => line.slice(0, line.lastIndexOf(" ")));
+  expect(series.filter((name, i) => series.indexOf(name) !== i)).toEqual([]);
+  expect(samples).toContain(
+    `mlx_provider_connections_max{provider="http://***@127.0.0.1:${remotePort}/v1?tenant=*** (2)"} 8`,
+  );
 }, 60_000);
 
 test("an answer the command line reads to its end counts as the provider's success for its circuit", async () => {

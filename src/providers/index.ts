@@ -42,7 +42,14 @@ function providerFor(config: RemoteModelConfig): Provider {
   const known = providers.get(config.endpoint);
   if (known && sameProvider(known.config, config)) return known.provider;
   // models.toml (whose entries on one base_url agree) was edited since: the provider is set up anew.
-  const provider = new Provider(config.baseUrl, config.limits, config.kind);
+  // Endpoints that differ only where they are masked (another user:password or query value) show
+  // alike: a number tells them apart, or /metrics would list one series twice.
+  const shown = new Set(
+    [...providers].filter(([endpoint]) => endpoint !== config.endpoint).map(([, known]) => known.provider.label),
+  );
+  let label = config.baseUrl;
+  for (let n = 2; shown.has(label); n++) label = `${config.baseUrl} (${n})`;
+  const provider = new Provider(label, config.limits, config.kind);
   providers.set(config.endpoint, { provider, config });
   return provider;
 }
