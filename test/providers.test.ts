@@ -1366,6 +1366,50 @@ describe("models.toml", () => {
   });
 });
 
+/** A remote model on the OpenAI-compatible server at `port`, made here rather than read from models.toml. */
+function directModel(name: string, port: number, provider: Provider): RemoteModel {
+  const config = {
+    name,
+    kind: "openai" as const,
+    baseUrl: provider.label,
+    endpoint: `http://127.0.0.1:${port}/v1`,
+    definedAt: "test",
+    model: name,
+    defaultMaxTokens: 16,
+    limits: provider.limits,
+  };
+  return new RemoteModel(config, provider);
+}
+
+const hiRequest = {
+  prompt: { kind: "chat" as const, messages: [{ role: "user" as const, content: "Hi" }] },
+  sampling: {},
+};
+
+test("a tool call whose name a provider repeats in each piece (as the openai client reads it, the name is set, not added to)", async () => {
+  const piece = (fn: object, finish: string | null = null) =>
+    `data: ${JSON.stringify({ choices: [{ index: 0, delta: { tool_calls: [{ index: 0, ...fn }] }, finish_reason: finish }] })}\n\n`;
+  const server = Bun.serve({
+    port: 0,
+    fetch: () =>
+      new Response(
+        piece({ id: "call_1", type: "function", function: { name: "get_weather", arguments: "" } }) +
+          piece({ function: { name: "get_weather", arguments: '{"city":' } }) +
+          piece({ function: { name: "get_weather", arguments: '"Paris"}' } }, "tool_calls") +
+          "data: [DONE]\n\n",
+        { headers: { "Content-Type": "text/event-stream" } },
+      ),
+  });
+  helpers.push(server);
+  const model = directModel("repeats", server.port!, new Provider("test", defaultLimits, "openai"));
+  const events = [];
+  for await (const event of model.stream(hiRequest)) events.push(event);
+  const done = events.at(-1)!;
+  expect(done.type === "done" && done.calls).toEqual([
+    { id: "call_1", name: "get_weather", arguments: { city: "Paris" } },
+  ]);
+});
+
 test("the half-open circuit's trial request, gone while it waited for a connection, lets the next request try", async () => {
   // Requests for "hold" wait for the gate; one for "fail" waits for its own, then is a 500.
   const hold = Promise.withResolvers<void>();
@@ -1392,27 +1436,10 @@ test("the half-open circuit's trial request, gone while it waited for a connecti
     circuitCooldownMs: 50,
   };
   const provider = new Provider("test", limits, "openai");
-  const model = (name: string) =>
-    new RemoteModel(
-      {
-        name,
-        kind: "openai",
-        baseUrl: "test",
-        endpoint: `http://127.0.0.1:${server.port}/v1`,
-        definedAt: "test",
-        model: name,
-        defaultMaxTokens: 16,
-        limits,
-      },
-      provider,
-    );
+  const model = (name: string) => directModel(name, server.port!, provider);
   const answer = async (name: string, signal?: AbortSignal) => {
     let text = "";
-    const request = {
-      prompt: { kind: "chat" as const, messages: [{ role: "user" as const, content: "Hi" }] },
-      sampling: {},
-    };
-    for await (const event of model(name).stream(request, { signal })) if (event.type === "text") text += event.text;
+    for await (const event of model(name).stream(hiRequest, { signal })) if (event.type === "text") text += event.text;
     return text;
   };
   const settled = (p: Promise<string>) =>

@@ -61,7 +61,8 @@ export const openaiAdapter: ProviderAdapter = {
   }),
 
   async *events(stream: AsyncIterable<EventSourceMessage>): AsyncGenerator<RemoteEvent> {
-    // Calls arrive in pieces keyed by their index: the first piece has the id and name.
+    // Calls arrive in pieces keyed by their index: the first piece has the id and name, which
+    // some servers repeat in every piece (so it is set, as the openai client sets it, not added to).
     const calls: { id: string; name: string; args: string }[] = [];
     let finishReason: string | undefined;
     let stopSequence: string | undefined;
@@ -81,7 +82,7 @@ export const openaiAdapter: ProviderAdapter = {
       for (const piece of choice.delta?.tool_calls ?? []) {
         const call = (calls[piece.index ?? 0] ??= { id: "", name: "", args: "" });
         if (piece.id) call.id = piece.id;
-        if (piece.function?.name) call.name += piece.function.name;
+        if (piece.function?.name) call.name = piece.function.name;
         if (piece.function?.arguments) call.args += piece.function.arguments;
       }
       if (choice.finish_reason) finishReason = choice.finish_reason;
