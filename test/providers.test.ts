@@ -15,6 +15,7 @@ import Ajv from "ajv";
 import type { Subprocess } from "bun";
 import type { RunningServer } from "../src/server/app";
 import { remoteModel, streamRemoteCompletion } from "../src/providers";
+import { anthropicAdapter } from "../src/providers/anthropic";
 import { defaultLimits } from "../src/providers/config";
 import {
   answerValidator,
@@ -1408,6 +1409,19 @@ test("a tool call whose name a provider repeats in each piece (as the openai cli
   expect(done.type === "done" && done.calls).toEqual([
     { id: "call_1", name: "get_weather", arguments: { city: "Paris" } },
   ]);
+});
+
+test("a function without parameters (OpenAI allows it) goes to an Anthropic provider with the input_schema type it requires", () => {
+  const config = {
+    ...directModel("claude", 1, new Provider("test", defaultLimits, "anthropic")).config,
+    kind: "anthropic" as const,
+  };
+  const tools = { tools: [{ name: "now", parameters: {} }], choice: "auto" as const, parallel: true };
+  const { body } = anthropicAdapter.request(config, { ...hiRequest, tools });
+  expect(body.tools).toEqual([{ name: "now", input_schema: { type: "object" } }]);
+  const withSchema = { name: "w", parameters: { type: "object", properties: { city: { type: "string" } } } };
+  const full = anthropicAdapter.request(config, { ...hiRequest, tools: { ...tools, tools: [withSchema] } });
+  expect(full.body.tools).toEqual([{ name: "w", input_schema: withSchema.parameters }]);
 });
 
 test("the half-open circuit's trial request, gone while it waited for a connection, lets the next request try", async () => {

@@ -200,7 +200,12 @@ function tools(t: ToolRequest): Record<string, unknown> {
           ? { type: "any" }
           : { type: "tool", name: t.choice.name };
   return {
-    tools: t.tools.map((tool) => ({ name: tool.name, description: tool.description, input_schema: tool.parameters })),
+    // Anthropic requires the schema's type, which an OpenAI function without parameters lacks.
+    tools: t.tools.map((tool) => ({
+      name: tool.name,
+      description: tool.description,
+      input_schema: { type: "object", ...tool.parameters },
+    })),
     tool_choice: t.choice !== "none" && !t.parallel ? { ...choice, disable_parallel_tool_use: true } : choice,
   };
 }
