@@ -614,6 +614,19 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     expect(errors).toEqual([]);
   }, 60_000);
 
+  test("a conversation's title, cut from its first question, keeps whole characters", async () => {
+    const { page, errors } = await openPage(browser, `${server.url}/`);
+    await page.waitForSelector("body[data-ready]");
+    await page.click("#new-chat");
+    await setMaxTokens(page, "1");
+    // The emoji (two UTF-16 units) straddles the title's 48th character: cut there, half of it showed as "�".
+    const question = `${"a".repeat(47)}😀 and more`;
+    await send(page, question);
+    await page.waitForSelector(".message.assistant .figures");
+    expect(await page.locator("#conversations li.current .open").textContent()).toBe(`${"a".repeat(47)}😀`);
+    expect(errors).toEqual([]);
+  }, 30_000);
+
   test("a file that is no exported conversation is refused with a message saying why, and leaves the page working", async () => {
     const { page, errors } = await openPage(browser, `${server.url}/`);
     await page.waitForSelector("body[data-ready]");

@@ -532,8 +532,11 @@ const withLast = (c: Conversation, last: Message): Message[] => [...c.messages.s
  */
 async function persist(conversation = current, last?: Message, o: { update?: boolean } = {}): Promise<void> {
   conversation.updatedAt = Date.now();
-  if (conversation.title === "New chat")
-    conversation.title = conversation.messages.find((m) => m.role === "user")?.content.slice(0, 48) || "New chat";
+  if (conversation.title === "New chat") {
+    const question = conversation.messages.find((m) => m.role === "user")?.content ?? "";
+    // Cut by code points: a cut by UTF-16 units can halve an emoji, which then shows as "�".
+    conversation.title = Array.from(question).slice(0, 48).join("") || "New chat";
+  }
   const saved = last ? { ...conversation, messages: withLast(conversation, last) } : conversation;
   const kept = o.update ? await updateConversation(saved) : (await saveConversation(saved), true);
   if (conversation !== current) return showList();
