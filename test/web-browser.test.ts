@@ -627,6 +627,21 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     expect(errors).toEqual([]);
   }, 30_000);
 
+  test("a title in any script names its exported file", async () => {
+    const { page, errors } = await openPage(browser, `${server.url}/`);
+    await page.waitForSelector("body[data-ready]");
+    await importConversation(page, { title: "Imported", messages: [{ role: "user", content: "Hi" }] });
+    await page.locator("#conversations li.current .open", { hasText: "Imported" }).waitFor();
+    // A title with no ASCII letter was exported as "_.json", every one of them.
+    page.once("dialog", (d) => d.accept("Привет, мир 日本"));
+    await page.click("#conversations li.current .rename");
+    await page.locator("#conversations li.current .open", { hasText: "Привет" }).waitFor();
+    const download = page.waitForEvent("download");
+    await page.click("#conversations li.current .export");
+    expect((await download).suggestedFilename()).toBe("Привет_мир_日本.json");
+    expect(errors).toEqual([]);
+  }, 30_000);
+
   test("a file that is no exported conversation is refused with a message saying why, and leaves the page working", async () => {
     const { page, errors } = await openPage(browser, `${server.url}/`);
     await page.waitForSelector("body[data-ready]");

@@ -155,7 +155,8 @@ function exportConversation(c: Conversation): void {
   const url = URL.createObjectURL(new Blob([JSON.stringify(c, null, 2)], { type: "application/json" }));
   const a = document.createElement("a");
   a.href = url;
-  a.download = `${c.title.replace(/[^\w.-]+/g, "_") || "conversation"}.json`;
+  // Letters and digits of any script stay (\w alone made every Cyrillic or CJK title "_.json").
+  a.download = `${c.title.replace(/[^\p{L}\p{N}\p{M}_.-]+/gu, "_") || "conversation"}.json`;
   a.click();
   URL.revokeObjectURL(url);
 }
