@@ -299,6 +299,41 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     expect(errors).toEqual([]);
   }, 60_000);
 
+  test("two tabs: a reader scrolled up in one stays put while the other writes an answer to that conversation", async () => {
+    const { page: first, errors } = await openPage(browser, `${server.url}/`, { height: 400 });
+    await first.waitForSelector("body[data-ready]");
+    const earlier = Array.from({ length: 12 }, (_, i) => ({
+      role: i % 2 ? "assistant" : "user",
+      content: `Turn ${i}: ${"words ".repeat(40)}`,
+    }));
+    await importConversation(first, { title: "Long read", messages: earlier });
+    await first.locator("#conversations li.current .open", { hasText: "Long read" }).waitFor();
+    const second = await first.context().newPage();
+    second.on("pageerror", (e) => errors.push(e.message));
+    await second.setViewportSize({ width: 1200, height: 400 });
+    await second.goto(`${server.url}/`);
+    await second.waitForSelector("body[data-ready]");
+    await second.locator(".message.user", { hasText: "Turn 10" }).waitFor();
+    const messages = second.locator("#messages");
+    await messages.evaluate((m) => (m.scrollTop = 0));
+
+    await setMaxTokens(first, "");
+    await send(first, "Tell me a long story");
+    // The other tab draws the answer as it is saved (once a second); the reader is not pulled down.
+    await second.locator(".message.assistant .figures", { hasText: "being written in another tab" }).waitFor();
+    await Bun.sleep(2500);
+    expect(await messages.evaluate((m) => m.scrollTop)).toBe(0);
+    // One at the end follows the answer as it grows.
+    await messages.evaluate((m) => (m.scrollTop = m.scrollHeight));
+    const height = await messages.evaluate((m) => m.scrollHeight);
+    await eventually(async () => (await messages.evaluate((m) => m.scrollHeight)) > height + 50, 10_000);
+    await Bun.sleep(1500);
+    expect(await messages.evaluate((m) => m.scrollHeight - m.scrollTop - m.clientHeight)).toBeLessThan(24);
+    await first.keyboard.press("Escape");
+    await first.locator(".message.assistant .figures", { hasText: /^stopped$/ }).waitFor();
+    expect(errors).toEqual([]);
+  }, 60_000);
+
   test("a question sent as the last answer ends waits for it to be saved, rather than being refused", async () => {
     const { page, errors } = await openPage(browser, `${server.url}/`);
     await page.waitForSelector("body[data-ready]");

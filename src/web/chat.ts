@@ -205,7 +205,8 @@ onChangeElsewhere(async (id) => {
   const saved = await getConversation(id);
   if (saved) {
     current = saved;
-    await showConversation();
+    // Saved once a second while the other tab writes: a reader scrolled up here stays put.
+    await showConversation({ keepPlace: true });
   } else await showList();
 });
 
@@ -221,14 +222,19 @@ $("#new-chat").addEventListener("click", newConversation);
 
 // ---- messages ----
 
-async function showConversation(): Promise<void> {
+/**
+ * Draws the open conversation, scrolled to its end; with `keepPlace` (the same conversation drawn
+ * anew) a reader scrolled up stays where they were, as while an answer streams here.
+ */
+async function showConversation(o: { keepPlace?: boolean } = {}): Promise<void> {
   // An answer saved unfinished that another tab is still writing: said so, not that a reload cut it.
   const last = current.messages.at(-1);
   const elsewhere = last?.note === UNFINISHED && (await writtenElsewhere(current.id));
+  const place = o.keepPlace && !isScrolledToEnd() ? ui.messages.scrollTop : undefined;
   ui.messages.replaceChildren(
     ...current.messages.map((m, i) => messageView(m === last && elsewhere ? { ...m, note: WRITING_ELSEWHERE } : m, i)),
   );
-  ui.messages.scrollTop = ui.messages.scrollHeight;
+  ui.messages.scrollTop = place ?? ui.messages.scrollHeight;
   await showList();
 }
 
