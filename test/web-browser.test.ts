@@ -334,6 +334,40 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     expect(errors).toEqual([]);
   }, 60_000);
 
+  test("two tabs: a reasoning opened in one stays open while the other writes an answer to that conversation", async () => {
+    const { page: first, errors } = await openPage(browser, `${server.url}/`);
+    await first.waitForSelector("body[data-ready]");
+    await importConversation(first, {
+      title: "Reasoned",
+      messages: [
+        { role: "user", content: "Why?" },
+        { role: "assistant", content: "<think>Because of reasons.</think>The answer is 42." },
+      ],
+    });
+    await first.locator("#conversations li.current .open", { hasText: "Reasoned" }).waitFor();
+    const second = await first.context().newPage();
+    second.on("pageerror", (e) => errors.push(e.message));
+    await second.goto(`${server.url}/`);
+    await second.waitForSelector("body[data-ready]");
+    await second.locator(".message.assistant details.reasoning summary").click();
+    const open = () =>
+      second
+        .locator(".message.assistant details.reasoning")
+        .first()
+        .evaluate((d) => (d as unknown as { open: boolean }).open);
+    expect(await open()).toBe(true);
+
+    await setMaxTokens(first, "");
+    await send(first, "Tell me a long story");
+    // Drawn anew at each of the other tab's saves (once a second), the reasoning stayed open only until the first.
+    await second.locator(".message.assistant .figures", { hasText: "being written in another tab" }).waitFor();
+    await Bun.sleep(2500);
+    expect(await open()).toBe(true);
+    await first.keyboard.press("Escape");
+    await first.locator(".message.assistant .figures", { hasText: /^stopped$/ }).waitFor();
+    expect(errors).toEqual([]);
+  }, 60_000);
+
   test("a question sent as the last answer ends waits for it to be saved, rather than being refused", async () => {
     const { page, errors } = await openPage(browser, `${server.url}/`);
     await page.waitForSelector("body[data-ready]");

@@ -204,6 +204,11 @@ onChangeElsewhere(async (id) => {
   if (id !== current.id || running) return showList();
   const saved = await getConversation(id);
   if (saved) {
+    // The reasoning the reader opened here stays open in the answers as saved there.
+    for (const [i, m] of current.messages.entries()) {
+      const same = saved.messages[i];
+      if (same && openReasoning.has(m)) openReasoning.add(same);
+    }
     current = saved;
     // Saved once a second while the other tab writes: a reader scrolled up here stays put.
     await showConversation({ keepPlace: true });
