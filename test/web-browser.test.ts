@@ -992,6 +992,44 @@ describe.skipIf(!chromiumPath)("in Chromium, a server that stops", () => {
   }, 60_000);
 });
 
+describe.skipIf(!chromiumPath)("in Chromium, a model whose template wants turns to alternate", () => {
+  test("a question whose answer was stopped before any text does not leave the conversation unusable", async () => {
+    // As Gemma's and Mistral's templates do: a user message after a user message is refused.
+    const strict = join(mkdtempSync(join(tmpdir(), "mlx-web-")), "tiny-strict");
+    writeTinyModel(strict, {
+      chatTemplate:
+        "{%- for m in messages -%}{%- if (m['role'] == 'user') != (loop.index0 % 2 == 0) -%}" +
+        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{%- endif -%}" +
+        "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{%- endfor -%}" +
+        "{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}",
+    });
+    const { browser, server } = await browserAndServer(serve({ defaultModel: strict }));
+    try {
+      const { page, errors } = await openPage(browser, `${server.url}/`);
+      await page.waitForSelector("body[data-ready]");
+      // As the page saves an answer stopped (or cut by a lost connection) before its first token.
+      await importConversation(page, {
+        title: "Stopped early",
+        messages: [
+          { role: "user", content: "First question" },
+          { role: "assistant", content: "", note: "stopped" },
+        ],
+      });
+      await page.locator("#conversations li.current .open", { hasText: "Stopped early" }).waitFor();
+      await setMaxTokens(page, "3");
+      const request = page.waitForRequest((r) => r.url().endsWith("/v1/chat/completions"));
+      await send(page, "Second question");
+      // The unanswered question goes with its empty answer: sent alone, it made two user turns in a row.
+      expect((await request).postDataJSON().messages.map((m: { role: string }) => m.role)).toEqual(["user"]);
+      await page.locator(".message.assistant").nth(1).locator(".figures").waitFor();
+      expect(await page.locator(".message.assistant").nth(1).locator(".figures").textContent()).toMatch(/^3 tokens/);
+      expect(errors).toEqual([]);
+    } finally {
+      await closeBoth(browser, server);
+    }
+  }, 60_000);
+});
+
 describe.skipIf(!chromiumPath)("in Chromium, a server with no model", () => {
   test("the page says there is none to chat with and how to get one, not that 'model' must not be empty", async () => {
     // No -m, and a store of its own, empty.

@@ -373,9 +373,15 @@ function requestBody(): Record<string, unknown> {
   const number = (field: HTMLInputElement) => (field.value.trim() === "" ? undefined : Number(field.value));
   // Earlier answers go back without their reasoning (as Open WebUI and llama.cpp's page send
   // them): the model needs what it answered, and the reasoning would fill the context.
-  const messages: { role: string; content: string }[] = current.messages
-    .map((m) => ({ role: m.role, content: m.role === "assistant" ? splitReasoning(m.content).content : m.content }))
-    .filter((m) => m.content || m.role === "user");
+  const sent: { role: string; content: string }[] = current.messages.map((m) => ({
+    role: m.role,
+    content: m.role === "assistant" ? splitReasoning(m.content).content : m.content,
+  }));
+  // An answer with no text (stopped, or cut off, before its first token) is left out with its
+  // question: the question alone would make two user turns in a row, which templates that want
+  // turns to alternate (Gemma's, Mistral's) refuse, for every question after in the conversation.
+  const unanswered = (m: { role: string; content: string } | undefined) => m?.role === "assistant" && !m.content;
+  const messages = sent.filter((m, i) => !unanswered(m) && !(m.role === "user" && unanswered(sent[i + 1])));
   if (ui.system.value.trim()) messages.unshift({ role: "system", content: ui.system.value.trim() });
   const body: Record<string, unknown> = {
     model: ui.model.value,
