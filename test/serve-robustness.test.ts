@@ -162,7 +162,7 @@ describe("bad input: a clear 4xx naming the field, and the server carries on", (
       ],
       ["/api/generate", { model, prompt: "x", options: { temperature: "hot" } }, /temperature/],
       ["/api/generate", { model, prompt: 5 }, /prompt/],
-      ["/api/chat", { model, messages: [], logprobs: true }, /'logprobs' is not supported/],
+      ["/api/chat", { model, messages: [], shift: true }, /'shift' true is not supported/],
       ["/api/generate", { model, prompt: "x", options: { typical_p: 0.5 } }, /'options.typical_p' is not supported/],
       ["/api/generate", { model, prompt: "x", format: 5 }, /format/],
       [
