@@ -293,8 +293,16 @@ export class ModelRegistry {
     // The model's buffers go back to the system, not to MLX's cache and the heap.
     clearMemoryCache();
     // Its files (and its draft's) no longer in use here, unless another loaded model uses them.
-    releaseStoredModels(paths.filter((path) => !this.loaded.some((e) => e.path === path || usesDraft(e, path))));
+    this.releaseUnused(paths);
     this.options.onUnload?.(entry);
+  }
+
+  /**
+   * Ends this server's use of the stored models at `paths` that no loaded model holds, nor drafts
+   * with: from then on `mlx rm` and eviction may take them.
+   */
+  releaseUnused(paths: string[]): void {
+    releaseStoredModels(paths.filter((path) => !this.loaded.some((e) => e.path === path || usesDraft(e, path))));
   }
 
   /** Unloads everything (the server is stopping); a load under way frees its model when done. */

@@ -11,7 +11,7 @@ import { isRemoteSource, pullModel, weightsRequest, type ModelRequest } from "..
 import { loadAliases } from "../../store/aliases";
 import { refuseRemoteAlias } from "../../store/resolve";
 import { modelNameFits } from "../../store/paths";
-import { copyModel, loadPath, releaseStoredModels, removeModel } from "../../store/store";
+import { copyModel, loadPath, removeModel } from "../../store/store";
 import { badRequest, toApiError } from "../errors";
 import { withoutLatestTag } from "../model-registry";
 import type { ServerState } from "../state";
@@ -165,5 +165,5 @@ async function pull(
   }
   // Stored for later: the store marked it in use by this server as it kept it, which only a
   // model the server holds loaded should be (else `mlx rm` and eviction left it until the server stopped).
-  if (!s.models.loaded.some((e) => e.path === path)) releaseStoredModels([path]);
+  s.models.releaseUnused([path]);
 }
