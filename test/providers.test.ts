@@ -23,8 +23,8 @@ import {
   MAX_ANSWER_VALIDATORS,
   Provider,
   RemoteModel,
-  retryAfterMs,
 } from "../src/providers/model";
+import { retryAfterMs } from "../src/retry-after";
 import { loadAliases } from "../src/store/aliases";
 import { cliRunner, mainScript } from "./helpers/cli";
 import { eventually, post, serve } from "./helpers/serve";

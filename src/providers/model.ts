@@ -6,6 +6,7 @@
 // tool_choice that requires a call checked for one, retried once.
 import type { ValidateFunction } from "ajv";
 import { setNewest } from "../bounded-map";
+import { retryAfterMs } from "../retry-after";
 import { compileAnswerSchema } from "../engine/json-schema";
 import { EventSourceParserStream, type EventSourceMessage } from "eventsource-parser/stream";
 import { ProviderError } from "../errors";
@@ -290,15 +291,6 @@ function classify(error: unknown, label: string): Failure {
     unhealthy: true,
     reason: "connection",
   };
-}
-
-/** Retry-After as seconds or an HTTP date, in ms (undefined when absent or unreadable). */
-export function retryAfterMs(header: string | null, now = Date.now()): number | undefined {
-  if (!header) return undefined;
-  const seconds = Number(header);
-  if (Number.isFinite(seconds) && seconds >= 0) return seconds * 1000;
-  const at = Date.parse(header);
-  return Number.isNaN(at) ? undefined : Math.max(0, at - now);
 }
 
 /** Exponential backoff with full jitter in its upper half, capped. */

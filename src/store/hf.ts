@@ -27,6 +27,7 @@ import {
   type DownloadResult,
 } from "./download";
 import { NO_TOKENIZER, TOKENIZER_FILE, type ManifestFile } from "./manifest";
+import { retryAfterMs } from "../retry-after";
 import { neededFiles, WEIGHT_INDEX } from "./model-files";
 import { blobPath, downloadsDir, isSha256Hex } from "./paths";
 
@@ -247,10 +248,9 @@ const HUB_RETRIES = 4;
 const HUB_RETRY_DELAY_MS = 500;
 const hubBusy = (status: number) => status === 429 || status >= 500;
 
-/** The pause before asking again: the hub's Retry-After (seconds) where it gives one, else doubling from 0.5 s; 10 s at most. */
+/** The pause before asking again: the hub's Retry-After where it gives one, else doubling from 0.5 s; 10 s at most. */
 function hubRetryDelayMs(response: Response, attempt: number): number {
-  const retryAfter = response.headers.get("retry-after");
-  const asked = retryAfter !== null && /^\d+$/.test(retryAfter) ? Number(retryAfter) * 1000 : undefined;
+  const asked = retryAfterMs(response.headers.get("retry-after"));
   return Math.min(asked ?? HUB_RETRY_DELAY_MS * 2 ** (attempt - 1), MAX_RETRY_DELAY_MS);
 }
 
