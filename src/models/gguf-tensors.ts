@@ -27,11 +27,10 @@ import { runSteps, type Steps } from "../event-loop";
 const ourAffineBits: Record<string, 4 | 8> = { Q5_0: 8, Q5_1: 8, Q4_K: 4, Q5_K: 8 };
 const ourDequantizedTypes = ["Q3_K", "IQ4_NL", "IQ4_XS"];
 
-/**
- * Types MLX reads: right (Q2_K and Q6_K it dequantizes, checked against llama.cpp's gguf-py),
- * but for BF16, which it converts to float16 and we read ourselves.
- */
-const mlxReads = new Set([...nativeTensorTypes, "Q2_K", "Q6_K"]);
+/** Types MLX's reader takes (Q2_K and Q6_K it dequantizes right, checked against llama.cpp's gguf-py). */
+const mlxReadable = [...nativeTensorTypes, "Q2_K", "Q6_K"];
+/** Those left to it: all but BF16, which it converts to float16 and we read ourselves. */
+const mlxReads = new Set(mlxReadable.filter((type) => type !== "BF16"));
 
 /** The values a scale covers where our CPU kernels hold a type in groups of 16 (8-bit codes). */
 export const HALF_GROUP = 16;
@@ -44,7 +43,7 @@ export function heldInHalfGroups(t: GGUFTensorInfo): boolean {
   return t.type === "Q6_K" && t.dims.length === 2 && mx.cpuKernelsReadHalfGroups(t.dims[1]!);
 }
 
-export const readableTensorTypes = [...mlxReads, ...Object.keys(ourAffineBits), ...ourDequantizedTypes, "MXFP4"];
+export const readableTensorTypes = [...mlxReadable, ...Object.keys(ourAffineBits), ...ourDequantizedTypes, "MXFP4"];
 /** Types whose tensors come quantized (weight, scales and maybe biases), not as floats. */
 export const keptQuantizedTypes = new Set([...nativeTensorTypes, "MXFP4", ...Object.keys(ourAffineBits)]);
 /** Kept quantized at 8 bits, wider than the file's codes (Q5_0, Q5_1, Q5_K: MLX's kernels take 4 or 8). */
@@ -111,7 +110,7 @@ export function* loadGGUFTensorSteps(
       `tensor '${unreadable.name}' is ${unreadable.type}, a type we cannot read (readable: ${readableTensorTypes.join(", ")})`,
     );
   const inHalfGroups = new Set(tensors.filter((t) => halfGroups && heldInHalfGroups(t)));
-  const ours = tensors.filter((t) => !mlxReads.has(t.type) || t.type === "BF16" || inHalfGroups.has(t));
+  const ours = tensors.filter((t) => !mlxReads.has(t.type) || inHalfGroups.has(t));
   const groupSizes = new Map([...inHalfGroups].map((t) => [t.name.replace(/\.weight$/, ""), HALF_GROUP]));
   if (ours.length === 0 && tensors.length === header.tensors.length)
     return { ...checkedMetadata(header, mx.loadGGUF(path)), groupSizes };
