@@ -329,8 +329,9 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     await eventually(async () => (await messages.evaluate((m) => m.scrollHeight)) > height + 50, 10_000);
     await Bun.sleep(1500);
     expect(await messages.evaluate((m) => m.scrollHeight - m.scrollTop - m.clientHeight)).toBeLessThan(24);
+    // The answer may have run to the tiny model's context by now, so it is over either way.
     await first.keyboard.press("Escape");
-    await first.locator(".message.assistant .figures", { hasText: /^stopped$/ }).waitFor();
+    await first.waitForSelector("body:not(.running)");
     expect(errors).toEqual([]);
   }, 60_000);
 
@@ -363,8 +364,9 @@ describe.skipIf(!chromiumPath)("in Chromium", () => {
     await second.locator(".message.assistant .figures", { hasText: "being written in another tab" }).waitFor();
     await Bun.sleep(2500);
     expect(await open()).toBe(true);
+    // The answer may have run to the tiny model's context by now, so it is over either way.
     await first.keyboard.press("Escape");
-    await first.locator(".message.assistant .figures", { hasText: /^stopped$/ }).waitFor();
+    await first.waitForSelector("body:not(.running)");
     expect(errors).toEqual([]);
   }, 60_000);
 
