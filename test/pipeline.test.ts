@@ -293,6 +293,9 @@ describe("mlx launch -- serve", () => {
           body: JSON.stringify({ model, prompt: "Once upon a time", max_tokens: 3 }),
         });
       expect((await ask("plain")).status).toBe(200);
+      // The lists offer what the ranks hold, alone.
+      const listed = (await (await fetch(`${server.url}/v1/models`)).json()) as any;
+      expect(listed.data.map((m: { id: string }) => m.id)).toEqual(["plain"]);
       const other = await ask("eight");
       expect(other.status).toBe(400);
       expect(((await other.json()) as any).error.message).toBe(
@@ -313,6 +316,10 @@ describe("mlx launch -- serve", () => {
       const request = { model: tiny, prompt: "Once upon a time", max_tokens: 10, temperature: 0 };
       const one = await client.completions.create(request);
       expect(one.choices[0]!.text).toBe(JSON.parse(alone.stdout).text);
+      // The store's other models (the default one) are not offered: this server cannot load them.
+      expect((await client.models.list()).data.map((m) => m.id)).toEqual([tiny]);
+      const tags = (await (await fetch(`${server.url}/api/tags`)).json()) as any;
+      expect(tags.models.map((m: { name: string }) => m.name)).toEqual([tiny]);
       let streamed = "";
       for await (const chunk of await client.completions.create({ ...request, stream: true }))
         streamed += chunk.choices[0]?.text ?? "";

@@ -2,7 +2,7 @@
 import { defineCommand } from "citty";
 import pkg from "../../package.json" with { type: "json" };
 import { parseKeepAlive } from "../api/ollama";
-import { startServer } from "../server/app";
+import { startServer, type ServerOptions } from "../server/app";
 import type { LoadSettings } from "../server/model-registry";
 import { basename, resolve } from "node:path";
 import { existsSync } from "node:fs";
@@ -230,7 +230,7 @@ export default defineCommand({
         speculation,
         maxKvSize,
         ...promptCacheDirFrom(args),
-        loadModel: pipeline && (await pipelineLoader(args.model!, pipeline, { kvQuantization, maxKvSize })),
+        ...(pipeline && (await pipelineLoader(args.model!, pipeline, { kvQuantization, maxKvSize }))),
         version: pkg.version,
         logError: (error) => {
           const e = error as Error;
@@ -272,12 +272,12 @@ async function pipelineLoader(
   spec: string,
   pipeline: PipelineSpec,
   flags: CacheOptions,
-): Promise<(path: string, settings: LoadSettings) => Promise<LoadedModel>> {
+): Promise<Pick<ServerOptions, "loadModel" | "onlyModelPath">> {
   const own = await resolveModelPath(spec);
   // The settings the other ranks open theirs with (openModel's): every rank checks them.
   const caches = aliasCacheSettings(spec, flags);
   let lm: Promise<LoadedModel> | undefined;
-  return async (path, settings) => {
+  const loadModel = async (path: string, settings: LoadSettings) => {
     if (path !== own)
       throw new UnsupportedError(`this server holds ${spec} split across processes; it cannot load another model`);
     // Another alias of it (models.toml) with other KV cache settings would need other ranks.
@@ -289,4 +289,5 @@ async function pipelineLoader(
     lm ??= openPipeline(path, pipeline, caches).then((front) => ({ ...front!, free: () => {} }));
     return lm;
   };
+  return { loadModel, onlyModelPath: own };
 }

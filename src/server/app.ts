@@ -81,6 +81,8 @@ export interface ServerOptions extends Partial<ServerConfig> {
   onLoad?: (name: string, path: string, seconds: number, speculationSkipped?: string) => void;
   /** Loads a model in place of loadModel (a rank of a pipeline loads its part). */
   loadModel?: (path: string, settings: LoadSettings) => LoadedModel | Promise<LoadedModel>;
+  /** The files of the one model loadModel can load (a model split across ranks): no other is listed. */
+  onlyModelPath?: string;
   /** Seconds a kept-alive connection may sit idle between requests (default 60). */
   idleConnectionSeconds?: number;
   /**
@@ -176,6 +178,7 @@ export function createState(o: ServerOptions = {}): ServerState {
       speculation: o.speculation,
       maxKvSize: o.maxKvSize,
       load: o.loadModel,
+      onlyPath: o.onlyModelPath,
       onLoad: (e) => o.onLoad?.(e.name, e.path, e.loadMs / 1000, e.speculationSkipped),
       onUnload: (e) => state.metrics.retireModel(e.name, e.scheduler.stats),
     }),

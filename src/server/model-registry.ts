@@ -19,7 +19,8 @@ import { loadAdapter, type Adapter } from "../models/lora";
 import { applySettings } from "../engine/model-settings";
 import { clearMemoryCache } from "../engine/device";
 import type { KvQuantization } from "../models/cache";
-import { listModels, releaseStoredModels } from "../store/store";
+import { listModels, loadPath, releaseStoredModels } from "../store/store";
+import { readManifest } from "../store/manifest";
 import type { IndexEntry } from "../store/model-index";
 import type { Scheduler } from "../engine/scheduler";
 import { ModelNotFoundError } from "../errors";
@@ -99,6 +100,8 @@ export interface ModelRegistryOptions {
   maxKvSize?: number;
   /** Loads a model in place of loadModel (a rank of a pipeline loads its part). */
   load?: (path: string, settings: LoadSettings) => LoadedModel | Promise<LoadedModel>;
+  /** The files of the one model `load` can load (a model split across ranks): no other is offered. */
+  onlyPath?: string;
   onLoad?: (entry: LoadedEntry) => void;
   onUnload?: (entry: LoadedEntry) => void;
   /** Extra model names (serve --adapter): a base model (undefined: the default) plus an adapter directory. */
@@ -184,6 +187,22 @@ export class ModelRegistry {
     } catch {
       return [];
     }
+  }
+
+  /** The files of the one model this server holds, where it holds one alone (split across ranks). */
+  get onlyPath(): string | undefined {
+    return this.options.onlyPath;
+  }
+
+  /** The stored models a request may name: all of them, or the one this server holds (options.onlyPath). */
+  async offered(): Promise<IndexEntry[]> {
+    const stored = await this.stored();
+    const only = this.options.onlyPath;
+    if (only === undefined) return stored;
+    return stored.filter((m) => {
+      const manifest = readManifest(m.name);
+      return manifest !== undefined && loadPath(manifest) === only;
+    });
   }
 
   /** Whether `name` may be a path on this machine: one the operator gave, or any where requests may. */

@@ -60,7 +60,7 @@ export function ollamaRoutes(s: ServerState): Hono {
 
   r.get("/api/tags", async (c) => {
     const models = [];
-    const stored = await s.models.stored();
+    const stored = await s.models.offered();
     const byPath = storedByPath(stored);
     const pathOf = new Map([...byPath].map(([path, m]) => [m, path]));
     for (const m of stored) {

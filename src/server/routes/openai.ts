@@ -36,7 +36,7 @@ type Kind = "chat" | "completion";
 
 /** Every model a request may name: loaded, the default, adapters, stored, then remote ones. */
 async function servedModels(s: ServerState): Promise<ReturnType<typeof modelObject>[]> {
-  const stored = await s.models.stored();
+  const stored = await s.models.offered();
   // A stored model was created when it was stored, loaded or not: one `created` per model, however often asked.
   const storedAt = new Map(stored.map((m) => [m.name, Math.floor(Date.parse(m.createdAt) / 1000) || 0]));
   const created = (name: string, otherwise: number) => storedAt.get(name) ?? otherwise;
@@ -64,7 +64,9 @@ async function servedModels(s: ServerState): Promise<ReturnType<typeof modelObje
       data.push(modelObject(m.name, storedAt.get(m.name)!));
     }
   // An alias whose weights are here (a path, a stored model under its own settings) is served by its name.
-  for (const name of localAliasNames()) if (!seen.has(name)) data.push(modelObject(name, started));
+  // A server that holds one model split across ranks lists that model alone (and remote ones).
+  if (s.models.onlyPath === undefined)
+    for (const name of localAliasNames()) if (!seen.has(name)) data.push(modelObject(name, started));
   for (const name of remoteModelNames()) if (!seen.has(name)) data.push(modelObject(name, 0));
   return data;
 }
