@@ -81,6 +81,11 @@ export class AdapterError extends Error {
   override name = "AdapterError";
 }
 
+/** A process holding part of a model split across processes is gone: its requests fail until this one stops. */
+export class RankLostError extends Error {
+  override name = "RankLostError";
+}
+
 /** Too many generations already wait for this model. */
 export class QueueFullError extends Error {
   override name = "QueueFullError";

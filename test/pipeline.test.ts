@@ -501,7 +501,7 @@ describe("mlx launch -- serve", () => {
     }
   }, 120_000);
 
-  test("kill -9 of a rank while serving: the launcher and every rank exit, naming it", async () => {
+  test("kill -9 of a rank while serving: the launcher and every rank exit, naming it; a stream ends with the error", async () => {
     const server = await launchServe(3, ["--peer-timeout", "3"]);
     const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
     const ranks = server.ranks();
@@ -521,7 +521,10 @@ describe("mlx launch -- serve", () => {
     expect(code).not.toBe(0);
     expect(server.stderr()).toContain("error: rank 2 was killed by SIGKILL");
     for (const pid of ranks.values()) expect(() => process.kill(pid, 0)).toThrow();
-    await answering;
+    // The stream ends with an error event that says why, not a cut connection.
+    const error = (await answering) as Error;
+    expect(error).toBeInstanceOf(OpenAI.APIError);
+    expect(error.message).toContain("lost a rank of the pipeline: ");
   }, 60_000);
 
   test("a rank that stops answering (SIGSTOP): every rank stops within the peer timeout, naming the silent peer", async () => {

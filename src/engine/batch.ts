@@ -255,11 +255,15 @@ export class BatchGenerator {
    * need their previous token on the host first, and then the step is read at once.
    */
   step(): SequenceEvent[] {
-    const parts = this.#step();
-    for (;;) {
-      // Where the model's other layers are in other processes, arrive() waits for them itself.
-      const part = parts.next();
-      if (part.done) return part.value;
+    try {
+      const parts = this.#step();
+      for (;;) {
+        // Where the model's other layers are in other processes, arrive() waits for them itself.
+        const part = parts.next();
+        if (part.done) return part.value;
+      }
+    } catch (error) {
+      throw this.#failed(error);
     }
   }
 
@@ -273,17 +277,29 @@ export class BatchGenerator {
     if (!this.model.remote?.untilArrival) return this.step();
     const parts = this.#step();
     this.#stepping = [];
+    let stepped = false;
     try {
       for (;;) {
         const part = parts.next();
-        if (part.done) return part.value;
+        if (part.done) {
+          stepped = true;
+          return part.value;
+        }
         await this.model.remote?.untilArrival?.();
       }
+    } catch (error) {
+      throw this.#failed(error);
     } finally {
       const removed = this.#stepping;
       this.#stepping = undefined;
-      for (const id of removed) this.remove(id);
+      // After a failed step the whole batch is let go, not row by row (see dispose).
+      if (stepped) for (const id of removed) this.remove(id);
     }
+  }
+
+  /** A step failed: a model split across processes hears of it first; the error to throw. */
+  #failed(error: unknown): unknown {
+    return this.model.remote?.stepFailed(error as Error) ?? error;
   }
 
   /** A step, paused (yield) before each wait for the model's layers in other processes (arrive()). */

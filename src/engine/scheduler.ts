@@ -419,23 +419,20 @@ export class Scheduler {
    * set, takes the next requests.
    */
   #failAll(error: Error): void {
-    const ids = [...this.#running.keys()];
     for (const s of this.#running.values()) {
       s.finished = true;
       s.channel.push({ type: "error", error });
       s.channel.close();
     }
     this.#running.clear();
+    // Nothing of the failed batch is kept: its caches may hold a step that never completed (the
+    // prefix cache would take them from sequences removed one by one, evaluating that step again).
+    const failed = this.#generator;
+    this.#generator = new BatchGenerator(failed.model, failed.options);
     try {
-      for (const id of ids) this.#generator.remove(id);
+      failed.dispose();
     } catch {
-      const failed = this.#generator;
-      this.#generator = new BatchGenerator(failed.model, failed.options);
-      try {
-        failed.dispose();
-      } catch {
-        // Its arrays hold the failure: letting go of them is all that is left to do.
-      }
+      // Its arrays hold the failure: letting go of them is all that is left to do.
     }
   }
 

@@ -86,6 +86,8 @@ export interface RemoteLayers {
   untilArrival?(): Promise<void> | undefined;
   /** Runs `build`, which builds a decode step on the tokens of one still on its way back: sent once that arrives. */
   beforeArrival<T>(build: () => T): T;
+  /** A forward pass failed: the other processes hear no more; the error to give the requests. */
+  stepFailed(error: Error): Error;
 }
 
 export interface DecoderParts {

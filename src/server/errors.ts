@@ -20,6 +20,7 @@ import {
   ModelPullError,
   ProviderError,
   QueueFullError,
+  RankLostError,
   UnsupportedError,
 } from "../errors";
 import { ModelLoadError } from "../models/load";
@@ -106,6 +107,7 @@ export function toApiError(error: unknown, onInternal?: (error: unknown) => void
     return new ApiError(499, error.message, "invalid_request_error");
   if (error instanceof ContextLengthError)
     return new ApiError(400, error.message, "invalid_request_error", error.param, "context_length_exceeded");
+  if (error instanceof RankLostError) return new ApiError(503, error.message, "server_error", null, "rank_lost");
   if (error instanceof QueueFullError)
     return new ApiError(429, error.message, "rate_limit_error", null, "queue_full", { "Retry-After": "1" });
   if (error instanceof ModelNotFoundError)

@@ -190,6 +190,11 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
   arrive(...computed: MxArray[]): void {
     this.#settleBeat();
     let back = this.#arriving.shift();
+    // Nothing comes back from a lost rank: the step is let go (its batch's caches are being freed).
+    if (!this.open) {
+      if (typeof back === "object") back.free();
+      return;
+    }
     // Progress a heartbeat received is off the queue already.
     for (; typeof back === "number"; back = this.#arriving.shift()) this.#receiveProgress(back);
     if (!back) throw new Error("no decode step of the pipeline is on its way back");
@@ -332,7 +337,7 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
     try {
       mx.scope(() => mx.evaluate(this.#send(fields, payload?.())));
     } catch (error) {
-      this.#lose(error);
+      this.lose(error);
     }
   }
 
@@ -383,7 +388,7 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
         await nextTurn();
       }
     } catch (error) {
-      this.#lose(error);
+      this.lose(error);
     } finally {
       this.#draining = false;
     }
@@ -434,7 +439,7 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
       // Steps sent meanwhile are still timed.
       if (this.#arriving.length === 0) distributed.disarmWatchdog();
     } catch (error) {
-      this.#lose(error);
+      this.lose(error);
     } finally {
       back.free();
     }
@@ -460,7 +465,7 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
       distributed.disarmWatchdog();
       return yes;
     } catch (error) {
-      this.#lose(error);
+      this.lose(error);
       return false;
     }
   }
@@ -548,7 +553,7 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
    * silent already, that one is named first: a stopped rank makes its next one's watchdog end
    * that rank, and the ring then fails here as if the next one were the culprit.
    */
-  #lose(error: unknown): void {
+  protected lose(error: unknown): void {
     const failed = (error as Error).message;
     const suspect = this.#suspect();
     this.loseRank(`lost a rank of the pipeline: ${suspect ? `${suspect}, then ${failed}` : failed}`);

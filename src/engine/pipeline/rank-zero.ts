@@ -8,6 +8,7 @@ import type { AttentionCache, KVCache } from "../../models/cache";
 import type { Adapter, AdapterMirror, LoraLayers } from "../../models/lora";
 import type { DecoderModel, RemoteLayers } from "../../models/model";
 import { Op, type Header } from "./protocol";
+import { RankLostError } from "../../errors";
 
 const { distributed } = mx;
 
@@ -47,6 +48,8 @@ export abstract class RankZeroFront implements RemoteLayers, AdapterMirror {
   protected abstract everyRank(fields: MessageFields, text: Uint8Array): boolean;
   /** Shows the other ranks that this one is alive while the engine is idle. */
   protected abstract heartbeat(): void;
+  /** A transfer with the other ranks failed: loseRank, saying how in the group's terms. */
+  protected abstract lose(error: unknown): void;
 
   constructor(
     readonly local: DecoderModel,
@@ -166,7 +169,17 @@ export abstract class RankZeroFront implements RemoteLayers, AdapterMirror {
   /** Throws unless messages can still go (see open). */
   protected ensureOpen(): void {
     if (this.closed) throw new Error(`${this.groupName} was shut down`);
-    if (this.lost !== undefined) throw new Error(this.lost);
+    if (this.lost !== undefined) throw new RankLostError(this.lost);
+  }
+
+  /**
+   * A forward pass failed, most often as the ring lost a rank under it: the other ranks are
+   * somewhere in that step, so nothing more goes to them (a cancelled request's rows would wait
+   * for an answer that never comes); the requests are told why.
+   */
+  stepFailed(error: Error): Error {
+    if (this.open) this.lose(error);
+    return this.lost === undefined ? error : new RankLostError(this.lost);
   }
 
   /**

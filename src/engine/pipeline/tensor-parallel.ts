@@ -150,9 +150,13 @@ export class TensorParallelFront extends RankZeroFront implements DecoderModel {
       distributed.disarmWatchdog();
       return result;
     } catch (error) {
-      this.loseRank(`lost ${peers(this.size)} of the tensor-parallel group: ${(error as Error).message}`);
+      this.lose(error);
       throw error;
     }
+  }
+
+  protected lose(error: unknown): void {
+    this.loseRank(`lost ${peers(this.size)} of the tensor-parallel group: ${(error as Error).message}`);
   }
 }
 
