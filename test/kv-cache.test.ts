@@ -9,6 +9,7 @@ import * as mx from "../src/mlx";
 import { buildModel, forward, makeCaches, freeCaches, parseConfig, Weights, type DecoderModel } from "../src/models";
 import { BatchKVCache } from "../src/models/batch-cache";
 import { KVCache, type KvQuantization } from "../src/models/cache";
+import { floatCacheDtype } from "../src/models/cache-dtype";
 import { quantizedAttention, rotateGroups } from "../src/models/quantized-attention";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -357,8 +358,13 @@ describe("the quantized KV cache", () => {
     const caches = makeCaches(model, { quantization: late });
     mx.scope(() => forward(model, mx.array(Int32Array.from([1, 2, 3, 4, 5, 6, 7, 8]), [1, 8]), caches));
     expect(caches[0]!.quantized).toBe(false);
+    // Until the start its positions cost what a float cache's do (float16 under float32 activations here).
+    const activations = mx.Dtype.float32; // the tiny model's weights
+    expect(caches[0]!.values![0]!.dtype).toBe(floatCacheDtype(activations));
     mx.scope(() => forward(model, mx.array(Int32Array.from([9, 10, 11]), [1, 3]), caches));
     expect(caches[0]!.quantized).toBe(true);
+    // Then quantized from the activations' dtype, as every later position is: scales alike.
+    expect(caches[0]!.values![1]!.dtype).toBe(activations);
     expect(caches[0]!.offset).toBe(11);
     freeCaches(caches);
     // A short prompt (float) joins a batch that has already passed the start (quantized).

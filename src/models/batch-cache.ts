@@ -52,6 +52,7 @@ export class BatchKVCache extends KVCache {
     const [first] = singles;
     if (!first) return;
     if (this.batchSize === 0 && singles.length === 1 && first.constructor === KVCache) return this.adopt(first);
+    this.activations ??= singles.find((c) => c.activations !== undefined)?.activations;
     // Past the quantization start, some may still be float: all are stored alike first.
     if (this.quantized || singles.some((c) => c.quantized)) for (const c of [this, ...singles]) c.quantizeHeld();
     const held = this.batchSize;
@@ -107,7 +108,12 @@ export class BatchKVCache extends KVCache {
   private adopt(single: KVCache): void {
     single.groupKeys();
     this.free();
-    [this.keys, this.values, this.offset] = [single.keys, single.values, single.offset];
+    [this.keys, this.values, this.offset, this.activations] = [
+      single.keys,
+      single.values,
+      single.offset,
+      single.activations,
+    ];
     this.ownsBuffers = single.ownsBuffers;
     this.leftPadding = [0];
     single.keys = single.values = undefined;

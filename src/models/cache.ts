@@ -110,6 +110,8 @@ export class KVCache implements AttentionCache {
    * narrowing saves nothing that lasts and would move its vector by float16's rounding.
    */
   keepsActivationsDtype = false;
+  /** The dtype keys and values come in (the model's activations), once some came. */
+  activations?: mx.DtypeCode;
 
   constructor(
     readonly quantization?: KvQuantization,
@@ -179,8 +181,9 @@ export class KVCache implements AttentionCache {
     if (quantize && this.keys && !this.quantized) this.quantizeHeld();
     const channel = quantize && this.channelKeys;
     if (channel && this.tailTakes(keys.shape[2]!, keys.dtype)) return this.writeTailStep(keys, values);
-    const newKeys = channel ? undefined : quantize ? this.encodeRotatedKeys(keys) : [this.asHeld(keys)];
-    const newValues = quantize ? this.encode(values) : [this.asHeld(values)];
+    this.activations = keys.dtype;
+    const newKeys = channel ? undefined : quantize ? this.encodeRotatedKeys(keys) : [this.heldFloat(keys)];
+    const newValues = quantize ? this.encode(values) : [this.heldFloat(values)];
     if (!this.values || previous + length > this.values[0]!.shape[2]!) this.grow(newKeys, newValues, length);
     this.offset += length;
     const [batch, heads] = keys.shape as [number, number];
@@ -370,7 +373,14 @@ export class KVCache implements AttentionCache {
    * quantizes keeps its float positions as they come.
    */
   private asHeld(x: MxArray): MxArray {
-    if (this.quantization) return x;
+    return this.quantization ? x : this.heldFloat(x);
+  }
+
+  /**
+   * New float keys or values in the dtype held: a float cache's, and a quantized one's before
+   * --kv-quant-start, whose positions cost what a float cache's do until then.
+   */
+  private heldFloat(x: MxArray): MxArray {
     const dtype = this.keys?.[0]?.dtype ?? this.floatDtype(x.dtype);
     return x.dtype === dtype ? x : mx.astype(x, dtype);
   }
@@ -389,7 +399,13 @@ export class KVCache implements AttentionCache {
   quantizeHeld(): void {
     if (!this.keys || !this.values || this.quantized) return;
     const [batch, heads] = this.keys[0]!.shape as [number, number];
-    const used = (t: Stored) => mx.slice(t[0]!, [0, 0, 0], [batch, heads, this.offset]);
+    // Quantized from the activations' dtype, as positions past the start are (their scales' dtype).
+    const used = (t: Stored) => {
+      const part = mx.slice(t[0]!, [0, 0, 0], [batch, heads, this.offset]);
+      return this.activations === undefined || part.dtype === this.activations
+        ? part
+        : mx.astype(part, this.activations);
+    };
     const [keys, values] = mx.scope(() => [
       this.channelKeys ? encodeKeys(used(this.keys!), this.quantization!) : this.encodeRotatedKeys(used(this.keys!)),
       this.encode(used(this.values!)),
