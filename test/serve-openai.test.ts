@@ -674,3 +674,25 @@ describe("stop strings", () => {
     expect(streamed).toBe("");
   });
 });
+
+describe("an answer cut within a character", () => {
+  test("ends before the character, streamed or not: no U+FFFD for its first bytes (as Ollama and vLLM)", async () => {
+    // Token 459 is " " plus the first two bytes of a three-byte character: one token of budget
+    // ends the answer with that character unfinished.
+    const request = { model, prompt: "He said", max_tokens: 1, temperature: 0, logit_bias: { "459": 100 } };
+    const whole = await client.completions.create(request);
+    expect(whole.choices[0]!.text).toBe(" ");
+    expect(whole.choices[0]!.finish_reason).toBe("length");
+    expect(whole.usage!.completion_tokens).toBe(1);
+    let streamed = "";
+    for await (const chunk of await client.completions.create({ ...request, stream: true }))
+      streamed += chunk.choices[0]?.text ?? "";
+    expect(streamed).toBe(" ");
+    const chat = { model, messages, max_tokens: 1, temperature: 0, logit_bias: { "459": 100 } };
+    expect((await client.chat.completions.create(chat)).choices[0]!.message.content).toBe(" ");
+    let chatStreamed = "";
+    for await (const chunk of await client.chat.completions.create({ ...chat, stream: true }))
+      chatStreamed += chunk.choices[0]?.delta.content ?? "";
+    expect(chatStreamed).toBe(" ");
+  });
+});

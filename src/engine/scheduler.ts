@@ -3,7 +3,7 @@
 // step at a time, giving the event loop a turn between steps (all MLX calls stay on this
 // thread), applies EOS and stop strings per sequence, and lets the tuner adjust the limits.
 import type { LoadedModel } from "../models/load";
-import { createDetokenizer, type StreamingDetokenizer } from "../tokenizer/detokenizer";
+import { createDetokenizer, type StreamingDetokenizer, withoutUnfinishedCharacter } from "../tokenizer/detokenizer";
 import { BatchGenerator, type SequenceEvent } from "./batch";
 import type { LogitsProcessor, SamplingParams } from "./sampling";
 import { QueueFullError } from "../errors";
@@ -383,7 +383,7 @@ export class Scheduler {
     this.#running.delete(id);
     this.#generator.remove(id);
     if (finishReason !== "cancelled") {
-      const rest = s.stops.push(s.detokenizer.flush());
+      const rest = s.stops.push(withoutUnfinishedCharacter(s.detokenizer.flush()));
       const tail = rest.stopped ? rest.text : rest.text + s.stops.flush();
       this.#send(s, tail, []);
       const held = s.reasoning?.flush();

@@ -16,6 +16,15 @@ export interface StreamingDetokenizer {
   flush(): string;
 }
 
+/**
+ * What `flush()` returned, less the unfinished character an answer cut within it (the token
+ * budget ran out between its bytes) leaves as U+FFFD: the answer ends before that character, as
+ * Ollama's and vLLM's do, rather than with a replacement character no model wrote.
+ */
+export function withoutUnfinishedCharacter(flushed: string): string {
+  return flushed.replace(/\uFFFD+$/, "");
+}
+
 /** The best streaming detokenizer for this tokenizer. */
 export function createDetokenizer(tokenizer: Tokenizer, options: DetokenizerOptions = {}): StreamingDetokenizer {
   return tokenizer.isByteLevel && !tokenizer.cleansUpSpaces
