@@ -249,6 +249,15 @@ describe("stop strings", () => {
     expect(feed(["world", "lo w"], ["hello world"])).toEqual({ shown: "hel", stopped: true });
   });
 
+  test("a stop string matches whole characters: never half of an emoji's surrogate pair", () => {
+    // JSON lets a client send a lone surrogate; matched inside "🐦" (\ud83d\udc26) it left half the
+    // pair as the answer, which clients show as U+FFFD. Python's servers match code points alike.
+    expect(feed(["\udc26"], ["a 🐦", " b"])).toEqual({ shown: "a 🐦 b", stopped: false });
+    expect(feed(["\ud83d"], ["a 🐦", " b"])).toEqual({ shown: "a 🐦 b", stopped: false });
+    expect(feed(["\udc26", "b"], ["a 🐦 ", "b"])).toEqual({ shown: "a 🐦 ", stopped: true });
+    expect(feed(["🐦"], ["a \ud83d\udc26"])).toEqual({ shown: "a ", stopped: true });
+  });
+
   test("text that cannot start a stop string is released at once", () => {
     const m = new StopMatcher(["###"]);
     expect(m.push("abc#").text).toBe("abc");

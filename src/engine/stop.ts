@@ -16,6 +16,24 @@ export function partialMarker(text: string, markers: readonly string[]): number 
   return longest;
 }
 
+/**
+ * Where `stop` first occurs in `text` as whole characters, or -1: a stop string holding a lone
+ * surrogate (JSON lets a client send one) does not match half of an emoji's pair, which would cut
+ * the answer within a character, as Python's servers match code points.
+ */
+function indexOfWhole(text: string, stop: string): number {
+  for (let at = text.indexOf(stop); at >= 0; at = text.indexOf(stop, at + 1))
+    if (!splitsPair(text, at) && !splitsPair(text, at + stop.length)) return at;
+  return -1;
+}
+
+/** Whether `index` falls between the two halves of a surrogate pair of `text`. */
+function splitsPair(text: string, index: number): boolean {
+  const before = text.charCodeAt(index - 1);
+  const after = text.charCodeAt(index);
+  return before >= 0xd800 && before <= 0xdbff && after >= 0xdc00 && after <= 0xdfff;
+}
+
 export class StopMatcher {
   #pending = "";
   readonly #stops: string[];
@@ -34,7 +52,7 @@ export class StopMatcher {
     this.#pending += text;
     let cut = -1;
     for (const stop of this.#stops) {
-      const at = this.#pending.indexOf(stop);
+      const at = indexOfWhole(this.#pending, stop);
       if (at >= 0 && (cut < 0 || at < cut)) {
         cut = at;
         this.matched = stop;
