@@ -392,6 +392,12 @@ describe("errors", () => {
       expect(r.json.error.message).toMatch(message);
     }
   });
+
+  test("a prompt over the context is a 400 naming 'input', the field this API has (not chat's 'messages')", async () => {
+    const r = await post(`${server.url}/v1/responses`, { model, input: "word ".repeat(1500), max_output_tokens: 1 });
+    expect(r.status).toBe(400);
+    expect(r.json.error).toMatchObject({ param: "input", code: "context_length_exceeded" });
+  });
 });
 
 describe("logprobs", () => {

@@ -44,10 +44,16 @@ import {
 
 /** The prompt: chat messages (through the model's template), text (templated or raw), or token ids. */
 export type PromptInput =
-  /** `continueFinal`: the last message is the assistant's start of its answer, which the model goes on with (Anthropic's prefill). */
-  | { kind: "chat"; messages: ConversationMessage[]; continueFinal?: boolean }
+  /**
+   * `continueFinal`: the last message is the assistant's start of its answer, which the model goes on with (Anthropic's prefill).
+   * `param`: the request's field that holds the messages, in its errors (default messages; Responses' input).
+   */
+  | { kind: "chat"; messages: ConversationMessage[]; continueFinal?: boolean; param?: string }
   | { kind: "text"; text: string; template: boolean; system?: string }
   | { kind: "ids"; ids: number[] };
+
+/** The request's field that holds the prompt, in its errors. */
+const promptParam = (prompt: PromptInput) => (prompt.kind === "chat" ? (prompt.param ?? "messages") : "prompt");
 
 /** Structured output asked for, and the request field that asked (named in its errors). */
 export interface FormatInput {
@@ -133,7 +139,7 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   if (!rotating && promptIds.length >= context) {
     throw new ContextLengthError(
       `the prompt is ${promptIds.length} tokens, but ${whose} is ${context} tokens (leave room for at least one generated token)`,
-      spec.prompt.kind === "chat" ? "messages" : "prompt",
+      promptParam(spec.prompt),
     );
   }
   const maxTokensParam = spec.maxTokensParam ?? "max_tokens";
@@ -160,7 +166,7 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
     if (maxTokens < (spec.maxTokens ?? Infinity))
       throw new ContextLengthError(
         `the prompt is ${promptIds.length} tokens of ${whose} of ${context}: the ${maxTokens} left are too few for this format, whose shortest valid answer takes ${error.minimum + forced}`,
-        spec.prompt.kind === "chat" ? "messages" : "prompt",
+        promptParam(spec.prompt),
       );
     throw new BudgetError(error.maxTokens + forced, error.minimum + forced, maxTokensParam);
   });
@@ -329,13 +335,13 @@ function promptTextOf(
       if (!tokenizer.chatTemplate)
         throw new UnsupportedError(
           "this model has no chat template: use /v1/completions (or /api/generate with raw) instead",
-          "messages",
+          promptParam(prompt),
         );
       return withTemplateErrors(() => {
         const { messages, tools: templateTools } = templateInput(template, prompt.messages, tools);
         const text = chatText(tokenizer, messages, templateTools, templateVars, prompt.continueFinal);
         return { text, addSpecialTokens: false };
-      });
+      }, promptParam(prompt));
   }
 }
 
@@ -351,16 +357,17 @@ function withPrefix(prefix: number[], ids: number[], tokenizer: Tokenizer): numb
   return [...prefix, ...(addsBos && ids[0] === bos ? ids.slice(1) : ids)];
 }
 
-function withTemplateErrors<T>(fn: () => T): T {
+/** `fn`, its template's errors the request's where they are (a 400 naming `param`). */
+function withTemplateErrors<T>(fn: () => T, param = "messages"): T {
   try {
     return fn();
   } catch (error) {
     // A template's raise_exception (e.g. roles that must alternate) is the request's fault.
     if (error instanceof TemplateRaisedError)
-      throw new InvalidParameterError(`the model's chat template rejected the messages: ${error.message}`, "messages");
+      throw new InvalidParameterError(`the model's chat template rejected the messages: ${error.message}`, param);
     // So is a value the template cannot use, where Python's Jinja2 fails alike (a tool without the description it adds).
     if (error instanceof TemplateTypeError)
-      throw new InvalidParameterError(`the model's chat template failed on the messages: ${error.message}`, "messages");
+      throw new InvalidParameterError(`the model's chat template failed on the messages: ${error.message}`, param);
     if (error instanceof TemplateParseError)
       throw new ChatTemplateUnsupportedError(
         `the model's chat template cannot be parsed (a syntax error in it, or Jinja2 syntax mlx's template renderer lacks): ${error.message}`,

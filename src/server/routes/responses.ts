@@ -96,7 +96,7 @@ async function respond(s: ServerState, c: Context, stored: ResponseStore): Promi
   const gen = await startGeneration(s, {
     ...httpRequestBounds(s.config, c.req),
     model,
-    prompt: { kind: "chat", messages },
+    prompt: { kind: "chat", messages, param: "input" },
     sampling: req.sampling,
     defaults: { temperature: 1, topP: 1 },
     maxTokens: req.maxTokens,
