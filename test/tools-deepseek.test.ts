@@ -162,12 +162,11 @@ describe("the formats", () => {
         { content: "", calls: [["now", {}]] },
       ],
       [`${callsBegin}${v31Call("now", "{}")}<｜tool▁call▁beg`, { content: "", calls: [["now", {}]] }],
-      // Cut within a marker's character: the answer's text ends in U+FFFD.
-      [`${callsBegin}${v31Call("now", "{}")}<｜tool▁calls\uFFFD`, { content: "", calls: [["now", {}]] }],
+      // Cut within a marker's character: the answer's text ends before it.
+      [`${callsBegin}${v31Call("now", "{}")}<｜tool▁calls`, { content: "", calls: [["now", {}]] }],
       [`Hmm.${callsBegin}<｜tool▁call▁begin｜>get_wea`, { content: "Hmm.", calls: [] }],
       // The list's opening cut off by the budget (no call fits) is not prose; a "<" alone is.
       [`Hmm.${callsBegin.slice(0, 4)}`, { content: "Hmm.", calls: [] }],
-      ["Hmm. <\uFFFD", { content: "Hmm.", calls: [] }],
       ["Is 1 <", { content: "Is 1 <", calls: [] }],
       ["A ｜full-width｜ bar and a ▁ alone.", { content: "A ｜full-width｜ bar and a ▁ alone.", calls: [] }],
     ]);

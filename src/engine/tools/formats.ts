@@ -556,14 +556,12 @@ const deepseek = {
 
 /**
  * `text` without a <｜tool▁calls▁begin｜> the answer's end cut off (the token budget, with no
- * steering for this layout): its start up to the full-width bar at least, or "<" and a bar cut
- * within its bytes (left as U+FFFD). A "<" alone is prose's.
+ * steering for this layout): its start up to the full-width bar at least. A "<" alone is prose's
+ * (an answer cut within the bar's bytes ends before it: see withoutUnfinishedCharacter).
  */
 function withoutCutMarker(text: string): string {
-  const cutChar = text.endsWith("\uFFFD");
-  const whole = cutChar ? text.slice(0, -1) : text;
-  for (let n = Math.min(deepseek.callsBegin.length - 1, whole.length); n >= (cutChar ? 1 : 2); n--)
-    if (whole.endsWith(deepseek.callsBegin.slice(0, n))) return whole.slice(0, -n).trimEnd();
+  for (let n = Math.min(deepseek.callsBegin.length - 1, text.length); n >= 2; n--)
+    if (text.endsWith(deepseek.callsBegin.slice(0, n))) return text.slice(0, -n).trimEnd();
   return text;
 }
 
@@ -610,10 +608,9 @@ function deepseekFormat(
         at = read.end;
       }
       let after = cut ? "" : text.slice(at);
-      // A marker the answer's end cut off (maybe within a character, left as U+FFFD) is dropped.
-      const stub = after.replace(/\uFFFD$/, "");
+      // A marker the answer's end cut off is dropped.
       if (after.startsWith(deepseek.callsEnd)) after = after.slice(deepseek.callsEnd.length);
-      else if (deepseek.callsEnd.startsWith(stub) || deepseek.callBegin.startsWith(stub)) after = "";
+      else if (deepseek.callsEnd.startsWith(after) || deepseek.callBegin.startsWith(after)) after = "";
       return { content: proseAround(text.slice(0, first), after), calls };
     },
     ...layout,

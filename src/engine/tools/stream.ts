@@ -53,7 +53,7 @@ export class ToolCallStream {
     }
     // Hold back an ending that could grow into a marker, and whitespace a call may follow (the
     // content of an answer with calls does not end in whitespace).
-    return this.release(this.proseLength(this.held.length - this.partialMarkerLength()));
+    return this.release(this.proseLength(this.held.length - partialMarker(this.held, this.format.markers)));
   }
 
   /** How much of the first `n` held characters is prose to show now: all but trailing whitespace. */
@@ -72,16 +72,6 @@ export class ToolCallStream {
     if (this.format.markers.some((m) => m.startsWith(start))) return "";
     this.prose = true;
     return this.release(this.held.length);
-  }
-
-  /**
-   * The held text's ending that may begin a marker, with a character after it cut within its
-   * bytes (U+FFFD: the answer's end cut a marker's ｜ or ▁ in two).
-   */
-  private partialMarkerLength(): number {
-    const cutChar = this.held.endsWith("\uFFFD") ? 1 : 0;
-    const longest = partialMarker(this.held.slice(0, this.held.length - cutChar), this.format.markers);
-    return longest > 0 ? longest + cutChar : 0;
   }
 
   /** Returns the first `n` held characters, keeping the rest. */
