@@ -370,7 +370,7 @@ describe("errors", () => {
 
   test("input, a message's content and a call's output of the wrong type: the 400 says a string is taken too", async () => {
     const cases: [unknown, string, RegExp][] = [
-      [5, "input", /'input' must be a string or a list of input items, got number/],
+      [5, "input", /'input' must be a string or a list of input items, got a number/],
       [
         [{ role: "user", content: 5 }],
         "input.0.content",
@@ -382,7 +382,7 @@ describe("errors", () => {
           { type: "function_call_output", call_id: "c1", output: { temperature: 21 } },
         ],
         "input.1.output",
-        /'input.1.output' must be a string or a list of content parts, got object/,
+        /'input.1.output' must be a string or a list of content parts, got an object/,
       ],
     ];
     for (const [input, param, message] of cases) {

@@ -73,7 +73,7 @@ describe("bad input: a clear 4xx naming the field, and the server carries on", (
     ["max_tokens as a string", v1, { max_tokens: "10" }, 400, "max_tokens"],
     ["absurd max_tokens", v1, { max_tokens: 1e12 }, 400, "max_tokens"],
     ["absurd max_completion_tokens", v1, { max_completion_tokens: 100000 }, 400, "max_completion_tokens"],
-    // JSON.parse reads a number past float64's range as Infinity: said as such, not "got number".
+    // JSON.parse reads a number past float64's range as Infinity: said as such, not "got a number".
     [
       "max_tokens past float64's range",
       v1,

@@ -64,8 +64,9 @@ export function unsupported(param: string, what = `'${param}'`): ValidationError
 
 type Json = Record<string, unknown>;
 
+/** What a JSON value is, as an error names it: "null", "an array", "an object", "a number"... */
 const describe = (v: unknown) =>
-  v === null ? "null" : Array.isArray(v) ? "an array" : typeof v === "string" ? `a string` : typeof v;
+  v === null ? "null" : Array.isArray(v) ? "an array" : typeof v === "object" ? "an object" : `a ${typeof v}`;
 
 interface NumberRule {
   min?: number;
