@@ -1054,6 +1054,17 @@ test("a streamed Responses answer whose provider dies ends with error, then resp
   const last = JSON.parse(text.trim().split("\n").at(-1)!.slice("data: ".length));
   expect(last.response.status).toBe("failed");
   expect(last.response.error.message).toContain("the connection was closed by the server");
+  // It holds the answer written before the failure, cut there.
+  const deltas = [...text.matchAll(/^data: (.*"response\.output_text\.delta".*)$/gm)].map(
+    (m) => JSON.parse(m[1]!).delta,
+  );
+  expect(last.response.output).toEqual([
+    expect.objectContaining({
+      type: "message",
+      status: "incomplete",
+      content: [expect.objectContaining({ text: deltas.join("") })],
+    }),
+  ]);
 }, 120_000);
 
 test("base_url's user:password and query reach the provider, and are masked wherever the URL is shown", async () => {

@@ -423,12 +423,12 @@ export const messageItem = (id: string, text: string, status: ItemStatus, logpro
 });
 
 /** A thinking model's reasoning: whole, as reasoning_text (no summary; nothing to pass back, see INCLUDABLE). */
-export const reasoningItem = (id: string, text: string, status: "in_progress" | "completed") => ({
+export const reasoningItem = (id: string, text: string, status: ItemStatus) => ({
   type: "reasoning" as const,
   id,
   status,
   summary: [],
-  content: status === "completed" ? [reasoningText(text)] : [],
+  content: status === "in_progress" ? [] : [reasoningText(text)],
   encrypted_content: null,
 });
 

@@ -355,6 +355,13 @@ function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep, req: 
       error: (e) => {
         const { error } = errorBody(e, "openai") as { error: { message: string; code: string | null } };
         const failed = { code: error.code ?? "server_error", message: error.message };
+        // What was written before the failure, as OpenAI's failed response holds it: an item still
+        // open is cut there.
+        const written = [
+          ...output,
+          ...(reasoningOpen ? [reasoningItem(reasoningId, reasoning, "incomplete")] : []),
+          ...(messageOpen ? [messageItem(messageId, text, "incomplete", logprobs)] : []),
+        ];
         return Buffer.concat([
           namedEvent({
             type: "error",
@@ -365,7 +372,14 @@ function streamed(s: ServerState, gen: Generation, base: Base, keep: Keep, req: 
           }),
           namedEvent({
             type: "response.failed",
-            response: { ...base, status: "failed", error: failed, incomplete_details: null, output, usage: null },
+            response: {
+              ...base,
+              status: "failed",
+              error: failed,
+              incomplete_details: null,
+              output: written,
+              usage: null,
+            },
             sequence_number: sequence++,
           }),
         ]);
