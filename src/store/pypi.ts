@@ -13,9 +13,11 @@ import {
   describeNetworkError,
   downloadToFile,
   ensureFreeSpace,
+  MAX_RETRY_DELAY_MS,
   withoutCredentials,
   type DownloadProgress,
 } from "./download";
+import { retryAfterMs } from "../retry-after";
 import { blobPath, downloadsDir, isSha256Hex, refsDir, tempPathIn, tmpDir } from "./paths";
 import { extractZipMember, listZipMembers } from "./zip";
 import { syncToDisk } from "./sync";
@@ -351,7 +353,9 @@ async function fetchProjectFiles(
     // 429: a rate limit (a private index's, or PyPI's CDN under load), which a moment's wait lifts too.
     if ((response.status >= 500 || response.status === 429) && attempt < INDEX_ATTEMPTS) {
       await response.body?.cancel();
-      await sleep(INDEX_RETRY_DELAY_MS * attempt);
+      // As long as the index asks (Retry-After), within reason.
+      const asked = retryAfterMs(response.headers.get("retry-after"));
+      await sleep(Math.min(asked ?? INDEX_RETRY_DELAY_MS * attempt, MAX_RETRY_DELAY_MS));
       continue;
     }
     if (response.status === 404) throw new Error(`package '${project}' not found on ${index.url}`);
