@@ -487,12 +487,16 @@ describe("mlx launch -- serve", () => {
           expect(stage.busy_fraction).toBeLessThanOrEqual(1);
           // Stages build the decode step they expect while waiting for its header ...
           expect(stage.steps_built_ahead).toBeGreaterThan(0);
+          // and what memory it holds (its layers and caches), and held at most.
+          expect(stage.active_memory_bytes).toBeGreaterThan(0);
+          expect(stage.peak_memory_bytes).toBeGreaterThanOrEqual(stage.active_memory_bytes);
         }
         // ... and requests joining and leaving proved some guesses wrong: those steps were thrown
         // away and the caches stepped back, and every stream above still got its own tokens.
         expect(stages.some((s: { steps_guessed_wrong: number }) => s.steps_guessed_wrong > 0)).toBe(true);
         const metrics = await (await fetch(`${server.url}/metrics`)).text();
         expect(metrics).toMatch(/mlx_pipeline_stage_busy_ratio\{model="[^"]+",rank="1"\} 0\.\d+/);
+        expect(metrics).toMatch(/mlx_pipeline_stage_memory_peak_bytes\{model="[^"]+",rank="1"\} [1-9]\d*/);
         expect(metrics).toContain(`mlx_pipeline_max_in_flight{model="${tiny}"} ${(await pipeline()).max_in_flight}`);
       } finally {
         server.proc.kill("SIGTERM");

@@ -387,6 +387,18 @@ export function serverMetrics(live: {
         () => perStage(live, busyFraction),
       ),
     ),
+    stageMemory: registry.add(
+      new Gauge("mlx_pipeline_stage_memory_active_bytes", "MLX active memory of each rank of a split model", () =>
+        perStage(live, (s) => s.activeBytes),
+      ),
+    ),
+    stagePeakMemory: registry.add(
+      new Gauge(
+        "mlx_pipeline_stage_memory_peak_bytes",
+        "MLX peak memory of each rank of a split model since it started",
+        () => perStage(live, (s) => s.peakBytes),
+      ),
+    ),
     maxInFlight: registry.add(
       new Gauge("mlx_pipeline_max_in_flight", "Most decode micro-batches rank 0 had in flight at once", () =>
         perModel(live, (s) => s.pipeline?.maxInFlight),

@@ -154,9 +154,21 @@ export interface StageFigures {
   /** Decode steps whose graph it built while waiting for their header, and such guesses another message proved wrong. */
   builtAhead: number;
   guessedWrong: number;
+  /** Its MLX memory: in use as the heartbeat passed, and the most since it started (bytes). */
+  activeBytes: number;
+  peakBytes: number;
 }
 
-export const figureFields = ["computeMs", "waitMs", "sentBytes", "tokens", "builtAhead", "guessedWrong"] as const;
+export const figureFields = [
+  "computeMs",
+  "waitMs",
+  "sentBytes",
+  "tokens",
+  "builtAhead",
+  "guessedWrong",
+  "activeBytes",
+  "peakBytes",
+] as const;
 
 /**
  * The share of a stage's time spent computing rather than waiting for work (since it started):

@@ -11,6 +11,7 @@ import type { Stage } from "../../models/stage";
 import { checkpoint, type CacheCheckpoint } from "../../models/cache-checkpoint";
 import type { KVCache } from "../../models/cache";
 import { CacheSets, type CacheOptions } from "./cache-sets";
+import { memoryFigures } from "../device";
 import {
   decodeHeader,
   figureFields,
@@ -45,7 +46,16 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
   const last = o.rank === o.size - 1;
   const next = last ? 0 : o.rank + 1;
   const sets = new CacheSets(model, o.caches, { rank: o.rank, split: o.split });
-  const figures: StageFigures = { computeMs: 0, waitMs: 0, sentBytes: 0, tokens: 0, builtAhead: 0, guessedWrong: 0 };
+  const figures: StageFigures = {
+    computeMs: 0,
+    waitMs: 0,
+    sentBytes: 0,
+    tokens: 0,
+    builtAhead: 0,
+    guessedWrong: 0,
+    activeBytes: 0,
+    peakBytes: 0,
+  };
   const seconds = Math.round(o.peerTimeoutMs / 1000);
   const silence = `error: rank ${o.rank}: no word from rank ${previous} for ${seconds} s (--peer-timeout); stopping`;
   const stopped = `error: rank ${o.rank}: rank ${next} stopped taking data for ${seconds} s (--peer-timeout); stopping`;
@@ -269,6 +279,8 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
         }
         case Op.heartbeat: {
           const table = receive([h.rows, h.width], mx.Dtype.float32);
+          const memory = memoryFigures();
+          [figures.activeBytes, figures.peakBytes] = [memory.active, memory.peak];
           const row = mx.array(
             Float32Array.from(figureFields, (f) => figures[f]),
             [1, h.width],

@@ -140,6 +140,8 @@ function pipelineStats(p: PipelineFigures) {
       tokens: s.tokens,
       steps_built_ahead: s.builtAhead,
       steps_guessed_wrong: s.guessedWrong,
+      active_memory_bytes: s.activeBytes,
+      peak_memory_bytes: s.peakBytes,
     })),
   };
 }
