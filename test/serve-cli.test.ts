@@ -79,6 +79,28 @@ test("a -m that names no model (a typo) is one line with a suggestion and a non-
   expect(code).toBe(1);
 }, 20_000);
 
+test("a --draft-model that names no model (a typo) is one line and a non-zero exit, not a server", async () => {
+  // Before: the server started, and every request on its model failed with a 400 about the draft.
+  const home = mkdtempSync(join(tmpdir(), "mlx-serve-cli-"));
+  for (const [draft, why] of [
+    ["smolm2", /^error: draft model: unknown model 'smolm2' .*did you mean 'smollm2'\?/],
+    [join(home, "no-such-draft"), /^error: draft model: model not found: .*no-such-draft$/],
+  ] as const) {
+    const proc = Bun.spawn([process.execPath, main, "serve", "--draft-model", draft, "--port", "0"], {
+      stdout: "pipe",
+      stderr: "pipe",
+      env: { ...process.env, MLX_HOME: home },
+    });
+    const timer = setTimeout(() => proc.kill(), 10_000);
+    const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+    clearTimeout(timer);
+    expect(stderr).not.toContain("listening");
+    expect(stderr.trim()).toMatch(why);
+    expect(stderr.trim().split("\n")).toHaveLength(1);
+    expect(code).toBe(1);
+  }
+}, 20_000);
+
 test("an address it cannot listen on is one line naming the address and why, and a non-zero exit", async () => {
   const taken = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("") });
   try {

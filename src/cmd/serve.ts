@@ -190,6 +190,11 @@ export default defineCommand({
         const location = locateModel(args.model, aliases);
         if (location.kind === "missing") throw await missingModelError(location);
       }
+      // The same for --draft-model: every model it drafts for would fail every request on it.
+      if (speculation?.draftModel) {
+        const location = locateModel(speculation.draftModel, aliases);
+        if (location.kind === "missing") throw new Error(`draft model: ${(await missingModelError(location)).message}`);
+      }
       const pipeline = pipelineFrom(args);
       if (pipeline) {
         if (!args.model)
