@@ -543,6 +543,17 @@ describe("requests", () => {
     expect(unloadable.stderr.trim()).toBe(
       `error: draft model: ${root} has no config.json (expected an MLX-community model directory)`,
     );
+    // A remote alias has no weights to draft with. Before: said of `model` (a server's client read
+    // that the model it asked for was refused), without a word of the draft.
+    const home = join(root, "remote-draft-home");
+    mkdirSync(home, { recursive: true });
+    writeFileSync(
+      join(home, "models.toml"),
+      '[models.far]\nprovider = "openai"\nbase_url = "http://127.0.0.1:9/v1"\nmodel = "x"\n',
+    );
+    const remote = await cliRunner(home)(["run", "-m", join(root, "tiny"), "--draft-model", "far", "Hi"]);
+    expect(remote.code).not.toBe(0);
+    expect(remote.stderr.trim()).toStartWith("error: draft model: model 'far' is served by a remote openai provider");
   });
 
   test("a draft model whose logits are narrower or wider than the model's (a padded embedding) drafts for it", async () => {

@@ -91,7 +91,9 @@ async function openDraft(name: string, open: (name: string) => Promise<LoadedMod
   try {
     return await open(name);
   } catch (error) {
-    if (error instanceof ModelNotFoundError) throw new UnsupportedError(`draft model: ${error.message}`, "draft_model");
+    // Unsupported too: a remote alias named as the draft has no weights to draft with.
+    if (error instanceof ModelNotFoundError || error instanceof UnsupportedError)
+      throw new UnsupportedError(`draft model: ${error.message}`, "draft_model");
     if (error instanceof ModelLoadError) throw new ModelLoadError(`draft model: ${error.message}`);
     throw error;
   }
