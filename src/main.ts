@@ -4,7 +4,14 @@ import { defineCommand, runMain, type ArgsDef } from "citty";
 import pkg from "../package.json" with { type: "json" };
 import { fail } from "./cmd/log";
 import { writeErrorReason } from "./format";
-import { flagProblem, showUsage, withLastValues, withNegativeValues, withSwitchesJoined } from "./cmd/strict-flags";
+import {
+  flagProblem,
+  showUsage,
+  withEmptyValuesApart,
+  withLastValues,
+  withNegativeValues,
+  withSwitchesJoined,
+} from "./cmd/strict-flags";
 import { closeMatches } from "./store/aliases";
 import { kernelEnvironmentProblem } from "./mlx/environment";
 
@@ -70,7 +77,8 @@ if (name !== undefined && Object.hasOwn(subCommands, name)) {
   argv = [...argv.slice(0, at + 1), ...withNegativeValues(args, argv.slice(at + 1))];
   const problem = flagProblem(name, args, argv.slice(at + 1));
   if (problem) fail(new Error(problem));
-  argv = [...argv.slice(0, at + 1), ...withSwitchesJoined(args, withLastValues(args, argv.slice(at + 1)))];
+  const normalized = withEmptyValuesApart(args, withLastValues(args, argv.slice(at + 1)));
+  argv = [...argv.slice(0, at + 1), ...withSwitchesJoined(args, normalized)];
 } else if (name !== undefined) {
   // citty would print the whole usage to stdout, where only answers go, and its error apart.
   const close = closeMatches(name, Object.keys(subCommands), 2);

@@ -516,6 +516,13 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
     const r = await mlx(["run", "-m", model, "--seed", "-7", "--no-verbose", "--max-tokens", "2", "--", "hi"]);
     expect(r.code).toBe(0);
   });
+
+  test("an empty value written --flag= is that flag's, not the next word's", async () => {
+    oneLineError(await mlx(["run", "-m", model, "--draft-model=", "hi"]), /^error: --draft-model needs a model$/m);
+    const r = await mlx(["run", "-m", model, "--system=", "hi", "--max-tokens=2", "--json"]);
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout).token_ids).toHaveLength(2);
+  });
 });
 
 describe("mlx run: a reader that goes away", () => {

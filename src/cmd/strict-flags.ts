@@ -2,8 +2,9 @@
 // ignores them, so a misspelt one (--temprature 0.2) would silently change nothing. So are
 // arguments a command takes none of (mlx list extra). Checked with node:util's strict parser
 // against the command's own declarations, before citty parses. A negative number after a flag
-// that takes a value is that value (--keep-alive -1, as Ollama's), and a flag given twice keeps
-// its last value, as argparse does (citty would hand the command both), unless it is repeatable.
+// that takes a value is that value (--keep-alive -1, as Ollama's), a flag given twice keeps its
+// last value, as argparse does (citty would hand the command both), unless it is repeatable, and
+// an empty value (--system=) is the flag's, not the next word's.
 import { renderUsage, type ArgsDef, type CommandDef, type PositionalArgDef, type StringArgDef } from "citty";
 import { colors } from "consola/utils";
 import { parseArgs } from "node:util";
@@ -153,6 +154,21 @@ export function withSwitchesJoined(args: ArgsDef, argv: string[]): string[] {
     out[t.index] = `--${t.name}=true`;
   }
   return out;
+}
+
+/**
+ * `argv` (checked by flagProblem) with each flag given an empty value in its own word
+ * (`--system=` → `--system ""`): citty's parser took the next word for its value, so
+ * `mlx run --draft-model= hi` drafted with a model named 'hi'. What follows `--` is kept as it is.
+ */
+export function withEmptyValuesApart(args: ArgsDef, argv: string[]): string[] {
+  const { tokens, perWord } = optionTokens(args, argv);
+  const empty = new Set(
+    tokens
+      .filter((t) => t.kind === "option" && t.inlineValue && t.value === "" && perWord.get(t.index) === 1)
+      .map((t) => t.index),
+  );
+  return argv.flatMap((word, i) => (empty.has(i) ? [word.slice(0, word.indexOf("=")), ""] : [word]));
 }
 
 /**
