@@ -217,6 +217,29 @@ describe("generations by outcome", () => {
       rmSync(root, { recursive: true, force: true });
     }
   });
+
+  test("leave out a request with n choices that the full queue refused, though its first choices were queued", async () => {
+    const root = mkdtempSync(join(tmpdir(), "mlx-serve-metrics-"));
+    const model = join(root, "model");
+    writeTinyModel(model, { contextLength: 8192 });
+    server = serve({ defaultModel: model, maxBatch: 1, maxQueue: 2 });
+    const { url } = server;
+    try {
+      const stop = await longStream(url);
+      // Two choices find room in the queue, the third none: the request is a 429, as one of a single choice.
+      const refused = await post(`${url}/v1/completions`, { prompt: "Once", max_tokens: 2, n: 3 });
+      expect(refused.status).toBe(429);
+      expect(await sample(url, "mlx_requests_waiting")).toBe(0);
+      stop.abort();
+      const cancelled = `mlx_generations_total{route="/v1/completions",finish_reason="cancelled"}`;
+      // The long stream alone: the refused request's choices were never generations.
+      await eventually(async () => (await sample(url, cancelled)) === 1);
+      await Bun.sleep(50);
+      expect(await sample(url, cancelled)).toBe(1);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
 });
 
 describe("requests by route", () => {

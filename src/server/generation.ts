@@ -86,8 +86,11 @@ export interface Generation {
   abort: () => void;
   /** Whether the token budget closed a structured answer early (to keep it valid). */
   closedEarly: () => boolean;
-  /** Records the outcome in /metrics and releases the model; call exactly once. */
-  finish: (outcome: string, usage?: GenerationUsage) => void;
+  /**
+   * Records the outcome in /metrics and releases the model; call exactly once. No outcome: the
+   * request was refused after this choice of it started (a 4xx), and it was never a generation.
+   */
+  finish: (outcome: string | undefined, usage?: GenerationUsage) => void;
 }
 
 export interface GenerationContext {
@@ -180,13 +183,13 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
   let prepared: PreparedGeneration | undefined;
   let flight: Flight | undefined;
   let finished = false;
-  const finish = (outcome: string, usage?: GenerationUsage) => {
+  const finish = (outcome: string | undefined, usage?: GenerationUsage) => {
     if (finished) return;
     finished = true;
     prepared?.dispose();
     if (flight) ctx.inflight.end(flight);
     deadline.release();
-    recordOutcome(ctx.metrics, input, outcome, usage);
+    if (outcome !== undefined) recordOutcome(ctx.metrics, input, outcome, usage);
     lease?.release();
   };
   try {

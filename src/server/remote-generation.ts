@@ -180,7 +180,7 @@ export async function startRemoteGeneration(
       // A route that stops reading early (client gone) ends the provider's request too.
       void remoteEvents.return(undefined);
       finishedRemote();
-      recordOutcome(m, input, outcome, usage);
+      if (outcome !== undefined) recordOutcome(m, input, outcome, usage);
     },
   };
 }

@@ -13,7 +13,7 @@ import {
   type OpenAIRequest,
 } from "../../api/openai";
 import type { GenerationUsage, TokenLogprob } from "../../engine/scheduler";
-import { badRequest, errorBody, notFound } from "../errors";
+import { badRequest, errorBody, notFound, toApiError } from "../errors";
 import { chatLogprobs, httpRequestBounds, requestedModel, startGeneration, type Generation } from "../generation";
 import {
   closedEarly,
@@ -159,16 +159,23 @@ function checkChoicesFit(req: OpenAIRequest, maxSequences: number): void {
   );
 }
 
-/** Starts `n` generations; if one cannot start, those already started are stopped. */
+/**
+ * Starts `n` generations; if one cannot start, those already started are stopped: cancelled, as
+ * it is, when its client went away or the server cut it short, and not counted at all when the
+ * request was refused (a 4xx: its queue full, a later prompt too long), as a refused request of
+ * one choice is not.
+ */
 async function startChoices(n: number, start: (i: number) => Promise<Generation>): Promise<Generation[]> {
   const gens: Generation[] = [];
   try {
     for (let i = 0; i < n; i++) gens.push(await start(i));
     return gens;
   } catch (error) {
+    const status = toApiError(error).status;
+    const refused = status >= 400 && status < 500 && status !== 499;
     for (const gen of gens) {
       gen.abort();
-      gen.finish("cancelled");
+      gen.finish(refused ? undefined : "cancelled");
     }
     throw error;
   }
