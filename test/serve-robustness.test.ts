@@ -646,6 +646,31 @@ describe("disconnects and the event loop", () => {
     }
   }, 60_000);
 
+  test("a model whose one client left while it loaded idles with the keep_alive that client asked for (0: unloaded once loaded)", async () => {
+    const root = mkdtempSync(join(tmpdir(), "mlx-left-loading-"));
+    const sharded = join(root, "sharded");
+    writeShardedTinyModel(sharded, 3);
+    const state = createState({ version: "t", logError: () => {} });
+    const read = mx.loadSafetensors;
+    const gone = new AbortController();
+    // The client leaves as the load reads its first weight file: the load goes on.
+    const reads = spyOn(mx, "loadSafetensors").mockImplementation((path) => {
+      if (reads.mock.calls.length === 1) gone.abort();
+      return read(path);
+    });
+    try {
+      await expect(state.models.acquire(sharded, 0, gone.signal)).rejects.toThrow();
+      await eventually(() => reads.mock.calls.length === 3);
+      await Bun.sleep(50);
+      // Not kept for the default 5 minutes: the only request for it asked for none.
+      expect(state.models.loaded.map((e) => e.path)).toEqual([]);
+    } finally {
+      reads.mockRestore();
+      state.models.dispose();
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+
   test("requests that generate nothing (tokenize, count tokens, a preload) wait for their model no longer than the request timeout", async () => {
     const root = mkdtempSync(join(tmpdir(), "mlx-wait-timeout-"));
     const [busy, next] = [join(root, "busy"), join(root, "next")];

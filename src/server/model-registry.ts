@@ -143,6 +143,11 @@ export class ModelRegistry {
   readonly #adapterDirs = new Map<string, string | undefined>();
   /** The key of the pinned model (options.pinned), once its name is resolved. */
   #pinnedKey?: string;
+  /**
+   * By key, the keep-alive the latest request for a model still loading asked for: the model gets
+   * it once loaded, also when every request it was loaded for has gone away meanwhile.
+   */
+  readonly #keepAliveAsked = new Map<string, number>();
 
   constructor(readonly options: ModelRegistryOptions) {}
 
@@ -250,6 +255,7 @@ export class ModelRegistry {
       entry = this.#byKey.get(key);
       if (!entry) {
         const started = performance.now();
+        if (keepAliveMs !== undefined) this.#keepAliveAsked.set(key, keepAliveMs);
         entry = await untilAborted(this.#load(name, path, key, settings), signal);
         loadMs = performance.now() - started;
       }
@@ -392,19 +398,22 @@ export class ModelRegistry {
           loadMs: performance.now() - started,
           active: 0,
           embeddings: 0,
-          keepAliveMs: key === this.#pinnedKey ? Infinity : this.options.defaultKeepAliveMs,
+          keepAliveMs:
+            this.#keepAliveAsked.get(key) ?? (key === this.#pinnedKey ? Infinity : this.options.defaultKeepAliveMs),
           lastUsed: Date.now(),
           adapters: new Map(),
           speculationSkipped,
         };
         this.#byKey.set(key, entry);
         this.#everLoaded = true;
-        // Every request it was loaded for went away while it loaded: it idles from now on.
-        if (!this.#claims.has(key)) this.#scheduleExpiry(entry);
         this.options.onLoad?.(entry);
+        // Every request it was loaded for went away while it loaded: it idles from now on (a
+        // keep-alive of 0 asked for unloads it now).
+        if (!this.#claims.has(key)) this.#scheduleExpiry(entry);
         return entry;
       } finally {
         this.#loading.delete(key);
+        this.#keepAliveAsked.delete(key);
         if (reserved) {
           this.#loadsUnderWay--;
           // Its slot is a loaded model now, or free again (the load failed): loads waiting look again.
