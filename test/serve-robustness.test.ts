@@ -671,6 +671,24 @@ describe("disconnects and the event loop", () => {
     }
   });
 
+  test("a model loaded for two requests is not unloaded by the first one's keep_alive 0 before the second holds it", async () => {
+    const state = createState({ version: "t", logError: () => {} });
+    try {
+      // The second waits through a signal (as every HTTP request does): it resumes a little later.
+      const [first, second] = [
+        state.models.acquire(model, 0),
+        state.models.acquire(model, undefined, new AbortController().signal),
+      ];
+      (await first).release();
+      const held = await second;
+      expect(state.models.loaded.map((e) => e.path)).toEqual([held.entry.path]);
+      held.release();
+      expect(state.models.loaded).toEqual([]); // the keep_alive 0 it was left with
+    } finally {
+      state.models.dispose();
+    }
+  });
+
   test("requests that generate nothing (tokenize, count tokens, a preload) wait for their model no longer than the request timeout", async () => {
     const root = mkdtempSync(join(tmpdir(), "mlx-wait-timeout-"));
     const [busy, next] = [join(root, "busy"), join(root, "next")];

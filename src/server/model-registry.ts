@@ -475,7 +475,8 @@ export class ModelRegistry {
 
   #scheduleExpiry(entry: LoadedEntry): void {
     this.#cancelExpiry(entry);
-    if (entry.keepAliveMs === Infinity) return;
+    // A request still on its way to holding it (its load just done) starts the clock when it lets go.
+    if (entry.keepAliveMs === Infinity || this.#claims.has(entry.key)) return;
     if (entry.keepAliveMs <= 0) return this.unload(entry);
     const deadline = Date.now() + entry.keepAliveMs;
     entry.expiresAt = new Date(deadline);
