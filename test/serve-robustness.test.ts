@@ -646,6 +646,32 @@ describe("disconnects and the event loop", () => {
     }
   }, 60_000);
 
+  test("requests waiting for their model are bounded as its queue is: past what it could take once loaded, a 429 at once", async () => {
+    const root = mkdtempSync(join(tmpdir(), "mlx-wait-bound-"));
+    const [busy, next] = [join(root, "busy"), join(root, "next")];
+    writeTinyModel(busy, { contextLength: 8192 });
+    writeTinyModel(next);
+    // One running and one queued: what the model takes at once. (The timeout ends a wait that is not refused.)
+    const one = serve({ maxLoadedModels: 1, maxBatch: 1, maxQueue: 1, requestTimeoutMs: 5000 });
+    try {
+      const held = await one.state.models.acquire(busy);
+      const request = { model: next, prompt: "Once", max_tokens: 2 };
+      const waiting = [post(`${one.url}/v1/completions`, request), post(`${one.url}/v1/completions`, request)];
+      await eventually(() => one.state.models.acquiring === 2);
+      // A third would be refused once the model loads: it is refused now, not after waiting for it.
+      const third = await post(`${one.url}/v1/completions`, request);
+      expect(third.status).toBe(429);
+      expect(third.headers.get("retry-after")).toBe("1");
+      expect(third.json.error.code).toBe("queue_full");
+      held.release();
+      expect((await Promise.all(waiting)).map((r) => r.status)).toEqual([200, 200]);
+      expect(one.state.models.pinnedFailure).toBeUndefined();
+    } finally {
+      await one.stop();
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+
   test("a model whose one client left while it loaded idles with the keep_alive that client asked for (0: unloaded once loaded)", async () => {
     const root = mkdtempSync(join(tmpdir(), "mlx-left-loading-"));
     const sharded = join(root, "sharded");

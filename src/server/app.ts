@@ -113,6 +113,8 @@ export function createState(o: ServerOptions = {}): ServerState {
   const maxBatch = o.maxBatch ?? 8;
   // The adaptive tuner may grow the batch up to this; without it the batch stays at maxBatch.
   const largestBatch = o.targetItlMs ? Math.max(maxBatch, 32) : maxBatch;
+  // The most sequences a model's scheduler holds at once (its largest batch and its queue).
+  const maxSequences = largestBatch + maxQueue;
   const prefillChunk = o.prefillChunk ?? DEFAULT_PREFILL_CHUNK;
   const prefixCacheBytes = o.prefixCacheBytes ?? 512 * 1024 * 1024;
   // One queue of file writes for every model's disk cache: a stopping server waits for it.
@@ -164,7 +166,7 @@ export function createState(o: ServerOptions = {}): ServerState {
       requestTimeoutMs: Math.min(o.requestTimeoutMs ?? 600_000, MAX_TIMER_MS),
       defaultModel: o.defaultModel,
       storedResponseBytes: o.storedResponseBytes ?? 256 * 1024 * 1024,
-      maxSequences: largestBatch + maxQueue,
+      maxSequences,
       version: o.version ?? "0.0.0",
     },
     models: new ModelRegistry({
@@ -175,6 +177,7 @@ export function createState(o: ServerOptions = {}): ServerState {
       adapters: o.adapters,
       pinned: o.defaultModel,
       requestPaths: o.requestPaths ?? isLoopback(o.host ?? DEFAULT_HOST),
+      maxWaiting: maxSequences,
       speculation: o.speculation,
       maxKvSize: o.maxKvSize,
       load: o.loadModel,

@@ -23,7 +23,7 @@ import { listModels, loadPath, releaseStoredModels } from "../store/store";
 import { readManifest } from "../store/manifest";
 import type { IndexEntry } from "../store/model-index";
 import type { Scheduler } from "../engine/scheduler";
-import { ModelNotFoundError } from "../errors";
+import { ModelNotFoundError, QueueFullError } from "../errors";
 import { MAX_TIMER_MS, nextTurn } from "../event-loop";
 import { ClientGoneError } from "./errors";
 
@@ -116,6 +116,12 @@ export interface ModelRegistryOptions {
    * the operator gave (pinned, adapters' bases) always may.
    */
   requestPaths?: boolean;
+  /**
+   * Requests that may wait for a model to be loaded (or for room to load it), per model: what its
+   * scheduler takes at once (--max-batch plus --max-queue). One more would be refused once it
+   * loaded, so it is refused now (a QueueFullError, a 429) rather than after the wait. Default: no bound.
+   */
+  maxWaiting?: number;
 }
 
 export class ModelRegistry {
@@ -250,6 +256,9 @@ export class ModelRegistry {
       // wait for room, or a steady flow of requests would keep it busy and them waiting for ever.
       while (this.#byKey.has(wanted) && this.#waitingForRoom.length > 0)
         await untilAborted(new Promise<void>((resolve) => this.#waitingBehindLoads.push(resolve)), signal);
+      const waiting = this.#byKey.has(wanted) ? 0 : (this.#claims.get(wanted) ?? 0);
+      if (waiting >= (this.options.maxWaiting ?? Infinity))
+        throw new QueueFullError(`the queue is full (${waiting} waiting for ${name} to load)`);
       key = wanted;
       this.#claims.set(key, (this.#claims.get(key) ?? 0) + 1);
       entry = this.#byKey.get(key);
@@ -261,7 +270,8 @@ export class ModelRegistry {
       }
       if (name === this.options.pinned) this.#pinnedFailure = undefined;
     } catch (error) {
-      if (name === this.options.pinned && !(error instanceof ClientGoneError))
+      // A client gone, or a request refused, says nothing of whether the model loads.
+      if (name === this.options.pinned && !(error instanceof ClientGoneError || error instanceof QueueFullError))
         this.#pinnedFailure = (error as Error).message;
       throw error;
     } finally {
