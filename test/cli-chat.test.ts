@@ -73,6 +73,20 @@ describe.skipIf(!hasTmux)("mlx chat in a terminal", () => {
     expect(code).not.toContain("unknown command");
   });
 
+  test("a paste that reaches the chat in several reads, cut inside a character and inside its end marker, is one message", async () => {
+    keys("-l", "\x1b[200~");
+    keys("-H", "63", "61", "66", "c3"); // "caf" and the first byte of "é"
+    await Bun.sleep(300); // each piece a read of its own
+    keys("-H", "a9");
+    keys("-l", " split\nover reads\x1b[20");
+    await Bun.sleep(300);
+    keys("-l", "1~");
+    await waitFor(/>>> café split↵over reads$/m);
+    // The paste has ended: Enter sends it (before, the chat stayed pasting and Enter added a line).
+    keys("Enter");
+    await waitFor(/>>> café split↵over reads\n[\s\S]*tokens\/s[^\n]*\n>>>\s*$/m);
+  });
+
   test("slash commands: /help lists commands, an unknown one points to /help, /show describes the model", async () => {
     keys("/help", "Enter");
     await waitFor(/\/stats on\|off/);

@@ -3,6 +3,7 @@
 // When stdin is not a terminal, it reads plain lines.
 import { createInterface, type Interface } from "node:readline";
 import { PassThrough, type Readable, Transform, type TransformCallback } from "node:stream";
+import { StringDecoder } from "node:string_decoder";
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { fileErrorReason } from "../../format";
 import { dirname } from "node:path";
@@ -245,14 +246,24 @@ export class LineInput {
  */
 function pasteAwareInput(): Transform {
   let pasting = false;
+  // A long paste reaches us in several reads, cut anywhere: a character's bytes are decoded
+  // once all have come, and the start of an end marker waits for its rest (read as text, it
+  // left the chat pasting for good: Enter only added a line).
+  const decoder = new StringDecoder("utf8");
+  let markerStart = "";
   const transform = new Transform({
     transform(chunk: Buffer, _encoding: string, done: TransformCallback) {
-      let text = chunk.toString("utf8");
+      let text = markerStart + decoder.write(chunk);
+      markerStart = "";
       let out = "";
       while (text.length > 0) {
         const marker = pasting ? pasteEnd : pasteStart;
         const at = text.indexOf(marker);
-        const part = at < 0 ? text : text.slice(0, at);
+        let part = at < 0 ? text : text.slice(0, at);
+        if (at < 0 && pasting) {
+          markerStart = endingMarkerStart(part, marker);
+          part = part.slice(0, part.length - markerStart.length);
+        }
         out += pasting ? part.replace(/\r\n|\r|\n/g, pastedNewline) : part;
         if (at < 0) break;
         pasting = !pasting;
@@ -264,6 +275,13 @@ function pasteAwareInput(): Transform {
   // readline drives the terminal through its input: forward what it needs to the real stdin.
   Object.assign(transform, { isTTY: true, setRawMode: (mode: boolean) => process.stdin.setRawMode(mode) });
   return transform;
+}
+
+/** The end of `text` that starts `marker` (and may be finished by the next read), or "". */
+function endingMarkerStart(text: string, marker: string): string {
+  for (let length = Math.min(marker.length - 1, text.length); length > 0; length--)
+    if (text.endsWith(marker.slice(0, length))) return text.slice(-length);
+  return "";
 }
 
 function loadHistory(file: string): string[] {
