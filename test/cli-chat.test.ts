@@ -87,6 +87,15 @@ describe.skipIf(!hasTmux)("mlx chat in a terminal", () => {
     await waitFor(/>>> café split↵over reads\n[\s\S]*tokens\/s[^\n]*\n>>>\s*$/m);
   });
 
+  test("control characters in a paste are not keys: a Ctrl-D does not leave, a Ctrl-A or an arrow key does not move the text", async () => {
+    keys("-l", "\x1b[200~\x04pasted\x01 in\x1b[D order\tend\x1b[201~");
+    // What is left of the escape sequence is text, as xterm pastes it.
+    await waitFor(/>>> pasted in\[D order\s+end$/m);
+    keys("Enter");
+    await waitFor(/>>> pasted in\[D order\s+end\n[\s\S]*tokens\/s[^\n]*\n>>>\s*$/m);
+    expect(alive()).toBe(true);
+  });
+
   test("slash commands: /help lists commands, an unknown one points to /help, /show describes the model", async () => {
     keys("/help", "Enter");
     await waitFor(/\/stats on\|off/);

@@ -264,7 +264,7 @@ function pasteAwareInput(): Transform {
           markerStart = endingMarkerStart(part, marker);
           part = part.slice(0, part.length - markerStart.length);
         }
-        out += pasting ? part.replace(/\r\n|\r|\n/g, pastedNewline) : part;
+        out += pasting ? pastedText(part) : part;
         if (at < 0) break;
         pasting = !pasting;
         text = text.slice(at + marker.length);
@@ -276,6 +276,15 @@ function pasteAwareInput(): Transform {
   Object.assign(transform, { isTTY: true, setRawMode: (mode: boolean) => process.stdin.setRawMode(mode) });
   return transform;
 }
+
+/**
+ * Pasted text as readline should take it: its newlines as the placeholder, and without the other
+ * control characters (tab aside), as xterm leaves them out of a paste: readline would run them as
+ * keys, so a pasted Ctrl-D left the chat and a Ctrl-A or an arrow key's escape moved the rest of the
+ * paste to another place in the line.
+ */
+const pastedText = (text: string) =>
+  text.replace(/\r\n|\r|\n/g, pastedNewline).replace(/[\x00-\x08\x0b-\x1f\x7f]/g, "");
 
 /** The end of `text` that starts `marker` (and may be finished by the next read), or "". */
 function endingMarkerStart(text: string, marker: string): string {
