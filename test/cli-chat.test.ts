@@ -196,6 +196,38 @@ describe.skipIf(!hasTmux)("mlx chat in a terminal, leaving from inside a block",
   });
 });
 
+describe.skipIf(!hasTmux)("mlx chat in a terminal, suspended with Ctrl-Z", () => {
+  const suspended = `${session}-suspend`;
+  const suspendModel = join(root, "suspend-model");
+  const view = () => tmux("capture-pane", "-p", "-t", suspended).stdout.toString();
+  const keysTo = (...k: string[]) => tmux("send-keys", "-t", suspended, ...k);
+  const until = async (pattern: RegExp) => {
+    for (const deadline = Date.now() + 20_000; !pattern.test(view()) && Date.now() < deadline; ) await Bun.sleep(100);
+    expect(view()).toMatch(pattern);
+  };
+  afterAll(() => {
+    if (tmux("has-session", "-t", suspended).exitCode === 0) tmux("kill-session", "-t", suspended);
+  });
+
+  test("fg brings it back taking keys: the half-typed line is kept and sent", async () => {
+    writeTinyModel(suspendModel);
+    // A shell with job control, as users run it.
+    tmux("new-session", "-d", "-s", suspended, "-x", "150", "-y", "50", "bash --norc --noprofile -i");
+    keysTo("-l", `PS1='$ '; MLX_HOME='${home}' NO_COLOR=1 ${mlxCommand} chat -m '${suspendModel}' --max-tokens 4`);
+    keysTo("Enter");
+    await until(/^>>>\s*$/m);
+    keysTo("half");
+    await until(/^>>> half$/m);
+    keysTo("C-z");
+    await until(/Stopped[\s\S]*\n\$\s*$/);
+    keysTo("fg", "Enter");
+    await until(/\$ fg\n[\s\S]*\n>>> half\s*$/);
+    // Before, readline stayed paused after fg: these keys were never read.
+    keysTo(" typed after fg", "Enter");
+    await until(/>>> half typed after fg\n.*\n>>>\s*$/m);
+  });
+});
+
 describe.skipIf(!hasTmux)("mlx chat in a terminal, keys typed while a command runs", () => {
   const during = `${session}-command`;
   const commandModel = join(root, "command-model");

@@ -77,6 +77,9 @@ export class LineInput {
       this.#closed = true;
       this.#push(null);
     });
+    // Back from Ctrl-Z (fg): readline pauses its input as it comes back and leaves resuming it to
+    // us; left paused, the chat took no more keys.
+    this.#rl.on("SIGCONT", () => this.#rl.resume());
     // Ctrl-C at the prompt: drop a """ block being written, clear a half-typed line, or leave at an empty one.
     this.#rl.on("SIGINT", () => {
       if (this.#inBlock) {
