@@ -96,6 +96,22 @@ describe.skipIf(!hasTmux)("mlx chat in a terminal", () => {
     expect(alive()).toBe(true);
   });
 
+  test('a pasted """ block is sent with its line breaks, and closes with a line break after its fence', async () => {
+    keys("/clear", "Enter");
+    await waitFor(/conversation cleared\n>>>\s*$/m);
+    // Whole lines copied: the paste ends with the closing fence's line break.
+    tmux("set-buffer", "-b", session, '"""\npasted\nblock\n"""\n');
+    tmux("paste-buffer", "-p", "-b", session, "-t", session);
+    await waitFor(/>>> """↵pasted↵block↵"""↵$/m);
+    keys("Enter");
+    await waitFor(/>>> """↵pasted↵block↵"""↵\n[\s\S]*tokens\/s[^\n]*\n>>>\s*$/m);
+    const saved = join(root, "pasted-block.json");
+    keys(`/save ${saved}`, "Enter");
+    await waitFor(/saved 2 messages/);
+    // Before, the model read the placeholders: "↵pasted↵block↵".
+    expect(JSON.parse(readFileSync(saved, "utf8")).messages[0].content).toBe("pasted\nblock");
+  });
+
   test("slash commands: /help lists commands, an unknown one points to /help, /show describes the model", async () => {
     keys("/help", "Enter");
     await waitFor(/\/stats on\|off/);

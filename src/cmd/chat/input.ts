@@ -148,10 +148,13 @@ export class LineInput {
     const lines: string[] = [];
     this.#inBlock = true;
     try {
-      for (let line: Line = firstLine; ; line = await this.#nextLine(continuation)) {
-        if (line === cancelBlock) return cancelBlock;
+      for (let next: Line = firstLine; ; next = await this.#nextLine(continuation)) {
+        if (next === cancelBlock) return cancelBlock;
         // Ctrl-D in a terminal leaves without sending the block; piped input that ends inside one answers it.
-        if (line === null) return this.interactive ? null : lines.join("\n").trim();
+        if (next === null) return this.interactive ? null : lines.join("\n").trim();
+        // A pasted line holds several: its own newlines, not placeholders, go to the model, and
+        // a paste that ends with the closing fence's line break still closes the block.
+        const line = next.replaceAll(pastedNewline, "\n");
         if (line.trimEnd().endsWith(fence)) {
           lines.push(line.trimEnd().slice(0, -fence.length));
           return lines.join("\n").trim();
