@@ -346,15 +346,16 @@ describe.skipIf(!hasTmux)("mlx chat in a terminal: its history file", () => {
     await until(/^>>> newest line$/m);
     keysTo("Up");
     await until(/^>>> older line$/m);
-    keysTo("C-u");
+    keysTo("C-u", "/help", "Enter");
+    await until(/\/bye/);
     keysTo("C-d");
     expect(await exitStatus(status)).toBe("0");
-    expect(readFileSync(history, "utf8")).toBe('"older line"\n"newest line"\n');
+    expect(readFileSync(history, "utf8")).toBe('"older line"\n"newest line"\n"/help"\n');
     // What was typed may be private: readable by its owner alone, as shells and Ollama keep history.
     expect(statSync(history).mode & 0o777).toBe(0o600);
   });
 
-  test("two chats at once: each one's lines are kept, whichever leaves last", async () => {
+  test("two chats at once: each one's lines are kept, in the order they were typed, whichever leaves last", async () => {
     const historyHome = join(root, "history-two");
     mkdirSync(historyHome, { recursive: true });
     const history = join(historyHome, "chat_history");
@@ -384,13 +385,26 @@ describe.skipIf(!hasTmux)("mlx chat in a terminal: its history file", () => {
       tmux("send-keys", "-t", other, "/help", "Enter");
       tmux("send-keys", "-t", other, "C-d");
       expect(await exitStatus(otherStatus)).toBe("0");
-      expect(readFileSync(history, "utf8")).toBe('"from before"\n"/help"\n');
+      expect(readFileSync(history, "utf8")).toBe('"from before"\n"/show"\n"/help"\n');
       keysTo("C-d");
       expect(await exitStatus(status)).toBe("0");
-      expect(readFileSync(history, "utf8")).toBe('"from before"\n"/help"\n"/show"\n');
+      expect(readFileSync(history, "utf8")).toBe('"from before"\n"/show"\n"/help"\n');
     } finally {
       if (tmux("has-session", "-t", other).exitCode === 0) tmux("kill-session", "-t", other);
     }
+  });
+
+  test("a line typed is on disk at once: a chat whose terminal is closed keeps it", async () => {
+    const historyHome = join(root, "history-hangup");
+    start(historyHome, join(root, "history-hangup-status"));
+    await until(/^>>>\s*$/m);
+    keysTo("a line worth keeping", "Enter");
+    await until(/^>>> a line worth keeping\n.*\n>>>\s*$/m);
+    // The terminal goes away (SIGHUP), as when its window is closed: the chat never leaves by Ctrl-D.
+    tmux("kill-session", "-t", historySession);
+    await Bun.sleep(500);
+    const history = join(historyHome, "chat_history");
+    expect(existsSync(history) ? readFileSync(history, "utf8") : "(no history)").toBe('"a line worth keeping"\n');
   });
 
   test("a history that cannot be read (a directory) is a one-line note, and the chat goes on", async () => {

@@ -52,8 +52,6 @@ export class LineInput {
   // Piped input can end (and readline close) while queued lines are still to be answered.
   #closed = false;
   #inBlock = false;
-  /** The lines typed in this chat, oldest first, as readline adds them to its history. */
-  readonly #typed: string[] = [];
 
   constructor(private readonly historyFile: string) {
     this.interactive = Boolean(process.stdin.isTTY && process.stdout.isTTY);
@@ -70,7 +68,9 @@ export class LineInput {
       removeHistoryDuplicates: true,
     });
     this.#rl.on("line", (line) => {
-      if (this.interactive && line.length > 0) this.#typed.push(line);
+      // On disk at once, as Ollama keeps it: a chat that ends without leaving (its terminal
+      // closed, a kill) kept none of its lines when they were written on the way out.
+      if (this.interactive && line.length > 0) saveHistory(this.historyFile, line);
       this.#push(line);
     });
     this.#rl.on("close", () => {
@@ -234,10 +234,7 @@ export class LineInput {
   }
 
   close(): void {
-    if (this.interactive) {
-      process.stdout.write("\x1b[?2004l");
-      saveHistory(this.historyFile, this.#typed);
-    }
+    if (this.interactive) process.stdout.write("\x1b[?2004l");
     if (!this.#closed) this.#rl.close();
     // Let go of the terminal so the process can exit.
     process.stdin.off("data", this.#readKeys);
@@ -331,18 +328,18 @@ function readHistory(file: string): string[] {
 }
 
 /**
- * This chat's lines added to the history on disk as it is now: another chat that left since this
- * one started keeps its lines (a whole history kept in memory would write over them).
+ * A line typed added to the history on disk as it is now: another chat's lines typed since this
+ * one started are kept (a whole history kept in memory would write over them).
  */
-function saveHistory(file: string, typed: string[]): void {
+function saveHistory(file: string, typed: string): void {
   let saved: string[] = [];
   try {
     saved = readHistory(file);
   } catch {
-    // unreadable: this chat's lines start it anew
+    // unreadable: this line starts it anew
   }
   // As readline's removeHistoryDuplicates: a line typed again moves to the front.
-  const newestFirst = [...new Set([...typed.toReversed(), ...saved])];
+  const newestFirst = [...new Set([typed, ...saved])];
   // Written whole to a file of its own, then renamed over the old one: a chat that dies while
   // writing leaves the old history, never half of it; and readable by its owner alone, as
   // shells and Ollama keep theirs, since what was typed may be private.
@@ -356,7 +353,7 @@ function saveHistory(file: string, typed: string[]): void {
     writeFileSync(temporary, lines.length ? `${lines.join("\n")}\n` : "", { mode: 0o600 });
     renameSync(temporary, file);
   } catch {
-    // History is a convenience: a read-only or full disk must not break leaving the chat.
+    // History is a convenience: a read-only or full disk must not break the chat.
     rmSync(temporary, { force: true });
   }
 }
