@@ -1,7 +1,16 @@
 // `mlx chat` in a real terminal: the executable runs in a tmux pane (a pseudo-terminal),
 // driven with keystrokes and read back from the screen. Uses a tiny random-weight model.
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { writeTinyModel } from "./helpers/tiny-model";
@@ -460,6 +469,25 @@ describe.skipIf(!hasTmux)("mlx chat in a terminal: /model's picker", () => {
 });
 
 describe("mlx chat with piped input", () => {
+  test("stdin that cannot be read (a directory) is one line naming it, as mlx run says it", async () => {
+    const piped = join(root, "piped-directory");
+    writeTinyModel(piped);
+    const directory = openSync(root, "r");
+    try {
+      const proc = Bun.spawn([process.execPath, main, "chat", "-m", piped], {
+        stdin: directory,
+        stdout: "pipe",
+        stderr: "pipe",
+        env: { ...process.env, MLX_HOME: home },
+      });
+      const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+      expect(code).toBe(1);
+      expect(stderr).toBe("error: cannot read stdin: it is a directory\n");
+    } finally {
+      closeSync(directory);
+    }
+  });
+
   test("answers each line, runs slash commands, and exits at the end of input", async () => {
     const piped = join(root, "piped");
     writeTinyModel(piped);

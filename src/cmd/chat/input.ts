@@ -59,14 +59,19 @@ export class LineInput {
       this.#terminalInput = pasteAwareInput();
       process.stdin.on("data", this.#readKeys);
     }
-    this.#rl = createInterface({
-      input: this.#terminalInput ?? process.stdin,
-      output: this.interactive ? process.stdout : undefined,
-      terminal: this.interactive,
-      history: this.interactive ? loadHistory(historyFile) : [],
-      historySize: historyLimit,
-      removeHistoryDuplicates: true,
-    });
+    try {
+      this.#rl = createInterface({
+        input: this.#terminalInput ?? process.stdin,
+        output: this.interactive ? process.stdout : undefined,
+        terminal: this.interactive,
+        history: this.interactive ? loadHistory(historyFile) : [],
+        historySize: historyLimit,
+        removeHistoryDuplicates: true,
+      });
+    } catch (error) {
+      // Stdin that cannot be read (`mlx chat < somedir`), said as mlx run says it, not as Bun's "EISDIR: ..., fstat".
+      throw new Error(`cannot read stdin: ${fileErrorReason(error)}`);
+    }
     this.#rl.on("line", (line) => {
       // On disk at once, as Ollama keeps it: a chat that ends without leaving (its terminal
       // closed, a kill) kept none of its lines when they were written on the way out.
