@@ -512,9 +512,15 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
       await mlx(["run", "-m", model, "--temp", "-x", "hi"]),
       /--temp takes a value: write one that starts with '-' as --temp=<value>/,
     );
+    // A prompt that starts with '-' is read as one-letter flags: named whole, not as "Unknown option ' '".
+    oneLineError(
+      await mlx(["run", "-m", model, "-v hi"]),
+      /^error: unknown option '-v hi' for mlx run; an argument that starts with '-' goes after --, as in mlx run -- '-v hi'$/m,
+    );
     // Declared flags in every form still parse: a negative seed, a boolean's --no- form, what follows --.
     const r = await mlx(["run", "-m", model, "--seed", "-7", "--no-verbose", "--max-tokens", "2", "--", "hi"]);
     expect(r.code).toBe(0);
+    expect((await mlx(["run", "-m", model, "--max-tokens", "2", "--", "-v hi"])).code).toBe(0);
   });
 
   test("an empty value written --flag= is that flag's, not the next word's", async () => {

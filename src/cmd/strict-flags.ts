@@ -107,6 +107,13 @@ export function flagProblem(command: string, args: ArgsDef, argv: string[]): str
       const hint = close.length > 0 ? ` (did you mean ${close.map((c) => `--${c}`).join(" or ")}?)` : "";
       return `unknown option ${dashes}${name} for mlx ${command}${hint}; mlx ${command} --help lists them`;
     }
+    // A word after one dash is read as one-letter flags ("-v hi": -v, then ' '), and the parser
+    // names only the letter it did not know: the word is named whole, with how to pass it.
+    const letter = /^Unknown option '([^-'][^']*)'/.exec(message)?.[1];
+    const word =
+      letter && argv.slice(0, end < 0 ? undefined : end).find((a) => /^-[^-]./.test(a) && a.includes(letter));
+    if (word)
+      return `unknown option '${word}' for mlx ${command}; an argument that starts with '-' goes after --, as in mlx ${command} -- '${word}'`;
     const ambiguous = /^Option '(?:-\w, )?(--?[^' ]+)[^']*' argument is ambiguous/.exec(message);
     if (ambiguous) return `${ambiguous[1]} takes a value: write one that starts with '-' as ${ambiguous[1]}=<value>`;
     return oneDash(message.split("\n")[0]!);
