@@ -1,6 +1,6 @@
 #!/usr/bin/env bun
 // The `mlx` executable: one subcommand per file in src/cmd/.
-import { defineCommand, runMain, type ArgsDef } from "citty";
+import { defineCommand, runCommand, runMain, type ArgsDef } from "citty";
 import pkg from "../package.json" with { type: "json" };
 import { fail } from "./cmd/log";
 import { writeErrorReason } from "./format";
@@ -100,4 +100,9 @@ process.stdout.on("error", (error: NodeJS.ErrnoException) => {
 // nowhere to be told.
 process.stderr.on("error", (error: NodeJS.ErrnoException) => process.exit(error.code === "EPIPE" ? 128 + 13 : 1));
 
-runMain(main, { rawArgs: argv, showUsage });
+// citty shows the usage for a --help anywhere, also past `--`, where it is a word of the prompt
+// (mlx run -- --help): there the command runs.
+const flagsEnd = argv.indexOf("--");
+const helpPastFlags = flagsEnd >= 0 && !argv.slice(0, flagsEnd).some((a) => a === "--help" || a === "-h");
+if (helpPastFlags && (argv.includes("--help") || argv.includes("-h"))) await runCommand(main, { rawArgs: argv });
+else await runMain(main, { rawArgs: argv, showUsage });

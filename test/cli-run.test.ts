@@ -523,6 +523,12 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
     expect((await mlx(["run", "-m", model, "--max-tokens", "2", "--", "-v hi"])).code).toBe(0);
   });
 
+  test("--help past -- is a word of the prompt, not a call for the usage", async () => {
+    const r = await mlx(["run", "-m", model, "--max-tokens", "2", "--json", "--", "--help"]);
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout).token_ids).toHaveLength(2);
+  });
+
   test("an empty value written --flag= is that flag's, not the next word's", async () => {
     oneLineError(await mlx(["run", "-m", model, "--draft-model=", "hi"]), /^error: --draft-model needs a model$/m);
     const r = await mlx(["run", "-m", model, "--system=", "hi", "--max-tokens=2", "--json"]);
