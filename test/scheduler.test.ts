@@ -8,6 +8,7 @@ import { completeAlone } from "./helpers/generate";
 import { defaultSampling } from "../src/engine/sampling";
 import { QueueFullError } from "../src/errors";
 import { Scheduler, type GenerationEvent, type GenerationRequest } from "../src/engine/scheduler";
+import { BatchGenerator } from "../src/engine/batch";
 import { PrefixCache } from "../src/engine/prefix-cache";
 import * as mx from "../src/mlx";
 import { loadModel, type LoadedModel } from "../src/models/load";
@@ -197,6 +198,34 @@ describe("prefix cache across requests", () => {
     expect(again.text).toBe(one.text);
     expect(prefixCache.entries).toBe(1);
     scheduler.dispose();
+  });
+
+  test("a prompt cancelled part way through its prefill leaves the chunks done for the next request", async () => {
+    const prefixCache = new PrefixCache(64 * 1024 * 1024);
+    const starts: number[] = [];
+    const generator = new BatchGenerator(lm.model, {
+      maxBatch: 2,
+      prefillChunk: 16,
+      prefixCache,
+      onStart: (_, cached) => starts.push(cached),
+    });
+    const promptIds = prompt("Tell me everything you know. ".repeat(6));
+    expect(promptIds.length).toBeGreaterThan(40);
+    generator.add("first", { promptIds, sampling: defaultSampling, maxTokens: 4 });
+    expect(generator.step()).toEqual([]); // one chunk of 16
+    generator.remove("first"); // the client went away, or Ctrl-C in chat
+    generator.add("again", { promptIds, sampling: defaultSampling, maxTokens: 4 });
+    const answer: number[] = [];
+    while (!generator.idle) for (const e of generator.step()) answer.push(e.token);
+    generator.dispose();
+    expect(starts).toEqual([0, 16]);
+    // Answered as from scratch.
+    const fresh = new BatchGenerator(lm.model, { maxBatch: 2, prefillChunk: 16 });
+    fresh.add("alone", { promptIds, sampling: defaultSampling, maxTokens: 4 });
+    const alone: number[] = [];
+    while (!fresh.idle) for (const e of fresh.step()) alone.push(e.token);
+    fresh.dispose();
+    expect(answer).toEqual(alone);
   });
 
   test("the byte budget evicts the least recently used entries", async () => {

@@ -232,9 +232,14 @@ export class BatchGenerator {
     }
     const queued = this.#waiting.findIndex((s) => s.id === id);
     if (queued >= 0) this.#waiting.splice(queued, 1);
-    if (this.#prefill?.sequence.id === id) {
-      this.model.remote?.release(this.#prefill.caches);
-      freeCaches(this.#prefill.caches);
+    const p = this.#prefill;
+    if (p?.sequence.id === id) {
+      // The chunks prefilled so far are kept as any prompt is: asked again (a retry, a chat's
+      // next turn after Ctrl-C), the prompt starts from them rather than from nothing.
+      const prefilled = p.sequence.request.promptIds.slice(0, p.done);
+      this.options.prefixCache?.insert(prefilled, p.caches, 0, 0, droppedBy(p.caches, 0), namespace(p.sequence));
+      this.model.remote?.release(p.caches);
+      freeCaches(p.caches);
       this.#prefill = undefined;
     }
     // A first token still on its way back: dropped when it comes.
