@@ -408,6 +408,23 @@ describe("pull from the hub", () => {
   );
 
   test(
+    "a hub behind a CDN that compresses JSON: a file's size is asked uncompressed, as huggingface_hub asks it",
+    async () => {
+      const s = await startHub({ "org/tiny": { files: tiny, compresses: true } });
+      const pulled = await pull("hf:org/tiny");
+      // Else the HEAD told config.json's gzip size, and its download was refused as the wrong size.
+      const lookups = s.requests.filter((r) => r.method === "HEAD");
+      expect(lookups.length).toBeGreaterThan(0);
+      for (const lookup of lookups) expect(lookup.headers["accept-encoding"]).toBe("identity");
+      expect(readManifest("org/tiny")!.files.find((f) => f.name === "config.json")!.size).toBe(
+        tiny.get("config.json")!.length,
+      );
+      load(pulled.path);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "a pull killed mid-file: the next one resumes it and says where, naming the file",
     async () => {
       const s = await startHub({ "org/tiny": { files: tiny } });

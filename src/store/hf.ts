@@ -235,7 +235,12 @@ async function fetchFiles(remote: RemoteFile[], commit: string, options: HFPullO
  * anonymous pulls reach first; 5xx: a node or gateway down for a moment), as huggingface_hub
  * does, rather than failing a pull that its downloads would have retried.
  */
-async function hubRequest(url: string, init: RequestInit, options: HFPullOptions, reaching: string): Promise<Response> {
+async function hubRequest(
+  url: string,
+  init: HubRequestInit,
+  options: HFPullOptions,
+  reaching: string,
+): Promise<Response> {
   for (let attempt = 1; ; attempt++) {
     const response = await hubRequestOnce(url, init, options, reaching);
     if (!hubBusy(response.status) || attempt > HUB_RETRIES) return response;
@@ -254,10 +259,13 @@ function hubRetryDelayMs(response: Response, attempt: number): number {
   return Math.min(asked ?? HUB_RETRY_DELAY_MS * 2 ** (attempt - 1), MAX_RETRY_DELAY_MS);
 }
 
+/** A request's options, its headers as a plain record (the token's is added to them). */
+type HubRequestInit = Omit<RequestInit, "headers"> & { headers?: Record<string, string> };
+
 /** One request to the hub, which fails when no answer comes in time rather than hanging the pull. */
 async function hubRequestOnce(
   url: string,
-  init: RequestInit,
+  init: HubRequestInit,
   options: HFPullOptions,
   reaching: string,
 ): Promise<Response> {
@@ -266,7 +274,7 @@ async function hubRequestOnce(
   try {
     return await fetch(url, {
       ...init,
-      headers: hubHeaders(),
+      headers: { ...init.headers, ...hubHeaders() },
       signal: options.signal ? AbortSignal.any([options.signal, timeout]) : timeout,
     });
   } catch (error) {
@@ -319,7 +327,9 @@ async function locateFile(
   options: HFPullOptions,
   hops = 0,
 ): Promise<RemoteFile> {
-  const response = await hubRequest(url, { method: "HEAD", redirect: "manual" }, options, withoutCredentials(url));
+  // Uncompressed: a CDN that may gzip the file would tell its compressed size, which the download (identity) never matches.
+  const lookup = { method: "HEAD", redirect: "manual", headers: { "Accept-Encoding": "identity" } } as const;
+  const response = await hubRequest(url, lookup, options, withoutCredentials(url));
   const redirected = response.status >= 300 && response.status < 400 && response.headers.has("location");
   // A Location naming no host is on the hub (huggingface_hub's test too); storage is elsewhere.
   const location = response.headers.get("location") ?? "";

@@ -1,7 +1,7 @@
 // Test doubles for the store: a loopback HTTP/1.1 server written on raw sockets (so a test
 // can cut a response short or stall it exactly where it wants), and a tiny zip writer.
 import { createServer, type Socket } from "node:net";
-import { crc32, deflateRawSync } from "node:zlib";
+import { crc32, deflateRawSync, gzipSync } from "node:zlib";
 
 export interface RecordedRequest {
   method: string;
@@ -200,6 +200,11 @@ export interface Repo {
   movedTo?: string;
   /** Answer each request for the repository to the hub (its listing, each lookup) this many times as a busy hub first: 429 (Retry-After: 0) and 503 in turn. */
   busy?: number;
+  /**
+   * Answer its small (git-stored) files gzip-compressed to a client that accepts it, a HEAD then
+   * telling the compressed size, as a CDN or mirror in front of the hub does for JSON.
+   */
+  compresses?: boolean;
 }
 
 const isLfs = (name: string) => name.endsWith(".safetensors") || name.endsWith(".gguf");
@@ -265,9 +270,12 @@ function hub(repos: Map<string, Repo>, storage: () => string) {
         };
       }
       const etag = { ETag: `"${sha256Hex(data).slice(0, 40)}"` }; // a git sha1, not a sha256
+      const gzip = repo.compresses && /\bgzip\b/.test(request.headers["accept-encoding"] ?? "");
+      const sent = gzip ? new Uint8Array(gzipSync(data)) : data;
+      const headers = { ...etag, ...(gzip ? { "Content-Encoding": "gzip" } : {}) };
       if (request.method === "HEAD")
-        return { status: 200, headers: { ...etag, "Content-Length": String(data.length) } };
-      return { status: 200, headers: etag, body: data };
+        return { status: 200, headers: { ...headers, "Content-Length": String(sent.length) } };
+      return { status: 200, headers, body: sent };
     }
     const lfs = path.match(/^\/lfs\/([0-9a-f]{64})$/);
     const data = lfs && stored.get(lfs[1]!);
