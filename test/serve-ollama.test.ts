@@ -539,6 +539,19 @@ describe("Ollama model management", () => {
     });
   });
 
+  test("a malformed hf:/pypi: source is the request's mistake (400, before any stream), not a failure of the hub (502)", async () => {
+    for (const bad of ["hf:org/repo/extra", "hf:org", "pypi:no-version"]) {
+      for (const stream of [false, true]) {
+        const r = await post(`${server.url}/api/pull`, { model: bad, stream });
+        expect(r.status).toBe(400);
+        expect(r.json.error).toStartWith(`invalid source '${bad}': expected `);
+      }
+      const asked = await post(`${server.url}/api/generate`, { model: bad, prompt: "Hi", stream: false });
+      expect(asked.status).toBe(400);
+      expect(asked.json.error).toStartWith(`invalid source '${bad}'`);
+    }
+  });
+
   test("a stored model whose files are gone: a request says so and how to repair it, not a bare 500", async () => {
     await withStore(async (root) => {
       const original = join(root, "damaged-tiny");

@@ -7,12 +7,12 @@ import { basename, join, resolve } from "node:path";
 import { loadAliases } from "./aliases";
 import { addBlob, blobPresent, blobsOnDisk } from "./blobs";
 import type { DownloadProgress } from "./download";
-import { pullHFRepo } from "./hf";
+import { parseHFSpec, pullHFRepo } from "./hf";
 import { withLock } from "./lock";
 import { describeFiles, newManifest, readManifest, type ManifestFile, type ModelManifest } from "./manifest";
 import { neededFiles } from "./model-files";
 import { locksDir, modelKey, modelNameFits } from "./paths";
-import { pullPyPIFile } from "./pypi";
+import { parsePyPISpec, pullPyPIFile } from "./pypi";
 import { InvalidParameterError } from "../errors";
 import { commitModel, discardBlobs, openStoredModel, StoreDamageError, storeLimitBytes, storingFailed } from "./store";
 
@@ -64,11 +64,25 @@ export function modelRequest(what: string): ModelRequest {
   const stored = readManifest(what);
   // A converted or fused model is made here, not pulled.
   if (stored && !/^(convert|fuse):/.test(stored.source)) return { name: what, source: stored.source };
+  if (isRemoteSource(what)) refuseMalformedSource(what);
   if (what.startsWith("hf:")) return { name: what.slice("hf:".length), source: what };
   if (isRemoteSource(what)) return { name: what, source: what };
   // A path that is not there names no file to be named after: the name is what was typed (rm, show).
   const name = existsSync(what) ? basename(what).replace(/\.gguf$/, "") : what;
   return { name, source: resolve(what) };
+}
+
+/**
+ * A source as typed, malformed: the caller's mistake (a 400 over HTTP), said before any lock or
+ * download, not as a pull that failed (a 502: the hub's or index's fault).
+ */
+function refuseMalformedSource(source: string): void {
+  try {
+    if (source.startsWith("hf:")) parseHFSpec(source);
+    else parsePyPISpec(source);
+  } catch (error) {
+    throw new InvalidParameterError((error as Error).message, "model");
+  }
 }
 
 /**
