@@ -12,6 +12,7 @@ import { memoryFigures } from "../src/engine/device";
 import type { RunningServer } from "../src/server/app";
 import { modelUsers } from "../src/store/in-use";
 import { readManifest } from "../src/store/manifest";
+import { modelRequest, pullModel } from "../src/store/pull";
 import { post, serve, slowestHealthGap } from "./helpers/serve";
 import { startHfHub, type TestServer } from "./helpers/store";
 import { writeTinyModel } from "./helpers/tiny-model";
@@ -185,6 +186,36 @@ describe("Ollama model management", () => {
     expect(refused.message).toBe("'busy-copy' is answering requests on this server; delete it once they end");
     await ollama.delete({ model: "busy-copy" });
     expect(readManifest("busy-copy")).toBeUndefined();
+  });
+
+  test("copy over a model this server holds: unloaded first, so a request answers with the copy, not the weights replaced; a 409 while it answers", async () => {
+    const other = join(local, "..", "other-tiny");
+    writeTinyModel(other, { seed: 5 });
+    await pullModel(modelRequest(other));
+    await ollama.pull({ model: "hf:org/tiny", stream: false });
+    const answer = async (model: string) =>
+      (await ollama.generate({ model, prompt: "Hi", keep_alive: 0, options: { num_predict: 6, temperature: 0 } }))
+        .response;
+    const otherAnswer = await answer("other-tiny");
+    expect(await answer("org/tiny")).not.toBe(otherAnswer); // else the check below could not fail
+
+    await ollama.copy({ source: "org/tiny", destination: "replaced-copy" });
+    await ollama.generate({ model: "replaced-copy", prompt: "Hi", keep_alive: -1, options: { num_predict: 1 } });
+    const lease = await server.state.models.acquire("replaced-copy"); // as a request in flight holds it
+    const refused = await ollama
+      .copy({ source: "other-tiny", destination: "replaced-copy" })
+      .catch((e) => e)
+      .finally(() => lease.release());
+    expect(refused.status_code).toBe(409);
+    expect(refused.message).toBe("'replaced-copy' is answering requests on this server; copy over it once they end");
+    expect(readManifest("replaced-copy")!.source).toBe("hf:org/tiny");
+
+    await ollama.copy({ source: "other-tiny", destination: "replaced-copy" });
+    expect(server.state.models.find("replaced-copy")).toBeUndefined();
+    expect(modelUsers("replaced-copy")).toEqual([]);
+    expect(await answer("replaced-copy")).toBe(otherAnswer);
+    await ollama.delete({ model: "replaced-copy" });
+    await ollama.delete({ model: "other-tiny" });
   });
 
   test("delete takes a model this server used and has unloaded since (its own in-use mark does not hold it)", async () => {

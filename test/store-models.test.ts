@@ -26,7 +26,7 @@ import { manifestPath, readManifest, writeManifest } from "../src/store/manifest
 import { blobPath, indexPath, inUseDir, locksDir, modelKey } from "../src/store/paths";
 import { modelRequest, pullModel } from "../src/store/pull";
 import { resolveModelPath } from "../src/store/resolve";
-import { listModels, openStoredModel, removeModel, repairHint, StoreDamageError } from "../src/store/store";
+import { copyModel, listModels, openStoredModel, removeModel, repairHint, StoreDamageError } from "../src/store/store";
 import { verifyStore } from "../src/store/verify";
 import { serve } from "./helpers/serve";
 import { fakeWeights, sha256Hex } from "./helpers/store";
@@ -276,6 +276,26 @@ describe("removing", () => {
       expect(freedBytes).toBe(10_000); // its own weights; config and tokenizer are beta's too
       expect(await names()).toEqual(["beta"]);
       expect(blobCount()).toBe(3);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "a copy over a model in use is refused as its removal is, and the model keeps its files",
+    async () => {
+      await pull(fakeModel("alpha"));
+      await pull(fakeModel("beta"));
+      releaseModel("alpha");
+      markInUse("beta");
+      const before = readManifest("beta")!;
+      await expect(copyModel("alpha", "beta")).rejects.toThrow(
+        `'beta' is in use by process ${process.pid}; stop it first`,
+      );
+      expect(readManifest("beta")).toEqual(before);
+      for (const file of before.files) expect(existsSync(blobPath(file.sha256))).toBe(true);
+      releaseModel("beta");
+      await copyModel("alpha", "beta");
+      expect(readManifest("beta")!.files).toEqual(readManifest("alpha")!.files);
     },
     TEST_TIMEOUT_MS,
   );

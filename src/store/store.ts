@@ -227,7 +227,7 @@ export function refuseInUse(name: string): void {
 
 /**
  * Stores `source`'s files under a second name too (its blobs shared, so it costs no space);
- * a model already named `destination` is replaced.
+ * a model already named `destination` is replaced, unless a process is using it.
  */
 export function copyModel(source: string, destination: string): Promise<void> {
   return withStoreLock(async () => {
@@ -235,6 +235,8 @@ export function copyModel(source: string, destination: string): Promise<void> {
     if (!manifest) throw new ModelNotFoundError(`no stored model named '${source}'`);
     await assertIntact(manifest);
     const previous = readManifest(destination);
+    // Replacing its files would pull them from under the process using it, as removing it would.
+    if (previous && destination !== source) refuseInUse(destination);
     const copy = newManifest({ ...manifest, name: destination });
     writeManifest(copy);
     materialize(copy);

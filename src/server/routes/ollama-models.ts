@@ -75,27 +75,37 @@ export function ollamaModelRoutes(s: ServerState): Hono {
 
   r.delete("/api/delete", async (c) => {
     const name = storedName(parseModelName(await readJson(c.req)));
-    // A model this server holds idle is unloaded first; one answering requests stays (a 409). The
-    // store marks a model in use by this process from its first use on: unless it is answering,
-    // that mark must not keep it (it outlives the model's unloading).
-    const manifest = readManifest(name);
-    const path = manifest && loadPath(manifest);
-    const holders = s.models.loaded.filter((e) => e.path === path);
-    // The store would name this server's own process as the one using it.
-    if (holders.some((e) => e.active > 0))
-      throw new ModelInUseError(`'${name}' is answering requests on this server; delete it once they end`);
-    for (const entry of holders) s.models.unload(entry);
-    releaseModel(name);
+    letGo(s, name, "delete it");
     await removeModel(name);
     return c.body(null, 200);
   });
 
   r.post("/api/copy", async (c) => {
     const { source, destination } = parseOllamaCopy(await readJson(c.req));
-    await copyModel(storedName(source), copyDestination(s, storedName(destination)));
+    const target = copyDestination(s, storedName(destination));
+    // A model copied over would otherwise go on answering here with the weights it replaced.
+    letGo(s, target, "copy over it");
+    await copyModel(storedName(source), target);
     return c.body(null, 200);
   });
   return r;
+}
+
+/**
+ * Before the store removes or replaces `name`: a model this server holds idle is unloaded; one
+ * answering requests stays (a 409, `doing` saying what to do once they end). The store marks a
+ * model in use by this process from its first use on: unless it is answering, that mark must not
+ * keep it (it outlives the model's unloading).
+ */
+function letGo(s: ServerState, name: string, doing: string): void {
+  const manifest = readManifest(name);
+  const path = manifest && loadPath(manifest);
+  const holders = s.models.loaded.filter((e) => e.path === path);
+  // The store would name this server's own process as the one using it.
+  if (holders.some((e) => e.active > 0))
+    throw new ModelInUseError(`'${name}' is answering requests on this server; ${doing} once they end`);
+  for (const entry of holders) s.models.unload(entry);
+  releaseModel(name);
 }
 
 /** The store's name for what a client names: "m:latest" (Ollama's default tag) is "m" unless a model has that very name. */
