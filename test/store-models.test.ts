@@ -751,9 +751,16 @@ describe("an unreadable manifest", () => {
       expect((await cliResult(["list"])).stdout).toMatch(/^org\/beta .*unreadable manifest: mlx rm org\/beta +-$/m);
       const rows = JSON.parse((await cliResult(["list", "--json"])).stdout);
       expect(rows.map((r: { name: string }) => r.name)).toEqual(["alpha", "org/beta"]);
-      expect((await cliResult(["show", "org/beta"])).stderr).toBe(
-        "error: the manifest of 'org/beta' is unreadable (cut short, or from a newer mlx); mlx rm org/beta removes it\n",
-      );
+      const unreadable =
+        "the manifest of 'org/beta' is unreadable (cut short, or from a newer mlx); mlx rm org/beta removes it";
+      expect((await cliResult(["show", "org/beta"])).stderr).toBe(`error: ${unreadable}\n`);
+      // Using it says the same, not that no such model exists (mlx list just showed it).
+      expect(await cliResult(["run", "-m", "org/beta", "Hi"])).toMatchObject({
+        code: 1,
+        stderr: `error: ${unreadable}\n`,
+      });
+      await expect(resolveModelPath("org/beta", { paths: false })).rejects.toThrow(unreadable);
+      expect(await cliResult(["pull", "org/beta"])).toMatchObject({ code: 1, stderr: `error: ${unreadable}\n` });
 
       const rm = await cliResult(["rm", "-y", "org/beta"]);
       expect(rm).toMatchObject({ code: 0, stderr: "" });

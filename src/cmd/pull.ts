@@ -9,7 +9,7 @@ import { createProgressReporter } from "../store/progress";
 import { loadAliases } from "../store/aliases";
 import { isRemoteSource, pullModel, weightsRequest, type ModelRequest } from "../store/pull";
 import { looksLikePath, refuseRemoteAlias, unknownModelError } from "../store/resolve";
-import { openStoredModel, repair, StoreDamageError } from "../store/store";
+import { openStoredModel, repair, StoreDamageError, unreadableManifestError } from "../store/store";
 import { shellWord } from "../format";
 import { fail, log, setVerbose, warnEvicted } from "./log";
 
@@ -73,6 +73,9 @@ export default defineCommand({
           `'${args.model}' was stored from ${request.source}, which is gone: pull it from where its files are now (mlx pull PATH), or remove it (mlx rm ${shellWord(args.model)})`,
         );
       if (request.source === resolve(args.model) && !existsSync(request.source)) {
+        // Its source was in the manifest: nothing says where to pull it from again.
+        const unreadable = unreadableManifestError(args.model);
+        if (unreadable) throw unreadable;
         // A bare word that names nothing: say so (with names like it) rather than "no such path".
         if (!looksLikePath(args.model)) throw await unknownModelError(args.model);
         const repo = hubRepoNamed(args.model);

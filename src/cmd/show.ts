@@ -3,7 +3,7 @@
 import { defineCommand } from "citty";
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { manifestPath, readManifest, type ModelManifest } from "../store/manifest";
+import { readManifest, type ModelManifest } from "../store/manifest";
 import { blobPresent } from "../store/blobs";
 import { blobPath } from "../store/paths";
 import { formatBytes, formatCount, shellWord } from "../format";
@@ -12,7 +12,7 @@ import { modelRequest } from "../store/pull";
 import { ggufOfDirectory, locateModel, looksLikePath, missingModelError } from "../store/resolve";
 import { isGGUFFile } from "../models/gguf";
 import { directoryWeightFiles } from "../models/load";
-import { loadPath, repair, repairHint } from "../store/store";
+import { loadPath, repair, repairHint, unreadableManifestError } from "../store/store";
 import { fail } from "./log";
 
 // The config.json fields worth a glance; the whole file is one `cat` away in the model directory.
@@ -51,11 +51,9 @@ export default defineCommand({
       // A model on disk where it is (as `mlx run -m ./dir` takes it): what its files say.
       if (looksLikePath(args.model) && existsSync(args.model)) return showFiles(args.model, Boolean(args.json));
       const { name } = modelRequest(args.model);
+      const unreadable = unreadableManifestError(name);
+      if (unreadable) throw unreadable;
       const manifest = readManifest(name);
-      if (!manifest && existsSync(manifestPath(name)))
-        throw new Error(
-          `the manifest of '${name}' is unreadable (cut short, or from a newer mlx); mlx rm ${shellWord(name)} removes it`,
-        );
       if (!manifest) {
         // Only an alias or a source can be fetched: a name that is neither is unknown (a remote
         // provider's alias has no weights), and pulling it would fail too.

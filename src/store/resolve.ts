@@ -9,7 +9,14 @@ import type { DownloadProgress } from "./download";
 import { createProgressReporter } from "./progress";
 import { readManifest } from "./manifest";
 import { isRemoteSource, modelRequest, pullModel, refuseEmptyName, type ModelRequest, type PullResult } from "./pull";
-import { evictionNote, listModels, loadPath, openStoredModel } from "./store";
+import {
+  evictionNote,
+  listModels,
+  loadPath,
+  openStoredModel,
+  StoreDamageError,
+  unreadableManifestError,
+} from "./store";
 import { ModelNotFoundError, ModelPullError, UnsupportedError } from "../errors";
 
 export interface ResolveOptions extends LocateOptions {
@@ -137,7 +144,9 @@ export async function resolveModelPath(spec: string | undefined, options: Resolv
 /** What is wrong with a name that locates nothing: a missing path (an alias's source), or an unknown name. */
 export async function missingModelError(
   location: Extract<ModelLocation, { kind: "missing" }>,
-): Promise<ModelNotFoundError> {
+): Promise<ModelNotFoundError | StoreDamageError> {
+  const unreadable = location.alias ? undefined : unreadableManifestError(location.name);
+  if (unreadable) return unreadable;
   if (location.pathsRefused && looksLikePath(location.source))
     return new ModelNotFoundError(
       `model not found: '${location.name}' (this server loads no model by a path on its machine; name an alias or a stored model)`,

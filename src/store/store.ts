@@ -27,6 +27,17 @@ export class StoreDamageError extends Error {
   override name = "StoreDamageError";
 }
 
+/**
+ * A model `name` whose manifest is there but unreadable (cut short by a crash, or written by a
+ * newer mlx), undefined for any other: it is listed, so using it is told this, not "not found".
+ */
+export function unreadableManifestError(name: string): StoreDamageError | undefined {
+  if (readManifest(name) || !existsSync(manifestPath(name))) return undefined;
+  return new StoreDamageError(
+    `the manifest of '${name}' is unreadable (cut short, or from a newer mlx); mlx rm ${shellWord(name)} removes it`,
+  );
+}
+
 /** $MLX_CACHE_MAX_BYTES: a byte count, or a number with a KB/MB/GB/TB suffix (powers of 1000). */
 export function storeLimitBytes(): number {
   const raw = process.env.MLX_CACHE_MAX_BYTES?.trim();
