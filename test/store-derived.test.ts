@@ -2,7 +2,16 @@
 // the conversion again by the hash of its inputs. Needs the default model (fetched into the
 // store on first use, like the parity test).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { lstatSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadModel, type LoadedModel } from "../src/models/load";
@@ -96,6 +105,25 @@ describe("convert into the store", () => {
       stdout: expect.stringContaining("all stored models are intact"),
     });
   }, 120_000);
+  test("a model named org/repo converts as org/repo-mlx, as --help says: two orgs' models of one repo name are two conversions", async () => {
+    const home = join(work, "home-orgs");
+    mkdirSync(home, { recursive: true });
+    // The same model from another org: other bytes (a byte past the tensors), so a conversion of its own.
+    const other = join(work, "other.gguf");
+    writeFileSync(other, Buffer.concat([readFileSync(gguf), Buffer.from([0])]));
+    writeFileSync(
+      join(home, "models.toml"),
+      `[models."a/smol"]\nsource = ${JSON.stringify(gguf)}\n[models."b/smol"]\nsource = ${JSON.stringify(other)}\n`,
+    );
+    const mlx = cliRunner(home);
+    for (const org of ["a", "b"]) {
+      const converted = await mlx(["convert", `${org}/smol`]);
+      expect(converted).toMatchObject({ code: 0, stdout: `${join(home, "models", `${org}%2Fsmol-mlx`)}\n` });
+    }
+    // The first conversion is still there: the second did not take its name.
+    expect((await mlx(["list"])).stdout).toMatch(/^a\/smol-mlx +mlx .*\nb\/smol-mlx +mlx /m);
+  }, 120_000);
+
   test("a conversion that makes the store evict a model says so, as mlx pull does (it was silent)", async () => {
     const home = join(work, "home-evicting");
     const tiny = join(work, "tiny");

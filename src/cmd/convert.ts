@@ -9,6 +9,7 @@ import { isGGUFFile } from "../models/gguf";
 import { ModelLoadError } from "../models/load";
 import { convertedModel, refuseTakenName } from "../store/derived";
 import { storeRoot } from "../store/paths";
+import { modelRequest } from "../store/pull";
 import { resolveModelPath } from "../store/resolve";
 import { repairHint } from "../store/store";
 import { fail, log, setVerbose, warnEvicted } from "./log";
@@ -51,7 +52,9 @@ export default defineCommand({
           throw new Error(
             "--bits and --group-size need an output directory: a conversion into the store keeps the default quantization",
           );
-        const name = `${basename(args.source).replace(/\.gguf$/, "")}-mlx`;
+        // Named as the store names the source: a path after its file, a stored model or alias whole
+        // (org/repo:Q4_K_M; its base name alone would be another org's model of that repo too).
+        const name = `${modelRequest(args.source).name}-mlx`;
         refuseTakenName(
           name,
           "convert",
