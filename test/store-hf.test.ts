@@ -540,6 +540,18 @@ describe("pull from the hub", () => {
   );
 
   test(
+    "a download's error names the repository's file, and never the signature (query) of the storage link it came from",
+    async () => {
+      await startHub({ "org/liar": { files: tiny, lieAbout: "model.safetensors", signedLinks: true } });
+      const error = await pull("hf:org/liar").catch((e) => e);
+      expect(error.message).toMatch(
+        /^model\.safetensors: checksum mismatch for http:\/\/127\.0\.0\.1:\d+\/lfs\/[0-9a-f]{64}: expected sha256 0{64}, got [0-9a-f]{64}$/,
+      );
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "a model larger than the free disk space is refused before any download",
     async () => {
       const s = await startHub({ "org/huge": { files: tiny, claimSizes: { "model.safetensors": 1e15 } } });

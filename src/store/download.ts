@@ -87,7 +87,7 @@ async function finishedMeanwhile(destPath: string, options: DownloadOptions): Pr
 }
 
 async function downloadUnlocked(url: string, destPath: string, options: DownloadOptions): Promise<DownloadResult> {
-  const shownUrl = withoutCredentials(url);
+  const shownUrl = withoutQuery(withoutCredentials(url));
   const resuming = (await partialBytes(destPath)) > 0;
   const retries = options.retries ?? 5;
   const baseDelay = options.retryDelayMs ?? 500;
@@ -406,6 +406,21 @@ export function withoutCredentials(url: string): string {
     const parsed = new URL(url);
     parsed.username = "";
     parsed.password = "";
+    return parsed.href;
+  } catch {
+    return url;
+  }
+}
+
+/**
+ * The URL without its query and fragment, as a download's messages show it: a storage link
+ * (the hub's CDN, S3) carries its signature there, a credential of an hour, and a thousand characters.
+ */
+function withoutQuery(url: string): string {
+  try {
+    const parsed = new URL(url);
+    parsed.search = "";
+    parsed.hash = "";
     return parsed.href;
   } catch {
     return url;

@@ -399,7 +399,11 @@ async function downloadFromStorage(
     } catch (error) {
       // The hub's own refusal is a verdict on the token, not an expired link.
       const expired = !onHub && error instanceof DownloadError && LINK_REFUSED.has(error.status ?? 0);
-      if (!expired || (link !== file && (await partialBytes(destPath)) === bytesBefore)) throw error;
+      if (!expired || (link !== file && (await partialBytes(destPath)) === bytesBefore)) {
+        // Its URL is the storage's, named by hash: the repository's name of the file says which it is.
+        if (error instanceof DownloadError) error.message = `${file.name}: ${error.message}`;
+        throw error;
+      }
       link = await link.relocate();
     }
   }
