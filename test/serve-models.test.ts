@@ -10,9 +10,12 @@ import { Ollama } from "ollama";
 import OpenAI from "openai";
 import { memoryFigures } from "../src/engine/device";
 import type { RunningServer } from "../src/server/app";
-import { modelUsers } from "../src/store/in-use";
+import { modelUsers, releaseModel } from "../src/store/in-use";
 import { readManifest } from "../src/store/manifest";
 import { modelRequest, pullModel } from "../src/store/pull";
+import { fusedModel } from "../src/store/derived";
+import { blobPath } from "../src/store/paths";
+import { lastLayers, writeRandomAdapter } from "./helpers/random-adapter";
 import { post, serve, slowestHealthGap } from "./helpers/serve";
 import { startHfHub, type TestServer } from "./helpers/store";
 import { writeTinyModel } from "./helpers/tiny-model";
@@ -82,6 +85,27 @@ describe("Ollama model management", () => {
     const unknown = await ollama.pull({ model: "org/other:latest", stream: false }).catch((e) => e);
     expect(unknown.status_code).toBe(400);
     expect(unknown.message).toEndWith("give hf:org/other");
+  });
+
+  test("pull of a model made here (mlx fuse, convert): it is there, or the command that makes it again; never a path on the server's disk", async () => {
+    const adapter = join(local, "..", "tiny-adapter");
+    writeRandomAdapter(adapter, { layers: lastLayers(2, 1, { "self_attn.q_proj": [64, 64] }) });
+    await fusedModel(local, adapter, "tiny-fused");
+    releaseModel("tiny-fused"); // made by this test process, not in use
+    const downloads = hub.hub.requests.length;
+    expect((await ollama.pull({ model: "tiny-fused", stream: false })).status).toBe("success");
+    const statuses: string[] = [];
+    for await (const p of await ollama.pull({ model: "tiny-fused", stream: true })) statuses.push(p.status);
+    expect(statuses.at(-1)).toBe("success");
+    expect(hub.hub.requests.length).toBe(downloads);
+    expect(modelUsers("tiny-fused")).toEqual([]);
+
+    const weights = readManifest("tiny-fused")!.files.find((f) => f.name.endsWith(".safetensors"))!;
+    rmSync(blobPath(weights.sha256));
+    const damaged = await ollama.pull({ model: "tiny-fused", stream: false }).catch((e) => e);
+    expect(damaged.message).toContain("'tiny-fused' was made here, not pulled; run `mlx fuse ");
+    expect(damaged.message).not.toContain(process.cwd());
+    await ollama.delete({ model: "tiny-fused" });
   });
 
   test("a loaded stored model reads the same in /api/ps as in /api/tags: digest and details", async () => {

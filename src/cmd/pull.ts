@@ -9,7 +9,7 @@ import { createProgressReporter } from "../store/progress";
 import { loadAliases } from "../store/aliases";
 import { isRemoteSource, pullModel, weightsRequest, type ModelRequest } from "../store/pull";
 import { looksLikePath, refuseRemoteAlias, unknownModelError } from "../store/resolve";
-import { openStoredModel, repair, StoreDamageError, unreadableManifestError } from "../store/store";
+import { openMadeHere, unreadableManifestError } from "../store/store";
 import { shellWord } from "../format";
 import { fail, log, setVerbose, warnEvicted } from "./log";
 
@@ -53,13 +53,7 @@ export default defineCommand({
       refuseRemoteAlias(args.model);
       // A converted or fused model has no source to pull from: it is there, or made again.
       if (readManifest(args.model)?.derivedKey) {
-        const path = await openStoredModel(args.model).catch((error) => {
-          if (!(error instanceof StoreDamageError)) throw error;
-        });
-        if (!path)
-          throw new Error(
-            `'${args.model}' was made here, not pulled; run \`${repair(args.model).command}\` to make it again`,
-          );
+        const path = await openMadeHere(args.model);
         log.success(`${args.model} is already in the store (made here, not pulled)`);
         process.stdout.write(`${path}\n`);
         return;

@@ -98,6 +98,18 @@ export function repair(name: string): { need: string; command: string } {
 }
 
 /**
+ * A model made here (mlx convert, mlx fuse) has nowhere to be pulled from: its path when it is
+ * stored intact, else an error naming the command that makes it again.
+ */
+export async function openMadeHere(name: string): Promise<string> {
+  const path = await openStoredModel(name).catch((error) => {
+    if (!(error instanceof StoreDamageError)) throw error;
+  });
+  if (path) return path;
+  throw new StoreDamageError(`'${name}' was made here, not pulled; run \`${repair(name).command}\` to make it again`);
+}
+
+/**
  * `mlx convert X` stores its conversion as X-mlx (X an alias, a stored model or a file's name): the
  * X to give again; `given`, the GGUF as it was named, where the manifest records it.
  */

