@@ -35,6 +35,17 @@ beforeAll(async () => {
   process.env.MLX_HOME = join(work, "home");
 });
 
+/** A model's manifest in the store at `home` (not this process's MLX_HOME). */
+function readManifestIn(home: string, name: string) {
+  const saved = process.env.MLX_HOME;
+  process.env.MLX_HOME = home;
+  try {
+    return readManifest(name)!;
+  } finally {
+    process.env.MLX_HOME = saved;
+  }
+}
+
 afterAll(() => {
   process.env.MLX_HOME = savedHome;
   rmSync(work, { recursive: true, force: true });
@@ -122,6 +133,30 @@ describe("convert into the store", () => {
     }
     // The first conversion is still there: the second did not take its name.
     expect((await mlx(["list"])).stdout).toMatch(/^a\/smol-mlx +mlx .*\nb\/smol-mlx +mlx /m);
+  }, 120_000);
+
+  test("two GGUF files of one name in two folders: the second is refused, not converted over the first; the same file again replaces its own", async () => {
+    const home = join(work, "home-folders");
+    const mlx = cliRunner(home);
+    for (const folder of ["a", "b"]) mkdirSync(join(work, folder), { recursive: true });
+    symlinkSync(gguf, join(work, "a", "model.gguf"));
+    // Other bytes (a byte past the tensors): a conversion of its own.
+    writeFileSync(join(work, "b", "model.gguf"), Buffer.concat([readFileSync(gguf), Buffer.from([1])]));
+    const first = await mlx(["convert", join(work, "a", "model.gguf")]);
+    expect(first.code).toBe(0);
+    const made = readManifestIn(home, "model-mlx");
+
+    const second = await mlx(["convert", join(work, "b", "model.gguf")]);
+    expect(second).toMatchObject({
+      code: 1,
+      stderr: `error: 'model-mlx' is the conversion of ${join(work, "a", "model.gguf")}; convert ${join(work, "b", "model.gguf")} into a directory instead (mlx convert ${join(work, "b", "model.gguf")} DIR), or remove that one first (mlx rm model-mlx)\n`,
+    });
+    expect(readManifestIn(home, "model-mlx")).toEqual(made);
+    // The same file, changed since, is converted again under its name (the link replaced, never what it points at: the store's model).
+    rmSync(join(work, "a", "model.gguf"));
+    writeFileSync(join(work, "a", "model.gguf"), Buffer.concat([readFileSync(gguf), Buffer.from([2])]));
+    expect((await mlx(["convert", join(work, "a", "model.gguf")])).code).toBe(0);
+    expect(readManifestIn(home, "model-mlx").derivedKey).not.toBe(made.derivedKey);
   }, 120_000);
 
   test("a conversion that makes the store evict a model says so, as mlx pull does (it was silent)", async () => {

@@ -7,7 +7,8 @@ import { basename, dirname, isAbsolute, join, relative, resolve } from "node:pat
 import { convertGGUF } from "../models/convert";
 import { isGGUFFile } from "../models/gguf";
 import { ModelLoadError } from "../models/load";
-import { convertedModel, refuseTakenName } from "../store/derived";
+import { conversionKey, convertedModel, refuseTakenName } from "../store/derived";
+import { readManifest } from "../store/manifest";
 import { storeRoot } from "../store/paths";
 import { modelRequest } from "../store/pull";
 import { resolveModelPath } from "../store/resolve";
@@ -60,6 +61,7 @@ export default defineCommand({
           "convert",
           `convert into a directory instead (mlx convert ${shellWord(args.source)} DIR)`,
         );
+        await refuseReplacingAnotherConversion(name, path, args.source);
         const stored = await convertedModel(path, name, args.source);
         warnEvicted(stored.evicted);
         log.success(
@@ -83,6 +85,22 @@ export default defineCommand({
     }
   },
 });
+
+/**
+ * A conversion into the store is named after its input (model.gguf: model-mlx), so another file of
+ * that name would replace, without a word, the conversion stored of the first: refused. The same
+ * input again, changed since, replaces its own; the same bytes under another name are found again.
+ */
+async function refuseReplacingAnotherConversion(name: string, gguf: string, given: string): Promise<void> {
+  const earlier = readManifest(name);
+  const madeFrom = earlier?.source.startsWith("convert:") ? earlier.madeFrom?.[0] : undefined;
+  // As the manifest records its input: a path absolute, an alias or stored model by name.
+  const input = existsSync(given) ? resolve(given) : given;
+  if (madeFrom === undefined || madeFrom === input || earlier!.derivedKey === (await conversionKey(gguf))) return;
+  throw new Error(
+    `'${name}' is the conversion of ${madeFrom}; convert ${shellWord(given)} into a directory instead (mlx convert ${shellWord(given)} DIR), or remove that one first (mlx rm ${shellWord(name)})`,
+  );
+}
 
 /**
  * The output directory is replaced as a whole (with --force), so it must not hold the GGUF being

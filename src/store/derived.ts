@@ -55,9 +55,18 @@ export interface ConvertedModel {
  * GGUF as the user named it (see ModelManifest.madeFrom).
  */
 export async function convertedModel(ggufPath: string, name: string, given = ggufPath): Promise<ConvertedModel> {
-  const inputSha256 = await fileSha256(ggufPath);
-  const key = sha256(`${inputSha256}\n${CONVERTER_VERSION}`);
+  const { inputSha256, key } = await conversionInput(ggufPath);
   return derivedModel(name, key, `convert:sha256-${inputSha256}`, [given], (staging) => convertGGUF(ggufPath, staging));
+}
+
+/** The key a conversion of `ggufPath` is stored under (its derivedKey): its bytes' hash and the converter's version. */
+export async function conversionKey(ggufPath: string): Promise<string> {
+  return (await conversionInput(ggufPath)).key;
+}
+
+async function conversionInput(ggufPath: string): Promise<{ inputSha256: string; key: string }> {
+  const inputSha256 = await fileSha256(ggufPath);
+  return { inputSha256, key: sha256(`${inputSha256}\n${CONVERTER_VERSION}`) };
 }
 
 /**
