@@ -108,6 +108,19 @@ describe("Ollama model management", () => {
     await ollama.delete({ model: "tiny-fused" });
   });
 
+  test("copy and delete take a model by the source it was pulled from (hf:org/repo), as pull, show and mlx rm do", async () => {
+    await ollama.pull({ model: "hf:org/tiny", stream: false });
+    await ollama.copy({ source: "hf:org/tiny", destination: "copied-by-source" });
+    expect(readManifest("copied-by-source")!.source).toBe("hf:org/tiny");
+    await ollama.delete({ model: "hf:org/tiny" });
+    expect(readManifest("org/tiny")).toBeUndefined();
+    // A source is still no name to copy to.
+    const refused = await ollama.copy({ source: "copied-by-source", destination: "hf:org/other" }).catch((e) => e);
+    expect(refused.status_code).toBe(400);
+    await ollama.delete({ model: "copied-by-source" });
+    await ollama.pull({ model: "hf:org/tiny", stream: false }); // as the tests after this one find it
+  });
+
   test("a loaded stored model reads the same in /api/ps as in /api/tags: digest and details", async () => {
     await ollama.generate({ model: "org/tiny", prompt: "Hi", options: { num_predict: 1 } });
     const listed = (await ollama.list()).models.find((m) => m.name === "org/tiny")!;

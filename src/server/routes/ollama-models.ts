@@ -7,7 +7,7 @@ import { readJson } from "../../api/validate";
 import { ModelInUseError, ModelPullError } from "../../errors";
 import { releaseModel } from "../../store/in-use";
 import { readManifest } from "../../store/manifest";
-import { isRemoteSource, pullModel, weightsRequest, type ModelRequest } from "../../store/pull";
+import { isRemoteSource, modelRequest, pullModel, weightsRequest, type ModelRequest } from "../../store/pull";
 import { loadAliases } from "../../store/aliases";
 import { hubRepoNamed } from "../../store/hf";
 import { refuseRemoteAlias } from "../../store/resolve";
@@ -74,7 +74,7 @@ export function ollamaModelRoutes(s: ServerState): Hono {
   });
 
   r.delete("/api/delete", async (c) => {
-    const name = storedName(parseModelName(await readJson(c.req)));
+    const name = storedName(parseModelName(await readJson(c.req)), { orSource: true });
     letGo(s, name, "delete it");
     await removeModel(name);
     return c.body(null, 200);
@@ -85,7 +85,7 @@ export function ollamaModelRoutes(s: ServerState): Hono {
     const target = copyDestination(s, storedName(destination));
     // A model copied over would otherwise go on answering here with the weights it replaced.
     letGo(s, target, "copy over it");
-    await copyModel(storedName(source), target);
+    await copyModel(storedName(source, { orSource: true }), target);
     return c.body(null, 200);
   });
   return r;
@@ -108,8 +108,13 @@ function letGo(s: ServerState, name: string, doing: string): void {
   releaseModel(name);
 }
 
-/** The store's name for what a client names: "m:latest" (Ollama's default tag) is "m" unless a model has that very name. */
-function storedName(name: string): string {
+/**
+ * The store's name for what a client names: "m:latest" (Ollama's default tag) is "m" unless a
+ * model has that very name; `orSource`: a source names the model pulled from it (hf:org/repo is
+ * org/repo), as /api/pull, /api/show and `mlx rm` take it.
+ */
+function storedName(name: string, { orSource = false } = {}): string {
+  if (orSource && isRemoteSource(name)) return modelRequest(name).name;
   const untagged = withoutLatestTag(name);
   return untagged === undefined || readManifest(name) ? name : untagged;
 }
