@@ -565,6 +565,13 @@ describe("Ollama model management", () => {
     }
   });
 
+  test("a source whose name is too long for the store's file names is a 400 that says so, not a 502", async () => {
+    const long = `hf:org/${"y".repeat(250)}`;
+    const r = await post(`${server.url}/api/pull`, { model: long, stream: false });
+    expect(r.status).toBe(400);
+    expect(r.json.error).toEndWith("characters is too long for the store's file names; rename it");
+  });
+
   test("a stored model whose files are gone: a request says so and how to repair it, not a bare 500", async () => {
     await withStore(async (root) => {
       const original = join(root, "damaged-tiny");

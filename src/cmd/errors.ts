@@ -18,6 +18,8 @@ const inputParams = new Set(["messages", "prompt", "text", "texts"]);
 export function errorLine(error: unknown): string {
   const message = error instanceof Error ? error.message : String(error);
   const first = message.split("\n")[0]!;
+  // A model's name or source says what is wrong with it itself.
+  if (error instanceof InvalidParameterError && error.param === "model") return first;
   if (error instanceof InvalidParameterError)
     return `${inputParams.has(error.param ?? "") ? "invalid input" : "invalid option"}: ${first}`;
   if (error instanceof ContextLengthError) return `${first}; shorten the prompt or use a model with a longer context`;

@@ -101,8 +101,9 @@ export function weightsRequest(what: string): ModelRequest {
 export async function pullModel(request: ModelRequest, options: PullOptions = {}): Promise<PullResult> {
   // Else its lock or directory could not be created, which reads as a store mlx may not write to.
   if (!modelNameFits(request.name))
-    throw new Error(
+    throw new InvalidParameterError(
       `cannot store a model named '${request.name}': ${request.name.length} characters is too long for the store's file names; rename it`,
+      "model",
     );
   const present = await openIfIntact(request);
   if (present) return { path: present, fromDisk: true, evicted: [] };

@@ -4,7 +4,7 @@ import { existsSync } from "node:fs";
 import { Hono } from "hono";
 import { parseModelName, parseOllamaCopy, parseOllamaPull } from "../../api/ollama";
 import { readJson } from "../../api/validate";
-import { ModelInUseError, ModelPullError } from "../../errors";
+import { InvalidParameterError, ModelInUseError, ModelPullError } from "../../errors";
 import { releaseModel } from "../../store/in-use";
 import { readManifest } from "../../store/manifest";
 import { isRemoteSource, modelRequest, pullModel, weightsRequest, type ModelRequest } from "../../store/pull";
@@ -203,6 +203,8 @@ async function pull(
           })
         ).path;
   } catch (error) {
+    // The request's own mistake (a name the store cannot hold) is not a failed pull.
+    if (error instanceof InvalidParameterError) throw error;
     throw new ModelPullError(`pulling '${request.name}' failed: ${(error as Error).message}`, { cause: error });
   }
   // Stored for later: the store marked it in use by this server as it kept it, which only a
