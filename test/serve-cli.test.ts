@@ -64,9 +64,9 @@ test("a bad flag is one line and a non-zero exit", async () => {
   expect(stderr).toMatch(/^error: --port/m);
 });
 
-test("a -m that names no model (a typo) is one line with a suggestion and a non-zero exit, not a server", async () => {
-  const home = mkdtempSync(join(tmpdir(), "mlx-serve-cli-"));
-  const proc = Bun.spawn([process.execPath, main, "serve", "-m", "smolm2", "--port", "0"], {
+/** `mlx serve` with `flags` on store `home`, expected to refuse to start: its stderr and status (killed after 10 s). */
+async function refusedServe(home: string, flags: string[]): Promise<{ stderr: string; code: number }> {
+  const proc = Bun.spawn([process.execPath, main, "serve", ...flags, "--port", "0"], {
     stdout: "pipe",
     stderr: "pipe",
     env: { ...process.env, MLX_HOME: home },
@@ -74,6 +74,12 @@ test("a -m that names no model (a typo) is one line with a suggestion and a non-
   const timer = setTimeout(() => proc.kill(), 10_000);
   const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
   clearTimeout(timer);
+  return { stderr, code };
+}
+
+test("a -m that names no model (a typo) is one line with a suggestion and a non-zero exit, not a server", async () => {
+  const home = mkdtempSync(join(tmpdir(), "mlx-serve-cli-"));
+  const { stderr, code } = await refusedServe(home, ["-m", "smolm2"]);
   expect(stderr).not.toContain("listening");
   expect(stderr).toMatch(/^error: unknown model 'smolm2' .*did you mean 'smollm2'\?/m);
   expect(code).toBe(1);
@@ -86,14 +92,7 @@ test("a --draft-model that names no model (a typo) is one line and a non-zero ex
     ["smolm2", /^error: draft model: unknown model 'smolm2' .*did you mean 'smollm2'\?/],
     [join(home, "no-such-draft"), /^error: draft model: model not found: .*no-such-draft$/],
   ] as const) {
-    const proc = Bun.spawn([process.execPath, main, "serve", "--draft-model", draft, "--port", "0"], {
-      stdout: "pipe",
-      stderr: "pipe",
-      env: { ...process.env, MLX_HOME: home },
-    });
-    const timer = setTimeout(() => proc.kill(), 10_000);
-    const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
-    clearTimeout(timer);
+    const { stderr, code } = await refusedServe(home, ["--draft-model", draft]);
     expect(stderr).not.toContain("listening");
     expect(stderr.trim()).toMatch(why);
     expect(stderr.trim().split("\n")).toHaveLength(1);
