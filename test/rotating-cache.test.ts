@@ -220,6 +220,33 @@ describe("serve --max-kv-size", () => {
     }
   }, 60_000);
 
+  test("an answer may run past the model's context on every route, as the rotating cache holds any length", async () => {
+    const model = tinyModel(); // a context of 256
+    const server = serve({ maxKvSize: 48 });
+    try {
+      const maxTokens = 300;
+      const chat = await post(`${server.url}/v1/chat/completions`, {
+        model,
+        messages: [{ role: "user", content: "Hi" }],
+        max_tokens: maxTokens,
+        ignore_eos: true,
+      });
+      expect(chat.status).toBe(200);
+      expect(chat.json.usage.completion_tokens).toBe(maxTokens);
+      expect(chat.json.choices[0].finish_reason).toBe("length");
+      const responses = await post(`${server.url}/v1/responses`, { model, input: "Hi", max_output_tokens: maxTokens });
+      expect(responses.status).toBe(200);
+      const anthropic = await post(`${server.url}/v1/messages`, {
+        model,
+        messages: [{ role: "user", content: "Hi" }],
+        max_tokens: maxTokens,
+      });
+      expect(anthropic.status).toBe(200);
+    } finally {
+      await server.stop();
+    }
+  }, 60_000);
+
   test("a long prompt asked again hits the prefix cache, all but its last token, and answers as a fresh server", async () => {
     const model = tinyModel();
     const content = Array.from({ length: 120 }, (_, i) => `word${(i * 7) % 31}`).join(" ");

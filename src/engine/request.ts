@@ -143,7 +143,8 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
     );
   }
   const maxTokensParam = spec.maxTokensParam ?? "max_tokens";
-  if (spec.strictMaxTokens && spec.maxTokens !== undefined && spec.maxTokens > context)
+  // An answer longer than the context can never come, except through a rotating cache.
+  if (spec.strictMaxTokens && !rotating && spec.maxTokens !== undefined && spec.maxTokens > context)
     throw new InvalidParameterError(
       `${maxTokensParam} is ${spec.maxTokens}, more than ${whose} of ${context} tokens`,
       maxTokensParam,
