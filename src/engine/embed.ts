@@ -5,7 +5,7 @@
 // is, so that a long input, or many short ones, hold up the answers being generated no longer
 // than a chunk, and stops at the chunk after its request is cancelled; each input is its own
 // batch of one, so no padding or masks can change a vector.
-import { nextTurn } from "../event-loop";
+import { nextTurn, type Steps } from "../event-loop";
 import { ContextLengthError, InvalidParameterError } from "../errors";
 import { cacheState, embeddingCaches, freeCaches, hiddenStates } from "../models";
 import type { LoadedModel } from "../models/load";
@@ -105,8 +105,9 @@ function embeddingConfig(lm: LoadedModel): EmbeddingConfig {
 }
 
 /**
- * Every input's token ids, checked before any pass; tokenizing many long inputs takes seconds, so
- * the event loop gets a turn every TOKENIZING_TURN_MS (the streams go on, a cancel is seen).
+ * Every input's token ids, checked before any pass; tokenizing many long inputs (or one of
+ * megabytes) takes seconds, so the event loop gets a turn every TOKENIZING_TURN_MS (the streams
+ * go on, a cancel is seen).
  */
 async function inputsIds(
   lm: LoadedModel,
@@ -118,20 +119,36 @@ async function inputsIds(
   const sequences: number[][] = [];
   let turnStarted = performance.now();
   for (const [i, input] of inputs.entries()) {
-    if (performance.now() - turnStarted > TOKENIZING_TURN_MS) {
-      await nextTurn();
-      stopIfCancelled(o.signal);
-      turnStarted = performance.now();
-    }
     // Several inputs are named by their index in the list.
-    sequences.push(inputIds(lm, input, config, o, inputs.length > 1 ? `${param}.${i}` : param));
+    const steps = inputIds(lm, input, config, o, inputs.length > 1 ? `${param}.${i}` : param);
+    for (let step = steps.next(); ; step = steps.next()) {
+      if (step.done) {
+        sequences.push(step.value);
+        break;
+      }
+      if (performance.now() - turnStarted > TOKENIZING_TURN_MS) {
+        await nextTurn();
+        stopIfCancelled(o.signal);
+        turnStarted = performance.now();
+      }
+    }
   }
   return sequences;
 }
 
-function inputIds(lm: LoadedModel, input: EmbedInput, config: EmbeddingConfig, o: EmbedOptions, at: string): number[] {
+/** An input's token ids, pausing between the pieces of a long text and after each input. */
+function* inputIds(
+  lm: LoadedModel,
+  input: EmbedInput,
+  config: EmbeddingConfig,
+  o: EmbedOptions,
+  at: string,
+): Steps<number[]> {
   const ids =
-    typeof input === "string" ? lm.tokenizer.encode(modelText(input, config), { addSpecialTokens: true }) : input;
+    typeof input === "string"
+      ? yield* lm.tokenizer.encodeSteps(modelText(input, config), { addSpecialTokens: true })
+      : input;
+  yield;
   if (ids.length === 0) throw new InvalidParameterError(`'${at}' is empty`, at);
   const vocab = lm.config.vocabSize;
   const bad = ids.find((id) => !(Number.isInteger(id) && id >= 0 && id < vocab));
