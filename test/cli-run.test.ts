@@ -132,6 +132,16 @@ describe("mlx run", () => {
     });
   });
 
+  test("an answer the full context cuts short before --max-tokens says so on stderr; one --max-tokens ends does not", async () => {
+    const prompt = "word ".repeat(240);
+    const cut = await mlx(["run", "-m", model, "--raw", "--max-tokens", "100", prompt]);
+    expect(cut.code).toBe(0);
+    expect(cut.stderr).toBe("note: the context is full (256 tokens): the answer was cut short\n");
+    const ended = await mlx(["run", "-m", model, "--raw", "--max-tokens", "3", prompt]);
+    expect(ended.code).toBe(0);
+    expect(ended.stderr).toBe("");
+  });
+
   test("--raw skips the chat template", async () => {
     const r = await mlx(["run", "-m", model, "--max-tokens", "1", "--raw", "--json", "Hello"]);
     expect(JSON.parse(r.stdout).prompt_token_ids).not.toContain(1);

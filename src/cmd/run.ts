@@ -135,6 +135,12 @@ export default defineCommand({
       else process.stdout.write(`${writer.end()}\n`);
       if (result.closedEarly && !args.json)
         process.stderr.write(`note: --max-tokens ran out, so the JSON was closed early (it is valid but cut short)\n`);
+      // A local model's answer cut short before --max-tokens: the context is full, else it would
+      // end mid-sentence without a word (--json says so in finish_reason; a remote provider's limits are not known here).
+      else if (lm && !args.json && result.finishReason === "length" && result.stats.generatedTokens < maxTokens)
+        process.stderr.write(
+          `note: the context is full (${lm.config.maxPositionEmbeddings} tokens): the answer was cut short\n`,
+        );
       if (verbose) process.stderr.write(`${formatStats(result.stats)}\n`);
       if (result.finishReason === "cancelled") process.exit(130);
     } catch (error) {
