@@ -1506,3 +1506,20 @@ test("Retry-After is read as seconds or as an HTTP date", () => {
   expect(retryAfterMs("soon", now)).toBeUndefined();
   expect(retryAfterMs(null, now)).toBeUndefined();
 });
+
+test("an Anthropic provider's answer its context ended (stop_reason model_context_window_exceeded) was cut short: finish 'length'", async () => {
+  const data = [
+    { type: "message_start", message: { usage: { input_tokens: 5, output_tokens: 0 } } },
+    { type: "content_block_start", index: 0, content_block: { type: "text", text: "" } },
+    { type: "content_block_delta", index: 0, delta: { type: "text_delta", text: "Once upon" } },
+    { type: "content_block_stop", index: 0 },
+    { type: "message_delta", delta: { stop_reason: "model_context_window_exceeded" }, usage: { output_tokens: 2 } },
+    { type: "message_stop" },
+  ];
+  async function* stream() {
+    for (const event of data) yield { event: event.type, data: JSON.stringify(event) };
+  }
+  const events = [];
+  for await (const event of anthropicAdapter.events(stream())) events.push(event);
+  expect(events.at(-1)).toMatchObject({ type: "done", finishReason: "length" });
+});

@@ -114,7 +114,8 @@ export const anthropicAdapter: ProviderAdapter = {
     if (!stopped) throw new StreamFailure("the stream ended before the answer did");
     yield {
       type: "done",
-      finishReason: stopReason === "max_tokens" ? "length" : "stop",
+      // Cut short by max_tokens or by the end of the model's context (Anthropic's newer models say which).
+      finishReason: stopReason === "max_tokens" || stopReason === "model_context_window_exceeded" ? "length" : "stop",
       calls: calls.map((c): ToolCall => ({ id: c.id, name: c.name, arguments: callArguments(c.json) })),
       stopSequence,
       usage,
