@@ -250,6 +250,29 @@ describe("messages.create", () => {
   });
 });
 
+describe("an answer the context ends before max_tokens", () => {
+  test("stops with model_context_window_exceeded, as Anthropic's own, whole and streamed; max_tokens reached stays max_tokens", async () => {
+    // A prompt that leaves 24 of the tiny model's 1,024 tokens: the context, not max_tokens, ends the answer.
+    const text = "word ".repeat(980);
+    const counted = await client.messages.countTokens({ model, messages: [{ role: "user", content: text }] });
+    const room = 1024 - counted.input_tokens;
+    expect(room).toBeGreaterThan(5);
+    const request = {
+      model,
+      max_tokens: 500,
+      messages: [{ role: "user" as const, content: text }],
+      ...sampling({ temperature: 0 }),
+    };
+    const whole = await client.messages.create(request);
+    expect(whole.usage.output_tokens).toBe(room);
+    expect(whole.stop_reason).toBe("model_context_window_exceeded");
+    const streamed = await client.messages.stream(request).finalMessage();
+    expect(streamed.stop_reason).toBe("model_context_window_exceeded");
+    const reached = await client.messages.create({ ...request, max_tokens: room });
+    expect(reached.stop_reason).toBe("max_tokens");
+  });
+});
+
 describe("messages.stream", () => {
   test("Anthropic's event sequence, and the same text as the deltas", async () => {
     const events: string[] = [];

@@ -347,12 +347,18 @@ function toolRequest(f: Fields): ToolRequest | undefined {
 
 // ---- responses ----
 
-export type StopReason = "end_turn" | "max_tokens" | "stop_sequence" | "tool_use";
+export type StopReason = "end_turn" | "max_tokens" | "stop_sequence" | "tool_use" | "model_context_window_exceeded";
 
-export function stopReason(finish: string, calls: number, stopSequence: string | undefined): StopReason {
+/** `contextFull`: the answer ended short of max_tokens, where the model's context ran out. */
+export function stopReason(
+  finish: string,
+  calls: number,
+  stopSequence: string | undefined,
+  contextFull: boolean,
+): StopReason {
   // The budget first, as Anthropic says it: calls it cut short (closed early to stay valid) are
-  // not ones to run.
-  if (finish === "length") return "max_tokens";
+  // not ones to run. The context's end is not max_tokens's, which a client would raise in vain.
+  if (finish === "length") return contextFull ? "model_context_window_exceeded" : "max_tokens";
   if (calls > 0) return "tool_use";
   return stopSequence !== undefined ? "stop_sequence" : "end_turn";
 }

@@ -61,7 +61,10 @@ async function messages(s: ServerState, c: Context): Promise<Response> {
     format: req.format,
   });
   const meta = { id: messageId(), type: "message" as const, role: "assistant" as const, model };
-  return req.stream ? streamed(s, gen, meta) : whole(gen, meta);
+  // A local model's answer that ends short of max_tokens with finish "length" met the end of the
+  // context (a remote provider's own limits are not known here).
+  const contextFull = (outputTokens: number) => gen.tokenizer !== undefined && outputTokens < req.maxTokens;
+  return req.stream ? streamed(s, gen, meta, contextFull) : whole(gen, meta, contextFull);
 }
 
 interface Meta {
@@ -71,7 +74,7 @@ interface Meta {
   model: string;
 }
 
-async function whole(gen: Generation, meta: Meta): Promise<Response> {
+async function whole(gen: Generation, meta: Meta, contextFull: (outputTokens: number) => boolean): Promise<Response> {
   const result = await collectGeneration(gen);
   if (!result) return new Response(null, { status: 499 }); // the client is gone
   const { text, reasoning, done } = result;
@@ -87,7 +90,7 @@ async function whole(gen: Generation, meta: Meta): Promise<Response> {
     {
       ...meta,
       content: blocks,
-      stop_reason: stopReason(done.finishReason, calls.length, done.stopSequence),
+      stop_reason: stopReason(done.finishReason, calls.length, done.stopSequence, contextFull(u.completionTokens)),
       stop_sequence: calls.length === 0 ? (done.stopSequence ?? null) : null,
       usage: anthropicUsage(u.promptTokens, u.completionTokens, u.cachedTokens),
     },
@@ -100,7 +103,12 @@ async function whole(gen: Generation, meta: Meta): Promise<Response> {
  * reasoning as a thinking block, text as it comes, each tool call once it is complete, its input
  * as one input_json_delta — then message_delta (stop reason, final usage) and message_stop.
  */
-function streamed(s: ServerState, gen: Generation, meta: Meta): Response {
+function streamed(
+  s: ServerState,
+  gen: Generation,
+  meta: Meta,
+  contextFull: (outputTokens: number) => boolean,
+): Response {
   const toolCalls = gen.toolFormat && new ToolCallStream(gen.toolFormat);
   let index = 0;
   let open: "thinking" | "text" | undefined;
@@ -165,7 +173,7 @@ function streamed(s: ServerState, gen: Generation, meta: Meta): Response {
         }
         const u = e.usage;
         const delta = {
-          stop_reason: stopReason(e.finishReason, calls.length, e.stopSequence),
+          stop_reason: stopReason(e.finishReason, calls.length, e.stopSequence, contextFull(u.completionTokens)),
           stop_sequence: calls.length === 0 ? (e.stopSequence ?? null) : null,
         };
         send(
