@@ -13,6 +13,7 @@ import { readGGUFHeader } from "../src/models/gguf-header";
 import { modelRequest, pullModel } from "../src/store/pull";
 import { readManifest } from "../src/store/manifest";
 import { blobPath } from "../src/store/paths";
+import { releaseModel } from "../src/store/in-use";
 import { parseKeepAlive, parseOllamaGenerate } from "../src/api/ollama";
 
 let server: RunningServer;
@@ -517,6 +518,31 @@ describe("Ollama model management", () => {
       expect((await listed()).parameter_size).toBe(shown);
       expect((await ollama.ps()).models.find((m) => m.name === "sized-tiny")!.details.parameter_size).toBe(shown);
       await ollama.generate({ model: "sized-tiny", prompt: "", keep_alive: 0 });
+    });
+  });
+
+  test("a pull that evicted stored models to stay under the store's limit says which, before success", async () => {
+    await withStore(async (root) => {
+      const [older, newer] = [join(root, "older-tiny"), join(root, "newer-tiny")];
+      writeTinyModel(older, { contextLength: 256 });
+      writeTinyModel(newer, { contextLength: 256, seed: 5 });
+      await pullModel(modelRequest(older));
+      releaseModel("older-tiny"); // pulled by this test process, not in use
+      const saved = process.env.MLX_CACHE_MAX_BYTES;
+      process.env.MLX_CACHE_MAX_BYTES = String(readManifest("older-tiny")!.totalBytes + 1000);
+      try {
+        const parts = [];
+        writeFileSync(join(process.env.MLX_HOME!, "models.toml"), `[models.newer-tiny]\nsource = "${newer}"\n`);
+        for await (const part of await ollama.pull({ model: "newer-tiny", stream: true })) parts.push(part.status);
+        expect(parts.slice(-2)).toEqual([
+          "evicted older-tiny (least recently used) to stay under the store's size limit",
+          "success",
+        ]);
+        expect(readManifest("older-tiny")).toBeUndefined();
+      } finally {
+        if (saved === undefined) delete process.env.MLX_CACHE_MAX_BYTES;
+        else process.env.MLX_CACHE_MAX_BYTES = saved;
+      }
     });
   });
 

@@ -26,6 +26,7 @@ import { listModels, openStoredModel } from "../src/store/store";
 import { resolveModelPath } from "../src/store/resolve";
 import { modelPooling } from "../src/models/pooling";
 import { writeTinyModel } from "./helpers/tiny-model";
+import { post, serve } from "./helpers/serve";
 import { fakeWeights, sha256Hex, startHfHub, startServer, type TestServer } from "./helpers/store";
 
 const TEST_TIMEOUT_MS = 60_000;
@@ -749,6 +750,30 @@ describe("pull from the hub", () => {
       );
       expect(code).toBe(0);
       expect((await listModels()).map((m) => m.name)).toEqual(["org/other"]);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "a server whose request pulled a model says which models the pull evicted, in its log",
+    async () => {
+      writeTinyModel(join(work, "other"), { seed: 5 });
+      await startHub({ "org/tiny": { files: tiny }, "org/other": { files: filesOf(join(work, "other")) } });
+      await pull("hf:org/tiny");
+      releaseModel("org/tiny"); // pulled by this test process, not in use
+      const saved = process.env.MLX_CACHE_MAX_BYTES;
+      process.env.MLX_CACHE_MAX_BYTES = String(readManifest("org/tiny")!.totalBytes + 1000);
+      const warnings: string[] = [];
+      const server = serve({ logWarning: (message) => warnings.push(message) });
+      try {
+        const r = await post(`${server.url}/v1/completions`, { model: "hf:org/other", prompt: "Hi", max_tokens: 1 });
+        expect(r.status).toBe(200);
+        expect(warnings).toContain("evicted org/tiny (least recently used) to stay under the store's size limit");
+      } finally {
+        await server.stop();
+        if (saved === undefined) delete process.env.MLX_CACHE_MAX_BYTES;
+        else process.env.MLX_CACHE_MAX_BYTES = saved;
+      }
     },
     TEST_TIMEOUT_MS,
   );

@@ -45,6 +45,7 @@ import { AdaptiveTuner } from "../engine/tuner";
 import type { ServerConfig, ServerState } from "./state";
 import { activeProviders, remoteModel } from "../providers";
 import { MAX_TIMER_MS } from "../event-loop";
+import { evictionNote } from "../store/store";
 
 export interface ServerOptions extends Partial<ServerConfig> {
   host?: string;
@@ -117,6 +118,7 @@ export function createState(o: ServerOptions = {}): ServerState {
   const maxSequences = largestBatch + maxQueue;
   const prefillChunk = o.prefillChunk ?? DEFAULT_PREFILL_CHUNK;
   const prefixCacheBytes = o.prefixCacheBytes ?? 512 * 1024 * 1024;
+  const logWarning = o.logWarning ?? ((message: string) => o.logError?.(new Error(message)));
   // One queue of file writes for every model's disk cache: a stopping server waits for it.
   const diskWrites = new BackgroundWrites();
   const disk = (lm: LoadedModel) =>
@@ -127,7 +129,7 @@ export function createState(o: ServerOptions = {}): ServerState {
           o.promptCacheMaxBytes ?? 10 * 1024 ** 3,
           promptCacheOwner(lm),
           lm.path,
-          o.logWarning ?? ((message) => o.logError?.(new Error(message))),
+          logWarning,
           diskWrites,
         );
   // Each loaded model gets its own continuous-batching scheduler.
@@ -181,6 +183,7 @@ export function createState(o: ServerOptions = {}): ServerState {
       speculation: o.speculation,
       maxKvSize: o.maxKvSize,
       load: o.loadModel,
+      onEvicted: (name) => logWarning(evictionNote(name)),
       onlyPath: o.onlyModelPath,
       onLoad: (e) => o.onLoad?.(e.name, e.path, e.loadMs / 1000, e.speculationSkipped),
       onUnload: (e) => state.metrics.retireModel(e.name, e.scheduler.stats),
@@ -192,6 +195,7 @@ export function createState(o: ServerOptions = {}): ServerState {
     shutdown: new AbortController(),
     requests: { total: 0, byStatus: {}, byRoute: {} },
     logError: o.logError ?? ((error) => console.error(error)),
+    logWarning,
     promptCacheWrites: () => diskWrites.flush(),
   };
   state.metrics = serverMetrics({

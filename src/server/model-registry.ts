@@ -102,6 +102,8 @@ export interface ModelRegistryOptions {
   load?: (path: string, settings: LoadSettings) => LoadedModel | Promise<LoadedModel>;
   /** The files of the one model `load` can load (a model split across ranks): no other is offered. */
   onlyPath?: string;
+  /** Told each stored model a request's pull evicted (the store keeps under its size limit). */
+  onEvicted?: (name: string) => void;
   onLoad?: (entry: LoadedEntry) => void;
   onUnload?: (entry: LoadedEntry) => void;
   /** Extra model names (serve --adapter): a base model (undefined: the default) plus an adapter directory. */
@@ -225,7 +227,7 @@ export class ModelRegistry {
     const known = this.#pathOf.get(name);
     if (known && this.loaded.some((e) => e.path === known)) return known;
     const served = this.options.adapters?.get(name);
-    const resolving = { onProgress: () => {}, paths: this.mayBePath(name) };
+    const resolving = { onProgress: () => {}, onEvicted: this.options.onEvicted, paths: this.mayBePath(name) };
     const path = await resolveModelPath(served ? served.base : name, resolving).catch((error) => {
       // Ollama's clients may name a model with its default tag: "m:latest" is "m" where no model has that name.
       const untagged = withoutLatestTag(name);

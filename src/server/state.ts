@@ -33,6 +33,8 @@ export interface ServerState {
   requests: { total: number; byStatus: Record<string, number>; byRoute: Record<string, number> };
   /** Logs an unexpected error (the client sees a bare 500). */
   logError: (error: unknown) => void;
+  /** Told what the server did besides answering (a model evicted from the store by a pull). */
+  logWarning: (message: string) => void;
   /** Set once the server stops taking connections: the dashboard's feeds end rather than hold the stop up. */
   stopping: boolean;
   /**

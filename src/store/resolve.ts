@@ -22,6 +22,8 @@ import { ModelNotFoundError, ModelPullError, UnsupportedError } from "../errors"
 export interface ResolveOptions extends LocateOptions {
   /** Progress of a first-use download; by default a bar on stderr. */
   onProgress?: (progress: DownloadProgress) => void;
+  /** Told each model that download evicted; by default a warning on stderr where the bar is shown. */
+  onEvicted?: (name: string) => void;
 }
 
 export interface LocateOptions {
@@ -176,7 +178,9 @@ async function pullSource(request: ModelRequest, options: ResolveOptions, stored
     reporter?.finish();
   }
   // Where the download is told on stderr, so are the models it evicted, as `mlx pull` tells them.
-  if (reporter) for (const name of pulled.evicted) process.stderr.write(`warning: ${evictionNote(name)}\n`);
+  const evicted =
+    options.onEvicted ?? (reporter && ((name: string) => process.stderr.write(`warning: ${evictionNote(name)}\n`)));
+  if (evicted) for (const name of pulled.evicted) evicted(name);
   return pulled.path;
 }
 

@@ -12,7 +12,7 @@ import { loadAliases } from "../../store/aliases";
 import { hubRepoNamed } from "../../store/hf";
 import { refuseRemoteAlias } from "../../store/resolve";
 import { modelNameFits } from "../../store/paths";
-import { copyModel, loadPath, openMadeHere, removeModel } from "../../store/store";
+import { copyModel, evictionNote, loadPath, openMadeHere, removeModel } from "../../store/store";
 import { badRequest, toApiError } from "../errors";
 import { withoutLatestTag } from "../model-registry";
 import type { ServerState } from "../state";
@@ -52,13 +52,15 @@ export function ollamaModelRoutes(s: ServerState): Hono {
         };
         send({ status: "pulling manifest" });
         try {
-          await pull(s, request, signal, progress);
+          const evicted = await pull(s, request, signal, progress);
           // A model found stored reports nothing on the way: its size, complete, as Ollama reports the layers it has.
           const stored = readManifest(request.name);
           if (!reported && stored) progress(stored.totalBytes, stored.totalBytes);
           // The files were hashed as they arrived and the manifest written with the model.
           send({ status: "verifying sha256 digest" });
           send({ status: "writing manifest" });
+          // Where Ollama says "removing any unused layers": the models that made room for this one.
+          for (const name of evicted) send({ status: evictionNote(name) });
           send({ status: "success" });
         } catch (error) {
           send({ error: toApiError(error, s.logError).message });
@@ -186,22 +188,21 @@ function pullableName(name: string): string | undefined {
   return untagged !== undefined && known(untagged) ? untagged : undefined;
 }
 
+/** Pulls `request` into the store: the stored models it evicted to stay under the store's limit (logged too). */
 async function pull(
   s: ServerState,
   request: ModelRequest,
   signal: AbortSignal,
   onProgress?: (completed: number, total: number | undefined) => void,
-): Promise<void> {
-  let path: string;
+): Promise<string[]> {
+  let pulled: { path: string; evicted: string[] };
   try {
-    path = isMadeHere(request.source)
-      ? await openMadeHere(request.name)
-      : (
-          await pullModel(request, {
-            signal,
-            onProgress: onProgress && ((p) => onProgress(p.received, p.total)),
-          })
-        ).path;
+    pulled = isMadeHere(request.source)
+      ? { path: await openMadeHere(request.name), evicted: [] }
+      : await pullModel(request, {
+          signal,
+          onProgress: onProgress && ((p) => onProgress(p.received, p.total)),
+        });
   } catch (error) {
     // The request's own mistake (a name the store cannot hold) is not a failed pull.
     if (error instanceof InvalidParameterError) throw error;
@@ -209,5 +210,7 @@ async function pull(
   }
   // Stored for later: the store marked it in use by this server as it kept it, which only a
   // model the server holds loaded should be (else `mlx rm` and eviction left it until the server stopped).
-  s.models.releaseUnused([path]);
+  s.models.releaseUnused([pulled.path]);
+  for (const name of pulled.evicted) s.logWarning(evictionNote(name));
+  return pulled.evicted;
 }
