@@ -1507,6 +1507,11 @@ describe("commands and bad input", () => {
     expect(() => loadAliases()).toThrow(`${file}:1: model 'tiny': kv_bits must be 4 or 8`);
     writeFileSync(file, `[models.tiny]\nsource = "hf:org/tiny"\nmax_kv_size = 4\n`);
     expect(() => loadAliases()).toThrow(`${file}:1: model 'tiny': max_kv_size must be a whole number > 4`);
+    // A value of the wrong type is refused, not dropped without a word.
+    writeFileSync(file, `[models.tiny]\nsource = "hf:org/tiny"\ndescription = 5\n`);
+    expect(() => loadAliases()).toThrow(`${file}:1: model 'tiny': description must be a string`);
+    writeFileSync(file, `[models.gpt]\nprovider = "openai"\nmodel = "gpt-4o-mini"\ndescription = ["a"]\n`);
+    expect(() => loadAliases()).toThrow(`${file}:1: model 'gpt': description must be a string`);
     // A misspelt key is refused, not ignored (the setting would silently not apply).
     writeFileSync(file, `[models.tiny]\nsource = "hf:org/tiny"\nkv_bit = 8\n`);
     expect(() => loadAliases()).toThrow(

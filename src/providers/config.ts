@@ -99,6 +99,8 @@ export function parseRemoteModel(name: string, e: Record<string, unknown>, origi
   const baseUrl = e.base_url ?? defaultBaseUrl[kind];
   if (typeof baseUrl !== "string" || !URL.canParse(baseUrl) || !/^https?:$/.test(new URL(baseUrl).protocol))
     throw new Error(`${where}: base_url must be an http(s) URL`);
+  if (e.description !== undefined && typeof e.description !== "string")
+    throw new Error(`${where}: description must be a string`);
   if (e.api_key_env !== undefined && (typeof e.api_key_env !== "string" || e.api_key_env.length === 0))
     throw new Error(`${where}: api_key_env must name an environment variable`);
   const limits = { ...defaultLimits };

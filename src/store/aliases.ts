@@ -98,6 +98,8 @@ function parseTable(
     if (typeof e !== "object" || typeof e.source !== "string" || e.source.length === 0) {
       throw new Error(`${at}: model '${name}' needs a source = "..." string`);
     }
+    if (e.description !== undefined && typeof e.description !== "string")
+      throw new Error(`${at}: model '${name}': description must be a string`);
     if (e.kv_bits !== undefined && e.kv_bits !== 4 && e.kv_bits !== 8)
       throw new Error(`${at}: model '${name}': kv_bits must be 4 or 8`);
     if (e.adapter !== undefined && (typeof e.adapter !== "string" || e.adapter.length === 0))
@@ -108,7 +110,7 @@ function parseTable(
       name,
       source: e.source,
       sourcePath: resolve(relativeTo, e.source),
-      description: typeof e.description === "string" ? e.description : undefined,
+      description: e.description as string | undefined,
       kvBits: e.kv_bits as number | undefined,
       adapter: e.adapter === undefined ? undefined : resolve(relativeTo, e.adapter as string),
       speculation: aliasSpeculationEntry(e, `${at}: model '${name}'`),
