@@ -1344,7 +1344,7 @@ describe("commands and bad input", () => {
       mkdirSync(process.env.MLX_HOME!, { recursive: true });
       writeFileSync(
         join(process.env.MLX_HOME!, "models.toml"),
-        `[models.near]\nsource = "${relative(process.env.MLX_HOME!, base)}"\n\n[models.gone]\nsource = "./gone"\n`,
+        `[models.near]\nsource = "${relative(process.env.MLX_HOME!, base)}"\n\n[models.gone]\nsource = "./gone"\n\n[models.typo]\nsource = "naer"\n`,
       );
       expect(await cliResult(["pull", "near"])).toEqual({
         code: 0,
@@ -1352,10 +1352,16 @@ describe("commands and bad input", () => {
         stderr: "",
       });
       expect(readManifest("near")!.source).toBe(base);
-      // A missing one is named as the path looked at.
+      // A missing one is named as the path looked at, with the entry that names it.
+      const file = join(process.env.MLX_HOME!, "models.toml");
       expect(await cliResult(["show", "gone"])).toMatchObject({
         code: 1,
-        stderr: `error: model not found: ${join(process.env.MLX_HOME!, "gone")} (mlx list shows the stored models)\n`,
+        stderr: `error: model not found: ${join(process.env.MLX_HOME!, "gone")} (the source of model 'gone', ${file}:4) (mlx list shows the stored models)\n`,
+      });
+      // A source naming another alias by a misspelt name is taken for a path: the alias it meant is suggested.
+      expect(await cliResult(["run", "-m", "typo", "hi"])).toMatchObject({
+        code: 1,
+        stderr: `error: model not found: ${join(process.env.MLX_HOME!, "naer")} (the source of model 'typo', ${file}:7; did you mean 'near'?) (mlx list shows the stored models)\n`,
       });
     },
     TEST_TIMEOUT_MS,
@@ -1530,6 +1536,11 @@ describe("commands and bad input", () => {
     // Aliases naming each other in a ring would be followed for ever.
     writeFileSync(file, `[models.a]\nsource = "b"\n\n[models.b]\nsource = "a"\n`);
     expect(() => loadAliases()).toThrow(`${file}:1: model 'a': its source leads back to it (a -> b -> a)`);
+    // A remote model has no weights: an alias on it would look for a path of its name.
+    writeFileSync(file, `[models.gpt]\nprovider = "openai"\nmodel = "gpt-4o-mini"\n\n[models.cool]\nsource = "gpt"\n`);
+    expect(() => loadAliases()).toThrow(
+      `${file}:5: model 'cool': its source 'gpt' is a remote model, which has no weights to load (a source is a pull source, a path or a local alias)`,
+    );
     // An entry written as an inline table is named by its line too, as a [models.NAME] header is.
     writeFileSync(file, `# mine\n[models]\ntiny = { description = "no source" }\n`);
     expect(() => loadAliases()).toThrow(`${file}:3: model 'tiny' needs a source = "..." string`);

@@ -28,6 +28,8 @@ export interface ModelAlias {
   maxKvSize?: number;
   /** Sampling values serve's requests get when they set none (temperature = 0.6, ...). */
   sampling: SamplingDefaults;
+  /** Where the entry is written (file:line), which errors about it name. */
+  definedAt: string;
 }
 
 /** Tokens drafted per speculative step unless told otherwise (mlx-lm's default). */
@@ -116,6 +118,7 @@ function parseTable(
       speculation: aliasSpeculationEntry(e, `${at}: model '${name}'`),
       maxKvSize: e.max_kv_size as number | undefined,
       sampling: aliasSamplingEntry(e, `${at}: model '${name}'`),
+      definedAt: at,
     });
   }
   const unknownTopLevel = Object.keys(doc).find((key) => key !== "default" && key !== "models");
@@ -198,7 +201,7 @@ function readAliases(): AliasTable {
     }
     defaultModel = user.defaultModel ?? defaultModel;
     // Only the user's entries can name other aliases (the shipped ones name sources).
-    checkAliasChains(models, (name) => withLine(userFile, entryLine(text, name)));
+    checkAliasChains(models, remotes, (name) => withLine(userFile, entryLine(text, name)));
   }
   checkSharedProviders(remotes.values());
   return { defaultModel, models, remotes };
@@ -209,7 +212,17 @@ function readAliases(): AliasTable {
  * to where it started would be followed for ever (an alias naming itself names a stored model),
  * and one with two adapters would need both applied at once.
  */
-function checkAliasChains(models: Map<string, ModelAlias>, where: (name: string) => string): void {
+function checkAliasChains(
+  models: Map<string, ModelAlias>,
+  remotes: Map<string, RemoteModelConfig>,
+  where: (name: string) => string,
+): void {
+  // Taken for a path, it would be "model not found: $MLX_HOME/<name>", which says nothing of why.
+  for (const [name, { source }] of models)
+    if (remotes.has(source))
+      throw new Error(
+        `${where(name)}: model '${name}': its source '${source}' is a remote model, which has no weights to load (a source is a pull source, a path or a local alias)`,
+      );
   // The alias that resolving `name` goes on to, as resolveModelPath follows them.
   const next = (name: string) => {
     const source = models.get(name)!.source;

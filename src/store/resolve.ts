@@ -157,9 +157,25 @@ export async function missingModelError(
     // mlx-lm and Ollama users name a hub repository their ways; here it is a path unless hf: says otherwise.
     const repository = hubRepoNamed(location.source);
     const hub = !location.alias && repository ? `; for the Hugging Face repository, give hf:${repository}` : "";
-    return new ModelNotFoundError(`model not found: ${location.source}${hub}`);
+    const origin = location.alias ? aliasSourceNote(location.name) : "";
+    return new ModelNotFoundError(`model not found: ${location.source}${hub}${origin}`);
   }
   return unknownModelError(location.name);
+}
+
+/**
+ * Which alias names a missing source, and where (its path alone leaves the user to find the entry
+ * behind it), with the aliases it looks like: a source naming another alias by a misspelt name
+ * is taken for a path.
+ */
+function aliasSourceNote(name: string): string {
+  const aliases = loadAliases();
+  const alias = aliases.models.get(name);
+  if (!alias) return "";
+  const others = [...aliases.models.keys()].filter((other) => other !== name);
+  const close = looksLikePath(alias.source) ? [] : closeMatches(alias.source, others);
+  const guess = close.length > 0 ? `; did you mean ${close.map((c) => `'${c}'`).join(" or ")}?` : "";
+  return ` (the source of model '${name}', ${alias.definedAt}${guess})`;
 }
 
 /**
