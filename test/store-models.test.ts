@@ -1346,6 +1346,10 @@ describe("commands and bad input", () => {
         join(process.env.MLX_HOME!, "models.toml"),
         `[models.near]\nsource = "${relative(process.env.MLX_HOME!, base)}"\n\n[models.gone]\nsource = "./gone"\n\n[models.typo]\nsource = "naer"\n`,
       );
+      // Before any pull it is shown where it is, as run loads it there (not 'not in the store').
+      const shown = await cliResult(["show", "near", "--json"]);
+      expect(shown.code).toBe(0);
+      expect(JSON.parse(shown.stdout)).toMatchObject({ path: base, format: "mlx" });
       expect(await cliResult(["pull", "near"])).toEqual({
         code: 0,
         stdout: `${join(process.env.MLX_HOME!, "models", "near")}\n`,

@@ -59,6 +59,8 @@ export default defineCommand({
         // provider's alias has no weights), and pulling it would fail too.
         const location = locateModel(args.model);
         if (location.kind === "missing") throw await missingModelError(location);
+        // An alias of a model on disk is used where it is (as run and serve load it), never stored.
+        if (location.kind === "path") return showFiles(location.path, Boolean(args.json));
         throw new Error(
           `'${name}' is not in the store (mlx pull ${shellWord(args.model)} fetches it; mlx list shows what is there)`,
         );
