@@ -84,6 +84,22 @@ describe("mlx ps and mlx stop", () => {
     } finally {
       page.stop(true);
     }
+    // One that answers JSON, but not a model list: said so, not a TypeError ("null is not an object").
+    for (const body of [{ models: null }, { hello: "world" }, null]) {
+      const api = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => Response.json(body) });
+      try {
+        for (const command of [["ps"], ["ps", "--json"], ["stop", model]]) {
+          const other = await mlx([...command, "--url", api.url.origin]);
+          expect([other.code, other.stdout, other.stderr]).toEqual([
+            1,
+            "",
+            `error: ${api.url.origin} answered /api/ps with JSON that lists no models: is it mlx serve?\n`,
+          ]);
+        }
+      } finally {
+        api.stop(true);
+      }
+    }
     const bad = await mlx(["ps", "--url", "ftp://x"]);
     expect([bad.code, bad.stderr.trim()]).toEqual([1, "error: --url must be an http(s) URL (got 'ftp://x')"]);
     const locked = serve({ apiKey: "s3cret" });

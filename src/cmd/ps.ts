@@ -2,7 +2,8 @@
 import { defineCommand } from "citty";
 import { durationInWords, formatBytes, plainTable } from "../format";
 import { fail } from "./log";
-import { askServer, serverArgs } from "./server-client";
+import { askServer, DEFAULT_SERVER, serverArgs } from "./server-client";
+import { serverBase } from "../bench/server";
 
 /** A model as Ollama's /api/ps lists it (the fields this command reads). */
 export interface RunningModel {
@@ -20,7 +21,7 @@ export default defineCommand({
   },
   async run({ args }) {
     try {
-      const { models } = (await askServer(args, "/api/ps")) as { models: RunningModel[] };
+      const models = await runningModels(args);
       if (args.json) {
         process.stdout.write(`${JSON.stringify(models, null, 2)}\n`);
         return;
@@ -32,6 +33,20 @@ export default defineCommand({
     }
   },
 });
+
+/**
+ * The models a running server holds (its /api/ps). Another server answering JSON on that port
+ * (an API of its own) is said to be one, not a TypeError on what it sent.
+ */
+export async function runningModels(args: { url?: string; "api-key"?: string }): Promise<RunningModel[]> {
+  const answer = await askServer(args, "/api/ps");
+  const models = (answer as { models?: unknown } | null)?.models;
+  if (!Array.isArray(models))
+    throw new Error(
+      `${serverBase(args.url ?? DEFAULT_SERVER)} answered /api/ps with JSON that lists no models: is it mlx serve?`,
+    );
+  return models as RunningModel[];
+}
 
 /** When an idle model unloads, in words: Ollama's far-future date is a model kept for good. */
 function until(iso: string): string {

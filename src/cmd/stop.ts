@@ -2,7 +2,7 @@
 // (a request with keep_alive 0; one answering requests unloads once they are done).
 import { defineCommand } from "citty";
 import { fail } from "./log";
-import type { RunningModel } from "./ps";
+import { runningModels } from "./ps";
 import { askServer, serverArgs } from "./server-client";
 
 export default defineCommand({
@@ -14,7 +14,7 @@ export default defineCommand({
   async run({ args }) {
     try {
       // Asked of a model not loaded, keep_alive 0 would load it first: only one that is loaded.
-      const { models } = (await askServer(args, "/api/ps")) as { models: RunningModel[] };
+      const models = await runningModels(args);
       const names = models.map((m) => m.name);
       const name = names.find((n) => n === args.model || n === `${args.model}:latest` || `${n}:latest` === args.model);
       if (name === undefined)
