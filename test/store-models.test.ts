@@ -1556,6 +1556,8 @@ describe("commands and bad input", () => {
     expect(() => loadAliases()).toThrow(`${file}:2: [models] must be a table of aliases`);
     writeFileSync(file, `# mine\n\ndefault = 3\n[models.tiny]\nsource = "hf:org/tiny"\n`);
     expect(() => loadAliases()).toThrow(`${file}:3: 'default' must be a string`);
+    writeFileSync(file, `# mine\ndefault = ""\n`);
+    expect(() => loadAliases()).toThrow(`${file}:2: 'default' must name a model (it is empty)`);
     expect(() => loadAliases()).toThrow(ConfigError);
     rmSync(file);
     mkdirSync(file);

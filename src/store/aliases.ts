@@ -128,6 +128,9 @@ function parseTable(
     );
   if (doc.default !== undefined && typeof doc.default !== "string")
     throw new Error(`${withLine(origin, topLevelKeyLine(text, "default"))}: 'default' must be a string`);
+  // Empty, it would load the working directory as the model ("<cwd> has no config.json").
+  if (doc.default === "")
+    throw new Error(`${withLine(origin, topLevelKeyLine(text, "default"))}: 'default' must name a model (it is empty)`);
   return { defaultModel: doc.default as string | undefined, models, remotes };
 }
 
