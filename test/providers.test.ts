@@ -214,7 +214,16 @@ beforeAll(async () => {
     fetch: () =>
       new Response(null, { status: 307, headers: { Location: `http://localhost:${remotePort}/v1/messages` } }),
   });
-  helpers.push(limited, offSchema, gated, silent, keptAlive, ignoresTools, busy, whole, moved);
+  // A web server, not the API (a base_url that misses it): nginx's error page.
+  const webPage = Bun.serve({
+    port: 0,
+    fetch: () =>
+      new Response(
+        "<html>\r\n<head><title>404 Not Found</title></head>\r\n<body>\r\n<center><h1>404 Not Found</h1></center>\r\n<hr><center>nginx/1.24.0</center>\r\n</body>\r\n</html>\r\n",
+        { status: 404, headers: { "Content-Type": "text/html" } },
+      ),
+  });
+  helpers.push(limited, offSchema, gated, silent, keptAlive, ignoresTools, busy, whole, moved, webPage);
   unreachable = freePort();
   unreachableRetried = freePort();
 
@@ -302,6 +311,12 @@ provider = "anthropic"
 base_url = "http://127.0.0.1:${moved.port}"
 model = "${tiny}"
 api_key_env = "MLX_TEST_MOVED_KEY"
+
+[models.webpage]
+provider = "openai"
+base_url = "http://127.0.0.1:${webPage.port}"
+model = "anything"
+max_retries = 0
 
 [models.cligood]
 provider = "openai"
@@ -1114,6 +1129,22 @@ test("an answer the command line reads to its end counts as the provider's succe
   await ask("cligood");
   expect(await ask("clibroken").catch((e) => e.message)).toContain("answered 500");
   await ask("cligood");
+});
+
+test("a web page a provider's base_url answers with is told by its text on one line, not its first line of markup", async () => {
+  const pieces = streamRemoteCompletion(remoteModel("webpage")!, {
+    prompt: { kind: "chat", messages: [{ role: "user", content: "Hi" }] },
+    sampling: {},
+    maxTokens: 3,
+  });
+  const message = await pieces.next().then(
+    () => "answered",
+    (error: Error) => error.message,
+  );
+  expect(message).toMatch(/answered 404: 404 Not Found 404 Not Found nginx\/1\.24\.0$/);
+  const cli = await cliRunner(home)(["run", "-m", "webpage", "Hi"]);
+  expect(cli.code).toBe(1);
+  expect(cli.stderr).toEndWith("answered 404: 404 Not Found 404 Not Found nginx/1.24.0\n");
 });
 
 test("/metrics counts per provider and model", async () => {

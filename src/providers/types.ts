@@ -103,7 +103,12 @@ export function errorBodyMessage(body: string): string {
   } catch {
     // not JSON: the text itself
   }
-  return body.trim().slice(0, 500) || "(empty body)";
+  // A web server's error page (a base_url that is not the API) is its text, not its markup: the
+  // message is one line, whose first would be all "<!DOCTYPE HTML>".
+  const text = /^\s*<(!doctype|html)/i.test(body)
+    ? body.replace(/<(script|style)\b[\s\S]*?<\/\1>/gi, " ").replace(/<[^>]*>/g, " ")
+    : body;
+  return text.replace(/\s+/g, " ").trim().slice(0, 500) || "(empty body)";
 }
 
 /** The parameter an OpenAI-style error body names (`{"error": {"param"}}`), if any. */
