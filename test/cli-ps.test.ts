@@ -67,6 +67,15 @@ describe("mlx ps and mlx stop", () => {
       1,
       `error: cannot reach mlx serve at ${url}: nothing answers (start one with \`mlx serve\`, or give --url)`,
     ]);
+    // A user:password in --url (sent as Basic auth) is masked, as bench masks it.
+    const withPassword = url.replace("http://", "http://mlx-user:pw-s3cret@");
+    for (const command of [["ps"], ["stop", model]]) {
+      const masked = await mlx([...command, "--url", withPassword]);
+      expect([masked.code, masked.stderr.trim()]).toEqual([
+        1,
+        `error: cannot reach mlx serve at ${url.replace("http://", "http://***@")}: nothing answers (start one with \`mlx serve\`, or give --url)`,
+      ]);
+    }
     // Another server on that port: its page is not the error (whose first line it was); stop asks /api/ps first.
     const page = Bun.serve({
       hostname: "127.0.0.1",

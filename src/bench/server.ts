@@ -104,7 +104,7 @@ export function serverBase(url: string): string {
 }
 
 /** A base as the report and the errors show it: a user:password in it (sent as Basic auth) masked. */
-const shownBase = (base: string): string => shownUrl(new URL(base));
+export const shownBase = (base: string): string => shownUrl(new URL(base));
 
 /** The Authorization header for `apiKey`, if any. */
 const authorization = (apiKey?: string): Record<string, string> =>

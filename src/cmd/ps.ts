@@ -3,7 +3,7 @@ import { defineCommand } from "citty";
 import { durationInWords, formatBytes, plainTable } from "../format";
 import { fail } from "./log";
 import { askServer, DEFAULT_SERVER, serverArgs } from "./server-client";
-import { serverBase } from "../bench/server";
+import { serverBase, shownBase } from "../bench/server";
 
 /** A model as Ollama's /api/ps lists it (the fields this command reads). */
 export interface RunningModel {
@@ -43,7 +43,7 @@ export async function runningModels(args: { url?: string; "api-key"?: string }):
   const models = (answer as { models?: unknown } | null)?.models;
   if (!Array.isArray(models))
     throw new Error(
-      `${serverBase(args.url ?? DEFAULT_SERVER)} answered /api/ps with JSON that lists no models: is it mlx serve?`,
+      `${shownBase(serverBase(args.url ?? DEFAULT_SERVER))} answered /api/ps with JSON that lists no models: is it mlx serve?`,
     );
   return models as RunningModel[];
 }

@@ -2,7 +2,7 @@
 // `ollama ps` and `ollama stop` ask theirs. Where it is, its key, and one request with its
 // failures in one line.
 import type { ArgsDef } from "citty";
-import { keyHint, serverBase } from "../bench/server";
+import { keyHint, serverBase, shownBase } from "../bench/server";
 import { errorBodyMessage } from "../providers/types";
 
 export const DEFAULT_SERVER = "http://127.0.0.1:11435";
@@ -25,6 +25,8 @@ export async function askServer(
   body?: unknown,
 ): Promise<unknown> {
   const base = serverBase(args.url ?? DEFAULT_SERVER);
+  // A user:password in --url (sent as Basic auth) is masked wherever the URL is shown.
+  const shown = shownBase(base);
   const apiKey = args["api-key"] ?? process.env.MLX_API_KEY;
   let response: Response;
   try {
@@ -37,7 +39,7 @@ export async function askServer(
   } catch (error) {
     const reason =
       (error as Error).name === "TimeoutError" ? `no answer within ${TIMEOUT_MS / 1000} s` : "nothing answers";
-    throw new Error(`cannot reach mlx serve at ${base}: ${reason} (start one with \`mlx serve\`, or give --url)`);
+    throw new Error(`cannot reach mlx serve at ${shown}: ${reason} (start one with \`mlx serve\`, or give --url)`);
   }
   const text = await response.text();
   const json = parsedJson(text);
@@ -45,10 +47,10 @@ export async function askServer(
   // HTML>") would be all the error said.
   if (json === undefined)
     throw new Error(
-      `${base} answered ${path} with ${response.ok ? "" : `HTTP ${response.status} and `}something other than JSON: is it mlx serve?${keyHint(response.status, apiKey)}`,
+      `${shown} answered ${path} with ${response.ok ? "" : `HTTP ${response.status} and `}something other than JSON: is it mlx serve?${keyHint(response.status, apiKey)}`,
     );
   if (!response.ok)
-    throw new Error(`${base}: HTTP ${response.status}: ${errorBodyMessage(text)}${keyHint(response.status, apiKey)}`);
+    throw new Error(`${shown}: HTTP ${response.status}: ${errorBodyMessage(text)}${keyHint(response.status, apiKey)}`);
   return json;
 }
 
