@@ -1306,6 +1306,25 @@ test("/api/show describes a remote alias, as Ollama shows a cloud model, rather 
   }
 });
 
+test("mlx show describes a remote alias from models.toml, its URL's secrets masked, rather than refusing a model run takes", async () => {
+  const cli = cliRunner(home);
+  const shown = await cli(["show", "secretive", "--json"]);
+  expect([shown.code, shown.stderr]).toEqual([0, ""]);
+  expect(JSON.parse(shown.stdout)).toEqual({
+    name: "secretive",
+    provider: "openai",
+    base_url: `http://***@127.0.0.1:${remotePort}/v1?tenant=***`,
+    model: tiny,
+    api_key_env: null,
+    max_tokens: 4096,
+    defined_at: expect.stringMatching(/models\.toml:\d+$/),
+  });
+  const table = await cli(["show", "moved"]);
+  expect(table.code).toBe(0);
+  expect(table.stdout).toContain("api key env  MLX_TEST_MOVED_KEY\n");
+  expect(table.stdout).not.toContain("s3cret");
+});
+
 describe("models.toml", () => {
   /** loadAliases' error for a user models.toml holding `entry` as model 'x'. */
   function aliasError(entry: string): string {

@@ -13,6 +13,8 @@ import { ggufOfDirectory, locateModel, looksLikePath, missingModelError } from "
 import { isGGUFFile } from "../models/gguf";
 import { directoryWeightFiles } from "../models/load";
 import { loadPath, repair, repairHint, unreadableManifestError } from "../store/store";
+import { loadAliases } from "../store/aliases";
+import type { RemoteModelConfig } from "../providers/config";
 import { fail } from "./log";
 
 // The config.json fields worth a glance; the whole file is one `cat` away in the model directory.
@@ -50,6 +52,9 @@ export default defineCommand({
     try {
       // A model on disk where it is (as `mlx run -m ./dir` takes it): what its files say.
       if (looksLikePath(args.model) && existsSync(args.model)) return showFiles(args.model, Boolean(args.json));
+      // A remote alias has no files: where it is served, as /api/show describes it (Ollama's cloud models).
+      const remote = loadAliases().remotes.get(args.model);
+      if (remote) return showRemote(remote, Boolean(args.json));
       const { name } = modelRequest(args.model);
       const unreadable = unreadableManifestError(name);
       if (unreadable) throw unreadable;
@@ -102,6 +107,24 @@ export default defineCommand({
 function printFields(lines: string[][]): void {
   const width = Math.max(...lines.map(([k]) => k!.length));
   process.stdout.write(lines.map(([k, v]) => `${k!.padEnd(width)}  ${v}`).join("\n") + "\n");
+}
+
+/** A remote provider's model: its settings in models.toml (the key's variable named, never its value). */
+function showRemote(remote: RemoteModelConfig, json: boolean): void {
+  const shown = {
+    name: remote.name,
+    provider: remote.kind,
+    base_url: remote.baseUrl,
+    model: remote.model,
+    api_key_env: remote.apiKeyEnv ?? null,
+    max_tokens: remote.defaultMaxTokens,
+    defined_at: remote.definedAt,
+  };
+  if (json) {
+    process.stdout.write(`${JSON.stringify(shown, null, 2)}\n`);
+    return;
+  }
+  printFields(Object.entries(shown).map(([k, v]) => [k.replace(/_/g, " "), v === null ? "-" : String(v)]));
 }
 
 /** A model directory or GGUF file outside the store: its format, size and config (no manifest: nothing stored). */
