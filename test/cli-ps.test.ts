@@ -2,7 +2,7 @@
 // ask Ollama: the models it holds, and one unloaded on request; a server that is not there, or
 // that wants a key, is one line and status 1.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync } from "node:fs";
+import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { RunningServer } from "../src/server/app";
@@ -13,9 +13,10 @@ import { writeTinyModel } from "./helpers/tiny-model";
 let server: RunningServer;
 let model: string;
 let mlx: ReturnType<typeof cliRunner>;
+let root: string;
 
 beforeAll(() => {
-  const root = mkdtempSync(join(tmpdir(), "mlx-ps-"));
+  root = mkdtempSync(join(tmpdir(), "mlx-ps-"));
   model = join(root, "tiny");
   writeTinyModel(model, { contextLength: 640 });
   server = serve({});
@@ -56,6 +57,34 @@ describe("mlx ps and mlx stop", () => {
     const r = await mlx(["stop", model, "--url", server.url]);
     expect([r.code, r.stderr.trim()]).toEqual([1, `error: model '${model}' is not loaded there (none is)`]);
     expect(server.state.models.loaded).toHaveLength(0);
+  });
+
+  test("stop unloads what ps lists by that name after models.toml changed its settings, or broke", async () => {
+    // The server reads the models.toml of its process's MLX_HOME, per request.
+    const savedHome = process.env.MLX_HOME;
+    const home = join(root, "alias-home");
+    mkdirSync(home, { recursive: true });
+    const file = join(home, "models.toml");
+    process.env.MLX_HOME = home;
+    try {
+      for (const change of [`kv_bits = 8\n`, `kv_bit = 8\n`]) {
+        writeFileSync(file, `[models.tiny]\nsource = "${model}"\n`);
+        await post(`${server.url}/api/generate`, {
+          model: "tiny",
+          prompt: "Hi",
+          stream: false,
+          options: { num_predict: 1 },
+        });
+        expect(server.state.models.loaded.map((e) => e.name)).toEqual(["tiny"]);
+        // Its settings edited (another cache: another entry's key), or the file broken meanwhile.
+        writeFileSync(file, `[models.tiny]\nsource = "${model}"\n${change}`);
+        const stopped = await mlx(["stop", "tiny", "--url", server.url]);
+        expect([stopped.code, stopped.stderr]).toEqual([0, ""]);
+        expect(server.state.models.loaded).toHaveLength(0);
+      }
+    } finally {
+      process.env.MLX_HOME = savedHome;
+    }
   });
 
   test("a server that is not there, a bad URL, or one that wants a key: one line, status 1", async () => {

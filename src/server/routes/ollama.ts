@@ -432,9 +432,19 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
   const started = performance.now();
   const createdAt = () => new Date().toISOString();
   const base = () => ({ model: req.model, created_at: createdAt() });
+  const empty = kind === "chat" ? { message: { role: "assistant", content: "" } } : { response: "" };
+  const unloaded = () => c.json({ ...base(), ...empty, done_reason: "unload", done: true });
+  // Unloading what /api/ps lists by that name (mlx stop, ollama stop) reads no models.toml: the
+  // operator who has just changed its settings (another entry's key), or broken it, would find the
+  // model still loaded, answered "unload" or a 500.
+  if (!req.prompt && !req.context?.length && req.keepAlive === 0) {
+    const untagged = withoutLatestTag(req.model);
+    const named = s.models.loaded.filter((e) => e.name === req.model || e.name === untagged);
+    for (const entry of named) s.models.setKeepAlive(entry, 0);
+    if (named.length > 0) return unloaded();
+  }
   const remote = remoteName(req.model);
   const model = remote ?? req.model;
-  const empty = kind === "chat" ? { message: { role: "assistant", content: "" } } : { response: "" };
 
   // No prompt: load the model (or with keep_alive 0, unload it), as Ollama does.
   if (!req.prompt && !req.context?.length) {
@@ -443,7 +453,7 @@ async function generate(s: ServerState, c: Context, kind: Kind, req: OllamaReque
       if (entry) s.models.setKeepAlive(entry, 0);
       // An unknown model is a 404, as in Ollama; a remote one has nothing to unload.
       else if (remote === undefined) await modelFiles(s, model);
-      return c.json({ ...base(), ...empty, done_reason: "unload", done: true });
+      return unloaded();
     }
     // A remote model is ready as it is, with nothing to load.
     const loadMs = remote === undefined ? await preload(s, c, model, req.keepAlive) : 0;
