@@ -19,7 +19,7 @@ import { join, relative } from "node:path";
 import { Ollama } from "ollama";
 import OpenAI from "openai";
 import { ConfigError } from "../src/errors";
-import { aliasKvQuantization, aliasMaxKvSize, loadAliases } from "../src/store/aliases";
+import { aliasKvQuantization, aliasMaxKvSize, aliasSpeculation, loadAliases } from "../src/store/aliases";
 import { markInUse, releaseModel } from "../src/store/in-use";
 import { LockTimeoutError, withStoreLock } from "../src/store/lock";
 import { manifestPath, readManifest, writeManifest } from "../src/store/manifest";
@@ -1600,6 +1600,21 @@ describe("commands and bad input", () => {
     },
     TEST_TIMEOUT_MS,
   );
+
+  test("an alias's draft_model written as a relative path starts at its models.toml's folder, as its source does", () => {
+    mkdirSync(process.env.MLX_HOME!, { recursive: true });
+    writeFileSync(
+      join(process.env.MLX_HOME!, "models.toml"),
+      `[models.near]\nsource = "./big"\ndraft_model = "./small"\n[models.up]\nsource = "./big"\ndraft_model = "../small.gguf"\nnum_draft = 2\n[models.named]\nsource = "./big"\ndraft_model = "smollm2"\n`,
+    );
+    expect(aliasSpeculation("near")).toEqual({ draftModel: join(process.env.MLX_HOME!, "small"), numDraft: 3 });
+    expect(aliasSpeculation("up")).toEqual({
+      draftModel: join(process.env.MLX_HOME!, "..", "small.gguf"),
+      numDraft: 2,
+    });
+    // A name is an alias, a stored model or a source, looked up as -m NAME is.
+    expect(aliasSpeculation("named")).toEqual({ draftModel: "smollm2", numDraft: 3 });
+  });
 
   test("an alias's max_kv_size asks for a rotating KV cache", () => {
     mkdirSync(process.env.MLX_HOME!, { recursive: true });

@@ -115,7 +115,7 @@ function parseTable(
       description: e.description as string | undefined,
       kvBits: e.kv_bits as number | undefined,
       adapter: e.adapter === undefined ? undefined : resolve(relativeTo, e.adapter as string),
-      speculation: aliasSpeculationEntry(e, `${at}: model '${name}'`),
+      speculation: aliasSpeculationEntry(e, `${at}: model '${name}'`, relativeTo),
       maxKvSize: e.max_kv_size as number | undefined,
       sampling: aliasSamplingEntry(e, `${at}: model '${name}'`),
       definedAt: at,
@@ -259,7 +259,12 @@ function readUserFile(file: string): string {
   }
 }
 
-function aliasSpeculationEntry(e: Record<string, unknown>, where: string): SpeculationChoice | undefined {
+/** `relativeTo`: where a draft_model written as a relative path (./small, ../small.gguf) starts, as source's. */
+function aliasSpeculationEntry(
+  e: Record<string, unknown>,
+  where: string,
+  relativeTo: string,
+): SpeculationChoice | undefined {
   const { draft_model: draftModel, prompt_lookup: promptLookup, num_draft: numDraft } = e;
   if (draftModel !== undefined && (typeof draftModel !== "string" || draftModel === ""))
     throw new Error(`${where}: draft_model must be a model name`);
@@ -273,7 +278,10 @@ function aliasSpeculationEntry(e: Record<string, unknown>, where: string): Specu
   if (numDraft !== undefined && draftModel === undefined && promptLookup === undefined)
     throw new Error(`${where}: num_draft needs draft_model or prompt_lookup`);
   if (!draftModel && !promptLookup) return undefined;
-  return { draftModel: draftModel as string | undefined, numDraft: (numDraft as number) ?? defaultNumDraft };
+  // Only a name that says it is a relative path: another is an alias, a stored model or a source.
+  const draft =
+    typeof draftModel === "string" && /^\.\.?[/\\]/.test(draftModel) ? resolve(relativeTo, draftModel) : draftModel;
+  return { draftModel: draft as string | undefined, numDraft: (numDraft as number) ?? defaultNumDraft };
 }
 
 /** The speculative decoding models.toml asks for the model named `spec` (default: the default model). */
