@@ -8,6 +8,7 @@ import { join } from "node:path";
 import type { RunningServer } from "../src/server/app";
 import { cliRunner } from "./helpers/cli";
 import { post, serve } from "./helpers/serve";
+import { startServer } from "./helpers/store";
 import { writeTinyModel } from "./helpers/tiny-model";
 
 let server: RunningServer;
@@ -136,6 +137,19 @@ describe("mlx ps and mlx stop", () => {
         }
       } finally {
         api.stop(true);
+      }
+    }
+    // One that stalls or hangs up in the middle of its answer: said so, naming it.
+    for (const [reply, reason] of [
+      [{ stallAfter: 10 }, "the rest did not come within 10 s"],
+      [{ dropAfter: 10 }, "the connection closed before its end"],
+    ] as const) {
+      const cut = await startServer(() => ({ status: 200, body: `{"models": []}${" ".repeat(100)}`, ...reply }));
+      try {
+        const r = await mlx(["ps", "--url", cut.url]);
+        expect([r.code, r.stderr]).toEqual([1, `error: ${cut.url} answered /api/ps in part: ${reason}\n`]);
+      } finally {
+        await cut.close();
       }
     }
     const bad = await mlx(["ps", "--url", "ftp://x"]);

@@ -41,7 +41,17 @@ export async function askServer(
       (error as Error).name === "TimeoutError" ? `no answer within ${TIMEOUT_MS / 1000} s` : "nothing answers";
     throw new Error(`cannot reach mlx serve at ${shown}: ${reason} (start one with \`mlx serve\`, or give --url)`);
   }
-  const text = await response.text();
+  let text: string;
+  try {
+    text = await response.text();
+  } catch (error) {
+    // Its headers came, then the body stalled or was cut: the bare "The operation timed out." named nothing.
+    const reason =
+      (error as Error).name === "TimeoutError"
+        ? `the rest did not come within ${TIMEOUT_MS / 1000} s`
+        : "the connection closed before its end";
+    throw new Error(`${shown} answered ${path} in part: ${reason}`);
+  }
   const json = parsedJson(text);
   // Another server (a web server on that port) answers with a page, whose first line ("<!DOCTYPE
   // HTML>") would be all the error said.
