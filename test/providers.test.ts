@@ -985,6 +985,17 @@ describe("failures", () => {
     expect(r.json.error.message).toBe(
       `model 'keyless' (${file}:${line}): api_key_env names the environment variable MLX_TEST_KEY_NEVER_SET, which is not set`,
     );
+    // Set, but to nothing (KEY= in a shell): said as it is, not "not set" beside an `export` that shows it.
+    process.env.MLX_TEST_KEY_NEVER_SET = "";
+    try {
+      const empty = await post(`${proxy.url}/v1/chat/completions`, {
+        model: "keyless",
+        messages: [{ role: "user", content: "Hi" }],
+      });
+      expect(empty.json.error.message).toEndWith("MLX_TEST_KEY_NEVER_SET, which is empty");
+    } finally {
+      delete process.env.MLX_TEST_KEY_NEVER_SET;
+    }
   });
 
   test("a provider's redirect is not followed (the key would go along to another host), and says where it points", async () => {

@@ -99,7 +99,7 @@ export class RemoteModel {
     const key = this.config.apiKeyEnv ? process.env[this.config.apiKeyEnv] : undefined;
     if (this.config.apiKeyEnv && !key)
       throw new ProviderError(
-        `model '${this.config.name}' (${this.config.definedAt}): api_key_env names the environment variable ${this.config.apiKeyEnv}, which is not set`,
+        `model '${this.config.name}' (${this.config.definedAt}): api_key_env names the environment variable ${this.config.apiKeyEnv}, which is ${key === "" ? "empty" : "not set"}`,
         "unavailable",
       );
     const init = { method: "POST", headers: adapter.headers(key), body: JSON.stringify(body) };
