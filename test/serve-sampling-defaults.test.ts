@@ -86,6 +86,13 @@ describe("a model's sampling defaults", () => {
     expect(await answer("warm", { seed: 1 })).toBe(await answer(plain, { seed: 1 }));
   });
 
+  test("an alias named with Ollama's default tag (cold:latest, as Ollama's clients send it) gets its values too", async () => {
+    const greedy = await answer(plain, { temperature: 0 });
+    for (const seed of [3, 4]) expect(await answer("cold:latest", { seed })).toBe(greedy);
+    const shown = (await post(`${server.url}/api/show`, { model: "cold:latest" })).json;
+    expect(shown.modelfile).toBe(`FROM ${plain}\nPARAMETER top_k 1\n`);
+  });
+
   test("Ollama's /api/show gives them as a Modelfile's parameters", async () => {
     const cold = (await post(`${server.url}/api/show`, { model: "cold" })).json;
     expect(cold.parameters).toBe(`top_k${" ".repeat(25)} 1`);

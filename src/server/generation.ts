@@ -21,9 +21,9 @@ import type { Tokenizer } from "../tokenizer/tokenizer";
 import { remoteModel } from "../providers";
 import { readGenerationDefaults, type SamplingDefaults } from "../models/generation-config";
 import type { LoadedModel } from "../models/load";
-import { aliasSampling } from "../store/aliases";
+import { aliasSampling, loadAliases } from "../store/aliases";
 import { badRequest, requestTimeout, serverStopping, toApiError } from "./errors";
-import type { Lease, ModelRegistry } from "./model-registry";
+import { withoutLatestTag, type Lease, type ModelRegistry } from "./model-registry";
 import { startRemoteGeneration } from "./remote-generation";
 import type { ServerMetrics } from "./metrics";
 import type { ServerConfig } from "./state";
@@ -293,7 +293,14 @@ export function modelSamplingDefaults(
   name: string,
   own: SamplingDefaults = readGenerationDefaults(path),
 ): SamplingDefaults {
-  return { ...own, ...aliasSampling(name) };
+  return { ...own, ...aliasSampling(aliasNamed(name)) };
+}
+
+/** The alias a request's model name means: Ollama's clients add ":latest" to a name without a tag, "m:latest" is "m". */
+function aliasNamed(name: string): string {
+  const { models } = loadAliases();
+  const untagged = withoutLatestTag(name);
+  return !models.has(name) && untagged !== undefined && models.has(untagged) ? untagged : name;
 }
 
 /**
