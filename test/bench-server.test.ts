@@ -324,6 +324,37 @@ describe("mlx bench --url", () => {
     }
   }, 20_000);
 
+  test("with no -m, a server whose listing fails or is empty: the error says why no model was sent", async () => {
+    // As mlx serve answers with its models.toml broken: /v1/models a 500 naming the file, and a
+    // request without a model a 400 that says one is required.
+    for (const [models, why] of [
+      [
+        () =>
+          Response.json({ error: { message: "/home/me/models.toml:2: model 'x' needs a source" } }, { status: 500 }),
+        "GET /v1/models answered HTTP 500: /home/me/models.toml:2: model 'x' needs a source",
+      ],
+      [() => Response.json({ object: "list", data: [] }), "the server lists none"],
+    ] as const) {
+      const peer = Bun.serve({
+        hostname: "127.0.0.1",
+        port: 0,
+        fetch: (req) =>
+          new URL(req.url).pathname === "/v1/models"
+            ? models()
+            : Response.json({ error: { message: "'model' is required" } }, { status: 400 }),
+      });
+      try {
+        const r = await mlx(["--url", `http://127.0.0.1:${peer.port}`, "--concurrency", "1", "--requests", "1"]);
+        expect(r.code).toBe(1);
+        expect(r.stderr.trim()).toEndWith(
+          `HTTP 400: 'model' is required (sent without a model: ${why}; give one with -m)`,
+        );
+      } finally {
+        peer.stop(true);
+      }
+    }
+  }, 20_000);
+
   test("a server that answers without streaming (JSON, an HTML page) is named as such, not as an empty stream", async () => {
     const answers = {
       "application/json": () => Response.json({ choices: [{ message: { role: "assistant", content: "hi" } }] }),

@@ -112,9 +112,10 @@ const authorization = (apiKey?: string): Record<string, string> =>
 
 /**
  * Checks that the server answers at all (GET /v1/models), and returns the first model it
- * lists. A server without /v1/models is fine; one that does not answer is an error.
+ * lists, or what its listing answered instead (`problem`). A server without /v1/models is fine;
+ * one that does not answer is an error.
  */
-export async function probeServer(base: string, apiKey?: string): Promise<string | undefined> {
+export async function probeServer(base: string, apiKey?: string): Promise<{ model?: string; problem?: string }> {
   let response: Response;
   try {
     response = await fetch(`${base}/v1/models`, {
@@ -125,15 +126,16 @@ export async function probeServer(base: string, apiKey?: string): Promise<string
     throw new Error(`cannot reach ${shownBase(base)}: ${describeFetchError(error)}`);
   }
   if (!response.ok) {
-    await response.body?.cancel();
-    return undefined;
+    const body = await response.text().catch(() => "");
+    const words = response.status === 404 ? "" : `: ${oneLine(errorBodyMessage(body), 300)}`;
+    return { problem: `GET /v1/models answered HTTP ${response.status}${words}` };
   }
   try {
     const body = (await response.json()) as { data?: { id?: unknown }[] };
     const id = body.data?.[0]?.id;
-    return typeof id === "string" ? id : undefined;
+    return { model: typeof id === "string" ? id : undefined };
   } catch {
-    return undefined;
+    return {};
   }
 }
 
@@ -313,14 +315,24 @@ async function warmUp(chat: RequestTarget, o: ServerBenchOptions): Promise<Reque
 export async function benchServer(o: ServerBenchOptions): Promise<ServerBenchResult> {
   const say = o.onProgress ?? (() => {});
   const base = serverBase(o.url);
-  const listed = await probeServer(base, o.apiKey);
+  const listing = await probeServer(base, o.apiKey);
   // A server that lists no model (mlx_lm.server whose listing fails) is sent none: mlx_lm.server,
   // vLLM and llama.cpp's server then answer with the model they serve, where a made-up name would
   // be a 404 (and mlx serve and Ollama say that a model is required).
-  const model = o.model ?? listed;
+  const model = o.model ?? listing.model;
   const shownModel = model ?? "(the server's default)";
   say(`${shownBase(base)}: model ${shownModel}; warm-up request`);
-  const target = await warmUp({ base, model, endpoint: "chat", timeoutSeconds: o.timeoutSeconds, apiKey: o.apiKey }, o);
+  const target = await warmUp(
+    { base, model, endpoint: "chat", timeoutSeconds: o.timeoutSeconds, apiKey: o.apiKey },
+    o,
+  ).catch((error: Error) => {
+    // Sent no model, the server says one is required, not why none was sent: a listing that
+    // failed (mlx serve's broken models.toml: a 500) or was empty.
+    if (model !== undefined) throw error;
+    throw new Error(
+      `${error.message} (sent without a model: ${listing.problem ?? "the server lists none"}; give one with -m)`,
+    );
+  });
   const levels: LevelResult[] = [];
   const result = (): ServerBenchResult => ({
     url: shownBase(base),
