@@ -123,6 +123,26 @@ describe("mlx ps and mlx stop", () => {
     } finally {
       page.stop(true);
     }
+    // Ollama before 0.6 (its /api/ps without context_length): "-", not "undefined".
+    const ollama = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      fetch: () =>
+        Response.json({
+          models: [{ name: "llama3:latest", size: 5137025024, expires_at: "2318-01-01T00:00:00Z" }],
+        }),
+    });
+    try {
+      const older = await mlx(["ps", "--url", ollama.url.origin]);
+      expect(older.stdout.trimEnd().split("\n")[1]!.split(/ {2,}/)).toEqual([
+        "llama3:latest",
+        "5.1 GB",
+        "-",
+        "forever",
+      ]);
+    } finally {
+      ollama.stop(true);
+    }
     // One that answers JSON, but not a model list: said so, not a TypeError ("null is not an object").
     for (const body of [{ models: null }, { hello: "world" }, null]) {
       const api = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => Response.json(body) });

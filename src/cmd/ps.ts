@@ -9,7 +9,8 @@ import { serverBase, shownBase } from "../bench/server";
 export interface RunningModel {
   name: string;
   size: number;
-  context_length: number;
+  /** Absent from older Ollama's /api/ps. */
+  context_length?: number;
   expires_at: string;
 }
 
@@ -26,7 +27,12 @@ export default defineCommand({
         process.stdout.write(`${JSON.stringify(models, null, 2)}\n`);
         return;
       }
-      const rows = models.map((m) => [m.name, formatBytes(m.size), String(m.context_length), until(m.expires_at)]);
+      const rows = models.map((m) => [
+        m.name,
+        formatBytes(m.size),
+        m.context_length === undefined ? "-" : String(m.context_length),
+        until(m.expires_at),
+      ]);
       process.stdout.write(plainTable(["NAME", "SIZE", "CONTEXT", "UNTIL"], rows));
     } catch (error) {
       fail(error);
