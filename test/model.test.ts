@@ -769,6 +769,22 @@ describe("a config.json that does not describe the weights", () => {
       /does not match the weights: tensor model\.layers\.0\.mlp\.gate_proj\.weight has shape \[\d+,\d+\], but intermediate_size is 96$/,
       { quantize: { groupSize: 32, bits: 4 } },
     ],
+    // A bias the weights lack was left out of the product without a word: the model answered otherwise.
+    [
+      "attention_bias true, but no biases in the weights",
+      { attention_bias: true },
+      "does not match the weights: missing tensor model.layers.0.self_attn.q_proj.bias (attention_bias is true)",
+    ],
+    [
+      "mlp_bias true, but no biases in the weights",
+      { mlp_bias: true },
+      "does not match the weights: missing tensor model.layers.0.mlp.gate_proj.bias (mlp_bias is true)",
+    ],
+    [
+      "a qwen2 without its q, k and v biases",
+      { model_type: "qwen2" },
+      "does not match the weights: missing tensor model.layers.0.self_attn.q_proj.bias (qwen2's q, k and v projections have biases)",
+    ],
   ];
   for (const [name, change, message, options] of cases) {
     test(`${name}: one line naming the file and the problem`, () => {

@@ -373,7 +373,25 @@ function checkTensorsFitConfig(
     }
     expectSize(`${prefix}.mlp.down_proj.weight`, config.hiddenSize, "hidden_size");
     expectInputs(`${prefix}.mlp.down_proj.weight`, config.intermediateSize, "intermediate_size");
+    // A bias config.json gives a layer but the weights lack would be left out of its product
+    // without a word, and the model answer as it was never trained to (mlx-lm refuses it too).
+    for (const [parts, why] of promisedBiases(config))
+      for (const part of parts)
+        if (tensors.has(`${prefix}.${part}.weight`) && !tensors.has(`${prefix}.${part}.bias`))
+          throw mismatch(`missing tensor ${prefix}.${part}.bias (${why})`);
   }
+}
+
+/** The projections of a layer that config.json says have biases, each list with the reason. */
+function promisedBiases(config: ModelConfig): [string[], string][] {
+  const attention = ["q_proj", "k_proj", "v_proj", "o_proj"].map((p) => `self_attn.${p}`);
+  const promised: [string[], string][] = [];
+  if (config.attentionBias) promised.push([attention, "attention_bias is true"]);
+  // Qwen2's queries, keys and values always have biases (transformers' and mlx-lm's Qwen2 have no setting for it).
+  else if (config.modelType === "qwen2")
+    promised.push([attention.slice(0, 3), "qwen2's q, k and v projections have biases"]);
+  if (config.mlpBias) promised.push([["gate_proj", "up_proj", "down_proj"].map((p) => `mlp.${p}`), "mlp_bias is true"]);
+  return promised;
 }
 
 /**
