@@ -15,7 +15,15 @@ import { loadModel } from "../src/models/load";
 import { modelBytes, readLayout } from "../src/models/layout";
 import { neededOf } from "../src/store/model-files";
 import { tinyLlamaGGUF, writeGGUF } from "./helpers/gguf-writer";
-import { tinyConfig, tinyDims, tinyMoE, tinyWeights, writeTinyModel, type TinyOptions } from "./helpers/tiny-model";
+import {
+  smolVocabSize,
+  tinyConfig,
+  tinyDims,
+  tinyMoE,
+  tinyWeights,
+  writeTinyModel,
+  type TinyOptions,
+} from "./helpers/tiny-model";
 
 // The cache's mechanics are checked to 1e-4, so in float32: a float16 cache (the default for a
 // float32 model on our kernels) rounds keys that a prefill and a decode step compute a few ulps
@@ -805,6 +813,83 @@ describe("a config.json that does not describe the weights", () => {
       expect(error?.message).toContain(change ? configPath : dir);
       expect(error?.message.split("\n")).toHaveLength(1);
     });
+  }
+});
+
+describe("weights that do not fit config.json", () => {
+  // Each failed at the first token in MLX's words (matmul, rms_norm), naming neither the file nor the
+  // tensor; a bias dropped from one layer was left out of its product without a word.
+  const cases: [string, TinyOptions, (tensors: Map<string, mx.MxArray>) => void, string][] = [
+    [
+      "v_proj with too few rows",
+      {},
+      reshaped("model.layers.0.self_attn.v_proj.weight", [16, 64]),
+      "tensor model.layers.0.self_attn.v_proj.weight has shape [16,64], but num_key_value_heads × head_dim (2 × 16) is 32",
+    ],
+    [
+      "k_proj with too few inputs",
+      {},
+      reshaped("model.layers.1.self_attn.k_proj.weight", [32, 48]),
+      "tensor model.layers.1.self_attn.k_proj.weight has shape [32,48] (48 inputs), but hidden_size is 64",
+    ],
+    [
+      "a post-attention norm of another width",
+      {},
+      reshaped("model.layers.0.post_attention_layernorm.weight", [32]),
+      "tensor model.layers.0.post_attention_layernorm.weight has shape [32], but hidden_size is 64",
+    ],
+    [
+      "a query norm of another width",
+      { modelType: "qwen3", tied: false },
+      reshaped("model.layers.0.self_attn.q_norm.weight", [8]),
+      "tensor model.layers.0.self_attn.q_norm.weight has shape [8], but head_dim is 16",
+    ],
+    [
+      "an embedding of another width",
+      {},
+      reshaped("model.embed_tokens.weight", [smolVocabSize, 32]),
+      `tensor model.embed_tokens.weight has shape [${smolVocabSize},32] (32 inputs), but hidden_size is 64`,
+    ],
+    [
+      "an output layer of another width",
+      { tied: false },
+      reshaped("lm_head.weight", [smolVocabSize, 32]),
+      `tensor lm_head.weight has shape [${smolVocabSize},32] (32 inputs), but hidden_size is 64`,
+    ],
+    [
+      "a qwen2 lacking one layer's key bias",
+      { modelType: "qwen2" },
+      (tensors) => tensors.delete("model.layers.1.self_attn.k_proj.bias"),
+      "missing tensor model.layers.1.self_attn.k_proj.bias (qwen2's q, k and v projections have biases)",
+    ],
+  ];
+  for (const [name, options, change, message] of cases) {
+    test(`${name}: one line naming config.json and the tensor`, () => {
+      const root = mkdtempSync(join(tmpdir(), "mlx-weights-"));
+      try {
+        const dir = join(root, "tiny");
+        writeTinyModel(dir, options);
+        const file = join(dir, "model.safetensors");
+        const { tensors } = mx.loadSafetensors(file);
+        change(tensors);
+        mx.evaluate(...tensors.values());
+        mx.saveSafetensors(file, tensors, { format: "mlx" });
+        for (const t of tensors.values()) t.free();
+        expect(() => loadModel(dir).free()).toThrow(
+          `${join(dir, "config.json")} does not match the weights: ${message}`,
+        );
+      } finally {
+        rmSync(root, { recursive: true, force: true });
+      }
+    });
+  }
+
+  /** Replaces the tensor `name` with random values of `shape`. */
+  function reshaped(name: string, shape: number[]) {
+    return (tensors: Map<string, mx.MxArray>) => {
+      tensors.get(name)!.free();
+      tensors.set(name, mx.keep(mx.scope(() => mx.random.normal(shape, mx.Dtype.float32))));
+    };
   }
 });
 

@@ -346,20 +346,27 @@ function checkTensorsFitConfig(
   expectSize("lm_head.weight", config.vocabSize, "vocab_size");
   checkOutputLayer(tensors, config, stage, mismatch);
   checkQuantizedShapes(tensors, config, source, mismatch);
+  expectInputs("model.embed_tokens.weight", config.hiddenSize, "hidden_size");
+  expectInputs("lm_head.weight", config.hiddenSize, "hidden_size");
   for (let layer = start; layer < end; layer++) {
     const prefix = `model.layers.${layer}`;
     expectSize(`${prefix}.input_layernorm.weight`, config.hiddenSize, "hidden_size");
+    expectSize(`${prefix}.post_attention_layernorm.weight`, config.hiddenSize, "hidden_size");
     expectSize(
       `${prefix}.self_attn.q_proj.weight`,
       config.numAttentionHeads * config.headDim,
       heads("num_attention_heads", config.numAttentionHeads),
     );
-    expectSize(
-      `${prefix}.self_attn.k_proj.weight`,
-      config.numKeyValueHeads * config.headDim,
-      heads("num_key_value_heads", config.numKeyValueHeads),
-    );
-    expectInputs(`${prefix}.self_attn.q_proj.weight`, config.hiddenSize, "hidden_size");
+    for (const part of ["k_proj", "v_proj"])
+      expectSize(
+        `${prefix}.self_attn.${part}.weight`,
+        config.numKeyValueHeads * config.headDim,
+        heads("num_key_value_heads", config.numKeyValueHeads),
+      );
+    for (const part of ["q_proj", "k_proj", "v_proj"])
+      expectInputs(`${prefix}.self_attn.${part}.weight`, config.hiddenSize, "hidden_size");
+    for (const norm of ["q_norm", "k_norm"])
+      expectSize(`${prefix}.self_attn.${norm}.weight`, config.headDim, "head_dim");
     expectInputs(
       `${prefix}.self_attn.o_proj.weight`,
       config.numAttentionHeads * config.headDim,
