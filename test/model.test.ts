@@ -640,6 +640,35 @@ describe("a config.json without rope_theta, rms_norm_eps or max_position_embeddi
     });
 });
 
+describe("a config.json's rope_scaling without a usable factor", () => {
+  // Read as factor 1, the model ran unscaled without a word (mlx-lm stops on each of these).
+  const cases: [Record<string, unknown>, string][] = [
+    [{ type: "linear", factor: "4" }, `config.json: 'rope_scaling.factor' is not a number ("4")`],
+    [
+      { rope_type: "llama3", factor: 8, low_freq_factor: "1" },
+      `config.json: 'rope_scaling.low_freq_factor' is not a number ("1")`,
+    ],
+    [{ type: "linear" }, "config.json: rope_scaling of type 'linear' needs a 'factor'"],
+    [
+      { rope_type: "llama3", low_freq_factor: 1, high_freq_factor: 4 },
+      "config.json: rope_scaling of type 'llama3' needs a 'factor'",
+    ],
+    [
+      { rope_type: "yarn", original_max_position_embeddings: 4096 },
+      "config.json: rope_scaling of type 'yarn' needs a 'factor'",
+    ],
+  ];
+  for (const [scaling, message] of cases)
+    test(`${JSON.stringify(scaling)}: refused, naming the key`, () => {
+      expect(() => parseConfig({ ...tinyConfig({}), rope_scaling: scaling })).toThrow(message);
+    });
+
+  test("a scaling that needs none (longrope), or none at all, still reads", () => {
+    expect(parseConfig(tinyConfig({ modelType: "phi3" })).ropeScaling?.type).toBe("longrope");
+    expect(parseConfig({ ...tinyConfig({}), rope_scaling: { rope_type: "default" } }).ropeScaling).toBeUndefined();
+  });
+});
+
 describe("a config.json written by transformers 5 (rope_theta and rope_scaling in rope_parameters)", () => {
   const rewritten = (dir: string, change: (config: Record<string, unknown>) => Record<string, unknown>) => {
     const configPath = join(dir, "config.json");

@@ -70,20 +70,33 @@ function parseRopeScaling(value: unknown, originalContext?: unknown): RopeScalin
   };
   const type = String(v.rope_type ?? v.type ?? "default");
   if (type === "default") return undefined;
+  // A value given but not a number is refused by name: a "factor": "4" read as no factor at all
+  // would run the model unscaled without a word.
+  const optional = (key: string): number | undefined => {
+    if (v[key] === undefined || v[key] === null) return undefined;
+    if (typeof v[key] === "number" && Number.isFinite(v[key])) return v[key];
+    throw new Error(`config.json: 'rope_scaling.${key}' is not a number (${JSON.stringify(v[key])})`);
+  };
+  const factor = optional("factor");
+  // These scale by it, and mlx-lm requires it.
+  if (factor === undefined && FACTOR_SCALINGS.includes(type))
+    throw new Error(`config.json: rope_scaling of type '${type}' needs a 'factor'`);
   return {
     type,
-    factor: num(v.factor, 1),
-    lowFreqFactor: v.low_freq_factor === undefined ? undefined : num(v.low_freq_factor),
-    highFreqFactor: v.high_freq_factor === undefined ? undefined : num(v.high_freq_factor),
-    originalMaxPositionEmbeddings:
-      v.original_max_position_embeddings === undefined ? undefined : num(v.original_max_position_embeddings),
+    factor: factor ?? 1,
+    lowFreqFactor: optional("low_freq_factor"),
+    highFreqFactor: optional("high_freq_factor"),
+    originalMaxPositionEmbeddings: optional("original_max_position_embeddings"),
     longFactor: Array.isArray(v.long_factor) ? v.long_factor.map((f) => num(f)) : undefined,
-    betaFast: v.beta_fast === undefined ? undefined : num(v.beta_fast),
-    betaSlow: v.beta_slow === undefined ? undefined : num(v.beta_slow),
-    mscale: v.mscale === undefined ? undefined : num(v.mscale),
-    mscaleAllDim: v.mscale_all_dim === undefined ? undefined : num(v.mscale_all_dim),
+    betaFast: optional("beta_fast"),
+    betaSlow: optional("beta_slow"),
+    mscale: optional("mscale"),
+    mscaleAllDim: optional("mscale_all_dim"),
   };
 }
+
+/** The RoPE scalings whose `factor` sets how far they stretch the rotations. */
+const FACTOR_SCALINGS = ["linear", "dynamic", "llama3", "yarn"];
 
 function parseQuantization(
   raw: Record<string, unknown>,
