@@ -19,7 +19,7 @@ import {
 import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { cliRunner, interruptWhileInUse, mainScript } from "./helpers/cli";
-import { tinyLlamaGGUF, writeGGUF } from "./helpers/gguf-writer";
+import { tinyLlamaGGUF, writeGGUF, type GGUFTensor } from "./helpers/gguf-writer";
 
 const TEST_TIMEOUT_MS = 30_000;
 const fixture = join(import.meta.dir, "fixtures", "gguf-quants.gguf");
@@ -78,6 +78,43 @@ describe("mlx convert <gguf> <dir>", () => {
         const answer = await mlx(["run", "-m", dir, "--max-tokens", "3", "--json", "Hi"]);
         expect([dir, answer.code, JSON.parse(answer.stdout).token_ids.length]).toEqual([dir, 0, 3]);
       }
+    },
+    TEST_TIMEOUT_MS * 2,
+  );
+
+  test(
+    "a GGUF that does not load (a tensor missing, one of the wrong shape) is refused: no directory, nothing stored",
+    async () => {
+      // Converted without a word, it became a directory (or a stored model) that failed at every load.
+      const shape = { hidden: 64, heads: 4, kvHeads: 2, ffn: 128, layers: 2, type: "F32" } as const;
+      const broken: [string, (tensors: GGUFTensor[]) => GGUFTensor[], string][] = [
+        [
+          "missing",
+          (tensors) => tensors.filter((t) => t.name !== "blk.1.ffn_up.weight"),
+          "cannot load the conversion: weight 'model.layers.1.mlp.up_proj.weight' is missing from the model files",
+        ],
+        [
+          "misshapen",
+          (tensors) =>
+            tensors.map((t) =>
+              t.name === "blk.0.attn_v.weight" ? { ...t, dims: [64, 16], values: t.values.subarray(0, 64 * 16) } : t,
+            ),
+          "config.json does not match the weights: tensor model.layers.0.self_attn.v_proj.weight has shape [16,64], but num_key_value_heads × head_dim (2 × 16) is 32",
+        ],
+      ];
+      for (const [name, change, reason] of broken) {
+        const gguf = join(work, `${name}.gguf`);
+        const { metadata, tensors } = tinyLlamaGGUF(shape);
+        writeGGUF(gguf, metadata, change(tensors));
+        const message = `error: ${gguf} does not convert into a model that loads: ${reason}`;
+        const out = join(work, `${name}-out`);
+        const intoDirectory = await mlx(["convert", gguf, out]);
+        expect([intoDirectory.code, errorLines(intoDirectory.stderr)]).toEqual([1, [message]]);
+        const intoStore = await mlx(["convert", gguf]);
+        expect([intoStore.code, errorLines(intoStore.stderr)]).toEqual([1, [message]]);
+      }
+      expect(readdirSync(work).filter((f) => !f.endsWith(".gguf") && f !== "home")).toEqual([]);
+      expect((await mlx(["list", "--json"])).stdout.trim()).toBe("[]");
     },
     TEST_TIMEOUT_MS * 2,
   );

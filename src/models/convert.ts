@@ -7,7 +7,7 @@ import { ggufModel, hfTensorName, quantizationOf, type GGUFModel } from "./gguf"
 import { readGGUFHeader, refuseSplitGGUF, type GGUFHeader } from "./gguf-header";
 import { sentenceTransformersPoolingFiles } from "./pooling";
 import { keptQuantizedTypes, loadGGUFTensors, widenedTypes } from "./gguf-tensors";
-import { withModelErrors } from "./load";
+import { loadModel, withModelErrors } from "./load";
 import { nextTurn } from "../event-loop";
 import { cachedTokenizerFiles } from "../tokenizer/gguf-cache";
 import { writeErrorReason } from "../format";
@@ -76,6 +76,7 @@ export async function convertGGUF(
     // Write everything into a sibling folder first and rename it into place, so an
     // interrupted conversion never leaves a directory that looks complete.
     const staging = `${target}.partial-${process.pid}`;
+    let result: ConvertResult;
     try {
       mkdirSync(dirname(target), { recursive: true });
       rmSync(staging, { recursive: true, force: true });
@@ -92,6 +93,15 @@ export async function convertGGUF(
         mkdirSync(dirname(join(staging, name)), { recursive: true });
         json(name, value);
       }
+      // Freed before the check below reads the conversion back, so the model is held once.
+      result = {
+        dir: target,
+        tensors: gguf.tensors.size,
+        bytes: [...gguf.tensors.values()].reduce((n, t) => n + t.nbytes, 0),
+      };
+      for (const t of gguf.tensors.values()) t.free();
+      gguf.tensors.clear();
+      refuseUnloadable(staging, ggufPath);
       rmSync(target, { recursive: true, force: true });
       renameSync(staging, target);
     } catch (error) {
@@ -105,10 +115,24 @@ export async function convertGGUF(
         throw new Error(`cannot write ${target}: ${(error as Error).message.slice(weights.length)}`, { cause: error });
       throw error;
     }
-    const bytes = [...gguf.tensors.values()].reduce((n, t) => n + t.nbytes, 0);
-    return { dir: target, tensors: gguf.tensors.size, bytes };
+    return result;
   } finally {
     for (const t of gguf.tensors.values()) t.free();
+  }
+}
+
+/**
+ * A conversion the loader refuses (a GGUF lacking a tensor, or holding one of the wrong shape:
+ * nothing reads them before the model is built) must not become a directory that looks complete,
+ * nor a stored model: it is loaded once, as `mlx run -m` and mlx-lm would, and refused in its
+ * words, named by the GGUF (the folder it names is removed).
+ */
+function refuseUnloadable(dir: string, ggufPath: string): void {
+  try {
+    loadModel(dir).free();
+  } catch (error) {
+    const reason = (error as Error).message.replaceAll(`${dir}/`, "").replaceAll(dir, "the conversion");
+    throw new Error(`${ggufPath} does not convert into a model that loads: ${reason}`, { cause: error });
   }
 }
 
