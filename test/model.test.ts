@@ -817,6 +817,13 @@ describe("a config.json that does not describe the weights", () => {
       { mlp_bias: true },
       "does not match the weights: missing tensor model.layers.0.mlp.gate_proj.bias (mlp_bias is true)",
     ],
+    // Read as a llama its q/k norms were left aside without a word: the model answered garbage (mlx-lm refuses them).
+    [
+      "a qwen3's weights under model_type llama",
+      { model_type: "llama" },
+      "does not match the weights: tensor model.layers.0.self_attn.k_norm.weight (and 3 more) is not part of a llama model",
+      { modelType: "qwen3", tied: true },
+    ],
     [
       "a qwen2 without its q, k and v biases",
       { model_type: "qwen2" },

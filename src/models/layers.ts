@@ -13,6 +13,8 @@ export class Weights {
   readonly derived: MxArray[] = [];
   /** The linear layers adapters may adapt (registered as the model is built). */
   readonly lora = new LoraLayers();
+  /** The names the model's construction read (get, optional): what it left unread it never uses. */
+  readonly #read = new Set<string>();
 
   constructor(
     readonly tensors: Map<string, MxArray>,
@@ -46,6 +48,7 @@ export class Weights {
       parts[i]!.free();
     }
     this.tensors.set(as, fused);
+    this.#read.add(as);
     return fused;
   }
 
@@ -78,11 +81,18 @@ export class Weights {
   get(name: string): MxArray {
     const t = this.tensors.get(name);
     if (!t) throw new Error(`weight '${name}' is missing from the model files`);
+    this.#read.add(name);
     return t;
   }
 
   optional(name: string): MxArray | undefined {
+    this.#read.add(name);
     return this.tensors.get(name);
+  }
+
+  /** The tensors the model's construction never read, by name. */
+  unread(): string[] {
+    return [...this.tensors.keys()].filter((name) => !this.#read.has(name)).sort();
   }
 
   /** How the layer at `prefix` is quantized, or undefined when it holds plain weights. */

@@ -270,6 +270,7 @@ function* assemble(
   const weights = new Weights(tensors, layersConfig, stage, shard);
   if (shard) weights.lora.cuts = cuts;
   const model = withModelErrors(path, () => buildModel(weights));
+  refuseUnreadTensors(weights, config, format === "mlx" ? join(path, "config.json") : path);
   yield;
   // Read every weight now, so a truncated or corrupt file fails here rather than mid-answer.
   withModelErrors(path, () => mx.evaluate(...tensors.values()));
@@ -399,6 +400,21 @@ function promisedBiases(config: ModelConfig): [string[], string][] {
     promised.push([attention.slice(0, 3), "qwen2's q, k and v projections have biases"]);
   if (config.mlpBias) promised.push([["gate_proj", "up_proj", "down_proj"].map((p) => `mlp.${p}`), "mlp_bias is true"]);
   return promised;
+}
+
+/**
+ * Weights the model never reads mean config.json describes another model than the weights (a
+ * Qwen3's q/k norms under model_type llama): it would answer garbage without a word, where
+ * mlx-lm refuses them ("parameters not in model"). Its arrays are freed first.
+ */
+function refuseUnreadTensors(weights: Weights, config: ModelConfig, source: string): void {
+  const unread = weights.unread();
+  if (unread.length === 0) return;
+  for (const t of [...weights.tensors.values(), ...weights.derived]) t.free();
+  const more = unread.length > 1 ? ` (and ${unread.length - 1} more)` : "";
+  throw new ModelLoadError(
+    `${source} does not match the weights: tensor ${unread[0]}${more} is not part of a ${config.modelType} model`,
+  );
 }
 
 /**
