@@ -893,6 +893,12 @@ describe("weights that do not fit config.json", () => {
       `tensor lm_head.weight has shape [${smolVocabSize},32] (32 inputs), but hidden_size is 64`,
     ],
     [
+      "an affine-quantized layer without its biases",
+      { quantize: { groupSize: 32, bits: 4 } },
+      (tensors) => tensors.delete("model.layers.0.mlp.up_proj.biases"),
+      "missing tensor model.layers.0.mlp.up_proj.biases (an affine-quantized layer has biases beside its scales)",
+    ],
+    [
       "a qwen2 lacking one layer's key bias",
       { modelType: "qwen2" },
       (tensors) => tensors.delete("model.layers.1.self_attn.k_proj.bias"),

@@ -468,6 +468,9 @@ function checkQuantizedShapes(
       throw new ModelLoadError(
         `${source}: '${prefix}' is quantized in mode '${quant.mode}', which MLX does not have (${MLX_QUANTIZATION_MODES.join(", ")})`,
       );
+    // Affine codes are read as scale × code + bias per group: without the biases MLX stops at the first product, in its words.
+    if (quant.mode === "affine" && !tensors.has(`${prefix}.biases`))
+      throw mismatch(`missing tensor ${prefix}.biases (an affine-quantized layer has biases beside its scales)`);
     if (linearInputs(weight, quant) !== scales.shape.at(-1)! * quant.groupSize)
       throw mismatch(
         `'${prefix}' has weight [${weight.shape}] and scales [${scales.shape}], which do not fit ${quant.bits}-bit quantization in groups of ${quant.groupSize}`,
