@@ -899,6 +899,18 @@ describe("weights that do not fit config.json", () => {
       "missing tensor model.layers.0.mlp.up_proj.biases (an affine-quantized layer has biases beside its scales)",
     ],
     [
+      "a norm weight of two dimensions",
+      {},
+      reshaped("model.layers.1.input_layernorm.weight", [64, 1]),
+      "tensor model.layers.1.input_layernorm.weight has shape [64,1], but hidden_size is 64",
+    ],
+    [
+      "a bias of another length than its layer's outputs",
+      { modelType: "qwen2" },
+      reshaped("model.layers.0.self_attn.q_proj.bias", [32]),
+      "tensor model.layers.0.self_attn.q_proj.bias has shape [32], but its weight has shape [64,64]",
+    ],
+    [
       "a qwen2 lacking one layer's key bias",
       { modelType: "qwen2" },
       (tensors) => tensors.delete("model.layers.1.self_attn.k_proj.bias"),

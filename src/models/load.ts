@@ -328,9 +328,11 @@ function checkTensorsFitConfig(
       const name = someName ? someName.replace(`.${someLayer}.`, `.${layer}.`) : `model.layers.${layer}.*`;
       throw mismatch(`missing tensor ${name} (${layerCount})`);
     }
+  // A matrix by its rows; a norm's weight whole (one of [64, 1] failed at the first token in MLX's words).
   const expectSize = (name: string, size: number, what: string) => {
     const shape = tensors.get(name)?.shape;
-    if (shape && shape[0] !== size) throw mismatch(`tensor ${name} has shape [${shape}], but ${what} is ${size}`);
+    const fits = name.endsWith("norm.weight") ? shape?.length === 1 && shape[0] === size : shape?.[0] === size;
+    if (shape && !fits) throw mismatch(`tensor ${name} has shape [${shape}], but ${what} is ${size}`);
   };
   const expectInputs = (name: string, size: number, what: string) => {
     const weight = tensors.get(name);
@@ -346,6 +348,12 @@ function checkTensorsFitConfig(
   expectSize("model.embed_tokens.weight", config.vocabSize, "vocab_size");
   expectSize("lm_head.weight", config.vocabSize, "vocab_size");
   checkOutputLayer(tensors, config, stage, mismatch);
+  // A bias holds one value per output of its layer (per expert, for stacked experts).
+  for (const [name, bias] of tensors) {
+    const weight = name.endsWith(".bias") && tensors.get(`${name.slice(0, -".bias".length)}.weight`);
+    if (weight && bias.shape.join() !== weight.shape.slice(0, -1).join())
+      throw mismatch(`tensor ${name} has shape [${bias.shape}], but its weight has shape [${weight.shape}]`);
+  }
   checkQuantizedShapes(tensors, config, source, mismatch);
   expectInputs("model.embed_tokens.weight", config.hiddenSize, "hidden_size");
   expectInputs("lm_head.weight", config.hiddenSize, "hidden_size");
