@@ -818,10 +818,11 @@ describe("an unreadable manifest", () => {
       bits: 4,
       mode: "affine",
       "model.embed_tokens": { group_size: 32, bits: 8 },
+      "lm_head": false, // left unquantized: an override too
     };
     writeFileSync(join(dir, "config.json"), JSON.stringify(config));
     expect((await cliResult(["show", dir])).stdout).toMatch(
-      /^quantization +4-bit affine, group 64 \(1 layers differ\)\n/m,
+      /^quantization +4-bit affine, group 64 \(2 layers differ\)\n/m,
     );
     // A stored model's says it once, on the manifest's line.
     await pull(dir);

@@ -151,7 +151,8 @@ function configLines(config: Record<string, unknown>): string[][] {
   return Object.entries(config).map(([k, v]) => {
     if (k === "quantization" && v && typeof v === "object") {
       const { bits, group_size: groupSize, mode, ...rest } = v as Record<string, unknown>;
-      const layers = Object.values(rest).filter((o) => o && typeof o === "object").length;
+      // An override is a layer's own quantization, or false for a layer left unquantized.
+      const layers = Object.values(rest).filter((o) => o === false || (o && typeof o === "object")).length;
       const text = `${bits}-bit${mode ? ` ${mode}` : ""}${groupSize ? `, group ${groupSize}` : ""}`;
       return [k, layers ? `${text} (${layers} layers differ)` : text];
     }
