@@ -120,6 +120,34 @@ describe("mlx convert <gguf> <dir>", () => {
   );
 
   test(
+    "a GGUF of an architecture we do not run is refused naming the file, as mlx run names it",
+    async () => {
+      const gguf = join(work, "phi.gguf");
+      const { metadata, tensors } = tinyLlamaGGUF({
+        hidden: 64,
+        heads: 4,
+        kvHeads: 2,
+        ffn: 128,
+        layers: 1,
+        type: "F32",
+      });
+      const renamed = Object.fromEntries(
+        Object.entries(metadata).map(([k, v]) => [
+          k.replace(/^llama\./, "phi2."),
+          k === "general.architecture" ? "phi2" : v,
+        ]),
+      );
+      writeGGUF(gguf, renamed, tensors);
+      const converted = await mlx(["convert", gguf, join(work, "phi-out")]);
+      expect(converted.code).toBe(1);
+      expect(errorLines(converted.stderr)).toEqual([
+        expect.stringMatching(new RegExp(`^error: cannot load ${gguf}: unsupported GGUF architecture 'phi2'`)),
+      ]);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "refuses an output directory that holds the source, or is it, and deletes nothing",
     async () => {
       const dir = join(work, "d");

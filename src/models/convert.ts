@@ -53,8 +53,8 @@ export async function convertGGUF(
   // option or an output it cannot write. The header check refuses a corrupt file before MLX reads it.
   const header = withModelErrors(ggufPath, () => readGGUFHeader(ggufPath));
   refuseSplitGGUF(header, ggufPath);
-  const gguf = ggufModel(
-    withModelErrors(ggufPath, () => loadGGUFTensors(ggufPath, header, undefined, { halfGroups: false })),
+  const gguf = withModelErrors(ggufPath, () =>
+    ggufModel(loadGGUFTensors(ggufPath, header, undefined, { halfGroups: false })),
   );
   try {
     if (bits > 0) await requantize(gguf, header, { bits, groupSize, floats: asked !== undefined });
