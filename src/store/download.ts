@@ -401,26 +401,27 @@ function contentRangeTotal(header: string | null): number | undefined {
 }
 
 /** The URL as it may appear in messages: index URLs often carry a token as user:password. */
-export function withoutCredentials(url: string): string {
-  try {
-    const parsed = new URL(url);
-    parsed.username = "";
-    parsed.password = "";
-    return parsed.href;
-  } catch {
-    return url;
-  }
-}
+export const withoutCredentials = (url: string): string =>
+  edited(url, (u) => {
+    u.username = "";
+    u.password = "";
+  });
 
 /**
  * The URL without its query and fragment, as a download's messages show it: a storage link
  * (the hub's CDN, S3) carries its signature there, a credential of an hour, and a thousand characters.
  */
-function withoutQuery(url: string): string {
+const withoutQuery = (url: string): string =>
+  edited(url, (u) => {
+    u.search = "";
+    u.hash = "";
+  });
+
+/** `url` as `edit` leaves it; as it is where it is not a URL. */
+function edited(url: string, edit: (parsed: URL) => void): string {
   try {
     const parsed = new URL(url);
-    parsed.search = "";
-    parsed.hash = "";
+    edit(parsed);
     return parsed.href;
   } catch {
     return url;
