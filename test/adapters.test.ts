@@ -421,6 +421,30 @@ test("mlx serve refuses an --adapter name that already names a model, which it w
     });
 }, 150_000);
 
+test("mlx serve: a models.toml alias whose adapter does not fit is a 500 naming it, and the base it loaded idles out", async () => {
+  const misfit = join(root, "misfit-alias");
+  writeRandomAdapter(misfit, { layers: { "model.layers.0.self_attn.q_proj": [32, 64] } });
+  const aliasHome = join(root, "misfit-home");
+  mkdirSync(aliasHome, { recursive: true });
+  writeFileSync(join(aliasHome, "models.toml"), `[models.tiny-misfit]\nsource = "${model}"\nadapter = "${misfit}"\n`);
+  const storeBefore = process.env.MLX_HOME;
+  process.env.MLX_HOME = aliasHome;
+  const server = serve({ keepAliveMs: 200 });
+  try {
+    const r = await post(`${server.url}/v1/completions`, { model: "tiny-misfit", prompt: "Hi", max_tokens: 2 });
+    expect(r.status).toBe(500);
+    expect(r.json.error.message).toContain("'model.layers.0.self_attn.q_proj' has lora_a [32,4]");
+    // The base was loaded for the request before its adapter failed: it was held with no
+    // keep-alive clock at all (in /api/ps for ever, its store files in use).
+    await eventually(() => server.state.models.loaded.length === 0, 10_000);
+    // And the server still answers the base.
+    expect((await post(`${server.url}/v1/completions`, { model, prompt: "Hi", max_tokens: 2 })).status).toBe(200);
+  } finally {
+    await server.stop();
+    process.env.MLX_HOME = storeBefore;
+  }
+}, 60_000);
+
 describe("mlx serve with adapters", () => {
   let server: RunningServer;
   let client: OpenAI;

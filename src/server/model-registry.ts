@@ -283,8 +283,16 @@ export class ModelRegistry {
       if (signal?.aborted) this.#wakeWaitingForRoom();
     }
     const held = entry;
-    // "m:latest" is "m" where no model has that name: with m's adapter.
-    const adapter = this.#adapter(held, this.#untagged.get(name) ?? name);
+    let adapter: Adapter | undefined;
+    try {
+      // "m:latest" is "m" where no model has that name: with m's adapter.
+      adapter = this.#adapter(held, this.#untagged.get(name) ?? name);
+    } catch (error) {
+      // The model stays loaded, but no request holds it: its keep-alive clock starts now (a
+      // model loaded for this request had none, and stayed loaded for ever).
+      if (held.active === 0) this.#scheduleExpiry(held);
+      throw error;
+    }
     if (keepAliveMs !== undefined) held.keepAliveMs = keepAliveMs;
     held.active++;
     held.lastUsed = Date.now();
