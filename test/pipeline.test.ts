@@ -454,6 +454,29 @@ describe("mlx launch -- serve", () => {
     expect(await completeTogether(server, requests)).toEqual(expected);
   }, 120_000);
 
+  test("an adapter of a layer past the model's last is refused split as in one process, not dropped by every rank", async () => {
+    const { hidden, heads, headDim } = tinyDims;
+    const adapter = join(dir, "adapter-past-last");
+    // Layers 3-5 of the 5-layer model: layer 5 is none's.
+    writeRandomAdapter(adapter, {
+      layers: lastLayers(6, 3, { "self_attn.q_proj": [hidden, heads * headDim] }),
+      seed: 2,
+      strength: 0.5,
+    });
+    const run = ["run", "-m", tiny, "--max-tokens", "4", "--adapter", adapter, "Hello"];
+    const error =
+      /adapters\.safetensors: 'model\.layers\.5\.self_attn\.q_proj\.lora_[ab]' names no linear layer this model can adapt \('model\.layers\.5\.self_attn\.q_proj'\)\n$/;
+    const alone = await mlx(run);
+    expect(alone.code).toBe(1);
+    expect(alone.stderr).toMatch(error);
+    // Each rank left the tensors of layers it does not hold to the others: the split run
+    // answered with the adapter's other layers only, without a word.
+    const split = await launch(["-n", "2"], [...run, "--layers", "0-2,3-4"]);
+    expect(split.code).toBe(1);
+    expect(split.stderr).toMatch(/error: rank 0 exited with status 1: \S+adapter-past-last\//);
+    expect(split.stderr).toMatch(error);
+  }, 120_000);
+
   test("concurrent streams: several micro-batches in flight on 3 ranks (one with --micro-batches 1), each stream as one process gives it alone", async () => {
     const requests = ["The sky", "A dog and a cat", "Numbers:", "Hello", "Rain falls", "Once", "Why?", "Blue"].map(
       (prompt, i) => ({ model: tiny, prompt, max_tokens: 6 + 3 * i, temperature: i === 3 ? 0.9 : 0, seed: 11 }),

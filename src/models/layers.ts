@@ -25,6 +25,7 @@ export class Weights {
     readonly shard?: Shard,
   ) {
     this.lora.stage = stage;
+    this.lora.layerCount = config.numHiddenLayers;
   }
 
   /** Keeps an array made from the weights for the model's life, evaluated now. */

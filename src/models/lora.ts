@@ -11,7 +11,7 @@ import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import { AdapterError } from "../errors";
 import type { ShardCut } from "./shard";
-import { stageHolds, type Stage } from "./stage";
+import { stageHolds, tensorPart, type Stage } from "./stage";
 
 /** A linear layer adapters may adapt: its shape, and its weight as a dense matrix (for DoRA and fusing). */
 export interface AdaptableLayer {
@@ -94,6 +94,8 @@ export class LoraLayers {
   #rows?: (Adapter | undefined)[];
   /** The part of a split model this process holds: an adapter's tensors for other layers are left to their processes. */
   stage?: Stage;
+  /** The whole model's decoder layers (with a stage): a tensor of a layer past the last is no process's. */
+  layerCount?: number;
   mirror?: AdapterMirror;
   /** Under tensor parallel, what this rank holds of each projection: an adapter is cut alike. */
   cuts?: Map<string, ShardCut>;
@@ -332,7 +334,7 @@ export function loadAdapter(dir: string, base: LoraLayers): Adapter {
   try {
     if (tensors.size === 0) throw new AdapterError(`${file} holds no adapter tensors`);
     for (const [name, t] of tensors) {
-      if (base.stage && !stageHolds(base.stage, name)) {
+      if (base.stage && !stageHolds(base.stage, name) && !pastLastLayer(base, name)) {
         tensors.delete(name);
         t.free();
         continue;
@@ -412,6 +414,12 @@ export function loadAdapter(dir: string, base: LoraLayers): Adapter {
     for (const t of trained.values()) t?.free();
     throw error;
   }
+}
+
+/** Whether `name` is a tensor of a layer the split model does not have, which no process would check. */
+function pastLastLayer(base: LoraLayers, name: string): boolean {
+  const part = tensorPart(name);
+  return typeof part === "number" && base.layerCount !== undefined && part >= base.layerCount;
 }
 
 /** `t` in float32 (itself when it is). */
