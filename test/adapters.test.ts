@@ -445,6 +445,29 @@ test("mlx serve: a models.toml alias whose adapter does not fit is a 500 naming 
   }
 }, 60_000);
 
+test("mlx serve lists a base loaded for an adapter's name under the base's name (/api/ps, mlx stop)", async () => {
+  const storeBefore = process.env.MLX_HOME;
+  process.env.MLX_HOME = home;
+  const server = serve({ adapters: new Map([["tuned-x", { base: "tiny", dir: adapterB }]]) });
+  const loaded = async (): Promise<string[]> =>
+    ((await (await fetch(`${server.url}/api/ps`)).json()) as { models: { name: string }[] }).models.map((m) => m.name);
+  const complete = (name: string) => post(`${server.url}/v1/completions`, { model: name, prompt: "Hi", max_tokens: 2 });
+  try {
+    // It was listed as 'tuned-x' (an adapter's name, with no parent model): `mlx stop tiny` said
+    // tiny was not loaded, and `mlx stop tuned-x` unloaded the base of every adapter.
+    expect((await complete("tuned-x")).status).toBe(200);
+    expect(await loaded()).toEqual(["tiny"]);
+    expect((await post(`${server.url}/api/generate`, { model: "tiny", keep_alive: 0 })).status).toBe(200);
+    await eventually(async () => (await loaded()).length === 0, 10_000);
+    // A models.toml alias of the base plus an adapter loads the base's entry too.
+    expect((await complete("tiny-tuned")).status).toBe(200);
+    expect(await loaded()).toEqual(["tiny"]);
+  } finally {
+    await server.stop();
+    process.env.MLX_HOME = storeBefore;
+  }
+}, 60_000);
+
 describe("mlx serve with adapters", () => {
   let server: RunningServer;
   let client: OpenAI;

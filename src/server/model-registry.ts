@@ -14,7 +14,7 @@ import {
   type SpeculationChoice,
 } from "../models/load";
 import { resolveModelPath } from "../store/resolve";
-import { aliasAdapter, aliasCacheSettings, aliasSpeculation } from "../store/aliases";
+import { aliasAdapter, aliasAdapterBase, aliasCacheSettings, aliasSpeculation } from "../store/aliases";
 import { loadAdapter, type Adapter } from "../models/lora";
 import { applySettings } from "../engine/model-settings";
 import { clearMemoryCache } from "../engine/device";
@@ -267,7 +267,7 @@ export class ModelRegistry {
       if (!entry) {
         const started = performance.now();
         if (keepAliveMs !== undefined) this.#keepAliveAsked.set(key, keepAliveMs);
-        entry = await untilAborted(this.#load(name, path, key, settings), signal);
+        entry = await untilAborted(this.#load(this.#listedName(name, path, key), path, key, settings), signal);
         loadMs = performance.now() - started;
       }
       if (name === this.options.pinned) this.#pinnedFailure = undefined;
@@ -364,6 +364,17 @@ export class ModelRegistry {
       ...aliasCacheSettings(own, this.options),
       speculation: this.options.speculation ?? aliasSpeculation(own),
     };
+  }
+
+  /**
+   * The name the model loaded for a request naming `name` is listed by (/api/ps, mlx stop): an
+   * adapter's base, whose entry it is (unless the name's own settings make it another entry).
+   */
+  #listedName(name: string, path: string, key: string): string {
+    const own = this.#untagged.get(name) ?? name;
+    const served = this.options.adapters?.get(own);
+    const base = served ? (served.base ?? this.options.pinned) : aliasAdapterBase(own);
+    return base !== undefined && this.#key(path, this.#settings(base)) === key ? base : name;
   }
 
   #key(path: string, settings: LoadSettings): string {

@@ -321,10 +321,20 @@ export function aliasKvQuantization(spec: string | undefined): KvQuantization | 
  * resolving the name follows that chain to the base's weights.
  */
 export function aliasAdapter(spec: string | undefined): string | undefined {
+  return adapterAlias(spec)?.adapter;
+}
+
+/** The model models.toml applies the adapter of `spec` to (aliasAdapter): the source of the alias that has it. */
+export function aliasAdapterBase(spec: string | undefined): string | undefined {
+  return adapterAlias(spec)?.source;
+}
+
+/** The alias of `spec`'s chain that has an adapter, if any. */
+function adapterAlias(spec: string | undefined): ModelAlias | undefined {
   const table = loadAliases();
   // At most one alias of the chain has an adapter (checkAliasChains), and the chain ends.
   for (let name = spec ?? table.defaultModel, alias = table.models.get(name); alias; ) {
-    if (alias.adapter) return alias.adapter;
+    if (alias.adapter) return alias;
     if (alias.source === name) return undefined;
     name = alias.source;
     alias = table.models.get(name);
