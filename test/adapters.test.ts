@@ -434,6 +434,8 @@ test("mlx serve: a models.toml alias whose adapter does not fit is a 500 naming 
     const r = await post(`${server.url}/v1/completions`, { model: "tiny-misfit", prompt: "Hi", max_tokens: 2 });
     expect(r.status).toBe(500);
     expect(r.json.error.message).toContain("'model.layers.0.self_attn.q_proj' has lora_a [32,4]");
+    // The same adapter fails the same way again: OpenAI's and Anthropic's clients retried it twice.
+    expect(r.headers.get("x-should-retry")).toBe("false");
     // The base was loaded for the request before its adapter failed: it was held with no
     // keep-alive clock at all (in /api/ps for ever, its store files in use).
     await eventually(() => server.state.models.loaded.length === 0, 10_000);

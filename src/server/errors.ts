@@ -124,8 +124,11 @@ export function toApiError(error: unknown, onInternal?: (error: unknown) => void
   // The operator's file, not the request, is at fault: a server error that names it (README, "The model store").
   if (error instanceof ConfigError)
     return new ApiError(500, error.message.split("\n")[0]!, "server_error", null, "invalid_config");
+  // An adapter's files fail to load the same way again: not retried (see ChatTemplateUnsupportedError).
   if (error instanceof AdapterError)
-    return new ApiError(500, error.message.split("\n")[0]!, "server_error", "model", "adapter_load_failed");
+    return new ApiError(500, error.message.split("\n")[0]!, "server_error", "model", "adapter_load_failed", {
+      "x-should-retry": "false",
+    });
   if (error instanceof ModelLoadError)
     return new ApiError(500, error.message.split("\n")[0]!, "server_error", "model", "model_load_failed");
   // The same request fails the same way again: OpenAI's and Anthropic's clients retry a 500 unless told not to.
