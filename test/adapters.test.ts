@@ -470,6 +470,31 @@ test("mlx serve lists a base loaded for an adapter's name under the base's name 
   }
 }, 60_000);
 
+test("mlx serve's /api/show of an adapter's name shows its ADAPTER and base, as /api/tags lists them", async () => {
+  const storeBefore = process.env.MLX_HOME;
+  process.env.MLX_HOME = home;
+  const server = serve({ adapters: new Map([["tuned-x", { base: "tiny", dir: adapterB }]]) });
+  try {
+    const ollama = new Ollama({ host: server.url });
+    // Both were shown as the base alone: FROM its files, no parent model.
+    for (const [name, dir] of [
+      ["tuned-x", adapterB],
+      ["tiny-tuned", adapterA],
+    ] as const) {
+      const shown = await ollama.show({ model: name });
+      expect(shown.modelfile).toStartWith(`FROM ${model}\nADAPTER ${dir}\n`);
+      expect(shown.details.parent_model).toBe("tiny");
+    }
+    expect((await ollama.list()).models.find((m) => m.name === "tuned-x")!.details.parent_model).toBe("tiny");
+    const base = await ollama.show({ model: "tiny" });
+    expect(base.modelfile).not.toContain("ADAPTER");
+    expect(base.details.parent_model).toBe("");
+  } finally {
+    await server.stop();
+    process.env.MLX_HOME = storeBefore;
+  }
+}, 60_000);
+
 describe("mlx serve with adapters", () => {
   let server: RunningServer;
   let client: OpenAI;

@@ -371,9 +371,7 @@ export class ModelRegistry {
    * adapter's base, whose entry it is (unless the name's own settings make it another entry).
    */
   #listedName(name: string, path: string, key: string): string {
-    const own = this.#untagged.get(name) ?? name;
-    const served = this.options.adapters?.get(own);
-    const base = served ? (served.base ?? this.options.pinned) : aliasAdapterBase(own);
+    const base = this.adapterBase(this.#untagged.get(name) ?? name);
     return base !== undefined && this.#key(path, this.#settings(base)) === key ? base : name;
   }
 
@@ -457,11 +455,22 @@ export class ModelRegistry {
     return promise;
   }
 
-  /** The adapter `name` stands for on `entry`'s model, loaded on first use; undefined for a plain model. */
-  #adapter(entry: LoadedEntry, name: string): Adapter | undefined {
+  /** The adapter directory `name` stands for (serve --adapter, or its models.toml alias), read once; undefined for a plain model. */
+  adapterDir(name: string): string | undefined {
     if (!this.#adapterDirs.has(name))
       this.#adapterDirs.set(name, this.options.adapters?.get(name)?.dir ?? aliasAdapter(name));
-    const dir = this.#adapterDirs.get(name);
+    return this.#adapterDirs.get(name);
+  }
+
+  /** The model `name`'s adapter is applied to (adapterDir), by the name the server lists it by. */
+  adapterBase(name: string): string | undefined {
+    const served = this.options.adapters?.get(name);
+    return served ? (served.base ?? this.options.pinned) : aliasAdapterBase(name);
+  }
+
+  /** The adapter `name` stands for on `entry`'s model, loaded on first use; undefined for a plain model. */
+  #adapter(entry: LoadedEntry, name: string): Adapter | undefined {
+    const dir = this.adapterDir(name);
     if (!dir) return undefined;
     let adapter = entry.adapters.get(dir);
     if (!adapter) entry.adapters.set(dir, (adapter = loadAdapter(dir, entry.lm.weights.lora)));

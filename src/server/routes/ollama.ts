@@ -159,7 +159,12 @@ export function ollamaRoutes(s: ServerState): Hono {
     // of a loaded model (or wait until one is idle), and clients ask this of every model they list.
     const path = await modelFiles(s, model);
     const defaults = modelSamplingDefaults(path, model);
-    return c.json(showModel(path, storedByPath(await s.models.stored()).get(path), defaults, verbose));
+    const stored = storedByPath(await s.models.stored()).get(path);
+    const adapter = s.models.adapterDir(model);
+    const shown = showModel(path, stored, defaults, verbose, adapter);
+    // A base plus an adapter, as Ollama shows a model made with ADAPTER, and /api/tags its parent.
+    if (adapter !== undefined) shown.details.parent_model = s.models.adapterBase(model) ?? "";
+    return c.json(shown);
   });
 
   // Known Ollama routes this server does not implement: a clear 501 rather than a 404.
@@ -271,7 +276,13 @@ interface ModelFacts {
 }
 
 /** /api/show's answer for the model at `path`, from its files (its weights are not read). */
-function showModel(path: string, stored: IndexEntry | undefined, defaults: SamplingDefaults, verbose: boolean) {
+function showModel(
+  path: string,
+  stored: IndexEntry | undefined,
+  defaults: SamplingDefaults,
+  verbose: boolean,
+  adapter?: string,
+) {
   const facts = withModelErrors(path, () =>
     statSync(path).isDirectory() ? directoryFacts(path) : ggufFacts(readGGUFHeader(path)),
   );
@@ -279,7 +290,7 @@ function showModel(path: string, stored: IndexEntry | undefined, defaults: Sampl
   const values = samplingValues(defaults);
   return {
     license: "",
-    modelfile: `FROM ${path}\n${values.map(([name, value]) => `PARAMETER ${name} ${value}\n`).join("")}`,
+    modelfile: `FROM ${path}\n${adapter === undefined ? "" : `ADAPTER ${adapter}\n`}${values.map(([name, value]) => `PARAMETER ${name} ${value}\n`).join("")}`,
     parameters: values.map(([name, value]) => `${name.padEnd(30)} ${value}`).join("\n"),
     template: facts.template,
     details: ollamaDetails(
