@@ -2,7 +2,17 @@
 // adapter, clear errors for a bad adapter, and `mlx serve` answering the base and two adapters
 // of one loaded model at once, each request exactly as it is answered alone.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  cpSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  truncateSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Ollama } from "ollama";
@@ -245,6 +255,16 @@ describe("mlx run with adapters", () => {
       code: 1,
       stderr: `error: ${join(notObject, "adapter_config.json")} is not a JSON object (expected mlx-lm's adapter_config.json)\n`,
     });
+    // A download or copy cut short: one line naming the file once (it was 'cannot read FILE: cannot load safetensors FILE: ...').
+    const truncated = join(root, "truncated");
+    writeRandomAdapter(truncated, { layers: lastLayers(2, 2, projections) });
+    const truncatedFile = join(truncated, "adapters.safetensors");
+    truncateSync(truncatedFile, statSync(truncatedFile).size - 100);
+    const cut = await mlx(["run", "-m", "tiny", "--adapter", truncated, "hi"]);
+    expect(cut.code).toBe(1);
+    expect(cut.stderr).toStartWith(`error: cannot load safetensors ${truncatedFile}: `);
+    expect(cut.stderr.split(truncatedFile)).toHaveLength(2);
+    expect(cut.stderr.trim().split("\n")).toHaveLength(1);
   }, 60_000);
 
   test("an adapter whose matrices hold NaN or infinities (a training that diverged) is a one-line error naming the tensor", async () => {

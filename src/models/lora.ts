@@ -325,7 +325,8 @@ export function loadAdapter(dir: string, base: LoraLayers): Adapter {
   try {
     tensors = mx.loadSafetensors(file).tensors;
   } catch (error) {
-    throw new AdapterError(`cannot read ${file}: ${(error as Error).message}`);
+    // Its message names the file already ("cannot load safetensors FILE: ...").
+    throw new AdapterError((error as Error).message);
   }
   const layers = new Map<string, Partial<Record<"lora_a" | "lora_b" | "m", MxArray>>>();
   const lowRanks = new Map<string, LowRank>();
