@@ -55,7 +55,8 @@ beforeAll(() => {
   writeFileSync(
     join(home, "models.toml"),
     `[models.tiny]\nsource = "${model}"\n\n[models.tiny-tuned]\nsource = "tiny"\nadapter = "${adapterA}"\n` +
-      `\n[models.tiny-tuned-again]\nsource = "tiny-tuned"\n`,
+      `\n[models.tiny-tuned-again]\nsource = "tiny-tuned"\n` +
+      `\n[models.tiny-remote]\nprovider = "openai"\nbase_url = "http://127.0.0.1:9/v1"\nmodel = "tiny"\n`,
   );
 });
 afterAll(() => rmSync(root, { recursive: true, force: true }));
@@ -432,6 +433,14 @@ test("mlx serve loads its adapters with its model at start: one whose shapes do 
     await server.stop();
   }
 }, 90_000);
+
+test("mlx serve refuses --adapter on a -m served by a remote provider, as mlx run does", async () => {
+  // It started, listed the adapter's name, and answered every request for it with a 400.
+  expect(await serveRefused(["--adapter", `x=${adapterA}`], "tiny-remote")).toEqual({
+    code: 1,
+    stderr: "error: --adapter is for a model loaded here; 'tiny-remote' is served by a remote provider (models.toml)\n",
+  });
+}, 60_000);
 
 test("mlx serve refuses an --adapter name that already names a model, which it would hide", async () => {
   for (const name of [model, "tiny-tuned"])

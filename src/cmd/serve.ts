@@ -40,7 +40,11 @@ function servedAdapters(
 ): Map<string, { base: string | undefined; dir: string }> {
   const served = new Map<string, { base: string | undefined; dir: string }>();
   // Each adapter is applied to the base's own weights: an alias's adapter would be dropped, not chained.
-  const model = base ?? loadAliases().defaultModel;
+  const aliases = loadAliases();
+  const model = base ?? aliases.defaultModel;
+  // As mlx run says it: else the names are listed, and every request for one is refused.
+  if (specs.length > 0 && model !== undefined && aliases.remotes.has(model))
+    throw new Error(`--adapter is for a model loaded here; '${model}' is served by a remote provider (models.toml)`);
   const own = specs.length > 0 ? aliasAdapter(model) : undefined;
   if (own !== undefined)
     throw new Error(
