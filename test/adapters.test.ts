@@ -96,6 +96,18 @@ describe("mlx run with adapters", () => {
         `^error: ${toml}:\\d+: model 'tiny-tuned-twice': 'tiny-tuned-twice' and its source 'tiny-tuned' both have an adapter \\(one at a time\\)\n$`,
       ),
     );
+    // An adapter on a remote provider's model: it was 'model not found: <models.toml's directory>/tiny-remote'.
+    writeFileSync(
+      toml,
+      `${readFileSync(join(home, "models.toml"), "utf8")}\n[models.remote-tuned]\nsource = "tiny-remote"\nadapter = "${adapterB}"\n`,
+    );
+    const remote = await cliRunner(twiceHome)(["run", "-m", "remote-tuned", "hi"]);
+    expect(remote.code).toBe(1);
+    expect(remote.stderr).toMatch(
+      new RegExp(
+        `^error: ${toml}:\\d+: model 'remote-tuned': its source 'tiny-remote' is a remote model, which has no weights to load \\(a source is a pull source, a path or a local alias\\)\n$`,
+      ),
+    );
   }, 60_000);
 
   test("mlx cache-prompt refuses an alias with an adapter, whose keys and values it would not compute", async () => {
