@@ -536,6 +536,39 @@ test("mlx serve's /api/show of an adapter's name shows its ADAPTER and base, as 
   }
 }, 60_000);
 
+test("mlx serve: an alias's adapter edited in models.toml applies from the next request, as its other settings do", async () => {
+  const editHome = join(root, "edit-home");
+  mkdirSync(editHome, { recursive: true });
+  const toml = join(editHome, "models.toml");
+  const aliases = (dir: string) =>
+    `[models.tiny]\nsource = "${model}"\n\n[models.swap]\nsource = "tiny"\nadapter = "${dir}"\n\n` +
+    `[models.fixed-b]\nsource = "tiny"\nadapter = "${adapterB}"\n`;
+  writeFileSync(toml, aliases(adapterA));
+  const storeBefore = process.env.MLX_HOME;
+  process.env.MLX_HOME = editHome;
+  const server = serve();
+  const answer = async (name: string) =>
+    (
+      await post(`${server.url}/v1/completions`, {
+        model: name,
+        prompt: "Once upon a time",
+        max_tokens: 12,
+        temperature: 0,
+      })
+    ).json.choices[0].text;
+  try {
+    const withA = await answer("swap");
+    const withB = await answer("fixed-b");
+    expect(withA).not.toBe(withB);
+    writeFileSync(toml, aliases(adapterB));
+    // The adapter was read once per name for the server's life: 'swap' kept adapter A.
+    expect(await answer("swap")).toBe(withB);
+  } finally {
+    await server.stop();
+    process.env.MLX_HOME = storeBefore;
+  }
+}, 60_000);
+
 describe("mlx serve with adapters", () => {
   let server: RunningServer;
   let client: OpenAI;

@@ -147,8 +147,6 @@ export class ModelRegistry {
   readonly #claims = new Map<string, number>();
   /** Names that resolved as themselves without ":latest" (the name the settings and adapter are looked up by). */
   readonly #untagged = new Map<string, string>();
-  /** The adapter directory each name stands for (undefined: none), read once. */
-  readonly #adapterDirs = new Map<string, string | undefined>();
   /** The key of the pinned model (options.pinned), once its name is resolved. */
   #pinnedKey?: string;
   /**
@@ -455,11 +453,12 @@ export class ModelRegistry {
     return promise;
   }
 
-  /** The adapter directory `name` stands for (serve --adapter, or its models.toml alias), read once; undefined for a plain model. */
+  /**
+   * The adapter directory `name` stands for (serve --adapter, or its models.toml alias); undefined
+   * for a plain model. Read from models.toml each time, as the name's other settings are.
+   */
   adapterDir(name: string): string | undefined {
-    if (!this.#adapterDirs.has(name))
-      this.#adapterDirs.set(name, this.options.adapters?.get(name)?.dir ?? aliasAdapter(name));
-    return this.#adapterDirs.get(name);
+    return this.options.adapters?.get(name)?.dir ?? aliasAdapter(name);
   }
 
   /** The model `name`'s adapter is applied to (adapterDir), by the name the server lists it by. */
