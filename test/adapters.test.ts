@@ -634,6 +634,18 @@ describe("mlx serve with adapters", () => {
     expect(maxDifference(tuned, JSON.parse(cli.stdout))).toBeLessThan(1e-6);
   }, 120_000);
 
+  test("mlx_lm.server's per-request 'adapters' field is a 400 that says how an adapter is asked for here", async () => {
+    for (const [route, body] of [
+      ["chat/completions", { messages: [{ role: "user", content: "Hi" }] }],
+      ["completions", { prompt: "Hi" }],
+    ] as const) {
+      const r = await post(`${server.url}/v1/${route}`, { model, adapters: adapterA, max_tokens: 2, ...body });
+      expect(r.status).toBe(400);
+      expect(r.json.error).toMatchObject({ param: "adapters", code: "unsupported_parameter" });
+      expect(r.json.error.message).toContain("mlx serve --adapter NAME=DIR, then ask for NAME");
+    }
+  });
+
   test("a bfloat16 adapter batched with the base: each answer is its solo answer", async () => {
     // On the CPU, MLX's gather_mm multiplies only float32: a half-precision stack failed the batch.
     const names = ["tuned-half", model];

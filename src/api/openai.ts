@@ -65,6 +65,7 @@ const COMMON_FIELDS = [
   "modalities",
   "store",
   "ignore_eos",
+  "adapters",
 ];
 const CHAT_FIELDS = [
   ...COMMON_FIELDS,
@@ -125,6 +126,12 @@ function commonFields(f: Fields): Omit<OpenAIRequest, "prompts" | "logprobs" | "
   const stop = f.stop("stop");
   const format = responseFormat(f);
   if (f.has("functions")) throw unsupported("functions", "'functions' (use 'tools')");
+  // mlx_lm.server's adapter per request: here an adapter is a model name of its own.
+  if (f.has("adapters"))
+    throw unsupported(
+      "adapters",
+      "'adapters' (serve the adapter as a model: mlx serve --adapter NAME=DIR, then ask for NAME)",
+    );
   // Features of OpenAI's API this server does not have: a 400 naming them, never ignored.
   for (const field of ["audio", "prediction", "web_search_options"]) if (f.has(field)) throw unsupported(field);
   const modalities = f.array("modalities");
