@@ -213,7 +213,8 @@ function readAliases(): AliasTable {
 /**
  * An alias may name another as its source (a base plus an adapter), but a chain that comes back
  * to where it started would be followed for ever (an alias naming itself names a stored model),
- * and one with two adapters would need both applied at once.
+ * one with two adapters would need both applied at once, and one with an adapter that ends at a
+ * remote provider's alias has no weights here to apply it to.
  */
 function checkAliasChains(
   models: Map<string, ModelAlias>,
