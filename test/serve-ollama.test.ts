@@ -486,6 +486,25 @@ describe("Ollama model management", () => {
     }
   });
 
+  test("/api/tags gives a name `serve --adapter` added its listed base's details (family, size, quantization)", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "mlx-tags-adapter-"));
+    writeFileSync(join(dir, "adapter_config.json"), "{}");
+    writeFileSync(join(dir, "adapters.safetensors"), new Uint8Array(1000));
+    const adapted = serve({ defaultModel: model, adapters: new Map([["tuned", { base: model, dir }]]) });
+    try {
+      const ollama = new Ollama({ host: adapted.url });
+      await eventually(async () => (await ollama.ps()).models.length > 0, 30_000);
+      const { models } = await ollama.list();
+      const base = models.find((m) => m.name === model)!;
+      expect(base.details.family).toBe("llama");
+      // They were empty: no format, family, parameter size or quantization.
+      expect(models.find((m) => m.name === "tuned")!.details).toEqual({ ...base.details, parent_model: model });
+    } finally {
+      await adapted.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test("show and a request read the same files for a model pulled from a directory that has changed since", async () => {
     await withStore(async (root) => {
       const original = join(root, "pulled-tiny");

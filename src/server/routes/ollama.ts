@@ -91,18 +91,21 @@ export function ollamaRoutes(s: ServerState): Hono {
     // A name serve --adapter added is a model too, which Ollama clients (Open WebUI) pick from
     // this list: its base as the parent model, the adapter's files as its size.
     for (const [name, adapter] of s.models.servedAdapters)
-      if (!models.some((m) => m.name === name))
+      if (!models.some((m) => m.name === name)) {
+        const base = adapter.base ?? s.config.defaultModel ?? "";
         models.push({
           name,
           model: name,
           modified_at: serverStartDate(s).toISOString(),
           size: directoryBytes(adapter.dir),
           digest: digest(`${adapter.base ?? ""}\n${resolve(adapter.dir)}`),
+          // The base's format, family, size and quantization where it is listed (as Ollama lists a model made FROM it).
           details: {
-            ...ollamaDetails("", undefined, "", undefined),
-            parent_model: adapter.base ?? s.config.defaultModel ?? "",
+            ...(models.find((m) => m.name === base)?.details ?? ollamaDetails("", undefined, "", undefined)),
+            parent_model: base,
           },
         });
+      }
     // As Ollama lists its cloud models: where the answers come from, nothing stored here.
     for (const remote of remoteModelConfigs())
       if (!models.some((m) => m.name === remote.name))
