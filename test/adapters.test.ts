@@ -511,6 +511,30 @@ test("mlx serve lists a base loaded for an adapter's name under the base's name 
   }
 }, 60_000);
 
+test("mlx serve --adapter without -m: its base is models.toml's default model, listed and shown by that name", async () => {
+  const defaultHome = join(root, "default-home");
+  mkdirSync(defaultHome, { recursive: true });
+  writeFileSync(
+    join(defaultHome, "models.toml"),
+    `default = "tiny"\n${readFileSync(join(home, "models.toml"), "utf8")}`,
+  );
+  const storeBefore = process.env.MLX_HOME;
+  process.env.MLX_HOME = defaultHome;
+  const server = serve({ adapters: new Map([["tuned-y", { base: undefined, dir: adapterB }]]) });
+  try {
+    const ollama = new Ollama({ host: server.url });
+    const r = await post(`${server.url}/v1/completions`, { model: "tuned-y", prompt: "Hi", max_tokens: 2 });
+    expect(r.status).toBe(200);
+    // The base was listed as 'tuned-y', with no parent model.
+    expect((await ollama.ps()).models.map((m) => m.name)).toEqual(["tiny"]);
+    expect((await ollama.list()).models.find((m) => m.name === "tuned-y")?.details.parent_model).toBe("tiny");
+    expect((await ollama.show({ model: "tuned-y" })).details.parent_model).toBe("tiny");
+  } finally {
+    await server.stop();
+    process.env.MLX_HOME = storeBefore;
+  }
+}, 60_000);
+
 test("mlx serve's /api/show of an adapter's name shows its ADAPTER and base, as /api/tags lists them", async () => {
   const storeBefore = process.env.MLX_HOME;
   process.env.MLX_HOME = home;

@@ -14,7 +14,7 @@ import {
   type SpeculationChoice,
 } from "../models/load";
 import { resolveModelPath } from "../store/resolve";
-import { aliasAdapter, aliasAdapterBase, aliasCacheSettings, aliasSpeculation } from "../store/aliases";
+import { aliasAdapter, aliasAdapterBase, aliasCacheSettings, aliasSpeculation, loadAliases } from "../store/aliases";
 import { loadAdapter, type Adapter } from "../models/lora";
 import { applySettings } from "../engine/model-settings";
 import { clearMemoryCache } from "../engine/device";
@@ -464,7 +464,8 @@ export class ModelRegistry {
   /** The model `name`'s adapter is applied to (adapterDir), by the name the server lists it by. */
   adapterBase(name: string): string | undefined {
     const served = this.options.adapters?.get(name);
-    return served ? (served.base ?? this.options.pinned) : aliasAdapterBase(name);
+    // serve --adapter without -m: the default model, as resolving it loads.
+    return served ? (served.base ?? loadAliases().defaultModel) : aliasAdapterBase(name);
   }
 
   /** The adapter `name` stands for on `entry`'s model, loaded on first use; undefined for a plain model. */

@@ -92,7 +92,7 @@ export function ollamaRoutes(s: ServerState): Hono {
     // this list: its base as the parent model, the adapter's files as its size.
     for (const [name, adapter] of s.models.servedAdapters)
       if (!models.some((m) => m.name === name)) {
-        const base = adapter.base ?? s.config.defaultModel ?? "";
+        const base = s.models.adapterBase(name) ?? "";
         models.push({
           name,
           model: name,
