@@ -211,10 +211,10 @@ function readAliases(): AliasTable {
 }
 
 /**
- * An alias may name another as its source (a base plus an adapter), but a chain that comes back
- * to where it started would be followed for ever (an alias naming itself names a stored model),
- * one with two adapters would need both applied at once, and one with an adapter that ends at a
- * remote provider's alias has no weights here to apply it to.
+ * An alias may name another as its source (a base plus an adapter), but not a remote provider's
+ * alias (no weights here to load, or to apply an adapter to); a chain that comes back to where it
+ * started would be followed for ever (an alias naming itself names a stored model), and one with
+ * two adapters would need both applied at once.
  */
 function checkAliasChains(
   models: Map<string, ModelAlias>,
