@@ -454,6 +454,35 @@ describe("mlx launch -- serve", () => {
     expect(await completeTogether(server, requests)).toEqual(expected);
   }, 120_000);
 
+  test("an adapter whose share does not fit a later rank's layers is refused for its requests; the split server goes on", async () => {
+    const { hidden, heads, headDim } = tinyDims;
+    const adapter = join(dir, "adapter-misfit");
+    // Layer 4 (rank 1's, under --layers 0-2,3-4) with q_proj outputs the model does not have: only rank 1 can tell.
+    writeRandomAdapter(adapter, {
+      layers: lastLayers(5, 1, { "self_attn.q_proj": [hidden, heads * headDim + 8] }),
+      seed: 3,
+    });
+    // Before, rank 1 died of it and took the server down (at start, loading --adapter's).
+    const server = await launchServe(2, ["--layers", "0-2,3-4", "--adapter", `misfit=${adapter}`]);
+    try {
+      const ask = (model: string) =>
+        fetch(`${server.url}/v1/completions`, {
+          method: "POST",
+          body: JSON.stringify({ model, prompt: "Hello", max_tokens: 3 }),
+        });
+      const refused = await ask("misfit");
+      expect(refused.status).toBe(500);
+      expect(((await refused.json()) as any).error.message).toBe(
+        `${adapter}: another rank of the split model could not load its layers' share (its log says why)`,
+      );
+      expect((await ask(tiny)).status).toBe(200);
+      expect(server.stderr()).toMatch(/\[rank 1\] error: .*adapter-misfit/);
+    } finally {
+      server.proc.kill("SIGTERM");
+    }
+    expect(await server.proc.exited).toBe(0);
+  }, 120_000);
+
   test("an adapter of a layer past the model's last is refused split as in one process, not dropped by every rank", async () => {
     const { hidden, heads, headDim } = tinyDims;
     const adapter = join(dir, "adapter-past-last");

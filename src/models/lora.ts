@@ -78,7 +78,8 @@ const KEPT_COMBINATIONS = 8;
 /** The adaptable linear layers of one loaded model, and which adapters the running forward pass uses. */
 /** The processes holding a split model's other layers: each loads its own layers' share of an adapter. */
 export interface AdapterMirror {
-  adapterLoaded(adapter: Adapter): void;
+  /** Whether every other process loaded its share (one whose share does not fit says no). */
+  adapterLoaded(adapter: Adapter): boolean;
   adapterFreed(adapter: Adapter): void;
   /**
    * Tensor parallel: evaluates collectives every rank joins (DoRA's norms) as the split model's
@@ -405,7 +406,12 @@ export function loadAdapter(dir: string, base: LoraLayers): Adapter {
     tensors.clear();
     const adapter = new Adapter(dir, kind, scale, lowRanks, base);
     // The other ranks load their share now: under tensor parallel, DoRA's norms add up theirs.
-    base.mirror?.adapterLoaded(adapter);
+    if (base.mirror && !base.mirror.adapterLoaded(adapter)) {
+      adapter.free();
+      throw new AdapterError(
+        `${dir}: another rank of the split model could not load its layers' share (its log says why)`,
+      );
+    }
     if (kind === "dora") setDoraMagnitudes(adapter, trained);
     return adapter;
   } catch (error) {

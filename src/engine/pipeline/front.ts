@@ -6,6 +6,7 @@ import * as mx from "../../mlx";
 import type { MxArray } from "../../mlx";
 import type { AttentionCache, KVCache } from "../../models/cache";
 import type { DecoderModel } from "../../models/model";
+import type { Adapter } from "../../models/lora";
 import type { Stage } from "../../models/stage";
 import {
   encodeHeader,
@@ -19,7 +20,7 @@ import {
   sendMessage,
   type StageFigures,
 } from "./protocol";
-import { RankZeroFront, type MessageFields } from "./rank-zero";
+import { RankZeroFront, utf8, type MessageFields } from "./rank-zero";
 
 const { distributed } = mx;
 
@@ -443,6 +444,14 @@ export class PipelineFront extends RankZeroFront implements DecoderModel {
     } finally {
       back.free();
     }
+  }
+
+  /**
+   * Answered: the other ranks check their own layers' tensors of it, which this one does not
+   * hold, and one whose share does not fit says no rather than ending the pipeline.
+   */
+  override adapterLoaded(adapter: Adapter): boolean {
+    return this.everyRank({ op: Op.loadAdapter, entry: adapter.id }, utf8(adapter.path));
   }
 
   /** Goes round the ring: each stage sets its byte of the answers to 1 for no; the last brings them back. */

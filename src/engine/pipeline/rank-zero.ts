@@ -128,9 +128,14 @@ export abstract class RankZeroFront implements RemoteLayers, AdapterMirror {
     lora.mirror = this;
   }
 
-  adapterLoaded(adapter: Adapter): void {
+  /**
+   * Tensor parallel's ranks each cut their slice of every layer from the same tensors this one
+   * checked whole: where this one loaded, so do they (a pipeline asks them, see PipelineFront).
+   */
+  adapterLoaded(adapter: Adapter): boolean {
     const path = utf8(adapter.path);
     this.post({ op: Op.loadAdapter, entry: adapter.id, rows: path.length }, () => mx.array(path));
+    return true;
   }
 
   adapterFreed(adapter: Adapter): void {
@@ -215,4 +220,5 @@ export abstract class RankZeroFront implements RemoteLayers, AdapterMirror {
   }
 }
 
-const utf8 = (text: string) => new TextEncoder().encode(text);
+/** `text` as UTF-8 bytes (a message payload). */
+export const utf8 = (text: string) => new TextEncoder().encode(text);

@@ -244,9 +244,16 @@ export function serveStage(model: DecoderModel, o: StageOptions): void {
           passOn(h);
           return false;
         case Op.loadAdapter: {
-          const path = receive([h.rows], mx.Dtype.uint8);
-          adapters.load(h.entry, payloadText(path.toArray()));
-          passOn(h, path);
+          // Our answer in our byte: a share that does not fit our layers is refused, said here.
+          const answers = Uint8Array.from(receive([h.rows], mx.Dtype.uint8).toArray());
+          try {
+            adapters.load(h.entry, payloadText(answers.subarray(h.width)));
+          } catch (error) {
+            process.stderr.write(`error: ${(error as Error).message}\n`);
+            answers[o.rank] = 1;
+          }
+          if (last) send(sendOn(undefined, mx.array(answers)));
+          else passOn(h, mx.array(answers));
           return false;
         }
         case Op.freeAdapter:
