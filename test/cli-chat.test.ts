@@ -622,6 +622,26 @@ describe("mlx chat with piped input", () => {
     expect(stderr).toContain("(context full: dropped the 2 oldest messages)");
   });
 
+  test("piped, a line whose answer fails (over the context) is one error line, the next is answered, and the exit status is 1", async () => {
+    const piped = join(root, "piped-failing");
+    writeTinyModel(piped, { contextLength: 64 });
+    const proc = Bun.spawn([process.execPath, main, "chat", "-m", piped, "--max-tokens", "3"], {
+      stdin: new Blob([`${"word ".repeat(200)}\nHello\n`]),
+      stdout: "pipe",
+      stderr: "pipe",
+      env: { ...process.env, MLX_HOME: home },
+    });
+    const [stdout, stderr, code] = await Promise.all([
+      new Response(proc.stdout).text(),
+      new Response(proc.stderr).text(),
+      proc.exited,
+    ]);
+    expect(stderr).toMatch(/^error: .*context/m);
+    expect(stdout.trim().split("\n")).toHaveLength(1); // "Hello" answered
+    // A script reading its answers learns that one failed, as from mlx run (it was 0).
+    expect(code).toBe(1);
+  });
+
   test("/set system keeps the prompt as typed; /save to a missing folder is one line naming the file", async () => {
     const piped = join(root, "piped-set");
     writeTinyModel(piped);

@@ -88,6 +88,9 @@ export default defineCommand({
       if (input.interactive)
         say(`chatting with ${args.model ?? "the default model"}; /help for commands, Ctrl-D to leave`);
 
+      // Piped, an answer that failed (a line over the context, a provider's error) makes the
+      // exit status 1 once the other lines are answered, as `mlx run` ends on it: a script sees it.
+      let failedAnswers = 0;
       for (;;) {
         const message = await input.read();
         if (message === null) break;
@@ -106,6 +109,7 @@ export default defineCommand({
           await session.answer(text, (chunk) => process.stdout.write(chunk), controller.signal);
         } catch (error) {
           say(`error: ${errorLine(error)}`);
+          failedAnswers++;
         } finally {
           process.off("SIGINT", stop);
           input.resumeAfterAnswer();
@@ -113,6 +117,7 @@ export default defineCommand({
       }
       input.close();
       session.conversation.dispose();
+      if (!input.interactive && failedAnswers > 0) process.exitCode = 1;
     } catch (error) {
       input?.close();
       fail(error, verbose);
