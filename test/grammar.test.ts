@@ -721,6 +721,20 @@ describe("invalid or unsupported schemas are a clear error naming the offending 
     expect(ajv.validate(schemas.enums!, JSON.parse(result.text))).toBe(true);
   });
 
+  test("a schema nested deep enough to overflow xgrammar's stack is refused saying so; the schemas after it compile", async () => {
+    // A client's 3 KB schema: arrays 100 deep. xgrammar's recursion ran out of its WASM stack (a
+    // trap, not an abort), which left the instance unusable: the next valid schemas were refused too.
+    let deep: object = { type: "integer" };
+    for (let i = 0; i < 100; i++) deep = { type: "array", items: deep, minItems: 1, maxItems: 1 };
+    await expect(validateSchema(deep)).rejects.toThrow(/nests too deeply/);
+    for (let n = 0; n < 3; n++) {
+      const key = `deep${n}`;
+      const schema = { type: "object", properties: { [key]: { type: "integer" } }, required: [key] };
+      await expect(validateSchema(schema)).resolves.toBeUndefined();
+      await (await createJsonConstraint(lm.tokenizer, { schema })).dispose();
+    }
+  });
+
   test("what may stand beside $ref, anyOf, enum and const: annotations, and constraints every listed value meets", async () => {
     for (const schema of [
       { $defs: { s: { type: "string" } }, properties: { a: { $ref: "#/$defs/s", description: "d", title: "t" } } },

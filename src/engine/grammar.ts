@@ -147,12 +147,16 @@ async function guarded<T>(inst: Instance, what: string, call: () => Promise<T> |
   } catch (error) {
     if (error instanceof SchemaError) throw error;
     const fatal = log.find((line) => line.includes("[FATAL]")) ?? log.find((line) => line !== "Aborted()");
-    if (++inst.aborts >= MAX_ABORTS && current) {
+    // A trap other than an abort (a deeply nested schema ran xgrammar's recursion past the end of
+    // its WASM stack) leaks the whole stack, where an abort leaks part: every later call trapped too.
+    const trapped = error instanceof WebAssembly.RuntimeError && !error.message.startsWith("Aborted(");
+    if ((trapped || ++inst.aborts >= MAX_ABORTS) && current) {
       // Retire this instance; compiled grammars made on it stay usable by their matchers.
       current = undefined;
       perTokenizer = new WeakMap();
       perVocabulary = new Map();
     }
+    if (trapped) throw new SchemaError(`${what}: it nests too deeply for constrained decoding`);
     throw new SchemaError(`${what}: ${fatal ? diagnostic(fatal) : (error as Error).message}`);
   } finally {
     inst.log = undefined;
