@@ -726,13 +726,35 @@ describe("invalid or unsupported schemas are a clear error naming the offending 
     // trap, not an abort), which left the instance unusable: the next valid schemas were refused too.
     let deep: object = { type: "integer" };
     for (let i = 0; i < 100; i++) deep = { type: "array", items: deep, minItems: 1, maxItems: 1 };
-    await expect(validateSchema(deep)).rejects.toThrow(/nests too deeply/);
+    await expect(validateSchema(deep)).rejects.toThrow(/nests too deeply or is too large/);
     for (let n = 0; n < 3; n++) {
       const key = `deep${n}`;
       const schema = { type: "object", properties: { [key]: { type: "integer" } }, required: [key] };
       await expect(validateSchema(schema)).resolves.toBeUndefined();
       await (await createJsonConstraint(lm.tokenizer, { schema })).dispose();
     }
+  });
+
+  test("a schema whose shortest value no answer could hold is refused, not written out (minItems of a billion took the server's memory)", async () => {
+    // Sizes a test may run unfixed; a client's minItems: 1e9 had the server killed for memory.
+    for (const schema of [
+      { type: "string", minLength: 5_000_000 },
+      { type: "array", items: { type: "string", minLength: 2000 }, minItems: 2000 },
+      {
+        $defs: { big: { type: "array", items: { type: "integer" }, minItems: 100_000 } },
+        type: "object",
+        properties: Object.fromEntries(Array.from({ length: 20 }, (_, i) => [`p${i}`, { $ref: "#/$defs/big" }])),
+        required: Array.from({ length: 20 }, (_, i) => `p${i}`),
+      },
+      // Before, each unnamed property's name was found by scanning every earlier one: this one hung.
+      { type: "object", minProperties: 1_000_000, additionalProperties: true },
+    ])
+      await expect(validateSchema(schema)).rejects.toThrow(
+        "unsupported schema: its shortest valid value is longer than 1048576 characters",
+      );
+    await expect(
+      validateSchema({ type: "array", items: { type: "integer" }, minItems: 1000 }),
+    ).resolves.toBeUndefined();
   });
 
   test("what may stand beside $ref, anyOf, enum and const: annotations, and constraints every listed value meets", async () => {

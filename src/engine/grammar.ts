@@ -21,7 +21,13 @@ import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { Tokenizer } from "../tokenizer/tokenizer";
 import type { LogitsProcessor } from "./sampling";
-import { InfiniteSchemaError, JsonProgress, SchemaShapes, UnsteerableSchemaError } from "./budget/json-progress";
+import {
+  InfiniteSchemaError,
+  JsonProgress,
+  OversizedSchemaError,
+  SchemaShapes,
+  UnsteerableSchemaError,
+} from "./budget/json-progress";
 import { formatPattern } from "./budget/pattern";
 import { budgetSteering, type BudgetSteering } from "./budget/steering";
 
@@ -156,7 +162,7 @@ async function guarded<T>(inst: Instance, what: string, call: () => Promise<T> |
       perTokenizer = new WeakMap();
       perVocabulary = new Map();
     }
-    if (trapped) throw new SchemaError(`${what}: it nests too deeply for constrained decoding`);
+    if (trapped) throw new SchemaError(`${what}: it nests too deeply or is too large for constrained decoding`);
     throw new SchemaError(`${what}: ${fatal ? diagnostic(fatal) : (error as Error).message}`);
   } finally {
     inst.log = undefined;
@@ -244,6 +250,7 @@ function checkFiniteValue(schema: Record<string, unknown>, strict: boolean): voi
   } catch (error) {
     if (error instanceof InfiniteSchemaError)
       throw new SchemaError(`unsupported schema: no finite JSON value matches it (${error.message})`);
+    if (error instanceof OversizedSchemaError) throw new SchemaError(`unsupported schema: ${error.message}`);
     if (!(error instanceof UnsteerableSchemaError)) throw error;
   }
 }

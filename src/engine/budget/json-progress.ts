@@ -23,6 +23,30 @@ export class InfiniteSchemaError extends UnsteerableSchemaError {
   override name = "InfiniteSchemaError";
 }
 
+/**
+ * The longest shortest value the reading writes out, in characters: far past what any answer
+ * holds. A client's schema asking for more (minItems or minLength of a billion) would otherwise
+ * have it written out whole, until the server ran out of memory.
+ */
+export const MAX_SHORTEST_VALUE = 1 << 20;
+
+/** A schema whose shortest value is longer than MAX_SHORTEST_VALUE: no answer could hold it. */
+export class OversizedSchemaError extends Error {
+  override name = "OversizedSchemaError";
+  constructor() {
+    super(
+      `its shortest valid value is longer than ${MAX_SHORTEST_VALUE} characters (a minItems, minLength or minProperties too large)`,
+    );
+  }
+}
+
+/** `parts` between `open` and `close`, a comma apart; an OversizedSchemaError past MAX_SHORTEST_VALUE. */
+function joinedWithin(open: string, parts: string[], close: string): string {
+  let length = open.length + close.length;
+  for (const part of parts) if ((length += part.length + 2) > MAX_SHORTEST_VALUE) throw new OversizedSchemaError();
+  return `${open}${parts.join(", ")}${close}`;
+}
+
 /** A JSON value laid out as xgrammar's schema grammars write one: ", " and ": " separators. */
 export function layout(value: unknown): string {
   if (Array.isArray(value)) return `[${value.map(layout).join(", ")}]`;
@@ -190,10 +214,15 @@ export class SchemaShapes {
     if (literals) return shortestOf(literals);
     switch (this.kind(s)) {
       case "object":
-        return `{${this.neededMembers(s, []).join(", ")}}`;
+        return joinedWithin("{", this.neededMembers(s, []), "}");
       case "array": {
         const items: string[] = [];
-        for (let i = 0; i < minItems(s); i++) items.push(this.minText(this.itemSchema(s, i)));
+        let length = 0;
+        for (let i = 0; i < minItems(s); i++) {
+          const item = this.minText(this.itemSchema(s, i));
+          if ((length += item.length + 2) > MAX_SHORTEST_VALUE) throw new OversizedSchemaError();
+          items.push(item);
+        }
         return `[${items.join(", ")}]`;
       }
       case "string":
@@ -294,6 +323,7 @@ export class SchemaShapes {
     const automaton = this.automaton(s);
     if (!automaton) {
       const min = typeof s.minLength === "number" ? s.minLength : 0;
+      if (min - length > MAX_SHORTEST_VALUE) throw new OversizedSchemaError();
       return "a".repeat(Math.max(0, min - length));
     }
     const rest = automaton.completion(at ?? automaton.start);
@@ -330,12 +360,14 @@ export class SchemaShapes {
     if (unnamed === undefined || s.patternProperties !== undefined || s.propertyNames !== undefined)
       throw new UnsteerableSchemaError("minProperties asks for more properties than the steering can name");
     const value = this.minText(unnamed);
-    const taken = [...names, ...seen];
+    // Each at least `"": value, ` long: a minProperties of a billion is refused before its loop.
+    if (extra * (value.length + 6) > MAX_SHORTEST_VALUE) throw new OversizedSchemaError();
+    // The names freshName("", taken) would pick one after another, in one pass.
+    const taken = new Set([...names, ...seen]);
     const added: string[] = [];
-    while (added.length < extra) {
-      const name = this.freshName("", taken);
-      taken.push(name);
-      added.push(`${JSON.stringify(name)}: ${value}`);
+    for (let n = 0; added.length < extra; n++) {
+      const name = n === 0 ? "" : (n - 1).toString(36);
+      if (!taken.has(name)) added.push(`${JSON.stringify(name)}: ${value}`);
     }
     return [...named, ...added];
   }
