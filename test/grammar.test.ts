@@ -757,6 +757,17 @@ describe("invalid or unsupported schemas are a clear error naming the offending 
     ).resolves.toBeUndefined();
   });
 
+  test("a count past xgrammar's 32-bit integers is refused naming it, not wrapped around into nonsense", async () => {
+    for (const [schema, count] of [
+      [{ type: "string", maxLength: 3e9 }, "/maxLength 3000000000"],
+      [{ type: "string", minLength: 1e308 }, "/minLength 1e+308"],
+      [{ type: "array", items: { type: "integer" }, minItems: 1, maxItems: 1e12 }, "/maxItems 1000000000000"],
+    ] as const)
+      await expect(validateSchema(schema)).rejects.toThrow(
+        `unsupported schema: ${count} is past what constrained decoding counts to (2147483647)`,
+      );
+  });
+
   test("what may stand beside $ref, anyOf, enum and const: annotations, and constraints every listed value meets", async () => {
     for (const schema of [
       { $defs: { s: { type: "string" } }, properties: { a: { $ref: "#/$defs/s", description: "d", title: "t" } } },

@@ -200,6 +200,9 @@ const UNENFORCED = [
   "dependencies",
   "unevaluatedItems",
 ];
+/** The counts a schema may bound, and the largest xgrammar reads. */
+const COUNTS = ["minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties"];
+const MAX_COUNT = 2 ** 31 - 1;
 const SUBSCHEMA_MAPS = ["properties", "$defs", "definitions", "patternProperties", "dependentSchemas"];
 const SUBSCHEMA_LISTS = ["anyOf", "oneOf", "allOf", "prefixItems"];
 const SUBSCHEMA_SINGLE = ["items", "additionalProperties", "propertyNames", "additionalItems", "unevaluatedProperties"];
@@ -322,6 +325,15 @@ function walkSchema(node: unknown, path: string): void {
         `unsupported schema: ${path}/${bound} must be a whole number in constrained decoding (got ${v})`,
       );
     }
+  }
+  // xgrammar reads counts as 32-bit integers: a larger one wrapped around (maxLength 3e9 was "greater
+  // than maxLength -1294967296", maxItems 1e12 an EBNF parser error).
+  for (const count of COUNTS) {
+    const v = s[count];
+    if (typeof v === "number" && v > MAX_COUNT)
+      throw new SchemaError(
+        `unsupported schema: ${path}/${count} ${v} is past what constrained decoding counts to (${MAX_COUNT})`,
+      );
   }
   // A patternProperties key is a pattern for the property names.
   if (s.patternProperties && typeof s.patternProperties === "object")
