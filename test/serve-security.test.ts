@@ -240,3 +240,31 @@ describe("requests addressed to another host (DNS rebinding)", () => {
     expect(r.status).toBe(200);
   });
 });
+
+describe("the API key", () => {
+  test("one given with a line end or spaces around it (MLX_API_KEY from a CRLF .env file) is the key without them, as clients' keys are read", async () => {
+    const server = serve({ defaultModel: tinyModel(), apiKey: " k\r\n" });
+    try {
+      for (const headers of [{ Authorization: "Bearer k" }, { "x-api-key": "k" }] as Record<string, string>[]) {
+        const r = await fetch(`${server.url}/v1/models`, { headers });
+        expect([headers, r.status]).toEqual([headers, 200]);
+      }
+      expect((await fetch(`${server.url}/v1/models`, { headers: { Authorization: "Bearer x" } })).status).toBe(401);
+      expect((await fetch(`${server.url}/v1/models`)).status).toBe(401);
+    } finally {
+      await server.stop();
+    }
+  });
+
+  test("one of spaces alone locks every route but /health, never opens them", async () => {
+    const server = serve({ defaultModel: tinyModel(), apiKey: "  " });
+    try {
+      for (const headers of [{}, { Authorization: "Bearer  " }, { "x-api-key": " " }] as Record<string, string>[]) {
+        const r = await fetch(`${server.url}/v1/models`, { headers });
+        expect([headers, r.status]).toEqual([headers, 401]);
+      }
+    } finally {
+      await server.stop();
+    }
+  });
+});

@@ -274,7 +274,9 @@ export function createApp(s: ServerState): Hono {
 
   // 4. The API key, on every route but /health and the browser pages, compared in constant time.
   if (s.config.apiKey) {
-    const expected = digest(s.config.apiKey);
+    // Trimmed as a client's key is: one from a CRLF .env file ("k\r") matched no request at all.
+    // A key of spaces alone is then "", which no request's key (never empty) matches.
+    const expected = digest(s.config.apiKey.trim());
     app.use("*", async (c, next) => {
       if (c.req.path === "/health" || c.req.method === "OPTIONS" || isPublicPage(c.req.path)) return next();
       // Bearer (OpenAI, Ollama) or x-api-key (Anthropic's clients).
