@@ -818,7 +818,7 @@ describe("an unreadable manifest", () => {
       bits: 4,
       mode: "affine",
       "model.embed_tokens": { group_size: 32, bits: 8 },
-      "lm_head": false, // left unquantized: an override too
+      lm_head: false, // left unquantized: an override too
     };
     writeFileSync(join(dir, "config.json"), JSON.stringify(config));
     expect((await cliResult(["show", dir])).stdout).toMatch(
