@@ -373,8 +373,11 @@ describe("the library's close() and clear()", () => {
     expect(memoryFigures().active).toBeGreaterThan(before);
     own.close();
     // The freed weights and the step's buffers stayed in MLX's cache and the heap: a process
-    // that loaded and closed models kept hundreds of MB it no longer used.
-    expect(memoryFigures()).toMatchObject({ active: before, cache: 0 });
+    // that loaded and closed models kept hundreds of MB it no longer used. (At most what was
+    // there before: an earlier test's last arrays may be let go meanwhile; CI saw 136 bytes.)
+    const after = memoryFigures();
+    expect(after.active).toBeLessThanOrEqual(before);
+    expect(after.cache).toBe(0);
   }, 120_000);
 });
 
