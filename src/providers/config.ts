@@ -9,6 +9,7 @@
 //
 // Models on the same base_url share one provider: its connection pool, its circuit and its
 // metrics. Their kind and limits must then agree (checkSharedProviders).
+import { MAX_TIMER_MS } from "../event-loop";
 
 export type ProviderKind = "openai" | "anthropic";
 
@@ -67,9 +68,6 @@ const defaultBaseUrl: Record<ProviderKind, string> = {
   openai: "https://api.openai.com/v1",
   anthropic: "https://api.anthropic.com",
 };
-
-/** The longest delay setTimeout takes (2^31 - 1 ms); a longer one fires at once. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** The TOML keys of the limits, their field, and whether they count seconds (turned into ms). */
 const LIMIT_KEYS: [string, keyof ProviderLimits, "count" | "seconds"][] = [
