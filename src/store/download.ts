@@ -7,6 +7,7 @@ import { createReadStream } from "node:fs";
 import { mkdir, open, rename, stat, statfs, truncate, unlink } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { noSpaceLeft } from "../format";
+import { retryAfterMs } from "../retry-after";
 import { withLock } from "./lock";
 import { locksDir, storeRoot } from "./paths";
 import { syncToDisk } from "./sync";
@@ -56,7 +57,12 @@ export class DownloadError extends Error {
   }
 }
 
-export const MAX_RETRY_DELAY_MS = 10_000;
+const MAX_RETRY_DELAY_MS = 10_000;
+
+/** The pause before asking a busy server again: its Retry-After where it gives one, else `otherwiseMs`; MAX_RETRY_DELAY_MS at most. */
+export function retryDelayMs(response: Response, otherwiseMs: number): number {
+  return Math.min(retryAfterMs(response.headers.get("retry-after")) ?? otherwiseMs, MAX_RETRY_DELAY_MS);
+}
 
 // Another process fetching the same file may take as long as the download does.
 const DOWNLOAD_LOCK_TIMEOUT_MS = 6 * 3600_000;

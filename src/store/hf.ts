@@ -18,8 +18,8 @@ import {
   DownloadError,
   downloadToFile,
   ensureFreeSpace,
-  MAX_RETRY_DELAY_MS,
   partialBytes,
+  retryDelayMs,
   sleep,
   withoutCredentials,
   type DownloadOptions,
@@ -27,7 +27,6 @@ import {
   type DownloadResult,
 } from "./download";
 import { NO_TOKENIZER, TOKENIZER_FILE, type ManifestFile } from "./manifest";
-import { retryAfterMs } from "../retry-after";
 import { neededFiles, WEIGHT_INDEX } from "./model-files";
 import { blobPath, downloadsDir, isSha256Hex } from "./paths";
 
@@ -245,19 +244,14 @@ async function hubRequest(
     const response = await hubRequestOnce(url, init, options, reaching);
     if (!hubBusy(response.status) || attempt > HUB_RETRIES) return response;
     await response.body?.cancel();
-    await sleep(hubRetryDelayMs(response, attempt), options.signal);
+    await sleep(retryDelayMs(response, HUB_RETRY_DELAY_MS * 2 ** (attempt - 1)), options.signal);
   }
 }
 
 const HUB_RETRIES = 4;
+/** The first pause, doubled at each retry, where the hub gives no Retry-After. */
 const HUB_RETRY_DELAY_MS = 500;
 const hubBusy = (status: number) => status === 429 || status >= 500;
-
-/** The pause before asking again: the hub's Retry-After where it gives one, else doubling from 0.5 s; 10 s at most. */
-function hubRetryDelayMs(response: Response, attempt: number): number {
-  const asked = retryAfterMs(response.headers.get("retry-after"));
-  return Math.min(asked ?? HUB_RETRY_DELAY_MS * 2 ** (attempt - 1), MAX_RETRY_DELAY_MS);
-}
 
 /** A request's options, its headers as a plain record (the token's is added to them). */
 type HubRequestInit = Omit<RequestInit, "headers"> & { headers?: Record<string, string> };

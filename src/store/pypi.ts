@@ -13,11 +13,10 @@ import {
   describeNetworkError,
   downloadToFile,
   ensureFreeSpace,
-  MAX_RETRY_DELAY_MS,
+  retryDelayMs,
   withoutCredentials,
   type DownloadProgress,
 } from "./download";
-import { retryAfterMs } from "../retry-after";
 import { blobPath, downloadsDir, isSha256Hex, refsDir, tempPathIn, tmpDir } from "./paths";
 import { extractZipMember, listZipMembers } from "./zip";
 import { syncToDisk } from "./sync";
@@ -354,8 +353,7 @@ async function fetchProjectFiles(
     if ((response.status >= 500 || response.status === 429) && attempt < INDEX_ATTEMPTS) {
       await response.body?.cancel();
       // As long as the index asks (Retry-After), within reason.
-      const asked = retryAfterMs(response.headers.get("retry-after"));
-      await sleep(Math.min(asked ?? INDEX_RETRY_DELAY_MS * attempt, MAX_RETRY_DELAY_MS));
+      await sleep(retryDelayMs(response, INDEX_RETRY_DELAY_MS * attempt));
       continue;
     }
     if (response.status === 404) throw new Error(`package '${project}' not found on ${index.url}`);
