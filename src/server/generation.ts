@@ -23,7 +23,7 @@ import { readGenerationDefaults, type SamplingDefaults } from "../models/generat
 import type { LoadedModel } from "../models/load";
 import { aliasSampling, loadAliases } from "../store/aliases";
 import { badRequest, requestTimeout, serverStopping, toApiError } from "./errors";
-import { withoutLatestTag, type Lease, type ModelRegistry } from "./model-registry";
+import { knownName, type Lease, type ModelRegistry } from "./model-registry";
 import { startRemoteGeneration } from "./remote-generation";
 import type { ServerMetrics } from "./metrics";
 import type { ServerConfig } from "./state";
@@ -299,8 +299,7 @@ export function modelSamplingDefaults(
 /** The alias a request's model name means: Ollama's clients add ":latest" to a name without a tag, "m:latest" is "m". */
 function aliasNamed(name: string): string {
   const { models } = loadAliases();
-  const untagged = withoutLatestTag(name);
-  return !models.has(name) && untagged !== undefined && models.has(untagged) ? untagged : name;
+  return knownName(name, (candidate) => models.has(candidate)) ?? name;
 }
 
 /**

@@ -34,6 +34,16 @@ const LATEST_TAG = ":latest";
 export const withoutLatestTag = (name: string): string | undefined =>
   name.endsWith(LATEST_TAG) ? name.slice(0, -LATEST_TAG.length) : undefined;
 
+/**
+ * The name `known` knows that `name` means: itself, or "m" for "m:latest" (Ollama's clients add the
+ * tag to a name without one); undefined where it knows neither.
+ */
+export function knownName(name: string, known: (candidate: string) => boolean): string | undefined {
+  if (known(name)) return name;
+  const untagged = withoutLatestTag(name);
+  return untagged !== undefined && known(untagged) ? untagged : undefined;
+}
+
 export interface LoadedEntry {
   /** The name it was first requested by. */
   name: string;

@@ -41,6 +41,9 @@ const PULL_LOCK_TIMEOUT_MS = 6 * 3600_000;
 
 export const isRemoteSource = (source: string) => source.startsWith("pypi:") || source.startsWith("hf:");
 
+/** The source of a model made here (mlx convert, mlx fuse), as its manifest records it: nothing to pull it from. */
+export const isMadeHere = (source: string) => /^(convert|fuse):/.test(source);
+
 /**
  * An empty name is refused: as a path it would be the working directory, whatever model that
  * holds or lacks, and a model stored under it would have the store's models folder for its own.
@@ -63,7 +66,7 @@ export function modelRequest(what: string): ModelRequest {
   if (alias) return { name: alias.name, source: isRemoteSource(alias.source) ? alias.source : alias.sourcePath };
   const stored = readManifest(what);
   // A converted or fused model is made here, not pulled.
-  if (stored && !/^(convert|fuse):/.test(stored.source)) return { name: what, source: stored.source };
+  if (stored && !isMadeHere(stored.source)) return { name: what, source: stored.source };
   if (isRemoteSource(what)) refuseMalformedSource(what);
   if (what.startsWith("hf:")) return { name: what.slice("hf:".length), source: what };
   if (isRemoteSource(what)) return { name: what, source: what };

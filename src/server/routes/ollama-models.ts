@@ -7,14 +7,21 @@ import { readJson } from "../../api/validate";
 import { InvalidParameterError, ModelInUseError, ModelPullError } from "../../errors";
 import { releaseModel } from "../../store/in-use";
 import { readManifest } from "../../store/manifest";
-import { isRemoteSource, modelRequest, pullModel, weightsRequest, type ModelRequest } from "../../store/pull";
+import {
+  isMadeHere,
+  isRemoteSource,
+  modelRequest,
+  pullModel,
+  weightsRequest,
+  type ModelRequest,
+} from "../../store/pull";
 import { loadAliases } from "../../store/aliases";
 import { hubRepoNamed } from "../../store/hf";
 import { refuseRemoteAlias } from "../../store/resolve";
 import { modelNameFits } from "../../store/paths";
 import { copyModel, evictionNote, loadPath, openMadeHere, removeModel } from "../../store/store";
 import { badRequest, toApiError } from "../errors";
-import { withoutLatestTag } from "../model-registry";
+import { knownName, withoutLatestTag } from "../model-registry";
 import type { ServerState } from "../state";
 
 /** Progress lines at most this often (the last one always goes). */
@@ -152,9 +159,6 @@ function copyDestination(s: ServerState, name: string): string {
   return name;
 }
 
-/** The source of a model made here (mlx convert, mlx fuse), as its manifest records it. */
-const isMadeHere = (source: string) => /^(convert|fuse):/.test(source);
-
 /**
  * What a client may pull over HTTP: an alias, a stored model (pulled again from its source), or
  * an hf:/pypi: source; never a path on the server's disk.
@@ -182,10 +186,8 @@ function pullRequest(name: string): ModelRequest {
  * "m" where no model has that name, as show, copy and delete take it.
  */
 function pullableName(name: string): string | undefined {
-  const known = (candidate: string) => loadAliases().models.has(candidate) || readManifest(candidate) !== undefined;
-  if (known(name) || isRemoteSource(name)) return name;
-  const untagged = withoutLatestTag(name);
-  return untagged !== undefined && known(untagged) ? untagged : undefined;
+  if (isRemoteSource(name)) return name;
+  return knownName(name, (candidate) => loadAliases().models.has(candidate) || readManifest(candidate) !== undefined);
 }
 
 /** Pulls `request` into the store: the stored models it evicted to stay under the store's limit (logged too). */

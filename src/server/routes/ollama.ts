@@ -25,7 +25,7 @@ import {
 import { closedEarly, closedEarlyHeaders, collectGeneration, generationStream } from "../respond";
 import { ToolCallStream, type ToolCall } from "../../engine/tools";
 import { thinkingTemplate } from "../../engine/reasoning";
-import { withoutLatestTag, type LoadedEntry } from "../model-registry";
+import { knownName, withoutLatestTag, type LoadedEntry } from "../model-registry";
 import { locateModel, missingModelError } from "../../store/resolve";
 import type { IndexEntry } from "../../store/model-index";
 import { readJson } from "../../api/validate";
@@ -430,9 +430,7 @@ function answerIds(gen: Generation, done: GenerationDone): number[] {
 /** The remote alias a name stands for: "far:latest" (Ollama's default tag) is "far", as for a local model. */
 function remoteName(name: string): string | undefined {
   const names = remoteModelNames();
-  const untagged = withoutLatestTag(name);
-  if (names.includes(name)) return name;
-  return untagged !== undefined && names.includes(untagged) ? untagged : undefined;
+  return knownName(name, (candidate) => names.includes(candidate));
 }
 
 /** Loads a model ahead of its requests (`ollama run` asks first), kept for `keepAlive`. Milliseconds spent loading. */
