@@ -40,11 +40,18 @@ export class OversizedSchemaError extends Error {
   }
 }
 
-/** `parts` between `open` and `close`, a comma apart; an OversizedSchemaError past MAX_SHORTEST_VALUE. */
-function joinedWithin(open: string, parts: string[], close: string): string {
+/**
+ * `parts` between `open` and `close`, a comma apart; an OversizedSchemaError past
+ * MAX_SHORTEST_VALUE, as soon as the parts taken so far pass it (they may be made one by one).
+ */
+function joinedWithin(open: string, parts: Iterable<string>, close: string): string {
+  const taken: string[] = [];
   let length = open.length + close.length;
-  for (const part of parts) if ((length += part.length + 2) > MAX_SHORTEST_VALUE) throw new OversizedSchemaError();
-  return `${open}${parts.join(", ")}${close}`;
+  for (const part of parts) {
+    if ((length += part.length + 2) > MAX_SHORTEST_VALUE) throw new OversizedSchemaError();
+    taken.push(part);
+  }
+  return `${open}${taken.join(", ")}${close}`;
 }
 
 /** A JSON value laid out as xgrammar's schema grammars write one: ", " and ": " separators. */
@@ -215,16 +222,8 @@ export class SchemaShapes {
     switch (this.kind(s)) {
       case "object":
         return joinedWithin("{", this.neededMembers(s, []), "}");
-      case "array": {
-        const items: string[] = [];
-        let length = 0;
-        for (let i = 0; i < minItems(s); i++) {
-          const item = this.minText(this.itemSchema(s, i));
-          if ((length += item.length + 2) > MAX_SHORTEST_VALUE) throw new OversizedSchemaError();
-          items.push(item);
-        }
-        return `[${items.join(", ")}]`;
-      }
+      case "array":
+        return joinedWithin("[", this.minItemTexts(s), "]");
       case "string":
         return `"${this.stringRest(s, 0, undefined)}"`;
       case "integer":
@@ -402,6 +401,11 @@ export class SchemaShapes {
     if (extra === false) return undefined;
     if (extra !== undefined && extra !== true) return extra;
     return this.strict && Object.keys(properties(s)).length > 0 ? undefined : ANY;
+  }
+
+  /** The shortest text of each item an array needs (minItems), made one at a time. */
+  private *minItemTexts(s: Schema): Generator<string> {
+    for (let i = 0; i < minItems(s); i++) yield this.minText(this.itemSchema(s, i));
   }
 
   itemSchema(s: Schema, i: number): unknown {
