@@ -20,6 +20,8 @@ const hasTmux = Bun.spawnSync(["which", "tmux"]).exitCode === 0;
 const root = mkdtempSync(join(tmpdir(), "mlx-chat-"));
 const model = join(root, "tiny");
 const home = join(root, "home");
+/** `mlx chat` with its stdin piped: what it writes, and its status. */
+const chatCli = (args: string[], stdin: string) => cliRunner(home)(["chat", ...args], stdin);
 const session = `mlx-chat-test-${process.pid}`;
 const main = join(import.meta.dir, "..", "src", "main.ts");
 // The compiled executable when setup built it (as users run it), else the same code from source.
@@ -493,17 +495,10 @@ describe("mlx chat with piped input", () => {
     writeTinyModel(piped);
     // Seeded: the second answer is sampled (temp 0.5), and a random model's tokens may hold a
     // line break, which would change the count of lines below from run to run.
-    const proc = Bun.spawn([process.execPath, main, "chat", "-m", piped, "--max-tokens", "4", "--seed", "1"], {
-      stdin: new Blob(['hello\n/set temp 0.5\n/bogus\n"""\ntwo\nlines\n"""\n']),
-      stdout: "pipe",
-      stderr: "pipe",
-      env: { ...process.env, MLX_HOME: home },
-    });
-    const [stdout, stderr, code] = await Promise.all([
-      new Response(proc.stdout).text(),
-      new Response(proc.stderr).text(),
-      proc.exited,
-    ]);
+    const { stdout, stderr, code } = await chatCli(
+      ["-m", piped, "--max-tokens", "4", "--seed", "1"],
+      'hello\n/set temp 0.5\n/bogus\n"""\ntwo\nlines\n"""\n',
+    );
     expect(code).toBe(0);
     expect(stderr).toContain("temp = 0.5");
     expect(stderr).toContain("unknown command '/bogus'");
@@ -514,13 +509,7 @@ describe("mlx chat with piped input", () => {
     const piped = join(root, "piped-save");
     writeTinyModel(piped);
     const chat = async (stdin: string) => {
-      const proc = Bun.spawn([process.execPath, main, "chat", "-m", piped, "--max-tokens", "4"], {
-        stdin: new Blob([stdin]),
-        stdout: "pipe",
-        stderr: "pipe",
-        env: { ...process.env, MLX_HOME: home },
-      });
-      const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+      const { stderr, code } = await chatCli(["-m", piped, "--max-tokens", "4"], stdin);
       expect(code).toBe(0);
       return stderr;
     };
@@ -566,15 +555,10 @@ describe("mlx chat with piped input", () => {
         ],
       }),
     );
-    const proc = Bun.spawn([process.execPath, main, "chat", "-m", piped, "--max-tokens", "2"], {
-      stdin: new Blob([
-        `/load ${nullFile}\n/load ${roles}\n/set max_tokens 1e2\n/set seed 0x10\n/set foo bar\n/set temp -1\n/set repeat_penalty 0\n/set top_p 2\n/show\n`,
-      ]),
-      stdout: "pipe",
-      stderr: "pipe",
-      env: { ...process.env, MLX_HOME: home },
-    });
-    const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+    const { stderr, code } = await chatCli(
+      ["-m", piped, "--max-tokens", "2"],
+      `/load ${nullFile}\n/load ${roles}\n/set max_tokens 1e2\n/set seed 0x10\n/set foo bar\n/set temp -1\n/set repeat_penalty 0\n/set top_p 2\n/show\n`,
+    );
     expect(code).toBe(0);
     const notSaved = (file: string) =>
       `error: ${file} is not a conversation saved with /save (needs messages: [{role: "user" or "assistant", content}])\n`;
@@ -609,13 +593,10 @@ describe("mlx chat with piped input", () => {
   test("an answer the full context cuts short before --max-tokens says so, and the next turn makes room", async () => {
     const piped = join(root, "piped-small");
     writeTinyModel(piped, { contextLength: 64 });
-    const proc = Bun.spawn([process.execPath, main, "chat", "-m", piped, "--max-tokens", "1000", "--stats"], {
-      stdin: new Blob(["Tell me a story\nAnd another one\n"]),
-      stdout: "pipe",
-      stderr: "pipe",
-      env: { ...process.env, MLX_HOME: home },
-    });
-    const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+    const { stderr, code } = await chatCli(
+      ["-m", piped, "--max-tokens", "1000", "--stats"],
+      "Tell me a story\nAnd another one\n",
+    );
     expect(code).toBe(0);
     expect(stderr).toContain("(context full: the answer was cut short)\n");
     expect(stderr).toMatch(/context 64\/64\n/);
@@ -625,17 +606,10 @@ describe("mlx chat with piped input", () => {
   test("piped, a line whose answer fails (over the context) is one error line, the next is answered, and the exit status is 1", async () => {
     const piped = join(root, "piped-failing");
     writeTinyModel(piped, { contextLength: 64 });
-    const proc = Bun.spawn([process.execPath, main, "chat", "-m", piped, "--max-tokens", "3"], {
-      stdin: new Blob([`${"word ".repeat(200)}\nHello\n`]),
-      stdout: "pipe",
-      stderr: "pipe",
-      env: { ...process.env, MLX_HOME: home },
-    });
-    const [stdout, stderr, code] = await Promise.all([
-      new Response(proc.stdout).text(),
-      new Response(proc.stderr).text(),
-      proc.exited,
-    ]);
+    const { stdout, stderr, code } = await chatCli(
+      ["-m", piped, "--max-tokens", "3"],
+      `${"word ".repeat(200)}\nHello\n`,
+    );
     expect(stderr).toMatch(/^error: .*context/m);
     expect(stdout.trim().split("\n")).toHaveLength(1); // "Hello" answered
     // A script reading its answers learns that one failed, as from mlx run (it was 0).
@@ -646,13 +620,10 @@ describe("mlx chat with piped input", () => {
     const piped = join(root, "piped-set");
     writeTinyModel(piped);
     const missing = join(root, "no-such-folder", "chat.json");
-    const proc = Bun.spawn([process.execPath, main, "chat", "-m", piped, "--max-tokens", "2"], {
-      stdin: new Blob([`/set system Be  brief:\tone line.\n/show\n/save ${missing}\n`]),
-      stdout: "pipe",
-      stderr: "pipe",
-      env: { ...process.env, MLX_HOME: home },
-    });
-    const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+    const { stderr, code } = await chatCli(
+      ["-m", piped, "--max-tokens", "2"],
+      `/set system Be  brief:\tone line.\n/show\n/save ${missing}\n`,
+    );
     expect(code).toBe(0);
     expect(stderr).toContain("system prompt:  Be  brief:\tone line.\n");
     expect(stderr).toContain(`error: cannot write '${missing}': no such directory\n`);
@@ -661,8 +632,8 @@ describe("mlx chat with piped input", () => {
   test('/set system """ takes a system prompt of several lines, as in Ollama', async () => {
     const piped = join(root, "piped-system-block");
     writeTinyModel(piped);
-    const { stdout, stderr, code } = await cliRunner(home)(
-      ["chat", "-m", piped, "--max-tokens", "2"],
+    const { stdout, stderr, code } = await chatCli(
+      ["-m", piped, "--max-tokens", "2"],
       '/set system """You are a pirate.\nAlways say arr.\n"""\n/show\n/set system Say """hi"""\n/show\n',
     );
     expect(code).toBe(0);
@@ -674,8 +645,8 @@ describe("mlx chat with piped input", () => {
   test('a """ block that starts with / is a message, not a command (code opening with a // comment was lost)', async () => {
     const piped = join(root, "piped-slash-block");
     writeTinyModel(piped);
-    const { stderr, code } = await cliRunner(home)(
-      ["chat", "-m", piped, "--max-tokens", "2", "--stats"],
+    const { stderr, code } = await chatCli(
+      ["-m", piped, "--max-tokens", "2", "--stats"],
       '"""\n// add two numbers\nconst add = (a, b) => a + b;\n"""\n"""/help"""\n',
     );
     expect(code).toBe(0);
