@@ -304,6 +304,17 @@ describe("OpenAI /v1/models", () => {
   });
 });
 
+/** What `work` returns, and the milliseconds it held this thread. */
+function timed<T>(work: () => T): [T, number] {
+  const start = performance.now();
+  const result = work();
+  return [result, performance.now() - start];
+}
+
+/** The longest a server doing the work a part at a time may leave /health unanswered: 500 ms, or half of doing the
+ *  work in one go (what a server that did not split it would stall for), measured just after under the same load. */
+const stallBound = (onceMs: number) => Math.max(500, onceMs / 2);
+
 describe("llama.cpp utilities", () => {
   test("tokenize (with pieces), detokenize back, apply-template as a generation renders it", async () => {
     const ids = (await post(`${server.url}/tokenize`, { content: "Hello world" })).json.tokens as number[];
@@ -341,14 +352,15 @@ describe("llama.cpp utilities", () => {
     const slowest = await slowestHealthGap(server.url, tokenized);
     const { status, json } = await tokenized;
     expect(status).toBe(200);
-    expect(json.tokens.map((t: { id: number }) => t.id)).toEqual(tokenizer.encode(content));
+    const [once, onceMs] = timed(() => tokenizer.encode(content));
+    expect(json.tokens.map((t: { id: number }) => t.id)).toEqual(once);
     expect(
       json.tokens
         .slice(0, 3)
         .map((t: { piece: string }) => t.piece)
         .join(""),
     ).toBe("Héllo");
-    expect(slowest).toBeLessThan(500);
+    expect(slowest).toBeLessThan(stallBound(onceMs));
   });
 
   test("two million ids are detokenized a part at a time: the server answers meanwhile, the text that of the ids in one go", async () => {
@@ -362,8 +374,9 @@ describe("llama.cpp utilities", () => {
       const slowest = await slowestHealthGap(big.url, detokenized);
       const { status, json } = await detokenized;
       expect(status).toBe(200);
-      expect(json.content).toBe(tokenizer.decode(tokens));
-      expect(slowest).toBeLessThan(500);
+      const [once, onceMs] = timed(() => tokenizer.decode(tokens));
+      expect(json.content).toBe(once);
+      expect(slowest).toBeLessThan(stallBound(onceMs));
     } finally {
       await big.stop();
     }
