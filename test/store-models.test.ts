@@ -1565,6 +1565,49 @@ describe("commands and bad input", () => {
     expect(() => loadAliases()).toThrow(`${file}: cannot read it (EISDIR)`);
   });
 
+  test("an alias on another alias takes the settings it leaves out from it, as a Modelfile's FROM does", () => {
+    mkdirSync(process.env.MLX_HOME!, { recursive: true });
+    const file = join(process.env.MLX_HOME!, "models.toml");
+    writeFileSync(
+      file,
+      [
+        `[models.base]\nsource = "hf:org/tiny"\ndescription = "the base"\nkv_bits = 8\nmax_kv_size = 64`,
+        `temperature = 0.6\ntop_p = 0.9\ndraft_model = "./small"\nnum_draft = 5\n`,
+        `[models.warm]\nsource = "base"\ntemperature = 1.2\n`,
+        `[models.warmer]\nsource = "warm"\ntop_k = 20\nkv_bits = 4\nprompt_lookup = true\n`,
+        `[models.quiet]\nsource = "base"\nprompt_lookup = false\n`,
+        `[models.more]\nsource = "base"\nnum_draft = 8\n`,
+      ].join("\n"),
+    );
+    const { models } = loadAliases();
+    const small = join(process.env.MLX_HOME!, "small");
+    expect(models.get("warm")).toMatchObject({
+      description: undefined,
+      kvBits: 8,
+      maxKvSize: 64,
+      sampling: { temperature: 1.2, topP: 0.9 },
+      speculation: { draftModel: small, numDraft: 5 },
+    });
+    // Down a chain, each value from the nearest alias that writes it; writing prompt_lookup replaces draft_model.
+    expect(models.get("warmer")).toMatchObject({
+      kvBits: 4,
+      maxKvSize: 64,
+      sampling: { temperature: 1.2, topP: 0.9, topK: 20 },
+      speculation: { draftModel: undefined, numDraft: 5 },
+    });
+    expect(models.get("quiet")!.speculation).toBeUndefined();
+    expect(models.get("more")!.speculation).toEqual({ draftModel: small, numDraft: 8 });
+    expect(aliasKvQuantization("warm")).toEqual({ bits: 8, groupSize: 64 });
+    expect(aliasMaxKvSize("warmer")).toBe(64);
+    // A bad value is told where it is written, not at each alias taking it.
+    writeFileSync(file, `[models.warm]\nsource = "base"\n\n[models.base]\nsource = "hf:org/tiny"\nkv_bits = 3\n`);
+    expect(() => loadAliases()).toThrow(`${file}:4: model 'base': kv_bits must be 4 or 8`);
+    // num_draft with no drafting anywhere down the chain drafts nothing, as before.
+    writeFileSync(file, `[models.warm]\nsource = "base"\nnum_draft = 4\n\n[models.base]\nsource = "hf:org/tiny"\n`);
+    expect(() => loadAliases()).toThrow(`${file}:1: model 'warm': num_draft needs draft_model or prompt_lookup`);
+    rmSync(file);
+  });
+
   test(
     "a broken models.toml stops mlx serve at start, and a running server names it in a JSON error",
     async () => {

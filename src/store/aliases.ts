@@ -61,12 +61,22 @@ const ALIAS_KEYS = [
   ...SAMPLING_DEFAULT_KEYS.map((k) => k.name),
 ];
 
+/** A local alias's entry as its file writes it; its settings are checked once it is known what it inherits. */
+interface AliasEntry {
+  name: string;
+  settings: Record<string, unknown>;
+  /** file:line, which errors about it name. */
+  at: string;
+  /** The directory its relative source, adapter and draft_model paths start from (its file's). */
+  relativeTo: string;
+}
+
 /** `relativeTo`: the directory relative source and adapter paths start from (the file's own). */
 function parseTable(
   text: string,
   origin: string,
   relativeTo: string,
-): { defaultModel?: string; models: ModelAlias[]; remotes: RemoteModelConfig[] } {
+): { defaultModel?: string; models: AliasEntry[]; remotes: RemoteModelConfig[] } {
   let doc: Record<string, unknown>;
   try {
     doc = parse(text) as Record<string, unknown>;
@@ -77,7 +87,7 @@ function parseTable(
     }
     throw error;
   }
-  const models: ModelAlias[] = [];
+  const models: AliasEntry[] = [];
   const remotes: RemoteModelConfig[] = [];
   const table = doc.models ?? {};
   if (typeof table !== "object" || Array.isArray(table))
@@ -100,26 +110,7 @@ function parseTable(
     if (typeof e !== "object" || typeof e.source !== "string" || e.source.length === 0) {
       throw new Error(`${at}: model '${name}' needs a source = "..." string`);
     }
-    if (e.description !== undefined && typeof e.description !== "string")
-      throw new Error(`${at}: model '${name}': description must be a string`);
-    if (e.kv_bits !== undefined && e.kv_bits !== 4 && e.kv_bits !== 8)
-      throw new Error(`${at}: model '${name}': kv_bits must be 4 or 8`);
-    if (e.adapter !== undefined && (typeof e.adapter !== "string" || e.adapter.length === 0))
-      throw new Error(`${at}: model '${name}': adapter must be a directory path`);
-    if (e.max_kv_size !== undefined && !(Number.isInteger(e.max_kv_size) && (e.max_kv_size as number) > 4))
-      throw new Error(`${at}: model '${name}': max_kv_size must be a whole number > 4`);
-    models.push({
-      name,
-      source: e.source,
-      sourcePath: resolve(relativeTo, e.source),
-      description: e.description as string | undefined,
-      kvBits: e.kv_bits as number | undefined,
-      adapter: e.adapter === undefined ? undefined : resolve(relativeTo, e.adapter as string),
-      speculation: aliasSpeculationEntry(e, `${at}: model '${name}'`, relativeTo),
-      maxKvSize: e.max_kv_size as number | undefined,
-      sampling: aliasSamplingEntry(e, `${at}: model '${name}'`),
-      definedAt: at,
-    });
+    models.push({ name, settings: e, at, relativeTo });
   }
   const unknownTopLevel = Object.keys(doc).find((key) => key !== "default" && key !== "models");
   if (unknownTopLevel !== undefined)
@@ -186,7 +177,7 @@ export function loadAliases(): AliasTable {
 
 function readAliases(): AliasTable {
   const base = parseTable(shipped, "models.toml (built in)", process.cwd());
-  const models = new Map(base.models.map((m) => [m.name, m]));
+  const entries = new Map(base.models.map((m) => [m.name, m]));
   const remotes = new Map(base.remotes.map((m) => [m.name, m]));
   let defaultModel = base.defaultModel ?? "smollm2";
   const userFile = join(storeRoot(), "models.toml");
@@ -195,19 +186,83 @@ function readAliases(): AliasTable {
     const user = parseTable(text, userFile, dirname(userFile));
     // A user's entry replaces the shipped one of that name, whichever kind either is.
     for (const m of user.models) {
-      models.set(m.name, m);
+      entries.set(m.name, m);
       remotes.delete(m.name);
     }
     for (const m of user.remotes) {
       remotes.set(m.name, m);
-      models.delete(m.name);
+      entries.delete(m.name);
     }
     defaultModel = user.defaultModel ?? defaultModel;
     // Only the user's entries can name other aliases (the shipped ones name sources).
-    checkAliasChains(models, remotes, (name) => withLine(userFile, entryLine(text, name)));
+    checkAliasChains(entries, remotes, (name) => withLine(userFile, entryLine(text, name)));
   }
   checkSharedProviders(remotes.values());
-  return { defaultModel, models, remotes };
+  return { defaultModel, models: aliasesOf(entries), remotes };
+}
+
+/** The alias `entry` names as its source, if its source is one (as resolveModelPath follows them). */
+function sourceAlias(entry: AliasEntry, entries: Map<string, AliasEntry>): AliasEntry | undefined {
+  const source = entry.settings.source as string;
+  return source === entry.name ? undefined : entries.get(source);
+}
+
+/** Settings that are an alias's own, never taken from its source's: what it is, and its adapter (adapterAlias). */
+const OWN_KEYS = ["source", "description", "adapter"];
+
+/** Speculation is one choice: an alias writing either of these replaces the other its source writes. */
+const DRAFT_KEYS = ["draft_model", "prompt_lookup"];
+
+/**
+ * Each alias with its settings checked. One naming another as its source takes the settings it
+ * leaves out from that one (its KV cache, speculation and sampling values), as Ollama's FROM
+ * takes the base's parameters; each source is built before the aliases naming it, so a bad
+ * value is told at the entry that writes it.
+ */
+function aliasesOf(entries: Map<string, AliasEntry>): Map<string, ModelAlias> {
+  const built = new Map<string, { alias: ModelAlias; inheritable: Record<string, unknown> }>();
+  const build = (entry: AliasEntry) => {
+    const done = built.get(entry.name);
+    if (done) return done;
+    const source = sourceAlias(entry, entries);
+    const own = entry.settings;
+    const inherited = Object.entries(source ? build(source).inheritable : {}).filter(
+      ([key]) => !(DRAFT_KEYS.includes(key) && DRAFT_KEYS.some((k) => k in own)),
+    );
+    const settings = { ...Object.fromEntries(inherited), ...own };
+    const alias = toAlias(entry.name, settings, entry.at, entry.relativeTo);
+    const inheritable = Object.fromEntries(Object.entries(settings).filter(([key]) => !OWN_KEYS.includes(key)));
+    // As resolved from the file that wrote it, which may be another than the inheriting alias's.
+    if (alias.speculation?.draftModel) inheritable.draft_model = alias.speculation.draftModel;
+    built.set(entry.name, { alias, inheritable });
+    return built.get(entry.name)!;
+  };
+  return new Map([...entries.values()].map((entry) => [entry.name, build(entry).alias]));
+}
+
+/** An alias from its settings (its own and those it inherits), each checked. */
+function toAlias(name: string, e: Record<string, unknown>, at: string, relativeTo: string): ModelAlias {
+  if (e.description !== undefined && typeof e.description !== "string")
+    throw new Error(`${at}: model '${name}': description must be a string`);
+  if (e.kv_bits !== undefined && e.kv_bits !== 4 && e.kv_bits !== 8)
+    throw new Error(`${at}: model '${name}': kv_bits must be 4 or 8`);
+  if (e.adapter !== undefined && (typeof e.adapter !== "string" || e.adapter.length === 0))
+    throw new Error(`${at}: model '${name}': adapter must be a directory path`);
+  if (e.max_kv_size !== undefined && !(Number.isInteger(e.max_kv_size) && (e.max_kv_size as number) > 4))
+    throw new Error(`${at}: model '${name}': max_kv_size must be a whole number > 4`);
+  const source = e.source as string;
+  return {
+    name,
+    source,
+    sourcePath: resolve(relativeTo, source),
+    description: e.description as string | undefined,
+    kvBits: e.kv_bits as number | undefined,
+    adapter: e.adapter === undefined ? undefined : resolve(relativeTo, e.adapter as string),
+    speculation: aliasSpeculationEntry(e, `${at}: model '${name}'`, relativeTo),
+    maxKvSize: e.max_kv_size as number | undefined,
+    sampling: aliasSamplingEntry(e, `${at}: model '${name}'`),
+    definedAt: at,
+  };
 }
 
 /**
@@ -217,36 +272,32 @@ function readAliases(): AliasTable {
  * two adapters would need both applied at once.
  */
 function checkAliasChains(
-  models: Map<string, ModelAlias>,
+  entries: Map<string, AliasEntry>,
   remotes: Map<string, RemoteModelConfig>,
   where: (name: string) => string,
 ): void {
   // Taken for a path, it would be "model not found: $MLX_HOME/<name>", which says nothing of why.
-  for (const [name, { source }] of models)
-    if (remotes.has(source))
+  for (const { name, settings } of entries.values())
+    if (remotes.has(settings.source as string))
       throw new Error(
-        `${where(name)}: model '${name}': its source '${source}' is a remote model, which has no weights to load (a source is a pull source, a path or a local alias)`,
+        `${where(name)}: model '${name}': its source '${settings.source}' is a remote model, which has no weights to load (a source is a pull source, a path or a local alias)`,
       );
-  // The alias that resolving `name` goes on to, as resolveModelPath follows them.
-  const next = (name: string) => {
-    const source = models.get(name)!.source;
-    return source !== name && models.has(source) ? source : undefined;
-  };
-  for (const start of models.keys()) {
+  for (const start of entries.values()) {
     const chain = [start];
-    let at = next(start);
+    let at = sourceAlias(start, entries);
     while (at !== undefined && !chain.includes(at)) {
       chain.push(at);
-      at = next(at);
+      at = sourceAlias(at, entries);
     }
+    const names = chain.map((entry) => entry.name);
     if (at === start)
       throw new Error(
-        `${where(start)}: model '${start}': its source leads back to it (${[...chain, start].join(" -> ")})`,
+        `${where(start.name)}: model '${start.name}': its source leads back to it (${[...names, start.name].join(" -> ")})`,
       );
-    const tuned = chain.filter((name) => models.get(name)!.adapter !== undefined);
+    const tuned = chain.filter((entry) => entry.settings.adapter !== undefined).map((entry) => entry.name);
     if (tuned.length > 1)
       throw new Error(
-        `${where(start)}: model '${start}': '${tuned[0]}' and its source '${tuned[1]}' both have an adapter (one at a time)`,
+        `${where(start.name)}: model '${start.name}': '${tuned[0]}' and its source '${tuned[1]}' both have an adapter (one at a time)`,
       );
   }
 }
