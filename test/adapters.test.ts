@@ -150,9 +150,9 @@ describe("mlx run with adapters", () => {
     expect(await ids(["-m", "tiny-fused"])).toEqual(await ids(["-m", "tiny", "--adapter", adapterA]));
   }, 60_000);
 
-  test("mlx embed of a base-plus-adapter alias embeds with the adapter: the fused model's vectors", async () => {
-    const vectors = async (name: string) => {
-      const r = await mlx(["embed", "-m", name, "Once upon a time"]);
+  test("mlx embed of a base-plus-adapter alias, or with --adapter, embeds with the adapter: the fused model's vectors", async () => {
+    const vectors = async (model: string | string[]) => {
+      const r = await mlx(["embed", "-m", ...[model].flat(), "Once upon a time"]);
       expect(r).toMatchObject({ code: 0, stderr: "" });
       return JSON.parse(r.stdout) as number[];
     };
@@ -162,6 +162,8 @@ describe("mlx run with adapters", () => {
     // Before, the adapter was left out: the base model's vector.
     expect(maxDifference(tuned, await vectors("tiny"))).toBeGreaterThan(0.1);
     expect(maxDifference(tuned, await vectors(fused.stdout.trim()))).toBeLessThan(1e-4);
+    // --adapter on the base, as run's (it was an unknown flag).
+    expect(await vectors(["tiny", "--adapter", adapterA])).toEqual(tuned);
   }, 60_000);
 
   test("the library's load() of a base-plus-adapter alias answers and embeds with the adapter, as mlx run does", async () => {

@@ -5,7 +5,7 @@ import { embed } from "../engine/embed";
 import { InvalidParameterError } from "../errors";
 import { fail, setVerbose } from "./log";
 import { openModel } from "./open-model";
-import { modelArg, positiveInteger } from "./options";
+import { adapterArg, adapterFrom, modelArg, positiveInteger } from "./options";
 import { variadic } from "./strict-flags";
 
 export default defineCommand({
@@ -20,6 +20,7 @@ export default defineCommand({
       description: "Texts to embed (default: each line of stdin)",
     }),
     ...modelArg,
+    ...adapterArg,
     dimensions: { type: "string", description: "Keep the first N dimensions (normalised again)" },
     verbose: { type: "boolean", alias: "v", description: "Stack traces on errors" },
   },
@@ -30,7 +31,7 @@ export default defineCommand({
     try {
       dimensions = args.dimensions === undefined ? undefined : positiveInteger("dimensions", args.dimensions);
       const texts = args._.length > 0 ? args._.map(String) : undefined;
-      const lm = await openModel(args.model);
+      const lm = await openModel(args.model, { adapter: adapterFrom(args, args.model) });
       const lines = texts ?? createInterface({ input: process.stdin, crlfDelay: Infinity });
       // Errors name the text as the user gave it.
       const source = texts ? "argument" : "input line";
