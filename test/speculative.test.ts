@@ -655,6 +655,32 @@ test("models.toml: prompt_lookup or draft_model with num_draft on an alias; both
   expect(rotating.stderr).toMatch(/speculation: \d+ of \d+ drafted tokens accepted/);
 });
 
+test("an alias's draft_model that cannot draft is its models.toml's fault: a 500 naming the entry, not a 400", async () => {
+  const home = join(root, "alias-draft-home");
+  mkdirSync(home, { recursive: true });
+  const file = join(home, "models.toml");
+  const missing = join(root, "no-such-draft");
+  writeFileSync(file, `[models.spec]\nsource = "${join(root, "tiny")}"\ndraft_model = "${missing}"\n`);
+  const storeBefore = process.env.MLX_HOME;
+  process.env.MLX_HOME = home;
+  const server = serve();
+  try {
+    const r = await post(`${server.url}/v1/chat/completions`, {
+      model: "spec",
+      messages: [{ role: "user", content: "Hi" }],
+      max_tokens: 3,
+    });
+    // Before: a 400 on a draft_model the client never sent (its clients do not retry, nor tell the operator).
+    expect(r.status).toBe(500);
+    expect(r.json.error).toMatchObject({ type: "server_error", code: "invalid_config" });
+    expect(r.json.error.message).toStartWith(`${file}:1: model 'spec': draft model: `);
+    expect(r.json.error.message).toContain(missing);
+  } finally {
+    await server.stop();
+    process.env.MLX_HOME = storeBefore;
+  }
+});
+
 test("--num-draft past 64 (a typo for a small number) is an error, as num_draft in models.toml", async () => {
   // Before: --num-draft 1000000 drafted as much as the answer had room for, every step.
   for (const value of ["65", "1000000", "99999999999999999999"])

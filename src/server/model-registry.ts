@@ -23,7 +23,7 @@ import { listModels, loadPath, releaseStoredModels } from "../store/store";
 import { readManifest } from "../store/manifest";
 import type { IndexEntry } from "../store/model-index";
 import type { Scheduler } from "../engine/scheduler";
-import { ModelNotFoundError, QueueFullError } from "../errors";
+import { ConfigError, ModelNotFoundError, QueueFullError, UnsupportedError } from "../errors";
 import { MAX_TIMER_MS, nextTurn } from "../event-loop";
 import { ClientGoneError } from "./errors";
 
@@ -375,6 +375,20 @@ export class ModelRegistry {
   }
 
   /**
+   * A draft model that `name`'s models.toml entry names and that cannot draft for it (not found,
+   * a remote model, another vocabulary): the operator's file is at fault, not the request, which
+   * sent no draft_model. Told as that file's error (a 500 naming the entry), not a 400.
+   */
+  #aliasDraftError(name: string, error: unknown): unknown {
+    if (this.options.speculation !== undefined || !(error instanceof UnsupportedError)) return error;
+    if (error.param !== "draft_model") return error;
+    const alias = loadAliases().models.get(this.#untagged.get(name) ?? name);
+    return alias
+      ? new ConfigError(`${alias.definedAt}: model '${alias.name}': ${error.message}`, { cause: error })
+      : error;
+  }
+
+  /**
    * The name the model loaded for a request naming `name` is listed by (/api/ps, mlx stop): an
    * adapter's base, whose entry it is (unless the name's own settings make it another entry).
    */
@@ -415,7 +429,9 @@ export class ModelRegistry {
           settings,
           async (draft) => loadModel(await resolveModelPath(draft, { onProgress: () => {} })),
           { otherVocabulary: serverWide ? "skip" : "refuse" },
-        );
+        ).catch((error) => {
+          throw this.#aliasDraftError(name, error);
+        });
         let scheduler: Scheduler;
         try {
           scheduler = this.options.makeScheduler(lm);
