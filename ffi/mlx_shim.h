@@ -356,6 +356,18 @@ MLXS_API int mlxs_watchdog_neighbours(int timeout_ms, const char* message);
 // negative before its first word is due), out[1] the ring while armed (since its last bytes, or the
 // arm). A server says a peer is suspect before the watchdog's timeout ends the process.
 MLXS_API void mlxs_watchdog_silence(int32_t* out);
+// Evaluates `arrays` (collectives of the ring) as mlxs_eval does, unless one of the ring's
+// connections closes first: then an error, at once. MLX's ring fails the transfers under way when
+// a peer's connection closes and ends that socket's thread, so a transfer queued after (a forward
+// pass's next all_sum) would be waited for for ever, and mlxs_eval with it. The evaluation runs
+// on a thread of the shim's while the caller waits (MLX used by one thread at a time still); that
+// thread stays blocked then. As mlxs_eval unless mlxs_distributed_share_stream made the stream.
+MLXS_API int mlxs_eval_unless_peer_lost(mlxs_array* const* arrays, int n);
+// Where the group has ring connections: ops are built from now on on a new default stream that
+// any thread may encode (MLX's thread-unsafe stream; a stream's encoder is otherwise its creating
+// thread's), so that mlxs_eval_unless_peer_lost can evaluate them on its thread. Once, after the
+// join and before the model's arrays are built; nothing elsewhere.
+MLXS_API int mlxs_distributed_share_stream(void);
 // Waits until one of the group's connections (else any socket of this process) has something to
 // read (1) or timeout_ms passes (0).
 // The ring backend's receive spins on its socket until data comes: an idle rank waits here first.

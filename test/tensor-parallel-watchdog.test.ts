@@ -134,6 +134,34 @@ describe("mlx launch -n 2 -- serve --layers 0-14,15-29 --peer-timeout 2 (a pipel
   }, 60_000);
 });
 
+describe("mlx launch -n 2 -- serve --tensor-parallel --peer-timeout 3", () => {
+  test("kill -9 of rank 1 mid-stream: the stream ends with the error, and the launch ends at once", async () => {
+    const tiny = join(dir, "tiny-stream");
+    writeTinyModel(tiny, { layers: 24, seed: 1, contextLength: 2048 });
+    const server = await launchServe(home, 2, tiny, ["--tensor-parallel", "--peer-timeout", "3"]);
+    const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 });
+    let chunks = 0;
+    const answering = client.completions
+      .create({ model: tiny, prompt: "Count:", max_tokens: 1500, temperature: 0, stream: true })
+      .then(async (stream) => {
+        for await (const _ of stream) chunks++;
+      })
+      .catch((e) => e);
+    while (chunks < 3) await Bun.sleep(10);
+    const killedAt = performance.now();
+    process.kill(server.ranks().get(1)!, "SIGKILL");
+    expect(await server.proc.exited).not.toBe(0);
+    // Before: MLX's ring left rank 0's forward pass waiting for ever on the lost connection, and
+    // the launcher killed it 2 s later, cutting the stream (ECONNRESET).
+    expect(performance.now() - killedAt).toBeLessThan(2000);
+    await server.reading;
+    expect(server.stderr()).toContain("error: rank 1 was killed by SIGKILL");
+    const error = (await answering) as Error;
+    expect(error).toBeInstanceOf(OpenAI.APIError);
+    expect(error.message).toContain("lost rank 1 of the tensor-parallel group: ");
+  }, 60_000);
+});
+
 describe("serve --tensor-parallel, ranks started by hand", () => {
   test("when rank 1 dies, /health and /ready say 503, then rank 0 exits within the timeout, naming it", async () => {
     const tiny = join(dir, "tiny");

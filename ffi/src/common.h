@@ -24,6 +24,10 @@ void set_last_error(const char* message);
 // blocks freed into the heap stay mapped for reuse (malloc_reuse.cpp) until asked here.
 void return_free_heap();
 
+// Whether an evaluation was given up on as a peer of the ring was lost (distributed.cpp): MLX's
+// stream is then blocked for good, and whatever waits for it (clearing MLX's cache) would too.
+bool stream_blocked();
+
 // While one lives, MLX's ring tries a refused connect again within milliseconds rather than after
 // its backoff's first second (ring_connect.cpp): the ring's own order makes that refusal common.
 struct FastRingConnects {

@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -374,7 +375,65 @@ Joining& joining() {
   return *j;
 }
 
+// A closed connection of the ring's, said as the error that ends an evaluation; none while
+// every connection is open.
+std::optional<std::string> closed_connection() {
+  std::vector<pollfd> fds;
+  for (int fd : group_sockets) fds.push_back({fd, POLLRDHUP, 0});
+  if (fds.empty() || poll(fds.data(), fds.size(), 0) <= 0) return std::nullopt;
+  for (const auto& p : fds)
+    if (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) return "a peer closed its connection to the ring";
+  return std::nullopt;
+}
+
+// Whether ops are built on a stream any thread may encode (mlxs_distributed_share_stream).
+bool shared_stream = false;
+
+// Whether mlxs_eval_unless_peer_lost gave up on an evaluation (shim::stream_blocked).
+std::atomic<bool> abandoned{false};
+
+// The thread that evaluates for mlxs_eval_unless_peer_lost, so that the caller's thread can give
+// up on an evaluation a lost peer left unfinished. Its thread stays blocked in that one: MLX waits
+// for the stream (in eval, and in the cleanup of an evaluation whose encoding met the stream's
+// error), and the stream waits for the queued transfer. One evaluation at a time, the caller
+// waiting: MLX is used by one thread at a time, as everywhere else.
+struct Evaluator {
+  std::mutex mutex;
+  std::condition_variable posted, finished;
+  std::vector<mx::array> arrays;
+  std::optional<std::string> error;
+  uint64_t asked = 0, answered = 0;
+  bool started = false;
+
+  void run() {
+    std::unique_lock lock(mutex);
+    for (;;) {
+      posted.wait(lock, [this] { return asked != answered; });
+      auto outputs = std::move(arrays);
+      lock.unlock();
+      std::optional<std::string> failed;
+      try {
+        mx::eval(outputs);
+      } catch (const std::exception& e) {
+        failed = e.what();
+      }
+      outputs.clear();
+      lock.lock();
+      error = std::move(failed);
+      answered = asked;
+      finished.notify_all();
+    }
+  }
+};
+
+Evaluator& evaluator() {
+  static Evaluator* e = new Evaluator();  // never destroyed: its thread may be blocked for good
+  return *e;
+}
+
 }  // namespace
+
+bool shim::stream_blocked() { return abandoned; }
 
 extern "C" {
 
@@ -459,6 +518,46 @@ int mlxs_watchdog_arm(int timeout_ms, const char* message) {
     w.heard = bytes_received();  // silence counts from now: bytes that came before are no answer
     w.message = message;
     if (!w.wakes_at || *w.deadline < *w.wakes_at) w.changed.notify_all();
+    return 0;
+  });
+}
+
+int mlxs_distributed_share_stream(void) {
+  return guard([&] {
+    if (group_sockets.empty() || shared_stream) return 0;
+    mx::set_default_stream(mx::new_thread_unsafe_stream(mx::default_device()));
+    shared_stream = true;
+    return 0;
+  });
+}
+
+int mlxs_eval_unless_peer_lost(mlxs_array* const* arrays, int n) {
+  return guard([&] {
+    auto outputs = arrays_of(arrays, n);
+    if (!shared_stream) {
+      mx::eval(outputs);  // not the ring, or not Linux, or built where only this thread may encode them
+      return 0;
+    }
+    auto& e = evaluator();
+    std::unique_lock lock(e.mutex);
+    // Still blocked in an evaluation given up on: this one would wait behind it.
+    if (e.asked != e.answered) throw std::runtime_error("a peer closed its connection to the ring");
+    if (!e.started) {
+      std::thread([&e] { e.run(); }).detach();
+      e.started = true;
+    }
+    e.arrays = std::move(outputs);
+    e.asked++;
+    e.posted.notify_one();
+    // A lost peer shows within a few milliseconds; the watchdog times a silent one.
+    while (!e.finished.wait_for(lock, std::chrono::milliseconds(10), [&e] { return e.asked == e.answered; }))
+      if (auto closed = closed_connection()) {
+        // The evaluator is blocked for good: at an exit that runs them, MLX's static destructors
+        // would wait for the stream it blocks. The process ends before them, as the watchdog ends it.
+        if (!abandoned.exchange(true)) std::atexit([] { std::_Exit(3); });
+        throw std::runtime_error(*closed);
+      }
+    if (e.error) throw std::runtime_error(*e.error);
     return 0;
   });
 }

@@ -5,6 +5,7 @@ import { wrap, type MxArray } from "./array";
 import type { DtypeCode } from "./dtype";
 import { setTimeout as sleep } from "node:timers/promises";
 import { binding, check, cstr, lib, outPtr, outPtr2, outPtr3 } from "./ffi";
+import { handles } from "./ops";
 
 /** How often a join in progress, or a socket, is looked at while the event loop goes on. */
 const pollMs = 20;
@@ -116,6 +117,26 @@ export function silence(): { next?: number; ring?: number } {
   const out = new Int32Array(2);
   lib.mlxs_watchdog_silence(out);
   return { next: out[0]! >= 0 ? out[0] : undefined, ring: out[1]! >= 0 ? out[1] : undefined };
+}
+
+/**
+ * Evaluates `arrays` (collectives), as evaluate() does, unless a connection of the ring closes
+ * first: then it throws at once. Where a peer's connection closes, MLX's ring fails the transfers
+ * under way but leaves those queued after (a forward pass's next all_sum) waiting for ever, and
+ * an evaluation with them: a tensor-parallel rank 0 would then hold its clients' streams until the
+ * watchdog ends the process, cutting them, where it can tell them a rank was lost.
+ */
+export function evaluateUnlessPeerLost(...arrays: MxArray[]): void {
+  check(lib.mlxs_eval_unless_peer_lost(handles(arrays), arrays.length), "eval");
+}
+
+/**
+ * Builds ops from now on on a stream that evaluateUnlessPeerLost may evaluate on a thread of the
+ * shim's (MLX's streams are otherwise their creating thread's): once, after the join and before
+ * the model is loaded. Without it (another backend), evaluateUnlessPeerLost is evaluate().
+ */
+export function shareStream(): void {
+  check(lib.mlxs_distributed_share_stream(), "share stream");
 }
 
 /**

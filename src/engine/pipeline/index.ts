@@ -83,6 +83,8 @@ export async function openPipeline(
   const stage = stages?.[rank] ?? { start: 0, end: layout.numLayers, ends: rank === 0 };
   // What a prompt cache file records: a file saved under another split is not used.
   const split = stages ? `layers ${stages.map(layerRange).join(",")}` : `tensor-parallel ${size}`;
+  // Each forward pass is evaluated off this thread, which can then give up on one a lost rank hangs.
+  if (tensorParallel) distributed.shareStream();
   const lm = await loadModelAsync(path, stage, tensorParallel ? group : undefined);
   lm.kvQuantization = caches.kvQuantization;
   // Everyone loaded (a rank that failed has exited, and this says so: a lost peer), and split the

@@ -18,6 +18,12 @@ import { RankZeroFront, type MessageFields } from "./rank-zero";
 
 const { distributed } = mx;
 
+/**
+ * Every evaluation here holds all_sums: one that a lost rank leaves waiting for ever throws instead,
+ * so that rank 0 can tell its clients why their streams end (and the other ranks stop sooner).
+ */
+const evaluate = distributed.evaluateUnlessPeerLost;
+
 /** Rank 0's model: its slice of the layers, run in step with the other ranks'. */
 export class TensorParallelFront extends RankZeroFront implements DecoderModel {
   #seq = 0;
@@ -49,7 +55,7 @@ export class TensorParallelFront extends RankZeroFront implements DecoderModel {
     const flags = decode ? Flag.decode : this.isWhole(caches) ? Flag.whole : Flag.prefill;
     return this.#step({ ...fields, flags }, h, (hidden) => {
       const out = this.local.layers(hidden!, caches);
-      mx.evaluate(out, ...cacheState(caches as KVCache[]));
+      evaluate(out, ...cacheState(caches as KVCache[]));
       this.#tokens += rows * length;
       // Two sums of float32 partial products a layer (the header and hidden states: #step).
       this.#summedBytes += 2 * this.numLayers * rows * length * width * 4;
@@ -88,7 +94,7 @@ export class TensorParallelFront extends RankZeroFront implements DecoderModel {
   protected post(fields: MessageFields, payload?: () => MxArray): void {
     if (!this.open) return;
     try {
-      mx.scope(() => this.#step(fields, payload?.(), (p) => p && mx.evaluate(p)));
+      mx.scope(() => this.#step(fields, payload?.(), (p) => p && evaluate(p)));
     } catch {
       // #step noted the loss (loseRank).
     }
@@ -100,9 +106,11 @@ export class TensorParallelFront extends RankZeroFront implements DecoderModel {
     try {
       return mx.scope(() =>
         this.#step({ ...fields, rows: text.length }, mx.array(text), (payload) => {
-          mx.evaluate(payload!);
+          evaluate(payload!);
           this.#summedBytes += 4;
-          return distributed.allSum(mx.zeros([1], mx.Dtype.int32)).toArray()[0] === 0;
+          const noes = distributed.allSum(mx.zeros([1], mx.Dtype.int32));
+          evaluate(noes);
+          return noes.toArray()[0] === 0;
         }),
       );
     } catch {
@@ -117,7 +125,7 @@ export class TensorParallelFront extends RankZeroFront implements DecoderModel {
    */
   evaluateTogether(...sums: MxArray[]): void {
     this.ensureOpen();
-    this.#watched(() => mx.evaluate(...sums));
+    this.#watched(() => evaluate(...sums));
     for (const sum of sums) this.#summedBytes += sum.nbytes;
   }
 
@@ -130,7 +138,7 @@ export class TensorParallelFront extends RankZeroFront implements DecoderModel {
     const header = encodeHeader(headerOf(fields, this.#seq++));
     this.#summedBytes += header.nbytes + (payload?.nbytes ?? 0);
     return this.#watched(() => {
-      mx.evaluate(distributed.allSum(header));
+      evaluate(distributed.allSum(header));
       return then(payload && distributed.allSum(payload));
     });
   }
@@ -180,7 +188,7 @@ export function serveShard(model: DecoderModel, o: ShardOptions): void {
   // Our share of rank 0's broadcast: zeros.
   const receive = (shape: number[], dtype: mx.DtypeCode) => {
     const a = distributed.allSum(mx.zeros(shape, dtype));
-    mx.evaluate(a);
+    evaluate(a);
     return a;
   };
   let expected = 0;
@@ -197,7 +205,7 @@ export function serveShard(model: DecoderModel, o: ShardOptions): void {
         case Op.forward: {
           const hidden = receive([h.rows, h.length, h.width], h.dtype);
           const caches = sets.of(h.set, (h.flags & Flag.decode) !== 0, (h.flags & Flag.whole) !== 0);
-          mx.evaluate(
+          evaluate(
             adapters.run(() => model.layers(hidden, caches)),
             ...cacheState(caches),
           );
@@ -240,7 +248,7 @@ export function serveShard(model: DecoderModel, o: ShardOptions): void {
           const saving = h.op === Op.savePrefixFile;
           const done = saving ? sets.savePrefixFile(h.entry, file, save) : sets.loadPrefixFile(h.entry, file, save);
           const no = done ? 0 : 1;
-          mx.evaluate(distributed.allSum(mx.array(Int32Array.from([no]))));
+          evaluate(distributed.allSum(mx.array(Int32Array.from([no]))));
           break;
         }
         case Op.removePrefixFile:

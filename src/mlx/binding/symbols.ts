@@ -158,6 +158,8 @@ export const symbols = {
   mlxs_watchdog_neighbours: { args: [i32, cstring], returns: i32 },
   mlxs_watchdog_silence: { args: [p], returns: none },
   mlxs_wait_readable: { args: [i32], returns: i32 },
+  mlxs_eval_unless_peer_lost: { args: [p, i32], returns: i32 },
+  mlxs_distributed_share_stream: { args: [], returns: i32 },
   mlxs_distributed_read: { args: [p, u64, i32, p], returns: i32 },
 } as const satisfies Record<string, Signature>;
 
