@@ -8,6 +8,7 @@ import {
   logitsProcessors,
   makeSampler,
   penalizeRepetition,
+  samplingLogits,
   validateSampling,
   type SamplingParams,
 } from "../src/engine/sampling";
@@ -46,6 +47,23 @@ describe("sampler", () => {
 
   test("a top-p too small for float32 (1 - p rounds to 1) keeps the most likely token, never none", () => {
     expect(new Set(draw({ temperature: 1, topP: 1e-9, seed: 4 }, [0.25, 0.4, 0.2, 0.15], 40))).toEqual(new Set([1]));
+  });
+
+  test("top-p keeps as many tokens of a half-precision model's logprobs as of float32 ones (its sum in float32, as mlx-lm's)", () => {
+    // A Zipf distribution over SmolLM2's vocabulary: in bfloat16 the running sum stalled near 0.46,
+    // and top_p 0.9 kept 284 of the ~15,750 tokens it keeps in float32.
+    const vocab = 49152;
+    const logits = Float32Array.from({ length: vocab }, (_, i) => -Math.log(i + 1));
+    const kept = (dtype: mx.DtypeCode) =>
+      mx.scope(() => {
+        const row = mx.astype(mx.array(logits, [1, vocab]), dtype);
+        const logprobs = mx.subtract(row, mx.logsumexp(row, -1, true));
+        const filtered = samplingLogits(params({ temperature: 1, topP: 0.9 }), logprobs);
+        return (mx.astype(filtered, mx.Dtype.float32).toArray() as number[]).filter(Number.isFinite).length;
+      });
+    const full = kept(mx.Dtype.float32);
+    for (const half of [mx.Dtype.bfloat16, mx.Dtype.float16])
+      expect(Math.abs(kept(half) - full) / full).toBeLessThan(0.02);
   });
 
   test("min-p drops tokens below min-p × the best", () => {
