@@ -29,7 +29,8 @@ beforeAll(() => {
   cpSync(plain, recommended, { recursive: true });
   writeFileSync(join(recommended, "generation_config.json"), JSON.stringify({ temperature: 0, top_p: 7, min_p: 1 }));
   writeAliases(
-    `[models.cold]\nsource = "${plain}"\ntop_k = 1\n\n[models.warm]\nsource = "${recommended}"\ntemperature = 1\n`,
+    `[models.cold]\nsource = "${plain}"\ntop_k = 1\n\n[models.warm]\nsource = "${recommended}"\ntemperature = 1\n\n` +
+      `[models.sticky]\nsource = "${plain}"\nrepetition_penalty = 1.2\n`,
   );
   server = serve({});
 }, 60_000);
@@ -100,6 +101,12 @@ describe("a model's sampling defaults", () => {
     const warm = (await post(`${server.url}/api/show`, { model: "warm" })).json;
     expect(warm.parameters.split("\n").map((line: string) => line.split(/ +/))).toEqual([["temperature", "1"]]);
     expect((await post(`${server.url}/api/show`, { model: plain })).json.parameters).toBe("");
+  });
+
+  test("/api/show names each by Ollama's own PARAMETER name: models.toml's repetition_penalty is repeat_penalty", async () => {
+    const sticky = (await post(`${server.url}/api/show`, { model: "sticky" })).json;
+    expect(sticky.modelfile).toBe(`FROM ${plain}\nPARAMETER repeat_penalty 1.2\n`);
+    expect(sticky.parameters.split(/ +/)).toEqual(["repeat_penalty", "1.2"]);
   });
 
   test("a value out of range in models.toml is an error naming the file, the line and the range", () => {

@@ -17,6 +17,8 @@ export type SamplingDefaults = Partial<
 export const SAMPLING_DEFAULT_KEYS: {
   key: keyof SamplingDefaults;
   name: string;
+  /** Its name as an Ollama Modelfile's PARAMETER, where that is not `name`. */
+  ollamaName?: string;
   valid: (v: number) => boolean;
   range: string;
 }[] = [
@@ -27,6 +29,7 @@ export const SAMPLING_DEFAULT_KEYS: {
   {
     key: "repetitionPenalty",
     name: "repetition_penalty",
+    ollamaName: "repeat_penalty",
     valid: (v) => v > 0 && v < Infinity,
     range: "a number > 0",
   },
@@ -53,10 +56,10 @@ export function readGenerationDefaults(path: string): SamplingDefaults {
   return defaults;
 }
 
-/** The values `defaults` sets, each by its name in generation_config.json (and models.toml, and Ollama's PARAMETERs). */
-export function samplingValues(defaults: SamplingDefaults): [name: string, value: number][] {
-  return SAMPLING_DEFAULT_KEYS.filter(({ key }) => defaults[key] !== undefined).map(({ key, name }) => [
-    name,
+/** The values `defaults` sets, each by its name as an Ollama Modelfile's PARAMETER (Ollama's clients read them by those). */
+export function ollamaParameters(defaults: SamplingDefaults): [name: string, value: number][] {
+  return SAMPLING_DEFAULT_KEYS.filter(({ key }) => defaults[key] !== undefined).map(({ key, name, ollamaName }) => [
+    ollamaName ?? name,
     defaults[key]!,
   ]);
 }

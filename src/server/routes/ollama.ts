@@ -29,7 +29,7 @@ import { knownName, withoutLatestTag, type LoadedEntry } from "../model-registry
 import { locateModel, missingModelError } from "../../store/resolve";
 import type { IndexEntry } from "../../store/model-index";
 import { readJson } from "../../api/validate";
-import { samplingValues, type SamplingDefaults } from "../../models/generation-config";
+import { ollamaParameters, type SamplingDefaults } from "../../models/generation-config";
 import { type ServerState, serverStartDate } from "../state";
 import { remoteModelConfigs, remoteModelNames } from "../../providers";
 import type { RemoteModelConfig } from "../../providers/config";
@@ -290,7 +290,7 @@ function showModel(
     statSync(path).isDirectory() ? directoryFacts(path) : ggufFacts(readGGUFHeader(path)),
   );
   // The sampling values its requests get when they set none, as Ollama shows a Modelfile's.
-  const values = samplingValues(defaults);
+  const values = ollamaParameters(defaults);
   return {
     license: "",
     modelfile: `FROM ${path}\n${adapter === undefined ? "" : `ADAPTER ${adapter}\n`}${values.map(([name, value]) => `PARAMETER ${name} ${value}\n`).join("")}`,
