@@ -42,7 +42,7 @@ describe("the library's options", () => {
     const cases: [GenerateOptions, string][] = [
       [{ topP: 2 }, "topP: topP must be in (0, 1] (got 2)"],
       [{ topK: 2.5 }, "topK: topK must be a whole number >= 0 (got 2.5)"],
-      [{ minP: 5 }, "minP: minP must be in [0, 1) (got 5)"],
+      [{ minP: 5 }, "minP: minP must be in [0, 1] (got 5)"],
       [{ repetitionPenalty: -1 }, "repetitionPenalty: repetitionPenalty must be > 0 (got -1)"],
       [{ temperature: -1 }, "temperature: temperature must be >= 0 (got -1)"],
     ];

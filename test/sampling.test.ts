@@ -71,6 +71,11 @@ describe("sampler", () => {
     expect([...picks].sort()).toEqual([0, 1]);
   });
 
+  test("min-p 1 keeps only the most likely token (greedy), as mlx-lm, vLLM and llama.cpp take it", () => {
+    expect(() => validateSampling(params({ minP: 1 }))).not.toThrow();
+    expect(new Set(draw({ temperature: 2, minP: 1, seed: 5 }, [0.3, 0.35, 0.05, 0.3], 40))).toEqual(new Set([1]));
+  });
+
   test("top-k with top-p keeps a token even when the k most likely hold less than 1 - p", () => {
     // 1,000 near-equal tokens: the two best hold ~0.2% of the mass, far below 1 - 0.9.
     const p = Array.from({ length: 1000 }, (_, i) => (i === 5 || i === 7 ? 2 : 1));
@@ -131,7 +136,7 @@ describe("sampler", () => {
     expect(() => validateSampling(params({ temperature: -1 }))).toThrow(/temperature/);
     expect(() => validateSampling(params({ topP: 0 }))).toThrow(/top_p/);
     expect(() => validateSampling(params({ topK: 1.5 }))).toThrow(/top_k/);
-    expect(() => validateSampling(params({ minP: 1 }))).toThrow(/min_p/);
+    expect(() => validateSampling(params({ minP: 1.5 }))).toThrow(/min_p/);
     expect(() => validateSampling(params({ repetitionPenalty: 0 }))).toThrow(/repetition/);
   });
 });

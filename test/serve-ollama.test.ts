@@ -197,6 +197,25 @@ describe("Ollama chat and generate", () => {
     expect(a.response).toBe(b.response);
   });
 
+  test("min_p 1 keeps only the most likely token, as llama.cpp takes it: the greedy answer at any seed", async () => {
+    const options = { num_predict: 8, repeat_penalty: 1 };
+    const greedyAnswer = await ollama.generate({
+      model,
+      prompt: "Hi",
+      stream: false,
+      options: { ...options, temperature: 0 },
+    });
+    for (const seed of [1, 2]) {
+      const r = await ollama.generate({
+        model,
+        prompt: "Hi",
+        stream: false,
+        options: { ...options, temperature: 1.5, min_p: 1, seed },
+      });
+      expect(r.response).toBe(greedyAnswer.response);
+    }
+  });
+
   test("presence and frequency penalties count the last repeat_last_n tokens, prompt included, as Ollama's", () => {
     const options = { presence_penalty: 1, frequency_penalty: 0.5, repeat_last_n: 16 };
     const { sampling } = parseOllamaGenerate({ model, prompt: "Hi", options });

@@ -85,7 +85,7 @@ describe("bad input: a clear 4xx naming the field, and the server carries on", (
     ["negative temperature", v1, { temperature: -1 }, 400, "temperature"],
     ["top_p of 0", v1, { top_p: 0 }, 400, "top_p"],
     ["top_k fractional", v1, { top_k: 2.5 }, 400, "top_k"],
-    ["min_p of 1", v1, { min_p: 1 }, 400, "min_p"],
+    ["min_p over 1", v1, { min_p: 1.5 }, 400, "min_p"],
     ["repetition_penalty of 0", v1, { repetition_penalty: 0 }, 400, "repetition_penalty"],
     ["presence_penalty out of range", v1, { presence_penalty: 3 }, 400, "presence_penalty"],
     ["a fractional seed", v1, { seed: -5.5 }, 400, "seed"],

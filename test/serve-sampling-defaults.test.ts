@@ -24,10 +24,10 @@ beforeAll(() => {
   plain = join(root, "plain");
   writeTinyModel(plain, { contextLength: 512 });
   // The same weights, with a maker's recommendation of greedy decoding and values out of range
-  // (min_p 1 keeps no token but the most likely, and requests refuse it).
+  // (min_p 1.5, past 1, which requests refuse).
   recommended = join(root, "recommended");
   cpSync(plain, recommended, { recursive: true });
-  writeFileSync(join(recommended, "generation_config.json"), JSON.stringify({ temperature: 0, top_p: 7, min_p: 1 }));
+  writeFileSync(join(recommended, "generation_config.json"), JSON.stringify({ temperature: 0, top_p: 7, min_p: 1.5 }));
   writeAliases(
     `[models.cold]\nsource = "${plain}"\ntop_k = 1\n\n[models.warm]\nsource = "${recommended}"\ntemperature = 1\n\n` +
       `[models.sticky]\nsource = "${plain}"\nrepetition_penalty = 1.2\n`,
@@ -58,7 +58,7 @@ describe("a model's sampling defaults", () => {
     const greedy = await answer(plain, { temperature: 0 });
     // OpenAI's default, temperature 1, where the model recommends nothing: two seeds, two answers.
     expect(await answer(plain, { seed: 1 })).not.toBe(await answer(plain, { seed: 2 }));
-    // Its recommendation (temperature 0; top_p 7 and min_p 1 are out of range and left out): greedy, whatever the seed.
+    // Its recommendation (temperature 0; top_p 7 and min_p 1.5 are out of range and left out): greedy, whatever the seed.
     expect(await answer(recommended, { seed: 1 })).toBe(greedy);
     expect(await answer(recommended, { seed: 2 })).toBe(greedy);
     expect(await answer(recommended, { seed: 1, temperature: 1 })).toBe(await answer(plain, { seed: 1 }));
@@ -116,7 +116,7 @@ describe("a model's sampling defaults", () => {
       ["top_k = 2.5", "top_k must be a whole number >= 0"],
       ['repetition_penalty = "1.1"', "repetition_penalty must be a number > 0"],
       // Values a request would refuse: every request to the model was a 400 naming a field it never sent.
-      ["min_p = 1", "min_p must be a number in [0, 1)"],
+      ["min_p = 1.5", "min_p must be a number in [0, 1]"],
       ["temperature = inf", "temperature must be a number >= 0"],
       ["repetition_penalty = inf", "repetition_penalty must be a number > 0"],
     ]) {

@@ -131,7 +131,7 @@ function options(f: Fields): Pick<OllamaRequest, "maxTokens" | "contextBound" | 
       temperature: o.number("temperature", { min: 0 }),
       topP: o.number("top_p", { above: 0, max: 1 }),
       topK: o.integer("top_k", { min: 0 }),
-      minP: o.number("min_p", { min: 0, below: 1 }),
+      minP: o.number("min_p", { min: 0, max: 1 }),
       repetitionPenalty: o.number("repeat_penalty", { above: 0 }),
       // -1 means the whole context; 0 turns the penalty off.
       repetitionContext: repeatLastN === -1 ? 1 << 30 : repeatLastN,

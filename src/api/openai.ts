@@ -115,7 +115,7 @@ function commonFields(f: Fields): Omit<OpenAIRequest, "prompts" | "logprobs" | "
     temperature: f.number("temperature", { min: 0, max: 2 }),
     topP: f.number("top_p", { above: 0, max: 1 }),
     topK,
-    minP: f.number("min_p", { min: 0, below: 1 }),
+    minP: f.number("min_p", { min: 0, max: 1 }),
     repetitionPenalty: f.number("repetition_penalty", { above: 0, max: 10 }),
     // Any integer, as OpenAI's and vLLM's (a negative one too: its 64 bits make the key).
     seed: f.integer("seed", { min: -Number.MAX_SAFE_INTEGER, max: Number.MAX_SAFE_INTEGER }),

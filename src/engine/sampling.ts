@@ -47,7 +47,8 @@ export function validateSampling(p: SamplingParams, vocab = Infinity): void {
     fail(`temperature must be >= 0 (got ${p.temperature})`, "temperature");
   if (!(p.topP > 0 && p.topP <= 1)) fail(`top_p must be in (0, 1] (got ${p.topP})`, "top_p");
   if (!Number.isInteger(p.topK) || p.topK < 0) fail(`top_k must be a whole number >= 0 (got ${p.topK})`, "top_k");
-  if (!(p.minP >= 0 && p.minP < 1)) fail(`min_p must be in [0, 1) (got ${p.minP})`, "min_p");
+  // 1 keeps only the most likely token (greedy), as mlx-lm, vLLM and llama.cpp take it.
+  if (!(p.minP >= 0 && p.minP <= 1)) fail(`min_p must be in [0, 1] (got ${p.minP})`, "min_p");
   if (!(p.repetitionPenalty > 0) || !Number.isFinite(p.repetitionPenalty))
     fail(`repetition penalty must be > 0 (got ${p.repetitionPenalty})`, "repetition_penalty");
   if (p.seed !== undefined && !Number.isInteger(p.seed)) fail(`seed must be a whole number (got ${p.seed})`, "seed");

@@ -25,7 +25,7 @@ export const SAMPLING_DEFAULT_KEYS: {
   { key: "temperature", name: "temperature", valid: (v) => v >= 0 && v < Infinity, range: "a number >= 0" },
   { key: "topP", name: "top_p", valid: (v) => v > 0 && v <= 1, range: "a number in (0, 1]" },
   { key: "topK", name: "top_k", valid: (v) => Number.isInteger(v) && v >= 0, range: "a whole number >= 0" },
-  { key: "minP", name: "min_p", valid: (v) => v >= 0 && v < 1, range: "a number in [0, 1)" },
+  { key: "minP", name: "min_p", valid: (v) => v >= 0 && v <= 1, range: "a number in [0, 1]" },
   {
     key: "repetitionPenalty",
     name: "repetition_penalty",
