@@ -98,6 +98,14 @@ describe("bad input: a clear 4xx naming the field, and the server carries on", (
     ["model as a number", v1, { model: 5 }, 400, "model"],
     ["logit_bias with a bad key", v1, { logit_bias: { abc: 1 } }, 400, "logit_bias"],
     ["logit_bias outside the vocabulary", v1, { logit_bias: { "99999999": 1 } }, 400, "logit_bias"],
+    // Which of its keys: a client may send hundreds.
+    [
+      "logit_bias outside the vocabulary, the id named",
+      v1,
+      { logit_bias: { "5": 1, "99999999": 1 } },
+      400,
+      /token id 99999999,/,
+    ],
     [
       "response_format json_schema without a schema",
       v1,

@@ -53,7 +53,8 @@ export function validateSampling(p: SamplingParams, vocab = Infinity): void {
     fail(`repetition penalty must be > 0 (got ${p.repetitionPenalty})`, "repetition_penalty");
   if (p.seed !== undefined && !Number.isInteger(p.seed)) fail(`seed must be a whole number (got ${p.seed})`, "seed");
   for (const id of p.logitBias?.keys() ?? []) {
-    if (!(id >= 0 && id < vocab)) fail(`logit_bias names a token id outside the vocabulary (${vocab})`, "logit_bias");
+    if (!(id >= 0 && id < vocab))
+      fail(`logit_bias names token id ${id}, outside the vocabulary (ids 0 to ${vocab - 1})`, "logit_bias");
   }
 }
 
