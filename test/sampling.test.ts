@@ -104,6 +104,22 @@ describe("sampler", () => {
     expect(out).toEqual([1, -4, 4]);
   });
 
+  test("a repetition penalty far below 1 makes a seen token the most likely, never an infinite logit (a NaN logprob)", () => {
+    // 20 / 1e-50 is past float32's largest number (and 1e-50 itself is 0 there): the seen token's
+    // logit was Infinity, every logprob NaN, and greedy decoding picked a token regardless of them.
+    for (const dtype of [mx.Dtype.float32, mx.Dtype.bfloat16, mx.Dtype.float16])
+      for (const penalty of [1e-50, 1e-38, 1e-6]) {
+        const logprobs = mx.scope(() => {
+          const logits = mx.astype(mx.array([5, 20, -3, 0], [1, 4]), dtype);
+          const seen = penalizeRepetition(logits, mx.array(Int32Array.from([1, 2, 3]), [1, 3]), penalty);
+          return mx.astype(mx.subtract(seen, mx.logsumexp(seen, -1, true)), mx.Dtype.float32).toArray() as number[];
+        });
+        expect(logprobs.every((x) => !Number.isNaN(x))).toBe(true);
+        expect(logprobs.indexOf(Math.max(...logprobs))).toBe(1);
+        expect(logprobs[1]).toBeCloseTo(0, 3);
+      }
+  });
+
   test("logit_bias is added before the repetition penalty scales a logit, as mlx-lm, llama.cpp and vLLM apply them", () => {
     // Token 0 (logit -1) was seen and is biased by +5: (-1 + 5) / 2 = 2, where penalizing first gave -1 × 2 + 5 = 3.
     const p = params({ repetitionPenalty: 2, repetitionContext: 20, logitBias: new Map([[0, 5]]) });

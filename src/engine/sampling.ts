@@ -168,12 +168,31 @@ function recentIndex(recent: readonly number[], pending: MxArray | undefined): M
   return known && latest ? mx.concatenate([known, latest], 1) : (known ?? latest);
 }
 
+/**
+ * Below this a repetition penalty favours a seen token as much as it ever will: its positive logit
+ * divided by it is already 1e30 times itself, far past every other. It also bounds the division:
+ * 1e-50 is 0 in float32, and a logit over it infinite.
+ */
+const STRONGEST_FAVOUR = 1e-30;
+
+/** The largest finite logit of each float dtype: past it a logit is infinite, and every logprob NaN. */
+const largestFinite: Partial<Record<number, number>> = {
+  [mx.Dtype.float16]: 65504,
+  [mx.Dtype.bfloat16]: 3.3895e38,
+  [mx.Dtype.float32]: 3.4028e38,
+};
+
 /** Applies the repetition penalty in place of the logits of recently seen tokens (`index` [1, n]). */
 export function penalizeRepetition(logits: MxArray, index: MxArray | undefined, penalty: number): MxArray {
   if (penalty === 1 || index === undefined) return logits;
   const seen = mx.takeAlongAxis(logits, index, -1);
-  const penalized = mx.where(mx.less(seen, 0), mx.multiply(seen, penalty), mx.divide(seen, penalty));
-  return mx.putAlongAxis(logits, index, penalized, -1);
+  // In float32, a positive logit divided by a penalty below 1 kept within the logits' dtype: a
+  // float16 model's 20 / 1e-6 (or anyone's 20 / 1e-50) was Infinity, and the draw noise.
+  const wide = mx.astype(seen, mx.Dtype.float32);
+  const divided = mx.divide(wide, Math.max(penalty, STRONGEST_FAVOUR));
+  const bounded = mx.minimum(divided, largestFinite[logits.dtype] ?? largestFinite[mx.Dtype.float32]!);
+  const penalized = mx.where(mx.less(wide, 0), mx.multiply(wide, penalty), bounded);
+  return mx.putAlongAxis(logits, index, mx.astype(penalized, logits.dtype), -1);
 }
 
 const negativeInfinity = (like: MxArray) => mx.full([], -Infinity, like.dtype);
