@@ -45,25 +45,39 @@ describe("sampler", () => {
     expect([...picks].sort()).toEqual([0, 1]);
   });
 
-  test("a top-p too small for float32 (1 - p rounds to 1) keeps the most likely token, never none", () => {
-    expect(new Set(draw({ temperature: 1, topP: 1e-9, seed: 4 }, [0.25, 0.4, 0.2, 0.15], 40))).toEqual(new Set([1]));
+  test("top-p keeps every token as likely as the last one it needs, as mlx-lm's threshold does: a tie is kept whole", () => {
+    // 0.4 alone is short of 0.5; a 0.3 is needed, and the other 0.3 is as likely: both stay. Ranked
+    // by a sort, one of the two was dropped for its place in the order (its id), and never drawn.
+    expect(new Set(draw({ temperature: 1, topP: 0.5, seed: 6 }, [0.3, 0.4, 0.3], 60))).toEqual(new Set([0, 1, 2]));
+    expect(new Set(draw({ temperature: 1, topP: 0.3, seed: 6 }, [0.3, 0.4, 0.3], 30))).toEqual(new Set([1]));
   });
 
-  test("top-p keeps as many tokens of a half-precision model's logprobs as of float32 ones (its sum in float32, as mlx-lm's)", () => {
+  test("a top-p too small for float32 (1 - p rounds to 1, or p itself to 0) keeps the most likely token, never none", () => {
+    for (const topP of [1e-9, 1e-50])
+      expect(new Set(draw({ temperature: 1, topP, seed: 4 }, [0.25, 0.4, 0.2, 0.15], 40))).toEqual(new Set([1]));
+  });
+
+  test("top-p keeps what mlx-lm's keeps of a half-precision model's logprobs (their sum in float32)", () => {
     // A Zipf distribution over SmolLM2's vocabulary: in bfloat16 the running sum stalled near 0.46,
-    // and top_p 0.9 kept 284 of the ~15,750 tokens it keeps in float32.
+    // and top_p 0.9 kept 284 of the ~15,750 tokens it should.
     const vocab = 49152;
     const logits = Float32Array.from({ length: vocab }, (_, i) => -Math.log(i + 1));
-    const kept = (dtype: mx.DtypeCode) =>
-      mx.scope(() => {
-        const row = mx.astype(mx.array(logits, [1, vocab]), dtype);
-        const logprobs = mx.subtract(row, mx.logsumexp(row, -1, true));
-        const filtered = samplingLogits(params({ temperature: 1, topP: 0.9 }), logprobs);
-        return (mx.astype(filtered, mx.Dtype.float32).toArray() as number[]).filter(Number.isFinite).length;
+    for (const dtype of [mx.Dtype.float32, mx.Dtype.bfloat16, mx.Dtype.float16]) {
+      const [row, filtered] = mx.scope(() => {
+        const x = mx.astype(mx.array(logits, [1, vocab]), dtype);
+        const logprobs = mx.subtract(x, mx.logsumexp(x, -1, true));
+        const kept = samplingLogits(params({ temperature: 1, topP: 0.9 }), logprobs);
+        return [logprobs, kept].map((a) => mx.astype(a, mx.Dtype.float32).toArray() as number[]);
       });
-    const full = kept(mx.Dtype.float32);
-    for (const half of [mx.Dtype.bfloat16, mx.Dtype.float16])
-      expect(Math.abs(kept(half) - full) / full).toBeLessThan(0.02);
+      // mlx-lm's rule, in float64: every token at least as likely as the last one the 0.9 needs.
+      const descending = [...row!].sort((a, b) => b - a);
+      const total = descending.reduce((sum, x) => sum + Math.exp(x), 0);
+      let mass = 0;
+      const last = descending.find((x) => (mass += Math.exp(x)) >= 0.9 * total)!;
+      const expected = row!.filter((x) => x >= last).length;
+      const kept = filtered!.filter(Number.isFinite).length;
+      expect(Math.abs(kept - expected) / expected).toBeLessThan(0.005);
+    }
   });
 
   test("min-p drops tokens below min-p × the best", () => {

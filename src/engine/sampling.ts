@@ -204,23 +204,26 @@ function topK(logprobs: MxArray, k: number): MxArray {
   return mx.putAlongAxis(logprobs, dropped, mx.broadcastTo(negativeInfinity(logprobs), dropped.shape), -1);
 }
 
-/** The inverse of a permutation along the last axis: where each sorted position came from. */
-function inversePermutation(order: MxArray): MxArray {
-  const positions = mx.broadcastTo(mx.arange(0, order.shape.at(-1)!, 1, order.dtype), order.shape);
-  return mx.putAlongAxis(mx.zeros(order.shape, order.dtype), order, positions, -1);
-}
-
+/**
+ * mlx-lm's top-p: every token at least as likely as the least likely one the nucleus needs, ties
+ * included (ranked by a sort, a tie was cut by the tokens' ids; in bfloat16 ties are common).
+ * Summed in float32, as mlx-lm's: a half-precision model's bfloat16 sum stops growing once each
+ * token's share falls below its last bit (a Zipf vocabulary of 49,152 summed to 0.46), and top-p
+ * then kept a sliver of the tokens it should (284 of some 15,700 at 0.9). The mass is measured
+ * against the whole sum, not 1 (which float32 can fall short of).
+ */
 function topP(logprobs: MxArray, p: number): MxArray {
-  const order = mx.argsort(logprobs, -1); // ascending
-  // Summed in float32, as mlx-lm's: a half-precision model's bfloat16 sum stops growing once each
-  // token's share falls below its last bit (a Zipf vocabulary of 49,152 summed to 0.46), and top-p
-  // then kept a sliver of the tokens it should (284 of some 15,700 at 0.9).
-  const sortedProbs = mx.takeAlongAxis(mx.exp(mx.astype(logprobs, mx.Dtype.float32)), order, -1);
-  const cumulative = mx.takeAlongAxis(mx.cumsum(sortedProbs, -1), inversePermutation(order), -1);
-  // The most likely token always stays (as in vLLM): in float32 the whole sum can fall short of
-  // 1 - p (for p under about 3e-8, 1 - p rounds to 1), which would drop every token: a draw of noise.
-  const best = mx.equal(logprobs, mx.max(logprobs, -1, true));
-  return mx.where(mx.logicalOr(mx.greater(cumulative, 1 - p), best), logprobs, negativeInfinity(logprobs));
+  const sorted = mx.sort(logprobs, -1); // ascending
+  const probs = mx.exp(mx.astype(sorted, mx.Dtype.float32));
+  // Each position's mass of the tokens more likely than it.
+  const above = mx.cumsum(probs, -1, { reverse: true, inclusive: false });
+  const rows = logprobs.shape[0]!;
+  const total = mx.add(mx.slice(above, [0, 0], [rows, 1]), mx.slice(probs, [0, 0], [rows, 1]));
+  const dropped = mx.sum(mx.greaterEqual(above, mx.multiply(total, p)), -1, true);
+  // At most all but the most likely: a p below float32's least (1e-50) is 0 there, and every mass reaches it.
+  const vocab = logprobs.shape.at(-1)!;
+  const threshold = mx.takeAlongAxis(sorted, mx.minimum(mx.astype(dropped, mx.Dtype.int32), vocab - 1), -1);
+  return mx.where(mx.less(logprobs, threshold), negativeInfinity(logprobs), logprobs);
 }
 
 function minP(logprobs: MxArray, p: number): MxArray {
