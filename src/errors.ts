@@ -1,8 +1,8 @@
 // The errors that cross layers (store → engine → CLI or HTTP), typed so that each front end
 // maps them in one place: src/cmd/errors.ts to a one-line message, src/server/errors.ts to a
 // status and an error body. Nothing reads an error's message to decide what it is.
-// (SchemaError, from engine/grammar.ts, BudgetError, from engine/budget/steering.ts, and
-// ModelLoadError, from models/load.ts, are three more.)
+// (BudgetError, from engine/budget/steering.ts, is one more.) None of them reaches MLX: the
+// CLI's error layer imports them, and must say in one line that the shim cannot be loaded.
 
 /**
  * The configuration ($MLX_HOME/models.toml) cannot be read or is malformed: the operator's to
@@ -116,4 +116,14 @@ export class ProviderError extends Error {
   ) {
     super(message);
   }
+}
+
+/** A JSON schema (or grammar) that cannot be compiled into a constraint. */
+export class SchemaError extends Error {
+  override name = "SchemaError";
+}
+
+/** Model files that cannot be read or built into a model. */
+export class ModelLoadError extends Error {
+  override name = "ModelLoadError";
 }

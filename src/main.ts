@@ -35,6 +35,12 @@ const subCommands = {
 };
 type Name = keyof typeof subCommands;
 
+/**
+ * A command's definition. Loading one loads the shim (src/mlx/ffi.ts), which throws where it is
+ * missing or broken: one line, as every error, rather than the runtime's report of a failed import.
+ */
+const loadCommand = (name: Name) => subCommands[name]().catch((error) => fail(error));
+
 const main = defineCommand({
   meta: { name: "mlx", version: pkg.version, description: "Run, chat with, serve and benchmark local LLMs on MLX" },
   subCommands,
@@ -52,6 +58,11 @@ if (argv.find((a) => !a.startsWith("-")) === "launch" && launched >= 0) {
   if (command.includes("--help") || command.includes("-h")) argv = command;
 }
 const helpOrVersion = argv.includes("--help") || argv.includes("-h") || (argv.length === 1 && argv[0] === "--version");
+// The usage lists every command with its description: each is loaded first, so that a shim that
+// cannot load is one line there too.
+const usageOfMlx =
+  argv.length === 0 || (helpOrVersion && argv.every((a) => a.startsWith("-")) && argv[0] !== "--version");
+if (usageOfMlx) await Promise.all(Object.keys(subCommands).map((name) => loadCommand(name as Name)));
 // A bare `mlx` is asked what it does, as a bare `ollama` is (citty would add an error, styled apart).
 if (argv.length === 0) {
   await showUsage(main);
@@ -73,7 +84,7 @@ if (argv[0]!.startsWith("-") && !helpOrVersion) {
 const at = argv.findIndex((a) => !a.startsWith("-"));
 const name = argv[at];
 if (name !== undefined && Object.hasOwn(subCommands, name)) {
-  const args = (await subCommands[name as Name]()).args as ArgsDef;
+  const args = (await loadCommand(name as Name)).args as ArgsDef;
   argv = [...argv.slice(0, at + 1), ...withNegativeValues(args, argv.slice(at + 1))];
   const problem = flagProblem(name, args, argv.slice(at + 1));
   if (problem) fail(new Error(problem));

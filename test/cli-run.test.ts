@@ -474,6 +474,36 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
     }
   });
 
+  test("a shim that cannot be loaded is one line (not Bun's stack trace), also for the usage; the store's commands need none", async () => {
+    const notALibrary = join(root, "libmlx_shim.so");
+    writeFileSync(notALibrary, "not a shared library\n");
+    const withBrokenShim = cliRunner(join(root, "home"), { MLX_SHIM_PATH: notALibrary });
+    for (const args of [
+      ["run", "-m", model, "Hi"],
+      ["serve", "--port", "0"],
+    ]) {
+      const r = await withBrokenShim(args);
+      expect(r.code).toBe(1);
+      expect(r.stdout).toBe("");
+      expect(r.stderr).toStartWith(`error: cannot load ${notALibrary}: `);
+      expect(r.stderr).toEndWith("; re-run scripts/setup.sh to rebuild it\n");
+      expect(r.stderr.trim().split("\n")).toHaveLength(1);
+    }
+    // The usage lists the commands' descriptions, so it loads them all: the same line.
+    for (const args of [[], ["--help"], ["help"]]) {
+      const r = await withBrokenShim(args);
+      expect(r.code).toBe(1);
+      expect(r.stdout).toBe("");
+      expect(r.stderr).toStartWith(`error: cannot load ${notALibrary}: `);
+      expect(r.stderr.trim().split("\n")).toHaveLength(1);
+    }
+    // The store's commands need no MLX.
+    const listed = await withBrokenShim(["list"]);
+    expect(listed.code).toBe(0);
+    expect(listed.stdout).toStartWith("NAME");
+    expect(listed.stderr).toBe("");
+  });
+
   test("launch's -n is -n in its help and its errors (not --n)", async () => {
     // Help is printed whatever the environment: consola's level would drop it under TEST or NODE_ENV=test.
     const proc = Bun.spawn([process.execPath, main, "launch", "--help"], {

@@ -1,16 +1,16 @@
 // Every error a command ends with, as the one line the user sees: the typed errors that cross
 // layers get the line (and hint) that suits a terminal; anything else its message's first line.
-import { SchemaError } from "../engine/grammar";
 import {
   AdapterError,
   ContextLengthError,
   InvalidParameterError,
   ModelNotFoundError,
+  ModelLoadError,
   ModelPullError,
   QueueFullError,
+  SchemaError,
   UnsupportedError,
 } from "../errors";
-import { ModelLoadError } from "../models/load";
 
 /** Parameters that are what the user typed or piped in, not a flag they set. */
 const inputParams = new Set(["messages", "prompt", "text", "texts"]);

@@ -18,6 +18,7 @@ import type * as XG from "@mlc-ai/web-xgrammar";
 // The library's text, evaluated by us (see loadInstance): one WASM instance per evaluation.
 import xgrammarSource from "@mlc-ai/web-xgrammar/lib/index.js" with { type: "text" };
 import * as mx from "../mlx";
+import { SchemaError } from "../errors";
 import type { MxArray } from "../mlx";
 import type { Tokenizer } from "../tokenizer/tokenizer";
 import type { LogitsProcessor } from "./sampling";
@@ -59,9 +60,8 @@ export interface GrammarConstraint {
 /** Whether the grammar shapes the token at `index` of a sequence's history (the next one's at `history.length`); asked in order. */
 export type ShapedTokens = (history: readonly number[], index: number) => boolean;
 
-export class SchemaError extends Error {
-  override name = "SchemaError";
-}
+// Defined with the other typed errors (the CLI's error layer names it without loading MLX).
+export { SchemaError };
 
 // ---------------------------------------------------------------------------------------------
 // The xgrammar instance. The WASM build aborts on a schema it refuses, and every abort leaks

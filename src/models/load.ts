@@ -4,6 +4,7 @@ import type { KvQuantization } from "./cache";
 import { existsSync, readFileSync, readdirSync, statSync } from "node:fs";
 import { basename, join } from "node:path";
 import * as mx from "../mlx";
+import { ModelLoadError } from "../errors";
 import type { MxArray } from "../mlx";
 import { buildModel, parseConfig, Weights, type DecoderModel, type ModelConfig } from "./index";
 import { LANGUAGE_MODEL_PREFIX, VISION_PREFIXES, type QuantConfig } from "./config";
@@ -50,9 +51,8 @@ export interface SpeculationChoice {
   numDraft: number;
 }
 
-export class ModelLoadError extends Error {
-  override name = "ModelLoadError";
-}
+// Defined with the other typed errors (the CLI's error layer names it without loading MLX).
+export { ModelLoadError };
 
 /**
  * The model at `path`, or only the part of it that `stage` names (its other tensors are never
