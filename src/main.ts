@@ -57,11 +57,16 @@ if (argv.find((a) => !a.startsWith("-")) === "launch" && launched >= 0) {
   const command = argv.slice(launched + 1);
   if (command.includes("--help") || command.includes("-h")) argv = command;
 }
-const helpOrVersion = argv.includes("--help") || argv.includes("-h") || (argv.length === 1 && argv[0] === "--version");
+const asksHelp = argv.includes("--help") || argv.includes("-h");
+// citty prints the version through consola, which drops it under TEST or NODE_ENV=test and
+// prefixes it with "[log]" in CI: a script's `mlx --version` gets the bare version, always.
+if (argv.length === 1 && argv[0] === "--version") {
+  process.stdout.write(`${pkg.version}\n`);
+  process.exit(0);
+}
 // The usage lists every command with its description: each is loaded first, so that a shim that
 // cannot load is one line there too.
-const usageOfMlx =
-  argv.length === 0 || (helpOrVersion && argv.every((a) => a.startsWith("-")) && argv[0] !== "--version");
+const usageOfMlx = argv.length === 0 || (asksHelp && argv.every((a) => a.startsWith("-")));
 if (usageOfMlx) await Promise.all(Object.keys(subCommands).map((name) => loadCommand(name as Name)));
 // A bare `mlx` is asked what it does, as a bare `ollama` is (citty would add an error, styled apart).
 if (argv.length === 0) {
@@ -70,7 +75,7 @@ if (argv.length === 0) {
 }
 // citty would drop an option before the command unsaid (`mlx --json list` printed the table), or,
 // with no command after it, print the usage and an error styled apart.
-if (argv[0]!.startsWith("-") && !helpOrVersion) {
+if (argv[0]!.startsWith("-") && !asksHelp) {
   const word = argv.find((a) => !a.startsWith("-"));
   const command = word !== undefined && Object.hasOwn(subCommands, word) ? word : "<command>";
   fail(

@@ -444,6 +444,20 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
     }
   });
 
+  test("--version prints the bare version on stdout, in CI and under TEST too (consola's level and CI prefix did not apply)", async () => {
+    const { version } = JSON.parse(readFileSync(join(import.meta.dir, "..", "package.json"), "utf8"));
+    const environments: Record<string, string>[] = [
+      { NODE_ENV: "test" },
+      { TEST: "1" },
+      { CI: "1" },
+      { NODE_ENV: "production" },
+    ];
+    for (const extraEnv of environments) {
+      const r = await cliRunner(join(root, "home"), extraEnv)(["--version"]);
+      expect(r).toEqual({ stdout: `${version}\n`, stderr: "", code: 0 });
+    }
+  });
+
   test("--help has no trailing blanks (citty padded every line to the longest description)", async () => {
     for (const args of [["--help"], ["run", "--help"], ["serve", "--help"]]) {
       const r = await mlx(args);
