@@ -2,8 +2,7 @@
 // The `mlx` executable: one subcommand per file in src/cmd/.
 import { defineCommand, runCommand, runMain, type ArgsDef } from "citty";
 import pkg from "../package.json" with { type: "json" };
-import { fail } from "./cmd/log";
-import { writeErrorReason } from "./format";
+import { fail, failOutput, writeOutput } from "./cmd/log";
 import {
   flagProblem,
   showUsage,
@@ -61,7 +60,7 @@ const asksHelp = argv.includes("--help") || argv.includes("-h");
 // citty prints the version through consola, which drops it under TEST or NODE_ENV=test and
 // prefixes it with "[log]" in CI: a script's `mlx --version` gets the bare version, always.
 if (argv.length === 1 && argv[0] === "--version") {
-  process.stdout.write(`${pkg.version}\n`);
+  await writeOutput(`${pkg.version}\n`);
   process.exit(0);
 }
 // The usage lists every command with its description: each is loaded first, so that a shim that
@@ -105,13 +104,8 @@ if (name !== undefined && Object.hasOwn(subCommands, name)) {
 const environmentProblem = kernelEnvironmentProblem();
 if (environmentProblem) fail(new Error(environmentProblem));
 
-// A reader that went away (`mlx run ... | head -c 5`) ends the command quietly with SIGPIPE's
-// status, as it ends `cat` or `yes`: Bun reports the failed write as the stream's error
-// instead of raising the signal. Any other (`> /dev/full`) is one line, as every error.
-process.stdout.on("error", (error: NodeJS.ErrnoException) => {
-  if (error.code === "EPIPE") process.exit(128 + 13);
-  fail(new Error(`cannot write the output: ${writeErrorReason(error)}`));
-});
+// A reader of stdout that went away ends the command quietly, any other failed write in one line (failOutput).
+process.stdout.on("error", failOutput);
 // Likewise a reader of stderr (logs, --verbose figures) that went away; other errors there have
 // nowhere to be told.
 process.stderr.on("error", (error: NodeJS.ErrnoException) => process.exit(error.code === "EPIPE" ? 128 + 13 : 1));

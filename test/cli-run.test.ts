@@ -619,6 +619,25 @@ describe("mlx run: a reader that goes away", () => {
       expect(stderr).toBe("error: cannot write the output: ENOSPC: no space left on device\n");
     },
   );
+
+  test.skipIf(!existsSync("/dev/full"))(
+    "the usage and the version that cannot be written (`> /dev/full`) are that line too, not status 0",
+    async () => {
+      for (const args of ["--version", "--help", "", "run --help", "help serve"]) {
+        const proc = Bun.spawn(["bash", "-c", `"${process.execPath}" "${main}" ${args} > /dev/full`], {
+          stdout: "pipe",
+          stderr: "pipe",
+          env,
+        });
+        const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+        expect({ args, stderr, code }).toEqual({
+          args,
+          stderr: "error: cannot write the output: ENOSPC: no space left on device\n",
+          code: 1,
+        });
+      }
+    },
+  );
 });
 
 describe("mlx run: Ctrl-C", () => {

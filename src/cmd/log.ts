@@ -1,6 +1,7 @@
 // Logging for the CLI: everything goes to stderr (stdout carries only answers), and stays
 // quiet unless stderr is a terminal or --verbose was given.
 import { createConsola } from "consola";
+import { writeErrorReason } from "../format";
 import { evictionNote } from "../store/store";
 import { errorLine } from "./errors";
 
@@ -19,6 +20,25 @@ export function fail(error: unknown, verbose = false): never {
   process.stderr.write(`error: ${errorLine(error)}\n`);
   if (verbose && error instanceof Error && error.stack) process.stderr.write(`${error.stack}\n`);
   process.exit(1);
+}
+
+/**
+ * How a failed write to stdout ends the command: a reader that went away (`mlx run ... | head -c 5`)
+ * quietly with SIGPIPE's status, as it ends `cat` or `yes` (Bun reports the failed write as the
+ * stream's error instead of raising the signal); any other (`> /dev/full`) as one line, as every error.
+ */
+export function failOutput(error: NodeJS.ErrnoException): never {
+  if (error.code === "EPIPE") process.exit(128 + 13);
+  fail(new Error(`cannot write the output: ${writeErrorReason(error)}`));
+}
+
+/**
+ * Writes `text` to stdout and waits until it is written: for output the command exits right after
+ * (the usage, the version), whose failed write would otherwise end it with status 0 unsaid.
+ */
+export async function writeOutput(text: string): Promise<void> {
+  const error = await new Promise<Error | null | undefined>((resolve) => process.stdout.write(text, resolve));
+  if (error) failOutput(error);
 }
 
 /** Models the store evicted to stay under its size limit: a warning, so said even off a terminal (a script's user must learn that a model of theirs is gone). */

@@ -9,6 +9,7 @@ import { renderUsage, type ArgsDef, type CommandDef, type PositionalArgDef, type
 import { colors } from "consola/utils";
 import { parseArgs } from "node:util";
 import { closeMatches } from "../store/aliases";
+import { writeOutput } from "./log";
 
 const repeatableFlags = new WeakSet<object>();
 
@@ -211,5 +212,6 @@ export async function showUsage<T extends ArgsDef>(cmd: CommandDef<T>, parent?: 
     .replace(/ `--([A-Za-z])(?=[`=])/g, "  `-$1")
     .replace(/ +(`?)$/gm, "$1");
   // citty marks names with backquotes for consola to colour; colors is plain where colour is off.
-  process.stdout.write(`${usage.replace(/`([^`]+)`/g, (_, name: string) => colors.cyan(name))}\n\n`);
+  // Waited for: citty exits as soon as this returns.
+  await writeOutput(`${usage.replace(/`([^`]+)`/g, (_, name: string) => colors.cyan(name))}\n\n`);
 }
