@@ -511,6 +511,10 @@ describe("mlx run: bad input is one line and a non-zero exit", () => {
       expect(r.stderr).toStartWith(`error: cannot load ${notALibrary}: `);
       expect(r.stderr.trim().split("\n")).toHaveLength(1);
     }
+    // One named that is not there is not passed over for another.
+    const missing = join(root, "no-such-dir", "libmlx_shim.so");
+    const r = await cliRunner(join(root, "home"), { MLX_SHIM_PATH: missing })(["run", "-m", model, "Hi"]);
+    expect(r).toEqual({ stdout: "", stderr: `error: MLX_SHIM_PATH names ${missing}, which does not exist\n`, code: 1 });
     // The store's commands need no MLX.
     const listed = await withBrokenShim(["list"]);
     expect(listed.code).toBe(0);

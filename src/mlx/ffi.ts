@@ -24,6 +24,9 @@ export function shimCandidates(): string[] {
 }
 
 async function openShim(): Promise<Binding> {
+  // One that is set is the one asked for (a baseline's build, say): a typo must not load another unsaid.
+  const asked = process.env.MLX_SHIM_PATH;
+  if (asked && !existsSync(asked)) throw new Error(`MLX_SHIM_PATH names ${resolve(asked)}, which does not exist`);
   const tried = shimCandidates();
   const found = tried.find((path) => existsSync(path));
   if (!found) {
