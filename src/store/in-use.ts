@@ -1,13 +1,9 @@
 // Which models running processes are using: a marker file per (model, pid) under
 // <root>/in-use/<key>/. Eviction and `mlx rm` leave a model alone while any marker names a
-// live process; markers of dead processes are stale and cleaned up when seen (a marker left
-// behind names a pid that another process may take later, keeping the model "in use"). A process
-// interrupted (Ctrl-C) or stopped (SIGTERM: kill, timeout(1), docker stop) where nothing else
-// handles it exits with the signal's status (128 + its number) after removing its markers, where
-// the signal would have killed it before its exit handlers ran. (Not SIGHUP: a listener would
-// undo nohup's ignoring it.)
+// live process; markers of dead processes are stale and cleaned up when seen. A process
+// interrupted (Ctrl-C) where nothing else handles it exits with 130 after removing its markers,
+// where the signal would have killed it before its exit handlers ran.
 import { mkdirSync, readdirSync, rmdirSync, unlinkSync, writeFileSync } from "node:fs";
-import { constants } from "node:os";
 import { join } from "node:path";
 import { isProcessAlive } from "./lock";
 import { inUseDir, modelKey } from "./paths";
@@ -24,7 +20,7 @@ export function markInUse(name: string): void {
   // Before the marker exists, so no interrupt falls between the two.
   if (!exitHookInstalled) {
     process.on("exit", releaseAll);
-    for (const signal of ENDING_SIGNALS) process.on(signal, () => exitOnSignal(signal));
+    process.on("SIGINT", exitOnInterrupt);
     exitHookInstalled = true;
   }
   mkdirSync(dir, { recursive: true });
@@ -32,12 +28,9 @@ export function markInUse(name: string): void {
   held.set(marker, name);
 }
 
-/** The signals that end a process by default whose ending removes the markers (SIGHUP not: see above). */
-const ENDING_SIGNALS = ["SIGINT", "SIGTERM"] as const;
-
-/** The signal's own ending (status 128 + its number), through exit so the markers go; unless a command handles it (stopping an answer, a server's shutdown). */
-function exitOnSignal(signal: (typeof ENDING_SIGNALS)[number]): void {
-  if (process.listenerCount(signal) === 1) process.exit(128 + constants.signals[signal]);
+/** SIGINT's own ending (status 128 + 2), through exit so the markers go; unless a command handles it (stopping an answer). */
+function exitOnInterrupt(): void {
+  if (process.listenerCount("SIGINT") === 1) process.exit(130);
 }
 
 export function releaseModel(name: string): void {

@@ -1,7 +1,6 @@
 // Running the CLI as users drive it: the real entry point in a child process.
 import { expect } from "bun:test";
 import { existsSync } from "node:fs";
-import { constants } from "node:os";
 import { join } from "node:path";
 
 const main = join(import.meta.dir, "..", "..", "src", "main.ts");
@@ -28,19 +27,14 @@ export function cliRunner(home: string, extraEnv: Record<string, string> = {}) {
 export const mainScript = main;
 
 /**
- * Waits until `proc` marks its model in use (the file `marker`), sends it Ctrl-C (or `signal`),
- * and checks it exits with the signal's status (128 + its number) on its own (its exit handlers
- * ran) with the marker removed.
+ * Waits until `proc` marks its model in use (the file `marker`), sends it Ctrl-C, and checks it
+ * exits 130 on its own (its exit handlers ran) with the marker removed.
  */
-export async function interruptWhileInUse(
-  proc: Bun.Subprocess,
-  marker: string,
-  signal: "SIGINT" | "SIGTERM" = "SIGINT",
-): Promise<void> {
+export async function interruptWhileInUse(proc: Bun.Subprocess, marker: string): Promise<void> {
   for (const deadline = Date.now() + 20_000; !existsSync(marker) && Date.now() < deadline; ) await Bun.sleep(10);
   expect(existsSync(marker)).toBe(true);
-  proc.kill(signal);
-  expect(await proc.exited).toBe(128 + constants.signals[signal]);
+  proc.kill("SIGINT");
+  expect(await proc.exited).toBe(130);
   expect(proc.signalCode).toBeNull(); // it exited, rather than being killed before its exit handlers
   expect(existsSync(marker)).toBe(false);
 }
