@@ -280,6 +280,33 @@ describe("removing", () => {
     TEST_TIMEOUT_MS,
   );
 
+  // Start times are read from /proc (Linux); elsewhere a marker is its pid alone.
+  test.skipIf(!existsSync("/proc/self/stat"))(
+    "a marker left by a killed process, whose pid a later process took, does not keep the model in use",
+    async () => {
+      await pull(fakeModel("alpha"));
+      releaseModel("alpha");
+      // A live process (our parent) under the pid of a marker written when some other one started.
+      const marker = join(inUseDir(), modelKey("alpha"), String(process.ppid));
+      mkdirSync(join(marker, ".."), { recursive: true });
+      writeFileSync(marker, "1");
+      await removeModel("alpha");
+      expect(await names()).toEqual([]);
+      expect(existsSync(marker)).toBe(false);
+      // That process's own marker (its start) keeps the model, as a marker of an older mlx (no start) does.
+      await pull(fakeModel("beta"));
+      releaseModel("beta");
+      const own = join(inUseDir(), modelKey("beta"), String(process.ppid));
+      mkdirSync(join(own, ".."), { recursive: true });
+      const stat = readFileSync(`/proc/${process.ppid}/stat`, "utf8");
+      for (const started of [stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19]!, ""]) {
+        writeFileSync(own, started);
+        await expect(removeModel("beta")).rejects.toThrow(`'beta' is in use by process ${process.ppid}; stop it first`);
+      }
+    },
+    TEST_TIMEOUT_MS,
+  );
+
   test(
     "a copy over a model in use is refused as its removal is, and the model keeps its files",
     async () => {

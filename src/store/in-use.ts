@@ -1,11 +1,14 @@
 // Which models running processes are using: a marker file per (model, pid) under
 // <root>/in-use/<key>/. Eviction and `mlx rm` leave a model alone while any marker names a
-// live process; markers of dead processes are stale and cleaned up when seen. A process
+// live process; markers of dead processes are stale and cleaned up when seen. A marker holds when
+// its process started (Linux), so that one left behind (the process killed: SIGTERM, SIGKILL) is
+// not taken for a later process given the same pid, which would keep the model "in use". A process
 // interrupted (Ctrl-C) where nothing else handles it exits with 130 after removing its markers,
 // where the signal would have killed it before its exit handlers ran.
-import { mkdirSync, readdirSync, rmdirSync, unlinkSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, rmdirSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { isProcessAlive } from "./lock";
+import { noSpaceLeft } from "../format";
+import { isProcessAlive, processStartTime } from "./lock";
 import { inUseDir, modelKey } from "./paths";
 
 /** This process's markers, each with the model it marks. */
@@ -24,7 +27,13 @@ export function markInUse(name: string): void {
     exitHookInstalled = true;
   }
   mkdirSync(dir, { recursive: true });
-  writeFileSync(marker, "");
+  try {
+    writeFileSync(marker, processStartTime(process.pid) ?? "");
+  } catch (error) {
+    // The start needs a data block: on a full disk the marker is made but stays empty, its pid
+    // alone (as an older mlx's markers), and the model still opens.
+    if (!noSpaceLeft(error)) throw error;
+  }
   held.set(marker, name);
 }
 
@@ -56,7 +65,7 @@ export function modelUsers(name: string): number[] {
   const live: number[] = [];
   for (const entry of entries) {
     const pid = Number(entry);
-    if (Number.isInteger(pid) && pid > 0 && isProcessAlive(pid)) live.push(pid);
+    if (Number.isInteger(pid) && pid > 0 && isProcessAlive(pid) && markedBy(pid, join(dir, entry))) live.push(pid);
     else removeQuietly(join(dir, entry));
   }
   if (live.length === 0) {
@@ -67,6 +76,18 @@ export function modelUsers(name: string): number[] {
     }
   }
   return live;
+}
+
+/** Whether live process `pid` is the one that wrote `marker`: it started when the marker says, where it says. */
+function markedBy(pid: number, marker: string): boolean {
+  let started: string;
+  try {
+    started = readFileSync(marker, "utf8");
+  } catch {
+    return false; // removed meanwhile: its process is done with the model
+  }
+  const now = started === "" ? undefined : processStartTime(pid);
+  return now === undefined || now === started;
 }
 
 function releaseAll(): void {

@@ -102,7 +102,7 @@ async function acquireFileLock(path: string, { timeoutMs = 10_000, onWait }: Loc
  * When process `pid` started (clock ticks after boot, /proc/PID/stat's 22nd field), where the
  * system says (Linux); undefined elsewhere, or when it is gone.
  */
-function startTime(pid: number): string | undefined {
+export function processStartTime(pid: number): string | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
     // Fields from the 3rd on follow the command's name, which is in parentheses and may hold spaces.
@@ -112,7 +112,7 @@ function startTime(pid: number): string | undefined {
   }
 }
 
-const ownStart = startTime(process.pid);
+const ownStart = processStartTime(process.pid);
 const ownMark = ownStart === undefined ? String(process.pid) : `${process.pid}:${ownStart}`;
 
 function tryCreate(path: string): boolean {
@@ -180,7 +180,7 @@ function readHolder(path: string): number | "dead" | "gone" {
   if (pid === process.pid) return "dead";
   if (!isProcessAlive(pid)) return "dead";
   // Its pid given to a process that started after the owner (checked where both are known).
-  const now = started === undefined ? undefined : startTime(pid);
+  const now = started === undefined ? undefined : processStartTime(pid);
   return now !== undefined && now !== started ? "dead" : pid;
 }
 
