@@ -1,8 +1,10 @@
 // src/mlx/binding/symbols.ts against ffi/mlx_shim.h: the same functions, each with the same
 // number of arguments and the same kind of argument and result, so the two cannot drift.
 import { describe, expect, test } from "bun:test";
-import { readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, realpathSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { shimCandidates } from "../src/mlx/ffi";
 import { symbols, type Kind } from "../src/mlx/binding/symbols";
 
 const header = readFileSync(join(import.meta.dir, "..", "ffi", "mlx_shim.h"), "utf8");
@@ -51,5 +53,19 @@ describe("the shim's symbol table", () => {
       entry.args.forEach((kind, i) => expect(kindsOf(args[i]!)).toContain(kind));
       expect(kindsOf(`${result} r`)).toContain(entry.returns);
     });
+  }
+});
+
+test("the shim is looked for beside the executable, the source or MLX_SHIM_PATH, never in the working directory", () => {
+  const elsewhere = mkdtempSync(join(tmpdir(), "mlx-cwd-"));
+  const before = process.cwd();
+  process.chdir(elsewhere);
+  try {
+    // Before: $PWD/.mlx/ came last, so a binary without a shim beside it, run inside an untrusted
+    // checkout, loaded that checkout's native library.
+    expect(shimCandidates().filter((path) => path.startsWith(realpathSync(elsewhere)))).toEqual([]);
+  } finally {
+    process.chdir(before);
+    rmSync(elsewhere, { recursive: true });
   }
 });

@@ -19,7 +19,7 @@ export function shimCandidates(): string[] {
   // From source (src/mlx/) or the built Node entry (dist/node/), not the compiled executable: the repo's own .mlx/.
   const moduleDir = dirname(fileURLToPath(import.meta.url));
   if (!moduleDir.startsWith("/$bunfs")) candidates.push(join(moduleDir, "..", "..", ".mlx", libraryName));
-  candidates.push(join(process.cwd(), ".mlx", libraryName));
+  // Never from the working directory: native code from whatever folder mlx runs in (an untrusted checkout).
   return [...new Set(candidates)];
 }
 
