@@ -5,6 +5,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import OpenAI from "openai";
 import { completeAlone } from "./helpers/generate";
+import { parseChatRequest } from "../src/api/openai";
 import { chatTokens } from "../src/engine/prompt";
 import { defaultSampling } from "../src/engine/sampling";
 import { loadModel } from "../src/models/load";
@@ -226,6 +227,31 @@ describe("OpenAI chat completions", () => {
       logit_bias: { "28": 100 },
     });
     expect(biased.choices[0]!.message.content).toBe(",,,"); // token 28 is "," in SmolLM2's vocabulary
+  });
+
+  test("mlx_lm.server's repetition_context_size sets the repetition penalty's window (0: every token, as its tokens[-0:])", async () => {
+    const window = (size: number) =>
+      parseChatRequest({ model, messages, repetition_penalty: 1.2, repetition_context_size: size }).sampling
+        .repetitionContext;
+    // Before: a 400 naming it as an unknown field, for clients written against mlx_lm.server.
+    expect(window(5)).toBe(5);
+    expect(window(0)).toBe(1 << 30);
+    const bad = await post(`${server.url}/v1/chat/completions`, { model, messages, repetition_context_size: -1 });
+    expect(bad.status).toBe(400);
+    expect(bad.json.error.param).toBe("repetition_context_size");
+    // A window of one token (the last) penalizes less than one of the whole answer: the answers part.
+    const answer = async (size: number) =>
+      (
+        (await client.chat.completions.create({
+          model,
+          messages,
+          max_tokens: 30,
+          temperature: 0,
+          repetition_penalty: 3,
+          repetition_context_size: size,
+        } as never)) as OpenAI.ChatCompletion
+      ).choices[0]!.message.content;
+    expect(await answer(1)).not.toBe(await answer(0));
   });
 
   test("max_completion_tokens bounds the answer", async () => {

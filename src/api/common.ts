@@ -8,6 +8,9 @@ export type { ToolRequest } from "../engine/tools";
 /** Sampling values a request sets (the rest come from the model's defaults, then ours). */
 export type SamplingInput = Partial<SamplingParams>;
 
+/** A repetitionContext longer than any context: every token of it (Ollama's -1, mlx-lm's 0). */
+export const WHOLE_CONTEXT = 1 << 30;
+
 export type { ThinkingRequest } from "../engine/reasoning";
 
 /**

@@ -2,6 +2,7 @@
 // keep_alive durations, and the figures its final stream object carries.
 import type { ConversationMessage } from "../engine/tools";
 import type { FormatInput, PromptInput, SamplingInput, ThinkingRequest, ToolRequest } from "./common";
+import { WHOLE_CONTEXT } from "./common";
 import type { ContextBound } from "../engine/request";
 import { parseToolCalls, toolRequest, toolResultName } from "./tools";
 import { Fields, ValidationError, messageFields, unsupported } from "./validate";
@@ -134,7 +135,7 @@ function options(f: Fields): Pick<OllamaRequest, "maxTokens" | "contextBound" | 
       minP: o.number("min_p", { min: 0, max: 1 }),
       repetitionPenalty: o.number("repeat_penalty", { above: 0 }),
       // -1 means the whole context; 0 turns the penalty off.
-      repetitionContext: repeatLastN === -1 ? 1 << 30 : repeatLastN,
+      repetitionContext: repeatLastN === -1 ? WHOLE_CONTEXT : repeatLastN,
       seed: seed === undefined || seed < 0 ? undefined : seed,
       presencePenalty: o.number("presence_penalty", { min: -2, max: 2 }),
       frequencyPenalty: o.number("frequency_penalty", { min: -2, max: 2 }),

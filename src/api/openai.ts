@@ -3,7 +3,7 @@
 import { createHash } from "node:crypto";
 import type { ConversationMessage } from "../engine/tools";
 import type { FormatInput, PromptInput, SamplingInput, ThinkingRequest, ToolRequest } from "./common";
-import { TEXT_PARTS_SEPARATOR } from "./common";
+import { TEXT_PARTS_SEPARATOR, WHOLE_CONTEXT } from "./common";
 import { parseToolCalls, toolRequest, toolResultName } from "./tools";
 import { Fields, ValidationError, messageFields, unsupported } from "./validate";
 
@@ -49,6 +49,7 @@ const COMMON_FIELDS = [
   "top_k",
   "min_p",
   "repetition_penalty",
+  "repetition_context_size",
   "seed",
   "presence_penalty",
   "frequency_penalty",
@@ -117,6 +118,7 @@ function commonFields(f: Fields): Omit<OpenAIRequest, "prompts" | "logprobs" | "
     topK,
     minP: f.number("min_p", { min: 0, max: 1 }),
     repetitionPenalty: f.number("repetition_penalty", { above: 0, max: 10 }),
+    repetitionContext: repetitionContextSize(f),
     // Any integer, as OpenAI's and vLLM's (a negative one too: its 64 bits make the key).
     seed: f.integer("seed", { min: -Number.MAX_SAFE_INTEGER, max: Number.MAX_SAFE_INTEGER }),
     presencePenalty: f.number("presence_penalty", { min: -2, max: 2 }),
@@ -240,6 +242,15 @@ function messageContent(m: Fields, at: string): string {
       return p.string("text", { required: true })!;
     })
     .join(TEXT_PARTS_SEPARATOR);
+}
+
+/**
+ * mlx_lm.server's repetition_context_size: the last N tokens the repetition penalty looks at
+ * (default 20, as ours); 0 is every token, as its tokens[-0:] takes them.
+ */
+function repetitionContextSize(f: Fields): number | undefined {
+  const size = f.integer("repetition_context_size", { min: 0 });
+  return size === 0 ? WHOLE_CONTEXT : size;
 }
 
 export function parseChatRequest(body: unknown): OpenAIRequest {
