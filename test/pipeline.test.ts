@@ -279,7 +279,7 @@ describe("mlx launch -- run", () => {
 const launchServe = (n: number, extra: string[] = [], model = tiny) => launchServeOn(home, n, model, extra);
 
 describe("mlx launch -- serve", () => {
-  test("an alias of the split model asking for other KV cache settings is refused, not served on the ranks' caches", async () => {
+  test("an alias of the split model asking for other KV cache settings, or another model, is refused, not served on the ranks' caches nor unloading the split model", async () => {
     const aliasHome = mkdtempSync(join(dir, "aliases-"));
     writeFileSync(
       join(aliasHome, "models.toml"),
@@ -302,6 +302,16 @@ describe("mlx launch -- serve", () => {
         "this server holds plain split across processes with the ranks' KV cache settings; an alias asking for other kv_bits or max_kv_size cannot share it",
       );
       expect((await ask("plain")).status).toBe(200);
+      // Another model (here a path): refused before the split model is unloaded to make room for
+      // it, which dropped it from /api/ps and its prefix cache until the next request reattached it.
+      const another = await ask(wide);
+      expect(another.status).toBe(400);
+      expect(((await another.json()) as any).error.message).toBe(
+        "this server holds plain split across processes; it cannot load another model",
+      );
+      expect((await ask("eight")).status).toBe(400);
+      const ps = (await (await fetch(`${server.url}/api/ps`)).json()) as any;
+      expect(ps.models.map((m: { name: string }) => m.name)).toEqual(["plain"]);
     } finally {
       server.proc.kill("SIGTERM");
       await server.proc.exited;

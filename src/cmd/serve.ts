@@ -281,12 +281,13 @@ async function pipelineLoader(
   spec: string,
   pipeline: PipelineSpec,
   flags: CacheOptions,
-): Promise<Pick<ServerOptions, "loadModel" | "onlyModelPath">> {
+): Promise<Pick<ServerOptions, "loadModel" | "refuseModel" | "onlyModelPath">> {
   const own = await resolveModelPath(spec);
   // The settings the other ranks open theirs with (openModel's): every rank checks them.
   const caches = aliasCacheSettings(spec, flags);
   let lm: Promise<LoadedModel> | undefined;
-  const loadModel = async (path: string, settings: LoadSettings) => {
+  // Asked before the registry unloads the split model to make room: it would unload it for nothing.
+  const refuseModel = (path: string, settings: LoadSettings) => {
     if (path !== own)
       throw new UnsupportedError(`this server holds ${spec} split across processes; it cannot load another model`);
     // Another alias of it (models.toml) with other KV cache settings would need other ranks.
@@ -295,8 +296,11 @@ async function pipelineLoader(
       throw new UnsupportedError(
         `this server holds ${spec} split across processes with the ranks' KV cache settings; an alias asking for other kv_bits or max_kv_size cannot share it`,
       );
+  };
+  const loadModel = async (path: string, settings: LoadSettings) => {
+    refuseModel(path, settings);
     lm ??= openPipeline(path, pipeline, caches).then((front) => ({ ...front!, free: () => {} }));
     return lm;
   };
-  return { loadModel, onlyModelPath: own };
+  return { loadModel, refuseModel, onlyModelPath: own };
 }

@@ -82,6 +82,8 @@ export interface ServerOptions extends Partial<ServerConfig> {
   onLoad?: (name: string, path: string, seconds: number, speculationSkipped?: string) => void;
   /** Loads a model in place of loadModel (a rank of a pipeline loads its part). */
   loadModel?: (path: string, settings: LoadSettings) => LoadedModel | Promise<LoadedModel>;
+  /** Throws for a model loadModel cannot load, before a loaded one is unloaded to make room for it. */
+  refuseModel?: (path: string, settings: LoadSettings) => void;
   /** The files of the one model loadModel can load (a model split across ranks): no other is listed. */
   onlyModelPath?: string;
   /** Seconds a kept-alive connection may sit idle between requests (default 60). */
@@ -183,6 +185,7 @@ export function createState(o: ServerOptions = {}): ServerState {
       speculation: o.speculation,
       maxKvSize: o.maxKvSize,
       load: o.loadModel,
+      refuseLoad: o.refuseModel,
       onEvicted: (name) => logWarning(evictionNote(name)),
       onlyPath: o.onlyModelPath,
       onLoad: (e) => o.onLoad?.(e.name, e.path, e.loadMs / 1000, e.speculationSkipped),

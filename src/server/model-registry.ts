@@ -110,6 +110,8 @@ export interface ModelRegistryOptions {
   maxKvSize?: number;
   /** Loads a model in place of loadModel (a rank of a pipeline loads its part). */
   load?: (path: string, settings: LoadSettings) => LoadedModel | Promise<LoadedModel>;
+  /** Throws for what `load` cannot load (a split server's other models), before a loaded model is unloaded for it. */
+  refuseLoad?: (path: string, settings: LoadSettings) => void;
   /** The files of the one model `load` can load (a model split across ranks): no other is offered. */
   onlyPath?: string;
   /** Told each stored model a request's pull evicted (the store keeps under its size limit). */
@@ -411,6 +413,7 @@ export class ModelRegistry {
         await nextTurn();
         // A path that holds no model fails before a loaded model is unloaded to make room for it.
         checkModelPath(path);
+        this.options.refuseLoad?.(path, settings);
         await this.#makeRoom(key);
         reserved = true;
         const started = performance.now();
