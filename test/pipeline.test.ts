@@ -283,7 +283,7 @@ describe("mlx launch -- serve", () => {
     const aliasHome = mkdtempSync(join(dir, "aliases-"));
     writeFileSync(
       join(aliasHome, "models.toml"),
-      `[models.plain]\nsource = "${tiny}"\n\n[models.eight]\nsource = "${tiny}"\nkv_bits = 8\n`,
+      `[models.plain]\nsource = "${tiny}"\n\n[models.eight]\nsource = "${tiny}"\nkv_bits = 8\n\n[models.same]\nsource = "${tiny}"\n`,
     );
     const server = await launchServeOn(aliasHome, 2, "plain");
     try {
@@ -293,9 +293,10 @@ describe("mlx launch -- serve", () => {
           body: JSON.stringify({ model, prompt: "Once upon a time", max_tokens: 3 }),
         });
       expect((await ask("plain")).status).toBe(200);
-      // The lists offer what the ranks hold, alone.
+      // The lists offer what the ranks hold, alone: with another alias of it under the ranks' settings.
       const listed = (await (await fetch(`${server.url}/v1/models`)).json()) as any;
-      expect(listed.data.map((m: { id: string }) => m.id)).toEqual(["plain"]);
+      expect(listed.data.map((m: { id: string }) => m.id)).toEqual(["plain", "same"]);
+      expect((await ask("same")).status).toBe(200);
       const other = await ask("eight");
       expect(other.status).toBe(400);
       expect(((await other.json()) as any).error.message).toBe(

@@ -13,7 +13,7 @@ import {
   type LoadedModel,
   type SpeculationChoice,
 } from "../models/load";
-import { resolveModelPath } from "../store/resolve";
+import { locateModel, resolveModelPath } from "../store/resolve";
 import { aliasAdapter, aliasAdapterBase, aliasCacheSettings, aliasSpeculation, loadAliases } from "../store/aliases";
 import { loadAdapter, type Adapter } from "../models/lora";
 import { applySettings } from "../engine/model-settings";
@@ -212,11 +212,6 @@ export class ModelRegistry {
     }
   }
 
-  /** The files of the one model this server holds, where it holds one alone (split across ranks). */
-  get onlyPath(): string | undefined {
-    return this.options.onlyPath;
-  }
-
   /** The stored models a request may name: all of them, or the one this server holds (options.onlyPath). */
   async offered(): Promise<IndexEntry[]> {
     const stored = await this.stored();
@@ -226,6 +221,22 @@ export class ModelRegistry {
       const manifest = readManifest(m.name);
       return manifest !== undefined && loadPath(manifest) === only;
     });
+  }
+
+  /**
+   * Whether a request may name alias `name` here: any, or on a server that holds one model
+   * (options.onlyPath) an alias of that model under settings it can load (options.refuseLoad).
+   */
+  offersAlias(name: string): boolean {
+    const only = this.options.onlyPath;
+    if (only === undefined) return true;
+    try {
+      if (locateModel(name).path !== only) return false;
+      this.options.refuseLoad?.(only, this.#settings(name));
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   /** Whether `name` may be a path on this machine: one the operator gave, or any where requests may. */

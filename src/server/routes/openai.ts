@@ -64,9 +64,9 @@ async function servedModels(s: ServerState): Promise<ReturnType<typeof modelObje
       data.push(modelObject(m.name, storedAt.get(m.name)!));
     }
   // An alias whose weights are here (a path, a stored model under its own settings) is served by its name.
-  // A server that holds one model split across ranks lists that model alone (and remote ones).
-  if (s.models.onlyPath === undefined)
-    for (const name of localAliasNames()) if (!seen.has(name)) data.push(modelObject(name, started));
+  // A server that holds one model split across ranks lists that model's aliases it can serve alone (and remote ones).
+  for (const name of localAliasNames())
+    if (!seen.has(name) && s.models.offersAlias(name)) data.push(modelObject(name, started));
   for (const name of remoteModelNames()) if (!seen.has(name)) data.push(modelObject(name, 0));
   return data;
 }
