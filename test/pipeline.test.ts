@@ -10,6 +10,7 @@ import OpenAI from "openai";
 import { readHostfile } from "../src/cmd/launch-plan";
 import { defaultSplit, headLayers, layerRange, layerRoom, parseLayers, splitLayers } from "../src/engine/pipeline";
 import { readLayout } from "../src/models/layout";
+import { loadModel } from "../src/models/load";
 import { resolveModelPath } from "../src/store/resolve";
 import { cliRunner, mainScript } from "./helpers/cli";
 import {
@@ -313,6 +314,10 @@ describe("mlx launch -- serve", () => {
       expect((await ask("eight")).status).toBe(400);
       const ps = (await (await fetch(`${server.url}/api/ps`)).json()) as any;
       expect(ps.models.map((m: { name: string }) => m.name)).toEqual(["plain"]);
+      // The model's size as one process holds it, not rank 0's share of it.
+      const whole = loadModel(tiny);
+      expect(ps.models[0]).toMatchObject({ size: whole.weightBytes, size_vram: whole.weightBytes });
+      whole.free();
     } finally {
       server.proc.kill("SIGTERM");
       await server.proc.exited;

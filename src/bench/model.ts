@@ -7,7 +7,7 @@ import type { LoadedModel } from "../models/load";
 import type { QuantConfig } from "../models/config";
 import { readGGUFHeader } from "../models/gguf-header";
 import { ggufQuantization } from "../store/manifest";
-import { modelBytes, readLayout } from "../models/layout";
+import { wholeModelBytes } from "../models/layout";
 import { generateSteps, type SequenceEvent } from "../engine/batch";
 import { memoryFigures, resetPeakMemory } from "../engine/device";
 import { defaultSampling, type SamplingParams } from "../engine/sampling";
@@ -102,8 +102,8 @@ export function describeModel(lm: LoadedModel, name: string): ModelInfo {
     format: lm.format,
     architecture: lm.config.modelType,
     quantization: quantizationOf(lm),
-    // A rank of a split model holds only its share: the table gives the model's size, as alone.
-    sizeBytes: lm.stage || lm.weights.shard ? modelBytes(readLayout(lm.path)) : lm.weightBytes,
+    // The table gives the model's size as alone, not a rank's share of it.
+    sizeBytes: wholeModelBytes(lm),
   };
 }
 

@@ -6,7 +6,7 @@ import { parseConfig } from "./config";
 import { isGGUFFile } from "./gguf";
 import { readGGUFHeader } from "./gguf-header";
 import { loadedBytes } from "./gguf-tensors";
-import { directoryWeightFiles, ModelLoadError } from "./load";
+import { directoryWeightFiles, ModelLoadError, type LoadedModel } from "./load";
 import { tensorPart } from "./stage";
 
 export interface ModelLayout {
@@ -35,6 +35,20 @@ export interface ModelLayout {
 /** Bytes of the whole model's weights as loaded: what one process holding all of it would hold. */
 export const modelBytes = (layout: ModelLayout): number =>
   layout.layerBytes.reduce((a, b) => a + b, 0) + layout.endBytes + layout.sharedBytes;
+
+/** Each split model's whole size, read once: a GGUF's header with a large vocabulary takes a while. */
+const wholeBytes = new WeakMap<LoadedModel, number>();
+
+/**
+ * The bytes of `lm`'s weights as one process holds them: a rank of a split model (a pipeline's
+ * stage, a tensor-parallel slice) holds only its share, so the whole is read from the headers.
+ */
+export function wholeModelBytes(lm: LoadedModel): number {
+  if (!lm.stage && !lm.weights.shard) return lm.weightBytes;
+  let bytes = wholeBytes.get(lm);
+  if (bytes === undefined) wholeBytes.set(lm, (bytes = modelBytes(readLayout(lm.path))));
+  return bytes;
+}
 
 export function readLayout(path: string): ModelLayout {
   if (!existsSync(path)) throw new ModelLoadError(`model not found: ${path}`);

@@ -41,6 +41,7 @@ import { ggufPoolingKey, isSentenceTransformersModel } from "../../models/poolin
 import { readManifest } from "../../store/manifest";
 import { loadPath } from "../../store/store";
 import { Tokenizer } from "../../tokenizer/tokenizer";
+import { wholeModelBytes } from "../../models/layout";
 
 type Kind = "chat" | "generate";
 
@@ -84,7 +85,7 @@ export function ollamaRoutes(s: ServerState): Hono {
           name: e.name,
           model: e.name,
           modified_at: e.loadedAt.toISOString(),
-          size: e.lm.weightBytes,
+          size: wholeModelBytes(e.lm),
           digest: digest(e.path),
           details: details(e),
         });
@@ -132,7 +133,7 @@ export function ollamaRoutes(s: ServerState): Hono {
         return {
           name: e.name,
           model: e.name,
-          size: e.lm.weightBytes,
+          size: wholeModelBytes(e.lm),
           digest: stored ? storedDigest(stored) : digest(e.path),
           details: details(e, stored),
           // Ollama writes a far-future time for a model kept forever; for one in use (its clock
@@ -143,7 +144,7 @@ export function ollamaRoutes(s: ServerState): Hono {
               ? new Date("2318-01-01T00:00:00Z")
               : new Date(Date.now() + (e.active > 0 ? e.keepAliveMs : 0)))
           ).toISOString(),
-          size_vram: e.lm.weightBytes,
+          size_vram: wholeModelBytes(e.lm),
           context_length: e.lm.config.maxPositionEmbeddings,
         };
       }),
