@@ -430,6 +430,25 @@ describe("mlx launch -- serve", () => {
     }
   }, 120_000);
 
+  test("an input longer than a prefill chunk embeds a chunk at a time, as one process: the same vector", async () => {
+    // Rank 0 sent the whole input round the ranks in one pass: the next rank heard nothing while
+    // it ran its layers (a few thousand tokens outlasted the peer timeout and stopped every rank),
+    // and the vector was not one process's (3e-4 apart).
+    const text = "word ".repeat(700);
+    const alone = await mlx(["embed", text]);
+    expect(alone.code).toBe(0);
+    const expected = JSON.parse(alone.stdout) as number[];
+    const server = await launchServe(2, [], "smollm2");
+    try {
+      const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 60_000 });
+      const vector = (await client.embeddings.create({ model: "smollm2", input: [text] })).data[0]!.embedding;
+      vector.forEach((v, i) => expect(v).toBeCloseTo(expected[i]!, 6));
+    } finally {
+      server.proc.kill("SIGTERM");
+    }
+    expect(await server.proc.exited).toBe(0);
+  }, 120_000);
+
   test("adapters: run --adapter, and serve with rows of the base and of an adapter in one batch, as one process", async () => {
     const { hidden, heads, headDim, intermediate } = tinyDims;
     const adapter = join(dir, "adapter");

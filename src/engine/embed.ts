@@ -190,7 +190,9 @@ function cutKeepingSpecials(lm: LoadedModel, ids: number[], context: number): nu
 /**
  * One sequence's final hidden states, pooled to one vector: a chunk of positions at a time (the
  * cache carries the earlier ones), each chunk's pooled into a running mean, maximum, first or
- * last position. A model split across processes takes the whole input in one pass.
+ * last position. A model split across processes too: each chunk goes round the ranks, whose
+ * caches carry the earlier ones as ours do (a whole input at once kept a pipeline's next rank
+ * waiting on this one's layers past the peer timeout, which stopped every rank).
  */
 async function pooledHidden(lm: LoadedModel, ids: number[], pooling: Pooling, o: EmbedOptions): Promise<number[]> {
   // Keys and values as computed, not narrowed to float16 as a generation's float32 ones are:
@@ -198,7 +200,7 @@ async function pooledHidden(lm: LoadedModel, ids: number[], pooling: Pooling, o:
   const caches = embeddingCaches(lm.model);
   // Split across processes: the other ranks' layers run too, and their hidden states come back.
   lm.model.remote?.wholePass(caches);
-  const chunk = lm.model.remote ? ids.length : (o.chunk ?? DEFAULT_PREFILL_CHUNK);
+  const chunk = o.chunk ?? DEFAULT_PREFILL_CHUNK;
   // A name that stands for a base plus an adapter embeds with the adapter, as it generates.
   const adapter = o.adapter ?? lm.adapter;
   const forward = (tokens: MxArray) => {
