@@ -119,6 +119,24 @@ describe("responses.create", () => {
     expect(answer.usage!.input_tokens).toBeGreaterThan(bare.usage!.input_tokens + 15);
   }, 60_000);
 
+  test("a tool_choice naming a function, parallel_tool_calls left at its default: exactly one function_call", async () => {
+    // OpenAI's forced function is one call; a model that chained calls of it ran to the limit.
+    for (const temperature of [1, 1.5, 2]) {
+      const r = await openai.responses.create({
+        model,
+        input: "Weather in Oslo?",
+        tools,
+        tool_choice: { type: "function", name: "forecast" },
+        temperature,
+        max_output_tokens: 200,
+      });
+      expect(r.status).toBe("completed");
+      expect(r.output).toHaveLength(1);
+      expect(r.output[0]).toMatchObject({ type: "function_call", name: "forecast" });
+      expect(r.parallel_tool_calls).toBe(false);
+    }
+  });
+
   test("a call the budget closed early is an incomplete item, whole and streamed, not a completed call to run", async () => {
     const request = { model, input: "Weather in Oslo?", tools, tool_choice: "required" as const };
     const tooSmall = await post(`${server.url}/v1/responses`, { ...request, max_output_tokens: 1 });

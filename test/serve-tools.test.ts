@@ -93,6 +93,27 @@ describe("OpenAI tools", () => {
     expect(called).toBeGreaterThan(0);
   });
 
+  test("tool_choice naming a function, parallel_tool_calls left at its default: exactly one call, as OpenAI's forced function", async () => {
+    // The AI SDK's toolChoice {type: "tool"} and LangChain's withStructuredOutput send no
+    // parallel_tool_calls; a model that chained calls of the forced function ran to max_tokens
+    // ("length"), and those clients then ran none of them.
+    for (const seed of [1, 2, 3, 4]) {
+      const r = await openai.chat.completions.create({
+        model,
+        messages: ask,
+        tools: tools.slice(0, 1),
+        tool_choice: { type: "function", function: { name: "forecast" } },
+        temperature: 1,
+        seed,
+        max_tokens: 200,
+      });
+      const choice = r.choices[0]!;
+      expect(choice.finish_reason).toBe("tool_calls");
+      expect(choice.message.tool_calls).toHaveLength(1);
+      expectForecastCalls(choice.message.tool_calls as never);
+    }
+  });
+
   test("tool_choice required, streamed: the calls arrive as tool_calls deltas", async () => {
     let finished = 0;
     for (const seed of [4, 5, 6]) {

@@ -374,7 +374,9 @@ function toolRequest(f: Fields): { tools?: ToolRequest; namespaced: Map<string, 
   if (choice === "required" && tools.length === 0)
     throw new ValidationError("'tool_choice' 'required' needs 'tools'", "tool_choice");
   if (tools.length === 0) return { namespaced };
-  return { tools: { tools, choice, parallel: f.boolean("parallel_tool_calls") ?? true }, namespaced };
+  // As in chat completions (see toolRequest in ./tools): a forced function is called exactly once.
+  const parallel = (f.boolean("parallel_tool_calls") ?? true) && typeof choice !== "object";
+  return { tools: { tools, choice, parallel }, namespaced };
 }
 
 /** A `namespace` tool's functions, each offered by its namespaced name, its description after the namespace's. */

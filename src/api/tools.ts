@@ -52,7 +52,9 @@ export function toolSpec(fn: Fields, schemaField: string, names: Set<string>): T
 export function toolRequest(f: Fields, { withChoice }: { withChoice: boolean }): ToolRequest | undefined {
   const tools = parseTools(f);
   const choice = withChoice ? parseToolChoice(f, tools) : "auto";
-  const parallel = f.boolean("parallel_tool_calls") ?? true;
+  // OpenAI's forced function is exactly one call of it ("required" is one or more): a model that
+  // chained calls of it ran to max_tokens, and clients run no call of an answer cut short.
+  const parallel = (f.boolean("parallel_tool_calls") ?? true) && typeof choice !== "object";
   if (!tools) return undefined;
   return { tools, choice, parallel };
 }
