@@ -375,6 +375,43 @@ describe("Ollama tools", () => {
     expect(generate.status).toBe(400);
     expect(generate.json.error).toMatch(/tools/);
   });
+
+  test("OpenAI's tool_choice, which the AI SDK's Ollama provider sends with every request that has tools, is honored", async () => {
+    const chat = (body: object) =>
+      post(`${server.url}/api/chat`, {
+        model,
+        messages: question,
+        tools: tools.slice(0, 1),
+        stream: false,
+        options: { temperature: 1, seed: 1, num_predict: 150 },
+        ...body,
+      });
+    // Its default, "auto": what Ollama does (before, a 400 refused every such request).
+    const auto = await chat({ tool_choice: "auto", options: { num_predict: 2 } });
+    expect(auto.status).toBe(200);
+    // "required": one call or more (the random model may chain them up to num_predict).
+    const required = await chat({ tool_choice: "required" });
+    expect(required.status).toBe(200);
+    expect(required.json.message.content).toBe("");
+    expect(required.json.message.tool_calls.length).toBeGreaterThan(0);
+    for (const call of required.json.message.tool_calls) {
+      expect(call.function.name).toBe("forecast");
+      expect(validArguments(call.function.arguments)).toBe(true);
+    }
+    const named = await chat({ tool_choice: { type: "function", function: { name: "forecast" } } });
+    expect(named.json.done_reason).toBe("stop");
+    expect(named.json.message.tool_calls).toHaveLength(1);
+    expect(validArguments(named.json.message.tool_calls[0].function.arguments)).toBe(true);
+    const none = await chat({ tool_choice: "none", options: { num_predict: 4 } });
+    expect(none.status).toBe(200);
+    expect(none.json.message.tool_calls).toBeUndefined();
+    const bad = await chat({ tool_choice: "always" });
+    expect(bad.status).toBe(400);
+    expect(bad.json.error).toMatch(/tool_choice/);
+    const withFormat = await chat({ tool_choice: "required", format: "json" });
+    expect(withFormat.status).toBe(400);
+    expect(withFormat.json.error).toMatch(/format/);
+  });
 });
 
 // Hermes 2 Pro's and 3's tokenizer_config name two templates: "default", without tools, and

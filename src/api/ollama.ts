@@ -57,7 +57,9 @@ const COMMON_FIELDS = [
   "truncate",
   "shift",
 ];
-const CHAT_FIELDS = [...COMMON_FIELDS, "messages", "tools"];
+// tool_choice is OpenAI's, which Ollama does not read: clients built on OpenAI's shapes (the AI
+// SDK's Ollama provider) send it with every request that has tools, "auto" by default.
+const CHAT_FIELDS = [...COMMON_FIELDS, "messages", "tools", "tool_choice"];
 const GENERATE_FIELDS = [
   ...COMMON_FIELDS,
   "prompt",
@@ -221,6 +223,10 @@ export function parseOllamaChat(body: unknown): OllamaRequest {
     messages.push(message);
   });
   const c = common(f);
+  const tools = toolRequest(f, { withChoice: true });
+  // The forced call's grammar would take the place of the format's.
+  if (tools && tools.choice !== "auto" && tools.choice !== "none" && c.format)
+    throw new ValidationError("'format' cannot be combined with a 'tool_choice' that requires a call", "format");
   // As Ollama's templates leave it open: a last message of the assistant's (without calls) is the
   // start of its answer, which the model goes on with.
   const last = messages.at(-1);
@@ -228,7 +234,7 @@ export function parseOllamaChat(body: unknown): OllamaRequest {
   return {
     ...c,
     prompt: messages.length > 0 ? { kind: "chat", messages, continueFinal } : undefined,
-    tools: toolRequest(f, { withChoice: false }),
+    tools,
   };
 }
 
