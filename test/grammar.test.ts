@@ -783,6 +783,10 @@ describe("invalid or unsupported schemas are a clear error naming the offending 
       // propertyNames with what xgrammar enforces beside it.
       { type: "object", propertyNames: { enum: ["a", "b"] }, additionalProperties: true, maxProperties: 2 },
       { type: "object", propertyNames: { maxLength: 4 }, properties: {} },
+      // What zod writes: a record of string keys (a propertyNames every name meets), a format with its pattern.
+      { type: "object", propertyNames: { type: "string" }, additionalProperties: { type: "integer" } },
+      { type: "string", format: "uuid", pattern: "^[0-9a-f]{8}$" },
+      { type: "string", format: "email", pattern: "^[a-z]+@[a-z]+\\.com$" },
       { type: "object", patternProperties: { "^x$": { type: "integer" } }, additionalProperties: false },
       { type: "object", properties: { a: { type: "integer" } }, required: ["a"], patternProperties: {} },
     ])

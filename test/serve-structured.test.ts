@@ -67,6 +67,66 @@ describe("structured output through the server", () => {
     expect(stopped).toBeGreaterThan(0);
   });
 
+  test("zod's schemas (the AI SDK's and LangChain's): a format beside its pattern, a record's propertyNames of type string", async () => {
+    // As zod 4's toJSONSchema writes z.uuid(), z.iso.date(), z.email() and z.record(z.string(), ...):
+    // each was a 400 ("format cannot be combined with a pattern", "additionalProperties cannot be
+    // combined with propertyNames") though the pattern holds the format and every name is a string.
+    const uuid =
+      "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[1-8][0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}|00000000-0000-0000-0000-000000000000|ffffffff-ffff-ffff-ffff-ffffffffffff)$";
+    const email =
+      "^(?:[A-Za-z0-9_'+\\-]+\\.)*[A-Za-z0-9_'+\\-]*[A-Za-z0-9_+-]@(?:[A-Za-z0-9][A-Za-z0-9\\-]*\\.)+[A-Za-z]{2,}$";
+    const zodSchema = {
+      $schema: "https://json-schema.org/draft/2020-12/schema",
+      type: "object",
+      properties: {
+        id: { type: "string", format: "uuid", pattern: uuid },
+        day: { type: "string", format: "date", pattern: "^\\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\\d|3[01])$" },
+        // (maxProperties, which zod does not write, so that the random model's record ends.)
+        scores: {
+          type: "object",
+          propertyNames: { type: "string" },
+          additionalProperties: { type: "integer", minimum: 0, maximum: 9 },
+          maxProperties: 1,
+        },
+      },
+      required: ["id", "day", "scores"],
+      additionalProperties: false,
+    };
+    const { $schema: _draft, ...plain } = zodSchema; // a draft ajv's default build lacks
+    const valid = new Ajv({ validateFormats: false }).compile(plain);
+    let stopped = 0;
+    for (const seed of [1, 2, 3]) {
+      const r = await openai.chat.completions.create({
+        model,
+        messages: [{ role: "user", content: "A record" }],
+        max_tokens: 200,
+        temperature: 1,
+        seed,
+        response_format: { type: "json_schema", json_schema: { name: "record", schema: zodSchema, strict: true } },
+      });
+      const choice = r.choices[0]!;
+      if (choice.finish_reason !== "stop") continue;
+      stopped++;
+      expect(valid(JSON.parse(choice.message.content!))).toBe(true);
+    }
+    expect(stopped).toBeGreaterThan(0);
+    // z.email(): its format alone stays refused (xgrammar's grammar of it is not JSON-safe); beside its pattern it is taken.
+    const mail = (property: object) =>
+      post(`${server.url}/v1/chat/completions`, {
+        model,
+        messages: [{ role: "user", content: "Mail" }],
+        max_tokens: 60,
+        response_format: {
+          type: "json_schema",
+          json_schema: { name: "m", schema: { type: "object", properties: { mail: property }, required: ["mail"] } },
+        },
+      });
+    expect((await mail({ type: "string", format: "email", pattern: email })).status).toBe(200);
+    const bare = await mail({ type: "string", format: "email" });
+    expect(bare.status).toBe(400);
+    expect(bare.json.error.message).toMatch(/format "email" is not supported/);
+  });
+
   test("stop strings do not cut an answer whose shape a schema or a required call fixes", async () => {
     // Every JSON answer holds a quote and a colon: matched, they would cut it into invalid JSON.
     const stop = ['"', ":"];

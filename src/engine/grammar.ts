@@ -285,8 +285,8 @@ function walkSchema(node: unknown, path: string): void {
     if (keyword in s)
       throw new SchemaError(`unsupported schema: ${path}/${keyword} is not supported in constrained decoding`);
   }
-  // xgrammar's email grammar allows backslash escapes that are not valid JSON.
-  if (s.format === "email" || s.format === "idn-email")
+  // xgrammar's email grammar allows backslash escapes that are not valid JSON (a pattern beside it is enforced instead).
+  if ((s.format === "email" || s.format === "idn-email") && typeof s.pattern !== "string")
     throw new SchemaError(
       `unsupported schema: ${path}/format "${s.format}" is not supported in constrained decoding (use a pattern)`,
     );
@@ -297,7 +297,9 @@ function walkSchema(node: unknown, path: string): void {
   checkRequiredDefined(s, path);
   if (typeof s.pattern === "string") {
     checkPattern(s.pattern, `${path}/pattern`);
-    const also = ["minLength", "maxLength", "format"].find((k) => k in s);
+    // A format beside it is an annotation of it (JSON Schema 2020-12's default; zod writes each
+    // of its string formats so): the pattern is what is enforced (see formatAsPattern).
+    const also = ["minLength", "maxLength"].find((k) => k in s);
     if (also)
       throw new SchemaError(
         `unsupported schema: ${path}/${also} cannot be combined with a pattern in constrained decoding (put the length in the pattern)`,
@@ -434,7 +436,11 @@ function checkPropertyListReplaced(s: Record<string, unknown>, path: string): vo
       ? s[k] !== undefined && s[k] !== true
       : s[k] !== undefined && Object.keys(s[k] as object).length > 0;
   const replacing =
-    "propertyNames" in s ? "propertyNames" : describes("patternProperties") ? "patternProperties" : undefined;
+    "propertyNames" in s && !constrainsNoName(s.propertyNames)
+      ? "propertyNames"
+      : describes("patternProperties")
+        ? "patternProperties"
+        : undefined;
   if (!replacing) return;
   const dropped =
     replacing === "propertyNames" ? ["properties", "patternProperties", "additionalProperties"] : ["properties"];
@@ -443,6 +449,18 @@ function checkPropertyListReplaced(s: Record<string, unknown>, path: string): vo
     throw new SchemaError(
       `unsupported schema: ${path}/${ignored} cannot be combined with ${replacing} in constrained decoding (it would not be enforced)`,
     );
+}
+
+/**
+ * Whether a `propertyNames` schema holds for every name: `true`, `{}`, or `{"type": "string"}`
+ * (every name is a string), which zod writes for a record of string keys. Such a one is dropped
+ * (see replaceBoundedNumbers), so the properties and additionalProperties beside it stand.
+ */
+function constrainsNoName(names: unknown): boolean {
+  if (names === true) return true;
+  if (typeof names !== "object" || names === null || Array.isArray(names)) return false;
+  const n = names as Record<string, unknown>;
+  return Object.keys(n).every((k) => !CONSTRAINING.has(k) || (k === "type" && n.type === "string"));
 }
 
 /** Refuses `required` names that `properties` does not define: xgrammar would not require them. */
@@ -896,12 +914,14 @@ const FRACTION = '"." [0-9]{0,5} [1-9]';
 /**
  * A copy of `node` with each bounded number replaced by a placeholder (`rules` receives the
  * grammar each stands for), each format with a pattern of ours replaced by it, each
+ * propertyNames that every name meets dropped, each
  * property name written as its grammar literal must hold it (see grammarPropertyName), and
  * each tuple written with prefixItems.
  */
 function replaceBoundedNumbers(node: unknown, path: string, rules: string[]): unknown {
   if (typeof node !== "object" || node === null || Array.isArray(node)) return node;
   const s: Record<string, unknown> = { ...(node as Record<string, unknown>) };
+  if ("propertyNames" in s && constrainsNoName(s.propertyNames)) delete s.propertyNames;
   const inner = (value: unknown, at: string) => replaceBoundedNumbers(value, at, rules);
   for (const name of SUBSCHEMA_MAPS) {
     const map = s[name];
@@ -939,9 +959,13 @@ function grammarPropertyName(name: string): string {
   return JSON.stringify(name).slice(1, -1).replace(/["\\]/g, "\\$&");
 }
 
-/** `s` with its `format` written as the pattern constrained decoding enforces for it (see formatPattern). */
+/**
+ * `s` with its `format` written as the pattern constrained decoding enforces for it (see
+ * formatPattern); beside a pattern of the schema's own, the format is dropped, the pattern enforced.
+ */
 function formatAsPattern(s: Record<string, unknown>): Record<string, unknown> {
-  const pattern = typeof s.format === "string" ? formatPattern(s.format) : undefined;
+  if (typeof s.format !== "string") return s;
+  const pattern = typeof s.pattern === "string" ? s.pattern : formatPattern(s.format);
   if (pattern === undefined) return s;
   const { format: _replaced, ...rest } = s;
   return { ...rest, pattern };
