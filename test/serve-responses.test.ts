@@ -581,6 +581,54 @@ describe("service_tier and stream_options", () => {
 });
 
 describe("previous_response_id", () => {
+  test("an item_reference input item reads as the stored item it names (the AI SDK's later turns); an unknown one is a 404", async () => {
+    const first = await openai.responses.create({
+      model,
+      input: "My name is Ada.",
+      max_output_tokens: 4,
+      temperature: 0,
+    });
+    const answer = first.output[0]!;
+    expect(answer.type).toBe("message");
+    const referenced = await openai.responses.create({
+      model,
+      input: [
+        { role: "user", content: "My name is Ada." },
+        { type: "item_reference", id: answer.id! },
+        { role: "user", content: "What is my name?" },
+      ],
+      max_output_tokens: 4,
+      temperature: 0,
+    });
+    const whole = await openai.responses.create({
+      model,
+      input: [
+        { role: "user", content: "My name is Ada." },
+        { role: "assistant", content: first.output_text },
+        { role: "user", content: "What is my name?" },
+      ],
+      max_output_tokens: 4,
+      temperature: 0,
+    });
+    expect(referenced.usage!.input_tokens).toBe(whole.usage!.input_tokens);
+    expect(referenced.output_text).toBe(whole.output_text);
+    // Listed as the item it names.
+    const listed = await openai.responses.inputItems.list(referenced.id, { order: "asc" });
+    expect(listed.data[1]).toMatchObject({ id: answer.id, type: "message", role: "assistant" });
+    const unknown = await post(`${server.url}/v1/responses`, {
+      model,
+      input: [{ type: "item_reference", id: "msg_unknown" }],
+    });
+    expect(unknown.status).toBe(404);
+    expect(unknown.json.error).toMatchObject({ param: "input.0.id", code: "item_not_found" });
+    const extra = await post(`${server.url}/v1/responses`, {
+      model,
+      input: [{ type: "item_reference", id: answer.id, role: "user" }],
+    });
+    expect(extra.status).toBe(400);
+    expect(extra.json.error.param).toBe("input.0.role");
+  });
+
   test("a stored response is continued (its conversation, not its instructions); unknown or unstored ids are a 404", async () => {
     const first = await openai.responses.create({
       model,

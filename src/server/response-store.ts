@@ -59,6 +59,16 @@ export class ResponseStore {
     return entry && entry.expiresAt > Date.now() ? entry : undefined;
   }
 
+  /** An input or output item of a stored response, by its id (the newest response's that holds it). */
+  item(id: string): { id: string } | undefined {
+    for (const key of [...this.#entries.keys()].reverse()) {
+      const entry = this.get(key);
+      const item = entry?.response.output.find((i) => i.id === id) ?? entry?.inputItems.find((i) => i.id === id);
+      if (item) return item;
+    }
+    return undefined;
+  }
+
   /** Forgets a response; false when it was not stored (or had expired). */
   delete(id: string): boolean {
     return this.get(id) !== undefined && this.#drop(id);

@@ -19,7 +19,7 @@ import {
   type ResponsesRequest,
 } from "../../api/responses";
 import { toolResultName } from "../../api/tools";
-import { readJson } from "../../api/validate";
+import { Fields, readJson } from "../../api/validate";
 import type { GenerationUsage } from "../../engine/scheduler";
 import { ToolCallStream, type ConversationMessage, type ToolCall } from "../../engine/tools";
 import { ApiError, errorBody } from "../errors";
@@ -81,7 +81,7 @@ const responseNotFound = (id: string, param: string | null) =>
   );
 
 async function respond(s: ServerState, c: Context, stored: ResponseStore): Promise<Response> {
-  const req = parseResponsesRequest(await readJson(c.req));
+  const req = parseResponsesRequest(withReferencedItems(await readJson(c.req), stored));
   const model = requestedModel(s.config, req.model);
   const previous = req.previousResponseId === undefined ? undefined : stored.get(req.previousResponseId);
   if (req.previousResponseId !== undefined && !previous)
@@ -126,6 +126,34 @@ async function respond(s: ServerState, c: Context, stored: ResponseStore): Promi
       });
   };
   return req.stream ? streamed(s, gen, base, keep, req) : whole(gen, base, keep, req);
+}
+
+/**
+ * The request with each input item of type `item_reference` replaced by the stored item it names
+ * (an earlier response's output or input item). The AI SDK's OpenAI provider sends one for each
+ * item of a stored response it gives back: every later turn of its conversations.
+ */
+function withReferencedItems(body: unknown, stored: ResponseStore): unknown {
+  const input = (body as { input?: unknown } | null)?.input;
+  const isReference = (item: unknown) => (item as { type?: unknown } | null)?.type === "item_reference";
+  if (!Array.isArray(input) || !input.some(isReference)) return body;
+  const resolved = input.map((item, i) => {
+    if (!isReference(item)) return item;
+    const reference = Fields.item(item, `input.${i}`);
+    reference.onlyKnown(["type", "id"]);
+    const id = reference.string("id", { required: true, nonEmpty: true })!;
+    const found = stored.item(id);
+    if (!found)
+      throw new ApiError(
+        404,
+        `no stored item '${id}' (unknown, expired, evicted to bound memory, or of a response created with store: false)`,
+        "invalid_request_error",
+        `input.${i}.id`,
+        "item_not_found",
+      );
+    return found;
+  });
+  return { ...(body as object), input: resolved };
 }
 
 /**
