@@ -460,6 +460,27 @@ describe("Ollama model management", () => {
     }
   });
 
+  test("a setting sent beside 'options' (the AI SDK's Ollama provider's maxOutputTokens) is a 400 naming the option Ollama reads", async () => {
+    for (const [path, field, option] of [
+      ["/api/chat", "max_output_tokens", "num_predict"],
+      ["/api/chat", "temperature", "temperature"],
+      ["/api/generate", "max_tokens", "num_predict"],
+      ["/api/generate", "stop", "stop"],
+    ] as const) {
+      const input = path === "/api/chat" ? { messages: [{ role: "user", content: "x" }] } : { prompt: "x" };
+      const r = await post(`${server.url}${path}`, {
+        model,
+        stream: false,
+        ...input,
+        [field]: field === "stop" ? [] : 1,
+      });
+      expect([path, r.status]).toEqual([path, 400]);
+      expect(r.json).toEqual({
+        error: `'${field}' is not an Ollama request field: Ollama reads it as 'options.${option}'`,
+      });
+    }
+  });
+
   test("show reads a model's files: it loads nothing, and verbose lists a GGUF's tensors", async () => {
     await post(`${server.url}/api/generate`, { model, keep_alive: 0 }); // not loaded
     const show = await ollama.show({ model });

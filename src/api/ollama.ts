@@ -108,6 +108,37 @@ export const OPTIONS = [
   "num_keep",
 ];
 
+/**
+ * Settings sent beside `options`, where OpenAI's API has them (the AI SDK's Ollama provider sends
+ * its temperature, topP and maxOutputTokens so), with the option Ollama reads instead. Ollama
+ * ignores them there; refused like any field we do not read, but naming where they belong.
+ */
+const MISPLACED_OPTIONS: Record<string, string> = {
+  temperature: "temperature",
+  top_p: "top_p",
+  top_k: "top_k",
+  min_p: "min_p",
+  seed: "seed",
+  stop: "stop",
+  max_tokens: "num_predict",
+  max_output_tokens: "num_predict",
+  num_predict: "num_predict",
+  num_ctx: "num_ctx",
+  presence_penalty: "presence_penalty",
+  frequency_penalty: "frequency_penalty",
+  repeat_penalty: "repeat_penalty",
+};
+
+function refuseMisplacedOptions(f: Fields): void {
+  for (const [field, option] of Object.entries(MISPLACED_OPTIONS))
+    if (f.has(field))
+      throw new ValidationError(
+        `'${field}' is not an Ollama request field: Ollama reads it as 'options.${option}'`,
+        field,
+        "unsupported_parameter",
+      );
+}
+
 function options(f: Fields): Pick<OllamaRequest, "maxTokens" | "contextBound" | "sampling" | "stop"> {
   const o = f.object("options") ?? new Fields({}, "options");
   o.onlyKnown(OPTIONS);
@@ -200,6 +231,7 @@ const imagesRefused = (param: string) =>
 
 export function parseOllamaChat(body: unknown): OllamaRequest {
   const f = Fields.of(body);
+  refuseMisplacedOptions(f);
   f.onlyKnown(CHAT_FIELDS);
   const raw = f.array("messages") ?? [];
   const messages: ConversationMessage[] = [];
@@ -240,6 +272,7 @@ export function parseOllamaChat(body: unknown): OllamaRequest {
 
 export function parseOllamaGenerate(body: unknown): OllamaRequest {
   const f = Fields.of(body);
+  refuseMisplacedOptions(f);
   f.onlyKnown(GENERATE_FIELDS);
   if (f.string("suffix")) throw unsupported("suffix");
   if (f.string("template")) throw unsupported("template", "a request 'template'");
