@@ -398,10 +398,19 @@ describe("Ollama tools", () => {
       expect(call.function.name).toBe("forecast");
       expect(validArguments(call.function.arguments)).toBe(true);
     }
-    const named = await chat({ tool_choice: { type: "function", function: { name: "forecast" } } });
-    expect(named.json.done_reason).toBe("stop");
-    expect(named.json.message.tool_calls).toHaveLength(1);
-    expect(validArguments(named.json.message.tool_calls[0].function.arguments)).toBe(true);
+    // A function named as chat completions name it, or as the Responses API does (the provider's shape).
+    for (const tool_choice of [
+      { type: "function", function: { name: "forecast" } },
+      { type: "function", name: "forecast" },
+    ]) {
+      const named = await chat({ tool_choice });
+      expect(named.json.done_reason).toBe("stop");
+      expect(named.json.message.tool_calls).toHaveLength(1);
+      expect(validArguments(named.json.message.tool_calls[0].function.arguments)).toBe(true);
+    }
+    const unknown = await chat({ tool_choice: { type: "function", name: "clock" } });
+    expect(unknown.status).toBe(400);
+    expect(unknown.json.error).toMatch(/'clock', which is not among the tools/);
     const none = await chat({ tool_choice: "none", options: { num_predict: 4 } });
     expect(none.status).toBe(200);
     expect(none.json.message.tool_calls).toBeUndefined();

@@ -48,10 +48,17 @@ export function toolSpec(fn: Fields, schemaField: string, names: Set<string>): T
   return { name, description: fn.string("description"), parameters };
 }
 
-/** The request's tools and, in OpenAI requests (`withChoice`), tool_choice; undefined when it offers none. */
-export function toolRequest(f: Fields, { withChoice }: { withChoice: boolean }): ToolRequest | undefined {
+/**
+ * The request's tools and, in OpenAI requests (`withChoice`), tool_choice; undefined when it
+ * offers none. `flatNamedChoice` also takes a function named as the Responses API names it,
+ * {type: "function", name}, which the AI SDK's Ollama provider sends to /api/chat.
+ */
+export function toolRequest(
+  f: Fields,
+  { withChoice, flatNamedChoice = false }: { withChoice: boolean; flatNamedChoice?: boolean },
+): ToolRequest | undefined {
   const tools = parseTools(f);
-  const choice = withChoice ? parseToolChoice(f, tools) : "auto";
+  const choice = withChoice ? parseToolChoice(f, tools, flatNamedChoice) : "auto";
   // OpenAI's forced function is exactly one call of it ("required" is one or more): a model that
   // chained calls of it ran to max_tokens, and clients run no call of an answer cut short.
   const parallel = (f.boolean("parallel_tool_calls") ?? true) && typeof choice !== "object";
@@ -60,8 +67,9 @@ export function toolRequest(f: Fields, { withChoice }: { withChoice: boolean }):
 }
 
 /** OpenAI's tool_choice: "none", "auto", "required", or {type: "function", function: {name}}. */
-function parseToolChoice(f: Fields, tools: ToolSpec[] | undefined): ToolChoice {
+function parseToolChoice(f: Fields, tools: ToolSpec[] | undefined, flatNamed: boolean): ToolChoice {
   const raw = f.raw("tool_choice");
+  let nameParam = "tool_choice.function.name";
   if (raw === undefined || raw === null) return "auto";
   let choice: ToolChoice;
   if (typeof raw === "string") {
@@ -74,8 +82,13 @@ function parseToolChoice(f: Fields, tools: ToolSpec[] | undefined): ToolChoice {
     const type = c.string("type") ?? "function";
     if (type !== "function") throw unsupported("tool_choice.type", `a tool_choice of type '${type}'`);
     const fn = c.object("function");
-    if (!fn) throw new ValidationError("'tool_choice.function' is required", "tool_choice.function");
-    choice = { name: fn.string("name", { required: true })! };
+    if (flatNamed && !fn && c.has("name")) {
+      nameParam = "tool_choice.name";
+      choice = { name: c.string("name")! };
+    } else {
+      if (!fn) throw new ValidationError("'tool_choice.function' is required", "tool_choice.function");
+      choice = { name: fn.string("name", { required: true })! };
+    }
   }
   if (choice === "none" || choice === "auto") return choice;
   if (!tools)
@@ -86,7 +99,7 @@ function parseToolChoice(f: Fields, tools: ToolSpec[] | undefined): ToolChoice {
   if (typeof choice === "object" && !tools.some((t) => t.name === choice.name)) {
     throw new ValidationError(
       `'tool_choice' names the function '${choice.name}', which is not among the tools`,
-      "tool_choice.function.name",
+      nameParam,
     );
   }
   return choice;
