@@ -318,6 +318,16 @@ describe("mlx launch -- serve", () => {
       const whole = loadModel(tiny);
       expect(ps.models[0]).toMatchObject({ size: whole.weightBytes, size_vram: whole.weightBytes });
       whole.free();
+      // Ollama's unload (keep_alive 0, as `ollama stop` and `mlx stop` send it) leaves it loaded for
+      // the server's life: it dropped out of /api/ps with its prefix cache, though every rank held it.
+      const stop = await fetch(`${server.url}/api/generate`, {
+        method: "POST",
+        body: JSON.stringify({ model: "plain", keep_alive: 0 }),
+      });
+      expect(stop.status).toBe(200);
+      await Bun.sleep(100);
+      const after = (await (await fetch(`${server.url}/api/ps`)).json()) as any;
+      expect(after.models.map((m: { name: string }) => m.name)).toEqual(["plain"]);
     } finally {
       server.proc.kill("SIGTERM");
       await server.proc.exited;

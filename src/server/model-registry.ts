@@ -287,7 +287,7 @@ export class ModelRegistry {
       entry = this.#byKey.get(key);
       if (!entry) {
         const started = performance.now();
-        if (keepAliveMs !== undefined) this.#keepAliveAsked.set(key, keepAliveMs);
+        if (keepAliveMs !== undefined) this.#keepAliveAsked.set(key, this.#keepAlive(keepAliveMs));
         entry = await untilAborted(this.#load(this.#listedName(name, path, key), path, key, settings), signal);
         loadMs = performance.now() - started;
       }
@@ -314,7 +314,7 @@ export class ModelRegistry {
       if (held.active === 0) this.#scheduleExpiry(held);
       throw error;
     }
-    if (keepAliveMs !== undefined) held.keepAliveMs = keepAliveMs;
+    if (keepAliveMs !== undefined) held.keepAliveMs = this.#keepAlive(keepAliveMs);
     held.active++;
     held.lastUsed = Date.now();
     this.#cancelExpiry(held);
@@ -343,8 +343,21 @@ export class ModelRegistry {
 
   /** Sets a loaded model's keep-alive (0 unloads it now, or as soon as its requests end). */
   setKeepAlive(entry: LoadedEntry, keepAliveMs: number): void {
-    entry.keepAliveMs = keepAliveMs;
+    entry.keepAliveMs = this.#keepAlive(keepAliveMs);
     if (entry.active === 0) this.#scheduleExpiry(entry);
+  }
+
+  /**
+   * Whether `path` is the model this server holds split across ranks (options.onlyPath): it stays
+   * for the server's life, as its other ranks hold their layers whatever this process frees.
+   */
+  holdsForLife(path: string): boolean {
+    return this.options.onlyPath === path;
+  }
+
+  /** A keep-alive asked for: for ever on a server holding one model split across ranks (holdsForLife). */
+  #keepAlive(ms: number): number {
+    return this.options.onlyPath === undefined ? ms : Infinity;
   }
 
   unload(entry: LoadedEntry): void {
@@ -465,8 +478,9 @@ export class ModelRegistry {
           loadMs: performance.now() - started,
           active: 0,
           embeddings: 0,
-          keepAliveMs:
+          keepAliveMs: this.#keepAlive(
             this.#keepAliveAsked.get(key) ?? (key === this.#pinnedKey ? Infinity : this.options.defaultKeepAliveMs),
+          ),
           lastUsed: Date.now(),
           adapters: new Map(),
           speculationSkipped,

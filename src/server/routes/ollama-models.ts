@@ -110,6 +110,11 @@ function letGo(s: ServerState, name: string, doing: string): void {
   const manifest = readManifest(name);
   const path = manifest && loadPath(manifest);
   const holders = s.models.loaded.filter((e) => e.path === path);
+  // Unloaded here, it would only drop out of /api/ps: the other ranks hold their layers of it.
+  if (path && s.models.holdsForLife(path))
+    throw new ModelInUseError(
+      `'${name}' is split across this server's ranks for the server's life; ${doing} once it stops`,
+    );
   // The store would name this server's own process as the one using it.
   if (holders.some((e) => e.active > 0))
     throw new ModelInUseError(`'${name}' is answering requests on this server; ${doing} once they end`);
