@@ -163,6 +163,35 @@ describe("storing models", () => {
   );
 
   test(
+    "an index whose entries were damaged by hand (the same names, their fields gone) is rebuilt too, not a crash",
+    async () => {
+      await pull(fakeModel("alpha"));
+      await pull(fakeModel("beta"));
+      const damaged = (models: Record<string, unknown>) =>
+        writeFileSync(indexPath(), JSON.stringify({ version: 1, models }));
+      damaged({ alpha: { name: "alpha" }, beta: { name: "beta" } });
+      expect(await names()).toEqual(["alpha", "beta"]);
+      expect((await listModels())[0]!.blobs).toEqual(
+        Object.fromEntries(readManifest("alpha")!.files.map((f) => [f.sha256, f.size])),
+      );
+      // An entry under another model's name.
+      const index = JSON.parse(readFileSync(indexPath(), "utf8"));
+      damaged({ alpha: index.models.beta, beta: index.models.beta });
+      expect(await names()).toEqual(["alpha", "beta"]);
+      damaged({ alpha: null, beta: 7 });
+      expect(await names()).toEqual(["alpha", "beta"]);
+      const listed = await cliResult(["list"]);
+      expect(listed.code).toBe(0);
+      expect(listed.stdout).toContain("alpha");
+      // Eviction reads the index's sizes: a pull with damaged entries still works.
+      damaged({ alpha: { name: "alpha", blobs: null }, beta: { name: "beta" } });
+      await pull(fakeModel("gamma"));
+      expect(await names()).toEqual(["alpha", "beta", "gamma"]);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "opening a model records when it was last used",
     async () => {
       await pull(fakeModel("alpha"));

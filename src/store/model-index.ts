@@ -7,7 +7,7 @@ import { readdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { noSpaceLeft } from "../format";
 import { readManifestFile, writeJsonAtomic, type ModelManifest } from "./manifest";
-import { indexPath, manifestsDir, modelKey } from "./paths";
+import { indexPath, isSha256Hex, manifestsDir, modelKey } from "./paths";
 
 export type IndexEntry = Omit<ModelManifest, "files" | "schemaVersion"> & {
   /** sha256 -> size of the model's blobs (sizes, so the store's total needs no stat calls). */
@@ -68,10 +68,28 @@ function rebuildIndex(keys: string[]): Map<string, IndexEntry> {
 function readIndexFile(): IndexFile | undefined {
   try {
     const file = JSON.parse(readFileSync(indexPath(), "utf8")) as IndexFile;
-    return file.version === 1 && typeof file.models === "object" && file.models !== null ? file : undefined;
+    if (file.version !== 1 || typeof file.models !== "object" || file.models === null) return undefined;
+    return Object.entries(file.models).every(([name, entry]) => wellFormedEntry(name, entry)) ? file : undefined;
   } catch {
     return undefined;
   }
+}
+
+/**
+ * Whether an entry has the fields listing and eviction read, under its own name: one edited by
+ * hand (its blobs gone, another model's entry) makes the index damaged, rebuilt as a missing one.
+ */
+function wellFormedEntry(name: string, entry: IndexEntry): boolean {
+  return (
+    entry?.name === name &&
+    typeof entry.source === "string" &&
+    (entry.format === "mlx" || entry.format === "gguf") &&
+    typeof entry.lastUsedAt === "string" &&
+    Number.isSafeInteger(entry.totalBytes) &&
+    typeof entry.blobs === "object" &&
+    entry.blobs !== null &&
+    Object.entries(entry.blobs).every(([sha256, size]) => isSha256Hex(sha256) && Number.isSafeInteger(size))
+  );
 }
 
 /** The keys (modelKey) of the manifest files on disk, readable or not. */
