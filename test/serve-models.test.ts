@@ -279,6 +279,30 @@ describe("Ollama model management", () => {
     await ollama.delete({ model: "used-copy" });
     expect(readManifest("used-copy")).toBeUndefined();
   });
+
+  test("a stored model whose files were damaged on disk fails to load with the commands that repair it, as mlx run says", async () => {
+    const dir = join(local, "..", "tiny-damaged");
+    writeTinyModel(dir, { seed: 11 });
+    // A config.json of its own: the tiny models' is the same blob, which the other tests' models share.
+    const ownConfig = { ...JSON.parse(readFileSync(join(dir, "config.json"), "utf8")), damaged_here: true };
+    writeFileSync(join(dir, "config.json"), JSON.stringify(ownConfig));
+    await pullModel(modelRequest(dir));
+    releaseModel("tiny-damaged");
+    // Its config.json overwritten in place (same size, so the cheap size check passes).
+    const config = readManifest("tiny-damaged")!.files.find((f) => f.name === "config.json")!;
+    writeFileSync(blobPath(config.sha256), "#".repeat(config.size));
+    const r = await post(`${server.url}/v1/chat/completions`, {
+      model: "tiny-damaged",
+      messages: [{ role: "user", content: "Hi" }],
+      max_tokens: 1,
+    });
+    expect(r.status).toBe(500);
+    expect(r.json.error.code).toBe("model_load_failed");
+    expect(r.json.error.message).toContain(
+      "stored model 'tiny-damaged' may be damaged: run `mlx verify`, then run `mlx pull tiny-damaged`",
+    );
+    expect((await fetch(`${server.url}/health`)).status).toBe(200);
+  });
 });
 
 describe("OpenAI /v1/models", () => {

@@ -6,13 +6,12 @@ import { existsSync, readdirSync, realpathSync, statSync } from "node:fs";
 import { basename, dirname, isAbsolute, join, relative, resolve } from "node:path";
 import { convertGGUF } from "../models/convert";
 import { isGGUFFile } from "../models/gguf";
-import { ModelLoadError } from "../models/load";
 import { conversionKey, convertedModel, refuseTakenName } from "../store/derived";
 import { readManifest } from "../store/manifest";
 import { storeRoot } from "../store/paths";
 import { modelRequest } from "../store/pull";
 import { resolveModelPath } from "../store/resolve";
-import { repairHint } from "../store/store";
+import { withRepairHint } from "../store/store";
 import { fail, log, setVerbose, warnEvicted } from "./log";
 import { numberFlag } from "./options";
 
@@ -80,8 +79,7 @@ export default defineCommand({
       process.stdout.write(`${result.dir}\n`);
     } catch (error) {
       // Only a failure to read the model's own files may mean a damaged stored model.
-      const hint = gguf && error instanceof ModelLoadError && repairHint(gguf);
-      fail(hint ? new Error(`${error.message}; ${hint}`) : error, Boolean(args.verbose));
+      fail(gguf ? withRepairHint(error, gguf) : error, Boolean(args.verbose));
     }
   },
 });

@@ -1,10 +1,10 @@
 // Opening the model a command was asked for: resolve the name (pulling on first use), load
 // it, pass on its notes, and point a failed load of a stored model at the repair commands.
-import { loadModel, ModelLoadError, type LoadedModel } from "../models/load";
+import { loadModel, type LoadedModel } from "../models/load";
 import { applySettings, type ModelSettings } from "../engine/model-settings";
 import { openPipeline, type PipelineSpec } from "../engine/pipeline";
 import { resolveModelPath } from "../store/resolve";
-import { repairHint } from "../store/store";
+import { withRepairHint } from "../store/store";
 import { aliasAdapter, aliasKvQuantization, aliasMaxKvSize } from "../store/aliases";
 import { log } from "./log";
 
@@ -43,9 +43,7 @@ export async function openModel(
   } catch (error) {
     // Only a failure to read the model's own files may mean damage: not a refused split, nor a
     // lost peer of a pipeline (whose ranks other than 0 serve from inside this call).
-    const hint = error instanceof ModelLoadError && repairHint(path);
-    if (!hint) throw error;
-    throw new Error(`${(error as Error).message}; ${hint}`);
+    throw withRepairHint(error, path);
   }
   await applySettings(lm, { kvQuantization, maxKvSize, adapter, speculation }, (name) => openModel(name));
   if (lm.adapter) log.debug(`adapter ${adapter}: ${lm.adapter.layers.size} layers (${lm.adapter.kind})`);

@@ -19,7 +19,7 @@ import { loadAdapter, type Adapter } from "../models/lora";
 import { applySettings } from "../engine/model-settings";
 import { clearMemoryCache } from "../engine/device";
 import type { KvQuantization } from "../models/cache";
-import { listModels, loadPath, releaseStoredModels } from "../store/store";
+import { listModels, loadPath, releaseStoredModels, withRepairHint } from "../store/store";
 import { readManifest } from "../store/manifest";
 import type { IndexEntry } from "../store/model-index";
 import type { Scheduler } from "../engine/scheduler";
@@ -436,14 +436,23 @@ export class ModelRegistry {
         // Let the event loop answer /health (503, loading) before the load starts.
         await nextTurn();
         // A path that holds no model fails before a loaded model is unloaded to make room for it.
-        checkModelPath(path);
+        // A stored model's files failing to load are said with the commands that repair them.
+        try {
+          checkModelPath(path);
+        } catch (error) {
+          throw withRepairHint(error, path);
+        }
         this.options.refuseLoad?.(path, settings);
         await this.#makeRoom(key);
         reserved = true;
         const started = performance.now();
         // Loaded in pieces, the event loop taking a turn between them: /health and the other
         // models' streams are served meanwhile.
-        const lm = this.options.load ? await this.options.load(path, settings) : await loadModelAsync(path);
+        const lm = this.options.load
+          ? await this.options.load(path, settings)
+          : await loadModelAsync(path).catch((error) => {
+              throw withRepairHint(error, path);
+            });
         if (this.#disposed) {
           lm.free();
           throw new ModelLoadError(`${name} finished loading after the server stopped`);

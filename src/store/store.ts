@@ -17,6 +17,7 @@ import {
   type ModelManifest,
 } from "./manifest";
 import { ModelInUseError, ModelNotFoundError } from "../errors";
+import { ModelLoadError } from "../models/load";
 import { indexEntry, loadIndex, manifestKeys, saveIndex, saveIndexIfRoom, type IndexEntry } from "./model-index";
 import { blobPath, isSha256Hex, modelKey, modelsDir, storeRoot } from "./paths";
 
@@ -77,6 +78,15 @@ export function repairHint(path: string): string | undefined {
   const manifest = readManifest(decodeURIComponent(inside.split(sep)[0]!));
   if (!manifest) return undefined;
   return `stored model '${manifest.name}' may be damaged: run \`mlx verify\`, then run \`${repair(manifest.name).command}\``;
+}
+
+/**
+ * A failure to load `path`'s own files (a ModelLoadError), with repairHint's commands where `path`
+ * is a stored model; any other error as it is.
+ */
+export function withRepairHint(error: unknown, path: string): unknown {
+  const hint = error instanceof ModelLoadError && repairHint(path);
+  return hint ? new ModelLoadError(`${(error as Error).message}; ${hint}`, { cause: error }) : error;
 }
 
 /**
