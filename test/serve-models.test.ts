@@ -445,4 +445,26 @@ describe("models.toml settings", () => {
       rmSync(aliases);
     }
   });
+
+  test("an alias whose source is changed while its model is loaded answers with the new source's model, as Ollama reloads a model replaced", async () => {
+    const other = join(local, "..", "tiny-other");
+    writeTinyModel(other, { seed: 5 });
+    const aliases = join(process.env.MLX_HOME!, "models.toml");
+    mkdirSync(process.env.MLX_HOME!, { recursive: true });
+    writeFileSync(aliases, `[models.moving]\nsource = "${local}"\n`);
+    try {
+      expect(
+        (await post(`${server.url}/v1/completions`, { model: "moving", prompt: "Hi", max_tokens: 1 })).status,
+      ).toBe(200);
+      expect(server.state.models.find("moving")?.path).toBe(local);
+      writeFileSync(aliases, `[models.moving]\nsource = "${other}"\n`);
+      expect(
+        (await post(`${server.url}/v1/completions`, { model: "moving", prompt: "Hi", max_tokens: 1 })).status,
+      ).toBe(200);
+      expect(server.state.models.find("moving")?.path).toBe(other);
+    } finally {
+      rmSync(aliases);
+      for (const entry of server.state.models.loaded) if (entry.path === other) server.state.models.unload(entry);
+    }
+  });
 });

@@ -245,11 +245,16 @@ export class ModelRegistry {
   }
 
   async resolve(name: string): Promise<string> {
-    const known = this.#pathOf.get(name);
-    if (known && this.loaded.some((e) => e.path === known)) return known;
     const served = this.options.adapters?.get(name);
+    const spec = served ? served.base : name;
+    const known = this.#pathOf.get(name);
     const resolving = { onProgress: () => {}, onEvicted: this.options.onEvicted, paths: this.mayBePath(name) };
-    const path = await resolveModelPath(served ? served.base : name, resolving).catch((error) => {
+    if (known && this.loaded.some((e) => e.path === known)) {
+      // "m:latest" that resolved as "m" is located as "m".
+      const located = served ? served.base : (this.#untagged.get(name) ?? name);
+      if (this.#stillAt(located, known, resolving.paths)) return known;
+    }
+    const path = await resolveModelPath(spec, resolving).catch((error) => {
       // Ollama's clients may name a model with its default tag: "m:latest" is "m" where no model has that name.
       const untagged = withoutLatestTag(name);
       if (!(error instanceof ModelNotFoundError) || untagged === undefined) throw error;
@@ -258,6 +263,19 @@ export class ModelRegistry {
     });
     this.#pathOf.set(name, path);
     return path;
+  }
+
+  /**
+   * Whether `spec` still names the model at `path`, found without opening it: an alias whose
+   * source models.toml changed since names another model, loaded as such (as Ollama reloads a
+   * model replaced); a name that no longer locates is resolved again, for its error.
+   */
+  #stillAt(spec: string | undefined, path: string, paths: boolean): boolean {
+    try {
+      return locateModel(spec, undefined, { paths }).path === path;
+    } catch {
+      return false;
+    }
   }
 
   /**
