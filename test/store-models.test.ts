@@ -1675,7 +1675,8 @@ describe("commands and bad input", () => {
       expect(start.stderr).toBe(`error: ${file}:1: 'default' must be a string\n`);
 
       writeFileSync(file, `default = "tiny"\n[models.tiny]\nsource = "hf:org/tiny"\n`);
-      const server = serve();
+      const warnings: string[] = [];
+      const server = serve({ logWarning: (message) => warnings.push(message) });
       try {
         // The operator breaks the file while the server runs: each route that reads it says so.
         writeFileSync(file, `[models.tiny]\ndescription = "no source"\n`);
@@ -1691,6 +1692,8 @@ describe("commands and bad input", () => {
         });
         const ollama = new Ollama({ host: server.url });
         await expect(ollama.list()).rejects.toThrow(problem);
+        // The operator reads it in the server's log too: once, not per request.
+        expect(warnings).toEqual([problem]);
         // Fixed, it is read again at the next request.
         writeFileSync(file, `default = "tiny"\n[models.tiny]\nsource = "hf:org/tiny"\n`);
         expect((await ollama.list()).models).toEqual([]);

@@ -46,6 +46,7 @@ import type { ServerConfig, ServerState } from "./state";
 import { activeProviders, remoteModel } from "../providers";
 import { MAX_TIMER_MS } from "../event-loop";
 import { evictionNote } from "../store/store";
+import { ConfigError } from "../errors";
 
 export interface ServerOptions extends Partial<ServerConfig> {
   host?: string;
@@ -229,8 +230,15 @@ export function createApp(s: ServerState): Hono {
     s.metrics.requests.inc({ route, status });
   });
 
-  // 2. Errors: one mapping for everything thrown below, and for unknown routes.
-  app.onError((error, c) => errorResponse(c, toApiError(error, s.logError)));
+  // 2. Errors: one mapping for everything thrown below, and for unknown routes. A broken
+  // models.toml is the operator's to fix: said in the log too, once while it stays broken alike.
+  let configProblem: string | undefined;
+  app.onError((error, c) => {
+    const answer = toApiError(error, s.logError);
+    if (error instanceof ConfigError && answer.message !== configProblem)
+      s.logWarning((configProblem = answer.message));
+    return errorResponse(c, answer);
+  });
   app.notFound((c) => errorResponse(c, notFound(`no route ${c.req.method} ${c.req.path}`)));
 
   // 2b. On loopback, only requests addressed to this machine: a web page whose own domain was
