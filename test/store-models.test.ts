@@ -357,6 +357,28 @@ describe("removing", () => {
   );
 
   test(
+    "a pull that would replace a model another process is using with another source's is refused before fetching, and the model keeps its files",
+    async () => {
+      await pull(fakeModel("alpha"));
+      const before = readManifest("alpha")!;
+      // models.toml now names another source for it; this process (a server, say) still uses it.
+      writeFileSync(join(process.env.MLX_HOME!, "models.toml"), `[models.alpha]\nsource = "${fakeModel("other")}"\n`);
+      const refused = await cliResult(["pull", "alpha"]);
+      expect(refused.code).toBe(1);
+      expect(refused.stderr).toBe(
+        `error: cannot replace 'alpha' (stored from ${before.source}) while process ${process.pid} is using it; stop it first\n`,
+      );
+      expect(readManifest("alpha")).toEqual(before);
+      for (const file of before.files) expect(existsSync(blobPath(file.sha256))).toBe(true);
+      expect(blobCount()).toBe(3); // nothing of the other model fetched
+      releaseModel("alpha");
+      expect((await cliResult(["pull", "alpha"])).code).toBe(0);
+      expect(readManifest("alpha")!.source).toBe(join(work, "src", "other"));
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
     "mlx rm -y from the CLI; an unknown name is one line",
     async () => {
       await pull(fakeModel("alpha"));
