@@ -16,6 +16,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadModel, type LoadedModel } from "../src/models/load";
 import { CONVERTER_VERSION, convertedModel } from "../src/store/derived";
+import { markInUse, releaseModel } from "../src/store/in-use";
 import { readManifest } from "../src/store/manifest";
 import { blobPath } from "../src/store/paths";
 import { resolveModelPath } from "../src/store/resolve";
@@ -156,6 +157,37 @@ describe("convert into the store", () => {
     rmSync(join(work, "a", "model.gguf"));
     writeFileSync(join(work, "a", "model.gguf"), Buffer.concat([readFileSync(gguf), Buffer.from([2])]));
     expect((await mlx(["convert", join(work, "a", "model.gguf")])).code).toBe(0);
+    expect(readManifestIn(home, "model-mlx").derivedKey).not.toBe(made.derivedKey);
+  }, 120_000);
+
+  test("a conversion whose input changed is refused while another process uses the one it would replace, before converting", async () => {
+    const home = join(work, "home-in-use");
+    const mlx = cliRunner(home);
+    const input = join(work, "in-use", "model.gguf");
+    mkdirSync(join(work, "in-use"), { recursive: true });
+    writeFileSync(input, Buffer.concat([readFileSync(gguf), Buffer.from([3])]));
+    expect((await mlx(["convert", input])).code).toBe(0);
+    const made = readManifestIn(home, "model-mlx");
+    // This process (a server, say) uses it; the file is changed since.
+    const inHome = (use: () => void) => {
+      const saved = process.env.MLX_HOME;
+      process.env.MLX_HOME = home;
+      try {
+        use();
+      } finally {
+        process.env.MLX_HOME = saved;
+      }
+    };
+    inHome(() => markInUse("model-mlx"));
+    writeFileSync(input, Buffer.concat([readFileSync(gguf), Buffer.from([4])]));
+    const refused = await mlx(["convert", input]);
+    inHome(() => releaseModel("model-mlx"));
+    expect(refused).toMatchObject({
+      code: 1,
+      stderr: `error: cannot replace 'model-mlx' (stored from ${made.source}) while process ${process.pid} is using it; stop it first\n`,
+    });
+    expect(readManifestIn(home, "model-mlx")).toEqual(made);
+    expect((await mlx(["convert", input])).code).toBe(0);
     expect(readManifestIn(home, "model-mlx").derivedKey).not.toBe(made.derivedKey);
   }, 120_000);
 

@@ -13,7 +13,7 @@ import { addBlob, hashFile } from "./blobs";
 import { describeFiles, newManifest, readManifest, writeJsonAtomic } from "./manifest";
 import { withLock } from "./lock";
 import { blobPath, locksDir, refsDir, tempPathIn, tmpDir } from "./paths";
-import { commitModel, openStoredModel, StoreDamageError, storingFailed } from "./store";
+import { commitModel, openStoredModel, refuseReplacingInUse, StoreDamageError, storingFailed } from "./store";
 
 // Converting a large model takes minutes; a second process asking for it waits that long.
 const CONVERT_LOCK_TIMEOUT_MS = 3600_000;
@@ -126,6 +126,8 @@ async function derivedModel(
     async () => {
       const meanwhile = await openEarlier(refPath, key);
       if (meanwhile) return meanwhile;
+      // Made from other inputs (a file changed since): the stored one would be replaced.
+      if (readManifest(name)?.derivedKey !== key) refuseReplacingInUse(name);
       const staging = tempPathIn(tmpDir(), "convert");
       try {
         await produce(staging);

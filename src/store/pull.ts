@@ -8,14 +8,21 @@ import { loadAliases } from "./aliases";
 import { addBlob, blobPresent, blobsOnDisk } from "./blobs";
 import type { DownloadProgress } from "./download";
 import { parseHFSpec, pullHFRepo } from "./hf";
-import { modelUsers } from "./in-use";
 import { withLock } from "./lock";
 import { describeFiles, newManifest, readManifest, type ManifestFile, type ModelManifest } from "./manifest";
 import { neededFiles } from "./model-files";
 import { locksDir, modelKey, modelNameFits } from "./paths";
 import { parsePyPISpec, pullPyPIFile } from "./pypi";
-import { InvalidParameterError, ModelInUseError } from "../errors";
-import { commitModel, discardBlobs, openStoredModel, StoreDamageError, storeLimitBytes, storingFailed } from "./store";
+import { InvalidParameterError } from "../errors";
+import {
+  commitModel,
+  discardBlobs,
+  openStoredModel,
+  refuseReplacingInUse,
+  StoreDamageError,
+  storeLimitBytes,
+  storingFailed,
+} from "./store";
 
 /** A model as the store knows it: the name it is kept under and where it comes from. */
 export interface ModelRequest {
@@ -120,7 +127,8 @@ export async function pullModel(request: ModelRequest, options: PullOptions = {}
       // The process we waited for has probably stored it meanwhile.
       const stored = await openIfIntact(request);
       if (stored) return { path: stored, fromDisk: true, evicted: [] };
-      refuseReplacingInUse(request);
+      // Another source's model stored under this name (models.toml changed since) would be replaced.
+      if (readManifest(request.name)?.source !== request.source) refuseReplacingInUse(request.name);
       // What this pull stores is removed again if it fails (the blobs that were there before
       // may be another pull's, not committed yet). A download cut short keeps the files it
       // finished, for the next try to use; files that arrived but make no model are removed.
@@ -154,22 +162,6 @@ export async function pullModel(request: ModelRequest, options: PullOptions = {}
     },
     { timeoutMs: PULL_LOCK_TIMEOUT_MS, onWait: options.onWait },
   );
-}
-
-/**
- * A model stored under this name from another source (models.toml changed since) would be
- * replaced, its files removed: refused, before anything is fetched, while another process uses
- * it, as `mlx rm` and a copy over it are. This process's own use (a server resolving a name it
- * holds) it knows of.
- */
-function refuseReplacingInUse(request: ModelRequest): void {
-  const previous = readManifest(request.name);
-  if (!previous || previous.source === request.source) return;
-  const others = modelUsers(request.name).filter((pid) => pid !== process.pid);
-  if (others.length > 0)
-    throw new ModelInUseError(
-      `cannot replace '${request.name}' (stored from ${previous.source}) while process ${others.join(", ")} is using it; stop it first`,
-    );
 }
 
 // Fetches of a model whose shared files other processes keep removing, before giving up.

@@ -259,6 +259,21 @@ export function refuseInUse(name: string): void {
 }
 
 /**
+ * Before making a model that replaces the one stored as `name` (its files removed): refused while
+ * another process uses it, as `mlx rm` and a copy over it are, before anything is fetched or
+ * made. This process's own use (a server resolving a name it holds) it knows of.
+ */
+export function refuseReplacingInUse(name: string): void {
+  const stored = readManifest(name);
+  if (!stored) return;
+  const others = modelUsers(name).filter((pid) => pid !== process.pid);
+  if (others.length > 0)
+    throw new ModelInUseError(
+      `cannot replace '${name}' (stored from ${stored.source}) while process ${others.join(", ")} is using it; stop it first`,
+    );
+}
+
+/**
  * Stores `source`'s files under a second name too (its blobs shared, so it costs no space);
  * a model already named `destination` is replaced, unless a process is using it.
  */
