@@ -11,7 +11,7 @@ import OpenAI from "openai";
 import { memoryFigures } from "../src/engine/device";
 import type { RunningServer } from "../src/server/app";
 import { modelUsers, releaseModel } from "../src/store/in-use";
-import { readManifest } from "../src/store/manifest";
+import { manifestPath, readManifest } from "../src/store/manifest";
 import { modelRequest, pullModel } from "../src/store/pull";
 import { fusedModel } from "../src/store/derived";
 import { blobPath } from "../src/store/paths";
@@ -462,6 +462,22 @@ describe("models.toml settings", () => {
         (await post(`${server.url}/v1/completions`, { model: "moving", prompt: "Hi", max_tokens: 1 })).status,
       ).toBe(200);
       expect(server.state.models.find("moving")?.path).toBe(other);
+      // A loaded stored model whose manifest was damaged meanwhile still answers (nothing pulled again).
+      await ollama.pull({ model: "hf:org/tiny", stream: false });
+      expect(
+        (await post(`${server.url}/v1/completions`, { model: "org/tiny", prompt: "Hi", max_tokens: 1 })).status,
+      ).toBe(200);
+      const manifest = readFileSync(manifestPath("org/tiny"), "utf8");
+      const downloads = hub.hub.requests.length;
+      writeFileSync(manifestPath("org/tiny"), manifest.slice(0, 20));
+      try {
+        expect(
+          (await post(`${server.url}/v1/completions`, { model: "org/tiny", prompt: "Hi", max_tokens: 1 })).status,
+        ).toBe(200);
+        expect(hub.hub.requests.length).toBe(downloads);
+      } finally {
+        writeFileSync(manifestPath("org/tiny"), manifest);
+      }
     } finally {
       rmSync(aliases);
       for (const entry of server.state.models.loaded) if (entry.path === other) server.state.models.unload(entry);

@@ -13,7 +13,7 @@ import {
   type LoadedModel,
   type SpeculationChoice,
 } from "../models/load";
-import { locateModel, resolveModelPath } from "../store/resolve";
+import { locateModel, resolveModelPath, type ModelLocation } from "../store/resolve";
 import { aliasAdapter, aliasAdapterBase, aliasCacheSettings, aliasSpeculation, loadAliases } from "../store/aliases";
 import { loadAdapter, type Adapter } from "../models/lora";
 import { applySettings } from "../engine/model-settings";
@@ -142,6 +142,8 @@ export class ModelRegistry {
   /** By key (LoadedEntry.key). */
   readonly #byKey = new Map<string, LoadedEntry>();
   readonly #pathOf = new Map<string, string>();
+  /** What each name in #pathOf named when it was resolved (#meaning). */
+  readonly #meaningOf = new Map<string, string | undefined>();
   readonly #loading = new Map<string, Promise<LoadedEntry>>();
   #acquiring = 0;
   #everLoaded = false;
@@ -246,15 +248,16 @@ export class ModelRegistry {
 
   async resolve(name: string): Promise<string> {
     const served = this.options.adapters?.get(name);
-    const spec = served ? served.base : name;
+    const paths = this.mayBePath(name);
+    // "m:latest" that resolved as "m" is located as "m".
+    const located = () => (served ? served.base : (this.#untagged.get(name) ?? name));
     const known = this.#pathOf.get(name);
-    const resolving = { onProgress: () => {}, onEvicted: this.options.onEvicted, paths: this.mayBePath(name) };
     if (known && this.loaded.some((e) => e.path === known)) {
-      // "m:latest" that resolved as "m" is located as "m".
-      const located = served ? served.base : (this.#untagged.get(name) ?? name);
-      if (this.#stillAt(located, known, resolving.paths)) return known;
+      const now = this.#meaning(located(), paths);
+      if (now === undefined || now === this.#meaningOf.get(name)) return known;
     }
-    const path = await resolveModelPath(spec, resolving).catch((error) => {
+    const resolving = { onProgress: () => {}, onEvicted: this.options.onEvicted, paths };
+    const path = await resolveModelPath(served ? served.base : name, resolving).catch((error) => {
       // Ollama's clients may name a model with its default tag: "m:latest" is "m" where no model has that name.
       const untagged = withoutLatestTag(name);
       if (!(error instanceof ModelNotFoundError) || untagged === undefined) throw error;
@@ -262,19 +265,33 @@ export class ModelRegistry {
       return this.resolve(untagged);
     });
     this.#pathOf.set(name, path);
+    this.#meaningOf.set(name, this.#meaning(located(), paths));
     return path;
   }
 
   /**
-   * Whether `spec` still names the model at `path`, found without opening it: an alias whose
-   * source models.toml changed since names another model, loaded as such (as Ollama reloads a
-   * model replaced); a name that no longer locates is resolved again, for its error.
+   * What `spec` names now, found without opening anything (an alias's source, a path, a stored
+   * model): a loaded model stays the name's while this does not change, and an alias whose source
+   * models.toml changed since names another model, loaded as such (as Ollama reloads a model
+   * replaced). Undefined where that cannot be told (a stored model's manifest gone, models.toml
+   * unreadable): the loaded model answers, or the request fails on its own error.
    */
-  #stillAt(spec: string | undefined, path: string, paths: boolean): boolean {
+  #meaning(spec: string | undefined, paths: boolean): string | undefined {
+    let location: ModelLocation;
     try {
-      return locateModel(spec, undefined, { paths }).path === path;
+      location = locateModel(spec, undefined, { paths });
     } catch {
-      return false;
+      return undefined;
+    }
+    switch (location.kind) {
+      case "source":
+        return `source ${location.request.source}`;
+      case "path":
+        return `path ${location.path}`;
+      case "stored":
+        return `stored ${location.name}`;
+      case "missing":
+        return location.alias ? `missing ${location.source}` : undefined;
     }
   }
 
