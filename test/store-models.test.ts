@@ -1124,6 +1124,35 @@ describe("locks", () => {
     expect(existsSync(join(locksDir(), "store.lock"))).toBe(false);
   });
 
+  // A killed process no one has reaped yet (its parent gone, in a container whose first process reaps none).
+  test.skipIf(process.platform !== "linux")(
+    "a lock and an in-use mark of a process that died but was not reaped (a zombie) are a dead process's",
+    async () => {
+      // The short sleep ends as a child of the long one (the shell exec'd it), which never waits for it.
+      const parent = Bun.spawn(["sh", "-c", "sleep 0.2 & echo $!; exec sleep 30"], { stdout: "pipe" });
+      try {
+        const { value } = await parent.stdout.getReader().read();
+        const zombie = Number(new TextDecoder().decode(value).trim());
+        await Bun.sleep(700);
+        expect(readFileSync(`/proc/${zombie}/stat`, "utf8")).toContain(") Z ");
+        mkdirSync(locksDir(), { recursive: true });
+        symlinkSync(String(zombie), join(locksDir(), "store.lock"));
+        const started = performance.now();
+        expect(await withStoreLock(() => "got it")).toBe("got it");
+        expect(performance.now() - started).toBeLessThan(1_000);
+        await pull(fakeModel("alpha"));
+        releaseModel("alpha");
+        mkdirSync(join(inUseDir(), "alpha"), { recursive: true });
+        writeFileSync(join(inUseDir(), "alpha", String(zombie)), "");
+        await removeModel("alpha");
+        expect(await names()).toEqual([]);
+      } finally {
+        parent.kill();
+      }
+    },
+    TEST_TIMEOUT_MS,
+  );
+
   // A disk whose inodes are used up (a tmpfs with few, in a user namespace, where the system allows one).
   test.skipIf(Bun.spawnSync(["unshare", "-rm", "true"], { stderr: "ignore" }).exitCode !== 0)(
     "a disk with no room for even a lock says so, not that mlx needs write access",

@@ -33,10 +33,25 @@ const queues = new Map<string, Promise<unknown>>();
 export function isProcessAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (error) {
     // EPERM: the process exists but belongs to someone else.
-    return (error as NodeJS.ErrnoException).code === "EPERM";
+    if ((error as NodeJS.ErrnoException).code !== "EPERM") return false;
+  }
+  return !isZombie(pid);
+}
+
+/**
+ * A process that ended but was not reaped (killed, its parent gone, in a container whose first
+ * process reaps none): signals still reach its pid, yet it never runs again, so its locks and
+ * marks are a dead process's. Read from /proc (Linux); elsewhere false.
+ */
+function isZombie(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // The state follows the command's name, which is in parentheses and may hold spaces.
+    return stat[stat.lastIndexOf(")") + 2] === "Z";
+  } catch {
+    return false;
   }
 }
 
