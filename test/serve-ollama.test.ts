@@ -274,10 +274,22 @@ describe("Ollama chat and generate", () => {
       ["num_keep", 1.5, "must be a whole number, got 1.5"],
       ["use_mmap", "yes", "must be true or false, got a string"],
       ["mirostat_tau", "5", "must be a number, got a string"],
+      ["f16_kv", 1, "must be true or false, got a number"],
     ] as const)
       expect(() => parseOllamaGenerate({ model, prompt: "Hi", options: { [name]: value } })).toThrow(
         `'options.${name}' ${message}`,
       );
+  });
+
+  test("the official clients' Options fields that Ollama no longer reads (f16_kv, vocab_only...) are taken, as Ollama takes them", async () => {
+    const plain = await ollama.generate({ model, prompt: "Hi", stream: false, options: greedy });
+    const hinted = await ollama.generate({
+      model,
+      prompt: "Hi",
+      stream: false,
+      options: { ...greedy, f16_kv: true, logits_all: false, vocab_only: false, embedding_only: false },
+    });
+    expect(hinted.response).toBe(plain.response);
   });
 
   test("num_predict 0 sets no limit, as -1 does (Ollama limits only a positive count)", async () => {

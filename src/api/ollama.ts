@@ -74,7 +74,8 @@ const GENERATE_FIELDS = [
 /**
  * Ollama's options: those that shape the answer, and the runtime hints that cannot change it
  * here (memory mapping, threads, GPU layers: MLX decides; penalize_newline: Ollama itself no
- * longer reads it). Options that would change sampling in
+ * longer reads it; f16_kv, logits_all, vocab_only, embedding_only: llama.cpp's, still in the
+ * official clients' Options types, which Ollama takes and ignores). Options that would change sampling in
  * ways we do not implement (mirostat, typical_p, tfs_z) are 400s unless set to turn them off;
  * mirostat's tau and eta mean nothing without it.
  */
@@ -106,6 +107,10 @@ export const OPTIONS = [
   "numa",
   "low_vram",
   "num_keep",
+  "f16_kv",
+  "logits_all",
+  "vocab_only",
+  "embedding_only",
 ];
 
 /**
@@ -155,7 +160,18 @@ function options(f: Fields): Pick<OllamaRequest, "maxTokens" | "contextBound" | 
   const numCtx = o.integer("num_ctx", { min: 1 });
   // Hints to Ollama's runner that this engine has no use for: typed as Ollama types them, then unused.
   for (const name of ["num_batch", "num_gpu", "main_gpu", "num_thread", "num_keep"]) o.integer(name);
-  for (const name of ["penalize_newline", "use_mlock", "use_mmap", "numa", "low_vram"]) o.boolean(name);
+  for (const name of [
+    "penalize_newline",
+    "use_mlock",
+    "use_mmap",
+    "numa",
+    "low_vram",
+    "f16_kv",
+    "logits_all",
+    "vocab_only",
+    "embedding_only",
+  ])
+    o.boolean(name);
   for (const name of ["mirostat_tau", "mirostat_eta"]) o.number(name);
   return {
     contextBound: numCtx === undefined ? undefined : { tokens: numCtx, param: "options.num_ctx" },
