@@ -186,7 +186,8 @@ describe("messages.create", () => {
   test("models.list and models.retrieve in Anthropic's shapes", async () => {
     const page = await client.models.list();
     const listed = page.data.find((m) => m.id === model)!;
-    expect(listed).toMatchObject({ type: "model", id: model, display_name: model });
+    // lifecycle: required by the SDKs' ModelInfo.
+    expect(listed).toMatchObject({ type: "model", id: model, display_name: model, lifecycle: "active" });
     expect(Number.isNaN(Date.parse(listed.created_at))).toBe(false);
     // Into the next second: a model neither stored nor loaded keeps its date (it was "now" once, a flake).
     await Bun.sleep(1020 - (Date.now() % 1000));

@@ -59,6 +59,8 @@ describe("responses.create", () => {
     expect(r.output_text.length).toBeGreaterThan(0);
     expect(r.usage!.output_tokens).toBe(6);
     expect(r.usage!.total_tokens).toBe(r.usage!.input_tokens + 6);
+    // Both details the SDKs' ResponseUsage requires (Python's pydantic validation fails without one).
+    expect(Object.keys(r.usage!.input_tokens_details).sort()).toEqual(["cache_write_tokens", "cached_tokens"]);
     // The same conversation as items gives the same greedy answer.
     const items = await openai.responses.create({
       model,

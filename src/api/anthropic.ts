@@ -415,6 +415,8 @@ export const anthropicModel = (m: { id: string; created: number }) => ({
   id: m.id,
   display_name: m.id,
   created_at: new Date(m.created * 1000).toISOString(),
+  // Required by the SDKs' ModelInfo: a model served here is callable.
+  lifecycle: "active" as const,
 });
 
 /**

@@ -406,7 +406,8 @@ export const responseId = (prefix: string) => `${prefix}_${crypto.randomUUID().r
 export function responsesUsage(promptTokens: number, outputTokens: number, cachedTokens: number, reasoningTokens = 0) {
   return {
     input_tokens: promptTokens,
-    input_tokens_details: { cached_tokens: cachedTokens },
+    // cache_write_tokens: the SDKs' types require it; as Anthropic's cache_creation_input_tokens, none are counted here.
+    input_tokens_details: { cached_tokens: cachedTokens, cache_write_tokens: 0 },
     output_tokens: outputTokens,
     output_tokens_details: { reasoning_tokens: reasoningTokens },
     total_tokens: promptTokens + outputTokens,
