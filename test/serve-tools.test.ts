@@ -354,6 +354,48 @@ describe("Ollama tools", () => {
     expect(calls.map((c) => c.function)).toEqual(whole.message.tool_calls!.map((c) => c.function));
   });
 
+  test("a parameter of several types as ollama-python writes it (Union[int, str]: 'integer, string') is those types", async () => {
+    // ollama-python's tool of `def pick(value: Union[int, str])`: its types joined in one string.
+    const pythonTool = {
+      type: "function",
+      function: {
+        name: "pick",
+        description: "Pick a value.",
+        parameters: {
+          type: "object",
+          required: ["value"],
+          properties: { value: { description: "the value", type: "integer, string" } },
+        },
+      },
+    };
+    const pickFormat = {
+      type: "object",
+      properties: { name: { const: "pick" }, parameters: pythonTool.function.parameters },
+      required: ["name", "parameters"],
+      additionalProperties: false,
+    };
+    const r = await ollama.chat({
+      model: llamaModel,
+      messages: question,
+      tools: [pythonTool] as never,
+      format: {
+        ...pickFormat,
+        properties: {
+          ...pickFormat.properties,
+          parameters: { ...pythonTool.function.parameters, properties: { value: { type: ["integer", "string"] } } },
+        },
+      },
+      options: { temperature: 1, seed: 1, num_predict: 150 },
+    });
+    expect(r.message.tool_calls).toHaveLength(1);
+    expect(["number", "string"]).toContain(typeof r.message.tool_calls![0]!.function.arguments.value);
+    // OpenAI's tools are JSON Schema as written: such a type is still the client's mistake there.
+    const openaiTool = { type: "function", function: pythonTool.function };
+    const refused = await post(`${server.url}/v1/chat/completions`, { model, messages: question, tools: [openaiTool] });
+    expect(refused.status).toBe(400);
+    expect(refused.json.error.message).toMatch(/properties\/value\/type/);
+  });
+
   test("tools and a conversation with a call and its result are accepted; /api/generate refuses tools", async () => {
     const r = await ollama.chat({
       model,

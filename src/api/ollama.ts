@@ -271,7 +271,7 @@ export function parseOllamaChat(body: unknown): OllamaRequest {
     messages.push(message);
   });
   const c = common(f);
-  const tools = toolRequest(f, { withChoice: true, flatNamedChoice: true });
+  const tools = toolRequest(f, { withChoice: true, flatNamedChoice: true, commaJoinedTypes: true });
   // The forced call's grammar would take the place of the format's.
   if (tools && tools.choice !== "auto" && tools.choice !== "none" && c.format)
     throw new ValidationError("'format' cannot be combined with a 'tool_choice' that requires a call", "format");

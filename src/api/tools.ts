@@ -9,7 +9,7 @@ import { Fields, ValidationError, unsupported } from "./validate";
 const FUNCTION_NAME = /^[A-Za-z0-9_-]{1,64}$/;
 export const MAX_TOOLS = 128;
 
-function parseTools(f: Fields): ToolSpec[] | undefined {
+function parseTools(f: Fields, commaJoinedTypes: boolean): ToolSpec[] | undefined {
   const raw = f.array("tools", { max: MAX_TOOLS });
   if (!raw || raw.length === 0) return undefined;
   const names = new Set<string>();
@@ -20,8 +20,28 @@ function parseTools(f: Fields): ToolSpec[] | undefined {
     if (type !== "function") tool.fail("type", `must be 'function', got '${type}'`);
     const fn = tool.object("function");
     if (!fn) throw new ValidationError(`'${at}.function' is required`, `${at}.function`);
-    return toolSpec(fn, "parameters", names);
+    if (!commaJoinedTypes) return toolSpec(fn, "parameters", names);
+    return toolSpec(
+      new Fields({ ...fn.body, parameters: typesListed(fn.body.parameters) }, fn.prefix),
+      "parameters",
+      names,
+    );
   });
+}
+
+/**
+ * ollama-python makes a tool of a Python function whose parameter has several types
+ * (`Union[int, str]`) by joining them in one string, "integer, string", which Ollama takes (it
+ * reads no schema): here, the list of types that JSON Schema writes for it.
+ */
+function typesListed(parameters: unknown): unknown {
+  if (!isJsonObject(parameters) || !isJsonObject(parameters.properties)) return parameters;
+  const properties = Object.entries(parameters.properties).map(([name, property]) =>
+    isJsonObject(property) && typeof property.type === "string" && property.type.includes(",")
+      ? [name, { ...property, type: property.type.split(",").map((type) => type.trim()) }]
+      : [name, property],
+  );
+  return { ...parameters, properties: Object.fromEntries(properties) };
 }
 
 /** One function offered: its name (unique among `names`), description and argument schema (in `schemaField`). */
@@ -52,12 +72,17 @@ export function toolSpec(fn: Fields, schemaField: string, names: Set<string>): T
  * The request's tools and, in OpenAI requests (`withChoice`), tool_choice; undefined when it
  * offers none. `flatNamedChoice` also takes a function named as the Responses API names it,
  * {type: "function", name}, which the AI SDK's Ollama provider sends to /api/chat.
+ * `commaJoinedTypes`: Ollama's, where a parameter's types may come as one string (typesListed).
  */
 export function toolRequest(
   f: Fields,
-  { withChoice, flatNamedChoice = false }: { withChoice: boolean; flatNamedChoice?: boolean },
+  {
+    withChoice,
+    flatNamedChoice = false,
+    commaJoinedTypes = false,
+  }: { withChoice: boolean; flatNamedChoice?: boolean; commaJoinedTypes?: boolean },
 ): ToolRequest | undefined {
-  const tools = parseTools(f);
+  const tools = parseTools(f, commaJoinedTypes);
   const choice = withChoice ? parseToolChoice(f, tools, flatNamedChoice) : "auto";
   // OpenAI's forced function is exactly one call of it ("required" is one or more): a model that
   // chained calls of it ran to max_tokens, and clients run no call of an answer cut short.
