@@ -42,6 +42,19 @@ beforeAll(() => {
 
 afterAll(() => server.stop());
 
+/** "My name is Ada.", `answer`, "What is my name?" sent as one greedy request (what a stored or referenced turn stands for). */
+const askedWhole = (answer: string) =>
+  openai.responses.create({
+    model,
+    input: [
+      { role: "user", content: "My name is Ada." },
+      { role: "assistant", content: answer },
+      { role: "user", content: "What is my name?" },
+    ],
+    max_output_tokens: 4,
+    temperature: 0,
+  });
+
 describe("responses.create", () => {
   test("text from a string input and instructions; max_output_tokens makes it incomplete", async () => {
     const r = await openai.responses.create({
@@ -602,16 +615,7 @@ describe("previous_response_id", () => {
       max_output_tokens: 4,
       temperature: 0,
     });
-    const whole = await openai.responses.create({
-      model,
-      input: [
-        { role: "user", content: "My name is Ada." },
-        { role: "assistant", content: first.output_text },
-        { role: "user", content: "What is my name?" },
-      ],
-      max_output_tokens: 4,
-      temperature: 0,
-    });
+    const whole = await askedWhole(first.output_text);
     expect(referenced.usage!.input_tokens).toBe(whole.usage!.input_tokens);
     expect(referenced.output_text).toBe(whole.output_text);
     // Listed as the item it names.
@@ -649,16 +653,7 @@ describe("previous_response_id", () => {
     });
     expect(next.previous_response_id).toBe(first.id);
     // The same conversation sent whole gives the same prompt and the same greedy answer.
-    const whole = await openai.responses.create({
-      model,
-      input: [
-        { role: "user", content: "My name is Ada." },
-        { role: "assistant", content: first.output_text },
-        { role: "user", content: "What is my name?" },
-      ],
-      max_output_tokens: 4,
-      temperature: 0,
-    });
+    const whole = await askedWhole(first.output_text);
     expect(next.usage!.input_tokens).toBe(whole.usage!.input_tokens);
     expect(next.output_text).toBe(whole.output_text);
     // A streamed response is stored too, and a chain goes on.
