@@ -635,7 +635,8 @@ describe("errors", () => {
     const cases: [unknown, RegExp][] = [
       [{ thinking: { type: "enabled", budget_tokens: 1024 } }, /'thinking.budget_tokens' must be less than max_tokens/],
       [{ thinking: { type: "enabled", budget_tokens: 2 } }, /this model does not think/],
-      [{ service_tier: "auto" }, /'service_tier' is not supported/],
+      // "auto" and "standard_only" are the one tier a local server has; another is refused.
+      [{ service_tier: "priority" }, /'service_tier' 'priority' is not supported/],
       // Anthropic's metadata has user_id alone: another key would be dropped unseen.
       [{ metadata: { user_id: "u1", session: "s1" } }, /'metadata.session' is not supported/],
       [{ messages: [{ role: "system", content: "x" }] }, /messages\.0\.role/],
@@ -711,6 +712,11 @@ describe("errors", () => {
     expect(missing.error.error.type).toBe("not_found_error");
     const ok = await client.messages.create({ model, max_tokens: 1, messages: ask });
     expect(ok.usage.output_tokens).toBe(1);
+    // Before: "auto" (what clients send by default where they send one) was a 400 as OpenAI's was not.
+    for (const service_tier of ["auto", "standard_only"] as const)
+      expect(
+        (await client.messages.create({ model, max_tokens: 1, messages: ask, service_tier })).usage.output_tokens,
+      ).toBe(1);
   });
 
   test("x-api-key is the API key; a wrong one is a 401 authentication_error", async () => {

@@ -36,6 +36,7 @@ const MESSAGES_FIELDS = new Set([
   "top_p",
   "top_k",
   "metadata",
+  "service_tier",
   "cache_control",
   "thinking",
   "output_config",
@@ -70,6 +71,7 @@ export function parseMessagesRequest(body: unknown): AnthropicRequest {
   f.onlyKnown(MESSAGES_FIELDS);
   const maxTokens = f.integer("max_tokens", { min: 1 }) ?? f.fail("max_tokens", "is required");
   metadataUserId(f);
+  serviceTier(f);
   const request = { ...promptFields(f), thinking: thinkingParam(f, maxTokens), format: outputFormat(f) };
   refuseConflicts(f, request);
   return {
@@ -83,6 +85,16 @@ export function parseMessagesRequest(body: unknown): AnthropicRequest {
     },
     stop: stopSequences(f),
   };
+}
+
+/**
+ * Anthropic's service_tier: "auto" (priority capacity where the account has it) and "standard_only"
+ * both mean the one tier a local server has, as OpenAI's "auto" and "default" do (openai.ts).
+ */
+function serviceTier(f: Fields): void {
+  const tier = f.string("service_tier");
+  if (tier !== undefined && tier !== "auto" && tier !== "standard_only")
+    throw unsupported("service_tier", `'service_tier' '${tier}'`);
 }
 
 /**
