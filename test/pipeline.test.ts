@@ -312,6 +312,10 @@ describe("mlx launch -- serve", () => {
         "this server holds plain split across processes; it cannot load another model",
       );
       expect((await ask("eight")).status).toBe(400);
+      // An unknown name's hints are what this server serves (it named gemma3, which it refuses).
+      const unknown = await ask("gemma");
+      expect(unknown.status).toBe(404);
+      expect(((await unknown.json()) as any).error.message).toEndWith("; known models: plain, same");
       const ps = (await (await fetch(`${server.url}/api/ps`)).json()) as any;
       expect(ps.models.map((m: { name: string }) => m.name)).toEqual(["plain"]);
       // The model's size as one process holds it, not rank 0's share of it.

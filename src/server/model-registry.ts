@@ -256,7 +256,8 @@ export class ModelRegistry {
       const now = this.#meaning(located(), paths);
       if (now === undefined || now === this.#meaningOf.get(name)) return known;
     }
-    const resolving = { onProgress: () => {}, onEvicted: this.options.onEvicted, paths };
+    const offered = (known: string) => this.offersAlias(known);
+    const resolving = { onProgress: () => {}, onEvicted: this.options.onEvicted, paths, offered };
     const path = await resolveModelPath(served ? served.base : name, resolving).catch((error) => {
       // Ollama's clients may name a model with its default tag: "m:latest" is "m" where no model has that name.
       const untagged = withoutLatestTag(name);

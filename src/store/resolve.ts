@@ -24,6 +24,8 @@ export interface ResolveOptions extends LocateOptions {
   onProgress?: (progress: DownloadProgress) => void;
   /** Told each model that download evicted; by default a warning on stderr where the bar is shown. */
   onEvicted?: (name: string) => void;
+  /** Which names the caller serves (a server holding one model split across ranks): an unknown name's hints are among them. */
+  offered?: (name: string) => boolean;
 }
 
 export interface LocateOptions {
@@ -136,16 +138,17 @@ export async function resolveModelPath(spec: string | undefined, options: Resolv
     case "stored": {
       const opened = await openStoredModel(location.name);
       if (opened) return opened;
-      throw await unknownModelError(location.name); // removed since it was located
+      throw await unknownModelError(location.name, options.offered); // removed since it was located
     }
     case "missing":
-      throw await missingModelError(location);
+      throw await missingModelError(location, options.offered);
   }
 }
 
 /** What is wrong with a name that locates nothing: a missing path (an alias's source), or an unknown name. */
 export async function missingModelError(
   location: Extract<ModelLocation, { kind: "missing" }>,
+  offered?: (name: string) => boolean,
 ): Promise<ModelNotFoundError | StoreDamageError> {
   const unreadable = location.alias ? undefined : unreadableManifestError(location.name);
   if (unreadable) return unreadable;
@@ -160,7 +163,7 @@ export async function missingModelError(
     const origin = location.alias ? aliasSourceNote(location.name) : "";
     return new ModelNotFoundError(`model not found: ${location.source}${hub}${origin}`);
   }
-  return unknownModelError(location.name);
+  return unknownModelError(location.name, offered);
 }
 
 /**
@@ -202,11 +205,14 @@ async function pullSource(request: ModelRequest, options: ResolveOptions, stored
 
 /**
  * For `name`, which is neither an alias, a stored model, a source nor a path: the error that
- * says so, with the known names that look like it (or all of them).
+ * says so, with the known names that look like it (or all of them), of those `offered`.
  */
-export async function unknownModelError(name: string): Promise<ModelNotFoundError> {
+export async function unknownModelError(
+  name: string,
+  offered: (name: string) => boolean = () => true,
+): Promise<ModelNotFoundError> {
   const aliases = loadAliases();
-  const known = [...new Set([...aliases.models.keys(), ...(await listModels()).map((m) => m.name)])];
+  const known = [...new Set([...aliases.models.keys(), ...(await listModels()).map((m) => m.name)])].filter(offered);
   const suggestions = closeMatches(name, known);
   const hint =
     suggestions.length > 0
