@@ -12,6 +12,7 @@ import { dirname, join } from "node:path";
 import { eventually, post, serve, slowestHealthGap, tinyModel } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
 import * as mx from "../src/mlx";
+import * as engineRequest from "../src/engine/request";
 import { nextTurn } from "../src/event-loop";
 
 /** A tiny model whose weights are split into `files` safetensors files, named by an index as a hub's are. */
@@ -775,6 +776,36 @@ describe("disconnects and the event loop", () => {
       expect(await Promise.all([first, later])).toEqual([200, 200]);
       expect(finished).toEqual([next, busy]);
     } finally {
+      await one.stop();
+      rmSync(root, { recursive: true, force: true });
+    }
+  }, 60_000);
+
+  test("a request's further choices (n > 1) share its hold on the model: a request for another model waiting for room does not deadlock it", async () => {
+    const root = mkdtempSync(join(tmpdir(), "mlx-choices-"));
+    const [busy, next] = [join(root, "busy"), join(root, "next")];
+    writeTinyModel(busy);
+    writeTinyModel(next);
+    // Within the timeout, the deadlock was a 504 for the request of n choices after it.
+    const one = serve({ maxLoadedModels: 1, requestTimeoutMs: 5000 });
+    const prepare = engineRequest.prepareGeneration;
+    let other: Promise<number> | undefined;
+    // While the first choice holds the busy model, a request for the other model comes, and waits for room.
+    const prepared = spyOn(engineRequest, "prepareGeneration").mockImplementation(async (...args) => {
+      if (!other) {
+        other = post(`${one.url}/v1/completions`, { model: next, prompt: "Once", max_tokens: 2 }).then((r) => r.status);
+        await eventually(() => one.state.models.acquiring === 1);
+      }
+      return prepare(...args);
+    });
+    try {
+      const choices = await post(`${one.url}/v1/completions`, { model: busy, prompt: "Once", max_tokens: 2, n: 2 });
+      expect(choices.status).toBe(200);
+      expect(choices.json.choices.length).toBe(2);
+      expect(await other).toBe(200);
+      expect(one.state.models.loaded.map((e) => [e.path, e.active])).toEqual([[next, 0]]);
+    } finally {
+      prepared.mockRestore();
       await one.stop();
       rmSync(root, { recursive: true, force: true });
     }

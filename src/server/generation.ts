@@ -63,6 +63,8 @@ export interface GenerateInput {
    * counts its tokens once, as the answer's usage does.
    */
   repeatsPrompt?: boolean;
+  /** An earlier choice's hold on the model (n > 1): shared, not acquired again (see Lease.share). */
+  heldWith?: Lease;
   /** Aborts when the client goes away. */
   clientSignal: AbortSignal;
   timeoutMs: number;
@@ -71,6 +73,8 @@ export interface GenerateInput {
 export interface Generation {
   /** Milliseconds spent loading the model for this request. */
   loadMs: number;
+  /** Its hold on the model until finish (none for a remote model). */
+  lease?: Lease;
   /** The model's tokenizer (none for a remote model: it has no logprobs either). */
   tokenizer?: Tokenizer;
   /** The prompt's token ids (none for a remote model). */
@@ -193,7 +197,9 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
     lease?.release();
   };
   try {
-    lease = await ctx.models.acquire(input.model, input.keepAliveMs, controller.signal);
+    lease = input.heldWith
+      ? input.heldWith.share()
+      : await ctx.models.acquire(input.model, input.keepAliveMs, controller.signal);
     const lm = lease.entry.lm;
     const sampling = settleSampling(input.sampling, input.defaults, loadedSamplingDefaults(lm, input.model));
     prepared = await prepareGeneration(lm, {
@@ -221,6 +227,7 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
     const constraint = prepared.constraint;
     return {
       loadMs: lease.loadMs,
+      lease,
       tokenizer: lm.tokenizer,
       promptIds: prepared.promptIds,
       toolFormat: prepared.toolFormat,

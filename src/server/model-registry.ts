@@ -85,6 +85,12 @@ export interface Lease {
   loadMs: number;
   /** Ends this request's hold; the model's keep-alive clock starts when none is left. */
   release(): void;
+  /**
+   * Another hold on the same model and adapter, released on its own: a request's further choices
+   * (n > 1) take it. Acquiring again would wait behind a load waiting for room, which waits for
+   * this very hold to end: both stuck until their timeout.
+   */
+  share(): Lease;
 }
 
 /** How a model is loaded beyond its weights (serve's flags, else the alias's models.toml entry). */
@@ -351,11 +357,21 @@ export class ModelRegistry {
       throw error;
     }
     if (keepAliveMs !== undefined) held.keepAliveMs = this.#keepAlive(keepAliveMs);
+    const lease = this.#hold(held, adapter, loadMs);
+    if (signal?.aborted) {
+      lease.release();
+      throw new ClientGoneError();
+    }
+    return lease;
+  }
+
+  /** A hold on a loaded model (see Lease). */
+  #hold(held: LoadedEntry, adapter: Adapter | undefined, loadMs: number): Lease {
     held.active++;
     held.lastUsed = Date.now();
     this.#cancelExpiry(held);
     let released = false;
-    const lease: Lease = {
+    return {
       entry: held,
       adapter,
       loadMs,
@@ -369,12 +385,8 @@ export class ModelRegistry {
           this.#scheduleExpiry(held);
         }
       },
+      share: () => this.#hold(held, adapter, 0),
     };
-    if (signal?.aborted) {
-      lease.release();
-      throw new ClientGoneError();
-    }
-    return lease;
   }
 
   /** Sets a loaded model's keep-alive (0 unloads it now, or as soon as its requests end). */

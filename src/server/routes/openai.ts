@@ -127,12 +127,13 @@ async function complete(s: ServerState, c: Context, kind: Kind): Promise<Respons
   const seedsLeft = seed === undefined ? 0 : Number.MAX_SAFE_INTEGER + 1 - seed;
   const choiceSeed = (choice: number) =>
     seed === undefined ? undefined : choice < seedsLeft ? seed + choice : choice - seedsLeft;
-  const gens = await startChoices(choices, (i) =>
+  const gens = await startChoices(choices, (i, first) =>
     startGeneration(s, {
       ...input,
       prompt: req.prompts[Math.floor(i / req.n)]!,
       sampling: { ...req.sampling, seed: choiceSeed(i % req.n) },
       repeatsPrompt: i % req.n > 0,
+      heldWith: first?.lease,
     }),
   );
   const meta = {
@@ -163,12 +164,15 @@ function checkChoicesFit(req: OpenAIRequest, maxSequences: number): void {
  * Starts `n` generations; if one cannot start, those already started are stopped: cancelled, as
  * it is, when its client went away or the server cut it short, and not counted at all when the
  * request was refused (a 4xx: its queue full, a later prompt too long), as a refused request of
- * one choice is not.
+ * one choice is not. Each after the first is given the first (its hold on the model to share).
  */
-async function startChoices(n: number, start: (i: number) => Promise<Generation>): Promise<Generation[]> {
+async function startChoices(
+  n: number,
+  start: (i: number, first: Generation | undefined) => Promise<Generation>,
+): Promise<Generation[]> {
   const gens: Generation[] = [];
   try {
-    for (let i = 0; i < n; i++) gens.push(await start(i));
+    for (let i = 0; i < n; i++) gens.push(await start(i, gens[0]));
     return gens;
   } catch (error) {
     const status = toApiError(error).status;
