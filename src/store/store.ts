@@ -16,8 +16,7 @@ import {
   type ManifestFile,
   type ModelManifest,
 } from "./manifest";
-import { ModelInUseError, ModelNotFoundError } from "../errors";
-import { ModelLoadError } from "../models/load";
+import { ModelInUseError, ModelLoadError, ModelNotFoundError } from "../errors";
 import { indexEntry, loadIndex, manifestKeys, saveIndex, saveIndexIfRoom, type IndexEntry } from "./model-index";
 import { blobPath, isSha256Hex, modelKey, modelsDir, storeRoot } from "./paths";
 
