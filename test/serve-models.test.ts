@@ -16,7 +16,7 @@ import { modelRequest, pullModel } from "../src/store/pull";
 import { fusedModel } from "../src/store/derived";
 import { blobPath } from "../src/store/paths";
 import { lastLayers, writeRandomAdapter } from "./helpers/random-adapter";
-import { post, serve, slowestHealthGap } from "./helpers/serve";
+import { healthWhile, post, serve } from "./helpers/serve";
 import { startHfHub, type TestServer } from "./helpers/store";
 import { writeTinyModel } from "./helpers/tiny-model";
 
@@ -328,16 +328,11 @@ describe("OpenAI /v1/models", () => {
   });
 });
 
-/** What `work` returns, and the milliseconds it held this thread. */
-function timed<T>(work: () => T): [T, number] {
-  const start = performance.now();
-  const result = work();
-  return [result, performance.now() - start];
-}
-
-/** The longest a server doing the work a part at a time may leave /health unanswered: 500 ms, or half of doing the
- *  work in one go (what a server that did not split it would stall for), measured just after under the same load. */
-const stallBound = (onceMs: number) => Math.max(500, onceMs / 2);
+/**
+ * The fewest /health answers while megabytes are worked through a part at a time (counted, not
+ * timed: a loaded machine stretches every wait). Done in one go, the loop gets a turn or two.
+ */
+const ANSWERED_MEANWHILE = 8;
 
 describe("llama.cpp utilities", () => {
   test("tokenize (with pieces), detokenize back, apply-template as a generation renders it", async () => {
@@ -373,18 +368,17 @@ describe("llama.cpp utilities", () => {
     await post(`${server.url}/tokenize`, { content: "warm" }); // the default model loaded
     const tokenizer = server.state.models.loaded[0]!.lm.tokenizer;
     const tokenized = post(`${server.url}/tokenize`, { content, with_pieces: true });
-    const slowest = await slowestHealthGap(server.url, tokenized);
+    const { answers } = await healthWhile(server.url, tokenized);
     const { status, json } = await tokenized;
     expect(status).toBe(200);
-    const [once, onceMs] = timed(() => tokenizer.encode(content));
-    expect(json.tokens.map((t: { id: number }) => t.id)).toEqual(once);
+    expect(json.tokens.map((t: { id: number }) => t.id)).toEqual(tokenizer.encode(content));
     expect(
       json.tokens
         .slice(0, 3)
         .map((t: { piece: string }) => t.piece)
         .join(""),
     ).toBe("Héllo");
-    expect(slowest).toBeLessThan(stallBound(onceMs));
+    expect(answers).toBeGreaterThanOrEqual(ANSWERED_MEANWHILE);
   });
 
   test("two million ids are detokenized a part at a time: the server answers meanwhile, the text that of the ids in one go", async () => {
@@ -395,12 +389,11 @@ describe("llama.cpp utilities", () => {
       const tokens = tokenizer.encode("Héllo wörld, 12345 times! 日本 😀 don't\n".repeat(120_000));
       expect(tokens.length).toBeGreaterThan(2_000_000);
       const detokenized = post(`${big.url}/detokenize`, { tokens });
-      const slowest = await slowestHealthGap(big.url, detokenized);
+      const { answers } = await healthWhile(big.url, detokenized);
       const { status, json } = await detokenized;
       expect(status).toBe(200);
-      const [once, onceMs] = timed(() => tokenizer.decode(tokens));
-      expect(json.content).toBe(once);
-      expect(slowest).toBeLessThan(stallBound(onceMs));
+      expect(json.content).toBe(tokenizer.decode(tokens));
+      expect(answers).toBeGreaterThanOrEqual(ANSWERED_MEANWHILE);
     } finally {
       await big.stop();
     }

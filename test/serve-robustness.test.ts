@@ -9,7 +9,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { eventually, post, serve, slowestHealthGap, tinyModel } from "./helpers/serve";
+import { eventually, post, serve, healthWhile, tinyModel } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
 import * as mx from "../src/mlx";
 import * as engineRequest from "../src/engine/request";
@@ -267,7 +267,7 @@ describe("limits", () => {
       await answersNormally(big.url);
       const prompt = Array.from({ length: 2_000_000 }, (_, i) => i % 1000);
       const asked = post(`${big.url}/v1/completions`, { model, prompt, max_tokens: 1 });
-      const slowest = await slowestHealthGap(big.url, asked);
+      const { slowestMs: slowest } = await healthWhile(big.url, asked);
       expect((await asked).json.error).toMatchObject({ code: "context_length_exceeded", param: "prompt" });
       expect(slowest).toBeLessThan(500);
     } finally {
@@ -892,7 +892,7 @@ describe("disconnects and the event loop", () => {
       post(`${server.url}/v1/chat/completions`, chat({ messages })),
       post(`${server.url}/v1/messages/count_tokens`, { model, messages }),
     ];
-    const slowest = await slowestHealthGap(server.url, Promise.all([asked, counted]));
+    const { slowestMs: slowest } = await healthWhile(server.url, Promise.all([asked, counted]));
     const { status, json } = await asked;
     expect(status).toBe(400); // past the tiny model's context, which its whole length says
     const { tokenizer } = server.state.models.loaded[0]!.lm;

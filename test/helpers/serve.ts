@@ -81,23 +81,28 @@ export async function eventually(check: () => boolean | Promise<boolean>, ms = 5
 }
 
 /**
- * The longest wait between two answers of `url`/health, asked again and again until `work` is
- * settled. With the server in this process, work that holds the event loop shows as such a gap.
+ * `url`/health asked again and again until `work` is settled: how many times it answered, and
+ * the longest wait between two answers. With the server in this process, work that holds the
+ * event loop shows as such a gap, and as few answers.
  */
-export async function slowestHealthGap(url: string, work: Promise<unknown>): Promise<number> {
+export async function healthWhile(
+  url: string,
+  work: Promise<unknown>,
+): Promise<{ slowestMs: number; answers: number }> {
   let done = false;
   const settled = work.then(
     () => (done = true),
     () => (done = true),
   );
-  let slowest = 0;
-  for (let last = performance.now(); !done; ) {
+  let slowestMs = 0;
+  let answers = 0;
+  for (let last = performance.now(); !done; answers++) {
     if ((await fetch(`${url}/health`)).status !== 200) throw new Error("/health did not answer 200");
     await Bun.sleep(10);
     const now = performance.now();
-    slowest = Math.max(slowest, now - last);
+    slowestMs = Math.max(slowestMs, now - last);
     last = now;
   }
   await settled;
-  return slowest;
+  return { slowestMs, answers };
 }
