@@ -18,6 +18,7 @@ import { completeAlone } from "./helpers/generate";
 import { chatTokens } from "../src/engine/prompt";
 import { defaultSampling } from "../src/engine/sampling";
 import { loadModel } from "../src/models/load";
+import { resolveModelPath } from "../src/store/resolve";
 import type { ChatMessage } from "../src/tokenizer/tokenizer";
 import { writeScriptedModel } from "./helpers/scripted-model";
 import { writeTinyModel } from "./helpers/tiny-model";
@@ -578,6 +579,37 @@ describe("structured output", () => {
     expect(effort.status).toBe(400);
     expect(effort.json.error.message).toContain("'output_config.effort' is not supported");
   });
+
+  test("an answer the budget closed early short of max_tokens is stop_reason max_tokens, not model_context_window_exceeded (whole and streamed)", async () => {
+    // SmolLM2 greedy: the budget narrows the answer to {"c": "red"}, closed with 9 of 10 tokens.
+    const smollm2 = await resolveModelPath(undefined);
+    const smol = serve({ defaultModel: smollm2 });
+    try {
+      const schema = {
+        type: "object",
+        properties: { c: { type: "string" } },
+        required: ["c"],
+        additionalProperties: false,
+      };
+      const request = {
+        model: smollm2,
+        max_tokens: 10,
+        messages: [{ role: "user" as const, content: "Give a color" }],
+        output_config: { format: { type: "json_schema" as const, schema } },
+        ...sampling({ temperature: 0 }),
+      };
+      const whole = await post(`${smol.url}/v1/messages`, request);
+      expect(whole.headers.get("X-Mlx-Closed-Early")).toBe("true");
+      expect(whole.json.usage.output_tokens).toBeLessThan(request.max_tokens);
+      expect(whole.json.stop_reason).toBe("max_tokens");
+      const streamed = await new Anthropic({ baseURL: smol.url, apiKey: "unused", maxRetries: 0 }).messages
+        .stream(request)
+        .finalMessage();
+      expect(streamed.stop_reason).toBe("max_tokens");
+    } finally {
+      await smol.stop();
+    }
+  }, 120_000);
 
   test("thinking 'adaptive' leaves it to the model: one without <think> answers, as with thinking absent", async () => {
     const params = { model, max_tokens: 4, temperature: 0, messages: ask };

@@ -62,8 +62,10 @@ async function messages(s: ServerState, c: Context): Promise<Response> {
   });
   const meta = { id: messageId(), type: "message" as const, role: "assistant" as const, model };
   // A local model's answer that ends short of max_tokens with finish "length" met the end of the
-  // context (a remote provider's own limits are not known here).
-  const contextFull = (outputTokens: number) => gen.tokenizer !== undefined && outputTokens < req.maxTokens;
+  // context (a remote provider's own limits are not known here), unless the budget closed it
+  // early: the grammar may close a structured answer a few tokens before the budget's last.
+  const contextFull = (outputTokens: number) =>
+    gen.tokenizer !== undefined && !gen.closedEarly() && outputTokens < req.maxTokens;
   return req.stream ? streamed(s, gen, meta, contextFull) : whole(gen, meta, contextFull);
 }
 
