@@ -76,6 +76,15 @@ describe("the pages", () => {
     expect(await r.text()).toBe("mlx is running");
   });
 
+  test("GET / answers by Accept (the page or Ollama's text), and says so in Vary, so a proxy's cache keeps them apart", async () => {
+    for (const headers of [html, {}]) {
+      const r = await fetch(`${server.url}/`, { headers });
+      await r.arrayBuffer();
+      const vary = (r.headers.get("vary") ?? "").split(",").map((v) => v.trim().toLowerCase());
+      expect(vary).toContain("accept");
+    }
+  });
+
   test("with --api-key: the pages and assets need no key, the feed and the API do", async () => {
     for (const path of ["/", "/dashboard", "/dashboard/", "/web/chat.js", "/web/dashboard.css"])
       expect((await fetch(`${locked.url}${path}`, { headers: html })).status).toBe(200);

@@ -55,7 +55,11 @@ export function webRoutes(s: ServerState): Hono {
   r.use("/web/*", pageHeaders, compress(), etag());
 
   // A browser asking for / gets the chat; API clients (curl, Ollama's) still get the plain text.
-  r.get("/", async (c, next) => ((c.req.header("accept") ?? "").includes("text/html") ? c.html(chatPage) : next()));
+  // Both answers vary with Accept: a cache (a reverse proxy's) must not hand one to the other.
+  r.get("/", async (c, next) => {
+    c.header("Vary", "Accept", { append: true });
+    return (c.req.header("accept") ?? "").includes("text/html") ? c.html(chatPage) : next();
+  });
   r.get("/dashboard", (c) => c.html(dashboardPage));
   // Typed with a slash, its relative assets would be looked for under /dashboard/: sent to the page,
   // by a relative address that holds behind a proxy's sub-path too.
