@@ -36,18 +36,20 @@ async function runToEnd(command: string[], env: Record<string, string> = {}) {
 
 /**
  * This source built for Node as scripts/setup.sh builds dist/node (which may be older than the
- * source), as index.js in a new folder beside the package's modules (ffi-rs); the caller removes it.
+ * source), laid out as the package is: dist/node/index.js in a new folder beside the package's
+ * modules (ffi-rs) and its .mlx (the shim, found from the bundle's own place); the caller removes it.
  */
-function buildForNode(): string {
+function buildForNode(): { dir: string; index: string } {
   const dir = mkdtempSync(join(tmpdir(), "mlx-library-"));
   symlinkSync(join(root, "node_modules"), join(dir, "node_modules"));
-  const out = join(dir, "index.js");
+  symlinkSync(join(root, ".mlx"), join(dir, ".mlx"));
+  const index = join(dir, "dist", "node", "index.js");
   const build = Bun.spawnSync(
-    [process.execPath, "build", "--target", "node", "src/index.ts", "--outfile", out, "--external", "ffi-rs"],
+    [process.execPath, "build", "--target", "node", "src/index.ts", "--outfile", index, "--external", "ffi-rs"],
     { cwd: root, stderr: "pipe" },
   );
   if (build.exitCode !== 0) throw new Error(`the Node build failed: ${build.stderr.toString()}`);
-  return dir;
+  return { dir, index };
 }
 
 async function library(runtime: string, args = [script, prompt, String(maxTokens)]): Promise<any> {
@@ -155,11 +157,11 @@ describe("the library", () => {
   }, 120_000);
 
   test("on Node, process.exit() while a generation runs exits cleanly, run after run", async () => {
-    const dir = buildForNode();
+    const { dir, index } = buildForNode();
     try {
       // The crash (MLX's allocator destroyed under its running thread) came in about half the runs.
       for (let run = 0; run < 8; run++) {
-        const { stdout, stderr, code, signal } = await runToEnd(["node", exitScript, join(dir, "index.js")]);
+        const { stdout, stderr, code, signal } = await runToEnd(["node", exitScript, index]);
         expect({ run, stdout, code, signal, stderr: stderr.slice(-300) }).toEqual({
           run,
           stdout: "exiting\n",
@@ -189,13 +191,13 @@ describe("the library", () => {
       if (request.path === `/files/${wheelName}`) return serveBytes(wheel, request);
       return { status: 404, body: "Not Found" };
     });
-    const dir = buildForNode();
+    const { dir } = buildForNode();
     try {
       const script = join(dir, "pull.mjs");
       writeFileSync(
         script,
         [
-          'import { load } from "./index.js";',
+          'import { load } from "./dist/node/index.js";',
           "try {",
           "  const model = await load(process.argv[2]);",
           '  const { finishReason } = await model.generate("Hi", { maxTokens: 3 });',
