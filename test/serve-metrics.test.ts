@@ -313,3 +313,24 @@ describe("the adaptive tuner", () => {
     expect((await modelStats(server.url)).max_batch).toBeGreaterThan(2);
   });
 });
+
+describe("the log", () => {
+  test("says a model whose files do not load, which clients get a 500 for, once while it fails alike", async () => {
+    const root = mkdtempSync(join(tmpdir(), "mlx-serve-metrics-"));
+    const broken = join(root, "broken");
+    writeTinyModel(broken);
+    writeFileSync(join(broken, "model.safetensors"), "not a safetensors file");
+    const warnings: string[] = [];
+    server = serve({ logWarning: (message) => warnings.push(message) });
+    try {
+      for (let i = 0; i < 2; i++) {
+        const r = await post(`${server.url}/v1/completions`, { model: broken, prompt: "Once", max_tokens: 2 });
+        expect(r.status).toBe(500);
+        expect(warnings).toEqual([r.json.error.message]);
+      }
+      expect(warnings[0]).toContain(broken);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+});

@@ -46,7 +46,7 @@ import type { ServerConfig, ServerState } from "./state";
 import { activeProviders, remoteModel } from "../providers";
 import { MAX_TIMER_MS } from "../event-loop";
 import { evictionNote } from "../store/store";
-import { ConfigError } from "../errors";
+import { AdapterError, ConfigError, ModelLoadError } from "../errors";
 
 export interface ServerOptions extends Partial<ServerConfig> {
   host?: string;
@@ -231,12 +231,13 @@ export function createApp(s: ServerState): Hono {
   });
 
   // 2. Errors: one mapping for everything thrown below, and for unknown routes. A broken
-  // models.toml is the operator's to fix: said in the log too, once while it stays broken alike.
-  let configProblem: string | undefined;
+  // models.toml, or a model (or adapter) whose files do not load, is the operator's to fix, and its
+  // 500 alone tells them nothing: said in the log too, once while it stays broken alike.
+  let operatorProblem: string | undefined;
   app.onError((error, c) => {
     const answer = toApiError(error, s.logError);
-    if (error instanceof ConfigError && answer.message !== configProblem)
-      s.logWarning((configProblem = answer.message));
+    const operators = error instanceof ConfigError || error instanceof ModelLoadError || error instanceof AdapterError;
+    if (operators && answer.message !== operatorProblem) s.logWarning((operatorProblem = answer.message));
     return errorResponse(c, answer);
   });
   app.notFound((c) => errorResponse(c, notFound(`no route ${c.req.method} ${c.req.path}`)));
