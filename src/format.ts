@@ -67,17 +67,19 @@ export function plainTable(header: string[], rows: string[][]): string {
 
 /** A span of time in words, in its largest unit: "1 second", "5 minutes", "2 days" (`round` picks the whole number). */
 export function durationInWords(seconds: number, round: (n: number) => number = Math.floor): string {
-  const [amount, unit] =
-    seconds < 60
-      ? [seconds, "second"]
-      : seconds < 3600
-        ? [seconds / 60, "minute"]
-        : seconds < 86400
-          ? [seconds / 3600, "hour"]
-          : [seconds / 86400, "day"];
-  const n = round(amount);
+  // The unit is chosen after rounding: 59.7 s rounded is a minute, not "60 seconds".
+  const [size, unit] = DURATION_UNITS.find(([size, , next]) => round(seconds / size) < next) ?? DURATION_UNITS.at(-1)!;
+  const n = round(seconds / size);
   return `${n} ${unit}${n === 1 ? "" : "s"}`;
 }
+
+/** Each unit's size in seconds and how many of it make the next. */
+const DURATION_UNITS = [
+  [1, "second", 60],
+  [60, "minute", 60],
+  [3600, "hour", 24],
+  [86400, "day", Infinity],
+] as const;
 
 /**
  * `word` as a shell reads it back whole, for a command we tell the user to run (a model named

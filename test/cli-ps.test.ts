@@ -54,6 +54,23 @@ describe("mlx ps and mlx stop", () => {
     }
   });
 
+  test("a keep-alive of a minute, an hour or a day reads as one, not 60 seconds, 60 minutes or 24 hours", async () => {
+    for (const [keepAliveMs, until] of [
+      [60_000, "1 minute from now"],
+      [3_600_000, "1 hour from now"],
+      [86_400_000, "1 day from now"],
+    ] as const) {
+      const lease = await server.state.models.acquire(model, keepAliveMs);
+      try {
+        const [, row] = (await mlx(["ps", "--url", server.url])).stdout.trimEnd().split("\n");
+        expect(row!.split(/ {2,}/).at(-1)).toBe(until);
+      } finally {
+        lease.release();
+        server.state.models.unload(lease.entry);
+      }
+    }
+  });
+
   test("stop of a model the server does not hold is an error that names what it holds, and loads nothing", async () => {
     const r = await mlx(["stop", model, "--url", server.url]);
     expect([r.code, r.stderr.trim()]).toEqual([1, `error: model '${model}' is not loaded there (none is)`]);
