@@ -126,6 +126,20 @@ describe("token counters", () => {
 });
 
 describe("prompt tokens processed", () => {
+  test("count an embedding request's inputs, as the usage its client gets says", async () => {
+    const model = tinyModel();
+    server = serve({ defaultModel: model });
+    const { url } = server;
+    const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: "unused", maxRetries: 0 });
+    const before = await sample(url, "mlx_prompt_tokens_total");
+    const answer = await client.embeddings.create({ model, input: ["Tell me about the sea", "Once upon a time"] });
+    const ollama = await new Ollama({ host: url }).embed({ model, input: "The sea is" });
+    expect(answer.usage.prompt_tokens).toBeGreaterThan(0);
+    expect((await sample(url, "mlx_prompt_tokens_total")) - before).toBe(
+      answer.usage.prompt_tokens + ollama.prompt_eval_count,
+    );
+  });
+
   test("leave out a prompt whose client left while it waited for a batch slot: it was never read", async () => {
     const root = mkdtempSync(join(tmpdir(), "mlx-serve-metrics-"));
     const model = join(root, "model");

@@ -207,7 +207,9 @@ export function serverMetrics(live: {
         "Generations by route and finish reason (stop, length, cancelled, timeout, shutdown, error), each once, those that ended before they started included",
       ),
     ),
-    promptTokens: registry.add(new Counter("mlx_prompt_tokens_total", "Prompt tokens processed")),
+    promptTokens: registry.add(
+      new Counter("mlx_prompt_tokens_total", "Prompt tokens processed, by generations and embeddings"),
+    ),
     generatedTokens: registry.add(new Counter("mlx_generation_tokens_total", "Tokens generated")),
     ttft: registry.add(
       new Histogram(

@@ -82,6 +82,8 @@ async function embedWith(
       // A long input holds up the model's streams no longer than a prefill would (--prefill-chunk, or the tuner's).
       chunk: lease.entry.scheduler.limits.prefillChunk,
     });
+    // Prompt tokens processed, as a generation's are (vLLM counts a pooling request's alike).
+    s.metrics.promptTokens.inc({}, result.promptTokens);
     return { result, loadMs: lease.loadMs };
   } catch (error) {
     throw deadline.cutShort()?.error ?? error;
