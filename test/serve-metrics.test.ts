@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { Ollama } from "ollama";
 import OpenAI from "openai";
 import type { RunningServer } from "../src/server/app";
+import { loadModelAsync } from "../src/models/load";
 import { eventually, post, serve, tinyModel } from "./helpers/serve";
 import { writeTinyModel } from "./helpers/tiny-model";
 
@@ -325,6 +326,22 @@ describe("the adaptive tuner", () => {
     server = serve({ defaultModel: model, targetItlMs: easyTarget, maxBatch: 2, prefillChunk: 64 });
     await Promise.all([1, 2, 3, 4].map((i) => complete(server!.url, model, `Story ${i}`, 30)));
     expect((await modelStats(server.url)).max_batch).toBeGreaterThan(2);
+  });
+});
+
+describe("latencies", () => {
+  test("time to first token and end-to-end latency count the request's wait for its model to load, as its client waited", async () => {
+    const model = tinyModel();
+    const loadMs = 400;
+    server = serve({ loadModel: async (path) => (await Bun.sleep(loadMs), loadModelAsync(path)) });
+    const { url } = server;
+    const answer = await new Ollama({ host: url }).generate({ model, prompt: "Once", options: { num_predict: 2 } });
+    expect(answer.load_duration / 1e6).toBeGreaterThanOrEqual(loadMs - 1);
+    for (const histogram of ["mlx_time_to_first_token_seconds", "mlx_e2e_request_latency_seconds"]) {
+      expect(await sample(url, `${histogram}_count`)).toBe(1);
+      expect(await sample(url, `${histogram}_sum`)).toBeGreaterThanOrEqual(answer.load_duration / 1e9);
+      expect(await sample(url, `${histogram}_sum`)).toBeLessThanOrEqual(answer.total_duration / 1e9);
+    }
   });
 });
 

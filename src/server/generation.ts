@@ -183,6 +183,9 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
   // The request's clock starts now: waiting for a model to load (or for room to load it) counts.
   const deadline = requestDeadline(input, ctx.shutdown.signal);
   const controller = deadline.controller;
+  const arrived = performance.now();
+  // The time from its arrival to its submission to the scheduler: its wait for its model and its prompt's preparation.
+  let beforeSubmitMs = 0;
   let lease: Lease | undefined;
   let prepared: PreparedGeneration | undefined;
   let flight: Flight | undefined;
@@ -193,7 +196,7 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
     prepared?.dispose();
     if (flight) ctx.inflight.end(flight);
     deadline.release();
-    if (outcome !== undefined) recordOutcome(ctx.metrics, input, outcome, usage);
+    if (outcome !== undefined) recordOutcome(ctx.metrics, input, outcome, usage && sinceArrival(usage, beforeSubmitMs));
     lease?.release();
   };
   try {
@@ -218,6 +221,7 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
       ignoreEos: input.ignoreEos,
       signal: controller.signal,
     });
+    beforeSubmitMs = performance.now() - arrived;
     const tracked = ctx.inflight.track(
       input.model,
       prepared.promptIds.length,
@@ -267,6 +271,20 @@ export function recordUnstarted(
       ? "error"
       : undefined;
   if (outcome) recordOutcome(m, input, outcome, undefined);
+}
+
+/**
+ * A local generation's times as /metrics counts them: from the request's arrival, as its client
+ * waited and as a remote model's are (its wait for a connection counts), not from its submission
+ * to the scheduler, which left out its wait for its model (a load of seconds, or room for one).
+ */
+function sinceArrival(usage: GenerationUsage, beforeSubmitMs: number): GenerationUsage {
+  return {
+    ...usage,
+    queueMs: usage.queueMs + beforeSubmitMs,
+    timeToFirstTokenMs: usage.timeToFirstTokenMs + beforeSubmitMs,
+    totalMs: usage.totalMs + beforeSubmitMs,
+  };
 }
 
 export function recordOutcome(

@@ -214,19 +214,23 @@ export function serverMetrics(live: {
     ttft: registry.add(
       new Histogram(
         "mlx_time_to_first_token_seconds",
-        "Time from submission to the first generated token",
+        "Time from a request's arrival (its wait for its model included) to its first generated token",
         latencyBuckets,
       ),
     ),
     e2e: registry.add(
       new Histogram(
         "mlx_e2e_request_latency_seconds",
-        "Time from submission to the end of the generation",
+        "Time from a request's arrival (its wait for its model included) to the end of its generation",
         latencyBuckets,
       ),
     ),
     queueWait: registry.add(
-      new Histogram("mlx_queue_wait_seconds", "Time a request waited in the queue before its prefill", latencyBuckets),
+      new Histogram(
+        "mlx_queue_wait_seconds",
+        "Time a request waited before its prefill: for its model (its load, or room for it), then in the queue",
+        latencyBuckets,
+      ),
     ),
     running: registry.add(new Gauge("mlx_requests_running", "Requests generating now", live.running)),
     waiting: registry.add(new Gauge("mlx_requests_waiting", "Requests waiting in the queue", live.waiting)),
