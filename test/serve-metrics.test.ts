@@ -329,6 +329,34 @@ describe("the adaptive tuner", () => {
   });
 });
 
+describe("per-model gauges", () => {
+  test("give one series per model name, also while an alias is loaded twice (models.toml changed its settings)", async () => {
+    const root = mkdtempSync(join(tmpdir(), "mlx-serve-metrics-"));
+    const model = join(root, "tiny");
+    writeTinyModel(model);
+    // The server reads the models.toml of its process's MLX_HOME, per request.
+    const savedHome = process.env.MLX_HOME;
+    process.env.MLX_HOME = root;
+    server = serve({ maxLoadedModels: 2 });
+    try {
+      for (const settings of ["", "max_kv_size = 512\n"]) {
+        writeFileSync(join(root, "models.toml"), `[models.tiny]\nsource = "${model}"\n${settings}`);
+        await complete(server.url, "tiny", "Once", 2);
+      }
+      expect(server.state.models.loaded.map((e) => e.name)).toEqual(["tiny", "tiny"]);
+      const series = (await (await fetch(`${server.url}/metrics`)).text())
+        .split("\n")
+        .filter((line) => line !== "" && !line.startsWith("#"))
+        .map((line) => line.slice(0, line.lastIndexOf(" ")));
+      expect(series.filter((s, i) => series.indexOf(s) !== i)).toEqual([]);
+      expect(await sample(server.url, `mlx_batch_limit{model="tiny"}`)).toBe(2 * 8);
+    } finally {
+      process.env.MLX_HOME = savedHome;
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+});
+
 describe("latencies", () => {
   test("time to first token and end-to-end latency count the request's wait for its model to load, as its client waited", async () => {
     const model = tinyModel();

@@ -266,17 +266,17 @@ export function serverMetrics(live: {
     ),
     prefillChunk: registry.add(
       new Gauge("mlx_prefill_chunk_tokens", "Prompt tokens prefilled between decode steps, per model", () =>
-        perModel(live, (s) => s.prefillChunk),
+        perModel(live, (s) => s.prefillChunk, Math.max),
       ),
     ),
     tunerTarget: registry.add(
       new Gauge("mlx_tuner_target_itl_seconds", "The tuner's target P99 inter-token latency", () =>
-        perModel(live, (s) => s.tuner && s.tuner.targetItlMs / 1000),
+        perModel(live, (s) => s.tuner && s.tuner.targetItlMs / 1000, Math.max),
       ),
     ),
     tunerP99: registry.add(
       new Gauge("mlx_tuner_estimated_p99_itl_seconds", "The tuner's smoothed P99 inter-token latency", () =>
-        perModel(live, (s) => s.tuner?.estimatedP99Ms && s.tuner.estimatedP99Ms / 1000),
+        perModel(live, (s) => s.tuner?.estimatedP99Ms && s.tuner.estimatedP99Ms / 1000, Math.max),
       ),
     ),
     tunerAdjustments: modelCount(
@@ -368,9 +368,14 @@ export function serverMetrics(live: {
       (s) => s.speculation?.accepted,
     ),
     acceptanceRate: registry.add(
-      new Gauge("mlx_speculative_acceptance_rate", "Accepted over drafted tokens, per model", () =>
-        perModel(live, (s) => s.speculation && acceptanceRate(s.speculation)),
-      ),
+      new Gauge("mlx_speculative_acceptance_rate", "Accepted over drafted tokens, per model", () => {
+        // Over all the name's entries' tokens: two rates do not add up.
+        const accepted = new Map(perModel(live, (s) => s.speculation?.accepted).map((r) => [r.labels.model, r.value]));
+        return perModel(live, (s) => s.speculation?.drafted).map(({ labels, value: drafted }) => ({
+          labels,
+          value: acceptanceRate({ drafted, accepted: accepted.get(labels.model)! }),
+        }));
+      }),
     ),
     stageCompute: registry.add(
       new CountReading(
@@ -407,7 +412,7 @@ export function serverMetrics(live: {
     ),
     maxInFlight: registry.add(
       new Gauge("mlx_pipeline_max_in_flight", "Most decode micro-batches rank 0 had in flight at once", () =>
-        perModel(live, (s) => s.pipeline?.maxInFlight),
+        perModel(live, (s) => s.pipeline?.maxInFlight, Math.max),
       ),
     ),
     stageBytesPerToken: registry.add(
@@ -438,12 +443,26 @@ function perStage(live: { schedulers: LiveSchedulers }, pick: (s: StageFigures) 
     );
 }
 
-/** One row per loaded model that has the figure. */
-function perModel(live: { schedulers: LiveSchedulers }, pick: (s: SchedulerStats) => number | undefined) {
-  return live.schedulers().flatMap(({ model, stats }) => {
+const sum = (a: number, b: number) => a + b;
+
+/**
+ * One row per loaded model that has the figure. A name loaded twice (models.toml changed its
+ * alias's settings while the first was loaded: two entries) is one row, its entries' figures
+ * `combine`d (summed, or a limit's largest): a series given twice is a malformed exposition.
+ */
+function perModel(
+  live: { schedulers: LiveSchedulers },
+  pick: (s: SchedulerStats) => number | undefined,
+  combine: (a: number, b: number) => number = sum,
+) {
+  const byModel = new Map<string, number>();
+  for (const { model, stats } of live.schedulers()) {
     const value = pick(stats);
-    return value === undefined ? [] : [{ labels: { model }, value }];
-  });
+    if (value === undefined) continue;
+    const earlier = byModel.get(model);
+    byModel.set(model, earlier === undefined ? value : combine(earlier, value));
+  }
+  return [...byModel].map(([model, value]) => ({ labels: { model }, value }));
 }
 
 export type ServerMetrics = ReturnType<typeof serverMetrics>;
