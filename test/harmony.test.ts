@@ -132,7 +132,7 @@ describe("reading harmony", () => {
 
 describe("gpt-oss's template", () => {
   test("is detected as harmony, for reasoning and tools", () => {
-    expect(thinkingTemplate(template)).toEqual({ thinks: true, switchable: false, harmony: true });
+    expect(thinkingTemplate(template)).toEqual({ thinks: true, switchedBy: undefined, harmony: true });
     expect(toolTemplate(template)).toEqual({ native: true, format: harmony });
   });
 });

@@ -199,6 +199,42 @@ describe("OpenAI chat", () => {
     }
   });
 
+  test("DeepSeek-V3.1's template, switched by its `thinking` variable (off by default): thinking asked turns it on", async () => {
+    const deepseek = join(dirname(model), "deepseek-v3.1");
+    const chatTemplate = readFileSync(join(import.meta.dir, "fixtures", "templates", "deepseek-v3.1.jinja"), "utf8");
+    writeTinyModel(deepseek, { contextLength: 512, chatTemplate });
+    const ask = (extra: object) =>
+      post(`${server.url}/v1/chat/completions`, {
+        model: deepseek,
+        messages: hi,
+        max_tokens: 4,
+        temperature: 0,
+        ...extra,
+      });
+    const plain = await ask({});
+    expect(plain.json.choices[0].message.reasoning_content).toBeUndefined();
+    expect(plain.json.usage.completion_tokens_details.reasoning_tokens).toBe(0);
+    // reasoning_effort, and vLLM's chat_template_kwargs as DeepSeek documents it (or Qwen3's name).
+    for (const on of [
+      { reasoning_effort: "high" },
+      { chat_template_kwargs: { thinking: true } },
+      { chat_template_kwargs: { enable_thinking: true } },
+    ]) {
+      const r = await ask(on);
+      expect(r.status).toBe(200);
+      expect(r.json.choices[0].message.reasoning_content.length).toBeGreaterThan(0);
+      expect(r.json.usage.completion_tokens_details.reasoning_tokens).toBe(4);
+    }
+    const both = await ask({ chat_template_kwargs: { thinking: true, enable_thinking: false } });
+    expect(both.status).toBe(400);
+    const ollama = new Ollama({ host: server.url });
+    const options = { num_predict: 4, temperature: 0 };
+    const thought = await ollama.chat({ model: deepseek, messages: hi, think: true, stream: false, options });
+    expect(thought.message.thinking!.length).toBeGreaterThan(0);
+    const off = await ollama.chat({ model: deepseek, messages: hi, think: false, stream: false, options });
+    expect(off.message.thinking).toBeUndefined();
+  });
+
   test("asking a model without <think> in its template to think is a 400; unknown template variables too", async () => {
     const r = await post(`${server.url}/v1/chat/completions`, {
       model: plainModel,

@@ -2,6 +2,7 @@
 // validation of requests, and the builders of responses and stream chunks.
 import { createHash } from "node:crypto";
 import type { ConversationMessage } from "../engine/tools";
+import { THINKING_SWITCHES } from "../engine/reasoning";
 import type { FormatInput, PromptInput, SamplingInput, ThinkingRequest, ToolRequest } from "./common";
 import { TEXT_PARTS_SEPARATOR, WHOLE_CONTEXT } from "./common";
 import { parseToolCalls, toolRequest, toolResultName } from "./tools";
@@ -322,7 +323,9 @@ function continueFinalMessage(f: Fields, messages: ConversationMessage[]): boole
 
 /**
  * Thinking on a chat request: `reasoning_effort` ("none" switches it off, any other effort on),
- * vLLM's `chat_template_kwargs: {enable_thinking}`, and `thinking_budget` (most reasoning tokens).
+ * vLLM's `chat_template_kwargs: {enable_thinking}` (or `{thinking}`, as DeepSeek-V3.1's template
+ * names it; either reaches whichever variable the model's template reads), and `thinking_budget`
+ * (most reasoning tokens).
  */
 function thinkingParams(f: Fields): ThinkingRequest | undefined {
   const effort = f.string("reasoning_effort");
@@ -330,12 +333,17 @@ function thinkingParams(f: Fields): ThinkingRequest | undefined {
     f.fail("reasoning_effort", `must be one of none, minimal, low, medium, high; got '${effort}'`);
   const kwargs = f.object("chat_template_kwargs");
   for (const key of Object.keys(kwargs?.body ?? {}))
-    if (key !== "enable_thinking") throw unsupported(kwargs!.name(key), `the chat template variable '${key}'`);
-  const enabled = kwargs?.boolean("enable_thinking") ?? (effort === undefined ? undefined : effort !== "none");
+    if (!(THINKING_SWITCHES as readonly string[]).includes(key))
+      throw unsupported(kwargs!.name(key), `the chat template variable '${key}'`);
+  const [switchKey, otherKey] = THINKING_SWITCHES.filter((key) => kwargs?.has(key));
+  const switched = switchKey === undefined ? undefined : kwargs!.boolean(switchKey);
+  if (otherKey !== undefined && kwargs!.boolean(otherKey) !== switched)
+    kwargs!.fail(otherKey, `must agree with '${switchKey}'`);
+  const enabled = switched ?? (effort === undefined ? undefined : effort !== "none");
   const budget = f.integer("thinking_budget", { min: 0 });
   if (enabled === false && budget !== undefined)
     f.fail("thinking_budget", "cannot be combined with thinking switched off");
-  const param = kwargs?.has("enable_thinking") ? "chat_template_kwargs.enable_thinking" : "reasoning_effort";
+  const param = switchKey ? `chat_template_kwargs.${switchKey}` : "reasoning_effort";
   if (enabled === undefined && budget === undefined) return undefined;
   return { enabled, budget, param, ...(effort && effort !== "none" && { effort }) };
 }

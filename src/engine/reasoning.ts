@@ -36,20 +36,30 @@ export interface ThinkingRequest {
 
 /**
  * How a chat template handles thinking: whether it knows the tags (or writes harmony, gpt-oss's
- * format, whose analysis channel is the reasoning), and whether `enable_thinking` switches it.
+ * format, whose analysis channel is the reasoning), and the variable that switches it, if any:
+ * `enable_thinking` (Qwen3, GLM), or `thinking` (DeepSeek-V3.1, whose template does not think
+ * unless it is true).
  */
 export function thinkingTemplate(chatTemplate: string | undefined): {
   thinks: boolean;
-  switchable: boolean;
+  switchedBy: ThinkingSwitch | undefined;
   harmony: boolean;
 } {
   const t = chatTemplate ?? "";
   const harmony = isHarmonyTemplate(t);
-  return {
-    thinks: harmony || t.includes(THINK_OPEN) || t.includes(THINK_CLOSE),
-    switchable: t.includes("enable_thinking"),
-    harmony,
-  };
+  const thinks = harmony || t.includes(THINK_OPEN) || t.includes(THINK_CLOSE);
+  return { thinks, switchedBy: harmony ? undefined : thinkingSwitch(t), harmony };
+}
+
+/** The template variables that switch thinking on and off (vLLM's chat_template_kwargs name them). */
+export const THINKING_SWITCHES = ["enable_thinking", "thinking"] as const;
+export type ThinkingSwitch = (typeof THINKING_SWITCHES)[number];
+
+function thinkingSwitch(template: string): ThinkingSwitch | undefined {
+  if (template.includes("enable_thinking")) return "enable_thinking";
+  // A bare variable (not a message's `thinking` field, as gpt-oss's `message.thinking`).
+  if (/(?<![.\w'"])thinking is defined/.test(template)) return "thinking";
+  return undefined;
 }
 
 /** What splits a sequence's text into reasoning and answer (a ReasoningSplitter, or a HarmonySplitter). */

@@ -256,7 +256,7 @@ function settleThinking(
   thinking: ThinkingRequest | undefined,
   shaped: ShapedAnswer | undefined,
 ): { templateVars?: Record<string, unknown>; budget?: number; harmony: boolean } | undefined {
-  const { thinks, switchable, harmony } = thinkingTemplate(tokenizer.chatTemplate);
+  const { thinks, switchedBy, harmony } = thinkingTemplate(tokenizer.chatTemplate);
   const asked = thinking ?? {};
   if (asked.enabled && !thinks)
     throw new UnsupportedError(
@@ -266,10 +266,10 @@ function settleThinking(
   const templated = prompt.kind === "chat" || (prompt.kind === "text" && prompt.template);
   if (!thinks || !templated) return undefined;
   if (harmony) return settleHarmony(asked, shaped);
-  const enabled = shaped !== undefined && (switchable || !asked.enabled) ? false : asked.enabled;
+  const enabled = shaped !== undefined && (switchedBy || !asked.enabled) ? false : asked.enabled;
   if (enabled === undefined) return { budget: asked.budget, harmony };
-  if (switchable)
-    return { templateVars: { enable_thinking: enabled }, budget: enabled ? asked.budget : undefined, harmony };
+  if (switchedBy)
+    return { templateVars: { [switchedBy]: enabled }, budget: enabled ? asked.budget : undefined, harmony };
   return { budget: enabled ? asked.budget : 0, harmony };
 }
 
