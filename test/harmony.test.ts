@@ -321,6 +321,42 @@ describe("a harmony model through /v1/chat/completions (the openai client)", () 
     ]);
   });
 
+  test("thinking off or a spent budget with tools offered: the analysis ends, and the model may still call", async () => {
+    // The forced end of the analysis once forced the final header too: the call's arguments came as the answer.
+    const request = { model: caller, messages: hi, tools: forecastTools, temperature: 0, max_tokens: 60 };
+    for (const [extra, reasoning] of [
+      [{ reasoning_effort: "none" }, undefined],
+      [{ thinking_budget: 1 }, "Check"],
+    ] as const) {
+      const r = await post(`${server.url}/v1/chat/completions`, { ...request, ...extra });
+      const choice = r.json.choices[0];
+      expect(choice.message.reasoning_content).toBe(reasoning);
+      expect(choice.finish_reason).toBe("tool_calls");
+      expect(choice.message.content).toBeNull();
+      expect(choice.message.tool_calls.map((c: OpenAI.ChatCompletionMessageFunctionToolCall) => c.function)).toEqual([
+        { name: "forecast", arguments: '{"city":"Oslo"}' },
+      ]);
+    }
+    const ollama = await post(`${server.url}/api/chat`, {
+      model: caller,
+      messages: hi,
+      tools: forecastTools,
+      think: false,
+      stream: false,
+      options: { temperature: 0 },
+    });
+    expect(ollama.json.message.tool_calls).toMatchObject([
+      { function: { name: "forecast", arguments: { city: "Oslo" } } },
+    ]);
+    // A model that answers instead still gets to its final message.
+    const answer = await post(`${server.url}/v1/chat/completions`, {
+      ...request,
+      model: greeter,
+      reasoning_effort: "none",
+    });
+    expect(answer.json.choices[0].message.content).toBe("Hello!");
+  });
+
   test("a required call is laid out by the grammar as a harmony call message, and read back whole and streamed", async () => {
     const request = {
       model: greeter,

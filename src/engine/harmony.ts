@@ -36,6 +36,16 @@ export const harmonyReasoningTags = {
   forced: `${HARMONY.end}${HARMONY.start}assistant${HARMONY.channel}final${HARMONY.message}`,
 };
 
+/**
+ * The same where the model may call a function: a spent budget ends the analysis and opens the
+ * next message, whose channel the model picks (the final answer, or commentary to=functions.NAME),
+ * since a forced final header would leave a call it meant to make written out as the answer.
+ */
+export const harmonyReasoningTagsBeforeCalls = {
+  ...harmonyReasoningTags,
+  forced: `${HARMONY.end}${HARMONY.start}assistant${HARMONY.channel}`,
+};
+
 /** A message's header (what comes between its <|start|> and <|message|>) as its channel and recipient. */
 export function harmonyHeader(header: string): { channel: string; recipient?: string } {
   const channel = /<\|channel\|>\s*([A-Za-z_]+)/.exec(header)?.[1] ?? "";

@@ -6,7 +6,7 @@
 // thinking budgets do), so the answer always comes.
 import * as mx from "../mlx";
 import type { Tokenizer } from "../tokenizer/tokenizer";
-import { harmonyReasoningTags, HarmonySplitter, isHarmonyTemplate } from "./harmony";
+import { harmonyReasoningTags, harmonyReasoningTagsBeforeCalls, HarmonySplitter, isHarmonyTemplate } from "./harmony";
 import type { LogitsProcessor } from "./sampling";
 import { partialMarker } from "./stop";
 
@@ -83,7 +83,11 @@ export interface ReasoningFormat {
 export const newSplitter = (f: ReasoningFormat): TextSplitter =>
   f.harmony ? new HarmonySplitter(f.promptTail) : new ReasoningSplitter(f.startsInside);
 
-export const reasoningTags = (f: ReasoningFormat): ReasoningTags => (f.harmony ? harmonyReasoningTags : thinkTags);
+/** The tags of a request's reasoning; `callsOffered`: the model may call a function after it. */
+export function reasoningTags(f: ReasoningFormat, callsOffered = false): ReasoningTags {
+  if (!f.harmony) return thinkTags;
+  return callsOffered ? harmonyReasoningTagsBeforeCalls : harmonyReasoningTags;
+}
 
 /** Whether a rendered prompt ends inside an open <think> (templates that start the reasoning themselves). */
 export function opensThinking(promptTail: string): boolean {

@@ -173,7 +173,15 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   });
   const budget =
     thinking?.budget !== undefined
-      ? [thinkingBudget(lm.tokenizer, promptIds.length, thinking.budget, startsInside, reasoningTags(reasoning!))]
+      ? [
+          thinkingBudget(
+            lm.tokenizer,
+            promptIds.length,
+            thinking.budget,
+            startsInside,
+            reasoningTags(reasoning!, offered !== undefined),
+          ),
+        ]
       : [];
   // The grammar shapes the answer, not a reasoning before it: one the prompt opened, or one the
   // answer opens where the grammar allows prose (a grammar that shapes the answer from its first token does not).
