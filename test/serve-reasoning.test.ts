@@ -214,9 +214,11 @@ describe("OpenAI chat", () => {
     const plain = await ask({});
     expect(plain.json.choices[0].message.reasoning_content).toBeUndefined();
     expect(plain.json.usage.completion_tokens_details.reasoning_tokens).toBe(0);
-    // reasoning_effort, and vLLM's chat_template_kwargs as DeepSeek documents it (or Qwen3's name).
+    // reasoning_effort, and vLLM's chat_template_kwargs as DeepSeek documents it (or Qwen3's name);
+    // a thinking budget too, since it asks for reasoning to bound.
     for (const on of [
       { reasoning_effort: "high" },
+      { thinking_budget: 2 },
       { chat_template_kwargs: { thinking: true } },
       { chat_template_kwargs: { enable_thinking: true } },
     ]) {

@@ -274,7 +274,9 @@ function settleThinking(
   const templated = prompt.kind === "chat" || (prompt.kind === "text" && prompt.template);
   if (!thinks || !templated) return undefined;
   if (harmony) return settleHarmony(asked, shaped);
-  const enabled = shaped !== undefined && (switchedBy || !asked.enabled) ? false : asked.enabled;
+  // A budget asks for reasoning to bound: a template that reasons only when switched on (DeepSeek-V3.1's) is.
+  const wanted = asked.enabled ?? (switchedBy && asked.budget ? true : undefined);
+  const enabled = shaped !== undefined && (switchedBy || !wanted) ? false : wanted;
   if (enabled === undefined) return { budget: asked.budget, harmony };
   if (switchedBy)
     return { templateVars: { [switchedBy]: enabled }, budget: enabled ? asked.budget : undefined, harmony };
