@@ -516,6 +516,16 @@ describe("the other API families", () => {
     expect(streamed.content.map((b) => (b.type === "text" ? b.text : b.type === "thinking" ? b.thinking : ""))).toEqual(
       whole.content.map((b) => (b.type === "text" ? b.text : b.type === "thinking" ? b.thinking : "")),
     );
+    // display "omitted": the thinking block comes without its text, whole and streamed.
+    const omitted = { ...params, thinking: { ...params.thinking, display: "omitted" as const } };
+    const shown = (m: Anthropic.Message) => m.content.map((b) => (b.type === "thinking" ? `(${b.thinking})` : b.type));
+    expect(shown(await client.messages.create(omitted))).toEqual(["()", "text"]);
+    expect(shown(await client.messages.stream(omitted).finalMessage())).toEqual(["()", "text"]);
+    const badDisplay = await post(`${server.url}/v1/messages`, {
+      ...params,
+      thinking: { ...params.thinking, display: "hidden" },
+    });
+    expect(badDisplay.json.error.message).toContain("'summarized' or 'omitted'");
     const disabled = await client.messages.create({ ...params, thinking: { type: "disabled" } });
     expect(disabled.content.map((b) => b.type)).toEqual(["text"]);
     // count_tokens renders the prompt as that request does: the template's empty reasoning included.

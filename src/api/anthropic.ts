@@ -16,6 +16,8 @@ export interface AnthropicRequest {
   stop: string[];
   tools?: ToolRequest;
   thinking?: ThinkingRequest;
+  /** `thinking.display` "omitted": thinking blocks come empty (Anthropic's redacted display). */
+  omitThinking: boolean;
   format?: FormatInput;
 }
 
@@ -59,6 +61,17 @@ function thinkingParam(f: Fields, maxTokens = Infinity): ThinkingRequest | undef
   return { enabled: true, budget, param: "thinking" };
 }
 
+/**
+ * `thinking.display`: "summarized" (the default here: the reasoning whole, as no summary is
+ * written) or "omitted", where Anthropic sends thinking blocks without their text.
+ */
+function omitThinking(f: Fields): boolean {
+  const display = f.object("thinking")?.string("display");
+  if (display !== undefined && display !== "summarized" && display !== "omitted")
+    f.object("thinking")!.fail("display", `must be 'summarized' or 'omitted'; got '${display}'`);
+  return display === "omitted";
+}
+
 export function parseMessagesRequest(body: unknown): AnthropicRequest {
   const f = Fields.of(body);
   // The SDK's toolRunner sends one by default, and its own error (a bare "'thread' is not
@@ -77,6 +90,7 @@ export function parseMessagesRequest(body: unknown): AnthropicRequest {
   return {
     ...request,
     stream: f.boolean("stream") ?? false,
+    omitThinking: omitThinking(f),
     maxTokens,
     sampling: {
       temperature: f.number("temperature", { min: 0, max: 1 }),

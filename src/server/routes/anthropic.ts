@@ -66,7 +66,9 @@ async function messages(s: ServerState, c: Context): Promise<Response> {
   // early: the grammar may close a structured answer a few tokens before the budget's last.
   const contextFull = (outputTokens: number) =>
     gen.tokenizer !== undefined && !gen.closedEarly() && outputTokens < req.maxTokens;
-  return req.stream ? streamed(s, gen, meta, contextFull) : whole(gen, meta, contextFull);
+  return req.stream
+    ? streamed(s, gen, meta, contextFull, req.omitThinking)
+    : whole(gen, meta, contextFull, req.omitThinking);
 }
 
 interface Meta {
@@ -76,14 +78,19 @@ interface Meta {
   model: string;
 }
 
-async function whole(gen: Generation, meta: Meta, contextFull: (outputTokens: number) => boolean): Promise<Response> {
+async function whole(
+  gen: Generation,
+  meta: Meta,
+  contextFull: (outputTokens: number) => boolean,
+  omitThinking: boolean,
+): Promise<Response> {
   const result = await collectGeneration(gen);
   if (!result) return new Response(null, { status: 499 }); // the client is gone
   const { text, reasoning, done } = result;
   const { content, calls } = gen.toolFormat ? gen.toolFormat.parse(text) : { content: text, calls: [] };
   const blocks: ContentBlock[] = [
     // No signature: a local model's reasoning has nothing to verify.
-    ...(reasoning ? [{ type: "thinking" as const, thinking: reasoning, signature: "" }] : []),
+    ...(reasoning ? [{ type: "thinking" as const, thinking: omitThinking ? "" : reasoning, signature: "" }] : []),
     ...(content || calls.length === 0 ? [{ type: "text" as const, text: content }] : []),
     ...calls.map(toolUseBlock),
   ];
@@ -110,6 +117,7 @@ function streamed(
   gen: Generation,
   meta: Meta,
   contextFull: (outputTokens: number) => boolean,
+  omitThinking: boolean,
 ): Response {
   const toolCalls = gen.toolFormat && new ToolCallStream(gen.toolFormat);
   let index = 0;
@@ -137,7 +145,8 @@ function streamed(
   const sendThinking = (thinking: string | undefined, send: Send) => {
     if (!thinking) return;
     openBlock("thinking", send);
-    send(namedEvent({ type: "content_block_delta", index, delta: { type: "thinking_delta", thinking } }));
+    if (!omitThinking)
+      send(namedEvent({ type: "content_block_delta", index, delta: { type: "thinking_delta", thinking } }));
   };
   const body = generationStream(
     gen,
