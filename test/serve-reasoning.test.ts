@@ -237,6 +237,27 @@ describe("OpenAI chat", () => {
     expect(off.message.thinking).toBeUndefined();
   });
 
+  test("/apply-template renders the prompt a chat completion reads: thinking as asked, off for a required call", async () => {
+    const rendered = async (extra: object) => {
+      const r = await post(`${server.url}/apply-template`, { model, messages: hi, ...extra });
+      expect(r.status).toBe(200);
+      return r.json.prompt as string;
+    };
+    const promptTokens = async (extra: object) =>
+      (await post(`${server.url}/v1/chat/completions`, { model, messages: hi, max_tokens: 60, ...extra })).json.usage
+        .prompt_tokens;
+    const tokens = async (content: string) =>
+      (await post(`${server.url}/tokenize`, { model, content })).json.tokens.length;
+    const on = await rendered({});
+    expect(on.endsWith("<think>")).toBe(true);
+    const required = { tools: [nowTool], tool_choice: "required" };
+    for (const off of [{ reasoning_effort: "none" }, { chat_template_kwargs: { enable_thinking: false } }, required]) {
+      const prompt = await rendered(off);
+      expect(prompt.endsWith("</think>")).toBe(true);
+      expect(await tokens(prompt)).toBe(await promptTokens(off));
+    }
+  });
+
   test("asking a model without <think> in its template to think is a 400; unknown template variables too", async () => {
     const r = await post(`${server.url}/v1/chat/completions`, {
       model: plainModel,

@@ -1,7 +1,7 @@
 // llama.cpp's server utilities: POST /tokenize, /detokenize and /apply-template, validated; an
 // optional `model` picks the model (else the server's default).
 import type { ConversationMessage } from "../engine/tools";
-import type { PromptInput } from "./common";
+import type { PromptInput, ThinkingRequest } from "./common";
 import { parseChatRequest } from "./openai";
 import { Fields, ValidationError, unsupported } from "./validate";
 
@@ -34,15 +34,19 @@ export function parseDetokenize(body: unknown): { model?: string; tokens: number
   return { model: f.string("model", { nonEmpty: true }), tokens: tokens as number[] };
 }
 
-/** /apply-template takes a chat request's messages (and tools) as /v1/chat/completions does. */
+/**
+ * /apply-template takes a chat request's messages (and tools, and thinking on or off, as llama.cpp's
+ * takes chat_template_kwargs) as /v1/chat/completions does.
+ */
 export function parseApplyTemplate(body: unknown): {
   model?: string;
   messages: ConversationMessage[];
   tools: ReturnType<typeof parseChatRequest>["tools"];
+  thinking?: ThinkingRequest;
 } {
   const f = Fields.of(body);
-  f.onlyKnown(["model", "messages", "tools", "tool_choice"]);
+  f.onlyKnown(["model", "messages", "tools", "tool_choice", "reasoning_effort", "chat_template_kwargs"]);
   const req = parseChatRequest(body);
   const { messages } = req.prompts[0] as Extract<PromptInput, { kind: "chat" }>;
-  return { model: req.model, messages, tools: req.tools };
+  return { model: req.model, messages, tools: req.tools, thinking: req.thinking };
 }

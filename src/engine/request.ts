@@ -220,13 +220,27 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   };
 }
 
-/** A conversation (with the tools it offers) as the text the chat template makes of it for a generation. */
-export function renderChat(lm: LoadedModel, messages: ConversationMessage[], tools?: ToolRequest): string {
+/**
+ * A conversation (with the tools it offers, and thinking as asked, which a required call switches
+ * off where the template allows) as the text the chat template makes of it for a generation.
+ */
+export function renderChat(
+  lm: LoadedModel,
+  messages: ConversationMessage[],
+  tools?: ToolRequest,
+  thinking?: ThinkingRequest,
+): string {
   if (!lm.tokenizer.chatTemplate) throw new UnsupportedError("this model has no chat template", "messages");
   const offered = offeredTools(tools);
   const input = templateInput(toolTemplate(lm.tokenizer.chatTemplateFor(offered)), messages, offered);
+  const extra = settleThinking(
+    lm.tokenizer,
+    { kind: "chat", messages },
+    thinking,
+    shapedAnswer(false, tools),
+  )?.templateVars;
   return withTemplateErrors(() =>
-    lm.tokenizer.applyChatTemplate(input.messages, { addGenerationPrompt: true, tools: input.tools }),
+    lm.tokenizer.applyChatTemplate(input.messages, { addGenerationPrompt: true, tools: input.tools, extra }),
   );
 }
 

@@ -58,7 +58,7 @@ export function tokenRoutes(s: ServerState): Hono {
 
   r.post("/apply-template", async (c) => {
     const req = parseApplyTemplate(await readJson(c.req));
-    const prompt = await withModel(c, req.model, (lm) => renderChat(lm, req.messages, req.tools));
+    const prompt = await withModel(c, req.model, (lm) => renderChat(lm, req.messages, req.tools, req.thinking));
     return c.json({ prompt });
   });
   return r;
