@@ -473,6 +473,8 @@ test("reasoning_effort is the template's reasoning_effort; thinking off closes t
     };
     expect(await promptOf({ enabled: true, effort: "high" })).toContain("Reasoning: high");
     expect(await promptOf({ enabled: true, effort: "minimal" })).toContain("Reasoning: low");
+    // OpenAI's newer "xhigh": the template's high.
+    expect(await promptOf({ enabled: true, effort: "xhigh" })).toContain("Reasoning: high");
     expect(await promptOf({})).toContain("Reasoning: medium");
   } finally {
     lm.free();
@@ -484,6 +486,13 @@ test("reasoning_effort is the template's reasoning_effort; thinking off closes t
   expect(parseOllamaChat({ model: "m", messages: hi, think: "low" }).thinking).toMatchObject({ effort: "low" });
   expect(parseResponsesRequest({ model: "m", input: "Hi", reasoning: { effort: "medium" } }).thinking).toMatchObject({
     effort: "medium",
+  });
+  // OpenAI's newer "xhigh" was a 400 on every route.
+  expect(parseChatRequest({ model: "m", messages: hi, reasoning_effort: "xhigh" }).thinking).toMatchObject({
+    effort: "xhigh",
+  });
+  expect(parseResponsesRequest({ model: "m", input: "Hi", reasoning: { effort: "xhigh" } }).thinking).toMatchObject({
+    effort: "xhigh",
   });
   const r = await post(`${server.url}/v1/chat/completions`, {
     model: greeter,

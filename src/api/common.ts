@@ -8,6 +8,12 @@ export type { ToolRequest } from "../engine/tools";
 /** Sampling values a request sets (the rest come from the model's defaults, then ours). */
 export type SamplingInput = Partial<SamplingParams>;
 
+/**
+ * OpenAI's reasoning efforts. "none" switches thinking off, any other on; a template that takes an
+ * effort (gpt-oss's low, medium, high) reads "minimal" as low and "xhigh" as high.
+ */
+export const REASONING_EFFORTS = ["none", "minimal", "low", "medium", "high", "xhigh"];
+
 /** A repetitionContext longer than any context: every token of it (Ollama's -1, mlx-lm's 0). */
 export const WHOLE_CONTEXT = 1 << 30;
 

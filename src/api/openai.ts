@@ -4,7 +4,7 @@ import { createHash } from "node:crypto";
 import type { ConversationMessage } from "../engine/tools";
 import { THINKING_SWITCHES } from "../engine/reasoning";
 import type { FormatInput, PromptInput, SamplingInput, ThinkingRequest, ToolRequest } from "./common";
-import { TEXT_PARTS_SEPARATOR, WHOLE_CONTEXT } from "./common";
+import { REASONING_EFFORTS, TEXT_PARTS_SEPARATOR, WHOLE_CONTEXT } from "./common";
 import { parseToolCalls, toolRequest, toolResultName } from "./tools";
 import { Fields, ValidationError, messageFields, unsupported } from "./validate";
 
@@ -329,8 +329,8 @@ function continueFinalMessage(f: Fields, messages: ConversationMessage[]): boole
  */
 function thinkingParams(f: Fields): ThinkingRequest | undefined {
   const effort = f.string("reasoning_effort");
-  if (effort !== undefined && !["none", "minimal", "low", "medium", "high"].includes(effort))
-    f.fail("reasoning_effort", `must be one of none, minimal, low, medium, high; got '${effort}'`);
+  if (effort !== undefined && !REASONING_EFFORTS.includes(effort))
+    f.fail("reasoning_effort", `must be one of ${REASONING_EFFORTS.join(", ")}; got '${effort}'`);
   const kwargs = f.object("chat_template_kwargs");
   for (const key of Object.keys(kwargs?.body ?? {}))
     if (!(THINKING_SWITCHES as readonly string[]).includes(key))

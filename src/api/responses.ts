@@ -3,7 +3,7 @@
 // function tools and text format; and the builders of output items and usage.
 import type { ConversationMessage, ToolCall, ToolChoice, ToolRequest, ToolSpec } from "../engine/tools";
 import type { FormatInput, SamplingInput, ThinkingRequest } from "./common";
-import { TEXT_PARTS_SEPARATOR } from "./common";
+import { REASONING_EFFORTS, TEXT_PARTS_SEPARATOR } from "./common";
 import { serviceTier, streamOptions } from "./openai";
 import { MAX_TOOLS, callArguments, toolResultName, toolSpec } from "./tools";
 import { Fields, ValidationError, unsupported } from "./validate";
@@ -186,8 +186,8 @@ function reasoningParam(f: Fields): ThinkingRequest | undefined {
     r.fail("summary", `must be one of auto, concise, detailed; got '${summary}'`);
   const effort = r.string("effort");
   if (effort === undefined) return undefined;
-  if (!["none", "minimal", "low", "medium", "high"].includes(effort))
-    r.fail("effort", `must be one of none, minimal, low, medium, high; got '${effort}'`);
+  if (!REASONING_EFFORTS.includes(effort))
+    r.fail("effort", `must be one of ${REASONING_EFFORTS.join(", ")}; got '${effort}'`);
   return { enabled: effort !== "none", param: "reasoning.effort", ...(effort !== "none" && { effort }) };
 }
 

@@ -18,7 +18,10 @@ export default defineCommand({
   meta: { name: "ps", description: "List the models a running mlx serve holds in memory" },
   args: {
     ...serverArgs,
-    json: { type: "boolean", description: "One JSON array: name, size, context_length, expires_at" },
+    json: {
+      type: "boolean",
+      description: "One JSON array of /api/ps's entries (name, size, context_length, expires_at, ...)",
+    },
   },
   async run({ args }) {
     try {

@@ -299,14 +299,14 @@ function settleThinking(
 
 /**
  * gpt-oss always reasons first, as hard as its template's `reasoning_effort` says (low, medium,
- * high; "minimal" is its low). Thinking switched off is a budget of 0: the analysis is closed at
+ * high; "minimal" is its low, "xhigh" its high). Thinking switched off is a budget of 0: the analysis is closed at
  * once and the final answer's header forced. JSON output is the final message's, after the
  * reasoning (as vLLM shapes it). Required calls are not split: the grammar has the model write
  * its call message from the first token.
  */
 function settleHarmony(asked: ThinkingRequest, shaped: ShapedAnswer | undefined) {
   if (shaped === "calls") return undefined;
-  const effort = asked.effort === "minimal" ? "low" : asked.effort;
+  const effort = asked.effort === "minimal" ? "low" : asked.effort === "xhigh" ? "high" : asked.effort;
   const templateVars = effort && effort !== "none" ? { reasoning_effort: effort } : undefined;
   return { templateVars, budget: asked.enabled === false ? 0 : asked.budget, harmony: true };
 }
