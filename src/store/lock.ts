@@ -46,12 +46,19 @@ export function isProcessAlive(pid: number): boolean {
  * marks are a dead process's. Read from /proc (Linux); elsewhere false.
  */
 function isZombie(pid: number): boolean {
+  return procStat(pid)?.[0] === "Z";
+}
+
+/**
+ * /proc/PID/stat's fields from the 3rd (the state) on (Linux); undefined elsewhere, or when the
+ * process is gone. They follow the command's name, which is in parentheses and may hold spaces.
+ */
+function procStat(pid: number): string[] | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    // The state follows the command's name, which is in parentheses and may hold spaces.
-    return stat[stat.lastIndexOf(")") + 2] === "Z";
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ");
   } catch {
-    return false;
+    return undefined;
   }
 }
 
@@ -118,13 +125,7 @@ async function acquireFileLock(path: string, { timeoutMs = 10_000, onWait }: Loc
  * system says (Linux); undefined elsewhere, or when it is gone.
  */
 export function processStartTime(pid: number): string | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    // Fields from the 3rd on follow the command's name, which is in parentheses and may hold spaces.
-    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
-  } catch {
-    return undefined;
-  }
+  return procStat(pid)?.[19];
 }
 
 const ownStart = processStartTime(process.pid);
