@@ -297,8 +297,8 @@ async function pipelineLoader(
         `this server holds ${spec} split across processes with the ranks' KV cache settings; an alias asking for other kv_bits or max_kv_size cannot share it`,
       );
   };
-  const loadModel = async (path: string, settings: LoadSettings) => {
-    refuseModel(path, settings);
+  // The registry asks refuseModel first: what reaches here is the split model.
+  const loadModel = async (path: string) => {
     lm ??= openPipeline(path, pipeline, caches).then((front) => ({ ...front!, free: () => {} }));
     return lm;
   };
