@@ -175,13 +175,6 @@ function recentIndex(recent: readonly number[], pending: MxArray | undefined): M
  */
 const STRONGEST_FAVOUR = 1e-30;
 
-/** The largest finite logit of each float dtype: past it a logit is infinite, and every logprob NaN. */
-const largestFinite: Partial<Record<number, number>> = {
-  [mx.Dtype.float16]: 65504,
-  [mx.Dtype.bfloat16]: 3.3895e38,
-  [mx.Dtype.float32]: 3.4028e38,
-};
-
 /** Applies the repetition penalty in place of the logits of recently seen tokens (`index` [1, n]). */
 export function penalizeRepetition(logits: MxArray, index: MxArray | undefined, penalty: number): MxArray {
   if (penalty === 1 || index === undefined) return logits;
@@ -190,7 +183,7 @@ export function penalizeRepetition(logits: MxArray, index: MxArray | undefined, 
   // float16 model's 20 / 1e-6 (or anyone's 20 / 1e-50) was Infinity, and the draw noise.
   const wide = mx.astype(seen, mx.Dtype.float32);
   const divided = mx.divide(wide, Math.max(penalty, STRONGEST_FAVOUR));
-  const bounded = mx.minimum(divided, largestFinite[logits.dtype] ?? largestFinite[mx.Dtype.float32]!);
+  const bounded = mx.minimum(divided, mx.largestFinite(logits.dtype));
   const penalized = mx.where(mx.less(wide, 0), mx.multiply(wide, penalty), bounded);
   return mx.putAlongAxis(logits, index, mx.astype(penalized, logits.dtype), -1);
 }

@@ -52,3 +52,10 @@ export const itemSize: Record<DtypeName, number> = {
 export function isFloating(code: number): boolean {
   return code === Dtype.float16 || code === Dtype.float32 || code === Dtype.float64 || code === Dtype.bfloat16;
 }
+
+/** The largest finite value of a float dtype (float32's for any other): past it a value is infinite. */
+export function largestFinite(code: number): number {
+  if (code === Dtype.float16) return 65504;
+  if (code === Dtype.bfloat16) return 3.3895e38;
+  return 3.4028e38;
+}

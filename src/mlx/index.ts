@@ -1,6 +1,15 @@
 // The MLX binding: import everything from here as `mx`, as model code does with mlx.core.
 export { MxArray, scope, keep } from "./array";
-export { Dtype, dtypeName, dtypeFromName, isFloating, itemSize, type DtypeCode, type DtypeName } from "./dtype";
+export {
+  Dtype,
+  dtypeName,
+  dtypeFromName,
+  isFloating,
+  itemSize,
+  largestFinite,
+  type DtypeCode,
+  type DtypeName,
+} from "./dtype";
 export { MlxError } from "./ffi";
 export * from "./ops";
 export * as fast from "./fast";

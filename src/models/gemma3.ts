@@ -20,7 +20,7 @@ export function gemmaNorm(w: Weights, prefix: string, eps: number): (x: MxArray)
 /** x + y, kept within float16's range when the model runs in float16 (Gemma's activations can overflow it). */
 function clipResidual(x: MxArray, y: MxArray): MxArray {
   if (x.dtype !== mx.Dtype.float16) return mx.add(x, y);
-  const bound = 65504;
+  const bound = mx.largestFinite(mx.Dtype.float16);
   const sum = mx.add(mx.astype(x, mx.Dtype.float32), mx.astype(y, mx.Dtype.float32));
   return mx.astype(mx.minimum(mx.maximum(sum, -bound), bound), mx.Dtype.float16);
 }
