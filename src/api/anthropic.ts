@@ -5,7 +5,7 @@ import type { ConversationMessage, ToolCall, ToolChoice, ToolRequest, ToolSpec }
 import type { FormatInput, PromptInput, SamplingInput, ThinkingRequest } from "./common";
 import { TEXT_PARTS_SEPARATOR } from "./common";
 import { MAX_TOOLS, toolResultName, toolSpec } from "./tools";
-import { Fields, ValidationError, messageFields, unsupported } from "./validate";
+import { Fields, ValidationError, messageFields, serviceTier, unsupported } from "./validate";
 
 export interface AnthropicRequest {
   model?: string;
@@ -84,7 +84,8 @@ export function parseMessagesRequest(body: unknown): AnthropicRequest {
   f.onlyKnown(MESSAGES_FIELDS);
   const maxTokens = f.integer("max_tokens", { min: 1 }) ?? f.fail("max_tokens", "is required");
   metadataUserId(f);
-  serviceTier(f);
+  // "auto" (priority capacity where the account has it) and "standard_only" alike: the one tier here.
+  serviceTier(f, ["auto", "standard_only"]);
   const request = { ...promptFields(f), thinking: thinkingParam(f, maxTokens), format: outputFormat(f) };
   refuseConflicts(f, request);
   return {
@@ -99,16 +100,6 @@ export function parseMessagesRequest(body: unknown): AnthropicRequest {
     },
     stop: stopSequences(f),
   };
-}
-
-/**
- * Anthropic's service_tier: "auto" (priority capacity where the account has it) and "standard_only"
- * both mean the one tier a local server has, as OpenAI's "auto" and "default" do (openai.ts).
- */
-function serviceTier(f: Fields): void {
-  const tier = f.string("service_tier");
-  if (tier !== undefined && tier !== "auto" && tier !== "standard_only")
-    throw unsupported("service_tier", `'service_tier' '${tier}'`);
 }
 
 /**

@@ -6,7 +6,7 @@ import { THINKING_SWITCHES } from "../engine/reasoning";
 import type { FormatInput, PromptInput, SamplingInput, ThinkingRequest, ToolRequest } from "./common";
 import { REASONING_EFFORTS, TEXT_PARTS_SEPARATOR, WHOLE_CONTEXT } from "./common";
 import { parseToolCalls, toolRequest, toolResultName } from "./tools";
-import { Fields, ValidationError, messageFields, unsupported } from "./validate";
+import { Fields, ValidationError, messageFields, serviceTier, unsupported } from "./validate";
 
 export interface OpenAIRequest {
   model?: string;
@@ -105,7 +105,7 @@ function commonFields(f: Fields): Omit<OpenAIRequest, "prompts" | "logprobs" | "
   f.string("user");
   f.string("safety_identifier");
   f.string("prompt_cache_key"); // our prefix cache needs no key
-  serviceTier(f);
+  serviceTier(f, OPENAI_SERVED_TIERS);
   if (f.boolean("store")) throw unsupported("store", "'store' true (stored chat completions)");
   const stream = f.boolean("stream") ?? false;
   const includeUsage = streamOptions(f, stream, ["include_usage"])?.boolean("include_usage") ?? false;
@@ -154,12 +154,8 @@ function commonFields(f: Fields): Omit<OpenAIRequest, "prompts" | "logprobs" | "
   };
 }
 
-/** service_tier (chat completions and Responses): "auto" and "default" are how every request here is served. */
-export function serviceTier(f: Fields): void {
-  const tier = f.string("service_tier");
-  if (tier !== undefined && tier !== "auto" && tier !== "default")
-    throw unsupported("service_tier", `'service_tier' '${tier}'`);
-}
+/** OpenAI's service_tier names for how every request here is served (chat completions and Responses). */
+export const OPENAI_SERVED_TIERS = ["auto", "default"];
 
 /**
  * stream_options, only with stream: the endpoint's own options (`known`), and include_obfuscation.

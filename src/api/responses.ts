@@ -4,9 +4,9 @@
 import type { ConversationMessage, ToolCall, ToolChoice, ToolRequest, ToolSpec } from "../engine/tools";
 import type { FormatInput, SamplingInput, ThinkingRequest } from "./common";
 import { REASONING_EFFORTS, TEXT_PARTS_SEPARATOR } from "./common";
-import { serviceTier, streamOptions } from "./openai";
+import { OPENAI_SERVED_TIERS, streamOptions } from "./openai";
 import { MAX_TOOLS, callArguments, toolResultName, toolSpec } from "./tools";
-import { Fields, ValidationError, unsupported } from "./validate";
+import { Fields, ValidationError, serviceTier, unsupported } from "./validate";
 
 export interface ResponsesRequest {
   model?: string;
@@ -110,7 +110,7 @@ export function parseResponsesRequest(body: unknown): ResponsesRequest {
   onlyDefaults(f);
   for (const hint of HINTS) f.string(hint);
   // As on chat completions: the default tiers, and stream_options' include_obfuscation, pass.
-  serviceTier(f);
+  serviceTier(f, OPENAI_SERVED_TIERS);
   const stream = f.boolean("stream") ?? false;
   streamOptions(f, stream, []);
   f.object("client_metadata");

@@ -62,6 +62,15 @@ export function unsupported(param: string, what = `'${param}'`): ValidationError
   return new ValidationError(`${what} is not supported by this server${where}`, param, "unsupported_parameter");
 }
 
+/**
+ * service_tier: the API's names (`served`) for the one tier a local server has are taken
+ * (OpenAI's "auto" and "default", Anthropic's "auto" and "standard_only"); another is a 400.
+ */
+export function serviceTier(f: Fields, served: readonly string[]): void {
+  const tier = f.string("service_tier");
+  if (tier !== undefined && !served.includes(tier)) throw unsupported("service_tier", `'service_tier' '${tier}'`);
+}
+
 type Json = Record<string, unknown>;
 
 /** What a JSON value is, as an error names it: "null", "an array", "an object", "a number"... */
