@@ -491,7 +491,7 @@ describe("API key", () => {
   });
   afterAll(() => secured.stop());
 
-  test("a wrong or missing key is a 401; the right one works; /health needs none", async () => {
+  test("a wrong or missing key is a 401; the right one works; the probes /health and /ready need none", async () => {
     const wrong = new OpenAI({ baseURL: `${secured.url}/v1`, apiKey: "wrong", maxRetries: 0 });
     const error = await wrong.models.list().catch((e) => e);
     expect(error).toBeInstanceOf(OpenAI.AuthenticationError);
@@ -505,6 +505,10 @@ describe("API key", () => {
     const r = await right.chat.completions.create({ model, messages, max_tokens: 2 });
     expect(r.choices.length).toBe(1);
     expect((await fetch(`${secured.url}/health`)).status).toBe(200);
+    // A readiness probe (Kubernetes, a load balancer) carries no key either.
+    const ready = await fetch(`${secured.url}/ready`);
+    expect(ready.status).toBe(200);
+    expect(await ready.json()).toEqual({ ready: true });
   });
 });
 

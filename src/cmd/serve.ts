@@ -117,7 +117,7 @@ export default defineCommand({
     "api-key": {
       type: "string",
       description:
-        "Require 'Authorization: Bearer <key>' (or 'x-api-key: <key>') on every route but /health (default: $MLX_API_KEY)",
+        "Require 'Authorization: Bearer <key>' (or 'x-api-key: <key>') on every route but /health and /ready (default: $MLX_API_KEY)",
     },
     "model-paths": {
       type: "boolean",

@@ -31,7 +31,7 @@ import { embeddingsRoutes } from "./routes/embeddings";
 import { ollamaModelRoutes } from "./routes/ollama-models";
 import { tokenRoutes } from "./routes/tokens";
 import { openaiRoutes } from "./routes/openai";
-import { opsRoutes, queueFigures } from "./routes/ops";
+import { keylessProbes, opsRoutes, queueFigures } from "./routes/ops";
 import { isPublicPage, webRoutes } from "./routes/web";
 import { InFlight } from "./inflight";
 import { memoryFigures } from "../engine/device";
@@ -284,13 +284,14 @@ export function createApp(s: ServerState): Hono {
     throw originNotAllowed(origin);
   });
 
-  // 4. The API key, on every route but /health and the browser pages, compared in constant time.
+  // 4. The API key, on every route but the probes (/health, /ready) and the browser pages,
+  // compared in constant time.
   if (s.config.apiKey) {
     // Trimmed as a client's key is: one from a CRLF .env file ("k\r") matched no request at all.
     // A key of spaces alone is then "", which no request's key (never empty) matches.
     const expected = digest(s.config.apiKey.trim());
     app.use("*", async (c, next) => {
-      if (c.req.path === "/health" || c.req.method === "OPTIONS" || isPublicPage(c.req.path)) return next();
+      if (keylessProbes.has(c.req.path) || c.req.method === "OPTIONS" || isPublicPage(c.req.path)) return next();
       // Bearer (OpenAI, Ollama) or x-api-key (Anthropic's clients).
       const bearer = /^Bearer\s+(.+)$/i.exec(c.req.header("authorization") ?? "")?.[1];
       const key = (bearer ?? c.req.header("x-api-key"))?.trim();

@@ -4,7 +4,7 @@ import type { ModelRegistry } from "./model-registry";
 import type { InFlight } from "./inflight";
 
 export interface ServerConfig {
-  /** Every route but /health needs `Authorization: Bearer <apiKey>` (or `x-api-key`) when set. */
+  /** Every route but the probes (/health, /ready) and the pages needs `Authorization: Bearer <apiKey>` (or `x-api-key`) when set. */
   apiKey?: string;
   /** Origins allowed by CORS (none: no CORS headers at all). */
   corsOrigins: string[];

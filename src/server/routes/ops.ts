@@ -19,6 +19,13 @@ export function queueFigures(s: ServerState) {
   return { running, waiting, max_queue: maxQueue };
 }
 
+/**
+ * The probes that answer without the API key: liveness (/health) and readiness (/ready) are asked
+ * by Kubernetes and load balancers, which carry no key (vLLM likewise keys only its API routes).
+ * /metrics tells more (model names, traffic) and keeps the key; Prometheus can send one.
+ */
+export const keylessProbes: ReadonlySet<string> = new Set(["/health", "/ready"]);
+
 export function opsRoutes(s: ServerState): Hono {
   const r = new Hono();
   r.get("/health", (c) => {
