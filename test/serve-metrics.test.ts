@@ -11,7 +11,7 @@ import OpenAI from "openai";
 import type { RunningServer } from "../src/server/app";
 import { loadModelAsync } from "../src/models/load";
 import { eventually, post, serve, tinyModel } from "./helpers/serve";
-import { writeTinyModel } from "./helpers/tiny-model";
+import { writeShardedTinyModel, writeTinyModel } from "./helpers/tiny-model";
 
 let server: RunningServer | undefined;
 afterEach(async () => {
@@ -189,6 +189,46 @@ describe("queue depth", () => {
       expect((await waiting).status).toBe(200);
       expect(await sample(url, "mlx_requests_waiting_for_model")).toBe(0);
       expect(await queue()).toMatchObject({ running: 0, waiting: 0, waiting_for_model: 0 });
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("models being loaded", () => {
+  test("a model is 1 in mlx_model_loading while it loads, and has no series once it loaded or failed to", async () => {
+    const root = mkdtempSync(join(tmpdir(), "mlx-serve-metrics-"));
+    const [model, damaged] = [join(root, "tiny"), join(root, "damaged")];
+    // Weights in many files, each read with a turn of the event loop after it, for scrapes to land in.
+    writeShardedTinyModel(model, 40, { layers: 8 });
+    writeShardedTinyModel(damaged, 40, { layers: 8 });
+    // Its last file fails to read, once its load is well under way.
+    writeFileSync(join(damaged, "model-40-of-40.safetensors"), "not safetensors");
+    server = serve();
+    const { url } = server;
+    const loading = (name: string) => `mlx_model_loading{model="${name}"}`;
+    /** A request for `name`, with /metrics scraped until its load shows (a bounded number of times) or it is answered. */
+    const scrapedWhileLoading = async (name: string) => {
+      let answered = false;
+      const answer = post(`${url}/v1/completions`, { model: name, prompt: "Once", max_tokens: 1 }).finally(
+        () => (answered = true),
+      );
+      const seen: number[] = [];
+      while (!answered && !seen.includes(1) && seen.length < 1000) seen.push(await sample(url, loading(name)));
+      const { status } = await answer;
+      return { seen, status, after: (await (await fetch(`${url}/metrics`)).text()).split("\n") };
+    };
+    try {
+      const loaded = await scrapedWhileLoading(model);
+      expect(loaded.seen).toContain(1);
+      expect(loaded.status).toBe(200);
+      expect(loaded.after.filter((l) => l.startsWith("mlx_model_loading{"))).toEqual([]);
+      expect(loaded.after.filter((l) => l === "# TYPE mlx_model_loading gauge")).toHaveLength(1);
+
+      const failed = await scrapedWhileLoading(damaged);
+      expect(failed.seen).toContain(1);
+      expect(failed.status).toBe(500);
+      expect(failed.after.filter((l) => l.startsWith("mlx_model_loading{"))).toEqual([]);
     } finally {
       rmSync(root, { recursive: true, force: true });
     }

@@ -10,28 +10,10 @@ import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { eventually, post, serve, healthWhile, tinyModel } from "./helpers/serve";
-import { writeTinyModel } from "./helpers/tiny-model";
+import { writeShardedTinyModel, writeTinyModel } from "./helpers/tiny-model";
 import * as mx from "../src/mlx";
 import * as engineRequest from "../src/engine/request";
 import { nextTurn } from "../src/event-loop";
-
-/** A tiny model whose weights are split into `files` safetensors files, named by an index as a hub's are. */
-function writeShardedTinyModel(dir: string, files: number): void {
-  writeTinyModel(dir);
-  const whole = join(dir, "model.safetensors");
-  const { tensors } = mx.loadSafetensors(whole);
-  rmSync(whole);
-  const names = [...tensors.keys()];
-  const weightMap: Record<string, string> = {};
-  for (let i = 0; i < files; i++) {
-    const file = `model-${i + 1}-of-${files}.safetensors`;
-    const part = new Map(names.filter((_, n) => n % files === i).map((name) => [name, tensors.get(name)!]));
-    mx.saveSafetensors(join(dir, file), part, { format: "mlx" });
-    for (const name of part.keys()) weightMap[name] = file;
-  }
-  writeFileSync(join(dir, "model.safetensors.index.json"), JSON.stringify({ weight_map: weightMap }));
-  for (const t of tensors.values()) t.free();
-}
 
 let server: RunningServer;
 let model: string;

@@ -208,6 +208,7 @@ export function createState(o: ServerOptions = {}): ServerState {
     waiting: () => queueFigures(state).waiting,
     waitingForModel: () => state.models.acquiring,
     loadedModels: () => state.models.loaded.length,
+    loadingModels: () => state.models.loading,
     memory: memoryFigures,
     providers: activeProviders,
   });

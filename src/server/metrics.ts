@@ -192,6 +192,7 @@ export function serverMetrics(live: {
   waiting: () => number;
   waitingForModel: () => number;
   loadedModels: () => number;
+  loadingModels: () => string[];
   memory: () => MemoryFigures;
   providers: () => Provider[];
 }) {
@@ -242,6 +243,12 @@ export function serverMetrics(live: {
       ),
     ),
     models: registry.add(new Gauge("mlx_models_loaded", "Models held in memory", live.loadedModels)),
+    // A series per model only while it loads: one that loaded, or failed to, leaves no stale 1 behind.
+    loading: registry.add(
+      new Gauge("mlx_model_loading", "1 for each model being loaded now (its weights read, its settings applied)", () =>
+        live.loadingModels().map((model) => ({ labels: { model }, value: 1 })),
+      ),
+    ),
     activeMemory: registry.add(new Gauge("mlx_memory_active_bytes", "MLX active memory", () => live.memory().active)),
     peakMemory: registry.add(
       new Gauge("mlx_memory_peak_bytes", "MLX peak memory since the server started", () => live.memory().peak),

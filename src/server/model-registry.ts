@@ -151,6 +151,8 @@ export class ModelRegistry {
   /** What each name in #pathOf named when it was resolved (#meaning). */
   readonly #meaningOf = new Map<string, string | undefined>();
   readonly #loading = new Map<string, Promise<LoadedEntry>>();
+  /** By key, the name of each model whose weights are being read now (past #makeRoom, not yet loaded or failed). */
+  readonly #loadingNames = new Map<string, string>();
   #acquiring = 0;
   #everLoaded = false;
   /** Loads waiting for a busy model to go idle. */
@@ -194,6 +196,11 @@ export class ModelRegistry {
 
   get loaded(): LoadedEntry[] {
     return [...this.#byKey.values()];
+  }
+
+  /** The names of the models being loaded now (once for a name loaded under two keys). */
+  get loading(): string[] {
+    return [...new Set(this.#loadingNames.values())];
   }
 
   /** What each name serve --adapter added stands for: its base (undefined: the default model) and adapter directory. */
@@ -493,6 +500,7 @@ export class ModelRegistry {
         this.options.refuseLoad?.(path, settings);
         await this.#makeRoom(key);
         reserved = true;
+        this.#loadingNames.set(key, name);
         const started = performance.now();
         // Loaded in pieces, the event loop taking a turn between them: /health and the other
         // models' streams are served meanwhile.
@@ -551,6 +559,7 @@ export class ModelRegistry {
         return entry;
       } finally {
         this.#loading.delete(key);
+        this.#loadingNames.delete(key);
         this.#keepAliveAsked.delete(key);
         if (reserved) {
           this.#loadsUnderWay--;

@@ -1,5 +1,5 @@
 // A tiny random-weight model, made by the tests themselves so fast tests need no download.
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { gunzipSync } from "node:zlib";
 import { tokenizerFilesFromGGUF } from "../../src/tokenizer/gguf";
 import { join } from "node:path";
@@ -306,4 +306,22 @@ export function writeTinyModel(
     JSON.stringify(o.chatTemplate ? { ...tokenizerConfig, chat_template: o.chatTemplate } : tokenizerConfig),
   );
   for (const t of weights.values()) t.free();
+}
+
+/** A tiny model whose weights are split into `files` safetensors files, named by an index as a hub's are. */
+export function writeShardedTinyModel(dir: string, files: number, o: TinyOptions = {}): void {
+  writeTinyModel(dir, o);
+  const whole = join(dir, "model.safetensors");
+  const { tensors } = mx.loadSafetensors(whole);
+  rmSync(whole);
+  const names = [...tensors.keys()];
+  const weightMap: Record<string, string> = {};
+  for (let i = 0; i < files; i++) {
+    const file = `model-${i + 1}-of-${files}.safetensors`;
+    const part = new Map(names.filter((_, n) => n % files === i).map((name) => [name, tensors.get(name)!]));
+    mx.saveSafetensors(join(dir, file), part, { format: "mlx" });
+    for (const name of part.keys()) weightMap[name] = file;
+  }
+  writeFileSync(join(dir, "model.safetensors.index.json"), JSON.stringify({ weight_map: weightMap }));
+  for (const t of tensors.values()) t.free();
 }
