@@ -44,6 +44,17 @@ const thinkingTemplate =
   "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endfor %}" +
   "{%- if add_generation_prompt %}<|im_start|>assistant\n" +
   "{%- if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{%- else %}<think>\n{%- endif %}{%- endif %}";
+/**
+ * A tiny model with a harmony template (it names <|channel|>, so the remote passes the effort to
+ * it, as to gpt-oss's) that writes the effort asked three times into the prompt: the prompt's
+ * token count says whether an effort reached the remote.
+ */
+const effortful = join(root, "effortful");
+const effortTemplate =
+  "{#- a harmony template: <|channel|> -#}" +
+  "{%- for m in messages %}<|start|>{{ m.role }}<|message|>{{ m.content }}<|end|>{%- endfor %}" +
+  "{%- if reasoning_effort is defined %}<|start|>system<|message|>Reasoning: {{ (reasoning_effort ~ ' ') * 3 }}<|end|>{%- endif %}" +
+  "{%- if add_generation_prompt %}<|start|>assistant{%- endif %}";
 /** A file the remote cannot load: asked for it, the remote answers a 500. */
 const corrupt = join(root, "corrupt.gguf");
 
@@ -103,6 +114,7 @@ function chatStream(text: string): string {
 beforeAll(async () => {
   writeTinyModel(tiny, { contextLength: 1024 });
   writeTinyModel(thinker, { modelType: "qwen3", contextLength: 512, chatTemplate: thinkingTemplate });
+  writeTinyModel(effortful, { contextLength: 512, chatTemplate: effortTemplate });
   writeFileSync(corrupt, "not a model");
   remotePort = freePort();
   await startRemote();
@@ -257,6 +269,11 @@ model = "${thinker}"
 provider = "anthropic"
 base_url = "${base}"
 model = "${thinker}"
+
+[models.reffort]
+provider = "openai"
+base_url = "${base}/v1"
+model = "${effortful}"
 
 [models.limited]
 provider = "openai"
@@ -637,6 +654,43 @@ describe("thinking", () => {
         (await direct({ max_tokens: 8, temperature: 0, reasoning_effort: "none" })).content,
       );
     }
+  });
+
+  test("an effort (reasoning_effort, the Responses API's reasoning.effort, Ollama's think) reaches an OpenAI-compatible provider", async () => {
+    // The remote's own prompt, with and without an effort: its template writes the effort into it.
+    const promptTokens = async (body: Record<string, unknown>) =>
+      (
+        await post(`http://127.0.0.1:${remotePort}/v1/chat/completions`, {
+          model: effortful,
+          messages: hi,
+          max_tokens: 1,
+          ...body,
+        })
+      ).json.usage.prompt_tokens as number;
+    const withLow = await promptTokens({ reasoning_effort: "low" });
+    expect(withLow).toBeGreaterThan(await promptTokens({}));
+    // Before, the effort was dropped on the way: the remote's prompt had none.
+    const chat = await openai.chat.completions.create({
+      model: "reffort",
+      messages: hi,
+      max_tokens: 1,
+      reasoning_effort: "low",
+    });
+    expect(chat.usage!.prompt_tokens).toBe(withLow);
+    const response = await openai.responses.create({
+      model: "reffort",
+      input: "Hi",
+      max_output_tokens: 1,
+      reasoning: { effort: "low" },
+    });
+    expect(response.usage!.input_tokens).toBe(withLow);
+    const ollama = await new Ollama({ host: proxy.url }).chat({
+      model: "reffort",
+      messages: hi,
+      think: "low",
+      options: { num_predict: 1 },
+    });
+    expect(ollama.prompt_eval_count).toBe(withLow);
   });
 
   test("mlx run and chat send --think and --thinking-budget, and show the reasoning", async () => {

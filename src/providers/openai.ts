@@ -154,12 +154,15 @@ function sampling(s: SamplingInput): Record<string, unknown> {
 /**
  * Thinking as the servers that host thinking models take it: the chat template's
  * `enable_thinking` (vLLM, SGLang, llama.cpp and we), and our `thinking_budget`. Like top_k
- * above, OpenAI itself answers a 400 naming them, which the client then sees.
+ * above, OpenAI itself answers a 400 naming them, which the client then sees. The effort asked
+ * (reasoning_effort, the Responses API's reasoning.effort, Ollama's think: "low") goes as
+ * `reasoning_effort`, which OpenAI's reasoning models and gpt-oss's template (vLLM's and ours) read.
  */
 function thinking(t: ThinkingRequest | undefined): Record<string, unknown> {
   return {
     ...(t?.enabled !== undefined ? { chat_template_kwargs: { enable_thinking: t.enabled } } : {}),
     ...(t?.budget !== undefined ? { thinking_budget: t.budget } : {}),
+    ...(t?.effort !== undefined ? { reasoning_effort: t.effort } : {}),
   };
 }
 
