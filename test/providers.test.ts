@@ -28,6 +28,7 @@ import { retryAfterMs } from "../src/retry-after";
 import { loadAliases } from "../src/store/aliases";
 import { cliRunner, mainScript } from "./helpers/cli";
 import { eventually, post, serve } from "./helpers/serve";
+import { writeScriptedModel } from "./helpers/scripted-model";
 import { writeTinyModel } from "./helpers/tiny-model";
 
 const repo = join(import.meta.dir, "..");
@@ -55,6 +56,8 @@ const effortTemplate =
   "{%- for m in messages %}<|start|>{{ m.role }}<|message|>{{ m.content }}<|end|>{%- endfor %}" +
   "{%- if reasoning_effort is defined %}<|start|>system<|message|>Reasoning: {{ (reasoning_effort ~ ' ') * 3 }}<|end|>{%- endif %}" +
   "{%- if add_generation_prompt %}<|start|>assistant{%- endif %}";
+/** A model whose greedy answer is "Hi" and its end token. */
+const scripted = join(root, "scripted");
 /** A file the remote cannot load: asked for it, the remote answers a 500. */
 const corrupt = join(root, "corrupt.gguf");
 
@@ -115,6 +118,7 @@ beforeAll(async () => {
   writeTinyModel(tiny, { contextLength: 1024 });
   writeTinyModel(thinker, { modelType: "qwen3", contextLength: 512, chatTemplate: thinkingTemplate });
   writeTinyModel(effortful, { contextLength: 512, chatTemplate: effortTemplate });
+  writeScriptedModel(scripted, ["Hi"]);
   writeFileSync(corrupt, "not a model");
   remotePort = freePort();
   await startRemote();
@@ -269,6 +273,11 @@ model = "${thinker}"
 provider = "anthropic"
 base_url = "${base}"
 model = "${thinker}"
+
+[models.rscripted]
+provider = "openai"
+base_url = "${base}/v1"
+model = "${scripted}"
 
 [models.reffort]
 provider = "openai"
@@ -713,6 +722,30 @@ describe("thinking", () => {
     const chat = await cli(["chat", "-m", "rthink", "--thinking-budget", "4", "--max-tokens", "24"], "Hi\n");
     expect(chat.code).toBe(0);
     expect(chat.stdout).toContain(expected.reasoning_content.trim());
+  });
+});
+
+test("ignore_eos reaches an OpenAI-compatible provider; an Anthropic one, which has no such switch, refuses it", async () => {
+  const ask = (model: string, extra: Record<string, unknown> = {}) =>
+    post(`${proxy.url}/v1/chat/completions`, {
+      model,
+      messages: [{ role: "user", content: "Hi" }],
+      max_tokens: 6,
+      temperature: 0,
+      ...extra,
+    });
+  const ended = await ask("rscripted");
+  expect(ended.json.choices[0].finish_reason).toBe("stop");
+  expect(ended.json.usage.completion_tokens).toBeLessThan(6);
+  // Before, ignore_eos was dropped on the way: the remote stopped at its end token.
+  const past = await ask("rscripted", { ignore_eos: true });
+  expect(past.json.choices[0].finish_reason).toBe("length");
+  expect(past.json.usage.completion_tokens).toBe(6);
+  const refused = await ask("ra", { ignore_eos: true });
+  expect(refused.status).toBe(400);
+  expect(refused.json.error).toMatchObject({
+    param: "ignore_eos",
+    message: "'ignore_eos' is not supported by model 'ra' (an Anthropic provider)",
   });
 });
 

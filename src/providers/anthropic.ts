@@ -38,6 +38,12 @@ export const anthropicAdapter: ProviderAdapter = {
             ...(prompt.system ? [{ role: "system", content: prompt.system }] : []),
             { role: "user", content: prompt.text },
           ];
+    // Anthropic has no such switch: the answer would end at the model's end as if it were not asked.
+    if (req.ignoreEos)
+      throw new UnsupportedError(
+        `'ignore_eos' is not supported by model '${config.name}' (an Anthropic provider)`,
+        "ignore_eos",
+      );
     const system = [
       ...conversation.filter((m) => m.role === "system" || m.role === "developer").map((m) => m.content),
       ...(req.format ? [formatInstruction(req.format)] : []),

@@ -27,6 +27,8 @@ export const openaiAdapter: ProviderAdapter = {
       ...(req.stop?.length ? { stop: req.stop } : {}),
       // Raw completions too: vLLM and mlx serve constrain them (OpenAI's refusal names it).
       ...(req.format ? { response_format: responseFormat(req.format) } : {}),
+      // vLLM's, which mlx serve takes too (OpenAI itself answers a 400 naming it, which the client then sees).
+      ...(req.ignoreEos ? { ignore_eos: true } : {}),
     };
     const prompt = req.prompt;
     if (prompt.kind === "ids")

@@ -19,6 +19,8 @@ export interface RemoteRequest {
   tools?: ToolRequest;
   /** Thinking on or off, and its budget, as the client asked (else the provider's default). */
   thinking?: ThinkingRequest;
+  /** Generate up to maxTokens past the model's end token (vLLM's ignore_eos). */
+  ignoreEos?: boolean;
 }
 
 export interface RemoteUsage {

@@ -67,6 +67,7 @@ export async function startRemoteGeneration(
       format: input.format,
       tools: input.tools,
       thinking: input.thinking,
+      ignoreEos: input.ignoreEos,
     },
     {
       signal: controller.signal,
