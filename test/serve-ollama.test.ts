@@ -472,24 +472,43 @@ describe("Ollama model management", () => {
     }
   });
 
-  test("a setting sent beside 'options' (the AI SDK's Ollama provider's maxOutputTokens) is a 400 naming the option Ollama reads", async () => {
-    for (const [path, field, option] of [
-      ["/api/chat", "max_output_tokens", "num_predict"],
-      ["/api/chat", "temperature", "temperature"],
-      ["/api/generate", "max_tokens", "num_predict"],
-      ["/api/generate", "stop", "stop"],
+  test("OpenAI's name for a setting, sent beside 'options', is a 400 naming the option Ollama reads", async () => {
+    for (const [path, field] of [
+      ["/api/chat", "max_output_tokens"],
+      ["/api/generate", "max_tokens"],
     ] as const) {
       const input = path === "/api/chat" ? { messages: [{ role: "user", content: "x" }] } : { prompt: "x" };
-      const r = await post(`${server.url}${path}`, {
-        model,
-        stream: false,
-        ...input,
-        [field]: field === "stop" ? [] : 1,
-      });
+      const r = await post(`${server.url}${path}`, { model, stream: false, ...input, [field]: 1 });
       expect([path, r.status]).toEqual([path, 400]);
       expect(r.json).toEqual({
-        error: `'${field}' is not an Ollama request field: Ollama reads it as 'options.${option}'`,
+        error: `'${field}' is not an Ollama request field: Ollama reads it as 'options.num_predict'`,
       });
+    }
+  });
+
+  test("Ollama's options sent beside 'options' (as the AI SDK's Ollama provider sends temperature) are honoured; 'options' wins", async () => {
+    const ask = (path: "/api/chat" | "/api/generate", fields: Record<string, unknown>) =>
+      post(`${server.url}${path}`, {
+        model,
+        stream: false,
+        ...(path === "/api/chat" ? { messages: [{ role: "user", content: "Tell me a story" }] } : {}),
+        ...(path === "/api/generate" ? { prompt: "Tell me a story" } : {}),
+        ...fields,
+      });
+    const text = (r: { json: any }) => r.json.message?.content ?? r.json.response;
+    for (const path of ["/api/chat", "/api/generate"] as const) {
+      // Before, each was a 400 naming 'options.<name>'.
+      const beside = await ask(path, { temperature: 0, num_predict: 6, seed: 1 });
+      expect([path, beside.status]).toEqual([path, 200]);
+      expect(beside.json.eval_count).toBe(6);
+      const inOptions = await ask(path, { options: { temperature: 0, num_predict: 6, seed: 1 } });
+      expect(text(beside)).toBe(text(inOptions));
+      // The same option in both places: the one in 'options' is taken.
+      const both = await ask(path, { num_predict: 3, temperature: 0, options: { num_predict: 5 } });
+      expect([path, both.json.eval_count]).toEqual([path, 5]);
+      // A bad value beside 'options' is named where it was sent.
+      const bad = await ask(path, { temperature: -1 });
+      expect([path, bad.status, bad.json.error]).toEqual([path, 400, "'temperature' must be >= 0, got -1"]);
     }
   });
 

@@ -43,8 +43,9 @@ export const ollamaDefaults = {
 
 const ROLES = new Set(["system", "user", "assistant", "tool"]);
 
-// The fields each endpoint reads; any other is a 400 naming it. Those refused with their own
-// message (images, suffix, template, tools on /api/generate) are listed so it is the one given.
+// The fields each endpoint reads, besides Ollama's option names (read as options); any other is a
+// 400 naming it. Those refused with their own message (images, suffix, template, tools on
+// /api/generate) are listed so it is the one given.
 const COMMON_FIELDS = [
   "model",
   "format",
@@ -114,24 +115,13 @@ export const OPTIONS = [
 ];
 
 /**
- * Settings sent beside `options`, where OpenAI's API has them (the AI SDK's Ollama provider sends
- * its temperature, topP and maxOutputTokens so), with the option Ollama reads instead. Ollama
- * ignores them there; refused like any field we do not read, but naming where they belong.
+ * Settings sent beside `options` under OpenAI's names for them, with the option Ollama reads
+ * instead: refused like any field we do not read, but naming where they belong. (Ollama's own
+ * option names sent beside `options` are read as options: see requestOptions.)
  */
 const MISPLACED_OPTIONS: Record<string, string> = {
-  temperature: "temperature",
-  top_p: "top_p",
-  top_k: "top_k",
-  min_p: "min_p",
-  seed: "seed",
-  stop: "stop",
   max_tokens: "num_predict",
   max_output_tokens: "num_predict",
-  num_predict: "num_predict",
-  num_ctx: "num_ctx",
-  presence_penalty: "presence_penalty",
-  frequency_penalty: "frequency_penalty",
-  repeat_penalty: "repeat_penalty",
 };
 
 function refuseMisplacedOptions(f: Fields): void {
@@ -144,16 +134,42 @@ function refuseMisplacedOptions(f: Fields): void {
       );
 }
 
+/** Options gathered from `options` and beside it, each named in errors where the request sent it. */
+class GatheredOptions extends Fields {
+  constructor(
+    body: Record<string, unknown>,
+    readonly beside: ReadonlySet<string>,
+  ) {
+    super(body, "options");
+  }
+  override name(field: string): string {
+    return this.beside.has(field) ? field : super.name(field);
+  }
+}
+
+/**
+ * `options`, and Ollama's option names sent beside it (the AI SDK's Ollama provider sends its
+ * temperature, top_p, seed and stop so, as OpenAI's API has them): Ollama ignores those, which
+ * clients then take for working settings, so they are honoured here as options. A value in
+ * `options` wins over the same one beside it.
+ */
+function requestOptions(f: Fields): Fields {
+  const nested = f.object("options");
+  const beside = new Set(OPTIONS.filter((name) => f.has(name) && !nested?.has(name)));
+  const body = { ...nested?.body, ...Object.fromEntries([...beside].map((name) => [name, f.raw(name)])) };
+  return new GatheredOptions(body, beside);
+}
+
 function options(f: Fields): Pick<OllamaRequest, "maxTokens" | "contextBound" | "sampling" | "stop"> {
-  const o = f.object("options") ?? new Fields({}, "options");
+  const o = requestOptions(f);
   o.onlyKnown(OPTIONS);
   const numPredict = o.integer("num_predict", { min: -2 });
   const seed = o.integer("seed", { min: -1, max: Number.MAX_SAFE_INTEGER });
   const repeatLastN = o.integer("repeat_last_n", { min: -1 });
-  if ((o.number("mirostat", { min: 0, max: 2 }) ?? 0) !== 0) throw unsupported("options.mirostat");
+  if ((o.number("mirostat", { min: 0, max: 2 }) ?? 0) !== 0) throw unsupported(o.name("mirostat"));
   // 1 is the value at which typical and tail-free sampling keep every token.
   for (const name of ["typical_p", "tfs_z"])
-    if ((o.number(name, { min: 0 }) ?? 1) !== 1) throw unsupported(`options.${name}`);
+    if ((o.number(name, { min: 0 }) ?? 1) !== 1) throw unsupported(o.name(name));
   // The context a request fills, as Ollama's num_ctx: a longer prompt is a 400 (as Ollama's
   // `truncate: false`; its silent default cuts the prompt's start, system prompt included), and
   // the answer ends ("length") where the context is full. Above the model's own, the model's holds.
@@ -174,7 +190,7 @@ function options(f: Fields): Pick<OllamaRequest, "maxTokens" | "contextBound" | 
     o.boolean(name);
   for (const name of ["mirostat_tau", "mirostat_eta"]) o.number(name);
   return {
-    contextBound: numCtx === undefined ? undefined : { tokens: numCtx, param: "options.num_ctx" },
+    contextBound: numCtx === undefined ? undefined : { tokens: numCtx, param: o.name("num_ctx") },
     // As Ollama's runner, which limits only a positive count: 0, -1 and -2 all run until a stop or the context's end.
     maxTokens: numPredict === undefined || numPredict <= 0 ? undefined : numPredict,
     sampling: {
@@ -248,7 +264,7 @@ const imagesRefused = (param: string) =>
 export function parseOllamaChat(body: unknown): OllamaRequest {
   const f = Fields.of(body);
   refuseMisplacedOptions(f);
-  f.onlyKnown(CHAT_FIELDS);
+  f.onlyKnown([...CHAT_FIELDS, ...OPTIONS]);
   const raw = f.array("messages") ?? [];
   const messages: ConversationMessage[] = [];
   raw.forEach((item, i) => {
@@ -289,7 +305,7 @@ export function parseOllamaChat(body: unknown): OllamaRequest {
 export function parseOllamaGenerate(body: unknown): OllamaRequest {
   const f = Fields.of(body);
   refuseMisplacedOptions(f);
-  f.onlyKnown(GENERATE_FIELDS);
+  f.onlyKnown([...GENERATE_FIELDS, ...OPTIONS]);
   if (f.string("suffix")) throw unsupported("suffix");
   if (f.string("template")) throw unsupported("template", "a request 'template'");
   const images = f.array("images");
