@@ -383,12 +383,22 @@ describe("mlx launch: the launcher ended", () => {
 });
 
 describe("mlx launch -- chat", () => {
-  test("/model is refused (the other ranks hold the first model's layers) and the chat goes on with the split model", async () => {
+  test("/model to the model held (by an alias or its path) keeps it with a note; another is refused; the chat goes on with the split model", async () => {
+    // A store of its own for the alias (the shared one is only read).
+    const aliasHome = join(dir, "alias-home");
+    mkdirSync(aliasHome, { recursive: true });
+    writeFileSync(join(aliasHome, "models.toml"), `[models.tiny3]\nsource = "${tiny}"\n`);
     const chat = ["chat", "-m", tiny, "--temp", "0", "--max-tokens", "6"];
     const alone = await mlx(chat, "Hello\nAnd again?\n");
-    const split = await mlx(["launch", "-n", "2", "--", ...chat], "Hello\n/model smollm2\nAnd again?\n");
+    const split = await cliRunner(aliasHome)(
+      ["launch", "-n", "2", "--", ...chat],
+      `Hello\n/model tiny3\n/model ${tiny}\n/model smollm2\nAnd again?\n`,
+    );
+    // Before, the model held was refused by its alias and path as any other.
     expect(split.stderr).toBe(
-      "error: the model is split across processes (mlx launch): /model cannot switch it; launch again with -m smollm2\n",
+      "tiny3 is the model in use: kept as it is\n" +
+        `${tiny} is the model in use: kept as it is\n` +
+        "error: the model is split across processes (mlx launch): /model cannot switch it; launch again with -m smollm2\n",
     );
     expect(split.stdout).toBe(alone.stdout);
     expect(split.code).toBe(0);

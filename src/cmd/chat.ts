@@ -5,7 +5,8 @@ import { join } from "node:path";
 import { storeRoot } from "../store/paths";
 import { fail, setVerbose } from "./log";
 import { openModel, type OpenOptions } from "./open-model";
-import { remoteModel } from "../providers";
+import { remoteModel, RemoteModel } from "../providers";
+import { locateModel } from "../store/resolve";
 import {
   adapterArg,
   adapterFrom,
@@ -77,11 +78,14 @@ export default defineCommand({
       const say = (text: string) => process.stderr.write(`${text}\n`);
       // An --adapter is trained for the first model's weights: another model gets only its alias's.
       const openSwitched = async (name: string) => {
-        // The other ranks hold the first model's layers: another would load whole on rank 0 alone.
-        if (pipeline)
+        if (pipeline) {
+          // The model held, by its name, an alias or its path: nothing to switch (nothing loaded again).
+          if (!(model instanceof RemoteModel) && locatedPath(name) === model.path) return undefined;
+          // The other ranks hold the first model's layers: another would load whole on rank 0 alone.
           throw new Error(
             `the model is split across processes (mlx launch): /model cannot switch it; launch again with -m ${name}`,
           );
+        }
         return openModel(name, cacheAndSpeculation(name));
       };
       const session = new ChatSession(model, modelName, settings, say, openSwitched);
@@ -124,3 +128,12 @@ export default defineCommand({
     }
   },
 });
+
+/** Where a name's weights are on disk now, found without pulling or loading anything (undefined: nowhere yet). */
+function locatedPath(name: string): string | undefined {
+  try {
+    return locateModel(name).path;
+  } catch {
+    return undefined; // a name that cannot be a model here (a remote alias, a folder of several GGUFs)
+  }
+}

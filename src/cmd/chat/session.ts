@@ -15,8 +15,12 @@ export class ChatSession {
     public modelName: string,
     readonly settings: ChatSettings,
     readonly say: (text: string) => void,
-    /** Opens a local model /model switches to, with the settings the chat was started with. */
-    private readonly openLocal: (name: string) => Promise<LoadedModel>,
+    /**
+     * Opens a local model /model switches to, with the settings the chat was started with;
+     * undefined where the name is the model held, which is kept as it is (a model split across
+     * processes, whose other ranks hold its layers).
+     */
+    private readonly openLocal: (name: string) => Promise<LoadedModel | undefined>,
   ) {
     checkModel(model, settings);
     this.conversation = conversationWith(model, settings.system);
@@ -26,6 +30,7 @@ export class ChatSession {
   async switchModel(name: string): Promise<void> {
     const current = this.conversation;
     const model = remoteModel(name) ?? (await this.openLocal(name));
+    if (model === undefined) return this.say(`${name} is the model in use: kept as it is`);
     try {
       checkModel(model, this.settings);
       if (current instanceof Conversation && !(model instanceof RemoteModel)) {
