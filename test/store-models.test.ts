@@ -1076,7 +1076,7 @@ describe("damage seen cheaply", () => {
 describe("locks", () => {
   // A store on a read-only mount (a bind mount in a user namespace, where the system allows one).
   test.skipIf(Bun.spawnSync(["unshare", "-rm", "true"], { stderr: "ignore" }).exitCode !== 0)(
-    "a store mlx cannot write to is one line naming the lock and why",
+    "a store mlx cannot write to is one line naming the store and why",
     async () => {
       await pull(fakeModel("alpha"));
       releaseModel("alpha"); // else rm refuses it as in use by this process, before taking the lock
@@ -1091,7 +1091,7 @@ describe("locks", () => {
       const stderr = await new Response(proc.stderr).text();
       expect(await proc.exited).toBe(1);
       expect(stderr).toBe(
-        `error: cannot create the lock ${join(locksDir(), "store.lock")} (EROFS: read-only file system): mlx needs write access to its store ($MLX_HOME)\n`,
+        `error: the store ${home} is not writable (EROFS: read-only file system): pulling, converting, fusing, copying or removing models needs write access to $MLX_HOME\n`,
       );
     },
     TEST_TIMEOUT_MS,

@@ -19,7 +19,9 @@ export default defineCommand({
       const report = await verifyStore((sha, i, count) =>
         log.debug(`checking ${i + 1}/${count} sha256-${sha.slice(0, 12)}`),
       );
-      for (const sha of report.corrupt) process.stderr.write(`corrupt: sha256-${sha} (removed)\n`);
+      const kept = "kept: the store is read-only";
+      for (const sha of report.corrupt)
+        process.stderr.write(`corrupt: sha256-${sha} (${report.readOnly ? kept : "removed"})\n`);
       for (const sha of report.missing) process.stderr.write(`missing: sha256-${sha}\n`);
       process.stdout.write(`checked ${files(report.checkedBlobs)} (${formatBytes(report.checkedBytes)})\n`);
       const { leftovers } = report;

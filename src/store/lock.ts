@@ -11,13 +11,20 @@ import { mkdirSync, readdirSync, readFileSync, readlinkSync, symlinkSync, unlink
 import { dirname, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileErrorReason, noSpaceLeft, writeErrorReason } from "../format";
-import { locksDir } from "./paths";
+import { locksDir, storeRoot } from "./paths";
 
 export interface LockOptions {
   /** Give up after waiting this long for another process (default 10 s). */
   timeoutMs?: number;
   /** Called once when the lock is busy, with the holder's pid (to tell the user why we wait). */
   onWait?: (holderPid: number) => void;
+  /**
+   * The caller only reads: where the store cannot be written (a read-only mount, another user's
+   * store), it runs without the lock instead of failing. Safe, as every write replaces its file
+   * whole (a temporary file renamed over it: writeJsonAtomic, addBlob, materialize), so a reader
+   * sees the old file or the new one, never half of one.
+   */
+  readOnly?: boolean;
 }
 
 export class LockTimeoutError extends Error {
@@ -62,17 +69,24 @@ function procStat(pid: number): string[] | undefined {
   }
 }
 
-/** Runs `fn` holding the lock file at `path`; the lock is released however `fn` ends. */
-export function withLock<T>(path: string, fn: () => T | Promise<T>, options: LockOptions = {}): Promise<T> {
+/**
+ * Runs `fn` holding the lock file at `path`; the lock is released however `fn` ends. `fn` is told
+ * whether it holds it: only a readOnly caller runs without it, where the store cannot be written.
+ */
+export function withLock<T>(
+  path: string,
+  fn: (locked: boolean) => T | Promise<T>,
+  options: LockOptions = {},
+): Promise<T> {
   const previous = queues.get(path) ?? Promise.resolve();
   const run = previous
     .catch(() => {})
     .then(async () => {
       const release = await acquireFileLock(path, options);
       try {
-        return await fn();
+        return await fn(release !== undefined);
       } finally {
-        release();
+        release?.();
       }
     });
   queues.set(path, run);
@@ -85,21 +99,26 @@ export function withLock<T>(path: string, fn: () => T | Promise<T>, options: Loc
 }
 
 /** The lock around every change to manifests, the index and blobs: held for milliseconds. */
-export function withStoreLock<T>(fn: () => T | Promise<T>, options?: LockOptions): Promise<T> {
+export function withStoreLock<T>(fn: (locked: boolean) => T | Promise<T>, options?: LockOptions): Promise<T> {
   return withLock(join(locksDir(), STORE_LOCK), fn, options);
 }
 
-async function acquireFileLock(path: string, { timeoutMs = 10_000, onWait }: LockOptions): Promise<() => void> {
-  try {
-    mkdirSync(dirname(path), { recursive: true });
-  } catch (error) {
-    throw cannotCreate(path, error);
-  }
+/** The lock's release; undefined where a readOnly caller goes on without it. */
+async function acquireFileLock(
+  path: string,
+  { timeoutMs = 10_000, onWait, readOnly = false }: LockOptions,
+): Promise<(() => void) | undefined> {
   const deadline = Date.now() + timeoutMs;
   let pause = POLL_MS;
   let told = false;
   for (;;) {
-    if (tryCreate(path)) return () => unlinkSync(path);
+    try {
+      mkdirSync(dirname(path), { recursive: true });
+      if (tryCreate(path)) return () => unlinkSync(path);
+    } catch (error) {
+      if (readOnly && notWritable(error)) return undefined;
+      throw cannotCreate(path, error);
+    }
     const holder = readHolder(path);
     if (holder === "gone") continue;
     if (holder === "dead") {
@@ -137,8 +156,14 @@ function tryCreate(path: string): boolean {
     return true;
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === "EEXIST") return false;
-    throw cannotCreate(path, error);
+    throw error;
   }
+}
+
+/** A write refused for want of permission, or because the file system is mounted read-only. */
+export function notWritable(error: unknown): boolean {
+  const code = (error as NodeJS.ErrnoException).code;
+  return code === "EACCES" || code === "EPERM" || code === "EROFS";
 }
 
 /**
@@ -150,6 +175,11 @@ function cannotCreate(path: string, error: unknown): Error {
   if (noSpaceLeft(error))
     return new Error(
       `cannot create the lock ${path}: the disk holding $MLX_HOME has no room left even for an empty file (no free inodes, or a full quota); free some space on it`,
+    );
+  // Said of the store, not of the lock: whoever cannot write the one cannot change the other.
+  if (notWritable(error))
+    return new Error(
+      `the store ${storeRoot()} is not writable (${writeErrorReason(error)}): pulling, converting, fusing, copying or removing models needs write access to $MLX_HOME`,
     );
   return new Error(
     `cannot create the lock ${path} (${writeErrorReason(error)}): mlx needs write access to its store ($MLX_HOME)`,

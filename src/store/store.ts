@@ -134,15 +134,22 @@ function convertInput(name: string, given: string | undefined): string {
  * different source (models.toml changed): the caller pulls it then.
  */
 export function openStoredModel(name: string, source?: string): Promise<string | undefined> {
-  return withStoreLock(async () => {
-    const manifest = readManifest(name);
-    if (!manifest || (source !== undefined && manifest.source !== source)) return undefined;
-    await assertIntact(manifest);
-    markInUse(name);
-    materialize(manifest);
-    recordUse(manifest);
-    return loadPath(manifest);
-  });
+  return withStoreLock(
+    async (locked) => {
+      const manifest = readManifest(name);
+      if (!manifest || (source !== undefined && manifest.source !== source)) return undefined;
+      await assertIntact(manifest);
+      // A store this process cannot write (read-only, another user's) is used as it is: no mark,
+      // no time of use, its directory as its owner linked it; only its owner can remove it then.
+      if (locked) {
+        markInUse(name);
+        materialize(manifest);
+        recordUse(manifest);
+      }
+      return loadPath(manifest);
+    },
+    { readOnly: true },
+  );
 }
 
 /**
@@ -216,16 +223,20 @@ export function discardBlobs(sha256s: string[]): Promise<void> {
 }
 
 export function listModels(): Promise<IndexEntry[]> {
-  return withStoreLock(() => [...loadIndex().values()].sort((a, b) => a.name.localeCompare(b.name)));
+  return withStoreLock(() => [...loadIndex().values()].sort((a, b) => a.name.localeCompare(b.name)), {
+    readOnly: true,
+  });
 }
 
 /** Models whose manifest is there but unreadable (cut short by a crash, or written by a newer mlx): only `mlx rm` helps them. */
 export function unreadableModels(): Promise<string[]> {
-  return withStoreLock(() =>
-    manifestKeys()
-      .map(decodeURIComponent)
-      .filter((name) => !readManifest(name))
-      .sort(),
+  return withStoreLock(
+    () =>
+      manifestKeys()
+        .map(decodeURIComponent)
+        .filter((name) => !readManifest(name))
+        .sort(),
+    { readOnly: true },
   );
 }
 

@@ -25,13 +25,15 @@ export interface VerifyReport {
    * a model never completed, scratch files), now removed; none while a pull is running (its pids).
    */
   leftovers: { files: number; bytes: number } | { runningPulls: number[] };
+  /** The store could not be written (read-only, another user's): corrupt blobs and leftovers were kept. */
+  readOnly: boolean;
 }
 
 export async function verifyStore(
   onBlob?: (sha256: string, index: number, count: number) => void,
 ): Promise<VerifyReport> {
   // Hashing can take minutes: do it outside the lock, from a snapshot of the index.
-  const models = await withStoreLock(() => loadIndex());
+  const models = await withStoreLock(() => loadIndex(), { readOnly: true });
   const users = new Map<string, string[]>();
   const sizes = new Map<string, number>();
   for (const m of models.values()) {
@@ -47,6 +49,7 @@ export async function verifyStore(
     missing: [],
     damagedModels: [],
     leftovers: { files: 0, bytes: 0 },
+    readOnly: false,
   };
   let position = 0;
   for (const [sha256, size] of sizes) {
@@ -65,18 +68,26 @@ export async function verifyStore(
     if (onDisk !== size || (await hashFile(blobPath(sha256))).sha256 !== sha256) report.corrupt.push(sha256);
   }
   let current = models;
-  await withStoreLock(async () => {
-    // A model removed (or evicted) while the blobs were hashed: its files went on purpose, and
-    // one it shared may have gone with it; what no stored model uses now is only left over.
-    current = loadIndex();
-    const used = new Set([...current.values()].flatMap((m) => Object.keys(m.blobs)));
-    report.missing = report.missing.filter((sha) => used.has(sha));
-    report.corrupt = report.corrupt.filter((sha) => used.has(sha));
-    for (const sha of report.corrupt) await removeBlob(sha);
-    // A running pull's files are not a model's yet: they only look left over.
-    const runningPulls = busyLockHolders();
-    report.leftovers = runningPulls.length > 0 ? { runningPulls: [...new Set(runningPulls)] } : removeLeftovers();
-  });
+  await withStoreLock(
+    async (locked) => {
+      // A model removed (or evicted) while the blobs were hashed: its files went on purpose, and
+      // one it shared may have gone with it; what no stored model uses now is only left over.
+      current = loadIndex();
+      const used = new Set([...current.values()].flatMap((m) => Object.keys(m.blobs)));
+      report.missing = report.missing.filter((sha) => used.has(sha));
+      report.corrupt = report.corrupt.filter((sha) => used.has(sha));
+      // Read-only: what is damaged is told, for the store's owner to mend; nothing can be removed.
+      if (!locked) {
+        report.readOnly = true;
+        return;
+      }
+      for (const sha of report.corrupt) await removeBlob(sha);
+      // A running pull's files are not a model's yet: they only look left over.
+      const runningPulls = busyLockHolders();
+      report.leftovers = runningPulls.length > 0 ? { runningPulls: [...new Set(runningPulls)] } : removeLeftovers();
+    },
+    { readOnly: true },
+  );
   const damaged = new Set(
     [...report.corrupt, ...report.missing].flatMap((sha) => users.get(sha) ?? []).filter((name) => current.has(name)),
   );
