@@ -1,6 +1,8 @@
 // Best-effort file operations for caches: on a disk that refuses them (read-only, full, gone) a
-// cache is only not kept or not ordered, never an error of what uses it.
-import { rmSync, utimesSync } from "node:fs";
+// cache is only not kept or not ordered, never an error of what uses it. And the room a disk has
+// left, asked before writing much to it.
+import { existsSync, rmSync, statfsSync, utimesSync } from "node:fs";
+import { dirname, resolve } from "node:path";
 
 /** Removes `path` if the disk lets us. */
 export function removeQuietly(path: string): void {
@@ -16,3 +18,39 @@ export function markUsed(path: string): void {
     utimesSync(path, now, now);
   } catch {}
 }
+
+/**
+ * The bytes this process may still write on the file system that `path` is, or would be, on (its
+ * nearest existing folder: asking creates nothing); Infinity when the system cannot be asked.
+ */
+export function freeBytes(path: string): number {
+  let dir = resolve(path);
+  while (!existsSync(dir) && dirname(dir) !== dir) dir = dirname(dir);
+  try {
+    const { bavail, bsize } = statfsSync(dir);
+    return bavail * bsize;
+  } catch {
+    return Number.POSITIVE_INFINITY;
+  }
+}
+
+/**
+ * Fails before `bytes` for `what` are written under `dir` where its disk has not that much room,
+ * rather than filling the disk and failing halfway with a part of it written. The error is the
+ * system's own ENOSPC (a server answers it as its want of room: 507).
+ */
+export function requireFreeSpace(dir: string, bytes: number, what: string): void {
+  const free = freeBytes(dir);
+  if (free >= bytes) return;
+  throw new NotEnoughSpaceError(
+    `not enough disk space in ${dir} for ${what}: about ${mb(bytes)} MB needed, ${mb(free)} MB free`,
+  );
+}
+
+/** requireFreeSpace's refusal: its message says all (what, where, how much), for callers to pass on as it is. */
+export class NotEnoughSpaceError extends Error {
+  override name = "NotEnoughSpaceError";
+  readonly code = "ENOSPC";
+}
+
+const mb = (bytes: number) => Math.ceil(bytes / 1e6);

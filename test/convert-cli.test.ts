@@ -291,7 +291,7 @@ describe("mlx convert errors", () => {
 
   // A real full disk: a small tmpfs mounted in a user namespace (where the system allows one).
   test.skipIf(Bun.spawnSync(["unshare", "-rm", "true"], { stderr: "ignore" }).exitCode !== 0)(
-    "a full disk is one line naming the output directory, or the store, that is full; nothing is left on it",
+    "a disk without room is one line (bytes needed, bytes free, where) before anything is written; nothing is left on it",
     async () => {
       const disk = join(work, "disk");
       mkdirSync(disk);
@@ -300,7 +300,8 @@ describe("mlx convert errors", () => {
         mount -t tmpfs -o size=2m tmpfs ${disk} || exit 9
         ${mlxCommand} convert ${defaultGGUF()} ${disk}/out; echo "dir: $?"
         MLX_HOME=${disk}/home ${mlxCommand} convert ${defaultGGUF()}; echo "store: $?"
-        ls ${disk}; ls -A ${disk}/home/tmp; ls ${disk}/home/manifests/*.json 2>/dev/null | wc -l`;
+        MLX_HOME=${disk}/home ${mlxCommand} pull ${defaultGGUF()}; echo "pull: $?"
+        ls ${disk}; ls -A ${disk}/home/tmp; ls -A ${disk}/home/blobs 2>/dev/null; ls ${disk}/home/manifests/*.json 2>/dev/null | wc -l`;
       const proc = Bun.spawn(["unshare", "-rm", "sh", "-c", script], {
         env: { ...process.env, MLX_HOME: home, NO_COLOR: "1" },
         stdout: "pipe",
@@ -308,12 +309,15 @@ describe("mlx convert errors", () => {
       });
       const [stdout, stderr] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
       expect(await proc.exited).toBe(0);
-      expect(errorLines(stderr)).toEqual([
-        `error: cannot write ${disk}/out: ENOSPC: no space left on device`,
-        `error: no space left on device while storing ${basename(defaultGGUF(), ".gguf")}-mlx in ${disk}/home; free some space and run again`,
-      ]);
-      // Only the store's folders: no output, staging folder or temporary file, no manifest.
-      expect(stdout).toBe("dir: 1\nstore: 1\nhome\n0\n");
+      const room = (where: string, what: string) =>
+        new RegExp(`^error: not enough disk space in ${where} for ${what}: about \\d+ MB needed, [0-3] MB free$`);
+      const [dir, store, pull, ...rest] = errorLines(stderr);
+      expect(rest).toEqual([]);
+      expect(dir).toMatch(room(disk, `the conversion of ${defaultGGUF()}`));
+      expect(store).toMatch(room(`${disk}/home/tmp`, `the conversion of ${defaultGGUF()}`));
+      expect(pull).toMatch(room(`${disk}/home`, defaultGGUF()));
+      // Only the store's folders: no output, staging folder, temporary file or blob, no manifest.
+      expect(stdout).toBe("dir: 1\nstore: 1\npull: 1\nhome\n0\n");
     },
     TEST_TIMEOUT_MS,
   );

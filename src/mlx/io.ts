@@ -1,7 +1,7 @@
 // Weight files through MLX's own loaders: safetensors and GGUF (tensors and metadata),
 // and safetensors saving.
-import { statfsSync } from "node:fs";
 import { dirname } from "node:path";
+import { freeBytes } from "../files";
 import { binding, check, cstr, lib, outPtr, packStrings, readOut, type Pointer } from "./ffi";
 import { MxArray } from "./array";
 import { handles } from "./ops";
@@ -136,14 +136,4 @@ export function saveSafetensors(
   if (status !== 0 && freeBytes(dirname(path)) < arrays.reduce((n, a) => n + a.nbytes, 0))
     throw Object.assign(new Error(`ENOSPC: no space left on device, write '${path}'`), { code: "ENOSPC" });
   check(status, `cannot save ${path}`);
-}
-
-/** The bytes this process may still write on the file system holding `dir` (Infinity when it cannot be asked). */
-function freeBytes(dir: string): number {
-  try {
-    const { bavail, bsize } = statfsSync(dir);
-    return bavail * bsize;
-  } catch {
-    return Number.POSITIVE_INFINITY;
-  }
 }

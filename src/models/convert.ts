@@ -10,6 +10,7 @@ import { keptQuantizedTypes, loadGGUFTensors, widenedTypes } from "./gguf-tensor
 import { loadModel, withModelErrors } from "./load";
 import { nextTurn } from "../event-loop";
 import { cachedTokenizerFiles } from "../tokenizer/gguf-cache";
+import { requireFreeSpace } from "../files";
 import { writeErrorReason } from "../format";
 
 export interface ConvertResult {
@@ -59,6 +60,10 @@ export async function convertGGUF(
   try {
     if (bits > 0) await requantize(gguf, header, { bits, groupSize, floats: asked !== undefined });
     if (gguf.tensors.has("rope_freqs")) ropeFreqsAsConfig(gguf);
+    // Known from the shapes before a tensor is computed: a disk that cannot hold the weights
+    // fails the conversion now, with nothing written, not once it is full.
+    const bytes = [...gguf.tensors.values()].reduce((n, t) => n + t.nbytes, 0);
+    requireFreeSpace(dirname(target), bytes, `the conversion of ${ggufPath}`);
     for (const t of gguf.tensors.values()) {
       mx.evaluate(t);
       await nextTurn();
@@ -97,7 +102,7 @@ export async function convertGGUF(
       result = {
         dir: target,
         tensors: gguf.tensors.size,
-        bytes: [...gguf.tensors.values()].reduce((n, t) => n + t.nbytes, 0),
+        bytes,
       };
       for (const t of gguf.tensors.values()) t.free();
       gguf.tensors.clear();

@@ -2,10 +2,11 @@
 // layer's weight becomes W + scale·Bᵀ·Aᵀ (DoRA: scaled per output row), re-quantized as the
 // base layer was, and the result is a model directory like the base, with no adapter to load.
 import { copyFileSync, mkdirSync, readdirSync, rmSync, statSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import { nextTurn } from "../event-loop";
+import { requireFreeSpace } from "../files";
 import { convertGGUF } from "./convert";
 import { isGGUFFile } from "./gguf";
 import { Weights } from "./layers";
@@ -38,6 +39,9 @@ export async function fuseAdapter(base: string, adapterDir: string, outDir: stri
   const { config, tensors } = readDirectoryTensors(base);
   const files = new Weights(tensors, config);
   try {
+    // The fused weights are the base's in size: a disk that cannot hold them fails the fuse now.
+    const bytes = [...tensors.values()].reduce((n, t) => n + t.nbytes, 0);
+    requireFreeSpace(dirname(resolve(outDir)), bytes, `the fusion of ${adapterDir} into ${base}`);
     const adapter = loadAdapter(adapterDir, lm.weights.lora);
     lm.adapter = adapter;
     for (const [prefix, update] of adapter.layers) {
@@ -67,7 +71,6 @@ export async function fuseAdapter(base: string, adapterDir: string, outDir: stri
       if (name.endsWith(".safetensors") || name === "model.safetensors.index.json") continue;
       if (statSync(join(base, name)).isFile()) copyFileSync(join(base, name), join(outDir, name));
     }
-    const bytes = [...tensors.values()].reduce((n, t) => n + t.nbytes, 0);
     return { layers: adapter.layers.size, tensors: tensors.size, bytes };
   } finally {
     lm.free();

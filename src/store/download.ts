@@ -4,8 +4,9 @@
 // only once its size and SHA-256 check out.
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { mkdir, open, rename, stat, statfs, truncate, unlink } from "node:fs/promises";
+import { mkdir, open, rename, stat, truncate, unlink } from "node:fs/promises";
 import { dirname, join } from "node:path";
+import { requireFreeSpace } from "../files";
 import { noSpaceLeft } from "../format";
 import { retryAfterMs } from "../retry-after";
 import { withLock } from "./lock";
@@ -141,22 +142,10 @@ async function downloadUnlocked(url: string, destPath: string, options: Download
   return { path: destPath, sha256, size: partial.size };
 }
 
-/** Fails before a download that cannot fit, rather than filling the disk and failing halfway. */
+/** Fails before a download that cannot fit in the store, rather than filling the disk and failing halfway. */
 export async function ensureFreeSpace(bytes: number, what: string): Promise<void> {
-  const root = storeRoot();
-  await mkdir(root, { recursive: true });
-  const { bavail, bsize } = await statfs(root);
-  const free = bavail * bsize;
-  if (free < bytes) {
-    // ENOSPC as the system's own: a server answers it as its want of room (507).
-    throw Object.assign(
-      new Error(`not enough disk space in ${root} for ${what}: about ${mb(bytes)} MB needed, ${mb(free)} MB free`),
-      { code: "ENOSPC" },
-    );
-  }
+  requireFreeSpace(storeRoot(), bytes, what);
 }
-
-const mb = (bytes: number) => Math.ceil(bytes / 1e6);
 
 /** The bytes of a partial download of `destPath` already on disk (what a resume need not fetch again). */
 export function partialBytes(destPath: string): Promise<number> {

@@ -6,7 +6,7 @@ import { readFile } from "node:fs/promises";
 import { basename, join, resolve } from "node:path";
 import { loadAliases } from "./aliases";
 import { addBlob, blobPresent, blobsOnDisk } from "./blobs";
-import type { DownloadProgress } from "./download";
+import { ensureFreeSpace, type DownloadProgress } from "./download";
 import { parseHFSpec, pullHFRepo } from "./hf";
 import { withLock } from "./lock";
 import { describeFiles, newManifest, readManifest, type ManifestFile, type ModelManifest } from "./manifest";
@@ -209,11 +209,17 @@ async function importLocal(path: string, imported: Set<string>): Promise<Manifes
   const info = statSync(path, { throwIfNoEntry: false });
   if (!info) throw new Error(`model not found: ${path}`);
   const names = info.isDirectory() ? await modelFiles(path) : [basename(path)];
+  const file = (name: string) => (info.isDirectory() ? join(path, name) : path);
+  // Each file is copied into the store before it is hashed (even one stored already), so all of
+  // them must fit: refused before the first copy, not once the disk is full.
+  await ensureFreeSpace(
+    names.reduce((n, name) => n + statSync(file(name)).size, 0),
+    path,
+  );
   const files: ManifestFile[] = [];
   for (const name of names) {
-    const file = info.isDirectory() ? join(path, name) : path;
-    const blob = await addBlob(file).catch((error) => {
-      throw storingFailed(file, error);
+    const blob = await addBlob(file(name)).catch((error) => {
+      throw storingFailed(file(name), error);
     });
     imported.add(blob.sha256);
     files.push({ name, ...blob });

@@ -3,6 +3,7 @@
 // Every change happens under the store lock, so two mlx processes never interleave them.
 import { existsSync, mkdirSync, readdirSync, readlinkSync, renameSync, rmSync, statSync, symlinkSync } from "node:fs";
 import { basename, dirname, isAbsolute, join, relative, sep } from "node:path";
+import { NotEnoughSpaceError } from "../files";
 import { noSpaceLeft, shellWord } from "../format";
 import { loadAliases } from "./aliases";
 import { blobPresent, removeBlob } from "./blobs";
@@ -173,7 +174,8 @@ function recordUse(manifest: ModelManifest): void {
  * the store's scratch file or staging folder, not what was being stored, nor the way out.
  */
 export function storingFailed(what: string, error: unknown): unknown {
-  if (!noSpaceLeft(error)) return error;
+  // A refusal before writing already names what needed how much room where.
+  if (!noSpaceLeft(error) || error instanceof NotEnoughSpaceError) return error;
   return new Error(`no space left on device while storing ${what} in ${storeRoot()}; free some space and run again`, {
     cause: error,
   });
