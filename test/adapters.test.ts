@@ -206,7 +206,7 @@ describe("mlx run with adapters", () => {
     });
     // An adapter for other shapes: the layer and both shapes are named.
     const wrong = join(root, "wrong");
-    writeRandomAdapter(wrong, { layers: { "model.layers.0.self_attn.q_proj": [32, 64] } });
+    writeRandomAdapter(wrong, { layers: { "model.layers.0.self_attn.q_proj": [32, 64] }, modelLayers: 2 });
     const r = await mlx(["run", "-m", "tiny", "--adapter", wrong, "hi"]);
     expect(r.code).not.toBe(0);
     expect(r.stderr).toContain("'model.layers.0.self_attn.q_proj' has lora_a [32,4]");
@@ -280,6 +280,48 @@ describe("mlx run with adapters", () => {
     expect(cut.stderr).toStartWith(`error: cannot load safetensors ${truncatedFile}: `);
     expect(cut.stderr.split(truncatedFile)).toHaveLength(2);
     expect(cut.stderr.trim().split("\n")).toHaveLength(1);
+  }, 60_000);
+
+  test("an adapter's tensors outside its config's num_layers and keys are refused, as mlx-lm refuses them; a config without them limits nothing", async () => {
+    const config = (dir: string) => join(dir, "adapter_config.json");
+    const edit = (dir: string, change: (c: Record<string, any>) => void) => {
+      const c = JSON.parse(readFileSync(config(dir), "utf8"));
+      change(c);
+      writeFileSync(config(dir), JSON.stringify(c));
+    };
+    // Both layers' q_proj, but a config that adapts the last layer alone (num_layers 1).
+    const layers = join(root, "outside-layers");
+    writeRandomAdapter(layers, { layers: lastLayers(2, 2, { "self_attn.q_proj": projections["self_attn.q_proj"]! }) });
+    edit(layers, (c) => {
+      c.num_layers = 1;
+    });
+    const byLayer = await mlx(["run", "-m", "tiny", "--adapter", layers, "--max-tokens", "1", "hi"]);
+    expect(byLayer.code).toBe(1);
+    expect(byLayer.stderr).toMatch(
+      new RegExp(
+        `^error: ${join(layers, "adapters.safetensors")}: 'model\\.layers\\.0\\.self_attn\\.q_proj\\.lora_[ab]' adapts a layer that adapter_config\\.json leaves out \\(num_layers 1: layer 1; keys self_attn\\.q_proj\\), as mlx-lm refuses it\n$`,
+      ),
+    );
+    // The last layer's q_proj, v_proj and down_proj, but keys naming q_proj alone.
+    const keys = join(root, "outside-keys");
+    writeRandomAdapter(keys, { layers: lastLayers(2, 1, projections) });
+    edit(keys, (c) => {
+      c.lora_parameters.keys = ["self_attn.q_proj"];
+    });
+    const byKey = await mlx(["run", "-m", "tiny", "--adapter", keys, "--max-tokens", "1", "hi"]);
+    expect(byKey.code).toBe(1);
+    expect(byKey.stderr).toMatch(
+      /^error: \S+: 'model\.layers\.1\.(mlp\.down_proj|self_attn\.v_proj)\.lora_[ab]' adapts a layer that adapter_config\.json leaves out \(num_layers 1: layer 1; keys self_attn\.q_proj\)/,
+    );
+    expect(byKey.stderr.trim().split("\n")).toHaveLength(1);
+    // A config without num_layers and keys (hand-written, or older) adapts whatever the file holds, as before.
+    for (const dir of [layers, keys])
+      edit(dir, (c) => {
+        delete c.num_layers;
+        delete c.lora_parameters.keys;
+      });
+    for (const dir of [layers, keys])
+      expect((await mlx(["run", "-m", "tiny", "--adapter", dir, "--max-tokens", "1", "hi"])).code).toBe(0);
   }, 60_000);
 
   test("an adapter whose matrices hold NaN or infinities (a training that diverged) is a one-line error naming the tensor", async () => {
@@ -426,7 +468,7 @@ test("a half-precision adapter's product in a decode step is the same bits alone
 
 test("mlx serve loads its adapters with its model at start: one whose shapes do not fit is in the log without a request", async () => {
   const wrong = join(root, "wrong-at-start");
-  writeRandomAdapter(wrong, { layers: { "model.layers.0.self_attn.q_proj": [32, 64] } });
+  writeRandomAdapter(wrong, { layers: { "model.layers.0.self_attn.q_proj": [32, 64] }, modelLayers: 2 });
   const logged: string[] = [];
   const server = serve({
     defaultModel: model,
@@ -466,7 +508,7 @@ test("mlx serve refuses an --adapter name that already names a model, which it w
 
 test("mlx serve: a models.toml alias whose adapter does not fit is a 500 naming it, and the base it loaded idles out", async () => {
   const misfit = join(root, "misfit-alias");
-  writeRandomAdapter(misfit, { layers: { "model.layers.0.self_attn.q_proj": [32, 64] } });
+  writeRandomAdapter(misfit, { layers: { "model.layers.0.self_attn.q_proj": [32, 64] }, modelLayers: 2 });
   const aliasHome = join(root, "misfit-home");
   mkdirSync(aliasHome, { recursive: true });
   writeFileSync(join(aliasHome, "models.toml"), `[models.tiny-misfit]\nsource = "${model}"\nadapter = "${misfit}"\n`);

@@ -265,7 +265,7 @@ function buildStack(adapters: Adapter[], prefix: string, layer: AdaptableLayer):
  * What can be checked of an adapter directory without its model: that it is one, its
  * adapter_config.json, and that its adapters.safetensors is there (serve checks this at start).
  */
-export function readAdapterDirectory(dir: string): { kind: AdapterKind; scale: number; file: string } {
+export function readAdapterDirectory(dir: string): AdapterConfig & { file: string } {
   if (!existsSync(dir)) throw new AdapterError(`adapter directory not found: ${dir}`);
   if (!statSync(dir).isDirectory())
     throw new AdapterError(
@@ -277,7 +277,17 @@ export function readAdapterDirectory(dir: string): { kind: AdapterKind; scale: n
   return { ...config, file };
 }
 
-function readConfig(dir: string): { kind: AdapterKind; scale: number } {
+/** What adapter_config.json says: the kind, the scale, and which layers mlx-lm adapts (see adapts). */
+interface AdapterConfig {
+  kind: AdapterKind;
+  scale: number;
+  /** num_layers: the last this many decoder layers (all of them when 0 or less). */
+  numLayers?: number;
+  /** lora_parameters.keys: the layers' paths inside a decoder layer ("self_attn.q_proj"), or in the model. */
+  keys?: string[];
+}
+
+function readConfig(dir: string): AdapterConfig {
   const file = join(dir, "adapter_config.json");
   if (!existsSync(file))
     throw new AdapterError(`${dir} has no adapter_config.json (expected an mlx-lm adapter directory)`);
@@ -310,7 +320,39 @@ function readConfig(dir: string): { kind: AdapterKind; scale: number } {
     const hint = "alpha" in parameters ? " (mlx-lm names it 'scale', not 'alpha')" : "";
     throw new AdapterError(`${file}: lora_parameters.scale must be a number${hint}`);
   }
-  return { kind: type, scale };
+  // mlx-lm before 0.19 named it lora_layers.
+  const numLayers = config.num_layers ?? config.lora_layers;
+  if (numLayers !== undefined && !Number.isInteger(numLayers))
+    throw new AdapterError(`${file}: num_layers must be a whole number (got ${JSON.stringify(numLayers)})`);
+  const keys = parameters.keys ?? undefined;
+  if (keys !== undefined && !(Array.isArray(keys) && keys.every((k) => typeof k === "string")))
+    throw new AdapterError(`${file}: lora_parameters.keys must be a list of layer names (got ${JSON.stringify(keys)})`);
+  return { kind: type, scale, numLayers: numLayers as number | undefined, keys };
+}
+
+/**
+ * Whether mlx-lm makes the layer `prefix` a LoRA layer under `config` (linear_to_lora_layers):
+ * one of the last num_layers decoder layers whose path inside it is one of the keys, or a layer
+ * of the model named in full by a key. A field the config lacks (an older or hand-written one)
+ * limits nothing.
+ */
+function adapts(prefix: string, { numLayers, keys }: AdapterConfig, layerCount: number | undefined): boolean {
+  if (keys?.includes(prefix)) return true;
+  const layer = tensorPart(`${prefix}.`);
+  if (typeof layer !== "number") return keys === undefined;
+  // model.layers[-max(num_layers, 0):]: every layer for 0 or less.
+  if (numLayers !== undefined && numLayers > 0 && layerCount !== undefined && layer < layerCount - numLayers)
+    return false;
+  return keys === undefined || keys.includes(prefix.replace(/^(?:model\.layers|blk)\.\d+\./, ""));
+}
+
+/** The layers a config adapts, in its own words. */
+function configScope({ numLayers, keys }: AdapterConfig, layerCount: number | undefined): string {
+  const first = layerCount !== undefined && numLayers !== undefined && numLayers > 0 ? layerCount - numLayers : 0;
+  const last = (layerCount ?? 0) - 1;
+  const layers =
+    first <= 0 ? [] : [`num_layers ${numLayers}: layer${first === last ? ` ${last}` : `s ${first}-${last}`}`];
+  return [...layers, ...(keys ? [`keys ${keys.join(", ")}`] : [])].join("; ");
 }
 
 /** The stacked experts of a mixture-of-experts layer, as mlx-lm names them (SwitchGLU). */
@@ -321,7 +363,8 @@ const EXPERTS = /\.(switch_mlp|experts)\.[^.]+$/;
  * name one of its linear layers with the right shape, or the load fails naming it.
  */
 export function loadAdapter(dir: string, base: LoraLayers): Adapter {
-  const { kind, scale, file } = readAdapterDirectory(dir);
+  const { file, ...config } = readAdapterDirectory(dir);
+  const { kind, scale } = config;
   let tensors: Map<string, MxArray>;
   try {
     tensors = mx.loadSafetensors(file).tensors;
@@ -357,6 +400,13 @@ export function loadAdapter(dir: string, base: LoraLayers): Adapter {
         );
       if (!base.layer(prefix))
         throw new AdapterError(`${file}: '${name}' names no linear layer this model can adapt ('${prefix}')`);
+      // mlx-lm refuses it too ("not an adapter parameter in the model"): it makes LoRA layers of
+      // those alone, and a tensor of another was not trained with them (a config edited since, a
+      // file of another training); applying it would change the model beyond what was trained.
+      if (!adapts(prefix, config, base.layerCount))
+        throw new AdapterError(
+          `${file}: '${name}' adapts a layer that adapter_config.json leaves out (${configScope(config, base.layerCount)}), as mlx-lm refuses it`,
+        );
       // Integers would be multiplied as integers: an update rounded to nothing, without a word.
       if (!mx.isFloating(t.dtype))
         throw new AdapterError(`${file}: '${name}' holds ${t.dtypeName} values, but an adapter's are floating point`);

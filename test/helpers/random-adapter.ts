@@ -16,6 +16,11 @@ export interface RandomAdapterOptions {
   strength?: number;
   /** The tensors' dtype as saved (float32 unless set), as an adapter trained or converted in half precision has them. */
   dtype?: "bfloat16" | "float16";
+  /**
+   * The model's decoder layers: num_layers then reaches from the last back to the first adapted
+   * one, as mlx-lm counts it. Unset, it counts the adapted layers (right for lastLayers' choice).
+   */
+  modelLayers?: number;
 }
 
 /** The adapted layers of the last `count` of `numLayers` blocks, as mlx-lm's num_layers picks them. */
@@ -68,7 +73,8 @@ export function writeRandomAdapter(dir: string, o: RandomAdapterOptions): void {
     }
   mx.evaluate(...tensors.values());
   mx.saveSafetensors(join(dir, "adapters.safetensors"), tensors, { format: "mlx" });
-  const numLayers = new Set(Object.keys(o.layers).map((p) => p.match(/layers\.(\d+)\./)?.[1])).size;
+  const indices = Object.keys(o.layers).map((p) => Number(p.match(/layers\.(\d+)\./)?.[1]));
+  const numLayers = o.modelLayers === undefined ? new Set(indices).size : o.modelLayers - Math.min(...indices);
   const keys = [...new Set(Object.keys(o.layers).map((p) => p.replace(/^model\.layers\.\d+\./, "")))];
   writeFileSync(
     join(dir, "adapter_config.json"),
