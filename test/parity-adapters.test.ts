@@ -7,6 +7,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import * as mx from "../src/mlx";
 import { fuseAdapter } from "../src/models/fuse";
 import { loadModel, type LoadedModel } from "../src/models/load";
 import { loadAdapter } from "../src/models/lora";
@@ -18,6 +19,7 @@ import {
   smollm2Adapter,
   smollm2AdapterTokens,
 } from "./helpers/adapter-parity";
+import { cliRunner } from "./helpers/cli";
 import { greedy, withKernels } from "./helpers/parity";
 import { writeRandomAdapter } from "./helpers/random-adapter";
 import { writeTinyModel } from "./helpers/tiny-model";
@@ -95,6 +97,61 @@ describe(`adapters against mlx-lm ${reference.mlx_lm} (MLX ${reference.mlx})`, (
       const first = reference.smollm2.cases[0]!;
       const fused = withModel(fusedDir, (lm) => greedy(lm, first.prompt_ids, smollm2AdapterTokens));
       expect(fused).toEqual(first.fused_output_ids);
+    });
+  }, 600_000);
+
+  test("the default model fused with --de-quantize: float weights exactly the quantized fuse's, no quantization, the adapter's answer", async () => {
+    const adapterDir = join(dir, "smollm2-adapter-dequantized");
+    writeRandomAdapter(adapterDir, smollm2Adapter);
+    const gguf = await resolveModelPath(undefined);
+    const mlx = cliRunner(join(dir, "home-dequantized"));
+    const fuse = async (...flags: string[]) => {
+      const r = await mlx(["fuse", gguf, "--adapter", adapterDir, ...flags]);
+      expect(r.stderr).not.toContain("error");
+      expect(r.code).toBe(0);
+      return r.stdout.trim();
+    };
+    const quantizedDir = await fuse("smollm2-fused");
+    const dequantizedDir = await fuse("--de-quantize", "smollm2-dequantized");
+    const config = JSON.parse(readFileSync(join(dequantizedDir, "config.json"), "utf8"));
+    expect(config.quantization).toBeUndefined();
+    expect(config.quantization_config).toBeUndefined();
+    const { quantization } = JSON.parse(readFileSync(join(quantizedDir, "config.json"), "utf8"));
+    const quantized = mx.loadSafetensors(join(quantizedDir, "model.safetensors")).tensors;
+    const dequantized = mx.loadSafetensors(join(dequantizedDir, "model.safetensors")).tensors;
+    const adapted = new Set(Object.keys(smollm2Adapter.layers));
+    try {
+      // Every layer's weight as floats: no scales, no packed codes.
+      expect([...dequantized.keys()].filter((n) => n.endsWith(".scales") || n.endsWith(".biases"))).toEqual([]);
+      expect([...dequantized.values()].filter((t) => !mx.isFloating(t.dtype)).length).toBe(0);
+      const layers = [...quantized.keys()].filter((n) => n.endsWith(".scales")).map((n) => n.slice(0, -7));
+      expect(layers.length).toBeGreaterThan(200);
+      for (const prefix of layers) {
+        const [weight, scales, biases] = ["weight", "scales", "biases"].map((s) => quantized.get(`${prefix}.${s}`)!);
+        // A layer quantized otherwise (the embedding in 8 bits) has its own entry, as mlx-lm writes it.
+        const own = quantization[prefix] ?? quantization;
+        const q = { groupSize: own.group_size, bits: own.bits };
+        const [gap, step] = mx.scope(() => {
+          const float = dequantized.get(`${prefix}.weight`)!;
+          const gap = mx.max(
+            mx.abs(mx.subtract(mx.astype(mx.dequantize(weight!, scales!, biases, q), float.dtype), float)),
+          );
+          return [gap.item(), mx.max(mx.abs(scales!)).item()];
+        });
+        // The layers the adapter left are the very values the quantized fuse stands for; the
+        // adapted ones are the fused floats, which the quantized fuse rounded to its 4-bit steps.
+        if (adapted.has(prefix)) expect(gap).toBeLessThanOrEqual(step);
+        else expect(gap).toBe(0);
+      }
+    } finally {
+      for (const t of [...quantized.values(), ...dequantized.values()]) t.free();
+    }
+    // It loads, and answers as the adapter applied at run time does (mlx-lm's answer).
+    withKernels(false, () => {
+      const first = reference.smollm2.cases[0]!;
+      expect(withModel(dequantizedDir, (lm) => greedy(lm, first.prompt_ids, smollm2AdapterTokens))).toEqual(
+        first.output_ids,
+      );
     });
   }, 600_000);
 });

@@ -19,6 +19,12 @@ export default defineCommand({
       description: "Name of the fused model in the store (default: <model>-<adapter directory>)",
     },
     adapter: { type: "string", description: "The adapter directory (adapter_config.json + adapters.safetensors)" },
+    "de-quantize": {
+      type: "boolean",
+      alias: ["dequantize"],
+      description:
+        "Write a quantized base's weights as the floats they stand for, with no quantization in config.json (mlx_lm.fuse --dequantize), e.g. for an export",
+    },
     verbose: { type: "boolean", alias: "v", description: "Stack traces on errors" },
   },
   async run({ args }) {
@@ -32,7 +38,9 @@ export default defineCommand({
       const name = args.name ?? `${basename(args.model).replace(/\.gguf$/, "")}-${basename(resolve(adapter))}`;
       if (!/^[\w.-]+$/.test(name)) throw new Error(`'${name}' is not a model name (letters, digits, '.', '_', '-')`);
       refuseTakenName(name, "fuse", "give the fused model another name");
-      const stored = await fusedModel(base, resolve(adapter), name, args.model);
+      const stored = await fusedModel(base, resolve(adapter), name, args.model, {
+        dequantize: Boolean(args["de-quantize"]),
+      });
       warnEvicted(stored.evicted);
       // A lookup answers with the earlier fuse's name: said even to a script, which would go on to use `name`.
       if (stored.name !== name)

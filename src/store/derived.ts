@@ -5,7 +5,7 @@ import { createHash } from "node:crypto";
 import { existsSync, readFileSync, readdirSync, realpathSync, rmSync, statSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
 import { convertGGUF } from "../models/convert";
-import { fuseAdapter } from "../models/fuse";
+import { fuseAdapter, type FuseOptions } from "../models/fuse";
 import { shellWord } from "../format";
 import { sourceHash } from "./source-hash" with { type: "macro" };
 import { loadAliases } from "./aliases";
@@ -13,7 +13,14 @@ import { addBlob, hashFile } from "./blobs";
 import { describeFiles, newManifest, readManifest, writeJsonAtomic } from "./manifest";
 import { withLock } from "./lock";
 import { blobPath, locksDir, refsDir, tempPathIn, tmpDir } from "./paths";
-import { commitModel, openStoredModel, refuseReplacingInUse, StoreDamageError, storingFailed } from "./store";
+import {
+  commitModel,
+  DEQUANTIZED_FUSE,
+  openStoredModel,
+  refuseReplacingInUse,
+  StoreDamageError,
+  storingFailed,
+} from "./store";
 
 // Converting a large model takes minutes; a second process asking for it waits that long.
 const CONVERT_LOCK_TIMEOUT_MS = 3600_000;
@@ -79,11 +86,15 @@ export async function fusedModel(
   adapterDir: string,
   name: string,
   givenBase = base,
+  options: FuseOptions = {},
 ): Promise<ConvertedModel> {
   const inputs = [await treeSha256(base), await treeSha256(adapterDir)];
-  const key = sha256(`fuse\n${inputs.join("\n")}\n${FUSER_VERSION}`);
-  return derivedModel(name, key, `fuse:sha256-${key}`, [givenBase, adapterDir], (staging) =>
-    fuseAdapter(base, adapterDir, staging),
+  // Dequantized, another model of the same inputs (its key as before when not).
+  const variant = options.dequantize ? "\ndequantize" : "";
+  const key = sha256(`fuse\n${inputs.join("\n")}\n${FUSER_VERSION}${variant}`);
+  const source = `${options.dequantize ? DEQUANTIZED_FUSE : "fuse:"}sha256-${key}`;
+  return derivedModel(name, key, source, [givenBase, adapterDir], (staging) =>
+    fuseAdapter(base, adapterDir, staging, options),
   );
 }
 

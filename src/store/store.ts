@@ -89,6 +89,9 @@ export function withRepairHint(error: unknown, path: string): unknown {
   return hint ? new ModelLoadError(`${(error as Error).message}; ${hint}`, { cause: error }) : error;
 }
 
+/** How a fused model written dequantized (mlx fuse --de-quantize) records its source: a fuse's, said so for repair's command. */
+export const DEQUANTIZED_FUSE = "fuse:dequantized:";
+
 /**
  * What brings back a damaged stored model: a pulled one is pulled again; one made here (mlx
  * convert, mlx fuse), which `mlx pull` does not know, is made again; one whose manifest is
@@ -100,7 +103,8 @@ export function repair(name: string): { need: string; command: string } {
   const { source, madeFrom = [] } = manifest;
   if (source.startsWith("fuse:")) {
     const [base = "<its base>", adapter = "<its adapter dir>"] = madeFrom.map(shellWord);
-    return { need: "a new fusion", command: `mlx fuse ${base} --adapter ${adapter} ${shellWord(name)}` };
+    const flag = source.startsWith(DEQUANTIZED_FUSE) ? " --de-quantize" : "";
+    return { need: "a new fusion", command: `mlx fuse ${base} --adapter ${adapter}${flag} ${shellWord(name)}` };
   }
   if (source.startsWith("convert:"))
     return { need: "a new conversion", command: `mlx convert ${convertInput(name, madeFrom[0])}` };
