@@ -190,6 +190,23 @@ describe("a store this process cannot write (a read-only mount)", () => {
     },
     TEST_TIMEOUT_MS,
   );
+  test.skipIf(Bun.spawnSync(["unshare", "-rm", "true"], { stderr: "ignore" }).exitCode !== 0)(
+    "runs a GGUF model too, which MLX's reader opens for writing: it reads a copy",
+    async () => {
+      // The default model's GGUF, from the store the tests run with.
+      const shared = join(savedEnv.MLX_HOME ?? join(import.meta.dir, "..", ".cache", "mlx-home"), "models", "smollm2");
+      const gguf = join(shared, readdirSync(shared).find((name) => name.endsWith(".gguf"))!);
+      const { name } = modelRequest(gguf);
+      await pull(gguf);
+      releaseModel(name);
+      const run = readOnly(mlx(`run -m ${name} --raw --max-tokens 1 Hi`));
+      const [stdout, stderr] = [await new Response(run.stdout).text(), await new Response(run.stderr).text()];
+      expect(stderr).toBe("");
+      expect(await run.exited).toBe(0);
+      expect(stdout.trim()).not.toBe("");
+    },
+    TEST_TIMEOUT_MS,
+  );
 });
 
 describe("pull from a repository of GGUF files", () => {

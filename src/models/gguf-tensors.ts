@@ -10,7 +10,7 @@
 // in groups of 16, where our CPU kernels run such products (MLX's ops refuse that group size;
 // elsewhere MLX's reader dequantizes it); MXFP4 is MLX's mxfp4 in another byte order and stays
 // quantized too; the others we dequantize to float16, as llama.cpp's dequantize_row_* do.
-import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from "node:fs";
+import { accessSync, closeSync, constants, mkdtempSync, openSync, readSync, rmSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as mx from "../mlx";
@@ -112,7 +112,9 @@ export function* loadGGUFTensorSteps(
   const inHalfGroups = new Set(tensors.filter((t) => halfGroups && heldInHalfGroups(t)));
   const ours = tensors.filter((t) => !mlxReads.has(t.type) || inHalfGroups.has(t));
   const groupSizes = new Map([...inHalfGroups].map((t) => [t.name.replace(/\.weight$/, ""), HALF_GROUP]));
-  if (ours.length === 0 && tensors.length === header.tensors.length)
+  // MLX's reader (gguflib) opens the file for writing: one this process may not write (a
+  // read-only store, another user's) it reads only as a copy.
+  if (ours.length === 0 && tensors.length === header.tensors.length && writable(path))
     return { ...checkedMetadata(header, mx.loadGGUF(path)), groupSizes };
   const dir = mkdtempSync(join(tmpdir(), "mlx-gguf-"));
   let loaded: LoadedFile;
@@ -149,6 +151,16 @@ export function* loadGGUFTensorSteps(
     closeSync(fd);
   }
   return { ...loaded, groupSizes };
+}
+
+/** Whether this process may open `path` for writing (a read-only mount or file, another user's, says no). */
+function writable(path: string): boolean {
+  try {
+    accessSync(path, constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /**
