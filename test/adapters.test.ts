@@ -20,6 +20,7 @@ import OpenAI from "openai";
 import { load } from "../src/index";
 import { loadModel } from "../src/models/load";
 import { loadAdapter } from "../src/models/lora";
+import { resolveModelPath } from "../src/store/resolve";
 import * as mx from "../src/mlx";
 import type { RunningServer } from "../src/server/app";
 import { cliRunner, mainScript } from "./helpers/cli";
@@ -465,6 +466,80 @@ test("a half-precision adapter's product in a decode step is the same bits alone
     lm.free();
   }
 });
+
+test("a row's adapter product is the same bits alone as batched with other rows of that adapter, decoding or prefilling", () => {
+  const lm = loadModel(model);
+  const lora = lm.weights.lora;
+  const lowRank = loadAdapter(adapterA, lora);
+  const dora = loadAdapter(adapterB, lora);
+  try {
+    for (const adapter of [lowRank, dora])
+      for (const [name, [inputs, outputs]] of Object.entries(projections)) {
+        const prefix = `model.layers.1.${name}`;
+        // A decode step (one position per row) and a prefill of several positions.
+        for (const positions of [1, 5]) {
+          const differences = mx.scope(() => {
+            const x = mx.random.normal([1, positions, inputs], mx.Dtype.float32, mx.random.key(7));
+            const other = mx.random.normal([1, positions, inputs], mx.Dtype.float32, mx.random.key(9));
+            const y = mx.random.normal([1, positions, outputs], mx.Dtype.float32, mx.random.key(8));
+            const alone = lora.run([adapter], () => lora.apply(prefix, x, y));
+            return [2, 4].map((rows) => {
+              const batched = lora.run(Array(rows).fill(adapter), () =>
+                lora.apply(
+                  prefix,
+                  mx.concatenate([x, ...Array(rows - 1).fill(other)], 0),
+                  mx.concatenate(Array(rows).fill(y), 0),
+                ),
+              );
+              const first = mx.slice(batched, [0, 0, 0], [1, positions, outputs]);
+              return mx.max(mx.abs(mx.subtract(first, alone))).item();
+            });
+          });
+          // Before, the rows of one adapter were multiplied at once, which rounds otherwise than one row.
+          expect({ prefix, positions, differences }).toEqual({ prefix, positions, differences: [0, 0] });
+        }
+      }
+  } finally {
+    lowRank.free();
+    dora.free();
+    lm.free();
+  }
+});
+
+test("mlx serve, on the default model: requests of one adapter at once have each its solo log-probabilities", async () => {
+  // The default model's quantized layers compute each row as alone, so only the adapter's product could part them.
+  const smollm2 = await resolveModelPath(undefined);
+  const dir = join(root, "adapter-smollm2");
+  writeRandomAdapter(dir, {
+    layers: lastLayers(30, 4, { "self_attn.q_proj": [576, 576], "self_attn.v_proj": [576, 192] }),
+    seed: 3,
+    strength: 0.5,
+  });
+  const server = serve({ defaultModel: smollm2, adapters: new Map([["smollm2-tuned", { base: smollm2, dir }]]) });
+  try {
+    const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 60_000 });
+    const logprobs = async (prompt: string) => {
+      const r = await client.chat.completions.create({
+        model: "smollm2-tuned",
+        messages: [{ role: "user", content: prompt }],
+        max_tokens: 12,
+        temperature: 0,
+        logprobs: true,
+      });
+      return r.choices[0]!.logprobs!.content!.map((t) => [t.token, t.logprob]);
+    };
+    const prompts = ["Tell me about giraffes.", "Tell me about pandas.", "Name three fruits."];
+    // Each prompt once first, so that the prefix cache holds it alone as at once (a prompt
+    // prefilled whole rounds its first token otherwise than one whose prefix is cached).
+    for (const p of prompts) await logprobs(p);
+    const alone = [];
+    for (const p of prompts) alone.push(await logprobs(p));
+    // Before, rows of one adapter were multiplied at once, rounded otherwise than a row alone.
+    expect(await Promise.all(prompts.map(logprobs))).toEqual(alone);
+  } finally {
+    server.stop();
+  }
+}, 120_000);
 
 test("mlx serve loads its adapters with its model at start: one whose shapes do not fit is in the log without a request", async () => {
   const wrong = join(root, "wrong-at-start");

@@ -117,14 +117,16 @@ export class LoraLayers {
 
   /**
    * Runs `forward` (one forward pass over a batch) with row b adapted by `rows[b]`, or by
-   * nothing where that is undefined. A batch of one adapter runs its products directly.
+   * nothing where that is undefined. A batch of one row runs its products directly.
    */
   run<T>(rows: (Adapter | undefined)[], forward: () => T): T {
     const distinct = [...new Set(rows.filter((a) => a !== undefined))];
     if (distinct.length === 0) return forward();
     for (const a of distinct) if (a.base !== this) throw new AdapterError(`${a.path} was loaded for another model`);
-    if (distinct.length === 1 && rows.every((a) => a === distinct[0]))
-      this.#selection = { kind: "one", adapter: distinct[0]! };
+    // Several rows go through the stacks even when they share one adapter: a decode step's
+    // products of several rows at once (one matrix product over all) round otherwise than a
+    // row's alone (a vector product), and a greedy answer would change with the batch it is in.
+    if (rows.length === 1) this.#selection = { kind: "one", adapter: distinct[0]! };
     else {
       const slots = mx.array(Int32Array.from(rows, (a) => (a ? distinct.indexOf(a) + 1 : 0)));
       this.#selection = {
