@@ -22,6 +22,7 @@ import { loadModel } from "../src/models/load";
 import { loadAdapter } from "../src/models/lora";
 import { resolveModelPath } from "../src/store/resolve";
 import * as mx from "../src/mlx";
+import type { MxArray } from "../src/mlx";
 import type { RunningServer } from "../src/server/app";
 import { cliRunner, mainScript } from "./helpers/cli";
 import { lastLayers, writeRandomAdapter } from "./helpers/random-adapter";
@@ -538,6 +539,76 @@ test("mlx serve, on the default model: requests of one adapter at once have each
     expect(await Promise.all(prompts.map(logprobs))).toEqual(alone);
   } finally {
     server.stop();
+  }
+}, 120_000);
+
+test("positions apart (a speculative step): each position's adapter product is the same bits as that position alone", () => {
+  const lm = loadModel(model);
+  const lora = lm.weights.lora;
+  const lowRank = loadAdapter(adapterA, lora);
+  const dora = loadAdapter(adapterB, lora);
+  try {
+    for (const rows of [[lowRank], [dora, undefined, lowRank]])
+      for (const [name, [inputs, outputs]] of Object.entries(projections)) {
+        const prefix = `model.layers.1.${name}`;
+        const positions = 4;
+        const differences = mx.scope(() => {
+          const x = mx.random.normal([rows.length, positions, inputs], mx.Dtype.float32, mx.random.key(7));
+          const y = mx.random.normal([rows.length, positions, outputs], mx.Dtype.float32, mx.random.key(8));
+          const apart = lora.run(rows, () => lora.apply(prefix, x, y), { positionsApart: true });
+          return rows.flatMap((adapter, row) =>
+            Array.from({ length: positions }, (_, p) => {
+              const at = (a: MxArray, width: number) => mx.slice(a, [row, p, 0], [row + 1, p + 1, width]);
+              // A decode step of this one position: one row, one position.
+              const alone = lora.run([adapter], () => lora.apply(prefix, at(x, inputs), at(y, outputs)));
+              return mx.max(mx.abs(mx.subtract(at(apart, outputs), alone))).item();
+            }),
+          );
+        });
+        // Before, a speculative step multiplied its positions at once, which rounds otherwise than one.
+        expect({ prefix, differences }).toEqual({ prefix, differences: differences.map(() => 0) });
+      }
+  } finally {
+    lowRank.free();
+    dora.free();
+    lm.free();
+  }
+});
+
+test("mlx serve --prompt-lookup, on the default model: an adapter's drafted tokens have the log-probabilities of decoding them alone", async () => {
+  const smollm2 = await resolveModelPath(undefined);
+  const dir = join(root, "adapter-smollm2-lookup");
+  writeRandomAdapter(dir, {
+    layers: lastLayers(30, 4, { "self_attn.q_proj": [576, 576], "self_attn.v_proj": [576, 192] }),
+    seed: 3,
+    strength: 0.5,
+  });
+  const adapters = new Map([["smollm2-tuned", { base: smollm2, dir }]]);
+  const plain = serve({ defaultModel: smollm2, adapters });
+  const speculating = serve({ defaultModel: smollm2, adapters, speculation: { numDraft: 3 } });
+  try {
+    const logprobs = async (url: string) => {
+      const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 60_000 });
+      const r = await client.chat.completions.create({
+        model: "smollm2-tuned",
+        messages: [{ role: "user", content: "Copy this code exactly:\ndef add(a, b):\n    return a + b\n" }],
+        max_tokens: 24,
+        temperature: 0,
+        logprobs: true,
+      });
+      return r.choices[0]!.logprobs!.content!.map((t) => [t.token, t.logprob]);
+    };
+    // Twice on each, so that both answer from a cached prompt.
+    await logprobs(plain.url);
+    await logprobs(speculating.url);
+    expect(await logprobs(speculating.url)).toEqual(await logprobs(plain.url));
+    const stats = (await (await fetch(`${speculating.url}/stats`)).json()) as {
+      models: { speculation: { accepted_tokens: number } }[];
+    };
+    expect(stats.models[0]!.speculation.accepted_tokens).toBeGreaterThan(0);
+  } finally {
+    await plain.stop();
+    await speculating.stop();
   }
 }, 120_000);
 

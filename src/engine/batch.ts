@@ -472,14 +472,20 @@ export class BatchGenerator {
     const width = Math.max(...drafts.map((d) => d.tokens.length)) + 1;
     const input = new Int32Array(batch.length * width);
     batch.forEach((s, b) => input.set([s.next, ...drafts[b]!.tokens], b * width));
+    // An adapter's products position by position: a kept draft's logits are then those of the
+    // token decoded alone, as the base model's per-row kernels give them.
     const logits = mx.scope(() =>
-      adapted(batch, () => {
-        const hidden = this.model.layers(this.model.embed(mx.array(input, [batch.length, width])), group.caches);
-        const logits = this.model.head(hidden);
-        // Split across processes: the hidden states come back round the ranks first.
-        this.model.remote?.arrive();
-        return logits;
-      }),
+      adapted(
+        batch,
+        () => {
+          const hidden = this.model.layers(this.model.embed(mx.array(input, [batch.length, width])), group.caches);
+          const logits = this.model.head(hidden);
+          // Split across processes: the hidden states come back round the ranks first.
+          this.model.remote?.arrive();
+          return logits;
+        },
+        { positionsApart: true },
+      ),
     );
     const vocab = logits.shape[2]!;
     const verified = batch.map((s, b) =>
@@ -858,13 +864,17 @@ function readFirst(s: Sequence, first: PendingStep): SequenceEvent[] {
   return [event];
 }
 
-/** Runs a forward pass over `rows` with each row's adapter applied to it alone. */
-function adapted<T>(rows: Sequence[], forward: () => T): T {
+/**
+ * Runs a forward pass over `rows` with each row's adapter applied to it alone (`positionsApart`:
+ * and to each position alone, as LoraLayers.run says).
+ */
+function adapted<T>(rows: Sequence[], forward: () => T, o: { positionsApart?: boolean } = {}): T {
   const lora = rows.find((s) => s.request.adapter)?.request.adapter!.base;
   return lora
     ? lora.run(
         rows.map((s) => s.request.adapter),
         forward,
+        o,
       )
     : forward();
 }

@@ -70,7 +70,7 @@ interface Stack {
 
 type Selection =
   | { kind: "one"; adapter: Adapter }
-  | { kind: "rows"; adapters: Adapter[]; slots: MxArray; key: string; rows: number };
+  | { kind: "rows"; adapters: Adapter[]; slots: MxArray; key: string; rows: number; positionsApart: boolean };
 
 /** Combinations of adapters whose stacks are kept (a server sees few distinct ones at a time). */
 const KEPT_COMBINATIONS = 8;
@@ -118,15 +118,18 @@ export class LoraLayers {
   /**
    * Runs `forward` (one forward pass over a batch) with row b adapted by `rows[b]`, or by
    * nothing where that is undefined. A batch of one row runs its products directly.
+   * `positionsApart`: each position's products are computed on their own, as a decode step of
+   * that one position computes them (a speculative step's positions then give the logits that
+   * decoding them one at a time gives).
    */
-  run<T>(rows: (Adapter | undefined)[], forward: () => T): T {
+  run<T>(rows: (Adapter | undefined)[], forward: () => T, o: { positionsApart?: boolean } = {}): T {
     const distinct = [...new Set(rows.filter((a) => a !== undefined))];
     if (distinct.length === 0) return forward();
     for (const a of distinct) if (a.base !== this) throw new AdapterError(`${a.path} was loaded for another model`);
-    // Several rows go through the stacks even when they share one adapter: a decode step's
-    // products of several rows at once (one matrix product over all) round otherwise than a
-    // row's alone (a vector product), and a greedy answer would change with the batch it is in.
-    if (rows.length === 1) this.#selection = { kind: "one", adapter: distinct[0]! };
+    // Several rows (or positions apart) go through the stacks even when they share one adapter:
+    // a product over several rows at once (one matrix product) rounds otherwise than one row's
+    // (a vector product), and a greedy answer would change with the batch it is in.
+    if (rows.length === 1 && !o.positionsApart) this.#selection = { kind: "one", adapter: distinct[0]! };
     else {
       const slots = mx.array(Int32Array.from(rows, (a) => (a ? distinct.indexOf(a) + 1 : 0)));
       this.#selection = {
@@ -135,6 +138,7 @@ export class LoraLayers {
         slots,
         key: distinct.map((a) => a.id).join(","),
         rows: rows.length,
+        positionsApart: o.positionsApart === true,
       };
     }
     this.#rows = rows;
@@ -180,10 +184,16 @@ export class LoraLayers {
     if (!stack) return y;
     // Each row's products through its own adapter's matrices (slot 0: zeros, so y is unchanged).
     const { slots, rows } = selection;
-    const h = mx.gatherMm(mx.astype(x, stack.a.dtype), stack.a, { rhsIndices: slots });
-    const z = mx.gatherMm(h, stack.b, { rhsIndices: slots });
-    const scaled = mx.multiply(z, mx.reshape(mx.take(stack.scales, slots, 0), [rows, 1, 1]));
-    const out = mx.add(y, mx.astype(scaled, y.dtype));
+    const [, positions, inputs] = x.shape as [number, number, number];
+    // Positions apart: each its own one-position product, through its row's adapter.
+    const apart = selection.positionsApart && positions > 1;
+    const each = apart ? mx.repeat(slots, positions, 0) : slots;
+    const lhs = apart ? mx.reshape(x, [rows * positions, 1, inputs]) : x;
+    const h = mx.gatherMm(mx.astype(lhs, stack.a.dtype), stack.a, { rhsIndices: each });
+    const z = mx.gatherMm(h, stack.b, { rhsIndices: each });
+    const scaled = mx.multiply(z, mx.reshape(mx.take(stack.scales, each, 0), [-1, 1, 1]));
+    const update = apart ? mx.reshape(scaled, [rows, positions, -1]) : scaled;
+    const out = mx.add(y, mx.astype(update, y.dtype));
     if (!stack.magnitudes) return out;
     const magnitudes = mx.reshape(mx.take(stack.magnitudes, slots, 0), [rows, 1, -1]);
     return mx.multiply(mx.astype(magnitudes, y.dtype), out);
