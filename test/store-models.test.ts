@@ -1634,7 +1634,7 @@ describe("commands and bad input", () => {
     // A misspelt key is refused, not ignored (the setting would silently not apply).
     writeFileSync(file, `[models.tiny]\nsource = "hf:org/tiny"\nkv_bit = 8\n`);
     expect(() => loadAliases()).toThrow(
-      `${file}:1: model 'tiny': unknown key 'kv_bit' (known: source, description, kv_bits, max_kv_size, adapter, draft_model, prompt_lookup, num_draft, temperature, top_p, top_k, min_p, repetition_penalty)`,
+      `${file}:1: model 'tiny': unknown key 'kv_bit' (known: source, description, kv_bits, max_kv_size, adapter, draft_model, prompt_lookup, num_draft, system, messages, license, temperature, top_p, top_k, min_p, repetition_penalty)`,
     );
     // A misspelt source is named as such, not as a source missing.
     writeFileSync(file, `[models.tiny]\nsorce = "hf:org/tiny"\n`);

@@ -100,7 +100,7 @@ export default defineCommand({
       });
       const cached =
         lm && args["prompt-cache"] !== undefined
-          ? openPromptCache(lm, args["prompt-cache"], { system: args.system, raw: args.raw })
+          ? openPromptCache(lm, args["prompt-cache"], { system: args.system ?? lm.prompt?.system, raw: args.raw })
           : undefined;
       // Ranks after the first hold layers only: the prompt (and stdin) is rank 0's.
       const text = pipeline?.rank ? "" : await readPrompt(args._.map(String).join(" "), cached?.document);

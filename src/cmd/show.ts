@@ -65,7 +65,9 @@ export default defineCommand({
         const location = locateModel(args.model);
         if (location.kind === "missing") throw await missingModelError(location);
         // An alias of a model on disk is used where it is (as run and serve load it), never stored.
-        if (location.kind === "path") return showFiles(location.path, Boolean(args.json));
+        if (location.kind === "path") return showFiles(location.path, Boolean(args.json), aliasLines(args.model));
+        // An alias made from another model (mlx create, /api/create): that model's files, with the alias's turns.
+        if (location.path !== undefined) return showFiles(location.path, Boolean(args.json), aliasLines(args.model));
         throw new Error(
           `'${name}' is not in the store (mlx pull ${shellWord(args.model)} fetches it; mlx list shows what is there)`,
         );
@@ -96,6 +98,7 @@ export default defineCommand({
           `file ${f.name}`,
           `${formatBytes(f.size)}  sha256:${f.sha256}${missing.has(f.name) ? `  missing: ${repair(manifest.name).command}` : ""}`,
         ]),
+        ...aliasLines(args.model),
       ];
       printFields(lines);
     } catch (error) {
@@ -128,7 +131,19 @@ function showRemote(remote: RemoteModelConfig, json: boolean): void {
 }
 
 /** A model directory or GGUF file outside the store: its format, size and config (no manifest: nothing stored). */
-function showFiles(given: string, json: boolean): void {
+/** The turns alias `name` puts before each prompt, and its license (models.toml's system, messages, license). */
+function aliasLines(name: string): string[][] {
+  const alias = loadAliases().models.get(name);
+  if (!alias) return [];
+  const { system, messages = [] } = alias.prompt;
+  return [
+    ...(system === undefined ? [] : [["system", system]]),
+    ...messages.map((m) => [`message ${m.role}`, m.content]),
+    ...(alias.license === undefined ? [] : [["license", alias.license]]),
+  ];
+}
+
+function showFiles(given: string, json: boolean, extra: string[][] = []): void {
   // A folder holding one GGUF file and no config.json is that file, as run loads it.
   const path = ggufOfDirectory(resolve(given));
   const directory = statSync(path).isDirectory();
@@ -140,7 +155,7 @@ function showFiles(given: string, json: boolean): void {
     process.stdout.write(`${JSON.stringify({ path, format, sizeBytes: size, config }, null, 2)}\n`);
     return;
   }
-  printFields([["path", path], ["format", format], ["size", formatBytes(size)], ...configLines(config)]);
+  printFields([["path", path], ["format", format], ["size", formatBytes(size)], ...configLines(config), ...extra]);
 }
 
 /**

@@ -8,7 +8,7 @@ import type { ChatMessage } from "../tokenizer/tokenizer";
 import { soloScheduler, streamCompletion, type CompletionPiece, type CompletionResult } from "./generate";
 import { PrefixCache } from "./prefix-cache";
 import { chatTokens } from "./prompt";
-import type { FormatInput } from "./request";
+import { withModelPrompt, type FormatInput } from "./request";
 import type { ThinkingRequest } from "./reasoning";
 import type { ConversationMessage } from "./tools";
 import type { SamplingParams } from "./sampling";
@@ -88,8 +88,17 @@ export class Conversation {
     return [...system, ...this.messages];
   }
 
+  /** As the generation renders it: with the turns the model's alias puts first (withModelPrompt). */
   #render(): number[] {
-    return chatTokens(this.lm.tokenizer, this.#withSystem());
+    const prompt = withModelPrompt(
+      { kind: "chat", messages: this.#withSystem() as ConversationMessage[] },
+      this.lm.prompt,
+      this.lm.tokenizer,
+    );
+    return chatTokens(
+      this.lm.tokenizer,
+      prompt.kind === "chat" ? (prompt.messages as ChatMessage[]) : this.#withSystem(),
+    );
   }
 
   /**

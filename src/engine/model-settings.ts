@@ -4,7 +4,14 @@
 import type { KvQuantization } from "../models/cache";
 import type { LoadedModel, SpeculationChoice } from "../models/load";
 import { loadAdapter } from "../models/lora";
-import { aliasAdapter, aliasKvQuantization, aliasMaxKvSize, aliasSpeculation } from "../store/aliases";
+import {
+  aliasAdapter,
+  aliasKvQuantization,
+  aliasMaxKvSize,
+  aliasPrompt,
+  aliasSpeculation,
+  type ModelPrompt,
+} from "../store/aliases";
 import { attachSpeculation } from "./speculative";
 
 export interface ModelSettings {
@@ -15,6 +22,8 @@ export interface ModelSettings {
   adapter?: string;
   /** A draft model or prompt lookup. */
   speculation?: SpeculationChoice;
+  /** The turns put before each prompt (the alias's system and messages). */
+  prompt?: ModelPrompt;
 }
 
 /** What models.toml's alias `spec` (default: the default model) asks for. */
@@ -24,6 +33,7 @@ export function aliasSettings(spec: string | undefined): ModelSettings {
     maxKvSize: aliasMaxKvSize(spec),
     adapter: aliasAdapter(spec),
     speculation: aliasSpeculation(spec),
+    prompt: aliasPrompt(spec),
   };
 }
 
@@ -40,6 +50,7 @@ export async function applySettings(
 ): Promise<string | undefined> {
   lm.kvQuantization = settings.kvQuantization;
   lm.maxKvSize = settings.maxKvSize;
+  lm.prompt = settings.prompt;
   try {
     if (settings.adapter) lm.adapter = loadAdapter(settings.adapter, lm.weights.lora);
     return await attachSpeculation(lm, settings.speculation, openDraft, speculation);

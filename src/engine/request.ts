@@ -28,6 +28,7 @@ import {
   type ThinkingRequest,
 } from "./reasoning";
 import { HARMONY } from "./harmony";
+import type { ModelPrompt } from "../store/aliases";
 import type { GenerationRequest } from "./scheduler";
 import {
   createToolCallConstraint,
@@ -63,6 +64,8 @@ export interface FormatInput {
 
 export interface GenerationSpec {
   prompt: PromptInput;
+  /** The turns the model's alias puts first (models.toml's system and messages): see withModelPrompt. */
+  modelPrompt?: ModelPrompt;
   /** Ids put before the prompt (Ollama's /api/generate context). */
   prefixIds?: number[];
   sampling: SamplingParams;
@@ -123,10 +126,14 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   // A format that types arguments by the functions' schemas reads them from the offered ones.
   const toolFormat = offered && (template.format.withTools?.(offered) ?? template.format);
   const shaped = shapedAnswer(spec.format !== undefined, spec.tools);
-  const thinking = settleThinking(lm.tokenizer, spec.prompt, spec.thinking, shaped);
+  // An earlier exchange's ids (Ollama's context) already hold the alias's messages, as Ollama leaves them out then.
+  const given = spec.modelPrompt ?? lm.prompt;
+  const modelPrompt = spec.prefixIds?.length ? { system: given?.system } : given;
+  const prompt = withModelPrompt(spec.prompt, modelPrompt, lm.tokenizer);
+  const thinking = settleThinking(lm.tokenizer, prompt, spec.thinking, shaped);
   const promptIds = withPrefix(
     spec.prefixIds ?? [],
-    await runStepsAsync(tokenize(lm.tokenizer, spec.prompt, template, offered, thinking?.templateVars)),
+    await runStepsAsync(tokenize(lm.tokenizer, prompt, template, offered, thinking?.templateVars)),
     lm.tokenizer,
   );
   if (promptIds.length === 0) throw new InvalidParameterError("the prompt is empty", "prompt");
@@ -220,17 +227,60 @@ export async function prepareGeneration(lm: LoadedModel, spec: GenerationSpec): 
   };
 }
 
+/** Roles that bring a system prompt of their own (OpenAI's developer message is one). */
+const SYSTEM_ROLES = ["system", "developer"];
+
+/**
+ * The prompt with the turns its model's alias puts first (models.toml's `system` and `messages`,
+ * as Ollama's SYSTEM and MESSAGE): the alias's system message where the request brings none of
+ * its own, then the alias's messages, then the request's. Every front end's prompt comes through
+ * here (chat messages, Anthropic's system as its first message, a templated text prompt and its
+ * system); raw text and ids are the caller's exactly, as Ollama's raw requests are.
+ */
+export function withModelPrompt(
+  prompt: PromptInput,
+  model: ModelPrompt | undefined,
+  tokenizer: Tokenizer,
+): PromptInput {
+  const messages = model?.messages ?? [];
+  if (model?.system === undefined && messages.length === 0) return prompt;
+  const systemTurn = (system: string | undefined): ConversationMessage[] =>
+    system === undefined ? [] : [{ role: "system", content: system }];
+  if (prompt.kind === "chat") {
+    const ownSystem = prompt.messages.some((m) => SYSTEM_ROLES.includes(m.role));
+    // The request's leading system messages stay first: templates take a system message there only.
+    const leading = prompt.messages.findIndex((m) => !SYSTEM_ROLES.includes(m.role));
+    const split = leading < 0 ? prompt.messages.length : leading;
+    return {
+      ...prompt,
+      messages: [
+        ...(ownSystem ? prompt.messages.slice(0, split) : systemTurn(model?.system)),
+        ...messages,
+        ...(ownSystem ? prompt.messages.slice(split) : prompt.messages),
+      ],
+    };
+  }
+  if (prompt.kind !== "text" || !prompt.template) return prompt;
+  const system = prompt.system ?? model?.system;
+  // Turns before the prompt need the chat template; without one the text goes as it is (with the system before it).
+  if (messages.length === 0 || !tokenizer.chatTemplate) return { ...prompt, system };
+  return { kind: "chat", messages: [...systemTurn(system), ...messages, { role: "user", content: prompt.text }] };
+}
+
 /**
  * A conversation (with the tools it offers, and thinking as asked, which a required call switches
  * off where the template allows) as the text the chat template makes of it for a generation.
  */
 export function renderChat(
   lm: LoadedModel,
-  messages: ConversationMessage[],
+  given: ConversationMessage[],
   tools?: ToolRequest,
   thinking?: ThinkingRequest,
+  modelPrompt: ModelPrompt | undefined = lm.prompt,
 ): string {
   if (!lm.tokenizer.chatTemplate) throw new UnsupportedError("this model has no chat template", "messages");
+  const prompt = withModelPrompt({ kind: "chat", messages: given }, modelPrompt, lm.tokenizer);
+  const messages = prompt.kind === "chat" ? prompt.messages : given;
   const offered = offeredTools(tools);
   const input = templateInput(toolTemplate(lm.tokenizer.chatTemplateFor(offered)), messages, offered);
   const extra = settleThinking(
@@ -250,11 +300,13 @@ export function renderChat(
  */
 export async function countPromptTokens(
   lm: LoadedModel,
-  prompt: PromptInput,
+  given: PromptInput,
   tools?: ToolRequest,
   thinking?: ThinkingRequest,
   jsonOutput = false,
+  modelPrompt?: ModelPrompt,
 ): Promise<number> {
+  const prompt = withModelPrompt(given, modelPrompt ?? lm.prompt, lm.tokenizer);
   const vars = settleThinking(lm.tokenizer, prompt, thinking, shapedAnswer(jsonOutput, tools))?.templateVars;
   const offered = offeredTools(tools);
   return (

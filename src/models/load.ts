@@ -1,5 +1,6 @@
 // Loading a model from disk: an MLX-community directory (config.json + safetensors) or a
 // single GGUF file. Both end as the same thing: HF-named weights, a config, a tokenizer.
+import type { ModelPrompt } from "../store/aliases";
 import type { KvQuantization } from "./cache";
 import { existsSync, readFileSync, readdirSync, statSync } from "node:fs";
 import { basename, join } from "node:path";
@@ -41,6 +42,12 @@ export interface LoadedModel {
   speculation?: { draft?: LoadedModel; numDraft: number };
   /** Most positions its KV cache holds per sequence (--max-kv-size): a rotating cache; all when absent. */
   maxKvSize?: number;
+  /**
+   * The turns its alias puts before each prompt (models.toml's system and messages), where it was
+   * opened by that name (mlx run, mlx chat, the library); a server, whose models answer to several
+   * names, gives each request its name's instead (GenerationSpec.modelPrompt).
+   */
+  prompt?: ModelPrompt;
   free(): void;
 }
 

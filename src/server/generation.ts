@@ -21,7 +21,7 @@ import type { Tokenizer } from "../tokenizer/tokenizer";
 import { remoteModel } from "../providers";
 import { readGenerationDefaults, type SamplingDefaults } from "../models/generation-config";
 import type { LoadedModel } from "../models/load";
-import { aliasSampling, loadAliases } from "../store/aliases";
+import { aliasPrompt, aliasSampling, loadAliases, type ModelPrompt } from "../store/aliases";
 import { badRequest, requestTimeout, serverStopping, toApiError } from "./errors";
 import { knownName, type Lease, type ModelRegistry } from "./model-registry";
 import { startRemoteGeneration } from "./remote-generation";
@@ -207,6 +207,7 @@ export async function startGeneration(ctx: GenerationContext, input: GenerateInp
     const sampling = settleSampling(input.sampling, input.defaults, loadedSamplingDefaults(lm, input.model));
     prepared = await prepareGeneration(lm, {
       prompt: input.prompt,
+      modelPrompt: modelPrompt(input.model),
       prefixIds: input.prefixIds,
       sampling,
       maxTokens: input.maxTokens,
@@ -321,8 +322,13 @@ export function modelSamplingDefaults(
   return { ...own, ...aliasSampling(aliasNamed(name)) };
 }
 
+/** The turns the alias a request names puts before its prompt (models.toml's system and messages). */
+export function modelPrompt(name: string): ModelPrompt {
+  return aliasPrompt(aliasNamed(name));
+}
+
 /** The alias a request's model name means: Ollama's clients add ":latest" to a name without a tag, "m:latest" is "m". */
-function aliasNamed(name: string): string {
+export function aliasNamed(name: string): string {
   const { models } = loadAliases();
   return knownName(name, (candidate) => models.has(candidate)) ?? name;
 }

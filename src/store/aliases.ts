@@ -28,8 +28,21 @@ export interface ModelAlias {
   maxKvSize?: number;
   /** Sampling values serve's requests get when they set none (temperature = 0.6, ...). */
   sampling: SamplingDefaults;
+  /** The turns every prompt to it starts with (system, messages), as an Ollama Modelfile's SYSTEM and MESSAGE. */
+  prompt: ModelPrompt;
+  /** Its license text, as an Ollama Modelfile's LICENSE (shown, never used). */
+  license?: string;
   /** Where the entry is written (file:line), which errors about it name. */
   definedAt: string;
+}
+
+/**
+ * What an alias puts before each prompt: `system`, the system message of a request that brings
+ * none of its own; `messages`, turns (user and assistant) placed before the request's.
+ */
+export interface ModelPrompt {
+  system?: string;
+  messages?: { role: "user" | "assistant"; content: string }[];
 }
 
 /** Tokens drafted per speculative step unless told otherwise (mlx-lm's default). */
@@ -58,6 +71,9 @@ const ALIAS_KEYS = [
   "draft_model",
   "prompt_lookup",
   "num_draft",
+  "system",
+  "messages",
+  "license",
   ...SAMPLING_DEFAULT_KEYS.map((k) => k.name),
 ];
 
@@ -248,6 +264,14 @@ function toAlias(name: string, e: Record<string, unknown>, at: string, relativeT
     throw new Error(`${at}: model '${name}': kv_bits must be 4 or 8`);
   if (e.adapter !== undefined && (typeof e.adapter !== "string" || e.adapter.length === 0))
     throw new Error(`${at}: model '${name}': adapter must be a directory path`);
+  if (e.system !== undefined && typeof e.system !== "string")
+    throw new Error(`${at}: model '${name}': system must be a string`);
+  if (e.license !== undefined && typeof e.license !== "string")
+    throw new Error(`${at}: model '${name}': license must be a string`);
+  if (e.messages !== undefined && !validMessages(e.messages))
+    throw new Error(
+      `${at}: model '${name}': messages must be a list of { role = "user" | "assistant", content = "..." }`,
+    );
   if (e.max_kv_size !== undefined && !(Number.isInteger(e.max_kv_size) && (e.max_kv_size as number) > 4))
     throw new Error(`${at}: model '${name}': max_kv_size must be a whole number > 4`);
   const source = e.source as string;
@@ -261,8 +285,25 @@ function toAlias(name: string, e: Record<string, unknown>, at: string, relativeT
     speculation: aliasSpeculationEntry(e, `${at}: model '${name}'`, relativeTo),
     maxKvSize: e.max_kv_size as number | undefined,
     sampling: aliasSamplingEntry(e, `${at}: model '${name}'`),
+    prompt: { system: e.system as string | undefined, messages: e.messages as ModelPrompt["messages"] },
+    license: e.license as string | undefined,
     definedAt: at,
   };
+}
+
+/** Turns as models.toml's `messages` writes them: the system message is `system`'s, once, first. */
+function validMessages(value: unknown): boolean {
+  return (
+    Array.isArray(value) &&
+    value.every(
+      (m) =>
+        typeof m === "object" &&
+        m !== null &&
+        (m.role === "user" || m.role === "assistant") &&
+        typeof m.content === "string" &&
+        Object.keys(m).every((key) => key === "role" || key === "content"),
+    )
+  );
 }
 
 /**
@@ -358,6 +399,12 @@ function aliasSamplingEntry(e: Record<string, unknown>, where: string): Sampling
 export function aliasSampling(spec: string | undefined): SamplingDefaults {
   const table = loadAliases();
   return table.models.get(spec ?? table.defaultModel)?.sampling ?? {};
+}
+
+/** The turns models.toml puts before every prompt to the model named `spec` (default: the default model). */
+export function aliasPrompt(spec: string | undefined): ModelPrompt {
+  const table = loadAliases();
+  return table.models.get(spec ?? table.defaultModel)?.prompt ?? {};
 }
 
 /** The KV cache quantization models.toml asks for the model named `spec` (default: the default model). */

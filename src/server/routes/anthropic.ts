@@ -14,7 +14,14 @@ import { readJson } from "../../api/validate";
 import { countPromptTokens } from "../../engine/request";
 import { ToolCallStream } from "../../engine/tools";
 import { errorBody } from "../errors";
-import { holdModel, httpRequestBounds, requestedModel, startGeneration, type Generation } from "../generation";
+import {
+  holdModel,
+  httpRequestBounds,
+  modelPrompt,
+  requestedModel,
+  startGeneration,
+  type Generation,
+} from "../generation";
 import {
   closedEarlyHeaders,
   collectGeneration,
@@ -30,11 +37,13 @@ export function anthropicRoutes(s: ServerState): Hono {
   r.post("/v1/messages", (c) => messages(s, c));
   r.post("/v1/messages/count_tokens", async (c) => {
     const req = parseCountTokensRequest(await readJson(c.req));
-    const lease = await holdModel(s, requestedModel(s.config, req.model), httpRequestBounds(s.config, c.req));
+    const model = requestedModel(s.config, req.model);
+    const lease = await holdModel(s, model, httpRequestBounds(s.config, c.req));
     try {
       const jsonOutput = req.format !== undefined;
+      const lm = lease.entry.lm;
       return c.json({
-        input_tokens: await countPromptTokens(lease.entry.lm, req.prompt, req.tools, req.thinking, jsonOutput),
+        input_tokens: await countPromptTokens(lm, req.prompt, req.tools, req.thinking, jsonOutput, modelPrompt(model)),
       });
     } finally {
       lease.release();

@@ -18,6 +18,7 @@ import {
   chatLogprobs,
   holdModel,
   httpRequestBounds,
+  aliasNamed,
   modelSamplingDefaults,
   startGeneration,
   type Generation,
@@ -35,6 +36,7 @@ import { remoteModelConfigs, remoteModelNames } from "../../providers";
 import type { RemoteModelConfig } from "../../providers/config";
 import { formatCount } from "../../format";
 import type { ModelConfig } from "../../models/config";
+import { loadAliases, type ModelAlias } from "../../store/aliases";
 import { ggufParameterCount, readGGUFHeader, type GGUFHeader } from "../../models/gguf-header";
 import { readDirectoryConfig, withModelErrors } from "../../models/load";
 import { ggufPoolingKey, isSentenceTransformersModel } from "../../models/pooling";
@@ -165,7 +167,8 @@ export function ollamaRoutes(s: ServerState): Hono {
     const defaults = modelSamplingDefaults(path, model);
     const stored = storedByPath(await s.models.stored()).get(path);
     const adapter = s.models.adapterDir(model);
-    const shown = showModel(path, stored, defaults, verbose, adapter);
+    const alias = loadAliases().models.get(aliasNamed(model));
+    const shown = showModel(path, stored, defaults, verbose, adapter, alias);
     // A base plus an adapter, as Ollama shows a model made with ADAPTER, and /api/tags its parent.
     if (adapter !== undefined) shown.details.parent_model = s.models.adapterBase(model) ?? "";
     return c.json(shown);
@@ -286,16 +289,27 @@ function showModel(
   defaults: SamplingDefaults,
   verbose: boolean,
   adapter?: string,
+  alias?: ModelAlias,
 ) {
   const facts = withModelErrors(path, () =>
     statSync(path).isDirectory() ? directoryFacts(path) : ggufFacts(readGGUFHeader(path)),
   );
   // The sampling values its requests get when they set none, as Ollama shows a Modelfile's.
   const values = ollamaParameters(defaults);
+  const { system, messages = [] } = alias?.prompt ?? {};
   return {
-    license: "",
-    modelfile: `FROM ${path}\n${adapter === undefined ? "" : `ADAPTER ${adapter}\n`}${values.map(([name, value]) => `PARAMETER ${name} ${value}\n`).join("")}`,
+    license: alias?.license ?? "",
+    modelfile: [
+      `FROM ${path}\n`,
+      adapter === undefined ? "" : `ADAPTER ${adapter}\n`,
+      ...values.map(([name, value]) => `PARAMETER ${name} ${value}\n`),
+      system === undefined ? "" : `SYSTEM ${modelfileText(system)}\n`,
+      ...messages.map((m) => `MESSAGE ${m.role} ${modelfileText(m.content)}\n`),
+      alias?.license === undefined ? "" : `LICENSE ${modelfileText(alias.license)}\n`,
+    ].join(""),
     parameters: values.map(([name, value]) => `${name.padEnd(30)} ${value}`).join("\n"),
+    // The alias's system prompt (models.toml's system), as Ollama shows a Modelfile's SYSTEM.
+    ...(system === undefined ? {} : { system }),
     template: facts.template,
     details: ollamaDetails(
       facts.format,
@@ -319,6 +333,9 @@ function showModel(
     modified_at: stored ? (stored.lastUsedAt ?? stored.createdAt) : statSync(path).mtime.toISOString(),
   };
 }
+
+/** A Modelfile's text argument: in triple quotes, which keep its lines and quotes as they are (Ollama writes them so). */
+const modelfileText = (text: string) => `"""${text}"""`;
 
 /** /api/show's answer for a remote alias: no files to describe; any chat model of a provider takes tools. */
 function showRemoteModel(remote: RemoteModelConfig, listedAt: Date) {

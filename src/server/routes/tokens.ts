@@ -7,7 +7,7 @@ import { InvalidParameterError } from "../../errors";
 import { runStepsAsync, type Steps } from "../../event-loop";
 import { renderChat } from "../../engine/request";
 import type { LoadedModel } from "../../models/load";
-import { holdModel, httpRequestBounds, requestedModel } from "../generation";
+import { holdModel, httpRequestBounds, modelPrompt, requestedModel } from "../generation";
 import type { ServerState } from "../state";
 
 export function tokenRoutes(s: ServerState): Hono {
@@ -58,7 +58,11 @@ export function tokenRoutes(s: ServerState): Hono {
 
   r.post("/apply-template", async (c) => {
     const req = parseApplyTemplate(await readJson(c.req));
-    const prompt = await withModel(c, req.model, (lm) => renderChat(lm, req.messages, req.tools, req.thinking));
+    // As a generation renders them: with the turns the model's alias puts first.
+    const model = requestedModel(s.config, req.model);
+    const prompt = await withModel(c, model, (lm) =>
+      renderChat(lm, req.messages, req.tools, req.thinking, modelPrompt(model)),
+    );
     return c.json({ prompt });
   });
   return r;
